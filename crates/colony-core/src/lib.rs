@@ -1,0 +1,28 @@
+//! The core of colony: ids, specs, and the sans-IO engines that make its decisions.
+//!
+//! Nothing here touches a clock, a thread or a socket. The runtime feeds these types events and
+//! carries out what they decide, so every decision can be tested with virtual time and a seeded
+//! random number generator.
+//!
+//! - [`hierarchy`] plans the tiers of a swarm: how many supervisors, coordinators and masters a
+//!   worker count needs, and who reports to whom, computed rather than searched.
+//! - [`routing`] keeps the live tree with the aggregate load of every subtree and picks where a
+//!   task goes, by strategy.
+//! - [`task`] and [`agent`] are the specs users write.
+//!
+//! ```
+//! use colony_core::hierarchy::{HierarchyOptions, Plan};
+//!
+//! let plan = Plan::new(&HierarchyOptions::with_workers(100_000)).unwrap();
+//! let counts: Vec<u64> = plan.tiers().iter().map(|t| t.count).collect();
+//! assert_eq!(counts, [58, 695, 8_334, 100_000]);
+//! assert_eq!(plan.total(), 109_087);
+//! ```
+
+pub mod agent;
+pub mod hierarchy;
+pub mod id;
+pub mod routing;
+pub mod task;
+
+pub use id::{AgentId, TaskId};

@@ -1,0 +1,636 @@
+//! The live hierarchy and the routing policies that send a task down it.
+//!
+//! Every node keeps the aggregate load (tasks queued or running) and capacity of its subtree and
+//! the set of agent specs found below it, so a task descends from the top tier to a supervisor
+//! in one pass that looks only at the children of the nodes on its path: O(depth × span) at
+//! worst, O(depth) for the sampling strategies. Nothing here does I/O; the runtime owns a
+//! [`Tree`] and tells it what happened.
+
+use crate::{
+    AgentId,
+    hierarchy::{Error, HierarchyOptions, Plan},
+};
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+use std::{collections::VecDeque, sync::Arc};
+
+/// Most distinct agent specs a tree routes between: a spec set is a 64-bit mask.
+pub const MAX_SPECS: usize = 64;
+
+const NO_PARENT: u32 = u32::MAX;
+/// Weight of the newest sample in a latency moving average.
+const EMA_ALPHA: f32 = 0.2;
+/// Random probes before a sampling strategy falls back to a scan.
+const PROBES: usize = 4;
+
+/// A set of agent specs, one bit per spec index.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct SpecMask(pub u64);
+
+impl SpecMask {
+    pub const ALL: SpecMask = SpecMask(u64::MAX);
+
+    pub fn of(spec: u8) -> Self {
+        SpecMask(1 << spec)
+    }
+
+    pub fn intersects(self, other: SpecMask) -> bool {
+        self.0 & other.0 != 0
+    }
+
+    pub fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+}
+
+/// How a node picks among its children.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Strategy {
+    /// Power of two choices: sample two children, take the one with less load per capacity.
+    #[default]
+    LeastLoaded,
+    RoundRobin,
+    /// Lowest weighted score of load, latency and capability affinity, over all children.
+    Weighted(Weights),
+    Random,
+}
+
+/// Weights of the [`Strategy::Weighted`] score; a lower score wins.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct Weights {
+    /// Times the load per capacity of a subtree, 0..1.
+    pub load: f32,
+    /// Times the subtree's latency average relative to the slowest candidate, 0..1.
+    pub latency: f32,
+    /// Added when the subtree also holds agents of specs the task did not ask for.
+    pub affinity: f32,
+}
+
+impl Default for Weights {
+    fn default() -> Self {
+        Self { load: 1.0, latency: 0.5, affinity: 0.25 }
+    }
+}
+
+#[derive(Clone, Debug)]
+struct Node {
+    parent: u32,
+    tier: u8,
+    /// For workers, the index of their spec.
+    spec: u8,
+    cursor: u16,
+    /// Specs present in this subtree.
+    mask: SpecMask,
+    /// Tasks queued or running in this subtree.
+    load: u32,
+    /// Tasks this subtree holds when full: workers' concurrency plus supervisors' queues.
+    capacity: u32,
+    latency_ema_us: f32,
+    children: Vec<u32>,
+}
+
+/// Size and shape of a [`Tree`].
+#[derive(Clone, Debug)]
+pub struct TreeOptions {
+    pub hierarchy: HierarchyOptions,
+    /// Tasks one supervisor queues beyond what its workers run.
+    pub queue_capacity: u32,
+}
+
+/// The live hierarchy: the agents of every tier, their parents and children, and the load and
+/// capacity of every subtree.
+#[derive(Debug)]
+pub struct Tree {
+    nodes: Vec<Node>,
+    tier_names: Vec<Arc<str>>,
+    tier_sizes: Vec<u32>,
+    roots: Vec<u32>,
+    root_cursor: usize,
+    span: u32,
+    queue_capacity: u32,
+    plan: Plan,
+    /// Planned workers not yet added.
+    planned_left: u64,
+    /// Per managing tier, nodes with room for another child, for growth past the plan.
+    open: Vec<VecDeque<u32>>,
+}
+
+impl Tree {
+    /// The managing tiers of the plan for `options`, with no workers yet: add them with
+    /// [`Tree::add_worker`] (they take their planned places) or all at once with
+    /// [`Tree::add_workers`].
+    pub fn new(options: &TreeOptions) -> Result<Self, Error> {
+        let plan = Plan::new(&options.hierarchy)?;
+        let tiers = plan.tiers();
+        let worker_tier = tiers.len() - 1;
+        let managers = plan.total() - plan.workers();
+        let mut nodes = Vec::with_capacity(plan.total() as usize);
+        for (t, tier) in tiers[..worker_tier].iter().enumerate() {
+            for raw in tier.first..tier.first + tier.count {
+                let id = AgentId(raw as u32);
+                let children = plan.children(id);
+                let children = if t + 1 < worker_tier { children.collect() } else { Vec::new() };
+                nodes.push(Node {
+                    parent: plan.parent(id).map_or(NO_PARENT, |p| p.0),
+                    tier: t as u8,
+                    spec: 0,
+                    cursor: 0,
+                    mask: SpecMask::default(),
+                    load: 0,
+                    capacity: if t + 1 == worker_tier { options.queue_capacity } else { 0 },
+                    latency_ema_us: 0.0,
+                    children,
+                });
+            }
+        }
+        debug_assert_eq!(nodes.len() as u64, managers);
+        let mut tree = Self {
+            tier_names: tiers.iter().map(|t| Arc::from(t.name.as_str())).collect(),
+            tier_sizes: tiers[..worker_tier].iter().map(|t| t.count as u32).chain([0]).collect(),
+            roots: (0..tiers[0].count as u32).collect(),
+            root_cursor: 0,
+            span: plan.span(),
+            queue_capacity: options.queue_capacity,
+            planned_left: plan.workers(),
+            open: vec![VecDeque::new(); worker_tier],
+            nodes,
+            plan,
+        };
+        // Supervisors' queue capacity counts toward every ancestor.
+        for sup in tree.tier_range(worker_tier - 1) {
+            let capacity = tree.nodes[sup as usize].capacity;
+            tree.for_ancestors(sup, |n| n.capacity += capacity);
+        }
+        Ok(tree)
+    }
+
+    /// Adds `count` workers of one spec; returns the id of the first (ids are consecutive).
+    pub fn add_workers(&mut self, count: u32, spec: u8, concurrency: u32) -> AgentId {
+        let first = AgentId(self.nodes.len() as u32);
+        self.nodes.reserve(count as usize);
+        for _ in 0..count {
+            self.add_worker(spec, concurrency);
+        }
+        first
+    }
+
+    /// Adds one worker: in its planned place while the plan has room, then under the
+    /// supervisors with fewest children, growing new managers when every one is full.
+    pub fn add_worker(&mut self, spec: u8, concurrency: u32) -> AgentId {
+        assert!((spec as usize) < MAX_SPECS, "spec index {spec} exceeds {MAX_SPECS}");
+        let worker_tier = self.worker_tier();
+        let parent = if self.planned_left > 0 {
+            self.planned_left -= 1;
+            let next = AgentId(self.nodes.len() as u32);
+            self.plan.parent(next).expect("planned workers have parents").0
+        } else {
+            self.open_slot(worker_tier - 1)
+        };
+        // Growth may have added managers: the worker's id comes after them.
+        let id = self.nodes.len() as u32;
+        self.nodes.push(Node {
+            parent,
+            tier: worker_tier as u8,
+            spec,
+            cursor: 0,
+            mask: SpecMask::of(spec),
+            load: 0,
+            capacity: concurrency,
+            latency_ema_us: 0.0,
+            children: Vec::new(),
+        });
+        self.nodes[parent as usize].children.push(id);
+        self.tier_sizes[worker_tier] += 1;
+        self.for_ancestors(id, |n| {
+            n.capacity += concurrency;
+            n.mask.0 |= 1 << spec;
+        });
+        AgentId(id)
+    }
+
+    /// A node of `tier` that can take one more child, created (with its own parent) if needed.
+    fn open_slot(&mut self, tier: usize) -> u32 {
+        if self.open[tier].is_empty() {
+            let span = self.span as usize;
+            let open: VecDeque<u32> =
+                self.tier_members(tier).filter(|&n| self.nodes[n as usize].children.len() < span).collect();
+            self.open[tier] = open;
+        }
+        if let Some(node) = self.open[tier].pop_front() {
+            if self.nodes[node as usize].children.len() + 1 < self.span as usize {
+                self.open[tier].push_back(node);
+            }
+            return node;
+        }
+        let parent = if tier == 0 { NO_PARENT } else { self.open_slot(tier - 1) };
+        let id = self.nodes.len() as u32;
+        let is_supervisor = tier + 1 == self.worker_tier();
+        let capacity = if is_supervisor { self.queue_capacity } else { 0 };
+        self.nodes.push(Node {
+            parent,
+            tier: tier as u8,
+            spec: 0,
+            cursor: 0,
+            mask: SpecMask::default(),
+            load: 0,
+            capacity,
+            latency_ema_us: 0.0,
+            children: Vec::new(),
+        });
+        self.tier_sizes[tier] += 1;
+        if parent == NO_PARENT {
+            self.roots.push(id);
+        } else {
+            self.nodes[parent as usize].children.push(id);
+            self.for_ancestors(id, |n| n.capacity += capacity);
+        }
+        self.open[tier].push_back(id);
+        id
+    }
+
+    fn tier_members(&self, tier: usize) -> impl Iterator<Item = u32> + '_ {
+        self.nodes.iter().enumerate().filter(move |(_, n)| n.tier as usize == tier).map(|(i, _)| i as u32)
+    }
+
+    fn tier_range(&self, tier: usize) -> std::ops::Range<u32> {
+        let t = &self.plan.tiers()[tier];
+        t.first as u32..(t.first + t.count) as u32
+    }
+
+    fn for_ancestors(&mut self, node: u32, mut f: impl FnMut(&mut Node)) {
+        let mut at = self.nodes[node as usize].parent;
+        while at != NO_PARENT {
+            let n = &mut self.nodes[at as usize];
+            f(n);
+            at = n.parent;
+        }
+    }
+
+    /// Picks the supervisor a task needing one of `mask`'s specs goes to, or `None` when no
+    /// subtree with such agents has room.
+    pub fn route(&mut self, mask: SpecMask, strategy: Strategy, rng: &mut impl Rng) -> Option<AgentId> {
+        let supervisor_tier = (self.worker_tier() - 1) as u8;
+        let mut cursor = self.root_cursor;
+        let mut node = pick(&self.nodes, &self.roots, &mut cursor, mask, strategy, rng)?;
+        self.root_cursor = cursor;
+        while self.nodes[node as usize].tier < supervisor_tier {
+            let n = &self.nodes[node as usize];
+            let mut cursor = n.cursor as usize;
+            let child = pick(&self.nodes, &n.children, &mut cursor, mask, strategy, rng)?;
+            self.nodes[node as usize].cursor = cursor as u16;
+            node = child;
+        }
+        Some(AgentId(node))
+    }
+
+    /// Counts a task routed to `supervisor` in it and every ancestor.
+    pub fn enqueue(&mut self, supervisor: AgentId) {
+        self.nodes[supervisor.index()].load += 1;
+        self.for_ancestors(supervisor.0, |n| n.load += 1);
+    }
+
+    /// A child of `supervisor` of a spec in `mask` that can take another task, taking turns.
+    pub fn idle_worker(&mut self, supervisor: AgentId, mask: SpecMask) -> Option<AgentId> {
+        let sup = &self.nodes[supervisor.index()];
+        let len = sup.children.len();
+        let start = sup.cursor as usize;
+        for i in 0..len {
+            let slot = (start + i) % len;
+            let child = sup.children[slot];
+            let w = &self.nodes[child as usize];
+            if w.load < w.capacity && mask.intersects(SpecMask::of(w.spec)) {
+                self.nodes[supervisor.index()].cursor = ((slot + 1) % len) as u16;
+                return Some(AgentId(child));
+            }
+        }
+        None
+    }
+
+    /// A task counted in `worker`'s supervisor starts on `worker`.
+    pub fn start(&mut self, worker: AgentId) {
+        self.nodes[worker.index()].load += 1;
+    }
+
+    /// A task on `worker` ended: it leaves the load of the worker and every ancestor.
+    /// `latency_us` feeds the moving averages used by [`Strategy::Weighted`].
+    pub fn finish(&mut self, worker: AgentId, latency_us: Option<f32>) {
+        let update = |n: &mut Node| {
+            n.load -= 1;
+            if let Some(x) = latency_us {
+                n.latency_ema_us =
+                    if n.latency_ema_us == 0.0 { x } else { n.latency_ema_us + EMA_ALPHA * (x - n.latency_ema_us) };
+            }
+        };
+        update(&mut self.nodes[worker.index()]);
+        self.for_ancestors(worker.0, update);
+    }
+
+    /// A task counted in `supervisor` left it without running (cancelled, or moved away).
+    pub fn dequeue(&mut self, supervisor: AgentId) {
+        self.nodes[supervisor.index()].load -= 1;
+        self.for_ancestors(supervisor.0, |n| n.load -= 1);
+    }
+
+    pub fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.nodes.is_empty()
+    }
+
+    pub fn worker_tier(&self) -> usize {
+        self.tier_names.len() - 1
+    }
+
+    pub fn tier_names(&self) -> &[Arc<str>] {
+        &self.tier_names
+    }
+
+    /// Number of agents in each tier, top down.
+    pub fn tier_sizes(&self) -> &[u32] {
+        &self.tier_sizes
+    }
+
+    pub fn contains(&self, agent: AgentId) -> bool {
+        agent.index() < self.nodes.len()
+    }
+
+    pub fn tier(&self, agent: AgentId) -> usize {
+        self.nodes[agent.index()].tier as usize
+    }
+
+    pub fn parent(&self, agent: AgentId) -> Option<AgentId> {
+        let p = self.nodes[agent.index()].parent;
+        (p != NO_PARENT).then_some(AgentId(p))
+    }
+
+    pub fn children(&self, agent: AgentId) -> impl ExactSizeIterator<Item = AgentId> + '_ {
+        self.nodes[agent.index()].children.iter().map(|&c| AgentId(c))
+    }
+
+    pub fn ancestors(&self, agent: AgentId) -> impl Iterator<Item = AgentId> + '_ {
+        std::iter::successors(self.parent(agent), |&a| self.parent(a))
+    }
+
+    /// The other agents with `agent`'s parent; for the top tier, the other roots.
+    pub fn siblings(&self, agent: AgentId) -> impl Iterator<Item = AgentId> + '_ {
+        let peers: &[u32] = match self.parent(agent) {
+            Some(p) => &self.nodes[p.index()].children,
+            None => &self.roots,
+        };
+        peers.iter().map(|&c| AgentId(c)).filter(move |&a| a != agent)
+    }
+
+    /// Every agent below `agent`, breadth first. O(size of the subtree).
+    pub fn subtree(&self, agent: AgentId) -> Vec<AgentId> {
+        let mut out: Vec<AgentId> = self.children(agent).collect();
+        let mut i = 0;
+        while i < out.len() {
+            let next = out[i];
+            out.extend(self.children(next));
+            i += 1;
+        }
+        out
+    }
+
+    /// Load, capacity and spec index of `agent`.
+    pub fn load(&self, agent: AgentId) -> (u32, u32) {
+        let n = &self.nodes[agent.index()];
+        (n.load, n.capacity)
+    }
+
+    pub fn spec(&self, agent: AgentId) -> u8 {
+        self.nodes[agent.index()].spec
+    }
+
+    /// Specs present below `agent`.
+    pub fn mask(&self, agent: AgentId) -> SpecMask {
+        self.nodes[agent.index()].mask
+    }
+
+    pub fn latency_ema_us(&self, agent: AgentId) -> f32 {
+        self.nodes[agent.index()].latency_ema_us
+    }
+
+    /// The agents of the top tier.
+    pub fn roots(&self) -> impl ExactSizeIterator<Item = AgentId> + '_ {
+        self.roots.iter().map(|&r| AgentId(r))
+    }
+}
+
+fn eligible(node: &Node, mask: SpecMask) -> bool {
+    node.mask.intersects(mask) && node.load < node.capacity
+}
+
+/// `a` carries less load for its capacity than `b`.
+fn lighter(a: &Node, b: &Node) -> bool {
+    u64::from(a.load) * u64::from(b.capacity) <= u64::from(b.load) * u64::from(a.capacity)
+}
+
+fn pick(
+    nodes: &[Node],
+    candidates: &[u32],
+    cursor: &mut usize,
+    mask: SpecMask,
+    strategy: Strategy,
+    rng: &mut impl Rng,
+) -> Option<u32> {
+    let len = candidates.len();
+    if len == 0 {
+        return None;
+    }
+    let node = |i: usize| &nodes[candidates[i] as usize];
+    match strategy {
+        Strategy::RoundRobin => {
+            let start = *cursor % len;
+            let i = (0..len).map(|k| (start + k) % len).find(|&i| eligible(node(i), mask))?;
+            *cursor = (i + 1) % len;
+            Some(candidates[i])
+        }
+        Strategy::Random | Strategy::LeastLoaded => {
+            let first = sample(candidates, nodes, mask, None, rng)?;
+            if strategy == Strategy::Random || len == 1 {
+                return Some(candidates[first]);
+            }
+            let second = sample(candidates, nodes, mask, Some(first), rng).unwrap_or(first);
+            let best = if lighter(node(first), node(second)) { first } else { second };
+            Some(candidates[best])
+        }
+        Strategy::Weighted(w) => {
+            let start = *cursor % len;
+            let slowest = candidates.iter().map(|&c| nodes[c as usize].latency_ema_us).fold(0.0, f32::max);
+            let score = |n: &Node| {
+                let load = n.load as f32 / n.capacity.max(1) as f32;
+                let latency = if slowest > 0.0 { n.latency_ema_us / slowest } else { 0.0 };
+                let foreign = n.mask.0 & !mask.0 != 0;
+                w.load * load + w.latency * latency + if foreign { w.affinity } else { 0.0 }
+            };
+            let (i, _) = (0..len)
+                .map(|k| (start + k) % len)
+                .filter(|&i| eligible(node(i), mask))
+                .map(|i| (i, score(node(i))))
+                .fold(None, |best: Option<(usize, f32)>, (i, s)| match best {
+                    Some((_, b)) if b <= s => best,
+                    _ => Some((i, s)),
+                })?;
+            *cursor = (i + 1) % len;
+            Some(candidates[i])
+        }
+    }
+}
+
+/// Index of a uniformly chosen eligible candidate other than `exclude`: a few random probes,
+/// then a scan from a random start, so a mostly-eligible level costs O(1) and a sparse one
+/// stays correct.
+fn sample(
+    candidates: &[u32],
+    nodes: &[Node],
+    mask: SpecMask,
+    exclude: Option<usize>,
+    rng: &mut impl Rng,
+) -> Option<usize> {
+    let len = candidates.len();
+    let ok = |i: usize| Some(i) != exclude && eligible(&nodes[candidates[i] as usize], mask);
+    for _ in 0..PROBES {
+        let i = rng.random_range(0..len);
+        if ok(i) {
+            return Some(i);
+        }
+    }
+    let start = rng.random_range(0..len);
+    (0..len).map(|k| (start + k) % len).find(|&i| ok(i))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hierarchy::Tiers;
+    use rand::{SeedableRng, rngs::SmallRng};
+
+    fn tree(workers: u32, span: u32, queue_capacity: u32) -> Tree {
+        let hierarchy = HierarchyOptions { workers: workers.into(), span, tiers: Tiers::default() };
+        let mut tree = Tree::new(&TreeOptions { hierarchy, queue_capacity }).unwrap();
+        tree.add_workers(workers, 0, 1);
+        tree
+    }
+
+    #[test]
+    fn tree_matches_its_plan() {
+        let t = tree(100_000, 12, 8);
+        assert_eq!(t.tier_sizes(), [58, 695, 8_334, 100_000]);
+        let plan = Plan::new(&HierarchyOptions::with_workers(100_000)).unwrap();
+        for raw in (0..t.len() as u32).step_by(97) {
+            assert_eq!(t.parent(AgentId(raw)), plan.parent(AgentId(raw)));
+        }
+        let master = AgentId(0);
+        let (_, capacity) = t.load(master);
+        let workers_below = t.subtree(master).iter().filter(|a| t.tier(**a) == 3).count() as u32;
+        let supervisors_below = t.subtree(master).iter().filter(|a| t.tier(**a) == 2).count() as u32;
+        assert_eq!(capacity, workers_below + 8 * supervisors_below);
+    }
+
+    #[test]
+    fn least_loaded_prefers_lighter_subtrees() {
+        let mut t = tree(12 * 12 * 12 * 2, 12, 100);
+        assert_eq!(t.roots().len(), 2);
+        // Load every supervisor below master 0 heavily.
+        let heavy: Vec<AgentId> =
+            t.subtree(AgentId(0)).into_iter().filter(|a| t.tier(*a) == 2).collect();
+        for &s in &heavy {
+            for _ in 0..90 {
+                t.enqueue(s);
+            }
+        }
+        let mut rng = SmallRng::seed_from_u64(7);
+        let mut into_heavy = 0;
+        for _ in 0..1_000 {
+            let s = t.route(SpecMask::ALL, Strategy::LeastLoaded, &mut rng).unwrap();
+            if heavy.contains(&s) {
+                into_heavy += 1;
+            }
+        }
+        // Two choices among two masters always compare both.
+        assert_eq!(into_heavy, 0, "{into_heavy} of 1000 tasks went to the loaded subtree");
+    }
+
+    #[test]
+    fn round_robin_visits_every_supervisor_in_turn() {
+        let mut t = tree(144, 12, 4);
+        let mut rng = SmallRng::seed_from_u64(1);
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..12 {
+            seen.insert(t.route(SpecMask::ALL, Strategy::RoundRobin, &mut rng).unwrap());
+        }
+        assert_eq!(seen.len(), 12);
+    }
+
+    #[test]
+    fn full_subtrees_are_never_chosen_and_a_full_tree_says_so() {
+        let mut t = tree(24, 12, 2);
+        let mut rng = SmallRng::seed_from_u64(3);
+        // 24 workers + 2 supervisors × 2 queued = 28 slots.
+        for _ in 0..28 {
+            let s = t.route(SpecMask::ALL, Strategy::Random, &mut rng).expect("room left");
+            t.enqueue(s);
+        }
+        assert_eq!(t.route(SpecMask::ALL, Strategy::LeastLoaded, &mut rng), None);
+        let worker = AgentId(t.len() as u32 - 1);
+        t.start(worker);
+        t.finish(worker, Some(10.0));
+        assert!(t.route(SpecMask::ALL, Strategy::Weighted(Weights::default()), &mut rng).is_some());
+    }
+
+    #[test]
+    fn routing_honours_specs() {
+        let hierarchy = HierarchyOptions { workers: 48, span: 12, tiers: Tiers::default() };
+        let mut t = Tree::new(&TreeOptions { hierarchy, queue_capacity: 4 }).unwrap();
+        t.add_workers(36, 0, 1);
+        let first_coder = t.add_workers(12, 1, 1);
+        let coder_sup = t.parent(first_coder).unwrap();
+        let mut rng = SmallRng::seed_from_u64(9);
+        for strategy in [Strategy::LeastLoaded, Strategy::RoundRobin, Strategy::Random, Strategy::Weighted(Weights::default())] {
+            for _ in 0..20 {
+                assert_eq!(t.route(SpecMask::of(1), strategy, &mut rng), Some(coder_sup));
+            }
+        }
+        let w = t.idle_worker(coder_sup, SpecMask::of(1)).unwrap();
+        assert_eq!(t.spec(w), 1);
+        assert_eq!(t.idle_worker(coder_sup, SpecMask::of(0)), None);
+    }
+
+    #[test]
+    fn weighted_prefers_faster_subtrees() {
+        let mut t = tree(12 * 12 * 12 * 2, 12, 10);
+        let slow_worker = t.subtree(AgentId(0)).into_iter().find(|a| t.tier(*a) == 3).unwrap();
+        let fast_worker = t.subtree(AgentId(1)).into_iter().find(|a| t.tier(*a) == 3).unwrap();
+        for (w, us) in [(slow_worker, 5_000.0), (fast_worker, 10.0)] {
+            t.enqueue(t.parent(w).unwrap());
+            t.start(w);
+            t.finish(w, Some(us));
+        }
+        let mut rng = SmallRng::seed_from_u64(5);
+        let s = t.route(SpecMask::ALL, Strategy::Weighted(Weights::default()), &mut rng).unwrap();
+        assert!(t.ancestors(s).any(|a| a == AgentId(1)), "went to {s}, not under the fast master");
+    }
+
+    #[test]
+    fn growth_past_the_plan_keeps_spans_and_adds_managers() {
+        let mut t = tree(12, 12, 1);
+        assert_eq!(t.tier_sizes(), [1, 1, 1, 12]);
+        let extra = t.add_worker(0, 1);
+        let sup = t.parent(extra).unwrap();
+        assert_eq!(t.tier_sizes(), [1, 1, 2, 13]);
+        assert_eq!(t.children(sup).len(), 1);
+        for _ in 0..12 * 12 * 12 {
+            t.add_worker(0, 1);
+        }
+        for a in 0..t.len() as u32 {
+            assert!(t.children(AgentId(a)).len() <= 12);
+        }
+        assert_eq!(t.tier_sizes()[0], 2, "a second master once the first is full");
+        assert_eq!(t.roots().len(), 2);
+    }
+}
