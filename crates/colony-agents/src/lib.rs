@@ -1,1 +1,117 @@
+//! Agents: anything that takes a task and returns a result.
+//!
+//! An [`Agent`] is shared by every agent of its kind; the registry entry of one agent is a few
+//! bytes in the runtime, and [`Task`] tells the handler which agent and which attempt it is
+//! serving. A handler that finishes at once returns [`Execution::Done`] and costs no
+//! allocation; one that waits returns [`Execution::Running`] with a future the runtime polls.
+//!
+//! ```
+//! use colony_agents::{Agent, Execution, Task, from_fn};
+//!
+//! let upper = from_fn(|task: &Task| Ok(task.payload.to_ascii_uppercase().into()));
+//! # let task = Task { id: colony_core::TaskId(1), attempt: 1, agent: colony_core::AgentId(0), payload: "\"hi\"".into() };
+//! match upper.handle(task) {
+//!     Execution::Done(Ok(out)) => assert_eq!(&out[..], b"\"HI\""),
+//!     _ => unreachable!(),
+//! }
+//! ```
 
+pub mod sim;
+
+pub use colony_core::agent::AgentSpec;
+
+use bytes::Bytes;
+use colony_core::{AgentId, TaskId};
+use std::{fmt, future::Future, pin::Pin, sync::Arc};
+
+/// One attempt of a task, as an agent sees it.
+#[derive(Clone, Debug)]
+pub struct Task {
+    pub id: TaskId,
+    /// 1 for the first attempt.
+    pub attempt: u32,
+    /// The agent serving this attempt.
+    pub agent: AgentId,
+    /// The task's JSON payload.
+    pub payload: Bytes,
+}
+
+/// Why an attempt did not produce an output. The variant is the retry decision.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Error {
+    /// Worth another attempt, possibly on another agent (a timeout, a 503, a flaky tool).
+    #[error("{0}")]
+    Retryable(Arc<str>),
+    /// Another attempt would fail the same way (bad input, a missing program).
+    #[error("{0}")]
+    Fatal(Arc<str>),
+}
+
+impl Error {
+    pub fn retryable(message: impl Into<Arc<str>>) -> Self {
+        Self::Retryable(message.into())
+    }
+
+    pub fn fatal(message: impl Into<Arc<str>>) -> Self {
+        Self::Fatal(message.into())
+    }
+
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, Self::Retryable(_))
+    }
+}
+
+/// The result of one attempt: the output (JSON text) or why there is none.
+pub type Outcome = Result<Bytes, Error>;
+
+/// An attempt still in progress.
+pub type Running = Pin<Box<dyn Future<Output = Outcome> + Send>>;
+
+/// What [`Agent::handle`] returns.
+pub enum Execution {
+    /// Finished while handling: no future, no allocation.
+    Done(Outcome),
+    /// Still going; the runtime polls it, bounded by the task's timeout.
+    Running(Running),
+}
+
+impl fmt::Debug for Execution {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Execution::Done(outcome) => f.debug_tuple("Done").field(outcome).finish(),
+            Execution::Running(_) => f.write_str("Running"),
+        }
+    }
+}
+
+/// Runs tasks for every agent of one kind. A panic in `handle` or in the future it returns is
+/// a crash of that agent: the runtime catches it, replaces the agent and retries the task.
+pub trait Agent: Send + Sync + 'static {
+    fn handle(&self, task: Task) -> Execution;
+}
+
+/// An agent from a function that finishes at once.
+pub fn from_fn<F>(f: F) -> FnAgent<F>
+where
+    F: Fn(&Task) -> Outcome + Send + Sync + 'static,
+{
+    FnAgent(f)
+}
+
+/// See [`from_fn`].
+pub struct FnAgent<F>(F);
+
+impl<F> fmt::Debug for FnAgent<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("FnAgent")
+    }
+}
+
+impl<F> Agent for FnAgent<F>
+where
+    F: Fn(&Task) -> Outcome + Send + Sync + 'static,
+{
+    fn handle(&self, task: Task) -> Execution {
+        Execution::Done((self.0)(&task))
+    }
+}

@@ -1,1 +1,171 @@
+//! The journal: colony's system of record for tasks.
+//!
+//! The runtime records every transition of every task through a [`Journal`]: accepted (before
+//! the submitter hears "ok"), started with its attempt number, committed with its result,
+//! failed. An implementation applies fencing: a result commits only if its attempt is the
+//! task's current lease, so each task has exactly one committed result however often it ran.
+//! Every implementation passes the suite in [`testing`].
+//!
+//! ```
+//! use colony_core::{TaskId, AgentId, task::TaskSpec};
+//! use colony_journal::{Journal, MemoryJournal, Record};
+//! # futures::executor::block_on(async {
+//! let journal = MemoryJournal::new();
+//! let first = journal.next_task_id();
+//! journal.accept(first, &[TaskSpec::default()]).await.unwrap();
+//! journal.record(vec![
+//!     Record::Started { task: first, attempt: 1, agent: AgentId(7) },
+//!     Record::Committed { task: first, attempt: 1, output: "42".into() },
+//! ]).await.unwrap();
+//! assert_eq!(journal.task(first).unwrap().unwrap().output.as_deref(), Some(&b"42"[..]));
+//! # });
+//! ```
 
+mod durable;
+mod memory;
+pub mod testing;
+
+pub use durable::Durable;
+pub use memory::MemoryJournal;
+
+use bytes::Bytes;
+use colony_core::{AgentId, TaskId, task::TaskSpec, task::TaskState};
+use std::sync::Arc;
+
+/// A transition of an accepted task.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Record {
+    /// Attempt `attempt` started on `agent`; it is now the task's lease.
+    Started { task: TaskId, attempt: u32, agent: AgentId },
+    /// Attempt `attempt` produced `output`. Ignored (and counted as fenced) unless `attempt` is
+    /// the current lease and the task is not terminal yet.
+    Committed { task: TaskId, attempt: u32, output: Bytes },
+    /// Attempt `attempt` failed with `error`; the task moves to `next`: `Queued` for another
+    /// attempt, or `Failed` / `DeadLettered` for good. Fenced like a commit.
+    Failed { task: TaskId, attempt: u32, error: Arc<str>, next: TaskState },
+    /// The task was cancelled before it ended.
+    Cancelled { task: TaskId },
+}
+
+impl Record {
+    pub fn task(&self) -> TaskId {
+        match self {
+            Record::Started { task, .. }
+            | Record::Committed { task, .. }
+            | Record::Failed { task, .. }
+            | Record::Cancelled { task } => *task,
+        }
+    }
+}
+
+/// What a journal knows about one task.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TaskRow {
+    pub id: TaskId,
+    pub spec: TaskSpec,
+    pub state: TaskState,
+    /// The current lease: the number of the latest attempt started, 0 before the first.
+    pub attempt: u32,
+    /// The agent of the latest attempt.
+    pub agent: Option<AgentId>,
+    pub output: Option<Bytes>,
+    pub error: Option<Arc<str>>,
+}
+
+/// Number of tasks in each state.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counts {
+    pub queued: u64,
+    pub running: u64,
+    pub succeeded: u64,
+    pub failed: u64,
+    pub dead_lettered: u64,
+    pub cancelled: u64,
+}
+
+impl Counts {
+    pub fn total(&self) -> u64 {
+        self.queued + self.running + self.terminal()
+    }
+
+    pub fn terminal(&self) -> u64 {
+        self.succeeded + self.failed + self.dead_lettered + self.cancelled
+    }
+
+    pub fn get(&self, state: TaskState) -> u64 {
+        match state {
+            TaskState::Queued => self.queued,
+            TaskState::Running => self.running,
+            TaskState::Succeeded => self.succeeded,
+            TaskState::Failed => self.failed,
+            TaskState::DeadLettered => self.dead_lettered,
+            TaskState::Cancelled => self.cancelled,
+        }
+    }
+
+    fn slot(&mut self, state: TaskState) -> &mut u64 {
+        match state {
+            TaskState::Queued => &mut self.queued,
+            TaskState::Running => &mut self.running,
+            TaskState::Succeeded => &mut self.succeeded,
+            TaskState::Failed => &mut self.failed,
+            TaskState::DeadLettered => &mut self.dead_lettered,
+            TaskState::Cancelled => &mut self.cancelled,
+        }
+    }
+
+    /// Moves one task from `from` to `to`.
+    pub fn moved(&mut self, from: TaskState, to: TaskState) {
+        *self.slot(from) -= 1;
+        *self.slot(to) += 1;
+    }
+
+    pub fn added(&mut self, state: TaskState, n: u64) {
+        *self.slot(state) += n;
+    }
+}
+
+/// Records a journal refused or dropped, for the invariants' bookkeeping.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Commits and failures of attempts that were not the current lease, or of tasks already
+    /// terminal: late results, dropped as fencing requires.
+    pub fenced: u64,
+    /// Transitions naming a task the journal never accepted.
+    pub unknown: u64,
+}
+
+/// Why a journal could not do what it was asked.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Error {
+    #[error("task ids must continue from {expected}, got {got}")]
+    IdOutOfOrder { expected: TaskId, got: TaskId },
+    #[error("journal storage failed: {0}")]
+    Storage(String),
+    #[error("the journal is closed")]
+    Closed,
+}
+
+/// The system of record for tasks. Implementations are shared between the submitters and the
+/// runtime's dispatcher, so every method takes `&self`.
+pub trait Journal: Send + Sync + 'static {
+    /// The id the next accepted task gets. Ids are dense: `accept` continues from here.
+    fn next_task_id(&self) -> TaskId;
+
+    /// Records tasks `first, first + 1, ...` as accepted and queued. The returned future
+    /// resolves once they would survive a crash of the process; only then may the submitter
+    /// be told they were accepted.
+    fn accept(&self, first: TaskId, specs: &[TaskSpec]) -> Durable;
+
+    /// Records transitions in order. Fencing is applied per record (see [`Record`]).
+    fn record(&self, batch: Vec<Record>) -> Durable;
+
+    fn task(&self, id: TaskId) -> Result<Option<TaskRow>, Error>;
+
+    fn counts(&self) -> Result<Counts, Error>;
+
+    /// Tasks not yet terminal, oldest first: what recovery puts back in the queues.
+    fn unfinished(&self) -> Result<Vec<TaskRow>, Error>;
+
+    fn stats(&self) -> Stats;
+}

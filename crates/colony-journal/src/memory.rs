@@ -1,0 +1,165 @@
+use crate::{Counts, Durable, Error, Journal, Record, Stats, TaskRow};
+use bytes::Bytes;
+use colony_core::{AgentId, TaskId, task::TaskSpec, task::TaskState};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+/// A journal that keeps everything in memory: fast, and gone with the process. Tasks live in a
+/// vector indexed by id, so a batch of transitions costs one lock and one index per record.
+#[derive(Debug, Default)]
+pub struct MemoryJournal {
+    inner: Mutex<Inner>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    rows: Vec<Row>,
+    counts: Counts,
+    stats: Stats,
+}
+
+#[derive(Debug)]
+struct Row {
+    spec: TaskSpec,
+    state: TaskState,
+    attempt: u32,
+    agent: Option<AgentId>,
+    output: Option<Bytes>,
+    error: Option<Arc<str>>,
+}
+
+impl MemoryJournal {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panic while holding the lock cannot leave a row half-written (every update is a
+        // few assignments), so a poisoned lock is still consistent.
+        self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// Task ids start at 1; row `i` holds task `i + 1`.
+fn index(id: TaskId) -> usize {
+    (id.0 as usize).wrapping_sub(1)
+}
+
+impl Inner {
+    fn apply(&mut self, record: Record) {
+        let Some(row) = self.rows.get_mut(index(record.task())) else {
+            self.stats.unknown += 1;
+            return;
+        };
+        let from = row.state;
+        match record {
+            Record::Started { attempt, agent, .. } => {
+                if from.is_terminal() || attempt <= row.attempt {
+                    self.stats.fenced += 1;
+                    return;
+                }
+                row.attempt = attempt;
+                row.agent = Some(agent);
+                row.state = TaskState::Running;
+            }
+            Record::Committed { attempt, output, .. } => {
+                if from.is_terminal() || attempt != row.attempt {
+                    self.stats.fenced += 1;
+                    return;
+                }
+                row.output = Some(output);
+                row.error = None;
+                row.state = TaskState::Succeeded;
+            }
+            Record::Failed { attempt, error, next, .. } => {
+                if from.is_terminal() || attempt != row.attempt {
+                    self.stats.fenced += 1;
+                    return;
+                }
+                row.error = Some(error);
+                row.state = next;
+            }
+            Record::Cancelled { .. } => {
+                if from.is_terminal() {
+                    return;
+                }
+                row.state = TaskState::Cancelled;
+            }
+        }
+        self.counts.moved(from, row.state);
+    }
+
+    fn row(&self, id: TaskId) -> Option<TaskRow> {
+        let row = self.rows.get(index(id))?;
+        Some(TaskRow {
+            id,
+            spec: row.spec.clone(),
+            state: row.state,
+            attempt: row.attempt,
+            agent: row.agent,
+            output: row.output.clone(),
+            error: row.error.clone(),
+        })
+    }
+}
+
+impl Journal for MemoryJournal {
+    fn next_task_id(&self) -> TaskId {
+        TaskId(self.lock().rows.len() as u64 + 1)
+    }
+
+    fn accept(&self, first: TaskId, specs: &[TaskSpec]) -> Durable {
+        let mut inner = self.lock();
+        let expected = TaskId(inner.rows.len() as u64 + 1);
+        if first != expected {
+            return Durable::ready(Err(Error::IdOutOfOrder { expected, got: first }));
+        }
+        inner.rows.extend(specs.iter().map(|spec| Row {
+            spec: spec.clone(),
+            state: TaskState::Queued,
+            attempt: 0,
+            agent: None,
+            output: None,
+            error: None,
+        }));
+        inner.counts.added(TaskState::Queued, specs.len() as u64);
+        Durable::ready(Ok(()))
+    }
+
+    fn record(&self, batch: Vec<Record>) -> Durable {
+        let mut inner = self.lock();
+        for record in batch {
+            inner.apply(record);
+        }
+        Durable::ready(Ok(()))
+    }
+
+    fn task(&self, id: TaskId) -> Result<Option<TaskRow>, Error> {
+        Ok(self.lock().row(id))
+    }
+
+    fn counts(&self) -> Result<Counts, Error> {
+        Ok(self.lock().counts)
+    }
+
+    fn unfinished(&self) -> Result<Vec<TaskRow>, Error> {
+        let inner = self.lock();
+        Ok((0..inner.rows.len())
+            .filter(|&i| !inner.rows[i].state.is_terminal())
+            .filter_map(|i| inner.row(TaskId(i as u64 + 1)))
+            .collect())
+    }
+
+    fn stats(&self) -> Stats {
+        self.lock().stats
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn conformance() {
+        crate::testing::Suite::test_all(MemoryJournal::new);
+    }
+}

@@ -1,0 +1,140 @@
+//! The conformance suite every [`Journal`] implementation passes.
+//!
+//! ```
+//! colony_journal::testing::Suite::test_all(colony_journal::MemoryJournal::new);
+//! ```
+
+use crate::{Error, Journal, Record};
+use colony_core::{AgentId, TaskId, task::TaskSpec, task::TaskState};
+use futures::executor::block_on;
+
+/// Runs every conformance case against fresh journals from `make`.
+#[derive(Debug)]
+pub struct Suite;
+
+impl Suite {
+    pub fn test_all<J: Journal>(make: impl Fn() -> J) {
+        accepted_tasks_are_queued_with_dense_ids(&make());
+        ids_must_continue(&make());
+        a_result_commits_once(&make());
+        late_results_are_fenced(&make());
+        retries_move_the_lease(&make());
+        terminal_states_are_final(&make());
+        unfinished_lists_what_recovery_needs(&make());
+        unknown_tasks_are_counted(&make());
+    }
+}
+
+fn accept<J: Journal>(j: &J, n: usize) -> TaskId {
+    let first = j.next_task_id();
+    let specs: Vec<TaskSpec> =
+        (0..n).map(|i| TaskSpec::with_payload(format!("{{\"n\":{i}}}"))).collect();
+    block_on(j.accept(first, &specs)).expect("accept");
+    first
+}
+
+fn record<J: Journal>(j: &J, batch: Vec<Record>) {
+    block_on(j.record(batch)).expect("record");
+}
+
+fn nth(first: TaskId, i: u64) -> TaskId {
+    TaskId(first.0 + i)
+}
+
+fn started(task: TaskId, attempt: u32) -> Record {
+    Record::Started { task, attempt, agent: AgentId(attempt) }
+}
+
+fn committed(task: TaskId, attempt: u32, output: &str) -> Record {
+    Record::Committed { task, attempt, output: output.to_owned().into() }
+}
+
+fn failed(task: TaskId, attempt: u32, next: TaskState) -> Record {
+    Record::Failed { task, attempt, error: "boom".into(), next }
+}
+
+fn accepted_tasks_are_queued_with_dense_ids<J: Journal>(j: &J) {
+    let first = accept(j, 3);
+    assert_eq!(j.next_task_id(), nth(first, 3));
+    let counts = j.counts().unwrap();
+    assert_eq!((counts.queued, counts.total()), (3, 3));
+    let row = j.task(nth(first, 2)).unwrap().expect("accepted task");
+    assert_eq!(row.state, TaskState::Queued);
+    assert_eq!(&row.spec.payload[..], b"{\"n\":2}");
+    assert_eq!(j.task(nth(first, 3)).unwrap(), None);
+}
+
+fn ids_must_continue<J: Journal>(j: &J) {
+    let first = accept(j, 1);
+    let gap = nth(first, 5);
+    let err = block_on(j.accept(gap, &[TaskSpec::default()])).unwrap_err();
+    assert!(matches!(err, Error::IdOutOfOrder { .. }), "{err}");
+    assert_eq!(j.counts().unwrap().total(), 1, "nothing half-written");
+}
+
+fn a_result_commits_once<J: Journal>(j: &J) {
+    let t = accept(j, 1);
+    record(j, vec![started(t, 1), committed(t, 1, "first"), committed(t, 1, "again")]);
+    let row = j.task(t).unwrap().unwrap();
+    assert_eq!(row.state, TaskState::Succeeded);
+    assert_eq!(row.output.as_deref(), Some(&b"first"[..]));
+    assert_eq!(row.agent, Some(AgentId(1)));
+    assert_eq!(j.stats().fenced, 1);
+}
+
+fn late_results_are_fenced<J: Journal>(j: &J) {
+    let t = accept(j, 1);
+    record(j, vec![started(t, 1), started(t, 2)]);
+    record(j, vec![committed(t, 1, "late"), failed(t, 1, TaskState::Failed)]);
+    assert_eq!(j.task(t).unwrap().unwrap().state, TaskState::Running);
+    assert_eq!(j.stats().fenced, 2);
+    record(j, vec![committed(t, 2, "current")]);
+    let row = j.task(t).unwrap().unwrap();
+    assert_eq!((row.state, row.attempt), (TaskState::Succeeded, 2));
+    assert_eq!(row.output.as_deref(), Some(&b"current"[..]));
+    // A stale start cannot take the lease back.
+    record(j, vec![started(t, 1)]);
+    assert_eq!(j.task(t).unwrap().unwrap().attempt, 2);
+}
+
+fn retries_move_the_lease<J: Journal>(j: &J) {
+    let t = accept(j, 1);
+    record(j, vec![started(t, 1), failed(t, 1, TaskState::Queued)]);
+    let row = j.task(t).unwrap().unwrap();
+    assert_eq!((row.state, row.error.as_deref()), (TaskState::Queued, Some("boom")));
+    record(j, vec![started(t, 2), failed(t, 2, TaskState::DeadLettered)]);
+    let counts = j.counts().unwrap();
+    assert_eq!((counts.dead_lettered, counts.queued, counts.running), (1, 0, 0));
+}
+
+fn terminal_states_are_final<J: Journal>(j: &J) {
+    let first = accept(j, 2);
+    let (a, b) = (first, nth(first, 1));
+    record(j, vec![Record::Cancelled { task: a }, started(a, 1), committed(a, 1, "x")]);
+    assert_eq!(j.task(a).unwrap().unwrap().state, TaskState::Cancelled);
+    record(j, vec![started(b, 1), failed(b, 1, TaskState::Failed), Record::Cancelled { task: b }]);
+    assert_eq!(j.task(b).unwrap().unwrap().state, TaskState::Failed);
+    let counts = j.counts().unwrap();
+    assert_eq!((counts.cancelled, counts.failed, counts.terminal()), (1, 1, 2));
+}
+
+fn unfinished_lists_what_recovery_needs<J: Journal>(j: &J) {
+    let first = accept(j, 4);
+    record(j, vec![started(first, 1), committed(first, 1, "done"), started(nth(first, 1), 1)]);
+    let open: Vec<(TaskId, TaskState)> =
+        j.unfinished().unwrap().into_iter().map(|r| (r.id, r.state)).collect();
+    assert_eq!(
+        open,
+        [
+            (nth(first, 1), TaskState::Running),
+            (nth(first, 2), TaskState::Queued),
+            (nth(first, 3), TaskState::Queued)
+        ]
+    );
+}
+
+fn unknown_tasks_are_counted<J: Journal>(j: &J) {
+    record(j, vec![started(TaskId(999_999), 1)]);
+    assert_eq!(j.stats().unknown, 1);
+    assert_eq!(j.counts().unwrap().total(), 0);
+}
