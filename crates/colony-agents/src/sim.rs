@@ -41,7 +41,9 @@ pub enum Latency {
 
 impl Default for Latency {
     fn default() -> Self {
-        Latency::Fixed { value: Duration::ZERO }
+        Latency::Fixed {
+            value: Duration::ZERO,
+        }
     }
 }
 
@@ -88,7 +90,11 @@ pub enum OptionsError {
 
 impl SimOptions {
     pub fn validate(&self) -> Result<(), OptionsError> {
-        let rates = [("error-rate", self.error_rate), ("crash-rate", self.crash_rate), ("hang-rate", self.hang_rate)];
+        let rates = [
+            ("error-rate", self.error_rate),
+            ("crash-rate", self.crash_rate),
+            ("hang-rate", self.hang_rate),
+        ];
         for (field, got) in rates {
             if !(0.0..=1.0).contains(&got) {
                 return Err(OptionsError::Rate { field, got });
@@ -148,11 +154,14 @@ impl Sim {
         let mut rng = SmallRng::seed_from_u64(mix(self.options.seed, task, attempt));
         let latency = match self.options.latency {
             Latency::Fixed { value } => value,
-            Latency::Uniform { min, max } => {
-                Duration::from_nanos(rng.random_range(min.as_nanos() as u64..=max.as_nanos() as u64))
-            }
+            Latency::Uniform { min, max } => Duration::from_nanos(
+                rng.random_range(min.as_nanos() as u64..=max.as_nanos() as u64),
+            ),
             Latency::LogNormal { .. } => {
-                let secs = self.lognormal.expect("built with the options").sample(&mut rng);
+                let secs = self
+                    .lognormal
+                    .expect("built with the options")
+                    .sample(&mut rng);
                 Duration::from_secs_f64(secs.min(86_400.0))
             }
         };
@@ -177,7 +186,8 @@ impl Sim {
 
 /// SplitMix64-style mixing of the seed, task and attempt into one seed.
 fn mix(seed: u64, task: u64, attempt: u32) -> u64 {
-    let mut z = seed ^ task.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ u64::from(attempt).rotate_left(32);
+    let mut z =
+        seed ^ task.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ u64::from(attempt).rotate_left(32);
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
     z ^ (z >> 31)
@@ -186,7 +196,10 @@ fn mix(seed: u64, task: u64, attempt: u32) -> u64 {
 fn finish(fate: Fate, task: Task) -> Outcome {
     match fate {
         Fate::Succeed => Ok(task.payload),
-        Fate::Error => Err(Error::retryable(format!("simulated error on attempt {}", task.attempt))),
+        Fate::Error => Err(Error::retryable(format!(
+            "simulated error on attempt {}",
+            task.attempt
+        ))),
         Fate::Crash => std::panic::resume_unwind(Box::new(SimCrash)),
         Fate::Hang => unreachable!("a hang never finishes"),
     }
@@ -213,12 +226,23 @@ mod tests {
     use std::panic::{AssertUnwindSafe, catch_unwind};
 
     fn task(id: u64) -> Task {
-        Task { id: TaskId(id), attempt: 1, agent: AgentId(0), payload: "{}".into() }
+        Task {
+            id: TaskId(id),
+            attempt: 1,
+            agent: AgentId(0),
+            payload: "{}".into(),
+        }
     }
 
     #[test]
     fn same_seed_same_fates_and_rates_hold() {
-        let options = SimOptions { seed: 42, error_rate: 0.1, crash_rate: 0.05, hang_rate: 0.02, ..Default::default() };
+        let options = SimOptions {
+            seed: 42,
+            error_rate: 0.1,
+            crash_rate: 0.05,
+            hang_rate: 0.02,
+            ..Default::default()
+        };
         let a = Sim::new(options.clone()).unwrap();
         let b = Sim::new(options).unwrap();
         let mut counts = [0u32; 4];
@@ -235,8 +259,15 @@ mod tests {
 
     #[test]
     fn lognormal_percentiles() {
-        let latency = Latency::LogNormal { p50: Duration::from_millis(10), p99: Duration::from_millis(100) };
-        let sim = Sim::new(SimOptions { latency, ..Default::default() }).unwrap();
+        let latency = Latency::LogNormal {
+            p50: Duration::from_millis(10),
+            p99: Duration::from_millis(100),
+        };
+        let sim = Sim::new(SimOptions {
+            latency,
+            ..Default::default()
+        })
+        .unwrap();
         let mut samples: Vec<Duration> = (0..20_000).map(|id| sim.draw(id, 1).0).collect();
         samples.sort();
         let p50 = samples[10_000].as_secs_f64();
@@ -249,31 +280,82 @@ mod tests {
     fn outcomes() {
         let ok = Sim::new(SimOptions::default()).unwrap();
         assert!(matches!(ok.handle(task(1)), Execution::Done(Ok(out)) if &out[..] == b"{}"));
-        let err = Sim::new(SimOptions { error_rate: 1.0, ..Default::default() }).unwrap();
-        assert!(matches!(err.handle(task(1)), Execution::Done(Err(Error::Retryable(_)))));
-        let crash = Sim::new(SimOptions { crash_rate: 1.0, ..Default::default() }).unwrap();
+        let err = Sim::new(SimOptions {
+            error_rate: 1.0,
+            ..Default::default()
+        })
+        .unwrap();
+        assert!(matches!(
+            err.handle(task(1)),
+            Execution::Done(Err(Error::Retryable(_)))
+        ));
+        let crash = Sim::new(SimOptions {
+            crash_rate: 1.0,
+            ..Default::default()
+        })
+        .unwrap();
         let unwound = catch_unwind(AssertUnwindSafe(|| crash.handle(task(1)))).unwrap_err();
         assert!(unwound.is::<SimCrash>());
     }
 
     #[tokio::test(start_paused = true)]
     async fn latency_and_hang_run_in_virtual_time() {
-        let slow = Sim::new(SimOptions { latency: Latency::Fixed { value: Duration::from_secs(5) }, ..Default::default() }).unwrap();
-        let Execution::Running(fut) = slow.handle(task(1)) else { panic!("expected a running attempt") };
+        let slow = Sim::new(SimOptions {
+            latency: Latency::Fixed {
+                value: Duration::from_secs(5),
+            },
+            ..Default::default()
+        })
+        .unwrap();
+        let Execution::Running(fut) = slow.handle(task(1)) else {
+            panic!("expected a running attempt")
+        };
         let start = tokio::time::Instant::now();
         assert!(fut.await.is_ok());
         assert_eq!(start.elapsed(), Duration::from_secs(5));
-        let hang = Sim::new(SimOptions { hang_rate: 1.0, ..Default::default() }).unwrap();
-        let Execution::Running(fut) = hang.handle(task(1)) else { panic!("expected a running attempt") };
-        assert!(tokio::time::timeout(Duration::from_secs(3600), fut).await.is_err());
+        let hang = Sim::new(SimOptions {
+            hang_rate: 1.0,
+            ..Default::default()
+        })
+        .unwrap();
+        let Execution::Running(fut) = hang.handle(task(1)) else {
+            panic!("expected a running attempt")
+        };
+        assert!(
+            tokio::time::timeout(Duration::from_secs(3600), fut)
+                .await
+                .is_err()
+        );
     }
 
     #[test]
     fn bad_options_are_named() {
         let bad = |o: SimOptions| Sim::new(o).unwrap_err().to_string();
-        assert!(bad(SimOptions { crash_rate: 1.5, ..Default::default() }).contains("crash-rate 1.5"));
-        assert!(bad(SimOptions { error_rate: 0.6, hang_rate: 0.6, ..Default::default() }).contains("add up to"));
-        let latency = Latency::Uniform { min: Duration::from_secs(2), max: Duration::from_secs(1) };
-        assert!(bad(SimOptions { latency, ..Default::default() }).contains("min must not exceed max"));
+        assert!(
+            bad(SimOptions {
+                crash_rate: 1.5,
+                ..Default::default()
+            })
+            .contains("crash-rate 1.5")
+        );
+        assert!(
+            bad(SimOptions {
+                error_rate: 0.6,
+                hang_rate: 0.6,
+                ..Default::default()
+            })
+            .contains("add up to")
+        );
+        let latency = Latency::Uniform {
+            min: Duration::from_secs(2),
+            max: Duration::from_secs(1),
+        };
+        assert!(
+            bad(SimOptions {
+                latency,
+                ..Default::default()
+            })
+            .contains("min must not exceed max")
+        );
     }
 }

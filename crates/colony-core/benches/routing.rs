@@ -11,7 +11,10 @@ use std::hint::black_box;
 fn routing(c: &mut Criterion) {
     let mut group = c.benchmark_group("route");
     for workers in [10_000u32, 1_000_000] {
-        let options = TreeOptions { hierarchy: HierarchyOptions::with_workers(workers.into()), queue_capacity: 64 };
+        let options = TreeOptions {
+            hierarchy: HierarchyOptions::with_workers(workers.into()),
+            queue_capacity: 64,
+        };
         let mut tree = Tree::new(&options).unwrap();
         tree.add_workers(workers, 0, 1);
         let mut rng = SmallRng::seed_from_u64(1);
@@ -23,7 +26,9 @@ fn routing(c: &mut Criterion) {
         ] {
             group.bench_function(format!("{name}/{workers}"), |b| {
                 b.iter(|| {
-                    let s = tree.route(black_box(SpecMask::ALL), strategy, &mut rng).unwrap();
+                    let s = tree
+                        .route(black_box(SpecMask::ALL), strategy, &mut rng)
+                        .unwrap();
                     tree.enqueue(s);
                     tree.dequeue(s);
                     s

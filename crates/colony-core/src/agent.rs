@@ -26,13 +26,24 @@ fn one() -> u32 {
 
 impl AgentSpec {
     pub fn new(kind: &str, role: &str) -> Self {
-        Self { kind: kind.into(), role: role.into(), capabilities: Vec::new(), concurrency: 1 }
+        Self {
+            kind: kind.into(),
+            role: role.into(),
+            capabilities: Vec::new(),
+            concurrency: 1,
+        }
     }
 
     /// Whether an agent of this spec may run a task with `requirement`.
     pub fn satisfies(&self, requirement: &Requirement) -> bool {
-        requirement.role.as_ref().is_none_or(|role| *role == self.role)
-            && requirement.capabilities.iter().all(|c| self.capabilities.contains(c) || *c == self.role)
+        requirement
+            .role
+            .as_ref()
+            .is_none_or(|role| *role == self.role)
+            && requirement
+                .capabilities
+                .iter()
+                .all(|c| self.capabilities.contains(c) || *c == self.role)
     }
 }
 

@@ -52,7 +52,11 @@ pub struct HierarchyOptions {
 impl HierarchyOptions {
     /// The default shape (span 12, four tiers) for `workers` workers.
     pub fn with_workers(workers: u64) -> Self {
-        Self { workers, span: DEFAULT_SPAN, tiers: Tiers::default() }
+        Self {
+            workers,
+            span: DEFAULT_SPAN,
+            tiers: Tiers::default(),
+        }
     }
 
     /// Checks every field, naming the one that is wrong and the range it must be in.
@@ -72,7 +76,9 @@ impl HierarchyOptions {
             }
             for (index, name) in names.iter().enumerate() {
                 if name.trim().is_empty() {
-                    return Err(Error::EmptyTierName { position: index + 1 });
+                    return Err(Error::EmptyTierName {
+                        position: index + 1,
+                    });
                 }
                 if names[..index].contains(name) {
                     return Err(Error::DuplicateTier { name: name.clone() });
@@ -157,7 +163,10 @@ impl Plan {
                 tier
             })
             .collect();
-        Ok(Self { tiers, span: options.span })
+        Ok(Self {
+            tiers,
+            span: options.span,
+        })
     }
 
     /// Tiers from the top down; the last one holds the workers.
@@ -181,7 +190,9 @@ impl Plan {
     /// The tier index of `agent`, or `None` if the plan has no such agent.
     pub fn tier_of(&self, agent: AgentId) -> Option<usize> {
         let id = u64::from(agent.0);
-        self.tiers.iter().position(|t| (t.first..t.first + t.count).contains(&id))
+        self.tiers
+            .iter()
+            .position(|t| (t.first..t.first + t.count).contains(&id))
     }
 
     /// The agent `agent` reports to; `None` for the top tier and for unknown agents.
@@ -194,14 +205,22 @@ impl Plan {
         let child = u64::from(agent.0) - down.first;
         let (base, extra) = (down.count / up.count, down.count % up.count);
         let cut = extra * (base + 1);
-        let parent = if child < cut { child / (base + 1) } else { extra + (child - cut) / base };
+        let parent = if child < cut {
+            child / (base + 1)
+        } else {
+            extra + (child - cut) / base
+        };
         Some(id(up.first + parent))
     }
 
     /// The agents that report to `agent`, a contiguous range of ids; empty for workers.
     pub fn children(&self, agent: AgentId) -> Range<u32> {
-        let Some(tier) = self.tier_of(agent) else { return 0..0 };
-        let Some(down) = self.tiers.get(tier + 1) else { return 0..0 };
+        let Some(tier) = self.tier_of(agent) else {
+            return 0..0;
+        };
+        let Some(down) = self.tiers.get(tier + 1) else {
+            return 0..0;
+        };
         let up = &self.tiers[tier];
         let range = child_range(u64::from(agent.0) - up.first, up.count, down.count);
         (down.first + range.start) as u32..(down.first + range.end) as u32
@@ -308,15 +327,28 @@ mod tests {
 
     #[test]
     fn auto_depth_adds_tiers_until_one_root() {
-        let options = HierarchyOptions { tiers: Tiers::Auto, ..HierarchyOptions::with_workers(100_000) };
+        let options = HierarchyOptions {
+            tiers: Tiers::Auto,
+            ..HierarchyOptions::with_workers(100_000)
+        };
         let plan = Plan::new(&options).unwrap();
         assert_eq!(counts(&plan), [1, 5, 58, 695, 8_334, 100_000]);
         let names: Vec<_> = plan.tiers().iter().map(|t| t.name.as_str()).collect();
         assert_eq!(
             names,
-            ["master", "coordinator-1", "coordinator-2", "coordinator-3", "supervisor", "worker"]
+            [
+                "master",
+                "coordinator-1",
+                "coordinator-2",
+                "coordinator-3",
+                "supervisor",
+                "worker"
+            ]
         );
-        let one = HierarchyOptions { tiers: Tiers::Auto, ..HierarchyOptions::with_workers(1) };
+        let one = HierarchyOptions {
+            tiers: Tiers::Auto,
+            ..HierarchyOptions::with_workers(1)
+        };
         assert_eq!(counts(&Plan::new(&one).unwrap()), [1, 1]);
     }
 
@@ -326,28 +358,68 @@ mod tests {
         let last_worker = AgentId(109_086);
         let chain: Vec<_> = plan.ancestors(last_worker).collect();
         assert_eq!(chain.len(), 3);
-        assert_eq!(chain[2], AgentId(57), "the last worker reports up to the last master");
+        assert_eq!(
+            chain[2],
+            AgentId(57),
+            "the last worker reports up to the last master"
+        );
         assert_eq!(plan.siblings(AgentId(0)).count(), 57);
         let subtree = plan.subtree(AgentId(0));
         assert_eq!(subtree.len(), 3);
         let workers: u32 = subtree[2].clone().map(|_| 1).sum();
-        assert!((1_716..=1_728).contains(&workers), "a master holds about 12^3 workers");
+        assert!(
+            (1_716..=1_728).contains(&workers),
+            "a master holds about 12^3 workers"
+        );
     }
 
     #[test]
     fn bad_input_names_the_value() {
         let err = |o: HierarchyOptions| Plan::new(&o).unwrap_err().to_string();
         let base = HierarchyOptions::with_workers(10);
-        assert!(err(HierarchyOptions { span: 1, ..base.clone() }).contains("span of control 1"));
-        assert!(err(HierarchyOptions { span: 0, ..base.clone() }).contains("allowed 2..="));
-        assert!(err(HierarchyOptions { workers: 0, ..base.clone() }).contains("worker count 0"));
+        assert!(
+            err(HierarchyOptions {
+                span: 1,
+                ..base.clone()
+            })
+            .contains("span of control 1")
+        );
+        assert!(
+            err(HierarchyOptions {
+                span: 0,
+                ..base.clone()
+            })
+            .contains("allowed 2..=")
+        );
+        assert!(
+            err(HierarchyOptions {
+                workers: 0,
+                ..base.clone()
+            })
+            .contains("worker count 0")
+        );
         let tiers = |names: &[&str]| Tiers::Named(names.iter().map(|s| s.to_string()).collect());
         assert!(
-            err(HierarchyOptions { tiers: tiers(&["a", "b", "a"]), ..base.clone() })
-                .contains("`a` appears more than once")
+            err(HierarchyOptions {
+                tiers: tiers(&["a", "b", "a"]),
+                ..base.clone()
+            })
+            .contains("`a` appears more than once")
         );
-        assert!(err(HierarchyOptions { tiers: tiers(&["a", " "]), ..base.clone() }).contains("empty"));
-        assert!(err(HierarchyOptions { tiers: tiers(&["a"]), ..base }).contains("at least 2"));
+        assert!(
+            err(HierarchyOptions {
+                tiers: tiers(&["a", " "]),
+                ..base.clone()
+            })
+            .contains("empty")
+        );
+        assert!(
+            err(HierarchyOptions {
+                tiers: tiers(&["a"]),
+                ..base
+            })
+            .contains("at least 2")
+        );
     }
 
     proptest! {

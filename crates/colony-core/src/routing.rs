@@ -70,7 +70,11 @@ pub struct Weights {
 
 impl Default for Weights {
     fn default() -> Self {
-        Self { load: 1.0, latency: 0.5, affinity: 0.25 }
+        Self {
+            load: 1.0,
+            latency: 0.5,
+            affinity: 0.25,
+        }
     }
 }
 
@@ -131,7 +135,11 @@ impl Tree {
             for raw in tier.first..tier.first + tier.count {
                 let id = AgentId(raw as u32);
                 let children = plan.children(id);
-                let children = if t + 1 < worker_tier { children.collect() } else { Vec::new() };
+                let children = if t + 1 < worker_tier {
+                    children.collect()
+                } else {
+                    Vec::new()
+                };
                 nodes.push(Node {
                     parent: plan.parent(id).map_or(NO_PARENT, |p| p.0),
                     tier: t as u8,
@@ -139,7 +147,11 @@ impl Tree {
                     cursor: 0,
                     mask: SpecMask::default(),
                     load: 0,
-                    capacity: if t + 1 == worker_tier { options.queue_capacity } else { 0 },
+                    capacity: if t + 1 == worker_tier {
+                        options.queue_capacity
+                    } else {
+                        0
+                    },
                     latency_ema_us: 0.0,
                     children,
                 });
@@ -148,7 +160,11 @@ impl Tree {
         debug_assert_eq!(nodes.len() as u64, managers);
         let mut tree = Self {
             tier_names: tiers.iter().map(|t| Arc::from(t.name.as_str())).collect(),
-            tier_sizes: tiers[..worker_tier].iter().map(|t| t.count as u32).chain([0]).collect(),
+            tier_sizes: tiers[..worker_tier]
+                .iter()
+                .map(|t| t.count as u32)
+                .chain([0])
+                .collect(),
             roots: (0..tiers[0].count as u32).collect(),
             root_cursor: 0,
             span: plan.span(),
@@ -179,12 +195,18 @@ impl Tree {
     /// Adds one worker: in its planned place while the plan has room, then under the
     /// supervisors with fewest children, growing new managers when every one is full.
     pub fn add_worker(&mut self, spec: u8, concurrency: u32) -> AgentId {
-        assert!((spec as usize) < MAX_SPECS, "spec index {spec} exceeds {MAX_SPECS}");
+        assert!(
+            (spec as usize) < MAX_SPECS,
+            "spec index {spec} exceeds {MAX_SPECS}"
+        );
         let worker_tier = self.worker_tier();
         let parent = if self.planned_left > 0 {
             self.planned_left -= 1;
             let next = AgentId(self.nodes.len() as u32);
-            self.plan.parent(next).expect("planned workers have parents").0
+            self.plan
+                .parent(next)
+                .expect("planned workers have parents")
+                .0
         } else {
             self.open_slot(worker_tier - 1)
         };
@@ -214,8 +236,10 @@ impl Tree {
     fn open_slot(&mut self, tier: usize) -> u32 {
         if self.open[tier].is_empty() {
             let span = self.span as usize;
-            let open: VecDeque<u32> =
-                self.tier_members(tier).filter(|&n| self.nodes[n as usize].children.len() < span).collect();
+            let open: VecDeque<u32> = self
+                .tier_members(tier)
+                .filter(|&n| self.nodes[n as usize].children.len() < span)
+                .collect();
             self.open[tier] = open;
         }
         if let Some(node) = self.open[tier].pop_front() {
@@ -224,10 +248,18 @@ impl Tree {
             }
             return node;
         }
-        let parent = if tier == 0 { NO_PARENT } else { self.open_slot(tier - 1) };
+        let parent = if tier == 0 {
+            NO_PARENT
+        } else {
+            self.open_slot(tier - 1)
+        };
         let id = self.nodes.len() as u32;
         let is_supervisor = tier + 1 == self.worker_tier();
-        let capacity = if is_supervisor { self.queue_capacity } else { 0 };
+        let capacity = if is_supervisor {
+            self.queue_capacity
+        } else {
+            0
+        };
         self.nodes.push(Node {
             parent,
             tier: tier as u8,
@@ -251,7 +283,11 @@ impl Tree {
     }
 
     fn tier_members(&self, tier: usize) -> impl Iterator<Item = u32> + '_ {
-        self.nodes.iter().enumerate().filter(move |(_, n)| n.tier as usize == tier).map(|(i, _)| i as u32)
+        self.nodes
+            .iter()
+            .enumerate()
+            .filter(move |(_, n)| n.tier as usize == tier)
+            .map(|(i, _)| i as u32)
     }
 
     fn tier_range(&self, tier: usize) -> std::ops::Range<u32> {
@@ -270,7 +306,12 @@ impl Tree {
 
     /// Picks the supervisor a task needing one of `mask`'s specs goes to, or `None` when no
     /// subtree with such agents has room.
-    pub fn route(&mut self, mask: SpecMask, strategy: Strategy, rng: &mut impl Rng) -> Option<AgentId> {
+    pub fn route(
+        &mut self,
+        mask: SpecMask,
+        strategy: Strategy,
+        rng: &mut impl Rng,
+    ) -> Option<AgentId> {
         let supervisor_tier = (self.worker_tier() - 1) as u8;
         let mut cursor = self.root_cursor;
         let mut node = pick(&self.nodes, &self.roots, &mut cursor, mask, strategy, rng)?;
@@ -319,8 +360,11 @@ impl Tree {
         let update = |n: &mut Node| {
             n.load -= 1;
             if let Some(x) = latency_us {
-                n.latency_ema_us =
-                    if n.latency_ema_us == 0.0 { x } else { n.latency_ema_us + EMA_ALPHA * (x - n.latency_ema_us) };
+                n.latency_ema_us = if n.latency_ema_us == 0.0 {
+                    x
+                } else {
+                    n.latency_ema_us + EMA_ALPHA * (x - n.latency_ema_us)
+                };
             }
         };
         update(&mut self.nodes[worker.index()]);
@@ -368,7 +412,10 @@ impl Tree {
     }
 
     pub fn children(&self, agent: AgentId) -> impl ExactSizeIterator<Item = AgentId> + '_ {
-        self.nodes[agent.index()].children.iter().map(|&c| AgentId(c))
+        self.nodes[agent.index()]
+            .children
+            .iter()
+            .map(|&c| AgentId(c))
     }
 
     pub fn ancestors(&self, agent: AgentId) -> impl Iterator<Item = AgentId> + '_ {
@@ -381,7 +428,10 @@ impl Tree {
             Some(p) => &self.nodes[p.index()].children,
             None => &self.roots,
         };
-        peers.iter().map(|&c| AgentId(c)).filter(move |&a| a != agent)
+        peers
+            .iter()
+            .map(|&c| AgentId(c))
+            .filter(move |&a| a != agent)
     }
 
     /// Every agent below `agent`, breadth first. O(size of the subtree).
@@ -446,7 +496,9 @@ fn pick(
     match strategy {
         Strategy::RoundRobin => {
             let start = *cursor % len;
-            let i = (0..len).map(|k| (start + k) % len).find(|&i| eligible(node(i), mask))?;
+            let i = (0..len)
+                .map(|k| (start + k) % len)
+                .find(|&i| eligible(node(i), mask))?;
             *cursor = (i + 1) % len;
             Some(candidates[i])
         }
@@ -456,15 +508,26 @@ fn pick(
                 return Some(candidates[first]);
             }
             let second = sample(candidates, nodes, mask, Some(first), rng).unwrap_or(first);
-            let best = if lighter(node(first), node(second)) { first } else { second };
+            let best = if lighter(node(first), node(second)) {
+                first
+            } else {
+                second
+            };
             Some(candidates[best])
         }
         Strategy::Weighted(w) => {
             let start = *cursor % len;
-            let slowest = candidates.iter().map(|&c| nodes[c as usize].latency_ema_us).fold(0.0, f32::max);
+            let slowest = candidates
+                .iter()
+                .map(|&c| nodes[c as usize].latency_ema_us)
+                .fold(0.0, f32::max);
             let score = |n: &Node| {
                 let load = n.load as f32 / n.capacity.max(1) as f32;
-                let latency = if slowest > 0.0 { n.latency_ema_us / slowest } else { 0.0 };
+                let latency = if slowest > 0.0 {
+                    n.latency_ema_us / slowest
+                } else {
+                    0.0
+                };
                 let foreign = n.mask.0 & !mask.0 != 0;
                 w.load * load + w.latency * latency + if foreign { w.affinity } else { 0.0 }
             };
@@ -511,8 +574,16 @@ mod tests {
     use rand::{SeedableRng, rngs::SmallRng};
 
     fn tree(workers: u32, span: u32, queue_capacity: u32) -> Tree {
-        let hierarchy = HierarchyOptions { workers: workers.into(), span, tiers: Tiers::default() };
-        let mut tree = Tree::new(&TreeOptions { hierarchy, queue_capacity }).unwrap();
+        let hierarchy = HierarchyOptions {
+            workers: workers.into(),
+            span,
+            tiers: Tiers::default(),
+        };
+        let mut tree = Tree::new(&TreeOptions {
+            hierarchy,
+            queue_capacity,
+        })
+        .unwrap();
         tree.add_workers(workers, 0, 1);
         tree
     }
@@ -527,8 +598,16 @@ mod tests {
         }
         let master = AgentId(0);
         let (_, capacity) = t.load(master);
-        let workers_below = t.subtree(master).iter().filter(|a| t.tier(**a) == 3).count() as u32;
-        let supervisors_below = t.subtree(master).iter().filter(|a| t.tier(**a) == 2).count() as u32;
+        let workers_below = t
+            .subtree(master)
+            .iter()
+            .filter(|a| t.tier(**a) == 3)
+            .count() as u32;
+        let supervisors_below = t
+            .subtree(master)
+            .iter()
+            .filter(|a| t.tier(**a) == 2)
+            .count() as u32;
         assert_eq!(capacity, workers_below + 8 * supervisors_below);
     }
 
@@ -537,8 +616,11 @@ mod tests {
         let mut t = tree(12 * 12 * 12 * 2, 12, 100);
         assert_eq!(t.roots().len(), 2);
         // Load every supervisor below master 0 heavily.
-        let heavy: Vec<AgentId> =
-            t.subtree(AgentId(0)).into_iter().filter(|a| t.tier(*a) == 2).collect();
+        let heavy: Vec<AgentId> = t
+            .subtree(AgentId(0))
+            .into_iter()
+            .filter(|a| t.tier(*a) == 2)
+            .collect();
         for &s in &heavy {
             for _ in 0..90 {
                 t.enqueue(s);
@@ -547,13 +629,18 @@ mod tests {
         let mut rng = SmallRng::seed_from_u64(7);
         let mut into_heavy = 0;
         for _ in 0..1_000 {
-            let s = t.route(SpecMask::ALL, Strategy::LeastLoaded, &mut rng).unwrap();
+            let s = t
+                .route(SpecMask::ALL, Strategy::LeastLoaded, &mut rng)
+                .unwrap();
             if heavy.contains(&s) {
                 into_heavy += 1;
             }
         }
         // Two choices among two masters always compare both.
-        assert_eq!(into_heavy, 0, "{into_heavy} of 1000 tasks went to the loaded subtree");
+        assert_eq!(
+            into_heavy, 0,
+            "{into_heavy} of 1000 tasks went to the loaded subtree"
+        );
     }
 
     #[test]
@@ -562,7 +649,10 @@ mod tests {
         let mut rng = SmallRng::seed_from_u64(1);
         let mut seen = std::collections::HashSet::new();
         for _ in 0..12 {
-            seen.insert(t.route(SpecMask::ALL, Strategy::RoundRobin, &mut rng).unwrap());
+            seen.insert(
+                t.route(SpecMask::ALL, Strategy::RoundRobin, &mut rng)
+                    .unwrap(),
+            );
         }
         assert_eq!(seen.len(), 12);
     }
@@ -573,27 +663,55 @@ mod tests {
         let mut rng = SmallRng::seed_from_u64(3);
         // 24 workers + 2 supervisors × 2 queued = 28 slots.
         for _ in 0..28 {
-            let s = t.route(SpecMask::ALL, Strategy::Random, &mut rng).expect("room left");
+            let s = t
+                .route(SpecMask::ALL, Strategy::Random, &mut rng)
+                .expect("room left");
             t.enqueue(s);
         }
-        assert_eq!(t.route(SpecMask::ALL, Strategy::LeastLoaded, &mut rng), None);
+        assert_eq!(
+            t.route(SpecMask::ALL, Strategy::LeastLoaded, &mut rng),
+            None
+        );
         let worker = AgentId(t.len() as u32 - 1);
         t.start(worker);
         t.finish(worker, Some(10.0));
-        assert!(t.route(SpecMask::ALL, Strategy::Weighted(Weights::default()), &mut rng).is_some());
+        assert!(
+            t.route(
+                SpecMask::ALL,
+                Strategy::Weighted(Weights::default()),
+                &mut rng
+            )
+            .is_some()
+        );
     }
 
     #[test]
     fn routing_honours_specs() {
-        let hierarchy = HierarchyOptions { workers: 48, span: 12, tiers: Tiers::default() };
-        let mut t = Tree::new(&TreeOptions { hierarchy, queue_capacity: 4 }).unwrap();
+        let hierarchy = HierarchyOptions {
+            workers: 48,
+            span: 12,
+            tiers: Tiers::default(),
+        };
+        let mut t = Tree::new(&TreeOptions {
+            hierarchy,
+            queue_capacity: 4,
+        })
+        .unwrap();
         t.add_workers(36, 0, 1);
         let first_coder = t.add_workers(12, 1, 1);
         let coder_sup = t.parent(first_coder).unwrap();
         let mut rng = SmallRng::seed_from_u64(9);
-        for strategy in [Strategy::LeastLoaded, Strategy::RoundRobin, Strategy::Random, Strategy::Weighted(Weights::default())] {
+        for strategy in [
+            Strategy::LeastLoaded,
+            Strategy::RoundRobin,
+            Strategy::Random,
+            Strategy::Weighted(Weights::default()),
+        ] {
             for _ in 0..20 {
-                assert_eq!(t.route(SpecMask::of(1), strategy, &mut rng), Some(coder_sup));
+                assert_eq!(
+                    t.route(SpecMask::of(1), strategy, &mut rng),
+                    Some(coder_sup)
+                );
             }
         }
         let w = t.idle_worker(coder_sup, SpecMask::of(1)).unwrap();
@@ -604,16 +722,33 @@ mod tests {
     #[test]
     fn weighted_prefers_faster_subtrees() {
         let mut t = tree(12 * 12 * 12 * 2, 12, 10);
-        let slow_worker = t.subtree(AgentId(0)).into_iter().find(|a| t.tier(*a) == 3).unwrap();
-        let fast_worker = t.subtree(AgentId(1)).into_iter().find(|a| t.tier(*a) == 3).unwrap();
+        let slow_worker = t
+            .subtree(AgentId(0))
+            .into_iter()
+            .find(|a| t.tier(*a) == 3)
+            .unwrap();
+        let fast_worker = t
+            .subtree(AgentId(1))
+            .into_iter()
+            .find(|a| t.tier(*a) == 3)
+            .unwrap();
         for (w, us) in [(slow_worker, 5_000.0), (fast_worker, 10.0)] {
             t.enqueue(t.parent(w).unwrap());
             t.start(w);
             t.finish(w, Some(us));
         }
         let mut rng = SmallRng::seed_from_u64(5);
-        let s = t.route(SpecMask::ALL, Strategy::Weighted(Weights::default()), &mut rng).unwrap();
-        assert!(t.ancestors(s).any(|a| a == AgentId(1)), "went to {s}, not under the fast master");
+        let s = t
+            .route(
+                SpecMask::ALL,
+                Strategy::Weighted(Weights::default()),
+                &mut rng,
+            )
+            .unwrap();
+        assert!(
+            t.ancestors(s).any(|a| a == AgentId(1)),
+            "went to {s}, not under the fast master"
+        );
     }
 
     #[test]
@@ -630,7 +765,11 @@ mod tests {
         for a in 0..t.len() as u32 {
             assert!(t.children(AgentId(a)).len() <= 12);
         }
-        assert_eq!(t.tier_sizes()[0], 2, "a second master once the first is full");
+        assert_eq!(
+            t.tier_sizes()[0],
+            2,
+            "a second master once the first is full"
+        );
         assert_eq!(t.roots().len(), 2);
     }
 }

@@ -28,7 +28,11 @@ impl Priority {
     pub const LEVELS: usize = 10;
 
     pub fn new(value: u8) -> Result<Self, Error> {
-        if value <= Self::HIGHEST.0 { Ok(Priority(value)) } else { Err(Error::Priority { got: value.into() }) }
+        if value <= Self::HIGHEST.0 {
+            Ok(Priority(value))
+        } else {
+            Err(Error::Priority { got: value.into() })
+        }
     }
 
     pub fn get(self) -> u8 {
@@ -110,16 +114,24 @@ impl Default for TaskSpec {
 impl TaskSpec {
     /// A task with default settings carrying `payload`, which must be JSON text.
     pub fn with_payload(payload: impl Into<Bytes>) -> Self {
-        Self { payload: payload.into(), ..Self::default() }
+        Self {
+            payload: payload.into(),
+            ..Self::default()
+        }
     }
 
     /// Checks the limits that do not depend on which agents exist.
     pub fn validate(&self, max_payload: usize) -> Result<(), Error> {
         if self.payload.len() > max_payload {
-            return Err(Error::PayloadTooLarge { got: self.payload.len(), max: max_payload });
+            return Err(Error::PayloadTooLarge {
+                got: self.payload.len(),
+                max: max_payload,
+            });
         }
         if !(1..=MAX_ATTEMPTS).contains(&self.max_attempts) {
-            return Err(Error::MaxAttempts { got: self.max_attempts });
+            return Err(Error::MaxAttempts {
+                got: self.max_attempts,
+            });
         }
         if self.timeout.is_zero() || self.timeout > MAX_TIMEOUT {
             return Err(Error::Timeout { got: self.timeout });
@@ -146,7 +158,10 @@ pub enum TaskState {
 
 impl TaskState {
     pub fn is_terminal(self) -> bool {
-        matches!(self, Self::Succeeded | Self::Failed | Self::DeadLettered | Self::Cancelled)
+        matches!(
+            self,
+            Self::Succeeded | Self::Failed | Self::DeadLettered | Self::Cancelled
+        )
     }
 
     pub fn as_str(self) -> &'static str {
@@ -186,12 +201,31 @@ mod tests {
 
     #[test]
     fn limits_are_enforced_with_the_value_named() {
-        assert_eq!(Priority::new(10).unwrap_err().to_string(), "priority 10 is out of range: allowed 0..=9");
+        assert_eq!(
+            Priority::new(10).unwrap_err().to_string(),
+            "priority 10 is out of range: allowed 0..=9"
+        );
         let big = TaskSpec::with_payload(vec![b' '; 11]);
-        assert!(big.validate(10).unwrap_err().to_string().contains("11 bytes"));
-        let zero = TaskSpec { max_attempts: 0, ..TaskSpec::default() };
-        assert!(zero.validate(10).unwrap_err().to_string().contains("max attempts 0"));
-        let instant = TaskSpec { timeout: Duration::ZERO, ..TaskSpec::default() };
+        assert!(
+            big.validate(10)
+                .unwrap_err()
+                .to_string()
+                .contains("11 bytes")
+        );
+        let zero = TaskSpec {
+            max_attempts: 0,
+            ..TaskSpec::default()
+        };
+        assert!(
+            zero.validate(10)
+                .unwrap_err()
+                .to_string()
+                .contains("max attempts 0")
+        );
+        let instant = TaskSpec {
+            timeout: Duration::ZERO,
+            ..TaskSpec::default()
+        };
         assert!(instant.validate(10).is_err());
         assert!(TaskSpec::default().validate(10).is_ok());
     }

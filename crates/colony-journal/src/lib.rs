@@ -36,13 +36,26 @@ use std::sync::Arc;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Record {
     /// Attempt `attempt` started on `agent`; it is now the task's lease.
-    Started { task: TaskId, attempt: u32, agent: AgentId },
+    Started {
+        task: TaskId,
+        attempt: u32,
+        agent: AgentId,
+    },
     /// Attempt `attempt` produced `output`. Ignored (and counted as fenced) unless `attempt` is
     /// the current lease and the task is not terminal yet.
-    Committed { task: TaskId, attempt: u32, output: Bytes },
+    Committed {
+        task: TaskId,
+        attempt: u32,
+        output: Bytes,
+    },
     /// Attempt `attempt` failed with `error`; the task moves to `next`: `Queued` for another
     /// attempt, or `Failed` / `DeadLettered` for good. Fenced like a commit.
-    Failed { task: TaskId, attempt: u32, error: Arc<str>, next: TaskState },
+    Failed {
+        task: TaskId,
+        attempt: u32,
+        error: Arc<str>,
+        next: TaskState,
+    },
     /// The task was cancelled before it ended.
     Cancelled { task: TaskId },
 }
@@ -148,7 +161,7 @@ pub enum Error {
 
 /// The system of record for tasks. Implementations are shared between the submitters and the
 /// runtime's dispatcher, so every method takes `&self`.
-pub trait Journal: Send + Sync + 'static {
+pub trait Journal: std::fmt::Debug + Send + Sync + 'static {
     /// The id the next accepted task gets. Ids are dense: `accept` continues from here.
     fn next_task_id(&self) -> TaskId;
 

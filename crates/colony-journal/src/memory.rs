@@ -35,7 +35,9 @@ impl MemoryJournal {
     fn lock(&self) -> MutexGuard<'_, Inner> {
         // A panic while holding the lock cannot leave a row half-written (every update is a
         // few assignments), so a poisoned lock is still consistent.
-        self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.inner
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
@@ -61,7 +63,9 @@ impl Inner {
                 row.agent = Some(agent);
                 row.state = TaskState::Running;
             }
-            Record::Committed { attempt, output, .. } => {
+            Record::Committed {
+                attempt, output, ..
+            } => {
                 if from.is_terminal() || attempt != row.attempt {
                     self.stats.fenced += 1;
                     return;
@@ -70,7 +74,12 @@ impl Inner {
                 row.error = None;
                 row.state = TaskState::Succeeded;
             }
-            Record::Failed { attempt, error, next, .. } => {
+            Record::Failed {
+                attempt,
+                error,
+                next,
+                ..
+            } => {
                 if from.is_terminal() || attempt != row.attempt {
                     self.stats.fenced += 1;
                     return;
@@ -111,7 +120,10 @@ impl Journal for MemoryJournal {
         let mut inner = self.lock();
         let expected = TaskId(inner.rows.len() as u64 + 1);
         if first != expected {
-            return Durable::ready(Err(Error::IdOutOfOrder { expected, got: first }));
+            return Durable::ready(Err(Error::IdOutOfOrder {
+                expected,
+                got: first,
+            }));
         }
         inner.rows.extend(specs.iter().map(|spec| Row {
             spec: spec.clone(),

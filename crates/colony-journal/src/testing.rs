@@ -27,8 +27,9 @@ impl Suite {
 
 fn accept<J: Journal>(j: &J, n: usize) -> TaskId {
     let first = j.next_task_id();
-    let specs: Vec<TaskSpec> =
-        (0..n).map(|i| TaskSpec::with_payload(format!("{{\"n\":{i}}}"))).collect();
+    let specs: Vec<TaskSpec> = (0..n)
+        .map(|i| TaskSpec::with_payload(format!("{{\"n\":{i}}}")))
+        .collect();
     block_on(j.accept(first, &specs)).expect("accept");
     first
 }
@@ -42,15 +43,28 @@ fn nth(first: TaskId, i: u64) -> TaskId {
 }
 
 fn started(task: TaskId, attempt: u32) -> Record {
-    Record::Started { task, attempt, agent: AgentId(attempt) }
+    Record::Started {
+        task,
+        attempt,
+        agent: AgentId(attempt),
+    }
 }
 
 fn committed(task: TaskId, attempt: u32, output: &str) -> Record {
-    Record::Committed { task, attempt, output: output.to_owned().into() }
+    Record::Committed {
+        task,
+        attempt,
+        output: output.to_owned().into(),
+    }
 }
 
 fn failed(task: TaskId, attempt: u32, next: TaskState) -> Record {
-    Record::Failed { task, attempt, error: "boom".into(), next }
+    Record::Failed {
+        task,
+        attempt,
+        error: "boom".into(),
+        next,
+    }
 }
 
 fn accepted_tasks_are_queued_with_dense_ids<J: Journal>(j: &J) {
@@ -74,7 +88,14 @@ fn ids_must_continue<J: Journal>(j: &J) {
 
 fn a_result_commits_once<J: Journal>(j: &J) {
     let t = accept(j, 1);
-    record(j, vec![started(t, 1), committed(t, 1, "first"), committed(t, 1, "again")]);
+    record(
+        j,
+        vec![
+            started(t, 1),
+            committed(t, 1, "first"),
+            committed(t, 1, "again"),
+        ],
+    );
     let row = j.task(t).unwrap().unwrap();
     assert_eq!(row.state, TaskState::Succeeded);
     assert_eq!(row.output.as_deref(), Some(&b"first"[..]));
@@ -85,7 +106,10 @@ fn a_result_commits_once<J: Journal>(j: &J) {
 fn late_results_are_fenced<J: Journal>(j: &J) {
     let t = accept(j, 1);
     record(j, vec![started(t, 1), started(t, 2)]);
-    record(j, vec![committed(t, 1, "late"), failed(t, 1, TaskState::Failed)]);
+    record(
+        j,
+        vec![committed(t, 1, "late"), failed(t, 1, TaskState::Failed)],
+    );
     assert_eq!(j.task(t).unwrap().unwrap().state, TaskState::Running);
     assert_eq!(j.stats().fenced, 2);
     record(j, vec![committed(t, 2, "current")]);
@@ -101,28 +125,65 @@ fn retries_move_the_lease<J: Journal>(j: &J) {
     let t = accept(j, 1);
     record(j, vec![started(t, 1), failed(t, 1, TaskState::Queued)]);
     let row = j.task(t).unwrap().unwrap();
-    assert_eq!((row.state, row.error.as_deref()), (TaskState::Queued, Some("boom")));
-    record(j, vec![started(t, 2), failed(t, 2, TaskState::DeadLettered)]);
+    assert_eq!(
+        (row.state, row.error.as_deref()),
+        (TaskState::Queued, Some("boom"))
+    );
+    record(
+        j,
+        vec![started(t, 2), failed(t, 2, TaskState::DeadLettered)],
+    );
     let counts = j.counts().unwrap();
-    assert_eq!((counts.dead_lettered, counts.queued, counts.running), (1, 0, 0));
+    assert_eq!(
+        (counts.dead_lettered, counts.queued, counts.running),
+        (1, 0, 0)
+    );
 }
 
 fn terminal_states_are_final<J: Journal>(j: &J) {
     let first = accept(j, 2);
     let (a, b) = (first, nth(first, 1));
-    record(j, vec![Record::Cancelled { task: a }, started(a, 1), committed(a, 1, "x")]);
+    record(
+        j,
+        vec![
+            Record::Cancelled { task: a },
+            started(a, 1),
+            committed(a, 1, "x"),
+        ],
+    );
     assert_eq!(j.task(a).unwrap().unwrap().state, TaskState::Cancelled);
-    record(j, vec![started(b, 1), failed(b, 1, TaskState::Failed), Record::Cancelled { task: b }]);
+    record(
+        j,
+        vec![
+            started(b, 1),
+            failed(b, 1, TaskState::Failed),
+            Record::Cancelled { task: b },
+        ],
+    );
     assert_eq!(j.task(b).unwrap().unwrap().state, TaskState::Failed);
     let counts = j.counts().unwrap();
-    assert_eq!((counts.cancelled, counts.failed, counts.terminal()), (1, 1, 2));
+    assert_eq!(
+        (counts.cancelled, counts.failed, counts.terminal()),
+        (1, 1, 2)
+    );
 }
 
 fn unfinished_lists_what_recovery_needs<J: Journal>(j: &J) {
     let first = accept(j, 4);
-    record(j, vec![started(first, 1), committed(first, 1, "done"), started(nth(first, 1), 1)]);
-    let open: Vec<(TaskId, TaskState)> =
-        j.unfinished().unwrap().into_iter().map(|r| (r.id, r.state)).collect();
+    record(
+        j,
+        vec![
+            started(first, 1),
+            committed(first, 1, "done"),
+            started(nth(first, 1), 1),
+        ],
+    );
+    let open: Vec<(TaskId, TaskState)> = j
+        .unfinished()
+        .unwrap()
+        .into_iter()
+        .map(|r| (r.id, r.state))
+        .collect();
     assert_eq!(
         open,
         [

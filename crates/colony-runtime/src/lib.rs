@@ -1,1 +1,234 @@
+//! The runtime: a hierarchy of agents in one process, fed tasks and watched.
+//!
+//! [`Runtime::start`] plans the hierarchy, spawns the agents of every pool and starts the
+//! dispatcher, the single event loop that owns the live tree, the supervisors' queues and the
+//! running attempts. Callers hold a [`Handle`]: submitting journals the tasks first, then hands
+//! them to the dispatcher, which routes each down the tree ([`colony_core::routing`]), starts it
+//! on an idle worker or queues it at a supervisor, and records every transition in the journal.
+//!
+//! An idle agent is an entry in the tree (tens of bytes): no task, thread or timer of its own.
+//!
+//! ```
+//! use colony_agents::{AgentSpec, sim::{Sim, SimOptions}};
+//! use colony_core::task::TaskSpec;
+//! use colony_journal::MemoryJournal;
+//! use colony_runtime::{Pool, Runtime, RuntimeOptions};
+//! use std::sync::Arc;
+//!
+//! # tokio::runtime::Runtime::new().unwrap().block_on(async {
+//! let pool = Pool::new(AgentSpec::new("sim", "worker"), 100, Arc::new(Sim::new(SimOptions::default()).unwrap()));
+//! let runtime = Runtime::start(RuntimeOptions::default(), vec![pool], Arc::new(MemoryJournal::new())).await.unwrap();
+//! let done = runtime.handle().submit_wait(TaskSpec::with_payload("{\"x\":1}")).await.unwrap();
+//! assert_eq!(&done.output.unwrap()[..], b"{\"x\":1}");
+//! runtime.shutdown().await;
+//! # });
+//! ```
 
+pub mod bench;
+mod dispatcher;
+pub mod events;
+mod handle;
+pub mod metrics;
+pub mod queue;
+pub mod spawner;
+
+pub use handle::{Accepted, Completion, Handle, Pending, Stats};
+
+use colony_agents::{Agent, AgentSpec};
+use colony_core::{
+    hierarchy::{self, DEFAULT_SPAN, HierarchyOptions, Tiers},
+    routing::{MAX_SPECS, Strategy, Tree, TreeOptions},
+    task::{self, DEFAULT_MAX_PAYLOAD},
+};
+use colony_journal::Journal;
+use events::EventBus;
+use serde::{Deserialize, Serialize};
+use std::{fmt, num::NonZeroU32, sync::Arc};
+
+/// Default tasks a supervisor queues beyond what its workers are running.
+pub const DEFAULT_QUEUE_CAPACITY: u32 = 256;
+/// Default wave size of [`SpawnMode::Waves`].
+pub const DEFAULT_WAVE_SIZE: u32 = 20;
+
+/// How the agents of a pool are brought up.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SpawnMode {
+    /// One agent at a time, each acknowledged before the next.
+    Single,
+    /// All agents of a pool at once.
+    Batch,
+    /// `size` agents at a time; each wave is in service before the next starts.
+    Waves { size: NonZeroU32 },
+}
+
+/// Settings of a runtime.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct RuntimeOptions {
+    /// The most children one agent supervises.
+    pub span: u32,
+    /// Tier names top to bottom, or `auto` depth.
+    pub tiers: Tiers,
+    /// How each tier picks the child a task goes to.
+    pub strategy: Strategy,
+    /// Tasks a supervisor queues beyond what its workers run. Admission stops when every
+    /// queue and worker is full: `submit` waits, `try_submit` says so.
+    pub queue_capacity: u32,
+    pub spawn: SpawnMode,
+    /// Largest task payload accepted, in bytes.
+    pub max_payload: usize,
+    /// Seed of the routing decisions' random choices.
+    pub seed: u64,
+}
+
+impl Default for RuntimeOptions {
+    fn default() -> Self {
+        Self {
+            span: DEFAULT_SPAN,
+            tiers: Tiers::default(),
+            strategy: Strategy::default(),
+            queue_capacity: DEFAULT_QUEUE_CAPACITY,
+            spawn: SpawnMode::Batch,
+            max_payload: DEFAULT_MAX_PAYLOAD,
+            seed: 0,
+        }
+    }
+}
+
+/// The agents of one kind: their spec, how many, and the handler they share.
+#[derive(Clone)]
+pub struct Pool {
+    pub spec: AgentSpec,
+    pub count: u32,
+    pub agent: Arc<dyn Agent>,
+}
+
+impl Pool {
+    pub fn new(spec: AgentSpec, count: u32, agent: Arc<dyn Agent>) -> Self {
+        Self { spec, count, agent }
+    }
+}
+
+impl fmt::Debug for Pool {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Pool")
+            .field("spec", &self.spec)
+            .field("count", &self.count)
+            .finish()
+    }
+}
+
+/// Why the runtime refused something. Messages name the value and what is allowed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Hierarchy(#[from] hierarchy::Error),
+    #[error(transparent)]
+    Task(#[from] task::Error),
+    #[error("queue capacity {got} is out of range: allowed 1..=1000000")]
+    QueueCapacity { got: u32 },
+    #[error("{got} pools given: allowed 1..={MAX_SPECS}")]
+    Pools { got: usize },
+    #[error("pool {pool} has concurrency {got}: allowed 1..=10000")]
+    Concurrency { pool: usize, got: u32 },
+    #[error("no pool has agents that satisfy role {role:?} and capabilities {capabilities:?}")]
+    NoAgentFor {
+        role: Option<String>,
+        capabilities: Vec<String>,
+    },
+    #[error(
+        "the runtime is full ({capacity} tasks queued or running): try again later or submit and wait"
+    )]
+    Full { capacity: usize },
+    #[error("a batch of {got} tasks can never fit: the runtime holds at most {max} at once")]
+    BatchTooLarge { got: usize, max: usize },
+    #[error("pool {got} does not exist: this runtime has pools 0..{count}")]
+    NoSuchPool { got: usize, count: usize },
+    #[error("{0}")]
+    Options(String),
+    #[error("journal: {0}")]
+    Journal(#[from] colony_journal::Error),
+    #[error("the runtime has stopped")]
+    Stopped,
+}
+
+impl RuntimeOptions {
+    pub fn validate(&self, pools: &[Pool]) -> Result<(), Error> {
+        if !(1..=1_000_000).contains(&self.queue_capacity) {
+            return Err(Error::QueueCapacity {
+                got: self.queue_capacity,
+            });
+        }
+        if !(1..=MAX_SPECS).contains(&pools.len()) {
+            return Err(Error::Pools { got: pools.len() });
+        }
+        for (pool, p) in pools.iter().enumerate() {
+            if !(1..=10_000).contains(&p.spec.concurrency) {
+                return Err(Error::Concurrency {
+                    pool,
+                    got: p.spec.concurrency,
+                });
+            }
+        }
+        let workers: u64 = pools.iter().map(|p| u64::from(p.count)).sum();
+        HierarchyOptions {
+            workers: workers.max(1),
+            span: self.span,
+            tiers: self.tiers.clone(),
+        }
+        .validate()?;
+        Ok(())
+    }
+}
+
+/// A running runtime. Dropping it leaves the dispatcher running for as long as handles exist;
+/// [`Runtime::shutdown`] stops it.
+#[derive(Debug)]
+pub struct Runtime {
+    handle: Handle,
+    dispatcher: tokio::task::JoinHandle<Option<()>>,
+}
+
+impl Runtime {
+    /// Plans the hierarchy for the pools' worker count, starts the dispatcher and spawns every
+    /// pool's agents as `options.spawn` says. Must be called inside a tokio runtime.
+    pub async fn start(
+        options: RuntimeOptions,
+        pools: Vec<Pool>,
+        journal: Arc<dyn Journal>,
+    ) -> Result<Self, Error> {
+        options.validate(&pools)?;
+        let workers: u64 = pools.iter().map(|p| u64::from(p.count)).sum();
+        let hierarchy = HierarchyOptions {
+            workers: workers.max(1),
+            span: options.span,
+            tiers: options.tiers.clone(),
+        };
+        let tree = Tree::new(&TreeOptions {
+            hierarchy,
+            queue_capacity: options.queue_capacity,
+        })?;
+        let bus = EventBus::new();
+        let (handle, dispatcher) = dispatcher::start(&options, &pools, tree, journal, bus);
+        let runtime = Self { handle, dispatcher };
+        for (index, pool) in pools.iter().enumerate() {
+            runtime
+                .handle
+                .spawn(index, pool.count, options.spawn)
+                .await?;
+        }
+        Ok(runtime)
+    }
+
+    pub fn handle(&self) -> &Handle {
+        &self.handle
+    }
+
+    /// Stops the dispatcher. Attempts still running are abandoned: their tasks stay
+    /// unfinished in the journal, for recovery to pick up.
+    pub async fn shutdown(self) {
+        self.handle.stop();
+        let _ = self.dispatcher.await;
+    }
+}

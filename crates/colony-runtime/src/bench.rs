@@ -1,0 +1,311 @@
+//! The workloads behind `colony bench`: spawn, dispatch and latency.
+//!
+//! Each returns a report of what it measured on this process: wall time from the runtime's
+//! own clock, memory from the kernel's resident set size, CPU time from `/proc/self/stat`.
+
+use crate::{Error, Handle, Pool, Runtime, RuntimeOptions, SpawnMode, spawner::Spawner};
+use colony_agents::{
+    AgentSpec,
+    sim::{Sim, SimOptions},
+};
+use colony_core::{
+    hierarchy::{HierarchyOptions, MAX_WORKERS, Plan, Tiers},
+    task::TaskSpec,
+};
+use colony_journal::MemoryJournal;
+use serde::Serialize;
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+/// The shape of the swarm a benchmark builds.
+#[derive(Clone, Debug)]
+pub struct Swarm {
+    /// Agents in all tiers together; the worker count is the largest that fits.
+    pub agents: u64,
+    pub span: u32,
+    pub tiers: Tiers,
+    pub sim: SimOptions,
+}
+
+impl Swarm {
+    /// The largest worker count whose full hierarchy has at most `self.agents` agents.
+    pub fn workers(&self) -> Result<u64, Error> {
+        let total = |workers: u64| {
+            Plan::new(&HierarchyOptions {
+                workers,
+                span: self.span,
+                tiers: self.tiers.clone(),
+            })
+            .map(|p| p.total())
+        };
+        if total(1)? > self.agents {
+            return Err(Error::Options(format!(
+                "{} agents cannot hold one worker with its managers: allowed at least {}",
+                self.agents,
+                total(1)?
+            )));
+        }
+        let (mut lo, mut hi) = (1, self.agents.min(MAX_WORKERS));
+        while lo < hi {
+            let mid = lo + (hi - lo).div_ceil(2);
+            if total(mid)? <= self.agents {
+                lo = mid
+            } else {
+                hi = mid - 1
+            }
+        }
+        Ok(lo)
+    }
+
+    async fn start(&self, spawn: SpawnMode) -> Result<Runtime, Error> {
+        let workers = self.workers()?;
+        let sim = Sim::new(self.sim.clone()).map_err(|e| Error::Options(e.to_string()))?;
+        let pool = Pool::new(
+            AgentSpec::new("sim", "worker"),
+            workers as u32,
+            Arc::new(sim),
+        );
+        let options = RuntimeOptions {
+            span: self.span,
+            tiers: self.tiers.clone(),
+            spawn,
+            ..RuntimeOptions::default()
+        };
+        Runtime::start(options, vec![pool], Arc::new(MemoryJournal::new())).await
+    }
+}
+
+/// Percentiles of a latency sample, in microseconds.
+#[derive(Clone, Copy, Debug, Default, Serialize)]
+pub struct Percentiles {
+    pub samples: usize,
+    pub p50_us: f64,
+    pub p95_us: f64,
+    pub p99_us: f64,
+    pub max_us: f64,
+}
+
+impl Percentiles {
+    pub fn of(mut samples: Vec<Duration>) -> Self {
+        if samples.is_empty() {
+            return Self::default();
+        }
+        samples.sort_unstable();
+        let at =
+            |q: f64| samples[((samples.len() - 1) as f64 * q).round() as usize].as_secs_f64() * 1e6;
+        Self {
+            samples: samples.len(),
+            p50_us: at(0.50),
+            p95_us: at(0.95),
+            p99_us: at(0.99),
+            max_us: at(1.0),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct SpawnReport {
+    pub agents: u64,
+    pub workers: u64,
+    pub tiers: Vec<(String, u32)>,
+    pub mode: String,
+    pub seconds: f64,
+    pub agents_per_second: f64,
+    /// Growth of the resident set while spawning, per agent.
+    pub bytes_per_agent: f64,
+    /// CPU used by the whole process while the agents sat idle, in percent of one core.
+    pub idle_cpu_percent: f64,
+    pub idle_seconds: f64,
+}
+
+/// Spawns the swarm, then leaves it idle for `idle` to measure what idle agents cost.
+pub async fn spawn(swarm: &Swarm, mode: SpawnMode, idle: Duration) -> Result<SpawnReport, Error> {
+    let workers = swarm.workers()?;
+    let rss_before = resident_bytes();
+    let started = Instant::now();
+    let runtime = swarm.start(mode).await?;
+    let seconds = started.elapsed().as_secs_f64();
+    let rss_after = resident_bytes();
+    let handle = runtime.handle().clone();
+    let tiers = tier_sizes(&handle).await?;
+    let agents: u64 = tiers.iter().map(|(_, n)| u64::from(*n)).sum();
+    let cpu_before = cpu_time();
+    let idle_started = Instant::now();
+    tokio::time::sleep(idle).await;
+    let idle_seconds = idle_started.elapsed().as_secs_f64();
+    let idle_cpu = cpu_time().saturating_sub(cpu_before).as_secs_f64();
+    runtime.shutdown().await;
+    Ok(SpawnReport {
+        agents,
+        workers,
+        tiers,
+        mode: mode_name(mode),
+        seconds,
+        agents_per_second: agents as f64 / seconds,
+        bytes_per_agent: rss_after.saturating_sub(rss_before) as f64 / agents as f64,
+        idle_cpu_percent: 100.0 * idle_cpu / idle_seconds.max(1e-9),
+        idle_seconds,
+    })
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct DispatchReport {
+    pub agents: u64,
+    pub workers: u64,
+    pub tasks: u64,
+    pub batch: usize,
+    pub seconds: f64,
+    pub tasks_per_second: f64,
+    pub succeeded: u64,
+    pub failed: u64,
+    pub dead_lettered: u64,
+    pub attempts: u64,
+    /// Tasks the journal holds in a terminal state at the end: must equal `tasks`.
+    pub journal_terminal: u64,
+    /// Submit-to-done latency of one task in every 1,024.
+    pub latency: Percentiles,
+}
+
+/// Pushes `tasks` tasks through the swarm in batches of `batch`, and waits for all to end.
+pub async fn dispatch(swarm: &Swarm, tasks: u64, batch: usize) -> Result<DispatchReport, Error> {
+    let runtime = swarm.start(SpawnMode::Batch).await?;
+    let handle = runtime.handle().clone();
+    let workers = swarm.workers()?;
+    let agents = handle.stats().agents;
+    let started = Instant::now();
+    let mut pending = Vec::new();
+    let mut left = tasks;
+    while left > 0 {
+        let n = left.min(batch as u64) as usize;
+        let specs = vec![TaskSpec::default(); n];
+        let (_, tracked) = handle.submit_batch_tracked(specs, |i| i == 0).await?;
+        pending.extend(tracked);
+        left -= n as u64;
+    }
+    handle.drain().await;
+    let seconds = started.elapsed().as_secs_f64();
+    let mut latencies = Vec::with_capacity(pending.len());
+    for p in pending {
+        latencies.push(p.await?.latency);
+    }
+    let stats = handle.stats();
+    let journal_terminal = handle.journal().counts()?.terminal();
+    runtime.shutdown().await;
+    Ok(DispatchReport {
+        agents,
+        workers,
+        tasks,
+        batch,
+        seconds,
+        tasks_per_second: tasks as f64 / seconds,
+        succeeded: stats.succeeded,
+        failed: stats.failed,
+        dead_lettered: stats.dead_lettered,
+        attempts: stats.attempts,
+        journal_terminal,
+        latency: Percentiles::of(latencies),
+    })
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct LatencyReport {
+    pub agents: u64,
+    pub offered_per_second: f64,
+    pub achieved_per_second: f64,
+    pub tasks: u64,
+    pub seconds: f64,
+    /// Submit-to-done latency of every task, measured by the dispatcher.
+    pub latency: Percentiles,
+}
+
+/// Offers `rate` single-task submissions per second for `duration`, open loop: a submitter
+/// thread keeps to the schedule whatever the runtime does, and every task's submit-to-done
+/// time is recorded.
+pub async fn latency(swarm: &Swarm, rate: f64, duration: Duration) -> Result<LatencyReport, Error> {
+    let runtime = swarm.start(SpawnMode::Batch).await?;
+    let handle = runtime.handle().clone();
+    let agents = handle.stats().agents;
+    let tasks = (rate * duration.as_secs_f64()).round() as u64;
+    let interval = Duration::from_secs_f64(1.0 / rate);
+    let submitter = handle.clone();
+    let thread = Spawner::spawn_thread("bench-submitter", move || {
+        let mut pending = Vec::with_capacity(tasks as usize);
+        let start = Instant::now();
+        for i in 0..tasks {
+            let due = start + interval.mul_f64(i as f64);
+            while Instant::now() < due {
+                std::hint::spin_loop();
+            }
+            match futures::executor::block_on(submitter.submit_notify(TaskSpec::default())) {
+                Ok(p) => pending.push(p),
+                Err(e) => return Err(e),
+            }
+        }
+        Ok((pending, start.elapsed()))
+    })
+    .map_err(|e| Error::Options(format!("cannot start the submitter thread: {e}")))?;
+    let (pending, submit_time) = tokio::task::spawn_blocking(move || thread.join())
+        .await
+        .map_err(|_| Error::Stopped)?
+        .map_err(|_| Error::Stopped)??;
+    handle.drain().await;
+    let mut latencies = Vec::with_capacity(pending.len());
+    for p in pending {
+        latencies.push(p.await?.latency);
+    }
+    runtime.shutdown().await;
+    let seconds = submit_time.as_secs_f64();
+    Ok(LatencyReport {
+        agents,
+        offered_per_second: rate,
+        achieved_per_second: tasks as f64 / seconds,
+        tasks,
+        seconds,
+        latency: Percentiles::of(latencies),
+    })
+}
+
+async fn tier_sizes(handle: &Handle) -> Result<Vec<(String, u32)>, Error> {
+    handle
+        .inspect(|tree| {
+            tree.tier_names()
+                .iter()
+                .map(|n| n.to_string())
+                .zip(tree.tier_sizes().iter().copied())
+                .collect()
+        })
+        .await
+}
+
+fn mode_name(mode: SpawnMode) -> String {
+    match mode {
+        SpawnMode::Single => "single".into(),
+        SpawnMode::Batch => "batch".into(),
+        SpawnMode::Waves { size } => format!("waves of {size}"),
+    }
+}
+
+/// The resident set size of this process, from `/proc/self/statm`; 0 where there is none.
+pub fn resident_bytes() -> u64 {
+    const PAGE: u64 = 4096;
+    std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .map_or(0, |pages| pages * PAGE)
+}
+
+/// User plus system CPU time of this process, from `/proc/self/stat` (in 1/100 s ticks).
+pub fn cpu_time() -> Duration {
+    const TICKS_PER_SECOND: u64 = 100;
+    let ticks = std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|s| {
+            // Fields after the command name, which is in parentheses and may hold spaces.
+            let rest = &s[s.rfind(')')? + 2..];
+            let fields: Vec<&str> = rest.split_whitespace().collect();
+            Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
+        });
+    Duration::from_millis(ticks.unwrap_or(0) * 1000 / TICKS_PER_SECOND)
+}

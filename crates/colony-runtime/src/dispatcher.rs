@@ -1,0 +1,644 @@
+//! The dispatcher: one event loop that owns the live tree, the supervisors' queues and every
+//! running attempt.
+//!
+//! One turn of the loop takes up to 256 commands (submissions, spawns, queries) and whatever
+//! attempts have ended, then lets freed workers take queued tasks, routes what waited for room,
+//! and publishes the turn's journal records, events, counters and returned permits in one go.
+//! An attempt that finishes inside [`Agent::handle`] never leaves the loop: a no-op task costs
+//! a route, two journal records and no allocation beyond its job.
+
+use crate::{
+    Pool, RuntimeOptions,
+    events::{Event, EventBus, Kinds},
+    handle::{Completion, Counters, Handle, Shared},
+    metrics::Metrics,
+    queue::{Full, PriorityQueue},
+    spawner::{Spawner, panic_message},
+};
+use bytes::Bytes;
+use colony_agents::{Agent, Error as AgentError, Execution, Outcome, Task};
+use colony_core::{
+    AgentId, TaskId,
+    routing::{SpecMask, Strategy, Tree},
+    task::{Priority, TaskSpec, TaskState},
+};
+use colony_journal::{Durable, Journal, Record};
+use futures::{FutureExt, StreamExt, stream::FuturesUnordered};
+use rand::{SeedableRng, rngs::SmallRng};
+use std::{
+    future::Future,
+    panic::{AssertUnwindSafe, catch_unwind},
+    pin::Pin,
+    sync::{Arc, Mutex, atomic::Ordering::Relaxed},
+    time::{Duration, Instant},
+};
+use tokio::sync::{Notify, Semaphore, mpsc, oneshot};
+
+/// Commands and ended attempts handled per turn of the loop.
+const BATCH: usize = 256;
+/// Queued tasks a freed worker looks past for one it can run, per priority.
+const MATCH_DEPTH: usize = 16;
+
+pub(crate) enum Command {
+    Submit(Vec<Job>),
+    Spawn {
+        pool: u8,
+        count: u32,
+        reply: oneshot::Sender<AgentId>,
+    },
+    Inspect(Box<dyn FnOnce(&Tree) + Send>),
+    Stop,
+}
+
+impl std::fmt::Debug for Command {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Command::Submit(jobs) => write!(f, "Submit({} jobs)", jobs.len()),
+            Command::Spawn { pool, count, .. } => write!(f, "Spawn({count} in pool {pool})"),
+            Command::Inspect(_) => f.write_str("Inspect"),
+            Command::Stop => f.write_str("Stop"),
+        }
+    }
+}
+
+/// An accepted task on its way through the hierarchy.
+#[derive(Debug)]
+pub(crate) struct Job {
+    id: TaskId,
+    mask: SpecMask,
+    priority: Priority,
+    /// Attempts started so far; the current one is the lease.
+    attempt: u32,
+    max_attempts: u32,
+    timeout: Duration,
+    payload: Bytes,
+    submitted: Instant,
+    waiter: Option<oneshot::Sender<Completion>>,
+}
+
+impl Job {
+    pub(crate) fn new(
+        id: TaskId,
+        spec: TaskSpec,
+        mask: SpecMask,
+        submitted: Instant,
+        waiter: Option<oneshot::Sender<Completion>>,
+    ) -> Self {
+        Self {
+            id,
+            mask,
+            priority: spec.priority,
+            attempt: 0,
+            max_attempts: spec.max_attempts,
+            timeout: spec.timeout,
+            payload: spec.payload,
+            submitted,
+            waiter,
+        }
+    }
+}
+
+/// How an attempt ended.
+enum Ended {
+    Outcome(Outcome),
+    /// The agent panicked.
+    Crash(String),
+    TimedOut(Duration),
+}
+
+/// An attempt that ended after leaving [`Agent::handle`].
+struct Finished {
+    worker: AgentId,
+    job: Job,
+    ended: Ended,
+    elapsed: Duration,
+}
+
+type RunningAttempt = Pin<Box<dyn Future<Output = Finished> + Send>>;
+
+/// Builds the shared state and starts the loop.
+pub(crate) fn start(
+    options: &RuntimeOptions,
+    pools: &[Pool],
+    tree: Tree,
+    journal: Arc<dyn Journal>,
+    bus: EventBus,
+) -> (Handle, tokio::task::JoinHandle<Option<()>>) {
+    let (inbox, commands) = mpsc::unbounded_channel();
+    let shared = Arc::new(Shared {
+        inbox,
+        next_id: Mutex::new(journal.next_task_id().0),
+        journal,
+        permits: Semaphore::new(0),
+        specs: pools.iter().map(|p| p.spec.clone()).collect(),
+        max_payload: options.max_payload,
+        counters: Counters::default(),
+        drained: Notify::new(),
+        bus,
+    });
+    let dispatcher = Dispatcher {
+        agents: pools
+            .iter()
+            .map(|p| (p.agent.clone(), p.spec.concurrency))
+            .collect(),
+        queues: Vec::new(),
+        incarnations: Vec::new(),
+        backlog: PriorityQueue::new(usize::MAX),
+        running: FuturesUnordered::new(),
+        freed: Vec::new(),
+        records: Vec::new(),
+        events: Vec::new(),
+        durables: FuturesUnordered::new(),
+        strategy: options.strategy,
+        rng: SmallRng::seed_from_u64(options.seed),
+        metrics: Metrics::register(),
+        turn: Turn::default(),
+        capacity: 0,
+        queued: 0,
+        tree,
+        shared: shared.clone(),
+    };
+    let task = Spawner::spawn("dispatcher", dispatcher.run(commands));
+    (Handle::new(shared), task)
+}
+
+/// What one turn changed, published at its end.
+#[derive(Debug, Default)]
+struct Turn {
+    succeeded: u64,
+    failed: u64,
+    dead_lettered: u64,
+    attempts: u64,
+    retries: u64,
+    restarts_crash: u64,
+    restarts_timeout: u64,
+}
+
+struct Dispatcher {
+    tree: Tree,
+    /// Per pool: the shared handler and the concurrency of one agent.
+    agents: Vec<(Arc<dyn Agent>, u32)>,
+    /// Per agent id: the queue of a supervisor, created on first use.
+    queues: Vec<Option<Box<PriorityQueue<Job>>>>,
+    /// Per agent id: how many times it was replaced.
+    incarnations: Vec<u32>,
+    /// Tasks that found no subtree with room for them, waiting for one.
+    backlog: PriorityQueue<Job>,
+    running: FuturesUnordered<RunningAttempt>,
+    /// Workers that ended an attempt this turn and may take a queued task.
+    freed: Vec<AgentId>,
+    records: Vec<Record>,
+    events: Vec<Event>,
+    durables: FuturesUnordered<Durable>,
+    strategy: Strategy,
+    rng: SmallRng,
+    metrics: Metrics,
+    turn: Turn,
+    /// Tasks the tree holds at once; permits handed out so far.
+    capacity: u64,
+    /// Tasks in supervisors' queues and the backlog.
+    queued: u64,
+    shared: Arc<Shared>,
+}
+
+impl Dispatcher {
+    async fn run(mut self, mut commands: mpsc::UnboundedReceiver<Command>) {
+        let mut batch = Vec::with_capacity(BATCH);
+        'turns: loop {
+            tokio::select! {
+                biased;
+                n = commands.recv_many(&mut batch, BATCH) => {
+                    if n == 0 {
+                        break 'turns;
+                    }
+                    for command in batch.drain(..) {
+                        if !self.command(command) {
+                            break 'turns;
+                        }
+                    }
+                }
+                Some(finished) = self.running.next(), if !self.running.is_empty() => {
+                    self.finished(finished);
+                }
+                Some(result) = self.durables.next(), if !self.durables.is_empty() => {
+                    if let Err(error) = result {
+                        tracing::error!(%error, "Journal write failed.");
+                    }
+                }
+            }
+            for _ in 0..BATCH {
+                match self.running.next().now_or_never() {
+                    Some(Some(finished)) => self.finished(finished),
+                    _ => break,
+                }
+            }
+            self.settle();
+            self.publish();
+        }
+        self.publish();
+    }
+
+    /// Handles one command; `false` to stop.
+    fn command(&mut self, command: Command) -> bool {
+        match command {
+            Command::Submit(jobs) => {
+                for job in jobs {
+                    self.route_or_wait(job);
+                }
+            }
+            Command::Spawn { pool, count, reply } => {
+                let first = self.spawn(pool, count);
+                let _ = reply.send(first);
+            }
+            Command::Inspect(query) => query(&self.tree),
+            Command::Stop => return false,
+        }
+        true
+    }
+
+    fn spawn(&mut self, pool: u8, count: u32) -> AgentId {
+        let started = Instant::now();
+        let before = self.tree.len();
+        let concurrency = self.agents[pool as usize].1;
+        let first = self.tree.add_workers(count, pool, concurrency);
+        let after = self.tree.len();
+        self.queues.resize_with(after, || None);
+        self.incarnations.resize(after, 0);
+        // New workers are idle: let them look at their supervisors' queues.
+        self.freed.extend((first.0..after as u32).map(AgentId));
+        let capacity: u64 = self
+            .tree
+            .roots()
+            .map(|r| u64::from(self.tree.load(r).1))
+            .sum();
+        self.shared
+            .permits
+            .add_permits((capacity - self.capacity) as usize);
+        self.capacity = capacity;
+        self.metrics.spawned.increment((after - before) as u64);
+        self.metrics.spawn_duration.record(started.elapsed());
+        for (name, size) in self.tree.tier_names().iter().zip(self.tree.tier_sizes()) {
+            Metrics::tier_size(name, *size);
+        }
+        if self.shared.bus.wants(Kinds::AGENTS) {
+            // Growth past the plan interleaves new managers with the new workers: one event
+            // per run of consecutive ids in one tier.
+            let mut id = before;
+            while id < after {
+                let tier = self.tree.tier(AgentId(id as u32));
+                let run = (id..after)
+                    .take_while(|&i| self.tree.tier(AgentId(i as u32)) == tier)
+                    .count();
+                self.events.push(Event::AgentsSpawned {
+                    first: AgentId(id as u32),
+                    count: run as u32,
+                    tier: tier as u8,
+                });
+                id += run;
+            }
+        }
+        first
+    }
+
+    /// Routes `job`, or puts it at the back of the backlog when nothing has room for it.
+    fn route_or_wait(&mut self, job: Job) {
+        if let Err(job) = self.route(job) {
+            self.queued += 1;
+            let _ = self.backlog.push(job.priority, job);
+        }
+    }
+
+    /// Sends a task down the tree: to an idle worker at once, or into a supervisor's queue.
+    /// Hands the task back when no subtree with agents for it has room.
+    fn route(&mut self, job: Job) -> Result<(), Job> {
+        let Some(supervisor) = self.tree.route(job.mask, self.strategy, &mut self.rng) else {
+            return Err(job);
+        };
+        self.tree.enqueue(supervisor);
+        if let Some(worker) = self.tree.idle_worker(supervisor, job.mask) {
+            self.start(worker, job);
+            return Ok(());
+        }
+        if self.shared.bus.wants(Kinds::TASKS) {
+            self.events.push(Event::TaskQueued {
+                task: job.id,
+                supervisor,
+            });
+        }
+        // The tree admits no more than the supervisor's capacity, so this bound only bites
+        // if the tree and the queues disagree; the task then waits in the backlog.
+        let bound = self.tree.load(supervisor).1 as usize;
+        let queue = self.queues[supervisor.index()]
+            .get_or_insert_with(|| Box::new(PriorityQueue::new(bound)));
+        match queue.push(job.priority, job) {
+            Ok(()) => {
+                self.queued += 1;
+                Ok(())
+            }
+            Err(Full(job)) => {
+                self.tree.dequeue(supervisor);
+                Err(job)
+            }
+        }
+    }
+
+    /// Starts the next attempt of `job` on `worker`, whose supervisor already counts it.
+    fn start(&mut self, worker: AgentId, mut job: Job) {
+        job.attempt += 1;
+        self.turn.attempts += 1;
+        self.tree.start(worker);
+        self.records.push(Record::Started {
+            task: job.id,
+            attempt: job.attempt,
+            agent: worker,
+        });
+        if self.shared.bus.wants(Kinds::ACTIVITY) && self.tree.load(worker).0 == 1 {
+            self.events.push(Event::AgentActivated { agent: worker });
+        }
+        if self.shared.bus.wants(Kinds::TASKS) {
+            self.events.push(Event::TaskStarted {
+                task: job.id,
+                agent: worker,
+                attempt: job.attempt,
+            });
+        }
+        let agent = &self.agents[self.tree.spec(worker) as usize].0;
+        let task = Task {
+            id: job.id,
+            attempt: job.attempt,
+            agent: worker,
+            payload: job.payload.clone(),
+        };
+        match catch_unwind(AssertUnwindSafe(|| agent.handle(task))) {
+            Ok(Execution::Done(outcome)) => self.ended(worker, job, Ended::Outcome(outcome), None),
+            Err(panic) => self.ended(
+                worker,
+                job,
+                Ended::Crash(panic_message(&*panic).to_owned()),
+                None,
+            ),
+            Ok(Execution::Running(running)) => {
+                let timeout = job.timeout;
+                self.running.push(Box::pin(async move {
+                    let started = Instant::now();
+                    let ended = match tokio::time::timeout(
+                        timeout,
+                        AssertUnwindSafe(running).catch_unwind(),
+                    )
+                    .await
+                    {
+                        Ok(Ok(outcome)) => Ended::Outcome(outcome),
+                        Ok(Err(panic)) => Ended::Crash(panic_message(&*panic).to_owned()),
+                        Err(_) => Ended::TimedOut(timeout),
+                    };
+                    Finished {
+                        worker,
+                        job,
+                        ended,
+                        elapsed: started.elapsed(),
+                    }
+                }));
+            }
+        }
+    }
+
+    fn finished(&mut self, f: Finished) {
+        let micros = f.elapsed.as_secs_f32() * 1e6;
+        self.ended(f.worker, f.job, f.ended, Some(micros));
+    }
+
+    /// Commits, retries or gives up on the attempt `job.attempt` that `worker` ran.
+    fn ended(&mut self, worker: AgentId, job: Job, ended: Ended, micros: Option<f32>) {
+        self.tree.finish(worker, micros);
+        self.freed.push(worker);
+        let (task, attempt) = (job.id, job.attempt);
+        let error: Arc<str> = match ended {
+            Ended::Outcome(Ok(output)) => {
+                self.records.push(Record::Committed {
+                    task,
+                    attempt,
+                    output: output.clone(),
+                });
+                if self.shared.bus.wants(Kinds::TASKS) {
+                    self.events.push(Event::TaskSucceeded {
+                        task,
+                        agent: worker,
+                        attempt,
+                    });
+                }
+                self.turn.succeeded += 1;
+                self.complete(job, TaskState::Succeeded, Some(output), None, worker);
+                return;
+            }
+            Ended::Outcome(Err(AgentError::Fatal(error))) => {
+                self.records.push(Record::Failed {
+                    task,
+                    attempt,
+                    error: error.clone(),
+                    next: TaskState::Failed,
+                });
+                self.failed_event(worker, &job, &error, false);
+                self.turn.failed += 1;
+                self.complete(job, TaskState::Failed, None, Some(error), worker);
+                return;
+            }
+            Ended::Outcome(Err(AgentError::Retryable(error))) => error,
+            Ended::Crash(message) => {
+                self.restart(worker, format!("agent crashed: {message}").into(), true)
+            }
+            Ended::TimedOut(after) => self.restart(
+                worker,
+                format!("attempt timed out after {after:?}").into(),
+                false,
+            ),
+        };
+        let retry = attempt < job.max_attempts;
+        let next = if retry {
+            TaskState::Queued
+        } else {
+            TaskState::DeadLettered
+        };
+        self.records.push(Record::Failed {
+            task,
+            attempt,
+            error: error.clone(),
+            next,
+        });
+        self.failed_event(worker, &job, &error, retry);
+        if retry {
+            self.turn.retries += 1;
+            self.route_or_wait(job);
+        } else {
+            self.turn.dead_lettered += 1;
+            let error = format!("dead-lettered after {attempt} attempts; last error: {error}");
+            self.complete(
+                job,
+                TaskState::DeadLettered,
+                None,
+                Some(error.into()),
+                worker,
+            );
+        }
+    }
+
+    /// Replaces a crashed or hung agent with a new incarnation of the same spec, in place.
+    fn restart(&mut self, worker: AgentId, cause: Arc<str>, crash: bool) -> Arc<str> {
+        let incarnation = &mut self.incarnations[worker.index()];
+        *incarnation += 1;
+        if crash {
+            self.turn.restarts_crash += 1;
+        } else {
+            self.turn.restarts_timeout += 1;
+        }
+        if self.shared.bus.wants(Kinds::AGENTS) {
+            self.events.push(Event::AgentRestarted {
+                agent: worker,
+                incarnation: *incarnation,
+                cause: cause.clone(),
+            });
+        }
+        cause
+    }
+
+    fn failed_event(&mut self, worker: AgentId, job: &Job, error: &Arc<str>, retry: bool) {
+        if self.shared.bus.wants(Kinds::TASKS) {
+            self.events.push(Event::TaskFailed {
+                task: job.id,
+                agent: worker,
+                attempt: job.attempt,
+                error: error.clone(),
+                retry,
+            });
+            if !retry {
+                let dead_lettered = job.attempt >= job.max_attempts;
+                self.events.push(Event::TaskGaveUp {
+                    task: job.id,
+                    dead_lettered,
+                });
+            }
+        }
+    }
+
+    /// A task reached a terminal state: tell whoever waits, return its permit.
+    fn complete(
+        &mut self,
+        job: Job,
+        state: TaskState,
+        output: Option<Bytes>,
+        error: Option<Arc<str>>,
+        agent: AgentId,
+    ) {
+        let latency = job.submitted.elapsed();
+        self.metrics.latency.record(latency);
+        if let Some(waiter) = job.waiter {
+            let _ = waiter.send(Completion {
+                id: job.id,
+                state,
+                output,
+                error,
+                attempts: job.attempt,
+                agent: Some(agent),
+                latency,
+            });
+        }
+    }
+
+    /// Freed workers take queued tasks; the backlog takes the room that frees.
+    fn settle(&mut self) {
+        loop {
+            while let Some(worker) = self.freed.pop() {
+                let (load, capacity) = self.tree.load(worker);
+                if load >= capacity {
+                    continue;
+                }
+                let supervisor = self.tree.parent(worker).expect("workers have supervisors");
+                let spec = SpecMask::of(self.tree.spec(worker));
+                let next = self.queues[supervisor.index()]
+                    .as_mut()
+                    .and_then(|q| q.pop_matching(MATCH_DEPTH, |job| job.mask.intersects(spec)));
+                match next {
+                    Some(job) => {
+                        self.queued -= 1;
+                        self.start(worker, job);
+                    }
+                    None if load == 0 && self.shared.bus.wants(Kinds::ACTIVITY) => {
+                        self.events.push(Event::AgentIdle { agent: worker });
+                    }
+                    None => {}
+                }
+            }
+            let Some(job) = self.backlog.pop() else { break };
+            if let Err(job) = self.route(job) {
+                // Nothing has room for it yet; it keeps its place.
+                self.backlog.push_front(job.priority, job);
+                break;
+            }
+            self.queued -= 1;
+        }
+    }
+
+    /// Ends the turn: journal records, events, counters, permits of ended tasks.
+    fn publish(&mut self) {
+        if !self.records.is_empty() {
+            let mut durable = self
+                .shared
+                .journal
+                .record(std::mem::take(&mut self.records));
+            match durable.try_result() {
+                Some(Err(error)) => tracing::error!(%error, "Journal write failed."),
+                Some(Ok(())) => {}
+                None => self.durables.push(durable),
+            }
+        }
+        if !self.events.is_empty() {
+            self.shared.bus.publish(std::mem::take(&mut self.events));
+        }
+        let t = std::mem::take(&mut self.turn);
+        let finished = t.succeeded + t.failed + t.dead_lettered;
+        let c = &self.shared.counters;
+        let m = &self.metrics;
+        if t.attempts > 0 {
+            c.attempts.fetch_add(t.attempts, Relaxed);
+            m.attempts.increment(t.attempts);
+        }
+        if t.retries > 0 {
+            c.retries.fetch_add(t.retries, Relaxed);
+            m.retries.increment(t.retries);
+        }
+        let restarts = t.restarts_crash + t.restarts_timeout;
+        if restarts > 0 {
+            c.restarts.fetch_add(restarts, Relaxed);
+            m.restarts_crash.increment(t.restarts_crash);
+            m.restarts_timeout.increment(t.restarts_timeout);
+        }
+        let running = self.running_count();
+        c.queued.store(self.queued, Relaxed);
+        c.running.store(running, Relaxed);
+        c.agents.store(self.tree.len() as u64, Relaxed);
+        c.capacity.store(self.capacity, Relaxed);
+        m.queued.set(self.queued as f64);
+        m.running.set(running as f64);
+        if finished > 0 {
+            // Counters first, so a woken drain sees them.
+            c.succeeded.fetch_add(t.succeeded, Relaxed);
+            c.failed.fetch_add(t.failed, Relaxed);
+            c.dead_lettered.fetch_add(t.dead_lettered, Relaxed);
+            m.succeeded.increment(t.succeeded);
+            m.failed.increment(t.failed);
+            m.dead_lettered.increment(t.dead_lettered);
+            self.shared.permits.add_permits(finished as usize);
+            let done =
+                c.succeeded.load(Relaxed) + c.failed.load(Relaxed) + c.dead_lettered.load(Relaxed);
+            if done >= c.accepted.load(Relaxed) {
+                self.shared.drained.notify_waiters();
+            }
+        }
+    }
+
+    fn running_count(&self) -> u64 {
+        self.running.len() as u64
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,344 @@
+//! Deterministic tests of the dispatcher: current-thread runtime, paused clock, seeded agents.
+
+use crate::{
+    Error, Pool, Runtime, RuntimeOptions,
+    events::{Event, Kinds},
+};
+use colony_agents::{
+    AgentSpec, Error as AgentError, from_fn,
+    sim::{Latency, Sim, SimOptions},
+};
+use colony_core::{
+    hierarchy::Tiers,
+    task::{Priority, Requirement, TaskSpec, TaskState},
+};
+use colony_journal::{Journal, MemoryJournal};
+use std::{sync::Arc, time::Duration};
+
+fn sim(options: SimOptions) -> Arc<Sim> {
+    Arc::new(Sim::new(options).unwrap())
+}
+
+fn slow(ms: u64) -> SimOptions {
+    SimOptions {
+        latency: Latency::Fixed {
+            value: Duration::from_millis(ms),
+        },
+        ..SimOptions::default()
+    }
+}
+
+fn two_tiers() -> RuntimeOptions {
+    RuntimeOptions {
+        tiers: Tiers::Named(vec!["supervisor".into(), "worker".into()]),
+        ..RuntimeOptions::default()
+    }
+}
+
+async fn start(options: RuntimeOptions, pools: Vec<Pool>) -> (Runtime, Arc<MemoryJournal>) {
+    let journal = Arc::new(MemoryJournal::new());
+    let runtime = Runtime::start(options, pools, journal.clone())
+        .await
+        .unwrap();
+    (runtime, journal)
+}
+
+fn pool(count: u32, agent: Arc<Sim>) -> Pool {
+    Pool::new(AgentSpec::new("sim", "worker"), count, agent)
+}
+
+#[tokio::test(start_paused = true)]
+async fn every_task_ends_and_the_journal_agrees() {
+    let flaky = SimOptions {
+        seed: 7,
+        error_rate: 0.2,
+        latency: Latency::Uniform {
+            min: Duration::ZERO,
+            max: Duration::from_millis(5),
+        },
+        ..SimOptions::default()
+    };
+    let (runtime, journal) = start(RuntimeOptions::default(), vec![pool(50, sim(flaky))]).await;
+    let h = runtime.handle();
+    for _ in 0..5 {
+        let accepted = h
+            .submit_batch(vec![TaskSpec::default(); 1_000])
+            .await
+            .unwrap();
+        assert_eq!(accepted.count, 1_000);
+    }
+    h.drain().await;
+    let stats = h.stats();
+    let counts = journal.counts().unwrap();
+    assert_eq!(counts.terminal(), 5_000);
+    assert_eq!(counts.succeeded, stats.succeeded);
+    assert_eq!(counts.dead_lettered, stats.dead_lettered);
+    assert!(stats.retries > 500, "a 20% error rate retries: {stats:?}");
+    assert!(
+        stats.dead_lettered > 0 && stats.dead_lettered < 100,
+        "0.2^3 of 5000 is about 40: {stats:?}"
+    );
+    assert_eq!(journal.stats().fenced, 0);
+    assert_eq!((stats.queued, stats.running), (0, 0));
+    runtime.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn higher_priorities_leave_the_queue_first() {
+    let (runtime, _) = start(two_tiers(), vec![pool(1, sim(slow(10)))]).await;
+    let h = runtime.handle();
+    let mut events = h.subscribe(Kinds::TASKS);
+    let at = |p: u8| TaskSpec {
+        priority: Priority::new(p).unwrap(),
+        ..TaskSpec::default()
+    };
+    // The first low task takes the only worker; the rest queue behind it.
+    let low = h.submit_batch(vec![at(1); 4]).await.unwrap();
+    let high = h.submit(at(9)).await.unwrap();
+    h.drain().await;
+    let mut started = Vec::new();
+    while let Some(event) = events.try_recv() {
+        if let Event::TaskStarted { task, .. } = event {
+            started.push(task);
+        }
+    }
+    let low: Vec<_> = low.ids().collect();
+    assert_eq!(started, [low[0], high, low[1], low[2], low[3]]);
+    runtime.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_full_runtime_pushes_back_and_loses_nothing() {
+    let options = RuntimeOptions {
+        queue_capacity: 2,
+        ..two_tiers()
+    };
+    let (runtime, journal) = start(options, vec![pool(2, sim(slow(100)))]).await;
+    let h = runtime.handle();
+    assert_eq!(h.stats().capacity, 4, "2 workers + 2 queued");
+    h.try_submit_batch(vec![TaskSpec::default(); 4])
+        .await
+        .unwrap();
+    let err = h.try_submit(TaskSpec::default()).await.unwrap_err();
+    assert!(matches!(err, Error::Full { capacity: 4 }), "{err}");
+    assert_eq!(
+        journal.counts().unwrap().total(),
+        4,
+        "a refused task is not journaled"
+    );
+    let err = h
+        .try_submit_batch(vec![TaskSpec::default(); 5])
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::BatchTooLarge { got: 5, max: 4 }),
+        "{err}"
+    );
+    // A waiting submitter gets in once room frees.
+    let waited = h.submit(TaskSpec::default()).await.unwrap();
+    h.drain().await;
+    assert_eq!(
+        journal.task(waited).unwrap().unwrap().state,
+        TaskState::Succeeded
+    );
+    assert_eq!(journal.counts().unwrap().succeeded, 5);
+    runtime.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn crashes_and_hangs_are_retried_then_dead_lettered() {
+    let crashy = sim(SimOptions {
+        crash_rate: 1.0,
+        ..SimOptions::default()
+    });
+    let (runtime, journal) = start(two_tiers(), vec![pool(3, crashy)]).await;
+    let h = runtime.handle();
+    let done = h.submit_wait(TaskSpec::default()).await.unwrap();
+    assert_eq!((done.state, done.attempts), (TaskState::DeadLettered, 3));
+    assert!(
+        done.error
+            .unwrap()
+            .contains("agent crashed: simulated crash")
+    );
+    assert_eq!(h.stats().restarts, 3);
+    runtime.shutdown().await;
+    assert_eq!(journal.counts().unwrap().dead_lettered, 1);
+
+    let hung = sim(SimOptions {
+        hang_rate: 1.0,
+        ..SimOptions::default()
+    });
+    let (runtime, _) = start(two_tiers(), vec![pool(3, hung)]).await;
+    let spec = TaskSpec {
+        timeout: Duration::from_secs(2),
+        max_attempts: 2,
+        ..TaskSpec::default()
+    };
+    let started = tokio::time::Instant::now();
+    let done = runtime.handle().submit_wait(spec).await.unwrap();
+    assert_eq!((done.state, done.attempts), (TaskState::DeadLettered, 2));
+    assert_eq!(
+        started.elapsed(),
+        Duration::from_secs(4),
+        "two timeouts of 2 s"
+    );
+    assert!(done.error.unwrap().contains("timed out after 2s"));
+    runtime.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn fatal_errors_fail_at_once() {
+    let agent = Arc::new(from_fn(|_| Err(AgentError::fatal("bad input"))));
+    let pool = Pool::new(AgentSpec::new("fn", "worker"), 2, agent);
+    let (runtime, _) = start(two_tiers(), vec![pool]).await;
+    let done = runtime
+        .handle()
+        .submit_wait(TaskSpec::default())
+        .await
+        .unwrap();
+    assert_eq!((done.state, done.attempts), (TaskState::Failed, 1));
+    assert_eq!(done.error.as_deref(), Some("bad input"));
+    runtime.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn tasks_go_only_to_agents_of_their_role() {
+    let planner = Pool::new(AgentSpec::new("sim", "planner"), 24, sim(slow(1)));
+    let coder = Pool::new(AgentSpec::new("sim", "coder"), 24, sim(slow(1)));
+    let (runtime, _) = start(RuntimeOptions::default(), vec![planner, coder]).await;
+    let h = runtime.handle();
+    let for_coder = TaskSpec {
+        requirement: Requirement {
+            role: Some("coder".into()),
+            ..Requirement::default()
+        },
+        ..TaskSpec::default()
+    };
+    let mut pending = Vec::new();
+    for _ in 0..200 {
+        pending.push(h.submit_notify(for_coder.clone()).await.unwrap());
+    }
+    for p in pending {
+        let done = p.await.unwrap();
+        let agent = done.agent.unwrap();
+        assert_eq!(
+            h.inspect(move |t| t.spec(agent)).await.unwrap(),
+            1,
+            "ran on a planner"
+        );
+    }
+    let nobody = TaskSpec {
+        requirement: Requirement {
+            role: Some("reviewer".into()),
+            ..Requirement::default()
+        },
+        ..TaskSpec::default()
+    };
+    let err = h.submit(nobody).await.unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("no pool has agents that satisfy role Some(\"reviewer\")"),
+        "{err}"
+    );
+    runtime.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn bad_tasks_are_refused_with_the_value_named() {
+    let options = RuntimeOptions {
+        max_payload: 8,
+        ..two_tiers()
+    };
+    let (runtime, journal) = start(options, vec![pool(1, sim(SimOptions::default()))]).await;
+    let h = runtime.handle();
+    let big = TaskSpec::with_payload("\"0123456789\"");
+    let err = h
+        .submit_batch(vec![TaskSpec::default(), big])
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("payload of 12 bytes is too large: allowed up to 8"),
+        "{err}"
+    );
+    assert_eq!(
+        journal.counts().unwrap().total(),
+        0,
+        "none of a bad batch is accepted"
+    );
+    runtime.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_same_seed_gives_the_same_trace() {
+    async fn trace(seed: u64) -> Vec<Event> {
+        let faulty = SimOptions {
+            seed,
+            error_rate: 0.3,
+            crash_rate: 0.1,
+            latency: Latency::Uniform {
+                min: Duration::from_millis(1),
+                max: Duration::from_millis(9),
+            },
+            ..SimOptions::default()
+        };
+        let options = RuntimeOptions {
+            seed,
+            ..RuntimeOptions::default()
+        };
+        let (runtime, _) = start(options, vec![pool(30, sim(faulty))]).await;
+        let mut events = runtime.handle().subscribe(Kinds::ALL);
+        runtime
+            .handle()
+            .submit_batch(vec![TaskSpec::default(); 300])
+            .await
+            .unwrap();
+        runtime.handle().drain().await;
+        runtime.shutdown().await;
+        std::iter::from_fn(|| events.try_recv()).collect()
+    }
+    let (a, b) = (trace(11).await, trace(11).await);
+    assert!(a.len() > 900, "{} events", a.len());
+    assert_eq!(a, b);
+    assert_ne!(a, trace(12).await);
+}
+
+#[tokio::test(start_paused = true)]
+async fn spawning_in_waves_and_one_by_one_grows_the_tree() {
+    let (runtime, _) = start(
+        RuntimeOptions::default(),
+        vec![pool(100, sim(SimOptions::default()))],
+    )
+    .await;
+    let h = runtime.handle();
+    let mut events = h.subscribe(Kinds::AGENTS);
+    let size = std::num::NonZeroU32::new(20).unwrap();
+    h.spawn(0, 60, crate::SpawnMode::Waves { size })
+        .await
+        .unwrap();
+    h.spawn(0, 3, crate::SpawnMode::Single).await.unwrap();
+    let spawned: Vec<(u8, u32)> = std::iter::from_fn(|| events.try_recv())
+        .filter_map(|e| match e {
+            Event::AgentsSpawned { count, tier, .. } => Some((tier, count)),
+            _ => None,
+        })
+        .collect();
+    let in_tier = |t: u8| {
+        spawned
+            .iter()
+            .filter(|(tier, _)| *tier == t)
+            .map(|(_, n)| n)
+            .sum::<u32>()
+    };
+    assert_eq!(in_tier(3), 63);
+    let sizes = h.inspect(|t| t.tier_sizes().to_vec()).await.unwrap();
+    assert_eq!(sizes[3], 163);
+    assert_eq!(
+        sizes[2], 14,
+        "163 workers need 14 supervisors at span 12: {sizes:?}"
+    );
+    assert_eq!(in_tier(2), 14 - 9, "the planned 9 supervisors were full");
+    let done = h.submit_wait(TaskSpec::default()).await.unwrap();
+    assert_eq!(done.state, TaskState::Succeeded);
+    runtime.shutdown().await;
+}

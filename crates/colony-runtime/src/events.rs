@@ -1,0 +1,287 @@
+//! The typed event stream.
+//!
+//! The dispatcher publishes events in batches, one batch per turn of its loop, and only of the
+//! kinds some subscriber asked for: with no subscriber, an event costs nothing. Each subscriber
+//! has a bounded buffer; when it lags, the batches it has no room for are dropped for it alone
+//! and its [`Subscription::dropped`] counter says how many events it lost. A subscriber can
+//! never block the runtime.
+
+use colony_core::{AgentId, TaskId};
+use std::sync::{
+    Arc, Mutex,
+    atomic::{AtomicU8, AtomicU64, Ordering},
+};
+use tokio::sync::mpsc;
+
+/// Batches a subscriber may have waiting before it starts losing events.
+pub const SUBSCRIBER_BUFFER: usize = 1024;
+
+/// Something that happened in the runtime.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    /// Agents `first..first + count` joined tier `tier`.
+    AgentsSpawned {
+        first: AgentId,
+        count: u32,
+        tier: u8,
+    },
+    /// An idle agent took a task.
+    AgentActivated {
+        agent: AgentId,
+    },
+    /// An agent finished a task and found no other to take.
+    AgentIdle {
+        agent: AgentId,
+    },
+    /// An agent panicked or hung; it was replaced by incarnation `incarnation`.
+    AgentRestarted {
+        agent: AgentId,
+        incarnation: u32,
+        cause: Arc<str>,
+    },
+    TaskQueued {
+        task: TaskId,
+        supervisor: AgentId,
+    },
+    TaskStarted {
+        task: TaskId,
+        agent: AgentId,
+        attempt: u32,
+    },
+    TaskSucceeded {
+        task: TaskId,
+        agent: AgentId,
+        attempt: u32,
+    },
+    /// Attempt `attempt` failed; `retry` says whether the task goes back to the queue.
+    TaskFailed {
+        task: TaskId,
+        agent: AgentId,
+        attempt: u32,
+        error: Arc<str>,
+        retry: bool,
+    },
+    /// The task ended without success: a fatal error, or every attempt used.
+    TaskGaveUp {
+        task: TaskId,
+        dead_lettered: bool,
+    },
+}
+
+impl Event {
+    pub fn kind(&self) -> Kinds {
+        match self {
+            Event::AgentsSpawned { .. } | Event::AgentRestarted { .. } => Kinds::AGENTS,
+            Event::AgentActivated { .. } | Event::AgentIdle { .. } => Kinds::ACTIVITY,
+            Event::TaskQueued { .. }
+            | Event::TaskStarted { .. }
+            | Event::TaskSucceeded { .. }
+            | Event::TaskFailed { .. }
+            | Event::TaskGaveUp { .. } => Kinds::TASKS,
+        }
+    }
+}
+
+/// A set of event kinds a subscriber wants.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Kinds(u8);
+
+impl Kinds {
+    /// Agents joining and restarting.
+    pub const AGENTS: Kinds = Kinds(1);
+    /// Agents switching between idle and busy: two events per task on an idle swarm.
+    pub const ACTIVITY: Kinds = Kinds(2);
+    /// Every transition of every task.
+    pub const TASKS: Kinds = Kinds(4);
+    pub const ALL: Kinds = Kinds(7);
+    pub const NONE: Kinds = Kinds(0);
+
+    pub fn contains(self, other: Kinds) -> bool {
+        self.0 & other.0 == other.0
+    }
+
+    pub fn union(self, other: Kinds) -> Kinds {
+        Kinds(self.0 | other.0)
+    }
+}
+
+#[derive(Debug)]
+struct Subscriber {
+    kinds: Kinds,
+    tx: mpsc::Sender<Arc<[Event]>>,
+    dropped: Arc<AtomicU64>,
+}
+
+/// Where the runtime publishes and subscribers sign up. Cheap to clone.
+#[derive(Debug, Clone, Default)]
+pub struct EventBus {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    subscribers: Mutex<Vec<Subscriber>>,
+    /// Union of the kinds subscribers want, read by the publisher before building an event.
+    wanted: AtomicU8,
+}
+
+impl EventBus {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Events of `kinds` from now on.
+    pub fn subscribe(&self, kinds: Kinds) -> Subscription {
+        let (tx, rx) = mpsc::channel(SUBSCRIBER_BUFFER);
+        let dropped = Arc::new(AtomicU64::new(0));
+        let mut subs = self.subscribers();
+        subs.push(Subscriber {
+            kinds,
+            tx,
+            dropped: dropped.clone(),
+        });
+        self.inner.wanted.fetch_or(kinds.0, Ordering::Relaxed);
+        Subscription {
+            rx,
+            kinds,
+            batch: Arc::from([]),
+            next: 0,
+            dropped,
+        }
+    }
+
+    /// Whether some subscriber wants events of `kind`: check before building one.
+    pub fn wants(&self, kind: Kinds) -> bool {
+        Kinds(self.inner.wanted.load(Ordering::Relaxed)).contains(kind)
+    }
+
+    /// Hands `events` to every subscriber that has room. Never waits.
+    pub fn publish(&self, events: Vec<Event>) {
+        if events.is_empty() {
+            return;
+        }
+        let batch: Arc<[Event]> = events.into();
+        let mut subs = self.subscribers();
+        let before = subs.len();
+        subs.retain(|sub| match sub.tx.try_send(batch.clone()) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                let lost = batch
+                    .iter()
+                    .filter(|e| sub.kinds.contains(e.kind()))
+                    .count();
+                sub.dropped.fetch_add(lost as u64, Ordering::Relaxed);
+                true
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        });
+        if subs.len() != before {
+            let wanted = subs.iter().fold(Kinds::NONE, |k, s| k.union(s.kinds));
+            self.inner.wanted.store(wanted.0, Ordering::Relaxed);
+        }
+    }
+
+    fn subscribers(&self) -> std::sync::MutexGuard<'_, Vec<Subscriber>> {
+        self.inner
+            .subscribers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// A subscriber's end of the stream. Dropping it unsubscribes.
+#[derive(Debug)]
+pub struct Subscription {
+    rx: mpsc::Receiver<Arc<[Event]>>,
+    kinds: Kinds,
+    batch: Arc<[Event]>,
+    next: usize,
+    dropped: Arc<AtomicU64>,
+}
+
+impl Subscription {
+    /// The next event of the kinds subscribed to; `None` once the runtime is gone.
+    pub async fn recv(&mut self) -> Option<Event> {
+        loop {
+            while let Some(event) = self.batch.get(self.next) {
+                self.next += 1;
+                if self.kinds.contains(event.kind()) {
+                    return Some(event.clone());
+                }
+            }
+            self.batch = self.rx.recv().await?;
+            self.next = 0;
+        }
+    }
+
+    /// The next event if one is already waiting.
+    pub fn try_recv(&mut self) -> Option<Event> {
+        loop {
+            while let Some(event) = self.batch.get(self.next) {
+                self.next += 1;
+                if self.kinds.contains(event.kind()) {
+                    return Some(event.clone());
+                }
+            }
+            self.batch = self.rx.try_recv().ok()?;
+            self.next = 0;
+        }
+    }
+
+    /// Events of the subscribed kinds lost because this subscriber lagged.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn started(n: u64) -> Event {
+        Event::TaskStarted {
+            task: TaskId(n),
+            agent: AgentId(0),
+            attempt: 1,
+        }
+    }
+
+    #[test]
+    fn subscribers_get_only_their_kinds() {
+        let bus = EventBus::new();
+        assert!(!bus.wants(Kinds::TASKS));
+        let mut agents = bus.subscribe(Kinds::AGENTS);
+        assert!(bus.wants(Kinds::AGENTS) && !bus.wants(Kinds::TASKS));
+        let spawned = Event::AgentsSpawned {
+            first: AgentId(0),
+            count: 3,
+            tier: 2,
+        };
+        bus.publish(vec![started(1), spawned.clone()]);
+        assert_eq!(agents.try_recv(), Some(spawned));
+        assert_eq!(agents.try_recv(), None);
+    }
+
+    #[test]
+    fn a_lagging_subscriber_loses_events_and_counts_them() {
+        let bus = EventBus::new();
+        let mut slow = bus.subscribe(Kinds::TASKS);
+        for n in 0..SUBSCRIBER_BUFFER as u64 + 10 {
+            bus.publish(vec![started(2 * n), started(2 * n + 1)]);
+        }
+        assert_eq!(slow.dropped(), 20);
+        let mut received = 0;
+        while slow.try_recv().is_some() {
+            received += 1;
+        }
+        assert_eq!(received, 2 * SUBSCRIBER_BUFFER);
+    }
+
+    #[test]
+    fn dropping_a_subscription_stops_the_work_for_it() {
+        let bus = EventBus::new();
+        drop(bus.subscribe(Kinds::ALL));
+        bus.publish(vec![started(1)]);
+        assert!(!bus.wants(Kinds::TASKS));
+    }
+}

@@ -1,0 +1,443 @@
+//! What callers hold: submit tasks, spawn agents, read counters, subscribe to events.
+
+use crate::{
+    Error, SpawnMode,
+    dispatcher::{Command, Job},
+    events::{EventBus, Kinds, Subscription},
+    metrics::Metrics,
+};
+use bytes::Bytes;
+use colony_agents::AgentSpec;
+use colony_core::{
+    AgentId, TaskId,
+    routing::{SpecMask, Tree},
+    task::{TaskSpec, TaskState},
+};
+use colony_journal::Journal;
+use std::{
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering::Relaxed},
+    },
+    time::{Duration, Instant},
+};
+use tokio::sync::{Notify, Semaphore, mpsc, oneshot};
+
+/// A cheap-to-clone handle on a running runtime.
+#[derive(Debug, Clone)]
+pub struct Handle {
+    shared: Arc<Shared>,
+}
+
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) inbox: mpsc::UnboundedSender<Command>,
+    pub(crate) journal: Arc<dyn Journal>,
+    /// One permit per task the hierarchy can hold (queued or running); taken at submission,
+    /// returned when the task ends.
+    pub(crate) permits: Semaphore,
+    pub(crate) specs: Vec<AgentSpec>,
+    pub(crate) max_payload: usize,
+    /// The next task id, under the lock that keeps journal acceptance in id order.
+    pub(crate) next_id: Mutex<u64>,
+    pub(crate) counters: Counters,
+    /// Woken when every accepted task has ended.
+    pub(crate) drained: Notify,
+    pub(crate) bus: EventBus,
+}
+
+/// Counters the dispatcher publishes once per turn of its loop.
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub(crate) accepted: AtomicU64,
+    pub(crate) succeeded: AtomicU64,
+    pub(crate) failed: AtomicU64,
+    pub(crate) dead_lettered: AtomicU64,
+    pub(crate) attempts: AtomicU64,
+    pub(crate) retries: AtomicU64,
+    pub(crate) restarts: AtomicU64,
+    pub(crate) queued: AtomicU64,
+    pub(crate) running: AtomicU64,
+    pub(crate) agents: AtomicU64,
+    pub(crate) capacity: AtomicU64,
+}
+
+/// A snapshot of the runtime's counters.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Stats {
+    pub accepted: u64,
+    pub succeeded: u64,
+    pub failed: u64,
+    pub dead_lettered: u64,
+    /// Attempts started, first ones and retries.
+    pub attempts: u64,
+    pub retries: u64,
+    /// Agents replaced after a crash or a hang.
+    pub restarts: u64,
+    /// Tasks waiting in supervisors' queues or for room in the hierarchy.
+    pub queued: u64,
+    pub running: u64,
+    /// Agents in every tier.
+    pub agents: u64,
+    /// Tasks the hierarchy holds at once.
+    pub capacity: u64,
+}
+
+impl Stats {
+    /// Tasks in a terminal state.
+    pub fn finished(&self) -> u64 {
+        self.succeeded + self.failed + self.dead_lettered
+    }
+}
+
+/// Tasks accepted by one submission: ids `first..first + count`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Accepted {
+    pub first: TaskId,
+    pub count: usize,
+}
+
+impl Accepted {
+    pub fn ids(&self) -> impl Iterator<Item = TaskId> {
+        (self.first.0..self.first.0 + self.count as u64).map(TaskId)
+    }
+}
+
+/// How a task ended, for a caller that waited for it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Completion {
+    pub id: TaskId,
+    pub state: TaskState,
+    pub output: Option<Bytes>,
+    pub error: Option<Arc<str>>,
+    pub attempts: u32,
+    /// The agent of the last attempt.
+    pub agent: Option<AgentId>,
+    /// From acceptance to the terminal state, measured by the dispatcher.
+    pub latency: Duration,
+}
+
+/// The completion of an accepted task, to be awaited.
+#[derive(Debug)]
+pub struct Pending {
+    pub id: TaskId,
+    rx: oneshot::Receiver<Completion>,
+}
+
+impl std::future::Future for Pending {
+    type Output = Result<Completion, Error>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        std::pin::Pin::new(&mut self.rx)
+            .poll(cx)
+            .map(|r| r.map_err(|_| Error::Stopped))
+    }
+}
+
+impl Handle {
+    pub(crate) fn new(shared: Arc<Shared>) -> Self {
+        Self { shared }
+    }
+
+    /// Accepts a batch of tasks, waiting while the hierarchy is full. Returns once the journal
+    /// holds them all; none is accepted if any is invalid.
+    pub async fn submit_batch(&self, specs: Vec<TaskSpec>) -> Result<Accepted, Error> {
+        let masks = self.admit(&specs)?;
+        let n = specs.len();
+        if n > 0 {
+            let permits = self
+                .shared
+                .permits
+                .acquire_many(n as u32)
+                .await
+                .map_err(|_| Error::Stopped)?;
+            permits.forget();
+        }
+        self.accept(specs, masks, |_| None).await
+    }
+
+    /// Like [`Handle::submit_batch`] but returns [`Error::Full`] instead of waiting.
+    pub async fn try_submit_batch(&self, specs: Vec<TaskSpec>) -> Result<Accepted, Error> {
+        let masks = self.admit(&specs)?;
+        let n = specs.len();
+        if n > 0 {
+            match self.shared.permits.try_acquire_many(n as u32) {
+                Ok(permits) => permits.forget(),
+                Err(tokio::sync::TryAcquireError::Closed) => return Err(Error::Stopped),
+                Err(tokio::sync::TryAcquireError::NoPermits) => {
+                    return Err(Error::Full {
+                        capacity: self.shared.counters.capacity.load(Relaxed) as usize,
+                    });
+                }
+            }
+        }
+        self.accept(specs, masks, |_| None).await
+    }
+
+    /// Like [`Handle::submit`] but returns [`Error::Full`] instead of waiting.
+    pub async fn try_submit(&self, spec: TaskSpec) -> Result<TaskId, Error> {
+        Ok(self.try_submit_batch(vec![spec]).await?.first)
+    }
+
+    pub async fn submit(&self, spec: TaskSpec) -> Result<TaskId, Error> {
+        Ok(self.submit_batch(vec![spec]).await?.first)
+    }
+
+    /// Submits one task and waits until it ends.
+    pub async fn submit_wait(&self, spec: TaskSpec) -> Result<Completion, Error> {
+        self.submit_notify(spec).await?.await
+    }
+
+    /// Submits one task; once it is accepted, returns a future of its completion.
+    pub async fn submit_notify(&self, spec: TaskSpec) -> Result<Pending, Error> {
+        let masks = self.admit(std::slice::from_ref(&spec))?;
+        self.shared
+            .permits
+            .acquire()
+            .await
+            .map_err(|_| Error::Stopped)?
+            .forget();
+        let (tx, rx) = oneshot::channel();
+        let mut tx = Some(tx);
+        let accepted = self.accept(vec![spec], masks, |_| tx.take()).await?;
+        Ok(Pending {
+            id: accepted.first,
+            rx,
+        })
+    }
+
+    /// Submits a batch and returns completion futures for the tasks whose index `track`
+    /// selects: a sample of latencies without a channel per task.
+    pub async fn submit_batch_tracked(
+        &self,
+        specs: Vec<TaskSpec>,
+        track: impl Fn(usize) -> bool,
+    ) -> Result<(Accepted, Vec<Pending>), Error> {
+        let masks = self.admit(&specs)?;
+        let n = specs.len();
+        if n > 0 {
+            let permits = self
+                .shared
+                .permits
+                .acquire_many(n as u32)
+                .await
+                .map_err(|_| Error::Stopped)?;
+            permits.forget();
+        }
+        let mut receivers = Vec::new();
+        let accepted = self
+            .accept(specs, masks, |i| {
+                track(i).then(|| {
+                    let (tx, rx) = oneshot::channel();
+                    receivers.push((i, rx));
+                    tx
+                })
+            })
+            .await?;
+        let pending = receivers
+            .into_iter()
+            .map(|(i, rx)| Pending {
+                id: TaskId(accepted.first.0 + i as u64),
+                rx,
+            })
+            .collect();
+        Ok((accepted, pending))
+    }
+
+    /// Checks every spec and resolves which pools may run it.
+    fn admit(&self, specs: &[TaskSpec]) -> Result<Vec<SpecMask>, Error> {
+        let capacity = self.shared.counters.capacity.load(Relaxed) as usize;
+        if capacity > 0 && specs.len() > capacity {
+            return Err(Error::BatchTooLarge {
+                got: specs.len(),
+                max: capacity,
+            });
+        }
+        let all = SpecMask(u64::MAX >> (64 - self.shared.specs.len()));
+        specs
+            .iter()
+            .map(|spec| {
+                spec.validate(self.shared.max_payload)?;
+                if spec.requirement.is_any() {
+                    return Ok(all);
+                }
+                let mask = self
+                    .shared
+                    .specs
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, s)| s.satisfies(&spec.requirement))
+                    .fold(0u64, |m, (i, _)| m | 1 << i);
+                if mask == 0 {
+                    let r = &spec.requirement;
+                    return Err(Error::NoAgentFor {
+                        role: r.role.as_deref().map(str::to_owned),
+                        capabilities: r.capabilities.iter().map(|c| c.to_string()).collect(),
+                    });
+                }
+                Ok(SpecMask(mask))
+            })
+            .collect()
+    }
+
+    /// Journals the tasks under ids in order, then hands them to the dispatcher. The caller
+    /// holds one permit per task.
+    async fn accept(
+        &self,
+        specs: Vec<TaskSpec>,
+        masks: Vec<SpecMask>,
+        mut waiter: impl FnMut(usize) -> Option<oneshot::Sender<Completion>>,
+    ) -> Result<Accepted, Error> {
+        let n = specs.len();
+        if n == 0 {
+            return Ok(Accepted {
+                first: self.shared.journal.next_task_id(),
+                count: 0,
+            });
+        }
+        let submitted = Instant::now();
+        let (first, durable) = {
+            let mut next = self
+                .shared
+                .next_id
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            let first = *next;
+            let durable = self.shared.journal.accept(TaskId(first), &specs);
+            *next += n as u64;
+            (first, durable)
+        };
+        // The in-memory journal resolves at once; a journal with a writer thread resolves at
+        // its group commit. Until then nothing reaches the dispatcher.
+        if let Err(error) = durable.await {
+            self.shared.permits.add_permits(n);
+            let mut next = self
+                .shared
+                .next_id
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            *next = self.shared.journal.next_task_id().0;
+            return Err(error.into());
+        }
+        let jobs: Vec<Job> = specs
+            .into_iter()
+            .zip(masks)
+            .enumerate()
+            .map(|(i, (spec, mask))| {
+                Job::new(TaskId(first + i as u64), spec, mask, submitted, waiter(i))
+            })
+            .collect();
+        self.shared.counters.accepted.fetch_add(n as u64, Relaxed);
+        Metrics::accepted(n);
+        self.shared
+            .inbox
+            .send(Command::Submit(jobs))
+            .map_err(|_| Error::Stopped)?;
+        Ok(Accepted {
+            first: TaskId(first),
+            count: n,
+        })
+    }
+
+    /// Adds `count` agents to pool `pool`, in the given mode. Returns the first new agent's id.
+    pub async fn spawn(
+        &self,
+        pool: usize,
+        count: u32,
+        mode: SpawnMode,
+    ) -> Result<Option<AgentId>, Error> {
+        if pool >= self.shared.specs.len() {
+            return Err(Error::NoSuchPool {
+                got: pool,
+                count: self.shared.specs.len(),
+            });
+        }
+        let step = match mode {
+            SpawnMode::Single => 1,
+            SpawnMode::Batch => count.max(1),
+            SpawnMode::Waves { size } => size.get(),
+        };
+        let mut first = None;
+        let mut left = count;
+        while left > 0 {
+            let n = left.min(step);
+            let (reply, rx) = oneshot::channel();
+            self.shared
+                .inbox
+                .send(Command::Spawn {
+                    pool: pool as u8,
+                    count: n,
+                    reply,
+                })
+                .map_err(|_| Error::Stopped)?;
+            let id = rx.await.map_err(|_| Error::Stopped)?;
+            first = first.or(Some(id));
+            left -= n;
+        }
+        Ok(first)
+    }
+
+    /// Runs `f` on the live tree inside the dispatcher: chain-of-command queries, loads.
+    pub async fn inspect<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Tree) -> R + Send + 'static,
+    ) -> Result<R, Error> {
+        let (tx, rx) = oneshot::channel();
+        let query = Box::new(move |tree: &Tree| {
+            let _ = tx.send(f(tree));
+        });
+        self.shared
+            .inbox
+            .send(Command::Inspect(query))
+            .map_err(|_| Error::Stopped)?;
+        rx.await.map_err(|_| Error::Stopped)
+    }
+
+    /// Waits until every task accepted so far has ended.
+    pub async fn drain(&self) {
+        loop {
+            let notified = self.shared.drained.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let s = self.stats();
+            if s.finished() >= s.accepted {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    pub fn stats(&self) -> Stats {
+        let c = &self.shared.counters;
+        Stats {
+            accepted: c.accepted.load(Relaxed),
+            succeeded: c.succeeded.load(Relaxed),
+            failed: c.failed.load(Relaxed),
+            dead_lettered: c.dead_lettered.load(Relaxed),
+            attempts: c.attempts.load(Relaxed),
+            retries: c.retries.load(Relaxed),
+            restarts: c.restarts.load(Relaxed),
+            queued: c.queued.load(Relaxed),
+            running: c.running.load(Relaxed),
+            agents: c.agents.load(Relaxed),
+            capacity: c.capacity.load(Relaxed),
+        }
+    }
+
+    pub fn journal(&self) -> &Arc<dyn Journal> {
+        &self.shared.journal
+    }
+
+    pub fn subscribe(&self, kinds: Kinds) -> Subscription {
+        self.shared.bus.subscribe(kinds)
+    }
+
+    /// Asks the dispatcher to stop after its current turn.
+    pub fn stop(&self) {
+        let _ = self.shared.inbox.send(Command::Stop);
+        self.shared.permits.close();
+    }
+}

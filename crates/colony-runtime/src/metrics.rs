@@ -1,0 +1,112 @@
+//! Every metric the runtime emits, declared once.
+//!
+//! Names carry the `colony_` prefix and a unit suffix. No metric has an agent or task id as a
+//! label: a million agents would be a million series.
+
+use metrics::{
+    Counter, Gauge, Histogram, Unit, counter, describe_counter, describe_gauge, describe_histogram,
+    gauge, histogram,
+};
+
+pub const AGENTS_SPAWNED: &str = "colony_agents_spawned_total";
+pub const AGENTS: &str = "colony_agents";
+pub const AGENT_RESTARTS: &str = "colony_agent_restarts_total";
+pub const SPAWN_DURATION: &str = "colony_spawn_duration_seconds";
+pub const TASKS_ACCEPTED: &str = "colony_tasks_accepted_total";
+pub const TASKS_FINISHED: &str = "colony_tasks_finished_total";
+pub const TASK_ATTEMPTS: &str = "colony_task_attempts_total";
+pub const TASK_RETRIES: &str = "colony_task_retries_total";
+pub const TASK_LATENCY: &str = "colony_task_latency_seconds";
+pub const TASKS_QUEUED: &str = "colony_tasks_queued";
+pub const TASKS_RUNNING: &str = "colony_tasks_running";
+
+/// Registers units and help texts with the installed recorder.
+pub fn describe() {
+    describe_counter!(
+        AGENTS_SPAWNED,
+        Unit::Count,
+        "Agents added to the hierarchy."
+    );
+    describe_gauge!(AGENTS, Unit::Count, "Agents in the hierarchy, by tier.");
+    describe_counter!(
+        AGENT_RESTARTS,
+        Unit::Count,
+        "Agents replaced after a crash or a hang, by cause."
+    );
+    describe_histogram!(
+        SPAWN_DURATION,
+        Unit::Seconds,
+        "Time to add one batch or wave of agents."
+    );
+    describe_counter!(
+        TASKS_ACCEPTED,
+        Unit::Count,
+        "Tasks accepted into the journal."
+    );
+    describe_counter!(
+        TASKS_FINISHED,
+        Unit::Count,
+        "Tasks that reached a terminal state, by state."
+    );
+    describe_counter!(TASK_ATTEMPTS, Unit::Count, "Attempts started.");
+    describe_counter!(
+        TASK_RETRIES,
+        Unit::Count,
+        "Failed attempts followed by another attempt."
+    );
+    describe_histogram!(
+        TASK_LATENCY,
+        Unit::Seconds,
+        "Time from acceptance to a terminal state."
+    );
+    describe_gauge!(
+        TASKS_QUEUED,
+        Unit::Count,
+        "Tasks accepted and waiting for an agent."
+    );
+    describe_gauge!(TASKS_RUNNING, Unit::Count, "Attempts running on agents.");
+}
+
+/// Handles registered once, so the hot path never looks a metric up by name.
+#[derive(Debug)]
+pub(crate) struct Metrics {
+    pub(crate) spawned: Counter,
+    pub(crate) spawn_duration: Histogram,
+    pub(crate) restarts_crash: Counter,
+    pub(crate) restarts_timeout: Counter,
+    pub(crate) succeeded: Counter,
+    pub(crate) failed: Counter,
+    pub(crate) dead_lettered: Counter,
+    pub(crate) attempts: Counter,
+    pub(crate) retries: Counter,
+    pub(crate) latency: Histogram,
+    pub(crate) queued: Gauge,
+    pub(crate) running: Gauge,
+}
+
+impl Metrics {
+    pub(crate) fn register() -> Self {
+        Self {
+            spawned: counter!(AGENTS_SPAWNED),
+            spawn_duration: histogram!(SPAWN_DURATION),
+            restarts_crash: counter!(AGENT_RESTARTS, "cause" => "crash"),
+            restarts_timeout: counter!(AGENT_RESTARTS, "cause" => "timeout"),
+            succeeded: counter!(TASKS_FINISHED, "state" => "succeeded"),
+            failed: counter!(TASKS_FINISHED, "state" => "failed"),
+            dead_lettered: counter!(TASKS_FINISHED, "state" => "dead-lettered"),
+            attempts: counter!(TASK_ATTEMPTS),
+            retries: counter!(TASK_RETRIES),
+            latency: histogram!(TASK_LATENCY),
+            queued: gauge!(TASKS_QUEUED),
+            running: gauge!(TASKS_RUNNING),
+        }
+    }
+
+    pub(crate) fn tier_size(tier: &str, size: u32) {
+        gauge!(AGENTS, "tier" => tier.to_owned()).set(f64::from(size));
+    }
+
+    pub(crate) fn accepted(n: usize) {
+        counter!(TASKS_ACCEPTED).increment(n as u64);
+    }
+}
