@@ -275,6 +275,9 @@ impl Dispatcher {
             .permits
             .add_permits((capacity - self.capacity) as usize);
         self.capacity = capacity;
+        // Published now, not at the end of the turn: the spawner hears back before then.
+        self.shared.counters.agents.store(after as u64, Relaxed);
+        self.shared.counters.capacity.store(capacity, Relaxed);
         self.metrics.spawned.increment((after - before) as u64);
         self.metrics.spawn_duration.record(started.elapsed());
         for (name, size) in self.tree.tier_names().iter().zip(self.tree.tier_sizes()) {

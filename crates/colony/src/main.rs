@@ -1,1 +1,70 @@
-fn main() {}
+//! The `colony` command line: clap definitions and terminal output. The work itself lives in
+//! the library crates.
+
+mod commands;
+mod output;
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+/// Run very large, fault-tolerant swarms of agents.
+#[derive(Debug, Parser)]
+#[command(name = "colony", version, about, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Plan a hierarchy: agents per tier and span of control.
+    Tree(commands::tree::Args),
+    /// Measure the runtime: spawn, dispatch, latency.
+    #[command(subcommand)]
+    Bench(commands::bench::Bench),
+}
+
+/// How a command failed, which decides the exit code.
+#[derive(Debug)]
+pub(crate) enum Failure {
+    /// Bad input: exit code 2.
+    Input(anyhow::Error),
+    /// The work itself failed: exit code 1.
+    Work(anyhow::Error),
+}
+
+impl Failure {
+    pub(crate) fn input(error: impl Into<anyhow::Error>) -> Self {
+        Failure::Input(error.into())
+    }
+
+    pub(crate) fn work(error: impl Into<anyhow::Error>) -> Self {
+        Failure::Work(error.into())
+    }
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("COLONY_LOG")
+                .unwrap_or_else(|_| "warn".into()),
+        )
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Tree(args) => commands::tree::run(&args),
+        Command::Bench(bench) => commands::bench::run(bench),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure::Input(error)) => {
+            eprintln!("error: {error:#}");
+            ExitCode::from(2)
+        }
+        Err(Failure::Work(error)) => {
+            eprintln!("error: {error:#}");
+            ExitCode::from(1)
+        }
+    }
+}

@@ -1,0 +1,245 @@
+//! `colony bench`: measure the runtime on this machine.
+
+use crate::{
+    Failure,
+    output::{Table, thousands},
+};
+use colony_agents::sim::SimOptions;
+use colony_core::hierarchy::{DEFAULT_SPAN, DEFAULT_TIERS, Tiers};
+use colony_runtime::{
+    SpawnMode,
+    bench::{self, Percentiles, Swarm},
+};
+use std::{num::NonZeroU32, time::Duration};
+
+#[derive(Debug, clap::Subcommand)]
+pub(crate) enum Bench {
+    /// Spawn a hierarchy of in-process agents; time it, weigh it, and watch it idle.
+    Spawn {
+        #[command(flatten)]
+        swarm: SwarmArgs,
+        /// single | batch | waves
+        #[arg(long, default_value = "batch", value_parser = ["single", "batch", "waves"])]
+        mode: String,
+        /// Agents per wave with `--mode waves`.
+        #[arg(long, default_value_t = 20)]
+        wave_size: u32,
+        /// Seconds to leave the agents idle while measuring CPU use.
+        #[arg(long, default_value_t = 2.0)]
+        idle_secs: f64,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Push no-op tasks through the hierarchy, journal included.
+    Dispatch {
+        #[command(flatten)]
+        swarm: SwarmArgs,
+        /// Tasks to run.
+        #[arg(long, default_value_t = 1_000_000)]
+        tasks: u64,
+        /// Tasks per submission.
+        #[arg(long, default_value_t = 4_096)]
+        batch: usize,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Offer single tasks at a fixed rate and record each one's submit-to-done time.
+    Latency {
+        #[command(flatten)]
+        swarm: SwarmArgs,
+        /// Tasks offered per second.
+        #[arg(long, default_value_t = 100_000.0)]
+        rate: f64,
+        /// Seconds to keep offering.
+        #[arg(long, default_value_t = 5.0)]
+        secs: f64,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct SwarmArgs {
+    /// Agents in all tiers together.
+    #[arg(long, default_value_t = 10_000)]
+    agents: u64,
+    /// The most children one agent supervises.
+    #[arg(long, default_value_t = DEFAULT_SPAN)]
+    span: u32,
+    /// Tier names, top to bottom, separated by commas.
+    #[arg(long, value_delimiter = ',', default_values_t = DEFAULT_TIERS.map(String::from))]
+    tiers: Vec<String>,
+}
+
+impl SwarmArgs {
+    fn swarm(&self) -> Result<Swarm, Failure> {
+        let swarm = Swarm {
+            agents: self.agents,
+            span: self.span,
+            tiers: Tiers::Named(self.tiers.clone()),
+            sim: SimOptions::default(),
+        };
+        swarm.workers().map_err(Failure::input)?;
+        Ok(swarm)
+    }
+}
+
+fn check_range(name: &str, value: f64, min: f64, max: f64) -> Result<(), Failure> {
+    if value.is_finite() && (min..=max).contains(&value) {
+        Ok(())
+    } else {
+        Err(Failure::input(anyhow::anyhow!(
+            "{name} {value} is out of range: allowed {min}..={max}"
+        )))
+    }
+}
+
+pub(crate) fn run(bench: Bench) -> Result<(), Failure> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(Failure::work)?;
+    match bench {
+        Bench::Spawn {
+            swarm,
+            mode,
+            wave_size,
+            idle_secs,
+            json,
+        } => {
+            let swarm = swarm.swarm()?;
+            check_range("--idle-secs", idle_secs, 0.0, 3600.0)?;
+            let size = NonZeroU32::new(wave_size).ok_or_else(|| {
+                Failure::input(anyhow::anyhow!(
+                    "--wave-size 0 is out of range: allowed 1.."
+                ))
+            })?;
+            let mode = match mode.as_str() {
+                "single" => SpawnMode::Single,
+                "waves" => SpawnMode::Waves { size },
+                _ => SpawnMode::Batch,
+            };
+            let report = runtime
+                .block_on(bench::spawn(
+                    &swarm,
+                    mode,
+                    Duration::from_secs_f64(idle_secs),
+                ))
+                .map_err(Failure::work)?;
+            if json {
+                return print_json(&report);
+            }
+            let mut t = Table::new(&["spawn", ""]);
+            for (name, count) in &report.tiers {
+                t.row(vec![format!("  {name}"), thousands(u64::from(*count))]);
+            }
+            t.row(vec!["agents".into(), thousands(report.agents)]);
+            t.row(vec!["mode".into(), report.mode.clone()]);
+            t.row(vec!["seconds".into(), format!("{:.3}", report.seconds)]);
+            t.row(vec![
+                "agents/s".into(),
+                thousands(report.agents_per_second as u64),
+            ]);
+            t.row(vec![
+                "bytes per agent (RSS)".into(),
+                format!("{:.0}", report.bytes_per_agent),
+            ]);
+            t.row(vec![
+                format!("idle CPU over {:.1} s", report.idle_seconds),
+                format!("{:.2} %", report.idle_cpu_percent),
+            ]);
+            print!("{}", t.render());
+        }
+        Bench::Dispatch {
+            swarm,
+            tasks,
+            batch,
+            json,
+        } => {
+            let swarm = swarm.swarm()?;
+            check_range("--tasks", tasks as f64, 1.0, 1e9)?;
+            check_range("--batch", batch as f64, 1.0, 1e6)?;
+            let report = runtime
+                .block_on(bench::dispatch(&swarm, tasks, batch))
+                .map_err(Failure::work)?;
+            if json {
+                return print_json(&report);
+            }
+            let mut t = Table::new(&["dispatch", ""]);
+            t.row(vec![
+                "agents (workers)".into(),
+                format!(
+                    "{} ({})",
+                    thousands(report.agents),
+                    thousands(report.workers)
+                ),
+            ]);
+            t.row(vec!["tasks".into(), thousands(report.tasks)]);
+            t.row(vec!["seconds".into(), format!("{:.3}", report.seconds)]);
+            t.row(vec![
+                "tasks/s".into(),
+                thousands(report.tasks_per_second as u64),
+            ]);
+            t.row(vec!["succeeded".into(), thousands(report.succeeded)]);
+            t.row(vec![
+                "journal: terminal".into(),
+                thousands(report.journal_terminal),
+            ]);
+            latency_rows(&mut t, &report.latency);
+            print!("{}", t.render());
+        }
+        Bench::Latency {
+            swarm,
+            rate,
+            secs,
+            json,
+        } => {
+            let swarm = swarm.swarm()?;
+            check_range("--rate", rate, 1.0, 10_000_000.0)?;
+            check_range("--secs", secs, 0.01, 3600.0)?;
+            let report = runtime
+                .block_on(bench::latency(&swarm, rate, Duration::from_secs_f64(secs)))
+                .map_err(Failure::work)?;
+            if json {
+                return print_json(&report);
+            }
+            let mut t = Table::new(&["latency", ""]);
+            t.row(vec!["agents".into(), thousands(report.agents)]);
+            t.row(vec![
+                "offered/s".into(),
+                thousands(report.offered_per_second as u64),
+            ]);
+            t.row(vec![
+                "achieved/s".into(),
+                thousands(report.achieved_per_second as u64),
+            ]);
+            t.row(vec!["tasks".into(), thousands(report.tasks)]);
+            latency_rows(&mut t, &report.latency);
+            print!("{}", t.render());
+        }
+    }
+    Ok(())
+}
+
+fn latency_rows(t: &mut Table, p: &Percentiles) {
+    t.row(vec![
+        format!("latency samples"),
+        thousands(p.samples as u64),
+    ]);
+    for (name, v) in [
+        ("p50", p.p50_us),
+        ("p95", p.p95_us),
+        ("p99", p.p99_us),
+        ("max", p.max_us),
+    ] {
+        t.row(vec![format!("{name} submit->done"), format!("{v:.1} µs")]);
+    }
+}
+
+fn print_json(report: &impl serde::Serialize) -> Result<(), Failure> {
+    println!(
+        "{}",
+        serde_json::to_string_pretty(report).map_err(Failure::work)?
+    );
+    Ok(())
+}

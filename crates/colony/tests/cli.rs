@@ -1,0 +1,145 @@
+//! The command line as a user sees it: real process, real output, exit codes.
+
+use assert_cmd::Command;
+
+fn colony(args: &[&str]) -> (String, String, i32) {
+    let out = Command::cargo_bin("colony")
+        .unwrap()
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        String::from_utf8(out.stdout).unwrap(),
+        String::from_utf8(out.stderr).unwrap(),
+        out.status.code().unwrap_or(-1),
+    )
+}
+
+#[test]
+fn tree_of_a_hundred_thousand_workers() {
+    let (stdout, _, code) = colony(&["tree", "--workers", "100000"]);
+    assert_eq!(code, 0);
+    insta::assert_snapshot!(stdout);
+}
+
+#[test]
+fn tree_with_auto_depth_and_named_tiers() {
+    let (stdout, _, code) = colony(&["tree", "--workers", "9360", "--depth", "auto"]);
+    assert_eq!(code, 0);
+    insta::assert_snapshot!(stdout);
+    let (stdout, _, code) = colony(&[
+        "tree",
+        "--workers",
+        "1000",
+        "--span",
+        "10",
+        "--tiers",
+        "root,lead,worker",
+    ]);
+    assert_eq!(code, 0);
+    insta::assert_snapshot!(stdout);
+}
+
+#[test]
+fn tree_json_is_machine_readable() {
+    let (stdout, _, code) = colony(&["tree", "--workers", "100000", "--json"]);
+    assert_eq!(code, 0);
+    let json: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(json["total"], 109_087);
+    let counts: Vec<u64> = json["tiers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["count"].as_u64().unwrap())
+        .collect();
+    assert_eq!(counts, [58, 695, 8_334, 100_000]);
+    assert_eq!(json["tiers"][2]["span"]["max"], 12);
+}
+
+#[test]
+fn bad_input_exits_2_and_names_the_value() {
+    for (args, needle) in [
+        (
+            &["tree", "--workers", "0"][..],
+            "worker count 0 is out of range: allowed 1..=50000000",
+        ),
+        (
+            &["tree", "--workers", "10", "--span", "1"],
+            "span of control 1 is out of range: allowed 2..=",
+        ),
+        (
+            &["tree", "--workers", "10", "--span", "0"],
+            "span of control 0 is out of range",
+        ),
+        (
+            &["tree", "--workers", "10", "--tiers", "a,b,a"],
+            "tier name `a` appears more than once",
+        ),
+        (
+            &["tree", "--workers", "10", "--tiers", "a,,b"],
+            "tier name number 2 is empty",
+        ),
+        (
+            &["tree", "--workers", "999999999999"],
+            "worker count 999999999999 is out of range",
+        ),
+        (&["tree", "--workers", "-5"], "unexpected argument '-5'"),
+        (&["tree", "--workers", "ten"], "invalid value 'ten'"),
+        (
+            &["bench", "spawn", "--agents", "2"],
+            "2 agents cannot hold one worker",
+        ),
+        (
+            &["bench", "latency", "--rate", "0"],
+            "--rate 0 is out of range",
+        ),
+        (
+            &["bench", "dispatch", "--tasks", "0"],
+            "--tasks 0 is out of range",
+        ),
+        (
+            &["bench", "spawn", "--mode", "waves", "--wave-size", "0"],
+            "--wave-size 0 is out of range",
+        ),
+    ] {
+        let (stdout, stderr, code) = colony(args);
+        assert_eq!(code, 2, "{args:?}: {stderr}");
+        assert!(stderr.contains(needle), "{args:?}: {stderr}");
+        assert!(stdout.is_empty(), "{args:?}: data on stdout: {stdout}");
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+    }
+}
+
+#[test]
+fn bench_runs_report_consistent_counts() {
+    let (stdout, stderr, code) = colony(&[
+        "bench", "dispatch", "--agents", "200", "--tasks", "20000", "--json",
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    let json: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(json["succeeded"], 20_000);
+    assert_eq!(json["journal_terminal"], 20_000);
+    assert_eq!(json["agents"], 200);
+
+    let (stdout, stderr, code) = colony(&[
+        "bench",
+        "spawn",
+        "--agents",
+        "5000",
+        "--idle-secs",
+        "0",
+        "--json",
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    let json: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(json["agents"], 5_000);
+    assert!(json["agents_per_second"].as_f64().unwrap() > 0.0);
+
+    let (stdout, stderr, code) = colony(&[
+        "bench", "latency", "--agents", "100", "--rate", "2000", "--secs", "0.5", "--json",
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    let json: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(json["tasks"], 1_000);
+    assert_eq!(json["latency"]["samples"], 1_000);
+}
