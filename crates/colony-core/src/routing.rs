@@ -22,6 +22,8 @@ const NO_PARENT: u32 = u32::MAX;
 const EMA_ALPHA: f32 = 0.2;
 /// Random probes before a sampling strategy falls back to a scan.
 const PROBES: usize = 4;
+/// Children the weighted strategy scores per level.
+const WINDOW: usize = 16;
 
 /// A set of agent specs, one bit per spec index.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -51,7 +53,8 @@ pub enum Strategy {
     #[default]
     LeastLoaded,
     RoundRobin,
-    /// Lowest weighted score of load, latency and capability affinity, over all children.
+    /// Lowest weighted score of load, latency and capability affinity. Every child is scored
+    /// up to 16 of them; wider levels score a window of 16 that rotates from call to call.
     Weighted(Weights),
     Random,
 }
@@ -516,10 +519,25 @@ fn pick(
             Some(candidates[best])
         }
         Strategy::Weighted(w) => {
+            // Score the next `WINDOW` eligible children from the cursor: every child of a
+            // normal span, and a rotating window of a wide top tier.
             let start = *cursor % len;
-            let slowest = candidates
+            let mut window = [0usize; WINDOW];
+            let mut n = 0;
+            for i in (0..len)
+                .map(|k| (start + k) % len)
+                .filter(|&i| eligible(node(i), mask))
+            {
+                window[n] = i;
+                n += 1;
+                if n == WINDOW {
+                    break;
+                }
+            }
+            let window = &window[..n];
+            let slowest = window
                 .iter()
-                .map(|&c| nodes[c as usize].latency_ema_us)
+                .map(|&i| node(i).latency_ema_us)
                 .fold(0.0, f32::max);
             let score = |n: &Node| {
                 let load = n.load as f32 / n.capacity.max(1) as f32;
@@ -531,14 +549,13 @@ fn pick(
                 let foreign = n.mask.0 & !mask.0 != 0;
                 w.load * load + w.latency * latency + if foreign { w.affinity } else { 0.0 }
             };
-            let (i, _) = (0..len)
-                .map(|k| (start + k) % len)
-                .filter(|&i| eligible(node(i), mask))
-                .map(|i| (i, score(node(i))))
-                .fold(None, |best: Option<(usize, f32)>, (i, s)| match best {
+            let (i, _) = window.iter().map(|&i| (i, score(node(i)))).fold(
+                None,
+                |best: Option<(usize, f32)>, (i, s)| match best {
                     Some((_, b)) if b <= s => best,
                     _ => Some((i, s)),
-                })?;
+                },
+            )?;
             *cursor = (i + 1) % len;
             Some(candidates[i])
         }

@@ -12,7 +12,7 @@ pub struct MemoryJournal {
 
 #[derive(Debug, Default)]
 struct Inner {
-    rows: Vec<Row>,
+    rows: Rows,
     counts: Counts,
     stats: Stats,
 }
@@ -38,6 +38,38 @@ impl MemoryJournal {
         self.inner
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// Rows in fixed-size chunks: growing never copies the rows already there, so no append
+/// holds the lock for the milliseconds a reallocation of millions of rows takes.
+#[derive(Debug, Default)]
+struct Rows {
+    chunks: Vec<Vec<Row>>,
+    len: usize,
+}
+
+const CHUNK: usize = 1 << 16;
+
+impl Rows {
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    fn get(&self, i: usize) -> Option<&Row> {
+        self.chunks.get(i / CHUNK)?.get(i % CHUNK)
+    }
+
+    fn get_mut(&mut self, i: usize) -> Option<&mut Row> {
+        self.chunks.get_mut(i / CHUNK)?.get_mut(i % CHUNK)
+    }
+
+    fn push(&mut self, row: Row) {
+        if self.len % CHUNK == 0 {
+            self.chunks.push(Vec::with_capacity(CHUNK));
+        }
+        self.chunks.last_mut().expect("a chunk with room").push(row);
+        self.len += 1;
     }
 }
 
@@ -125,14 +157,16 @@ impl Journal for MemoryJournal {
                 got: first,
             }));
         }
-        inner.rows.extend(specs.iter().map(|spec| Row {
-            spec: spec.clone(),
-            state: TaskState::Queued,
-            attempt: 0,
-            agent: None,
-            output: None,
-            error: None,
-        }));
+        for spec in specs {
+            inner.rows.push(Row {
+                spec: spec.clone(),
+                state: TaskState::Queued,
+                attempt: 0,
+                agent: None,
+                output: None,
+                error: None,
+            });
+        }
         inner.counts.added(TaskState::Queued, specs.len() as u64);
         Durable::ready(Ok(()))
     }
@@ -156,7 +190,7 @@ impl Journal for MemoryJournal {
     fn unfinished(&self) -> Result<Vec<TaskRow>, Error> {
         let inner = self.lock();
         Ok((0..inner.rows.len())
-            .filter(|&i| !inner.rows[i].state.is_terminal())
+            .filter(|&i| inner.rows.get(i).is_some_and(|r| !r.state.is_terminal()))
             .filter_map(|i| inner.row(TaskId(i as u64 + 1)))
             .collect())
     }

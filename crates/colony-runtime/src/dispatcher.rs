@@ -150,6 +150,9 @@ pub(crate) fn start(
         events: Vec::new(),
         durables: FuturesUnordered::new(),
         strategy: options.strategy,
+        linger: options.linger,
+        multi_threaded: tokio::runtime::Handle::current().runtime_flavor()
+            == tokio::runtime::RuntimeFlavor::MultiThread,
         rng: SmallRng::seed_from_u64(options.seed),
         metrics: Metrics::register(),
         turn: Turn::default(),
@@ -194,6 +197,8 @@ struct Dispatcher {
     rng: SmallRng,
     metrics: Metrics,
     turn: Turn,
+    linger: Duration,
+    multi_threaded: bool,
     /// Tasks the tree holds at once; permits handed out so far.
     capacity: u64,
     /// Tasks in supervisors' queues and the backlog.
@@ -234,8 +239,22 @@ impl Dispatcher {
             }
             self.settle();
             self.publish();
+            self.linger(&commands);
         }
         self.publish();
+    }
+
+    /// After a busy turn, watches the inbox for a few microseconds before parking: waking a
+    /// parked worker thread costs more than the whole dispatch of a task. Only on a
+    /// multi-threaded runtime, where the submitter runs on another thread.
+    fn linger(&self, commands: &mpsc::UnboundedReceiver<Command>) {
+        if self.linger.is_zero() || !commands.is_empty() || !self.multi_threaded {
+            return;
+        }
+        let until = Instant::now() + self.linger;
+        while commands.is_empty() && Instant::now() < until {
+            std::hint::spin_loop();
+        }
     }
 
     /// Handles one command; `false` to stop.

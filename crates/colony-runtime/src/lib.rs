@@ -43,10 +43,12 @@ use colony_core::{
 use colony_journal::Journal;
 use events::EventBus;
 use serde::{Deserialize, Serialize};
-use std::{fmt, num::NonZeroU32, sync::Arc};
+use std::{fmt, num::NonZeroU32, sync::Arc, time::Duration};
 
 /// Default tasks a supervisor queues beyond what its workers are running.
 pub const DEFAULT_QUEUE_CAPACITY: u32 = 256;
+/// Default of [`RuntimeOptions::linger`].
+pub const DEFAULT_LINGER: Duration = Duration::from_micros(50);
 /// Default wave size of [`SpawnMode::Waves`].
 pub const DEFAULT_WAVE_SIZE: u32 = 20;
 
@@ -80,6 +82,23 @@ pub struct RuntimeOptions {
     pub max_payload: usize,
     /// Seed of the routing decisions' random choices.
     pub seed: u64,
+    /// How long the dispatcher keeps watching for work after a busy turn before it parks its
+    /// thread. Trades a little CPU while tasks trickle in for microseconds of latency each.
+    #[serde(with = "humantime_micros")]
+    pub linger: Duration,
+}
+
+mod humantime_micros {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::time::Duration;
+
+    pub(super) fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(d.as_micros() as u64)
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        u64::deserialize(d).map(Duration::from_micros)
+    }
 }
 
 impl Default for RuntimeOptions {
@@ -92,6 +111,7 @@ impl Default for RuntimeOptions {
             spawn: SpawnMode::Batch,
             max_payload: DEFAULT_MAX_PAYLOAD,
             seed: 0,
+            linger: DEFAULT_LINGER,
         }
     }
 }
