@@ -17,7 +17,7 @@ pub const DEFAULT_TIERS: [&str; 4] = ["master", "coordinator", "supervisor", "wo
 /// Largest worker count a plan accepts. With its managers it stays well inside a `u32` id.
 pub const MAX_WORKERS: u64 = 50_000_000;
 /// Largest span of control a plan accepts.
-pub const MAX_SPAN: u32 = 100_000;
+pub const MAX_SPAN: u32 = 10_000;
 /// Most tiers a plan may have.
 pub const MAX_TIERS: usize = 16;
 
@@ -148,6 +148,9 @@ impl Plan {
             Tiers::Auto => {
                 while counts.len() < 2 || *counts.last().expect("never empty") > 1 {
                     counts.push(parents_of(*counts.last().expect("never empty")));
+                }
+                if counts.len() > MAX_TIERS {
+                    return Err(Error::TooManyTiers { got: counts.len() });
                 }
                 auto_names(counts.len())
             }

@@ -122,6 +122,8 @@ pub struct Tree {
     planned_left: u64,
     /// Per managing tier, nodes with room for another child, for growth past the plan.
     open: Vec<VecDeque<u32>>,
+    /// Per managing tier, whether `open` has been filled from the plan's nodes.
+    open_known: Vec<bool>,
 }
 
 impl Tree {
@@ -174,6 +176,7 @@ impl Tree {
             queue_capacity: options.queue_capacity,
             planned_left: plan.workers(),
             open: vec![VecDeque::new(); worker_tier],
+            open_known: vec![false; worker_tier],
             nodes,
             plan,
         };
@@ -185,18 +188,17 @@ impl Tree {
         Ok(tree)
     }
 
-    /// Adds `count` workers of one spec; returns the id of the first (ids are consecutive).
-    pub fn add_workers(&mut self, count: u32, spec: u8, concurrency: u32) -> AgentId {
-        let first = AgentId(self.nodes.len() as u32);
+    /// Adds `count` workers of one spec and returns their ids. Ids increase but need not be
+    /// consecutive: growth past the plan creates managers in between.
+    pub fn add_workers(&mut self, count: u32, spec: u8, concurrency: u32) -> Vec<AgentId> {
         self.nodes.reserve(count as usize);
-        for _ in 0..count {
-            self.add_worker(spec, concurrency);
-        }
-        first
+        (0..count)
+            .map(|_| self.add_worker(spec, concurrency))
+            .collect()
     }
 
     /// Adds one worker: in its planned place while the plan has room, then under the
-    /// supervisors with fewest children, growing new managers when every one is full.
+    /// supervisors that have room, taking turns, growing new managers when every one is full.
     pub fn add_worker(&mut self, spec: u8, concurrency: u32) -> AgentId {
         assert!(
             (spec as usize) < MAX_SPECS,
@@ -237,13 +239,15 @@ impl Tree {
 
     /// A node of `tier` that can take one more child, created (with its own parent) if needed.
     fn open_slot(&mut self, tier: usize) -> u32 {
-        if self.open[tier].is_empty() {
+        if !self.open_known[tier] {
+            // Once, when the plan is used up; from then on the list is kept up to date.
             let span = self.span as usize;
             let open: VecDeque<u32> = self
                 .tier_members(tier)
                 .filter(|&n| self.nodes[n as usize].children.len() < span)
                 .collect();
             self.open[tier] = open;
+            self.open_known[tier] = true;
         }
         if let Some(node) = self.open[tier].pop_front() {
             if self.nodes[node as usize].children.len() + 1 < self.span as usize {
@@ -315,6 +319,18 @@ impl Tree {
         strategy: Strategy,
         rng: &mut impl Rng,
     ) -> Option<AgentId> {
+        self.descend(mask, strategy, rng)
+            .or_else(|| self.first_fit(mask))
+    }
+
+    /// One pass down by `strategy`. It can reach a dead end when a subtree's room belongs to
+    /// agents of other specs.
+    fn descend(
+        &mut self,
+        mask: SpecMask,
+        strategy: Strategy,
+        rng: &mut impl Rng,
+    ) -> Option<AgentId> {
         let supervisor_tier = (self.worker_tier() - 1) as u8;
         let mut cursor = self.root_cursor;
         let mut node = pick(&self.nodes, &self.roots, &mut cursor, mask, strategy, rng)?;
@@ -327,6 +343,22 @@ impl Tree {
             node = child;
         }
         Some(AgentId(node))
+    }
+
+    /// Depth-first search for any supervisor with agents of `mask` and room, skipping
+    /// subtrees that are full or hold no such agents.
+    fn first_fit(&self, mask: SpecMask) -> Option<AgentId> {
+        let supervisor_tier = (self.worker_tier() - 1) as u8;
+        let ok = |&n: &u32| eligible(&self.nodes[n as usize], mask);
+        let mut stack: Vec<u32> = self.roots.iter().rev().copied().filter(ok).collect();
+        while let Some(n) = stack.pop() {
+            let node = &self.nodes[n as usize];
+            if node.tier == supervisor_tier {
+                return Some(AgentId(n));
+            }
+            stack.extend(node.children.iter().rev().copied().filter(ok));
+        }
+        None
     }
 
     /// Counts a task routed to `supervisor` in it and every ancestor.
@@ -715,7 +747,7 @@ mod tests {
         })
         .unwrap();
         t.add_workers(36, 0, 1);
-        let first_coder = t.add_workers(12, 1, 1);
+        let first_coder = t.add_workers(12, 1, 1)[0];
         let coder_sup = t.parent(first_coder).unwrap();
         let mut rng = SmallRng::seed_from_u64(9);
         for strategy in [
@@ -734,6 +766,48 @@ mod tests {
         let w = t.idle_worker(coder_sup, SpecMask::of(1)).unwrap();
         assert_eq!(t.spec(w), 1);
         assert_eq!(t.idle_worker(coder_sup, SpecMask::of(0)), None);
+    }
+
+    #[test]
+    fn a_dead_end_falls_back_to_any_subtree_with_room() {
+        // Span 2: master 0 over a spec-0 supervisor and a mixed one, master 1 over a spec-0
+        // supervisor and a mixed one. With master 0's mixed supervisor full, master 0 still
+        // looks open for spec 1 (its room is spec 0's), so the first descent dead-ends there.
+        let tiers = Tiers::Named(vec!["m".into(), "s".into(), "w".into()]);
+        let hierarchy = HierarchyOptions {
+            workers: 8,
+            span: 2,
+            tiers,
+        };
+        let mut t = Tree::new(&TreeOptions {
+            hierarchy,
+            queue_capacity: 1,
+        })
+        .unwrap();
+        for spec in [0, 0, 1, 0, 0, 0, 1, 0] {
+            t.add_worker(spec, 1);
+        }
+        let (full, open) = (AgentId(3), AgentId(5));
+        assert_eq!(t.mask(full), SpecMask(0b11));
+        let (load, capacity) = t.load(full);
+        for _ in load..capacity {
+            t.enqueue(full);
+        }
+        let mut rng = SmallRng::seed_from_u64(2);
+        for _ in 0..4 {
+            assert_eq!(
+                t.route(SpecMask::of(1), Strategy::RoundRobin, &mut rng),
+                Some(open)
+            );
+        }
+        let (load, capacity) = t.load(open);
+        for _ in load..capacity {
+            t.enqueue(open);
+        }
+        assert_eq!(
+            t.route(SpecMask::of(1), Strategy::LeastLoaded, &mut rng),
+            None
+        );
     }
 
     #[test]

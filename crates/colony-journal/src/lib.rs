@@ -41,15 +41,16 @@ pub enum Record {
         attempt: u32,
         agent: AgentId,
     },
-    /// Attempt `attempt` produced `output`. Ignored (and counted as fenced) unless `attempt` is
-    /// the current lease and the task is not terminal yet.
+    /// Attempt `attempt` produced `output`. Ignored (and counted as fenced) unless the task is
+    /// running and `attempt` is its current lease.
     Committed {
         task: TaskId,
         attempt: u32,
         output: Bytes,
     },
     /// Attempt `attempt` failed with `error`; the task moves to `next`: `Queued` for another
-    /// attempt, or `Failed` / `DeadLettered` for good. Fenced like a commit.
+    /// attempt, or `Failed` / `DeadLettered` for good; any other `next` is refused. Fenced like
+    /// a commit.
     Failed {
         task: TaskId,
         attempt: u32,
@@ -146,6 +147,8 @@ pub struct Stats {
     pub fenced: u64,
     /// Transitions naming a task the journal never accepted.
     pub unknown: u64,
+    /// Failures whose next state is not `Queued`, `Failed` or `DeadLettered`, refused.
+    pub invalid: u64,
 }
 
 /// Why a journal could not do what it was asked.
@@ -177,8 +180,13 @@ pub trait Journal: std::fmt::Debug + Send + Sync + 'static {
 
     fn counts(&self) -> Result<Counts, Error>;
 
-    /// Tasks not yet terminal, oldest first: what recovery puts back in the queues.
+    /// Tasks not yet terminal, oldest first.
     fn unfinished(&self) -> Result<Vec<TaskRow>, Error>;
+
+    /// Prepares a restart: attempts that were running when the process died are over, so their
+    /// tasks go back to `Queued` (keeping their lease number, so the next attempt is higher).
+    /// Returns every unfinished task, oldest first, for the runtime to queue again.
+    fn recover(&self) -> Result<Vec<TaskRow>, Error>;
 
     fn stats(&self) -> Stats;
 }

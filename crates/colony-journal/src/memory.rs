@@ -98,7 +98,7 @@ impl Inner {
             Record::Committed {
                 attempt, output, ..
             } => {
-                if from.is_terminal() || attempt != row.attempt {
+                if from != TaskState::Running || attempt != row.attempt {
                     self.stats.fenced += 1;
                     return;
                 }
@@ -112,7 +112,14 @@ impl Inner {
                 next,
                 ..
             } => {
-                if from.is_terminal() || attempt != row.attempt {
+                if !matches!(
+                    next,
+                    TaskState::Queued | TaskState::Failed | TaskState::DeadLettered
+                ) {
+                    self.stats.invalid += 1;
+                    return;
+                }
+                if from != TaskState::Running || attempt != row.attempt {
                     self.stats.fenced += 1;
                     return;
                 }
@@ -193,6 +200,21 @@ impl Journal for MemoryJournal {
             .filter(|&i| inner.rows.get(i).is_some_and(|r| !r.state.is_terminal()))
             .filter_map(|i| inner.row(TaskId(i as u64 + 1)))
             .collect())
+    }
+
+    fn recover(&self) -> Result<Vec<TaskRow>, Error> {
+        {
+            let mut guard = self.lock();
+            let inner = &mut *guard;
+            for i in 0..inner.rows.len() {
+                let row = inner.rows.get_mut(i).expect("in range");
+                if row.state == TaskState::Running {
+                    row.state = TaskState::Queued;
+                    inner.counts.moved(TaskState::Running, TaskState::Queued);
+                }
+            }
+        }
+        self.unfinished()
     }
 
     fn stats(&self) -> Stats {

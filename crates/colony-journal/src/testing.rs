@@ -22,6 +22,7 @@ impl Suite {
         terminal_states_are_final(&make());
         unfinished_lists_what_recovery_needs(&make());
         unknown_tasks_are_counted(&make());
+        recovery_requeues_running_tasks(&make());
     }
 }
 
@@ -113,6 +114,7 @@ fn late_results_are_fenced<J: Journal>(j: &J) {
     assert_eq!(j.task(t).unwrap().unwrap().state, TaskState::Running);
     assert_eq!(j.stats().fenced, 2);
     record(j, vec![committed(t, 2, "current")]);
+    assert_eq!(j.stats().fenced, 2);
     let row = j.task(t).unwrap().unwrap();
     assert_eq!((row.state, row.attempt), (TaskState::Succeeded, 2));
     assert_eq!(row.output.as_deref(), Some(&b"current"[..]));
@@ -197,5 +199,49 @@ fn unfinished_lists_what_recovery_needs<J: Journal>(j: &J) {
 fn unknown_tasks_are_counted<J: Journal>(j: &J) {
     record(j, vec![started(TaskId(999_999), 1)]);
     assert_eq!(j.stats().unknown, 1);
-    assert_eq!(j.counts().unwrap().total(), 0);
+    // A failure cannot pass for a success.
+    let t = accept(j, 1);
+    record(j, vec![started(t, 1), failed(t, 1, TaskState::Succeeded)]);
+    assert_eq!(j.stats().invalid, 1);
+    assert_eq!(j.task(t).unwrap().unwrap().state, TaskState::Running);
+    assert_eq!(j.counts().unwrap().total(), 1);
+}
+
+fn recovery_requeues_running_tasks<J: Journal>(j: &J) {
+    let first = accept(j, 3);
+    let (done, running, queued) = (first, nth(first, 1), nth(first, 2));
+    record(
+        j,
+        vec![
+            started(done, 1),
+            committed(done, 1, "ok"),
+            started(running, 1),
+        ],
+    );
+    let recovered: Vec<(TaskId, TaskState, u32)> = j
+        .recover()
+        .unwrap()
+        .into_iter()
+        .map(|r| (r.id, r.state, r.attempt))
+        .collect();
+    assert_eq!(
+        recovered,
+        [
+            (running, TaskState::Queued, 1),
+            (queued, TaskState::Queued, 0)
+        ]
+    );
+    let counts = j.counts().unwrap();
+    assert_eq!((counts.queued, counts.running, counts.succeeded), (2, 0, 1));
+    // The next attempt takes a higher lease; the interrupted one can no longer commit.
+    record(
+        j,
+        vec![
+            committed(running, 1, "stale"),
+            started(running, 2),
+            committed(running, 2, "ok"),
+        ],
+    );
+    let row = j.task(running).unwrap().unwrap();
+    assert_eq!((row.state, row.attempt), (TaskState::Succeeded, 2));
 }

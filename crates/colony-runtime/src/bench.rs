@@ -184,7 +184,7 @@ pub async fn dispatch(swarm: &Swarm, tasks: u64, batch: usize) -> Result<Dispatc
         pending.extend(tracked);
         left -= n as u64;
     }
-    handle.drain().await;
+    handle.drain().await?;
     let seconds = started.elapsed().as_secs_f64();
     let mut latencies = Vec::with_capacity(pending.len());
     for p in pending {
@@ -250,7 +250,7 @@ pub async fn latency(swarm: &Swarm, rate: f64, duration: Duration) -> Result<Lat
         .await
         .map_err(|_| Error::Stopped)?
         .map_err(|_| Error::Stopped)??;
-    handle.drain().await;
+    handle.drain().await?;
     let mut latencies = Vec::with_capacity(pending.len());
     for p in pending {
         latencies.push(p.await?.latency);

@@ -29,22 +29,34 @@ use std::{
     future::Future,
     panic::{AssertUnwindSafe, catch_unwind},
     pin::Pin,
-    sync::{Arc, Mutex, atomic::Ordering::Relaxed},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, AtomicU64, Ordering::Relaxed},
+    },
     time::{Duration, Instant},
 };
 use tokio::sync::{Notify, Semaphore, mpsc, oneshot};
 
 /// Commands and ended attempts handled per turn of the loop.
 const BATCH: usize = 256;
-/// Queued tasks a freed worker looks past for one it can run, per priority.
-const MATCH_DEPTH: usize = 16;
+/// Backlogged tasks tried per turn that still find no room, before the turn ends.
+const BACKLOG_TRIES: usize = 64;
 
 pub(crate) enum Command {
+    /// Jobs the journal already holds.
     Submit(Vec<Job>),
+    /// Jobs whose acceptance the journal has yet to make durable: they are dispatched once it
+    /// is, even if the submitter stopped waiting, and dropped (with their permits returned)
+    /// if it fails.
+    SubmitPending {
+        jobs: Vec<Job>,
+        durable: Durable,
+        ack: oneshot::Sender<Result<(), colony_journal::Error>>,
+    },
     Spawn {
         pool: u8,
         count: u32,
-        reply: oneshot::Sender<AgentId>,
+        reply: oneshot::Sender<Option<AgentId>>,
     },
     Inspect(Box<dyn FnOnce(&Tree) + Send>),
     Stop,
@@ -53,7 +65,9 @@ pub(crate) enum Command {
 impl std::fmt::Debug for Command {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Command::Submit(jobs) => write!(f, "Submit({} jobs)", jobs.len()),
+            Command::Submit(jobs) | Command::SubmitPending { jobs, .. } => {
+                write!(f, "Submit({} jobs)", jobs.len())
+            }
             Command::Spawn { pool, count, .. } => write!(f, "Spawn({count} in pool {pool})"),
             Command::Inspect(_) => f.write_str("Inspect"),
             Command::Stop => f.write_str("Stop"),
@@ -98,6 +112,12 @@ impl Job {
     }
 }
 
+#[derive(Clone, Copy)]
+enum ErrorKind {
+    Retryable,
+    Fatal,
+}
+
 /// How an attempt ended.
 enum Ended {
     Outcome(Outcome),
@@ -115,6 +135,10 @@ struct Finished {
 }
 
 type RunningAttempt = Pin<Box<dyn Future<Output = Finished> + Send>>;
+type Accepting =
+    Pin<Box<dyn Future<Output = (Result<(), colony_journal::Error>, Vec<Job>, Ack)> + Send>>;
+type Ack = oneshot::Sender<Result<(), colony_journal::Error>>;
+type Flushing = Pin<Box<dyn Future<Output = Result<(), colony_journal::Error>> + Send>>;
 
 /// Builds the shared state and starts the loop.
 pub(crate) fn start(
@@ -127,6 +151,8 @@ pub(crate) fn start(
     let (inbox, commands) = mpsc::unbounded_channel();
     let shared = Arc::new(Shared {
         inbox,
+        stopped: AtomicBool::new(false),
+        pool_agents: pools.iter().map(|_| AtomicU64::new(0)).collect(),
         next_id: Mutex::new(journal.next_task_id().0),
         journal,
         permits: Semaphore::new(0),
@@ -148,7 +174,9 @@ pub(crate) fn start(
         freed: Vec::new(),
         records: Vec::new(),
         events: Vec::new(),
-        durables: FuturesUnordered::new(),
+        completions: Vec::new(),
+        flushing: FuturesUnordered::new(),
+        accepting: FuturesUnordered::new(),
         strategy: options.strategy,
         linger: options.linger,
         multi_threaded: tokio::runtime::Handle::current().runtime_flavor()
@@ -192,7 +220,12 @@ struct Dispatcher {
     freed: Vec<AgentId>,
     records: Vec<Record>,
     events: Vec<Event>,
-    durables: FuturesUnordered<Durable>,
+    /// Completions of this turn, sent once its records are durable.
+    completions: Vec<(oneshot::Sender<Completion>, Completion)>,
+    /// Journal writes of earlier turns still on their way to disk.
+    flushing: FuturesUnordered<Flushing>,
+    /// Submissions waiting for the journal to make them durable.
+    accepting: FuturesUnordered<Accepting>,
     strategy: Strategy,
     rng: SmallRng,
     metrics: Metrics,
@@ -208,6 +241,8 @@ struct Dispatcher {
 
 impl Dispatcher {
     async fn run(mut self, mut commands: mpsc::UnboundedReceiver<Command>) {
+        // However the loop ends, even by a panic, submitters and drainers stop waiting.
+        let _stopped = StopGuard(self.shared.clone());
         let mut batch = Vec::with_capacity(BATCH);
         'turns: loop {
             tokio::select! {
@@ -225,7 +260,10 @@ impl Dispatcher {
                 Some(finished) = self.running.next(), if !self.running.is_empty() => {
                     self.finished(finished);
                 }
-                Some(result) = self.durables.next(), if !self.durables.is_empty() => {
+                Some((result, jobs, ack)) = self.accepting.next(), if !self.accepting.is_empty() => {
+                    self.accepted(result, jobs, ack);
+                }
+                Some(result) = self.flushing.next(), if !self.flushing.is_empty() => {
                     if let Err(error) = result {
                         tracing::error!(%error, "Journal write failed.");
                     }
@@ -265,26 +303,56 @@ impl Dispatcher {
                     self.route_or_wait(job);
                 }
             }
+            Command::SubmitPending { jobs, durable, ack } => {
+                self.accepting
+                    .push(Box::pin(async move { (durable.await, jobs, ack) }));
+            }
             Command::Spawn { pool, count, reply } => {
                 let first = self.spawn(pool, count);
                 let _ = reply.send(first);
             }
-            Command::Inspect(query) => query(&self.tree),
+            Command::Inspect(query) => {
+                // A panicking query drops its reply channel; the caller hears of it.
+                let _ = catch_unwind(AssertUnwindSafe(|| query(&self.tree)));
+            }
             Command::Stop => return false,
         }
         true
     }
 
-    fn spawn(&mut self, pool: u8, count: u32) -> AgentId {
+    /// A submission the journal has now made durable, or failed to.
+    fn accepted(&mut self, result: Result<(), colony_journal::Error>, jobs: Vec<Job>, ack: Ack) {
+        match result {
+            Ok(()) => {
+                self.shared
+                    .counters
+                    .accepted
+                    .fetch_add(jobs.len() as u64, Relaxed);
+                Metrics::accepted(jobs.len());
+                for job in jobs {
+                    self.route_or_wait(job);
+                }
+                let _ = ack.send(Ok(()));
+            }
+            Err(error) => {
+                self.shared.permits.add_permits(jobs.len());
+                let _ = ack.send(Err(error));
+            }
+        }
+    }
+
+    /// Adds `count` workers to pool `pool`; returns the first one's id.
+    fn spawn(&mut self, pool: u8, count: u32) -> Option<AgentId> {
         let started = Instant::now();
         let before = self.tree.len();
         let concurrency = self.agents[pool as usize].1;
-        let first = self.tree.add_workers(count, pool, concurrency);
+        let workers = self.tree.add_workers(count, pool, concurrency);
         let after = self.tree.len();
         self.queues.resize_with(after, || None);
         self.incarnations.resize(after, 0);
+        self.shared.pool_agents[pool as usize].fetch_add(u64::from(count), Relaxed);
         // New workers are idle: let them look at their supervisors' queues.
-        self.freed.extend((first.0..after as u32).map(AgentId));
+        self.freed.extend(&workers);
         let capacity: u64 = self
             .tree
             .roots()
@@ -319,7 +387,7 @@ impl Dispatcher {
                 id += run;
             }
         }
-        first
+        workers.first().copied()
     }
 
     /// Routes `job`, or puts it at the back of the backlog when nothing has room for it.
@@ -352,6 +420,8 @@ impl Dispatcher {
         let bound = self.tree.load(supervisor).1 as usize;
         let queue = self.queues[supervisor.index()]
             .get_or_insert_with(|| Box::new(PriorityQueue::new(bound)));
+        // Workers spawned since the queue was made raise the supervisor's capacity.
+        queue.set_capacity(bound);
         match queue.push(job.priority, job) {
             Ok(()) => {
                 self.queued += 1;
@@ -459,7 +529,7 @@ impl Dispatcher {
                     error: error.clone(),
                     next: TaskState::Failed,
                 });
-                self.failed_event(worker, &job, &error, false);
+                self.failed_event(worker, &job, &error, false, ErrorKind::Fatal);
                 self.turn.failed += 1;
                 self.complete(job, TaskState::Failed, None, Some(error), worker);
                 return;
@@ -486,7 +556,7 @@ impl Dispatcher {
             error: error.clone(),
             next,
         });
-        self.failed_event(worker, &job, &error, retry);
+        self.failed_event(worker, &job, &error, retry, ErrorKind::Retryable);
         if retry {
             self.turn.retries += 1;
             self.route_or_wait(job);
@@ -522,7 +592,14 @@ impl Dispatcher {
         cause
     }
 
-    fn failed_event(&mut self, worker: AgentId, job: &Job, error: &Arc<str>, retry: bool) {
+    fn failed_event(
+        &mut self,
+        worker: AgentId,
+        job: &Job,
+        error: &Arc<str>,
+        retry: bool,
+        error_kind: ErrorKind,
+    ) {
         if self.shared.bus.wants(Kinds::TASKS) {
             self.events.push(Event::TaskFailed {
                 task: job.id,
@@ -532,16 +609,18 @@ impl Dispatcher {
                 retry,
             });
             if !retry {
-                let dead_lettered = job.attempt >= job.max_attempts;
+                // A fatal error ends a task as failed even on its last attempt.
+                let fatal = matches!(error_kind, ErrorKind::Fatal);
                 self.events.push(Event::TaskGaveUp {
                     task: job.id,
-                    dead_lettered,
+                    dead_lettered: !fatal,
                 });
             }
         }
     }
 
-    /// A task reached a terminal state: tell whoever waits, return its permit.
+    /// A task reached a terminal state. Whoever waits for it hears so once the turn's records
+    /// are durable.
     fn complete(
         &mut self,
         job: Job,
@@ -553,7 +632,7 @@ impl Dispatcher {
         let latency = job.submitted.elapsed();
         self.metrics.latency.record(latency);
         if let Some(waiter) = job.waiter {
-            let _ = waiter.send(Completion {
+            let completion = Completion {
                 id: job.id,
                 state,
                 output,
@@ -561,12 +640,14 @@ impl Dispatcher {
                 attempts: job.attempt,
                 agent: Some(agent),
                 latency,
-            });
+            };
+            self.completions.push((waiter, completion));
         }
     }
 
     /// Freed workers take queued tasks; the backlog takes the room that frees.
     fn settle(&mut self) {
+        let mut misses = 0;
         loop {
             while let Some(worker) = self.freed.pop() {
                 let (load, capacity) = self.tree.load(worker);
@@ -575,9 +656,11 @@ impl Dispatcher {
                 }
                 let supervisor = self.tree.parent(worker).expect("workers have supervisors");
                 let spec = SpecMask::of(self.tree.spec(worker));
+                // The whole queue is looked at: a task only this worker's spec can run must
+                // not wait behind tasks for other specs.
                 let next = self.queues[supervisor.index()]
                     .as_mut()
-                    .and_then(|q| q.pop_matching(MATCH_DEPTH, |job| job.mask.intersects(spec)));
+                    .and_then(|q| q.pop_matching(usize::MAX, |job| job.mask.intersects(spec)));
                 match next {
                     Some(job) => {
                         self.queued -= 1;
@@ -589,34 +672,28 @@ impl Dispatcher {
                     None => {}
                 }
             }
-            let Some(job) = self.backlog.pop() else { break };
-            if let Err(job) = self.route(job) {
-                // Nothing has room for it yet; it keeps its place.
-                self.backlog.push_front(job.priority, job);
+            if misses >= BACKLOG_TRIES.min(self.backlog.len()) {
                 break;
             }
-            self.queued -= 1;
+            let Some(job) = self.backlog.pop() else { break };
+            match self.route(job) {
+                Ok(()) => self.queued -= 1,
+                Err(job) => {
+                    // No room for it yet: to the back, so the tasks behind it get their turn.
+                    misses += 1;
+                    let _ = self.backlog.push(job.priority, job);
+                }
+            }
         }
     }
 
-    /// Ends the turn: journal records, events, counters, permits of ended tasks.
+    /// Ends the turn: hands its records to the journal, then, once they are durable, returns
+    /// the permits of ended tasks, counts them and tells their waiters.
     fn publish(&mut self) {
-        if !self.records.is_empty() {
-            let mut durable = self
-                .shared
-                .journal
-                .record(std::mem::take(&mut self.records));
-            match durable.try_result() {
-                Some(Err(error)) => tracing::error!(%error, "Journal write failed."),
-                Some(Ok(())) => {}
-                None => self.durables.push(durable),
-            }
-        }
         if !self.events.is_empty() {
             self.shared.bus.publish(std::mem::take(&mut self.events));
         }
         let t = std::mem::take(&mut self.turn);
-        let finished = t.succeeded + t.failed + t.dead_lettered;
         let c = &self.shared.counters;
         let m = &self.metrics;
         if t.attempts > 0 {
@@ -633,32 +710,82 @@ impl Dispatcher {
             m.restarts_crash.increment(t.restarts_crash);
             m.restarts_timeout.increment(t.restarts_timeout);
         }
-        let running = self.running_count();
+        let running = self.running.len() as u64;
         c.queued.store(self.queued, Relaxed);
         c.running.store(running, Relaxed);
         c.agents.store(self.tree.len() as u64, Relaxed);
         c.capacity.store(self.capacity, Relaxed);
         m.queued.set(self.queued as f64);
         m.running.set(running as f64);
-        if finished > 0 {
-            // Counters first, so a woken drain sees them.
-            c.succeeded.fetch_add(t.succeeded, Relaxed);
-            c.failed.fetch_add(t.failed, Relaxed);
-            c.dead_lettered.fetch_add(t.dead_lettered, Relaxed);
-            m.succeeded.increment(t.succeeded);
-            m.failed.increment(t.failed);
-            m.dead_lettered.increment(t.dead_lettered);
-            self.shared.permits.add_permits(finished as usize);
-            let done =
-                c.succeeded.load(Relaxed) + c.failed.load(Relaxed) + c.dead_lettered.load(Relaxed);
-            if done >= c.accepted.load(Relaxed) {
-                self.shared.drained.notify_waiters();
+        m.succeeded.increment(t.succeeded);
+        m.failed.increment(t.failed);
+        m.dead_lettered.increment(t.dead_lettered);
+        let release = Release {
+            shared: self.shared.clone(),
+            succeeded: t.succeeded,
+            failed: t.failed,
+            dead_lettered: t.dead_lettered,
+            completions: std::mem::take(&mut self.completions),
+        };
+        if self.records.is_empty() {
+            release.run();
+            return;
+        }
+        let mut durable = self
+            .shared
+            .journal
+            .record(std::mem::take(&mut self.records));
+        match durable.try_result() {
+            Some(result) => {
+                if let Err(error) = result {
+                    tracing::error!(%error, "Journal write failed.");
+                }
+                release.run();
             }
+            None => self.flushing.push(Box::pin(async move {
+                let result = durable.await;
+                release.run();
+                result
+            })),
         }
     }
+}
 
-    fn running_count(&self) -> u64 {
-        self.running.len() as u64
+/// What a turn tells the outside once its records are durable.
+struct Release {
+    shared: Arc<Shared>,
+    succeeded: u64,
+    failed: u64,
+    dead_lettered: u64,
+    completions: Vec<(oneshot::Sender<Completion>, Completion)>,
+}
+
+impl Release {
+    fn run(self) {
+        let finished = self.succeeded + self.failed + self.dead_lettered;
+        for (waiter, completion) in self.completions {
+            let _ = waiter.send(completion);
+        }
+        if finished == 0 {
+            return;
+        }
+        let c = &self.shared.counters;
+        c.succeeded.fetch_add(self.succeeded, Relaxed);
+        c.failed.fetch_add(self.failed, Relaxed);
+        c.dead_lettered.fetch_add(self.dead_lettered, Relaxed);
+        self.shared.permits.add_permits(finished as usize);
+        self.shared.drained.notify_waiters();
+    }
+}
+
+/// Marks the runtime stopped when the dispatcher's loop ends, however it ends.
+struct StopGuard(Arc<Shared>);
+
+impl Drop for StopGuard {
+    fn drop(&mut self) {
+        self.0.stopped.store(true, Relaxed);
+        self.0.permits.close();
+        self.0.drained.notify_waiters();
     }
 }
 

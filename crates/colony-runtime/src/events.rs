@@ -100,6 +100,10 @@ impl Kinds {
         self.0 & other.0 == other.0
     }
 
+    pub fn intersects(self, other: Kinds) -> bool {
+        self.0 & other.0 != 0
+    }
+
     pub fn union(self, other: Kinds) -> Kinds {
         Kinds(self.0 | other.0)
     }
@@ -160,20 +164,27 @@ impl EventBus {
         if events.is_empty() {
             return;
         }
+        let present = events.iter().fold(Kinds::NONE, |k, e| k.union(e.kind()));
         let batch: Arc<[Event]> = events.into();
         let mut subs = self.subscribers();
         let before = subs.len();
-        subs.retain(|sub| match sub.tx.try_send(batch.clone()) {
-            Ok(()) => true,
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                let lost = batch
-                    .iter()
-                    .filter(|e| sub.kinds.contains(e.kind()))
-                    .count();
-                sub.dropped.fetch_add(lost as u64, Ordering::Relaxed);
-                true
+        subs.retain(|sub| {
+            // A batch with nothing for this subscriber must not take room in its buffer.
+            if !sub.kinds.intersects(present) {
+                return !sub.tx.is_closed();
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => false,
+            match sub.tx.try_send(batch.clone()) {
+                Ok(()) => true,
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    let lost = batch
+                        .iter()
+                        .filter(|e| sub.kinds.contains(e.kind()))
+                        .count();
+                    sub.dropped.fetch_add(lost as u64, Ordering::Relaxed);
+                    true
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => false,
+            }
         });
         if subs.len() != before {
             let wanted = subs.iter().fold(Kinds::NONE, |k, s| k.union(s.kinds));
@@ -275,6 +286,24 @@ mod tests {
             received += 1;
         }
         assert_eq!(received, 2 * SUBSCRIBER_BUFFER);
+    }
+
+    #[test]
+    fn other_kinds_do_not_fill_a_subscribers_buffer() {
+        let bus = EventBus::new();
+        let mut agents = bus.subscribe(Kinds::AGENTS);
+        let _tasks = bus.subscribe(Kinds::TASKS);
+        for n in 0..SUBSCRIBER_BUFFER as u64 * 2 {
+            bus.publish(vec![started(n)]);
+        }
+        let spawned = Event::AgentsSpawned {
+            first: AgentId(0),
+            count: 1,
+            tier: 1,
+        };
+        bus.publish(vec![spawned.clone()]);
+        assert_eq!(agents.dropped(), 0);
+        assert_eq!(agents.try_recv(), Some(spawned));
     }
 
     #[test]

@@ -17,7 +17,7 @@ use colony_journal::Journal;
 use std::{
     sync::{
         Arc, Mutex,
-        atomic::{AtomicU64, Ordering::Relaxed},
+        atomic::{AtomicBool, AtomicU64, Ordering::Relaxed},
     },
     time::{Duration, Instant},
 };
@@ -32,6 +32,10 @@ pub struct Handle {
 #[derive(Debug)]
 pub(crate) struct Shared {
     pub(crate) inbox: mpsc::UnboundedSender<Command>,
+    /// Set when the dispatcher's loop has ended.
+    pub(crate) stopped: AtomicBool,
+    /// Per pool, agents spawned: a task is admitted only if some pool that may run it has any.
+    pub(crate) pool_agents: Vec<AtomicU64>,
     pub(crate) journal: Arc<dyn Journal>,
     /// One permit per task the hierarchy can hold (queued or running); taken at submission,
     /// returned when the task ends.
@@ -247,30 +251,36 @@ impl Handle {
         Ok((accepted, pending))
     }
 
-    /// Checks every spec and resolves which pools may run it.
+    /// Checks every spec and resolves which pools may run it: those whose spec satisfies the
+    /// requirement and that have agents.
     fn admit(&self, specs: &[TaskSpec]) -> Result<Vec<SpecMask>, Error> {
         let capacity = self.shared.counters.capacity.load(Relaxed) as usize;
-        if capacity > 0 && specs.len() > capacity {
+        if specs.len() > capacity {
             return Err(Error::BatchTooLarge {
                 got: specs.len(),
                 max: capacity,
             });
         }
-        let all = SpecMask(u64::MAX >> (64 - self.shared.specs.len()));
+        let staffed = self
+            .shared
+            .pool_agents
+            .iter()
+            .enumerate()
+            .filter(|(_, n)| n.load(Relaxed) > 0)
+            .fold(0u64, |m, (i, _)| m | 1 << i);
         specs
             .iter()
             .map(|spec| {
                 spec.validate(self.shared.max_payload)?;
-                if spec.requirement.is_any() {
-                    return Ok(all);
-                }
-                let mask = self
-                    .shared
-                    .specs
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, s)| s.satisfies(&spec.requirement))
-                    .fold(0u64, |m, (i, _)| m | 1 << i);
+                let mask = if spec.requirement.is_any() {
+                    staffed
+                } else {
+                    let suitable = self.shared.specs.iter().enumerate();
+                    suitable
+                        .filter(|(_, s)| s.satisfies(&spec.requirement))
+                        .fold(0u64, |m, (i, _)| m | 1 << i)
+                        & staffed
+                };
                 if mask == 0 {
                     let r = &spec.requirement;
                     return Err(Error::NoAgentFor {
@@ -310,18 +320,6 @@ impl Handle {
             *next += n as u64;
             (first, durable)
         };
-        // The in-memory journal resolves at once; a journal with a writer thread resolves at
-        // its group commit. Until then nothing reaches the dispatcher.
-        if let Err(error) = durable.await {
-            self.shared.permits.add_permits(n);
-            let mut next = self
-                .shared
-                .next_id
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
-            *next = self.shared.journal.next_task_id().0;
-            return Err(error.into());
-        }
         let jobs: Vec<Job> = specs
             .into_iter()
             .zip(masks)
@@ -330,16 +328,51 @@ impl Handle {
                 Job::new(TaskId(first + i as u64), spec, mask, submitted, waiter(i))
             })
             .collect();
-        self.shared.counters.accepted.fetch_add(n as u64, Relaxed);
-        Metrics::accepted(n);
-        self.shared
-            .inbox
-            .send(Command::Submit(jobs))
-            .map_err(|_| Error::Stopped)?;
-        Ok(Accepted {
+        let accepted = Accepted {
             first: TaskId(first),
             count: n,
-        })
+        };
+        let mut durable = durable;
+        match durable.try_result() {
+            // The in-memory journal: durable at once.
+            Some(Ok(())) => {
+                self.shared.counters.accepted.fetch_add(n as u64, Relaxed);
+                Metrics::accepted(n);
+                self.shared
+                    .inbox
+                    .send(Command::Submit(jobs))
+                    .map_err(|_| Error::Stopped)?;
+                Ok(accepted)
+            }
+            Some(Err(error)) => Err(self.refused(n, error)),
+            // A journal with a writer thread: the dispatcher holds the jobs until the group
+            // commit, so they are dispatched even if this caller stops waiting.
+            None => {
+                let (ack, acked) = oneshot::channel();
+                self.shared
+                    .inbox
+                    .send(Command::SubmitPending { jobs, durable, ack })
+                    .map_err(|_| Error::Stopped)?;
+                match acked.await {
+                    Ok(Ok(())) => Ok(accepted),
+                    Ok(Err(error)) => Err(self.refused(0, error)),
+                    Err(_) => Err(Error::Stopped),
+                }
+            }
+        }
+    }
+
+    /// The journal refused a submission: return `permits` and take the next id from the
+    /// journal again, since the refused ids were not used.
+    fn refused(&self, permits: usize, error: colony_journal::Error) -> Error {
+        self.shared.permits.add_permits(permits);
+        let mut next = self
+            .shared
+            .next_id
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        *next = (*next).max(self.shared.journal.next_task_id().0);
+        error.into()
     }
 
     /// Adds `count` agents to pool `pool`, in the given mode. Returns the first new agent's id.
@@ -374,7 +407,7 @@ impl Handle {
                 })
                 .map_err(|_| Error::Stopped)?;
             let id = rx.await.map_err(|_| Error::Stopped)?;
-            first = first.or(Some(id));
+            first = first.or(id);
             left -= n;
         }
         Ok(first)
@@ -393,18 +426,28 @@ impl Handle {
             .inbox
             .send(Command::Inspect(query))
             .map_err(|_| Error::Stopped)?;
-        rx.await.map_err(|_| Error::Stopped)
+        rx.await.map_err(|_| {
+            if self.shared.stopped.load(Relaxed) {
+                Error::Stopped
+            } else {
+                Error::QueryPanicked
+            }
+        })
     }
 
-    /// Waits until every task accepted so far has ended.
-    pub async fn drain(&self) {
+    /// Waits until the runtime is idle: every task accepted so far has ended, and no other
+    /// is in flight. Under a steady stream of submissions that moment may not come.
+    pub async fn drain(&self) -> Result<(), Error> {
         loop {
             let notified = self.shared.drained.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
             let s = self.stats();
             if s.finished() >= s.accepted {
-                return;
+                return Ok(());
+            }
+            if self.shared.stopped.load(Relaxed) {
+                return Err(Error::Stopped);
             }
             notified.await;
         }

@@ -171,6 +171,10 @@ pub enum Error {
     Journal(#[from] colony_journal::Error),
     #[error("the runtime has stopped")]
     Stopped,
+    #[error(
+        "the query panicked inside the dispatcher (an agent id out of range?); the runtime goes on"
+    )]
+    QueryPanicked,
 }
 
 impl RuntimeOptions {

@@ -84,6 +84,11 @@ impl<T> PriorityQueue<T> {
     pub fn capacity(&self) -> usize {
         self.capacity
     }
+
+    /// Changes the bound; items already queued beyond a lower bound stay.
+    pub fn set_capacity(&mut self, capacity: usize) {
+        self.capacity = capacity;
+    }
 }
 
 #[cfg(test)]

@@ -56,7 +56,7 @@ async fn hundred_thousand_sim_tasks_on_a_thousand_agents() {
     for s in submitters {
         ids.extend(s.await.unwrap().unwrap());
     }
-    handle.drain().await;
+    handle.drain().await.unwrap();
 
     assert_eq!(ids.len(), 100_000);
     ids.sort();

@@ -67,7 +67,7 @@ async fn every_task_ends_and_the_journal_agrees() {
             .unwrap();
         assert_eq!(accepted.count, 1_000);
     }
-    h.drain().await;
+    h.drain().await.unwrap();
     let stats = h.stats();
     let counts = journal.counts().unwrap();
     assert_eq!(counts.terminal(), 5_000);
@@ -95,7 +95,7 @@ async fn higher_priorities_leave_the_queue_first() {
     // The first low task takes the only worker; the rest queue behind it.
     let low = h.submit_batch(vec![at(1); 4]).await.unwrap();
     let high = h.submit(at(9)).await.unwrap();
-    h.drain().await;
+    h.drain().await.unwrap();
     let mut started = Vec::new();
     while let Some(event) = events.try_recv() {
         if let Event::TaskStarted { task, .. } = event {
@@ -136,7 +136,7 @@ async fn a_full_runtime_pushes_back_and_loses_nothing() {
     );
     // A waiting submitter gets in once room frees.
     let waited = h.submit(TaskSpec::default()).await.unwrap();
-    h.drain().await;
+    h.drain().await.unwrap();
     assert_eq!(
         journal.task(waited).unwrap().unwrap().state,
         TaskState::Succeeded
@@ -293,7 +293,7 @@ async fn the_same_seed_gives_the_same_trace() {
             .submit_batch(vec![TaskSpec::default(); 300])
             .await
             .unwrap();
-        runtime.handle().drain().await;
+        runtime.handle().drain().await.unwrap();
         runtime.shutdown().await;
         std::iter::from_fn(|| events.try_recv()).collect()
     }
@@ -340,5 +340,189 @@ async fn spawning_in_waves_and_one_by_one_grows_the_tree() {
     assert_eq!(in_tier(2), 14 - 9, "the planned 9 supervisors were full");
     let done = h.submit_wait(TaskSpec::default()).await.unwrap();
     assert_eq!(done.state, TaskState::Succeeded);
+    runtime.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn growing_past_a_full_top_tier_keeps_the_runtime_alive() {
+    let (runtime, _) = start(two_tiers(), vec![pool(12, sim(SimOptions::default()))]).await;
+    let h = runtime.handle();
+    h.spawn(0, 13, crate::SpawnMode::Batch).await.unwrap();
+    let sizes = h.inspect(|t| t.tier_sizes().to_vec()).await.unwrap();
+    assert_eq!(sizes, [3, 25], "two new roots for the 13 new workers");
+    h.submit_batch(vec![TaskSpec::default(); 50]).await.unwrap();
+    h.drain().await.unwrap();
+    assert_eq!(h.stats().succeeded, 50);
+    runtime.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_task_for_one_spec_does_not_wait_behind_another_specs_queue() {
+    // One supervisor over 11 fast A workers and 1 slow B worker.
+    let a = Pool::new(AgentSpec::new("sim", "a"), 11, sim(slow(10)));
+    let b = Pool::new(AgentSpec::new("sim", "b"), 1, sim(slow(100)));
+    let (runtime, _) = start(two_tiers(), vec![a, b]).await;
+    let h = runtime.handle();
+    let role = |r: &str| TaskSpec {
+        requirement: Requirement {
+            role: Some(r.into()),
+            ..Requirement::default()
+        },
+        ..TaskSpec::default()
+    };
+    h.submit_batch(vec![role("a"); 11]).await.unwrap();
+    h.submit_batch(vec![role("b"); 21]).await.unwrap();
+    let started = tokio::time::Instant::now();
+    let t = h.submit_notify(role("a")).await.unwrap();
+    let done = t.await.unwrap();
+    assert_eq!(done.state, TaskState::Succeeded);
+    assert!(
+        started.elapsed() <= Duration::from_millis(20),
+        "the A task waited {:?} behind B tasks",
+        started.elapsed()
+    );
+    runtime.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn tasks_for_pools_without_agents_are_refused() {
+    let staffed = pool(4, sim(SimOptions::default()));
+    let empty = Pool::new(
+        AgentSpec::new("sim", "reviewer"),
+        0,
+        sim(SimOptions::default()),
+    );
+    let (runtime, journal) = start(two_tiers(), vec![staffed, empty]).await;
+    let h = runtime.handle();
+    let review = TaskSpec {
+        requirement: Requirement {
+            role: Some("reviewer".into()),
+            ..Requirement::default()
+        },
+        ..TaskSpec::default()
+    };
+    assert!(matches!(
+        h.submit(review.clone()).await,
+        Err(Error::NoAgentFor { .. })
+    ));
+    assert_eq!(journal.counts().unwrap().total(), 0);
+    h.spawn(1, 2, crate::SpawnMode::Batch).await.unwrap();
+    let done = h.submit_wait(review).await.unwrap();
+    assert_eq!(done.state, TaskState::Succeeded);
+    runtime.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_panicking_query_is_reported_and_the_runtime_goes_on() {
+    let (runtime, _) = start(two_tiers(), vec![pool(2, sim(SimOptions::default()))]).await;
+    let h = runtime.handle();
+    let err = h
+        .inspect(|t| t.load(colony_core::AgentId(u32::MAX)))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::QueryPanicked), "{err}");
+    assert_eq!(
+        h.submit_wait(TaskSpec::default()).await.unwrap().state,
+        TaskState::Succeeded
+    );
+    let handle = h.clone();
+    runtime.shutdown().await;
+    assert!(
+        matches!(handle.drain().await, Ok(())),
+        "nothing was in flight"
+    );
+    assert!(matches!(
+        handle.submit(TaskSpec::default()).await,
+        Err(Error::Stopped)
+    ));
+}
+
+/// A journal whose writes become durable only after a delay, like one with a writer thread.
+#[derive(Debug)]
+struct Lagging {
+    inner: Arc<MemoryJournal>,
+    delay: Duration,
+}
+
+impl Journal for Lagging {
+    fn next_task_id(&self) -> colony_core::TaskId {
+        self.inner.next_task_id()
+    }
+    fn accept(&self, first: colony_core::TaskId, specs: &[TaskSpec]) -> colony_journal::Durable {
+        let result = futures::executor::block_on(self.inner.accept(first, specs));
+        self.later(result)
+    }
+    fn record(&self, batch: Vec<colony_journal::Record>) -> colony_journal::Durable {
+        // Applied only when the delay is over, as a group commit would.
+        let (tx, durable) = colony_journal::Durable::pending();
+        let (inner, delay) = (self.inner.clone(), self.delay);
+        crate::spawner::Spawner::spawn("lagging-journal", async move {
+            tokio::time::sleep(delay).await;
+            let _ = tx.send(inner.record(batch).await);
+        });
+        durable
+    }
+    fn task(
+        &self,
+        id: colony_core::TaskId,
+    ) -> Result<Option<colony_journal::TaskRow>, colony_journal::Error> {
+        self.inner.task(id)
+    }
+    fn counts(&self) -> Result<colony_journal::Counts, colony_journal::Error> {
+        self.inner.counts()
+    }
+    fn unfinished(&self) -> Result<Vec<colony_journal::TaskRow>, colony_journal::Error> {
+        self.inner.unfinished()
+    }
+    fn recover(&self) -> Result<Vec<colony_journal::TaskRow>, colony_journal::Error> {
+        self.inner.recover()
+    }
+    fn stats(&self) -> colony_journal::Stats {
+        self.inner.stats()
+    }
+}
+
+impl Lagging {
+    fn later(&self, result: Result<(), colony_journal::Error>) -> colony_journal::Durable {
+        let (tx, durable) = colony_journal::Durable::pending();
+        let delay = self.delay;
+        crate::spawner::Spawner::spawn("lagging-journal", async move {
+            tokio::time::sleep(delay).await;
+            let _ = tx.send(result);
+        });
+        durable
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn results_are_told_only_once_the_journal_holds_them() {
+    let memory = Arc::new(MemoryJournal::new());
+    let journal = Arc::new(Lagging {
+        inner: memory.clone(),
+        delay: Duration::from_millis(5),
+    });
+    let runtime = Runtime::start(
+        two_tiers(),
+        vec![pool(4, sim(SimOptions::default()))],
+        journal,
+    )
+    .await
+    .unwrap();
+    let h = runtime.handle();
+    let accepted = h.submit_batch(vec![TaskSpec::default(); 8]).await.unwrap();
+    let done = h.submit_wait(TaskSpec::default()).await.unwrap();
+    let row = memory.task(done.id).unwrap().unwrap();
+    assert_eq!(
+        row.state,
+        TaskState::Succeeded,
+        "the waiter heard before the journal had it"
+    );
+    h.drain().await.unwrap();
+    assert_eq!(
+        memory.counts().unwrap().succeeded,
+        9,
+        "drain waits for durable results"
+    );
+    assert_eq!(accepted.count, 8);
     runtime.shutdown().await;
 }
