@@ -23,10 +23,12 @@
 
 mod durable;
 mod memory;
+pub mod sqlite;
 pub mod testing;
 
 pub use durable::Durable;
 pub use memory::MemoryJournal;
+pub use sqlite::{SqliteJournal, SqliteOptions, Synchronous};
 
 use bytes::Bytes;
 use colony_core::{AgentId, TaskId, task::TaskSpec, task::TaskState};
@@ -160,6 +162,28 @@ pub enum Error {
     Storage(String),
     #[error("the journal is closed")]
     Closed,
+    #[error("{path} is a directory: give the path of a database file (it is created if missing)")]
+    IsDirectory { path: String },
+    #[error(
+        "{path} is not a colony database: give a new path, or the path of a database colony created"
+    )]
+    NotColony { path: String },
+    #[error(
+        "{path} has schema version {version}, newer than this colony understands ({supported}): upgrade colony"
+    )]
+    TooNew {
+        path: String,
+        version: i32,
+        supported: i32,
+    },
+    #[error("{path} is locked: {detail}; stop the other process or use another database")]
+    Locked { path: String, detail: String },
+    #[error(
+        "{path}: the disk or the database is full; free space (or raise the page limit) and colony resumes"
+    )]
+    Full { path: String },
+    #[error("{path} is corrupt ({detail}): restore it from a backup (`colony restore`)")]
+    Corrupt { path: String, detail: String },
 }
 
 /// The system of record for tasks. Implementations are shared between the submitters and the

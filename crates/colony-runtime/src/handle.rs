@@ -363,7 +363,8 @@ impl Handle {
     }
 
     /// The journal refused a submission: return `permits` and take the next id from the
-    /// journal again, since the refused ids were not used.
+    /// journal again, since the refused ids were not used. (A submission in flight at the
+    /// same moment may then be refused as out of order: faults cost a retry, never an id.)
     fn refused(&self, permits: usize, error: colony_journal::Error) -> Error {
         self.shared.permits.add_permits(permits);
         let mut next = self
@@ -371,7 +372,7 @@ impl Handle {
             .next_id
             .lock()
             .unwrap_or_else(|p| p.into_inner());
-        *next = (*next).max(self.shared.journal.next_task_id().0);
+        *next = self.shared.journal.next_task_id().0;
         error.into()
     }
 

@@ -1,0 +1,416 @@
+//! The SQLite journal: the system of record on disk.
+//!
+//! One writer thread owns the write connection and commits in groups: it takes every write
+//! waiting in its bounded channel (up to `commit_records` records, optionally waiting
+//! `commit_wait` for more) into one transaction, so one fsync covers thousands of tasks.
+//! Each writer's `Durable` resolves when its group commits. Reads use their own connection.
+//! WAL mode, `synchronous=FULL` unless told otherwise, a busy timeout, and a lock file that
+//! keeps a second colony process off the same database.
+//!
+//! When a commit fails (disk full, database locked by another program), the group is rolled
+//! back: submissions in it get the error, nothing half-written, while transitions of tasks
+//! already accepted are kept and retried until the fault clears.
+
+mod schema;
+mod writer;
+
+use crate::{Counts, Durable, Error, Journal, Record, Stats, TaskRow};
+use colony_core::{
+    AgentId, TaskId,
+    task::{Priority, Requirement, TaskSpec, TaskState},
+};
+use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension, Row};
+use std::{
+    fs::File,
+    path::{Path, PathBuf},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering::Relaxed},
+        mpsc,
+    },
+    time::Duration,
+};
+use writer::{Write, Writer};
+
+/// The schema version this build writes.
+pub const SCHEMA_VERSION: i32 = schema::LATEST;
+
+/// How hard SQLite works to make a commit survive a power cut.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Synchronous {
+    /// The WAL is synced at every commit: a committed task survives a power cut.
+    #[default]
+    Full,
+    /// The WAL is synced at checkpoints only: a power cut can lose the last commits (a process
+    /// crash cannot). Faster.
+    Normal,
+}
+
+/// Settings of a [`SqliteJournal`].
+#[derive(Clone, Debug)]
+pub struct SqliteOptions {
+    pub path: PathBuf,
+    pub synchronous: Synchronous,
+    /// Most records one transaction commits.
+    pub commit_records: usize,
+    /// How long the writer waits for more writes after the first of a group; 0 commits what
+    /// is waiting at once (groups still form while a commit's fsync runs).
+    pub commit_wait: Duration,
+    /// How long a write waits for a lock held by another program before failing.
+    pub busy_timeout: Duration,
+    /// Largest database in pages (4 KiB); `None` for SQLite's default. Lets tests force a
+    /// full disk.
+    pub max_page_count: Option<u64>,
+    /// Writes the channel to the writer holds before submitters wait.
+    pub queue: usize,
+}
+
+impl SqliteOptions {
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        Self {
+            path: path.into(),
+            synchronous: Synchronous::Full,
+            commit_records: 20_000,
+            commit_wait: Duration::ZERO,
+            busy_timeout: Duration::from_secs(2),
+            max_page_count: None,
+            queue: 4_096,
+        }
+    }
+}
+
+/// State the writer thread publishes for readers.
+#[derive(Debug, Default)]
+struct Shared {
+    counts: Mutex<Counts>,
+    stats: Mutex<Stats>,
+    /// The id after the highest accepted task.
+    next_id: AtomicU64,
+    /// The error of the last failed commit while it has not cleared.
+    fault: Mutex<Option<Error>>,
+}
+
+/// A journal in a SQLite file.
+#[derive(Debug)]
+pub struct SqliteJournal {
+    path: PathBuf,
+    writes: Option<mpsc::SyncSender<Write>>,
+    reader: Mutex<Connection>,
+    shared: Arc<Shared>,
+    writer: Option<std::thread::JoinHandle<()>>,
+    /// Held for the journal's lifetime: one colony process per database.
+    _lock: File,
+}
+
+impl SqliteJournal {
+    /// Opens or creates the database at `options.path`, migrating it to the current schema.
+    pub fn open(options: SqliteOptions) -> Result<Self, Error> {
+        let path = options.path.clone();
+        let shown = path.display().to_string();
+        if path.is_dir() {
+            return Err(Error::IsDirectory { path: shown });
+        }
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty())
+            && !parent.is_dir()
+        {
+            return Err(Error::Storage(format!(
+                "cannot create {shown}: folder {} does not exist",
+                parent.display()
+            )));
+        }
+        let lock = lock_file(&path)?;
+        let mut conn = Connection::open_with_flags(
+            &path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE
+                | OpenFlags::SQLITE_OPEN_CREATE
+                | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(|e| classify(e, &path))?;
+        conn.busy_timeout(options.busy_timeout)
+            .map_err(|e| classify(e, &path))?;
+        let mode: String = conn
+            .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
+            .map_err(|e| classify(e, &path))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(Error::Storage(format!(
+                "{shown}: cannot switch to WAL mode (got {mode})"
+            )));
+        }
+        let sync = match options.synchronous {
+            Synchronous::Full => "FULL",
+            Synchronous::Normal => "NORMAL",
+        };
+        conn.pragma_update(None, "synchronous", sync)
+            .map_err(|e| classify(e, &path))?;
+        if let Some(pages) = options.max_page_count {
+            conn.query_row(&format!("PRAGMA max_page_count = {pages}"), [], |_| Ok(()))
+                .map_err(|e| classify(e, &path))?;
+        }
+        schema::migrate(&mut conn, &path)?;
+
+        let shared = Arc::new(Shared::default());
+        *shared.counts.lock().expect("fresh") =
+            read_counts(&conn).map_err(|e| classify(e, &path))?;
+        let next: i64 = conn
+            .query_row("SELECT coalesce(max(id), 0) + 1 FROM tasks", [], |r| {
+                r.get(0)
+            })
+            .map_err(|e| classify(e, &path))?;
+        let next = next as u64;
+        shared.next_id.store(next, Relaxed);
+
+        let reader = Connection::open_with_flags(
+            &path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(|e| classify(e, &path))?;
+        reader
+            .busy_timeout(options.busy_timeout)
+            .map_err(|e| classify(e, &path))?;
+
+        let (writes, inbox) = mpsc::sync_channel(options.queue.max(1));
+        let writer = Writer::new(conn, path.clone(), shared.clone(), &options, next);
+        let writer = std::thread::Builder::new()
+            .name("journal-writer".into())
+            .spawn(move || writer.run(inbox))
+            .map_err(|e| Error::Storage(format!("cannot start the journal writer: {e}")))?;
+        Ok(Self {
+            path,
+            writes: Some(writes),
+            reader: Mutex::new(reader),
+            shared,
+            writer: Some(writer),
+            _lock: lock,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The storage fault that stops commits right now, if any.
+    pub fn fault(&self) -> Option<Error> {
+        self.shared
+            .fault
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    fn send(&self, write: Write) -> Result<(), Error> {
+        self.writes
+            .as_ref()
+            .ok_or(Error::Closed)?
+            .send(write)
+            .map_err(|_| Error::Closed)
+    }
+
+    fn read<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> Result<T, Error> {
+        let conn = self.reader.lock().unwrap_or_else(|p| p.into_inner());
+        f(&conn).map_err(|e| classify(e, &self.path))
+    }
+
+    /// Tasks in `state` (all when `None`), lowest id first, at most `limit`.
+    pub fn tasks(&self, state: Option<TaskState>, limit: usize) -> Result<Vec<TaskRow>, Error> {
+        self.read(|c| {
+            let mut stmt = c.prepare_cached(&format!(
+                "SELECT {COLUMNS} FROM tasks WHERE (?1 IS NULL OR state = ?1) ORDER BY id LIMIT ?2"
+            ))?;
+            let rows = stmt.query_map(
+                rusqlite::params![state.map(state_code), limit as i64],
+                task_row,
+            )?;
+            rows.collect()
+        })
+    }
+}
+
+impl Drop for SqliteJournal {
+    fn drop(&mut self) {
+        // Closing the channel lets the writer commit what it holds and stop.
+        self.writes.take();
+        if let Some(writer) = self.writer.take() {
+            let _ = writer.join();
+        }
+    }
+}
+
+impl Journal for SqliteJournal {
+    fn next_task_id(&self) -> TaskId {
+        TaskId(self.shared.next_id.load(Relaxed))
+    }
+
+    fn accept(&self, first: TaskId, specs: &[TaskSpec]) -> Durable {
+        let (done, durable) = Durable::pending();
+        if let Err(error) = self.send(Write::Accept {
+            first,
+            specs: specs.to_vec(),
+            done,
+        }) {
+            return Durable::ready(Err(error));
+        }
+        durable
+    }
+
+    fn record(&self, batch: Vec<Record>) -> Durable {
+        let (done, durable) = Durable::pending();
+        if let Err(error) = self.send(Write::Record {
+            records: batch,
+            done,
+        }) {
+            return Durable::ready(Err(error));
+        }
+        durable
+    }
+
+    fn task(&self, id: TaskId) -> Result<Option<TaskRow>, Error> {
+        self.read(|c| {
+            c.prepare_cached(&format!("SELECT {COLUMNS} FROM tasks WHERE id = ?1"))?
+                .query_row([id.0 as i64], task_row)
+                .optional()
+        })
+    }
+
+    fn counts(&self) -> Result<Counts, Error> {
+        Ok(*self.shared.counts.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    fn unfinished(&self) -> Result<Vec<TaskRow>, Error> {
+        self.read(|c| {
+            let mut stmt = c.prepare_cached(&format!(
+                "SELECT {COLUMNS} FROM tasks WHERE state < 2 ORDER BY id"
+            ))?;
+            let rows = stmt.query_map([], task_row)?;
+            rows.collect()
+        })
+    }
+
+    fn recover(&self) -> Result<Vec<TaskRow>, Error> {
+        let (done, durable) = Durable::pending();
+        self.send(Write::Recover { done })?;
+        futures::executor::block_on(durable)?;
+        self.unfinished()
+    }
+
+    fn stats(&self) -> Stats {
+        *self.shared.stats.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+const COLUMNS: &str = "id, key, priority, requirement, payload, timeout_ms, max_attempts, \
+                       state, attempt, agent, output, error";
+
+fn task_row(r: &Row<'_>) -> rusqlite::Result<TaskRow> {
+    let requirement: Option<String> = r.get(3)?;
+    let requirement = match requirement {
+        None => Requirement::default(),
+        Some(text) => serde_json::from_str(&text).map_err(|e| {
+            rusqlite::Error::FromSqlConversionFailure(3, rusqlite::types::Type::Text, Box::new(e))
+        })?,
+    };
+    let priority: u8 = r.get(2)?;
+    let state: i64 = r.get(7)?;
+    let output: Option<Vec<u8>> = r.get(10)?;
+    let error: Option<String> = r.get(11)?;
+    let agent: Option<u32> = r.get(9)?;
+    let key: Option<String> = r.get(1)?;
+    Ok(TaskRow {
+        id: TaskId(r.get::<_, i64>(0)? as u64),
+        spec: TaskSpec {
+            key: key.map(Into::into),
+            requirement,
+            priority: Priority::new(priority.min(Priority::HIGHEST.get())).unwrap_or_default(),
+            payload: r.get::<_, Vec<u8>>(4)?.into(),
+            timeout: Duration::from_millis(r.get::<_, i64>(5)?.max(1) as u64),
+            max_attempts: r.get(6)?,
+        },
+        state: state_from(state),
+        attempt: r.get(8)?,
+        agent: agent.map(AgentId),
+        output: output.map(Into::into),
+        error: error.map(Into::into),
+    })
+}
+
+pub(crate) fn state_code(state: TaskState) -> i64 {
+    match state {
+        TaskState::Queued => 0,
+        TaskState::Running => 1,
+        TaskState::Succeeded => 2,
+        TaskState::Failed => 3,
+        TaskState::DeadLettered => 4,
+        TaskState::Cancelled => 5,
+    }
+}
+
+fn state_from(code: i64) -> TaskState {
+    match code {
+        0 => TaskState::Queued,
+        1 => TaskState::Running,
+        2 => TaskState::Succeeded,
+        3 => TaskState::Failed,
+        4 => TaskState::DeadLettered,
+        _ => TaskState::Cancelled,
+    }
+}
+
+fn read_counts(conn: &Connection) -> rusqlite::Result<Counts> {
+    let mut counts = Counts::default();
+    let mut stmt = conn.prepare("SELECT state, n FROM counts")?;
+    let rows = stmt.query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)))?;
+    for row in rows {
+        let (state, n) = row?;
+        counts.added(state_from(state), n.max(0) as u64);
+    }
+    Ok(counts)
+}
+
+/// Takes the lock file beside the database, or says which process holds it.
+fn lock_file(path: &Path) -> Result<File, Error> {
+    let mut name = path.as_os_str().to_owned();
+    name.push(".lock");
+    let lock_path = PathBuf::from(name);
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .open(&lock_path)
+        .map_err(|e| {
+            Error::Storage(format!(
+                "cannot open lock file {}: {e}",
+                lock_path.display()
+            ))
+        })?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(Error::Locked {
+            path: path.display().to_string(),
+            detail: format!("another colony process holds {}", lock_path.display()),
+        }),
+        Err(std::fs::TryLockError::Error(e)) => Err(Error::Storage(format!(
+            "cannot lock {}: {e}",
+            lock_path.display()
+        ))),
+    }
+}
+
+/// Turns a SQLite error into one that says what happened and what to do.
+pub(crate) fn classify(e: rusqlite::Error, path: &Path) -> Error {
+    let path_text = path.display().to_string();
+    match e.sqlite_error_code() {
+        Some(ErrorCode::DiskFull) => Error::Full { path: path_text },
+        Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) => Error::Locked {
+            path: path_text,
+            detail: "another program holds a lock on the database".into(),
+        },
+        Some(ErrorCode::NotADatabase) => Error::NotColony { path: path_text },
+        Some(ErrorCode::DatabaseCorrupt) => Error::Corrupt {
+            path: path_text,
+            detail: e.to_string(),
+        },
+        Some(ErrorCode::CannotOpen) => Error::Storage(format!("cannot open {path_text}: {e}")),
+        Some(ErrorCode::ReadOnly) => Error::Storage(format!("{path_text} is read-only: {e}")),
+        _ => Error::Storage(format!("{path_text}: {e}")),
+    }
+}

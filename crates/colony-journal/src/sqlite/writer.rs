@@ -1,0 +1,363 @@
+//! The writer thread: group commit, fencing in the transaction, and retry after a fault.
+
+use super::{Shared, SqliteOptions, classify, state_code};
+use crate::{Counts, Error, Record, Stats};
+use colony_core::{
+    TaskId,
+    task::{TaskSpec, TaskState},
+};
+use futures::channel::oneshot;
+use rusqlite::{Connection, Transaction, TransactionBehavior, params};
+use std::{
+    path::PathBuf,
+    sync::{Arc, atomic::Ordering::Relaxed, mpsc},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+type Done = oneshot::Sender<Result<(), Error>>;
+
+/// What the writer is asked to do.
+pub(super) enum Write {
+    Accept {
+        first: TaskId,
+        specs: Vec<TaskSpec>,
+        done: Done,
+    },
+    Record {
+        records: Vec<Record>,
+        done: Done,
+    },
+    /// Running tasks go back to queued: their attempts died with the last process.
+    Recover {
+        done: Done,
+    },
+}
+
+impl Write {
+    fn weight(&self) -> usize {
+        match self {
+            Write::Accept { specs, .. } => specs.len(),
+            Write::Record { records, .. } => records.len(),
+            Write::Recover { .. } => 1,
+        }
+    }
+}
+
+/// Longest pause between retries of a group that failed to commit.
+const MAX_BACKOFF: Duration = Duration::from_secs(1);
+
+pub(super) struct Writer {
+    conn: Connection,
+    path: PathBuf,
+    shared: Arc<Shared>,
+    commit_records: usize,
+    commit_wait: Duration,
+    /// The id the next accepted task must have: ids are dense.
+    next_id: u64,
+}
+
+/// What one transaction changed, applied to the shared state only if it commits.
+#[derive(Default)]
+struct Delta {
+    moves: Vec<(TaskState, TaskState)>,
+    added: u64,
+    stats: Stats,
+    next_id: u64,
+}
+
+impl Writer {
+    pub(super) fn new(
+        conn: Connection,
+        path: PathBuf,
+        shared: Arc<Shared>,
+        options: &SqliteOptions,
+        next_id: u64,
+    ) -> Self {
+        Self {
+            conn,
+            path,
+            shared,
+            commit_records: options.commit_records.max(1),
+            commit_wait: options.commit_wait,
+            next_id,
+        }
+    }
+
+    pub(super) fn run(mut self, inbox: mpsc::Receiver<Write>) {
+        // Transitions that failed to commit, retried before anything new.
+        let mut retry: Vec<Write> = Vec::new();
+        let mut backoff = Duration::from_millis(10);
+        loop {
+            let mut group = std::mem::take(&mut retry);
+            let mut weight: usize = group.iter().map(Write::weight).sum();
+            if group.is_empty() {
+                match inbox.recv() {
+                    Ok(w) => {
+                        weight += w.weight();
+                        group.push(w);
+                    }
+                    Err(_) => return,
+                }
+            }
+            let deadline = Instant::now() + self.commit_wait;
+            while weight < self.commit_records {
+                let next = match inbox.try_recv() {
+                    Ok(w) => Some(w),
+                    Err(mpsc::TryRecvError::Empty) => {
+                        let left = deadline.saturating_duration_since(Instant::now());
+                        if left.is_zero() {
+                            None
+                        } else {
+                            inbox.recv_timeout(left).ok()
+                        }
+                    }
+                    Err(mpsc::TryRecvError::Disconnected) => None,
+                };
+                let Some(w) = next else { break };
+                weight += w.weight();
+                group.push(w);
+            }
+            match self.commit(&group) {
+                Ok((delta, refused)) => {
+                    self.publish(delta);
+                    let mut fault = self.shared.fault.lock().unwrap_or_else(|p| p.into_inner());
+                    if fault.take().is_some() {
+                        tracing::info!("Journal commits again.");
+                    }
+                    drop(fault);
+                    backoff = Duration::from_millis(10);
+                    for (i, w) in group.into_iter().enumerate() {
+                        let result = refused
+                            .iter()
+                            .find(|(j, _)| *j == i)
+                            .map_or(Ok(()), |(_, e)| Err(e.clone()));
+                        done(w, result);
+                    }
+                }
+                Err(error) => {
+                    tracing::warn!(%error, retry_in = ?backoff, "Journal commit failed; refusing submissions until it clears.");
+                    *self.shared.fault.lock().unwrap_or_else(|p| p.into_inner()) =
+                        Some(error.clone());
+                    // Submissions fail now, so nobody is told "accepted" about tasks the disk
+                    // does not hold; transitions of accepted tasks wait for the fault to clear.
+                    for w in group {
+                        match w {
+                            Write::Accept { done, .. } => {
+                                let _ = done.send(Err(error.clone()));
+                            }
+                            other => retry.push(other),
+                        }
+                    }
+                    std::thread::sleep(backoff);
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+            }
+        }
+    }
+
+    /// Applies a group in one transaction. Returns what changed, and the submissions refused
+    /// on their own (by index in the group) while the rest committed.
+    fn commit(&mut self, group: &[Write]) -> Result<(Delta, Vec<(usize, Error)>), Error> {
+        let path = self.path.clone();
+        let fail = |e: rusqlite::Error| classify(e, &path);
+        let now = unix_micros();
+        let mut delta = Delta {
+            next_id: self.next_id,
+            ..Delta::default()
+        };
+        let mut refused = Vec::new();
+        let tx = Transaction::new(&mut self.conn, TransactionBehavior::Immediate).map_err(&fail)?;
+        for (i, w) in group.iter().enumerate() {
+            match w {
+                Write::Accept { first, specs, .. } => {
+                    if first.0 != delta.next_id {
+                        refused.push((
+                            i,
+                            Error::IdOutOfOrder {
+                                expected: TaskId(delta.next_id),
+                                got: *first,
+                            },
+                        ));
+                        continue;
+                    }
+                    insert(&tx, *first, specs, now).map_err(&fail)?;
+                    delta.added += specs.len() as u64;
+                    delta.next_id = first.0 + specs.len() as u64;
+                }
+                Write::Record { records, .. } => {
+                    for record in records {
+                        apply(&tx, record, now, &mut delta).map_err(&fail)?;
+                    }
+                }
+                Write::Recover { .. } => {
+                    let n = tx
+                        .execute("UPDATE tasks SET state = 0 WHERE state = 1", [])
+                        .map_err(&fail)?;
+                    delta
+                        .moves
+                        .extend((0..n).map(|_| (TaskState::Running, TaskState::Queued)));
+                }
+            }
+        }
+        let mut counts = Counts::default();
+        counts.added(TaskState::Queued, delta.added);
+        let mut change = [0i64; 6];
+        change[0] += delta.added as i64;
+        for (from, to) in &delta.moves {
+            change[state_code(*from) as usize] -= 1;
+            change[state_code(*to) as usize] += 1;
+        }
+        {
+            let mut stmt = tx
+                .prepare_cached("UPDATE counts SET n = n + ?2 WHERE state = ?1")
+                .map_err(&fail)?;
+            for (state, n) in change.iter().enumerate().filter(|(_, n)| **n != 0) {
+                stmt.execute(params![state as i64, n]).map_err(&fail)?;
+            }
+        }
+        tx.commit().map_err(&fail)?;
+        self.next_id = delta.next_id;
+        Ok((delta, refused))
+    }
+
+    fn publish(&self, delta: Delta) {
+        let mut counts = self.shared.counts.lock().unwrap_or_else(|p| p.into_inner());
+        counts.added(TaskState::Queued, delta.added);
+        for (from, to) in delta.moves {
+            counts.moved(from, to);
+        }
+        drop(counts);
+        let mut stats = self.shared.stats.lock().unwrap_or_else(|p| p.into_inner());
+        stats.fenced += delta.stats.fenced;
+        stats.unknown += delta.stats.unknown;
+        stats.invalid += delta.stats.invalid;
+        self.shared.next_id.fetch_max(delta.next_id, Relaxed);
+    }
+}
+
+fn done(w: Write, result: Result<(), Error>) {
+    let done = match w {
+        Write::Accept { done, .. } | Write::Record { done, .. } | Write::Recover { done } => done,
+    };
+    let _ = done.send(result);
+}
+
+fn insert(
+    tx: &Transaction<'_>,
+    first: TaskId,
+    specs: &[TaskSpec],
+    now: i64,
+) -> rusqlite::Result<()> {
+    let mut stmt = tx.prepare_cached(
+        "INSERT INTO tasks (id, key, priority, requirement, payload, timeout_ms, max_attempts, \
+         state, attempt, accepted_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 0, 0, ?8)",
+    )?;
+    for (i, spec) in specs.iter().enumerate() {
+        let requirement = if spec.requirement.is_any() {
+            None
+        } else {
+            Some(serde_json::to_string(&spec.requirement).expect("a requirement is plain data"))
+        };
+        stmt.execute(params![
+            (first.0 + i as u64) as i64,
+            spec.key.as_deref(),
+            spec.priority.get(),
+            requirement,
+            &spec.payload[..],
+            spec.timeout.as_millis() as i64,
+            spec.max_attempts,
+            now,
+        ])?;
+    }
+    Ok(())
+}
+
+/// Applies one transition with its fencing condition in the statement itself.
+fn apply(
+    tx: &Transaction<'_>,
+    record: &Record,
+    now: i64,
+    delta: &mut Delta,
+) -> rusqlite::Result<()> {
+    let task = record.task().0 as i64;
+    let (changed, from, to) = match record {
+        Record::Started { attempt, agent, .. } => {
+            let mut stmt = tx.prepare_cached(
+                "UPDATE tasks SET state = 1, attempt = ?2, agent = ?3 \
+                 WHERE id = ?1 AND attempt < ?2 AND state = ?4",
+            )?;
+            if stmt.execute(params![task, attempt, agent.0, 0])? == 1 {
+                (true, TaskState::Queued, TaskState::Running)
+            } else {
+                let again = stmt.execute(params![task, attempt, agent.0, 1])? == 1;
+                (again, TaskState::Running, TaskState::Running)
+            }
+        }
+        Record::Committed {
+            attempt, output, ..
+        } => {
+            let mut stmt = tx.prepare_cached(
+                "UPDATE tasks SET state = 2, output = ?3, error = NULL, finished_at = ?4 \
+                 WHERE id = ?1 AND attempt = ?2 AND state = 1",
+            )?;
+            let changed = stmt.execute(params![task, attempt, &output[..], now])? == 1;
+            (changed, TaskState::Running, TaskState::Succeeded)
+        }
+        Record::Failed {
+            attempt,
+            error,
+            next,
+            ..
+        } => {
+            if !matches!(
+                next,
+                TaskState::Queued | TaskState::Failed | TaskState::DeadLettered
+            ) {
+                delta.stats.invalid += 1;
+                return Ok(());
+            }
+            let mut stmt = tx.prepare_cached(
+                "UPDATE tasks SET state = ?3, error = ?4, \
+                 finished_at = CASE WHEN ?3 >= 2 THEN ?5 END \
+                 WHERE id = ?1 AND attempt = ?2 AND state = 1",
+            )?;
+            let changed =
+                stmt.execute(params![task, attempt, state_code(*next), &**error, now])? == 1;
+            (changed, TaskState::Running, *next)
+        }
+        Record::Cancelled { .. } => {
+            let mut stmt = tx.prepare_cached(
+                "UPDATE tasks SET state = 5, finished_at = ?2 WHERE id = ?1 AND state = ?3",
+            )?;
+            if stmt.execute(params![task, now, 0])? == 1 {
+                (true, TaskState::Queued, TaskState::Cancelled)
+            } else if stmt.execute(params![task, now, 1])? == 1 {
+                (true, TaskState::Running, TaskState::Cancelled)
+            } else {
+                // Cancelling a finished task is no fault of anyone's: nothing to count.
+                return Ok(());
+            }
+        }
+    };
+    if changed {
+        if from != to {
+            delta.moves.push((from, to));
+        }
+        return Ok(());
+    }
+    let exists = tx
+        .prepare_cached("SELECT 1 FROM tasks WHERE id = ?1")?
+        .exists([task])?;
+    if exists {
+        delta.stats.fenced += 1;
+    } else {
+        delta.stats.unknown += 1;
+    }
+    Ok(())
+}
+
+fn unix_micros() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as i64)
+}
