@@ -28,7 +28,7 @@ pub mod testing;
 
 pub use durable::Durable;
 pub use memory::MemoryJournal;
-pub use sqlite::{SqliteJournal, SqliteOptions, Synchronous};
+pub use sqlite::{SqliteJournal, SqliteOptions, SqliteReader, Synchronous};
 
 use bytes::Bytes;
 use colony_core::{AgentId, TaskId, task::TaskSpec, task::TaskState};
@@ -162,8 +162,10 @@ pub enum Error {
     Storage(String),
     #[error("the journal is closed")]
     Closed,
-    #[error("{path} is a directory: give the path of a database file (it is created if missing)")]
+    #[error("{path} is a directory: give the path of a database file")]
     IsDirectory { path: String },
+    #[error("{path} does not exist: give the path of a colony database")]
+    Missing { path: String },
     #[error(
         "{path} is not a colony database: give a new path, or the path of a database colony created"
     )]

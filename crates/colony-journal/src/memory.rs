@@ -65,7 +65,7 @@ impl Rows {
     }
 
     fn push(&mut self, row: Row) {
-        if self.len % CHUNK == 0 {
+        if self.len.is_multiple_of(CHUNK) {
             self.chunks.push(Vec::with_capacity(CHUNK));
         }
         self.chunks.last_mut().expect("a chunk with room").push(row);

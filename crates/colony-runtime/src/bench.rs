@@ -12,7 +12,7 @@ use colony_core::{
     hierarchy::{HierarchyOptions, MAX_WORKERS, Plan, Tiers},
     task::TaskSpec,
 };
-use colony_journal::MemoryJournal;
+use colony_journal::{Journal, MemoryJournal, SqliteJournal, SqliteOptions};
 use serde::Serialize;
 use std::{
     sync::Arc,
@@ -27,6 +27,8 @@ pub struct Swarm {
     pub span: u32,
     pub tiers: Tiers,
     pub sim: SimOptions,
+    /// Where the journal lives: a SQLite file, or memory when `None`.
+    pub journal: Option<SqliteOptions>,
 }
 
 impl Swarm {
@@ -73,7 +75,11 @@ impl Swarm {
             spawn,
             ..RuntimeOptions::default()
         };
-        Runtime::start(options, vec![pool], Arc::new(MemoryJournal::new())).await
+        let journal: Arc<dyn Journal> = match &self.journal {
+            Some(sqlite) => Arc::new(SqliteJournal::open(sqlite.clone())?),
+            None => Arc::new(MemoryJournal::new()),
+        };
+        Runtime::start(options, vec![pool], journal).await
     }
 }
 
@@ -164,8 +170,12 @@ pub struct DispatchReport {
     pub attempts: u64,
     /// Tasks the journal holds in a terminal state at the end: must equal `tasks`.
     pub journal_terminal: u64,
-    /// Submit-to-done latency of one task in every 1,024.
+    /// Submit-to-done latency of the first task of every batch.
     pub latency: Percentiles,
+    /// How long each batch took to be accepted: with a SQLite journal, the group commit.
+    pub accept_latency: Percentiles,
+    /// The SQLite file, when the journal was durable.
+    pub journal: Option<String>,
 }
 
 /// Pushes `tasks` tasks through the swarm in batches of `batch`, and waits for all to end.
@@ -176,11 +186,16 @@ pub async fn dispatch(swarm: &Swarm, tasks: u64, batch: usize) -> Result<Dispatc
     let agents = handle.stats().agents;
     let started = Instant::now();
     let mut pending = Vec::new();
+    let mut accepts = Vec::new();
     let mut left = tasks;
+    // A batch larger than the hierarchy holds could never be admitted.
+    let batch = batch.min(handle.stats().capacity as usize).max(1);
     while left > 0 {
         let n = left.min(batch as u64) as usize;
         let specs = vec![TaskSpec::default(); n];
+        let asked = Instant::now();
         let (_, tracked) = handle.submit_batch_tracked(specs, |i| i == 0).await?;
+        accepts.push(asked.elapsed());
         pending.extend(tracked);
         left -= n as u64;
     }
@@ -206,6 +221,8 @@ pub async fn dispatch(swarm: &Swarm, tasks: u64, batch: usize) -> Result<Dispatc
         attempts: stats.attempts,
         journal_terminal,
         latency: Percentiles::of(latencies),
+        accept_latency: Percentiles::of(accepts),
+        journal: swarm.journal.as_ref().map(|j| j.path.display().to_string()),
     })
 }
 

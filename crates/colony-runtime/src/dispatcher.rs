@@ -88,9 +88,31 @@ pub(crate) struct Job {
     payload: Bytes,
     submitted: Instant,
     waiter: Option<oneshot::Sender<Completion>>,
+    /// Whether the task holds an admission permit, returned when it ends. Tasks recovered
+    /// from the journal at start hold none: they were admitted by an earlier process.
+    permit: bool,
 }
 
 impl Job {
+    /// A task the journal held unfinished at start, queued again. Its lease continues, so its
+    /// next attempt is numbered above any attempt of the process that died. That death was
+    /// no fault of the task's: it always gets at least one more attempt.
+    pub(crate) fn recovered(row: colony_journal::TaskRow, mask: SpecMask, now: Instant) -> Self {
+        let spec = row.spec;
+        Self {
+            id: row.id,
+            mask,
+            priority: spec.priority,
+            attempt: row.attempt,
+            max_attempts: spec.max_attempts.max(row.attempt + 1),
+            timeout: spec.timeout,
+            payload: spec.payload,
+            submitted: now,
+            waiter: None,
+            permit: false,
+        }
+    }
+
     pub(crate) fn new(
         id: TaskId,
         spec: TaskSpec,
@@ -108,6 +130,7 @@ impl Job {
             payload: spec.payload,
             submitted,
             waiter,
+            permit: true,
         }
     }
 }
@@ -203,6 +226,8 @@ struct Turn {
     retries: u64,
     restarts_crash: u64,
     restarts_timeout: u64,
+    /// Ended tasks that held an admission permit.
+    permits: u64,
 }
 
 struct Dispatcher {
@@ -631,6 +656,7 @@ impl Dispatcher {
     ) {
         let latency = job.submitted.elapsed();
         self.metrics.latency.record(latency);
+        self.turn.permits += u64::from(job.permit);
         if let Some(waiter) = job.waiter {
             let completion = Completion {
                 id: job.id,
@@ -725,6 +751,7 @@ impl Dispatcher {
             succeeded: t.succeeded,
             failed: t.failed,
             dead_lettered: t.dead_lettered,
+            permits: t.permits,
             completions: std::mem::take(&mut self.completions),
         };
         if self.records.is_empty() {
@@ -757,6 +784,7 @@ struct Release {
     succeeded: u64,
     failed: u64,
     dead_lettered: u64,
+    permits: u64,
     completions: Vec<(oneshot::Sender<Completion>, Completion)>,
 }
 
@@ -773,7 +801,7 @@ impl Release {
         c.succeeded.fetch_add(self.succeeded, Relaxed);
         c.failed.fetch_add(self.failed, Relaxed);
         c.dead_lettered.fetch_add(self.dead_lettered, Relaxed);
-        self.shared.permits.add_permits(finished as usize);
+        self.shared.permits.add_permits(self.permits as usize);
         self.shared.drained.notify_waiters();
     }
 }

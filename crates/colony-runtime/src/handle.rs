@@ -251,6 +251,33 @@ impl Handle {
         Ok((accepted, pending))
     }
 
+    /// Queues again the tasks a journal held unfinished at start (see [`Journal::recover`]).
+    /// They need no admission: an earlier process accepted them. A task no pool can run any
+    /// more waits in the backlog (and in the journal, queued) until one can.
+    pub(crate) fn requeue(&self, rows: Vec<colony_journal::TaskRow>) -> Result<usize, Error> {
+        let now = Instant::now();
+        let n = rows.len();
+        let jobs: Vec<Job> = rows
+            .into_iter()
+            .map(|row| {
+                let mask = match self.admit(std::slice::from_ref(&row.spec)) {
+                    Ok(masks) => masks[0],
+                    Err(error) => {
+                        tracing::warn!(task = %row.id, %error, "A recovered task waits for agents that can run it.");
+                        SpecMask(0)
+                    }
+                };
+                Job::recovered(row, mask, now)
+            })
+            .collect();
+        self.shared.counters.accepted.fetch_add(n as u64, Relaxed);
+        self.shared
+            .inbox
+            .send(Command::Submit(jobs))
+            .map_err(|_| Error::Stopped)?;
+        Ok(n)
+    }
+
     /// Checks every spec and resolves which pools may run it: those whose spec satisfies the
     /// requirement and that have agents.
     fn admit(&self, specs: &[TaskSpec]) -> Result<Vec<SpecMask>, Error> {

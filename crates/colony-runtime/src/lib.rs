@@ -242,6 +242,12 @@ impl Runtime {
                 .spawn(index, pool.count, options.spawn)
                 .await?;
         }
+        // Whatever an earlier process left unfinished runs again, before anything new.
+        let unfinished = runtime.handle.journal().recover()?;
+        if !unfinished.is_empty() {
+            let n = runtime.handle.requeue(unfinished)?;
+            tracing::info!(tasks = n, "Recovered unfinished tasks from the journal.");
+        }
         Ok(runtime)
     }
 

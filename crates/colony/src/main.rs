@@ -22,6 +22,8 @@ enum Command {
     /// Measure the runtime: spawn, dispatch, latency.
     #[command(subcommand)]
     Bench(commands::bench::Bench),
+    /// List what a journal holds: tasks per state, and the tasks themselves.
+    Tasks(commands::tasks::Args),
 }
 
 /// How a command failed, which decides the exit code.
@@ -55,6 +57,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Tree(args) => commands::tree::run(&args),
         Command::Bench(bench) => commands::bench::run(bench),
+        Command::Tasks(args) => commands::tasks::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

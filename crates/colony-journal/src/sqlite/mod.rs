@@ -95,7 +95,7 @@ struct Shared {
 pub struct SqliteJournal {
     path: PathBuf,
     writes: Option<mpsc::SyncSender<Write>>,
-    reader: Mutex<Connection>,
+    reader: SqliteReader,
     shared: Arc<Shared>,
     writer: Option<std::thread::JoinHandle<()>>,
     /// Held for the journal's lifetime: one colony process per database.
@@ -159,14 +159,7 @@ impl SqliteJournal {
         let next = next as u64;
         shared.next_id.store(next, Relaxed);
 
-        let reader = Connection::open_with_flags(
-            &path,
-            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-        )
-        .map_err(|e| classify(e, &path))?;
-        reader
-            .busy_timeout(options.busy_timeout)
-            .map_err(|e| classify(e, &path))?;
+        let reader = SqliteReader::connect(&path)?;
 
         let (writes, inbox) = mpsc::sync_channel(options.queue.max(1));
         let writer = Writer::new(conn, path.clone(), shared.clone(), &options, next);
@@ -177,7 +170,7 @@ impl SqliteJournal {
         Ok(Self {
             path,
             writes: Some(writes),
-            reader: Mutex::new(reader),
+            reader,
             shared,
             writer: Some(writer),
             _lock: lock,
@@ -205,8 +198,72 @@ impl SqliteJournal {
             .map_err(|_| Error::Closed)
     }
 
+    /// Tasks in `state` (all when `None`), lowest id first, at most `limit`.
+    pub fn tasks(&self, state: Option<TaskState>, limit: usize) -> Result<Vec<TaskRow>, Error> {
+        self.reader.tasks(state, limit)
+    }
+}
+
+/// Read-only access to a colony database, also while another process runs on it: no lock
+/// file, no writes, no migration.
+#[derive(Debug)]
+pub struct SqliteReader {
+    path: PathBuf,
+    conn: Mutex<Connection>,
+}
+
+impl SqliteReader {
+    /// Opens an existing database for reading; it must be of this build's schema version.
+    pub fn open(path: impl AsRef<Path>) -> Result<Self, Error> {
+        let path = path.as_ref();
+        let shown = path.display().to_string();
+        if path.is_dir() {
+            return Err(Error::IsDirectory { path: shown });
+        }
+        if !path.exists() {
+            return Err(Error::Missing { path: shown });
+        }
+        let reader = Self::connect(path)?;
+        let (app, version) = reader.read(|c| {
+            let app: i32 = c.query_row("PRAGMA application_id", [], |r| r.get(0))?;
+            let version: i32 = c.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+            Ok((app, version))
+        })?;
+        if app != schema::APPLICATION_ID {
+            return Err(Error::NotColony { path: shown });
+        }
+        if version > schema::LATEST {
+            return Err(Error::TooNew {
+                path: shown,
+                version,
+                supported: schema::LATEST,
+            });
+        }
+        if version < schema::LATEST {
+            return Err(Error::Storage(format!(
+                "{shown} has schema version {version}: run colony on it once to migrate it to {}",
+                schema::LATEST
+            )));
+        }
+        Ok(reader)
+    }
+
+    fn connect(path: &Path) -> Result<Self, Error> {
+        let conn = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(|e| classify(e, path))?;
+        conn.busy_timeout(Duration::from_secs(2))
+            .map_err(|e| classify(e, path))?;
+        Ok(Self {
+            path: path.to_owned(),
+            conn: Mutex::new(conn),
+        })
+    }
+
     fn read<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> Result<T, Error> {
-        let conn = self.reader.lock().unwrap_or_else(|p| p.into_inner());
+        let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
         f(&conn).map_err(|e| classify(e, &self.path))
     }
 
@@ -216,10 +273,31 @@ impl SqliteJournal {
             let mut stmt = c.prepare_cached(&format!(
                 "SELECT {COLUMNS} FROM tasks WHERE (?1 IS NULL OR state = ?1) ORDER BY id LIMIT ?2"
             ))?;
-            let rows = stmt.query_map(
-                rusqlite::params![state.map(state_code), limit as i64],
-                task_row,
-            )?;
+            let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+            let rows = stmt.query_map(rusqlite::params![state.map(state_code), limit], task_row)?;
+            rows.collect()
+        })
+    }
+
+    pub fn task(&self, id: TaskId) -> Result<Option<TaskRow>, Error> {
+        self.read(|c| {
+            c.prepare_cached(&format!("SELECT {COLUMNS} FROM tasks WHERE id = ?1"))?
+                .query_row([id.0 as i64], task_row)
+                .optional()
+        })
+    }
+
+    /// Tasks per state as last committed.
+    pub fn counts(&self) -> Result<Counts, Error> {
+        self.read(read_counts)
+    }
+
+    fn unfinished(&self) -> Result<Vec<TaskRow>, Error> {
+        self.read(|c| {
+            let mut stmt = c.prepare_cached(&format!(
+                "SELECT {COLUMNS} FROM tasks WHERE state < 2 ORDER BY id"
+            ))?;
+            let rows = stmt.query_map([], task_row)?;
             rows.collect()
         })
     }
@@ -264,11 +342,7 @@ impl Journal for SqliteJournal {
     }
 
     fn task(&self, id: TaskId) -> Result<Option<TaskRow>, Error> {
-        self.read(|c| {
-            c.prepare_cached(&format!("SELECT {COLUMNS} FROM tasks WHERE id = ?1"))?
-                .query_row([id.0 as i64], task_row)
-                .optional()
-        })
+        self.reader.task(id)
     }
 
     fn counts(&self) -> Result<Counts, Error> {
@@ -276,13 +350,7 @@ impl Journal for SqliteJournal {
     }
 
     fn unfinished(&self) -> Result<Vec<TaskRow>, Error> {
-        self.read(|c| {
-            let mut stmt = c.prepare_cached(&format!(
-                "SELECT {COLUMNS} FROM tasks WHERE state < 2 ORDER BY id"
-            ))?;
-            let rows = stmt.query_map([], task_row)?;
-            rows.collect()
-        })
+        self.reader.unfinished()
     }
 
     fn recover(&self) -> Result<Vec<TaskRow>, Error> {

@@ -6,11 +6,12 @@ use crate::{
 };
 use colony_agents::sim::SimOptions;
 use colony_core::hierarchy::{DEFAULT_SPAN, DEFAULT_TIERS, Tiers};
+use colony_journal::{SqliteOptions, Synchronous};
 use colony_runtime::{
     SpawnMode,
     bench::{self, Percentiles, Swarm},
 };
-use std::{num::NonZeroU32, time::Duration};
+use std::{num::NonZeroU32, path::PathBuf, time::Duration};
 
 #[derive(Debug, clap::Subcommand)]
 pub(crate) enum Bench {
@@ -40,6 +41,9 @@ pub(crate) enum Bench {
         /// Tasks per submission.
         #[arg(long, default_value_t = 4_096)]
         batch: usize,
+        /// Journal to a SQLite file (a new temporary one unless `--db` names one).
+        #[arg(long)]
+        durable: bool,
         #[arg(long)]
         json: bool,
     },
@@ -69,15 +73,30 @@ pub(crate) struct SwarmArgs {
     /// Tier names, top to bottom, separated by commas.
     #[arg(long, value_delimiter = ',', default_values_t = DEFAULT_TIERS.map(String::from))]
     tiers: Vec<String>,
+    /// Journal to this SQLite file instead of memory (created if missing).
+    #[arg(long, value_name = "PATH")]
+    db: Option<PathBuf>,
+    /// full: every commit survives a power cut; normal: faster, a power cut can lose the last
+    /// commits (a crash of colony cannot).
+    #[arg(long, default_value = "full", value_parser = ["full", "normal"])]
+    synchronous: String,
 }
 
 impl SwarmArgs {
     fn swarm(&self) -> Result<Swarm, Failure> {
+        let journal = self.db.as_ref().map(|path| {
+            let mut options = SqliteOptions::new(path);
+            if self.synchronous == "normal" {
+                options.synchronous = Synchronous::Normal;
+            }
+            options
+        });
         let swarm = Swarm {
             agents: self.agents,
             span: self.span,
             tiers: Tiers::Named(self.tiers.clone()),
             sim: SimOptions::default(),
+            journal,
         };
         swarm.workers().map_err(Failure::input)?;
         Ok(swarm)
@@ -154,9 +173,14 @@ pub(crate) fn run(bench: Bench) -> Result<(), Failure> {
             swarm,
             tasks,
             batch,
+            durable,
             json,
         } => {
-            let swarm = swarm.swarm()?;
+            let mut swarm = swarm.swarm()?;
+            let scratch = tempfile::tempdir().map_err(Failure::work)?;
+            if durable && swarm.journal.is_none() {
+                swarm.journal = Some(SqliteOptions::new(scratch.path().join("bench.db")));
+            }
             check_range("--tasks", tasks as f64, 1.0, 1e9)?;
             check_range("--batch", batch as f64, 1.0, 1e6)?;
             let report = runtime
@@ -184,6 +208,17 @@ pub(crate) fn run(bench: Bench) -> Result<(), Failure> {
             t.row(vec![
                 "journal: terminal".into(),
                 thousands(report.journal_terminal),
+            ]);
+            t.row(vec![
+                "journal".into(),
+                report.journal.clone().unwrap_or_else(|| "memory".into()),
+            ]);
+            t.row(vec![
+                "accept (commit) p50 / p99".into(),
+                format!(
+                    "{:.0} / {:.0} µs",
+                    report.accept_latency.p50_us, report.accept_latency.p99_us
+                ),
             ]);
             latency_rows(&mut t, &report.latency);
             print!("{}", t.render());

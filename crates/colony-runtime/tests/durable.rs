@@ -1,0 +1,112 @@
+//! The runtime on a real SQLite file: every task lands on disk, and a restart finishes what
+//! the last process left.
+
+use colony_agents::{
+    AgentSpec,
+    sim::{Latency, Sim, SimOptions},
+};
+use colony_core::task::{TaskSpec, TaskState};
+use colony_journal::{Journal, SqliteJournal, SqliteOptions};
+use colony_runtime::{Pool, Runtime, RuntimeOptions};
+use std::{sync::Arc, time::Duration};
+
+fn pool(count: u32, sim: SimOptions) -> Pool {
+    Pool::new(
+        AgentSpec::new("sim", "worker"),
+        count,
+        Arc::new(Sim::new(sim).unwrap()),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_task_is_on_disk_when_drain_returns() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal =
+        Arc::new(SqliteJournal::open(SqliteOptions::new(dir.path().join("c.db"))).unwrap());
+    let flaky = SimOptions {
+        seed: 5,
+        error_rate: 0.1,
+        ..SimOptions::default()
+    };
+    let runtime = Runtime::start(
+        RuntimeOptions::default(),
+        vec![pool(100, flaky)],
+        journal.clone(),
+    )
+    .await
+    .unwrap();
+    let h = runtime.handle();
+    for _ in 0..20 {
+        h.submit_batch(vec![TaskSpec::with_payload("{}"); 1_000])
+            .await
+            .unwrap();
+    }
+    h.drain().await.unwrap();
+    let counts = journal.counts().unwrap();
+    assert_eq!(counts.terminal(), 20_000, "{counts:?}");
+    assert_eq!(counts.succeeded, h.stats().succeeded);
+    assert_eq!(journal.stats().fenced, 0);
+    runtime.shutdown().await;
+    // What the counters say is what the rows say.
+    let rows = journal
+        .tasks(Some(TaskState::Succeeded), usize::MAX)
+        .unwrap();
+    assert_eq!(rows.len() as u64, counts.succeeded);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_finishes_what_the_last_process_left() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.db");
+    let stuck = SimOptions {
+        latency: Latency::Fixed {
+            value: Duration::from_secs(3600),
+        },
+        ..SimOptions::default()
+    };
+    {
+        let journal = Arc::new(SqliteJournal::open(SqliteOptions::new(&path)).unwrap());
+        let runtime = Runtime::start(
+            RuntimeOptions::default(),
+            vec![pool(10, stuck)],
+            journal.clone(),
+        )
+        .await
+        .unwrap();
+        runtime
+            .handle()
+            .submit_batch(vec![TaskSpec::default(); 25])
+            .await
+            .unwrap();
+        // Let the ten agents start their attempts and the journal record them.
+        while journal.counts().unwrap().running < 10 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        runtime.shutdown().await;
+    }
+    let journal = Arc::new(SqliteJournal::open(SqliteOptions::new(&path)).unwrap());
+    let before = journal.counts().unwrap();
+    assert_eq!((before.running, before.queued), (10, 15));
+    let runtime = Runtime::start(
+        RuntimeOptions::default(),
+        vec![pool(10, SimOptions::default())],
+        journal.clone(),
+    )
+    .await
+    .unwrap();
+    runtime.handle().drain().await.unwrap();
+    let after = journal.counts().unwrap();
+    assert_eq!(after.succeeded, 25, "{after:?}");
+    let rows = journal.tasks(None, 100).unwrap();
+    let restarted = rows.iter().filter(|r| r.attempt == 2).count();
+    let fresh = rows.iter().filter(|r| r.attempt == 1).count();
+    assert_eq!(
+        (restarted, fresh),
+        (10, 15),
+        "interrupted attempts get the next lease"
+    );
+    // New work goes on with ids after the old ones.
+    let id = runtime.handle().submit(TaskSpec::default()).await.unwrap();
+    assert_eq!(id.0, 26);
+    runtime.shutdown().await;
+}

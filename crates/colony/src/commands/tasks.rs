@@ -1,0 +1,113 @@
+//! `colony tasks --db PATH`: what a journal holds, also while another process runs on it.
+
+use crate::{
+    Failure,
+    output::{Table, thousands},
+};
+use colony_core::task::TaskState;
+use colony_journal::SqliteReader;
+use serde::Serialize;
+use std::path::PathBuf;
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct Args {
+    /// The SQLite journal to read.
+    #[arg(long, value_name = "PATH")]
+    db: PathBuf,
+    /// Only tasks in this state.
+    #[arg(long, value_parser = ["queued", "running", "succeeded", "failed", "dead-lettered", "cancelled"])]
+    state: Option<String>,
+    /// Most tasks to list.
+    #[arg(long, default_value_t = 20)]
+    limit: usize,
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Serialize)]
+struct Report {
+    counts: Vec<(String, u64)>,
+    total: u64,
+    tasks: Vec<TaskLine>,
+}
+
+#[derive(Debug, Serialize)]
+struct TaskLine {
+    id: u64,
+    key: Option<String>,
+    state: TaskState,
+    attempts: u32,
+    agent: Option<u32>,
+    error: Option<String>,
+}
+
+const STATES: [TaskState; 6] = [
+    TaskState::Queued,
+    TaskState::Running,
+    TaskState::Succeeded,
+    TaskState::Failed,
+    TaskState::DeadLettered,
+    TaskState::Cancelled,
+];
+
+pub(crate) fn run(args: &Args) -> Result<(), Failure> {
+    let reader = SqliteReader::open(&args.db).map_err(Failure::input)?;
+    let state = args.state.as_deref().map(|name| {
+        *STATES
+            .iter()
+            .find(|s| s.as_str() == name)
+            .expect("clap allows only known states")
+    });
+    let counts = reader.counts().map_err(Failure::work)?;
+    let rows = reader.tasks(state, args.limit).map_err(Failure::work)?;
+    let report = Report {
+        counts: STATES
+            .iter()
+            .map(|s| (s.as_str().to_owned(), counts.get(*s)))
+            .collect(),
+        total: counts.total(),
+        tasks: rows
+            .into_iter()
+            .map(|r| TaskLine {
+                id: r.id.0,
+                key: r.spec.key.map(|k| k.to_string()),
+                state: r.state,
+                attempts: r.attempt,
+                agent: r.agent.map(|a| a.0),
+                error: r.error.map(|e| e.to_string()),
+            })
+            .collect(),
+    };
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report).map_err(Failure::work)?
+        );
+        return Ok(());
+    }
+    let mut t = Table::new(&["state", "tasks"]);
+    for (name, n) in &report.counts {
+        t.row(vec![name.clone(), thousands(*n)]);
+    }
+    t.row(vec!["total".into(), thousands(report.total)]);
+    print!("{}", t.render());
+    if !report.tasks.is_empty() {
+        println!();
+        let mut t = Table::new(&["id", "state", "attempts", "agent", "error"]);
+        for task in &report.tasks {
+            let mut error = task.error.clone().unwrap_or_default();
+            if error.chars().count() > 60 {
+                error = error.chars().take(57).collect::<String>() + "...";
+            }
+            t.row(vec![
+                task.id.to_string(),
+                task.state.to_string(),
+                task.attempts.to_string(),
+                task.agent.map_or("-".into(), |a| a.to_string()),
+                error,
+            ]);
+        }
+        print!("{}", t.render());
+    }
+    Ok(())
+}
