@@ -166,6 +166,8 @@ pub enum Error {
     IsDirectory { path: String },
     #[error("{path} does not exist: give the path of a colony database")]
     Missing { path: String },
+    #[error("folder {path} does not exist: create it, or give a path in a folder that does")]
+    NoFolder { path: String },
     #[error(
         "{path} is not a colony database: give a new path, or the path of a database colony created"
     )]
@@ -209,9 +211,12 @@ pub trait Journal: std::fmt::Debug + Send + Sync + 'static {
     /// Tasks not yet terminal, oldest first.
     fn unfinished(&self) -> Result<Vec<TaskRow>, Error>;
 
-    /// Prepares a restart: attempts that were running when the process died are over, so their
-    /// tasks go back to `Queued` (keeping their lease number, so the next attempt is higher).
-    /// Returns every unfinished task, oldest first, for the runtime to queue again.
+    /// Prepares a restart. Every unfinished task goes back to `Queued`, and its lease moves
+    /// up by its `max_attempts`, durably, before this returns. The process that died may have
+    /// started attempts whose `Started` records never reached the disk; it started at most
+    /// `max_attempts` of them past the recorded lease, so after the move no attempt number is
+    /// ever given out twice, and a result of the dead process would be fenced. Returns every
+    /// unfinished task, oldest first, for the runtime to queue again.
     fn recover(&self) -> Result<Vec<TaskRow>, Error>;
 
     fn stats(&self) -> Stats;

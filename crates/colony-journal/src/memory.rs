@@ -208,6 +208,10 @@ impl Journal for MemoryJournal {
             let inner = &mut *guard;
             for i in 0..inner.rows.len() {
                 let row = inner.rows.get_mut(i).expect("in range");
+                if row.state.is_terminal() {
+                    continue;
+                }
+                row.attempt += row.spec.max_attempts;
                 if row.state == TaskState::Running {
                     row.state = TaskState::Queued;
                     inner.counts.moved(TaskState::Running, TaskState::Queued);

@@ -218,6 +218,7 @@ fn recovery_requeues_running_tasks<J: Journal>(j: &J) {
             started(running, 1),
         ],
     );
+    // Leases move up by max attempts (3): past any attempt the dead process started unrecorded.
     let recovered: Vec<(TaskId, TaskState, u32)> = j
         .recover()
         .unwrap()
@@ -227,21 +228,29 @@ fn recovery_requeues_running_tasks<J: Journal>(j: &J) {
     assert_eq!(
         recovered,
         [
-            (running, TaskState::Queued, 1),
-            (queued, TaskState::Queued, 0)
+            (running, TaskState::Queued, 4),
+            (queued, TaskState::Queued, 3)
         ]
     );
     let counts = j.counts().unwrap();
     assert_eq!((counts.queued, counts.running, counts.succeeded), (2, 0, 1));
-    // The next attempt takes a higher lease; the interrupted one can no longer commit.
-    record(
-        j,
-        vec![
-            committed(running, 1, "stale"),
-            started(running, 2),
-            committed(running, 2, "ok"),
-        ],
+    assert_eq!(
+        j.task(done).unwrap().unwrap().attempt,
+        1,
+        "finished tasks keep theirs"
     );
+    // An attempt the dead process may have started cannot take the lease or commit.
+    record(j, vec![started(running, 2), committed(running, 2, "stale")]);
+    assert_eq!(j.task(running).unwrap().unwrap().state, TaskState::Queued);
+    record(j, vec![started(running, 5), committed(running, 5, "ok")]);
     let row = j.task(running).unwrap().unwrap();
-    assert_eq!((row.state, row.attempt), (TaskState::Succeeded, 2));
+    assert_eq!((row.state, row.attempt), (TaskState::Succeeded, 5));
+    // A second recovery moves the leases again, durably: two restarts never share numbers.
+    let again: Vec<u32> = j
+        .recover()
+        .unwrap()
+        .into_iter()
+        .map(|r| r.attempt)
+        .collect();
+    assert_eq!(again, [6]);
 }

@@ -81,9 +81,10 @@ pub(crate) struct Job {
     id: TaskId,
     mask: SpecMask,
     priority: Priority,
-    /// Attempts started so far; the current one is the lease.
+    /// Number of the latest attempt started: the lease. Counts from 0 for a new task.
     attempt: u32,
-    max_attempts: u32,
+    /// The highest attempt number this task may reach before it is dead-lettered.
+    last_attempt: u32,
     timeout: Duration,
     payload: Bytes,
     submitted: Instant,
@@ -94,9 +95,11 @@ pub(crate) struct Job {
 }
 
 impl Job {
-    /// A task the journal held unfinished at start, queued again. Its lease continues, so its
-    /// next attempt is numbered above any attempt of the process that died. That death was
-    /// no fault of the task's: it always gets at least one more attempt.
+    /// A task the journal held unfinished at start, queued again. [`Journal::recover`] has
+    /// already moved its lease past every attempt the dead process may have started; it gets
+    /// its full budget of attempts again, since the death was no fault of the task's.
+    ///
+    /// [`Journal::recover`]: colony_journal::Journal::recover
     pub(crate) fn recovered(row: colony_journal::TaskRow, mask: SpecMask, now: Instant) -> Self {
         let spec = row.spec;
         Self {
@@ -104,7 +107,7 @@ impl Job {
             mask,
             priority: spec.priority,
             attempt: row.attempt,
-            max_attempts: spec.max_attempts.max(row.attempt + 1),
+            last_attempt: row.attempt + spec.max_attempts,
             timeout: spec.timeout,
             payload: spec.payload,
             submitted: now,
@@ -125,7 +128,7 @@ impl Job {
             mask,
             priority: spec.priority,
             attempt: 0,
-            max_attempts: spec.max_attempts,
+            last_attempt: spec.max_attempts,
             timeout: spec.timeout,
             payload: spec.payload,
             submitted,
@@ -569,7 +572,7 @@ impl Dispatcher {
                 false,
             ),
         };
-        let retry = attempt < job.max_attempts;
+        let retry = attempt < job.last_attempt;
         let next = if retry {
             TaskState::Queued
         } else {

@@ -143,3 +143,71 @@ fn bench_runs_report_consistent_counts() {
     assert_eq!(json["tasks"], 1_000);
     assert_eq!(json["latency"]["samples"], 1_000);
 }
+
+#[test]
+fn killed_mid_run_nothing_is_lost_or_committed_twice() {
+    // Real child processes, SIGKILLed at random moments, restarted on the same SQLite file.
+    let (stdout, stderr, code) = colony(&[
+        "bench",
+        "crash",
+        "--runs",
+        "3",
+        "--tasks",
+        "3000",
+        "--max-kills",
+        "3",
+        "--json",
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    let json: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(json["ok"], true, "{json}");
+    assert_eq!(json["lost"], 0);
+    assert_eq!(json["double_commits"], 0);
+    assert_eq!(json["succeeded"], 9_000);
+    assert!(json["kills"].as_u64().unwrap() >= 3);
+    assert!(
+        json["re_executions"].as_u64().unwrap() <= json["in_flight_at_kills"].as_u64().unwrap()
+    );
+}
+
+#[test]
+fn tasks_lists_a_journal_on_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("c.db");
+    let db = db.to_str().unwrap();
+    let (_, stderr, code) = colony(&[
+        "bench", "dispatch", "--agents", "50", "--tasks", "1000", "--db", db,
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    let (stdout, stderr, code) = colony(&["tasks", "--db", db, "--limit", "2", "--json"]);
+    assert_eq!(code, 0, "{stderr}");
+    let json: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(json["total"], 1_000);
+    assert_eq!(json["tasks"].as_array().unwrap().len(), 2);
+    assert_eq!(json["tasks"][0]["state"], "succeeded");
+    // A second run on the same file continues it.
+    let (_, stderr, code) = colony(&[
+        "bench", "dispatch", "--agents", "50", "--tasks", "500", "--db", db,
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    let (stdout, _, _) = colony(&["tasks", "--db", db, "--json", "--state", "succeeded"]);
+    let json: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(json["total"], 1_500);
+    for (args, needle) in [
+        (vec!["tasks", "--db", "/"], "is a directory"),
+        (vec!["tasks", "--db", "/no/such.db"], "does not exist"),
+        (
+            vec!["tasks", "--db", "Cargo.toml"],
+            "is not a colony database",
+        ),
+        (
+            vec!["bench", "dispatch", "--db", "/no/such/dir/c.db"],
+            "does not exist",
+        ),
+    ] {
+        let (_, stderr, code) = colony(&args);
+        assert_eq!(code, 2, "{args:?}: {stderr}");
+        assert!(stderr.contains(needle), "{args:?}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+    }
+}

@@ -113,10 +113,9 @@ impl SqliteJournal {
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty())
             && !parent.is_dir()
         {
-            return Err(Error::Storage(format!(
-                "cannot create {shown}: folder {} does not exist",
-                parent.display()
-            )));
+            return Err(Error::NoFolder {
+                path: parent.display().to_string(),
+            });
         }
         let lock = lock_file(&path)?;
         let mut conn = Connection::open_with_flags(

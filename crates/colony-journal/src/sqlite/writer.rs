@@ -193,6 +193,11 @@ impl Writer {
                     let n = tx
                         .execute("UPDATE tasks SET state = 0 WHERE state = 1", [])
                         .map_err(&fail)?;
+                    tx.execute(
+                        "UPDATE tasks SET attempt = attempt + max_attempts WHERE state = 0",
+                        [],
+                    )
+                    .map_err(&fail)?;
                     delta
                         .moves
                         .extend((0..n).map(|_| (TaskState::Running, TaskState::Queued)));

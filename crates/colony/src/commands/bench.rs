@@ -9,12 +9,18 @@ use colony_core::hierarchy::{DEFAULT_SPAN, DEFAULT_TIERS, Tiers};
 use colony_journal::{SqliteOptions, Synchronous};
 use colony_runtime::{
     SpawnMode,
-    bench::{self, Percentiles, Swarm},
+    bench::{self, Percentiles, Swarm, crash},
 };
 use std::{num::NonZeroU32, path::PathBuf, time::Duration};
 
 #[derive(Debug, clap::Subcommand)]
 pub(crate) enum Bench {
+    /// SIGKILL the process running a durable workload at random moments, restart it on the
+    /// same journal, and check that no task was lost or committed twice.
+    Crash(CrashArgs),
+    /// The process `bench crash` kills (internal).
+    #[command(hide = true)]
+    CrashChild(CrashChildArgs),
     /// Spawn a hierarchy of in-process agents; time it, weigh it, and watch it idle.
     Spawn {
         #[command(flatten)]
@@ -60,6 +66,41 @@ pub(crate) enum Bench {
         #[arg(long)]
         json: bool,
     },
+}
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct CrashArgs {
+    /// Runs, each on a new journal.
+    #[arg(long, default_value_t = 20)]
+    runs: u32,
+    /// Tasks per run.
+    #[arg(long, default_value_t = 10_000)]
+    tasks: u64,
+    /// Each run is killed between 1 and this many times before it may finish.
+    #[arg(long, default_value_t = 5)]
+    max_kills: u32,
+    /// Worker agents in the child.
+    #[arg(long, default_value_t = 100)]
+    agents: u32,
+    /// Seed of the kill times and the agents' latencies.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct CrashChildArgs {
+    #[arg(long)]
+    db: PathBuf,
+    #[arg(long)]
+    ledger: PathBuf,
+    #[arg(long)]
+    tasks: u64,
+    #[arg(long)]
+    agents: u32,
+    #[arg(long)]
+    seed: u64,
 }
 
 #[derive(Debug, clap::Args)]
@@ -119,6 +160,17 @@ pub(crate) fn run(bench: Bench) -> Result<(), Failure> {
         .build()
         .map_err(Failure::work)?;
     match bench {
+        Bench::Crash(args) => return crash(&args),
+        Bench::CrashChild(args) => {
+            let options = crash::ChildOptions {
+                db: args.db,
+                ledger: args.ledger,
+                tasks: args.tasks,
+                agents: args.agents,
+                seed: args.seed,
+            };
+            runtime.block_on(crash::child(&options)).map_err(failure)?;
+        }
         Bench::Spawn {
             swarm,
             mode,
@@ -144,7 +196,7 @@ pub(crate) fn run(bench: Bench) -> Result<(), Failure> {
                     mode,
                     Duration::from_secs_f64(idle_secs),
                 ))
-                .map_err(Failure::work)?;
+                .map_err(failure)?;
             if json {
                 return print_json(&report);
             }
@@ -185,7 +237,7 @@ pub(crate) fn run(bench: Bench) -> Result<(), Failure> {
             check_range("--batch", batch as f64, 1.0, 1e6)?;
             let report = runtime
                 .block_on(bench::dispatch(&swarm, tasks, batch))
-                .map_err(Failure::work)?;
+                .map_err(failure)?;
             if json {
                 return print_json(&report);
             }
@@ -234,7 +286,7 @@ pub(crate) fn run(bench: Bench) -> Result<(), Failure> {
             check_range("--secs", secs, 0.01, 3600.0)?;
             let report = runtime
                 .block_on(bench::latency(&swarm, rate, Duration::from_secs_f64(secs)))
-                .map_err(Failure::work)?;
+                .map_err(failure)?;
             if json {
                 return print_json(&report);
             }
@@ -254,6 +306,86 @@ pub(crate) fn run(bench: Bench) -> Result<(), Failure> {
         }
     }
     Ok(())
+}
+
+fn crash(args: &CrashArgs) -> Result<(), Failure> {
+    check_range("--runs", f64::from(args.runs), 1.0, 10_000.0)?;
+    check_range("--tasks", args.tasks as f64, 1.0, 10_000_000.0)?;
+    check_range("--max-kills", f64::from(args.max_kills), 1.0, 1_000.0)?;
+    check_range("--agents", f64::from(args.agents), 1.0, 1_000_000.0)?;
+    let exe = std::env::current_exe().map_err(Failure::work)?;
+    let scratch = tempfile::tempdir().map_err(Failure::work)?;
+    let report = crash::parent(
+        &exe,
+        args.runs,
+        args.tasks,
+        args.agents,
+        args.max_kills,
+        args.seed,
+        scratch.path(),
+    )
+    .map_err(Failure::work)?;
+    if args.json {
+        print_json(&report)?;
+    } else {
+        let mut t = Table::new(&["crash", ""]);
+        t.row(vec!["runs".into(), thousands(u64::from(report.runs))]);
+        t.row(vec!["kills".into(), thousands(u64::from(report.kills))]);
+        t.row(vec!["tasks".into(), thousands(report.tasks)]);
+        t.row(vec!["succeeded".into(), thousands(report.succeeded)]);
+        t.row(vec!["lost".into(), thousands(report.lost)]);
+        t.row(vec![
+            "double commits".into(),
+            thousands(report.double_commits),
+        ]);
+        t.row(vec!["executions".into(), thousands(report.executions)]);
+        t.row(vec![
+            "re-executions".into(),
+            thousands(report.re_executions),
+        ]);
+        t.row(vec![
+            "in flight at kills".into(),
+            thousands(report.in_flight_at_kills),
+        ]);
+        t.row(vec!["seconds".into(), format!("{:.1}", report.seconds)]);
+        t.row(vec![
+            "verdict".into(),
+            if report.ok {
+                "ok".into()
+            } else {
+                "FAILED".into()
+            },
+        ]);
+        print!("{}", t.render());
+    }
+    if report.ok {
+        Ok(())
+    } else {
+        Err(Failure::work(anyhow::anyhow!(
+            "the crash checks failed: {} lost, {} double commits, {} re-executions for {} in flight",
+            report.lost,
+            report.double_commits,
+            report.re_executions,
+            report.in_flight_at_kills
+        )))
+    }
+}
+
+/// Bad paths and foreign or newer databases are the user's input; anything else is the work
+/// failing.
+fn failure(error: colony_runtime::Error) -> Failure {
+    use colony_journal::Error as J;
+    match &error {
+        colony_runtime::Error::Journal(
+            J::IsDirectory { .. }
+            | J::Missing { .. }
+            | J::NoFolder { .. }
+            | J::NotColony { .. }
+            | J::TooNew { .. }
+            | J::Locked { .. },
+        ) => Failure::input(error),
+        _ => Failure::work(error),
+    }
 }
 
 fn latency_rows(t: &mut Table, p: &Percentiles) {
