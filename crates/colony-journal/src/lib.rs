@@ -168,6 +168,8 @@ pub enum Error {
     Missing { path: String },
     #[error("folder {path} does not exist: create it, or give a path in a folder that does")]
     NoFolder { path: String },
+    #[error("{path} exists: pass --force to replace it")]
+    Exists { path: String },
     #[error(
         "{path} is not a colony database: give a new path, or the path of a database colony created"
     )]

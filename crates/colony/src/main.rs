@@ -24,6 +24,10 @@ enum Command {
     Bench(commands::bench::Bench),
     /// List what a journal holds: tasks per state, and the tasks themselves.
     Tasks(commands::tasks::Args),
+    /// Copy a journal to a backup, consistently, even while colony runs on it.
+    Backup(commands::backup::BackupArgs),
+    /// Put a backup in place as a journal.
+    Restore(commands::backup::RestoreArgs),
 }
 
 /// How a command failed, which decides the exit code.
@@ -58,6 +62,8 @@ fn main() -> ExitCode {
         Command::Tree(args) => commands::tree::run(&args),
         Command::Bench(bench) => commands::bench::run(bench),
         Command::Tasks(args) => commands::tasks::run(&args),
+        Command::Backup(args) => commands::backup::backup(&args),
+        Command::Restore(args) => commands::backup::restore(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

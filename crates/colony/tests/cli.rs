@@ -211,3 +211,29 @@ fn tasks_lists_a_journal_on_disk() {
         assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
     }
 }
+
+#[test]
+fn backup_and_restore_round_trip() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = |name: &str| dir.path().join(name).to_str().unwrap().to_owned();
+    let (db, copy, restored) = (path("c.db"), path("copy.db"), path("restored.db"));
+    let (_, stderr, code) = colony(&[
+        "bench", "dispatch", "--agents", "50", "--tasks", "2000", "--db", &db,
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    let (stdout, stderr, code) = colony(&["backup", "--db", &db, "--to", &copy, "--json"]);
+    assert_eq!(code, 0, "{stderr}");
+    let json: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(json["tasks"], 2_000);
+    let (_, stderr, code) = colony(&["restore", "--from", &copy, "--db", &restored]);
+    assert_eq!(code, 0, "{stderr}");
+    let (stdout, _, _) = colony(&["tasks", "--db", &restored, "--json", "--limit", "0"]);
+    let json: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(json["total"], 2_000);
+    let (_, stderr, code) = colony(&["restore", "--from", &copy, "--db", &restored]);
+    assert_eq!(code, 2);
+    assert!(stderr.contains("exists: pass --force"), "{stderr}");
+    let (_, stderr, code) = colony(&["backup", "--db", &path("missing.db"), "--to", &copy]);
+    assert_eq!(code, 2);
+    assert!(stderr.contains("does not exist"), "{stderr}");
+}

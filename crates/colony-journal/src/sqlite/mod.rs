@@ -11,8 +11,11 @@
 //! back: submissions in it get the error, nothing half-written, while transitions of tasks
 //! already accepted are kept and retried until the fault clears.
 
+mod backup;
 mod schema;
 mod writer;
+
+pub use backup::{Copied, CountsReport, backup, restore};
 
 use crate::{Counts, Durable, Error, Journal, Record, Stats, TaskRow};
 use colony_core::{

@@ -176,11 +176,16 @@ pub struct DispatchReport {
     pub accept_latency: Percentiles,
     /// The SQLite file, when the journal was durable.
     pub journal: Option<String>,
+    /// From opening the journal to accepting work: spawning the agents and recovering what
+    /// the journal held unfinished.
+    pub start_seconds: f64,
 }
 
 /// Pushes `tasks` tasks through the swarm in batches of `batch`, and waits for all to end.
 pub async fn dispatch(swarm: &Swarm, tasks: u64, batch: usize) -> Result<DispatchReport, Error> {
+    let starting = Instant::now();
     let runtime = swarm.start(SpawnMode::Batch).await?;
+    let start_seconds = starting.elapsed().as_secs_f64();
     let handle = runtime.handle().clone();
     let workers = swarm.workers()?;
     let agents = handle.stats().agents;
@@ -223,6 +228,7 @@ pub async fn dispatch(swarm: &Swarm, tasks: u64, batch: usize) -> Result<Dispatc
         latency: Percentiles::of(latencies),
         accept_latency: Percentiles::of(accepts),
         journal: swarm.journal.as_ref().map(|j| j.path.display().to_string()),
+        start_seconds,
     })
 }
 

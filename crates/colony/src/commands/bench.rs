@@ -266,6 +266,10 @@ pub(crate) fn run(bench: Bench) -> Result<(), Failure> {
                 report.journal.clone().unwrap_or_else(|| "memory".into()),
             ]);
             t.row(vec![
+                "start (spawn + recovery)".into(),
+                format!("{:.3} s", report.start_seconds),
+            ]);
+            t.row(vec![
                 "accept (commit) p50 / p99".into(),
                 format!(
                     "{:.0} / {:.0} µs",
