@@ -182,7 +182,14 @@ pub struct DispatchReport {
 }
 
 /// Pushes `tasks` tasks through the swarm in batches of `batch`, and waits for all to end.
-pub async fn dispatch(swarm: &Swarm, tasks: u64, batch: usize) -> Result<DispatchReport, Error> {
+pub async fn dispatch(
+    swarm: &Swarm,
+    tasks: u64,
+    batch: usize,
+    payload_bytes: usize,
+) -> Result<DispatchReport, Error> {
+    // A JSON string of the asked size.
+    let payload = bytes::Bytes::from(format!("\"{}\"", "x".repeat(payload_bytes.saturating_sub(2))));
     let starting = Instant::now();
     let runtime = swarm.start(SpawnMode::Batch).await?;
     let start_seconds = starting.elapsed().as_secs_f64();
@@ -197,7 +204,7 @@ pub async fn dispatch(swarm: &Swarm, tasks: u64, batch: usize) -> Result<Dispatc
     let batch = batch.min(handle.stats().capacity as usize).max(1);
     while left > 0 {
         let n = left.min(batch as u64) as usize;
-        let specs = vec![TaskSpec::default(); n];
+        let specs = vec![TaskSpec::with_payload(payload.clone()); n];
         let asked = Instant::now();
         let (_, tracked) = handle.submit_batch_tracked(specs, |i| i == 0).await?;
         accepts.push(asked.elapsed());

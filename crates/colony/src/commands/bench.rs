@@ -50,6 +50,9 @@ pub(crate) enum Bench {
         /// Journal to a SQLite file (a new temporary one unless `--db` names one).
         #[arg(long)]
         durable: bool,
+        /// Size of each task's JSON payload.
+        #[arg(long, default_value_t = 2)]
+        payload_bytes: usize,
         #[arg(long)]
         json: bool,
     },
@@ -226,8 +229,10 @@ pub(crate) fn run(bench: Bench) -> Result<(), Failure> {
             tasks,
             batch,
             durable,
+            payload_bytes,
             json,
         } => {
+            check_range("--payload-bytes", payload_bytes as f64, 2.0, 1e6)?;
             let mut swarm = swarm.swarm()?;
             let scratch = tempfile::tempdir().map_err(Failure::work)?;
             if durable && swarm.journal.is_none() {
@@ -236,7 +241,7 @@ pub(crate) fn run(bench: Bench) -> Result<(), Failure> {
             check_range("--tasks", tasks as f64, 1.0, 1e9)?;
             check_range("--batch", batch as f64, 1.0, 1e6)?;
             let report = runtime
-                .block_on(bench::dispatch(&swarm, tasks, batch))
+                .block_on(bench::dispatch(&swarm, tasks, batch, payload_bytes))
                 .map_err(failure)?;
             if json {
                 return print_json(&report);
