@@ -344,3 +344,62 @@ fn backups_taken_while_writing_are_consistent_and_restore() {
     let err = colony_journal::sqlite::backup(&backup, dir.path()).unwrap_err();
     assert!(matches!(err, Error::IsDirectory { .. }), "{err}");
 }
+
+#[test]
+fn retention_prunes_finished_payloads_and_keeps_the_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let j = open(&dir.path().join("r.db"));
+    let first = j.next_task_id();
+    block_on(j.accept(first, &vec![TaskSpec::with_payload("\"in\""); 10])).unwrap();
+    let records = (0..8)
+        .flat_map(|i| {
+            let task = TaskId(first.0 + i);
+            [
+                Record::Started {
+                    task,
+                    attempt: 1,
+                    agent: AgentId(1),
+                },
+                Record::Committed {
+                    task,
+                    attempt: 1,
+                    output: "\"out\"".into(),
+                },
+            ]
+        })
+        .collect();
+    block_on(j.record(records)).unwrap();
+    use colony_journal::sqlite::Retention;
+    let pruned = j
+        .prune(Retention {
+            keep_last: Some(3),
+            ..Retention::default()
+        })
+        .unwrap();
+    assert_eq!(pruned, 5);
+    let row = |i: u64| j.task(TaskId(first.0 + i)).unwrap().unwrap();
+    assert_eq!((row(0).output, &row(0).spec.payload[..]), (None, &b""[..]));
+    assert_eq!(
+        row(0).state,
+        TaskState::Succeeded,
+        "the row and its state stay"
+    );
+    assert_eq!(
+        row(7).output.as_deref(),
+        Some(&b"\"out\""[..]),
+        "the newest 3 keep theirs"
+    );
+    assert_eq!(
+        &row(9).spec.payload[..],
+        b"\"in\"",
+        "unfinished tasks are never touched"
+    );
+    std::thread::sleep(std::time::Duration::from_millis(2));
+    let older = Retention {
+        older_than: Some(std::time::Duration::ZERO),
+        ..Retention::default()
+    };
+    assert_eq!(j.prune(older).unwrap(), 3);
+    assert_eq!(j.prune(older).unwrap(), 0, "nothing left to prune");
+    assert_eq!(j.counts().unwrap().total(), 10);
+}

@@ -28,6 +28,8 @@ enum Command {
     Backup(commands::backup::BackupArgs),
     /// Put a backup in place as a journal.
     Restore(commands::backup::RestoreArgs),
+    /// Drop payloads and results of finished tasks, by age or count; the rows stay.
+    Prune(commands::prune::Args),
 }
 
 /// How a command failed, which decides the exit code.
@@ -64,6 +66,7 @@ fn main() -> ExitCode {
         Command::Tasks(args) => commands::tasks::run(&args),
         Command::Backup(args) => commands::backup::backup(&args),
         Command::Restore(args) => commands::backup::restore(&args),
+        Command::Prune(args) => commands::prune::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

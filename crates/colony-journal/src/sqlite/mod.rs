@@ -33,6 +33,7 @@ use std::{
     },
     time::Duration,
 };
+pub use writer::Retention;
 use writer::{Write, Writer};
 
 /// The schema version this build writes.
@@ -203,6 +204,15 @@ impl SqliteJournal {
     /// Tasks in `state` (all when `None`), lowest id first, at most `limit`.
     pub fn tasks(&self, state: Option<TaskState>, limit: usize) -> Result<Vec<TaskRow>, Error> {
         self.reader.tasks(state, limit)
+    }
+
+    /// Drops the payloads and outputs of finished tasks that `rule` selects, keeping their
+    /// rows, states and errors. Returns how many tasks lost theirs. Unfinished tasks are
+    /// never touched.
+    pub fn prune(&self, rule: Retention) -> Result<u64, Error> {
+        let (done, result) = futures::channel::oneshot::channel();
+        self.send(Write::Prune { rule, done })?;
+        futures::executor::block_on(result).map_err(|_| Error::Closed)?
     }
 }
 

@@ -7,7 +7,7 @@ use colony_core::{
     task::{TaskSpec, TaskState},
 };
 use futures::channel::oneshot;
-use rusqlite::{Connection, Transaction, TransactionBehavior, params};
+use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
 use std::{
     path::PathBuf,
     sync::{Arc, atomic::Ordering::Relaxed, mpsc},
@@ -31,6 +31,20 @@ pub(super) enum Write {
     Recover {
         done: Done,
     },
+    /// Drops payloads and outputs of finished tasks, keeping the rows.
+    Prune {
+        rule: Retention,
+        done: oneshot::Sender<Result<u64, Error>>,
+    },
+}
+
+/// Which finished tasks lose their payloads and outputs. A task matching either rule does.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Retention {
+    /// Tasks that finished longer ago than this.
+    pub older_than: Option<Duration>,
+    /// All but this many of the most recent finished tasks.
+    pub keep_last: Option<u64>,
 }
 
 impl Write {
@@ -38,7 +52,7 @@ impl Write {
         match self {
             Write::Accept { specs, .. } => specs.len(),
             Write::Record { records, .. } => records.len(),
-            Write::Recover { .. } => 1,
+            Write::Recover { .. } | Write::Prune { .. } => 1,
         }
     }
 }
@@ -63,6 +77,8 @@ struct Delta {
     added: u64,
     stats: Stats,
     next_id: u64,
+    /// Tasks pruned, by index of the `Prune` write in the group.
+    pruned: Vec<(usize, u64)>,
 }
 
 impl Writer {
@@ -118,7 +134,8 @@ impl Writer {
                 group.push(w);
             }
             match self.commit(&group) {
-                Ok((delta, refused)) => {
+                Ok((mut delta, refused)) => {
+                    let pruned = std::mem::take(&mut delta.pruned);
                     self.publish(delta);
                     let mut fault = self.shared.fault.lock().unwrap_or_else(|p| p.into_inner());
                     if fault.take().is_some() {
@@ -127,6 +144,11 @@ impl Writer {
                     drop(fault);
                     backoff = Duration::from_millis(10);
                     for (i, w) in group.into_iter().enumerate() {
+                        if let Write::Prune { done, .. } = w {
+                            let n = pruned.iter().find(|(j, _)| *j == i).map_or(0, |(_, n)| *n);
+                            let _ = done.send(Ok(n));
+                            continue;
+                        }
                         let result = refused
                             .iter()
                             .find(|(j, _)| *j == i)
@@ -143,6 +165,9 @@ impl Writer {
                     for w in group {
                         match w {
                             Write::Accept { done, .. } => {
+                                let _ = done.send(Err(error.clone()));
+                            }
+                            Write::Prune { done, .. } => {
                                 let _ = done.send(Err(error.clone()));
                             }
                             other => retry.push(other),
@@ -188,6 +213,33 @@ impl Writer {
                     for record in records {
                         apply(&tx, record, now, &mut delta).map_err(&fail)?;
                     }
+                }
+                Write::Prune { rule, .. } => {
+                    let before = rule.older_than.map(|age| now - age.as_micros() as i64);
+                    // Finished tasks below this id are beyond the newest `keep_last`.
+                    let cut: Option<i64> = match rule.keep_last {
+                        None => None,
+                        Some(keep) => tx
+                            .query_row(
+                                "SELECT id FROM tasks WHERE state >= 2 \
+                                 ORDER BY id DESC LIMIT 1 OFFSET ?1",
+                                [keep as i64],
+                                |r| r.get::<_, i64>(0),
+                            )
+                            .optional()
+                            .map_err(&fail)?
+                            .map(|id| id + 1),
+                    };
+                    let n = tx
+                        .execute(
+                            "UPDATE tasks SET payload = X'', output = NULL \
+                             WHERE state >= 2 AND (payload != X'' OR output IS NOT NULL) \
+                             AND ((?1 IS NOT NULL AND finished_at < ?1) \
+                                  OR (?2 IS NOT NULL AND id < ?2))",
+                            params![before, cut],
+                        )
+                        .map_err(&fail)?;
+                    delta.pruned.push((i, n as u64));
                 }
                 Write::Recover { .. } => {
                     let n = tx
@@ -243,6 +295,10 @@ impl Writer {
 fn done(w: Write, result: Result<(), Error>) {
     let done = match w {
         Write::Accept { done, .. } | Write::Record { done, .. } | Write::Recover { done } => done,
+        Write::Prune { done, .. } => {
+            let _ = done.send(result.map(|()| 0));
+            return;
+        }
     };
     let _ = done.send(result);
 }

@@ -189,7 +189,10 @@ pub async fn dispatch(
     payload_bytes: usize,
 ) -> Result<DispatchReport, Error> {
     // A JSON string of the asked size.
-    let payload = bytes::Bytes::from(format!("\"{}\"", "x".repeat(payload_bytes.saturating_sub(2))));
+    let payload = bytes::Bytes::from(format!(
+        "\"{}\"",
+        "x".repeat(payload_bytes.saturating_sub(2))
+    ));
     let starting = Instant::now();
     let runtime = swarm.start(SpawnMode::Batch).await?;
     let start_seconds = starting.elapsed().as_secs_f64();

@@ -2,5 +2,6 @@
 
 pub(crate) mod backup;
 pub(crate) mod bench;
+pub(crate) mod prune;
 pub(crate) mod tasks;
 pub(crate) mod tree;

@@ -1,0 +1,85 @@
+//! `colony prune`: drop payloads and results of finished tasks, keeping their rows.
+
+use crate::{Failure, output::thousands};
+use colony_journal::{SqliteJournal, SqliteOptions, sqlite::Retention};
+use std::{path::PathBuf, time::Duration};
+
+#[derive(Debug, clap::Args)]
+#[command(group(clap::ArgGroup::new("rule").required(true).multiple(true).args(["older_than", "keep_last"])))]
+pub(crate) struct Args {
+    /// The journal; no colony may be running on it.
+    #[arg(long, value_name = "PATH")]
+    db: PathBuf,
+    /// Prune tasks that finished longer ago than this: 90s, 15m, 12h, 7d.
+    #[arg(long, value_name = "AGE", value_parser = parse_age)]
+    older_than: Option<Duration>,
+    /// Prune all but the newest N finished tasks.
+    #[arg(long, value_name = "N")]
+    keep_last: Option<u64>,
+    #[arg(long)]
+    json: bool,
+}
+
+/// `90s`, `15m`, `12h`, `7d`.
+fn parse_age(text: &str) -> Result<Duration, String> {
+    let (number, unit) = text.split_at(
+        text.find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(text.len()),
+    );
+    let n: u64 = number.parse().map_err(|_| {
+        format!("`{text}` is not an age: write a whole number and a unit, like 90s, 15m, 12h or 7d")
+    })?;
+    let seconds = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3_600,
+        "d" => 86_400,
+        _ => {
+            return Err(format!(
+                "`{text}` has no unit colony knows: use s, m, h or d, like 7d"
+            ));
+        }
+    };
+    n.checked_mul(seconds)
+        .map(Duration::from_secs)
+        .ok_or_else(|| format!("`{text}` is too long an age"))
+}
+
+pub(crate) fn run(args: &Args) -> Result<(), Failure> {
+    if !args.db.exists() {
+        return Err(Failure::input(colony_journal::Error::Missing {
+            path: args.db.display().to_string(),
+        }));
+    }
+    let journal = SqliteJournal::open(SqliteOptions::new(&args.db)).map_err(Failure::input)?;
+    let rule = Retention {
+        older_than: args.older_than,
+        keep_last: args.keep_last,
+    };
+    let pruned = journal.prune(rule).map_err(Failure::work)?;
+    if args.json {
+        println!("{}", serde_json::json!({ "pruned": pruned }));
+    } else {
+        println!(
+            "pruned the payloads and results of {} finished tasks",
+            thousands(pruned)
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_age;
+    use std::time::Duration;
+
+    #[test]
+    fn ages() {
+        assert_eq!(parse_age("90s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_age("7d"), Ok(Duration::from_secs(7 * 86_400)));
+        assert!(parse_age("7").unwrap_err().contains("no unit"));
+        assert!(parse_age("d").unwrap_err().contains("not an age"));
+        assert!(parse_age("3w").unwrap_err().contains("use s, m, h or d"));
+        assert!(parse_age("99999999999999999999d").is_err());
+    }
+}
