@@ -170,6 +170,12 @@ pub enum Error {
     NoFolder { path: String },
     #[error("{path} exists: pass --force to replace it")]
     Exists { path: String },
+    #[error("{location}: {detail}")]
+    BadLocation { location: String, detail: String },
+    #[error(
+        "{location}: {detail}; check the endpoint (AWS_ENDPOINT, AWS_ALLOW_HTTP for plain http), the bucket, and the credentials (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY)"
+    )]
+    Remote { location: String, detail: String },
     #[error(
         "{path} is not a colony database: give a new path, or the path of a database colony created"
     )]

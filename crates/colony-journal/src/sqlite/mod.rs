@@ -12,10 +12,12 @@
 //! already accepted are kept and retried until the fault clears.
 
 mod backup;
+mod remote;
 mod schema;
 mod writer;
 
 pub use backup::{Copied, CountsReport, backup, restore};
+pub use remote::{Location, backup_to, restore_from};
 
 use crate::{Counts, Durable, Error, Journal, Record, Stats, TaskRow};
 use colony_core::{

@@ -9,7 +9,8 @@ pub(crate) struct BackupArgs {
     /// The journal to copy; it may be in use by a running colony.
     #[arg(long, value_name = "PATH")]
     db: PathBuf,
-    /// Where the copy goes: a file path.
+    /// Where the copy goes: a file path, or s3://bucket/key (endpoint and credentials from
+    /// the AWS_* environment variables).
     #[arg(long, value_name = "URL")]
     to: String,
     #[arg(long)]
@@ -18,7 +19,7 @@ pub(crate) struct BackupArgs {
 
 #[derive(Debug, clap::Args)]
 pub(crate) struct RestoreArgs {
-    /// The backup to restore: a file path.
+    /// The backup to restore: a file path, or s3://bucket/key.
     #[arg(long, value_name = "URL")]
     from: String,
     /// The journal to create from it; no colony may be running on it.
@@ -32,15 +33,26 @@ pub(crate) struct RestoreArgs {
 }
 
 pub(crate) fn backup(args: &BackupArgs) -> Result<(), Failure> {
-    let to = PathBuf::from(&args.to);
-    let copied = sqlite::backup(&args.db, &to).map_err(failure)?;
+    let to = sqlite::Location::parse(&args.to).map_err(failure)?;
+    let copied = runtime()?
+        .block_on(sqlite::backup_to(&args.db, &to))
+        .map_err(failure)?;
     report("backed up", &copied, args.json)
 }
 
 pub(crate) fn restore(args: &RestoreArgs) -> Result<(), Failure> {
-    let from = PathBuf::from(&args.from);
-    let copied = sqlite::restore(&from, &args.db, args.force).map_err(failure)?;
+    let from = sqlite::Location::parse(&args.from).map_err(failure)?;
+    let copied = runtime()?
+        .block_on(sqlite::restore_from(&from, &args.db, args.force))
+        .map_err(failure)?;
     report("restored", &copied, args.json)
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(Failure::work)
 }
 
 fn report(verb: &str, copied: &sqlite::Copied, json: bool) -> Result<(), Failure> {
@@ -71,7 +83,8 @@ fn failure(error: JournalError) -> Failure {
         | JournalError::NotColony { .. }
         | JournalError::TooNew { .. }
         | JournalError::Locked { .. }
-        | JournalError::Exists { .. } => Failure::input(error),
+        | JournalError::Exists { .. }
+        | JournalError::BadLocation { .. } => Failure::input(error),
         other => Failure::work(other),
     }
 }
