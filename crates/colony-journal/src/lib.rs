@@ -28,7 +28,7 @@ pub mod testing;
 
 pub use durable::Durable;
 pub use memory::MemoryJournal;
-pub use sqlite::{SqliteJournal, SqliteOptions, SqliteReader, Synchronous};
+pub use sqlite::{AgentQuery, SqliteJournal, SqliteOptions, SqliteReader, Synchronous};
 
 use bytes::Bytes;
 use colony_core::{AgentId, TaskId, task::TaskSpec, task::TaskState};
@@ -72,6 +72,17 @@ impl Record {
             | Record::Cancelled { task } => *task,
         }
     }
+}
+
+/// One agent of the hierarchy, as the journal records it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct AgentRecord {
+    pub id: AgentId,
+    /// Index into the tier names, top tier 0.
+    pub tier: u8,
+    pub parent: Option<AgentId>,
+    /// The pool of a worker; `None` for managers.
+    pub pool: Option<u8>,
 }
 
 /// What a journal knows about one task.
@@ -228,4 +239,11 @@ pub trait Journal: std::fmt::Debug + Send + Sync + 'static {
     fn recover(&self) -> Result<Vec<TaskRow>, Error>;
 
     fn stats(&self) -> Stats;
+
+    /// Records agents of the hierarchy and the names of its tiers. `replace` first forgets
+    /// the hierarchy recorded before: a new process records its own.
+    fn record_agents(&self, tiers: &[String], agents: Vec<AgentRecord>, replace: bool) -> Durable;
+
+    /// The recorded hierarchy, by id.
+    fn agents(&self) -> Result<Vec<AgentRecord>, Error>;
 }

@@ -1,4 +1,4 @@
-use crate::{Counts, Durable, Error, Journal, Record, Stats, TaskRow};
+use crate::{AgentRecord, Counts, Durable, Error, Journal, Record, Stats, TaskRow};
 use bytes::Bytes;
 use colony_core::{AgentId, TaskId, task::TaskSpec, task::TaskState};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -13,6 +13,7 @@ pub struct MemoryJournal {
 #[derive(Debug, Default)]
 struct Inner {
     rows: Rows,
+    agents: Vec<AgentRecord>,
     counts: Counts,
     stats: Stats,
 }
@@ -223,6 +224,21 @@ impl Journal for MemoryJournal {
 
     fn stats(&self) -> Stats {
         self.lock().stats
+    }
+
+    fn record_agents(&self, _tiers: &[String], agents: Vec<AgentRecord>, replace: bool) -> Durable {
+        let mut inner = self.lock();
+        if replace {
+            inner.agents.clear();
+        }
+        inner.agents.extend(agents);
+        inner.agents.sort_by_key(|a| a.id);
+        inner.agents.dedup_by_key(|a| a.id);
+        Durable::ready(Ok(()))
+    }
+
+    fn agents(&self) -> Result<Vec<AgentRecord>, Error> {
+        Ok(self.lock().agents.clone())
     }
 }
 

@@ -23,6 +23,7 @@ impl Suite {
         unfinished_lists_what_recovery_needs(&make());
         unknown_tasks_are_counted(&make());
         recovery_requeues_running_tasks(&make());
+        the_hierarchy_is_recorded(&make());
     }
 }
 
@@ -253,4 +254,24 @@ fn recovery_requeues_running_tasks<J: Journal>(j: &J) {
         .map(|r| r.attempt)
         .collect();
     assert_eq!(again, [6]);
+}
+
+fn the_hierarchy_is_recorded<J: Journal>(j: &J) {
+    use crate::AgentRecord;
+    let tiers = ["supervisor".to_owned(), "worker".to_owned()];
+    let agent = |id: u32, tier: u8, parent: Option<u32>, pool: Option<u8>| AgentRecord {
+        id: AgentId(id),
+        tier,
+        parent: parent.map(AgentId),
+        pool,
+    };
+    let first = vec![agent(0, 0, None, None), agent(1, 1, Some(0), Some(0))];
+    block_on(j.record_agents(&tiers, first.clone(), true)).unwrap();
+    block_on(j.record_agents(&tiers, vec![agent(2, 1, Some(0), Some(1))], false)).unwrap();
+    let all = j.agents().unwrap();
+    assert_eq!(all.len(), 3);
+    assert_eq!(all[2], agent(2, 1, Some(0), Some(1)));
+    // A new process replaces the hierarchy.
+    block_on(j.record_agents(&tiers, first.clone(), true)).unwrap();
+    assert_eq!(j.agents().unwrap(), first);
 }

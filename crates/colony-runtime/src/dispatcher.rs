@@ -205,6 +205,7 @@ pub(crate) fn start(
         accepting: FuturesUnordered::new(),
         strategy: options.strategy,
         linger: options.linger,
+        hierarchy_recorded: false,
         multi_threaded: tokio::runtime::Handle::current().runtime_flavor()
             == tokio::runtime::RuntimeFlavor::MultiThread,
         rng: SmallRng::seed_from_u64(options.seed),
@@ -260,6 +261,8 @@ struct Dispatcher {
     turn: Turn,
     linger: Duration,
     multi_threaded: bool,
+    /// Whether this process has recorded its hierarchy in the journal yet.
+    hierarchy_recorded: bool,
     /// Tasks the tree holds at once; permits handed out so far.
     capacity: u64,
     /// Tasks in supervisors' queues and the backlog.
@@ -379,6 +382,7 @@ impl Dispatcher {
         self.queues.resize_with(after, || None);
         self.incarnations.resize(after, 0);
         self.shared.pool_agents[pool as usize].fetch_add(u64::from(count), Relaxed);
+        self.record_hierarchy(before, after);
         // New workers are idle: let them look at their supervisors' queues.
         self.freed.extend(&workers);
         let capacity: u64 = self
@@ -416,6 +420,40 @@ impl Dispatcher {
             }
         }
         workers.first().copied()
+    }
+
+    /// Hands agents `before..after` to the journal, which serves chain-of-command queries
+    /// from them. The first spawn of a process replaces what an earlier one recorded.
+    fn record_hierarchy(&mut self, before: usize, after: usize) {
+        let replace = !self.hierarchy_recorded;
+        // The managing tiers come first, from the plan, on the first spawn.
+        let from = if replace { 0 } else { before };
+        let worker_tier = self.tree.worker_tier();
+        let records = (from..after)
+            .map(|i| {
+                let id = AgentId(i as u32);
+                let tier = self.tree.tier(id);
+                colony_journal::AgentRecord {
+                    id,
+                    tier: tier as u8,
+                    parent: self.tree.parent(id),
+                    pool: (tier == worker_tier).then(|| self.tree.spec(id)),
+                }
+            })
+            .collect();
+        let tiers: Vec<String> = self
+            .tree
+            .tier_names()
+            .iter()
+            .map(|n| n.to_string())
+            .collect();
+        let mut durable = self.shared.journal.record_agents(&tiers, records, replace);
+        self.hierarchy_recorded = true;
+        match durable.try_result() {
+            Some(Ok(())) => {}
+            Some(Err(error)) => tracing::error!(%error, "Recording the hierarchy failed."),
+            None => self.flushing.push(Box::pin(durable)),
+        }
     }
 
     /// Routes `job`, or puts it at the back of the backlog when nothing has room for it.

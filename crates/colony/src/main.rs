@@ -24,6 +24,8 @@ enum Command {
     Bench(commands::bench::Bench),
     /// List what a journal holds: tasks per state, and the tasks themselves.
     Tasks(commands::tasks::Args),
+    /// Read the hierarchy recorded in a journal: tiers, children, chain of command.
+    Agents(commands::agents::Args),
     /// Copy a journal to a backup, consistently, even while colony runs on it.
     Backup(commands::backup::BackupArgs),
     /// Put a backup in place as a journal.
@@ -64,6 +66,7 @@ fn main() -> ExitCode {
         Command::Tree(args) => commands::tree::run(&args),
         Command::Bench(bench) => commands::bench::run(bench),
         Command::Tasks(args) => commands::tasks::run(&args),
+        Command::Agents(args) => commands::agents::run(&args),
         Command::Backup(args) => commands::backup::backup(&args),
         Command::Restore(args) => commands::backup::restore(&args),
         Command::Prune(args) => commands::prune::run(&args),

@@ -237,3 +237,65 @@ fn backup_and_restore_round_trip() {
     assert_eq!(code, 2);
     assert!(stderr.contains("does not exist"), "{stderr}");
 }
+
+#[test]
+fn agents_reads_the_chain_of_command_from_the_journal() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("h.db");
+    let db = db.to_str().unwrap();
+    let (_, stderr, code) = colony(&[
+        "bench", "dispatch", "--agents", "2000", "--tasks", "10", "--db", db,
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    let (stdout, _, code) = colony(&["agents", "--db", db, "--json"]);
+    assert_eq!(code, 0);
+    let json: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let counts: Vec<u64> = json["tiers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["agents"].as_u64().unwrap())
+        .collect();
+    assert_eq!(counts.iter().sum::<u64>(), 2_000);
+    assert_eq!(counts.len(), 4);
+    // The last worker's chain of command ends at a master.
+    let (stdout, _, _) = colony(&["agents", "--db", db, "--ancestors", "1999", "--json"]);
+    let chain: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let tiers: Vec<u64> = chain
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["tier"].as_u64().unwrap())
+        .collect();
+    assert_eq!(tiers, [2, 1, 0]);
+    let supervisor = chain[0]["id"].as_u64().unwrap().to_string();
+    let (stdout, _, _) = colony(&["agents", "--db", db, "--children", &supervisor, "--json"]);
+    let children: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let children = children.as_array().unwrap();
+    assert!((1..=12).contains(&children.len()));
+    assert!(children.iter().any(|a| a["id"] == 1999));
+    // A restart with a different shape replaces the recorded hierarchy.
+    let (stdout, stderr, code) = colony(&[
+        "bench", "dispatch", "--agents", "500", "--tasks", "10", "--db", db, "--json",
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    let spawned = serde_json::from_str::<serde_json::Value>(&stdout).unwrap()["agents"]
+        .as_u64()
+        .unwrap();
+    let (stdout, _, _) = colony(&["agents", "--db", db, "--json"]);
+    let json: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let total: u64 = json["tiers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["agents"].as_u64().unwrap())
+        .sum();
+    assert_eq!(total, spawned);
+    assert!(spawned <= 500);
+    let (_, stderr, code) = colony(&["agents", "--db", db, "--tier", "boss"]);
+    assert_eq!(code, 2);
+    assert!(
+        stderr.contains("tier `boss` is not in this journal's hierarchy"),
+        "{stderr}"
+    );
+}

@@ -19,7 +19,7 @@ mod writer;
 pub use backup::{Copied, CountsReport, backup, restore};
 pub use remote::{Location, backup_to, restore_from};
 
-use crate::{Counts, Durable, Error, Journal, Record, Stats, TaskRow};
+use crate::{AgentRecord, Counts, Durable, Error, Journal, Record, Stats, TaskRow};
 use colony_core::{
     AgentId, TaskId,
     task::{Priority, Requirement, TaskSpec, TaskState},
@@ -218,6 +218,19 @@ impl SqliteJournal {
     }
 }
 
+/// Which recorded agents to read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AgentQuery {
+    All,
+    One(AgentId),
+    /// The agents that report to this one.
+    Children(AgentId),
+    /// The chain of command above this agent, nearest first.
+    Ancestors(AgentId),
+    /// The agents of the tier with this index (top tier 0).
+    Tier(u8),
+}
+
 /// Read-only access to a colony database, also while another process runs on it: no lock
 /// file, no writes, no migration.
 #[derive(Debug)]
@@ -306,6 +319,61 @@ impl SqliteReader {
         self.read(read_counts)
     }
 
+    /// Recorded agents that `query` selects, by id, at most `limit`. Every query uses an index
+    /// (the primary key, `parent` or `tier`): none scans the hierarchy.
+    pub fn agents(&self, query: AgentQuery, limit: usize) -> Result<Vec<AgentRecord>, Error> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.read(|c| {
+            let (sql, key): (&str, i64) = match query {
+                AgentQuery::All => ("SELECT id, tier, parent, pool FROM agents ORDER BY id LIMIT ?2", -1),
+                AgentQuery::Children(id) => (
+                    "SELECT id, tier, parent, pool FROM agents WHERE parent = ?1 ORDER BY id LIMIT ?2",
+                    i64::from(id.0),
+                ),
+                AgentQuery::Tier(tier) => (
+                    "SELECT id, tier, parent, pool FROM agents WHERE tier = ?1 ORDER BY id LIMIT ?2",
+                    i64::from(tier),
+                ),
+                AgentQuery::Ancestors(id) => (
+                    "WITH RECURSIVE chain(id, tier, parent, pool, depth) AS (
+                        SELECT id, tier, parent, pool, 0 FROM agents WHERE id = ?1
+                        UNION ALL
+                        SELECT a.id, a.tier, a.parent, a.pool, c.depth + 1
+                        FROM agents a JOIN chain c ON a.id = c.parent
+                     )
+                     SELECT id, tier, parent, pool FROM chain WHERE depth > 0 ORDER BY depth LIMIT ?2",
+                    i64::from(id.0),
+                ),
+                AgentQuery::One(id) => (
+                    "SELECT id, tier, parent, pool FROM agents WHERE id = ?1 LIMIT ?2",
+                    i64::from(id.0),
+                ),
+            };
+            let mut stmt = c.prepare_cached(sql)?;
+            let rows = stmt.query_map(rusqlite::params![key, limit], |r| {
+                Ok(AgentRecord {
+                    id: AgentId(r.get(0)?),
+                    tier: r.get(1)?,
+                    parent: r.get::<_, Option<u32>>(2)?.map(AgentId),
+                    pool: r.get(3)?,
+                })
+            })?;
+            rows.collect()
+        })
+    }
+
+    /// Tier names top down, with the number of recorded agents in each.
+    pub fn tiers(&self) -> Result<Vec<(String, u64)>, Error> {
+        self.read(|c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT t.name, (SELECT count(*) FROM agents a WHERE a.tier = t.tier) \
+                 FROM tiers t ORDER BY t.tier",
+            )?;
+            let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64)))?;
+            rows.collect()
+        })
+    }
+
     fn unfinished(&self) -> Result<Vec<TaskRow>, Error> {
         self.read(|c| {
             let mut stmt = c.prepare_cached(&format!(
@@ -376,6 +444,24 @@ impl Journal for SqliteJournal {
 
     fn stats(&self) -> Stats {
         *self.shared.stats.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn record_agents(&self, tiers: &[String], agents: Vec<AgentRecord>, replace: bool) -> Durable {
+        let (done, durable) = Durable::pending();
+        let write = Write::Agents {
+            tiers: tiers.to_vec(),
+            agents,
+            replace,
+            done,
+        };
+        if let Err(error) = self.send(write) {
+            return Durable::ready(Err(error));
+        }
+        durable
+    }
+
+    fn agents(&self) -> Result<Vec<AgentRecord>, Error> {
+        self.reader.agents(AgentQuery::All, usize::MAX)
     }
 }
 

@@ -1,7 +1,7 @@
 //! The writer thread: group commit, fencing in the transaction, and retry after a fault.
 
 use super::{Shared, SqliteOptions, classify, state_code};
-use crate::{Counts, Error, Record, Stats};
+use crate::{AgentRecord, Counts, Error, Record, Stats};
 use colony_core::{
     TaskId,
     task::{TaskSpec, TaskState},
@@ -31,6 +31,13 @@ pub(super) enum Write {
     Recover {
         done: Done,
     },
+    /// Records agents of the hierarchy.
+    Agents {
+        tiers: Vec<String>,
+        agents: Vec<AgentRecord>,
+        replace: bool,
+        done: Done,
+    },
     /// Drops payloads and outputs of finished tasks, keeping the rows.
     Prune {
         rule: Retention,
@@ -53,6 +60,7 @@ impl Write {
             Write::Accept { specs, .. } => specs.len(),
             Write::Record { records, .. } => records.len(),
             Write::Recover { .. } | Write::Prune { .. } => 1,
+            Write::Agents { agents, .. } => agents.len(),
         }
     }
 }
@@ -214,6 +222,14 @@ impl Writer {
                         apply(&tx, record, now, &mut delta).map_err(&fail)?;
                     }
                 }
+                Write::Agents {
+                    tiers,
+                    agents,
+                    replace,
+                    ..
+                } => {
+                    record_agents(&tx, tiers, agents, *replace).map_err(&fail)?;
+                }
                 Write::Prune { rule, .. } => {
                     let before = rule.older_than.map(|age| now - age.as_micros() as i64);
                     // Finished tasks below this id are beyond the newest `keep_last`.
@@ -294,13 +310,40 @@ impl Writer {
 
 fn done(w: Write, result: Result<(), Error>) {
     let done = match w {
-        Write::Accept { done, .. } | Write::Record { done, .. } | Write::Recover { done } => done,
+        Write::Accept { done, .. }
+        | Write::Record { done, .. }
+        | Write::Recover { done }
+        | Write::Agents { done, .. } => done,
         Write::Prune { done, .. } => {
             let _ = done.send(result.map(|()| 0));
             return;
         }
     };
     let _ = done.send(result);
+}
+
+fn record_agents(
+    tx: &Transaction<'_>,
+    tiers: &[String],
+    agents: &[AgentRecord],
+    replace: bool,
+) -> rusqlite::Result<()> {
+    if replace {
+        tx.execute("DELETE FROM agents", [])?;
+        tx.execute("DELETE FROM tiers", [])?;
+    }
+    let mut stmt =
+        tx.prepare_cached("INSERT OR REPLACE INTO tiers (tier, name) VALUES (?1, ?2)")?;
+    for (i, name) in tiers.iter().enumerate() {
+        stmt.execute(params![i as i64, name])?;
+    }
+    let mut stmt = tx.prepare_cached(
+        "INSERT OR REPLACE INTO agents (id, tier, parent, pool) VALUES (?1, ?2, ?3, ?4)",
+    )?;
+    for a in agents {
+        stmt.execute(params![a.id.0, a.tier, a.parent.map(|p| p.0), a.pool])?;
+    }
+    Ok(())
 }
 
 fn insert(

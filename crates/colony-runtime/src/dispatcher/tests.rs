@@ -480,6 +480,18 @@ impl Journal for Lagging {
     fn stats(&self) -> colony_journal::Stats {
         self.inner.stats()
     }
+    fn record_agents(
+        &self,
+        tiers: &[String],
+        agents: Vec<colony_journal::AgentRecord>,
+        replace: bool,
+    ) -> colony_journal::Durable {
+        let result = futures::executor::block_on(self.inner.record_agents(tiers, agents, replace));
+        self.later(result)
+    }
+    fn agents(&self) -> Result<Vec<colony_journal::AgentRecord>, colony_journal::Error> {
+        self.inner.agents()
+    }
 }
 
 impl Lagging {
