@@ -250,4 +250,60 @@ mod tests {
     fn conformance() {
         crate::testing::Suite::test_all(MemoryJournal::new);
     }
+
+    #[test]
+    fn the_crash_double_loses_exactly_the_unsynced_tail() {
+        use crate::testing::{Crashable, Suite, crash_case};
+        Suite::test_all(|| {
+            // Synced after every write, the double behaves like any journal.
+            AutoSync(Crashable::new())
+        });
+        crash_case(Crashable::new(), Crashable::sync, Crashable::crash);
+    }
+
+    /// [`crate::testing::Crashable`] that syncs each write at once.
+    #[derive(Debug)]
+    struct AutoSync(crate::testing::Crashable);
+
+    impl Journal for AutoSync {
+        fn next_task_id(&self) -> TaskId {
+            self.0.next_task_id()
+        }
+        fn accept(&self, first: TaskId, specs: &[TaskSpec]) -> Durable {
+            let d = self.0.accept(first, specs);
+            self.0.sync();
+            d
+        }
+        fn record(&self, batch: Vec<Record>) -> Durable {
+            let d = self.0.record(batch);
+            self.0.sync();
+            d
+        }
+        fn task(&self, id: TaskId) -> Result<Option<TaskRow>, Error> {
+            self.0.task(id)
+        }
+        fn counts(&self) -> Result<Counts, Error> {
+            self.0.counts()
+        }
+        fn unfinished(&self) -> Result<Vec<TaskRow>, Error> {
+            self.0.unfinished()
+        }
+        fn recover(&self) -> Result<Vec<TaskRow>, Error> {
+            self.0.recover()
+        }
+        fn stats(&self) -> Stats {
+            self.0.stats()
+        }
+        fn record_agents(
+            &self,
+            tiers: &[String],
+            agents: Vec<AgentRecord>,
+            replace: bool,
+        ) -> Durable {
+            self.0.record_agents(tiers, agents, replace)
+        }
+        fn agents(&self) -> Result<Vec<AgentRecord>, Error> {
+            self.0.agents()
+        }
+    }
 }

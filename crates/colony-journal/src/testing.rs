@@ -275,3 +275,169 @@ fn the_hierarchy_is_recorded<J: Journal>(j: &J) {
     block_on(j.record_agents(&tiers, first.clone(), true)).unwrap();
     assert_eq!(j.agents().unwrap(), first);
 }
+
+/// The crash case: what a journal acknowledged survives a crash and a reopen, and what it
+/// did not acknowledge is either all there or absent, never half.
+///
+/// `sync` makes pending writes durable (a no-op for journals whose writes are durable once
+/// their `Durable` resolves); `crash` kills the journal and opens its storage again.
+pub fn crash_case<J: Journal>(journal: J, sync: impl Fn(&J), crash: impl FnOnce(J) -> J) {
+    let first = journal.next_task_id();
+    let specs: Vec<TaskSpec> = (0..5)
+        .map(|i| TaskSpec::with_payload(format!("{i}")))
+        .collect();
+    let accepted = journal.accept(first, &specs);
+    sync(&journal);
+    block_on(accepted).expect("accept");
+    let done = journal.record(vec![
+        started(first, 1),
+        committed(first, 1, "kept"),
+        started(nth(first, 1), 1),
+    ]);
+    sync(&journal);
+    block_on(done).expect("record");
+    // Written but never acknowledged.
+    let _lost_accept = journal.accept(nth(first, 5), &[TaskSpec::default(), TaskSpec::default()]);
+    let _lost_record = journal.record(vec![committed(nth(first, 1), 1, "maybe")]);
+
+    let j = crash(journal);
+    let row = j.task(first).unwrap().expect("acknowledged task");
+    assert_eq!(
+        (row.state, row.output.as_deref()),
+        (TaskState::Succeeded, Some(&b"kept"[..]))
+    );
+    assert!(
+        j.task(nth(first, 4)).unwrap().is_some(),
+        "every acknowledged task survives"
+    );
+    let second = j.task(nth(first, 1)).unwrap().unwrap();
+    assert!(
+        matches!(second.state, TaskState::Running | TaskState::Succeeded),
+        "{:?}",
+        second.state
+    );
+    let counts = j.counts().unwrap();
+    let survived = j.next_task_id().0 - first.0;
+    assert!(
+        survived == 5 || survived == 7,
+        "a batch survives whole or not at all: {survived}"
+    );
+    assert_eq!(counts.total(), survived, "counts agree with the rows");
+    // The journal goes on from where it stands.
+    let next = j.accept(j.next_task_id(), &[TaskSpec::default()]);
+    sync(&j);
+    block_on(next).expect("accept after the crash");
+}
+
+/// An in-memory journal that holds writes until [`Crashable::sync`] and loses the unsynced
+/// ones in [`Crashable::crash`]: the crash half of the conformance suite for journals that
+/// cannot really crash, and a way to test recovery against a journal that lost its tail.
+#[derive(Debug, Default)]
+pub struct Crashable {
+    durable: crate::MemoryJournal,
+    pending: std::sync::Mutex<Vec<Pending>>,
+}
+
+#[derive(Debug)]
+enum Pending {
+    Accept(
+        TaskId,
+        Vec<TaskSpec>,
+        futures::channel::oneshot::Sender<Result<(), Error>>,
+    ),
+    Record(
+        Vec<Record>,
+        futures::channel::oneshot::Sender<Result<(), Error>>,
+    ),
+}
+
+impl Crashable {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Makes every pending write durable, in order, and resolves its `Durable`.
+    pub fn sync(&self) {
+        let pending = std::mem::take(&mut *self.pending.lock().unwrap_or_else(|p| p.into_inner()));
+        for write in pending {
+            match write {
+                Pending::Accept(first, specs, done) => {
+                    let _ = done.send(block_on(self.durable.accept(first, &specs)));
+                }
+                Pending::Record(records, done) => {
+                    let _ = done.send(block_on(self.durable.record(records)));
+                }
+            }
+        }
+    }
+
+    /// Loses every write since the last sync and returns what was durable.
+    pub fn crash(self) -> Self {
+        Self {
+            durable: self.durable,
+            pending: std::sync::Mutex::default(),
+        }
+    }
+
+    fn hold(
+        &self,
+        write: impl FnOnce(futures::channel::oneshot::Sender<Result<(), Error>>) -> Pending,
+    ) -> crate::Durable {
+        let (done, durable) = crate::Durable::pending();
+        self.pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(write(done));
+        durable
+    }
+}
+
+impl Journal for Crashable {
+    fn next_task_id(&self) -> TaskId {
+        let pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        let queued: usize = pending
+            .iter()
+            .map(|w| {
+                if let Pending::Accept(_, specs, _) = w {
+                    specs.len()
+                } else {
+                    0
+                }
+            })
+            .sum();
+        TaskId(self.durable.next_task_id().0 + queued as u64)
+    }
+    fn accept(&self, first: TaskId, specs: &[TaskSpec]) -> crate::Durable {
+        let specs = specs.to_vec();
+        self.hold(|done| Pending::Accept(first, specs, done))
+    }
+    fn record(&self, batch: Vec<Record>) -> crate::Durable {
+        self.hold(|done| Pending::Record(batch, done))
+    }
+    fn task(&self, id: TaskId) -> Result<Option<crate::TaskRow>, Error> {
+        self.durable.task(id)
+    }
+    fn counts(&self) -> Result<crate::Counts, Error> {
+        self.durable.counts()
+    }
+    fn unfinished(&self) -> Result<Vec<crate::TaskRow>, Error> {
+        self.durable.unfinished()
+    }
+    fn recover(&self) -> Result<Vec<crate::TaskRow>, Error> {
+        self.durable.recover()
+    }
+    fn stats(&self) -> crate::Stats {
+        self.durable.stats()
+    }
+    fn record_agents(
+        &self,
+        tiers: &[String],
+        agents: Vec<crate::AgentRecord>,
+        replace: bool,
+    ) -> crate::Durable {
+        self.durable.record_agents(tiers, agents, replace)
+    }
+    fn agents(&self) -> Result<Vec<crate::AgentRecord>, Error> {
+        self.durable.agents()
+    }
+}

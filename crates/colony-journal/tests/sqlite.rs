@@ -23,6 +23,22 @@ fn conformance() {
 }
 
 #[test]
+fn crash_case() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("crash.db");
+    // Acknowledged means committed: sync is a no-op, and a crash is dropping the journal
+    // (its writer may or may not commit what it still holds) and opening the file again.
+    colony_journal::testing::crash_case(
+        open(&path),
+        |_| {},
+        |j| {
+            drop(j);
+            open(&path)
+        },
+    );
+}
+
+#[test]
 fn everything_acknowledged_survives_a_reopen() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("colony.db");

@@ -112,3 +112,58 @@ async fn a_restart_finishes_what_the_last_process_left() {
     assert_eq!(id.0, 26);
     runtime.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_storage_fault_stops_new_work_and_the_runtime_resumes_after_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("fault.db");
+    let mut options = SqliteOptions::new(&path);
+    options.busy_timeout = Duration::from_millis(200);
+    let journal = Arc::new(SqliteJournal::open(options).unwrap());
+    let runtime = Runtime::start(
+        RuntimeOptions::default(),
+        vec![pool(10, SimOptions::default())],
+        journal.clone(),
+    )
+    .await
+    .unwrap();
+    let h = runtime.handle();
+    h.submit_batch(vec![TaskSpec::default(); 100])
+        .await
+        .unwrap();
+    h.drain().await.unwrap();
+
+    // Another program takes the write lock: submissions fail, naming the lock, and nothing
+    // is acknowledged.
+    let other = rusqlite::Connection::open(&path).unwrap();
+    other.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let err = h
+        .submit_batch(vec![TaskSpec::default(); 10])
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("locked"), "{err}");
+    assert!(journal.fault().is_some());
+    assert_eq!(h.stats().accepted, 100);
+    other.execute_batch("COMMIT").unwrap();
+    drop(other);
+
+    // Once the lock is gone, work is accepted and runs again.
+    let mut accepted = None;
+    for _ in 0..50 {
+        match h.submit_batch(vec![TaskSpec::default(); 10]).await {
+            Ok(a) => {
+                accepted = Some(a);
+                break;
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+    assert!(
+        accepted.is_some(),
+        "submissions resume after the fault clears"
+    );
+    h.drain().await.unwrap();
+    assert_eq!(journal.counts().unwrap().succeeded, 110);
+    assert!(journal.fault().is_none());
+    runtime.shutdown().await;
+}
