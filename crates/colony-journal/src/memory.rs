@@ -231,9 +231,20 @@ impl Journal for MemoryJournal {
         if replace {
             inner.agents.clear();
         }
+        // Spawns come in id order: appending keeps the list sorted without sorting it, so a
+        // million agents in waves of 20 cost a million pushes, not fifty thousand sorts.
+        let in_order = agents.windows(2).all(|w| w[0].id < w[1].id)
+            && match (inner.agents.last(), agents.first()) {
+                (Some(last), Some(first)) => last.id < first.id,
+                _ => true,
+            };
         inner.agents.extend(agents);
-        inner.agents.sort_by_key(|a| a.id);
-        inner.agents.dedup_by_key(|a| a.id);
+        if !in_order {
+            // The latest record of an agent wins: reversed, a stable sort puts it first.
+            inner.agents.reverse();
+            inner.agents.sort_by_key(|a| a.id);
+            inner.agents.dedup_by_key(|a| a.id);
+        }
         Durable::ready(Ok(()))
     }
 
