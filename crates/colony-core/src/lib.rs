@@ -8,6 +8,8 @@
 //!   worker count needs, and who reports to whom, computed rather than searched.
 //! - [`routing`] keeps the live tree with the aggregate load of every subtree and picks where a
 //!   task goes, by strategy.
+//! - [`supervision`] decides, Erlang-style, which children restart after an exit, after what
+//!   backoff, and when a supervisor gives up and escalates.
 //! - [`task`] and [`agent`] are the specs users write.
 //!
 //! ```
@@ -23,6 +25,7 @@ pub mod agent;
 pub mod hierarchy;
 pub mod id;
 pub mod routing;
+pub mod supervision;
 pub mod task;
 
 pub use id::{AgentId, TaskId};

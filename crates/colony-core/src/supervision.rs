@@ -1,0 +1,402 @@
+//! Supervision decisions with Erlang/OTP semantics, plus restart backoff.
+//!
+//! A [`Supervisor`] is told when one of its children exits and answers with the commands the
+//! runtime carries out: restart these children after this delay, or give up and escalate to
+//! the parent. Strategies, restart policies and restart intensity mean what they mean in OTP;
+//! backoff with jitter between restarts is what OTP lacks. No clock: `now` is passed in, so
+//! tests drive it with virtual time and a seeded generator.
+//!
+//! The runtime does not drive these engines yet: today it restarts a crashed or hung agent in
+//! place at once (see `colony-runtime`'s dispatcher). This module is the decision half of the
+//! supervision trees of issue 3.
+
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+use std::{collections::VecDeque, time::Duration};
+
+/// Which children restart when one exits.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Strategy {
+    /// Only the child that exited.
+    #[default]
+    OneForOne,
+    /// Every child.
+    OneForAll,
+    /// The child that exited and every child started after it.
+    RestForOne,
+}
+
+/// Whether a child that exited is restarted.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RestartPolicy {
+    /// Always.
+    #[default]
+    Permanent,
+    /// Only after an abnormal exit (a crash or a hang).
+    Transient,
+    /// Never.
+    Temporary,
+}
+
+/// How a child ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Exit {
+    Normal,
+    Crash,
+    /// Stopped answering; the runtime gave up on it.
+    Hang,
+}
+
+/// Settings of a supervisor.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct SupervisorOptions {
+    pub strategy: Strategy,
+    pub restart: RestartPolicy,
+    /// Most restarts within `period` before the supervisor gives up and escalates.
+    pub max_restarts: u32,
+    pub period: Duration,
+    /// Delay before the first restart in a burst; each further restart in the period
+    /// multiplies it by `multiplier`, up to `max_backoff`.
+    pub initial_backoff: Duration,
+    pub max_backoff: Duration,
+    pub multiplier: f64,
+    /// Each delay is moved by up to this fraction of itself, either way, at random.
+    pub jitter: f64,
+}
+
+impl Default for SupervisorOptions {
+    fn default() -> Self {
+        Self {
+            strategy: Strategy::OneForOne,
+            restart: RestartPolicy::Permanent,
+            max_restarts: 3,
+            period: Duration::from_secs(5),
+            initial_backoff: Duration::from_millis(10),
+            max_backoff: Duration::from_secs(1),
+            multiplier: 2.0,
+            jitter: 0.2,
+        }
+    }
+}
+
+/// Settings that make no sense, with the field named.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum Error {
+    #[error("supervision period {got:?} is out of range: allowed more than 0 s and up to 1 day")]
+    Period { got: Duration },
+    #[error("supervision max-restarts {got} is out of range: allowed 1..=1000000")]
+    MaxRestarts { got: u32 },
+    #[error("supervision multiplier {got} is out of range: allowed 1.0..=100.0")]
+    Multiplier { got: f64 },
+    #[error("supervision jitter {got} is out of range: allowed 0.0..=1.0")]
+    Jitter { got: f64 },
+    #[error("supervision initial-backoff {initial:?} exceeds max-backoff {max:?}")]
+    Backoff { initial: Duration, max: Duration },
+}
+
+impl SupervisorOptions {
+    pub fn validate(&self) -> Result<(), Error> {
+        if self.period.is_zero() || self.period > Duration::from_secs(86_400) {
+            return Err(Error::Period { got: self.period });
+        }
+        if !(1..=1_000_000).contains(&self.max_restarts) {
+            return Err(Error::MaxRestarts {
+                got: self.max_restarts,
+            });
+        }
+        if !(1.0..=100.0).contains(&self.multiplier) {
+            return Err(Error::Multiplier {
+                got: self.multiplier,
+            });
+        }
+        if !(0.0..=1.0).contains(&self.jitter) {
+            return Err(Error::Jitter { got: self.jitter });
+        }
+        if self.initial_backoff > self.max_backoff {
+            return Err(Error::Backoff {
+                initial: self.initial_backoff,
+                max: self.max_backoff,
+            });
+        }
+        Ok(())
+    }
+}
+
+/// What the runtime must do.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Command {
+    /// Start new incarnations of these children (indices, in start order) after `after`.
+    Restart {
+        children: Vec<usize>,
+        after: Duration,
+    },
+    /// Restart intensity was exceeded: stop every child and hand the failure to the parent.
+    Escalate,
+}
+
+/// The decision engine of one supervisor over `children` children, indexed in start order.
+#[derive(Clone, Debug)]
+pub struct Supervisor {
+    options: SupervisorOptions,
+    children: usize,
+    /// Times of the restarts within the last period.
+    restarts: VecDeque<Duration>,
+    escalated: bool,
+}
+
+impl Supervisor {
+    pub fn new(options: SupervisorOptions, children: usize) -> Result<Self, Error> {
+        options.validate()?;
+        Ok(Self {
+            options,
+            children,
+            restarts: VecDeque::new(),
+            escalated: false,
+        })
+    }
+
+    /// Whether this supervisor has given up. It decides nothing more until the parent
+    /// restarts it (see [`Supervisor::reset`]).
+    pub fn escalated(&self) -> bool {
+        self.escalated
+    }
+
+    /// The parent restarted this supervisor: a fresh start.
+    pub fn reset(&mut self) {
+        self.restarts.clear();
+        self.escalated = false;
+    }
+
+    /// Child `child` exited at `now`.
+    pub fn on_exit(
+        &mut self,
+        child: usize,
+        exit: Exit,
+        now: Duration,
+        rng: &mut impl Rng,
+    ) -> Vec<Command> {
+        if self.escalated || child >= self.children {
+            return Vec::new();
+        }
+        let restart = match self.options.restart {
+            RestartPolicy::Permanent => true,
+            RestartPolicy::Transient => exit != Exit::Normal,
+            RestartPolicy::Temporary => false,
+        };
+        if !restart {
+            return Vec::new();
+        }
+        while self
+            .restarts
+            .front()
+            .is_some_and(|&t| now.saturating_sub(t) >= self.options.period)
+        {
+            self.restarts.pop_front();
+        }
+        if self.restarts.len() as u32 >= self.options.max_restarts {
+            self.escalated = true;
+            return vec![Command::Escalate];
+        }
+        self.restarts.push_back(now);
+        let children = match self.options.strategy {
+            Strategy::OneForOne => vec![child],
+            Strategy::OneForAll => (0..self.children).collect(),
+            Strategy::RestForOne => (child..self.children).collect(),
+        };
+        let after = self.backoff(self.restarts.len() as u32, rng);
+        vec![Command::Restart { children, after }]
+    }
+
+    /// Delay before the `n`th restart of a burst (1-based).
+    fn backoff(&self, n: u32, rng: &mut impl Rng) -> Duration {
+        let o = &self.options;
+        let base = o.initial_backoff.as_secs_f64() * o.multiplier.powi(n.saturating_sub(1) as i32);
+        let base = base.min(o.max_backoff.as_secs_f64());
+        let jitter = if o.jitter > 0.0 {
+            rng.random_range(-o.jitter..=o.jitter)
+        } else {
+            0.0
+        };
+        Duration::from_secs_f64((base * (1.0 + jitter)).max(0.0))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{SeedableRng, rngs::SmallRng};
+
+    fn sup(strategy: Strategy, restart: RestartPolicy) -> Supervisor {
+        let options = SupervisorOptions {
+            strategy,
+            restart,
+            jitter: 0.0,
+            ..SupervisorOptions::default()
+        };
+        Supervisor::new(options, 4).unwrap()
+    }
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    fn restarted(commands: &[Command]) -> Vec<usize> {
+        match commands {
+            [Command::Restart { children, .. }] => children.clone(),
+            other => panic!("expected one restart, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn strategies_choose_who_restarts() {
+        let mut rng = SmallRng::seed_from_u64(1);
+        let mut s = sup(Strategy::OneForOne, RestartPolicy::Permanent);
+        assert_eq!(restarted(&s.on_exit(2, Exit::Crash, ms(0), &mut rng)), [2]);
+        let mut s = sup(Strategy::OneForAll, RestartPolicy::Permanent);
+        assert_eq!(
+            restarted(&s.on_exit(2, Exit::Crash, ms(0), &mut rng)),
+            [0, 1, 2, 3]
+        );
+        let mut s = sup(Strategy::RestForOne, RestartPolicy::Permanent);
+        assert_eq!(
+            restarted(&s.on_exit(1, Exit::Hang, ms(0), &mut rng)),
+            [1, 2, 3]
+        );
+    }
+
+    #[test]
+    fn policies_choose_whether_to_restart() {
+        let mut rng = SmallRng::seed_from_u64(1);
+        let mut s = sup(Strategy::OneForOne, RestartPolicy::Transient);
+        assert!(s.on_exit(0, Exit::Normal, ms(0), &mut rng).is_empty());
+        assert_eq!(restarted(&s.on_exit(0, Exit::Crash, ms(0), &mut rng)), [0]);
+        let mut s = sup(Strategy::OneForOne, RestartPolicy::Temporary);
+        assert!(s.on_exit(0, Exit::Crash, ms(0), &mut rng).is_empty());
+        let mut s = sup(Strategy::OneForOne, RestartPolicy::Permanent);
+        assert_eq!(restarted(&s.on_exit(0, Exit::Normal, ms(0), &mut rng)), [0]);
+    }
+
+    #[test]
+    fn intensity_exceeded_escalates_exactly_once() {
+        let mut rng = SmallRng::seed_from_u64(1);
+        let mut s = sup(Strategy::OneForOne, RestartPolicy::Permanent);
+        for t in [0, 1_000, 2_000] {
+            assert_eq!(restarted(&s.on_exit(0, Exit::Crash, ms(t), &mut rng)), [0]);
+        }
+        assert_eq!(
+            s.on_exit(1, Exit::Crash, ms(3_000), &mut rng),
+            [Command::Escalate]
+        );
+        assert!(s.escalated());
+        assert!(
+            s.on_exit(2, Exit::Crash, ms(3_100), &mut rng).is_empty(),
+            "only once"
+        );
+        s.reset();
+        assert_eq!(
+            restarted(&s.on_exit(0, Exit::Crash, ms(3_200), &mut rng)),
+            [0]
+        );
+    }
+
+    #[test]
+    fn restarts_outside_the_period_do_not_count() {
+        let mut rng = SmallRng::seed_from_u64(1);
+        let mut s = sup(Strategy::OneForOne, RestartPolicy::Permanent);
+        // Three restarts 2 s apart never have more than three in any 5 s window... until
+        // the fourth lands within 5 s of the first two.
+        for t in [0, 2_000, 4_000] {
+            assert_eq!(restarted(&s.on_exit(0, Exit::Crash, ms(t), &mut rng)), [0]);
+        }
+        assert_eq!(
+            restarted(&s.on_exit(0, Exit::Crash, ms(6_000), &mut rng)),
+            [0],
+            "t=0 has aged out"
+        );
+        assert_eq!(
+            s.on_exit(0, Exit::Crash, ms(6_500), &mut rng),
+            [Command::Escalate]
+        );
+    }
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        let options = SupervisorOptions {
+            max_restarts: 20,
+            period: Duration::from_secs(60),
+            jitter: 0.0,
+            ..SupervisorOptions::default()
+        };
+        let mut s = Supervisor::new(options, 1).unwrap();
+        let mut rng = SmallRng::seed_from_u64(1);
+        let delays: Vec<Duration> = (0..9)
+            .map(
+                |i| match s.on_exit(0, Exit::Crash, ms(i), &mut rng).as_slice() {
+                    [Command::Restart { after, .. }] => *after,
+                    other => panic!("{other:?}"),
+                },
+            )
+            .collect();
+        let expected = [10, 20, 40, 80, 160, 320, 640, 1000, 1000];
+        assert_eq!(delays, expected.map(ms));
+    }
+
+    #[test]
+    fn jitter_stays_within_its_fraction_and_follows_the_seed() {
+        let options = SupervisorOptions {
+            max_restarts: 1_000,
+            ..SupervisorOptions::default()
+        };
+        let run = |seed: u64| {
+            let mut s = Supervisor::new(options, 1).unwrap();
+            let mut rng = SmallRng::seed_from_u64(seed);
+            match s.on_exit(0, Exit::Crash, ms(0), &mut rng).as_slice() {
+                [Command::Restart { after, .. }] => *after,
+                other => panic!("{other:?}"),
+            }
+        };
+        for seed in 0..100 {
+            let d = run(seed).as_secs_f64();
+            assert!((0.008..=0.012).contains(&d), "{d}");
+            assert_eq!(run(seed), run(seed));
+        }
+    }
+
+    #[test]
+    fn bad_settings_name_the_field() {
+        let bad = |o: SupervisorOptions| Supervisor::new(o, 1).unwrap_err().to_string();
+        let d = SupervisorOptions::default();
+        assert!(
+            bad(SupervisorOptions {
+                period: Duration::ZERO,
+                max_restarts: 0,
+                ..d
+            })
+            .contains("period 0ns")
+        );
+        assert!(
+            bad(SupervisorOptions {
+                max_restarts: 0,
+                ..d
+            })
+            .contains("max-restarts 0")
+        );
+        assert!(
+            bad(SupervisorOptions {
+                multiplier: 0.5,
+                ..d
+            })
+            .contains("multiplier 0.5")
+        );
+        assert!(bad(SupervisorOptions { jitter: 1.5, ..d }).contains("jitter 1.5"));
+        let backwards = SupervisorOptions {
+            initial_backoff: ms(5_000),
+            max_backoff: ms(1_000),
+            ..d
+        };
+        assert!(bad(backwards).contains("exceeds max-backoff"));
+    }
+}
