@@ -102,6 +102,11 @@ fn a_second_process_is_kept_off_the_database() {
     let _first = open(&path);
     let err = SqliteJournal::open(SqliteOptions::new(&path)).unwrap_err();
     assert!(matches!(err, Error::Locked { .. }), "{err}");
+    // Another spelling of the same file is the same file.
+    let link = dir.path().join("link.db");
+    std::os::unix::fs::symlink(&path, &link).unwrap();
+    let err = SqliteJournal::open(SqliteOptions::new(&link)).unwrap_err();
+    assert!(matches!(err, Error::Locked { .. }), "{err}");
     assert!(
         err.to_string().contains("another colony process holds"),
         "{err}"
@@ -359,6 +364,9 @@ fn backups_taken_while_writing_are_consistent_and_restore() {
     assert!(!dir.path().join("x.db").exists());
     let err = colony_journal::sqlite::backup(&backup, dir.path()).unwrap_err();
     assert!(matches!(err, Error::IsDirectory { .. }), "{err}");
+    let same = dir.path().join(".").join("backup-2.db");
+    let err = colony_journal::sqlite::backup(&backup, &same).unwrap_err();
+    assert!(err.to_string().contains("is the journal itself"), "{err}");
 }
 
 #[test]
@@ -417,5 +425,59 @@ fn retention_prunes_finished_payloads_and_keeps_the_rows() {
     };
     assert_eq!(j.prune(older).unwrap(), 3);
     assert_eq!(j.prune(older).unwrap(), 0, "nothing left to prune");
+    // Absurd rules prune nothing rather than wrapping around to everything.
+    let absurd = Retention {
+        older_than: Some(std::time::Duration::from_secs(u64::MAX / 2)),
+        keep_last: Some(u64::MAX),
+    };
+    assert_eq!(j.prune(absurd).unwrap(), 0);
     assert_eq!(j.counts().unwrap().total(), 10);
+}
+
+#[test]
+fn a_write_that_can_never_commit_is_dropped_and_the_rest_commits() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut options = SqliteOptions::new(dir.path().join("big.db"));
+    options.max_value_bytes = Some(10_000);
+    let j = SqliteJournal::open(options).unwrap();
+    let first = j.next_task_id();
+    block_on(j.accept(first, &[TaskSpec::default(), TaskSpec::default()])).unwrap();
+    let (a, b) = (first, TaskId(first.0 + 1));
+    // Both in one group: the oversized output fails alone.
+    let too_big = j.record(vec![
+        Record::Started {
+            task: a,
+            attempt: 1,
+            agent: AgentId(1),
+        },
+        Record::Committed {
+            task: a,
+            attempt: 1,
+            output: vec![b'x'; 50_000].into(),
+        },
+    ]);
+    let fine = j.record(vec![
+        Record::Started {
+            task: b,
+            attempt: 1,
+            agent: AgentId(2),
+        },
+        Record::Committed {
+            task: b,
+            attempt: 1,
+            output: "\"small\"".into(),
+        },
+    ]);
+    assert!(block_on(too_big).is_err());
+    block_on(fine).unwrap();
+    assert_eq!(j.task(b).unwrap().unwrap().state, TaskState::Succeeded);
+    assert_eq!(
+        j.task(a).unwrap().unwrap().state,
+        TaskState::Queued,
+        "left for recovery"
+    );
+    assert!(j.fault().is_none(), "a bad value is not a storage fault");
+    // And the journal goes on.
+    block_on(j.accept(j.next_task_id(), &[TaskSpec::default()])).unwrap();
+    drop(j); // returns: no retry loop holds the writer
 }

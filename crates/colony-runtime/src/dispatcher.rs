@@ -92,6 +92,9 @@ pub(crate) struct Job {
     /// Whether the task holds an admission permit, returned when it ends. Tasks recovered
     /// from the journal at start hold none: they were admitted by an earlier process.
     permit: bool,
+    /// Kept while no pool with agents can run the task (a recovered task whose pool has
+    /// none yet), to find its pools again when agents are spawned.
+    requirement: Option<Box<colony_core::task::Requirement>>,
 }
 
 impl Job {
@@ -113,6 +116,7 @@ impl Job {
             submitted: now,
             waiter: None,
             permit: false,
+            requirement: mask.is_empty().then(|| Box::new(spec.requirement)),
         }
     }
 
@@ -134,6 +138,7 @@ impl Job {
             submitted,
             waiter,
             permit: true,
+            requirement: None,
         }
     }
 }
@@ -206,6 +211,8 @@ pub(crate) fn start(
         strategy: options.strategy,
         linger: options.linger,
         hierarchy_recorded: false,
+        max_output: options.max_output,
+        orphans: 0,
         multi_threaded: tokio::runtime::Handle::current().runtime_flavor()
             == tokio::runtime::RuntimeFlavor::MultiThread,
         rng: SmallRng::seed_from_u64(options.seed),
@@ -263,6 +270,9 @@ struct Dispatcher {
     multi_threaded: bool,
     /// Whether this process has recorded its hierarchy in the journal yet.
     hierarchy_recorded: bool,
+    max_output: usize,
+    /// Backlogged tasks that no pool with agents can run yet.
+    orphans: usize,
     /// Tasks the tree holds at once; permits handed out so far.
     capacity: u64,
     /// Tasks in supervisors' queues and the backlog.
@@ -385,6 +395,21 @@ impl Dispatcher {
         self.record_hierarchy(before, after);
         // New workers are idle: let them look at their supervisors' queues.
         self.freed.extend(&workers);
+        // Tasks that had no pool with agents may have one now.
+        if self.orphans > 0 {
+            let shared = self.shared.clone();
+            let mut found = 0;
+            self.backlog.for_each_mut(|job| {
+                if let Some(requirement) = &job.requirement {
+                    job.mask = shared.mask_for(requirement);
+                    if !job.mask.is_empty() {
+                        job.requirement = None;
+                        found += 1;
+                    }
+                }
+            });
+            self.orphans -= found;
+        }
         let capacity: u64 = self
             .tree
             .roots()
@@ -458,6 +483,7 @@ impl Dispatcher {
 
     /// Routes `job`, or puts it at the back of the backlog when nothing has room for it.
     fn route_or_wait(&mut self, job: Job) {
+        self.orphans += usize::from(job.requirement.is_some());
         if let Err(job) = self.route(job) {
             self.queued += 1;
             let _ = self.backlog.push(job.priority, job);
@@ -567,6 +593,17 @@ impl Dispatcher {
 
     /// Commits, retries or gives up on the attempt `job.attempt` that `worker` ran.
     fn ended(&mut self, worker: AgentId, job: Job, ended: Ended, micros: Option<f32>) {
+        // An output the journal could not hold is no result: the task fails, saying why.
+        let ended = match ended {
+            Ended::Outcome(Ok(output)) if output.len() > self.max_output => {
+                Ended::Outcome(Err(AgentError::fatal(format!(
+                    "output of {} bytes exceeds the limit of {} bytes",
+                    output.len(),
+                    self.max_output
+                ))))
+            }
+            other => other,
+        };
         self.tree.finish(worker, micros);
         self.freed.push(worker);
         let (task, attempt) = (job.id, job.attempt);
@@ -796,7 +833,7 @@ impl Dispatcher {
             completions: std::mem::take(&mut self.completions),
         };
         if self.records.is_empty() {
-            release.run();
+            release.run(&Ok(()));
             return;
         }
         let mut durable = self
@@ -804,15 +841,10 @@ impl Dispatcher {
             .journal
             .record(std::mem::take(&mut self.records));
         match durable.try_result() {
-            Some(result) => {
-                if let Err(error) = result {
-                    tracing::error!(%error, "Journal write failed.");
-                }
-                release.run();
-            }
+            Some(result) => release.run(&result),
             None => self.flushing.push(Box::pin(async move {
                 let result = durable.await;
-                release.run();
+                release.run(&result);
                 result
             })),
         }
@@ -830,9 +862,18 @@ struct Release {
 }
 
 impl Release {
-    fn run(self) {
+    /// `journaled` is how the turn's records fared. If the journal could not record them,
+    /// waiters still hear how their tasks ended (the work did happen) and why the journal
+    /// does not say so: it will recover those tasks at the next start.
+    fn run(self, journaled: &Result<(), colony_journal::Error>) {
         let finished = self.succeeded + self.failed + self.dead_lettered;
-        for (waiter, completion) in self.completions {
+        if let Err(error) = journaled {
+            tracing::error!(%error, "The journal could not record a turn's transitions.");
+        }
+        for (waiter, mut completion) in self.completions {
+            if let Err(error) = journaled {
+                completion.error = Some(format!("not recorded in the journal: {error}").into());
+            }
             let _ = waiter.send(completion);
         }
         if finished == 0 {

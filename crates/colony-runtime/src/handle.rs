@@ -50,6 +50,26 @@ pub(crate) struct Shared {
     pub(crate) bus: EventBus,
 }
 
+impl Shared {
+    /// The pools that may run a task with `requirement` and have agents now.
+    pub(crate) fn mask_for(&self, requirement: &colony_core::task::Requirement) -> SpecMask {
+        let staffed = self
+            .pool_agents
+            .iter()
+            .enumerate()
+            .filter(|(_, n)| n.load(Relaxed) > 0)
+            .fold(0u64, |m, (i, _)| m | 1 << i);
+        if requirement.is_any() {
+            return SpecMask(staffed);
+        }
+        let suitable = self.specs.iter().enumerate();
+        let mask = suitable
+            .filter(|(_, s)| s.satisfies(requirement))
+            .fold(0u64, |m, (i, _)| m | 1 << i);
+        SpecMask(mask & staffed)
+    }
+}
+
 /// Counters the dispatcher publishes once per turn of its loop.
 #[derive(Debug, Default)]
 pub(crate) struct Counters {
@@ -260,13 +280,11 @@ impl Handle {
         let jobs: Vec<Job> = rows
             .into_iter()
             .map(|row| {
-                let mask = match self.admit(std::slice::from_ref(&row.spec)) {
-                    Ok(masks) => masks[0],
-                    Err(error) => {
-                        tracing::warn!(task = %row.id, %error, "A recovered task waits for agents that can run it.");
-                        SpecMask(0)
-                    }
-                };
+                // No validation: an earlier process accepted these, under its own limits.
+                let mask = self.shared.mask_for(&row.spec.requirement);
+                if mask.is_empty() {
+                    tracing::warn!(task = %row.id, "A recovered task waits for agents that can run it.");
+                }
                 Job::recovered(row, mask, now)
             })
             .collect();
@@ -288,26 +306,11 @@ impl Handle {
                 max: capacity,
             });
         }
-        let staffed = self
-            .shared
-            .pool_agents
-            .iter()
-            .enumerate()
-            .filter(|(_, n)| n.load(Relaxed) > 0)
-            .fold(0u64, |m, (i, _)| m | 1 << i);
         specs
             .iter()
             .map(|spec| {
                 spec.validate(self.shared.max_payload)?;
-                let mask = if spec.requirement.is_any() {
-                    staffed
-                } else {
-                    let suitable = self.shared.specs.iter().enumerate();
-                    suitable
-                        .filter(|(_, s)| s.satisfies(&spec.requirement))
-                        .fold(0u64, |m, (i, _)| m | 1 << i)
-                        & staffed
-                };
+                let mask = self.shared.mask_for(&spec.requirement).0;
                 if mask == 0 {
                     let r = &spec.requirement;
                     return Err(Error::NoAgentFor {

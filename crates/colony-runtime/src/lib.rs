@@ -47,6 +47,8 @@ use std::{fmt, num::NonZeroU32, sync::Arc, time::Duration};
 
 /// Default tasks a supervisor queues beyond what its workers are running.
 pub const DEFAULT_QUEUE_CAPACITY: u32 = 256;
+/// Default of [`RuntimeOptions::max_output`]: 16 MiB.
+pub const DEFAULT_MAX_OUTPUT: usize = 16 << 20;
 /// Default of [`RuntimeOptions::linger`].
 pub const DEFAULT_LINGER: Duration = Duration::from_micros(50);
 /// Default wave size of [`SpawnMode::Waves`].
@@ -80,6 +82,8 @@ pub struct RuntimeOptions {
     pub spawn: SpawnMode,
     /// Largest task payload accepted, in bytes.
     pub max_payload: usize,
+    /// Largest output an agent may return, in bytes; a larger one fails its task.
+    pub max_output: usize,
     /// Seed of the routing decisions' random choices.
     pub seed: u64,
     /// How long the dispatcher keeps watching for work after a busy turn before it parks its
@@ -110,6 +114,7 @@ impl Default for RuntimeOptions {
             queue_capacity: DEFAULT_QUEUE_CAPACITY,
             spawn: SpawnMode::Batch,
             max_payload: DEFAULT_MAX_PAYLOAD,
+            max_output: DEFAULT_MAX_OUTPUT,
             seed: 0,
             linger: DEFAULT_LINGER,
         }

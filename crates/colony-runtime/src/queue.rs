@@ -85,6 +85,13 @@ impl<T> PriorityQueue<T> {
         self.capacity
     }
 
+    /// Visits every queued item, to update it in place.
+    pub fn for_each_mut(&mut self, mut f: impl FnMut(&mut T)) {
+        for bucket in &mut self.buckets {
+            bucket.iter_mut().for_each(&mut f);
+        }
+    }
+
     /// Changes the bound; items already queued beyond a lower bound stay.
     pub fn set_capacity(&mut self, capacity: usize) {
         self.capacity = capacity;

@@ -167,3 +167,67 @@ async fn a_storage_fault_stops_new_work_and_the_runtime_resumes_after_it() {
     assert!(journal.fault().is_none());
     runtime.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recovered_tasks_wait_for_their_pool_and_run_once_it_has_agents() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.db");
+    let coder = |count: u32, sim: SimOptions| {
+        Pool::new(
+            AgentSpec::new("sim", "coder"),
+            count,
+            Arc::new(Sim::new(sim).unwrap()),
+        )
+    };
+    let for_coder = TaskSpec {
+        requirement: colony_core::task::Requirement {
+            role: Some("coder".into()),
+            ..Default::default()
+        },
+        ..TaskSpec::default()
+    };
+    let stuck = SimOptions {
+        latency: Latency::Fixed {
+            value: Duration::from_secs(3600),
+        },
+        ..SimOptions::default()
+    };
+    {
+        let journal = Arc::new(SqliteJournal::open(SqliteOptions::new(&path)).unwrap());
+        let runtime = Runtime::start(
+            RuntimeOptions::default(),
+            vec![coder(5, stuck)],
+            journal.clone(),
+        )
+        .await
+        .unwrap();
+        runtime
+            .handle()
+            .submit_batch(vec![for_coder.clone(); 5])
+            .await
+            .unwrap();
+        while journal.counts().unwrap().running < 5 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        runtime.shutdown().await;
+    }
+    // The restart has no coders yet: the five wait, and nothing else is held up.
+    let journal = Arc::new(SqliteJournal::open(SqliteOptions::new(&path)).unwrap());
+    let pools = vec![
+        pool(4, SimOptions::default()),
+        coder(0, SimOptions::default()),
+    ];
+    let runtime = Runtime::start(RuntimeOptions::default(), pools, journal.clone())
+        .await
+        .unwrap();
+    let h = runtime.handle();
+    let other = h.submit_wait(TaskSpec::default()).await.unwrap();
+    assert_eq!(other.state, TaskState::Succeeded);
+    assert_eq!(journal.counts().unwrap().queued, 5);
+    h.spawn(1, 2, colony_runtime::SpawnMode::Batch)
+        .await
+        .unwrap();
+    h.drain().await.unwrap();
+    assert_eq!(journal.counts().unwrap().succeeded, 6);
+    runtime.shutdown().await;
+}

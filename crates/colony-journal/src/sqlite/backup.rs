@@ -56,6 +56,12 @@ pub fn backup(db: &Path, to: &Path) -> Result<Copied, Error> {
     let started = Instant::now();
     SqliteReader::open(db)?;
     refuse_directory(to)?;
+    if super::canonical(db) == super::canonical(to) {
+        return Err(Error::BadLocation {
+            location: to.display().to_string(),
+            detail: "is the journal itself: back it up to another file".into(),
+        });
+    }
     let partial = partial_path(to);
     let result = copy(db, &partial).and_then(|counts| {
         finish(&partial, to)?;
@@ -96,7 +102,18 @@ pub fn restore(from: &Path, db: &Path, replace: bool) -> Result<Copied, Error> {
     }
     let partial = partial_path(db);
     let result = copy(from, &partial).and_then(|counts| {
-        // The old journal's write-ahead log must not be replayed onto the restored file.
+        // The copy is complete and checked. Fold the old journal's write-ahead log into it
+        // first, so that if the swap below fails the old journal is whole; then the log can
+        // go, and must: it would be replayed onto the restored file.
+        File::open(&partial)
+            .and_then(|f| f.sync_all())
+            .map_err(|e| Error::Storage(format!("{}: {e}", partial.display())))?;
+        // Best effort: a journal being restored is often one that no longer opens.
+        if db.exists()
+            && let Ok(old) = Connection::open(db)
+        {
+            let _ = old.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
+        }
         for suffix in ["-wal", "-shm"] {
             let mut side = db.as_os_str().to_owned();
             side.push(suffix);

@@ -69,6 +69,10 @@ pub struct SqliteOptions {
     pub max_page_count: Option<u64>,
     /// Writes the channel to the writer holds before submitters wait.
     pub queue: usize,
+    /// Largest value (payload, output, error text) the database stores, in bytes; `None` for
+    /// SQLite's limit (1,000,000,000). A write with a larger value can never commit: it is
+    /// dropped with an error and the rest of its group commits.
+    pub max_value_bytes: Option<usize>,
 }
 
 impl SqliteOptions {
@@ -81,6 +85,7 @@ impl SqliteOptions {
             busy_timeout: Duration::from_secs(2),
             max_page_count: None,
             queue: 4_096,
+            max_value_bytes: None,
         }
     }
 }
@@ -113,6 +118,11 @@ impl SqliteJournal {
     pub fn open(options: SqliteOptions) -> Result<Self, Error> {
         let path = options.path.clone();
         let shown = path.display().to_string();
+        if path.as_os_str().is_empty() {
+            return Err(Error::Missing {
+                path: "an empty path".into(),
+            });
+        }
         if path.is_dir() {
             return Err(Error::IsDirectory { path: shown });
         }
@@ -149,6 +159,11 @@ impl SqliteJournal {
             .map_err(|e| classify(e, &path))?;
         if let Some(pages) = options.max_page_count {
             conn.query_row(&format!("PRAGMA max_page_count = {pages}"), [], |_| Ok(()))
+                .map_err(|e| classify(e, &path))?;
+        }
+        if let Some(bytes) = options.max_value_bytes {
+            let bytes = i32::try_from(bytes).unwrap_or(i32::MAX);
+            conn.set_limit(rusqlite::limits::Limit::SQLITE_LIMIT_LENGTH, bytes)
                 .map_err(|e| classify(e, &path))?;
         }
         schema::migrate(&mut conn, &path)?;
@@ -212,6 +227,16 @@ impl SqliteJournal {
     /// rows, states and errors. Returns how many tasks lost theirs. Unfinished tasks are
     /// never touched.
     pub fn prune(&self, rule: Retention) -> Result<u64, Error> {
+        // Ages and counts past what a timestamp or a SQLite integer holds mean "nothing is
+        // that old" and "keep everything", not the wrap-around that would prune everything.
+        let century = Duration::from_secs(100 * 365 * 86_400);
+        let rule = Retention {
+            older_than: rule.older_than.filter(|age| *age <= century),
+            keep_last: rule.keep_last.filter(|n| *n <= i64::MAX as u64),
+        };
+        if rule == Retention::default() {
+            return Ok(0);
+        }
         let (done, result) = futures::channel::oneshot::channel();
         self.send(Write::Prune { rule, done })?;
         futures::executor::block_on(result).map_err(|_| Error::Closed)?
@@ -534,7 +559,9 @@ fn read_counts(conn: &Connection) -> rusqlite::Result<Counts> {
 }
 
 /// Takes the lock file beside the database, or says which process holds it.
-fn lock_file(path: &Path) -> Result<File, Error> {
+pub(crate) fn lock_file(path: &Path) -> Result<File, Error> {
+    // One lock per file, however its path is spelled (relative, through a symlink).
+    let path = &canonical(path);
     let mut name = path.as_os_str().to_owned();
     name.push(".lock");
     let lock_path = PathBuf::from(name);
@@ -560,6 +587,22 @@ fn lock_file(path: &Path) -> Result<File, Error> {
             "cannot lock {}: {e}",
             lock_path.display()
         ))),
+    }
+}
+
+/// The canonical form of `path`, which need not exist yet: its folder's canonical form and
+/// its name (a symlink at the path itself is followed when it exists).
+pub(crate) fn canonical(path: &Path) -> PathBuf {
+    if let Ok(full) = std::fs::canonicalize(path) {
+        return full;
+    }
+    let folder = match path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        Some(p) => std::fs::canonicalize(p).unwrap_or_else(|_| p.to_owned()),
+        None => std::env::current_dir().unwrap_or_default(),
+    };
+    match path.file_name() {
+        Some(name) => folder.join(name),
+        None => path.to_owned(),
     }
 }
 

@@ -9,6 +9,7 @@ use colony_core::{
 use futures::channel::oneshot;
 use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
 use std::{
+    collections::VecDeque,
     path::PathBuf,
     sync::{Arc, atomic::Ordering::Relaxed, mpsc},
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
@@ -108,11 +109,19 @@ impl Writer {
     }
 
     pub(super) fn run(mut self, inbox: mpsc::Receiver<Write>) {
-        // Transitions that failed to commit, retried before anything new.
+        // Transitions that failed to commit for a passing reason, retried before anything new.
         let mut retry: Vec<Write> = Vec::new();
+        // Writes of a group that failed for good, tried one by one to find the bad one.
+        let mut isolate: VecDeque<Write> = VecDeque::new();
         let mut backoff = Duration::from_millis(10);
+        let mut closed = false;
         loop {
             let mut group = std::mem::take(&mut retry);
+            if group.is_empty()
+                && let Some(w) = isolate.pop_front()
+            {
+                group.push(w);
+            }
             let mut weight: usize = group.iter().map(Write::weight).sum();
             if group.is_empty() {
                 match inbox.recv() {
@@ -124,7 +133,7 @@ impl Writer {
                 }
             }
             let deadline = Instant::now() + self.commit_wait;
-            while weight < self.commit_records {
+            while isolate.is_empty() && weight < self.commit_records {
                 let next = match inbox.try_recv() {
                     Ok(w) => Some(w),
                     Err(mpsc::TryRecvError::Empty) => {
@@ -135,7 +144,10 @@ impl Writer {
                             inbox.recv_timeout(left).ok()
                         }
                     }
-                    Err(mpsc::TryRecvError::Disconnected) => None,
+                    Err(mpsc::TryRecvError::Disconnected) => {
+                        closed = true;
+                        None
+                    }
                 };
                 let Some(w) = next else { break };
                 weight += w.weight();
@@ -164,22 +176,35 @@ impl Writer {
                         done(w, result);
                     }
                 }
+                Err(error) if !passing(&error) => {
+                    if group.len() > 1 {
+                        // Some write in the group can never commit: find it alone.
+                        isolate.extend(group);
+                    } else {
+                        tracing::error!(%error, "A journal write can never commit; it is dropped, and its tasks are recovered at the next start.");
+                        for w in group {
+                            done(w, Err(error.clone()));
+                        }
+                    }
+                }
                 Err(error) => {
                     tracing::warn!(%error, retry_in = ?backoff, "Journal commit failed; refusing submissions until it clears.");
                     *self.shared.fault.lock().unwrap_or_else(|p| p.into_inner()) =
                         Some(error.clone());
                     // Submissions fail now, so nobody is told "accepted" about tasks the disk
-                    // does not hold; transitions of accepted tasks wait for the fault to clear.
+                    // does not hold; transitions of accepted tasks wait for the fault to clear,
+                    // unless the journal is closing: then they are left to recovery.
                     for w in group {
                         match w {
-                            Write::Accept { done, .. } => {
-                                let _ = done.send(Err(error.clone()));
+                            Write::Accept { .. } | Write::Prune { .. } => {
+                                done(w, Err(error.clone()))
                             }
-                            Write::Prune { done, .. } => {
-                                let _ = done.send(Err(error.clone()));
-                            }
+                            other if closed => done(other, Err(error.clone())),
                             other => retry.push(other),
                         }
+                    }
+                    if closed && retry.is_empty() && isolate.is_empty() {
+                        return;
                     }
                     std::thread::sleep(backoff);
                     backoff = (backoff * 2).min(MAX_BACKOFF);
@@ -305,6 +330,16 @@ impl Writer {
         stats.unknown += delta.stats.unknown;
         stats.invalid += delta.stats.invalid;
         self.shared.next_id.fetch_max(delta.next_id, Relaxed);
+    }
+}
+
+/// Whether a failed commit may succeed if tried again: a full disk, a lock held by another
+/// program, an I/O error. Anything else (a value SQLite refuses, a corrupt page) never will.
+fn passing(error: &Error) -> bool {
+    match error {
+        Error::Full { .. } | Error::Locked { .. } => true,
+        Error::Storage(message) => message.contains("disk I/O error"),
+        _ => false,
     }
 }
 

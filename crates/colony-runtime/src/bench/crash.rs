@@ -9,8 +9,9 @@
 //! - lost: tasks that are not succeeded in the journal (the agents never fail);
 //! - double commits: tasks with an execution after the one that committed, or two executions
 //!   with the same attempt number (a reused lease);
-//! - re-executions (executions beyond one per task) must not exceed the tasks in flight at
-//!   the kills (executed but not committed when the process died).
+//! - re-executions: every task runs at most once more than the number of kills that struck
+//!   while it had run and was not yet committed (I3, checked per task);
+//! - the journal holds exactly the tasks submitted, each key once.
 
 use crate::{Error, Pool, Runtime, RuntimeOptions, SpawnMode};
 use colony_agents::{
@@ -124,9 +125,13 @@ pub struct CrashReport {
     pub double_commits: u64,
     pub executions: u64,
     pub re_executions: u64,
-    /// Tasks executed but not committed when a kill struck, summed over kills: the most
-    /// re-executions the kills can explain.
+    /// Tasks executed but not committed when a kill struck, summed over kills.
     pub in_flight_at_kills: u64,
+    /// Executions beyond 1 + the kills that struck a task while it was in flight, summed over
+    /// tasks: must be 0.
+    pub excess_executions: u64,
+    /// Rows whose key repeats another's, or rows beyond the tasks submitted: must be 0.
+    pub stray_rows: u64,
     pub seconds: f64,
     /// Whether every check held.
     pub ok: bool,
@@ -160,6 +165,8 @@ pub fn parent(
             agents,
             seed: seed ^ u64::from(run),
         };
+        // Per task: kills that struck while it had run and was not committed.
+        let mut struck: HashMap<u64, u64> = HashMap::new();
         for k in 0..=kills {
             let mut process = spawn_child(exe, &child)?;
             if k < kills {
@@ -167,7 +174,11 @@ pub fn parent(
                 let _ = process.kill();
                 let _ = process.wait();
                 report.kills += 1;
-                report.in_flight_at_kills += in_flight(&db, &ledger)?;
+                let open = in_flight(&db, &ledger)?;
+                report.in_flight_at_kills += open.len() as u64;
+                for task in open {
+                    *struck.entry(task).or_default() += 1;
+                }
             } else {
                 let status = process
                     .wait()
@@ -179,18 +190,21 @@ pub fn parent(
                 }
             }
         }
-        let (lost, double, executions) = verify(&db, &ledger, tasks)?;
+        let v = verify(&db, &ledger, tasks, &struck)?;
         report.tasks += tasks;
-        report.succeeded += tasks - lost;
-        report.lost += lost;
-        report.double_commits += double;
-        report.executions += executions;
+        report.succeeded += tasks - v.lost;
+        report.lost += v.lost;
+        report.double_commits += v.double_commits;
+        report.executions += v.executions;
+        report.excess_executions += v.excess;
+        report.stray_rows += v.stray_rows;
     }
     report.re_executions = report.executions.saturating_sub(report.tasks);
     report.seconds = started.elapsed().as_secs_f64();
     report.ok = report.lost == 0
         && report.double_commits == 0
-        && report.re_executions <= report.in_flight_at_kills;
+        && report.excess_executions == 0
+        && report.stray_rows == 0;
     Ok(report)
 }
 
@@ -232,24 +246,41 @@ fn ledger(path: &Path) -> Result<HashMap<u64, Vec<u32>>, Error> {
 }
 
 /// Tasks the ledger shows started whose results the journal does not hold.
-fn in_flight(db: &Path, ledger_path: &Path) -> Result<u64, Error> {
-    if !db.exists() {
-        return Ok(0);
-    }
-    let reader = SqliteReader::open(db)?;
+fn in_flight(db: &Path, ledger_path: &Path) -> Result<Vec<u64>, Error> {
+    let reader = match SqliteReader::open(db) {
+        Ok(reader) => reader,
+        // Killed before the journal existed or had its schema: nothing could have run.
+        Err(_) if !ledger_path.exists() => return Ok(Vec::new()),
+        Err(e) => return Err(e.into()),
+    };
     let executed = ledger(ledger_path)?;
-    let mut n = 0;
+    let mut open = Vec::new();
     for task in executed.keys() {
         let done = reader
             .task(colony_core::TaskId(*task))?
             .is_some_and(|r| r.state.is_terminal());
-        n += u64::from(!done);
+        if !done {
+            open.push(*task);
+        }
     }
-    Ok(n)
+    Ok(open)
 }
 
-/// (lost, double commits, executions) of one finished run.
-fn verify(db: &Path, ledger_path: &Path, tasks: u64) -> Result<(u64, u64, u64), Error> {
+struct Verdict {
+    lost: u64,
+    double_commits: u64,
+    executions: u64,
+    excess: u64,
+    stray_rows: u64,
+}
+
+/// Checks one finished run against its ledger and the kills that struck each task.
+fn verify(
+    db: &Path,
+    ledger_path: &Path,
+    tasks: u64,
+    struck: &HashMap<u64, u64>,
+) -> Result<Verdict, Error> {
     let reader = SqliteReader::open(db)?;
     let executed = ledger(ledger_path)?;
     let rows = reader.tasks(None, usize::MAX)?;
@@ -257,18 +288,38 @@ fn verify(db: &Path, ledger_path: &Path, tasks: u64) -> Result<(u64, u64, u64), 
         .iter()
         .filter(|r| r.state == TaskState::Succeeded)
         .count() as u64;
-    let mut double = 0;
+    let mut keys = std::collections::HashSet::new();
+    let repeated = rows
+        .iter()
+        .filter(|r| !keys.insert(r.spec.key.clone()))
+        .count() as u64;
+    let stray_rows = repeated + (rows.len() as u64).saturating_sub(tasks);
+    let mut double_commits = 0;
     for row in rows.iter().filter(|r| r.state == TaskState::Succeeded) {
         let attempts = executed
             .get(&row.id.0)
             .map(Vec::as_slice)
             .unwrap_or_default();
+        // The committed attempt is the last one run, and no attempt number ran twice.
         let later = attempts.iter().any(|&a| a > row.attempt);
         let mut sorted = attempts.to_vec();
         sorted.sort_unstable();
         let reused = sorted.windows(2).any(|w| w[0] == w[1]);
-        double += u64::from(later || reused);
+        double_commits += u64::from(later || reused);
     }
     let executions = executed.values().map(|v| v.len() as u64).sum();
-    Ok((tasks.saturating_sub(succeeded), double, executions))
+    let excess = executed
+        .iter()
+        .map(|(task, runs)| {
+            let allowed = 1 + struck.get(task).copied().unwrap_or(0);
+            (runs.len() as u64).saturating_sub(allowed)
+        })
+        .sum();
+    Ok(Verdict {
+        lost: tasks.saturating_sub(succeeded),
+        double_commits,
+        executions,
+        excess,
+        stray_rows,
+    })
 }

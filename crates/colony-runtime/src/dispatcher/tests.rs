@@ -187,6 +187,28 @@ async fn crashes_and_hangs_are_retried_then_dead_lettered() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn an_oversized_output_fails_its_task() {
+    let agent = Arc::new(from_fn(|_| Ok(vec![b'x'; 2_000].into())));
+    let pool = Pool::new(AgentSpec::new("fn", "worker"), 1, agent);
+    let options = RuntimeOptions {
+        max_output: 1_000,
+        ..two_tiers()
+    };
+    let (runtime, _) = start(options, vec![pool]).await;
+    let done = runtime
+        .handle()
+        .submit_wait(TaskSpec::default())
+        .await
+        .unwrap();
+    assert_eq!((done.state, done.attempts), (TaskState::Failed, 1));
+    assert_eq!(
+        done.error.as_deref(),
+        Some("output of 2000 bytes exceeds the limit of 1000 bytes")
+    );
+    runtime.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
 async fn fatal_errors_fail_at_once() {
     let agent = Arc::new(from_fn(|_| Err(AgentError::fatal("bad input"))));
     let pool = Pool::new(AgentSpec::new("fn", "worker"), 2, agent);

@@ -356,6 +356,11 @@ fn crash(args: &CrashArgs) -> Result<(), Failure> {
             "in flight at kills".into(),
             thousands(report.in_flight_at_kills),
         ]);
+        t.row(vec![
+            "excess executions".into(),
+            thousands(report.excess_executions),
+        ]);
+        t.row(vec!["stray rows".into(), thousands(report.stray_rows)]);
         t.row(vec!["seconds".into(), format!("{:.1}", report.seconds)]);
         t.row(vec![
             "verdict".into(),
@@ -371,11 +376,11 @@ fn crash(args: &CrashArgs) -> Result<(), Failure> {
         Ok(())
     } else {
         Err(Failure::work(anyhow::anyhow!(
-            "the crash checks failed: {} lost, {} double commits, {} re-executions for {} in flight",
+            "the crash checks failed: {} lost, {} double commits, {} excess executions, {} stray rows",
             report.lost,
             report.double_commits,
-            report.re_executions,
-            report.in_flight_at_kills
+            report.excess_executions,
+            report.stray_rows
         )))
     }
 }
