@@ -95,6 +95,10 @@ pub(crate) struct Job {
     /// Kept while no pool with agents can run the task (a recovered task whose pool has
     /// none yet), to find its pools again when agents are spawned.
     requirement: Option<Box<colony_core::task::Requirement>>,
+    /// Attempts started in this process.
+    tries: u32,
+    /// Attempts of this task that crashed or hung their agent.
+    faults: u32,
 }
 
 impl Job {
@@ -117,6 +121,8 @@ impl Job {
             waiter: None,
             permit: false,
             requirement: mask.is_empty().then(|| Box::new(spec.requirement)),
+            tries: 0,
+            faults: 0,
         }
     }
 
@@ -139,6 +145,8 @@ impl Job {
             waiter,
             permit: true,
             requirement: None,
+            tries: 0,
+            faults: 0,
         }
     }
 }
@@ -208,6 +216,8 @@ pub(crate) fn start(
         completions: Vec::new(),
         flushing: FuturesUnordered::new(),
         accepting: FuturesUnordered::new(),
+        delayed: FuturesUnordered::new(),
+        retry: options.retry,
         strategy: options.strategy,
         linger: options.linger,
         hierarchy_recorded: false,
@@ -262,6 +272,9 @@ struct Dispatcher {
     flushing: FuturesUnordered<Flushing>,
     /// Submissions waiting for the journal to make them durable.
     accepting: FuturesUnordered<Accepting>,
+    /// Retries waiting out their backoff.
+    delayed: FuturesUnordered<Pin<Box<dyn Future<Output = Job> + Send>>>,
+    retry: crate::RetryOptions,
     strategy: Strategy,
     rng: SmallRng,
     metrics: Metrics,
@@ -300,6 +313,10 @@ impl Dispatcher {
                 }
                 Some(finished) = self.running.next(), if !self.running.is_empty() => {
                     self.finished(finished);
+                }
+                Some(job) = self.delayed.next(), if !self.delayed.is_empty() => {
+                    self.queued -= 1;
+                    self.route_or_wait(job);
                 }
                 Some((result, jobs, ack)) = self.accepting.next(), if !self.accepting.is_empty() => {
                     self.accepted(result, jobs, ack);
@@ -529,6 +546,7 @@ impl Dispatcher {
     /// Starts the next attempt of `job` on `worker`, whose supervisor already counts it.
     fn start(&mut self, worker: AgentId, mut job: Job) {
         job.attempt += 1;
+        job.tries += 1;
         self.turn.attempts += 1;
         self.tree.start(worker);
         self.records.push(Record::Started {
@@ -592,7 +610,7 @@ impl Dispatcher {
     }
 
     /// Commits, retries or gives up on the attempt `job.attempt` that `worker` ran.
-    fn ended(&mut self, worker: AgentId, job: Job, ended: Ended, micros: Option<f32>) {
+    fn ended(&mut self, worker: AgentId, mut job: Job, ended: Ended, micros: Option<f32>) {
         // An output the journal could not hold is no result: the task fails, saying why.
         let ended = match ended {
             Ended::Outcome(Ok(output)) if output.len() > self.max_output => {
@@ -639,15 +657,22 @@ impl Dispatcher {
             }
             Ended::Outcome(Err(AgentError::Retryable(error))) => error,
             Ended::Crash(message) => {
+                job.faults += 1;
                 self.restart(worker, format!("agent crashed: {message}").into(), true)
             }
-            Ended::TimedOut(after) => self.restart(
-                worker,
-                format!("attempt timed out after {after:?}").into(),
-                false,
-            ),
+            Ended::TimedOut(after) => {
+                job.faults += 1;
+                self.restart(
+                    worker,
+                    format!("attempt timed out after {after:?}").into(),
+                    false,
+                )
+            }
         };
-        let retry = attempt < job.last_attempt;
+        // A task that took down agents on several attempts is poison: retrying it would only
+        // take down more.
+        let poison = job.faults >= self.retry.poison_faults;
+        let retry = attempt < job.last_attempt && !poison;
         let next = if retry {
             TaskState::Queued
         } else {
@@ -662,10 +687,26 @@ impl Dispatcher {
         self.failed_event(worker, &job, &error, retry, ErrorKind::Retryable);
         if retry {
             self.turn.retries += 1;
-            self.route_or_wait(job);
+            let delay = self.retry.delay(job.tries, &mut self.rng);
+            if delay.is_zero() {
+                self.route_or_wait(job);
+            } else {
+                self.queued += 1;
+                self.delayed.push(Box::pin(async move {
+                    tokio::time::sleep(delay).await;
+                    job
+                }));
+            }
         } else {
             self.turn.dead_lettered += 1;
-            let error = format!("dead-lettered after {attempt} attempts; last error: {error}");
+            let error = if poison {
+                format!(
+                    "quarantined as poison: {} attempts crashed or hung their agents; last error: {error}",
+                    job.faults
+                )
+            } else {
+                format!("dead-lettered after attempt {attempt}; last error: {error}")
+            };
             self.complete(
                 job,
                 TaskState::DeadLettered,

@@ -84,6 +84,8 @@ pub struct RuntimeOptions {
     pub max_payload: usize,
     /// Largest output an agent may return, in bytes; a larger one fails its task.
     pub max_output: usize,
+    /// Backoff between attempts, and when a task counts as poison.
+    pub retry: RetryOptions,
     /// Seed of the routing decisions' random choices.
     pub seed: u64,
     /// How long the dispatcher keeps watching for work after a busy turn before it parks its
@@ -115,9 +117,78 @@ impl Default for RuntimeOptions {
             spawn: SpawnMode::Batch,
             max_payload: DEFAULT_MAX_PAYLOAD,
             max_output: DEFAULT_MAX_OUTPUT,
+            retry: RetryOptions::default(),
             seed: 0,
             linger: DEFAULT_LINGER,
         }
+    }
+}
+
+/// How failed attempts are retried.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct RetryOptions {
+    /// Delay before the second attempt; each further retry doubles it, up to `max_backoff`.
+    /// Zero retries at once.
+    #[serde(with = "humantime_micros")]
+    pub initial_backoff: Duration,
+    #[serde(with = "humantime_micros")]
+    pub max_backoff: Duration,
+    /// Each delay moves by up to this fraction of itself, either way, so that tasks failed
+    /// together do not come back together.
+    pub jitter: f64,
+    /// A task whose attempts crashed or hung this many agents is quarantined (dead-lettered as
+    /// poison) instead of retried, whatever attempts it has left.
+    pub poison_faults: u32,
+}
+
+impl Default for RetryOptions {
+    fn default() -> Self {
+        Self {
+            initial_backoff: Duration::from_millis(10),
+            max_backoff: Duration::from_secs(1),
+            jitter: 0.2,
+            poison_faults: 3,
+        }
+    }
+}
+
+impl RetryOptions {
+    pub fn validate(&self) -> Result<(), Error> {
+        if self.initial_backoff > self.max_backoff {
+            return Err(Error::Options(format!(
+                "retry initial-backoff {:?} exceeds max-backoff {:?}",
+                self.initial_backoff, self.max_backoff
+            )));
+        }
+        if !(0.0..=1.0).contains(&self.jitter) {
+            return Err(Error::Options(format!(
+                "retry jitter {} is out of range: allowed 0.0..=1.0",
+                self.jitter
+            )));
+        }
+        if self.poison_faults == 0 {
+            return Err(Error::Options(
+                "retry poison-faults 0 is out of range: allowed 1 and up".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Delay before attempt `tries + 1`, after `tries` attempts in this process.
+    pub(crate) fn delay(&self, tries: u32, rng: &mut impl rand::Rng) -> Duration {
+        if self.initial_backoff.is_zero() {
+            return Duration::ZERO;
+        }
+        let exponent = tries.saturating_sub(1).min(30) as i32;
+        let base = (self.initial_backoff.as_secs_f64() * 2f64.powi(exponent))
+            .min(self.max_backoff.as_secs_f64());
+        let jitter = if self.jitter > 0.0 {
+            rng.random_range(-self.jitter..=self.jitter)
+        } else {
+            0.0
+        };
+        Duration::from_secs_f64(base * (1.0 + jitter))
     }
 }
 
@@ -184,6 +255,7 @@ pub enum Error {
 
 impl RuntimeOptions {
     pub fn validate(&self, pools: &[Pool]) -> Result<(), Error> {
+        self.retry.validate()?;
         if !(1..=1_000_000).contains(&self.queue_capacity) {
             return Err(Error::QueueCapacity {
                 got: self.queue_capacity,

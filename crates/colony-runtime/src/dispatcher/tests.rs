@@ -177,10 +177,10 @@ async fn crashes_and_hangs_are_retried_then_dead_lettered() {
     let started = tokio::time::Instant::now();
     let done = runtime.handle().submit_wait(spec).await.unwrap();
     assert_eq!((done.state, done.attempts), (TaskState::DeadLettered, 2));
-    assert_eq!(
-        started.elapsed(),
-        Duration::from_secs(4),
-        "two timeouts of 2 s"
+    let waited = started.elapsed();
+    assert!(
+        (Duration::from_millis(4_008)..=Duration::from_millis(4_012)).contains(&waited),
+        "two timeouts of 2 s and one backoff of 10 ms ± 20 %: {waited:?}"
     );
     assert!(done.error.unwrap().contains("timed out after 2s"));
     runtime.shutdown().await;
@@ -204,6 +204,52 @@ async fn an_oversized_output_fails_its_task() {
     assert_eq!(
         done.error.as_deref(),
         Some("output of 2000 bytes exceeds the limit of 1000 bytes")
+    );
+    runtime.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn retries_back_off_and_poison_is_quarantined() {
+    // Fails its first two attempts, then succeeds.
+    let agent = Arc::new(from_fn(|task| {
+        if task.attempt < 3 {
+            Err(AgentError::retryable("not yet"))
+        } else {
+            Ok("\"ok\"".into())
+        }
+    }));
+    let fn_pool = Pool::new(AgentSpec::new("fn", "worker"), 1, agent);
+    let (runtime, _) = start(two_tiers(), vec![fn_pool]).await;
+    let started = tokio::time::Instant::now();
+    let done = runtime
+        .handle()
+        .submit_wait(TaskSpec::default())
+        .await
+        .unwrap();
+    assert_eq!((done.state, done.attempts), (TaskState::Succeeded, 3));
+    let waited = started.elapsed();
+    assert!(
+        (Duration::from_millis(24)..=Duration::from_millis(36)).contains(&waited),
+        "10 ms then 20 ms, each ± 20 %: {waited:?}"
+    );
+    runtime.shutdown().await;
+
+    // A task that crashes every agent it touches stops at 3 crashes, whatever its budget.
+    let crashy = sim(SimOptions {
+        crash_rate: 1.0,
+        ..SimOptions::default()
+    });
+    let (runtime, _) = start(two_tiers(), vec![pool(5, crashy)]).await;
+    let spec = TaskSpec {
+        max_attempts: 10,
+        ..TaskSpec::default()
+    };
+    let done = runtime.handle().submit_wait(spec).await.unwrap();
+    assert_eq!((done.state, done.attempts), (TaskState::DeadLettered, 3));
+    let error = done.error.unwrap();
+    assert!(
+        error.starts_with("quarantined as poison: 3 attempts"),
+        "{error}"
     );
     runtime.shutdown().await;
 }
@@ -559,4 +605,38 @@ async fn results_are_told_only_once_the_journal_holds_them() {
     );
     assert_eq!(accepted.count, 8);
     runtime.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn bad_retry_settings_are_refused_with_the_field_named() {
+    let bad = |retry: crate::RetryOptions| async move {
+        let options = RuntimeOptions {
+            retry,
+            ..two_tiers()
+        };
+        let journal = Arc::new(MemoryJournal::new());
+        Runtime::start(options, vec![pool(1, sim(SimOptions::default()))], journal)
+            .await
+            .unwrap_err()
+            .to_string()
+    };
+    let d = crate::RetryOptions::default();
+    assert!(
+        bad(crate::RetryOptions { jitter: 1.5, ..d })
+            .await
+            .contains("retry jitter 1.5")
+    );
+    assert!(
+        bad(crate::RetryOptions {
+            poison_faults: 0,
+            ..d
+        })
+        .await
+        .contains("poison-faults 0")
+    );
+    let backwards = crate::RetryOptions {
+        initial_backoff: Duration::from_secs(5),
+        ..d
+    };
+    assert!(bad(backwards).await.contains("exceeds max-backoff"));
 }
