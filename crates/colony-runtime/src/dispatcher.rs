@@ -509,6 +509,9 @@ impl Dispatcher {
 
     /// Sends a task down the tree: to an idle worker at once, or into a supervisor's queue.
     /// Hands the task back when no subtree with agents for it has room.
+    // The job comes back by value on the rare no-room path; boxing it would allocate on the
+    // hot path instead.
+    #[allow(clippy::result_large_err)]
     fn route(&mut self, job: Job) -> Result<(), Job> {
         let Some(supervisor) = self.tree.route(job.mask, self.strategy, &mut self.rng) else {
             return Err(job);
