@@ -223,6 +223,7 @@ pub(crate) fn start(
         hierarchy_recorded: false,
         max_output: options.max_output,
         orphans: 0,
+        steal_at: options.steal_at.max(1),
         multi_threaded: tokio::runtime::Handle::current().runtime_flavor()
             == tokio::runtime::RuntimeFlavor::MultiThread,
         rng: SmallRng::seed_from_u64(options.seed),
@@ -249,6 +250,7 @@ struct Turn {
     restarts_timeout: u64,
     /// Ended tasks that held an admission permit.
     permits: u64,
+    steals: u64,
 }
 
 struct Dispatcher {
@@ -286,6 +288,8 @@ struct Dispatcher {
     max_output: usize,
     /// Backlogged tasks that no pool with agents can run yet.
     orphans: usize,
+    /// Queue length of a sibling supervisor from which an idle worker steals.
+    steal_at: usize,
     /// Tasks the tree holds at once; permits handed out so far.
     capacity: u64,
     /// Tasks in supervisors' queues and the backlog.
@@ -808,7 +812,8 @@ impl Dispatcher {
                 // not wait behind tasks for other specs.
                 let next = self.queues[supervisor.index()]
                     .as_mut()
-                    .and_then(|q| q.pop_matching(usize::MAX, |job| job.mask.intersects(spec)));
+                    .and_then(|q| q.pop_matching(usize::MAX, |job| job.mask.intersects(spec)))
+                    .or_else(|| self.steal(supervisor, spec));
                 match next {
                     Some(job) => {
                         self.queued -= 1;
@@ -835,6 +840,35 @@ impl Dispatcher {
         }
     }
 
+    /// Work stealing: `supervisor` has a worker of `spec` with nothing to do, so it takes a
+    /// task that worker can run from the sibling supervisor with the longest queue, if that
+    /// queue holds at least `steal_at` tasks. The task's load moves with it.
+    fn steal(&mut self, supervisor: AgentId, spec: SpecMask) -> Option<Job> {
+        let parent = self.tree.parent(supervisor)?;
+        let (mut victim, mut longest) = (None, self.steal_at.saturating_sub(1));
+        for sibling in self.tree.children(parent) {
+            let len = self.queues[sibling.index()].as_ref().map_or(0, |q| q.len());
+            if sibling != supervisor && len > longest {
+                (victim, longest) = (Some(sibling), len);
+            }
+        }
+        let victim = victim?;
+        let job = self.queues[victim.index()]
+            .as_mut()?
+            .pop_matching(usize::MAX, |job| job.mask.intersects(spec))?;
+        self.tree.dequeue(victim);
+        self.tree.enqueue(supervisor);
+        self.turn.steals += 1;
+        if self.shared.bus.wants(Kinds::TASKS) {
+            self.events.push(Event::WorkStolen {
+                task: job.id,
+                from: victim,
+                to: supervisor,
+            });
+        }
+        Some(job)
+    }
+
     /// Ends the turn: hands its records to the journal, then, once they are durable, returns
     /// the permits of ended tasks, counts them and tells their waiters.
     fn publish(&mut self) {
@@ -851,6 +885,10 @@ impl Dispatcher {
         if t.retries > 0 {
             c.retries.fetch_add(t.retries, Relaxed);
             m.retries.increment(t.retries);
+        }
+        if t.steals > 0 {
+            c.steals.fetch_add(t.steals, Relaxed);
+            m.steals.increment(t.steals);
         }
         let restarts = t.restarts_crash + t.restarts_timeout;
         if restarts > 0 {

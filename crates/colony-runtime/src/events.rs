@@ -66,6 +66,12 @@ pub enum Event {
         task: TaskId,
         dead_lettered: bool,
     },
+    /// An idle worker under `to` took a task queued at its sibling `from` (`work:stolen`).
+    WorkStolen {
+        task: TaskId,
+        from: AgentId,
+        to: AgentId,
+    },
 }
 
 impl Event {
@@ -77,7 +83,8 @@ impl Event {
             | Event::TaskStarted { .. }
             | Event::TaskSucceeded { .. }
             | Event::TaskFailed { .. }
-            | Event::TaskGaveUp { .. } => Kinds::TASKS,
+            | Event::TaskGaveUp { .. }
+            | Event::WorkStolen { .. } => Kinds::TASKS,
         }
     }
 }

@@ -79,6 +79,7 @@ pub(crate) struct Counters {
     pub(crate) dead_lettered: AtomicU64,
     pub(crate) attempts: AtomicU64,
     pub(crate) retries: AtomicU64,
+    pub(crate) steals: AtomicU64,
     pub(crate) restarts: AtomicU64,
     pub(crate) queued: AtomicU64,
     pub(crate) running: AtomicU64,
@@ -96,6 +97,8 @@ pub struct Stats {
     /// Attempts started, first ones and retries.
     pub attempts: u64,
     pub retries: u64,
+    /// Tasks an idle worker took from a sibling supervisor's queue.
+    pub steals: u64,
     /// Agents replaced after a crash or a hang.
     pub restarts: u64,
     /// Tasks waiting in supervisors' queues or for room in the hierarchy.
@@ -493,6 +496,7 @@ impl Handle {
             dead_lettered: c.dead_lettered.load(Relaxed),
             attempts: c.attempts.load(Relaxed),
             retries: c.retries.load(Relaxed),
+            steals: c.steals.load(Relaxed),
             restarts: c.restarts.load(Relaxed),
             queued: c.queued.load(Relaxed),
             running: c.running.load(Relaxed),

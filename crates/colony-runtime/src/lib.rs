@@ -86,6 +86,9 @@ pub struct RuntimeOptions {
     pub max_output: usize,
     /// Backoff between attempts, and when a task counts as poison.
     pub retry: RetryOptions,
+    /// A worker with nothing to do takes a task from the sibling supervisor with the longest
+    /// queue once that queue holds this many (its own holds none: a ratio of at least 2:1).
+    pub steal_at: usize,
     /// Seed of the routing decisions' random choices.
     pub seed: u64,
     /// How long the dispatcher keeps watching for work after a busy turn before it parks its
@@ -118,6 +121,7 @@ impl Default for RuntimeOptions {
             max_payload: DEFAULT_MAX_PAYLOAD,
             max_output: DEFAULT_MAX_OUTPUT,
             retry: RetryOptions::default(),
+            steal_at: 2,
             seed: 0,
             linger: DEFAULT_LINGER,
         }

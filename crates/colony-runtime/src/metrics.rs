@@ -16,6 +16,7 @@ pub const TASKS_ACCEPTED: &str = "colony_tasks_accepted_total";
 pub const TASKS_FINISHED: &str = "colony_tasks_finished_total";
 pub const TASK_ATTEMPTS: &str = "colony_task_attempts_total";
 pub const TASK_RETRIES: &str = "colony_task_retries_total";
+pub const WORK_STEALS: &str = "colony_work_steals_total";
 pub const TASK_LATENCY: &str = "colony_task_latency_seconds";
 pub const TASKS_QUEUED: &str = "colony_tasks_queued";
 pub const TASKS_RUNNING: &str = "colony_tasks_running";
@@ -79,6 +80,7 @@ pub(crate) struct Metrics {
     pub(crate) dead_lettered: Counter,
     pub(crate) attempts: Counter,
     pub(crate) retries: Counter,
+    pub(crate) steals: Counter,
     pub(crate) latency: Histogram,
     pub(crate) queued: Gauge,
     pub(crate) running: Gauge,
@@ -96,6 +98,7 @@ impl Metrics {
             dead_lettered: counter!(TASKS_FINISHED, "state" => "dead-lettered"),
             attempts: counter!(TASK_ATTEMPTS),
             retries: counter!(TASK_RETRIES),
+            steals: counter!(WORK_STEALS),
             latency: histogram!(TASK_LATENCY),
             queued: gauge!(TASKS_QUEUED),
             running: gauge!(TASKS_RUNNING),

@@ -640,3 +640,34 @@ async fn bad_retry_settings_are_refused_with_the_field_named() {
     };
     assert!(bad(backwards).await.contains("exceeds max-backoff"));
 }
+
+#[tokio::test(start_paused = true)]
+async fn idle_workers_steal_from_a_sibling_supervisors_queue() {
+    // Span 2: two slow workers under one supervisor take 12 tasks (2 run, 10 queue); two more
+    // workers arrive under a second supervisor and take work from the first one's queue.
+    let options = RuntimeOptions {
+        span: 2,
+        tiers: Tiers::Named(vec!["c".into(), "s".into(), "w".into()]),
+        queue_capacity: 20,
+        ..RuntimeOptions::default()
+    };
+    let (runtime, _) = start(options, vec![pool(2, sim(slow(100)))]).await;
+    let h = runtime.handle();
+    let mut events = h.subscribe(Kinds::TASKS);
+    let started = tokio::time::Instant::now();
+    h.submit_batch(vec![TaskSpec::default(); 12]).await.unwrap();
+    h.spawn(0, 2, crate::SpawnMode::Batch).await.unwrap();
+    h.drain().await.unwrap();
+    let stats = h.stats();
+    assert!(stats.steals >= 4, "{stats:?}");
+    assert_eq!(stats.succeeded, 12);
+    // Two workers alone need 6 rounds of 100 ms. With stealing, 4: the last queued task is
+    // not stolen (a queue of 1 is below the 2:1 ratio), so its own supervisor runs it.
+    let waited = started.elapsed();
+    assert!(waited <= Duration::from_millis(400), "{waited:?}");
+    let stolen = std::iter::from_fn(|| events.try_recv())
+        .filter(|e| matches!(e, Event::WorkStolen { .. }))
+        .count() as u64;
+    assert_eq!(stolen, stats.steals);
+    runtime.shutdown().await;
+}
