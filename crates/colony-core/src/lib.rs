@@ -8,6 +8,8 @@
 //!   worker count needs, and who reports to whom, computed rather than searched.
 //! - [`routing`] keeps the live tree with the aggregate load of every subtree and picks where a
 //!   task goes, by strategy.
+//! - [`health`] classifies an agent healthy, degraded, critical or failed from its response
+//!   times and silences, and raises a predictive alert when it slows down.
 //! - [`supervision`] decides, Erlang-style, which children restart after an exit, after what
 //!   backoff, and when a supervisor gives up and escalates.
 //! - [`task`] and [`agent`] are the specs users write.
@@ -22,6 +24,7 @@
 //! ```
 
 pub mod agent;
+pub mod health;
 pub mod hierarchy;
 pub mod id;
 pub mod routing;
