@@ -368,20 +368,32 @@ impl Tree {
     }
 
     /// A child of `supervisor` of a spec in `mask` that can take another task, taking turns.
-    pub fn idle_worker(&mut self, supervisor: AgentId, mask: SpecMask) -> Option<AgentId> {
+    /// `avoid` is taken only when no other child can: a retry prefers another agent of the
+    /// same role over the one its last attempt failed on.
+    pub fn idle_worker(
+        &mut self,
+        supervisor: AgentId,
+        mask: SpecMask,
+        avoid: Option<AgentId>,
+    ) -> Option<AgentId> {
         let sup = &self.nodes[supervisor.index()];
         let len = sup.children.len();
         let start = sup.cursor as usize;
+        let mut fallback = None;
         for i in 0..len {
             let slot = (start + i) % len;
             let child = sup.children[slot];
             let w = &self.nodes[child as usize];
             if w.load < w.capacity && mask.intersects(SpecMask::of(w.spec)) {
+                if Some(AgentId(child)) == avoid {
+                    fallback = Some(slot);
+                    continue;
+                }
                 self.nodes[supervisor.index()].cursor = ((slot + 1) % len) as u16;
                 return Some(AgentId(child));
             }
         }
-        None
+        fallback.map(|slot| AgentId(self.nodes[supervisor.index()].children[slot]))
     }
 
     /// A task counted in `worker`'s supervisor starts on `worker`.
@@ -763,9 +775,21 @@ mod tests {
                 );
             }
         }
-        let w = t.idle_worker(coder_sup, SpecMask::of(1)).unwrap();
+        let w = t.idle_worker(coder_sup, SpecMask::of(1), None).unwrap();
         assert_eq!(t.spec(w), 1);
-        assert_eq!(t.idle_worker(coder_sup, SpecMask::of(0)), None);
+        assert_eq!(t.idle_worker(coder_sup, SpecMask::of(0), None), None);
+        // Another agent is preferred to the one to avoid, which is still taken if alone.
+        let other = t.idle_worker(coder_sup, SpecMask::of(1), Some(w)).unwrap();
+        assert_ne!(other, w);
+        for _ in 0..11 {
+            let busy = t.idle_worker(coder_sup, SpecMask::of(1), Some(w)).unwrap();
+            if busy == w {
+                break;
+            }
+            t.enqueue(coder_sup);
+            t.start(busy);
+        }
+        assert_eq!(t.idle_worker(coder_sup, SpecMask::of(1), Some(w)), Some(w));
     }
 
     #[test]

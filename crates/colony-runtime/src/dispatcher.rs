@@ -97,6 +97,8 @@ pub(crate) struct Job {
     requirement: Option<Box<colony_core::task::Requirement>>,
     /// Attempts started in this process.
     tries: u32,
+    /// The agent of the last attempt, which a retry avoids when another can take it.
+    last_agent: Option<AgentId>,
     /// Attempts of this task that crashed or hung their agent.
     faults: u32,
 }
@@ -123,6 +125,7 @@ impl Job {
             requirement: mask.is_empty().then(|| Box::new(spec.requirement)),
             tries: 0,
             faults: 0,
+            last_agent: None,
         }
     }
 
@@ -147,6 +150,7 @@ impl Job {
             requirement: None,
             tries: 0,
             faults: 0,
+            last_agent: None,
         }
     }
 }
@@ -521,7 +525,7 @@ impl Dispatcher {
             return Err(job);
         };
         self.tree.enqueue(supervisor);
-        if let Some(worker) = self.tree.idle_worker(supervisor, job.mask) {
+        if let Some(worker) = self.tree.idle_worker(supervisor, job.mask, job.last_agent) {
             self.start(worker, job);
             return Ok(());
         }
@@ -554,6 +558,7 @@ impl Dispatcher {
     fn start(&mut self, worker: AgentId, mut job: Job) {
         job.attempt += 1;
         job.tries += 1;
+        job.last_agent = Some(worker);
         self.turn.attempts += 1;
         self.tree.start(worker);
         self.records.push(Record::Started {

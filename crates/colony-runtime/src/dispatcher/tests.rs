@@ -671,3 +671,38 @@ async fn idle_workers_steal_from_a_sibling_supervisors_queue() {
     assert_eq!(stolen, stats.steals);
     runtime.shutdown().await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_retry_goes_to_another_agent_of_the_role() {
+    let agent = Arc::new(from_fn(|task| {
+        if task.attempt == 1 {
+            Err(AgentError::retryable("flaky"))
+        } else {
+            Ok("1".into())
+        }
+    }));
+    let pool = Pool::new(AgentSpec::new("fn", "worker"), 3, agent);
+    let (runtime, _) = start(two_tiers(), vec![pool]).await;
+    let mut events = runtime.handle().subscribe(Kinds::TASKS);
+    for _ in 0..20 {
+        let done = runtime
+            .handle()
+            .submit_wait(TaskSpec::default())
+            .await
+            .unwrap();
+        assert_eq!(done.state, TaskState::Succeeded);
+    }
+    let mut agents: std::collections::HashMap<colony_core::TaskId, Vec<colony_core::AgentId>> =
+        Default::default();
+    while let Some(event) = events.try_recv() {
+        if let Event::TaskStarted { task, agent, .. } = event {
+            agents.entry(task).or_default().push(agent);
+        }
+    }
+    assert_eq!(agents.len(), 20);
+    for (task, runs) in agents {
+        assert_eq!(runs.len(), 2);
+        assert_ne!(runs[0], runs[1], "{task}: retried on the agent that failed");
+    }
+    runtime.shutdown().await;
+}
