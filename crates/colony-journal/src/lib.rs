@@ -100,7 +100,7 @@ pub struct TaskRow {
 }
 
 /// Number of tasks in each state.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct Counts {
     pub queued: u64,
     pub running: u64,

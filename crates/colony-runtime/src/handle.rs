@@ -169,20 +169,20 @@ impl Handle {
         Self { shared }
     }
 
+    /// Takes `n` admission permits, waiting until the hierarchy has room for `n` more tasks.
+    async fn wait_for_room(&self, n: usize) -> Result<(), Error> {
+        if n > 0 {
+            let permits = self.shared.permits.acquire_many(n as u32).await;
+            permits.map_err(|_| Error::Stopped)?.forget();
+        }
+        Ok(())
+    }
+
     /// Accepts a batch of tasks, waiting while the hierarchy is full. Returns once the journal
     /// holds them all; none is accepted if any is invalid.
     pub async fn submit_batch(&self, specs: Vec<TaskSpec>) -> Result<Accepted, Error> {
         let masks = self.admit(&specs)?;
-        let n = specs.len();
-        if n > 0 {
-            let permits = self
-                .shared
-                .permits
-                .acquire_many(n as u32)
-                .await
-                .map_err(|_| Error::Stopped)?;
-            permits.forget();
-        }
+        self.wait_for_room(specs.len()).await?;
         self.accept(specs, masks, |_| None).await
     }
 
@@ -244,16 +244,7 @@ impl Handle {
         track: impl Fn(usize) -> bool,
     ) -> Result<(Accepted, Vec<Pending>), Error> {
         let masks = self.admit(&specs)?;
-        let n = specs.len();
-        if n > 0 {
-            let permits = self
-                .shared
-                .permits
-                .acquire_many(n as u32)
-                .await
-                .map_err(|_| Error::Stopped)?;
-            permits.forget();
-        }
+        self.wait_for_room(specs.len()).await?;
         let mut receivers = Vec::new();
         let accepted = self
             .accept(specs, masks, |i| {

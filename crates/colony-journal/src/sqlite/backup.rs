@@ -22,32 +22,8 @@ pub struct Copied {
     pub to: String,
     pub bytes: u64,
     pub tasks: u64,
-    pub counts: CountsReport,
+    pub counts: Counts,
     pub seconds: f64,
-}
-
-/// [`Counts`] in a form for reports.
-#[derive(Clone, Copy, Debug, Serialize)]
-pub struct CountsReport {
-    pub queued: u64,
-    pub running: u64,
-    pub succeeded: u64,
-    pub failed: u64,
-    pub dead_lettered: u64,
-    pub cancelled: u64,
-}
-
-impl From<Counts> for CountsReport {
-    fn from(c: Counts) -> Self {
-        Self {
-            queued: c.queued,
-            running: c.running,
-            succeeded: c.succeeded,
-            failed: c.failed,
-            dead_lettered: c.dead_lettered,
-            cancelled: c.cancelled,
-        }
-    }
 }
 
 /// Copies the journal at `db` to the file `to`, consistently, while other processes may write
@@ -76,7 +52,7 @@ pub fn backup(db: &Path, to: &Path) -> Result<Copied, Error> {
         to: to.display().to_string(),
         bytes: std::fs::metadata(to).map_or(0, |m| m.len()),
         tasks,
-        counts: counts.into(),
+        counts,
         seconds: started.elapsed().as_secs_f64(),
     })
 }
@@ -140,7 +116,7 @@ pub fn restore(from: &Path, db: &Path, replace: bool) -> Result<Copied, Error> {
         to: db.display().to_string(),
         bytes: std::fs::metadata(db).map_or(0, |m| m.len()),
         tasks,
-        counts: counts.into(),
+        counts,
         seconds: started.elapsed().as_secs_f64(),
     })
 }

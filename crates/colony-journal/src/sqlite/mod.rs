@@ -16,7 +16,7 @@ mod remote;
 mod schema;
 mod writer;
 
-pub use backup::{Copied, CountsReport, backup, restore};
+pub use backup::{Copied, backup, restore};
 pub use remote::{Location, backup_to, restore_from};
 
 use crate::{AgentRecord, Counts, Durable, Error, Journal, Record, Stats, TaskRow};
