@@ -59,6 +59,8 @@ pub(crate) enum Command {
         reply: oneshot::Sender<Option<AgentId>>,
     },
     Inspect(Box<dyn FnOnce(&Tree) + Send>),
+    /// Kill an agent, as a crash from outside would: its running attempts end and retry.
+    Kill(AgentId),
     Stop,
 }
 
@@ -70,6 +72,7 @@ impl std::fmt::Debug for Command {
             }
             Command::Spawn { pool, count, .. } => write!(f, "Spawn({count} in pool {pool})"),
             Command::Inspect(_) => f.write_str("Inspect"),
+            Command::Kill(agent) => write!(f, "Kill({agent})"),
             Command::Stop => f.write_str("Stop"),
         }
     }
@@ -164,7 +167,7 @@ enum ErrorKind {
 /// How an attempt ended.
 enum Ended {
     Outcome(Outcome),
-    /// The agent panicked.
+    /// The agent panicked, or was killed.
     Crash(String),
     TimedOut(Duration),
 }
@@ -227,6 +230,7 @@ pub(crate) fn start(
         hierarchy_recorded: false,
         max_output: options.max_output,
         orphans: 0,
+        kill_switches: std::collections::HashMap::new(),
         steal_at: options.steal_at.max(1),
         multi_threaded: tokio::runtime::Handle::current().runtime_flavor()
             == tokio::runtime::RuntimeFlavor::MultiThread,
@@ -292,6 +296,8 @@ struct Dispatcher {
     max_output: usize,
     /// Backlogged tasks that no pool with agents can run yet.
     orphans: usize,
+    /// Per agent that ever ran an attempt outside `handle`: wakes those attempts to end them.
+    kill_switches: std::collections::HashMap<AgentId, Arc<Notify>>,
     /// Queue length of a sibling supervisor from which an idle worker steals.
     steal_at: usize,
     /// Tasks the tree holds at once; permits handed out so far.
@@ -381,6 +387,7 @@ impl Dispatcher {
                 // A panicking query drops its reply channel; the caller hears of it.
                 let _ = catch_unwind(AssertUnwindSafe(|| query(&self.tree)));
             }
+            Command::Kill(agent) => self.kill(agent),
             Command::Stop => return false,
         }
         true
@@ -593,17 +600,21 @@ impl Dispatcher {
             ),
             Ok(Execution::Running(running)) => {
                 let timeout = job.timeout;
+                let kill = self.kill_switches.entry(worker).or_default().clone();
                 self.running.push(Box::pin(async move {
                     let started = Instant::now();
-                    let ended = match tokio::time::timeout(
-                        timeout,
-                        AssertUnwindSafe(running).catch_unwind(),
-                    )
-                    .await
-                    {
-                        Ok(Ok(outcome)) => Ended::Outcome(outcome),
-                        Ok(Err(panic)) => Ended::Crash(panic_message(&*panic).to_owned()),
-                        Err(_) => Ended::TimedOut(timeout),
+                    // Created before the first poll, so a kill from now on reaches it.
+                    let killed = kill.notified();
+                    let attempt =
+                        tokio::time::timeout(timeout, AssertUnwindSafe(running).catch_unwind());
+                    let ended = tokio::select! {
+                        biased;
+                        () = killed => Ended::Crash("killed".to_owned()),
+                        result = attempt => match result {
+                            Ok(Ok(outcome)) => Ended::Outcome(outcome),
+                            Ok(Err(panic)) => Ended::Crash(panic_message(&*panic).to_owned()),
+                            Err(_) => Ended::TimedOut(timeout),
+                        },
                     };
                     Finished {
                         worker,
@@ -726,6 +737,21 @@ impl Dispatcher {
                 Some(error.into()),
                 worker,
             );
+        }
+    }
+
+    /// Kills `agent` from outside. Its running attempts end as crashes (the agent restarts and
+    /// each task retries, elsewhere if it can); an idle agent just restarts.
+    fn kill(&mut self, agent: AgentId) {
+        if !self.tree.contains(agent) || self.tree.tier(agent) != self.tree.worker_tier() {
+            return;
+        }
+        if self.tree.load(agent).0 > 0
+            && let Some(switch) = self.kill_switches.get(&agent)
+        {
+            switch.notify_waiters();
+        } else {
+            self.restart(agent, "killed".into(), true);
         }
     }
 

@@ -460,6 +460,16 @@ impl Handle {
         })
     }
 
+    /// Kills a worker agent as a crash from outside would: its running attempts end and their
+    /// tasks retry, preferably on other agents; the agent restarts as a new incarnation.
+    /// Unknown agents and managers are ignored.
+    pub fn kill(&self, agent: AgentId) -> Result<(), Error> {
+        self.shared
+            .inbox
+            .send(Command::Kill(agent))
+            .map_err(|_| Error::Stopped)
+    }
+
     /// Waits until the runtime is idle: every task accepted so far has ended, and no other
     /// is in flight. Under a steady stream of submissions that moment may not come.
     pub async fn drain(&self) -> Result<(), Error> {

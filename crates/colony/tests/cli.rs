@@ -299,3 +299,39 @@ fn agents_reads_the_chain_of_command_from_the_journal() {
         "{stderr}"
     );
 }
+
+#[test]
+fn killing_agents_under_load_loses_nothing() {
+    let (stdout, stderr, code) = colony(&[
+        "bench",
+        "recovery",
+        "--agents",
+        "300",
+        "--tasks",
+        "20000",
+        "--kill-rate",
+        "0.2",
+        "--secs",
+        "5",
+        "--error-rate",
+        "0.05",
+        "--crash-rate",
+        "0.02",
+        "--hang-rate",
+        "0.005",
+        "--timeout-ms",
+        "200",
+        "--json",
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    let json: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(json["ok"], true, "{json}");
+    assert_eq!(json["lost"], 0);
+    assert_eq!(json["accepted"], 20_000);
+    assert_eq!(json["journal_agrees"], true);
+    assert!(json["kills"].as_u64().unwrap() > 0, "{json}");
+    assert!(json["restarts"].as_u64().unwrap() > 0);
+    let (_, stderr, code) = colony(&["bench", "recovery", "--kill-rate", "2"]);
+    assert_eq!(code, 2);
+    assert!(stderr.contains("--kill-rate 2 is out of range"), "{stderr}");
+}

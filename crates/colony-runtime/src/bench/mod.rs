@@ -344,3 +344,114 @@ pub fn cpu_time() -> Duration {
 }
 
 pub mod crash;
+
+/// What `colony bench recovery` measured.
+#[derive(Clone, Debug, Serialize)]
+pub struct RecoveryReport {
+    pub agents: u64,
+    pub workers: u64,
+    pub tasks: u64,
+    /// Share of the workers killed each second while killing lasted.
+    pub kill_rate: f64,
+    pub kill_seconds: f64,
+    pub kills: u64,
+    pub accepted: u64,
+    pub succeeded: u64,
+    pub failed: u64,
+    pub dead_lettered: u64,
+    /// Accepted tasks the journal does not hold in a terminal state at the end: must be 0.
+    pub lost: u64,
+    pub attempts: u64,
+    pub re_executions: u64,
+    pub restarts: u64,
+    /// Results of attempts that had lost their lease, dropped by the journal's fencing.
+    pub late_results_fenced: u64,
+    /// Whether the runtime's counts of succeeded, failed and dead-lettered tasks equal the
+    /// journal's: a task counted twice, or committed twice, would break this.
+    pub journal_agrees: bool,
+    pub seconds: f64,
+    pub ok: bool,
+}
+
+/// Runs `tasks` tasks while killing `kill_rate` of the workers per second for `kill_for`, on
+/// top of whatever faults the swarm's sim agents inject; then waits for every task to end.
+pub async fn recovery(
+    swarm: &Swarm,
+    tasks: u64,
+    kill_rate: f64,
+    kill_for: Duration,
+    timeout: Duration,
+    seed: u64,
+) -> Result<RecoveryReport, Error> {
+    use rand::{Rng, SeedableRng, rngs::SmallRng};
+    let runtime = swarm.start(SpawnMode::Batch).await?;
+    let handle = runtime.handle().clone();
+    let workers = swarm.workers()?;
+    let agents = handle.stats().agents;
+    let first_worker = (agents - workers) as u32;
+    let started = Instant::now();
+    let submitter = {
+        let handle = handle.clone();
+        let batch = (handle.stats().capacity as u64).clamp(1, 1_000);
+        Spawner::spawn("bench-submitter", async move {
+            let mut left = tasks;
+            while left > 0 {
+                let n = left.min(batch);
+                let spec = TaskSpec {
+                    timeout,
+                    ..TaskSpec::default()
+                };
+                handle.submit_batch(vec![spec; n as usize]).await?;
+                left -= n;
+            }
+            Ok::<(), Error>(())
+        })
+    };
+    let mut rng = SmallRng::seed_from_u64(seed);
+    let per_tick = (workers as f64 * kill_rate / 10.0).round() as u64;
+    let mut kills = 0;
+    let killing = Instant::now();
+    while killing.elapsed() < kill_for && handle.stats().finished() < tasks {
+        for _ in 0..per_tick {
+            let victim = colony_core::AgentId(first_worker + rng.random_range(0..workers as u32));
+            handle.kill(victim)?;
+            kills += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let kill_seconds = killing.elapsed().as_secs_f64().min(kill_for.as_secs_f64());
+    submitter
+        .await
+        .map_err(|_| Error::Stopped)?
+        .ok_or(Error::Stopped)??;
+    handle.drain().await?;
+    let seconds = started.elapsed().as_secs_f64();
+    let stats = handle.stats();
+    let counts = handle.journal().counts()?;
+    let journal_stats = handle.journal().stats();
+    runtime.shutdown().await;
+    let lost = stats.accepted.saturating_sub(counts.terminal());
+    let journal_agrees = counts.succeeded == stats.succeeded
+        && counts.failed == stats.failed
+        && counts.dead_lettered == stats.dead_lettered;
+    Ok(RecoveryReport {
+        agents,
+        workers,
+        tasks,
+        kill_rate,
+        kill_seconds,
+        kills,
+        accepted: stats.accepted,
+        succeeded: stats.succeeded,
+        failed: stats.failed,
+        dead_lettered: stats.dead_lettered,
+        lost,
+        attempts: stats.attempts,
+        re_executions: stats.attempts.saturating_sub(stats.accepted),
+        restarts: stats.restarts,
+        late_results_fenced: journal_stats.fenced,
+        journal_agrees,
+        seconds,
+        ok: lost == 0 && journal_agrees && stats.accepted == tasks,
+    })
+}

@@ -706,3 +706,31 @@ async fn a_retry_goes_to_another_agent_of_the_role() {
     }
     runtime.shutdown().await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_killed_agents_running_task_retries_elsewhere() {
+    let (runtime, journal) = start(two_tiers(), vec![pool(2, sim(slow(100)))]).await;
+    let h = runtime.handle();
+    let pending = h.submit_notify(TaskSpec::default()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    let victim = journal.task(pending.id).unwrap().unwrap().agent.unwrap();
+    h.kill(victim).unwrap();
+    let done = pending.await.unwrap();
+    assert_eq!((done.state, done.attempts), (TaskState::Succeeded, 2));
+    assert_ne!(
+        done.agent,
+        Some(victim),
+        "the retry went to the other agent"
+    );
+    assert_eq!(h.stats().restarts, 1);
+    // Killing an idle agent or a manager loses nothing either.
+    h.kill(victim).unwrap();
+    h.kill(colony_core::AgentId(0)).unwrap();
+    h.kill(colony_core::AgentId(999)).unwrap();
+    assert_eq!(
+        h.submit_wait(TaskSpec::default()).await.unwrap().state,
+        TaskState::Succeeded
+    );
+    assert_eq!(h.stats().restarts, 2);
+    runtime.shutdown().await;
+}

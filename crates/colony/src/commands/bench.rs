@@ -18,6 +18,9 @@ pub(crate) enum Bench {
     /// SIGKILL the process running a durable workload at random moments, restart it on the
     /// same journal, and check that no task was lost or committed twice.
     Crash(CrashArgs),
+    /// Kill a share of the workers every second while tasks run, on top of injected errors,
+    /// crashes and hangs; check that every task ends and the journal agrees.
+    Recovery(RecoveryArgs),
     /// The process `bench crash` kills (internal).
     #[command(hide = true)]
     CrashChild(CrashChildArgs),
@@ -86,6 +89,40 @@ pub(crate) struct CrashArgs {
     #[arg(long, default_value_t = 100)]
     agents: u32,
     /// Seed of the kill times and the agents' latencies.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct RecoveryArgs {
+    #[command(flatten)]
+    swarm: SwarmArgs,
+    /// Tasks to run.
+    #[arg(long, default_value_t = 100_000)]
+    tasks: u64,
+    /// Share of the workers killed each second.
+    #[arg(long, default_value_t = 0.1)]
+    kill_rate: f64,
+    /// Seconds to keep killing (less if the tasks finish first).
+    #[arg(long, default_value_t = 30.0)]
+    secs: f64,
+    /// Each attempt takes a uniform 0..=this many microseconds.
+    #[arg(long, default_value_t = 2_000)]
+    latency_us: u64,
+    /// Probability an attempt fails with a retryable error.
+    #[arg(long, default_value_t = 0.0)]
+    error_rate: f64,
+    /// Probability an attempt crashes its agent.
+    #[arg(long, default_value_t = 0.0)]
+    crash_rate: f64,
+    /// Probability an attempt hangs until its timeout.
+    #[arg(long, default_value_t = 0.0)]
+    hang_rate: f64,
+    /// Timeout of one attempt, in milliseconds.
+    #[arg(long, default_value_t = 1_000)]
+    timeout_ms: u64,
     #[arg(long, default_value_t = 1)]
     seed: u64,
     #[arg(long)]
@@ -164,6 +201,93 @@ pub(crate) fn run(bench: Bench) -> Result<(), Failure> {
         .map_err(Failure::work)?;
     match bench {
         Bench::Crash(args) => return crash(&args),
+        Bench::Recovery(args) => {
+            let mut swarm = args.swarm.swarm()?;
+            check_range("--tasks", args.tasks as f64, 1.0, 1e9)?;
+            check_range("--kill-rate", args.kill_rate, 0.0, 1.0)?;
+            check_range("--secs", args.secs, 0.0, 3600.0)?;
+            check_range("--timeout-ms", args.timeout_ms as f64, 1.0, 3.6e6)?;
+            swarm.sim = SimOptions {
+                seed: args.seed,
+                latency: colony_agents::sim::Latency::Uniform {
+                    min: Duration::ZERO,
+                    max: Duration::from_micros(args.latency_us),
+                },
+                error_rate: args.error_rate,
+                crash_rate: args.crash_rate,
+                hang_rate: args.hang_rate,
+            };
+            colony_agents::sim::Sim::new(swarm.sim.clone()).map_err(Failure::input)?;
+            let report = runtime
+                .block_on(bench::recovery(
+                    &swarm,
+                    args.tasks,
+                    args.kill_rate,
+                    Duration::from_secs_f64(args.secs),
+                    Duration::from_millis(args.timeout_ms),
+                    args.seed,
+                ))
+                .map_err(failure)?;
+            if args.json {
+                print_json(&report)?;
+            } else {
+                let mut t = Table::new(&["recovery", ""]);
+                t.row(vec![
+                    "agents (workers)".into(),
+                    format!(
+                        "{} ({})",
+                        thousands(report.agents),
+                        thousands(report.workers)
+                    ),
+                ]);
+                t.row(vec![
+                    "kills".into(),
+                    format!(
+                        "{} over {:.1} s",
+                        thousands(report.kills),
+                        report.kill_seconds
+                    ),
+                ]);
+                t.row(vec!["tasks accepted".into(), thousands(report.accepted)]);
+                t.row(vec!["succeeded".into(), thousands(report.succeeded)]);
+                t.row(vec![
+                    "dead-lettered".into(),
+                    thousands(report.dead_lettered),
+                ]);
+                t.row(vec!["failed".into(), thousands(report.failed)]);
+                t.row(vec!["lost".into(), thousands(report.lost)]);
+                t.row(vec![
+                    "re-executions".into(),
+                    thousands(report.re_executions),
+                ]);
+                t.row(vec!["agent restarts".into(), thousands(report.restarts)]);
+                t.row(vec![
+                    "late results fenced".into(),
+                    thousands(report.late_results_fenced),
+                ]);
+                t.row(vec![
+                    "journal agrees".into(),
+                    report.journal_agrees.to_string(),
+                ]);
+                t.row(vec!["seconds".into(), format!("{:.1}", report.seconds)]);
+                t.row(vec![
+                    "verdict".into(),
+                    if report.ok {
+                        "ok".into()
+                    } else {
+                        "FAILED".into()
+                    },
+                ]);
+                print!("{}", t.render());
+            }
+            if !report.ok {
+                return Err(Failure::work(anyhow::anyhow!(
+                    "recovery checks failed: {} lost, journal agrees: {}",
+                    report.lost,
+                    report.journal_agrees
+                )));
+            }
+        }
         Bench::CrashChild(args) => {
             let options = crash::ChildOptions {
                 db: args.db,
