@@ -270,14 +270,7 @@ pub(crate) fn run(bench: Bench) -> Result<(), Failure> {
                     report.journal_agrees.to_string(),
                 ]);
                 t.row(vec!["seconds".into(), format!("{:.1}", report.seconds)]);
-                t.row(vec![
-                    "verdict".into(),
-                    if report.ok {
-                        "ok".into()
-                    } else {
-                        "FAILED".into()
-                    },
-                ]);
+                t.row(vec!["verdict".into(), verdict(report.ok)]);
                 print!("{}", t.render());
             }
             if !report.ok {
@@ -486,14 +479,7 @@ fn crash(args: &CrashArgs) -> Result<(), Failure> {
         ]);
         t.row(vec!["stray rows".into(), thousands(report.stray_rows)]);
         t.row(vec!["seconds".into(), format!("{:.1}", report.seconds)]);
-        t.row(vec![
-            "verdict".into(),
-            if report.ok {
-                "ok".into()
-            } else {
-                "FAILED".into()
-            },
-        ]);
+        t.row(vec!["verdict".into(), verdict(report.ok)]);
         print!("{}", t.render());
     }
     if report.ok {
@@ -524,6 +510,10 @@ fn failure(error: colony_runtime::Error) -> Failure {
         ) => Failure::input(error),
         _ => Failure::work(error),
     }
+}
+
+fn verdict(ok: bool) -> String {
+    if ok { "ok" } else { "FAILED" }.to_owned()
 }
 
 fn latency_rows(t: &mut Table, p: &Percentiles) {
