@@ -172,7 +172,8 @@ pub struct DispatchReport {
     pub journal_terminal: u64,
     /// Submit-to-done latency of the first task of every batch.
     pub latency: Percentiles,
-    /// How long each batch took to be accepted: with a SQLite journal, the group commit.
+    /// How long each batch took to be accepted: waiting for room in the hierarchy and, with a
+    /// SQLite journal, for the group commit.
     pub accept_latency: Percentiles,
     /// The SQLite file, when the journal was durable.
     pub journal: Option<String>,

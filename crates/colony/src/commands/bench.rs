@@ -392,7 +392,7 @@ pub(crate) fn run(bench: Bench) -> Result<(), Failure> {
                 format!("{:.3} s", report.start_seconds),
             ]);
             t.row(vec![
-                "accept (commit) p50 / p99".into(),
+                "accept wait p50 / p99".into(),
                 format!(
                     "{:.0} / {:.0} µs",
                     report.accept_latency.p50_us, report.accept_latency.p99_us
