@@ -64,6 +64,14 @@ pub enum Record {
 }
 
 impl Record {
+    /// The states a failed attempt may move its task to; journals refuse any other.
+    pub fn may_follow_failure(next: TaskState) -> bool {
+        matches!(
+            next,
+            TaskState::Queued | TaskState::Failed | TaskState::DeadLettered
+        )
+    }
+
     pub fn task(&self) -> TaskId {
         match self {
             Record::Started { task, .. }

@@ -113,10 +113,7 @@ impl Inner {
                 next,
                 ..
             } => {
-                if !matches!(
-                    next,
-                    TaskState::Queued | TaskState::Failed | TaskState::DeadLettered
-                ) {
+                if !Record::may_follow_failure(next) {
                     self.stats.invalid += 1;
                     return;
                 }

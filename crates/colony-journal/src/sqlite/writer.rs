@@ -448,10 +448,7 @@ fn apply(
             next,
             ..
         } => {
-            if !matches!(
-                next,
-                TaskState::Queued | TaskState::Failed | TaskState::DeadLettered
-            ) {
+            if !Record::may_follow_failure(*next) {
                 delta.stats.invalid += 1;
                 return Ok(());
             }
