@@ -10,6 +10,7 @@
 //!   task goes, by strategy.
 //! - [`health`] classifies an agent healthy, degraded, critical or failed from its response
 //!   times and silences, and raises a predictive alert when it slows down.
+//! - [`rebalance`] plans the moves that even out sibling supervisors' queues.
 //! - [`supervision`] decides, Erlang-style, which children restart after an exit, after what
 //!   backoff, and when a supervisor gives up and escalates.
 //! - [`task`] and [`agent`] are the specs users write.
@@ -27,6 +28,7 @@ pub mod agent;
 pub mod health;
 pub mod hierarchy;
 pub mod id;
+pub mod rebalance;
 pub mod routing;
 pub mod supervision;
 pub mod task;

@@ -289,6 +289,11 @@ impl Tree {
         id
     }
 
+    /// The agents of tier `tier`. O(agents): for periodic passes, not per task.
+    pub fn agents_in_tier(&self, tier: usize) -> Vec<AgentId> {
+        self.tier_members(tier).map(AgentId).collect()
+    }
+
     fn tier_members(&self, tier: usize) -> impl Iterator<Item = u32> + '_ {
         self.nodes
             .iter()

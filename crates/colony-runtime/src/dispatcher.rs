@@ -232,6 +232,7 @@ pub(crate) fn start(
         orphans: 0,
         kill_switches: std::collections::HashMap::new(),
         steal_at: options.steal_at.max(1),
+        rebalance: options.rebalance,
         multi_threaded: tokio::runtime::Handle::current().runtime_flavor()
             == tokio::runtime::RuntimeFlavor::MultiThread,
         rng: SmallRng::seed_from_u64(options.seed),
@@ -259,6 +260,8 @@ struct Turn {
     /// Ended tasks that held an admission permit.
     permits: u64,
     steals: u64,
+    /// Tasks moved by rebalancing.
+    rebalanced: u64,
 }
 
 struct Dispatcher {
@@ -300,6 +303,7 @@ struct Dispatcher {
     kill_switches: std::collections::HashMap<AgentId, Arc<Notify>>,
     /// Queue length of a sibling supervisor from which an idle worker steals.
     steal_at: usize,
+    rebalance: colony_core::rebalance::RebalanceOptions,
     /// Tasks the tree holds at once; permits handed out so far.
     capacity: u64,
     /// Tasks in supervisors' queues and the backlog.
@@ -312,6 +316,12 @@ impl Dispatcher {
         // However the loop ends, even by a panic, submitters and drainers stop waiting.
         let _stopped = StopGuard(self.shared.clone());
         let mut batch = Vec::with_capacity(BATCH);
+        let every = self.rebalance.every;
+        let mut rebalance = (!every.is_zero()).then(|| {
+            let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            tick
+        });
         'turns: loop {
             tokio::select! {
                 biased;
@@ -331,6 +341,9 @@ impl Dispatcher {
                 Some(job) = self.delayed.next(), if !self.delayed.is_empty() => {
                     self.queued -= 1;
                     self.route_or_wait(job);
+                }
+                () = next_tick(&mut rebalance), if rebalance.is_some() => {
+                    self.rebalance();
                 }
                 Some((result, jobs, ack)) = self.accepting.next(), if !self.accepting.is_empty() => {
                     self.accepted(result, jobs, ack);
@@ -871,6 +884,57 @@ impl Dispatcher {
         }
     }
 
+    /// The periodic pass that evens out sibling supervisors' queues (see
+    /// [`colony_core::rebalance`]); the idle workers of a supervisor that received tasks
+    /// look at its queue when the turn settles.
+    fn rebalance(&mut self) {
+        let supervisor_tier = self.tree.worker_tier() - 1;
+        let groups: Vec<Vec<AgentId>> = if supervisor_tier == 0 {
+            vec![self.tree.roots().collect()]
+        } else {
+            let parents = self.tree.agents_in_tier(supervisor_tier - 1);
+            parents
+                .into_iter()
+                .map(|p| self.tree.children(p).collect())
+                .collect()
+        };
+        for siblings in groups {
+            let lengths: Vec<usize> = siblings
+                .iter()
+                .map(|s| self.queues[s.index()].as_ref().map_or(0, |q| q.len()))
+                .collect();
+            let mut moved = 0;
+            for m in colony_core::rebalance::plan(&lengths, self.rebalance.tolerance) {
+                let (from, to) = (siblings[m.from], siblings[m.to]);
+                let can_run = self.tree.mask(to);
+                for _ in 0..m.count {
+                    let job = self.queues[from.index()].as_mut().and_then(|q| {
+                        q.pop_matching(usize::MAX, |job| job.mask.intersects(can_run))
+                    });
+                    let Some(job) = job else { break };
+                    self.tree.dequeue(from);
+                    self.tree.enqueue(to);
+                    let bound = self.tree.load(to).1 as usize;
+                    let queue = self.queues[to.index()]
+                        .get_or_insert_with(|| Box::new(PriorityQueue::new(bound)));
+                    queue.push_front(job.priority, job);
+                    moved += 1;
+                }
+                self.freed.extend(self.tree.children(to));
+            }
+            if moved > 0 {
+                self.turn.rebalanced += moved;
+                if self.shared.bus.wants(Kinds::TASKS) {
+                    let parent = self.tree.parent(siblings[0]);
+                    self.events.push(Event::LoadRebalanced {
+                        parent,
+                        moved: moved as u32,
+                    });
+                }
+            }
+        }
+    }
+
     /// Work stealing: `supervisor` has a worker of `spec` with nothing to do, so it takes a
     /// task that worker can run from the sibling supervisor with the longest queue, if that
     /// queue holds at least `steal_at` tasks. The task's load moves with it.
@@ -920,6 +984,10 @@ impl Dispatcher {
         if t.steals > 0 {
             c.steals.fetch_add(t.steals, Relaxed);
             m.steals.increment(t.steals);
+        }
+        if t.rebalanced > 0 {
+            c.rebalanced.fetch_add(t.rebalanced, Relaxed);
+            m.rebalanced.increment(t.rebalanced);
         }
         let restarts = t.restarts_crash + t.restarts_timeout;
         if restarts > 0 {
@@ -1009,6 +1077,16 @@ impl Drop for StopGuard {
         self.0.stopped.store(true, Relaxed);
         self.0.permits.close();
         self.0.drained.notify_waiters();
+    }
+}
+
+/// The next tick of the rebalancing interval; never, when there is none.
+async fn next_tick(interval: &mut Option<tokio::time::Interval>) {
+    match interval {
+        Some(interval) => {
+            interval.tick().await;
+        }
+        None => std::future::pending().await,
     }
 }
 

@@ -72,6 +72,12 @@ pub enum Event {
         from: AgentId,
         to: AgentId,
     },
+    /// The periodic pass moved `moved` tasks between the queues of `parent`'s children
+    /// (`load:rebalanced`); `parent` is `None` for the top tier.
+    LoadRebalanced {
+        parent: Option<AgentId>,
+        moved: u32,
+    },
 }
 
 impl Event {
@@ -84,7 +90,8 @@ impl Event {
             | Event::TaskSucceeded { .. }
             | Event::TaskFailed { .. }
             | Event::TaskGaveUp { .. }
-            | Event::WorkStolen { .. } => Kinds::TASKS,
+            | Event::WorkStolen { .. }
+            | Event::LoadRebalanced { .. } => Kinds::TASKS,
         }
     }
 }

@@ -80,6 +80,7 @@ pub(crate) struct Counters {
     pub(crate) attempts: AtomicU64,
     pub(crate) retries: AtomicU64,
     pub(crate) steals: AtomicU64,
+    pub(crate) rebalanced: AtomicU64,
     pub(crate) restarts: AtomicU64,
     pub(crate) queued: AtomicU64,
     pub(crate) running: AtomicU64,
@@ -99,6 +100,8 @@ pub struct Stats {
     pub retries: u64,
     /// Tasks an idle worker took from a sibling supervisor's queue.
     pub steals: u64,
+    /// Tasks moved between sibling queues by periodic rebalancing.
+    pub rebalanced: u64,
     /// Agents replaced after a crash or a hang.
     pub restarts: u64,
     /// Tasks waiting in supervisors' queues or for room in the hierarchy.
@@ -498,6 +501,7 @@ impl Handle {
             attempts: c.attempts.load(Relaxed),
             retries: c.retries.load(Relaxed),
             steals: c.steals.load(Relaxed),
+            rebalanced: c.rebalanced.load(Relaxed),
             restarts: c.restarts.load(Relaxed),
             queued: c.queued.load(Relaxed),
             running: c.running.load(Relaxed),

@@ -89,6 +89,8 @@ pub struct RuntimeOptions {
     /// A worker with nothing to do takes a task from the sibling supervisor with the longest
     /// queue once that queue holds this many (its own holds none: a ratio of at least 2:1).
     pub steal_at: usize,
+    /// Periodic evening-out of sibling supervisors' queues.
+    pub rebalance: colony_core::rebalance::RebalanceOptions,
     /// Seed of the routing decisions' random choices.
     pub seed: u64,
     /// How long the dispatcher keeps watching for work after a busy turn before it parks its
@@ -122,6 +124,7 @@ impl Default for RuntimeOptions {
             max_output: DEFAULT_MAX_OUTPUT,
             retry: RetryOptions::default(),
             steal_at: 2,
+            rebalance: colony_core::rebalance::RebalanceOptions::default(),
             seed: 0,
             linger: DEFAULT_LINGER,
         }
@@ -260,6 +263,9 @@ pub enum Error {
 impl RuntimeOptions {
     pub fn validate(&self, pools: &[Pool]) -> Result<(), Error> {
         self.retry.validate()?;
+        self.rebalance
+            .validate()
+            .map_err(|e| Error::Options(e.to_string()))?;
         if !(1..=1_000_000).contains(&self.queue_capacity) {
             return Err(Error::QueueCapacity {
                 got: self.queue_capacity,

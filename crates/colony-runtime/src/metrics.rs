@@ -17,6 +17,7 @@ pub const TASKS_FINISHED: &str = "colony_tasks_finished_total";
 pub const TASK_ATTEMPTS: &str = "colony_task_attempts_total";
 pub const TASK_RETRIES: &str = "colony_task_retries_total";
 pub const WORK_STEALS: &str = "colony_work_steals_total";
+pub const REBALANCED: &str = "colony_tasks_rebalanced_total";
 pub const TASK_LATENCY: &str = "colony_task_latency_seconds";
 pub const TASKS_QUEUED: &str = "colony_tasks_queued";
 pub const TASKS_RUNNING: &str = "colony_tasks_running";
@@ -81,6 +82,7 @@ pub(crate) struct Metrics {
     pub(crate) attempts: Counter,
     pub(crate) retries: Counter,
     pub(crate) steals: Counter,
+    pub(crate) rebalanced: Counter,
     pub(crate) latency: Histogram,
     pub(crate) queued: Gauge,
     pub(crate) running: Gauge,
@@ -99,6 +101,7 @@ impl Metrics {
             attempts: counter!(TASK_ATTEMPTS),
             retries: counter!(TASK_RETRIES),
             steals: counter!(WORK_STEALS),
+            rebalanced: counter!(REBALANCED),
             latency: histogram!(TASK_LATENCY),
             queued: gauge!(TASKS_QUEUED),
             running: gauge!(TASKS_RUNNING),

@@ -734,3 +734,47 @@ async fn a_killed_agents_running_task_retries_elsewhere() {
     assert_eq!(h.stats().restarts, 2);
     runtime.shutdown().await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn rebalancing_evens_out_sibling_queues_on_its_period() {
+    // Span 2: supervisor A's two workers are busy for 60 s with 20 tasks queued behind them;
+    // a new worker under sibling supervisor B steals one, then B's queue stays empty until
+    // the 5 s pass moves some of A's queue over.
+    let options = RuntimeOptions {
+        span: 2,
+        tiers: Tiers::Named(vec!["c".into(), "s".into(), "w".into()]),
+        queue_capacity: 40,
+        ..RuntimeOptions::default()
+    };
+    let (runtime, _) = start(options, vec![pool(2, sim(slow(60_000)))]).await;
+    let h = runtime.handle();
+    let mut events = h.subscribe(Kinds::TASKS);
+    let long = TaskSpec {
+        timeout: Duration::from_secs(600),
+        ..TaskSpec::default()
+    };
+    h.submit_batch(vec![long; 22]).await.unwrap();
+    h.spawn(0, 1, crate::SpawnMode::Batch).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(4_900)).await;
+    assert_eq!(h.stats().rebalanced, 0, "not before the period");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let moved = h.stats().rebalanced;
+    // Queues 19 and 0, mean 9.5, tolerance 30 %: both end within 6.65..=12.35.
+    assert!((7..=12).contains(&moved), "moved {moved}");
+    let (a, b) = h
+        .inspect(|t| {
+            let sups = t.agents_in_tier(1);
+            (t.load(sups[0]).0, t.load(sups[1]).0)
+        })
+        .await
+        .unwrap();
+    assert_eq!(a + b, 22, "load moved with the tasks");
+    let rebalanced = std::iter::from_fn(|| events.try_recv())
+        .filter_map(|e| match e {
+            Event::LoadRebalanced { moved, .. } => Some(u64::from(moved)),
+            _ => None,
+        })
+        .sum::<u64>();
+    assert_eq!(rebalanced, moved);
+    runtime.shutdown().await;
+}
