@@ -323,6 +323,8 @@ impl Dispatcher {
             tick
         });
         'turns: loop {
+            // Biased, for reproducible runs; the other sources are drained below every turn, so
+            // a steady stream of commands cannot starve them.
             tokio::select! {
                 biased;
                 n = commands.recv_many(&mut batch, BATCH) => {
@@ -359,6 +361,21 @@ impl Dispatcher {
                     Some(Some(finished)) => self.finished(finished),
                     _ => break,
                 }
+            }
+            while let Some(Some((result, jobs, ack))) = self.accepting.next().now_or_never() {
+                self.accepted(result, jobs, ack);
+            }
+            while let Some(Some(job)) = self.delayed.next().now_or_never() {
+                self.queued -= 1;
+                self.route_or_wait(job);
+            }
+            while let Some(Some(result)) = self.flushing.next().now_or_never() {
+                if let Err(error) = result {
+                    tracing::error!(%error, "Journal write failed.");
+                }
+            }
+            if rebalance.is_some() && next_tick(&mut rebalance).now_or_never().is_some() {
+                self.rebalance();
             }
             self.settle();
             self.publish();
