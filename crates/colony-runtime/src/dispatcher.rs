@@ -60,7 +60,7 @@ pub(crate) enum Command {
     },
     Inspect(Box<dyn FnOnce(&Tree) + Send>),
     /// Kill an agent, as a crash from outside would: its running attempts end and retry.
-    Kill(AgentId),
+    Kill(AgentId, Instant),
     Stop,
 }
 
@@ -72,7 +72,7 @@ impl std::fmt::Debug for Command {
             }
             Command::Spawn { pool, count, .. } => write!(f, "Spawn({count} in pool {pool})"),
             Command::Inspect(_) => f.write_str("Inspect"),
-            Command::Kill(agent) => write!(f, "Kill({agent})"),
+            Command::Kill(agent, _) => write!(f, "Kill({agent})"),
             Command::Stop => f.write_str("Stop"),
         }
     }
@@ -102,6 +102,8 @@ pub(crate) struct Job {
     tries: u32,
     /// The agent of the last attempt, which a retry avoids when another can take it.
     last_agent: Option<AgentId>,
+    /// When the last attempt failed, while a retry is pending: to time the redispatch.
+    failed_at: Option<Instant>,
     /// Attempts of this task that crashed or hung their agent.
     faults: u32,
 }
@@ -129,6 +131,7 @@ impl Job {
             tries: 0,
             faults: 0,
             last_agent: None,
+            failed_at: None,
         }
     }
 
@@ -154,6 +157,7 @@ impl Job {
             tries: 0,
             faults: 0,
             last_agent: None,
+            failed_at: None,
         }
     }
 }
@@ -207,6 +211,7 @@ pub(crate) fn start(
         counters: Counters::default(),
         drained: Notify::new(),
         bus,
+        timings: Mutex::new(crate::handle::Timings::default()),
     });
     let dispatcher = Dispatcher {
         agents: pools
@@ -231,6 +236,7 @@ pub(crate) fn start(
         max_output: options.max_output,
         orphans: 0,
         kill_switches: std::collections::HashMap::new(),
+        killed_at: std::collections::HashMap::new(),
         steal_at: options.steal_at.max(1),
         rebalance: options.rebalance,
         multi_threaded: tokio::runtime::Handle::current().runtime_flavor()
@@ -301,6 +307,8 @@ struct Dispatcher {
     orphans: usize,
     /// Per agent that ever ran an attempt outside `handle`: wakes those attempts to end them.
     kill_switches: std::collections::HashMap<AgentId, Arc<Notify>>,
+    /// When agents with running attempts were killed, to time the detection.
+    killed_at: std::collections::HashMap<AgentId, Instant>,
     /// Queue length of a sibling supervisor from which an idle worker steals.
     steal_at: usize,
     rebalance: colony_core::rebalance::RebalanceOptions,
@@ -417,7 +425,7 @@ impl Dispatcher {
                 // A panicking query drops its reply channel; the caller hears of it.
                 let _ = catch_unwind(AssertUnwindSafe(|| query(&self.tree)));
             }
-            Command::Kill(agent) => self.kill(agent),
+            Command::Kill(agent, at) => self.kill(agent, at),
             Command::Stop => return false,
         }
         true
@@ -544,8 +552,16 @@ impl Dispatcher {
     }
 
     /// Routes `job`, or puts it at the back of the backlog when nothing has room for it.
-    fn route_or_wait(&mut self, job: Job) {
+    fn route_or_wait(&mut self, mut job: Job) {
         self.orphans += usize::from(job.requirement.is_some());
+        if let Some(failed) = job.failed_at.take() {
+            let mut timings = self
+                .shared
+                .timings
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            crate::handle::Timings::add(&mut timings.redispatch, failed.elapsed());
+        }
         if let Err(job) = self.route(job) {
             self.queued += 1;
             let _ = self.backlog.push(job.priority, job);
@@ -630,11 +646,12 @@ impl Dispatcher {
             ),
             Ok(Execution::Running(running)) => {
                 let timeout = job.timeout;
-                let kill = self.kill_switches.entry(worker).or_default().clone();
+                // Created here, before the attempt is first polled: a kill from now on reaches
+                // it even if the attempt has not run yet.
+                let switch = self.kill_switches.entry(worker).or_default().clone();
+                let killed = switch.notified_owned();
                 self.running.push(Box::pin(async move {
                     let started = Instant::now();
-                    // Created before the first poll, so a kill from now on reaches it.
-                    let killed = kill.notified();
                     let attempt =
                         tokio::time::timeout(timeout, AssertUnwindSafe(running).catch_unwind());
                     let ended = tokio::select! {
@@ -664,6 +681,8 @@ impl Dispatcher {
 
     /// Commits, retries or gives up on the attempt `job.attempt` that `worker` ran.
     fn ended(&mut self, worker: AgentId, mut job: Job, ended: Ended, micros: Option<f32>) {
+        // A kill that found this attempt running; any ending consumes it.
+        let killed = self.killed_at.remove(&worker);
         // An output the journal could not hold is no result: the task fails, saying why.
         let ended = match ended {
             Ended::Outcome(Ok(output)) if output.len() > self.max_output => {
@@ -711,6 +730,14 @@ impl Dispatcher {
             Ended::Outcome(Err(AgentError::Retryable(error))) => error,
             Ended::Crash(message) => {
                 job.faults += 1;
+                if let Some(at) = killed {
+                    let mut timings = self
+                        .shared
+                        .timings
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner());
+                    crate::handle::Timings::add(&mut timings.detection, at.elapsed());
+                }
                 self.restart(worker, format!("agent crashed: {message}").into(), true)
             }
             Ended::TimedOut(after) => {
@@ -740,6 +767,7 @@ impl Dispatcher {
         self.failed_event(worker, &job, &error, retry, ErrorKind::Retryable);
         if retry {
             self.turn.retries += 1;
+            job.failed_at = Some(Instant::now());
             let delay = self.retry.delay(job.tries, &mut self.rng);
             if delay.is_zero() {
                 self.route_or_wait(job);
@@ -772,7 +800,7 @@ impl Dispatcher {
 
     /// Kills `agent` from outside. Its running attempts end as crashes (the agent restarts and
     /// each task retries, elsewhere if it can); an idle agent just restarts.
-    fn kill(&mut self, agent: AgentId) {
+    fn kill(&mut self, agent: AgentId, at: Instant) {
         if !self.tree.contains(agent) || self.tree.tier(agent) != self.tree.worker_tier() {
             return;
         }
@@ -780,6 +808,7 @@ impl Dispatcher {
             && let Some(switch) = self.kill_switches.get(&agent)
         {
             switch.notify_waiters();
+            self.killed_at.insert(agent, at);
         } else {
             self.restart(agent, "killed".into(), true);
         }

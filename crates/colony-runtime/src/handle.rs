@@ -48,6 +48,28 @@ pub(crate) struct Shared {
     /// Woken when every accepted task has ended.
     pub(crate) drained: Notify,
     pub(crate) bus: EventBus,
+    /// Recovery timings, for benchmarks: kill to attempt ended, failure to next attempt.
+    pub(crate) timings: Mutex<Timings>,
+}
+
+/// Samples of how fast the runtime reacts to faults, kept up to [`Timings::LIMIT`] each.
+#[derive(Debug, Default, Clone)]
+pub struct Timings {
+    /// From an outside kill to the end of the killed attempt.
+    pub detection: Vec<Duration>,
+    /// From a failed attempt's end to its retry being dispatched again (to an agent, a
+    /// supervisor's queue or the backlog), retry backoff included.
+    pub redispatch: Vec<Duration>,
+}
+
+impl Timings {
+    pub const LIMIT: usize = 1_000_000;
+
+    pub(crate) fn add(samples: &mut Vec<Duration>, d: Duration) {
+        if samples.len() < Self::LIMIT {
+            samples.push(d);
+        }
+    }
 }
 
 impl Shared {
@@ -469,8 +491,17 @@ impl Handle {
     pub fn kill(&self, agent: AgentId) -> Result<(), Error> {
         self.shared
             .inbox
-            .send(Command::Kill(agent))
+            .send(Command::Kill(agent, Instant::now()))
             .map_err(|_| Error::Stopped)
+    }
+
+    /// The recovery timings sampled so far.
+    pub fn timings(&self) -> Timings {
+        self.shared
+            .timings
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Waits until the runtime is idle: every task accepted so far has ended, and no other

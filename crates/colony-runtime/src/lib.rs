@@ -32,7 +32,7 @@ pub mod metrics;
 pub mod queue;
 pub mod spawner;
 
-pub use handle::{Accepted, Completion, Handle, Pending, Stats};
+pub use handle::{Accepted, Completion, Handle, Pending, Stats, Timings};
 
 use colony_agents::{Agent, AgentSpec};
 use colony_core::{

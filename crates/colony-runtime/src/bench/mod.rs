@@ -29,6 +29,7 @@ pub struct Swarm {
     pub sim: SimOptions,
     /// Where the journal lives: a SQLite file, or memory when `None`.
     pub journal: Option<SqliteOptions>,
+    pub retry: crate::RetryOptions,
 }
 
 impl Swarm {
@@ -73,6 +74,7 @@ impl Swarm {
             span: self.span,
             tiers: self.tiers.clone(),
             spawn,
+            retry: self.retry,
             ..RuntimeOptions::default()
         };
         let journal: Arc<dyn Journal> = match &self.journal {
@@ -370,6 +372,10 @@ pub struct RecoveryReport {
     /// Whether the runtime's counts of succeeded, failed and dead-lettered tasks equal the
     /// journal's: a task counted twice, or committed twice, would break this.
     pub journal_agrees: bool,
+    /// From a kill to the end of the killed attempt.
+    pub detection: Percentiles,
+    /// From a failed attempt to its retry being dispatched again, retry backoff included.
+    pub redispatch: Percentiles,
     pub seconds: f64,
     pub ok: bool,
 }
@@ -430,6 +436,7 @@ pub async fn recovery(
     let stats = handle.stats();
     let counts = handle.journal().counts()?;
     let journal_stats = handle.journal().stats();
+    let timings = handle.timings();
     runtime.shutdown().await;
     let lost = stats.accepted.saturating_sub(counts.terminal());
     let journal_agrees = counts.succeeded == stats.succeeded
@@ -452,6 +459,8 @@ pub async fn recovery(
         restarts: stats.restarts,
         late_results_fenced: journal_stats.fenced,
         journal_agrees,
+        detection: Percentiles::of(timings.detection),
+        redispatch: Percentiles::of(timings.redispatch),
         seconds,
         ok: lost == 0 && journal_agrees && stats.accepted == tasks,
     })

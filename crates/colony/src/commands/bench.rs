@@ -123,6 +123,9 @@ pub(crate) struct RecoveryArgs {
     /// Timeout of one attempt, in milliseconds.
     #[arg(long, default_value_t = 1_000)]
     timeout_ms: u64,
+    /// Delay before a retry, doubling up to 1 s; 0 retries at once.
+    #[arg(long, default_value_t = 10)]
+    retry_backoff_ms: u64,
     #[arg(long, default_value_t = 1)]
     seed: u64,
     #[arg(long)]
@@ -178,6 +181,7 @@ impl SwarmArgs {
             tiers: Tiers::Named(self.tiers.clone()),
             sim: SimOptions::default(),
             journal,
+            retry: colony_runtime::RetryOptions::default(),
         };
         swarm.workers().map_err(Failure::input)?;
         Ok(swarm)
@@ -218,6 +222,13 @@ pub(crate) fn run(bench: Bench) -> Result<(), Failure> {
                 hang_rate: args.hang_rate,
             };
             colony_agents::sim::Sim::new(swarm.sim.clone()).map_err(Failure::input)?;
+            check_range(
+                "--retry-backoff-ms",
+                args.retry_backoff_ms as f64,
+                0.0,
+                1_000.0,
+            )?;
+            swarm.retry.initial_backoff = Duration::from_millis(args.retry_backoff_ms);
             let report = runtime
                 .block_on(bench::recovery(
                     &swarm,
@@ -261,6 +272,20 @@ pub(crate) fn run(bench: Bench) -> Result<(), Failure> {
                     thousands(report.re_executions),
                 ]);
                 t.row(vec!["agent restarts".into(), thousands(report.restarts)]);
+                let p = |p: &Percentiles| {
+                    format!(
+                        "{:.1} / {:.1} µs ({} samples)",
+                        p.p50_us, p.p99_us, p.samples
+                    )
+                };
+                t.row(vec![
+                    "kill -> attempt ended p50 / p99".into(),
+                    p(&report.detection),
+                ]);
+                t.row(vec![
+                    "failure -> redispatched p50 / p99".into(),
+                    p(&report.redispatch),
+                ]);
                 t.row(vec![
                     "late results fenced".into(),
                     thousands(report.late_results_fenced),
