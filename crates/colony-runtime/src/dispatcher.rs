@@ -252,7 +252,10 @@ pub(crate) fn start(
     // Unconstrained by tokio's cooperative budget: the loop already yields whenever nothing
     // is ready, and a budget spent on ended attempts would make retry timers and kill
     // notices look pending for as long as the swarm stays busy.
-    let task = Spawner::spawn("dispatcher", tokio::task::unconstrained(dispatcher.run(commands)));
+    let task = Spawner::spawn(
+        "dispatcher",
+        tokio::task::unconstrained(dispatcher.run(commands)),
+    );
     (Handle::new(shared), task)
 }
 
