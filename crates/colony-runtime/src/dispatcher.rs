@@ -1025,22 +1025,10 @@ impl Dispatcher {
         let t = std::mem::take(&mut self.turn);
         let c = &self.shared.counters;
         let m = &self.metrics;
-        if t.attempts > 0 {
-            c.attempts.fetch_add(t.attempts, Relaxed);
-            m.attempts.increment(t.attempts);
-        }
-        if t.retries > 0 {
-            c.retries.fetch_add(t.retries, Relaxed);
-            m.retries.increment(t.retries);
-        }
-        if t.steals > 0 {
-            c.steals.fetch_add(t.steals, Relaxed);
-            m.steals.increment(t.steals);
-        }
-        if t.rebalanced > 0 {
-            c.rebalanced.fetch_add(t.rebalanced, Relaxed);
-            m.rebalanced.increment(t.rebalanced);
-        }
+        bump(&c.attempts, &m.attempts, t.attempts);
+        bump(&c.retries, &m.retries, t.retries);
+        bump(&c.steals, &m.steals, t.steals);
+        bump(&c.rebalanced, &m.rebalanced, t.rebalanced);
         let restarts = t.restarts_crash + t.restarts_timeout;
         if restarts > 0 {
             c.restarts.fetch_add(restarts, Relaxed);
@@ -1129,6 +1117,14 @@ impl Drop for StopGuard {
         self.0.stopped.store(true, Relaxed);
         self.0.permits.close();
         self.0.drained.notify_waiters();
+    }
+}
+
+/// Adds a turn's count to a counter callers read and to its metric.
+fn bump(counter: &AtomicU64, metric: &metrics::Counter, n: u64) {
+    if n > 0 {
+        counter.fetch_add(n, Relaxed);
+        metric.increment(n);
     }
 }
 

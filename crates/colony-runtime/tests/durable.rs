@@ -54,6 +54,25 @@ async fn every_task_is_on_disk_when_drain_returns() {
     assert_eq!(rows.len() as u64, counts.succeeded);
 }
 
+/// Runs a process on the journal at `path` until `running` attempts are recorded as started,
+/// then stops it: what it leaves unfinished is the next process's to recover.
+async fn leave_running(
+    path: &std::path::Path,
+    pools: Vec<Pool>,
+    specs: Vec<TaskSpec>,
+    running: u64,
+) {
+    let journal = Arc::new(SqliteJournal::open(SqliteOptions::new(path)).unwrap());
+    let runtime = Runtime::start(RuntimeOptions::default(), pools, journal.clone())
+        .await
+        .unwrap();
+    runtime.handle().submit_batch(specs).await.unwrap();
+    while journal.counts().unwrap().running < running {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    runtime.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restart_finishes_what_the_last_process_left() {
     let dir = tempfile::tempdir().unwrap();
@@ -64,26 +83,13 @@ async fn a_restart_finishes_what_the_last_process_left() {
         },
         ..SimOptions::default()
     };
-    {
-        let journal = Arc::new(SqliteJournal::open(SqliteOptions::new(&path)).unwrap());
-        let runtime = Runtime::start(
-            RuntimeOptions::default(),
-            vec![pool(10, stuck)],
-            journal.clone(),
-        )
-        .await
-        .unwrap();
-        runtime
-            .handle()
-            .submit_batch(vec![TaskSpec::default(); 25])
-            .await
-            .unwrap();
-        // Let the ten agents start their attempts and the journal record them.
-        while journal.counts().unwrap().running < 10 {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        runtime.shutdown().await;
-    }
+    leave_running(
+        &path,
+        vec![pool(10, stuck)],
+        vec![TaskSpec::default(); 25],
+        10,
+    )
+    .await;
     let journal = Arc::new(SqliteJournal::open(SqliteOptions::new(&path)).unwrap());
     let before = journal.counts().unwrap();
     assert_eq!((before.running, before.queued), (10, 15));
@@ -192,25 +198,7 @@ async fn recovered_tasks_wait_for_their_pool_and_run_once_it_has_agents() {
         },
         ..SimOptions::default()
     };
-    {
-        let journal = Arc::new(SqliteJournal::open(SqliteOptions::new(&path)).unwrap());
-        let runtime = Runtime::start(
-            RuntimeOptions::default(),
-            vec![coder(5, stuck)],
-            journal.clone(),
-        )
-        .await
-        .unwrap();
-        runtime
-            .handle()
-            .submit_batch(vec![for_coder.clone(); 5])
-            .await
-            .unwrap();
-        while journal.counts().unwrap().running < 5 {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        runtime.shutdown().await;
-    }
+    leave_running(&path, vec![coder(5, stuck)], vec![for_coder.clone(); 5], 5).await;
     // The restart has no coders yet: the five wait, and nothing else is held up.
     let journal = Arc::new(SqliteJournal::open(SqliteOptions::new(&path)).unwrap());
     let pools = vec![
