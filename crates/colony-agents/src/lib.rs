@@ -9,14 +9,17 @@
 //! use colony_agents::{Agent, Execution, Task, from_fn};
 //!
 //! let upper = from_fn(|task: &Task| Ok(task.payload.to_ascii_uppercase().into()));
-//! # let task = Task { id: colony_core::TaskId(1), attempt: 1, agent: colony_core::AgentId(0), payload: "\"hi\"".into() };
+//! # let task = Task::new(colony_core::TaskId(1), 1, colony_core::AgentId(0), "\"hi\"".into());
 //! match upper.handle(task) {
 //!     Execution::Done(Ok(out)) => assert_eq!(&out[..], b"\"HI\""),
 //!     _ => unreachable!(),
 //! }
 //! ```
 
+pub mod heartbeat;
 pub mod sim;
+
+pub use heartbeat::{Beats, Heartbeat};
 
 pub use colony_core::agent::AgentSpec;
 
@@ -34,6 +37,23 @@ pub struct Task {
     pub agent: AgentId,
     /// The task's JSON payload.
     pub payload: Bytes,
+    /// Tells the runtime the agent is alive while a long attempt runs. An agent silent for
+    /// the health's `failed-after` (10 s by default) while it holds an attempt is declared
+    /// failed and replaced, and its attempts retried.
+    pub heartbeat: Heartbeat,
+}
+
+impl Task {
+    /// An attempt whose heartbeats go nowhere: for calling an agent outside a runtime.
+    pub fn new(id: TaskId, attempt: u32, agent: AgentId, payload: Bytes) -> Self {
+        Self {
+            id,
+            attempt,
+            agent,
+            payload,
+            heartbeat: Heartbeat::detached(),
+        }
+    }
 }
 
 /// Why an attempt did not produce an output. The variant is the retry decision.

@@ -184,6 +184,9 @@ impl Sim {
     }
 }
 
+/// How often a simulated agent working a long attempt says it is alive.
+const HEARTBEAT: Duration = Duration::from_secs(1);
+
 /// SplitMix64-style mixing of the seed, task and attempt into one seed.
 fn mix(seed: u64, task: u64, attempt: u32) -> u64 {
     let mut z =
@@ -212,7 +215,14 @@ impl Agent for Sim {
             (Fate::Hang, _) => Execution::Running(Box::pin(std::future::pending())),
             (_, true) => Execution::Done(finish(fate, task)),
             (_, false) => Execution::Running(Box::pin(async move {
-                tokio::time::sleep(latency).await;
+                // A live agent working a long task beats its heart; a hung one (above) never does.
+                let mut left = latency;
+                while left > HEARTBEAT {
+                    tokio::time::sleep(HEARTBEAT).await;
+                    task.heartbeat.beat();
+                    left -= HEARTBEAT;
+                }
+                tokio::time::sleep(left).await;
                 finish(fate, task)
             })),
         }
@@ -226,12 +236,7 @@ mod tests {
     use std::panic::{AssertUnwindSafe, catch_unwind};
 
     fn task(id: u64) -> Task {
-        Task {
-            id: TaskId(id),
-            attempt: 1,
-            agent: AgentId(0),
-            payload: "{}".into(),
-        }
+        Task::new(TaskId(id), 1, AgentId(0), "{}".into())
     }
 
     #[test]

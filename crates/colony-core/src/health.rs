@@ -6,7 +6,8 @@
 //! silence into `Failed`. States follow the response-time average: healthy under 2 s,
 //! degraded to 5 s, critical above; failed after 10 s without an answer. A predictive alert
 //! fires once when the fast average rises 50 % over the baseline, and re-arms when it falls
-//! back. The runtime does not feed these yet (issue 3).
+//! back. The runtime feeds responses, heartbeats and sweeps (see `colony-runtime`'s
+//! `dispatcher/health.rs`).
 
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
@@ -21,6 +22,9 @@ pub struct HealthOptions {
     pub critical_after: Duration,
     /// Silence after which an agent is failed.
     pub failed_after: Duration,
+    /// How often each supervisor sweeps its busy children, and the interval at which agents
+    /// working long attempts are expected to beat.
+    pub heartbeat: Duration,
     /// Weight of a new sample in the fast average.
     pub alpha: f64,
     /// Weight of a new sample in the baseline.
@@ -35,6 +39,7 @@ impl Default for HealthOptions {
             degraded_after: Duration::from_secs(2),
             critical_after: Duration::from_secs(5),
             failed_after: Duration::from_secs(10),
+            heartbeat: Duration::from_secs(1),
             alpha: 0.3,
             baseline_alpha: 0.02,
             alert_rise: 0.5,
@@ -57,6 +62,10 @@ pub enum Error {
     Alpha { field: &'static str, got: f64 },
     #[error("health alert-rise {got} is out of range: allowed above 0.0")]
     Rise { got: f64 },
+    #[error(
+        "health heartbeat {got:?} is out of range: allowed from 1 ms to failed-after ({failed:?})"
+    )]
+    Heartbeat { got: Duration, failed: Duration },
 }
 
 impl HealthOptions {
@@ -77,6 +86,12 @@ impl HealthOptions {
             if got.is_nan() || got <= 0.0 || got > 1.0 {
                 return Err(Error::Alpha { field, got });
             }
+        }
+        if self.heartbeat < Duration::from_millis(1) || self.heartbeat > self.failed_after {
+            return Err(Error::Heartbeat {
+                got: self.heartbeat,
+                failed: self.failed_after,
+            });
         }
         // Written so that NaN is refused too.
         if self.alert_rise.is_nan() || self.alert_rise <= 0.0 {
@@ -114,23 +129,35 @@ pub enum Change {
     },
 }
 
-/// One agent's health.
-#[derive(Clone, Copy, Debug, Default, PartialEq)]
+/// One agent's health: 24 bytes, so a million agents cost 24 MB.
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Health {
     state: HealthState,
-    average: Option<f64>,
-    baseline: Option<f64>,
-    error_rate: f64,
-    last_seen: Duration,
     alerted: bool,
+    /// Seconds; negative until the first response.
+    average: f32,
+    baseline: f32,
+    error_rate: f32,
+    /// Nanoseconds since the caller's epoch.
+    last_seen: u64,
+}
+
+impl Default for Health {
+    fn default() -> Self {
+        Self::new(Duration::ZERO)
+    }
 }
 
 impl Health {
     /// A new agent, heard from at `now`.
     pub fn new(now: Duration) -> Self {
         Self {
-            last_seen: now,
-            ..Self::default()
+            state: HealthState::Healthy,
+            alerted: false,
+            average: -1.0,
+            baseline: -1.0,
+            error_rate: 0.0,
+            last_seen: now.as_nanos() as u64,
         }
     }
 
@@ -140,11 +167,16 @@ impl Health {
 
     /// Moving share of failed responses, 0..1.
     pub fn error_rate(&self) -> f64 {
-        self.error_rate
+        f64::from(self.error_rate)
     }
 
     pub fn average(&self) -> Option<Duration> {
-        self.average.map(Duration::from_secs_f64)
+        (self.average >= 0.0).then(|| Duration::from_secs_f32(self.average))
+    }
+
+    /// When the agent was last heard from.
+    pub fn last_seen(&self) -> Duration {
+        Duration::from_nanos(self.last_seen)
     }
 
     /// The agent answered a task after `took`; `ok` says whether it succeeded.
@@ -155,21 +187,28 @@ impl Health {
         now: Duration,
         o: &HealthOptions,
     ) -> Vec<Change> {
-        self.last_seen = now;
-        let x = took.as_secs_f64();
-        let ema = |old: Option<f64>, a: f64| Some(old.map_or(x, |v| v + a * (x - v)));
+        self.seen(now);
+        let x = took.as_secs_f32();
+        let ema = |old: f32, a: f64| {
+            if old < 0.0 {
+                x
+            } else {
+                old + a as f32 * (x - old)
+            }
+        };
         self.average = ema(self.average, o.alpha);
         self.baseline = ema(self.baseline, o.baseline_alpha);
-        self.error_rate += o.alpha * (f64::from(u8::from(!ok)) - self.error_rate);
+        self.error_rate += o.alpha as f32 * (f32::from(u8::from(!ok)) - self.error_rate);
         let mut changes = self.classify(now, o);
-        let (average, baseline) = (self.average.unwrap_or(0.0), self.baseline.unwrap_or(0.0));
-        if !self.alerted && baseline > 0.0 && average >= baseline * (1.0 + o.alert_rise) {
+        let (average, baseline) = (self.average, self.baseline);
+        let rise = o.alert_rise as f32;
+        if !self.alerted && baseline > 0.0 && average >= baseline * (1.0 + rise) {
             self.alerted = true;
             changes.push(Change::Alert {
-                average: Duration::from_secs_f64(average),
-                baseline: Duration::from_secs_f64(baseline),
+                average: Duration::from_secs_f32(average),
+                baseline: Duration::from_secs_f32(baseline),
             });
-        } else if self.alerted && average < baseline * (1.0 + o.alert_rise / 2.0) {
+        } else if self.alerted && average < baseline * (1.0 + rise / 2.0) {
             self.alerted = false;
         }
         changes
@@ -177,7 +216,7 @@ impl Health {
 
     /// A heartbeat: the agent is alive (a long task reports progress this way).
     pub fn on_heartbeat(&mut self, now: Duration, o: &HealthOptions) -> Vec<Change> {
-        self.last_seen = now;
+        self.seen(now);
         self.classify(now, o)
     }
 
@@ -186,15 +225,21 @@ impl Health {
         self.classify(now, o)
     }
 
+    fn seen(&mut self, now: Duration) {
+        self.last_seen = self.last_seen.max(now.as_nanos() as u64);
+    }
+
     fn classify(&mut self, now: Duration, o: &HealthOptions) -> Vec<Change> {
-        let to = if now.saturating_sub(self.last_seen) >= o.failed_after {
+        // Compared in the stored units: this runs for every response.
+        let silence = (now.as_nanos() as u64).saturating_sub(self.last_seen);
+        let to = if u128::from(silence) >= o.failed_after.as_nanos() {
             HealthState::Failed
+        } else if self.average > o.critical_after.as_secs_f32() {
+            HealthState::Critical
+        } else if self.average >= o.degraded_after.as_secs_f32() {
+            HealthState::Degraded
         } else {
-            match self.average.map(Duration::from_secs_f64) {
-                Some(avg) if avg > o.critical_after => HealthState::Critical,
-                Some(avg) if avg >= o.degraded_after => HealthState::Degraded,
-                _ => HealthState::Healthy,
-            }
+            HealthState::Healthy
         };
         let from = std::mem::replace(&mut self.state, to);
         if from == to {
@@ -315,6 +360,14 @@ mod tests {
             })
             .contains("alert-rise -1")
         );
+        assert!(
+            err(HealthOptions {
+                heartbeat: Duration::ZERO,
+                ..d
+            })
+            .contains("heartbeat 0ns")
+        );
         assert!(d.validate().is_ok());
+        assert_eq!(std::mem::size_of::<Health>(), 24);
     }
 }

@@ -81,6 +81,9 @@ impl Default for Weights {
     }
 }
 
+/// Bit of [`Node::own`] set while the node is out of service.
+const DOWN: u32 = 1 << 31;
+
 #[derive(Clone, Debug)]
 struct Node {
     parent: u32,
@@ -94,6 +97,9 @@ struct Node {
     load: u32,
     /// Tasks this subtree holds when full: workers' concurrency plus supervisors' queues.
     capacity: u32,
+    /// What this node itself adds to `capacity` (a worker's concurrency, a supervisor's
+    /// queue), with [`DOWN`] set while it is out of service.
+    own: u32,
     latency_ema_us: f32,
     children: Vec<u32>,
 }
@@ -153,6 +159,11 @@ impl Tree {
                     mask: SpecMask::default(),
                     load: 0,
                     capacity: if t + 1 == worker_tier {
+                        options.queue_capacity
+                    } else {
+                        0
+                    },
+                    own: if t + 1 == worker_tier {
                         options.queue_capacity
                     } else {
                         0
@@ -225,6 +236,7 @@ impl Tree {
             mask: SpecMask::of(spec),
             load: 0,
             capacity: concurrency,
+            own: concurrency,
             latency_ema_us: 0.0,
             children: Vec::new(),
         });
@@ -234,6 +246,10 @@ impl Tree {
             n.capacity += concurrency;
             n.mask.0 |= 1 << spec;
         });
+        // A supervisor out of service brings its new workers up when it comes back.
+        if self.is_down(AgentId(parent)) {
+            self.set_down(AgentId(id), true);
+        }
         AgentId(id)
     }
 
@@ -275,6 +291,7 @@ impl Tree {
             mask: SpecMask::default(),
             load: 0,
             capacity,
+            own: capacity,
             latency_ema_us: 0.0,
             children: Vec::new(),
         });
@@ -421,6 +438,32 @@ impl Tree {
         };
         update(&mut self.nodes[worker.index()]);
         self.for_ancestors(worker.0, update);
+    }
+
+    /// Takes `agent` out of service (`down`) or puts it back. Out of service, what it adds to
+    /// its subtree's room (a worker's concurrency, a supervisor's queue) is withdrawn, so
+    /// routing and idle-worker searches pass it by; tasks it already holds keep their load.
+    /// Returns whether anything changed. Taking a whole subtree out is one call per agent.
+    pub fn set_down(&mut self, agent: AgentId, down: bool) -> bool {
+        let node = &mut self.nodes[agent.index()];
+        if (node.own & DOWN != 0) == down {
+            return false;
+        }
+        node.own ^= DOWN;
+        let own = node.own & !DOWN;
+        if down {
+            node.capacity -= own;
+            self.for_ancestors(agent.0, |n| n.capacity -= own);
+        } else {
+            node.capacity += own;
+            self.for_ancestors(agent.0, |n| n.capacity += own);
+        }
+        true
+    }
+
+    /// Whether `agent` is out of service (see [`Tree::set_down`]).
+    pub fn is_down(&self, agent: AgentId) -> bool {
+        self.nodes[agent.index()].own & DOWN != 0
     }
 
     /// A task counted in `supervisor` left it without running (cancelled, or moved away).
@@ -749,6 +792,49 @@ mod tests {
             )
             .is_some()
         );
+    }
+
+    #[test]
+    fn agents_out_of_service_are_passed_by_and_come_back() {
+        let mut t = tree(24, 12, 2);
+        let mut rng = SmallRng::seed_from_u64(3);
+        let sups = t.agents_in_tier(t.worker_tier() - 1);
+        let (sup_a, sup_b) = (sups[0], sups[1]);
+        assert_eq!(t.load(sup_a).1, 14);
+        // A worker out of service: never idle, its room withdrawn up the tree.
+        let worker = t.children(sup_a).next().unwrap();
+        assert!(t.set_down(worker, true));
+        assert!(!t.set_down(worker, true), "already down");
+        assert!(t.is_down(worker));
+        assert_eq!(t.load(sup_a).1, 13);
+        for _ in 0..11 {
+            let w = t.idle_worker(sup_a, SpecMask::ALL, None).unwrap();
+            assert_ne!(w, worker);
+            t.start(w);
+        }
+        assert_eq!(t.idle_worker(sup_a, SpecMask::ALL, None), None);
+        // A whole subtree out: every task goes to the other supervisor.
+        t.set_down(sup_a, true);
+        for w in t.children(sup_a).collect::<Vec<_>>() {
+            t.set_down(w, true);
+        }
+        assert_eq!(t.load(sup_a).1, 0);
+        for _ in 0..50 {
+            let s = t.route(SpecMask::ALL, Strategy::LeastLoaded, &mut rng);
+            assert_eq!(s, Some(sup_b));
+        }
+        // Workers added under a supervisor out of service come up with it.
+        let late = t.add_worker(0, 1);
+        if t.parent(late) == Some(sup_a) {
+            assert!(t.is_down(late));
+        }
+        t.set_down(sup_a, false);
+        for w in t.children(sup_a).collect::<Vec<_>>() {
+            t.set_down(w, false);
+        }
+        assert!(!t.is_down(worker));
+        let expected = 2 + t.children(sup_a).len() as u32;
+        assert_eq!(t.load(sup_a).1, expected);
     }
 
     #[test]

@@ -6,9 +6,9 @@
 //! backoff with jitter between restarts is what OTP lacks. No clock: `now` is passed in, so
 //! tests drive it with virtual time and a seeded generator.
 //!
-//! The runtime does not drive these engines yet: today it restarts a crashed or hung agent in
-//! place at once (see `colony-runtime`'s dispatcher). This module is the decision half of the
-//! supervision trees of issue 3.
+//! The first restart of a burst is immediate, as in OTP; each further restart within the
+//! period waits longer. The runtime keeps one engine per managing agent, created when one of
+//! its children first exits (see `colony-runtime`'s `dispatcher/supervise.rs`).
 
 use rand::Rng;
 use serde::{Deserialize, Serialize};
@@ -58,8 +58,8 @@ pub struct SupervisorOptions {
     /// Most restarts within `period` before the supervisor gives up and escalates.
     pub max_restarts: u32,
     pub period: Duration,
-    /// Delay before the first restart in a burst; each further restart in the period
-    /// multiplies it by `multiplier`, up to `max_backoff`.
+    /// The first restart in a burst is immediate; the second waits this long, and each
+    /// further restart in the period multiplies the wait by `multiplier`, up to `max_backoff`.
     pub initial_backoff: Duration,
     pub max_backoff: Duration,
     pub multiplier: f64,
@@ -158,6 +158,11 @@ impl Supervisor {
         })
     }
 
+    /// The supervisor has `children` children now (workers were added).
+    pub fn set_children(&mut self, children: usize) {
+        self.children = children;
+    }
+
     /// Whether this supervisor has given up. It decides nothing more until the parent
     /// restarts it (see [`Supervisor::reset`]).
     pub fn escalated(&self) -> bool {
@@ -210,10 +215,13 @@ impl Supervisor {
         vec![Command::Restart { children, after }]
     }
 
-    /// Delay before the `n`th restart of a burst (1-based).
+    /// Delay before the `n`th restart of a burst (1-based): none before the first.
     fn backoff(&self, n: u32, rng: &mut impl Rng) -> Duration {
+        if n <= 1 {
+            return Duration::ZERO;
+        }
         let o = &self.options;
-        let base = o.initial_backoff.as_secs_f64() * o.multiplier.powi(n.saturating_sub(1) as i32);
+        let base = o.initial_backoff.as_secs_f64() * o.multiplier.powi(n.saturating_sub(2) as i32);
         let base = base.min(o.max_backoff.as_secs_f64());
         let jitter = if o.jitter > 0.0 {
             rng.random_range(-o.jitter..=o.jitter)
@@ -340,7 +348,7 @@ mod tests {
                 },
             )
             .collect();
-        let expected = [10, 20, 40, 80, 160, 320, 640, 1000, 1000];
+        let expected = [0, 10, 20, 40, 80, 160, 320, 640, 1000];
         assert_eq!(delays, expected.map(ms));
     }
 
@@ -353,7 +361,8 @@ mod tests {
         let run = |seed: u64| {
             let mut s = Supervisor::new(options, 1).unwrap();
             let mut rng = SmallRng::seed_from_u64(seed);
-            match s.on_exit(0, Exit::Crash, ms(0), &mut rng).as_slice() {
+            s.on_exit(0, Exit::Crash, ms(0), &mut rng);
+            match s.on_exit(0, Exit::Crash, ms(1), &mut rng).as_slice() {
                 [Command::Restart { after, .. }] => *after,
                 other => panic!("{other:?}"),
             }

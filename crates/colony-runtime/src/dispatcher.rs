@@ -16,10 +16,12 @@ use crate::{
     spawner::{Spawner, panic_message},
 };
 use bytes::Bytes;
-use colony_agents::{Agent, Error as AgentError, Execution, Outcome, Task};
+use colony_agents::{Agent, Beats, Error as AgentError, Execution, Heartbeat, Outcome, Task};
 use colony_core::{
     AgentId, TaskId,
+    health::{Health, HealthOptions},
     routing::{SpecMask, Strategy, Tree},
+    supervision::{Exit, Supervisor, SupervisorOptions},
     task::{Priority, TaskSpec, TaskState},
 };
 use colony_journal::{Durable, Journal, Record};
@@ -35,6 +37,7 @@ use std::{
     },
     time::{Duration, Instant},
 };
+use supervise::{Stop, StopKind, Switch};
 use tokio::sync::{Notify, Semaphore, mpsc, oneshot};
 
 /// Commands and ended attempts handled per turn of the loop.
@@ -171,14 +174,18 @@ enum ErrorKind {
 /// How an attempt ended.
 enum Ended {
     Outcome(Outcome),
-    /// The agent panicked, or was killed.
+    /// The agent panicked running it.
     Crash(String),
     TimedOut(Duration),
+    /// Stopped from outside: the agent was killed, went silent, or its supervisor stopped it.
+    Stopped(Stop),
 }
 
 /// An attempt that ended after leaving [`Agent::handle`].
 struct Finished {
     worker: AgentId,
+    /// The worker's incarnation when the attempt started.
+    incarnation: u32,
     job: Job,
     ended: Ended,
     elapsed: Duration,
@@ -236,7 +243,14 @@ pub(crate) fn start(
         max_output: options.max_output,
         orphans: 0,
         kill_switches: std::collections::HashMap::new(),
-        killed_at: std::collections::HashMap::new(),
+        supervision: options.supervision,
+        engines: std::collections::HashMap::new(),
+        restarting: FuturesUnordered::new(),
+        health_options: options.health,
+        health: Vec::new(),
+        unhealthy: [0; 3],
+        beats: Arc::new(Beats::new(tokio::time::Instant::now())),
+        now: Duration::ZERO,
         steal_at: options.steal_at.max(1),
         rebalance: options.rebalance,
         multi_threaded: tokio::runtime::Handle::current().runtime_flavor()
@@ -269,6 +283,10 @@ struct Turn {
     retries: u64,
     restarts_crash: u64,
     restarts_timeout: u64,
+    escalations: u64,
+    quarantined: u64,
+    health_failures: u64,
+    alerts: u64,
     /// Ended tasks that held an admission permit.
     permits: u64,
     steals: u64,
@@ -312,9 +330,22 @@ struct Dispatcher {
     /// Backlogged tasks that no pool with agents can run yet.
     orphans: usize,
     /// Per agent that ever ran an attempt outside `handle`: wakes those attempts to end them.
-    kill_switches: std::collections::HashMap<AgentId, Arc<Notify>>,
-    /// When agents with running attempts were killed, to time the detection.
-    killed_at: std::collections::HashMap<AgentId, Instant>,
+    kill_switches: std::collections::HashMap<AgentId, Arc<Switch>>,
+    supervision: SupervisorOptions,
+    /// Per managing agent (and [`supervise::TOP`] for the runtime over the top tier) whose
+    /// children exited: its supervision engine. Removed when the agent itself stops.
+    engines: std::collections::HashMap<u32, Supervisor>,
+    /// Restarts waiting out their backoff.
+    restarting: FuturesUnordered<Pin<Box<dyn Future<Output = supervise::Restart> + Send>>>,
+    health_options: HealthOptions,
+    /// Per worker that has answered: its health.
+    health: Vec<Health>,
+    /// Busy agents degraded, critical, failed.
+    unhealthy: [u64; 3],
+    /// When each agent was last heard from; agents beat on it while running long attempts.
+    beats: Arc<Beats>,
+    /// Time since `beats`' epoch at the start of this turn: the engines' clock.
+    now: Duration,
     /// Queue length of a sibling supervisor from which an idle worker steals.
     steal_at: usize,
     rebalance: colony_core::rebalance::RebalanceOptions,
@@ -336,7 +367,14 @@ impl Dispatcher {
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             tick
         });
+        let every = self.health_options.heartbeat;
+        let mut sweep = Some({
+            let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            tick
+        });
         'turns: loop {
+            self.now = self.beats.epoch().elapsed();
             // Biased, for reproducible runs; the other sources are drained below every turn, so
             // a steady stream of commands cannot starve them.
             tokio::select! {
@@ -360,6 +398,13 @@ impl Dispatcher {
                 }
                 () = next_tick(&mut rebalance), if rebalance.is_some() => {
                     self.rebalance();
+                }
+                Some(restart) = self.restarting.next(), if !self.restarting.is_empty() => {
+                    self.restart(restart);
+                }
+                () = next_tick(&mut sweep) => {
+                    self.now = self.beats.epoch().elapsed();
+                    self.sweep();
                 }
                 Some((result, jobs, ack)) = self.accepting.next(), if !self.accepting.is_empty() => {
                     self.accepted(result, jobs, ack);
@@ -390,6 +435,12 @@ impl Dispatcher {
             }
             if rebalance.is_some() && next_tick(&mut rebalance).now_or_never().is_some() {
                 self.rebalance();
+            }
+            while let Some(Some(restart)) = self.restarting.next().now_or_never() {
+                self.restart(restart);
+            }
+            if next_tick(&mut sweep).now_or_never().is_some() {
+                self.sweep();
             }
             self.settle();
             self.publish();
@@ -641,28 +692,28 @@ impl Dispatcher {
             attempt: job.attempt,
             agent: worker,
             payload: job.payload.clone(),
+            heartbeat: Heartbeat::new(self.beats.clone(), worker),
         };
         match catch_unwind(AssertUnwindSafe(|| agent.handle(task))) {
-            Ok(Execution::Done(outcome)) => self.ended(worker, job, Ended::Outcome(outcome), None),
-            Err(panic) => self.ended(
-                worker,
-                job,
-                Ended::Crash(panic_message(&*panic).to_owned()),
-                None,
-            ),
+            Ok(Execution::Done(outcome)) => self.ended(worker, job, Ended::Outcome(outcome)),
+            Err(panic) => self.ended(worker, job, Ended::Crash(panic_message(&*panic).to_owned())),
             Ok(Execution::Running(running)) => {
                 let timeout = job.timeout;
-                // Created here, before the attempt is first polled: a kill from now on reaches
-                // it even if the attempt has not run yet.
+                // Taking work is a sign of life: the silence a sweep measures starts now.
+                self.beats.beat_at(worker, self.now);
+                // Created here, before the attempt is first polled: a stop from now on
+                // reaches it even if the attempt has not run yet.
                 let switch = self.kill_switches.entry(worker).or_default().clone();
-                let killed = switch.notified_owned();
+                let killed = switch.notify.clone().notified_owned();
+                let incarnation = self.incarnations[worker.index()];
                 self.running.push(Box::pin(async move {
-                    let started = Instant::now();
+                    // tokio's clock: tests with paused time see virtual response times.
+                    let started = tokio::time::Instant::now();
                     let attempt =
                         tokio::time::timeout(timeout, AssertUnwindSafe(running).catch_unwind());
                     let ended = tokio::select! {
                         biased;
-                        () = killed => Ended::Crash("killed".to_owned()),
+                        () = killed => Ended::Stopped(switch.stop()),
                         result = attempt => match result {
                             Ok(Ok(outcome)) => Ended::Outcome(outcome),
                             Ok(Err(panic)) => Ended::Crash(panic_message(&*panic).to_owned()),
@@ -671,6 +722,7 @@ impl Dispatcher {
                     };
                     Finished {
                         worker,
+                        incarnation,
                         job,
                         ended,
                         elapsed: started.elapsed(),
@@ -681,14 +733,27 @@ impl Dispatcher {
     }
 
     fn finished(&mut self, f: Finished) {
-        let micros = f.elapsed.as_secs_f32() * 1e6;
-        self.ended(f.worker, f.job, f.ended, Some(micros));
+        let current = f.incarnation == self.incarnations[f.worker.index()];
+        self.ended_after(f.worker, f.job, f.ended, Some(f.elapsed), current);
     }
 
-    /// Commits, retries or gives up on the attempt `job.attempt` that `worker` ran.
-    fn ended(&mut self, worker: AgentId, mut job: Job, ended: Ended, micros: Option<f32>) {
-        // A kill that found this attempt running; any ending consumes it.
-        let killed = self.killed_at.remove(&worker);
+    /// An attempt ended inside [`Agent::handle`].
+    fn ended(&mut self, worker: AgentId, job: Job, ended: Ended) {
+        self.ended_after(worker, job, ended, None, true);
+    }
+
+    /// Commits, retries or gives up on the attempt `job.attempt` that `worker` ran, for
+    /// `elapsed` outside `handle`. `current` says whether the agent that ran it is still in
+    /// service: a crash of an incarnation already replaced is no news to its supervisor.
+    fn ended_after(
+        &mut self,
+        worker: AgentId,
+        mut job: Job,
+        ended: Ended,
+        elapsed: Option<Duration>,
+        current: bool,
+    ) {
+        let micros = elapsed.map(|e| e.as_secs_f32() * 1e6);
         // An output the journal could not hold is no result: the task fails, saying why.
         let ended = match ended {
             Ended::Outcome(Ok(output)) if output.len() > self.max_output => {
@@ -702,6 +767,14 @@ impl Dispatcher {
         };
         self.tree.finish(worker, micros);
         self.freed.push(worker);
+        // Health follows attempts that left `handle`, where a response time means something;
+        // one finished inside it answered at once, and tracking it would tax the hot path.
+        if let Some(took) = elapsed
+            && current
+        {
+            let ok = matches!(ended, Ended::Outcome(Ok(_)));
+            self.observe(worker, took, ok);
+        }
         let (task, attempt) = (job.id, job.attempt);
         let error: Arc<str> = match ended {
             Ended::Outcome(Ok(output)) => {
@@ -736,23 +809,40 @@ impl Dispatcher {
             Ended::Outcome(Err(AgentError::Retryable(error))) => error,
             Ended::Crash(message) => {
                 job.faults += 1;
-                if let Some(at) = killed {
-                    let mut timings = self
-                        .shared
-                        .timings
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner());
-                    crate::handle::Timings::add(&mut timings.detection, at.elapsed());
+                let cause: Arc<str> = format!("agent crashed: {message}").into();
+                if current {
+                    let at = Instant::now();
+                    self.supervise(worker, Exit::Crash, cause.clone(), StopKind::Supervisor, at);
                 }
-                self.restart(worker, format!("agent crashed: {message}").into(), true)
+                cause
             }
             Ended::TimedOut(after) => {
                 job.faults += 1;
-                self.restart(
-                    worker,
-                    format!("attempt timed out after {after:?}").into(),
-                    false,
-                )
+                self.time_hang(elapsed);
+                let cause: Arc<str> = format!("attempt timed out after {after:?}").into();
+                if current {
+                    let at = Instant::now();
+                    self.supervise(worker, Exit::Hang, cause.clone(), StopKind::Supervisor, at);
+                }
+                cause
+            }
+            Ended::Stopped(stop) => {
+                match stop.kind {
+                    StopKind::Killed => {
+                        let mut timings = self
+                            .shared
+                            .timings
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner());
+                        crate::handle::Timings::add(&mut timings.detection, stop.at.elapsed());
+                    }
+                    StopKind::Silent => {
+                        job.faults += 1;
+                        self.time_hang(elapsed);
+                    }
+                    StopKind::Supervisor => {}
+                }
+                stop.cause
             }
         };
         // A task that took down agents on several attempts is poison: retrying it would only
@@ -786,6 +876,7 @@ impl Dispatcher {
             }
         } else {
             self.turn.dead_lettered += 1;
+            self.turn.quarantined += u64::from(poison);
             let error = if poison {
                 format!(
                     "quarantined as poison: {} attempts crashed or hung their agents; last error: {error}",
@@ -804,39 +895,16 @@ impl Dispatcher {
         }
     }
 
-    /// Kills `agent` from outside. Its running attempts end as crashes (the agent restarts and
-    /// each task retries, elsewhere if it can); an idle agent just restarts.
-    fn kill(&mut self, agent: AgentId, at: Instant) {
-        if !self.tree.contains(agent) || self.tree.tier(agent) != self.tree.worker_tier() {
-            return;
+    /// Samples how long a hung attempt ran before the runtime gave up on it.
+    fn time_hang(&self, elapsed: Option<Duration>) {
+        if let Some(elapsed) = elapsed {
+            let mut timings = self
+                .shared
+                .timings
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            crate::handle::Timings::add(&mut timings.hang_detection, elapsed);
         }
-        if self.tree.load(agent).0 > 0
-            && let Some(switch) = self.kill_switches.get(&agent)
-        {
-            switch.notify_waiters();
-            self.killed_at.insert(agent, at);
-        } else {
-            self.restart(agent, "killed".into(), true);
-        }
-    }
-
-    /// Replaces a crashed or hung agent with a new incarnation of the same spec, in place.
-    fn restart(&mut self, worker: AgentId, cause: Arc<str>, crash: bool) -> Arc<str> {
-        let incarnation = &mut self.incarnations[worker.index()];
-        *incarnation += 1;
-        if crash {
-            self.turn.restarts_crash += 1;
-        } else {
-            self.turn.restarts_timeout += 1;
-        }
-        if self.shared.bus.wants(Kinds::AGENTS) {
-            self.events.push(Event::AgentRestarted {
-                agent: worker,
-                incarnation: *incarnation,
-                cause: cause.clone(),
-            });
-        }
-        cause
     }
 
     fn failed_event(
@@ -950,7 +1018,8 @@ impl Dispatcher {
                 .map(|p| self.tree.children(p).collect())
                 .collect()
         };
-        for siblings in groups {
+        for mut siblings in groups {
+            siblings.retain(|&s| !self.tree.is_down(s));
             let lengths: Vec<usize> = siblings
                 .iter()
                 .map(|s| self.queues[s.index()].as_ref().map_or(0, |q| q.len()))
@@ -1034,6 +1103,12 @@ impl Dispatcher {
             c.restarts.fetch_add(restarts, Relaxed);
             m.restarts_crash.increment(t.restarts_crash);
             m.restarts_timeout.increment(t.restarts_timeout);
+        }
+        bump(&c.escalations, &m.escalations, t.escalations);
+        bump(&c.health_failures, &m.health_failures, t.health_failures);
+        c.quarantined.fetch_add(t.quarantined, Relaxed);
+        if t.alerts > 0 {
+            m.alerts.increment(t.alerts);
         }
         let running = self.running.len() as u64;
         c.queued.store(self.queued, Relaxed);
@@ -1138,5 +1213,7 @@ async fn next_tick(interval: &mut Option<tokio::time::Interval>) {
     }
 }
 
+mod health;
+mod supervise;
 #[cfg(test)]
 mod tests;

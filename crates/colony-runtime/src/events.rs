@@ -33,11 +33,38 @@ pub enum Event {
     AgentIdle {
         agent: AgentId,
     },
-    /// An agent panicked or hung; it was replaced by incarnation `incarnation`.
+    /// An agent was taken out of service: it crashed, hung, went silent or was killed, or
+    /// its supervisor stopped it. Its running attempts end and retry; `restart_in` says when
+    /// its supervisor brings up the next incarnation, `None` when it does not.
+    AgentStopped {
+        agent: AgentId,
+        cause: Arc<str>,
+        restart_in: Option<std::time::Duration>,
+    },
+    /// Incarnation `incarnation` of a stopped agent is in service (`agent:restarted`).
     AgentRestarted {
         agent: AgentId,
         incarnation: u32,
         cause: Arc<str>,
+    },
+    /// A managing agent (`None`: the runtime, over the top tier) exceeded its restart
+    /// intensity and gave up: its subtree stops and its own supervisor decides.
+    SupervisorEscalated {
+        supervisor: Option<AgentId>,
+        cause: Arc<str>,
+    },
+    /// A busy agent's health changed (`health:changed`).
+    HealthChanged {
+        agent: AgentId,
+        from: colony_core::health::HealthState,
+        to: colony_core::health::HealthState,
+    },
+    /// An agent's response-time average rose over its baseline by the alert margin
+    /// (`health:alert`).
+    HealthAlert {
+        agent: AgentId,
+        average: std::time::Duration,
+        baseline: std::time::Duration,
     },
     TaskQueued {
         task: TaskId,
@@ -83,7 +110,11 @@ pub enum Event {
 impl Event {
     pub fn kind(&self) -> Kinds {
         match self {
-            Event::AgentsSpawned { .. } | Event::AgentRestarted { .. } => Kinds::AGENTS,
+            Event::AgentsSpawned { .. }
+            | Event::AgentStopped { .. }
+            | Event::AgentRestarted { .. }
+            | Event::SupervisorEscalated { .. } => Kinds::AGENTS,
+            Event::HealthChanged { .. } | Event::HealthAlert { .. } => Kinds::HEALTH,
             Event::AgentActivated { .. } | Event::AgentIdle { .. } => Kinds::ACTIVITY,
             Event::TaskQueued { .. }
             | Event::TaskStarted { .. }
@@ -101,13 +132,15 @@ impl Event {
 pub struct Kinds(u8);
 
 impl Kinds {
-    /// Agents joining and restarting.
+    /// Agents joining, stopping and restarting; supervisors escalating.
     pub const AGENTS: Kinds = Kinds(1);
     /// Agents switching between idle and busy: two events per task on an idle swarm.
     pub const ACTIVITY: Kinds = Kinds(2);
     /// Every transition of every task.
     pub const TASKS: Kinds = Kinds(4);
-    pub const ALL: Kinds = Kinds(7);
+    /// Health changes and predictive alerts of busy agents.
+    pub const HEALTH: Kinds = Kinds(8);
+    pub const ALL: Kinds = Kinds(15);
     pub const NONE: Kinds = Kinds(0);
 
     pub fn contains(self, other: Kinds) -> bool {

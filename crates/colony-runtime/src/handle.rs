@@ -57,6 +57,11 @@ pub(crate) struct Shared {
 pub struct Timings {
     /// From an outside kill to the end of the killed attempt.
     pub detection: Vec<Duration>,
+    /// From the start of an attempt that hung to the runtime giving up on it: its timeout,
+    /// or its agent's silence found by a health sweep.
+    pub hang_detection: Vec<Duration>,
+    /// From an agent's exit to its next incarnation in service, restart backoff included.
+    pub restart: Vec<Duration>,
     /// From a failed attempt's end to its retry being dispatched again (to an agent, a
     /// supervisor's queue or the backlog), retry backoff included.
     pub redispatch: Vec<Duration>,
@@ -104,6 +109,9 @@ pub(crate) struct Counters {
     pub(crate) steals: AtomicU64,
     pub(crate) rebalanced: AtomicU64,
     pub(crate) restarts: AtomicU64,
+    pub(crate) escalations: AtomicU64,
+    pub(crate) quarantined: AtomicU64,
+    pub(crate) health_failures: AtomicU64,
     pub(crate) queued: AtomicU64,
     pub(crate) running: AtomicU64,
     pub(crate) agents: AtomicU64,
@@ -124,8 +132,16 @@ pub struct Stats {
     pub steals: u64,
     /// Tasks moved between sibling queues by periodic rebalancing.
     pub rebalanced: u64,
-    /// Agents replaced after a crash or a hang.
+    /// Agents brought back into service after a crash, a hang or a kill (their own, or a
+    /// sibling's or supervisor's under one-for-all, rest-for-one or escalation).
     pub restarts: u64,
+    /// Managing agents (or the runtime, over the top tier) that exceeded their restart
+    /// intensity and gave up.
+    pub escalations: u64,
+    /// Tasks dead-lettered as poison: their attempts crashed or hung too many agents.
+    pub quarantined: u64,
+    /// Busy agents declared failed by a health sweep: silent for `failed-after`.
+    pub health_failures: u64,
     /// Tasks waiting in supervisors' queues or for room in the hierarchy.
     pub queued: u64,
     pub running: u64,
@@ -485,9 +501,11 @@ impl Handle {
         })
     }
 
-    /// Kills a worker agent as a crash from outside would: its running attempts end and their
-    /// tasks retry, preferably on other agents; the agent restarts as a new incarnation.
-    /// Unknown agents and managers are ignored.
+    /// Kills an agent as a crash from outside would. A worker's running attempts end and their
+    /// tasks retry, preferably on other agents; a manager's whole subtree stops and the tasks
+    /// queued at its supervisors move to their siblings. The agent's supervisor then decides
+    /// as it would for any crash: restart (after backoff), or escalate. Unknown agents and
+    /// agents already out of service are ignored.
     pub fn kill(&self, agent: AgentId) -> Result<(), Error> {
         self.shared
             .inbox
@@ -534,6 +552,9 @@ impl Handle {
             steals: c.steals.load(Relaxed),
             rebalanced: c.rebalanced.load(Relaxed),
             restarts: c.restarts.load(Relaxed),
+            escalations: c.escalations.load(Relaxed),
+            quarantined: c.quarantined.load(Relaxed),
+            health_failures: c.health_failures.load(Relaxed),
             queued: c.queued.load(Relaxed),
             running: c.running.load(Relaxed),
             agents: c.agents.load(Relaxed),

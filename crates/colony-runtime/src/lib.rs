@@ -91,6 +91,12 @@ pub struct RuntimeOptions {
     pub steal_at: usize,
     /// Periodic evening-out of sibling supervisors' queues.
     pub rebalance: colony_core::rebalance::RebalanceOptions,
+    /// How every managing agent supervises its children: strategy, restart policy, restart
+    /// intensity and backoff (OTP semantics; see [`colony_core::supervision`]).
+    pub supervision: colony_core::supervision::SupervisorOptions,
+    /// Health thresholds, and the heartbeat interval at which supervisors sweep their busy
+    /// children (see [`colony_core::health`]).
+    pub health: colony_core::health::HealthOptions,
     /// Seed of the routing decisions' random choices.
     pub seed: u64,
     /// How long the dispatcher keeps watching for work after a busy turn before it parks its
@@ -125,6 +131,8 @@ impl Default for RuntimeOptions {
             retry: RetryOptions::default(),
             steal_at: 2,
             rebalance: colony_core::rebalance::RebalanceOptions::default(),
+            supervision: colony_core::supervision::SupervisorOptions::default(),
+            health: colony_core::health::HealthOptions::default(),
             seed: 0,
             linger: DEFAULT_LINGER,
         }
@@ -264,6 +272,12 @@ impl RuntimeOptions {
     pub fn validate(&self, pools: &[Pool]) -> Result<(), Error> {
         self.retry.validate()?;
         self.rebalance
+            .validate()
+            .map_err(|e| Error::Options(e.to_string()))?;
+        self.supervision
+            .validate()
+            .map_err(|e| Error::Options(e.to_string()))?;
+        self.health
             .validate()
             .map_err(|e| Error::Options(e.to_string()))?;
         if !(1..=1_000_000).contains(&self.queue_capacity) {

@@ -11,6 +11,10 @@ use metrics::{
 pub const AGENTS_SPAWNED: &str = "colony_agents_spawned_total";
 pub const AGENTS: &str = "colony_agents";
 pub const AGENT_RESTARTS: &str = "colony_agent_restarts_total";
+pub const ESCALATIONS: &str = "colony_supervisor_escalations_total";
+pub const AGENTS_UNHEALTHY: &str = "colony_agents_unhealthy";
+pub const HEALTH_ALERTS: &str = "colony_health_alerts_total";
+pub const HEALTH_FAILURES: &str = "colony_health_failures_total";
 pub const SPAWN_DURATION: &str = "colony_spawn_duration_seconds";
 pub const TASKS_ACCEPTED: &str = "colony_tasks_accepted_total";
 pub const TASKS_FINISHED: &str = "colony_tasks_finished_total";
@@ -34,6 +38,26 @@ pub fn describe() {
         AGENT_RESTARTS,
         Unit::Count,
         "Agents replaced after a crash or a hang, by cause."
+    );
+    describe_counter!(
+        ESCALATIONS,
+        Unit::Count,
+        "Managing agents that exceeded their restart intensity and gave up."
+    );
+    describe_gauge!(
+        AGENTS_UNHEALTHY,
+        Unit::Count,
+        "Busy agents degraded, critical or failed, by state."
+    );
+    describe_counter!(
+        HEALTH_ALERTS,
+        Unit::Count,
+        "Predictive alerts: response times risen over an agent's baseline."
+    );
+    describe_counter!(
+        HEALTH_FAILURES,
+        Unit::Count,
+        "Busy agents declared failed by a health sweep after a silence."
     );
     describe_histogram!(
         SPAWN_DURATION,
@@ -76,6 +100,11 @@ pub(crate) struct Metrics {
     pub(crate) spawn_duration: Histogram,
     pub(crate) restarts_crash: Counter,
     pub(crate) restarts_timeout: Counter,
+    pub(crate) escalations: Counter,
+    pub(crate) alerts: Counter,
+    pub(crate) health_failures: Counter,
+    /// Per health state but healthy: degraded, critical, failed.
+    pub(crate) unhealthy: [Gauge; 3],
     pub(crate) succeeded: Counter,
     pub(crate) failed: Counter,
     pub(crate) dead_lettered: Counter,
@@ -94,7 +123,12 @@ impl Metrics {
             spawned: counter!(AGENTS_SPAWNED),
             spawn_duration: histogram!(SPAWN_DURATION),
             restarts_crash: counter!(AGENT_RESTARTS, "cause" => "crash"),
-            restarts_timeout: counter!(AGENT_RESTARTS, "cause" => "timeout"),
+            restarts_timeout: counter!(AGENT_RESTARTS, "cause" => "hang"),
+            escalations: counter!(ESCALATIONS),
+            alerts: counter!(HEALTH_ALERTS),
+            health_failures: counter!(HEALTH_FAILURES),
+            unhealthy: ["degraded", "critical", "failed"]
+                .map(|state| gauge!(AGENTS_UNHEALTHY, "state" => state)),
             succeeded: counter!(TASKS_FINISHED, "state" => "succeeded"),
             failed: counter!(TASKS_FINISHED, "state" => "failed"),
             dead_lettered: counter!(TASKS_FINISHED, "state" => "dead-lettered"),

@@ -1,0 +1,281 @@
+//! Where an agent is stopped, restarted or given up on: the runtime's half of the
+//! supervision trees.
+//!
+//! Every managing agent supervises its children with a [`Supervisor`] engine from
+//! `colony-core`, created when one of its children first exits; the runtime itself supervises
+//! the top tier. When a child exits (a crash, a hang, silence, a kill), its incarnation ends at
+//! once: it goes out of service, its running attempts are stopped and retry elsewhere, and a
+//! stopped supervisor's queued tasks move to its siblings. The parent's engine then says which
+//! children restart and after what backoff, or that the parent gives up: it escalates, its own
+//! subtree stops, and its parent decides in turn.
+
+use super::{Dispatcher, Job};
+use crate::events::{Event, Kinds};
+use colony_core::{
+    AgentId,
+    supervision::{Command, Exit, Supervisor},
+};
+use std::{sync::Arc, time::Duration, time::Instant};
+use tokio::sync::Notify;
+
+/// Key of the runtime's own engine, which supervises the top tier.
+pub(super) const TOP: u32 = u32::MAX;
+
+/// Why a running attempt was stopped from outside it.
+#[derive(Clone, Debug)]
+pub(super) struct Stop {
+    pub(super) cause: Arc<str>,
+    pub(super) at: Instant,
+    pub(super) kind: StopKind,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum StopKind {
+    /// Killed from outside ([`crate::Handle::kill`]): no fault of the task's.
+    Killed,
+    /// The agent went silent while running it: a hang, counted against the task.
+    Silent,
+    /// Its supervisor stopped the agent: a sibling's restart, an escalation, or the agent's
+    /// own replacement after another of its attempts crashed.
+    Supervisor,
+}
+
+/// Wakes an agent's attempts running outside `handle` to end them, saying why.
+#[derive(Debug, Default)]
+pub(super) struct Switch {
+    pub(super) notify: Arc<Notify>,
+    stop: std::sync::Mutex<Option<Stop>>,
+}
+
+impl Switch {
+    /// Why the attempts were stopped; read by each attempt as it ends.
+    pub(super) fn stop(&self) -> Stop {
+        self.stop
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .unwrap_or(Stop {
+                cause: "stopped".into(),
+                at: Instant::now(),
+                kind: StopKind::Supervisor,
+            })
+    }
+
+    fn fire(&self, stop: Stop) {
+        *self.stop.lock().unwrap_or_else(|p| p.into_inner()) = Some(stop);
+        self.notify.notify_waiters();
+    }
+}
+
+/// A restart waiting out its backoff: the agent, the incarnation it brings up, why, whether
+/// the exit was a hang, and when the exit happened.
+pub(super) type Restart = (AgentId, u32, Arc<str>, bool, Instant);
+
+impl Dispatcher {
+    /// `child` exited (`exit`, for `cause`): ends its incarnation and carries out what its
+    /// supervisor decides. `kind` is how its own running attempts are stopped.
+    /// `at` is when the exit happened.
+    pub(super) fn supervise(
+        &mut self,
+        child: AgentId,
+        exit: Exit,
+        cause: Arc<str>,
+        kind: StopKind,
+        at: Instant,
+    ) {
+        self.stop(child, &cause, kind, at);
+        let (key, siblings): (u32, Vec<AgentId>) = match self.tree.parent(child) {
+            Some(parent) => (parent.0, self.tree.children(parent).collect()),
+            None => (TOP, self.tree.roots().collect()),
+        };
+        let Some(index) = siblings.iter().position(|&a| a == child) else {
+            return;
+        };
+        let options = self.supervision;
+        let engine = self
+            .engines
+            .entry(key)
+            .or_insert_with(|| Supervisor::new(options, siblings.len()).expect("validated"));
+        engine.set_children(siblings.len());
+        let commands = engine.on_exit(index, exit, self.now, &mut self.rng);
+        if commands.is_empty() {
+            self.stopped_event(child, &cause, None);
+        }
+        let hang = exit == Exit::Hang;
+        for command in commands {
+            match command {
+                Command::Restart { children, after } => {
+                    for i in children {
+                        let sibling = siblings[i];
+                        if sibling != child {
+                            let why: Arc<str> =
+                                format!("restarted with its sibling {child}: {cause}").into();
+                            self.stop(sibling, &why, StopKind::Supervisor, at);
+                        }
+                        self.stopped_event(sibling, &cause, Some(after));
+                        self.restart_after(sibling, after, cause.clone(), hang, at);
+                    }
+                }
+                Command::Escalate => self.escalate(key, &cause, hang, at),
+            }
+        }
+    }
+
+    /// The engine under `key` exceeded its restart intensity.
+    fn escalate(&mut self, key: u32, cause: &Arc<str>, hang: bool, at: Instant) {
+        self.turn.escalations += 1;
+        let supervisor = (key != TOP).then_some(AgentId(key));
+        let why: Arc<str> = match supervisor {
+            Some(s) => format!("{s} exceeded its restart intensity; last exit: {cause}").into(),
+            None => {
+                format!("the top tier exceeded its restart intensity; last exit: {cause}").into()
+            }
+        };
+        if self.shared.bus.wants(Kinds::AGENTS) {
+            self.events.push(Event::SupervisorEscalated {
+                supervisor,
+                cause: why.clone(),
+            });
+        }
+        match supervisor {
+            Some(manager) => self.supervise(manager, Exit::Crash, why, StopKind::Supervisor, at),
+            None => {
+                // Nothing above the runtime to hand the failure to, and giving up would lose
+                // tasks: the whole hierarchy restarts after the longest backoff, afresh.
+                tracing::error!(cause = %why, "Restarting every agent.");
+                self.engines.remove(&TOP);
+                let after = self.supervision.max_backoff;
+                for root in self.tree.roots().collect::<Vec<_>>() {
+                    self.stop(root, &why, StopKind::Supervisor, at);
+                    self.stopped_event(root, &why, Some(after));
+                    self.restart_after(root, after, why.clone(), hang, at);
+                }
+            }
+        }
+    }
+
+    /// Ends the current incarnation of `agent` and of every agent below it: out of service,
+    /// running attempts stopped, queued tasks moved to siblings.
+    pub(super) fn stop(&mut self, agent: AgentId, cause: &Arc<str>, kind: StopKind, at: Instant) {
+        let worker_tier = self.tree.worker_tier();
+        let mut agents = vec![agent];
+        agents.extend(self.tree.subtree(agent));
+        let mut homeless: Vec<Job> = Vec::new();
+        for a in agents {
+            self.incarnations[a.index()] += 1;
+            self.tree.set_down(a, true);
+            let tier = self.tree.tier(a);
+            if tier == worker_tier {
+                if self.tree.load(a).0 > 0
+                    && let Some(switch) = self.kill_switches.get(&a)
+                {
+                    // The agent's own attempts carry its stop's kind; those of agents stopped
+                    // along with it are no fault of their tasks.
+                    let kind = if a == agent {
+                        kind
+                    } else {
+                        StopKind::Supervisor
+                    };
+                    switch.fire(Stop {
+                        cause: cause.clone(),
+                        at,
+                        kind,
+                    });
+                }
+            } else {
+                self.engines.remove(&a.0);
+                if tier + 1 == worker_tier
+                    && let Some(queue) = self.queues[a.index()].as_mut()
+                {
+                    while let Some(job) = queue.pop() {
+                        self.tree.dequeue(a);
+                        homeless.push(job);
+                    }
+                }
+            }
+        }
+        for job in homeless {
+            self.queued -= 1;
+            self.route_or_wait(job);
+        }
+    }
+
+    /// Brings `agent` (and, for a manager, its subtree) back into service after `after`.
+    fn restart_after(
+        &mut self,
+        agent: AgentId,
+        after: Duration,
+        cause: Arc<str>,
+        hang: bool,
+        at: Instant,
+    ) {
+        let incarnation = self.incarnations[agent.index()];
+        if after.is_zero() {
+            self.restart((agent, incarnation, cause, hang, at));
+        } else {
+            self.restarting.push(Box::pin(async move {
+                tokio::time::sleep(after).await;
+                (agent, incarnation, cause, hang, at)
+            }));
+        }
+    }
+
+    /// A restart's backoff is over: the new incarnation of the agent and of every agent
+    /// below it goes into service, unless something stopped it again meanwhile.
+    pub(super) fn restart(&mut self, (agent, incarnation, cause, hang, at): Restart) {
+        if self.incarnations[agent.index()] != incarnation || !self.tree.is_down(agent) {
+            return;
+        }
+        let worker_tier = self.tree.worker_tier();
+        let mut agents = vec![agent];
+        agents.extend(self.tree.subtree(agent));
+        for a in agents {
+            if !self.tree.set_down(a, false) {
+                continue;
+            }
+            if hang {
+                self.turn.restarts_timeout += 1;
+            } else {
+                self.turn.restarts_crash += 1;
+            }
+            if self.tree.tier(a) == worker_tier {
+                self.health_reset(a);
+                self.freed.push(a);
+            } else {
+                // A restarted manager starts with a fresh engine.
+                self.engines.remove(&a.0);
+            }
+            if self.shared.bus.wants(Kinds::AGENTS) {
+                self.events.push(Event::AgentRestarted {
+                    agent: a,
+                    incarnation: self.incarnations[a.index()],
+                    cause: cause.clone(),
+                });
+            }
+        }
+        let mut timings = self
+            .shared
+            .timings
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        crate::handle::Timings::add(&mut timings.restart, at.elapsed());
+    }
+
+    fn stopped_event(&mut self, agent: AgentId, cause: &Arc<str>, restart_in: Option<Duration>) {
+        if self.shared.bus.wants(Kinds::AGENTS) {
+            self.events.push(Event::AgentStopped {
+                agent,
+                cause: cause.clone(),
+                restart_in,
+            });
+        }
+    }
+
+    /// Kills `agent` from outside, as a crash would.
+    pub(super) fn kill(&mut self, agent: AgentId, at: Instant) {
+        if !self.tree.contains(agent) || self.tree.is_down(agent) {
+            return;
+        }
+        self.supervise(agent, Exit::Crash, "killed".into(), StopKind::Killed, at);
+    }
+}
