@@ -279,3 +279,6 @@ impl Dispatcher {
         self.supervise(agent, Exit::Crash, "killed".into(), StopKind::Killed, at);
     }
 }
+
+#[cfg(test)]
+mod tests;

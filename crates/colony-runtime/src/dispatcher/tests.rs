@@ -15,11 +15,11 @@ use colony_core::{
 use colony_journal::{Journal, MemoryJournal};
 use std::{sync::Arc, time::Duration};
 
-fn sim(options: SimOptions) -> Arc<Sim> {
+pub(super) fn sim(options: SimOptions) -> Arc<Sim> {
     Arc::new(Sim::new(options).unwrap())
 }
 
-fn slow(ms: u64) -> SimOptions {
+pub(super) fn slow(ms: u64) -> SimOptions {
     SimOptions {
         latency: Latency::Fixed {
             value: Duration::from_millis(ms),
@@ -28,14 +28,17 @@ fn slow(ms: u64) -> SimOptions {
     }
 }
 
-fn two_tiers() -> RuntimeOptions {
+pub(super) fn two_tiers() -> RuntimeOptions {
     RuntimeOptions {
         tiers: Tiers::Named(vec!["supervisor".into(), "worker".into()]),
         ..RuntimeOptions::default()
     }
 }
 
-async fn start(options: RuntimeOptions, pools: Vec<Pool>) -> (Runtime, Arc<MemoryJournal>) {
+pub(super) async fn start(
+    options: RuntimeOptions,
+    pools: Vec<Pool>,
+) -> (Runtime, Arc<MemoryJournal>) {
     let journal = Arc::new(MemoryJournal::new());
     let runtime = Runtime::start(options, pools, journal.clone())
         .await
@@ -43,7 +46,7 @@ async fn start(options: RuntimeOptions, pools: Vec<Pool>) -> (Runtime, Arc<Memor
     (runtime, journal)
 }
 
-fn pool(count: u32, agent: Arc<Sim>) -> Pool {
+pub(super) fn pool(count: u32, agent: Arc<Sim>) -> Pool {
     Pool::new(AgentSpec::new("sim", "worker"), count, agent)
 }
 

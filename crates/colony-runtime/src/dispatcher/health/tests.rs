@@ -1,0 +1,134 @@
+//! Health as the runtime watches it: paused clock, seeded agents, real sweeps.
+
+use super::super::tests::{pool, sim, slow, start, two_tiers};
+use crate::{
+    Pool,
+    events::{Event, Kinds},
+};
+use colony_agents::{Agent, AgentSpec, Execution, Task, sim::SimOptions};
+use colony_core::{
+    health::HealthState,
+    task::{TaskSpec, TaskState},
+};
+use colony_journal::Journal;
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering::Relaxed},
+    },
+    time::Duration,
+};
+
+#[tokio::test(start_paused = true)]
+async fn a_silent_agent_is_failed_within_failed_after_plus_one_sweep() {
+    let hung = sim(SimOptions {
+        hang_rate: 1.0,
+        ..SimOptions::default()
+    });
+    let (runtime, journal) = start(two_tiers(), vec![pool(2, hung)]).await;
+    let h = runtime.handle();
+    let mut events = h.subscribe(Kinds::HEALTH);
+    // The task's own timeout is far off: only the health sweep can notice.
+    let spec = TaskSpec {
+        timeout: Duration::from_secs(600),
+        max_attempts: 1,
+        ..TaskSpec::default()
+    };
+    let submitted = tokio::time::Instant::now();
+    let done = h.submit_wait(spec).await.unwrap();
+    let took = submitted.elapsed();
+    assert_eq!(done.state, TaskState::DeadLettered);
+    let error = done.error.unwrap();
+    assert!(error.contains("no answer or heartbeat for 10"), "{error}");
+    assert!(
+        took >= Duration::from_secs(10) && took <= Duration::from_secs(11),
+        "detected after {took:?}: failed-after 10 s plus at most one 1 s sweep"
+    );
+    assert_eq!(h.stats().health_failures, 1);
+    let detection = h.timings().hang_detection;
+    assert_eq!(detection.len(), 1);
+    assert!(detection[0] >= Duration::from_secs(10) && detection[0] <= Duration::from_secs(11));
+    let changes: Vec<Event> = std::iter::from_fn(|| events.try_recv()).collect();
+    assert!(
+        changes.iter().any(|e| matches!(
+            e,
+            Event::HealthChanged {
+                to: HealthState::Failed,
+                ..
+            }
+        )),
+        "{changes:?}"
+    );
+    assert_eq!(journal.counts().unwrap().dead_lettered, 1);
+    runtime.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_long_task_that_beats_is_left_alone_and_slow_answers_degrade() {
+    // 30 s tasks: three times failed-after, but the agent beats every second.
+    let (runtime, _) = start(two_tiers(), vec![pool(1, sim(slow(30_000)))]).await;
+    let h = runtime.handle();
+    let mut events = h.subscribe(Kinds::HEALTH);
+    let spec = TaskSpec {
+        timeout: Duration::from_secs(120),
+        ..TaskSpec::default()
+    };
+    let done = h.submit_wait(spec).await.unwrap();
+    assert_eq!((done.state, done.attempts), (TaskState::Succeeded, 1));
+    assert_eq!(h.stats().health_failures, 0);
+    // A 30 s answer is far above critical-after (5 s).
+    let changes: Vec<Event> = std::iter::from_fn(|| events.try_recv()).collect();
+    assert_eq!(
+        changes,
+        [Event::HealthChanged {
+            agent: done.agent.unwrap(),
+            from: HealthState::Healthy,
+            to: HealthState::Critical,
+        }]
+    );
+    runtime.shutdown().await;
+}
+
+/// Answers after whatever latency the test last set.
+struct Adjustable(Arc<AtomicU64>);
+
+impl Agent for Adjustable {
+    fn handle(&self, task: Task) -> Execution {
+        let ms = self.0.load(Relaxed);
+        Execution::Running(Box::pin(async move {
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            Ok(task.payload)
+        }))
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn rising_response_times_raise_one_predictive_alert() {
+    let latency = Arc::new(AtomicU64::new(10));
+    let agent = Pool::new(
+        AgentSpec::new("sim", "worker"),
+        1,
+        Arc::new(Adjustable(latency.clone())),
+    );
+    let (runtime, _) = start(two_tiers(), vec![agent]).await;
+    let h = runtime.handle();
+    let mut events = h.subscribe(Kinds::HEALTH);
+    for _ in 0..100 {
+        h.submit_wait(TaskSpec::default()).await.unwrap();
+    }
+    assert_eq!(events.try_recv(), None, "a steady agent raises nothing");
+    latency.store(30, Relaxed);
+    for _ in 0..20 {
+        h.submit_wait(TaskSpec::default()).await.unwrap();
+    }
+    let alerts: Vec<Event> = std::iter::from_fn(|| events.try_recv()).collect();
+    assert!(
+        matches!(
+            alerts.as_slice(),
+            [Event::HealthAlert { average, baseline, .. }]
+                if *average >= baseline.mul_f64(1.5)
+        ),
+        "one alert when the average rises 50 % over the baseline: {alerts:?}"
+    );
+    runtime.shutdown().await;
+}

@@ -1,0 +1,281 @@
+//! Supervision as the runtime carries it out: paused clock, seeded agents, real engines.
+
+use super::super::tests::{pool, sim, slow, start, two_tiers};
+use crate::{
+    Handle, RuntimeOptions,
+    events::{Event, Kinds, Subscription},
+};
+use colony_core::{
+    AgentId,
+    hierarchy::Tiers,
+    routing::Tree,
+    supervision::{RestartPolicy, Strategy, SupervisorOptions},
+    task::{TaskSpec, TaskState},
+};
+use colony_journal::Journal;
+use std::{collections::BTreeSet, time::Duration};
+
+fn supervised(strategy: Strategy, restart: RestartPolicy) -> RuntimeOptions {
+    RuntimeOptions {
+        supervision: SupervisorOptions {
+            strategy,
+            restart,
+            jitter: 0.0,
+            ..SupervisorOptions::default()
+        },
+        ..two_tiers()
+    }
+}
+
+/// The children of `agent`.
+async fn children(h: &Handle, agent: AgentId) -> Vec<AgentId> {
+    h.inspect(move |t: &Tree| t.children(agent).collect())
+        .await
+        .unwrap()
+}
+
+async fn is_down(h: &Handle, agent: AgentId) -> bool {
+    h.inspect(move |t: &Tree| t.is_down(agent)).await.unwrap()
+}
+
+async fn all_down(h: &Handle) -> bool {
+    h.inspect(|t: &Tree| (0..t.len() as u32).all(|i| t.is_down(AgentId(i))))
+        .await
+        .unwrap()
+}
+
+/// Agents restarted among the events received so far.
+fn restarted(events: &mut Subscription) -> BTreeSet<AgentId> {
+    std::iter::from_fn(|| events.try_recv())
+        .filter_map(|e| match e {
+            Event::AgentRestarted { agent, .. } => Some(agent),
+            _ => None,
+        })
+        .collect()
+}
+
+#[tokio::test(start_paused = true)]
+async fn each_strategy_restarts_the_children_it_names() {
+    for (strategy, expected) in [
+        (Strategy::OneForOne, vec![1]),
+        (Strategy::OneForAll, vec![0, 1, 2, 3]),
+        (Strategy::RestForOne, vec![1, 2, 3]),
+    ] {
+        let options = supervised(strategy, RestartPolicy::Permanent);
+        let (runtime, _) = start(options, vec![pool(4, sim(slow(1)))]).await;
+        let h = runtime.handle();
+        let mut events = h.subscribe(Kinds::AGENTS);
+        let workers = children(h, AgentId(0)).await;
+        h.kill(workers[1]).unwrap();
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        let expected: BTreeSet<AgentId> = expected.iter().map(|&i| workers[i]).collect();
+        assert_eq!(restarted(&mut events), expected, "{strategy:?}");
+        assert_eq!(h.stats().restarts, expected.len() as u64);
+        runtime.shutdown().await;
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn one_for_all_retries_the_siblings_tasks_without_blaming_them() {
+    let options = supervised(Strategy::OneForAll, RestartPolicy::Permanent);
+    let (runtime, journal) = start(options, vec![pool(3, sim(slow(100)))]).await;
+    let h = runtime.handle();
+    let mut pending = Vec::new();
+    for _ in 0..3 {
+        pending.push(h.submit_notify(TaskSpec::default()).await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    let victim = journal.task(pending[0].id).unwrap().unwrap().agent.unwrap();
+    h.kill(victim).unwrap();
+    for p in pending {
+        let done = p.await.unwrap();
+        // Each task's first attempt was stopped with its agent: one retry, no fault counted,
+        // so nothing comes near poison quarantine.
+        assert_eq!((done.state, done.attempts), (TaskState::Succeeded, 2));
+    }
+    assert_eq!(h.stats().restarts, 3);
+    assert_eq!(h.stats().quarantined, 0);
+    runtime.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn temporary_children_stay_down_and_work_goes_to_the_others() {
+    let options = supervised(Strategy::OneForOne, RestartPolicy::Temporary);
+    let (runtime, journal) = start(options, vec![pool(2, sim(slow(1)))]).await;
+    let h = runtime.handle();
+    let workers = children(h, AgentId(0)).await;
+    h.kill(workers[0]).unwrap();
+    for _ in 0..10 {
+        let done = h.submit_wait(TaskSpec::default()).await.unwrap();
+        assert_eq!(done.state, TaskState::Succeeded);
+        assert_eq!(done.agent, Some(workers[1]));
+    }
+    assert_eq!(h.stats().restarts, 0);
+    assert!(is_down(h, workers[0]).await);
+    assert_eq!(journal.counts().unwrap().succeeded, 10);
+    runtime.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn restarts_back_off_within_a_burst() {
+    let (runtime, _) = start(
+        supervised(Strategy::OneForOne, RestartPolicy::Permanent),
+        vec![pool(2, sim(slow(1)))],
+    )
+    .await;
+    let h = runtime.handle();
+    let worker = children(h, AgentId(0)).await[0];
+    h.kill(worker).unwrap();
+    tokio::time::sleep(Duration::from_micros(1)).await;
+    assert!(!is_down(h, worker).await, "the first restart is immediate");
+    h.kill(worker).unwrap();
+    tokio::time::sleep(Duration::from_millis(9)).await;
+    assert!(is_down(h, worker).await, "the second waits 10 ms");
+    tokio::time::sleep(Duration::from_millis(2)).await;
+    assert!(!is_down(h, worker).await);
+    h.kill(worker).unwrap();
+    tokio::time::sleep(Duration::from_millis(19)).await;
+    assert!(is_down(h, worker).await, "the third waits 20 ms");
+    tokio::time::sleep(Duration::from_millis(2)).await;
+    assert!(!is_down(h, worker).await);
+    assert_eq!(h.stats().restarts, 3);
+    assert_eq!(h.stats().escalations, 0);
+    runtime.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn exceeding_intensity_escalates_once_and_moves_the_queue_to_a_sibling() {
+    // A coordinator over two supervisors of two workers each; every worker is busy for a
+    // second and each supervisor has tasks queued.
+    let options = RuntimeOptions {
+        span: 2,
+        tiers: Tiers::Named(vec![
+            "coordinator".into(),
+            "supervisor".into(),
+            "worker".into(),
+        ]),
+        supervision: SupervisorOptions {
+            jitter: 0.0,
+            ..SupervisorOptions::default()
+        },
+        ..RuntimeOptions::default()
+    };
+    let (runtime, journal) = start(options, vec![pool(4, sim(slow(1_000)))]).await;
+    let h = runtime.handle();
+    let mut events = h.subscribe(Kinds::AGENTS.union(Kinds::TASKS));
+    let (a, b) = h
+        .inspect(|t: &Tree| {
+            let sups = t.agents_in_tier(1);
+            (sups[0], sups[1])
+        })
+        .await
+        .unwrap();
+    let (a_workers, b_workers) = (children(h, a).await, children(h, b).await);
+    let accepted = h.submit_batch(vec![TaskSpec::default(); 12]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    // Four exits within 5 s: three restarts, then the fourth exceeds the intensity.
+    for _ in 0..4 {
+        h.kill(a_workers[0]).unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut queued_at_a = BTreeSet::new();
+    let mut escalated = Vec::new();
+    let mut moved_to_b = 0;
+    for event in std::iter::from_fn(|| events.try_recv()) {
+        match event {
+            Event::TaskQueued { task, supervisor } if supervisor == a => {
+                queued_at_a.insert(task);
+            }
+            Event::SupervisorEscalated { supervisor, .. } => escalated.push(supervisor),
+            Event::TaskStarted { task, agent, .. }
+                if queued_at_a.contains(&task) && b_workers.contains(&agent) =>
+            {
+                moved_to_b += 1;
+            }
+            _ => {}
+        }
+    }
+    assert_eq!(escalated, [Some(a)], "escalated exactly once");
+    assert_eq!(h.stats().escalations, 1);
+    assert!(!queued_at_a.is_empty());
+    h.drain().await.unwrap();
+    for event in std::iter::from_fn(|| events.try_recv()) {
+        if let Event::TaskStarted { task, agent, .. } = event
+            && queued_at_a.contains(&task)
+            && b_workers.contains(&agent)
+        {
+            moved_to_b += 1;
+        }
+    }
+    assert!(
+        moved_to_b > 0,
+        "tasks queued at the supervisor that gave up ran under its sibling"
+    );
+    for id in accepted.ids() {
+        assert_eq!(
+            journal.task(id).unwrap().unwrap().state,
+            TaskState::Succeeded
+        );
+    }
+    // The coordinator restarted the supervisor that gave up, with its workers.
+    let down = h
+        .inspect(move |t: &Tree| t.is_down(a) || t.children(a).any(|w| t.is_down(w)))
+        .await
+        .unwrap();
+    assert!(!down);
+    runtime.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_top_tier_escalating_restarts_everything_after_the_longest_backoff() {
+    let options = RuntimeOptions {
+        supervision: SupervisorOptions {
+            max_restarts: 1,
+            jitter: 0.0,
+            ..SupervisorOptions::default()
+        },
+        ..two_tiers()
+    };
+    let (runtime, _) = start(options, vec![pool(2, sim(slow(1)))]).await;
+    let h = runtime.handle();
+    // The supervisor is a root: the runtime itself supervises it. One restart is allowed;
+    // the second kill exceeds that.
+    h.kill(AgentId(0)).unwrap();
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    h.kill(AgentId(0)).unwrap();
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    assert_eq!(h.stats().escalations, 1);
+    assert!(all_down(h).await);
+    // Nothing is lost meanwhile: a task waits for the restart.
+    let pending = h.submit_notify(TaskSpec::default()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    assert_eq!(pending.await.unwrap().state, TaskState::Succeeded);
+    assert!(!all_down(h).await);
+    runtime.shutdown().await;
+}
+
+#[tokio::test]
+async fn bad_supervision_and_health_settings_are_refused_with_the_field_named() {
+    let refuse = |options: RuntimeOptions| async move {
+        let journal = std::sync::Arc::new(colony_journal::MemoryJournal::new());
+        crate::Runtime::start(options, vec![pool(1, sim(slow(1)))], journal)
+            .await
+            .unwrap_err()
+            .to_string()
+    };
+    let zero = RuntimeOptions {
+        supervision: SupervisorOptions {
+            max_restarts: 0,
+            period: Duration::ZERO,
+            ..SupervisorOptions::default()
+        },
+        ..RuntimeOptions::default()
+    };
+    assert!(refuse(zero).await.contains("supervision period 0ns"));
+    let mut slow_beat = RuntimeOptions::default();
+    slow_beat.health.heartbeat = Duration::from_secs(60);
+    assert!(refuse(slow_beat).await.contains("health heartbeat 60s"));
+    let mut tolerance = RuntimeOptions::default();
+    tolerance.rebalance.tolerance = 1.5;
+    assert!(refuse(tolerance).await.contains("tolerance"));
+}
