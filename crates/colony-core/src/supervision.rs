@@ -58,8 +58,10 @@ pub struct SupervisorOptions {
     /// Most restarts within `period` before the supervisor gives up and escalates.
     pub max_restarts: u32,
     pub period: Duration,
-    /// The first restart in a burst is immediate; the second waits this long, and each
-    /// further restart in the period multiplies the wait by `multiplier`, up to `max_backoff`.
+    /// A child's first restart in a burst is immediate; its second within `period` waits
+    /// this long, and each further one multiplies the wait by `multiplier`, up to
+    /// `max_backoff`. Counted per child: a crash-looping child backs off, and its siblings'
+    /// independent crashes do not slow its restarts.
     pub initial_backoff: Duration,
     pub max_backoff: Duration,
     pub multiplier: f64,
@@ -144,6 +146,8 @@ pub struct Supervisor {
     children: usize,
     /// Times of the restarts within the last period.
     restarts: VecDeque<Duration>,
+    /// Per child: restarts in its current burst, and when the last one was.
+    bursts: Vec<(u32, Duration)>,
     escalated: bool,
 }
 
@@ -154,6 +158,7 @@ impl Supervisor {
             options,
             children,
             restarts: VecDeque::new(),
+            bursts: Vec::new(),
             escalated: false,
         })
     }
@@ -172,6 +177,7 @@ impl Supervisor {
     /// The parent restarted this supervisor: a fresh start.
     pub fn reset(&mut self) {
         self.restarts.clear();
+        self.bursts.clear();
         self.escalated = false;
     }
 
@@ -206,16 +212,26 @@ impl Supervisor {
             return vec![Command::Escalate];
         }
         self.restarts.push_back(now);
+        if self.bursts.len() < self.children {
+            self.bursts.resize(self.children, (0, Duration::ZERO));
+        }
+        let (count, last) = &mut self.bursts[child];
+        if *count > 0 && now.saturating_sub(*last) >= self.options.period {
+            *count = 0;
+        }
+        *count += 1;
+        *last = now;
+        let n = *count;
         let children = match self.options.strategy {
             Strategy::OneForOne => vec![child],
             Strategy::OneForAll => (0..self.children).collect(),
             Strategy::RestForOne => (child..self.children).collect(),
         };
-        let after = self.backoff(self.restarts.len() as u32, rng);
+        let after = self.backoff(n, rng);
         vec![Command::Restart { children, after }]
     }
 
-    /// Delay before the `n`th restart of a burst (1-based): none before the first.
+    /// Delay before a child's `n`th restart of a burst (1-based): none before the first.
     fn backoff(&self, n: u32, rng: &mut impl Rng) -> Duration {
         if n <= 1 {
             return Duration::ZERO;
@@ -350,6 +366,34 @@ mod tests {
             .collect();
         let expected = [0, 10, 20, 40, 80, 160, 320, 640, 1000];
         assert_eq!(delays, expected.map(ms));
+    }
+
+    #[test]
+    fn backoff_is_counted_per_child() {
+        let options = SupervisorOptions {
+            max_restarts: 20,
+            jitter: 0.0,
+            ..SupervisorOptions::default()
+        };
+        let mut s = Supervisor::new(options, 3).unwrap();
+        let mut rng = SmallRng::seed_from_u64(1);
+        let mut after = |child: usize, t: u64| match s
+            .on_exit(child, Exit::Crash, ms(t), &mut rng)
+            .as_slice()
+        {
+            [Command::Restart { after, .. }] => *after,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(after(0, 0), ms(0));
+        assert_eq!(after(0, 1), ms(10));
+        assert_eq!(
+            after(1, 2),
+            ms(0),
+            "a sibling's first crash restarts at once"
+        );
+        assert_eq!(after(2, 3), ms(0));
+        assert_eq!(after(0, 4), ms(20), "child 0 is crash-looping");
+        assert_eq!(after(0, 6_000), ms(0), "a quiet period ends the burst");
     }
 
     #[test]

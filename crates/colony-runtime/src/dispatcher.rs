@@ -206,8 +206,10 @@ pub(crate) fn start(
     bus: EventBus,
 ) -> (Handle, tokio::task::JoinHandle<Option<()>>) {
     let (inbox, commands) = mpsc::unbounded_channel();
+    let (control, controls) = mpsc::unbounded_channel();
     let shared = Arc::new(Shared {
         inbox,
+        control,
         stopped: AtomicBool::new(false),
         pool_agents: pools.iter().map(|_| AtomicU64::new(0)).collect(),
         next_id: Mutex::new(journal.next_task_id().0),
@@ -268,7 +270,7 @@ pub(crate) fn start(
     // notices look pending for as long as the swarm stays busy.
     let task = Spawner::spawn(
         "dispatcher",
-        tokio::task::unconstrained(dispatcher.run(commands)),
+        tokio::task::unconstrained(dispatcher.run(commands, controls)),
     );
     (Handle::new(shared), task)
 }
@@ -357,7 +359,11 @@ struct Dispatcher {
 }
 
 impl Dispatcher {
-    async fn run(mut self, mut commands: mpsc::UnboundedReceiver<Command>) {
+    async fn run(
+        mut self,
+        mut commands: mpsc::UnboundedReceiver<Command>,
+        mut controls: mpsc::UnboundedReceiver<Command>,
+    ) {
         // However the loop ends, even by a panic, submitters and drainers stop waiting.
         let _stopped = StopGuard(self.shared.clone());
         let mut batch = Vec::with_capacity(BATCH);
@@ -379,6 +385,11 @@ impl Dispatcher {
             // a steady stream of commands cannot starve them.
             tokio::select! {
                 biased;
+                Some(command) = controls.recv() => {
+                    if !self.command(command) {
+                        break 'turns;
+                    }
+                }
                 n = commands.recv_many(&mut batch, BATCH) => {
                     if n == 0 {
                         break 'turns;
@@ -413,6 +424,11 @@ impl Dispatcher {
                     if let Err(error) = result {
                         tracing::error!(%error, "Journal write failed.");
                     }
+                }
+            }
+            while let Ok(command) = controls.try_recv() {
+                if !self.command(command) {
+                    break 'turns;
                 }
             }
             for _ in 0..BATCH {

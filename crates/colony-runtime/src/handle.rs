@@ -32,6 +32,9 @@ pub struct Handle {
 #[derive(Debug)]
 pub(crate) struct Shared {
     pub(crate) inbox: mpsc::UnboundedSender<Command>,
+    /// Commands the dispatcher reads before any other: kills, which must not wait behind
+    /// a backlog of submissions.
+    pub(crate) control: mpsc::UnboundedSender<Command>,
     /// Set when the dispatcher's loop has ended.
     pub(crate) stopped: AtomicBool,
     /// Per pool, agents spawned: a task is admitted only if some pool that may run it has any.
@@ -508,7 +511,7 @@ impl Handle {
     /// agents already out of service are ignored.
     pub fn kill(&self, agent: AgentId) -> Result<(), Error> {
         self.shared
-            .inbox
+            .control
             .send(Command::Kill(agent, Instant::now()))
             .map_err(|_| Error::Stopped)
     }

@@ -30,6 +30,8 @@ pub struct Swarm {
     /// Where the journal lives: a SQLite file, or memory when `None`.
     pub journal: Option<SqliteOptions>,
     pub retry: crate::RetryOptions,
+    pub supervision: colony_core::supervision::SupervisorOptions,
+    pub health: colony_core::health::HealthOptions,
 }
 
 impl Swarm {
@@ -75,6 +77,8 @@ impl Swarm {
             tiers: self.tiers.clone(),
             spawn,
             retry: self.retry,
+            supervision: self.supervision,
+            health: self.health,
             ..RuntimeOptions::default()
         };
         let journal: Arc<dyn Journal> = match &self.journal {
@@ -366,7 +370,17 @@ pub struct RecoveryReport {
     pub lost: u64,
     pub attempts: u64,
     pub re_executions: u64,
+    /// Agents brought back into service (each agent of a restarted subtree counts).
     pub restarts: u64,
+    /// Managing agents that exceeded their restart intensity and gave up.
+    pub escalations: u64,
+    /// Tasks dead-lettered as poison: their attempts crashed or hung too many agents.
+    pub quarantined: u64,
+    /// Busy agents a health sweep declared failed after a silence.
+    pub health_failures: u64,
+    /// Tasks the runtime counted as ended beyond those the journal holds terminal: a task
+    /// committed twice would count twice here. Must be 0.
+    pub duplicate_commits: u64,
     /// Results of attempts that had lost their lease, dropped by the journal's fencing.
     pub late_results_fenced: u64,
     /// Whether the runtime's counts of succeeded, failed and dead-lettered tasks equal the
@@ -374,6 +388,15 @@ pub struct RecoveryReport {
     pub journal_agrees: bool,
     /// From a kill to the end of the killed attempt.
     pub detection: Percentiles,
+    /// From the start of a hung attempt to the runtime giving up on it: its timeout, or a
+    /// health sweep finding its agent silent.
+    pub hang_detection: Percentiles,
+    /// The heartbeat (sweep) interval, and the two detection p50 / p99 as multiples of it.
+    pub heartbeat_ms: f64,
+    pub detection_heartbeats: [f64; 2],
+    pub hang_detection_heartbeats: [f64; 2],
+    /// From an agent's exit to its next incarnation in service, restart backoff included.
+    pub restart: Percentiles,
     /// From a failed attempt to its retry being dispatched again, retry backoff included.
     pub redispatch: Percentiles,
     pub seconds: f64,
@@ -439,6 +462,11 @@ pub async fn recovery(
     let timings = handle.timings();
     runtime.shutdown().await;
     let lost = stats.accepted.saturating_sub(counts.terminal());
+    let duplicate_commits = stats.finished().saturating_sub(counts.terminal());
+    let heartbeat_us = swarm.health.heartbeat.as_secs_f64() * 1e6;
+    let detection = Percentiles::of(timings.detection);
+    let hang_detection = Percentiles::of(timings.hang_detection);
+    let beats = |p: &Percentiles| [p.p50_us / heartbeat_us, p.p99_us / heartbeat_us];
     let journal_agrees = counts.succeeded == stats.succeeded
         && counts.failed == stats.failed
         && counts.dead_lettered == stats.dead_lettered;
@@ -457,11 +485,20 @@ pub async fn recovery(
         attempts: stats.attempts,
         re_executions: stats.attempts.saturating_sub(stats.accepted),
         restarts: stats.restarts,
+        escalations: stats.escalations,
+        quarantined: stats.quarantined,
+        health_failures: stats.health_failures,
+        duplicate_commits,
         late_results_fenced: journal_stats.fenced,
         journal_agrees,
-        detection: Percentiles::of(timings.detection),
+        heartbeat_ms: heartbeat_us / 1e3,
+        detection_heartbeats: beats(&detection),
+        hang_detection_heartbeats: beats(&hang_detection),
+        detection,
+        hang_detection,
+        restart: Percentiles::of(timings.restart),
         redispatch: Percentiles::of(timings.redispatch),
         seconds,
-        ok: lost == 0 && journal_agrees && stats.accepted == tasks,
+        ok: lost == 0 && duplicate_commits == 0 && journal_agrees && stats.accepted == tasks,
     })
 }

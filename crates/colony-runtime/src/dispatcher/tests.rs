@@ -163,10 +163,8 @@ async fn crashes_and_hangs_are_retried_then_dead_lettered() {
             .unwrap()
             .contains("agent crashed: simulated crash")
     );
-    // The first restart is immediate; the second and third wait 10 and 20 ms (± jitter),
-    // so the third comes after the task gave up.
-    assert_eq!(h.stats().restarts, 2);
-    tokio::time::sleep(Duration::from_millis(30)).await;
+    // Each retry went to another of the three agents, and an agent's first restart is
+    // immediate: all three are back in service by the time the task gives up.
     assert_eq!(h.stats().restarts, 3);
     runtime.shutdown().await;
     assert_eq!(journal.counts().unwrap().dead_lettered, 1);

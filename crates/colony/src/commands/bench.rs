@@ -126,6 +126,20 @@ pub(crate) struct RecoveryArgs {
     /// Delay before a retry, doubling up to 1 s; 0 retries at once.
     #[arg(long, default_value_t = 10)]
     retry_backoff_ms: u64,
+    /// How each managing agent restarts its children when one exits.
+    #[arg(long, value_enum, default_value = "one-for-one")]
+    strategy: SupervisionStrategy,
+    /// Restarts a managing agent allows within --restart-period-secs before it escalates.
+    #[arg(long, default_value_t = 3)]
+    max_restarts: u32,
+    #[arg(long, default_value_t = 5.0)]
+    restart_period_secs: f64,
+    /// Health sweep interval: how often supervisors look at their busy children.
+    #[arg(long, default_value_t = 1_000)]
+    heartbeat_ms: u64,
+    /// Silence after which a busy agent is declared failed.
+    #[arg(long, default_value_t = 10_000)]
+    failed_after_ms: u64,
     #[arg(long, default_value_t = 1)]
     seed: u64,
     #[arg(long)]
@@ -182,6 +196,8 @@ impl SwarmArgs {
             sim: SimOptions::default(),
             journal,
             retry: colony_runtime::RetryOptions::default(),
+            supervision: Default::default(),
+            health: Default::default(),
         };
         swarm.workers().map_err(Failure::input)?;
         Ok(swarm)
@@ -229,6 +245,28 @@ pub(crate) fn run(bench: Bench) -> Result<(), Failure> {
                 1_000.0,
             )?;
             swarm.retry.initial_backoff = Duration::from_millis(args.retry_backoff_ms);
+            swarm.supervision = colony_core::supervision::SupervisorOptions {
+                strategy: args.strategy.into(),
+                max_restarts: args.max_restarts,
+                period: Duration::from_secs_f64(args.restart_period_secs.clamp(0.0, 1e9)),
+                ..Default::default()
+            };
+            swarm.supervision.validate().map_err(|e| {
+                Failure::input(anyhow::anyhow!(
+                    "{e} (--max-restarts, --restart-period-secs)"
+                ))
+            })?;
+            swarm.health = colony_core::health::HealthOptions {
+                heartbeat: Duration::from_millis(args.heartbeat_ms),
+                failed_after: Duration::from_millis(args.failed_after_ms),
+                ..Default::default()
+            };
+            // Degraded and critical scale with failed-after, keeping the defaults' proportions.
+            swarm.health.degraded_after = swarm.health.failed_after / 5;
+            swarm.health.critical_after = swarm.health.failed_after / 2;
+            swarm.health.validate().map_err(|e| {
+                Failure::input(anyhow::anyhow!("{e} (--heartbeat-ms, --failed-after-ms)"))
+            })?;
             let report = runtime
                 .block_on(bench::recovery(
                     &swarm,
@@ -272,15 +310,42 @@ pub(crate) fn run(bench: Bench) -> Result<(), Failure> {
                     thousands(report.re_executions),
                 ]);
                 t.row(vec!["agent restarts".into(), thousands(report.restarts)]);
+                t.row(vec![
+                    "supervisor escalations".into(),
+                    thousands(report.escalations),
+                ]);
+                t.row(vec![
+                    "quarantined (poison)".into(),
+                    thousands(report.quarantined),
+                ]);
+                t.row(vec![
+                    "failed by health sweep".into(),
+                    thousands(report.health_failures),
+                ]);
+                t.row(vec![
+                    "duplicate commits".into(),
+                    thousands(report.duplicate_commits),
+                ]);
                 let p = |p: &Percentiles| {
                     format!(
                         "{:.1} / {:.1} µs ({} samples)",
                         p.p50_us, p.p99_us, p.samples
                     )
                 };
+                let beats = |b: [f64; 2]| format!("{:.3} / {:.3} heartbeats", b[0], b[1]);
                 t.row(vec![
                     "kill -> attempt ended p50 / p99".into(),
                     p(&report.detection),
+                ]);
+                t.row(vec!["".into(), beats(report.detection_heartbeats)]);
+                t.row(vec![
+                    "hang -> given up p50 / p99".into(),
+                    p(&report.hang_detection),
+                ]);
+                t.row(vec!["".into(), beats(report.hang_detection_heartbeats)]);
+                t.row(vec![
+                    "exit -> replacement serving p50 / p99".into(),
+                    p(&report.restart),
                 ]);
                 t.row(vec![
                     "failure -> redispatched p50 / p99".into(),
@@ -300,8 +365,9 @@ pub(crate) fn run(bench: Bench) -> Result<(), Failure> {
             }
             if !report.ok {
                 return Err(Failure::work(anyhow::anyhow!(
-                    "recovery checks failed: {} lost, journal agrees: {}",
+                    "recovery checks failed: {} lost, {} duplicate commits, journal agrees: {}",
                     report.lost,
+                    report.duplicate_commits,
                     report.journal_agrees
                 )));
             }
@@ -562,4 +628,22 @@ fn print_json(report: &impl serde::Serialize) -> Result<(), Failure> {
         serde_json::to_string_pretty(report).map_err(Failure::work)?
     );
     Ok(())
+}
+
+/// `--strategy` of `colony bench recovery`.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub(crate) enum SupervisionStrategy {
+    OneForOne,
+    OneForAll,
+    RestForOne,
+}
+
+impl From<SupervisionStrategy> for colony_core::supervision::Strategy {
+    fn from(s: SupervisionStrategy) -> Self {
+        match s {
+            SupervisionStrategy::OneForOne => Self::OneForOne,
+            SupervisionStrategy::OneForAll => Self::OneForAll,
+            SupervisionStrategy::RestForOne => Self::RestForOne,
+        }
+    }
 }
