@@ -1,0 +1,265 @@
+//! I1-I3 under any seeded mix of faults: every accepted task ends terminal with exactly one
+//! committed result, and a task runs again only after a fault hit its lease.
+//!
+//! Each case runs a whole runtime on a paused clock with an agent that injects errors,
+//! crashes and hangs from a seed and keeps a ledger of what really ran; on top, agents and
+//! supervisors are killed at seeded times. The ledger is then checked against the journal.
+
+use bytes::Bytes;
+use colony_agents::{Agent, AgentSpec, Error as AgentError, Execution, Task};
+use colony_core::{
+    AgentId, TaskId,
+    hierarchy::Tiers,
+    supervision::{Strategy as Restarts, SupervisorOptions},
+    task::{TaskSpec, TaskState},
+};
+use colony_journal::{Journal, MemoryJournal};
+use colony_runtime::{Pool, Runtime, RuntimeOptions};
+use proptest::prelude::*;
+use rand::{Rng, SeedableRng, rngs::SmallRng};
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+/// What happened to one task's executions, as the agent saw them.
+#[derive(Debug, Default, Clone)]
+struct Entry {
+    executions: u32,
+    /// Executions that returned an output, and the attempt of each.
+    successes: Vec<u32>,
+    /// Executions that did not: errors, crashes, and attempts dropped unfinished (hangs,
+    /// kills, siblings' restarts, silence).
+    faults: u32,
+}
+
+type Ledger = Arc<Mutex<HashMap<TaskId, Entry>>>;
+
+struct Faulty {
+    seed: u64,
+    error: f64,
+    crash: f64,
+    hang: f64,
+    ledger: Ledger,
+}
+
+/// Counts an execution as a fault unless it finishes with an output.
+struct Unfinished {
+    ledger: Ledger,
+    task: TaskId,
+    attempt: u32,
+    ok: bool,
+}
+
+impl Drop for Unfinished {
+    fn drop(&mut self) {
+        let mut ledger = self.ledger.lock().unwrap();
+        let entry = ledger.entry(self.task).or_default();
+        if self.ok {
+            entry.successes.push(self.attempt);
+        } else {
+            entry.faults += 1;
+        }
+    }
+}
+
+impl Agent for Faulty {
+    fn handle(&self, task: Task) -> Execution {
+        self.ledger
+            .lock()
+            .unwrap()
+            .entry(task.id)
+            .or_default()
+            .executions += 1;
+        let mut rng = SmallRng::seed_from_u64(
+            self.seed ^ task.id.0.wrapping_mul(0x9E37) ^ u64::from(task.attempt) << 40,
+        );
+        let x: f64 = rng.random();
+        let latency = Duration::from_micros(rng.random_range(0..3_000));
+        let guard = Unfinished {
+            ledger: self.ledger.clone(),
+            task: task.id,
+            attempt: task.attempt,
+            ok: false,
+        };
+        if x < self.error {
+            return Execution::Done(Err(AgentError::retryable("injected error")));
+        }
+        if x < self.error + self.crash {
+            // Unwinds through the guard, which counts the fault.
+            std::panic::resume_unwind(Box::new("injected crash"));
+        }
+        let hang = x < self.error + self.crash + self.hang;
+        Execution::Running(Box::pin(async move {
+            // The whole guard moves in (not just its flag), to drop with the attempt.
+            let mut guard = guard;
+            if hang {
+                std::future::pending::<()>().await;
+            }
+            tokio::time::sleep(latency).await;
+            guard.ok = true;
+            Ok(Bytes::from(format!("{}", task.id.0)))
+        }))
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Case {
+    seed: u64,
+    error: f64,
+    crash: f64,
+    hang: f64,
+    tasks: usize,
+    workers: u32,
+    max_attempts: u32,
+    strategy: Restarts,
+    /// (virtual ms after submission, agent index as a share of all agents)
+    kills: Vec<(u64, f64)>,
+}
+
+fn cases() -> impl Strategy<Value = Case> {
+    (
+        any::<u64>(),
+        0.0..0.3f64,
+        0.0..0.15f64,
+        0.0..0.05f64,
+        1..150usize,
+        1..30u32,
+        1..5u32,
+        prop_oneof![
+            Just(Restarts::OneForOne),
+            Just(Restarts::OneForAll),
+            Just(Restarts::RestForOne)
+        ],
+        prop::collection::vec((0..200u64, 0.0..1.0f64), 0..12),
+    )
+        .prop_map(
+            |(seed, error, crash, hang, tasks, workers, max_attempts, strategy, kills)| Case {
+                seed,
+                error,
+                crash,
+                hang,
+                tasks,
+                workers,
+                max_attempts,
+                strategy,
+                kills,
+            },
+        )
+}
+
+fn run(case: &Case) -> Result<(), TestCaseError> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .start_paused(true)
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let ledger: Ledger = Arc::default();
+        let agent = Faulty {
+            seed: case.seed,
+            error: case.error,
+            crash: case.crash,
+            hang: case.hang,
+            ledger: ledger.clone(),
+        };
+        let options = RuntimeOptions {
+            span: 4,
+            tiers: Tiers::Named(vec![
+                "coordinator".into(),
+                "supervisor".into(),
+                "worker".into(),
+            ]),
+            seed: case.seed,
+            supervision: SupervisorOptions {
+                strategy: case.strategy,
+                ..SupervisorOptions::default()
+            },
+            ..RuntimeOptions::default()
+        };
+        let pool = Pool::new(
+            AgentSpec::new("faulty", "worker"),
+            case.workers,
+            Arc::new(agent),
+        );
+        let journal = Arc::new(MemoryJournal::new());
+        let runtime = Runtime::start(options, vec![pool], journal.clone())
+            .await
+            .unwrap();
+        let h = runtime.handle().clone();
+        let spec = TaskSpec {
+            timeout: Duration::from_millis(500),
+            max_attempts: case.max_attempts,
+            ..TaskSpec::default()
+        };
+        let accepted = h.submit_batch(vec![spec; case.tasks]).await.unwrap();
+        let agents = h.stats().agents as f64;
+        let mut kills = case.kills.clone();
+        kills.sort_by_key(|k| k.0);
+        let mut now = 0;
+        for (at, share) in kills {
+            tokio::time::sleep(Duration::from_millis(at - now)).await;
+            now = at;
+            h.kill(AgentId((share * agents) as u32)).unwrap();
+        }
+        // I4: with the faults over, everything drains (hangs end at their timeout).
+        tokio::time::timeout(Duration::from_secs(3_600), h.drain())
+            .await
+            .expect("the backlog drains")
+            .unwrap();
+        let stats = h.stats();
+        runtime.shutdown().await;
+
+        let ledger = ledger.lock().unwrap();
+        prop_assert_eq!(stats.accepted, case.tasks as u64);
+        let counts = journal.counts().unwrap();
+        prop_assert_eq!(
+            counts.terminal(),
+            case.tasks as u64,
+            "I1: every task terminal"
+        );
+        prop_assert_eq!(counts.succeeded, stats.succeeded);
+        prop_assert_eq!(counts.dead_lettered, stats.dead_lettered);
+        for id in accepted.ids() {
+            let row = journal.task(id).unwrap().unwrap();
+            let entry = ledger.get(&id).cloned().unwrap_or_default();
+            // I3: a task ran again only after a fault hit its lease.
+            prop_assert!(
+                entry.executions <= 1 + entry.faults,
+                "{id}: {} executions, {} faults",
+                entry.executions,
+                entry.faults
+            );
+            // I2: one committed result, from the attempt that holds the lease.
+            prop_assert!(
+                entry.successes.len() <= 1,
+                "{id}: succeeded twice: {entry:?}"
+            );
+            match row.state {
+                TaskState::Succeeded => {
+                    prop_assert_eq!(&entry.successes, &vec![row.attempt], "{}", id);
+                    prop_assert_eq!(row.output.unwrap(), Bytes::from(id.0.to_string()));
+                }
+                TaskState::DeadLettered | TaskState::Failed => {
+                    prop_assert!(
+                        entry.successes.is_empty(),
+                        "{id}: an output was lost: {entry:?}"
+                    );
+                }
+                other => prop_assert!(false, "{id} ended {other:?}"),
+            }
+            prop_assert!(row.attempt <= case.max_attempts);
+        }
+        Ok(())
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+    #[test]
+    fn every_task_ends_once_whatever_fails(case in cases()) {
+        run(&case)?;
+    }
+}
