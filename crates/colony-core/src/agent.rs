@@ -18,6 +18,25 @@ pub struct AgentSpec {
     /// Tasks one agent runs at once.
     #[serde(default = "one")]
     pub concurrency: u32,
+    /// Where a task goes after an attempt on one of these agents failed.
+    #[serde(default)]
+    pub failover: Failover,
+}
+
+/// The failover policy of a role: where the retry of an attempt that failed on an agent of
+/// this spec goes. Whatever the policy, a retry avoids the agent that failed when another
+/// under the same supervisor can take it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Failover {
+    /// Wherever routing sends it, among every agent that can run the task.
+    #[default]
+    Any,
+    /// To a backup: agents of the other pools that can run the task (another backend of the
+    /// same role, say). This pool's agents take it only when no other pool has agents.
+    Backup,
+    /// Back to this pool's agents only (agents with local state the retry needs).
+    SamePool,
 }
 
 fn one() -> u32 {
@@ -31,6 +50,7 @@ impl AgentSpec {
             role: role.into(),
             capabilities: Vec::new(),
             concurrency: 1,
+            failover: Failover::Any,
         }
     }
 

@@ -19,6 +19,7 @@ use bytes::Bytes;
 use colony_agents::{Agent, Beats, Error as AgentError, Execution, Heartbeat, Outcome, Task};
 use colony_core::{
     AgentId, TaskId,
+    agent::Failover,
     health::{Health, HealthOptions},
     routing::{SpecMask, Strategy, Tree},
     supervision::{Exit, Supervisor, SupervisorOptions},
@@ -85,7 +86,10 @@ impl std::fmt::Debug for Command {
 #[derive(Debug)]
 pub(crate) struct Job {
     id: TaskId,
+    /// The pools this attempt may run on: `eligible`, narrowed by a failover policy.
     mask: SpecMask,
+    /// Every pool that can run the task.
+    eligible: SpecMask,
     priority: Priority,
     /// Number of the latest attempt started: the lease. Counts from 0 for a new task.
     attempt: u32,
@@ -122,6 +126,7 @@ impl Job {
         Self {
             id: row.id,
             mask,
+            eligible: mask,
             priority: spec.priority,
             attempt: row.attempt,
             last_attempt: row.attempt + spec.max_attempts,
@@ -148,6 +153,7 @@ impl Job {
         Self {
             id,
             mask,
+            eligible: mask,
             priority: spec.priority,
             attempt: 0,
             last_attempt: spec.max_attempts,
@@ -225,7 +231,7 @@ pub(crate) fn start(
     let dispatcher = Dispatcher {
         agents: pools
             .iter()
-            .map(|p| (p.agent.clone(), p.spec.concurrency))
+            .map(|p| (p.agent.clone(), p.spec.concurrency, p.spec.failover))
             .collect(),
         queues: Vec::new(),
         incarnations: Vec::new(),
@@ -298,8 +304,8 @@ struct Turn {
 
 struct Dispatcher {
     tree: Tree,
-    /// Per pool: the shared handler and the concurrency of one agent.
-    agents: Vec<(Arc<dyn Agent>, u32)>,
+    /// Per pool: the shared handler, the concurrency of one agent and the failover policy.
+    agents: Vec<(Arc<dyn Agent>, u32, Failover)>,
     /// Per agent id: the queue of a supervisor, created on first use.
     queues: Vec<Option<Box<PriorityQueue<Job>>>>,
     /// Per agent id: how many times it was replaced.
@@ -545,6 +551,7 @@ impl Dispatcher {
             self.backlog.for_each_mut(|job| {
                 if let Some(requirement) = &job.requirement {
                     job.mask = shared.mask_for(requirement);
+                    job.eligible = job.mask;
                     if !job.mask.is_empty() {
                         job.requirement = None;
                         found += 1;
@@ -879,6 +886,7 @@ impl Dispatcher {
         self.failed_event(worker, &job, &error, retry, ErrorKind::Retryable);
         if retry {
             self.turn.retries += 1;
+            job.mask = self.failover(worker, job.eligible);
             job.failed_at = Some(Instant::now());
             let delay = self.retry.delay(job.tries, &mut self.rng);
             if delay.is_zero() {
@@ -908,6 +916,31 @@ impl Dispatcher {
                 Some(error.into()),
                 worker,
             );
+        }
+    }
+
+    /// The pools a retry may go to after an attempt on `worker` failed, by the failover
+    /// policy of `worker`'s pool.
+    fn failover(&self, worker: AgentId, eligible: SpecMask) -> SpecMask {
+        let pool = self.tree.spec(worker);
+        match self.agents[pool as usize].2 {
+            Failover::Any => eligible,
+            Failover::SamePool => SpecMask::of(pool),
+            Failover::Backup => {
+                let staffed = self
+                    .shared
+                    .pool_agents
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, n)| n.load(Relaxed) > 0)
+                    .fold(0u64, |m, (i, _)| m | 1 << i);
+                let backups = SpecMask(eligible.0 & staffed & !SpecMask::of(pool).0);
+                if backups.is_empty() {
+                    eligible
+                } else {
+                    backups
+                }
+            }
         }
     }
 

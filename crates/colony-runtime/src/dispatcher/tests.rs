@@ -794,3 +794,60 @@ async fn rebalancing_evens_out_sibling_queues_on_its_period() {
     assert_eq!(rebalanced, moved);
     runtime.shutdown().await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn failover_policies_send_retries_to_backups_or_keep_them_in_the_pool() {
+    use colony_core::agent::Failover;
+    // Two pools of one role: the primary fails every attempt, the backup never does.
+    let failing = Arc::new(from_fn(|_| Err(AgentError::retryable("endpoint down"))));
+    let healthy = Arc::new(from_fn(|t| Ok(t.payload.clone())));
+    for failover in [Failover::Backup, Failover::SamePool] {
+        let mut primary = AgentSpec::new("http", "coder");
+        primary.failover = failover;
+        let backup = AgentSpec::new("command", "coder");
+        let pools = vec![
+            Pool::new(primary, 6, failing.clone()),
+            Pool::new(backup, 6, healthy.clone()),
+        ];
+        let (runtime, _) = start(two_tiers(), pools).await;
+        let h = runtime.handle();
+        let mut events = h.subscribe(Kinds::TASKS);
+        let primaries: Vec<colony_core::AgentId> = h
+            .inspect(|t: &colony_core::routing::Tree| {
+                (0..t.len() as u32)
+                    .map(colony_core::AgentId)
+                    .filter(|&a| t.tier(a) == t.worker_tier() && t.spec(a) == 0)
+                    .collect()
+            })
+            .await
+            .unwrap();
+        let mut dead = 0;
+        for _ in 0..40 {
+            let done = h.submit_wait(TaskSpec::default()).await.unwrap();
+            match failover {
+                Failover::Backup => assert_eq!(done.state, TaskState::Succeeded),
+                _ => dead += u32::from(done.state == TaskState::DeadLettered),
+            }
+        }
+        let mut on_primary: std::collections::HashMap<colony_core::TaskId, u32> =
+            Default::default();
+        while let Some(event) = events.try_recv() {
+            if let Event::TaskStarted { task, agent, .. } = event
+                && primaries.contains(&agent)
+            {
+                *on_primary.entry(task).or_default() += 1;
+            }
+        }
+        match failover {
+            // A task that failed on the primary went to the backup: never twice on the primary.
+            Failover::Backup => assert!(on_primary.values().all(|&n| n == 1), "{on_primary:?}"),
+            // A task that started on the primary stayed there until it was dead-lettered.
+            _ => {
+                assert!(dead > 0);
+                assert_eq!(on_primary.len() as u32, dead);
+                assert!(on_primary.values().all(|&n| n == 3), "{on_primary:?}");
+            }
+        }
+        runtime.shutdown().await;
+    }
+}
