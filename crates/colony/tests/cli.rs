@@ -101,6 +101,22 @@ fn bad_input_exits_2_and_names_the_value() {
             &["bench", "spawn", "--mode", "waves", "--wave-size", "0"],
             "--wave-size 0 is out of range",
         ),
+        (
+            &["bench", "recovery", "--max-restarts", "0"],
+            "supervision max-restarts 0 is out of range",
+        ),
+        (
+            &["bench", "recovery", "--restart-period-secs=-1"],
+            "supervision period 0ns is out of range",
+        ),
+        (
+            &["bench", "recovery", "--heartbeat-ms", "20000"],
+            "health heartbeat 20s is out of range",
+        ),
+        (
+            &["bench", "recovery", "--strategy", "all-for-none"],
+            "invalid value 'all-for-none'",
+        ),
     ] {
         let (stdout, stderr, code) = colony(args);
         assert_eq!(code, 2, "{args:?}: {stderr}");
