@@ -25,6 +25,7 @@
 //! ```
 
 pub mod agent;
+pub mod dag;
 pub mod health;
 pub mod hierarchy;
 pub mod id;
