@@ -16,6 +16,7 @@
 //! }
 //! ```
 
+pub mod command;
 pub mod heartbeat;
 pub mod sim;
 

@@ -1,0 +1,332 @@
+//! The `command` backend: one process per attempt.
+//!
+//! The program runs directly (never through a shell) with arguments in which `{{name}}`
+//! placeholders are filled from the attempt: `{{task}}`, `{{attempt}}`, `{{agent}}`, and
+//! `{{input.KEY}}` from the payload's `input` object (or the payload itself when it has none).
+//! The payload goes to the program's stdin; its stdout is the output, kept as JSON when it
+//! parses and wrapped as a JSON string when it does not; its stderr goes to a log file per
+//! attempt. The environment is cleared but for an allowlist and the variables given. The
+//! process leads a process group of its own, and the whole group is killed when the attempt
+//! ends early (timeout, kill, shutdown): nothing it started outlives it.
+//!
+//! Exit codes in `ok_codes` (0 by default) succeed; 126 and 127 (cannot execute, not found)
+//! and a program that cannot be spawned fail the task at once; any other code is retryable.
+
+use crate::{Agent, Error, Execution, Outcome, Task};
+use bytes::Bytes;
+use std::{path::PathBuf, process::Stdio, sync::Arc};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// Largest stdout kept; a larger one fails the attempt.
+pub const MAX_STDOUT: usize = 16 << 20;
+
+/// Settings of the `command` backend.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CommandOptions {
+    pub program: String,
+    pub args: Vec<String>,
+    /// Names of variables passed through from colony's own environment.
+    pub env_allow: Vec<String>,
+    /// Variables set for the program.
+    pub env: Vec<(String, String)>,
+    /// Working directory; a `{{task}}` in it makes one per task. Created if missing.
+    pub workdir: Option<String>,
+    /// Folder of the stderr logs, one file per attempt: `<task>.<attempt>.stderr`.
+    pub logs: Option<PathBuf>,
+    pub ok_codes: Vec<i32>,
+}
+
+impl CommandOptions {
+    pub fn new(program: impl Into<String>) -> Self {
+        Self {
+            program: program.into(),
+            args: Vec::new(),
+            env_allow: vec!["PATH".into(), "HOME".into(), "LANG".into(), "TMPDIR".into()],
+            env: Vec::new(),
+            workdir: None,
+            logs: None,
+            ok_codes: vec![0],
+        }
+    }
+}
+
+/// Runs one process per attempt (see the module documentation).
+#[derive(Debug)]
+pub struct Command {
+    options: Arc<CommandOptions>,
+}
+
+impl Command {
+    pub fn new(options: CommandOptions) -> Self {
+        Self {
+            options: Arc::new(options),
+        }
+    }
+}
+
+impl Agent for Command {
+    fn handle(&self, task: Task) -> Execution {
+        let options = self.options.clone();
+        Execution::Running(Box::pin(async move { run(&options, &task).await }))
+    }
+}
+
+/// Fills `{{...}}` placeholders of `template` for `task`; names the first unknown one.
+pub fn fill(template: &str, task: &Task) -> Result<String, String> {
+    let payload: Option<serde_json::Value> = serde_json::from_slice(&task.payload).ok();
+    let input = payload
+        .as_ref()
+        .map(|p| p.get("input").unwrap_or(p))
+        .cloned()
+        .unwrap_or(serde_json::Value::Null);
+    let name = payload
+        .as_ref()
+        .and_then(|p| p.get("task"))
+        .and_then(|t| t.as_str())
+        .map_or_else(|| task.id.0.to_string(), str::to_owned);
+    let mut out = String::with_capacity(template.len());
+    let mut rest = template;
+    while let Some(open) = rest.find("{{") {
+        out.push_str(&rest[..open]);
+        let after = &rest[open + 2..];
+        let close = after
+            .find("}}")
+            .ok_or_else(|| format!("`{{{{` without `}}}}` in {template:?}"))?;
+        let key = after[..close].trim();
+        let value = match key {
+            "task" => name.clone(),
+            "attempt" => task.attempt.to_string(),
+            "agent" => task.agent.0.to_string(),
+            _ => match key.strip_prefix("input.") {
+                Some(field) => match input.get(field) {
+                    Some(serde_json::Value::String(s)) => s.clone(),
+                    Some(v) => v.to_string(),
+                    None => return Err(format!("the input has no field `{field}`")),
+                },
+                None => return Err(format!("unknown placeholder `{{{{{key}}}}}`")),
+            },
+        };
+        out.push_str(&value);
+        rest = &after[close + 2..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+async fn run(options: &CommandOptions, task: &Task) -> Outcome {
+    let fatal = |m: String| Err(Error::fatal(m));
+    let args: Vec<String> = match options.args.iter().map(|a| fill(a, task)).collect() {
+        Ok(args) => args,
+        Err(e) => return fatal(format!("argument: {e}")),
+    };
+    let mut command = tokio::process::Command::new(&options.program);
+    command
+        .args(&args)
+        .env_clear()
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true);
+    for name in &options.env_allow {
+        if let Some(value) = std::env::var_os(name) {
+            command.env(name, value);
+        }
+    }
+    for (name, value) in &options.env {
+        command.env(name, value);
+    }
+    if let Some(dir) = &options.workdir {
+        let dir = match fill(dir, task) {
+            Ok(d) => PathBuf::from(d),
+            Err(e) => return fatal(format!("workdir: {e}")),
+        };
+        if let Err(e) = std::fs::create_dir_all(&dir) {
+            return fatal(format!(
+                "cannot create working directory {}: {e}",
+                dir.display()
+            ));
+        }
+        command.current_dir(dir);
+    }
+    match &options.logs {
+        Some(logs) => {
+            let path = logs.join(format!(
+                "{}.{}.stderr",
+                fill("{{task}}", task).unwrap_or_default(),
+                task.attempt
+            ));
+            match std::fs::File::create(&path) {
+                Ok(file) => command.stderr(file),
+                Err(e) => return fatal(format!("cannot create log {}: {e}", path.display())),
+            };
+        }
+        None => {
+            command.stderr(Stdio::null());
+        }
+    }
+    let mut child = match command.spawn() {
+        Ok(child) => child,
+        Err(e) => return fatal(format!("cannot run `{}`: {e}", options.program)),
+    };
+    let group = Group(child.id());
+    task.heartbeat.beat();
+    if let Some(mut stdin) = child.stdin.take() {
+        // A program that does not read its stdin closes the pipe: not an error.
+        let _ = stdin.write_all(&task.payload).await;
+    }
+    let mut stdout = Vec::new();
+    if let Some(out) = child.stdout.take() {
+        let read = out
+            .take(MAX_STDOUT as u64 + 1)
+            .read_to_end(&mut stdout)
+            .await;
+        if let Err(e) = read {
+            return Err(Error::retryable(format!("reading stdout: {e}")));
+        }
+    }
+    let status = match child.wait().await {
+        Ok(status) => status,
+        Err(e) => return Err(Error::retryable(format!("waiting for the process: {e}"))),
+    };
+    // The leader is gone; whatever it left running in its group goes too.
+    drop(group);
+    if stdout.len() > MAX_STDOUT {
+        return fatal(format!("stdout exceeds {MAX_STDOUT} bytes"));
+    }
+    match status.code() {
+        Some(code) if options.ok_codes.contains(&code) => Ok(as_json(stdout)),
+        Some(code @ (126 | 127)) => fatal(format!(
+            "`{}` exited with {code}: cannot execute",
+            options.program
+        )),
+        Some(code) => Err(Error::retryable(format!(
+            "`{}` exited with {code}",
+            options.program
+        ))),
+        None => Err(Error::retryable(format!(
+            "`{}` was killed by a signal",
+            options.program
+        ))),
+    }
+}
+
+/// Stdout as JSON: as it is when it parses, else as a JSON string.
+fn as_json(stdout: Vec<u8>) -> Bytes {
+    if serde_json::from_slice::<serde::de::IgnoredAny>(&stdout).is_ok() {
+        return Bytes::from(stdout);
+    }
+    let text = String::from_utf8_lossy(&stdout);
+    let text = text.strip_suffix('\n').unwrap_or(&text);
+    Bytes::from(serde_json::Value::String(text.to_owned()).to_string())
+}
+
+/// A process group, killed when dropped.
+struct Group(Option<u32>);
+
+impl Drop for Group {
+    fn drop(&mut self) {
+        if let Some(pid) = self.0
+            && let Ok(pid) = i32::try_from(pid)
+        {
+            let _ = nix::sys::signal::killpg(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use colony_core::{AgentId, TaskId};
+
+    fn task(payload: &str) -> Task {
+        Task::new(TaskId(7), 2, AgentId(3), Bytes::from(payload.to_owned()))
+    }
+
+    async fn outcome(options: CommandOptions, payload: &str) -> Outcome {
+        match Command::new(options).handle(task(payload)) {
+            Execution::Running(f) => f.await,
+            Execution::Done(o) => o,
+        }
+    }
+
+    #[test]
+    fn placeholders_are_filled_from_the_attempt_and_its_input() {
+        let t = task(r#"{"task":"count","input":{"file":"a.txt","n":3}}"#);
+        assert_eq!(
+            fill("{{task}}/{{attempt}}/{{input.file}}/{{ input.n }}", &t).unwrap(),
+            "count/2/a.txt/3"
+        );
+        assert!(
+            fill("{{input.missing}}", &t)
+                .unwrap_err()
+                .contains("`missing`")
+        );
+        assert!(
+            fill("{{nope}}", &t)
+                .unwrap_err()
+                .contains("unknown placeholder")
+        );
+        assert!(fill("{{task", &t).is_err());
+    }
+
+    #[tokio::test]
+    async fn stdout_is_the_output_and_stdin_the_payload() {
+        let mut o = CommandOptions::new("cat");
+        o.args = vec![];
+        let out = outcome(o, r#"{"x":1}"#).await.unwrap();
+        assert_eq!(&out[..], br#"{"x":1}"#);
+        let mut o = CommandOptions::new("echo");
+        o.args = vec!["hello {{input.who}}".into()];
+        let out = outcome(o, r#"{"input":{"who":"world"}}"#).await.unwrap();
+        assert_eq!(&out[..], br#""hello world""#);
+    }
+
+    #[tokio::test]
+    async fn exit_codes_decide_and_the_environment_is_cleared() {
+        let o = CommandOptions::new("false");
+        assert!(outcome(o, "{}").await.unwrap_err().is_retryable());
+        let o = CommandOptions::new("/definitely/not/here");
+        let err = outcome(o, "{}").await.unwrap_err();
+        assert!(
+            !err.is_retryable() && err.to_string().contains("cannot run"),
+            "{err}"
+        );
+        let mut o = CommandOptions::new("sh");
+        o.args = vec![
+            "-c".into(),
+            "printf '%s' \"${SECRET:-unset}:${HOSTNAME:-unset}\"".into(),
+        ];
+        o.env = vec![("SECRET".into(), "s3".into())];
+        let out = outcome(o, "{}").await.unwrap();
+        assert_eq!(&out[..], br#""s3:unset""#);
+    }
+
+    #[tokio::test]
+    async fn an_attempt_dropped_early_leaves_no_process_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        let pidfile = dir.path().join("pid");
+        let mut o = CommandOptions::new("sh");
+        // The shell starts a grandchild that would outlive it, then waits.
+        o.args = vec![
+            "-c".into(),
+            format!("sleep 30 & echo $! > {}; wait", pidfile.display()),
+        ];
+        let Execution::Running(attempt) = Command::new(o).handle(task("{}")) else {
+            panic!("a process is always running")
+        };
+        let _ = tokio::time::timeout(std::time::Duration::from_millis(300), attempt).await;
+        let pid: i32 = std::fs::read_to_string(&pidfile)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        // The group was killed: the grandchild is gone (or a zombie awaiting its reaper).
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let alive = state.split_whitespace().nth(2).is_some_and(|s| s != "Z");
+        assert!(!alive, "grandchild {pid} still running: {state}");
+    }
+}
