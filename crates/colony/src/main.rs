@@ -17,6 +17,10 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run a workflow file to completion: agents, a graph of tasks, results as files.
+    Run(commands::workflow::RunArgs),
+    /// Check a workflow file without running it; problems come with line and column.
+    Validate(commands::workflow::ValidateArgs),
     /// Plan a hierarchy: agents per tier and span of control.
     Tree(commands::tree::Args),
     /// Measure the runtime: spawn, dispatch, latency.
@@ -63,6 +67,8 @@ fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Run(args) => commands::workflow::run(&args),
+        Command::Validate(args) => commands::workflow::validate(&args),
         Command::Tree(args) => commands::tree::run(&args),
         Command::Bench(bench) => commands::bench::run(bench),
         Command::Tasks(args) => commands::tasks::run(&args),

@@ -351,3 +351,80 @@ fn killing_agents_under_load_loses_nothing() {
     assert_eq!(code, 2);
     assert!(stderr.contains("--kill-rate 2 is out of range"), "{stderr}");
 }
+
+/// Runs colony from the repository's root, where the examples' relative paths start.
+fn colony_at_root(args: &[&str]) -> (String, String, i32) {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let out = Command::cargo_bin("colony")
+        .unwrap()
+        .current_dir(root)
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        String::from_utf8(out.stdout).unwrap(),
+        String::from_utf8(out.stderr).unwrap(),
+        out.status.code().unwrap_or(-1),
+    )
+}
+
+#[test]
+fn the_quickstart_workflow_runs_and_leaves_its_results() {
+    let (stdout, stderr, code) = colony_at_root(&["validate", "examples/quickstart.yaml"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("ok (6 tasks in 3 waves"), "{stdout}");
+    let out = tempfile::tempdir().unwrap();
+    let dir = out.path().to_str().unwrap();
+    let (stdout, stderr, code) =
+        colony_at_root(&["run", "examples/quickstart.yaml", "--out", dir, "--json"]);
+    assert_eq!(code, 0, "{stderr}");
+    let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(report["succeeded"], 6);
+    let sum: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.path().join("sum-readme.json")).unwrap())
+            .unwrap();
+    assert_eq!(sum["status"], "succeeded");
+    assert!(sum["output"].as_str().unwrap().ends_with("  README.md"));
+    assert!(out.path().join("summary.json").exists());
+}
+
+#[test]
+fn a_bad_workflow_exits_2_with_its_location_and_a_failing_one_exits_1() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.yaml");
+    std::fs::write(
+        &bad,
+        "name: bad\nagents: [{name: sim, kind: sim}]\ntasks:\n  - {id: a, needs: [b]}\n  - {id: b, needs: [a]}\n",
+    )
+    .unwrap();
+    let (stdout, stderr, code) = colony(&["run", bad.to_str().unwrap()]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stdout.is_empty());
+    assert!(
+        stderr.contains("bad.yaml:4:10: the tasks' needs form a cycle: a -> b -> a"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("nothing was started"), "{stderr}");
+    let (_, stderr, code) = colony(&["validate", "/no/such/workflow.yaml"]);
+    assert_eq!(code, 2);
+    assert!(
+        stderr.contains("cannot read /no/such/workflow.yaml"),
+        "{stderr}"
+    );
+
+    let failing = dir.path().join("failing.yaml");
+    std::fs::write(
+        &failing,
+        "name: failing\ndefaults: {retries: 0}\nagents: [{name: f, kind: command, command: {program: \"false\"}}]\ntasks: [{id: a}]\n",
+    )
+    .unwrap();
+    let out = dir.path().join("out");
+    let (_, stderr, code) = colony(&[
+        "run",
+        failing.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("1 of 1 tasks did not succeed"), "{stderr}");
+}

@@ -6,3 +6,4 @@ pub(crate) mod bench;
 pub(crate) mod prune;
 pub(crate) mod tasks;
 pub(crate) mod tree;
+pub(crate) mod workflow;

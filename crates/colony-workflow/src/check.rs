@@ -1,0 +1,518 @@
+//! From a parsed [`File`] to a runnable [`Workflow`], or every problem found, each with where
+//! it is in the file.
+
+use crate::{
+    Backend, Checks, PoolDef, TaskDef, Workflow,
+    file::{self, File, Kind},
+    template::{self, Part},
+};
+use colony_agents::{AgentSpec, command::CommandOptions, sim::SimOptions};
+use colony_core::{
+    dag::{self, Graph, Node},
+    task::{Priority, Requirement},
+};
+use serde_saphyr::{Location, Spanned};
+use std::{collections::HashMap, path::PathBuf, sync::Arc, time::Duration};
+
+/// One thing wrong with the file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Problem {
+    pub message: String,
+    /// Where, when known.
+    pub at: Option<Location>,
+    /// What the snippet's marker says.
+    pub label: String,
+}
+
+impl Problem {
+    fn at<T>(value: &Spanned<T>, message: impl Into<String>, label: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+            at: known(value.referenced),
+            label: label.into(),
+        }
+    }
+}
+
+fn known(at: Location) -> Option<Location> {
+    (at != Location::UNKNOWN && at.line() > 0).then_some(at)
+}
+
+/// Parses a duration written in the file, recording a problem when it is bad.
+type ParseDuration = dyn Fn(&Spanned<String>, &mut Vec<Problem>) -> Option<Duration>;
+
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(300);
+const DEFAULT_RETRIES: u32 = 2;
+
+/// Checks `file` and resolves its references; `base` is the folder relative paths start from.
+pub(crate) fn check(file: File, base: &std::path::Path) -> Result<Workflow, Vec<Problem>> {
+    let mut problems = Vec::new();
+    let duration = |d: &Spanned<String>, problems: &mut Vec<Problem>| {
+        match humantime::parse_duration(&d.value) {
+            Ok(v) if !v.is_zero() => Some(v),
+            Ok(_) => {
+                problems.push(Problem::at(d, "a duration of 0 is not allowed", "zero"));
+                None
+            }
+            Err(e) => {
+                problems.push(Problem::at(
+                    d,
+                    format!(
+                        "`{}` is not a duration ({e}): write it like `30s`, `5m` or `1h 30m`",
+                        d.value
+                    ),
+                    "not a duration",
+                ));
+                None
+            }
+        }
+    };
+    let default_timeout = file
+        .defaults
+        .timeout
+        .as_ref()
+        .and_then(|d| duration(d, &mut problems))
+        .unwrap_or(DEFAULT_TIMEOUT);
+    let default_retries = file.defaults.retries.unwrap_or(DEFAULT_RETRIES);
+
+    // Pools.
+    let mut pools: Vec<PoolDef> = Vec::new();
+    let mut pool_index: HashMap<&str, usize> = HashMap::new();
+    for p in &file.agents {
+        if let Some(&first) = pool_index.get(p.name.value.as_str()) {
+            problems.push(Problem::at(
+                &p.name,
+                format!(
+                    "agent pool `{}` is defined twice (first as pool number {})",
+                    p.name.value,
+                    first + 1
+                ),
+                "duplicate name",
+            ));
+            continue;
+        }
+        if !(1..=1_000_000).contains(&p.count.value) {
+            problems.push(Problem::at(
+                &p.count,
+                format!(
+                    "count {} is out of range: allowed 1..=1000000",
+                    p.count.value
+                ),
+                "out of range",
+            ));
+        }
+        if !(1..=10_000).contains(&p.concurrency.value) {
+            problems.push(Problem::at(
+                &p.concurrency,
+                format!(
+                    "concurrency {} is out of range: allowed 1..=10000",
+                    p.concurrency.value
+                ),
+                "out of range",
+            ));
+        }
+        let backend = match p.kind.value {
+            Kind::Sim => {
+                if p.command.is_some() {
+                    problems.push(Problem::at(
+                        &p.kind,
+                        "a `sim` pool takes `sim:` settings, not `command:`",
+                        "kind sim",
+                    ));
+                }
+                sim_options(p.sim.as_ref(), &mut problems, &duration).map(Backend::Sim)
+            }
+            Kind::Command => match &p.command {
+                None => {
+                    problems.push(Problem::at(
+                        &p.kind,
+                        "a `command` pool needs a `command:` section with at least `program:`",
+                        "no command: section",
+                    ));
+                    None
+                }
+                Some(c) => command_options(c, base, &mut problems).map(Backend::Command),
+            },
+        };
+        let role = p.role.clone().unwrap_or_else(|| p.name.value.clone());
+        let mut spec = AgentSpec::new(
+            match p.kind.value {
+                Kind::Sim => "sim",
+                Kind::Command => "command",
+            },
+            &role,
+        );
+        spec.capabilities = p
+            .capabilities
+            .iter()
+            .map(|c| Arc::from(c.as_str()))
+            .collect();
+        spec.concurrency = p.concurrency.value;
+        spec.failover = p.failover.unwrap_or_default();
+        pool_index.insert(&p.name.value, pools.len());
+        if let Some(backend) = backend {
+            pools.push(PoolDef {
+                name: p.name.value.clone(),
+                spec,
+                count: p.count.value,
+                backend,
+            });
+        } else {
+            // Keep indices aligned: a placeholder that never runs, since the file is refused.
+            pools.push(PoolDef {
+                name: p.name.value.clone(),
+                spec,
+                count: p.count.value,
+                backend: Backend::Sim(SimOptions::default()),
+            });
+        }
+    }
+
+    // Task ids.
+    let mut task_index: HashMap<&str, usize> = HashMap::new();
+    for (i, t) in file.tasks.iter().enumerate() {
+        let id = &t.id.value;
+        let valid = !id.is_empty()
+            && id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_'));
+        if !valid {
+            problems.push(Problem::at(
+                &t.id,
+                format!("task id `{id}` is not allowed: use letters, digits, `-` and `_` (it names the task's result file)"),
+                "bad id",
+            ));
+        }
+        if let Some(&first) = task_index.get(id.as_str()) {
+            problems.push(Problem::at(
+                &t.id,
+                format!(
+                    "task id `{id}` is used twice (first by task number {})",
+                    first + 1
+                ),
+                "duplicate id",
+            ));
+        } else {
+            task_index.insert(id, i);
+        }
+    }
+
+    // Tasks.
+    let mut tasks = Vec::new();
+    let mut nodes = Vec::new();
+    for t in &file.tasks {
+        let mut needs = Vec::new();
+        for n in &t.needs {
+            match task_index.get(n.value.as_str()) {
+                Some(&i) => needs.push(i),
+                None => problems.push(Problem::at(
+                    n,
+                    format!(
+                        "task `{}` needs `{}`, which is not a task of this workflow{}",
+                        t.id.value,
+                        n.value,
+                        suggest(&n.value, task_index.keys().copied())
+                    ),
+                    "unknown task",
+                )),
+            }
+        }
+        needs.sort_unstable();
+        needs.dedup();
+        let requirement = requirement(t, &pools, &pool_index, &mut problems);
+        let timeout = t
+            .timeout
+            .as_ref()
+            .and_then(|d| duration(d, &mut problems))
+            .unwrap_or(default_timeout);
+        let priority = t
+            .priority
+            .or(file.defaults.priority)
+            .unwrap_or(Priority::DEFAULT.get());
+        if priority > 9 {
+            problems.push(Problem::at(
+                &t.id,
+                format!(
+                    "task `{}` has priority {priority}: allowed 0..=9",
+                    t.id.value
+                ),
+                "priority",
+            ));
+        }
+        let retries = t.retries.unwrap_or(default_retries);
+        if retries > 100 {
+            problems.push(Problem::at(
+                &t.id,
+                format!(
+                    "task `{}` has {retries} retries: allowed 0..=100",
+                    t.id.value
+                ),
+                "retries",
+            ));
+        }
+        // Templates may name outputs only of tasks this one needs.
+        let needed: Vec<&str> = t.needs.iter().map(|n| n.value.as_str()).collect();
+        let mut check_template = |text: &str, at: &dyn Fn(String, String) -> Problem| {
+            match template::parse(text) {
+                Err(e) => problems.push(at(e, "bad template".into())),
+                Ok(parts) => {
+                    for part in parts {
+                        if let Part::Output { task, .. } = part
+                            && !needed.contains(&task.as_str())
+                        {
+                            problems.push(at(
+                                format!(
+                                    "`{{{{outputs.{task}}}}}` names a task that `{}` does not need: add `{task}` to its `needs`",
+                                    t.id.value
+                                ),
+                                "unknown output".into(),
+                            ));
+                        }
+                    }
+                }
+            }
+        };
+        if let Some(prompt) = &t.prompt {
+            check_template(&prompt.value, &|m, l| Problem::at(prompt, m, l));
+        }
+        if let Some(input) = &t.input {
+            template::strings(&input.value, &mut |s| {
+                check_template(s, &|m, l| Problem::at(input, m, l));
+            });
+        }
+        let expect = t
+            .expect
+            .as_ref()
+            .map(|e| checks(e, base, &mut problems))
+            .unwrap_or_default();
+        nodes.push(Node {
+            needs: needs.clone(),
+            continue_on_failure: t.continue_on_failure,
+        });
+        tasks.push(TaskDef {
+            id: t.id.value.clone(),
+            requirement,
+            needs,
+            input: t.input.as_ref().map(|i| i.value.clone()),
+            prompt: t.prompt.as_ref().map(|p| p.value.clone()),
+            priority: Priority::new(priority.min(9)).unwrap_or_default(),
+            timeout,
+            max_attempts: retries.min(100) + 1,
+            continue_on_failure: t.continue_on_failure,
+            expect,
+        });
+    }
+    if file.tasks.is_empty() {
+        problems.push(Problem::at(
+            &file.name,
+            "the workflow has no tasks",
+            "no tasks",
+        ));
+    }
+    if file.agents.is_empty() {
+        problems.push(Problem::at(
+            &file.name,
+            "the workflow has no agents",
+            "no agents",
+        ));
+    }
+    let graph = match Graph::new(nodes) {
+        Ok(g) => Some(g),
+        Err(dag::Error::Cycle(cycle)) => {
+            let names: Vec<&str> = cycle
+                .iter()
+                .map(|&i| file.tasks[i].id.value.as_str())
+                .collect();
+            let first = &file.tasks[cycle[0]].id;
+            problems.push(Problem::at(
+                first,
+                format!(
+                    "the tasks' needs form a cycle: {} -> {}",
+                    names.join(" -> "),
+                    names[0]
+                ),
+                "in a cycle",
+            ));
+            None
+        }
+        // Unknown needs were reported above and left out of the graph.
+        Err(_) => None,
+    };
+    match graph {
+        Some(graph) if problems.is_empty() => Ok(Workflow {
+            name: file.name.value.clone(),
+            output: file
+                .output
+                .map(|o| base.join(o))
+                .unwrap_or_else(|| PathBuf::from("colony-out").join(&file.name.value)),
+            pools,
+            tasks,
+            graph,
+        }),
+        _ => Err(problems),
+    }
+}
+
+fn sim_options(
+    sim: Option<&file::Sim>,
+    problems: &mut Vec<Problem>,
+    duration: &ParseDuration,
+) -> Option<SimOptions> {
+    let Some(s) = sim else {
+        return Some(SimOptions::default());
+    };
+    let latency = match &s.latency {
+        Some(l) => duration(l, problems)?,
+        None => Duration::ZERO,
+    };
+    let options = SimOptions {
+        seed: s.seed,
+        latency: colony_agents::sim::Latency::Fixed { value: latency },
+        error_rate: s.error_rate,
+        crash_rate: s.crash_rate,
+        hang_rate: s.hang_rate,
+    };
+    match colony_agents::sim::Sim::new(options.clone()) {
+        Ok(_) => Some(options),
+        Err(e) => {
+            problems.push(Problem {
+                message: format!("sim settings: {e}"),
+                at: None,
+                label: String::new(),
+            });
+            None
+        }
+    }
+}
+
+fn command_options(
+    c: &file::Command,
+    base: &std::path::Path,
+    problems: &mut Vec<Problem>,
+) -> Option<CommandOptions> {
+    let program = &c.program.value;
+    let found = if program.contains('/') {
+        let path = base.join(program);
+        path.is_file().then(|| path.to_string_lossy().into_owned())
+    } else {
+        std::env::var_os("PATH").and_then(|paths| {
+            std::env::split_paths(&paths)
+                .map(|dir| dir.join(program))
+                .find(|p| p.is_file())
+                .map(|_| program.clone())
+        })
+    };
+    let Some(program) = found else {
+        problems.push(Problem::at(
+            &c.program,
+            format!("program `{program}` is not found (looked on PATH, or relative to the workflow file for a path)"),
+            "not found",
+        ));
+        return None;
+    };
+    for arg in &c.args {
+        if let Err(e) = template::parse(&arg.value) {
+            problems.push(Problem::at(arg, e, "bad template"));
+        }
+    }
+    let mut options = CommandOptions::new(program);
+    options.args = c.args.iter().map(|a| a.value.clone()).collect();
+    options.env_allow.extend(c.env.iter().cloned());
+    options.workdir = c.workdir.clone();
+    if let Some(codes) = &c.ok_codes {
+        options.ok_codes = codes.clone();
+    }
+    Some(options)
+}
+
+fn requirement(
+    t: &file::Task,
+    pools: &[PoolDef],
+    pool_index: &HashMap<&str, usize>,
+    problems: &mut Vec<Problem>,
+) -> Requirement {
+    let mut requirement = Requirement::default();
+    if let Some(agent) = &t.agent {
+        match pool_index.get(agent.value.as_str()) {
+            Some(&i) => requirement.role = Some(pools[i].spec.role.clone()),
+            None => problems.push(Problem::at(
+                agent,
+                format!(
+                    "task `{}` asks for agent pool `{}`, which this workflow does not define{}",
+                    t.id.value,
+                    agent.value,
+                    suggest(&agent.value, pool_index.keys().copied())
+                ),
+                "unknown pool",
+            )),
+        }
+    }
+    if let Some(role) = &t.role {
+        requirement.role = Some(Arc::from(role.value.as_str()));
+    }
+    requirement.capabilities = t
+        .capabilities
+        .iter()
+        .map(|c| Arc::from(c.as_str()))
+        .collect();
+    if !pools.is_empty() && !pools.iter().any(|p| p.spec.satisfies(&requirement)) {
+        problems.push(Problem::at(
+            t.role.as_ref().unwrap_or(&t.id),
+            format!(
+                "no agent pool can run task `{}`: none has role {:?} and capabilities {:?}",
+                t.id.value,
+                requirement.role.as_deref().unwrap_or("(any)"),
+                t.capabilities
+            ),
+            "no pool for it",
+        ));
+    }
+    requirement
+}
+
+fn checks(e: &file::Expect, base: &std::path::Path, problems: &mut Vec<Problem>) -> Checks {
+    let regex = e
+        .regex
+        .as_ref()
+        .and_then(|r| match regex::Regex::new(&r.value) {
+            Ok(re) => Some(re),
+            Err(err) => {
+                problems.push(Problem::at(
+                    r,
+                    format!("bad regular expression: {err}"),
+                    "bad regex",
+                ));
+                None
+            }
+        });
+    Checks {
+        json: e.json,
+        regex,
+        contains: e.contains.clone(),
+        files: e.files.iter().map(|f| base.join(f)).collect(),
+    }
+}
+
+/// ", did you mean `x`?" for the closest of `known` to `got`, if close.
+fn suggest<'a>(got: &str, known: impl Iterator<Item = &'a str>) -> String {
+    let distance = |a: &str, b: &str| {
+        let b: Vec<char> = b.chars().collect();
+        let mut row: Vec<usize> = (0..=b.len()).collect();
+        for (i, ca) in a.chars().enumerate() {
+            let mut prev = row[0];
+            row[0] = i + 1;
+            for (j, &cb) in b.iter().enumerate() {
+                let cur = row[j + 1];
+                row[j + 1] = (prev + usize::from(ca != cb)).min(row[j] + 1).min(cur + 1);
+                prev = cur;
+            }
+        }
+        row[b.len()]
+    };
+    known
+        .map(|k| (distance(got, k), k))
+        .filter(|(d, k)| *d <= (k.chars().count() / 3).max(1))
+        .min()
+        .map(|(_, k)| format!(": did you mean `{k}`?"))
+        .unwrap_or_default()
+}

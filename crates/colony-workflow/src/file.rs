@@ -1,0 +1,168 @@
+//! The workflow file as written: every field, with where it was written for the values an
+//! error may point at. `docs/workflow.md` documents it for users.
+
+use serde::Deserialize;
+use serde_saphyr::Spanned;
+
+/// A whole workflow file.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct File {
+    pub name: Spanned<String>,
+    /// Folder of the results; `colony-out/<name>` when absent.
+    #[serde(default)]
+    pub output: Option<String>,
+    #[serde(default)]
+    pub defaults: Defaults,
+    pub agents: Vec<Pool>,
+    pub tasks: Vec<Task>,
+}
+
+/// Settings every task takes unless it says otherwise.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct Defaults {
+    /// Time one attempt may take, such as `30s` or `5m`.
+    #[serde(default)]
+    pub timeout: Option<Spanned<String>>,
+    /// Attempts after the first one fails.
+    #[serde(default)]
+    pub retries: Option<u32>,
+    /// 0 (lowest) to 9.
+    #[serde(default)]
+    pub priority: Option<u8>,
+}
+
+/// A pool of agents of one kind.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct Pool {
+    pub name: Spanned<String>,
+    pub kind: Spanned<Kind>,
+    /// What tasks ask for by `role:`; the pool's name when absent.
+    #[serde(default)]
+    pub role: Option<String>,
+    #[serde(default)]
+    pub capabilities: Vec<String>,
+    #[serde(default = "one")]
+    pub count: Spanned<u32>,
+    /// Tasks one agent runs at once.
+    #[serde(default = "one")]
+    pub concurrency: Spanned<u32>,
+    /// Where a retry goes after an attempt on this pool failed: `any`, `backup`, `same-pool`.
+    #[serde(default)]
+    pub failover: Option<colony_core::agent::Failover>,
+    #[serde(default)]
+    pub sim: Option<Sim>,
+    #[serde(default)]
+    pub command: Option<Command>,
+}
+
+fn one() -> Spanned<u32> {
+    Spanned::new(
+        1,
+        serde_saphyr::Location::UNKNOWN,
+        serde_saphyr::Location::UNKNOWN,
+    )
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Kind {
+    /// Simulated agents: seeded latency and faults, output = input.
+    Sim,
+    /// One process per attempt.
+    Command,
+}
+
+/// Settings of `sim` agents.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct Sim {
+    /// Time each attempt takes, such as `20ms`.
+    #[serde(default)]
+    pub latency: Option<Spanned<String>>,
+    #[serde(default)]
+    pub error_rate: f64,
+    #[serde(default)]
+    pub crash_rate: f64,
+    #[serde(default)]
+    pub hang_rate: f64,
+    #[serde(default)]
+    pub seed: u64,
+}
+
+/// Settings of `command` agents.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct Command {
+    /// The program: a path, or a name looked up on `PATH`. Never run through a shell.
+    pub program: Spanned<String>,
+    /// Arguments, with `{{task}}`, `{{attempt}}`, `{{agent}}` and `{{input.KEY}}`.
+    #[serde(default)]
+    pub args: Vec<Spanned<String>>,
+    /// Variables passed through from colony's environment (besides PATH, HOME, LANG, TMPDIR).
+    #[serde(default)]
+    pub env: Vec<String>,
+    /// Working directory of each attempt; `{{task}}` makes one per task.
+    #[serde(default)]
+    pub workdir: Option<String>,
+    /// Exit codes that mean success.
+    #[serde(default)]
+    pub ok_codes: Option<Vec<i32>>,
+}
+
+/// A task of the graph.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct Task {
+    pub id: Spanned<String>,
+    /// The pool that runs it, by name.
+    #[serde(default)]
+    pub agent: Option<Spanned<String>>,
+    /// Or any pool of this role...
+    #[serde(default)]
+    pub role: Option<Spanned<String>>,
+    /// ...and with these capabilities.
+    #[serde(default)]
+    pub capabilities: Vec<String>,
+    /// Tasks that must succeed first.
+    #[serde(default)]
+    pub needs: Vec<Spanned<String>>,
+    /// JSON handed to the agent; strings may hold `{{outputs.ID}}` or `{{outputs.ID.FIELD}}`
+    /// of tasks it needs.
+    #[serde(default)]
+    pub input: Option<Spanned<serde_json::Value>>,
+    /// Text handed to the agent, templated like `input`.
+    #[serde(default)]
+    pub prompt: Option<Spanned<String>>,
+    #[serde(default)]
+    pub priority: Option<u8>,
+    #[serde(default)]
+    pub timeout: Option<Spanned<String>>,
+    #[serde(default)]
+    pub retries: Option<u32>,
+    /// Run even when a task it needs failed or was skipped.
+    #[serde(default)]
+    pub continue_on_failure: bool,
+    #[serde(default)]
+    pub expect: Option<Expect>,
+}
+
+/// Checks an output must pass for its attempt to succeed.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct Expect {
+    /// The output is JSON other than a bare string (a program printed JSON).
+    #[serde(default)]
+    pub json: bool,
+    /// The output's text matches this regular expression.
+    #[serde(default)]
+    pub regex: Option<Spanned<String>>,
+    /// The output's text contains this.
+    #[serde(default)]
+    pub contains: Option<String>,
+    /// These files exist once the attempt ends (relative to where colony runs).
+    #[serde(default)]
+    pub files: Vec<String>,
+}

@@ -1,0 +1,392 @@
+//! Running a checked [`Workflow`] to completion on a runtime.
+
+use crate::{Backend, Checks, Workflow, template};
+use bytes::Bytes;
+use colony_agents::{
+    Agent, Error as AgentError, Execution, Outcome, Task, command::Command, sim::Sim,
+};
+use colony_core::{
+    dag::{Command as Step, Outcome as End, Run},
+    task::{TaskSpec, TaskState},
+};
+use colony_journal::Journal;
+use colony_runtime::{Handle, Pool, Runtime, RuntimeOptions};
+use futures::{StreamExt, stream::FuturesUnordered};
+use serde::Serialize;
+use serde_json::{Value, json};
+use std::{
+    collections::HashMap, future::Future, path::PathBuf, pin::Pin, sync::Arc, time::Instant,
+};
+
+/// How a task of the workflow ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Status {
+    Succeeded,
+    /// Its attempts failed (or its `expect` checks did), with the cause in `error`.
+    Failed,
+    /// Never run: a task it needs failed or was skipped.
+    Skipped,
+    /// Never finished: the run was cancelled first.
+    Cancelled,
+}
+
+/// One task's result, as written to `<output>/<id>.json`.
+#[derive(Clone, Debug, Serialize)]
+pub struct Finished {
+    pub id: String,
+    pub status: Status,
+    /// The wave it belongs to: 0 for tasks that need nothing.
+    pub wave: usize,
+    pub attempts: u32,
+    /// The agent of the last attempt.
+    pub agent: Option<u32>,
+    /// From submission to its end.
+    pub seconds: f64,
+    pub output: Option<Value>,
+    pub error: Option<String>,
+}
+
+/// The whole run, as written to `<output>/summary.json`.
+#[derive(Clone, Debug, Serialize)]
+pub struct Report {
+    pub name: String,
+    pub output: PathBuf,
+    pub succeeded: usize,
+    pub failed: usize,
+    pub skipped: usize,
+    pub cancelled: usize,
+    pub seconds: f64,
+    pub tasks: Vec<Finished>,
+}
+
+impl Report {
+    pub fn all_succeeded(&self) -> bool {
+        self.succeeded == self.tasks.len()
+    }
+}
+
+/// Told of each task as it ends.
+pub type Progress = Box<dyn FnMut(&Finished) + Send>;
+
+/// Settings of one run.
+pub struct Options {
+    pub runtime: RuntimeOptions,
+    pub journal: Arc<dyn Journal>,
+    /// Overrides the workflow's output folder.
+    pub output: Option<PathBuf>,
+    /// Called as each task ends, for progress.
+    pub on_finished: Option<Progress>,
+    /// When it completes, the run stops: nothing more starts, running attempts are abandoned
+    /// (their processes killed) and unfinished tasks end `cancelled`.
+    pub cancel: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
+}
+
+impl std::fmt::Debug for Options {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Options")
+            .field("runtime", &self.runtime)
+            .field("output", &self.output)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Checks each output of a pool's agents against its task's `expect`.
+struct Checked {
+    inner: Arc<dyn Agent>,
+    /// By workflow task id, which the payload carries as `task`.
+    checks: Arc<HashMap<String, Checks>>,
+}
+
+impl Agent for Checked {
+    fn handle(&self, task: Task) -> Execution {
+        let id = workflow_id(&task.payload);
+        let checks = id.and_then(|id| self.checks.get(&id).cloned());
+        let Some(checks) = checks else {
+            return self.inner.handle(task);
+        };
+        match self.inner.handle(task) {
+            Execution::Done(outcome) => Execution::Done(verify(outcome, &checks)),
+            Execution::Running(running) => {
+                Execution::Running(Box::pin(async move { verify(running.await, &checks) }))
+            }
+        }
+    }
+}
+
+fn workflow_id(payload: &[u8]) -> Option<String> {
+    let value: Value = serde_json::from_slice(payload).ok()?;
+    value.get("task")?.as_str().map(str::to_owned)
+}
+
+/// An output that fails a check fails its attempt (retryably: another attempt may pass).
+fn verify(outcome: Outcome, checks: &Checks) -> Outcome {
+    let output = outcome?;
+    let value: Option<Value> = serde_json::from_slice(&output).ok();
+    let text = match &value {
+        Some(Value::String(s)) => s.clone(),
+        _ => String::from_utf8_lossy(&output).into_owned(),
+    };
+    let fail = |why: String| Err(AgentError::retryable(format!("expect: {why}")));
+    if checks.json && !matches!(value, Some(Value::Object(_) | Value::Array(_))) {
+        return fail("the output is not a JSON object or array".into());
+    }
+    if let Some(re) = &checks.regex
+        && !re.is_match(&text)
+    {
+        return fail(format!("the output does not match /{}/", re.as_str()));
+    }
+    if let Some(needle) = &checks.contains
+        && !text.contains(needle.as_str())
+    {
+        return fail(format!("the output does not contain {needle:?}"));
+    }
+    for file in &checks.files {
+        if !file.exists() {
+            return fail(format!("{} does not exist", file.display()));
+        }
+    }
+    Ok(output)
+}
+
+/// Runs `workflow` to completion and writes its results.
+pub async fn run(
+    workflow: &Workflow,
+    mut options: Options,
+) -> Result<Report, colony_runtime::Error> {
+    let started = Instant::now();
+    let output = options
+        .output
+        .clone()
+        .unwrap_or_else(|| workflow.output.clone());
+    let logs = output.join("logs");
+    std::fs::create_dir_all(&logs).map_err(|e| {
+        colony_runtime::Error::Options(format!("cannot create {}: {e}", logs.display()))
+    })?;
+    let checks: Arc<HashMap<String, Checks>> = Arc::new(
+        workflow
+            .tasks
+            .iter()
+            .map(|t| (t.id.clone(), t.expect.clone()))
+            .collect(),
+    );
+    let pools = workflow
+        .pools
+        .iter()
+        .map(|p| {
+            let inner: Arc<dyn Agent> = match &p.backend {
+                Backend::Sim(o) => Arc::new(
+                    Sim::new(o.clone())
+                        .map_err(|e| colony_runtime::Error::Options(e.to_string()))?,
+                ),
+                Backend::Command(o) => {
+                    let mut o = o.clone();
+                    o.logs = Some(logs.clone());
+                    Arc::new(Command::new(o))
+                }
+            };
+            let agent = Arc::new(Checked {
+                inner,
+                checks: checks.clone(),
+            });
+            Ok(Pool::new(p.spec.clone(), p.count, agent))
+        })
+        .collect::<Result<Vec<_>, colony_runtime::Error>>()?;
+    let runtime = Runtime::start(options.runtime.clone(), pools, options.journal.clone()).await?;
+    let handle = runtime.handle().clone();
+    let waves = workflow.graph.waves();
+    let mut results: Vec<Option<Finished>> = vec![None; workflow.tasks.len()];
+    let mut outputs: HashMap<String, Value> = HashMap::new();
+    let mut submitted_at: Vec<Option<Instant>> = vec![None; workflow.tasks.len()];
+    let (mut dag, first) = Run::start(&workflow.graph, &[]);
+    let mut steps: Vec<Step> = first;
+    let mut pending = FuturesUnordered::new();
+    let mut cancel = options
+        .cancel
+        .take()
+        .unwrap_or_else(|| Box::pin(std::future::pending()));
+    let mut cancelled = false;
+    loop {
+        for step in std::mem::take(&mut steps) {
+            match step {
+                Step::Start(i) => match submit(workflow, i, &outputs, &handle).await {
+                    Ok(p) => {
+                        submitted_at[i] = Some(Instant::now());
+                        pending.push(async move { (i, p.await) });
+                    }
+                    Err(error) => {
+                        let f = finished(workflow, &waves, i, Status::Failed, None, Some(error));
+                        steps.extend(dag.on_end(&workflow.graph, i, End::Failed));
+                        record(&output, &mut options, &mut results, i, f);
+                    }
+                },
+                Step::Skip { node, because } => {
+                    let error = format!(
+                        "skipped: `{}` failed or was skipped",
+                        workflow.tasks[because].id
+                    );
+                    let f = finished(workflow, &waves, node, Status::Skipped, None, Some(error));
+                    record(&output, &mut options, &mut results, node, f);
+                }
+            }
+        }
+        if !steps.is_empty() {
+            continue;
+        }
+        if pending.is_empty() {
+            break;
+        }
+        let (i, completion) = tokio::select! {
+            Some(done) = pending.next() => done,
+            () = &mut cancel => {
+                cancelled = true;
+                break;
+            }
+        };
+        let mut f = finished(workflow, &waves, i, Status::Failed, None, None);
+        f.seconds = submitted_at[i].map_or(0.0, |t| t.elapsed().as_secs_f64());
+        let end = match completion {
+            Ok(c) => {
+                f.attempts = c.attempts;
+                f.agent = c.agent.map(|a| a.0);
+                f.error = c.error.map(|e| e.to_string());
+                let value = c.output.as_deref().map(|o| {
+                    serde_json::from_slice(o)
+                        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(o).into_owned()))
+                });
+                if c.state == TaskState::Succeeded && f.error.is_none() {
+                    f.status = Status::Succeeded;
+                    if let Some(v) = &value {
+                        outputs.insert(workflow.tasks[i].id.clone(), v.clone());
+                    }
+                    f.output = value;
+                    End::Succeeded
+                } else {
+                    End::Failed
+                }
+            }
+            Err(e) => {
+                f.error = Some(e.to_string());
+                End::Failed
+            }
+        };
+        record(&output, &mut options, &mut results, i, f);
+        steps.extend(dag.on_end(&workflow.graph, i, end));
+    }
+    runtime.shutdown().await;
+    let tasks: Vec<Finished> = results
+        .into_iter()
+        .enumerate()
+        .map(|(i, r)| {
+            r.unwrap_or_else(|| {
+                let why = if cancelled {
+                    "the run was cancelled first"
+                } else {
+                    "never started"
+                };
+                let f = finished(
+                    workflow,
+                    &waves,
+                    i,
+                    Status::Cancelled,
+                    None,
+                    Some(why.into()),
+                );
+                write_result(&output, &f);
+                f
+            })
+        })
+        .collect();
+    let count = |s: Status| tasks.iter().filter(|t| t.status == s).count();
+    let report = Report {
+        name: workflow.name.clone(),
+        output: output.clone(),
+        succeeded: count(Status::Succeeded),
+        failed: count(Status::Failed),
+        skipped: count(Status::Skipped),
+        cancelled: count(Status::Cancelled),
+        seconds: started.elapsed().as_secs_f64(),
+        tasks,
+    };
+    let summary = serde_json::to_vec_pretty(&report).unwrap_or_default();
+    if let Err(e) = std::fs::write(output.join("summary.json"), summary) {
+        tracing::error!(error = %e, "Cannot write summary.json.");
+    }
+    Ok(report)
+}
+
+/// Hands task `i` to the runtime, its input and prompt filled from its needs' outputs.
+async fn submit(
+    workflow: &Workflow,
+    i: usize,
+    outputs: &HashMap<String, Value>,
+    handle: &Handle,
+) -> Result<colony_runtime::Pending, String> {
+    let t = &workflow.tasks[i];
+    let input = match &t.input {
+        Some(v) => {
+            Some(template::render_value(v, &t.id, outputs).map_err(|e| format!("input: {e}"))?)
+        }
+        None => None,
+    };
+    let prompt = match &t.prompt {
+        Some(p) => Some(template::render(p, &t.id, outputs).map_err(|e| format!("prompt: {e}"))?),
+        None => None,
+    };
+    let mut payload = json!({ "task": t.id, "input": input.unwrap_or(Value::Null) });
+    if let Some(prompt) = prompt {
+        payload["prompt"] = Value::String(prompt);
+    }
+    let spec = TaskSpec {
+        key: Some(t.id.as_str().into()),
+        requirement: t.requirement.clone(),
+        priority: t.priority,
+        payload: Bytes::from(payload.to_string()),
+        timeout: t.timeout,
+        max_attempts: t.max_attempts,
+    };
+    handle.submit_notify(spec).await.map_err(|e| e.to_string())
+}
+
+fn finished(
+    workflow: &Workflow,
+    waves: &[usize],
+    i: usize,
+    status: Status,
+    output: Option<Value>,
+    error: Option<String>,
+) -> Finished {
+    Finished {
+        id: workflow.tasks[i].id.clone(),
+        status,
+        wave: waves[i],
+        attempts: 0,
+        agent: None,
+        seconds: 0.0,
+        output,
+        error,
+    }
+}
+
+/// Writes a task's result file, tells the progress callback, and keeps the result.
+fn record(
+    output: &std::path::Path,
+    options: &mut Options,
+    results: &mut [Option<Finished>],
+    i: usize,
+    f: Finished,
+) {
+    write_result(output, &f);
+    if let Some(on) = &mut options.on_finished {
+        on(&f);
+    }
+    results[i] = Some(f);
+}
+
+fn write_result(output: &std::path::Path, f: &Finished) {
+    let path = output.join(format!("{}.json", f.id));
+    let body = serde_json::to_vec_pretty(f).unwrap_or_default();
+    if let Err(e) = std::fs::write(&path, body) {
+        tracing::error!(error = %e, path = %path.display(), "Cannot write a task's result.");
+    }
+}

@@ -1,0 +1,228 @@
+//! Workflow files end to end: checked with locations, run on a real runtime with sim agents and
+//! real processes, results on disk.
+
+use colony_journal::MemoryJournal;
+use colony_runtime::RuntimeOptions;
+use colony_workflow::{Options, Report, Status, parse};
+use std::{path::Path, sync::Arc};
+
+/// The problems of `yaml`, one `line:column: message` each.
+fn problems(yaml: &str) -> Vec<String> {
+    match parse(yaml, "w.yaml", Path::new(".")) {
+        Ok(_) => panic!("accepted:\n{yaml}"),
+        Err(invalid) => invalid.to_string().lines().map(str::to_owned).collect(),
+    }
+}
+
+const AGENTS: &str = "agents:\n  - name: sim\n    kind: sim\n";
+
+#[test]
+fn every_problem_is_reported_with_its_line_and_column() {
+    // Unknown fields and wrong types, from the parser.
+    let p = problems(&format!(
+        "name: w\n{AGENTS}tasks:\n  - id: a\n    retrys: 3\n"
+    ));
+    assert_eq!(p.len(), 1);
+    assert!(
+        p[0].starts_with("w.yaml:6:5: unknown field `retrys`"),
+        "{p:?}"
+    );
+    let p = problems(&format!(
+        "name: w\n{AGENTS}tasks:\n  - id: a\n    retries: many\n"
+    ));
+    assert!(p[0].starts_with("w.yaml:7:14: invalid u32"), "{p:?}");
+    // Everything the checks find, all at once.
+    let yaml = format!(
+        "name: w
+{AGENTS}  - name: sim
+    kind: sim
+tasks:
+  - id: a
+    needs: [c]
+    timeout: 10 parsecs
+  - id: b
+    needs: [a, zz]
+    agent: sym
+  - id: c
+    needs: [b]
+    prompt: \"use {{{{outputs.a}}}}\"
+  - id: a
+"
+    );
+    let p = problems(&yaml);
+    let expect = [
+        "w.yaml:5:11: agent pool `sim` is defined twice",
+        "w.yaml:8:9: the tasks' needs form a cycle: a -> c -> b -> a",
+        "w.yaml:10:14: `10 parsecs` is not a duration",
+        "w.yaml:12:16: task `b` needs `zz`, which is not a task of this workflow",
+        "w.yaml:13:12: task `b` asks for agent pool `sym`, which this workflow does not define: did you mean `sim`?",
+        "w.yaml:16:13: `{{outputs.a}}` names a task that `c` does not need",
+        "w.yaml:17:9: task id `a` is used twice",
+    ];
+    assert_eq!(p.len(), expect.len(), "{p:#?}");
+    assert!(
+        !p[3].contains("did you mean"),
+        "`zz` is like no task: {}",
+        p[3]
+    );
+    for e in expect {
+        assert!(
+            p.iter().any(|l| l.starts_with(e)),
+            "missing {e:?} in {p:#?}"
+        );
+    }
+}
+
+#[test]
+fn a_cycle_is_printed_and_a_missing_program_named() {
+    let p = problems(&format!(
+        "name: w\n{AGENTS}tasks:\n  - {{id: a, needs: [c]}}\n  - {{id: b, needs: [a]}}\n  - {{id: c, needs: [b]}}\n"
+    ));
+    assert_eq!(p.len(), 1, "{p:?}");
+    assert!(p[0].contains("the tasks' needs form a cycle: "), "{p:?}");
+    for id in ["a", "b", "c"] {
+        assert!(p[0].contains(id));
+    }
+    let p = problems(
+        "name: w\nagents:\n  - name: x\n    kind: command\n    command: {program: no-such-program-here}\ntasks: [{id: a}]\n",
+    );
+    assert!(
+        p[0].starts_with("w.yaml:5:24: program `no-such-program-here` is not found"),
+        "{p:?}"
+    );
+}
+
+fn options(out: &Path) -> Options {
+    Options {
+        runtime: RuntimeOptions::default(),
+        journal: Arc::new(MemoryJournal::new()),
+        output: Some(out.to_owned()),
+        on_finished: None,
+        cancel: None,
+    }
+}
+
+async fn run(yaml: &str, out: &Path) -> Report {
+    let w = parse(yaml, "w.yaml", Path::new(".")).unwrap();
+    colony_workflow::run(&w, options(out)).await.unwrap()
+}
+
+fn status(report: &Report, id: &str) -> Status {
+    report.tasks.iter().find(|t| t.id == id).unwrap().status
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outputs_flow_to_dependents_and_results_are_files() {
+    let out = tempfile::tempdir().unwrap();
+    let yaml = r#"
+name: flow
+agents:
+  - name: sim
+    kind: sim
+  - name: echo
+    kind: command
+    count: 2
+    command: { program: echo, args: ["{{input.word}}"] }
+tasks:
+  - id: first
+    agent: echo
+    input: { word: hello }
+  - id: second
+    agent: sim
+    needs: [first]
+    input: { got: "{{outputs.first}}", text: "said {{outputs.first}}" }
+"#;
+    let report = run(yaml, out.path()).await;
+    assert!(report.all_succeeded(), "{report:#?}");
+    let second = &report.tasks[1];
+    assert_eq!(second.wave, 1);
+    let output = second.output.as_ref().unwrap();
+    assert_eq!(output["input"]["got"], "hello");
+    assert_eq!(output["input"]["text"], "said hello");
+    let file: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.path().join("second.json")).unwrap()).unwrap();
+    assert_eq!(file["status"], "succeeded");
+    assert_eq!(file["output"], *output);
+    let summary: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.path().join("summary.json")).unwrap()).unwrap();
+    assert_eq!(summary["succeeded"], 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failure_skips_dependents_unless_they_continue_and_checks_are_honest() {
+    let out = tempfile::tempdir().unwrap();
+    let yaml = r#"
+name: failing
+defaults: { retries: 1 }
+agents:
+  - name: sim
+    kind: sim
+  - name: fails
+    kind: command
+    command: { program: "false" }
+  - name: echo
+    kind: command
+    command: { program: echo, args: ["not a checksum"] }
+tasks:
+  - { id: broken, agent: fails }
+  - { id: after, agent: sim, needs: [broken] }
+  - { id: later, agent: sim, needs: [after] }
+  - { id: cleanup, agent: sim, needs: [broken], continue-on-failure: true }
+  - id: checked
+    agent: echo
+    expect: { regex: "^[0-9a-f]{64}" }
+"#;
+    let report = run(yaml, out.path()).await;
+    assert_eq!(status(&report, "broken"), Status::Failed);
+    let broken = &report.tasks[0];
+    assert_eq!(broken.attempts, 2, "one retry");
+    assert!(
+        broken.error.as_deref().unwrap().contains("exited with 1"),
+        "{broken:?}"
+    );
+    assert_eq!(status(&report, "after"), Status::Skipped);
+    assert_eq!(status(&report, "later"), Status::Skipped);
+    // Skipped because of the task that failed, however far up.
+    assert!(
+        report.tasks[2]
+            .error
+            .as_deref()
+            .unwrap()
+            .contains("`broken` failed")
+    );
+    assert_eq!(status(&report, "cleanup"), Status::Succeeded);
+    // The program ran and exited 0, but its output fails the check: not a success.
+    assert_eq!(status(&report, "checked"), Status::Failed);
+    let checked = &report.tasks[4];
+    assert!(
+        checked.error.as_deref().unwrap().contains("does not match"),
+        "{checked:?}"
+    );
+    assert!(checked.output.is_none());
+    assert_eq!((report.succeeded, report.failed, report.skipped), (1, 2, 2));
+    assert!(!report.all_succeeded());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wide_graph_of_sim_tasks_with_failures_completes() {
+    let out = tempfile::tempdir().unwrap();
+    let mut yaml = String::from(
+        "name: wide\nagents:\n  - {name: sim, kind: sim, count: 50, sim: {error-rate: 0.05, seed: 3}}\ntasks:\n",
+    );
+    for i in 0..500 {
+        let needs = if i < 10 {
+            String::new()
+        } else {
+            format!(", needs: [t{}, t{}]", i / 2, i - 7)
+        };
+        yaml.push_str(&format!("  - {{id: t{i}{needs}}}\n"));
+    }
+    let report = run(&yaml, out.path()).await;
+    assert_eq!(report.tasks.len(), 500);
+    // With two retries, 5 % errors leave about 0.0125 % of tasks failed: almost always none.
+    assert_eq!(report.succeeded + report.failed + report.skipped, 500);
+    assert!(report.succeeded >= 490, "{} succeeded", report.succeeded);
+    for t in &report.tasks {
+        assert!(out.path().join(format!("{}.json", t.id)).exists());
+    }
+}

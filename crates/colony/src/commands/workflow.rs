@@ -1,0 +1,167 @@
+//! `colony run` and `colony validate`: workflow files.
+
+use crate::{
+    Failure,
+    output::{Table, thousands},
+};
+use colony_journal::{Journal, MemoryJournal, SqliteJournal, SqliteOptions};
+use colony_runtime::RuntimeOptions;
+use colony_workflow::{Finished, Status, Workflow};
+use std::{io::IsTerminal, path::PathBuf, sync::Arc};
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct ValidateArgs {
+    /// The workflow file (YAML).
+    file: PathBuf,
+}
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct RunArgs {
+    /// The workflow file (YAML).
+    file: PathBuf,
+    /// Folder of the results; the workflow's `output` otherwise.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Journal the run to this SQLite file (created if missing); in memory otherwise.
+    #[arg(long)]
+    db: Option<PathBuf>,
+    /// Print the summary as JSON on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Loads and checks a workflow; a bad one is reported with snippets and exits 2.
+fn load(file: &std::path::Path) -> Result<Workflow, Failure> {
+    match colony_workflow::load(file) {
+        Ok(w) => Ok(w),
+        Err(colony_workflow::Error::Invalid(invalid)) => {
+            let handler =
+                miette::GraphicalReportHandler::new_themed(if std::io::stderr().is_terminal() {
+                    miette::GraphicalTheme::unicode()
+                } else {
+                    miette::GraphicalTheme::unicode_nocolor()
+                });
+            for d in invalid.diagnostics() {
+                let mut out = String::new();
+                if handler.render_report(&mut out, &d).is_ok() {
+                    eprint!("{out}");
+                } else {
+                    eprintln!("{d}");
+                }
+            }
+            let n = invalid.problems.len();
+            Err(Failure::input(anyhow::anyhow!(
+                "{} has {n} problem{}; nothing was started",
+                invalid.file,
+                if n == 1 { "" } else { "s" }
+            )))
+        }
+        Err(e) => Err(Failure::input(e)),
+    }
+}
+
+pub(crate) fn validate(args: &ValidateArgs) -> Result<(), Failure> {
+    let w = load(&args.file)?;
+    let waves = w.graph.waves().into_iter().max().map_or(0, |m| m + 1);
+    let agents: u64 = w.pools.iter().map(|p| u64::from(p.count)).sum();
+    println!(
+        "{}: ok ({} tasks in {waves} waves, {} pools of {} agents)",
+        args.file.display(),
+        w.tasks.len(),
+        w.pools.len(),
+        agents
+    );
+    Ok(())
+}
+
+pub(crate) fn run(args: &RunArgs) -> Result<(), Failure> {
+    let workflow = load(&args.file)?;
+    let journal: Arc<dyn Journal> = match &args.db {
+        Some(path) => {
+            Arc::new(SqliteJournal::open(SqliteOptions::new(path)).map_err(Failure::input)?)
+        }
+        None => Arc::new(MemoryJournal::new()),
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(Failure::work)?;
+    let quiet = args.json;
+    let total = workflow.tasks.len();
+    let mut done = 0;
+    let on_finished = Box::new(move |f: &Finished| {
+        done += 1;
+        if quiet {
+            return;
+        }
+        let mark = match f.status {
+            Status::Succeeded => "ok",
+            Status::Failed => "FAILED",
+            Status::Skipped => "skipped",
+            Status::Cancelled => "cancelled",
+        };
+        let why = f
+            .error
+            .as_deref()
+            .map(|e| format!(": {e}"))
+            .unwrap_or_default();
+        eprintln!("[{done}/{total}] {} {mark} ({:.2} s){why}", f.id, f.seconds);
+    });
+    let cancel = Box::pin(async {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            eprintln!("Cancelling: running tasks are stopped; Ctrl-C again to quit at once.");
+            colony_runtime::spawner::Spawner::spawn("second-ctrl-c", async {
+                if tokio::signal::ctrl_c().await.is_ok() {
+                    std::process::exit(130);
+                }
+            });
+        }
+    });
+    let options = colony_workflow::Options {
+        runtime: RuntimeOptions::default(),
+        journal,
+        output: args.out.clone(),
+        on_finished: Some(on_finished),
+        cancel: Some(cancel),
+    };
+    let report = runtime
+        .block_on(colony_workflow::run(&workflow, options))
+        .map_err(Failure::work)?;
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report).map_err(Failure::work)?
+        );
+    } else {
+        let mut t = Table::new(&["task", "status", "wave", "attempts", "seconds"]);
+        for f in &report.tasks {
+            t.row(vec![
+                f.id.clone(),
+                format!("{:?}", f.status).to_lowercase(),
+                f.wave.to_string(),
+                f.attempts.to_string(),
+                format!("{:.2}", f.seconds),
+            ]);
+        }
+        print!("{}", t.render());
+        println!(
+            "{}: {} succeeded, {} failed, {} skipped, {} cancelled in {:.2} s; results in {}",
+            report.name,
+            thousands(report.succeeded as u64),
+            thousands(report.failed as u64),
+            thousands(report.skipped as u64),
+            thousands(report.cancelled as u64),
+            report.seconds,
+            report.output.display()
+        );
+    }
+    if report.all_succeeded() {
+        Ok(())
+    } else {
+        Err(Failure::work(anyhow::anyhow!(
+            "{} of {} tasks did not succeed",
+            report.tasks.len() - report.succeeded,
+            report.tasks.len()
+        )))
+    }
+}
