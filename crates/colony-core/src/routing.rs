@@ -83,6 +83,10 @@ impl Default for Weights {
 
 /// Bit of [`Node::own`] set while the node is out of service.
 const DOWN: u32 = 1 << 31;
+/// Bit of a supervisor's [`Node::own`] set while all its workers are out of service: its
+/// queue's room is withdrawn too, since nobody would serve it.
+const VACANT: u32 = 1 << 30;
+const FLAGS: u32 = DOWN | VACANT;
 
 #[derive(Clone, Debug)]
 struct Node {
@@ -126,6 +130,8 @@ pub struct Tree {
     plan: Plan,
     /// Planned workers not yet added.
     planned_left: u64,
+    /// Room withdrawn from the tree by agents out of service.
+    withdrawn: u64,
     /// Per managing tier, nodes with room for another child, for growth past the plan.
     open: Vec<VecDeque<u32>>,
     /// Per managing tier, whether `open` has been filled from the plan's nodes.
@@ -186,6 +192,7 @@ impl Tree {
             span: plan.span(),
             queue_capacity: options.queue_capacity,
             planned_left: plan.workers(),
+            withdrawn: 0,
             open: vec![VecDeque::new(); worker_tier],
             open_known: vec![false; worker_tier],
             nodes,
@@ -249,6 +256,8 @@ impl Tree {
         // A supervisor out of service brings its new workers up when it comes back.
         if self.is_down(AgentId(parent)) {
             self.set_down(AgentId(id), true);
+        } else {
+            self.set_flag(AgentId(parent), VACANT, false);
         }
         AgentId(id)
     }
@@ -445,17 +454,39 @@ impl Tree {
     /// routing and idle-worker searches pass it by; tasks it already holds keep their load.
     /// Returns whether anything changed. Taking a whole subtree out is one call per agent.
     pub fn set_down(&mut self, agent: AgentId, down: bool) -> bool {
-        let node = &mut self.nodes[agent.index()];
-        if (node.own & DOWN != 0) == down {
+        if !self.set_flag(agent, DOWN, down) {
             return false;
         }
-        node.own ^= DOWN;
-        let own = node.own & !DOWN;
-        if down {
+        if self.nodes[agent.index()].tier as usize == self.worker_tier()
+            && let Some(sup) = self.parent(agent)
+        {
+            let vacant = self.children(sup).all(|w| self.is_down(w));
+            self.set_flag(sup, VACANT, vacant);
+        }
+        true
+    }
+
+    /// Sets or clears `flag` of `agent`, withdrawing or restoring its room when that changes
+    /// whether it is withdrawn.
+    fn set_flag(&mut self, agent: AgentId, flag: u32, on: bool) -> bool {
+        let node = &mut self.nodes[agent.index()];
+        if (node.own & flag != 0) == on {
+            return false;
+        }
+        let was = node.own & FLAGS != 0;
+        node.own ^= flag;
+        let is = node.own & FLAGS != 0;
+        let own = node.own & !FLAGS;
+        if was == is {
+            return true;
+        }
+        if is {
             node.capacity -= own;
+            self.withdrawn += u64::from(own);
             self.for_ancestors(agent.0, |n| n.capacity -= own);
         } else {
             node.capacity += own;
+            self.withdrawn -= u64::from(own);
             self.for_ancestors(agent.0, |n| n.capacity += own);
         }
         true
@@ -464,6 +495,20 @@ impl Tree {
     /// Whether `agent` is out of service (see [`Tree::set_down`]).
     pub fn is_down(&self, agent: AgentId) -> bool {
         self.nodes[agent.index()].own & DOWN != 0
+    }
+
+    /// Whether supervisor `agent` has no worker in service, and so no room for tasks.
+    pub fn is_vacant(&self, agent: AgentId) -> bool {
+        self.nodes[agent.index()].own & VACANT != 0
+    }
+
+    /// Tasks the tree holds at once with every agent in service.
+    pub fn installed_capacity(&self) -> u64 {
+        self.roots
+            .iter()
+            .map(|&r| u64::from(self.nodes[r as usize].capacity))
+            .sum::<u64>()
+            + self.withdrawn
     }
 
     /// A task counted in `supervisor` left it without running (cancelled, or moved away).
@@ -807,6 +852,8 @@ mod tests {
         assert!(!t.set_down(worker, true), "already down");
         assert!(t.is_down(worker));
         assert_eq!(t.load(sup_a).1, 13);
+        let installed = t.installed_capacity();
+        assert_eq!(installed, 24 + 2 * 2, "what comes back counts");
         for _ in 0..11 {
             let w = t.idle_worker(sup_a, SpecMask::ALL, None).unwrap();
             assert_ne!(w, worker);
@@ -823,6 +870,7 @@ mod tests {
             let s = t.route(SpecMask::ALL, Strategy::LeastLoaded, &mut rng);
             assert_eq!(s, Some(sup_b));
         }
+        assert_eq!(t.installed_capacity(), installed);
         // Workers added under a supervisor out of service come up with it.
         let late = t.add_worker(0, 1);
         if t.parent(late) == Some(sup_a) {
@@ -835,6 +883,32 @@ mod tests {
         assert!(!t.is_down(worker));
         let expected = 2 + t.children(sup_a).len() as u32;
         assert_eq!(t.load(sup_a).1, expected);
+    }
+
+    #[test]
+    fn a_supervisor_without_workers_in_service_takes_no_tasks() {
+        let mut t = tree(24, 12, 2);
+        let mut rng = SmallRng::seed_from_u64(3);
+        let sups = t.agents_in_tier(t.worker_tier() - 1);
+        let workers: Vec<AgentId> = t.children(sups[0]).collect();
+        for &w in &workers[1..] {
+            t.set_down(w, true);
+        }
+        assert!(!t.is_vacant(sups[0]));
+        assert_eq!(t.load(sups[0]).1, 2 + 1, "its queue and one worker");
+        t.set_down(workers[0], true);
+        assert!(t.is_vacant(sups[0]) && !t.is_down(sups[0]));
+        assert_eq!(t.load(sups[0]).1, 0);
+        for _ in 0..20 {
+            let s = t
+                .route(SpecMask::ALL, Strategy::RoundRobin, &mut rng)
+                .unwrap();
+            assert_eq!(s, sups[1]);
+        }
+        t.set_down(workers[3], false);
+        assert!(!t.is_vacant(sups[0]));
+        assert_eq!(t.load(sups[0]).1, 2 + 1);
+        assert_eq!(t.installed_capacity(), 28);
     }
 
     #[test]

@@ -233,8 +233,9 @@ pub(crate) fn start(
             .iter()
             .map(|p| (p.agent.clone(), p.spec.concurrency, p.spec.failover))
             .collect(),
-        queues: Vec::new(),
-        incarnations: Vec::new(),
+        // Managers exist before any worker: a kill may name one at once.
+        queues: std::iter::repeat_with(|| None).take(tree.len()).collect(),
+        incarnations: vec![0; tree.len()],
         backlog: PriorityQueue::new(usize::MAX),
         running: FuturesUnordered::new(),
         freed: Vec::new(),
@@ -258,7 +259,6 @@ pub(crate) fn start(
         health: Vec::new(),
         unhealthy: [0; 3],
         beats: Arc::new(Beats::new(tokio::time::Instant::now())),
-        now: Duration::ZERO,
         steal_at: options.steal_at.max(1),
         rebalance: options.rebalance,
         multi_threaded: tokio::runtime::Handle::current().runtime_flavor()
@@ -352,8 +352,6 @@ struct Dispatcher {
     unhealthy: [u64; 3],
     /// When each agent was last heard from; agents beat on it while running long attempts.
     beats: Arc<Beats>,
-    /// Time since `beats`' epoch at the start of this turn: the engines' clock.
-    now: Duration,
     /// Queue length of a sibling supervisor from which an idle worker steals.
     steal_at: usize,
     rebalance: colony_core::rebalance::RebalanceOptions,
@@ -386,7 +384,6 @@ impl Dispatcher {
             tick
         });
         'turns: loop {
-            self.now = self.beats.epoch().elapsed();
             // Biased, for reproducible runs; the other sources are drained below every turn, so
             // a steady stream of commands cannot starve them.
             tokio::select! {
@@ -420,7 +417,6 @@ impl Dispatcher {
                     self.restart(restart);
                 }
                 () = next_tick(&mut sweep) => {
-                    self.now = self.beats.epoch().elapsed();
                     self.sweep();
                 }
                 Some((result, jobs, ack)) = self.accepting.next(), if !self.accepting.is_empty() => {
@@ -560,11 +556,8 @@ impl Dispatcher {
             });
             self.orphans -= found;
         }
-        let capacity: u64 = self
-            .tree
-            .roots()
-            .map(|r| u64::from(self.tree.load(r).1))
-            .sum();
+        // Room of agents out of service counts: they come back, and their tasks wait.
+        let capacity = self.tree.installed_capacity();
         self.shared
             .permits
             .add_permits((capacity - self.capacity) as usize);
@@ -723,7 +716,7 @@ impl Dispatcher {
             Ok(Execution::Running(running)) => {
                 let timeout = job.timeout;
                 // Taking work is a sign of life: the silence a sweep measures starts now.
-                self.beats.beat_at(worker, self.now);
+                self.beats.beat(worker);
                 // Created here, before the attempt is first polled: a stop from now on
                 // reaches it even if the attempt has not run yet.
                 let switch = self.kill_switches.entry(worker).or_default().clone();
@@ -944,6 +937,13 @@ impl Dispatcher {
         }
     }
 
+    /// The engines' clock: tokio's time since the heartbeat board's epoch, so tests with a
+    /// paused clock see virtual time. Read when needed, never kept: a value from before the
+    /// loop waited would be stale.
+    fn now(&self) -> Duration {
+        self.beats.epoch().elapsed()
+    }
+
     /// Samples how long a hung attempt ran before the runtime gave up on it.
     fn time_hang(&self, elapsed: Option<Duration>) {
         if let Some(elapsed) = elapsed {
@@ -1068,7 +1068,7 @@ impl Dispatcher {
                 .collect()
         };
         for mut siblings in groups {
-            siblings.retain(|&s| !self.tree.is_down(s));
+            siblings.retain(|&s| !self.tree.is_down(s) && !self.tree.is_vacant(s));
             let lengths: Vec<usize> = siblings
                 .iter()
                 .map(|s| self.queues[s.index()].as_ref().map_or(0, |q| q.len()))

@@ -9,8 +9,9 @@ use bytes::Bytes;
 use colony_agents::{Agent, AgentSpec, Error as AgentError, Execution, Task};
 use colony_core::{
     AgentId, TaskId,
+    health::HealthOptions,
     hierarchy::Tiers,
-    supervision::{Strategy as Restarts, SupervisorOptions},
+    supervision::{RestartPolicy, Strategy as Restarts, SupervisorOptions},
     task::{TaskSpec, TaskState},
 };
 use colony_journal::{Journal, MemoryJournal};
@@ -32,6 +33,9 @@ struct Entry {
     /// Executions that did not: errors, crashes, and attempts dropped unfinished (hangs,
     /// kills, siblings' restarts, silence).
     faults: u32,
+    /// Executions under way now, and the most ever under way at once: the lease allows one.
+    running: u32,
+    most_running: u32,
 }
 
 type Ledger = Arc<Mutex<HashMap<TaskId, Entry>>>;
@@ -56,6 +60,7 @@ impl Drop for Unfinished {
     fn drop(&mut self) {
         let mut ledger = self.ledger.lock().unwrap();
         let entry = ledger.entry(self.task).or_default();
+        entry.running -= 1;
         if self.ok {
             entry.successes.push(self.attempt);
         } else {
@@ -66,17 +71,18 @@ impl Drop for Unfinished {
 
 impl Agent for Faulty {
     fn handle(&self, task: Task) -> Execution {
-        self.ledger
-            .lock()
-            .unwrap()
-            .entry(task.id)
-            .or_default()
-            .executions += 1;
+        {
+            let mut ledger = self.ledger.lock().unwrap();
+            let entry = ledger.entry(task.id).or_default();
+            entry.executions += 1;
+            entry.running += 1;
+            entry.most_running = entry.most_running.max(entry.running);
+        }
         let mut rng = SmallRng::seed_from_u64(
             self.seed ^ task.id.0.wrapping_mul(0x9E37) ^ u64::from(task.attempt) << 40,
         );
         let x: f64 = rng.random();
-        let latency = Duration::from_micros(rng.random_range(0..3_000));
+        let latency = Duration::from_micros(rng.random_range(0..20_000));
         let guard = Unfinished {
             ledger: self.ledger.clone(),
             task: task.id,
@@ -114,6 +120,9 @@ struct Case {
     workers: u32,
     max_attempts: u32,
     strategy: Restarts,
+    restart: RestartPolicy,
+    /// Health sweeps fast enough to find hangs before their timeout does.
+    fast_health: bool,
     /// (virtual ms after submission, agent index as a share of all agents)
     kills: Vec<(u64, f64)>,
 }
@@ -133,9 +142,28 @@ fn cases() -> impl Strategy<Value = Case> {
             Just(Restarts::RestForOne)
         ],
         prop::collection::vec((0..200u64, 0.0..1.0f64), 0..12),
+        prop_oneof![
+            Just(RestartPolicy::Permanent),
+            Just(RestartPolicy::Transient)
+        ],
+        any::<bool>(),
     )
         .prop_map(
-            |(seed, error, crash, hang, tasks, workers, max_attempts, strategy, kills)| Case {
+            |(
+                seed,
+                error,
+                crash,
+                hang,
+                tasks,
+                workers,
+                max_attempts,
+                strategy,
+                kills,
+                restart,
+                fast_health,
+            )| Case {
+                restart,
+                fast_health,
                 seed,
                 error,
                 crash,
@@ -174,7 +202,19 @@ fn run(case: &Case) -> Result<(), TestCaseError> {
             seed: case.seed,
             supervision: SupervisorOptions {
                 strategy: case.strategy,
+                restart: case.restart,
                 ..SupervisorOptions::default()
+            },
+            health: if case.fast_health {
+                HealthOptions {
+                    degraded_after: Duration::from_millis(100),
+                    critical_after: Duration::from_millis(150),
+                    failed_after: Duration::from_millis(200),
+                    heartbeat: Duration::from_millis(50),
+                    ..HealthOptions::default()
+                }
+            } else {
+                HealthOptions::default()
             },
             ..RuntimeOptions::default()
         };
@@ -210,6 +250,12 @@ fn run(case: &Case) -> Result<(), TestCaseError> {
             .unwrap();
         let stats = h.stats();
         runtime.shutdown().await;
+        prop_assert_eq!(
+            (stats.queued, stats.running),
+            (0, 0),
+            "all drained: {:?}",
+            stats
+        );
 
         let ledger = ledger.lock().unwrap();
         prop_assert_eq!(stats.accepted, case.tasks as u64);
@@ -230,6 +276,10 @@ fn run(case: &Case) -> Result<(), TestCaseError> {
                 "{id}: {} executions, {} faults",
                 entry.executions,
                 entry.faults
+            );
+            prop_assert!(
+                entry.most_running <= 1,
+                "{id}: ran twice at once: {entry:?}"
             );
             // I2: one committed result, from the attempt that holds the lease.
             prop_assert!(

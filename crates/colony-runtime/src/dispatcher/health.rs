@@ -19,7 +19,7 @@ impl Dispatcher {
     /// The health of `worker`, created when it first answers.
     fn health_of(&mut self, worker: AgentId) -> &mut Health {
         if self.health.len() <= worker.index() {
-            let now = self.now;
+            let now = self.now();
             self.health
                 .resize(self.tree.len().max(worker.index() + 1), Health::new(now));
         }
@@ -28,7 +28,7 @@ impl Dispatcher {
 
     /// `worker` answered an attempt after `took`.
     pub(super) fn observe(&mut self, worker: AgentId, took: Duration, ok: bool) {
-        let (now, options) = (self.now, self.health_options);
+        let (now, options) = (self.now(), self.health_options);
         let changes = self.health_of(worker).on_response(took, ok, now, &options);
         if !changes.is_empty() {
             self.health_changed(worker, &changes);
@@ -39,7 +39,7 @@ impl Dispatcher {
     pub(super) fn health_reset(&mut self, worker: AgentId) {
         if worker.index() < self.health.len() {
             let before = self.health[worker.index()].state();
-            self.health[worker.index()] = Health::new(self.now);
+            self.health[worker.index()] = Health::new(self.now());
             if before != HealthState::Healthy {
                 self.count_state(before, HealthState::Healthy);
             }
@@ -49,7 +49,7 @@ impl Dispatcher {
     /// The sweep of every supervisor over its busy children.
     pub(super) fn sweep(&mut self) {
         let worker_tier = self.tree.worker_tier();
-        let (now, options) = (self.now, self.health_options);
+        let (now, options) = (self.now(), self.health_options);
         let busy = |d: &Self, a: AgentId| d.tree.load(a).0 > 0;
         let mut stack: Vec<AgentId> = self.tree.roots().filter(|&r| busy(self, r)).collect();
         let mut silent = Vec::new();
@@ -73,7 +73,8 @@ impl Dispatcher {
                 }
                 changes.extend(health.sweep(now, &options));
                 if health.state() == HealthState::Failed {
-                    silent.push((worker, now.saturating_sub(health.last_seen())));
+                    let silence = now.saturating_sub(health.last_seen());
+                    silent.push((worker, self.incarnations[worker.index()], silence));
                 }
                 if !changes.is_empty() {
                     self.health_changed(worker, &changes);
@@ -81,7 +82,12 @@ impl Dispatcher {
             }
         }
         let at = Instant::now();
-        for (worker, silence) in silent {
+        for (worker, incarnation, silence) in silent {
+            // An earlier failure of this sweep may have restarted it already (one-for-all,
+            // rest-for-one, an escalation): that incarnation is not the silent one.
+            if self.incarnations[worker.index()] != incarnation || self.tree.is_down(worker) {
+                continue;
+            }
             self.turn.health_failures += 1;
             let cause = format!("no answer or heartbeat for {silence:.1?}").into();
             self.supervise(worker, Exit::Hang, cause, StopKind::Silent, at);

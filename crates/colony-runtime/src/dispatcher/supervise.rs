@@ -91,13 +91,13 @@ impl Dispatcher {
         let Some(index) = siblings.iter().position(|&a| a == child) else {
             return;
         };
-        let options = self.supervision;
+        let (options, now) = (self.supervision, self.now());
         let engine = self
             .engines
             .entry(key)
             .or_insert_with(|| Supervisor::new(options, siblings.len()).expect("validated"));
         engine.set_children(siblings.len());
-        let commands = engine.on_exit(index, exit, self.now, &mut self.rng);
+        let commands = engine.on_exit(index, exit, now, &mut self.rng);
         if commands.is_empty() {
             self.stopped_event(child, &cause, None);
         }
@@ -161,6 +161,13 @@ impl Dispatcher {
         let mut agents = vec![agent];
         agents.extend(self.tree.subtree(agent));
         let mut homeless: Vec<Job> = Vec::new();
+        // A supervisor left with no worker in service has no room either: its queue moves.
+        let mut emptied = Vec::new();
+        if self.tree.tier(agent) == worker_tier
+            && let Some(sup) = self.tree.parent(agent)
+        {
+            emptied.push(sup);
+        }
         for a in agents {
             self.incarnations[a.index()] += 1;
             self.tree.set_down(a, true);
@@ -184,13 +191,19 @@ impl Dispatcher {
                 }
             } else {
                 self.engines.remove(&a.0);
-                if tier + 1 == worker_tier
-                    && let Some(queue) = self.queues[a.index()].as_mut()
-                {
-                    while let Some(job) = queue.pop() {
-                        self.tree.dequeue(a);
-                        homeless.push(job);
-                    }
+                if tier + 1 == worker_tier {
+                    emptied.push(a);
+                }
+            }
+        }
+        for sup in emptied {
+            if !self.tree.is_down(sup) && !self.tree.is_vacant(sup) {
+                continue;
+            }
+            if let Some(queue) = self.queues[sup.index()].as_mut() {
+                while let Some(job) = queue.pop() {
+                    self.tree.dequeue(sup);
+                    homeless.push(job);
                 }
             }
         }

@@ -279,3 +279,122 @@ async fn bad_supervision_and_health_settings_are_refused_with_the_field_named() 
     tolerance.rebalance.tolerance = 1.5;
     assert!(refuse(tolerance).await.contains("tolerance"));
 }
+
+// Regressions found in review.
+
+#[tokio::test(start_paused = true)]
+async fn spawning_while_agents_are_down_keeps_the_permits_right() {
+    let (runtime, _) = start(
+        supervised(Strategy::OneForOne, RestartPolicy::Permanent),
+        vec![pool(2, sim(slow(1)))],
+    )
+    .await;
+    let h = runtime.handle();
+    h.kill(AgentId(0)).unwrap();
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    h.kill(AgentId(0)).unwrap();
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    assert!(
+        all_down(h).await,
+        "the second restart waits out its backoff"
+    );
+    let before = h.stats().capacity;
+    h.spawn(0, 1, crate::SpawnMode::Batch).await.unwrap();
+    assert_eq!(h.stats().capacity, before + 1);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let done = h.submit_batch(vec![TaskSpec::default(); 3]).await.unwrap();
+    assert_eq!(done.count, 3);
+    h.drain().await.unwrap();
+    assert_eq!(h.stats().succeeded, 3);
+    runtime.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn killing_a_manager_before_any_worker_exists_is_harmless() {
+    let (runtime, _) = start(two_tiers(), vec![pool(0, sim(slow(1)))]).await;
+    let h = runtime.handle();
+    h.kill(AgentId(0)).unwrap();
+    h.spawn(0, 2, crate::SpawnMode::Batch).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    let done = h.submit_wait(TaskSpec::default()).await.unwrap();
+    assert_eq!(done.state, TaskState::Succeeded);
+    runtime.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_supervisor_whose_workers_are_all_gone_hands_its_tasks_to_a_sibling() {
+    let options = RuntimeOptions {
+        span: 2,
+        tiers: Tiers::Named(vec![
+            "coordinator".into(),
+            "supervisor".into(),
+            "worker".into(),
+        ]),
+        supervision: SupervisorOptions {
+            restart: RestartPolicy::Temporary,
+            ..SupervisorOptions::default()
+        },
+        ..RuntimeOptions::default()
+    };
+    let (runtime, _) = start(options, vec![pool(4, sim(slow(10)))]).await;
+    let h = runtime.handle();
+    let a = h.inspect(|t: &Tree| t.agents_in_tier(1)[0]).await.unwrap();
+    // Tasks queued at A first, then both of its workers die for good.
+    h.submit_batch(vec![TaskSpec::default(); 8]).await.unwrap();
+    for w in children(h, a).await {
+        h.kill(w).unwrap();
+    }
+    for _ in 0..20 {
+        let done =
+            tokio::time::timeout(Duration::from_secs(600), h.submit_wait(TaskSpec::default()))
+                .await
+                .expect("no task is stuck at the supervisor with no workers");
+        assert_eq!(done.unwrap().state, TaskState::Succeeded);
+    }
+    h.drain().await.unwrap();
+    assert_eq!(h.stats().succeeded, 28);
+    runtime.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn one_sweep_fails_each_silent_incarnation_once() {
+    use colony_agents::sim::SimOptions;
+    let options = supervised(Strategy::OneForAll, RestartPolicy::Permanent);
+    let hung = sim(SimOptions {
+        hang_rate: 1.0,
+        ..SimOptions::default()
+    });
+    let (runtime, _) = start(options, vec![pool(2, hung)]).await;
+    let h = runtime.handle();
+    let spec = TaskSpec {
+        timeout: Duration::from_secs(600),
+        max_attempts: 1,
+        ..TaskSpec::default()
+    };
+    let (a, b) = (
+        h.submit_notify(spec.clone()).await.unwrap(),
+        h.submit_notify(spec).await.unwrap(),
+    );
+    a.await.unwrap();
+    b.await.unwrap();
+    // The first failure restarts both (one-for-all); the second worker's new incarnation
+    // is not the silent one, so the same sweep leaves it alone.
+    assert_eq!(h.stats().health_failures, 1);
+    assert_eq!(h.stats().restarts, 2);
+    runtime.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_attempt_started_after_a_quiet_spell_is_not_taken_for_silent() {
+    let mut options = two_tiers();
+    options.health.heartbeat = Duration::from_secs(10);
+    options.rebalance.every = Duration::ZERO;
+    let (runtime, _) = start(options, vec![pool(1, sim(slow(5_000)))]).await;
+    let h = runtime.handle();
+    let t0 = tokio::time::Instant::now();
+    h.submit_wait(TaskSpec::default()).await.unwrap();
+    tokio::time::sleep_until(t0 + Duration::from_millis(19_900)).await;
+    h.submit_wait(TaskSpec::default()).await.unwrap();
+    assert_eq!(h.stats().health_failures, 0);
+    runtime.shutdown().await;
+}
