@@ -122,6 +122,14 @@ pub(crate) fn check(file: File, base: &std::path::Path) -> Result<Workflow, Vec<
                 }
                 sim_options(p.sim.as_ref(), &mut problems, &duration).map(Backend::Sim)
             }
+            Kind::Command if p.sim.is_some() => {
+                problems.push(Problem::at(
+                    &p.kind,
+                    "a `command` pool takes `command:` settings, not `sim:`",
+                    "kind command",
+                ));
+                None
+            }
             Kind::Command => match &p.command {
                 None => {
                     problems.push(Problem::at(

@@ -1,0 +1,52 @@
+//! The shipped JSON Schema agrees with the format: it accepts every example, which the checker
+//! also accepts, and refuses what the checker refuses for shape.
+
+use std::path::Path;
+
+fn schema() -> jsonschema::Validator {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let text = std::fs::read_to_string(root.join("docs/workflow.schema.json")).unwrap();
+    let schema: serde_json::Value = serde_json::from_str(&text).unwrap();
+    jsonschema::validator_for(&schema).unwrap()
+}
+
+fn as_json(yaml: &str) -> serde_json::Value {
+    serde_saphyr::from_str(yaml).unwrap()
+}
+
+#[test]
+fn every_example_passes_the_schema_and_the_checker() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let validator = schema();
+    let mut seen = 0;
+    for entry in std::fs::read_dir(root.join("examples")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_none_or(|e| e != "yaml") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).unwrap();
+        let errors: Vec<String> = validator
+            .iter_errors(&as_json(&text))
+            .map(|e| e.to_string())
+            .collect();
+        assert!(errors.is_empty(), "{}: {errors:#?}", path.display());
+        colony_workflow::load(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        seen += 1;
+    }
+    assert!(seen >= 1);
+}
+
+#[test]
+fn the_schema_refuses_what_the_format_refuses() {
+    let validator = schema();
+    for bad in [
+        "name: x\nagents: [{name: a, kind: sim}]\ntasks: [{id: t, retrys: 1}]\n",
+        "name: x\nagents: [{name: a, kind: http}]\ntasks: [{id: t}]\n",
+        "name: x\nagents: [{name: a, kind: sim, count: 0}]\ntasks: [{id: t}]\n",
+        "name: x\nagents: [{name: a, kind: sim}]\ntasks: [{id: \"t/1\"}]\n",
+        "name: x\nagents: [{name: a, kind: command}]\ntasks: [{id: t}]\n",
+    ] {
+        assert!(!validator.is_valid(&as_json(bad)), "accepted: {bad}");
+        assert!(colony_workflow::parse(bad, "x.yaml", Path::new(".")).is_err());
+    }
+}
