@@ -19,6 +19,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Largest stdout kept; a larger one fails the attempt.
 pub const MAX_STDOUT: usize = 16 << 20;
+/// Most stderr kept in an attempt's log; the rest is dropped.
+pub const MAX_STDERR: usize = 16 << 20;
 
 /// Settings of the `command` backend.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -57,7 +59,18 @@ pub struct Command {
 }
 
 impl Command {
-    pub fn new(options: CommandOptions) -> Self {
+    pub fn new(mut options: CommandOptions) -> Self {
+        // A bare name is looked up on PATH once, here. With a cleared environment the standard
+        // library would otherwise fork (copying colony's page tables) instead of posix_spawn.
+        if !options.program.contains('/')
+            && let Some(path) = std::env::var_os("PATH").and_then(|paths| {
+                std::env::split_paths(&paths)
+                    .map(|dir| dir.join(&options.program))
+                    .find(|p| p.is_file())
+            })
+        {
+            options.program = path.to_string_lossy().into_owned();
+        }
         Self {
             options: Arc::new(options),
         }
@@ -148,22 +161,13 @@ async fn run(options: &CommandOptions, task: &Task) -> Outcome {
         }
         command.current_dir(dir);
     }
-    match &options.logs {
-        Some(logs) => {
-            let path = logs.join(format!(
-                "{}.{}.stderr",
-                fill("{{task}}", task).unwrap_or_default(),
-                task.attempt
-            ));
-            match std::fs::File::create(&path) {
-                Ok(file) => command.stderr(file),
-                Err(e) => return fatal(format!("cannot create log {}: {e}", path.display())),
-            };
-        }
-        None => {
-            command.stderr(Stdio::null());
-        }
-    }
+    // Piped, and written to a log only when there is something in it: creating a file per
+    // attempt costs more than a short process.
+    command.stderr(if options.logs.is_some() {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    });
     let mut child = match command.spawn() {
         Ok(child) => child,
         Err(e) => return fatal(format!("cannot run `{}`: {e}", options.program)),
@@ -174,14 +178,33 @@ async fn run(options: &CommandOptions, task: &Task) -> Outcome {
         // A program that does not read its stdin closes the pipe: not an error.
         let _ = stdin.write_all(&task.payload).await;
     }
-    let mut stdout = Vec::new();
-    if let Some(out) = child.stdout.take() {
-        let read = out
-            .take(MAX_STDOUT as u64 + 1)
-            .read_to_end(&mut stdout)
-            .await;
-        if let Err(e) = read {
-            return Err(Error::retryable(format!("reading stdout: {e}")));
+    let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
+    let read_out = async {
+        match child.stdout.take() {
+            Some(out) => read_capped(out, MAX_STDOUT + 1, &mut stdout).await,
+            None => Ok(()),
+        }
+    };
+    let read_err = async {
+        match child.stderr.take() {
+            Some(err) => read_capped(err, MAX_STDERR, &mut stderr).await,
+            None => Ok(()),
+        }
+    };
+    let (out, _) = tokio::join!(read_out, read_err);
+    if let Err(e) = out {
+        return Err(Error::retryable(format!("reading stdout: {e}")));
+    }
+    if let Some(logs) = &options.logs
+        && !stderr.is_empty()
+    {
+        let path = logs.join(format!(
+            "{}.{}.stderr",
+            fill("{{task}}", task).unwrap_or_default(),
+            task.attempt
+        ));
+        if let Err(e) = tokio::fs::write(&path, &stderr).await {
+            tracing::warn!(error = %e, path = %path.display(), "Cannot write a stderr log.");
         }
     }
     let status = match child.wait().await {
@@ -208,6 +231,19 @@ async fn run(options: &CommandOptions, task: &Task) -> Outcome {
             options.program
         ))),
     }
+}
+
+/// Reads up to `cap` bytes into `into`, then drains the rest: a program blocked writing to a
+/// full pipe would never exit.
+async fn read_capped(
+    from: impl tokio::io::AsyncRead + Unpin,
+    cap: usize,
+    into: &mut Vec<u8>,
+) -> std::io::Result<()> {
+    let mut limited = from.take(cap as u64);
+    limited.read_to_end(into).await?;
+    tokio::io::copy(&mut limited.into_inner(), &mut tokio::io::sink()).await?;
+    Ok(())
 }
 
 /// Stdout as JSON: as it is when it parses, else as a JSON string.

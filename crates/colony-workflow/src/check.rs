@@ -407,7 +407,9 @@ fn command_options(
             std::env::split_paths(&paths)
                 .map(|dir| dir.join(program))
                 .find(|p| p.is_file())
-                .map(|_| program.clone())
+                // The full path: spawning it skips a PATH search, and lets the standard
+                // library use posix_spawn rather than fork, which copies colony's page tables.
+                .map(|p| p.to_string_lossy().into_owned())
         })
     };
     let Some(program) = found else {

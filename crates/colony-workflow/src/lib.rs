@@ -14,6 +14,7 @@
 //! assert_eq!(workflow.tasks.len(), 2);
 //! ```
 
+pub mod bench;
 mod check;
 pub mod file;
 mod run;

@@ -193,6 +193,7 @@ pub async fn run(
         })
         .collect::<Result<Vec<_>, colony_runtime::Error>>()?;
     let runtime = Runtime::start(options.runtime.clone(), pools, options.journal.clone()).await?;
+    let writer = Writer::start()?;
     let handle = runtime.handle().clone();
     let waves = workflow.graph.waves();
     let mut results: Vec<Option<Finished>> = vec![None; workflow.tasks.len()];
@@ -217,7 +218,7 @@ pub async fn run(
                     Err(error) => {
                         let f = finished(workflow, &waves, i, Status::Failed, None, Some(error));
                         steps.extend(dag.on_end(&workflow.graph, i, End::Failed));
-                        record(&output, &mut options, &mut results, i, f);
+                        record(&writer, &output, &mut options, &mut results, i, f);
                     }
                 },
                 Step::Skip { node, because } => {
@@ -226,7 +227,7 @@ pub async fn run(
                         workflow.tasks[because].id
                     );
                     let f = finished(workflow, &waves, node, Status::Skipped, None, Some(error));
-                    record(&output, &mut options, &mut results, node, f);
+                    record(&writer, &output, &mut options, &mut results, node, f);
                 }
             }
         }
@@ -270,7 +271,7 @@ pub async fn run(
                 End::Failed
             }
         };
-        record(&output, &mut options, &mut results, i, f);
+        record(&writer, &output, &mut options, &mut results, i, f);
         steps.extend(dag.on_end(&workflow.graph, i, end));
     }
     runtime.shutdown().await;
@@ -292,11 +293,12 @@ pub async fn run(
                     None,
                     Some(why.into()),
                 );
-                write_result(&output, &f);
+                writer.write(&output, &f);
                 f
             })
         })
         .collect();
+    writer.finish();
     let count = |s: Status| tasks.iter().filter(|t| t.status == s).count();
     let report = Report {
         name: workflow.name.clone(),
@@ -368,25 +370,59 @@ fn finished(
     }
 }
 
-/// Writes a task's result file, tells the progress callback, and keeps the result.
+/// Writes result files on a thread of its own, so that a slow file system (creating a file
+/// can take a millisecond on a busy ext4) never holds up the graph.
+struct Writer {
+    tx: Option<std::sync::mpsc::Sender<(PathBuf, Vec<u8>)>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Writer {
+    fn start() -> Result<Self, colony_runtime::Error> {
+        let (tx, rx) = std::sync::mpsc::channel::<(PathBuf, Vec<u8>)>();
+        let thread = colony_runtime::spawner::Spawner::spawn_thread("result-writer", move || {
+            for (path, body) in rx {
+                if let Err(e) = std::fs::write(&path, body) {
+                    tracing::error!(error = %e, path = %path.display(), "Cannot write a task's result.");
+                }
+            }
+        })
+        .map_err(|e| colony_runtime::Error::Options(format!("cannot start the result writer: {e}")))?;
+        Ok(Self {
+            tx: Some(tx),
+            thread: Some(thread),
+        })
+    }
+
+    fn write(&self, output: &std::path::Path, f: &Finished) {
+        let body = serde_json::to_vec_pretty(f).unwrap_or_default();
+        let path = output.join(format!("{}.json", f.id));
+        if let Some(tx) = &self.tx {
+            let _ = tx.send((path, body));
+        }
+    }
+
+    /// Waits until every result is on disk.
+    fn finish(mut self) {
+        drop(self.tx.take());
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Hands a task's result to the writer, tells the progress callback, and keeps the result.
 fn record(
+    writer: &Writer,
     output: &std::path::Path,
     options: &mut Options,
     results: &mut [Option<Finished>],
     i: usize,
     f: Finished,
 ) {
-    write_result(output, &f);
+    writer.write(output, &f);
     if let Some(on) = &mut options.on_finished {
         on(&f);
     }
     results[i] = Some(f);
-}
-
-fn write_result(output: &std::path::Path, f: &Finished) {
-    let path = output.join(format!("{}.json", f.id));
-    let body = serde_json::to_vec_pretty(f).unwrap_or_default();
-    if let Err(e) = std::fs::write(&path, body) {
-        tracing::error!(error = %e, path = %path.display(), "Cannot write a task's result.");
-    }
 }

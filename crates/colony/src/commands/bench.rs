@@ -21,6 +21,9 @@ pub(crate) enum Bench {
     /// Kill a share of the workers every second while tasks run, on top of injected errors,
     /// crashes and hangs; check that every task ends and the journal agrees.
     Recovery(RecoveryArgs),
+    /// Generate a workflow (a random graph), check it and run it to completion: the cost of
+    /// orchestration per task, or the rate of command agents' processes.
+    Workflow(WorkflowArgs),
     /// The process `bench crash` kills (internal).
     #[command(hide = true)]
     CrashChild(CrashChildArgs),
@@ -221,6 +224,7 @@ pub(crate) fn run(bench: Bench) -> Result<(), Failure> {
         .map_err(Failure::work)?;
     match bench {
         Bench::Crash(args) => return crash(&args),
+        Bench::Workflow(args) => return workflow(&args),
         Bench::Recovery(args) => {
             let mut swarm = args.swarm.swarm()?;
             check_range("--tasks", args.tasks as f64, 1.0, 1e9)?;
@@ -646,4 +650,88 @@ impl From<SupervisionStrategy> for colony_core::supervision::Strategy {
             SupervisionStrategy::RestForOne => Self::RestForOne,
         }
     }
+}
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct WorkflowArgs {
+    /// Tasks in the generated graph.
+    #[arg(long, default_value_t = 10_000)]
+    tasks: usize,
+    /// Agents in the one pool.
+    #[arg(long, default_value_t = 100)]
+    agents: u32,
+    /// Share of sim attempts that fail (retryably).
+    #[arg(long, default_value_t = 0.05)]
+    error_rate: f64,
+    /// Run this program once per task (command agents) instead of sim agents.
+    #[arg(long)]
+    command: Option<String>,
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Write the generated workflow to this file instead of running it.
+    #[arg(long)]
+    write: Option<std::path::PathBuf>,
+    #[arg(long)]
+    json: bool,
+}
+
+fn workflow(args: &WorkflowArgs) -> Result<(), Failure> {
+    use colony_workflow::bench::{self as wf, Agents};
+    check_range("--tasks", args.tasks as f64, 1.0, 1e6)?;
+    check_range("--agents", f64::from(args.agents), 1.0, 1e6)?;
+    check_range("--error-rate", args.error_rate, 0.0, 1.0)?;
+    let agents = match &args.command {
+        Some(program) => Agents::Command {
+            count: args.agents,
+            program: program.clone(),
+        },
+        None => Agents::Sim {
+            count: args.agents,
+            error_rate: args.error_rate,
+        },
+    };
+    if let Some(path) = &args.write {
+        std::fs::write(path, wf::generate(args.tasks, &agents, args.seed))
+            .map_err(|e| Failure::work(anyhow::anyhow!("cannot write {}: {e}", path.display())))?;
+        return Ok(());
+    }
+    let out = tempfile::tempdir().map_err(Failure::work)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(Failure::work)?;
+    let report = runtime
+        .block_on(wf::run(args.tasks, &agents, args.seed, out.path()))
+        .map_err(|e| Failure::input(anyhow::anyhow!(e)))?;
+    if args.json {
+        print_json(&report)?;
+    } else {
+        let mut t = Table::new(&["workflow", ""]);
+        t.row(vec![
+            "tasks (waves)".into(),
+            format!("{} ({})", thousands(report.tasks as u64), report.waves),
+        ]);
+        t.row(vec![
+            "succeeded / failed / skipped".into(),
+            format!(
+                "{} / {} / {}",
+                report.succeeded, report.failed, report.skipped
+            ),
+        ]);
+        t.row(vec![
+            "check".into(),
+            format!("{:.3} s", report.check_seconds),
+        ]);
+        t.row(vec!["run".into(), format!("{:.3} s", report.run_seconds)]);
+        t.row(vec![
+            "per task".into(),
+            format!("{:.1} µs", report.us_per_task),
+        ]);
+        t.row(vec![
+            "tasks/s".into(),
+            thousands(report.tasks_per_second as u64),
+        ]);
+        print!("{}", t.render());
+    }
+    Ok(())
 }
