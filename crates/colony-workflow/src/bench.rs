@@ -94,6 +94,7 @@ pub async fn run(
         output: Some(out.to_owned()),
         on_finished: None,
         cancel: None,
+        prior: Vec::new(),
     };
     let running = Instant::now();
     let report: Report = crate::run(&workflow, options)

@@ -9,7 +9,7 @@ use colony_core::{
     dag::{Command as Step, Outcome as End, Run},
     task::{TaskSpec, TaskState},
 };
-use colony_journal::Journal;
+use colony_journal::{Journal, TaskRow};
 use colony_runtime::{Handle, Pool, Runtime, RuntimeOptions};
 use futures::{StreamExt, stream::FuturesUnordered};
 use serde::Serialize;
@@ -80,6 +80,11 @@ pub struct Options {
     /// When it completes, the run stops: nothing more starts, running attempts are abandoned
     /// (their processes killed) and unfinished tasks end `cancelled`.
     pub cancel: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
+    /// The journal's tasks of an earlier run of this workflow, to resume it: tasks that
+    /// succeeded are not run again (their outputs feed their dependents), tasks still
+    /// unfinished are finished by the runtime's recovery and waited for, and the others run
+    /// again. Empty for a fresh run.
+    pub prior: Vec<TaskRow>,
 }
 
 impl std::fmt::Debug for Options {
@@ -199,9 +204,49 @@ pub async fn run(
     let mut results: Vec<Option<Finished>> = vec![None; workflow.tasks.len()];
     let mut outputs: HashMap<String, Value> = HashMap::new();
     let mut submitted_at: Vec<Option<Instant>> = vec![None; workflow.tasks.len()];
-    let (mut dag, first) = Run::start(&workflow.graph, &[]);
+    // Resuming: the latest journal row of each task of the workflow, by its key.
+    let index: HashMap<&str, usize> = workflow
+        .tasks
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.id.as_str(), i))
+        .collect();
+    let mut latest: HashMap<usize, &TaskRow> = HashMap::new();
+    for row in &options.prior {
+        if let Some(&i) = row.spec.key.as_deref().and_then(|k| index.get(k)) {
+            latest.insert(i, row);
+        }
+    }
+    let mut done = Vec::new();
+    let mut recovering: HashMap<usize, colony_core::TaskId> = HashMap::new();
+    let mut resumed = Vec::new();
+    for (&i, row) in &latest {
+        match row.state {
+            TaskState::Succeeded => {
+                let value = row.output.as_deref().map(output_value);
+                if let Some(v) = &value {
+                    outputs.insert(workflow.tasks[i].id.clone(), v.clone());
+                }
+                let mut f = finished(workflow, &waves, i, Status::Succeeded, value, None);
+                f.attempts = row.attempt;
+                f.agent = row.agent.map(|a| a.0);
+                resumed.push((i, f));
+                done.push((i, End::Succeeded));
+            }
+            TaskState::Queued | TaskState::Running => {
+                recovering.insert(i, row.id);
+            }
+            _ => {}
+        }
+    }
+    resumed.sort_unstable_by_key(|r| r.0);
+    for (i, f) in resumed {
+        record(&writer, &output, &mut options, &mut results, i, f);
+    }
+    done.sort_unstable_by_key(|d| d.0);
+    let (mut dag, first) = Run::start(&workflow.graph, &done);
     let mut steps: Vec<Step> = first;
-    let mut pending = FuturesUnordered::new();
+    let mut pending: FuturesUnordered<Waiting> = FuturesUnordered::new();
     let mut cancel = options
         .cancel
         .take()
@@ -210,10 +255,16 @@ pub async fn run(
     loop {
         for step in std::mem::take(&mut steps) {
             match step {
+                Step::Start(i) if recovering.contains_key(&i) => {
+                    // Started by an earlier process; the runtime's recovery finishes it.
+                    let (journal, id) = (options.journal.clone(), recovering[&i]);
+                    submitted_at[i] = Some(Instant::now());
+                    pending.push(Box::pin(async move { (i, watch(journal, id).await) }) as Waiting);
+                }
                 Step::Start(i) => match submit(workflow, i, &outputs, &handle).await {
                     Ok(p) => {
                         submitted_at[i] = Some(Instant::now());
-                        pending.push(async move { (i, p.await) });
+                        pending.push(Box::pin(async move { (i, p.await) }) as Waiting);
                     }
                     Err(error) => {
                         let f = finished(workflow, &waves, i, Status::Failed, None, Some(error));
@@ -251,10 +302,7 @@ pub async fn run(
                 f.attempts = c.attempts;
                 f.agent = c.agent.map(|a| a.0);
                 f.error = c.error.map(|e| e.to_string());
-                let value = c.output.as_deref().map(|o| {
-                    serde_json::from_slice(o)
-                        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(o).into_owned()))
-                });
+                let value = c.output.as_deref().map(output_value);
                 if c.state == TaskState::Succeeded && f.error.is_none() {
                     f.status = Status::Succeeded;
                     if let Some(v) = &value {
@@ -315,6 +363,48 @@ pub async fn run(
         tracing::error!(error = %e, "Cannot write summary.json.");
     }
     Ok(report)
+}
+
+/// A task being waited for: by its completion, or by watching the journal.
+type Waiting = Pin<
+    Box<
+        dyn Future<
+                Output = (
+                    usize,
+                    Result<colony_runtime::Completion, colony_runtime::Error>,
+                ),
+            > + Send,
+    >,
+>;
+
+/// An output as JSON: as stored when it parses, else as a string.
+fn output_value(bytes: &[u8]) -> Value {
+    serde_json::from_slice(bytes)
+        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(bytes).into_owned()))
+}
+
+/// Waits for a task that the runtime recovered from the journal (nobody holds its completion)
+/// by reading its row until it is terminal.
+async fn watch(
+    journal: Arc<dyn Journal>,
+    id: colony_core::TaskId,
+) -> Result<colony_runtime::Completion, colony_runtime::Error> {
+    let started = Instant::now();
+    loop {
+        let row = journal.task(id)?.ok_or(colony_runtime::Error::Stopped)?;
+        if row.state.is_terminal() {
+            return Ok(colony_runtime::Completion {
+                id,
+                state: row.state,
+                output: row.output,
+                error: row.error,
+                attempts: row.attempt,
+                agent: row.agent,
+                latency: started.elapsed(),
+            });
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
 }
 
 /// Hands task `i` to the runtime, its input and prompt filled from its needs' outputs.

@@ -99,6 +99,7 @@ fn options(out: &Path) -> Options {
         output: Some(out.to_owned()),
         on_finished: None,
         cancel: None,
+        prior: Vec::new(),
     }
 }
 

@@ -25,6 +25,10 @@ pub(crate) struct RunArgs {
     /// Journal the run to this SQLite file (created if missing); in memory otherwise.
     #[arg(long)]
     db: Option<PathBuf>,
+    /// Continue the run journaled in `--db`: tasks that succeeded are not run again, tasks
+    /// left unfinished are finished, the rest run.
+    #[arg(long, requires = "db")]
+    resume: bool,
     /// Print the summary as JSON on stdout.
     #[arg(long)]
     json: bool,
@@ -76,11 +80,24 @@ pub(crate) fn validate(args: &ValidateArgs) -> Result<(), Failure> {
 
 pub(crate) fn run(args: &RunArgs) -> Result<(), Failure> {
     let workflow = load(&args.file)?;
-    let journal: Arc<dyn Journal> = match &args.db {
+    let (journal, prior): (Arc<dyn Journal>, Vec<colony_journal::TaskRow>) = match &args.db {
         Some(path) => {
-            Arc::new(SqliteJournal::open(SqliteOptions::new(path)).map_err(Failure::input)?)
+            let journal = SqliteJournal::open(SqliteOptions::new(path)).map_err(Failure::input)?;
+            let prior = journal.tasks(None, usize::MAX).map_err(Failure::work)?;
+            let unfinished = prior.iter().filter(|t| !t.state.is_terminal()).count();
+            if unfinished > 0 && !args.resume {
+                return Err(Failure::input(anyhow::anyhow!(
+                    "{} holds {unfinished} unfinished tasks of an earlier run: add --resume to \
+                     continue it, or give another --db",
+                    path.display()
+                )));
+            }
+            (
+                Arc::new(journal),
+                if args.resume { prior } else { Vec::new() },
+            )
         }
-        None => Arc::new(MemoryJournal::new()),
+        None => (Arc::new(MemoryJournal::new()), Vec::new()),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -123,6 +140,7 @@ pub(crate) fn run(args: &RunArgs) -> Result<(), Failure> {
         output: args.out.clone(),
         on_finished: Some(on_finished),
         cancel: Some(cancel),
+        prior,
     };
     let report = runtime
         .block_on(colony_workflow::run(&workflow, options))
