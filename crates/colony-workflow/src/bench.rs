@@ -20,7 +20,9 @@ pub enum Agents {
 /// earlier ones, chosen at random from `seed`.
 pub fn generate(tasks: usize, agents: &Agents, seed: u64) -> String {
     let mut rng = SmallRng::seed_from_u64(seed);
-    let mut y = format!("# Generated: {tasks} tasks, seed {seed}.\nname: dag-{tasks}\nagents:\n");
+    let mut y = format!(
+        "# {tasks} tasks in a random graph, made by\n# `colony bench workflow --tasks {tasks} --seed {seed} --write FILE`.\nname: dag-{tasks}\nagents:\n"
+    );
     match agents {
         Agents::Sim { count, error_rate } => {
             let _ = writeln!(

@@ -299,6 +299,12 @@ pub(crate) fn check(file: File, base: &std::path::Path) -> Result<Workflow, Vec<
         });
         tasks.push(TaskDef {
             id: t.id.value.clone(),
+            runs_on: match (&t.agent, &t.role) {
+                (Some(pool), _) => pool.value.clone(),
+                (None, Some(role)) => role.value.clone(),
+                (None, None) if !t.capabilities.is_empty() => t.capabilities.join("+"),
+                (None, None) => "any".to_owned(),
+            },
             requirement,
             needs,
             input: t.input.as_ref().map(|i| i.value.clone()),

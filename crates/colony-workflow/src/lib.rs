@@ -65,6 +65,9 @@ pub enum Backend {
 #[derive(Debug)]
 pub struct TaskDef {
     pub id: String,
+    /// What runs it, for progress: the pool it names, else the role or capabilities it asks
+    /// for, else `any`.
+    pub runs_on: String,
     pub requirement: Requirement,
     pub needs: Vec<usize>,
     pub input: Option<serde_json::Value>,

@@ -35,6 +35,8 @@ pub enum Status {
 #[derive(Clone, Debug, Serialize)]
 pub struct Finished {
     pub id: String,
+    /// The pool it named, or the role or capabilities it asked for (`any` if none).
+    pub runs_on: String,
     pub status: Status,
     /// The wave it belongs to: 0 for tasks that need nothing.
     pub wave: usize,
@@ -450,6 +452,7 @@ fn finished(
 ) -> Finished {
     Finished {
         id: workflow.tasks[i].id.clone(),
+        runs_on: workflow.tasks[i].runs_on.clone(),
         status,
         wave: waves[i],
         attempts: 0,

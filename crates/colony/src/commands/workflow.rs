@@ -68,12 +68,14 @@ pub(crate) fn validate(args: &ValidateArgs) -> Result<(), Failure> {
     let w = load(&args.file)?;
     let waves = w.graph.waves().into_iter().max().map_or(0, |m| m + 1);
     let agents: u64 = w.pools.iter().map(|p| u64::from(p.count)).sum();
+    let plural = |n: usize, word: &str| format!("{n} {word}{}", if n == 1 { "" } else { "s" });
     println!(
-        "{}: ok ({} tasks in {waves} waves, {} pools of {} agents)",
+        "{}: ok ({} in {}, {} of {})",
         args.file.display(),
-        w.tasks.len(),
-        w.pools.len(),
-        agents
+        plural(w.tasks.len(), "task"),
+        plural(waves, "wave"),
+        plural(w.pools.len(), "pool"),
+        plural(agents as usize, "agent")
     );
     Ok(())
 }
@@ -103,27 +105,7 @@ pub(crate) fn run(args: &RunArgs) -> Result<(), Failure> {
         .enable_all()
         .build()
         .map_err(Failure::work)?;
-    let quiet = args.json;
-    let total = workflow.tasks.len();
-    let mut done = 0;
-    let on_finished = Box::new(move |f: &Finished| {
-        done += 1;
-        if quiet {
-            return;
-        }
-        let mark = match f.status {
-            Status::Succeeded => "ok",
-            Status::Failed => "FAILED",
-            Status::Skipped => "skipped",
-            Status::Cancelled => "cancelled",
-        };
-        let why = f
-            .error
-            .as_deref()
-            .map(|e| format!(": {e}"))
-            .unwrap_or_default();
-        eprintln!("[{done}/{total}] {} {mark} ({:.2} s){why}", f.id, f.seconds);
-    });
+    let on_finished = progress(&workflow, args.json);
     let cancel = Box::pin(async {
         if tokio::signal::ctrl_c().await.is_ok() {
             eprintln!("Cancelling: running tasks are stopped; Ctrl-C again to quit at once.");
@@ -181,5 +163,79 @@ pub(crate) fn run(args: &RunArgs) -> Result<(), Failure> {
             report.tasks.len() - report.succeeded,
             report.tasks.len()
         )))
+    }
+}
+
+/// What the user sees while a run goes on. On a terminal: a bar per pool (or role) with its
+/// counts, failures and ETA. Elsewhere (a pipe, a CI log): a line per task as it ends. With
+/// `--json`: nothing, so that stdout stays machine-readable and stderr quiet.
+fn progress(workflow: &Workflow, json: bool) -> colony_workflow::Progress {
+    if json {
+        return Box::new(|_| {});
+    }
+    let total = workflow.tasks.len();
+    if !std::io::stderr().is_terminal() {
+        let mut done = 0;
+        return Box::new(move |f: &Finished| {
+            done += 1;
+            let why = f
+                .error
+                .as_deref()
+                .map(|e| format!(": {e}"))
+                .unwrap_or_default();
+            eprintln!(
+                "[{done}/{total}] {} {} ({:.2} s){why}",
+                f.id,
+                status(f.status),
+                f.seconds
+            );
+        });
+    }
+    let bars = indicatif::MultiProgress::new();
+    let style = indicatif::ProgressStyle::with_template(
+        "{prefix:>14} [{bar:30}] {pos}/{len} {msg} eta {eta}",
+    )
+    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+    .progress_chars("=> ");
+    let mut by_group: std::collections::BTreeMap<String, u64> = Default::default();
+    for t in &workflow.tasks {
+        *by_group.entry(t.runs_on.clone()).or_default() += 1;
+    }
+    let groups: std::collections::HashMap<String, (indicatif::ProgressBar, u64)> = by_group
+        .into_iter()
+        .map(|(name, len)| {
+            let bar = bars.add(indicatif::ProgressBar::new(len));
+            bar.set_style(style.clone());
+            bar.set_prefix(name.clone());
+            (name, (bar, 0))
+        })
+        .collect();
+    let mut groups = groups;
+    Box::new(move |f: &Finished| {
+        if let Some((bar, failures)) = groups.get_mut(&f.runs_on) {
+            if f.status != Status::Succeeded {
+                *failures += 1;
+                bar.set_message(format!("{failures} not succeeded"));
+                let _ = bars.println(format!(
+                    "{} {}: {}",
+                    f.id,
+                    status(f.status),
+                    f.error.as_deref().unwrap_or("")
+                ));
+            }
+            bar.inc(1);
+            if bar.position() == bar.length().unwrap_or(0) {
+                bar.finish();
+            }
+        }
+    })
+}
+
+fn status(s: Status) -> &'static str {
+    match s {
+        Status::Succeeded => "ok",
+        Status::Failed => "FAILED",
+        Status::Skipped => "skipped",
+        Status::Cancelled => "cancelled",
     }
 }
