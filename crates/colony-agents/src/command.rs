@@ -36,6 +36,55 @@ pub struct CommandOptions {
     /// Folder of the stderr logs, one file per attempt: `<task>.<attempt>.stderr`.
     pub logs: Option<PathBuf>,
     pub ok_codes: Vec<i32>,
+    /// Names of variables passed through like `env_allow`, whose values are then replaced by
+    /// `***` in the output, the stderr log and error messages.
+    pub secrets: Vec<String>,
+    pub limits: Limits,
+    /// Run each attempt in a fresh git worktree of this repository (detached at its `HEAD`),
+    /// made at `<worktrees>/<task>`; the worktree is kept for inspection.
+    pub worktree: Option<Worktree>,
+}
+
+/// Resource limits of each process, applied through util-linux's `prlimit` (so that no code
+/// runs between fork and exec).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Limits {
+    /// CPU seconds.
+    pub cpu_seconds: Option<u64>,
+    /// Address space, in bytes.
+    pub memory_bytes: Option<u64>,
+    pub open_files: Option<u64>,
+    /// Processes of the user, this one included.
+    pub processes: Option<u64>,
+}
+
+impl Limits {
+    fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
+
+    fn prlimit_args(&self) -> Vec<String> {
+        let mut args = Vec::new();
+        let mut add = |flag: &str, v: Option<u64>| {
+            if let Some(v) = v {
+                args.push(format!("--{flag}={v}"));
+            }
+        };
+        add("cpu", self.cpu_seconds);
+        add("as", self.memory_bytes);
+        add("nofile", self.open_files);
+        add("nproc", self.processes);
+        args
+    }
+}
+
+/// Where attempts' git worktrees come from and go.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Worktree {
+    /// A folder inside the repository to branch worktrees from.
+    pub repository: PathBuf,
+    /// Folder of the worktrees.
+    pub root: PathBuf,
 }
 
 impl CommandOptions {
@@ -48,6 +97,9 @@ impl CommandOptions {
             workdir: None,
             logs: None,
             ok_codes: vec![0],
+            secrets: Vec::new(),
+            limits: Limits::default(),
+            worktree: None,
         }
     }
 }
@@ -132,9 +184,19 @@ async fn run(options: &CommandOptions, task: &Task) -> Outcome {
         Ok(args) => args,
         Err(e) => return fatal(format!("argument: {e}")),
     };
-    let mut command = tokio::process::Command::new(&options.program);
+    let mut command = if options.limits.is_empty() {
+        let mut c = tokio::process::Command::new(&options.program);
+        c.args(&args);
+        c
+    } else {
+        let mut c = tokio::process::Command::new(PRLIMIT);
+        c.args(options.limits.prlimit_args())
+            .arg("--")
+            .arg(&options.program)
+            .args(&args);
+        c
+    };
     command
-        .args(&args)
         .env_clear()
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -147,6 +209,29 @@ async fn run(options: &CommandOptions, task: &Task) -> Outcome {
     }
     for (name, value) in &options.env {
         command.env(name, value);
+    }
+    let mut secrets: Vec<String> = Vec::new();
+    for name in &options.secrets {
+        if let Ok(value) = std::env::var(name) {
+            command.env(name, &value);
+            if !value.is_empty() {
+                secrets.push(value);
+            }
+        }
+    }
+    let hide = |text: String| -> String {
+        secrets
+            .iter()
+            .fold(text, |t, secret| t.replace(secret.as_str(), "***"))
+    };
+    if let Some(worktree) = &options.worktree {
+        let name = fill("{{task}}", task).unwrap_or_else(|_| task.id.0.to_string());
+        match fresh_worktree(worktree, &name).await {
+            Ok(dir) => {
+                command.current_dir(dir);
+            }
+            Err(e) => return Err(Error::retryable(format!("git worktree: {e}"))),
+        }
     }
     if let Some(dir) = &options.workdir {
         let dir = match fill(dir, task) {
@@ -203,6 +288,11 @@ async fn run(options: &CommandOptions, task: &Task) -> Outcome {
             fill("{{task}}", task).unwrap_or_default(),
             task.attempt
         ));
+        let stderr = if secrets.is_empty() {
+            stderr
+        } else {
+            hide(String::from_utf8_lossy(&stderr).into_owned()).into_bytes()
+        };
         if let Err(e) = tokio::fs::write(&path, &stderr).await {
             tracing::warn!(error = %e, path = %path.display(), "Cannot write a stderr log.");
         }
@@ -217,7 +307,11 @@ async fn run(options: &CommandOptions, task: &Task) -> Outcome {
         return fatal(format!("stdout exceeds {MAX_STDOUT} bytes"));
     }
     match status.code() {
-        Some(code) if options.ok_codes.contains(&code) => Ok(as_json(stdout)),
+        Some(code) if options.ok_codes.contains(&code) => Ok(as_json(if secrets.is_empty() {
+            stdout
+        } else {
+            hide(String::from_utf8_lossy(&stdout).into_owned()).into_bytes()
+        })),
         Some(code @ (126 | 127)) => fatal(format!(
             "`{}` exited with {code}: cannot execute",
             options.program
@@ -231,6 +325,52 @@ async fn run(options: &CommandOptions, task: &Task) -> Outcome {
             options.program
         ))),
     }
+}
+
+/// Where util-linux's `prlimit` is looked for.
+const PRLIMIT: &str = "prlimit";
+
+/// A new worktree at `<root>/<name>`, detached at the repository's `HEAD`; an older one of
+/// the same name (an earlier attempt's) is removed first.
+async fn fresh_worktree(w: &Worktree, name: &str) -> Result<PathBuf, String> {
+    let path = w.root.join(name);
+    let git = |args: Vec<std::ffi::OsString>| {
+        let repository = w.repository.clone();
+        async move {
+            let out = tokio::process::Command::new("git")
+                .arg("-C")
+                .arg(&repository)
+                .args(&args)
+                .stdin(Stdio::null())
+                .output()
+                .await
+                .map_err(|e| format!("cannot run git: {e}"))?;
+            if out.status.success() {
+                Ok(())
+            } else {
+                Err(String::from_utf8_lossy(&out.stderr).trim().to_owned())
+            }
+        }
+    };
+    if path.exists() {
+        git(vec![
+            "worktree".into(),
+            "remove".into(),
+            "--force".into(),
+            path.clone().into(),
+        ])
+        .await?;
+    }
+    std::fs::create_dir_all(&w.root).map_err(|e| format!("{}: {e}", w.root.display()))?;
+    git(vec![
+        "worktree".into(),
+        "add".into(),
+        "--detach".into(),
+        path.clone().into(),
+        "HEAD".into(),
+    ])
+    .await?;
+    Ok(path)
 }
 
 /// Reads up to `cap` bytes into `into`, then drains the rest: a program blocked writing to a
@@ -338,6 +478,72 @@ mod tests {
         o.env = vec![("SECRET".into(), "s3".into())];
         let out = outcome(o, "{}").await.unwrap();
         assert_eq!(&out[..], br#""s3:unset""#);
+    }
+
+    #[tokio::test]
+    async fn limits_apply_and_secrets_are_hidden() {
+        let mut o = CommandOptions::new("sh");
+        o.args = vec!["-c".into(), "echo $(ulimit -n) $(ulimit -t)".into()];
+        o.limits = Limits {
+            open_files: Some(37),
+            cpu_seconds: Some(9),
+            ..Limits::default()
+        };
+        let out = outcome(o, "{}").await.unwrap();
+        assert_eq!(&out[..], br#""37 9""#);
+        // A process over its CPU time is stopped by the kernel, and the attempt fails.
+        let mut o = CommandOptions::new("sh");
+        o.args = vec!["-c".into(), "while :; do :; done".into()];
+        o.limits.cpu_seconds = Some(1);
+        let err = outcome(o, "{}").await.unwrap_err();
+        assert!(err.is_retryable(), "{err}");
+        // PATH stands in for a secret: every process has one.
+        let mut o = CommandOptions::new("sh");
+        o.args = vec!["-c".into(), "echo \"key=$PATH\"; echo \"$PATH\" >&2".into()];
+        o.secrets = vec!["PATH".into()];
+        let logs = tempfile::tempdir().unwrap();
+        o.logs = Some(logs.path().to_owned());
+        let out = outcome(o, "{}").await.unwrap();
+        assert_eq!(&out[..], br#""key=***""#);
+        let log = std::fs::read_to_string(logs.path().join("7.2.stderr")).unwrap();
+        assert_eq!(log.trim(), "***");
+    }
+
+    #[tokio::test]
+    async fn each_attempt_gets_a_fresh_worktree() {
+        let repo = tempfile::tempdir().unwrap();
+        let git = |args: &[&str]| {
+            let ok = std::process::Command::new("git")
+                .args(["-C", repo.path().to_str().unwrap()])
+                .args(["-c", "user.email=t@example.com", "-c", "user.name=t"])
+                .args(args)
+                .output()
+                .unwrap()
+                .status
+                .success();
+            assert!(ok, "git {args:?}");
+        };
+        git(&["init", "-q"]);
+        std::fs::write(repo.path().join("file.txt"), "tracked").unwrap();
+        git(&["add", "file.txt"]);
+        git(&["commit", "-q", "-m", "one"]);
+        let root = tempfile::tempdir().unwrap();
+        let mut o = CommandOptions::new("sh");
+        o.args = vec![
+            "-c".into(),
+            "cat file.txt; echo scratch > new.txt; pwd".into(),
+        ];
+        o.worktree = Some(Worktree {
+            repository: repo.path().to_owned(),
+            root: root.path().to_owned(),
+        });
+        for _ in 0..2 {
+            let out = outcome(o.clone(), r#"{"task":"fix-bug"}"#).await.unwrap();
+            let text: String = serde_json::from_slice(&out).unwrap();
+            assert!(text.starts_with("tracked"), "{text}");
+            assert!(text.trim_end().ends_with("fix-bug"), "{text}");
+        }
+        assert!(root.path().join("fix-bug/new.txt").exists());
     }
 
     #[tokio::test]

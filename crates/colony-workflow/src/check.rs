@@ -438,6 +438,24 @@ fn command_options(
     if let Some(codes) = &c.ok_codes {
         options.ok_codes = codes.clone();
     }
+    options.secrets = c.secrets.clone();
+    options.limits = colony_agents::command::Limits {
+        cpu_seconds: c.limits.cpu_seconds,
+        memory_bytes: c.limits.memory_mb.map(|mb| mb.saturating_mul(1 << 20)),
+        open_files: c.limits.open_files,
+        processes: c.limits.processes,
+    };
+    if c.worktree {
+        // The root is the run's output folder, known when it runs.
+        options.worktree = Some(colony_agents::command::Worktree {
+            repository: if base.as_os_str().is_empty() {
+                PathBuf::from(".")
+            } else {
+                base.to_owned()
+            },
+            root: PathBuf::new(),
+        });
+    }
     Some(options)
 }
 

@@ -110,6 +110,29 @@ pub struct Command {
     /// Exit codes that mean success.
     #[serde(default)]
     pub ok_codes: Option<Vec<i32>>,
+    /// Variables passed through whose values are hidden (`***`) in outputs and logs.
+    #[serde(default)]
+    pub secrets: Vec<String>,
+    #[serde(default)]
+    pub limits: Limits,
+    /// Run each attempt in a fresh git worktree of the repository the workflow file is in,
+    /// at `<output>/worktrees/<task>`.
+    #[serde(default)]
+    pub worktree: bool,
+}
+
+/// Resource limits of each process.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct Limits {
+    #[serde(default)]
+    pub cpu_seconds: Option<u64>,
+    #[serde(default)]
+    pub memory_mb: Option<u64>,
+    #[serde(default)]
+    pub open_files: Option<u64>,
+    #[serde(default)]
+    pub processes: Option<u64>,
 }
 
 /// A task of the graph.

@@ -189,6 +189,11 @@ pub async fn run(
                 Backend::Command(o) => {
                     let mut o = o.clone();
                     o.logs = Some(logs.clone());
+                    if let Some(w) = &mut o.worktree {
+                        // Absolute: git runs from the repository, not from here.
+                        w.root = std::path::absolute(output.join("worktrees"))
+                            .unwrap_or_else(|_| output.join("worktrees"));
+                    }
                     Arc::new(Command::new(o))
                 }
             };

@@ -227,3 +227,53 @@ async fn a_wide_graph_of_sim_tasks_with_failures_completes() {
         assert!(out.path().join(format!("{}.json", t.id)).exists());
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn coding_agents_get_a_worktree_each_and_limits() {
+    let repo = tempfile::tempdir().unwrap();
+    let git = |args: &[&str]| {
+        let out = std::process::Command::new("git")
+            .arg("-C")
+            .arg(repo.path())
+            .args(["-c", "user.email=t@example.com", "-c", "user.name=t"])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "git {args:?}");
+    };
+    git(&["init", "-q"]);
+    std::fs::write(repo.path().join("main.rs"), "fn main() {}").unwrap();
+    git(&["add", "main.rs"]);
+    git(&["commit", "-q", "-m", "start"]);
+    let yaml = r#"
+name: coders
+agents:
+  - name: coder
+    kind: command
+    count: 2
+    command:
+      program: sh
+      args: ["-c", "echo '// {{task}}' >> main.rs && git diff --stat && ulimit -n"]
+      worktree: true
+      limits: { open-files: 99 }
+tasks:
+  - { id: fix-a, agent: coder, expect: { regex: "main.rs \\| [0-9]+ \\+" } }
+  - { id: fix-b, agent: coder, expect: { contains: "99" } }
+"#;
+    let path = repo.path().join("coders.yaml");
+    std::fs::write(&path, yaml).unwrap();
+    let workflow = colony_workflow::load(&path).unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let report = colony_workflow::run(&workflow, options(out.path()))
+        .await
+        .unwrap();
+    assert!(report.all_succeeded(), "{report:#?}");
+    // Each task changed its own checkout; the repository itself is untouched.
+    for id in ["fix-a", "fix-b"] {
+        let file = out.path().join("worktrees").join(id).join("main.rs");
+        let text = std::fs::read_to_string(file).unwrap();
+        assert!(text.ends_with(&format!("// {id}\n")), "{text}");
+    }
+    let main = std::fs::read_to_string(repo.path().join("main.rs")).unwrap();
+    assert_eq!(main, "fn main() {}");
+}
