@@ -139,7 +139,7 @@ pub(crate) fn check(file: File, base: &std::path::Path) -> Result<Workflow, Vec<
                     ));
                     None
                 }
-                Some(c) => command_options(c, base, &mut problems).map(Backend::Command),
+                Some(c) => command_options(c, base, &mut problems).map(|o| Backend::Command(Box::new(o))),
             },
         };
         let role = p.role.clone().unwrap_or_else(|| p.name.value.clone());

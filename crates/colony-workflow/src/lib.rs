@@ -59,7 +59,7 @@ pub struct PoolDef {
 #[derive(Debug)]
 pub enum Backend {
     Sim(SimOptions),
-    Command(CommandOptions),
+    Command(Box<CommandOptions>),
 }
 
 #[derive(Debug)]

@@ -187,7 +187,7 @@ pub async fn run(
                         .map_err(|e| colony_runtime::Error::Options(e.to_string()))?,
                 ),
                 Backend::Command(o) => {
-                    let mut o = o.clone();
+                    let mut o = (**o).clone();
                     o.logs = Some(logs.clone());
                     if let Some(w) = &mut o.worktree {
                         // Absolute: git runs from the repository, not from here.
