@@ -18,7 +18,9 @@
 
 pub mod command;
 pub mod heartbeat;
+pub mod process;
 pub mod sim;
+pub mod spawner;
 
 pub use heartbeat::{Beats, Heartbeat};
 

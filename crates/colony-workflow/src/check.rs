@@ -113,19 +113,38 @@ pub(crate) fn check(file: File, base: &std::path::Path) -> Result<Workflow, Vec<
         }
         let backend = match p.kind.value {
             Kind::Sim => {
-                if p.command.is_some() {
+                if p.command.is_some() || p.process.is_some() {
                     problems.push(Problem::at(
                         &p.kind,
-                        "a `sim` pool takes `sim:` settings, not `command:`",
+                        "a `sim` pool takes `sim:` settings, not `command:` or `process:`",
                         "kind sim",
                     ));
                 }
                 sim_options(p.sim.as_ref(), &mut problems, &duration).map(Backend::Sim)
             }
-            Kind::Command if p.sim.is_some() => {
+            Kind::Process => match (&p.process, p.sim.is_some() || p.command.is_some()) {
+                (Some(settings), false) => {
+                    let program = find_program(&settings.program, base, &mut problems);
+                    program.map(|program| {
+                        let mut o = colony_agents::process::ProcessOptions::new(program);
+                        o.args = settings.args.clone();
+                        o.env_allow.extend(settings.env.iter().cloned());
+                        Backend::Process(Box::new(o))
+                    })
+                }
+                _ => {
+                    problems.push(Problem::at(
+                        &p.kind,
+                        "a `process` pool takes a `process:` section (with `program:`), and no `sim:` or `command:`",
+                        "kind process",
+                    ));
+                    None
+                }
+            },
+            Kind::Command if p.sim.is_some() || p.process.is_some() => {
                 problems.push(Problem::at(
                     &p.kind,
-                    "a `command` pool takes `command:` settings, not `sim:`",
+                    "a `command` pool takes `command:` settings, not `sim:` or `process:`",
                     "kind command",
                 ));
                 None
@@ -139,7 +158,9 @@ pub(crate) fn check(file: File, base: &std::path::Path) -> Result<Workflow, Vec<
                     ));
                     None
                 }
-                Some(c) => command_options(c, base, &mut problems).map(|o| Backend::Command(Box::new(o))),
+                Some(c) => {
+                    command_options(c, base, &mut problems).map(|o| Backend::Command(Box::new(o)))
+                }
             },
         };
         let role = p.role.clone().unwrap_or_else(|| p.name.value.clone());
@@ -147,6 +168,7 @@ pub(crate) fn check(file: File, base: &std::path::Path) -> Result<Workflow, Vec<
             match p.kind.value {
                 Kind::Sim => "sim",
                 Kind::Command => "command",
+                Kind::Process => "process",
             },
             &role,
         );
@@ -404,28 +426,7 @@ fn command_options(
     base: &std::path::Path,
     problems: &mut Vec<Problem>,
 ) -> Option<CommandOptions> {
-    let program = &c.program.value;
-    let found = if program.contains('/') {
-        let path = base.join(program);
-        path.is_file().then(|| path.to_string_lossy().into_owned())
-    } else {
-        std::env::var_os("PATH").and_then(|paths| {
-            std::env::split_paths(&paths)
-                .map(|dir| dir.join(program))
-                .find(|p| p.is_file())
-                // The full path: spawning it skips a PATH search, and lets the standard
-                // library use posix_spawn rather than fork, which copies colony's page tables.
-                .map(|p| p.to_string_lossy().into_owned())
-        })
-    };
-    let Some(program) = found else {
-        problems.push(Problem::at(
-            &c.program,
-            format!("program `{program}` is not found (looked on PATH, or relative to the workflow file for a path)"),
-            "not found",
-        ));
-        return None;
-    };
+    let program = find_program(&c.program, base, problems)?;
     for arg in &c.args {
         if let Err(e) = template::parse(&arg.value) {
             problems.push(Problem::at(arg, e, "bad template"));
@@ -457,6 +458,36 @@ fn command_options(
         });
     }
     Some(options)
+}
+
+/// The program a pool runs, found: a path relative to the workflow file, or a name on PATH.
+fn find_program(
+    program: &Spanned<String>,
+    base: &std::path::Path,
+    problems: &mut Vec<Problem>,
+) -> Option<String> {
+    let name = &program.value;
+    let found = if name.contains('/') {
+        let path = base.join(name);
+        path.is_file().then(|| path.to_string_lossy().into_owned())
+    } else {
+        std::env::var_os("PATH").and_then(|paths| {
+            std::env::split_paths(&paths)
+                .map(|dir| dir.join(name))
+                .find(|p| p.is_file())
+                // The full path: spawning it skips a PATH search, and lets the standard
+                // library use posix_spawn rather than fork, which copies colony's page tables.
+                .map(|p| p.to_string_lossy().into_owned())
+        })
+    };
+    if found.is_none() {
+        problems.push(Problem::at(
+            program,
+            format!("program `{name}` is not found (looked on PATH, or relative to the workflow file for a path)"),
+            "not found",
+        ));
+    }
+    found
 }
 
 fn requirement(

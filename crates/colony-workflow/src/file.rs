@@ -56,6 +56,19 @@ pub struct Pool {
     pub sim: Option<Sim>,
     #[serde(default)]
     pub command: Option<Command>,
+    #[serde(default)]
+    pub process: Option<ProcessSettings>,
+}
+
+/// Settings of `process` agents: one long-lived process per agent, speaking JSON lines.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct ProcessSettings {
+    pub program: Spanned<String>,
+    #[serde(default)]
+    pub args: Vec<String>,
+    #[serde(default)]
+    pub env: Vec<String>,
 }
 
 fn one() -> Spanned<u32> {
@@ -73,6 +86,8 @@ pub enum Kind {
     Sim,
     /// One process per attempt.
     Command,
+    /// One long-lived process per agent, speaking JSON lines on stdio.
+    Process,
 }
 
 /// Settings of `sim` agents.

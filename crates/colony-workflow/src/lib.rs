@@ -60,6 +60,7 @@ pub struct PoolDef {
 pub enum Backend {
     Sim(SimOptions),
     Command(Box<CommandOptions>),
+    Process(Box<colony_agents::process::ProcessOptions>),
 }
 
 #[derive(Debug)]

@@ -186,6 +186,9 @@ pub async fn run(
                     Sim::new(o.clone())
                         .map_err(|e| colony_runtime::Error::Options(e.to_string()))?,
                 ),
+                Backend::Process(o) => {
+                    Arc::new(colony_agents::process::Process::new((**o).clone()))
+                }
                 Backend::Command(o) => {
                     let mut o = (**o).clone();
                     o.logs = Some(logs.clone());

@@ -42,6 +42,7 @@ fn the_schema_refuses_what_the_format_refuses() {
     for bad in [
         "name: x\nagents: [{name: a, kind: sim}]\ntasks: [{id: t, retrys: 1}]\n",
         "name: x\nagents: [{name: a, kind: http}]\ntasks: [{id: t}]\n",
+        "name: x\nagents: [{name: a, kind: process}]\ntasks: [{id: t}]\n",
         "name: x\nagents: [{name: a, kind: sim, count: 0}]\ntasks: [{id: t}]\n",
         "name: x\nagents: [{name: a, kind: sim}]\ntasks: [{id: \"t/1\"}]\n",
         "name: x\nagents: [{name: a, kind: command}]\ntasks: [{id: t}]\n",
