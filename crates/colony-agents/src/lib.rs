@@ -18,6 +18,7 @@
 
 pub mod command;
 pub mod heartbeat;
+pub mod http;
 pub mod process;
 pub mod sim;
 pub mod spawner;

@@ -141,6 +141,46 @@ pub(crate) fn check(file: File, base: &std::path::Path) -> Result<Workflow, Vec<
                     None
                 }
             },
+            Kind::Http => match &p.http {
+                Some(h) if p.sim.is_none() && p.command.is_none() && p.process.is_none() => {
+                    let base = h.base_url.clone().unwrap_or_else(|| {
+                        std::env::var("OPENAI_BASE_URL")
+                            .ok()
+                            .filter(|u| !u.is_empty())
+                            .unwrap_or_else(|| "https://api.openai.com/v1".into())
+                    });
+                    let mut o = colony_agents::http::HttpOptions::new(base, h.model.clone());
+                    if let Some(env) = &h.api_key_env {
+                        o.api_key_env = env.clone();
+                    }
+                    o.max_tokens = h.max_tokens;
+                    o.temperature = h.temperature;
+                    o.requests_per_minute = h.requests_per_minute;
+                    if let Some(p) = &h.price {
+                        o.price = colony_agents::http::Price {
+                            input_per_million: p.input,
+                            output_per_million: p.output,
+                        };
+                    }
+                    o.budget_usd = h.budget_usd;
+                    if h.requests_per_minute == Some(0) {
+                        problems.push(Problem::at(
+                            &p.kind,
+                            "requests-per-minute 0 would send nothing: allowed 1 and up",
+                            "http",
+                        ));
+                    }
+                    Some(Backend::Http(Box::new(o)))
+                }
+                _ => {
+                    problems.push(Problem::at(
+                        &p.kind,
+                        "an `http` pool takes an `http:` section (with `model:`), and no `sim:`, `command:` or `process:`",
+                        "kind http",
+                    ));
+                    None
+                }
+            },
             Kind::Command if p.sim.is_some() || p.process.is_some() => {
                 problems.push(Problem::at(
                     &p.kind,
@@ -169,6 +209,7 @@ pub(crate) fn check(file: File, base: &std::path::Path) -> Result<Workflow, Vec<
                 Kind::Sim => "sim",
                 Kind::Command => "command",
                 Kind::Process => "process",
+                Kind::Http => "http",
             },
             &role,
         );

@@ -58,6 +58,40 @@ pub struct Pool {
     pub command: Option<Command>,
     #[serde(default)]
     pub process: Option<ProcessSettings>,
+    #[serde(default)]
+    pub http: Option<HttpSettings>,
+}
+
+/// Settings of `http` agents: an OpenAI-compatible chat-completions endpoint.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct HttpSettings {
+    /// Default: `$OPENAI_BASE_URL` when set, else `https://api.openai.com/v1`.
+    #[serde(default)]
+    pub base_url: Option<String>,
+    pub model: String,
+    /// The variable holding the API key (default `OPENAI_API_KEY`).
+    #[serde(default)]
+    pub api_key_env: Option<String>,
+    #[serde(default)]
+    pub max_tokens: Option<u32>,
+    #[serde(default)]
+    pub temperature: Option<f64>,
+    #[serde(default)]
+    pub requests_per_minute: Option<u32>,
+    /// Dollars per million tokens.
+    #[serde(default)]
+    pub price: Option<HttpPrice>,
+    /// Dollars the pool may spend; then its tasks fail instead of sending requests.
+    #[serde(default)]
+    pub budget_usd: Option<f64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct HttpPrice {
+    pub input: f64,
+    pub output: f64,
 }
 
 /// Settings of `process` agents: one long-lived process per agent, speaking JSON lines.
@@ -88,6 +122,8 @@ pub enum Kind {
     Command,
     /// One long-lived process per agent, speaking JSON lines on stdio.
     Process,
+    /// An OpenAI-compatible chat-completions endpoint.
+    Http,
 }
 
 /// Settings of `sim` agents.

@@ -61,6 +61,7 @@ pub enum Backend {
     Sim(SimOptions),
     Command(Box<CommandOptions>),
     Process(Box<colony_agents::process::ProcessOptions>),
+    Http(Box<colony_agents::http::HttpOptions>),
 }
 
 #[derive(Debug)]

@@ -59,6 +59,8 @@ pub struct Report {
     pub skipped: usize,
     pub cancelled: usize,
     pub seconds: f64,
+    /// Tokens and dollars spent by the run's `http` agents.
+    pub usage: colony_agents::http::Usage,
     pub tasks: Vec<Finished>,
 }
 
@@ -177,6 +179,7 @@ pub async fn run(
             .map(|t| (t.id.clone(), t.expect.clone()))
             .collect(),
     );
+    let mut endpoints: Vec<Arc<colony_agents::http::Http>> = Vec::new();
     let pools = workflow
         .pools
         .iter()
@@ -188,6 +191,14 @@ pub async fn run(
                 ),
                 Backend::Process(o) => {
                     Arc::new(colony_agents::process::Process::new((**o).clone()))
+                }
+                Backend::Http(o) => {
+                    let http = Arc::new(
+                        colony_agents::http::Http::new((**o).clone())
+                            .map_err(colony_runtime::Error::Options)?,
+                    );
+                    endpoints.push(http.clone());
+                    http
                 }
                 Backend::Command(o) => {
                     let mut o = (**o).clone();
@@ -366,6 +377,14 @@ pub async fn run(
         skipped: count(Status::Skipped),
         cancelled: count(Status::Cancelled),
         seconds: started.elapsed().as_secs_f64(),
+        usage: endpoints.iter().fold(Default::default(), |total, e| {
+            let u = e.usage();
+            colony_agents::http::Usage {
+                prompt_tokens: total.prompt_tokens + u.prompt_tokens,
+                completion_tokens: total.completion_tokens + u.completion_tokens,
+                cost_usd: total.cost_usd + u.cost_usd,
+            }
+        }),
         tasks,
     };
     let summary = serde_json::to_vec_pretty(&report).unwrap_or_default();

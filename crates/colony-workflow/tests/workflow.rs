@@ -277,3 +277,46 @@ tasks:
     let main = std::fs::read_to_string(repo.path().join("main.rs")).unwrap();
     assert_eq!(main, "fn main() {}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_model_endpoint_reviews_and_the_run_counts_tokens_and_cost() {
+    let (url, requests) = colony_agents::http::testing::server(1, 429).await;
+    let yaml = format!(
+        r#"
+name: review
+agents:
+  - name: model
+    kind: http
+    count: 2
+    http:
+      base-url: "{url}"
+      model: local
+      api-key-env: COLONY_TEST_NO_SUCH_KEY
+      price: {{ input: 1.0, output: 2.0 }}
+tasks:
+  - {{ id: draft, agent: model, prompt: "write a haiku" }}
+  - id: critique
+    agent: model
+    needs: [draft]
+    prompt: "critique: {{{{outputs.draft.content}}}}"
+    expect: {{ contains: "echo: critique: echo: write a haiku" }}
+"#
+    );
+    let out = tempfile::tempdir().unwrap();
+    let report = run(&yaml, out.path()).await;
+    assert!(report.all_succeeded(), "{report:#?}");
+    assert_eq!(
+        requests.load(std::sync::atomic::Ordering::Relaxed),
+        3,
+        "one 429, retried"
+    );
+    let critique = report.tasks[1].output.as_ref().unwrap();
+    assert_eq!(critique["usage"]["prompt_tokens"], 1000);
+    // Two answers of 1000 prompt and 500 completion tokens, at $1 and $2 per million.
+    assert_eq!(report.usage.prompt_tokens, 2000);
+    assert!(
+        (report.usage.cost_usd - 0.004).abs() < 1e-12,
+        "{:?}",
+        report.usage
+    );
+}

@@ -154,6 +154,15 @@ pub(crate) fn run(args: &RunArgs) -> Result<(), Failure> {
             report.seconds,
             report.output.display()
         );
+        let u = &report.usage;
+        if u.prompt_tokens + u.completion_tokens > 0 {
+            println!(
+                "tokens: {} prompt + {} completion; cost ${:.4}",
+                thousands(u.prompt_tokens),
+                thousands(u.completion_tokens),
+                u.cost_usd
+            );
+        }
     }
     if report.all_succeeded() {
         Ok(())
