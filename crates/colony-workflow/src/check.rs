@@ -591,11 +591,34 @@ fn checks(e: &file::Expect, base: &std::path::Path, problems: &mut Vec<Problem>)
                 None
             }
         });
+    let schema = e
+        .schema
+        .as_ref()
+        .and_then(|s| match jsonschema::validator_for(&s.value) {
+            Ok(v) => Some(Arc::new(v)),
+            Err(err) => {
+                problems.push(Problem::at(
+                    s,
+                    format!("bad JSON Schema: {err}"),
+                    "bad schema",
+                ));
+                None
+            }
+        });
     Checks {
         json: e.json,
         regex,
         contains: e.contains.clone(),
         files: e.files.iter().map(|f| base.join(f)).collect(),
+        schema,
+        worktree: None,
+        git_diff: e.git_diff.then(|| {
+            if base.as_os_str().is_empty() {
+                PathBuf::from(".")
+            } else {
+                base.to_owned()
+            }
+        }),
     }
 }
 

@@ -236,7 +236,14 @@ pub struct Expect {
     /// The output's text contains this.
     #[serde(default)]
     pub contains: Option<String>,
-    /// These files exist once the attempt ends (relative to where colony runs).
+    /// These files exist once the attempt ends (relative to the workflow file).
     #[serde(default)]
     pub files: Vec<String>,
+    /// The output is JSON valid against this JSON Schema.
+    #[serde(default)]
+    pub schema: Option<Spanned<serde_json::Value>>,
+    /// The attempt changed files in its git checkout: its worktree when its pool gives it one,
+    /// else the repository the workflow file is in.
+    #[serde(default)]
+    pub git_diff: bool,
 }

@@ -88,6 +88,12 @@ pub struct Checks {
     pub regex: Option<regex::Regex>,
     pub contains: Option<String>,
     pub files: Vec<PathBuf>,
+    pub schema: Option<Arc<jsonschema::Validator>>,
+    /// The checkout that must have changes, when the task expects a `git-diff`; a task's own
+    /// worktree takes its place when there is one.
+    pub git_diff: Option<PathBuf>,
+    /// Where the task's own worktree would be; set when it runs.
+    pub worktree: Option<PathBuf>,
 }
 
 /// A workflow file that cannot run: every problem found, to be shown with snippets.

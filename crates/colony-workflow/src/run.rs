@@ -105,15 +105,19 @@ struct Checked {
     inner: Arc<dyn Agent>,
     /// By workflow task id, which the payload carries as `task`.
     checks: Arc<HashMap<String, Checks>>,
+    /// Where tasks' worktrees are, for `git-diff` checks.
+    worktrees: PathBuf,
 }
 
 impl Agent for Checked {
     fn handle(&self, task: Task) -> Execution {
         let id = workflow_id(&task.payload);
-        let checks = id.and_then(|id| self.checks.get(&id).cloned());
-        let Some(checks) = checks else {
+        let Some((id, mut checks)) =
+            id.and_then(|id| self.checks.get(&id).cloned().map(|c| (id, c)))
+        else {
             return self.inner.handle(task);
         };
+        checks.worktree = Some(self.worktrees.join(&id));
         match self.inner.handle(task) {
             Execution::Done(outcome) => Execution::Done(verify(outcome, &checks)),
             Execution::Running(running) => {
@@ -153,6 +157,41 @@ fn verify(outcome: Outcome, checks: &Checks) -> Outcome {
     for file in &checks.files {
         if !file.exists() {
             return fail(format!("{} does not exist", file.display()));
+        }
+    }
+    if let Some(schema) = &checks.schema {
+        let Some(value) = &value else {
+            return fail("the output is not JSON, so it cannot match its schema".into());
+        };
+        if let Some(error) = schema.iter_errors(value).next() {
+            return fail(format!(
+                "the output does not match its schema: {error} (at {})",
+                error.instance_path
+            ));
+        }
+    }
+    // The task's own worktree, once its attempt has made one, else the repository.
+    let own = checks.worktree.as_ref().filter(|w| w.is_dir());
+    if let Some(dir) = checks.git_diff.as_ref().map(|repo| own.unwrap_or(repo)) {
+        let status = std::process::Command::new("git")
+            .arg("-C")
+            .arg(dir)
+            .args(["status", "--porcelain"])
+            .stdin(std::process::Stdio::null())
+            .output();
+        match status {
+            Ok(out) if out.status.success() && !out.stdout.is_empty() => {}
+            Ok(out) if out.status.success() => {
+                return fail(format!("no changes in the git checkout {}", dir.display()));
+            }
+            Ok(out) => {
+                return fail(format!(
+                    "git status in {}: {}",
+                    dir.display(),
+                    String::from_utf8_lossy(&out.stderr).trim()
+                ));
+            }
+            Err(e) => return fail(format!("cannot run git: {e}")),
         }
     }
     Ok(output)
@@ -214,6 +253,8 @@ pub async fn run(
             let agent = Arc::new(Checked {
                 inner,
                 checks: checks.clone(),
+                worktrees: std::path::absolute(output.join("worktrees"))
+                    .unwrap_or_else(|_| output.join("worktrees")),
             });
             Ok(Pool::new(p.spec.clone(), p.count, agent))
         })

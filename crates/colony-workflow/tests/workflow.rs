@@ -256,9 +256,13 @@ agents:
       args: ["-c", "echo '// {{task}}' >> main.rs && git diff --stat && ulimit -n"]
       worktree: true
       limits: { open-files: 99 }
+  - name: reader
+    kind: command
+    command: { program: "true", worktree: true }
 tasks:
   - { id: fix-a, agent: coder, expect: { regex: "main.rs \\| [0-9]+ \\+" } }
-  - { id: fix-b, agent: coder, expect: { contains: "99" } }
+  - { id: fix-b, agent: coder, expect: { contains: "99", git-diff: true } }
+  - { id: idle, agent: reader, expect: { git-diff: true } }
 "#;
     let path = repo.path().join("coders.yaml");
     std::fs::write(&path, yaml).unwrap();
@@ -267,7 +271,17 @@ tasks:
     let report = colony_workflow::run(&workflow, options(out.path()))
         .await
         .unwrap();
-    assert!(report.all_succeeded(), "{report:#?}");
+    assert_eq!(report.succeeded, 2, "{report:#?}");
+    // A coding agent that changed nothing did not do its job.
+    let idle = &report.tasks[2];
+    assert_eq!(idle.status, Status::Failed);
+    assert!(
+        idle.error
+            .as_deref()
+            .unwrap()
+            .contains("no changes in the git checkout"),
+        "{idle:?}"
+    );
     // Each task changed its own checkout; the repository itself is untouched.
     for id in ["fix-a", "fix-b"] {
         let file = out.path().join("worktrees").join(id).join("main.rs");
@@ -319,4 +333,34 @@ tasks:
         "{:?}",
         report.usage
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outputs_are_checked_against_a_json_schema() {
+    let out = tempfile::tempdir().unwrap();
+    let yaml = r#"
+name: schema
+defaults: { retries: 0 }
+agents: [{ name: sim, kind: sim }]
+tasks:
+  - id: good
+    input: { n: 3 }
+    expect:
+      schema: { type: object, required: [input], properties: { input: { properties: { n: { type: integer } } } } }
+  - id: bad
+    input: { n: three }
+    expect:
+      schema: { type: object, properties: { input: { properties: { n: { type: integer } } } } }
+"#;
+    let report = run(yaml, out.path()).await;
+    assert_eq!(status(&report, "good"), Status::Succeeded);
+    assert_eq!(status(&report, "bad"), Status::Failed);
+    let error = report.tasks[1].error.as_deref().unwrap();
+    assert!(
+        error.contains("does not match its schema") && error.contains("/input/n"),
+        "{error}"
+    );
+    let bad_schema =
+        "name: w\nagents: [{name: s, kind: sim}]\ntasks: [{id: a, expect: {schema: {type: 12}}}]\n";
+    assert!(problems(bad_schema)[0].contains("bad JSON Schema"));
 }
