@@ -101,6 +101,15 @@ pub(crate) fn check(file: File, base: &std::path::Path) -> Result<Workflow, Vec<
                 "out of range",
             ));
         }
+        if let Some(rate) = &p.rate_per_minute
+            && rate.value == 0
+        {
+            problems.push(Problem::at(
+                rate,
+                "rate-per-minute 0 would start nothing: allowed 1 and up",
+                "zero",
+            ));
+        }
         if !(1..=10_000).contains(&p.concurrency.value) {
             problems.push(Problem::at(
                 &p.concurrency,
@@ -226,6 +235,7 @@ pub(crate) fn check(file: File, base: &std::path::Path) -> Result<Workflow, Vec<
                 name: p.name.value.clone(),
                 spec,
                 count: p.count.value,
+                rate_per_minute: p.rate_per_minute.as_ref().map(|r| r.value),
                 backend,
             });
         } else {
@@ -234,6 +244,7 @@ pub(crate) fn check(file: File, base: &std::path::Path) -> Result<Workflow, Vec<
                 name: p.name.value.clone(),
                 spec,
                 count: p.count.value,
+                rate_per_minute: p.rate_per_minute.as_ref().map(|r| r.value),
                 backend: Backend::Sim(SimOptions::default()),
             });
         }

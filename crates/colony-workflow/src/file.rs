@@ -49,6 +49,9 @@ pub struct Pool {
     /// Tasks one agent runs at once.
     #[serde(default = "one")]
     pub concurrency: Spanned<u32>,
+    /// Attempts the pool starts per minute at most, across its agents.
+    #[serde(default)]
+    pub rate_per_minute: Option<Spanned<u32>>,
     /// Where a retry goes after an attempt on this pool failed: `any`, `backup`, `same-pool`.
     #[serde(default)]
     pub failover: Option<colony_core::agent::Failover>,

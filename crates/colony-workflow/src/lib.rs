@@ -53,6 +53,8 @@ pub struct PoolDef {
     pub name: String,
     pub spec: AgentSpec,
     pub count: u32,
+    /// Attempts started per minute at most.
+    pub rate_per_minute: Option<u32>,
     pub backend: Backend,
 }
 

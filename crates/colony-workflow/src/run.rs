@@ -10,7 +10,7 @@ use colony_core::{
     task::{TaskSpec, TaskState},
 };
 use colony_journal::{Journal, TaskRow};
-use colony_runtime::{Handle, Pool, Runtime, RuntimeOptions};
+use colony_runtime::{Pool, Runtime, RuntimeOptions};
 use futures::{StreamExt, stream::FuturesUnordered};
 use serde::Serialize;
 use serde_json::{Value, json};
@@ -309,6 +309,15 @@ pub async fn run(
     let (mut dag, first) = Run::start(&workflow.graph, &done);
     let mut steps: Vec<Step> = first;
     let mut pending: FuturesUnordered<Waiting> = FuturesUnordered::new();
+    // Per pool with a rate: the interval between its tasks, and when the next may go.
+    let mut pace: HashMap<String, (std::time::Duration, tokio::time::Instant)> = workflow
+        .pools
+        .iter()
+        .filter_map(|p| {
+            let every = std::time::Duration::from_secs(60) / p.rate_per_minute?.max(1);
+            Some((p.name.clone(), (every, tokio::time::Instant::now())))
+        })
+        .collect();
     let mut cancel = options
         .cancel
         .take()
@@ -323,10 +332,29 @@ pub async fn run(
                     submitted_at[i] = Some(Instant::now());
                     pending.push(Box::pin(async move { (i, watch(journal, id).await) }) as Waiting);
                 }
-                Step::Start(i) => match submit(workflow, i, &outputs, &handle).await {
-                    Ok(p) => {
+                Step::Start(i) => match spec_for(workflow, i, &outputs) {
+                    Ok(spec) => {
+                        // A pool with a rate: the task waits for its turn before it is handed
+                        // to the runtime, so the wait never counts against its timeout.
+                        let turn = pace
+                            .get_mut(&workflow.tasks[i].runs_on)
+                            .map(|(every, next)| {
+                                let now = tokio::time::Instant::now();
+                                let at = (*next).max(now);
+                                *next = at + *every;
+                                at
+                            });
                         submitted_at[i] = Some(Instant::now());
-                        pending.push(Box::pin(async move { (i, p.await) }) as Waiting);
+                        let handle = handle.clone();
+                        pending.push(Box::pin(async move {
+                            if let Some(at) = turn {
+                                tokio::time::sleep_until(at).await;
+                            }
+                            match handle.submit_notify(spec).await {
+                                Ok(p) => (i, p.await),
+                                Err(e) => (i, Err(e)),
+                            }
+                        }) as Waiting);
                     }
                     Err(error) => {
                         let f = finished(workflow, &waves, i, Status::Failed, None, Some(error));
@@ -478,12 +506,12 @@ async fn watch(
 }
 
 /// Hands task `i` to the runtime, its input and prompt filled from its needs' outputs.
-async fn submit(
+/// Task `i` as the runtime takes it, its input and prompt filled from its needs' outputs.
+fn spec_for(
     workflow: &Workflow,
     i: usize,
     outputs: &HashMap<String, Value>,
-    handle: &Handle,
-) -> Result<colony_runtime::Pending, String> {
+) -> Result<TaskSpec, String> {
     let t = &workflow.tasks[i];
     let input = match &t.input {
         Some(v) => {
@@ -499,15 +527,14 @@ async fn submit(
     if let Some(prompt) = prompt {
         payload["prompt"] = Value::String(prompt);
     }
-    let spec = TaskSpec {
+    Ok(TaskSpec {
         key: Some(t.id.as_str().into()),
         requirement: t.requirement.clone(),
         priority: t.priority,
         payload: Bytes::from(payload.to_string()),
         timeout: t.timeout,
         max_attempts: t.max_attempts,
-    };
-    handle.submit_notify(spec).await.map_err(|e| e.to_string())
+    })
 }
 
 fn finished(

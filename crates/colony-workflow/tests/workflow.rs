@@ -364,3 +364,18 @@ tasks:
         "name: w\nagents: [{name: s, kind: sim}]\ntasks: [{id: a, expect: {schema: {type: 12}}}]\n";
     assert!(problems(bad_schema)[0].contains("bad JSON Schema"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pool_with_a_rate_spaces_its_tasks() {
+    let out = tempfile::tempdir().unwrap();
+    let yaml = "name: paced\nagents: [{name: slowpoke, kind: sim, count: 4, rate-per-minute: 600}]\ntasks: [{id: a, agent: slowpoke}, {id: b, agent: slowpoke}, {id: c, agent: slowpoke}, {id: d, agent: slowpoke}, {id: e, agent: slowpoke}]\n";
+    let started = std::time::Instant::now();
+    let report = run(yaml, out.path()).await;
+    assert!(report.all_succeeded());
+    // 600 a minute is one every 100 ms: the fifth starts 400 ms after the first.
+    assert!(
+        started.elapsed() >= std::time::Duration::from_millis(400),
+        "{:?}",
+        started.elapsed()
+    );
+}
