@@ -19,7 +19,7 @@ use std::{collections::HashMap, path::PathBuf, sync::Arc, time::Duration};
 pub struct Problem {
     pub message: String,
     /// Where, when known.
-    pub at: Option<Location>,
+    pub at: Option<Position>,
     /// What the snippet's marker says.
     pub label: String,
 }
@@ -34,8 +34,28 @@ impl Problem {
     }
 }
 
-fn known(at: Location) -> Option<Location> {
-    (at != Location::UNKNOWN && at.line() > 0).then_some(at)
+/// A place in a file: 1-based line and column.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Position {
+    pub line: u64,
+    pub column: u64,
+}
+
+impl Position {
+    pub fn line(&self) -> u64 {
+        self.line
+    }
+
+    pub fn column(&self) -> u64 {
+        self.column
+    }
+}
+
+pub(crate) fn known(at: Location) -> Option<Position> {
+    (at != Location::UNKNOWN && at.line() > 0).then(|| Position {
+        line: at.line(),
+        column: at.column(),
+    })
 }
 
 /// Parses a duration written in the file, recording a problem when it is bad.

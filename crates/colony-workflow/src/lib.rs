@@ -20,7 +20,7 @@ pub mod file;
 mod run;
 mod template;
 
-pub use check::Problem;
+pub use check::{Position, Problem};
 pub use run::{Finished, Options, Progress, Report, Status, run};
 
 use colony_agents::{AgentSpec, command::CommandOptions, sim::SimOptions};
@@ -236,20 +236,61 @@ pub enum Error {
     Invalid(#[from] Invalid),
 }
 
-/// Reads and checks the workflow file at `path`.
+/// Reads and checks the workflow file at `path`: YAML, or TOML when its name ends in `.toml`.
 pub fn load(path: &Path) -> Result<Workflow, Error> {
     let text = std::fs::read_to_string(path).map_err(|source| Error::Read {
         path: path.display().to_string(),
         source,
     })?;
     let base = path.parent().unwrap_or(Path::new("."));
-    Ok(parse(&text, &path.display().to_string(), base)?)
+    let name = path.display().to_string();
+    if path.extension().is_some_and(|e| e == "toml") {
+        return Ok(parse_toml(&text, &name, base)?);
+    }
+    Ok(parse(&text, &name, base)?)
+}
+
+/// Checks a workflow written in TOML. The checks run on the same format: syntax errors point
+/// into the TOML text; the other problems name the task or pool they are about, but carry no
+/// line and column (they are found in a translation of the file).
+pub fn parse_toml(text: &str, file: &str, base: &Path) -> Result<Workflow, Invalid> {
+    let value: serde_json::Value = toml::from_str(text).map_err(|e| {
+        let at = e.span().map(|s| {
+            let before = &text[..s.start.min(text.len())];
+            Position {
+                line: before.matches('\n').count() as u64 + 1,
+                column: before.rsplit('\n').next().map_or(0, |l| l.chars().count()) as u64 + 1,
+            }
+        });
+        let problem = Problem {
+            message: e.message().to_owned(),
+            at,
+            label: "here".into(),
+        };
+        Invalid::new(file, text, vec![problem])
+    })?;
+    let yaml = serde_saphyr::to_string(&value).map_err(|e| {
+        let problem = Problem {
+            message: format!("cannot translate the file: {e}"),
+            at: None,
+            label: String::new(),
+        };
+        Invalid::new(file, text, vec![problem])
+    })?;
+    parse(&yaml, file, base).map_err(|invalid| {
+        let problems = invalid
+            .problems
+            .into_iter()
+            .map(|p| Problem { at: None, ..p })
+            .collect();
+        Invalid::new(file, text, problems)
+    })
 }
 
 /// Checks workflow `text`, read from `file`; relative paths in it start at `base`.
 pub fn parse(text: &str, file: &str, base: &Path) -> Result<Workflow, Invalid> {
     let parsed: file::File = serde_saphyr::from_str(text).map_err(|e| {
-        let at = e.location().filter(|l| l.line() > 0);
+        let at = e.location().and_then(check::known);
         // The parser's own snippet and "line L column C" are left out: ours show them once.
         let message = e.without_snippet().to_string();
         let message = message

@@ -379,3 +379,52 @@ async fn a_pool_with_a_rate_spaces_its_tasks() {
         started.elapsed()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn toml_workflows_are_accepted_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("w.toml");
+    std::fs::write(
+        &path,
+        r#"name = "from-toml"
+
+[[agents]]
+name = "echo"
+kind = "command"
+command = { program = "echo", args = ["{{input.word}}"] }
+
+[[tasks]]
+id = "say"
+agent = "echo"
+input = { word = "hello" }
+
+[[tasks]]
+id = "repeat"
+agent = "echo"
+needs = ["say"]
+input = { word = "{{outputs.say}} again" }
+"#,
+    )
+    .unwrap();
+    let workflow = colony_workflow::load(&path).unwrap();
+    let report = colony_workflow::run(&workflow, options(&dir.path().join("out")))
+        .await
+        .unwrap();
+    assert!(report.all_succeeded(), "{report:#?}");
+    assert_eq!(report.tasks[1].output.as_ref().unwrap(), "hello again");
+
+    std::fs::write(
+        &path,
+        "name = \"x\"\n[[agents]]\nname = \"a\"\nkind = = \"sim\"\n",
+    )
+    .unwrap();
+    let err = colony_workflow::load(&path).unwrap_err().to_string();
+    assert!(err.contains("w.toml:4:"), "{err}");
+    std::fs::write(
+        &path,
+        "name = \"x\"\n[[agents]]\nname = \"a\"\nkind = \"sim\"\n[[tasks]]\nid = \"t\"\nneeds = [\"nope\"]\n",
+    )
+    .unwrap();
+    let err = colony_workflow::load(&path).unwrap_err().to_string();
+    assert!(err.contains("task `t` needs `nope`"), "{err}");
+}
