@@ -260,7 +260,7 @@ pub async fn run(
         })
         .collect::<Result<Vec<_>, colony_runtime::Error>>()?;
     let runtime = Runtime::start(options.runtime.clone(), pools, options.journal.clone()).await?;
-    let writer = Writer::start()?;
+    let writer = Writer::start(&output)?;
     let handle = runtime.handle().clone();
     let waves = workflow.graph.waves();
     let mut results: Vec<Option<Finished>> = vec![None; workflow.tasks.len()];
@@ -566,10 +566,30 @@ struct Writer {
 }
 
 impl Writer {
-    fn start() -> Result<Self, colony_runtime::Error> {
+    /// Starts the writer; it also appends a line per ended task to `<output>/run.log`.
+    fn start(output: &std::path::Path) -> Result<Self, colony_runtime::Error> {
+        use std::io::Write as _;
         let (tx, rx) = std::sync::mpsc::channel::<(PathBuf, Vec<u8>)>();
+        let log_path = output.join("run.log");
+        let mut log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .map_err(|e| {
+                colony_runtime::Error::Options(format!("cannot open {}: {e}", log_path.display()))
+            })?;
+        let started = std::time::SystemTime::now();
+        let _ = writeln!(
+            log,
+            "{} run started",
+            humantime::format_rfc3339_millis(started)
+        );
         let thread = colony_runtime::spawner::Spawner::spawn_thread("result-writer", move || {
             for (path, body) in rx {
+                if path.as_os_str().is_empty() {
+                    let _ = log.write_all(&body);
+                    continue;
+                }
                 if let Err(e) = std::fs::write(&path, body) {
                     tracing::error!(error = %e, path = %path.display(), "Cannot write a task's result.");
                 }
@@ -585,8 +605,22 @@ impl Writer {
     fn write(&self, output: &std::path::Path, f: &Finished) {
         let body = serde_json::to_vec_pretty(f).unwrap_or_default();
         let path = output.join(format!("{}.json", f.id));
+        let line = format!(
+            "{} {} {:?} attempts={} seconds={:.3}{}\n",
+            humantime::format_rfc3339_millis(std::time::SystemTime::now()),
+            f.id,
+            f.status,
+            f.attempts,
+            f.seconds,
+            f.error
+                .as_deref()
+                .map(|e| format!(" error={e:?}"))
+                .unwrap_or_default()
+        );
         if let Some(tx) = &self.tx {
             let _ = tx.send((path, body));
+            // An empty path is the run log's line.
+            let _ = tx.send((PathBuf::new(), line.into_bytes()));
         }
     }
 

@@ -386,6 +386,12 @@ fn the_quickstart_workflow_runs_and_leaves_its_results() {
     assert_eq!(sum["status"], "succeeded");
     assert!(sum["output"].as_str().unwrap().ends_with("  README.md"));
     assert!(out.path().join("summary.json").exists());
+    let log = std::fs::read_to_string(out.path().join("run.log")).unwrap();
+    assert_eq!(
+        log.lines().filter(|l| l.contains(" Succeeded ")).count(),
+        6,
+        "{log}"
+    );
 }
 
 #[test]
