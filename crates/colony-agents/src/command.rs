@@ -112,17 +112,7 @@ pub struct Command {
 
 impl Command {
     pub fn new(mut options: CommandOptions) -> Self {
-        // A bare name is looked up on PATH once, here. With a cleared environment the standard
-        // library would otherwise fork (copying colony's page tables) instead of posix_spawn.
-        if !options.program.contains('/')
-            && let Some(path) = std::env::var_os("PATH").and_then(|paths| {
-                std::env::split_paths(&paths)
-                    .map(|dir| dir.join(&options.program))
-                    .find(|p| p.is_file())
-            })
-        {
-            options.program = path.to_string_lossy().into_owned();
-        }
+        options.program = resolve(&options.program);
         Self {
             options: Arc::new(options),
         }
@@ -134,6 +124,25 @@ impl Agent for Command {
         let options = self.options.clone();
         Execution::Running(Box::pin(async move { run(&options, &task).await }))
     }
+}
+
+/// A program's full path: a bare name looked up on `PATH` (once, when a pool is built), a
+/// path as it is. With a cleared environment the standard library would spawn a bare name with
+/// `fork` (copying colony's page tables) rather than `posix_spawn`.
+pub fn resolve(program: &str) -> String {
+    if program.contains('/') {
+        return program.to_owned();
+    }
+    on_path(program).unwrap_or_else(|| program.to_owned())
+}
+
+/// Where `name` is found on `PATH`, if anywhere.
+pub fn on_path(name: &str) -> Option<String> {
+    let paths = std::env::var_os("PATH")?;
+    std::env::split_paths(&paths)
+        .map(|dir| dir.join(name))
+        .find(|p| p.is_file())
+        .map(|p| p.to_string_lossy().into_owned())
 }
 
 /// Fills `{{...}}` placeholders of `template` for `task`; names the first unknown one.

@@ -120,16 +120,7 @@ impl std::fmt::Debug for Process {
 
 impl Process {
     pub fn new(mut options: ProcessOptions) -> Self {
-        // Resolved once: with a cleared environment a bare name would make std fork.
-        if !options.program.contains('/')
-            && let Some(path) = std::env::var_os("PATH").and_then(|paths| {
-                std::env::split_paths(&paths)
-                    .map(|dir| dir.join(&options.program))
-                    .find(|p| p.is_file())
-            })
-        {
-            options.program = path.to_string_lossy().into_owned();
-        }
+        options.program = crate::command::resolve(&options.program);
         Self {
             options: Arc::new(options),
             conns: Arc::default(),

@@ -543,14 +543,7 @@ fn find_program(
         let path = base.join(name);
         path.is_file().then(|| path.to_string_lossy().into_owned())
     } else {
-        std::env::var_os("PATH").and_then(|paths| {
-            std::env::split_paths(&paths)
-                .map(|dir| dir.join(name))
-                .find(|p| p.is_file())
-                // The full path: spawning it skips a PATH search, and lets the standard
-                // library use posix_spawn rather than fork, which copies colony's page tables.
-                .map(|p| p.to_string_lossy().into_owned())
-        })
+        colony_agents::command::on_path(name)
     };
     if found.is_none() {
         problems.push(Problem::at(

@@ -3,8 +3,14 @@
 use assert_cmd::Command;
 
 fn colony(args: &[&str]) -> (String, String, i32) {
+    colony_in(std::path::Path::new("."), args)
+}
+
+/// Runs colony in `dir`: stdout, stderr, exit code.
+fn colony_in(dir: &std::path::Path, args: &[&str]) -> (String, String, i32) {
     let out = Command::cargo_bin("colony")
         .unwrap()
+        .current_dir(dir)
         .args(args)
         .output()
         .unwrap();
@@ -354,17 +360,9 @@ fn killing_agents_under_load_loses_nothing() {
 
 /// Runs colony from the repository's root, where the examples' relative paths start.
 fn colony_at_root(args: &[&str]) -> (String, String, i32) {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let out = Command::cargo_bin("colony")
-        .unwrap()
-        .current_dir(root)
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        String::from_utf8(out.stdout).unwrap(),
-        String::from_utf8(out.stderr).unwrap(),
-        out.status.code().unwrap_or(-1),
+    colony_in(
+        &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../.."),
+        args,
     )
 }
 
