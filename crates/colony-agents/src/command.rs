@@ -267,26 +267,48 @@ async fn run(options: &CommandOptions, task: &Task) -> Outcome {
         Err(e) => return fatal(format!("cannot run `{}`: {e}", options.program)),
     };
     let group = Group(child.id());
-    task.heartbeat.beat();
-    if let Some(mut stdin) = child.stdin.take() {
-        // A program that does not read its stdin closes the pipe: not an error.
-        let _ = stdin.write_all(&task.payload).await;
-    }
     let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
-    let read_out = async {
-        match child.stdout.take() {
-            Some(out) => read_capped(out, MAX_STDOUT + 1, &mut stdout).await,
-            None => Ok(()),
-        }
+    let (stdin, out, err) = (child.stdin.take(), child.stdout.take(), child.stderr.take());
+    let payload = task.payload.clone();
+    // Stdin is written while stdout and stderr are read: a program that answers before it
+    // has read all its input must not block on a full pipe.
+    let io = async {
+        let write = async {
+            if let Some(mut stdin) = stdin {
+                // A program that does not read its stdin closes the pipe: not an error.
+                let _ = stdin.write_all(&payload).await;
+            }
+        };
+        let read_out = async {
+            match out {
+                Some(out) => read_capped(out, MAX_STDOUT + 1, &mut stdout).await,
+                None => Ok(()),
+            }
+        };
+        let read_err = async {
+            match err {
+                Some(err) => read_capped(err, MAX_STDERR, &mut stderr).await,
+                None => Ok(()),
+            }
+        };
+        tokio::join!(write, read_out, read_err).1
     };
-    let read_err = async {
-        match child.stderr.take() {
-            Some(err) => read_capped(err, MAX_STDERR, &mut stderr).await,
-            None => Ok(()),
+    // The program's exit ends the attempt, not the pipes' end: a background child it left
+    // holding them gets a moment to let go, then goes with the process group.
+    let (status, io) = crate::heartbeat::beating(&task.heartbeat, async {
+        tokio::pin!(io);
+        tokio::select! {
+            io_result = &mut io => (child.wait().await, io_result),
+            status = child.wait() => {
+                let io_result = tokio::time::timeout(LINGER, &mut io)
+                    .await
+                    .unwrap_or(Ok(()));
+                (status, io_result)
+            }
         }
-    };
-    let (out, _) = tokio::join!(read_out, read_err);
-    if let Err(e) = out {
+    })
+    .await;
+    if let Err(e) = io {
         return Err(Error::retryable(format!("reading stdout: {e}")));
     }
     if let Some(logs) = &options.logs
@@ -306,7 +328,7 @@ async fn run(options: &CommandOptions, task: &Task) -> Outcome {
             tracing::warn!(error = %e, path = %path.display(), "Cannot write a stderr log.");
         }
     }
-    let status = match child.wait().await {
+    let status = match status {
         Ok(status) => status,
         Err(e) => return Err(Error::retryable(format!("waiting for the process: {e}"))),
     };
@@ -335,6 +357,9 @@ async fn run(options: &CommandOptions, task: &Task) -> Outcome {
         ))),
     }
 }
+
+/// How long the pipes may stay open after the program exited (held by a child it left).
+const LINGER: std::time::Duration = std::time::Duration::from_millis(200);
 
 /// Where util-linux's `prlimit` is looked for.
 const PRLIMIT: &str = "prlimit";
@@ -553,6 +578,27 @@ mod tests {
             assert!(text.trim_end().ends_with("fix-bug"), "{text}");
         }
         assert!(root.path().join("fix-bug/new.txt").exists());
+    }
+
+    #[tokio::test]
+    async fn large_input_and_background_children_do_not_hang_an_attempt() {
+        // 1 MB through `cat`: stdin is written while stdout is read.
+        let big = format!("\"{}\"", "x".repeat(1 << 20));
+        let out = tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            outcome(CommandOptions::new("cat"), &big),
+        )
+        .await
+        .expect("no pipe deadlock")
+        .unwrap();
+        assert_eq!(out.len(), big.len());
+        // A child left in the background holding stdout: the program's exit ends the attempt.
+        let mut o = CommandOptions::new("sh");
+        o.args = vec!["-c".into(), "sleep 30 & echo started".into()];
+        let started = std::time::Instant::now();
+        let out = outcome(o, "{}").await.unwrap();
+        assert_eq!(&out[..], br#""started""#);
+        assert!(started.elapsed() < std::time::Duration::from_secs(5));
     }
 
     #[tokio::test]

@@ -95,6 +95,21 @@ impl Heartbeat {
     }
 }
 
+/// Runs `work`, beating `heartbeat` every second until it is done: for backends whose work
+/// is alive as long as it runs (a process, a request in flight).
+pub async fn beating<F: std::future::Future>(heartbeat: &Heartbeat, work: F) -> F::Output {
+    heartbeat.beat();
+    tokio::pin!(work);
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            out = &mut work => return out,
+            _ = tick.tick() => heartbeat.beat(),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -113,8 +113,10 @@ impl Agent for Http {
             self.client.clone(),
             self.account.clone(),
         );
+        // A request in flight, or a wait for the pace or a Retry-After, is the agent alive.
         Execution::Running(Box::pin(async move {
-            attempt(&options, &client, &account, &task).await
+            crate::heartbeat::beating(&task.heartbeat, attempt(&options, &client, &account, &task))
+                .await
         }))
     }
 }
@@ -196,6 +198,7 @@ async fn attempt(
                 .get("retry-after")
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.trim().parse::<f64>().ok())
+                .filter(|s| s.is_finite())
                 .map(|s| Duration::from_secs_f64(s.clamp(0.0, 300.0)));
             if retry < o.max_retries {
                 tokio::time::sleep(after.unwrap_or(backoff)).await;

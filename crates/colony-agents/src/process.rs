@@ -100,8 +100,8 @@ struct Conn {
     waiting: Waiters,
     /// Set by the reader when the process's stdout closes: it is gone.
     dead: Arc<std::sync::atomic::AtomicBool>,
-    /// Kept so that dropping the connection kills the process.
-    _child: Child,
+    /// Killed when an attempt is abandoned unanswered, and when the connection is dropped.
+    child: Mutex<Child>,
 }
 
 /// Runs tasks on long-lived processes, one per agent (see the module documentation).
@@ -175,8 +175,9 @@ async fn attempt(options: &Arc<ProcessOptions>, conns: &Conns, task: Task) -> Ou
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .insert(id.clone(), (tx, task.heartbeat.clone()));
-    // Forgets the attempt however it ends, early included.
-    let _forget = Forget(conn.waiting.clone(), id.clone());
+    // Forgets the attempt however it ends; one abandoned unanswered (its timeout, a kill, a
+    // health failure) takes the process down with it, so that the agent's restart is real.
+    let _forget = Forget(conn.clone(), id.clone());
     let payload: serde_json::Value =
         serde_json::from_slice(&task.payload).unwrap_or(serde_json::Value::Null);
     let line = serde_json::json!({
@@ -196,14 +197,28 @@ async fn attempt(options: &Arc<ProcessOptions>, conns: &Conns, task: Task) -> Ou
         .unwrap_or_else(|_| Err(Error::retryable("the process exited before answering")))
 }
 
-struct Forget(Waiters, String);
+struct Forget(Arc<Conn>, String);
 
 impl Drop for Forget {
     fn drop(&mut self) {
-        self.0
+        let unanswered = self
+            .0
+            .waiting
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .remove(&self.1);
+            .remove(&self.1)
+            .is_some();
+        if unanswered {
+            self.0
+                .dead
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+            let _ = self
+                .0
+                .child
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .start_kill();
+        }
     }
 }
 
@@ -301,7 +316,7 @@ async fn start(options: &ProcessOptions) -> Result<Arc<Conn>, String> {
         stdin: tokio::sync::Mutex::new(stdin),
         waiting,
         dead,
-        _child: child,
+        child: Mutex::new(child),
     }))
 }
 
@@ -319,6 +334,9 @@ for line in sys.stdin:
     p = m["payload"] or {}
     if p.get("die"):
         sys.exit(3)
+    if p.get("hang"):
+        import time
+        time.sleep(60)
     print(json.dumps({"type": "progress", "id": m["id"]}), flush=True)
     if p.get("fail"):
         print(json.dumps({"type": "error", "id": m["id"], "message": "asked to fail", "retryable": False}), flush=True)
@@ -367,6 +385,29 @@ for line in sys.stdin:
         assert!(err.is_retryable(), "{err}");
         let after = run(&p, 0, "{}").await.unwrap();
         assert_ne!(pid(&a), pid(&after), "a new process after the old one died");
+    }
+
+    #[tokio::test]
+    async fn an_abandoned_attempt_takes_its_process_down() {
+        let p = agent();
+        let first = pid(&run(&p, 0, "{}").await.unwrap());
+        let hung = run(&p, 0, r#"{"hang":true}"#);
+        assert!(
+            tokio::time::timeout(Duration::from_millis(300), hung)
+                .await
+                .is_err()
+        );
+        // The hung process was killed with its abandoned attempt: a new one serves the agent.
+        let next = run(&p, 0, "{}").await.unwrap();
+        assert_ne!(first, pid(&next));
+        assert!(
+            !std::path::Path::new(&format!("/proc/{first}/cmdline")).exists()
+                || std::fs::read_to_string(format!("/proc/{first}/stat"))
+                    .unwrap_or_default()
+                    .split_whitespace()
+                    .nth(2)
+                    == Some("Z")
+        );
     }
 
     #[tokio::test]

@@ -428,3 +428,21 @@ input = { word = "{{outputs.say}} again" }
     let err = colony_workflow::load(&path).unwrap_err().to_string();
     assert!(err.contains("task `t` needs `nope`"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_running_process_is_alive_not_silent() {
+    // Health sweeps every 100 ms that fail an agent silent for 1 s; the program runs 3 s.
+    let out = tempfile::tempdir().unwrap();
+    let yaml = "name: long\nagents: [{name: slow, kind: command, command: {program: sleep, args: [\"3\"]}}]\ntasks: [{id: build, agent: slow, timeout: 30s, retries: 0}]\n";
+    let workflow = parse(yaml, "w.yaml", Path::new(".")).unwrap();
+    let mut o = options(out.path());
+    o.runtime.health = colony_core::health::HealthOptions {
+        degraded_after: std::time::Duration::from_millis(200),
+        critical_after: std::time::Duration::from_millis(500),
+        failed_after: std::time::Duration::from_secs(1),
+        heartbeat: std::time::Duration::from_millis(100),
+        ..Default::default()
+    };
+    let report = colony_workflow::run(&workflow, o).await.unwrap();
+    assert!(report.all_succeeded(), "{report:#?}");
+}
