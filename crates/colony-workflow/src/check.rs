@@ -149,7 +149,7 @@ pub(crate) fn check(file: File, base: &std::path::Path) -> Result<Workflow, Vec<
                         "kind sim",
                     ));
                 }
-                sim_options(p.sim.as_ref(), &mut problems, &duration).map(Backend::Sim)
+                sim_options(p, &mut problems, &duration).map(Backend::Sim)
             }
             Kind::Process => match (&p.process, p.sim.is_some() || p.command.is_some()) {
                 (Some(settings), false) => {
@@ -327,6 +327,18 @@ pub(crate) fn check(file: File, base: &std::path::Path) -> Result<Workflow, Vec<
             .as_ref()
             .and_then(|d| duration(d, &mut problems))
             .unwrap_or(default_timeout);
+        if timeout > colony_core::task::MAX_TIMEOUT {
+            let at = t.timeout.as_ref().or(file.defaults.timeout.as_ref());
+            let message = format!(
+                "task `{}` has a timeout of {}: allowed up to 7 days",
+                t.id.value,
+                humantime::format_duration(timeout)
+            );
+            problems.push(match at {
+                Some(at) => Problem::at(at, message, "too long"),
+                None => Problem::at(&t.id, message, "too long"),
+            });
+        }
         let priority = t
             .priority
             .or(file.defaults.priority)
@@ -443,6 +455,20 @@ pub(crate) fn check(file: File, base: &std::path::Path) -> Result<Workflow, Vec<
             ));
             None
         }
+        Err(dag::Error::SelfNeed(i)) => {
+            let t = &file.tasks[i];
+            let at = t
+                .needs
+                .iter()
+                .find(|n| n.value == t.id.value)
+                .unwrap_or(&t.id);
+            problems.push(Problem::at(
+                at,
+                format!("task `{}` needs itself", t.id.value),
+                "itself",
+            ));
+            None
+        }
         // Unknown needs were reported above and left out of the graph.
         Err(_) => None,
     };
@@ -462,11 +488,11 @@ pub(crate) fn check(file: File, base: &std::path::Path) -> Result<Workflow, Vec<
 }
 
 fn sim_options(
-    sim: Option<&file::Sim>,
+    pool: &file::Pool,
     problems: &mut Vec<Problem>,
     duration: &ParseDuration,
 ) -> Option<SimOptions> {
-    let Some(s) = sim else {
+    let Some(s) = pool.sim.as_ref() else {
         return Some(SimOptions::default());
     };
     let latency = match &s.latency {
@@ -483,11 +509,11 @@ fn sim_options(
     match colony_agents::sim::Sim::new(options.clone()) {
         Ok(_) => Some(options),
         Err(e) => {
-            problems.push(Problem {
-                message: format!("sim settings: {e}"),
-                at: None,
-                label: String::new(),
-            });
+            problems.push(Problem::at(
+                &pool.kind,
+                format!("pool `{}`: sim settings: {e}", pool.name.value),
+                "sim",
+            ));
             None
         }
     }
@@ -499,15 +525,34 @@ fn command_options(
     problems: &mut Vec<Problem>,
 ) -> Option<CommandOptions> {
     let program = find_program(&c.program, base, problems)?;
+    // Arguments are filled per attempt from the attempt itself; outputs of other tasks reach
+    // a command through its task's input.
     for arg in &c.args {
-        if let Err(e) = template::parse(&arg.value) {
-            problems.push(Problem::at(arg, e, "bad template"));
+        match template::parse(&arg.value) {
+            Err(e) => problems.push(Problem::at(arg, e, "bad template")),
+            Ok(parts) if parts.iter().any(|p| matches!(p, Part::Output { .. })) => {
+                problems.push(Problem::at(
+                    arg,
+                    "command arguments take {{task}}, {{attempt}}, {{agent}} and {{input.KEY}}: \
+                     pass an output through the task's `input`, as `{{input.KEY}}`",
+                    "not here",
+                ));
+            }
+            Ok(_) => {}
         }
     }
     let mut options = CommandOptions::new(program);
     options.args = c.args.iter().map(|a| a.value.clone()).collect();
     options.env_allow.extend(c.env.iter().cloned());
-    options.workdir = c.workdir.clone();
+    // Relative to the workflow file, like every path in it; made absolute, since the program
+    // runs in it and a relative path would then mean something else.
+    options.workdir = c.workdir.as_ref().map(|w| {
+        let dir = base.join(w);
+        std::path::absolute(&dir)
+            .unwrap_or(dir)
+            .to_string_lossy()
+            .into_owned()
+    });
     if let Some(codes) = &c.ok_codes {
         options.ok_codes = codes.clone();
     }
@@ -541,7 +586,13 @@ fn find_program(
     let name = &program.value;
     let found = if name.contains('/') {
         let path = base.join(name);
-        path.is_file().then(|| path.to_string_lossy().into_owned())
+        // Absolute: the program may run in another working directory.
+        path.is_file().then(|| {
+            std::path::absolute(&path)
+                .unwrap_or(path)
+                .to_string_lossy()
+                .into_owned()
+        })
     } else {
         colony_agents::command::on_path(name)
     };
@@ -636,6 +687,9 @@ fn checks(e: &file::Expect, base: &std::path::Path, problems: &mut Vec<Problem>)
         files: e.files.iter().map(|f| base.join(f)).collect(),
         schema,
         worktree: None,
+        before: None,
+        started: None,
+        output: None,
         git_diff: e.git_diff.then(|| {
             if base.as_os_str().is_empty() {
                 PathBuf::from(".")

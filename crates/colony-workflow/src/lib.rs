@@ -96,6 +96,11 @@ pub struct Checks {
     pub git_diff: Option<PathBuf>,
     /// Where the task's own worktree would be; set when it runs.
     pub worktree: Option<PathBuf>,
+    /// Set when an attempt starts: the checkout's changes then, and the time.
+    pub before: Option<Result<String, String>>,
+    pub started: Option<std::time::SystemTime>,
+    /// The run's output folder, left out of `git-diff`.
+    pub output: Option<PathBuf>,
 }
 
 /// A workflow file that cannot run: every problem found, to be shown with snippets.

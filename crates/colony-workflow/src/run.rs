@@ -107,6 +107,8 @@ struct Checked {
     checks: Arc<HashMap<String, Checks>>,
     /// Where tasks' worktrees are, for `git-diff` checks.
     worktrees: PathBuf,
+    /// The run's output folder, whose changes are never the attempt's.
+    output: PathBuf,
 }
 
 impl Agent for Checked {
@@ -118,6 +120,14 @@ impl Agent for Checked {
             return self.inner.handle(task);
         };
         checks.worktree = Some(self.worktrees.join(&id));
+        // What the checkout looked like before: a change must be this attempt's own. (A task's
+        // own worktree does not exist yet: it is made fresh for the attempt.)
+        checks.before = checks
+            .git_diff
+            .as_ref()
+            .map(|repo| fingerprint(repo, &self.output));
+        checks.started = Some(std::time::SystemTime::now());
+        checks.output = Some(self.output.clone());
         match self.inner.handle(task) {
             Execution::Done(outcome) => Execution::Done(verify(outcome, &checks)),
             Execution::Running(running) => {
@@ -155,8 +165,16 @@ fn verify(outcome: Outcome, checks: &Checks) -> Outcome {
         return fail(format!("the output does not contain {needle:?}"));
     }
     for file in &checks.files {
-        if !file.exists() {
-            return fail(format!("{} does not exist", file.display()));
+        let modified = std::fs::metadata(file).and_then(|m| m.modified());
+        match (modified, checks.started) {
+            (Err(_), _) => return fail(format!("{} does not exist", file.display())),
+            (Ok(at), Some(started)) if at < started => {
+                return fail(format!(
+                    "{} was not written by this attempt (it is older)",
+                    file.display()
+                ));
+            }
+            _ => {}
         }
     }
     if let Some(schema) = &checks.schema {
@@ -172,29 +190,59 @@ fn verify(outcome: Outcome, checks: &Checks) -> Outcome {
     }
     // The task's own worktree, once its attempt has made one, else the repository.
     let own = checks.worktree.as_ref().filter(|w| w.is_dir());
-    if let Some(dir) = checks.git_diff.as_ref().map(|repo| own.unwrap_or(repo)) {
-        let status = std::process::Command::new("git")
-            .arg("-C")
-            .arg(dir)
-            .args(["status", "--porcelain"])
-            .stdin(std::process::Stdio::null())
-            .output();
-        match status {
-            Ok(out) if out.status.success() && !out.stdout.is_empty() => {}
-            Ok(out) if out.status.success() => {
-                return fail(format!("no changes in the git checkout {}", dir.display()));
-            }
-            Ok(out) => {
+    if let Some(repo) = &checks.git_diff {
+        let (dir, before) = match own {
+            // A fresh worktree: any change at all is the attempt's.
+            Some(own) => (own, Ok(String::new())),
+            None => (
+                repo,
+                checks.before.clone().unwrap_or_else(|| Ok(String::new())),
+            ),
+        };
+        let output_dir = checks.output.clone().unwrap_or_default();
+        match (before, fingerprint(dir, &output_dir)) {
+            (_, Err(e)) | (Err(e), _) => return fail(e),
+            (Ok(before), Ok(after)) if after == before => {
                 return fail(format!(
-                    "git status in {}: {}",
-                    dir.display(),
-                    String::from_utf8_lossy(&out.stderr).trim()
+                    "no changes in the git checkout {} by this attempt",
+                    dir.display()
                 ));
             }
-            Err(e) => return fail(format!("cannot run git: {e}")),
+            _ => {}
         }
     }
     Ok(output)
+}
+
+/// The state of a git checkout's changes, colony's own output folder left out: its status and
+/// its diff against `HEAD`.
+fn fingerprint(dir: &std::path::Path, output: &std::path::Path) -> Result<String, String> {
+    let git = |args: &[&str]| -> Result<String, String> {
+        let mut command = std::process::Command::new("git");
+        command.arg("-C").arg(dir).args(args).arg("--").arg(".");
+        if let Ok(rel) = std::path::absolute(output).map_err(|_| ()).and_then(|o| {
+            std::path::absolute(dir)
+                .map_err(|_| ())
+                .and_then(|d| o.strip_prefix(d).map(|r| r.to_owned()).map_err(|_| ()))
+        }) && !rel.as_os_str().is_empty()
+        {
+            command.arg(format!(":(exclude){}", rel.display()));
+        }
+        let out = command
+            .stdin(std::process::Stdio::null())
+            .output()
+            .map_err(|e| format!("cannot run git: {e}"))?;
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        } else {
+            Err(format!(
+                "git in {}: {}",
+                dir.display(),
+                String::from_utf8_lossy(&out.stderr).trim()
+            ))
+        }
+    };
+    Ok(git(&["status", "--porcelain", "-uall"])? + &git(&["diff", "HEAD"])?)
 }
 
 /// Runs `workflow` to completion and writes its results.
@@ -255,10 +303,35 @@ pub async fn run(
                 checks: checks.clone(),
                 worktrees: std::path::absolute(output.join("worktrees"))
                     .unwrap_or_else(|_| output.join("worktrees")),
+                output: output.clone(),
             });
             Ok(Pool::new(p.spec.clone(), p.count, agent))
         })
         .collect::<Result<Vec<_>, colony_runtime::Error>>()?;
+    // Resuming: journal rows are matched to tasks by key, which names the workflow, the task
+    // and a fingerprint of its definition; a task that changed since runs again. Unfinished
+    // rows that match nothing here are cancelled, before the runtime would recover them.
+    let keys: Vec<String> = workflow.tasks.iter().map(|t| key(workflow, t)).collect();
+    let stale: Vec<colony_journal::Record> = options
+        .prior
+        .iter()
+        .filter(|row| {
+            !row.state.is_terminal()
+                && !row
+                    .spec
+                    .key
+                    .as_deref()
+                    .is_some_and(|k| keys.iter().any(|own| own == k))
+        })
+        .map(|row| colony_journal::Record::Cancelled { task: row.id })
+        .collect();
+    if !stale.is_empty() {
+        tracing::info!(
+            tasks = stale.len(),
+            "Cancelling unfinished tasks this workflow no longer has."
+        );
+        options.journal.record(stale).await?;
+    }
     let runtime = Runtime::start(options.runtime.clone(), pools, options.journal.clone()).await?;
     let writer = Writer::start(&output)?;
     let handle = runtime.handle().clone();
@@ -267,11 +340,10 @@ pub async fn run(
     let mut outputs: HashMap<String, Value> = HashMap::new();
     let mut submitted_at: Vec<Option<Instant>> = vec![None; workflow.tasks.len()];
     // Resuming: the latest journal row of each task of the workflow, by its key.
-    let index: HashMap<&str, usize> = workflow
-        .tasks
+    let index: HashMap<&str, usize> = keys
         .iter()
         .enumerate()
-        .map(|(i, t)| (t.id.as_str(), i))
+        .map(|(i, k)| (k.as_str(), i))
         .collect();
     let mut latest: HashMap<usize, &TaskRow> = HashMap::new();
     for row in &options.prior {
@@ -463,6 +535,29 @@ pub async fn run(
     Ok(report)
 }
 
+/// A task's key in the journal: `<workflow>/<task>#<fingerprint of its definition>`.
+fn key(workflow: &Workflow, t: &crate::TaskDef) -> String {
+    let needs: Vec<&str> = t
+        .needs
+        .iter()
+        .map(|&n| workflow.tasks[n].id.as_str())
+        .collect();
+    let definition = json!({
+        "runs-on": t.runs_on,
+        "role": t.requirement.role,
+        "capabilities": t.requirement.capabilities,
+        "needs": needs,
+        "input": t.input,
+        "prompt": t.prompt,
+    })
+    .to_string();
+    // FNV-1a: stable across processes and Rust versions, unlike the standard hasher.
+    let hash = definition.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    format!("{}/{}#{hash:016x}", workflow.name, t.id)
+}
+
 /// A task being waited for: by its completion, or by watching the journal.
 type Waiting = Pin<
     Box<
@@ -528,7 +623,7 @@ fn spec_for(
         payload["prompt"] = Value::String(prompt);
     }
     Ok(TaskSpec {
-        key: Some(t.id.as_str().into()),
+        key: Some(key(workflow, t).into()),
         requirement: t.requirement.clone(),
         priority: t.priority,
         payload: Bytes::from(payload.to_string()),

@@ -446,3 +446,82 @@ async fn a_long_running_process_is_alive_not_silent() {
     let report = colony_workflow::run(&workflow, o).await.unwrap();
     assert!(report.all_succeeded(), "{report:#?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checks_credit_only_what_the_attempt_itself_did() {
+    let repo = tempfile::tempdir().unwrap();
+    let git = |args: &[&str]| {
+        let out = std::process::Command::new("git")
+            .arg("-C")
+            .arg(repo.path())
+            .args(["-c", "user.email=t@example.com", "-c", "user.name=t"])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "git {args:?}");
+    };
+    git(&["init", "-q"]);
+    std::fs::write(repo.path().join("a.txt"), "one\n").unwrap();
+    std::fs::write(repo.path().join("old.txt"), "from before\n").unwrap();
+    git(&["add", "a.txt"]);
+    git(&["commit", "-q", "-m", "start"]);
+    // Already dirty before the run, and colony's output lands inside the repository.
+    std::fs::write(repo.path().join("a.txt"), "one\ntwo\n").unwrap();
+    let yaml = r#"
+name: honest
+defaults: { retries: 0 }
+agents:
+  - { name: noop, kind: command, command: { program: "true", workdir: . } }
+  - { name: edit, kind: command, command: { program: sh, args: ["-c", "echo three >> a.txt && touch new.txt"], workdir: . } }
+tasks:
+  - { id: nothing, agent: noop, expect: { git-diff: true } }
+  - { id: stale, agent: noop, expect: { files: [old.txt] } }
+  - { id: something, agent: edit, needs: [nothing], continue-on-failure: true, expect: { git-diff: true, files: [new.txt] } }
+"#;
+    let path = repo.path().join("w.yaml");
+    std::fs::write(&path, yaml).unwrap();
+    let workflow = colony_workflow::load(&path).unwrap();
+    let mut o = options(&repo.path().join("colony-out"));
+    o.output = Some(repo.path().join("colony-out"));
+    let report = colony_workflow::run(&workflow, o).await.unwrap();
+    assert_eq!(status(&report, "nothing"), Status::Failed, "{report:#?}");
+    assert!(
+        report.tasks[0]
+            .error
+            .as_deref()
+            .unwrap()
+            .contains("no changes")
+    );
+    assert_eq!(status(&report, "stale"), Status::Failed);
+    assert!(
+        report.tasks[1]
+            .error
+            .as_deref()
+            .unwrap()
+            .contains("not written by this attempt")
+    );
+    assert_eq!(
+        status(&report, "something"),
+        Status::Succeeded,
+        "{report:#?}"
+    );
+}
+
+#[test]
+fn what_would_fail_every_attempt_is_refused_up_front() {
+    let p = problems("name: w\nagents: [{name: s, kind: sim}]\ntasks:\n  - {id: a, needs: [a]}\n");
+    assert!(
+        p[0].starts_with("w.yaml:4:21: task `a` needs itself"),
+        "{p:?}"
+    );
+    let p = problems(
+        "name: w\nagents: [{name: e, kind: command, command: {program: echo, args: [\"{{outputs.a}}\"]}}]\ntasks: [{id: a}]\n",
+    );
+    assert!(p[0].contains("command arguments take"), "{p:?}");
+    let p = problems("name: w\nagents: [{name: s, kind: sim}]\ntasks: [{id: a, timeout: 8d}]\n");
+    assert!(p[0].contains("allowed up to 7 days"), "{p:?}");
+    let p = problems(
+        "name: w\nagents: [{name: s, kind: sim, sim: {error-rate: 2}}]\ntasks: [{id: a}]\n",
+    );
+    assert!(p[0].starts_with("w.yaml:2:"), "located: {p:?}");
+}

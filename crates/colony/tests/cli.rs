@@ -502,4 +502,28 @@ tasks:
     let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
     assert_eq!(report["succeeded"], 4);
     assert_eq!((count("first.count"), count("slow.count")), (1, slow_runs));
+    // Another workflow on the same journal, with a task of the same id: nothing of the first
+    // workflow's is taken for its own. And an edited task runs again.
+    let other = dir.path().join("other.yaml");
+    let text = std::fs::read_to_string(&wf).unwrap();
+    std::fs::write(&other, text.replace("name: resumable", "name: other")).unwrap();
+    let (_, stderr, code) = colony(&[
+        "run",
+        other.to_str().unwrap(),
+        "--db",
+        db,
+        "--out",
+        out,
+        "--resume",
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(
+        count("first.count"),
+        2,
+        "a different workflow's task ran itself"
+    );
+    std::fs::write(&wf, text.replace("echo ok", "echo changed")).unwrap();
+    let (_, stderr, code) = colony(&["run", w, "--db", db, "--out", out, "--resume"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(count("first.count"), 3, "the edited task ran again");
 }
