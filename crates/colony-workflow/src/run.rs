@@ -168,7 +168,8 @@ fn verify(outcome: Outcome, checks: &Checks) -> Outcome {
         let modified = std::fs::metadata(file).and_then(|m| m.modified());
         match (modified, checks.started) {
             (Err(_), _) => return fail(format!("{} does not exist", file.display())),
-            (Ok(at), Some(started)) if at < started => {
+            // File times come from the kernel's coarse clock, a tick behind ours at most.
+            (Ok(at), Some(started)) if at + COARSE_CLOCK < started => {
                 return fail(format!(
                     "{} was not written by this attempt (it is older)",
                     file.display()
@@ -213,6 +214,9 @@ fn verify(outcome: Outcome, checks: &Checks) -> Outcome {
     }
     Ok(output)
 }
+
+/// How far a file's modification time may lag the clock that timed the attempt's start.
+const COARSE_CLOCK: std::time::Duration = std::time::Duration::from_millis(20);
 
 /// The state of a git checkout's changes, colony's own output folder left out: its status and
 /// its diff against `HEAD`.

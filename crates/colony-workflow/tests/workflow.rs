@@ -463,6 +463,12 @@ async fn checks_credit_only_what_the_attempt_itself_did() {
     git(&["init", "-q"]);
     std::fs::write(repo.path().join("a.txt"), "one\n").unwrap();
     std::fs::write(repo.path().join("old.txt"), "from before\n").unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(repo.path().join("old.txt"))
+        .unwrap()
+        .set_modified(std::time::SystemTime::now() - std::time::Duration::from_secs(60))
+        .unwrap();
     git(&["add", "a.txt"]);
     git(&["commit", "-q", "-m", "start"]);
     // Already dirty before the run, and colony's output lands inside the repository.
