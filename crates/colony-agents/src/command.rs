@@ -266,7 +266,7 @@ async fn run(options: &CommandOptions, task: &Task) -> Outcome {
         Ok(child) => child,
         Err(e) => return fatal(format!("cannot run `{}`: {e}", options.program)),
     };
-    let group = Group(child.id());
+    let group = Group::new(child.id());
     let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
     let (stdin, out, err) = (child.stdin.take(), child.stdout.take(), child.stderr.take());
     let payload = task.payload.clone();
@@ -431,18 +431,62 @@ fn as_json(stdout: Vec<u8>) -> Bytes {
 }
 
 /// A process group, killed when dropped.
-struct Group(Option<u32>);
+/// A process group, killed when dropped, and listed meanwhile so that [`kill_all`] finds it.
+pub(crate) struct Group(Option<u32>);
+
+/// Process groups (and the single processes of `process` agents, as negative numbers) alive
+/// now: what [`kill_all`] kills when colony must exit without unwinding.
+static LIVE: std::sync::Mutex<Vec<i32>> = std::sync::Mutex::new(Vec::new());
+
+impl Group {
+    pub(crate) fn new(pid: Option<u32>) -> Self {
+        Self::listed(pid, true)
+    }
+
+    /// A single process (not a group leader): killed alone.
+    pub(crate) fn single(pid: Option<u32>) -> Self {
+        Self::listed(pid, false)
+    }
+
+    fn listed(pid: Option<u32>, group: bool) -> Self {
+        if let Some(id) = pid.and_then(|p| i32::try_from(p).ok()) {
+            let entry = if group { id } else { -id };
+            LIVE.lock().unwrap_or_else(|p| p.into_inner()).push(entry);
+            return Self(Some(entry as u32));
+        }
+        Self(None)
+    }
+}
+
+fn kill(entry: i32) {
+    use nix::{sys::signal, unistd::Pid};
+    let _ = if entry > 0 {
+        signal::killpg(Pid::from_raw(entry), signal::Signal::SIGKILL)
+    } else {
+        signal::kill(Pid::from_raw(-entry), signal::Signal::SIGKILL)
+    };
+}
 
 impl Drop for Group {
     fn drop(&mut self) {
-        if let Some(pid) = self.0
-            && let Ok(pid) = i32::try_from(pid)
-        {
-            let _ = nix::sys::signal::killpg(
-                nix::unistd::Pid::from_raw(pid),
-                nix::sys::signal::Signal::SIGKILL,
-            );
+        if let Some(entry) = self.0 {
+            let entry = entry as i32;
+            let mut live = LIVE.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(i) = live.iter().position(|&e| e == entry) {
+                live.swap_remove(i);
+            }
+            drop(live);
+            kill(entry);
         }
+    }
+}
+
+/// Kills every process that command and process agents have running: for an exit that
+/// skips destructors (a second Ctrl-C), so that nothing colony started outlives it.
+pub fn kill_all() {
+    let live = std::mem::take(&mut *LIVE.lock().unwrap_or_else(|p| p.into_inner()));
+    for entry in live {
+        kill(entry);
     }
 }
 

@@ -102,6 +102,8 @@ struct Conn {
     dead: Arc<std::sync::atomic::AtomicBool>,
     /// Killed when an attempt is abandoned unanswered, and when the connection is dropped.
     child: Mutex<Child>,
+    /// Lists the process for `command::kill_all`, and kills it when the connection goes.
+    _listed: crate::command::Group,
 }
 
 /// Runs tasks on long-lived processes, one per agent (see the module documentation).
@@ -316,6 +318,7 @@ async fn start(options: &ProcessOptions) -> Result<Arc<Conn>, String> {
         stdin: tokio::sync::Mutex::new(stdin),
         waiting,
         dead,
+        _listed: crate::command::Group::single(child.id()),
         child: Mutex::new(child),
     }))
 }

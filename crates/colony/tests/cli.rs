@@ -527,3 +527,48 @@ tasks:
     assert_eq!(code, 0, "{stderr}");
     assert_eq!(count("first.count"), 3, "the edited task ran again");
 }
+
+#[test]
+fn ctrl_c_twice_quits_at_once_and_leaves_no_process_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().display().to_string();
+    let wf = dir.path().join("w.yaml");
+    std::fs::write(
+        &wf,
+        format!(
+            "name: stubborn\nagents: [{{name: sh, kind: command, command: {{program: sh, args: [\"-c\", \"echo $$ > {d}/pid; exec sleep 60\"]}}}}]\ntasks: [{{id: wait, agent: sh, timeout: 2m}}]\n"
+        ),
+    )
+    .unwrap();
+    let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("colony"))
+        .args(["run", wf.to_str().unwrap(), "--out", &format!("{d}/out")])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let pidfile = dir.path().join("pid");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !pidfile.exists() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let agent_pid = std::fs::read_to_string(&pidfile).unwrap().trim().to_owned();
+    let interrupt = || {
+        std::process::Command::new("kill")
+            .args(["-INT", &child.id().to_string()])
+            .status()
+            .unwrap()
+    };
+    // The first Ctrl-C starts a graceful stop; the second, right after, quits at once.
+    interrupt();
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    interrupt();
+    let status = child.wait().unwrap();
+    assert!(!status.success());
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let stat = std::fs::read_to_string(format!("/proc/{agent_pid}/stat")).unwrap_or_default();
+    let running = stat.split_whitespace().nth(2).is_some_and(|s| s != "Z");
+    assert!(
+        !running,
+        "the agent's process {agent_pid} outlived colony: {stat}"
+    );
+}

@@ -111,6 +111,8 @@ pub(crate) fn run(args: &RunArgs) -> Result<(), Failure> {
             eprintln!("Cancelling: running tasks are stopped; Ctrl-C again to quit at once.");
             colony_runtime::spawner::Spawner::spawn("second-ctrl-c", async {
                 if tokio::signal::ctrl_c().await.is_ok() {
+                    // Exiting skips destructors: the agents' processes are killed first.
+                    colony_agents::command::kill_all();
                     std::process::exit(130);
                 }
             });
