@@ -173,10 +173,15 @@ async fn attempt(options: &Arc<ProcessOptions>, conns: &Conns, task: Task) -> Ou
         .clone();
     let id = format!("{}.{}", task.id.0, task.attempt);
     let (tx, rx) = oneshot::channel();
-    conn.waiting
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .insert(id.clone(), (tx, task.heartbeat.clone()));
+    {
+        // Checked under the lock the reader clears when the process dies: an attempt is
+        // either registered before that (and failed by it) or sees the process dead.
+        let mut waiting = conn.waiting.lock().unwrap_or_else(|p| p.into_inner());
+        if conn.dead.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err(Error::retryable("the process exited"));
+        }
+        waiting.insert(id.clone(), (tx, task.heartbeat.clone()));
+    }
     // Forgets the attempt however it ends; one abandoned unanswered (its timeout, a kill, a
     // health failure) takes the process down with it, so that the agent's restart is real.
     let _forget = Forget(conn.clone(), id.clone());
@@ -311,8 +316,9 @@ async fn start(options: &ProcessOptions) -> Result<Arc<Conn>, String> {
             }
         }
         // Stdout closed: the process is gone, and every attempt it held fails with it.
+        let mut waiting = w.lock().unwrap_or_else(|p| p.into_inner());
         d.store(true, std::sync::atomic::Ordering::Relaxed);
-        w.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        waiting.clear();
     });
     Ok(Arc::new(Conn {
         stdin: tokio::sync::Mutex::new(stdin),

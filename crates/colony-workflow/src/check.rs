@@ -99,6 +99,9 @@ pub(crate) fn check(file: File, base: &std::path::Path) -> Result<Workflow, Vec<
     let mut pools: Vec<PoolDef> = Vec::new();
     let mut pool_index: HashMap<&str, usize> = HashMap::new();
     for p in &file.agents {
+        if p.name.value.trim().is_empty() {
+            problems.push(Problem::at(&p.name, "a pool needs a name", "empty"));
+        }
         if let Some(&first) = pool_index.get(p.name.value.as_str()) {
             problems.push(Problem::at(
                 &p.name,
@@ -192,6 +195,29 @@ pub(crate) fn check(file: File, base: &std::path::Path) -> Result<Workflow, Vec<
                         };
                     }
                     o.budget_usd = h.budget_usd;
+                    let bad = |v: Option<f64>| v.is_some_and(|v| !v.is_finite() || v < 0.0);
+                    if bad(h.budget_usd)
+                        || bad(h.temperature)
+                        || h.price
+                            .as_ref()
+                            .is_some_and(|p| bad(Some(p.input)) || bad(Some(p.output)))
+                    {
+                        problems.push(Problem::at(
+                            &p.kind,
+                            format!(
+                                "pool `{}`: budget-usd, temperature and prices must be numbers of 0 or more",
+                                p.name.value
+                            ),
+                            "http",
+                        ));
+                    }
+                    if h.model.trim().is_empty() {
+                        problems.push(Problem::at(
+                            &p.kind,
+                            format!("pool `{}` names no model", p.name.value),
+                            "http",
+                        ));
+                    }
                     if h.requests_per_minute == Some(0) {
                         problems.push(Problem::at(
                             &p.kind,

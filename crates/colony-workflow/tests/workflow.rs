@@ -531,3 +531,16 @@ fn what_would_fail_every_attempt_is_refused_up_front() {
     );
     assert!(p[0].starts_with("w.yaml:2:"), "located: {p:?}");
 }
+
+#[test]
+fn http_settings_out_of_range_are_refused() {
+    let p = problems(
+        "name: w\nagents: [{name: m, kind: http, http: {model: x, budget-usd: -1, temperature: .nan}}]\ntasks: [{id: a}]\n",
+    );
+    assert!(
+        p.iter().any(|l| l.contains("must be numbers of 0 or more")),
+        "{p:?}"
+    );
+    let p = problems("name: w\nagents: [{name: \"\", kind: sim}]\ntasks: [{id: a}]\n");
+    assert!(p.iter().any(|l| l.contains("a pool needs a name")), "{p:?}");
+}
