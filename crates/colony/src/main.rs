@@ -21,6 +21,8 @@ enum Command {
     Run(commands::workflow::RunArgs),
     /// Check a workflow file without running it; problems come with line and column.
     Validate(commands::workflow::ValidateArgs),
+    /// Keep a runtime up behind an HTTP API (submit, query, stats) and Prometheus metrics.
+    Serve(commands::serve::Args),
     /// Plan a hierarchy: agents per tier and span of control.
     Tree(commands::tree::Args),
     /// Measure the runtime: spawn, dispatch, latency.
@@ -69,6 +71,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run(args) => commands::workflow::run(&args),
         Command::Validate(args) => commands::workflow::validate(&args),
+        Command::Serve(args) => commands::serve::run(&args),
         Command::Tree(args) => commands::tree::run(&args),
         Command::Bench(bench) => commands::bench::run(bench),
         Command::Tasks(args) => commands::tasks::run(&args),
