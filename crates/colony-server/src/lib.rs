@@ -8,6 +8,9 @@
 //! - `POST /v1/tasks/batch`: `{"tasks": [...]}`; `202 {"first": N, "count": M}`.
 //! - `GET /v1/tasks/{id}`: the task's state, attempts, agent, output and error.
 //! - `GET /v1/stats`: the runtime's counters.
+//! - `GET /v1/events`: server-sent events: a `snapshot` of the counters every second, and
+//!   `notable` events as they happen (health alerts, escalations); never one event per task
+//!   (steals, rebalancing and restarts are counted in the snapshot).
 //! - `GET /metrics`: Prometheus text.
 //! - `GET /healthz`: `ok`.
 //!
@@ -116,6 +119,7 @@ fn router(handle: Handle) -> Router {
         .route("/v1/tasks/batch", post(submit_batch))
         .route("/v1/tasks/{id}", get(task))
         .route("/v1/stats", get(stats))
+        .route("/v1/events", get(events))
         .route("/metrics", get(metrics_text))
         .route("/healthz", get(|| async { "ok" }))
         .fallback(|| async { problem(StatusCode::NOT_FOUND, "not-found", "no such route") })
@@ -320,6 +324,58 @@ async fn task(State(h): State<Arc<Handle>>, Path(id): Path<String>) -> Response 
 
 async fn stats(State(h): State<Arc<Handle>>) -> Response {
     Json(h.stats()).into_response()
+}
+
+/// The live stream: see the crate documentation.
+async fn events(
+    State(h): State<Arc<Handle>>,
+) -> axum::response::sse::Sse<
+    impl futures::Stream<Item = Result<axum::response::sse::Event, std::convert::Infallible>>,
+> {
+    use axum::response::sse::{Event, KeepAlive, Sse};
+    use colony_runtime::events::Kinds;
+    // Not `Kinds::TASKS`: per-task events would cost the dispatcher for every task, and the
+    // snapshot carries their counts.
+    let subscription = h.subscribe(Kinds::AGENTS.union(Kinds::HEALTH));
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let stream = futures::stream::unfold(
+        (h, subscription, tick),
+        |(h, mut subscription, mut tick)| async move {
+            loop {
+                let event = tokio::select! {
+                    _ = tick.tick() => Event::default()
+                        .event("snapshot")
+                        .data(serde_json::to_string(&h.stats()).unwrap_or_default()),
+                    e = subscription.recv() => match notable(&e?) {
+                        Some(v) => Event::default().event("notable").data(v.to_string()),
+                        None => continue,
+                    },
+                };
+                return Some((Ok(event), (h, subscription, tick)));
+            }
+        },
+    );
+    Sse::new(stream).keep_alive(KeepAlive::default())
+}
+
+/// The events worth a line on a dashboard, as JSON; `None` for the rest (per task, per agent).
+fn notable(e: &colony_runtime::events::Event) -> Option<Value> {
+    use colony_runtime::events::Event as E;
+    Some(match e {
+        E::SupervisorEscalated { supervisor, cause } => {
+            json!({"kind": "supervisor-escalated", "supervisor": supervisor.map(|s| s.0), "cause": &**cause})
+        }
+        E::HealthAlert {
+            agent,
+            average,
+            baseline,
+        } => json!({
+            "kind": "health-alert", "agent": agent.0,
+            "average-ms": average.as_secs_f64() * 1e3, "baseline-ms": baseline.as_secs_f64() * 1e3,
+        }),
+        _ => return None,
+    })
 }
 
 async fn metrics_text() -> Response {

@@ -176,3 +176,35 @@ async fn it_listens_on_loopback_only() {
     server.stop();
     runtime.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_event_stream_sends_a_snapshot_every_second() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (runtime, server, _) = start().await;
+    runtime
+        .handle()
+        .submit_batch(vec![colony_core::task::TaskSpec::default(); 100])
+        .await
+        .unwrap();
+    runtime.handle().drain().await.unwrap();
+    let mut socket = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    socket
+        .write_all(b"GET /v1/events HTTP/1.1\r\nhost: x\r\naccept: text/event-stream\r\n\r\n")
+        .await
+        .unwrap();
+    let mut seen = String::new();
+    let mut buf = [0u8; 4096];
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while !seen.contains("\"succeeded\":100") && tokio::time::Instant::now() < deadline {
+        let n = tokio::time::timeout(Duration::from_secs(5), socket.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+    assert!(seen.contains("text/event-stream"), "{seen}");
+    assert!(seen.contains("event: snapshot"), "{seen}");
+    assert!(seen.contains("\"succeeded\":100"), "{seen}");
+    server.stop();
+    runtime.shutdown().await;
+}
