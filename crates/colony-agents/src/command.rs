@@ -206,19 +206,11 @@ async fn run(options: &CommandOptions, task: &Task) -> Outcome {
         c
     };
     command
-        .env_clear()
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .process_group(0)
         .kill_on_drop(true);
-    for name in &options.env_allow {
-        if let Some(value) = std::env::var_os(name) {
-            command.env(name, value);
-        }
-    }
-    for (name, value) in &options.env {
-        command.env(name, value);
-    }
+    clean_env(&mut command, &options.env_allow, &options.env);
     let mut secrets: Vec<String> = Vec::new();
     for name in &options.secrets {
         if let Ok(value) = std::env::var(name) {
@@ -360,6 +352,24 @@ async fn run(options: &CommandOptions, task: &Task) -> Outcome {
 
 /// How long the pipes may stay open after the program exited (held by a child it left).
 const LINGER: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// Clears `command`'s environment but for the variables in `allow` (passed through from
+/// colony's own) and `set`.
+pub(crate) fn clean_env(
+    command: &mut tokio::process::Command,
+    allow: &[String],
+    set: &[(String, String)],
+) {
+    command.env_clear();
+    for name in allow {
+        if let Some(value) = std::env::var_os(name) {
+            command.env(name, value);
+        }
+    }
+    for (name, value) in set {
+        command.env(name, value);
+    }
+}
 
 /// Where util-linux's `prlimit` is looked for.
 const PRLIMIT: &str = "prlimit";

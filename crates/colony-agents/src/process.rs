@@ -234,19 +234,11 @@ async fn start(options: &ProcessOptions) -> Result<Arc<Conn>, String> {
     let mut command = tokio::process::Command::new(&options.program);
     command
         .args(&options.args)
-        .env_clear()
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true);
-    for name in &options.env_allow {
-        if let Some(value) = std::env::var_os(name) {
-            command.env(name, value);
-        }
-    }
-    for (name, value) in &options.env {
-        command.env(name, value);
-    }
+    crate::command::clean_env(&mut command, &options.env_allow, &options.env);
     let mut child = command.spawn().map_err(|e| format!("cannot start: {e}"))?;
     let stdin = child.stdin.take().ok_or("no stdin")?;
     let mut lines = BufReader::new(child.stdout.take().ok_or("no stdout")?).lines();

@@ -92,6 +92,18 @@ fn a_cycle_is_printed_and_a_missing_program_named() {
     );
 }
 
+/// Runs git in `dir`, with an identity for commits.
+fn git_in(dir: &Path, args: &[&str]) {
+    let out = std::process::Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args(["-c", "user.email=t@example.com", "-c", "user.name=t"])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "git {args:?}");
+}
+
 fn options(out: &Path) -> Options {
     Options {
         runtime: RuntimeOptions::default(),
@@ -231,16 +243,7 @@ async fn a_wide_graph_of_sim_tasks_with_failures_completes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn coding_agents_get_a_worktree_each_and_limits() {
     let repo = tempfile::tempdir().unwrap();
-    let git = |args: &[&str]| {
-        let out = std::process::Command::new("git")
-            .arg("-C")
-            .arg(repo.path())
-            .args(["-c", "user.email=t@example.com", "-c", "user.name=t"])
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "git {args:?}");
-    };
+    let git = |args: &[&str]| git_in(repo.path(), args);
     git(&["init", "-q"]);
     std::fs::write(repo.path().join("main.rs"), "fn main() {}").unwrap();
     git(&["add", "main.rs"]);
@@ -450,16 +453,7 @@ async fn a_long_running_process_is_alive_not_silent() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn checks_credit_only_what_the_attempt_itself_did() {
     let repo = tempfile::tempdir().unwrap();
-    let git = |args: &[&str]| {
-        let out = std::process::Command::new("git")
-            .arg("-C")
-            .arg(repo.path())
-            .args(["-c", "user.email=t@example.com", "-c", "user.name=t"])
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "git {args:?}");
-    };
+    let git = |args: &[&str]| git_in(repo.path(), args);
     git(&["init", "-q"]);
     std::fs::write(repo.path().join("a.txt"), "one\n").unwrap();
     std::fs::write(repo.path().join("old.txt"), "from before\n").unwrap();
