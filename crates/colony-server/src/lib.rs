@@ -13,6 +13,7 @@
 //!   (steals, rebalancing and restarts are counted in the snapshot).
 //! - `GET /metrics`: Prometheus text.
 //! - `GET /healthz`: `ok`.
+//! - `GET /openapi.json`: the OpenAPI document of all of this.
 //!
 //! The server listens on loopback only: without authentication (not built yet) it refuses any
 //! other address.
@@ -33,6 +34,9 @@ use colony_runtime::Handle;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use std::{net::SocketAddr, sync::Arc, sync::OnceLock, time::Duration};
+
+/// The OpenAPI document of this API, served at `/openapi.json`.
+pub const OPENAPI: &str = include_str!("openapi.json");
 
 /// Largest request body accepted: a batch of tasks with their payloads.
 pub const MAX_BODY: usize = 16 << 20;
@@ -122,6 +126,10 @@ fn router(handle: Handle) -> Router {
         .route("/v1/events", get(events))
         .route("/metrics", get(metrics_text))
         .route("/healthz", get(|| async { "ok" }))
+        .route(
+            "/openapi.json",
+            get(|| async { ([("content-type", "application/json")], OPENAPI) }),
+        )
         .fallback(|| async { problem(StatusCode::NOT_FOUND, "not-found", "no such route") })
         .method_not_allowed_fallback(|| async {
             problem(

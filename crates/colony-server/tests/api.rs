@@ -208,3 +208,53 @@ async fn the_event_stream_sends_a_snapshot_every_second() {
     server.stop();
     runtime.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_openapi_document_describes_every_route_served() {
+    let (runtime, server, url) = start().await;
+    let doc = json(reqwest::get(format!("{url}/openapi.json")).await.unwrap()).await;
+    assert_eq!(doc["openapi"], "3.1.0");
+    let paths = doc["paths"].as_object().unwrap();
+    // Every documented route answers something other than "no such route"...
+    for (path, methods) in paths {
+        let concrete = path.replace("{id}", "1");
+        for method in methods.as_object().unwrap().keys() {
+            let r = reqwest::Client::new()
+                .request(
+                    method.to_uppercase().parse().unwrap(),
+                    format!("{url}{concrete}"),
+                )
+                .header("content-type", "application/json")
+                .body("{}")
+                .send()
+                .await
+                .unwrap();
+            let status = r.status().as_u16();
+            let body = if path == "/v1/events" {
+                Value::Null
+            } else {
+                json(r).await
+            };
+            assert_ne!(
+                body["error"]["code"], "not-found",
+                "{method} {path}: {status}"
+            );
+            assert_ne!(status, 405, "{method} {path}");
+        }
+    }
+    // ...and the routes the server has are all documented.
+    for path in [
+        "/v1/tasks",
+        "/v1/tasks/batch",
+        "/v1/tasks/{id}",
+        "/v1/stats",
+        "/v1/events",
+        "/metrics",
+        "/healthz",
+        "/openapi.json",
+    ] {
+        assert!(paths.contains_key(path), "{path} is not documented");
+    }
+    server.stop();
+    runtime.shutdown().await;
+}
