@@ -145,51 +145,71 @@ pub fn on_path(name: &str) -> Option<String> {
         .map(|p| p.to_string_lossy().into_owned())
 }
 
-/// Fills `{{...}}` placeholders of `template` for `task`; names the first unknown one.
-pub fn fill(template: &str, task: &Task) -> Result<String, String> {
-    let payload: Option<serde_json::Value> = serde_json::from_slice(&task.payload).ok();
-    let input = payload
-        .as_ref()
-        .map(|p| p.get("input").unwrap_or(p))
-        .cloned()
-        .unwrap_or(serde_json::Value::Null);
-    let name = payload
-        .as_ref()
-        .and_then(|p| p.get("task"))
-        .and_then(|t| t.as_str())
-        .map_or_else(|| task.id.0.to_string(), str::to_owned);
-    let mut out = String::with_capacity(template.len());
-    let mut rest = template;
-    while let Some(open) = rest.find("{{") {
-        out.push_str(&rest[..open]);
-        let after = &rest[open + 2..];
-        let close = after
-            .find("}}")
-            .ok_or_else(|| format!("`{{{{` without `}}}}` in {template:?}"))?;
-        let key = after[..close].trim();
-        let value = match key {
-            "task" => name.clone(),
-            "attempt" => task.attempt.to_string(),
-            "agent" => task.agent.0.to_string(),
-            _ => match key.strip_prefix("input.") {
-                Some(field) => match input.get(field) {
-                    Some(serde_json::Value::String(s)) => s.clone(),
-                    Some(v) => v.to_string(),
-                    None => return Err(format!("the input has no field `{field}`")),
-                },
-                None => return Err(format!("unknown placeholder `{{{{{key}}}}}`")),
-            },
+/// What an attempt's placeholders stand for, read from its payload once.
+#[derive(Debug)]
+pub struct Placeholders<'a> {
+    task: &'a Task,
+    /// The workflow's name for the task, else the runtime's id.
+    name: String,
+    /// The payload's `input` object, else the payload itself.
+    input: serde_json::Value,
+}
+
+impl<'a> Placeholders<'a> {
+    pub fn new(task: &'a Task) -> Self {
+        let mut payload: serde_json::Value =
+            serde_json::from_slice(&task.payload).unwrap_or(serde_json::Value::Null);
+        let name = payload
+            .get("task")
+            .and_then(|t| t.as_str())
+            .map_or_else(|| task.id.0.to_string(), str::to_owned);
+        let input = match payload.get_mut("input") {
+            Some(input) => input.take(),
+            None => payload,
         };
-        out.push_str(&value);
-        rest = &after[close + 2..];
+        Self { task, name, input }
     }
-    out.push_str(rest);
-    Ok(out)
+
+    /// The task's name: the workflow's, else the runtime's id.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Fills `{{...}}` in `template`; names the first unknown placeholder.
+    pub fn fill(&self, template: &str) -> Result<String, String> {
+        let mut out = String::with_capacity(template.len());
+        let mut rest = template;
+        while let Some(open) = rest.find("{{") {
+            out.push_str(&rest[..open]);
+            let after = &rest[open + 2..];
+            let close = after
+                .find("}}")
+                .ok_or_else(|| format!("`{{{{` without `}}}}` in {template:?}"))?;
+            let key = after[..close].trim();
+            match key {
+                "task" => out.push_str(&self.name),
+                "attempt" => out.push_str(&self.task.attempt.to_string()),
+                "agent" => out.push_str(&self.task.agent.0.to_string()),
+                _ => match key.strip_prefix("input.") {
+                    Some(field) => match self.input.get(field) {
+                        Some(serde_json::Value::String(s)) => out.push_str(s),
+                        Some(v) => out.push_str(&v.to_string()),
+                        None => return Err(format!("the input has no field `{field}`")),
+                    },
+                    None => return Err(format!("unknown placeholder `{{{{{key}}}}}`")),
+                },
+            }
+            rest = &after[close + 2..];
+        }
+        out.push_str(rest);
+        Ok(out)
+    }
 }
 
 async fn run(options: &CommandOptions, task: &Task) -> Outcome {
     let fatal = |m: String| Err(Error::fatal(m));
-    let args: Vec<String> = match options.args.iter().map(|a| fill(a, task)).collect() {
+    let placeholders = Placeholders::new(task);
+    let args: Vec<String> = match options.args.iter().map(|a| placeholders.fill(a)).collect() {
         Ok(args) => args,
         Err(e) => return fatal(format!("argument: {e}")),
     };
@@ -226,8 +246,7 @@ async fn run(options: &CommandOptions, task: &Task) -> Outcome {
             .fold(text, |t, secret| t.replace(secret.as_str(), "***"))
     };
     if let Some(worktree) = &options.worktree {
-        let name = fill("{{task}}", task).unwrap_or_else(|_| task.id.0.to_string());
-        match fresh_worktree(worktree, &name).await {
+        match fresh_worktree(worktree, placeholders.name()).await {
             Ok(dir) => {
                 command.current_dir(dir);
             }
@@ -235,7 +254,7 @@ async fn run(options: &CommandOptions, task: &Task) -> Outcome {
         }
     }
     if let Some(dir) = &options.workdir {
-        let dir = match fill(dir, task) {
+        let dir = match placeholders.fill(dir) {
             Ok(d) => PathBuf::from(d),
             Err(e) => return fatal(format!("workdir: {e}")),
         };
@@ -306,11 +325,7 @@ async fn run(options: &CommandOptions, task: &Task) -> Outcome {
     if let Some(logs) = &options.logs
         && !stderr.is_empty()
     {
-        let path = logs.join(format!(
-            "{}.{}.stderr",
-            fill("{{task}}", task).unwrap_or_default(),
-            task.attempt
-        ));
+        let path = logs.join(format!("{}.{}.stderr", placeholders.name(), task.attempt));
         let stderr = if secrets.is_empty() {
             stderr
         } else {
@@ -520,20 +535,24 @@ mod tests {
     fn placeholders_are_filled_from_the_attempt_and_its_input() {
         let t = task(r#"{"task":"count","input":{"file":"a.txt","n":3}}"#);
         assert_eq!(
-            fill("{{task}}/{{attempt}}/{{input.file}}/{{ input.n }}", &t).unwrap(),
+            Placeholders::new(&t)
+                .fill("{{task}}/{{attempt}}/{{input.file}}/{{ input.n }}")
+                .unwrap(),
             "count/2/a.txt/3"
         );
         assert!(
-            fill("{{input.missing}}", &t)
+            Placeholders::new(&t)
+                .fill("{{input.missing}}")
                 .unwrap_err()
                 .contains("`missing`")
         );
         assert!(
-            fill("{{nope}}", &t)
+            Placeholders::new(&t)
+                .fill("{{nope}}")
                 .unwrap_err()
                 .contains("unknown placeholder")
         );
-        assert!(fill("{{task", &t).is_err());
+        assert!(Placeholders::new(&t).fill("{{task").is_err());
     }
 
     #[tokio::test]

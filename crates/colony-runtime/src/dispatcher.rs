@@ -628,12 +628,7 @@ impl Dispatcher {
     fn route_or_wait(&mut self, mut job: Job) {
         self.orphans += usize::from(job.requirement.is_some());
         if let Some(failed) = job.failed_at.take() {
-            let mut timings = self
-                .shared
-                .timings
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
-            crate::handle::Timings::add(&mut timings.redispatch, failed.elapsed());
+            self.shared.time(|t| &mut t.redispatch, failed.elapsed());
         }
         if let Err(job) = self.route(job) {
             self.queued += 1;
@@ -845,12 +840,7 @@ impl Dispatcher {
             Ended::Stopped(stop) => {
                 match stop.kind {
                     StopKind::Killed => {
-                        let mut timings = self
-                            .shared
-                            .timings
-                            .lock()
-                            .unwrap_or_else(|p| p.into_inner());
-                        crate::handle::Timings::add(&mut timings.detection, stop.at.elapsed());
+                        self.shared.time(|t| &mut t.detection, stop.at.elapsed());
                     }
                     StopKind::Silent => {
                         job.faults += 1;
@@ -920,13 +910,7 @@ impl Dispatcher {
             Failover::Any => eligible,
             Failover::SamePool => SpecMask::of(pool),
             Failover::Backup => {
-                let staffed = self
-                    .shared
-                    .pool_agents
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, n)| n.load(Relaxed) > 0)
-                    .fold(0u64, |m, (i, _)| m | 1 << i);
+                let staffed = self.shared.staffed().0;
                 let backups = SpecMask(eligible.0 & staffed & !SpecMask::of(pool).0);
                 if backups.is_empty() {
                     eligible
@@ -947,12 +931,7 @@ impl Dispatcher {
     /// Samples how long a hung attempt ran before the runtime gave up on it.
     fn time_hang(&self, elapsed: Option<Duration>) {
         if let Some(elapsed) = elapsed {
-            let mut timings = self
-                .shared
-                .timings
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
-            crate::handle::Timings::add(&mut timings.hang_detection, elapsed);
+            self.shared.time(|t| &mut t.hang_detection, elapsed);
         }
     }
 
@@ -1155,7 +1134,9 @@ impl Dispatcher {
         }
         bump(&c.escalations, &m.escalations, t.escalations);
         bump(&c.health_failures, &m.health_failures, t.health_failures);
-        c.quarantined.fetch_add(t.quarantined, Relaxed);
+        if t.quarantined > 0 {
+            c.quarantined.fetch_add(t.quarantined, Relaxed);
+        }
         if t.alerts > 0 {
             m.alerts.increment(t.alerts);
         }

@@ -83,12 +83,7 @@ impl Timings {
 impl Shared {
     /// The pools that may run a task with `requirement` and have agents now.
     pub(crate) fn mask_for(&self, requirement: &colony_core::task::Requirement) -> SpecMask {
-        let staffed = self
-            .pool_agents
-            .iter()
-            .enumerate()
-            .filter(|(_, n)| n.load(Relaxed) > 0)
-            .fold(0u64, |m, (i, _)| m | 1 << i);
+        let staffed = self.staffed().0;
         if requirement.is_any() {
             return SpecMask(staffed);
         }
@@ -97,6 +92,23 @@ impl Shared {
             .filter(|(_, s)| s.satisfies(requirement))
             .fold(0u64, |m, (i, _)| m | 1 << i);
         SpecMask(mask & staffed)
+    }
+
+    /// The pools that have agents now.
+    pub(crate) fn staffed(&self) -> SpecMask {
+        SpecMask(
+            self.pool_agents
+                .iter()
+                .enumerate()
+                .filter(|(_, n)| n.load(Relaxed) > 0)
+                .fold(0u64, |m, (i, _)| m | 1 << i),
+        )
+    }
+
+    /// Adds a sample of how fast the runtime reacted, to the series `which` picks.
+    pub(crate) fn time(&self, which: fn(&mut Timings) -> &mut Vec<Duration>, d: Duration) {
+        let mut timings = self.timings.lock().unwrap_or_else(|p| p.into_inner());
+        Timings::add(which(&mut timings), d);
     }
 }
 

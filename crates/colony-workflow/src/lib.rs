@@ -103,6 +103,18 @@ pub struct Checks {
     pub output: Option<PathBuf>,
 }
 
+impl Checks {
+    /// Whether there is nothing to check.
+    pub fn is_empty(&self) -> bool {
+        !self.json
+            && self.regex.is_none()
+            && self.contains.is_none()
+            && self.files.is_empty()
+            && self.schema.is_none()
+            && self.git_diff.is_none()
+    }
+}
+
 /// A workflow file that cannot run: every problem found, to be shown with snippets.
 #[derive(Debug)]
 pub struct Invalid {

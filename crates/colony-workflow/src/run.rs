@@ -263,10 +263,13 @@ pub async fn run(
     std::fs::create_dir_all(&logs).map_err(|e| {
         colony_runtime::Error::Options(format!("cannot create {}: {e}", logs.display()))
     })?;
+    // Only tasks that expect something: the others' attempts go straight to their agents,
+    // without reading their payloads for a task id.
     let checks: Arc<HashMap<String, Checks>> = Arc::new(
         workflow
             .tasks
             .iter()
+            .filter(|t| !t.expect.is_empty())
             .map(|t| (t.id.clone(), t.expect.clone()))
             .collect(),
     );
@@ -302,13 +305,17 @@ pub async fn run(
                     Arc::new(Command::new(o))
                 }
             };
-            let agent = Arc::new(Checked {
-                inner,
-                checks: checks.clone(),
-                worktrees: std::path::absolute(output.join("worktrees"))
-                    .unwrap_or_else(|_| output.join("worktrees")),
-                output: output.clone(),
-            });
+            let agent: Arc<dyn Agent> = if checks.is_empty() {
+                inner
+            } else {
+                Arc::new(Checked {
+                    inner,
+                    checks: checks.clone(),
+                    worktrees: std::path::absolute(output.join("worktrees"))
+                        .unwrap_or_else(|_| output.join("worktrees")),
+                    output: output.clone(),
+                })
+            };
             Ok(Pool::new(p.spec.clone(), p.count, agent))
         })
         .collect::<Result<Vec<_>, colony_runtime::Error>>()?;

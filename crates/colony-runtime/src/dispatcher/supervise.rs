@@ -266,12 +266,7 @@ impl Dispatcher {
                 });
             }
         }
-        let mut timings = self
-            .shared
-            .timings
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        crate::handle::Timings::add(&mut timings.restart, at.elapsed());
+        self.shared.time(|t| &mut t.restart, at.elapsed());
     }
 
     fn stopped_event(&mut self, agent: AgentId, cause: &Arc<str>, restart_in: Option<Duration>) {
