@@ -27,6 +27,19 @@ fn supervised(strategy: Strategy, restart: RestartPolicy) -> RuntimeOptions {
     }
 }
 
+/// A coordinator over supervisors of two workers each.
+fn three_tiers() -> RuntimeOptions {
+    RuntimeOptions {
+        span: 2,
+        tiers: Tiers::Named(vec![
+            "coordinator".into(),
+            "supervisor".into(),
+            "worker".into(),
+        ]),
+        ..RuntimeOptions::default()
+    }
+}
+
 /// The children of `agent`.
 async fn children(h: &Handle, agent: AgentId) -> Vec<AgentId> {
     h.inspect(move |t: &Tree| t.children(agent).collect())
@@ -148,17 +161,11 @@ async fn exceeding_intensity_escalates_once_and_moves_the_queue_to_a_sibling() {
     // A coordinator over two supervisors of two workers each; every worker is busy for a
     // second and each supervisor has tasks queued.
     let options = RuntimeOptions {
-        span: 2,
-        tiers: Tiers::Named(vec![
-            "coordinator".into(),
-            "supervisor".into(),
-            "worker".into(),
-        ]),
         supervision: SupervisorOptions {
             jitter: 0.0,
             ..SupervisorOptions::default()
         },
-        ..RuntimeOptions::default()
+        ..three_tiers()
     };
     let (runtime, journal) = start(options, vec![pool(4, sim(slow(1_000)))]).await;
     let h = runtime.handle();
@@ -324,17 +331,11 @@ async fn killing_a_manager_before_any_worker_exists_is_harmless() {
 #[tokio::test(start_paused = true)]
 async fn a_supervisor_whose_workers_are_all_gone_hands_its_tasks_to_a_sibling() {
     let options = RuntimeOptions {
-        span: 2,
-        tiers: Tiers::Named(vec![
-            "coordinator".into(),
-            "supervisor".into(),
-            "worker".into(),
-        ]),
         supervision: SupervisorOptions {
             restart: RestartPolicy::Temporary,
             ..SupervisorOptions::default()
         },
-        ..RuntimeOptions::default()
+        ..three_tiers()
     };
     let (runtime, _) = start(options, vec![pool(4, sim(slow(10)))]).await;
     let h = runtime.handle();
