@@ -270,7 +270,12 @@ fn run(case: &Case) -> Result<(), TestCaseError> {
         for id in accepted.ids() {
             let row = journal.task(id).unwrap().unwrap();
             let entry = ledger.get(&id).cloned().unwrap_or_default();
-            // I3: a task ran again only after a fault hit its lease.
+            // I3: every execution held a lease of its own (none ran unjournaled or on a
+            // lease another held), and a task ran again only after a fault ended its lease.
+            // (The ledger counts each execution as a success or a fault, so the second
+            // assertion alone would follow from "at most one success"; the first ties the
+            // ledger to the journal.)
+            prop_assert_eq!(entry.executions, row.attempt, "{}: executions vs lease", id);
             prop_assert!(
                 entry.executions <= 1 + entry.faults,
                 "{id}: {} executions, {} faults",
