@@ -38,7 +38,7 @@ use std::{
     },
     time::{Duration, Instant},
 };
-use supervise::{Stop, StopKind, Switch};
+use supervise::{Stop, StopKind, Switch, Wake};
 use tokio::sync::{Notify, Semaphore, mpsc, oneshot};
 
 /// Commands and ended attempts handled per turn of the loop.
@@ -62,7 +62,14 @@ pub(crate) enum Command {
         count: u32,
         reply: oneshot::Sender<Option<AgentId>>,
     },
-    Inspect(Box<dyn FnOnce(&Tree) + Send>),
+    Inspect(Box<dyn FnOnce(&Live<'_>) + Send>),
+    /// Cancel a task: at once if it waits, by stopping its attempt if it runs on `running_on`
+    /// (where the journal last saw it start), or when its attempt next ends.
+    Cancel {
+        task: TaskId,
+        running_on: Option<AgentId>,
+        reply: oneshot::Sender<Cancelled>,
+    },
     /// Kill an agent, as a crash from outside would: its running attempts end and retry.
     Kill(AgentId, Instant),
     Stop,
@@ -76,6 +83,7 @@ impl std::fmt::Debug for Command {
             }
             Command::Spawn { pool, count, .. } => write!(f, "Spawn({count} in pool {pool})"),
             Command::Inspect(_) => f.write_str("Inspect"),
+            Command::Cancel { task, .. } => write!(f, "Cancel({task})"),
             Command::Kill(agent, _) => write!(f, "Kill({agent})"),
             Command::Stop => f.write_str("Stop"),
         }
@@ -185,6 +193,8 @@ enum Ended {
     TimedOut(Duration),
     /// Stopped from outside: the agent was killed, went silent, or its supervisor stopped it.
     Stopped(Stop),
+    /// Its task was cancelled.
+    Cancelled,
 }
 
 /// An attempt that ended after leaving [`Agent::handle`].
@@ -202,6 +212,30 @@ type Accepting =
     Pin<Box<dyn Future<Output = (Result<(), colony_journal::Error>, Vec<Job>, Ack)> + Send>>;
 type Ack = oneshot::Sender<Result<(), colony_journal::Error>>;
 type Flushing = Pin<Box<dyn Future<Output = Result<(), colony_journal::Error>> + Send>>;
+
+/// The live hierarchy as a query inside the dispatcher sees it.
+#[derive(Clone, Copy)]
+pub struct Live<'a> {
+    pub tree: &'a Tree,
+    health: &'a [Health],
+}
+
+impl std::fmt::Debug for Live<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Live")
+            .field("agents", &self.tree.len())
+            .finish()
+    }
+}
+
+impl Live<'_> {
+    /// A worker's health; healthy until it has answered from outside `handle`.
+    pub fn health(&self, agent: AgentId) -> colony_core::health::HealthState {
+        self.health
+            .get(agent.index())
+            .map_or(colony_core::health::HealthState::Healthy, Health::state)
+    }
+}
 
 /// Builds the shared state and starts the loop.
 pub(crate) fn start(
@@ -252,6 +286,7 @@ pub(crate) fn start(
         max_output: options.max_output,
         orphans: 0,
         kill_switches: std::collections::HashMap::new(),
+        cancels: std::collections::HashSet::new(),
         supervision: options.supervision,
         engines: std::collections::HashMap::new(),
         restarting: FuturesUnordered::new(),
@@ -287,6 +322,7 @@ struct Turn {
     succeeded: u64,
     failed: u64,
     dead_lettered: u64,
+    cancelled: u64,
     attempts: u64,
     retries: u64,
     restarts_crash: u64,
@@ -339,6 +375,9 @@ struct Dispatcher {
     orphans: usize,
     /// Per agent that ever ran an attempt outside `handle`: wakes those attempts to end them.
     kill_switches: std::collections::HashMap<AgentId, Arc<Switch>>,
+    /// Tasks cancelled that were not waiting: they end cancelled when their attempt ends or
+    /// their retry comes due.
+    cancels: std::collections::HashSet<TaskId>,
     supervision: SupervisorOptions,
     /// Per managing agent (and [`supervise::TOP`] for the runtime over the top tier) whose
     /// children exited: its supervision engine. Removed when the agent itself stops.
@@ -498,7 +537,18 @@ impl Dispatcher {
             }
             Command::Inspect(query) => {
                 // A panicking query drops its reply channel; the caller hears of it.
-                let _ = catch_unwind(AssertUnwindSafe(|| query(&self.tree)));
+                let live = Live {
+                    tree: &self.tree,
+                    health: &self.health,
+                };
+                let _ = catch_unwind(AssertUnwindSafe(|| query(&live)));
+            }
+            Command::Cancel {
+                task,
+                running_on,
+                reply,
+            } => {
+                let _ = reply.send(self.cancel(task, running_on));
             }
             Command::Kill(agent, at) => self.kill(agent, at),
             Command::Stop => return false,
@@ -626,6 +676,10 @@ impl Dispatcher {
 
     /// Routes `job`, or puts it at the back of the backlog when nothing has room for it.
     fn route_or_wait(&mut self, mut job: Job) {
+        if !self.cancels.is_empty() && self.cancels.remove(&job.id) {
+            self.cancelled(job, None);
+            return;
+        }
         self.orphans += usize::from(job.requirement.is_some());
         if let Some(failed) = job.failed_at.take() {
             self.shared.time(|t| &mut t.redispatch, failed.elapsed());
@@ -715,21 +769,34 @@ impl Dispatcher {
                 // Created here, before the attempt is first polled: a stop from now on
                 // reaches it even if the attempt has not run yet.
                 let switch = self.kill_switches.entry(worker).or_default().clone();
-                let killed = switch.notify.clone().notified_owned();
-                let incarnation = self.incarnations[worker.index()];
+                let woken = switch.notify.clone().notified_owned();
+                let fired = switch.fired();
+                let (task, incarnation) = (job.id, self.incarnations[worker.index()]);
                 self.running.push(Box::pin(async move {
                     // tokio's clock: tests with paused time see virtual response times.
                     let started = tokio::time::Instant::now();
                     let attempt =
                         tokio::time::timeout(timeout, AssertUnwindSafe(running).catch_unwind());
-                    let ended = tokio::select! {
-                        biased;
-                        () = killed => Ended::Stopped(switch.stop()),
-                        result = attempt => match result {
-                            Ok(Ok(outcome)) => Ended::Outcome(outcome),
-                            Ok(Err(panic)) => Ended::Crash(panic_message(&*panic).to_owned()),
-                            Err(_) => Ended::TimedOut(timeout),
-                        },
+                    tokio::pin!(attempt, woken);
+                    let ended = loop {
+                        tokio::select! {
+                            biased;
+                            () = &mut woken => {
+                                // Listening again before looking, so that nothing fired in
+                                // between goes unseen.
+                                woken.set(switch.notify.clone().notified_owned());
+                                match switch.wake(fired, task) {
+                                    Some(Wake::Stopped(stop)) => break Ended::Stopped(stop),
+                                    Some(Wake::Cancelled) => break Ended::Cancelled,
+                                    None => {}
+                                }
+                            }
+                            result = &mut attempt => break match result {
+                                Ok(Ok(outcome)) => Ended::Outcome(outcome),
+                                Ok(Err(panic)) => Ended::Crash(panic_message(&*panic).to_owned()),
+                                Err(_) => Ended::TimedOut(timeout),
+                            },
+                        }
                     };
                     Finished {
                         worker,
@@ -778,10 +845,20 @@ impl Dispatcher {
         };
         self.tree.finish(worker, micros);
         self.freed.push(worker);
+        // A cancelled task ends so however its attempt ended, unless it succeeded first.
+        let ended = if !self.cancels.is_empty()
+            && !matches!(ended, Ended::Outcome(Ok(_)))
+            && self.cancels.remove(&job.id)
+        {
+            Ended::Cancelled
+        } else {
+            ended
+        };
         // Health follows attempts that left `handle`, where a response time means something;
         // one finished inside it answered at once, and tracking it would tax the hot path.
         if let Some(took) = elapsed
             && current
+            && !matches!(ended, Ended::Cancelled)
         {
             let ok = matches!(ended, Ended::Outcome(Ok(_)));
             self.observe(worker, took, ok);
@@ -802,7 +879,7 @@ impl Dispatcher {
                     });
                 }
                 self.turn.succeeded += 1;
-                self.complete(job, TaskState::Succeeded, Some(output), None, worker);
+                self.complete(job, TaskState::Succeeded, Some(output), None, Some(worker));
                 return;
             }
             Ended::Outcome(Err(AgentError::Fatal(error))) => {
@@ -814,7 +891,7 @@ impl Dispatcher {
                 });
                 self.failed_event(worker, &job, &error, false, ErrorKind::Fatal);
                 self.turn.failed += 1;
-                self.complete(job, TaskState::Failed, None, Some(error), worker);
+                self.complete(job, TaskState::Failed, None, Some(error), Some(worker));
                 return;
             }
             Ended::Outcome(Err(AgentError::Retryable(error))) => error,
@@ -836,6 +913,10 @@ impl Dispatcher {
                     self.supervise(worker, Exit::Hang, cause.clone(), StopKind::Supervisor, at);
                 }
                 cause
+            }
+            Ended::Cancelled => {
+                self.cancelled(job, Some(worker));
+                return;
             }
             Ended::Stopped(stop) => {
                 match stop.kind {
@@ -897,7 +978,7 @@ impl Dispatcher {
                 TaskState::DeadLettered,
                 None,
                 Some(error.into()),
-                worker,
+                Some(worker),
             );
         }
     }
@@ -970,8 +1051,15 @@ impl Dispatcher {
         state: TaskState,
         output: Option<Bytes>,
         error: Option<Arc<str>>,
-        agent: AgentId,
+        agent: Option<AgentId>,
     ) {
+        // A task cancelled as it ended otherwise: its agent's switch forgets it.
+        if !self.cancels.is_empty()
+            && self.cancels.remove(&job.id)
+            && let Some(switch) = job.last_agent.and_then(|a| self.kill_switches.get(&a))
+        {
+            switch.forget(job.id);
+        }
         let latency = job.submitted.elapsed();
         self.metrics.latency.record(latency);
         self.turn.permits += u64::from(job.permit);
@@ -982,7 +1070,7 @@ impl Dispatcher {
                 output,
                 error,
                 attempts: job.attempt,
-                agent: Some(agent),
+                agent,
                 latency,
             };
             self.completions.push((waiter, completion));
@@ -1150,11 +1238,13 @@ impl Dispatcher {
         m.succeeded.increment(t.succeeded);
         m.failed.increment(t.failed);
         m.dead_lettered.increment(t.dead_lettered);
+        m.cancelled.increment(t.cancelled);
         let release = Release {
             shared: self.shared.clone(),
             succeeded: t.succeeded,
             failed: t.failed,
             dead_lettered: t.dead_lettered,
+            cancelled: t.cancelled,
             permits: t.permits,
             completions: std::mem::take(&mut self.completions),
         };
@@ -1183,6 +1273,7 @@ struct Release {
     succeeded: u64,
     failed: u64,
     dead_lettered: u64,
+    cancelled: u64,
     permits: u64,
     completions: Vec<(oneshot::Sender<Completion>, Completion)>,
 }
@@ -1192,7 +1283,7 @@ impl Release {
     /// waiters still hear how their tasks ended (the work did happen) and why the journal
     /// does not say so: it will recover those tasks at the next start.
     fn run(self, journaled: &Result<(), colony_journal::Error>) {
-        let finished = self.succeeded + self.failed + self.dead_lettered;
+        let finished = self.succeeded + self.failed + self.dead_lettered + self.cancelled;
         if let Err(error) = journaled {
             tracing::error!(%error, "The journal could not record a turn's transitions.");
         }
@@ -1209,6 +1300,7 @@ impl Release {
         c.succeeded.fetch_add(self.succeeded, Relaxed);
         c.failed.fetch_add(self.failed, Relaxed);
         c.dead_lettered.fetch_add(self.dead_lettered, Relaxed);
+        c.cancelled.fetch_add(self.cancelled, Relaxed);
         self.shared.permits.add_permits(self.permits as usize);
         self.shared.drained.notify_waiters();
     }
@@ -1243,6 +1335,8 @@ async fn next_tick(interval: &mut Option<tokio::time::Interval>) {
     }
 }
 
+mod cancel;
+pub use cancel::Cancelled;
 mod health;
 mod supervise;
 #[cfg(test)]

@@ -93,6 +93,10 @@ pub enum Event {
         task: TaskId,
         dead_lettered: bool,
     },
+    /// The task was cancelled: taken out of its queue, or its attempt stopped.
+    TaskCancelled {
+        task: TaskId,
+    },
     /// An idle worker under `to` took a task queued at its sibling `from` (`work:stolen`).
     WorkStolen {
         task: TaskId,
@@ -120,6 +124,7 @@ impl Event {
             | Event::TaskStarted { .. }
             | Event::TaskSucceeded { .. }
             | Event::TaskFailed { .. }
+            | Event::TaskCancelled { .. }
             | Event::TaskGaveUp { .. }
             | Event::WorkStolen { .. }
             | Event::LoadRebalanced { .. } => Kinds::TASKS,

@@ -2,7 +2,7 @@
 
 use crate::{
     Error, SpawnMode,
-    dispatcher::{Command, Job},
+    dispatcher::{Cancelled, Command, Job, Live},
     events::{EventBus, Kinds, Subscription},
     metrics::Metrics,
 };
@@ -119,6 +119,7 @@ pub(crate) struct Counters {
     pub(crate) succeeded: AtomicU64,
     pub(crate) failed: AtomicU64,
     pub(crate) dead_lettered: AtomicU64,
+    pub(crate) cancelled: AtomicU64,
     pub(crate) attempts: AtomicU64,
     pub(crate) retries: AtomicU64,
     pub(crate) steals: AtomicU64,
@@ -140,6 +141,7 @@ pub struct Stats {
     pub succeeded: u64,
     pub failed: u64,
     pub dead_lettered: u64,
+    pub cancelled: u64,
     /// Attempts started, first ones and retries.
     pub attempts: u64,
     pub retries: u64,
@@ -169,7 +171,7 @@ pub struct Stats {
 impl Stats {
     /// Tasks in a terminal state.
     pub fn finished(&self) -> u64 {
-        self.succeeded + self.failed + self.dead_lettered
+        self.succeeded + self.failed + self.dead_lettered + self.cancelled
     }
 }
 
@@ -499,9 +501,18 @@ impl Handle {
         &self,
         f: impl FnOnce(&Tree) -> R + Send + 'static,
     ) -> Result<R, Error> {
+        self.observe(move |live| f(live.tree)).await
+    }
+
+    /// Runs `f` inside the dispatcher on the live hierarchy: the tree, and each worker's
+    /// health. The dispatcher waits for it: keep it to a bounded walk.
+    pub async fn observe<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Live<'_>) -> R + Send + 'static,
+    ) -> Result<R, Error> {
         let (tx, rx) = oneshot::channel();
-        let query = Box::new(move |tree: &Tree| {
-            let _ = tx.send(f(tree));
+        let query = Box::new(move |live: &Live<'_>| {
+            let _ = tx.send(f(live));
         });
         self.shared
             .inbox
@@ -514,6 +525,32 @@ impl Handle {
                 Error::QueryPanicked
             }
         })
+    }
+
+    /// Cancels a task. A waiting task is cancelled at once; a running one when its attempt
+    /// has been stopped (an agent process is killed with it), unless that attempt succeeds
+    /// first. `Ok(None)` for a task that already ended or does not exist: the journal says
+    /// which.
+    pub async fn cancel(&self, task: TaskId) -> Result<Option<Cancelled>, Error> {
+        let Some(row) = self.shared.journal.task(task)? else {
+            return Ok(None);
+        };
+        if row.state.is_terminal() {
+            return Ok(None);
+        }
+        let running_on = (row.state == TaskState::Running)
+            .then_some(row.agent)
+            .flatten();
+        let (reply, rx) = oneshot::channel();
+        self.shared
+            .control
+            .send(Command::Cancel {
+                task,
+                running_on,
+                reply,
+            })
+            .map_err(|_| Error::Stopped)?;
+        rx.await.map(Some).map_err(|_| Error::Stopped)
     }
 
     /// Kills an agent as a crash from outside would. A worker's running attempts end and their
@@ -562,6 +599,7 @@ impl Handle {
             succeeded: c.succeeded.load(Relaxed),
             failed: c.failed.load(Relaxed),
             dead_lettered: c.dead_lettered.load(Relaxed),
+            cancelled: c.cancelled.load(Relaxed),
             attempts: c.attempts.load(Relaxed),
             retries: c.retries.load(Relaxed),
             steals: c.steals.load(Relaxed),

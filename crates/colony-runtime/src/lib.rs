@@ -32,6 +32,7 @@ pub mod metrics;
 pub mod queue;
 pub mod spawner;
 
+pub use dispatcher::{Cancelled, Live};
 pub use handle::{Accepted, Completion, Handle, Pending, Stats, Timings};
 
 use colony_agents::{Agent, AgentSpec};

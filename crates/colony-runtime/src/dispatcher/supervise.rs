@@ -12,7 +12,7 @@
 use super::{Dispatcher, Job};
 use crate::events::{Event, Kinds};
 use colony_core::{
-    AgentId,
+    AgentId, TaskId,
     supervision::{Command, Exit, Supervisor},
 };
 use std::{sync::Arc, time::Duration, time::Instant};
@@ -40,30 +40,75 @@ pub(super) enum StopKind {
     Supervisor,
 }
 
-/// Wakes an agent's attempts running outside `handle` to end them, saying why.
+/// Wakes an agent's attempts running outside `handle` to end them, saying why: all of them
+/// when the agent is stopped, or one whose task is cancelled.
 #[derive(Debug, Default)]
 pub(super) struct Switch {
     pub(super) notify: Arc<Notify>,
-    stop: std::sync::Mutex<Option<Stop>>,
+    state: std::sync::Mutex<SwitchState>,
+}
+
+#[derive(Debug, Default)]
+struct SwitchState {
+    /// The latest stop, and how many there have been: an attempt is stopped by those fired
+    /// after it started.
+    stop: Option<Stop>,
+    fired: u64,
+    /// Tasks cancelled while running here, until their attempts see it.
+    cancels: Vec<TaskId>,
+}
+
+/// Why an attempt's switch woke it.
+pub(super) enum Wake {
+    Stopped(Stop),
+    Cancelled,
 }
 
 impl Switch {
-    /// Why the attempts were stopped; read by each attempt as it ends.
-    pub(super) fn stop(&self) -> Stop {
-        self.stop
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
-            .unwrap_or(Stop {
+    fn state(&self) -> std::sync::MutexGuard<'_, SwitchState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// How many stops have been fired: an attempt notes it when it starts.
+    pub(super) fn fired(&self) -> u64 {
+        self.state().fired
+    }
+
+    /// What, if anything, ends the attempt of `task` that started when `fired` stops had
+    /// been fired. A wake for another attempt's cancellation is nothing to this one.
+    pub(super) fn wake(&self, fired: u64, task: TaskId) -> Option<Wake> {
+        let mut state = self.state();
+        if state.fired > fired {
+            let stop = state.stop.clone().unwrap_or(Stop {
                 cause: "stopped".into(),
                 at: Instant::now(),
                 kind: StopKind::Supervisor,
-            })
+            });
+            return Some(Wake::Stopped(stop));
+        }
+        let at = state.cancels.iter().position(|&t| t == task)?;
+        state.cancels.swap_remove(at);
+        Some(Wake::Cancelled)
     }
 
     fn fire(&self, stop: Stop) {
-        *self.stop.lock().unwrap_or_else(|p| p.into_inner()) = Some(stop);
+        {
+            let mut state = self.state();
+            state.stop = Some(stop);
+            state.fired += 1;
+        }
         self.notify.notify_waiters();
+    }
+
+    /// Ends the attempt of `task` running on this agent, if one is.
+    pub(super) fn cancel(&self, task: TaskId) {
+        self.state().cancels.push(task);
+        self.notify.notify_waiters();
+    }
+
+    /// Forgets a cancellation no attempt picked up: its task was not running here after all.
+    pub(super) fn forget(&self, task: TaskId) {
+        self.state().cancels.retain(|&t| t != task);
     }
 }
 
