@@ -238,6 +238,16 @@ pub trait Journal: std::fmt::Debug + Send + Sync + 'static {
     /// Tasks not yet terminal, oldest first.
     fn unfinished(&self) -> Result<Vec<TaskRow>, Error>;
 
+    /// The newest tasks first, at most `limit`: those in `state` (all when `None`) with ids
+    /// below `before` (the next page), as last recorded. Rows are read until `limit` match, so
+    /// a rare state costs a longer read.
+    fn recent(
+        &self,
+        state: Option<TaskState>,
+        before: Option<TaskId>,
+        limit: usize,
+    ) -> Result<Vec<TaskRow>, Error>;
+
     /// Prepares a restart. Every unfinished task goes back to `Queued`, and its lease moves
     /// up by its `max_attempts`, durably, before this returns. The process that died may have
     /// started attempts whose `Started` records never reached the disk; it started at most

@@ -192,6 +192,24 @@ impl Journal for MemoryJournal {
         Ok(self.lock().counts)
     }
 
+    fn recent(
+        &self,
+        state: Option<TaskState>,
+        before: Option<TaskId>,
+        limit: usize,
+    ) -> Result<Vec<TaskRow>, Error> {
+        let inner = self.lock();
+        let end = before.map_or(inner.rows.len(), |b| {
+            (b.0.saturating_sub(1) as usize).min(inner.rows.len())
+        });
+        Ok((0..end)
+            .rev()
+            .filter(|&i| state.is_none_or(|s| inner.rows.get(i).is_some_and(|r| r.state == s)))
+            .filter_map(|i| inner.row(TaskId(i as u64 + 1)))
+            .take(limit)
+            .collect())
+    }
+
     fn unfinished(&self) -> Result<Vec<TaskRow>, Error> {
         let inner = self.lock();
         Ok((0..inner.rows.len())
@@ -295,6 +313,14 @@ mod tests {
         }
         fn unfinished(&self) -> Result<Vec<TaskRow>, Error> {
             self.0.unfinished()
+        }
+        fn recent(
+            &self,
+            state: Option<TaskState>,
+            before: Option<TaskId>,
+            limit: usize,
+        ) -> Result<Vec<TaskRow>, Error> {
+            self.0.recent(state, before, limit)
         }
         fn recover(&self) -> Result<Vec<TaskRow>, Error> {
             self.0.recover()

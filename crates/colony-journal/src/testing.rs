@@ -21,6 +21,7 @@ impl Suite {
         retries_move_the_lease(&make());
         terminal_states_are_final(&make());
         unfinished_lists_what_recovery_needs(&make());
+        recent_lists_newest_first_by_state_and_page(&make());
         unknown_tasks_are_counted(&make());
         recovery_requeues_running_tasks(&make());
         the_hierarchy_is_recorded(&make());
@@ -195,6 +196,32 @@ fn unfinished_lists_what_recovery_needs<J: Journal>(j: &J) {
             (nth(first, 3), TaskState::Queued)
         ]
     );
+}
+
+fn recent_lists_newest_first_by_state_and_page<J: Journal>(j: &J) {
+    assert!(j.recent(None, None, 10).unwrap().is_empty());
+    let first = accept(j, 5);
+    record(
+        j,
+        vec![
+            started(first, 1),
+            committed(first, 1, "done"),
+            started(nth(first, 3), 1),
+            committed(nth(first, 3), 1, "done"),
+        ],
+    );
+    let ids = |rows: Vec<crate::TaskRow>| rows.into_iter().map(|r| r.id).collect::<Vec<_>>();
+    let all = ids(j.recent(None, None, 3).unwrap());
+    assert_eq!(all, [nth(first, 4), nth(first, 3), nth(first, 2)]);
+    let next = ids(j.recent(None, Some(nth(first, 2)), 3).unwrap());
+    assert_eq!(next, [nth(first, 1), first]);
+    let done = ids(j.recent(Some(TaskState::Succeeded), None, 10).unwrap());
+    assert_eq!(done, [nth(first, 3), first]);
+    let queued = ids(j
+        .recent(Some(TaskState::Queued), Some(nth(first, 2)), 10)
+        .unwrap());
+    assert_eq!(queued, [nth(first, 1)]);
+    assert!(j.recent(None, Some(first), 10).unwrap().is_empty());
 }
 
 fn unknown_tasks_are_counted<J: Journal>(j: &J) {
@@ -422,6 +449,14 @@ impl Journal for Crashable {
     }
     fn unfinished(&self) -> Result<Vec<crate::TaskRow>, Error> {
         self.durable.unfinished()
+    }
+    fn recent(
+        &self,
+        state: Option<TaskState>,
+        before: Option<TaskId>,
+        limit: usize,
+    ) -> Result<Vec<crate::TaskRow>, Error> {
+        self.durable.recent(state, before, limit)
     }
     fn recover(&self) -> Result<Vec<crate::TaskRow>, Error> {
         self.durable.recover()

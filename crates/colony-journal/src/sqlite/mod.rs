@@ -331,6 +331,26 @@ impl SqliteReader {
         })
     }
 
+    /// See [`Journal::recent`].
+    pub fn recent(
+        &self,
+        state: Option<TaskState>,
+        before: Option<TaskId>,
+        limit: usize,
+    ) -> Result<Vec<TaskRow>, Error> {
+        self.read(|c| {
+            let mut stmt = c.prepare_cached(&format!(
+                "SELECT {COLUMNS} FROM tasks WHERE (?1 IS NULL OR state = ?1) AND id < ?2 \
+                 ORDER BY id DESC LIMIT ?3"
+            ))?;
+            let before = before.map_or(i64::MAX, |b| i64::try_from(b.0).unwrap_or(i64::MAX));
+            let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+            let state = state.map(state_code);
+            let rows = stmt.query_map(rusqlite::params![state, before, limit], task_row)?;
+            rows.collect()
+        })
+    }
+
     pub fn task(&self, id: TaskId) -> Result<Option<TaskRow>, Error> {
         self.read(|c| {
             c.prepare_cached(&format!("SELECT {COLUMNS} FROM tasks WHERE id = ?1"))?
@@ -458,6 +478,15 @@ impl Journal for SqliteJournal {
 
     fn unfinished(&self) -> Result<Vec<TaskRow>, Error> {
         self.reader.unfinished()
+    }
+
+    fn recent(
+        &self,
+        state: Option<TaskState>,
+        before: Option<TaskId>,
+        limit: usize,
+    ) -> Result<Vec<TaskRow>, Error> {
+        self.reader.recent(state, before, limit)
     }
 
     fn recover(&self) -> Result<Vec<TaskRow>, Error> {

@@ -555,6 +555,14 @@ impl Journal for Lagging {
     fn unfinished(&self) -> Result<Vec<colony_journal::TaskRow>, colony_journal::Error> {
         self.inner.unfinished()
     }
+    fn recent(
+        &self,
+        state: Option<TaskState>,
+        before: Option<colony_core::TaskId>,
+        limit: usize,
+    ) -> Result<Vec<colony_journal::TaskRow>, colony_journal::Error> {
+        self.inner.recent(state, before, limit)
+    }
     fn recover(&self) -> Result<Vec<colony_journal::TaskRow>, colony_journal::Error> {
         self.inner.recover()
     }
