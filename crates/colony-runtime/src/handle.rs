@@ -615,6 +615,12 @@ impl Handle {
         }
     }
 
+    /// The pools' specs, by pool index, and how many agents each has.
+    pub fn pools(&self) -> Vec<(AgentSpec, u64)> {
+        let agents = self.shared.pool_agents.iter().map(|n| n.load(Relaxed));
+        self.shared.specs.iter().cloned().zip(agents).collect()
+    }
+
     pub fn journal(&self) -> &Arc<dyn Journal> {
         &self.shared.journal
     }

@@ -28,9 +28,12 @@ async fn start() -> (Runtime, colony_server::Server, String) {
     )
     .await
     .unwrap();
-    let server = colony_server::serve(runtime.handle().clone(), "127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap();
+    let server = colony_server::serve(
+        runtime.handle().clone(),
+        colony_server::Config::local("127.0.0.1:0".parse().unwrap()),
+    )
+    .await
+    .unwrap();
     let url = format!("http://{}", server.addr);
     (runtime, server, url)
 }
@@ -169,9 +172,12 @@ async fn every_bad_request_gets_a_json_4xx_with_a_code() {
 #[tokio::test]
 async fn it_listens_on_loopback_only() {
     let (runtime, server, _) = start().await;
-    let err = colony_server::serve(runtime.handle().clone(), "0.0.0.0:0".parse().unwrap())
-        .await
-        .unwrap_err();
+    let err = colony_server::serve(
+        runtime.handle().clone(),
+        colony_server::Config::local("0.0.0.0:0".parse().unwrap()),
+    )
+    .await
+    .unwrap_err();
     assert!(err.to_string().contains("not a loopback address"), "{err}");
     server.stop();
     runtime.shutdown().await;

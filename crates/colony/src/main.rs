@@ -21,8 +21,11 @@ enum Command {
     Run(commands::workflow::RunArgs),
     /// Check a workflow file without running it; problems come with line and column.
     Validate(commands::workflow::ValidateArgs),
-    /// Keep a runtime up behind an HTTP API (submit, query, stats) and Prometheus metrics.
+    /// Keep a runtime up behind an HTTP API, Prometheus metrics and a web dashboard.
     Serve(commands::serve::Args),
+    /// Manage the bearer tokens `colony serve --tokens` asks callers for.
+    #[command(subcommand)]
+    Token(commands::serve::TokenCommand),
     /// Plan a hierarchy: agents per tier and span of control.
     Tree(commands::tree::Args),
     /// Measure the runtime: spawn, dispatch, latency.
@@ -72,6 +75,7 @@ fn main() -> ExitCode {
         Command::Run(args) => commands::workflow::run(&args),
         Command::Validate(args) => commands::workflow::validate(&args),
         Command::Serve(args) => commands::serve::run(&args),
+        Command::Token(command) => commands::serve::token(&command),
         Command::Tree(args) => commands::tree::run(&args),
         Command::Bench(bench) => commands::bench::run(bench),
         Command::Tasks(args) => commands::tasks::run(&args),

@@ -1,4 +1,5 @@
-//! `colony serve`: a runtime that stays up, with its HTTP API and metrics.
+//! `colony serve`: a runtime that stays up, with its HTTP API, metrics and dashboard; and
+//! `colony token create`, which makes the tokens it asks for.
 
 use crate::Failure;
 use colony_agents::{
@@ -7,11 +8,12 @@ use colony_agents::{
 };
 use colony_journal::{Journal, MemoryJournal, SqliteJournal, SqliteOptions};
 use colony_runtime::{Pool, Runtime, RuntimeOptions};
-use std::{net::SocketAddr, path::PathBuf, sync::Arc};
+use colony_server::{Config, Scope, Tls, Tokens};
+use std::{net::SocketAddr, num::NonZeroU32, path::PathBuf, sync::Arc};
 
 #[derive(Debug, clap::Args)]
 pub(crate) struct Args {
-    /// Where to listen: a loopback address (there is no authentication yet).
+    /// Where to listen. Without --tokens, a loopback address only.
     #[arg(long, default_value = "127.0.0.1:7070")]
     addr: SocketAddr,
     /// Simulated agents to run the tasks (the pool `sim`, role `worker`).
@@ -20,12 +22,38 @@ pub(crate) struct Args {
     /// Journal to this SQLite file (created if missing); in memory otherwise.
     #[arg(long)]
     db: Option<PathBuf>,
+    /// Ask every caller for a bearer token from this file (see `colony token create`).
+    #[arg(long, env = "COLONY_TOKENS", value_name = "PATH")]
+    tokens: Option<PathBuf>,
+    /// Serve HTTPS with this PEM certificate chain (needs --tls-key).
+    #[arg(long, value_name = "PATH", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert.
+    #[arg(long, value_name = "PATH", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Requests per second each client may make (per token; per address without tokens).
+    #[arg(long, value_name = "N")]
+    rate_limit: Option<NonZeroU32>,
 }
 
 pub(crate) fn run(args: &Args) -> Result<(), Failure> {
-    if !args.addr.ip().is_loopback() {
+    let tokens = match &args.tokens {
+        Some(path) => Some(Tokens::load(path).map_err(Failure::input)?),
+        None => None,
+    };
+    if tokens.is_none() && !args.addr.ip().is_loopback() {
         return Err(Failure::input(colony_server::Error::NotLoopback(args.addr)));
     }
+    let config = Config {
+        addr: args.addr,
+        tokens,
+        tls: args
+            .tls_cert
+            .clone()
+            .zip(args.tls_key.clone())
+            .map(|(cert, key)| Tls { cert, key }),
+        rate_limit: args.rate_limit,
+    };
     let journal: Arc<dyn Journal> = match &args.db {
         Some(path) => {
             Arc::new(SqliteJournal::open(SqliteOptions::new(path)).map_err(Failure::input)?)
@@ -44,16 +72,60 @@ pub(crate) fn run(args: &Args) -> Result<(), Failure> {
         let colony = Runtime::start(RuntimeOptions::default(), vec![pool], journal)
             .await
             .map_err(Failure::input)?;
-        let server = colony_server::serve(colony.handle().clone(), args.addr)
+        let server = colony_server::serve(colony.handle().clone(), config)
             .await
             .map_err(Failure::input)?;
         eprintln!(
-            "colony serves on http://{} ({} agents); Ctrl-C stops it",
-            server.addr, args.agents
+            "colony serves on {} ({} agents{}); Ctrl-C stops it",
+            server.url(),
+            args.agents,
+            if args.tokens.is_some() {
+                ", tokens required"
+            } else {
+                ""
+            }
         );
         let _ = tokio::signal::ctrl_c().await;
         server.stop();
         colony.shutdown().await;
         Ok(())
     })
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub(crate) enum TokenCommand {
+    /// Make a token, add its hash to the tokens file, and print the token (shown only once).
+    Create(CreateArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct CreateArgs {
+    /// A name for the token: who or what uses it (letters, digits, '-', '_', '.').
+    #[arg(long)]
+    name: String,
+    /// What it allows: read; submit (and read); admin (and submit).
+    #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(["read", "submit", "admin"]))]
+    scope: String,
+    /// The tokens file `colony serve --tokens` reads; created readable by its owner only.
+    #[arg(long, env = "COLONY_TOKENS", value_name = "PATH")]
+    tokens: PathBuf,
+}
+
+pub(crate) fn token(command: &TokenCommand) -> Result<(), Failure> {
+    match command {
+        TokenCommand::Create(args) => {
+            let scope: Scope = args
+                .scope
+                .parse()
+                .map_err(|e: String| Failure::input(anyhow::anyhow!(e)))?;
+            let token = Tokens::create(&args.tokens, &args.name, scope).map_err(Failure::input)?;
+            eprintln!(
+                "token {:?} ({scope}) added to {}; it is not stored anywhere, keep it now:",
+                args.name,
+                args.tokens.display()
+            );
+            println!("{token}");
+            Ok(())
+        }
+    }
 }

@@ -1,0 +1,430 @@
+//! The hierarchy over HTTP: tiers and their health, agents by tier, pool, role and health,
+//! one agent's chain of command; kills and pool growth.
+//!
+//! Every query runs inside the dispatcher on the live tree ([`colony_runtime::Handle::observe`]),
+//! so each is bounded: a page of agents, the children of one, one pass for the tier summary.
+
+use crate::{App, problem, refused};
+use axum::{
+    Json,
+    extract::{Path, Query, State},
+    http::StatusCode,
+    response::{IntoResponse, Response},
+};
+use colony_core::{AgentId, health::HealthState};
+use colony_runtime::Live;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use std::sync::Arc;
+
+/// Most agents one page lists.
+pub(crate) const MAX_PAGE: usize = 1_000;
+
+/// An agent as the API shows it.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub(crate) struct AgentView {
+    pub(crate) id: u32,
+    pub(crate) tier: Arc<str>,
+    pub(crate) parent: Option<u32>,
+    pub(crate) children: usize,
+    /// Workers only: the pool's index, kind and role.
+    pub(crate) pool: Option<u8>,
+    pub(crate) kind: Option<Arc<str>>,
+    pub(crate) role: Option<Arc<str>>,
+    /// `up`, `down` (stopped, not yet restarted) or `vacant` (a supervisor whose workers are
+    /// all down).
+    pub(crate) state: &'static str,
+    pub(crate) health: HealthState,
+    /// Tasks running on a worker, or held in a manager's subtree; and how many it can hold.
+    pub(crate) load: u32,
+    pub(crate) capacity: u32,
+    /// A worker's moving average response time.
+    pub(crate) latency_ms: Option<f64>,
+}
+
+/// The pools' kinds and roles, by index, for views built inside the dispatcher.
+type Kinds = Arc<Vec<(Arc<str>, Arc<str>)>>;
+
+fn kinds(app: &App) -> Kinds {
+    Arc::new(
+        app.handle
+            .pools()
+            .into_iter()
+            .map(|(spec, _)| (spec.kind, spec.role))
+            .collect(),
+    )
+}
+
+pub(crate) fn view(live: &Live<'_>, kinds: &Kinds, id: AgentId) -> AgentView {
+    let tree = live.tree;
+    let tier = tree.tier(id);
+    let worker = tier == tree.worker_tier();
+    let pool = worker.then(|| tree.spec(id));
+    let kind = pool.and_then(|p| kinds.get(p as usize));
+    let (load, capacity) = tree.load(id);
+    let latency = tree.latency_ema_us(id);
+    AgentView {
+        id: id.0,
+        tier: tree.tier_names()[tier].clone(),
+        parent: tree.parent(id).map(|p| p.0),
+        children: tree.children(id).len(),
+        pool,
+        kind: kind.map(|k| k.0.clone()),
+        role: kind.map(|k| k.1.clone()),
+        state: if tree.is_down(id) {
+            "down"
+        } else if !worker && tree.is_vacant(id) {
+            "vacant"
+        } else {
+            "up"
+        },
+        health: if worker {
+            live.health(id)
+        } else {
+            HealthState::Healthy
+        },
+        load,
+        capacity,
+        latency_ms: (worker && latency > 0.0).then(|| f64::from(latency) / 1e3),
+    }
+}
+
+/// One tier in the summary.
+#[derive(Clone, Debug, Default, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub(crate) struct TierView {
+    pub(crate) name: Arc<str>,
+    pub(crate) agents: u64,
+    pub(crate) down: u64,
+    pub(crate) degraded: u64,
+    pub(crate) critical: u64,
+    pub(crate) failed: u64,
+}
+
+/// The whole hierarchy, tier by tier.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub(crate) struct Summary {
+    pub(crate) tiers: Vec<TierView>,
+    /// The agents of the top tier.
+    pub(crate) roots: Vec<u32>,
+}
+
+pub(crate) async fn summary(app: &App) -> Result<Summary, colony_runtime::Error> {
+    app.handle
+        .observe(|live| {
+            let tree = live.tree;
+            let mut tiers: Vec<TierView> = tree
+                .tier_names()
+                .iter()
+                .zip(tree.tier_sizes())
+                .map(|(name, &n)| TierView {
+                    name: name.clone(),
+                    agents: u64::from(n),
+                    ..TierView::default()
+                })
+                .collect();
+            for i in 0..tree.len() {
+                let id = AgentId(i as u32);
+                let t = &mut tiers[tree.tier(id)];
+                t.down += u64::from(tree.is_down(id));
+                match live.health(id) {
+                    HealthState::Healthy => {}
+                    HealthState::Degraded => t.degraded += 1,
+                    HealthState::Critical => t.critical += 1,
+                    HealthState::Failed => t.failed += 1,
+                }
+            }
+            Summary {
+                tiers,
+                roots: tree.roots().map(|r| r.0).collect(),
+            }
+        })
+        .await
+}
+
+pub(crate) async fn hierarchy(State(app): State<Arc<App>>) -> Response {
+    match summary(&app).await {
+        Ok(s) => Json(s).into_response(),
+        Err(e) => refused(e),
+    }
+}
+
+/// `GET /v1/agents?tier=&pool=&role=&health=&state=&parent=&after=&limit=`.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct AgentQuery {
+    pub(crate) tier: Option<String>,
+    pub(crate) pool: Option<u8>,
+    pub(crate) role: Option<String>,
+    pub(crate) health: Option<HealthState>,
+    pub(crate) state: Option<String>,
+    /// The children of this agent.
+    pub(crate) parent: Option<u32>,
+    /// The page after this id.
+    pub(crate) after: Option<u32>,
+    pub(crate) limit: Option<usize>,
+}
+
+/// A page of agents, and the `after` of the next page when there may be more.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub(crate) struct Page {
+    pub(crate) agents: Vec<AgentView>,
+    pub(crate) next_after: Option<u32>,
+}
+
+/// Agents matching `query`, in id order.
+pub(crate) async fn page(app: &App, query: AgentQuery) -> Result<Page, Response> {
+    let limit = query.limit.unwrap_or(100);
+    if !(1..=MAX_PAGE).contains(&limit) {
+        return Err(problem(
+            StatusCode::BAD_REQUEST,
+            "bad-query",
+            format!("limit {limit} is out of range: allowed 1..={MAX_PAGE}"),
+        ));
+    }
+    if let Some(state) = &query.state
+        && !["up", "down", "vacant"].contains(&state.as_str())
+    {
+        return Err(problem(
+            StatusCode::BAD_REQUEST,
+            "bad-query",
+            format!("state {state:?} is not one of up, down, vacant"),
+        ));
+    }
+    let kinds = kinds(app);
+    let result = app
+        .handle
+        .observe(move |live| {
+            let tree = live.tree;
+            let tier = match &query.tier {
+                None => None,
+                Some(name) => match tree.tier_names().iter().position(|t| **t == **name) {
+                    Some(t) => Some(t),
+                    None => {
+                        let names: Vec<&str> = tree.tier_names().iter().map(|t| &**t).collect();
+                        return Err(format!(
+                            "tier {name:?} is not in this hierarchy: it has {}",
+                            names.join(", ")
+                        ));
+                    }
+                },
+            };
+            if let Some(p) = query.parent
+                && !tree.contains(AgentId(p))
+            {
+                return Err(format!("there is no agent {p}"));
+            }
+            let start = query.after.map_or(0, |a| a.saturating_add(1));
+            let candidates: Box<dyn Iterator<Item = AgentId>> = match query.parent {
+                Some(p) => Box::new(tree.children(AgentId(p)).filter(move |c| c.0 >= start)),
+                None => Box::new((start..tree.len() as u32).map(AgentId)),
+            };
+            let mut agents = Vec::new();
+            let mut last = None;
+            for id in candidates {
+                if tier.is_some_and(|t| tree.tier(id) != t) {
+                    continue;
+                }
+                let v = view(live, &kinds, id);
+                let keep = query.pool.is_none_or(|p| v.pool == Some(p))
+                    && query
+                        .role
+                        .as_deref()
+                        .is_none_or(|r| v.role.as_deref() == Some(r))
+                    && query.health.is_none_or(|h| v.health == h)
+                    && query.state.as_deref().is_none_or(|s| v.state == s);
+                last = Some(id.0);
+                if keep {
+                    agents.push(v);
+                    if agents.len() == limit {
+                        break;
+                    }
+                }
+            }
+            let more = agents.len() == limit && last.is_some_and(|l| l + 1 < tree.len() as u32);
+            Ok(Page {
+                agents,
+                next_after: if more { last } else { None },
+            })
+        })
+        .await;
+    match result {
+        Ok(Ok(page)) => Ok(page),
+        Ok(Err(message)) => Err(problem(StatusCode::BAD_REQUEST, "bad-query", message)),
+        Err(e) => Err(refused(e)),
+    }
+}
+
+pub(crate) async fn list(
+    State(app): State<Arc<App>>,
+    query: Result<Query<AgentQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let query = match query {
+        Ok(Query(q)) => q,
+        Err(e) => return problem(StatusCode::BAD_REQUEST, "bad-query", e.body_text()),
+    };
+    match page(&app, query).await {
+        Ok(page) => Json(page).into_response(),
+        Err(r) => r,
+    }
+}
+
+/// One agent with its chain of command (nearest first) and its children.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub(crate) struct Detail {
+    #[serde(flatten)]
+    pub(crate) agent: AgentView,
+    pub(crate) ancestors: Vec<AgentView>,
+    pub(crate) children_list: Vec<AgentView>,
+}
+
+/// An agent id from the path, or the 400 that says it is none.
+#[allow(clippy::result_large_err)]
+fn agent_id(id: &str) -> Result<AgentId, Response> {
+    id.parse::<u32>().map(AgentId).map_err(|_| {
+        problem(
+            StatusCode::BAD_REQUEST,
+            "bad-id",
+            format!("{id:?} is not an agent id"),
+        )
+    })
+}
+
+pub(crate) async fn detail(app: &App, id: AgentId) -> Result<Option<Detail>, Response> {
+    let kinds = kinds(app);
+    app.handle
+        .observe(move |live| {
+            let tree = live.tree;
+            if !tree.contains(id) {
+                return None;
+            }
+            Some(Detail {
+                agent: view(live, &kinds, id),
+                ancestors: tree.ancestors(id).map(|a| view(live, &kinds, a)).collect(),
+                children_list: tree.children(id).map(|c| view(live, &kinds, c)).collect(),
+            })
+        })
+        .await
+        .map_err(refused)
+}
+
+pub(crate) async fn one(State(app): State<Arc<App>>, Path(id): Path<String>) -> Response {
+    let id = match agent_id(&id) {
+        Ok(id) => id,
+        Err(r) => return r,
+    };
+    match detail(&app, id).await {
+        Ok(Some(d)) => Json(d).into_response(),
+        Ok(None) => problem(
+            StatusCode::NOT_FOUND,
+            "no-such-agent",
+            format!("there is no agent {id}"),
+        ),
+        Err(r) => r,
+    }
+}
+
+pub(crate) async fn kill(State(app): State<Arc<App>>, Path(id): Path<String>) -> Response {
+    let id = match agent_id(&id) {
+        Ok(id) => id,
+        Err(r) => return r,
+    };
+    match app.handle.inspect(move |tree| tree.contains(id)).await {
+        Ok(true) => {}
+        Ok(false) => {
+            return problem(
+                StatusCode::NOT_FOUND,
+                "no-such-agent",
+                format!("there is no agent {id}"),
+            );
+        }
+        Err(e) => return refused(e),
+    }
+    match app.handle.kill(id) {
+        Ok(()) => (StatusCode::ACCEPTED, Json(json!({ "killed": id.0 }))).into_response(),
+        Err(e) => refused(e),
+    }
+}
+
+pub(crate) async fn pools(State(app): State<Arc<App>>) -> Response {
+    let pools: Vec<_> = app
+        .handle
+        .pools()
+        .into_iter()
+        .enumerate()
+        .map(|(i, (spec, agents))| {
+            json!({
+                "pool": i, "kind": &*spec.kind, "role": &*spec.role, "agents": agents,
+                "concurrency": spec.concurrency,
+                "capabilities": spec.capabilities.iter().map(|c| &**c).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    Json(json!({ "pools": pools })).into_response()
+}
+
+/// `PUT /v1/pools/{pool}`: `{"agents": N}`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Resize {
+    agents: u64,
+}
+
+/// Most agents one request may add.
+const MAX_GROWTH: u64 = 1_000_000;
+
+pub(crate) async fn resize(
+    State(app): State<Arc<App>>,
+    Path(pool): Path<String>,
+    body: Result<Json<Resize>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    let want = match crate::body(body) {
+        Ok(r) => r.agents,
+        Err(r) => return r,
+    };
+    let pools = app.handle.pools();
+    let Some((index, (_, have))) = pool
+        .parse::<usize>()
+        .ok()
+        .and_then(|i| pools.get(i).map(|p| (i, p)))
+    else {
+        return problem(
+            StatusCode::NOT_FOUND,
+            "no-such-pool",
+            format!(
+                "there is no pool {pool:?}: this runtime has pools 0..{}",
+                pools.len()
+            ),
+        );
+    };
+    let have = *have;
+    if want < have {
+        return problem(
+            StatusCode::CONFLICT,
+            "cannot-shrink",
+            format!(
+                "pool {index} has {have} agents: colony grows pools but does not retire agents yet"
+            ),
+        );
+    }
+    let add = want - have;
+    if add > MAX_GROWTH {
+        return problem(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "too-many",
+            format!("adding {add} agents at once: allowed up to {MAX_GROWTH} per request"),
+        );
+    }
+    if add > 0 {
+        let mode = colony_runtime::SpawnMode::Batch;
+        if let Err(e) = app.handle.spawn(index, add as u32, mode).await {
+            return refused(e);
+        }
+    }
+    let agents = app.handle.pools().get(index).map_or(0, |p| p.1);
+    Json(json!({ "pool": index, "agents": agents, "added": add })).into_response()
+}

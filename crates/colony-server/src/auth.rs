@@ -1,0 +1,505 @@
+//! Who may do what: bearer tokens with scopes, stored hashed, compared in constant time; and
+//! how many requests a caller may make per second.
+//!
+//! A token is `colony_` and 64 hex digits from the operating system's random source. The
+//! tokens file keeps one line per token, `NAME SCOPE sha256:HEX`, never the token itself:
+//! a copy of the file lets nobody in. Scopes nest: `admin` may do what `submit` may, which may
+//! do what `read` may.
+//!
+//! A browser cannot put a bearer token on the requests of a page, so the dashboard's login
+//! form puts it in an HTTP-only, same-site cookie instead. A cookie is worth `read` at most,
+//! whatever its token's scope: a page can be made to send cookies, and nothing sent that way
+//! may change state.
+
+use crate::{App, problem};
+use axum::{
+    extract::{ConnectInfo, Request, State},
+    http::{HeaderMap, StatusCode, header},
+    middleware::Next,
+    response::{IntoResponse, Response},
+};
+use sha2::{Digest, Sha256};
+use std::{
+    fmt,
+    io::Write,
+    net::{IpAddr, SocketAddr},
+    num::NonZeroU32,
+    path::{Path, PathBuf},
+    str::FromStr,
+    sync::Arc,
+};
+use subtle::ConstantTimeEq;
+
+/// What a token allows. Ordered: each scope includes those before it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Scope {
+    /// Read tasks, agents, counters, events and metrics.
+    Read,
+    /// Also submit and cancel tasks.
+    Submit,
+    /// Also kill agents and resize pools.
+    Admin,
+}
+
+impl Scope {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scope::Read => "read",
+            Scope::Submit => "submit",
+            Scope::Admin => "admin",
+        }
+    }
+}
+
+impl fmt::Display for Scope {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Scope {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "read" => Ok(Scope::Read),
+            "submit" => Ok(Scope::Submit),
+            "admin" => Ok(Scope::Admin),
+            _ => Err(format!("scope {s:?} is not one of read, submit, admin")),
+        }
+    }
+}
+
+/// A problem with a tokens file, naming the file and the line.
+#[derive(Debug, thiserror::Error)]
+pub enum TokensError {
+    #[error("cannot read tokens file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot write tokens file {path}: {source}")]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}:{line}: {problem}")]
+    Line {
+        path: PathBuf,
+        line: usize,
+        problem: String,
+    },
+    #[error("{path} has no tokens: every request would be refused")]
+    Empty { path: PathBuf },
+    #[error("a token named {name:?} is already in {path}")]
+    Duplicate { name: String, path: PathBuf },
+    #[error("token name {0:?} is not allowed: use 1 to 64 letters, digits, '-', '_' or '.'")]
+    Name(String),
+}
+
+#[derive(Clone)]
+struct Entry {
+    name: Arc<str>,
+    scope: Scope,
+    hash: [u8; 32],
+}
+
+/// The tokens a server accepts.
+#[derive(Clone)]
+pub struct Tokens {
+    entries: Vec<Entry>,
+}
+
+impl fmt::Debug for Tokens {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let names: Vec<&str> = self.entries.iter().map(|e| &*e.name).collect();
+        f.debug_struct("Tokens").field("names", &names).finish()
+    }
+}
+
+/// Who a request comes from: a token's name and scope.
+#[derive(Clone, Debug)]
+pub struct Caller {
+    pub name: Arc<str>,
+    pub scope: Scope,
+}
+
+impl Tokens {
+    /// Reads a tokens file.
+    pub fn load(path: &Path) -> Result<Self, TokensError> {
+        let text = std::fs::read_to_string(path).map_err(|source| TokensError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let tokens = Self::parse(&text, path)?;
+        if tokens.entries.is_empty() {
+            return Err(TokensError::Empty {
+                path: path.to_owned(),
+            });
+        }
+        Ok(tokens)
+    }
+
+    fn parse(text: &str, path: &Path) -> Result<Self, TokensError> {
+        let mut entries: Vec<Entry> = Vec::new();
+        for (i, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let bad = |problem: String| TokensError::Line {
+                path: path.to_owned(),
+                line: i + 1,
+                problem,
+            };
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let [name, scope, hash] = fields[..] else {
+                return Err(bad(format!(
+                    "expected `NAME SCOPE sha256:HEX`, found {} fields",
+                    fields.len()
+                )));
+            };
+            check_name(name).map_err(|e| bad(e.to_string()))?;
+            let scope = scope.parse::<Scope>().map_err(bad)?;
+            let hash = hash
+                .strip_prefix("sha256:")
+                .and_then(unhex)
+                .ok_or_else(|| bad("the hash is not `sha256:` and 64 hex digits".into()))?;
+            if entries.iter().any(|e| &*e.name == name) {
+                return Err(bad(format!("a token named {name:?} comes earlier")));
+            }
+            entries.push(Entry {
+                name: name.into(),
+                scope,
+                hash,
+            });
+        }
+        Ok(Self { entries })
+    }
+
+    /// Makes a new token, appends its hash to the tokens file (created, readable by its
+    /// owner only, if missing) and returns the token: the only time it is ever shown.
+    pub fn create(path: &Path, name: &str, scope: Scope) -> Result<String, TokensError> {
+        check_name(name)?;
+        let existing = match std::fs::read_to_string(path) {
+            Ok(text) => Self::parse(&text, path)?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Self { entries: vec![] },
+            Err(source) => {
+                return Err(TokensError::Read {
+                    path: path.to_owned(),
+                    source,
+                });
+            }
+        };
+        if existing.entries.iter().any(|e| &*e.name == name) {
+            return Err(TokensError::Duplicate {
+                name: name.to_owned(),
+                path: path.to_owned(),
+            });
+        }
+        let mut secret = [0u8; 32];
+        getrandom::fill(&mut secret).map_err(|e| TokensError::Write {
+            path: path.to_owned(),
+            source: std::io::Error::other(format!("no randomness from the system: {e}")),
+        })?;
+        let token = format!("colony_{}", hex(&secret));
+        let line = format!("{name} {scope} sha256:{}\n", hex(&hash(&token)));
+        let write = |source| TokensError::Write {
+            path: path.to_owned(),
+            source,
+        };
+        let mut options = std::fs::OpenOptions::new();
+        options.create(true).append(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        let mut file = options.open(path).map_err(write)?;
+        file.write_all(line.as_bytes()).map_err(write)?;
+        file.sync_all().map_err(write)?;
+        Ok(token)
+    }
+
+    /// The caller a token belongs to. Every stored hash is compared, each in constant time,
+    /// so the time taken says nothing of which, if any, matched.
+    pub fn verify(&self, token: &str) -> Option<Caller> {
+        let presented = hash(token);
+        let mut found = None;
+        for entry in &self.entries {
+            if bool::from(entry.hash.ct_eq(&presented)) {
+                found = Some(Caller {
+                    name: entry.name.clone(),
+                    scope: entry.scope,
+                });
+            }
+        }
+        found
+    }
+}
+
+fn check_name(name: &str) -> Result<(), TokensError> {
+    let ok = (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(TokensError::Name(name.to_owned()))
+    }
+}
+
+fn hash(token: &str) -> [u8; 32] {
+    Sha256::digest(token.as_bytes()).into()
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex(s: &str) -> Option<[u8; 32]> {
+    if s.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, byte) in out.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(out)
+}
+
+/// The cookie the dashboard's login sets.
+pub(crate) const COOKIE: &str = "colony_token";
+
+/// The token a request carries: its bearer token, or else its cookie (worth `read` at most).
+fn presented(headers: &HeaderMap) -> Option<(&str, bool)> {
+    if let Some(value) = headers.get(header::AUTHORIZATION) {
+        let value = value.to_str().ok()?;
+        let token = value
+            .strip_prefix("Bearer ")
+            .or_else(|| value.strip_prefix("bearer "))?;
+        return Some((token.trim(), false));
+    }
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .find_map(|pair| pair.trim().strip_prefix(COOKIE)?.strip_prefix('='))
+        .map(|token| (token, true))
+}
+
+/// Who the rate limit counts a request against.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+enum Client {
+    Token(Arc<str>),
+    Address(IpAddr),
+}
+
+/// Requests per second per client (token, or address when there is no auth).
+pub(crate) struct Limiter(
+    governor::DefaultKeyedRateLimiter<Client>,
+    governor::clock::DefaultClock,
+);
+
+impl Limiter {
+    pub(crate) fn new(per_second: NonZeroU32) -> Self {
+        Self(
+            governor::RateLimiter::keyed(governor::Quota::per_second(per_second)),
+            governor::clock::DefaultClock::default(),
+        )
+    }
+}
+
+impl fmt::Debug for Limiter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Limiter")
+    }
+}
+
+/// The middleware in front of every route that needs `scope`: authenticates, authorizes,
+/// then counts the request against its client's rate.
+pub(crate) async fn require(
+    scope: Scope,
+    State(app): State<Arc<App>>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    let caller = match &app.tokens {
+        None => None,
+        Some(tokens) => {
+            let Some((token, cookie)) = presented(request.headers()) else {
+                return unauthorized(
+                    "this route needs a bearer token: Authorization: Bearer colony_...",
+                );
+            };
+            let Some(mut caller) = tokens.verify(token) else {
+                return unauthorized("the token is not one this server knows");
+            };
+            if cookie {
+                caller.scope = caller.scope.min(Scope::Read);
+            }
+            if caller.scope < scope {
+                return problem(
+                    StatusCode::FORBIDDEN,
+                    "forbidden",
+                    format!(
+                        "token {:?} has scope {}{}; this route needs {scope}",
+                        caller.name,
+                        caller.scope,
+                        if cookie { " (from a cookie)" } else { "" }
+                    ),
+                );
+            }
+            Some(caller)
+        }
+    };
+    if let Some(limiter) = &app.limiter {
+        let client = match &caller {
+            Some(c) => Client::Token(c.name.clone()),
+            None => Client::Address(
+                request
+                    .extensions()
+                    .get::<ConnectInfo<SocketAddr>>()
+                    .map_or(IpAddr::from([0, 0, 0, 0]), |c| c.0.ip()),
+            ),
+        };
+        if let Err(not_until) = limiter.0.check_key(&client) {
+            use governor::clock::Clock;
+            let wait = not_until.wait_time_from(limiter.1.now());
+            let mut response = problem(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate-limited",
+                format!("over this server's request rate; try again in {wait:?}"),
+            );
+            let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, secs.max(1).into());
+            return response;
+        }
+    }
+    if let Some(caller) = caller {
+        request.extensions_mut().insert(caller);
+    }
+    next.run(request).await
+}
+
+fn unauthorized(message: &str) -> Response {
+    let mut response = problem(StatusCode::UNAUTHORIZED, "unauthorized", message);
+    response.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        header::HeaderValue::from_static("Bearer"),
+    );
+    response
+}
+
+/// The dashboard's login form: `token=colony_...`.
+#[derive(Debug, serde::Deserialize)]
+pub(crate) struct Login {
+    token: String,
+}
+
+/// `POST /login`: checks the token and sets it as the dashboard's cookie.
+pub(crate) async fn login(
+    State(app): State<Arc<App>>,
+    form: Result<axum::Form<Login>, axum::extract::rejection::FormRejection>,
+) -> Response {
+    let Ok(axum::Form(login)) = form else {
+        return problem(
+            StatusCode::BAD_REQUEST,
+            "bad-body",
+            "expected a form with one field, token",
+        );
+    };
+    let Some(tokens) = &app.tokens else {
+        return axum::response::Redirect::to("/").into_response();
+    };
+    let token = login.token.trim();
+    if tokens.verify(token).is_none() {
+        return unauthorized("the token is not one this server knows");
+    }
+    let secure = if app.tls { "; Secure" } else { "" };
+    let cookie = format!("{COOKIE}={token}; HttpOnly; SameSite=Strict; Path=/{secure}");
+    let mut response = axum::response::Redirect::to("/").into_response();
+    match header::HeaderValue::from_str(&cookie) {
+        Ok(value) => {
+            response.headers_mut().insert(header::SET_COOKIE, value);
+            response
+        }
+        Err(_) => problem(
+            StatusCode::BAD_REQUEST,
+            "bad-token",
+            "the token holds characters no token has",
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_created_token_verifies_with_its_scope_and_nothing_else_does() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tokens");
+        let ci = Tokens::create(&path, "ci", Scope::Submit).unwrap();
+        let ops = Tokens::create(&path, "ops", Scope::Admin).unwrap();
+        assert!(ci.starts_with("colony_") && ci.len() == 7 + 64);
+        assert_ne!(ci, ops);
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(!text.contains(&ci[7..]), "the file holds hashes only");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        let tokens = Tokens::load(&path).unwrap();
+        let caller = tokens.verify(&ci).unwrap();
+        assert_eq!((&*caller.name, caller.scope), ("ci", Scope::Submit));
+        assert_eq!(tokens.verify(&ops).unwrap().scope, Scope::Admin);
+        assert!(tokens.verify("colony_0000").is_none());
+        assert!(tokens.verify(&ci[..ci.len() - 1]).is_none());
+        assert!(matches!(
+            Tokens::create(&path, "ci", Scope::Read),
+            Err(TokensError::Duplicate { .. })
+        ));
+        assert!(matches!(
+            Tokens::create(&path, "a b", Scope::Read),
+            Err(TokensError::Name(_))
+        ));
+    }
+
+    #[test]
+    fn a_bad_tokens_file_is_refused_naming_the_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tokens");
+        let good = format!("ci read sha256:{}", "ab".repeat(32));
+        for (text, needle) in [
+            (format!("# comment\n\n{good}\nops admin\n"), ":4: expected"),
+            ("ci owner sha256:00\n".to_owned(), ":1: scope \"owner\""),
+            ("ci read md5:00\n".to_owned(), ":1: the hash"),
+            (format!("{good}\n{good}\n"), ":2: a token named \"ci\""),
+            ("# nothing\n".to_owned(), "has no tokens"),
+        ] {
+            std::fs::write(&path, text).unwrap();
+            let error = Tokens::load(&path).unwrap_err().to_string();
+            assert!(error.contains(needle), "{error}");
+        }
+        assert!(Tokens::load(&dir.path().join("missing")).is_err());
+    }
+
+    #[test]
+    fn a_request_presents_its_bearer_token_or_else_its_cookie() {
+        let mut headers = HeaderMap::new();
+        assert_eq!(presented(&headers), None);
+        headers.insert(
+            header::COOKIE,
+            "a=1; colony_token=colony_c".parse().unwrap(),
+        );
+        assert_eq!(presented(&headers), Some(("colony_c", true)));
+        headers.insert(header::AUTHORIZATION, "Bearer colony_b".parse().unwrap());
+        assert_eq!(presented(&headers), Some(("colony_b", false)));
+        headers.insert(header::AUTHORIZATION, "Basic abc".parse().unwrap());
+        assert_eq!(presented(&headers), None);
+    }
+}

@@ -1,0 +1,466 @@
+//! Where tasks come in over HTTP, and are looked up and cancelled.
+
+use crate::{App, MAX_BATCH, body, problem, refused};
+use axum::{
+    Json,
+    extract::{Path, Query, State, rejection::JsonRejection},
+    http::{HeaderMap, HeaderValue, StatusCode},
+    response::{IntoResponse, Response},
+};
+use bytes::Bytes;
+use colony_core::{
+    TaskId,
+    task::{Priority, Requirement, TaskSpec, TaskState},
+};
+use colony_journal::TaskRow;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use std::{
+    collections::{HashMap, VecDeque},
+    hash::{Hash, Hasher},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+/// A task as submitted over HTTP.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub(crate) struct NewTask {
+    /// Any JSON: what the agent gets.
+    #[serde(default)]
+    payload: Value,
+    #[serde(default)]
+    key: Option<String>,
+    #[serde(default)]
+    role: Option<String>,
+    #[serde(default)]
+    capabilities: Vec<String>,
+    #[serde(default)]
+    priority: Option<u8>,
+    /// Seconds.
+    #[serde(default)]
+    timeout: Option<f64>,
+    #[serde(default)]
+    max_attempts: Option<u32>,
+}
+
+impl NewTask {
+    fn spec(self) -> Result<TaskSpec, String> {
+        let mut spec = TaskSpec::with_payload(Bytes::from(self.payload.to_string()));
+        spec.key = self.key.map(Into::into);
+        spec.requirement = Requirement {
+            role: self.role.map(Into::into),
+            capabilities: self.capabilities.into_iter().map(Into::into).collect(),
+        };
+        if let Some(p) = self.priority {
+            spec.priority = Priority::new(p).map_err(|e| e.to_string())?;
+        }
+        if let Some(t) = self.timeout {
+            if !t.is_finite() || t <= 0.0 || t > 7.0 * 86_400.0 {
+                return Err(format!(
+                    "timeout {t} is out of range: allowed above 0 and up to 604800 seconds"
+                ));
+            }
+            spec.timeout = Duration::from_secs_f64(t);
+        }
+        if let Some(m) = self.max_attempts {
+            spec.max_attempts = m;
+        }
+        Ok(spec)
+    }
+}
+
+/// Answers to requests that carried an `Idempotency-Key`, per caller, for a day (the newest
+/// [`Idempotency::KEYS`] of them): a retry of a request whose answer was lost gets the same
+/// answer, and the tasks are not accepted twice.
+#[derive(Debug, Default)]
+pub(crate) struct Idempotency {
+    inner: Mutex<Remembered>,
+}
+
+/// An idempotency key, and the token that used it.
+type KeyOf = (Option<Arc<str>>, String);
+
+#[derive(Debug, Default)]
+struct Remembered {
+    answers: HashMap<KeyOf, Answer>,
+    order: VecDeque<(Instant, KeyOf)>,
+}
+
+#[derive(Debug, Clone)]
+enum Answer {
+    /// The first request with the key is still being handled.
+    InFlight {
+        request: u64,
+    },
+    Done {
+        request: u64,
+        body: Value,
+    },
+}
+
+/// What to do with a request that carries a key.
+enum Claim {
+    /// The first with its key: handle it, then [`Idempotency::finish`].
+    First(KeyOf, u64),
+    /// Answered already, or refused: send this.
+    Answered(Response),
+}
+
+impl Idempotency {
+    const KEYS: usize = 100_000;
+    const KEEP: Duration = Duration::from_secs(86_400);
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Remembered> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn claim(&self, caller: Option<Arc<str>>, key: String, request: u64) -> Claim {
+        let mut r = self.lock();
+        let now = Instant::now();
+        while let Some((at, _)) = r.order.front() {
+            if now.duration_since(*at) < Self::KEEP && r.order.len() <= Self::KEYS {
+                break;
+            }
+            if let Some((_, old)) = r.order.pop_front() {
+                r.answers.remove(&old);
+            }
+        }
+        let id = (caller, key);
+        match r.answers.get(&id) {
+            None => {
+                r.answers.insert(id.clone(), Answer::InFlight { request });
+                r.order.push_back((now, id.clone()));
+                Claim::First(id, request)
+            }
+            Some(Answer::InFlight { request: first } | Answer::Done { request: first, .. })
+                if *first != request =>
+            {
+                Claim::Answered(problem(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "idempotency-key-reused",
+                    format!(
+                        "Idempotency-Key {:?} was used for a different request",
+                        id.1
+                    ),
+                ))
+            }
+            Some(Answer::InFlight { .. }) => Claim::Answered(problem(
+                StatusCode::CONFLICT,
+                "in-flight",
+                format!(
+                    "a request with Idempotency-Key {:?} is still being handled: retry shortly",
+                    id.1
+                ),
+            )),
+            Some(Answer::Done { body, .. }) => {
+                let mut response = (StatusCode::ACCEPTED, Json(body.clone())).into_response();
+                response
+                    .headers_mut()
+                    .insert("idempotent-replayed", HeaderValue::from_static("true"));
+                Claim::Answered(response)
+            }
+        }
+    }
+
+    /// Remembers the answer to a first request; forgets the key if it was refused, so that
+    /// a retry is handled afresh.
+    fn finish(&self, id: KeyOf, request: u64, accepted: Option<Value>) {
+        let mut r = self.lock();
+        match accepted {
+            Some(body) => {
+                r.answers.insert(id, Answer::Done { request, body });
+            }
+            None => {
+                r.answers.remove(&id);
+            }
+        }
+    }
+}
+
+/// The request's `Idempotency-Key`, if any, or the 400 that says what is wrong with it.
+#[allow(clippy::result_large_err)]
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, Response> {
+    let Some(value) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    match value.to_str() {
+        Ok(key) if (1..=255).contains(&key.len()) => Ok(Some(key.to_owned())),
+        _ => Err(problem(
+            StatusCode::BAD_REQUEST,
+            "bad-idempotency-key",
+            "Idempotency-Key must be 1 to 255 visible ASCII characters",
+        )),
+    }
+}
+
+/// Submits `specs` (one task when `single`), once per idempotency key.
+async fn accept(
+    app: &App,
+    headers: &HeaderMap,
+    caller: Option<Arc<str>>,
+    fingerprint: impl FnOnce() -> u64,
+    specs: Vec<TaskSpec>,
+    single: bool,
+) -> Response {
+    let key = match idempotency_key(headers) {
+        Ok(k) => k,
+        Err(r) => return r,
+    };
+    let claim = match key {
+        None => None,
+        Some(key) => match app.idempotency.claim(caller, key, fingerprint()) {
+            Claim::Answered(response) => return response,
+            Claim::First(id, request) => Some((id, request)),
+        },
+    };
+    let result = if single {
+        let spec = specs.into_iter().next().unwrap_or_default();
+        app.handle
+            .try_submit(spec)
+            .await
+            .map(|id| json!({ "id": id.0 }))
+    } else {
+        app.handle
+            .try_submit_batch(specs)
+            .await
+            .map(|a| json!({ "first": a.first.0, "count": a.count }))
+    };
+    if let Some((id, request)) = claim {
+        app.idempotency
+            .finish(id, request, result.as_ref().ok().cloned());
+    }
+    match result {
+        Ok(body) => (StatusCode::ACCEPTED, Json(body)).into_response(),
+        Err(e) => refused(e),
+    }
+}
+
+fn fingerprint(what: &impl std::fmt::Debug) -> u64 {
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    format!("{what:?}").hash(&mut hasher);
+    hasher.finish()
+}
+
+fn caller_name(caller: Option<axum::Extension<crate::auth::Caller>>) -> Option<Arc<str>> {
+    caller.map(|c| c.0.name)
+}
+
+pub(crate) async fn submit(
+    State(app): State<Arc<App>>,
+    caller: Option<axum::Extension<crate::auth::Caller>>,
+    headers: HeaderMap,
+    task: Result<Json<NewTask>, JsonRejection>,
+) -> Response {
+    let task = match body(task) {
+        Ok(t) => t,
+        Err(r) => return r,
+    };
+    // Only a request with a key pays for its fingerprint.
+    let print = headers
+        .contains_key("idempotency-key")
+        .then(|| fingerprint(&task));
+    let spec = match task.spec() {
+        Ok(s) => s,
+        Err(e) => return problem(StatusCode::UNPROCESSABLE_ENTITY, "bad-task", e),
+    };
+    let print = move || print.unwrap_or_default();
+    accept(&app, &headers, caller_name(caller), print, vec![spec], true).await
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Batch {
+    tasks: Vec<NewTask>,
+}
+
+pub(crate) async fn submit_batch(
+    State(app): State<Arc<App>>,
+    caller: Option<axum::Extension<crate::auth::Caller>>,
+    headers: HeaderMap,
+    batch: Result<Json<Batch>, JsonRejection>,
+) -> Response {
+    let batch = match body(batch) {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    if batch.tasks.is_empty() || batch.tasks.len() > MAX_BATCH {
+        return problem(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "bad-batch",
+            format!("{} tasks: a batch holds 1..={MAX_BATCH}", batch.tasks.len()),
+        );
+    }
+    // Only a request with a key pays for its fingerprint.
+    let print = headers
+        .contains_key("idempotency-key")
+        .then(|| fingerprint(&batch));
+    let mut specs = Vec::with_capacity(batch.tasks.len());
+    for (i, t) in batch.tasks.into_iter().enumerate() {
+        match t.spec() {
+            Ok(s) => specs.push(s),
+            Err(e) => {
+                return problem(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "bad-task",
+                    format!("task {i}: {e}"),
+                );
+            }
+        }
+    }
+    let print = move || print.unwrap_or_default();
+    accept(&app, &headers, caller_name(caller), print, specs, false).await
+}
+
+/// A task id from the path, or the 400 that says it is none.
+#[allow(clippy::result_large_err)]
+pub(crate) fn task_id(id: &str) -> Result<TaskId, Response> {
+    id.parse::<u64>().map(TaskId).map_err(|_| {
+        problem(
+            StatusCode::BAD_REQUEST,
+            "bad-id",
+            format!("{id:?} is not a task id"),
+        )
+    })
+}
+
+/// A task as the API shows it.
+pub(crate) fn view(row: &TaskRow) -> Value {
+    let output = row.output.as_deref().map(|o| {
+        serde_json::from_slice::<Value>(o)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(o).into_owned()))
+    });
+    json!({
+        "id": row.id.0,
+        "key": row.spec.key.as_deref(),
+        "state": row.state,
+        "attempts": row.attempt,
+        "agent": row.agent.map(|a| a.0),
+        "output": output,
+        "error": row.error.as_deref(),
+    })
+}
+
+pub(crate) async fn one(State(app): State<Arc<App>>, Path(id): Path<String>) -> Response {
+    let id = match task_id(&id) {
+        Ok(id) => id,
+        Err(r) => return r,
+    };
+    match app.handle.journal().task(id) {
+        Ok(Some(row)) => Json(view(&row)).into_response(),
+        Ok(None) => problem(
+            StatusCode::NOT_FOUND,
+            "no-such-task",
+            format!("there is no task {id}"),
+        ),
+        Err(e) => problem(StatusCode::SERVICE_UNAVAILABLE, "journal", e.to_string()),
+    }
+}
+
+/// `GET /v1/tasks?state=&before=&limit=`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ListQuery {
+    state: Option<String>,
+    before: Option<u64>,
+    limit: Option<usize>,
+}
+
+/// Most tasks one page lists.
+pub(crate) const MAX_PAGE: usize = 1_000;
+
+/// A task state by its API name, or the message that lists the names.
+pub(crate) fn parse_state(s: &str) -> Result<TaskState, String> {
+    use TaskState as S;
+    [
+        S::Queued,
+        S::Running,
+        S::Succeeded,
+        S::Failed,
+        S::DeadLettered,
+        S::Cancelled,
+    ]
+    .into_iter()
+    .find(|state| state.as_str() == s)
+    .ok_or_else(|| {
+        format!(
+            "state {s:?} is not one of queued, running, succeeded, failed, dead-lettered, cancelled"
+        )
+    })
+}
+
+/// The newest tasks, as `GET /v1/tasks` and the dashboard list them.
+#[allow(clippy::result_large_err)]
+pub(crate) fn recent(app: &App, query: &ListQuery) -> Result<(Vec<TaskRow>, usize), Response> {
+    let state = match query.state.as_deref().filter(|s| !s.is_empty()) {
+        None => None,
+        Some(s) => {
+            Some(parse_state(s).map_err(|e| problem(StatusCode::BAD_REQUEST, "bad-query", e))?)
+        }
+    };
+    let limit = query.limit.unwrap_or(50);
+    if !(1..=MAX_PAGE).contains(&limit) {
+        return Err(problem(
+            StatusCode::BAD_REQUEST,
+            "bad-query",
+            format!("limit {limit} is out of range: allowed 1..={MAX_PAGE}"),
+        ));
+    }
+    let rows = app
+        .handle
+        .journal()
+        .recent(state, query.before.map(TaskId), limit)
+        .map_err(|e| problem(StatusCode::SERVICE_UNAVAILABLE, "journal", e.to_string()))?;
+    Ok((rows, limit))
+}
+
+pub(crate) async fn list(
+    State(app): State<Arc<App>>,
+    query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let Ok(Query(query)) = query else {
+        return problem(
+            StatusCode::BAD_REQUEST,
+            "bad-query",
+            "expected state, before and limit: for example ?state=failed&limit=50",
+        );
+    };
+    match recent(&app, &query) {
+        Ok((rows, limit)) => {
+            let next = (rows.len() == limit)
+                .then(|| rows.last().map(|r| r.id.0))
+                .flatten();
+            let tasks: Vec<Value> = rows.iter().map(view).collect();
+            Json(json!({ "tasks": tasks, "next-before": next })).into_response()
+        }
+        Err(r) => r,
+    }
+}
+
+pub(crate) async fn cancel(State(app): State<Arc<App>>, Path(id): Path<String>) -> Response {
+    let id = match task_id(&id) {
+        Ok(id) => id,
+        Err(r) => return r,
+    };
+    match app.handle.cancel(id).await {
+        Ok(Some(how)) => (
+            StatusCode::ACCEPTED,
+            Json(json!({ "id": id.0, "cancelled": how })),
+        )
+            .into_response(),
+        Ok(None) => match app.handle.journal().task(id) {
+            Ok(Some(row)) => problem(
+                StatusCode::CONFLICT,
+                "already-ended",
+                format!("task {id} already ended: {}", row.state),
+            ),
+            Ok(None) => problem(
+                StatusCode::NOT_FOUND,
+                "no-such-task",
+                format!("there is no task {id}"),
+            ),
+            Err(e) => problem(StatusCode::SERVICE_UNAVAILABLE, "journal", e.to_string()),
+        },
+        Err(e) => refused(e),
+    }
+}
