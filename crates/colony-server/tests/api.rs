@@ -258,9 +258,221 @@ async fn the_openapi_document_describes_every_route_served() {
         "/metrics",
         "/healthz",
         "/openapi.json",
+        "/v1/tasks/{id}/cancel",
+        "/v1/hierarchy",
+        "/v1/agents",
+        "/v1/agents/{id}",
+        "/v1/agents/{id}/kill",
+        "/v1/pools",
+        "/v1/pools/{id}",
+        "/login",
     ] {
         assert!(paths.contains_key(path), "{path} is not documented");
     }
+    server.stop();
+    runtime.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_submission_with_its_key_is_accepted_once() {
+    let (runtime, server, url) = start().await;
+    let client = reqwest::Client::new();
+    let send = |path: &str, key: &str, body: Value| {
+        client
+            .post(format!("{url}{path}"))
+            .header("content-type", "application/json")
+            .header("idempotency-key", key)
+            .body(body.to_string())
+            .send()
+    };
+    let first = send("/v1/tasks", "k1", json!({"payload": 1}))
+        .await
+        .unwrap();
+    assert_eq!(first.status(), 202);
+    assert!(first.headers().get("idempotent-replayed").is_none());
+    let id = json(first).await["id"].clone();
+    let again = send("/v1/tasks", "k1", json!({"payload": 1}))
+        .await
+        .unwrap();
+    assert_eq!(again.status(), 202);
+    assert_eq!(again.headers()["idempotent-replayed"], "true");
+    assert_eq!(json(again).await["id"], id);
+    let other = send("/v1/tasks", "k1", json!({"payload": 2}))
+        .await
+        .unwrap();
+    assert_eq!(other.status(), 422);
+    assert_eq!(json(other).await["error"]["code"], "idempotency-key-reused");
+    let batch = json!({"tasks": [{"payload": 1}, {"payload": 2}]});
+    let b1 = json(send("/v1/tasks/batch", "b1", batch.clone()).await.unwrap()).await;
+    let b2 = json(send("/v1/tasks/batch", "b1", batch).await.unwrap()).await;
+    assert_eq!(b1, b2);
+    runtime.handle().drain().await.unwrap();
+    assert_eq!(
+        runtime.handle().stats().accepted,
+        3,
+        "one task and one batch of two"
+    );
+    server.stop();
+    runtime.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tasks_are_listed_newest_first_and_cancelled() {
+    colony_server::install_metrics();
+    let slow = SimOptions {
+        latency: colony_agents::sim::Latency::Fixed {
+            value: Duration::from_secs(60),
+        },
+        ..SimOptions::default()
+    };
+    let pool = Pool::new(
+        AgentSpec::new("sim", "worker"),
+        1,
+        Arc::new(Sim::new(slow).unwrap()),
+    );
+    let runtime = Runtime::start(
+        RuntimeOptions::default(),
+        vec![pool],
+        Arc::new(MemoryJournal::new()),
+    )
+    .await
+    .unwrap();
+    let server = colony_server::serve(
+        runtime.handle().clone(),
+        colony_server::Config::local("127.0.0.1:0".parse().unwrap()),
+    )
+    .await
+    .unwrap();
+    let url = server.url();
+    let client = reqwest::Client::new();
+    let batch: Vec<Value> = (0..3).map(|i| json!({"payload": i})).collect();
+    let r = client
+        .post(format!("{url}/v1/tasks/batch"))
+        .header("content-type", "application/json")
+        .body(json!({ "tasks": batch }).to_string())
+        .send()
+        .await
+        .unwrap();
+    let first = json(r).await["first"].as_u64().unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let cancel = |id: u64| client.post(format!("{url}/v1/tasks/{id}/cancel")).send();
+    // The first runs, the others wait: one is cancelled at once, the runner is stopped.
+    let r = json(cancel(first + 2).await.unwrap()).await;
+    assert_eq!(r["cancelled"], "now");
+    let r = json(cancel(first).await.unwrap()).await;
+    assert_eq!(r["cancelled"], "stopping");
+    let r = cancel(first + 2).await.unwrap();
+    assert_eq!(r.status(), 409);
+    assert_eq!(json(r).await["error"]["code"], "already-ended");
+    assert_eq!(cancel(999).await.unwrap().status(), 404);
+    assert_eq!(cancel(0).await.unwrap().status(), 404);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while runtime.handle().stats().cancelled < 2 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let list = |q: &str| client.get(format!("{url}/v1/tasks{q}")).send();
+    let cancelled = json(list("?state=cancelled").await.unwrap()).await;
+    let ids: Vec<u64> = cancelled["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["id"].as_u64().unwrap())
+        .collect();
+    assert_eq!(ids, [first + 2, first]);
+    let page = json(list("?limit=2").await.unwrap()).await;
+    assert_eq!(page["tasks"][0]["id"], first + 2);
+    assert_eq!(page["next-before"], first + 1);
+    let rest = json(
+        list(&format!("?limit=2&before={}", first + 1))
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(rest["tasks"].as_array().unwrap().len(), 1);
+    assert_eq!(rest["next-before"], Value::Null);
+    server.stop();
+    runtime.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_hierarchy_is_walked_filtered_and_grown() {
+    let (runtime, server, url) = start().await;
+    let client = reqwest::Client::new();
+    let get = |path: String| client.get(format!("{url}{path}")).send();
+    let h = json(get("/v1/hierarchy".into()).await.unwrap()).await;
+    let tiers = h["tiers"].as_array().unwrap();
+    let workers = tiers.last().unwrap();
+    assert_eq!(workers["agents"], 20);
+    assert_eq!(workers["down"], 0);
+    let root = h["roots"][0].as_u64().unwrap();
+    // Down from a root to a worker, one level at a time.
+    let mut at = root;
+    let mut path = vec![];
+    loop {
+        let agent = json(get(format!("/v1/agents/{at}")).await.unwrap()).await;
+        path.push(agent["tier"].as_str().unwrap().to_owned());
+        let children = agent["children-list"].as_array().unwrap();
+        if children.is_empty() {
+            assert_eq!(agent["role"], "worker");
+            assert_eq!(agent["state"], "up");
+            assert_eq!(agent["ancestors"].as_array().unwrap().len(), path.len() - 1);
+            break;
+        }
+        at = children[0]["id"].as_u64().unwrap();
+    }
+    assert_eq!(path.len(), tiers.len());
+    let name = workers["name"].as_str().unwrap();
+    let page = json(
+        get(format!("/v1/agents?tier={name}&limit=15"))
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(page["agents"].as_array().unwrap().len(), 15);
+    let after = page["next-after"].as_u64().unwrap();
+    let rest = json(
+        get(format!("/v1/agents?tier={name}&after={after}"))
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(rest["agents"].as_array().unwrap().len(), 5);
+    assert_eq!(rest["next-after"], Value::Null);
+    let r = get("/v1/agents?tier=generals".into()).await.unwrap();
+    assert_eq!(r.status(), 400);
+    assert!(
+        json(r).await["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("generals")
+    );
+    assert_eq!(get("/v1/agents/123456".into()).await.unwrap().status(), 404);
+    // Pools grow; they do not shrink, and say so.
+    let resize = |n: u64| {
+        client
+            .put(format!("{url}/v1/pools/0"))
+            .header("content-type", "application/json")
+            .body(json!({ "agents": n }).to_string())
+            .send()
+    };
+    let grown = json(resize(30).await.unwrap()).await;
+    assert_eq!(
+        (grown["agents"].clone(), grown["added"].clone()),
+        (json!(30), json!(10))
+    );
+    let pools = json(get("/v1/pools".into()).await.unwrap()).await;
+    assert_eq!(pools["pools"][0]["agents"], 30);
+    let r = resize(5).await.unwrap();
+    assert_eq!(r.status(), 409);
+    assert_eq!(json(r).await["error"]["code"], "cannot-shrink");
+    let r = client
+        .put(format!("{url}/v1/pools/9"))
+        .header("content-type", "application/json")
+        .body("{\"agents\": 1}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
     server.stop();
     runtime.shutdown().await;
 }

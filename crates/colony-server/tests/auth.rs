@@ -1,0 +1,314 @@
+//! Tokens, scopes, TLS, rate limits and bad requests, over real HTTP(S) on loopback.
+
+use colony_agents::{
+    AgentSpec,
+    sim::{Sim, SimOptions},
+};
+use colony_journal::MemoryJournal;
+use colony_runtime::{Pool, Runtime, RuntimeOptions};
+use colony_server::{Config, Scope, Tls, Tokens};
+use serde_json::{Value, json};
+use std::{path::Path, sync::Arc};
+
+async fn json(r: reqwest::Response) -> Value {
+    serde_json::from_slice(&r.bytes().await.unwrap()).unwrap_or(Value::Null)
+}
+
+async fn runtime() -> Runtime {
+    colony_server::install_metrics();
+    let pool = Pool::new(
+        AgentSpec::new("sim", "worker"),
+        20,
+        Arc::new(Sim::new(SimOptions::default()).unwrap()),
+    );
+    Runtime::start(
+        RuntimeOptions::default(),
+        vec![pool],
+        Arc::new(MemoryJournal::new()),
+    )
+    .await
+    .unwrap()
+}
+
+/// A tokens file with one token per scope: read, submit, admin.
+fn tokens(dir: &Path) -> (Tokens, [String; 3]) {
+    let path = dir.join("tokens");
+    let read = Tokens::create(&path, "dash", Scope::Read).unwrap();
+    let submit = Tokens::create(&path, "ci", Scope::Submit).unwrap();
+    let admin = Tokens::create(&path, "ops", Scope::Admin).unwrap();
+    (Tokens::load(&path).unwrap(), [read, submit, admin])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_route_asks_for_its_scope() {
+    let dir = tempfile::tempdir().unwrap();
+    let (tokens, [read, submit, admin]) = tokens(dir.path());
+    let runtime = runtime().await;
+    // With tokens, any address may be listened on.
+    let config = Config {
+        tokens: Some(tokens),
+        ..Config::local("0.0.0.0:0".parse().unwrap())
+    };
+    let server = colony_server::serve(runtime.handle().clone(), config)
+        .await
+        .unwrap();
+    let url = format!("http://127.0.0.1:{}", server.addr.port());
+    let client = reqwest::Client::new();
+    let post = |path: &str, token: Option<&str>| {
+        let r = client
+            .post(format!("{url}{path}"))
+            .header("content-type", "application/json")
+            .body("{}");
+        match token {
+            Some(t) => r.bearer_auth(t),
+            None => r,
+        }
+    };
+    let r = post("/v1/tasks", None).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    assert_eq!(r.headers()["www-authenticate"], "Bearer");
+    assert_eq!(json(r).await["error"]["code"], "unauthorized");
+    let r = post("/v1/tasks", Some("colony_nope")).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    let r = post("/v1/tasks", Some(&read)).send().await.unwrap();
+    assert_eq!(r.status(), 403);
+    let body = json(r).await;
+    assert_eq!(body["error"]["code"], "forbidden");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("needs submit")
+    );
+    let r = post("/v1/tasks", Some(&submit)).send().await.unwrap();
+    assert_eq!(r.status(), 202);
+    let id = json(r).await["id"].as_u64().unwrap();
+    let r = post("/v1/agents/3/kill", Some(&submit))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    let r = post("/v1/agents/3/kill", Some(&admin))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    // Reading needs a token too, any scope; health and the API document do not.
+    let get = |path: &str| client.get(format!("{url}{path}"));
+    assert_eq!(get("/v1/stats").send().await.unwrap().status(), 401);
+    assert_eq!(get("/metrics").send().await.unwrap().status(), 401);
+    for token in [&read, &submit, &admin] {
+        let r = get(&format!("/v1/tasks/{id}")).bearer_auth(token);
+        assert_eq!(r.send().await.unwrap().status(), 200);
+    }
+    assert_eq!(get("/healthz").send().await.unwrap().status(), 200);
+    assert_eq!(get("/openapi.json").send().await.unwrap().status(), 200);
+    // A cookie, as the dashboard's login sets it, is worth `read` whatever its token.
+    let cookie = format!("colony_token={admin}");
+    let r = get("/v1/stats")
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let r = post("/v1/agents/3/kill", None).header("cookie", &cookie);
+    assert_eq!(r.send().await.unwrap().status(), 403);
+    let login = |token: &str| {
+        reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap()
+            .post(format!("{url}/login"))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(format!("token={token}"))
+            .send()
+    };
+    let r = login(&admin).await.unwrap();
+    assert!(r.status().is_redirection(), "{}", r.status());
+    let set = r.headers()["set-cookie"].to_str().unwrap();
+    assert!(set.starts_with(&cookie), "{set}");
+    assert!(
+        set.contains("HttpOnly") && set.contains("SameSite=Strict"),
+        "{set}"
+    );
+    assert_eq!(login("colony_wrong").await.unwrap().status(), 401);
+    server.stop();
+    runtime.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_bad_requests_get_4xx_and_good_ones_go_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let (tokens, [read, submit, _]) = tokens(dir.path());
+    let runtime = runtime().await;
+    let config = Config {
+        tokens: Some(tokens),
+        ..Config::local("127.0.0.1:0".parse().unwrap())
+    };
+    let server = colony_server::serve(runtime.handle().clone(), config)
+        .await
+        .unwrap();
+    let url = server.url();
+    let client = reqwest::Client::new();
+    let huge = "x".repeat(colony_server::MAX_BODY + 1);
+    let mut statuses = std::collections::BTreeMap::new();
+    for i in 0..1_000 {
+        let request = match i % 10 {
+            0 => client.post(format!("{url}/v1/tasks")).body("{}"),
+            1 => client
+                .post(format!("{url}/v1/tasks"))
+                .bearer_auth("colony_0"),
+            2 => client.post(format!("{url}/v1/tasks")).bearer_auth(&read),
+            3 => client
+                .post(format!("{url}/v1/tasks"))
+                .bearer_auth(&submit)
+                .header("content-type", "application/json")
+                .body("{\"payload\": [1, 2"),
+            4 => client
+                .post(format!("{url}/v1/tasks"))
+                .bearer_auth(&submit)
+                .header("content-type", "application/json")
+                .body(huge.clone()),
+            5 => client
+                .post(format!("{url}/v1/tasks/batch"))
+                .bearer_auth(&submit)
+                .header("content-type", "application/json")
+                .body(json!({"tasks": [{"priority": "high"}]}).to_string()),
+            6 => client
+                .get(format!("{url}/v1/agents?limit=0"))
+                .bearer_auth(&read),
+            7 => client
+                .get(format!("{url}/v1/tasks?state=lost"))
+                .bearer_auth(&read),
+            8 => client
+                .put(format!("{url}/v1/pools/0"))
+                .bearer_auth(&submit)
+                .header("content-type", "application/json")
+                .body("{\"agents\": 1}"),
+            _ => client
+                .get(format!("{url}/v1/tasks/{}", "9".repeat(30)))
+                .header("authorization", "Basic Zm9vOmJhcg=="),
+        };
+        let r = request.send().await.unwrap();
+        let status = r.status().as_u16();
+        let body = json(r).await;
+        assert!(
+            (400..500).contains(&status) && body["error"]["code"].is_string(),
+            "request {i}: {status} {body}"
+        );
+        *statuses.entry(status).or_insert(0) += 1;
+    }
+    assert_eq!(statuses.values().sum::<u32>(), 1_000, "{statuses:?}");
+    // The server is unharmed: a good request goes through.
+    let r = client
+        .post(format!("{url}/v1/tasks"))
+        .bearer_auth(&submit)
+        .header("content-type", "application/json")
+        .body("{\"payload\": 7}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    server.stop();
+    runtime.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_the_rate_a_client_waits_and_others_do_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let (tokens, [read, submit, _]) = tokens(dir.path());
+    let runtime = runtime().await;
+    let config = Config {
+        tokens: Some(tokens),
+        rate_limit: Some(5.try_into().unwrap()),
+        ..Config::local("127.0.0.1:0".parse().unwrap())
+    };
+    let server = colony_server::serve(runtime.handle().clone(), config)
+        .await
+        .unwrap();
+    let url = server.url();
+    let client = reqwest::Client::new();
+    let mut limited = None;
+    for _ in 0..20 {
+        let r = client
+            .get(format!("{url}/v1/stats"))
+            .bearer_auth(&read)
+            .send()
+            .await
+            .unwrap();
+        if r.status() == 429 {
+            limited = Some(r);
+            break;
+        }
+    }
+    let r = limited.expect("20 requests at once exceed 5 per second");
+    assert!(
+        r.headers()["retry-after"]
+            .to_str()
+            .unwrap()
+            .parse::<u64>()
+            .unwrap()
+            >= 1
+    );
+    assert_eq!(json(r).await["error"]["code"], "rate-limited");
+    // Another token has its own budget.
+    let r = client
+        .get(format!("{url}/v1/stats"))
+        .bearer_auth(&submit)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    server.stop();
+    runtime.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_serves_https_with_the_given_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+    let (cert_path, key_path) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert_path, cert.cert.pem()).unwrap();
+    std::fs::write(&key_path, cert.signing_key.serialize_pem()).unwrap();
+    let runtime = runtime().await;
+    let config = Config {
+        tls: Some(Tls {
+            cert: cert_path.clone(),
+            key: key_path.clone(),
+        }),
+        ..Config::local("127.0.0.1:0".parse().unwrap())
+    };
+    let server = colony_server::serve(runtime.handle().clone(), config)
+        .await
+        .unwrap();
+    assert_eq!(server.scheme, "https");
+    let client = reqwest::Client::builder()
+        .tls_certs_only([reqwest::Certificate::from_pem(cert.cert.pem().as_bytes()).unwrap()])
+        .build()
+        .unwrap();
+    let url = format!("https://localhost:{}", server.addr.port());
+    let r = client.get(format!("{url}/healthz")).send().await.unwrap();
+    assert_eq!(r.text().await.unwrap(), "ok");
+    // Plain HTTP to the TLS port gets no answer a client could take for one.
+    let plain = reqwest::get(format!("http://127.0.0.1:{}/healthz", server.addr.port())).await;
+    assert!(plain.is_err() || !plain.unwrap().status().is_success());
+    server.stop();
+    // Files that are not a certificate and key are refused, naming the file.
+    std::fs::write(&key_path, "not a key").unwrap();
+    let config = Config {
+        tls: Some(Tls {
+            cert: cert_path,
+            key: key_path,
+        }),
+        ..Config::local("127.0.0.1:0".parse().unwrap())
+    };
+    let error = colony_server::serve(runtime.handle().clone(), config)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.contains("key.pem") && error.contains("no private key"),
+        "{error}"
+    );
+    runtime.shutdown().await;
+}
