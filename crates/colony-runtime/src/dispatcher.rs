@@ -213,6 +213,9 @@ type Accepting =
 type Ack = oneshot::Sender<Result<(), colony_journal::Error>>;
 type Flushing = Pin<Box<dyn Future<Output = Result<(), colony_journal::Error>> + Send>>;
 
+/// One task in this many has its dispatch latency recorded.
+const DISPATCH_SAMPLE: u64 = 16;
+
 /// The live hierarchy as a query inside the dispatcher sees it.
 #[derive(Clone, Copy)]
 pub struct Live<'a> {
@@ -286,6 +289,8 @@ pub(crate) fn start(
         max_output: options.max_output,
         orphans: 0,
         kill_switches: std::collections::HashMap::new(),
+        down: vec![0; tree.tier_names().len()],
+        down_published: vec![0; tree.tier_names().len()],
         cancels: std::collections::HashSet::new(),
         supervision: options.supervision,
         engines: std::collections::HashMap::new(),
@@ -375,6 +380,9 @@ struct Dispatcher {
     orphans: usize,
     /// Per agent that ever ran an attempt outside `handle`: wakes those attempts to end them.
     kill_switches: std::collections::HashMap<AgentId, Arc<Switch>>,
+    /// Agents out of service per tier, and what the metric last said.
+    down: Vec<u64>,
+    down_published: Vec<u64>,
     /// Tasks cancelled that were not waiting: they end cancelled when their attempt ends or
     /// their retry comes due.
     cancels: std::collections::HashSet<TaskId>,
@@ -617,8 +625,15 @@ impl Dispatcher {
         self.shared.counters.capacity.store(capacity, Relaxed);
         self.metrics.spawned.increment((after - before) as u64);
         self.metrics.spawn_duration.record(started.elapsed());
-        for (name, size) in self.tree.tier_names().iter().zip(self.tree.tier_sizes()) {
+        for (tier, (name, size)) in self
+            .tree
+            .tier_names()
+            .iter()
+            .zip(self.tree.tier_sizes())
+            .enumerate()
+        {
             Metrics::tier_size(name, *size);
+            Metrics::tier_down(name, self.down.get(tier).copied().unwrap_or(0));
         }
         if self.shared.bus.wants(Kinds::AGENTS) {
             // Growth past the plan interleaves new managers with the new workers: one event
@@ -731,6 +746,10 @@ impl Dispatcher {
 
     /// Starts the next attempt of `job` on `worker`, whose supervisor already counts it.
     fn start(&mut self, worker: AgentId, mut job: Job) {
+        // Sampled: a clock read and a histogram update on every task would cost the hot path.
+        if job.attempt == 0 && job.id.0.is_multiple_of(DISPATCH_SAMPLE) {
+            self.metrics.dispatch.record(job.submitted.elapsed());
+        }
         job.attempt += 1;
         job.tries += 1;
         job.last_agent = Some(worker);
@@ -811,6 +830,7 @@ impl Dispatcher {
     }
 
     fn finished(&mut self, f: Finished) {
+        self.metrics.attempt_duration.record(f.elapsed);
         let current = f.incarnation == self.incarnations[f.worker.index()];
         self.ended_after(f.worker, f.job, f.ended, Some(f.elapsed), current);
     }
@@ -1234,6 +1254,12 @@ impl Dispatcher {
         c.agents.store(self.tree.len() as u64, Relaxed);
         c.capacity.store(self.capacity, Relaxed);
         m.queued.set(self.queued as f64);
+        if self.down != self.down_published {
+            for (tier, n) in self.tree.tier_names().iter().zip(&self.down) {
+                Metrics::tier_down(tier, *n);
+            }
+            self.down_published.clone_from(&self.down);
+        }
         m.running.set(running as f64);
         m.succeeded.increment(t.succeeded);
         m.failed.increment(t.failed);
@@ -1258,11 +1284,15 @@ impl Dispatcher {
             .record(std::mem::take(&mut self.records));
         match durable.try_result() {
             Some(result) => release.run(&result),
-            None => self.flushing.push(Box::pin(async move {
-                let result = durable.await;
-                release.run(&result);
-                result
-            })),
+            None => {
+                let (commit, started) = (self.metrics.commit.clone(), Instant::now());
+                self.flushing.push(Box::pin(async move {
+                    let result = durable.await;
+                    commit.record(started.elapsed());
+                    release.run(&result);
+                    result
+                }));
+            }
         }
     }
 }

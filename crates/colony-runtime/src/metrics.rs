@@ -25,6 +25,16 @@ pub const REBALANCED: &str = "colony_tasks_rebalanced_total";
 pub const TASK_LATENCY: &str = "colony_task_latency_seconds";
 pub const TASKS_QUEUED: &str = "colony_tasks_queued";
 pub const TASKS_RUNNING: &str = "colony_tasks_running";
+pub const AGENTS_DOWN: &str = "colony_agents_down";
+pub const DISPATCH_LATENCY: &str = "colony_dispatch_latency_seconds";
+pub const ATTEMPT_DURATION: &str = "colony_attempt_duration_seconds";
+pub const JOURNAL_COMMIT: &str = "colony_journal_commit_seconds";
+
+/// Bucket bounds of every histogram, in seconds: 10 µs to 10 minutes.
+pub const BUCKETS: &[f64] = &[
+    0.000_01, 0.000_05, 0.000_1, 0.000_5, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0,
+    60.0, 300.0, 600.0,
+];
 
 /// Registers units and help texts with the installed recorder.
 pub fn describe() {
@@ -80,6 +90,16 @@ pub fn describe() {
         Unit::Count,
         "Failed attempts followed by another attempt."
     );
+    describe_counter!(
+        WORK_STEALS,
+        Unit::Count,
+        "Tasks an idle worker took from a sibling supervisor's queue."
+    );
+    describe_counter!(
+        REBALANCED,
+        Unit::Count,
+        "Tasks moved between sibling supervisors' queues by periodic rebalancing."
+    );
     describe_histogram!(
         TASK_LATENCY,
         Unit::Seconds,
@@ -91,6 +111,26 @@ pub fn describe() {
         "Tasks accepted and waiting for an agent."
     );
     describe_gauge!(TASKS_RUNNING, Unit::Count, "Attempts running on agents.");
+    describe_gauge!(
+        AGENTS_DOWN,
+        Unit::Count,
+        "Agents out of service, stopped and not yet restarted, by tier."
+    );
+    describe_histogram!(
+        DISPATCH_LATENCY,
+        Unit::Seconds,
+        "Time from acceptance to a task's first attempt starting; one task in 16 is sampled."
+    );
+    describe_histogram!(
+        ATTEMPT_DURATION,
+        Unit::Seconds,
+        "How long attempts that left the agent's handle ran, whatever their outcome."
+    );
+    describe_histogram!(
+        JOURNAL_COMMIT,
+        Unit::Seconds,
+        "Time for the journal to make a turn's transitions durable, as the dispatcher waits for it."
+    );
 }
 
 /// Handles registered once, so the hot path never looks a metric up by name.
@@ -114,6 +154,9 @@ pub(crate) struct Metrics {
     pub(crate) steals: Counter,
     pub(crate) rebalanced: Counter,
     pub(crate) latency: Histogram,
+    pub(crate) dispatch: Histogram,
+    pub(crate) attempt_duration: Histogram,
+    pub(crate) commit: Histogram,
     pub(crate) queued: Gauge,
     pub(crate) running: Gauge,
 }
@@ -139,6 +182,9 @@ impl Metrics {
             steals: counter!(WORK_STEALS),
             rebalanced: counter!(REBALANCED),
             latency: histogram!(TASK_LATENCY),
+            dispatch: histogram!(DISPATCH_LATENCY),
+            attempt_duration: histogram!(ATTEMPT_DURATION),
+            commit: histogram!(JOURNAL_COMMIT),
             queued: gauge!(TASKS_QUEUED),
             running: gauge!(TASKS_RUNNING),
         }
@@ -146,6 +192,10 @@ impl Metrics {
 
     pub(crate) fn tier_size(tier: &str, size: u32) {
         gauge!(AGENTS, "tier" => tier.to_owned()).set(f64::from(size));
+    }
+
+    pub(crate) fn tier_down(tier: &str, down: u64) {
+        gauge!(AGENTS_DOWN, "tier" => tier.to_owned()).set(down as f64);
     }
 
     pub(crate) fn accepted(n: usize) {

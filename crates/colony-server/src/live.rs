@@ -13,7 +13,12 @@ use std::{sync::Arc, sync::OnceLock, time::Duration};
 fn prometheus() -> &'static metrics_exporter_prometheus::PrometheusHandle {
     static HANDLE: OnceLock<metrics_exporter_prometheus::PrometheusHandle> = OnceLock::new();
     HANDLE.get_or_init(|| {
-        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new()
+            .set_buckets(colony_runtime::metrics::BUCKETS)
+            .map(|b| b.build_recorder())
+            .unwrap_or_else(|_| {
+                metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder()
+            });
         let handle = recorder.handle();
         // Another recorder may be installed already (a test harness): then ours renders
         // nothing, which the metrics route says.

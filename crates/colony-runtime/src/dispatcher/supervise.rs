@@ -215,8 +215,10 @@ impl Dispatcher {
         }
         for a in agents {
             self.incarnations[a.index()] += 1;
-            self.tree.set_down(a, true);
             let tier = self.tree.tier(a);
+            if self.tree.set_down(a, true) {
+                self.count_down(tier, true);
+            }
             if tier == worker_tier {
                 if self.tree.load(a).0 > 0
                     && let Some(switch) = self.kill_switches.get(&a)
@@ -280,6 +282,18 @@ impl Dispatcher {
 
     /// A restart's backoff is over: the new incarnation of the agent and of every agent
     /// below it goes into service, unless something stopped it again meanwhile.
+    /// Counts an agent of `tier` going out of service, or back in.
+    fn count_down(&mut self, tier: usize, down: bool) {
+        if self.down.len() <= tier {
+            self.down.resize(tier + 1, 0);
+        }
+        if down {
+            self.down[tier] += 1;
+        } else {
+            self.down[tier] = self.down[tier].saturating_sub(1);
+        }
+    }
+
     pub(super) fn restart(&mut self, (agent, incarnation, cause, hang, at): Restart) {
         if self.incarnations[agent.index()] != incarnation || !self.tree.is_down(agent) {
             return;
@@ -291,6 +305,7 @@ impl Dispatcher {
             if !self.tree.set_down(a, false) {
                 continue;
             }
+            self.count_down(self.tree.tier(a), false);
             if hang {
                 self.turn.restarts_timeout += 1;
             } else {
