@@ -26,14 +26,20 @@ enum Command {
     /// Manage the bearer tokens `colony serve --tokens` asks callers for.
     #[command(subcommand)]
     Token(commands::serve::TokenCommand),
+    /// Submit a task (or a file of them) to a server; --wait for its result.
+    Submit(commands::client::SubmitArgs),
+    /// A task's state and result on a server, or the server's counters.
+    Status(commands::client::StatusArgs),
+    /// Cancel tasks on a server: waiting ones at once, running ones by stopping their attempt.
+    Cancel(commands::client::CancelArgs),
     /// Plan a hierarchy: agents per tier and span of control.
     Tree(commands::tree::Args),
     /// Measure the runtime: spawn, dispatch, latency.
     #[command(subcommand)]
     Bench(commands::bench::Bench),
-    /// List what a journal holds: tasks per state, and the tasks themselves.
+    /// Tasks per state, and the tasks themselves: from a journal, or a server.
     Tasks(commands::tasks::Args),
-    /// Read the hierarchy recorded in a journal: tiers, children, chain of command.
+    /// The hierarchy: tiers, children, chain of command; recorded in a journal, or live on a server.
     Agents(commands::agents::Args),
     /// Copy a journal to a backup, consistently, even while colony runs on it.
     Backup(commands::backup::BackupArgs),
@@ -76,6 +82,9 @@ fn main() -> ExitCode {
         Command::Validate(args) => commands::workflow::validate(&args),
         Command::Serve(args) => commands::serve::run(&args),
         Command::Token(command) => commands::serve::token(&command),
+        Command::Submit(args) => commands::client::submit(&args),
+        Command::Status(args) => commands::client::status(&args),
+        Command::Cancel(args) => commands::client::cancel(&args),
         Command::Tree(args) => commands::tree::run(&args),
         Command::Bench(bench) => commands::bench::run(bench),
         Command::Tasks(args) => commands::tasks::run(&args),

@@ -1,4 +1,5 @@
-//! `colony agents --db PATH`: the recorded hierarchy and its chain of command.
+//! `colony agents --db PATH`: the recorded hierarchy and its chain of command;
+//! `colony agents --server URL`: the live one, with each agent's state and health.
 
 use crate::{
     Failure,
@@ -9,10 +10,22 @@ use std::path::PathBuf;
 
 #[derive(Debug, clap::Args)]
 #[command(group(clap::ArgGroup::new("query").multiple(false).args(["children", "ancestors", "tier", "agent"])))]
+#[command(group(clap::ArgGroup::new("source").required(true).args(["db", "server"])))]
 pub(crate) struct Args {
     /// The SQLite journal to read.
     #[arg(long, value_name = "PATH")]
-    db: PathBuf,
+    db: Option<PathBuf>,
+    /// A running server to ask instead (`colony serve`).
+    #[arg(long, value_name = "URL")]
+    server: Option<String>,
+    /// The server's bearer token.
+    #[arg(
+        long,
+        env = "COLONY_TOKEN",
+        hide_env_values = true,
+        requires = "server"
+    )]
+    token: Option<String>,
     /// The agents that report to agent ID.
     #[arg(long, value_name = "ID")]
     children: Option<u32>,
@@ -33,7 +46,22 @@ pub(crate) struct Args {
 }
 
 pub(crate) fn run(args: &Args) -> Result<(), Failure> {
-    let reader = SqliteReader::open(&args.db).map_err(Failure::input)?;
+    let Some(db) = &args.db else {
+        use crate::commands::client::{self, AgentsQuery};
+        let server = client::ServerArgs {
+            server: args.server.clone().unwrap_or_default(),
+            token: args.token.clone(),
+        };
+        let query = match (&args.children, &args.ancestors, &args.agent, &args.tier) {
+            (Some(a), ..) => AgentsQuery::Children(*a),
+            (_, Some(a), ..) => AgentsQuery::Ancestors(*a),
+            (_, _, Some(a), _) => AgentsQuery::One(*a),
+            (.., Some(name)) => AgentsQuery::Tier(name),
+            _ => AgentsQuery::Tiers,
+        };
+        return client::agents(&server, query, args.limit, args.json);
+    };
+    let reader = SqliteReader::open(db).map_err(Failure::input)?;
     let tiers = reader.tiers().map_err(Failure::work)?;
     let id = colony_core::AgentId;
     let query = if let Some(a) = args.children {

@@ -1,4 +1,5 @@
-//! `colony tasks --db PATH`: what a journal holds, also while another process runs on it.
+//! `colony tasks --db PATH`: what a journal holds, also while another process runs on it;
+//! `colony tasks --server URL`: what a running server holds.
 
 use crate::{
     Failure,
@@ -10,10 +11,22 @@ use serde::Serialize;
 use std::path::PathBuf;
 
 #[derive(Debug, clap::Args)]
+#[command(group(clap::ArgGroup::new("source").required(true).args(["db", "server"])))]
 pub(crate) struct Args {
     /// The SQLite journal to read.
     #[arg(long, value_name = "PATH")]
-    db: PathBuf,
+    db: Option<PathBuf>,
+    /// A running server to ask instead (`colony serve`); its newest tasks first.
+    #[arg(long, value_name = "URL")]
+    server: Option<String>,
+    /// The server's bearer token.
+    #[arg(
+        long,
+        env = "COLONY_TOKEN",
+        hide_env_values = true,
+        requires = "server"
+    )]
+    token: Option<String>,
     /// Only tasks in this state.
     #[arg(long, value_parser = ["queued", "running", "succeeded", "failed", "dead-lettered", "cancelled"])]
     state: Option<String>,
@@ -51,7 +64,19 @@ const STATES: [TaskState; 6] = [
 ];
 
 pub(crate) fn run(args: &Args) -> Result<(), Failure> {
-    let reader = SqliteReader::open(&args.db).map_err(Failure::input)?;
+    let Some(db) = &args.db else {
+        let server = crate::commands::client::ServerArgs {
+            server: args.server.clone().unwrap_or_default(),
+            token: args.token.clone(),
+        };
+        return crate::commands::client::tasks(
+            &server,
+            args.state.as_deref(),
+            args.limit,
+            args.json,
+        );
+    };
+    let reader = SqliteReader::open(db).map_err(Failure::input)?;
     let state = args.state.as_deref().map(|name| {
         *STATES
             .iter()

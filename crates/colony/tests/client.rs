@@ -1,0 +1,214 @@
+//! `colony token`, `colony serve --tokens` and the client commands, as real processes over
+//! real HTTP on loopback.
+
+use serde_json::Value;
+use std::{
+    path::Path,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+/// Runs colony with `args`; stdout, stderr and the exit code.
+fn colony(args: &[&str], token: Option<&str>) -> (String, String, i32) {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_colony"));
+    command
+        .args(args)
+        .env_remove("COLONY_TOKEN")
+        .env_remove("COLONY_SERVER");
+    if let Some(t) = token {
+        command.env("COLONY_TOKEN", t);
+    }
+    let out = command.output().unwrap();
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+        out.status.code().unwrap_or(-1),
+    )
+}
+
+/// A `colony serve` process, killed when dropped.
+struct Serve(Child);
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn serve(tokens: &Path) -> (Serve, String) {
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let child = Command::new(env!("CARGO_BIN_EXE_colony"))
+        .args(["serve", "--addr", &addr, "--agents", "100", "--tokens"])
+        .arg(tokens)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let server = Serve(child);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(&addr).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "colony serve did not listen on {addr}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    (server, format!("http://{addr}"))
+}
+
+#[test]
+fn clients_submit_wait_list_and_cancel_with_tokens() {
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = dir.path().join("tokens");
+    let tokens_arg = tokens.to_str().unwrap();
+    let create = |name: &str, scope: &str| {
+        let (out, err, code) = colony(
+            &[
+                "token", "create", "--name", name, "--scope", scope, "--tokens", tokens_arg,
+            ],
+            None,
+        );
+        assert_eq!(code, 0, "{err}");
+        assert!(err.contains("keep it now"), "{err}");
+        out.trim().to_owned()
+    };
+    let submit = create("ci", "submit");
+    let read = create("dash", "read");
+    let (_, err, code) = colony(
+        &[
+            "token", "create", "--name", "ci", "--scope", "read", "--tokens", tokens_arg,
+        ],
+        None,
+    );
+    assert_eq!(code, 2, "a second token of the same name: {err}");
+    let (_server, url) = serve(&tokens);
+    let s = url.as_str();
+
+    let (out, err, code) = colony(
+        &[
+            "submit",
+            "--server",
+            s,
+            "--wait",
+            "--key",
+            "k",
+            r#"{"x": 1}"#,
+        ],
+        Some(&submit),
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("succeeded") && out.contains(r#"{"x":1}"#),
+        "{out}"
+    );
+
+    let lines = dir.path().join("tasks.jsonl");
+    std::fs::write(&lines, "{\"n\": 1}\n\n{\"n\": 2}\n\"three\"\n").unwrap();
+    let (out, err, code) = colony(
+        &[
+            "submit",
+            "--server",
+            s,
+            "--file",
+            lines.to_str().unwrap(),
+            "--json",
+        ],
+        Some(&submit),
+    );
+    assert_eq!(code, 0, "{err}");
+    let accepted: Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(accepted["count"], 3);
+    let last = accepted["first"].as_u64().unwrap() + 2;
+    std::fs::write(&lines, "{\"n\": 1}\n{oops\n").unwrap();
+    let (_, err, code) = colony(
+        &["submit", "--server", s, "--file", lines.to_str().unwrap()],
+        Some(&submit),
+    );
+    assert_eq!(code, 2);
+    assert!(err.contains("tasks.jsonl:2: not JSON"), "{err}");
+
+    // Reading needs only the read token.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (out, err, code) = colony(
+            &["status", "--server", s, &last.to_string(), "--json"],
+            Some(&read),
+        );
+        assert_eq!(code, 0, "{err}");
+        let task: Value = serde_json::from_str(out.trim()).unwrap();
+        if task["state"] == "succeeded" {
+            assert_eq!(task["output"], "three");
+            break;
+        }
+        assert!(Instant::now() < deadline, "{task}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let (out, _, code) = colony(&["status", "--server", s], Some(&read));
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("succeeded") && out.contains("accepted"),
+        "{out}"
+    );
+    let (out, err, code) = colony(
+        &["tasks", "--server", s, "--state", "succeeded", "--json"],
+        Some(&read),
+    );
+    assert_eq!(code, 0, "{err}");
+    let listed: Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(listed["tasks"].as_array().unwrap().len(), 4);
+    let (out, err, code) = colony(&["agents", "--server", s], Some(&read));
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("worker") && out.contains("100"), "{out}");
+    let (out, err, code) = colony(&["agents", "--server", s, "--children", "0"], Some(&read));
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("up") && out.contains("healthy"), "{out}");
+
+    // Refusals name the server and what it said; the caller's mistakes exit 2.
+    let (_, err, code) = colony(&["submit", "--server", s, "1"], Some(&read));
+    assert_eq!(code, 2);
+    assert!(err.contains(s) && err.contains("forbidden"), "{err}");
+    let (_, err, code) = colony(&["status", "--server", s], None);
+    assert_eq!(code, 2);
+    assert!(err.contains("unauthorized"), "{err}");
+    let (_, err, code) = colony(&["cancel", "--server", s, "999999"], Some(&submit));
+    assert_eq!(code, 1, "not every task was cancelled");
+    assert!(err.contains("no-such-task"), "{err}");
+    let (_, err, code) = colony(&["cancel", "--server", s, &last.to_string()], Some(&submit));
+    assert_eq!(code, 1);
+    assert!(err.contains("already-ended"), "{err}");
+    let (_, err, code) = colony(&["status", "--server", "http://127.0.0.1:1"], None);
+    assert_eq!(code, 1);
+    assert!(err.contains("cannot reach http://127.0.0.1:1"), "{err}");
+}
+
+#[test]
+fn serve_refuses_a_public_address_without_tokens_and_a_bad_tokens_file() {
+    let (_, err, code) = colony(&["serve", "--addr", "0.0.0.0:0"], None);
+    assert_eq!(code, 2);
+    assert!(err.contains("not a loopback address"), "{err}");
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = dir.path().join("tokens");
+    std::fs::write(&tokens, "ci submit sha256:beef\n").unwrap();
+    let (_, err, code) = colony(
+        &[
+            "serve",
+            "--addr",
+            "0.0.0.0:0",
+            "--tokens",
+            tokens.to_str().unwrap(),
+        ],
+        None,
+    );
+    assert_eq!(code, 2);
+    assert!(err.contains("tokens:1: the hash"), "{err}");
+}
