@@ -7,7 +7,7 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use serde_json::{Value, json};
-use std::{sync::Arc, sync::OnceLock, time::Duration};
+use std::{collections::VecDeque, sync::Arc, sync::OnceLock, time::Duration};
 
 /// The process's Prometheus recorder, installed once, whatever the number of servers.
 fn prometheus() -> &'static metrics_exporter_prometheus::PrometheusHandle {
@@ -38,7 +38,9 @@ pub(crate) async fn stats(State(app): State<Arc<App>>) -> Response {
     Json(app.handle.stats()).into_response()
 }
 
-/// The live stream: see the crate documentation.
+/// The live stream: see the crate documentation. Restarts and growth come as one `notable`
+/// event a second each, with their counts: a swarm restarting thousands of agents a second
+/// must not send the browser thousands of lines.
 pub(crate) async fn events(
     State(app): State<Arc<App>>,
 ) -> axum::response::sse::Sse<
@@ -52,43 +54,87 @@ pub(crate) async fn events(
     let subscription = h.subscribe(Kinds::AGENTS.union(Kinds::HEALTH));
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let state = (h, subscription, tick, Coalesced::default(), VecDeque::new());
     let stream = futures::stream::unfold(
-        (h, subscription, tick),
-        |(h, mut subscription, mut tick)| async move {
+        state,
+        |(h, mut subscription, mut tick, mut coalesced, mut ready)| async move {
             loop {
-                let event = tokio::select! {
-                    _ = tick.tick() => Event::default()
-                        .event("snapshot")
-                        .data(serde_json::to_string(&h.stats()).unwrap_or_default()),
-                    e = subscription.recv() => match notable(&e?) {
-                        Some(v) => Event::default().event("notable").data(v.to_string()),
-                        None => continue,
-                    },
-                };
-                return Some((Ok(event), (h, subscription, tick)));
+                if let Some(event) = ready.pop_front() {
+                    return Some((Ok(event), (h, subscription, tick, coalesced, ready)));
+                }
+                tokio::select! {
+                    _ = tick.tick() => {
+                        for v in coalesced.take() {
+                            ready.push_back(Event::default().event("notable").data(v.to_string()));
+                        }
+                        let stats = serde_json::to_string(&h.stats()).unwrap_or_default();
+                        ready.push_back(Event::default().event("snapshot").data(stats));
+                    }
+                    e = subscription.recv() => {
+                        if let Some(v) = coalesced.notable(&e?) {
+                            ready.push_back(Event::default().event("notable").data(v.to_string()));
+                        }
+                    }
+                }
             }
         },
     );
     Sse::new(stream).keep_alive(KeepAlive::default())
 }
 
-/// The events worth a line on a dashboard, as JSON; `None` for the rest (per task, per agent).
-fn notable(e: &colony_runtime::events::Event) -> Option<Value> {
-    use colony_runtime::events::Event as E;
-    Some(match e {
-        E::SupervisorEscalated { supervisor, cause } => {
-            json!({"kind": "supervisor-escalated", "supervisor": supervisor.map(|s| s.0), "cause": &**cause})
+/// Restarts and growth since the last tick.
+#[derive(Debug, Default)]
+struct Coalesced {
+    restarted: u64,
+    last_cause: Option<Arc<str>>,
+    spawned: u64,
+}
+
+impl Coalesced {
+    /// The event as a line for a dashboard, as JSON, if it is one on its own; `None` for
+    /// the rest (counted for the next tick, or of no interest).
+    fn notable(&mut self, e: &colony_runtime::events::Event) -> Option<Value> {
+        use colony_runtime::events::Event as E;
+        Some(match e {
+            E::SupervisorEscalated { supervisor, cause } => {
+                json!({"kind": "supervisor-escalated", "supervisor": supervisor.map(|s| s.0), "cause": &**cause})
+            }
+            E::HealthAlert {
+                agent,
+                average,
+                baseline,
+            } => json!({
+                "kind": "health-alert", "agent": agent.0,
+                "average-ms": average.as_secs_f64() * 1e3, "baseline-ms": baseline.as_secs_f64() * 1e3,
+            }),
+            E::AgentRestarted { cause, .. } => {
+                self.restarted += 1;
+                self.last_cause = Some(cause.clone());
+                return None;
+            }
+            E::AgentsSpawned { count, .. } => {
+                self.spawned += u64::from(*count);
+                return None;
+            }
+            _ => return None,
+        })
+    }
+
+    /// The counted events as one line each, and a fresh count.
+    fn take(&mut self) -> Vec<Value> {
+        let mut lines = Vec::new();
+        if self.restarted > 0 {
+            lines.push(json!({
+                "kind": "recovered", "agents": self.restarted,
+                "last-cause": self.last_cause.as_deref(),
+            }));
         }
-        E::HealthAlert {
-            agent,
-            average,
-            baseline,
-        } => json!({
-            "kind": "health-alert", "agent": agent.0,
-            "average-ms": average.as_secs_f64() * 1e3, "baseline-ms": baseline.as_secs_f64() * 1e3,
-        }),
-        _ => return None,
-    })
+        if self.spawned > 0 {
+            lines.push(json!({"kind": "scaled", "agents-added": self.spawned}));
+        }
+        *self = Self::default();
+        lines
+    }
 }
 
 pub(crate) async fn metrics_text() -> Response {

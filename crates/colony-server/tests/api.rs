@@ -476,3 +476,80 @@ async fn the_hierarchy_is_walked_filtered_and_grown() {
     server.stop();
     runtime.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recoveries_and_growth_are_notable_once_a_second() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (runtime, server, _) = start().await;
+    let mut socket = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    socket
+        .write_all(b"GET /v1/events HTTP/1.1\r\nhost: x\r\naccept: text/event-stream\r\n\r\n")
+        .await
+        .unwrap();
+    let mut seen = String::new();
+    let mut buf = [0u8; 4096];
+    // The first snapshot says the stream is subscribed.
+    while !seen.contains("event: snapshot") {
+        let n = socket.read(&mut buf).await.unwrap();
+        seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+    let h = runtime.handle();
+    let before = h.stats().agents;
+    h.spawn(
+        0,
+        30,
+        colony_runtime::SpawnMode::Waves {
+            size: 5.try_into().unwrap(),
+        },
+    )
+    .await
+    .unwrap();
+    let workers = h
+        .inspect(|t| t.agents_in_tier(t.worker_tier()))
+        .await
+        .unwrap();
+    for w in &workers[..4] {
+        h.kill(*w).unwrap();
+    }
+    // Six waves and a cascade of restarts: each a line a second with its count, so one or
+    // two lines each (a second may turn mid-way), summing to the runtime's own counts.
+    let notable = |seen: &str| -> Vec<Value> {
+        seen.lines()
+            .filter_map(|l| l.strip_prefix("data: "))
+            .filter_map(|d| serde_json::from_str::<Value>(d).ok())
+            .filter(|v| v.get("kind").is_some())
+            .collect()
+    };
+    let sum = |lines: &[Value], kind: &str, field: &str| -> (u64, usize) {
+        let of_kind: Vec<&Value> = lines.iter().filter(|v| v["kind"] == kind).collect();
+        let total = of_kind.iter().map(|v| v[field].as_u64().unwrap()).sum();
+        (total, of_kind.len())
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let (added, restarts) = loop {
+        let (added, restarts) = (h.stats().agents - before, h.stats().restarts);
+        let lines = notable(&seen);
+        if sum(&lines, "scaled", "agents-added").0 == added
+            && sum(&lines, "recovered", "agents").0 == restarts
+            && restarts >= 4
+        {
+            break (added, restarts);
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{lines:?}");
+        let n = tokio::time::timeout(Duration::from_secs(5), socket.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+    };
+    let lines = notable(&seen);
+    // Thirty workers, and the supervisors they needed.
+    assert!(added > 30);
+    assert!(sum(&lines, "scaled", "agents-added").1 <= 2, "{lines:?}");
+    // Four kills under one supervisor exceed its intensity: it escalates, and its subtree is
+    // restarted with it.
+    assert!(restarts > 4);
+    assert!(sum(&lines, "recovered", "agents").1 <= 2, "{lines:?}");
+    server.stop();
+    runtime.shutdown().await;
+}
