@@ -1,15 +1,481 @@
-//! The web dashboard, served from the binary.
+//! The web dashboard, served from the binary: no Node at build or run time, no request to any
+//! other origin.
+//!
+//! - `GET /` is the page shell, open to all because it holds no data; a server with tokens
+//!   shows a browser without a valid cookie a sign-in form instead (it posts to `/login`,
+//!   which sets the cookie; `POST /logout` clears it).
+//! - `GET /assets/{name}`: htmx, uPlot and the dashboard's own script and style sheet,
+//!   embedded in the binary (the `assets` module; `assets/VENDORED.md` says which versions).
+//! - `GET /ui/...` [read]: HTML fragments rendered here and pulled by htmx every few
+//!   seconds: counters, population by tier and health, the hierarchy one agent at a time,
+//!   the task table and recent failures. The charts and the list of events come from the
+//!   event stream (`/v1/events`) in `dashboard.js`.
+//!
+//! Agents' output is untrusted. Every value put into HTML is escaped (`html::Esc`), and
+//! every response here carries a strict Content-Security-Policy ([`CSP`]): scripts and styles
+//! from this origin only, none inline, so that markup slipping through could still run
+//! nothing. Every route that shows something is a GET that changes nothing.
 
-use crate::App;
-use axum::Router;
+mod assets;
+mod html;
+
+use crate::{App, agents, auth, tasks};
+use axum::{
+    Router,
+    extract::{Path, Query, State},
+    http::{HeaderMap, HeaderValue, StatusCode, header},
+    middleware::map_response,
+    response::{Html, IntoResponse, Redirect, Response},
+    routing::{get, post},
+};
+use colony_core::{AgentId, task::TaskState};
+use colony_journal::TaskRow;
+use serde::Deserialize;
 use std::sync::Arc;
+
+/// The Content-Security-Policy of every dashboard response.
+pub const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
+
+/// Failures the failures panel lists.
+const FAILURES: usize = 20;
 
 /// Dashboard routes that show data: behind the `read` scope.
 pub(crate) fn read_routes() -> Router<Arc<App>> {
     Router::new()
+        .route("/ui/stats", get(stats))
+        .route("/ui/population", get(population))
+        .route("/ui/hierarchy", get(hierarchy))
+        .route("/ui/agents/{id}", get(agent))
+        .route("/ui/tasks", get(task_table))
+        .route("/ui/failures", get(failures))
+        .layer(map_response(secure))
 }
 
 /// Dashboard routes open to all: the page shell, its assets and the login form.
 pub(crate) fn open_routes() -> Router<Arc<App>> {
     Router::new()
+        .route("/", get(page))
+        .route("/assets/{name}", get(assets::serve))
+        .route("/logout", post(logout))
+        .layer(map_response(secure))
+}
+
+/// Adds the security headers every dashboard response carries.
+async fn secure(mut response: Response) -> Response {
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(CSP),
+    );
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    headers.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    response
+}
+
+/// HTML that is never cached: it is live, and may be somebody's data.
+fn fresh(status: StatusCode, body: String) -> Response {
+    (status, [(header::CACHE_CONTROL, "no-store")], Html(body)).into_response()
+}
+
+fn ok(body: String) -> Response {
+    fresh(StatusCode::OK, body)
+}
+
+/// A fragment that says what went wrong, in place of the one asked for.
+fn trouble(status: StatusCode, message: &str) -> Response {
+    fresh(
+        status,
+        format!(r#"<p class="error">{}</p>"#, html::escape(message)),
+    )
+}
+
+/// Whether the browser may see data: the server has no tokens, or its cookie holds one.
+fn signed_in(app: &App, headers: &HeaderMap) -> bool {
+    let Some(tokens) = &app.tokens else {
+        return true;
+    };
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().strip_prefix(auth::COOKIE)?.strip_prefix('='))
+        .any(|token| tokens.verify(token).is_some())
+}
+
+/// `GET /`.
+async fn page(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
+    let version = assets::version();
+    if signed_in(&app, &headers) {
+        ok(html::shell(version, app.tokens.is_some()))
+    } else {
+        ok(html::login(version))
+    }
+}
+
+/// `POST /logout`: forgets the cookie. Refused when another site's page sends it.
+async fn logout(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
+    let cross_site = headers
+        .get("sec-fetch-site")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|site| site != "same-origin" && site != "none");
+    if cross_site {
+        return crate::problem(
+            StatusCode::FORBIDDEN,
+            "cross-site",
+            "sign out from the dashboard itself",
+        );
+    }
+    let secure = if app.tls { "; Secure" } else { "" };
+    let cookie = format!(
+        "{}=; Max-Age=0; HttpOnly; SameSite=Strict; Path=/{secure}",
+        auth::COOKIE
+    );
+    let mut response = Redirect::to("/").into_response();
+    if let Ok(value) = HeaderValue::from_str(&cookie) {
+        response.headers_mut().insert(header::SET_COOKIE, value);
+    }
+    response
+}
+
+/// `GET /ui/stats`: the counters.
+async fn stats(State(app): State<Arc<App>>) -> Response {
+    ok(html::stats(&app.handle.stats()))
+}
+
+/// `GET /ui/population`: agents by tier and health, and the pools.
+async fn population(State(app): State<Arc<App>>) -> Response {
+    let summary = match agents::summary(&app).await {
+        Ok(s) => s,
+        Err(e) => return trouble(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
+    };
+    let pools: Vec<html::PoolRow> = app
+        .handle
+        .pools()
+        .into_iter()
+        .map(|(spec, agents)| html::PoolRow {
+            kind: spec.kind.to_string(),
+            role: spec.role.to_string(),
+            agents,
+            concurrency: spec.concurrency,
+        })
+        .collect();
+    ok(html::population(&summary, &pools))
+}
+
+/// `GET /ui/hierarchy`: the tiers and the top tier's agents, where the drill-down starts.
+async fn hierarchy(State(app): State<Arc<App>>) -> Response {
+    match agents::summary(&app).await {
+        Ok(s) => ok(html::roots(&s)),
+        Err(e) => trouble(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
+    }
+}
+
+/// `GET /ui/agents/{id}`: one agent, its chain of command and its children.
+async fn agent(State(app): State<Arc<App>>, Path(id): Path<String>) -> Response {
+    let Ok(id) = id.parse::<u32>() else {
+        return trouble(StatusCode::BAD_REQUEST, "That is not an agent id.");
+    };
+    match agents::detail(&app, AgentId(id)).await {
+        Ok(Some(detail)) => ok(html::agent(&detail)),
+        Ok(None) => trouble(StatusCode::NOT_FOUND, &format!("There is no agent {id}.")),
+        Err(response) => response,
+    }
+}
+
+/// `GET /ui/tasks?state=`.
+#[derive(Debug, Deserialize)]
+struct TaskFilter {
+    #[serde(default)]
+    state: Option<String>,
+}
+
+/// `GET /ui/tasks`: the newest tasks, in one state or any.
+async fn task_table(State(app): State<Arc<App>>, Query(filter): Query<TaskFilter>) -> Response {
+    let state = match filter.state.filter(|s| !s.is_empty()) {
+        None => None,
+        Some(s) => match tasks::parse_state(&s) {
+            Ok(state) => Some(state),
+            Err(e) => return trouble(StatusCode::BAD_REQUEST, &e),
+        },
+    };
+    match recent(&app, state, html::TASKS) {
+        Ok(rows) => ok(html::tasks(&rows, state)),
+        Err(response) => response,
+    }
+}
+
+/// `GET /ui/failures`: the newest failed and dead-lettered tasks.
+async fn failures(State(app): State<Arc<App>>) -> Response {
+    let mut rows = Vec::with_capacity(2 * FAILURES);
+    for state in [TaskState::Failed, TaskState::DeadLettered] {
+        match recent(&app, Some(state), FAILURES) {
+            Ok(r) => rows.extend(r),
+            Err(response) => return response,
+        }
+    }
+    rows.sort_by_key(|r| std::cmp::Reverse(r.id.0));
+    rows.truncate(FAILURES);
+    ok(html::failures(&rows))
+}
+
+#[allow(clippy::result_large_err)]
+fn recent(app: &App, state: Option<TaskState>, limit: usize) -> Result<Vec<TaskRow>, Response> {
+    app.handle
+        .journal()
+        .recent(state, None, limit)
+        .map_err(|e| trouble(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Config, Scope, Server, Tokens};
+    use colony_agents::{
+        AgentSpec,
+        sim::{Sim, SimOptions},
+    };
+    use colony_core::task::TaskSpec;
+    use colony_journal::MemoryJournal;
+    use colony_runtime::{Pool, Runtime, RuntimeOptions};
+
+    async fn start(tokens: Option<Tokens>) -> (Runtime, Server, String) {
+        crate::install_metrics();
+        let pool = Pool::new(
+            AgentSpec::new("sim", "worker"),
+            20,
+            Arc::new(Sim::new(SimOptions::default()).unwrap()),
+        );
+        let runtime = Runtime::start(
+            RuntimeOptions::default(),
+            vec![pool],
+            Arc::new(MemoryJournal::new()),
+        )
+        .await
+        .unwrap();
+        let config = Config {
+            tokens,
+            ..Config::local("127.0.0.1:0".parse().unwrap())
+        };
+        let server = crate::serve(runtime.handle().clone(), config)
+            .await
+            .unwrap();
+        let url = server.url();
+        (runtime, server, url)
+    }
+
+    fn client() -> reqwest::Client {
+        reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap()
+    }
+
+    fn header<'a>(r: &'a reqwest::Response, name: &str) -> &'a str {
+        r.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+    }
+
+    fn assert_secure(r: &reqwest::Response) {
+        assert_eq!(header(r, "content-security-policy"), CSP, "{}", r.url());
+        assert_eq!(header(r, "x-content-type-options"), "nosniff");
+        assert_eq!(header(r, "referrer-policy"), "no-referrer");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn agent_output_is_escaped_in_the_task_table() {
+        let (runtime, server, url) = start(None).await;
+        let mut spec = TaskSpec::with_payload(r#""<script>alert(1)</script>""#);
+        spec.key = Some("<img src=x onerror=alert(2)>".into());
+        runtime.handle().submit(spec).await.unwrap();
+        runtime.handle().drain().await.unwrap();
+        for path in ["/ui/tasks", "/ui/tasks?state=succeeded"] {
+            let r = client().get(format!("{url}{path}")).send().await.unwrap();
+            assert_eq!(r.status(), 200);
+            assert_secure(&r);
+            assert!(header(&r, "content-type").starts_with("text/html"));
+            assert_eq!(header(&r, "cache-control"), "no-store");
+            let body = r.text().await.unwrap();
+            assert!(
+                body.contains("&lt;script&gt;alert(1)&lt;/script&gt;"),
+                "{body}"
+            );
+            assert!(
+                body.contains("&lt;img src=x onerror=alert(2)&gt;"),
+                "{body}"
+            );
+            assert!(!body.contains("<script"), "{body}");
+            assert!(!body.contains("<img"), "{body}");
+        }
+        let r = client()
+            .get(format!("{url}/ui/tasks?state=nonsense"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400);
+        server.stop();
+        runtime.shutdown().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn every_dashboard_response_is_locked_down() {
+        let (runtime, server, url) = start(None).await;
+        let c = client();
+        let r = c.get(format!("{url}/")).send().await.unwrap();
+        assert_secure(&r);
+        let page = r.text().await.unwrap();
+        assert!(page.contains(r#"hx-get="/ui/stats""#), "{page}");
+        assert!(!page.contains("action=\"/logout\""), "no tokens, no logout");
+        for (path, content_type) in [
+            ("/assets/htmx.min.js", "text/javascript; charset=utf-8"),
+            (
+                "/assets/uPlot.iife.min.js",
+                "text/javascript; charset=utf-8",
+            ),
+            ("/assets/uPlot.min.css", "text/css; charset=utf-8"),
+            ("/assets/dashboard.js", "text/javascript; charset=utf-8"),
+            ("/assets/dashboard.css", "text/css; charset=utf-8"),
+            ("/assets/favicon.svg", "image/svg+xml"),
+        ] {
+            let r = c
+                .get(format!("{url}{path}?v={}", assets::version()))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200, "{path}");
+            assert_secure(&r);
+            assert_eq!(header(&r, "content-type"), content_type, "{path}");
+            assert!(header(&r, "cache-control").contains("max-age=31536000"));
+            assert!(page.contains(&format!("{path}?v={}", assets::version())));
+        }
+        assert_eq!(
+            c.get(format!("{url}/assets/nope.js"))
+                .send()
+                .await
+                .unwrap()
+                .status(),
+            404
+        );
+        for path in [
+            "/ui/stats",
+            "/ui/population",
+            "/ui/hierarchy",
+            "/ui/agents/0",
+            "/ui/tasks",
+            "/ui/failures",
+        ] {
+            let r = c.get(format!("{url}{path}")).send().await.unwrap();
+            assert_eq!(r.status(), 200, "{path}");
+            assert_secure(&r);
+        }
+        // Nothing changes state on GET.
+        let r = c.get(format!("{url}/logout")).send().await.unwrap();
+        assert_eq!(r.status(), 405);
+        server.stop();
+        runtime.shutdown().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_hierarchy_drills_down_to_workers() {
+        let (runtime, server, url) = start(None).await;
+        let c = client();
+        let get = |path: String| {
+            let c = c.clone();
+            async move { c.get(path).send().await.unwrap().text().await.unwrap() }
+        };
+        let roots = get(format!("{url}/ui/hierarchy")).await;
+        let first = |html: &str, class: &str| -> Option<u32> {
+            let at = html.find(&format!(r#"class="{class}" data-agent=""#))?;
+            let rest = &html[at..];
+            let rest = &rest[rest.find("data-agent=\"")? + 12..];
+            rest[..rest.find('"')?].parse().ok()
+        };
+        let mut id = first(&roots, "drill root").expect("a root");
+        let mut fragment = String::new();
+        for _ in 0..10 {
+            fragment = get(format!("{url}/ui/agents/{id}")).await;
+            if fragment.contains(r#"<tr class="worker""#) {
+                break;
+            }
+            id = first(&fragment, "drill").expect("a child to drill into");
+        }
+        assert!(fragment.contains(r#"<tr class="worker""#), "{fragment}");
+        assert!(fragment.contains("sim / worker"), "{fragment}");
+        let missing = c
+            .get(format!("{url}/ui/agents/4000000"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(missing.status(), 404);
+        server.stop();
+        runtime.shutdown().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn with_tokens_the_page_asks_for_one_and_the_cookie_lets_fragments_in() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tokens");
+        let token = Tokens::create(&path, "ops", Scope::Admin).unwrap();
+        let (runtime, server, url) = start(Some(Tokens::load(&path).unwrap())).await;
+        let c = client();
+        let page = c
+            .get(format!("{url}/"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert!(page.contains(r#"action="/login""#), "{page}");
+        assert!(!page.contains("hx-get"), "{page}");
+        let r = c.get(format!("{url}/ui/stats")).send().await.unwrap();
+        assert_eq!(r.status(), 401);
+        let cookie = format!("{}={token}", auth::COOKIE);
+        let r = c
+            .get(format!("{url}/"))
+            .header("cookie", "colony_token=colony_wrong")
+            .send()
+            .await
+            .unwrap();
+        assert!(r.text().await.unwrap().contains(r#"action="/login""#));
+        let page = c
+            .get(format!("{url}/"))
+            .header("cookie", &cookie)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert!(page.contains(r#"hx-get="/ui/stats""#), "{page}");
+        assert!(page.contains(r#"action="/logout""#), "{page}");
+        let r = c
+            .get(format!("{url}/ui/stats"))
+            .header("cookie", &cookie)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        assert!(r.text().await.unwrap().contains(r#"id="stat-succeeded""#));
+        let r = c.post(format!("{url}/logout")).send().await.unwrap();
+        assert_eq!(r.status(), 303);
+        assert!(header(&r, "set-cookie").starts_with("colony_token=; Max-Age=0"));
+        let r = c
+            .post(format!("{url}/logout"))
+            .header("sec-fetch-site", "cross-site")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 403);
+        server.stop();
+        runtime.shutdown().await;
+    }
 }

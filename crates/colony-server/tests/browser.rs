@@ -1,0 +1,393 @@
+//! The dashboard in a real browser: headless Chromium, driven through chromedriver, against
+//! a server with tokens and a runtime under load. It signs in through the form, watches the
+//! counters move, drills down the hierarchy to the workers, checks the charts drew and that
+//! the browser refused nothing under the Content-Security-Policy, and saves a screenshot to
+//! `target/dashboard.png`.
+//!
+//! Needs Debian's `chromium` and `chromium-driver` (`.ci/run` installs them). Without them the
+//! test fails, unless `COLONY_SKIP_BROWSER=1`.
+
+use colony_agents::{
+    AgentSpec,
+    sim::{Latency, Sim, SimOptions},
+};
+use colony_core::task::TaskSpec;
+use colony_journal::MemoryJournal;
+use colony_runtime::{Pool, Runtime, RuntimeOptions, spawner::Spawner};
+use fantoccini::{Client, ClientBuilder, Locator, elements::Element};
+use serde_json::{Value, json};
+use std::{
+    future::Future,
+    path::{Path, PathBuf},
+    process::Stdio,
+    sync::Arc,
+    time::Duration,
+};
+
+const CHROMIUM: &str = "/usr/bin/chromium";
+const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
+
+/// Whether the browser's binaries are here; when they are not, a failure, unless the caller
+/// said to skip.
+fn browser_installed() -> bool {
+    let missing: Vec<&str> = [CHROMIUM, CHROMEDRIVER]
+        .into_iter()
+        .filter(|p| !Path::new(p).exists())
+        .collect();
+    if missing.is_empty() {
+        return true;
+    }
+    if std::env::var("COLONY_SKIP_BROWSER").is_ok_and(|v| v == "1") {
+        eprintln!(
+            "skipping the browser test: {} missing and COLONY_SKIP_BROWSER=1",
+            missing.join(", ")
+        );
+        return false;
+    }
+    panic!(
+        "the browser test needs {}: install them with `apt-get install -y chromium chromium-driver` \
+         (as .ci/run does), or set COLONY_SKIP_BROWSER=1 to skip it",
+        missing.join(" and ")
+    );
+}
+
+/// chromedriver on a free loopback port; killed when dropped.
+struct Driver {
+    url: String,
+    _child: tokio::process::Child,
+}
+
+impl Driver {
+    async fn start() -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = tokio::process::Command::new(CHROMEDRIVER)
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {CHROMEDRIVER}: {e}"));
+        let url = format!("http://127.0.0.1:{port}");
+        let status = format!("{url}/status");
+        let ready = until(Duration::from_secs(20), || async {
+            let r = reqwest::get(&status).await.ok()?;
+            let v: Value = serde_json::from_slice(&r.bytes().await.ok()?).ok()?;
+            v["value"]["ready"].as_bool().filter(|&ready| ready)
+        })
+        .await;
+        assert!(
+            ready.is_some(),
+            "chromedriver did not become ready at {url}"
+        );
+        Self { url, _child: child }
+    }
+}
+
+/// Polls `check` every 200 ms until it gives something or `timeout` passes.
+async fn until<T, F, Fut>(timeout: Duration, mut check: F) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(t) = check().await {
+            return Some(t);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn start_runtime() -> Runtime {
+    colony_server::install_metrics();
+    let sim = SimOptions {
+        seed: 7,
+        latency: Latency::Uniform {
+            min: Duration::from_millis(5),
+            max: Duration::from_millis(60),
+        },
+        error_rate: 0.03,
+        crash_rate: 0.002,
+        hang_rate: 0.0,
+    };
+    let pool = Pool::new(
+        AgentSpec::new("sim", "worker"),
+        400,
+        Arc::new(Sim::new(sim).unwrap()),
+    );
+    Runtime::start(
+        RuntimeOptions::default(),
+        vec![pool],
+        Arc::new(MemoryJournal::new()),
+    )
+    .await
+    .unwrap()
+}
+
+/// Submits a batch of tasks every 100 ms until aborted; one in ten may be tried only once,
+/// so that some fail for good.
+fn keep_busy(runtime: &Runtime) -> tokio::task::JoinHandle<Option<()>> {
+    let handle = runtime.handle().clone();
+    Spawner::spawn("browser-test-load", async move {
+        let mut n = 0u64;
+        loop {
+            let batch: Vec<TaskSpec> = (0..60)
+                .map(|i| {
+                    n += 1;
+                    let mut spec = TaskSpec::with_payload(json!({ "n": n }).to_string());
+                    if i % 10 == 0 {
+                        spec.max_attempts = 1;
+                    }
+                    spec
+                })
+                .collect();
+            if handle.submit_batch(batch).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+}
+
+async fn text(client: &Client, css: &str) -> Option<String> {
+    client.find(Locator::Css(css)).await.ok()?.text().await.ok()
+}
+
+/// A counter tile's value.
+async fn counter(client: &Client, name: &str) -> Option<u64> {
+    let text = text(client, &format!("#stat-{name}")).await?;
+    text.chars()
+        .filter(char::is_ascii_digit)
+        .collect::<String>()
+        .parse()
+        .ok()
+}
+
+/// The first element `css` finds, waiting for it.
+async fn wait_for(client: &Client, css: &str, timeout: Duration) -> Element {
+    until(timeout, || async {
+        client.find(Locator::Css(css)).await.ok()
+    })
+    .await
+    .unwrap_or_else(|| panic!("no {css} on the page after {timeout:?}"))
+}
+
+/// Clicks the first `css` that can be clicked (a fragment may be swapped between finding a
+/// button and clicking it) and returns its `data-agent`.
+async fn click_agent(client: &Client, css: &str) -> String {
+    until(Duration::from_secs(10), || async {
+        let button = client.find(Locator::Css(css)).await.ok()?;
+        let agent = button.attr("data-agent").await.ok()??;
+        button.click().await.ok()?;
+        Some(agent)
+    })
+    .await
+    .unwrap_or_else(|| panic!("could not click {css}"))
+}
+
+/// What the browser logged: console messages and refusals (a CSP violation is one).
+async fn browser_log(driver: &Driver, client: &Client) -> Vec<Value> {
+    let session = client.session_id().await.unwrap().unwrap();
+    let r = reqwest::Client::new()
+        .post(format!("{}/session/{session}/se/log", driver.url))
+        .header("content-type", "application/json")
+        .body(json!({ "type": "browser" }).to_string())
+        .send()
+        .await
+        .unwrap();
+    let body: Value = serde_json::from_slice(&r.bytes().await.unwrap()).unwrap();
+    body["value"]
+        .as_array()
+        .unwrap_or_else(|| panic!("chromedriver gave no browser log: {body}"))
+        .clone()
+}
+
+fn screenshot_path() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/dashboard.png")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_shows_a_live_runtime_in_a_browser() {
+    if !browser_installed() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let tokens_file = dir.path().join("tokens");
+    let token =
+        colony_server::Tokens::create(&tokens_file, "viewer", colony_server::Scope::Read).unwrap();
+    let runtime = start_runtime().await;
+    let server = colony_server::serve(
+        runtime.handle().clone(),
+        colony_server::Config {
+            tokens: Some(colony_server::Tokens::load(&tokens_file).unwrap()),
+            ..colony_server::Config::local("127.0.0.1:0".parse().unwrap())
+        },
+    )
+    .await
+    .unwrap();
+    let load = keep_busy(&runtime);
+
+    let driver = Driver::start().await;
+    let profile = dir.path().join("chromium");
+    let mut capabilities = serde_json::Map::new();
+    capabilities.insert("browserName".into(), json!("chrome"));
+    capabilities.insert(
+        "goog:chromeOptions".into(),
+        json!({
+            "binary": CHROMIUM,
+            "args": [
+                "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                "--no-first-run", "--disable-background-networking",
+                "--disable-component-update", "--disable-sync",
+                "--window-size=1440,2300",
+                format!("--user-data-dir={}", profile.display()),
+            ],
+        }),
+    );
+    capabilities.insert("goog:loggingPrefs".into(), json!({ "browser": "ALL" }));
+    let client = ClientBuilder::rustls()
+        .expect("rustls")
+        .capabilities(capabilities)
+        .connect(&driver.url)
+        .await
+        .expect("a chromedriver session");
+
+    // Signed out, the page is a sign-in form; the token goes in, the cookie comes back.
+    client.goto(&server.url()).await.unwrap();
+    let field = wait_for(&client, "input[name=token]", Duration::from_secs(10)).await;
+    field.send_keys(&token).await.unwrap();
+    client
+        .find(Locator::Css("#sign-in"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+
+    // The counters come in and move.
+    wait_for(&client, "#stat-succeeded", Duration::from_secs(10)).await;
+    let first = until(Duration::from_secs(10), || counter(&client, "succeeded"))
+        .await
+        .expect("a succeeded counter");
+    let later = until(Duration::from_secs(15), || async {
+        counter(&client, "succeeded").await.filter(|&n| n > first)
+    })
+    .await;
+    assert!(
+        later.is_some(),
+        "the succeeded counter stayed at {first} for 15 s"
+    );
+    let live = until(Duration::from_secs(10), || async {
+        text(&client, "#live").await.filter(|t| t == "live")
+    })
+    .await;
+    assert!(live.is_some(), "the event stream did not connect");
+
+    // Down the hierarchy: a root, then children, until workers are listed.
+    wait_for(&client, "#roots button.root", Duration::from_secs(10)).await;
+    let mut agent = click_agent(&client, "#roots button.root").await;
+    let mut reached_workers = false;
+    for _ in 0..8 {
+        let shown = format!("#drill .detail[data-agent=\"{agent}\"]");
+        wait_for(&client, &shown, Duration::from_secs(10)).await;
+        if client.find(Locator::Css("#drill tr.worker")).await.is_ok() {
+            reached_workers = true;
+            break;
+        }
+        agent = click_agent(&client, "#drill tr.manager button.drill").await;
+    }
+    assert!(reached_workers, "no worker rows after drilling down");
+    let worker = text(&client, "#drill tr.worker").await.unwrap_or_default();
+    assert!(worker.contains("sim / worker"), "a worker row: {worker:?}");
+
+    // Every chart drew, and the failures and tasks panels filled in.
+    for chart in ["throughput", "queue", "recoveries"] {
+        wait_for(
+            &client,
+            &format!("#chart-{chart} .uplot canvas"),
+            Duration::from_secs(5),
+        )
+        .await;
+    }
+    wait_for(&client, "#tasks-table tbody tr", Duration::from_secs(10)).await;
+    wait_for(&client, "#population-table", Duration::from_secs(10)).await;
+
+    // Let the charts gather a few seconds of history for the screenshot.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let png = client.screenshot().await.unwrap();
+    let path = screenshot_path();
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(&path, png).unwrap();
+
+    // Untrusted output shows as text, and runs nothing.
+    load.abort();
+    let mut xss = TaskSpec::with_payload(r#""<script>alert(1)</script>""#);
+    xss.key = Some("<b>bold</b>".into());
+    runtime.handle().submit(xss).await.unwrap();
+    runtime.handle().drain().await.unwrap();
+    let select = client.find(Locator::Css("#task-state")).await.unwrap();
+    select.select_by_value("succeeded").await.unwrap();
+    let shown = until(Duration::from_secs(10), || async {
+        text(&client, "#tasks-table")
+            .await
+            .filter(|t| t.contains("<script>alert(1)</script>") && t.contains("<b>bold</b>"))
+    })
+    .await;
+    assert!(shown.is_some(), "the task with markup in it is not listed");
+    let injected = client
+        .execute(
+            "return document.querySelectorAll('#tasks script, #tasks b').length",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(injected, json!(0), "markup from a task reached the page");
+
+    // Nothing was refused under the Content-Security-Policy, and nothing else went wrong.
+    let log = browser_log(&driver, &client).await;
+    let problems: Vec<&Value> = log
+        .iter()
+        .filter(|entry| {
+            let message = entry["message"].as_str().unwrap_or("");
+            entry["level"] == "SEVERE"
+                || message.contains("Content Security Policy")
+                || message.contains("Content-Security-Policy")
+        })
+        .collect();
+    assert!(problems.is_empty(), "the browser complained: {problems:#?}");
+    // And the check would have seen one: break the policy on purpose and look again.
+    client
+        .execute(
+            "const img = document.createElement('img'); \
+             img.src = 'https://colony.invalid/x.png'; document.body.append(img);",
+            vec![],
+        )
+        .await
+        .unwrap();
+    let refused = until(Duration::from_secs(5), || async {
+        browser_log(&driver, &client)
+            .await
+            .into_iter()
+            .find(|entry| {
+                entry["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains("Content Security Policy"))
+            })
+    })
+    .await;
+    assert!(
+        refused.is_some(),
+        "a refused image does not show in the browser log, so its silence above proves nothing"
+    );
+
+    client.close().await.unwrap();
+    server.stop();
+    runtime.shutdown().await;
+}
