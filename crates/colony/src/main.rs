@@ -47,6 +47,8 @@ enum Command {
     Restore(commands::backup::RestoreArgs),
     /// Drop payloads and results of finished tasks, by age or count; the rows stay.
     Prune(commands::prune::Args),
+    /// Watch a running server live in the terminal: population, throughput, health, failures.
+    Top(commands::top::Args),
 }
 
 /// How a command failed, which decides the exit code.
@@ -92,6 +94,7 @@ fn main() -> ExitCode {
         Command::Backup(args) => commands::backup::backup(&args),
         Command::Restore(args) => commands::backup::restore(&args),
         Command::Prune(args) => commands::prune::run(&args),
+        Command::Top(args) => commands::top::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

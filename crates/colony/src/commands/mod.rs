@@ -7,5 +7,6 @@ pub(crate) mod client;
 pub(crate) mod prune;
 pub(crate) mod serve;
 pub(crate) mod tasks;
+pub(crate) mod top;
 pub(crate) mod tree;
 pub(crate) mod workflow;

@@ -1,0 +1,299 @@
+//! The part of `colony serve`'s read API that `colony top` polls: counters, tiers, and the
+//! newest tasks that failed.
+
+use serde::{Deserialize, de::DeserializeOwned};
+use std::{fmt, time::Duration};
+
+/// The runtime's counters, as `GET /v1/stats` answers them. A counter the server does not
+/// send reads as zero, so an older or newer server still shows what it has.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(default)]
+pub(crate) struct Stats {
+    pub(crate) accepted: u64,
+    pub(crate) succeeded: u64,
+    pub(crate) failed: u64,
+    #[serde(alias = "dead-lettered")]
+    pub(crate) dead_lettered: u64,
+    pub(crate) cancelled: u64,
+    pub(crate) retries: u64,
+    pub(crate) steals: u64,
+    pub(crate) restarts: u64,
+    pub(crate) escalations: u64,
+    #[serde(alias = "health-failures")]
+    pub(crate) health_failures: u64,
+    pub(crate) queued: u64,
+    pub(crate) running: u64,
+    pub(crate) agents: u64,
+    pub(crate) capacity: u64,
+}
+
+impl Stats {
+    /// Tasks in a terminal state.
+    pub(crate) fn finished(&self) -> u64 {
+        self.succeeded + self.failed + self.dead_lettered + self.cancelled
+    }
+}
+
+/// One tier of the hierarchy, as `GET /v1/hierarchy` answers it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+pub(crate) struct Tier {
+    pub(crate) name: String,
+    #[serde(default)]
+    pub(crate) agents: u64,
+    #[serde(default)]
+    pub(crate) down: u64,
+    #[serde(default)]
+    pub(crate) degraded: u64,
+    #[serde(default)]
+    pub(crate) critical: u64,
+    #[serde(default)]
+    pub(crate) failed: u64,
+}
+
+#[derive(Debug, Deserialize)]
+struct Hierarchy {
+    tiers: Vec<Tier>,
+}
+
+/// A task that ended badly, as `GET /v1/tasks` lists it.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+pub(crate) struct FailedTask {
+    pub(crate) id: u64,
+    pub(crate) state: String,
+    #[serde(default)]
+    pub(crate) attempts: u32,
+    #[serde(default)]
+    pub(crate) error: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Page {
+    tasks: Vec<FailedTask>,
+}
+
+/// One poll of the server: everything a frame shows.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Snapshot {
+    pub(crate) stats: Stats,
+    pub(crate) tiers: Vec<Tier>,
+    /// Failed and dead-lettered tasks, newest first.
+    pub(crate) failures: Vec<FailedTask>,
+}
+
+/// Why a poll got nothing to show.
+#[derive(Debug)]
+pub(crate) enum Error {
+    /// No answer at all: nothing listens, the name does not resolve, or it took too long.
+    Unreachable { server: String, cause: String },
+    /// 401 or 403: a token is missing, unknown, or lacks the read scope.
+    Refused {
+        server: String,
+        status: reqwest::StatusCode,
+        message: String,
+        /// Whether a token was sent.
+        token: bool,
+    },
+    /// Any other answer that is not the one the API documents.
+    Answer { url: String, problem: String },
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::Unreachable { server, cause } => {
+                write!(f, "cannot reach colony serve at {server}: {cause}")
+            }
+            Error::Refused {
+                server,
+                status,
+                message,
+                token,
+            } => {
+                let hint = match (status.as_u16(), token) {
+                    (401, false) => "pass a token with --token or COLONY_TOKEN",
+                    (401, true) => "check the token given with --token or COLONY_TOKEN",
+                    _ => "use a token with the read scope",
+                };
+                write!(
+                    f,
+                    "{server} refused the request ({status}): {message}; {hint}"
+                )
+            }
+            Error::Answer { url, problem } => write!(f, "{url}: {problem}"),
+        }
+    }
+}
+
+impl std::error::Error for Error {}
+
+/// Polls one server, with its token if it asks for one.
+#[derive(Debug)]
+pub(crate) struct Client {
+    http: reqwest::Client,
+    /// The base URL, without a trailing slash.
+    server: String,
+    token: Option<String>,
+}
+
+impl Client {
+    pub(crate) fn new(
+        server: &str,
+        token: Option<String>,
+        timeout: Duration,
+    ) -> Result<Self, reqwest::Error> {
+        let http = reqwest::Client::builder()
+            .connect_timeout(timeout)
+            .timeout(timeout)
+            .user_agent(concat!("colony-top/", env!("CARGO_PKG_VERSION")))
+            .build()?;
+        Ok(Self {
+            http,
+            server: server.trim_end_matches('/').to_owned(),
+            token,
+        })
+    }
+
+    /// Stats, tiers and the newest `failures` failed or dead-lettered tasks, asked for at once.
+    pub(crate) async fn snapshot(&self, failures: usize) -> Result<Snapshot, Error> {
+        let failed = format!("/v1/tasks?state=failed&limit={failures}");
+        let dead = format!("/v1/tasks?state=dead-lettered&limit={failures}");
+        let (stats, hierarchy, failed, dead) = tokio::try_join!(
+            self.get::<Stats>("/v1/stats"),
+            self.get::<Hierarchy>("/v1/hierarchy"),
+            self.get::<Page>(&failed),
+            self.get::<Page>(&dead),
+        )?;
+        let mut tasks = failed.tasks;
+        tasks.extend(dead.tasks);
+        tasks.sort_by_key(|t| std::cmp::Reverse(t.id));
+        tasks.truncate(failures);
+        Ok(Snapshot {
+            stats,
+            tiers: hierarchy.tiers,
+            failures: tasks,
+        })
+    }
+
+    async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, Error> {
+        let url = format!("{}{path}", self.server);
+        let mut request = self.http.get(&url);
+        if let Some(token) = &self.token {
+            request = request.bearer_auth(token);
+        }
+        let unreachable = |e: reqwest::Error| Error::Unreachable {
+            server: self.server.clone(),
+            cause: cause(&e),
+        };
+        let response = request.send().await.map_err(unreachable)?;
+        let status = response.status();
+        let body = response.bytes().await.map_err(unreachable)?;
+        if !status.is_success() {
+            let message = message(&body);
+            return Err(match status.as_u16() {
+                401 | 403 => Error::Refused {
+                    server: self.server.clone(),
+                    status,
+                    message,
+                    token: self.token.is_some(),
+                },
+                _ => Error::Answer {
+                    problem: format!("answered {status}: {message}"),
+                    url,
+                },
+            });
+        }
+        serde_json::from_slice(&body).map_err(|e| Error::Answer {
+            url,
+            problem: format!("not an answer colony serve gives ({e}); is this a colony server?"),
+        })
+    }
+}
+
+/// What went wrong underneath a request, in a few words: the innermost cause says it best
+/// ("Connection refused (os error 111)"); reqwest's own message only repeats the URL.
+fn cause(error: &reqwest::Error) -> String {
+    if error.is_timeout() {
+        return "no answer in time".to_owned();
+    }
+    let mut source: &dyn std::error::Error = error;
+    while let Some(next) = source.source() {
+        source = next;
+    }
+    source.to_string()
+}
+
+/// The message of an API error body `{"error": {"code", "message"}}`, or the start of
+/// whatever else came back.
+fn message(body: &[u8]) -> String {
+    #[derive(Deserialize)]
+    struct Problem {
+        error: Inner,
+    }
+    #[derive(Deserialize)]
+    struct Inner {
+        message: String,
+    }
+    match serde_json::from_slice::<Problem>(body) {
+        Ok(p) => p.error.message,
+        Err(_) => {
+            let text = String::from_utf8_lossy(body);
+            let text = text.trim();
+            if text.is_empty() {
+                "no message".to_owned()
+            } else {
+                text.chars().take(200).collect()
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stats_read_the_servers_names_and_default_what_is_missing() {
+        let stats: Stats = serde_json::from_str(
+            r#"{"accepted":5,"succeeded":3,"failed":1,"dead_lettered":1,"health_failures":2,
+                "rebalanced":9,"agents":10}"#,
+        )
+        .unwrap();
+        assert_eq!(stats.finished(), 5);
+        assert_eq!(stats.health_failures, 2);
+        assert_eq!(stats.capacity, 0);
+    }
+
+    #[test]
+    fn error_bodies_give_their_message() {
+        let body = br#"{"error":{"code":"unauthorized","message":"needs a token"}}"#;
+        assert_eq!(message(body), "needs a token");
+        assert_eq!(message(b"  "), "no message");
+        assert_eq!(message(b"Bad Gateway"), "Bad Gateway");
+    }
+
+    #[test]
+    fn refusals_say_what_to_do() {
+        let refused = |status, token| {
+            Error::Refused {
+                server: "http://h:1".into(),
+                status,
+                message: "no".into(),
+                token,
+            }
+            .to_string()
+        };
+        assert_eq!(
+            refused(reqwest::StatusCode::UNAUTHORIZED, false),
+            "http://h:1 refused the request (401 Unauthorized): no; \
+             pass a token with --token or COLONY_TOKEN"
+        );
+        assert!(
+            refused(reqwest::StatusCode::UNAUTHORIZED, true)
+                .ends_with("check the token given with --token or COLONY_TOKEN")
+        );
+        assert!(
+            refused(reqwest::StatusCode::FORBIDDEN, true)
+                .ends_with("use a token with the read scope")
+        );
+    }
+}

@@ -1,0 +1,499 @@
+//! How a [`View`] looks: a pure function of it, drawn into any ratatui buffer, which is how
+//! `--once` prints a frame and how the tests read one.
+
+use super::{api::Snapshot, view::View};
+use crate::output::thousands;
+use ratatui::{
+    buffer::Buffer,
+    layout::{Constraint, Layout, Rect},
+    style::{Color, Style, Stylize},
+    text::{Line, Span},
+    widgets::{Block, Cell, LineGauge, Padding, Paragraph, Row, Sparkline, Table, Widget},
+};
+use std::time::Duration;
+
+/// The size of a frame printed as text.
+pub(crate) const TEXT_WIDTH: u16 = 100;
+pub(crate) const TEXT_HEIGHT: u16 = 30;
+
+impl Widget for &View {
+    fn render(self, area: Rect, buf: &mut Buffer) {
+        let tiers = self.latest.as_ref().map_or(0, |s| s.tiers.len());
+        let tiers_height = u16::try_from(tiers + 3).unwrap_or(u16::MAX).clamp(4, 12);
+        let [header, throughput, gauges, totals, tiers, failures, status] = Layout::vertical([
+            Constraint::Length(1),
+            Constraint::Length(5),
+            Constraint::Length(1),
+            Constraint::Length(4),
+            Constraint::Length(tiers_height),
+            Constraint::Min(3),
+            Constraint::Length(1),
+        ])
+        .areas(area);
+        self.header().render(header, buf);
+        self.render_throughput(throughput, buf);
+        match &self.latest {
+            Some(snapshot) => {
+                render_gauges(snapshot, gauges, buf);
+                render_totals(snapshot, totals, buf);
+                render_tiers(snapshot, tiers, buf);
+                render_failures(snapshot, failures, buf);
+            }
+            None => {
+                let waiting = format!("waiting for the first answer from {}", self.server);
+                Paragraph::new(waiting).render(gauges, buf);
+            }
+        }
+        self.status().render(status, buf);
+    }
+}
+
+impl View {
+    fn header(&self) -> Line<'_> {
+        let stats = self.latest.as_ref().map(|s| s.stats);
+        let count = |n: Option<u64>| n.map_or_else(|| "-".to_owned(), thousands);
+        Line::from(vec![
+            " colony top ".bold().reversed(),
+            "  ".into(),
+            Span::raw(self.server.as_str()).bold(),
+            "   agents ".dim(),
+            count(stats.map(|s| s.agents)).into(),
+            "   capacity ".dim(),
+            count(stats.map(|s| s.capacity)).into(),
+            "   watching ".dim(),
+            clock(self.watching).into(),
+        ])
+    }
+
+    fn render_throughput(&self, area: Rect, buf: &mut Buffer) {
+        let block = Block::bordered()
+            .padding(Padding::horizontal(1))
+            .title(" Throughput ");
+        let inner = block.inner(area);
+        block.render(area, buf);
+        let [line, chart] =
+            Layout::vertical([Constraint::Length(1), Constraint::Min(0)]).areas(inner);
+        let summary = match self.rate() {
+            Some(rate) => {
+                let peak = self.throughput.iter().copied().fold(0.0, f64::max);
+                Line::from(vec![
+                    Span::raw(per_second(rate)).bold().green(),
+                    " tasks/s finished".into(),
+                    format!(
+                        "   peak {} over the last {} polls",
+                        per_second(peak),
+                        self.throughput.len()
+                    )
+                    .dim(),
+                ])
+            }
+            None => Line::from(vec![
+                "-".bold(),
+                " tasks/s finished".into(),
+                "   (a rate needs two polls)".dim(),
+            ]),
+        };
+        summary.render(line, buf);
+        // The newest samples that fit; hundredths keep rates below one task/s visible.
+        let start = self
+            .throughput
+            .len()
+            .saturating_sub(usize::from(chart.width));
+        let samples: Vec<u64> = self.throughput[start..]
+            .iter()
+            .map(|r| (r * 100.0).round() as u64)
+            .collect();
+        Sparkline::default()
+            .data(&samples)
+            .style(Style::new().fg(Color::Green))
+            .render(chart, buf);
+    }
+
+    fn status(&self) -> Line<'_> {
+        let every = short(self.interval);
+        if !self.live {
+            return Line::from(
+                format!(
+                    " one poll of {}; in a terminal, colony top keeps watching",
+                    self.server
+                )
+                .dim(),
+            );
+        }
+        match &self.error {
+            Some(error) => Line::from(vec![
+                " q quit ".reversed(),
+                " ".into(),
+                format!("poll failed: {error}; retrying every {every}")
+                    .red()
+                    .bold(),
+            ]),
+            None => {
+                let ago = self
+                    .polled_at
+                    .map(|at| short(self.watching.saturating_sub(at)));
+                Line::from(vec![
+                    " q quit ".reversed(),
+                    format!(
+                        " polling every {every}; last answer {} ago",
+                        ago.as_deref().unwrap_or("-")
+                    )
+                    .dim(),
+                ])
+            }
+        }
+    }
+}
+
+fn render_gauges(snapshot: &Snapshot, area: Rect, buf: &mut Buffer) {
+    let stats = &snapshot.stats;
+    let [queued, _, running] = Layout::horizontal([
+        Constraint::Fill(1),
+        Constraint::Length(2),
+        Constraint::Fill(1),
+    ])
+    .areas(area);
+    let gauge = |label: &str, n: u64, color: Color| {
+        let ratio = if stats.capacity == 0 {
+            0.0
+        } else {
+            (n as f64 / stats.capacity as f64).clamp(0.0, 1.0)
+        };
+        LineGauge::default()
+            .label(Line::from(vec![
+                format!(" {label} ").dim(),
+                Span::raw(thousands(n)).bold(),
+                " ".into(),
+            ]))
+            .ratio(ratio)
+            .filled_symbol("━")
+            .unfilled_symbol("─")
+            .filled_style(Style::new().fg(color))
+            .unfilled_style(Style::new().fg(Color::DarkGray))
+    };
+    gauge("queued", stats.queued, Color::Yellow).render(queued, buf);
+    gauge("running", stats.running, Color::Cyan).render(running, buf);
+}
+
+fn render_totals(snapshot: &Snapshot, area: Rect, buf: &mut Buffer) {
+    let s = &snapshot.stats;
+    let cell = |label: &'static str, n: u64, bad: bool| {
+        let value = Span::raw(thousands(n)).bold();
+        let value = if bad && n > 0 { value.red() } else { value };
+        Cell::from(Line::from(vec![format!("{label} ").dim(), value]))
+    };
+    let rows = [
+        Row::new([
+            cell("succeeded", s.succeeded, false),
+            cell("failed", s.failed, true),
+            cell("dead-lettered", s.dead_lettered, true),
+            cell("cancelled", s.cancelled, false),
+            cell("accepted", s.accepted, false),
+        ]),
+        Row::new([
+            cell("retries", s.retries, false),
+            cell("steals", s.steals, false),
+            cell("restarts", s.restarts, true),
+            cell("escalations", s.escalations, true),
+            cell("health failures", s.health_failures, true),
+        ]),
+    ];
+    Table::new(rows, [Constraint::Fill(1); 5])
+        .block(
+            Block::bordered()
+                .padding(Padding::horizontal(1))
+                .title(" Totals "),
+        )
+        .render(area, buf);
+}
+
+fn render_tiers(snapshot: &Snapshot, area: Rect, buf: &mut Buffer) {
+    let number = |n: u64| Cell::from(Line::from(thousands(n)).right_aligned());
+    let rows = snapshot.tiers.iter().map(|t| {
+        let style = if t.down + t.critical + t.failed > 0 {
+            Style::new().fg(Color::Red)
+        } else if t.degraded > 0 {
+            Style::new().fg(Color::Yellow)
+        } else {
+            Style::new()
+        };
+        Row::new([
+            Cell::from(t.name.as_str()),
+            number(t.agents),
+            number(t.down),
+            number(t.degraded),
+            number(t.critical),
+            number(t.failed),
+        ])
+        .style(style)
+    });
+    let header = Row::new(
+        ["tier", "agents", "down", "degraded", "critical", "failed"]
+            .into_iter()
+            .enumerate()
+            .map(|(i, h)| {
+                let line = Line::from(h);
+                Cell::from(if i == 0 { line } else { line.right_aligned() })
+            }),
+    )
+    .bold();
+    let widths = [
+        Constraint::Min(12),
+        Constraint::Length(11),
+        Constraint::Length(9),
+        Constraint::Length(9),
+        Constraint::Length(9),
+        Constraint::Length(9),
+    ];
+    Table::new(rows, widths)
+        .header(header)
+        .block(
+            Block::bordered()
+                .padding(Padding::horizontal(1))
+                .title(" Tiers "),
+        )
+        .render(area, buf);
+}
+
+fn render_failures(snapshot: &Snapshot, area: Rect, buf: &mut Buffer) {
+    let block = Block::bordered()
+        .padding(Padding::horizontal(1))
+        .title(" Latest failed and dead-lettered tasks ");
+    if snapshot.failures.is_empty() {
+        Paragraph::new(" none".dim()).block(block).render(area, buf);
+        return;
+    }
+    let id_width = snapshot
+        .failures
+        .iter()
+        .map(|t| t.id.to_string().len())
+        .max()
+        .unwrap_or(0)
+        .max(2) as u16;
+    let fixed = id_width + 13 + 8 + 3;
+    let error_width = usize::from(block.inner(area).width.saturating_sub(fixed));
+    let rows = snapshot.failures.iter().map(|t| {
+        Row::new([
+            Cell::from(Line::from(t.id.to_string()).right_aligned()),
+            Cell::from(t.state.as_str()).red(),
+            Cell::from(Line::from(t.attempts.to_string()).right_aligned()),
+            Cell::from(truncate(t.error.as_deref().unwrap_or("-"), error_width)),
+        ])
+    });
+    let header = Row::new([
+        Cell::from(Line::from("id").right_aligned()),
+        Cell::from("state"),
+        Cell::from(Line::from("attempts").right_aligned()),
+        Cell::from("error"),
+    ])
+    .bold();
+    let widths = [
+        Constraint::Length(id_width),
+        Constraint::Length(13),
+        Constraint::Length(8),
+        Constraint::Fill(1),
+    ];
+    Table::new(rows, widths)
+        .header(header)
+        .block(block)
+        .render(area, buf);
+}
+
+/// One line of at most `width` characters, ending in `…` when cut.
+fn truncate(text: &str, width: usize) -> String {
+    let line = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    if line.chars().count() <= width {
+        return line;
+    }
+    let mut cut: String = line.chars().take(width.saturating_sub(1)).collect();
+    cut.push('…');
+    cut
+}
+
+/// A rate for people: whole tasks from 100/s up, a decimal below.
+fn per_second(rate: f64) -> String {
+    if rate >= 100.0 {
+        thousands(rate.round() as u64)
+    } else {
+        format!("{rate:.1}")
+    }
+}
+
+/// `1:02:03`.
+fn clock(d: Duration) -> String {
+    let s = d.as_secs();
+    format!("{}:{:02}:{:02}", s / 3600, s / 60 % 60, s % 60)
+}
+
+/// `500ms`, `1s`, `2.5s`.
+fn short(d: Duration) -> String {
+    let ms = d.as_millis();
+    if ms < 1000 {
+        format!("{ms}ms")
+    } else if ms.is_multiple_of(1000) {
+        format!("{}s", ms / 1000)
+    } else {
+        format!("{:.1}s", d.as_secs_f64())
+    }
+}
+
+/// The frame as plain text, one line per row, trailing blanks trimmed.
+pub(crate) fn text(view: &View, width: u16, height: u16) -> String {
+    let area = Rect::new(0, 0, width, height);
+    let mut buf = Buffer::empty(area);
+    view.render(area, &mut buf);
+    let mut out = String::new();
+    for y in 0..height {
+        let mut line = String::new();
+        let mut x = 0;
+        while x < width {
+            let symbol = buf[(x, y)].symbol();
+            line.push_str(symbol);
+            // A wide character covers the cells after it.
+            x += u16::try_from(Span::raw(symbol).width().max(1)).unwrap_or(1);
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::commands::top::api::{FailedTask, Stats, Tier};
+    use ratatui::{Terminal, backend::TestBackend};
+
+    fn snapshot(succeeded: u64) -> Snapshot {
+        let tier = |name: &str, agents, down, degraded| Tier {
+            name: name.into(),
+            agents,
+            down,
+            degraded,
+            ..Tier::default()
+        };
+        Snapshot {
+            stats: Stats {
+                accepted: succeeded + 40,
+                succeeded,
+                failed: 3,
+                dead_lettered: 2,
+                cancelled: 1,
+                retries: 17,
+                steals: 250,
+                restarts: 4,
+                escalations: 0,
+                health_failures: 1,
+                queued: 30,
+                running: 4,
+                agents: 5_455,
+                capacity: 111_752,
+            },
+            tiers: vec![
+                tier("master", 3, 0, 0),
+                tier("coordinator", 35, 0, 0),
+                tier("supervisor", 417, 0, 0),
+                tier("worker", 5_000, 2, 7),
+            ],
+            failures: vec![
+                FailedTask {
+                    id: 1042,
+                    state: "dead-lettered".into(),
+                    attempts: 3,
+                    error: Some(format!("agent 17 crashed:\n{}", "x".repeat(200))),
+                },
+                FailedTask {
+                    id: 977,
+                    state: "failed".into(),
+                    attempts: 1,
+                    error: Some("timed out after 30s".into()),
+                },
+            ],
+        }
+    }
+
+    fn watched() -> View {
+        let mut view = View::new("http://127.0.0.1:7070", Duration::from_secs(1), true);
+        for (i, done) in [0, 1_000, 3_500, 4_000, 6_000].into_iter().enumerate() {
+            view.record(Duration::from_secs(i as u64), Ok(snapshot(done)));
+        }
+        view.tick(Duration::from_millis(4_300));
+        view
+    }
+
+    #[test]
+    fn a_frame_shows_the_numbers_and_the_tiers() {
+        let view = watched();
+        let mut terminal = Terminal::new(TestBackend::new(TEXT_WIDTH, TEXT_HEIGHT)).unwrap();
+        terminal
+            .draw(|frame| frame.render_widget(&view, frame.area()))
+            .unwrap();
+        let buffer = terminal.backend().buffer();
+        let rows: Vec<String> = (0..TEXT_HEIGHT)
+            .map(|y| (0..TEXT_WIDTH).map(|x| buffer[(x, y)].symbol()).collect())
+            .collect();
+        let row = |needle: &str| {
+            rows.iter()
+                .find(|r| r.contains(needle))
+                .unwrap_or_else(|| panic!("no row has {needle:?}:\n{}", rows.join("\n")))
+        };
+        assert!(row("colony top").contains("5,455"));
+        assert!(row("colony top").contains("111,752"));
+        assert!(row("tasks/s finished").contains("2,000"));
+        assert!(row("succeeded").contains("6,000"));
+        assert!(row("health failures").contains("steals 250"));
+        assert!(row("queued").contains("running 4"));
+        for tier in ["master", "coordinator", "supervisor"] {
+            assert!(row(tier).contains('│'));
+        }
+        let worker: Vec<&str> = row("worker")
+            .split(|c: char| c.is_whitespace() || c == '│')
+            .filter(|s| !s.is_empty())
+            .collect();
+        assert_eq!(worker, ["worker", "5,000", "2", "7", "0", "0"]);
+        assert!(row("1042").contains("dead-lettered"));
+        assert!(
+            row("1042").trim_end_matches([' ', '│']).ends_with('…'),
+            "long errors are cut"
+        );
+        assert!(row("977").contains("timed out after 30s"));
+    }
+
+    #[test]
+    fn a_frame_as_text() {
+        insta::assert_snapshot!(text(&watched(), TEXT_WIDTH, TEXT_HEIGHT));
+    }
+
+    #[test]
+    fn a_failed_poll_keeps_the_data_and_says_why() {
+        let mut view = watched();
+        view.record(
+            Duration::from_secs(5),
+            Err("cannot reach colony serve".into()),
+        );
+        let text = text(&view, TEXT_WIDTH, TEXT_HEIGHT);
+        assert!(text.contains("poll failed: cannot reach colony serve; retrying every 1s"));
+        assert!(text.contains("succeeded 6,000"));
+    }
+
+    #[test]
+    fn before_any_answer_and_in_small_terminals_nothing_breaks() {
+        let view = View::new("http://h:1", Duration::from_millis(500), false);
+        assert!(text(&view, TEXT_WIDTH, TEXT_HEIGHT).contains("waiting for the first answer"));
+        for (w, h) in [(1, 1), (10, 5), (40, 12), (200, 60)] {
+            text(&watched(), w, h);
+            text(&view, w, h);
+        }
+    }
+
+    #[test]
+    fn helpers() {
+        assert_eq!(truncate("a\nb  c", 10), "a b c");
+        assert_eq!(truncate("abcdef", 4), "abc…");
+        assert_eq!(per_second(0.25), "0.2");
+        assert_eq!(per_second(12_345.4), "12,345");
+        assert_eq!(clock(Duration::from_secs(3_723)), "1:02:03");
+        assert_eq!(short(Duration::from_millis(250)), "250ms");
+        assert_eq!(short(Duration::from_millis(2_500)), "2.5s");
+    }
+}

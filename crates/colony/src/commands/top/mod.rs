@@ -1,0 +1,240 @@
+//! `colony top`: a running server, live in the terminal. It polls the read API
+//! ([`api::Client`]), keeps what it learned in a [`view::View`], and draws that with a pure
+//! function ([`draw`]); `--once`, or a stdout that is not a terminal, prints one frame as text.
+//!
+//! ```text
+//! colony top --server http://127.0.0.1:7070 --interval-ms 500
+//! colony top --once | grep succeeded
+//! ```
+
+mod api;
+mod draw;
+mod view;
+
+use crate::Failure;
+use anyhow::Context;
+use ratatui::{
+    DefaultTerminal,
+    crossterm::event::{self, Event, KeyCode, KeyModifiers},
+};
+use std::{
+    io::{IsTerminal, Write},
+    time::{Duration, Instant},
+};
+use view::View;
+
+/// Failed and dead-lettered tasks asked for on each poll.
+const FAILURES: usize = 10;
+/// How long one request may take before the poll counts as failed.
+const TIMEOUT: Duration = Duration::from_secs(5);
+/// How often keys are looked for while waiting.
+const KEYS_EVERY: Duration = Duration::from_millis(50);
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct Args {
+    /// The base URL of a running `colony serve`.
+    #[arg(
+        long,
+        env = "COLONY_SERVER",
+        default_value = "http://127.0.0.1:7070",
+        value_name = "URL"
+    )]
+    server: String,
+    /// Bearer token, for a server started with --tokens (the read scope is enough).
+    #[arg(long, env = "COLONY_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Milliseconds between polls.
+    #[arg(
+        long,
+        default_value_t = 1_000,
+        value_name = "MS",
+        value_parser = clap::value_parser!(u64).range(100..=3_600_000)
+    )]
+    interval_ms: u64,
+    /// Print one frame as plain text and exit; what happens anyway when stdout is not a
+    /// terminal.
+    #[arg(long)]
+    once: bool,
+}
+
+pub(crate) fn run(args: &Args) -> Result<(), Failure> {
+    let server = server_url(&args.server).map_err(Failure::input)?;
+    let interval = Duration::from_millis(args.interval_ms);
+    let token = args.token.clone().filter(|t| !t.trim().is_empty());
+    let client = api::Client::new(&server, token, TIMEOUT)
+        .context("cannot set up an HTTP client")
+        .map_err(Failure::work)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(Failure::work)?;
+    let live = !args.once && std::io::stdout().is_terminal();
+    let mut view = View::new(&server, interval, live);
+    // The first poll decides whether there is anything to watch: a wrong URL or a missing
+    // token ends here with one line, before the terminal is taken over.
+    let start = Instant::now();
+    let first = runtime
+        .block_on(client.snapshot(FAILURES))
+        .map_err(Failure::work)?;
+    view.record(Duration::ZERO, Ok(first));
+    if !live {
+        return print(&draw::text(&view, draw::TEXT_WIDTH, draw::TEXT_HEIGHT));
+    }
+    // `init` also restores the terminal on a panic; `restore` below covers every other exit.
+    let mut terminal = ratatui::init();
+    let watched = runtime.block_on(watch(&mut terminal, &client, &mut view, start));
+    ratatui::restore();
+    watched
+        .context("the terminal failed")
+        .map_err(Failure::work)
+}
+
+/// Writes a frame to stdout; a reader that stopped early (`| head`) is no failure.
+fn print(frame: &str) -> Result<(), Failure> {
+    let mut out = std::io::stdout().lock();
+    match out.write_all(frame.as_bytes()).and_then(|()| out.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(Failure::work(e)),
+        _ => Ok(()),
+    }
+}
+
+/// The server's base URL, checked: http or https, a host, nothing after the path.
+fn server_url(server: &str) -> anyhow::Result<String> {
+    let url = reqwest::Url::parse(server)
+        .with_context(|| format!("--server {server:?} is not a URL: expected http://HOST:PORT"))?;
+    if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+        anyhow::bail!("--server {server:?} is not an http:// or https:// URL with a host");
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        anyhow::bail!("--server {server:?} has a query or fragment: give the base URL only");
+    }
+    Ok(url.as_str().trim_end_matches('/').to_owned())
+}
+
+/// What ended a wait.
+enum Wake {
+    Polled(Instant, Result<api::Snapshot, api::Error>),
+    Input(Input),
+    Tick,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Input {
+    Quit,
+    Redraw,
+}
+
+/// The TUI's loop: draw, then wait for the next poll, a key, or the clock's next second.
+async fn watch(
+    terminal: &mut DefaultTerminal,
+    client: &api::Client,
+    view: &mut View,
+    start: Instant,
+) -> std::io::Result<()> {
+    let interval = view.interval;
+    let mut poll = Box::pin(poll_at(client, start + interval));
+    let mut clock = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        view.tick(start.elapsed());
+        terminal.draw(|frame| frame.render_widget(&*view, frame.area()))?;
+        let wake = tokio::select! {
+            (at, result) = &mut poll => Wake::Polled(at, result),
+            input = next_input() => Wake::Input(input?),
+            _ = clock.tick() => Wake::Tick,
+        };
+        match wake {
+            Wake::Polled(at, result) => {
+                view.record(at - start, result.map_err(|e| e.to_string()));
+                poll = Box::pin(poll_at(client, at + interval));
+            }
+            Wake::Input(Input::Quit) => return Ok(()),
+            Wake::Input(Input::Redraw) | Wake::Tick => {}
+        }
+    }
+}
+
+/// Polls at `at` (at once if that is past); answers when the poll was asked for.
+async fn poll_at(
+    client: &api::Client,
+    at: Instant,
+) -> (Instant, Result<api::Snapshot, api::Error>) {
+    tokio::time::sleep_until(at.into()).await;
+    let asked = Instant::now();
+    (asked, client.snapshot(FAILURES).await)
+}
+
+/// The next key or resize that matters. Crossterm's reads block, so this looks without
+/// waiting and sleeps between looks.
+async fn next_input() -> std::io::Result<Input> {
+    loop {
+        while event::poll(Duration::ZERO)? {
+            if let Some(input) = input(&event::read()?) {
+                return Ok(input);
+            }
+        }
+        tokio::time::sleep(KEYS_EVERY).await;
+    }
+}
+
+fn input(event: &Event) -> Option<Input> {
+    if let Event::Resize(..) = event {
+        return Some(Input::Redraw);
+    }
+    let key = event.as_key_press_event()?;
+    match key.code {
+        KeyCode::Char('q') | KeyCode::Esc => Some(Input::Quit),
+        KeyCode::Char('c') if key.modifiers.contains(KeyModifiers::CONTROL) => Some(Input::Quit),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ratatui::crossterm::event::{KeyEvent, KeyEventKind, KeyEventState};
+
+    fn key(code: KeyCode, modifiers: KeyModifiers, kind: KeyEventKind) -> Event {
+        Event::Key(KeyEvent {
+            code,
+            modifiers,
+            kind,
+            state: KeyEventState::NONE,
+        })
+    }
+
+    #[test]
+    fn q_esc_and_ctrl_c_quit() {
+        let press = KeyEventKind::Press;
+        let none = KeyModifiers::NONE;
+        assert_eq!(
+            input(&key(KeyCode::Char('q'), none, press)),
+            Some(Input::Quit)
+        );
+        assert_eq!(input(&key(KeyCode::Esc, none, press)), Some(Input::Quit));
+        assert_eq!(
+            input(&key(KeyCode::Char('c'), KeyModifiers::CONTROL, press)),
+            Some(Input::Quit)
+        );
+        assert_eq!(input(&key(KeyCode::Char('c'), none, press)), None);
+        assert_eq!(
+            input(&key(KeyCode::Char('q'), none, KeyEventKind::Release)),
+            None
+        );
+        assert_eq!(input(&Event::Resize(80, 24)), Some(Input::Redraw));
+    }
+
+    #[test]
+    fn server_urls_are_checked() {
+        assert_eq!(
+            server_url("http://127.0.0.1:7070/").unwrap(),
+            "http://127.0.0.1:7070"
+        );
+        assert_eq!(
+            server_url("https://colony.example/base/").unwrap(),
+            "https://colony.example/base"
+        );
+        for bad in ["127.0.0.1:7070", "ftp://h", "http://h/?x=1", "nonsense"] {
+            assert!(server_url(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,209 @@
+//! `colony top` against a real `colony serve` subprocess.
+
+use serde_json::{Value, json};
+use std::{
+    net::TcpListener,
+    path::Path,
+    process::{Child, Command, Output, Stdio},
+    time::{Duration, Instant},
+};
+
+const COLONY: &str = env!("CARGO_BIN_EXE_colony");
+
+/// A `colony serve` subprocess, killed when dropped, also when a test fails.
+struct Server {
+    child: Child,
+    url: String,
+    runtime: tokio::runtime::Runtime,
+    http: reqwest::Client,
+}
+
+impl Server {
+    fn start(extra: &[&str]) -> Self {
+        // A free port: bound, read, released. Another process could take it in between,
+        // which the wait below would show as a timeout.
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let addr = format!("127.0.0.1:{port}");
+        let child = Command::new(COLONY)
+            .args(["serve", "--addr", &addr, "--agents", "200"])
+            .args(extra)
+            .env_remove("COLONY_TOKENS")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let server = Self {
+            child,
+            url: format!("http://{addr}"),
+            runtime: tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap(),
+            http: reqwest::Client::new(),
+        };
+        server.wait_until(Duration::from_secs(30), "/healthz to answer", || {
+            server
+                .request(reqwest::Method::GET, "/healthz", None, None)
+                .is_some_and(|(status, _)| status == 200)
+        });
+        server
+    }
+
+    /// Status and body of one request; `None` when nothing answers.
+    fn request(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> Option<(u16, String)> {
+        let mut request = self.http.request(method, format!("{}{path}", self.url));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            request = request
+                .header("content-type", "application/json")
+                .body(body.to_string());
+        }
+        self.runtime.block_on(async {
+            let response = request.send().await.ok()?;
+            let status = response.status().as_u16();
+            Some((status, response.text().await.ok()?))
+        })
+    }
+
+    fn get(&self, path: &str, token: Option<&str>) -> Value {
+        let (status, body) = self
+            .request(reqwest::Method::GET, path, token, None)
+            .unwrap();
+        assert_eq!(status, 200, "{path}: {body}");
+        serde_json::from_str(&body).unwrap()
+    }
+
+    fn wait_until(&self, limit: Duration, what: &str, mut done: impl FnMut() -> bool) {
+        let start = Instant::now();
+        while !done() {
+            assert!(start.elapsed() < limit, "waited {limit:?} for {what}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs `colony top` with `args`, with no COLONY_* settings from the environment.
+fn top(args: &[&str]) -> Output {
+    Command::new(COLONY)
+        .arg("top")
+        .args(args)
+        .env_remove("COLONY_SERVER")
+        .env_remove("COLONY_TOKEN")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8(bytes.to_vec()).unwrap()
+}
+
+#[test]
+fn top_once_shows_the_counters_and_the_tiers_of_a_running_server() {
+    let server = Server::start(&[]);
+    let tasks: Vec<Value> = (0..300).map(|i| json!({ "payload": i })).collect();
+    let (status, body) = server
+        .request(
+            reqwest::Method::POST,
+            "/v1/tasks/batch",
+            None,
+            Some(json!({ "tasks": tasks })),
+        )
+        .unwrap();
+    assert_eq!(status, 202, "{body}");
+    server.wait_until(Duration::from_secs(60), "the batch to finish", || {
+        let stats = server.get("/v1/stats", None);
+        stats["succeeded"].as_u64().unwrap()
+            + stats["failed"].as_u64().unwrap()
+            + stats["dead_lettered"].as_u64().unwrap()
+            == 300
+    });
+    let succeeded = server.get("/v1/stats", None)["succeeded"].as_u64().unwrap();
+    let tiers = server.get("/v1/hierarchy", None)["tiers"].clone();
+
+    let out = top(&["--once", "--server", &server.url]);
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(stdout.lines().count(), 30, "one 100x30 frame:\n{stdout}");
+    let header = stdout.lines().next().unwrap();
+    assert!(header.contains(&server.url), "{header}");
+    assert!(
+        stdout.contains(&format!("succeeded {succeeded} ")),
+        "succeeded {succeeded}:\n{stdout}"
+    );
+    for tier in tiers.as_array().unwrap() {
+        let name = tier["name"].as_str().unwrap();
+        let agents = tier["agents"].as_u64().unwrap().to_string();
+        assert!(
+            stdout
+                .lines()
+                .any(|l| l.contains(&format!("│ {name} ")) && l.contains(&agents)),
+            "tier {name} with {agents} agents:\n{stdout}"
+        );
+    }
+}
+
+#[test]
+fn top_names_the_url_it_cannot_reach() {
+    let out = top(&["--once", "--server", "http://127.0.0.1:1"]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("http://127.0.0.1:1"), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(out.stdout.is_empty());
+}
+
+#[test]
+fn top_passes_the_token_and_says_when_one_is_missing() {
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = dir.path().join("tokens");
+    let token = create_token(&tokens);
+    let server = Server::start(&["--tokens", tokens.to_str().unwrap()]);
+
+    let out = top(&["--once", "--server", &server.url]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains(&server.url), "{stderr}");
+    assert!(stderr.contains("401"), "{stderr}");
+    assert!(stderr.contains("--token"), "{stderr}");
+
+    let out = Command::new(COLONY)
+        .args(["top", "--once", "--server", &server.url])
+        .env_remove("COLONY_SERVER")
+        .env("COLONY_TOKEN", &token)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("succeeded 0 "));
+}
+
+fn create_token(tokens: &Path) -> String {
+    let out = Command::new(COLONY)
+        .args(["token", "create", "--name", "top", "--scope", "read"])
+        .arg("--tokens")
+        .arg(tokens)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    text(&out.stdout).trim().to_owned()
+}
