@@ -17,6 +17,8 @@
 //! - `GET /v1/agents/{id}` [read]: one agent, its chain of command and its children.
 //! - `POST /v1/agents/{id}/kill` [admin]: as a crash would; its supervisor restarts it.
 //! - `GET /v1/pools` [read]; `PUT /v1/pools/{name}` [admin]: grow a pool.
+//! - `POST /v1/runs` [admin]: run a workflow file (see [`runs`]); `GET /v1/runs`,
+//!   `GET /v1/runs/{id}` [read]; `POST /v1/runs/{id}/cancel` [submit].
 //! - `GET /v1/stats` [read]: the runtime's counters.
 //! - `GET /v1/events` [read]: server-sent events: a `snapshot` of the counters every second,
 //!   and `notable` events as they happen (health alerts, escalations); never one event per
@@ -32,6 +34,7 @@ mod agents;
 pub mod auth;
 pub mod dashboard;
 mod live;
+pub mod runs;
 mod tasks;
 
 pub use auth::{Scope, Tokens, TokensError};
@@ -74,6 +77,9 @@ pub struct Config {
     /// Requests per second each client may make (a token, or an address without tokens);
     /// over it, `429` with `Retry-After`.
     pub rate_limit: Option<NonZeroU32>,
+    /// Accept workflow runs over HTTP (`POST /v1/runs`, admin scope), with their results in
+    /// this folder. Off when `None`: a workflow can start programs on this host.
+    pub runs: Option<PathBuf>,
 }
 
 impl Config {
@@ -84,6 +90,7 @@ impl Config {
             tokens: None,
             tls: None,
             rate_limit: None,
+            runs: None,
         }
     }
 }
@@ -119,6 +126,7 @@ pub(crate) struct App {
     pub(crate) limiter: Option<auth::Limiter>,
     pub(crate) tls: bool,
     pub(crate) idempotency: tasks::Idempotency,
+    pub(crate) runs: Option<runs::Runs>,
 }
 
 /// A listening server.
@@ -164,6 +172,7 @@ pub async fn serve(handle: Handle, config: Config) -> Result<Server, Error> {
         limiter: config.rate_limit.map(auth::Limiter::new),
         tls: tls.is_some(),
         idempotency: tasks::Idempotency::default(),
+        runs: config.runs.map(runs::Runs::new),
     });
     let service = router(app).into_make_service_with_connect_info::<SocketAddr>();
     let bind = |source| Error::Bind { addr, source };
@@ -236,6 +245,8 @@ fn router(app: Arc<App>) -> Router {
         .route("/v1/agents", get(agents::list))
         .route("/v1/agents/{id}", get(agents::one))
         .route("/v1/pools", get(agents::pools))
+        .route("/v1/runs", get(runs::list))
+        .route("/v1/runs/{id}", get(runs::one))
         .route("/v1/stats", get(live::stats))
         .route("/v1/events", get(live::events))
         .route("/metrics", get(live::metrics_text))
@@ -243,10 +254,12 @@ fn router(app: Arc<App>) -> Router {
     let submit = Router::new()
         .route("/v1/tasks", post(tasks::submit))
         .route("/v1/tasks/batch", post(tasks::submit_batch))
-        .route("/v1/tasks/{id}/cancel", post(tasks::cancel));
+        .route("/v1/tasks/{id}/cancel", post(tasks::cancel))
+        .route("/v1/runs/{id}/cancel", post(runs::cancel));
     let admin = Router::new()
         .route("/v1/agents/{id}/kill", post(agents::kill))
-        .route("/v1/pools/{name}", put(agents::resize));
+        .route("/v1/pools/{name}", put(agents::resize))
+        .route("/v1/runs", post(runs::submit));
     let open = Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route(

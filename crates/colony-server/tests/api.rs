@@ -266,6 +266,10 @@ async fn the_openapi_document_describes_every_route_served() {
         "/v1/pools",
         "/v1/pools/{id}",
         "/login",
+        "/logout",
+        "/v1/runs",
+        "/v1/runs/{id}",
+        "/v1/runs/{id}/cancel",
     ] {
         assert!(paths.contains_key(path), "{path} is not documented");
     }
@@ -550,6 +554,147 @@ async fn recoveries_and_growth_are_notable_once_a_second() {
     // restarted with it.
     assert!(restarts > 4);
     assert!(sum(&lines, "recovered", "agents").1 <= 2, "{lines:?}");
+    server.stop();
+    runtime.shutdown().await;
+}
+
+/// A server with workflow runs on, their results under `folder`.
+async fn with_runs(folder: &std::path::Path) -> (Runtime, colony_server::Server, String) {
+    let (runtime, _, _) = start().await;
+    let config = colony_server::Config {
+        runs: Some(folder.to_owned()),
+        ..colony_server::Config::local("127.0.0.1:0".parse().unwrap())
+    };
+    let server = colony_server::serve(runtime.handle().clone(), config)
+        .await
+        .unwrap();
+    let url = server.url();
+    (runtime, server, url)
+}
+
+const WORKFLOW: &str = r#"
+name: over-http
+agents:
+  - { name: planner, kind: sim, sim: { latency: 5ms } }
+  - { name: slow, kind: sim, sim: { latency: 60s } }
+tasks:
+  - { id: plan, agent: planner, input: { step: 1 } }
+  - { id: build, agent: planner, needs: [plan], input: { step: 2 } }
+  - { id: ship, agent: planner, needs: [build], input: { step: 3 } }
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_workflow_posted_runs_to_completion_and_its_results_are_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let (runtime, server, url) = with_runs(dir.path()).await;
+    let client = reqwest::Client::new();
+    let post = |body: &str| {
+        client
+            .post(format!("{url}/v1/runs"))
+            .header("content-type", "application/yaml")
+            .body(body.to_owned())
+            .send()
+    };
+    let r = post(WORKFLOW).await.unwrap();
+    assert_eq!(r.status(), 202);
+    let id = json(r).await["id"].as_u64().unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let run = loop {
+        let run = json(
+            client
+                .get(format!("{url}/v1/runs/{id}"))
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
+        if run["state"] != "running" {
+            break run;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{run}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(run["state"], "succeeded", "{run}");
+    assert_eq!(run["report"]["succeeded"], 3);
+    let finished: Vec<&str> = run["finished"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(finished, ["plan", "build", "ship"], "in dependency order");
+    let ship = std::fs::read_to_string(dir.path().join(format!("{id}/ship.json"))).unwrap();
+    assert!(ship.contains("\"succeeded\""), "{ship}");
+    let list = json(client.get(format!("{url}/v1/runs")).send().await.unwrap()).await;
+    assert_eq!(list["runs"][0]["id"], id);
+    assert_eq!(list["runs"][0]["succeeded"], 3);
+    // A bad file is refused whole, each problem with its line and column.
+    let r = post("name: x\nagents: []\ntasks:\n  - { id: a, agent: nobody }\n")
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 422);
+    let body = json(r).await;
+    assert_eq!(body["error"]["code"], "bad-workflow");
+    let problem = &body["error"]["problems"][0];
+    assert!(
+        problem["message"].as_str().unwrap().contains("nobody"),
+        "{body}"
+    );
+    assert_eq!(problem["line"], 4);
+    // A long run is cancelled: nothing more starts and it ends cancelled.
+    let slow = WORKFLOW.replace(
+        "agent: planner, needs: [plan]",
+        "agent: slow, needs: [plan]",
+    );
+    let id = json(post(&slow).await.unwrap()).await["id"]
+        .as_u64()
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let cancel = || client.post(format!("{url}/v1/runs/{id}/cancel")).send();
+    assert_eq!(cancel().await.unwrap().status(), 202);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let run = loop {
+        let run = json(
+            client
+                .get(format!("{url}/v1/runs/{id}"))
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
+        if run["state"] != "running" {
+            break run;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{run}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(run["state"], "cancelled", "{run}");
+    assert_eq!(run["report"]["succeeded"], 1);
+    assert_eq!(cancel().await.unwrap().status(), 409);
+    assert_eq!(
+        client
+            .get(format!("{url}/v1/runs/77"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        404
+    );
+    server.stop();
+    runtime.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_runs_folder_no_workflow_runs() {
+    let (runtime, server, url) = start().await;
+    let r = reqwest::Client::new()
+        .post(format!("{url}/v1/runs"))
+        .body(WORKFLOW)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    assert_eq!(json(r).await["error"]["code"], "runs-disabled");
     server.stop();
     runtime.shutdown().await;
 }

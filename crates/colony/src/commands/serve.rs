@@ -34,6 +34,10 @@ pub(crate) struct Args {
     /// Requests per second each client may make (per token; per address without tokens).
     #[arg(long, value_name = "N")]
     rate_limit: Option<NonZeroU32>,
+    /// Run workflow files posted to /v1/runs (admin scope), results under DIR. Off without
+    /// it: a workflow may start programs on this host.
+    #[arg(long, value_name = "DIR")]
+    runs: Option<PathBuf>,
 }
 
 pub(crate) fn run(args: &Args) -> Result<(), Failure> {
@@ -53,6 +57,7 @@ pub(crate) fn run(args: &Args) -> Result<(), Failure> {
             .zip(args.tls_key.clone())
             .map(|(cert, key)| Tls { cert, key }),
         rate_limit: args.rate_limit,
+        runs: args.runs.clone(),
     };
     let journal: Arc<dyn Journal> = match &args.db {
         Some(path) => {

@@ -1,0 +1,294 @@
+//! Workflow runs over HTTP: a workflow file is checked as `colony validate` would, then run
+//! to completion as `colony run` would, with its own pools, beside the server's runtime.
+//!
+//! A workflow may start programs on this host (`command` and `process` pools), so runs are
+//! off unless the server is given a folder for them ([`crate::Config::runs`]), and submitting
+//! one needs the `admin` scope. Each run's results go to `<folder>/<run>/`, as `colony run
+//! --out` writes them; its tasks are journaled in memory, so a run cut short by the server
+//! stopping is not resumed.
+
+use crate::{App, problem};
+use axum::{
+    Json,
+    body::Bytes,
+    extract::{Path, State},
+    http::{HeaderMap, StatusCode, header},
+    response::{IntoResponse, Response},
+};
+use colony_workflow::{Finished, Report, Status};
+use serde::Serialize;
+use serde_json::json;
+use std::{
+    collections::BTreeMap,
+    path::PathBuf,
+    sync::{Arc, Mutex},
+    time::SystemTime,
+};
+use tokio::sync::oneshot;
+
+/// Most runs remembered; the oldest finished ones are forgotten first (their files stay).
+const KEEP: usize = 1_000;
+
+/// The runs of one server.
+#[derive(Debug)]
+pub(crate) struct Runs {
+    folder: PathBuf,
+    inner: Mutex<Inner>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    next: u64,
+    runs: BTreeMap<u64, Arc<Mutex<Run>>>,
+}
+
+/// One run as the API shows it.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "kebab-case")]
+struct Run {
+    id: u64,
+    name: String,
+    /// `running`, `succeeded` (every task did), `failed`, `cancelled`, or `error` (it could
+    /// not start or stopped short; see `error`).
+    state: &'static str,
+    tasks: usize,
+    finished: Vec<Finished>,
+    started: u64,
+    output: PathBuf,
+    error: Option<String>,
+    report: Option<Report>,
+    #[serde(skip)]
+    cancel: Option<oneshot::Sender<()>>,
+}
+
+impl Runs {
+    pub(crate) fn new(folder: PathBuf) -> Self {
+        Self {
+            folder,
+            inner: Mutex::default(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+fn lock(run: &Mutex<Run>) -> std::sync::MutexGuard<'_, Run> {
+    run.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+#[allow(clippy::result_large_err)]
+fn enabled(app: &App) -> Result<&Runs, Response> {
+    app.runs.as_ref().ok_or_else(|| {
+        problem(
+            StatusCode::FORBIDDEN,
+            "runs-disabled",
+            "this server runs no workflows: start it with --runs DIR to allow them",
+        )
+    })
+}
+
+/// `POST /v1/runs`: the workflow file as the body (YAML; TOML with `content-type:
+/// application/toml`).
+pub(crate) async fn submit(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let runs = match enabled(&app) {
+        Ok(r) => r,
+        Err(r) => return r,
+    };
+    let Ok(text) = std::str::from_utf8(&body) else {
+        return problem(
+            StatusCode::BAD_REQUEST,
+            "bad-body",
+            "the workflow is not UTF-8 text",
+        );
+    };
+    let toml = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("toml"));
+    let base = std::env::current_dir().unwrap_or_default();
+    let parsed = if toml {
+        colony_workflow::parse_toml(text, "workflow", &base)
+    } else {
+        colony_workflow::parse(text, "workflow", &base)
+    };
+    let workflow = match parsed {
+        Ok(w) => w,
+        Err(invalid) => {
+            let problems: Vec<_> = invalid
+                .problems
+                .iter()
+                .map(|p| {
+                    json!({
+                        "message": p.message,
+                        "line": p.at.map(|a| a.line()),
+                        "column": p.at.map(|a| a.column()),
+                    })
+                })
+                .collect();
+            let body = json!({ "error": {
+                "code": "bad-workflow",
+                "message": invalid.to_string(),
+                "problems": problems,
+            }});
+            return (StatusCode::UNPROCESSABLE_ENTITY, Json(body)).into_response();
+        }
+    };
+    let (id, run) = {
+        let mut inner = runs.lock();
+        inner.next += 1;
+        let id = inner.next;
+        let (tx, rx) = oneshot::channel();
+        let run = Arc::new(Mutex::new(Run {
+            id,
+            name: workflow.name.clone(),
+            state: "running",
+            tasks: workflow.tasks.len(),
+            finished: Vec::new(),
+            started: SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+            output: runs.folder.join(id.to_string()),
+            error: None,
+            report: None,
+            cancel: Some(tx),
+        }));
+        inner.runs.insert(id, run.clone());
+        while inner.runs.len() > KEEP {
+            let oldest = inner
+                .runs
+                .iter()
+                .find(|(_, r)| lock(r).state != "running")
+                .map(|(id, _)| *id);
+            match oldest {
+                Some(old) => inner.runs.remove(&old),
+                None => break,
+            };
+        }
+        (id, (run, rx))
+    };
+    let (run, cancelled) = run;
+    let output = lock(&run).output.clone();
+    let progress = run.clone();
+    let options = colony_workflow::Options {
+        runtime: colony_runtime::RuntimeOptions::default(),
+        journal: Arc::new(colony_journal::MemoryJournal::new()),
+        output: Some(output),
+        on_finished: Some(Box::new(move |f: &Finished| {
+            lock(&progress).finished.push(f.clone());
+        })),
+        cancel: Some(Box::pin(async move {
+            // A dropped sender (the run forgotten) is no cancellation.
+            if cancelled.await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        })),
+        prior: Vec::new(),
+    };
+    colony_runtime::spawner::Spawner::spawn("workflow-run", async move {
+        let result = colony_workflow::run(&workflow, options).await;
+        let mut r = lock(&run);
+        r.cancel = None;
+        match result {
+            Ok(report) => {
+                r.state = if report.all_succeeded() {
+                    "succeeded"
+                } else if report.cancelled > 0 {
+                    "cancelled"
+                } else {
+                    "failed"
+                };
+                r.report = Some(report);
+            }
+            Err(e) => {
+                r.state = "error";
+                r.error = Some(e.to_string());
+            }
+        }
+    });
+    (
+        StatusCode::ACCEPTED,
+        Json(json!({ "id": id, "url": format!("/v1/runs/{id}") })),
+    )
+        .into_response()
+}
+
+/// `GET /v1/runs`: every run remembered, newest first, without its tasks.
+pub(crate) async fn list(State(app): State<Arc<App>>) -> Response {
+    let runs = match enabled(&app) {
+        Ok(r) => r,
+        Err(r) => return r,
+    };
+    let all: Vec<Arc<Mutex<Run>>> = runs.lock().runs.values().rev().cloned().collect();
+    let rows: Vec<_> = all
+        .iter()
+        .map(|r| {
+            let r = lock(r);
+            let count = |s: Status| r.finished.iter().filter(|f| f.status == s).count();
+            json!({
+                "id": r.id, "name": r.name, "state": r.state, "tasks": r.tasks,
+                "succeeded": count(Status::Succeeded), "failed": count(Status::Failed),
+                "skipped": count(Status::Skipped), "cancelled": count(Status::Cancelled),
+                "started": r.started, "error": r.error,
+            })
+        })
+        .collect();
+    Json(json!({ "runs": rows })).into_response()
+}
+
+#[allow(clippy::result_large_err)]
+fn find(app: &App, id: &str) -> Result<Arc<Mutex<Run>>, Response> {
+    let runs = enabled(app)?;
+    let Ok(n) = id.parse::<u64>() else {
+        return Err(problem(
+            StatusCode::BAD_REQUEST,
+            "bad-id",
+            format!("{id:?} is not a run id"),
+        ));
+    };
+    runs.lock().runs.get(&n).cloned().ok_or_else(|| {
+        problem(
+            StatusCode::NOT_FOUND,
+            "no-such-run",
+            format!("there is no run {n}"),
+        )
+    })
+}
+
+/// `GET /v1/runs/{id}`: the run, each task that has ended, and the report once it is done.
+pub(crate) async fn one(State(app): State<Arc<App>>, Path(id): Path<String>) -> Response {
+    match find(&app, &id) {
+        Ok(run) => Json(&*lock(&run)).into_response(),
+        Err(r) => r,
+    }
+}
+
+/// `POST /v1/runs/{id}/cancel`: nothing more starts, running attempts are stopped, and the
+/// tasks that did not finish end `cancelled`.
+pub(crate) async fn cancel(State(app): State<Arc<App>>, Path(id): Path<String>) -> Response {
+    let run = match find(&app, &id) {
+        Ok(r) => r,
+        Err(r) => return r,
+    };
+    let mut r = lock(&run);
+    match r.cancel.take() {
+        Some(tx) => {
+            let _ = tx.send(());
+            (
+                StatusCode::ACCEPTED,
+                Json(json!({ "id": r.id, "cancelled": "stopping" })),
+            )
+                .into_response()
+        }
+        None => problem(
+            StatusCode::CONFLICT,
+            "already-ended",
+            format!("run {} already ended: {}", r.id, r.state),
+        ),
+    }
+}
