@@ -221,6 +221,8 @@ const DISPATCH_SAMPLE: u64 = 16;
 pub struct Live<'a> {
     pub tree: &'a Tree,
     health: &'a [Health],
+    down: &'a [u64],
+    unhealthy: [u64; 3],
 }
 
 impl std::fmt::Debug for Live<'_> {
@@ -237,6 +239,16 @@ impl Live<'_> {
         self.health
             .get(agent.index())
             .map_or(colony_core::health::HealthState::Healthy, Health::state)
+    }
+
+    /// Agents of `tier` out of service now, kept as they go down and come back.
+    pub fn down(&self, tier: usize) -> u64 {
+        self.down.get(tier).copied().unwrap_or(0)
+    }
+
+    /// Workers degraded, critical and failed now, kept as their health changes.
+    pub fn unhealthy(&self) -> [u64; 3] {
+        self.unhealthy
     }
 }
 
@@ -548,6 +560,8 @@ impl Dispatcher {
                 let live = Live {
                     tree: &self.tree,
                     health: &self.health,
+                    down: &self.down,
+                    unhealthy: self.unhealthy,
                 };
                 let _ = catch_unwind(AssertUnwindSafe(|| query(&live)));
             }

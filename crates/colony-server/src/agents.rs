@@ -19,6 +19,9 @@ use std::sync::Arc;
 
 /// Most agents one page lists.
 pub(crate) const MAX_PAGE: usize = 1_000;
+/// Most agents one query looks at: a page of a rare filter over a million agents comes in
+/// several requests rather than one long stall of the dispatcher.
+const SCAN: usize = 100_000;
 
 /// An agent as the API shows it.
 #[derive(Clone, Debug, Serialize)]
@@ -102,7 +105,7 @@ pub(crate) struct TierView {
     pub(crate) failed: u64,
 }
 
-/// The whole hierarchy, tier by tier.
+/// The whole hierarchy, tier by tier. Health is a worker's: managers have none of their own.
 #[derive(Clone, Debug, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub(crate) struct Summary {
@@ -125,16 +128,12 @@ pub(crate) async fn summary(app: &App) -> Result<Summary, colony_runtime::Error>
                     ..TierView::default()
                 })
                 .collect();
-            for i in 0..tree.len() {
-                let id = AgentId(i as u32);
-                let t = &mut tiers[tree.tier(id)];
-                t.down += u64::from(tree.is_down(id));
-                match live.health(id) {
-                    HealthState::Healthy => {}
-                    HealthState::Degraded => t.degraded += 1,
-                    HealthState::Critical => t.critical += 1,
-                    HealthState::Failed => t.failed += 1,
-                }
+            // Kept by the dispatcher as they change: no pass over a million agents.
+            for (i, t) in tiers.iter_mut().enumerate() {
+                t.down = live.down(i);
+            }
+            if let Some(workers) = tiers.get_mut(tree.worker_tier()) {
+                [workers.degraded, workers.critical, workers.failed] = live.unhealthy();
             }
             Summary {
                 tiers,
@@ -222,32 +221,43 @@ pub(crate) async fn page(app: &App, query: AgentQuery) -> Result<Page, Response>
                 Some(p) => Box::new(tree.children(AgentId(p)).filter(move |c| c.0 >= start)),
                 None => Box::new((start..tree.len() as u32).map(AgentId)),
             };
-            let mut agents = Vec::new();
-            let mut last = None;
+            let worker_tier = tree.worker_tier();
+            let (mut agents, mut scanned, mut last) = (Vec::new(), 0, None);
             for id in candidates {
-                if tier.is_some_and(|t| tree.tier(id) != t) {
+                // The dispatcher waits for this walk: it stops after a page of matches, or
+                // after SCAN agents, and the caller goes on from `next-after`.
+                if agents.len() == limit || scanned == SCAN {
+                    break;
+                }
+                scanned += 1;
+                last = Some(id.0);
+                // The cheap tests first; a view is built for matches only.
+                let t = tree.tier(id);
+                let worker = t == worker_tier;
+                if tier.is_some_and(|want| t != want)
+                    || (query.pool.is_some() && !(worker && query.pool == Some(tree.spec(id))))
+                    || (query.health.is_some()
+                        && !(worker && query.health == Some(live.health(id))))
+                {
                     continue;
                 }
                 let v = view(live, &kinds, id);
-                let keep = query.pool.is_none_or(|p| v.pool == Some(p))
-                    && query
-                        .role
-                        .as_deref()
-                        .is_none_or(|r| v.role.as_deref() == Some(r))
-                    && query.health.is_none_or(|h| v.health == h)
+                let keep = query
+                    .role
+                    .as_deref()
+                    .is_none_or(|r| v.role.as_deref() == Some(r))
                     && query.state.as_deref().is_none_or(|s| v.state == s);
-                last = Some(id.0);
                 if keep {
                     agents.push(v);
-                    if agents.len() == limit {
-                        break;
-                    }
                 }
             }
-            let more = agents.len() == limit && last.is_some_and(|l| l + 1 < tree.len() as u32);
+            let end = match query.parent {
+                Some(p) => tree.children(AgentId(p)).last().map_or(0, |c| c.0),
+                None => (tree.len() as u32).saturating_sub(1),
+            };
             Ok(Page {
                 agents,
-                next_after: if more { last } else { None },
+                next_after: last.filter(|&l| l < end),
             })
         })
         .await;

@@ -698,3 +698,122 @@ async fn without_a_runs_folder_no_workflow_runs() {
     server.stop();
     runtime.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rare_filter_over_many_agents_comes_in_bounded_pages() {
+    colony_server::install_metrics();
+    let pool = Pool::new(
+        AgentSpec::new("sim", "worker"),
+        150_000,
+        Arc::new(Sim::new(SimOptions::default()).unwrap()),
+    );
+    let runtime = Runtime::start(
+        RuntimeOptions::default(),
+        vec![pool],
+        Arc::new(MemoryJournal::new()),
+    )
+    .await
+    .unwrap();
+    let server = colony_server::serve(
+        runtime.handle().clone(),
+        colony_server::Config::local("127.0.0.1:0".parse().unwrap()),
+    )
+    .await
+    .unwrap();
+    let url = server.url();
+    let client = reqwest::Client::new();
+    // No worker has failed: each request looks at a bounded number of agents and says
+    // where to go on, until the end.
+    let mut after: Option<u64> = None;
+    let mut requests = 0;
+    loop {
+        let q = match after {
+            Some(a) => format!("health=failed&after={a}"),
+            None => "health=failed".to_owned(),
+        };
+        let page = json(
+            client
+                .get(format!("{url}/v1/agents?{q}"))
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
+        requests += 1;
+        assert!(page["agents"].as_array().unwrap().is_empty(), "{page}");
+        match page["next-after"].as_u64() {
+            Some(a) => {
+                assert!(after.is_none_or(|b| a > b), "{page}");
+                after = Some(a);
+            }
+            None => break,
+        }
+    }
+    let total = runtime.handle().stats().agents;
+    assert_eq!(requests, total.div_ceil(100_000), "{total} agents");
+    // The summary counts without a walk: every worker healthy, none down.
+    let h = json(
+        reqwest::get(format!("{}/v1/hierarchy", server.url()))
+            .await
+            .unwrap(),
+    )
+    .await;
+    let workers = h["tiers"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!(workers["agents"], 150_000);
+    assert_eq!(
+        (workers["down"].clone(), workers["failed"].clone()),
+        (json!(0), json!(0))
+    );
+    server.stop();
+    runtime.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_summary_counts_agents_out_of_service_as_a_walk_does() {
+    colony_server::install_metrics();
+    let pool = Pool::new(
+        AgentSpec::new("sim", "worker"),
+        20,
+        Arc::new(Sim::new(SimOptions::default()).unwrap()),
+    );
+    // A second restart in a burst waits a minute: the worker stays out of service.
+    let mut options = RuntimeOptions::default();
+    options.supervision.initial_backoff = Duration::from_secs(60);
+    options.supervision.max_backoff = Duration::from_secs(60);
+    let runtime = Runtime::start(options, vec![pool], Arc::new(MemoryJournal::new()))
+        .await
+        .unwrap();
+    let server = colony_server::serve(
+        runtime.handle().clone(),
+        colony_server::Config::local("127.0.0.1:0".parse().unwrap()),
+    )
+    .await
+    .unwrap();
+    let h = runtime.handle();
+    let victim = h
+        .inspect(|t| t.agents_in_tier(t.worker_tier())[3])
+        .await
+        .unwrap();
+    h.kill(victim).unwrap();
+    while h.stats().restarts < 1 {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    h.kill(victim).unwrap();
+    let url = server.url();
+    let get = |path: &str| reqwest::get(format!("{url}{path}"));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    let (summary, walked) = loop {
+        let summary = json(get("/v1/hierarchy").await.unwrap()).await;
+        let walked = json(get("/v1/agents?state=down").await.unwrap()).await;
+        if walked["agents"].as_array().unwrap().len() == 1 {
+            break (summary, walked);
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{walked}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    assert_eq!(walked["agents"][0]["id"], victim.0);
+    let workers = summary["tiers"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!(workers["down"], 1, "{summary}");
+    server.stop();
+    runtime.shutdown().await;
+}
