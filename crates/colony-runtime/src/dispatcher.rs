@@ -63,12 +63,11 @@ pub(crate) enum Command {
         reply: oneshot::Sender<Option<AgentId>>,
     },
     Inspect(Box<dyn FnOnce(&Live<'_>) + Send>),
-    /// Cancel a task: at once if it waits, by stopping its attempt if it runs on `running_on`
-    /// (where the journal last saw it start), or when its attempt next ends.
+    /// Cancel a task: at once if it waits, by stopping its attempt if it runs; `None` back
+    /// when the dispatcher holds no such task.
     Cancel {
         task: TaskId,
-        running_on: Option<AgentId>,
-        reply: oneshot::Sender<Cancelled>,
+        reply: oneshot::Sender<Option<Cancelled>>,
     },
     /// Kill an agent, as a crash from outside would: its running attempts end and retry.
     Kill(AgentId, Instant),
@@ -304,6 +303,7 @@ pub(crate) fn start(
         down: vec![0; tree.tier_names().len()],
         down_published: vec![0; tree.tier_names().len()],
         cancels: std::collections::HashSet::new(),
+        live: cancel::Whereabouts::default(),
         supervision: options.supervision,
         engines: std::collections::HashMap::new(),
         restarting: FuturesUnordered::new(),
@@ -398,6 +398,8 @@ struct Dispatcher {
     /// Tasks cancelled that were not waiting: they end cancelled when their attempt ends or
     /// their retry comes due.
     cancels: std::collections::HashSet<TaskId>,
+    /// Where the tasks that are in no queue are, for cancellation to find them.
+    live: cancel::Whereabouts,
     supervision: SupervisorOptions,
     /// Per managing agent (and [`supervise::TOP`] for the runtime over the top tier) whose
     /// children exited: its supervision engine. Removed when the agent itself stops.
@@ -467,6 +469,7 @@ impl Dispatcher {
                 }
                 Some(job) = self.delayed.next(), if !self.delayed.is_empty() => {
                     self.queued -= 1;
+                    self.live.backoff.remove(&job.id);
                     self.route_or_wait(job);
                 }
                 () = next_tick(&mut rebalance), if rebalance.is_some() => {
@@ -503,6 +506,7 @@ impl Dispatcher {
             }
             while let Some(Some(job)) = self.delayed.next().now_or_never() {
                 self.queued -= 1;
+                self.live.backoff.remove(&job.id);
                 self.route_or_wait(job);
             }
             while let Some(Some(result)) = self.flushing.next().now_or_never() {
@@ -548,6 +552,9 @@ impl Dispatcher {
                 }
             }
             Command::SubmitPending { jobs, durable, ack } => {
+                if let (Some(first), Some(last)) = (jobs.first(), jobs.last()) {
+                    self.live.pending.push((first.id, last.id));
+                }
                 self.accepting
                     .push(Box::pin(async move { (durable.await, jobs, ack) }));
             }
@@ -565,12 +572,8 @@ impl Dispatcher {
                 };
                 let _ = catch_unwind(AssertUnwindSafe(|| query(&live)));
             }
-            Command::Cancel {
-                task,
-                running_on,
-                reply,
-            } => {
-                let _ = reply.send(self.cancel(task, running_on));
+            Command::Cancel { task, reply } => {
+                let _ = reply.send(self.cancel(task));
             }
             Command::Kill(agent, at) => self.kill(agent, at),
             Command::Stop => return false,
@@ -580,6 +583,9 @@ impl Dispatcher {
 
     /// A submission the journal has now made durable, or failed to.
     fn accepted(&mut self, result: Result<(), colony_journal::Error>, jobs: Vec<Job>, ack: Ack) {
+        if let Some(first) = jobs.first() {
+            self.live.pending.retain(|&(f, _)| f != first.id);
+        }
         match result {
             Ok(()) => {
                 self.shared
@@ -594,6 +600,9 @@ impl Dispatcher {
             }
             Err(error) => {
                 self.shared.permits.add_permits(jobs.len());
+                for job in &jobs {
+                    self.cancels.remove(&job.id);
+                }
                 let _ = ack.send(Err(error));
             }
         }
@@ -742,8 +751,7 @@ impl Dispatcher {
         // The tree admits no more than the supervisor's capacity, so this bound only bites
         // if the tree and the queues disagree; the task then waits in the backlog.
         let bound = self.tree.load(supervisor).1 as usize;
-        let queue = self.queues[supervisor.index()]
-            .get_or_insert_with(|| Box::new(PriorityQueue::new(bound)));
+        let queue = self.queue(supervisor, bound);
         // Workers spawned since the queue was made raise the supervisor's capacity.
         queue.set_capacity(bound);
         match queue.push(job.priority, job) {
@@ -756,6 +764,15 @@ impl Dispatcher {
                 Err(job)
             }
         }
+    }
+
+    /// The queue of `supervisor`, made on first use with room for `bound` tasks.
+    fn queue(&mut self, supervisor: AgentId, bound: usize) -> &mut PriorityQueue<Job> {
+        let slot = &mut self.queues[supervisor.index()];
+        if slot.is_none() {
+            self.live.queues.push(supervisor);
+        }
+        slot.get_or_insert_with(|| Box::new(PriorityQueue::new(bound)))
     }
 
     /// Starts the next attempt of `job` on `worker`, whose supervisor already counts it.
@@ -805,6 +822,7 @@ impl Dispatcher {
                 let woken = switch.notify.clone().notified_owned();
                 let fired = switch.fired();
                 let (task, incarnation) = (job.id, self.incarnations[worker.index()]);
+                self.live.running.insert(task, worker);
                 self.running.push(Box::pin(async move {
                     // tokio's clock: tests with paused time see virtual response times.
                     let started = tokio::time::Instant::now();
@@ -845,6 +863,7 @@ impl Dispatcher {
 
     fn finished(&mut self, f: Finished) {
         self.metrics.attempt_duration.record(f.elapsed);
+        self.live.running.remove(&f.job.id);
         let current = f.incarnation == self.incarnations[f.worker.index()];
         self.ended_after(f.worker, f.job, f.ended, Some(f.elapsed), current);
     }
@@ -879,15 +898,12 @@ impl Dispatcher {
         };
         self.tree.finish(worker, micros);
         self.freed.push(worker);
-        // A cancelled task ends so however its attempt ended, unless it succeeded first.
-        let ended = if !self.cancels.is_empty()
+        // A cancelled task ends so however its attempt ended, unless it succeeded first. A
+        // crash or a hang still counts against the agent, for its supervisor to act on.
+        let pending = !self.cancels.is_empty()
             && !matches!(ended, Ended::Outcome(Ok(_)))
-            && self.cancels.remove(&job.id)
-        {
-            Ended::Cancelled
-        } else {
-            ended
-        };
+            && self.cancels.remove(&job.id);
+        let cancelled = pending || matches!(ended, Ended::Cancelled);
         // Health follows attempts that left `handle`, where a response time means something;
         // one finished inside it answered at once, and tracking it would tax the hot path.
         if let Some(took) = elapsed
@@ -914,6 +930,10 @@ impl Dispatcher {
                 }
                 self.turn.succeeded += 1;
                 self.complete(job, TaskState::Succeeded, Some(output), None, Some(worker));
+                return;
+            }
+            Ended::Outcome(Err(AgentError::Fatal(_))) if cancelled => {
+                self.cancelled(job, Some(worker));
                 return;
             }
             Ended::Outcome(Err(AgentError::Fatal(error))) => {
@@ -948,10 +968,7 @@ impl Dispatcher {
                 }
                 cause
             }
-            Ended::Cancelled => {
-                self.cancelled(job, Some(worker));
-                return;
-            }
+            Ended::Cancelled => "cancelled".into(),
             Ended::Stopped(stop) => {
                 match stop.kind {
                     StopKind::Killed => {
@@ -966,6 +983,10 @@ impl Dispatcher {
                 stop.cause
             }
         };
+        if cancelled {
+            self.cancelled(job, Some(worker));
+            return;
+        }
         // A task that took down agents on several attempts is poison: retrying it would only
         // take down more.
         let poison = job.faults >= self.retry.poison_faults;
@@ -991,6 +1012,7 @@ impl Dispatcher {
                 self.route_or_wait(job);
             } else {
                 self.queued += 1;
+                self.live.backoff.insert(job.id);
                 self.delayed.push(Box::pin(async move {
                     tokio::time::sleep(delay).await;
                     job
@@ -1186,9 +1208,7 @@ impl Dispatcher {
                     self.tree.dequeue(from);
                     self.tree.enqueue(to);
                     let bound = self.tree.load(to).1 as usize;
-                    let queue = self.queues[to.index()]
-                        .get_or_insert_with(|| Box::new(PriorityQueue::new(bound)));
-                    queue.push_front(job.priority, job);
+                    self.queue(to, bound).push_front(job.priority, job);
                     moved += 1;
                 }
                 self.freed.extend(self.tree.children(to));

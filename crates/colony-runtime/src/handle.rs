@@ -529,28 +529,15 @@ impl Handle {
 
     /// Cancels a task. A waiting task is cancelled at once; a running one when its attempt
     /// has been stopped (an agent process is killed with it), unless that attempt succeeds
-    /// first. `Ok(None)` for a task that already ended or does not exist: the journal says
-    /// which.
+    /// first. `Ok(None)` for a task the runtime no longer holds, or never did: the journal
+    /// says how it ended.
     pub async fn cancel(&self, task: TaskId) -> Result<Option<Cancelled>, Error> {
-        let Some(row) = self.shared.journal.task(task)? else {
-            return Ok(None);
-        };
-        if row.state.is_terminal() {
-            return Ok(None);
-        }
-        let running_on = (row.state == TaskState::Running)
-            .then_some(row.agent)
-            .flatten();
         let (reply, rx) = oneshot::channel();
         self.shared
             .control
-            .send(Command::Cancel {
-                task,
-                running_on,
-                reply,
-            })
+            .send(Command::Cancel { task, reply })
             .map_err(|_| Error::Stopped)?;
-        rx.await.map(Some).map_err(|_| Error::Stopped)
+        rx.await.map_err(|_| Error::Stopped)
     }
 
     /// Kills an agent as a crash from outside would. A worker's running attempts end and their

@@ -1,5 +1,6 @@
-//! I1-I3 under any seeded mix of faults: every accepted task ends terminal with exactly one
-//! committed result, and a task runs again only after a fault hit its lease.
+//! I1-I3 under any seeded mix of faults and cancellations: every accepted task ends terminal
+//! with at most one committed result (exactly one unless it failed or was cancelled), and a
+//! task runs again only after a fault hit its lease.
 //!
 //! Each case runs a whole runtime on a paused clock with an agent that injects errors,
 //! crashes and hangs from a seed and keeps a ledger of what really ran; on top, agents and
@@ -125,6 +126,8 @@ struct Case {
     fast_health: bool,
     /// (virtual ms after submission, agent index as a share of all agents)
     kills: Vec<(u64, f64)>,
+    /// (virtual ms after submission, task index as a share of all tasks)
+    cancels: Vec<(u64, f64)>,
 }
 
 fn cases() -> impl Strategy<Value = Case> {
@@ -147,6 +150,7 @@ fn cases() -> impl Strategy<Value = Case> {
             Just(RestartPolicy::Transient)
         ],
         any::<bool>(),
+        prop::collection::vec((0..200u64, 0.0..1.0f64), 0..12),
     )
         .prop_map(
             |(
@@ -161,7 +165,9 @@ fn cases() -> impl Strategy<Value = Case> {
                 kills,
                 restart,
                 fast_health,
+                cancels,
             )| Case {
+                cancels,
                 restart,
                 fast_health,
                 seed,
@@ -235,13 +241,27 @@ fn run(case: &Case) -> Result<(), TestCaseError> {
         };
         let accepted = h.submit_batch(vec![spec; case.tasks]).await.unwrap();
         let agents = h.stats().agents as f64;
-        let mut kills = case.kills.clone();
-        kills.sort_by_key(|k| k.0);
+        // Kills and cancellations, in time order.
+        let mut faults: Vec<(u64, f64, bool)> =
+            case.kills.iter().map(|&(at, s)| (at, s, true)).collect();
+        faults.extend(case.cancels.iter().map(|&(at, s)| (at, s, false)));
+        faults.sort_by_key(|f| f.0);
         let mut now = 0;
-        for (at, share) in kills {
+        let mut cancelled = std::collections::HashSet::new();
+        for (at, share, kill) in faults {
             tokio::time::sleep(Duration::from_millis(at - now)).await;
             now = at;
-            h.kill(AgentId((share * agents) as u32)).unwrap();
+            if kill {
+                h.kill(AgentId((share * agents) as u32)).unwrap();
+            } else {
+                let task = TaskId(accepted.first.0 + (share * case.tasks as f64) as u64);
+                let before = journal.task(task).unwrap().unwrap().state;
+                // `None`: not held, it had ended (the journal row may lag by a turn).
+                if h.cancel(task).await.unwrap().is_some() {
+                    prop_assert!(!before.is_terminal(), "{task} was {before:?}");
+                    cancelled.insert(task);
+                }
+            }
         }
         // I4: with the faults over, everything drains (hangs end at their timeout).
         tokio::time::timeout(Duration::from_secs(3_600), h.drain())
@@ -267,6 +287,7 @@ fn run(case: &Case) -> Result<(), TestCaseError> {
         );
         prop_assert_eq!(counts.succeeded, stats.succeeded);
         prop_assert_eq!(counts.dead_lettered, stats.dead_lettered);
+        prop_assert_eq!(counts.cancelled, stats.cancelled);
         for id in accepted.ids() {
             let row = journal.task(id).unwrap().unwrap();
             let entry = ledger.get(&id).cloned().unwrap_or_default();
@@ -300,6 +321,15 @@ fn run(case: &Case) -> Result<(), TestCaseError> {
                     prop_assert!(
                         entry.successes.is_empty(),
                         "{id}: an output was lost: {entry:?}"
+                    );
+                }
+                // Only a task cancelled while it was held ends so, and never after an
+                // output was committed.
+                TaskState::Cancelled => {
+                    prop_assert!(cancelled.contains(&id), "{id} cancelled unasked");
+                    prop_assert!(
+                        entry.successes.is_empty(),
+                        "{id}: cancelled after an output: {entry:?}"
                     );
                 }
                 other => prop_assert!(false, "{id} ended {other:?}"),

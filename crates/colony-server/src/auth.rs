@@ -89,6 +89,8 @@ pub enum TokensError {
         line: usize,
         problem: String,
     },
+    #[error("{path} is writable by others (mode {mode:o}), who could add tokens: chmod go-w it")]
+    Writable { path: PathBuf, mode: u32 },
     #[error("{path} has no tokens: every request would be refused")]
     Empty { path: PathBuf },
     #[error("a token named {name:?} is already in {path}")]
@@ -131,6 +133,18 @@ impl Tokens {
             path: path.to_owned(),
             source,
         })?;
+        // Whoever may write the file may add an admin token.
+        #[cfg(unix)]
+        if let Ok(meta) = std::fs::metadata(path) {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = meta.permissions().mode();
+            if mode & 0o022 != 0 {
+                return Err(TokensError::Writable {
+                    path: path.to_owned(),
+                    mode: mode & 0o777,
+                });
+            }
+        }
         let tokens = Self::parse(&text, path)?;
         if tokens.entries.is_empty() {
             return Err(TokensError::Empty {
@@ -181,16 +195,25 @@ impl Tokens {
     /// owner only, if missing) and returns the token: the only time it is ever shown.
     pub fn create(path: &Path, name: &str, scope: Scope) -> Result<String, TokensError> {
         check_name(name)?;
-        let existing = match std::fs::read_to_string(path) {
-            Ok(text) => Self::parse(&text, path)?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Self { entries: vec![] },
-            Err(source) => {
-                return Err(TokensError::Read {
-                    path: path.to_owned(),
-                    source,
-                });
-            }
+        let write = |source| TokensError::Write {
+            path: path.to_owned(),
+            source,
         };
+        let mut options = std::fs::OpenOptions::new();
+        options.create(true).read(true).append(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        let mut file = options.open(path).map_err(write)?;
+        // Two creates at once must not both find a name free: one waits for the other.
+        file.lock().map_err(write)?;
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut file, &mut text).map_err(|source| {
+            TokensError::Read {
+                path: path.to_owned(),
+                source,
+            }
+        })?;
+        let existing = Self::parse(&text, path)?;
         if existing.entries.iter().any(|e| &*e.name == name) {
             return Err(TokensError::Duplicate {
                 name: name.to_owned(),
@@ -198,21 +221,19 @@ impl Tokens {
             });
         }
         let mut secret = [0u8; 32];
-        getrandom::fill(&mut secret).map_err(|e| TokensError::Write {
-            path: path.to_owned(),
-            source: std::io::Error::other(format!("no randomness from the system: {e}")),
+        getrandom::fill(&mut secret).map_err(|e| {
+            write(std::io::Error::other(format!(
+                "no randomness from the system: {e}"
+            )))
         })?;
         let token = format!("colony_{}", hex(&secret));
-        let line = format!("{name} {scope} sha256:{}\n", hex(&hash(&token)));
-        let write = |source| TokensError::Write {
-            path: path.to_owned(),
-            source,
+        // A file edited by hand may end without a newline: the new line starts on its own.
+        let start = if text.is_empty() || text.ends_with('\n') {
+            ""
+        } else {
+            "\n"
         };
-        let mut options = std::fs::OpenOptions::new();
-        options.create(true).append(true);
-        #[cfg(unix)]
-        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-        let mut file = options.open(path).map_err(write)?;
+        let line = format!("{start}{name} {scope} sha256:{}\n", hex(&hash(&token)));
         file.write_all(line.as_bytes()).map_err(write)?;
         file.sync_all().map_err(write)?;
         Ok(token)
@@ -315,6 +336,74 @@ impl fmt::Debug for Limiter {
     }
 }
 
+/// The middleware in front of every route, before any scope is asked for: what a browser
+/// could be made to send from another site is refused.
+///
+/// - Without tokens the server trusts anything that reaches it on loopback, so it answers
+///   only requests addressed to a loopback name: a page whose own name was rebound to
+///   127.0.0.1 (DNS rebinding) sends its own name as `Host`, and is refused.
+/// - A request that changes state and that the browser says comes from another site
+///   (`Sec-Fetch-Site`, or an `Origin` other than the server) is refused, with or without
+///   tokens: a page cannot make a logged-in browser act for it.
+pub(crate) async fn guard(State(app): State<Arc<App>>, request: Request, next: Next) -> Response {
+    let headers = request.headers();
+    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
+    if app.tokens.is_none()
+        && let Some(host) = host
+        && !is_loopback_name(host)
+    {
+        return problem(
+            StatusCode::MISDIRECTED_REQUEST,
+            "not-loopback-host",
+            format!(
+                "this server has no tokens and answers only requests to localhost, 127.0.0.1 or [::1], not {host:?}"
+            ),
+        );
+    }
+    let method = request.method();
+    let safe = method == axum::http::Method::GET
+        || method == axum::http::Method::HEAD
+        || method == axum::http::Method::OPTIONS;
+    if !safe {
+        let site = headers
+            .get("sec-fetch-site")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("none");
+        let origin = headers.get(header::ORIGIN).and_then(|o| o.to_str().ok());
+        // `null` says nothing: the dashboard's own forms send it, under its no-referrer
+        // policy. `Sec-Fetch-Site`, which every current browser sends, tells those apart.
+        let foreign_origin = match (origin, host) {
+            (Some("null"), _) => false,
+            (Some(origin), Some(host)) => origin
+                .split_once("://")
+                .is_none_or(|(_, authority)| !authority.eq_ignore_ascii_case(host)),
+            _ => false,
+        };
+        if !matches!(site, "same-origin" | "none") || foreign_origin {
+            return problem(
+                StatusCode::FORBIDDEN,
+                "cross-site",
+                "a request that changes state may not come from another site's page",
+            );
+        }
+    }
+    next.run(request).await
+}
+
+/// Whether `host` (a `Host` header: a name or address, perhaps with a port) names this
+/// machine's loopback interface.
+fn is_loopback_name(host: &str) -> bool {
+    let name = match host.strip_prefix('[') {
+        // An IPv6 literal: `[::1]` or `[::1]:7070`.
+        Some(rest) => rest.split(']').next().unwrap_or_default(),
+        None => host.rsplit_once(':').map_or(host, |(name, _)| name),
+    };
+    name.eq_ignore_ascii_case("localhost")
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
 /// The middleware in front of every route that needs `scope`: authenticates, authorizes,
 /// then counts the request against its client's rate.
 pub(crate) async fn require(
@@ -323,16 +412,22 @@ pub(crate) async fn require(
     mut request: Request,
     next: Next,
 ) -> Response {
+    let address = request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map_or(IpAddr::from([0, 0, 0, 0]), |c| c.0.ip());
     let caller = match &app.tokens {
         None => None,
         Some(tokens) => {
+            // Refusals count against the address's rate, so that guessing costs time too.
+            let refuse = |message: &str| {
+                limited(&app, &Client::Address(address)).unwrap_or_else(|| unauthorized(message))
+            };
             let Some((token, cookie)) = presented(request.headers()) else {
-                return unauthorized(
-                    "this route needs a bearer token: Authorization: Bearer colony_...",
-                );
+                return refuse("this route needs a bearer token: Authorization: Bearer colony_...");
             };
             let Some(mut caller) = tokens.verify(token) else {
-                return unauthorized("the token is not one this server knows");
+                return refuse("the token is not one this server knows");
             };
             if cookie {
                 caller.scope = caller.scope.min(Scope::Read);
@@ -352,35 +447,35 @@ pub(crate) async fn require(
             Some(caller)
         }
     };
-    if let Some(limiter) = &app.limiter {
-        let client = match &caller {
-            Some(c) => Client::Token(c.name.clone()),
-            None => Client::Address(
-                request
-                    .extensions()
-                    .get::<ConnectInfo<SocketAddr>>()
-                    .map_or(IpAddr::from([0, 0, 0, 0]), |c| c.0.ip()),
-            ),
-        };
-        if let Err(not_until) = limiter.0.check_key(&client) {
-            use governor::clock::Clock;
-            let wait = not_until.wait_time_from(limiter.1.now());
-            let mut response = problem(
-                StatusCode::TOO_MANY_REQUESTS,
-                "rate-limited",
-                format!("over this server's request rate; try again in {wait:?}"),
-            );
-            let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, secs.max(1).into());
-            return response;
-        }
+    let client = match &caller {
+        Some(c) => Client::Token(c.name.clone()),
+        None => Client::Address(address),
+    };
+    if let Some(response) = limited(&app, &client) {
+        return response;
     }
     if let Some(caller) = caller {
         request.extensions_mut().insert(caller);
     }
     next.run(request).await
+}
+
+/// The 429 for a client over its rate, if the server has a rate and the client is over it.
+fn limited(app: &App, client: &Client) -> Option<Response> {
+    use governor::clock::Clock;
+    let limiter = app.limiter.as_ref()?;
+    let not_until = limiter.0.check_key(client).err()?;
+    let wait = not_until.wait_time_from(limiter.1.now());
+    let mut response = problem(
+        StatusCode::TOO_MANY_REQUESTS,
+        "rate-limited",
+        format!("over this server's request rate; try again in {wait:?}"),
+    );
+    let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, secs.max(1).into());
+    Some(response)
 }
 
 fn unauthorized(message: &str) -> Response {
@@ -414,8 +509,20 @@ pub(crate) async fn login(
         return axum::response::Redirect::to("/").into_response();
     };
     let token = login.token.trim();
-    if tokens.verify(token).is_none() {
+    let Some(caller) = tokens.verify(token) else {
         return unauthorized("the token is not one this server knows");
+    };
+    // The cookie holds the token: whoever reads it has the token, whatever a cookie is worth
+    // here. Only a token worth no more than a cookie may go in one.
+    if caller.scope > Scope::Read {
+        return problem(
+            StatusCode::FORBIDDEN,
+            "not-a-read-token",
+            format!(
+                "token {:?} has scope {}: sign in to the dashboard with a read token (colony token create --scope read)",
+                caller.name, caller.scope
+            ),
+        );
     }
     let secure = if app.tls { "; Secure" } else { "" };
     let cookie = format!("{COOKIE}={token}; HttpOnly; SameSite=Strict; Path=/{secure}");
@@ -486,6 +593,23 @@ mod tests {
             assert!(error.contains(needle), "{error}");
         }
         assert!(Tokens::load(&dir.path().join("missing")).is_err());
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_file_others_may_write_is_refused_and_a_hand_edit_is_kept_apart() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tokens");
+        // Edited by hand, without a final newline.
+        std::fs::write(&path, format!("ci read sha256:{}", "ab".repeat(32))).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let token = Tokens::create(&path, "ops", Scope::Admin).unwrap();
+        let tokens = Tokens::load(&path).unwrap();
+        assert_eq!(tokens.verify(&token).unwrap().scope, Scope::Admin);
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666)).unwrap();
+        let error = Tokens::load(&path).unwrap_err().to_string();
+        assert!(error.contains("writable by others (mode 666)"), "{error}");
     }
 
     #[test]

@@ -64,6 +64,8 @@ pub const OPENAPI: &str = include_str!("openapi.json");
 pub const MAX_BODY: usize = 16 << 20;
 /// Most tasks in one batch.
 pub const MAX_BATCH: usize = 100_000;
+/// Most event streams (`/v1/events`) open at once.
+pub const MAX_STREAMS: usize = 256;
 
 /// How a server listens and whom it lets in.
 #[derive(Debug, Clone)]
@@ -116,6 +118,10 @@ pub enum Error {
     },
     #[error("TLS: {path}: {problem}")]
     Tls { path: PathBuf, problem: String },
+    #[error(
+        "workflow runs (--runs) start programs on this host: they need tokens (--tokens), so that only an admin token can submit one"
+    )]
+    RunsWithoutTokens,
 }
 
 /// What every handler shares.
@@ -127,6 +133,8 @@ pub(crate) struct App {
     pub(crate) tls: bool,
     pub(crate) idempotency: tasks::Idempotency,
     pub(crate) runs: Option<runs::Runs>,
+    /// One permit per event stream open; a stream costs the dispatcher on every turn.
+    pub(crate) streams: Arc<tokio::sync::Semaphore>,
 }
 
 /// A listening server.
@@ -161,6 +169,9 @@ pub async fn serve(handle: Handle, config: Config) -> Result<Server, Error> {
     if config.tokens.is_none() && !addr.ip().is_loopback() {
         return Err(Error::NotLoopback(addr));
     }
+    if config.tokens.is_none() && config.runs.is_some() {
+        return Err(Error::RunsWithoutTokens);
+    }
     install_metrics();
     let tls = match &config.tls {
         Some(tls) => Some(rustls_config(tls)?),
@@ -173,6 +184,7 @@ pub async fn serve(handle: Handle, config: Config) -> Result<Server, Error> {
         tls: tls.is_some(),
         idempotency: tasks::Idempotency::default(),
         runs: config.runs.map(runs::Runs::new),
+        streams: Arc::new(tokio::sync::Semaphore::new(MAX_STREAMS)),
     });
     let service = router(app).into_make_service_with_connect_info::<SocketAddr>();
     let bind = |source| Error::Bind { addr, source };
@@ -282,6 +294,7 @@ fn router(app: Arc<App>) -> Router {
             )
         })
         .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(from_fn_with_state(app.clone(), auth::guard))
         .with_state(app)
 }
 

@@ -41,26 +41,41 @@ pub(crate) async fn stats(State(app): State<Arc<App>>) -> Response {
 /// The live stream: see the crate documentation. Restarts and growth come as one `notable`
 /// event a second each, with their counts: a swarm restarting thousands of agents a second
 /// must not send the browser thousands of lines.
-pub(crate) async fn events(
-    State(app): State<Arc<App>>,
-) -> axum::response::sse::Sse<
-    impl futures::Stream<Item = Result<axum::response::sse::Event, std::convert::Infallible>>,
-> {
+pub(crate) async fn events(State(app): State<Arc<App>>) -> Response {
     use axum::response::sse::{Event, KeepAlive, Sse};
     use colony_runtime::events::Kinds;
+    // Held for as long as the stream is open.
+    let Ok(permit) = app.streams.clone().try_acquire_owned() else {
+        return crate::problem(
+            axum::http::StatusCode::TOO_MANY_REQUESTS,
+            "too-many-streams",
+            format!(
+                "{} event streams are open, the most this server keeps: try again later",
+                crate::MAX_STREAMS
+            ),
+        );
+    };
     // Not `Kinds::TASKS`: per-task events would cost the dispatcher for every task, and the
     // snapshot carries their counts.
     let h = app.handle.clone();
     let subscription = h.subscribe(Kinds::AGENTS.union(Kinds::HEALTH));
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let state = (h, subscription, tick, Coalesced::default(), VecDeque::new());
+    let state = (
+        h,
+        subscription,
+        tick,
+        Coalesced::default(),
+        VecDeque::new(),
+        permit,
+    );
     let stream = futures::stream::unfold(
         state,
-        |(h, mut subscription, mut tick, mut coalesced, mut ready)| async move {
+        |(h, mut subscription, mut tick, mut coalesced, mut ready, permit)| async move {
             loop {
                 if let Some(event) = ready.pop_front() {
-                    return Some((Ok(event), (h, subscription, tick, coalesced, ready)));
+                    let state = (h, subscription, tick, coalesced, ready, permit);
+                    return Some((Ok::<_, std::convert::Infallible>(event), state));
                 }
                 tokio::select! {
                     _ = tick.tick() => {
@@ -79,7 +94,9 @@ pub(crate) async fn events(
             }
         },
     );
-    Sse::new(stream).keep_alive(KeepAlive::default())
+    Sse::new(stream)
+        .keep_alive(KeepAlive::default())
+        .into_response()
 }
 
 /// Restarts and growth since the last tick.

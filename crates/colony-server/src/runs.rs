@@ -2,8 +2,9 @@
 //! to completion as `colony run` would, with its own pools, beside the server's runtime.
 //!
 //! A workflow may start programs on this host (`command` and `process` pools), so runs are
-//! off unless the server is given a folder for them ([`crate::Config::runs`]), and submitting
-//! one needs the `admin` scope. Each run's results go to `<folder>/<run>/`, as `colony run
+//! off unless the server is given a folder for them ([`crate::Config::runs`]) and tokens, and
+//! submitting one needs the `admin` scope and a YAML or TOML content type (which a web page
+//! cannot send to another site unasked). Each run's results go to `<folder>/<run>/`, as `colony run
 //! --out` writes them; its tasks are journaled in memory, so a run cut short by the server
 //! stopping is not resumed.
 
@@ -107,10 +108,21 @@ pub(crate) async fn submit(
             "the workflow is not UTF-8 text",
         );
     };
-    let toml = headers
+    // A named type, which a page cannot send to another site without asking first.
+    let kind = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.contains("toml"));
+        .unwrap_or_default();
+    let toml = kind.starts_with("application/toml");
+    if !(toml || kind.starts_with("application/yaml") || kind.starts_with("application/x-yaml")) {
+        return problem(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "bad-content-type",
+            format!(
+                "content-type {kind:?}: a workflow is sent as application/yaml or application/toml"
+            ),
+        );
+    }
     let base = std::env::current_dir().unwrap_or_default();
     let parsed = if toml {
         colony_workflow::parse_toml(text, "workflow", &base)

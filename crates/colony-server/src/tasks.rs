@@ -84,19 +84,19 @@ type KeyOf = (Option<Arc<str>>, String);
 #[derive(Debug, Default)]
 struct Remembered {
     answers: HashMap<KeyOf, Answer>,
-    order: VecDeque<(Instant, KeyOf)>,
+    /// When each key was first used, oldest first, with the generation of its answer: a key
+    /// forgotten and used again has a newer one, which the old entry must not evict.
+    order: VecDeque<(Instant, KeyOf, u64)>,
+    generation: u64,
 }
 
 #[derive(Debug, Clone)]
-enum Answer {
-    /// The first request with the key is still being handled.
-    InFlight {
-        request: u64,
-    },
-    Done {
-        request: u64,
-        body: Value,
-    },
+struct Answer {
+    /// Fingerprint of the request that used the key first.
+    request: u64,
+    generation: u64,
+    /// `None` while the first request is being handled.
+    body: Option<Value>,
 }
 
 /// What to do with a request that carries a key.
@@ -118,34 +118,41 @@ impl Idempotency {
     fn claim(&self, caller: Option<Arc<str>>, key: String, request: u64) -> Claim {
         let mut r = self.lock();
         let now = Instant::now();
-        while let Some((at, _)) = r.order.front() {
+        while let Some((at, _, _)) = r.order.front() {
             if now.duration_since(*at) < Self::KEEP && r.order.len() <= Self::KEYS {
                 break;
             }
-            if let Some((_, old)) = r.order.pop_front() {
+            if let Some((_, old, generation)) = r.order.pop_front()
+                && r.answers
+                    .get(&old)
+                    .is_some_and(|a| a.generation == generation)
+            {
                 r.answers.remove(&old);
             }
         }
         let id = (caller, key);
         match r.answers.get(&id) {
             None => {
-                r.answers.insert(id.clone(), Answer::InFlight { request });
-                r.order.push_back((now, id.clone()));
-                Claim::First(id, request)
+                r.generation += 1;
+                let generation = r.generation;
+                let answer = Answer {
+                    request,
+                    generation,
+                    body: None,
+                };
+                r.answers.insert(id.clone(), answer);
+                r.order.push_back((now, id.clone(), generation));
+                Claim::First(id, generation)
             }
-            Some(Answer::InFlight { request: first } | Answer::Done { request: first, .. })
-                if *first != request =>
-            {
-                Claim::Answered(problem(
-                    StatusCode::UNPROCESSABLE_ENTITY,
-                    "idempotency-key-reused",
-                    format!(
-                        "Idempotency-Key {:?} was used for a different request",
-                        id.1
-                    ),
-                ))
-            }
-            Some(Answer::InFlight { .. }) => Claim::Answered(problem(
+            Some(a) if a.request != request => Claim::Answered(problem(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "idempotency-key-reused",
+                format!(
+                    "Idempotency-Key {:?} was used for a different request",
+                    id.1
+                ),
+            )),
+            Some(Answer { body: None, .. }) => Claim::Answered(problem(
                 StatusCode::CONFLICT,
                 "in-flight",
                 format!(
@@ -153,7 +160,9 @@ impl Idempotency {
                     id.1
                 ),
             )),
-            Some(Answer::Done { body, .. }) => {
+            Some(Answer {
+                body: Some(body), ..
+            }) => {
                 let mut response = (StatusCode::ACCEPTED, Json(body.clone())).into_response();
                 response
                     .headers_mut()
@@ -165,12 +174,17 @@ impl Idempotency {
 
     /// Remembers the answer to a first request; forgets the key if it was refused, so that
     /// a retry is handled afresh.
-    fn finish(&self, id: KeyOf, request: u64, accepted: Option<Value>) {
+    fn finish(&self, id: KeyOf, generation: u64, accepted: Option<Value>) {
         let mut r = self.lock();
+        let Some(answer) = r
+            .answers
+            .get_mut(&id)
+            .filter(|a| a.generation == generation)
+        else {
+            return;
+        };
         match accepted {
-            Some(body) => {
-                r.answers.insert(id, Answer::Done { request, body });
-            }
+            Some(body) => answer.body = Some(body),
             None => {
                 r.answers.remove(&id);
             }
@@ -196,7 +210,7 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, Response> {
 
 /// Submits `specs` (one task when `single`), once per idempotency key.
 async fn accept(
-    app: &App,
+    app: &Arc<App>,
     headers: &HeaderMap,
     caller: Option<Arc<str>>,
     fingerprint: impl FnOnce() -> u64,
@@ -207,14 +221,39 @@ async fn accept(
         Ok(k) => k,
         Err(r) => return r,
     };
-    let claim = match key {
-        None => None,
+    let result = match key {
+        None => submit_now(app, specs, single).await,
         Some(key) => match app.idempotency.claim(caller, key, fingerprint()) {
             Claim::Answered(response) => return response,
-            Claim::First(id, request) => Some((id, request)),
+            Claim::First(id, generation) => {
+                // On a task of its own: a caller that goes away while the journal makes the
+                // tasks durable must not leave its key "in flight", unanswerable, for a day.
+                let app = app.clone();
+                let submitted = colony_runtime::spawner::Spawner::spawn("idempotent", async move {
+                    let result = submit_now(&app, specs, single).await;
+                    app.idempotency
+                        .finish(id, generation, result.as_ref().ok().cloned());
+                    result
+                });
+                match submitted.await {
+                    Ok(Some(result)) => result,
+                    _ => Err(colony_runtime::Error::Stopped),
+                }
+            }
         },
     };
-    let result = if single {
+    match result {
+        Ok(body) => (StatusCode::ACCEPTED, Json(body)).into_response(),
+        Err(e) => refused(e),
+    }
+}
+
+async fn submit_now(
+    app: &App,
+    specs: Vec<TaskSpec>,
+    single: bool,
+) -> Result<Value, colony_runtime::Error> {
+    if single {
         let spec = specs.into_iter().next().unwrap_or_default();
         app.handle
             .try_submit(spec)
@@ -225,14 +264,6 @@ async fn accept(
             .try_submit_batch(specs)
             .await
             .map(|a| json!({ "first": a.first.0, "count": a.count }))
-    };
-    if let Some((id, request)) = claim {
-        app.idempotency
-            .finish(id, request, result.as_ref().ok().cloned());
-    }
-    match result {
-        Ok(body) => (StatusCode::ACCEPTED, Json(body)).into_response(),
-        Err(e) => refused(e),
     }
 }
 
@@ -462,5 +493,42 @@ pub(crate) async fn cancel(State(app): State<Arc<App>>, Path(id): Path<String>) 
             Err(e) => problem(StatusCode::SERVICE_UNAVAILABLE, "journal", e.to_string()),
         },
         Err(e) => refused(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_key_forgotten_and_used_again_outlives_its_first_use() {
+        let keys = Idempotency::default();
+        let first = |keys: &Idempotency, key: &str, request: u64| match keys.claim(
+            None,
+            key.to_owned(),
+            request,
+        ) {
+            Claim::First(id, generation) => Some((id, generation)),
+            Claim::Answered(_) => None,
+        };
+        // A first use refused (the runtime was full): forgotten, so a retry is handled afresh.
+        let (id, generation) = first(&keys, "a", 7).unwrap();
+        keys.finish(id, generation, None);
+        let (id, generation) = first(&keys, "a", 7).unwrap();
+        keys.finish(id, generation, Some(json!({"id": 1})));
+        // Fill the memory until the first use's entry is the one evicted.
+        for i in 0..Idempotency::KEYS - 1 {
+            let (id, generation) = first(&keys, &format!("k{i}"), 1).unwrap();
+            keys.finish(id, generation, Some(json!({"id": i})));
+        }
+        // The answer of the second use survived the eviction of the first: a retry is
+        // answered again, not accepted twice.
+        assert!(first(&keys, "a", 7).is_none());
+        assert_eq!(keys.lock().answers.len(), Idempotency::KEYS);
+        assert_eq!(
+            keys.lock().order.len(),
+            Idempotency::KEYS,
+            "the first use's entry went"
+        );
     }
 }

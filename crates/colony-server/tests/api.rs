@@ -195,7 +195,9 @@ async fn the_event_stream_sends_a_snapshot_every_second() {
     runtime.handle().drain().await.unwrap();
     let mut socket = tokio::net::TcpStream::connect(server.addr).await.unwrap();
     socket
-        .write_all(b"GET /v1/events HTTP/1.1\r\nhost: x\r\naccept: text/event-stream\r\n\r\n")
+        .write_all(
+            b"GET /v1/events HTTP/1.1\r\nhost: localhost\r\naccept: text/event-stream\r\n\r\n",
+        )
         .await
         .unwrap();
     let mut seen = String::new();
@@ -206,6 +208,7 @@ async fn the_event_stream_sends_a_snapshot_every_second() {
             .await
             .unwrap()
             .unwrap();
+        assert!(n > 0, "the stream ended: {seen}");
         seen.push_str(&String::from_utf8_lossy(&buf[..n]));
     }
     assert!(seen.contains("text/event-stream"), "{seen}");
@@ -487,14 +490,20 @@ async fn recoveries_and_growth_are_notable_once_a_second() {
     let (runtime, server, _) = start().await;
     let mut socket = tokio::net::TcpStream::connect(server.addr).await.unwrap();
     socket
-        .write_all(b"GET /v1/events HTTP/1.1\r\nhost: x\r\naccept: text/event-stream\r\n\r\n")
+        .write_all(
+            b"GET /v1/events HTTP/1.1\r\nhost: localhost\r\naccept: text/event-stream\r\n\r\n",
+        )
         .await
         .unwrap();
     let mut seen = String::new();
     let mut buf = [0u8; 4096];
     // The first snapshot says the stream is subscribed.
     while !seen.contains("event: snapshot") {
-        let n = socket.read(&mut buf).await.unwrap();
+        let n = tokio::time::timeout(Duration::from_secs(5), socket.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(n > 0, "the stream ended: {seen}");
         seen.push_str(&String::from_utf8_lossy(&buf[..n]));
     }
     let h = runtime.handle();
@@ -515,8 +524,8 @@ async fn recoveries_and_growth_are_notable_once_a_second() {
     for w in &workers[..4] {
         h.kill(*w).unwrap();
     }
-    // Six waves and a cascade of restarts: each a line a second with its count, so one or
-    // two lines each (a second may turn mid-way), summing to the runtime's own counts.
+    // Six waves and a cascade of restarts: each a line a second with its count, summing to
+    // the runtime's own counts.
     let notable = |seen: &str| -> Vec<Value> {
         seen.lines()
             .filter_map(|l| l.strip_prefix("data: "))
@@ -544,32 +553,52 @@ async fn recoveries_and_growth_are_notable_once_a_second() {
             .await
             .unwrap()
             .unwrap();
+        assert!(n > 0, "the stream ended: {seen}");
         seen.push_str(&String::from_utf8_lossy(&buf[..n]));
     };
     let lines = notable(&seen);
     // Thirty workers, and the supervisors they needed.
     assert!(added > 30);
-    assert!(sum(&lines, "scaled", "agents-added").1 <= 2, "{lines:?}");
+    // Counted a second at a time: far fewer lines than agents, whatever the machine's load.
+    assert!(
+        sum(&lines, "scaled", "agents-added").1 * 4 <= added as usize,
+        "{lines:?}"
+    );
     // Four kills under one supervisor exceed its intensity: it escalates, and its subtree is
     // restarted with it.
     assert!(restarts > 4);
-    assert!(sum(&lines, "recovered", "agents").1 <= 2, "{lines:?}");
+    assert!(
+        sum(&lines, "recovered", "agents").1 * 4 <= restarts as usize,
+        "{lines:?}"
+    );
     server.stop();
     runtime.shutdown().await;
 }
 
-/// A server with workflow runs on, their results under `folder`.
-async fn with_runs(folder: &std::path::Path) -> (Runtime, colony_server::Server, String) {
+/// A server with workflow runs on, their results under `folder`, and a client that holds
+/// an admin token (runs need tokens).
+async fn with_runs(
+    folder: &std::path::Path,
+) -> (Runtime, colony_server::Server, String, reqwest::Client) {
     let (runtime, _, _) = start().await;
+    let path = folder.join("tokens");
+    let admin = colony_server::Tokens::create(&path, "ops", colony_server::Scope::Admin).unwrap();
     let config = colony_server::Config {
         runs: Some(folder.to_owned()),
+        tokens: Some(colony_server::Tokens::load(&path).unwrap()),
         ..colony_server::Config::local("127.0.0.1:0".parse().unwrap())
     };
     let server = colony_server::serve(runtime.handle().clone(), config)
         .await
         .unwrap();
     let url = server.url();
-    (runtime, server, url)
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert("authorization", format!("Bearer {admin}").parse().unwrap());
+    let client = reqwest::Client::builder()
+        .default_headers(headers)
+        .build()
+        .unwrap();
+    (runtime, server, url, client)
 }
 
 const WORKFLOW: &str = r#"
@@ -586,8 +615,7 @@ tasks:
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_workflow_posted_runs_to_completion_and_its_results_are_files() {
     let dir = tempfile::tempdir().unwrap();
-    let (runtime, server, url) = with_runs(dir.path()).await;
-    let client = reqwest::Client::new();
+    let (runtime, server, url, client) = with_runs(dir.path()).await;
     let post = |body: &str| {
         client
             .post(format!("{url}/v1/runs"))
@@ -795,7 +823,9 @@ async fn the_summary_counts_agents_out_of_service_as_a_walk_does() {
         .await
         .unwrap();
     h.kill(victim).unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     while h.stats().restarts < 1 {
+        assert!(tokio::time::Instant::now() < deadline, "no restart");
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
     h.kill(victim).unwrap();

@@ -123,14 +123,18 @@ async fn each_route_asks_for_its_scope() {
             .body(format!("token={token}"))
             .send()
     };
-    let r = login(&admin).await.unwrap();
+    let r = login(&read).await.unwrap();
     assert!(r.status().is_redirection(), "{}", r.status());
     let set = r.headers()["set-cookie"].to_str().unwrap();
-    assert!(set.starts_with(&cookie), "{set}");
+    assert!(set.starts_with(&format!("colony_token={read}")), "{set}");
     assert!(
         set.contains("HttpOnly") && set.contains("SameSite=Strict"),
         "{set}"
     );
+    // A cookie holds its token: only a token worth no more than a cookie may go in one.
+    let r = login(&admin).await.unwrap();
+    assert_eq!(r.status(), 403);
+    assert_eq!(json(r).await["error"]["code"], "not-a-read-token");
     assert_eq!(login("colony_wrong").await.unwrap().status(), 401);
     server.stop();
     runtime.shutdown().await;
@@ -310,5 +314,151 @@ async fn tls_serves_https_with_the_given_certificate() {
         error.contains("key.pem") && error.contains("no private key"),
         "{error}"
     );
+    runtime.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pages_of_other_sites_cannot_act_through_a_browser() {
+    let dir = tempfile::tempdir().unwrap();
+    let (tokens, [read, submit, admin]) = tokens(dir.path());
+    let runtime = runtime().await;
+    // Runs start programs: without tokens the server refuses to take them.
+    let config = Config {
+        runs: Some(dir.path().join("runs")),
+        ..Config::local("127.0.0.1:0".parse().unwrap())
+    };
+    let error = colony_server::serve(runtime.handle().clone(), config)
+        .await
+        .unwrap_err();
+    assert!(error.to_string().contains("need tokens"), "{error}");
+    let config = Config {
+        tokens: Some(tokens),
+        runs: Some(dir.path().join("runs")),
+        ..Config::local("127.0.0.1:0".parse().unwrap())
+    };
+    let server = colony_server::serve(runtime.handle().clone(), config)
+        .await
+        .unwrap();
+    let url = server.url();
+    let client = reqwest::Client::new();
+    let workflow = "name: w\nagents: [{ name: a, kind: sim }]\ntasks: [{ id: t, agent: a }]\n";
+    let run = |token: &str, kind: &str| {
+        client
+            .post(format!("{url}/v1/runs"))
+            .bearer_auth(token)
+            .header("content-type", kind)
+            .body(workflow)
+            .send()
+    };
+    // Only an admin token runs a workflow, and only sent as YAML or TOML, which a page
+    // cannot send to another site unasked.
+    assert_eq!(
+        run(&submit, "application/yaml").await.unwrap().status(),
+        403
+    );
+    assert_eq!(run(&read, "application/yaml").await.unwrap().status(), 403);
+    let r = run(&admin, "text/plain").await.unwrap();
+    assert_eq!(r.status(), 415);
+    assert_eq!(json(r).await["error"]["code"], "bad-content-type");
+    assert_eq!(run(&admin, "application/yaml").await.unwrap().status(), 202);
+    let r = client
+        .post(format!("{url}/v1/runs"))
+        .header("cookie", format!("colony_token={read}"))
+        .header("content-type", "application/yaml")
+        .body(workflow)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403, "a cookie is worth read only");
+    // A request that changes state, from another site's page, is refused whatever it holds.
+    let task = || {
+        client
+            .post(format!("{url}/v1/tasks"))
+            .bearer_auth(&submit)
+            .header("content-type", "application/json")
+            .body("{}")
+    };
+    for (name, value) in [
+        ("sec-fetch-site", "cross-site"),
+        ("sec-fetch-site", "same-site"),
+        ("origin", "http://evil.example"),
+    ] {
+        let r = task().header(name, value).send().await.unwrap();
+        assert_eq!(r.status(), 403, "{name}: {value}");
+        assert_eq!(json(r).await["error"]["code"], "cross-site");
+    }
+    let own = format!("http://{}", server.addr);
+    let r = task()
+        .header("origin", own)
+        .header("sec-fetch-site", "same-origin");
+    assert_eq!(r.send().await.unwrap().status(), 202);
+    server.stop();
+    // Without tokens, only requests addressed to loopback are answered: a page whose name
+    // was rebound to 127.0.0.1 sends its own name.
+    let server = colony_server::serve(
+        runtime.handle().clone(),
+        Config::local("127.0.0.1:0".parse().unwrap()),
+    )
+    .await
+    .unwrap();
+    let stats = format!("{}/v1/stats", server.url());
+    let r = client
+        .get(&stats)
+        .header("host", "evil.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 421);
+    assert_eq!(json(r).await["error"]["code"], "not-loopback-host");
+    for host in ["localhost:7070", "127.0.0.1", "[::1]:80", "LOCALHOST"] {
+        let r = client
+            .get(&stats)
+            .header("host", host)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{host}");
+    }
+    server.stop();
+    runtime.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn guessing_tokens_is_rate_limited_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let (tokens, [read, ..]) = tokens(dir.path());
+    let runtime = runtime().await;
+    let config = Config {
+        tokens: Some(tokens),
+        rate_limit: Some(5.try_into().unwrap()),
+        ..Config::local("127.0.0.1:0".parse().unwrap())
+    };
+    let server = colony_server::serve(runtime.handle().clone(), config)
+        .await
+        .unwrap();
+    let client = reqwest::Client::new();
+    let mut statuses = Vec::new();
+    for i in 0..20 {
+        let r = client
+            .get(format!("{}/v1/stats", server.url()))
+            .bearer_auth(format!("colony_guess{i}"))
+            .send()
+            .await
+            .unwrap();
+        statuses.push(r.status().as_u16());
+    }
+    assert!(
+        statuses.contains(&401) && statuses.contains(&429),
+        "{statuses:?}"
+    );
+    // A good token has a budget of its own.
+    let r = client
+        .get(format!("{}/v1/stats", server.url()))
+        .bearer_auth(&read)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    server.stop();
     runtime.shutdown().await;
 }

@@ -12,41 +12,69 @@ use colony_journal::Record;
 pub enum Cancelled {
     /// The task was waiting: it is cancelled now.
     Now,
-    /// The task was running or waiting out a retry's backoff: its attempt is being stopped,
-    /// and the task ends cancelled, unless that attempt succeeds first.
+    /// The task was running, waiting out a retry's backoff, or on its way in: its attempt is
+    /// being stopped, and the task ends cancelled, unless that attempt succeeds first.
     Stopping,
 }
 
+/// Where the dispatcher's tasks are when they are in no queue, kept only for cancellation:
+/// a task is found, or known to be no longer live, without a scan of every agent.
+#[derive(Debug, Default)]
+pub(super) struct Whereabouts {
+    /// Attempts running outside `handle`, by task: the agent that runs each.
+    pub(super) running: std::collections::HashMap<TaskId, AgentId>,
+    /// Tasks waiting out a retry's backoff.
+    pub(super) backoff: std::collections::HashSet<TaskId>,
+    /// Submissions the journal is making durable: first and last task id of each.
+    pub(super) pending: Vec<(TaskId, TaskId)>,
+    /// Supervisors that have had a queue, the only ones a queued task can be in.
+    pub(super) queues: Vec<AgentId>,
+}
+
 impl Dispatcher {
-    /// Cancels `task`. A task in no queue is running (on `running_on`, where the journal last
-    /// saw it start), waiting out a retry's backoff, or on its way into the dispatcher: it ends
-    /// cancelled as soon as its attempt is stopped or it comes back to be routed.
-    pub(super) fn cancel(&mut self, task: TaskId, running_on: Option<AgentId>) -> Cancelled {
+    /// Cancels `task` if this dispatcher holds it; `None` if it does not (it ended, or never
+    /// was). A waiting task is cancelled at once. A running attempt is woken through its
+    /// agent's switch; a retry waiting out its backoff, or a submission on its way in, ends
+    /// cancelled when it comes to be routed.
+    pub(super) fn cancel(&mut self, task: TaskId) -> Option<Cancelled> {
         if let Some(job) = self.backlog.pop_matching(usize::MAX, |j| j.id == task) {
             self.queued -= 1;
+            self.orphans -= usize::from(job.requirement.is_some());
             self.cancelled(job, None);
-            return Cancelled::Now;
+            return Some(Cancelled::Now);
         }
-        for supervisor in 0..self.queues.len() {
-            let Some(queue) = self.queues[supervisor].as_mut() else {
+        for i in 0..self.live.queues.len() {
+            let supervisor = self.live.queues[i];
+            let Some(queue) = self.queues[supervisor.index()].as_mut() else {
                 continue;
             };
+            if queue.is_empty() {
+                continue;
+            }
             if let Some(job) = queue.pop_matching(usize::MAX, |j| j.id == task) {
                 self.queued -= 1;
-                self.tree.dequeue(AgentId(supervisor as u32));
+                self.tree.dequeue(supervisor);
                 self.cancelled(job, None);
-                return Cancelled::Now;
+                return Some(Cancelled::Now);
             }
         }
-        self.cancels.insert(task);
-        if let Some(worker) = running_on
-            && self.tree.contains(worker)
-            && self.tree.load(worker).0 > 0
-            && let Some(switch) = self.kill_switches.get(&worker)
-        {
-            switch.cancel(task);
+        if let Some(&worker) = self.live.running.get(&task) {
+            self.cancels.insert(task);
+            if let Some(switch) = self.kill_switches.get(&worker) {
+                switch.cancel(task);
+            }
+            return Some(Cancelled::Stopping);
         }
-        Cancelled::Stopping
+        let arriving = self
+            .live
+            .pending
+            .iter()
+            .any(|&(first, last)| (first.0..=last.0).contains(&task.0));
+        if arriving || self.live.backoff.contains(&task) {
+            self.cancels.insert(task);
+            return Some(Cancelled::Stopping);
+        }
+        None
     }
 
     /// `job` ends cancelled; `worker` ran its last attempt, if any did.

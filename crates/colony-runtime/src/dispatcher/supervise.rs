@@ -280,8 +280,6 @@ impl Dispatcher {
         }
     }
 
-    /// A restart's backoff is over: the new incarnation of the agent and of every agent
-    /// below it goes into service, unless something stopped it again meanwhile.
     /// Counts an agent of `tier` going out of service, or back in.
     fn count_down(&mut self, tier: usize, down: bool) {
         if self.down.len() <= tier {
@@ -294,6 +292,8 @@ impl Dispatcher {
         }
     }
 
+    /// A restart's backoff is over: the new incarnation of the agent and of every agent
+    /// below it goes into service, unless something stopped it again meanwhile.
     pub(super) fn restart(&mut self, (agent, incarnation, cause, hang, at): Restart) {
         if self.incarnations[agent.index()] != incarnation || !self.tree.is_down(agent) {
             return;
