@@ -5,6 +5,10 @@ use super::{Dispatcher, Job};
 use crate::events::{Event, Kinds};
 use colony_core::{AgentId, TaskId, task::TaskState};
 use colony_journal::Record;
+use std::{
+    collections::HashMap,
+    hash::{BuildHasherDefault, Hasher},
+};
 
 /// What a cancellation did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
@@ -21,14 +25,36 @@ pub enum Cancelled {
 /// a task is found, or known to be no longer live, without a scan of every agent.
 #[derive(Debug, Default)]
 pub(super) struct Whereabouts {
-    /// Attempts running outside `handle`, by task: the agent that runs each.
-    pub(super) running: std::collections::HashMap<TaskId, AgentId>,
+    /// Attempts running outside `handle`, by task: the agent that runs each. Written for
+    /// every such attempt, so hashed by a multiply rather than SipHash (ids are ours, not an
+    /// attacker's choice).
+    pub(super) running: HashMap<TaskId, AgentId, BuildHasherDefault<IdHasher>>,
     /// Tasks waiting out a retry's backoff.
     pub(super) backoff: std::collections::HashSet<TaskId>,
     /// Submissions the journal is making durable: first and last task id of each.
     pub(super) pending: Vec<(TaskId, TaskId)>,
     /// Supervisors that have had a queue, the only ones a queued task can be in.
     pub(super) queues: Vec<AgentId>,
+}
+
+/// Hashes a task id with one multiply by an odd constant (Fibonacci hashing).
+#[derive(Debug, Default)]
+pub(super) struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x100_0000_01b3);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
 }
 
 impl Dispatcher {
