@@ -340,6 +340,8 @@ struct Turn {
     failed: u64,
     dead_lettered: u64,
     cancelled: u64,
+    /// Tasks ended this turn, by latency bucket.
+    latency: [u64; crate::handle::LATENCY_BUCKETS],
     attempts: u64,
     retries: u64,
     restarts_crash: u64,
@@ -1118,6 +1120,7 @@ impl Dispatcher {
         }
         let latency = job.submitted.elapsed();
         self.metrics.latency.record(latency);
+        self.turn.latency[crate::handle::Latencies::bucket(latency)] += 1;
         self.turn.permits += u64::from(job.permit);
         if let Some(waiter) = job.waiter {
             let completion = Completion {
@@ -1264,6 +1267,11 @@ impl Dispatcher {
         let t = std::mem::take(&mut self.turn);
         let c = &self.shared.counters;
         let m = &self.metrics;
+        for (bucket, n) in c.latency.iter().zip(t.latency) {
+            if n > 0 {
+                bucket.fetch_add(n, Relaxed);
+            }
+        }
         bump(&c.attempts, &m.attempts, t.attempts);
         bump(&c.retries, &m.retries, t.retries);
         bump(&c.steals, &m.steals, t.steals);

@@ -132,6 +132,48 @@ pub(crate) struct Counters {
     pub(crate) running: AtomicU64,
     pub(crate) agents: AtomicU64,
     pub(crate) capacity: AtomicU64,
+    /// Tasks ended, by latency bucket (see [`Latencies`]).
+    pub(crate) latency: [AtomicU64; LATENCY_BUCKETS],
+}
+
+/// Buckets of [`Latencies`]: the last holds everything from 2^30 µs (18 minutes) up.
+pub const LATENCY_BUCKETS: usize = 32;
+
+/// How many tasks have ended, by their latency from acceptance to the end, in power-of-two
+/// buckets of microseconds: bucket 0 holds latencies under 1 µs, bucket `b` those in
+/// `[2^(b-1), 2^b)` µs. Counts only grow; the difference of two readings is what ended
+/// between them. Cheap to keep on the hot path (one add per task), coarse by design: the
+/// Prometheus histogram has the finer buckets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Latencies(pub [u64; LATENCY_BUCKETS]);
+
+impl Latencies {
+    /// The bucket of a latency.
+    pub(crate) fn bucket(latency: Duration) -> usize {
+        let micros = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
+        (64 - micros.leading_zeros() as usize).min(LATENCY_BUCKETS - 1)
+    }
+
+    /// The upper bound of the bucket holding quantile `q` (0..=1) of the tasks that ended
+    /// since `earlier`; `None` if none did.
+    pub fn quantile_since(&self, earlier: &Latencies, q: f64) -> Option<Duration> {
+        let counts: Vec<u64> = (0..LATENCY_BUCKETS)
+            .map(|i| self.0[i].saturating_sub(earlier.0[i]))
+            .collect();
+        let total: u64 = counts.iter().sum();
+        if total == 0 {
+            return None;
+        }
+        let rank = ((q.clamp(0.0, 1.0) * total as f64).ceil() as u64).max(1);
+        let mut seen = 0;
+        for (i, n) in counts.iter().enumerate() {
+            seen += n;
+            if seen >= rank {
+                return Some(Duration::from_micros(1u64 << i));
+            }
+        }
+        Some(Duration::from_micros(1u64 << (LATENCY_BUCKETS - 1)))
+    }
 }
 
 /// A snapshot of the runtime's counters.
@@ -600,6 +642,13 @@ impl Handle {
             agents: c.agents.load(Relaxed),
             capacity: c.capacity.load(Relaxed),
         }
+    }
+
+    /// Tasks ended so far, by latency bucket.
+    pub fn latencies(&self) -> Latencies {
+        Latencies(std::array::from_fn(|i| {
+            self.shared.counters.latency[i].load(Relaxed)
+        }))
     }
 
     /// The pools' specs, by pool index, and how many agents each has.

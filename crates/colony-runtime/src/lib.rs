@@ -33,7 +33,9 @@ pub mod queue;
 pub mod spawner;
 
 pub use dispatcher::{Cancelled, Live};
-pub use handle::{Accepted, Completion, Handle, Pending, Stats, Timings};
+pub use handle::{
+    Accepted, Completion, Handle, LATENCY_BUCKETS, Latencies, Pending, Stats, Timings,
+};
 
 use colony_agents::{Agent, AgentSpec};
 use colony_core::{

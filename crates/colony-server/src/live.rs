@@ -61,14 +61,11 @@ pub(crate) async fn events(State(app): State<Arc<App>>) -> Response {
     let subscription = h.subscribe(Kinds::AGENTS.union(Kinds::HEALTH));
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let state = (
-        h,
-        subscription,
-        tick,
-        Coalesced::default(),
-        VecDeque::new(),
-        permit,
-    );
+    let coalesced = Coalesced {
+        latencies: Some(h.latencies()),
+        ..Coalesced::default()
+    };
+    let state = (h, subscription, tick, coalesced, VecDeque::new(), permit);
     let stream = futures::stream::unfold(
         state,
         |(h, mut subscription, mut tick, mut coalesced, mut ready, permit)| async move {
@@ -82,8 +79,8 @@ pub(crate) async fn events(State(app): State<Arc<App>>) -> Response {
                         for v in coalesced.take() {
                             ready.push_back(Event::default().event("notable").data(v.to_string()));
                         }
-                        let stats = serde_json::to_string(&h.stats()).unwrap_or_default();
-                        ready.push_back(Event::default().event("snapshot").data(stats));
+                        let snapshot = coalesced.snapshot(&h).to_string();
+                        ready.push_back(Event::default().event("snapshot").data(snapshot));
                     }
                     e = subscription.recv() => {
                         if let Some(v) = coalesced.notable(&e?) {
@@ -99,15 +96,34 @@ pub(crate) async fn events(State(app): State<Arc<App>>) -> Response {
         .into_response()
 }
 
-/// Restarts and growth since the last tick.
+/// Restarts and growth since the last tick, and the latencies as they were then.
 #[derive(Debug, Default)]
 struct Coalesced {
     restarted: u64,
     last_cause: Option<Arc<str>>,
     spawned: u64,
+    latencies: Option<colony_runtime::Latencies>,
 }
 
 impl Coalesced {
+    /// The counters, with the latency of the tasks that ended since the last snapshot: the
+    /// 50th and 99th percentiles, as the upper bounds of power-of-two buckets (`null` when
+    /// none ended).
+    fn snapshot(&mut self, h: &colony_runtime::Handle) -> Value {
+        let mut snapshot = serde_json::to_value(h.stats()).unwrap_or(Value::Null);
+        let now = h.latencies();
+        let earlier = self.latencies.replace(now).unwrap_or(now);
+        let ms = |q| {
+            now.quantile_since(&earlier, q)
+                .map(|d| d.as_secs_f64() * 1e3)
+        };
+        if let Some(fields) = snapshot.as_object_mut() {
+            fields.insert("latency-p50-ms".into(), json!(ms(0.5)));
+            fields.insert("latency-p99-ms".into(), json!(ms(0.99)));
+        }
+        snapshot
+    }
+
     /// The event as a line for a dashboard, as JSON, if it is one on its own; `None` for
     /// the rest (counted for the next tick, or of no interest).
     fn notable(&mut self, e: &colony_runtime::events::Event) -> Option<Value> {
@@ -149,7 +165,9 @@ impl Coalesced {
         if self.spawned > 0 {
             lines.push(json!({"kind": "scaled", "agents-added": self.spawned}));
         }
-        *self = Self::default();
+        self.restarted = 0;
+        self.last_cause = None;
+        self.spawned = 0;
         lines
     }
 }

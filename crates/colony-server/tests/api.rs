@@ -214,6 +214,8 @@ async fn the_event_stream_sends_a_snapshot_every_second() {
     assert!(seen.contains("text/event-stream"), "{seen}");
     assert!(seen.contains("event: snapshot"), "{seen}");
     assert!(seen.contains("\"succeeded\":100"), "{seen}");
+    // The snapshot after the tasks ended carries their latency; one with none ended, `null`.
+    assert!(seen.contains("\"latency-p99-ms\":"), "{seen}");
     server.stop();
     runtime.shutdown().await;
 }

@@ -308,7 +308,7 @@ async fn the_dashboard_shows_a_live_runtime_in_a_browser() {
     assert!(worker.contains("sim / worker"), "a worker row: {worker:?}");
 
     // Every chart drew, and the failures and tasks panels filled in.
-    for chart in ["throughput", "queue", "recoveries"] {
+    for chart in ["throughput", "latency", "queue", "recoveries"] {
         wait_for(
             &client,
             &format!("#chart-{chart} .uplot canvas"),

@@ -859,3 +859,45 @@ async fn failover_policies_send_retries_to_backups_or_keep_them_in_the_pool() {
         runtime.shutdown().await;
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn every_ended_task_is_counted_in_a_latency_bucket() {
+    let (runtime, _) = start(two_tiers(), vec![pool(10, sim(slow(5)))]).await;
+    let h = runtime.handle();
+    let before = h.latencies();
+    assert_eq!(h.latencies().quantile_since(&before, 0.5), None);
+    h.submit_batch(vec![TaskSpec::default(); 10]).await.unwrap();
+    let id = h.submit(TaskSpec::default()).await.unwrap();
+    h.cancel(id).await.unwrap();
+    h.drain().await.unwrap();
+    // Latencies are wall time, not this test's paused clock: only the counts are checked.
+    let after = h.latencies();
+    assert_eq!(
+        after.0.iter().sum::<u64>(),
+        11,
+        "succeeded and cancelled alike"
+    );
+    assert!(after.quantile_since(&before, 0.5).is_some());
+    runtime.shutdown().await;
+}
+
+#[test]
+fn latency_quantiles_are_bucket_upper_bounds_of_the_difference() {
+    use crate::handle::{LATENCY_BUCKETS, Latencies};
+    let bucket = |us: u64| Latencies::bucket(Duration::from_micros(us));
+    assert_eq!((bucket(0), bucket(1), bucket(2), bucket(3)), (0, 1, 2, 2));
+    assert_eq!((bucket(4_095), bucket(4_096), bucket(5_000)), (12, 13, 13));
+    assert_eq!(bucket(u64::MAX), LATENCY_BUCKETS - 1);
+    let mut earlier = Latencies([0; LATENCY_BUCKETS]);
+    earlier.0[3] = 1_000;
+    let mut later = earlier;
+    // Since `earlier`: 90 tasks under 8 µs, 9 under 1,024 µs, 1 under 65,536 µs.
+    later.0[3] += 90;
+    later.0[10] += 9;
+    later.0[16] += 1;
+    let q = |q| later.quantile_since(&earlier, q).unwrap().as_micros();
+    assert_eq!((q(0.0), q(0.5), q(0.9)), (8, 8, 8));
+    assert_eq!((q(0.91), q(0.99)), (1_024, 1_024));
+    assert_eq!((q(0.995), q(1.0)), (65_536, 65_536));
+    assert_eq!(earlier.quantile_since(&earlier, 0.5), None);
+}

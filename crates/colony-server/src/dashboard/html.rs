@@ -128,17 +128,22 @@ pub(crate) fn shell(version: &str, logout: bool) -> String {
 <main>
 <section id="stats" class="stats" aria-label="Counters" hx-get="/ui/stats" hx-trigger="load, every 2s"></section>
 <div class="grid">
-<section class="panel plot span-2">
+<section class="panel plot span-3">
 <h2>Throughput</h2>
 <p class="note">Tasks finished and accepted per second, from the counters' changes.</p>
 <div id="chart-throughput" class="chart"></div>
 </section>
-<section class="panel plot span-2">
+<section class="panel plot span-3">
+<h2>Latency</h2>
+<p class="note">From acceptance to the end, of the tasks that ended each second: 50th and 99th percentiles, as upper bounds of power-of-two buckets. Prometheus has the finer histogram.</p>
+<div id="chart-latency" class="chart"></div>
+</section>
+<section class="panel plot span-3">
 <h2>Queue and running</h2>
-<p class="note">Tasks waiting and running. The event stream has no latency percentiles; each worker's average response time is in the hierarchy.</p>
+<p class="note">Tasks waiting and running; each worker's average response time is in the hierarchy.</p>
 <div id="chart-queue" class="chart"></div>
 </section>
-<section class="panel plot span-2">
+<section class="panel plot span-3">
 <h2>Recoveries</h2>
 <p class="note">Restarts, escalations and health failures since the runtime started.</p>
 <div id="chart-recoveries" class="chart"></div>

@@ -113,6 +113,10 @@
     { label: "failed/s", color: colors.red },
     { label: "accepted/s", color: colors.blue },
   ]);
+  const latency = chart("chart-latency", [
+    { label: "p50 ms", color: colors.green },
+    { label: "p99 ms", color: colors.amber },
+  ]);
   const queue = chart("chart-queue", [
     { label: "queued", color: colors.amber },
     { label: "running", color: colors.blue },
@@ -145,6 +149,8 @@
         addEvent("quarantine", plural(quarantined, "poison task dead-lettered", "poison tasks dead-lettered"), "alert");
       }
     }
+    // `null` in a second when no task ended: a gap in the line, not a zero.
+    push(latency, t, [s["latency-p50-ms"], s["latency-p99-ms"]]);
     push(queue, t, [s.queued, s.running]);
     push(recoveries, t, [s.restarts, s.escalations, s.health_failures]);
     previous = { t, s };
