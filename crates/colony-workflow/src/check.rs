@@ -64,8 +64,21 @@ type ParseDuration = dyn Fn(&Spanned<String>, &mut Vec<Problem>) -> Option<Durat
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(300);
 const DEFAULT_RETRIES: u32 = 2;
 
+/// What a file is checked for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Purpose {
+    /// `colony run`: it needs tasks.
+    Run,
+    /// `colony serve --pools`: only its agents are used, and it may have no tasks.
+    Pools,
+}
+
 /// Checks `file` and resolves its references; `base` is the folder relative paths start from.
-pub(crate) fn check(file: File, base: &std::path::Path) -> Result<Workflow, Vec<Problem>> {
+pub(crate) fn check(
+    file: File,
+    base: &std::path::Path,
+    purpose: Purpose,
+) -> Result<Workflow, Vec<Problem>> {
     let mut problems = Vec::new();
     let duration = |d: &Spanned<String>, problems: &mut Vec<Problem>| {
         match humantime::parse_duration(&d.value) {
@@ -448,7 +461,7 @@ pub(crate) fn check(file: File, base: &std::path::Path) -> Result<Workflow, Vec<
             expect,
         });
     }
-    if file.tasks.is_empty() {
+    if file.tasks.is_empty() && purpose == Purpose::Run {
         problems.push(Problem::at(
             &file.name,
             "the workflow has no tasks",

@@ -15,6 +15,9 @@ pub struct File {
     #[serde(default)]
     pub defaults: Defaults,
     pub agents: Vec<Pool>,
+    /// Required by `colony run` (which says so when they are missing); a pools file for
+    /// `colony serve` may leave them out.
+    #[serde(default)]
     pub tasks: Vec<Task>,
 }
 

@@ -21,7 +21,7 @@ mod run;
 mod template;
 
 pub use check::{Position, Problem};
-pub use run::{Finished, Options, Progress, Report, Status, run};
+pub use run::{Agents, Finished, Options, Progress, Report, Status, agents, run};
 
 use colony_agents::{AgentSpec, command::CommandOptions, sim::SimOptions};
 use colony_core::{
@@ -267,10 +267,35 @@ pub fn load(path: &Path) -> Result<Workflow, Error> {
     Ok(parse(&text, &name, base)?)
 }
 
+/// Reads and checks the pools of a workflow-format file for `colony serve`: its `agents`,
+/// checked as `colony validate` checks them. Its tasks, if it has any, are checked too but
+/// not run: the server's tasks come over HTTP.
+pub fn load_pools(path: &Path) -> Result<Vec<PoolDef>, Error> {
+    let text = std::fs::read_to_string(path).map_err(|source| Error::Read {
+        path: path.display().to_string(),
+        source,
+    })?;
+    let base = path.parent().unwrap_or(Path::new("."));
+    let name = path.display().to_string();
+    if path.extension().is_some_and(|e| e == "toml") {
+        return Ok(parse_toml_for(&text, &name, base, check::Purpose::Pools)?.pools);
+    }
+    Ok(parse_for(&text, &name, base, check::Purpose::Pools)?.pools)
+}
+
 /// Checks a workflow written in TOML. The checks run on the same format: syntax errors point
 /// into the TOML text; the other problems name the task or pool they are about, but carry no
 /// line and column (they are found in a translation of the file).
 pub fn parse_toml(text: &str, file: &str, base: &Path) -> Result<Workflow, Invalid> {
+    parse_toml_for(text, file, base, check::Purpose::Run)
+}
+
+fn parse_toml_for(
+    text: &str,
+    file: &str,
+    base: &Path,
+    purpose: check::Purpose,
+) -> Result<Workflow, Invalid> {
     let value: serde_json::Value = toml::from_str(text).map_err(|e| {
         let at = e.span().map(|s| {
             let before = &text[..s.start.min(text.len())];
@@ -294,7 +319,7 @@ pub fn parse_toml(text: &str, file: &str, base: &Path) -> Result<Workflow, Inval
         };
         Invalid::new(file, text, vec![problem])
     })?;
-    parse(&yaml, file, base).map_err(|invalid| {
+    parse_for(&yaml, file, base, purpose).map_err(|invalid| {
         let problems = invalid
             .problems
             .into_iter()
@@ -306,6 +331,15 @@ pub fn parse_toml(text: &str, file: &str, base: &Path) -> Result<Workflow, Inval
 
 /// Checks workflow `text`, read from `file`; relative paths in it start at `base`.
 pub fn parse(text: &str, file: &str, base: &Path) -> Result<Workflow, Invalid> {
+    parse_for(text, file, base, check::Purpose::Run)
+}
+
+fn parse_for(
+    text: &str,
+    file: &str,
+    base: &Path,
+    purpose: check::Purpose,
+) -> Result<Workflow, Invalid> {
     let parsed: file::File = serde_saphyr::from_str(text).map_err(|e| {
         let at = e.location().and_then(check::known);
         // The parser's own snippet and "line L column C" are left out: ours show them once.
@@ -331,5 +365,5 @@ pub fn parse(text: &str, file: &str, base: &Path) -> Result<Workflow, Invalid> {
             }],
         )
     })?;
-    check::check(parsed, base).map_err(|problems| Invalid::new(file, text, problems))
+    check::check(parsed, base, purpose).map_err(|problems| Invalid::new(file, text, problems))
 }

@@ -249,36 +249,22 @@ fn fingerprint(dir: &std::path::Path, output: &std::path::Path) -> Result<String
     Ok(git(&["status", "--porcelain", "-uall"])? + &git(&["diff", "HEAD"])?)
 }
 
-/// Runs `workflow` to completion and writes its results.
-pub async fn run(
-    workflow: &Workflow,
-    mut options: Options,
-) -> Result<Report, colony_runtime::Error> {
-    let started = Instant::now();
-    let output = options
-        .output
-        .clone()
-        .unwrap_or_else(|| workflow.output.clone());
+/// Agents, and the `http` endpoints among them.
+pub type Agents = (Vec<Arc<dyn Agent>>, Vec<Arc<colony_agents::http::Http>>);
+
+/// The agents of `pools`, in order, with the `http` endpoints among them (for their usage).
+/// Command agents keep their stderr logs in `output/logs` and their worktrees in
+/// `output/worktrees`.
+pub fn agents(
+    pools: &[crate::PoolDef],
+    output: &std::path::Path,
+) -> Result<Agents, colony_runtime::Error> {
     let logs = output.join("logs");
-    std::fs::create_dir_all(&logs).map_err(|e| {
-        colony_runtime::Error::Options(format!("cannot create {}: {e}", logs.display()))
-    })?;
-    // Only tasks that expect something: the others' attempts go straight to their agents,
-    // without reading their payloads for a task id.
-    let checks: Arc<HashMap<String, Checks>> = Arc::new(
-        workflow
-            .tasks
-            .iter()
-            .filter(|t| !t.expect.is_empty())
-            .map(|t| (t.id.clone(), t.expect.clone()))
-            .collect(),
-    );
-    let mut endpoints: Vec<Arc<colony_agents::http::Http>> = Vec::new();
-    let pools = workflow
-        .pools
+    let mut endpoints = Vec::new();
+    let agents = pools
         .iter()
         .map(|p| {
-            let inner: Arc<dyn Agent> = match &p.backend {
+            let agent: Arc<dyn Agent> = match &p.backend {
                 Backend::Sim(o) => Arc::new(
                     Sim::new(o.clone())
                         .map_err(|e| colony_runtime::Error::Options(e.to_string()))?,
@@ -305,6 +291,42 @@ pub async fn run(
                     Arc::new(Command::new(o))
                 }
             };
+            Ok(agent)
+        })
+        .collect::<Result<Vec<_>, colony_runtime::Error>>()?;
+    Ok((agents, endpoints))
+}
+
+/// Runs `workflow` to completion and writes its results.
+pub async fn run(
+    workflow: &Workflow,
+    mut options: Options,
+) -> Result<Report, colony_runtime::Error> {
+    let started = Instant::now();
+    let output = options
+        .output
+        .clone()
+        .unwrap_or_else(|| workflow.output.clone());
+    let logs = output.join("logs");
+    std::fs::create_dir_all(&logs).map_err(|e| {
+        colony_runtime::Error::Options(format!("cannot create {}: {e}", logs.display()))
+    })?;
+    // Only tasks that expect something: the others' attempts go straight to their agents,
+    // without reading their payloads for a task id.
+    let checks: Arc<HashMap<String, Checks>> = Arc::new(
+        workflow
+            .tasks
+            .iter()
+            .filter(|t| !t.expect.is_empty())
+            .map(|t| (t.id.clone(), t.expect.clone()))
+            .collect(),
+    );
+    let (agents, endpoints) = agents(&workflow.pools, &output)?;
+    let pools = workflow
+        .pools
+        .iter()
+        .zip(agents)
+        .map(|(p, inner)| {
             let agent: Arc<dyn Agent> = if checks.is_empty() {
                 inner
             } else {
@@ -316,9 +338,9 @@ pub async fn run(
                     output: output.clone(),
                 })
             };
-            Ok(Pool::new(p.spec.clone(), p.count, agent))
+            Pool::new(p.spec.clone(), p.count, agent)
         })
-        .collect::<Result<Vec<_>, colony_runtime::Error>>()?;
+        .collect::<Vec<_>>();
     // Resuming: journal rows are matched to tasks by key, which names the workflow, the task
     // and a fingerprint of its definition; a task that changed since runs again. Unfinished
     // rows that match nothing here are cancelled, before the runtime would recover them.

@@ -212,3 +212,71 @@ fn serve_refuses_a_public_address_without_tokens_and_a_bad_tokens_file() {
     assert_eq!(code, 2);
     assert!(err.contains("tokens:1: the hash"), "{err}");
 }
+
+#[test]
+fn serve_runs_the_pools_of_a_file_and_tasks_pick_them_by_role() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let pools = root.join("examples/serve-pools.yaml");
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let out = tempfile::tempdir().unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_colony"))
+        .args(["serve", "--addr", &addr, "--pools"])
+        .arg(&pools)
+        .arg("--out")
+        .arg(out.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let _server = Serve(child);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(&addr).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "colony serve did not listen on {addr}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let url = format!("http://{addr}");
+    let readme = root.join("README.md").canonicalize().unwrap();
+    let payload = serde_json::json!({ "file": readme }).to_string();
+    let (out, err, code) = colony(
+        &[
+            "submit", "--server", &url, "--role", "checksum", "--wait", "--json", &payload,
+        ],
+        None,
+    );
+    assert_eq!(code, 0, "{err}");
+    let done: Value = serde_json::from_str(out.trim()).unwrap();
+    let expected = Command::new("sha256sum").arg(&readme).output().unwrap();
+    let expected = String::from_utf8_lossy(&expected.stdout);
+    assert_eq!(
+        done["output"].as_str().unwrap(),
+        expected.trim_end(),
+        "{done}"
+    );
+    let (out, _, code) = colony(&["agents", "--server", &url, "--json"], None);
+    assert_eq!(code, 0);
+    let h: Value = serde_json::from_str(out.trim()).unwrap();
+    let workers = h["tiers"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!(
+        workers["agents"], 108,
+        "100 planners, 4 checksums, 4 word counts"
+    );
+    // A role no pool has is refused, naming it.
+    let (_, err, code) = colony(&["submit", "--server", &url, "--role", "poet", "1"], None);
+    assert_eq!(code, 2);
+    assert!(err.contains("poet"), "{err}");
+}
+
+#[test]
+fn a_bad_pools_file_is_reported_with_its_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let pools = dir.path().join("pools.yaml");
+    std::fs::write(&pools, "name: p\nagents:\n  - { name: a, kind: robot }\n").unwrap();
+    let (_, err, code) = colony(&["serve", "--pools", pools.to_str().unwrap()], None);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("pools.yaml:3"), "{err}");
+    assert!(err.contains("nothing was started"), "{err}");
+}

@@ -16,9 +16,16 @@ pub(crate) struct Args {
     /// Where to listen. Without --tokens, a loopback address only.
     #[arg(long, default_value = "127.0.0.1:7070")]
     addr: SocketAddr,
-    /// Simulated agents to run the tasks (the pool `sim`, role `worker`).
-    #[arg(long, default_value_t = 1_000)]
+    /// Simulated agents to run the tasks (the pool `sim`, role `worker`), unless --pools.
+    #[arg(long, default_value_t = 1_000, conflicts_with = "pools")]
     agents: u32,
+    /// The agents to run, from a workflow-format file's `agents:` list (sim, command,
+    /// process, http pools); tasks pick them with `role`. Its tasks, if any, are not run.
+    #[arg(long, value_name = "FILE")]
+    pools: Option<PathBuf>,
+    /// Where command agents keep their stderr logs and worktrees.
+    #[arg(long, value_name = "DIR", default_value = "colony-out/serve")]
+    out: PathBuf,
     /// Journal to this SQLite file (created if missing); in memory otherwise.
     #[arg(long)]
     db: Option<PathBuf>,
@@ -59,6 +66,27 @@ pub(crate) fn run(args: &Args) -> Result<(), Failure> {
         rate_limit: args.rate_limit,
         runs: args.runs.clone(),
     };
+    let pools = match &args.pools {
+        None => {
+            let sim = Sim::new(SimOptions::default()).map_err(Failure::input)?;
+            let spec = AgentSpec::new("sim", "worker");
+            vec![Pool::new(
+                spec,
+                args.agents,
+                Arc::new(sim) as Arc<dyn colony_agents::Agent>,
+            )]
+        }
+        Some(path) => {
+            let defs =
+                colony_workflow::load_pools(path).map_err(crate::commands::workflow::invalid)?;
+            let (agents, _) = colony_workflow::agents(&defs, &args.out).map_err(Failure::input)?;
+            defs.iter()
+                .zip(agents)
+                .map(|(d, agent)| Pool::new(d.spec.clone(), d.count, agent))
+                .collect()
+        }
+    };
+    let agents: u64 = pools.iter().map(|p| u64::from(p.count)).sum();
     let journal: Arc<dyn Journal> = match &args.db {
         Some(path) => {
             Arc::new(SqliteJournal::open(SqliteOptions::new(path)).map_err(Failure::input)?)
@@ -72,9 +100,7 @@ pub(crate) fn run(args: &Args) -> Result<(), Failure> {
     runtime.block_on(async {
         // Before the runtime registers its metrics, so that they land in /metrics.
         colony_server::install_metrics();
-        let sim = Sim::new(SimOptions::default()).map_err(Failure::input)?;
-        let pool = Pool::new(AgentSpec::new("sim", "worker"), args.agents, Arc::new(sim));
-        let colony = Runtime::start(RuntimeOptions::default(), vec![pool], journal)
+        let colony = Runtime::start(RuntimeOptions::default(), pools, journal)
             .await
             .map_err(Failure::input)?;
         let server = colony_server::serve(colony.handle().clone(), config)
@@ -83,7 +109,7 @@ pub(crate) fn run(args: &Args) -> Result<(), Failure> {
         eprintln!(
             "colony serves on {} ({} agents{}); Ctrl-C stops it",
             server.url(),
-            args.agents,
+            agents,
             if args.tokens.is_some() {
                 ", tokens required"
             } else {

@@ -36,9 +36,13 @@ pub(crate) struct RunArgs {
 
 /// Loads and checks a workflow; a bad one is reported with snippets and exits 2.
 fn load(file: &std::path::Path) -> Result<Workflow, Failure> {
-    match colony_workflow::load(file) {
-        Ok(w) => Ok(w),
-        Err(colony_workflow::Error::Invalid(invalid)) => {
+    colony_workflow::load(file).map_err(invalid)
+}
+
+/// A workflow file that cannot be used: each problem reported with its snippet, exit 2.
+pub(crate) fn invalid(error: colony_workflow::Error) -> Failure {
+    match error {
+        colony_workflow::Error::Invalid(invalid) => {
             let handler =
                 miette::GraphicalReportHandler::new_themed(if std::io::stderr().is_terminal() {
                     miette::GraphicalTheme::unicode()
@@ -54,13 +58,13 @@ fn load(file: &std::path::Path) -> Result<Workflow, Failure> {
                 }
             }
             let n = invalid.problems.len();
-            Err(Failure::input(anyhow::anyhow!(
+            Failure::input(anyhow::anyhow!(
                 "{} has {n} problem{}; nothing was started",
                 invalid.file,
                 if n == 1 { "" } else { "s" }
-            )))
+            ))
         }
-        Err(e) => Err(Failure::input(e)),
+        e => Failure::input(e),
     }
 }
 
