@@ -71,6 +71,13 @@ pub(crate) enum Command {
     },
     /// Kill an agent, as a crash from outside would: its running attempts end and retry.
     Kill(AgentId, Instant),
+    /// Retire up to `count` workers of `pool` (`grow: false`), or bring retired ones back.
+    Resize {
+        pool: u8,
+        count: u32,
+        grow: bool,
+        reply: oneshot::Sender<u32>,
+    },
     Stop,
 }
 
@@ -84,6 +91,9 @@ impl std::fmt::Debug for Command {
             Command::Inspect(_) => f.write_str("Inspect"),
             Command::Cancel { task, .. } => write!(f, "Cancel({task})"),
             Command::Kill(agent, _) => write!(f, "Kill({agent})"),
+            Command::Resize {
+                pool, count, grow, ..
+            } => write!(f, "Resize({pool}, {count}, grow: {grow})"),
             Command::Stop => f.write_str("Stop"),
         }
     }
@@ -222,6 +232,7 @@ pub struct Live<'a> {
     health: &'a [Health],
     down: &'a [u64],
     unhealthy: [u64; 3],
+    retired: &'a std::collections::HashSet<AgentId>,
 }
 
 impl std::fmt::Debug for Live<'_> {
@@ -240,9 +251,25 @@ impl Live<'_> {
             .map_or(colony_core::health::HealthState::Healthy, Health::state)
     }
 
-    /// Agents of `tier` out of service now, kept as they go down and come back.
+    /// Agents of `tier` out of service now and due back (retired ones are not), kept as they
+    /// go down and come back.
     pub fn down(&self, tier: usize) -> u64 {
-        self.down.get(tier).copied().unwrap_or(0)
+        let down = self.down.get(tier).copied().unwrap_or(0);
+        if tier == self.tree.worker_tier() {
+            down.saturating_sub(self.retired.len() as u64)
+        } else {
+            down
+        }
+    }
+
+    /// Workers retired from their pools.
+    pub fn retired(&self) -> u64 {
+        self.retired.len() as u64
+    }
+
+    /// Whether `agent` is a retired worker.
+    pub fn is_retired(&self, agent: AgentId) -> bool {
+        self.retired.contains(&agent)
     }
 
     /// Workers degraded, critical and failed now, kept as their health changes.
@@ -304,6 +331,7 @@ pub(crate) fn start(
         down_published: vec![0; tree.tier_names().len()],
         cancels: std::collections::HashSet::new(),
         live: cancel::Whereabouts::default(),
+        retired: std::collections::HashSet::new(),
         supervision: options.supervision,
         engines: std::collections::HashMap::new(),
         restarting: FuturesUnordered::new(),
@@ -402,6 +430,8 @@ struct Dispatcher {
     cancels: std::collections::HashSet<TaskId>,
     /// Where the tasks that are in no queue are, for cancellation to find them.
     live: cancel::Whereabouts,
+    /// Workers retired from their pools: out of service, never restarted.
+    retired: std::collections::HashSet<AgentId>,
     supervision: SupervisorOptions,
     /// Per managing agent (and [`supervise::TOP`] for the runtime over the top tier) whose
     /// children exited: its supervision engine. Removed when the agent itself stops.
@@ -571,6 +601,7 @@ impl Dispatcher {
                     health: &self.health,
                     down: &self.down,
                     unhealthy: self.unhealthy,
+                    retired: &self.retired,
                 };
                 let _ = catch_unwind(AssertUnwindSafe(|| query(&live)));
             }
@@ -578,6 +609,19 @@ impl Dispatcher {
                 let _ = reply.send(self.cancel(task));
             }
             Command::Kill(agent, at) => self.kill(agent, at),
+            Command::Resize {
+                pool,
+                count,
+                grow,
+                reply,
+            } => {
+                let n = if grow {
+                    self.reinstate(pool, count)
+                } else {
+                    self.retire(pool, count)
+                };
+                let _ = reply.send(n);
+            }
             Command::Stop => return false,
         }
         true
@@ -1410,6 +1454,7 @@ async fn next_tick(interval: &mut Option<tokio::time::Interval>) {
 mod cancel;
 pub use cancel::Cancelled;
 mod health;
+mod resize;
 mod supervise;
 #[cfg(test)]
 mod tests;

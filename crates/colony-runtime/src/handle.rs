@@ -644,6 +644,39 @@ impl Handle {
         }
     }
 
+    /// Shrinks pool `pool` by up to `count` workers: they are retired (out of service, never
+    /// restarted) and their running attempts finish where they are. Returns how many were.
+    pub async fn retire(&self, pool: usize, count: u32) -> Result<u32, Error> {
+        self.resize(pool, count, false).await
+    }
+
+    /// Brings up to `count` retired workers of pool `pool` back into service. Returns how
+    /// many came back; [`Handle::spawn`] adds new ones.
+    pub async fn reinstate(&self, pool: usize, count: u32) -> Result<u32, Error> {
+        self.resize(pool, count, true).await
+    }
+
+    async fn resize(&self, pool: usize, count: u32, grow: bool) -> Result<u32, Error> {
+        if pool >= self.shared.specs.len() {
+            return Err(Error::NoSuchPool {
+                got: pool,
+                count: self.shared.specs.len(),
+            });
+        }
+        let (reply, rx) = oneshot::channel();
+        let command = Command::Resize {
+            pool: pool as u8,
+            count,
+            grow,
+            reply,
+        };
+        self.shared
+            .inbox
+            .send(command)
+            .map_err(|_| Error::Stopped)?;
+        rx.await.map_err(|_| Error::Stopped)
+    }
+
     /// Tasks ended so far, by latency bucket.
     pub fn latencies(&self) -> Latencies {
         Latencies(std::array::from_fn(|i| {

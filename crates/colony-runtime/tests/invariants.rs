@@ -128,6 +128,9 @@ struct Case {
     kills: Vec<(u64, f64)>,
     /// (virtual ms after submission, task index as a share of all tasks)
     cancels: Vec<(u64, f64)>,
+    /// (virtual ms after submission, workers retired as a share of all workers); every
+    /// retired worker is brought back after the last fault, so that the backlog can drain.
+    retires: Vec<(u64, f64)>,
 }
 
 fn cases() -> impl Strategy<Value = Case> {
@@ -150,7 +153,10 @@ fn cases() -> impl Strategy<Value = Case> {
             Just(RestartPolicy::Transient)
         ],
         any::<bool>(),
-        prop::collection::vec((0..200u64, 0.0..1.0f64), 0..12),
+        (
+            prop::collection::vec((0..200u64, 0.0..1.0f64), 0..12),
+            prop::collection::vec((0..200u64, 0.0..1.0f64), 0..3),
+        ),
     )
         .prop_map(
             |(
@@ -165,9 +171,10 @@ fn cases() -> impl Strategy<Value = Case> {
                 kills,
                 restart,
                 fast_health,
-                cancels,
+                (cancels, retires),
             )| Case {
                 cancels,
+                retires,
                 restart,
                 fast_health,
                 seed,
@@ -241,28 +248,45 @@ fn run(case: &Case) -> Result<(), TestCaseError> {
         };
         let accepted = h.submit_batch(vec![spec; case.tasks]).await.unwrap();
         let agents = h.stats().agents as f64;
-        // Kills and cancellations, in time order.
-        let mut faults: Vec<(u64, f64, bool)> =
-            case.kills.iter().map(|&(at, s)| (at, s, true)).collect();
-        faults.extend(case.cancels.iter().map(|&(at, s)| (at, s, false)));
+        // Kills, cancellations and retirements, in time order.
+        #[derive(Clone, Copy)]
+        enum Fault {
+            Kill,
+            Cancel,
+            Retire,
+        }
+        let mut faults: Vec<(u64, f64, Fault)> = case
+            .kills
+            .iter()
+            .map(|&(at, s)| (at, s, Fault::Kill))
+            .collect();
+        faults.extend(case.cancels.iter().map(|&(at, s)| (at, s, Fault::Cancel)));
+        faults.extend(case.retires.iter().map(|&(at, s)| (at, s, Fault::Retire)));
         faults.sort_by_key(|f| f.0);
         let mut now = 0;
         let mut cancelled = std::collections::HashSet::new();
-        for (at, share, kill) in faults {
+        for (at, share, fault) in faults {
             tokio::time::sleep(Duration::from_millis(at - now)).await;
             now = at;
-            if kill {
-                h.kill(AgentId((share * agents) as u32)).unwrap();
-            } else {
-                let task = TaskId(accepted.first.0 + (share * case.tasks as f64) as u64);
-                let before = journal.task(task).unwrap().unwrap().state;
-                // `None`: not held, it had ended (the journal row may lag by a turn).
-                if h.cancel(task).await.unwrap().is_some() {
-                    prop_assert!(!before.is_terminal(), "{task} was {before:?}");
-                    cancelled.insert(task);
+            match fault {
+                Fault::Kill => h.kill(AgentId((share * agents) as u32)).unwrap(),
+                Fault::Cancel => {
+                    let task = TaskId(accepted.first.0 + (share * case.tasks as f64) as u64);
+                    let before = journal.task(task).unwrap().unwrap().state;
+                    // `None`: not held, it had ended (the journal row may lag by a turn).
+                    if h.cancel(task).await.unwrap().is_some() {
+                        prop_assert!(!before.is_terminal(), "{task} was {before:?}");
+                        cancelled.insert(task);
+                    }
+                }
+                Fault::Retire => {
+                    let n = (share * f64::from(case.workers)) as u32;
+                    h.retire(0, n).await.unwrap();
                 }
             }
         }
+        h.reinstate(0, case.workers).await.unwrap();
+        prop_assert_eq!(h.pools()[0].1, u64::from(case.workers), "every worker back");
         // I4: with the faults over, everything drains (hangs end at their timeout).
         tokio::time::timeout(Duration::from_secs(3_600), h.drain())
             .await

@@ -35,8 +35,8 @@ pub(crate) struct AgentView {
     pub(crate) pool: Option<u8>,
     pub(crate) kind: Option<Arc<str>>,
     pub(crate) role: Option<Arc<str>>,
-    /// `up`, `down` (stopped, not yet restarted) or `vacant` (a supervisor whose workers are
-    /// all down).
+    /// `up`, `down` (stopped, not yet restarted), `retired` (a worker taken out of its
+    /// pool) or `vacant` (a supervisor whose workers are all out of service).
     pub(crate) state: &'static str,
     pub(crate) health: HealthState,
     /// Tasks running on a worker, or held in a manager's subtree; and how many it can hold.
@@ -75,7 +75,9 @@ pub(crate) fn view(live: &Live<'_>, kinds: &Kinds, id: AgentId) -> AgentView {
         pool,
         kind: kind.map(|k| k.0.clone()),
         role: kind.map(|k| k.1.clone()),
-        state: if tree.is_down(id) {
+        state: if live.is_retired(id) {
+            "retired"
+        } else if tree.is_down(id) {
             "down"
         } else if !worker && tree.is_vacant(id) {
             "vacant"
@@ -100,6 +102,8 @@ pub(crate) struct TierView {
     pub(crate) name: Arc<str>,
     pub(crate) agents: u64,
     pub(crate) down: u64,
+    /// Workers retired from their pools (in `agents`, out of service for good).
+    pub(crate) retired: u64,
     pub(crate) degraded: u64,
     pub(crate) critical: u64,
     pub(crate) failed: u64,
@@ -134,6 +138,7 @@ pub(crate) async fn summary(app: &App) -> Result<Summary, colony_runtime::Error>
             }
             if let Some(workers) = tiers.get_mut(tree.worker_tier()) {
                 [workers.degraded, workers.critical, workers.failed] = live.unhealthy();
+                workers.retired = live.retired();
             }
             Summary {
                 tiers,
@@ -185,12 +190,12 @@ pub(crate) async fn page(app: &App, query: AgentQuery) -> Result<Page, Response>
         ));
     }
     if let Some(state) = &query.state
-        && !["up", "down", "vacant"].contains(&state.as_str())
+        && !["up", "down", "retired", "vacant"].contains(&state.as_str())
     {
         return Err(problem(
             StatusCode::BAD_REQUEST,
             "bad-query",
-            format!("state {state:?} is not one of up, down, vacant"),
+            format!("state {state:?} is not one of up, down, retired, vacant"),
         ));
     }
     let kinds = kinds(app);
@@ -384,7 +389,7 @@ pub(crate) struct Resize {
     agents: u64,
 }
 
-/// Most agents one request may add.
+/// Most agents one request may add or retire.
 const MAX_GROWTH: u64 = 1_000_000;
 
 pub(crate) async fn resize(
@@ -412,29 +417,38 @@ pub(crate) async fn resize(
         );
     };
     let have = *have;
-    if want < have {
-        return problem(
-            StatusCode::CONFLICT,
-            "cannot-shrink",
-            format!(
-                "pool {index} has {have} agents: colony grows pools but does not retire agents yet"
-            ),
-        );
-    }
-    let add = want - have;
-    if add > MAX_GROWTH {
+    let change = want.abs_diff(have);
+    if change > MAX_GROWTH {
         return problem(
             StatusCode::UNPROCESSABLE_ENTITY,
             "too-many",
-            format!("adding {add} agents at once: allowed up to {MAX_GROWTH} per request"),
+            format!(
+                "changing a pool by {change} agents at once: allowed up to {MAX_GROWTH} per request"
+            ),
         );
     }
-    if add > 0 {
-        let mode = colony_runtime::SpawnMode::Batch;
-        if let Err(e) = app.handle.spawn(index, add as u32, mode).await {
-            return refused(e);
+    let change = change as u32;
+    let (mut added, mut retired) = (0, 0);
+    if want < have {
+        // Retired workers finish what they run; they come back first when the pool grows.
+        match app.handle.retire(index, change).await {
+            Ok(n) => retired = n,
+            Err(e) => return refused(e),
         }
+    } else if want > have {
+        let back = match app.handle.reinstate(index, change).await {
+            Ok(n) => n,
+            Err(e) => return refused(e),
+        };
+        if back < change {
+            let mode = colony_runtime::SpawnMode::Batch;
+            if let Err(e) = app.handle.spawn(index, change - back, mode).await {
+                return refused(e);
+            }
+        }
+        added = change;
     }
     let agents = app.handle.pools().get(index).map_or(0, |p| p.1);
-    Json(json!({ "pool": index, "agents": agents, "added": add })).into_response()
+    Json(json!({ "pool": index, "agents": agents, "added": added, "retired": retired }))
+        .into_response()
 }

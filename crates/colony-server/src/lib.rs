@@ -16,7 +16,7 @@
 //! - `GET /v1/agents` [read]: agents by tier, pool, role, health, parent; in pages.
 //! - `GET /v1/agents/{id}` [read]: one agent, its chain of command and its children.
 //! - `POST /v1/agents/{id}/kill` [admin]: as a crash would; its supervisor restarts it.
-//! - `GET /v1/pools` [read]; `PUT /v1/pools/{name}` [admin]: grow a pool.
+//! - `GET /v1/pools` [read]; `PUT /v1/pools/{name}` [admin]: shrink or grow a pool.
 //! - `POST /v1/runs` [admin]: run a workflow file (see [`runs`]); `GET /v1/runs`,
 //!   `GET /v1/runs/{id}` [read]; `POST /v1/runs/{id}/cancel` [submit].
 //! - `GET /v1/stats` [read]: the runtime's counters.

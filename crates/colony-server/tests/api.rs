@@ -471,9 +471,45 @@ async fn the_hierarchy_is_walked_filtered_and_grown() {
     );
     let pools = json(get("/v1/pools".into()).await.unwrap()).await;
     assert_eq!(pools["pools"][0]["agents"], 30);
-    let r = resize(5).await.unwrap();
-    assert_eq!(r.status(), 409);
-    assert_eq!(json(r).await["error"]["code"], "cannot-shrink");
+    // Shrinking retires workers; growing brings them back before it spawns new ones.
+    let shrunk = json(resize(5).await.unwrap()).await;
+    assert_eq!(
+        (shrunk["agents"].clone(), shrunk["retired"].clone()),
+        (json!(5), json!(25))
+    );
+    let h = json(get("/v1/hierarchy".into()).await.unwrap()).await;
+    let workers = h["tiers"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!(
+        (workers["retired"].clone(), workers["down"].clone()),
+        (json!(25), json!(0))
+    );
+    let listed = json(
+        get("/v1/agents?state=retired&limit=100".into())
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(listed["agents"].as_array().unwrap().len(), 25);
+    let agents_before = runtime.handle().stats().agents;
+    let regrown = json(resize(12).await.unwrap()).await;
+    assert_eq!(
+        (regrown["agents"].clone(), regrown["added"].clone()),
+        (json!(12), json!(7))
+    );
+    assert_eq!(
+        runtime.handle().stats().agents,
+        agents_before,
+        "no new agent: seven came back"
+    );
+    // Tasks still run on what is left.
+    let r = client
+        .post(format!("{url}/v1/tasks"))
+        .header("content-type", "application/json")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
     let r = client
         .put(format!("{url}/v1/pools/9"))
         .header("content-type", "application/json")

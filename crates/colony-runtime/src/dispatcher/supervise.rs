@@ -9,7 +9,7 @@
 //! children restart and after what backoff, or that the parent gives up: it escalates, its own
 //! subtree stops, and its parent decides in turn.
 
-use super::{Dispatcher, Job};
+use super::Dispatcher;
 use crate::events::{Event, Kinds};
 use colony_core::{
     AgentId, TaskId,
@@ -205,7 +205,6 @@ impl Dispatcher {
         let worker_tier = self.tree.worker_tier();
         let mut agents = vec![agent];
         agents.extend(self.tree.subtree(agent));
-        let mut homeless: Vec<Job> = Vec::new();
         // A supervisor left with no worker in service has no room either: its queue moves.
         let mut emptied = Vec::new();
         if self.tree.tier(agent) == worker_tier
@@ -243,21 +242,7 @@ impl Dispatcher {
                 }
             }
         }
-        for sup in emptied {
-            if !self.tree.is_down(sup) && !self.tree.is_vacant(sup) {
-                continue;
-            }
-            if let Some(queue) = self.queues[sup.index()].as_mut() {
-                while let Some(job) = queue.pop() {
-                    self.tree.dequeue(sup);
-                    homeless.push(job);
-                }
-            }
-        }
-        for job in homeless {
-            self.queued -= 1;
-            self.route_or_wait(job);
-        }
+        self.rehome(emptied);
     }
 
     /// Brings `agent` (and, for a manager, its subtree) back into service after `after`.
@@ -281,7 +266,7 @@ impl Dispatcher {
     }
 
     /// Counts an agent of `tier` going out of service, or back in.
-    fn count_down(&mut self, tier: usize, down: bool) {
+    pub(super) fn count_down(&mut self, tier: usize, down: bool) {
         if self.down.len() <= tier {
             self.down.resize(tier + 1, 0);
         }
@@ -302,7 +287,8 @@ impl Dispatcher {
         let mut agents = vec![agent];
         agents.extend(self.tree.subtree(agent));
         for a in agents {
-            if !self.tree.set_down(a, false) {
+            // A retired worker stays out of service whatever its supervisor restarts.
+            if self.retired.contains(&a) || !self.tree.set_down(a, false) {
                 continue;
             }
             self.count_down(self.tree.tier(a), false);

@@ -290,13 +290,14 @@ pub(crate) struct PoolRow {
 pub(crate) fn population(summary: &Summary, pools: &[PoolRow]) -> String {
     let mut out = String::with_capacity(4 << 10);
     out.push_str(
-        r#"<table id="population-table"><thead><tr><th>Tier</th><th class="num">Agents</th><th class="num">Down</th><th class="num">Degraded</th><th class="num">Critical</th><th class="num">Failed</th><th>Healthy</th></tr></thead><tbody>"#,
+        r#"<table id="population-table"><thead><tr><th>Tier</th><th class="num">Agents</th><th class="num">Down</th><th class="num">Retired</th><th class="num">Degraded</th><th class="num">Critical</th><th class="num">Failed</th><th>Healthy</th></tr></thead><tbody>"#,
     );
     let mut total = crate::agents::TierView::default();
     for t in &summary.tiers {
         tier_row(&mut out, "", &Esc(&t.name).to_string(), t);
         total.agents += t.agents;
         total.down += t.down;
+        total.retired += t.retired;
         total.degraded += t.degraded;
         total.critical += t.critical;
         total.failed += t.failed;
@@ -328,9 +329,10 @@ fn tier_row(out: &mut String, class: &str, name: &str, t: &crate::agents::TierVi
     let healthy = t.agents.saturating_sub(unhealthy);
     let _ = write!(
         out,
-        r#"<tr class="{class}"><td>{name}</td><td class="num">{}</td><td class="num">{}</td><td class="num">{}</td><td class="num">{}</td><td class="num">{}</td><td><meter min="0" max="{}" low="{}" high="{}" optimum="{}" value="{healthy}" title="{} healthy"></meter></td></tr>"#,
+        r#"<tr class="{class}"><td>{name}</td><td class="num">{}</td><td class="num">{}</td><td class="num">{}</td><td class="num">{}</td><td class="num">{}</td><td class="num">{}</td><td><meter min="0" max="{}" low="{}" high="{}" optimum="{}" value="{healthy}" title="{} healthy"></meter></td></tr>"#,
         count(t.agents),
         count(t.down),
+        count(t.retired),
         count(t.degraded),
         count(t.critical),
         count(t.failed),

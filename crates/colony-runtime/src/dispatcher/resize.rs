@@ -1,0 +1,105 @@
+//! Where a pool shrinks: workers are retired, and grown back into service.
+//!
+//! A retired worker stays in the tree, out of service for good: no task is routed to it, its
+//! supervisor never restarts it, and its running attempts finish where they are. Growing the
+//! pool again first brings its retired workers back, then spawns new ones. The room a
+//! retired worker had stays counted in admission, as the room of an agent down for a restart
+//! does: tasks admitted beyond what the smaller pool holds wait in the backlog.
+
+use super::{Dispatcher, Job};
+use colony_core::AgentId;
+use std::sync::atomic::Ordering::Relaxed;
+
+impl Dispatcher {
+    /// Retires up to `count` workers of pool `pool`: those out of service first, then idle
+    /// ones, then busy ones, the newest first in each. Returns how many it retired.
+    pub(super) fn retire(&mut self, pool: u8, count: u32) -> u32 {
+        let worker_tier = self.tree.worker_tier();
+        let mut candidates: Vec<AgentId> = self
+            .tree
+            .agents_in_tier(worker_tier)
+            .into_iter()
+            .filter(|&w| self.tree.spec(w) == pool && !self.retired.contains(&w))
+            .collect();
+        // Down, then idle, then busy; newest first.
+        candidates.sort_by_key(|&w| {
+            let group = if self.tree.is_down(w) {
+                0
+            } else if self.tree.load(w).0 == 0 {
+                1
+            } else {
+                2
+            };
+            (group, std::cmp::Reverse(w.0))
+        });
+        candidates.truncate(count as usize);
+        let mut emptied = Vec::new();
+        for &w in &candidates {
+            self.retired.insert(w);
+            if self.tree.set_down(w, true) {
+                self.count_down(worker_tier, true);
+            }
+            if let Some(sup) = self.tree.parent(w)
+                && self.tree.is_vacant(sup)
+            {
+                emptied.push(sup);
+            }
+        }
+        let n = candidates.len() as u32;
+        self.shared.pool_agents[pool as usize].fetch_sub(u64::from(n), Relaxed);
+        emptied.dedup();
+        self.rehome(emptied);
+        n
+    }
+
+    /// Brings up to `count` retired workers of pool `pool` back into service, the oldest
+    /// first. Returns how many came back.
+    pub(super) fn reinstate(&mut self, pool: u8, count: u32) -> u32 {
+        let mut back: Vec<AgentId> = self
+            .retired
+            .iter()
+            .copied()
+            .filter(|&w| self.tree.spec(w) == pool)
+            .collect();
+        back.sort_unstable();
+        back.truncate(count as usize);
+        let worker_tier = self.tree.worker_tier();
+        for &w in &back {
+            self.retired.remove(&w);
+            // A new incarnation: what its old one still runs ends as no news to anyone.
+            self.incarnations[w.index()] += 1;
+            if self.tree.set_down(w, false) {
+                self.count_down(worker_tier, false);
+            }
+            self.health_reset(w);
+            self.freed.push(w);
+        }
+        let n = back.len() as u32;
+        self.shared.pool_agents[pool as usize].fetch_add(u64::from(n), Relaxed);
+        n
+    }
+
+    /// Moves the tasks queued at supervisors left with no worker in service to where they
+    /// can run.
+    pub(super) fn rehome(&mut self, supervisors: Vec<AgentId>) {
+        let mut homeless: Vec<Job> = Vec::new();
+        for sup in supervisors {
+            if !self.tree.is_down(sup) && !self.tree.is_vacant(sup) {
+                continue;
+            }
+            if let Some(queue) = self.queues[sup.index()].as_mut() {
+                while let Some(job) = queue.pop() {
+                    self.tree.dequeue(sup);
+                    homeless.push(job);
+                }
+            }
+        }
+        for job in homeless {
+            self.queued -= 1;
+            self.route_or_wait(job);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
