@@ -236,37 +236,19 @@ fn recent(app: &App, state: Option<TaskState>, limit: usize) -> Result<Vec<TaskR
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{Config, Scope, Server, Tokens};
-    use colony_agents::{
-        AgentSpec,
-        sim::{Sim, SimOptions},
-    };
+    use crate::{Config, Scope, Server, Tokens, testing};
+    use colony_agents::sim::SimOptions;
     use colony_core::task::TaskSpec;
-    use colony_journal::MemoryJournal;
-    use colony_runtime::{Pool, Runtime, RuntimeOptions};
+    use colony_runtime::{Runtime, RuntimeOptions};
 
     async fn start(tokens: Option<Tokens>) -> (Runtime, Server, String) {
-        crate::install_metrics();
-        let pool = Pool::new(
-            AgentSpec::new("sim", "worker"),
-            20,
-            Arc::new(Sim::new(SimOptions::default()).unwrap()),
-        );
-        let runtime = Runtime::start(
-            RuntimeOptions::default(),
-            vec![pool],
-            Arc::new(MemoryJournal::new()),
-        )
-        .await
-        .unwrap();
+        let runtime =
+            testing::sim_runtime(20, SimOptions::default(), RuntimeOptions::default()).await;
         let config = Config {
             tokens,
-            ..Config::local("127.0.0.1:0".parse().unwrap())
+            ..testing::local()
         };
-        let server = crate::serve(runtime.handle().clone(), config)
-            .await
-            .unwrap();
-        let url = server.url();
+        let (server, url) = testing::serve(&runtime, config).await;
         (runtime, server, url)
     }
 

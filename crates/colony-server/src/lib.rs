@@ -36,6 +36,7 @@ pub mod dashboard;
 mod live;
 pub mod runs;
 mod tasks;
+pub mod testing;
 
 pub use auth::{Scope, Tokens, TokensError};
 pub use live::install_metrics;

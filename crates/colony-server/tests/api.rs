@@ -1,13 +1,10 @@
 //! The HTTP API against a real runtime, over real HTTP on loopback.
 
-use colony_agents::{
-    AgentSpec,
-    sim::{Sim, SimOptions},
-};
-use colony_journal::MemoryJournal;
-use colony_runtime::{Pool, Runtime, RuntimeOptions};
+use colony_agents::sim::SimOptions;
+use colony_runtime::{Runtime, RuntimeOptions};
+use colony_server::testing::{local, serve, sim_runtime};
 use serde_json::{Value, json};
-use std::{sync::Arc, time::Duration};
+use std::time::Duration;
 
 /// A response's body as JSON (`null` when it is not).
 async fn json(r: reqwest::Response) -> Value {
@@ -15,26 +12,8 @@ async fn json(r: reqwest::Response) -> Value {
 }
 
 async fn start() -> (Runtime, colony_server::Server, String) {
-    colony_server::install_metrics();
-    let pool = Pool::new(
-        AgentSpec::new("sim", "worker"),
-        20,
-        Arc::new(Sim::new(SimOptions::default()).unwrap()),
-    );
-    let runtime = Runtime::start(
-        RuntimeOptions::default(),
-        vec![pool],
-        Arc::new(MemoryJournal::new()),
-    )
-    .await
-    .unwrap();
-    let server = colony_server::serve(
-        runtime.handle().clone(),
-        colony_server::Config::local("127.0.0.1:0".parse().unwrap()),
-    )
-    .await
-    .unwrap();
-    let url = format!("http://{}", server.addr);
+    let runtime = sim_runtime(20, SimOptions::default(), RuntimeOptions::default()).await;
+    let (server, url) = serve(&runtime, local()).await;
     (runtime, server, url)
 }
 
@@ -327,32 +306,14 @@ async fn a_retried_submission_with_its_key_is_accepted_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tasks_are_listed_newest_first_and_cancelled() {
-    colony_server::install_metrics();
     let slow = SimOptions {
         latency: colony_agents::sim::Latency::Fixed {
             value: Duration::from_secs(60),
         },
         ..SimOptions::default()
     };
-    let pool = Pool::new(
-        AgentSpec::new("sim", "worker"),
-        1,
-        Arc::new(Sim::new(slow).unwrap()),
-    );
-    let runtime = Runtime::start(
-        RuntimeOptions::default(),
-        vec![pool],
-        Arc::new(MemoryJournal::new()),
-    )
-    .await
-    .unwrap();
-    let server = colony_server::serve(
-        runtime.handle().clone(),
-        colony_server::Config::local("127.0.0.1:0".parse().unwrap()),
-    )
-    .await
-    .unwrap();
-    let url = server.url();
+    let runtime = sim_runtime(1, slow, RuntimeOptions::default()).await;
+    let (server, url) = serve(&runtime, local()).await;
     let client = reqwest::Client::new();
     let batch: Vec<Value> = (0..3).map(|i| json!({"payload": i})).collect();
     let r = client
@@ -624,12 +585,9 @@ async fn with_runs(
     let config = colony_server::Config {
         runs: Some(folder.to_owned()),
         tokens: Some(colony_server::Tokens::load(&path).unwrap()),
-        ..colony_server::Config::local("127.0.0.1:0".parse().unwrap())
+        ..local()
     };
-    let server = colony_server::serve(runtime.handle().clone(), config)
-        .await
-        .unwrap();
-    let url = server.url();
+    let (server, url) = serve(&runtime, config).await;
     let mut headers = reqwest::header::HeaderMap::new();
     headers.insert("authorization", format!("Bearer {admin}").parse().unwrap());
     let client = reqwest::Client::builder()
@@ -767,26 +725,8 @@ async fn without_a_runs_folder_no_workflow_runs() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rare_filter_over_many_agents_comes_in_bounded_pages() {
-    colony_server::install_metrics();
-    let pool = Pool::new(
-        AgentSpec::new("sim", "worker"),
-        150_000,
-        Arc::new(Sim::new(SimOptions::default()).unwrap()),
-    );
-    let runtime = Runtime::start(
-        RuntimeOptions::default(),
-        vec![pool],
-        Arc::new(MemoryJournal::new()),
-    )
-    .await
-    .unwrap();
-    let server = colony_server::serve(
-        runtime.handle().clone(),
-        colony_server::Config::local("127.0.0.1:0".parse().unwrap()),
-    )
-    .await
-    .unwrap();
-    let url = server.url();
+    let runtime = sim_runtime(150_000, SimOptions::default(), RuntimeOptions::default()).await;
+    let (server, url) = serve(&runtime, local()).await;
     let client = reqwest::Client::new();
     // No worker has failed: each request looks at a bounded number of agents and says
     // where to go on, until the end.
@@ -836,25 +776,12 @@ async fn a_rare_filter_over_many_agents_comes_in_bounded_pages() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_summary_counts_agents_out_of_service_as_a_walk_does() {
-    colony_server::install_metrics();
-    let pool = Pool::new(
-        AgentSpec::new("sim", "worker"),
-        20,
-        Arc::new(Sim::new(SimOptions::default()).unwrap()),
-    );
     // A second restart in a burst waits a minute: the worker stays out of service.
     let mut options = RuntimeOptions::default();
     options.supervision.initial_backoff = Duration::from_secs(60);
     options.supervision.max_backoff = Duration::from_secs(60);
-    let runtime = Runtime::start(options, vec![pool], Arc::new(MemoryJournal::new()))
-        .await
-        .unwrap();
-    let server = colony_server::serve(
-        runtime.handle().clone(),
-        colony_server::Config::local("127.0.0.1:0".parse().unwrap()),
-    )
-    .await
-    .unwrap();
+    let runtime = sim_runtime(20, SimOptions::default(), options).await;
+    let (server, _) = serve(&runtime, local()).await;
     let h = runtime.handle();
     let victim = h
         .inspect(|t| t.agents_in_tier(t.worker_tier())[3])

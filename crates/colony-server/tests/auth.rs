@@ -1,33 +1,17 @@
 //! Tokens, scopes, TLS, rate limits and bad requests, over real HTTP(S) on loopback.
 
-use colony_agents::{
-    AgentSpec,
-    sim::{Sim, SimOptions},
-};
-use colony_journal::MemoryJournal;
-use colony_runtime::{Pool, Runtime, RuntimeOptions};
-use colony_server::{Config, Scope, Tls, Tokens};
+use colony_agents::sim::SimOptions;
+use colony_runtime::{Runtime, RuntimeOptions};
+use colony_server::{Config, Scope, Tls, Tokens, testing::serve};
 use serde_json::{Value, json};
-use std::{path::Path, sync::Arc};
+use std::path::Path;
 
 async fn json(r: reqwest::Response) -> Value {
     serde_json::from_slice(&r.bytes().await.unwrap()).unwrap_or(Value::Null)
 }
 
 async fn runtime() -> Runtime {
-    colony_server::install_metrics();
-    let pool = Pool::new(
-        AgentSpec::new("sim", "worker"),
-        20,
-        Arc::new(Sim::new(SimOptions::default()).unwrap()),
-    );
-    Runtime::start(
-        RuntimeOptions::default(),
-        vec![pool],
-        Arc::new(MemoryJournal::new()),
-    )
-    .await
-    .unwrap()
+    colony_server::testing::sim_runtime(20, SimOptions::default(), RuntimeOptions::default()).await
 }
 
 /// A tokens file with one token per scope: read, submit, admin.
@@ -149,10 +133,7 @@ async fn a_thousand_bad_requests_get_4xx_and_good_ones_go_on() {
         tokens: Some(tokens),
         ..Config::local("127.0.0.1:0".parse().unwrap())
     };
-    let server = colony_server::serve(runtime.handle().clone(), config)
-        .await
-        .unwrap();
-    let url = server.url();
+    let (server, url) = serve(&runtime, config).await;
     let client = reqwest::Client::new();
     let huge = "x".repeat(colony_server::MAX_BODY + 1);
     let mut statuses = std::collections::BTreeMap::new();
@@ -227,10 +208,7 @@ async fn over_the_rate_a_client_waits_and_others_do_not() {
         rate_limit: Some(5.try_into().unwrap()),
         ..Config::local("127.0.0.1:0".parse().unwrap())
     };
-    let server = colony_server::serve(runtime.handle().clone(), config)
-        .await
-        .unwrap();
-    let url = server.url();
+    let (server, url) = serve(&runtime, config).await;
     let client = reqwest::Client::new();
     let mut limited = None;
     for _ in 0..20 {
@@ -282,9 +260,7 @@ async fn tls_serves_https_with_the_given_certificate() {
         }),
         ..Config::local("127.0.0.1:0".parse().unwrap())
     };
-    let server = colony_server::serve(runtime.handle().clone(), config)
-        .await
-        .unwrap();
+    let (server, _) = serve(&runtime, config).await;
     assert_eq!(server.scheme, "https");
     let client = reqwest::Client::builder()
         .tls_certs_only([reqwest::Certificate::from_pem(cert.cert.pem().as_bytes()).unwrap()])
@@ -336,10 +312,7 @@ async fn pages_of_other_sites_cannot_act_through_a_browser() {
         runs: Some(dir.path().join("runs")),
         ..Config::local("127.0.0.1:0".parse().unwrap())
     };
-    let server = colony_server::serve(runtime.handle().clone(), config)
-        .await
-        .unwrap();
-    let url = server.url();
+    let (server, url) = serve(&runtime, config).await;
     let client = reqwest::Client::new();
     let workflow = "name: w\nagents: [{ name: a, kind: sim }]\ntasks: [{ id: t, agent: a }]\n";
     let run = |token: &str, kind: &str| {
@@ -395,13 +368,8 @@ async fn pages_of_other_sites_cannot_act_through_a_browser() {
     server.stop();
     // Without tokens, only requests addressed to loopback are answered: a page whose name
     // was rebound to 127.0.0.1 sends its own name.
-    let server = colony_server::serve(
-        runtime.handle().clone(),
-        Config::local("127.0.0.1:0".parse().unwrap()),
-    )
-    .await
-    .unwrap();
-    let stats = format!("{}/v1/stats", server.url());
+    let (server, url) = serve(&runtime, colony_server::testing::local()).await;
+    let stats = format!("{url}/v1/stats");
     let r = client
         .get(&stats)
         .header("host", "evil.example")
@@ -433,14 +401,12 @@ async fn guessing_tokens_is_rate_limited_too() {
         rate_limit: Some(5.try_into().unwrap()),
         ..Config::local("127.0.0.1:0".parse().unwrap())
     };
-    let server = colony_server::serve(runtime.handle().clone(), config)
-        .await
-        .unwrap();
+    let (server, url) = serve(&runtime, config).await;
     let client = reqwest::Client::new();
     let mut statuses = Vec::new();
     for i in 0..20 {
         let r = client
-            .get(format!("{}/v1/stats", server.url()))
+            .get(format!("{url}/v1/stats"))
             .bearer_auth(format!("colony_guess{i}"))
             .send()
             .await
@@ -453,7 +419,7 @@ async fn guessing_tokens_is_rate_limited_too() {
     );
     // A good token has a budget of its own.
     let r = client
-        .get(format!("{}/v1/stats", server.url()))
+        .get(format!("{url}/v1/stats"))
         .bearer_auth(&read)
         .send()
         .await

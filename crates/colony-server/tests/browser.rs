@@ -7,20 +7,15 @@
 //! Needs Debian's `chromium` and `chromium-driver` (`.ci/run` installs them). Without them the
 //! test fails, unless `COLONY_SKIP_BROWSER=1`.
 
-use colony_agents::{
-    AgentSpec,
-    sim::{Latency, Sim, SimOptions},
-};
+use colony_agents::sim::{Latency, SimOptions};
 use colony_core::task::TaskSpec;
-use colony_journal::MemoryJournal;
-use colony_runtime::{Pool, Runtime, RuntimeOptions, spawner::Spawner};
+use colony_runtime::{Runtime, RuntimeOptions, spawner::Spawner};
 use fantoccini::{Client, ClientBuilder, Locator, elements::Element};
 use serde_json::{Value, json};
 use std::{
     future::Future,
     path::{Path, PathBuf},
     process::Stdio,
-    sync::Arc,
     time::Duration,
 };
 
@@ -106,7 +101,6 @@ where
 }
 
 async fn start_runtime() -> Runtime {
-    colony_server::install_metrics();
     let sim = SimOptions {
         seed: 7,
         latency: Latency::Uniform {
@@ -117,18 +111,7 @@ async fn start_runtime() -> Runtime {
         crash_rate: 0.002,
         hang_rate: 0.0,
     };
-    let pool = Pool::new(
-        AgentSpec::new("sim", "worker"),
-        400,
-        Arc::new(Sim::new(sim).unwrap()),
-    );
-    Runtime::start(
-        RuntimeOptions::default(),
-        vec![pool],
-        Arc::new(MemoryJournal::new()),
-    )
-    .await
-    .unwrap()
+    colony_server::testing::sim_runtime(400, sim, RuntimeOptions::default()).await
 }
 
 /// Submits a batch of tasks every 100 ms until aborted; one in ten may be tried only once,
@@ -223,15 +206,11 @@ async fn the_dashboard_shows_a_live_runtime_in_a_browser() {
     let token =
         colony_server::Tokens::create(&tokens_file, "viewer", colony_server::Scope::Read).unwrap();
     let runtime = start_runtime().await;
-    let server = colony_server::serve(
-        runtime.handle().clone(),
-        colony_server::Config {
-            tokens: Some(colony_server::Tokens::load(&tokens_file).unwrap()),
-            ..colony_server::Config::local("127.0.0.1:0".parse().unwrap())
-        },
-    )
-    .await
-    .unwrap();
+    let config = colony_server::Config {
+        tokens: Some(colony_server::Tokens::load(&tokens_file).unwrap()),
+        ..colony_server::testing::local()
+    };
+    let (server, _) = colony_server::testing::serve(&runtime, config).await;
     let load = keep_busy(&runtime);
 
     let driver = Driver::start().await;
