@@ -492,6 +492,29 @@ impl Tree {
         true
     }
 
+    /// Takes worker `agent`'s spec out of its ancestors' masks (`retired`), or puts it back:
+    /// a worker retired from its pool must not draw tasks of its spec to a supervisor that
+    /// has no other worker of it. Out of service for a restart, a worker stays in the masks:
+    /// its tasks wait for it. Costs a pass over the children of each ancestor.
+    pub fn set_retired(&mut self, agent: AgentId, retired: bool) {
+        let node = &mut self.nodes[agent.index()];
+        node.mask = if retired {
+            SpecMask::default()
+        } else {
+            SpecMask::of(node.spec)
+        };
+        let mut at = node.parent;
+        while at != NO_PARENT {
+            let children = &self.nodes[at as usize].children;
+            let mask = children
+                .iter()
+                .fold(0u64, |m, &c| m | self.nodes[c as usize].mask.0);
+            let n = &mut self.nodes[at as usize];
+            n.mask = SpecMask(mask);
+            at = n.parent;
+        }
+    }
+
     /// Whether `agent` is out of service (see [`Tree::set_down`]).
     pub fn is_down(&self, agent: AgentId) -> bool {
         self.nodes[agent.index()].own & DOWN != 0

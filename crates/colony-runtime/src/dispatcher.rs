@@ -950,6 +950,14 @@ impl Dispatcher {
             && !matches!(ended, Ended::Outcome(Ok(_)))
             && self.cancels.remove(&job.id);
         let cancelled = pending || matches!(ended, Ended::Cancelled);
+        // The attempt ended otherwise before it saw the cancellation: its agent's switch
+        // forgets it.
+        if pending
+            && !matches!(ended, Ended::Cancelled)
+            && let Some(switch) = self.kill_switches.get(&worker)
+        {
+            switch.forget(job.id);
+        }
         // Health follows attempts that left `handle`, where a response time means something;
         // one finished inside it answered at once, and tracking it would tax the hot path.
         if let Some(took) = elapsed
@@ -1341,8 +1349,15 @@ impl Dispatcher {
         c.capacity.store(self.capacity, Relaxed);
         m.queued.set(self.queued as f64);
         if self.down != self.down_published {
-            for (tier, n) in self.tree.tier_names().iter().zip(&self.down) {
-                Metrics::tier_down(tier, *n);
+            // Retired workers are out of service for good, not down awaiting a restart.
+            let worker_tier = self.tree.worker_tier();
+            for (i, (tier, n)) in self.tree.tier_names().iter().zip(&self.down).enumerate() {
+                let retired = if i == worker_tier {
+                    self.retired.len() as u64
+                } else {
+                    0
+                };
+                Metrics::tier_down(tier, n.saturating_sub(retired));
             }
             self.down_published.clone_from(&self.down);
         }

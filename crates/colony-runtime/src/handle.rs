@@ -575,8 +575,10 @@ impl Handle {
     /// says how it ended.
     pub async fn cancel(&self, task: TaskId) -> Result<Option<Cancelled>, Error> {
         let (reply, rx) = oneshot::channel();
+        // On the inbox, behind this caller's own submissions: a task submitted and then
+        // cancelled is always found.
         self.shared
-            .control
+            .inbox
             .send(Command::Cancel { task, reply })
             .map_err(|_| Error::Stopped)?;
         rx.await.map_err(|_| Error::Stopped)

@@ -348,9 +348,20 @@ pub(crate) async fn kill(State(app): State<Arc<App>>, Path(id): Path<String>) ->
         Ok(id) => id,
         Err(r) => return r,
     };
-    match app.handle.inspect(move |tree| tree.contains(id)).await {
-        Ok(true) => {}
-        Ok(false) => {
+    match app
+        .handle
+        .inspect(move |tree| tree.contains(id).then(|| tree.is_down(id)))
+        .await
+    {
+        Ok(Some(false)) => {}
+        Ok(Some(true)) => {
+            return problem(
+                StatusCode::CONFLICT,
+                "not-in-service",
+                format!("agent {id} is out of service already (down for a restart, or retired)"),
+            );
+        }
+        Ok(None) => {
             return problem(
                 StatusCode::NOT_FOUND,
                 "no-such-agent",

@@ -373,7 +373,7 @@ pub(crate) async fn guard(State(app): State<Arc<App>>, request: Request, next: N
         // `null` says nothing: the dashboard's own forms send it, under its no-referrer
         // policy. `Sec-Fetch-Site`, which every current browser sends, tells those apart.
         let foreign_origin = match (origin, host) {
-            (Some("null"), _) => false,
+            (Some("null"), _) => site != "same-origin",
             (Some(origin), Some(host)) => origin
                 .split_once("://")
                 .is_none_or(|(_, authority)| !authority.eq_ignore_ascii_case(host)),

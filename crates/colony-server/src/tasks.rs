@@ -118,8 +118,13 @@ impl Idempotency {
     fn claim(&self, caller: Option<Arc<str>>, key: String, request: u64) -> Claim {
         let mut r = self.lock();
         let now = Instant::now();
+        // Answers are kept up to KEYS; entries of answers already forgotten (refused
+        // requests) count too, up to twice that, so that they cannot grow without bound.
         while let Some((at, _, _)) = r.order.front() {
-            if now.duration_since(*at) < Self::KEEP && r.order.len() <= Self::KEYS {
+            if now.duration_since(*at) < Self::KEEP
+                && r.answers.len() <= Self::KEYS
+                && r.order.len() <= 2 * Self::KEYS
+            {
                 break;
             }
             if let Some((_, old, generation)) = r.order.pop_front()
@@ -516,19 +521,21 @@ mod tests {
         keys.finish(id, generation, None);
         let (id, generation) = first(&keys, "a", 7).unwrap();
         keys.finish(id, generation, Some(json!({"id": 1})));
-        // Fill the memory until the first use's entry is the one evicted.
-        for i in 0..Idempotency::KEYS - 1 {
+        // Refused requests with keys of their own, until the entries kept reach their bound
+        // and the first use's entry is the one evicted.
+        for i in 0..2 * Idempotency::KEYS - 1 {
             let (id, generation) = first(&keys, &format!("k{i}"), 1).unwrap();
-            keys.finish(id, generation, Some(json!({"id": i})));
+            keys.finish(id, generation, None);
         }
         // The answer of the second use survived the eviction of the first: a retry is
         // answered again, not accepted twice.
         assert!(first(&keys, "a", 7).is_none());
-        assert_eq!(keys.lock().answers.len(), Idempotency::KEYS);
+        let r = keys.lock();
         assert_eq!(
-            keys.lock().order.len(),
-            Idempotency::KEYS,
+            r.order.len(),
+            2 * Idempotency::KEYS,
             "the first use's entry went"
         );
+        assert_eq!(r.answers.len(), 1);
     }
 }

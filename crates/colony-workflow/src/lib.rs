@@ -255,6 +255,10 @@ pub enum Error {
 
 /// Reads and checks the workflow file at `path`: YAML, or TOML when its name ends in `.toml`.
 pub fn load(path: &Path) -> Result<Workflow, Error> {
+    load_for(path, check::Purpose::Run)
+}
+
+fn load_for(path: &Path, purpose: check::Purpose) -> Result<Workflow, Error> {
     let text = std::fs::read_to_string(path).map_err(|source| Error::Read {
         path: path.display().to_string(),
         source,
@@ -262,25 +266,16 @@ pub fn load(path: &Path) -> Result<Workflow, Error> {
     let base = path.parent().unwrap_or(Path::new("."));
     let name = path.display().to_string();
     if path.extension().is_some_and(|e| e == "toml") {
-        return Ok(parse_toml(&text, &name, base)?);
+        return Ok(parse_toml_for(&text, &name, base, purpose)?);
     }
-    Ok(parse(&text, &name, base)?)
+    Ok(parse_for(&text, &name, base, purpose)?)
 }
 
 /// Reads and checks the pools of a workflow-format file for `colony serve`: its `agents`,
 /// checked as `colony validate` checks them. Its tasks, if it has any, are checked too but
 /// not run: the server's tasks come over HTTP.
 pub fn load_pools(path: &Path) -> Result<Vec<PoolDef>, Error> {
-    let text = std::fs::read_to_string(path).map_err(|source| Error::Read {
-        path: path.display().to_string(),
-        source,
-    })?;
-    let base = path.parent().unwrap_or(Path::new("."));
-    let name = path.display().to_string();
-    if path.extension().is_some_and(|e| e == "toml") {
-        return Ok(parse_toml_for(&text, &name, base, check::Purpose::Pools)?.pools);
-    }
-    Ok(parse_for(&text, &name, base, check::Purpose::Pools)?.pools)
+    Ok(load_for(path, check::Purpose::Pools)?.pools)
 }
 
 /// Checks a workflow written in TOML. The checks run on the same format: syntax errors point

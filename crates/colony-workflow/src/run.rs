@@ -260,6 +260,9 @@ pub fn agents(
     output: &std::path::Path,
 ) -> Result<Agents, colony_runtime::Error> {
     let logs = output.join("logs");
+    std::fs::create_dir_all(&logs).map_err(|e| {
+        colony_runtime::Error::Options(format!("cannot create {}: {e}", logs.display()))
+    })?;
     let mut endpoints = Vec::new();
     let agents = pools
         .iter()

@@ -1,16 +1,18 @@
 //! `colony token`, `colony serve --tokens` and the client commands, as real processes over
 //! real HTTP on loopback.
 
+mod common;
+
+use common::{COLONY, Server};
 use serde_json::Value;
 use std::{
-    path::Path,
-    process::{Child, Command, Stdio},
+    process::Command,
     time::{Duration, Instant},
 };
 
 /// Runs colony with `args`; stdout, stderr and the exit code.
 fn colony(args: &[&str], token: Option<&str>) -> (String, String, i32) {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_colony"));
+    let mut command = Command::new(COLONY);
     command
         .args(args)
         .env_remove("COLONY_TOKEN")
@@ -24,46 +26,6 @@ fn colony(args: &[&str], token: Option<&str>) -> (String, String, i32) {
         String::from_utf8_lossy(&out.stderr).into_owned(),
         out.status.code().unwrap_or(-1),
     )
-}
-
-/// A `colony serve` process, killed when dropped.
-struct Serve(Child);
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn serve(tokens: &Path) -> (Serve, String) {
-    let port = free_port();
-    let addr = format!("127.0.0.1:{port}");
-    let child = Command::new(env!("CARGO_BIN_EXE_colony"))
-        .args(["serve", "--addr", &addr, "--agents", "100", "--tokens"])
-        .arg(tokens)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let server = Serve(child);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while std::net::TcpStream::connect(&addr).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "colony serve did not listen on {addr}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    (server, format!("http://{addr}"))
 }
 
 #[test]
@@ -91,7 +53,8 @@ fn clients_submit_wait_list_and_cancel_with_tokens() {
         None,
     );
     assert_eq!(code, 2, "a second token of the same name: {err}");
-    let (_server, url) = serve(&tokens);
+    let server = Server::start(&["--agents", "100", "--tokens", tokens_arg]);
+    let url = server.url.clone();
     let s = url.as_str();
 
     let (out, err, code) = colony(
@@ -217,28 +180,10 @@ fn serve_refuses_a_public_address_without_tokens_and_a_bad_tokens_file() {
 fn serve_runs_the_pools_of_a_file_and_tasks_pick_them_by_role() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
     let pools = root.join("examples/serve-pools.yaml");
-    let port = free_port();
-    let addr = format!("127.0.0.1:{port}");
     let out = tempfile::tempdir().unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_colony"))
-        .args(["serve", "--addr", &addr, "--pools"])
-        .arg(&pools)
-        .arg("--out")
-        .arg(out.path())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let _server = Serve(child);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while std::net::TcpStream::connect(&addr).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "colony serve did not listen on {addr}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let url = format!("http://{addr}");
+    let (pools, out) = (pools.to_str().unwrap(), out.path().to_str().unwrap());
+    let server = Server::start(&["--pools", pools, "--out", out]);
+    let url = server.url.clone();
     let readme = root.join("README.md").canonicalize().unwrap();
     let payload = serde_json::json!({ "file": readme }).to_string();
     let (out, err, code) = colony(

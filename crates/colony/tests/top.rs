@@ -1,106 +1,14 @@
 //! `colony top` against a real `colony serve` subprocess.
 
+mod common;
+
+use common::{COLONY, Server};
 use serde_json::{Value, json};
 use std::{
-    net::TcpListener,
     path::Path,
-    process::{Child, Command, Output, Stdio},
-    time::{Duration, Instant},
+    process::{Command, Output, Stdio},
+    time::Duration,
 };
-
-const COLONY: &str = env!("CARGO_BIN_EXE_colony");
-
-/// A `colony serve` subprocess, killed when dropped, also when a test fails.
-struct Server {
-    child: Child,
-    url: String,
-    runtime: tokio::runtime::Runtime,
-    http: reqwest::Client,
-}
-
-impl Server {
-    fn start(extra: &[&str]) -> Self {
-        // A free port: bound, read, released. Another process could take it in between,
-        // which the wait below would show as a timeout.
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let addr = format!("127.0.0.1:{port}");
-        let child = Command::new(COLONY)
-            .args(["serve", "--addr", &addr, "--agents", "200"])
-            .args(extra)
-            .env_remove("COLONY_TOKENS")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let server = Self {
-            child,
-            url: format!("http://{addr}"),
-            runtime: tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap(),
-            http: reqwest::Client::new(),
-        };
-        server.wait_until(Duration::from_secs(30), "/healthz to answer", || {
-            server
-                .request(reqwest::Method::GET, "/healthz", None, None)
-                .is_some_and(|(status, _)| status == 200)
-        });
-        server
-    }
-
-    /// Status and body of one request; `None` when nothing answers.
-    fn request(
-        &self,
-        method: reqwest::Method,
-        path: &str,
-        token: Option<&str>,
-        body: Option<Value>,
-    ) -> Option<(u16, String)> {
-        let mut request = self.http.request(method, format!("{}{path}", self.url));
-        if let Some(token) = token {
-            request = request.bearer_auth(token);
-        }
-        if let Some(body) = body {
-            request = request
-                .header("content-type", "application/json")
-                .body(body.to_string());
-        }
-        self.runtime.block_on(async {
-            let response = request.send().await.ok()?;
-            let status = response.status().as_u16();
-            Some((status, response.text().await.ok()?))
-        })
-    }
-
-    fn get(&self, path: &str, token: Option<&str>) -> Value {
-        let (status, body) = self
-            .request(reqwest::Method::GET, path, token, None)
-            .unwrap();
-        assert_eq!(status, 200, "{path}: {body}");
-        serde_json::from_str(&body).unwrap()
-    }
-
-    fn wait_until(&self, limit: Duration, what: &str, mut done: impl FnMut() -> bool) {
-        let start = Instant::now();
-        while !done() {
-            assert!(start.elapsed() < limit, "waited {limit:?} for {what}");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// Runs `colony top` with `args`, with no COLONY_* settings from the environment.
 fn top(args: &[&str]) -> Output {
@@ -120,7 +28,7 @@ fn text(bytes: &[u8]) -> String {
 
 #[test]
 fn top_once_shows_the_counters_and_the_tiers_of_a_running_server() {
-    let server = Server::start(&[]);
+    let server = Server::start(&["--agents", "200"]);
     let tasks: Vec<Value> = (0..300).map(|i| json!({ "payload": i })).collect();
     let (status, body) = server
         .request(
@@ -178,7 +86,7 @@ fn top_passes_the_token_and_says_when_one_is_missing() {
     let dir = tempfile::tempdir().unwrap();
     let tokens = dir.path().join("tokens");
     let token = create_token(&tokens);
-    let server = Server::start(&["--tokens", tokens.to_str().unwrap()]);
+    let server = Server::start(&["--agents", "200", "--tokens", tokens.to_str().unwrap()]);
 
     let out = top(&["--once", "--server", &server.url]);
     let stderr = text(&out.stderr);

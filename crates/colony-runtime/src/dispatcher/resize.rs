@@ -33,22 +33,24 @@ impl Dispatcher {
             (group, std::cmp::Reverse(w.0))
         });
         candidates.truncate(count as usize);
-        let mut emptied = Vec::new();
+        let mut supervisors = Vec::new();
         for &w in &candidates {
             self.retired.insert(w);
+            // What it still runs ends as no news to its supervisor: a crash there is not a
+            // reason to restart a worker that is gone.
+            self.incarnations[w.index()] += 1;
+            self.health_reset(w);
             if self.tree.set_down(w, true) {
                 self.count_down(worker_tier, true);
             }
-            if let Some(sup) = self.tree.parent(w)
-                && self.tree.is_vacant(sup)
-            {
-                emptied.push(sup);
-            }
+            self.tree.set_retired(w, true);
+            supervisors.extend(self.tree.parent(w));
         }
         let n = candidates.len() as u32;
         self.shared.pool_agents[pool as usize].fetch_sub(u64::from(n), Relaxed);
-        emptied.dedup();
-        self.rehome(emptied);
+        supervisors.sort_unstable();
+        supervisors.dedup();
+        self.rehome(supervisors);
         n
     }
 
@@ -66,12 +68,15 @@ impl Dispatcher {
         let worker_tier = self.tree.worker_tier();
         for &w in &back {
             self.retired.remove(&w);
-            // A new incarnation: what its old one still runs ends as no news to anyone.
-            self.incarnations[w.index()] += 1;
+            self.tree.set_retired(w, false);
+            self.health_reset(w);
+            // Under a supervisor waiting out a restart, the worker comes up with it.
+            if self.tree.parent(w).is_some_and(|p| self.tree.is_down(p)) {
+                continue;
+            }
             if self.tree.set_down(w, false) {
                 self.count_down(worker_tier, false);
             }
-            self.health_reset(w);
             self.freed.push(w);
         }
         let n = back.len() as u32;
@@ -79,19 +84,22 @@ impl Dispatcher {
         n
     }
 
-    /// Moves the tasks queued at supervisors left with no worker in service to where they
-    /// can run.
+    /// Moves the tasks queued at `supervisors` that they cannot run any more to where they
+    /// can: all of them when a supervisor has no worker in service, else those of specs it no
+    /// longer has (its workers of them retired).
     pub(super) fn rehome(&mut self, supervisors: Vec<AgentId>) {
         let mut homeless: Vec<Job> = Vec::new();
         for sup in supervisors {
-            if !self.tree.is_down(sup) && !self.tree.is_vacant(sup) {
+            let all = self.tree.is_down(sup) || self.tree.is_vacant(sup);
+            let can_run = self.tree.mask(sup);
+            let Some(queue) = self.queues[sup.index()].as_mut() else {
                 continue;
-            }
-            if let Some(queue) = self.queues[sup.index()].as_mut() {
-                while let Some(job) = queue.pop() {
-                    self.tree.dequeue(sup);
-                    homeless.push(job);
-                }
+            };
+            while let Some(job) =
+                queue.pop_matching(usize::MAX, |j| all || !j.mask.intersects(can_run))
+            {
+                self.tree.dequeue(sup);
+                homeless.push(job);
             }
         }
         for job in homeless {

@@ -116,3 +116,52 @@ async fn a_supervisors_restart_leaves_its_retired_workers_retired() {
     assert_eq!(done.state, TaskState::Succeeded);
     runtime.shutdown().await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn tasks_queued_where_their_pool_retired_move_to_where_it_still_serves() {
+    use crate::Pool;
+    use colony_agents::AgentSpec;
+    use colony_core::task::Requirement;
+    // Four workers a supervisor: pool `a`'s fifth worker shares the second supervisor with
+    // pool `b`'s three.
+    let options = crate::RuntimeOptions {
+        span: 4,
+        ..two_tiers()
+    };
+    let a = Pool::new(AgentSpec::new("sim", "a"), 5, sim(slow(100)));
+    let b = Pool::new(AgentSpec::new("sim", "b"), 3, sim(slow(100)));
+    let (runtime, _journal) = start(options, vec![a, b]).await;
+    let h = runtime.handle();
+    let for_a = TaskSpec {
+        requirement: Requirement {
+            role: Some("a".into()),
+            ..Requirement::default()
+        },
+        ..TaskSpec::default()
+    };
+    let accepted = h.submit_batch(vec![for_a.clone(); 12]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    assert_eq!((h.stats().running, h.stats().queued), (5, 7));
+    // The newest worker of `a`, the one beside `b`'s, goes: the tasks queued there for `a`
+    // must not wait for it.
+    assert_eq!(h.retire(0, 1).await.unwrap(), 1);
+    tokio::time::timeout(Duration::from_secs(60), h.drain())
+        .await
+        .expect("no task is stranded where its pool no longer serves")
+        .unwrap();
+    assert_eq!(h.stats().succeeded, accepted.count as u64);
+    // Tasks for `a` go only where `a` still has workers from now on.
+    let done = h.submit_wait(for_a).await.unwrap();
+    assert_eq!(done.state, TaskState::Succeeded);
+    let retired = h
+        .observe(|live| {
+            let w = live.tree.agents_in_tier(live.tree.worker_tier());
+            w.into_iter()
+                .filter(|&x| live.is_retired(x))
+                .collect::<Vec<_>>()
+        })
+        .await
+        .unwrap();
+    assert_ne!(done.agent, retired.first().copied());
+    runtime.shutdown().await;
+}

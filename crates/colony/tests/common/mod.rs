@@ -1,0 +1,104 @@
+//! What the command-line tests share: a `colony serve` subprocess on a free loopback port.
+// Each test file uses its own part of this.
+#![allow(dead_code)]
+
+use serde_json::Value;
+use std::{
+    net::TcpListener,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+pub(crate) const COLONY: &str = env!("CARGO_BIN_EXE_colony");
+
+/// A `colony serve` subprocess, killed when dropped, also when a test fails.
+pub(crate) struct Server {
+    child: Child,
+    pub(crate) url: String,
+    runtime: tokio::runtime::Runtime,
+    http: reqwest::Client,
+}
+
+impl Server {
+    pub(crate) fn start(extra: &[&str]) -> Self {
+        // A free port: bound, read, released. Another process could take it in between,
+        // which the wait below would show as a timeout.
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let addr = format!("127.0.0.1:{port}");
+        let child = Command::new(COLONY)
+            .args(["serve", "--addr", &addr])
+            .args(extra)
+            .env_remove("COLONY_TOKENS")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let server = Self {
+            child,
+            url: format!("http://{addr}"),
+            runtime: tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap(),
+            http: reqwest::Client::new(),
+        };
+        server.wait_until(Duration::from_secs(30), "/healthz to answer", || {
+            server
+                .request(reqwest::Method::GET, "/healthz", None, None)
+                .is_some_and(|(status, _)| status == 200)
+        });
+        server
+    }
+
+    /// Status and body of one request; `None` when nothing answers.
+    pub(crate) fn request(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> Option<(u16, String)> {
+        let mut request = self.http.request(method, format!("{}{path}", self.url));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            request = request
+                .header("content-type", "application/json")
+                .body(body.to_string());
+        }
+        self.runtime.block_on(async {
+            let response = request.send().await.ok()?;
+            let status = response.status().as_u16();
+            Some((status, response.text().await.ok()?))
+        })
+    }
+
+    pub(crate) fn get(&self, path: &str, token: Option<&str>) -> Value {
+        let (status, body) = self
+            .request(reqwest::Method::GET, path, token, None)
+            .unwrap();
+        assert_eq!(status, 200, "{path}: {body}");
+        serde_json::from_str(&body).unwrap()
+    }
+
+    pub(crate) fn wait_until(&self, limit: Duration, what: &str, mut done: impl FnMut() -> bool) {
+        let start = Instant::now();
+        while !done() {
+            assert!(start.elapsed() < limit, "waited {limit:?} for {what}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
