@@ -597,6 +597,20 @@ async fn with_runs(
     (runtime, server, url, client)
 }
 
+/// Run `id` once it has ended, within ten seconds.
+async fn ended(client: &reqwest::Client, url: &str, id: u64) -> Value {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = client.get(format!("{url}/v1/runs/{id}")).send().await;
+        let run = json(r.unwrap()).await;
+        if run["state"] != "running" {
+            return run;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{run}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 const WORKFLOW: &str = r#"
 name: over-http
 agents:
@@ -622,22 +636,7 @@ async fn a_workflow_posted_runs_to_completion_and_its_results_are_files() {
     let r = post(WORKFLOW).await.unwrap();
     assert_eq!(r.status(), 202);
     let id = json(r).await["id"].as_u64().unwrap();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    let run = loop {
-        let run = json(
-            client
-                .get(format!("{url}/v1/runs/{id}"))
-                .send()
-                .await
-                .unwrap(),
-        )
-        .await;
-        if run["state"] != "running" {
-            break run;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "{run}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let run = ended(&client, &url, id).await;
     assert_eq!(run["state"], "succeeded", "{run}");
     assert_eq!(run["report"]["succeeded"], 3);
     let finished: Vec<&str> = run["finished"]
@@ -676,22 +675,7 @@ async fn a_workflow_posted_runs_to_completion_and_its_results_are_files() {
     tokio::time::sleep(Duration::from_millis(200)).await;
     let cancel = || client.post(format!("{url}/v1/runs/{id}/cancel")).send();
     assert_eq!(cancel().await.unwrap().status(), 202);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    let run = loop {
-        let run = json(
-            client
-                .get(format!("{url}/v1/runs/{id}"))
-                .send()
-                .await
-                .unwrap(),
-        )
-        .await;
-        if run["state"] != "running" {
-            break run;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "{run}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let run = ended(&client, &url, id).await;
     assert_eq!(run["state"], "cancelled", "{run}");
     assert_eq!(run["report"]["succeeded"], 1);
     assert_eq!(cancel().await.unwrap().status(), 409);
