@@ -440,14 +440,16 @@ pub(crate) fn agents(
                     println!("{h}");
                     return Ok(());
                 }
-                let mut t =
-                    Table::new(&["tier", "agents", "down", "degraded", "critical", "failed"]);
+                let mut t = Table::new(&[
+                    "tier", "agents", "down", "retired", "degraded", "critical", "failed",
+                ]);
                 for tier in h["tiers"].as_array().cloned().unwrap_or_default() {
                     let n = |f: &str| thousands(tier[f].as_u64().unwrap_or_default());
                     t.row(vec![
                         tier["name"].as_str().unwrap_or_default().to_owned(),
                         n("agents"),
                         n("down"),
+                        n("retired"),
                         n("degraded"),
                         n("critical"),
                         n("failed"),
