@@ -42,6 +42,9 @@ pub(crate) struct Tier {
     pub(crate) agents: u64,
     #[serde(default)]
     pub(crate) down: u64,
+    /// Workers retired from their pools.
+    #[serde(default)]
+    pub(crate) retired: u64,
     #[serde(default)]
     pub(crate) degraded: u64,
     #[serde(default)]

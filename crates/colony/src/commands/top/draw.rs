@@ -221,6 +221,7 @@ fn render_tiers(snapshot: &Snapshot, area: Rect, buf: &mut Buffer) {
             Cell::from(t.name.as_str()),
             number(t.agents),
             number(t.down),
+            number(t.retired),
             number(t.degraded),
             number(t.critical),
             number(t.failed),
@@ -228,18 +229,21 @@ fn render_tiers(snapshot: &Snapshot, area: Rect, buf: &mut Buffer) {
         .style(style)
     });
     let header = Row::new(
-        ["tier", "agents", "down", "degraded", "critical", "failed"]
-            .into_iter()
-            .enumerate()
-            .map(|(i, h)| {
-                let line = Line::from(h);
-                Cell::from(if i == 0 { line } else { line.right_aligned() })
-            }),
+        [
+            "tier", "agents", "down", "retired", "degraded", "critical", "failed",
+        ]
+        .into_iter()
+        .enumerate()
+        .map(|(i, h)| {
+            let line = Line::from(h);
+            Cell::from(if i == 0 { line } else { line.right_aligned() })
+        }),
     )
     .bold();
     let widths = [
         Constraint::Min(12),
         Constraint::Length(11),
+        Constraint::Length(9),
         Constraint::Length(9),
         Constraint::Length(9),
         Constraint::Length(9),
@@ -450,7 +454,7 @@ mod tests {
             .split(|c: char| c.is_whitespace() || c == '│')
             .filter(|s| !s.is_empty())
             .collect();
-        assert_eq!(worker, ["worker", "5,000", "2", "7", "0", "0"]);
+        assert_eq!(worker, ["worker", "5,000", "2", "0", "7", "0", "0"]);
         assert!(row("1042").contains("dead-lettered"));
         assert!(
             row("1042").trim_end_matches([' ', '│']).ends_with('…'),
