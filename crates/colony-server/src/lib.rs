@@ -65,7 +65,7 @@ pub const OPENAPI: &str = include_str!("openapi.json");
 pub const MAX_BODY: usize = 16 << 20;
 /// Most tasks in one batch.
 pub const MAX_BATCH: usize = 100_000;
-/// Most event streams (`/v1/events`) open at once.
+/// Default of [`Config::max_streams`].
 pub const MAX_STREAMS: usize = 256;
 
 /// How a server listens and whom it lets in.
@@ -83,6 +83,9 @@ pub struct Config {
     /// Accept workflow runs over HTTP (`POST /v1/runs`, admin scope), with their results in
     /// this folder. Off when `None`: a workflow can start programs on this host.
     pub runs: Option<PathBuf>,
+    /// Most event streams (`/v1/events`) open at once: each costs the dispatcher a little on
+    /// every turn. Over it, `429 too-many-streams`.
+    pub max_streams: usize,
 }
 
 impl Config {
@@ -94,6 +97,7 @@ impl Config {
             tls: None,
             rate_limit: None,
             runs: None,
+            max_streams: MAX_STREAMS,
         }
     }
 }
@@ -136,6 +140,7 @@ pub(crate) struct App {
     pub(crate) runs: Option<runs::Runs>,
     /// One permit per event stream open; a stream costs the dispatcher on every turn.
     pub(crate) streams: Arc<tokio::sync::Semaphore>,
+    pub(crate) max_streams: usize,
 }
 
 /// A listening server.
@@ -185,7 +190,8 @@ pub async fn serve(handle: Handle, config: Config) -> Result<Server, Error> {
         tls: tls.is_some(),
         idempotency: tasks::Idempotency::default(),
         runs: config.runs.map(runs::Runs::new),
-        streams: Arc::new(tokio::sync::Semaphore::new(MAX_STREAMS)),
+        streams: Arc::new(tokio::sync::Semaphore::new(config.max_streams)),
+        max_streams: config.max_streams,
     });
     let service = router(app).into_make_service_with_connect_info::<SocketAddr>();
     let bind = |source| Error::Bind { addr, source };

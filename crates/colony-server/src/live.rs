@@ -51,7 +51,7 @@ pub(crate) async fn events(State(app): State<Arc<App>>) -> Response {
             "too-many-streams",
             format!(
                 "{} event streams are open, the most this server keeps: try again later",
-                crate::MAX_STREAMS
+                app.max_streams
             ),
         );
     };

@@ -796,3 +796,44 @@ async fn the_summary_counts_agents_out_of_service_as_a_walk_does() {
     server.stop();
     runtime.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn event_streams_are_capped_and_a_closed_one_frees_its_place() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let runtime = sim_runtime(20, SimOptions::default(), RuntimeOptions::default()).await;
+    let config = colony_server::Config {
+        max_streams: 2,
+        ..local()
+    };
+    let (server, url) = serve(&runtime, config).await;
+    let open = || async {
+        let mut socket = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+        socket
+            .write_all(b"GET /v1/events HTTP/1.1\r\nhost: localhost\r\n\r\n")
+            .await
+            .unwrap();
+        let mut head = [0u8; 64];
+        let n = socket.read(&mut head).await.unwrap();
+        (socket, String::from_utf8_lossy(&head[..n]).into_owned())
+    };
+    let (first, head) = open().await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let (_second, head) = open().await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let r = reqwest::get(format!("{url}/v1/events")).await.unwrap();
+    assert_eq!(r.status(), 429);
+    assert_eq!(json(r).await["error"]["code"], "too-many-streams");
+    // Closing one gives its place back, once the server notices (its next write fails).
+    drop(first);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, head) = open().await;
+        if head.starts_with("HTTP/1.1 200") {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{head}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    server.stop();
+    runtime.shutdown().await;
+}

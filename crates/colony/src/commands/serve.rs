@@ -65,6 +65,7 @@ pub(crate) fn run(args: &Args) -> Result<(), Failure> {
             .map(|(cert, key)| Tls { cert, key }),
         rate_limit: args.rate_limit,
         runs: args.runs.clone(),
+        max_streams: colony_server::MAX_STREAMS,
     };
     let pools = match &args.pools {
         None => {
