@@ -76,10 +76,11 @@ pub(crate) async fn events(State(app): State<Arc<App>>) -> Response {
                 }
                 tokio::select! {
                     _ = tick.tick() => {
-                        for v in coalesced.take() {
+                        let stats = h.stats();
+                        for v in coalesced.take(&stats) {
                             ready.push_back(Event::default().event("notable").data(v.to_string()));
                         }
-                        let snapshot = coalesced.snapshot(&h).to_string();
+                        let snapshot = coalesced.snapshot(&h, stats).to_string();
                         ready.push_back(Event::default().event("snapshot").data(snapshot));
                     }
                     e = subscription.recv() => {
@@ -103,14 +104,16 @@ struct Coalesced {
     last_cause: Option<Arc<str>>,
     spawned: u64,
     latencies: Option<colony_runtime::Latencies>,
+    /// Steals and tasks rebalanced as the last tick counted them.
+    balanced: Option<(u64, u64)>,
 }
 
 impl Coalesced {
     /// The counters, with the latency of the tasks that ended since the last snapshot: the
     /// 50th and 99th percentiles, as the upper bounds of power-of-two buckets (`null` when
     /// none ended).
-    fn snapshot(&mut self, h: &colony_runtime::Handle) -> Value {
-        let mut snapshot = serde_json::to_value(h.stats()).unwrap_or(Value::Null);
+    fn snapshot(&mut self, h: &colony_runtime::Handle, stats: colony_runtime::Stats) -> Value {
+        let mut snapshot = serde_json::to_value(stats).unwrap_or(Value::Null);
         let now = h.latencies();
         let earlier = self.latencies.replace(now).unwrap_or(now);
         let ms = |q| {
@@ -153,9 +156,21 @@ impl Coalesced {
         })
     }
 
-    /// The counted events as one line each, and a fresh count.
-    fn take(&mut self) -> Vec<Value> {
+    /// The counted events as one line each, and a fresh count. Load balancing is counted by
+    /// the runtime, not sent as events (one per task would cost the dispatcher): its line
+    /// comes from the counters' change.
+    fn take(&mut self, stats: &colony_runtime::Stats) -> Vec<Value> {
         let mut lines = Vec::new();
+        let now = (stats.steals, stats.rebalanced);
+        if let Some((steals, rebalanced)) = self.balanced.replace(now)
+            && now != (steals, rebalanced)
+        {
+            lines.push(json!({
+                "kind": "rebalanced",
+                "stolen": now.0.saturating_sub(steals),
+                "moved": now.1.saturating_sub(rebalanced),
+            }));
+        }
         if self.restarted > 0 {
             lines.push(json!({
                 "kind": "recovered", "agents": self.restarted,
@@ -178,4 +193,33 @@ pub(crate) async fn metrics_text() -> Response {
         prometheus().render(),
     )
         .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn load_balancing_is_one_line_a_second_from_the_counters_change() {
+        let mut c = Coalesced::default();
+        let stats = |steals, rebalanced| colony_runtime::Stats {
+            steals,
+            rebalanced,
+            ..colony_runtime::Stats::default()
+        };
+        assert!(
+            c.take(&stats(3, 1)).is_empty(),
+            "the first reading is a baseline"
+        );
+        assert_eq!(
+            c.take(&stats(8, 3)),
+            [json!({"kind": "rebalanced", "stolen": 5, "moved": 2})]
+        );
+        assert!(c.take(&stats(8, 3)).is_empty(), "nothing moved this second");
+        c.restarted = 4;
+        c.spawned = 12;
+        let lines = c.take(&stats(8, 3));
+        assert_eq!(lines.len(), 2, "{lines:?}");
+        assert!(c.take(&stats(8, 3)).is_empty(), "counted once");
+    }
 }

@@ -170,6 +170,15 @@
       // The stream counts a second's restarts in one line.
       const cause = n["last-cause"] ? " (latest: " + n["last-cause"] + ")" : "";
       addEvent("recovery", plural(n.agents, "agent restarted", "agents restarted") + cause, "recovery");
+    } else if (n.kind === "rebalanced") {
+      const parts = [];
+      if (n.stolen > 0) {
+        parts.push(plural(n.stolen, "task stolen by an idle worker", "tasks stolen by idle workers"));
+      }
+      if (n.moved > 0) {
+        parts.push(plural(n.moved, "task moved between queues", "tasks moved between queues"));
+      }
+      addEvent("balancing", parts.join("; "), "scaling");
     } else if (n.kind === "scaled") {
       addEvent("scaling", plural(n["agents-added"], "agent added", "agents added"), "scaling");
     } else {
