@@ -132,6 +132,8 @@ pub struct Tree {
     planned_left: u64,
     /// Room withdrawn from the tree by agents out of service.
     withdrawn: u64,
+    /// Per tier, agents out of service (see [`Tree::set_down`]).
+    down: Vec<u64>,
     /// Per managing tier, nodes with room for another child, for growth past the plan.
     open: Vec<VecDeque<u32>>,
     /// Per managing tier, whether `open` has been filled from the plan's nodes.
@@ -193,6 +195,7 @@ impl Tree {
             queue_capacity: options.queue_capacity,
             planned_left: plan.workers(),
             withdrawn: 0,
+            down: vec![0; tiers.len()],
             open: vec![VecDeque::new(); worker_tier],
             open_known: vec![false; worker_tier],
             nodes,
@@ -475,6 +478,15 @@ impl Tree {
         }
         let was = node.own & FLAGS != 0;
         node.own ^= flag;
+        if flag == DOWN
+            && let Some(n) = self.down.get_mut(node.tier as usize)
+        {
+            if on {
+                *n += 1;
+            } else {
+                *n -= 1;
+            }
+        }
         let is = node.own & FLAGS != 0;
         let own = node.own & !FLAGS;
         if was == is {
@@ -513,6 +525,12 @@ impl Tree {
             n.mask = SpecMask(mask);
             at = n.parent;
         }
+    }
+
+    /// Agents of `tier` out of service now (see [`Tree::set_down`]), counted as they go
+    /// down and come back.
+    pub fn down_in_tier(&self, tier: usize) -> u64 {
+        self.down.get(tier).copied().unwrap_or(0)
     }
 
     /// Whether `agent` is out of service (see [`Tree::set_down`]).
@@ -1052,6 +1070,31 @@ mod tests {
             t.ancestors(s).any(|a| a == AgentId(1)),
             "went to {s}, not under the fast master"
         );
+    }
+
+    #[test]
+    fn agents_out_of_service_are_counted_per_tier_however_they_went_down() {
+        // 23 workers: the last supervisor has room for one more.
+        let mut t = tree(23, 12, 1);
+        let worker_tier = t.worker_tier();
+        let sup = t.parent(AgentId(t.len() as u32 - 1)).unwrap();
+        assert_eq!(t.down_in_tier(worker_tier), 0);
+        assert!(t.set_down(sup, true));
+        assert!(!t.set_down(sup, true), "already down: no change, no count");
+        // A worker added under a supervisor out of service comes in down, and is counted.
+        let extra = t.add_worker(0, 1);
+        assert_eq!(t.parent(extra), Some(sup));
+        assert_eq!(t.down_in_tier(worker_tier), 1);
+        assert_eq!(t.down_in_tier(t.tier(sup)), 1);
+        assert!(t.set_down(sup, false) && t.set_down(extra, false));
+        let counts: Vec<u64> = (0..4).map(|i| t.down_in_tier(i)).collect();
+        assert_eq!(counts, [0, 0, 0, 0]);
+        // The vacant flag withdraws room too, but is no agent going down.
+        for w in t.children(sup).collect::<Vec<_>>() {
+            t.set_down(w, true);
+        }
+        assert!(t.is_vacant(sup));
+        assert_eq!(t.down_in_tier(t.tier(sup)), 0);
     }
 
     #[test]

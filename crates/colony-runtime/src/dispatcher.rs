@@ -230,9 +230,19 @@ const DISPATCH_SAMPLE: u64 = 16;
 pub struct Live<'a> {
     pub tree: &'a Tree,
     health: &'a [Health],
-    down: &'a [u64],
     unhealthy: [u64; 3],
     retired: &'a std::collections::HashSet<AgentId>,
+}
+
+/// Agents of `tier` out of service and due back: those down, less the workers retired
+/// (down for good).
+fn due_back(tree: &Tree, retired: usize, tier: usize) -> u64 {
+    let down = tree.down_in_tier(tier);
+    if tier == tree.worker_tier() {
+        down.saturating_sub(retired as u64)
+    } else {
+        down
+    }
 }
 
 impl std::fmt::Debug for Live<'_> {
@@ -254,12 +264,7 @@ impl Live<'_> {
     /// Agents of `tier` out of service now and due back (retired ones are not), kept as they
     /// go down and come back.
     pub fn down(&self, tier: usize) -> u64 {
-        let down = self.down.get(tier).copied().unwrap_or(0);
-        if tier == self.tree.worker_tier() {
-            down.saturating_sub(self.retired.len() as u64)
-        } else {
-            down
-        }
+        due_back(self.tree, self.retired.len(), tier)
     }
 
     /// Workers retired from their pools.
@@ -327,7 +332,6 @@ pub(crate) fn start(
         max_output: options.max_output,
         orphans: 0,
         kill_switches: std::collections::HashMap::new(),
-        down: vec![0; tree.tier_names().len()],
         down_published: vec![0; tree.tier_names().len()],
         cancels: std::collections::HashSet::new(),
         live: cancel::Whereabouts::default(),
@@ -422,8 +426,7 @@ struct Dispatcher {
     orphans: usize,
     /// Per agent that ever ran an attempt outside `handle`: wakes those attempts to end them.
     kill_switches: std::collections::HashMap<AgentId, Arc<Switch>>,
-    /// Agents out of service per tier, and what the metric last said.
-    down: Vec<u64>,
+    /// Per tier, agents out of service and due back, as the metric last said.
     down_published: Vec<u64>,
     /// Tasks cancelled that were not waiting: they end cancelled when their attempt ends or
     /// their retry comes due.
@@ -599,7 +602,6 @@ impl Dispatcher {
                 let live = Live {
                     tree: &self.tree,
                     health: &self.health,
-                    down: &self.down,
                     unhealthy: self.unhealthy,
                     retired: &self.retired,
                 };
@@ -694,16 +696,10 @@ impl Dispatcher {
         self.shared.counters.capacity.store(capacity, Relaxed);
         self.metrics.spawned.increment((after - before) as u64);
         self.metrics.spawn_duration.record(started.elapsed());
-        for (tier, (name, size)) in self
-            .tree
-            .tier_names()
-            .iter()
-            .zip(self.tree.tier_sizes())
-            .enumerate()
-        {
+        for (name, size) in self.tree.tier_names().iter().zip(self.tree.tier_sizes()) {
             Metrics::tier_size(name, *size);
-            Metrics::tier_down(name, self.down.get(tier).copied().unwrap_or(0));
         }
+        self.publish_down(true);
         if self.shared.bus.wants(Kinds::AGENTS) {
             // Growth past the plan interleaves new managers with the new workers: one event
             // per run of consecutive ids in one tier.
@@ -946,18 +942,16 @@ impl Dispatcher {
         self.freed.push(worker);
         // A cancelled task ends so however its attempt ended, unless it succeeded first. A
         // crash or a hang still counts against the agent, for its supervisor to act on.
-        let pending = !self.cancels.is_empty()
-            && !matches!(ended, Ended::Outcome(Ok(_)))
-            && self.cancels.remove(&job.id);
-        let cancelled = pending || matches!(ended, Ended::Cancelled);
-        // The attempt ended otherwise before it saw the cancellation: its agent's switch
-        // forgets it.
-        if pending
+        let asked = !self.cancels.is_empty() && self.cancels.remove(&job.id);
+        // The attempt ended before it saw the cancellation: its agent's switch forgets it.
+        if asked
             && !matches!(ended, Ended::Cancelled)
             && let Some(switch) = self.kill_switches.get(&worker)
         {
             switch.forget(job.id);
         }
+        let cancelled =
+            matches!(ended, Ended::Cancelled) || (asked && !matches!(ended, Ended::Outcome(Ok(_))));
         // Health follows attempts that left `handle`, where a response time means something;
         // one finished inside it answered at once, and tracking it would tax the hot path.
         if let Some(took) = elapsed
@@ -1163,13 +1157,6 @@ impl Dispatcher {
         error: Option<Arc<str>>,
         agent: Option<AgentId>,
     ) {
-        // A task cancelled as it ended otherwise: its agent's switch forgets it.
-        if !self.cancels.is_empty()
-            && self.cancels.remove(&job.id)
-            && let Some(switch) = job.last_agent.and_then(|a| self.kill_switches.get(&a))
-        {
-            switch.forget(job.id);
-        }
         let latency = job.submitted.elapsed();
         self.metrics.latency.record(latency);
         self.turn.latency[crate::handle::Latencies::bucket(latency)] += 1;
@@ -1348,24 +1335,12 @@ impl Dispatcher {
         c.agents.store(self.tree.len() as u64, Relaxed);
         c.capacity.store(self.capacity, Relaxed);
         m.queued.set(self.queued as f64);
-        if self.down != self.down_published {
-            // Retired workers are out of service for good, not down awaiting a restart.
-            let worker_tier = self.tree.worker_tier();
-            for (i, (tier, n)) in self.tree.tier_names().iter().zip(&self.down).enumerate() {
-                let retired = if i == worker_tier {
-                    self.retired.len() as u64
-                } else {
-                    0
-                };
-                Metrics::tier_down(tier, n.saturating_sub(retired));
-            }
-            self.down_published.clone_from(&self.down);
-        }
         m.running.set(running as f64);
         m.succeeded.increment(t.succeeded);
         m.failed.increment(t.failed);
         m.dead_lettered.increment(t.dead_lettered);
         m.cancelled.increment(t.cancelled);
+        self.publish_down(false);
         let release = Release {
             shared: self.shared.clone(),
             succeeded: t.succeeded,
@@ -1393,6 +1368,22 @@ impl Dispatcher {
                     release.run(&result);
                     result
                 }));
+            }
+        }
+    }
+}
+
+impl Dispatcher {
+    /// Sets the gauge of agents out of service and due back, per tier: where it changed, or
+    /// everywhere (`all`, so that every tier has the series).
+    fn publish_down(&mut self, all: bool) {
+        for (tier, name) in self.tree.tier_names().iter().enumerate() {
+            let down = due_back(&self.tree, self.retired.len(), tier);
+            if let Some(published) = self.down_published.get_mut(tier)
+                && (all || *published != down)
+            {
+                Metrics::tier_down(name, down);
+                *published = down;
             }
         }
     }

@@ -157,9 +157,8 @@ impl Latencies {
     /// The upper bound of the bucket holding quantile `q` (0..=1) of the tasks that ended
     /// since `earlier`; `None` if none did.
     pub fn quantile_since(&self, earlier: &Latencies, q: f64) -> Option<Duration> {
-        let counts: Vec<u64> = (0..LATENCY_BUCKETS)
-            .map(|i| self.0[i].saturating_sub(earlier.0[i]))
-            .collect();
+        let counts: [u64; LATENCY_BUCKETS] =
+            std::array::from_fn(|i| self.0[i].saturating_sub(earlier.0[i]));
         let total: u64 = counts.iter().sum();
         if total == 0 {
             return None;

@@ -40,9 +40,7 @@ impl Dispatcher {
             // reason to restart a worker that is gone.
             self.incarnations[w.index()] += 1;
             self.health_reset(w);
-            if self.tree.set_down(w, true) {
-                self.count_down(worker_tier, true);
-            }
+            self.tree.set_down(w, true);
             self.tree.set_retired(w, true);
             supervisors.extend(self.tree.parent(w));
         }
@@ -65,7 +63,6 @@ impl Dispatcher {
             .collect();
         back.sort_unstable();
         back.truncate(count as usize);
-        let worker_tier = self.tree.worker_tier();
         for &w in &back {
             self.retired.remove(&w);
             self.tree.set_retired(w, false);
@@ -74,9 +71,7 @@ impl Dispatcher {
             if self.tree.parent(w).is_some_and(|p| self.tree.is_down(p)) {
                 continue;
             }
-            if self.tree.set_down(w, false) {
-                self.count_down(worker_tier, false);
-            }
+            self.tree.set_down(w, false);
             self.freed.push(w);
         }
         let n = back.len() as u32;

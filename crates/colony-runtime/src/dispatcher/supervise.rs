@@ -215,9 +215,7 @@ impl Dispatcher {
         for a in agents {
             self.incarnations[a.index()] += 1;
             let tier = self.tree.tier(a);
-            if self.tree.set_down(a, true) {
-                self.count_down(tier, true);
-            }
+            self.tree.set_down(a, true);
             if tier == worker_tier {
                 if self.tree.load(a).0 > 0
                     && let Some(switch) = self.kill_switches.get(&a)
@@ -265,18 +263,6 @@ impl Dispatcher {
         }
     }
 
-    /// Counts an agent of `tier` going out of service, or back in.
-    pub(super) fn count_down(&mut self, tier: usize, down: bool) {
-        if self.down.len() <= tier {
-            self.down.resize(tier + 1, 0);
-        }
-        if down {
-            self.down[tier] += 1;
-        } else {
-            self.down[tier] = self.down[tier].saturating_sub(1);
-        }
-    }
-
     /// A restart's backoff is over: the new incarnation of the agent and of every agent
     /// below it goes into service, unless something stopped it again meanwhile.
     pub(super) fn restart(&mut self, (agent, incarnation, cause, hang, at): Restart) {
@@ -291,7 +277,6 @@ impl Dispatcher {
             if self.retired.contains(&a) || !self.tree.set_down(a, false) {
                 continue;
             }
-            self.count_down(self.tree.tier(a), false);
             if hang {
                 self.turn.restarts_timeout += 1;
             } else {
