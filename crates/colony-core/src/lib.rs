@@ -13,7 +13,7 @@
 //! - [`rebalance`] plans the moves that even out sibling supervisors' queues.
 //! - [`supervision`] decides, Erlang-style, which children restart after an exit, after what
 //!   backoff, and when a supervisor gives up and escalates.
-//! - [`task`] and [`agent`] are the specs users write.
+//! - [`task`] and [`agent`] are the specs users write; [`text`] is how numbers read.
 //!
 //! ```
 //! use colony_core::hierarchy::{HierarchyOptions, Plan};
@@ -33,5 +33,6 @@ pub mod rebalance;
 pub mod routing;
 pub mod supervision;
 pub mod task;
+pub mod text;
 
 pub use id::{AgentId, TaskId};

@@ -41,17 +41,7 @@ pub(crate) fn escape(text: &str) -> String {
 }
 
 /// A count with thousands separated: `1,234,567`.
-pub(crate) fn count(n: u64) -> String {
-    let digits = n.to_string();
-    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
-    for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
-}
+pub(crate) use colony_core::text::thousands as count;
 
 /// At most `max` characters of `text`, with an ellipsis when cut.
 fn clip(text: &str, max: usize) -> String {
