@@ -6,26 +6,12 @@ use crate::{
     output::{Table, thousands},
 };
 use colony_journal::{AgentQuery, SqliteReader};
-use std::path::PathBuf;
 
 #[derive(Debug, clap::Args)]
 #[command(group(clap::ArgGroup::new("query").multiple(false).args(["children", "ancestors", "tier", "agent"])))]
-#[command(group(clap::ArgGroup::new("source").required(true).args(["db", "server"])))]
 pub(crate) struct Args {
-    /// The SQLite journal to read.
-    #[arg(long, value_name = "PATH")]
-    db: Option<PathBuf>,
-    /// A running server to ask instead (`colony serve`).
-    #[arg(long, value_name = "URL")]
-    server: Option<String>,
-    /// The server's bearer token.
-    #[arg(
-        long,
-        env = "COLONY_TOKEN",
-        hide_env_values = true,
-        requires = "server"
-    )]
-    token: Option<String>,
+    #[command(flatten)]
+    source: crate::commands::client::Source,
     /// The agents that report to agent ID.
     #[arg(long, value_name = "ID")]
     children: Option<u32>,
@@ -46,20 +32,19 @@ pub(crate) struct Args {
 }
 
 pub(crate) fn run(args: &Args) -> Result<(), Failure> {
-    let Some(db) = &args.db else {
-        use crate::commands::client::{self, AgentsQuery};
-        let server = client::ServerArgs {
-            server: args.server.clone().unwrap_or_default(),
-            token: args.token.clone(),
-        };
-        let query = match (&args.children, &args.ancestors, &args.agent, &args.tier) {
-            (Some(a), ..) => AgentsQuery::Children(*a),
-            (_, Some(a), ..) => AgentsQuery::Ancestors(*a),
-            (_, _, Some(a), _) => AgentsQuery::One(*a),
-            (.., Some(name)) => AgentsQuery::Tier(name),
-            _ => AgentsQuery::Tiers,
-        };
-        return client::agents(&server, query, args.limit, args.json);
+    use crate::commands::client::{self, AgentsQuery, Origin};
+    let db = match args.source.origin()? {
+        Origin::Journal(db) => db,
+        Origin::Server(server) => {
+            let query = match (&args.children, &args.ancestors, &args.agent, &args.tier) {
+                (Some(a), ..) => AgentsQuery::Children(*a),
+                (_, Some(a), ..) => AgentsQuery::Ancestors(*a),
+                (_, _, Some(a), _) => AgentsQuery::One(*a),
+                (.., Some(name)) => AgentsQuery::Tier(name),
+                _ => AgentsQuery::Tiers,
+            };
+            return client::agents(&server, query, args.limit, args.json);
+        }
     };
     let reader = SqliteReader::open(db).map_err(Failure::input)?;
     let tiers = reader.tiers().map_err(Failure::work)?;

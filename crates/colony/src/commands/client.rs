@@ -19,6 +19,50 @@ pub(crate) struct ServerArgs {
     pub(crate) token: Option<String>,
 }
 
+/// Where `colony tasks` and `colony agents` read: a journal, or a running server.
+#[derive(Debug, Clone, clap::Args)]
+#[group(skip)]
+#[command(group(clap::ArgGroup::new("source").required(true).args(["db", "server"])))]
+pub(crate) struct Source {
+    /// The SQLite journal to read.
+    #[arg(long, value_name = "PATH")]
+    pub(crate) db: Option<std::path::PathBuf>,
+    /// A running server to ask instead (`colony serve`).
+    #[arg(long, value_name = "URL")]
+    server: Option<String>,
+    /// The server's bearer token.
+    #[arg(
+        long,
+        env = "COLONY_TOKEN",
+        hide_env_values = true,
+        requires = "server"
+    )]
+    token: Option<String>,
+}
+
+/// What a [`Source`] names.
+#[derive(Debug)]
+pub(crate) enum Origin<'a> {
+    Journal(&'a std::path::Path),
+    Server(ServerArgs),
+}
+
+impl Source {
+    /// The journal or the server named (clap requires one of them).
+    pub(crate) fn origin(&self) -> Result<Origin<'_>, Failure> {
+        match (&self.db, &self.server) {
+            (Some(db), _) => Ok(Origin::Journal(db)),
+            (None, Some(server)) => Ok(Origin::Server(ServerArgs {
+                server: server.clone(),
+                token: self.token.clone(),
+            })),
+            (None, None) => Err(Failure::input(anyhow::anyhow!(
+                "say where to read: --db PATH or --server URL"
+            ))),
+        }
+    }
+}
+
 /// An HTTP client of one server. Its errors name the URL: a server that cannot be reached
 /// or fails is exit code 1; a request the server refuses as the caller's fault is exit 2.
 #[derive(Debug)]

@@ -8,25 +8,11 @@ use crate::{
 use colony_core::task::TaskState;
 use colony_journal::SqliteReader;
 use serde::Serialize;
-use std::path::PathBuf;
 
 #[derive(Debug, clap::Args)]
-#[command(group(clap::ArgGroup::new("source").required(true).args(["db", "server"])))]
 pub(crate) struct Args {
-    /// The SQLite journal to read.
-    #[arg(long, value_name = "PATH")]
-    db: Option<PathBuf>,
-    /// A running server to ask instead (`colony serve`); its newest tasks first.
-    #[arg(long, value_name = "URL")]
-    server: Option<String>,
-    /// The server's bearer token.
-    #[arg(
-        long,
-        env = "COLONY_TOKEN",
-        hide_env_values = true,
-        requires = "server"
-    )]
-    token: Option<String>,
+    #[command(flatten)]
+    source: crate::commands::client::Source,
     /// Only tasks in this state.
     #[arg(long, value_parser = ["queued", "running", "succeeded", "failed", "dead-lettered", "cancelled"])]
     state: Option<String>,
@@ -64,17 +50,17 @@ const STATES: [TaskState; 6] = [
 ];
 
 pub(crate) fn run(args: &Args) -> Result<(), Failure> {
-    let Some(db) = &args.db else {
-        let server = crate::commands::client::ServerArgs {
-            server: args.server.clone().unwrap_or_default(),
-            token: args.token.clone(),
-        };
-        return crate::commands::client::tasks(
-            &server,
-            args.state.as_deref(),
-            args.limit,
-            args.json,
-        );
+    use crate::commands::client::Origin;
+    let db = match args.source.origin()? {
+        Origin::Journal(db) => db,
+        Origin::Server(server) => {
+            return crate::commands::client::tasks(
+                &server,
+                args.state.as_deref(),
+                args.limit,
+                args.json,
+            );
+        }
     };
     let reader = SqliteReader::open(db).map_err(Failure::input)?;
     let state = args.state.as_deref().map(|name| {
