@@ -213,29 +213,38 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, Response> {
     }
 }
 
-/// Submits `specs` (one task when `single`), once per idempotency key.
+/// What one request submits.
+enum Submission {
+    One(TaskSpec),
+    Batch(Vec<TaskSpec>),
+}
+
+/// Submits what the request holds, once per idempotency key; `fingerprint` tells a retry
+/// from another request with the same key.
 async fn accept(
     app: &Arc<App>,
     headers: &HeaderMap,
     caller: Option<Arc<str>>,
-    fingerprint: impl FnOnce() -> u64,
-    specs: Vec<TaskSpec>,
-    single: bool,
+    fingerprint: Option<u64>,
+    submission: Submission,
 ) -> Response {
     let key = match idempotency_key(headers) {
         Ok(k) => k,
         Err(r) => return r,
     };
     let result = match key {
-        None => submit_now(app, specs, single).await,
-        Some(key) => match app.idempotency.claim(caller, key, fingerprint()) {
+        None => submit_now(app, submission).await,
+        Some(key) => match app
+            .idempotency
+            .claim(caller, key, fingerprint.unwrap_or_default())
+        {
             Claim::Answered(response) => return response,
             Claim::First(id, generation) => {
                 // On a task of its own: a caller that goes away while the journal makes the
                 // tasks durable must not leave its key "in flight", unanswerable, for a day.
                 let app = app.clone();
                 let submitted = colony_runtime::spawner::Spawner::spawn("idempotent", async move {
-                    let result = submit_now(&app, specs, single).await;
+                    let result = submit_now(&app, submission).await;
                     app.idempotency
                         .finish(id, generation, result.as_ref().ok().cloned());
                     result
@@ -253,29 +262,29 @@ async fn accept(
     }
 }
 
-async fn submit_now(
-    app: &App,
-    specs: Vec<TaskSpec>,
-    single: bool,
-) -> Result<Value, colony_runtime::Error> {
-    if single {
-        let spec = specs.into_iter().next().unwrap_or_default();
-        app.handle
+async fn submit_now(app: &App, submission: Submission) -> Result<Value, colony_runtime::Error> {
+    match submission {
+        Submission::One(spec) => app
+            .handle
             .try_submit(spec)
             .await
-            .map(|id| json!({ "id": id.0 }))
-    } else {
-        app.handle
+            .map(|id| json!({ "id": id.0 })),
+        Submission::Batch(specs) => app
+            .handle
             .try_submit_batch(specs)
             .await
-            .map(|a| json!({ "first": a.first.0, "count": a.count }))
+            .map(|a| json!({ "first": a.first.0, "count": a.count })),
     }
 }
 
-fn fingerprint(what: &impl std::fmt::Debug) -> u64 {
-    let mut hasher = std::collections::hash_map::DefaultHasher::new();
-    format!("{what:?}").hash(&mut hasher);
-    hasher.finish()
+/// A hash of what a request asks for, when it carries an idempotency key: only such a
+/// request pays for one.
+fn fingerprint(headers: &HeaderMap, what: &impl std::fmt::Debug) -> Option<u64> {
+    headers.contains_key("idempotency-key").then(|| {
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        format!("{what:?}").hash(&mut hasher);
+        hasher.finish()
+    })
 }
 
 fn caller_name(caller: Option<axum::Extension<crate::auth::Caller>>) -> Option<Arc<str>> {
@@ -292,16 +301,13 @@ pub(crate) async fn submit(
         Ok(t) => t,
         Err(r) => return r,
     };
-    // Only a request with a key pays for its fingerprint.
-    let print = headers
-        .contains_key("idempotency-key")
-        .then(|| fingerprint(&task));
+    let print = fingerprint(&headers, &task);
     let spec = match task.spec() {
         Ok(s) => s,
         Err(e) => return problem(StatusCode::UNPROCESSABLE_ENTITY, "bad-task", e),
     };
-    let print = move || print.unwrap_or_default();
-    accept(&app, &headers, caller_name(caller), print, vec![spec], true).await
+    let one = Submission::One(spec);
+    accept(&app, &headers, caller_name(caller), print, one).await
 }
 
 #[derive(Debug, Deserialize)]
@@ -327,10 +333,7 @@ pub(crate) async fn submit_batch(
             format!("{} tasks: a batch holds 1..={MAX_BATCH}", batch.tasks.len()),
         );
     }
-    // Only a request with a key pays for its fingerprint.
-    let print = headers
-        .contains_key("idempotency-key")
-        .then(|| fingerprint(&batch));
+    let print = fingerprint(&headers, &batch);
     let mut specs = Vec::with_capacity(batch.tasks.len());
     for (i, t) in batch.tasks.into_iter().enumerate() {
         match t.spec() {
@@ -344,8 +347,8 @@ pub(crate) async fn submit_batch(
             }
         }
     }
-    let print = move || print.unwrap_or_default();
-    accept(&app, &headers, caller_name(caller), print, specs, false).await
+    let batch = Submission::Batch(specs);
+    accept(&app, &headers, caller_name(caller), print, batch).await
 }
 
 /// A task id from the path, or the 400 that says it is none.
