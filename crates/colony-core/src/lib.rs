@@ -13,7 +13,8 @@
 //! - [`rebalance`] plans the moves that even out sibling supervisors' queues.
 //! - [`supervision`] decides, Erlang-style, which children restart after an exit, after what
 //!   backoff, and when a supervisor gives up and escalates.
-//! - [`task`] and [`agent`] are the specs users write; [`text`] is how numbers read.
+//! - [`task`] and [`agent`] are the specs users write; [`text`] is how numbers read;
+//!   [`name`] is how a name reaches a file path.
 //!
 //! ```
 //! use colony_core::hierarchy::{HierarchyOptions, Plan};
@@ -29,6 +30,7 @@ pub mod dag;
 pub mod health;
 pub mod hierarchy;
 pub mod id;
+pub mod name;
 pub mod rebalance;
 pub mod routing;
 pub mod supervision;
