@@ -5,22 +5,43 @@
 //! `{{input.KEY}}` from the payload's `input` object (or the payload itself when it has none).
 //! The payload goes to the program's stdin; its stdout is the output, kept as JSON when it
 //! parses and wrapped as a JSON string when it does not; its stderr goes to a log file per
-//! attempt. The environment is cleared but for an allowlist and the variables given. The
-//! process leads a process group of its own, and the whole group is killed when the attempt
-//! ends early (timeout, kill, shutdown): nothing it started outlives it.
+//! attempt, and its last lines into the error of a failed attempt. The environment is cleared
+//! but for an allowlist and the variables given. The process leads a process group of its own,
+//! and the whole group is killed when the attempt ends early (timeout, kill, shutdown): nothing
+//! it started outlives it.
+//!
+//! Payloads come from outside (a task posted over HTTP, an upstream model's output), so what
+//! they fill in is checked, and a payload that fails a check fails its attempt fatally:
+//! - the task's name (the payload's `task`, else the runtime's numeric id) names its log file
+//!   and worktree, so it must be a [`Name`]; every joined path stays under its root
+//!   ([`join_under`]);
+//! - a `workdir` template's root is its text before the first placeholder (up to the last
+//!   `/` there): the filled rest must stay under it (no climbing `..`, no absolute value);
+//! - an argument that starts with `-` only because of a filled value would be read by the
+//!   program as an option (`wc --files0-from=...`): refused unless the pool allows it
+//!   ([`CommandOptions::allow_option_values`]).
 //!
 //! Exit codes in `ok_codes` (0 by default) succeed; 126 and 127 (cannot execute, not found)
 //! and a program that cannot be spawned fail the task at once; any other code is retryable.
 
 use crate::{Agent, Error, Execution, Outcome, Task};
 use bytes::Bytes;
-use std::{path::PathBuf, process::Stdio, sync::Arc};
+use colony_core::name::{self, Name, join_under};
+use std::{
+    path::{Path, PathBuf},
+    process::Stdio,
+    sync::Arc,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Largest stdout kept; a larger one fails the attempt.
 pub const MAX_STDOUT: usize = 16 << 20;
 /// Most stderr kept in an attempt's log; the rest is dropped.
 pub const MAX_STDERR: usize = 16 << 20;
+/// Lines of stderr quoted in a failed attempt's error, at most...
+pub const ERROR_TAIL_LINES: usize = 5;
+/// ...and bytes, so that an error stays one readable line in a table.
+pub const ERROR_TAIL_BYTES: usize = 1024;
 
 /// Settings of the `command` backend.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -31,7 +52,9 @@ pub struct CommandOptions {
     pub env_allow: Vec<String>,
     /// Variables set for the program.
     pub env: Vec<(String, String)>,
-    /// Working directory; a `{{task}}` in it makes one per task. Created if missing.
+    /// Working directory; a `{{task}}` in it makes one per task. Created if missing. Its text
+    /// before the first placeholder (up to the last `/` there) is a root the filled-in rest
+    /// may not leave.
     pub workdir: Option<String>,
     /// Folder of the stderr logs, one file per attempt: `<task>.<attempt>.stderr`.
     pub logs: Option<PathBuf>,
@@ -43,6 +66,12 @@ pub struct CommandOptions {
     /// Run each attempt in a fresh git worktree of this repository (detached at its `HEAD`),
     /// made at `<worktrees>/<task>`; the worktree is kept for inspection.
     pub worktree: Option<Worktree>,
+    /// Let a filled-in placeholder start an argument with `-`. Off by default: a payload's
+    /// value would otherwise become an option of the program (`--files0-from=...`, `-exec`).
+    /// Refusing is chosen over inserting `--` because `--` ends options only for programs
+    /// that parse options that way, and only where colony cannot know they end (`sh -c`,
+    /// `find`, `git` take positional words before options).
+    pub allow_option_values: bool,
 }
 
 /// Resource limits of each process, applied through util-linux's `prlimit` (so that no code
@@ -100,6 +129,7 @@ impl CommandOptions {
             secrets: Vec::new(),
             limits: Limits::default(),
             worktree: None,
+            allow_option_values: false,
         }
     }
 }
@@ -145,33 +175,65 @@ pub fn on_path(name: &str) -> Option<String> {
         .map(|p| p.to_string_lossy().into_owned())
 }
 
+/// Why an attempt's payload cannot make its command. Each fails the attempt fatally: another
+/// attempt of the same payload would be refused the same way.
+#[derive(Debug, thiserror::Error)]
+pub enum Refused {
+    #[error("the payload's `task` is not a usable task name: {0}")]
+    Name(#[source] name::Error),
+    #[error("the payload's `task` is {0}, not a string: it must be a task name")]
+    NameNotText(&'static str),
+    #[error("{what}: {message}")]
+    Template { what: String, message: String },
+    #[error(
+        "argument {index} (`{template}`) would be `{value}`, which starts with `-`: the program \
+         would take a value from the payload for an option. If it should take such values, set \
+         `allow-option-values: true` in the pool's `command:` section"
+    )]
+    OptionValue {
+        /// 1-based, as the arguments are listed in the file.
+        index: usize,
+        template: String,
+        value: String,
+    },
+    #[error("workdir `{template}`: {source}")]
+    Workdir {
+        template: String,
+        #[source]
+        source: name::Error,
+    },
+}
+
 /// What an attempt's placeholders stand for, read from its payload once.
 #[derive(Debug)]
 pub struct Placeholders<'a> {
     task: &'a Task,
     /// The workflow's name for the task, else the runtime's id.
-    name: String,
+    name: Name,
     /// The payload's `input` object, else the payload itself.
     input: serde_json::Value,
 }
 
 impl<'a> Placeholders<'a> {
-    pub fn new(task: &'a Task) -> Self {
+    /// Reads `task`'s payload: its `task` field, when present, must be a valid [`Name`] (it
+    /// reaches file paths); without one the task is named by its numeric id.
+    pub fn new(task: &'a Task) -> Result<Self, Refused> {
         let mut payload: serde_json::Value =
             serde_json::from_slice(&task.payload).unwrap_or(serde_json::Value::Null);
-        let name = payload
-            .get("task")
-            .and_then(|t| t.as_str())
-            .map_or_else(|| task.id.0.to_string(), str::to_owned);
+        let name = match payload.get("task") {
+            None | Some(serde_json::Value::Null) => Name::of_id(task.id.0),
+            Some(serde_json::Value::String(s)) => Name::parse(s).map_err(Refused::Name)?,
+            Some(other) => return Err(Refused::NameNotText(json_kind(other))),
+        };
         let input = match payload.get_mut("input") {
             Some(input) => input.take(),
             None => payload,
         };
-        Self { task, name, input }
+        Ok(Self { task, name, input })
     }
 
     /// The task's name: the workflow's, else the runtime's id.
-    pub fn name(&self) -> &str {
+    pub fn name(&self) -> &Name {
         &self.name
     }
 
@@ -187,7 +249,7 @@ impl<'a> Placeholders<'a> {
                 .ok_or_else(|| format!("`{{{{` without `}}}}` in {template:?}"))?;
             let key = after[..close].trim();
             match key {
-                "task" => out.push_str(&self.name),
+                "task" => out.push_str(self.name.as_str()),
                 "attempt" => out.push_str(&self.task.attempt.to_string()),
                 "agent" => out.push_str(&self.task.agent.0.to_string()),
                 _ => match key.strip_prefix("input.") {
@@ -204,14 +266,74 @@ impl<'a> Placeholders<'a> {
         out.push_str(rest);
         Ok(out)
     }
+
+    /// The program's arguments, filled. An argument whose template does not start with `-`
+    /// but whose filled text does got its `-` from a value: refused unless `allow_options`.
+    pub fn args(&self, templates: &[String], allow_options: bool) -> Result<Vec<String>, Refused> {
+        templates
+            .iter()
+            .enumerate()
+            .map(|(i, template)| {
+                let value = self.fill(template).map_err(|message| Refused::Template {
+                    what: format!("argument {}", i + 1),
+                    message,
+                })?;
+                if !allow_options && value.starts_with('-') && !template.starts_with('-') {
+                    return Err(Refused::OptionValue {
+                        index: i + 1,
+                        template: template.clone(),
+                        value: value.chars().take(60).collect(),
+                    });
+                }
+                Ok(value)
+            })
+            .collect()
+    }
+
+    /// The working directory `template` names: its text before the first placeholder, up to
+    /// the last `/` there, is the root (the user's own setting); the rest, filled, is joined
+    /// under it and may not leave it.
+    pub fn workdir(&self, template: &str) -> Result<PathBuf, Refused> {
+        let Some(open) = template.find("{{") else {
+            return Ok(PathBuf::from(template));
+        };
+        let (root, rest) = match template[..open].rfind('/') {
+            Some(slash) => (&template[..=slash], &template[slash + 1..]),
+            None => (".", template),
+        };
+        let filled = self.fill(rest).map_err(|message| Refused::Template {
+            what: "workdir".into(),
+            message,
+        })?;
+        join_under(Path::new(root), &filled).map_err(|source| Refused::Workdir {
+            template: template.to_owned(),
+            source,
+        })
+    }
+}
+
+/// What kind of JSON value `v` is, for messages.
+fn json_kind(v: &serde_json::Value) -> &'static str {
+    match v {
+        serde_json::Value::Null => "null",
+        serde_json::Value::Bool(_) => "a boolean",
+        serde_json::Value::Number(_) => "a number",
+        serde_json::Value::String(_) => "a string",
+        serde_json::Value::Array(_) => "an array",
+        serde_json::Value::Object(_) => "an object",
+    }
 }
 
 async fn run(options: &CommandOptions, task: &Task) -> Outcome {
     let fatal = |m: String| Err(Error::fatal(m));
-    let placeholders = Placeholders::new(task);
-    let args: Vec<String> = match options.args.iter().map(|a| placeholders.fill(a)).collect() {
+    let refused = |e: Refused| Err(Error::fatal(e.to_string()));
+    let placeholders = match Placeholders::new(task) {
+        Ok(p) => p,
+        Err(e) => return refused(e),
+    };
+    let args = match placeholders.args(&options.args, options.allow_option_values) {
         Ok(args) => args,
-        Err(e) => return fatal(format!("argument: {e}")),
+        Err(e) => return refused(e),
     };
     let mut command = if options.limits.is_empty() {
         let mut c = tokio::process::Command::new(&options.program);
@@ -225,26 +347,23 @@ async fn run(options: &CommandOptions, task: &Task) -> Outcome {
             .args(&args);
         c
     };
+    // Stderr is always read: its end goes into the error of a failed attempt, and it is
+    // written to a log only when there is something in it (creating a file per attempt costs
+    // more than a short process).
     command
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
         .process_group(0)
         .kill_on_drop(true);
     clean_env(&mut command, &options.env_allow, &options.env);
-    let mut secrets: Vec<String> = Vec::new();
+    let mut secrets = Secrets::default();
     for name in &options.secrets {
         if let Ok(value) = std::env::var(name) {
             command.env(name, &value);
-            if !value.is_empty() {
-                secrets.push(value);
-            }
+            secrets.add(value);
         }
     }
-    let hide = |text: String| -> String {
-        secrets
-            .iter()
-            .fold(text, |t, secret| t.replace(secret.as_str(), "***"))
-    };
     if let Some(worktree) = &options.worktree {
         match fresh_worktree(worktree, placeholders.name()).await {
             Ok(dir) => {
@@ -253,12 +372,12 @@ async fn run(options: &CommandOptions, task: &Task) -> Outcome {
             Err(e) => return Err(Error::retryable(format!("git worktree: {e}"))),
         }
     }
-    if let Some(dir) = &options.workdir {
-        let dir = match placeholders.fill(dir) {
-            Ok(d) => PathBuf::from(d),
-            Err(e) => return fatal(format!("workdir: {e}")),
+    if let Some(template) = &options.workdir {
+        let dir = match placeholders.workdir(template) {
+            Ok(dir) => dir,
+            Err(e) => return refused(e),
         };
-        if let Err(e) = std::fs::create_dir_all(&dir) {
+        if let Err(e) = tokio::fs::create_dir_all(&dir).await {
             return fatal(format!(
                 "cannot create working directory {}: {e}",
                 dir.display()
@@ -266,21 +385,28 @@ async fn run(options: &CommandOptions, task: &Task) -> Outcome {
         }
         command.current_dir(dir);
     }
-    // Piped, and written to a log only when there is something in it: creating a file per
-    // attempt costs more than a short process.
-    command.stderr(if options.logs.is_some() {
-        Stdio::piped()
-    } else {
-        Stdio::null()
-    });
+    let log = match &options.logs {
+        Some(logs) => {
+            match join_under(
+                logs,
+                format!("{}.{}.stderr", placeholders.name(), task.attempt),
+            ) {
+                Ok(path) => Some(path),
+                Err(e) => return fatal(format!("stderr log: {e}")),
+            }
+        }
+        None => None,
+    };
     let mut child = match command.spawn() {
         Ok(child) => child,
         Err(e) => return fatal(format!("cannot run `{}`: {e}", options.program)),
     };
     let group = Group::new(child.id());
-    let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
+    let mut stdout = Vec::new();
+    let mut stderr = Stderr::default();
     let (stdin, out, err) = (child.stdin.take(), child.stdout.take(), child.stderr.take());
     let payload = task.payload.clone();
+    let tail_keep = 4 * ERROR_TAIL_BYTES + secrets.longest();
     // Stdin is written while stdout and stderr are read: a program that answers before it
     // has read all its input must not block on a full pipe.
     let io = async {
@@ -296,10 +422,11 @@ async fn run(options: &CommandOptions, task: &Task) -> Outcome {
                 None => Ok(()),
             }
         };
+        let log_cap = if log.is_some() { MAX_STDERR } else { 0 };
         let read_err = async {
-            match err {
-                Some(err) => read_capped(err, MAX_STDERR, &mut stderr).await,
-                None => Ok(()),
+            if let Some(err) = err {
+                // A broken stderr pipe loses only the log and the error's quote.
+                let _ = stderr.read(err, log_cap, tail_keep).await;
             }
         };
         tokio::join!(write, read_out, read_err).1
@@ -322,16 +449,11 @@ async fn run(options: &CommandOptions, task: &Task) -> Outcome {
     if let Err(e) = io {
         return Err(Error::retryable(format!("reading stdout: {e}")));
     }
-    if let Some(logs) = &options.logs
-        && !stderr.is_empty()
+    if let Some(path) = &log
+        && !stderr.log.is_empty()
     {
-        let path = logs.join(format!("{}.{}.stderr", placeholders.name(), task.attempt));
-        let stderr = if secrets.is_empty() {
-            stderr
-        } else {
-            hide(String::from_utf8_lossy(&stderr).into_owned()).into_bytes()
-        };
-        if let Err(e) = tokio::fs::write(&path, &stderr).await {
+        let text = secrets.hide(std::mem::take(&mut stderr.log), false, stderr.log_cut);
+        if let Err(e) = tokio::fs::write(path, &text).await {
             tracing::warn!(error = %e, path = %path.display(), "Cannot write a stderr log.");
         }
     }
@@ -344,24 +466,163 @@ async fn run(options: &CommandOptions, task: &Task) -> Outcome {
     if stdout.len() > MAX_STDOUT {
         return fatal(format!("stdout exceeds {MAX_STDOUT} bytes"));
     }
+    let program = &options.program;
+    let quote = stderr.quote(&secrets);
     match status.code() {
-        Some(code) if options.ok_codes.contains(&code) => Ok(as_json(if secrets.is_empty() {
-            stdout
-        } else {
-            hide(String::from_utf8_lossy(&stdout).into_owned()).into_bytes()
-        })),
+        Some(code) if options.ok_codes.contains(&code) => {
+            Ok(as_json(secrets.hide(stdout, false, false)))
+        }
         Some(code @ (126 | 127)) => fatal(format!(
-            "`{}` exited with {code}: cannot execute",
-            options.program
+            "`{program}` exited with {code}: cannot execute{quote}"
         )),
         Some(code) => Err(Error::retryable(format!(
-            "`{}` exited with {code}",
-            options.program
+            "`{program}` exited with {code}{quote}"
         ))),
         None => Err(Error::retryable(format!(
-            "`{}` was killed by a signal",
-            options.program
+            "`{program}` was killed by a signal{quote}"
         ))),
+    }
+}
+
+/// What was read of an attempt's stderr: the start, for its log, and the end, for its error.
+#[derive(Debug, Default)]
+struct Stderr {
+    /// The first bytes, up to the log's cap.
+    log: Vec<u8>,
+    /// Whether more came than `log` holds.
+    log_cut: bool,
+    /// The last bytes.
+    tail: Vec<u8>,
+    /// Whether bytes came before those `tail` holds.
+    tail_cut: bool,
+}
+
+impl Stderr {
+    /// Reads `from` to its end, keeping up to `log_cap` bytes of its start and `tail_keep`
+    /// of its end: memory stays bounded whatever the program writes.
+    async fn read(
+        &mut self,
+        mut from: impl tokio::io::AsyncRead + Unpin,
+        log_cap: usize,
+        tail_keep: usize,
+    ) -> std::io::Result<()> {
+        let mut chunk = vec![0; 8192];
+        loop {
+            let n = from.read(&mut chunk).await?;
+            if n == 0 {
+                break;
+            }
+            let data = &chunk[..n];
+            let room = log_cap - self.log.len();
+            self.log.extend_from_slice(&data[..n.min(room)]);
+            self.log_cut |= n > room;
+            self.tail.extend_from_slice(data);
+            // Trimmed once it is twice the size kept: each byte is moved at most once.
+            if self.tail.len() > 2 * tail_keep {
+                self.tail.drain(..self.tail.len() - tail_keep);
+                self.tail_cut = true;
+            }
+        }
+        if self.tail.len() > tail_keep {
+            self.tail.drain(..self.tail.len() - tail_keep);
+            self.tail_cut = true;
+        }
+        Ok(())
+    }
+
+    /// `; stderr: ...` with the last lines (at most [`ERROR_TAIL_LINES`] and
+    /// [`ERROR_TAIL_BYTES`]) on one line, secrets hidden and control characters escaped;
+    /// nothing when stderr was empty.
+    fn quote(&self, secrets: &Secrets) -> String {
+        let hidden = secrets.hide(self.tail.clone(), self.tail_cut, false);
+        let text = String::from_utf8_lossy(&hidden);
+        let lines: Vec<&str> = text
+            .lines()
+            .map(str::trim_end)
+            .filter(|l| !l.is_empty())
+            .collect();
+        let last = &lines[lines.len().saturating_sub(ERROR_TAIL_LINES)..];
+        if last.is_empty() {
+            return String::new();
+        }
+        let mut joined: String = last
+            .join(" | ")
+            .chars()
+            .flat_map(|c| {
+                // A terminal shows errors: no escape sequence of the program's reaches it.
+                let escaped: Vec<char> = if c.is_control() {
+                    c.escape_default().collect()
+                } else {
+                    vec![c]
+                };
+                escaped
+            })
+            .collect();
+        if joined.len() > ERROR_TAIL_BYTES {
+            let mut cut = joined.len() - ERROR_TAIL_BYTES;
+            while !joined.is_char_boundary(cut) {
+                cut += 1;
+            }
+            joined = format!("…{}", &joined[cut..]);
+        }
+        let cut = if self.tail_cut || lines.len() > last.len() {
+            "…"
+        } else {
+            ""
+        };
+        format!("; stderr: {cut}{joined}")
+    }
+}
+
+/// Values of secret variables, hidden as `***` wherever a program's text is shown or kept.
+#[derive(Debug, Default)]
+struct Secrets(Vec<String>);
+
+impl Secrets {
+    fn add(&mut self, value: String) {
+        if !value.is_empty() {
+            self.0.push(value);
+        }
+    }
+
+    fn longest(&self) -> usize {
+        self.0.iter().map(String::len).max().unwrap_or(0)
+    }
+
+    /// `text` with every secret in it replaced by `***`. A text cut from a longer one may
+    /// start (`cut_start`) with the end of a secret or end (`cut_end`) with its start: bytes
+    /// shorter than the longest secret there are dropped unless they are a whole secret.
+    fn hide(&self, text: Vec<u8>, cut_start: bool, cut_end: bool) -> Vec<u8> {
+        if self.0.is_empty() {
+            return text;
+        }
+        let mut secret = vec![false; text.len()];
+        for value in &self.0 {
+            let value = value.as_bytes();
+            for (i, window) in text.windows(value.len()).enumerate() {
+                if window == value {
+                    secret[i..i + value.len()].fill(true);
+                }
+            }
+        }
+        let edge = self.longest().saturating_sub(1);
+        let keep = |i: usize| (!cut_start || i >= edge) && (!cut_end || i + edge < text.len());
+        let mut out = Vec::with_capacity(text.len());
+        let mut i = 0;
+        while i < text.len() {
+            if secret[i] {
+                out.extend_from_slice(b"***");
+                while i < text.len() && secret[i] {
+                    i += 1;
+                }
+            } else {
+                if keep(i) {
+                    out.push(text[i]);
+                }
+                i += 1;
+            }
+        }
+        out
     }
 }
 
@@ -391,8 +652,8 @@ const PRLIMIT: &str = "prlimit";
 
 /// A new worktree at `<root>/<name>`, detached at the repository's `HEAD`; an older one of
 /// the same name (an earlier attempt's) is removed first.
-async fn fresh_worktree(w: &Worktree, name: &str) -> Result<PathBuf, String> {
-    let path = w.root.join(name);
+async fn fresh_worktree(w: &Worktree, name: &Name) -> Result<PathBuf, String> {
+    let path = join_under(&w.root, name).map_err(|e| e.to_string())?;
     let git = |args: Vec<std::ffi::OsString>| {
         let repository = w.repository.clone();
         async move {
@@ -411,7 +672,7 @@ async fn fresh_worktree(w: &Worktree, name: &str) -> Result<PathBuf, String> {
             }
         }
     };
-    if path.exists() {
+    if tokio::fs::try_exists(&path).await.unwrap_or(false) {
         git(vec![
             "worktree".into(),
             "remove".into(),
@@ -420,7 +681,9 @@ async fn fresh_worktree(w: &Worktree, name: &str) -> Result<PathBuf, String> {
         ])
         .await?;
     }
-    std::fs::create_dir_all(&w.root).map_err(|e| format!("{}: {e}", w.root.display()))?;
+    tokio::fs::create_dir_all(&w.root)
+        .await
+        .map_err(|e| format!("{}: {e}", w.root.display()))?;
     git(vec![
         "worktree".into(),
         "add".into(),
@@ -531,28 +794,224 @@ mod tests {
         }
     }
 
+    fn fatal_message(outcome: Outcome) -> String {
+        let err = outcome.unwrap_err();
+        assert!(!err.is_retryable(), "refused for good: {err}");
+        err.to_string()
+    }
+
     #[test]
     fn placeholders_are_filled_from_the_attempt_and_its_input() {
         let t = task(r#"{"task":"count","input":{"file":"a.txt","n":3}}"#);
+        fn placeholders(t: &Task) -> Placeholders<'_> {
+            Placeholders::new(t).unwrap()
+        }
         assert_eq!(
-            Placeholders::new(&t)
+            placeholders(&t)
                 .fill("{{task}}/{{attempt}}/{{input.file}}/{{ input.n }}")
                 .unwrap(),
             "count/2/a.txt/3"
         );
         assert!(
-            Placeholders::new(&t)
+            placeholders(&t)
                 .fill("{{input.missing}}")
                 .unwrap_err()
                 .contains("`missing`")
         );
         assert!(
-            Placeholders::new(&t)
+            placeholders(&t)
                 .fill("{{nope}}")
                 .unwrap_err()
                 .contains("unknown placeholder")
         );
-        assert!(Placeholders::new(&t).fill("{{task").is_err());
+        assert!(placeholders(&t).fill("{{task").is_err());
+        // Without a name, the task is named by its id.
+        assert_eq!(placeholders(&task("{}")).name().as_str(), "7");
+        assert_eq!(placeholders(&task("not json")).name().as_str(), "7");
+    }
+
+    #[tokio::test]
+    async fn a_task_name_that_is_not_a_name_fails_the_attempt_and_writes_nothing() {
+        let root = tempfile::tempdir().unwrap();
+        let logs = root.path().join("a/b/logs");
+        std::fs::create_dir_all(&logs).unwrap();
+        let worktrees = root.path().join("a/b/worktrees");
+        for payload in [
+            r#"{"task":"../../../X"}"#,
+            r#"{"task":"../../x"}"#,
+            r#"{"task":"/tmp/x"}"#,
+            r#"{"task":"a/b"}"#,
+            r#"{"task":""}"#,
+            r#"{"task":".."}"#,
+        ] {
+            let mut o = CommandOptions::new("sh");
+            // Writes to stderr, so that a log would be written if the attempt ran.
+            o.args = vec!["-c".into(), "echo oops >&2; exit 1".into()];
+            o.logs = Some(logs.clone());
+            o.workdir = Some(format!("{}/work/{{{{task}}}}", root.path().display()));
+            o.worktree = Some(Worktree {
+                repository: root.path().to_owned(),
+                root: worktrees.clone(),
+            });
+            let message = fatal_message(outcome(o, payload).await);
+            assert!(message.contains("not a usable task name"), "{message}");
+        }
+        let message = fatal_message(outcome(CommandOptions::new("true"), r#"{"task":5}"#).await);
+        assert!(message.contains("a number, not a string"), "{message}");
+        // Nothing was written anywhere: not the logs, not above them, no folder made.
+        let mut written: Vec<PathBuf> = Vec::new();
+        let mut stack = vec![root.path().to_owned()];
+        while let Some(dir) = stack.pop() {
+            for entry in std::fs::read_dir(dir).unwrap() {
+                let path = entry.unwrap().path();
+                if path.is_dir() {
+                    stack.push(path.clone());
+                }
+                written.push(path);
+            }
+        }
+        written.sort();
+        assert_eq!(
+            written,
+            [root.path().join("a"), root.path().join("a/b"), logs.clone()],
+        );
+        // A good name's log lands in the logs folder.
+        let mut o = CommandOptions::new("sh");
+        o.args = vec!["-c".into(), "echo oops >&2".into()];
+        o.logs = Some(logs.clone());
+        outcome(o, r#"{"task":"fine-name_2"}"#).await.unwrap();
+        assert!(logs.join("fine-name_2.2.stderr").is_file());
+    }
+
+    #[tokio::test]
+    async fn a_workdir_filled_from_the_input_stays_under_its_root() {
+        let root = tempfile::tempdir().unwrap();
+        let mut o = CommandOptions::new("pwd");
+        o.workdir = Some(format!("{}/work/{{{{input.dir}}}}", root.path().display()));
+        for (dir, why) in [
+            ("../../..", "leaves"),
+            ("a/../../../x", "leaves"),
+            ("/etc", "absolute"),
+            ("//etc", "absolute"),
+        ] {
+            let payload = serde_json::json!({"input": {"dir": dir}}).to_string();
+            let message = fatal_message(outcome(o.clone(), &payload).await);
+            assert!(
+                message.contains(why) && message.contains("workdir"),
+                "{dir}: {message}"
+            );
+        }
+        assert!(!root.path().join("work").exists(), "nothing was created");
+        let out = outcome(o.clone(), r#"{"input":{"dir":"a/./b"}}"#)
+            .await
+            .unwrap();
+        let pwd: String = serde_json::from_slice(&out).unwrap();
+        assert_eq!(Path::new(&pwd), root.path().join("work/a/b"));
+        // The root ends at the last `/` before the first placeholder: `w-{{input.dir}}` may
+        // not climb out of the folder holding `w-...` either.
+        o.workdir = Some(format!("{}/w-{{{{input.dir}}}}", root.path().display()));
+        let message = fatal_message(outcome(o.clone(), r#"{"input":{"dir":"/../../x"}}"#).await);
+        assert!(message.contains("leaves"), "{message}");
+        let out = outcome(o, r#"{"input":{"dir":"x"}}"#).await.unwrap();
+        let pwd: String = serde_json::from_slice(&out).unwrap();
+        assert_eq!(Path::new(&pwd), root.path().join("w-x"));
+    }
+
+    #[tokio::test]
+    async fn values_that_would_be_options_are_refused_unless_allowed() {
+        let dir = tempfile::tempdir().unwrap();
+        let (list, data) = (dir.path().join("list"), dir.path().join("data"));
+        std::fs::write(&data, "12345").unwrap();
+        std::fs::write(&list, format!("{}\0", data.display())).unwrap();
+        let mut o = CommandOptions::new("wc");
+        o.args = vec!["-c".into(), "{{input.file}}".into()];
+        let hostile =
+            serde_json::json!({"input": {"file": format!("--files0-from={}", list.display())}})
+                .to_string();
+        let message = fatal_message(outcome(o.clone(), &hostile).await);
+        assert!(
+            message.contains("argument 2")
+                && message.contains("--files0-from=")
+                && message.contains("allow-option-values: true"),
+            "{message}"
+        );
+        // A negative number from the input is such a value too.
+        let message = fatal_message(outcome(o.clone(), r#"{"input":{"file":-3}}"#).await);
+        assert!(message.contains("`-3`"), "{message}");
+        // Options the file writes itself, and values after a literal start, pass.
+        let mut echo = CommandOptions::new("echo");
+        echo.args = vec!["-n".into(), "--n={{input.n}}".into(), "x{{input.n}}".into()];
+        let out = outcome(echo, r#"{"input":{"n":-3}}"#).await.unwrap();
+        assert_eq!(&out[..], br#""--n=-3 x-3""#);
+        // Allowed: the value reaches the program as an option, which takes it as one.
+        o.allow_option_values = true;
+        let out = outcome(o, &hostile).await.unwrap();
+        let text: String = serde_json::from_slice(&out).unwrap();
+        assert_eq!(
+            text,
+            format!("5 {}", data.display()),
+            "wc read its file list"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_failed_commands_error_ends_with_its_stderr() {
+        let mut o = CommandOptions::new("sh");
+        o.args = vec![
+            "-c".into(),
+            "for i in 1 2 3 4 5 6 7; do echo \"line $i\" >&2; done; echo \"key $PATH\" >&2; printf 'bell\\033[2J' >&2; exit 3".into(),
+        ];
+        o.secrets = vec!["PATH".into()];
+        let err = outcome(o, "{}").await.unwrap_err();
+        let message = err.to_string();
+        assert!(err.is_retryable(), "{message}");
+        assert!(
+            message.starts_with("`")
+                && message.contains(
+                    "exited with 3; stderr: …line 5 | line 6 | line 7 | key *** | bell\\u{1b}[2J"
+                ),
+            "{message}"
+        );
+        assert!(!message.contains("line 4"), "{message}");
+        // A long stderr: the quote is bounded, and comes from its end.
+        let mut o = CommandOptions::new("sh");
+        o.args = vec![
+            "-c".into(),
+            "head -c 3000000 /dev/zero | tr '\\0' 'y' >&2; echo; echo the-end >&2; exit 1".into(),
+        ];
+        let message = outcome(o, "{}").await.unwrap_err().to_string();
+        assert!(
+            message.ends_with("the-end"),
+            "{}",
+            &message[message.len() - 100..]
+        );
+        assert!(
+            message.len() < ERROR_TAIL_BYTES + 200,
+            "{} bytes",
+            message.len()
+        );
+        // Nothing on stderr, nothing quoted.
+        let message = outcome(CommandOptions::new("false"), "{}")
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(message.ends_with("exited with 1"), "{message}");
+    }
+
+    #[test]
+    fn secrets_are_hidden_even_when_the_text_was_cut_through_one() {
+        let mut secrets = Secrets::default();
+        secrets.add("sesame-open".into());
+        let hide = |text: &str, start, end| {
+            String::from_utf8(secrets.hide(text.as_bytes().to_vec(), start, end)).unwrap()
+        };
+        assert_eq!(hide("a sesame-open b", false, false), "a *** b");
+        // The tail of a longer text starting inside the secret: its end is dropped.
+        assert_eq!(hide("-open and more text", true, false), "more text");
+        // The head of a longer text ending inside it: its start is dropped.
+        assert_eq!(hide("more text and sesame", false, true), "more text ");
+        // A whole secret at a cut edge is still hidden.
+        assert_eq!(hide("sesame-open then", true, false), "*** then");
     }
 
     #[tokio::test]
