@@ -406,7 +406,7 @@ const MAX_GROWTH: u64 = 1_000_000;
 pub(crate) async fn resize(
     State(app): State<Arc<App>>,
     Path(pool): Path<String>,
-    body: Result<Json<Resize>, axum::extract::rejection::JsonRejection>,
+    body: Result<Json<crate::Object<Resize>>, axum::extract::rejection::JsonRejection>,
 ) -> Response {
     let want = match crate::body(body) {
         Ok(r) => r.agents,

@@ -78,6 +78,9 @@ pub enum TokensError {
         path: PathBuf,
         source: std::io::Error,
     },
+    /// Not a regular file, over [`Tokens::MAX_FILE`], not text, or not readable.
+    #[error("tokens file: {0}")]
+    File(#[from] colony_workflow::ReadError),
     #[error("cannot write tokens file {path}: {source}")]
     Write {
         path: PathBuf,
@@ -127,12 +130,12 @@ pub struct Caller {
 }
 
 impl Tokens {
-    /// Reads a tokens file.
+    /// Largest tokens file read: 10,000 tokens' lines and room for comments.
+    pub const MAX_FILE: u64 = 1 << 20;
+
+    /// Reads a tokens file: a regular file of at most [`Tokens::MAX_FILE`] bytes.
     pub fn load(path: &Path) -> Result<Self, TokensError> {
-        let text = std::fs::read_to_string(path).map_err(|source| TokensError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
+        let text = colony_workflow::read_bounded(path, Self::MAX_FILE)?;
         // Whoever may write the file may add an admin token.
         #[cfg(unix)]
         if let Ok(meta) = std::fs::metadata(path) {
@@ -315,17 +318,25 @@ enum Client {
     Address(IpAddr),
 }
 
-/// Requests per second per client (token, or address when there is no auth).
+/// Requests per second per client (token, or address when there is no auth); when it was
+/// made, and the second of its last sweep of forgotten clients.
 pub(crate) struct Limiter(
     governor::DefaultKeyedRateLimiter<Client>,
     governor::clock::DefaultClock,
+    std::time::Instant,
+    std::sync::atomic::AtomicU64,
 );
 
 impl Limiter {
+    /// Clients remembered at most (see [`limited`]).
+    const CLIENTS: usize = 100_000;
+
     pub(crate) fn new(per_second: NonZeroU32) -> Self {
         Self(
             governor::RateLimiter::keyed(governor::Quota::per_second(per_second)),
             governor::clock::DefaultClock::default(),
+            std::time::Instant::now(),
+            std::sync::atomic::AtomicU64::new(0),
         )
     }
 }
@@ -334,6 +345,142 @@ impl fmt::Debug for Limiter {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("Limiter")
     }
+}
+
+/// Unknown tokens an address may present in a row before it is refused (see [`Failures`]).
+pub const FAILED_AUTH_BURST: usize = 10;
+/// How many of an address's failures are forgotten each second.
+pub const FAILED_AUTH_PER_SECOND: u32 = 1;
+
+/// Failed authentications per address, limited whatever `--rate-limit` says: an address
+/// that presented [`FAILED_AUTH_BURST`] unknown tokens in a row is refused, before its token
+/// is even looked at, until its failures drain at [`FAILED_AUTH_PER_SECOND`]. Guessing a token
+/// (256 random bits) is hopeless anyway; this keeps the attempts from costing the server, and
+/// refusal before the check means a lucky guess is not even seen.
+///
+/// IPv6 addresses count per /64, the block one host usually holds, so that one host cannot
+/// make itself a fresh address per guess.
+#[derive(Debug, Default)]
+pub(crate) struct Failures {
+    buckets: std::sync::Mutex<std::collections::HashMap<IpAddr, Bucket>>,
+    /// Addresses tracked: the lookup on every authenticated request is skipped while 0.
+    tracked: std::sync::atomic::AtomicUsize,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Bucket {
+    /// Failures not yet drained, as of `at`.
+    level: f64,
+    at: std::time::Instant,
+}
+
+impl Bucket {
+    fn now(self, now: std::time::Instant) -> f64 {
+        (self.level - now.duration_since(self.at).as_secs_f64() * Failures::PER_SECOND).max(0.0)
+    }
+}
+
+impl Failures {
+    const BURST: f64 = FAILED_AUTH_BURST as f64;
+    const PER_SECOND: f64 = FAILED_AUTH_PER_SECOND as f64;
+    /// Addresses remembered at most; past it, those whose failures have drained are
+    /// forgotten, and new ones are not tracked until there is room.
+    const ADDRESSES: usize = 100_000;
+
+    fn key(ip: IpAddr) -> IpAddr {
+        match ip {
+            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+                Some(v4) => IpAddr::V4(v4),
+                None => {
+                    let mask = !0u128 << 64;
+                    IpAddr::V6((u128::from(v6) & mask).into())
+                }
+            },
+            v4 => v4,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<IpAddr, Bucket>> {
+        self.buckets.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// How long `ip` must wait before it may present a token again; `None` if it may now.
+    pub(crate) fn locked(&self, ip: IpAddr) -> Option<std::time::Duration> {
+        use std::sync::atomic::Ordering::Relaxed;
+        if self.tracked.load(Relaxed) == 0 {
+            return None;
+        }
+        let bucket = *self.lock().get(&Self::key(ip))?;
+        let level = bucket.now(std::time::Instant::now());
+        (level + 1.0 > Self::BURST).then(|| {
+            std::time::Duration::from_secs_f64((level + 1.0 - Self::BURST) / Self::PER_SECOND)
+        })
+    }
+
+    /// `ip` presented a token this server does not know.
+    pub(crate) fn failed(&self, ip: IpAddr) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let now = std::time::Instant::now();
+        let mut buckets = self.lock();
+        if buckets.len() >= Self::ADDRESSES {
+            buckets.retain(|_, b| b.now(now) > 0.0);
+        }
+        let key = Self::key(ip);
+        if buckets.len() < Self::ADDRESSES || buckets.contains_key(&key) {
+            let bucket = buckets.entry(key).or_insert(Bucket {
+                level: 0.0,
+                at: now,
+            });
+            *bucket = Bucket {
+                level: bucket.now(now) + 1.0,
+                at: now,
+            };
+        }
+        self.tracked.store(buckets.len(), Relaxed);
+    }
+}
+
+/// The refusal of an address over its budget of failed authentications.
+fn too_many_failures(wait: std::time::Duration) -> Response {
+    let mut response = problem(
+        StatusCode::TOO_MANY_REQUESTS,
+        "too-many-failures",
+        format!(
+            "too many unknown tokens from this address; try again in {}s",
+            wait.as_secs() + 1
+        ),
+    );
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, (wait.as_secs() + 1).into());
+    response
+}
+
+/// Who a request came from, as the connection says.
+fn address(request: &Request) -> IpAddr {
+    request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map_or(IpAddr::from([0, 0, 0, 0]), |c| c.0.ip())
+}
+
+/// The caller `token` belongs to, counting an unknown one against `address`; the 429 if the
+/// address is over its budget of failures (the token is then not looked at).
+#[allow(clippy::result_large_err)]
+pub(crate) fn verify(
+    app: &App,
+    tokens: &Tokens,
+    address: IpAddr,
+    token: &str,
+) -> Result<Option<Caller>, Response> {
+    if let Some(wait) = app.failures.locked(address) {
+        return Err(too_many_failures(wait));
+    }
+    let caller = tokens.verify(token);
+    if caller.is_none() {
+        app.failures.failed(address);
+    }
+    Ok(caller)
 }
 
 /// The middleware in front of every route, before any scope is asked for: what a browser
@@ -412,10 +559,7 @@ pub(crate) async fn require(
     mut request: Request,
     next: Next,
 ) -> Response {
-    let address = request
-        .extensions()
-        .get::<ConnectInfo<SocketAddr>>()
-        .map_or(IpAddr::from([0, 0, 0, 0]), |c| c.0.ip());
+    let address = address(&request);
     let caller = match &app.tokens {
         None => None,
         Some(tokens) => {
@@ -426,8 +570,10 @@ pub(crate) async fn require(
             let Some((token, cookie)) = presented(request.headers()) else {
                 return refuse("this route needs a bearer token: Authorization: Bearer colony_...");
             };
-            let Some(mut caller) = tokens.verify(token) else {
-                return refuse("the token is not one this server knows");
+            let mut caller = match verify(&app, tokens, address, token) {
+                Ok(Some(caller)) => caller,
+                Ok(None) => return refuse("the token is not one this server knows"),
+                Err(locked) => return locked,
             };
             if cookie {
                 caller.scope = caller.scope.min(Scope::Read);
@@ -464,7 +610,23 @@ pub(crate) async fn require(
 fn limited(app: &App, client: &Client) -> Option<Response> {
     use governor::clock::Clock;
     let limiter = app.limiter.as_ref()?;
-    let not_until = limiter.0.check_key(client).err()?;
+    let client = match client {
+        Client::Address(ip) => &Client::Address(Failures::key(*ip)),
+        token => token,
+    };
+    let checked = limiter.0.check_key(client);
+    // Clients are remembered until their budget refills: forgotten past a bound, so that
+    // many addresses cannot grow the table without end.
+    if limiter.0.len() > Limiter::CLIENTS {
+        // At most once a second: a sweep walks every client.
+        let second = limiter.2.elapsed().as_secs() + 1;
+        let swept = limiter.3.swap(second, std::sync::atomic::Ordering::Relaxed);
+        if swept != second {
+            limiter.0.retain_recent();
+            limiter.0.shrink_to_fit();
+        }
+    }
+    let not_until = checked.err()?;
     let wait = not_until.wait_time_from(limiter.1.now());
     let mut response = problem(
         StatusCode::TOO_MANY_REQUESTS,
@@ -493,11 +655,17 @@ pub(crate) struct Login {
     token: String,
 }
 
-/// `POST /login`: checks the token and sets it as the dashboard's cookie.
+/// `POST /login`: checks the token and sets it as the dashboard's cookie. Every attempt
+/// counts against the address's rate (`--rate-limit`), and unknown tokens against its budget
+/// of failures, as on every other route.
 pub(crate) async fn login(
     State(app): State<Arc<App>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     form: Result<axum::Form<Login>, axum::extract::rejection::FormRejection>,
 ) -> Response {
+    if let Some(response) = limited(&app, &Client::Address(peer.ip())) {
+        return response;
+    }
     let Ok(axum::Form(login)) = form else {
         return problem(
             StatusCode::BAD_REQUEST,
@@ -509,8 +677,10 @@ pub(crate) async fn login(
         return axum::response::Redirect::to("/").into_response();
     };
     let token = login.token.trim();
-    let Some(caller) = tokens.verify(token) else {
-        return unauthorized("the token is not one this server knows");
+    let caller = match verify(&app, tokens, peer.ip(), token) {
+        Ok(Some(caller)) => caller,
+        Ok(None) => return unauthorized("the token is not one this server knows"),
+        Err(locked) => return locked,
     };
     // The cookie holds the token: whoever reads it has the token, whatever a cookie is worth
     // here. Only a token worth no more than a cookie may go in one.
@@ -593,6 +763,33 @@ mod tests {
             assert!(error.contains(needle), "{error}");
         }
         assert!(Tokens::load(&dir.path().join("missing")).is_err());
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_tokens_file_that_is_no_regular_file_or_too_large_is_refused_unread() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("fifo");
+        let made = std::process::Command::new("mkfifo").arg(&fifo).status();
+        assert!(made.unwrap().success(), "mkfifo");
+        for (path, needle) in [
+            (Path::new("/dev/zero"), "not a regular file"),
+            (dir.path(), "not a regular file"),
+            (fifo.as_path(), "not a regular file"),
+        ] {
+            // A FIFO with no writer would block a plain read for ever; /dev/zero never ends.
+            let error = Tokens::load(path).unwrap_err().to_string();
+            assert!(error.contains(needle), "{}: {error}", path.display());
+            assert!(error.contains(&path.display().to_string()), "{error}");
+        }
+        let big = dir.path().join("big");
+        let line = format!("# {}\n", "x".repeat(1000));
+        std::fs::write(&big, line.repeat(Tokens::MAX_FILE as usize / 1000)).unwrap();
+        let error = Tokens::load(&big).unwrap_err().to_string();
+        assert!(
+            error.contains("more than the limit of 1048576 bytes"),
+            "{error}"
+        );
     }
 
     #[cfg(unix)]

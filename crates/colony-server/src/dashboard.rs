@@ -22,7 +22,7 @@ mod html;
 use crate::{App, agents, auth, tasks};
 use axum::{
     Router,
-    extract::{Path, Query, State},
+    extract::{ConnectInfo, Path, Query, State},
     http::{HeaderMap, HeaderValue, StatusCode, header},
     middleware::map_response,
     response::{Html, IntoResponse, Redirect, Response},
@@ -87,16 +87,15 @@ fn ok(body: String) -> Response {
     fresh(StatusCode::OK, body)
 }
 
-/// A fragment that says what went wrong, in place of the one asked for.
-fn trouble(status: StatusCode, message: &str) -> Response {
-    fresh(
-        status,
-        format!(r#"<p class="error">{}</p>"#, html::escape(message)),
-    )
+/// What went wrong, as every error of the server says it: JSON. (htmx swaps no fragment
+/// into the page for an error status, so an HTML one would never be seen.)
+fn trouble(status: StatusCode, code: &str, message: &str) -> Response {
+    crate::problem(status, code, message)
 }
 
-/// Whether the browser may see data: the server has no tokens, or its cookie holds one.
-fn signed_in(app: &App, headers: &HeaderMap) -> bool {
+/// Whether the browser may see data: the server has no tokens, or its cookie holds one. An
+/// unknown token counts against the address's budget of failures, as anywhere else.
+fn signed_in(app: &App, address: std::net::IpAddr, headers: &HeaderMap) -> bool {
     let Some(tokens) = &app.tokens else {
         return true;
     };
@@ -106,13 +105,17 @@ fn signed_in(app: &App, headers: &HeaderMap) -> bool {
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
         .filter_map(|pair| pair.trim().strip_prefix(auth::COOKIE)?.strip_prefix('='))
-        .any(|token| tokens.verify(token).is_some())
+        .any(|token| matches!(auth::verify(app, tokens, address, token), Ok(Some(_))))
 }
 
 /// `GET /`.
-async fn page(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
+async fn page(
+    State(app): State<Arc<App>>,
+    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
+    headers: HeaderMap,
+) -> Response {
     let version = assets::version();
-    if signed_in(&app, &headers) {
+    if signed_in(&app, peer.ip(), &headers) {
         ok(html::shell(version, app.tokens.is_some()))
     } else {
         ok(html::login(version))
@@ -153,7 +156,13 @@ async fn stats(State(app): State<Arc<App>>) -> Response {
 async fn population(State(app): State<Arc<App>>) -> Response {
     let summary = match agents::summary(&app).await {
         Ok(s) => s,
-        Err(e) => return trouble(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
+        Err(e) => {
+            return trouble(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                &e.to_string(),
+            );
+        }
     };
     let pools: Vec<html::PoolRow> = app
         .handle
@@ -173,18 +182,30 @@ async fn population(State(app): State<Arc<App>>) -> Response {
 async fn hierarchy(State(app): State<Arc<App>>) -> Response {
     match agents::summary(&app).await {
         Ok(s) => ok(html::roots(&s)),
-        Err(e) => trouble(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
+        Err(e) => trouble(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            &e.to_string(),
+        ),
     }
 }
 
 /// `GET /ui/agents/{id}`: one agent, its chain of command and its children.
 async fn agent(State(app): State<Arc<App>>, Path(id): Path<String>) -> Response {
     let Ok(id) = id.parse::<u32>() else {
-        return trouble(StatusCode::BAD_REQUEST, "That is not an agent id.");
+        return trouble(
+            StatusCode::BAD_REQUEST,
+            "bad-id",
+            "That is not an agent id.",
+        );
     };
     match agents::detail(&app, AgentId(id)).await {
         Ok(Some(detail)) => ok(html::agent(&detail)),
-        Ok(None) => trouble(StatusCode::NOT_FOUND, &format!("There is no agent {id}.")),
+        Ok(None) => trouble(
+            StatusCode::NOT_FOUND,
+            "no-such-agent",
+            &format!("There is no agent {id}."),
+        ),
         Err(response) => response,
     }
 }
@@ -202,10 +223,10 @@ async fn task_table(State(app): State<Arc<App>>, Query(filter): Query<TaskFilter
         None => None,
         Some(s) => match tasks::parse_state(&s) {
             Ok(state) => Some(state),
-            Err(e) => return trouble(StatusCode::BAD_REQUEST, &e),
+            Err(e) => return trouble(StatusCode::BAD_REQUEST, "bad-query", &e),
         },
     };
-    match recent(&app, state, html::TASKS) {
+    match recent(&app, state, html::TASKS).await {
         Ok(rows) => ok(html::tasks(&rows, state)),
         Err(response) => response,
     }
@@ -215,7 +236,7 @@ async fn task_table(State(app): State<Arc<App>>, Query(filter): Query<TaskFilter
 async fn failures(State(app): State<Arc<App>>) -> Response {
     let mut rows = Vec::with_capacity(2 * FAILURES);
     for state in [TaskState::Failed, TaskState::DeadLettered] {
-        match recent(&app, Some(state), FAILURES) {
+        match recent(&app, Some(state), FAILURES).await {
             Ok(r) => rows.extend(r),
             Err(response) => return response,
         }
@@ -226,11 +247,14 @@ async fn failures(State(app): State<Arc<App>>) -> Response {
 }
 
 #[allow(clippy::result_large_err)]
-fn recent(app: &App, state: Option<TaskState>, limit: usize) -> Result<Vec<TaskRow>, Response> {
-    app.handle
-        .journal()
-        .recent(state, None, limit)
-        .map_err(|e| trouble(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()))
+async fn recent(
+    app: &App,
+    state: Option<TaskState>,
+    limit: usize,
+) -> Result<Vec<TaskRow>, Response> {
+    app.read(move |journal| journal.recent(state, None, limit))
+        .await
+        .map_err(|e| trouble(StatusCode::SERVICE_UNAVAILABLE, "journal", &e))
 }
 
 #[cfg(test)]

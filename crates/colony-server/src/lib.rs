@@ -32,6 +32,7 @@
 
 mod agents;
 pub mod auth;
+pub mod conn;
 pub mod dashboard;
 mod live;
 pub mod runs;
@@ -39,6 +40,7 @@ mod tasks;
 pub mod testing;
 
 pub use auth::{Scope, Tokens, TokensError};
+pub use conn::Limits;
 pub use live::install_metrics;
 
 use axum::{
@@ -86,6 +88,8 @@ pub struct Config {
     /// Most event streams (`/v1/events`) open at once: each costs the dispatcher a little on
     /// every turn. Over it, `429 too-many-streams`.
     pub max_streams: usize,
+    /// Open connections and how long they may wait for a request (see [`conn`]).
+    pub connections: Limits,
 }
 
 impl Config {
@@ -98,6 +102,7 @@ impl Config {
             rate_limit: None,
             runs: None,
             max_streams: MAX_STREAMS,
+            connections: Limits::default(),
         }
     }
 }
@@ -135,12 +140,38 @@ pub(crate) struct App {
     pub(crate) handle: Handle,
     pub(crate) tokens: Option<Tokens>,
     pub(crate) limiter: Option<auth::Limiter>,
+    /// Unknown tokens per address, limited whatever `limiter` says.
+    pub(crate) failures: auth::Failures,
     pub(crate) tls: bool,
     pub(crate) idempotency: tasks::Idempotency,
     pub(crate) runs: Option<runs::Runs>,
     /// One permit per event stream open; a stream costs the dispatcher on every turn.
     pub(crate) streams: Arc<tokio::sync::Semaphore>,
     pub(crate) max_streams: usize,
+    /// One permit per journal read running on the blocking pool: the reads share one SQLite
+    /// connection, so more at once would only hold threads waiting for it.
+    pub(crate) reads: tokio::sync::Semaphore,
+}
+
+/// Journal reads on the blocking pool at once (see [`App::reads`]).
+const READS: usize = 4;
+
+impl App {
+    /// Runs a journal read on tokio's blocking pool: an SQLite read blocks its thread, and
+    /// must not hold one of the runtime's workers.
+    pub(crate) async fn read<T: Send + 'static>(
+        &self,
+        read: impl FnOnce(&dyn colony_journal::Journal) -> Result<T, colony_journal::Error>
+        + Send
+        + 'static,
+    ) -> Result<T, String> {
+        let _permit = self.reads.acquire().await.map_err(|e| e.to_string())?;
+        let journal = self.handle.journal().clone();
+        tokio::task::spawn_blocking(move || read(&*journal))
+            .await
+            .map_err(|e| format!("the journal read stopped: {e}"))?
+            .map_err(|e| e.to_string())
+    }
 }
 
 /// A listening server.
@@ -183,47 +214,46 @@ pub async fn serve(handle: Handle, config: Config) -> Result<Server, Error> {
         Some(tls) => Some(rustls_config(tls)?),
         None => None,
     };
+    let tokens = config.tokens.is_some();
     let app = Arc::new(App {
         handle,
         tokens: config.tokens,
         limiter: config.rate_limit.map(auth::Limiter::new),
+        failures: auth::Failures::default(),
         tls: tls.is_some(),
         idempotency: tasks::Idempotency::default(),
         runs: config.runs.map(runs::Runs::new),
         streams: Arc::new(tokio::sync::Semaphore::new(config.max_streams)),
         max_streams: config.max_streams,
+        reads: tokio::sync::Semaphore::new(READS),
     });
-    let service = router(app).into_make_service_with_connect_info::<SocketAddr>();
+    let router = router(app);
     let bind = |source| Error::Bind { addr, source };
-    let (addr, scheme, task) = match tls {
-        None => {
-            let listener = tokio::net::TcpListener::bind(addr).await.map_err(bind)?;
-            let addr = listener.local_addr().map_err(bind)?;
-            let task = colony_runtime::spawner::Spawner::spawn("http-server", async move {
-                if let Err(e) = axum::serve(listener, service).await {
-                    tracing::error!(error = %e, "The HTTP server stopped.");
-                }
-            });
-            (addr, "http", task)
-        }
-        Some(tls) => {
-            let listener = std::net::TcpListener::bind(addr).map_err(bind)?;
-            listener.set_nonblocking(true).map_err(bind)?;
-            let addr = listener.local_addr().map_err(bind)?;
-            let server = axum_server::from_tcp_rustls(listener, tls).map_err(bind)?;
-            let task = colony_runtime::spawner::Spawner::spawn("https-server", async move {
-                if let Err(e) = server.serve(service).await {
-                    tracing::error!(error = %e, "The HTTPS server stopped.");
-                }
-            });
-            (addr, "https", task)
-        }
-    };
+    let listener = tokio::net::TcpListener::bind(addr).await.map_err(bind)?;
+    let addr = listener.local_addr().map_err(bind)?;
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    if let Some(warning) = plain_text_warning(addr, tokens, tls.is_some()) {
+        tracing::warn!("{warning}");
+    }
+    let limits = config.connections;
+    let task = colony_runtime::spawner::Spawner::spawn("http-server", async move {
+        conn::serve(listener, router, tls, limits).await;
+    });
     Ok(Server { addr, scheme, task })
 }
 
-/// A rustls server configuration from PEM files, with the aws-lc-rs provider.
-fn rustls_config(tls: &Tls) -> Result<axum_server::tls_rustls::RustlsConfig, Error> {
+/// What to warn of when a server with tokens listens beyond loopback without TLS: its tokens
+/// cross the network readable by anyone on the way.
+pub fn plain_text_warning(addr: SocketAddr, tokens: bool, tls: bool) -> Option<String> {
+    (tokens && !tls && !addr.ip().is_loopback()).then(|| {
+        format!(
+            "serving on {addr}, beyond loopback, over plain HTTP: tokens and data cross the network unencrypted; use --tls-cert and --tls-key, or a TLS proxy in front"
+        )
+    })
+}
+
+/// A TLS acceptor from PEM files, with rustls and the aws-lc-rs provider.
+fn rustls_config(tls: &Tls) -> Result<tokio_rustls::TlsAcceptor, Error> {
     use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
     let problem = |path: &Path, problem: String| Error::Tls {
         path: path.to_owned(),
@@ -245,9 +275,7 @@ fn rustls_config(tls: &Tls) -> Result<axum_server::tls_rustls::RustlsConfig, Err
         .with_single_cert(certs, key)
         .map_err(|e| problem(&tls.key, format!("does not go with the certificate: {e}")))?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(axum_server::tls_rustls::RustlsConfig::from_config(
-        Arc::new(config),
-    ))
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
 }
 
 fn router(app: Arc<App>) -> Router {
@@ -302,7 +330,39 @@ fn router(app: Arc<App>) -> Router {
         })
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .layer(from_fn_with_state(app.clone(), auth::guard))
+        .layer(axum::middleware::map_response(json_errors))
         .with_state(app)
+}
+
+/// Most bytes of a non-JSON error's text kept as its message.
+const ERROR_TEXT: usize = 4_096;
+
+/// The last word on every answer: an error that is not JSON yet (an extractor's rejection,
+/// which axum writes as text) becomes one, its code from its status, its message its text.
+async fn json_errors(response: Response) -> Response {
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|t| t.starts_with("application/json"));
+    if status.as_u16() < 400 || is_json {
+        return response;
+    }
+    let (parts, body) = response.into_parts();
+    let reason = status.canonical_reason().unwrap_or("error");
+    let text = match axum::body::to_bytes(body, ERROR_TEXT).await {
+        Ok(bytes) if !bytes.trim_ascii().is_empty() => String::from_utf8_lossy(&bytes).into_owned(),
+        _ => reason.to_owned(),
+    };
+    let code = reason.to_ascii_lowercase().replace(' ', "-");
+    let mut answer = problem(status, &code, text);
+    for (name, value) in &parts.headers {
+        if name != axum::http::header::CONTENT_TYPE && name != axum::http::header::CONTENT_LENGTH {
+            answer.headers_mut().insert(name, value.clone());
+        }
+    }
+    answer
 }
 
 /// A JSON error with a stable code.
@@ -311,11 +371,11 @@ pub(crate) fn problem(status: StatusCode, code: &str, message: impl Into<String>
     (status, Json(body)).into_response()
 }
 
-/// A JSON body, or the 4xx that says what is wrong with it. (The error path is the rare one:
-/// a response by value costs nothing on the path that succeeds.)
+/// A JSON body, which must be an object, or the 4xx that says what is wrong with it. (The
+/// error path is the rare one: a response by value costs nothing on the path that succeeds.)
 #[allow(clippy::result_large_err)]
-pub(crate) fn body<T>(body: Result<Json<T>, JsonRejection>) -> Result<T, Response> {
-    body.map(|Json(t)| t).map_err(|rejection| {
+pub(crate) fn body<T>(body: Result<Json<Object<T>>, JsonRejection>) -> Result<T, Response> {
+    body.map(|Json(Object(t))| t).map_err(|rejection| {
         let status = rejection.status();
         let status = if status.is_client_error() {
             status
@@ -324,6 +384,29 @@ pub(crate) fn body<T>(body: Result<Json<T>, JsonRejection>) -> Result<T, Respons
         };
         problem(status, "bad-body", rejection.body_text())
     })
+}
+
+/// `T` from a JSON object only. serde's derived structs also take an array of their fields
+/// in order (`[]` would be a task with every field left out), which no caller means.
+#[derive(Debug)]
+pub(crate) struct Object<T>(pub(crate) T);
+
+impl<'de, T: serde::Deserialize<'de>> serde::Deserialize<'de> for Object<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Fields<T>(std::marker::PhantomData<T>);
+        impl<'de, T: serde::Deserialize<'de>> serde::de::Visitor<'de> for Fields<T> {
+            type Value = T;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<T, A::Error> {
+                T::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+            }
+        }
+        deserializer
+            .deserialize_map(Fields(std::marker::PhantomData))
+            .map(Object)
+    }
 }
 
 /// A runtime refusal as an HTTP status.

@@ -123,11 +123,28 @@ pub(crate) async fn submit(
             ),
         );
     }
-    let base = std::env::current_dir().unwrap_or_default();
-    let parsed = if toml {
-        colony_workflow::parse_toml(text, "workflow", &base)
-    } else {
-        colony_workflow::parse(text, "workflow", &base)
+    let text = text.to_owned();
+    drop(body);
+    // Checking a file of up to 16 MiB takes a while: on the blocking pool, not on a worker
+    // of the runtime that answers every other request.
+    let parsed = tokio::task::spawn_blocking(move || {
+        let base = std::env::current_dir().unwrap_or_default();
+        if toml {
+            colony_workflow::parse_toml(&text, "workflow", &base)
+        } else {
+            colony_workflow::parse(&text, "workflow", &base)
+        }
+    })
+    .await;
+    let parsed = match parsed {
+        Ok(parsed) => parsed,
+        Err(e) => {
+            return problem(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "check-failed",
+                format!("checking the workflow stopped: {e}"),
+            );
+        }
     };
     let workflow = match parsed {
         Ok(w) => w,

@@ -1,6 +1,6 @@
 //! Where tasks come in over HTTP, and are looked up and cancelled.
 
-use crate::{App, MAX_BATCH, body, problem, refused};
+use crate::{App, MAX_BATCH, Object, body, problem, refused};
 use axum::{
     Json,
     extract::{Path, Query, State, rejection::JsonRejection},
@@ -295,7 +295,7 @@ pub(crate) async fn submit(
     State(app): State<Arc<App>>,
     caller: Option<axum::Extension<crate::auth::Caller>>,
     headers: HeaderMap,
-    task: Result<Json<NewTask>, JsonRejection>,
+    task: Result<Json<Object<NewTask>>, JsonRejection>,
 ) -> Response {
     let task = match body(task) {
         Ok(t) => t,
@@ -313,14 +313,14 @@ pub(crate) async fn submit(
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct Batch {
-    tasks: Vec<NewTask>,
+    tasks: Vec<Object<NewTask>>,
 }
 
 pub(crate) async fn submit_batch(
     State(app): State<Arc<App>>,
     caller: Option<axum::Extension<crate::auth::Caller>>,
     headers: HeaderMap,
-    batch: Result<Json<Batch>, JsonRejection>,
+    batch: Result<Json<Object<Batch>>, JsonRejection>,
 ) -> Response {
     let batch = match body(batch) {
         Ok(b) => b,
@@ -335,7 +335,7 @@ pub(crate) async fn submit_batch(
     }
     let print = fingerprint(&headers, &batch);
     let mut specs = Vec::with_capacity(batch.tasks.len());
-    for (i, t) in batch.tasks.into_iter().enumerate() {
+    for (i, Object(t)) in batch.tasks.into_iter().enumerate() {
         match t.spec() {
             Ok(s) => specs.push(s),
             Err(e) => {
@@ -385,14 +385,14 @@ pub(crate) async fn one(State(app): State<Arc<App>>, Path(id): Path<String>) -> 
         Ok(id) => id,
         Err(r) => return r,
     };
-    match app.handle.journal().task(id) {
+    match app.read(move |journal| journal.task(id)).await {
         Ok(Some(row)) => Json(view(&row)).into_response(),
         Ok(None) => problem(
             StatusCode::NOT_FOUND,
             "no-such-task",
             format!("there is no task {id}"),
         ),
-        Err(e) => problem(StatusCode::SERVICE_UNAVAILABLE, "journal", e.to_string()),
+        Err(e) => problem(StatusCode::SERVICE_UNAVAILABLE, "journal", e),
     }
 }
 
@@ -428,9 +428,9 @@ pub(crate) fn parse_state(s: &str) -> Result<TaskState, String> {
     })
 }
 
-/// The newest tasks, as `GET /v1/tasks` and the dashboard list them.
+/// The newest tasks, as `GET /v1/tasks` lists them.
 #[allow(clippy::result_large_err)]
-pub(crate) fn recent(app: &App, query: &ListQuery) -> Result<(Vec<TaskRow>, usize), Response> {
+async fn recent(app: &App, query: &ListQuery) -> Result<(Vec<TaskRow>, usize), Response> {
     let state = match query.state.as_deref().filter(|s| !s.is_empty()) {
         None => None,
         Some(s) => {
@@ -445,11 +445,11 @@ pub(crate) fn recent(app: &App, query: &ListQuery) -> Result<(Vec<TaskRow>, usiz
             format!("limit {limit} is out of range: allowed 1..={MAX_PAGE}"),
         ));
     }
+    let before = query.before.map(TaskId);
     let rows = app
-        .handle
-        .journal()
-        .recent(state, query.before.map(TaskId), limit)
-        .map_err(|e| problem(StatusCode::SERVICE_UNAVAILABLE, "journal", e.to_string()))?;
+        .read(move |journal| journal.recent(state, before, limit))
+        .await
+        .map_err(|e| problem(StatusCode::SERVICE_UNAVAILABLE, "journal", e))?;
     Ok((rows, limit))
 }
 
@@ -464,7 +464,7 @@ pub(crate) async fn list(
             "expected state, before and limit: for example ?state=failed&limit=50",
         );
     };
-    match recent(&app, &query) {
+    match recent(&app, &query).await {
         Ok((rows, limit)) => {
             let next = (rows.len() == limit)
                 .then(|| rows.last().map(|r| r.id.0))
@@ -487,7 +487,7 @@ pub(crate) async fn cancel(State(app): State<Arc<App>>, Path(id): Path<String>) 
             Json(json!({ "id": id.0, "cancelled": how })),
         )
             .into_response(),
-        Ok(None) => match app.handle.journal().task(id) {
+        Ok(None) => match app.read(move |journal| journal.task(id)).await {
             Ok(Some(row)) => problem(
                 StatusCode::CONFLICT,
                 "already-ended",
@@ -498,7 +498,7 @@ pub(crate) async fn cancel(State(app): State<Arc<App>>, Path(id): Path<String>) 
                 "no-such-task",
                 format!("there is no task {id}"),
             ),
-            Err(e) => problem(StatusCode::SERVICE_UNAVAILABLE, "journal", e.to_string()),
+            Err(e) => problem(StatusCode::SERVICE_UNAVAILABLE, "journal", e),
         },
         Err(e) => refused(e),
     }

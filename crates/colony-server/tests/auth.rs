@@ -10,6 +10,15 @@ async fn json(r: reqwest::Response) -> Value {
     serde_json::from_slice(&r.bytes().await.unwrap()).unwrap_or(Value::Null)
 }
 
+/// A client whose connections come from `ip`, one of the loopback addresses (127.0.0.0/8).
+fn from(ip: &str) -> reqwest::Client {
+    reqwest::Client::builder()
+        .local_address(ip.parse::<std::net::IpAddr>().unwrap())
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+}
+
 async fn runtime() -> Runtime {
     colony_server::testing::sim_runtime(20, SimOptions::default(), RuntimeOptions::default()).await
 }
@@ -135,12 +144,15 @@ async fn a_thousand_bad_requests_get_4xx_and_good_ones_go_on() {
     };
     let (server, url) = serve(&runtime, config).await;
     let client = reqwest::Client::new();
+    // Unknown tokens lock their address out for a while: they come from an address of their
+    // own, so that the other requests are judged on what they are.
+    let guesser = from("127.0.0.2");
     let huge = "x".repeat(colony_server::MAX_BODY + 1);
     let mut statuses = std::collections::BTreeMap::new();
     for i in 0..1_000 {
         let request = match i % 10 {
             0 => client.post(format!("{url}/v1/tasks")).body("{}"),
-            1 => client
+            1 => guesser
                 .post(format!("{url}/v1/tasks"))
                 .bearer_auth("colony_0"),
             2 => client.post(format!("{url}/v1/tasks")).bearer_auth(&read),
@@ -417,14 +429,135 @@ async fn guessing_tokens_is_rate_limited_too() {
         statuses.contains(&401) && statuses.contains(&429),
         "{statuses:?}"
     );
-    // A good token has a budget of its own.
-    let r = client
+    // A good token from another address has a budget of its own.
+    let r = from("127.0.0.3")
         .get(format!("{url}/v1/stats"))
         .bearer_auth(&read)
         .send()
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
+    server.stop();
+    runtime.shutdown().await;
+}
+
+/// Guesses from one address: how many were answered 401 (looked at) before the first 429,
+/// and that 429's `Retry-After`.
+async fn guess_until_refused(
+    send: impl AsyncFn(String) -> reqwest::Response,
+) -> (usize, u64, Value) {
+    for i in 0..100 {
+        let r = send(format!("colony_{i:064x}")).await;
+        match r.status().as_u16() {
+            401 => continue,
+            429 => {
+                let wait = r.headers()["retry-after"]
+                    .to_str()
+                    .unwrap()
+                    .parse()
+                    .unwrap();
+                return (i, wait, json(r).await);
+            }
+            other => panic!("guess {i}: {other} {}", json(r).await),
+        }
+    }
+    panic!("100 wrong tokens were all looked at");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_authentication_is_limited_per_address_without_a_rate_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let (tokens, [read, ..]) = tokens(dir.path());
+    let runtime = runtime().await;
+    // No --rate-limit: the budget of failures holds by default.
+    let config = Config {
+        tokens: Some(tokens),
+        ..Config::local("127.0.0.1:0".parse().unwrap())
+    };
+    let (server, url) = serve(&runtime, config).await;
+    let burst = colony_server::auth::FAILED_AUTH_BURST;
+    // Bearer tokens on the API.
+    let api = from("127.0.0.4");
+    let (looked_at, wait, body) = guess_until_refused(async |token| {
+        api.get(format!("{url}/v1/stats"))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap()
+    })
+    .await;
+    assert_eq!(looked_at, burst, "{body}");
+    assert_eq!(body["error"]["code"], "too-many-failures");
+    assert!(wait >= 1, "{wait}");
+    // Locked out, the address is refused even with a good token: a lucky guess would not be
+    // told apart from a wrong one.
+    let r = api
+        .get(format!("{url}/v1/stats"))
+        .bearer_auth(&read)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 429);
+    // The dashboard's login form is limited alike, per address.
+    let browser = from("127.0.0.5");
+    let (looked_at, _, body) = guess_until_refused(async |token| {
+        browser
+            .post(format!("{url}/login"))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(format!("token={token}"))
+            .send()
+            .await
+            .unwrap()
+    })
+    .await;
+    assert_eq!(looked_at, burst, "{body}");
+    // Other addresses are untouched.
+    let r = from("127.0.0.6")
+        .get(format!("{url}/v1/stats"))
+        .bearer_auth(&read)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    // Once its failures have drained, the address is heard again.
+    tokio::time::sleep(std::time::Duration::from_secs(wait)).await;
+    let r = api
+        .get(format!("{url}/v1/stats"))
+        .bearer_auth(&read)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    server.stop();
+    runtime.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn login_counts_against_the_rate_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let (tokens, [read, ..]) = tokens(dir.path());
+    let runtime = runtime().await;
+    let config = Config {
+        tokens: Some(tokens),
+        rate_limit: Some(3.try_into().unwrap()),
+        ..Config::local("127.0.0.1:0".parse().unwrap())
+    };
+    let (server, url) = serve(&runtime, config).await;
+    let browser = from("127.0.0.7");
+    let mut statuses = Vec::new();
+    // Good tokens, not guesses: only the rate stops them.
+    for _ in 0..10 {
+        let r = browser
+            .post(format!("{url}/login"))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(format!("token={read}"))
+            .send()
+            .await
+            .unwrap();
+        statuses.push(r.status().as_u16());
+    }
+    assert!(statuses.contains(&303), "{statuses:?}");
+    assert!(statuses.contains(&429), "{statuses:?}");
     server.stop();
     runtime.shutdown().await;
 }

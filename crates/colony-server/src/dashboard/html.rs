@@ -36,6 +36,7 @@ impl fmt::Display for Esc<'_> {
 }
 
 /// `text`, escaped.
+#[cfg(test)]
 pub(crate) fn escape(text: &str) -> String {
     Esc(text).to_string()
 }

@@ -9,7 +9,7 @@ use colony_agents::{
 use colony_journal::{Journal, MemoryJournal, SqliteJournal, SqliteOptions};
 use colony_runtime::{Pool, Runtime, RuntimeOptions};
 use colony_server::{Config, Scope, Tls, Tokens};
-use std::{net::SocketAddr, num::NonZeroU32, path::PathBuf, sync::Arc};
+use std::{net::SocketAddr, num::NonZeroU32, path::PathBuf, sync::Arc, time::Duration};
 
 #[derive(Debug, clap::Args)]
 pub(crate) struct Args {
@@ -45,6 +45,20 @@ pub(crate) struct Args {
     /// it: a workflow may start programs on this host.
     #[arg(long, value_name = "DIR")]
     runs: Option<PathBuf>,
+    /// Most connections open at once. At the cap, the one waiting longest for a request is
+    /// closed to make room; if every one is busy, the newcomer gets 503. Keep it under the
+    /// process's file limit (`ulimit -n`).
+    #[arg(long, value_name = "N", default_value_t = colony_server::conn::MAX_CONNECTIONS as u64,
+          value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    max_connections: u64,
+    /// Seconds a new connection has to send a complete request head (TLS handshake included).
+    #[arg(long, value_name = "SECS", default_value_t = colony_server::conn::HEADER_TIMEOUT.as_secs(),
+          value_parser = clap::value_parser!(u64).range(1..=3_600))]
+    header_timeout: u64,
+    /// Seconds a kept-alive connection may stay idle between requests.
+    #[arg(long, value_name = "SECS", default_value_t = colony_server::conn::IDLE_TIMEOUT.as_secs(),
+          value_parser = clap::value_parser!(u64).range(1..=3_600))]
+    idle_timeout: u64,
 }
 
 pub(crate) fn run(args: &Args) -> Result<(), Failure> {
@@ -66,6 +80,11 @@ pub(crate) fn run(args: &Args) -> Result<(), Failure> {
         rate_limit: args.rate_limit,
         runs: args.runs.clone(),
         max_streams: colony_server::MAX_STREAMS,
+        connections: colony_server::Limits {
+            max_connections: usize::try_from(args.max_connections).unwrap_or(usize::MAX),
+            header_timeout: Duration::from_secs(args.header_timeout),
+            idle_timeout: Duration::from_secs(args.idle_timeout),
+        },
     };
     let pools = match &args.pools {
         None => {
