@@ -18,6 +18,12 @@
 //! runtime's supervisor sees the crash and restarts the agent. When an attempt ends early
 //! (its timeout, a kill), colony forgets it; a process that cannot stop work it was given
 //! should be killed by its supervisor's restart.
+//!
+//! A line is at most [`MAX_LINE`] bytes, so that a process cannot make colony hold an
+//! unbounded line. A longer line is never kept: when it names its attempt in its first bytes
+//! (`{"type":"result","id":"7.1",...`), that attempt fails (for good: its answer is too big)
+//! and the rest of the line is skipped; otherwise the process is stopped and every attempt it
+//! held fails, retryably. A longer stderr line is cut in colony's log.
 
 use crate::{Agent, Error, Execution, Outcome, Task, spawner::Spawner};
 use bytes::Bytes;
@@ -37,6 +43,14 @@ use tokio::{
 
 /// Protocol version spoken.
 pub const PROTOCOL: u32 = 1;
+
+/// Longest line read from a process, in bytes (its stdout or its stderr): the most memory a
+/// process's output holds in colony at once, as large as a task's output may be.
+pub const MAX_LINE: usize = 16 << 20;
+
+/// How much of an over-long stdout line is looked at for the attempt it names, and how much
+/// of a stderr or unreadable line is shown in the log.
+const SHOWN: usize = 4096;
 
 /// Settings of the `process` backend.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -100,8 +114,9 @@ struct Conn {
     waiting: Waiters,
     /// Set by the reader when the process's stdout closes: it is gone.
     dead: Arc<std::sync::atomic::AtomicBool>,
-    /// Killed when an attempt is abandoned unanswered, and when the connection is dropped.
-    child: Mutex<Child>,
+    /// Killed when an attempt is abandoned unanswered, when the process writes a line over
+    /// [`MAX_LINE`] that names no attempt, and when the connection is dropped.
+    child: Arc<Mutex<Child>>,
     /// Lists the process for `command::kill_all`, and kills it when the connection goes.
     _listed: crate::command::Group,
 }
@@ -241,84 +256,264 @@ async fn start(options: &ProcessOptions) -> Result<Arc<Conn>, String> {
     crate::command::clean_env(&mut command, &options.env_allow, &options.env);
     let mut child = command.spawn().map_err(|e| format!("cannot start: {e}"))?;
     let stdin = child.stdin.take().ok_or("no stdin")?;
-    let mut lines = BufReader::new(child.stdout.take().ok_or("no stdout")?).lines();
+    let mut lines = Lines::new(child.stdout.take().ok_or("no stdout")?);
     if let Some(stderr) = child.stderr.take() {
         let program = options.program.clone();
         Spawner::spawn("process-stderr", async move {
-            let mut lines = BufReader::new(stderr).lines();
-            while let Ok(Some(line)) = lines.next_line().await {
-                tracing::info!(program = %program, "{line}");
+            let mut lines = Lines::new(stderr);
+            loop {
+                match lines.next().await {
+                    Ok(Line::Full(line)) => {
+                        tracing::info!(program = %program, "{}", String::from_utf8_lossy(line));
+                    }
+                    Ok(Line::TooLong(start)) => {
+                        let start = String::from_utf8_lossy(&start[..start.len().min(SHOWN)]);
+                        tracing::info!(program = %program, "{start}… (a line over {MAX_LINE} bytes, cut)");
+                        if lines.skip_line().await.is_err() {
+                            break;
+                        }
+                    }
+                    Ok(Line::End) | Err(_) => break,
+                }
             }
         });
     }
     // The hello comes first.
-    let hello = tokio::time::timeout(options.hello_timeout, lines.next_line())
+    let hello = tokio::time::timeout(options.hello_timeout, lines.next())
         .await
         .map_err(|_| format!("no hello within {:?}", options.hello_timeout))?
-        .map_err(|e| format!("reading its hello: {e}"))?
-        .ok_or("it exited before saying hello")?;
-    match serde_json::from_str::<Message>(&hello) {
+        .map_err(|e| format!("reading its hello: {e}"))?;
+    let hello = match hello {
+        Line::Full(line) => line,
+        Line::TooLong(_) => {
+            return Err(format!(
+                "its first line is over {MAX_LINE} bytes: not a hello"
+            ));
+        }
+        Line::End => return Err("it exited before saying hello".into()),
+    };
+    match serde_json::from_slice::<Message>(hello) {
         Ok(Message::Hello { protocol: PROTOCOL }) => {}
         Ok(Message::Hello { protocol }) => {
             return Err(format!(
                 "it speaks protocol {protocol}; colony speaks {PROTOCOL}"
             ));
         }
-        _ => return Err(format!("its first line is not a hello: {hello:?}")),
+        _ => {
+            return Err(format!("its first line is not a hello: {:?}", shown(hello)));
+        }
     }
     let waiting: Waiters = Arc::default();
     let dead = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let (w, d, program) = (waiting.clone(), dead.clone(), options.program.clone());
-    Spawner::spawn("process-reader", async move {
-        while let Ok(Some(line)) = lines.next_line().await {
-            let message = match serde_json::from_str::<Message>(&line) {
-                Ok(m) => m,
-                Err(e) => {
-                    tracing::warn!(program = %program, error = %e, line = %line, "Not a protocol line.");
-                    continue;
-                }
-            };
-            let mut waiting = w.lock().unwrap_or_else(|p| p.into_inner());
-            match message {
-                Message::Progress { id } => {
-                    if let Some((_, beat)) = waiting.get(&id) {
-                        beat.beat();
-                    }
-                }
-                Message::Result { id, output } => {
-                    if let Some((tx, _)) = waiting.remove(&id) {
-                        let _ = tx.send(Ok(Bytes::from(output.to_string())));
-                    }
-                }
-                Message::Error {
-                    id,
-                    message,
-                    retryable,
-                } => {
-                    if let Some((tx, _)) = waiting.remove(&id) {
-                        let e = if retryable {
-                            Error::retryable(message)
-                        } else {
-                            Error::fatal(message)
-                        };
-                        let _ = tx.send(Err(e));
-                    }
-                }
-                Message::Hello { .. } => {}
-            }
-        }
-        // Stdout closed: the process is gone, and every attempt it held fails with it.
-        let mut waiting = w.lock().unwrap_or_else(|p| p.into_inner());
-        d.store(true, std::sync::atomic::Ordering::Relaxed);
-        waiting.clear();
-    });
+    let listed = crate::command::Group::single(child.id());
+    let child = Arc::new(Mutex::new(child));
+    let reader = Reader {
+        waiting: waiting.clone(),
+        dead: dead.clone(),
+        child: Arc::downgrade(&child),
+        program: options.program.clone(),
+    };
+    Spawner::spawn("process-reader", reader.run(lines));
     Ok(Arc::new(Conn {
         stdin: tokio::sync::Mutex::new(stdin),
         waiting,
         dead,
-        _listed: crate::command::Group::single(child.id()),
-        child: Mutex::new(child),
+        _listed: listed,
+        child,
     }))
+}
+
+/// Reads a process's stdout and hands each answer to the attempt waiting for it.
+struct Reader {
+    waiting: Waiters,
+    dead: Arc<std::sync::atomic::AtomicBool>,
+    /// Weak: once the connection is gone, its process was killed with it.
+    child: std::sync::Weak<Mutex<Child>>,
+    program: String,
+}
+
+impl Reader {
+    async fn run(self, mut lines: Lines<tokio::process::ChildStdout>) {
+        loop {
+            match lines.next().await {
+                Ok(Line::Full(line)) => self.line(line),
+                Ok(Line::TooLong(start)) => {
+                    if !self.too_long(start) {
+                        break;
+                    }
+                    if lines.skip_line().await.is_err() {
+                        break;
+                    }
+                }
+                Ok(Line::End) | Err(_) => break,
+            }
+        }
+        // Stdout closed (or was given up): the process is gone, and every attempt it held
+        // fails with it.
+        let mut waiting = self.waiting.lock().unwrap_or_else(|p| p.into_inner());
+        self.dead.store(true, std::sync::atomic::Ordering::Relaxed);
+        waiting.clear();
+    }
+
+    fn line(&self, line: &[u8]) {
+        let message = match serde_json::from_slice::<Message>(line) {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!(program = %self.program, error = %e, line = %shown(line), "Not a protocol line.");
+                return;
+            }
+        };
+        let mut waiting = self.waiting.lock().unwrap_or_else(|p| p.into_inner());
+        match message {
+            Message::Progress { id } => {
+                if let Some((_, beat)) = waiting.get(&id) {
+                    beat.beat();
+                }
+            }
+            Message::Result { id, output } => {
+                if let Some((tx, _)) = waiting.remove(&id) {
+                    let _ = tx.send(Ok(Bytes::from(output.to_string())));
+                }
+            }
+            Message::Error {
+                id,
+                message,
+                retryable,
+            } => {
+                if let Some((tx, _)) = waiting.remove(&id) {
+                    let e = if retryable {
+                        Error::retryable(message)
+                    } else {
+                        Error::fatal(message)
+                    };
+                    let _ = tx.send(Err(e));
+                }
+            }
+            Message::Hello { .. } => {}
+        }
+    }
+
+    /// A line over [`MAX_LINE`], of which `start` was read. Fails the attempt it names and
+    /// returns true (the rest of the line is to be skipped); when it names none held, stops the
+    /// process, fails every attempt it held and returns false.
+    fn too_long(&self, start: &[u8]) -> bool {
+        let mut waiting = self.waiting.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((tx, _)) =
+            attempt_id(&start[..start.len().min(SHOWN)]).and_then(|id| waiting.remove(&id))
+        {
+            let _ = tx.send(Err(Error::fatal(format!(
+                "process `{}` answered with a line over {MAX_LINE} bytes, the limit of a line",
+                self.program
+            ))));
+            return true;
+        }
+        tracing::warn!(program = %self.program, start = %shown(start), "A line over {MAX_LINE} bytes naming no attempt; stopping the process.");
+        for (_, (tx, _)) in waiting.drain() {
+            let _ = tx.send(Err(Error::retryable(format!(
+                "process `{}` wrote a line over {MAX_LINE} bytes, the limit of a line, and was stopped",
+                self.program
+            ))));
+        }
+        self.dead.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(child) = self.child.upgrade() {
+            let _ = child.lock().unwrap_or_else(|p| p.into_inner()).start_kill();
+        }
+        false
+    }
+}
+
+/// The attempt id a protocol line names in its first bytes (`"id":"7.1"`), if it does.
+fn attempt_id(start: &[u8]) -> Option<String> {
+    let key = start.windows(4).position(|w| w == b"\"id\"")?;
+    let rest = start[key + 4..].trim_ascii_start().strip_prefix(b":")?;
+    let rest = rest.trim_ascii_start().strip_prefix(b"\"")?;
+    let end = rest.iter().position(|&b| b == b'"')?;
+    std::str::from_utf8(&rest[..end]).ok().map(str::to_owned)
+}
+
+/// The start of a line, for a message or the log.
+fn shown(line: &[u8]) -> String {
+    let text = String::from_utf8_lossy(&line[..line.len().min(SHOWN)]);
+    if line.len() > SHOWN {
+        format!("{text}…")
+    } else {
+        text.into_owned()
+    }
+}
+
+/// What [`Lines::next`] read.
+#[derive(Debug)]
+enum Line<'a> {
+    /// A whole line, without its newline (or the last bytes before the end).
+    Full(&'a [u8]),
+    /// The first [`MAX_LINE`] bytes of a longer line; the rest is still unread.
+    TooLong(&'a [u8]),
+    End,
+}
+
+/// Lines of at most [`MAX_LINE`] bytes.
+struct Lines<R> {
+    reader: BufReader<R>,
+    line: Vec<u8>,
+}
+
+impl<R: tokio::io::AsyncRead + Unpin> Lines<R> {
+    fn new(from: R) -> Self {
+        Self {
+            reader: BufReader::new(from),
+            line: Vec::new(),
+        }
+    }
+
+    async fn next(&mut self) -> std::io::Result<Line<'_>> {
+        self.line.clear();
+        loop {
+            let available = self.reader.fill_buf().await?;
+            if available.is_empty() {
+                return Ok(if self.line.is_empty() {
+                    Line::End
+                } else {
+                    Line::Full(&self.line)
+                });
+            }
+            let (end, newline) = match available.iter().position(|&b| b == b'\n') {
+                Some(i) => (i, true),
+                None => (available.len(), false),
+            };
+            if self.line.len() + end > MAX_LINE {
+                let room = MAX_LINE - self.line.len();
+                self.line.extend_from_slice(&available[..room]);
+                self.reader.consume(room);
+                return Ok(Line::TooLong(&self.line));
+            }
+            self.line.extend_from_slice(&available[..end]);
+            self.reader.consume(end + usize::from(newline));
+            if newline {
+                return Ok(Line::Full(&self.line));
+            }
+        }
+    }
+
+    /// Reads past the rest of the current line without keeping it.
+    async fn skip_line(&mut self) -> std::io::Result<()> {
+        self.line = Vec::new();
+        loop {
+            let available = self.reader.fill_buf().await?;
+            if available.is_empty() {
+                return Ok(());
+            }
+            match available.iter().position(|&b| b == b'\n') {
+                Some(i) => {
+                    self.reader.consume(i + 1);
+                    return Ok(());
+                }
+                None => {
+                    let n = available.len();
+                    self.reader.consume(n);
+                }
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -338,6 +533,10 @@ for line in sys.stdin:
     if p.get("hang"):
         import time
         time.sleep(60)
+    if p.get("huge"):
+        big = "x" * (17 << 20)
+        print(json.dumps({"type": "result", "id": m["id"], "output": big}), flush=True)
+        continue
     print(json.dumps({"type": "progress", "id": m["id"]}), flush=True)
     if p.get("fail"):
         print(json.dumps({"type": "error", "id": m["id"], "message": "asked to fail", "retryable": False}), flush=True)
@@ -409,6 +608,48 @@ for line in sys.stdin:
                     .nth(2)
                     == Some("Z")
         );
+    }
+
+    #[tokio::test]
+    async fn an_answer_over_the_line_limit_fails_its_attempt_and_the_process_serves_on() {
+        let p = agent();
+        let first = pid(&run(&p, 0, "{}").await.unwrap());
+        let err = run(&p, 0, r#"{"huge":true}"#).await.unwrap_err();
+        assert!(
+            !err.is_retryable() && err.to_string().contains(&format!("over {MAX_LINE} bytes")),
+            "{err}"
+        );
+        // The rest of the line was skipped: the next answer is read whole, from the same process.
+        assert_eq!(pid(&run(&p, 0, "{}").await.unwrap()), first);
+    }
+
+    #[tokio::test]
+    async fn lines_are_cut_at_the_limit() {
+        let text = [
+            b"short\n".to_vec(),
+            vec![b'y'; MAX_LINE + 10],
+            b"\nafter\nlast".to_vec(),
+        ]
+        .concat();
+        let mut lines = Lines::new(&text[..]);
+        assert!(matches!(lines.next().await.unwrap(), Line::Full(b"short")));
+        match lines.next().await.unwrap() {
+            Line::TooLong(start) => assert_eq!(start.len(), MAX_LINE),
+            other => panic!("{other:?}"),
+        }
+        lines.skip_line().await.unwrap();
+        assert!(matches!(lines.next().await.unwrap(), Line::Full(b"after")));
+        assert!(matches!(lines.next().await.unwrap(), Line::Full(b"last")));
+        assert!(matches!(lines.next().await.unwrap(), Line::End));
+        // A line of exactly the limit is whole.
+        let text = [vec![b'z'; MAX_LINE], b"\n".to_vec()].concat();
+        let mut lines = Lines::new(&text[..]);
+        assert!(matches!(lines.next().await.unwrap(), Line::Full(l) if l.len() == MAX_LINE));
+        assert_eq!(
+            attempt_id(br#"{"type":"result", "id" : "7.1","output":"#),
+            Some("7.1".into())
+        );
+        assert_eq!(attempt_id(br#"{"type":"result","output":"xxxx"#), None);
     }
 
     #[tokio::test]
