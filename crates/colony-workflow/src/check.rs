@@ -9,6 +9,7 @@ use crate::{
 use colony_agents::{AgentSpec, command::CommandOptions, sim::SimOptions};
 use colony_core::{
     dag::{self, Graph, Node},
+    name::Name,
     task::{Priority, Requirement},
 };
 use serde_saphyr::{Location, Spanned};
@@ -107,6 +108,15 @@ pub(crate) fn check(
         .and_then(|d| duration(d, &mut problems))
         .unwrap_or(DEFAULT_TIMEOUT);
     let default_retries = file.defaults.retries.unwrap_or(DEFAULT_RETRIES);
+
+    // It names the default output folder and the journal keys of the run.
+    if let Err(e) = Name::parse(&file.name.value) {
+        problems.push(Problem::at(
+            &file.name,
+            format!("workflow name: {e} (it names the output folder)"),
+            "bad name",
+        ));
+    }
 
     // Pools.
     let mut pools: Vec<PoolDef> = Vec::new();
@@ -313,14 +323,11 @@ pub(crate) fn check(
     let mut task_index: HashMap<&str, usize> = HashMap::new();
     for (i, t) in file.tasks.iter().enumerate() {
         let id = &t.id.value;
-        let valid = !id.is_empty()
-            && id
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_'));
-        if !valid {
+        // It names the task's result file, log files and worktree.
+        if let Err(e) = Name::parse(id) {
             problems.push(Problem::at(
                 &t.id,
-                format!("task id `{id}` is not allowed: use letters, digits, `-` and `_` (it names the task's result file)"),
+                format!("task id: {e} (it names the task's result file)"),
                 "bad id",
             ));
         }

@@ -98,8 +98,8 @@ pub struct Checks {
     pub git_diff: Option<PathBuf>,
     /// Where the task's own worktree would be; set when it runs.
     pub worktree: Option<PathBuf>,
-    /// Set when an attempt starts: the checkout's changes then, and the time.
-    pub before: Option<Result<String, String>>,
+    /// Set when an attempt starts: a hash of the checkout's changes then, and the time.
+    pub before: Option<Result<u64, String>>,
     pub started: Option<std::time::SystemTime>,
     /// The run's output folder, left out of `git-diff`.
     pub output: Option<PathBuf>,

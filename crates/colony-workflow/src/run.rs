@@ -7,6 +7,7 @@ use colony_agents::{
 };
 use colony_core::{
     dag::{Command as Step, Outcome as End, Run},
+    name::join_under,
     task::{TaskSpec, TaskState},
 };
 use colony_journal::{Journal, TaskRow};
@@ -62,11 +63,16 @@ pub struct Report {
     /// Tokens and dollars spent by the run's `http` agents.
     pub usage: colony_agents::http::Usage,
     pub tasks: Vec<Finished>,
+    /// Results that could not be written (a task's file, `run.log`, `summary.json`), each
+    /// naming the file and why; a run with any has not succeeded.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub unwritten: Vec<String>,
 }
 
 impl Report {
+    /// Every task succeeded and every result is on disk.
     pub fn all_succeeded(&self) -> bool {
-        self.succeeded == self.tasks.len()
+        self.succeeded == self.tasks.len() && self.unwritten.is_empty()
     }
 }
 
@@ -119,21 +125,33 @@ impl Agent for Checked {
         else {
             return self.inner.handle(task);
         };
-        checks.worktree = Some(self.worktrees.join(&id));
-        // What the checkout looked like before: a change must be this attempt's own. (A task's
-        // own worktree does not exist yet: it is made fresh for the attempt.)
-        checks.before = checks
-            .git_diff
-            .as_ref()
-            .map(|repo| fingerprint(repo, &self.output));
-        checks.started = Some(std::time::SystemTime::now());
+        // The id is one of the workflow's, each checked as a name: the join cannot fail.
+        checks.worktree = join_under(&self.worktrees, &id).ok();
         checks.output = Some(self.output.clone());
-        match self.inner.handle(task) {
-            Execution::Done(outcome) => Execution::Done(verify(outcome, &checks)),
-            Execution::Running(running) => {
-                Execution::Running(Box::pin(async move { verify(running.await, &checks) }))
-            }
-        }
+        let Some(repo) = checks.git_diff.clone() else {
+            checks.started = Some(std::time::SystemTime::now());
+            return match self.inner.handle(task) {
+                Execution::Done(outcome) => Execution::Done(verify(outcome, &checks)),
+                Execution::Running(running) => {
+                    Execution::Running(Box::pin(async move { verify(running.await, &checks) }))
+                }
+            };
+        };
+        // `git` runs as a child awaited here, never on the dispatcher's thread: what the
+        // checkout looked like before, so that a change must be this attempt's own. (A task's
+        // own worktree does not exist yet: it is made fresh for the attempt.)
+        let inner = self.inner.clone();
+        let output = self.output.clone();
+        Execution::Running(Box::pin(async move {
+            checks.before = Some(fingerprint(&repo, &output).await);
+            checks.started = Some(std::time::SystemTime::now());
+            let outcome = match inner.handle(task) {
+                Execution::Done(outcome) => outcome,
+                Execution::Running(running) => running.await,
+            };
+            let outcome = verify(outcome, &checks)?;
+            changed(outcome, &checks).await
+        }))
     }
 }
 
@@ -189,64 +207,134 @@ fn verify(outcome: Outcome, checks: &Checks) -> Outcome {
             ));
         }
     }
-    // The task's own worktree, once its attempt has made one, else the repository.
-    let own = checks.worktree.as_ref().filter(|w| w.is_dir());
-    if let Some(repo) = &checks.git_diff {
-        let (dir, before) = match own {
-            // A fresh worktree: any change at all is the attempt's.
-            Some(own) => (own, Ok(String::new())),
-            None => (
-                repo,
-                checks.before.clone().unwrap_or_else(|| Ok(String::new())),
-            ),
-        };
-        let output_dir = checks.output.clone().unwrap_or_default();
-        match (before, fingerprint(dir, &output_dir)) {
-            (_, Err(e)) | (Err(e), _) => return fail(e),
-            (Ok(before), Ok(after)) if after == before => {
-                return fail(format!(
-                    "no changes in the git checkout {} by this attempt",
-                    dir.display()
-                ));
-            }
-            _ => {}
-        }
-    }
     Ok(output)
+}
+
+/// An output whose attempt changed nothing in its git checkout fails its attempt, when its task
+/// expects a `git-diff`.
+async fn changed(output: Bytes, checks: &Checks) -> Outcome {
+    let Some(repo) = &checks.git_diff else {
+        return Ok(output);
+    };
+    let fail = |why: String| Err(AgentError::retryable(format!("expect: {why}")));
+    // The task's own worktree, once its attempt has made one, else the repository.
+    let own = match &checks.worktree {
+        Some(w) if tokio::fs::metadata(w).await.is_ok_and(|m| m.is_dir()) => Some(w),
+        _ => None,
+    };
+    let (dir, before) = match own {
+        // A fresh worktree: any change at all is the attempt's.
+        Some(own) => (own, Ok(0)),
+        None => (repo, checks.before.clone().unwrap_or(Ok(0))),
+    };
+    let output_dir = checks.output.clone().unwrap_or_default();
+    match (before, fingerprint(dir, &output_dir).await) {
+        (_, Err(e)) | (Err(e), _) => fail(e),
+        (Ok(before), Ok(after)) if after == before => fail(format!(
+            "no changes in the git checkout {} by this attempt",
+            dir.display()
+        )),
+        _ => Ok(output),
+    }
 }
 
 /// How far a file's modification time may lag the clock that timed the attempt's start.
 const COARSE_CLOCK: std::time::Duration = std::time::Duration::from_millis(20);
 
-/// The state of a git checkout's changes, colony's own output folder left out: its status and
-/// its diff against `HEAD`.
-fn fingerprint(dir: &std::path::Path, output: &std::path::Path) -> Result<String, String> {
-    let git = |args: &[&str]| -> Result<String, String> {
-        let mut command = std::process::Command::new("git");
+/// The state of a git checkout's changes, colony's own output folder left out: a hash of its
+/// status and its diff against `HEAD` (0 for a clean checkout). `git` runs as an awaited child
+/// and its output is hashed as it comes, so that neither a slow repository nor a huge diff
+/// holds a thread or memory.
+async fn fingerprint(dir: &std::path::Path, output: &std::path::Path) -> Result<u64, String> {
+    let exclude = std::path::absolute(output).ok().and_then(|o| {
+        let d = std::path::absolute(dir).ok()?;
+        let rel = o.strip_prefix(d).ok()?.to_owned();
+        (!rel.as_os_str().is_empty()).then(|| format!(":(exclude){}", rel.display()))
+    });
+    let mut hash = Fnv::default();
+    let mut written = 0;
+    for args in [
+        &["status", "--porcelain", "-uall"][..],
+        &["diff", "HEAD"][..],
+    ] {
+        let mut command = tokio::process::Command::new("git");
         command.arg("-C").arg(dir).args(args).arg("--").arg(".");
-        if let Ok(rel) = std::path::absolute(output).map_err(|_| ()).and_then(|o| {
-            std::path::absolute(dir)
-                .map_err(|_| ())
-                .and_then(|d| o.strip_prefix(d).map(|r| r.to_owned()).map_err(|_| ()))
-        }) && !rel.as_os_str().is_empty()
-        {
-            command.arg(format!(":(exclude){}", rel.display()));
-        }
-        let out = command
+        command.args(&exclude);
+        command
             .stdin(std::process::Stdio::null())
-            .output()
-            .map_err(|e| format!("cannot run git: {e}"))?;
-        if out.status.success() {
-            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-        } else {
-            Err(format!(
-                "git in {}: {}",
-                dir.display(),
-                String::from_utf8_lossy(&out.stderr).trim()
-            ))
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true);
+        written += git_output(command, dir, &mut hash).await?;
+    }
+    Ok(if written == 0 { 0 } else { hash.0 })
+}
+
+/// Runs one `git` command, hashing its standard output into `hash`: the bytes it wrote.
+async fn git_output(
+    mut command: tokio::process::Command,
+    dir: &std::path::Path,
+    hash: &mut Fnv,
+) -> Result<u64, String> {
+    use tokio::io::AsyncReadExt as _;
+    /// Bytes of `git`'s standard error kept for the message.
+    const STDERR_KEPT: u64 = 4096;
+    let mut child = command
+        .spawn()
+        .map_err(|e| format!("cannot run git: {e}"))?;
+    let (Some(mut stdout), Some(stderr)) = (child.stdout.take(), child.stderr.take()) else {
+        return Err("cannot read git's output".into());
+    };
+    let mut stderr_text = Vec::new();
+    let read_stderr = async {
+        let mut stderr = stderr.take(STDERR_KEPT);
+        let _ = stderr.read_to_end(&mut stderr_text).await;
+    };
+    let mut written = 0;
+    let read_stdout = async {
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            match stdout.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    hash.write(&buf[..n]);
+                    written += n as u64;
+                }
+            }
         }
     };
-    Ok(git(&["status", "--porcelain", "-uall"])? + &git(&["diff", "HEAD"])?)
+    tokio::join!(read_stdout, read_stderr);
+    let status = child
+        .wait()
+        .await
+        .map_err(|e| format!("cannot run git: {e}"))?;
+    if status.success() {
+        Ok(written)
+    } else {
+        Err(format!(
+            "git in {}: {}",
+            dir.display(),
+            String::from_utf8_lossy(&stderr_text).trim()
+        ))
+    }
+}
+
+/// FNV-1a: stable across processes and Rust versions, unlike the standard hasher.
+#[derive(Clone, Copy, Debug)]
+struct Fnv(u64);
+
+impl Default for Fnv {
+    fn default() -> Self {
+        Self(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl Fnv {
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
 }
 
 /// Agents, and the `http` endpoints among them.
@@ -369,7 +457,7 @@ pub async fn run(
         options.journal.record(stale).await?;
     }
     let runtime = Runtime::start(options.runtime.clone(), pools, options.journal.clone()).await?;
-    let writer = Writer::start(&output)?;
+    let mut writer = Writer::start(&output)?;
     let handle = runtime.handle().clone();
     let waves = workflow.graph.waves();
     let mut results: Vec<Option<Finished>> = vec![None; workflow.tasks.len()];
@@ -411,9 +499,15 @@ pub async fn run(
     }
     resumed.sort_unstable_by_key(|r| r.0);
     for (i, f) in resumed {
-        record(&writer, &output, &mut options, &mut results, i, f);
+        record(&mut writer, &output, &mut options, &mut results, i, f);
     }
     done.sort_unstable_by_key(|d| d.0);
+    // Watched from now on, before their needs may even have ended: they run already.
+    let mut watched = watch(
+        &handle,
+        options.journal.clone(),
+        recovering.values().copied(),
+    );
     let (mut dag, first) = Run::start(&workflow.graph, &done);
     let mut steps: Vec<Step> = first;
     let mut pending: FuturesUnordered<Waiting> = FuturesUnordered::new();
@@ -431,16 +525,23 @@ pub async fn run(
         .take()
         .unwrap_or_else(|| Box::pin(std::future::pending()));
     let mut cancelled = false;
+    let max_payload = options.runtime.max_payload;
     loop {
         for step in std::mem::take(&mut steps) {
             match step {
                 Step::Start(i) if recovering.contains_key(&i) => {
                     // Started by an earlier process; the runtime's recovery finishes it.
-                    let (journal, id) = (options.journal.clone(), recovering[&i]);
+                    let ended = watched.remove(&recovering[&i]);
                     submitted_at[i] = Some(Instant::now());
-                    pending.push(Box::pin(async move { (i, watch(journal, id).await) }) as Waiting);
+                    pending.push(Box::pin(async move {
+                        let completion = match ended {
+                            Some(rx) => rx.await.unwrap_or(Err(colony_runtime::Error::Stopped)),
+                            None => Err(colony_runtime::Error::Stopped),
+                        };
+                        (i, completion)
+                    }) as Waiting);
                 }
-                Step::Start(i) => match spec_for(workflow, i, &outputs) {
+                Step::Start(i) => match spec_for(workflow, i, &outputs, max_payload) {
                     Ok(spec) => {
                         // A pool with a rate: the task waits for its turn before it is handed
                         // to the runtime, so the wait never counts against its timeout.
@@ -467,7 +568,7 @@ pub async fn run(
                     Err(error) => {
                         let f = finished(workflow, &waves, i, Status::Failed, None, Some(error));
                         steps.extend(dag.on_end(&workflow.graph, i, End::Failed));
-                        record(&writer, &output, &mut options, &mut results, i, f);
+                        record(&mut writer, &output, &mut options, &mut results, i, f);
                     }
                 },
                 Step::Skip { node, because } => {
@@ -476,7 +577,7 @@ pub async fn run(
                         workflow.tasks[because].id
                     );
                     let f = finished(workflow, &waves, node, Status::Skipped, None, Some(error));
-                    record(&writer, &output, &mut options, &mut results, node, f);
+                    record(&mut writer, &output, &mut options, &mut results, node, f);
                 }
             }
         }
@@ -517,7 +618,7 @@ pub async fn run(
                 End::Failed
             }
         };
-        record(&writer, &output, &mut options, &mut results, i, f);
+        record(&mut writer, &output, &mut options, &mut results, i, f);
         steps.extend(dag.on_end(&workflow.graph, i, end));
     }
     runtime.shutdown().await;
@@ -544,9 +645,9 @@ pub async fn run(
             })
         })
         .collect();
-    writer.finish();
+    let mut unwritten = writer.finish();
     let count = |s: Status| tasks.iter().filter(|t| t.status == s).count();
-    let report = Report {
+    let mut report = Report {
         name: workflow.name.clone(),
         output: output.clone(),
         succeeded: count(Status::Succeeded),
@@ -563,11 +664,17 @@ pub async fn run(
             }
         }),
         tasks,
+        unwritten: Vec::new(),
     };
-    let summary = serde_json::to_vec_pretty(&report).unwrap_or_default();
-    if let Err(e) = std::fs::write(output.join("summary.json"), summary) {
+    let summary_path = output.join("summary.json");
+    let written = serde_json::to_vec_pretty(&report)
+        .map_err(|e| e.to_string())
+        .and_then(|summary| std::fs::write(&summary_path, summary).map_err(|e| e.to_string()));
+    if let Err(e) = written {
         tracing::error!(error = %e, "Cannot write summary.json.");
+        unwritten.push(format!("cannot write {}: {e}", summary_path.display()));
     }
+    report.unwritten = unwritten;
     Ok(report)
 }
 
@@ -587,10 +694,9 @@ fn key(workflow: &Workflow, t: &crate::TaskDef) -> String {
         "prompt": t.prompt,
     })
     .to_string();
-    // FNV-1a: stable across processes and Rust versions, unlike the standard hasher.
-    let hash = definition.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-    });
+    let mut hash = Fnv::default();
+    hash.write(definition.as_bytes());
+    let hash = hash.0;
     format!("{}/{}#{hash:016x}", workflow.name, t.id)
 }
 
@@ -612,46 +718,140 @@ fn output_value(bytes: &[u8]) -> Value {
         .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(bytes).into_owned()))
 }
 
-/// Waits for a task that the runtime recovered from the journal (nobody holds its completion)
-/// by reading its row until it is terminal.
-async fn watch(
+/// A recovered task's end, as the journal holds it.
+type Ended =
+    tokio::sync::oneshot::Receiver<Result<colony_runtime::Completion, colony_runtime::Error>>;
+
+/// How often the tasks still watched are read again regardless of events: a safety net for an
+/// end whose event came before the subscription and whose row was committed after the first
+/// read.
+const REREAD: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Waits for the tasks that the runtime recovered from the journal (nobody holds their
+/// completions): their rows are read once, then again only when the runtime says one ended
+/// (or lost events for this watcher), and every [`REREAD`]. Reads run on the blocking pool,
+/// never on the runtime's threads.
+fn watch(
+    handle: &colony_runtime::Handle,
     journal: Arc<dyn Journal>,
-    id: colony_core::TaskId,
-) -> Result<colony_runtime::Completion, colony_runtime::Error> {
+    ids: impl Iterator<Item = colony_core::TaskId>,
+) -> HashMap<colony_core::TaskId, Ended> {
+    let mut senders = HashMap::new();
+    let mut receivers = HashMap::new();
+    for id in ids {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        senders.insert(id, tx);
+        receivers.insert(id, rx);
+    }
+    if senders.is_empty() {
+        // No subscription: the dispatcher builds no task events for nobody.
+        return receivers;
+    }
+    let events = handle.subscribe(colony_runtime::events::Kinds::TASKS);
+    colony_runtime::spawner::Spawner::spawn(
+        "recovered-tasks",
+        watch_rows(events, journal, senders),
+    );
+    receivers
+}
+
+async fn watch_rows(
+    mut events: colony_runtime::events::Subscription,
+    journal: Arc<dyn Journal>,
+    mut waiting: HashMap<
+        colony_core::TaskId,
+        tokio::sync::oneshot::Sender<Result<colony_runtime::Completion, colony_runtime::Error>>,
+    >,
+) {
+    use colony_runtime::events::Event;
     let started = Instant::now();
+    // Every row once: some may have ended before the subscription began.
+    let mut due: Vec<colony_core::TaskId> = waiting.keys().copied().collect();
+    let mut lost = 0;
+    let mut sweep = tokio::time::interval(REREAD);
+    sweep.tick().await;
     loop {
-        let row = journal.task(id)?.ok_or(colony_runtime::Error::Stopped)?;
-        if row.state.is_terminal() {
-            return Ok(colony_runtime::Completion {
-                id,
-                state: row.state,
-                output: row.output,
-                error: row.error,
-                attempts: row.attempt,
-                agent: row.agent,
-                latency: started.elapsed(),
-            });
+        waiting.retain(|_, tx| !tx.is_closed());
+        if waiting.is_empty() {
+            return;
         }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        if !due.is_empty() {
+            let ids = std::mem::take(&mut due);
+            let reader = journal.clone();
+            let rows = tokio::task::spawn_blocking(move || {
+                ids.into_iter()
+                    .map(|id| (id, reader.task(id)))
+                    .collect::<Vec<_>>()
+            })
+            .await;
+            let Ok(rows) = rows else {
+                return;
+            };
+            for (id, row) in rows {
+                let ended = match row {
+                    Ok(Some(row)) if row.state.is_terminal() => Ok(colony_runtime::Completion {
+                        id,
+                        state: row.state,
+                        output: row.output,
+                        error: row.error,
+                        attempts: row.attempt,
+                        agent: row.agent,
+                        latency: started.elapsed(),
+                    }),
+                    // Still going: its end comes as an event, or the next sweep sees it.
+                    Ok(Some(_)) => continue,
+                    Ok(None) => Err(colony_runtime::Error::Stopped),
+                    Err(e) => Err(e.into()),
+                };
+                if let Some(tx) = waiting.remove(&id) {
+                    let _ = tx.send(ended);
+                }
+            }
+            continue;
+        }
+        tokio::select! {
+            event = events.recv() => match event {
+                // The runtime is gone: nothing will end any more.
+                None => return,
+                Some(
+                    Event::TaskSucceeded { task, .. }
+                    | Event::TaskGaveUp { task, .. }
+                    | Event::TaskCancelled { task },
+                ) if waiting.contains_key(&task) => due.push(task),
+                Some(_) => {}
+            },
+            _ = sweep.tick() => due.extend(waiting.keys().copied()),
+        }
+        if events.dropped() != lost {
+            lost = events.dropped();
+            due = waiting.keys().copied().collect();
+        }
     }
 }
 
 /// Hands task `i` to the runtime, its input and prompt filled from its needs' outputs.
 /// Task `i` as the runtime takes it, its input and prompt filled from its needs' outputs.
+/// The payload's size is charged while it is filled in: past `max_payload` bytes the task
+/// fails at once, with what overflowed it.
 fn spec_for(
     workflow: &Workflow,
     i: usize,
     outputs: &HashMap<String, Value>,
+    max_payload: usize,
 ) -> Result<TaskSpec, String> {
     let t = &workflow.tasks[i];
+    let mut budget = template::Budget::new(max_payload);
     let input = match &t.input {
-        Some(v) => {
-            Some(template::render_value(v, &t.id, outputs).map_err(|e| format!("input: {e}"))?)
-        }
+        Some(v) => Some(
+            template::render_value(v, &t.id, outputs, &mut budget)
+                .map_err(|e| format!("input: {e}"))?,
+        ),
         None => None,
     };
     let prompt = match &t.prompt {
-        Some(p) => Some(template::render(p, &t.id, outputs).map_err(|e| format!("prompt: {e}"))?),
+        Some(p) => Some(
+            template::render(p, &t.id, outputs, &mut budget).map_err(|e| format!("prompt: {e}"))?,
+        ),
         None => None,
     };
     let mut payload = json!({ "task": t.id, "input": input.unwrap_or(Value::Null) });
@@ -693,7 +893,10 @@ fn finished(
 /// can take a millisecond on a busy ext4) never holds up the graph.
 struct Writer {
     tx: Option<std::sync::mpsc::Sender<(PathBuf, Vec<u8>)>>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    /// Gives back the writes that failed, each as a message naming the file.
+    thread: Option<std::thread::JoinHandle<Vec<String>>>,
+    /// Results that could not even be given a path.
+    refused: Vec<String>,
 }
 
 impl Writer {
@@ -716,26 +919,41 @@ impl Writer {
             humantime::format_rfc3339_millis(started)
         );
         let thread = colony_runtime::spawner::Spawner::spawn_thread("result-writer", move || {
+            let mut failed = Vec::new();
             for (path, body) in rx {
                 if path.as_os_str().is_empty() {
-                    let _ = log.write_all(&body);
+                    if let Err(e) = log.write_all(&body) {
+                        failed.push(format!("cannot write {}: {e}", log_path.display()));
+                    }
                     continue;
                 }
                 if let Err(e) = std::fs::write(&path, body) {
                     tracing::error!(error = %e, path = %path.display(), "Cannot write a task's result.");
+                    failed.push(format!("cannot write {}: {e}", path.display()));
                 }
             }
+            failed
         })
         .map_err(|e| colony_runtime::Error::Options(format!("cannot start the result writer: {e}")))?;
         Ok(Self {
             tx: Some(tx),
             thread: Some(thread),
+            refused: Vec::new(),
         })
     }
 
-    fn write(&self, output: &std::path::Path, f: &Finished) {
+    fn write(&mut self, output: &std::path::Path, f: &Finished) {
         let body = serde_json::to_vec_pretty(f).unwrap_or_default();
-        let path = output.join(format!("{}.json", f.id));
+        let path = match join_under(output, format!("{}.json", f.id)) {
+            Ok(path) => path,
+            Err(e) => {
+                self.refused.push(format!(
+                    "the result of task `{}` was not written: {e}",
+                    f.id
+                ));
+                return;
+            }
+        };
         let line = format!(
             "{} {} {:?} attempts={} seconds={:.3}{}\n",
             humantime::format_rfc3339_millis(std::time::SystemTime::now()),
@@ -755,18 +973,23 @@ impl Writer {
         }
     }
 
-    /// Waits until every result is on disk.
-    fn finish(mut self) {
+    /// Waits until every result is on disk: the writes that failed.
+    fn finish(mut self) -> Vec<String> {
         drop(self.tx.take());
+        let mut failed = std::mem::take(&mut self.refused);
         if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
+            match thread.join() {
+                Ok(errors) => failed.extend(errors),
+                Err(_) => failed.push("the result writer stopped: results may be missing".into()),
+            }
         }
+        failed
     }
 }
 
 /// Hands a task's result to the writer, tells the progress callback, and keeps the result.
 fn record(
-    writer: &Writer,
+    writer: &mut Writer,
     output: &std::path::Path,
     options: &mut Options,
     results: &mut [Option<Finished>],

@@ -89,8 +89,9 @@ pub(crate) fn run(args: &RunArgs) -> Result<(), Failure> {
     let (journal, prior): (Arc<dyn Journal>, Vec<colony_journal::TaskRow>) = match &args.db {
         Some(path) => {
             let journal = SqliteJournal::open(SqliteOptions::new(path)).map_err(Failure::input)?;
-            let prior = journal.tasks(None, usize::MAX).map_err(Failure::work)?;
-            let unfinished = prior.iter().filter(|t| !t.state.is_terminal()).count();
+            // Counted from the journal's counters: a fresh run reads no rows at all.
+            let counts = journal.counts().map_err(Failure::work)?;
+            let unfinished = counts.total().saturating_sub(counts.terminal());
             if unfinished > 0 && !args.resume {
                 return Err(Failure::input(anyhow::anyhow!(
                     "{} holds {unfinished} unfinished tasks of an earlier run: add --resume to \
@@ -98,10 +99,13 @@ pub(crate) fn run(args: &RunArgs) -> Result<(), Failure> {
                     path.display()
                 )));
             }
-            (
-                Arc::new(journal),
-                if args.resume { prior } else { Vec::new() },
-            )
+            // Resuming needs the rows: the outputs of what succeeded feed their dependents.
+            let prior = if args.resume {
+                journal.tasks(None, usize::MAX).map_err(Failure::work)?
+            } else {
+                Vec::new()
+            };
+            (Arc::new(journal), prior)
         }
         None => (Arc::new(MemoryJournal::new()), Vec::new()),
     };
@@ -169,6 +173,17 @@ pub(crate) fn run(args: &RunArgs) -> Result<(), Failure> {
                 u.cost_usd
             );
         }
+    }
+    if !report.unwritten.is_empty() {
+        for e in &report.unwritten {
+            eprintln!("error: {e}");
+        }
+        return Err(Failure::work(anyhow::anyhow!(
+            "{} result file{} of {} could not be written",
+            report.unwritten.len(),
+            if report.unwritten.len() == 1 { "" } else { "s" },
+            report.output.display()
+        )));
     }
     if report.all_succeeded() {
         Ok(())

@@ -1,0 +1,135 @@
+//! Workflow files written to hurt: names that would leave the output folder, results that
+//! cannot be written, templates that would amplify an output past every limit.
+
+use colony_journal::MemoryJournal;
+use colony_runtime::RuntimeOptions;
+use colony_workflow::{Options, Report, Status, parse};
+use std::{path::Path, sync::Arc};
+
+/// The problems of `yaml`, one `line:column: message` each.
+fn problems(yaml: &str) -> Vec<String> {
+    match parse(yaml, "w.yaml", Path::new(".")) {
+        Ok(_) => panic!("accepted:\n{yaml}"),
+        Err(invalid) => invalid.to_string().lines().map(str::to_owned).collect(),
+    }
+}
+
+fn options(out: &Path) -> Options {
+    Options {
+        runtime: RuntimeOptions::default(),
+        journal: Arc::new(MemoryJournal::new()),
+        output: Some(out.to_owned()),
+        on_finished: None,
+        cancel: None,
+        prior: Vec::new(),
+    }
+}
+
+async fn run_in(yaml: &str, base: &Path, out: &Path) -> Report {
+    let w = parse(yaml, "w.yaml", base).unwrap();
+    colony_workflow::run(&w, options(out)).await.unwrap()
+}
+
+#[test]
+fn names_that_would_reach_outside_the_output_folder_are_refused() {
+    for name in ["..", "../../x", "/etc", "a/b", "a b"] {
+        let p = problems(&format!(
+            "name: {name:?}\nagents: [{{name: s, kind: sim}}]\ntasks: [{{id: a}}]\n"
+        ));
+        assert!(
+            p.iter().any(
+                |l| l.starts_with("w.yaml:1:7: workflow name:") && l.contains("is not allowed")
+            ),
+            "{name}: {p:?}"
+        );
+    }
+    // A task id that could not be a file name is refused by `validate`, not by the run.
+    let long = "t".repeat(300);
+    let p = problems(&format!(
+        "name: w\nagents: [{{name: s, kind: sim}}]\ntasks: [{{id: {long}}}]\n"
+    ));
+    assert!(
+        p.iter()
+            .any(|l| l.contains("300 bytes long: a name may have at most 128")),
+        "{p:?}"
+    );
+    let p = problems("name: w\nagents: [{name: s, kind: sim}]\ntasks: [{id: ../x}]\n");
+    assert!(
+        p.iter()
+            .any(|l| l.starts_with("w.yaml:3:14: task id:") && l.contains("not allowed")),
+        "{p:?}"
+    );
+    // The longest allowed id is accepted.
+    let ok = format!(
+        "name: w\nagents: [{{name: s, kind: sim}}]\ntasks: [{{id: {}}}]\n",
+        "t".repeat(128)
+    );
+    assert!(parse(&ok, "w.yaml", Path::new(".")).is_ok());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_result_that_cannot_be_written_fails_the_run() {
+    let out = tempfile::tempdir().unwrap();
+    // Folders where the files should go: writing them fails.
+    std::fs::create_dir(out.path().join("b.json")).unwrap();
+    std::fs::create_dir(out.path().join("summary.json")).unwrap();
+    let report = run_in(
+        "name: w\nagents: [{name: s, kind: sim}]\ntasks: [{id: a}, {id: b, needs: [a]}]\n",
+        Path::new("."),
+        out.path(),
+    )
+    .await;
+    assert_eq!(report.succeeded, 2);
+    assert!(!report.all_succeeded(), "{report:#?}");
+    assert_eq!(report.unwritten.len(), 2, "{:?}", report.unwritten);
+    assert!(
+        report
+            .unwritten
+            .iter()
+            .any(|e| e.contains("b.json") && e.starts_with("cannot write")),
+        "{:?}",
+        report.unwritten
+    );
+    assert!(
+        report.unwritten.iter().any(|e| e.contains("summary.json")),
+        "{:?}",
+        report.unwritten
+    );
+    assert!(out.path().join("a.json").is_file());
+
+    // Nothing in the way: nothing unwritten.
+    let out = tempfile::tempdir().unwrap();
+    let report = run_in(
+        "name: w\nagents: [{name: s, kind: sim}]\ntasks: [{id: a}]\n",
+        Path::new("."),
+        out.path(),
+    )
+    .await;
+    assert!(report.all_succeeded(), "{report:#?}");
+    assert!(report.unwritten.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_references_to_a_big_output_fail_the_task_not_the_memory() {
+    let dir = tempfile::tempdir().unwrap();
+    // A 4 MB output: `cat` of a 4 MB file.
+    std::fs::write(dir.path().join("big.txt"), "x".repeat(4 << 20)).unwrap();
+    let refs = "{{outputs.big}}".repeat(300);
+    let yaml = format!(
+        "name: w\ndefaults: {{retries: 0}}\nagents:\n  - {{name: cat, kind: command, command: {{program: cat, args: [big.txt], workdir: .}}}}\n  - {{name: s, kind: sim}}\ntasks:\n  - {{id: big, agent: cat}}\n  - {{id: amplified, agent: s, needs: [big], prompt: \"{refs}\"}}\n  - {{id: whole, agent: s, needs: [big], input: {{a: \"{{{{outputs.big}}}}\", b: \"{{{{outputs.big}}}}\"}}}}\n"
+    );
+    let out = dir.path().join("out");
+    let report = run_in(&yaml, dir.path(), &out).await;
+    let task = |id: &str| report.tasks.iter().find(|t| t.id == id).unwrap();
+    assert_eq!(task("big").status, Status::Succeeded, "{report:#?}");
+    for id in ["amplified", "whole"] {
+        let t = task(id);
+        assert_eq!(t.status, Status::Failed);
+        let e = t.error.as_deref().unwrap();
+        assert!(
+            e.contains("`{{outputs.big}}` would make the task's payload larger than its limit of 1048576 bytes"),
+            "{id}: {e}"
+        );
+    }
+    assert!(!report.all_succeeded());
+}
