@@ -21,11 +21,13 @@
 //! # });
 //! ```
 
+mod backlog;
 mod durable;
 mod memory;
 pub mod sqlite;
 pub mod testing;
 
+pub use backlog::Backlog;
 pub use durable::Durable;
 pub use memory::MemoryJournal;
 pub use sqlite::{AgentQuery, SqliteJournal, SqliteOptions, SqliteReader, Synchronous};
@@ -264,4 +266,10 @@ pub trait Journal: std::fmt::Debug + Send + Sync + 'static {
 
     /// The recorded hierarchy, by id.
     fn agents(&self) -> Result<Vec<AgentRecord>, Error>;
+
+    /// The writes waiting for a writer thread, for submitters to await room in before they
+    /// write (see [`Backlog`]); `None` for a journal that never makes a writer wait.
+    fn backlog(&self) -> Option<&Backlog> {
+        None
+    }
 }

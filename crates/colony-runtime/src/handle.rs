@@ -431,6 +431,11 @@ impl Handle {
                 count: 0,
             });
         }
+        // A slow or faulty disk makes submitters wait here, asleep, for the writer to catch
+        // up: the journal's channel never blocks the thread that sends.
+        if let Some(backlog) = self.shared.journal.backlog() {
+            backlog.room().await;
+        }
         let submitted = Instant::now();
         let (first, durable) = {
             let mut next = self

@@ -219,3 +219,167 @@ async fn recovered_tasks_wait_for_their_pool_and_run_once_it_has_agents() {
     assert_eq!(journal.counts().unwrap().succeeded, 6);
     runtime.shutdown().await;
 }
+
+/// Ends the test process if `done` is not set within `limit`: a dispatcher blocked on a
+/// worker thread would otherwise hang the test instead of failing it.
+fn watchdog(limit: Duration, what: &'static str) -> Arc<std::sync::atomic::AtomicBool> {
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = done.clone();
+    std::thread::spawn(move || {
+        std::thread::sleep(limit);
+        if !flag.load(std::sync::atomic::Ordering::Relaxed) {
+            eprintln!("watchdog: {what} did not finish within {limit:?}");
+            std::process::exit(101);
+        }
+    });
+    done
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_disk_never_blocks_kills_cancellations_or_health_sweeps() {
+    use colony_core::routing::Tree;
+    use colony_runtime::events::{Event, Kinds};
+    let done = watchdog(
+        Duration::from_secs(60),
+        "the stalled-disk test (a blocked tokio worker?)",
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("stall.db");
+    let mut options = SqliteOptions::new(&path);
+    // The writer waits up to 30 s for a lock another program holds: a stalled disk. Two
+    // writes fill its queue.
+    let stall = Duration::from_secs(30);
+    options.busy_timeout = stall;
+    options.queue = 2;
+    let journal = Arc::new(SqliteJournal::open(options).unwrap());
+    let mut runtime_options = RuntimeOptions::default();
+    runtime_options.health.heartbeat = Duration::from_millis(50);
+    runtime_options.health.degraded_after = Duration::from_millis(100);
+    runtime_options.health.critical_after = Duration::from_millis(200);
+    runtime_options.health.failed_after = Duration::from_millis(400);
+    let hung = SimOptions {
+        hang_rate: 1.0,
+        ..SimOptions::default()
+    };
+    let runtime = Runtime::start(
+        runtime_options,
+        vec![
+            pool(4, SimOptions::default()),
+            Pool::new(
+                AgentSpec::new("sim", "hung"),
+                2,
+                Arc::new(Sim::new(hung).unwrap()),
+            ),
+        ],
+        journal.clone(),
+    )
+    .await
+    .unwrap();
+    let h = runtime.handle();
+    let mut events = h.subscribe(Kinds::AGENTS.union(Kinds::HEALTH));
+    // Before the stall: two tasks that hang on the hung pool's two agents (only the health
+    // sweep ends their attempts), and a third, queued behind them, to cancel later.
+    let hang = TaskSpec {
+        timeout: Duration::from_secs(600),
+        max_attempts: 1,
+        requirement: colony_core::task::Requirement {
+            role: Some("hung".into()),
+            capabilities: Vec::new(),
+        },
+        ..TaskSpec::default()
+    };
+    let first = h.submit_batch(vec![hang.clone(); 3]).await.unwrap().first;
+
+    // Another program takes the write lock: every commit now waits.
+    let other = rusqlite::Connection::open(&path).unwrap();
+    other.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let stalled = std::time::Instant::now();
+    // Submitters pile up behind the stalled writer, far more than its queue holds; they
+    // must wait asleep, not on a tokio worker.
+    let mut submitters = Vec::new();
+    for _ in 0..32 {
+        let h = h.clone();
+        submitters.push(colony_runtime::spawner::Spawner::spawn(
+            "stalled-submitter",
+            async move { h.submit(TaskSpec::default()).await },
+        ));
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        journal.backlog().unwrap().waiting() >= 2,
+        "the writer's queue is full"
+    );
+
+    // Kills are handled: a killed worker is restarted.
+    let worker = h
+        .inspect(|t: &Tree| {
+            t.agents_in_tier(t.worker_tier())
+                .into_iter()
+                .find(|a| t.spec(*a) == 0)
+                .unwrap()
+        })
+        .await
+        .unwrap();
+    h.kill(worker).unwrap();
+    let restarted = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match events.recv().await {
+                Some(Event::AgentRestarted { agent, .. }) if agent == worker => return true,
+                Some(_) => {}
+                None => return false,
+            }
+        }
+    })
+    .await;
+    assert_eq!(restarted, Ok(true), "the killed worker came back");
+
+    // Health sweeps run: the silent agents are failed.
+    let failed = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match events.recv().await {
+                Some(Event::HealthChanged {
+                    to: colony_core::health::HealthState::Failed,
+                    ..
+                }) => return true,
+                Some(_) => {}
+                None => return false,
+            }
+        }
+    })
+    .await;
+    assert_eq!(failed, Ok(true), "a silent agent was failed by the sweep");
+
+    // Cancellations are answered.
+    let cancelled = tokio::time::timeout(
+        Duration::from_secs(10),
+        h.cancel(colony_core::TaskId(first.0 + 2)),
+    )
+    .await;
+    assert!(
+        matches!(cancelled, Ok(Ok(_))),
+        "the dispatcher answered the cancellation: {cancelled:?}"
+    );
+
+    // All of it happened while the writer was stuck, not after its wait gave up: a blocked
+    // worker thread would also stop the timeouts above, so the wall clock is the witness.
+    assert!(
+        stalled.elapsed() < stall / 2,
+        "kill, sweep and cancel were handled only after {:?} of the stall",
+        stalled.elapsed()
+    );
+
+    // The lock goes: the waiting submitters are answered, and whatever was accepted ends.
+    other.execute_batch("COMMIT").unwrap();
+    drop(other);
+    for s in submitters {
+        let _ = s.await;
+    }
+    tokio::time::timeout(Duration::from_secs(20), h.drain())
+        .await
+        .expect("the backlog drains once the disk is back")
+        .unwrap();
+    let counts = journal.counts().unwrap();
+    assert_eq!(counts.terminal(), h.stats().accepted, "{counts:?}");
+    runtime.shutdown().await;
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+}

@@ -1,11 +1,12 @@
 //! The SQLite journal: the system of record on disk.
 //!
 //! One writer thread owns the write connection and commits in groups: it takes every write
-//! waiting in its bounded channel (up to `commit_records` records, optionally waiting
+//! waiting in its channel (up to `commit_records` records, optionally waiting
 //! `commit_wait` for more) into one transaction, so one fsync covers thousands of tasks.
 //! Each writer's `Durable` resolves when its group commits. Reads use their own connection.
 //! WAL mode, `synchronous=FULL` unless told otherwise, a busy timeout, and a lock file that
-//! keeps a second colony process off the same database.
+//! keeps a second colony process off the same database. Sending a write never blocks: the
+//! channel is unbounded, and submitters await room in its [`Backlog`] before they write.
 //!
 //! When a commit fails (disk full, database locked by another program), the group is rolled
 //! back: submissions in it get the error, nothing half-written, while transitions of tasks
@@ -19,7 +20,7 @@ mod writer;
 pub use backup::{Copied, backup, restore};
 pub use remote::{Location, backup_to, restore_from};
 
-use crate::{AgentRecord, Counts, Durable, Error, Journal, Record, Stats, TaskRow};
+use crate::{AgentRecord, Backlog, Counts, Durable, Error, Journal, Record, Stats, TaskRow};
 use colony_core::{
     AgentId, TaskId,
     task::{Priority, Requirement, TaskSpec, TaskState},
@@ -67,7 +68,7 @@ pub struct SqliteOptions {
     /// Largest database in pages (4 KiB); `None` for SQLite's default. Lets tests force a
     /// full disk.
     pub max_page_count: Option<u64>,
-    /// Writes the channel to the writer holds before submitters wait.
+    /// Writes waiting for the writer before submitters wait for room (see [`Backlog`]).
     pub queue: usize,
     /// Largest value (payload, output, error text) the database stores, in bytes; `None` for
     /// SQLite's limit (1,000,000,000). A write with a larger value can never commit: it is
@@ -91,7 +92,7 @@ impl SqliteOptions {
 }
 
 /// State the writer thread publishes for readers.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Shared {
     counts: Mutex<Counts>,
     stats: Mutex<Stats>,
@@ -99,13 +100,15 @@ struct Shared {
     next_id: AtomicU64,
     /// The error of the last failed commit while it has not cleared.
     fault: Mutex<Option<Error>>,
+    /// Writes sent and not yet taken by the writer.
+    backlog: Backlog,
 }
 
 /// A journal in a SQLite file.
 #[derive(Debug)]
 pub struct SqliteJournal {
     path: PathBuf,
-    writes: Option<mpsc::SyncSender<Write>>,
+    writes: Option<mpsc::Sender<Write>>,
     reader: SqliteReader,
     shared: Arc<Shared>,
     writer: Option<std::thread::JoinHandle<()>>,
@@ -168,7 +171,13 @@ impl SqliteJournal {
         }
         schema::migrate(&mut conn, &path)?;
 
-        let shared = Arc::new(Shared::default());
+        let shared = Arc::new(Shared {
+            counts: Mutex::default(),
+            stats: Mutex::default(),
+            next_id: AtomicU64::default(),
+            fault: Mutex::default(),
+            backlog: Backlog::new(options.queue),
+        });
         *shared.counts.lock().expect("fresh") =
             read_counts(&conn).map_err(|e| classify(e, &path))?;
         let next: i64 = conn
@@ -181,7 +190,7 @@ impl SqliteJournal {
 
         let reader = SqliteReader::connect(&path)?;
 
-        let (writes, inbox) = mpsc::sync_channel(options.queue.max(1));
+        let (writes, inbox) = mpsc::channel();
         let writer = Writer::new(conn, path.clone(), shared.clone(), &options, next);
         let writer = std::thread::Builder::new()
             .name("journal-writer".into())
@@ -210,12 +219,15 @@ impl SqliteJournal {
             .clone()
     }
 
+    /// Hands `write` to the writer without waiting: the channel is unbounded, and callers
+    /// that add work await [`Backlog::room`] first.
     fn send(&self, write: Write) -> Result<(), Error> {
-        self.writes
-            .as_ref()
-            .ok_or(Error::Closed)?
-            .send(write)
-            .map_err(|_| Error::Closed)
+        let writes = self.writes.as_ref().ok_or(Error::Closed)?;
+        self.shared.backlog.add();
+        writes.send(write).map_err(|_| {
+            self.shared.backlog.took(1);
+            Error::Closed
+        })
     }
 
     /// Tasks in `state` (all when `None`), lowest id first, at most `limit`.
@@ -443,6 +455,10 @@ impl Drop for SqliteJournal {
 impl Journal for SqliteJournal {
     fn next_task_id(&self) -> TaskId {
         TaskId(self.shared.next_id.load(Relaxed))
+    }
+
+    fn backlog(&self) -> Option<&Backlog> {
+        Some(&self.shared.backlog)
     }
 
     fn accept(&self, first: TaskId, specs: &[TaskSpec]) -> Durable {

@@ -126,6 +126,7 @@ impl Writer {
             if group.is_empty() {
                 match inbox.recv() {
                     Ok(w) => {
+                        self.shared.backlog.took(1);
                         weight += w.weight();
                         group.push(w);
                     }
@@ -150,6 +151,7 @@ impl Writer {
                     }
                 };
                 let Some(w) = next else { break };
+                self.shared.backlog.took(1);
                 weight += w.weight();
                 group.push(w);
             }
