@@ -7,6 +7,13 @@
 //! the server's `Retry-After` (or a doubling backoff), then fails retryably; other 4xx fail the
 //! task. Once the pool's spending reaches its budget, no request is sent: attempts fail, fatally,
 //! saying so.
+//!
+//! Requests carry `Authorization: Bearer <key>`, the key read from the variable named by
+//! [`Auth::Bearer`] when the pool is built: a pool whose key is unset is refused then, before
+//! any task runs, rather than failing each request. An endpoint that takes no key is declared
+//! with [`Auth::None`]; a key is never left out silently. The base URL must be an `http` or
+//! `https` URL ([`check_base_url`]). An answer's body is read up to [`MAX_RESPONSE`] bytes; a
+//! longer one fails the attempt.
 
 use crate::{Agent, Error, Execution, Outcome, Task};
 use bytes::Bytes;
@@ -16,6 +23,77 @@ use std::{
     time::Duration,
 };
 use tokio::time::Instant;
+
+/// Largest answer read from an endpoint, in bytes; a longer one fails the attempt. A
+/// chat completion is a few kilobytes; this is the most a task's output may be.
+pub const MAX_RESPONSE: usize = 16 << 20;
+
+/// Most of an error answer's body read, to quote from.
+const MAX_ERROR_BODY: usize = 64 << 10;
+
+/// The variable holding the key when the file names none.
+pub const DEFAULT_KEY_ENV: &str = "OPENAI_API_KEY";
+
+/// How requests authenticate.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Auth {
+    /// `Authorization: Bearer <key>`, the key being the value of this variable, which must
+    /// be set when the pool is built.
+    Bearer { key_env: String },
+    /// No `Authorization` header: for an endpoint that takes no key (a local server).
+    None,
+}
+
+/// Why a pool of `http` agents cannot be built. Each message says what to change.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("base-url {0}")]
+    BaseUrl(String),
+    #[error(
+        "no API key for model `{model}` at {base_url}: the variable `{var}` is not set or is \
+         empty. Set it (`export {var}=...`), name another variable with `api-key-env`, or write \
+         `auth: none` in the pool's `http:` section if the endpoint takes no key"
+    )]
+    NoKey {
+        var: String,
+        model: String,
+        base_url: String,
+    },
+    #[error("cannot build an HTTP client: {0}")]
+    Client(String),
+}
+
+/// Checks that `url` is an `http` or `https` URL with a host and without control characters;
+/// the error says what is wrong with it, quoting it.
+pub fn check_base_url(url: &str) -> Result<(), String> {
+    let shown: String = url.chars().take(80).flat_map(char::escape_debug).collect();
+    if url.chars().any(char::is_control) {
+        return Err(format!(
+            "`{shown}` holds a control character: write an http(s) URL such as `https://api.openai.com/v1`"
+        ));
+    }
+    let parsed = reqwest::Url::parse(url).map_err(|e| {
+        format!(
+            "`{shown}` is not a URL ({e}): write an http(s) URL such as `https://api.openai.com/v1`"
+        )
+    })?;
+    if !matches!(parsed.scheme(), "http" | "https") || !parsed.has_host() {
+        return Err(format!(
+            "`{shown}` is not an http(s) URL: write one such as `https://api.openai.com/v1`"
+        ));
+    }
+    Ok(())
+}
+
+/// An API key, kept out of `Debug` output.
+#[derive(Clone)]
+struct Key(String);
+
+impl std::fmt::Debug for Key {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Key(***)")
+    }
+}
 
 /// Prices per million tokens, for the cost of each task.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
@@ -30,8 +108,8 @@ pub struct HttpOptions {
     /// Such as `https://api.openai.com/v1`.
     pub base_url: String,
     pub model: String,
-    /// The variable holding the API key; no `Authorization` header when it is unset.
-    pub api_key_env: String,
+    /// How requests authenticate (by default with the key in `$OPENAI_API_KEY`).
+    pub auth: Auth,
     pub max_tokens: Option<u32>,
     pub temperature: Option<f64>,
     /// Requests a pool sends per minute at most.
@@ -48,7 +126,9 @@ impl HttpOptions {
         Self {
             base_url: base_url.into(),
             model: model.into(),
-            api_key_env: "OPENAI_API_KEY".into(),
+            auth: Auth::Bearer {
+                key_env: DEFAULT_KEY_ENV.into(),
+            },
             max_tokens: None,
             temperature: None,
             requests_per_minute: None,
@@ -72,6 +152,8 @@ struct Account {
 #[derive(Debug)]
 pub struct Http {
     options: Arc<HttpOptions>,
+    /// Read once, when the pool is built; `None` under [`Auth::None`].
+    key: Option<Key>,
     client: reqwest::Client,
     account: Arc<Mutex<Account>>,
 }
@@ -85,12 +167,29 @@ pub struct Usage {
 }
 
 impl Http {
-    pub fn new(options: HttpOptions) -> Result<Self, String> {
+    /// A pool's endpoint, refused when its base URL is not an http(s) URL or when its key's
+    /// variable is unset: such a pool would fail every request.
+    pub fn new(options: HttpOptions) -> Result<Self, ConfigError> {
+        check_base_url(&options.base_url).map_err(ConfigError::BaseUrl)?;
+        let key = match &options.auth {
+            Auth::None => None,
+            Auth::Bearer { key_env } => match std::env::var(key_env) {
+                Ok(key) if !key.is_empty() => Some(Key(key)),
+                _ => {
+                    return Err(ConfigError::NoKey {
+                        var: key_env.clone(),
+                        model: options.model.clone(),
+                        base_url: options.base_url.clone(),
+                    });
+                }
+            },
+        };
         let client = reqwest::Client::builder()
             .build()
-            .map_err(|e| format!("cannot build an HTTP client: {e}"))?;
+            .map_err(|e| ConfigError::Client(e.to_string()))?;
         Ok(Self {
             options: Arc::new(options),
+            key,
             client,
             account: Arc::default(),
         })
@@ -108,15 +207,20 @@ impl Http {
 
 impl Agent for Http {
     fn handle(&self, task: Task) -> Execution {
-        let (options, client, account) = (
+        let (options, key, client, account) = (
             self.options.clone(),
+            self.key.clone(),
             self.client.clone(),
             self.account.clone(),
         );
         // A request in flight, or a wait for the pace or a Retry-After, is the agent alive.
         Execution::Running(Box::pin(async move {
-            crate::heartbeat::beating(&task.heartbeat, attempt(&options, &client, &account, &task))
-                .await
+            let endpoint = Endpoint {
+                o: &options,
+                key: key.as_ref(),
+                client: &client,
+            };
+            crate::heartbeat::beating(&task.heartbeat, attempt(endpoint, &account, &task)).await
         }))
     }
 }
@@ -132,12 +236,15 @@ fn prompt(payload: &[u8]) -> String {
     }
 }
 
-async fn attempt(
-    o: &HttpOptions,
-    client: &reqwest::Client,
-    account: &Mutex<Account>,
-    task: &Task,
-) -> Outcome {
+/// What an attempt sends with.
+struct Endpoint<'a> {
+    o: &'a HttpOptions,
+    key: Option<&'a Key>,
+    client: &'a reqwest::Client,
+}
+
+async fn attempt(endpoint: Endpoint<'_>, account: &Mutex<Account>, task: &Task) -> Outcome {
+    let Endpoint { o, key, client } = endpoint;
     let mut body = json!({
         "model": o.model,
         "messages": [{"role": "user", "content": prompt(&task.payload)}],
@@ -149,7 +256,6 @@ async fn attempt(
         body["temperature"] = json!(t);
     }
     let url = format!("{}/chat/completions", o.base_url.trim_end_matches('/'));
-    let key = std::env::var(&o.api_key_env).ok().filter(|k| !k.is_empty());
     let mut backoff = Duration::from_millis(500);
     for retry in 0..=o.max_retries {
         // The budget and the rate limit, checked and taken under one lock.
@@ -178,18 +284,18 @@ async fn attempt(
             .post(&url)
             .header("content-type", "application/json")
             .body(body.to_string());
-        if let Some(key) = &key {
-            request = request.bearer_auth(key);
+        if let Some(key) = key {
+            request = request.bearer_auth(&key.0);
         }
         let response = match request.send().await {
             Ok(r) => r,
             Err(e) if retry < o.max_retries => {
-                tracing::debug!(error = %e, "Request failed; retrying.");
+                tracing::debug!(error = %causes(&e), "Request failed; retrying.");
                 tokio::time::sleep(backoff).await;
                 backoff *= 2;
                 continue;
             }
-            Err(e) => return Err(Error::retryable(format!("{url}: {e}"))),
+            Err(e) => return Err(Error::retryable(format!("{url}: {}", causes(&e)))),
         };
         let status = response.status();
         if status.as_u16() == 429 || status.is_server_error() {
@@ -207,10 +313,19 @@ async fn attempt(
             }
             return Err(Error::retryable(format!("{url} answered {status}")));
         }
-        let bytes = response
-            .bytes()
+        let cap = if status.is_success() {
+            MAX_RESPONSE
+        } else {
+            MAX_ERROR_BODY
+        };
+        let (bytes, cut) = read_capped(response, cap)
             .await
-            .map_err(|e| Error::retryable(format!("{url}: reading the answer: {e}")))?;
+            .map_err(|e| Error::retryable(format!("{url}: reading the answer: {}", causes(&e))))?;
+        if cut && status.is_success() {
+            return Err(Error::fatal(format!(
+                "{url} answered with more than {MAX_RESPONSE} bytes, the limit of an answer"
+            )));
+        }
         if !status.is_success() {
             let text = String::from_utf8_lossy(&bytes);
             return Err(Error::fatal(format!(
@@ -221,6 +336,42 @@ async fn attempt(
         return answer(o, account, &bytes);
     }
     Err(Error::retryable(format!("{url}: retries used up")))
+}
+
+/// Up to `cap` bytes of `response`'s body, and whether there was more (then the rest is not
+/// read: the connection is dropped).
+async fn read_capped(
+    mut response: reqwest::Response,
+    cap: usize,
+) -> Result<(Vec<u8>, bool), reqwest::Error> {
+    if response.content_length().is_some_and(|n| n > cap as u64) {
+        return Ok((Vec::new(), true));
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await? {
+        if body.len() + chunk.len() > cap {
+            body.extend_from_slice(&chunk[..cap - body.len()]);
+            return Ok((body, true));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok((body, false))
+}
+
+/// An error and its causes, as one line: reqwest's own message ("error sending request")
+/// leaves out the one that says what happened (connection refused, no such host).
+fn causes(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        let said = cause.to_string();
+        if !text.contains(&said) {
+            text.push_str(": ");
+            text.push_str(&said);
+        }
+        source = cause.source();
+    }
+    text
 }
 
 /// The output of a successful answer, its usage counted.
@@ -343,7 +494,7 @@ mod tests {
 
     fn options(url: &str) -> HttpOptions {
         let mut o = HttpOptions::new(url, "test-model");
-        o.api_key_env = "COLONY_TEST_NO_SUCH_KEY".into();
+        o.auth = Auth::None;
         o.price = Price {
             input_per_million: 2.0,
             output_per_million: 8.0,
@@ -420,5 +571,154 @@ mod tests {
             started.elapsed() >= Duration::from_millis(300),
             "600/min is one per 100 ms"
         );
+    }
+
+    /// A loopback server that answers every request with `head` and then `chunks` of 1 MiB
+    /// of `x` (streamed, never held), and keeps each request's header block.
+    async fn raw_server(head: String, chunks: usize) -> (String, Arc<Mutex<Vec<String>>>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/v1", listener.local_addr().unwrap());
+        let seen: Arc<Mutex<Vec<String>>> = Arc::default();
+        let requests = seen.clone();
+        crate::spawner::Spawner::spawn("test-raw-server", async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match socket.read(&mut chunk).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                requests
+                    .lock()
+                    .unwrap()
+                    .push(String::from_utf8_lossy(&buf).into_owned());
+                if socket.write_all(head.as_bytes()).await.is_err() {
+                    continue;
+                }
+                let mega = vec![b'x'; 1 << 20];
+                for _ in 0..chunks {
+                    if socket.write_all(&mega).await.is_err() {
+                        break;
+                    }
+                }
+            }
+        });
+        (url, seen)
+    }
+
+    const ANSWER: &str = r#"{"model":"m","choices":[{"message":{"content":"hi"}}],"usage":{"prompt_tokens":1,"completion_tokens":1}}"#;
+
+    #[tokio::test]
+    async fn the_key_is_sent_and_only_an_explicit_auth_none_sends_none() {
+        let head = format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{ANSWER}",
+            ANSWER.len()
+        );
+        let (url, requests) = raw_server(head, 0).await;
+        // PATH stands in for a key: every process has one.
+        let key = std::env::var("PATH").unwrap();
+        let mut o = options(&url);
+        o.auth = Auth::Bearer {
+            key_env: "PATH".into(),
+        };
+        let h = Http::new(o).unwrap();
+        assert!(
+            !format!("{h:?}").contains(&key),
+            "the key stays out of Debug"
+        );
+        run(&h, r#"{"prompt":"x"}"#).await.unwrap();
+        run(&Http::new(options(&url)).unwrap(), r#"{"prompt":"x"}"#)
+            .await
+            .unwrap();
+        let requests = requests.lock().unwrap().clone();
+        assert_eq!(requests.len(), 2);
+        let authorization = |r: &str| {
+            r.lines()
+                .find_map(|l| l.strip_prefix("authorization: "))
+                .map(str::to_owned)
+        };
+        assert_eq!(authorization(&requests[0]), Some(format!("Bearer {key}")));
+        assert_eq!(authorization(&requests[1]), None);
+    }
+
+    #[test]
+    fn a_pool_without_its_key_or_with_a_bad_url_is_refused_when_built() {
+        let mut o = HttpOptions::new("http://127.0.0.1:9/v1", "gpt-test");
+        o.auth = Auth::Bearer {
+            key_env: "COLONY_TEST_NO_SUCH_KEY".into(),
+        };
+        let e = Http::new(o).unwrap_err().to_string();
+        assert!(
+            e.contains("`COLONY_TEST_NO_SUCH_KEY` is not set")
+                && e.contains("auth: none")
+                && e.contains("gpt-test"),
+            "{e}"
+        );
+        for (url, why) in [
+            ("ftp://example.com/v1", "not an http(s) URL"),
+            ("localhost:8000/v1", "not an http(s) URL"),
+            ("no url at all", "not a URL"),
+            ("http://a\0b/v1", "control character"),
+            ("http://ok/v1\n", "control character"),
+            ("", "not a URL"),
+        ] {
+            let mut o = options(url);
+            o.auth = Auth::None;
+            let e = Http::new(o).unwrap_err().to_string();
+            assert!(
+                e.starts_with("base-url `") && e.contains(why),
+                "{url:?}: {e}"
+            );
+        }
+        assert!(check_base_url("https://api.openai.com/v1").is_ok());
+        assert!(check_base_url("http://127.0.0.1:8000/v1").is_ok());
+    }
+
+    #[tokio::test]
+    async fn an_answer_over_the_limit_fails_the_attempt() {
+        // Announced too long: refused before reading.
+        let head = format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+            MAX_RESPONSE + 1
+        );
+        let (url, _) = raw_server(head, 17).await;
+        let err = run(&Http::new(options(&url)).unwrap(), "{}")
+            .await
+            .unwrap_err();
+        assert!(
+            !err.is_retryable()
+                && err
+                    .to_string()
+                    .contains(&format!("more than {MAX_RESPONSE} bytes")),
+            "{err}"
+        );
+        // Not announced: reading stops at the limit.
+        let head = "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\nconnection: close\r\n\r\n";
+        let (url, _) = raw_server(head.into(), 40).await;
+        let err = run(&Http::new(options(&url)).unwrap(), "{}")
+            .await
+            .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains(&format!("more than {MAX_RESPONSE} bytes")),
+            "{err}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_refused_connection_says_why() {
+        // A port nothing listens on: bound, then closed.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut o = options(&format!("http://127.0.0.1:{port}/v1"));
+        o.max_retries = 0;
+        let err = run(&Http::new(o).unwrap(), "{}").await.unwrap_err();
+        assert!(err.to_string().to_lowercase().contains("refused"), "{err}");
     }
 }

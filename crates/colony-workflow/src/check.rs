@@ -198,57 +198,7 @@ pub(crate) fn check(
             },
             Kind::Http => match &p.http {
                 Some(h) if p.sim.is_none() && p.command.is_none() && p.process.is_none() => {
-                    let base = h.base_url.clone().unwrap_or_else(|| {
-                        std::env::var("OPENAI_BASE_URL")
-                            .ok()
-                            .filter(|u| !u.is_empty())
-                            .unwrap_or_else(|| "https://api.openai.com/v1".into())
-                    });
-                    let mut o = colony_agents::http::HttpOptions::new(base, h.model.clone());
-                    if let Some(env) = &h.api_key_env {
-                        o.api_key_env = env.clone();
-                    }
-                    o.max_tokens = h.max_tokens;
-                    o.temperature = h.temperature;
-                    o.requests_per_minute = h.requests_per_minute;
-                    if let Some(p) = &h.price {
-                        o.price = colony_agents::http::Price {
-                            input_per_million: p.input,
-                            output_per_million: p.output,
-                        };
-                    }
-                    o.budget_usd = h.budget_usd;
-                    let bad = |v: Option<f64>| v.is_some_and(|v| !v.is_finite() || v < 0.0);
-                    if bad(h.budget_usd)
-                        || bad(h.temperature)
-                        || h.price
-                            .as_ref()
-                            .is_some_and(|p| bad(Some(p.input)) || bad(Some(p.output)))
-                    {
-                        problems.push(Problem::at(
-                            &p.kind,
-                            format!(
-                                "pool `{}`: budget-usd, temperature and prices must be numbers of 0 or more",
-                                p.name.value
-                            ),
-                            "http",
-                        ));
-                    }
-                    if h.model.trim().is_empty() {
-                        problems.push(Problem::at(
-                            &p.kind,
-                            format!("pool `{}` names no model", p.name.value),
-                            "http",
-                        ));
-                    }
-                    if h.requests_per_minute == Some(0) {
-                        problems.push(Problem::at(
-                            &p.kind,
-                            "requests-per-minute 0 would send nothing: allowed 1 and up",
-                            "http",
-                        ));
-                    }
-                    Some(Backend::Http(Box::new(o)))
+                    Some(Backend::Http(Box::new(http_options(p, h, &mut problems))))
                 }
                 _ => {
                     problems.push(Problem::at(
@@ -570,10 +520,18 @@ fn command_options(
     base: &std::path::Path,
     problems: &mut Vec<Problem>,
 ) -> Option<CommandOptions> {
-    let program = find_program(&c.program, base, problems)?;
+    // Not found, the program is reported and the other settings are still checked.
+    let program = find_program(&c.program, base, problems);
     // Arguments are filled per attempt from the attempt itself; outputs of other tasks reach
     // a command through its task's input.
     for arg in &c.args {
+        if arg.value.contains('\0') {
+            problems.push(Problem::at(
+                arg,
+                "the argument holds a NUL byte, which no program's argument can hold",
+                "NUL byte",
+            ));
+        }
         match template::parse(&arg.value) {
             Err(e) => problems.push(Problem::at(arg, e, "bad template")),
             Ok(parts) if parts.iter().any(|p| matches!(p, Part::Output { .. })) => {
@@ -587,7 +545,7 @@ fn command_options(
             Ok(_) => {}
         }
     }
-    let mut options = CommandOptions::new(program);
+    let mut options = CommandOptions::new(program.clone().unwrap_or_default());
     options.args = c.args.iter().map(|a| a.value.clone()).collect();
     options.env_allow.extend(c.env.iter().cloned());
     // Relative to the workflow file, like every path in it; made absolute, since the program
@@ -603,12 +561,35 @@ fn command_options(
         options.ok_codes = codes.clone();
     }
     options.secrets = c.secrets.clone();
-    options.limits = colony_agents::command::Limits {
-        cpu_seconds: c.limits.cpu_seconds,
-        memory_bytes: c.limits.memory_mb.map(|mb| mb.saturating_mul(1 << 20)),
-        open_files: c.limits.open_files,
-        processes: c.limits.processes,
+    // A limit of 0 would stop every process before it did anything.
+    let limit = |field: &str, v: &Option<Spanned<u64>>, max: u64, problems: &mut Vec<Problem>| {
+        let v = v.as_ref()?;
+        if (1..=max).contains(&v.value) {
+            return Some(v.value);
+        }
+        let allowed = if max == u64::MAX {
+            "1 and up".to_owned()
+        } else {
+            format!("1..={max}")
+        };
+        problems.push(Problem::at(
+            v,
+            format!(
+                "limits.{field} {} is out of range: allowed {allowed}",
+                v.value
+            ),
+            "out of range",
+        ));
+        None
     };
+    options.limits = colony_agents::command::Limits {
+        cpu_seconds: limit("cpu-seconds", &c.limits.cpu_seconds, u64::MAX, problems),
+        memory_bytes: limit("memory-mb", &c.limits.memory_mb, u64::MAX >> 20, problems)
+            .map(|mb| mb << 20),
+        open_files: limit("open-files", &c.limits.open_files, u64::MAX, problems),
+        processes: limit("processes", &c.limits.processes, u64::MAX, problems),
+    };
+    options.allow_option_values = c.allow_option_values;
     if c.worktree {
         // The root is the run's output folder, known when it runs.
         options.worktree = Some(colony_agents::command::Worktree {
@@ -620,7 +601,122 @@ fn command_options(
             root: PathBuf::new(),
         });
     }
-    Some(options)
+    program.map(|_| options)
+}
+
+/// The settings of an `http` pool; what the run would refuse or what would break silently is
+/// a problem at the field: a zero, a base URL that is not http(s), a key both named and
+/// declared unneeded.
+fn http_options(
+    p: &file::Pool,
+    h: &file::HttpSettings,
+    problems: &mut Vec<Problem>,
+) -> colony_agents::http::HttpOptions {
+    use colony_agents::http::{self, Auth};
+    let pool = &p.name.value;
+    if let Some(url) = &h.base_url
+        && let Err(e) = http::check_base_url(&url.value)
+    {
+        problems.push(Problem::at(
+            url,
+            format!("pool `{pool}`: base-url {e}"),
+            "not an http(s) URL",
+        ));
+    }
+    // Absent from the file, the endpoint comes from the environment, checked when the pool
+    // is built (`Http::new`), like the key.
+    let base = h.base_url.as_ref().map_or_else(
+        || {
+            std::env::var("OPENAI_BASE_URL")
+                .ok()
+                .filter(|u| !u.is_empty())
+                .unwrap_or_else(|| "https://api.openai.com/v1".into())
+        },
+        |u| u.value.clone(),
+    );
+    let mut o = http::HttpOptions::new(base, h.model.value.clone());
+    if let Some(env) = &h.api_key_env
+        && !is_variable_name(&env.value)
+    {
+        problems.push(Problem::at(
+            env,
+            format!(
+                "pool `{pool}`: api-key-env `{}` is not a variable name: use letters, digits and `_`",
+                env.value.escape_debug()
+            ),
+            "not a variable",
+        ));
+    }
+    o.auth = match (h.auth.as_ref().map(|a| a.value), &h.api_key_env) {
+        (Some(file::HttpAuth::None), Some(env)) => {
+            problems.push(Problem::at(
+                env,
+                format!(
+                    "pool `{pool}` names a key in api-key-env `{}` and says `auth: none`: remove one",
+                    env.value
+                ),
+                "key and no key",
+            ));
+            Auth::None
+        }
+        (Some(file::HttpAuth::None), None) => Auth::None,
+        (_, env) => Auth::Bearer {
+            key_env: env
+                .as_ref()
+                .map_or_else(|| http::DEFAULT_KEY_ENV.into(), |e| e.value.clone()),
+        },
+    };
+    let at_least_one = |field: &str, v: &Option<Spanned<u32>>, problems: &mut Vec<Problem>| {
+        if let Some(v) = v
+            && v.value == 0
+        {
+            problems.push(Problem::at(
+                v,
+                format!("pool `{pool}`: {field} 0 is out of range: allowed 1 and up"),
+                "zero",
+            ));
+        }
+    };
+    at_least_one("max-tokens", &h.max_tokens, problems);
+    at_least_one("requests-per-minute", &h.requests_per_minute, problems);
+    o.max_tokens = h.max_tokens.as_ref().map(|v| v.value);
+    o.temperature = h.temperature;
+    o.requests_per_minute = h.requests_per_minute.as_ref().map(|v| v.value);
+    if let Some(p) = &h.price {
+        o.price = http::Price {
+            input_per_million: p.input,
+            output_per_million: p.output,
+        };
+    }
+    o.budget_usd = h.budget_usd;
+    let bad = |v: Option<f64>| v.is_some_and(|v| !v.is_finite() || v < 0.0);
+    if bad(h.budget_usd)
+        || bad(h.temperature)
+        || h.price
+            .as_ref()
+            .is_some_and(|p| bad(Some(p.input)) || bad(Some(p.output)))
+    {
+        problems.push(Problem::at(
+            &p.kind,
+            format!(
+                "pool `{pool}`: budget-usd, temperature and prices must be numbers of 0 or more"
+            ),
+            "http",
+        ));
+    }
+    if h.model.value.trim().is_empty() {
+        problems.push(Problem::at(
+            &h.model,
+            format!("pool `{pool}` names no model"),
+            "no model",
+        ));
+    }
+    o
+}
+
+/// Whether `name` can name an environment variable.
+fn is_variable_name(name: &str) -> bool {
+    !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
 }
 
 /// The program a pool runs, found: a path relative to the workflow file, or a name on PATH.

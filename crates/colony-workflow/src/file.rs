@@ -72,25 +72,40 @@ pub struct Pool {
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
 pub struct HttpSettings {
-    /// Default: `$OPENAI_BASE_URL` when set, else `https://api.openai.com/v1`.
+    /// An http(s) URL. Default: `$OPENAI_BASE_URL` when set, else `https://api.openai.com/v1`.
     #[serde(default)]
-    pub base_url: Option<String>,
-    pub model: String,
-    /// The variable holding the API key (default `OPENAI_API_KEY`).
+    pub base_url: Option<Spanned<String>>,
+    pub model: Spanned<String>,
+    /// The variable holding the API key (default `OPENAI_API_KEY`); it must be set when the
+    /// pool is built.
     #[serde(default)]
-    pub api_key_env: Option<String>,
+    pub api_key_env: Option<Spanned<String>>,
+    /// `bearer` (the default: the key from `api-key-env`) or `none`, for an endpoint that
+    /// takes no key.
     #[serde(default)]
-    pub max_tokens: Option<u32>,
+    pub auth: Option<Spanned<HttpAuth>>,
+    #[serde(default)]
+    pub max_tokens: Option<Spanned<u32>>,
     #[serde(default)]
     pub temperature: Option<f64>,
     #[serde(default)]
-    pub requests_per_minute: Option<u32>,
+    pub requests_per_minute: Option<Spanned<u32>>,
     /// Dollars per million tokens.
     #[serde(default)]
     pub price: Option<HttpPrice>,
     /// Dollars the pool may spend; then its tasks fail instead of sending requests.
     #[serde(default)]
     pub budget_usd: Option<f64>,
+}
+
+/// How `http` agents authenticate.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum HttpAuth {
+    /// `Authorization: Bearer` with the key in `api-key-env`.
+    Bearer,
+    /// No key is sent: the endpoint takes none.
+    None,
 }
 
 #[derive(Debug, Deserialize)]
@@ -176,6 +191,10 @@ pub struct Command {
     /// at `<output>/worktrees/<task>`.
     #[serde(default)]
     pub worktree: bool,
+    /// Let a value from the task's input start an argument with `-` (the program would take
+    /// it for an option); refused by default.
+    #[serde(default)]
+    pub allow_option_values: bool,
 }
 
 /// Resource limits of each process.
@@ -183,13 +202,13 @@ pub struct Command {
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
 pub struct Limits {
     #[serde(default)]
-    pub cpu_seconds: Option<u64>,
+    pub cpu_seconds: Option<Spanned<u64>>,
     #[serde(default)]
-    pub memory_mb: Option<u64>,
+    pub memory_mb: Option<Spanned<u64>>,
     #[serde(default)]
-    pub open_files: Option<u64>,
+    pub open_files: Option<Spanned<u64>>,
     #[serde(default)]
-    pub processes: Option<u64>,
+    pub processes: Option<Spanned<u64>>,
 }
 
 /// A task of the graph.

@@ -365,8 +365,9 @@ pub fn agents(
                 }
                 Backend::Http(o) => {
                     let http = Arc::new(
-                        colony_agents::http::Http::new((**o).clone())
-                            .map_err(colony_runtime::Error::Options)?,
+                        colony_agents::http::Http::new((**o).clone()).map_err(|e| {
+                            colony_runtime::Error::Options(format!("pool `{}`: {e}", p.name))
+                        })?,
                     );
                     endpoints.push(http.clone());
                     http

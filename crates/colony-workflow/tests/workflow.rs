@@ -308,7 +308,7 @@ agents:
     http:
       base-url: "{url}"
       model: local
-      api-key-env: COLONY_TEST_NO_SUCH_KEY
+      auth: none
       price: {{ input: 1.0, output: 2.0 }}
 tasks:
   - {{ id: draft, agent: model, prompt: "write a haiku" }}
