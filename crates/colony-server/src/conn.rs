@@ -4,17 +4,18 @@
 //! TLS), so both have the same defences against clients that open connections and send
 //! nothing, or half a request:
 //!
-//! - **A request head must arrive in time.** A connection has [`Limits::header_timeout`] from
-//!   its opening (TLS handshake included) to send a complete request head, and
-//!   [`Limits::idle_timeout`] between the end of a response and the end of the next head.
-//!   Past it the connection is closed. A request being handled (its body being read, its
-//!   answer being written, an event stream) has no such limit.
+//! - **The client must keep up.** A connection has [`Limits::header_timeout`] from its
+//!   opening (TLS handshake included) to send a complete request head,
+//!   [`Limits::idle_timeout`] between the end of a response and the end of the next head, and
+//!   [`Limits::idle_timeout`] between two pieces of a request body it is sending. Past it the
+//!   connection is closed. The server's own work (a handler running, an answer being
+//!   written, an event stream) has no such limit.
 //! - **Open connections are capped** at [`Limits::max_connections`]. At the cap, the connection
-//!   that has waited longest for a request head is closed to make room for the newcomer, so
-//!   that a flood of half-open connections cannot starve good clients: it only ever evicts
-//!   itself. Only when every open connection is handling a request is the newcomer refused,
-//!   with `503 too-many-connections` (JSON). The same eviction frees a file descriptor when
-//!   the process runs out of them.
+//!   that has waited longest for its client (for a head, or for body bytes) is closed to make
+//!   room for the newcomer, so that a flood of half-sent requests cannot starve good clients:
+//!   it only ever evicts itself. Only when every open connection is waiting for the server is
+//!   the newcomer refused, with `503 too-many-connections` (JSON). The same eviction frees a
+//!   file descriptor when the process runs out of them.
 //! - **The HTTP layer's own refusals are JSON too.** hyper answers a request head it cannot
 //!   parse (400), one too large (431) or a URI too long (414) by itself, with an empty body;
 //!   [`JsonErrors`] puts the server's JSON error in place of that answer.
@@ -59,7 +60,8 @@ pub struct Limits {
     pub max_connections: usize,
     /// From a connection's opening to the end of its first request head.
     pub header_timeout: Duration,
-    /// From the end of a response to the end of the next request head on the same connection.
+    /// From the end of a response to the end of the next request head on the same connection,
+    /// and between two pieces of a request body.
     pub idle_timeout: Duration,
 }
 
@@ -73,7 +75,7 @@ impl Default for Limits {
     }
 }
 
-/// The open connections, and among them those waiting for a request head, oldest first.
+/// The open connections, and among them those waiting for their client, oldest first.
 #[derive(Debug)]
 struct Connections {
     limits: Limits,
@@ -84,7 +86,7 @@ struct Connections {
 struct Table {
     open: usize,
     next: u64,
-    /// Connections waiting for a request head, by when they started waiting.
+    /// Connections waiting for their client, by when they started waiting.
     waiting: BTreeMap<(Instant, u64), Arc<Slot>>,
 }
 
@@ -99,13 +101,25 @@ struct Slot {
 
 #[derive(Debug, Default)]
 struct SlotState {
-    /// When it started waiting for a request head; `None` while a request is in flight.
+    /// When it started waiting for its client; `None` while the server has the next move.
     since: Option<Instant>,
-    /// Requests answered on it: the first head has the header timeout, the next the idle one.
-    served: u64,
+    /// What it waits for.
+    wait: Wait,
     in_flight: u32,
     /// Evicted or closed: it no longer counts as open.
     gone: bool,
+}
+
+/// What a connection waits for from its client.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+enum Wait {
+    /// Its first request head (and the TLS handshake before it).
+    #[default]
+    FirstHead,
+    /// The next request head, after an answer.
+    NextHead,
+    /// More of a request body.
+    Body,
 }
 
 fn locked<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -168,14 +182,44 @@ impl Connections {
         let mut table = locked(&self.table);
         let mut state = locked(&slot.state);
         state.in_flight = state.in_flight.saturating_sub(1);
-        state.served += 1;
         if state.in_flight == 0 && !state.gone {
-            let now = Instant::now();
-            state.since = Some(now);
-            table.waiting.insert((now, slot.id), slot.clone());
+            Self::wait(&mut table, &mut state, slot, Wait::NextHead);
         }
         drop(state);
         slot.wake.notify_one();
+    }
+
+    /// The connection waits (again) for its client, from now.
+    fn wait(table: &mut Table, state: &mut SlotState, slot: &Arc<Slot>, wait: Wait) {
+        if let Some(since) = state.since.take() {
+            table.waiting.remove(&(since, slot.id));
+        }
+        let now = Instant::now();
+        state.since = Some(now);
+        state.wait = wait;
+        table.waiting.insert((now, slot.id), slot.clone());
+    }
+
+    /// The handler waits for (more of) the request body: so does the connection, from now.
+    fn body_wait(&self, slot: &Arc<Slot>) {
+        let mut table = locked(&self.table);
+        let mut state = locked(&slot.state);
+        if !state.gone {
+            Self::wait(&mut table, &mut state, slot, Wait::Body);
+        }
+        drop(state);
+        slot.wake.notify_one();
+    }
+
+    /// The request body has all come, or is no longer read.
+    fn body_done(&self, slot: &Slot) {
+        let mut table = locked(&self.table);
+        let mut state = locked(&slot.state);
+        if state.wait == Wait::Body
+            && let Some(since) = state.since.take()
+        {
+            table.waiting.remove(&(since, slot.id));
+        }
     }
 
     /// The connection has closed.
@@ -200,26 +244,26 @@ impl Connections {
                 if state.gone {
                     return "evicted to make room";
                 }
-                state.since.map(|since| {
-                    since
-                        + if state.served == 0 {
-                            self.limits.header_timeout
-                        } else {
-                            self.limits.idle_timeout
-                        }
-                })
+                let allowed = match state.wait {
+                    Wait::FirstHead => self.limits.header_timeout,
+                    Wait::NextHead | Wait::Body => self.limits.idle_timeout,
+                };
+                state
+                    .since
+                    .map(|since| (since, since + allowed, state.wait))
             };
             match deadline {
                 None => notified.await,
-                Some(deadline) => tokio::select! {
+                Some((since, deadline, wait)) => tokio::select! {
                     () = notified => {}
                     () = tokio::time::sleep_until(deadline) => {
                         let state = locked(&slot.state);
-                        if state.since.is_some() && Instant::now() >= deadline {
-                            return if state.served == 0 {
-                                "no request head within the header timeout"
-                            } else {
-                                "idle past the idle timeout"
+                        // Still waiting as it was when the deadline was set.
+                        if state.since == Some(since) && state.wait == wait {
+                            return match wait {
+                                Wait::FirstHead => "no request head within the header timeout",
+                                Wait::NextHead => "idle past the idle timeout",
+                                Wait::Body => "no request body within the idle timeout",
                             };
                         }
                     }
@@ -239,6 +283,55 @@ struct InFlight {
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.connections.end(&self.slot);
+    }
+}
+
+/// A request body that counts its connection as waiting for its client while the handler
+/// waits for more of it, refreshed at each piece; no longer once it has all come, or is
+/// dropped.
+struct Reading {
+    body: Incoming,
+    watch: Option<BodyWatch>,
+}
+
+struct BodyWatch {
+    connections: Arc<Connections>,
+    slot: Arc<Slot>,
+}
+
+impl Drop for BodyWatch {
+    fn drop(&mut self) {
+        self.connections.body_done(&self.slot);
+    }
+}
+
+impl http_body::Body for Reading {
+    type Data = bytes::Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        let polled = Pin::new(&mut self.body).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(_))) if !self.body.is_end_stream() => {
+                if let Some(w) = &self.watch {
+                    w.connections.body_wait(&w.slot);
+                }
+            }
+            Poll::Ready(_) => self.watch = None,
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
     }
 }
 
@@ -347,9 +440,19 @@ async fn http<S>(
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let (conns, owner) = (connections.clone(), slot.clone());
-    let service = hyper::service::service_fn(move |mut request: Request<Incoming>| {
-        request.extensions_mut().insert(ConnectInfo(peer));
+    let service = hyper::service::service_fn(move |request: Request<Incoming>| {
         let in_flight = conns.begin(&owner);
+        let mut request = request.map(|body| {
+            let watch = (!http_body::Body::is_end_stream(&body)).then(|| {
+                conns.body_wait(&owner);
+                BodyWatch {
+                    connections: conns.clone(),
+                    slot: owner.clone(),
+                }
+            });
+            Body::new(Reading { body, watch })
+        });
+        request.extensions_mut().insert(ConnectInfo(peer));
         let router = router.clone();
         async move {
             let response = tower::ServiceExt::oneshot(router, request).await?;

@@ -23,7 +23,8 @@
 //! - `GET /v1/events` [read]: server-sent events: a `snapshot` of the counters every second,
 //!   and `notable` events as they happen (health alerts, escalations); never one event per
 //!   task (steals, rebalancing and restarts are counted in the snapshot).
-//! - `GET /metrics` [read]: Prometheus text.
+//! - `GET /metrics` [read]: Prometheus text; `GET /metrics/runs` [read]: that of the
+//!   workflow runs' runtimes, kept apart (see [`runs`]).
 //! - `GET /healthz`, `GET /openapi.json`: open to all.
 //! - `GET /` and `/ui/...`: the dashboard (see [`dashboard`]).
 //!
@@ -297,6 +298,7 @@ fn router(app: Arc<App>) -> Router {
         .route("/v1/stats", get(live::stats))
         .route("/v1/events", get(live::events))
         .route("/metrics", get(live::metrics_text))
+        .route("/metrics/runs", get(runs::metrics_text))
         .merge(dashboard::read_routes());
     let submit = Router::new()
         .route("/v1/tasks", post(tasks::submit))

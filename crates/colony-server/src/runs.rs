@@ -7,6 +7,13 @@
 //! cannot send to another site unasked). Each run's results go to `<folder>/<run>/`, as `colony run
 //! --out` writes them; its tasks are journaled in memory, so a run cut short by the server
 //! stopping is not resumed.
+//!
+//! A run's runtime is a runtime of its own, with the same metric names as the server's: left
+//! to the process's recorder, its gauges would overwrite the server's (its agents and queue
+//! in place of the server's) and its counters add to them. So each run goes on a thread of
+//! its own, with a tokio runtime of its own, whose metrics go to a registry of runs
+//! ([`metrics_text`], `GET /metrics/runs`) and never reach `/metrics`. Its own thread also
+//! keeps its work off the workers that answer the API.
 
 use crate::{App, problem};
 use axum::{
@@ -219,9 +226,19 @@ pub(crate) async fn submit(
         })),
         prior: Vec::new(),
     };
-    colony_runtime::spawner::Spawner::spawn("workflow-run", async move {
-        let result = colony_workflow::run(&workflow, options).await;
-        let mut r = lock(&run);
+    let finished = run.clone();
+    let started = colony_runtime::spawner::Spawner::spawn_thread("workflow-run", move || {
+        // Everything the run's runtime records, on this thread, goes to the runs' registry.
+        let _recorder = metrics::set_default_local_recorder(registry());
+        let result = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| format!("cannot start the run's runtime: {e}"))
+            .and_then(|rt| {
+                rt.block_on(colony_workflow::run(&workflow, options))
+                    .map_err(|e| e.to_string())
+            });
+        let mut r = lock(&finished);
         r.cancel = None;
         match result {
             Ok(report) => {
@@ -236,13 +253,46 @@ pub(crate) async fn submit(
             }
             Err(e) => {
                 r.state = "error";
-                r.error = Some(e.to_string());
+                r.error = Some(e);
             }
         }
     });
+    if let Err(e) = started {
+        let mut r = lock(&run);
+        r.cancel = None;
+        r.state = "error";
+        r.error = Some(format!("cannot start a thread for the run: {e}"));
+    }
     (
         StatusCode::ACCEPTED,
         Json(json!({ "id": id, "url": format!("/v1/runs/{id}") })),
+    )
+        .into_response()
+}
+
+/// The registry every run's runtime records its metrics in, apart from the server's.
+fn registry() -> &'static metrics_exporter_prometheus::PrometheusRecorder {
+    static RUNS: std::sync::OnceLock<metrics_exporter_prometheus::PrometheusRecorder> =
+        std::sync::OnceLock::new();
+    RUNS.get_or_init(|| {
+        let builder = metrics_exporter_prometheus::PrometheusBuilder::new();
+        let recorder = builder
+            .set_buckets(colony_runtime::metrics::BUCKETS)
+            .map(|b| b.build_recorder())
+            .unwrap_or_else(|_| {
+                metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder()
+            });
+        metrics::with_local_recorder(&recorder, colony_runtime::metrics::describe);
+        recorder
+    })
+}
+
+/// `GET /metrics/runs`: the metrics of every workflow run's runtime since the server started,
+/// as Prometheus text; the server's own are at `/metrics`.
+pub(crate) async fn metrics_text() -> Response {
+    (
+        [("content-type", "text/plain; version=0.0.4")],
+        registry().handle().render(),
     )
         .into_response()
 }

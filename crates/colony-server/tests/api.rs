@@ -240,6 +240,7 @@ async fn the_openapi_document_describes_every_route_served() {
         "/v1/stats",
         "/v1/events",
         "/metrics",
+        "/metrics/runs",
         "/healthz",
         "/openapi.json",
         "/v1/tasks/{id}/cancel",
