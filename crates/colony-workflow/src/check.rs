@@ -93,7 +93,7 @@ pub(crate) fn check(
                     d,
                     format!(
                         "`{}` is not a duration ({e}): write it like `30s`, `5m` or `1h 30m`",
-                        d.value
+                        crate::shorten(&d.value, 60)
                     ),
                     "not a duration",
                 ));
@@ -367,7 +367,7 @@ pub(crate) fn check(
                 Err(e) => problems.push(at(e, "bad template".into())),
                 Ok(parts) => {
                     for part in parts {
-                        if let Part::Output { task, .. } = part
+                        if let Part::Output { task, .. } = &part
                             && !needed.contains(&task.as_str())
                         {
                             problems.push(at(
@@ -376,6 +376,15 @@ pub(crate) fn check(
                                     t.id.value
                                 ),
                                 "unknown output".into(),
+                            ));
+                        }
+                        // Nothing would fill it: it would reach the agent as written.
+                        if let Part::Command(key) = &part {
+                            problems.push(at(
+                                format!(
+                                    "`{{{{{key}}}}}` is filled only in a command pool's `args` and `workdir`: in a task's prompt or input use `{{{{outputs.TASK}}}}`, `{{{{outputs.TASK.FIELD}}}}` or `{{{{task}}}}`"
+                                ),
+                                "not filled here".into(),
                             ));
                         }
                     }
@@ -390,6 +399,7 @@ pub(crate) fn check(
                 check_template(s, &|m, l| Problem::at(input, m, l));
             });
         }
+        crate::payload::check(t, &requirement, &pools, &mut problems);
         let expect = t
             .expect
             .as_ref()

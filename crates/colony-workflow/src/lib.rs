@@ -17,6 +17,7 @@
 pub mod bench;
 mod check;
 pub mod file;
+mod payload;
 pub mod read;
 mod run;
 mod template;
@@ -136,17 +137,106 @@ impl Invalid {
         }
     }
 
-    /// One diagnostic per problem, for `miette` to render with snippets.
+    /// One diagnostic per problem, for `miette` to render with snippets. A snippet of a line
+    /// longer than [`SNIPPET_CHARS`] shows only a window of it around the problem.
     pub fn diagnostics(&self) -> Vec<ProblemReport> {
         self.problems
             .iter()
-            .map(|p| ProblemReport {
-                problem: p.clone(),
-                file: self.file.clone(),
-                source: self.source.clone(),
-                span: p.at.map(|at| span(&self.text, at.line(), at.column())),
+            .map(|p| {
+                let (source, span) = match p.at {
+                    None => (Source::Whole(self.source.clone()), None),
+                    Some(at) => match Window::around(&self.file, &self.text, at) {
+                        Some((window, span)) => (Source::Window(Arc::new(window)), Some(span)),
+                        None => (
+                            Source::Whole(self.source.clone()),
+                            Some(span(&self.text, at.line(), at.column())),
+                        ),
+                    },
+                };
+                ProblemReport {
+                    problem: p.clone(),
+                    file: self.file.clone(),
+                    source,
+                    span,
+                }
             })
             .collect()
+    }
+}
+
+/// Characters of a line a snippet shows at most.
+pub const SNIPPET_CHARS: usize = 160;
+
+/// What a snippet is cut from: the whole file, or a window of one long line.
+#[derive(Debug, Clone)]
+enum Source {
+    Whole(Arc<NamedSource<String>>),
+    Window(Arc<Window>),
+}
+
+impl miette::SourceCode for Source {
+    fn read_span<'a>(
+        &'a self,
+        span: &SourceSpan,
+        before: usize,
+        after: usize,
+    ) -> Result<Box<dyn miette::SpanContents<'a> + 'a>, miette::MietteError> {
+        match self {
+            Source::Whole(s) => s.read_span(span, before, after),
+            Source::Window(w) => Ok(Box::new(miette::MietteSpanContents::new_named(
+                w.name.clone(),
+                w.text.as_bytes(),
+                SourceSpan::new(0.into(), w.text.len()),
+                w.line,
+                w.column,
+                1,
+            ))),
+        }
+    }
+}
+
+/// A part of one long line of a file: its text, the 0-based line, and the 0-based column of
+/// the problem.
+#[derive(Debug)]
+struct Window {
+    name: String,
+    text: String,
+    line: usize,
+    column: usize,
+}
+
+impl Window {
+    /// A window of the line of `at`, when that line is too long to show whole, with the span
+    /// of the problem's token in it.
+    fn around(file: &str, text: &str, at: Position) -> Option<(Self, SourceSpan)> {
+        let line = text.lines().nth(at.line().saturating_sub(1) as usize)?;
+        if line.chars().count() <= SNIPPET_CHARS {
+            return None;
+        }
+        let column = at.column().saturating_sub(1) as usize;
+        let start = column.saturating_sub(SNIPPET_CHARS / 4);
+        let shown: String = line.chars().skip(start).take(SNIPPET_CHARS).collect();
+        let lead = if start > 0 { "…" } else { "" };
+        let text = format!("{lead}{shown}…");
+        let offset = lead.len()
+            + shown
+                .chars()
+                .take(column - start)
+                .map(char::len_utf8)
+                .sum::<usize>();
+        let token = &text[offset.min(text.len())..];
+        let len = token
+            .find([',', ']', '}', '#'])
+            .unwrap_or(token.len())
+            .clamp(1, 40)
+            .min(token.len().max(1));
+        let window = Self {
+            name: file.to_owned(),
+            text,
+            line: at.line().saturating_sub(1) as usize,
+            column,
+        };
+        Some((window, SourceSpan::new(offset.into(), len)))
     }
 }
 
@@ -179,7 +269,7 @@ impl std::error::Error for Invalid {}
 pub struct ProblemReport {
     problem: Problem,
     file: String,
-    source: Arc<NamedSource<String>>,
+    source: Source,
     span: Option<SourceSpan>,
 }
 
@@ -207,7 +297,7 @@ impl Diagnostic for ProblemReport {
     }
 
     fn source_code(&self) -> Option<&dyn miette::SourceCode> {
-        self.span.map(|_| &*self.source as &dyn miette::SourceCode)
+        self.span.map(|_| &self.source as &dyn miette::SourceCode)
     }
 
     fn labels(&self) -> Option<Box<dyn Iterator<Item = LabeledSpan> + '_>> {
@@ -253,8 +343,8 @@ pub enum Error {
 }
 
 /// Longest workflow or pools file read, in bytes: a generated graph of 100,000 tasks takes
-/// about 4 MB; what parsing makes of a file stays within a few hundred megabytes.
-pub const MAX_FILE_BYTES: u64 = 16 << 20;
+/// about 4 MB; what parsing makes of a file this long stays well under 300 MB.
+pub const MAX_FILE_BYTES: u64 = 8 << 20;
 
 /// Reads and checks the workflow file at `path`: YAML, or TOML when its name ends in `.toml`.
 /// The file must be a regular file of at most [`MAX_FILE_BYTES`], in UTF-8.
@@ -336,30 +426,207 @@ fn parse_for(
     base: &Path,
     purpose: check::Purpose,
 ) -> Result<Workflow, Invalid> {
-    let parsed: file::File = serde_saphyr::from_str(text).map_err(|e| {
-        let at = e.location().and_then(check::known);
-        // The parser's own snippet and "line L column C" are left out: ours show them once.
-        let message = e.without_snippet().to_string();
-        let message = message
-            .strip_prefix("error: ")
-            .unwrap_or(&message)
-            .split_once(": ")
-            .filter(|(head, _)| head.starts_with("line "))
-            .map_or(message.as_str(), |(_, m)| m);
-        let message = message
-            .rsplit_once(" at line ")
-            .map_or(message, |(m, _)| m)
-            .trim()
-            .to_owned();
-        Invalid::new(
+    // The parser would report a NUL byte as something else (an unclosed quote).
+    if let Some(nul) = text.find('\0') {
+        let (line, column) = read::position(&text.as_bytes()[..nul]);
+        return Err(Invalid::new(
             file,
             text,
             vec![Problem {
-                message,
-                at,
-                label: "here".into(),
+                message: "a NUL byte: a workflow file is text, without NUL bytes".into(),
+                at: Some(Position { line, column }),
+                label: "NUL byte".into(),
             }],
-        )
-    })?;
+        ));
+    }
+    let parsed: file::File = serde_saphyr::from_str_with_options(text, yaml_options(text.len()))
+        .map_err(|e| {
+            let at = e.location().and_then(check::known);
+            let message = match e.without_snippet() {
+                serde_saphyr::Error::Budget { breach, .. } => budget_message(breach),
+                e => {
+                    // The parser's own snippet and "line L column C" are left out: ours show
+                    // them once.
+                    let message = e.to_string();
+                    let message = message
+                        .strip_prefix("error: ")
+                        .unwrap_or(&message)
+                        .split_once(": ")
+                        .filter(|(head, _)| head.starts_with("line "))
+                        .map_or(message.as_str(), |(_, m)| m);
+                    let message = message
+                        .rsplit_once(" at line ")
+                        .map_or(message, |(m, _)| m)
+                        .trim();
+                    plain_message(message, text, at)
+                }
+            };
+            Invalid::new(
+                file,
+                text,
+                vec![Problem {
+                    message,
+                    at,
+                    label: "here".into(),
+                }],
+            )
+        })?;
     check::check(parsed, base, purpose).map_err(|problems| Invalid::new(file, text, problems))
+}
+
+/// YAML nodes (values, lists, maps) a file may hold per byte of it. The densest file that
+/// means something, a generated graph of 100,000 tasks, has one node per 5 bytes; a denser
+/// one is padding.
+const BYTES_PER_NODE: usize = 4;
+
+/// Nodes any file may hold, however short: the parser's own default.
+const MIN_NODES: usize = 250_000;
+
+/// The parser's limits for a file of `len` bytes: nodes and events in proportion to its size
+/// (a file of [`MAX_FILE_BYTES`] may hold 100,000 tasks and more), aliases kept few, since
+/// each one replays what it names.
+fn yaml_options(len: usize) -> serde_saphyr::Options {
+    let nodes = (len / BYTES_PER_NODE).max(MIN_NODES);
+    let budget = serde_saphyr::Budget {
+        max_nodes: nodes,
+        // An event opens or closes a node: at most two per node.
+        max_events: nodes.saturating_mul(2),
+        max_total_scalar_bytes: MAX_FILE_BYTES as usize,
+        max_depth: MAX_DEPTH,
+        max_documents: 1,
+        max_aliases: MAX_ALIASES,
+        max_anchors: MAX_ALIASES,
+        ..serde_saphyr::Budget::default()
+    };
+    serde_saphyr::Options {
+        budget: Some(budget),
+        alias_limits: serde_saphyr::options::AliasLimits {
+            // What aliases replay counts as if it were written out: no more than the file
+            // itself may hold.
+            max_total_replayed_events: nodes,
+            ..Default::default()
+        },
+        with_snippet: false,
+        ..serde_saphyr::Options::default()
+    }
+}
+
+/// Deepest nesting of lists and maps in a file.
+const MAX_DEPTH: usize = 128;
+
+/// Aliases (`*name`) and anchors (`&name`) a file may hold.
+const MAX_ALIASES: usize = 10_000;
+
+/// What a breached limit of the YAML parser means, for a person.
+fn budget_message(breach: &serde_saphyr::budget::BudgetBreach) -> String {
+    use serde_saphyr::budget::BudgetBreach as B;
+    match breach {
+        B::Nodes { nodes } | B::Events { events: nodes } => format!(
+            "the file holds more than {nodes} YAML values, lists and maps: a file may hold one per {BYTES_PER_NODE} bytes of it (at least {MIN_NODES})"
+        ),
+        B::Depth { depth } => {
+            format!("lists and maps are nested {depth} deep: allowed up to {MAX_DEPTH}")
+        }
+        B::Aliases { aliases } => {
+            format!("the file uses {aliases} aliases (`*name`): allowed up to {MAX_ALIASES}")
+        }
+        B::Anchors { anchors } => {
+            format!("the file defines {anchors} anchors (`&name`): allowed up to {MAX_ALIASES}")
+        }
+        B::AliasAnchorRatio { aliases, anchors } => format!(
+            "the file uses {aliases} aliases of {anchors} anchors: more than 10 aliases per anchor is refused, as each alias copies what it names"
+        ),
+        B::ScalarBytes { total_scalar_bytes } => format!(
+            "the file's values take {total_scalar_bytes} bytes: allowed up to {MAX_FILE_BYTES}"
+        ),
+        B::Documents { documents } => {
+            format!("the file holds {documents} YAML documents (`---`): allowed 1")
+        }
+        B::MergeKeys { merge_keys } => format!("the file uses {merge_keys} merge keys (`<<`)"),
+        B::SequenceUnbalanced => "the file's lists and maps are not closed properly".into(),
+        B::InputBytes { input_bytes } => {
+            format!("the file is {input_bytes} bytes long: allowed up to {MAX_FILE_BYTES}")
+        }
+    }
+}
+
+/// The parser's message, with its Rust type names put as a person would: `invalid u32` on a
+/// `count: -1` becomes "`count` is -1: allowed a whole number in 0..=4294967295".
+fn plain_message(message: &str, text: &str, at: Option<Position>) -> String {
+    let range = |ty: &str| -> Option<&'static str> {
+        Some(match ty {
+            "u8" => "a whole number in 0..=255",
+            "u16" => "a whole number in 0..=65535",
+            "u32" => "a whole number in 0..=4294967295",
+            "u64" => "a whole number in 0..=18446744073709551615",
+            "i32" => "a whole number in -2147483648..=2147483647",
+            "i64" => "a whole number",
+            "f64" | "f32" => "a number",
+            "bool" => "`true` or `false`",
+            _ => return None,
+        })
+    };
+    let wanted = message
+        .strip_prefix("invalid ")
+        .and_then(|ty| range(ty.trim()))
+        .or_else(|| {
+            // serde's own wording: "invalid type: string \"x\", expected u32".
+            message
+                .rsplit_once("expected ")
+                .and_then(|(_, ty)| range(ty.trim()))
+        });
+    let Some(wanted) = wanted else {
+        if message.contains("recursion limit") {
+            return format!("lists and maps are nested too deep: allowed up to {MAX_DEPTH}");
+        }
+        return shorten(message, 300);
+    };
+    let Some(at) = at else {
+        return format!("{}: allowed {wanted}", shorten(message, 300));
+    };
+    let (key, value) = key_and_value(text, at);
+    match key {
+        Some(key) => format!("`{key}` is {value}: allowed {wanted}"),
+        None => format!("{value} is not allowed here: write {wanted}"),
+    }
+}
+
+/// The key written before `at` on its line (`count` in `{name: s, count: -1}`), and the
+/// token at `at`, shortened.
+fn key_and_value(text: &str, at: Position) -> (Option<String>, String) {
+    let line = text
+        .lines()
+        .nth(at.line.saturating_sub(1) as usize)
+        .unwrap_or("");
+    let offset: usize = line
+        .chars()
+        .take(at.column.saturating_sub(1) as usize)
+        .map(char::len_utf8)
+        .sum();
+    let (before, token) = line.split_at(offset.min(line.len()));
+    let token = token
+        .split([',', ']', '}', '#'])
+        .next()
+        .unwrap_or("")
+        .trim();
+    let key = before
+        .trim_end()
+        .strip_suffix(':')
+        .map(|b| {
+            b.rsplit(['{', ',', ' ', '-', '['])
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_owned()
+        })
+        .filter(|k| !k.is_empty());
+    (key, shorten(token, 60))
+}
+
+/// At most `max` characters of `text`, marked when cut.
+pub(crate) fn shorten(text: &str, max: usize) -> String {
+    match text.char_indices().nth(max) {
+        Some((cut, _)) => format!("{}…", &text[..cut]),
+        None => text.to_owned(),
+    }
 }

@@ -11,8 +11,14 @@ use std::{collections::HashMap, fmt};
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum Part {
     Text(String),
-    Output { task: String, path: Vec<String> },
+    Output {
+        task: String,
+        path: Vec<String>,
+    },
     TaskId,
+    /// A placeholder of the command backend (`input.KEY`, `attempt`, `agent`), filled per
+    /// attempt in a command's arguments and `workdir`, and nowhere else: kept as written.
+    Command(String),
 }
 
 /// Splits `text` into text and placeholders; says what is wrong with a bad one.
@@ -25,7 +31,10 @@ pub(crate) fn parse(text: &str) -> Result<Vec<Part>, String> {
         }
         let after = &rest[open + 2..];
         let Some(close) = after.find("}}") else {
-            return Err(format!("`{{{{` without a closing `}}}}` in {text:?}"));
+            return Err(format!(
+                "`{{{{` without a closing `}}}}` in {:?}",
+                crate::shorten(text, 80)
+            ));
         };
         let key = after[..close].trim();
         let mut words = key.split('.');
@@ -41,10 +50,9 @@ pub(crate) fn parse(text: &str) -> Result<Vec<Part>, String> {
             }
             Some("task") if key == "task" => parts.push(Part::TaskId),
             // Placeholders of the command backend, filled per attempt: kept as they are.
-            Some("input" | "attempt" | "agent") => {
-                parts.push(Part::Text(format!("{{{{{key}}}}}")));
-            }
+            Some("input" | "attempt" | "agent") => parts.push(Part::Command(key.to_owned())),
             _ => {
+                let key = crate::shorten(key, 60);
                 return Err(format!(
                     "unknown placeholder `{{{{{key}}}}}`: use `{{{{outputs.TASK}}}}`, `{{{{outputs.TASK.FIELD}}}}` or `{{{{task}}}}`"
                 ));
@@ -201,6 +209,11 @@ pub(crate) fn render(
                 budget.charge_text(id, &"`{{task}}`")?;
                 out.push_str(id);
             }
+            Part::Command(key) => {
+                let kept = format!("{{{{{key}}}}}");
+                budget.charge_text(&kept, &"the text")?;
+                out.push_str(&kept);
+            }
             Part::Output { task, path } => {
                 let value = lookup(&task, &path, outputs)?;
                 // Measured before it is copied: the copy is what must stay bounded.
@@ -315,8 +328,11 @@ mod tests {
         );
         assert_eq!(
             parse("{{input.file}}").unwrap(),
-            [Part::Text("{{input.file}}".into())]
+            [Part::Command("input.file".into())]
         );
+        // A huge bad placeholder is named, cut.
+        let e = parse(&format!("{{{{{}}}}}", "b".repeat(10_000))).unwrap_err();
+        assert!(e.len() < 300, "{e}");
     }
 
     #[test]

@@ -133,3 +133,158 @@ async fn many_references_to_a_big_output_fail_the_task_not_the_memory() {
     }
     assert!(!report.all_succeeded());
 }
+
+/// Every problem `yaml` has, rendered as `colony validate` shows them (snippets included).
+fn rendered(yaml: &str) -> String {
+    let invalid = match parse(yaml, "w.yaml", Path::new(".")) {
+        Ok(_) => panic!("accepted:\n{}", &yaml[..yaml.len().min(300)]),
+        Err(invalid) => invalid,
+    };
+    let handler =
+        miette::GraphicalReportHandler::new_themed(miette::GraphicalTheme::unicode_nocolor())
+            .with_width(10_000);
+    let mut out = String::new();
+    for d in invalid.diagnostics() {
+        handler.render_report(&mut out, &d).unwrap();
+    }
+    out
+}
+
+#[test]
+fn validation_refuses_what_the_run_would_refuse() {
+    // A NUL byte, written as an escape or as itself.
+    let p =
+        problems("name: w\nagents: [{name: s, kind: sim}]\ntasks: [{id: a, prompt: \"x\\0y\"}]\n");
+    assert!(
+        p.iter().any(|l| l.contains("prompt holds a NUL byte")),
+        "{p:?}"
+    );
+    let p = problems(
+        "name: w\nagents: [{name: s, kind: sim}]\ntasks: [{id: a, input: {k: [\"\\0\"]}}]\n",
+    );
+    assert!(
+        p.iter().any(|l| l.contains("input holds a NUL byte")),
+        "{p:?}"
+    );
+    let p =
+        problems("name: w\nagents: [{name: s, kind: sim}]\ntasks: [{id: a, prompt: \"x\0y\"}]\n");
+    assert_eq!(
+        p,
+        ["w.yaml:3:27: a NUL byte: a workflow file is text, without NUL bytes"]
+    );
+
+    // `{{input.KEY}}` of a command pool's arguments, missing from a task's input.
+    let p = problems(
+        "name: w\nagents: [{name: c, kind: command, command: {program: echo, args: [\"{{input.file}}\", \"{{input.missing}}\"]}}]\ntasks: [{id: a, input: {file: x}}, {id: b}]\n",
+    );
+    assert!(
+        p.iter().any(|l| l.contains(
+            "task `a` may run on pool `c`, whose argument 2 takes `{{input.missing}}`: the task has input fields `file`, no field `missing`"
+        )),
+        "{p:?}"
+    );
+    assert!(
+        p.iter()
+            .any(|l| l.contains("task `b`") && l.contains("no input object, no field `file`")),
+        "{p:?}"
+    );
+    // Placeholders nothing would fill, in a prompt or an input.
+    for yaml in [
+        "name: w\nagents: [{name: s, kind: sim}]\ntasks: [{id: a, prompt: \"{{input.x}}\"}]\n",
+        "name: w\nagents: [{name: s, kind: sim}]\ntasks: [{id: a, input: {k: \"{{attempt}}\"}}]\n",
+    ] {
+        let p = problems(yaml);
+        assert!(
+            p.iter()
+                .any(|l| l.contains("is filled only in a command pool's `args`")),
+            "{p:?}"
+        );
+    }
+    let p = problems(
+        "name: w\nagents: [{name: s, kind: sim}]\ntasks: [{id: a, prompt: \"{{bogus}}\"}]\n",
+    );
+    assert!(
+        p.iter()
+            .any(|l| l.contains("unknown placeholder `{{bogus}}`")),
+        "{p:?}"
+    );
+    let p = problems(
+        "name: w\nagents: [{name: s, kind: sim}]\ntasks: [{id: x}, {id: a, prompt: \"{{outputs.x.f}}\"}]\n",
+    );
+    assert!(
+        p.iter()
+            .any(|l| l.contains("names a task that `a` does not need: add `x` to its `needs`")),
+        "{p:?}"
+    );
+
+    // A payload over the runtime's limit before anything is filled in.
+    let big = "x".repeat(1_100_000);
+    let p = problems(&format!(
+        "name: w\nagents: [{{name: s, kind: sim}}]\ntasks: [{{id: a, prompt: \"{big}\"}}]\n"
+    ));
+    assert!(
+        p.iter().any(|l| l.contains("allowed up to 1048576")),
+        "{:?}",
+        p.iter().map(|l| &l[..l.len().min(200)]).collect::<Vec<_>>()
+    );
+}
+
+#[test]
+fn messages_name_the_field_and_the_range_not_rust_types() {
+    let p = problems("name: w\nagents: [{name: s, kind: sim, count: -1}]\ntasks: [{id: a}]\n");
+    assert_eq!(
+        p,
+        ["w.yaml:2:38: `count` is -1: allowed a whole number in 0..=4294967295"]
+    );
+    let p = problems(
+        "name: w\ndefaults: {priority: 300}\nagents: [{name: s, kind: sim}]\ntasks: [{id: a}]\n",
+    );
+    assert!(
+        p[0].contains("`priority` is 300: allowed a whole number in 0..=255"),
+        "{p:?}"
+    );
+    for l in &p {
+        assert!(!l.contains("invalid u"), "{l}");
+    }
+    // Nesting past the parser's limit: a sentence, not `Depth { depth: 257 }`.
+    let deep = format!(
+        "name: w\nagents: [{{name: s, kind: sim}}]\ntasks: [{{id: a, input: {}{}}}]\n",
+        "[".repeat(300),
+        "]".repeat(300)
+    );
+    let p = problems(&deep);
+    assert!(
+        p.iter()
+            .any(|l| l.contains("nested") && l.contains("allowed up to 128")),
+        "{p:?}"
+    );
+    assert!(p.iter().all(|l| !l.contains("{ ")), "{p:?}");
+}
+
+#[test]
+fn snippets_of_huge_lines_are_cut() {
+    let yaml = format!(
+        "name: w\nagents: [{{name: s, kind: sim}}]\ntasks: [{{id: a, prompt: \"{}\", timeout: zz{}}}]\n",
+        "x".repeat(5_000),
+        "y".repeat(5_000)
+    );
+    let out = rendered(&yaml);
+    assert!(out.contains("is not a duration"), "{out}");
+    assert!(out.contains("w.yaml:3:"), "{out}");
+    assert!(out.len() < 2_000, "{} bytes:\n{out}", out.len());
+}
+
+#[test]
+fn a_hundred_thousand_tasks_validate() {
+    let yaml = colony_workflow::bench::generate(
+        100_000,
+        &colony_workflow::bench::Agents::Sim {
+            count: 10,
+            error_rate: 0.0,
+        },
+        1,
+    );
+    assert!((yaml.len() as u64) < colony_workflow::MAX_FILE_BYTES);
+    let w = parse(&yaml, "w.yaml", Path::new(".")).unwrap();
+    assert_eq!(w.tasks.len(), 100_000);
+}
