@@ -128,11 +128,25 @@ pub enum Fate {
     Hang,
 }
 
+/// How a simulated attempt with no latency delivers its result.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Answer {
+    /// Inside `Agent::handle`, as `Execution::Done`: no wakeup, no second poll, no allocation.
+    /// It measures the runtime's own path; no real agent answers like this.
+    #[default]
+    Inline,
+    /// From another tokio task, through a channel: the attempt returns `Execution::Running`,
+    /// the runtime parks it, and it is woken when the other task sends the answer, as any
+    /// agent waiting on I/O (a process, an HTTP endpoint) is.
+    Woken,
+}
+
 /// The simulated agent kind.
 #[derive(Debug, Clone)]
 pub struct Sim {
     options: SimOptions,
     lognormal: Option<LogNormal<f64>>,
+    answer: Answer,
 }
 
 impl Sim {
@@ -146,7 +160,18 @@ impl Sim {
             }
             _ => None,
         };
-        Ok(Self { options, lognormal })
+        Ok(Self {
+            options,
+            lognormal,
+            answer: Answer::Inline,
+        })
+    }
+
+    /// The same agent, answering attempts without latency as `answer` says. Kept out of
+    /// [`SimOptions`], which is also the `sim` settings of workflow files: this is a benchmark
+    /// setting.
+    pub fn answering(self, answer: Answer) -> Self {
+        Self { answer, ..self }
     }
 
     /// The latency and fate of attempt `attempt` of task `task`.
@@ -213,6 +238,17 @@ impl Agent for Sim {
         let (latency, fate) = self.draw(task.id.0, task.attempt);
         match (fate, latency.is_zero()) {
             (Fate::Hang, _) => Execution::Running(Box::pin(std::future::pending())),
+            (_, true) if self.answer == Answer::Woken => Execution::Running(Box::pin(async move {
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                // Spawned when first polled, so that it runs on the runtime polling the
+                // attempt; the attempt then waits for a wakeup from that other task.
+                crate::spawner::Spawner::spawn("sim-answer", async move {
+                    let _ = tx.send(());
+                });
+                // A runtime shutting down may drop the answering task: the attempt still ends.
+                let _ = rx.await;
+                finish(fate, task)
+            })),
             (_, true) => Execution::Done(finish(fate, task)),
             (_, false) => Execution::Running(Box::pin(async move {
                 // A live agent working a long task beats its heart; a hung one (above) never does.
@@ -301,6 +337,31 @@ mod tests {
         .unwrap();
         let unwound = catch_unwind(AssertUnwindSafe(|| crash.handle(task(1)))).unwrap_err();
         assert!(unwound.is::<SimCrash>());
+    }
+
+    #[tokio::test]
+    async fn woken_answers_come_from_another_task() {
+        let sim = Sim::new(SimOptions::default())
+            .unwrap()
+            .answering(Answer::Woken);
+        let Execution::Running(mut fut) = sim.handle(task(1)) else {
+            panic!("a woken answer returns a running attempt")
+        };
+        // The first poll finds no answer yet: it is sent by a task that has not run.
+        let waker = futures::task::noop_waker();
+        let mut cx = std::task::Context::from_waker(&waker);
+        assert!(fut.as_mut().poll(&mut cx).is_pending());
+        assert!(matches!(fut.await, Ok(out) if &out[..] == b"{}"));
+        let failing = Sim::new(SimOptions {
+            error_rate: 1.0,
+            ..Default::default()
+        })
+        .unwrap()
+        .answering(Answer::Woken);
+        let Execution::Running(fut) = failing.handle(task(2)) else {
+            panic!("a woken answer returns a running attempt")
+        };
+        assert!(matches!(fut.await, Err(Error::Retryable(_))));
     }
 
     #[tokio::test(start_paused = true)]

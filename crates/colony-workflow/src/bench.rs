@@ -63,13 +63,60 @@ pub struct BenchReport {
     pub succeeded: usize,
     pub failed: usize,
     pub skipped: usize,
+    pub cancelled: usize,
+    /// Tasks that ran: succeeded or failed. Skipped tasks never started, and do not count in
+    /// the rates below.
+    pub ran: usize,
     /// Reading and checking the file.
     pub check_seconds: f64,
     /// Running it, results written.
     pub run_seconds: f64,
-    /// Run time per task: with agents that answer at once, the orchestration's own cost.
+    /// Run time per task that ran: with agents that answer at once, the orchestration's own
+    /// cost.
     pub us_per_task: f64,
+    /// Tasks that ran, per second.
     pub tasks_per_second: f64,
+    /// Whether every task ended once, and none failed or was skipped unless errors were
+    /// injected.
+    pub ok: bool,
+    /// What went wrong, one sentence each; empty when `ok`.
+    pub problems: Vec<String>,
+}
+
+impl BenchReport {
+    /// The verdict on a run of `tasks` tasks: every one ended once; without injected errors
+    /// none failed, was skipped or cancelled; with them, a skip has a failure behind it.
+    fn judge(&mut self, agents: &Agents) {
+        let mut problems = Vec::new();
+        let ended = self.succeeded + self.failed + self.skipped + self.cancelled;
+        if ended != self.tasks {
+            problems.push(format!(
+                "{ended} tasks ended of {}: {} succeeded, {} failed, {} skipped, {} cancelled",
+                self.tasks, self.succeeded, self.failed, self.skipped, self.cancelled
+            ));
+        }
+        let injected = matches!(agents, Agents::Sim { error_rate, .. } if *error_rate > 0.0);
+        if !injected && self.failed + self.skipped > 0 {
+            problems.push(format!(
+                "{} failed and {} skipped with no error injected",
+                self.failed, self.skipped
+            ));
+        }
+        if injected && self.skipped > 0 && self.failed == 0 {
+            problems.push(format!("{} skipped with no task failed", self.skipped));
+        }
+        if self.cancelled > 0 {
+            problems.push(format!(
+                "{} cancelled: nothing cancels a bench",
+                self.cancelled
+            ));
+        }
+        if self.ran == 0 {
+            problems.push("no task ran".to_owned());
+        }
+        self.ok = problems.is_empty();
+        self.problems = problems;
+    }
 }
 
 /// Generates, checks and runs a workflow in `out`.
@@ -103,15 +150,103 @@ pub async fn run(
         .await
         .map_err(|e| e.to_string())?;
     let run_seconds = running.elapsed().as_secs_f64();
-    Ok(BenchReport {
+    let ran = report.succeeded + report.failed;
+    let mut bench = BenchReport {
         tasks,
         waves,
         succeeded: report.succeeded,
         failed: report.failed,
         skipped: report.skipped,
+        cancelled: report.cancelled,
+        ran,
         check_seconds,
         run_seconds,
-        us_per_task: run_seconds * 1e6 / tasks as f64,
-        tasks_per_second: tasks as f64 / run_seconds,
-    })
+        us_per_task: run_seconds * 1e6 / ran.max(1) as f64,
+        tasks_per_second: ran as f64 / run_seconds,
+        ok: false,
+        problems: Vec::new(),
+    };
+    bench.judge(agents);
+    Ok(bench)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(tasks: usize, succeeded: usize, failed: usize, skipped: usize) -> BenchReport {
+        BenchReport {
+            tasks,
+            waves: 1,
+            succeeded,
+            failed,
+            skipped,
+            cancelled: 0,
+            ran: succeeded + failed,
+            check_seconds: 0.0,
+            run_seconds: 1.0,
+            us_per_task: 0.0,
+            tasks_per_second: 0.0,
+            ok: false,
+            problems: Vec::new(),
+        }
+    }
+
+    const CLEAN: Agents = Agents::Sim {
+        count: 1,
+        error_rate: 0.0,
+    };
+    const FLAKY: Agents = Agents::Sim {
+        count: 1,
+        error_rate: 0.1,
+    };
+
+    #[test]
+    fn failures_without_injected_errors_fail_the_verdict() {
+        let mut r = report(10, 10, 0, 0);
+        r.judge(&CLEAN);
+        assert!(r.ok, "{:?}", r.problems);
+        let mut r = report(10, 7, 1, 2);
+        r.judge(&CLEAN);
+        assert!(!r.ok);
+        assert!(r.problems[0].contains("1 failed and 2 skipped with no error injected"));
+        let command = Agents::Command {
+            count: 1,
+            program: "true".into(),
+        };
+        let mut r = report(10, 9, 1, 0);
+        r.judge(&command);
+        assert!(!r.ok);
+        let mut r = report(10, 7, 1, 2);
+        r.judge(&FLAKY);
+        assert!(r.ok, "{:?}", r.problems);
+    }
+
+    #[test]
+    fn every_task_must_end_once() {
+        let mut r = report(10, 8, 0, 0);
+        r.judge(&FLAKY);
+        assert!(!r.ok);
+        assert!(r.problems[0].contains("8 tasks ended of 10"));
+        let mut r = report(10, 8, 0, 2);
+        r.judge(&FLAKY);
+        assert!(
+            r.problems
+                .iter()
+                .any(|p| p.contains("skipped with no task failed"))
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_clean_run_counts_only_tasks_that_ran() {
+        let out = tempfile::tempdir().unwrap();
+        let r = run(200, &FLAKY, 3, out.path()).await.unwrap();
+        assert_eq!(r.ran, r.succeeded + r.failed);
+        assert_eq!(r.ran + r.skipped, 200);
+        assert!(r.ok, "{:?}", r.problems);
+        let out = tempfile::tempdir().unwrap();
+        let clean = run(200, &CLEAN, 3, out.path()).await.unwrap();
+        assert_eq!((clean.ran, clean.failed, clean.skipped), (200, 0, 0));
+        assert!(clean.ok, "{:?}", clean.problems);
+    }
 }

@@ -2,6 +2,7 @@
 //! the library crates.
 
 mod commands;
+mod flags;
 mod output;
 
 use clap::{Parser, Subcommand};
@@ -34,7 +35,8 @@ enum Command {
     Cancel(commands::client::CancelArgs),
     /// Plan a hierarchy: agents per tier and span of control.
     Tree(commands::tree::Args),
-    /// Measure the runtime: spawn, dispatch, latency.
+    /// Measure the runtime: spawn, dispatch, latency, workflow, recovery, crash; each run ends
+    /// with a verdict and exits 1 when it is false.
     #[command(subcommand)]
     Bench(commands::bench::Bench),
     /// Tasks per state, and the tasks themselves: from a journal, or a server.
@@ -51,7 +53,8 @@ enum Command {
     Top(commands::top::Args),
 }
 
-/// How a command failed, which decides the exit code.
+/// How a command failed, which decides the exit code: 2 when the caller's input is at fault
+/// (clap's usage errors exit 2 too), 1 when the work failed.
 #[derive(Debug)]
 pub(crate) enum Failure {
     /// Bad input: exit code 2.
@@ -106,5 +109,119 @@ fn main() -> ExitCode {
             eprintln!("error: {error:#}");
             ExitCode::from(1)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    /// Every subcommand, with the names leading to it.
+    fn walk<'a>(
+        cmd: &'a clap::Command,
+        path: Vec<&'a str>,
+        out: &mut Vec<(Vec<&'a str>, &'a clap::Command)>,
+    ) {
+        for sub in cmd.get_subcommands() {
+            let mut p = path.clone();
+            p.push(sub.get_name());
+            out.push((p.clone(), sub));
+            walk(sub, p, out);
+        }
+    }
+
+    fn commands() -> Vec<(Vec<&'static str>, &'static clap::Command)> {
+        let cli: &'static clap::Command = Box::leak(Box::new({
+            let mut c = Cli::command();
+            c.build();
+            c
+        }));
+        let mut out = Vec::new();
+        walk(cli, vec![], &mut out);
+        out
+    }
+
+    #[test]
+    fn every_command_and_flag_has_help() {
+        Cli::command().debug_assert();
+        let mut missing = Vec::new();
+        for (path, cmd) in commands() {
+            if cmd.get_name() == "help" {
+                continue;
+            }
+            if cmd.get_about().is_none() {
+                missing.push(format!("colony {}", path.join(" ")));
+            }
+            for arg in cmd.get_arguments() {
+                let id = arg.get_id().as_str();
+                if matches!(id, "help" | "version") {
+                    continue;
+                }
+                if arg.get_help().is_none() {
+                    missing.push(format!("colony {} {id}", path.join(" ")));
+                }
+            }
+        }
+        assert!(missing.is_empty(), "without help text: {missing:#?}");
+    }
+
+    /// Every floating-point flag refuses what is not a finite number at parse time, the way
+    /// `flags::Float` does; a new `f64` flag with clap's default parser fails here.
+    #[test]
+    fn every_float_flag_refuses_nan_and_infinity() {
+        let mut floats = 0;
+        for (path, cmd) in commands() {
+            for arg in cmd.get_arguments() {
+                if arg.get_value_parser().type_id() != std::any::TypeId::of::<f64>() {
+                    continue;
+                }
+                let flag = format!("--{}", arg.get_long().expect("float flags are long flags"));
+                floats += 1;
+                for bad in ["NaN", "inf", "-inf", "1e999"] {
+                    // `--flag=-inf`: a separate `-inf` would read as a flag.
+                    let given = format!("{flag}={bad}");
+                    let mut argv = vec!["colony"];
+                    argv.extend(&path);
+                    argv.push(&given);
+                    let error = Cli::try_parse_from(&argv).expect_err(&argv.join(" "));
+                    assert_eq!(
+                        error.kind(),
+                        clap::error::ErrorKind::ValueValidation,
+                        "{}: {error}",
+                        argv.join(" ")
+                    );
+                    assert_eq!(error.exit_code(), 2);
+                    let text = error.to_string();
+                    assert!(
+                        text.contains(&flag) && text.contains("not a finite number"),
+                        "{text}"
+                    );
+                }
+            }
+        }
+        // The bench flags and `submit --timeout`: the walk did find them.
+        assert!(floats >= 10, "found {floats} float flags");
+    }
+
+    #[test]
+    fn bench_help_lists_every_benchmark() {
+        let help = Cli::command()
+            .find_subcommand_mut("bench")
+            .expect("bench")
+            .render_help()
+            .to_string();
+        for name in [
+            "spawn", "dispatch", "latency", "workflow", "recovery", "crash",
+        ] {
+            assert!(
+                help.contains(&format!("  {name} ")),
+                "{name} missing from:\n{help}"
+            );
+        }
+        assert!(
+            !help.contains("crash-child"),
+            "the internal child is hidden:\n{help}"
+        );
     }
 }

@@ -143,14 +143,21 @@ fn clients_submit_wait_list_and_cancel_with_tokens() {
     let (_, err, code) = colony(&["status", "--server", s], None);
     assert_eq!(code, 2);
     assert!(err.contains("unauthorized"), "{err}");
+    // An unknown id is the caller's mistake, for cancel as for status: exit 2.
+    let (_, err, code) = colony(&["status", "--server", s, "999999"], Some(&read));
+    assert_eq!(code, 2);
+    assert!(err.contains("no-such-task"), "{err}");
     let (_, err, code) = colony(&["cancel", "--server", s, "999999"], Some(&submit));
-    assert_eq!(code, 1, "not every task was cancelled");
+    assert_eq!(code, 2, "not every task was cancelled");
     assert!(err.contains("no-such-task"), "{err}");
     let (_, err, code) = colony(&["cancel", "--server", s, &last.to_string()], Some(&submit));
-    assert_eq!(code, 1);
+    assert_eq!(code, 2);
     assert!(err.contains("already-ended"), "{err}");
     let (_, err, code) = colony(&["status", "--server", "http://127.0.0.1:1"], None);
     assert_eq!(code, 1);
+    assert!(err.contains("cannot reach http://127.0.0.1:1"), "{err}");
+    let (_, err, code) = colony(&["cancel", "--server", "http://127.0.0.1:1", "5"], None);
+    assert_eq!(code, 1, "a server out of reach is not the caller's mistake");
     assert!(err.contains("cannot reach http://127.0.0.1:1"), "{err}");
 }
 

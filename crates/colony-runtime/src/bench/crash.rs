@@ -11,8 +11,13 @@
 //!   with the same attempt number (a reused lease);
 //! - re-executions: every task runs at most once more than the number of kills that struck
 //!   while it had run and was not yet committed (I3, checked per task);
-//! - the journal holds exactly the tasks submitted, each key once.
+//! - the journal holds exactly the tasks submitted, each key once;
+//! - every committed attempt is in the ledger (a ledger that lost a line would hide a double
+//!   execution);
+//! - no child died on its own: each either was killed, or finished and exited 0. A child whose
+//!   ledger cannot be written stops at once and exits with an error.
 
+use super::Verdict;
 use crate::{Error, Pool, Runtime, RuntimeOptions, SpawnMode};
 use colony_agents::{
     Agent, AgentSpec, Execution, Task,
@@ -26,11 +31,13 @@ use std::{
     collections::HashMap,
     fs::{File, OpenOptions},
     io::Write as _,
+    os::unix::process::ExitStatusExt as _,
     path::{Path, PathBuf},
-    process::Command,
-    sync::{Arc, Mutex},
+    process::{Command, ExitStatus},
+    sync::{Arc, Mutex, OnceLock},
     time::{Duration, Instant},
 };
+use tokio::sync::Notify;
 
 /// What the child runs.
 #[derive(Clone, Debug)]
@@ -46,14 +53,32 @@ pub struct ChildOptions {
 struct Ledgered {
     sim: Sim,
     ledger: Mutex<File>,
+    /// The first failed ledger write, which stops the child.
+    broken: Arc<Broken>,
+}
+
+/// A ledger write failed: what failed, and the signal to stop.
+#[derive(Default)]
+struct Broken {
+    error: OnceLock<String>,
+    notify: Notify,
 }
 
 impl Agent for Ledgered {
     fn handle(&self, task: Task) -> Execution {
-        {
+        let written = {
             let mut ledger = self.ledger.lock().unwrap_or_else(|p| p.into_inner());
             // One write per line, unbuffered: a SIGKILL loses nothing already written.
-            let _ = ledger.write_all(format!("{} {}\n", task.id.0, task.attempt).as_bytes());
+            ledger.write_all(format!("{} {}\n", task.id.0, task.attempt).as_bytes())
+        };
+        if let Err(e) = written {
+            // An execution the ledger does not hold would make every check after it unsound:
+            // the attempt is not run, and the child stops.
+            let _ = self.broken.error.set(e.to_string());
+            self.broken.notify.notify_one();
+            return Execution::Done(Err(colony_agents::Error::fatal(format!(
+                "the ledger could not be written: {e}"
+            ))));
         }
         self.sim.handle(task)
     }
@@ -74,9 +99,11 @@ pub async fn child(options: &ChildOptions) -> Result<(), Error> {
         },
         ..SimOptions::default()
     };
+    let broken = Arc::new(Broken::default());
     let agent = Ledgered {
         sim: Sim::new(sim).map_err(|e| Error::Options(e.to_string()))?,
         ledger: Mutex::new(ledger),
+        broken: broken.clone(),
     };
     let pool = Pool::new(
         AgentSpec::new("sim", "worker"),
@@ -96,25 +123,37 @@ pub async fn child(options: &ChildOptions) -> Result<(), Error> {
     .await?;
     let handle = runtime.handle().clone();
     let batch = (handle.stats().capacity as u64).clamp(1, 500);
-    let mut next = accepted;
-    while next < options.tasks {
-        let n = batch.min(options.tasks - next);
-        let specs = (next..next + n)
-            .map(|i| TaskSpec {
-                key: Some(format!("t{i}").into()),
-                ..TaskSpec::default()
-            })
-            .collect();
-        handle.submit_batch(specs).await?;
-        next += n;
-    }
-    handle.drain().await?;
+    let work = async {
+        let mut next = accepted;
+        while next < options.tasks {
+            let n = batch.min(options.tasks - next);
+            let specs = (next..next + n)
+                .map(|i| TaskSpec {
+                    key: Some(format!("t{i}").into()),
+                    ..TaskSpec::default()
+                })
+                .collect();
+            handle.submit_batch(specs).await?;
+            next += n;
+        }
+        handle.drain().await
+    };
+    let done = tokio::select! {
+        done = work => done,
+        () = broken.notify.notified() => Ok(()),
+    };
     runtime.shutdown().await;
-    Ok(())
+    if let Some(e) = broken.error.get() {
+        return Err(Error::Options(format!(
+            "the ledger {} could not be written: {e}",
+            options.ledger.display()
+        )));
+    }
+    done
 }
 
 /// What the parent checks.
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Serialize)]
 pub struct CrashReport {
     pub runs: u32,
     pub tasks_per_run: u64,
@@ -132,9 +171,15 @@ pub struct CrashReport {
     pub excess_executions: u64,
     /// Rows whose key repeats another's, or rows beyond the tasks submitted: must be 0.
     pub stray_rows: u64,
+    /// Committed attempts the ledger does not hold: a lost ledger write. Must be 0.
+    pub unledgered_commits: u64,
+    /// Children that exited before they were killed, other than by finishing their work:
+    /// must be 0.
+    pub children_died: u32,
     pub seconds: f64,
-    /// Whether every check held.
-    pub ok: bool,
+    /// Whether every check held, and what failed.
+    #[serde(flatten)]
+    pub verdict: Verdict,
 }
 
 /// The parent: `runs` runs of `tasks` tasks, each killed 1..=`max_kills` times.
@@ -152,7 +197,20 @@ pub fn parent(
     let mut report = CrashReport {
         runs,
         tasks_per_run: tasks,
-        ..CrashReport::default()
+        kills: 0,
+        tasks: 0,
+        succeeded: 0,
+        lost: 0,
+        double_commits: 0,
+        executions: 0,
+        re_executions: 0,
+        in_flight_at_kills: 0,
+        excess_executions: 0,
+        stray_rows: 0,
+        unledgered_commits: 0,
+        children_died: 0,
+        seconds: 0.0,
+        verdict: Verdict::new(),
     };
     for run in 0..runs {
         let db = scratch.join(format!("crash-{run}.db"));
@@ -167,30 +225,58 @@ pub fn parent(
         };
         // Per task: kills that struck while it had run and was not committed.
         let mut struck: HashMap<u64, u64> = HashMap::new();
+        let mut died = false;
         for k in 0..=kills {
             let mut process = spawn_child(exe, &child)?;
-            if k < kills {
+            let last = k == kills;
+            if !last {
                 std::thread::sleep(Duration::from_millis(rng.random_range(5..150)));
-                let _ = process.kill();
-                let _ = process.wait();
-                report.kills += 1;
-                let open = in_flight(&db, &ledger)?;
-                report.in_flight_at_kills += open.len() as u64;
-                for task in open {
-                    *struck.entry(task).or_default() += 1;
-                }
-            } else {
-                let status = process
-                    .wait()
+                // A child that already exited is reaped, not killed: `kill` would not fail.
+                let exited = process
+                    .try_wait()
                     .map_err(|e| Error::Options(format!("child: {e}")))?;
-                if !status.success() {
-                    return Err(Error::Options(format!(
-                        "run {run}: the last child failed with {status}"
-                    )));
+                if exited.is_none() {
+                    let _ = process.kill();
+                }
+            }
+            let status = process
+                .wait()
+                .map_err(|e| Error::Options(format!("child: {e}")))?;
+            match Exit::of(status, last) {
+                Exit::Killed => {
+                    report.kills += 1;
+                    let open = in_flight(&db, &ledger)?;
+                    report.in_flight_at_kills += open.len() as u64;
+                    for task in open {
+                        *struck.entry(task).or_default() += 1;
+                    }
+                }
+                // It finished the work before its kill came: nothing was struck.
+                Exit::Finished => {}
+                Exit::Died => {
+                    died = true;
+                    report.children_died += 1;
+                    report.verdict.check(false, || {
+                        format!(
+                            "run {run}: child {} of {} exited on its own with {status}",
+                            k + 1,
+                            kills + 1
+                        )
+                    });
                 }
             }
         }
-        let v = verify(&db, &ledger, tasks, &struck)?;
+        let v = match verify(&db, &ledger, tasks, &struck) {
+            Ok(v) => v,
+            // A child that died may have left nothing to check; that is already the verdict.
+            Err(e) if died => {
+                report
+                    .verdict
+                    .check(false, || format!("run {run} could not be checked: {e}"));
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
         report.tasks += tasks;
         report.succeeded += tasks - v.lost;
         report.lost += v.lost;
@@ -198,14 +284,50 @@ pub fn parent(
         report.executions += v.executions;
         report.excess_executions += v.excess;
         report.stray_rows += v.stray_rows;
+        report.unledgered_commits += v.unledgered;
     }
     report.re_executions = report.executions.saturating_sub(report.tasks);
     report.seconds = started.elapsed().as_secs_f64();
-    report.ok = report.lost == 0
-        && report.double_commits == 0
-        && report.excess_executions == 0
-        && report.stray_rows == 0;
+    let r = &mut report;
+    for (count, what) in [
+        (r.lost, "tasks lost"),
+        (r.double_commits, "double commits"),
+        (r.excess_executions, "excess executions"),
+        (r.stray_rows, "stray rows"),
+        (
+            r.unledgered_commits,
+            "committed attempts missing from the ledger",
+        ),
+    ] {
+        r.verdict.check(count == 0, || format!("{count} {what}"));
+    }
     Ok(report)
+}
+
+/// How a child ended.
+#[derive(Debug, PartialEq, Eq)]
+enum Exit {
+    /// By the parent's SIGKILL.
+    Killed,
+    /// It ran the work to the end and exited 0 (the last child must; another may, if its
+    /// kill came after the work was done).
+    Finished,
+    /// Any other way: it failed, or a signal other than ours struck it. `last` children
+    /// are never killed, so for them SIGKILL too is dying on their own.
+    Died,
+}
+
+impl Exit {
+    fn of(status: ExitStatus, last: bool) -> Self {
+        const SIGKILL: i32 = 9;
+        if status.success() {
+            Exit::Finished
+        } else if !last && status.signal() == Some(SIGKILL) {
+            Exit::Killed
+        } else {
+            Exit::Died
+        }
+    }
 }
 
 fn spawn_child(exe: &Path, c: &ChildOptions) -> Result<std::process::Child, Error> {
@@ -266,12 +388,14 @@ fn in_flight(db: &Path, ledger_path: &Path) -> Result<Vec<u64>, Error> {
     Ok(open)
 }
 
-struct Verdict {
+/// What one run's journal and ledger show.
+struct Checked {
     lost: u64,
     double_commits: u64,
     executions: u64,
     excess: u64,
     stray_rows: u64,
+    unledgered: u64,
 }
 
 /// Checks one finished run against its ledger and the kills that struck each task.
@@ -280,7 +404,7 @@ fn verify(
     ledger_path: &Path,
     tasks: u64,
     struck: &HashMap<u64, u64>,
-) -> Result<Verdict, Error> {
+) -> Result<Checked, Error> {
     let reader = SqliteReader::open(db)?;
     let executed = ledger(ledger_path)?;
     let rows = reader.tasks(None, usize::MAX)?;
@@ -294,12 +418,15 @@ fn verify(
         .filter(|r| !keys.insert(r.spec.key.clone()))
         .count() as u64;
     let stray_rows = repeated + (rows.len() as u64).saturating_sub(tasks);
-    let mut double_commits = 0;
+    let (mut double_commits, mut unledgered) = (0, 0);
     for row in rows.iter().filter(|r| r.state == TaskState::Succeeded) {
         let attempts = executed
             .get(&row.id.0)
             .map(Vec::as_slice)
             .unwrap_or_default();
+        // The ledger line is written before the attempt runs, so a commit without one is a
+        // lost write, and the ledger cannot be trusted to show every execution.
+        unledgered += u64::from(!attempts.contains(&row.attempt));
         // The committed attempt is the last one run, and no attempt number ran twice.
         let later = attempts.iter().any(|&a| a > row.attempt);
         let mut sorted = attempts.to_vec();
@@ -315,11 +442,80 @@ fn verify(
             (runs.len() as u64).saturating_sub(allowed)
         })
         .sum();
-    Ok(Verdict {
+    Ok(Checked {
         lost: tasks.saturating_sub(succeeded),
         double_commits,
         executions,
         excess,
         stray_rows,
+        unledgered,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn options(dir: &Path, ledger: PathBuf) -> ChildOptions {
+        ChildOptions {
+            db: dir.join("run.db"),
+            ledger,
+            tasks: 300,
+            agents: 8,
+            seed: 1,
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_ledger_that_cannot_be_written_stops_the_child() {
+        let dir = tempfile::tempdir().unwrap();
+        // Every write to /dev/full fails with "no space left on device".
+        let error = child(&options(dir.path(), "/dev/full".into()))
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("could not be written"), "{error}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn commits_missing_from_the_ledger_are_found() {
+        let dir = tempfile::tempdir().unwrap();
+        let o = options(dir.path(), dir.path().join("run.ledger"));
+        child(&o).await.unwrap();
+        let whole = verify(&o.db, &o.ledger, o.tasks, &HashMap::new()).unwrap();
+        assert_eq!(
+            (whole.lost, whole.unledgered, whole.double_commits),
+            (0, 0, 0)
+        );
+        // A ledger that lost the lines of the last 100 executions.
+        let text = std::fs::read_to_string(&o.ledger).unwrap();
+        let kept: Vec<&str> = text.lines().take(200).collect();
+        std::fs::write(&o.ledger, kept.join("\n") + "\n").unwrap();
+        let cut = verify(&o.db, &o.ledger, o.tasks, &HashMap::new()).unwrap();
+        assert_eq!(cut.unledgered, 100);
+    }
+
+    #[test]
+    fn a_child_that_dies_on_its_own_fails_the_verdict() {
+        let dir = tempfile::tempdir().unwrap();
+        // `false` ignores the child's arguments and exits 1 at once: no kill is needed.
+        let report = parent(Path::new("/bin/false"), 1, 10, 2, 2, 1, dir.path()).unwrap();
+        assert!(!report.verdict.ok);
+        assert!(report.children_died >= 1);
+        let problems = report.verdict.problems.join("\n");
+        assert!(problems.contains("exited on its own"), "{problems}");
+    }
+
+    #[test]
+    fn exits_are_told_apart() {
+        use std::os::unix::process::ExitStatusExt;
+        let killed = ExitStatus::from_raw(9);
+        let failed = ExitStatus::from_raw(1 << 8);
+        let finished = ExitStatus::from_raw(0);
+        assert_eq!(Exit::of(killed, false), Exit::Killed);
+        assert_eq!(Exit::of(killed, true), Exit::Died);
+        assert_eq!(Exit::of(failed, false), Exit::Died);
+        assert_eq!(Exit::of(finished, false), Exit::Finished);
+        assert_eq!(Exit::of(finished, true), Exit::Finished);
+    }
 }

@@ -27,6 +27,7 @@ pub(crate) struct Args {
     /// Most agents to list.
     #[arg(long, default_value_t = 50)]
     limit: usize,
+    /// Print the answer as JSON.
     #[arg(long)]
     json: bool,
 }

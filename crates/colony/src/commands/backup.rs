@@ -13,6 +13,7 @@ pub(crate) struct BackupArgs {
     /// the AWS_* environment variables).
     #[arg(long, value_name = "URL")]
     to: String,
+    /// Print what was copied as JSON.
     #[arg(long)]
     json: bool,
 }
@@ -28,6 +29,7 @@ pub(crate) struct RestoreArgs {
     /// Replace an existing journal at `--db`.
     #[arg(long)]
     force: bool,
+    /// Print what was copied as JSON.
     #[arg(long)]
     json: bool,
 }

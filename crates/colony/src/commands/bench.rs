@@ -2,14 +2,15 @@
 
 use crate::{
     Failure,
+    flags::Float,
     output::{Table, thousands},
 };
-use colony_agents::sim::SimOptions;
+use colony_agents::sim::{Answer, SimOptions};
 use colony_core::hierarchy::{DEFAULT_SPAN, DEFAULT_TIERS, Tiers};
 use colony_journal::{SqliteOptions, Synchronous};
 use colony_runtime::{
     SpawnMode,
-    bench::{self, Percentiles, Swarm, crash},
+    bench::{self, Percentiles, Swarm, Verdict, crash},
 };
 use std::{num::NonZeroU32, path::PathBuf, time::Duration};
 
@@ -38,8 +39,9 @@ pub(crate) enum Bench {
         #[arg(long, default_value_t = 20)]
         wave_size: u32,
         /// Seconds to leave the agents idle while measuring CPU use.
-        #[arg(long, default_value_t = 2.0)]
+        #[arg(long, default_value_t = 2.0, value_parser = Float::new(0.0, 3600.0))]
         idle_secs: f64,
+        /// Print the report as JSON, verdict included.
         #[arg(long)]
         json: bool,
     },
@@ -59,19 +61,26 @@ pub(crate) enum Bench {
         /// Size of each task's JSON payload.
         #[arg(long, default_value_t = 2)]
         payload_bytes: usize,
+        /// Print the report as JSON, verdict included.
         #[arg(long)]
         json: bool,
     },
-    /// Offer single tasks at a fixed rate and record each one's submit-to-done time.
+    /// Offer single tasks on a fixed schedule; time each from its scheduled submission until
+    /// the caller receives its completion.
     Latency {
         #[command(flatten)]
         swarm: SwarmArgs,
         /// Tasks offered per second.
-        #[arg(long, default_value_t = 100_000.0)]
+        #[arg(long, default_value_t = 100_000.0, value_parser = Float::new(1.0, 10_000_000.0))]
         rate: f64,
         /// Seconds to keep offering.
-        #[arg(long, default_value_t = 5.0)]
+        #[arg(long, default_value_t = 5.0, value_parser = Float::new(0.01, 3600.0))]
         secs: f64,
+        /// Journal to a SQLite file (a new temporary one unless `--db` names one): latencies
+        /// then include the commit of each task and of its result.
+        #[arg(long)]
+        durable: bool,
+        /// Print the report as JSON, verdict included.
         #[arg(long)]
         json: bool,
     },
@@ -94,6 +103,7 @@ pub(crate) struct CrashArgs {
     /// Seed of the kill times and the agents' latencies.
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// Print the report as JSON, verdict included.
     #[arg(long)]
     json: bool,
 }
@@ -105,23 +115,24 @@ pub(crate) struct RecoveryArgs {
     /// Tasks to run.
     #[arg(long, default_value_t = 100_000)]
     tasks: u64,
-    /// Share of the workers killed each second.
-    #[arg(long, default_value_t = 0.1)]
+    /// Share of the workers killed each second (0 to 1). A rate that kills no agent before the
+    /// work ends fails the verdict.
+    #[arg(long, default_value_t = 0.1, value_parser = Float::new(0.0, 1.0))]
     kill_rate: f64,
     /// Seconds to keep killing (less if the tasks finish first).
-    #[arg(long, default_value_t = 30.0)]
+    #[arg(long, default_value_t = 30.0, value_parser = Float::new(0.0, 3600.0))]
     secs: f64,
     /// Each attempt takes a uniform 0..=this many microseconds.
     #[arg(long, default_value_t = 2_000)]
     latency_us: u64,
     /// Probability an attempt fails with a retryable error.
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = 0.0, value_parser = Float::new(0.0, 1.0))]
     error_rate: f64,
     /// Probability an attempt crashes its agent.
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = 0.0, value_parser = Float::new(0.0, 1.0))]
     crash_rate: f64,
     /// Probability an attempt hangs until its timeout.
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = 0.0, value_parser = Float::new(0.0, 1.0))]
     hang_rate: f64,
     /// Timeout of one attempt, in milliseconds.
     #[arg(long, default_value_t = 1_000)]
@@ -135,7 +146,8 @@ pub(crate) struct RecoveryArgs {
     /// Restarts a managing agent allows within --restart-period-secs before it escalates.
     #[arg(long, default_value_t = 3)]
     max_restarts: u32,
-    #[arg(long, default_value_t = 5.0)]
+    /// The window, in seconds, over which --max-restarts counts a managing agent's restarts.
+    #[arg(long, default_value_t = 5.0, value_parser = Float::new(0.0, 1e6))]
     restart_period_secs: f64,
     /// Health sweep interval: how often supervisors look at their busy children.
     #[arg(long, default_value_t = 1_000)]
@@ -143,22 +155,29 @@ pub(crate) struct RecoveryArgs {
     /// Silence after which a busy agent is declared failed.
     #[arg(long, default_value_t = 10_000)]
     failed_after_ms: u64,
+    /// Seed of the agents' latencies and faults, and of the choice of agents to kill.
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// Print the report as JSON, verdict included.
     #[arg(long)]
     json: bool,
 }
 
 #[derive(Debug, clap::Args)]
 pub(crate) struct CrashChildArgs {
+    /// The SQLite journal of the run, kept across kills.
     #[arg(long)]
     db: PathBuf,
+    /// The file every attempt started is appended to.
     #[arg(long)]
     ledger: PathBuf,
+    /// Tasks of the whole run; a restarted child submits those not yet accepted.
     #[arg(long)]
     tasks: u64,
+    /// Worker agents.
     #[arg(long)]
     agents: u32,
+    /// Seed of the agents' latencies.
     #[arg(long)]
     seed: u64,
 }
@@ -181,6 +200,18 @@ pub(crate) struct SwarmArgs {
     /// commits (a crash of colony cannot).
     #[arg(long, default_value = "full", value_parser = ["full", "normal"])]
     synchronous: String,
+    /// How sim attempts without latency answer. inline: inside the call, with no wakeup (the
+    /// runtime's own cost; no real agent answers so); woken: from another task through a
+    /// channel, so each attempt is parked and woken as one doing I/O is.
+    #[arg(long, value_enum, default_value = "inline")]
+    answer: AnswerArg,
+}
+
+/// `--answer` of the benchmarks.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub(crate) enum AnswerArg {
+    Inline,
+    Woken,
 }
 
 impl SwarmArgs {
@@ -197,6 +228,10 @@ impl SwarmArgs {
             span: self.span,
             tiers: Tiers::Named(self.tiers.clone()),
             sim: SimOptions::default(),
+            answer: match self.answer {
+                AnswerArg::Inline => Answer::Inline,
+                AnswerArg::Woken => Answer::Woken,
+            },
             journal,
             retry: colony_runtime::RetryOptions::default(),
             supervision: Default::default(),
@@ -207,12 +242,33 @@ impl SwarmArgs {
     }
 }
 
-fn check_range(name: &str, value: f64, min: f64, max: f64) -> Result<(), Failure> {
-    if value.is_finite() && (min..=max).contains(&value) {
+/// Checks an integer flag; floating-point flags are checked while parsing ([`Float`]).
+fn check_range(name: &str, value: u64, min: u64, max: u64) -> Result<(), Failure> {
+    if (min..=max).contains(&value) {
         Ok(())
     } else {
         Err(Failure::input(anyhow::anyhow!(
             "{name} {value} is out of range: allowed {min}..={max}"
+        )))
+    }
+}
+
+/// Prints the verdict's rows: `ok`, then one `problem` row each.
+fn verdict_rows(t: &mut Table, verdict: &Verdict) {
+    t.row(vec!["ok".into(), verdict.ok.to_string()]);
+    for problem in &verdict.problems {
+        t.row(vec!["problem".into(), problem.clone()]);
+    }
+}
+
+/// Exit code 1 with the problems when the verdict is false.
+fn judge(bench: &str, verdict: &Verdict) -> Result<(), Failure> {
+    if verdict.ok {
+        Ok(())
+    } else {
+        Err(Failure::work(anyhow::anyhow!(
+            "bench {bench}: ok: false: {}",
+            verdict.problems.join("; ")
         )))
     }
 }
@@ -227,10 +283,8 @@ pub(crate) fn run(bench: Bench) -> Result<(), Failure> {
         Bench::Workflow(args) => return workflow(&args),
         Bench::Recovery(args) => {
             let mut swarm = args.swarm.swarm()?;
-            check_range("--tasks", args.tasks as f64, 1.0, 1e9)?;
-            check_range("--kill-rate", args.kill_rate, 0.0, 1.0)?;
-            check_range("--secs", args.secs, 0.0, 3600.0)?;
-            check_range("--timeout-ms", args.timeout_ms as f64, 1.0, 3.6e6)?;
+            check_range("--tasks", args.tasks, 1, 1_000_000_000)?;
+            check_range("--timeout-ms", args.timeout_ms, 1, 3_600_000)?;
             swarm.sim = SimOptions {
                 seed: args.seed,
                 latency: colony_agents::sim::Latency::Uniform {
@@ -242,17 +296,13 @@ pub(crate) fn run(bench: Bench) -> Result<(), Failure> {
                 hang_rate: args.hang_rate,
             };
             colony_agents::sim::Sim::new(swarm.sim.clone()).map_err(Failure::input)?;
-            check_range(
-                "--retry-backoff-ms",
-                args.retry_backoff_ms as f64,
-                0.0,
-                1_000.0,
-            )?;
+            check_range("--retry-backoff-ms", args.retry_backoff_ms, 0, 1_000)?;
             swarm.retry.initial_backoff = Duration::from_millis(args.retry_backoff_ms);
             swarm.supervision = colony_core::supervision::SupervisorOptions {
                 strategy: args.strategy.into(),
                 max_restarts: args.max_restarts,
-                period: Duration::from_secs_f64(args.restart_period_secs.clamp(0.0, 1e9)),
+                // Finite and in range: checked by its parser.
+                period: Duration::from_secs_f64(args.restart_period_secs),
                 ..Default::default()
             };
             swarm.supervision.validate().map_err(|e| {
@@ -364,17 +414,10 @@ pub(crate) fn run(bench: Bench) -> Result<(), Failure> {
                     report.journal_agrees.to_string(),
                 ]);
                 t.row(vec!["seconds".into(), format!("{:.1}", report.seconds)]);
-                t.row(vec!["verdict".into(), verdict(report.ok)]);
+                verdict_rows(&mut t, &report.verdict);
                 print!("{}", t.render());
             }
-            if !report.ok {
-                return Err(Failure::work(anyhow::anyhow!(
-                    "recovery checks failed: {} lost, {} duplicate commits, journal agrees: {}",
-                    report.lost,
-                    report.duplicate_commits,
-                    report.journal_agrees
-                )));
-            }
+            judge("recovery", &report.verdict)?;
         }
         Bench::CrashChild(args) => {
             let options = crash::ChildOptions {
@@ -394,7 +437,6 @@ pub(crate) fn run(bench: Bench) -> Result<(), Failure> {
             json,
         } => {
             let swarm = swarm.swarm()?;
-            check_range("--idle-secs", idle_secs, 0.0, 3600.0)?;
             let size = NonZeroU32::new(wave_size).ok_or_else(|| {
                 Failure::input(anyhow::anyhow!(
                     "--wave-size 0 is out of range: allowed 1.."
@@ -413,7 +455,8 @@ pub(crate) fn run(bench: Bench) -> Result<(), Failure> {
                 ))
                 .map_err(failure)?;
             if json {
-                return print_json(&report);
+                print_json(&report)?;
+                return judge("spawn", &report.verdict);
             }
             let mut t = Table::new(&["spawn", ""]);
             for (name, count) in &report.tiers {
@@ -434,7 +477,9 @@ pub(crate) fn run(bench: Bench) -> Result<(), Failure> {
                 format!("idle CPU over {:.1} s", report.idle_seconds),
                 format!("{:.2} %", report.idle_cpu_percent),
             ]);
+            verdict_rows(&mut t, &report.verdict);
             print!("{}", t.render());
+            judge("spawn", &report.verdict)?;
         }
         Bench::Dispatch {
             swarm,
@@ -444,19 +489,20 @@ pub(crate) fn run(bench: Bench) -> Result<(), Failure> {
             payload_bytes,
             json,
         } => {
-            check_range("--payload-bytes", payload_bytes as f64, 2.0, 1e6)?;
+            check_range("--payload-bytes", payload_bytes as u64, 2, 1_000_000)?;
             let mut swarm = swarm.swarm()?;
             let scratch = tempfile::tempdir().map_err(Failure::work)?;
             if durable && swarm.journal.is_none() {
                 swarm.journal = Some(SqliteOptions::new(scratch.path().join("bench.db")));
             }
-            check_range("--tasks", tasks as f64, 1.0, 1e9)?;
-            check_range("--batch", batch as f64, 1.0, 1e6)?;
+            check_range("--tasks", tasks, 1, 1_000_000_000)?;
+            check_range("--batch", batch as u64, 1, 1_000_000)?;
             let report = runtime
                 .block_on(bench::dispatch(&swarm, tasks, batch, payload_bytes))
                 .map_err(failure)?;
             if json {
-                return print_json(&report);
+                print_json(&report)?;
+                return judge("dispatch", &report.verdict);
             }
             let mut t = Table::new(&["dispatch", ""]);
             t.row(vec![
@@ -475,9 +521,10 @@ pub(crate) fn run(bench: Bench) -> Result<(), Failure> {
             ]);
             t.row(vec!["succeeded".into(), thousands(report.succeeded)]);
             t.row(vec![
-                "journal: terminal".into(),
+                "journal: ended in this run".into(),
                 thousands(report.journal_terminal),
             ]);
+            t.row(vec!["sim answers".into(), report.answer.clone()]);
             t.row(vec![
                 "journal".into(),
                 report.journal.clone().unwrap_or_else(|| "memory".into()),
@@ -493,23 +540,39 @@ pub(crate) fn run(bench: Bench) -> Result<(), Failure> {
                     report.accept_latency.p50_us, report.accept_latency.p99_us
                 ),
             ]);
-            latency_rows(&mut t, &report.latency);
+            latency_rows(
+                &mut t,
+                &format!("sampled 1 in {}", report.sample_every),
+                &report.latency,
+                &report.dispatcher_latency,
+            );
+            verdict_rows(&mut t, &report.verdict);
             print!("{}", t.render());
+            judge("dispatch", &report.verdict)?;
         }
         Bench::Latency {
             swarm,
             rate,
             secs,
+            durable,
             json,
         } => {
-            let swarm = swarm.swarm()?;
-            check_range("--rate", rate, 1.0, 10_000_000.0)?;
-            check_range("--secs", secs, 0.01, 3600.0)?;
+            let mut swarm = swarm.swarm()?;
+            if rate * secs < 1.0 {
+                return Err(Failure::input(anyhow::anyhow!(
+                    "--rate {rate} for --secs {secs} offers no task: their product must be at least 1"
+                )));
+            }
+            let scratch = tempfile::tempdir().map_err(Failure::work)?;
+            if durable && swarm.journal.is_none() {
+                swarm.journal = Some(SqliteOptions::new(scratch.path().join("bench.db")));
+            }
             let report = runtime
                 .block_on(bench::latency(&swarm, rate, Duration::from_secs_f64(secs)))
                 .map_err(failure)?;
             if json {
-                return print_json(&report);
+                print_json(&report)?;
+                return judge("latency", &report.verdict);
             }
             let mut t = Table::new(&["latency", ""]);
             t.row(vec!["agents".into(), thousands(report.agents)]);
@@ -522,18 +585,37 @@ pub(crate) fn run(bench: Bench) -> Result<(), Failure> {
                 thousands(report.achieved_per_second as u64),
             ]);
             t.row(vec!["tasks".into(), thousands(report.tasks)]);
-            latency_rows(&mut t, &report.latency);
+            t.row(vec![
+                "journal".into(),
+                report.journal.clone().unwrap_or_else(|| "memory".into()),
+            ]);
+            t.row(vec!["sim answers".into(), report.answer.clone()]);
+            t.row(vec![
+                "scheduled -> accepted p50 / p99".into(),
+                format!(
+                    "{:.1} / {:.1} µs",
+                    report.accept_latency.p50_us, report.accept_latency.p99_us
+                ),
+            ]);
+            latency_rows(
+                &mut t,
+                "every task",
+                &report.latency,
+                &report.dispatcher_latency,
+            );
+            verdict_rows(&mut t, &report.verdict);
             print!("{}", t.render());
+            judge("latency", &report.verdict)?;
         }
     }
     Ok(())
 }
 
 fn crash(args: &CrashArgs) -> Result<(), Failure> {
-    check_range("--runs", f64::from(args.runs), 1.0, 10_000.0)?;
-    check_range("--tasks", args.tasks as f64, 1.0, 10_000_000.0)?;
-    check_range("--max-kills", f64::from(args.max_kills), 1.0, 1_000.0)?;
-    check_range("--agents", f64::from(args.agents), 1.0, 1_000_000.0)?;
+    check_range("--runs", u64::from(args.runs), 1, 10_000)?;
+    check_range("--tasks", args.tasks, 1, 10_000_000)?;
+    check_range("--max-kills", u64::from(args.max_kills), 1, 1_000)?;
+    check_range("--agents", u64::from(args.agents), 1, 1_000_000)?;
     let exe = std::env::current_exe().map_err(Failure::work)?;
     let scratch = tempfile::tempdir().map_err(Failure::work)?;
     let report = crash::parent(
@@ -573,21 +655,19 @@ fn crash(args: &CrashArgs) -> Result<(), Failure> {
             thousands(report.excess_executions),
         ]);
         t.row(vec!["stray rows".into(), thousands(report.stray_rows)]);
+        t.row(vec![
+            "commits missing from the ledger".into(),
+            thousands(report.unledgered_commits),
+        ]);
+        t.row(vec![
+            "children that died on their own".into(),
+            thousands(u64::from(report.children_died)),
+        ]);
         t.row(vec!["seconds".into(), format!("{:.1}", report.seconds)]);
-        t.row(vec!["verdict".into(), verdict(report.ok)]);
+        verdict_rows(&mut t, &report.verdict);
         print!("{}", t.render());
     }
-    if report.ok {
-        Ok(())
-    } else {
-        Err(Failure::work(anyhow::anyhow!(
-            "the crash checks failed: {} lost, {} double commits, {} excess executions, {} stray rows",
-            report.lost,
-            report.double_commits,
-            report.excess_executions,
-            report.stray_rows
-        )))
-    }
+    judge("crash", &report.verdict)
 }
 
 /// Bad paths and foreign or newer databases are the user's input; anything else is the work
@@ -607,22 +687,23 @@ fn failure(error: colony_runtime::Error) -> Failure {
     }
 }
 
-fn verdict(ok: bool) -> String {
-    if ok { "ok" } else { "FAILED" }.to_owned()
-}
-
-fn latency_rows(t: &mut Table, p: &Percentiles) {
+/// The caller's latency and the dispatcher's, side by side.
+fn latency_rows(t: &mut Table, which: &str, caller: &Percentiles, dispatcher: &Percentiles) {
     t.row(vec![
-        format!("latency samples"),
-        thousands(p.samples as u64),
+        "latency samples".into(),
+        format!("{} ({which})", thousands(caller.samples as u64)),
     ]);
-    for (name, v) in [
-        ("p50", p.p50_us),
-        ("p95", p.p95_us),
-        ("p99", p.p99_us),
-        ("max", p.max_us),
+    t.row(vec![
+        "latency".into(),
+        "submitted -> caller has it (dispatcher: accepted -> ended)".into(),
+    ]);
+    for (name, c, d) in [
+        ("p50", caller.p50_us, dispatcher.p50_us),
+        ("p95", caller.p95_us, dispatcher.p95_us),
+        ("p99", caller.p99_us, dispatcher.p99_us),
+        ("max", caller.max_us, dispatcher.max_us),
     ] {
-        t.row(vec![format!("{name} submit->done"), format!("{v:.1} µs")]);
+        t.row(vec![format!("  {name}"), format!("{c:.1} µs ({d:.1} µs)")]);
     }
 }
 
@@ -660,26 +741,28 @@ pub(crate) struct WorkflowArgs {
     /// Agents in the one pool.
     #[arg(long, default_value_t = 100)]
     agents: u32,
-    /// Share of sim attempts that fail (retryably).
-    #[arg(long, default_value_t = 0.05)]
+    /// Share of sim attempts that fail (retryably), 0 to 1. With 0, any failed or skipped
+    /// task fails the verdict.
+    #[arg(long, default_value_t = 0.05, value_parser = Float::new(0.0, 1.0))]
     error_rate: f64,
     /// Run this program once per task (command agents) instead of sim agents.
     #[arg(long)]
     command: Option<String>,
+    /// Seed of the graph's shape and of the sim agents' errors.
     #[arg(long, default_value_t = 1)]
     seed: u64,
     /// Write the generated workflow to this file instead of running it.
     #[arg(long)]
     write: Option<std::path::PathBuf>,
+    /// Print the report as JSON, verdict included.
     #[arg(long)]
     json: bool,
 }
 
 fn workflow(args: &WorkflowArgs) -> Result<(), Failure> {
     use colony_workflow::bench::{self as wf, Agents};
-    check_range("--tasks", args.tasks as f64, 1.0, 1e6)?;
-    check_range("--agents", f64::from(args.agents), 1.0, 1e6)?;
-    check_range("--error-rate", args.error_rate, 0.0, 1.0)?;
+    check_range("--tasks", args.tasks as u64, 1, 1_000_000)?;
+    check_range("--agents", u64::from(args.agents), 1, 1_000_000)?;
     let agents = match &args.command {
         Some(program) => Agents::Command {
             count: args.agents,
@@ -718,20 +801,32 @@ fn workflow(args: &WorkflowArgs) -> Result<(), Failure> {
                 report.succeeded, report.failed, report.skipped
             ),
         ]);
+        t.row(vec!["ran".into(), thousands(report.ran as u64)]);
         t.row(vec![
             "check".into(),
             format!("{:.3} s", report.check_seconds),
         ]);
         t.row(vec!["run".into(), format!("{:.3} s", report.run_seconds)]);
         t.row(vec![
-            "per task".into(),
+            "per task that ran".into(),
             format!("{:.1} µs", report.us_per_task),
         ]);
         t.row(vec![
-            "tasks/s".into(),
+            "tasks that ran/s".into(),
             thousands(report.tasks_per_second as u64),
         ]);
+        t.row(vec!["ok".into(), report.ok.to_string()]);
+        for problem in &report.problems {
+            t.row(vec!["problem".into(), problem.clone()]);
+        }
         print!("{}", t.render());
     }
-    Ok(())
+    if report.ok {
+        Ok(())
+    } else {
+        Err(Failure::work(anyhow::anyhow!(
+            "bench workflow: ok: false: {}",
+            report.problems.join("; ")
+        )))
+    }
 }

@@ -178,8 +178,9 @@ pub(crate) struct SubmitArgs {
     #[arg(long)]
     priority: Option<u8>,
     /// Seconds an attempt may run.
-    #[arg(long)]
+    #[arg(long, value_parser = crate::flags::Float::new(0.001, 86_400.0))]
     timeout: Option<f64>,
+    /// Attempts the task may use, retries included, before it is dead-lettered.
     #[arg(long)]
     max_attempts: Option<u32>,
     /// A key of your own, kept with the task.
@@ -191,6 +192,7 @@ pub(crate) struct SubmitArgs {
     /// Wait for the task to end and print its output; exit 1 unless it succeeded.
     #[arg(long, conflicts_with = "file")]
     wait: bool,
+    /// Print the server's answer as JSON.
     #[arg(long)]
     json: bool,
 }
@@ -330,6 +332,7 @@ pub(crate) struct StatusArgs {
     server: ServerArgs,
     /// A task to show; without one, the server's counters.
     id: Option<u64>,
+    /// Print the server's answer as JSON.
     #[arg(long)]
     json: bool,
 }
@@ -372,10 +375,14 @@ pub(crate) struct CancelArgs {
     ids: Vec<u64>,
 }
 
+/// Cancels each task in turn. Exit code 2 when every failure was the caller's (an unknown id,
+/// a task already ended: the server's 4xx), as `colony status` of an unknown id; 1 when any
+/// was the server's or the network's.
 pub(crate) fn cancel(args: &CancelArgs) -> Result<(), Failure> {
     let client = Client::new(&args.server)?;
     block_on(async {
         let mut failed = None;
+        let mut work_failed = false;
         for id in &args.ids {
             match client
                 .post(&format!("/v1/tasks/{id}/cancel"), &json!({}), None)
@@ -388,15 +395,22 @@ pub(crate) fn cancel(args: &CancelArgs) -> Result<(), Failure> {
                         _ => "stopping its attempt; it ends cancelled",
                     }
                 ),
-                Err(Failure::Input(e) | Failure::Work(e)) if failed.is_none() => {
+                Err(f) => {
+                    let e = match f {
+                        Failure::Input(e) => e,
+                        Failure::Work(e) => {
+                            work_failed = true;
+                            e
+                        }
+                    };
                     eprintln!("{id}: {e:#}");
-                    failed = Some(e);
+                    failed.get_or_insert(e);
                 }
-                Err(Failure::Input(e) | Failure::Work(e)) => eprintln!("{id}: {e:#}"),
             }
         }
         match failed {
-            Some(e) => Err(Failure::work(e.context("not every task was cancelled"))),
+            Some(e) if work_failed => Err(Failure::work(e.context("not every task was cancelled"))),
+            Some(e) => Err(Failure::input(e.context("not every task was cancelled"))),
             None => Ok(()),
         }
     })

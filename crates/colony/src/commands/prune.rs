@@ -16,6 +16,7 @@ pub(crate) struct Args {
     /// Prune all but the newest N finished tasks.
     #[arg(long, value_name = "N")]
     keep_last: Option<u64>,
+    /// Print what was pruned as JSON.
     #[arg(long)]
     json: bool,
 }

@@ -19,6 +19,7 @@ pub(crate) struct Args {
     /// Most tasks to list.
     #[arg(long, default_value_t = 20)]
     limit: usize,
+    /// Print the counts and tasks as JSON.
     #[arg(long)]
     json: bool,
 }
