@@ -5,8 +5,9 @@
 //! `{"content": ..., "model": ..., "usage": {...}, "cost_usd": ...}`. A pool's requests are
 //! spaced to its requests-per-minute limit; a 429 or a 5xx is retried within the attempt after
 //! the server's `Retry-After` (or a doubling backoff), then fails retryably; other 4xx fail the
-//! task. Once the pool's spending reaches its budget, no request is sent: attempts fail, fatally,
-//! saying so.
+//! task. An endpoint that cannot be reached fails the attempt at once (retryably), its cause
+//! said. Once the pool's spending reaches its budget, no request is sent: attempts fail,
+//! fatally, saying so.
 //!
 //! Requests carry `Authorization: Bearer <key>`, the key read from the variable named by
 //! [`Auth::Bearer`] when the pool is built: a pool whose key is unset is refused then, before
@@ -289,6 +290,15 @@ async fn attempt(endpoint: Endpoint<'_>, account: &Mutex<Account>, task: &Task) 
         }
         let response = match request.send().await {
             Ok(r) => r,
+            // Nothing listens there, or the name does not resolve: waiting within the attempt
+            // would only delay the news (35 s for the llm-review example). The attempt fails at
+            // once, and the runtime's retries, with their backoff and failover, take over.
+            Err(e) if e.is_connect() => {
+                return Err(Error::retryable(format!(
+                    "{url}: cannot connect: {}",
+                    causes(&e)
+                )));
+            }
             Err(e) if retry < o.max_retries => {
                 tracing::debug!(error = %causes(&e), "Request failed; retrying.");
                 tokio::time::sleep(backoff).await;
@@ -716,9 +726,19 @@ mod tests {
             .local_addr()
             .unwrap()
             .port();
-        let mut o = options(&format!("http://127.0.0.1:{port}/v1"));
-        o.max_retries = 0;
-        let err = run(&Http::new(o).unwrap(), "{}").await.unwrap_err();
-        assert!(err.to_string().to_lowercase().contains("refused"), "{err}");
+        // Not retried within the attempt: it fails at once, for the runtime to retry.
+        let h = Http::new(options(&format!("http://127.0.0.1:{port}/v1"))).unwrap();
+        // Retried within the attempt, its 4 backoffs would take 7.5 s.
+        let err = tokio::time::timeout(Duration::from_secs(5), run(&h, "{}"))
+            .await
+            .expect("no backoff within the attempt")
+            .unwrap_err();
+        let message = err.to_string();
+        assert!(
+            err.is_retryable()
+                && message.contains("cannot connect")
+                && message.to_lowercase().contains("refused"),
+            "{message}"
+        );
     }
 }
