@@ -38,10 +38,6 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 pub const MAX_STDOUT: usize = 16 << 20;
 /// Most stderr kept in an attempt's log; the rest is dropped.
 pub const MAX_STDERR: usize = 16 << 20;
-/// Lines of stderr quoted in a failed attempt's error, at most...
-pub const ERROR_TAIL_LINES: usize = 5;
-/// ...and bytes, so that an error stays one readable line in a table.
-pub const ERROR_TAIL_BYTES: usize = 1024;
 
 /// Settings of the `command` backend.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -483,6 +479,11 @@ async fn run(options: &CommandOptions, task: &Task) -> Outcome {
         ))),
     }
 }
+
+/// Lines of stderr quoted in a failed attempt's error, at most...
+pub const ERROR_TAIL_LINES: usize = 5;
+/// ...and bytes, so that an error stays one readable line in a table.
+pub const ERROR_TAIL_BYTES: usize = 1024;
 
 /// What was read of an attempt's stderr: the start, for its log, and the end, for its error.
 #[derive(Debug, Default)]

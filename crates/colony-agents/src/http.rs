@@ -25,13 +25,6 @@ use std::{
 };
 use tokio::time::Instant;
 
-/// Largest answer read from an endpoint, in bytes; a longer one fails the attempt. A
-/// chat completion is a few kilobytes; this is the most a task's output may be.
-pub const MAX_RESPONSE: usize = 16 << 20;
-
-/// Most of an error answer's body read, to quote from.
-const MAX_ERROR_BODY: usize = 64 << 10;
-
 /// The variable holding the key when the file names none.
 pub const DEFAULT_KEY_ENV: &str = "OPENAI_API_KEY";
 
@@ -347,6 +340,13 @@ async fn attempt(endpoint: Endpoint<'_>, account: &Mutex<Account>, task: &Task) 
     }
     Err(Error::retryable(format!("{url}: retries used up")))
 }
+
+/// Largest answer read from an endpoint, in bytes; a longer one fails the attempt. A
+/// chat completion is a few kilobytes; this is the most a task's output may be.
+pub const MAX_RESPONSE: usize = 16 << 20;
+
+/// Most of an error answer's body read, to quote from.
+const MAX_ERROR_BODY: usize = 64 << 10;
 
 /// Up to `cap` bytes of `response`'s body, and whether there was more (then the rest is not
 /// read: the connection is dropped).

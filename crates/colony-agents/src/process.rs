@@ -44,10 +44,6 @@ use tokio::{
 /// Protocol version spoken.
 pub const PROTOCOL: u32 = 1;
 
-/// Longest line read from a process, in bytes (its stdout or its stderr): the most memory a
-/// process's output holds in colony at once, as large as a task's output may be.
-pub const MAX_LINE: usize = 16 << 20;
-
 /// How much of an over-long stdout line is looked at for the attempt it names, and how much
 /// of a stderr or unreadable line is shown in the log.
 const SHOWN: usize = 4096;
@@ -450,6 +446,10 @@ enum Line<'a> {
     TooLong(&'a [u8]),
     End,
 }
+
+/// Longest line read from a process, in bytes (its stdout or its stderr): the most memory a
+/// process's output holds in colony at once, as large as a task's output may be.
+pub const MAX_LINE: usize = 16 << 20;
 
 /// Lines of at most [`MAX_LINE`] bytes.
 struct Lines<R> {
