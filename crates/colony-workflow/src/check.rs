@@ -690,29 +690,30 @@ fn http_options(
     at_least_one("max-tokens", &h.max_tokens, problems);
     at_least_one("requests-per-minute", &h.requests_per_minute, problems);
     o.max_tokens = h.max_tokens.as_ref().map(|v| v.value);
-    o.temperature = h.temperature;
     o.requests_per_minute = h.requests_per_minute.as_ref().map(|v| v.value);
+    // A NaN or a negative number would make the cost, the budget or the request meaningless.
+    let amount = |field: &str, v: Option<&Spanned<f64>>, problems: &mut Vec<Problem>| {
+        let v = v?;
+        if v.value.is_finite() && v.value >= 0.0 {
+            return Some(v.value);
+        }
+        problems.push(Problem::at(
+            v,
+            format!(
+                "pool `{pool}`: {field} {} is out of range: allowed numbers of 0 or more",
+                v.value
+            ),
+            "out of range",
+        ));
+        None
+    };
+    o.temperature = amount("temperature", h.temperature.as_ref(), problems);
+    o.budget_usd = amount("budget-usd", h.budget_usd.as_ref(), problems);
     if let Some(p) = &h.price {
         o.price = http::Price {
-            input_per_million: p.input,
-            output_per_million: p.output,
+            input_per_million: amount("price.input", Some(&p.input), problems).unwrap_or(0.0),
+            output_per_million: amount("price.output", Some(&p.output), problems).unwrap_or(0.0),
         };
-    }
-    o.budget_usd = h.budget_usd;
-    let bad = |v: Option<f64>| v.is_some_and(|v| !v.is_finite() || v < 0.0);
-    if bad(h.budget_usd)
-        || bad(h.temperature)
-        || h.price
-            .as_ref()
-            .is_some_and(|p| bad(Some(p.input)) || bad(Some(p.output)))
-    {
-        problems.push(Problem::at(
-            &p.kind,
-            format!(
-                "pool `{pool}`: budget-usd, temperature and prices must be numbers of 0 or more"
-            ),
-            "http",
-        ));
     }
     if h.model.value.trim().is_empty() {
         problems.push(Problem::at(

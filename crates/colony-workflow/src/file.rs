@@ -87,7 +87,7 @@ pub struct HttpSettings {
     #[serde(default)]
     pub max_tokens: Option<Spanned<u32>>,
     #[serde(default)]
-    pub temperature: Option<f64>,
+    pub temperature: Option<Spanned<f64>>,
     #[serde(default)]
     pub requests_per_minute: Option<Spanned<u32>>,
     /// Dollars per million tokens.
@@ -95,7 +95,7 @@ pub struct HttpSettings {
     pub price: Option<HttpPrice>,
     /// Dollars the pool may spend; then its tasks fail instead of sending requests.
     #[serde(default)]
-    pub budget_usd: Option<f64>,
+    pub budget_usd: Option<Spanned<f64>>,
 }
 
 /// How `http` agents authenticate.
@@ -111,8 +111,8 @@ pub enum HttpAuth {
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
 pub struct HttpPrice {
-    pub input: f64,
-    pub output: f64,
+    pub input: Spanned<f64>,
+    pub output: Spanned<f64>,
 }
 
 /// Settings of `process` agents: one long-lived process per agent, speaking JSON lines.

@@ -204,3 +204,30 @@ fn the_schema_refuses_the_same_agent_settings() {
     assert!(valid, "{yaml}");
     assert!(parse(&yaml, "x.yaml", Path::new(".")).is_ok(), "{yaml}");
 }
+
+#[test]
+fn amounts_are_reported_at_their_field_with_their_value() {
+    let yaml = "name: w\nagents:\n  - name: m\n    kind: http\n    http: { model: x, budget-usd: -1, temperature: .nan, price: { input: -0.5, output: .inf } }\ntasks: [{ id: a }]\n";
+    let p = problems(yaml);
+    has(
+        &p,
+        "w.yaml:5:35:",
+        &["pool `m`: budget-usd -1 is out of range", "0 or more"],
+    );
+    has(
+        &p,
+        "w.yaml:5:52:",
+        &["pool `m`: temperature NaN is out of range"],
+    );
+    has(
+        &p,
+        "w.yaml:5:74:",
+        &["pool `m`: price.input -0.5 is out of range"],
+    );
+    has(
+        &p,
+        "w.yaml:5:88:",
+        &["pool `m`: price.output inf is out of range"],
+    );
+    assert_eq!(p.len(), 4, "{p:#?}");
+}

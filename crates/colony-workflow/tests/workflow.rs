@@ -535,7 +535,8 @@ fn http_settings_out_of_range_are_refused() {
         "name: w\nagents: [{name: m, kind: http, http: {model: x, budget-usd: -1, temperature: .nan}}]\ntasks: [{id: a}]\n",
     );
     assert!(
-        p.iter().any(|l| l.contains("must be numbers of 0 or more")),
+        p.iter().any(|l| l.contains("budget-usd -1 is out of range"))
+            && p.iter().any(|l| l.contains("temperature NaN is out of range")),
         "{p:?}"
     );
     let p = problems("name: w\nagents: [{name: \"\", kind: sim}]\ntasks: [{id: a}]\n");
