@@ -79,8 +79,10 @@ pub enum TokensError {
         source: std::io::Error,
     },
     /// Not a regular file, over [`Tokens::MAX_FILE`], not text, or not readable.
+    // Its message names the file and the problem; not a `source` too, or it would be said
+    // twice where errors are shown with their causes.
     #[error("tokens file: {0}")]
-    File(#[from] colony_workflow::ReadError),
+    File(colony_workflow::ReadError),
     #[error("cannot write tokens file {path}: {source}")]
     Write {
         path: PathBuf,
@@ -135,7 +137,8 @@ impl Tokens {
 
     /// Reads a tokens file: a regular file of at most [`Tokens::MAX_FILE`] bytes.
     pub fn load(path: &Path) -> Result<Self, TokensError> {
-        let text = colony_workflow::read_bounded(path, Self::MAX_FILE)?;
+        let text =
+            colony_workflow::read_bounded(path, Self::MAX_FILE).map_err(TokensError::File)?;
         // Whoever may write the file may add an admin token.
         #[cfg(unix)]
         if let Ok(meta) = std::fs::metadata(path) {

@@ -433,3 +433,27 @@ pub(crate) fn refused(error: colony_runtime::Error) -> Response {
         ),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_over_plain_http_beyond_loopback_are_warned_of() {
+        let public: SocketAddr = "0.0.0.0:7070".parse().unwrap();
+        let warning = plain_text_warning(public, true, false).expect("a warning");
+        assert!(warning.contains("0.0.0.0:7070"), "{warning}");
+        assert!(warning.contains("--tls-cert"), "{warning}");
+        // TLS, loopback, or no tokens to lose: nothing to warn of.
+        assert_eq!(plain_text_warning(public, true, true), None);
+        assert_eq!(
+            plain_text_warning("127.0.0.1:7070".parse().unwrap(), true, false),
+            None
+        );
+        assert_eq!(
+            plain_text_warning("[::1]:7070".parse().unwrap(), true, false),
+            None
+        );
+        assert_eq!(plain_text_warning(public, false, false), None);
+    }
+}
