@@ -23,7 +23,7 @@
 //! unbounded line. A longer line is never kept: when it names its attempt in its first bytes
 //! (`{"type":"result","id":"7.1",...`), that attempt fails (for good: its answer is too big)
 //! and the rest of the line is skipped; otherwise the process is stopped and every attempt it
-//! held fails, retryably. A longer stderr line is cut in colony's log.
+//! held fails, retryably. Stderr lines are cut at 4 KiB in colony's log.
 
 use crate::{Agent, Error, Execution, Outcome, Task, spawner::Spawner};
 use bytes::Bytes;
@@ -45,7 +45,7 @@ use tokio::{
 pub const PROTOCOL: u32 = 1;
 
 /// How much of an over-long stdout line is looked at for the attempt it names, and how much
-/// of a stderr or unreadable line is shown in the log.
+/// of an unreadable line or of a stderr line is kept for the log.
 const SHOWN: usize = 4096;
 
 /// Settings of the `process` backend.
@@ -252,19 +252,20 @@ async fn start(options: &ProcessOptions) -> Result<Arc<Conn>, String> {
     crate::command::clean_env(&mut command, &options.env_allow, &options.env);
     let mut child = command.spawn().map_err(|e| format!("cannot start: {e}"))?;
     let stdin = child.stdin.take().ok_or("no stdin")?;
-    let mut lines = Lines::new(child.stdout.take().ok_or("no stdout")?);
+    let mut lines = Lines::new(child.stdout.take().ok_or("no stdout")?, MAX_LINE);
     if let Some(stderr) = child.stderr.take() {
         let program = options.program.clone();
         Spawner::spawn("process-stderr", async move {
-            let mut lines = Lines::new(stderr);
+            // Only logged: a line is kept up to what the log shows of it.
+            let mut lines = Lines::new(stderr, SHOWN);
             loop {
                 match lines.next().await {
                     Ok(Line::Full(line)) => {
                         tracing::info!(program = %program, "{}", String::from_utf8_lossy(line));
                     }
                     Ok(Line::TooLong(start)) => {
-                        let start = String::from_utf8_lossy(&start[..start.len().min(SHOWN)]);
-                        tracing::info!(program = %program, "{start}… (a line over {MAX_LINE} bytes, cut)");
+                        let start = String::from_utf8_lossy(start);
+                        tracing::info!(program = %program, "{start}… (a line over {SHOWN} bytes, cut)");
                         if lines.skip_line().await.is_err() {
                             break;
                         }
@@ -442,26 +443,29 @@ fn shown(line: &[u8]) -> String {
 enum Line<'a> {
     /// A whole line, without its newline (or the last bytes before the end).
     Full(&'a [u8]),
-    /// The first [`MAX_LINE`] bytes of a longer line; the rest is still unread.
+    /// The first `max` bytes of a longer line; the rest is still unread.
     TooLong(&'a [u8]),
     End,
 }
 
-/// Longest line read from a process, in bytes (its stdout or its stderr): the most memory a
-/// process's output holds in colony at once, as large as a task's output may be.
+/// Longest line read from a process's stdout, in bytes: the most memory its answers hold in
+/// colony at once, as large as a task's output may be. (Its stderr lines are kept up to
+/// 4 KiB, what the log shows of them.)
 pub const MAX_LINE: usize = 16 << 20;
 
-/// Lines of at most [`MAX_LINE`] bytes.
+/// Lines of at most `max` bytes: [`MAX_LINE`] for answers, less for what is only logged.
 struct Lines<R> {
     reader: BufReader<R>,
     line: Vec<u8>,
+    max: usize,
 }
 
 impl<R: tokio::io::AsyncRead + Unpin> Lines<R> {
-    fn new(from: R) -> Self {
+    fn new(from: R, max: usize) -> Self {
         Self {
             reader: BufReader::new(from),
             line: Vec::new(),
+            max,
         }
     }
 
@@ -480,8 +484,8 @@ impl<R: tokio::io::AsyncRead + Unpin> Lines<R> {
                 Some(i) => (i, true),
                 None => (available.len(), false),
             };
-            if self.line.len() + end > MAX_LINE {
-                let room = MAX_LINE - self.line.len();
+            if self.line.len() + end > self.max {
+                let room = self.max - self.line.len();
                 self.line.extend_from_slice(&available[..room]);
                 self.reader.consume(room);
                 return Ok(Line::TooLong(&self.line));
@@ -631,7 +635,7 @@ for line in sys.stdin:
             b"\nafter\nlast".to_vec(),
         ]
         .concat();
-        let mut lines = Lines::new(&text[..]);
+        let mut lines = Lines::new(&text[..], MAX_LINE);
         assert!(matches!(lines.next().await.unwrap(), Line::Full(b"short")));
         match lines.next().await.unwrap() {
             Line::TooLong(start) => assert_eq!(start.len(), MAX_LINE),
@@ -643,7 +647,7 @@ for line in sys.stdin:
         assert!(matches!(lines.next().await.unwrap(), Line::End));
         // A line of exactly the limit is whole.
         let text = [vec![b'z'; MAX_LINE], b"\n".to_vec()].concat();
-        let mut lines = Lines::new(&text[..]);
+        let mut lines = Lines::new(&text[..], MAX_LINE);
         assert!(matches!(lines.next().await.unwrap(), Line::Full(l) if l.len() == MAX_LINE));
         assert_eq!(
             attempt_id(br#"{"type":"result", "id" : "7.1","output":"#),
