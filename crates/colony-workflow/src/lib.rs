@@ -439,6 +439,9 @@ fn parse_for(
             }],
         ));
     }
+    if let Some(problem) = crowded_line(text) {
+        return Err(Invalid::new(file, text, vec![problem]));
+    }
     let parsed: file::File = serde_saphyr::from_str_with_options(text, yaml_options(text.len()))
         .map_err(|e| {
             let at = e.location().and_then(check::known);
@@ -511,6 +514,61 @@ fn yaml_options(len: usize) -> serde_saphyr::Options {
     }
 }
 
+/// Values of flow lists and maps (`[a, b]`, `{k: v}`) one line may hold. The YAML parser
+/// keeps a few hundred bytes per value of the line it is on: a one-line list of millions of
+/// values would take gigabytes. Written over several lines, the same list costs nothing.
+pub const MAX_LINE_ITEMS: usize = 10_000;
+
+/// The first line with more than [`MAX_LINE_ITEMS`] flow items, as a problem. Counts `,`,
+/// `[` and `{` outside quoted strings and comments.
+fn crowded_line(text: &str) -> Option<Problem> {
+    for (n, line) in text.lines().enumerate() {
+        // Cheap first: a line that short cannot be crowded.
+        if line.len() <= MAX_LINE_ITEMS {
+            continue;
+        }
+        let mut items = 0;
+        let mut quote: Option<u8> = None;
+        let mut escaped = false;
+        let mut previous = b' ';
+        for &b in line.as_bytes() {
+            let before = std::mem::replace(&mut previous, b);
+            match quote {
+                Some(q) => {
+                    if escaped {
+                        escaped = false;
+                    } else if b == b'\\' && q == b'"' {
+                        escaped = true;
+                    } else if b == q {
+                        quote = None;
+                    }
+                }
+                None => match b {
+                    b'"' | b'\'' => quote = Some(b),
+                    // A comment only after a blank: `a#b` is a value.
+                    b'#' if before == b' ' || before == b'\t' => break,
+                    b',' | b'[' | b'{' => items += 1,
+                    _ => {}
+                },
+            }
+        }
+        if items > MAX_LINE_ITEMS {
+            return Some(Problem {
+                message: format!(
+                    "line {} holds about {items} values of lists and maps: allowed up to {MAX_LINE_ITEMS} on one line; write them over several lines",
+                    n + 1
+                ),
+                at: Some(Position {
+                    line: n as u64 + 1,
+                    column: 1,
+                }),
+                label: "too many values on one line".into(),
+            });
+        }
+    }
+    None
+}
+
 /// Deepest nesting of lists and maps in a file.
 const MAX_DEPTH: usize = 128;
 
@@ -576,6 +634,9 @@ fn plain_message(message: &str, text: &str, at: Option<Position>) -> String {
                 .and_then(|(_, ty)| range(ty.trim()))
         });
     let Some(wanted) = wanted else {
+        if message.contains("alias replay") {
+            return "aliases (`*name`) would copy more values than the file may hold: write the values out, or use fewer aliases".into();
+        }
         if message.contains("recursion limit") {
             return format!("lists and maps are nested too deep: allowed up to {MAX_DEPTH}");
         }

@@ -288,3 +288,34 @@ fn a_hundred_thousand_tasks_validate() {
     let w = parse(&yaml, "w.yaml", Path::new(".")).unwrap();
     assert_eq!(w.tasks.len(), 100_000);
 }
+
+#[test]
+fn a_line_crowded_with_values_is_refused_and_the_same_values_over_lines_pass() {
+    let one_line = format!(
+        "name: w\nagents: [{{name: s, kind: sim}}]\ntasks: [{{id: a, input: [{}0]}}]\n",
+        "0,".repeat(20_000)
+    );
+    let p = problems(&one_line);
+    assert_eq!(p.len(), 1, "{p:?}");
+    assert!(
+        p[0].starts_with("w.yaml:3:1: line 3 holds about 20004 values")
+            && p[0].contains("allowed up to 10000 on one line"),
+        "{p:?}"
+    );
+    // Commas inside quotes are text, and a `#` inside a value starts no comment.
+    let quoted = format!(
+        "name: w\nagents: [{{name: s, kind: sim}}]\ntasks: [{{id: a, prompt: \"{}\"}}]\n",
+        ",".repeat(20_000)
+    );
+    assert!(parse(&quoted, "w.yaml", Path::new(".")).is_ok());
+    let hidden = format!(
+        "name: w\nagents: [{{name: s, kind: sim}}]\ntasks: [{{id: a, input: [a#b, {}0]}}]\n",
+        "0,".repeat(20_000)
+    );
+    assert!(problems(&hidden)[0].contains("values of lists and maps"));
+    let over_lines = format!(
+        "name: w\nagents: [{{name: s, kind: sim}}]\ntasks:\n  - id: a\n    input: [\n{}      0]\n",
+        "      0,\n".repeat(20_000)
+    );
+    assert!(parse(&over_lines, "w.yaml", Path::new(".")).is_ok());
+}

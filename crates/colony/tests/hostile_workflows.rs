@@ -1,0 +1,134 @@
+//! `colony run` on workflow files written to hurt: every one is refused or fails (never exit
+//! 0), and the peak memory of every run stays under 300 MB.
+//!
+//! The peak is the kernel's: `getrusage(RUSAGE_CHILDREN)` gives the largest resident set of
+//! any child this test process has waited for. Only this file's test runs children here.
+
+use assert_cmd::Command;
+use std::path::Path;
+
+/// The limit the issue sets for any hostile workflow.
+const MAX_RSS_KB: i64 = 300 * 1024;
+
+/// Runs `colony run FILE --out OUT` in `dir`: exit code and stderr.
+fn run(dir: &Path, file: &str) -> (i32, String) {
+    let out = Command::cargo_bin("colony")
+        .unwrap()
+        .current_dir(dir)
+        .args(["run", file, "--out"])
+        .arg(dir.join("out"))
+        .timeout(std::time::Duration::from_secs(120))
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn peak_rss_kb() -> i64 {
+    nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_CHILDREN)
+        .unwrap()
+        .max_rss()
+}
+
+const HEAD: &str = "name: w\nagents: [{name: s, kind: sim}]\n";
+
+#[test]
+fn hostile_workflows_never_succeed_and_stay_under_300_mb() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let write = |name: &str, text: &str| std::fs::write(d.join(name), text).unwrap();
+
+    // 300 references to a 4 MB output.
+    std::fs::write(d.join("big.txt"), "x".repeat(4 << 20)).unwrap();
+    write(
+        "amplify.yaml",
+        &format!(
+            "name: w\ndefaults: {{retries: 0}}\nagents:\n  - {{name: cat, kind: command, command: {{program: cat, args: [big.txt], workdir: .}}}}\n  - {{name: s, kind: sim}}\ntasks:\n  - {{id: big, agent: cat}}\n  - {{id: amplified, agent: s, needs: [big], prompt: \"{}\"}}\n",
+            "{{outputs.big}}".repeat(300)
+        ),
+    );
+    // A list of two million values on one line.
+    write(
+        "crowded.yaml",
+        &format!(
+            "{HEAD}tasks: [{{id: a, input: [{}0]}}]\n",
+            "000,".repeat(2_000_000)
+        ),
+    );
+    // A million values, one per line.
+    write(
+        "many.yaml",
+        &format!(
+            "{HEAD}tasks:\n  - id: a\n    input:\n{}",
+            "      - 0\n".repeat(800_000)
+        ),
+    );
+    // Nesting a million deep.
+    write(
+        "deep.yaml",
+        &format!(
+            "{HEAD}tasks: [{{id: a, input: {}{}}}]\n",
+            "[".repeat(1_000_000),
+            "]".repeat(1_000_000)
+        ),
+    );
+    // A billion laughs: each level aliases the one before ten times.
+    let mut laughs =
+        format!("{HEAD}tasks:\n  - id: a\n    input:\n      l0: &l0 [x,x,x,x,x,x,x,x,x,x]\n");
+    for i in 1..12 {
+        laughs.push_str(&format!(
+            "      l{i}: &l{i} [{}]\n",
+            vec![format!("*l{}", i - 1); 10].join(",")
+        ));
+    }
+    write("laughs.yaml", &laughs);
+    // One line of 8 MB.
+    write(
+        "line.yaml",
+        &format!(
+            "{HEAD}tasks: [{{id: a, prompt: \"{}\"}}]\n",
+            "x".repeat((8 << 20) - 200)
+        ),
+    );
+    // Over the file limit.
+    write(
+        "large.yaml",
+        &format!("{HEAD}# {}\ntasks: [{{id: a}}]\n", "x".repeat(9 << 20)),
+    );
+    // A name that would leave the output folder.
+    write(
+        "name.yaml",
+        "name: ../../x\nagents: [{name: s, kind: sim}]\ntasks: [{id: a}]\n",
+    );
+
+    let cases: [(&str, i32); 9] = [
+        ("amplify.yaml", 1),
+        ("crowded.yaml", 2),
+        ("many.yaml", 2),
+        ("deep.yaml", 2),
+        ("laughs.yaml", 2),
+        ("line.yaml", 2),
+        ("large.yaml", 2),
+        ("name.yaml", 2),
+        ("/dev/zero", 2),
+    ];
+    for (file, expected) in cases {
+        let (code, stderr) = run(d, file);
+        let shown: String = stderr.chars().take(2_000).collect();
+        assert_eq!(code, expected, "{file}: {shown}");
+        let peak = peak_rss_kb();
+        eprintln!(
+            "{file}: exit {code}, peak RSS of any run so far {} MB",
+            peak / 1024
+        );
+        assert!(peak < MAX_RSS_KB, "{file}: peak RSS {peak} KB\n{shown}");
+    }
+    // The amplified task failed for its payload, with the limit named.
+    let result = std::fs::read_to_string(d.join("out/amplified.json")).unwrap();
+    assert!(
+        result.contains("larger than its limit of 1048576 bytes"),
+        "{result}"
+    );
+}
