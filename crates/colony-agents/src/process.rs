@@ -419,13 +419,52 @@ impl Reader {
     }
 }
 
-/// The attempt id a protocol line names in its first bytes (`"id":"7.1"`), if it does.
+/// The attempt id a protocol line names in its first bytes (its top-level `"id":"7.1"`), if
+/// it does. Only the object's own `id` counts: one inside its output is someone else's.
 fn attempt_id(start: &[u8]) -> Option<String> {
-    let key = start.windows(4).position(|w| w == b"\"id\"")?;
-    let rest = start[key + 4..].trim_ascii_start().strip_prefix(b":")?;
+    let mut depth = 0usize;
+    let mut i = 0;
+    while i < start.len() {
+        match start[i] {
+            b'{' | b'[' => depth += 1,
+            b'}' | b']' => depth = depth.saturating_sub(1),
+            b'"' => {
+                let end = string_end(start, i + 1)?;
+                if depth == 1
+                    && &start[i + 1..end] == b"id"
+                    && let Some(id) = string_after_colon(&start[end + 1..])
+                {
+                    return Some(id);
+                }
+                i = end;
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    None
+}
+
+/// Where the JSON string whose text starts at `from` ends (its closing quote).
+fn string_end(text: &[u8], mut from: usize) -> Option<usize> {
+    while from < text.len() {
+        match text[from] {
+            b'\\' => from += 2,
+            b'"' => return Some(from),
+            _ => from += 1,
+        }
+    }
+    None
+}
+
+/// The string value in `: "value"` at the start of `rest` (without escapes, as ids are).
+fn string_after_colon(rest: &[u8]) -> Option<String> {
+    let rest = rest.trim_ascii_start().strip_prefix(b":")?;
     let rest = rest.trim_ascii_start().strip_prefix(b"\"")?;
-    let end = rest.iter().position(|&b| b == b'"')?;
-    std::str::from_utf8(&rest[..end]).ok().map(str::to_owned)
+    let end = rest.iter().position(|&b| b == b'"' || b == b'\\')?;
+    (rest.get(end) == Some(&b'"'))
+        .then(|| std::str::from_utf8(&rest[..end]).ok().map(str::to_owned))
+        .flatten()
 }
 
 /// The start of a line, for a message or the log.
@@ -654,6 +693,15 @@ for line in sys.stdin:
             Some("7.1".into())
         );
         assert_eq!(attempt_id(br#"{"type":"result","output":"xxxx"#), None);
+        // An `id` inside the output, or a value "id", is not the line's.
+        assert_eq!(
+            attempt_id(br#"{"type":"result","output":{"id":"3.1","x":"#),
+            None
+        );
+        assert_eq!(
+            attempt_id(br#"{"type":"id","note":"a \"id\": here","id":"9.2","output":"#),
+            Some("9.2".into())
+        );
     }
 
     #[tokio::test]
