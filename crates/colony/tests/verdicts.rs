@@ -51,6 +51,26 @@ fn a_kill_rate_that_kills_no_agent_exits_1() {
         stderr.contains("ok: false") && stderr.contains("no agent was killed"),
         "{stderr}"
     );
+    // Without --json: the table's `ok` row, and the problem under it.
+    let (stdout, _, code) = colony(&[
+        "bench",
+        "recovery",
+        "--agents",
+        "100",
+        "--tasks",
+        "500",
+        "--kill-rate",
+        "0.0001",
+        "--secs",
+        "0.3",
+    ]);
+    assert_eq!(code, 1);
+    let ok = stdout
+        .lines()
+        .find(|l| l.starts_with("ok "))
+        .expect(&stdout);
+    assert!(ok.ends_with("false"), "{stdout}");
+    assert!(stdout.contains("problem: no agent was killed"), "{stdout}");
 }
 
 #[test]

@@ -16,18 +16,6 @@ use std::{num::NonZeroU32, path::PathBuf, time::Duration};
 
 #[derive(Debug, clap::Subcommand)]
 pub(crate) enum Bench {
-    /// SIGKILL the process running a durable workload at random moments, restart it on the
-    /// same journal, and check that no task was lost or committed twice.
-    Crash(CrashArgs),
-    /// Kill a share of the workers every second while tasks run, on top of injected errors,
-    /// crashes and hangs; check that every task ends and the journal agrees.
-    Recovery(RecoveryArgs),
-    /// Generate a workflow (a random graph), check it and run it to completion: the cost of
-    /// orchestration per task, or the rate of command agents' processes.
-    Workflow(WorkflowArgs),
-    /// The process `bench crash` kills (internal).
-    #[command(hide = true)]
-    CrashChild(CrashChildArgs),
     /// Spawn a hierarchy of in-process agents; time it, weigh it, and watch it idle.
     Spawn {
         #[command(flatten)]
@@ -84,6 +72,18 @@ pub(crate) enum Bench {
         #[arg(long)]
         json: bool,
     },
+    /// SIGKILL the process running a durable workload at random moments, restart it on the
+    /// same journal, and check that no task was lost or committed twice.
+    Crash(CrashArgs),
+    /// Kill a share of the workers every second while tasks run, on top of injected errors,
+    /// crashes and hangs; check that every task ends and the journal agrees.
+    Recovery(RecoveryArgs),
+    /// Generate a workflow (a random graph), check it and run it to completion: the cost of
+    /// orchestration per task, or the rate of command agents' processes.
+    Workflow(WorkflowArgs),
+    /// The process `bench crash` kills (internal).
+    #[command(hide = true)]
+    CrashChild(CrashChildArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -253,11 +253,16 @@ fn check_range(name: &str, value: u64, min: u64, max: u64) -> Result<(), Failure
     }
 }
 
-/// Prints the verdict's rows: `ok`, then one `problem` row each.
+/// The verdict's row: `ok`, true or false.
 fn verdict_rows(t: &mut Table, verdict: &Verdict) {
     t.row(vec!["ok".into(), verdict.ok.to_string()]);
-    for problem in &verdict.problems {
-        t.row(vec!["problem".into(), problem.clone()]);
+}
+
+/// Prints the table, then each problem on a line of its own (too long for a column).
+fn print_table(t: &Table, problems: &[String]) {
+    print!("{}", t.render());
+    for problem in problems {
+        println!("problem: {problem}");
     }
 }
 
@@ -415,7 +420,7 @@ pub(crate) fn run(bench: Bench) -> Result<(), Failure> {
                 ]);
                 t.row(vec!["seconds".into(), format!("{:.1}", report.seconds)]);
                 verdict_rows(&mut t, &report.verdict);
-                print!("{}", t.render());
+                print_table(&t, &report.verdict.problems);
             }
             judge("recovery", &report.verdict)?;
         }
@@ -478,7 +483,7 @@ pub(crate) fn run(bench: Bench) -> Result<(), Failure> {
                 format!("{:.2} %", report.idle_cpu_percent),
             ]);
             verdict_rows(&mut t, &report.verdict);
-            print!("{}", t.render());
+            print_table(&t, &report.verdict.problems);
             judge("spawn", &report.verdict)?;
         }
         Bench::Dispatch {
@@ -547,7 +552,7 @@ pub(crate) fn run(bench: Bench) -> Result<(), Failure> {
                 &report.dispatcher_latency,
             );
             verdict_rows(&mut t, &report.verdict);
-            print!("{}", t.render());
+            print_table(&t, &report.verdict.problems);
             judge("dispatch", &report.verdict)?;
         }
         Bench::Latency {
@@ -604,7 +609,7 @@ pub(crate) fn run(bench: Bench) -> Result<(), Failure> {
                 &report.dispatcher_latency,
             );
             verdict_rows(&mut t, &report.verdict);
-            print!("{}", t.render());
+            print_table(&t, &report.verdict.problems);
             judge("latency", &report.verdict)?;
         }
     }
@@ -665,7 +670,7 @@ fn crash(args: &CrashArgs) -> Result<(), Failure> {
         ]);
         t.row(vec!["seconds".into(), format!("{:.1}", report.seconds)]);
         verdict_rows(&mut t, &report.verdict);
-        print!("{}", t.render());
+        print_table(&t, &report.verdict.problems);
     }
     judge("crash", &report.verdict)
 }
@@ -816,10 +821,7 @@ fn workflow(args: &WorkflowArgs) -> Result<(), Failure> {
             thousands(report.tasks_per_second as u64),
         ]);
         t.row(vec!["ok".into(), report.ok.to_string()]);
-        for problem in &report.problems {
-            t.row(vec!["problem".into(), problem.clone()]);
-        }
-        print!("{}", t.render());
+        print_table(&t, &report.problems);
     }
     if report.ok {
         Ok(())
