@@ -6,19 +6,19 @@
 //!
 //! - **The client must keep up.** A connection has [`Limits::header_timeout`] from its
 //!   opening (TLS handshake included) to send a complete request head,
-//!   [`Limits::idle_timeout`] between the end of a response and the end of the next head, and
-//!   [`Limits::idle_timeout`] between two pieces of a request body it is sending. Past it the
-//!   connection is closed. The server's own work (a handler running, an answer being
-//!   written, an event stream) has no such limit.
+//!   [`Limits::idle_timeout`] between the end of a response and the end of the next head,
+//!   between two pieces of a request body it is sending, and to take more of an answer the
+//!   server is writing (the socket's buffers full). Past it the connection is closed. The
+//!   server's own work (a handler running, an event stream between events) has no such limit.
 //! - **Open connections are capped** at [`Limits::max_connections`]. At the cap, the connection
-//!   that has waited longest for its client (for a head, or for body bytes) is closed to make
+//!   that has waited longest for its client (for a head, body bytes, or to read) is closed to make
 //!   room for the newcomer, so that a flood of half-sent requests cannot starve good clients:
 //!   it only ever evicts itself. Only when every open connection is waiting for the server is
 //!   the newcomer refused, with `503 too-many-connections` (JSON). The same eviction frees a
 //!   file descriptor when the process runs out of them.
 //! - **The HTTP layer's own refusals are JSON too.** hyper answers a request head it cannot
 //!   parse (400), one too large (431) or a URI too long (414) by itself, with an empty body;
-//!   [`JsonErrors`] puts the server's JSON error in place of that answer.
+//!   [`Watched`] puts the server's JSON error in place of that answer.
 
 use axum::{Router, body::Body, extract::ConnectInfo, http::Request};
 use colony_runtime::spawner::Spawner;
@@ -120,6 +120,8 @@ enum Wait {
     NextHead,
     /// More of a request body.
     Body,
+    /// Room to write more of an answer: the client is not reading.
+    Read,
 }
 
 fn locked<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -211,6 +213,34 @@ impl Connections {
         slot.wake.notify_one();
     }
 
+    /// Writing an answer waits for the client to read.
+    fn read_wait(&self, slot: &Arc<Slot>) {
+        let mut table = locked(&self.table);
+        let mut state = locked(&slot.state);
+        if !state.gone {
+            Self::wait(&mut table, &mut state, slot, Wait::Read);
+        }
+        drop(state);
+        slot.wake.notify_one();
+    }
+
+    /// The client read: writing goes on, or the connection waits for the next head.
+    fn read_done(&self, slot: &Arc<Slot>) {
+        let mut table = locked(&self.table);
+        let mut state = locked(&slot.state);
+        if state.wait != Wait::Read || state.gone {
+            return;
+        }
+        if let Some(since) = state.since.take() {
+            table.waiting.remove(&(since, slot.id));
+        }
+        if state.in_flight == 0 {
+            Self::wait(&mut table, &mut state, slot, Wait::NextHead);
+        }
+        drop(state);
+        slot.wake.notify_one();
+    }
+
     /// The request body has all come, or is no longer read.
     fn body_done(&self, slot: &Slot) {
         let mut table = locked(&self.table);
@@ -246,7 +276,7 @@ impl Connections {
                 }
                 let allowed = match state.wait {
                     Wait::FirstHead => self.limits.header_timeout,
-                    Wait::NextHead | Wait::Body => self.limits.idle_timeout,
+                    Wait::NextHead | Wait::Body | Wait::Read => self.limits.idle_timeout,
                 };
                 state
                     .since
@@ -264,6 +294,7 @@ impl Connections {
                                 Wait::FirstHead => "no request head within the header timeout",
                                 Wait::NextHead => "idle past the idle timeout",
                                 Wait::Body => "no request body within the idle timeout",
+                                Wait::Read => "the answer not read within the idle timeout",
                             };
                         }
                     }
@@ -464,7 +495,7 @@ async fn http<S>(
             }))
         }
     });
-    let io = TokioIo::new(JsonErrors::new(stream, slot.clone()));
+    let io = TokioIo::new(Watched::new(stream, connections.clone(), slot.clone()));
     if let Err(e) = hyper::server::conn::http1::Builder::new()
         .serve_connection(io, service)
         .with_upgrades()
@@ -558,32 +589,58 @@ fn replacement(status: &[u8]) -> Option<Vec<u8>> {
     Some(response(status, reason, code, message, &[]))
 }
 
-/// A connection's stream that puts a JSON error in place of hyper's own answers to request
-/// heads it could not read.
+/// A connection's stream: counts the connection as waiting for its client while a write
+/// cannot go on (the client does not read), and puts a JSON error in place of hyper's own
+/// answers to request heads it could not read.
 ///
 /// hyper writes those answers itself, as a bare head with `content-length: 0`, while no
 /// request is in flight, and then closes. Every answer of the server's own has a body (the
 /// router's errors are JSON), so a write that starts such a head while the connection has no
 /// request in flight can only be one of those.
-struct JsonErrors<S> {
+struct Watched<S> {
     inner: S,
+    connections: Arc<Connections>,
     slot: Arc<Slot>,
     /// A replacement still to be written, and how much of it was.
     pending: Option<(Vec<u8>, usize)>,
+    /// Counted as waiting for the client to read.
+    stalled: bool,
 }
 
-impl<S> JsonErrors<S> {
-    fn new(inner: S, slot: Arc<Slot>) -> Self {
+impl<S> Watched<S> {
+    fn new(inner: S, connections: Arc<Connections>, slot: Arc<Slot>) -> Self {
         Self {
             inner,
+            connections,
             slot,
             pending: None,
+            stalled: false,
         }
+    }
+
+    /// Counts the connection as waiting for its client while a write is pending.
+    fn track<T>(&mut self, polled: Poll<T>) -> Poll<T> {
+        match (&polled, self.stalled) {
+            (Poll::Pending, false) => {
+                self.stalled = true;
+                self.connections.read_wait(&self.slot);
+            }
+            (Poll::Ready(_), true) => {
+                self.stalled = false;
+                self.connections.read_done(&self.slot);
+            }
+            _ => {}
+        }
+        polled
     }
 
     /// The JSON answer to put in place of `bytes`, if they are hyper's own refusal.
     fn intercept(&self, bytes: &[u8]) -> Option<Vec<u8>> {
         let status = bytes.strip_prefix(b"HTTP/1.1 ")?.get(..3)?;
+        // Every answer's head passes here: the common ones go no further.
+        if !matches!(status, b"400" | b"414" | b"431") {
+            return None;
+        }
         let end = bytes.windows(4).position(|w| w == b"\r\n\r\n")?;
         let head = bytes[..end].to_ascii_lowercase();
         let bare = head.windows(19).any(|w| w == b"content-length: 0\r\n")
@@ -595,7 +652,7 @@ impl<S> JsonErrors<S> {
     }
 }
 
-impl<S: AsyncWrite + Unpin> JsonErrors<S> {
+impl<S: AsyncWrite + Unpin> Watched<S> {
     /// Writes what is left of a replacement; ready when nothing is.
     fn drain(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         while let Some((bytes, done)) = &mut self.pending {
@@ -613,7 +670,7 @@ impl<S: AsyncWrite + Unpin> JsonErrors<S> {
     }
 }
 
-impl<S: AsyncRead + Unpin> AsyncRead for JsonErrors<S> {
+impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -623,7 +680,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for JsonErrors<S> {
     }
 }
 
-impl<S: AsyncWrite + Unpin> AsyncWrite for JsonErrors<S> {
+impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -636,7 +693,8 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for JsonErrors<S> {
             let _ = self.drain(cx)?;
             return Poll::Ready(Ok(buf.len()));
         }
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.track(polled)
     }
 
     fn poll_write_vectored(
@@ -652,7 +710,8 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for JsonErrors<S> {
             let _ = self.drain(cx)?;
             return Poll::Ready(Ok(bufs.iter().map(|b| b.len()).sum()));
         }
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+        let polled = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.track(polled)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -661,7 +720,8 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for JsonErrors<S> {
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         std::task::ready!(self.drain(cx))?;
-        Pin::new(&mut self.inner).poll_flush(cx)
+        let polled = Pin::new(&mut self.inner).poll_flush(cx);
+        self.track(polled)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -712,11 +772,58 @@ mod tests {
         assert_eq!(locked(&c.table).open, 1);
     }
 
+    /// A client that reads nothing: every write waits, or one write waits and then goes.
+    struct Stuck {
+        waits: usize,
+    }
+
+    impl AsyncWrite for Stuck {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            if self.waits == 0 {
+                return Poll::Ready(Ok(buf.len()));
+            }
+            self.waits -= 1;
+            Poll::Pending
+        }
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    #[test]
+    fn an_answer_the_client_does_not_read_makes_its_connection_evictable() {
+        let c = connections(1);
+        let slot = c.admit().unwrap();
+        // An event stream, say: in flight for as long as it is open.
+        let _stream = c.begin(&slot);
+        assert!(c.admit().is_none(), "nothing to evict");
+        let mut io = Watched::new(Stuck { waits: 1 }, c.clone(), slot.clone());
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        assert!(Pin::new(&mut io).poll_write(&mut cx, b"event").is_pending());
+        assert_eq!(locked(&slot.state).wait, Wait::Read);
+        // The client reads: the stream goes on, out of reach again.
+        assert!(Pin::new(&mut io).poll_write(&mut cx, b"event").is_ready());
+        assert!(locked(&slot.state).since.is_none());
+        assert!(c.admit().is_none(), "nothing to evict");
+        // It stops reading: the newcomer takes its place.
+        io.inner.waits = 1;
+        assert!(Pin::new(&mut io).poll_write(&mut cx, b"event").is_pending());
+        assert!(c.admit().is_some());
+        assert!(locked(&slot.state).gone);
+    }
+
     #[test]
     fn only_a_bare_refusal_without_a_request_in_flight_is_replaced() {
         let c = connections(4);
         let slot = c.admit().unwrap();
-        let io = JsonErrors::new(Vec::<u8>::new(), slot.clone());
+        let io = Watched::new(Vec::<u8>::new(), c.clone(), slot.clone());
         let bare =
             b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-length: 0\r\ndate: x\r\n\r\n";
         let answer = io.intercept(bare).expect("replaced");

@@ -394,3 +394,71 @@ async fn a_task_must_be_a_json_object() {
     server.stop();
     runtime.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_that_do_not_read_their_answers_are_evicted_and_time_out() {
+    let (runtime, server) = start(Limits {
+        max_connections: 3,
+        idle_timeout: Duration::from_millis(500),
+        ..Limits::default()
+    })
+    .await;
+    // Twenty tasks whose outputs (their payloads, echoed) make a page of about 16 MB: more
+    // than the sockets' buffers hold, so that writing it waits for the client to read.
+    let client = reqwest::Client::new();
+    let payload = serde_json::json!({ "payload": "x".repeat(800_000) }).to_string();
+    for _ in 0..20 {
+        let r = client
+            .post(format!("{}/v1/tasks", server.url()))
+            .header("content-type", "application/json")
+            .body(payload.clone())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 202);
+    }
+    runtime.handle().drain().await.unwrap();
+    let mut deaf = Vec::new();
+    for _ in 0..3 {
+        // A small receive buffer, fixed: the kernel would otherwise grow it to take it all.
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(16 << 10).unwrap();
+        let mut stream = socket.connect(server.addr).await.unwrap();
+        stream
+            .write_all(b"GET /v1/tasks?limit=1000 HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            .await
+            .unwrap();
+        deaf.push(stream);
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The answers are stuck on clients that do not read: one is closed to make room.
+    let started = Instant::now();
+    let r = client
+        .get(format!("{}/v1/stats", server.url()))
+        .timeout(Duration::from_secs(5))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(started.elapsed() < Duration::from_secs(1));
+    // The others are closed when they have not read for the idle timeout: reading what was
+    // sent then ends short of the whole page (or is reset).
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    for stream in &mut deaf {
+        let mut sink = vec![0u8; 1 << 20];
+        let mut got = 0;
+        let ended = tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                match stream.read(&mut sink).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => got += n,
+                }
+            }
+        })
+        .await;
+        assert!(ended.is_ok(), "a deaf client's connection stayed open");
+        assert!(got < 16_000_000, "the whole page was sent: {got} bytes");
+    }
+    server.stop();
+    runtime.shutdown().await;
+}
