@@ -160,6 +160,30 @@ impl Tokens {
         Ok(tokens)
     }
 
+    /// Refuses what is not a regular file of at most [`Tokens::MAX_FILE`] bytes.
+    fn regular(path: &Path, meta: &std::fs::Metadata) -> Result<(), TokensError> {
+        use colony_workflow::ReadError;
+        if !meta.is_file() {
+            let what = if meta.is_dir() {
+                "a directory"
+            } else {
+                "a device, FIFO or socket"
+            };
+            return Err(TokensError::File(ReadError::NotRegular {
+                path: path.to_owned(),
+                what,
+            }));
+        }
+        if meta.len() > Self::MAX_FILE {
+            return Err(TokensError::File(ReadError::TooLarge {
+                path: path.to_owned(),
+                size: meta.len(),
+                limit: Self::MAX_FILE,
+            }));
+        }
+        Ok(())
+    }
+
     fn parse(text: &str, path: &Path) -> Result<Self, TokensError> {
         let mut entries: Vec<Entry> = Vec::new();
         for (i, line) in text.lines().enumerate() {
@@ -205,20 +229,35 @@ impl Tokens {
             path: path.to_owned(),
             source,
         };
+        // Checked before opening (a FIFO or a device is no tokens file), and again on what
+        // was opened, in case the path changed in between.
+        if let Ok(meta) = std::fs::metadata(path) {
+            Self::regular(path, &meta)?;
+        }
         let mut options = std::fs::OpenOptions::new();
         options.create(true).read(true).append(true);
         #[cfg(unix)]
         std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
         let mut file = options.open(path).map_err(write)?;
+        Self::regular(path, &file.metadata().map_err(write)?)?;
         // Two creates at once must not both find a name free: one waits for the other.
         file.lock().map_err(write)?;
         let mut text = String::new();
-        std::io::Read::read_to_string(&mut file, &mut text).map_err(|source| {
-            TokensError::Read {
-                path: path.to_owned(),
-                source,
-            }
+        std::io::Read::read_to_string(
+            &mut std::io::Read::take(&mut file, Self::MAX_FILE + 1),
+            &mut text,
+        )
+        .map_err(|source| TokensError::Read {
+            path: path.to_owned(),
+            source,
         })?;
+        if text.len() as u64 > Self::MAX_FILE {
+            return Err(TokensError::File(colony_workflow::ReadError::TooLarge {
+                path: path.to_owned(),
+                size: text.len() as u64,
+                limit: Self::MAX_FILE,
+            }));
+        }
         let existing = Self::parse(&text, path)?;
         if existing.entries.iter().any(|e| &*e.name == name) {
             return Err(TokensError::Duplicate {
@@ -793,6 +832,22 @@ mod tests {
             error.contains("more than the limit of 1048576 bytes"),
             "{error}"
         );
+        // `colony token create` reads the file too, before it appends: bounded alike.
+        for path in [
+            Path::new("/dev/zero"),
+            dir.path(),
+            fifo.as_path(),
+            big.as_path(),
+        ] {
+            let error = Tokens::create(path, "ci", Scope::Read)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                error.contains("not a regular file") || error.contains("more than the limit"),
+                "{}: {error}",
+                path.display()
+            );
+        }
     }
 
     #[cfg(unix)]
