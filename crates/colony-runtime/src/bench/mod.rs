@@ -219,30 +219,8 @@ impl Received {
 
 impl Receipts {
     fn start() -> Self {
-        let (tx, mut rx) = mpsc::unbounded_channel::<(Instant, Pending)>();
-        let task = Spawner::spawn("bench-receipts", async move {
-            let mut waiting = FuturesUnordered::new();
-            let mut received = Received::default();
-            let mut open = true;
-            loop {
-                tokio::select! {
-                    // Arrivals first: their time is what is measured.
-                    biased;
-                    Some((from, completion, at)) = waiting.next(), if !waiting.is_empty() => {
-                        received.note(from, completion, at);
-                    }
-                    next = rx.recv(), if open => match next {
-                        Some((from, pending)) => waiting.push(async move {
-                            let completion = pending.await;
-                            (from, completion, Instant::now())
-                        }),
-                        None => open = false,
-                    },
-                    else => break,
-                }
-            }
-            received
-        });
+        let (tx, rx) = mpsc::unbounded_channel::<(Instant, Pending)>();
+        let task = Spawner::spawn("bench-receipts", collect(rx));
         Self { tx, task }
     }
 
@@ -261,6 +239,31 @@ impl Receipts {
             .map_err(|_| Error::Stopped)?
             .ok_or(Error::Stopped)
     }
+}
+
+/// Awaits every completion sent on `rx` until it closes, noting when each arrives.
+async fn collect(mut rx: mpsc::UnboundedReceiver<(Instant, Pending)>) -> Received {
+    let mut waiting = FuturesUnordered::new();
+    let mut received = Received::default();
+    let mut open = true;
+    loop {
+        tokio::select! {
+            // Arrivals first: their time is what is measured.
+            biased;
+            Some((from, completion, at)) = waiting.next(), if !waiting.is_empty() => {
+                received.note(from, completion, at);
+            }
+            next = rx.recv(), if open => match next {
+                Some((from, pending)) => waiting.push(async move {
+                    let completion = pending.await;
+                    (from, completion, Instant::now())
+                }),
+                None => open = false,
+            },
+            else => break,
+        }
+    }
+    received
 }
 
 /// The journal's counts when a run begins, to tell its own tasks from earlier ones (`--db`
