@@ -58,6 +58,8 @@ pub struct ProcessOptions {
     pub env: Vec<(String, String)>,
     /// Time a new process has to say hello.
     pub hello_timeout: Duration,
+    /// Where the process runs; where colony runs when `None`.
+    pub workdir: Option<std::path::PathBuf>,
 }
 
 impl ProcessOptions {
@@ -68,6 +70,7 @@ impl ProcessOptions {
             env_allow: vec!["PATH".into(), "HOME".into(), "LANG".into(), "TMPDIR".into()],
             env: Vec::new(),
             hello_timeout: Duration::from_secs(10),
+            workdir: None,
         }
     }
 }
@@ -243,6 +246,9 @@ impl Drop for Forget {
 /// Starts a process and waits for its hello.
 async fn start(options: &ProcessOptions) -> Result<Arc<Conn>, String> {
     let mut command = tokio::process::Command::new(&options.program);
+    if let Some(dir) = &options.workdir {
+        command.current_dir(dir);
+    }
     command
         .args(&options.args)
         .stdin(Stdio::piped())

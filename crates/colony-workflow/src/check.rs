@@ -183,6 +183,8 @@ pub(crate) fn check(
                     program.map(|program| {
                         let mut o = colony_agents::process::ProcessOptions::new(program);
                         o.args = settings.args.clone();
+                        // Like a command's: relative paths in its arguments start at the file.
+                        o.workdir = Some(std::path::absolute(base).unwrap_or(base.to_owned()));
                         o.env_allow.extend(settings.env.iter().cloned());
                         Backend::Process(Box::new(o))
                     })
@@ -484,7 +486,7 @@ pub(crate) fn check(
             output: file
                 .output
                 .map(|o| base.join(o))
-                .unwrap_or_else(|| PathBuf::from("colony-out").join(&file.name.value)),
+                .unwrap_or_else(|| base.join("colony-out").join(&file.name.value)),
             pools,
             tasks,
             graph,
@@ -560,8 +562,15 @@ fn command_options(
     options.env_allow.extend(c.env.iter().cloned());
     // Relative to the workflow file, like every path in it; made absolute, since the program
     // runs in it and a relative path would then mean something else.
-    options.workdir = c.workdir.as_ref().map(|w| {
-        let dir = base.join(w);
+    // Without one, the workflow file's folder (unless the task gets a worktree, where it then
+    // runs): relative paths in arguments then mean what they mean everywhere else in the
+    // file, wherever colony was started.
+    let dir = match &c.workdir {
+        Some(w) => Some(base.join(w)),
+        None if !c.worktree => Some(base.to_owned()),
+        None => None,
+    };
+    options.workdir = dir.map(|dir| {
         std::path::absolute(&dir)
             .unwrap_or(dir)
             .to_string_lossy()

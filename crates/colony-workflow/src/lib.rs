@@ -354,7 +354,11 @@ pub fn load(path: &Path) -> Result<Workflow, Error> {
 
 fn load_for(path: &Path, purpose: check::Purpose) -> Result<Workflow, Error> {
     let text = read_bounded(path, MAX_FILE_BYTES)?;
-    let base = path.parent().unwrap_or(Path::new("."));
+    // `w.yaml` has the parent `""`: the current folder, which paths must be able to name.
+    let base = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     let name = path.display().to_string();
     if path.extension().is_some_and(|e| e == "toml") {
         return Ok(parse_toml_for(&text, &name, base, purpose)?);

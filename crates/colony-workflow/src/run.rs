@@ -155,6 +155,24 @@ impl Agent for Checked {
     }
 }
 
+/// Makes a `sim` pool's faults repeatable. A sim agent draws an attempt's fate from its seed,
+/// the task's id and the attempt; a workflow's tasks get their runtime ids in the order they
+/// become ready, which changes from run to run with the agents' concurrency. Here the id the
+/// agent sees is a hash of the task's payload instead (its workflow id and its filled-in input,
+/// the same in every run of the same file), so that a seed fails the same tasks every run.
+struct Repeatable {
+    inner: Arc<dyn Agent>,
+}
+
+impl Agent for Repeatable {
+    fn handle(&self, mut task: Task) -> Execution {
+        let mut hash = Fnv::default();
+        hash.write(&task.payload);
+        task.id = colony_core::TaskId(hash.0);
+        self.inner.handle(task)
+    }
+}
+
 fn workflow_id(payload: &[u8]) -> Option<String> {
     let value: Value = serde_json::from_slice(payload).ok()?;
     value.get("task")?.as_str().map(str::to_owned)
@@ -364,11 +382,10 @@ pub fn agents(
                     Arc::new(colony_agents::process::Process::new((**o).clone()))
                 }
                 Backend::Http(o) => {
-                    let http = Arc::new(
-                        colony_agents::http::Http::new((**o).clone()).map_err(|e| {
+                    let http =
+                        Arc::new(colony_agents::http::Http::new((**o).clone()).map_err(|e| {
                             colony_runtime::Error::Options(format!("pool `{}`: {e}", p.name))
-                        })?,
-                    );
+                        })?);
                     endpoints.push(http.clone());
                     http
                 }
@@ -419,6 +436,10 @@ pub async fn run(
         .iter()
         .zip(agents)
         .map(|(p, inner)| {
+            let inner: Arc<dyn Agent> = match p.backend {
+                Backend::Sim(_) => Arc::new(Repeatable { inner }),
+                _ => inner,
+            };
             let agent: Arc<dyn Agent> = if checks.is_empty() {
                 inner
             } else {

@@ -319,3 +319,34 @@ fn a_line_crowded_with_values_is_refused_and_the_same_values_over_lines_pass() {
     );
     assert!(parse(&over_lines, "w.yaml", Path::new(".")).is_ok());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_seed_fails_the_same_tasks_every_run() {
+    // Half the attempts fail and none retries: which tasks fail depends only on the seed,
+    // not on the order in which eight agents happen to take 200 tasks.
+    let mut yaml = String::from(
+        "name: w\ndefaults: {retries: 0}\nagents: [{name: s, kind: sim, count: 8, concurrency: 4, sim: {error-rate: 0.5, seed: 7}}]\ntasks:\n",
+    );
+    for i in 0..200 {
+        yaml.push_str(&format!("  - {{id: t{i}, input: {{n: {i}}}}}\n"));
+    }
+    let mut runs = Vec::new();
+    for _ in 0..3 {
+        let out = tempfile::tempdir().unwrap();
+        let report = run_in(&yaml, Path::new("."), out.path()).await;
+        let failed: Vec<String> = report
+            .tasks
+            .iter()
+            .filter(|t| t.status == Status::Failed)
+            .map(|t| t.id.clone())
+            .collect();
+        runs.push(failed);
+    }
+    assert!(
+        (50..150).contains(&runs[0].len()),
+        "about half fail: {}",
+        runs[0].len()
+    );
+    assert_eq!(runs[0], runs[1]);
+    assert_eq!(runs[1], runs[2]);
+}

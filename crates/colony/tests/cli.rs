@@ -385,7 +385,7 @@ fn the_quickstart_workflow_runs_and_leaves_its_results() {
         serde_json::from_slice(&std::fs::read(out.path().join("sum-readme.json")).unwrap())
             .unwrap();
     assert_eq!(sum["status"], "succeeded");
-    assert!(sum["output"].as_str().unwrap().ends_with("  README.md"));
+    assert!(sum["output"].as_str().unwrap().ends_with("  ../README.md"));
     assert!(out.path().join("summary.json").exists());
     let log = std::fs::read_to_string(out.path().join("run.log")).unwrap();
     assert_eq!(
