@@ -524,14 +524,22 @@ async fn refuse(stream: TcpStream, tls: Option<tokio_rustls::TlsAcceptor>) {
     }
 }
 
-/// Writes `answer`, then reads what the client sent until it closes (or the caller's time
-/// runs out): closing with unread input would reset the connection, and the client could
-/// lose the answer.
+/// Waits for the request head (an answer sent before the request is one a client does not
+/// expect), writes `answer`, then reads what the client sent until it closes (or the
+/// caller's time runs out): closing with unread input would reset the connection, and the
+/// client could lose the answer.
 async fn say_and_close<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, answer: &[u8]) {
+    let mut head = Vec::new();
+    let mut sink = [0u8; 4096];
+    while head.len() < 16 << 10 && !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        match stream.read(&mut sink).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => head.extend_from_slice(&sink[..n]),
+        }
+    }
     if stream.write_all(answer).await.is_err() || stream.shutdown().await.is_err() {
         return;
     }
-    let mut sink = [0u8; 4096];
     let mut left: usize = 64 << 10;
     while left > 0 {
         match stream.read(&mut sink).await {

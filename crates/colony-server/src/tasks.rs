@@ -385,14 +385,33 @@ pub(crate) async fn one(State(app): State<Arc<App>>, Path(id): Path<String>) -> 
         Ok(id) => id,
         Err(r) => return r,
     };
-    match app.read(move |journal| journal.task(id)).await {
-        Ok(Some(row)) => Json(view(&row)).into_response(),
+    // The view, up to 16 MiB of output, is made on the blocking pool with the read.
+    let read = app.read(move |journal| Ok(journal.task(id)?.map(|row| json_bytes(&view(&row)))));
+    match read.await {
+        Ok(Some(body)) => body,
         Ok(None) => problem(
             StatusCode::NOT_FOUND,
             "no-such-task",
             format!("there is no task {id}"),
         ),
         Err(e) => problem(StatusCode::SERVICE_UNAVAILABLE, "journal", e),
+    }
+}
+
+/// `value` as a JSON response, serialized where it is called: on the blocking pool, for a
+/// value that may hold megabytes of task outputs.
+fn json_bytes(value: &Value) -> Response {
+    match serde_json::to_vec(value) {
+        Ok(bytes) => (
+            [(axum::http::header::CONTENT_TYPE, "application/json")],
+            bytes,
+        )
+            .into_response(),
+        Err(e) => problem(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "serialize",
+            e.to_string(),
+        ),
     }
 }
 
@@ -428,9 +447,10 @@ pub(crate) fn parse_state(s: &str) -> Result<TaskState, String> {
     })
 }
 
-/// The newest tasks, as `GET /v1/tasks` lists them.
+/// The newest tasks, as `GET /v1/tasks` lists them: the page, made with the read on the
+/// blocking pool (a page of 1,000 tasks may hold megabytes of outputs).
 #[allow(clippy::result_large_err)]
-async fn recent(app: &App, query: &ListQuery) -> Result<(Vec<TaskRow>, usize), Response> {
+async fn recent(app: &App, query: &ListQuery) -> Result<Response, Response> {
     let state = match query.state.as_deref().filter(|s| !s.is_empty()) {
         None => None,
         Some(s) => {
@@ -446,11 +466,16 @@ async fn recent(app: &App, query: &ListQuery) -> Result<(Vec<TaskRow>, usize), R
         ));
     }
     let before = query.before.map(TaskId);
-    let rows = app
-        .read(move |journal| journal.recent(state, before, limit))
-        .await
-        .map_err(|e| problem(StatusCode::SERVICE_UNAVAILABLE, "journal", e))?;
-    Ok((rows, limit))
+    app.read(move |journal| {
+        let rows = journal.recent(state, before, limit)?;
+        let next = (rows.len() == limit)
+            .then(|| rows.last().map(|r| r.id.0))
+            .flatten();
+        let tasks: Vec<Value> = rows.iter().map(view).collect();
+        Ok(json_bytes(&json!({ "tasks": tasks, "next-before": next })))
+    })
+    .await
+    .map_err(|e| problem(StatusCode::SERVICE_UNAVAILABLE, "journal", e))
 }
 
 pub(crate) async fn list(
@@ -465,14 +490,7 @@ pub(crate) async fn list(
         );
     };
     match recent(&app, &query).await {
-        Ok((rows, limit)) => {
-            let next = (rows.len() == limit)
-                .then(|| rows.last().map(|r| r.id.0))
-                .flatten();
-            let tasks: Vec<Value> = rows.iter().map(view).collect();
-            Json(json!({ "tasks": tasks, "next-before": next })).into_response()
-        }
-        Err(r) => r,
+        Ok(page) | Err(page) => page,
     }
 }
 

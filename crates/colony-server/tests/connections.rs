@@ -396,10 +396,9 @@ async fn a_task_must_be_a_json_object() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn clients_that_do_not_read_their_answers_are_evicted_and_time_out() {
+async fn clients_that_do_not_read_their_answers_are_evicted() {
     let (runtime, server) = start(Limits {
         max_connections: 3,
-        idle_timeout: Duration::from_millis(500),
         ..Limits::default()
     })
     .await;
@@ -418,47 +417,61 @@ async fn clients_that_do_not_read_their_answers_are_evicted_and_time_out() {
         assert_eq!(r.status(), 202);
     }
     runtime.handle().drain().await.unwrap();
+    let page = b"GET /v1/tasks?limit=1000 HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n";
     let mut deaf = Vec::new();
     for _ in 0..3 {
         // A small receive buffer, fixed: the kernel would otherwise grow it to take it all.
         let socket = tokio::net::TcpSocket::new_v4().unwrap();
         socket.set_recv_buffer_size(16 << 10).unwrap();
         let mut stream = socket.connect(server.addr).await.unwrap();
-        stream
-            .write_all(b"GET /v1/tasks?limit=1000 HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
-            .await
-            .unwrap();
+        stream.write_all(page).await.unwrap();
         deaf.push(stream);
     }
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    // The answers are stuck on clients that do not read: one is closed to make room.
-    let started = Instant::now();
-    let r = client
-        .get(format!("{}/v1/stats", server.url()))
-        .timeout(Duration::from_secs(5))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    assert!(started.elapsed() < Duration::from_secs(1));
-    // The others are closed when they have not read for the idle timeout: reading what was
-    // sent then ends short of the whole page (or is reset).
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // While the server makes the pages, their connections are its to finish, and a newcomer
+    // may hear 503; once they wait on their clients, one makes room.
+    let fresh = || {
+        reqwest::Client::builder()
+            .pool_max_idle_per_host(0)
+            .timeout(Duration::from_secs(5))
+            .build()
+            .unwrap()
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let r = fresh()
+            .get(format!("{}/v1/stats", server.url()))
+            .send()
+            .await
+            .unwrap();
+        match r.status().as_u16() {
+            200 => break,
+            503 => assert!(Instant::now() < deadline, "still refused after 20 s"),
+            other => panic!("{other}"),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The one closed gets less than its page; the others, read now, get all of theirs.
+    let mut short = 0;
     for stream in &mut deaf {
         let mut sink = vec![0u8; 1 << 20];
         let mut got = 0;
-        let ended = tokio::time::timeout(Duration::from_secs(10), async {
+        let _ = tokio::time::timeout(Duration::from_secs(5), async {
             loop {
                 match stream.read(&mut sink).await {
                     Ok(0) | Err(_) => return,
                     Ok(n) => got += n,
                 }
+                if got >= 16_000_000 {
+                    return;
+                }
             }
         })
         .await;
-        assert!(ended.is_ok(), "a deaf client's connection stayed open");
-        assert!(got < 16_000_000, "the whole page was sent: {got} bytes");
+        if got < 16_000_000 {
+            short += 1;
+        }
     }
+    assert_eq!(short, 1, "one deaf client made room");
     server.stop();
     runtime.shutdown().await;
 }
