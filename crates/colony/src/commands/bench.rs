@@ -37,6 +37,8 @@ pub(crate) enum Bench {
     Dispatch {
         #[command(flatten)]
         swarm: SwarmArgs,
+        #[command(flatten)]
+        answer: AnswerArgs,
         /// Tasks to run.
         #[arg(long, default_value_t = 1_000_000)]
         tasks: u64,
@@ -58,6 +60,8 @@ pub(crate) enum Bench {
     Latency {
         #[command(flatten)]
         swarm: SwarmArgs,
+        #[command(flatten)]
+        answer: AnswerArgs,
         /// Tasks offered per second.
         #[arg(long, default_value_t = 100_000.0, value_parser = Float::new(1.0, 10_000_000.0))]
         rate: f64,
@@ -112,6 +116,9 @@ pub(crate) struct CrashArgs {
 pub(crate) struct RecoveryArgs {
     #[command(flatten)]
     swarm: SwarmArgs,
+    // Matters with `--latency-us 0` only: attempts with a latency wait on a timer.
+    #[command(flatten)]
+    answer: AnswerArgs,
     /// Tasks to run.
     #[arg(long, default_value_t = 100_000)]
     tasks: u64,
@@ -200,6 +207,11 @@ pub(crate) struct SwarmArgs {
     /// commits (a crash of colony cannot).
     #[arg(long, default_value = "full", value_parser = ["full", "normal"])]
     synchronous: String,
+}
+
+/// `--answer` of the benchmarks that run tasks.
+#[derive(Debug, clap::Args)]
+pub(crate) struct AnswerArgs {
     /// How sim attempts without latency answer. inline: inside the call, with no wakeup (the
     /// runtime's own cost; no real agent answers so); woken: from another task through a
     /// channel, so each attempt is parked and woken as one doing I/O is.
@@ -207,7 +219,16 @@ pub(crate) struct SwarmArgs {
     answer: AnswerArg,
 }
 
-/// `--answer` of the benchmarks.
+impl AnswerArgs {
+    fn answer(&self) -> Answer {
+        match self.answer {
+            AnswerArg::Inline => Answer::Inline,
+            AnswerArg::Woken => Answer::Woken,
+        }
+    }
+}
+
+/// The values of `--answer`.
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
 pub(crate) enum AnswerArg {
     Inline,
@@ -228,10 +249,7 @@ impl SwarmArgs {
             span: self.span,
             tiers: Tiers::Named(self.tiers.clone()),
             sim: SimOptions::default(),
-            answer: match self.answer {
-                AnswerArg::Inline => Answer::Inline,
-                AnswerArg::Woken => Answer::Woken,
-            },
+            answer: Answer::Inline,
             journal,
             retry: colony_runtime::RetryOptions::default(),
             supervision: Default::default(),
@@ -288,6 +306,7 @@ pub(crate) fn run(bench: Bench) -> Result<(), Failure> {
         Bench::Workflow(args) => return workflow(&args),
         Bench::Recovery(args) => {
             let mut swarm = args.swarm.swarm()?;
+            swarm.answer = args.answer.answer();
             check_range("--tasks", args.tasks, 1, 1_000_000_000)?;
             check_range("--timeout-ms", args.timeout_ms, 1, 3_600_000)?;
             swarm.sim = SimOptions {
@@ -488,6 +507,7 @@ pub(crate) fn run(bench: Bench) -> Result<(), Failure> {
         }
         Bench::Dispatch {
             swarm,
+            answer,
             tasks,
             batch,
             durable,
@@ -496,6 +516,7 @@ pub(crate) fn run(bench: Bench) -> Result<(), Failure> {
         } => {
             check_range("--payload-bytes", payload_bytes as u64, 2, 1_000_000)?;
             let mut swarm = swarm.swarm()?;
+            swarm.answer = answer.answer();
             let scratch = tempfile::tempdir().map_err(Failure::work)?;
             if durable && swarm.journal.is_none() {
                 swarm.journal = Some(SqliteOptions::new(scratch.path().join("bench.db")));
@@ -557,12 +578,14 @@ pub(crate) fn run(bench: Bench) -> Result<(), Failure> {
         }
         Bench::Latency {
             swarm,
+            answer,
             rate,
             secs,
             durable,
             json,
         } => {
             let mut swarm = swarm.swarm()?;
+            swarm.answer = answer.answer();
             if rate * secs < 1.0 {
                 return Err(Failure::input(anyhow::anyhow!(
                     "--rate {rate} for --secs {secs} offers no task: their product must be at least 1"
