@@ -5,7 +5,10 @@
 
 use colony_agents::sim::SimOptions;
 use colony_runtime::RuntimeOptions;
-use colony_server::testing::{local, serve, sim_runtime};
+use colony_server::{
+    Config, Scope, Tokens,
+    testing::{local, serve, sim_runtime},
+};
 use proptest::prelude::*;
 use serde_json::Value;
 use std::{net::SocketAddr, time::Duration};
@@ -207,12 +210,22 @@ fn arbitrary_requests_get_an_answer_or_a_json_4xx_and_the_server_goes_on() {
         .enable_all()
         .build()
         .unwrap();
-    let (runtime, server) = rt.block_on(async {
+    let dir = tempfile::tempdir().unwrap();
+    // One server open to loopback, and one that asks for tokens, with a rate limit.
+    let (runtime, server, guarded) = rt.block_on(async {
         let runtime = sim_runtime(20, SimOptions::default(), RuntimeOptions::default()).await;
         let (server, _) = serve(&runtime, local()).await;
-        (runtime, server)
+        let path = dir.path().join("tokens");
+        Tokens::create(&path, "ci", Scope::Submit).unwrap();
+        let config = Config {
+            tokens: Some(Tokens::load(&path).unwrap()),
+            rate_limit: Some(1_000.try_into().unwrap()),
+            ..local()
+        };
+        let (guarded, _) = serve(&runtime, config).await;
+        (runtime, server, guarded)
     });
-    let addr = server.addr;
+    let addrs = [server.addr, guarded.addr];
     let cases = std::env::var("PROPTEST_CASES")
         .ok()
         .and_then(|c| c.parse().ok())
@@ -222,8 +235,8 @@ fn arbitrary_requests_get_an_answer_or_a_json_4xx_and_the_server_goes_on() {
         failure_persistence: None,
         ..ProptestConfig::default()
     });
-    let outcome = runner.run(&request(), |request| {
-        let answer = rt.block_on(send(addr, &request));
+    let outcome = runner.run(&(request(), 0..2usize), |(request, which)| {
+        let answer = rt.block_on(send(addrs[which], &request));
         let (status, head, body) = answer.map_err(|e| TestCaseError::fail(e.to_string()))?;
         prop_assert!(status < 500, "{status} for {request:?}: {head}");
         if status >= 400 && request.method != "HEAD" {
@@ -253,6 +266,7 @@ fn arbitrary_requests_get_an_answer_or_a_json_4xx_and_the_server_goes_on() {
             .unwrap();
         assert_eq!(r.status(), 202);
         server.stop();
+        guarded.stop();
         runtime.shutdown().await;
     });
 }
