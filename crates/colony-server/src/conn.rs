@@ -18,7 +18,7 @@
 //!   file descriptor when the process runs out of them.
 //! - **The HTTP layer's own refusals are JSON too.** hyper answers a request head it cannot
 //!   parse (400), one too large (431) or a URI too long (414) by itself, with an empty body;
-//!   [`Watched`] puts the server's JSON error in place of that answer.
+//!   `Watched` puts the server's JSON error in place of that answer.
 
 use axum::{Router, body::Body, extract::ConnectInfo, http::Request};
 use colony_runtime::spawner::Spawner;
@@ -50,7 +50,7 @@ pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Refusals (503 at the cap) being written at once; past it a newcomer is closed unanswered.
 /// Each holds its socket a moment so that the client reads the answer before the close.
 const REFUSING: usize = 64;
-/// How long a refusal may take to be written (and, over TLS, handshaken).
+/// How long a refusal may take: the TLS handshake, if any, the request head, and the answer.
 const REFUSAL_TIME: Duration = Duration::from_secs(1);
 
 /// How many connections a server keeps open, and how long they may wait.
@@ -61,7 +61,7 @@ pub struct Limits {
     /// From a connection's opening to the end of its first request head.
     pub header_timeout: Duration,
     /// From the end of a response to the end of the next request head on the same connection,
-    /// and between two pieces of a request body.
+    /// between two pieces of a request body, and for the client to take more of an answer.
     pub idle_timeout: Duration,
 }
 

@@ -12,7 +12,7 @@
 //! to the process's recorder, its gauges would overwrite the server's (its agents and queue
 //! in place of the server's) and its counters add to them. So each run goes on a thread of
 //! its own, with a tokio runtime of its own, whose metrics go to a registry of runs
-//! ([`metrics_text`], `GET /metrics/runs`) and never reach `/metrics`. Its own thread also
+//! (`GET /metrics/runs`) and never reach `/metrics`. Its own thread also
 //! keeps its work off the workers that answer the API.
 
 use crate::{App, problem};
