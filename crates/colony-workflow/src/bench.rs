@@ -1,7 +1,7 @@
 //! `colony bench workflow`: a generated graph, run end to end, for the cost per task.
 
 use crate::{Options, Report};
-use colony_journal::MemoryJournal;
+use colony_journal::{Journal, MemoryJournal};
 use colony_runtime::RuntimeOptions;
 use rand::{Rng, SeedableRng, rngs::SmallRng};
 use serde::Serialize;
@@ -67,6 +67,8 @@ pub struct BenchReport {
     /// Tasks that ran: succeeded or failed. Skipped tasks never started, and do not count in
     /// the rates below.
     pub ran: usize,
+    /// Tasks the run's journal holds in a terminal state: must equal `ran`.
+    pub journal_terminal: u64,
     /// Reading and checking the file.
     pub check_seconds: f64,
     /// Running it, results written.
@@ -89,6 +91,12 @@ impl BenchReport {
     fn judge(&mut self, agents: &Agents) {
         let mut problems = Vec::new();
         let ended = self.succeeded + self.failed + self.skipped + self.cancelled;
+        if self.journal_terminal != self.ran as u64 {
+            problems.push(format!(
+                "the journal holds {} tasks ended, not the {} that ran",
+                self.journal_terminal, self.ran
+            ));
+        }
         if ended != self.tasks {
             problems.push(format!(
                 "{ended} tasks ended of {}: {} succeeded, {} failed, {} skipped, {} cancelled",
@@ -137,9 +145,10 @@ pub async fn run(
         .into_iter()
         .max()
         .map_or(0, |w| w + 1);
+    let journal = Arc::new(MemoryJournal::new());
     let options = Options {
         runtime: RuntimeOptions::default(),
-        journal: Arc::new(MemoryJournal::new()),
+        journal: journal.clone(),
         output: Some(out.to_owned()),
         on_finished: None,
         cancel: None,
@@ -159,6 +168,7 @@ pub async fn run(
         skipped: report.skipped,
         cancelled: report.cancelled,
         ran,
+        journal_terminal: journal.counts().map_err(|e| e.to_string())?.terminal(),
         check_seconds,
         run_seconds,
         us_per_task: run_seconds * 1e6 / ran.max(1) as f64,
@@ -183,6 +193,7 @@ mod tests {
             skipped,
             cancelled: 0,
             ran: succeeded + failed,
+            journal_terminal: (succeeded + failed) as u64,
             check_seconds: 0.0,
             run_seconds: 1.0,
             us_per_task: 0.0,
@@ -235,6 +246,11 @@ mod tests {
                 .iter()
                 .any(|p| p.contains("skipped with no task failed"))
         );
+        let mut r = report(10, 10, 0, 0);
+        r.journal_terminal = 9;
+        r.judge(&FLAKY);
+        assert!(!r.ok);
+        assert!(r.problems[0].contains("the journal holds 9 tasks ended, not the 10 that ran"));
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -243,6 +259,7 @@ mod tests {
         let r = run(200, &FLAKY, 3, out.path()).await.unwrap();
         assert_eq!(r.ran, r.succeeded + r.failed);
         assert_eq!(r.ran + r.skipped, 200);
+        assert_eq!(r.journal_terminal, r.ran as u64);
         assert!(r.ok, "{:?}", r.problems);
         let out = tempfile::tempdir().unwrap();
         let clean = run(200, &CLEAN, 3, out.path()).await.unwrap();

@@ -186,6 +186,7 @@ fn a_workflow_bench_whose_tasks_fail_without_injected_errors_exits_1() {
     let ran = report["ran"].as_u64().unwrap();
     assert_eq!(ran, report["failed"].as_u64().unwrap());
     assert_eq!(ran + report["skipped"].as_u64().unwrap(), 40);
+    assert_eq!(report["journal_terminal"].as_u64().unwrap(), ran);
     assert!(
         report["problems"]
             .to_string()

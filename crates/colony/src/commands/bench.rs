@@ -831,6 +831,10 @@ fn workflow(args: &WorkflowArgs) -> Result<(), Failure> {
         ]);
         t.row(vec!["ran".into(), thousands(report.ran as u64)]);
         t.row(vec![
+            "journal: ended".into(),
+            thousands(report.journal_terminal),
+        ]);
+        t.row(vec![
             "check".into(),
             format!("{:.3} s", report.check_seconds),
         ]);
