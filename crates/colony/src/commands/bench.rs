@@ -569,6 +569,7 @@ pub(crate) fn run(bench: Bench) -> Result<(), Failure> {
             latency_rows(
                 &mut t,
                 &format!("sampled 1 in {}", report.sample_every),
+                "batch offered",
                 &report.latency,
                 &report.dispatcher_latency,
             );
@@ -628,6 +629,7 @@ pub(crate) fn run(bench: Bench) -> Result<(), Failure> {
             latency_rows(
                 &mut t,
                 "every task",
+                "scheduled",
                 &report.latency,
                 &report.dispatcher_latency,
             );
@@ -715,15 +717,21 @@ fn failure(error: colony_runtime::Error) -> Failure {
     }
 }
 
-/// The caller's latency and the dispatcher's, side by side.
-fn latency_rows(t: &mut Table, which: &str, caller: &Percentiles, dispatcher: &Percentiles) {
+/// The caller's latency, counted from `from`, and the dispatcher's, side by side.
+fn latency_rows(
+    t: &mut Table,
+    which: &str,
+    from: &str,
+    caller: &Percentiles,
+    dispatcher: &Percentiles,
+) {
     t.row(vec![
         "latency samples".into(),
         format!("{} ({which})", thousands(caller.samples as u64)),
     ]);
     t.row(vec![
         "latency".into(),
-        "submitted -> caller has it (dispatcher: accepted -> ended)".into(),
+        format!("{from} -> caller has it (dispatcher: accepted -> ended)"),
     ]);
     for (name, c, d) in [
         ("p50", caller.p50_us, dispatcher.p50_us),
