@@ -225,13 +225,14 @@ async fn recovered_tasks_wait_for_their_pool_and_run_once_it_has_agents() {
 fn watchdog(limit: Duration, what: &'static str) -> Arc<std::sync::atomic::AtomicBool> {
     let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let flag = done.clone();
-    std::thread::spawn(move || {
+    colony_runtime::spawner::Spawner::spawn_thread("watchdog", move || {
         std::thread::sleep(limit);
         if !flag.load(std::sync::atomic::Ordering::Relaxed) {
             eprintln!("watchdog: {what} did not finish within {limit:?}");
             std::process::exit(101);
         }
-    });
+    })
+    .unwrap();
     done
 }
 
