@@ -868,6 +868,30 @@ mod tests {
     }
 
     #[test]
+    fn failures_lock_out_an_address_and_its_ipv6_block_only() {
+        let failures = Failures::default();
+        let host: IpAddr = "2001:db8:1:2::10".parse().unwrap();
+        let neighbour: IpAddr = "2001:db8:1:2:ffff::1".parse().unwrap();
+        let elsewhere: IpAddr = "2001:db8:1:3::10".parse().unwrap();
+        let v4: IpAddr = "192.0.2.7".parse().unwrap();
+        for _ in 0..FAILED_AUTH_BURST {
+            assert_eq!(failures.locked(host), None);
+            failures.failed(host);
+        }
+        assert!(failures.locked(host).is_some());
+        assert!(failures.locked(neighbour).is_some(), "the same /64");
+        assert_eq!(failures.locked(elsewhere), None);
+        assert_eq!(failures.locked(v4), None);
+        for _ in 0..FAILED_AUTH_BURST {
+            failures.failed("::ffff:192.0.2.7".parse().unwrap());
+        }
+        assert!(
+            failures.locked(v4).is_some(),
+            "a v4-mapped address is its v4 address"
+        );
+    }
+
+    #[test]
     fn a_request_presents_its_bearer_token_or_else_its_cookie() {
         let mut headers = HeaderMap::new();
         assert_eq!(presented(&headers), None);
