@@ -361,7 +361,7 @@ async fn json_errors(response: Response) -> Response {
     let mut answer = problem(status, &code, text);
     for (name, value) in &parts.headers {
         if name != axum::http::header::CONTENT_TYPE && name != axum::http::header::CONTENT_LENGTH {
-            answer.headers_mut().insert(name, value.clone());
+            answer.headers_mut().append(name, value.clone());
         }
     }
     answer
