@@ -408,14 +408,25 @@ pub(crate) async fn serve(
         let (stream, peer) = match listener.accept().await {
             Ok(accepted) => accepted,
             Err(e) => {
-                // Out of file descriptors (EMFILE, ENFILE): a connection waiting for a head
-                // gives its own up, so that requests keep being answered.
-                let evicted = matches!(e.raw_os_error(), Some(23 | 24))
-                    && Connections::evict_oldest(&mut locked(&connections.table));
-                if !evicted {
-                    tracing::warn!(error = %e, "Cannot accept a connection.");
+                match e.raw_os_error() {
+                    // Out of file descriptors (ENFILE, EMFILE): the connection waiting longest
+                    // for its client gives its own up, so that requests keep being answered.
+                    Some(23 | 24) => {
+                        let evicted = Connections::evict_oldest(&mut locked(&connections.table));
+                        if !evicted {
+                            tracing::warn!(error = %e, "Cannot accept a connection.");
+                        }
+                        let pause = if evicted { 1 } else { 20 };
+                        tokio::time::sleep(Duration::from_millis(pause)).await;
+                    }
+                    // Out of memory for sockets (ENOMEM, ENOBUFS): a pause, not a busy loop.
+                    Some(12 | 105) => {
+                        tracing::warn!(error = %e, "Cannot accept a connection.");
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                    // One connection's trouble (reset before it was taken): the next.
+                    _ => tracing::debug!(error = %e, "A connection was lost before accepted."),
                 }
-                tokio::time::sleep(Duration::from_millis(if evicted { 1 } else { 20 })).await;
                 continue;
             }
         };
