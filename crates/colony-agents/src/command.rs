@@ -68,6 +68,11 @@ pub struct CommandOptions {
     /// that parse options that way, and only where colony cannot know they end (`sh -c`,
     /// `find`, `git` take positional words before options).
     pub allow_option_values: bool,
+    /// Name each task by its payload's `task` field (a workflow's task id) rather than by its
+    /// numeric id. Only for agents whose tasks come from a workflow file: where anyone with a
+    /// token posts tasks (`colony serve --pools`), a payload could name another task and take
+    /// its log and worktree, so there every task goes by its numeric id.
+    pub names_from_payload: bool,
 }
 
 /// Resource limits of each process, applied through util-linux's `prlimit` (so that no code
@@ -126,6 +131,7 @@ impl CommandOptions {
             limits: Limits::default(),
             worktree: None,
             allow_option_values: false,
+            names_from_payload: true,
         }
     }
 }
@@ -211,12 +217,14 @@ pub struct Placeholders<'a> {
 }
 
 impl<'a> Placeholders<'a> {
-    /// Reads `task`'s payload: its `task` field, when present, must be a valid [`Name`] (it
-    /// reaches file paths); without one the task is named by its numeric id.
-    pub fn new(task: &'a Task) -> Result<Self, Refused> {
+    /// Reads `task`'s payload. With `names_from_payload`, its `task` field, when present,
+    /// must be a valid [`Name`] (it reaches file paths) and names the task; otherwise, or
+    /// without one, the task is named by its numeric id.
+    pub fn new(task: &'a Task, names_from_payload: bool) -> Result<Self, Refused> {
         let mut payload: serde_json::Value =
             serde_json::from_slice(&task.payload).unwrap_or(serde_json::Value::Null);
         let name = match payload.get("task") {
+            _ if !names_from_payload => Name::of_id(task.id.0),
             None | Some(serde_json::Value::Null) => Name::of_id(task.id.0),
             Some(serde_json::Value::String(s)) => Name::parse(s).map_err(Refused::Name)?,
             Some(other) => return Err(Refused::NameNotText(json_kind(other))),
@@ -274,7 +282,7 @@ impl<'a> Placeholders<'a> {
                     what: format!("argument {}", i + 1),
                     message,
                 })?;
-                if !allow_options && value.starts_with('-') && !template.starts_with('-') {
+                if !allow_options && takes_option_from_payload(template, &value) {
                     return Err(Refused::OptionValue {
                         index: i + 1,
                         template: template.clone(),
@@ -308,6 +316,19 @@ impl<'a> Placeholders<'a> {
     }
 }
 
+/// Whether `value`, filled from `template`, lets the payload pick an option of the program:
+/// the template's literal start (before its first placeholder) is nothing but dashes, and
+/// either it is empty and the value starts with `-` (`{{input.x}}` = `--files0-from=...`),
+/// or it is not (`-{{input.x}}`, `--{{input.k}}=...`: the payload names the option).
+/// Options the file writes itself (`-n`, `--n={{input.n}}`, `x{{input.n}}`) pass.
+fn takes_option_from_payload(template: &str, value: &str) -> bool {
+    let Some(open) = template.find("{{") else {
+        return false;
+    };
+    let prefix = &template[..open];
+    prefix.bytes().all(|b| b == b'-') && (!prefix.is_empty() || value.starts_with('-'))
+}
+
 /// What kind of JSON value `v` is, for messages.
 fn json_kind(v: &serde_json::Value) -> &'static str {
     match v {
@@ -323,7 +344,7 @@ fn json_kind(v: &serde_json::Value) -> &'static str {
 async fn run(options: &CommandOptions, task: &Task) -> Outcome {
     let fatal = |m: String| Err(Error::fatal(m));
     let refused = |e: Refused| Err(Error::fatal(e.to_string()));
-    let placeholders = match Placeholders::new(task) {
+    let placeholders = match Placeholders::new(task, options.names_from_payload) {
         Ok(p) => p,
         Err(e) => return refused(e),
     };
@@ -805,7 +826,7 @@ mod tests {
     fn placeholders_are_filled_from_the_attempt_and_its_input() {
         let t = task(r#"{"task":"count","input":{"file":"a.txt","n":3}}"#);
         fn placeholders(t: &Task) -> Placeholders<'_> {
-            Placeholders::new(t).unwrap()
+            Placeholders::new(t, true).unwrap()
         }
         assert_eq!(
             placeholders(&t)
@@ -829,6 +850,22 @@ mod tests {
         // Without a name, the task is named by its id.
         assert_eq!(placeholders(&task("{}")).name().as_str(), "7");
         assert_eq!(placeholders(&task("not json")).name().as_str(), "7");
+    }
+
+    #[tokio::test]
+    async fn without_names_from_payload_a_task_goes_by_its_id_whatever_its_payload_says() {
+        let root = tempfile::tempdir().unwrap();
+        let mut o = CommandOptions::new("sh");
+        o.args = vec!["-c".into(), "echo {{task}}; echo oops >&2; exit 0".into()];
+        o.logs = Some(root.path().to_owned());
+        o.names_from_payload = false;
+        // Another task's name, and one that is no name at all: both ignored.
+        for payload in [r#"{"task":"build"}"#, r#"{"task":"../../x"}"#] {
+            let out = outcome(o.clone(), payload).await.unwrap();
+            assert_eq!(serde_json::from_slice::<u64>(&out).unwrap(), 7, "{payload}");
+        }
+        assert!(root.path().join("7.2.stderr").exists());
+        assert!(!root.path().join("build.2.stderr").exists());
     }
 
     #[tokio::test]
@@ -939,6 +976,15 @@ mod tests {
         // A negative number from the input is such a value too.
         let message = fatal_message(outcome(o.clone(), r#"{"input":{"file":-3}}"#).await);
         assert!(message.contains("`-3`"), "{message}");
+        // A template whose literal start is only dashes lets the payload name the option.
+        for template in ["-{{input.file}}", "--{{input.file}}"] {
+            let mut dashed = o.clone();
+            dashed.args = vec!["-w".into(), template.into()];
+            let message = fatal_message(
+                outcome(dashed, r#"{"input":{"file":"files0-from=/etc/hostname"}}"#).await,
+            );
+            assert!(message.contains("argument 2"), "{template}: {message}");
+        }
         // Options the file writes itself, and values after a literal start, pass.
         let mut echo = CommandOptions::new("echo");
         echo.args = vec!["-n".into(), "--n={{input.n}}".into(), "x{{input.n}}".into()];

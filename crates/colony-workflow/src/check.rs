@@ -228,9 +228,12 @@ pub(crate) fn check(
                     ));
                     None
                 }
-                Some(c) => {
-                    command_options(c, base, &mut problems).map(|o| Backend::Command(Box::new(o)))
-                }
+                Some(c) => command_options(c, base, &mut problems).map(|mut o| {
+                    // Tasks of `serve --pools` come from anyone with a token: a payload may
+                    // not choose the name that their logs and worktrees go by.
+                    o.names_from_payload = purpose == Purpose::Run;
+                    Backend::Command(Box::new(o))
+                }),
             },
         };
         let role = p.role.clone().unwrap_or_else(|| p.name.value.clone());

@@ -231,3 +231,25 @@ fn amounts_are_reported_at_their_field_with_their_value() {
     );
     assert_eq!(p.len(), 4, "{p:#?}");
 }
+
+#[test]
+fn only_workflow_runs_name_command_tasks_from_their_payload() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("pools.yaml");
+    std::fs::write(
+        &path,
+        "name: p\nagents:\n  - { name: tools, kind: command, command: { program: echo } }\n\
+         tasks:\n  - { id: one, agent: tools }\n",
+    )
+    .unwrap();
+    let names_from_payload = |backend: &colony_workflow::Backend| match backend {
+        colony_workflow::Backend::Command(o) => o.names_from_payload,
+        other => panic!("not a command pool: {other:?}"),
+    };
+    // `colony run`: the workflow's own task ids name logs and worktrees.
+    let run = colony_workflow::load(&path).unwrap();
+    assert!(names_from_payload(&run.pools[0].backend));
+    // `colony serve --pools`: anyone with a token posts tasks, so ids name them.
+    let serve = colony_workflow::load_pools(&path).unwrap();
+    assert!(!names_from_payload(&serve[0].backend));
+}
