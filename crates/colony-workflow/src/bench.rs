@@ -110,6 +110,24 @@ impl BenchReport {
                 self.failed, self.skipped
             ));
         }
+        if let Agents::Sim { error_rate, .. } = agents
+            && *error_rate > 0.0
+        {
+            // A task fails only when every attempt does: p^attempts of those that ran, with
+            // room for chance (four times that, plus three).
+            let attempts = crate::check::DEFAULT_RETRIES as i32 + 1;
+            let allowed = (self.ran as f64 * error_rate.powi(attempts) * 4.0).ceil() as u64 + 3;
+            if self.failed as u64 > allowed {
+                problems.push(format!(
+                    "{} tasks failed: an error rate of {error_rate} over {attempts} attempts \
+                     allows about {allowed} of {} that ran",
+                    self.failed, self.ran
+                ));
+            }
+        }
+        if self.succeeded == 0 {
+            problems.push("no task succeeded".to_owned());
+        }
         if injected && self.skipped > 0 && self.failed == 0 {
             problems.push(format!("{} skipped with no task failed", self.skipped));
         }
@@ -229,6 +247,30 @@ mod tests {
         r.judge(&command);
         assert!(!r.ok);
         let mut r = report(10, 7, 1, 2);
+        r.judge(&FLAKY);
+        assert!(r.ok, "{:?}", r.problems);
+    }
+
+    #[test]
+    fn more_failures_than_the_injected_rate_allows_fail_the_verdict() {
+        // One failure whose dependents were all skipped: 10,000 tasks, almost none succeeded.
+        let mut r = report(10_000, 0, 1, 9_999);
+        r.judge(&FLAKY);
+        assert!(!r.ok);
+        assert!(
+            r.problems.iter().any(|p| p == "no task succeeded"),
+            "{:?}",
+            r.problems
+        );
+        // 10 % errors over three attempts: about one task in a thousand fails.
+        let mut r = report(10_000, 9_000, 1_000, 0);
+        r.judge(&FLAKY);
+        assert!(
+            r.problems.iter().any(|p| p.contains("1000 tasks failed")),
+            "{:?}",
+            r.problems
+        );
+        let mut r = report(10_000, 9_990, 10, 0);
         r.judge(&FLAKY);
         assert!(r.ok, "{:?}", r.problems);
     }

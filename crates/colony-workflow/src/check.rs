@@ -63,7 +63,7 @@ pub(crate) fn known(at: Location) -> Option<Position> {
 type ParseDuration = dyn Fn(&Spanned<String>, &mut Vec<Problem>) -> Option<Duration>;
 
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(300);
-const DEFAULT_RETRIES: u32 = 2;
+pub(crate) const DEFAULT_RETRIES: u32 = 2;
 
 /// What a file is checked for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
