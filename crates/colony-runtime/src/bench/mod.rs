@@ -1,4 +1,4 @@
-//! The workloads behind `colony bench`: spawn, dispatch, latency and recovery.
+//! The workloads behind `colony bench`: spawn, dispatch, latency, recovery and restart.
 //!
 //! Each returns a report of what it measured on this process: wall time from the runtime's
 //! own clock, memory from the kernel's resident set size, CPU time from `/proc/self/stat`.
@@ -659,6 +659,7 @@ pub fn cpu_time() -> Duration {
 }
 
 pub mod crash;
+pub mod restart;
 
 /// How often `recovery` kills its share of the workers.
 const KILL_TICK: Duration = Duration::from_millis(100);

@@ -82,6 +82,19 @@ pub(crate) enum Bench {
     /// Kill a share of the workers every second while tasks run, on top of injected errors,
     /// crashes and hangs; check that every task ends and the journal agrees.
     Recovery(RecoveryArgs),
+    /// One supervisor of --children workers; kill them one at a time and time each kill until
+    /// the replacement has answered a task (Erlang's W4).
+    Restart {
+        /// Workers under the one supervisor.
+        #[arg(long, default_value_t = 100)]
+        children: u32,
+        /// Kills, one at a time: child k mod --children.
+        #[arg(long, default_value_t = 20)]
+        kills: u32,
+        /// Print the report as JSON, verdict included.
+        #[arg(long)]
+        json: bool,
+    },
     /// Generate a workflow (a random graph), check it and run it to completion: the cost of
     /// orchestration per task, or the rate of command agents' processes.
     Workflow(WorkflowArgs),
@@ -442,6 +455,66 @@ pub(crate) fn run(bench: Bench) -> Result<(), Failure> {
                 print_table(&t, &report.verdict.problems);
             }
             judge("recovery", &report.verdict)?;
+        }
+        Bench::Restart {
+            children,
+            kills,
+            json,
+        } => {
+            check_range(
+                "--children",
+                u64::from(children),
+                2,
+                u64::from(bench::restart::MAX_CHILDREN),
+            )?;
+            check_range(
+                "--kills",
+                u64::from(kills),
+                1,
+                u64::from(bench::restart::MAX_KILLS),
+            )?;
+            let report = runtime
+                .block_on(bench::restart::restart(children, kills))
+                .map_err(failure)?;
+            if json {
+                print_json(&report)?;
+                return judge("restart", &report.verdict);
+            }
+            let mut t = Table::new(&["restart", ""]);
+            t.row(vec![
+                "children".into(),
+                thousands(u64::from(report.children)),
+            ]);
+            t.row(vec!["kills".into(), thousands(u64::from(report.kills))]);
+            t.row(vec![
+                "answered by the replacement".into(),
+                thousands(u64::from(report.answered_by_replacement)),
+            ]);
+            let k = &report.kill_to_answer;
+            t.row(vec![
+                "kill -> replacement answered".into(),
+                format!(
+                    "median {:.1} µs, p99 {:.1} µs, max {:.1} µs",
+                    k.p50_us, k.p99_us, k.max_us
+                ),
+            ]);
+            let d = &report.dispatcher_restart;
+            t.row(vec![
+                "  dispatcher: kill -> in service".into(),
+                format!(
+                    "median {:.1} µs, p99 {:.1} µs, max {:.1} µs",
+                    d.p50_us, d.p99_us, d.max_us
+                ),
+            ]);
+            t.row(vec!["agent restarts".into(), thousands(report.restarts)]);
+            t.row(vec![
+                "supervisor escalations".into(),
+                thousands(report.escalations),
+            ]);
+            t.row(vec!["seconds".into(), format!("{:.2}", report.seconds)]);
+            verdict_rows(&mut t, &report.verdict);
+            print_table(&t, &report.verdict.problems);
+            judge("restart", &report.verdict)?;
         }
         Bench::CrashChild(args) => {
             let options = crash::ChildOptions {
