@@ -446,39 +446,183 @@ fn parse_for(
     if let Some(problem) = crowded_line(text) {
         return Err(Invalid::new(file, text, vec![problem]));
     }
-    let parsed: file::File = serde_saphyr::from_str_with_options(text, yaml_options(text.len()))
-        .map_err(|e| {
-            let at = e.location().and_then(check::known);
-            let message = match e.without_snippet() {
-                serde_saphyr::Error::Budget { breach, .. } => budget_message(breach),
-                e => {
-                    // The parser's own snippet and "line L column C" are left out: ours show
-                    // them once.
-                    let message = e.to_string();
-                    let message = message
-                        .strip_prefix("error: ")
-                        .unwrap_or(&message)
-                        .split_once(": ")
-                        .filter(|(head, _)| head.starts_with("line "))
-                        .map_or(message.as_str(), |(_, m)| m);
-                    let message = message
-                        .rsplit_once(" at line ")
-                        .map_or(message, |(m, _)| m)
-                        .trim();
-                    plain_message(message, text, at)
+    // An unknown field stops the parser; it is reported, blanked out (spaces, so that every
+    // line and column stays where it was) and the file parsed again, so that a misspelt key
+    // does not hide the file's other problems.
+    let mut problems = Vec::new();
+    let mut blanked: Option<String> = None;
+    loop {
+        let current = blanked.as_deref().unwrap_or(text);
+        match serde_saphyr::from_str_with_options::<file::File>(
+            current,
+            yaml_options(current.len()),
+        ) {
+            Ok(parsed) => {
+                return match check::check(parsed, base, purpose) {
+                    Ok(workflow) if problems.is_empty() => Ok(workflow),
+                    Ok(_) => Err(Invalid::new(file, text, problems)),
+                    Err(more) => {
+                        problems.extend(more);
+                        Err(Invalid::new(file, text, problems))
+                    }
+                };
+            }
+            Err(e) => {
+                let mut problem = parse_problem(&e, text);
+                let next = unknown_field(&problem.message)
+                    .filter(|_| problems.len() < MAX_BLANKED)
+                    .and_then(|key| blank_field(current, e.location()?, key));
+                match next {
+                    Some((next, key_at)) => {
+                        // At the key itself, not at the map holding it.
+                        let (line, column) = read::position(&current.as_bytes()[..key_at]);
+                        problem.at = Some(Position { line, column });
+                        problems.push(problem);
+                        blanked = Some(next);
+                    }
+                    None => {
+                        problems.push(problem);
+                        return Err(Invalid::new(file, text, problems));
+                    }
                 }
-            };
-            Invalid::new(
-                file,
-                text,
-                vec![Problem {
-                    message,
-                    at,
-                    label: "here".into(),
-                }],
-            )
-        })?;
-    check::check(parsed, base, purpose).map_err(|problems| Invalid::new(file, text, problems))
+            }
+        }
+    }
+}
+
+/// Unknown fields reported before the rest of the file is left unchecked.
+const MAX_BLANKED: usize = 20;
+
+/// A parser error as a problem of the file.
+fn parse_problem(e: &serde_saphyr::Error, text: &str) -> Problem {
+    let at = e.location().and_then(check::known);
+    let message = match e.without_snippet() {
+        serde_saphyr::Error::Budget { breach, .. } => budget_message(breach),
+        e => {
+            // The parser's own snippet and "line L column C" are left out: ours show them
+            // once.
+            let message = e.to_string();
+            let message = message
+                .strip_prefix("error: ")
+                .unwrap_or(&message)
+                .split_once(": ")
+                .filter(|(head, _)| head.starts_with("line "))
+                .map_or(message.as_str(), |(_, m)| m);
+            let message = message
+                .rsplit_once(" at line ")
+                .map_or(message, |(m, _)| m)
+                .trim();
+            plain_message(message, text, at)
+        }
+    };
+    Problem {
+        message,
+        at,
+        label: "here".into(),
+    }
+}
+
+/// The field an "unknown field `x`, expected ..." message names.
+fn unknown_field(message: &str) -> Option<&str> {
+    message
+        .strip_prefix("unknown field `")?
+        .split_once('`')
+        .map(|(key, _)| key)
+}
+
+/// `text` with the field `key` (its key and its value) replaced by spaces: the first `key:`
+/// at or after `at`, which is the key itself or the start of the flow map holding it.
+/// `None` when it cannot be found. Also gives where the key starts.
+fn blank_field(text: &str, at: serde_saphyr::Location, key: &str) -> Option<(String, usize)> {
+    let line_start: usize = text
+        .split_inclusive('\n')
+        .take(at.line().saturating_sub(1) as usize)
+        .map(str::len)
+        .sum();
+    let from = line_start
+        + text[line_start..]
+            .chars()
+            .take(at.column().saturating_sub(1) as usize)
+            .map(char::len_utf8)
+            .sum::<usize>();
+    let bytes = text.as_bytes();
+    if key.is_empty() {
+        return None;
+    }
+    // The key: preceded by a blank, `{`, `,` or the start of a line, followed by `:`.
+    let mut k = from;
+    let start = loop {
+        let found = k + text.get(k..)?.find(key)?;
+        let before = found.checked_sub(1).map(|i| bytes[i]);
+        let after = text[found + key.len()..].trim_start_matches([' ', '\t']);
+        if matches!(
+            before,
+            None | Some(b' ' | b'\t' | b'\n' | b'{' | b',' | b'"' | b'\'')
+        ) && (after.starts_with(':') || after.starts_with("\":") || after.starts_with("':"))
+        {
+            break found;
+        }
+        k = found + key.len();
+    };
+    let flow = bytes.get(from) == Some(&b'{');
+    let mut end;
+    let mut out = bytes.to_vec();
+    if flow {
+        // Up to the `,` or `}` that ends the value, outside nested lists, maps and quotes.
+        let mut depth = 0usize;
+        let mut quote: Option<u8> = None;
+        end = start;
+        while end < bytes.len() {
+            let b = bytes[end];
+            match quote {
+                Some(q) if b == q => quote = None,
+                Some(_) => {}
+                None => match b {
+                    b'"' | b'\'' => quote = Some(b),
+                    b'[' | b'{' => depth += 1,
+                    b']' | b'}' if depth > 0 => depth -= 1,
+                    b',' if depth == 0 => {
+                        end += 1;
+                        break;
+                    }
+                    b'}' => {
+                        // The last field: the comma before it goes too.
+                        if let Some(comma) = text[..start].trim_end().strip_suffix(',') {
+                            let c = comma.len();
+                            out[c] = b' ';
+                        }
+                        break;
+                    }
+                    _ => {}
+                },
+            }
+            end += 1;
+        }
+    } else {
+        // The rest of its line, and the lines under it: more indented, or a list at its
+        // own indentation.
+        let line_of = text[..start].rfind('\n').map_or(0, |i| i + 1);
+        let indent = start - line_of;
+        end = text[start..].find('\n').map_or(text.len(), |i| start + i);
+        while end < text.len() {
+            let next = &text[end + 1..];
+            let line = next.split('\n').next().unwrap_or("");
+            let own = line.len() - line.trim_start_matches(' ').len();
+            let blank = line.trim().is_empty();
+            if blank || own > indent || (own == indent && line[own..].starts_with("- ")) {
+                end += 1 + line.len();
+            } else {
+                break;
+            }
+        }
+    }
+    for b in &mut out[start..end.min(bytes.len())] {
+        if *b != b'\n' && *b != b'\r' {
+            *b = b' ';
+        }
+    }
+    // Spaces replaced whole characters only: the text is still UTF-8.
+    String::from_utf8(out).ok().map(|t| (t, start))
 }
 
 /// YAML nodes (values, lists, maps) a file may hold per byte of it. The densest file that

@@ -350,3 +350,41 @@ async fn a_seed_fails_the_same_tasks_every_run() {
     assert_eq!(runs[0], runs[1]);
     assert_eq!(runs[1], runs[2]);
 }
+
+#[test]
+fn a_misspelt_key_does_not_hide_the_other_problems() {
+    // Flow style: the unknown field in the middle, and one at the end of its map.
+    let p = problems(
+        "name: w\nagents: [{name: s, kind: sim, cuont: 2, concurrency: 1}]\ntasks: [{id: a, needs: [zz], retrys: 3}]\n",
+    );
+    assert!(
+        p.iter().any(|l| l.contains("unknown field `cuont`")),
+        "{p:?}"
+    );
+    assert!(
+        p.iter().any(|l| l.contains("unknown field `retrys`")),
+        "{p:?}"
+    );
+    assert!(
+        p.iter()
+            .any(|l| l.starts_with("w.yaml:3:25: task `a` needs `zz`")),
+        "{p:?}"
+    );
+    // Block style, with a nested value under the misspelt key.
+    let p = problems(
+        "name: w\nagents:\n  - name: s\n    kind: sim\n    simm:\n      seed: 1\n      latency: 1s\n    count: 0\ntasks:\n  - id: a\n    timeout: nope\n",
+    );
+    assert!(
+        p.iter()
+            .any(|l| l.starts_with("w.yaml:5:5: unknown field `simm`")),
+        "{p:?}"
+    );
+    assert!(
+        p.iter().any(|l| l.contains("count 0 is out of range")),
+        "{p:?}"
+    );
+    assert!(
+        p.iter().any(|l| l.contains("`nope` is not a duration")),
+        "{p:?}"
+    );
+}

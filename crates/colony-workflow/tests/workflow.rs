@@ -24,7 +24,7 @@ fn every_problem_is_reported_with_its_line_and_column() {
     ));
     assert_eq!(p.len(), 1);
     assert!(
-        p[0].starts_with("w.yaml:6:5: unknown field `retrys`"),
+        p[0].starts_with("w.yaml:7:5: unknown field `retrys`"),
         "{p:?}"
     );
     let p = problems(&format!(
@@ -535,8 +535,10 @@ fn http_settings_out_of_range_are_refused() {
         "name: w\nagents: [{name: m, kind: http, http: {model: x, budget-usd: -1, temperature: .nan}}]\ntasks: [{id: a}]\n",
     );
     assert!(
-        p.iter().any(|l| l.contains("budget-usd -1 is out of range"))
-            && p.iter().any(|l| l.contains("temperature NaN is out of range")),
+        p.iter()
+            .any(|l| l.contains("budget-usd -1 is out of range"))
+            && p.iter()
+                .any(|l| l.contains("temperature NaN is out of range")),
         "{p:?}"
     );
     let p = problems("name: w\nagents: [{name: \"\", kind: sim}]\ntasks: [{id: a}]\n");
