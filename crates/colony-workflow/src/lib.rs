@@ -24,7 +24,9 @@ mod template;
 
 pub use check::{Position, Problem};
 pub use read::{ReadError, read_bounded};
-pub use run::{Agents, Finished, Options, Progress, Report, Status, agents, run};
+pub use run::{
+    Agents, Finished, Options, Progress, Report, SUMMARY_RESULT_BYTES, Status, agents, run,
+};
 
 use colony_agents::{AgentSpec, command::CommandOptions, sim::SimOptions};
 use colony_core::{

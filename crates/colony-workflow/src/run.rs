@@ -483,7 +483,9 @@ pub async fn run(
     let handle = runtime.handle().clone();
     let waves = workflow.graph.waves();
     let mut results: Vec<Option<Finished>> = vec![None; workflow.tasks.len()];
+    // Only the outputs some task has yet to read: the others are in their result files.
     let mut outputs: HashMap<String, Value> = HashMap::new();
+    let mut left = needed_by(workflow);
     let mut submitted_at: Vec<Option<Instant>> = vec![None; workflow.tasks.len()];
     // Resuming: the latest journal row of each task of the workflow, by its key.
     let index: HashMap<&str, usize> = keys
@@ -504,7 +506,9 @@ pub async fn run(
         match row.state {
             TaskState::Succeeded => {
                 let value = row.output.as_deref().map(output_value);
-                if let Some(v) = &value {
+                if let Some(v) = &value
+                    && left[i] > 0
+                {
                     outputs.insert(workflow.tasks[i].id.clone(), v.clone());
                 }
                 let mut f = finished(workflow, &waves, i, Status::Succeeded, value, None);
@@ -552,6 +556,7 @@ pub async fn run(
         for step in std::mem::take(&mut steps) {
             match step {
                 Step::Start(i) if recovering.contains_key(&i) => {
+                    release(workflow, i, &mut left, &mut outputs);
                     // Started by an earlier process; the runtime's recovery finishes it.
                     let ended = watched.remove(&recovering[&i]);
                     submitted_at[i] = Some(Instant::now());
@@ -563,37 +568,43 @@ pub async fn run(
                         (i, completion)
                     }) as Waiting);
                 }
-                Step::Start(i) => match spec_for(workflow, i, &outputs, max_payload) {
-                    Ok(spec) => {
-                        // A pool with a rate: the task waits for its turn before it is handed
-                        // to the runtime, so the wait never counts against its timeout.
-                        let turn = pace
-                            .get_mut(&workflow.tasks[i].runs_on)
-                            .map(|(every, next)| {
-                                let now = tokio::time::Instant::now();
-                                let at = (*next).max(now);
-                                *next = at + *every;
-                                at
-                            });
-                        submitted_at[i] = Some(Instant::now());
-                        let handle = handle.clone();
-                        pending.push(Box::pin(async move {
-                            if let Some(at) = turn {
-                                tokio::time::sleep_until(at).await;
-                            }
-                            match handle.submit_notify(spec).await {
-                                Ok(p) => (i, p.await),
-                                Err(e) => (i, Err(e)),
-                            }
-                        }) as Waiting);
+                Step::Start(i) => {
+                    let spec = spec_for(workflow, i, &outputs, max_payload);
+                    release(workflow, i, &mut left, &mut outputs);
+                    match spec {
+                        Ok(spec) => {
+                            // A pool with a rate: the task waits for its turn before it is handed
+                            // to the runtime, so the wait never counts against its timeout.
+                            let turn =
+                                pace.get_mut(&workflow.tasks[i].runs_on)
+                                    .map(|(every, next)| {
+                                        let now = tokio::time::Instant::now();
+                                        let at = (*next).max(now);
+                                        *next = at + *every;
+                                        at
+                                    });
+                            submitted_at[i] = Some(Instant::now());
+                            let handle = handle.clone();
+                            pending.push(Box::pin(async move {
+                                if let Some(at) = turn {
+                                    tokio::time::sleep_until(at).await;
+                                }
+                                match handle.submit_notify(spec).await {
+                                    Ok(p) => (i, p.await),
+                                    Err(e) => (i, Err(e)),
+                                }
+                            }) as Waiting);
+                        }
+                        Err(error) => {
+                            let f =
+                                finished(workflow, &waves, i, Status::Failed, None, Some(error));
+                            steps.extend(dag.on_end(&workflow.graph, i, End::Failed));
+                            record(&mut writer, &output, &mut options, &mut results, i, f);
+                        }
                     }
-                    Err(error) => {
-                        let f = finished(workflow, &waves, i, Status::Failed, None, Some(error));
-                        steps.extend(dag.on_end(&workflow.graph, i, End::Failed));
-                        record(&mut writer, &output, &mut options, &mut results, i, f);
-                    }
-                },
+                }
                 Step::Skip { node, because } => {
+                    release(workflow, node, &mut left, &mut outputs);
                     let error = format!(
                         "skipped: `{}` failed or was skipped",
                         workflow.tasks[because].id
@@ -626,7 +637,9 @@ pub async fn run(
                 let value = c.output.as_deref().map(output_value);
                 if c.state == TaskState::Succeeded && f.error.is_none() {
                     f.status = Status::Succeeded;
-                    if let Some(v) = &value {
+                    if let Some(v) = &value
+                        && left[i] > 0
+                    {
                         outputs.insert(workflow.tasks[i].id.clone(), v.clone());
                     }
                     f.output = value;
@@ -964,8 +977,10 @@ impl Writer {
         })
     }
 
-    fn write(&mut self, output: &std::path::Path, f: &Finished) {
+    /// Queues `f`'s result file and its run-log line: the result's size in bytes.
+    fn write(&mut self, output: &std::path::Path, f: &Finished) -> usize {
         let body = serde_json::to_vec_pretty(f).unwrap_or_default();
+        let size = body.len();
         let path = match join_under(output, format!("{}.json", f.id)) {
             Ok(path) => path,
             Err(e) => {
@@ -973,7 +988,7 @@ impl Writer {
                     "the result of task `{}` was not written: {e}",
                     f.id
                 ));
-                return;
+                return size;
             }
         };
         let line = format!(
@@ -993,6 +1008,7 @@ impl Writer {
             // An empty path is the run log's line.
             let _ = tx.send((PathBuf::new(), line.into_bytes()));
         }
+        size
     }
 
     /// Waits until every result is on disk: the writes that failed.
@@ -1009,18 +1025,55 @@ impl Writer {
     }
 }
 
-/// Hands a task's result to the writer, tells the progress callback, and keeps the result.
+/// Results larger than this keep their output only in their own file: in the summary (and in
+/// memory until the run ends) the output is a note saying where it is.
+pub const SUMMARY_RESULT_BYTES: usize = 64 << 10;
+
+/// Hands a task's result to the writer, tells the progress callback, and keeps the result for
+/// the summary, a large output replaced by a note.
 fn record(
     writer: &mut Writer,
     output: &std::path::Path,
     options: &mut Options,
     results: &mut [Option<Finished>],
     i: usize,
-    f: Finished,
+    mut f: Finished,
 ) {
-    writer.write(output, &f);
+    let size = writer.write(output, &f);
     if let Some(on) = &mut options.on_finished {
         on(&f);
     }
+    if size > SUMMARY_RESULT_BYTES && f.output.is_some() {
+        f.output = Some(Value::String(format!(
+            "({size} bytes: the output is in {}.json)",
+            f.id
+        )));
+    }
     results[i] = Some(f);
+}
+
+/// Tasks that still need each task's output: when none does any more, it is dropped.
+fn needed_by(workflow: &Workflow) -> Vec<usize> {
+    let mut left = vec![0; workflow.tasks.len()];
+    for t in &workflow.tasks {
+        for &n in &t.needs {
+            left[n] += 1;
+        }
+    }
+    left
+}
+
+/// Task `i` started or was skipped: the outputs it needed are needed by one task less.
+fn release(
+    workflow: &Workflow,
+    i: usize,
+    left: &mut [usize],
+    outputs: &mut HashMap<String, Value>,
+) {
+    for &n in &workflow.tasks[i].needs {
+        left[n] = left[n].saturating_sub(1);
+        if left[n] == 0 {
+            outputs.remove(&workflow.tasks[n].id);
+        }
+    }
 }

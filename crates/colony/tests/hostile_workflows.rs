@@ -125,6 +125,54 @@ fn hostile_workflows_never_succeed_and_stay_under_300_mb() {
         );
         assert!(peak < MAX_RSS_KB, "{file}: peak RSS {peak} KB\n{shown}");
     }
+    // Not hostile, but heavy: 80 outputs of 4 MB each. Each is written to its result file and
+    // dropped once no task needs it: the run holds a few at a time, not 320 MB of them. (With
+    // SQLite: the in-memory journal of a run without `--db` keeps every output itself.)
+    let mut heavy = String::from(
+        "name: heavy\nagents: [{name: cat, kind: command, count: 2, command: {program: cat, args: [big.txt]}}]\ntasks:\n",
+    );
+    for i in 0..80 {
+        heavy.push_str(&format!("  - {{id: t{i}}}\n"));
+    }
+    heavy.push_str("  - {id: last, needs: [t79], prompt: \"{{outputs.t79}}\"}\n");
+    write("heavy.yaml", &heavy);
+    let out = Command::cargo_bin("colony")
+        .unwrap()
+        .current_dir(d)
+        .args(["run", "heavy.yaml", "--out"])
+        .arg(d.join("out"))
+        .arg("--db")
+        .arg(d.join("heavy.db"))
+        .timeout(std::time::Duration::from_secs(120))
+        .output()
+        .unwrap();
+    let (code, stderr) = (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    );
+    let peak = peak_rss_kb();
+    eprintln!(
+        "heavy.yaml: exit {code}, peak RSS of any run so far {} MB",
+        peak / 1024
+    );
+    assert!(
+        peak < MAX_RSS_KB,
+        "heavy.yaml: peak RSS {peak} KB\n{stderr}"
+    );
+    // `last` fails: a 4 MB output does not fit a payload; the others succeed.
+    assert_eq!(code, 1, "{stderr}");
+    let summary = std::fs::read_to_string(d.join("out/summary.json")).unwrap();
+    assert!(
+        summary.contains("\"succeeded\": 80"),
+        "{}",
+        &summary[..summary.len().min(500)]
+    );
+    assert!(
+        summary.len() < 1 << 20,
+        "the summary holds notes, not the outputs"
+    );
+    assert!(std::fs::metadata(d.join("out/t0.json")).unwrap().len() > 4 << 20);
+
     // The amplified task failed for its payload, with the limit named.
     let result = std::fs::read_to_string(d.join("out/amplified.json")).unwrap();
     assert!(
