@@ -180,3 +180,24 @@ fn hostile_workflows_never_succeed_and_stay_under_300_mb() {
         "{result}"
     );
 }
+
+#[test]
+fn a_result_that_cannot_be_written_exits_1_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::write(
+        d.join("w.yaml"),
+        format!("{HEAD}tasks: [{{id: a}}, {{id: b}}]\n"),
+    )
+    .unwrap();
+    // A folder where a result file should go.
+    std::fs::create_dir_all(d.join("out/b.json")).unwrap();
+    let (code, stderr) = run(d, "w.yaml");
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("cannot write"), "{stderr}");
+    assert!(stderr.contains("b.json"), "{stderr}");
+    assert!(
+        stderr.contains("1 result file of") && stderr.contains("could not be written"),
+        "{stderr}"
+    );
+}
