@@ -201,3 +201,77 @@ fn a_result_that_cannot_be_written_exits_1_naming_it() {
         "{stderr}"
     );
 }
+
+#[test]
+fn a_slow_git_check_holds_up_no_other_task() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let git = |args: &[&str]| {
+        let ok = std::process::Command::new("git")
+            .current_dir(d)
+            .args(["-c", "user.email=t@example.com", "-c", "user.name=t"])
+            .args(args)
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "git {args:?}");
+    };
+    git(&["init", "-q"]);
+    std::fs::write(d.join("a.txt"), "a").unwrap();
+    git(&["add", "a.txt"]);
+    git(&["commit", "-q", "-m", "start"]);
+    // A `git` that takes 3 s for anything, first on the PATH of colony (and of its children).
+    let real = String::from_utf8(
+        std::process::Command::new("sh")
+            .args(["-c", "command -v git"])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
+    let bin = d.join("slow-bin");
+    std::fs::create_dir(&bin).unwrap();
+    std::fs::write(
+        bin.join("git"),
+        format!("#!/bin/sh\nsleep 3\nexec {} \"$@\"\n", real.trim()),
+    )
+    .unwrap();
+    let made = std::process::Command::new("chmod")
+        .arg("+x")
+        .arg(bin.join("git"))
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let mut yaml = String::from(
+        "name: slow-git\ndefaults: {retries: 0}\nagents:\n  - {name: touch, kind: command, command: {program: touch, args: [b.txt]}}\n  - {name: s, kind: sim, count: 4, sim: {latency: 10ms}}\ntasks:\n  - {id: change, agent: touch, expect: {git-diff: true}}\n",
+    );
+    for i in 0..40 {
+        yaml.push_str(&format!("  - {{id: t{i}, agent: s}}\n"));
+    }
+    std::fs::write(d.join("w.yaml"), yaml).unwrap();
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let out = Command::cargo_bin("colony")
+        .unwrap()
+        .current_dir(d)
+        .env("PATH", path)
+        .args(["run", "w.yaml", "--json", "--out"])
+        .arg(d.join("out"))
+        .timeout(std::time::Duration::from_secs(120))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let tasks = report["tasks"].as_array().unwrap();
+    let change = tasks.iter().find(|t| t["id"] == "change").unwrap();
+    // Four runs of the slow git: before and after, status and diff.
+    assert!(change["seconds"].as_f64().unwrap() >= 12.0, "{change}");
+    // The others ran meanwhile: none waited for git (a generous bound against 3 s per call).
+    for t in tasks.iter().filter(|t| t["id"] != "change") {
+        assert!(t["seconds"].as_f64().unwrap() < 2.5, "{t}");
+    }
+}
