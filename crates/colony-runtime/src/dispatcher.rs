@@ -283,14 +283,19 @@ impl Live<'_> {
     }
 }
 
-/// Builds the shared state and starts the loop.
+/// Resolves once the dispatcher's loop has ended (or was dropped with its runtime).
+pub(crate) type LoopEnded = oneshot::Receiver<()>;
+
+/// Builds the shared state and starts the loop: on a thread of its own when the caller's
+/// runtime is multi-threaded (see [`thread`]), as a task on a current-thread runtime, whose
+/// one thread everything shares anyway (and whose paused clock tests rely on).
 pub(crate) fn start(
     options: &RuntimeOptions,
     pools: &[Pool],
     tree: Tree,
     journal: Arc<dyn Journal>,
     bus: EventBus,
-) -> (Handle, tokio::task::JoinHandle<Option<()>>) {
+) -> (Handle, LoopEnded) {
     let (inbox, commands) = mpsc::unbounded_channel();
     let (control, controls) = mpsc::unbounded_channel();
     let shared = Arc::new(Shared {
@@ -327,7 +332,6 @@ pub(crate) fn start(
         delayed: FuturesUnordered::new(),
         retry: options.retry,
         strategy: options.strategy,
-        linger: options.linger,
         hierarchy_recorded: false,
         max_output: options.max_output,
         orphans: 0,
@@ -345,8 +349,6 @@ pub(crate) fn start(
         beats: Arc::new(Beats::new(tokio::time::Instant::now())),
         steal_at: options.steal_at.max(1),
         rebalance: options.rebalance,
-        multi_threaded: tokio::runtime::Handle::current().runtime_flavor()
-            == tokio::runtime::RuntimeFlavor::MultiThread,
         rng: SmallRng::seed_from_u64(options.seed),
         metrics: Metrics::register(),
         turn: Turn::default(),
@@ -355,14 +357,42 @@ pub(crate) fn start(
         tree,
         shared: shared.clone(),
     };
+    let (ended, ended_rx) = oneshot::channel();
+    let runtime = tokio::runtime::Handle::current();
+    // On a thread of its own, the loop must still stop when the runtime shuts down, as it did
+    // when it was one of the runtime's tasks, instead of outliving the drivers its timers use:
+    // the runtime drops the lifeline with its tasks.
+    let alive =
+        (runtime.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread).then(|| {
+            let (mut lifeline, alive) = oneshot::channel::<()>();
+            Spawner::spawn("dispatcher-lifeline", async move {
+                lifeline.closed().await;
+            });
+            alive
+        });
+    let on_thread = alive.is_some();
     // Unconstrained by tokio's cooperative budget: the loop already yields whenever nothing
     // is ready, and a budget spent on ended attempts would make retry timers and kill
     // notices look pending for as long as the swarm stays busy.
-    let task = Spawner::spawn(
-        "dispatcher",
-        tokio::task::unconstrained(dispatcher.run(commands, controls)),
-    );
-    (Handle::new(shared), task)
+    let run: thread::Loop = Box::pin(async move {
+        tokio::task::unconstrained(dispatcher.run(commands, controls, alive)).await;
+        let _ = ended.send(());
+    });
+    let on_pool = if on_thread {
+        match thread::spawn(run, runtime, options.linger) {
+            Ok(()) => None,
+            Err((run, error)) => {
+                tracing::warn!(%error, "No thread for the dispatcher: it runs on tokio's pool.");
+                Some(run)
+            }
+        }
+    } else {
+        Some(run)
+    };
+    if let Some(run) = on_pool {
+        Spawner::spawn("dispatcher", run);
+    }
+    (Handle::new(shared), ended_rx)
 }
 
 /// What one turn changed, published at its end.
@@ -417,8 +447,6 @@ struct Dispatcher {
     rng: SmallRng,
     metrics: Metrics,
     turn: Turn,
-    linger: Duration,
-    multi_threaded: bool,
     /// Whether this process has recorded its hierarchy in the journal yet.
     hierarchy_recorded: bool,
     max_output: usize,
@@ -463,6 +491,7 @@ impl Dispatcher {
         mut self,
         mut commands: mpsc::UnboundedReceiver<Command>,
         mut controls: mpsc::UnboundedReceiver<Command>,
+        mut alive: Option<oneshot::Receiver<()>>,
     ) {
         // However the loop ends, even by a panic, submitters and drainers stop waiting.
         let _stopped = StopGuard(self.shared.clone());
@@ -484,6 +513,10 @@ impl Dispatcher {
             // a steady stream of commands cannot starve them.
             tokio::select! {
                 biased;
+                // Resolves (closed) only when the runtime that started the loop shuts down.
+                _ = async { alive.as_mut().expect("checked").await }, if alive.is_some() => {
+                    break 'turns;
+                }
                 Some(command) = controls.recv() => {
                     if !self.command(command) {
                         break 'turns;
@@ -560,22 +593,8 @@ impl Dispatcher {
             }
             self.settle();
             self.publish();
-            self.linger(&commands);
         }
         self.publish();
-    }
-
-    /// After a busy turn, watches the inbox for a few microseconds before parking: waking a
-    /// parked worker thread costs more than the whole dispatch of a task. Only on a
-    /// multi-threaded runtime, where the submitter runs on another thread.
-    fn linger(&self, commands: &mpsc::UnboundedReceiver<Command>) {
-        if self.linger.is_zero() || !commands.is_empty() || !self.multi_threaded {
-            return;
-        }
-        let until = Instant::now() + self.linger;
-        while commands.is_empty() && Instant::now() < until {
-            std::hint::spin_loop();
-        }
     }
 
     /// Handles one command; `false` to stop.
@@ -1464,3 +1483,4 @@ mod resize;
 mod supervise;
 #[cfg(test)]
 mod tests;
+mod thread;

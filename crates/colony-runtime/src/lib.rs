@@ -102,8 +102,10 @@ pub struct RuntimeOptions {
     pub health: colony_core::health::HealthOptions,
     /// Seed of the routing decisions' random choices.
     pub seed: u64,
-    /// How long the dispatcher keeps watching for work after a busy turn before it parks its
-    /// thread. Trades a little CPU while tasks trickle in for microseconds of latency each.
+    /// How long the dispatcher's thread keeps watching for work after a busy turn before it
+    /// parks (halved after each watch that saw none). Trades a little CPU while tasks trickle
+    /// in for microseconds of latency each. Only when the dispatcher has a thread of its own:
+    /// on a multi-threaded tokio runtime.
     #[serde(with = "humantime_micros")]
     pub linger: Duration,
 }
@@ -315,7 +317,8 @@ impl RuntimeOptions {
 #[derive(Debug)]
 pub struct Runtime {
     handle: Handle,
-    dispatcher: tokio::task::JoinHandle<Option<()>>,
+    /// Resolves when the dispatcher's loop has ended.
+    dispatcher: dispatcher::LoopEnded,
 }
 
 impl Runtime {

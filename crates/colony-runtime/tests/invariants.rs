@@ -190,12 +190,23 @@ fn cases() -> impl Strategy<Value = Case> {
         )
 }
 
-fn run(case: &Case) -> Result<(), TestCaseError> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .start_paused(true)
-        .build()
-        .unwrap();
+/// Runs `case` on a current-thread runtime in virtual time (the dispatcher is a task on it),
+/// or, with `threaded`, on a multi-threaded one in real time (the dispatcher has a thread of
+/// its own).
+fn run(case: &Case, threaded: bool) -> Result<(), TestCaseError> {
+    let rt = if threaded {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap()
+    } else {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .start_paused(true)
+            .build()
+            .unwrap()
+    };
     rt.block_on(async {
         let ledger: Ledger = Arc::default();
         let agent = Faulty {
@@ -369,6 +380,16 @@ proptest! {
 
     #[test]
     fn every_task_ends_once_whatever_fails(case in cases()) {
-        run(&case)?;
+        run(&case, false)?;
+    }
+}
+
+proptest! {
+    // Real time: each case lasts up to its faults' window plus a hang's timeout.
+    #![proptest_config(ProptestConfig { cases: 8, ..ProptestConfig::default() })]
+
+    #[test]
+    fn every_task_ends_once_whatever_fails_with_the_dispatcher_on_its_own_thread(case in cases()) {
+        run(&case, true)?;
     }
 }
