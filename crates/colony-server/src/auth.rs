@@ -395,10 +395,11 @@ pub const FAILED_AUTH_BURST: usize = 10;
 pub const FAILED_AUTH_PER_SECOND: u32 = 1;
 
 /// Failed authentications per address, limited whatever `--rate-limit` says: an address
-/// that presented [`FAILED_AUTH_BURST`] unknown tokens in a row is refused, before its token
-/// is even looked at, until its failures drain at [`FAILED_AUTH_PER_SECOND`]. Guessing a token
-/// (256 random bits) is hopeless anyway; this keeps the attempts from costing the server, and
-/// refusal before the check means a lucky guess is not even seen.
+/// that presented [`FAILED_AUTH_BURST`] unknown tokens in a row has its unknown tokens
+/// refused with 429 until its failures drain at [`FAILED_AUTH_PER_SECOND`]. Known tokens
+/// still pass (see [`verify`]), so that junk from one client does not lock out the others
+/// behind the same address. Guessing a token (256 random bits) is hopeless anyway; this keeps
+/// the attempts from costing the server.
 ///
 /// IPv6 addresses count per /64, the block one host usually holds, so that one host cannot
 /// make itself a fresh address per guess.
@@ -407,6 +408,8 @@ pub(crate) struct Failures {
     buckets: std::sync::Mutex<std::collections::HashMap<IpAddr, Bucket>>,
     /// Addresses tracked: the lookup on every authenticated request is skipped while 0.
     tracked: std::sync::atomic::AtomicUsize,
+    /// When a full table was last swept.
+    last_sweep: std::sync::Mutex<Option<std::time::Instant>>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -459,12 +462,24 @@ impl Failures {
         })
     }
 
+    /// Whether a sweep of a full table is due (at most one a second); if so, it is noted.
+    fn swept(&self, now: std::time::Instant) -> bool {
+        let mut last = self.last_sweep.lock().unwrap_or_else(|p| p.into_inner());
+        let due = last.is_none_or(|at| now.duration_since(at) >= std::time::Duration::from_secs(1));
+        if due {
+            *last = Some(now);
+        }
+        due
+    }
+
     /// `ip` presented a token this server does not know.
     pub(crate) fn failed(&self, ip: IpAddr) {
         use std::sync::atomic::Ordering::Relaxed;
         let now = std::time::Instant::now();
         let mut buckets = self.lock();
-        if buckets.len() >= Self::ADDRESSES {
+        // A full table is swept at most once a second: a flood of new addresses must not
+        // make every failure a walk over all of them.
+        if buckets.len() >= Self::ADDRESSES && self.swept(now) {
             buckets.retain(|_, b| b.now(now) > 0.0);
         }
         let key = Self::key(ip);
@@ -507,7 +522,12 @@ fn address(request: &Request) -> IpAddr {
 }
 
 /// The caller `token` belongs to, counting an unknown one against `address`; the 429 if the
-/// address is over its budget of failures (the token is then not looked at).
+/// token is unknown and the address is over its budget of failures.
+///
+/// A known token always passes, even from an address over its budget: the budget slows
+/// guessing (hopeless anyway against 256-bit tokens), and checking it first would let anyone
+/// behind the same address (a TLS proxy in front, a NAT, a shared /64) lock every user out
+/// with ten junk tokens a second.
 #[allow(clippy::result_large_err)]
 pub(crate) fn verify(
     app: &App,
@@ -515,11 +535,11 @@ pub(crate) fn verify(
     address: IpAddr,
     token: &str,
 ) -> Result<Option<Caller>, Response> {
-    if let Some(wait) = app.failures.locked(address) {
-        return Err(too_many_failures(wait));
-    }
     let caller = tokens.verify(token);
     if caller.is_none() {
+        if let Some(wait) = app.failures.locked(address) {
+            return Err(too_many_failures(wait));
+        }
         app.failures.failed(address);
     }
     Ok(caller)

@@ -507,14 +507,20 @@ async fn http<S>(
         }
     });
     let io = TokioIo::new(Watched::new(stream, connections.clone(), slot.clone()));
+    // hyper's default read buffer grows to about 400 KiB per connection for a long request
+    // head: thousands of unauthenticated connections would hold gigabytes. A head beyond
+    // MAX_HEAD gets 431. No route upgrades its connection, so none escapes the cap.
     if let Err(e) = hyper::server::conn::http1::Builder::new()
+        .max_buf_size(MAX_HEAD)
         .serve_connection(io, service)
-        .with_upgrades()
         .await
     {
         tracing::debug!(%peer, error = %e, "Connection ended with an error.");
     }
 }
+
+/// Largest request head (and read buffer) a connection holds, in bytes.
+pub const MAX_HEAD: usize = 64 << 10;
 
 /// Answers a newcomer the server has no room for with `503 too-many-connections`.
 async fn refuse(stream: TcpStream, tls: Option<tokio_rustls::TlsAcceptor>) {
@@ -601,7 +607,7 @@ fn replacement(status: &[u8]) -> Option<Vec<u8>> {
             431,
             "Request Header Fields Too Large",
             "headers-too-large",
-            "the request head is over 400 KiB or has over 100 headers",
+            "the request head is over 64 KiB or has over 100 headers",
         ),
         _ => return None,
     };

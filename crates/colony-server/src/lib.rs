@@ -149,9 +149,11 @@ pub(crate) struct App {
     /// One permit per event stream open; a stream costs the dispatcher on every turn.
     pub(crate) streams: Arc<tokio::sync::Semaphore>,
     pub(crate) max_streams: usize,
-    /// One permit per journal read running on the blocking pool: the reads share one SQLite
-    /// connection, so more at once would only hold threads waiting for it.
-    pub(crate) reads: tokio::sync::Semaphore,
+    /// One permit per journal read (or view made) running on the blocking pool: the reads
+    /// share one SQLite connection, so more at once would only hold threads waiting for it.
+    /// The permit goes with the work, not the request, so a client that hangs up cannot
+    /// leave more running.
+    pub(crate) reads: Arc<tokio::sync::Semaphore>,
 }
 
 /// Journal reads on the blocking pool at once (see [`App::reads`]).
@@ -166,12 +168,30 @@ impl App {
         + Send
         + 'static,
     ) -> Result<T, String> {
-        let _permit = self.reads.acquire().await.map_err(|e| e.to_string())?;
         let journal = self.handle.journal().clone();
-        tokio::task::spawn_blocking(move || read(&*journal))
-            .await
-            .map_err(|e| format!("the journal read stopped: {e}"))?
+        self.blocking(move || read(&*journal))
+            .await?
             .map_err(|e| e.to_string())
+    }
+
+    /// Runs `work` on tokio's blocking pool under one of [`App::reads`]' permits, held until
+    /// the work ends even if the caller stops waiting.
+    pub(crate) async fn blocking<T: Send + 'static>(
+        &self,
+        work: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, String> {
+        let permit = self
+            .reads
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|e| e.to_string())?;
+        tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            work()
+        })
+        .await
+        .map_err(|e| format!("the read stopped: {e}"))
     }
 }
 
@@ -226,7 +246,7 @@ pub async fn serve(handle: Handle, config: Config) -> Result<Server, Error> {
         runs: config.runs.map(runs::Runs::new),
         streams: Arc::new(tokio::sync::Semaphore::new(config.max_streams)),
         max_streams: config.max_streams,
-        reads: tokio::sync::Semaphore::new(READS),
+        reads: Arc::new(tokio::sync::Semaphore::new(READS)),
     });
     let router = router(app);
     let bind = |source| Error::Bind { addr, source };

@@ -305,7 +305,7 @@ pub(crate) async fn list(State(app): State<Arc<App>>) -> Response {
     };
     let all: Vec<Arc<Mutex<Run>>> = runs.lock().runs.values().rev().cloned().collect();
     // Counting goes over every task that ended in up to 1,000 runs: on the blocking pool.
-    off_the_workers(move || {
+    off_the_workers(&app, move || {
         let rows: Vec<_> = all
             .iter()
             .map(|r| {
@@ -328,20 +328,17 @@ pub(crate) async fn list(State(app): State<Arc<App>>) -> Response {
 /// ended in it (a workflow may have 100,000), too much to serialize on a worker of the
 /// runtime, and under a lock the run's own thread takes as its tasks end.
 async fn off_the_workers(
+    app: &App,
     make: impl FnOnce() -> Result<Vec<u8>, serde_json::Error> + Send + 'static,
 ) -> Response {
-    match tokio::task::spawn_blocking(make).await {
+    match app.blocking(make).await {
         Ok(Ok(bytes)) => ([(header::CONTENT_TYPE, "application/json")], bytes).into_response(),
         Ok(Err(e)) => problem(
             StatusCode::INTERNAL_SERVER_ERROR,
             "serialize",
             e.to_string(),
         ),
-        Err(e) => problem(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "serialize",
-            e.to_string(),
-        ),
+        Err(e) => problem(StatusCode::INTERNAL_SERVER_ERROR, "serialize", e),
     }
 }
 
@@ -367,7 +364,7 @@ fn find(app: &App, id: &str) -> Result<Arc<Mutex<Run>>, Response> {
 /// `GET /v1/runs/{id}`: the run, each task that has ended, and the report once it is done.
 pub(crate) async fn one(State(app): State<Arc<App>>, Path(id): Path<String>) -> Response {
     match find(&app, &id) {
-        Ok(run) => off_the_workers(move || serde_json::to_vec(&*lock(&run))).await,
+        Ok(run) => off_the_workers(&app, move || serde_json::to_vec(&*lock(&run))).await,
         Err(r) => r,
     }
 }

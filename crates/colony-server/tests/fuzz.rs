@@ -212,18 +212,18 @@ fn arbitrary_requests_get_an_answer_or_a_json_4xx_and_the_server_goes_on() {
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
     // One server open to loopback, and one that asks for tokens, with a rate limit.
-    let (runtime, server, guarded) = rt.block_on(async {
+    let (runtime, server, guarded, token) = rt.block_on(async {
         let runtime = sim_runtime(20, SimOptions::default(), RuntimeOptions::default()).await;
         let (server, _) = serve(&runtime, local()).await;
         let path = dir.path().join("tokens");
-        Tokens::create(&path, "ci", Scope::Submit).unwrap();
+        let token = Tokens::create(&path, "ci", Scope::Submit).unwrap();
         let config = Config {
             tokens: Some(Tokens::load(&path).unwrap()),
             rate_limit: Some(1_000.try_into().unwrap()),
             ..local()
         };
         let (guarded, _) = serve(&runtime, config).await;
-        (runtime, server, guarded)
+        (runtime, server, guarded, token)
     });
     let addrs = [server.addr, guarded.addr];
     let cases = std::env::var("PROPTEST_CASES")
@@ -235,24 +235,37 @@ fn arbitrary_requests_get_an_answer_or_a_json_4xx_and_the_server_goes_on() {
         failure_persistence: None,
         ..ProptestConfig::default()
     });
-    let outcome = runner.run(&(request(), 0..2usize), |(request, which)| {
-        let answer = rt.block_on(send(addrs[which], &request));
-        let (status, head, body) = answer.map_err(|e| TestCaseError::fail(e.to_string()))?;
-        prop_assert!(status < 500, "{status} for {request:?}: {head}");
-        if status >= 400 && request.method != "HEAD" {
-            let json: Value = serde_json::from_slice(&body).map_err(|e| {
-                TestCaseError::fail(format!(
-                    "{status} not JSON ({e}) for {request:?}: {head} {:?}",
-                    String::from_utf8_lossy(&body)
-                ))
-            })?;
-            prop_assert!(
-                json["error"]["code"].is_string() && json["error"]["message"].is_string(),
-                "{status} {json} for {request:?}"
-            );
-        }
-        Ok(())
-    });
+    // Half the requests to the guarded server carry its real token, so that what lies
+    // behind authentication is fuzzed too, not only the refusal of junk tokens.
+    let outcome = runner.run(
+        &(request(), 0..2usize, any::<bool>()),
+        |(mut request, which, known)| {
+            if which == 1 && known {
+                request
+                    .headers
+                    .retain(|(name, _)| !name.eq_ignore_ascii_case("authorization"));
+                request
+                    .headers
+                    .push(("authorization".into(), format!("Bearer {token}")));
+            }
+            let answer = rt.block_on(send(addrs[which], &request));
+            let (status, head, body) = answer.map_err(|e| TestCaseError::fail(e.to_string()))?;
+            prop_assert!(status < 500, "{status} for {request:?}: {head}");
+            if status >= 400 && request.method != "HEAD" {
+                let json: Value = serde_json::from_slice(&body).map_err(|e| {
+                    TestCaseError::fail(format!(
+                        "{status} not JSON ({e}) for {request:?}: {head} {:?}",
+                        String::from_utf8_lossy(&body)
+                    ))
+                })?;
+                prop_assert!(
+                    json["error"]["code"].is_string() && json["error"]["message"].is_string(),
+                    "{status} {json} for {request:?}"
+                );
+            }
+            Ok(())
+        },
+    );
     if let Err(e) = outcome {
         panic!("{e}");
     }
