@@ -501,6 +501,8 @@ pub struct LatencyReport {
     pub agents: u64,
     /// How sim attempts answered: `inline` or `woken`.
     pub answer: String,
+    /// How the submitter waited for each task's time: `spin` or `sleep`.
+    pub pace: Pace,
     pub offered_per_second: f64,
     /// Tasks accepted per second over the time the submitter took: below the offered rate
     /// when it fell behind its schedule.
@@ -525,10 +527,27 @@ pub struct LatencyReport {
 /// Most tasks one `latency` run offers: 10 million receipts take about half a gigabyte.
 pub const MAX_LATENCY_TASKS: u64 = 10_000_000;
 
+/// How the `latency` submitter waits for each task's scheduled time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Pace {
+    /// Spins on the clock: every task leaves on time, and the submitter holds a core.
+    Spin,
+    /// Sleeps until the time is due (the kernel wakes it tens of microseconds late), then
+    /// submits every task that came due meanwhile: the core is free for the runtime, as it
+    /// is when submissions come from the network.
+    Sleep,
+}
+
 /// Offers `rate` single-task submissions per second for `duration`, open loop: a submitter
 /// thread keeps to the schedule whatever the runtime does, and every task's time from its
 /// scheduled submission to its completion reaching the caller is recorded.
-pub async fn latency(swarm: &Swarm, rate: f64, duration: Duration) -> Result<LatencyReport, Error> {
+pub async fn latency(
+    swarm: &Swarm,
+    rate: f64,
+    duration: Duration,
+    pace: Pace,
+) -> Result<LatencyReport, Error> {
     if !(rate.is_finite() && rate > 0.0) {
         return Err(Error::Options(format!(
             "offered rate {rate} is not a positive number"
@@ -555,8 +574,18 @@ pub async fn latency(swarm: &Swarm, rate: f64, duration: Duration) -> Result<Lat
         let start = Instant::now();
         for i in 0..tasks {
             let due = start + interval.mul_f64(i as f64);
-            while Instant::now() < due {
-                std::hint::spin_loop();
+            match pace {
+                Pace::Spin => {
+                    while Instant::now() < due {
+                        std::hint::spin_loop();
+                    }
+                }
+                Pace::Sleep => {
+                    let now = Instant::now();
+                    if due > now {
+                        std::thread::sleep(due - now);
+                    }
+                }
             }
             let pending =
                 futures::executor::block_on(submitter.submit_notify(TaskSpec::default()))?;
@@ -595,6 +624,7 @@ pub async fn latency(swarm: &Swarm, rate: f64, duration: Duration) -> Result<Lat
     Ok(LatencyReport {
         agents,
         answer: answer_name(swarm.answer),
+        pace,
         offered_per_second: rate,
         achieved_per_second: tasks as f64 / seconds.max(1e-9),
         tasks,
@@ -939,7 +969,7 @@ mod tests {
     async fn latency_counts_from_the_schedule_with_woken_answers() {
         let mut s = swarm(60);
         s.answer = Answer::Woken;
-        let report = latency(&s, 2_000.0, Duration::from_millis(100))
+        let report = latency(&s, 2_000.0, Duration::from_millis(100), Pace::Spin)
             .await
             .unwrap();
         assert!(report.verdict.ok, "{:?}", report.verdict.problems);
@@ -950,11 +980,44 @@ mod tests {
         caller_sees_at_least_the_dispatcher(&report.latency, &report.dispatcher_latency);
     }
 
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_sleeping_submitter_still_offers_every_task_and_counts_its_lateness() {
+        // 20,000/s is a task every 50 µs, shorter than most sleeps: tasks leave in bursts,
+        // late, and the lateness is part of their latency.
+        let report = latency(
+            &swarm(60),
+            20_000.0,
+            Duration::from_millis(100),
+            Pace::Sleep,
+        )
+        .await
+        .unwrap();
+        assert!(report.verdict.ok, "{:?}", report.verdict.problems);
+        assert_eq!(report.pace, Pace::Sleep);
+        assert_eq!(report.tasks, 2_000);
+        assert_eq!(report.latency.samples, 2_000);
+        caller_sees_at_least_the_dispatcher(&report.latency, &report.dispatcher_latency);
+        for (caller, accepted) in [
+            (report.latency.p50_us, report.accept_latency.p50_us),
+            (report.latency.max_us, report.accept_latency.max_us),
+        ] {
+            assert!(
+                caller >= accepted,
+                "caller {caller} µs < accepted {accepted} µs"
+            );
+        }
+    }
+
     #[tokio::test]
     async fn a_latency_offer_beyond_what_its_receipts_may_hold_is_refused() {
-        let e = latency(&swarm(60), 10_000_000.0, Duration::from_secs(3_600))
-            .await
-            .unwrap_err();
+        let e = latency(
+            &swarm(60),
+            10_000_000.0,
+            Duration::from_secs(3_600),
+            Pace::Spin,
+        )
+        .await
+        .unwrap_err();
         assert!(e.to_string().contains("at most 10000000 per run"), "{e}");
     }
 

@@ -72,6 +72,10 @@ pub(crate) enum Bench {
         /// then include the commit of each task and of its result.
         #[arg(long)]
         durable: bool,
+        /// How the submitter waits for each task's time. spin: on the clock, holding a core;
+        /// sleep: asleep, then every task due meanwhile (late ones count their lateness).
+        #[arg(long, value_enum, default_value = "spin")]
+        pace: PaceArg,
         /// Print the report as JSON, verdict included.
         #[arg(long)]
         json: bool,
@@ -237,6 +241,22 @@ impl AnswerArgs {
         match self.answer {
             AnswerArg::Inline => Answer::Inline,
             AnswerArg::Woken => Answer::Woken,
+        }
+    }
+}
+
+/// The values of `--pace` of `colony bench latency`.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub(crate) enum PaceArg {
+    Spin,
+    Sleep,
+}
+
+impl From<PaceArg> for bench::Pace {
+    fn from(p: PaceArg) -> Self {
+        match p {
+            PaceArg::Spin => Self::Spin,
+            PaceArg::Sleep => Self::Sleep,
         }
     }
 }
@@ -656,6 +676,7 @@ pub(crate) fn run(bench: Bench) -> Result<(), Failure> {
             rate,
             secs,
             durable,
+            pace,
             json,
         } => {
             let mut swarm = swarm.swarm()?;
@@ -670,7 +691,12 @@ pub(crate) fn run(bench: Bench) -> Result<(), Failure> {
                 swarm.journal = Some(SqliteOptions::new(scratch.path().join("bench.db")));
             }
             let report = runtime
-                .block_on(bench::latency(&swarm, rate, Duration::from_secs_f64(secs)))
+                .block_on(bench::latency(
+                    &swarm,
+                    rate,
+                    Duration::from_secs_f64(secs),
+                    pace.into(),
+                ))
                 .map_err(failure)?;
             if json {
                 print_json(&report)?;
@@ -692,6 +718,10 @@ pub(crate) fn run(bench: Bench) -> Result<(), Failure> {
                 report.journal.clone().unwrap_or_else(|| "memory".into()),
             ]);
             t.row(vec!["sim answers".into(), report.answer.clone()]);
+            t.row(vec![
+                "submitter pace".into(),
+                format!("{:?}", report.pace).to_lowercase(),
+            ]);
             t.row(vec![
                 "scheduled -> accepted p50 / p99".into(),
                 format!(
