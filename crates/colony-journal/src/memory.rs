@@ -16,6 +16,9 @@ struct Inner {
     agents: Vec<AgentRecord>,
     counts: Counts,
     stats: Stats,
+    /// Drop a task's payload and output once it is terminal (see
+    /// [`MemoryJournal::forgetting_finished`]).
+    forget_finished: bool,
 }
 
 #[derive(Debug)]
@@ -31,6 +34,19 @@ struct Row {
 impl MemoryJournal {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A journal that keeps no payload or output of a finished task, only its row (state,
+    /// attempts, error), as `prune` does on disk: for a run that hands each result to its
+    /// caller and never reads it back (`colony run` without `--db`), so that its memory does
+    /// not grow with every output and payload of the run.
+    pub fn forgetting_finished() -> Self {
+        Self {
+            inner: Mutex::new(Inner {
+                forget_finished: true,
+                ..Inner::default()
+            }),
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -81,6 +97,7 @@ fn index(id: TaskId) -> usize {
 
 impl Inner {
     fn apply(&mut self, record: Record) {
+        let forget = self.forget_finished;
         let Some(row) = self.rows.get_mut(index(record.task())) else {
             self.stats.unknown += 1;
             return;
@@ -130,6 +147,10 @@ impl Inner {
                 }
                 row.state = TaskState::Cancelled;
             }
+        }
+        if forget && row.state.is_terminal() {
+            row.spec.payload = Bytes::new();
+            row.output = None;
         }
         self.counts.moved(from, row.state);
     }
@@ -275,6 +296,41 @@ mod tests {
     #[test]
     fn conformance() {
         crate::testing::Suite::test_all(MemoryJournal::new);
+    }
+
+    #[test]
+    fn forgetting_finished_keeps_rows_and_drops_payloads_and_outputs() {
+        let journal = MemoryJournal::forgetting_finished();
+        let first = journal.next_task_id();
+        let second = TaskId(first.0 + 1);
+        let spec = TaskSpec::with_payload("{\"big\": 1}");
+        futures::executor::block_on(journal.accept(first, &[spec.clone(), spec])).unwrap();
+        let agent = AgentId(3);
+        futures::executor::block_on(journal.record(vec![
+            Record::Started {
+                task: first,
+                attempt: 1,
+                agent,
+            },
+            Record::Committed {
+                task: first,
+                attempt: 1,
+                output: "42".into(),
+            },
+            Record::Started {
+                task: second,
+                attempt: 1,
+                agent,
+            },
+        ]))
+        .unwrap();
+        let done = journal.task(first).unwrap().unwrap();
+        assert_eq!(done.state, TaskState::Succeeded);
+        assert_eq!((done.output, done.spec.payload.len()), (None, 0));
+        // An unfinished task keeps its payload: it may still run again.
+        let running = journal.task(second).unwrap().unwrap();
+        assert_eq!(&running.spec.payload[..], b"{\"big\": 1}");
+        assert_eq!(journal.counts().unwrap().succeeded, 1);
     }
 
     #[test]

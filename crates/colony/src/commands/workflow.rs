@@ -107,7 +107,9 @@ pub(crate) fn run(args: &RunArgs) -> Result<(), Failure> {
             };
             (Arc::new(journal), prior)
         }
-        None => (Arc::new(MemoryJournal::new()), Vec::new()),
+        // Nothing reads a result back from the journal in memory (each reaches the run as
+        // its task ends): keeping every payload and output would grow with the run.
+        None => (Arc::new(MemoryJournal::forgetting_finished()), Vec::new()),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
