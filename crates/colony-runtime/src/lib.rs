@@ -248,7 +248,10 @@ pub enum Error {
     Pools { got: usize },
     #[error("pool {pool} has concurrency {got}: allowed 1..=10000")]
     Concurrency { pool: usize, got: u32 },
-    #[error("no pool has agents that satisfy role {role:?} and capabilities {capabilities:?}")]
+    #[error(
+        "no pool has agents that satisfy {}",
+        requirement_text(role.as_deref(), capabilities)
+    )]
     NoAgentFor {
         role: Option<String>,
         capabilities: Vec<String>,
@@ -367,5 +370,18 @@ impl Runtime {
     pub async fn shutdown(self) {
         self.handle.stop();
         let _ = self.dispatcher.await;
+    }
+}
+
+/// A requirement as a person reads it: `role worker and capabilities gpu, fast`.
+fn requirement_text(role: Option<&str>, capabilities: &[String]) -> String {
+    let role = role.map(|r| format!("role `{r}`"));
+    let capabilities =
+        (!capabilities.is_empty()).then(|| format!("capabilities {}", capabilities.join(", ")));
+    match (role, capabilities) {
+        (Some(r), Some(c)) => format!("{r} and {c}"),
+        (Some(r), None) => r,
+        (None, Some(c)) => c,
+        (None, None) => "any requirement".to_owned(),
     }
 }

@@ -285,6 +285,13 @@ pub(crate) fn check(
                 format!("task id: {e} (it names the task's result file)"),
                 "bad id",
             ));
+        } else if id == "summary" {
+            problems.push(Problem::at(
+                &t.id,
+                "task id `summary` is taken: the run's `summary.json` sits beside the tasks' \
+                 result files",
+                "reserved id",
+            ));
         }
         if let Some(&first) = task_index.get(id.as_str()) {
             problems.push(Problem::at(
@@ -438,6 +445,17 @@ pub(crate) fn check(
             &file.name,
             "the workflow has no tasks",
             "no tasks",
+        ));
+    }
+    if file.tasks.len() > crate::MAX_TASKS {
+        problems.push(Problem::at(
+            &file.name,
+            format!(
+                "the workflow has {} tasks: at most {} are allowed",
+                file.tasks.len(),
+                crate::MAX_TASKS
+            ),
+            "too many tasks",
         ));
     }
     if file.agents.is_empty() {

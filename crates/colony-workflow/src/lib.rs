@@ -382,12 +382,31 @@ pub fn parse_toml(text: &str, file: &str, base: &Path) -> Result<Workflow, Inval
     parse_toml_for(text, file, base, check::Purpose::Run)
 }
 
+/// Largest TOML workflow, in bytes. TOML is read whole into a tree and translated to YAML
+/// before it is checked, three copies of it at once, with none of the YAML parser's budgets:
+/// kept small, since files big enough to need more are generated, and YAML.
+pub const MAX_TOML_BYTES: usize = 1 << 20;
+
 fn parse_toml_for(
     text: &str,
     file: &str,
     base: &Path,
     purpose: check::Purpose,
 ) -> Result<Workflow, Invalid> {
+    if text.len() > MAX_TOML_BYTES {
+        let problem = Problem {
+            message: format!(
+                "the file is {} bytes: a TOML workflow may have at most {MAX_TOML_BYTES}; write a larger one in YAML",
+                text.len()
+            ),
+            at: None,
+            label: String::new(),
+        };
+        return Err(Invalid::new(file, "", vec![problem]));
+    }
+    if let Some(problem) = too_many_tasks(text, '=') {
+        return Err(Invalid::new(file, text, vec![problem]));
+    }
     let value: serde_json::Value = toml::from_str(text).map_err(|e| {
         let at = e.span().map(|s| {
             let before = &text[..s.start.min(text.len())];
@@ -445,7 +464,7 @@ fn parse_for(
             }],
         ));
     }
-    if let Some(problem) = crowded_line(text) {
+    if let Some(problem) = crowded_line(text).or_else(|| too_many_tasks(text, ':')) {
         return Err(Invalid::new(file, text, vec![problem]));
     }
     // An unknown field stops the parser; it is reported, blanked out (spaces, so that every
@@ -670,7 +689,9 @@ fn yaml_options(len: usize) -> serde_saphyr::Options {
 pub const MAX_LINE_ITEMS: usize = 10_000;
 
 /// The first line with more than [`MAX_LINE_ITEMS`] flow items, as a problem. Counts `,`,
-/// `[` and `{` outside quoted strings and comments.
+/// `[` and `{` outside quoted strings and comments. A quote opens a string only where a value
+/// starts (at the line's start, after `[`, `{`, `,`, `:`, or a blank after `-`), as in YAML:
+/// in a plain value such as `a'b` it is a letter, and must not hide the rest of the line.
 fn crowded_line(text: &str) -> Option<Problem> {
     for (n, line) in text.lines().enumerate() {
         // Cheap first: a line that short cannot be crowded.
@@ -681,8 +702,26 @@ fn crowded_line(text: &str) -> Option<Problem> {
         let mut quote: Option<u8> = None;
         let mut escaped = false;
         let mut previous = b' ';
+        // The last byte before this one that is not a blank, whether a blank followed it, and
+        // whether every such byte so far was a `-` (block sequence entries: `- - 'a'`).
+        let mut significant: Option<u8> = None;
+        let mut blank_since = false;
+        let mut only_dashes = true;
         for &b in line.as_bytes() {
             let before = std::mem::replace(&mut previous, b);
+            let value_starts = match significant {
+                None => true,
+                Some(b'[' | b'{' | b',' | b':') => true,
+                Some(b'-') => blank_since && only_dashes,
+                Some(_) => false,
+            };
+            if b == b' ' || b == b'\t' {
+                blank_since = true;
+            } else if quote.is_none() {
+                significant = Some(b);
+                blank_since = false;
+                only_dashes &= b == b'-';
+            }
             match quote {
                 Some(q) => {
                     if escaped {
@@ -694,7 +733,7 @@ fn crowded_line(text: &str) -> Option<Problem> {
                     }
                 }
                 None => match b {
-                    b'"' | b'\'' => quote = Some(b),
+                    b'"' | b'\'' if value_starts => quote = Some(b),
                     // A comment only after a blank: `a#b` is a value.
                     b'#' if before == b' ' || before == b'\t' => break,
                     b',' | b'[' | b'{' => items += 1,
@@ -717,6 +756,43 @@ fn crowded_line(text: &str) -> Option<Problem> {
         }
     }
     None
+}
+
+/// Most tasks one workflow may have: the largest that validates and runs within colony's
+/// memory bound (300 MB) on this format.
+pub const MAX_TASKS: usize = 100_000;
+
+/// A problem if `text` has more `id` keys (`id:`, `"id":`, `id =` with `separator`) than a
+/// workflow may have tasks, counted before parsing: a file of hundreds of thousands of tiny
+/// tasks costs the parser gigabytes. Every task has an `id`; a key named `id` inside an input
+/// counts too, so the count is an upper bound, and a file at the limit is checked exactly
+/// after parsing.
+fn too_many_tasks(text: &str, separator: char) -> Option<Problem> {
+    let bytes = text.as_bytes();
+    let mut ids = 0usize;
+    let mut from = 0;
+    while let Some(found) = text[from..].find("id") {
+        let at = from + found;
+        from = at + 2;
+        let before = at.checked_sub(1).map(|i| bytes[i]);
+        let starts = matches!(
+            before,
+            None | Some(b' ' | b'\t' | b'\n' | b'{' | b',' | b'-' | b'"' | b'\'')
+        );
+        let rest = text[from..]
+            .trim_start_matches(['"', '\''])
+            .trim_start_matches([' ', '\t']);
+        if starts && rest.starts_with(separator) {
+            ids += 1;
+        }
+    }
+    (ids > MAX_TASKS).then(|| Problem {
+        message: format!(
+            "the file has {ids} `id` keys: a workflow may have at most {MAX_TASKS} tasks"
+        ),
+        at: None,
+        label: String::new(),
+    })
 }
 
 /// Deepest nesting of lists and maps in a file.

@@ -313,6 +313,15 @@ fn a_line_crowded_with_values_is_refused_and_the_same_values_over_lines_pass() {
         "0,".repeat(20_000)
     );
     assert!(problems(&hidden)[0].contains("values of lists and maps"));
+    // A quote inside a plain value is a letter: it hides nothing after it.
+    for plain in ["a'b", "a\"b", "x - 'b"] {
+        let sneaky = format!(
+            "name: w\nagents: [{{name: s, kind: sim}}]\ntasks: [{{id: a, input: [{plain}, {}0]}}]\n",
+            "1,".repeat(20_000)
+        );
+        let p = problems(&sneaky);
+        assert!(p[0].contains("values of lists and maps"), "{plain}: {p:?}");
+    }
     let over_lines = format!(
         "name: w\nagents: [{{name: s, kind: sim}}]\ntasks:\n  - id: a\n    input: [\n{}      0]\n",
         "      0,\n".repeat(20_000)
@@ -387,4 +396,41 @@ fn a_misspelt_key_does_not_hide_the_other_problems() {
         p.iter().any(|l| l.contains("`nope` is not a duration")),
         "{p:?}"
     );
+}
+
+#[test]
+fn more_tasks_than_a_workflow_may_have_are_refused_before_parsing() {
+    let mut yaml = String::from("name: w\nagents: [{name: s, kind: sim}]\ntasks:\n");
+    for i in 0..=colony_workflow::MAX_TASKS {
+        yaml.push_str(&format!("  - {{id: t{i}}}\n"));
+    }
+    let p = problems(&yaml);
+    assert!(
+        p[0].contains("`id` keys: a workflow may have at most 100000 tasks"),
+        "{:?}",
+        &p[..1]
+    );
+    // TOML: a small file only, and the same count.
+    let mut toml = String::from("name = \"w\"\n[[agents]]\nname = \"s\"\nkind = \"sim\"\n");
+    for i in 0..60_000 {
+        toml.push_str(&format!("[[tasks]]\nid = \"t{i}\"\n"));
+    }
+    let e = colony_workflow::parse_toml(&toml, "w.toml", Path::new(".")).unwrap_err();
+    assert!(
+        e.to_string().contains("a TOML workflow may have at most"),
+        "{e}"
+    );
+}
+
+#[test]
+fn the_summary_id_is_taken_and_a_templated_input_is_left_to_the_run() {
+    let p = problems("name: w\nagents: [{name: s, kind: sim}]\ntasks: [{id: summary}]\n");
+    assert!(
+        p.iter().any(|p| p.contains("task id `summary` is taken")),
+        "{p:?}"
+    );
+    // The input comes whole from an upstream output: its fields are known when it runs.
+    let yaml = "name: w\nagents:\n  - {name: plan, kind: sim}\n  - {name: wc, kind: command, command: {program: wc, args: [\"{{input.file}}\"]}}\n\
+                tasks:\n  - {id: plan, agent: plan, input: {file: a}}\n  - {id: count, agent: wc, needs: [plan], input: \"{{outputs.plan.input}}\"}\n";
+    assert!(parse(yaml, "w.yaml", Path::new(".")).is_ok());
 }

@@ -310,7 +310,7 @@ async fn tasks_go_only_to_agents_of_their_role() {
     let err = h.submit(nobody).await.unwrap_err();
     assert!(
         err.to_string()
-            .contains("no pool has agents that satisfy role Some(\"reviewer\")"),
+            .contains("no pool has agents that satisfy role `reviewer`"),
         "{err}"
     );
     runtime.shutdown().await;
