@@ -498,6 +498,9 @@ enum Line<'a> {
 /// 4 KiB, what the log shows of them.)
 pub const MAX_LINE: usize = 16 << 20;
 
+/// Capacity a line buffer keeps between lines; a larger one is freed after its line.
+const KEPT_LINE_CAPACITY: usize = 64 << 10;
+
 /// Lines of at most `max` bytes: [`MAX_LINE`] for answers, less for what is only logged.
 struct Lines<R> {
     reader: BufReader<R>,
@@ -516,6 +519,11 @@ impl<R: tokio::io::AsyncRead + Unpin> Lines<R> {
 
     async fn next(&mut self) -> std::io::Result<Line<'_>> {
         self.line.clear();
+        // After one long answer, its buffer is let go rather than held for the life of the
+        // process: many agents each keeping 16 MiB would add up.
+        if self.line.capacity() > KEPT_LINE_CAPACITY {
+            self.line = Vec::new();
+        }
         loop {
             let available = self.reader.fill_buf().await?;
             if available.is_empty() {
