@@ -361,15 +361,16 @@ pub(crate) fn start(
     let runtime = tokio::runtime::Handle::current();
     // On a thread of its own, the loop must still stop when the runtime shuts down, as it did
     // when it was one of the runtime's tasks, instead of outliving the drivers its timers use:
-    // the runtime drops the lifeline with its tasks.
-    let alive =
-        (runtime.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread).then(|| {
-            let (mut lifeline, alive) = oneshot::channel::<()>();
-            Spawner::spawn("dispatcher-lifeline", async move {
-                lifeline.closed().await;
-            });
-            alive
-        });
+    // the runtime drops the lifeline with its tasks, and the lifeline holds the shutdown
+    // until the loop has stopped (see `thread::Lifeline`).
+    let (alive, stopped) = if runtime.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread
+    {
+        let (lifeline, alive, stopped) = thread::Lifeline::new();
+        Spawner::spawn("dispatcher-lifeline", lifeline.watch());
+        (Some(alive), Some(stopped))
+    } else {
+        (None, None)
+    };
     let on_thread = alive.is_some();
     // Unconstrained by tokio's cooperative budget: the loop already yields whenever nothing
     // is ready, and a budget spent on ended attempts would make retry timers and kill
@@ -377,6 +378,8 @@ pub(crate) fn start(
     let run: thread::Loop = Box::pin(async move {
         tokio::task::unconstrained(dispatcher.run(commands, controls, alive)).await;
         let _ = ended.send(());
+        // Dropped with the loop, however it ends: the lifeline's wait is over.
+        drop(stopped);
     });
     let on_pool = if on_thread {
         match thread::spawn(run, runtime, options.linger) {

@@ -54,6 +54,8 @@ pub const DEFAULT_QUEUE_CAPACITY: u32 = 256;
 pub const DEFAULT_MAX_OUTPUT: usize = 16 << 20;
 /// Default of [`RuntimeOptions::linger`].
 pub const DEFAULT_LINGER: Duration = Duration::from_micros(50);
+/// Longest `linger` allowed: a watch of milliseconds after every turn would be a busy loop.
+pub const MAX_LINGER: Duration = Duration::from_millis(1);
 /// Default wave size of [`SpawnMode::Waves`].
 pub const DEFAULT_WAVE_SIZE: u32 = 20;
 
@@ -278,6 +280,13 @@ pub enum Error {
 
 impl RuntimeOptions {
     pub fn validate(&self, pools: &[Pool]) -> Result<(), Error> {
+        // The spin after every turn: longer would be a busy loop, not a short watch.
+        if self.linger > MAX_LINGER {
+            return Err(Error::Options(format!(
+                "linger {:?} is out of range: allowed up to {MAX_LINGER:?}",
+                self.linger
+            )));
+        }
         self.retry.validate()?;
         self.rebalance
             .validate()

@@ -384,3 +384,49 @@ async fn a_stalled_disk_never_blocks_kills_cancellations_or_health_sweeps() {
     runtime.shutdown().await;
     done.store(true, std::sync::atomic::Ordering::Relaxed);
 }
+
+/// A tokio runtime dropped while attempts run (a process ending without `shutdown`): the
+/// dispatcher on its own thread stops with it, before its drivers go, so the attempts stay
+/// unfinished for recovery instead of ending as crashes of timers polled after the drivers.
+#[test]
+fn a_runtime_dropped_mid_work_leaves_its_attempts_for_recovery() {
+    use colony_journal::MemoryJournal;
+    let journal = Arc::new(MemoryJournal::new());
+    let tokio = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let slow = SimOptions {
+        latency: Latency::Fixed {
+            value: Duration::from_secs(30),
+        },
+        ..SimOptions::default()
+    };
+    let runtime = tokio.block_on(async {
+        let runtime = Runtime::start(
+            RuntimeOptions::default(),
+            vec![pool(4, slow)],
+            journal.clone(),
+        )
+        .await
+        .unwrap();
+        let spec = TaskSpec {
+            timeout: Duration::from_secs(60),
+            ..TaskSpec::default()
+        };
+        runtime.handle().submit_batch(vec![spec; 4]).await.unwrap();
+        while journal.counts().unwrap().running < 4 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        runtime
+    });
+    drop(tokio);
+    // Anything the loop did after the drop would show by now.
+    std::thread::sleep(Duration::from_millis(300));
+    let counts = journal.counts().unwrap();
+    assert_eq!(counts.running, 4, "{counts:?}");
+    assert_eq!(counts.total(), 4, "{counts:?}");
+    assert_eq!(journal.stats().fenced, 0);
+    drop(runtime);
+}

@@ -226,9 +226,12 @@ async fn kill_each(
             break;
         }
         let victim = AgentId(first_worker + k % children);
+        // The probe goes first, and waits in the queue (every worker is busy): the kill then
+        // reaches the dispatcher ahead of the held task's retry (20 ms later), so the
+        // replacement's first task is the probe even when this task is slow to run again.
         let t0 = Instant::now();
-        handle.kill(victim)?;
         let pending = handle.submit_notify(probe.clone()).await?;
+        handle.kill(victim)?;
         let completion = match tokio::time::timeout(PATIENCE, pending).await {
             Ok(c) => c?,
             Err(_) => {

@@ -67,6 +67,63 @@ pub(super) fn spawn(
     }
 }
 
+/// Ties the loop on its own thread to the tokio runtime it entered. Its task is dropped when
+/// that runtime shuts down; it then tells the loop to stop and waits (a second at most) until
+/// the loop has stopped and dropped its attempts, before the runtime goes on to shut down its
+/// drivers. Without the wait the loop would run on for a moment: its timers would panic on a
+/// driver that is gone, attempts would end as crashes instead of staying for recovery, and a
+/// process that exits right after could leave agents' process groups behind.
+pub(super) struct Lifeline {
+    /// Dropped to tell the loop to stop.
+    alive: Option<tokio::sync::oneshot::Sender<()>>,
+    /// Disconnected once the loop has stopped.
+    stopped: std::sync::mpsc::Receiver<()>,
+    /// The loop stopped by itself (a shutdown): nothing to wait for.
+    finished: bool,
+}
+
+/// What the loop holds: it polls the receiver (closed: stop) and drops the sender once it
+/// has stopped.
+pub(super) type Alive = tokio::sync::oneshot::Receiver<()>;
+pub(super) type Stopped = std::sync::mpsc::SyncSender<()>;
+
+/// Longest a shutting-down runtime waits for the loop to stop.
+const STOP_WAIT: Duration = Duration::from_secs(1);
+
+impl Lifeline {
+    pub(super) fn new() -> (Self, Alive, Stopped) {
+        let (alive_tx, alive_rx) = tokio::sync::oneshot::channel();
+        let (stopped_tx, stopped_rx) = std::sync::mpsc::sync_channel(1);
+        let lifeline = Self {
+            alive: Some(alive_tx),
+            stopped: stopped_rx,
+            finished: false,
+        };
+        (lifeline, alive_rx, stopped_tx)
+    }
+
+    /// The lifeline's task: it ends when the loop lets go of [`Alive`] (a shutdown of the
+    /// runtime); if the runtime drops it first, its `Drop` stops the loop.
+    pub(super) async fn watch(mut self) {
+        if let Some(alive) = self.alive.as_mut() {
+            alive.closed().await;
+        }
+        self.finished = true;
+    }
+}
+
+impl Drop for Lifeline {
+    fn drop(&mut self) {
+        if self.finished {
+            return;
+        }
+        // The runtime is shutting down (this runs on one of its threads, which serves no
+        // task any more): the loop is told to stop, and its drivers wait until it has.
+        drop(self.alive.take());
+        let _ = self.stopped.recv_timeout(STOP_WAIT);
+    }
+}
+
 /// Misses in a row after which the spin is as short as it gets: each miss halves it.
 const MAX_MISSES: u32 = 6;
 
