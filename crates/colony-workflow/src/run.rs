@@ -13,10 +13,16 @@ use colony_core::{
 use colony_journal::{Journal, TaskRow};
 use colony_runtime::{Pool, Runtime, RuntimeOptions};
 use futures::{StreamExt, stream::FuturesUnordered};
-use serde::Serialize;
-use serde_json::{Value, json};
+use serde::{Serialize, Serializer};
+use serde_json::{Value, json, value::RawValue};
 use std::{
-    collections::HashMap, future::Future, path::PathBuf, pin::Pin, sync::Arc, time::Instant,
+    cmp::Reverse,
+    collections::{BinaryHeap, HashMap, HashSet},
+    future::Future,
+    path::PathBuf,
+    pin::Pin,
+    sync::Arc,
+    time::Instant,
 };
 
 /// How a task of the workflow ended.
@@ -46,9 +52,97 @@ pub struct Finished {
     pub agent: Option<u32>,
     /// From submission to its end.
     pub seconds: f64,
-    pub output: Option<Value>,
+    pub output: Option<Output>,
     pub error: Option<String>,
 }
+
+/// A task's output as its agent gave it, never parsed into a tree (a 16 MB list of numbers
+/// would take hundreds of MB as one): an output that is one JSON value is written into result
+/// files and the summary as its raw text, anything else as a JSON string. Clones share it.
+#[derive(Clone, Debug)]
+pub struct Output(Kept);
+
+#[derive(Clone, Debug)]
+enum Kept {
+    /// One JSON value, checked once when it arrived, without building a tree.
+    Json(Arc<RawValue>),
+    /// Anything else: text, or bytes that are not even UTF-8.
+    Text(Bytes),
+}
+
+impl Output {
+    /// Keeps `raw` as it is: as JSON when it is one JSON value, else as text.
+    pub fn new(raw: Bytes) -> Self {
+        let json = std::str::from_utf8(&raw)
+            .ok()
+            .and_then(|text| RawValue::from_string(text.to_owned()).ok());
+        Self(match json {
+            Some(json) => Kept::Json(json.into()),
+            None => Kept::Text(raw),
+        })
+    }
+
+    /// A text, written as a JSON string.
+    fn text(text: String) -> Self {
+        Self(Kept::Text(Bytes::from(text)))
+    }
+
+    /// Its size in bytes (a JSON value's without the blanks around it).
+    pub fn len(&self) -> usize {
+        self.as_bytes().len()
+    }
+
+    /// Whether the agent gave no bytes.
+    pub fn is_empty(&self) -> bool {
+        self.as_bytes().is_empty()
+    }
+
+    /// The bytes the agent gave (a JSON value's without the blanks around it).
+    pub fn as_bytes(&self) -> &[u8] {
+        match &self.0 {
+            Kept::Json(json) => json.get().as_bytes(),
+            Kept::Text(text) => text,
+        }
+    }
+
+    /// Whether it is one JSON value.
+    pub fn is_json(&self) -> bool {
+        matches!(self.0, Kept::Json(_))
+    }
+
+    /// The output as a JSON value: parsed when it is JSON, else its text as a string. This
+    /// builds the whole tree, many times the output's size for a long list: the run does it
+    /// only for the outputs placeholders read, of up to 1 MiB in all.
+    pub fn value(&self) -> Value {
+        match &self.0 {
+            Kept::Json(json) => serde_json::from_str(json.get())
+                .unwrap_or_else(|_| Value::String(json.get().to_owned())),
+            Kept::Text(text) => Value::String(String::from_utf8_lossy(text).into_owned()),
+        }
+    }
+}
+
+impl Serialize for Output {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match &self.0 {
+            // Written as it is, not re-indented.
+            Kept::Json(json) => json.serialize(serializer),
+            Kept::Text(text) => String::from_utf8_lossy(text).serialize(serializer),
+        }
+    }
+}
+
+/// Bytes of outputs that one task's placeholders may read, in all. Each output read is parsed
+/// into a tree while the task's payload is filled (up to ~30 times its size for a list of
+/// small numbers), then dropped; a larger output could not fit a payload anyway, whose limit
+/// is the same.
+pub(crate) const READ_OUTPUT_BYTES: usize = colony_core::task::DEFAULT_MAX_PAYLOAD;
+
+/// Bytes of payloads filled in and handed to the runtime whose tasks have not ended yet.
+/// A ready task beyond them waits, unfilled, until tasks end: 600 tasks each filled with the
+/// same 1 MB output would otherwise take 600 MB at once. A payload is at most the runtime's
+/// `max_payload` (1 MiB by default), so a task can always start when nothing else is in flight.
+pub(crate) const IN_FLIGHT_PAYLOAD_BYTES: usize = 64 << 20;
 
 /// The whole run, as written to `<output>/summary.json`.
 #[derive(Clone, Debug, Serialize)]
@@ -482,9 +576,12 @@ pub async fn run(
     let mut writer = Writer::start(&output)?;
     let handle = runtime.handle().clone();
     let waves = workflow.graph.waves();
-    let mut results: Vec<Option<Finished>> = vec![None; workflow.tasks.len()];
+    let mut results = Results {
+        tasks: vec![None; workflow.tasks.len()],
+        kept: 0,
+    };
     // Only the outputs some task has yet to read: the others are in their result files.
-    let mut outputs: HashMap<String, Value> = HashMap::new();
+    let mut outputs: HashMap<String, Output> = HashMap::new();
     let mut left = needed_by(workflow);
     let mut submitted_at: Vec<Option<Instant>> = vec![None; workflow.tasks.len()];
     // Resuming: the latest journal row of each task of the workflow, by its key.
@@ -505,7 +602,7 @@ pub async fn run(
     for (&i, row) in &latest {
         match row.state {
             TaskState::Succeeded => {
-                let value = row.output.as_deref().map(output_value);
+                let value = row.output.clone().map(Output::new);
                 if let Some(v) = &value
                     && left[i] > 0
                 {
@@ -525,7 +622,7 @@ pub async fn run(
     }
     resumed.sort_unstable_by_key(|r| r.0);
     for (i, f) in resumed {
-        record(&mut writer, &output, &mut options, &mut results, i, f);
+        record(&mut writer, &mut options, &mut results, i, f);
     }
     done.sort_unstable_by_key(|d| d.0);
     // Watched from now on, before their needs may even have ended: they run already.
@@ -552,6 +649,14 @@ pub async fn run(
         .unwrap_or_else(|| Box::pin(std::future::pending()));
     let mut cancelled = false;
     let max_payload = options.runtime.max_payload;
+    // Ready tasks not handed to the runtime yet, unfilled: the highest priority first, then in
+    // the order they became ready.
+    let mut ready: BinaryHeap<(colony_core::task::Priority, Reverse<usize>, usize)> =
+        BinaryHeap::new();
+    let mut readied = 0;
+    // Bytes of payloads handed to the runtime whose tasks have not ended, and each task's.
+    let mut in_flight: usize = 0;
+    let mut charged = vec![0; workflow.tasks.len()];
     loop {
         for step in std::mem::take(&mut steps) {
             match step {
@@ -569,39 +674,8 @@ pub async fn run(
                     }) as Waiting);
                 }
                 Step::Start(i) => {
-                    let spec = spec_for(workflow, i, &outputs, max_payload);
-                    release(workflow, i, &mut left, &mut outputs);
-                    match spec {
-                        Ok(spec) => {
-                            // A pool with a rate: the task waits for its turn before it is handed
-                            // to the runtime, so the wait never counts against its timeout.
-                            let turn =
-                                pace.get_mut(&workflow.tasks[i].runs_on)
-                                    .map(|(every, next)| {
-                                        let now = tokio::time::Instant::now();
-                                        let at = (*next).max(now);
-                                        *next = at + *every;
-                                        at
-                                    });
-                            submitted_at[i] = Some(Instant::now());
-                            let handle = handle.clone();
-                            pending.push(Box::pin(async move {
-                                if let Some(at) = turn {
-                                    tokio::time::sleep_until(at).await;
-                                }
-                                match handle.submit_notify(spec).await {
-                                    Ok(p) => (i, p.await),
-                                    Err(e) => (i, Err(e)),
-                                }
-                            }) as Waiting);
-                        }
-                        Err(error) => {
-                            let f =
-                                finished(workflow, &waves, i, Status::Failed, None, Some(error));
-                            steps.extend(dag.on_end(&workflow.graph, i, End::Failed));
-                            record(&mut writer, &output, &mut options, &mut results, i, f);
-                        }
-                    }
+                    ready.push((workflow.tasks[i].priority, Reverse(readied), i));
+                    readied += 1;
                 }
                 Step::Skip { node, because } => {
                     release(workflow, node, &mut left, &mut outputs);
@@ -610,7 +684,49 @@ pub async fn run(
                         workflow.tasks[because].id
                     );
                     let f = finished(workflow, &waves, node, Status::Skipped, None, Some(error));
-                    record(&mut writer, &output, &mut options, &mut results, node, f);
+                    record(&mut writer, &mut options, &mut results, node, f);
+                }
+            }
+        }
+        // Fills in and hands over ready tasks while their payloads fit in the budget; the
+        // first always may, so that a run never stalls with nothing in flight.
+        while let Some(&(_, _, i)) = ready.peek() {
+            if in_flight > 0 && in_flight.saturating_add(max_payload) > IN_FLIGHT_PAYLOAD_BYTES {
+                break;
+            }
+            ready.pop();
+            let spec = spec_for(workflow, i, &outputs, max_payload);
+            release(workflow, i, &mut left, &mut outputs);
+            match spec {
+                Ok(spec) => {
+                    charged[i] = spec.payload.len();
+                    in_flight += charged[i];
+                    // A pool with a rate: the task waits for its turn before it is handed to
+                    // the runtime, so the wait never counts against its timeout.
+                    let turn = pace
+                        .get_mut(&workflow.tasks[i].runs_on)
+                        .map(|(every, next)| {
+                            let now = tokio::time::Instant::now();
+                            let at = (*next).max(now);
+                            *next = at + *every;
+                            at
+                        });
+                    submitted_at[i] = Some(Instant::now());
+                    let handle = handle.clone();
+                    pending.push(Box::pin(async move {
+                        if let Some(at) = turn {
+                            tokio::time::sleep_until(at).await;
+                        }
+                        match handle.submit_notify(spec).await {
+                            Ok(p) => (i, p.await),
+                            Err(e) => (i, Err(e)),
+                        }
+                    }) as Waiting);
+                }
+                Err(error) => {
+                    let f = finished(workflow, &waves, i, Status::Failed, None, Some(error));
+                    steps.extend(dag.on_end(&workflow.graph, i, End::Failed));
+                    record(&mut writer, &mut options, &mut results, i, f);
                 }
             }
         }
@@ -627,6 +743,7 @@ pub async fn run(
                 break;
             }
         };
+        in_flight -= std::mem::take(&mut charged[i]);
         let mut f = finished(workflow, &waves, i, Status::Failed, None, None);
         f.seconds = submitted_at[i].map_or(0.0, |t| t.elapsed().as_secs_f64());
         let end = match completion {
@@ -634,7 +751,7 @@ pub async fn run(
                 f.attempts = c.attempts;
                 f.agent = c.agent.map(|a| a.0);
                 f.error = c.error.map(|e| e.to_string());
-                let value = c.output.as_deref().map(output_value);
+                let value = c.output.map(Output::new);
                 if c.state == TaskState::Succeeded && f.error.is_none() {
                     f.status = Status::Succeeded;
                     if let Some(v) = &value
@@ -653,11 +770,12 @@ pub async fn run(
                 End::Failed
             }
         };
-        record(&mut writer, &output, &mut options, &mut results, i, f);
+        record(&mut writer, &mut options, &mut results, i, f);
         steps.extend(dag.on_end(&workflow.graph, i, end));
     }
     runtime.shutdown().await;
     let tasks: Vec<Finished> = results
+        .tasks
         .into_iter()
         .enumerate()
         .map(|(i, r)| {
@@ -675,14 +793,14 @@ pub async fn run(
                     None,
                     Some(why.into()),
                 );
-                writer.write(&output, &f);
+                writer.write(&f);
                 f
             })
         })
         .collect();
     let mut unwritten = writer.finish();
     let count = |s: Status| tasks.iter().filter(|t| t.status == s).count();
-    let mut report = Report {
+    let report = Report {
         name: workflow.name.clone(),
         output: output.clone(),
         succeeded: count(Status::Succeeded),
@@ -702,12 +820,18 @@ pub async fn run(
         unwritten: Vec::new(),
     };
     let summary_path = output.join("summary.json");
-    let written = serde_json::to_vec_pretty(&report)
-        .map_err(|e| e.to_string())
-        .and_then(|summary| std::fs::write(&summary_path, summary).map_err(|e| e.to_string()));
+    // Up to SUMMARY_OUTPUT_BYTES of outputs and a line per task: written as it is serialized,
+    // off the runtime's threads.
+    let (mut report, written) = tokio::task::spawn_blocking(move || {
+        let written = write_json(&summary_path, &report)
+            .map_err(|e| format!("cannot write {}: {e}", summary_path.display()));
+        (report, written)
+    })
+    .await
+    .map_err(|e| colony_runtime::Error::Options(format!("the summary's writer stopped: {e}")))?;
     if let Err(e) = written {
         tracing::error!(error = %e, "Cannot write summary.json.");
-        unwritten.push(format!("cannot write {}: {e}", summary_path.display()));
+        unwritten.push(e);
     }
     report.unwritten = unwritten;
     Ok(report)
@@ -747,10 +871,12 @@ type Waiting = Pin<
     >,
 >;
 
-/// An output as JSON: as stored when it parses, else as a string.
-fn output_value(bytes: &[u8]) -> Value {
-    serde_json::from_slice(bytes)
-        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(bytes).into_owned()))
+/// Writes `value` as pretty JSON into a new file at `path`, as it is serialized.
+fn write_json(path: &std::path::Path, value: &impl Serialize) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let mut file = std::io::BufWriter::new(std::fs::File::create(path)?);
+    serde_json::to_writer_pretty(&mut file, value)?;
+    file.flush()
 }
 
 /// A recovered task's end, as the journal holds it.
@@ -864,17 +990,17 @@ async fn watch_rows(
     }
 }
 
-/// Hands task `i` to the runtime, its input and prompt filled from its needs' outputs.
 /// Task `i` as the runtime takes it, its input and prompt filled from its needs' outputs.
 /// The payload's size is charged while it is filled in: past `max_payload` bytes the task
 /// fails at once, with what overflowed it.
 fn spec_for(
     workflow: &Workflow,
     i: usize,
-    outputs: &HashMap<String, Value>,
+    outputs: &HashMap<String, Output>,
     max_payload: usize,
 ) -> Result<TaskSpec, String> {
     let t = &workflow.tasks[i];
+    let outputs = &read_outputs(t, outputs, max_payload)?;
     let mut budget = template::Budget::new(max_payload);
     let input = match &t.input {
         Some(v) => Some(
@@ -903,12 +1029,82 @@ fn spec_for(
     })
 }
 
+/// The outputs that task `t`'s placeholders read, parsed, and only those: at most
+/// [`READ_OUTPUT_BYTES`] of them in all, or the error naming the output that passed it, its
+/// size and the bound.
+fn read_outputs(
+    t: &crate::TaskDef,
+    outputs: &HashMap<String, Output>,
+    max_payload: usize,
+) -> Result<HashMap<String, Value>, String> {
+    // Each output's first placeholder, in the order they are written, so that the error
+    // names the same one every run.
+    let mut named: Vec<(String, Vec<String>)> = Vec::new();
+    let mut seen = HashSet::new();
+    let mut note = |text: &str| {
+        // A bad placeholder is for rendering to report, with where it is.
+        for part in template::parse(text).unwrap_or_default() {
+            if let template::Part::Output { task, path } = part
+                && seen.insert(task.clone())
+            {
+                named.push((task, path));
+            }
+        }
+    };
+    if let Some(input) = &t.input {
+        template::strings(input, &mut note);
+    }
+    if let Some(prompt) = &t.prompt {
+        note(prompt);
+    }
+    let mut read = 0usize;
+    let mut values = HashMap::new();
+    for (task, path) in named {
+        // One it does not have is for rendering to name.
+        let Some(output) = outputs.get(&task) else {
+            continue;
+        };
+        let size = output.len();
+        read = read.saturating_add(size);
+        let placeholder = format!(
+            "`{{{{outputs.{}}}}}`",
+            std::iter::once(&task)
+                .chain(&path)
+                .map(String::as_str)
+                .collect::<Vec<_>>()
+                .join(".")
+        );
+        // A text (or a JSON string) filled in whole is at least its size less two quotes: it
+        // cannot fit the payload, whose error this is.
+        let text = !output.is_json() || output.as_bytes().first() == Some(&b'"');
+        if path.is_empty() && text && size.saturating_sub(2) > max_payload {
+            return Err(format!(
+                "filling {placeholder} would make the task's payload larger than its limit of {max_payload} bytes: the output of `{task}` is {size} bytes"
+            ));
+        }
+        if size > READ_OUTPUT_BYTES {
+            return Err(format!(
+                "{placeholder} reads the output of `{task}`, {size} bytes: placeholders may read outputs of up to {READ_OUTPUT_BYTES} bytes (the output is in {task}.json)"
+            ));
+        }
+        if read > READ_OUTPUT_BYTES {
+            return Err(format!(
+                "its placeholders read {read} bytes of outputs, `{task}`'s {} bytes included: placeholders may read up to {READ_OUTPUT_BYTES} bytes of outputs per task",
+                output.len()
+            ));
+        }
+        let value = output.value();
+        values.insert(task, value);
+    }
+    Ok(values)
+}
+
 fn finished(
     workflow: &Workflow,
     waves: &[usize],
     i: usize,
     status: Status,
-    output: Option<Value>,
+    output: Option<Output>,
     error: Option<String>,
 ) -> Finished {
     Finished {
@@ -924,10 +1120,21 @@ fn finished(
     }
 }
 
+/// What the result writer is given.
+enum Job {
+    /// A task's result, into its file.
+    Result(PathBuf, Finished),
+    /// A line of `run.log`.
+    Log(String),
+}
+
 /// Writes result files on a thread of its own, so that a slow file system (creating a file
-/// can take a millisecond on a busy ext4) never holds up the graph.
+/// can take a millisecond on a busy ext4) never holds up the graph. Each is serialized
+/// straight into its file, an output as the raw text its agent gave.
 struct Writer {
-    tx: Option<std::sync::mpsc::Sender<(PathBuf, Vec<u8>)>>,
+    /// The run's output folder, where result files go.
+    output: PathBuf,
+    tx: Option<std::sync::mpsc::Sender<Job>>,
     /// Gives back the writes that failed, each as a message naming the file.
     thread: Option<std::thread::JoinHandle<Vec<String>>>,
     /// Results that could not even be given a path.
@@ -938,7 +1145,7 @@ impl Writer {
     /// Starts the writer; it also appends a line per ended task to `<output>/run.log`.
     fn start(output: &std::path::Path) -> Result<Self, colony_runtime::Error> {
         use std::io::Write as _;
-        let (tx, rx) = std::sync::mpsc::channel::<(PathBuf, Vec<u8>)>();
+        let (tx, rx) = std::sync::mpsc::channel::<Job>();
         let log_path = output.join("run.log");
         let mut log = std::fs::OpenOptions::new()
             .create(true)
@@ -955,40 +1162,42 @@ impl Writer {
         );
         let thread = colony_runtime::spawner::Spawner::spawn_thread("result-writer", move || {
             let mut failed = Vec::new();
-            for (path, body) in rx {
-                if path.as_os_str().is_empty() {
-                    if let Err(e) = log.write_all(&body) {
-                        failed.push(format!("cannot write {}: {e}", log_path.display()));
+            for job in rx {
+                match job {
+                    Job::Log(line) => {
+                        if let Err(e) = log.write_all(line.as_bytes()) {
+                            failed.push(format!("cannot write {}: {e}", log_path.display()));
+                        }
                     }
-                    continue;
-                }
-                if let Err(e) = std::fs::write(&path, body) {
-                    tracing::error!(error = %e, path = %path.display(), "Cannot write a task's result.");
-                    failed.push(format!("cannot write {}: {e}", path.display()));
+                    Job::Result(path, f) => {
+                        if let Err(e) = write_json(&path, &f) {
+                            tracing::error!(error = %e, path = %path.display(), "Cannot write a task's result.");
+                            failed.push(format!("cannot write {}: {e}", path.display()));
+                        }
+                    }
                 }
             }
             failed
         })
         .map_err(|e| colony_runtime::Error::Options(format!("cannot start the result writer: {e}")))?;
         Ok(Self {
+            output: output.to_owned(),
             tx: Some(tx),
             thread: Some(thread),
             refused: Vec::new(),
         })
     }
 
-    /// Queues `f`'s result file and its run-log line: the result's size in bytes.
-    fn write(&mut self, output: &std::path::Path, f: &Finished) -> usize {
-        let body = serde_json::to_vec_pretty(f).unwrap_or_default();
-        let size = body.len();
-        let path = match join_under(output, format!("{}.json", f.id)) {
+    /// Queues `f`'s result file and its run-log line. The output is shared, not copied.
+    fn write(&mut self, f: &Finished) {
+        let path = match join_under(&self.output, format!("{}.json", f.id)) {
             Ok(path) => path,
             Err(e) => {
                 self.refused.push(format!(
                     "the result of task `{}` was not written: {e}",
                     f.id
                 ));
-                return size;
+                return;
             }
         };
         let line = format!(
@@ -1004,11 +1213,9 @@ impl Writer {
                 .unwrap_or_default()
         );
         if let Some(tx) = &self.tx {
-            let _ = tx.send((path, body));
-            // An empty path is the run log's line.
-            let _ = tx.send((PathBuf::new(), line.into_bytes()));
+            let _ = tx.send(Job::Result(path, f.clone()));
+            let _ = tx.send(Job::Log(line));
         }
-        size
     }
 
     /// Waits until every result is on disk: the writes that failed.
@@ -1025,31 +1232,48 @@ impl Writer {
     }
 }
 
-/// Results larger than this keep their output only in their own file: in the summary (and in
+/// Outputs larger than this are kept only in their own result file: in the summary (and in
 /// memory until the run ends) the output is a note saying where it is.
 pub const SUMMARY_RESULT_BYTES: usize = 64 << 10;
 
+/// Bytes of outputs the summary keeps in all (and the run holds until it ends): once they are
+/// used up, every further output is a note saying where it is, so that 4,000 outputs of 60 KB
+/// make neither a 240 MB summary nor a run that holds them all.
+pub(crate) const SUMMARY_OUTPUT_BYTES: usize = 16 << 20;
+
+/// Every task's result for the summary, as tasks end.
+struct Results {
+    tasks: Vec<Option<Finished>>,
+    /// Bytes of outputs kept in `tasks`, at most [`SUMMARY_OUTPUT_BYTES`].
+    kept: usize,
+}
+
 /// Hands a task's result to the writer, tells the progress callback, and keeps the result for
-/// the summary, a large output replaced by a note.
+/// the summary, an output past [`SUMMARY_RESULT_BYTES`] or [`SUMMARY_OUTPUT_BYTES`] replaced
+/// by a note.
 fn record(
     writer: &mut Writer,
-    output: &std::path::Path,
     options: &mut Options,
-    results: &mut [Option<Finished>],
+    results: &mut Results,
     i: usize,
     mut f: Finished,
 ) {
-    let size = writer.write(output, &f);
+    writer.write(&f);
     if let Some(on) = &mut options.on_finished {
         on(&f);
     }
-    if size > SUMMARY_RESULT_BYTES && f.output.is_some() {
-        f.output = Some(Value::String(format!(
-            "({size} bytes: the output is in {}.json)",
-            f.id
-        )));
+    if let Some(output) = &f.output {
+        let size = output.len();
+        if size > SUMMARY_RESULT_BYTES || results.kept.saturating_add(size) > SUMMARY_OUTPUT_BYTES {
+            f.output = Some(Output::text(format!(
+                "({size} bytes: the output is in {}.json)",
+                f.id
+            )));
+        } else {
+            results.kept += size;
+        }
     }
-    results[i] = Some(f);
+    results.tasks[i] = Some(f);
 }
 
 /// Tasks that still need each task's output: when none does any more, it is dropped.
@@ -1068,7 +1292,7 @@ fn release(
     workflow: &Workflow,
     i: usize,
     left: &mut [usize],
-    outputs: &mut HashMap<String, Value>,
+    outputs: &mut HashMap<String, Output>,
 ) {
     for &n in &workflow.tasks[i].needs {
         left[n] = left[n].saturating_sub(1);

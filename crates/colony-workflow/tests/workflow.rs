@@ -152,7 +152,7 @@ tasks:
     assert!(report.all_succeeded(), "{report:#?}");
     let second = &report.tasks[1];
     assert_eq!(second.wave, 1);
-    let output = second.output.as_ref().unwrap();
+    let output = &second.output.as_ref().unwrap().value();
     assert_eq!(output["input"]["got"], "hello");
     assert_eq!(output["input"]["text"], "said hello");
     let file: serde_json::Value =
@@ -330,7 +330,7 @@ tasks:
         3,
         "one 429, retried"
     );
-    let critique = report.tasks[1].output.as_ref().unwrap();
+    let critique = report.tasks[1].output.as_ref().unwrap().value();
     assert_eq!(critique["usage"]["prompt_tokens"], 1000);
     // Two answers of 1000 prompt and 500 completion tokens, at $1 and $2 per million.
     assert_eq!(report.usage.prompt_tokens, 2000);
@@ -417,7 +417,10 @@ input = { word = "{{outputs.say}} again" }
         .await
         .unwrap();
     assert!(report.all_succeeded(), "{report:#?}");
-    assert_eq!(report.tasks[1].output.as_ref().unwrap(), "hello again");
+    assert_eq!(
+        report.tasks[1].output.as_ref().unwrap().value(),
+        "hello again"
+    );
 
     std::fs::write(
         &path,

@@ -2,7 +2,8 @@
 //! 0), and the peak memory of every run stays under 300 MB.
 //!
 //! The peak is the kernel's: `getrusage(RUSAGE_CHILDREN)` gives the largest resident set of
-//! any child this test process has waited for. Only this file's test runs children here.
+//! any child this test process has waited for, whichever of this file's tests ran it: every
+//! child must stay under the limit, so a peak past it fails whichever test reads it.
 
 use assert_cmd::Command;
 use std::path::Path;
@@ -182,6 +183,128 @@ fn hostile_workflows_never_succeed_and_stay_under_300_mb() {
     assert!(
         result.contains("larger than its limit of 1048576 bytes"),
         "{result}"
+    );
+}
+
+/// Runs `colony run FILE --out OUT` in `dir`: exit code, stderr and the peak RSS so far.
+fn run_measured(dir: &Path, file: &str) -> (i32, String, i64) {
+    let (code, stderr) = run(dir, file);
+    let peak = peak_rss_kb();
+    eprintln!(
+        "{file}: exit {code}, peak RSS of any run so far {} MB",
+        peak / 1024
+    );
+    assert!(peak < MAX_RSS_KB, "{file}: peak RSS {peak} KB\n{stderr}");
+    (code, stderr, peak)
+}
+
+/// Payloads, the summary and single outputs are bounded as the run goes: each of these took
+/// over 300 MB when everything ready was filled in at once, when the summary kept every output
+/// under 64 KiB, and when outputs were parsed into trees.
+#[test]
+fn many_payloads_many_outputs_and_one_huge_output_stay_under_300_mb() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let write = |name: &str, text: &str| std::fs::write(d.join(name), text).unwrap();
+
+    // One output of 1 MB, filled into 320 payloads: all of them at once took 334 MB (600:
+    // 626 MB). Tasks are filled in only as earlier ones end, 64 MiB of payloads at most.
+    write("mb.txt", &"x".repeat(1_000_000));
+    let mut fill = String::from(
+        "name: fill\nagents:\n  - {name: cat, kind: command, command: {program: cat, args: [mb.txt], workdir: .}}\n  - {name: s, kind: sim}\ntasks:\n  - {id: big, agent: cat}\n",
+    );
+    for i in 0..320 {
+        fill.push_str(&format!(
+            "  - {{id: t{i}, agent: s, needs: [big], prompt: '{{{{outputs.big}}}}'}}\n"
+        ));
+    }
+    write("fill.yaml", &fill);
+    let (code, stderr, _) = run_measured(d, "fill.yaml");
+    // Heavy, not hostile: every task runs and succeeds.
+    assert_eq!(code, 0, "{stderr}");
+    let summary = std::fs::read_to_string(d.join("out/summary.json")).unwrap();
+    assert!(
+        summary.contains("\"succeeded\": 321"),
+        "{}",
+        &summary[..summary.len().min(500)]
+    );
+    // Each echoes its 1 MB payload: written whole to its file, raw.
+    let t0 = std::fs::read_to_string(d.join("out/t0.json")).unwrap();
+    assert!(t0.len() > 1_000_000 && t0.len() < 1_001_000, "{}", t0.len());
+    let t0: serde_json::Value = serde_json::from_str(&t0).unwrap();
+    assert_eq!(t0["output"]["prompt"].as_str().unwrap().len(), 1_000_000);
+
+    // 2,000 outputs of 60 KB, each under the 64 KiB a summary keeps: 120 MB of them, which
+    // the summary kept in memory and in its file (4,000: 638 MB and a 241 MB summary). Past
+    // 16 MiB of outputs, the summary says where each is.
+    write("60k.txt", &"y".repeat(60_000));
+    let mut wide = String::from(
+        "name: wide\nagents:\n  - {name: cat, kind: command, command: {program: cat, args: [60k.txt], workdir: .}}\n  - {name: s, kind: sim}\ntasks:\n  - {id: src, agent: cat}\n",
+    );
+    for i in 0..2000 {
+        wide.push_str(&format!(
+            "  - {{id: t{i}, agent: s, needs: [src], prompt: '{{{{outputs.src}}}}'}}\n"
+        ));
+    }
+    write("wide.yaml", &wide);
+    let (code, stderr, _) = run_measured(d, "wide.yaml");
+    assert_eq!(code, 0, "{stderr}");
+    let summary = std::fs::read(d.join("out/summary.json")).unwrap();
+    assert!(
+        summary.len() > 16 << 20 && summary.len() < 18 << 20,
+        "the summary keeps 16 MiB of outputs and notes: {} bytes",
+        summary.len()
+    );
+    let summary: serde_json::Value = serde_json::from_slice(&summary).unwrap();
+    assert_eq!(summary["succeeded"], 2001);
+    let tasks = summary["tasks"].as_array().unwrap();
+    let notes = tasks
+        .iter()
+        .filter(|t| t["output"].as_str().is_some_and(|o| o.ends_with(".json)")))
+        .count();
+    assert!((1_700..2_000).contains(&notes), "{notes} notes");
+    let last = tasks.last().unwrap();
+    assert_eq!(
+        last["output"],
+        format!(
+            "({} bytes: the output is in {}.json)",
+            {
+                let file =
+                    std::fs::read(d.join(format!("out/{}.json", last["id"].as_str().unwrap())))
+                        .unwrap();
+                let file: serde_json::Value = serde_json::from_slice(&file).unwrap();
+                file["output"].to_string().len()
+            },
+            last["id"].as_str().unwrap()
+        )
+    );
+
+    // One output of 16 MB, `[0,0,...]`: as a tree it took 660 MB, and 56 MB pretty-printed.
+    // It is kept raw and written raw; the task that reads into it fails, naming it.
+    let mut zeros = String::from("[");
+    zeros.push_str(&"0,".repeat(7_999_999));
+    zeros.push_str("0]");
+    write("zeros.json", &zeros);
+    write(
+        "zeros.yaml",
+        "name: zeros\ndefaults: {retries: 0}\nagents:\n  - {name: cat, kind: command, command: {program: cat, args: [zeros.json], workdir: .}}\n  - {name: s, kind: sim}\ntasks:\n  - {id: big, agent: cat}\n  - {id: first, agent: s, needs: [big], prompt: '{{outputs.big.0}}'}\n",
+    );
+    let (code, stderr, _) = run_measured(d, "zeros.yaml");
+    assert_eq!(code, 1, "{stderr}");
+    let big = std::fs::read(d.join("out/big.json")).unwrap();
+    assert!(
+        big.len() < zeros.len() + 1_000,
+        "the output is written as it came: {} bytes",
+        big.len()
+    );
+    let first: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(d.join("out/first.json")).unwrap()).unwrap();
+    assert_eq!(first["status"], "failed");
+    let error = first["error"].as_str().unwrap();
+    assert!(
+        error.contains("`{{outputs.big.0}}` reads the output of `big`, 16000001 bytes")
+            && error.contains("up to 1048576 bytes"),
+        "{error}"
     );
 }
 
