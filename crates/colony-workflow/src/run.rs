@@ -275,13 +275,18 @@ fn workflow_id(payload: &[u8]) -> Option<String> {
 /// An output that fails a check fails its attempt (retryably: another attempt may pass).
 fn verify(outcome: Outcome, checks: &Checks) -> Outcome {
     let output = outcome?;
-    let value: Option<Value> = serde_json::from_slice(&output).ok();
-    let text = match &value {
-        Some(Value::String(s)) => s.clone(),
-        _ => String::from_utf8_lossy(&output).into_owned(),
+    // Checked without building a tree (a 16 MB list would take hundreds of MB as one): only
+    // a schema needs one, and only for an output of up to READ_OUTPUT_BYTES.
+    let is_json = serde_json::from_slice::<serde::de::IgnoredAny>(&output).is_ok();
+    let first = output.iter().find(|b| !b.is_ascii_whitespace()).copied();
+    // A JSON string's text is what it says, unescaped; anything else's is its bytes.
+    let text: std::borrow::Cow<'_, str> = match first {
+        Some(b'"') if is_json => serde_json::from_slice::<String>(&output)
+            .map_or_else(|_| String::from_utf8_lossy(&output), Into::into),
+        _ => String::from_utf8_lossy(&output),
     };
     let fail = |why: String| Err(AgentError::retryable(format!("expect: {why}")));
-    if checks.json && !matches!(value, Some(Value::Object(_) | Value::Array(_))) {
+    if checks.json && !(is_json && matches!(first, Some(b'{' | b'['))) {
         return fail("the output is not a JSON object or array".into());
     }
     if let Some(re) = &checks.regex
@@ -309,10 +314,19 @@ fn verify(outcome: Outcome, checks: &Checks) -> Outcome {
         }
     }
     if let Some(schema) = &checks.schema {
-        let Some(value) = &value else {
+        if !is_json {
+            return fail("the output is not JSON, so it cannot match its schema".into());
+        }
+        if output.len() > READ_OUTPUT_BYTES {
+            return fail(format!(
+                "the output is {} bytes: outputs of up to {READ_OUTPUT_BYTES} bytes are checked against a schema",
+                output.len()
+            ));
+        }
+        let Ok(value) = serde_json::from_slice::<Value>(&output) else {
             return fail("the output is not JSON, so it cannot match its schema".into());
         };
-        if let Some(error) = schema.iter_errors(value).next() {
+        if let Some(error) = schema.iter_errors(&value).next() {
             return fail(format!(
                 "the output does not match its schema: {error} (at {})",
                 error.instance_path

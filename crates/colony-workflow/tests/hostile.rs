@@ -434,3 +434,45 @@ fn the_summary_id_is_taken_and_a_templated_input_is_left_to_the_run() {
                 tasks:\n  - {id: plan, agent: plan, input: {file: a}}\n  - {id: count, agent: wc, needs: [plan], input: \"{{outputs.plan.input}}\"}\n";
     assert!(parse(yaml, "w.yaml", Path::new(".")).is_ok());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_outputs_are_checked_and_written_raw_never_parsed_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    // 2 MB of JSON, written pretty (with blanks a tree would lose): `[\n0,\n0,...]`.
+    let mut list = String::from("[\n");
+    list.push_str(&"0,\n".repeat(699_999));
+    list.push_str("0\n]");
+    std::fs::write(dir.path().join("list.json"), &list).unwrap();
+    let yaml = "name: w\ndefaults: {retries: 0}\nagents:\n  - {name: cat, kind: command, command: {program: cat, args: [list.json], workdir: .}}\n  - {name: s, kind: sim}\ntasks:\n  - {id: list, agent: cat, expect: {json: true, contains: \"0,\\n0\"}}\n  - {id: schema, agent: cat, expect: {schema: {type: array}}}\n  - {id: into, agent: s, needs: [list], prompt: \"{{outputs.list.0}}\"}\n";
+    let out = dir.path().join("out");
+    let report = run_in(yaml, dir.path(), &out).await;
+    let task = |id: &str| report.tasks.iter().find(|t| t.id == id).unwrap();
+    // Checked as JSON and as text without a tree.
+    assert_eq!(
+        task("list").status,
+        Status::Succeeded,
+        "{:?}",
+        task("list").error
+    );
+    // Its result file holds the output as it came, blanks and all.
+    let file = std::fs::read_to_string(out.join("list.json")).unwrap();
+    assert!(file.contains(&list), "{}", &file[..300]);
+    // A schema needs a tree: not for 2 MB.
+    let e = task("schema").error.as_deref().unwrap();
+    assert!(
+        e.contains("the output is 2100002 bytes: outputs of up to 1048576 bytes are checked against a schema"),
+        "{e}"
+    );
+    // Nor may a placeholder read into it.
+    let e = task("into").error.as_deref().unwrap();
+    assert!(
+        e.contains("`{{outputs.list.0}}` reads the output of `list`, 2100002 bytes")
+            && e.contains("up to 1048576 bytes"),
+        "{e}"
+    );
+    // The summary says where the output is.
+    assert_eq!(
+        serde_json::to_value(task("list").output.as_ref().unwrap()).unwrap(),
+        "(2100002 bytes: the output is in list.json)"
+    );
+}
