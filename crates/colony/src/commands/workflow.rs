@@ -140,10 +140,13 @@ pub(crate) fn run(args: &RunArgs) -> Result<(), Failure> {
         .block_on(colony_workflow::run(&workflow, options))
         .map_err(Failure::work)?;
     if args.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&report).map_err(Failure::work)?
-        );
+        // The same as summary.json, written as it is serialized: up to 16 MiB of outputs.
+        use std::io::Write as _;
+        let mut stdout = std::io::BufWriter::new(std::io::stdout().lock());
+        serde_json::to_writer_pretty(&mut stdout, &report).map_err(Failure::work)?;
+        writeln!(stdout)
+            .and_then(|()| stdout.flush())
+            .map_err(Failure::work)?;
     } else {
         let mut t = Table::new(&["task", "status", "wave", "attempts", "seconds"]);
         for f in &report.tasks {
