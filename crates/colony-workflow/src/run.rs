@@ -702,10 +702,12 @@ pub async fn run(
                 }
             }
         }
-        // Fills in and hands over ready tasks while their payloads fit in the budget; the
-        // first always may, so that a run never stalls with nothing in flight.
+        // Fills in and hands over ready tasks while their payloads, and the outputs still on
+        // their way to their files, fit in the budget; with nothing in flight and nothing left
+        // to write, the first always may, so that a run never stalls.
         while let Some(&(_, _, i)) = ready.peek() {
-            if in_flight > 0 && in_flight.saturating_add(max_payload) > IN_FLIGHT_PAYLOAD_BYTES {
+            let busy = in_flight.saturating_add(writer.backlog());
+            if busy > 0 && busy.saturating_add(max_payload) > IN_FLIGHT_PAYLOAD_BYTES {
                 break;
             }
             ready.pop();
@@ -747,11 +749,14 @@ pub async fn run(
         if !steps.is_empty() {
             continue;
         }
-        if pending.is_empty() {
+        if pending.is_empty() && ready.is_empty() {
             break;
         }
+        let written = writer.written.clone();
         let (i, completion) = tokio::select! {
             Some(done) = pending.next() => done,
+            // Ready tasks wait for the result writer to catch up.
+            () = written.notified(), if !ready.is_empty() => continue,
             () = &mut cancel => {
                 cancelled = true;
                 break;
@@ -1148,6 +1153,11 @@ enum Job {
 struct Writer {
     /// The run's output folder, where result files go.
     output: PathBuf,
+    /// Bytes of outputs queued and not yet in their files: part of the in-flight budget, so
+    /// that a slow disk holds up new tasks rather than piling up their outputs here.
+    queued: Arc<std::sync::atomic::AtomicUsize>,
+    /// Told each time a result is written (or failed to be).
+    written: Arc<tokio::sync::Notify>,
     tx: Option<std::sync::mpsc::Sender<Job>>,
     /// Gives back the writes that failed, each as a message naming the file.
     thread: Option<std::thread::JoinHandle<Vec<String>>>,
@@ -1174,7 +1184,19 @@ impl Writer {
             "{} run started",
             humantime::format_rfc3339_millis(started)
         );
+        let queued = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let written = Arc::new(tokio::sync::Notify::new());
+        let (left, told) = (queued.clone(), written.clone());
         let thread = colony_runtime::spawner::Spawner::spawn_thread("result-writer", move || {
+            /// Tells the run when the writer stops, however it stops, so that no task waits
+            /// for a backlog nobody will write.
+            struct Stopped(Arc<tokio::sync::Notify>);
+            impl Drop for Stopped {
+                fn drop(&mut self) {
+                    self.0.notify_one();
+                }
+            }
+            let _stopped = Stopped(told.clone());
             let mut failed = Vec::new();
             for job in rx {
                 match job {
@@ -1188,6 +1210,10 @@ impl Writer {
                             tracing::error!(error = %e, path = %path.display(), "Cannot write a task's result.");
                             failed.push(format!("cannot write {}: {e}", path.display()));
                         }
+                        let size = f.output.as_ref().map_or(0, Output::len);
+                        drop(f);
+                        left.fetch_sub(size, std::sync::atomic::Ordering::Relaxed);
+                        told.notify_one();
                     }
                 }
             }
@@ -1196,6 +1222,8 @@ impl Writer {
         .map_err(|e| colony_runtime::Error::Options(format!("cannot start the result writer: {e}")))?;
         Ok(Self {
             output: output.to_owned(),
+            queued,
+            written,
             tx: Some(tx),
             thread: Some(thread),
             refused: Vec::new(),
@@ -1227,8 +1255,26 @@ impl Writer {
                 .unwrap_or_default()
         );
         if let Some(tx) = &self.tx {
-            let _ = tx.send(Job::Result(path, f.clone()));
+            let size = f.output.as_ref().map_or(0, Output::len);
+            self.queued
+                .fetch_add(size, std::sync::atomic::Ordering::Relaxed);
+            if tx.send(Job::Result(path, f.clone())).is_err() {
+                // The writer is gone: nothing will take it off.
+                self.queued
+                    .fetch_sub(size, std::sync::atomic::Ordering::Relaxed);
+            }
             let _ = tx.send(Job::Log(line));
+        }
+    }
+
+    /// Bytes of outputs queued and not yet in their files.
+    fn backlog(&self) -> usize {
+        match &self.thread {
+            Some(thread) if !thread.is_finished() => {
+                self.queued.load(std::sync::atomic::Ordering::Relaxed)
+            }
+            // Stopped: what it held is gone, and nothing more will be written.
+            _ => 0,
         }
     }
 
