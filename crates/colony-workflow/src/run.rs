@@ -138,10 +138,11 @@ impl Serialize for Output {
 /// is the same.
 pub(crate) const READ_OUTPUT_BYTES: usize = colony_core::task::DEFAULT_MAX_PAYLOAD;
 
-/// Bytes of payloads filled in and handed to the runtime whose tasks have not ended yet.
-/// A ready task beyond them waits, unfilled, until tasks end: 600 tasks each filled with the
-/// same 1 MB output would otherwise take 600 MB at once. A payload is at most the runtime's
-/// `max_payload` (1 MiB by default), so a task can always start when nothing else is in flight.
+/// Bytes of payloads filled in and handed to the runtime whose tasks have not ended yet, and
+/// of outputs not yet written to their result files. A ready task beyond them waits, unfilled,
+/// until tasks end and results are written: 600 tasks each filled with the same 1 MB output
+/// would otherwise take 600 MB at once. A payload is at most the runtime's `max_payload`
+/// (1 MiB by default), so a task can always start when nothing else is in flight.
 pub(crate) const IN_FLIGHT_PAYLOAD_BYTES: usize = 64 << 20;
 
 /// The whole run, as written to `<output>/summary.json`.
