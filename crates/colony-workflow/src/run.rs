@@ -268,9 +268,15 @@ impl Agent for Repeatable {
     }
 }
 
+/// The workflow task id a payload carries, read without building the payload's tree.
 fn workflow_id(payload: &[u8]) -> Option<String> {
-    let value: Value = serde_json::from_slice(payload).ok()?;
-    value.get("task")?.as_str().map(str::to_owned)
+    #[derive(serde::Deserialize)]
+    struct Carried {
+        task: String,
+    }
+    serde_json::from_slice::<Carried>(payload)
+        .ok()
+        .map(|c| c.task)
 }
 
 /// An output that fails a check fails its attempt (retryably: another attempt may pass).
