@@ -68,13 +68,20 @@ enum Kept {
     Json(Arc<RawValue>),
     /// Anything else: text, or bytes that are not even UTF-8.
     Text(Bytes),
+    /// An output too large for any placeholder to read, kept for its readers as its size
+    /// only (and whether it is text), for their error to name: never its bytes.
+    Gone { len: usize, text: bool },
 }
 
 impl Output {
     /// Keeps `raw` as it is: as JSON when it is one JSON value, else as text.
     pub fn new(raw: Bytes) -> Self {
+        // Raw JSON is written into result files as it is: only what serde_json reads back
+        // (strings without lone surrogates, finite numbers, nesting within its limit) counts
+        // as JSON; anything else is kept as text.
         let json = std::str::from_utf8(&raw)
             .ok()
+            .filter(|text| serde_json::from_str::<Strict>(text).is_ok())
             .and_then(|text| RawValue::from_string(text.to_owned()).ok());
         Self(match json {
             Some(json) => Kept::Json(json.into()),
@@ -89,7 +96,31 @@ impl Output {
 
     /// Its size in bytes (a JSON value's without the blanks around it).
     pub fn len(&self) -> usize {
-        self.as_bytes().len()
+        match &self.0 {
+            Kept::Gone { len, .. } => *len,
+            _ => self.as_bytes().len(),
+        }
+    }
+
+    /// What the readers of this output keep of it: the output itself, or, past what any
+    /// placeholder may read, its size alone.
+    fn for_readers(&self) -> Self {
+        if self.len() <= READ_OUTPUT_BYTES {
+            return self.clone();
+        }
+        Self(Kept::Gone {
+            len: self.len(),
+            text: self.fills_as_text(),
+        })
+    }
+
+    /// Whether a placeholder filled with it whole gets text (a JSON string, or not JSON).
+    fn fills_as_text(&self) -> bool {
+        match &self.0 {
+            Kept::Gone { text, .. } => *text,
+            Kept::Json(json) => json.get().starts_with('"'),
+            Kept::Text(_) => true,
+        }
     }
 
     /// Whether the agent gave no bytes.
@@ -102,6 +133,7 @@ impl Output {
         match &self.0 {
             Kept::Json(json) => json.get().as_bytes(),
             Kept::Text(text) => text,
+            Kept::Gone { .. } => b"",
         }
     }
 
@@ -118,7 +150,57 @@ impl Output {
             Kept::Json(json) => serde_json::from_str(json.get())
                 .unwrap_or_else(|_| Value::String(json.get().to_owned())),
             Kept::Text(text) => Value::String(String::from_utf8_lossy(text).into_owned()),
+            Kept::Gone { len, .. } => Value::String(format!("({len} bytes, not kept)")),
         }
+    }
+}
+
+/// A JSON value walked without being built, as strictly as serde_json reads one back.
+struct Strict;
+
+impl<'de> serde::Deserialize<'de> for Strict {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(StrictVisitor)
+    }
+}
+
+struct StrictVisitor;
+
+impl<'de> serde::de::Visitor<'de> for StrictVisitor {
+    type Value = Strict;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<Strict, E> {
+        Ok(Strict)
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<Strict, E> {
+        Ok(Strict)
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<Strict, E> {
+        Ok(Strict)
+    }
+    fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<Strict, E> {
+        if v.is_finite() {
+            Ok(Strict)
+        } else {
+            Err(E::custom("number out of range"))
+        }
+    }
+    fn visit_str<E>(self, _: &str) -> Result<Strict, E> {
+        Ok(Strict)
+    }
+    fn visit_unit<E>(self) -> Result<Strict, E> {
+        Ok(Strict)
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Strict, A::Error> {
+        while seq.next_element::<Strict>()?.is_some() {}
+        Ok(Strict)
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Strict, A::Error> {
+        while map.next_entry::<Strict, Strict>()?.is_some() {}
+        Ok(Strict)
     }
 }
 
@@ -128,6 +210,7 @@ impl Serialize for Output {
             // Written as it is, not re-indented.
             Kept::Json(json) => json.serialize(serializer),
             Kept::Text(text) => String::from_utf8_lossy(text).serialize(serializer),
+            Kept::Gone { len, .. } => format!("({len} bytes, not kept)").serialize(serializer),
         }
     }
 }
@@ -603,7 +686,7 @@ pub async fn run(
     };
     // Only the outputs some task has yet to read: the others are in their result files.
     let mut outputs: HashMap<String, Output> = HashMap::new();
-    let mut left = needed_by(workflow);
+    let mut left = Readers::new(workflow);
     let mut submitted_at: Vec<Option<Instant>> = vec![None; workflow.tasks.len()];
     // Resuming: the latest journal row of each task of the workflow, by its key.
     let index: HashMap<&str, usize> = keys
@@ -625,9 +708,9 @@ pub async fn run(
             TaskState::Succeeded => {
                 let value = row.output.clone().map(Output::new);
                 if let Some(v) = &value
-                    && left[i] > 0
+                    && left.wanted(i)
                 {
-                    outputs.insert(workflow.tasks[i].id.clone(), v.clone());
+                    outputs.insert(workflow.tasks[i].id.clone(), v.for_readers());
                 }
                 let mut f = finished(workflow, &waves, i, Status::Succeeded, value, None);
                 f.attempts = row.attempt;
@@ -781,9 +864,9 @@ pub async fn run(
                 if c.state == TaskState::Succeeded && f.error.is_none() {
                     f.status = Status::Succeeded;
                     if let Some(v) = &value
-                        && left[i] > 0
+                        && left.wanted(i)
                     {
-                        outputs.insert(workflow.tasks[i].id.clone(), v.clone());
+                        outputs.insert(workflow.tasks[i].id.clone(), v.for_readers());
                     }
                     f.output = value;
                     End::Succeeded
@@ -1102,7 +1185,7 @@ fn read_outputs(
         );
         // A text (or a JSON string) filled in whole is at least its size less two quotes: it
         // cannot fit the payload, whose error this is.
-        let text = !output.is_json() || output.as_bytes().first() == Some(&b'"');
+        let text = output.fills_as_text();
         if path.is_empty() && text && size.saturating_sub(2) > max_payload {
             return Err(format!(
                 "filling {placeholder} would make the task's payload larger than its limit of {max_payload} bytes: the output of `{task}` is {size} bytes"
@@ -1343,28 +1426,111 @@ fn record(
     results.tasks[i] = Some(f);
 }
 
-/// Tasks that still need each task's output: when none does any more, it is dropped.
-fn needed_by(workflow: &Workflow) -> Vec<usize> {
-    let mut left = vec![0; workflow.tasks.len()];
-    for t in &workflow.tasks {
-        for &n in &t.needs {
-            left[n] += 1;
-        }
-    }
-    left
+/// Which outputs are still to be read, and by whom. Only a dependent whose input or prompt
+/// has a placeholder of a need's output holds that output: a task that merely waits for
+/// another (`needs` for order) does not keep its output in memory, so a task that needs a
+/// thousand others holds none of their outputs unless it reads them.
+struct Readers {
+    /// Per task, the tasks not yet started that read its output.
+    left: Vec<usize>,
+    /// Per task, the needs whose outputs it reads.
+    reads: Vec<Vec<usize>>,
 }
 
-/// Task `i` started or was skipped: the outputs it needed are needed by one task less.
+impl Readers {
+    fn new(workflow: &Workflow) -> Self {
+        let mut left = vec![0; workflow.tasks.len()];
+        let reads: Vec<Vec<usize>> = workflow
+            .tasks
+            .iter()
+            .map(|t| {
+                let mut named = HashSet::new();
+                let mut note = |text: &str| {
+                    for part in template::parse(text).unwrap_or_default() {
+                        if let template::Part::Output { task, .. } = part {
+                            named.insert(task);
+                        }
+                    }
+                };
+                if let Some(input) = &t.input {
+                    template::strings(input, &mut note);
+                }
+                if let Some(prompt) = &t.prompt {
+                    note(prompt);
+                }
+                t.needs
+                    .iter()
+                    .copied()
+                    .filter(|&n| named.contains(&workflow.tasks[n].id))
+                    .collect()
+            })
+            .collect();
+        for needs in &reads {
+            for &n in needs {
+                left[n] += 1;
+            }
+        }
+        Self { left, reads }
+    }
+
+    /// Whether task `i`'s output is still to be read by a task that has not started.
+    fn wanted(&self, i: usize) -> bool {
+        self.left[i] > 0
+    }
+}
+
+/// Task `i` started or was skipped: the outputs it reads are read by one task less.
 fn release(
     workflow: &Workflow,
     i: usize,
-    left: &mut [usize],
+    left: &mut Readers,
     outputs: &mut HashMap<String, Output>,
 ) {
-    for &n in &workflow.tasks[i].needs {
-        left[n] = left[n].saturating_sub(1);
-        if left[n] == 0 {
+    for &n in &left.reads[i] {
+        left.left[n] = left.left[n].saturating_sub(1);
+        if left.left[n] == 0 {
             outputs.remove(&workflow.tasks[n].id);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_json_that_reads_back_is_kept_as_json() {
+        for good in [r#"{"a": [1, 2.5, "x"]}"#, "\"\\u00e9\"", "null", "-0"] {
+            assert!(Output::new(Bytes::from(good)).is_json(), "{good}");
+        }
+        let deep = format!("{}{}", "[".repeat(200), "]".repeat(200));
+        for bad in [
+            "\"\\ud800\"",
+            "1e400",
+            deep.as_str(),
+            "{\"a\":1} x",
+            "plain",
+        ] {
+            let output = Output::new(Bytes::from(bad.to_owned()));
+            assert!(!output.is_json(), "{bad}");
+            // Written as a string, which reads back.
+            let written = serde_json::to_string(&output).unwrap();
+            serde_json::from_str::<Value>(&written).unwrap();
+        }
+    }
+
+    #[test]
+    fn only_readers_hold_an_output_and_past_the_read_limit_only_its_size() {
+        let yaml = "name: w\nagents: [{name: s, kind: sim}]\ntasks:\n  - {id: a}\n  - {id: b}\n  - {id: c, needs: [a, b], prompt: \"{{outputs.a}}\"}\n";
+        let workflow = crate::parse(yaml, "w.yaml", std::path::Path::new(".")).unwrap();
+        let readers = Readers::new(&workflow);
+        // `c` reads `a` and merely waits for `b`.
+        assert!(readers.wanted(0));
+        assert!(!readers.wanted(1));
+        assert_eq!(readers.reads[2], vec![0]);
+        let big = Output::new(Bytes::from(vec![b'x'; READ_OUTPUT_BYTES + 1]));
+        let kept = big.for_readers();
+        assert_eq!(kept.len(), READ_OUTPUT_BYTES + 1);
+        assert!(kept.as_bytes().is_empty() && kept.fills_as_text());
     }
 }
