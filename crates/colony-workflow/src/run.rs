@@ -758,6 +758,12 @@ pub async fn run(
     let mut ready: BinaryHeap<(colony_core::task::Priority, Reverse<usize>, usize)> =
         BinaryHeap::new();
     let mut readied = 0;
+    // Tasks of pools with a rate whose turn has not come, unfilled and uncharged, soonest
+    // first: a slow pool's tasks must not hold the budget while other pools could run. Each
+    // keeps its place in `ready` and its turn, given when it was first due.
+    let mut paced: BinaryHeap<Reverse<(tokio::time::Instant, Reverse<usize>, usize)>> =
+        BinaryHeap::new();
+    let mut turn_given: HashSet<usize> = HashSet::new();
     // Bytes of payloads handed to the runtime whose tasks have not ended, and each task's.
     let mut in_flight: usize = 0;
     let mut charged = vec![0; workflow.tasks.len()];
@@ -795,7 +801,21 @@ pub async fn run(
         // Fills in and hands over ready tasks while their payloads, and the outputs still on
         // their way to their files, fit in the budget; with nothing in flight and nothing left
         // to write, the first always may, so that a run never stalls.
-        while let Some(&(_, _, i)) = ready.peek() {
+        while let Some(&(_, Reverse(order), i)) = ready.peek() {
+            // A pool with a rate: the task gets its turn, and waits for it unfilled, so that
+            // the wait holds no budget and never counts against its timeout.
+            if turn_given.insert(i)
+                && let Some((every, next)) = pace.get_mut(&workflow.tasks[i].runs_on)
+            {
+                let now = tokio::time::Instant::now();
+                let at = (*next).max(now);
+                *next = at + *every;
+                if at > now {
+                    ready.pop();
+                    paced.push(Reverse((at, Reverse(order), i)));
+                    continue;
+                }
+            }
             let busy = in_flight.saturating_add(writer.backlog());
             if busy > 0 && busy.saturating_add(max_payload) > IN_FLIGHT_PAYLOAD_BYTES {
                 break;
@@ -807,22 +827,9 @@ pub async fn run(
                 Ok(spec) => {
                     charged[i] = spec.payload.len();
                     in_flight += charged[i];
-                    // A pool with a rate: the task waits for its turn before it is handed to
-                    // the runtime, so the wait never counts against its timeout.
-                    let turn = pace
-                        .get_mut(&workflow.tasks[i].runs_on)
-                        .map(|(every, next)| {
-                            let now = tokio::time::Instant::now();
-                            let at = (*next).max(now);
-                            *next = at + *every;
-                            at
-                        });
                     submitted_at[i] = Some(Instant::now());
                     let handle = handle.clone();
                     pending.push(Box::pin(async move {
-                        if let Some(at) = turn {
-                            tokio::time::sleep_until(at).await;
-                        }
                         match handle.submit_notify(spec).await {
                             Ok(p) => (i, p.await),
                             Err(e) => (i, Err(e)),
@@ -839,12 +846,26 @@ pub async fn run(
         if !steps.is_empty() {
             continue;
         }
-        if pending.is_empty() && ready.is_empty() {
+        if pending.is_empty() && ready.is_empty() && paced.is_empty() {
             break;
         }
         let written = writer.written.clone();
+        let next_turn = paced.peek().map(|Reverse((at, _, _))| *at);
         let (i, completion) = tokio::select! {
             Some(done) = pending.next() => done,
+            // A paced task's turn came: back to the ready tasks, in its place.
+            () = async { tokio::time::sleep_until(next_turn.expect("checked")).await },
+                if next_turn.is_some() => {
+                let now = tokio::time::Instant::now();
+                while let Some(Reverse((at, order, i))) = paced.peek().copied() {
+                    if at > now {
+                        break;
+                    }
+                    paced.pop();
+                    ready.push((workflow.tasks[i].priority, order, i));
+                }
+                continue;
+            }
             // Ready tasks wait for the result writer to catch up.
             () = written.notified(), if !ready.is_empty() => continue,
             () = &mut cancel => {
