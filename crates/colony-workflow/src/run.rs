@@ -1301,13 +1301,16 @@ impl Writer {
         let thread = colony_runtime::spawner::Spawner::spawn_thread("result-writer", move || {
             /// Tells the run when the writer stops, however it stops, so that no task waits
             /// for a backlog nobody will write.
-            struct Stopped(Arc<tokio::sync::Notify>);
+            struct Stopped(Arc<tokio::sync::Notify>, Arc<std::sync::atomic::AtomicUsize>);
             impl Drop for Stopped {
                 fn drop(&mut self) {
+                    // Nothing is waiting to be written any more: the backlog is 0 before the
+                    // run hears of it (the thread itself is not finished yet at this point).
+                    self.1.store(0, std::sync::atomic::Ordering::Relaxed);
                     self.0.notify_one();
                 }
             }
-            let _stopped = Stopped(told.clone());
+            let _stopped = Stopped(told.clone(), left.clone());
             let mut failed = Vec::new();
             for job in rx {
                 match job {
