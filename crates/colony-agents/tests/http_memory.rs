@@ -11,17 +11,8 @@ use colony_agents::{
 use colony_core::{AgentId, TaskId};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-/// The process's peak resident size so far, in bytes.
-fn peak_rss() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    let kb: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().strip_suffix("kB"))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap();
-    kb * 1024
-}
+mod common;
+use common::peak_rss;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_huge_answer_fails_the_attempt_and_memory_stays_bounded() {

@@ -9,17 +9,8 @@ use colony_agents::{
 };
 use colony_core::{AgentId, TaskId};
 
-/// The process's peak resident size so far, in bytes.
-fn peak_rss() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    let kb: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().strip_suffix("kB"))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap();
-    kb * 1024
-}
+mod common;
+use common::peak_rss;
 
 /// Says hello, then answers its first task with 200 MB on stderr and 200 MB on stdout, neither
 /// with a newline, and waits.

@@ -443,7 +443,7 @@ pub(crate) fn check(
     if file.tasks.is_empty() && purpose == Purpose::Run {
         problems.push(Problem::at(
             &file.name,
-            "the workflow has no tasks",
+            "the workflow has no tasks (a file of pools alone is for `colony serve --pools`, which checks it)",
             "no tasks",
         ));
     }

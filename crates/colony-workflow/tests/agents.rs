@@ -7,13 +7,8 @@ use colony_runtime::RuntimeOptions;
 use colony_workflow::{Options, parse};
 use std::{path::Path, sync::Arc, time::Instant};
 
-/// The problems of `yaml`, one `file:line:column: message` each.
-fn problems(yaml: &str) -> Vec<String> {
-    match parse(yaml, "w.yaml", Path::new(".")) {
-        Ok(_) => panic!("accepted:\n{yaml}"),
-        Err(invalid) => invalid.to_string().lines().map(str::to_owned).collect(),
-    }
-}
+mod common;
+use common::problems;
 
 fn has(problems: &[String], start: &str, words: &[&str]) {
     let found = problems

@@ -6,13 +6,8 @@ use colony_runtime::RuntimeOptions;
 use colony_workflow::{Options, Report, Status, parse};
 use std::{path::Path, sync::Arc};
 
-/// The problems of `yaml`, one `line:column: message` each.
-fn problems(yaml: &str) -> Vec<String> {
-    match parse(yaml, "w.yaml", Path::new(".")) {
-        Ok(_) => panic!("accepted:\n{yaml}"),
-        Err(invalid) => invalid.to_string().lines().map(str::to_owned).collect(),
-    }
-}
+mod common;
+use common::problems;
 
 const AGENTS: &str = "agents:\n  - name: sim\n    kind: sim\n";
 

@@ -35,7 +35,7 @@ enum Command {
     Cancel(commands::client::CancelArgs),
     /// Plan a hierarchy: agents per tier and span of control.
     Tree(commands::tree::Args),
-    /// Measure the runtime: spawn, dispatch, latency, workflow, recovery, crash; each run ends
+    /// Measure the runtime: spawn, dispatch, latency, workflow, recovery, crash, restart; each run ends
     /// with a verdict and exits 1 when it is false.
     #[command(subcommand)]
     Bench(commands::bench::Bench),

@@ -101,6 +101,14 @@ impl Swarm {
                 total(1)?
             )));
         }
+        // Past the planner's largest hierarchy the count would be cut silently: refused.
+        let most = total(MAX_WORKERS)?;
+        if self.agents > most {
+            return Err(Error::Options(format!(
+                "{} agents is out of range: allowed up to {most} (the hierarchy of {MAX_WORKERS} workers)",
+                self.agents
+            )));
+        }
         let (mut lo, mut hi) = (1, self.agents.min(MAX_WORKERS));
         while lo < hi {
             let mid = lo + (hi - lo).div_ceil(2);
@@ -1006,6 +1014,14 @@ mod tests {
                 "caller {caller} µs < accepted {accepted} µs"
             );
         }
+    }
+
+    #[test]
+    fn more_agents_than_the_largest_hierarchy_are_refused() {
+        let mut s = swarm(60);
+        s.agents = 99_999_999_999;
+        let e = s.workers().unwrap_err();
+        assert!(e.to_string().contains("out of range"), "{e}");
     }
 
     #[tokio::test]
