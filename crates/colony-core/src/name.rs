@@ -125,11 +125,7 @@ pub fn join_under(root: &Path, path: impl AsRef<Path>) -> Result<PathBuf, Error>
 
 /// At most 60 characters of `text`, for messages about huge values.
 fn shorten(text: &str) -> String {
-    const SHOWN: usize = 60;
-    match text.char_indices().nth(SHOWN) {
-        Some((cut, _)) => format!("{}…", &text[..cut]),
-        None => text.to_owned(),
-    }
+    crate::text::shorten(text, 60)
 }
 
 #[cfg(test)]

@@ -679,14 +679,14 @@ fn limited(app: &App, client: &Client) -> Option<Response> {
     let checked = limiter.0.check_key(client);
     // Clients are remembered until their budget refills: forgotten past a bound, so that
     // many addresses cannot grow the table without end.
-    if limiter.0.len() > Limiter::CLIENTS {
-        // At most once a second: a sweep walks every client.
-        let second = limiter.2.elapsed().as_secs() + 1;
-        let swept = limiter.3.swap(second, std::sync::atomic::Ordering::Relaxed);
-        if swept != second {
-            limiter.0.retain_recent();
-            limiter.0.shrink_to_fit();
-        }
+    // Looked at once a second, not per request: counting the clients locks every shard of
+    // the table, and a sweep walks every client.
+    let second = limiter.2.elapsed().as_secs() + 1;
+    if limiter.3.swap(second, std::sync::atomic::Ordering::Relaxed) != second
+        && limiter.0.len() > Limiter::CLIENTS
+    {
+        limiter.0.retain_recent();
+        limiter.0.shrink_to_fit();
     }
     let not_until = checked.err()?;
     let wait = not_until.wait_time_from(limiter.1.now());

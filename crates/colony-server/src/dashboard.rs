@@ -87,12 +87,6 @@ fn ok(body: String) -> Response {
     fresh(StatusCode::OK, body)
 }
 
-/// What went wrong, as every error of the server says it: JSON. (htmx swaps no fragment
-/// into the page for an error status, so an HTML one would never be seen.)
-fn trouble(status: StatusCode, code: &str, message: &str) -> Response {
-    crate::problem(status, code, message)
-}
-
 /// Whether the browser may see data: the server has no tokens, or its cookie holds one. An
 /// unknown token counts against the address's budget of failures, as anywhere else.
 fn signed_in(app: &App, address: std::net::IpAddr, headers: &HeaderMap) -> bool {
@@ -157,7 +151,7 @@ async fn population(State(app): State<Arc<App>>) -> Response {
     let summary = match agents::summary(&app).await {
         Ok(s) => s,
         Err(e) => {
-            return trouble(
+            return crate::problem(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "unavailable",
                 &e.to_string(),
@@ -182,7 +176,7 @@ async fn population(State(app): State<Arc<App>>) -> Response {
 async fn hierarchy(State(app): State<Arc<App>>) -> Response {
     match agents::summary(&app).await {
         Ok(s) => ok(html::roots(&s)),
-        Err(e) => trouble(
+        Err(e) => crate::problem(
             StatusCode::SERVICE_UNAVAILABLE,
             "unavailable",
             &e.to_string(),
@@ -193,7 +187,7 @@ async fn hierarchy(State(app): State<Arc<App>>) -> Response {
 /// `GET /ui/agents/{id}`: one agent, its chain of command and its children.
 async fn agent(State(app): State<Arc<App>>, Path(id): Path<String>) -> Response {
     let Ok(id) = id.parse::<u32>() else {
-        return trouble(
+        return crate::problem(
             StatusCode::BAD_REQUEST,
             "bad-id",
             "That is not an agent id.",
@@ -201,7 +195,7 @@ async fn agent(State(app): State<Arc<App>>, Path(id): Path<String>) -> Response 
     };
     match agents::detail(&app, AgentId(id)).await {
         Ok(Some(detail)) => ok(html::agent(&detail)),
-        Ok(None) => trouble(
+        Ok(None) => crate::problem(
             StatusCode::NOT_FOUND,
             "no-such-agent",
             &format!("There is no agent {id}."),
@@ -223,7 +217,7 @@ async fn task_table(State(app): State<Arc<App>>, Query(filter): Query<TaskFilter
         None => None,
         Some(s) => match tasks::parse_state(&s) {
             Ok(state) => Some(state),
-            Err(e) => return trouble(StatusCode::BAD_REQUEST, "bad-query", &e),
+            Err(e) => return crate::problem(StatusCode::BAD_REQUEST, "bad-query", &e),
         },
     };
     match recent(&app, state, html::TASKS).await {
@@ -254,7 +248,7 @@ async fn recent(
 ) -> Result<Vec<TaskRow>, Response> {
     app.read(move |journal| journal.recent(state, None, limit))
         .await
-        .map_err(|e| trouble(StatusCode::SERVICE_UNAVAILABLE, "journal", &e))
+        .map_err(|e| crate::problem(StatusCode::SERVICE_UNAVAILABLE, "journal", &e))
 }
 
 #[cfg(test)]

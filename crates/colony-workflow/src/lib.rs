@@ -910,10 +910,4 @@ fn key_and_value(text: &str, at: Position) -> (Option<String>, String) {
     (key, shorten(token, 60))
 }
 
-/// At most `max` characters of `text`, marked when cut.
-pub(crate) fn shorten(text: &str, max: usize) -> String {
-    match text.char_indices().nth(max) {
-        Some((cut, _)) => format!("{}…", &text[..cut]),
-        None => text.to_owned(),
-    }
-}
+pub(crate) use colony_core::text::shorten;

@@ -44,13 +44,7 @@ pub(crate) fn escape(text: &str) -> String {
 /// A count with thousands separated: `1,234,567`.
 pub(crate) use colony_core::text::thousands as count;
 
-/// At most `max` characters of `text`, with an ellipsis when cut.
-fn clip(text: &str, max: usize) -> String {
-    match text.char_indices().nth(max) {
-        None => text.to_owned(),
-        Some((at, _)) => format!("{}…", &text[..at]),
-    }
-}
+use colony_core::text::shorten as clip;
 
 fn health_name(h: HealthState) -> &'static str {
     match h {
