@@ -299,7 +299,6 @@ mod tests {
     async fn a_clean_run_counts_only_tasks_that_ran() {
         let out = tempfile::tempdir().unwrap();
         let r = run(200, &FLAKY, 3, out.path()).await.unwrap();
-        assert_eq!(r.ran, r.succeeded + r.failed);
         assert_eq!(r.ran + r.skipped, 200);
         assert_eq!(r.journal_terminal, r.ran as u64);
         assert!(r.ok, "{:?}", r.problems);

@@ -470,8 +470,9 @@ pub async fn dispatch(
     let followed = tasks.div_ceil(every);
     verdict.check(received.received() == followed, || {
         format!(
-            "{} completions of {followed} followed tasks reached the caller",
-            received.received()
+            "{} completions of {followed} followed tasks reached the caller ({} never came)",
+            received.received(),
+            received.missing
         )
     });
     verdict.check(received.unsuccessful == 0, || {
@@ -619,8 +620,9 @@ pub async fn latency(
     before.check(counts, tasks, &mut verdict);
     verdict.check(received.received() == tasks, || {
         format!(
-            "{} completions of {tasks} tasks reached the caller",
-            received.received()
+            "{} completions of {tasks} tasks reached the caller ({} never came)",
+            received.received(),
+            received.missing
         )
     });
     verdict.check(received.unsuccessful == 0, || {
