@@ -154,7 +154,7 @@ async fn population(State(app): State<Arc<App>>) -> Response {
             return crate::problem(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "unavailable",
-                &e.to_string(),
+                e.to_string(),
             );
         }
     };
@@ -179,7 +179,7 @@ async fn hierarchy(State(app): State<Arc<App>>) -> Response {
         Err(e) => crate::problem(
             StatusCode::SERVICE_UNAVAILABLE,
             "unavailable",
-            &e.to_string(),
+            e.to_string(),
         ),
     }
 }
@@ -198,7 +198,7 @@ async fn agent(State(app): State<Arc<App>>, Path(id): Path<String>) -> Response 
         Ok(None) => crate::problem(
             StatusCode::NOT_FOUND,
             "no-such-agent",
-            &format!("There is no agent {id}."),
+            format!("There is no agent {id}."),
         ),
         Err(response) => response,
     }
