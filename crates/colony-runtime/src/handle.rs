@@ -3,176 +3,27 @@
 use crate::{
     Error, SpawnMode,
     dispatcher::{Cancelled, Command, Job, Live},
-    events::{EventBus, Kinds, Subscription},
+    events::{Kinds, Subscription},
     metrics::Metrics,
+    shared::{Completion, Latencies, Shared, Timings},
 };
-use bytes::Bytes;
 use colony_agents::AgentSpec;
 use colony_core::{
     AgentId, TaskId,
     routing::{SpecMask, Tree},
-    task::{TaskSpec, TaskState},
+    task::TaskSpec,
 };
 use colony_journal::Journal;
 use std::{
-    sync::{
-        Arc, Mutex,
-        atomic::{AtomicBool, AtomicU64, Ordering::Relaxed},
-    },
-    time::{Duration, Instant},
+    sync::{Arc, atomic::Ordering::Relaxed},
+    time::Instant,
 };
-use tokio::sync::{Notify, Semaphore, mpsc, oneshot};
+use tokio::sync::oneshot;
 
 /// A cheap-to-clone handle on a running runtime.
 #[derive(Debug, Clone)]
 pub struct Handle {
     shared: Arc<Shared>,
-}
-
-#[derive(Debug)]
-pub(crate) struct Shared {
-    pub(crate) inbox: mpsc::UnboundedSender<Command>,
-    /// Commands the dispatcher reads before any other: kills, which must not wait behind
-    /// a backlog of submissions.
-    pub(crate) control: mpsc::UnboundedSender<Command>,
-    /// Set when the dispatcher's loop has ended.
-    pub(crate) stopped: AtomicBool,
-    /// Per pool, agents spawned: a task is admitted only if some pool that may run it has any.
-    pub(crate) pool_agents: Vec<AtomicU64>,
-    pub(crate) journal: Arc<dyn Journal>,
-    /// One permit per task the hierarchy can hold (queued or running); taken at submission,
-    /// returned when the task ends.
-    pub(crate) permits: Semaphore,
-    pub(crate) specs: Vec<AgentSpec>,
-    pub(crate) max_payload: usize,
-    /// The next task id, under the lock that keeps journal acceptance in id order.
-    pub(crate) next_id: Mutex<u64>,
-    pub(crate) counters: Counters,
-    /// Woken when every accepted task has ended.
-    pub(crate) drained: Notify,
-    pub(crate) bus: EventBus,
-    /// Recovery timings, for benchmarks: kill to attempt ended, failure to next attempt.
-    pub(crate) timings: Mutex<Timings>,
-}
-
-/// Samples of how fast the runtime reacts to faults, kept up to [`Timings::LIMIT`] each.
-#[derive(Debug, Default, Clone)]
-pub struct Timings {
-    /// From an outside kill to the end of the killed attempt.
-    pub detection: Vec<Duration>,
-    /// From the start of an attempt that hung to the runtime giving up on it: its timeout,
-    /// or its agent's silence found by a health sweep.
-    pub hang_detection: Vec<Duration>,
-    /// From an agent's exit to its next incarnation in service, restart backoff included.
-    pub restart: Vec<Duration>,
-    /// From a failed attempt's end to its retry being dispatched again (to an agent, a
-    /// supervisor's queue or the backlog), retry backoff included.
-    pub redispatch: Vec<Duration>,
-}
-
-impl Timings {
-    pub const LIMIT: usize = 1_000_000;
-
-    pub(crate) fn add(samples: &mut Vec<Duration>, d: Duration) {
-        if samples.len() < Self::LIMIT {
-            samples.push(d);
-        }
-    }
-}
-
-impl Shared {
-    /// The pools that may run a task with `requirement` and have agents now.
-    pub(crate) fn mask_for(&self, requirement: &colony_core::task::Requirement) -> SpecMask {
-        let staffed = self.staffed().0;
-        if requirement.is_any() {
-            return SpecMask(staffed);
-        }
-        let suitable = self.specs.iter().enumerate();
-        let mask = suitable
-            .filter(|(_, s)| s.satisfies(requirement))
-            .fold(0u64, |m, (i, _)| m | 1 << i);
-        SpecMask(mask & staffed)
-    }
-
-    /// The pools that have agents now.
-    pub(crate) fn staffed(&self) -> SpecMask {
-        SpecMask(
-            self.pool_agents
-                .iter()
-                .enumerate()
-                .filter(|(_, n)| n.load(Relaxed) > 0)
-                .fold(0u64, |m, (i, _)| m | 1 << i),
-        )
-    }
-
-    /// Adds a sample of how fast the runtime reacted, to the series `which` picks.
-    pub(crate) fn time(&self, which: fn(&mut Timings) -> &mut Vec<Duration>, d: Duration) {
-        let mut timings = self.timings.lock().unwrap_or_else(|p| p.into_inner());
-        Timings::add(which(&mut timings), d);
-    }
-}
-
-/// Counters the dispatcher publishes once per turn of its loop.
-#[derive(Debug, Default)]
-pub(crate) struct Counters {
-    pub(crate) accepted: AtomicU64,
-    pub(crate) succeeded: AtomicU64,
-    pub(crate) failed: AtomicU64,
-    pub(crate) dead_lettered: AtomicU64,
-    pub(crate) cancelled: AtomicU64,
-    pub(crate) attempts: AtomicU64,
-    pub(crate) retries: AtomicU64,
-    pub(crate) steals: AtomicU64,
-    pub(crate) rebalanced: AtomicU64,
-    pub(crate) restarts: AtomicU64,
-    pub(crate) escalations: AtomicU64,
-    pub(crate) quarantined: AtomicU64,
-    pub(crate) health_failures: AtomicU64,
-    pub(crate) queued: AtomicU64,
-    pub(crate) running: AtomicU64,
-    pub(crate) agents: AtomicU64,
-    pub(crate) capacity: AtomicU64,
-    /// Tasks ended, by latency bucket (see [`Latencies`]).
-    pub(crate) latency: [AtomicU64; LATENCY_BUCKETS],
-}
-
-/// Buckets of [`Latencies`]: the last holds everything from 2^30 µs (18 minutes) up.
-pub const LATENCY_BUCKETS: usize = 32;
-
-/// How many tasks have ended, by their latency from acceptance to the end, in power-of-two
-/// buckets of microseconds: bucket 0 holds latencies under 1 µs, bucket `b` those in
-/// `[2^(b-1), 2^b)` µs. Counts only grow; the difference of two readings is what ended
-/// between them. Cheap to keep on the hot path (one add per task), coarse by design: the
-/// Prometheus histogram has the finer buckets.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Latencies(pub [u64; LATENCY_BUCKETS]);
-
-impl Latencies {
-    /// The bucket of a latency.
-    pub(crate) fn bucket(latency: Duration) -> usize {
-        let micros = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
-        (64 - micros.leading_zeros() as usize).min(LATENCY_BUCKETS - 1)
-    }
-
-    /// The upper bound of the bucket holding quantile `q` (0..=1) of the tasks that ended
-    /// since `earlier`; `None` if none did.
-    pub fn quantile_since(&self, earlier: &Latencies, q: f64) -> Option<Duration> {
-        let counts: [u64; LATENCY_BUCKETS] =
-            std::array::from_fn(|i| self.0[i].saturating_sub(earlier.0[i]));
-        let total: u64 = counts.iter().sum();
-        if total == 0 {
-            return None;
-        }
-        let rank = ((q.clamp(0.0, 1.0) * total as f64).ceil() as u64).max(1);
-        let mut seen = 0;
-        for (i, n) in counts.iter().enumerate() {
-            seen += n;
-            if seen >= rank {
-                return Some(Duration::from_micros(1u64 << i));
-            }
-        }
-        Some(Duration::from_micros(1u64 << (LATENCY_BUCKETS - 1)))
-    }
 }
 
 /// A snapshot of the runtime's counters.
@@ -227,20 +78,6 @@ impl Accepted {
     pub fn ids(&self) -> impl Iterator<Item = TaskId> {
         (self.first.0..self.first.0 + self.count as u64).map(TaskId)
     }
-}
-
-/// How a task ended, for a caller that waited for it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Completion {
-    pub id: TaskId,
-    pub state: TaskState,
-    pub output: Option<Bytes>,
-    pub error: Option<Arc<str>>,
-    pub attempts: u32,
-    /// The agent of the last attempt.
-    pub agent: Option<AgentId>,
-    /// From acceptance to the terminal state, measured by the dispatcher.
-    pub latency: Duration,
 }
 
 /// The completion of an accepted task, to be awaited.

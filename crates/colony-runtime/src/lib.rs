@@ -30,12 +30,12 @@ pub mod events;
 mod handle;
 pub mod metrics;
 pub mod queue;
+mod shared;
 pub mod spawner;
 
 pub use dispatcher::{Cancelled, Live};
-pub use handle::{
-    Accepted, Completion, Handle, LATENCY_BUCKETS, Latencies, Pending, Stats, Timings,
-};
+pub use handle::{Accepted, Handle, Pending, Stats};
+pub use shared::{Completion, LATENCY_BUCKETS, Latencies, Timings};
 
 use colony_agents::{Agent, AgentSpec};
 use colony_core::{
@@ -353,7 +353,8 @@ impl Runtime {
             queue_capacity: options.queue_capacity,
         })?;
         let bus = EventBus::new();
-        let (handle, dispatcher) = dispatcher::start(&options, &pools, tree, journal, bus);
+        let (shared, dispatcher) = dispatcher::start(&options, &pools, tree, journal, bus);
+        let handle = Handle::new(shared);
         let runtime = Self { handle, dispatcher };
         for (index, pool) in pools.iter().enumerate() {
             runtime

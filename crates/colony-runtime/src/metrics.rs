@@ -143,8 +143,6 @@ pub(crate) struct Metrics {
     pub(crate) escalations: Counter,
     pub(crate) alerts: Counter,
     pub(crate) health_failures: Counter,
-    /// Per health state but healthy: degraded, critical, failed.
-    pub(crate) unhealthy: [Gauge; 3],
     pub(crate) succeeded: Counter,
     pub(crate) failed: Counter,
     pub(crate) dead_lettered: Counter,
@@ -171,8 +169,6 @@ impl Metrics {
             escalations: counter!(ESCALATIONS),
             alerts: counter!(HEALTH_ALERTS),
             health_failures: counter!(HEALTH_FAILURES),
-            unhealthy: ["degraded", "critical", "failed"]
-                .map(|state| gauge!(AGENTS_UNHEALTHY, "state" => state)),
             succeeded: counter!(TASKS_FINISHED, "state" => "succeeded"),
             failed: counter!(TASKS_FINISHED, "state" => "failed"),
             dead_lettered: counter!(TASKS_FINISHED, "state" => "dead-lettered"),
@@ -188,6 +184,11 @@ impl Metrics {
             queued: gauge!(TASKS_QUEUED),
             running: gauge!(TASKS_RUNNING),
         }
+    }
+
+    /// Workers per health state but healthy: degraded, critical, failed.
+    pub(crate) fn unhealthy() -> [Gauge; 3] {
+        ["degraded", "critical", "failed"].map(|state| gauge!(AGENTS_UNHEALTHY, "state" => state))
     }
 
     pub(crate) fn tier_size(tier: &str, size: u32) {

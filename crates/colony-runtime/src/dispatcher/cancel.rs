@@ -1,7 +1,10 @@
 //! Where a task is cancelled: taken out of the queue it waits in, or its running attempt
 //! stopped through its agent's switch.
 
-use super::{Dispatcher, Job};
+use super::{
+    Dispatcher,
+    command::{Cancelled, Job},
+};
 use crate::events::{Event, Kinds};
 use colony_core::{AgentId, TaskId, task::TaskState};
 use colony_journal::Record;
@@ -9,17 +12,6 @@ use std::{
     collections::HashMap,
     hash::{BuildHasherDefault, Hasher},
 };
-
-/// What a cancellation did.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Cancelled {
-    /// The task was waiting: it is cancelled now.
-    Now,
-    /// The task was running, waiting out a retry's backoff, or on its way in: its attempt is
-    /// being stopped, and the task ends cancelled, unless that attempt succeeds first.
-    Stopping,
-}
 
 /// Where the dispatcher's tasks are when they are in no queue, kept only for cancellation:
 /// a task is found, or known to be no longer live, without a scan of every agent.
@@ -31,10 +23,6 @@ pub(super) struct Whereabouts {
     pub(super) running: HashMap<TaskId, AgentId, BuildHasherDefault<IdHasher>>,
     /// Tasks waiting out a retry's backoff.
     pub(super) backoff: std::collections::HashSet<TaskId>,
-    /// Submissions the journal is making durable: first and last task id of each.
-    pub(super) pending: Vec<(TaskId, TaskId)>,
-    /// Supervisors that have had a queue, the only ones a queued task can be in.
-    pub(super) queues: Vec<AgentId>,
 }
 
 /// Hashes a task id with one multiply by an odd constant (Fibonacci hashing).
@@ -63,41 +51,23 @@ impl Dispatcher {
     /// agent's switch; a retry waiting out its backoff, or a submission on its way in, ends
     /// cancelled when it comes to be routed.
     pub(super) fn cancel(&mut self, task: TaskId) -> Option<Cancelled> {
-        if let Some(job) = self.backlog.pop_matching(usize::MAX, |j| j.id == task) {
-            self.queued -= 1;
-            self.orphans -= usize::from(job.requirement.is_some());
+        if let Some(job) = self.place.remove(&mut self.tree, task) {
             self.cancelled(job, None);
             return Some(Cancelled::Now);
         }
-        for i in 0..self.live.queues.len() {
-            let supervisor = self.live.queues[i];
-            let Some(queue) = self.queues[supervisor.index()].as_mut() else {
-                continue;
-            };
-            if queue.is_empty() {
-                continue;
-            }
-            if let Some(job) = queue.pop_matching(usize::MAX, |j| j.id == task) {
-                self.queued -= 1;
-                self.tree.dequeue(supervisor);
-                self.cancelled(job, None);
-                return Some(Cancelled::Now);
-            }
-        }
-        if let Some(&worker) = self.live.running.get(&task) {
-            self.cancels.insert(task);
-            if let Some(switch) = self.kill_switches.get(&worker) {
+        if let Some(&worker) = self.attempts.whereabouts.running.get(&task) {
+            self.attempts.ask_cancel(task);
+            if let Some(switch) = self.attempts.switch(worker) {
                 switch.cancel(task);
             }
             return Some(Cancelled::Stopping);
         }
         let arriving = self
-            .live
             .pending
             .iter()
             .any(|&(first, last)| (first.0..=last.0).contains(&task.0));
-        if arriving || self.live.backoff.contains(&task) {
-            self.cancels.insert(task);
+        if arriving || self.attempts.whereabouts.backoff.contains(&task) {
+            self.attempts.ask_cancel(task);
             return Some(Cancelled::Stopping);
         }
         None
@@ -105,12 +75,12 @@ impl Dispatcher {
 
     /// `job` ends cancelled; `worker` ran its last attempt, if any did.
     pub(super) fn cancelled(&mut self, job: Job, worker: Option<AgentId>) {
-        self.records.push(Record::Cancelled { task: job.id });
-        if self.shared.bus.wants(Kinds::TASKS) {
-            self.events.push(Event::TaskCancelled { task: job.id });
-        }
-        self.turn.cancelled += 1;
-        self.complete(
+        let task = job.id;
+        self.out.record(Record::Cancelled { task });
+        self.out
+            .event(Kinds::TASKS, || Event::TaskCancelled { task });
+        self.out.turn.cancelled += 1;
+        self.out.complete(
             job,
             TaskState::Cancelled,
             None,

@@ -6,7 +6,7 @@
 //! retired worker had stays counted in admission, as the room of an agent down for a restart
 //! does: tasks admitted beyond what the smaller pool holds wait in the backlog.
 
-use super::{Dispatcher, Job};
+use super::Dispatcher;
 use colony_core::AgentId;
 use std::sync::atomic::Ordering::Relaxed;
 
@@ -19,7 +19,7 @@ impl Dispatcher {
             .tree
             .agents_in_tier(worker_tier)
             .into_iter()
-            .filter(|&w| self.tree.spec(w) == pool && !self.retired.contains(&w))
+            .filter(|&w| self.tree.spec(w) == pool && !self.supervision.retired().contains(&w))
             .collect();
         // Down, then idle, then busy; newest first.
         candidates.sort_by_key(|&w| {
@@ -35,11 +35,10 @@ impl Dispatcher {
         candidates.truncate(count as usize);
         let mut supervisors = Vec::new();
         for &w in &candidates {
-            self.retired.insert(w);
+            self.supervision.retire(w);
             // What it still runs ends as no news to its supervisor: a crash there is not a
             // reason to restart a worker that is gone.
-            self.incarnations[w.index()] += 1;
-            self.health_reset(w);
+            self.watch.reset(w);
             self.tree.set_down(w, true);
             self.tree.set_retired(w, true);
             supervisors.extend(self.tree.parent(w));
@@ -56,7 +55,8 @@ impl Dispatcher {
     /// first. Returns how many came back.
     pub(super) fn reinstate(&mut self, pool: u8, count: u32) -> u32 {
         let mut back: Vec<AgentId> = self
-            .retired
+            .supervision
+            .retired()
             .iter()
             .copied()
             .filter(|&w| self.tree.spec(w) == pool)
@@ -64,9 +64,9 @@ impl Dispatcher {
         back.sort_unstable();
         back.truncate(count as usize);
         for &w in &back {
-            self.retired.remove(&w);
+            self.supervision.reinstate(w);
             self.tree.set_retired(w, false);
-            self.health_reset(w);
+            self.watch.reset(w);
             // Under a supervisor waiting out a restart, the worker comes up with it.
             if self.tree.parent(w).is_some_and(|p| self.tree.is_down(p)) {
                 continue;
@@ -83,22 +83,7 @@ impl Dispatcher {
     /// can: all of them when a supervisor has no worker in service, else those of specs it no
     /// longer has (its workers of them retired).
     pub(super) fn rehome(&mut self, supervisors: Vec<AgentId>) {
-        let mut homeless: Vec<Job> = Vec::new();
-        for sup in supervisors {
-            let all = self.tree.is_down(sup) || self.tree.is_vacant(sup);
-            let can_run = self.tree.mask(sup);
-            let Some(queue) = self.queues[sup.index()].as_mut() else {
-                continue;
-            };
-            while let Some(job) =
-                queue.pop_matching(usize::MAX, |j| all || !j.mask.intersects(can_run))
-            {
-                self.tree.dequeue(sup);
-                homeless.push(job);
-            }
-        }
-        for job in homeless {
-            self.queued -= 1;
+        for job in self.place.evict(&mut self.tree, supervisors) {
             self.route_or_wait(job);
         }
     }

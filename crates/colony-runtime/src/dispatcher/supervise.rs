@@ -13,9 +13,17 @@ use super::Dispatcher;
 use crate::events::{Event, Kinds};
 use colony_core::{
     AgentId, TaskId,
-    supervision::{Command, Exit, Supervisor},
+    supervision::{Command, Exit, Supervisor, SupervisorOptions},
 };
-use std::{sync::Arc, time::Duration, time::Instant};
+use futures::{FutureExt, StreamExt, stream::FuturesUnordered};
+use rand::rngs::SmallRng;
+use std::{
+    collections::{HashMap, HashSet},
+    future::Future,
+    pin::Pin,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 use tokio::sync::Notify;
 
 /// Key of the runtime's own engine, which supervises the top tier.
@@ -116,6 +124,109 @@ impl Switch {
 /// the exit was a hang, and when the exit happened.
 pub(super) type Restart = (AgentId, u32, Arc<str>, bool, Instant);
 
+/// The supervision part of the loop: which incarnation of every agent is in service, the
+/// restart engines of the managers whose children exited, the restarts waiting out their
+/// backoff, and the workers retired for good.
+pub(super) struct Supervision {
+    options: SupervisorOptions,
+    /// Per agent id: how many times it was replaced.
+    incarnations: Vec<u32>,
+    /// Per managing agent (and [`TOP`] for the runtime over the top tier) whose children
+    /// exited: its supervision engine. Removed when the agent itself stops.
+    engines: HashMap<u32, Supervisor>,
+    /// Restarts waiting out their backoff.
+    restarting: FuturesUnordered<Pin<Box<dyn Future<Output = Restart> + Send>>>,
+    /// Workers retired from their pools: out of service, never restarted.
+    retired: HashSet<AgentId>,
+}
+
+impl Supervision {
+    pub(super) fn new(options: SupervisorOptions, agents: usize) -> Self {
+        Self {
+            options,
+            incarnations: vec![0; agents],
+            engines: HashMap::new(),
+            restarting: FuturesUnordered::new(),
+            retired: HashSet::new(),
+        }
+    }
+
+    /// The tree grew to `agents`.
+    pub(super) fn grow(&mut self, agents: usize) {
+        self.incarnations.resize(agents, 0);
+    }
+
+    /// The incarnation of `agent` in service (or last in service).
+    pub(super) fn incarnation(&self, agent: AgentId) -> u32 {
+        self.incarnations[agent.index()]
+    }
+
+    /// Ends the incarnation of `agent`: attempts it started are no longer its current ones.
+    pub(super) fn end_incarnation(&mut self, agent: AgentId) {
+        self.incarnations[agent.index()] += 1;
+    }
+
+    pub(super) fn retired(&self) -> &HashSet<AgentId> {
+        &self.retired
+    }
+
+    pub(super) fn retire(&mut self, worker: AgentId) {
+        self.retired.insert(worker);
+        self.end_incarnation(worker);
+    }
+
+    /// Takes `worker` off the retired list; `false` if it was not on it.
+    pub(super) fn reinstate(&mut self, worker: AgentId) -> bool {
+        self.retired.remove(&worker)
+    }
+
+    /// What the engine of `key` says of its child `index` (of `children`) exiting with
+    /// `exit` at `now`.
+    fn on_exit(
+        &mut self,
+        key: u32,
+        children: usize,
+        index: usize,
+        exit: Exit,
+        now: Duration,
+        rng: &mut SmallRng,
+    ) -> Vec<Command> {
+        let options = self.options;
+        let engine = self
+            .engines
+            .entry(key)
+            .or_insert_with(|| Supervisor::new(options, children).expect("validated"));
+        engine.set_children(children);
+        engine.on_exit(index, exit, now, rng)
+    }
+
+    /// A managing agent stopped or restarted: its engine starts afresh.
+    fn forget(&mut self, key: u32) {
+        self.engines.remove(&key);
+    }
+
+    /// Brings `restart` about after `after`.
+    fn later(&mut self, restart: Restart, after: Duration) {
+        self.restarting.push(Box::pin(async move {
+            tokio::time::sleep(after).await;
+            restart
+        }));
+    }
+
+    /// The next restart whose backoff is over; pending while none waits.
+    pub(super) async fn next_restart(&mut self) -> Restart {
+        match self.restarting.next().await {
+            Some(restart) => restart,
+            None => std::future::pending().await,
+        }
+    }
+
+    /// A restart whose backoff is over already, if one is.
+    pub(super) fn try_restart(&mut self) -> Option<Restart> {
+        self.restarting.next().now_or_never()?
+    }
+}
+
 impl Dispatcher {
     /// `child` exited (`exit`, for `cause`): ends its incarnation and carries out what its
     /// supervisor decides. `kind` is how its own running attempts are stopped.
@@ -136,13 +247,10 @@ impl Dispatcher {
         let Some(index) = siblings.iter().position(|&a| a == child) else {
             return;
         };
-        let (options, now) = (self.supervision, self.now());
-        let engine = self
-            .engines
-            .entry(key)
-            .or_insert_with(|| Supervisor::new(options, siblings.len()).expect("validated"));
-        engine.set_children(siblings.len());
-        let commands = engine.on_exit(index, exit, now, &mut self.rng);
+        let now = self.watch.now();
+        let commands =
+            self.supervision
+                .on_exit(key, siblings.len(), index, exit, now, &mut self.rng);
         if commands.is_empty() {
             self.stopped_event(child, &cause, None);
         }
@@ -168,7 +276,7 @@ impl Dispatcher {
 
     /// The engine under `key` exceeded its restart intensity.
     fn escalate(&mut self, key: u32, cause: &Arc<str>, hang: bool, at: Instant) {
-        self.turn.escalations += 1;
+        self.out.turn.escalations += 1;
         let supervisor = (key != TOP).then_some(AgentId(key));
         let why: Arc<str> = match supervisor {
             Some(s) => format!("{s} exceeded its restart intensity; last exit: {cause}").into(),
@@ -176,20 +284,19 @@ impl Dispatcher {
                 format!("the top tier exceeded its restart intensity; last exit: {cause}").into()
             }
         };
-        if self.shared.bus.wants(Kinds::AGENTS) {
-            self.events.push(Event::SupervisorEscalated {
+        self.out
+            .event(Kinds::AGENTS, || Event::SupervisorEscalated {
                 supervisor,
                 cause: why.clone(),
             });
-        }
         match supervisor {
             Some(manager) => self.supervise(manager, Exit::Crash, why, StopKind::Supervisor, at),
             None => {
                 // Nothing above the runtime to hand the failure to, and giving up would lose
                 // tasks: the whole hierarchy restarts after the longest backoff, afresh.
                 tracing::error!(cause = %why, "Restarting every agent.");
-                self.engines.remove(&TOP);
-                let after = self.supervision.max_backoff;
+                self.supervision.forget(TOP);
+                let after = self.supervision.options.max_backoff;
                 for root in self.tree.roots().collect::<Vec<_>>() {
                     self.stop(root, &why, StopKind::Supervisor, at);
                     self.stopped_event(root, &why, Some(after));
@@ -213,12 +320,12 @@ impl Dispatcher {
             emptied.push(sup);
         }
         for a in agents {
-            self.incarnations[a.index()] += 1;
+            self.supervision.end_incarnation(a);
             let tier = self.tree.tier(a);
             self.tree.set_down(a, true);
             if tier == worker_tier {
                 if self.tree.load(a).0 > 0
-                    && let Some(switch) = self.kill_switches.get(&a)
+                    && let Some(switch) = self.attempts.switch(a)
                 {
                     // The agent's own attempts carry its stop's kind; those of agents stopped
                     // along with it are no fault of their tasks.
@@ -234,7 +341,7 @@ impl Dispatcher {
                     });
                 }
             } else {
-                self.engines.remove(&a.0);
+                self.supervision.forget(a.0);
                 if tier + 1 == worker_tier {
                     emptied.push(a);
                 }
@@ -252,21 +359,18 @@ impl Dispatcher {
         hang: bool,
         at: Instant,
     ) {
-        let incarnation = self.incarnations[agent.index()];
+        let restart = (agent, self.supervision.incarnation(agent), cause, hang, at);
         if after.is_zero() {
-            self.restart((agent, incarnation, cause, hang, at));
+            self.restart(restart);
         } else {
-            self.restarting.push(Box::pin(async move {
-                tokio::time::sleep(after).await;
-                (agent, incarnation, cause, hang, at)
-            }));
+            self.supervision.later(restart, after);
         }
     }
 
     /// A restart's backoff is over: the new incarnation of the agent and of every agent
     /// below it goes into service, unless something stopped it again meanwhile.
     pub(super) fn restart(&mut self, (agent, incarnation, cause, hang, at): Restart) {
-        if self.incarnations[agent.index()] != incarnation || !self.tree.is_down(agent) {
+        if self.supervision.incarnation(agent) != incarnation || !self.tree.is_down(agent) {
             return;
         }
         let worker_tier = self.tree.worker_tier();
@@ -274,40 +378,37 @@ impl Dispatcher {
         agents.extend(self.tree.subtree(agent));
         for a in agents {
             // A retired worker stays out of service whatever its supervisor restarts.
-            if self.retired.contains(&a) || !self.tree.set_down(a, false) {
+            if self.supervision.retired.contains(&a) || !self.tree.set_down(a, false) {
                 continue;
             }
             if hang {
-                self.turn.restarts_timeout += 1;
+                self.out.turn.restarts_timeout += 1;
             } else {
-                self.turn.restarts_crash += 1;
+                self.out.turn.restarts_crash += 1;
             }
             if self.tree.tier(a) == worker_tier {
-                self.health_reset(a);
+                self.watch.reset(a);
                 self.freed.push(a);
             } else {
                 // A restarted manager starts with a fresh engine.
-                self.engines.remove(&a.0);
+                self.supervision.forget(a.0);
             }
-            if self.shared.bus.wants(Kinds::AGENTS) {
-                self.events.push(Event::AgentRestarted {
-                    agent: a,
-                    incarnation: self.incarnations[a.index()],
-                    cause: cause.clone(),
-                });
-            }
+            let incarnation = self.supervision.incarnation(a);
+            self.out.event(Kinds::AGENTS, || Event::AgentRestarted {
+                agent: a,
+                incarnation,
+                cause: cause.clone(),
+            });
         }
         self.shared.time(|t| &mut t.restart, at.elapsed());
     }
 
     fn stopped_event(&mut self, agent: AgentId, cause: &Arc<str>, restart_in: Option<Duration>) {
-        if self.shared.bus.wants(Kinds::AGENTS) {
-            self.events.push(Event::AgentStopped {
-                agent,
-                cause: cause.clone(),
-                restart_in,
-            });
-        }
+        self.out.event(Kinds::AGENTS, || Event::AgentStopped {
+            agent,
+            cause: cause.clone(),
+            restart_in,
+        });
     }
 
     /// Kills `agent` from outside, as a crash would.

@@ -884,7 +884,7 @@ async fn every_ended_task_is_counted_in_a_latency_bucket() {
 
 #[test]
 fn latency_quantiles_are_bucket_upper_bounds_of_the_difference() {
-    use crate::handle::{LATENCY_BUCKETS, Latencies};
+    use crate::shared::{LATENCY_BUCKETS, Latencies};
     let bucket = |us: u64| Latencies::bucket(Duration::from_micros(us));
     assert_eq!((bucket(0), bucket(1), bucket(2), bucket(3)), (0, 1, 2, 2));
     assert_eq!((bucket(4_095), bucket(4_096), bucket(5_000)), (12, 13, 13));
