@@ -6,8 +6,11 @@
 //!
 //! - [`hierarchy`] plans the tiers of a swarm: how many supervisors, coordinators and masters a
 //!   worker count needs, and who reports to whom, computed rather than searched.
-//! - [`routing`] keeps the live tree with the aggregate load of every subtree and picks where a
-//!   task goes, by strategy.
+//! - [`tree`] keeps the [`LiveTree`](tree::LiveTree): every agent's parent and children and
+//!   the aggregate load, capacity and specs of every subtree, as agents join, leave service and
+//!   come back.
+//! - [`routing`] picks where a task goes down that tree, by strategy, and which idle worker
+//!   under the chosen supervisor runs it.
 //! - [`health`] classifies an agent healthy, degraded, critical or failed from its response
 //!   times and silences, and raises a predictive alert when it slows down.
 //! - [`rebalance`] plans the moves that even out sibling supervisors' queues.
@@ -36,5 +39,6 @@ pub mod routing;
 pub mod supervision;
 pub mod task;
 pub mod text;
+pub mod tree;
 
 pub use id::{AgentId, TaskId};
