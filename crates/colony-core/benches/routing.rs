@@ -2,7 +2,8 @@
 
 use colony_core::{
     hierarchy::HierarchyOptions,
-    routing::{SpecMask, Strategy, Tree, TreeOptions, Weights},
+    routing::{Strategy, Weights},
+    tree::{LiveTree, SpecMask, TreeOptions},
 };
 use criterion::{Criterion, criterion_group, criterion_main};
 use rand::{SeedableRng, rngs::SmallRng};
@@ -15,7 +16,7 @@ fn routing(c: &mut Criterion) {
             hierarchy: HierarchyOptions::with_workers(workers.into()),
             queue_capacity: 64,
         };
-        let mut tree = Tree::new(&options).unwrap();
+        let mut tree = LiveTree::new(&options).unwrap();
         tree.add_workers(workers, 0, 1);
         let mut rng = SmallRng::seed_from_u64(1);
         for (name, strategy) in [

@@ -1,6 +1,6 @@
 //! What an agent is, as far as routing cares: its backend kind, its role and its capabilities.
 
-use crate::task::Requirement;
+use crate::{task::Requirement, tree::SpecMask};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 
@@ -37,6 +37,27 @@ pub enum Failover {
     Backup,
     /// Back to this pool's agents only (agents with local state the retry needs).
     SamePool,
+}
+
+impl Failover {
+    /// The pools a retry may go to after an attempt on an agent of `pool` failed, among
+    /// `eligible` (every pool that can run the task); `staffed` is the set of pools that have
+    /// agents now. A backup must be staffed, or the retry would wait for agents that may
+    /// never come while this pool's could run it.
+    pub fn choose(self, pool: u8, eligible: SpecMask, staffed: SpecMask) -> SpecMask {
+        match self {
+            Failover::Any => eligible,
+            Failover::SamePool => SpecMask::of(pool),
+            Failover::Backup => {
+                let backups = SpecMask(eligible.0 & staffed.0 & !SpecMask::of(pool).0);
+                if backups.is_empty() {
+                    eligible
+                } else {
+                    backups
+                }
+            }
+        }
+    }
 }
 
 fn one() -> u32 {
@@ -83,5 +104,38 @@ mod tests {
         assert!(coder.satisfies(&need(Some("coder"), &["rust"])));
         assert!(!coder.satisfies(&need(Some("planner"), &[])));
         assert!(!coder.satisfies(&need(None, &["rust", "python"])));
+    }
+
+    #[test]
+    fn failover_sends_a_retry_where_its_policy_says() {
+        // Pools 0, 1 and 3 can run the task; pool 1 has failed it.
+        let eligible = SpecMask(0b1011);
+        let everyone = SpecMask(0b1111);
+        assert_eq!(Failover::Any.choose(1, eligible, everyone), eligible);
+        assert_eq!(
+            Failover::SamePool.choose(1, eligible, SpecMask::default()),
+            SpecMask::of(1),
+            "the same pool even with no agents now: its retry waits for them"
+        );
+        assert_eq!(
+            Failover::Backup.choose(1, eligible, everyone),
+            SpecMask(0b1001),
+            "the other eligible pools"
+        );
+        assert_eq!(
+            Failover::Backup.choose(1, eligible, SpecMask(0b0110)),
+            eligible,
+            "no other eligible pool is staffed: back to every eligible one, this one too"
+        );
+        assert_eq!(
+            Failover::Backup.choose(1, SpecMask::of(1), everyone),
+            SpecMask::of(1),
+            "this pool is the only one that can run it"
+        );
+        assert_eq!(
+            Failover::Backup.choose(1, eligible, SpecMask(0b1010)),
+            SpecMask::of(3),
+            "only staffed backups; pool 2 is staffed but cannot run it"
+        );
     }
 }

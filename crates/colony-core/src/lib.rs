@@ -6,14 +6,23 @@
 //!
 //! - [`hierarchy`] plans the tiers of a swarm: how many supervisors, coordinators and masters a
 //!   worker count needs, and who reports to whom, computed rather than searched.
-//! - [`routing`] keeps the live tree with the aggregate load of every subtree and picks where a
-//!   task goes, by strategy.
+//! - [`tree`] keeps the [`LiveTree`](tree::LiveTree): every agent's parent and children and
+//!   the aggregate load, capacity and specs of every subtree, as agents join, leave service and
+//!   come back.
+//! - [`routing`] picks where a task goes down that tree, by strategy, and which idle worker
+//!   under the chosen supervisor runs it.
 //! - [`health`] classifies an agent healthy, degraded, critical or failed from its response
 //!   times and silences, and raises a predictive alert when it slows down.
-//! - [`rebalance`] plans the moves that even out sibling supervisors' queues.
+//! - [`attempt`] decides what becomes of a task after an attempt ends: commit, fail, cancel,
+//!   retry after an exponential backoff, dead-letter, or quarantine as poison.
+//! - [`rebalance`] picks the sibling queue an idle worker steals from
+//!   ([`steal_from`](rebalance::steal_from)) and plans the moves that even out sibling
+//!   supervisors' queues.
 //! - [`supervision`] decides, Erlang-style, which children restart after an exit, after what
 //!   backoff, and when a supervisor gives up and escalates.
-//! - [`task`] and [`agent`] are the specs users write; [`text`] is how numbers read;
+//! - [`task`] and [`agent`] are the specs users write, and an agent's
+//!   [`Failover`](agent::Failover) chooses which pools a retry may go to
+//!   ([`Failover::choose`](agent::Failover::choose)); [`text`] is how numbers read;
 //!   [`name`] is how a name reaches a file path.
 //!
 //! ```
@@ -26,6 +35,7 @@
 //! ```
 
 pub mod agent;
+pub mod attempt;
 pub mod dag;
 pub mod health;
 pub mod hierarchy;
@@ -36,5 +46,6 @@ pub mod routing;
 pub mod supervision;
 pub mod task;
 pub mod text;
+pub mod tree;
 
 pub use id::{AgentId, TaskId};

@@ -1,8 +1,12 @@
-//! Periodic rebalancing of sibling queues, sans-IO.
+//! Moving tasks between sibling supervisors' queues, sans-IO: work stealing and periodic
+//! rebalancing.
 //!
-//! Work stealing moves a task when a worker runs dry; rebalancing moves many at once, on a
-//! period, when sibling supervisors' queues drift apart: every queue is brought within a
-//! tolerance of the siblings' mean by moving tasks from the longest queues to the shortest.
+//! Work stealing ([`steal_from`]) moves one task when a worker runs dry: its supervisor takes
+//! it from the sibling with the longest queue, if that queue is long enough to be worth it.
+//! Rebalancing ([`plan`]) moves many at once, on a period, when sibling supervisors' queues
+//! drift apart: every queue is brought within a tolerance of the siblings' mean by moving tasks
+//! from the longest queues to the shortest. Both read queue lengths and answer with indices
+//! into them; the runtime moves the tasks.
 
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
@@ -92,6 +96,20 @@ pub fn plan(lengths: &[usize], tolerance: f64) -> Vec<Move> {
     moves
 }
 
+/// Work stealing: which sibling queue an idle worker's supervisor (index `me` among
+/// `lengths`) takes a task from: the longest other queue, if it holds at least `steal_at`
+/// tasks; the first such on ties. A threshold keeps a worker from taking the one task a
+/// sibling is about to start, trading a move for nothing.
+pub fn steal_from(lengths: &[usize], me: usize, steal_at: usize) -> Option<usize> {
+    let (mut victim, mut longest) = (None, steal_at.saturating_sub(1));
+    for (i, &len) in lengths.iter().enumerate() {
+        if i != me && len > longest {
+            (victim, longest) = (Some(i), len);
+        }
+    }
+    victim
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -155,5 +173,40 @@ mod tests {
         assert!(bad(0.0).is_err());
         assert!(bad(f64::NAN).is_err());
         assert!(RebalanceOptions::default().validate().is_ok());
+    }
+
+    #[test]
+    fn a_thief_takes_from_the_first_longest_other_queue() {
+        assert_eq!(
+            steal_from(&[0, 3, 5, 5, 1], 0, 2),
+            Some(2),
+            "ties go to the first"
+        );
+        assert_eq!(
+            steal_from(&[9, 3, 4], 0, 2),
+            Some(2),
+            "its own queue is skipped even when longest"
+        );
+        assert_eq!(
+            steal_from(&[2, 0, 2], 1, 2),
+            Some(0),
+            "a queue of exactly steal_at"
+        );
+    }
+
+    #[test]
+    fn queues_below_the_threshold_are_left_alone() {
+        assert_eq!(steal_from(&[1, 0, 1], 1, 2), None);
+        assert_eq!(steal_from(&[0, 5], 1, 6), None);
+        assert_eq!(steal_from(&[7], 0, 1), None, "no sibling");
+        assert_eq!(steal_from(&[], 0, 1), None);
+    }
+
+    #[test]
+    fn steal_at_zero_and_one_both_take_any_task() {
+        for steal_at in [0, 1] {
+            assert_eq!(steal_from(&[0, 0, 1], 0, steal_at), Some(2));
+            assert_eq!(steal_from(&[0, 0, 0], 0, steal_at), None, "nothing to take");
+        }
     }
 }

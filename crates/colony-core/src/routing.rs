@@ -1,49 +1,23 @@
-//! The live hierarchy and the routing policies that send a task down it.
+//! Where a task goes: the routing policies that send it down the [`LiveTree`] to a supervisor,
+//! and the worker under that supervisor that runs it.
 //!
-//! Every node keeps the aggregate load (tasks queued or running) and capacity of its subtree and
-//! the set of agent specs found below it, so a task descends from the top tier to a supervisor
-//! in one pass that looks only at the children of the nodes on its path: O(depth × span) at
-//! worst, O(depth) for the sampling strategies. Nothing here does I/O; the runtime owns a
-//! [`Tree`] and tells it what happened.
+//! A task descends from the top tier to a supervisor in one pass that looks only at the
+//! children of the nodes on its path, using the aggregate load, capacity and specs the tree
+//! keeps per subtree: O(depth × span) at worst, O(depth) for the sampling strategies. When that
+//! pass dead-ends (a subtree's room belongs to other specs) a depth-first search finds any
+//! supervisor with room. Nothing here does I/O.
 
 use crate::{
     AgentId,
-    hierarchy::{Error, HierarchyOptions, Plan},
+    tree::{LiveTree, Node},
 };
 use rand::Rng;
 use serde::{Deserialize, Serialize};
-use std::{collections::VecDeque, sync::Arc};
 
-/// Most distinct agent specs a tree routes between: a spec set is a 64-bit mask.
-pub const MAX_SPECS: usize = 64;
-
-const NO_PARENT: u32 = u32::MAX;
-/// Weight of the newest sample in a latency moving average.
-const EMA_ALPHA: f32 = 0.2;
 /// Random probes before a sampling strategy falls back to a scan.
 const PROBES: usize = 4;
 /// Children the weighted strategy scores per level.
 const WINDOW: usize = 16;
-
-/// A set of agent specs, one bit per spec index.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub struct SpecMask(pub u64);
-
-impl SpecMask {
-    pub const ALL: SpecMask = SpecMask(u64::MAX);
-
-    pub fn of(spec: u8) -> Self {
-        SpecMask(1 << spec)
-    }
-
-    pub fn intersects(self, other: SpecMask) -> bool {
-        self.0 & other.0 != 0
-    }
-
-    pub fn is_empty(self) -> bool {
-        self.0 == 0
-    }
-}
 
 /// How a node picks among its children.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -81,270 +55,7 @@ impl Default for Weights {
     }
 }
 
-/// Bit of [`Node::own`] set while the node is out of service.
-const DOWN: u32 = 1 << 31;
-/// Bit of a supervisor's [`Node::own`] set while all its workers are out of service: its
-/// queue's room is withdrawn too, since nobody would serve it.
-const VACANT: u32 = 1 << 30;
-const FLAGS: u32 = DOWN | VACANT;
-
-#[derive(Clone, Debug)]
-struct Node {
-    parent: u32,
-    tier: u8,
-    /// For workers, the index of their spec.
-    spec: u8,
-    cursor: u16,
-    /// Specs present in this subtree.
-    mask: SpecMask,
-    /// Tasks queued or running in this subtree.
-    load: u32,
-    /// Tasks this subtree holds when full: workers' concurrency plus supervisors' queues.
-    capacity: u32,
-    /// What this node itself adds to `capacity` (a worker's concurrency, a supervisor's
-    /// queue), with [`DOWN`] set while it is out of service.
-    own: u32,
-    latency_ema_us: f32,
-    children: Vec<u32>,
-}
-
-/// Size and shape of a [`Tree`].
-#[derive(Clone, Debug)]
-pub struct TreeOptions {
-    pub hierarchy: HierarchyOptions,
-    /// Tasks one supervisor queues beyond what its workers run.
-    pub queue_capacity: u32,
-}
-
-/// The live hierarchy: the agents of every tier, their parents and children, and the load and
-/// capacity of every subtree.
-#[derive(Debug)]
-pub struct Tree {
-    nodes: Vec<Node>,
-    tier_names: Vec<Arc<str>>,
-    tier_sizes: Vec<u32>,
-    roots: Vec<u32>,
-    root_cursor: usize,
-    span: u32,
-    queue_capacity: u32,
-    plan: Plan,
-    /// Planned workers not yet added.
-    planned_left: u64,
-    /// Room withdrawn from the tree by agents out of service.
-    withdrawn: u64,
-    /// Per tier, agents out of service (see [`Tree::set_down`]).
-    down: Vec<u64>,
-    /// Per managing tier, nodes with room for another child, for growth past the plan.
-    open: Vec<VecDeque<u32>>,
-    /// Per managing tier, whether `open` has been filled from the plan's nodes.
-    open_known: Vec<bool>,
-}
-
-impl Tree {
-    /// The managing tiers of the plan for `options`, with no workers yet: add them with
-    /// [`Tree::add_worker`] (they take their planned places) or all at once with
-    /// [`Tree::add_workers`].
-    pub fn new(options: &TreeOptions) -> Result<Self, Error> {
-        let plan = Plan::new(&options.hierarchy)?;
-        let tiers = plan.tiers();
-        let worker_tier = tiers.len() - 1;
-        let managers = plan.total() - plan.workers();
-        let mut nodes = Vec::with_capacity(plan.total() as usize);
-        for (t, tier) in tiers[..worker_tier].iter().enumerate() {
-            for raw in tier.first..tier.first + tier.count {
-                let id = AgentId(raw as u32);
-                let children = plan.children(id);
-                let children = if t + 1 < worker_tier {
-                    children.collect()
-                } else {
-                    Vec::new()
-                };
-                nodes.push(Node {
-                    parent: plan.parent(id).map_or(NO_PARENT, |p| p.0),
-                    tier: t as u8,
-                    spec: 0,
-                    cursor: 0,
-                    mask: SpecMask::default(),
-                    load: 0,
-                    capacity: if t + 1 == worker_tier {
-                        options.queue_capacity
-                    } else {
-                        0
-                    },
-                    own: if t + 1 == worker_tier {
-                        options.queue_capacity
-                    } else {
-                        0
-                    },
-                    latency_ema_us: 0.0,
-                    children,
-                });
-            }
-        }
-        debug_assert_eq!(nodes.len() as u64, managers);
-        let mut tree = Self {
-            tier_names: tiers.iter().map(|t| Arc::from(t.name.as_str())).collect(),
-            tier_sizes: tiers[..worker_tier]
-                .iter()
-                .map(|t| t.count as u32)
-                .chain([0])
-                .collect(),
-            roots: (0..tiers[0].count as u32).collect(),
-            root_cursor: 0,
-            span: plan.span(),
-            queue_capacity: options.queue_capacity,
-            planned_left: plan.workers(),
-            withdrawn: 0,
-            down: vec![0; tiers.len()],
-            open: vec![VecDeque::new(); worker_tier],
-            open_known: vec![false; worker_tier],
-            nodes,
-            plan,
-        };
-        // Supervisors' queue capacity counts toward every ancestor.
-        for sup in tree.tier_range(worker_tier - 1) {
-            let capacity = tree.nodes[sup as usize].capacity;
-            tree.for_ancestors(sup, |n| n.capacity += capacity);
-        }
-        Ok(tree)
-    }
-
-    /// Adds `count` workers of one spec and returns their ids. Ids increase but need not be
-    /// consecutive: growth past the plan creates managers in between.
-    pub fn add_workers(&mut self, count: u32, spec: u8, concurrency: u32) -> Vec<AgentId> {
-        self.nodes.reserve(count as usize);
-        (0..count)
-            .map(|_| self.add_worker(spec, concurrency))
-            .collect()
-    }
-
-    /// Adds one worker: in its planned place while the plan has room, then under the
-    /// supervisors that have room, taking turns, growing new managers when every one is full.
-    pub fn add_worker(&mut self, spec: u8, concurrency: u32) -> AgentId {
-        assert!(
-            (spec as usize) < MAX_SPECS,
-            "spec index {spec} exceeds {MAX_SPECS}"
-        );
-        let worker_tier = self.worker_tier();
-        let parent = if self.planned_left > 0 {
-            self.planned_left -= 1;
-            let next = AgentId(self.nodes.len() as u32);
-            self.plan
-                .parent(next)
-                .expect("planned workers have parents")
-                .0
-        } else {
-            self.open_slot(worker_tier - 1)
-        };
-        // Growth may have added managers: the worker's id comes after them.
-        let id = self.nodes.len() as u32;
-        self.nodes.push(Node {
-            parent,
-            tier: worker_tier as u8,
-            spec,
-            cursor: 0,
-            mask: SpecMask::of(spec),
-            load: 0,
-            capacity: concurrency,
-            own: concurrency,
-            latency_ema_us: 0.0,
-            children: Vec::new(),
-        });
-        self.nodes[parent as usize].children.push(id);
-        self.tier_sizes[worker_tier] += 1;
-        self.for_ancestors(id, |n| {
-            n.capacity += concurrency;
-            n.mask.0 |= 1 << spec;
-        });
-        // A supervisor out of service brings its new workers up when it comes back.
-        if self.is_down(AgentId(parent)) {
-            self.set_down(AgentId(id), true);
-        } else {
-            self.set_flag(AgentId(parent), VACANT, false);
-        }
-        AgentId(id)
-    }
-
-    /// A node of `tier` that can take one more child, created (with its own parent) if needed.
-    fn open_slot(&mut self, tier: usize) -> u32 {
-        if !self.open_known[tier] {
-            // Once, when the plan is used up; from then on the list is kept up to date.
-            let span = self.span as usize;
-            let open: VecDeque<u32> = self
-                .tier_members(tier)
-                .filter(|&n| self.nodes[n as usize].children.len() < span)
-                .collect();
-            self.open[tier] = open;
-            self.open_known[tier] = true;
-        }
-        if let Some(node) = self.open[tier].pop_front() {
-            if self.nodes[node as usize].children.len() + 1 < self.span as usize {
-                self.open[tier].push_back(node);
-            }
-            return node;
-        }
-        let parent = if tier == 0 {
-            NO_PARENT
-        } else {
-            self.open_slot(tier - 1)
-        };
-        let id = self.nodes.len() as u32;
-        let is_supervisor = tier + 1 == self.worker_tier();
-        let capacity = if is_supervisor {
-            self.queue_capacity
-        } else {
-            0
-        };
-        self.nodes.push(Node {
-            parent,
-            tier: tier as u8,
-            spec: 0,
-            cursor: 0,
-            mask: SpecMask::default(),
-            load: 0,
-            capacity,
-            own: capacity,
-            latency_ema_us: 0.0,
-            children: Vec::new(),
-        });
-        self.tier_sizes[tier] += 1;
-        if parent == NO_PARENT {
-            self.roots.push(id);
-        } else {
-            self.nodes[parent as usize].children.push(id);
-            self.for_ancestors(id, |n| n.capacity += capacity);
-        }
-        self.open[tier].push_back(id);
-        id
-    }
-
-    /// The agents of tier `tier`. O(agents): for periodic passes, not per task.
-    pub fn agents_in_tier(&self, tier: usize) -> Vec<AgentId> {
-        self.tier_members(tier).map(AgentId).collect()
-    }
-
-    fn tier_members(&self, tier: usize) -> impl Iterator<Item = u32> + '_ {
-        self.nodes
-            .iter()
-            .enumerate()
-            .filter(move |(_, n)| n.tier as usize == tier)
-            .map(|(i, _)| i as u32)
-    }
-
-    fn tier_range(&self, tier: usize) -> std::ops::Range<u32> {
-        let t = &self.plan.tiers()[tier];
-        t.first as u32..(t.first + t.count) as u32
-    }
-
-    fn for_ancestors(&mut self, node: u32, mut f: impl FnMut(&mut Node)) {
-        let mut at = self.nodes[node as usize].parent;
-        while at != NO_PARENT {
-            let n = &mut self.nodes[at as usize];
-            f(n);
-            at = n.parent;
-        }
-    }
-
+impl LiveTree {
     /// Picks the supervisor a task needing one of `mask`'s specs goes to, or `None` when no
     /// subtree with such agents has room.
     pub fn route(
@@ -395,12 +106,6 @@ impl Tree {
         None
     }
 
-    /// Counts a task routed to `supervisor` in it and every ancestor.
-    pub fn enqueue(&mut self, supervisor: AgentId) {
-        self.nodes[supervisor.index()].load += 1;
-        self.for_ancestors(supervisor.0, |n| n.load += 1);
-    }
-
     /// A child of `supervisor` of a spec in `mask` that can take another task, taking turns.
     /// `avoid` is taken only when no other child can: a retry prefers another agent of the
     /// same role over the one its last attempt failed on.
@@ -428,227 +133,6 @@ impl Tree {
             }
         }
         fallback.map(|slot| AgentId(self.nodes[supervisor.index()].children[slot]))
-    }
-
-    /// A task counted in `worker`'s supervisor starts on `worker`.
-    pub fn start(&mut self, worker: AgentId) {
-        self.nodes[worker.index()].load += 1;
-    }
-
-    /// A task on `worker` ended: it leaves the load of the worker and every ancestor.
-    /// `latency_us` feeds the moving averages used by [`Strategy::Weighted`].
-    pub fn finish(&mut self, worker: AgentId, latency_us: Option<f32>) {
-        let update = |n: &mut Node| {
-            n.load -= 1;
-            if let Some(x) = latency_us {
-                n.latency_ema_us = if n.latency_ema_us == 0.0 {
-                    x
-                } else {
-                    n.latency_ema_us + EMA_ALPHA * (x - n.latency_ema_us)
-                };
-            }
-        };
-        update(&mut self.nodes[worker.index()]);
-        self.for_ancestors(worker.0, update);
-    }
-
-    /// Takes `agent` out of service (`down`) or puts it back. Out of service, what it adds to
-    /// its subtree's room (a worker's concurrency, a supervisor's queue) is withdrawn, so
-    /// routing and idle-worker searches pass it by; tasks it already holds keep their load.
-    /// Returns whether anything changed. Taking a whole subtree out is one call per agent.
-    pub fn set_down(&mut self, agent: AgentId, down: bool) -> bool {
-        if !self.set_flag(agent, DOWN, down) {
-            return false;
-        }
-        if self.nodes[agent.index()].tier as usize == self.worker_tier()
-            && let Some(sup) = self.parent(agent)
-        {
-            let vacant = self.children(sup).all(|w| self.is_down(w));
-            self.set_flag(sup, VACANT, vacant);
-        }
-        true
-    }
-
-    /// Sets or clears `flag` of `agent`, withdrawing or restoring its room when that changes
-    /// whether it is withdrawn.
-    fn set_flag(&mut self, agent: AgentId, flag: u32, on: bool) -> bool {
-        let node = &mut self.nodes[agent.index()];
-        if (node.own & flag != 0) == on {
-            return false;
-        }
-        let was = node.own & FLAGS != 0;
-        node.own ^= flag;
-        if flag == DOWN
-            && let Some(n) = self.down.get_mut(node.tier as usize)
-        {
-            if on {
-                *n += 1;
-            } else {
-                *n -= 1;
-            }
-        }
-        let is = node.own & FLAGS != 0;
-        let own = node.own & !FLAGS;
-        if was == is {
-            return true;
-        }
-        if is {
-            node.capacity -= own;
-            self.withdrawn += u64::from(own);
-            self.for_ancestors(agent.0, |n| n.capacity -= own);
-        } else {
-            node.capacity += own;
-            self.withdrawn -= u64::from(own);
-            self.for_ancestors(agent.0, |n| n.capacity += own);
-        }
-        true
-    }
-
-    /// Takes worker `agent`'s spec out of its ancestors' masks (`retired`), or puts it back:
-    /// a worker retired from its pool must not draw tasks of its spec to a supervisor that
-    /// has no other worker of it. Out of service for a restart, a worker stays in the masks:
-    /// its tasks wait for it. Costs a pass over the children of each ancestor.
-    pub fn set_retired(&mut self, agent: AgentId, retired: bool) {
-        let node = &mut self.nodes[agent.index()];
-        node.mask = if retired {
-            SpecMask::default()
-        } else {
-            SpecMask::of(node.spec)
-        };
-        let mut at = node.parent;
-        while at != NO_PARENT {
-            let children = &self.nodes[at as usize].children;
-            let mask = children
-                .iter()
-                .fold(0u64, |m, &c| m | self.nodes[c as usize].mask.0);
-            let n = &mut self.nodes[at as usize];
-            n.mask = SpecMask(mask);
-            at = n.parent;
-        }
-    }
-
-    /// Agents of `tier` out of service now (see [`Tree::set_down`]), counted as they go
-    /// down and come back.
-    pub fn down_in_tier(&self, tier: usize) -> u64 {
-        self.down.get(tier).copied().unwrap_or(0)
-    }
-
-    /// Whether `agent` is out of service (see [`Tree::set_down`]).
-    pub fn is_down(&self, agent: AgentId) -> bool {
-        self.nodes[agent.index()].own & DOWN != 0
-    }
-
-    /// Whether supervisor `agent` has no worker in service, and so no room for tasks.
-    pub fn is_vacant(&self, agent: AgentId) -> bool {
-        self.nodes[agent.index()].own & VACANT != 0
-    }
-
-    /// Tasks the tree holds at once with every agent in service.
-    pub fn installed_capacity(&self) -> u64 {
-        self.roots
-            .iter()
-            .map(|&r| u64::from(self.nodes[r as usize].capacity))
-            .sum::<u64>()
-            + self.withdrawn
-    }
-
-    /// A task counted in `supervisor` left it without running (cancelled, or moved away).
-    pub fn dequeue(&mut self, supervisor: AgentId) {
-        self.nodes[supervisor.index()].load -= 1;
-        self.for_ancestors(supervisor.0, |n| n.load -= 1);
-    }
-
-    pub fn len(&self) -> usize {
-        self.nodes.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.nodes.is_empty()
-    }
-
-    pub fn worker_tier(&self) -> usize {
-        self.tier_names.len() - 1
-    }
-
-    pub fn tier_names(&self) -> &[Arc<str>] {
-        &self.tier_names
-    }
-
-    /// Number of agents in each tier, top down.
-    pub fn tier_sizes(&self) -> &[u32] {
-        &self.tier_sizes
-    }
-
-    pub fn contains(&self, agent: AgentId) -> bool {
-        agent.index() < self.nodes.len()
-    }
-
-    pub fn tier(&self, agent: AgentId) -> usize {
-        self.nodes[agent.index()].tier as usize
-    }
-
-    pub fn parent(&self, agent: AgentId) -> Option<AgentId> {
-        let p = self.nodes[agent.index()].parent;
-        (p != NO_PARENT).then_some(AgentId(p))
-    }
-
-    pub fn children(&self, agent: AgentId) -> impl ExactSizeIterator<Item = AgentId> + '_ {
-        self.nodes[agent.index()]
-            .children
-            .iter()
-            .map(|&c| AgentId(c))
-    }
-
-    pub fn ancestors(&self, agent: AgentId) -> impl Iterator<Item = AgentId> + '_ {
-        std::iter::successors(self.parent(agent), |&a| self.parent(a))
-    }
-
-    /// The other agents with `agent`'s parent; for the top tier, the other roots.
-    pub fn siblings(&self, agent: AgentId) -> impl Iterator<Item = AgentId> + '_ {
-        let peers: &[u32] = match self.parent(agent) {
-            Some(p) => &self.nodes[p.index()].children,
-            None => &self.roots,
-        };
-        peers
-            .iter()
-            .map(|&c| AgentId(c))
-            .filter(move |&a| a != agent)
-    }
-
-    /// Every agent below `agent`, breadth first. O(size of the subtree).
-    pub fn subtree(&self, agent: AgentId) -> Vec<AgentId> {
-        let mut out: Vec<AgentId> = self.children(agent).collect();
-        let mut i = 0;
-        while i < out.len() {
-            let next = out[i];
-            out.extend(self.children(next));
-            i += 1;
-        }
-        out
-    }
-
-    /// Load, capacity and spec index of `agent`.
-    pub fn load(&self, agent: AgentId) -> (u32, u32) {
-        let n = &self.nodes[agent.index()];
-        (n.load, n.capacity)
-    }
-
-    pub fn spec(&self, agent: AgentId) -> u8 {
-        self.nodes[agent.index()].spec
-    }
-
-    /// Specs present below `agent`.
-    pub fn mask(&self, agent: AgentId) -> SpecMask {
-        self.nodes[agent.index()].mask
-    }
-
-    pub fn latency_ema_us(&self, agent: AgentId) -> f32 {
-        self.nodes[agent.index()].latency_ema_us
-    }
-
-    /// The agents of the top tier.
-    pub fn roots(&self) -> impl ExactSizeIterator<Item = AgentId> + '_ {
-        self.roots.iter().map(|&r| AgentId(r))
     }
 }
 
@@ -762,49 +246,18 @@ fn sample(
     (0..len).map(|k| (start + k) % len).find(|&i| ok(i))
 }
 
+// The old paths, for the crates that still import the tree from here. `SpecMask` reaches this
+// module through it too: import it from `crate::tree` when this line goes.
+pub use crate::tree::{LiveTree as Tree, MAX_SPECS, SpecMask, TreeOptions}; // TEMPORARY: removed once the runtime uses tree::LiveTree
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::hierarchy::Tiers;
+    use crate::{
+        hierarchy::{HierarchyOptions, Tiers},
+        tree::{TreeOptions, tests::tree},
+    };
     use rand::{SeedableRng, rngs::SmallRng};
-
-    fn tree(workers: u32, span: u32, queue_capacity: u32) -> Tree {
-        let hierarchy = HierarchyOptions {
-            workers: workers.into(),
-            span,
-            tiers: Tiers::default(),
-        };
-        let mut tree = Tree::new(&TreeOptions {
-            hierarchy,
-            queue_capacity,
-        })
-        .unwrap();
-        tree.add_workers(workers, 0, 1);
-        tree
-    }
-
-    #[test]
-    fn tree_matches_its_plan() {
-        let t = tree(100_000, 12, 8);
-        assert_eq!(t.tier_sizes(), [58, 695, 8_334, 100_000]);
-        let plan = Plan::new(&HierarchyOptions::with_workers(100_000)).unwrap();
-        for raw in (0..t.len() as u32).step_by(97) {
-            assert_eq!(t.parent(AgentId(raw)), plan.parent(AgentId(raw)));
-        }
-        let master = AgentId(0);
-        let (_, capacity) = t.load(master);
-        let workers_below = t
-            .subtree(master)
-            .iter()
-            .filter(|a| t.tier(**a) == 3)
-            .count() as u32;
-        let supervisors_below = t
-            .subtree(master)
-            .iter()
-            .filter(|a| t.tier(**a) == 2)
-            .count() as u32;
-        assert_eq!(capacity, workers_below + 8 * supervisors_below);
-    }
 
     #[test]
     fn least_loaded_prefers_lighter_subtrees() {
@@ -959,7 +412,7 @@ mod tests {
             span: 12,
             tiers: Tiers::default(),
         };
-        let mut t = Tree::new(&TreeOptions {
+        let mut t = LiveTree::new(&TreeOptions {
             hierarchy,
             queue_capacity: 4,
         })
@@ -1009,7 +462,7 @@ mod tests {
             span: 2,
             tiers,
         };
-        let mut t = Tree::new(&TreeOptions {
+        let mut t = LiveTree::new(&TreeOptions {
             hierarchy,
             queue_capacity: 1,
         })
@@ -1070,52 +523,5 @@ mod tests {
             t.ancestors(s).any(|a| a == AgentId(1)),
             "went to {s}, not under the fast master"
         );
-    }
-
-    #[test]
-    fn agents_out_of_service_are_counted_per_tier_however_they_went_down() {
-        // 23 workers: the last supervisor has room for one more.
-        let mut t = tree(23, 12, 1);
-        let worker_tier = t.worker_tier();
-        let sup = t.parent(AgentId(t.len() as u32 - 1)).unwrap();
-        assert_eq!(t.down_in_tier(worker_tier), 0);
-        assert!(t.set_down(sup, true));
-        assert!(!t.set_down(sup, true), "already down: no change, no count");
-        // A worker added under a supervisor out of service comes in down, and is counted.
-        let extra = t.add_worker(0, 1);
-        assert_eq!(t.parent(extra), Some(sup));
-        assert_eq!(t.down_in_tier(worker_tier), 1);
-        assert_eq!(t.down_in_tier(t.tier(sup)), 1);
-        assert!(t.set_down(sup, false) && t.set_down(extra, false));
-        let counts: Vec<u64> = (0..4).map(|i| t.down_in_tier(i)).collect();
-        assert_eq!(counts, [0, 0, 0, 0]);
-        // The vacant flag withdraws room too, but is no agent going down.
-        for w in t.children(sup).collect::<Vec<_>>() {
-            t.set_down(w, true);
-        }
-        assert!(t.is_vacant(sup));
-        assert_eq!(t.down_in_tier(t.tier(sup)), 0);
-    }
-
-    #[test]
-    fn growth_past_the_plan_keeps_spans_and_adds_managers() {
-        let mut t = tree(12, 12, 1);
-        assert_eq!(t.tier_sizes(), [1, 1, 1, 12]);
-        let extra = t.add_worker(0, 1);
-        let sup = t.parent(extra).unwrap();
-        assert_eq!(t.tier_sizes(), [1, 1, 2, 13]);
-        assert_eq!(t.children(sup).len(), 1);
-        for _ in 0..12 * 12 * 12 {
-            t.add_worker(0, 1);
-        }
-        for a in 0..t.len() as u32 {
-            assert!(t.children(AgentId(a)).len() <= 12);
-        }
-        assert_eq!(
-            t.tier_sizes()[0],
-            2,
-            "a second master once the first is full"
-        );
-        assert_eq!(t.roots().len(), 2);
     }
 }
