@@ -9,7 +9,7 @@
 
 use crate::{
     AgentId,
-    tree::{LiveTree, Node},
+    tree::{LiveTree, Node, SpecMask},
 };
 use rand::Rng;
 use serde::{Deserialize, Serialize};
@@ -245,10 +245,6 @@ fn sample(
     let start = rng.random_range(0..len);
     (0..len).map(|k| (start + k) % len).find(|&i| ok(i))
 }
-
-// The old paths, for the crates that still import the tree from here. `SpecMask` reaches this
-// module through it too: import it from `crate::tree` when this line goes.
-pub use crate::tree::{LiveTree as Tree, MAX_SPECS, SpecMask, TreeOptions}; // TEMPORARY: removed once the runtime uses tree::LiveTree
 
 #[cfg(test)]
 mod tests {

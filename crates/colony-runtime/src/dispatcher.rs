@@ -12,7 +12,7 @@
 //!
 //! | part | owns | module |
 //! |---|---|---|
-//! | the live tree | agents, parents, loads, who is down | `colony_core::routing::Tree` |
+//! | the live tree | agents, parents, loads, who is down | `colony_core::tree::LiveTree` |
 //! | placement | supervisors' queues, the backlog: route, steal, rebalance | [`placement`] |
 //! | attempts | running attempts, agents' switches, retries' backoff | [`attempts`] |
 //! | supervision | incarnations, restart engines, restarts' backoff, retired workers | [`supervise`] |
@@ -36,9 +36,9 @@ use attempts::{Attempts, Ended, Finished, Next, PoolHandler};
 use colony_agents::{Beats, Error as AgentError};
 use colony_core::{
     AgentId, TaskId,
-    routing::{SpecMask, Tree},
-    supervision::Exit,
+    attempt::{Decision, End, Policy, Tally},
     task::TaskState,
+    tree::LiveTree,
 };
 use colony_journal::{Journal, Record};
 use futures::{FutureExt, StreamExt, stream::FuturesUnordered};
@@ -83,7 +83,7 @@ pub(crate) type LoopEnded = oneshot::Receiver<()>;
 pub(crate) fn start(
     options: &RuntimeOptions,
     pools: &[Pool],
-    tree: Tree,
+    tree: LiveTree,
     journal: Arc<dyn Journal>,
     bus: crate::events::EventBus,
 ) -> (Arc<Shared>, LoopEnded) {
@@ -129,7 +129,7 @@ pub(crate) fn start(
         freed: Vec::new(),
         accepting: FuturesUnordered::new(),
         pending: Vec::new(),
-        retry: options.retry,
+        retry: options.retry.policy(),
         rng: SmallRng::seed_from_u64(options.seed),
         hierarchy_recorded: false,
         capacity: 0,
@@ -180,7 +180,7 @@ pub(crate) fn start(
 struct Dispatcher {
     /// The live tree: who reports to whom, and the load and room of every subtree. Every part
     /// reads it; placement, supervision and spawning change it.
-    tree: Tree,
+    tree: LiveTree,
     /// One seeded stream for every random choice (routes, retry jitter, restart jitter), so a
     /// run is reproducible from its seed.
     rng: SmallRng,
@@ -196,7 +196,8 @@ struct Dispatcher {
     accepting: FuturesUnordered<Accepting>,
     /// First and last task id of each of those, for cancellation to find them.
     pending: Vec<(TaskId, TaskId)>,
-    retry: crate::RetryOptions,
+    /// What becomes of a task after an attempt ends (from [`crate::RetryOptions`]).
+    retry: Policy,
     /// Whether this process has recorded its hierarchy in the journal yet.
     hierarchy_recorded: bool,
     /// Tasks the tree holds at once; permits handed out so far.
@@ -436,9 +437,11 @@ impl Dispatcher {
         let current = f.incarnation == self.supervision.incarnation(f.worker);
         self.ended_after(f.worker, f.job, f.ended, Some(f.elapsed), current);
     }
-    /// Commits, retries or gives up on the attempt `job.attempt` that `worker` ran, for
-    /// `elapsed` outside `handle`. `current` says whether the agent that ran it is still in
-    /// service: a crash of an incarnation already replaced is no news to its supervisor.
+    /// Carries out what [`Policy::decide`](colony_core::attempt::Policy::decide) says of the
+    /// attempt `job.attempt` that `worker` ran, for `elapsed` outside `handle`: commit, fail,
+    /// cancel, retry after a backoff, dead-letter or quarantine. `current` says whether the
+    /// agent that ran it is still in service: a crash of an incarnation already replaced is no
+    /// news to its supervisor.
     fn ended_after(
         &mut self,
         worker: AgentId,
@@ -461,8 +464,6 @@ impl Dispatcher {
         };
         self.tree.finish(worker, micros);
         self.freed.push(worker);
-        // A cancelled task ends so however its attempt ended, unless it succeeded first. A
-        // crash or a hang still counts against the agent, for its supervisor to act on.
         let asked = self.attempts.cancel_asked(job.id);
         // The attempt ended before it saw the cancellation: its agent's switch forgets it.
         if asked
@@ -471,8 +472,6 @@ impl Dispatcher {
         {
             switch.forget(job.id);
         }
-        let cancelled =
-            matches!(ended, Ended::Cancelled) || (asked && !matches!(ended, Ended::Outcome(Ok(_))));
         // Health follows attempts that left `handle`, where a response time means something;
         // one finished inside it answered at once, and tracking it would tax the hot path.
         if let Some(took) = elapsed
@@ -482,9 +481,61 @@ impl Dispatcher {
             let ok = matches!(ended, Ended::Outcome(Ok(_)));
             self.observe(worker, took, ok);
         }
+        let (end, output, error): (End, _, Arc<str>) = match ended {
+            Ended::Outcome(Ok(output)) => (End::Succeeded, Some(output), "".into()),
+            Ended::Outcome(Err(AgentError::Fatal(error))) => (End::Fatal, None, error),
+            Ended::Outcome(Err(AgentError::Retryable(error))) => (End::Retryable, None, error),
+            Ended::Crash(message) => (
+                End::Crashed,
+                None,
+                format!("agent crashed: {message}").into(),
+            ),
+            Ended::TimedOut(after) => {
+                self.time_hang(elapsed);
+                let cause = format!("attempt timed out after {after:?}").into();
+                (End::TimedOut, None, cause)
+            }
+            Ended::Cancelled => (End::Cancelled, None, "cancelled".into()),
+            Ended::Stopped(stop) => {
+                let end = match stop.kind {
+                    StopKind::Killed => {
+                        self.shared.time(|t| &mut t.detection, stop.at.elapsed());
+                        End::Killed
+                    }
+                    StopKind::Silent => {
+                        self.time_hang(elapsed);
+                        End::Silent
+                    }
+                    StopKind::Supervisor => End::Stopped,
+                };
+                (end, None, stop.cause)
+            }
+        };
+        let tally = Tally {
+            attempt: job.attempt,
+            last_attempt: job.last_attempt,
+            tries: job.tries,
+            faults: job.faults,
+        };
+        let verdict = self.retry.decide(tally, end, asked, &mut self.rng);
+        job.faults = verdict.faults;
+        // A crash or a hang counts against the agent whatever becomes of the task, for its
+        // supervisor to act on.
+        if let Some(exit) = verdict.exit
+            && current
+        {
+            self.supervise(
+                worker,
+                exit,
+                error.clone(),
+                StopKind::Supervisor,
+                Instant::now(),
+            );
+        }
         let (task, attempt) = (job.id, job.attempt);
-        let error: Arc<str> = match ended {
-            Ended::Outcome(Ok(output)) => {
+        match verdict.decision {
+            Decision::Commit => {
+                let output = output.expect("a commit has an output");
                 self.out.record(Record::Committed {
                     task,
                     attempt,
@@ -496,15 +547,12 @@ impl Dispatcher {
                     attempt,
                 });
                 self.out.turn.succeeded += 1;
+                let state = TaskState::Succeeded;
                 self.out
-                    .complete(job, TaskState::Succeeded, Some(output), None, Some(worker));
-                return;
+                    .complete(job, state, Some(output), None, Some(worker));
             }
-            Ended::Outcome(Err(AgentError::Fatal(_))) if cancelled => {
-                self.cancelled(job, Some(worker));
-                return;
-            }
-            Ended::Outcome(Err(AgentError::Fatal(error))) => {
+            Decision::Cancel => self.cancelled(job, Some(worker)),
+            Decision::Fail => {
                 self.out.record(Record::Failed {
                     task,
                     attempt,
@@ -513,113 +561,55 @@ impl Dispatcher {
                 });
                 self.failed_event(worker, &job, &error, false, ErrorKind::Fatal);
                 self.out.turn.failed += 1;
+                let state = TaskState::Failed;
                 self.out
-                    .complete(job, TaskState::Failed, None, Some(error), Some(worker));
-                return;
+                    .complete(job, state, None, Some(error), Some(worker));
             }
-            Ended::Outcome(Err(AgentError::Retryable(error))) => error,
-            Ended::Crash(message) => {
-                job.faults += 1;
-                let cause: Arc<str> = format!("agent crashed: {message}").into();
-                if current {
-                    let at = Instant::now();
-                    self.supervise(worker, Exit::Crash, cause.clone(), StopKind::Supervisor, at);
-                }
-                cause
-            }
-            Ended::TimedOut(after) => {
-                job.faults += 1;
-                self.time_hang(elapsed);
-                let cause: Arc<str> = format!("attempt timed out after {after:?}").into();
-                if current {
-                    let at = Instant::now();
-                    self.supervise(worker, Exit::Hang, cause.clone(), StopKind::Supervisor, at);
-                }
-                cause
-            }
-            Ended::Cancelled => "cancelled".into(),
-            Ended::Stopped(stop) => {
-                match stop.kind {
-                    StopKind::Killed => {
-                        self.shared.time(|t| &mut t.detection, stop.at.elapsed());
-                    }
-                    StopKind::Silent => {
-                        job.faults += 1;
-                        self.time_hang(elapsed);
-                    }
-                    StopKind::Supervisor => {}
-                }
-                stop.cause
-            }
-        };
-        if cancelled {
-            self.cancelled(job, Some(worker));
-            return;
-        }
-        // A task that took down agents on several attempts is poison: retrying it would only
-        // take down more.
-        let poison = job.faults >= self.retry.poison_faults;
-        let retry = attempt < job.last_attempt && !poison;
-        let next = if retry {
-            TaskState::Queued
-        } else {
-            TaskState::DeadLettered
-        };
-        self.out.record(Record::Failed {
-            task,
-            attempt,
-            error: error.clone(),
-            next,
-        });
-        self.failed_event(worker, &job, &error, retry, ErrorKind::Retryable);
-        if retry {
-            self.out.turn.retries += 1;
-            job.mask = self.failover(worker, job.eligible);
-            job.failed_at = Some(Instant::now());
-            let delay = self.retry.delay(job.tries, &mut self.rng);
-            if delay.is_zero() {
-                self.route_or_wait(job);
-            } else {
-                self.place.queued += 1;
-                self.attempts.delay(job, delay);
-            }
-        } else {
-            self.out.turn.dead_lettered += 1;
-            self.out.turn.quarantined += u64::from(poison);
-            let error = if poison {
-                format!(
-                    "quarantined as poison: {} attempts crashed or hung their agents; last error: {error}",
-                    job.faults
-                )
-            } else {
-                format!("dead-lettered after attempt {attempt}; last error: {error}")
-            };
-            self.out.complete(
-                job,
-                TaskState::DeadLettered,
-                None,
-                Some(error.into()),
-                Some(worker),
-            );
-        }
-    }
-
-    /// The pools a retry may go to after an attempt on `worker` failed, by the failover
-    /// policy of `worker`'s pool.
-    fn failover(&self, worker: AgentId, eligible: SpecMask) -> SpecMask {
-        let pool = self.tree.spec(worker);
-        match self.attempts.pool(pool).failover {
-            // TEMPORARY until Failover::choose lands in colony-core.
-            colony_core::agent::Failover::Any => eligible,
-            colony_core::agent::Failover::SamePool => SpecMask::of(pool),
-            colony_core::agent::Failover::Backup => {
-                let staffed = self.shared.staffed().0;
-                let backups = SpecMask(eligible.0 & staffed & !SpecMask::of(pool).0);
-                if backups.is_empty() {
-                    eligible
+            Decision::Retry { after } => {
+                self.out.record(Record::Failed {
+                    task,
+                    attempt,
+                    error: error.clone(),
+                    next: TaskState::Queued,
+                });
+                self.failed_event(worker, &job, &error, true, ErrorKind::Retryable);
+                self.out.turn.retries += 1;
+                let pool = self.tree.spec(worker);
+                let staffed = self.shared.staffed();
+                job.mask = self
+                    .attempts
+                    .pool(pool)
+                    .failover
+                    .choose(pool, job.eligible, staffed);
+                job.failed_at = Some(Instant::now());
+                if after.is_zero() {
+                    self.route_or_wait(job);
                 } else {
-                    backups
+                    self.place.queued += 1;
+                    self.attempts.delay(job, after);
                 }
+            }
+            Decision::DeadLetter | Decision::Quarantine => {
+                self.out.record(Record::Failed {
+                    task,
+                    attempt,
+                    error: error.clone(),
+                    next: TaskState::DeadLettered,
+                });
+                self.failed_event(worker, &job, &error, false, ErrorKind::Retryable);
+                self.out.turn.dead_lettered += 1;
+                let error = if verdict.decision == Decision::Quarantine {
+                    self.out.turn.quarantined += 1;
+                    format!(
+                        "quarantined as poison: {} attempts crashed or hung their agents; last error: {error}",
+                        job.faults
+                    )
+                } else {
+                    format!("dead-lettered after attempt {attempt}; last error: {error}")
+                };
+                let state = TaskState::DeadLettered;
+                self.out
+                    .complete(job, state, None, Some(error.into()), Some(worker));
             }
         }
     }

@@ -10,8 +10,8 @@ use crate::{
 use colony_agents::AgentSpec;
 use colony_core::{
     AgentId, TaskId,
-    routing::{SpecMask, Tree},
     task::TaskSpec,
+    tree::{LiveTree, SpecMask},
 };
 use colony_journal::Journal;
 use std::{
@@ -382,7 +382,7 @@ impl Handle {
     /// Runs `f` on the live tree inside the dispatcher: chain-of-command queries, loads.
     pub async fn inspect<R: Send + 'static>(
         &self,
-        f: impl FnOnce(&Tree) -> R + Send + 'static,
+        f: impl FnOnce(&LiveTree) -> R + Send + 'static,
     ) -> Result<R, Error> {
         self.observe(move |live| f(live.tree)).await
     }

@@ -40,8 +40,9 @@ pub use shared::{Completion, LATENCY_BUCKETS, Latencies, Timings};
 use colony_agents::{Agent, AgentSpec};
 use colony_core::{
     hierarchy::{self, DEFAULT_SPAN, HierarchyOptions, Tiers},
-    routing::{MAX_SPECS, Strategy, Tree, TreeOptions},
+    routing::Strategy,
     task::{self, DEFAULT_MAX_PAYLOAD},
+    tree::{LiveTree, MAX_SPECS, TreeOptions},
 };
 use colony_journal::Journal;
 use events::EventBus;
@@ -197,20 +198,16 @@ impl RetryOptions {
         Ok(())
     }
 
-    /// Delay before attempt `tries + 1`, after `tries` attempts in this process.
-    pub(crate) fn delay(&self, tries: u32, rng: &mut impl rand::Rng) -> Duration {
-        if self.initial_backoff.is_zero() {
-            return Duration::ZERO;
+    /// The engine that decides, after every attempt, what becomes of its task.
+    pub(crate) fn policy(&self) -> colony_core::attempt::Policy {
+        colony_core::attempt::Policy {
+            backoff: colony_core::attempt::Backoff {
+                initial: self.initial_backoff,
+                max: self.max_backoff,
+                jitter: self.jitter,
+            },
+            poison_faults: self.poison_faults,
         }
-        let exponent = tries.saturating_sub(1).min(30) as i32;
-        let base = (self.initial_backoff.as_secs_f64() * 2f64.powi(exponent))
-            .min(self.max_backoff.as_secs_f64());
-        let jitter = if self.jitter > 0.0 {
-            rng.random_range(-self.jitter..=self.jitter)
-        } else {
-            0.0
-        };
-        Duration::from_secs_f64(base * (1.0 + jitter))
     }
 }
 
@@ -348,7 +345,7 @@ impl Runtime {
             span: options.span,
             tiers: options.tiers.clone(),
         };
-        let tree = Tree::new(&TreeOptions {
+        let tree = LiveTree::new(&TreeOptions {
             hierarchy,
             queue_capacity: options.queue_capacity,
         })?;

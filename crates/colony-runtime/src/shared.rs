@@ -5,7 +5,7 @@
 use crate::{dispatcher::Command, events::EventBus};
 use bytes::Bytes;
 use colony_agents::AgentSpec;
-use colony_core::{AgentId, TaskId, routing::SpecMask, task::TaskState};
+use colony_core::{AgentId, TaskId, task::TaskState, tree::SpecMask};
 use colony_journal::Journal;
 use std::{
     sync::{

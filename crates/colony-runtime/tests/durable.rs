@@ -238,7 +238,7 @@ fn watchdog(limit: Duration, what: &'static str) -> Arc<std::sync::atomic::Atomi
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_disk_never_blocks_kills_cancellations_or_health_sweeps() {
-    use colony_core::routing::Tree;
+    use colony_core::tree::LiveTree;
     use colony_runtime::events::{Event, Kinds};
     let done = watchdog(
         Duration::from_secs(60),
@@ -313,7 +313,7 @@ async fn a_stalled_disk_never_blocks_kills_cancellations_or_health_sweeps() {
 
     // Kills are handled: a killed worker is restarted.
     let worker = h
-        .inspect(|t: &Tree| {
+        .inspect(|t: &LiveTree| {
             t.agents_in_tier(t.worker_tier())
                 .into_iter()
                 .find(|a| t.spec(*a) == 0)

@@ -8,8 +8,8 @@ use bytes::Bytes;
 use colony_core::{
     AgentId, TaskId,
     health::{Health, HealthState},
-    routing::{SpecMask, Tree},
     task::{Priority, TaskSpec},
+    tree::{LiveTree, SpecMask},
 };
 use colony_journal::Durable;
 use std::{
@@ -163,7 +163,7 @@ impl Job {
 /// The live hierarchy as a query inside the dispatcher sees it.
 #[derive(Clone, Copy)]
 pub struct Live<'a> {
-    pub tree: &'a Tree,
+    pub tree: &'a LiveTree,
     pub(super) health: &'a [Health],
     pub(super) unhealthy: [u64; 3],
     pub(super) retired: &'a HashSet<AgentId>,
@@ -171,7 +171,7 @@ pub struct Live<'a> {
 
 /// Agents of `tier` out of service and due back: those down, less the workers retired
 /// (down for good).
-pub(super) fn due_back(tree: &Tree, retired: usize, tier: usize) -> u64 {
+pub(super) fn due_back(tree: &LiveTree, retired: usize, tier: usize) -> u64 {
     let down = tree.down_in_tier(tier);
     if tier == tree.worker_tier() {
         down.saturating_sub(retired as u64)

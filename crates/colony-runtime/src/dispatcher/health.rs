@@ -166,7 +166,7 @@ impl Dispatcher {
     /// ones are stopped as hangs, their supervisors deciding what follows.
     pub(super) fn sweep(&mut self) {
         let worker_tier = self.tree.worker_tier();
-        let busy = |tree: &super::Tree, a: AgentId| tree.load(a).0 > 0;
+        let busy = |tree: &super::LiveTree, a: AgentId| tree.load(a).0 > 0;
         let mut stack: Vec<AgentId> = self.tree.roots().filter(|&r| busy(&self.tree, r)).collect();
         let mut silent = Vec::new();
         let agents = self.tree.len();

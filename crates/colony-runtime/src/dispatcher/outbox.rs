@@ -10,7 +10,7 @@ use crate::{
     shared::{Completion, Latencies, Shared},
 };
 use bytes::Bytes;
-use colony_core::{AgentId, routing::Tree, task::TaskState};
+use colony_core::{AgentId, task::TaskState, tree::LiveTree};
 use colony_journal::{Durable, Record};
 use futures::{FutureExt, StreamExt, stream::FuturesUnordered};
 use std::{
@@ -159,7 +159,7 @@ impl Outbox {
 
     /// Ends the turn: hands its records to the journal, then, once they are durable, returns
     /// the permits of ended tasks, counts them and tells their waiters.
-    pub(super) fn publish(&mut self, tree: &Tree, gauges: Gauges) {
+    pub(super) fn publish(&mut self, tree: &LiveTree, gauges: Gauges) {
         if !self.events.is_empty() {
             self.shared.bus.publish(std::mem::take(&mut self.events));
         }
@@ -233,7 +233,7 @@ impl Outbox {
 
     /// Sets the gauge of agents out of service and due back, per tier: where it changed, or
     /// everywhere (`all`, so that every tier has the series).
-    pub(super) fn publish_down(&mut self, tree: &Tree, retired: usize, all: bool) {
+    pub(super) fn publish_down(&mut self, tree: &LiveTree, retired: usize, all: bool) {
         for (tier, name) in tree.tier_names().iter().enumerate() {
             let down = due_back(tree, retired, tier);
             if let Some(published) = self.down_published.get_mut(tier)

@@ -13,7 +13,8 @@ use crate::{
 use colony_core::{
     AgentId, TaskId,
     rebalance::{self, RebalanceOptions},
-    routing::{SpecMask, Strategy, Tree},
+    routing::Strategy,
+    tree::{LiveTree, SpecMask},
 };
 use rand::rngs::SmallRng;
 
@@ -80,7 +81,7 @@ impl Placement {
     #[allow(clippy::result_large_err)]
     pub(super) fn route(
         &mut self,
-        tree: &mut Tree,
+        tree: &mut LiveTree,
         rng: &mut SmallRng,
         out: &mut Outbox,
         job: Job,
@@ -136,7 +137,7 @@ impl Placement {
     /// sibling supervisor.
     pub(super) fn next_for(
         &mut self,
-        tree: &mut Tree,
+        tree: &mut LiveTree,
         out: &mut Outbox,
         worker: AgentId,
     ) -> Option<Job> {
@@ -155,7 +156,7 @@ impl Placement {
     /// task's load moves with it.
     fn steal(
         &mut self,
-        tree: &mut Tree,
+        tree: &mut LiveTree,
         out: &mut Outbox,
         supervisor: AgentId,
         spec: SpecMask,
@@ -170,7 +171,7 @@ impl Placement {
             let len = self.queues[sibling.index()].as_ref().map_or(0, |q| q.len());
             self.lengths.push(len);
         }
-        let victim = steal_from(&self.lengths, me, self.steal_at);
+        let victim = rebalance::steal_from(&self.lengths, me, self.steal_at);
         let victim = tree.children(parent).nth(victim?)?;
         let job = self.queues[victim.index()]
             .as_mut()?
@@ -226,7 +227,7 @@ impl Placement {
     /// The periodic pass that evens out sibling supervisors' queues (see
     /// [`colony_core::rebalance`]). Returns the supervisors that received tasks: their idle
     /// workers should look at their queues.
-    pub(super) fn rebalance(&mut self, tree: &mut Tree, out: &mut Outbox) -> Vec<AgentId> {
+    pub(super) fn rebalance(&mut self, tree: &mut LiveTree, out: &mut Outbox) -> Vec<AgentId> {
         let supervisor_tier = tree.worker_tier() - 1;
         let groups: Vec<Vec<AgentId>> = if supervisor_tier == 0 {
             vec![tree.roots().collect()]
@@ -276,7 +277,7 @@ impl Placement {
     /// Takes out of `supervisors`' queues the tasks they cannot run any more: all of them
     /// when a supervisor has no worker in service, else those of specs it no longer has (its
     /// workers of them retired). The caller routes them again.
-    pub(super) fn evict(&mut self, tree: &mut Tree, supervisors: Vec<AgentId>) -> Vec<Job> {
+    pub(super) fn evict(&mut self, tree: &mut LiveTree, supervisors: Vec<AgentId>) -> Vec<Job> {
         let mut homeless: Vec<Job> = Vec::new();
         for sup in supervisors {
             let all = tree.is_down(sup) || tree.is_vacant(sup);
@@ -296,7 +297,7 @@ impl Placement {
     }
 
     /// Takes `task` out of whichever queue it waits in, if any.
-    pub(super) fn remove(&mut self, tree: &mut Tree, task: TaskId) -> Option<Job> {
+    pub(super) fn remove(&mut self, tree: &mut LiveTree, task: TaskId) -> Option<Job> {
         if let Some(job) = self.backlog.pop_matching(usize::MAX, |j| j.id == task) {
             self.queued -= 1;
             self.orphans -= usize::from(job.requirement.is_some());
@@ -317,15 +318,4 @@ impl Placement {
         }
         None
     }
-}
-
-// TEMPORARY until colony-core's rebalance::steal_from lands.
-fn steal_from(lengths: &[usize], me: usize, steal_at: usize) -> Option<usize> {
-    let (mut victim, mut longest) = (None, steal_at.saturating_sub(1));
-    for (i, &len) in lengths.iter().enumerate() {
-        if i != me && len > longest {
-            (victim, longest) = (Some(i), len);
-        }
-    }
-    victim
 }

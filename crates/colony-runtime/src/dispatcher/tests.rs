@@ -821,7 +821,7 @@ async fn failover_policies_send_retries_to_backups_or_keep_them_in_the_pool() {
         let h = runtime.handle();
         let mut events = h.subscribe(Kinds::TASKS);
         let primaries: Vec<colony_core::AgentId> = h
-            .inspect(|t: &colony_core::routing::Tree| {
+            .inspect(|t: &colony_core::tree::LiveTree| {
                 (0..t.len() as u32)
                     .map(colony_core::AgentId)
                     .filter(|&a| t.tier(a) == t.worker_tier() && t.spec(a) == 0)

@@ -8,9 +8,9 @@ use crate::{
 use colony_core::{
     AgentId,
     hierarchy::Tiers,
-    routing::Tree,
     supervision::{RestartPolicy, Strategy, SupervisorOptions},
     task::{TaskSpec, TaskState},
+    tree::LiveTree,
 };
 use colony_journal::Journal;
 use std::{collections::BTreeSet, time::Duration};
@@ -42,17 +42,19 @@ fn three_tiers() -> RuntimeOptions {
 
 /// The children of `agent`.
 async fn children(h: &Handle, agent: AgentId) -> Vec<AgentId> {
-    h.inspect(move |t: &Tree| t.children(agent).collect())
+    h.inspect(move |t: &LiveTree| t.children(agent).collect())
         .await
         .unwrap()
 }
 
 async fn is_down(h: &Handle, agent: AgentId) -> bool {
-    h.inspect(move |t: &Tree| t.is_down(agent)).await.unwrap()
+    h.inspect(move |t: &LiveTree| t.is_down(agent))
+        .await
+        .unwrap()
 }
 
 async fn all_down(h: &Handle) -> bool {
-    h.inspect(|t: &Tree| (0..t.len() as u32).all(|i| t.is_down(AgentId(i))))
+    h.inspect(|t: &LiveTree| (0..t.len() as u32).all(|i| t.is_down(AgentId(i))))
         .await
         .unwrap()
 }
@@ -171,7 +173,7 @@ async fn exceeding_intensity_escalates_once_and_moves_the_queue_to_a_sibling() {
     let h = runtime.handle();
     let mut events = h.subscribe(Kinds::AGENTS.union(Kinds::TASKS));
     let (a, b) = h
-        .inspect(|t: &Tree| {
+        .inspect(|t: &LiveTree| {
             let sups = t.agents_in_tier(1);
             (sups[0], sups[1])
         })
@@ -226,7 +228,7 @@ async fn exceeding_intensity_escalates_once_and_moves_the_queue_to_a_sibling() {
     }
     // The coordinator restarted the supervisor that gave up, with its workers.
     let down = h
-        .inspect(move |t: &Tree| t.is_down(a) || t.children(a).any(|w| t.is_down(w)))
+        .inspect(move |t: &LiveTree| t.is_down(a) || t.children(a).any(|w| t.is_down(w)))
         .await
         .unwrap();
     assert!(!down);
@@ -339,7 +341,10 @@ async fn a_supervisor_whose_workers_are_all_gone_hands_its_tasks_to_a_sibling() 
     };
     let (runtime, _) = start(options, vec![pool(4, sim(slow(10)))]).await;
     let h = runtime.handle();
-    let a = h.inspect(|t: &Tree| t.agents_in_tier(1)[0]).await.unwrap();
+    let a = h
+        .inspect(|t: &LiveTree| t.agents_in_tier(1)[0])
+        .await
+        .unwrap();
     // Tasks queued at A first, then both of its workers die for good.
     h.submit_batch(vec![TaskSpec::default(); 8]).await.unwrap();
     for w in children(h, a).await {
