@@ -29,10 +29,11 @@
 use crate::{
     Pool, RuntimeOptions,
     events::{Event, Kinds},
-    shared::{Counters, Shared},
+    shared::{Counters, PoolCounters, Shared},
     spawner::Spawner,
 };
 use attempts::{Attempts, Ended, Finished, Next, PoolHandler};
+use bytes::Bytes;
 use colony_agents::{Beats, Error as AgentError};
 use colony_core::{
     AgentId, TaskId,
@@ -94,6 +95,8 @@ pub(crate) fn start(
         control,
         stopped: AtomicBool::new(false),
         pool_agents: pools.iter().map(|_| AtomicU64::new(0)).collect(),
+        pool_load: pools.iter().map(|_| PoolCounters::default()).collect(),
+        epoch: tokio::time::Instant::now(),
         next_id: Mutex::new(journal.next_task_id().0),
         journal,
         permits: Semaphore::new(0),
@@ -115,6 +118,7 @@ pub(crate) fn start(
     let dispatcher = Dispatcher {
         place: Placement::new(
             tree.len(),
+            pools.len(),
             options.strategy,
             options.steal_at,
             options.rebalance,
@@ -125,7 +129,7 @@ pub(crate) fn start(
             options.health,
             Arc::new(Beats::new(tokio::time::Instant::now())),
         ),
-        out: Outbox::new(shared.clone(), tree.tier_names().len()),
+        out: Outbox::new(shared.clone(), tree.tier_names().len(), pools.len()),
         freed: Vec::new(),
         accepting: FuturesUnordered::new(),
         pending: Vec::new(),
@@ -300,6 +304,7 @@ impl Dispatcher {
         match command {
             Command::Submit(jobs) => {
                 for job in jobs {
+                    self.out.arrived(&job);
                     self.route_or_wait(job);
                 }
             }
@@ -359,6 +364,7 @@ impl Dispatcher {
                     .fetch_add(jobs.len() as u64, Relaxed);
                 crate::metrics::Metrics::accepted(jobs.len());
                 for job in jobs {
+                    self.out.arrived(&job);
                     self.route_or_wait(job);
                 }
                 let _ = ack.send(Ok(()));
@@ -375,7 +381,7 @@ impl Dispatcher {
 
     /// A retry's backoff is over.
     fn due(&mut self, job: Job) {
-        self.place.queued -= 1;
+        self.place.tally(job.mask, false);
         self.route_or_wait(job);
     }
 
@@ -410,6 +416,8 @@ impl Dispatcher {
         job.last_agent = Some(worker);
         self.out.turn.attempts += 1;
         self.tree.start(worker);
+        let pool = self.tree.spec(worker);
+        self.out.pools[pool as usize].busy += 1;
         self.out.record(Record::Started {
             task: job.id,
             attempt: job.attempt,
@@ -425,7 +433,7 @@ impl Dispatcher {
             agent: worker,
             attempt,
         });
-        let (pool, incarnation) = (self.tree.spec(worker), self.supervision.incarnation(worker));
+        let incarnation = self.supervision.incarnation(worker);
         let beats = &self.watch.beats;
         if let Some((job, ended)) = self.attempts.launch(worker, pool, incarnation, job, beats) {
             self.ended_after(worker, job, ended, None, true);
@@ -464,6 +472,9 @@ impl Dispatcher {
         };
         self.tree.finish(worker, micros);
         self.freed.push(worker);
+        let tally = &mut self.out.pools[self.tree.spec(worker) as usize];
+        tally.busy -= 1;
+        tally.ended += 1;
         let asked = self.attempts.cancel_asked(job.id);
         // The attempt ended before it saw the cancellation: its agent's switch forgets it.
         if asked
@@ -481,21 +492,21 @@ impl Dispatcher {
             let ok = matches!(ended, Ended::Outcome(Ok(_)));
             self.observe(worker, took, ok);
         }
-        let (end, output, error): (End, _, Arc<str>) = match ended {
-            Ended::Outcome(Ok(output)) => (End::Succeeded, Some(output), "".into()),
-            Ended::Outcome(Err(AgentError::Fatal(error))) => (End::Fatal, None, error),
-            Ended::Outcome(Err(AgentError::Retryable(error))) => (End::Retryable, None, error),
+        // The output of a success, or the cause of anything else.
+        let (end, result): (End, Result<Bytes, Arc<str>>) = match ended {
+            Ended::Outcome(Ok(output)) => (End::Succeeded, Ok(output)),
+            Ended::Outcome(Err(AgentError::Fatal(error))) => (End::Fatal, Err(error)),
+            Ended::Outcome(Err(AgentError::Retryable(error))) => (End::Retryable, Err(error)),
             Ended::Crash(message) => (
                 End::Crashed,
-                None,
-                format!("agent crashed: {message}").into(),
+                Err(format!("agent crashed: {message}").into()),
             ),
             Ended::TimedOut(after) => {
                 self.time_hang(elapsed);
                 let cause = format!("attempt timed out after {after:?}").into();
-                (End::TimedOut, None, cause)
+                (End::TimedOut, Err(cause))
             }
-            Ended::Cancelled => (End::Cancelled, None, "cancelled".into()),
+            Ended::Cancelled => (End::Cancelled, Err("cancelled".into())),
             Ended::Stopped(stop) => {
                 let end = match stop.kind {
                     StopKind::Killed => {
@@ -508,7 +519,7 @@ impl Dispatcher {
                     }
                     StopKind::Supervisor => End::Stopped,
                 };
-                (end, None, stop.cause)
+                (end, Err(stop.cause))
             }
         };
         let tally = Tally {
@@ -523,19 +534,14 @@ impl Dispatcher {
         // supervisor to act on.
         if let Some(exit) = verdict.exit
             && current
+            && let Err(cause) = &result
         {
-            self.supervise(
-                worker,
-                exit,
-                error.clone(),
-                StopKind::Supervisor,
-                Instant::now(),
-            );
+            let (cause, at) = (cause.clone(), Instant::now());
+            self.supervise(worker, exit, cause, StopKind::Supervisor, at);
         }
         let (task, attempt) = (job.id, job.attempt);
-        match verdict.decision {
-            Decision::Commit => {
-                let output = output.expect("a commit has an output");
+        let error = match result {
+            Ok(output) if verdict.decision == Decision::Commit => {
                 self.out.record(Record::Committed {
                     task,
                     attempt,
@@ -550,9 +556,16 @@ impl Dispatcher {
                 let state = TaskState::Succeeded;
                 self.out
                     .complete(job, state, Some(output), None, Some(worker));
+                return;
             }
+            // The engine commits every success and nothing else: neither arm is taken.
+            Ok(_) => "succeeded, yet not committed".into(),
+            Err(error) => error,
+        };
+        match verdict.decision {
             Decision::Cancel => self.cancelled(job, Some(worker)),
-            Decision::Fail => {
+            // A commit without an output fails rather than vanish (see above: never taken).
+            Decision::Fail | Decision::Commit => {
                 self.out.record(Record::Failed {
                     task,
                     attempt,
@@ -585,7 +598,7 @@ impl Dispatcher {
                 if after.is_zero() {
                     self.route_or_wait(job);
                 } else {
-                    self.place.queued += 1;
+                    self.place.tally(job.mask, true);
                     self.attempts.delay(job, after);
                 }
             }
@@ -693,7 +706,8 @@ impl Dispatcher {
     /// Ends the turn (see [`Outbox::publish`]).
     fn publish(&mut self) {
         let gauges = Gauges {
-            queued: self.place.queued,
+            waiting: self.place.waiting(),
+            queued: self.place.queued(),
             running: self.attempts.running() as u64,
             capacity: self.capacity,
             retired: self.supervision.retired().len(),

@@ -5,7 +5,7 @@ use crate::{
     dispatcher::{Cancelled, Command, Job, Live},
     events::{Kinds, Subscription},
     metrics::Metrics,
-    shared::{Completion, Latencies, Shared, Timings},
+    shared::{Completion, Latencies, PoolCounters, PoolLoad, Shared, Timings},
 };
 use colony_agents::AgentSpec;
 use colony_core::{
@@ -16,7 +16,7 @@ use colony_core::{
 use colony_journal::Journal;
 use std::{
     sync::{Arc, atomic::Ordering::Relaxed},
-    time::Instant,
+    time::{Duration, Instant},
 };
 use tokio::sync::oneshot;
 
@@ -65,6 +65,17 @@ impl Stats {
     pub fn finished(&self) -> u64 {
         self.succeeded + self.failed + self.dead_lettered + self.cancelled
     }
+}
+
+/// What [`Handle::set_pool_size`] did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Resized {
+    /// The pool's agents now.
+    pub agents: u64,
+    pub retired: u32,
+    /// Retired agents brought back into service.
+    pub reinstated: u32,
+    pub spawned: u32,
 }
 
 /// Tasks accepted by one submission: ids `first..first + count`.
@@ -525,6 +536,71 @@ impl Handle {
         Latencies(std::array::from_fn(|i| {
             self.shared.counters.latency[i].load(Relaxed)
         }))
+    }
+
+    /// Each pool's load, by pool index, as the dispatcher last published it (once per turn).
+    pub fn pool_loads(&self) -> Vec<PoolLoad> {
+        let shared = &self.shared;
+        let now = shared.epoch.elapsed();
+        let pools = shared
+            .specs
+            .iter()
+            .zip(&shared.pool_agents)
+            .zip(&shared.pool_load);
+        pools
+            .map(|((spec, agents), load)| {
+                let agents = agents.load(Relaxed);
+                let since = load.waiting_since.load(Relaxed);
+                let waiting_for = if since == PoolCounters::NONE_WAITING {
+                    Duration::ZERO
+                } else {
+                    now.saturating_sub(Duration::from_micros(since))
+                };
+                PoolLoad {
+                    agents,
+                    capacity: agents * u64::from(spec.concurrency),
+                    busy: load.busy.load(Relaxed),
+                    waiting: load.waiting.load(Relaxed),
+                    waiting_for,
+                    arrivals: load.arrivals.load(Relaxed),
+                    ended: load.ended.load(Relaxed),
+                }
+            })
+            .collect()
+    }
+
+    /// Brings pool `pool` to `agents` agents: retires the surplus (they finish what they run
+    /// and are never restarted), or brings retired ones back first and spawns the rest.
+    pub async fn set_pool_size(&self, pool: usize, agents: u64) -> Result<Resized, Error> {
+        let have = self
+            .shared
+            .pool_agents
+            .get(pool)
+            .ok_or(Error::NoSuchPool {
+                got: pool,
+                count: self.shared.specs.len(),
+            })?
+            .load(Relaxed);
+        let change = u32::try_from(agents.abs_diff(have)).map_err(|_| {
+            Error::Options(format!(
+                "changing pool {pool} by {} agents at once: allowed up to {}",
+                agents.abs_diff(have),
+                u32::MAX
+            ))
+        })?;
+        let mut resized = Resized::default();
+        if agents < have {
+            resized.retired = self.retire(pool, change).await?;
+        } else if agents > have {
+            resized.reinstated = self.reinstate(pool, change).await?;
+            let left = change - resized.reinstated;
+            if left > 0 {
+                self.spawn(pool, left, SpawnMode::Batch).await?;
+                resized.spawned = left;
+            }
+        }
+        resized.agents = self.shared.pool_agents[pool].load(Relaxed);
+        Ok(resized)
     }
 
     /// The pools' specs, by pool index, and how many agents each has.

@@ -34,8 +34,8 @@ mod shared;
 pub mod spawner;
 
 pub use dispatcher::{Cancelled, Live};
-pub use handle::{Accepted, Handle, Pending, Stats};
-pub use shared::{Completion, LATENCY_BUCKETS, Latencies, Timings};
+pub use handle::{Accepted, Handle, Pending, Resized, Stats};
+pub use shared::{Completion, LATENCY_BUCKETS, Latencies, PoolLoad, Timings};
 
 use colony_agents::{Agent, AgentSpec};
 use colony_core::{

@@ -26,6 +26,10 @@ pub(crate) struct Shared {
     pub(crate) stopped: AtomicBool,
     /// Per pool, agents spawned: a task is admitted only if some pool that may run it has any.
     pub(crate) pool_agents: Vec<AtomicU64>,
+    /// Per pool, its load as the loop last published it (see [`PoolLoad`]).
+    pub(crate) pool_load: Vec<PoolCounters>,
+    /// Where the loop's published instants count from.
+    pub(crate) epoch: tokio::time::Instant,
     pub(crate) journal: Arc<dyn Journal>,
     /// One permit per task the hierarchy can hold (queued or running); taken at submission,
     /// returned when the task ends.
@@ -174,4 +178,57 @@ pub struct Completion {
     pub agent: Option<AgentId>,
     /// From acceptance to the terminal state, measured by the dispatcher.
     pub latency: Duration,
+}
+
+/// What the loop publishes of one pool once per turn: the demand on it and the work it does.
+#[derive(Debug)]
+pub(crate) struct PoolCounters {
+    pub(crate) waiting: AtomicU64,
+    pub(crate) busy: AtomicU64,
+    pub(crate) arrivals: AtomicU64,
+    pub(crate) ended: AtomicU64,
+    /// Microseconds after [`Shared::epoch`] since which tasks this pool may run have waited
+    /// without a break; [`PoolCounters::NONE_WAITING`] while none waits.
+    pub(crate) waiting_since: AtomicU64,
+}
+
+impl PoolCounters {
+    pub(crate) const NONE_WAITING: u64 = u64::MAX;
+}
+
+impl Default for PoolCounters {
+    fn default() -> Self {
+        Self {
+            waiting: AtomicU64::new(0),
+            busy: AtomicU64::new(0),
+            arrivals: AtomicU64::new(0),
+            ended: AtomicU64::new(0),
+            waiting_since: AtomicU64::new(Self::NONE_WAITING),
+        }
+    }
+}
+
+/// One pool's load, as the dispatcher last published it: what an autoscaler, the API and
+/// `/metrics` read. A task that several pools may run counts in each of them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct PoolLoad {
+    /// Agents in service or due back (spawned, less retired).
+    pub agents: u64,
+    /// Attempts those agents run at once: agents × concurrency.
+    pub capacity: u64,
+    /// Attempts running on the pool's agents.
+    pub busy: u64,
+    /// Tasks waiting (queued, backlogged, or backing off before a retry) that it may run.
+    pub waiting: u64,
+    /// How long tasks it may run have been waiting without a break: the age of its backlog.
+    #[serde(serialize_with = "micros")]
+    pub waiting_for: Duration,
+    /// Tasks accepted since start that it may run.
+    pub arrivals: u64,
+    /// Attempts its agents ended since start.
+    pub ended: u64,
+}
+
+fn micros<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_u64(u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
 }

@@ -438,28 +438,13 @@ pub(crate) async fn resize(
             ),
         );
     }
-    let change = change as u32;
-    let (mut added, mut retired) = (0, 0);
-    if want < have {
-        // Retired workers finish what they run; they come back first when the pool grows.
-        match app.handle.retire(index, change).await {
-            Ok(n) => retired = n,
-            Err(e) => return refused(e),
-        }
-    } else if want > have {
-        let back = match app.handle.reinstate(index, change).await {
-            Ok(n) => n,
-            Err(e) => return refused(e),
-        };
-        if back < change {
-            let mode = colony_runtime::SpawnMode::Batch;
-            if let Err(e) = app.handle.spawn(index, change - back, mode).await {
-                return refused(e);
-            }
-        }
-        added = change;
-    }
-    let agents = app.handle.pools().get(index).map_or(0, |p| p.1);
+    // Retired workers finish what they run; they come back first when the pool grows.
+    let resized = match app.handle.set_pool_size(index, want).await {
+        Ok(r) => r,
+        Err(e) => return refused(e),
+    };
+    let (agents, retired) = (resized.agents, resized.retired);
+    let added = resized.reinstated + resized.spawned;
     Json(json!({ "pool": index, "agents": agents, "added": added, "retired": retired }))
         .into_response()
 }

@@ -7,7 +7,7 @@ use super::command::{Job, due_back};
 use crate::{
     events::{Event, Kinds},
     metrics::Metrics,
-    shared::{Completion, Latencies, Shared},
+    shared::{Completion, Latencies, PoolCounters, Shared},
 };
 use bytes::Bytes;
 use colony_core::{AgentId, task::TaskState, tree::LiveTree};
@@ -60,13 +60,24 @@ pub(super) struct Outbox {
     flushing: FuturesUnordered<Flushing>,
     pub(super) turn: Turn,
     pub(super) metrics: Metrics,
+    pub(super) pools: Vec<PoolTally>,
     /// Per tier, agents out of service and due back, as the metric last said.
     down_published: Vec<u64>,
     shared: Arc<Shared>,
 }
 
+/// Per pool, the work its agents took on and ended, and the tasks that arrived for it.
+#[derive(Debug, Default, Clone, Copy)]
+pub(super) struct PoolTally {
+    pub(super) busy: u64,
+    pub(super) ended: u64,
+    arrivals: u64,
+}
+
 /// What the rest of the runtime reads of the loop's state at the end of a turn.
-pub(super) struct Gauges {
+pub(super) struct Gauges<'a> {
+    /// Per pool, tasks waiting that it may run.
+    pub(super) waiting: &'a [u64],
     pub(super) queued: u64,
     pub(super) running: u64,
     pub(super) capacity: u64,
@@ -74,7 +85,7 @@ pub(super) struct Gauges {
 }
 
 impl Outbox {
-    pub(super) fn new(shared: Arc<Shared>, tiers: usize) -> Self {
+    pub(super) fn new(shared: Arc<Shared>, tiers: usize, pools: usize) -> Self {
         Self {
             records: Vec::new(),
             events: Vec::new(),
@@ -82,8 +93,20 @@ impl Outbox {
             flushing: FuturesUnordered::new(),
             turn: Turn::default(),
             metrics: Metrics::register(),
+            pools: vec![PoolTally::default(); pools],
             down_published: vec![0; tiers],
             shared,
+        }
+    }
+
+    /// A task was accepted: it counts in the arrivals of every pool that may run it.
+    pub(super) fn arrived(&mut self, job: &Job) {
+        let mut bits = job.eligible.0;
+        while bits != 0 {
+            if let Some(tally) = self.pools.get_mut(bits.trailing_zeros() as usize) {
+                tally.arrivals += 1;
+            }
+            bits &= bits - 1;
         }
     }
 
@@ -159,7 +182,7 @@ impl Outbox {
 
     /// Ends the turn: hands its records to the journal, then, once they are durable, returns
     /// the permits of ended tasks, counts them and tells their waiters.
-    pub(super) fn publish(&mut self, tree: &LiveTree, gauges: Gauges) {
+    pub(super) fn publish(&mut self, tree: &LiveTree, gauges: Gauges<'_>) {
         if !self.events.is_empty() {
             self.shared.bus.publish(std::mem::take(&mut self.events));
         }
@@ -200,6 +223,7 @@ impl Outbox {
         m.dead_lettered.increment(t.dead_lettered);
         m.cancelled.increment(t.cancelled);
         self.publish_down(tree, gauges.retired, false);
+        self.publish_pools(gauges.waiting);
         let release = Release {
             shared: self.shared.clone(),
             succeeded: t.succeeded,
@@ -227,6 +251,33 @@ impl Outbox {
                     release.run(&result);
                     result
                 }));
+            }
+        }
+    }
+
+    /// Publishes each pool's load, and since when its tasks have waited without a break.
+    fn publish_pools(&self, waiting: &[u64]) {
+        let mut now = None;
+        for ((counters, tally), &waiting) in
+            self.shared.pool_load.iter().zip(&self.pools).zip(waiting)
+        {
+            counters.waiting.store(waiting, Relaxed);
+            counters.busy.store(tally.busy, Relaxed);
+            counters.arrivals.store(tally.arrivals, Relaxed);
+            counters.ended.store(tally.ended, Relaxed);
+            let since = counters.waiting_since.load(Relaxed);
+            if waiting == 0 {
+                if since != PoolCounters::NONE_WAITING {
+                    counters
+                        .waiting_since
+                        .store(PoolCounters::NONE_WAITING, Relaxed);
+                }
+            } else if since == PoolCounters::NONE_WAITING {
+                let at = *now.get_or_insert_with(|| {
+                    let micros = self.shared.epoch.elapsed().as_micros();
+                    u64::try_from(micros).unwrap_or(u64::MAX - 1)
+                });
+                counters.waiting_since.store(at, Relaxed);
             }
         }
     }

@@ -39,7 +39,10 @@ pub(super) struct Placement {
     /// Backlogged tasks that no pool with agents can run yet.
     orphans: usize,
     /// Tasks in supervisors' queues, the backlog, and retries' backoff.
-    pub(super) queued: u64,
+    queued: u64,
+    /// The same, per pool that may run them (a task that several pools may run counts in
+    /// each): the demand the autoscaler sees.
+    waiting: Vec<u64>,
     strategy: Strategy,
     /// Queue length of a sibling supervisor from which an idle worker steals.
     steal_at: usize,
@@ -51,6 +54,7 @@ pub(super) struct Placement {
 impl Placement {
     pub(super) fn new(
         agents: usize,
+        pools: usize,
         strategy: Strategy,
         steal_at: usize,
         rebalance: RebalanceOptions,
@@ -62,6 +66,7 @@ impl Placement {
             backlog: PriorityQueue::new(usize::MAX),
             orphans: 0,
             queued: 0,
+            waiting: vec![0; pools],
             strategy,
             steal_at: steal_at.max(1),
             rebalance,
@@ -100,12 +105,13 @@ impl Placement {
         // The tree admits no more than the supervisor's capacity, so this bound only bites
         // if the tree and the queues disagree; the task then waits in the backlog.
         let bound = tree.load(supervisor).1 as usize;
+        let mask = job.mask;
         let queue = self.queue(supervisor, bound);
         // Workers spawned since the queue was made raise the supervisor's capacity.
         queue.set_capacity(bound);
         match queue.push(job.priority, job) {
             Ok(()) => {
-                self.queued += 1;
+                self.tally(mask, true);
                 Ok(Routed::Queued)
             }
             Err(Full(job)) => {
@@ -117,7 +123,7 @@ impl Placement {
 
     /// Puts `job` at the back of the backlog, to wait for room.
     pub(super) fn wait(&mut self, job: Job) {
-        self.queued += 1;
+        self.tally(job.mask, true);
         self.orphans += usize::from(job.requirement.is_some());
         let _ = self.backlog.push(job.priority, job);
     }
@@ -147,7 +153,7 @@ impl Placement {
             .as_mut()
             .and_then(|q| q.pop_matching(usize::MAX, |job| job.mask.intersects(spec)))
             .or_else(|| self.steal(tree, out, supervisor, spec))?;
-        self.queued -= 1;
+        self.tally(job.mask, false);
         Some(job)
     }
 
@@ -194,14 +200,14 @@ impl Placement {
             return None;
         }
         let job = self.backlog.pop()?;
-        self.queued -= 1;
+        self.tally(job.mask, false);
         Some(job)
     }
 
     /// A backlogged task that still found no room goes to the back, so the tasks behind it
     /// get their turn.
     pub(super) fn back_of_backlog(&mut self, job: Job) {
-        self.queued += 1;
+        self.tally(job.mask, true);
         let _ = self.backlog.push(job.priority, job);
     }
 
@@ -210,18 +216,51 @@ impl Placement {
         if self.orphans == 0 {
             return;
         }
-        let mut found = 0;
+        let mut adopted = Vec::new();
         self.backlog.for_each_mut(|job| {
             if let Some(requirement) = &job.requirement {
                 job.mask = shared.mask_for(requirement);
                 job.eligible = job.mask;
                 if !job.mask.is_empty() {
                     job.requirement = None;
-                    found += 1;
+                    adopted.push(job.mask);
                 }
             }
         });
-        self.orphans -= found;
+        self.orphans -= adopted.len();
+        // An orphan counted in no pool's demand while it had none; now it counts in its own.
+        for mask in adopted {
+            self.tally(mask, true);
+            self.queued -= 1;
+        }
+    }
+
+    /// Tasks waiting: in a queue, the backlog or a retry's backoff.
+    pub(super) fn queued(&self) -> u64 {
+        self.queued
+    }
+
+    /// Tasks waiting, per pool that may run them.
+    pub(super) fn waiting(&self) -> &[u64] {
+        &self.waiting
+    }
+
+    /// Counts a task that starts (`up`) or stops waiting, in the total and in each pool of
+    /// `mask`.
+    pub(super) fn tally(&mut self, mask: SpecMask, up: bool) {
+        let mut bits = mask.0;
+        if up {
+            self.queued += 1;
+        } else {
+            self.queued -= 1;
+        }
+        while bits != 0 {
+            let pool = bits.trailing_zeros() as usize;
+            bits &= bits - 1;
+            if let Some(n) = self.waiting.get_mut(pool) {
+                *n = if up { *n + 1 } else { n.saturating_sub(1) };
+            }
+        }
     }
 
     /// The periodic pass that evens out sibling supervisors' queues (see
@@ -289,9 +328,11 @@ impl Placement {
                 queue.pop_matching(usize::MAX, |j| all || !j.mask.intersects(can_run))
             {
                 tree.dequeue(sup);
-                self.queued -= 1;
                 homeless.push(job);
             }
+        }
+        for job in &homeless {
+            self.tally(job.mask, false);
         }
         homeless
     }
@@ -299,7 +340,7 @@ impl Placement {
     /// Takes `task` out of whichever queue it waits in, if any.
     pub(super) fn remove(&mut self, tree: &mut LiveTree, task: TaskId) -> Option<Job> {
         if let Some(job) = self.backlog.pop_matching(usize::MAX, |j| j.id == task) {
-            self.queued -= 1;
+            self.tally(job.mask, false);
             self.orphans -= usize::from(job.requirement.is_some());
             return Some(job);
         }
@@ -311,8 +352,9 @@ impl Placement {
                 continue;
             }
             if let Some(job) = queue.pop_matching(usize::MAX, |j| j.id == task) {
-                self.queued -= 1;
                 tree.dequeue(supervisor);
+                let mask = job.mask;
+                self.tally(mask, false);
                 return Some(job);
             }
         }

@@ -165,3 +165,53 @@ async fn tasks_queued_where_their_pool_retired_move_to_where_it_still_serves() {
     assert_ne!(done.agent, retired.first().copied());
     runtime.shutdown().await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn each_pools_load_counts_its_own_tasks_and_the_age_of_its_backlog() {
+    use crate::Pool;
+    use colony_agents::AgentSpec;
+    use colony_core::task::Requirement;
+    let a = Pool::new(AgentSpec::new("sim", "a"), 2, sim(slow(100)));
+    let b = Pool::new(AgentSpec::new("sim", "b"), 3, sim(slow(100)));
+    let (runtime, _journal) = start(two_tiers(), vec![a, b]).await;
+    let h = runtime.handle();
+    let for_role = |role: &str| TaskSpec {
+        requirement: Requirement {
+            role: Some(role.into()),
+            ..Requirement::default()
+        },
+        ..TaskSpec::default()
+    };
+    h.submit_batch(vec![for_role("a"); 5]).await.unwrap();
+    h.submit_batch(vec![for_role("b"); 1]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    let [a, b] = h.pool_loads()[..] else {
+        panic!("two pools")
+    };
+    assert_eq!((a.agents, a.capacity, a.busy, a.waiting), (2, 2, 2, 3));
+    assert_eq!((a.arrivals, a.ended), (5, 0));
+    assert!(
+        a.waiting_for >= Duration::from_millis(29),
+        "waiting since the first turn: {:?}",
+        a.waiting_for
+    );
+    assert_eq!((b.agents, b.busy, b.waiting, b.arrivals), (3, 1, 0, 1));
+    assert_eq!(b.waiting_for, Duration::ZERO, "nothing of b's waits");
+    h.drain().await.unwrap();
+    let [a, b] = h.pool_loads()[..] else {
+        panic!("two pools")
+    };
+    assert_eq!(
+        (a.busy, a.waiting, a.ended, a.waiting_for),
+        (0, 0, 5, Duration::ZERO)
+    );
+    assert_eq!((b.busy, b.ended), (0, 1));
+    // A pool resized to a size: surplus retired, then retired ones back before new ones.
+    let r = h.set_pool_size(1, 1).await.unwrap();
+    assert_eq!((r.agents, r.retired), (1, 2));
+    let r = h.set_pool_size(1, 5).await.unwrap();
+    assert_eq!((r.agents, r.reinstated, r.spawned), (5, 2, 2));
+    assert_eq!(h.pool_loads()[1].capacity, 5);
+    assert!(h.set_pool_size(2, 1).await.is_err(), "no pool 2");
+    runtime.shutdown().await;
+}
