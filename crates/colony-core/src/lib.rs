@@ -18,6 +18,8 @@
 //! - [`rebalance`] picks the sibling queue an idle worker steals from
 //!   ([`steal_from`](rebalance::steal_from)) and plans the moves that even out sibling
 //!   supervisors' queues.
+//! - [`forecast`] predicts a pool's arrivals over the next intervals (additive Holt-Winters)
+//!   and measures its own accuracy.
 //! - [`supervision`] decides, Erlang-style, which children restart after an exit, after what
 //!   backoff, and when a supervisor gives up and escalates.
 //! - [`task`] and [`agent`] are the specs users write, and an agent's
@@ -37,6 +39,7 @@
 pub mod agent;
 pub mod attempt;
 pub mod dag;
+pub mod forecast;
 pub mod health;
 pub mod hierarchy;
 pub mod id;
