@@ -1,6 +1,6 @@
 //! Arrivals over the next minutes, sans-IO: additive Holt-Winters and its measured accuracy.
 //!
-//! The predictive scaling policy (`scaling`) needs two things: how many tasks will
+//! The predictive scaling policy ([`crate::scaling`]) needs two things: how many tasks will
 //! arrive over the next horizon, and how far to trust that number. A [`Forecaster`] is fed
 //! one sample per interval (arrivals in the interval just ended) and answers both: a forecast
 //! from level, trend and season, smoothed exponentially, and the mean absolute percentage
