@@ -18,6 +18,11 @@
 //! - [`rebalance`] picks the sibling queue an idle worker steals from
 //!   ([`steal_from`](rebalance::steal_from)) and plans the moves that even out sibling
 //!   supervisors' queues.
+//! - [`scaling`] decides how many agents a pool should have from its utilisation, queue,
+//!   waits and forecast: reactive, predictive, cost and emergency policies with factors,
+//!   bounds and cooldowns, activation from zero and idling to `min`, each step with its reason.
+//! - [`forecast`] predicts a pool's arrivals over the next intervals (additive Holt-Winters)
+//!   and measures its own accuracy, which the predictive policy requires before it acts.
 //! - [`supervision`] decides, Erlang-style, which children restart after an exit, after what
 //!   backoff, and when a supervisor gives up and escalates.
 //! - [`task`] and [`agent`] are the specs users write, and an agent's
@@ -37,12 +42,14 @@
 pub mod agent;
 pub mod attempt;
 pub mod dag;
+pub mod forecast;
 pub mod health;
 pub mod hierarchy;
 pub mod id;
 pub mod name;
 pub mod rebalance;
 pub mod routing;
+pub mod scaling;
 pub mod supervision;
 pub mod task;
 pub mod text;
