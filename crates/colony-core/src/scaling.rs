@@ -343,6 +343,22 @@ pub enum Reason {
     AboveMax,
 }
 
+impl Reason {
+    /// The reason as events, metrics and the API spell it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::Overload => "overload",
+            Reason::HighUtilisation => "high-utilisation",
+            Reason::Forecast => "forecast",
+            Reason::LowUtilisation => "low-utilisation",
+            Reason::Idle => "idle",
+            Reason::Activation => "activation",
+            Reason::BelowMin => "below-min",
+            Reason::AboveMax => "above-max",
+        }
+    }
+}
+
 /// What stopped a wanted step.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]

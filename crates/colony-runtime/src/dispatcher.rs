@@ -39,7 +39,7 @@ use colony_core::{
     AgentId, TaskId,
     attempt::{Decision, End, Policy, Tally},
     task::TaskState,
-    tree::LiveTree,
+    tree::{LiveTree, SpecMask},
 };
 use colony_journal::{Journal, Record};
 use futures::{FutureExt, StreamExt, stream::FuturesUnordered};
@@ -96,6 +96,13 @@ pub(crate) fn start(
         stopped: AtomicBool::new(false),
         pool_agents: pools.iter().map(|_| AtomicU64::new(0)).collect(),
         pool_load: pools.iter().map(|_| PoolCounters::default()).collect(),
+        scaled: SpecMask(
+            pools
+                .iter()
+                .enumerate()
+                .filter(|(_, p)| p.scaling.is_some())
+                .fold(0, |m, (i, _)| m | 1 << i),
+        ),
         epoch: tokio::time::Instant::now(),
         next_id: Mutex::new(journal.next_task_id().0),
         journal,

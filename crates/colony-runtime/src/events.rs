@@ -103,6 +103,21 @@ pub enum Event {
         from: AgentId,
         to: AgentId,
     },
+    /// The autoscaler resized pool `pool` from `from` agents to `to`, for `reason`
+    /// (`scale:up`, `scale:down`).
+    PoolScaled {
+        pool: u8,
+        from: u32,
+        to: u32,
+        reason: colony_core::scaling::Reason,
+    },
+    /// The autoscaler wanted to resize pool `pool`, for `wanted`, and did not: a cooldown,
+    /// a bound or an inaccurate forecast stopped it (`scale:blocked`).
+    ScaleBlocked {
+        pool: u8,
+        wanted: colony_core::scaling::Reason,
+        by: colony_core::scaling::Blocked,
+    },
     /// The periodic pass moved `moved` tasks between the queues of `parent`'s children
     /// (`load:rebalanced`); `parent` is `None` for the top tier.
     LoadRebalanced {
@@ -128,6 +143,7 @@ impl Event {
             | Event::TaskGaveUp { .. }
             | Event::WorkStolen { .. }
             | Event::LoadRebalanced { .. } => Kinds::TASKS,
+            Event::PoolScaled { .. } | Event::ScaleBlocked { .. } => Kinds::SCALING,
         }
     }
 }
@@ -145,7 +161,9 @@ impl Kinds {
     pub const TASKS: Kinds = Kinds(4);
     /// Health changes and predictive alerts of busy agents.
     pub const HEALTH: Kinds = Kinds(8);
-    pub const ALL: Kinds = Kinds(15);
+    /// The autoscaler's decisions: pools resized, and resizes a cooldown or bound stopped.
+    pub const SCALING: Kinds = Kinds(16);
+    pub const ALL: Kinds = Kinds(31);
     pub const NONE: Kinds = Kinds(0);
 
     pub fn contains(self, other: Kinds) -> bool {

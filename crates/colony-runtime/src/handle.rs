@@ -564,6 +564,8 @@ impl Handle {
                     waiting_for,
                     arrivals: load.arrivals.load(Relaxed),
                     ended: load.ended.load(Relaxed),
+                    desired: Some(load.desired.load(Relaxed))
+                        .filter(|&d| d != PoolCounters::NONE_WAITING),
                 }
             })
             .collect()
@@ -601,6 +603,26 @@ impl Handle {
         }
         resized.agents = self.shared.pool_agents[pool].load(Relaxed);
         Ok(resized)
+    }
+
+    /// Records the size the autoscaler wants for `pool`, for the API and `/metrics`.
+    pub(crate) fn set_desired(&self, pool: usize, agents: u64) {
+        if let Some(load) = self.shared.pool_load.get(pool) {
+            load.desired.store(agents, Relaxed);
+        }
+    }
+
+    /// Whether the dispatcher's loop has ended.
+    pub(crate) fn is_stopped(&self) -> bool {
+        self.shared.stopped.load(Relaxed)
+    }
+
+    /// Publishes an event from outside the dispatcher (the autoscaler's), if anyone listens
+    /// for its kind.
+    pub(crate) fn publish(&self, kinds: Kinds, event: crate::events::Event) {
+        if self.shared.bus.wants(kinds) {
+            self.shared.bus.publish(vec![event]);
+        }
     }
 
     /// The pools' specs, by pool index, and how many agents each has.

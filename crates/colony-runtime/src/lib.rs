@@ -24,6 +24,7 @@
 //! # });
 //! ```
 
+mod autoscale;
 pub mod bench;
 mod dispatcher;
 pub mod events;
@@ -33,6 +34,7 @@ pub mod queue;
 mod shared;
 pub mod spawner;
 
+pub use autoscale::AutoscaleOptions;
 pub use dispatcher::{Cancelled, Live};
 pub use handle::{Accepted, Handle, Pending, Resized, Stats};
 pub use shared::{Completion, LATENCY_BUCKETS, Latencies, PoolLoad, Timings};
@@ -111,6 +113,8 @@ pub struct RuntimeOptions {
     /// on a multi-threaded tokio runtime.
     #[serde(with = "humantime_micros")]
     pub linger: Duration,
+    /// When the autoscaler looks at the pools that have a scaling policy ([`Pool::scaling`]).
+    pub autoscale: AutoscaleOptions,
 }
 
 mod humantime_micros {
@@ -143,6 +147,7 @@ impl Default for RuntimeOptions {
             health: colony_core::health::HealthOptions::default(),
             seed: 0,
             linger: DEFAULT_LINGER,
+            autoscale: AutoscaleOptions::default(),
         }
     }
 }
@@ -217,11 +222,18 @@ pub struct Pool {
     pub spec: AgentSpec,
     pub count: u32,
     pub agent: Arc<dyn Agent>,
+    /// How the autoscaler sizes this pool; `None` leaves its size to people.
+    pub scaling: Option<colony_core::scaling::ScalingOptions>,
 }
 
 impl Pool {
     pub fn new(spec: AgentSpec, count: u32, agent: Arc<dyn Agent>) -> Self {
-        Self { spec, count, agent }
+        Self {
+            spec,
+            count,
+            agent,
+            scaling: None,
+        }
     }
 }
 
@@ -285,6 +297,7 @@ impl RuntimeOptions {
             )));
         }
         self.retry.validate()?;
+        self.autoscale.validate()?;
         self.rebalance
             .validate()
             .map_err(|e| Error::Options(e.to_string()))?;
@@ -365,6 +378,7 @@ impl Runtime {
             let n = runtime.handle.requeue(unfinished)?;
             tracing::info!(tasks = n, "Recovered unfinished tasks from the journal.");
         }
+        autoscale::start(&runtime.handle, &pools, options.autoscale).await?;
         Ok(runtime)
     }
 

@@ -29,6 +29,12 @@ pub const AGENTS_DOWN: &str = "colony_agents_down";
 pub const DISPATCH_LATENCY: &str = "colony_dispatch_latency_seconds";
 pub const ATTEMPT_DURATION: &str = "colony_attempt_duration_seconds";
 pub const JOURNAL_COMMIT: &str = "colony_journal_commit_seconds";
+pub const POOL_AGENTS: &str = "colony_pool_agents";
+pub const POOL_DESIRED: &str = "colony_pool_desired_agents";
+pub const POOL_WAITING: &str = "colony_pool_waiting_tasks";
+pub const POOL_FORECAST: &str = "colony_pool_forecast_arrivals_per_second";
+pub const POOL_FORECAST_ERROR: &str = "colony_pool_forecast_error_ratio";
+pub const SCALING_DECISIONS: &str = "colony_scaling_decisions_total";
 
 /// Bucket bounds of every histogram, in seconds: 10 µs to 10 minutes.
 pub const BUCKETS: &[f64] = &[
@@ -126,6 +132,36 @@ pub fn describe() {
         Unit::Seconds,
         "How long attempts that left the agent's handle ran, whatever their outcome."
     );
+    describe_gauge!(
+        POOL_AGENTS,
+        Unit::Count,
+        "Agents of a scaled pool, as the autoscaler last saw them, by pool."
+    );
+    describe_gauge!(
+        POOL_DESIRED,
+        Unit::Count,
+        "The size the autoscaler last wanted for a pool, by pool."
+    );
+    describe_gauge!(
+        POOL_WAITING,
+        Unit::Count,
+        "Tasks waiting that a scaled pool may run, by pool."
+    );
+    describe_gauge!(
+        POOL_FORECAST,
+        Unit::Count,
+        "Arrivals per second forecast over the autoscaler's horizon, by pool."
+    );
+    describe_gauge!(
+        POOL_FORECAST_ERROR,
+        Unit::Count,
+        "Mean absolute percentage error of the arrivals forecast over its window, as a ratio, by pool."
+    );
+    describe_counter!(
+        SCALING_DECISIONS,
+        Unit::Count,
+        "Autoscaler decisions that resized a pool or were blocked, by pool, outcome and reason."
+    );
     describe_histogram!(
         JOURNAL_COMMIT,
         Unit::Seconds,
@@ -201,5 +237,66 @@ impl Metrics {
 
     pub(crate) fn accepted(n: usize) {
         counter!(TASKS_ACCEPTED).increment(n as u64);
+    }
+}
+
+/// The autoscaler's gauges of one pool.
+pub(crate) struct Scaling {
+    pool: String,
+    agents: Gauge,
+    desired: Gauge,
+    waiting: Gauge,
+    forecast: Gauge,
+    forecast_error: Gauge,
+}
+
+impl Scaling {
+    /// The gauges of each pool in `pools`, labelled by pool index.
+    pub(crate) fn register(pools: &[usize]) -> Vec<Self> {
+        pools
+            .iter()
+            .map(|p| {
+                let pool = p.to_string();
+                Self {
+                    agents: gauge!(POOL_AGENTS, "pool" => pool.clone()),
+                    desired: gauge!(POOL_DESIRED, "pool" => pool.clone()),
+                    waiting: gauge!(POOL_WAITING, "pool" => pool.clone()),
+                    forecast: gauge!(POOL_FORECAST, "pool" => pool.clone()),
+                    forecast_error: gauge!(POOL_FORECAST_ERROR, "pool" => pool.clone()),
+                    pool,
+                }
+            })
+            .collect()
+    }
+
+    /// Records what one tick saw of the pool and what it decided.
+    pub(crate) fn observe(
+        &self,
+        signals: &colony_core::scaling::Signals,
+        decision: &colony_core::scaling::Decision,
+    ) {
+        use colony_core::scaling::Decision;
+        self.agents.set(f64::from(signals.size));
+        self.waiting.set(f64::from(signals.queued));
+        if let Some(forecast) = signals.forecast_per_sec {
+            self.forecast.set(forecast);
+        }
+        if let Some(error) = signals.forecast_error {
+            self.forecast_error.set(error);
+        }
+        let (outcome, reason) = match decision {
+            Decision::Scale { from, to, reason } => {
+                self.desired.set(f64::from(*to));
+                (if to > from { "up" } else { "down" }, reason.as_str())
+            }
+            Decision::Blocked { wanted, .. } => ("blocked", wanted.as_str()),
+            Decision::Hold => {
+                self.desired.set(f64::from(signals.size));
+                return;
+            }
+        };
+        let pool = self.pool.clone();
+        counter!(SCALING_DECISIONS, "pool" => pool, "outcome" => outcome, "reason" => reason)
+            .increment(1);
     }
 }

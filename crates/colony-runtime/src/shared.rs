@@ -26,6 +26,9 @@ pub(crate) struct Shared {
     pub(crate) stopped: AtomicBool,
     /// Per pool, agents spawned: a task is admitted only if some pool that may run it has any.
     pub(crate) pool_agents: Vec<AtomicU64>,
+    /// Pools an autoscaler sizes: they count as having agents even at zero, since tasks for
+    /// them bring them back.
+    pub(crate) scaled: SpecMask,
     /// Per pool, its load as the loop last published it (see [`PoolLoad`]).
     pub(crate) pool_load: Vec<PoolCounters>,
     /// Where the loop's published instants count from.
@@ -87,13 +90,13 @@ impl Shared {
 
     /// The pools that have agents now.
     pub(crate) fn staffed(&self) -> SpecMask {
-        SpecMask(
-            self.pool_agents
-                .iter()
-                .enumerate()
-                .filter(|(_, n)| n.load(Relaxed) > 0)
-                .fold(0u64, |m, (i, _)| m | 1 << i),
-        )
+        let staffed = self
+            .pool_agents
+            .iter()
+            .enumerate()
+            .filter(|(_, n)| n.load(Relaxed) > 0)
+            .fold(0u64, |m, (i, _)| m | 1 << i);
+        SpecMask(staffed | self.scaled.0)
     }
 
     /// Adds a sample of how fast the runtime reacted, to the series `which` picks.
@@ -190,6 +193,9 @@ pub(crate) struct PoolCounters {
     /// Microseconds after [`Shared::epoch`] since which tasks this pool may run have waited
     /// without a break; [`PoolCounters::NONE_WAITING`] while none waits.
     pub(crate) waiting_since: AtomicU64,
+    /// The size the autoscaler last wanted; [`PoolCounters::NONE_WAITING`] for a pool it
+    /// does not scale.
+    pub(crate) desired: AtomicU64,
 }
 
 impl PoolCounters {
@@ -204,6 +210,7 @@ impl Default for PoolCounters {
             arrivals: AtomicU64::new(0),
             ended: AtomicU64::new(0),
             waiting_since: AtomicU64::new(Self::NONE_WAITING),
+            desired: AtomicU64::new(Self::NONE_WAITING),
         }
     }
 }
@@ -227,6 +234,8 @@ pub struct PoolLoad {
     pub arrivals: u64,
     /// Attempts its agents ended since start.
     pub ended: u64,
+    /// The size the autoscaler last wanted for it; `None` when it has no scaling policy.
+    pub desired: Option<u64>,
 }
 
 fn micros<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {

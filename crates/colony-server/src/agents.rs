@@ -377,20 +377,63 @@ pub(crate) async fn kill(State(app): State<Arc<App>>, Path(id): Path<String>) ->
 }
 
 pub(crate) async fn pools(State(app): State<Arc<App>>) -> Response {
+    let loads = app.handle.pool_loads();
     let pools: Vec<_> = app
         .handle
         .pools()
         .into_iter()
+        .zip(loads)
         .enumerate()
-        .map(|(i, (spec, agents))| {
+        .map(|(i, ((spec, agents), load))| {
             json!({
                 "pool": i, "kind": &*spec.kind, "role": &*spec.role, "agents": agents,
                 "concurrency": spec.concurrency,
                 "capabilities": spec.capabilities.iter().map(|c| &**c).collect::<Vec<_>>(),
+                "busy": load.busy, "waiting": load.waiting,
+                "waiting-for-ms": load.waiting_for.as_secs_f64() * 1e3,
+                "arrivals": load.arrivals, "ended": load.ended, "desired": load.desired,
             })
         })
         .collect();
     Json(json!({ "pools": pools })).into_response()
+}
+
+/// `GET /v1/scaling/{pool}`: what an outside autoscaler (KEDA's metrics-api scaler, an HPA
+/// through an adapter) needs of one pool: the size colony's autoscaler wants (or, for a pool
+/// it does not scale, the size that would keep its agents at most 80 % busy with nothing
+/// waiting), and the backlog.
+pub(crate) async fn scaling(State(app): State<Arc<App>>, Path(pool): Path<String>) -> Response {
+    let loads = app.handle.pool_loads();
+    let Some((index, load)) = pool
+        .parse::<usize>()
+        .ok()
+        .and_then(|i| loads.get(i).map(|l| (i, l)))
+    else {
+        return problem(
+            StatusCode::NOT_FOUND,
+            "no-such-pool",
+            format!(
+                "there is no pool {pool:?}: this runtime has pools 0..{}",
+                loads.len()
+            ),
+        );
+    };
+    let per_agent = load.capacity.checked_div(load.agents).unwrap_or(1).max(1);
+    // Enough agents for what runs and waits, at 80 % busy.
+    let needed = ((load.busy + load.waiting) as f64 / 0.8 / per_agent as f64).ceil() as u64;
+    let desired = load.desired.unwrap_or(needed);
+    let utilisation = if load.capacity == 0 {
+        0.0
+    } else {
+        load.busy as f64 / load.capacity as f64
+    };
+    Json(json!({
+        "pool": index, "agents": load.agents, "desired": desired,
+        "autoscaled": load.desired.is_some(),
+        "waiting": load.waiting, "waiting-for-ms": load.waiting_for.as_secs_f64() * 1e3,
+        "busy": load.busy, "capacity": load.capacity, "utilisation": utilisation,
+    }))
+    .into_response()
 }
 
 /// `PUT /v1/pools/{pool}`: `{"agents": N}`.

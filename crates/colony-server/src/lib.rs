@@ -313,6 +313,7 @@ fn router(app: Arc<App>) -> Router {
         .route("/v1/agents", get(agents::list))
         .route("/v1/agents/{id}", get(agents::one))
         .route("/v1/pools", get(agents::pools))
+        .route("/v1/scaling/{pool}", get(agents::scaling))
         .route("/v1/runs", get(runs::list))
         .route("/v1/runs/{id}", get(runs::one))
         .route("/v1/stats", get(live::stats))

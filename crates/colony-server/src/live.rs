@@ -58,7 +58,7 @@ pub(crate) async fn events(State(app): State<Arc<App>>) -> Response {
     // Not `Kinds::TASKS`: per-task events would cost the dispatcher for every task, and the
     // snapshot carries their counts.
     let h = app.handle.clone();
-    let subscription = h.subscribe(Kinds::AGENTS.union(Kinds::HEALTH));
+    let subscription = h.subscribe(Kinds::AGENTS.union(Kinds::HEALTH).union(Kinds::SCALING));
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let coalesced = Coalesced {
@@ -142,6 +142,18 @@ impl Coalesced {
             } => json!({
                 "kind": "health-alert", "agent": agent.0,
                 "average-ms": average.as_secs_f64() * 1e3, "baseline-ms": baseline.as_secs_f64() * 1e3,
+            }),
+            E::PoolScaled {
+                pool,
+                from,
+                to,
+                reason,
+            } => json!({
+                "kind": if to > from { "scale:up" } else { "scale:down" },
+                "pool": pool, "from": from, "to": to, "reason": reason.as_str(),
+            }),
+            E::ScaleBlocked { pool, wanted, by } => json!({
+                "kind": "scale:blocked", "pool": pool, "wanted": wanted.as_str(), "by": by,
             }),
             E::AgentRestarted { cause, .. } => {
                 self.restarted += 1;

@@ -250,6 +250,7 @@ async fn the_openapi_document_describes_every_route_served() {
         "/v1/agents/{id}/kill",
         "/v1/pools",
         "/v1/pools/{id}",
+        "/v1/scaling/{pool}",
         "/login",
         "/logout",
         "/v1/runs",
@@ -480,6 +481,21 @@ async fn the_hierarchy_is_walked_filtered_and_grown() {
         .await
         .unwrap();
     assert_eq!(r.status(), 404);
+    // What an outside autoscaler reads: the pool's load, and (no scaling policy here) the
+    // agents that would keep it at most 80 % busy with nothing waiting.
+    let pools = json(get("/v1/pools".into()).await.unwrap()).await;
+    assert_eq!(pools["pools"][0]["desired"], Value::Null);
+    assert!(pools["pools"][0]["arrivals"].as_u64().unwrap() >= 1);
+    let scaling = json(get("/v1/scaling/0".into()).await.unwrap()).await;
+    assert_eq!(scaling["agents"], 12, "{scaling}");
+    assert_eq!(scaling["autoscaled"], false);
+    let (busy, waiting) = (
+        scaling["busy"].as_u64().unwrap(),
+        scaling["waiting"].as_u64().unwrap(),
+    );
+    let needed = ((busy + waiting) as f64 / 0.8).ceil() as u64;
+    assert_eq!(scaling["desired"].as_u64().unwrap(), needed, "{scaling}");
+    assert_eq!(get("/v1/scaling/9".into()).await.unwrap().status(), 404);
     server.stop();
     runtime.shutdown().await;
 }

@@ -1,0 +1,194 @@
+//! The autoscaler against a real runtime on tokio's paused clock: a loaded pool grows within
+//! its policies' bounds and shrinks back when idle, and a pool at zero accepts tasks and comes
+//! back for them.
+
+use super::AutoscaleOptions;
+use crate::{
+    Pool, Runtime, RuntimeOptions,
+    events::{Event, Kinds, Subscription},
+};
+use colony_agents::{
+    AgentSpec,
+    sim::{Latency, Sim, SimOptions},
+};
+use colony_core::{
+    hierarchy::Tiers,
+    scaling::{Policy, Reason, ScalingOptions},
+    task::{TaskSpec, TaskState},
+};
+use colony_journal::MemoryJournal;
+use std::{sync::Arc, time::Duration};
+
+fn slow_pool(count: u32, ms: u64, scaling: ScalingOptions) -> Pool {
+    let sim = Sim::new(SimOptions {
+        latency: Latency::Fixed {
+            value: Duration::from_millis(ms),
+        },
+        ..SimOptions::default()
+    })
+    .unwrap();
+    Pool::new(AgentSpec::new("sim", "worker"), count, Arc::new(sim)).scaled(scaling)
+}
+
+async fn start(pool: Pool) -> Runtime {
+    let options = RuntimeOptions {
+        tiers: Tiers::Named(vec!["supervisor".into(), "worker".into()]),
+        autoscale: AutoscaleOptions {
+            every: Duration::from_secs(1),
+            ..AutoscaleOptions::default()
+        },
+        ..RuntimeOptions::default()
+    };
+    Runtime::start(options, vec![pool], Arc::new(MemoryJournal::new()))
+        .await
+        .unwrap()
+}
+
+/// A policy as the seed's, with a cooldown short enough for a test to see several steps.
+fn quick(policy: Policy) -> Policy {
+    Policy {
+        cooldown: Duration::from_secs(2),
+        ..policy
+    }
+}
+
+/// Every scaling event published so far.
+fn scaled(events: &mut Subscription) -> Vec<(u32, u32, Reason)> {
+    std::iter::from_fn(|| events.try_recv())
+        .filter_map(|e| match e {
+            Event::PoolScaled {
+                from, to, reason, ..
+            } => Some((from, to, reason)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_loaded_pool_grows_within_its_bounds_and_shrinks_back_when_idle() {
+    let scaling = ScalingOptions {
+        min: 1,
+        max: 5,
+        reactive: quick(Policy::REACTIVE),
+        predictive: None,
+        cost: quick(Policy::COST),
+        emergency: quick(Policy::EMERGENCY),
+        overload_wait: Duration::from_secs(60),
+        idle_after: Duration::from_secs(10),
+        ..ScalingOptions::default()
+    };
+    let runtime = start(slow_pool(2, 100, scaling)).await;
+    let h = runtime.handle().clone();
+    let mut events = h.subscribe(Kinds::SCALING);
+    // 25 s of work for two agents: as much as admission takes at once.
+    let accepted = h
+        .submit_batch(vec![TaskSpec::default(); 250])
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let grown = scaled(&mut events);
+    assert!(!grown.is_empty(), "a busy pool with a backlog grows");
+    for &(from, to, reason) in &grown {
+        assert_eq!(reason, Reason::HighUtilisation, "{grown:?}");
+        assert!(
+            to > from && to <= 4,
+            "reactive: up to 2x the baseline of 2: {grown:?}"
+        );
+        assert!(
+            f64::from(to) <= (f64::from(from) * 1.5).ceil(),
+            "one factor a step: {grown:?}"
+        );
+    }
+    assert_eq!(
+        h.pools()[0].1,
+        4,
+        "two steps of 1.5x, capped at 2x: {grown:?}"
+    );
+    h.drain().await.unwrap();
+    assert_eq!(h.stats().succeeded, accepted.count as u64);
+    // Idle: back down, the retired agents' room kept for admission.
+    tokio::time::sleep(Duration::from_secs(15)).await;
+    let shrunk = scaled(&mut events);
+    // Cost shrinking steps down one at a time, not below 0.7x the baseline (2); idleness
+    // takes the pool to its minimum.
+    assert_eq!(
+        shrunk,
+        [
+            (4, 3, Reason::LowUtilisation),
+            (3, 2, Reason::LowUtilisation),
+            (2, 1, Reason::Idle)
+        ]
+    );
+    assert_eq!(h.pools()[0].1, 1);
+    let done = h.submit_wait(TaskSpec::default()).await.unwrap();
+    assert_eq!(done.state, TaskState::Succeeded);
+    runtime.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_pool_at_zero_accepts_tasks_and_comes_back_for_them() {
+    let scaling = ScalingOptions {
+        min: 0,
+        max: 3,
+        predictive: None,
+        idle_after: Duration::from_secs(5),
+        ..ScalingOptions::default()
+    };
+    let runtime = start(slow_pool(0, 10, scaling)).await;
+    let h = runtime.handle().clone();
+    let mut events = h.subscribe(Kinds::SCALING);
+    assert_eq!(h.pools()[0].1, 0, "started at zero");
+    let pending = h.submit_notify(TaskSpec::default()).await.unwrap();
+    let done = tokio::time::timeout(Duration::from_secs(5), pending)
+        .await
+        .expect("the pool came back within a tick or two")
+        .unwrap();
+    assert_eq!(done.state, TaskState::Succeeded);
+    let steps = scaled(&mut events);
+    assert_eq!(
+        steps.first(),
+        Some(&(0, 1, Reason::Activation)),
+        "{steps:?}"
+    );
+    // Idle again: back to zero.
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let steps = scaled(&mut events);
+    assert_eq!(steps.last(), Some(&(1, 0, Reason::Idle)), "{steps:?}");
+    assert_eq!(h.pools()[0].1, 0);
+    runtime.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn options_out_of_range_are_refused_naming_the_field() {
+    let pool = slow_pool(
+        1,
+        1,
+        ScalingOptions {
+            min: 5,
+            max: 2,
+            ..ScalingOptions::default()
+        },
+    );
+    let error = Runtime::start(
+        RuntimeOptions::default(),
+        vec![pool],
+        Arc::new(MemoryJournal::new()),
+    )
+    .await
+    .unwrap_err()
+    .to_string();
+    assert!(error.contains("pool 0") && error.contains("min"), "{error}");
+    let options = RuntimeOptions {
+        autoscale: AutoscaleOptions {
+            every: Duration::ZERO,
+            ..AutoscaleOptions::default()
+        },
+        ..RuntimeOptions::default()
+    };
+    let pool = slow_pool(1, 1, ScalingOptions::default());
+    let error = Runtime::start(options, vec![pool], Arc::new(MemoryJournal::new()))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("autoscale every"), "{error}");
+}
