@@ -192,3 +192,82 @@ async fn options_out_of_range_are_refused_naming_the_field() {
         .to_string();
     assert!(error.contains("autoscale every"), "{error}");
 }
+
+/// Runs every attempt for 10 ms and counts, per task, how many times it was handed one.
+struct Counting(std::sync::Mutex<std::collections::HashMap<colony_core::TaskId, u32>>);
+
+impl colony_agents::Agent for Counting {
+    fn handle(&self, task: colony_agents::Task) -> colony_agents::Execution {
+        *self
+            .0
+            .lock()
+            .unwrap()
+            .entry(task.id)
+            .or_default() += 1;
+        colony_agents::Execution::Running(Box::pin(async {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            Ok(bytes::Bytes::from_static(b"done"))
+        }))
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_hundred_resizes_under_load_lose_no_task_and_run_none_twice() {
+    let counting = Arc::new(Counting(Default::default()));
+    // Scaled, so that it accepts tasks at zero; the resizes below are the test's, the
+    // autoscaler's first look comes after the test.
+    let scaling = ScalingOptions {
+        min: 0,
+        max: 16,
+        ..ScalingOptions::default()
+    };
+    let pool = Pool::new(AgentSpec::new("sim", "worker"), 8, counting.clone()).scaled(scaling);
+    let journal = Arc::new(MemoryJournal::new());
+    let options = RuntimeOptions {
+        tiers: Tiers::Named(vec!["supervisor".into(), "worker".into()]),
+        span: 4,
+        autoscale: AutoscaleOptions {
+            every: Duration::from_secs(3600),
+            horizon: Duration::from_secs(3600),
+            ..AutoscaleOptions::default()
+        },
+        ..RuntimeOptions::default()
+    };
+    let runtime = Runtime::start(options, vec![pool], journal.clone())
+        .await
+        .unwrap();
+    let h = runtime.handle().clone();
+    let submitter = {
+        let h = h.clone();
+        tokio::spawn(async move {
+            let mut ids = Vec::new();
+            for _ in 0..40 {
+                let accepted = h.submit_batch(vec![TaskSpec::default(); 50]).await.unwrap();
+                ids.extend(accepted.ids());
+                tokio::time::sleep(Duration::from_millis(7)).await;
+            }
+            ids
+        })
+    };
+    // Sizes from zero to sixteen and back, a step every 3 ms while tasks run.
+    for step in 0..100u64 {
+        let size = [0, 3, 16, 1, 8, 0, 12, 5][step as usize % 8];
+        h.set_pool_size(0, size).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(3)).await;
+    }
+    h.set_pool_size(0, 8).await.unwrap();
+    let ids = submitter.await.unwrap();
+    tokio::time::timeout(Duration::from_secs(600), h.drain())
+        .await
+        .expect("every task ends")
+        .unwrap();
+    assert_eq!(ids.len(), 2_000);
+    let runs = counting.0.lock().unwrap();
+    for id in &ids {
+        let row = colony_journal::Journal::task(&*journal, *id).unwrap().unwrap();
+        assert_eq!(row.state, TaskState::Succeeded, "{id}");
+        assert_eq!(runs.get(id), Some(&1), "{id} ran once");
+    }
+    assert_eq!(h.stats().succeeded, 2_000);
+    runtime.shutdown().await;
+}
