@@ -65,12 +65,6 @@ const BATCH: usize = 256;
 /// One task in this many has its dispatch latency recorded.
 const DISPATCH_SAMPLE: u64 = 16;
 
-#[derive(Clone, Copy)]
-enum ErrorKind {
-    Retryable,
-    Fatal,
-}
-
 type Accepting =
     Pin<Box<dyn Future<Output = (Result<(), colony_journal::Error>, Vec<Job>, Ack)> + Send>>;
 type Ack = oneshot::Sender<Result<(), colony_journal::Error>>;
@@ -573,26 +567,14 @@ impl Dispatcher {
             Decision::Cancel => self.cancelled(job, Some(worker)),
             // A commit without an output fails rather than vanish (see above: never taken).
             Decision::Fail | Decision::Commit => {
-                self.out.record(Record::Failed {
-                    task,
-                    attempt,
-                    error: error.clone(),
-                    next: TaskState::Failed,
-                });
-                self.failed_event(worker, &job, &error, false, ErrorKind::Fatal);
+                self.failed(worker, &job, &error, TaskState::Failed);
                 self.out.turn.failed += 1;
                 let state = TaskState::Failed;
                 self.out
                     .complete(job, state, None, Some(error), Some(worker));
             }
             Decision::Retry { after } => {
-                self.out.record(Record::Failed {
-                    task,
-                    attempt,
-                    error: error.clone(),
-                    next: TaskState::Queued,
-                });
-                self.failed_event(worker, &job, &error, true, ErrorKind::Retryable);
+                self.failed(worker, &job, &error, TaskState::Queued);
                 self.out.turn.retries += 1;
                 let pool = self.tree.spec(worker);
                 let staffed = self.shared.staffed();
@@ -610,13 +592,7 @@ impl Dispatcher {
                 }
             }
             Decision::DeadLetter | Decision::Quarantine => {
-                self.out.record(Record::Failed {
-                    task,
-                    attempt,
-                    error: error.clone(),
-                    next: TaskState::DeadLettered,
-                });
-                self.failed_event(worker, &job, &error, false, ErrorKind::Retryable);
+                self.failed(worker, &job, &error, TaskState::DeadLettered);
                 self.out.turn.dead_lettered += 1;
                 let error = if verdict.decision == Decision::Quarantine {
                     self.out.turn.quarantined += 1;
@@ -641,15 +617,18 @@ impl Dispatcher {
         }
     }
 
-    fn failed_event(
-        &mut self,
-        worker: AgentId,
-        job: &Job,
-        error: &Arc<str>,
-        retry: bool,
-        error_kind: ErrorKind,
-    ) {
+    /// Records that the attempt `job.attempt` on `worker` failed with `error` and what the
+    /// task does next (`Failed`, `Queued` for a retry, `DeadLettered`), and says so to
+    /// subscribers.
+    fn failed(&mut self, worker: AgentId, job: &Job, error: &Arc<str>, next: TaskState) {
         let (task, attempt) = (job.id, job.attempt);
+        self.out.record(Record::Failed {
+            task,
+            attempt,
+            error: error.clone(),
+            next,
+        });
+        let retry = next == TaskState::Queued;
         self.out.event(Kinds::TASKS, || Event::TaskFailed {
             task,
             agent: worker,
@@ -659,10 +638,10 @@ impl Dispatcher {
         });
         if !retry {
             // A fatal error ends a task as failed even on its last attempt.
-            let fatal = matches!(error_kind, ErrorKind::Fatal);
+            let dead_lettered = next == TaskState::DeadLettered;
             self.out.event(Kinds::TASKS, || Event::TaskGaveUp {
                 task,
-                dead_lettered: !fatal,
+                dead_lettered,
             });
         }
     }

@@ -398,25 +398,29 @@ pub(crate) async fn pools(State(app): State<Arc<App>>) -> Response {
     Json(json!({ "pools": pools })).into_response()
 }
 
+/// The index a path names among `count` pools, or the 404 that says which there are.
+fn pool_index(pool: &str, count: usize) -> Result<usize, Response> {
+    pool.parse::<usize>()
+        .ok()
+        .filter(|&i| i < count)
+        .ok_or_else(|| {
+            problem(
+                StatusCode::NOT_FOUND,
+                "no-such-pool",
+                format!("there is no pool {pool:?}: this runtime has pools 0..{count}"),
+            )
+        })
+}
+
 /// `GET /v1/scaling/{pool}`: what an outside autoscaler (KEDA's metrics-api scaler, an HPA
 /// through an adapter) needs of one pool: the size colony's autoscaler wants (or, for a pool
 /// it does not scale, the size that would keep its agents at most 80 % busy with nothing
 /// waiting), and the backlog.
 pub(crate) async fn scaling(State(app): State<Arc<App>>, Path(pool): Path<String>) -> Response {
     let loads = app.handle.pool_loads();
-    let Some((index, load)) = pool
-        .parse::<usize>()
-        .ok()
-        .and_then(|i| loads.get(i).map(|l| (i, l)))
-    else {
-        return problem(
-            StatusCode::NOT_FOUND,
-            "no-such-pool",
-            format!(
-                "there is no pool {pool:?}: this runtime has pools 0..{}",
-                loads.len()
-            ),
-        );
+    let (index, load) = match pool_index(&pool, loads.len()) {
+        Ok(i) => (i, &loads[i]),
+        Err(r) => return r,
     };
     let per_agent = load.capacity.checked_div(load.agents).unwrap_or(1).max(1);
     // Enough agents for what runs and waits, at 80 % busy.
@@ -456,21 +460,10 @@ pub(crate) async fn resize(
         Err(r) => return r,
     };
     let pools = app.handle.pools();
-    let Some((index, (_, have))) = pool
-        .parse::<usize>()
-        .ok()
-        .and_then(|i| pools.get(i).map(|p| (i, p)))
-    else {
-        return problem(
-            StatusCode::NOT_FOUND,
-            "no-such-pool",
-            format!(
-                "there is no pool {pool:?}: this runtime has pools 0..{}",
-                pools.len()
-            ),
-        );
+    let (index, have) = match pool_index(&pool, pools.len()) {
+        Ok(i) => (i, pools[i].1),
+        Err(r) => return r,
     };
-    let have = *have;
     let change = want.abs_diff(have);
     if change > MAX_GROWTH {
         return problem(

@@ -198,12 +198,7 @@ struct Counting(std::sync::Mutex<std::collections::HashMap<colony_core::TaskId, 
 
 impl colony_agents::Agent for Counting {
     fn handle(&self, task: colony_agents::Task) -> colony_agents::Execution {
-        *self
-            .0
-            .lock()
-            .unwrap()
-            .entry(task.id)
-            .or_default() += 1;
+        *self.0.lock().unwrap().entry(task.id).or_default() += 1;
         colony_agents::Execution::Running(Box::pin(async {
             tokio::time::sleep(Duration::from_millis(10)).await;
             Ok(bytes::Bytes::from_static(b"done"))
@@ -262,9 +257,11 @@ async fn a_hundred_resizes_under_load_lose_no_task_and_run_none_twice() {
         .expect("every task ends")
         .unwrap();
     assert_eq!(ids.len(), 2_000);
-    let runs = counting.0.lock().unwrap();
+    let runs = counting.0.lock().unwrap().clone();
     for id in &ids {
-        let row = colony_journal::Journal::task(&*journal, *id).unwrap().unwrap();
+        let row = colony_journal::Journal::task(&*journal, *id)
+            .unwrap()
+            .unwrap();
         assert_eq!(row.state, TaskState::Succeeded, "{id}");
         assert_eq!(runs.get(id), Some(&1), "{id} ran once");
     }
