@@ -398,18 +398,18 @@ pub(crate) async fn pools(State(app): State<Arc<App>>) -> Response {
     Json(json!({ "pools": pools })).into_response()
 }
 
-/// The index a path names among `count` pools, or the 404 that says which there are.
-fn pool_index(pool: &str, count: usize) -> Result<usize, Response> {
-    pool.parse::<usize>()
-        .ok()
-        .filter(|&i| i < count)
-        .ok_or_else(|| {
-            problem(
-                StatusCode::NOT_FOUND,
-                "no-such-pool",
-                format!("there is no pool {pool:?}: this runtime has pools 0..{count}"),
-            )
-        })
+/// The index a path names among `count` pools.
+fn pool_index(pool: &str, count: usize) -> Option<usize> {
+    pool.parse::<usize>().ok().filter(|&i| i < count)
+}
+
+/// The 404 for a path that names no pool, saying which there are.
+fn no_such_pool(pool: &str, count: usize) -> Response {
+    problem(
+        StatusCode::NOT_FOUND,
+        "no-such-pool",
+        format!("there is no pool {pool:?}: this runtime has pools 0..{count}"),
+    )
 }
 
 /// `GET /v1/scaling/{pool}`: what an outside autoscaler (KEDA's metrics-api scaler, an HPA
@@ -418,10 +418,10 @@ fn pool_index(pool: &str, count: usize) -> Result<usize, Response> {
 /// waiting), and the backlog.
 pub(crate) async fn scaling(State(app): State<Arc<App>>, Path(pool): Path<String>) -> Response {
     let loads = app.handle.pool_loads();
-    let (index, load) = match pool_index(&pool, loads.len()) {
-        Ok(i) => (i, &loads[i]),
-        Err(r) => return r,
+    let Some(index) = pool_index(&pool, loads.len()) else {
+        return no_such_pool(&pool, loads.len());
     };
+    let load = &loads[index];
     let per_agent = load.capacity.checked_div(load.agents).unwrap_or(1).max(1);
     // Enough agents for what runs and waits, at 80 % busy.
     let needed = ((load.busy + load.waiting) as f64 / 0.8 / per_agent as f64).ceil() as u64;
@@ -460,10 +460,10 @@ pub(crate) async fn resize(
         Err(r) => return r,
     };
     let pools = app.handle.pools();
-    let (index, have) = match pool_index(&pool, pools.len()) {
-        Ok(i) => (i, pools[i].1),
-        Err(r) => return r,
+    let Some(index) = pool_index(&pool, pools.len()) else {
+        return no_such_pool(&pool, pools.len());
     };
+    let have = pools[index].1;
     let change = want.abs_diff(have);
     if change > MAX_GROWTH {
         return problem(
