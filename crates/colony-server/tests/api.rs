@@ -483,9 +483,17 @@ async fn the_hierarchy_is_walked_filtered_and_grown() {
     assert_eq!(r.status(), 404);
     // What an outside autoscaler reads: the pool's load, and (no scaling policy here) the
     // agents that would keep it at most 80 % busy with nothing waiting.
-    let pools = json(get("/v1/pools".into()).await.unwrap()).await;
+    // The dispatcher publishes a pool's load at the end of the turn that took the task.
+    let mut pools = json(get("/v1/pools".into()).await.unwrap()).await;
+    for _ in 0..100 {
+        if pools["pools"][0]["arrivals"].as_u64() >= Some(1) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        pools = json(get("/v1/pools".into()).await.unwrap()).await;
+    }
     assert_eq!(pools["pools"][0]["desired"], Value::Null);
-    assert!(pools["pools"][0]["arrivals"].as_u64().unwrap() >= 1);
+    assert_eq!(pools["pools"][0]["arrivals"], 1, "{pools}");
     let scaling = json(get("/v1/scaling/0".into()).await.unwrap()).await;
     assert_eq!(scaling["agents"], 12, "{scaling}");
     assert_eq!(scaling["autoscaled"], false);

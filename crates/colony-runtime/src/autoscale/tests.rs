@@ -234,7 +234,7 @@ async fn a_hundred_resizes_under_load_lose_no_task_and_run_none_twice() {
     let h = runtime.handle().clone();
     let submitter = {
         let h = h.clone();
-        tokio::spawn(async move {
+        crate::spawner::Spawner::spawn("submitter", async move {
             let mut ids = Vec::new();
             for _ in 0..40 {
                 let accepted = h.submit_batch(vec![TaskSpec::default(); 50]).await.unwrap();
@@ -251,7 +251,7 @@ async fn a_hundred_resizes_under_load_lose_no_task_and_run_none_twice() {
         tokio::time::sleep(Duration::from_millis(3)).await;
     }
     h.set_pool_size(0, 8).await.unwrap();
-    let ids = submitter.await.unwrap();
+    let ids = submitter.await.unwrap().expect("the submitter finished");
     tokio::time::timeout(Duration::from_secs(600), h.drain())
         .await
         .expect("every task ends")
