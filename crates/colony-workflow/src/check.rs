@@ -10,6 +10,7 @@ use colony_agents::{AgentSpec, command::CommandOptions, sim::SimOptions};
 use colony_core::{
     dag::{self, Graph, Node},
     name::Name,
+    scaling::{self, Policy, ScalingOptions},
     task::{Priority, Requirement},
 };
 use serde_saphyr::{Location, Spanned};
@@ -137,16 +138,11 @@ pub(crate) fn check(
             ));
             continue;
         }
-        if !(1..=1_000_000).contains(&p.count.value) {
-            problems.push(Problem::at(
-                &p.count,
-                format!(
-                    "count {} is out of range: allowed 1..=1000000",
-                    p.count.value
-                ),
-                "out of range",
-            ));
-        }
+        let scaling = p
+            .scaling
+            .as_ref()
+            .map(|s| scaling_options(p, s, &mut problems, &duration));
+        check_count(&p.count, scaling.as_ref(), &mut problems);
         if let Some(rate) = &p.rate_per_minute
             && rate.value == 0
         {
@@ -260,6 +256,7 @@ pub(crate) fn check(
                 spec,
                 count: p.count.value,
                 rate_per_minute: p.rate_per_minute.as_ref().map(|r| r.value),
+                scaling: scaling.flatten(),
                 backend,
             });
         } else {
@@ -269,6 +266,7 @@ pub(crate) fn check(
                 spec,
                 count: p.count.value,
                 rate_per_minute: p.rate_per_minute.as_ref().map(|r| r.value),
+                scaling: None,
                 backend: Backend::Sim(SimOptions::default()),
             });
         }
@@ -514,6 +512,179 @@ pub(crate) fn check(
         }),
         _ => Err(problems),
     }
+}
+
+/// Most agents a pool may have, by `count` or by scaling.
+const MAX_COUNT: u32 = 1_000_000;
+
+/// A pool's count must lie in 1..=[`MAX_COUNT`]; with scaling, within its `min` and `max`,
+/// and 0 only when `min` is 0. `scaling` is `Some(None)` when it is written but refused
+/// (and reported): then only [`MAX_COUNT`], which holds whatever it meant, is checked.
+fn check_count(
+    count: &Spanned<u32>,
+    scaling: Option<&Option<ScalingOptions>>,
+    problems: &mut Vec<Problem>,
+) {
+    let n = count.value;
+    let zero = if n == 0 {
+        " (count 0 needs `scaling: { min: 0 }`)"
+    } else {
+        ""
+    };
+    let message = match scaling {
+        None if !(1..=MAX_COUNT).contains(&n) => {
+            format!("count {n} is out of range: allowed 1..={MAX_COUNT}{zero}")
+        }
+        Some(Some(o)) if !(o.min..=o.max).contains(&n) => format!(
+            "count {n} is out of range: allowed {}..={}, the pool's scaling min..=max{}",
+            o.min,
+            o.max,
+            if o.min > 0 { zero } else { "" }
+        ),
+        Some(None) if n > MAX_COUNT => {
+            format!("count {n} is out of range: allowed up to {MAX_COUNT}")
+        }
+        _ => return,
+    };
+    problems.push(Problem::at(count, message, "out of range"));
+}
+
+/// The pool's [`ScalingOptions`]: the defaults with what `scaling` says, validated; `None`,
+/// with the problems recorded, when they are refused. A problem points at the key that is
+/// wrong when it is written, else at the `scaling` section.
+fn scaling_options(
+    pool: &file::Pool,
+    scaling: &Spanned<file::Scaling>,
+    problems: &mut Vec<Problem>,
+    duration: &ParseDuration,
+) -> Option<ScalingOptions> {
+    let s = &scaling.value;
+    let name = &pool.name.value;
+    let before = problems.len();
+    let mut o = ScalingOptions::default();
+    let value = |v: &Option<Spanned<f64>>, default: f64| v.as_ref().map_or(default, |v| v.value);
+    let wait = |v: &Option<Spanned<String>>, default: Duration, problems: &mut Vec<Problem>| {
+        v.as_ref()
+            .map_or(Some(default), |v| duration(v, problems))
+            .unwrap_or(default)
+    };
+    let policy = |p: &Option<file::ScalingPolicy>, preset: Policy, problems: &mut Vec<Problem>| {
+        let Some(p) = p else { return preset };
+        Policy {
+            factor: value(&p.factor, preset.factor),
+            max_scale: value(&p.max_scale, preset.max_scale),
+            min_scale: value(&p.min_scale, preset.min_scale),
+            cooldown: wait(&p.cooldown, preset.cooldown, problems),
+        }
+    };
+    if let Some(min) = &s.min {
+        o.min = min.value;
+    }
+    if let Some(max) = &s.max {
+        o.max = max.value;
+        if max.value > MAX_COUNT {
+            problems.push(Problem::at(
+                max,
+                format!(
+                    "pool `{name}`: scaling max {} is out of range: allowed 1..={MAX_COUNT}, as count",
+                    max.value
+                ),
+                "out of range",
+            ));
+        }
+    }
+    o.high_utilisation = value(&s.high_utilisation, o.high_utilisation);
+    o.low_utilisation = value(&s.low_utilisation, o.low_utilisation);
+    o.max_forecast_error = value(&s.max_forecast_error, o.max_forecast_error);
+    o.overload_wait = wait(&s.overload_wait, o.overload_wait, problems);
+    o.idle_after = wait(&s.idle_after, o.idle_after, problems);
+    o.reactive = policy(&s.reactive, Policy::REACTIVE, problems);
+    o.cost = policy(&s.cost, Policy::COST, problems);
+    o.emergency = policy(&s.emergency, Policy::EMERGENCY, problems);
+    let predictive = policy(&s.predictive_policy, Policy::PREDICTIVE, problems);
+    o.predictive = match &s.predictive {
+        Some(off) if !off.value => {
+            if s.predictive_policy.is_some() {
+                problems.push(Problem::at(
+                    off,
+                    format!(
+                        "pool `{name}`: `predictive: false` turns the predictive policy off, \
+                         and `predictive-policy` sets its steps: remove one"
+                    ),
+                    "off and set",
+                ));
+            }
+            None
+        }
+        _ => Some(predictive),
+    };
+    if problems.len() > before {
+        return None;
+    }
+    let Err(e) = o.validate() else {
+        return Some(o);
+    };
+    // Where the wrong value is written, if it is.
+    let policy_at = |p: &Option<file::ScalingPolicy>, key: &str| {
+        let p = p.as_ref()?;
+        match key {
+            "factor" => p.factor.as_ref().map(|v| v.referenced),
+            "max-scale" => p.max_scale.as_ref().map(|v| v.referenced),
+            "min-scale" => p.min_scale.as_ref().map(|v| v.referenced),
+            _ => None,
+        }
+    };
+    let (at, message) = match &e {
+        scaling::Error::Max { .. } => (s.max.as_ref().map(|v| v.referenced), e.to_string()),
+        scaling::Error::Min { .. } => (
+            s.min.as_ref().or(s.max.as_ref()).map(|v| v.referenced),
+            e.to_string(),
+        ),
+        scaling::Error::Wait { field, .. } => {
+            let v = if *field == "idle-after" {
+                &s.idle_after
+            } else {
+                &s.overload_wait
+            };
+            (v.as_ref().map(|v| v.referenced), e.to_string())
+        }
+        scaling::Error::Range {
+            field,
+            got,
+            allowed,
+        } => {
+            let (at, field) = match field.split_once('.') {
+                Some(("reactive", key)) => (policy_at(&s.reactive, key), field.to_string()),
+                Some(("cost", key)) => (policy_at(&s.cost, key), field.to_string()),
+                Some(("emergency", key)) => (policy_at(&s.emergency, key), field.to_string()),
+                // The file calls its steps `predictive-policy`.
+                Some(("predictive", key)) => (
+                    policy_at(&s.predictive_policy, key),
+                    format!("predictive-policy.{key}"),
+                ),
+                _ => (
+                    match *field {
+                        "high-utilisation" => s.high_utilisation.as_ref(),
+                        "low-utilisation" => s.low_utilisation.as_ref(),
+                        "max-forecast-error" => s.max_forecast_error.as_ref(),
+                        _ => None,
+                    }
+                    .map(|v| v.referenced),
+                    field.to_string(),
+                ),
+            };
+            (
+                at,
+                format!("scaling {field} {got} is out of range: allowed {allowed}"),
+            )
+        }
+    };
+    problems.push(Problem {
+        message: format!("pool `{name}`: {message}"),
+        at: known(at.unwrap_or(scaling.referenced)),
+        label: "out of range".into(),
+    });
+    None
 }
 
 fn sim_options(

@@ -66,6 +66,69 @@ pub struct Pool {
     pub process: Option<ProcessSettings>,
     #[serde(default)]
     pub http: Option<HttpSettings>,
+    /// How the autoscaler sizes the pool; without it, its size is `count` until a person
+    /// changes it.
+    #[serde(default)]
+    pub scaling: Option<Spanned<Scaling>>,
+}
+
+/// A pool's autoscaling as written: each key absent takes
+/// `colony_core::scaling::ScalingOptions`'s default.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct Scaling {
+    /// Fewest agents; 0 lets the pool go to zero when idle. Default 1.
+    #[serde(default)]
+    pub min: Option<Spanned<u32>>,
+    /// Most agents. Default 10000.
+    #[serde(default)]
+    pub max: Option<Spanned<u32>>,
+    /// `false` turns the forecast policy off. Default `true`.
+    #[serde(default)]
+    pub predictive: Option<Spanned<bool>>,
+    /// Utilisation at or above which the reactive policy grows the pool. Default 0.8.
+    #[serde(default)]
+    pub high_utilisation: Option<Spanned<f64>>,
+    /// Utilisation at or below which the cost policy shrinks it. Default 0.3.
+    #[serde(default)]
+    pub low_utilisation: Option<Spanned<f64>>,
+    /// Wait of the oldest queued task from which the emergency policy grows it. Default `5s`.
+    #[serde(default)]
+    pub overload_wait: Option<Spanned<String>>,
+    /// Time without work after which the pool goes to `min`. Default `5m`.
+    #[serde(default)]
+    pub idle_after: Option<Spanned<String>>,
+    /// The forecast's error (MAPE, 0.2 = 20 %) at or under which the predictive policy acts.
+    /// Default 0.2.
+    #[serde(default)]
+    pub max_forecast_error: Option<Spanned<f64>>,
+    #[serde(default)]
+    pub reactive: Option<ScalingPolicy>,
+    #[serde(default)]
+    pub cost: Option<ScalingPolicy>,
+    #[serde(default)]
+    pub emergency: Option<ScalingPolicy>,
+    /// The predictive policy's steps (`predictive` says whether it acts at all).
+    #[serde(default)]
+    pub predictive_policy: Option<ScalingPolicy>,
+}
+
+/// One scaling policy's steps as written; each key absent takes the policy's preset.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct ScalingPolicy {
+    /// One step's multiple of the pool's size: above 1 for growth, below 1 for `cost`.
+    #[serde(default)]
+    pub factor: Option<Spanned<f64>>,
+    /// Largest size, as a multiple of the pool's size when its scaling began.
+    #[serde(default)]
+    pub max_scale: Option<Spanned<f64>>,
+    /// Smallest size, as a multiple of the same.
+    #[serde(default)]
+    pub min_scale: Option<Spanned<f64>>,
+    /// Least time since the last step any policy took before this one steps.
+    #[serde(default)]
+    pub cooldown: Option<Spanned<String>>,
 }
 
 /// Settings of `http` agents: an OpenAI-compatible chat-completions endpoint.

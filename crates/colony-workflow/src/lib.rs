@@ -60,6 +60,8 @@ pub struct PoolDef {
     pub count: u32,
     /// Attempts started per minute at most.
     pub rate_per_minute: Option<u32>,
+    /// How the autoscaler sizes the pool, checked; `None` leaves its size to people.
+    pub scaling: Option<colony_core::scaling::ScalingOptions>,
     pub backend: Backend,
 }
 
@@ -585,7 +587,14 @@ fn blank_field(text: &str, at: serde_saphyr::Location, key: &str) -> Option<(Str
         }
         k = found + key.len();
     };
-    let flow = bytes.get(from) == Some(&b'{');
+    // In a flow map: the parser pointed at it, or the key follows its `{` or a `,` on its
+    // line (a flow map nested in a block one is pointed at by the block key's line).
+    let line_of = text[..start].rfind('\n').map_or(0, |i| i + 1);
+    let flow = bytes.get(from) == Some(&b'{')
+        || text[line_of..start]
+            .trim_end_matches(['"', '\''])
+            .trim_end()
+            .ends_with(['{', ',']);
     let mut end;
     let mut out = bytes.to_vec();
     if flow {
@@ -622,7 +631,6 @@ fn blank_field(text: &str, at: serde_saphyr::Location, key: &str) -> Option<(Str
     } else {
         // The rest of its line, and the lines under it: more indented, or a list at its
         // own indentation.
-        let line_of = text[..start].rfind('\n').map_or(0, |i| i + 1);
         let indent = start - line_of;
         end = text[start..].find('\n').map_or(text.len(), |i| start + i);
         while end < text.len() {

@@ -649,7 +649,11 @@ pub async fn run(
                     output: output.clone(),
                 })
             };
-            Pool::new(p.spec.clone(), p.count, agent)
+            let pool = Pool::new(p.spec.clone(), p.count, agent);
+            match p.scaling {
+                Some(options) => pool.scaled(options),
+                None => pool,
+            }
         })
         .collect::<Vec<_>>();
     // Resuming: journal rows are matched to tasks by key, which names the workflow, the task

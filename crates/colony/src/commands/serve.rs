@@ -102,7 +102,13 @@ pub(crate) fn run(args: &Args) -> Result<(), Failure> {
             let (agents, _) = colony_workflow::agents(&defs, &args.out).map_err(Failure::input)?;
             defs.iter()
                 .zip(agents)
-                .map(|(d, agent)| Pool::new(d.spec.clone(), d.count, agent))
+                .map(|(d, agent)| {
+                    let pool = Pool::new(d.spec.clone(), d.count, agent);
+                    match d.scaling {
+                        Some(options) => pool.scaled(options),
+                        None => pool,
+                    }
+                })
                 .collect()
         }
     };
