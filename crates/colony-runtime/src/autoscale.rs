@@ -144,7 +144,7 @@ pub(crate) async fn start(
             handle.set_pool_size(index, 1).await?;
             handle.set_pool_size(index, 0).await?;
         }
-        handle.set_desired(index, u64::from(pool.count));
+        handle.set_desired(index, u64::from(pool.count), None, None);
         scaled.push(Scaled {
             pool: index,
             scaler,
@@ -189,7 +189,12 @@ async fn run(handle: Handle, mut scaled: Vec<Scaled>, options: AutoscaleOptions)
                 Decision::Scale { to, .. } => to,
                 Decision::Blocked { .. } | Decision::Hold => signals.size,
             };
-            handle.set_desired(s.pool, u64::from(desired));
+            handle.set_desired(
+                s.pool,
+                u64::from(desired),
+                signals.forecast_per_sec,
+                signals.forecast_error,
+            );
             let pool = s.pool as u8;
             match decision {
                 Decision::Scale { from, to, reason } => {

@@ -566,6 +566,10 @@ impl Handle {
                     ended: load.ended.load(Relaxed),
                     desired: Some(load.desired.load(Relaxed))
                         .filter(|&d| d != PoolCounters::NONE_WAITING),
+                    forecast_per_sec: Some(f64::from_bits(load.forecast.load(Relaxed)))
+                        .filter(|f| !f.is_nan()),
+                    forecast_error: Some(f64::from_bits(load.forecast_error.load(Relaxed)))
+                        .filter(|f| !f.is_nan()),
                 }
             })
             .collect()
@@ -605,10 +609,19 @@ impl Handle {
         Ok(resized)
     }
 
-    /// Records the size the autoscaler wants for `pool`, for the API and `/metrics`.
-    pub(crate) fn set_desired(&self, pool: usize, agents: u64) {
+    /// Records what the autoscaler wants for `pool` and forecasts, for the API.
+    pub(crate) fn set_desired(
+        &self,
+        pool: usize,
+        agents: u64,
+        forecast: Option<f64>,
+        error: Option<f64>,
+    ) {
         if let Some(load) = self.shared.pool_load.get(pool) {
             load.desired.store(agents, Relaxed);
+            let bits = |v: Option<f64>| v.unwrap_or(f64::NAN).to_bits();
+            load.forecast.store(bits(forecast), Relaxed);
+            load.forecast_error.store(bits(error), Relaxed);
         }
     }
 

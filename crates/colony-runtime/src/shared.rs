@@ -196,6 +196,10 @@ pub(crate) struct PoolCounters {
     /// The size the autoscaler last wanted; [`PoolCounters::NONE_WAITING`] for a pool it
     /// does not scale.
     pub(crate) desired: AtomicU64,
+    /// The autoscaler's forecast of arrivals per second and its error (MAPE), as `f64` bits;
+    /// NaN until it has one.
+    pub(crate) forecast: AtomicU64,
+    pub(crate) forecast_error: AtomicU64,
 }
 
 impl PoolCounters {
@@ -211,13 +215,15 @@ impl Default for PoolCounters {
             ended: AtomicU64::new(0),
             waiting_since: AtomicU64::new(Self::NONE_WAITING),
             desired: AtomicU64::new(Self::NONE_WAITING),
+            forecast: AtomicU64::new(f64::NAN.to_bits()),
+            forecast_error: AtomicU64::new(f64::NAN.to_bits()),
         }
     }
 }
 
 /// One pool's load, as the dispatcher last published it: what an autoscaler, the API and
 /// `/metrics` read. A task that several pools may run counts in each of them.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, serde::Serialize)]
 pub struct PoolLoad {
     /// Agents in service or due back (spawned, less retired).
     pub agents: u64,
@@ -236,6 +242,10 @@ pub struct PoolLoad {
     pub ended: u64,
     /// The size the autoscaler last wanted for it; `None` when it has no scaling policy.
     pub desired: Option<u64>,
+    /// The autoscaler's forecast of arrivals per second over its horizon, once it has one.
+    pub forecast_per_sec: Option<f64>,
+    /// That forecast's mean absolute percentage error over its window, as a ratio.
+    pub forecast_error: Option<f64>,
 }
 
 fn micros<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {

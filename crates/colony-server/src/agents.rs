@@ -392,6 +392,7 @@ pub(crate) async fn pools(State(app): State<Arc<App>>) -> Response {
                 "busy": load.busy, "waiting": load.waiting,
                 "waiting-for-ms": load.waiting_for.as_secs_f64() * 1e3,
                 "arrivals": load.arrivals, "ended": load.ended, "desired": load.desired,
+                "forecast-per-second": load.forecast_per_sec, "forecast-error": load.forecast_error,
             })
         })
         .collect();

@@ -242,34 +242,16 @@ fn count_must_lie_within_the_scaling_bounds() {
     );
 }
 
-/// `examples/serve-pools.yaml` shows a scaling section commented out (the JSON Schema does
-/// not know the key yet); uncommented, it must be accepted as it stands.
+/// `examples/serve-pools.yaml` shows a scaling section; it is accepted as it stands.
 #[test]
-fn the_scaling_example_of_serve_pools_is_valid_once_uncommented() {
+fn the_scaling_example_of_serve_pools_is_valid() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let text = std::fs::read_to_string(root.join("examples/serve-pools.yaml")).unwrap();
-    let mut inside = false;
-    let mut uncommented = 0;
-    let lines: Vec<String> = text
-        .lines()
-        .map(|line| {
-            let trimmed = line.trim_start();
-            inside = trimmed.starts_with("# scaling:") || (inside && trimmed.starts_with("# "));
-            if inside {
-                uncommented += 1;
-                line.replacen("# ", "", 1)
-            } else {
-                line.to_owned()
-            }
-        })
-        .collect();
-    assert!(uncommented > 1, "no `# scaling:` section in the example");
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("serve-pools.yaml");
-    std::fs::write(&path, lines.join("\n") + "\n").unwrap();
-    let pools = colony_workflow::load_pools(&path).unwrap_or_else(|e| panic!("{e}"));
+    let pools = colony_workflow::load_pools(&root.join("examples/serve-pools.yaml"))
+        .unwrap_or_else(|e| panic!("{e}"));
     let planner = pools.iter().find(|p| p.name == "planner").unwrap();
     let scaling = planner.scaling.expect("the planner pool has scaling");
+    assert_eq!((scaling.min, scaling.max), (10, 500));
+    assert_eq!(scaling.reactive.cooldown, Duration::from_secs(30));
     assert!((scaling.min..=scaling.max).contains(&planner.count));
 }
 

@@ -50,6 +50,8 @@ fn the_schema_refuses_what_the_format_refuses() {
         "name: x\nagents: [{name: a, kind: http}]\ntasks: [{id: t}]\n",
         "name: x\nagents: [{name: a, kind: process}]\ntasks: [{id: t}]\n",
         "name: x\nagents: [{name: a, kind: sim, count: 0}]\ntasks: [{id: t}]\n",
+        "name: x\nagents: [{name: a, kind: sim, count: 0, scaling: {min: 1}}]\ntasks: [{id: t}]\n",
+        "name: x\nagents: [{name: a, kind: sim, scaling: {mni: 1}}]\ntasks: [{id: t}]\n",
         "name: x\nagents: [{name: a, kind: sim}]\ntasks: [{id: \"t/1\"}]\n",
         "name: x\nagents: [{name: a, kind: command}]\ntasks: [{id: t}]\n",
     ] {

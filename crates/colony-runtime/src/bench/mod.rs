@@ -698,6 +698,7 @@ pub fn cpu_time() -> Duration {
     Duration::from_millis(ticks.unwrap_or(0) * 1000 / TICKS_PER_SECOND)
 }
 
+pub mod autoscale;
 pub mod crash;
 pub mod restart;
 

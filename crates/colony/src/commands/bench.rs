@@ -103,9 +103,50 @@ pub(crate) enum Bench {
     /// Generate a workflow (a random graph), check it and run it to completion: the cost of
     /// orchestration per task, or the rate of command agents' processes.
     Workflow(WorkflowArgs),
+    /// Offer one demand trace (a daily cycle compressed to minutes, plus bursts) to a pool of
+    /// sim agents in virtual time, at a static size, scaled reactively, and scaled with the
+    /// forecast too; compare waits, objective misses and agent-seconds.
+    Autoscale(AutoscaleArgs),
     /// The process `bench crash` kills (internal).
     #[command(hide = true)]
     CrashChild(CrashChildArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct AutoscaleArgs {
+    /// Length of the trace, in virtual minutes.
+    #[arg(long, default_value_t = 60.0, value_parser = Float::new(1.0, bench::autoscale::MAX_MINUTES))]
+    minutes: f64,
+    /// Length of one cycle ("day"), in virtual minutes.
+    #[arg(long, default_value_t = 15.0, value_parser = Float::new(1.0, bench::autoscale::MAX_MINUTES))]
+    period_minutes: f64,
+    /// Arrivals per second at the cycle's low point.
+    #[arg(long, default_value_t = 20.0, value_parser = Float::new(0.0, 10_000.0))]
+    base_rate: f64,
+    /// Arrivals per second at the cycle's high point.
+    #[arg(long, default_value_t = 200.0, value_parser = Float::new(0.001, 10_000.0))]
+    peak_rate: f64,
+    /// Bursts of an extra half of the peak rate, a minute each, at seeded times.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(0..=1000))]
+    bursts: u32,
+    /// Service time of every task, in milliseconds.
+    #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u64).range(1..=600_000))]
+    task_ms: u64,
+    /// The pool's largest size, and the static mode's size.
+    #[arg(long, default_value_t = 150, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    max_agents: u32,
+    /// The autoscaler's period, in seconds.
+    #[arg(long, default_value_t = 5.0, value_parser = Float::new(0.01, 3600.0))]
+    every_secs: f64,
+    /// A task waiting longer than this many seconds misses its objective.
+    #[arg(long, default_value_t = 5.0, value_parser = Float::new(0.0, 86_400.0))]
+    slo_secs: f64,
+    /// Seed of the bursts' times.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Print the report as JSON, verdict included.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -336,6 +377,7 @@ pub(crate) fn run(bench: Bench) -> Result<(), Failure> {
         .build()
         .map_err(Failure::work)?;
     match bench {
+        Bench::Autoscale(args) => return autoscale(&args),
         Bench::Crash(args) => return crash(&args),
         Bench::Workflow(args) => return workflow(&args),
         Bench::Recovery(args) => {
@@ -806,6 +848,66 @@ fn crash(args: &CrashArgs) -> Result<(), Failure> {
 
 /// Bad paths and foreign or newer databases are the user's input; anything else is the work
 /// failing.
+/// `bench autoscale`: its runtimes are its own, on paused clocks.
+fn autoscale(args: &AutoscaleArgs) -> Result<(), Failure> {
+    let trace = bench::autoscale::Trace {
+        minutes: args.minutes,
+        period_minutes: args.period_minutes,
+        base_rate: args.base_rate,
+        peak_rate: args.peak_rate,
+        bursts: args.bursts,
+        task: Duration::from_millis(args.task_ms),
+        max_agents: args.max_agents,
+        every: Duration::from_secs_f64(args.every_secs),
+        slo: Duration::from_secs_f64(args.slo_secs),
+        seed: args.seed,
+    };
+    let report = bench::autoscale::autoscale(&trace).map_err(failure)?;
+    if args.json {
+        print_json(&report)?;
+        return judge("autoscale", &report.verdict);
+    }
+    let mut t = Table::new(&[
+        "mode",
+        "tasks",
+        "wait p50",
+        "wait p95",
+        "wait p99",
+        "objective misses",
+        "agent-seconds",
+        "peak agents",
+        "ups / downs",
+        "forecast error",
+    ]);
+    for m in &report.modes {
+        let secs = |us: f64| format!("{:.2} s", us / 1e6);
+        t.row(vec![
+            format!("{:?}", m.mode).to_lowercase(),
+            thousands(m.tasks),
+            secs(m.wait.p50_us),
+            secs(m.wait.p95_us),
+            secs(m.wait.p99_us),
+            thousands(m.slo_misses),
+            thousands(m.agent_seconds as u64),
+            thousands(m.peak_agents),
+            format!("{} / {}", m.scale_ups, m.scale_downs),
+            m.forecast_error
+                .map_or("-".into(), |e| format!("{:.1} %", e * 100.0)),
+        ]);
+    }
+    print!("{}", t.render());
+    println!(
+        "predictive against reactive: p95 wait {:.0} % less, agent-seconds {:+.0} %",
+        report.predictive_wait_cut * 100.0,
+        report.predictive_extra_agent_seconds * 100.0
+    );
+    println!("ok: {}", report.verdict.ok);
+    for problem in &report.verdict.problems {
+        println!("problem: {problem}");
+    }
+    judge("autoscale", &report.verdict)
+}
+
 fn failure(error: colony_runtime::Error) -> Failure {
     use colony_journal::Error as J;
     match &error {
