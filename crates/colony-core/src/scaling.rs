@@ -8,8 +8,8 @@
 //!
 //! Four policies, each a [`Policy`] (the presets are seed 001's):
 //!
-//! - **emergency** ([`Reason::Overload`]): a task has waited `overload-wait` or more. Grows
-//!   by its factor, minding only its own cooldown.
+//! - **emergency** ([`Reason::Overload`]): a task has waited `overload-wait` or more. Minds
+//!   only its own cooldown.
 //! - **reactive** ([`Reason::HighUtilisation`]): busy / capacity is at `high-utilisation` or
 //!   above, or tasks queue while every slot is busy.
 //! - **predictive** ([`Reason::Forecast`]): a forecast of arrivals (see
@@ -17,12 +17,26 @@
 //! - **cost** ([`Reason::LowUtilisation`]): busy / capacity is at `low-utilisation` or below
 //!   and nothing queues. The only one that shrinks.
 //!
-//! Each step moves the pool by at most one factor (at least one agent), within the policy's
-//! `min-scale`..`max-scale` multiples of the pool's baseline and within the options' `min` and
-//! `max`. The three that do not answer to overload wait out their cooldown since the last step
-//! any policy took, emergency's included: after a step the signals need time to show its
-//! effect, whichever policy took it. Growth wins over shrinking, and a trusted forecast holds
-//! the cost policy off the agents it says will be needed.
+//! The options' `min` and `max` are the pool's only absolute bounds; a policy's `factor`,
+//! `max-scale` and `min-scale` size one step, as multiples of the pool's current size, so a
+//! pool follows demand over successive steps however far it is from the size it started at.
+//! A step is sized by demand. With `per-agent` = capacity / size (the attempts one agent runs
+//! at once; 1 when either is 0) and `needed(load)` = ⌈load / (per-agent × high-utilisation)⌉,
+//! the agents that run `load` attempts at `high-utilisation`:
+//!
+//! - emergency and reactive go to `needed(busy + queued)`, but at least ⌈size × factor⌉ (one
+//!   factor step) and at most ⌊size × max-scale⌋;
+//! - predictive goes straight to what the forecast needs, at most ⌊size × max-scale⌋; its
+//!   factor forces no overshoot past that need;
+//! - cost goes to ⌊size × factor⌋, but at least ⌈size × min-scale⌉ and no lower than
+//!   `needed(busy)`, what a trusted forecast needs, or `min`.
+//!
+//! Every step moves the pool by at least one agent (a growth step from a pool so small that
+//! ⌊size × max-scale⌋ is not above it adds one) and stays within `min`..`max`. The three
+//! policies that do not answer to overload wait out their cooldown since the last step any
+//! policy took, emergency's included: after a step the signals need time to show its effect,
+//! whichever policy took it. Growth wins over shrinking, and a trusted forecast holds the cost
+//! policy off the agents it says will be needed.
 //!
 //! Four corrections answer facts rather than a reading of load, so they neither wait for a
 //! cooldown nor start one: a pool at zero with work arriving is activated
@@ -35,7 +49,8 @@
 //! use std::time::Duration;
 //!
 //! let mut scaler = Scaler::new(ScalingOptions::default(), 10).unwrap();
-//! // Nine of ten slots busy: grow by 1.5.
+//! // Nine of ten slots busy: 12 agents would run them at 80 %, but a step is one factor at
+//! // least (1.5 × 10) and 2.0 × 10 at most.
 //! let busy = Signals { size: 10, busy: 9, capacity: 10, arrivals_per_sec: 3.0, ..Signals::default() };
 //! let at = Duration::from_secs(100);
 //! assert_eq!(
@@ -47,44 +62,59 @@
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
-/// How far and how often one policy moves a pool. Factor > 1 grows, < 1 shrinks.
+/// How far and how often one policy moves a pool in one step. Factor > 1 grows (emergency,
+/// reactive, predictive), < 1 shrinks (cost). The multiples are of the pool's size at the
+/// step, not of any earlier size: the options' `min` and `max` are the only absolute bounds.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub struct Policy {
-    /// One step moves the pool to at most size × factor (growth) or at least size × factor
-    /// (shrinking), and by at least one agent.
+    /// Growth (above 1, up to 100): the least one emergency or reactive step grows by, to at
+    /// least ⌈size × factor⌉ whatever the demand (predictive steps to its forecast's need
+    /// instead and does not use it). Shrinking (above 0, below 1): a cost step goes to
+    /// ⌊size × factor⌋, or further up for the reasons [`Policy::min_scale`] and
+    /// [`ScalingOptions`] give. Every step moves the pool by one agent at least.
     pub factor: f64,
-    /// Largest size as a multiple of the size when the pool's scaling began (the baseline).
+    /// Growth: the most one step grows by, to at most ⌊size × max-scale⌋ (or size + 1 when that
+    /// is not above size); at least `factor`, up to 1000. The cost policy does not use it
+    /// (1 up to 1000 is accepted).
     pub max_scale: f64,
-    /// Smallest size as a multiple of the baseline.
+    /// Shrinking: the most one cost step shrinks by, to at least ⌈size × min-scale⌉; above 0
+    /// and up to `factor`. A pool so small that one agent is more than (1 − min-scale) of it is
+    /// not shrunk by the cost policy (idling still takes it to `min`). Growth policies do not
+    /// use it (0 up to 1 is accepted).
     pub min_scale: f64,
-    /// Least time between the last step any policy took and a step of this one.
+    /// Least time between the last step any policy took and a step of this one (emergency:
+    /// between its own steps).
     pub cooldown: Duration,
 }
 
 impl Policy {
-    /// Seed 001's high-demand-reactive.
+    /// Seed 001's high-demand-reactive: one step grows to what runs and queues needs, but by
+    /// 1.5× at least and 2.0× at most; a minute apart.
     pub const REACTIVE: Policy = Policy {
         factor: 1.5,
         max_scale: 2.0,
         min_scale: 1.0,
         cooldown: Duration::from_secs(60),
     };
-    /// Seed 001's predictive-scale-up.
+    /// Seed 001's predictive-scale-up: one step grows to what the forecast needs, by 1.8× at
+    /// most; 30 s apart.
     pub const PREDICTIVE: Policy = Policy {
         factor: 1.3,
         max_scale: 1.8,
         min_scale: 1.0,
         cooldown: Duration::from_secs(30),
     };
-    /// Seed 001's cost-optimization: it shrinks, to 70 % of the baseline at most.
+    /// Seed 001's cost-optimization: one step shrinks to 0.9×, by one agent at least and to
+    /// 0.7× of the pool at most; two minutes apart.
     pub const COST: Policy = Policy {
         factor: 0.9,
         max_scale: 1.0,
         min_scale: 0.7,
         cooldown: Duration::from_secs(120),
     };
-    /// Seed 001's emergency.
+    /// Seed 001's emergency: one step grows to what runs and queues needs, but by 2.0× at
+    /// least and 3.0× at most; 10 s apart.
     pub const EMERGENCY: Policy = Policy {
         factor: 2.0,
         max_scale: 3.0,
@@ -178,7 +208,8 @@ fn check(
 
 impl Policy {
     /// `names` are the policy's fields as the error names them; growth policies have a factor
-    /// above 1, the cost policy one below.
+    /// above 1 and a max-scale at least that, the cost policy a factor below 1 and a min-scale
+    /// above 0 and at most that.
     fn validate(&self, names: [&'static str; 3], grows: bool) -> Result<(), Error> {
         let [factor, max_scale, min_scale] = names;
         if grows {
@@ -201,12 +232,29 @@ impl Policy {
             (1.0, false, 1000.0),
             "1.0 up to 1000.0",
         )?;
-        check(
-            min_scale,
-            self.min_scale,
-            (0.0, false, 1.0),
-            "0.0 up to 1.0",
-        )
+        if grows && self.max_scale < self.factor {
+            return Err(Error::Range {
+                field: max_scale,
+                got: self.max_scale,
+                allowed: "the policy's factor up to 1000.0",
+            });
+        }
+        if grows {
+            check(
+                min_scale,
+                self.min_scale,
+                (0.0, false, 1.0),
+                "0.0 up to 1.0",
+            )
+        } else if self.min_scale > 0.0 && self.min_scale <= self.factor {
+            Ok(())
+        } else {
+            Err(Error::Range {
+                field: min_scale,
+                got: self.min_scale,
+                allowed: "above 0.0 and up to the policy's factor",
+            })
+        }
     }
 }
 
@@ -313,6 +361,15 @@ impl Signals {
         f64::from(self.busy) / f64::from(self.capacity)
     }
 
+    /// Attempts one agent runs at once: capacity / size; 1 when either is 0.
+    fn per_agent(&self) -> f64 {
+        if self.size == 0 || self.capacity == 0 {
+            1.0
+        } else {
+            f64::from(self.capacity) / f64::from(self.size)
+        }
+    }
+
     /// Written so that a NaN rate counts as none.
     fn arriving(&self) -> bool {
         self.arrivals_per_sec > 0.0
@@ -365,10 +422,11 @@ impl Reason {
 pub enum Blocked {
     /// The policy's cooldown since the last step has not run out.
     Cooldown,
-    /// The pool is at the policy's largest size (`max-scale` × baseline, or `max`).
+    /// The pool is at `max`.
     AtMax,
-    /// The pool is at the cost policy's smallest size (`min-scale` × baseline, `min`, or what
-    /// a trusted forecast needs).
+    /// The pool cannot shrink: it is at `min`, at what its running attempts need at
+    /// `high-utilisation`, or at what a trusted forecast needs; or it is so small that one
+    /// agent is more than the cost policy lets a step take ((1 − `min-scale`) of the pool).
     AtMin,
     /// The forecast would grow the pool but its error is above `max-forecast-error`, or
     /// unknown.
@@ -413,7 +471,6 @@ fn agents(x: f64) -> u32 {
 #[derive(Clone, Debug)]
 pub struct Scaler {
     options: ScalingOptions,
-    baseline: u32,
     /// When a policy (emergency included) last changed the pool; cooldowns run from it.
     last_step: Option<Duration>,
     /// When emergency last did; its own cooldown runs from it.
@@ -423,14 +480,13 @@ pub struct Scaler {
 }
 
 impl Scaler {
-    /// `baseline` is the size the pool started with: the policies' `min-scale` and
-    /// `max-scale` are multiples of it. It is clamped to `min..=max`, and a baseline of 0 (a
-    /// pool that starts at zero) counts as 1, the size its activation gives it.
-    pub fn new(options: ScalingOptions, baseline: u32) -> Result<Self, Error> {
+    /// `_baseline`, the pool's size when its scaling begins, bounds nothing: the policies'
+    /// multiples are of the pool's size at each step, and `min` and `max` are its only
+    /// absolute bounds. It is taken so that callers keep one signature.
+    pub fn new(options: ScalingOptions, _baseline: u32) -> Result<Self, Error> {
         options.validate()?;
         Ok(Self {
             options,
-            baseline: baseline.clamp(options.min, options.max).max(1),
             last_step: None,
             last_emergency: None,
             idle_since: None,
@@ -439,11 +495,6 @@ impl Scaler {
 
     pub fn options(&self) -> &ScalingOptions {
         &self.options
-    }
-
-    /// The baseline as clamped by [`Scaler::new`].
-    pub fn baseline(&self) -> u32 {
-        self.baseline
     }
 
     /// Looks at `signals` at `now` and decides. Call it on a period (1-10 s suits); `now`
@@ -520,17 +571,31 @@ impl Scaler {
         step
     }
 
+    /// The agents that run `load` attempts at `high-utilisation`, at the signals' attempts per
+    /// agent.
+    fn needed(&self, signals: &Signals, load: f64) -> u32 {
+        agents(ceil(
+            load / (signals.per_agent() * self.options.high_utilisation),
+        ))
+    }
+
+    /// What runs and queues needs.
+    fn demand(&self, signals: &Signals) -> u32 {
+        self.needed(signals, f64::from(signals.busy) + f64::from(signals.queued))
+    }
+
     fn emergency(&self, signals: &Signals, now: Duration) -> Option<Decision> {
         let overloaded = signals.queued > 0 && signals.oldest_wait >= self.options.overload_wait;
         overloaded.then(|| {
             let policy = &self.options.emergency;
+            let to = self.grow_to(signals.size, policy, self.demand(signals), true);
             self.grow(
                 signals.size,
+                to,
                 policy,
                 Reason::Overload,
                 self.last_emergency,
                 now,
-                u32::MAX,
             )
         })
     }
@@ -540,13 +605,14 @@ impl Scaler {
             || (signals.queued > 0 && signals.busy >= signals.capacity);
         short.then(|| {
             let policy = &self.options.reactive;
+            let to = self.grow_to(signals.size, policy, self.demand(signals), true);
             self.grow(
                 signals.size,
+                to,
                 policy,
                 Reason::HighUtilisation,
                 self.last_step,
                 now,
-                u32::MAX,
             )
         })
     }
@@ -570,6 +636,7 @@ impl Scaler {
         Some(Need { agents, trusted })
     }
 
+    /// Straight to the need, within one `max-scale` step.
     fn predictive(&self, signals: &Signals, need: Option<Need>, now: Duration) -> Option<Decision> {
         let (policy, need) = (self.options.predictive?, need?);
         if need.agents <= signals.size {
@@ -581,29 +648,42 @@ impl Scaler {
                 by: Blocked::ForecastInaccurate,
             });
         }
+        let to = self.grow_to(signals.size, &policy, need.agents, false);
         Some(self.grow(
             signals.size,
+            to,
             &policy,
             Reason::Forecast,
             self.last_step,
             now,
-            need.agents,
         ))
     }
 
-    /// One growth step of `policy` from `size`, toward `target` at most.
+    /// Where one growth step of `policy` from `size` goes for `wanted` agents: one agent more
+    /// at least, and ⌈size × factor⌉ at least when `by_factor`; ⌊size × max-scale⌋ at most, or
+    /// one agent more when that is not above `size`; then `max` at most.
+    fn grow_to(&self, size: u32, policy: &Policy, wanted: u32, by_factor: bool) -> u32 {
+        let one = size.saturating_add(1);
+        let most = agents(floor(f64::from(size) * policy.max_scale)).max(one);
+        let least = if by_factor {
+            agents(ceil(f64::from(size) * policy.factor)).max(one)
+        } else {
+            one
+        };
+        wanted.max(least).min(most).min(self.options.max)
+    }
+
+    /// A growth step from `size` to `to`, unless the pool is at `max` or the policy cools
+    /// down since `since`.
     fn grow(
         &self,
         size: u32,
+        to: u32,
         policy: &Policy,
         reason: Reason,
         since: Option<Duration>,
         now: Duration,
-        target: u32,
     ) -> Decision {
-        let cap = agents(floor(policy.max_scale * f64::from(self.baseline))).min(self.options.max);
-        let step = agents(ceil(f64::from(size) * policy.factor)).max(size.saturating_add(1));
-        let to = step.min(cap).min(target);
         if to <= size {
             Decision::Blocked {
                 wanted: reason,
@@ -619,18 +699,19 @@ impl Scaler {
         }
     }
 
-    /// One cost step from the signals' size, no lower than `needed` (what a trusted forecast
+    /// One cost step from the signals' size, no lower than `forecast` (what a trusted forecast
     /// needs) either.
-    fn cost(&self, signals: &Signals, needed: u32, now: Duration) -> Option<Decision> {
+    fn cost(&self, signals: &Signals, forecast: u32, now: Duration) -> Option<Decision> {
         let size = signals.size;
         let spare = signals.utilisation() <= self.options.low_utilisation && signals.queued == 0;
         if size == 0 || !spare {
             return None;
         }
         let policy = &self.options.cost;
-        let least = agents(ceil(policy.min_scale * f64::from(self.baseline)))
-            .max(self.options.min)
-            .max(needed);
+        let least = agents(ceil(f64::from(size) * policy.min_scale))
+            .max(self.needed(signals, f64::from(signals.busy)))
+            .max(forecast)
+            .max(self.options.min);
         let step = agents(floor(f64::from(size) * policy.factor)).min(size - 1);
         let to = step.max(least);
         let wanted = Reason::LowUtilisation;
@@ -677,8 +758,8 @@ mod tests {
         Duration::from_secs(s)
     }
 
-    fn scaler(baseline: u32) -> Scaler {
-        Scaler::new(ScalingOptions::default(), baseline).unwrap()
+    fn scaler() -> Scaler {
+        Scaler::new(ScalingOptions::default(), 10).unwrap()
     }
 
     fn blocked(wanted: Reason, by: Blocked) -> Decision {
@@ -802,6 +883,20 @@ mod tests {
                 },
             ),
             (
+                "reactive.max-scale",
+                ScalingOptions {
+                    reactive: policy(1.5, 1.4, 1.0),
+                    ..ok
+                },
+            ),
+            (
+                "emergency.max-scale",
+                ScalingOptions {
+                    emergency: policy(2.0, 1000.5, 1.0),
+                    ..ok
+                },
+            ),
+            (
                 "emergency.min-scale",
                 ScalingOptions {
                     emergency: policy(2.0, 3.0, 1.5),
@@ -826,6 +921,20 @@ mod tests {
                 "cost.min-scale",
                 ScalingOptions {
                     cost: policy(0.9, 1.0, -0.1),
+                    ..ok
+                },
+            ),
+            (
+                "cost.min-scale",
+                ScalingOptions {
+                    cost: policy(0.9, 1.0, 0.0),
+                    ..ok
+                },
+            ),
+            (
+                "cost.min-scale",
+                ScalingOptions {
+                    cost: policy(0.9, 1.0, 0.95),
                     ..ok
                 },
             ),
@@ -895,7 +1004,8 @@ mod tests {
             high_utilisation: 1.0,
             low_utilisation: 0.0,
             max_forecast_error: 0.0,
-            cost: policy(0.5, 1.0, 0.0),
+            reactive: policy(1.5, 1.5, 0.0),
+            cost: policy(0.5, 1.0, 0.5),
             ..ok
         };
         assert_eq!(edges.validate(), Ok(()));
@@ -913,17 +1023,28 @@ mod tests {
     }
 
     #[test]
-    fn the_baseline_is_clamped_to_the_bounds_and_zero_counts_as_one() {
+    fn the_baseline_bounds_nothing() {
         let options = ScalingOptions {
             min: 0,
             max: 50,
             ..ScalingOptions::default()
         };
-        assert_eq!(Scaler::new(options, 0).unwrap().baseline(), 1);
-        assert_eq!(Scaler::new(options, 80).unwrap().baseline(), 50);
-        let options = ScalingOptions { min: 4, ..options };
-        assert_eq!(Scaler::new(options, 2).unwrap().baseline(), 4);
-        assert_eq!(Scaler::new(options, 2).unwrap().options(), &options);
+        let t = secs(1_000);
+        // Started at 1, the pool grows by what its own size allows, and shrinks likewise.
+        let mut s = Scaler::new(options, 1).unwrap();
+        assert_eq!(s.options(), &options);
+        assert_eq!(s.decide(&pool(20, 20), t), scale(20, 30, HighUtilisation));
+        assert_eq!(
+            s.decide(&pool(30, 0), t + secs(120)),
+            scale(30, 27, LowUtilisation)
+        );
+        // Started at 40, it shrinks past 0.7 × 40 and grows past 2 × 40's cap, up to `max`.
+        let mut s = Scaler::new(options, 40).unwrap();
+        assert_eq!(s.decide(&pool(20, 0), t), scale(20, 18, LowUtilisation));
+        assert_eq!(
+            s.decide(&pool(40, 40), t + secs(120)),
+            scale(40, 50, HighUtilisation)
+        );
     }
 
     #[test]
@@ -984,32 +1105,43 @@ mod tests {
     }
 
     #[test]
-    fn reactive_grows_by_half_up_to_twice_the_baseline_a_minute_apart() {
-        let mut s = scaler(10);
+    fn reactive_grows_to_the_demand_between_its_factor_and_max_scale_a_minute_apart() {
+        let options = ScalingOptions {
+            max: 30,
+            ..ScalingOptions::default()
+        };
+        let mut s = Scaler::new(options, 10).unwrap();
         let t = secs(1_000);
+        // 8 busy need 10 agents at 80 %, but a step is one factor (1.5 ×) at least.
         assert_eq!(s.decide(&pool(10, 8), t), scale(10, 15, HighUtilisation));
         assert_eq!(
             s.decide(&pool(15, 15), t + secs(59)),
             blocked(HighUtilisation, Cooldown)
         );
+        // 12 busy of 15 need 15: ⌈15 × 1.5⌉ = 23.
         assert_eq!(
             s.decide(&pool(15, 12), t + secs(60)),
-            scale(15, 20, HighUtilisation)
+            scale(15, 23, HighUtilisation)
+        );
+        // 23 busy need 29, a factor step is 35: `max` caps it, and then blocks.
+        assert_eq!(
+            s.decide(&pool(23, 23), t + secs(120)),
+            scale(23, 30, HighUtilisation)
         );
         assert_eq!(
-            s.decide(&pool(20, 20), t + secs(200)),
+            s.decide(&pool(30, 30), t + secs(200)),
             blocked(HighUtilisation, AtMax)
         );
         // Under the threshold, nothing is wanted.
-        assert_eq!(s.decide(&pool(20, 15), t + secs(300)), Decision::Hold);
+        assert_eq!(s.decide(&pool(30, 23), t + secs(300)), Decision::Hold);
         // A queue with every slot busy is short too, even where no slot exists.
-        let mut s = scaler(10);
+        let mut s = scaler();
         let full = Signals {
             queued: 1,
             ..pool(10, 10)
         };
         assert_eq!(s.decide(&full, t), scale(10, 15, HighUtilisation));
-        let mut s = scaler(10);
+        let mut s = scaler();
         let slotless = Signals {
             queued: 1,
             capacity: 0,
@@ -1018,117 +1150,216 @@ mod tests {
         };
         assert_eq!(s.decide(&slotless, t), scale(10, 15, HighUtilisation));
         // A step is at least one agent.
-        let mut s = scaler(1);
+        let mut s = scaler();
         assert_eq!(s.decide(&pool(1, 1), t), scale(1, 2, HighUtilisation));
     }
 
     #[test]
-    fn emergency_doubles_up_to_three_times_the_baseline_ten_seconds_apart() {
-        let mut s = scaler(10);
+    fn one_reactive_step_is_sized_by_what_runs_and_queues() {
         let t = secs(1_000);
-        assert_eq!(s.decide(&overloaded(10), t), scale(10, 20, Overload));
+        // 110 attempts need ⌈110 / 0.8⌉ = 138 agents: one step goes to 2.0 × 10.
+        let mut s = scaler();
+        let flood = Signals {
+            queued: 100,
+            ..pool(10, 10)
+        };
+        assert_eq!(s.decide(&flood, t), scale(10, 20, HighUtilisation));
+        // 13 attempts need ⌈13 / 0.8⌉ = 17: between 1.5 × 10 and 2.0 × 10, so 17.
+        let mut s = scaler();
+        let some = Signals {
+            queued: 3,
+            ..pool(10, 10)
+        };
+        assert_eq!(s.decide(&some, t), scale(10, 17, HighUtilisation));
+        // Two slots an agent: 30 attempts need ⌈30 / (2 × 0.8)⌉ = 19 agents.
+        let mut s = scaler();
+        let doubled = Signals {
+            capacity: 20,
+            busy: 20,
+            queued: 10,
+            ..pool(10, 10)
+        };
+        assert_eq!(s.decide(&doubled, t), scale(10, 19, HighUtilisation));
+    }
+
+    #[test]
+    fn a_pool_follows_demand_from_10_to_200_over_successive_steps() {
+        // 200 attempts at once, one slot an agent: each look, what the pool runs is busy and
+        // the rest queues. Every step doubles the pool (the demand is above 2.0 ×) until `max`.
+        let options = ScalingOptions {
+            max: 200,
+            ..ScalingOptions::default()
+        };
+        let demand = |size: u32| Signals {
+            queued: 200 - size.min(200),
+            ..pool(size, size.min(200))
+        };
+        let mut s = Scaler::new(options, 10).unwrap();
+        let (mut size, mut sizes) = (10, vec![10]);
+        for minute in 1..20 {
+            if let Decision::Scale { from, to, reason } = s.decide(&demand(size), secs(60 * minute))
+            {
+                assert_eq!((from, reason), (size, HighUtilisation));
+                size = to;
+                sizes.push(size);
+            }
+        }
+        assert_eq!(sizes, [10, 20, 40, 80, 160, 200]);
         assert_eq!(
-            s.decide(&overloaded(20), t + secs(9)),
+            s.decide(&demand(200), secs(3_600)),
+            blocked(HighUtilisation, AtMax)
+        );
+        // Without that `max`, the pool reaches the 250 the demand needs (160 → 250), which the
+        // demand keeps at 80 %: one more step, of one factor (1.5 ×) at least, to 375, where
+        // it holds, 53 % busy.
+        let mut s = scaler();
+        let (mut size, mut sizes) = (10, vec![10]);
+        for minute in 1..20 {
+            if let Decision::Scale { to, .. } = s.decide(&demand(size), secs(60 * minute)) {
+                size = to;
+                sizes.push(size);
+            }
+        }
+        assert_eq!(sizes, [10, 20, 40, 80, 160, 250, 375]);
+    }
+
+    #[test]
+    fn emergency_grows_to_the_demand_between_two_and_three_times_ten_seconds_apart() {
+        let options = ScalingOptions {
+            max: 100,
+            ..ScalingOptions::default()
+        };
+        let mut s = Scaler::new(options, 10).unwrap();
+        let t = secs(1_000);
+        // 10 running and 40 queued need 63: one step goes to 3.0 × 10.
+        assert_eq!(s.decide(&overloaded(10), t), scale(10, 30, Overload));
+        assert_eq!(
+            s.decide(&overloaded(30), t + secs(9)),
             blocked(Overload, Cooldown)
         );
+        // 30 and 40 need 88, within 60..=90.
         assert_eq!(
-            s.decide(&overloaded(20), t + secs(10)),
-            scale(20, 30, Overload)
+            s.decide(&overloaded(30), t + secs(10)),
+            scale(30, 88, Overload)
+        );
+        // 88 and 40 need 160, less than a factor step (176): `max` caps it, then blocks.
+        assert_eq!(
+            s.decide(&overloaded(88), t + secs(20)),
+            scale(88, 100, Overload)
         );
         assert_eq!(
-            s.decide(&overloaded(30), t + secs(20)),
+            s.decide(&overloaded(100), t + secs(30)),
             blocked(Overload, AtMax)
         );
-        // A wait just under the threshold is not an overload; reactive is beyond its own cap.
+        // A wait just under the threshold is not an overload; reactive is at `max` too.
         let waiting = Signals {
             oldest_wait: secs(4),
-            ..overloaded(30)
+            ..overloaded(100)
         };
         assert_eq!(
-            s.decide(&waiting, t + secs(25)),
+            s.decide(&waiting, t + secs(35)),
             blocked(HighUtilisation, AtMax)
         );
         // Nothing queued: no overload, whatever the wait says.
         let stale = Signals {
             queued: 0,
             oldest_wait: secs(60),
-            ..steady(30)
+            ..steady(100)
         };
-        assert_eq!(s.decide(&stale, t + secs(30)), Decision::Hold);
+        assert_eq!(s.decide(&stale, t + secs(40)), Decision::Hold);
+        // 300 queued on 10 need 388: 3.0 × 10 at most.
+        let mut s = scaler();
+        let flood = Signals {
+            queued: 300,
+            ..overloaded(10)
+        };
+        assert_eq!(s.decide(&flood, t), scale(10, 30, Overload));
+        // One queued task that waited too long: one factor step (2.0 ×) at least.
+        let mut s = scaler();
+        let one = Signals {
+            queued: 1,
+            ..overloaded(10)
+        };
+        assert_eq!(s.decide(&one, t), scale(10, 20, Overload));
     }
 
     #[test]
     fn emergency_acts_inside_the_reactive_cooldown_and_starts_it() {
-        let reactive = Policy {
-            max_scale: 4.0,
-            ..Policy::REACTIVE
-        };
-        let options = ScalingOptions {
-            reactive,
-            ..ScalingOptions::default()
-        };
-        let mut s = Scaler::new(options, 10).unwrap();
+        let mut s = scaler();
         let t = secs(1_000);
         assert_eq!(s.decide(&pool(10, 10), t), scale(10, 15, HighUtilisation));
+        // 15 running and 40 queued need 69: 3.0 × 15 at most.
         assert_eq!(
             s.decide(&overloaded(15), t + secs(1)),
-            scale(15, 30, Overload)
+            scale(15, 45, Overload)
         );
         // Reactive waits its minute from emergency's step, not from its own.
-        let short = pool(30, 30);
+        let short = pool(45, 45);
         assert_eq!(
             s.decide(&short, t + secs(60)),
             blocked(HighUtilisation, Cooldown)
         );
         assert_eq!(
             s.decide(&short, t + secs(61)),
-            scale(30, 40, HighUtilisation)
+            scale(45, 68, HighUtilisation)
         );
     }
 
     #[test]
-    fn a_trusted_forecast_grows_toward_its_need_by_at_most_the_predictive_factor() {
-        let mut s = scaler(10);
+    fn a_trusted_forecast_grows_straight_to_its_need_within_the_predictive_max_scale() {
+        let mut s = scaler();
         let t = secs(1_000);
-        // 16 arrivals/s at 1 per agent per second, to run at 80 %: 20 agents.
+        // 16 arrivals/s at 1 per agent per second, to run at 80 %: 20 agents; 1.8 × 10 at
+        // most.
         assert_eq!(
             s.decide(&forecast(10, 16.0, Some(0.1)), t),
-            scale(10, 13, Forecast)
+            scale(10, 18, Forecast)
         );
         assert_eq!(
-            s.decide(&forecast(13, 16.0, Some(0.1)), t + secs(29)),
+            s.decide(&forecast(18, 16.0, Some(0.1)), t + secs(29)),
             blocked(Forecast, Cooldown)
         );
         assert_eq!(
-            s.decide(&forecast(13, 16.0, Some(0.1)), t + secs(30)),
-            scale(13, 17, Forecast)
+            s.decide(&forecast(18, 16.0, Some(0.2)), t + secs(30)),
+            scale(18, 20, Forecast)
         );
-        // 1.8 × the baseline caps it.
+        // Enough agents already: nothing wanted.
         assert_eq!(
-            s.decide(&forecast(17, 16.0, Some(0.2)), t + secs(60)),
-            scale(17, 18, Forecast)
+            s.decide(&forecast(20, 16.0, Some(0.2)), t + secs(60)),
+            Decision::Hold
         );
+        // Exactly the need, neither one factor step (13) nor max-scale (18): 11.2 arrivals/s
+        // need 14; 9.6 need 12.
+        let mut s = scaler();
         assert_eq!(
-            s.decide(&forecast(18, 16.0, Some(0.2)), t + secs(90)),
-            blocked(Forecast, AtMax)
+            s.decide(&forecast(10, 11.2, Some(0.0)), t),
+            scale(10, 14, Forecast)
         );
-        // Only as far as the need: 9.6 arrivals/s need 12, not 13.
-        let mut s = scaler(10);
+        let mut s = scaler();
         assert_eq!(
             s.decide(&forecast(10, 9.6, Some(0.0)), t),
             scale(10, 12, Forecast)
         );
-        // Enough agents already: nothing wanted.
+        // `max` caps it, then blocks.
+        let options = ScalingOptions {
+            max: 16,
+            ..ScalingOptions::default()
+        };
+        let mut s = Scaler::new(options, 10).unwrap();
         assert_eq!(
-            s.decide(&forecast(12, 9.6, Some(0.0)), t + secs(100)),
-            Decision::Hold
+            s.decide(&forecast(10, 16.0, Some(0.1)), t),
+            scale(10, 16, Forecast)
+        );
+        assert_eq!(
+            s.decide(&forecast(16, 16.0, Some(0.1)), t + secs(30)),
+            blocked(Forecast, AtMax)
         );
     }
 
     #[test]
     fn an_untrusted_or_unusable_forecast_does_not_act() {
         let t = secs(1_000);
-        let mut s = scaler(10);
+        let mut s = scaler();
         let inaccurate = blocked(Forecast, ForecastInaccurate);
         assert_eq!(s.decide(&forecast(10, 16.0, Some(0.25)), t), inaccurate);
         assert_eq!(s.decide(&forecast(10, 16.0, None), t), inaccurate);
@@ -1153,7 +1384,7 @@ mod tests {
         let mut s = Scaler::new(off, 10).unwrap();
         assert_eq!(s.decide(&forecast(10, 16.0, Some(0.1)), t), Decision::Hold);
         // Anything else acting wins over the untrusted forecast's block.
-        let mut s = scaler(10);
+        let mut s = scaler();
         let short = Signals {
             busy: 10,
             ..forecast(10, 16.0, Some(0.9))
@@ -1175,8 +1406,8 @@ mod tests {
     }
 
     #[test]
-    fn cost_shrinks_by_a_tenth_to_seven_tenths_of_the_baseline_two_minutes_apart() {
-        let mut s = scaler(10);
+    fn cost_shrinks_by_a_tenth_of_the_pool_two_minutes_apart() {
+        let mut s = scaler();
         let t = secs(1_000);
         assert_eq!(s.decide(&pool(10, 3), t), scale(10, 9, LowUtilisation));
         assert_eq!(
@@ -1187,16 +1418,8 @@ mod tests {
             s.decide(&pool(9, 2), t + secs(120)),
             scale(9, 8, LowUtilisation)
         );
-        assert_eq!(
-            s.decide(&pool(8, 2), t + secs(240)),
-            scale(8, 7, LowUtilisation)
-        );
-        assert_eq!(
-            s.decide(&pool(7, 2), t + secs(360)),
-            blocked(LowUtilisation, AtMin)
-        );
         // A queue means no room to spare, whatever the utilisation.
-        let mut s = scaler(10);
+        let mut s = scaler();
         assert_eq!(
             s.decide(
                 &Signals {
@@ -1207,14 +1430,35 @@ mod tests {
             ),
             Decision::Hold
         );
-        // One step is one factor, not one agent, on a large pool...
-        let mut s = scaler(100);
-        assert_eq!(s.decide(&pool(100, 0), t), scale(100, 90, LowUtilisation));
-        // ...and one agent at least on a small one, never below `min`.
+        // One step is one factor, not one agent, on a large pool: from 100 with 5 running,
+        // 90, 81, 72..., until 5 of 15 is above `low-utilisation`.
+        let mut s = scaler();
+        let (mut size, mut sizes) = (100, vec![100]);
+        for step in 0..30 {
+            if let Decision::Scale { from, to, reason } =
+                s.decide(&pool(size, 5), t + secs(120 * step))
+            {
+                assert_eq!((from, reason), (size, LowUtilisation));
+                size = to;
+                sizes.push(size);
+            }
+        }
+        assert_eq!(
+            sizes,
+            [
+                100, 90, 81, 72, 64, 57, 51, 45, 40, 36, 32, 28, 25, 22, 19, 17, 15
+            ]
+        );
+        // At least one agent a step, and (1 - min-scale) of the pool at most: with 0.7, a pool
+        // of 3 does not shrink (one agent is a third of it), one of 4 does.
+        let mut s = scaler();
+        assert_eq!(s.decide(&pool(3, 0), t), blocked(LowUtilisation, AtMin));
+        assert_eq!(s.decide(&pool(4, 0), t), scale(4, 3, LowUtilisation));
+        // With 0.5, a pool of 2 does, but never below `min`.
         let options = ScalingOptions {
             min: 1,
             cost: Policy {
-                min_scale: 0.0,
+                min_scale: 0.5,
                 ..Policy::COST
             },
             ..ScalingOptions::default()
@@ -1228,32 +1472,65 @@ mod tests {
     }
 
     #[test]
+    fn cost_never_goes_below_what_runs_needs() {
+        // A cost policy that would shrink to 0.3 ×.
+        let options = ScalingOptions {
+            cost: Policy {
+                factor: 0.3,
+                min_scale: 0.3,
+                ..Policy::COST
+            },
+            ..ScalingOptions::default()
+        };
+        let t = secs(1_000);
+        // 3 running need ⌈3 / 0.8⌉ = 4, not 3.
+        let mut s = Scaler::new(options, 10).unwrap();
+        assert_eq!(s.decide(&pool(10, 3), t), scale(10, 4, LowUtilisation));
+        // Two slots an agent: 6 running need ⌈6 / (2 × 0.8)⌉ = 4.
+        let mut s = Scaler::new(options, 10).unwrap();
+        let doubled = Signals {
+            capacity: 20,
+            busy: 6,
+            ..pool(10, 0)
+        };
+        assert_eq!(s.decide(&doubled, t), scale(10, 4, LowUtilisation));
+        // At a `high-utilisation` of 0.35, 1 running needs ⌈1 / 0.35⌉ = 3: a pool of 4 goes
+        // to 3, not 2, and one of 3 (spare at a `low-utilisation` of 0.34) cannot shrink.
+        let options = ScalingOptions {
+            high_utilisation: 0.35,
+            ..options
+        };
+        let mut s = Scaler::new(options, 4).unwrap();
+        assert_eq!(s.decide(&pool(4, 1), t), scale(4, 3, LowUtilisation));
+        let options = ScalingOptions {
+            low_utilisation: 0.34,
+            ..options
+        };
+        let mut s = Scaler::new(options, 3).unwrap();
+        assert_eq!(s.decide(&pool(3, 1), t), blocked(LowUtilisation, AtMin));
+    }
+
+    #[test]
     fn growth_wins_over_shrinking_and_a_trusted_forecast_holds_cost_off() {
         let t = secs(1_000);
         // Hardly busy, but a trusted forecast needs more: growth.
-        let mut s = scaler(10);
+        let mut s = scaler();
         let coming = Signals {
             busy: 1,
             ..forecast(10, 16.0, Some(0.1))
         };
-        assert_eq!(s.decide(&coming, t), scale(10, 13, Forecast));
+        assert_eq!(s.decide(&coming, t), scale(10, 18, Forecast));
         // In its cooldown the forecast's growth is still wanted: no shrinking.
         let coming = Signals {
-            size: 13,
-            capacity: 13,
+            size: 18,
+            capacity: 18,
             ..coming
         };
-        assert_eq!(s.decide(&coming, t + secs(200)), scale(13, 17, Forecast));
-        let mut s = scaler(10);
-        s.decide(&pool(10, 10), t);
-        let coming = Signals {
-            busy: 1,
-            ..forecast(15, 16.0, Some(0.1))
-        };
         assert_eq!(s.decide(&coming, t + secs(20)), blocked(Forecast, Cooldown));
-        // A trusted forecast that needs 12 keeps cost from going under 12 (its own floor is
-        // 11 of 15).
-        let mut s = scaler(15);
+        assert_eq!(s.decide(&coming, t + secs(200)), scale(18, 20, Forecast));
+        // A trusted forecast that needs 12 keeps cost from going under 12 (its own step
+        // would go to 11 of 13).
+        let mut s = scaler();
         let spare = Signals {
             busy: 1,
             ..forecast(13, 9.6, Some(0.1))
@@ -1282,26 +1559,21 @@ mod tests {
             capacity: size,
             ..Signals::default()
         };
-        // Idle is low utilisation too: cost trims first, within its floor (4 of 5).
+        // Idle is low utilisation too: cost trims first, as far as its step allows (a pool of
+        // 3 is too small for it).
         assert_eq!(s.decide(&idle(5), secs(0)), scale(5, 4, LowUtilisation));
-        assert_eq!(
-            s.decide(&idle(4), secs(150)),
-            blocked(LowUtilisation, AtMin)
-        );
+        assert_eq!(s.decide(&idle(4), secs(150)), scale(4, 3, LowUtilisation));
         // Work at 200 s restarts the idle clock: idle from 201 s, for 300 s at 501 s.
+        assert_eq!(s.decide(&pool(3, 1), secs(200)), Decision::Hold);
         assert_eq!(
-            s.decide(&pool(4, 1), secs(200)),
+            s.decide(&idle(3), secs(201)),
             blocked(LowUtilisation, AtMin)
         );
         assert_eq!(
-            s.decide(&idle(4), secs(201)),
+            s.decide(&idle(3), secs(500)),
             blocked(LowUtilisation, AtMin)
         );
-        assert_eq!(
-            s.decide(&idle(4), secs(500)),
-            blocked(LowUtilisation, AtMin)
-        );
-        assert_eq!(s.decide(&idle(4), secs(501)), scale(4, 0, Idle));
+        assert_eq!(s.decide(&idle(3), secs(501)), scale(3, 0, Idle));
         assert_eq!(s.decide(&idle(0), secs(502)), Decision::Hold);
 
         // A running attempt or a queued task is not idle, even without arrivals.
@@ -1313,18 +1585,19 @@ mod tests {
         };
         let queued = Signals {
             queued: 1,
-            ..idle(4)
+            ..idle(3)
         };
-        assert_eq!(
-            s.decide(&running, secs(400)),
-            blocked(LowUtilisation, AtMin)
-        );
+        assert_eq!(s.decide(&running, secs(400)), scale(4, 3, LowUtilisation));
         assert_eq!(s.decide(&queued, secs(401)), Decision::Hold);
         assert_eq!(
-            s.decide(&idle(4), secs(402)),
+            s.decide(&idle(3), secs(402)),
             blocked(LowUtilisation, AtMin)
         );
-        assert_eq!(s.decide(&idle(4), secs(702)), scale(4, 0, Idle));
+        assert_eq!(
+            s.decide(&idle(3), secs(701)),
+            blocked(LowUtilisation, AtMin)
+        );
+        assert_eq!(s.decide(&idle(3), secs(702)), scale(3, 0, Idle));
 
         // Idle minds no cooldown and starts none; with the default floor it goes to 1.
         let options = ScalingOptions {
@@ -1345,14 +1618,26 @@ mod tests {
     }
 
     /// A pool's scaling policies drawn at random, within their allowed ranges.
+    /// Growth: max-scale from the factor up; shrinking: min-scale above 0 up to the factor.
     fn policy(grows: bool) -> impl Strategy<Value = Policy> {
         let factor = if grows { 1.01..3.0 } else { 0.3..0.99 };
-        (factor, 1.0..4.0, 0.0..=1.0, 0u64..120).prop_map(|(factor, max_scale, min_scale, cd)| {
-            Policy {
-                factor,
-                max_scale,
-                min_scale,
-                cooldown: secs(cd),
+        let more = prop_oneof![Just(0.0), 0.0..3.0];
+        let share = prop_oneof![Just(1.0), 0.01..=1.0];
+        (factor, more, share, 0u64..120).prop_map(move |(factor, more, share, cd)| {
+            if grows {
+                Policy {
+                    factor,
+                    max_scale: factor + more,
+                    min_scale: share,
+                    cooldown: secs(cd),
+                }
+            } else {
+                Policy {
+                    factor,
+                    max_scale: 1.0 + more,
+                    min_scale: factor * share,
+                    cooldown: secs(cd),
+                }
             }
         })
     }
@@ -1459,8 +1744,8 @@ mod tests {
             baseline in 0u32..50,
             looks in prop::collection::vec(look(), 1..150),
         ) {
+            prop_assert_eq!(options.validate(), Ok(()));
             let mut s = Scaler::new(options, baseline).unwrap();
-            let baseline = f64::from(s.baseline());
             let (mut now, mut size) = (Duration::ZERO, start);
             // Last step of any policy, of a policy other than emergency, and of emergency.
             let mut last_policy: Option<Duration> = None;
@@ -1494,15 +1779,31 @@ mod tests {
                 prop_assert_ne!(from, to);
                 prop_assert!((options.min..=options.max).contains(&to), "{} -> {} ({:?})", from, to, reason);
                 if let Some(policy) = policy_of(&options, reason) {
+                    let at = f64::from(from);
                     if reason == LowUtilisation {
+                        // One agent at least, one factor and (1 - min-scale) of the pool at
+                        // most, and never below what runs needs at high-utilisation.
                         prop_assert!(to < from);
-                        prop_assert!(f64::from(to) >= (f64::from(from) * policy.factor).floor());
-                        prop_assert!(f64::from(to) >= (policy.min_scale * baseline).ceil() - 1e-6);
+                        prop_assert!(to >= agents(floor(at * policy.factor)));
+                        prop_assert!(to >= agents(ceil(at * policy.min_scale)), "{} -> {}", from, to);
+                        let per_agent = if capacity == 0 { 1.0 } else { f64::from(capacity) / at };
+                        let running = agents(ceil(f64::from(signals.busy) / (per_agent * options.high_utilisation)));
+                        prop_assert!(to >= running, "{} -> {} with {} running", from, to, signals.busy);
                     } else {
-                        // One factor at most; from zero (a forecast pre-warming), one agent.
-                        let most = (f64::from(from) * policy.factor).ceil().max(f64::from(from) + 1.0);
-                        prop_assert!(f64::from(to) <= most, "{} -> {} by {:?}", from, to, reason);
-                        prop_assert!(f64::from(to) <= policy.max_scale * baseline + 1e-6);
+                        // max-scale at most (one agent when that is no more than the pool).
+                        let most = agents(floor(at * policy.max_scale)).max(from + 1);
+                        prop_assert!(to > from);
+                        prop_assert!(to <= most, "{} -> {} by {:?}", from, to, reason);
+                        if let (Forecast, Some(forecast)) = (reason, signals.forecast_per_sec) {
+                            // Straight to the need, not past it.
+                            let need = agents(ceil(forecast / signals.per_agent_rate / options.high_utilisation));
+                            prop_assert!(to <= need, "{} -> {} for {}", from, to, need);
+                        } else {
+                            // Emergency and reactive: one factor at least, unless `max` or
+                            // max-scale is nearer.
+                            let least = agents(ceil(at * policy.factor)).max(from + 1);
+                            prop_assert!(to >= least.min(most).min(options.max), "{} -> {} by {:?}", from, to, reason);
+                        }
                     }
                     if reason == Overload {
                         prop_assert!(signals.queued > 0 && signals.oldest_wait >= options.overload_wait);
