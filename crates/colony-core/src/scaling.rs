@@ -601,8 +601,12 @@ impl Scaler {
     }
 
     fn reactive(&self, signals: &Signals, now: Duration) -> Option<Decision> {
-        let short = signals.utilisation() >= self.options.high_utilisation
-            || (signals.queued > 0 && signals.busy >= signals.capacity);
+        // Short of agents, and more are needed than there are (a pool exactly at
+        // `high-utilisation` with nothing waiting has what it needs), or tasks wait where no
+        // slot is in service at all.
+        let short = (signals.utilisation() >= self.options.high_utilisation
+            || (signals.queued > 0 && signals.busy >= signals.capacity))
+            && (self.demand(signals) > signals.size || signals.capacity == 0);
         short.then(|| {
             let policy = &self.options.reactive;
             let to = self.grow_to(signals.size, policy, self.demand(signals), true);
@@ -1112,15 +1116,17 @@ mod tests {
         };
         let mut s = Scaler::new(options, 10).unwrap();
         let t = secs(1_000);
-        // 8 busy need 10 agents at 80 %, but a step is one factor (1.5 ×) at least.
-        assert_eq!(s.decide(&pool(10, 8), t), scale(10, 15, HighUtilisation));
+        // Exactly at 80 %, the pool has what it needs.
+        assert_eq!(s.decide(&pool(10, 8), t), Decision::Hold);
+        // 9 busy need 12 agents at 80 %, but a step is one factor (1.5 ×) at least.
+        assert_eq!(s.decide(&pool(10, 9), t), scale(10, 15, HighUtilisation));
         assert_eq!(
             s.decide(&pool(15, 15), t + secs(59)),
             blocked(HighUtilisation, Cooldown)
         );
-        // 12 busy of 15 need 15: ⌈15 × 1.5⌉ = 23.
+        // 13 busy of 15 need 17: ⌈15 × 1.5⌉ = 23.
         assert_eq!(
-            s.decide(&pool(15, 12), t + secs(60)),
+            s.decide(&pool(15, 13), t + secs(60)),
             scale(15, 23, HighUtilisation)
         );
         // 23 busy need 29, a factor step is 35: `max` caps it, and then blocks.
@@ -1209,9 +1215,8 @@ mod tests {
             s.decide(&demand(200), secs(3_600)),
             blocked(HighUtilisation, AtMax)
         );
-        // Without that `max`, the pool reaches the 250 the demand needs (160 → 250), which the
-        // demand keeps at 80 %: one more step, of one factor (1.5 ×) at least, to 375, where
-        // it holds, 53 % busy.
+        // Without that `max`, the pool reaches the 250 the demand needs (160 → 250) and holds
+        // there, 80 % busy: it has what it needs.
         let mut s = scaler();
         let (mut size, mut sizes) = (10, vec![10]);
         for minute in 1..20 {
@@ -1220,7 +1225,7 @@ mod tests {
                 sizes.push(size);
             }
         }
-        assert_eq!(sizes, [10, 20, 40, 80, 160, 250, 375]);
+        assert_eq!(sizes, [10, 20, 40, 80, 160, 250]);
     }
 
     #[test]

@@ -288,7 +288,8 @@ fn tasks(n: usize) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_busy_scaled_pool_grows_within_its_max_during_the_run() {
     // One agent, twelve tasks of 250 ms queued at once: the first look sees every slot busy
-    // and tasks waiting, and the reactive policy adds an agent (its max-scale is 2 × 1).
+    // and tasks waiting, and the reactive policy doubles the pool (its max-scale), then
+    // reaches `max` a second later.
     let yaml = format!(
         "name: grows\nagents:\n  - name: sim\n    kind: sim\n    count: 1\n    sim: {{latency: 250ms}}\n    scaling: {{min: 1, max: 3, reactive: {{cooldown: 1s}}}}\ntasks:\n{}",
         tasks(12)
