@@ -433,6 +433,18 @@ pub enum Blocked {
     ForecastInaccurate,
 }
 
+impl Blocked {
+    /// What stopped the step, as events, metrics and the API spell it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Blocked::Cooldown => "cooldown",
+            Blocked::AtMax => "at-max",
+            Blocked::AtMin => "at-min",
+            Blocked::ForecastInaccurate => "forecast-inaccurate",
+        }
+    }
+}
+
 /// What the scaler answers.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize)]
 #[serde(rename_all = "kebab-case")]

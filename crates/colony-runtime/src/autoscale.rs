@@ -101,22 +101,41 @@ impl Scaled {
                 RATE_SMOOTHING * sample + (1.0 - RATE_SMOOTHING) * self.per_agent_rate
             };
         }
-        let steps = (horizon.as_secs_f64() / secs).ceil().max(1.0) as usize;
-        let forecast_per_sec = self
-            .forecaster
-            .predict_total(steps)
-            .map(|total| total / (steps as f64 * secs));
+        // What the pool must be ready for: the highest rate the forecast expects before the
+        // autoscaler can take another predictive step (its cooldown and one look), within the
+        // horizon. The horizon's mean would hide a rise that comes inside it.
+        let lead = self
+            .scaler
+            .options()
+            .predictive
+            .map_or(horizon, |p| p.cooldown + elapsed)
+            .min(horizon);
+        let steps = (lead.as_secs_f64() / secs).ceil().max(1.0) as usize;
+        let forecast_per_sec = (1..=steps)
+            .map(|k| self.forecaster.predict(k))
+            .try_fold(0.0f64, |peak, p| p.map(|p| peak.max(p)))
+            .map(|peak| peak / secs);
         let clamp = |n: u64| u32::try_from(n).unwrap_or(u32::MAX);
+        // How long the oldest waiting task has waited is not kept; two bounds of it are. The
+        // backlog's age (since none waited) overstates it under steady load, where a task or
+        // two wait at every turn's end for microseconds; the time the backlog takes to clear
+        // at the pool's present rate (Little's law) says what a task arriving now will wait.
+        let ended_per_sec = ended as f64 / secs;
+        let wait = if ended_per_sec > 0.0 {
+            Duration::from_secs_f64(load.waiting as f64 / ended_per_sec).min(load.waiting_for)
+        } else {
+            load.waiting_for
+        };
         self.last = *load;
         Signals {
             size: clamp(load.agents),
             busy: clamp(load.busy),
             capacity: clamp(load.capacity),
             queued: clamp(load.waiting),
-            oldest_wait: load.waiting_for,
+            oldest_wait: wait,
             arrivals_per_sec: arrivals as f64 / secs,
-            // Per-pool waits are not sampled; the backlog's age stands for them.
-            p95_wait: load.waiting_for,
+            // Per-pool waits are not sampled; the estimate above stands for them.
+            p95_wait: wait,
             forecast_per_sec,
             forecast_error: self.forecaster.mape(),
             per_agent_rate: self.per_agent_rate,

@@ -92,10 +92,17 @@ pub struct ModeReport {
     pub wait: Percentiles,
     /// Tasks that waited longer than the objective.
     pub slo_misses: u64,
+    /// The same for the tasks scheduled after the first two cycles, once the forecast has
+    /// the history it needs: where the predictive mode can differ from the reactive one.
+    pub warm_wait: Percentiles,
+    pub warm_slo_misses: u64,
     pub agent_seconds: f64,
     pub peak_agents: u64,
     pub scale_ups: u64,
     pub scale_downs: u64,
+    /// The autoscaler's decisions by outcome and reason (`up:forecast`, `down:idle`,
+    /// `blocked:forecast:cooldown`, ...).
+    pub decisions: std::collections::BTreeMap<String, u64>,
     /// The autoscaler's forecast error (MAPE) at the end of the trace, when it made one.
     pub forecast_error: Option<f64>,
     /// Seconds of real time the mode took.
@@ -113,7 +120,8 @@ pub struct AutoscaleReport {
     pub task_ms: f64,
     pub max_agents: u32,
     pub modes: Vec<ModeReport>,
-    /// How much less the predictive mode's p95 wait is than the reactive one's (0.5: half).
+    /// How much less the predictive mode's p95 wait is than the reactive one's after the
+    /// first two cycles (0.5: half).
     pub predictive_wait_cut: f64,
     /// How many more agent-seconds the predictive mode used than the reactive one (0.1: 10 %).
     pub predictive_extra_agent_seconds: f64,
@@ -212,8 +220,9 @@ pub fn autoscale(trace: &Trace) -> Result<AutoscaleReport, Error> {
         modes.push(runtime.block_on(run(trace, mode, &bursts))?);
     }
     let (reactive, predictive) = (&modes[1], &modes[2]);
+    // No wait to cut is no cut: 0 against 0 is the same.
     let ratio = |a: f64, b: f64| if b > 0.0 { a / b } else { 1.0 };
-    let predictive_wait_cut = 1.0 - ratio(predictive.wait.p95_us, reactive.wait.p95_us);
+    let predictive_wait_cut = 1.0 - ratio(predictive.warm_wait.p95_us, reactive.warm_wait.p95_us);
     let predictive_extra_agent_seconds =
         ratio(predictive.agent_seconds, reactive.agent_seconds) - 1.0;
     let mut verdict = Verdict::new();
@@ -299,6 +308,9 @@ async fn run(trace: &Trace, mode: Mode, bursts: &[Duration]) -> Result<ModeRepor
     let length = Duration::from_secs_f64(trace.minutes * 60.0);
     let start = Instant::now();
     let mut waits = Vec::new();
+    // The forecast needs two cycles of history; before that, both scaled modes are reactive.
+    let warm = start + Duration::from_secs_f64(2.0 * trace.period_minutes * 60.0);
+    let (mut warm_waits, mut warm_misses) = (Vec::new(), 0u64);
     let (mut tasks, mut succeeded, mut slo_misses) = (0u64, 0u64, 0u64);
     let (mut agent_seconds, mut peak_agents) = (0.0, 0u64);
     let mut pending = FuturesUnordered::new();
@@ -310,8 +322,12 @@ async fn run(trace: &Trace, mode: Mode, bursts: &[Duration]) -> Result<ModeRepor
             let wait = scheduled.elapsed().saturating_sub(trace.task);
             if wait > trace.slo {
                 slo_misses += 1;
+                warm_misses += u64::from(scheduled >= warm);
             }
             waits.push(wait);
+            if scheduled >= warm {
+                warm_waits.push(wait);
+            }
         }
     };
     let (mut at, mut carry, mut ticks) = (Duration::ZERO, 0.0, 0u64);
@@ -347,14 +363,26 @@ async fn run(trace: &Trace, mode: Mode, bursts: &[Duration]) -> Result<ModeRepor
     }
     let forecast_error = h.pool_loads()[0].forecast_error;
     let (mut scale_ups, mut scale_downs) = (0, 0);
+    let mut decisions = std::collections::BTreeMap::new();
     while let Some(event) = events.try_recv() {
-        if let crate::events::Event::PoolScaled { from, to, .. } = event {
-            if to > from {
-                scale_ups += 1;
-            } else {
-                scale_downs += 1;
+        let key = match event {
+            crate::events::Event::PoolScaled {
+                from, to, reason, ..
+            } => {
+                let up = to > from;
+                if up {
+                    scale_ups += 1;
+                } else {
+                    scale_downs += 1;
+                }
+                format!("{}:{}", if up { "up" } else { "down" }, reason.as_str())
             }
-        }
+            crate::events::Event::ScaleBlocked { wanted, by, .. } => {
+                format!("blocked:{}:{}", wanted.as_str(), by.as_str())
+            }
+            _ => continue,
+        };
+        *decisions.entry(key).or_insert(0) += 1;
     }
     runtime.shutdown().await;
     Ok(ModeReport {
@@ -363,10 +391,13 @@ async fn run(trace: &Trace, mode: Mode, bursts: &[Duration]) -> Result<ModeRepor
         succeeded,
         wait: Percentiles::of(waits),
         slo_misses,
+        warm_wait: Percentiles::of(warm_waits),
+        warm_slo_misses: warm_misses,
         agent_seconds,
         peak_agents,
         scale_ups,
         scale_downs,
+        decisions,
         forecast_error,
         seconds: started.elapsed().as_secs_f64(),
     })
