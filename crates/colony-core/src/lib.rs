@@ -7,12 +7,19 @@
 //! - [`hierarchy`] plans the tiers of a swarm: how many supervisors, coordinators and masters a
 //!   worker count needs, and who reports to whom, computed rather than searched.
 //! - [`tree`] keeps the [`LiveTree`](tree::LiveTree): every agent's parent and children and
-//!   the aggregate load, capacity and specs of every subtree, as agents join, leave service and
-//!   come back.
+//!   the aggregate load, capacity and specs of every subtree, as agents join, leave service or
+//!   rotation and come back.
 //! - [`routing`] picks where a task goes down that tree, by strategy, and which idle worker
 //!   under the chosen supervisor runs it.
 //! - [`health`] classifies an agent healthy, degraded, critical or failed from its response
 //!   times and silences, and raises a predictive alert when it slows down.
+//! - [`breaker`] acts on that health: an agent's circuit breaker opens when it turns critical
+//!   or its error rate climbs, keeps it out of rotation with a doubling backoff, and lets it
+//!   back through a probation of one attempt at a time; degraded agents get only the work
+//!   their healthy siblings cannot take. The tree carries it out
+//!   ([`set_sidelined`](tree::LiveTree::set_sidelined),
+//!   [`set_probation`](tree::LiveTree::set_probation),
+//!   [`set_reduced`](tree::LiveTree::set_reduced)).
 //! - [`attempt`] decides what becomes of a task after an attempt ends: commit, fail, cancel,
 //!   retry after an exponential backoff, dead-letter, or quarantine as poison.
 //! - [`rebalance`] picks the sibling queue an idle worker steals from
@@ -41,6 +48,7 @@
 
 pub mod agent;
 pub mod attempt;
+pub mod breaker;
 pub mod dag;
 pub mod forecast;
 pub mod health;

@@ -107,8 +107,11 @@ impl LiveTree {
     }
 
     /// A child of `supervisor` of a spec in `mask` that can take another task, taking turns.
-    /// `avoid` is taken only when no other child can: a retry prefers another agent of the
-    /// same role over the one its last attempt failed on.
+    /// A worker marked reduced ([`LiveTree::set_reduced`]: degraded) is taken only when no
+    /// other child can, and `avoid` only when no other child, reduced or not, can: a retry
+    /// prefers another agent of the same role over the one its last attempt failed on.
+    /// Taking a reduced worker moves the cursor past it, so reduced workers take turns too;
+    /// taking `avoid` leaves the cursor where it was.
     pub fn idle_worker(
         &mut self,
         supervisor: AgentId,
@@ -118,21 +121,31 @@ impl LiveTree {
         let sup = &self.nodes[supervisor.index()];
         let len = sup.children.len();
         let start = sup.cursor as usize;
-        let mut fallback = None;
+        let mut reduced = None;
+        let mut avoided = None;
         for i in 0..len {
             let slot = (start + i) % len;
             let child = sup.children[slot];
             let w = &self.nodes[child as usize];
             if w.load < w.capacity && mask.intersects(SpecMask::of(w.spec)) {
                 if Some(AgentId(child)) == avoid {
-                    fallback = Some(slot);
+                    avoided = Some(slot);
+                    continue;
+                }
+                if w.is_reduced() {
+                    reduced = reduced.or(Some(slot));
                     continue;
                 }
                 self.nodes[supervisor.index()].cursor = ((slot + 1) % len) as u16;
                 return Some(AgentId(child));
             }
         }
-        fallback.map(|slot| AgentId(self.nodes[supervisor.index()].children[slot]))
+        if let Some(slot) = reduced {
+            let sup = &mut self.nodes[supervisor.index()];
+            sup.cursor = ((slot + 1) % len) as u16;
+            return Some(AgentId(sup.children[slot]));
+        }
+        avoided.map(|slot| AgentId(self.nodes[supervisor.index()].children[slot]))
     }
 }
 
@@ -445,6 +458,112 @@ mod tests {
             t.start(busy);
         }
         assert_eq!(t.idle_worker(coder_sup, SpecMask::of(1), Some(w)), Some(w));
+    }
+
+    #[test]
+    fn a_reduced_worker_is_taken_only_when_no_other_can() {
+        let mut t = tree(12, 12, 2);
+        let sup = t.agents_in_tier(t.worker_tier() - 1)[0];
+        let workers: Vec<AgentId> = t.children(sup).collect();
+        for &w in &workers[..3] {
+            assert!(t.set_reduced(w, true));
+        }
+        // The healthy ones in turn from the cursor, then the reduced ones in turn.
+        let mut taken = Vec::new();
+        while let Some(w) = t.idle_worker(sup, SpecMask::ALL, None) {
+            t.enqueue(sup);
+            t.start(w);
+            taken.push(w);
+        }
+        let mut expected = workers[3..].to_vec();
+        expected.extend(&workers[..3]);
+        assert_eq!(taken, expected);
+        // One reduced worker free again and one healthy: the healthy one first.
+        for w in [workers[1], workers[7]] {
+            t.finish(w, None);
+        }
+        assert_eq!(t.idle_worker(sup, SpecMask::ALL, None), Some(workers[7]));
+        t.start(workers[7]);
+        assert_eq!(t.idle_worker(sup, SpecMask::ALL, None), Some(workers[1]));
+        // The cursor moved past the reduced one taken. Cleared, it comes before a reduced
+        // one earlier in turn.
+        t.enqueue(sup);
+        t.start(workers[1]);
+        t.set_reduced(workers[1], false);
+        for w in [workers[0], workers[1]] {
+            t.finish(w, None);
+        }
+        assert_eq!(t.idle_worker(sup, SpecMask::ALL, None), Some(workers[1]));
+    }
+
+    #[test]
+    fn the_worker_to_avoid_comes_after_reduced_ones() {
+        let mut t = tree(12, 12, 2);
+        let sup = t.agents_in_tier(t.worker_tier() - 1)[0];
+        let workers: Vec<AgentId> = t.children(sup).collect();
+        let run = |t: &mut LiveTree, w: AgentId| {
+            t.enqueue(sup);
+            t.start(w);
+        };
+        for &w in &workers[3..] {
+            run(&mut t, w);
+        }
+        let (healthy, reduced, avoid) = (workers[0], workers[1], workers[2]);
+        t.set_reduced(reduced, true);
+        let pick = |t: &mut LiveTree| t.idle_worker(sup, SpecMask::ALL, Some(avoid));
+        assert_eq!(pick(&mut t), Some(healthy));
+        run(&mut t, healthy);
+        assert_eq!(pick(&mut t), Some(reduced));
+        run(&mut t, reduced);
+        assert_eq!(pick(&mut t), Some(avoid));
+        // Reduced and avoided at once: still the last resort, after other reduced ones.
+        t.set_reduced(avoid, true);
+        t.finish(reduced, None);
+        assert_eq!(pick(&mut t), Some(reduced));
+        run(&mut t, reduced);
+        assert_eq!(pick(&mut t), Some(avoid));
+    }
+
+    #[test]
+    fn sidelined_and_probation_workers_get_no_more_than_their_room() {
+        let hierarchy = HierarchyOptions {
+            workers: 24,
+            span: 12,
+            tiers: Tiers::default(),
+        };
+        let mut t = LiveTree::new(&TreeOptions {
+            hierarchy,
+            queue_capacity: 2,
+        })
+        .unwrap();
+        t.add_workers(24, 0, 4);
+        let mut rng = SmallRng::seed_from_u64(4);
+        let sups = t.agents_in_tier(t.worker_tier() - 1);
+        let workers: Vec<AgentId> = t.children(sups[0]).collect();
+        for &w in &workers {
+            t.set_sidelined(w, true);
+        }
+        for _ in 0..20 {
+            assert_eq!(
+                t.route(SpecMask::ALL, Strategy::LeastLoaded, &mut rng),
+                Some(sups[1])
+            );
+        }
+        assert_eq!(t.idle_worker(sups[0], SpecMask::ALL, None), None);
+        // Back on probation: one attempt at a time.
+        t.set_probation(workers[4], true);
+        t.set_sidelined(workers[4], false);
+        assert_eq!(t.load(sups[0]).1, 2 + 1);
+        assert_eq!(
+            t.idle_worker(sups[0], SpecMask::ALL, None),
+            Some(workers[4])
+        );
+        t.enqueue(sups[0]);
+        t.start(workers[4]);
+        assert_eq!(t.idle_worker(sups[0], SpecMask::ALL, None), None);
+        t.finish(workers[4], None);
+        t.set_probation(workers[4], false);
+        assert_eq!(t.load(sups[0]).1, 2 + 4);
     }
 
     #[test]

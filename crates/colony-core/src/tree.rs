@@ -4,9 +4,10 @@
 //! Every node keeps the load (tasks queued or running) and capacity of its subtree and the set
 //! of agent specs found below it, so that [`crate::routing`] can send a task from the top tier
 //! to a supervisor looking only at the children of the nodes on its path. This module keeps
-//! those aggregates true as workers join, tasks come and go and agents leave and return
-//! service; where a task goes is routing's business. Nothing here does I/O: the runtime owns a
-//! [`LiveTree`] and tells it what happened.
+//! those aggregates true as workers join, tasks come and go, agents leave and return service,
+//! and workers whose circuit breaker is open, on probation or degraded leave rotation, take
+//! one task at a time or are passed over; where a task goes is routing's business. Nothing
+//! here does I/O: the runtime owns a [`LiveTree`] and tells it what happened.
 
 use crate::{
     AgentId,
@@ -43,10 +44,32 @@ impl SpecMask {
 
 /// Bit of [`Node::own`] set while the node is out of service.
 const DOWN: u32 = 1 << 31;
-/// Bit of a supervisor's [`Node::own`] set while all its workers are out of service: its
-/// queue's room is withdrawn too, since nobody would serve it.
+/// Bit of a supervisor's [`Node::own`] set while none of its workers is in rotation (each is
+/// down or sidelined): its queue's room is withdrawn too, since nobody would serve it.
 const VACANT: u32 = 1 << 30;
-const FLAGS: u32 = DOWN | VACANT;
+/// Bit of a worker's [`Node::own`] set while it is out of rotation though in service (its
+/// circuit breaker is open): its room is withdrawn as a down worker's is, uncounted as down.
+const SIDELINED: u32 = 1 << 29;
+/// Bit of a worker's [`Node::own`] set while it is on probation: its room is at most 1.
+const PROBATION: u32 = 1 << 28;
+/// Bit of a worker's [`Node::own`] set while it is degraded: an idle-worker search takes it
+/// only when no other worker can.
+const REDUCED: u32 = 1 << 27;
+/// Flags that withdraw all of a node's room.
+const WITHDRAWING: u32 = DOWN | VACANT | SIDELINED;
+/// The bits of [`Node::own`] below the flags: the room itself.
+const ROOM: u32 = REDUCED - 1;
+
+/// Room a node with `own` adds to its subtree now.
+fn room(own: u32) -> u32 {
+    if own & WITHDRAWING != 0 {
+        0
+    } else if own & PROBATION != 0 {
+        (own & ROOM).min(1)
+    } else {
+        own & ROOM
+    }
+}
 
 /// One agent's place in the tree. The fields [`crate::routing`] reads on its hot path are
 /// crate-visible so that a descent costs plain field reads, as it did when both lived in one
@@ -67,10 +90,19 @@ pub(crate) struct Node {
     /// Tasks this subtree holds when full: workers' concurrency plus supervisors' queues.
     pub(crate) capacity: u32,
     /// What this node itself adds to `capacity` (a worker's concurrency, a supervisor's
-    /// queue), with [`DOWN`] set while it is out of service.
+    /// queue) in the low bits ([`ROOM`]), and the flags that withdraw or cap it ([`DOWN`],
+    /// [`VACANT`], [`SIDELINED`], [`PROBATION`]) or rank the worker last ([`REDUCED`]).
     own: u32,
     pub(crate) latency_ema_us: f32,
     pub(crate) children: Vec<u32>,
+}
+
+impl Node {
+    /// Whether an idle-worker search takes this worker only when no other can.
+    #[inline]
+    pub(crate) fn is_reduced(&self) -> bool {
+        self.own & REDUCED != 0
+    }
 }
 
 /// Size and shape of a [`LiveTree`].
@@ -113,6 +145,11 @@ impl LiveTree {
     /// [`LiveTree::add_worker`] (they take their planned places) or all at once with
     /// [`LiveTree::add_workers`].
     pub fn new(options: &TreeOptions) -> Result<Self, Error> {
+        assert!(
+            options.queue_capacity <= ROOM,
+            "queue capacity {} exceeds {ROOM}",
+            options.queue_capacity
+        );
         let plan = Plan::new(&options.hierarchy)?;
         let tiers = plan.tiers();
         let worker_tier = tiers.len() - 1;
@@ -192,6 +229,10 @@ impl LiveTree {
         assert!(
             (spec as usize) < MAX_SPECS,
             "spec index {spec} exceeds {MAX_SPECS}"
+        );
+        assert!(
+            concurrency <= ROOM,
+            "concurrency {concurrency} exceeds {ROOM}"
         );
         let worker_tier = self.worker_tier();
         let parent = if self.planned_left > 0 {
@@ -349,23 +390,73 @@ impl LiveTree {
         if !self.set_flag(agent, DOWN, down) {
             return false;
         }
-        if self.nodes[agent.index()].tier as usize == self.worker_tier()
-            && let Some(sup) = self.parent(agent)
-        {
-            let vacant = self.children(sup).all(|w| self.is_down(w));
-            self.set_flag(sup, VACANT, vacant);
-        }
+        self.update_vacancy(agent);
         true
     }
 
-    /// Sets or clears `flag` of `agent`, withdrawing or restoring its room when that changes
-    /// whether it is withdrawn.
+    /// Takes worker `worker` out of rotation (`sidelined`: its circuit breaker is open) or
+    /// puts it back, without counting it out of service: its room is withdrawn as a down
+    /// worker's is (so a supervisor whose workers are all down or sidelined is vacant), and
+    /// comes back only once it is neither. Independent of [`LiveTree::set_down`] and
+    /// [`LiveTree::set_retired`]. Returns whether anything changed.
+    pub fn set_sidelined(&mut self, worker: AgentId, sidelined: bool) -> bool {
+        if !self.set_flag(worker, SIDELINED, sidelined) {
+            return false;
+        }
+        self.update_vacancy(worker);
+        true
+    }
+
+    /// Whether `worker` is out of rotation (see [`LiveTree::set_sidelined`]).
+    pub fn is_sidelined(&self, worker: AgentId) -> bool {
+        self.nodes[worker.index()].own & SIDELINED != 0
+    }
+
+    /// Caps worker `worker`'s room at one task (`probation`: its circuit breaker lets one
+    /// attempt through at a time) or lifts the cap. The room given up counts as withdrawn,
+    /// so [`LiveTree::installed_capacity`] stays. Returns whether anything changed.
+    pub fn set_probation(&mut self, worker: AgentId, probation: bool) -> bool {
+        self.set_flag(worker, PROBATION, probation)
+    }
+
+    /// Whether `worker`'s room is capped at one task (see [`LiveTree::set_probation`]).
+    pub fn is_probation(&self, worker: AgentId) -> bool {
+        self.nodes[worker.index()].own & PROBATION != 0
+    }
+
+    /// Marks worker `worker` degraded (`reduced`) or not: an idle-worker search
+    /// ([`LiveTree::idle_worker`]) takes it only when no other worker with room can take the
+    /// task. Its room and its supervisor's are unchanged. Returns whether anything changed.
+    pub fn set_reduced(&mut self, worker: AgentId, reduced: bool) -> bool {
+        self.set_flag(worker, REDUCED, reduced)
+    }
+
+    /// Whether `worker` is passed over while others can work (see [`LiveTree::set_reduced`]).
+    pub fn is_reduced(&self, worker: AgentId) -> bool {
+        self.nodes[worker.index()].is_reduced()
+    }
+
+    /// After worker `agent` left or rejoined rotation, its supervisor is vacant exactly when
+    /// none of its workers is in rotation.
+    fn update_vacancy(&mut self, agent: AgentId) {
+        if self.nodes[agent.index()].tier as usize == self.worker_tier()
+            && let Some(sup) = self.parent(agent)
+        {
+            let vacant = self
+                .children(sup)
+                .all(|w| self.nodes[w.index()].own & (DOWN | SIDELINED) != 0);
+            self.set_flag(sup, VACANT, vacant);
+        }
+    }
+
+    /// Sets or clears `flag` of `agent`, withdrawing or restoring room as that changes what
+    /// the agent adds to its subtree.
     fn set_flag(&mut self, agent: AgentId, flag: u32, on: bool) -> bool {
         let node = &mut self.nodes[agent.index()];
         if (node.own & flag != 0) == on {
             return false;
         }
-        let was = node.own & FLAGS != 0;
+        let was = room(node.own);
         node.own ^= flag;
         if flag == DOWN
             && let Some(n) = self.down.get_mut(node.tier as usize)
@@ -376,19 +467,17 @@ impl LiveTree {
                 *n -= 1;
             }
         }
-        let is = node.own & FLAGS != 0;
-        let own = node.own & !FLAGS;
-        if was == is {
-            return true;
-        }
-        if is {
-            node.capacity -= own;
-            self.withdrawn += u64::from(own);
-            self.for_ancestors(agent.0, |n| n.capacity -= own);
-        } else {
-            node.capacity += own;
-            self.withdrawn -= u64::from(own);
-            self.for_ancestors(agent.0, |n| n.capacity += own);
+        let is = room(node.own);
+        if is < was {
+            let cut = was - is;
+            node.capacity -= cut;
+            self.withdrawn += u64::from(cut);
+            self.for_ancestors(agent.0, |n| n.capacity -= cut);
+        } else if is > was {
+            let back = is - was;
+            node.capacity += back;
+            self.withdrawn -= u64::from(back);
+            self.for_ancestors(agent.0, |n| n.capacity += back);
         }
         true
     }
@@ -427,7 +516,8 @@ impl LiveTree {
         self.nodes[agent.index()].own & DOWN != 0
     }
 
-    /// Whether supervisor `agent` has no worker in service, and so no room for tasks.
+    /// Whether supervisor `agent` has no worker in rotation (each is down or sidelined), and
+    /// so no room for tasks.
     pub fn is_vacant(&self, agent: AgentId) -> bool {
         self.nodes[agent.index()].own & VACANT != 0
     }
@@ -545,6 +635,7 @@ impl LiveTree {
 pub(crate) mod tests {
     use super::*;
     use crate::hierarchy::Tiers;
+    use proptest::prelude::*;
 
     /// A tree of `workers` workers of spec 0 and concurrency 1, for tests of any module.
     pub(crate) fn tree(workers: u32, span: u32, queue_capacity: u32) -> LiveTree {
@@ -611,6 +702,133 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn a_sidelined_worker_gives_up_its_room_without_going_down() {
+        let mut t = tree(24, 12, 2);
+        let worker_tier = t.worker_tier();
+        let sup = t.agents_in_tier(worker_tier - 1)[0];
+        let root = t.roots().next().unwrap();
+        let worker = t.children(sup).next().unwrap();
+        assert_eq!((t.load(sup).1, t.load(root).1), (14, 28));
+        assert!(t.set_sidelined(worker, true));
+        assert!(!t.set_sidelined(worker, true), "already sidelined");
+        assert!(t.is_sidelined(worker) && !t.is_down(worker));
+        assert_eq!(
+            (t.load(worker).1, t.load(sup).1, t.load(root).1),
+            (0, 13, 27)
+        );
+        assert_eq!(t.down_in_tier(worker_tier), 0);
+        assert_eq!(t.installed_capacity(), 28);
+        assert!(t.set_sidelined(worker, false));
+        assert!(!t.is_sidelined(worker));
+        assert_eq!(
+            (t.load(worker).1, t.load(sup).1, t.load(root).1),
+            (1, 14, 28)
+        );
+        assert_eq!(t.installed_capacity(), 28);
+    }
+
+    #[test]
+    fn a_supervisor_whose_workers_are_all_down_or_sidelined_is_vacant() {
+        let mut t = tree(24, 12, 2);
+        let sup = t.agents_in_tier(t.worker_tier() - 1)[0];
+        let workers: Vec<AgentId> = t.children(sup).collect();
+        for &w in &workers {
+            t.set_sidelined(w, true);
+        }
+        assert!(t.is_vacant(sup));
+        assert_eq!(t.load(sup).1, 0);
+        assert_eq!(t.installed_capacity(), 28);
+        t.set_sidelined(workers[5], false);
+        assert!(!t.is_vacant(sup));
+        assert_eq!(t.load(sup).1, 2 + 1);
+        // Half down, half sidelined: vacant all the same, and only the down ones counted.
+        for &w in &workers[..6] {
+            t.set_down(w, true);
+        }
+        assert!(t.is_vacant(sup));
+        assert_eq!(t.down_in_tier(t.worker_tier()), 6);
+        t.set_down(workers[0], false);
+        assert!(t.is_vacant(sup), "workers[0] is still sidelined");
+        t.set_sidelined(workers[0], false);
+        assert!(!t.is_vacant(sup));
+        assert_eq!(t.load(sup).1, 2 + 1);
+        assert_eq!(t.installed_capacity(), 28);
+    }
+
+    #[test]
+    fn down_and_sidelined_are_independent_and_both_must_clear() {
+        let mut t = tree(24, 12, 2);
+        let worker_tier = t.worker_tier();
+        let sup = t.agents_in_tier(worker_tier - 1)[0];
+        let worker = t.children(sup).next().unwrap();
+        for (first_cleared_down, order) in [(true, "down first"), (false, "sidelined first")] {
+            assert!(t.set_down(worker, true) && t.set_sidelined(worker, true));
+            assert_eq!(t.load(sup).1, 13, "{order}");
+            assert_eq!(t.down_in_tier(worker_tier), 1, "{order}");
+            if first_cleared_down {
+                assert!(t.set_down(worker, false));
+            } else {
+                assert!(t.set_sidelined(worker, false));
+            }
+            assert_eq!(t.load(sup).1, 13, "{order}: still out");
+            assert_eq!(t.installed_capacity(), 28, "{order}");
+            if first_cleared_down {
+                assert!(t.set_sidelined(worker, false));
+            } else {
+                assert!(t.set_down(worker, false));
+            }
+            assert_eq!(t.load(sup).1, 14, "{order}: back");
+            assert_eq!(t.down_in_tier(worker_tier), 0, "{order}");
+        }
+        // Retirement only touches specs.
+        t.set_sidelined(worker, true);
+        t.set_retired(worker, true);
+        assert!(t.is_sidelined(worker));
+        t.set_retired(worker, false);
+        t.set_sidelined(worker, false);
+        assert_eq!((t.load(sup).1, t.mask(sup)), (14, SpecMask::of(0)));
+    }
+
+    #[test]
+    fn probation_caps_a_workers_room_at_one() {
+        let hierarchy = HierarchyOptions {
+            workers: 12,
+            span: 12,
+            tiers: Tiers::default(),
+        };
+        let mut t = LiveTree::new(&TreeOptions {
+            hierarchy,
+            queue_capacity: 2,
+        })
+        .unwrap();
+        let workers = t.add_workers(12, 0, 3);
+        let sup = t.parent(workers[0]).unwrap();
+        assert_eq!(t.load(sup).1, 38);
+        assert!(t.set_probation(workers[0], true));
+        assert!(!t.set_probation(workers[0], true));
+        assert!(t.is_probation(workers[0]));
+        assert_eq!((t.load(workers[0]).1, t.load(sup).1), (1, 36));
+        assert_eq!(t.installed_capacity(), 38);
+        // Sidelined on probation: nothing; back from the sideline: the probe's one.
+        t.set_sidelined(workers[0], true);
+        assert_eq!((t.load(workers[0]).1, t.load(sup).1), (0, 35));
+        t.set_sidelined(workers[0], false);
+        assert_eq!(t.load(workers[0]).1, 1);
+        assert!(t.set_probation(workers[0], false));
+        assert_eq!((t.load(workers[0]).1, t.load(sup).1), (3, 38));
+        assert_eq!(t.installed_capacity(), 38);
+        // Neither probation nor a reduced mark counts as leaving rotation.
+        for &w in &workers {
+            t.set_probation(w, true);
+            t.set_reduced(w, true);
+        }
+        assert!(!t.is_vacant(sup) && t.is_reduced(workers[3]));
+        assert_eq!(t.load(sup).1, 2 + 12);
+        assert!(t.set_reduced(workers[3], false) && !t.is_reduced(workers[3]));
+        assert_eq!(t.load(sup).1, 2 + 12, "a reduced mark keeps the room");
+    }
+
+    #[test]
     fn growth_past_the_plan_keeps_spans_and_adds_managers() {
         let mut t = tree(12, 12, 1);
         assert_eq!(t.tier_sizes(), [1, 1, 1, 12]);
@@ -630,5 +848,71 @@ pub(crate) mod tests {
             "a second master once the first is full"
         );
         assert_eq!(t.roots().len(), 2);
+    }
+
+    /// Capacity of `agent`'s subtree computed afresh from the flags.
+    fn fresh_capacity(t: &LiveTree, agent: u32) -> u32 {
+        let n = &t.nodes[agent as usize];
+        room(n.own)
+            + n.children
+                .iter()
+                .map(|&c| fresh_capacity(t, c))
+                .sum::<u32>()
+    }
+
+    #[derive(Clone, Copy, Debug)]
+    enum Flag {
+        Down,
+        Sidelined,
+        Probation,
+        Reduced,
+        Retired,
+        Grow,
+    }
+
+    proptest! {
+        #[test]
+        fn flags_in_any_order_keep_every_aggregate_true(
+            changes in prop::collection::vec(
+                (0usize..4, any::<prop::sample::Index>(), any::<bool>(), 0usize..6),
+                0..120,
+            ),
+            grown in 0u32..20,
+        ) {
+            let flags = [Flag::Down, Flag::Sidelined, Flag::Probation, Flag::Reduced, Flag::Retired, Flag::Grow];
+            let mut t = tree(30, 4, 2);
+            for i in 0..grown {
+                t.add_worker(0, 1 + i % 3);
+            }
+                        for (tier, pick, on, flag) in changes {
+                let members = t.agents_in_tier(tier);
+                let agent = members[pick.index(members.len())];
+                let worker = tier == t.worker_tier();
+                match flags[flag] {
+                    Flag::Down => { t.set_down(agent, on); }
+                    Flag::Sidelined if worker => { t.set_sidelined(agent, on); }
+                    Flag::Probation if worker => { t.set_probation(agent, on); }
+                    Flag::Reduced if worker => { t.set_reduced(agent, on); }
+                    Flag::Retired if worker => t.set_retired(agent, on),
+                    Flag::Grow => {
+                        t.add_worker(0, 2);
+                    }
+                    _ => {}
+                }
+                let installed: u64 = t.nodes.iter().map(|n| u64::from(n.own & ROOM)).sum();
+                prop_assert_eq!(t.installed_capacity(), installed);
+                for r in t.roots.clone() {
+                    prop_assert_eq!(t.nodes[r as usize].capacity, fresh_capacity(&t, r));
+                }
+                for tier in 0..=t.worker_tier() {
+                    let down = t.agents_in_tier(tier).into_iter().filter(|&a| t.is_down(a)).count();
+                    prop_assert_eq!(t.down_in_tier(tier), down as u64);
+                }
+                for sup in t.agents_in_tier(t.worker_tier() - 1) {
+                    let out = t.children(sup).all(|w| t.is_down(w) || t.is_sidelined(w));
+                    prop_assert_eq!(t.is_vacant(sup), out, "{:?}", sup);
+                }
+            }
+        }
     }
 }
