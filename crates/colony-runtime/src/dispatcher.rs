@@ -128,6 +128,7 @@ pub(crate) fn start(
         supervision: Supervision::new(options.supervision, tree.len()),
         watch: Watch::new(
             options.health,
+            options.breaker,
             Arc::new(Beats::new(tokio::time::Instant::now())),
         ),
         out: Outbox::new(shared.clone(), tree.tier_names().len(), pools.len()),
@@ -324,6 +325,7 @@ impl Dispatcher {
                 // A panicking query drops its reply channel; the caller hears of it.
                 let live = Live {
                     tree: &self.tree,
+                    watch: &self.watch,
                     health: self.watch.health(),
                     unhealthy: self.watch.unhealthy(),
                     retired: self.supervision.retired(),
@@ -648,6 +650,7 @@ impl Dispatcher {
 
     /// Freed workers take queued tasks; the backlog takes the room that frees.
     fn settle(&mut self) {
+        self.apply_acts();
         let mut misses = 0;
         loop {
             while let Some(worker) = self.freed.pop() {

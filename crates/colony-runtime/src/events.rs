@@ -59,6 +59,20 @@ pub enum Event {
         from: colony_core::health::HealthState,
         to: colony_core::health::HealthState,
     },
+    /// An agent's circuit breaker opened: routing sends it nothing for a while
+    /// (`health:sidelined`).
+    AgentSidelined {
+        agent: AgentId,
+        reason: colony_core::breaker::OpenReason,
+    },
+    /// An agent's breaker let it back on probation, one attempt at a time.
+    AgentOnProbation {
+        agent: AgentId,
+    },
+    /// An agent's breaker closed: it takes its full share again.
+    AgentReadmitted {
+        agent: AgentId,
+    },
     /// An agent's response-time average rose over its baseline by the alert margin
     /// (`health:alert`).
     HealthAlert {
@@ -133,7 +147,11 @@ impl Event {
             | Event::AgentStopped { .. }
             | Event::AgentRestarted { .. }
             | Event::SupervisorEscalated { .. } => Kinds::AGENTS,
-            Event::HealthChanged { .. } | Event::HealthAlert { .. } => Kinds::HEALTH,
+            Event::HealthChanged { .. }
+            | Event::HealthAlert { .. }
+            | Event::AgentSidelined { .. }
+            | Event::AgentOnProbation { .. }
+            | Event::AgentReadmitted { .. } => Kinds::HEALTH,
             Event::AgentActivated { .. } | Event::AgentIdle { .. } => Kinds::ACTIVITY,
             Event::TaskQueued { .. }
             | Event::TaskStarted { .. }

@@ -51,6 +51,8 @@ pub struct Stats {
     pub quarantined: u64,
     /// Busy agents declared failed by a health sweep: silent for `failed-after`.
     pub health_failures: u64,
+    /// Workers taken out of rotation by their circuit breaker (each opening counts).
+    pub sidelined: u64,
     /// Tasks waiting in supervisors' queues or for room in the hierarchy.
     pub queued: u64,
     pub running: u64,
@@ -491,6 +493,7 @@ impl Handle {
             escalations: c.escalations.load(Relaxed),
             quarantined: c.quarantined.load(Relaxed),
             health_failures: c.health_failures.load(Relaxed),
+            sidelined: c.sidelined.load(Relaxed),
             queued: c.queued.load(Relaxed),
             running: c.running.load(Relaxed),
             agents: c.agents.load(Relaxed),

@@ -105,6 +105,9 @@ pub struct RuntimeOptions {
     /// Health thresholds, and the heartbeat interval at which supervisors sweep their busy
     /// children (see [`colony_core::health`]).
     pub health: colony_core::health::HealthOptions,
+    /// How health acts on routing: each worker's circuit breaker (see
+    /// [`colony_core::breaker`]). `None`: health only observes.
+    pub breaker: Option<colony_core::breaker::BreakerOptions>,
     /// Seed of the routing decisions' random choices.
     pub seed: u64,
     /// How long the dispatcher's thread keeps watching for work after a busy turn before it
@@ -145,6 +148,7 @@ impl Default for RuntimeOptions {
             rebalance: colony_core::rebalance::RebalanceOptions::default(),
             supervision: colony_core::supervision::SupervisorOptions::default(),
             health: colony_core::health::HealthOptions::default(),
+            breaker: Some(colony_core::breaker::BreakerOptions::default()),
             seed: 0,
             linger: DEFAULT_LINGER,
             autoscale: AutoscaleOptions::default(),
@@ -307,6 +311,11 @@ impl RuntimeOptions {
         self.health
             .validate()
             .map_err(|e| Error::Options(e.to_string()))?;
+        if let Some(breaker) = &self.breaker {
+            breaker
+                .validate()
+                .map_err(|e| Error::Options(e.to_string()))?;
+        }
         if !(1..=1_000_000).contains(&self.queue_capacity) {
             return Err(Error::QueueCapacity {
                 got: self.queue_capacity,

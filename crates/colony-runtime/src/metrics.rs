@@ -15,6 +15,7 @@ pub const ESCALATIONS: &str = "colony_supervisor_escalations_total";
 pub const AGENTS_UNHEALTHY: &str = "colony_agents_unhealthy";
 pub const HEALTH_ALERTS: &str = "colony_health_alerts_total";
 pub const HEALTH_FAILURES: &str = "colony_health_failures_total";
+pub const SIDELINED: &str = "colony_agents_sidelined_total";
 pub const SPAWN_DURATION: &str = "colony_spawn_duration_seconds";
 pub const TASKS_ACCEPTED: &str = "colony_tasks_accepted_total";
 pub const TASKS_FINISHED: &str = "colony_tasks_finished_total";
@@ -74,6 +75,11 @@ pub fn describe() {
         HEALTH_FAILURES,
         Unit::Count,
         "Busy agents declared failed by a health sweep after a silence."
+    );
+    describe_counter!(
+        SIDELINED,
+        Unit::Count,
+        "Workers taken out of rotation by their circuit breaker: critical, or failing too often."
     );
     describe_histogram!(
         SPAWN_DURATION,
@@ -179,6 +185,7 @@ pub(crate) struct Metrics {
     pub(crate) escalations: Counter,
     pub(crate) alerts: Counter,
     pub(crate) health_failures: Counter,
+    pub(crate) sidelined: Counter,
     pub(crate) succeeded: Counter,
     pub(crate) failed: Counter,
     pub(crate) dead_lettered: Counter,
@@ -205,6 +212,7 @@ impl Metrics {
             escalations: counter!(ESCALATIONS),
             alerts: counter!(HEALTH_ALERTS),
             health_failures: counter!(HEALTH_FAILURES),
+            sidelined: counter!(SIDELINED),
             succeeded: counter!(TASKS_FINISHED, "state" => "succeeded"),
             failed: counter!(TASKS_FINISHED, "state" => "failed"),
             dead_lettered: counter!(TASKS_FINISHED, "state" => "dead-lettered"),

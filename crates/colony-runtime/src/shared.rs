@@ -122,6 +122,7 @@ pub(crate) struct Counters {
     pub(crate) escalations: AtomicU64,
     pub(crate) quarantined: AtomicU64,
     pub(crate) health_failures: AtomicU64,
+    pub(crate) sidelined: AtomicU64,
     pub(crate) queued: AtomicU64,
     pub(crate) running: AtomicU64,
     pub(crate) agents: AtomicU64,

@@ -39,6 +39,9 @@ pub(crate) struct AgentView {
     /// pool) or `vacant` (a supervisor whose workers are all out of service).
     pub(crate) state: &'static str,
     pub(crate) health: HealthState,
+    /// A worker's circuit breaker: `closed`, `open` (out of rotation for its health) or
+    /// `probation` (one attempt at a time); `null` for managers.
+    pub(crate) breaker: Option<colony_core::breaker::BreakerState>,
     /// Tasks running on a worker, or held in a manager's subtree; and how many it can hold.
     pub(crate) load: u32,
     pub(crate) capacity: u32,
@@ -89,6 +92,7 @@ pub(crate) fn view(live: &Live<'_>, kinds: &Kinds, id: AgentId) -> AgentView {
         } else {
             HealthState::Healthy
         },
+        breaker: worker.then(|| live.breaker(id)),
         load,
         capacity,
         latency_ms: (worker && latency > 0.0).then(|| f64::from(latency) / 1e3),

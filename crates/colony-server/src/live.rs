@@ -143,6 +143,10 @@ impl Coalesced {
                 "kind": "health-alert", "agent": agent.0,
                 "average-ms": average.as_secs_f64() * 1e3, "baseline-ms": baseline.as_secs_f64() * 1e3,
             }),
+            E::AgentSidelined { agent, reason } => {
+                json!({"kind": "health:sidelined", "agent": agent.0, "reason": reason})
+            }
+            E::AgentReadmitted { agent } => json!({"kind": "health:readmitted", "agent": agent.0}),
             E::PoolScaled {
                 pool,
                 from,

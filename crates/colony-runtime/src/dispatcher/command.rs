@@ -164,6 +164,7 @@ impl Job {
 #[derive(Clone, Copy)]
 pub struct Live<'a> {
     pub tree: &'a LiveTree,
+    pub(super) watch: &'a super::health::Watch,
     pub(super) health: &'a [Health],
     pub(super) unhealthy: [u64; 3],
     pub(super) retired: &'a HashSet<AgentId>,
@@ -200,6 +201,12 @@ impl Live<'_> {
     /// go down and come back.
     pub fn down(&self, tier: usize) -> u64 {
         due_back(self.tree, self.retired.len(), tier)
+    }
+
+    /// A worker's circuit breaker: `closed` unless health took it out of rotation (`open`)
+    /// or it is on probation.
+    pub fn breaker(&self, agent: AgentId) -> colony_core::breaker::BreakerState {
+        self.watch.breaker(agent)
     }
 
     /// Workers retired from their pools.

@@ -5,12 +5,19 @@
 //!
 //! The sweep walks down from the roots into busy subtrees only, so an idle swarm costs
 //! nothing and a busy one O(busy agents) per interval; no agent has a timer of its own.
+//!
+//! Health acts through a circuit breaker per worker ([`colony_core::breaker`]): a critical
+//! worker, or one whose error rate reaches `breaker.error-rate`, is sidelined (routing sends it
+//! nothing, and it is not counted down); when its time is up, the sweep puts it on probation,
+//! one attempt at a time, until enough succeed in a row; a degraded worker is passed over while
+//! a healthy sibling can take the task. A new incarnation starts with a closed breaker.
 
 use super::{Dispatcher, outbox::Outbox, supervise::StopKind};
 use crate::events::{Event, Kinds};
 use colony_agents::Beats;
 use colony_core::{
     AgentId,
+    breaker::{Breaker, BreakerOptions, BreakerState, Transition},
     health::{Change, Health, HealthOptions, HealthState},
     supervision::Exit,
 };
@@ -29,11 +36,35 @@ pub(super) struct Watch {
     gauges: [metrics::Gauge; 3],
     /// When each agent was last heard from; agents beat on it while running long attempts.
     pub(super) beats: Arc<Beats>,
+    /// `None` when health only observes.
+    breaker: Option<BreakerOptions>,
+    /// Per worker that has answered: its circuit breaker.
+    breakers: Vec<Breaker>,
+    /// Workers whose breaker is open or on probation: the sweep ticks them.
+    tripped: Vec<AgentId>,
+    /// Breakers' transitions and degraded flags not yet carried to the tree.
+    pub(super) acts: Vec<Act>,
+}
+
+/// What the tree must be told of a worker's breaker or health.
+#[derive(Clone, Copy, Debug)]
+pub(super) enum Act {
+    Breaker(AgentId, Transition),
+    /// A degraded worker is passed over (`true`) or no longer (`false`).
+    Reduced(AgentId, bool),
 }
 
 impl Watch {
-    pub(super) fn new(options: HealthOptions, beats: Arc<Beats>) -> Self {
+    pub(super) fn new(
+        options: HealthOptions,
+        breaker: Option<BreakerOptions>,
+        beats: Arc<Beats>,
+    ) -> Self {
         Self {
+            breaker,
+            breakers: Vec::new(),
+            tripped: Vec::new(),
+            acts: Vec::new(),
             options,
             health: Vec::new(),
             unhealthy: [0; 3],
@@ -61,10 +92,79 @@ impl Watch {
     fn health_of(&mut self, worker: AgentId, agents: usize) -> &mut Health {
         if self.health.len() <= worker.index() {
             let now = self.now();
-            self.health
-                .resize(agents.max(worker.index() + 1), Health::new(now));
+            let len = agents.max(worker.index() + 1);
+            self.health.resize(len, Health::new(now));
+            if self.breaker.is_some() {
+                self.breakers.resize(len, Breaker::new());
+            }
         }
         &mut self.health[worker.index()]
+    }
+
+    /// The breaker of `worker`: closed until it has answered.
+    pub(super) fn breaker(&self, worker: AgentId) -> BreakerState {
+        self.breakers
+            .get(worker.index())
+            .map_or(BreakerState::Closed, Breaker::state)
+    }
+
+    /// Feeds `worker`'s health (and, after an attempt, its result) to its breaker, and says
+    /// what the tree must change.
+    fn judge(&mut self, out: &mut Outbox, worker: AgentId, result: Option<bool>) {
+        let Some(options) = self.breaker else {
+            return;
+        };
+        let now = self.now();
+        let (state, rate) = {
+            let h = &self.health[worker.index()];
+            (h.state(), h.error_rate())
+        };
+        let breaker = &mut self.breakers[worker.index()];
+        let before = breaker.state();
+        let mut transition = result.and_then(|ok| breaker.on_result(ok, now, &options));
+        if transition.is_none() {
+            transition = breaker.on_health(state, rate, now, &options);
+        }
+        if let Some(t) = transition {
+            if before == BreakerState::Closed {
+                self.tripped.push(worker);
+            }
+            self.act(out, worker, t);
+        }
+    }
+
+    /// Records a breaker's transition for the tree, and says so to subscribers.
+    fn act(&mut self, out: &mut Outbox, agent: AgentId, transition: Transition) {
+        self.acts.push(Act::Breaker(agent, transition));
+        match transition {
+            Transition::Opened { reason } => {
+                out.turn.sidelined += 1;
+                out.event(Kinds::HEALTH, || Event::AgentSidelined { agent, reason });
+            }
+            Transition::Probation => {
+                out.event(Kinds::HEALTH, || Event::AgentOnProbation { agent });
+            }
+            Transition::Closed => out.event(Kinds::HEALTH, || Event::AgentReadmitted { agent }),
+        }
+    }
+
+    /// Open breakers whose time is up go on probation; closed ones leave the list.
+    fn tick_breakers(&mut self, out: &mut Outbox) {
+        let Some(options) = self.breaker else {
+            return;
+        };
+        let now = self.now();
+        let mut tripped = std::mem::take(&mut self.tripped);
+        tripped.retain(|&worker| {
+            let breaker = &mut self.breakers[worker.index()];
+            let transition = breaker.on_tick(now, &options);
+            let still = breaker.state() != BreakerState::Closed;
+            if let Some(t) = transition {
+                self.act(out, worker, t);
+            }
+            still
+        });
+        self.tripped = tripped;
     }
 
     /// `worker` answered an attempt after `took`.
@@ -83,9 +183,10 @@ impl Watch {
         if !changes.is_empty() {
             self.changed(out, worker, &changes);
         }
+        self.judge(out, worker, Some(ok));
     }
 
-    /// A new incarnation of `worker` starts healthy.
+    /// A new incarnation of `worker` starts healthy, its breaker closed.
     pub(super) fn reset(&mut self, worker: AgentId) {
         if worker.index() < self.health.len() {
             let before = self.health[worker.index()].state();
@@ -93,6 +194,15 @@ impl Watch {
             if before != HealthState::Healthy {
                 self.count(before, HealthState::Healthy);
             }
+        }
+        if let Some(breaker) = self.breakers.get_mut(worker.index())
+            && breaker.state() != BreakerState::Closed
+        {
+            *breaker = Breaker::new();
+            self.acts.push(Act::Breaker(worker, Transition::Closed));
+        }
+        if self.breaker.is_some() {
+            self.acts.push(Act::Reduced(worker, false));
         }
     }
 
@@ -122,6 +232,12 @@ impl Watch {
             match *change {
                 Change::State { from, to } => {
                     self.count(from, to);
+                    if self.breaker.is_some()
+                        && (from == HealthState::Degraded) != (to == HealthState::Degraded)
+                    {
+                        self.acts
+                            .push(Act::Reduced(agent, to == HealthState::Degraded));
+                    }
                     out.event(Kinds::HEALTH, || Event::HealthChanged { agent, from, to });
                 }
                 Change::Alert { average, baseline } => {
@@ -162,9 +278,50 @@ impl Dispatcher {
         self.watch.observe(&mut self.out, agents, worker, took, ok);
     }
 
+    /// Carries the breakers' transitions and degraded flags to the tree: a sidelined worker
+    /// gives up its room (a supervisor left with none has its queue moved on), one on
+    /// probation gets room for one attempt, a readmitted one all its room back.
+    pub(super) fn apply_acts(&mut self) {
+        if self.watch.acts.is_empty() {
+            return;
+        }
+        let mut vacated = Vec::new();
+        for act in std::mem::take(&mut self.watch.acts) {
+            match act {
+                Act::Breaker(w, Transition::Opened { .. }) => {
+                    self.tree.set_probation(w, false);
+                    self.tree.set_sidelined(w, true);
+                    if let Some(parent) = self.tree.parent(w)
+                        && self.tree.is_vacant(parent)
+                    {
+                        vacated.push(parent);
+                    }
+                }
+                Act::Breaker(w, Transition::Probation) => {
+                    self.tree.set_sidelined(w, false);
+                    self.tree.set_probation(w, true);
+                    self.freed.push(w);
+                }
+                Act::Breaker(w, Transition::Closed) => {
+                    self.tree.set_sidelined(w, false);
+                    self.tree.set_probation(w, false);
+                    self.freed.push(w);
+                }
+                Act::Reduced(w, reduced) => {
+                    self.tree.set_reduced(w, reduced);
+                }
+            }
+        }
+        vacated.sort_unstable();
+        vacated.dedup();
+        self.rehome(vacated);
+    }
+
     /// The sweep: every busy worker's heartbeats and silence are looked at, and the silent
-    /// ones are stopped as hangs, their supervisors deciding what follows.
+    /// ones are stopped as hangs, their supervisors deciding what follows. Open breakers whose
+    /// time is up go on probation.
     pub(super) fn sweep(&mut self) {
+        self.watch.tick_breakers(&mut self.out);
         let worker_tier = self.tree.worker_tier();
         let busy = |tree: &super::LiveTree, a: AgentId| tree.load(a).0 > 0;
         let mut stack: Vec<AgentId> = self.tree.roots().filter(|&r| busy(&self.tree, r)).collect();

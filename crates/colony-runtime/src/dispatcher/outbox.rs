@@ -43,6 +43,8 @@ pub(super) struct Turn {
     pub(super) quarantined: u64,
     pub(super) health_failures: u64,
     pub(super) alerts: u64,
+    /// Workers whose breaker opened.
+    pub(super) sidelined: u64,
     /// Ended tasks that held an admission permit.
     permits: u64,
     pub(super) steals: u64,
@@ -206,6 +208,7 @@ impl Outbox {
         }
         bump(&c.escalations, &m.escalations, t.escalations);
         bump(&c.health_failures, &m.health_failures, t.health_failures);
+        bump(&c.sidelined, &m.sidelined, t.sidelined);
         if t.quarantined > 0 {
             c.quarantined.fetch_add(t.quarantined, Relaxed);
         }

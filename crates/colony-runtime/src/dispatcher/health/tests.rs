@@ -76,15 +76,22 @@ async fn a_long_task_that_beats_is_left_alone_and_slow_answers_degrade() {
     let done = h.submit_wait(spec).await.unwrap();
     assert_eq!((done.state, done.attempts), (TaskState::Succeeded, 1));
     assert_eq!(h.stats().health_failures, 0);
-    // A 30 s answer is far above critical-after (5 s).
+    // A 30 s answer is far above critical-after (5 s): the agent's breaker opens.
     let changes: Vec<Event> = std::iter::from_fn(|| events.try_recv()).collect();
+    let agent = done.agent.unwrap();
     assert_eq!(
         changes,
-        [Event::HealthChanged {
-            agent: done.agent.unwrap(),
-            from: HealthState::Healthy,
-            to: HealthState::Critical,
-        }]
+        [
+            Event::HealthChanged {
+                agent,
+                from: HealthState::Healthy,
+                to: HealthState::Critical,
+            },
+            Event::AgentSidelined {
+                agent,
+                reason: colony_core::breaker::OpenReason::Critical
+            }
+        ]
     );
     runtime.shutdown().await;
 }
@@ -129,6 +136,123 @@ async fn rising_response_times_raise_one_predictive_alert() {
                 if *average >= baseline.mul_f64(1.5)
         ),
         "one alert when the average rises 50 % over the baseline: {alerts:?}"
+    );
+    runtime.shutdown().await;
+}
+
+/// Fails every attempt on the agents in `bad`; answers the others after 10 ms.
+struct FailsOn(std::sync::Mutex<Vec<colony_core::AgentId>>);
+
+impl Agent for FailsOn {
+    fn handle(&self, task: Task) -> Execution {
+        let bad = self.0.lock().unwrap().contains(&task.agent);
+        Execution::Running(Box::pin(async move {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            if bad {
+                Err(colony_agents::Error::retryable("this agent is broken"))
+            } else {
+                Ok(task.payload)
+            }
+        }))
+    }
+}
+
+async fn failing_pool(options: crate::RuntimeOptions) -> (crate::Runtime, Arc<FailsOn>) {
+    let agent = Arc::new(FailsOn(Default::default()));
+    let pool = Pool::new(AgentSpec::new("sim", "worker"), 4, agent.clone());
+    let (runtime, _) = start(options, vec![pool]).await;
+    (runtime, agent)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failing_agent_is_sidelined_put_on_probation_and_readmitted_once_it_recovers() {
+    let (runtime, agent) = failing_pool(two_tiers()).await;
+    let h = runtime.handle();
+    let bad = h
+        .inspect(|t| t.agents_in_tier(t.worker_tier())[0])
+        .await
+        .unwrap();
+    agent.0.lock().unwrap().push(bad);
+    let mut events = h.subscribe(Kinds::HEALTH);
+    // Enough tasks that the broken agent fails several and its error rate passes 50 %.
+    for _ in 0..40 {
+        let done = h.submit_wait(TaskSpec::default()).await.unwrap();
+        assert_eq!(done.state, TaskState::Succeeded, "a retry went elsewhere");
+    }
+    let seen: Vec<Event> = std::iter::from_fn(|| events.try_recv()).collect();
+    assert!(
+        seen.contains(&Event::AgentSidelined {
+            agent: bad,
+            reason: colony_core::breaker::OpenReason::ErrorRate
+        }),
+        "{seen:?}"
+    );
+    assert_eq!(h.stats().sidelined, 1);
+    let breaker = h.observe(move |l| l.breaker(bad)).await.unwrap();
+    assert_eq!(breaker, colony_core::breaker::BreakerState::Open);
+    // While it is out, every task runs elsewhere.
+    for _ in 0..20 {
+        let done = h.submit_wait(TaskSpec::default()).await.unwrap();
+        assert_ne!(done.agent, Some(bad));
+        assert_eq!(done.attempts, 1);
+    }
+    // It recovers; after its open time a sweep puts it on probation, and three good answers
+    // readmit it.
+    agent.0.lock().unwrap().clear();
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    let seen: Vec<Event> = std::iter::from_fn(|| events.try_recv()).collect();
+    assert!(
+        seen.contains(&Event::AgentOnProbation { agent: bad }),
+        "{seen:?}"
+    );
+    // Busy siblings leave the tasks to it: four at once, one each.
+    let mut readmitted = false;
+    for _ in 0..20 {
+        let batch: Vec<_> =
+            futures::future::join_all((0..4).map(|_| h.submit_wait(TaskSpec::default()))).await;
+        assert!(
+            batch
+                .iter()
+                .all(|d| d.as_ref().unwrap().state == TaskState::Succeeded)
+        );
+        let seen: Vec<Event> = std::iter::from_fn(|| events.try_recv()).collect();
+        if seen.contains(&Event::AgentReadmitted { agent: bad }) {
+            readmitted = true;
+            break;
+        }
+    }
+    assert!(
+        readmitted,
+        "three good answers on probation close the breaker"
+    );
+    let breaker = h.observe(move |l| l.breaker(bad)).await.unwrap();
+    assert_eq!(breaker, colony_core::breaker::BreakerState::Closed);
+    runtime.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn without_a_breaker_health_only_observes() {
+    let options = crate::RuntimeOptions {
+        breaker: None,
+        ..two_tiers()
+    };
+    let (runtime, agent) = failing_pool(options).await;
+    let h = runtime.handle();
+    let bad = h
+        .inspect(|t| t.agents_in_tier(t.worker_tier())[0])
+        .await
+        .unwrap();
+    agent.0.lock().unwrap().push(bad);
+    let mut tried_bad = 0;
+    for _ in 0..60 {
+        let done = h.submit_wait(TaskSpec::default()).await.unwrap();
+        assert_eq!(done.state, TaskState::Succeeded);
+        tried_bad += u32::from(done.attempts > 1);
+    }
+    assert_eq!(h.stats().sidelined, 0);
+    assert!(
+        tried_bad > 10,
+        "the broken agent kept its share: {tried_bad} retries"
     );
     runtime.shutdown().await;
 }
