@@ -700,6 +700,7 @@ pub fn cpu_time() -> Duration {
 
 pub mod autoscale;
 pub mod crash;
+pub mod health;
 pub mod restart;
 
 /// How often `recovery` kills its share of the workers.

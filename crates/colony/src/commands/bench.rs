@@ -107,6 +107,9 @@ pub(crate) enum Bench {
     /// sim agents in virtual time, at a static size, scaled reactively, and scaled with the
     /// forecast too; compare waits, objective misses and agent-seconds.
     Autoscale(AutoscaleArgs),
+    /// A chaos run in virtual time: a share of the agents turn slow and a share start failing;
+    /// compare health acting (circuit breakers) with health only observing.
+    Health(HealthArgs),
     /// The process `bench crash` kills (internal).
     #[command(hide = true)]
     CrashChild(CrashChildArgs),
@@ -142,6 +145,31 @@ pub(crate) struct AutoscaleArgs {
     #[arg(long, default_value_t = 5.0, value_parser = Float::new(0.0, 86_400.0))]
     slo_secs: f64,
     /// Seed of the bursts' times.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Print the report as JSON, verdict included.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct HealthArgs {
+    /// Worker agents.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(10..=100_000))]
+    agents: u32,
+    /// Tasks offered per second, evenly.
+    #[arg(long, default_value_t = 100.0, value_parser = Float::new(0.1, 100_000.0))]
+    rate: f64,
+    /// Length of the run, in virtual seconds.
+    #[arg(long, default_value_t = 300.0, value_parser = Float::new(1.0, 86_400.0))]
+    secs: f64,
+    /// Share of the agents that turn slow (8 s answers, critical past 5 s).
+    #[arg(long, default_value_t = 0.2, value_parser = Float::new(0.0, 0.9))]
+    slow_share: f64,
+    /// Share of the agents whose every attempt fails.
+    #[arg(long, default_value_t = 0.05, value_parser = Float::new(0.0, 0.9))]
+    failing_share: f64,
+    /// Seed of which agents turn faulty.
     #[arg(long, default_value_t = 1)]
     seed: u64,
     /// Print the report as JSON, verdict included.
@@ -378,6 +406,7 @@ pub(crate) fn run(bench: Bench) -> Result<(), Failure> {
         .map_err(Failure::work)?;
     match bench {
         Bench::Autoscale(args) => return autoscale(&args),
+        Bench::Health(args) => return health(&args),
         Bench::Crash(args) => return crash(&args),
         Bench::Workflow(args) => return workflow(&args),
         Bench::Recovery(args) => {
@@ -848,6 +877,57 @@ fn crash(args: &CrashArgs) -> Result<(), Failure> {
 
 /// Bad paths and foreign or newer databases are the user's input; anything else is the work
 /// failing.
+/// `bench health`: its runtimes are its own, on paused clocks.
+fn health(args: &HealthArgs) -> Result<(), Failure> {
+    let chaos = bench::health::Chaos {
+        agents: args.agents,
+        rate: args.rate,
+        secs: args.secs,
+        slow_share: args.slow_share,
+        failing_share: args.failing_share,
+        seed: args.seed,
+        ..bench::health::Chaos::default()
+    };
+    let report = bench::health::health(&chaos).map_err(failure)?;
+    if args.json {
+        print_json(&report)?;
+        return judge("health", &report.verdict);
+    }
+    println!(
+        "{} agents, {} slow and {} failing after {} s",
+        report.agents, report.slow_agents, report.failing_agents, chaos.faults_at
+    );
+    let mut t = Table::new(&[
+        "health",
+        "tasks",
+        "succeeded",
+        "task time p50",
+        "p99",
+        "max",
+        "failed attempts",
+        "sidelined",
+    ]);
+    for r in &report.runs {
+        let secs = |us: f64| format!("{:.2} s", us / 1e6);
+        t.row(vec![
+            r.health.into(),
+            thousands(r.tasks),
+            thousands(r.succeeded),
+            secs(r.task_time.p50_us),
+            secs(r.task_time.p99_us),
+            secs(r.task_time.max_us),
+            thousands(r.failed_attempts),
+            thousands(r.sidelined),
+        ]);
+    }
+    print!("{}", t.render());
+    println!("ok: {}", report.verdict.ok);
+    for problem in &report.verdict.problems {
+        println!("problem: {problem}");
+    }
+    judge("health", &report.verdict)
+}
+
 /// `bench autoscale`: its runtimes are its own, on paused clocks.
 fn autoscale(args: &AutoscaleArgs) -> Result<(), Failure> {
     let trace = bench::autoscale::Trace {
