@@ -174,6 +174,11 @@ impl Health {
         (self.average >= 0.0).then(|| Duration::from_secs_f32(self.average))
     }
 
+    /// The slow moving average of response times the predictive alert compares against.
+    pub fn baseline(&self) -> Option<Duration> {
+        (self.baseline >= 0.0).then(|| Duration::from_secs_f32(self.baseline))
+    }
+
     /// When the agent was last heard from.
     pub fn last_seen(&self) -> Duration {
         Duration::from_nanos(self.last_seen)

@@ -42,6 +42,10 @@ pub(crate) struct AgentView {
     /// A worker's circuit breaker: `closed`, `open` (out of rotation for its health) or
     /// `probation` (one attempt at a time); `null` for managers.
     pub(crate) breaker: Option<colony_core::breaker::BreakerState>,
+    /// A worker's moving share of failed answers, and its response-time baseline (the slow
+    /// average the predictive alert compares against), once it has answered.
+    pub(crate) error_rate: Option<f64>,
+    pub(crate) baseline_ms: Option<f64>,
     /// Tasks running on a worker, or held in a manager's subtree; and how many it can hold.
     pub(crate) load: u32,
     pub(crate) capacity: u32,
@@ -70,6 +74,7 @@ pub(crate) fn view(live: &Live<'_>, kinds: &Kinds, id: AgentId) -> AgentView {
     let kind = pool.and_then(|p| kinds.get(p as usize));
     let (load, capacity) = tree.load(id);
     let latency = tree.latency_ema_us(id);
+    let detail = worker.then(|| live.error_rate_and_baseline(id)).flatten();
     AgentView {
         id: id.0,
         tier: tree.tier_names()[tier].clone(),
@@ -93,6 +98,8 @@ pub(crate) fn view(live: &Live<'_>, kinds: &Kinds, id: AgentId) -> AgentView {
             HealthState::Healthy
         },
         breaker: worker.then(|| live.breaker(id)),
+        error_rate: detail.map(|d| d.0),
+        baseline_ms: detail.and_then(|d| d.1).map(|b| b.as_secs_f64() * 1e3),
         load,
         capacity,
         latency_ms: (worker && latency > 0.0).then(|| f64::from(latency) / 1e3),

@@ -387,6 +387,9 @@ async fn the_hierarchy_is_walked_filtered_and_grown() {
         if children.is_empty() {
             assert_eq!(agent["role"], "worker");
             assert_eq!(agent["state"], "up");
+            // A worker that has not answered outside `handle` has no rate or baseline yet.
+            assert_eq!(agent["breaker"], "closed", "{agent}");
+            assert_eq!(agent["error-rate"], Value::Null, "{agent}");
             assert_eq!(agent["ancestors"].as_array().unwrap().len(), path.len() - 1);
             break;
         }

@@ -203,6 +203,15 @@ impl Live<'_> {
         due_back(self.tree, self.retired.len(), tier)
     }
 
+    /// A worker's error rate (0..1) and its response-time baseline, once it has answered an
+    /// attempt outside `handle`.
+    pub fn error_rate_and_baseline(&self, agent: AgentId) -> Option<(f64, Option<Duration>)> {
+        self.health
+            .get(agent.index())
+            .filter(|h| h.average().is_some())
+            .map(|h| (h.error_rate(), h.baseline()))
+    }
+
     /// A worker's circuit breaker: `closed` unless health took it out of rotation (`open`)
     /// or it is on probation.
     pub fn breaker(&self, agent: AgentId) -> colony_core::breaker::BreakerState {
