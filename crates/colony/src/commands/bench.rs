@@ -387,6 +387,14 @@ fn print_table(t: &Table, problems: &[String]) {
     }
 }
 
+/// The verdict under a table of several rows: `ok`, then each problem on a line.
+fn print_ok(verdict: &Verdict) {
+    println!("ok: {}", verdict.ok);
+    for problem in &verdict.problems {
+        println!("problem: {problem}");
+    }
+}
+
 /// Exit code 1 with the problems when the verdict is false.
 fn judge(bench: &str, verdict: &Verdict) -> Result<(), Failure> {
     if verdict.ok {
@@ -875,8 +883,6 @@ fn crash(args: &CrashArgs) -> Result<(), Failure> {
     judge("crash", &report.verdict)
 }
 
-/// Bad paths and foreign or newer databases are the user's input; anything else is the work
-/// failing.
 /// `bench health`: its runtimes are its own, on paused clocks.
 fn health(args: &HealthArgs) -> Result<(), Failure> {
     let chaos = bench::health::Chaos {
@@ -921,10 +927,7 @@ fn health(args: &HealthArgs) -> Result<(), Failure> {
         ]);
     }
     print!("{}", t.render());
-    println!("ok: {}", report.verdict.ok);
-    for problem in &report.verdict.problems {
-        println!("problem: {problem}");
-    }
+    print_ok(&report.verdict);
     judge("health", &report.verdict)
 }
 
@@ -981,13 +984,12 @@ fn autoscale(args: &AutoscaleArgs) -> Result<(), Failure> {
         report.predictive_wait_cut * 100.0,
         report.predictive_extra_agent_seconds * 100.0
     );
-    println!("ok: {}", report.verdict.ok);
-    for problem in &report.verdict.problems {
-        println!("problem: {problem}");
-    }
+    print_ok(&report.verdict);
     judge("autoscale", &report.verdict)
 }
 
+/// Bad paths and foreign or newer databases are the user's input; anything else is the work
+/// failing.
 fn failure(error: colony_runtime::Error) -> Failure {
     use colony_journal::Error as J;
     match &error {

@@ -157,6 +157,16 @@ impl Agent for FailsOn {
     }
 }
 
+/// Makes the first worker fail every attempt from now on; returns it.
+async fn break_first_worker(h: &crate::Handle, agent: &FailsOn) -> colony_core::AgentId {
+    let bad = h
+        .inspect(|t| t.agents_in_tier(t.worker_tier())[0])
+        .await
+        .unwrap();
+    agent.0.lock().unwrap().push(bad);
+    bad
+}
+
 async fn failing_pool(options: crate::RuntimeOptions) -> (crate::Runtime, Arc<FailsOn>) {
     let agent = Arc::new(FailsOn(Default::default()));
     let pool = Pool::new(AgentSpec::new("sim", "worker"), 4, agent.clone());
@@ -168,11 +178,7 @@ async fn failing_pool(options: crate::RuntimeOptions) -> (crate::Runtime, Arc<Fa
 async fn a_failing_agent_is_sidelined_put_on_probation_and_readmitted_once_it_recovers() {
     let (runtime, agent) = failing_pool(two_tiers()).await;
     let h = runtime.handle();
-    let bad = h
-        .inspect(|t| t.agents_in_tier(t.worker_tier())[0])
-        .await
-        .unwrap();
-    agent.0.lock().unwrap().push(bad);
+    let bad = break_first_worker(h, &agent).await;
     let mut events = h.subscribe(Kinds::HEALTH);
     // Enough tasks that the broken agent fails several and its error rate passes 50 %.
     for _ in 0..40 {
@@ -238,11 +244,7 @@ async fn without_a_breaker_health_only_observes() {
     };
     let (runtime, agent) = failing_pool(options).await;
     let h = runtime.handle();
-    let bad = h
-        .inspect(|t| t.agents_in_tier(t.worker_tier())[0])
-        .await
-        .unwrap();
-    agent.0.lock().unwrap().push(bad);
+    let bad = break_first_worker(h, &agent).await;
     let mut tried_bad = 0;
     for _ in 0..60 {
         let done = h.submit_wait(TaskSpec::default()).await.unwrap();
