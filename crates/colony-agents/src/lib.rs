@@ -112,6 +112,11 @@ impl fmt::Debug for Execution {
 /// a crash of that agent: the runtime catches it, replaces the agent and retries the task.
 pub trait Agent: Send + Sync + 'static {
     fn handle(&self, task: Task) -> Execution;
+
+    /// `agent` was retired from its pool: it gets no more tasks, and what it runs finishes
+    /// where it is. A backend that keeps something per agent (the `process` backend's
+    /// process) lets it go. Called on the dispatcher's thread: it must not block.
+    fn retired(&self, _agent: colony_core::AgentId) {}
 }
 
 /// An agent from a function that finishes at once.

@@ -19,6 +19,11 @@
 //! (its timeout, a kill), colony forgets it; a process that cannot stop work it was given
 //! should be killed by its supervisor's restart.
 //!
+//! An agent retired from its pool has its process stopped once the attempts it holds have
+//! ended: SIGTERM, then SIGKILL after [`ProcessOptions::stop_grace`]. With
+//! [`ProcessOptions::idle_timeout`], a process idle that long is stopped the same way
+//! (hibernation) and the agent's next task starts a new one.
+//!
 //! A line is at most [`MAX_LINE`] bytes, so that a process cannot make colony hold an
 //! unbounded line. A longer line is never kept: when it names its attempt in its first bytes
 //! (`{"type":"result","id":"7.1",...`), that attempt fails (for good: its answer is too big)
@@ -60,6 +65,11 @@ pub struct ProcessOptions {
     pub hello_timeout: Duration,
     /// Where the process runs; where colony runs when `None`.
     pub workdir: Option<std::path::PathBuf>,
+    /// A process with no attempt for this long is stopped; the agent's next task starts a
+    /// new one. `None`: it lives as long as its agent.
+    pub idle_timeout: Option<Duration>,
+    /// Between the SIGTERM that asks a process to stop and the SIGKILL that makes it.
+    pub stop_grace: Duration,
 }
 
 impl ProcessOptions {
@@ -71,6 +81,8 @@ impl ProcessOptions {
             env: Vec::new(),
             hello_timeout: Duration::from_secs(10),
             workdir: None,
+            idle_timeout: None,
+            stop_grace: Duration::from_secs(5),
         }
     }
 }
@@ -118,12 +130,32 @@ struct Conn {
     child: Arc<Mutex<Child>>,
     /// Lists the process for `command::kill_all`, and kills it when the connection goes.
     _listed: crate::command::Group,
+    /// When an attempt last began or ended, in milliseconds after the backend's epoch.
+    used: std::sync::atomic::AtomicU64,
+}
+
+impl Conn {
+    fn touch(&self, epoch: std::time::Instant) {
+        let ms = u64::try_from(epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.used.store(ms, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn busy(&self) -> bool {
+        !self
+            .waiting
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_empty()
+    }
 }
 
 /// Runs tasks on long-lived processes, one per agent (see the module documentation).
 pub struct Process {
     options: Arc<ProcessOptions>,
     conns: Conns,
+    epoch: std::time::Instant,
+    /// Whether the task that stops idle processes runs.
+    sweeping: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl std::fmt::Debug for Process {
@@ -140,7 +172,58 @@ impl Process {
         Self {
             options: Arc::new(options),
             conns: Arc::default(),
+            epoch: std::time::Instant::now(),
+            sweeping: Arc::default(),
         }
+    }
+
+    /// Starts, once, the task that stops processes idle for `idle_timeout`; it ends with the
+    /// backend.
+    fn sweep_idle(&self) {
+        let Some(idle) = self.options.idle_timeout else {
+            return;
+        };
+        if self
+            .sweeping
+            .swap(true, std::sync::atomic::Ordering::Relaxed)
+        {
+            return;
+        }
+        let (conns, options, epoch) = (
+            Arc::downgrade(&self.conns),
+            self.options.clone(),
+            self.epoch,
+        );
+        Spawner::spawn("process-hibernation", async move {
+            let every = (idle / 4).max(Duration::from_millis(10));
+            loop {
+                tokio::time::sleep(every).await;
+                let Some(conns) = conns.upgrade() else {
+                    return;
+                };
+                let now = u64::try_from(epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
+                let idle_ms = u64::try_from(idle.as_millis()).unwrap_or(u64::MAX);
+                let asleep: Vec<Arc<Conn>> = {
+                    let mut map = conns.lock().unwrap_or_else(|p| p.into_inner());
+                    let mut asleep = Vec::new();
+                    map.retain(|_, cell| {
+                        let Some(conn) = cell.get() else {
+                            return true;
+                        };
+                        let used = conn.used.load(std::sync::atomic::Ordering::Relaxed);
+                        let idle = !conn.busy() && now.saturating_sub(used) >= idle_ms;
+                        if idle {
+                            asleep.push(conn.clone());
+                        }
+                        !idle
+                    });
+                    asleep
+                };
+                for conn in asleep {
+                    Spawner::spawn("process-stop", stop(conn, options.stop_grace));
+                }
+            }
+        });
     }
 
     /// Processes alive now.
@@ -159,15 +242,74 @@ impl Process {
 
 impl Agent for Process {
     fn handle(&self, task: Task) -> Execution {
-        let options = self.options.clone();
-        let conns = self.conns.clone();
-        Execution::Running(Box::pin(
-            async move { attempt(&options, &conns, task).await },
-        ))
+        self.sweep_idle();
+        let (options, conns, epoch) = (self.options.clone(), self.conns.clone(), self.epoch);
+        Execution::Running(Box::pin(async move {
+            attempt(&options, &conns, epoch, task).await
+        }))
+    }
+
+    fn retired(&self, agent: AgentId) {
+        let cell = self
+            .conns
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&agent);
+        if let Some(conn) = cell.and_then(|c| c.get().cloned()) {
+            Spawner::spawn("process-stop", stop(conn, self.options.stop_grace));
+        }
     }
 }
 
-async fn attempt(options: &Arc<ProcessOptions>, conns: &Conns, task: Task) -> Outcome {
+/// Stops a process no agent uses any more: once the attempts it holds have ended, SIGTERM,
+/// then SIGKILL if it has not exited within `grace`.
+async fn stop(conn: Arc<Conn>, grace: Duration) {
+    // Marked dead under the lock attempts register under, once none is registered: from then
+    // on no attempt is handed to it.
+    loop {
+        {
+            let waiting = conn.waiting.lock().unwrap_or_else(|p| p.into_inner());
+            if waiting.is_empty() || conn.dead.load(std::sync::atomic::Ordering::Relaxed) {
+                conn.dead.store(true, std::sync::atomic::Ordering::Relaxed);
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let pid = conn.child.lock().unwrap_or_else(|p| p.into_inner()).id();
+    if let Some(pid) = pid.and_then(|p| i32::try_from(p).ok()) {
+        use nix::{sys::signal, unistd::Pid};
+        let _ = signal::kill(Pid::from_raw(pid), signal::Signal::SIGTERM);
+    }
+    let deadline = tokio::time::Instant::now() + grace;
+    loop {
+        let exited = conn
+            .child
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .try_wait()
+            .map_or(true, |status| status.is_some());
+        if exited {
+            break;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            let _ = conn
+                .child
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .start_kill();
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn attempt(
+    options: &Arc<ProcessOptions>,
+    conns: &Conns,
+    epoch: std::time::Instant,
+    task: Task,
+) -> Outcome {
     let cell = {
         let mut map = conns.lock().unwrap_or_else(|p| p.into_inner());
         let cell = map.entry(task.agent).or_default();
@@ -181,10 +323,11 @@ async fn attempt(options: &Arc<ProcessOptions>, conns: &Conns, task: Task) -> Ou
         cell.clone()
     };
     let conn = cell
-        .get_or_try_init(|| start(options))
+        .get_or_try_init(|| start(options, epoch))
         .await
         .map_err(|e| Error::retryable(format!("process `{}`: {e}", options.program)))?
         .clone();
+    conn.touch(epoch);
     let id = format!("{}.{}", task.id.0, task.attempt);
     let (tx, rx) = oneshot::channel();
     {
@@ -214,8 +357,11 @@ async fn attempt(options: &Arc<ProcessOptions>, conns: &Conns, task: Task) -> Ou
         }
         let _ = stdin.flush().await;
     }
-    rx.await
-        .unwrap_or_else(|_| Err(Error::retryable("the process exited before answering")))
+    let outcome = rx
+        .await
+        .unwrap_or_else(|_| Err(Error::retryable("the process exited before answering")));
+    conn.touch(epoch);
+    outcome
 }
 
 struct Forget(Arc<Conn>, String);
@@ -244,7 +390,7 @@ impl Drop for Forget {
 }
 
 /// Starts a process and waits for its hello.
-async fn start(options: &ProcessOptions) -> Result<Arc<Conn>, String> {
+async fn start(options: &ProcessOptions, epoch: std::time::Instant) -> Result<Arc<Conn>, String> {
     let mut command = tokio::process::Command::new(&options.program);
     if let Some(dir) = &options.workdir {
         command.current_dir(dir);
@@ -317,13 +463,16 @@ async fn start(options: &ProcessOptions) -> Result<Arc<Conn>, String> {
         program: options.program.clone(),
     };
     Spawner::spawn("process-reader", reader.run(lines));
-    Ok(Arc::new(Conn {
+    let conn = Arc::new(Conn {
         stdin: tokio::sync::Mutex::new(stdin),
         waiting,
         dead,
         _listed: listed,
         child,
-    }))
+        used: std::sync::atomic::AtomicU64::new(0),
+    });
+    conn.touch(epoch);
+    Ok(conn)
 }
 
 /// Reads a process's stdout and hands each answer to the attempt waiting for it.
@@ -580,7 +729,9 @@ mod tests {
 
     /// A protocol-speaking agent in Python: echoes payloads, fails on request, dies on request.
     const AGENT: &str = r#"
-import json, sys, os
+import json, sys, os, signal, time
+if "--stubborn" in sys.argv:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 print(json.dumps({"type": "hello", "protocol": 1}), flush=True)
 for line in sys.stdin:
     m = json.loads(line)
@@ -588,8 +739,9 @@ for line in sys.stdin:
     if p.get("die"):
         sys.exit(3)
     if p.get("hang"):
-        import time
         time.sleep(60)
+    if p.get("sleep"):
+        time.sleep(p["sleep"])
     if p.get("huge"):
         big = "x" * (17 << 20)
         print(json.dumps({"type": "result", "id": m["id"], "output": big}), flush=True)
@@ -602,9 +754,92 @@ for line in sys.stdin:
 "#;
 
     fn agent() -> Process {
+        Process::new(options())
+    }
+
+    fn options() -> ProcessOptions {
         let mut o = ProcessOptions::new("python3");
         o.args = vec!["-c".into(), AGENT.into()];
-        Process::new(o)
+        o
+    }
+
+    /// Whether process `pid` still exists (a zombie not yet reaped counts as gone).
+    fn alive(pid: u64) -> bool {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .is_ok_and(|stat| !stat.split(") ").nth(1).is_some_and(|r| r.starts_with('Z')))
+    }
+
+    /// Waits up to `within` for process `pid` to be gone.
+    async fn gone(pid: u64, within: Duration) -> bool {
+        let until = tokio::time::Instant::now() + within;
+        while alive(pid) {
+            if tokio::time::Instant::now() > until {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        true
+    }
+
+    #[tokio::test]
+    async fn a_retired_agents_process_finishes_its_attempt_then_stops() {
+        let p = agent();
+        let pid = pid(&run(&p, 0, "{}").await.unwrap());
+        let other = pid_of(&run(&p, 1, "{}").await);
+        // An attempt under way when the agent is retired finishes where it runs.
+        let slow = run(&p, 0, r#"{"sleep": 0.4}"#);
+        let retire = async {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            p.retired(AgentId(0));
+        };
+        let (out, ()) = tokio::join!(slow, retire);
+        assert_eq!(pid_of(&out), pid, "the attempt ended on its process");
+        assert!(
+            gone(pid, Duration::from_secs(5)).await,
+            "stopped after its attempt"
+        );
+        assert!(alive(other), "the other agent's process serves on");
+        assert_eq!(p.live(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_process_that_ignores_sigterm_is_killed_after_the_grace() {
+        let mut o = options();
+        o.args.push("--stubborn".into());
+        o.stop_grace = Duration::from_millis(300);
+        let p = Process::new(o);
+        let pid = pid(&run(&p, 0, "{}").await.unwrap());
+        let asked = tokio::time::Instant::now();
+        p.retired(AgentId(0));
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        assert!(alive(pid), "SIGTERM ignored: alive within the grace");
+        assert!(gone(pid, Duration::from_secs(5)).await, "killed after it");
+        assert!(asked.elapsed() >= Duration::from_millis(300));
+    }
+
+    #[tokio::test]
+    async fn an_idle_process_hibernates_and_its_agents_next_task_starts_another() {
+        let mut o = options();
+        o.idle_timeout = Some(Duration::from_millis(200));
+        let p = Process::new(o);
+        let first = pid(&run(&p, 0, "{}").await.unwrap());
+        // Busy for longer than the idle timeout: not idle.
+        let busy = pid(&run(&p, 0, r#"{"sleep": 0.5}"#).await.unwrap());
+        assert_eq!(
+            first, busy,
+            "an attempt longer than idle-timeout keeps its process"
+        );
+        assert!(
+            gone(first, Duration::from_secs(5)).await,
+            "hibernated once idle"
+        );
+        assert_eq!(p.live(), 0);
+        let next = pid(&run(&p, 0, "{}").await.unwrap());
+        assert_ne!(first, next, "woken by work: a new process");
+    }
+
+    fn pid_of(out: &Outcome) -> u64 {
+        pid(out.as_ref().unwrap())
     }
 
     async fn run(p: &Process, agent: u32, payload: &str) -> Outcome {

@@ -260,3 +260,60 @@ async fn a_hundred_resizes_under_load_lose_no_task_and_run_none_twice() {
     assert_eq!(h.stats().succeeded, 2_000);
     runtime.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pool_scaled_down_stops_the_processes_of_its_retired_agents() {
+    use colony_agents::process::{Process, ProcessOptions};
+    // A process agent that answers with its pid.
+    let mut o = ProcessOptions::new("python3");
+    o.args = vec![
+        "-c".into(),
+        "import json, sys, os\nprint(json.dumps({'type': 'hello', 'protocol': 1}), flush=True)\nfor line in sys.stdin:\n    m = json.loads(line)\n    print(json.dumps({'type': 'result', 'id': m['id'], 'output': os.getpid()}), flush=True)\n".into(),
+    ];
+    let process = Arc::new(Process::new(o));
+    let pool = Pool::new(AgentSpec::new("process", "worker"), 4, process.clone());
+    let options = RuntimeOptions {
+        tiers: Tiers::Named(vec!["supervisor".into(), "worker".into()]),
+        ..RuntimeOptions::default()
+    };
+    let runtime = Runtime::start(options, vec![pool], Arc::new(MemoryJournal::new()))
+        .await
+        .unwrap();
+    let h = runtime.handle().clone();
+    // Every agent starts its process.
+    let mut pids = std::collections::HashMap::new();
+    for _ in 0..40 {
+        let done = h.submit_wait(TaskSpec::default()).await.unwrap();
+        let pid: u32 = pid_of(&done);
+        pids.insert(done.agent.unwrap(), pid);
+        if pids.len() == 4 {
+            break;
+        }
+    }
+    assert_eq!((pids.len(), process.live()), (4, 4));
+    h.set_pool_size(0, 1).await.unwrap();
+    let until = tokio::time::Instant::now() + Duration::from_secs(10);
+    while process.live() > 1 && tokio::time::Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        process.live(),
+        1,
+        "the three retired agents' processes stopped"
+    );
+    let done = h.submit_wait(TaskSpec::default()).await.unwrap();
+    assert_eq!(done.state, TaskState::Succeeded);
+    let pid: u32 = pid_of(&done);
+    assert_eq!(
+        pids.get(&done.agent.unwrap()),
+        Some(&pid),
+        "the one left serves on"
+    );
+    runtime.shutdown().await;
+}
+
+/// The pid a process agent answered with: its output is the number.
+fn pid_of(done: &crate::Completion) -> u32 {
+    let output = done.output.as_ref().expect("an output");
+    std::str::from_utf8(output).unwrap().trim().parse().unwrap()
+}

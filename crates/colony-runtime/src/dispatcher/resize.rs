@@ -1,8 +1,10 @@
 //! Where a pool shrinks: workers are retired, and grown back into service.
 //!
 //! A retired worker stays in the tree, out of service for good: no task is routed to it, its
-//! supervisor never restarts it, and its running attempts finish where they are. Growing the
-//! pool again first brings its retired workers back, then spawns new ones. The room a
+//! supervisor never restarts it, and its running attempts finish where they are. Its backend
+//! is told ([`colony_agents::Agent::retired`]): a `process` agent's process is stopped once
+//! those attempts have ended. Growing the pool again first brings its retired workers back,
+//! then spawns new ones. The room a
 //! retired worker had stays counted in admission, as the room of an agent down for a restart
 //! does: tasks admitted beyond what the smaller pool holds wait in the backlog.
 
@@ -42,6 +44,9 @@ impl Dispatcher {
             self.tree.set_down(w, true);
             self.tree.set_retired(w, true);
             supervisors.extend(self.tree.parent(w));
+            // Its backend lets go of what it keeps for it (a `process` agent's process, once
+            // the attempts it runs have ended).
+            self.attempts.pool(pool).agent.retired(w);
         }
         let n = candidates.len() as u32;
         self.shared.pool_agents[pool as usize].fetch_sub(u64::from(n), Relaxed);
