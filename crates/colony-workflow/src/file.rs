@@ -19,6 +19,97 @@ pub struct File {
     /// `colony serve` may leave them out.
     #[serde(default)]
     pub tasks: Vec<Task>,
+    /// Settings of the whole runtime rather than of one pool: the autoscaler's timing and
+    /// the workers' circuit breakers.
+    #[serde(default)]
+    pub runtime: Runtime,
+}
+
+/// The `runtime:` section as written; each key absent takes the runtime's default.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct Runtime {
+    #[serde(default)]
+    pub autoscale: Option<Spanned<Autoscale>>,
+    /// `off`, or when a worker's breaker opens and how it lets the worker back.
+    #[serde(default)]
+    pub breaker: Option<Spanned<Breaker>>,
+}
+
+/// When and how far ahead the autoscaler looks.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct Autoscale {
+    /// Time between two looks at every scaled pool. Default `5s`.
+    #[serde(default)]
+    pub every: Option<Spanned<String>>,
+    /// How far ahead the forecast of arrivals reaches. Default `5m`.
+    #[serde(default)]
+    pub horizon: Option<Spanned<String>>,
+    /// The demand's cycle, such as `1d`; absent, the forecast has no season.
+    #[serde(default)]
+    pub season: Option<Spanned<String>>,
+}
+
+/// `breaker: off`, or the breaker's settings.
+#[derive(Debug)]
+pub enum Breaker {
+    /// Health only observes: no worker is kept out of routing.
+    Off,
+    On(Box<BreakerSettings>),
+}
+
+/// A worker's circuit breaker as written; each key absent takes
+/// `colony_core::breaker::BreakerOptions`'s default.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct BreakerSettings {
+    /// Error rate (above 0, up to 1) at or above which the breaker opens. Default 0.5.
+    #[serde(default)]
+    pub error_rate: Option<Spanned<f64>>,
+    /// How long an open breaker keeps its worker out first. Default `5s`.
+    #[serde(default)]
+    pub open_for: Option<Spanned<String>>,
+    /// Longest it keeps it out, doubling `open-for` each time it reopens. Default `60s`.
+    #[serde(default)]
+    pub max_open_for: Option<Spanned<String>>,
+    /// Successes in probation that close it again. Default 3.
+    #[serde(default)]
+    pub probation: Option<Spanned<u32>>,
+}
+
+impl<'de> Deserialize<'de> for Breaker {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = Breaker;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("`off` or a map of breaker settings")
+            }
+
+            // A plain `off` reaches here as YAML 1.1's false.
+            fn visit_bool<E: serde::de::Error>(self, on: bool) -> Result<Breaker, E> {
+                if on {
+                    return Err(E::invalid_value(serde::de::Unexpected::Bool(true), &self));
+                }
+                Ok(Breaker::Off)
+            }
+
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Breaker, E> {
+                if v == "off" {
+                    return Ok(Breaker::Off);
+                }
+                Err(E::invalid_value(serde::de::Unexpected::Str(v), &self))
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<Breaker, A::Error> {
+                BreakerSettings::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+                    .map(|b| Breaker::On(Box::new(b)))
+            }
+        }
+        deserializer.deserialize_any(Visitor)
+    }
 }
 
 /// Settings every task takes unless it says otherwise.

@@ -51,6 +51,53 @@ pub struct Workflow {
     /// In file order; [`Workflow::graph`] holds their `needs` by index.
     pub tasks: Vec<TaskDef>,
     pub graph: Graph,
+    /// The file's `runtime:` section, checked; the runtime's defaults without one.
+    pub runtime: RuntimeSettings,
+}
+
+/// Settings of the whole runtime a file may give (its `runtime:` section): what
+/// [`RuntimeSettings::apply`] sets on the [`colony_runtime::RuntimeOptions`] it runs with.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct RuntimeSettings {
+    /// When and how far ahead the autoscaler looks at the pools that have `scaling:`.
+    pub autoscale: colony_runtime::AutoscaleOptions,
+    /// Each worker's circuit breaker; `None` (`breaker: off`): health only observes.
+    pub breaker: Option<colony_core::breaker::BreakerOptions>,
+}
+
+impl Default for RuntimeSettings {
+    /// What [`colony_runtime::RuntimeOptions::default`] has: a file without the section
+    /// changes nothing.
+    fn default() -> Self {
+        let o = colony_runtime::RuntimeOptions::default();
+        Self {
+            autoscale: o.autoscale,
+            breaker: o.breaker,
+        }
+    }
+}
+
+impl RuntimeSettings {
+    /// Sets these settings on `options`, leaving the rest as they are.
+    pub fn apply(&self, options: &mut colony_runtime::RuntimeOptions) {
+        options.autoscale = self.autoscale;
+        options.breaker = self.breaker;
+    }
+}
+
+/// The pools of a file for `colony serve`, with its runtime settings. Derefs to the pools.
+#[derive(Debug)]
+pub struct Pools {
+    pub pools: Vec<PoolDef>,
+    pub runtime: RuntimeSettings,
+}
+
+impl std::ops::Deref for Pools {
+    type Target = [PoolDef];
+
+    fn deref(&self) -> &[PoolDef] {
+        &self.pools
+    }
 }
 
 #[derive(Debug)]
@@ -372,9 +419,13 @@ fn load_for(path: &Path, purpose: check::Purpose) -> Result<Workflow, Error> {
 
 /// Reads and checks the pools of a workflow-format file for `colony serve`: its `agents`,
 /// checked as `colony validate` checks them. Its tasks, if it has any, are checked too but
-/// not run: the server's tasks come over HTTP.
-pub fn load_pools(path: &Path) -> Result<Vec<PoolDef>, Error> {
-    Ok(load_for(path, check::Purpose::Pools)?.pools)
+/// not run: the server's tasks come over HTTP. Its `runtime:` section comes with them.
+pub fn load_pools(path: &Path) -> Result<Pools, Error> {
+    let workflow = load_for(path, check::Purpose::Pools)?;
+    Ok(Pools {
+        pools: workflow.pools,
+        runtime: workflow.runtime,
+    })
 }
 
 /// Checks a workflow written in TOML. The checks run on the same format: syntax errors point

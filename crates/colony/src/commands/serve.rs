@@ -86,6 +86,8 @@ pub(crate) fn run(args: &Args) -> Result<(), Failure> {
             idle_timeout: Duration::from_secs(args.idle_timeout),
         },
     };
+    // A pools file may set the autoscaler's timing and the breakers in its `runtime:`.
+    let mut runtime_options = RuntimeOptions::default();
     let pools = match &args.pools {
         None => {
             let sim = Sim::new(SimOptions::default()).map_err(Failure::input)?;
@@ -99,6 +101,7 @@ pub(crate) fn run(args: &Args) -> Result<(), Failure> {
         Some(path) => {
             let defs =
                 colony_workflow::load_pools(path).map_err(crate::commands::workflow::invalid)?;
+            defs.runtime.apply(&mut runtime_options);
             let (agents, _) = colony_workflow::agents(&defs, &args.out).map_err(Failure::input)?;
             defs.iter()
                 .zip(agents)
@@ -126,7 +129,7 @@ pub(crate) fn run(args: &Args) -> Result<(), Failure> {
     runtime.block_on(async {
         // Before the runtime registers its metrics, so that they land in /metrics.
         colony_server::install_metrics();
-        let colony = Runtime::start(RuntimeOptions::default(), pools, journal)
+        let colony = Runtime::start(runtime_options, pools, journal)
             .await
             .map_err(Failure::input)?;
         let server = colony_server::serve(colony.handle().clone(), config)

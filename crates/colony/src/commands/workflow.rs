@@ -128,8 +128,10 @@ pub(crate) fn run(args: &RunArgs) -> Result<(), Failure> {
             });
         }
     });
+    let mut runtime_options = RuntimeOptions::default();
+    workflow.runtime.apply(&mut runtime_options);
     let options = colony_workflow::Options {
-        runtime: RuntimeOptions::default(),
+        runtime: runtime_options,
         journal,
         output: args.out.clone(),
         on_finished: Some(on_finished),
