@@ -70,6 +70,10 @@ pub struct ProcessOptions {
     pub idle_timeout: Option<Duration>,
     /// Between the SIGTERM that asks a process to stop and the SIGKILL that makes it.
     pub stop_grace: Duration,
+    /// Processes kept started (hello said) and unclaimed, so that an agent's first task does
+    /// not wait for a cold start: the pool fills once it has handled a task, and refills as
+    /// agents claim them.
+    pub warm: u32,
 }
 
 impl ProcessOptions {
@@ -83,6 +87,7 @@ impl ProcessOptions {
             workdir: None,
             idle_timeout: None,
             stop_grace: Duration::from_secs(5),
+            warm: 0,
         }
     }
 }
@@ -156,6 +161,57 @@ pub struct Process {
     epoch: std::time::Instant,
     /// Whether the task that stops idle processes runs.
     sweeping: Arc<std::sync::atomic::AtomicBool>,
+    spare: Arc<Spare>,
+}
+
+/// Started processes no agent has claimed yet, and how many more are being started.
+#[derive(Default)]
+struct Spare {
+    ready: Mutex<Vec<Arc<Conn>>>,
+    starting: std::sync::atomic::AtomicU32,
+}
+
+impl Spare {
+    /// A live spare process, if one is ready.
+    fn take(&self) -> Option<Arc<Conn>> {
+        let mut ready = self.ready.lock().unwrap_or_else(|p| p.into_inner());
+        while let Some(conn) = ready.pop() {
+            if !conn.dead.load(std::sync::atomic::Ordering::Relaxed) {
+                return Some(conn);
+            }
+        }
+        None
+    }
+
+    /// Starts processes until `warm` are ready or starting.
+    fn refill(self: &Arc<Self>, options: &Arc<ProcessOptions>, epoch: std::time::Instant) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let ready = self.ready.lock().unwrap_or_else(|p| p.into_inner()).len() as u32;
+        let wanted = options
+            .warm
+            .saturating_sub(ready + self.starting.load(Relaxed));
+        for _ in 0..wanted {
+            self.starting.fetch_add(1, Relaxed);
+            let (spare, options) = (Arc::downgrade(self), options.clone());
+            Spawner::spawn("process-warm", async move {
+                let started = start(&options, epoch).await;
+                let Some(spare) = spare.upgrade() else {
+                    return;
+                };
+                spare.starting.fetch_sub(1, Relaxed);
+                match started {
+                    Ok(conn) => spare
+                        .ready
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .push(conn),
+                    Err(error) => {
+                        tracing::warn!(program = %options.program, %error, "A warm process did not start.");
+                    }
+                }
+            });
+        }
+    }
 }
 
 impl std::fmt::Debug for Process {
@@ -174,7 +230,17 @@ impl Process {
             conns: Arc::default(),
             epoch: std::time::Instant::now(),
             sweeping: Arc::default(),
+            spare: Arc::default(),
         }
+    }
+
+    /// Warm processes ready to be claimed now.
+    pub fn warm(&self) -> usize {
+        self.spare
+            .ready
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .len()
     }
 
     /// Starts, once, the task that stops processes idle for `idle_timeout`; it ends with the
@@ -244,8 +310,9 @@ impl Agent for Process {
     fn handle(&self, task: Task) -> Execution {
         self.sweep_idle();
         let (options, conns, epoch) = (self.options.clone(), self.conns.clone(), self.epoch);
+        let spare = self.spare.clone();
         Execution::Running(Box::pin(async move {
-            attempt(&options, &conns, epoch, task).await
+            attempt(&options, &conns, &spare, epoch, task).await
         }))
     }
 
@@ -307,6 +374,7 @@ async fn stop(conn: Arc<Conn>, grace: Duration) {
 async fn attempt(
     options: &Arc<ProcessOptions>,
     conns: &Conns,
+    spare: &Arc<Spare>,
     epoch: std::time::Instant,
     task: Task,
 ) -> Outcome {
@@ -323,7 +391,17 @@ async fn attempt(
         cell.clone()
     };
     let conn = cell
-        .get_or_try_init(|| start(options, epoch))
+        .get_or_try_init(|| async {
+            // A warm process if one is ready, else a cold start; either way the pool refills.
+            let warm = spare.take();
+            if options.warm > 0 {
+                spare.refill(options, epoch);
+            }
+            match warm {
+                Some(conn) => Ok(conn),
+                None => start(options, epoch).await,
+            }
+        })
         .await
         .map_err(|e| Error::retryable(format!("process `{}`: {e}", options.program)))?
         .clone();
@@ -836,6 +914,42 @@ for line in sys.stdin:
         assert_eq!(p.live(), 0);
         let next = pid(&run(&p, 0, "{}").await.unwrap());
         assert_ne!(first, next, "woken by work: a new process");
+    }
+
+    #[tokio::test]
+    async fn warm_processes_serve_new_agents_first_tasks_and_are_replaced() {
+        let mut o = options();
+        o.warm = 2;
+        let p = Process::new(o);
+        run(&p, 0, "{}").await.unwrap();
+        let until = tokio::time::Instant::now() + Duration::from_secs(10);
+        while p.warm() < 2 && tokio::time::Instant::now() < until {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(p.warm(), 2, "the pool filled after its first task");
+        let spares: Vec<u64> = p
+            .spare
+            .ready
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|c| u64::from(c.child.lock().unwrap().id().unwrap()))
+            .collect();
+        let claimed = pid(&run(&p, 1, "{}").await.unwrap());
+        assert!(spares.contains(&claimed), "agent 1 took a warm process");
+        assert_eq!(
+            pid(&run(&p, 1, "{}").await.unwrap()),
+            claimed,
+            "and keeps it"
+        );
+        while p.warm() < 2 && tokio::time::Instant::now() < until {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(
+            (p.warm(), p.live()),
+            (2, 2),
+            "refilled; spares are not agents'"
+        );
     }
 
     fn pid_of(out: &Outcome) -> u64 {

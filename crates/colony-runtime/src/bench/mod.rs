@@ -702,6 +702,7 @@ pub mod autoscale;
 pub mod crash;
 pub mod health;
 pub mod restart;
+pub mod warm;
 
 /// How often `recovery` kills its share of the workers.
 const KILL_TICK: Duration = Duration::from_millis(100);

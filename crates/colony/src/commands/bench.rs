@@ -110,6 +110,19 @@ pub(crate) enum Bench {
     /// A chaos run in virtual time: a share of the agents turn slow and a share start failing;
     /// compare health acting (circuit breakers) with health only observing.
     Health(HealthArgs),
+    /// Time new `process` agents' first tasks: with a process started for each (cold) and
+    /// with one taken from the pool's pre-started processes (warm). Needs python3.
+    Warm {
+        /// New agents to time, in each mode.
+        #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u32).range(1..=i64::from(bench::warm::MAX_AGENTS)))]
+        agents: u32,
+        /// Processes kept pre-started.
+        #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=1000))]
+        warm: u32,
+        /// Print the report as JSON, verdict included.
+        #[arg(long)]
+        json: bool,
+    },
     /// The process `bench crash` kills (internal).
     #[command(hide = true)]
     CrashChild(CrashChildArgs),
@@ -615,6 +628,23 @@ pub(crate) fn run(bench: Bench) -> Result<(), Failure> {
             verdict_rows(&mut t, &report.verdict);
             print_table(&t, &report.verdict.problems);
             judge("restart", &report.verdict)?;
+        }
+        Bench::Warm { agents, warm, json } => {
+            let report = runtime
+                .block_on(bench::warm::warm(agents, warm))
+                .map_err(failure)?;
+            if json {
+                print_json(&report)?;
+                return judge("warm", &report.verdict);
+            }
+            let mut t = Table::new(&["first task of a new agent", "p50", "p99", "max"]);
+            for (name, p) in [("cold start", &report.cold), ("warm", &report.warmed)] {
+                let ms = |us: f64| format!("{:.2} ms", us / 1e3);
+                t.row(vec![name.into(), ms(p.p50_us), ms(p.p99_us), ms(p.max_us)]);
+            }
+            print!("{}", t.render());
+            print_ok(&report.verdict);
+            judge("warm", &report.verdict)?;
         }
         Bench::CrashChild(args) => {
             let options = crash::ChildOptions {
