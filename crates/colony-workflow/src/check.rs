@@ -176,12 +176,35 @@ pub(crate) fn check(
             Kind::Process => match (&p.process, p.sim.is_some() || p.command.is_some()) {
                 (Some(settings), false) => {
                     let program = find_program(&settings.program, base, &mut problems);
+                    let idle_timeout = settings
+                        .idle_timeout
+                        .as_ref()
+                        .and_then(|d| duration(d, &mut problems));
+                    let stop_grace = settings
+                        .stop_grace
+                        .as_ref()
+                        .and_then(|d| duration(d, &mut problems));
+                    let warm = settings.warm.as_ref().map_or(0, |w| w.value);
+                    if let Some(w) = &settings.warm
+                        && w.value > 1_000
+                    {
+                        problems.push(Problem::at(
+                            w,
+                            format!("warm {} is out of range: allowed 0..=1000", w.value),
+                            "out of range",
+                        ));
+                    }
                     program.map(|program| {
                         let mut o = colony_agents::process::ProcessOptions::new(program);
                         o.args = settings.args.clone();
                         // Like a command's: relative paths in its arguments start at the file.
                         o.workdir = Some(std::path::absolute(base).unwrap_or(base.to_owned()));
                         o.env_allow.extend(settings.env.iter().cloned());
+                        o.warm = warm;
+                        o.idle_timeout = idle_timeout;
+                        if let Some(grace) = stop_grace {
+                            o.stop_grace = grace;
+                        }
                         Backend::Process(Box::new(o))
                     })
                 }

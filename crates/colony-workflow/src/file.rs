@@ -278,6 +278,15 @@ pub struct ProcessSettings {
     pub args: Vec<String>,
     #[serde(default)]
     pub env: Vec<String>,
+    /// Processes kept started and unclaimed, for new agents' first tasks.
+    #[serde(default)]
+    pub warm: Option<Spanned<u32>>,
+    /// A process idle this long is stopped; its agent's next task starts another.
+    #[serde(default)]
+    pub idle_timeout: Option<Spanned<String>>,
+    /// Between SIGTERM and SIGKILL when a process is stopped.
+    #[serde(default)]
+    pub stop_grace: Option<Spanned<String>>,
 }
 
 fn one() -> Spanned<u32> {
