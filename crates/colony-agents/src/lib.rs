@@ -117,6 +117,9 @@ pub trait Agent: Send + Sync + 'static {
     /// where it is. A backend that keeps something per agent (the `process` backend's
     /// process) lets it go. Called on the dispatcher's thread: it must not block.
     fn retired(&self, _agent: colony_core::AgentId) {}
+
+    /// `agent`, retired earlier, is back in its pool.
+    fn reinstated(&self, _agent: colony_core::AgentId) {}
 }
 
 /// An agent from a function that finishes at once.

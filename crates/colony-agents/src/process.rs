@@ -124,6 +124,8 @@ type Waiters = Arc<Mutex<HashMap<String, (oneshot::Sender<Outcome>, crate::Heart
 /// Per agent that ran a task: its process, started once by whichever attempt comes first.
 type Conns = Arc<Mutex<HashMap<AgentId, Arc<tokio::sync::OnceCell<Arc<Conn>>>>>>;
 
+type Retired = Arc<Mutex<std::collections::HashSet<AgentId>>>;
+
 /// One agent's live process.
 struct Conn {
     stdin: tokio::sync::Mutex<ChildStdin>,
@@ -158,6 +160,9 @@ impl Conn {
 pub struct Process {
     options: Arc<ProcessOptions>,
     conns: Conns,
+    /// Agents retired from their pool (taken under `conns`' lock, after it): an attempt that
+    /// reaches one after its retirement runs on a process of its own, stopped when it ends.
+    retired: Retired,
     epoch: std::time::Instant,
     /// Whether the task that stops idle processes runs.
     sweeping: Arc<std::sync::atomic::AtomicBool>,
@@ -228,6 +233,7 @@ impl Process {
         Self {
             options: Arc::new(options),
             conns: Arc::default(),
+            retired: Arc::default(),
             epoch: std::time::Instant::now(),
             sweeping: Arc::default(),
             spare: Arc::default(),
@@ -310,21 +316,32 @@ impl Agent for Process {
     fn handle(&self, task: Task) -> Execution {
         self.sweep_idle();
         let (options, conns, epoch) = (self.options.clone(), self.conns.clone(), self.epoch);
-        let spare = self.spare.clone();
+        let (spare, retired) = (self.spare.clone(), self.retired.clone());
         Execution::Running(Box::pin(async move {
-            attempt(&options, &conns, &spare, epoch, task).await
+            attempt(&options, &conns, &retired, &spare, epoch, task).await
         }))
     }
 
     fn retired(&self, agent: AgentId) {
-        let cell = self
-            .conns
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&agent);
+        let cell = {
+            let mut conns = self.conns.lock().unwrap_or_else(|p| p.into_inner());
+            self.retired
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(agent);
+            conns.remove(&agent)
+        };
         if let Some(conn) = cell.and_then(|c| c.get().cloned()) {
             Spawner::spawn("process-stop", stop(conn, self.options.stop_grace));
         }
+    }
+
+    fn reinstated(&self, agent: AgentId) {
+        let _conns = self.conns.lock().unwrap_or_else(|p| p.into_inner());
+        self.retired
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&agent);
     }
 }
 
@@ -374,23 +391,57 @@ async fn stop(conn: Arc<Conn>, grace: Duration) {
 async fn attempt(
     options: &Arc<ProcessOptions>,
     conns: &Conns,
+    retired: &Retired,
     spare: &Arc<Spare>,
     epoch: std::time::Instant,
     task: Task,
 ) -> Outcome {
-    let cell = {
-        let mut map = conns.lock().unwrap_or_else(|p| p.into_inner());
-        let cell = map.entry(task.agent).or_default();
-        // A dead process is replaced by a new one.
-        if cell
-            .get()
-            .is_some_and(|c| c.dead.load(std::sync::atomic::Ordering::Relaxed))
-        {
-            *cell = Arc::default();
+    // A process stopped (hibernated) between this attempt's finding it and registering on
+    // it costs the attempt nothing: it looks again, once.
+    for first in [true, false] {
+        match try_attempt(options, conns, retired, spare, epoch, &task).await {
+            Err(Stopped) if first => continue,
+            Err(Stopped) => return Err(Error::retryable("the process exited")),
+            Ok(outcome) => return outcome,
         }
-        cell.clone()
+    }
+    Err(Error::retryable("the process exited"))
+}
+
+/// The process an attempt found was stopped before the attempt registered on it.
+struct Stopped;
+
+async fn try_attempt(
+    options: &Arc<ProcessOptions>,
+    conns: &Conns,
+    retired: &Retired,
+    spare: &Arc<Spare>,
+    epoch: std::time::Instant,
+    task: &Task,
+) -> Result<Outcome, Stopped> {
+    let (cell, one_off) = {
+        let mut map = conns.lock().unwrap_or_else(|p| p.into_inner());
+        if retired
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(&task.agent)
+        {
+            // Retired after this attempt was handed over: a process of its own, not kept.
+            (Arc::default(), true)
+        } else {
+            let cell = map.entry(task.agent).or_default();
+            // A dead process is replaced by a new one.
+            if cell
+                .get()
+                .is_some_and(|c| c.dead.load(std::sync::atomic::Ordering::Relaxed))
+            {
+                *cell = Arc::default();
+            }
+            (cell.clone(), false)
+        }
     };
-    let conn = cell
+    let cell: Arc<tokio::sync::OnceCell<Arc<Conn>>> = cell;
+    let conn = match cell
         .get_or_try_init(|| async {
             // A warm process if one is ready, else a cold start; either way the pool refills.
             let warm = spare.take();
@@ -403,8 +454,13 @@ async fn attempt(
             }
         })
         .await
-        .map_err(|e| Error::retryable(format!("process `{}`: {e}", options.program)))?
-        .clone();
+    {
+        Ok(conn) => conn.clone(),
+        Err(e) => {
+            let error = format!("process `{}`: {e}", options.program);
+            return Ok(Err(Error::retryable(error)));
+        }
+    };
     conn.touch(epoch);
     let id = format!("{}.{}", task.id.0, task.attempt);
     let (tx, rx) = oneshot::channel();
@@ -413,7 +469,7 @@ async fn attempt(
         // either registered before that (and failed by it) or sees the process dead.
         let mut waiting = conn.waiting.lock().unwrap_or_else(|p| p.into_inner());
         if conn.dead.load(std::sync::atomic::Ordering::Relaxed) {
-            return Err(Error::retryable("the process exited"));
+            return Err(Stopped);
         }
         waiting.insert(id.clone(), (tx, task.heartbeat.clone()));
     }
@@ -431,7 +487,7 @@ async fn attempt(
         let mut stdin = conn.stdin.lock().await;
         if let Err(e) = stdin.write_all(line.as_bytes()).await {
             conn.dead.store(true, std::sync::atomic::Ordering::Relaxed);
-            return Err(Error::retryable(format!("the process is gone: {e}")));
+            return Ok(Err(Error::retryable(format!("the process is gone: {e}"))));
         }
         let _ = stdin.flush().await;
     }
@@ -439,7 +495,11 @@ async fn attempt(
         .await
         .unwrap_or_else(|_| Err(Error::retryable("the process exited before answering")));
     conn.touch(epoch);
-    outcome
+    if one_off {
+        drop(_forget);
+        Spawner::spawn("process-stop", stop(conn, options.stop_grace));
+    }
+    Ok(outcome)
 }
 
 struct Forget(Arc<Conn>, String);
@@ -878,6 +938,27 @@ for line in sys.stdin:
         );
         assert!(alive(other), "the other agent's process serves on");
         assert_eq!(p.live(), 1);
+    }
+
+    #[tokio::test]
+    async fn an_attempt_that_reaches_a_retired_agent_runs_on_a_process_that_is_not_kept() {
+        let p = agent();
+        let before = pid(&run(&p, 0, "{}").await.unwrap());
+        // Handed over before the retirement, first polled after it.
+        p.retired(AgentId(0));
+        let late = pid(&run(&p, 0, "{}").await.unwrap());
+        assert_ne!(before, late, "not the stopped process");
+        assert_eq!(p.live(), 0, "none kept for a retired agent");
+        assert!(
+            gone(late, Duration::from_secs(5)).await,
+            "stopped after its attempt"
+        );
+        assert!(gone(before, Duration::from_secs(5)).await);
+        // Back in its pool, it has a process of its own again.
+        p.reinstated(AgentId(0));
+        let again = pid(&run(&p, 0, "{}").await.unwrap());
+        assert_eq!(p.live(), 1);
+        assert_eq!(pid(&run(&p, 0, "{}").await.unwrap()), again);
     }
 
     #[tokio::test]

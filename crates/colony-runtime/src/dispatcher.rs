@@ -349,6 +349,13 @@ impl Dispatcher {
                 };
                 let _ = reply.send(n);
             }
+            Command::SetSize {
+                pool,
+                agents,
+                reply,
+            } => {
+                let _ = reply.send(self.set_size(pool, agents));
+            }
             Command::Stop => return false,
         }
         true
@@ -747,5 +754,6 @@ mod supervise;
 mod tests;
 mod thread;
 
+pub use command::Resized;
 pub use command::{Cancelled, Live};
 pub(crate) use command::{Command, Job};

@@ -2,7 +2,7 @@
 
 use crate::{
     Error, SpawnMode,
-    dispatcher::{Cancelled, Command, Job, Live},
+    dispatcher::{Cancelled, Command, Job, Live, Resized},
     events::{Kinds, Subscription},
     metrics::Metrics,
     shared::{Completion, Latencies, PoolCounters, PoolLoad, Shared, Timings},
@@ -67,17 +67,6 @@ impl Stats {
     pub fn finished(&self) -> u64 {
         self.succeeded + self.failed + self.dead_lettered + self.cancelled
     }
-}
-
-/// What [`Handle::set_pool_size`] did.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
-pub struct Resized {
-    /// The pool's agents now.
-    pub agents: u64,
-    pub retired: u32,
-    /// Retired agents brought back into service.
-    pub reinstated: u32,
-    pub spawned: u32,
 }
 
 /// Tasks accepted by one submission: ids `first..first + count`.
@@ -579,37 +568,33 @@ impl Handle {
     }
 
     /// Brings pool `pool` to `agents` agents: retires the surplus (they finish what they run
-    /// and are never restarted), or brings retired ones back first and spawns the rest.
+    /// and are never restarted), or brings retired ones back first and spawns the rest. One
+    /// command, carried out in one turn of the dispatcher: two resizes at once each reach the
+    /// size they asked for, the later one last.
     pub async fn set_pool_size(&self, pool: usize, agents: u64) -> Result<Resized, Error> {
-        let have = self
-            .shared
-            .pool_agents
-            .get(pool)
-            .ok_or(Error::NoSuchPool {
+        if pool >= self.shared.specs.len() {
+            return Err(Error::NoSuchPool {
                 got: pool,
                 count: self.shared.specs.len(),
-            })?
-            .load(Relaxed);
-        let change = u32::try_from(agents.abs_diff(have)).map_err(|_| {
-            Error::Options(format!(
-                "changing pool {pool} by {} agents at once: allowed up to {}",
-                agents.abs_diff(have),
-                u32::MAX
-            ))
-        })?;
-        let mut resized = Resized::default();
-        if agents < have {
-            resized.retired = self.retire(pool, change).await?;
-        } else if agents > have {
-            resized.reinstated = self.reinstate(pool, change).await?;
-            let left = change - resized.reinstated;
-            if left > 0 {
-                self.spawn(pool, left, SpawnMode::Batch).await?;
-                resized.spawned = left;
-            }
+            });
         }
-        resized.agents = self.shared.pool_agents[pool].load(Relaxed);
-        Ok(resized)
+        if agents > u64::from(u32::MAX) {
+            return Err(Error::Options(format!(
+                "a pool of {agents} agents is out of range: allowed up to {}",
+                u32::MAX
+            )));
+        }
+        let (reply, rx) = oneshot::channel();
+        let command = Command::SetSize {
+            pool: pool as u8,
+            agents: agents as u32,
+            reply,
+        };
+        self.shared
+            .inbox
+            .send(command)
+            .map_err(|_| Error::Stopped)?;
+        rx.await.map_err(|_| Error::Stopped)
     }
 
     /// Records what the autoscaler wants for `pool` and forecasts, for the API.

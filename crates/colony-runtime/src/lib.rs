@@ -35,8 +35,8 @@ mod shared;
 pub mod spawner;
 
 pub use autoscale::AutoscaleOptions;
-pub use dispatcher::{Cancelled, Live};
-pub use handle::{Accepted, Handle, Pending, Resized, Stats};
+pub use dispatcher::{Cancelled, Live, Resized};
+pub use handle::{Accepted, Handle, Pending, Stats};
 pub use shared::{Completion, LATENCY_BUCKETS, Latencies, PoolLoad, Timings};
 
 use colony_agents::{Agent, AgentSpec};
@@ -331,6 +331,10 @@ impl RuntimeOptions {
                     got: p.spec.concurrency,
                 });
             }
+            if let Some(scaling) = p.scaling {
+                colony_core::scaling::Scaler::new(scaling, p.count)
+                    .map_err(|e| Error::Options(format!("pool {pool}: {e}")))?;
+            }
         }
         let workers: u64 = pools.iter().map(|p| u64::from(p.count)).sum();
         HierarchyOptions {
@@ -375,19 +379,26 @@ impl Runtime {
         let (shared, dispatcher) = dispatcher::start(&options, &pools, tree, journal, bus);
         let handle = Handle::new(shared);
         let runtime = Self { handle, dispatcher };
-        for (index, pool) in pools.iter().enumerate() {
-            runtime
-                .handle
-                .spawn(index, pool.count, options.spawn)
-                .await?;
+        let started = async {
+            for (index, pool) in pools.iter().enumerate() {
+                runtime
+                    .handle
+                    .spawn(index, pool.count, options.spawn)
+                    .await?;
+            }
+            // Whatever an earlier process left unfinished runs again, before anything new.
+            let unfinished = runtime.handle.journal().recover()?;
+            if !unfinished.is_empty() {
+                let n = runtime.handle.requeue(unfinished)?;
+                tracing::info!(tasks = n, "Recovered unfinished tasks from the journal.");
+            }
+            autoscale::start(&runtime.handle, &pools, options.autoscale).await
+        };
+        if let Err(error) = started.await {
+            // A runtime that did not start leaves no loop behind to run its tasks.
+            runtime.shutdown().await;
+            return Err(error);
         }
-        // Whatever an earlier process left unfinished runs again, before anything new.
-        let unfinished = runtime.handle.journal().recover()?;
-        if !unfinished.is_empty() {
-            let n = runtime.handle.requeue(unfinished)?;
-            tracing::info!(tasks = n, "Recovered unfinished tasks from the journal.");
-        }
-        autoscale::start(&runtime.handle, &pools, options.autoscale).await?;
         Ok(runtime)
     }
 

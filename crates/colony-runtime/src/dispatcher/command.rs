@@ -50,7 +50,24 @@ pub(crate) enum Command {
         grow: bool,
         reply: oneshot::Sender<u32>,
     },
+    /// Bring `pool` to `agents` agents: retire, or reinstate and spawn, in one turn.
+    SetSize {
+        pool: u8,
+        agents: u32,
+        reply: oneshot::Sender<Resized>,
+    },
     Stop,
+}
+
+/// What [`Handle::set_pool_size`](crate::Handle::set_pool_size) did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Resized {
+    /// The pool's agents now.
+    pub agents: u64,
+    pub retired: u32,
+    /// Retired agents brought back into service.
+    pub reinstated: u32,
+    pub spawned: u32,
 }
 
 impl std::fmt::Debug for Command {
@@ -63,6 +80,7 @@ impl std::fmt::Debug for Command {
             Command::Inspect(_) => f.write_str("Inspect"),
             Command::Cancel { task, .. } => write!(f, "Cancel({task})"),
             Command::Kill(agent, _) => write!(f, "Kill({agent})"),
+            Command::SetSize { pool, agents, .. } => write!(f, "SetSize({pool}, {agents})"),
             Command::Resize {
                 pool, count, grow, ..
             } => write!(f, "Resize({pool}, {count}, grow: {grow})"),

@@ -187,7 +187,7 @@ impl Watch {
     }
 
     /// A new incarnation of `worker` starts healthy, its breaker closed.
-    pub(super) fn reset(&mut self, worker: AgentId) {
+    pub(super) fn reset(&mut self, out: &mut Outbox, worker: AgentId) {
         if worker.index() < self.health.len() {
             let before = self.health[worker.index()].state();
             self.health[worker.index()] = Health::new(self.now());
@@ -199,7 +199,8 @@ impl Watch {
             && breaker.state() != BreakerState::Closed
         {
             *breaker = Breaker::new();
-            self.acts.push(Act::Breaker(worker, Transition::Closed));
+            // Whoever saw it sidelined hears it is back.
+            self.act(out, worker, Transition::Closed);
         }
         if self.breaker.is_some() {
             self.acts.push(Act::Reduced(worker, false));

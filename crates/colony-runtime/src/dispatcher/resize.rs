@@ -8,11 +8,32 @@
 //! retired worker had stays counted in admission, as the room of an agent down for a restart
 //! does: tasks admitted beyond what the smaller pool holds wait in the backlog.
 
-use super::Dispatcher;
+use super::{Dispatcher, command::Resized};
 use colony_core::AgentId;
 use std::sync::atomic::Ordering::Relaxed;
 
 impl Dispatcher {
+    /// Brings pool `pool` to `agents` agents in this turn: retires the surplus, or brings
+    /// retired workers back first and spawns the rest.
+    pub(super) fn set_size(&mut self, pool: u8, agents: u32) -> Resized {
+        let have = self.shared.pool_agents[pool as usize].load(Relaxed);
+        let want = u64::from(agents);
+        let mut resized = Resized::default();
+        if want < have {
+            resized.retired = self.retire(pool, (have - want) as u32);
+        } else if want > have {
+            let change = (want - have) as u32;
+            resized.reinstated = self.reinstate(pool, change);
+            let left = change - resized.reinstated;
+            if left > 0 {
+                self.spawn(pool, left);
+                resized.spawned = left;
+            }
+        }
+        resized.agents = self.shared.pool_agents[pool as usize].load(Relaxed);
+        resized
+    }
+
     /// Retires up to `count` workers of pool `pool`: those out of service first, then idle
     /// ones, then busy ones, the newest first in each. Returns how many it retired.
     pub(super) fn retire(&mut self, pool: u8, count: u32) -> u32 {
@@ -40,7 +61,7 @@ impl Dispatcher {
             self.supervision.retire(w);
             // What it still runs ends as no news to its supervisor: a crash there is not a
             // reason to restart a worker that is gone.
-            self.watch.reset(w);
+            self.watch.reset(&mut self.out, w);
             self.tree.set_down(w, true);
             self.tree.set_retired(w, true);
             supervisors.extend(self.tree.parent(w));
@@ -70,8 +91,9 @@ impl Dispatcher {
         back.truncate(count as usize);
         for &w in &back {
             self.supervision.reinstate(w);
+            self.attempts.pool(pool).agent.reinstated(w);
             self.tree.set_retired(w, false);
-            self.watch.reset(w);
+            self.watch.reset(&mut self.out, w);
             // Under a supervisor waiting out a restart, the worker comes up with it.
             if self.tree.parent(w).is_some_and(|p| self.tree.is_down(p)) {
                 continue;

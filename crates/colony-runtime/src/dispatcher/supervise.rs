@@ -387,7 +387,7 @@ impl Dispatcher {
                 self.out.turn.restarts_crash += 1;
             }
             if self.tree.tier(a) == worker_tier {
-                self.watch.reset(a);
+                self.watch.reset(&mut self.out, a);
                 self.freed.push(a);
             } else {
                 // A restarted manager starts with a fresh engine.

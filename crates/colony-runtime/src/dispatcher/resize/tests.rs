@@ -215,3 +215,21 @@ async fn each_pools_load_counts_its_own_tasks_and_the_age_of_its_backlog() {
     assert!(h.set_pool_size(2, 1).await.is_err(), "no pool 2");
     runtime.shutdown().await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn two_resizes_at_once_each_reach_the_size_they_asked_for() {
+    let (runtime, _journal) = start(two_tiers(), vec![pool(4, sim(slow(10)))]).await;
+    let h = runtime.handle();
+    // Both read 4 agents; each must still land on 6, not add 2 twice.
+    let (a, b) = tokio::join!(h.set_pool_size(0, 6), h.set_pool_size(0, 6));
+    assert_eq!((a.unwrap().agents, b.unwrap().agents), (6, 6));
+    assert_eq!(h.pools()[0].1, 6);
+    let (a, b) = tokio::join!(h.set_pool_size(0, 2), h.set_pool_size(0, 5));
+    assert_eq!(
+        (a.unwrap().agents, b.unwrap().agents),
+        (2, 5),
+        "the later one last"
+    );
+    assert_eq!(h.pools()[0].1, 5);
+    runtime.shutdown().await;
+}
