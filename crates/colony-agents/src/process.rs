@@ -191,7 +191,12 @@ impl Spare {
     /// Starts processes until `warm` are ready or starting.
     fn refill(self: &Arc<Self>, options: &Arc<ProcessOptions>, epoch: std::time::Instant) {
         use std::sync::atomic::Ordering::Relaxed;
-        let ready = self.ready.lock().unwrap_or_else(|p| p.into_inner()).len() as u32;
+        let ready = {
+            // Warm processes that died meanwhile are dropped, and replaced.
+            let mut ready = self.ready.lock().unwrap_or_else(|p| p.into_inner());
+            ready.retain(|c| !c.dead.load(Relaxed));
+            ready.len() as u32
+        };
         let wanted = options
             .warm
             .saturating_sub(ready + self.starting.load(Relaxed));

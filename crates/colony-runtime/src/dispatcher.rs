@@ -586,7 +586,8 @@ impl Dispatcher {
                 self.failed(worker, &job, &error, TaskState::Queued);
                 self.out.turn.retries += 1;
                 let pool = self.tree.spec(worker);
-                let staffed = self.shared.staffed();
+                // A backup must have agents now: one at zero would keep the retry waiting.
+                let staffed = self.shared.with_agents();
                 job.mask = self
                     .attempts
                     .pool(pool)

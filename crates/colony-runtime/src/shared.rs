@@ -90,13 +90,19 @@ impl Shared {
 
     /// The pools that have agents now.
     pub(crate) fn staffed(&self) -> SpecMask {
-        let staffed = self
-            .pool_agents
-            .iter()
-            .enumerate()
-            .filter(|(_, n)| n.load(Relaxed) > 0)
-            .fold(0u64, |m, (i, _)| m | 1 << i);
-        SpecMask(staffed | self.scaled.0)
+        SpecMask(self.with_agents().0 | self.scaled.0)
+    }
+
+    /// The pools that have agents now, autoscaled ones at zero left out: where a retry can
+    /// go without waiting for a pool to come back.
+    pub(crate) fn with_agents(&self) -> SpecMask {
+        SpecMask(
+            self.pool_agents
+                .iter()
+                .enumerate()
+                .filter(|(_, n)| n.load(Relaxed) > 0)
+                .fold(0u64, |m, (i, _)| m | 1 << i),
+        )
     }
 
     /// Adds a sample of how fast the runtime reacted, to the series `which` picks.
