@@ -91,10 +91,14 @@ impl Scaled {
         let arrivals = load.arrivals.saturating_sub(self.last.arrivals);
         let ended = load.ended.saturating_sub(self.last.ended);
         self.forecaster.observe(arrivals as f64);
-        // The busy share of the pool's agents over the interval, as the mean of its ends.
-        let busy_agents = (load.busy + self.last.busy) as f64 / 2.0 / f64::from(self.concurrency);
-        if ended > 0 && busy_agents > 0.0 {
-            let sample = ended as f64 / secs / busy_agents;
+        // One agent's attempts per second at full utilisation: `concurrency` at a time, each
+        // taking the mean time of those that ended in the interval.
+        let busy = load
+            .busy_time
+            .saturating_sub(self.last.busy_time)
+            .as_secs_f64();
+        if ended > 0 && busy > 0.0 {
+            let sample = f64::from(self.concurrency) * ended as f64 / busy;
             self.per_agent_rate = if self.per_agent_rate == 0.0 {
                 sample
             } else {

@@ -485,6 +485,8 @@ impl Dispatcher {
         let tally = &mut self.out.pools[self.tree.spec(worker) as usize];
         tally.busy -= 1;
         tally.ended += 1;
+        // Time spent outside `handle`: what one agent's service rate is measured from.
+        tally.busy_micros += elapsed.map_or(0, |e| u64::try_from(e.as_micros()).unwrap_or(0));
         let asked = self.attempts.cancel_asked(job.id);
         // The attempt ended before it saw the cancellation: its agent's switch forgets it.
         if asked

@@ -556,6 +556,7 @@ impl Handle {
                     waiting_for,
                     arrivals: load.arrivals.load(Relaxed),
                     ended: load.ended.load(Relaxed),
+                    busy_time: Duration::from_micros(load.busy_micros.load(Relaxed)),
                     desired: Some(load.desired.load(Relaxed))
                         .filter(|&d| d != PoolCounters::NONE_WAITING),
                     forecast_per_sec: Some(f64::from_bits(load.forecast.load(Relaxed)))

@@ -197,6 +197,7 @@ pub(crate) struct PoolCounters {
     pub(crate) busy: AtomicU64,
     pub(crate) arrivals: AtomicU64,
     pub(crate) ended: AtomicU64,
+    pub(crate) busy_micros: AtomicU64,
     /// Microseconds after [`Shared::epoch`] since which tasks this pool may run have waited
     /// without a break; [`PoolCounters::NONE_WAITING`] while none waits.
     pub(crate) waiting_since: AtomicU64,
@@ -220,6 +221,7 @@ impl Default for PoolCounters {
             busy: AtomicU64::new(0),
             arrivals: AtomicU64::new(0),
             ended: AtomicU64::new(0),
+            busy_micros: AtomicU64::new(0),
             waiting_since: AtomicU64::new(Self::NONE_WAITING),
             desired: AtomicU64::new(Self::NONE_WAITING),
             forecast: AtomicU64::new(f64::NAN.to_bits()),
@@ -247,6 +249,9 @@ pub struct PoolLoad {
     pub arrivals: u64,
     /// Attempts its agents ended since start.
     pub ended: u64,
+    /// How long those attempts ran, summed (attempts answered inside `handle` count as none).
+    #[serde(serialize_with = "micros")]
+    pub busy_time: Duration,
     /// The size the autoscaler last wanted for it; `None` when it has no scaling policy.
     pub desired: Option<u64>,
     /// The autoscaler's forecast of arrivals per second over its horizon, once it has one.

@@ -73,6 +73,8 @@ pub(super) struct Outbox {
 pub(super) struct PoolTally {
     pub(super) busy: u64,
     pub(super) ended: u64,
+    /// Microseconds the pool's ended attempts ran outside `handle`, summed.
+    pub(super) busy_micros: u64,
     arrivals: u64,
 }
 
@@ -268,6 +270,7 @@ impl Outbox {
             counters.busy.store(tally.busy, Relaxed);
             counters.arrivals.store(tally.arrivals, Relaxed);
             counters.ended.store(tally.ended, Relaxed);
+            counters.busy_micros.store(tally.busy_micros, Relaxed);
             let since = counters.waiting_since.load(Relaxed);
             if waiting == 0 {
                 if since != PoolCounters::NONE_WAITING {

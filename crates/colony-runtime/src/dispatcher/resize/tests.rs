@@ -206,6 +206,11 @@ async fn each_pools_load_counts_its_own_tasks_and_the_age_of_its_backlog() {
         (0, 0, 5, Duration::ZERO)
     );
     assert_eq!((b.busy, b.ended), (0, 1));
+    // Five attempts of 100 ms on `a`'s agents, one on `b`'s.
+    assert_eq!(
+        (a.busy_time, b.busy_time),
+        (Duration::from_millis(500), Duration::from_millis(100))
+    );
     // A pool resized to a size: surplus retired, then retired ones back before new ones.
     let r = h.set_pool_size(1, 1).await.unwrap();
     assert_eq!((r.agents, r.retired), (1, 2));
