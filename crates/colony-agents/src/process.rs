@@ -403,14 +403,13 @@ async fn attempt(
 ) -> Outcome {
     // A process stopped (hibernated) between this attempt's finding it and registering on
     // it costs the attempt nothing: it looks again, once.
-    for first in [true, false] {
-        match try_attempt(options, conns, retired, spare, epoch, &task).await {
-            Err(Stopped) if first => continue,
-            Err(Stopped) => return Err(Error::retryable("the process exited")),
-            Ok(outcome) => return outcome,
-        }
+    let once = || try_attempt(options, conns, retired, spare, epoch, &task);
+    match once().await {
+        Ok(outcome) => outcome,
+        Err(Stopped) => once()
+            .await
+            .unwrap_or_else(|Stopped| Err(Error::retryable("the process exited"))),
     }
-    Err(Error::retryable("the process exited"))
 }
 
 /// The process an attempt found was stopped before the attempt registered on it.

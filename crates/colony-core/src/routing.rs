@@ -526,16 +526,7 @@ mod tests {
 
     #[test]
     fn sidelined_and_probation_workers_get_no_more_than_their_room() {
-        let hierarchy = HierarchyOptions {
-            workers: 24,
-            span: 12,
-            tiers: Tiers::default(),
-        };
-        let mut t = LiveTree::new(&TreeOptions {
-            hierarchy,
-            queue_capacity: 2,
-        })
-        .unwrap();
+        let mut t = crate::tree::tests::planned(24, 12, 2);
         t.add_workers(24, 0, 4);
         let mut rng = SmallRng::seed_from_u64(4);
         let sups = t.agents_in_tier(t.worker_tier() - 1);

@@ -639,18 +639,23 @@ pub(crate) mod tests {
 
     /// A tree of `workers` workers of spec 0 and concurrency 1, for tests of any module.
     pub(crate) fn tree(workers: u32, span: u32, queue_capacity: u32) -> LiveTree {
+        let mut tree = planned(workers, span, queue_capacity);
+        tree.add_workers(workers, 0, 1);
+        tree
+    }
+
+    /// The managing tiers planned for `workers`, with no worker added yet.
+    pub(crate) fn planned(workers: u32, span: u32, queue_capacity: u32) -> LiveTree {
         let hierarchy = HierarchyOptions {
             workers: workers.into(),
             span,
             tiers: Tiers::default(),
         };
-        let mut tree = LiveTree::new(&TreeOptions {
+        LiveTree::new(&TreeOptions {
             hierarchy,
             queue_capacity,
         })
-        .unwrap();
-        tree.add_workers(workers, 0, 1);
-        tree
+        .unwrap()
     }
 
     #[test]
@@ -791,16 +796,7 @@ pub(crate) mod tests {
 
     #[test]
     fn probation_caps_a_workers_room_at_one() {
-        let hierarchy = HierarchyOptions {
-            workers: 12,
-            span: 12,
-            tiers: Tiers::default(),
-        };
-        let mut t = LiveTree::new(&TreeOptions {
-            hierarchy,
-            queue_capacity: 2,
-        })
-        .unwrap();
+        let mut t = planned(12, 12, 2);
         let workers = t.add_workers(12, 0, 3);
         let sup = t.parent(workers[0]).unwrap();
         assert_eq!(t.load(sup).1, 38);

@@ -509,16 +509,21 @@ impl Handle {
                 count: self.shared.specs.len(),
             });
         }
-        let (reply, rx) = oneshot::channel();
-        let command = Command::Resize {
+        self.ask(|reply| Command::Resize {
             pool: pool as u8,
             count,
             grow,
             reply,
-        };
+        })
+        .await
+    }
+
+    /// Sends the command `make` builds around a reply channel, and waits for the answer.
+    async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Result<T, Error> {
+        let (reply, rx) = oneshot::channel();
         self.shared
             .inbox
-            .send(command)
+            .send(make(reply))
             .map_err(|_| Error::Stopped)?;
         rx.await.map_err(|_| Error::Stopped)
     }
@@ -585,17 +590,12 @@ impl Handle {
                 u32::MAX
             )));
         }
-        let (reply, rx) = oneshot::channel();
-        let command = Command::SetSize {
+        self.ask(|reply| Command::SetSize {
             pool: pool as u8,
             agents: agents as u32,
             reply,
-        };
-        self.shared
-            .inbox
-            .send(command)
-            .map_err(|_| Error::Stopped)?;
-        rx.await.map_err(|_| Error::Stopped)
+        })
+        .await
     }
 
     /// Records what the autoscaler wants for `pool` and forecasts, for the API.

@@ -256,3 +256,29 @@ fn float_flags_refuse_what_is_not_a_finite_number() {
         assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
     }
 }
+
+#[test]
+fn settings_the_new_benches_refuse_are_input_errors() {
+    for args in [
+        &[
+            "bench",
+            "autoscale",
+            "--minutes",
+            "10",
+            "--period-minutes",
+            "100",
+        ][..],
+        &[
+            "bench",
+            "health",
+            "--slow-share",
+            "0.9",
+            "--failing-share",
+            "0.5",
+        ][..],
+    ] {
+        let (_, stderr, code) = colony(args);
+        assert_eq!(code, 2, "{args:?}: {stderr}");
+        assert!(stderr.contains("out of range"), "{args:?}: {stderr}");
+    }
+}

@@ -132,7 +132,8 @@ pub struct AutoscaleReport {
 }
 
 impl Trace {
-    fn validate(&self) -> Result<(), Error> {
+    /// Checks the settings, naming the first out of range.
+    pub fn validate(&self) -> Result<(), Error> {
         let bad = |what: String| Err(Error::Options(what));
         if !(1.0..=MAX_MINUTES).contains(&self.minutes) {
             return bad(format!(

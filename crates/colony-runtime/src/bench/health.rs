@@ -121,7 +121,8 @@ impl Agent for Faulty {
 }
 
 impl Chaos {
-    fn validate(&self) -> Result<(), Error> {
+    /// Checks the settings, naming the first out of range.
+    pub fn validate(&self) -> Result<(), Error> {
         let bad = |what: String| Err(Error::Options(what));
         if !(10..=100_000).contains(&self.agents) {
             return bad(format!(

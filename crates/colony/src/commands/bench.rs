@@ -924,6 +924,10 @@ fn health(args: &HealthArgs) -> Result<(), Failure> {
         seed: args.seed,
         ..bench::health::Chaos::default()
     };
+    // Settings out of range are the user's input (exit 2), not the bench failing.
+    chaos
+        .validate()
+        .map_err(|e| Failure::input(anyhow::anyhow!(e)))?;
     let report = bench::health::health(&chaos).map_err(failure)?;
     if args.json {
         print_json(&report)?;
@@ -975,6 +979,9 @@ fn autoscale(args: &AutoscaleArgs) -> Result<(), Failure> {
         slo: Duration::from_secs_f64(args.slo_secs),
         seed: args.seed,
     };
+    trace
+        .validate()
+        .map_err(|e| Failure::input(anyhow::anyhow!(e)))?;
     let report = bench::autoscale::autoscale(&trace).map_err(failure)?;
     if args.json {
         print_json(&report)?;
