@@ -48,7 +48,7 @@
 //! use colony_core::scaling::{Decision, Reason, Scaler, ScalingOptions, Signals};
 //! use std::time::Duration;
 //!
-//! let mut scaler = Scaler::new(ScalingOptions::default(), 10).unwrap();
+//! let mut scaler = Scaler::new(ScalingOptions::default()).unwrap();
 //! // Nine of ten slots busy: 12 agents would run them at 80 %, but a step is one factor at
 //! // least (1.5 × 10) and 2.0 × 10 at most.
 //! let busy = Signals { size: 10, busy: 9, capacity: 10, arrivals_per_sec: 3.0, ..Signals::default() };
@@ -492,10 +492,9 @@ pub struct Scaler {
 }
 
 impl Scaler {
-    /// `_baseline`, the pool's size when its scaling begins, bounds nothing: the policies'
-    /// multiples are of the pool's size at each step, and `min` and `max` are its only
-    /// absolute bounds. It is taken so that callers keep one signature.
-    pub fn new(options: ScalingOptions, _baseline: u32) -> Result<Self, Error> {
+    /// A scaler for one pool. The policies' multiples are of the pool's size at each step,
+    /// and `min` and `max` are its only absolute bounds.
+    pub fn new(options: ScalingOptions) -> Result<Self, Error> {
         options.validate()?;
         Ok(Self {
             options,
@@ -775,7 +774,7 @@ mod tests {
     }
 
     fn scaler() -> Scaler {
-        Scaler::new(ScalingOptions::default(), 10).unwrap()
+        Scaler::new(ScalingOptions::default()).unwrap()
     }
 
     fn blocked(wanted: Reason, by: Blocked) -> Decision {
@@ -1026,36 +1025,33 @@ mod tests {
         };
         assert_eq!(edges.validate(), Ok(()));
         assert!(
-            Scaler::new(
-                ScalingOptions {
-                    min: 3,
-                    max: 2,
-                    ..ok
-                },
-                1
-            )
+            Scaler::new(ScalingOptions {
+                min: 3,
+                max: 2,
+                ..ok
+            })
             .is_err()
         );
     }
 
     #[test]
-    fn the_baseline_bounds_nothing() {
+    fn steps_are_relative_to_the_size_at_each_look() {
         let options = ScalingOptions {
             min: 0,
             max: 50,
             ..ScalingOptions::default()
         };
         let t = secs(1_000);
-        // Started at 1, the pool grows by what its own size allows, and shrinks likewise.
-        let mut s = Scaler::new(options, 1).unwrap();
+        // The pool grows by what its size at the look allows, and shrinks likewise.
+        let mut s = Scaler::new(options).unwrap();
         assert_eq!(s.options(), &options);
         assert_eq!(s.decide(&pool(20, 20), t), scale(20, 30, HighUtilisation));
         assert_eq!(
             s.decide(&pool(30, 0), t + secs(120)),
             scale(30, 27, LowUtilisation)
         );
-        // Started at 40, it shrinks past 0.7 × 40 and grows past 2 × 40's cap, up to `max`.
-        let mut s = Scaler::new(options, 40).unwrap();
+        // Whatever it was before, from 20 it shrinks to 18 and from 40 grows up to `max`.
+        let mut s = Scaler::new(options).unwrap();
         assert_eq!(s.decide(&pool(20, 0), t), scale(20, 18, LowUtilisation));
         assert_eq!(
             s.decide(&pool(40, 40), t + secs(120)),
@@ -1069,7 +1065,7 @@ mod tests {
             min: 0,
             ..ScalingOptions::default()
         };
-        let mut s = Scaler::new(options, 4).unwrap();
+        let mut s = Scaler::new(options).unwrap();
         let quiet = Signals::default();
         assert_eq!(s.decide(&quiet, secs(0)), Decision::Hold);
         // A cost step starts the cooldowns; activation does not wait for them.
@@ -1093,7 +1089,7 @@ mod tests {
             min: 3,
             ..ScalingOptions::default()
         };
-        let mut s = Scaler::new(options, 4).unwrap();
+        let mut s = Scaler::new(options).unwrap();
         assert_eq!(s.decide(&queued, secs(0)), scale(0, 3, Activation));
     }
 
@@ -1104,7 +1100,7 @@ mod tests {
             max: 10,
             ..ScalingOptions::default()
         };
-        let mut s = Scaler::new(options, 5).unwrap();
+        let mut s = Scaler::new(options).unwrap();
         assert_eq!(
             s.decide(&Signals::default(), secs(0)),
             scale(0, 2, BelowMin)
@@ -1126,7 +1122,7 @@ mod tests {
             max: 30,
             ..ScalingOptions::default()
         };
-        let mut s = Scaler::new(options, 10).unwrap();
+        let mut s = Scaler::new(options).unwrap();
         let t = secs(1_000);
         // Exactly at 80 %, the pool has what it needs.
         assert_eq!(s.decide(&pool(10, 8), t), Decision::Hold);
@@ -1212,7 +1208,7 @@ mod tests {
             queued: 200 - size.min(200),
             ..pool(size, size.min(200))
         };
-        let mut s = Scaler::new(options, 10).unwrap();
+        let mut s = Scaler::new(options).unwrap();
         let (mut size, mut sizes) = (10, vec![10]);
         for minute in 1..20 {
             if let Decision::Scale { from, to, reason } = s.decide(&demand(size), secs(60 * minute))
@@ -1246,7 +1242,7 @@ mod tests {
             max: 100,
             ..ScalingOptions::default()
         };
-        let mut s = Scaler::new(options, 10).unwrap();
+        let mut s = Scaler::new(options).unwrap();
         let t = secs(1_000);
         // 10 running and 40 queued need 63: one step goes to 3.0 × 10.
         assert_eq!(s.decide(&overloaded(10), t), scale(10, 30, Overload));
@@ -1362,7 +1358,7 @@ mod tests {
             max: 16,
             ..ScalingOptions::default()
         };
-        let mut s = Scaler::new(options, 10).unwrap();
+        let mut s = Scaler::new(options).unwrap();
         assert_eq!(
             s.decide(&forecast(10, 16.0, Some(0.1)), t),
             scale(10, 16, Forecast)
@@ -1398,7 +1394,7 @@ mod tests {
             predictive: None,
             ..ScalingOptions::default()
         };
-        let mut s = Scaler::new(off, 10).unwrap();
+        let mut s = Scaler::new(off).unwrap();
         assert_eq!(s.decide(&forecast(10, 16.0, Some(0.1)), t), Decision::Hold);
         // Anything else acting wins over the untrusted forecast's block.
         let mut s = scaler();
@@ -1480,7 +1476,7 @@ mod tests {
             },
             ..ScalingOptions::default()
         };
-        let mut s = Scaler::new(options, 2).unwrap();
+        let mut s = Scaler::new(options).unwrap();
         assert_eq!(s.decide(&pool(2, 0), t), scale(2, 1, LowUtilisation));
         assert_eq!(
             s.decide(&pool(1, 0), t + secs(500)),
@@ -1501,10 +1497,10 @@ mod tests {
         };
         let t = secs(1_000);
         // 3 running need ⌈3 / 0.8⌉ = 4, not 3.
-        let mut s = Scaler::new(options, 10).unwrap();
+        let mut s = Scaler::new(options).unwrap();
         assert_eq!(s.decide(&pool(10, 3), t), scale(10, 4, LowUtilisation));
         // Two slots an agent: 6 running need ⌈6 / (2 × 0.8)⌉ = 4.
-        let mut s = Scaler::new(options, 10).unwrap();
+        let mut s = Scaler::new(options).unwrap();
         let doubled = Signals {
             capacity: 20,
             busy: 6,
@@ -1517,13 +1513,13 @@ mod tests {
             high_utilisation: 0.35,
             ..options
         };
-        let mut s = Scaler::new(options, 4).unwrap();
+        let mut s = Scaler::new(options).unwrap();
         assert_eq!(s.decide(&pool(4, 1), t), scale(4, 3, LowUtilisation));
         let options = ScalingOptions {
             low_utilisation: 0.34,
             ..options
         };
-        let mut s = Scaler::new(options, 3).unwrap();
+        let mut s = Scaler::new(options).unwrap();
         assert_eq!(s.decide(&pool(3, 1), t), blocked(LowUtilisation, AtMin));
     }
 
@@ -1570,7 +1566,7 @@ mod tests {
             min: 0,
             ..ScalingOptions::default()
         };
-        let mut s = Scaler::new(options, 5).unwrap();
+        let mut s = Scaler::new(options).unwrap();
         let idle = |size| Signals {
             size,
             capacity: size,
@@ -1594,7 +1590,7 @@ mod tests {
         assert_eq!(s.decide(&idle(0), secs(502)), Decision::Hold);
 
         // A running attempt or a queued task is not idle, even without arrivals.
-        let mut s = Scaler::new(options, 5).unwrap();
+        let mut s = Scaler::new(options).unwrap();
         s.decide(&idle(5), secs(0));
         let running = Signals {
             arrivals_per_sec: 0.0,
@@ -1621,7 +1617,7 @@ mod tests {
             idle_after: secs(60),
             ..ScalingOptions::default()
         };
-        let mut s = Scaler::new(options, 5).unwrap();
+        let mut s = Scaler::new(options).unwrap();
         assert_eq!(s.decide(&pool(5, 5), secs(0)), scale(5, 8, HighUtilisation));
         assert_eq!(
             s.decide(&idle(8), secs(1)),
@@ -1758,11 +1754,10 @@ mod tests {
         fn steps_stay_in_bounds_factors_and_cooldowns(
             options in options(),
             start in 0u32..60,
-            baseline in 0u32..50,
             looks in prop::collection::vec(look(), 1..150),
         ) {
             prop_assert_eq!(options.validate(), Ok(()));
-            let mut s = Scaler::new(options, baseline).unwrap();
+            let mut s = Scaler::new(options).unwrap();
             let (mut now, mut size) = (Duration::ZERO, start);
             // Last step of any policy, of a policy other than emergency, and of emergency.
             let mut last_policy: Option<Duration> = None;

@@ -158,7 +158,7 @@ pub(crate) async fn start(
         let Some(scaling) = pool.scaling else {
             continue;
         };
-        let scaler = Scaler::new(scaling, pool.count)
+        let scaler = Scaler::new(scaling)
             .map_err(|e| crate::Error::Options(format!("pool {index}: {e}")))?;
         let forecaster =
             Forecaster::new(options.forecast).map_err(|e| crate::Error::Options(e.to_string()))?;

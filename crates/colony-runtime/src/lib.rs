@@ -332,7 +332,7 @@ impl RuntimeOptions {
                 });
             }
             if let Some(scaling) = p.scaling {
-                colony_core::scaling::Scaler::new(scaling, p.count)
+                colony_core::scaling::Scaler::new(scaling)
                     .map_err(|e| Error::Options(format!("pool {pool}: {e}")))?;
             }
         }
