@@ -334,7 +334,10 @@ impl Dispatcher {
                 continue;
             }
             for worker in self.tree.children(node) {
-                if !busy(&self.tree, worker) || self.tree.is_down(worker) {
+                // A retired worker is down but still runs what it had: its silence counts.
+                if !busy(&self.tree, worker)
+                    || (self.tree.is_down(worker) && !self.supervision.retired().contains(&worker))
+                {
                     continue;
                 }
                 if let Some(silence) = self.watch.check(&mut self.out, agents, worker) {
@@ -344,11 +347,19 @@ impl Dispatcher {
         }
         let at = Instant::now();
         for (worker, incarnation, silence) in silent {
-            if self.supervision.incarnation(worker) != incarnation || self.tree.is_down(worker) {
+            if self.supervision.incarnation(worker) != incarnation {
+                continue;
+            }
+            let cause = format!("no answer or heartbeat for {silence:.1?}").into();
+            if self.supervision.retired().contains(&worker) {
+                self.out.turn.health_failures += 1;
+                self.stop_retired(worker, cause, StopKind::Silent, at);
+                continue;
+            }
+            if self.tree.is_down(worker) {
                 continue;
             }
             self.out.turn.health_failures += 1;
-            let cause = format!("no answer or heartbeat for {silence:.1?}").into();
             self.supervise(worker, Exit::Hang, cause, StopKind::Silent, at);
         }
     }

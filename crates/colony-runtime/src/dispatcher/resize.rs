@@ -1,7 +1,9 @@
 //! Where a pool shrinks: workers are retired, and grown back into service.
 //!
 //! A retired worker stays in the tree, out of service for good: no task is routed to it, its
-//! supervisor never restarts it, and its running attempts finish where they are. Its backend
+//! supervisor never restarts it, and its running attempts finish where they are, still
+//! watched: the health sweep finds one silent, and a kill stops them, their tasks going back
+//! to be retried elsewhere (no supervisor hears of it, so no sibling restarts). Its backend
 //! is told ([`colony_agents::Agent::retired`]): a `process` agent's process is stopped once
 //! those attempts have ended. Growing the pool again first brings its retired workers back,
 //! then spawns new ones. The room a

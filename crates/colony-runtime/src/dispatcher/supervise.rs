@@ -412,11 +412,36 @@ impl Dispatcher {
     }
 
     /// Kills `agent` from outside, as a crash would.
+    /// A retired worker still running attempts has them stopped, as a crash would, but
+    /// nothing restarts it.
     pub(super) fn kill(&mut self, agent: AgentId, at: Instant) {
-        if !self.tree.contains(agent) || self.tree.is_down(agent) {
+        if !self.tree.contains(agent) {
+            return;
+        }
+        if self.supervision.retired.contains(&agent) {
+            if self.tree.load(agent).0 > 0 {
+                self.stop_retired(agent, "killed".into(), StopKind::Killed, at);
+            }
+            return;
+        }
+        if self.tree.is_down(agent) {
             return;
         }
         self.supervise(agent, Exit::Crash, "killed".into(), StopKind::Killed, at);
+    }
+
+    /// Stops what retired worker `worker` still runs (a hang found, or a kill): its
+    /// attempts end as faults and their tasks go back to be retried elsewhere. No supervisor
+    /// hears of it: a worker that is gone is not restarted, nor are its siblings.
+    pub(super) fn stop_retired(
+        &mut self,
+        worker: AgentId,
+        cause: Arc<str>,
+        kind: StopKind,
+        at: Instant,
+    ) {
+        self.stop(worker, &cause, kind, at);
+        self.stopped_event(worker, &cause, None);
     }
 }
 

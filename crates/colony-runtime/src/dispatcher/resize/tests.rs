@@ -238,3 +238,102 @@ async fn two_resizes_at_once_each_reach_the_size_they_asked_for() {
     assert_eq!(h.pools()[0].1, 5);
     runtime.shutdown().await;
 }
+
+/// An agent whose first attempt at each task never answers; later attempts succeed at once.
+struct HangsFirstTime;
+
+impl colony_agents::Agent for HangsFirstTime {
+    fn handle(&self, task: colony_agents::Task) -> colony_agents::Execution {
+        if task.attempt == 1 {
+            return colony_agents::Execution::Running(Box::pin(std::future::pending()));
+        }
+        colony_agents::Execution::Done(Ok(bytes::Bytes::from_static(b"done")))
+    }
+}
+
+fn hangs_first_time() -> std::sync::Arc<dyn colony_agents::Agent> {
+    std::sync::Arc::new(HangsFirstTime)
+}
+
+/// Retires the only worker of a one-worker pool while it runs a task that hangs; returns
+/// the worker and the task's completion.
+async fn retired_while_hanging(h: &crate::Handle) -> (AgentId, crate::handle::Pending) {
+    let spec = TaskSpec {
+        // Far off: only the health sweep or a kill can end the attempt.
+        timeout: Duration::from_secs(3_600),
+        ..TaskSpec::default()
+    };
+    let done = h.submit_notify(spec).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    assert_eq!(h.stats().running, 1);
+    assert_eq!(h.retire(0, 1).await.unwrap(), 1);
+    let worker = h
+        .observe(|live| {
+            live.tree
+                .agents_in_tier(live.tree.worker_tier())
+                .into_iter()
+                .find(|&w| live.is_retired(w))
+        })
+        .await
+        .unwrap()
+        .unwrap();
+    (worker, done)
+}
+
+/// Once the pool grows back, the task runs again and succeeds; the worker was never
+/// restarted by its supervisor in between.
+async fn the_task_runs_again_once_the_pool_grows(
+    h: &crate::Handle,
+    worker: AgentId,
+    done: crate::handle::Pending,
+) {
+    assert_eq!(h.stats().running, 0, "its attempt was stopped");
+    assert_eq!(h.stats().restarts, 0, "nothing restarts a retired worker");
+    let row = h.journal().task(done.id).unwrap().unwrap();
+    assert!(
+        !row.state.is_terminal(),
+        "the task waits for a worker: {row:?}"
+    );
+    let (retired, down) = h
+        .observe(move |live| (live.is_retired(worker), live.tree.is_down(worker)))
+        .await
+        .unwrap();
+    assert_eq!((retired, down), (true, true));
+    assert_eq!(h.reinstate(0, 1).await.unwrap(), 1);
+    let done = done.await.unwrap();
+    assert_eq!(done.state, TaskState::Succeeded);
+    assert_eq!(done.attempts, 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_retired_worker_that_hangs_is_found_and_its_task_runs_elsewhere() {
+    let pools = vec![crate::Pool::new(
+        colony_agents::AgentSpec::new("sim", "worker"),
+        1,
+        hangs_first_time(),
+    )];
+    let (runtime, _journal) = start(two_tiers(), pools).await;
+    let h = runtime.handle();
+    let (worker, done) = retired_while_hanging(h).await;
+    // The sweep finds it silent (failed-after 10 s, 1 s sweeps) as it would in service.
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    assert_eq!(h.stats().health_failures, 1);
+    the_task_runs_again_once_the_pool_grows(h, worker, done).await;
+    runtime.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn killing_a_retired_busy_worker_stops_its_attempts() {
+    let pools = vec![crate::Pool::new(
+        colony_agents::AgentSpec::new("sim", "worker"),
+        1,
+        hangs_first_time(),
+    )];
+    let (runtime, _journal) = start(two_tiers(), pools).await;
+    let h = runtime.handle();
+    let (worker, done) = retired_while_hanging(h).await;
+    h.kill(worker).unwrap();
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    the_task_runs_again_once_the_pool_grows(h, worker, done).await;
+    runtime.shutdown().await;
+}
