@@ -193,9 +193,11 @@ async fn run(handle: Handle, mut scaled: Vec<Scaled>, options: AutoscaleOptions)
     let metrics =
         crate::metrics::Scaling::register(&scaled.iter().map(|s| s.pool).collect::<Vec<_>>());
     loop {
-        tick.tick().await;
-        if handle.is_stopped() {
-            return;
+        // The runtime's stop ends the loop at once, not at the next look: it holds the
+        // runtime's shared state (the journal included) while it runs.
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = handle.halted() => return,
         }
         let now = tokio::time::Instant::now();
         let elapsed = now - last;

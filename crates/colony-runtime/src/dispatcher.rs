@@ -88,6 +88,7 @@ pub(crate) fn start(
         inbox,
         control,
         stopped: AtomicBool::new(false),
+        halted: Notify::new(),
         pool_agents: pools.iter().map(|_| AtomicU64::new(0)).collect(),
         pool_load: pools.iter().map(|_| PoolCounters::default()).collect(),
         scaled: SpecMask(
@@ -723,6 +724,7 @@ impl Drop for StopGuard {
         self.0.stopped.store(true, Relaxed);
         self.0.permits.close();
         self.0.drained.notify_waiters();
+        self.0.halted.notify_waiters();
     }
 }
 

@@ -619,6 +619,18 @@ impl Handle {
         self.shared.stopped.load(Relaxed)
     }
 
+    /// Resolves once the dispatcher's loop has ended: the runtime stopped, or failed.
+    pub(crate) async fn halted(&self) {
+        let notified = self.shared.halted.notified();
+        tokio::pin!(notified);
+        // Registered before the check: a stop between the two still wakes it.
+        notified.as_mut().enable();
+        if self.is_stopped() {
+            return;
+        }
+        notified.await;
+    }
+
     /// Publishes an event from outside the dispatcher (the autoscaler's), if anyone listens
     /// for its kind.
     pub(crate) fn publish(&self, kinds: Kinds, event: crate::events::Event) {

@@ -24,6 +24,8 @@ pub(crate) struct Shared {
     pub(crate) control: mpsc::UnboundedSender<Command>,
     /// Set when the dispatcher's loop has ended.
     pub(crate) stopped: AtomicBool,
+    /// Woken when the dispatcher's loop has ended (see [`crate::Handle::halted`]).
+    pub(crate) halted: Notify,
     /// Per pool, agents spawned: a task is admitted only if some pool that may run it has any.
     pub(crate) pool_agents: Vec<AtomicU64>,
     /// Pools an autoscaler sizes: they count as having agents even at zero, since tasks for

@@ -317,3 +317,35 @@ fn pid_of(done: &crate::Completion) -> u32 {
     let output = done.output.as_ref().expect("an output");
     std::str::from_utf8(output).unwrap().trim().parse().unwrap()
 }
+
+#[tokio::test(start_paused = true)]
+async fn the_autoscaler_lets_go_of_the_runtime_as_soon_as_it_stops() {
+    let options = RuntimeOptions {
+        tiers: Tiers::Named(vec!["supervisor".into(), "worker".into()]),
+        autoscale: AutoscaleOptions {
+            // A look an hour away: the stop must not wait for it.
+            every: Duration::from_secs(3_600),
+            horizon: Duration::from_secs(3_600),
+            ..AutoscaleOptions::default()
+        },
+        ..RuntimeOptions::default()
+    };
+    let journal = Arc::new(MemoryJournal::new());
+    let pool = slow_pool(2, 10, ScalingOptions::default());
+    let runtime = Runtime::start(options, vec![pool], journal.clone())
+        .await
+        .unwrap();
+    assert!(Arc::strong_count(&journal) > 1);
+    runtime.shutdown().await;
+    // The autoscaler's task ends within a few polls, in no virtual time.
+    let stopped = tokio::time::Instant::now();
+    for _ in 0..10 {
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(stopped.elapsed(), Duration::ZERO);
+    assert_eq!(
+        Arc::strong_count(&journal),
+        1,
+        "nothing holds the runtime's state after its stop"
+    );
+}
