@@ -522,6 +522,11 @@ impl LiveTree {
         self.nodes[agent.index()].own & VACANT != 0
     }
 
+    /// Tasks one supervisor queues beyond what its workers run.
+    pub fn queue_capacity(&self) -> u32 {
+        self.queue_capacity
+    }
+
     /// Tasks the tree holds at once with every agent in service.
     pub fn installed_capacity(&self) -> u64 {
         self.roots

@@ -102,6 +102,7 @@ pub(crate) fn start(
         next_id: Mutex::new(journal.next_task_id().0),
         journal,
         permits: Semaphore::new(0),
+        permit_debt: AtomicU64::new(0),
         specs: pools.iter().map(|p| p.spec.clone()).collect(),
         max_payload: options.max_payload,
         counters: Counters::default(),
@@ -381,7 +382,7 @@ impl Dispatcher {
                 let _ = ack.send(Ok(()));
             }
             Err(error) => {
-                self.shared.permits.add_permits(jobs.len());
+                self.shared.return_permits(jobs.len());
                 for job in &jobs {
                     self.attempts.cancel_asked(job.id);
                 }

@@ -230,15 +230,10 @@ impl Handle {
 
     /// Checks every spec and resolves which pools may run it: those whose spec satisfies the
     /// requirement and that have agents.
+    /// A task no pool can run is named before a batch too large for the room: with every
+    /// agent retired, there is no room, and the lack of agents is what to fix.
     fn admit(&self, specs: &[TaskSpec]) -> Result<Vec<SpecMask>, Error> {
-        let capacity = self.shared.counters.capacity.load(Relaxed) as usize;
-        if specs.len() > capacity {
-            return Err(Error::BatchTooLarge {
-                got: specs.len(),
-                max: capacity,
-            });
-        }
-        specs
+        let masks = specs
             .iter()
             .map(|spec| {
                 spec.validate(self.shared.max_payload)?;
@@ -252,7 +247,15 @@ impl Handle {
                 }
                 Ok(SpecMask(mask))
             })
-            .collect()
+            .collect::<Result<Vec<_>, Error>>()?;
+        let capacity = self.shared.counters.capacity.load(Relaxed) as usize;
+        if specs.len() > capacity {
+            return Err(Error::BatchTooLarge {
+                got: specs.len(),
+                max: capacity,
+            });
+        }
+        Ok(masks)
     }
 
     /// Journals the tasks under ids in order, then hands them to the dispatcher. The caller
@@ -333,7 +336,7 @@ impl Handle {
     /// journal again, since the refused ids were not used. (A submission in flight at the
     /// same moment may then be refused as out of order: faults cost a retry, never an id.)
     fn refused(&self, permits: usize, error: colony_journal::Error) -> Error {
-        self.shared.permits.add_permits(permits);
+        self.shared.return_permits(permits);
         let mut next = self
             .shared
             .next_id

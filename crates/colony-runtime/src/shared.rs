@@ -39,6 +39,9 @@ pub(crate) struct Shared {
     /// One permit per task the hierarchy can hold (queued or running); taken at submission,
     /// returned when the task ends.
     pub(crate) permits: Semaphore,
+    /// Permits withdrawn (a pool shrank) while taken by tasks: those tasks' permits are not
+    /// returned when they end, until the debt is paid.
+    pub(crate) permit_debt: AtomicU64,
     pub(crate) specs: Vec<AgentSpec>,
     pub(crate) max_payload: usize,
     /// The next task id, under the lock that keeps journal acceptance in id order.
@@ -77,17 +80,51 @@ impl Timings {
 }
 
 impl Shared {
-    /// The pools that may run a task with `requirement` and have agents now.
+    /// The pools that may run a task with `requirement` and have agents now; only when none
+    /// has, the autoscaled ones at zero that may run it (the task brings them back). A task
+    /// that pools with agents can run counts in no pool at zero's demand: an untargeted
+    /// stream served by a static pool must not wake an autoscaled one again and again.
     pub(crate) fn mask_for(&self, requirement: &colony_core::task::Requirement) -> SpecMask {
-        let staffed = self.staffed().0;
-        if requirement.is_any() {
-            return SpecMask(staffed);
+        let suitable = if requirement.is_any() {
+            u64::MAX
+        } else {
+            self.specs
+                .iter()
+                .enumerate()
+                .filter(|(_, s)| s.satisfies(requirement))
+                .fold(0u64, |m, (i, _)| m | 1 << i)
+        };
+        let ready = suitable & self.with_agents().0;
+        SpecMask(if ready != 0 {
+            ready
+        } else {
+            suitable & self.staffed().0
+        })
+    }
+
+    /// Returns `n` admission permits (tasks ended, or a submission refused; or room back),
+    /// paying a withdrawal's debt first.
+    pub(crate) fn return_permits(&self, n: usize) {
+        let mut n = n as u64;
+        let _ = self
+            .permit_debt
+            .fetch_update(Relaxed, Relaxed, |debt| {
+                let pay = debt.min(n);
+                (pay > 0).then_some(debt - pay)
+            })
+            .map(|debt| n -= debt.min(n));
+        if n > 0 {
+            self.permits.add_permits(n as usize);
         }
-        let suitable = self.specs.iter().enumerate();
-        let mask = suitable
-            .filter(|(_, s)| s.satisfies(requirement))
-            .fold(0u64, |m, (i, _)| m | 1 << i);
-        SpecMask(mask & staffed)
+    }
+
+    /// Takes `n` admission permits away (room that left the tree): those free now at once,
+    /// the rest as their tasks end.
+    pub(crate) fn withdraw_permits(&self, n: u64) {
+        let now = self.permits.forget_permits(n as usize) as u64;
+        if n > now {
+            self.permit_debt.fetch_add(n - now, Relaxed);
+        }
     }
 
     /// The pools that have agents now.

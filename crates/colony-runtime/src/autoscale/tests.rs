@@ -349,3 +349,70 @@ async fn the_autoscaler_lets_go_of_the_runtime_as_soon_as_it_stops() {
         "nothing holds the runtime's state after its stop"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn untargeted_tasks_that_a_staffed_pool_serves_do_not_wake_a_pool_at_zero() {
+    let scaling = ScalingOptions {
+        min: 0,
+        max: 3,
+        predictive: None,
+        idle_after: Duration::from_secs(5),
+        ..ScalingOptions::default()
+    };
+    let sim = |ms| {
+        Arc::new(
+            Sim::new(SimOptions {
+                latency: Latency::Fixed {
+                    value: Duration::from_millis(ms),
+                },
+                ..SimOptions::default()
+            })
+            .unwrap(),
+        )
+    };
+    let a = Pool::new(AgentSpec::new("sim", "a"), 0, sim(10)).scaled(scaling);
+    let b = Pool::new(AgentSpec::new("sim", "b"), 2, sim(10));
+    let options = RuntimeOptions {
+        tiers: Tiers::Named(vec!["supervisor".into(), "worker".into()]),
+        autoscale: AutoscaleOptions {
+            every: Duration::from_secs(1),
+            ..AutoscaleOptions::default()
+        },
+        ..RuntimeOptions::default()
+    };
+    let journal = Arc::new(MemoryJournal::new());
+    let runtime = Runtime::start(options, vec![a, b], journal.clone())
+        .await
+        .unwrap();
+    let h = runtime.handle().clone();
+    let mut events = h.subscribe(Kinds::SCALING);
+    // Thirty seconds of untargeted tasks, 20 a second, more than a moment's queue at times.
+    let mut pending = Vec::new();
+    for _ in 0..30 {
+        for _ in 0..20 {
+            pending.push(h.submit_notify(TaskSpec::default()).await.unwrap());
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    for p in pending {
+        let done = p.await.unwrap();
+        assert_eq!(done.state, TaskState::Succeeded);
+    }
+    assert_eq!(scaled(&mut events), vec![], "pool `a` stayed at zero");
+    assert_eq!(h.pools()[0].1, 0);
+    // A task only `a` runs wakes it.
+    let only_a = TaskSpec {
+        requirement: colony_core::task::Requirement {
+            role: Some("a".into()),
+            ..Default::default()
+        },
+        ..TaskSpec::default()
+    };
+    let done = tokio::time::timeout(Duration::from_secs(5), h.submit_wait(only_a))
+        .await
+        .expect("pool `a` came back for it")
+        .unwrap();
+    assert_eq!(done.state, TaskState::Succeeded);
+    assert_eq!(scaled(&mut events), vec![(0, 1, Reason::Activation)]);
+    runtime.shutdown().await;
+}

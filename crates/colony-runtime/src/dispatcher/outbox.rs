@@ -344,7 +344,7 @@ impl Release {
         c.failed.fetch_add(self.failed, Relaxed);
         c.dead_lettered.fetch_add(self.dead_lettered, Relaxed);
         c.cancelled.fetch_add(self.cancelled, Relaxed);
-        self.shared.permits.add_permits(self.permits as usize);
+        self.shared.return_permits(self.permits as usize);
         self.shared.drained.notify_waiters();
     }
 }

@@ -6,12 +6,18 @@
 //! to be retried elsewhere (no supervisor hears of it, so no sibling restarts). Its backend
 //! is told ([`colony_agents::Agent::retired`]): a `process` agent's process is stopped once
 //! those attempts have ended. Growing the pool again first brings its retired workers back,
-//! then spawns new ones. The room a
-//! retired worker had stays counted in admission, as the room of an agent down for a restart
-//! does: tasks admitted beyond what the smaller pool holds wait in the backlog.
+//! then spawns new ones.
+//!
+//! Admission follows the pool's size ([`Dispatcher::admit_room`]): a retired worker's room
+//! (its concurrency, and its supervisor's queue once every worker there is retired) leaves
+//! admission, so a pool shrunk by hand pushes back on submitters as a smaller pool would.
+//! An autoscaled pool keeps the room of its retired workers (at most its `max`'s): tasks
+//! admitted beyond what it runs now are the demand that grows it back, and a pool at zero
+//! must accept the tasks that wake it. The room of an agent down for a restart stays too:
+//! it comes back, and its tasks wait for it.
 
 use super::{Dispatcher, command::Resized};
-use colony_core::AgentId;
+use colony_core::{AgentId, tree::SpecMask};
 use std::sync::atomic::Ordering::Relaxed;
 
 impl Dispatcher {
@@ -76,7 +82,48 @@ impl Dispatcher {
         supervisors.sort_unstable();
         supervisors.dedup();
         self.rehome(supervisors);
+        self.admit_room();
         n
+    }
+
+    /// Brings the admission permits to the room the tree holds now: what its agents hold
+    /// in service or due back from a restart, less what retired workers of pools without
+    /// an autoscaler held. Room that left is withdrawn from the free permits at once, and
+    /// from the permits of tasks in flight as they end.
+    pub(super) fn admit_room(&mut self) {
+        let worker_tier = self.tree.worker_tier();
+        let retired = self.supervision.retired();
+        let gone = |w: AgentId| {
+            retired.contains(&w)
+                && !self
+                    .shared
+                    .scaled
+                    .intersects(SpecMask::of(self.tree.spec(w)))
+        };
+        let mut room = 0u64;
+        let mut supervisors = Vec::new();
+        for &w in retired {
+            if gone(w) {
+                room += u64::from(self.attempts.pool(self.tree.spec(w)).concurrency);
+                supervisors.extend(self.tree.parent(w));
+            }
+        }
+        supervisors.sort_unstable();
+        supervisors.dedup();
+        for s in supervisors {
+            if self.tree.tier(s) + 1 == worker_tier && self.tree.children(s).all(gone) {
+                room += u64::from(self.tree.queue_capacity());
+            }
+        }
+        let capacity = self.tree.installed_capacity().saturating_sub(room);
+        if capacity > self.capacity {
+            self.shared
+                .return_permits((capacity - self.capacity) as usize);
+        } else if capacity < self.capacity {
+            self.shared.withdraw_permits(self.capacity - capacity);
+        }
+        self.capacity = capacity;
+        self.shared.counters.capacity.store(capacity, Relaxed);
     }
 
     /// Brings up to `count` retired workers of pool `pool` back into service, the oldest
@@ -105,6 +152,7 @@ impl Dispatcher {
         }
         let n = back.len() as u32;
         self.shared.pool_agents[pool as usize].fetch_add(u64::from(n), Relaxed);
+        self.admit_room();
         n
     }
 

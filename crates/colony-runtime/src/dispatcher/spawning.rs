@@ -27,15 +27,9 @@ impl Dispatcher {
         self.freed.extend(&workers);
         // Tasks that had no pool with agents may have one now.
         self.place.adopt_orphans(&self.shared);
-        // Room of agents out of service counts: they come back, and their tasks wait.
-        let capacity = self.tree.installed_capacity();
-        self.shared
-            .permits
-            .add_permits((capacity - self.capacity) as usize);
-        self.capacity = capacity;
+        self.admit_room();
         // Published now, not at the end of the turn: the spawner hears back before then.
         self.shared.counters.agents.store(after as u64, Relaxed);
-        self.shared.counters.capacity.store(capacity, Relaxed);
         self.out.metrics.spawned.increment((after - before) as u64);
         self.out.metrics.spawn_duration.record(started.elapsed());
         for (name, size) in self.tree.tier_names().iter().zip(self.tree.tier_sizes()) {

@@ -337,3 +337,45 @@ async fn killing_a_retired_busy_worker_stops_its_attempts() {
     the_task_runs_again_once_the_pool_grows(h, worker, done).await;
     runtime.shutdown().await;
 }
+
+/// Tasks admitted one by one until admission says the runtime is full.
+async fn admitted_until_full(h: &crate::Handle) -> usize {
+    let mut n = 0;
+    loop {
+        match h.try_submit(TaskSpec::default()).await {
+            Ok(_) => n += 1,
+            Err(crate::Error::Full { .. }) => return n,
+            Err(e) => panic!("{e}"),
+        }
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_pool_shrunk_by_hand_gives_its_admission_room_back_and_grows_it_again() {
+    let options = crate::RuntimeOptions {
+        queue_capacity: 8,
+        ..two_tiers()
+    };
+    let (runtime, journal) = start(options, vec![pool(4, sim(slow(1_000)))]).await;
+    let h = runtime.handle();
+    // Four workers running one task each, and the supervisor's queue of eight.
+    assert_eq!(admitted_until_full(h).await, 12);
+    // Three busy workers retire with every permit taken: the room leaves as tasks end.
+    assert_eq!(h.retire(0, 3).await.unwrap(), 3);
+    h.drain().await.unwrap();
+    assert_eq!(admitted_until_full(h).await, 9, "one worker and the queue");
+    h.drain().await.unwrap();
+    // Every worker of the supervisor retired: its queue's room leaves too.
+    assert_eq!(h.retire(0, 1).await.unwrap(), 1);
+    let refused = h.try_submit(TaskSpec::default()).await;
+    assert!(
+        matches!(refused, Err(crate::Error::NoAgentFor { .. })),
+        "{refused:?}"
+    );
+    assert_eq!(h.reinstate(0, 4).await.unwrap(), 4);
+    assert_eq!(admitted_until_full(h).await, 12, "all the room is back");
+    h.drain().await.unwrap();
+    let counts = journal.counts().unwrap();
+    assert_eq!(counts.succeeded, 12 + 9 + 12, "every admitted task ran");
+    runtime.shutdown().await;
+}
