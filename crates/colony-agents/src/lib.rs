@@ -120,6 +120,12 @@ pub trait Agent: Send + Sync + 'static {
 
     /// `agent`, retired earlier, is back in its pool.
     fn reinstated(&self, _agent: colony_core::AgentId) {}
+
+    /// The runtime predicts that `agent` is failing: its response times rose over its
+    /// baseline by the alert margin (`health:alert`). A backend that keeps something per
+    /// agent may replace it before it fails (the `process` backend starts a new process and
+    /// moves the agent onto it). Called on the dispatcher's thread: it must not block.
+    fn alerted(&self, _agent: colony_core::AgentId) {}
 }
 
 /// An agent from a function that finishes at once.

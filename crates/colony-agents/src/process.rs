@@ -74,6 +74,10 @@ pub struct ProcessOptions {
     /// not wait for a cold start: the pool fills once it has handled a task, and refills as
     /// agents claim them.
     pub warm: u32,
+    /// On a predictive health alert (the agent's response times rose over its baseline),
+    /// start a new process and move the agent onto it; the old one stops once its attempts
+    /// have ended.
+    pub replace_on_alert: bool,
 }
 
 impl ProcessOptions {
@@ -88,6 +92,7 @@ impl ProcessOptions {
             idle_timeout: None,
             stop_grace: Duration::from_secs(5),
             warm: 0,
+            replace_on_alert: true,
         }
     }
 }
@@ -167,6 +172,10 @@ pub struct Process {
     /// Whether the task that stops idle processes runs.
     sweeping: Arc<std::sync::atomic::AtomicBool>,
     spare: Arc<Spare>,
+    /// Agents whose replacement process is starting after an alert.
+    replacing: Retired,
+    /// Processes replaced after an alert, for tests and reports.
+    replaced: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// Started processes no agent has claimed yet, and how many more are being started.
@@ -242,7 +251,14 @@ impl Process {
             epoch: std::time::Instant::now(),
             sweeping: Arc::default(),
             spare: Arc::default(),
+            replacing: Arc::default(),
+            replaced: Arc::default(),
         }
+    }
+
+    /// Processes replaced after a predictive alert so far.
+    pub fn replaced(&self) -> u64 {
+        self.replaced.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Warm processes ready to be claimed now.
@@ -347,6 +363,93 @@ impl Agent for Process {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(&agent);
+    }
+
+    /// Starts a new process for `agent` (a warm one if ready) and moves the agent onto it;
+    /// the old process serves the attempts it holds and then stops. Nothing happens if the
+    /// agent has no live process, or a replacement is already starting.
+    fn alerted(&self, agent: AgentId) {
+        use std::sync::atomic::Ordering::Relaxed;
+        if !self.options.replace_on_alert {
+            return;
+        }
+        let old = {
+            let conns = self.conns.lock().unwrap_or_else(|p| p.into_inner());
+            match conns.get(&agent).and_then(|c| c.get()) {
+                Some(conn) if !conn.dead.load(Relaxed) => conn.clone(),
+                _ => return,
+            }
+        };
+        if !self
+            .replacing
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(agent)
+        {
+            return;
+        }
+        let (options, conns, retired, epoch) = (
+            self.options.clone(),
+            self.conns.clone(),
+            self.retired.clone(),
+            self.epoch,
+        );
+        let (spare, replacing, replaced) = (
+            self.spare.clone(),
+            self.replacing.clone(),
+            self.replaced.clone(),
+        );
+        Spawner::spawn("process-replace", async move {
+            let warm = spare.take();
+            if options.warm > 0 {
+                spare.refill(&options, epoch);
+            }
+            let fresh = match warm {
+                Some(conn) => Ok(conn),
+                None => start(&options, epoch).await,
+            };
+            match fresh {
+                Ok(fresh) => {
+                    // Moved only if the agent still runs on the process that alerted: not
+                    // retired, hibernated or replaced after a death meanwhile.
+                    let moved = {
+                        let mut map = conns.lock().unwrap_or_else(|p| p.into_inner());
+                        let current = map
+                            .get(&agent)
+                            .and_then(|c| c.get())
+                            .is_some_and(|c| Arc::ptr_eq(c, &old));
+                        let gone = retired
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .contains(&agent);
+                        if current && !gone {
+                            fresh.touch(epoch);
+                            map.insert(
+                                agent,
+                                Arc::new(tokio::sync::OnceCell::new_with(Some(fresh.clone()))),
+                            );
+                            true
+                        } else {
+                            false
+                        }
+                    };
+                    if moved {
+                        replaced.fetch_add(1, Relaxed);
+                        tracing::info!(%agent, program = %options.program, "Replaced a process after its health alert.");
+                        stop(old, options.stop_grace).await;
+                    } else {
+                        stop(fresh, options.stop_grace).await;
+                    }
+                }
+                Err(error) => {
+                    tracing::warn!(%agent, program = %options.program, %error, "A replacement process did not start.");
+                }
+            }
+            replacing
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&agent);
+        });
     }
 }
 
@@ -963,6 +1066,50 @@ for line in sys.stdin:
         let again = pid(&run(&p, 0, "{}").await.unwrap());
         assert_eq!(p.live(), 1);
         assert_eq!(pid(&run(&p, 0, "{}").await.unwrap()), again);
+    }
+
+    #[tokio::test]
+    async fn an_alert_moves_the_agent_onto_a_new_process_and_the_old_one_stops_after_its_attempt() {
+        let p = agent();
+        let old = pid(&run(&p, 0, "{}").await.unwrap());
+        // An attempt under way when the alert comes finishes on the old process.
+        let slow = run(&p, 0, r#"{"sleep": 0.5}"#);
+        let alert = async {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            p.alerted(AgentId(0));
+            // Alerts while the replacement starts change nothing more.
+            p.alerted(AgentId(0));
+        };
+        let (out, ()) = tokio::join!(slow, alert);
+        assert_eq!(pid_of(&out), old, "the attempt ended where it ran");
+        let until = tokio::time::Instant::now() + Duration::from_secs(10);
+        while p.replaced() == 0 && tokio::time::Instant::now() < until {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(p.replaced(), 1);
+        let new = pid(&run(&p, 0, "{}").await.unwrap());
+        assert_ne!(new, old, "the agent runs on its replacement");
+        assert!(
+            gone(old, Duration::from_secs(5)).await,
+            "the old process stopped"
+        );
+        assert_eq!(p.live(), 1);
+        // An agent without a process has nothing to replace.
+        p.alerted(AgentId(7));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!((p.replaced(), p.live()), (1, 1));
+    }
+
+    #[tokio::test]
+    async fn with_replace_on_alert_off_an_alert_changes_nothing() {
+        let mut o = options();
+        o.replace_on_alert = false;
+        let p = Process::new(o);
+        let before = pid(&run(&p, 0, "{}").await.unwrap());
+        p.alerted(AgentId(0));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(pid(&run(&p, 0, "{}").await.unwrap()), before);
+        assert_eq!(p.replaced(), 0);
     }
 
     #[tokio::test]

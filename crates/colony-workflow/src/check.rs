@@ -205,6 +205,9 @@ pub(crate) fn check(
                         if let Some(grace) = stop_grace {
                             o.stop_grace = grace;
                         }
+                        if let Some(replace) = settings.replace_on_alert {
+                            o.replace_on_alert = replace;
+                        }
                         Backend::Process(Box::new(o))
                     })
                 }

@@ -287,6 +287,9 @@ pub struct ProcessSettings {
     /// Between SIGTERM and SIGKILL when a process is stopped.
     #[serde(default)]
     pub stop_grace: Option<Spanned<String>>,
+    /// Whether a predictive health alert replaces the agent's process. Default true.
+    #[serde(default)]
+    pub replace_on_alert: Option<bool>,
 }
 
 fn one() -> Spanned<u32> {

@@ -251,7 +251,7 @@ fn only_workflow_runs_name_command_tasks_from_their_payload() {
 
 #[test]
 fn a_process_pools_warm_idle_and_grace_settings_are_read_and_checked() {
-    let yaml = "name: w\nagents:\n  - name: p\n    kind: process\n    process: {program: sh, warm: 3, idle-timeout: 5m, stop-grace: 2s}\ntasks:\n  - id: t\n";
+    let yaml = "name: w\nagents:\n  - name: p\n    kind: process\n    process: {program: sh, warm: 3, idle-timeout: 5m, stop-grace: 2s, replace-on-alert: false}\ntasks:\n  - id: t\n";
     let workflow = parse(yaml, "w.yaml", Path::new(".")).unwrap();
     let colony_workflow::Backend::Process(o) = &workflow.pools[0].backend else {
         panic!("a process pool")
@@ -259,6 +259,7 @@ fn a_process_pools_warm_idle_and_grace_settings_are_read_and_checked() {
     assert_eq!(o.warm, 3);
     assert_eq!(o.idle_timeout, Some(std::time::Duration::from_secs(300)));
     assert_eq!(o.stop_grace, std::time::Duration::from_secs(2));
+    assert!(!o.replace_on_alert);
     let bad = "name: w\nagents:\n  - name: p\n    kind: process\n    process: {program: sh, warm: 5000, idle-timeout: 0s, stop-grace: soon}\ntasks:\n  - id: t\n";
     let problems = problems(bad);
     has(&problems, "w.yaml:5:", &["warm 5000", "0..=1000"]);

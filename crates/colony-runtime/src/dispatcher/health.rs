@@ -52,6 +52,8 @@ pub(super) enum Act {
     Breaker(AgentId, Transition),
     /// A degraded worker is passed over (`true`) or no longer (`false`).
     Reduced(AgentId, bool),
+    /// A worker's predictive alert fired: its backend hears of it.
+    Alerted(AgentId),
 }
 
 impl Watch {
@@ -243,6 +245,7 @@ impl Watch {
                 }
                 Change::Alert { average, baseline } => {
                     out.turn.alerts += 1;
+                    self.acts.push(Act::Alerted(agent));
                     out.event(Kinds::HEALTH, || Event::HealthAlert {
                         agent,
                         average,
@@ -310,6 +313,14 @@ impl Dispatcher {
                 }
                 Act::Reduced(w, reduced) => {
                     self.tree.set_reduced(w, reduced);
+                }
+                Act::Alerted(w) => {
+                    if self.tree.tier(w) == self.tree.worker_tier()
+                        && !self.supervision.retired().contains(&w)
+                    {
+                        let pool = self.tree.spec(w);
+                        self.attempts.pool(pool).agent.alerted(w);
+                    }
                 }
             }
         }

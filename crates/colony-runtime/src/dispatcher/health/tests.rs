@@ -109,14 +109,24 @@ impl Agent for Adjustable {
     }
 }
 
+/// [`Adjustable`], and keeps the agents the runtime said were alerted.
+struct Alerted(Adjustable, std::sync::Mutex<Vec<colony_core::AgentId>>);
+
+impl Agent for Alerted {
+    fn handle(&self, task: Task) -> Execution {
+        self.0.handle(task)
+    }
+
+    fn alerted(&self, agent: colony_core::AgentId) {
+        self.1.lock().unwrap().push(agent);
+    }
+}
+
 #[tokio::test(start_paused = true)]
-async fn rising_response_times_raise_one_predictive_alert() {
+async fn rising_response_times_raise_one_predictive_alert_and_tell_the_backend() {
     let latency = Arc::new(AtomicU64::new(10));
-    let agent = Pool::new(
-        AgentSpec::new("sim", "worker"),
-        1,
-        Arc::new(Adjustable(latency.clone())),
-    );
+    let backend = Arc::new(Alerted(Adjustable(latency.clone()), Default::default()));
+    let agent = Pool::new(AgentSpec::new("sim", "worker"), 1, backend.clone());
     let (runtime, _) = start(two_tiers(), vec![agent]).await;
     let h = runtime.handle();
     let mut events = h.subscribe(Kinds::HEALTH);
@@ -136,6 +146,14 @@ async fn rising_response_times_raise_one_predictive_alert() {
                 if *average >= baseline.mul_f64(1.5)
         ),
         "one alert when the average rises 50 % over the baseline: {alerts:?}"
+    );
+    let Event::HealthAlert { agent, .. } = alerts[0] else {
+        unreachable!()
+    };
+    assert_eq!(
+        *backend.1.lock().unwrap(),
+        vec![agent],
+        "the backend heard, once"
     );
     runtime.shutdown().await;
 }
