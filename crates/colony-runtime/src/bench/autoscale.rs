@@ -404,6 +404,249 @@ async fn run(trace: &Trace, mode: Mode, bursts: &[Duration]) -> Result<ModeRepor
     })
 }
 
+/// A protocol-speaking agent that answers each task after its first argument's milliseconds.
+const SLEEPER: &str = r#"
+import json, sys, time
+delay = float(sys.argv[1]) / 1000
+print(json.dumps({"type": "hello", "protocol": 1}), flush=True)
+for line in sys.stdin:
+    m = json.loads(line)
+    time.sleep(delay)
+    print(json.dumps({"type": "result", "id": m["id"], "output": {}}), flush=True)
+"#;
+
+/// Longest trace on real processes, in (real) minutes.
+pub const MAX_PROCESS_MINUTES: f64 = 30.0;
+/// Largest pool of real processes.
+pub const MAX_PROCESS_AGENTS: u32 = 500;
+/// Between SIGTERM and SIGKILL for the run's processes.
+const PROCESS_GRACE: Duration = Duration::from_secs(2);
+/// A scaled pool with no work goes to its minimum after this long.
+const PROCESS_IDLE_AFTER: Duration = Duration::from_secs(10);
+
+/// What `colony bench autoscale --process` measured: the trace, reactively scaled, on real
+/// `process` agents (one Python process per agent), in real time.
+#[derive(Clone, Debug, Serialize)]
+pub struct ProcessReport {
+    pub minutes: f64,
+    pub tasks: u64,
+    pub succeeded: u64,
+    /// From the scheduled arrival until the task started (its service time taken off).
+    pub wait: Percentiles,
+    pub peak_agents: u64,
+    pub scale_ups: u64,
+    pub scale_downs: u64,
+    /// Most agent processes alive at one sample (once a second).
+    pub peak_processes: u64,
+    /// Most processes alive beyond the pool's size at one sample: retired agents' processes
+    /// finishing their attempts, or in their stop grace.
+    pub most_surplus: u64,
+    /// After the trace and an idle spell: the pool's size, its agents' processes, and the
+    /// child processes of colony still alive (read from /proc; absent without it).
+    pub final_agents: u64,
+    pub final_processes: u64,
+    pub children_left: Option<u64>,
+    pub seconds: f64,
+    /// Every task succeeded, the pool shrank, and after it no process outlived its agent.
+    #[serde(flatten)]
+    pub verdict: Verdict,
+}
+
+/// Runs `trace` in real time on a reactively scaled pool of `process` agents (python3 must
+/// be on the PATH), then lets the pool idle down to its minimum and counts what is left.
+/// Cooldowns are shortened to fit minutes (reactive 5 s, cost 10 s, emergency 2 s; idle
+/// after 10 s). Must be called from a multi-threaded tokio runtime.
+pub async fn on_processes(trace: &Trace) -> Result<ProcessReport, Error> {
+    trace.validate()?;
+    if trace.minutes > MAX_PROCESS_MINUTES {
+        return Err(Error::Options(format!(
+            "{} minutes is out of range on processes, which run in real time: allowed 1..={MAX_PROCESS_MINUTES}",
+            trace.minutes
+        )));
+    }
+    if trace.max_agents > MAX_PROCESS_AGENTS {
+        return Err(Error::Options(format!(
+            "{} agents is out of range on processes: allowed 1..={MAX_PROCESS_AGENTS}",
+            trace.max_agents
+        )));
+    }
+    let started = std::time::Instant::now();
+    let mut o = colony_agents::process::ProcessOptions::new("python3");
+    o.args = vec![
+        "-c".into(),
+        SLEEPER.into(),
+        trace.task.as_millis().to_string(),
+    ];
+    o.stop_grace = PROCESS_GRACE;
+    let backend = Arc::new(colony_agents::process::Process::new(o));
+    let quick = |policy: Policy, secs| Policy {
+        cooldown: Duration::from_secs(secs),
+        ..policy
+    };
+    let scaling = ScalingOptions {
+        min: 1,
+        max: trace.max_agents,
+        predictive: None,
+        reactive: quick(Policy::REACTIVE, 5),
+        cost: quick(Policy::COST, 10),
+        emergency: quick(Policy::EMERGENCY, 2),
+        idle_after: PROCESS_IDLE_AFTER,
+        ..ScalingOptions::default()
+    };
+    let base_need = (trace.base_rate * trace.task.as_secs_f64() / 0.8).ceil() as u32;
+    let pool = Pool::new(
+        AgentSpec::new("process", "worker"),
+        base_need.clamp(1, trace.max_agents),
+        backend.clone(),
+    )
+    .scaled(scaling);
+    let options = RuntimeOptions {
+        tiers: Tiers::Named(vec!["supervisor".into(), "worker".into()]),
+        queue_capacity: 100_000,
+        autoscale: AutoscaleOptions {
+            every: trace.every,
+            horizon: Duration::from_secs(300).max(trace.every),
+            ..AutoscaleOptions::default()
+        },
+        ..RuntimeOptions::default()
+    };
+    let runtime = Runtime::start(
+        options,
+        vec![pool],
+        Arc::new(MemoryJournal::forgetting_finished()),
+    )
+    .await?;
+    let h = runtime.handle().clone();
+    let mut events = h.subscribe(Kinds::SCALING);
+    let length = Duration::from_secs_f64(trace.minutes * 60.0);
+    let bursts: Vec<Duration> = Vec::new();
+    let start = Instant::now();
+    let (mut tasks, mut succeeded, mut waits) = (0u64, 0u64, Vec::new());
+    let (mut peak_agents, mut peak_processes, mut most_surplus) = (0u64, 0u64, 0u64);
+    let mut pending = FuturesUnordered::new();
+    let mut record = |scheduled: Instant, completion: Result<crate::Completion, Error>| {
+        if let Ok(c) = completion
+            && c.state == TaskState::Succeeded
+        {
+            succeeded += 1;
+            waits.push(scheduled.elapsed().saturating_sub(trace.task));
+        }
+    };
+    let (mut at, mut carry, mut ticks) = (Duration::ZERO, 0.0, 0u64);
+    while at < length {
+        tokio::select! {
+            biased;
+            Some((scheduled, done)) = pending.next(), if !pending.is_empty() => {
+                record(scheduled, done);
+                continue;
+            }
+            () = tokio::time::sleep_until(start + at) => {}
+        }
+        carry += trace.rate(at, &bursts) * TICK.as_secs_f64();
+        let n = carry.floor();
+        carry -= n;
+        let scheduled = start + at;
+        for _ in 0..n as u64 {
+            let task = h.submit_notify(TaskSpec::default()).await?;
+            tasks += 1;
+            pending.push(async move { (scheduled, task.await) });
+        }
+        ticks += 1;
+        if ticks.is_multiple_of(10) {
+            let (agents, live) = (h.pools()[0].1, backend.live() as u64);
+            peak_agents = peak_agents.max(agents);
+            peak_processes = peak_processes.max(live);
+            most_surplus = most_surplus.max(live.saturating_sub(agents));
+        }
+        at += TICK;
+    }
+    while let Some((scheduled, done)) = pending.next().await {
+        record(scheduled, done);
+    }
+    // Idle: the pool goes to its minimum, and its retired agents' processes stop.
+    let until = Instant::now() + PROCESS_IDLE_AFTER + trace.every * 4 + PROCESS_GRACE * 2;
+    loop {
+        let settled =
+            h.pools()[0].1 == 1 && backend.live() == 1 && children().is_none_or(|n| n == 1);
+        if settled || Instant::now() >= until {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (final_agents, final_processes) = (h.pools()[0].1, backend.live() as u64);
+    let children_left = children();
+    let (mut scale_ups, mut scale_downs) = (0, 0);
+    while let Some(event) = events.try_recv() {
+        if let crate::events::Event::PoolScaled { from, to, .. } = event {
+            if to > from {
+                scale_ups += 1;
+            } else {
+                scale_downs += 1;
+            }
+        }
+    }
+    runtime.shutdown().await;
+    let mut verdict = Verdict::new();
+    verdict.check(succeeded == tasks, || {
+        format!("{succeeded} of {tasks} tasks succeeded")
+    });
+    verdict.check(scale_downs > 0, || {
+        "the pool never shrank: the run shows nothing about stopped processes".into()
+    });
+    verdict.check(final_processes == final_agents, || {
+        format!("{final_processes} processes outlived the trace for {final_agents} agents")
+    });
+    if let Some(left) = children_left {
+        verdict.check(left == final_agents, || {
+            format!("{left} child processes are alive for {final_agents} agents")
+        });
+    }
+    Ok(ProcessReport {
+        minutes: trace.minutes,
+        tasks,
+        succeeded,
+        wait: Percentiles::of(waits),
+        peak_agents,
+        scale_ups,
+        scale_downs,
+        peak_processes,
+        most_surplus,
+        final_agents,
+        final_processes,
+        children_left,
+        seconds: started.elapsed().as_secs_f64(),
+        verdict,
+    })
+}
+
+/// This process's children alive now (zombies not counted), from /proc; `None` without it.
+fn children() -> Option<u64> {
+    let me = std::process::id();
+    let mut n = 0;
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        // After the command's closing parenthesis: the state, then the parent's pid.
+        let Some((_, rest)) = stat.rsplit_once(") ") else {
+            continue;
+        };
+        let mut fields = rest.split(' ');
+        let (state, parent) = (fields.next(), fields.next());
+        if state != Some("Z") && parent.and_then(|p| p.parse::<u32>().ok()) == Some(me) {
+            n += 1;
+        }
+    }
+    Some(n)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -160,6 +160,10 @@ pub(crate) struct AutoscaleArgs {
     /// Seed of the bursts' times.
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// Run the trace once, reactively scaled, on real `process` agents (one python3 process
+    /// each) in real time, then idle down and count the processes left. Minutes are real.
+    #[arg(long)]
+    process: bool,
     /// Print the report as JSON, verdict included.
     #[arg(long)]
     json: bool,
@@ -982,6 +986,9 @@ fn autoscale(args: &AutoscaleArgs) -> Result<(), Failure> {
     trace
         .validate()
         .map_err(|e| Failure::input(anyhow::anyhow!(e)))?;
+    if args.process {
+        return autoscale_on_processes(&trace, args.json);
+    }
     let report = bench::autoscale::autoscale(&trace).map_err(failure)?;
     if args.json {
         print_json(&report)?;
@@ -1020,6 +1027,51 @@ fn autoscale(args: &AutoscaleArgs) -> Result<(), Failure> {
         "predictive against reactive: p95 wait {:.0} % less, agent-seconds {:+.0} %",
         report.predictive_wait_cut * 100.0,
         report.predictive_extra_agent_seconds * 100.0
+    );
+    print_ok(&report.verdict);
+    judge("autoscale", &report.verdict)
+}
+
+/// `colony bench autoscale --process`.
+fn autoscale_on_processes(trace: &bench::autoscale::Trace, json: bool) -> Result<(), Failure> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(Failure::work)?;
+    let report = runtime
+        .block_on(bench::autoscale::on_processes(trace))
+        .map_err(|e| match e {
+            colony_runtime::Error::Options(_) => Failure::input(e),
+            e => failure(e),
+        })?;
+    if json {
+        print_json(&report)?;
+        return judge("autoscale", &report.verdict);
+    }
+    let secs = |us: f64| format!("{:.2} s", us / 1e6);
+    println!(
+        "{} tasks, {} succeeded; wait p50 {}, p95 {}, p99 {}",
+        thousands(report.tasks),
+        thousands(report.succeeded),
+        secs(report.wait.p50_us),
+        secs(report.wait.p95_us),
+        secs(report.wait.p99_us)
+    );
+    println!(
+        "agents: peak {}, {} steps up, {} down; processes: peak {}, at most {} beyond the pool's size",
+        report.peak_agents,
+        report.scale_ups,
+        report.scale_downs,
+        report.peak_processes,
+        report.most_surplus
+    );
+    println!(
+        "after idling: {} agents, {} processes, {} child processes of colony",
+        report.final_agents,
+        report.final_processes,
+        report
+            .children_left
+            .map_or("(no /proc)".into(), |n| n.to_string())
     );
     print_ok(&report.verdict);
     judge("autoscale", &report.verdict)
