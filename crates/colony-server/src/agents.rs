@@ -492,6 +492,15 @@ pub(crate) async fn resize(
         Err(e) => return refused(e),
     };
     let (agents, retired) = (resized.agents, resized.retired);
+    if agents != have {
+        app.history.mark(
+            index,
+            crate::history::Change::Manual {
+                from: have,
+                to: agents,
+            },
+        );
+    }
     let added = resized.reinstated + resized.spawned;
     Json(json!({ "pool": index, "agents": agents, "added": added, "retired": retired }))
         .into_response()

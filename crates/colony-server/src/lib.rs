@@ -17,6 +17,9 @@
 //! - `GET /v1/agents/{id}` [read]: one agent, its chain of command and its children.
 //! - `POST /v1/agents/{id}/kill` [admin]: as a crash would; its supervisor restarts it.
 //! - `GET /v1/pools` [read]; `PUT /v1/pools/{name}` [admin]: shrink or grow a pool.
+//! - `GET /v1/pools/history?since=` [read]: each pool's size, desired size, backlog and busy
+//!   agents once a second over the last 15 minutes, and the scaling decisions among them
+//!   (see [`history`]).
 //! - `POST /v1/runs` [admin]: run a workflow file (see [`runs`]); `GET /v1/runs`,
 //!   `GET /v1/runs/{id}` [read]; `POST /v1/runs/{id}/cancel` [submit].
 //! - `GET /v1/stats` [read]: the runtime's counters.
@@ -35,6 +38,7 @@ mod agents;
 pub mod auth;
 pub mod conn;
 pub mod dashboard;
+mod history;
 mod live;
 pub mod runs;
 mod tasks;
@@ -154,6 +158,9 @@ pub(crate) struct App {
     /// The permit goes with the work, not the request, so a client that hangs up cannot
     /// leave more running.
     pub(crate) reads: Arc<tokio::sync::Semaphore>,
+    /// The pools' recent sizes and the decisions on them, sampled by the server's
+    /// [`history::Sampler`].
+    pub(crate) history: Arc<history::History>,
 }
 
 /// Journal reads on the blocking pool at once (see [`App::reads`]).
@@ -247,7 +254,9 @@ pub async fn serve(handle: Handle, config: Config) -> Result<Server, Error> {
         streams: Arc::new(tokio::sync::Semaphore::new(config.max_streams)),
         max_streams: config.max_streams,
         reads: Arc::new(tokio::sync::Semaphore::new(READS)),
+        history: Arc::default(),
     });
+    let sampler = history::Sampler::start(app.handle.clone(), app.history.clone());
     let router = router(app);
     let bind = |source| Error::Bind { addr, source };
     let listener = tokio::net::TcpListener::bind(addr).await.map_err(bind)?;
@@ -258,6 +267,8 @@ pub async fn serve(handle: Handle, config: Config) -> Result<Server, Error> {
     }
     let limits = config.connections;
     let task = colony_runtime::spawner::Spawner::spawn("http-server", async move {
+        // The sampler stops with the server: when this task ends or is aborted.
+        let _sampler = sampler;
         conn::serve(listener, router, tls, limits).await;
     });
     Ok(Server { addr, scheme, task })
@@ -313,6 +324,7 @@ fn router(app: Arc<App>) -> Router {
         .route("/v1/agents", get(agents::list))
         .route("/v1/agents/{id}", get(agents::one))
         .route("/v1/pools", get(agents::pools))
+        .route("/v1/pools/history", get(history::history))
         .route("/v1/scaling/{pool}", get(agents::scaling))
         .route("/v1/runs", get(runs::list))
         .route("/v1/runs/{id}", get(runs::one))

@@ -250,6 +250,7 @@ async fn the_openapi_document_describes_every_route_served() {
         "/v1/agents/{id}/kill",
         "/v1/pools",
         "/v1/pools/{id}",
+        "/v1/pools/history",
         "/v1/scaling/{pool}",
         "/login",
         "/logout",

@@ -1,6 +1,7 @@
 //! The dashboard in a real browser: headless Chromium, driven through chromedriver, against
 //! a server with tokens and a runtime under load. It signs in through the form, watches the
-//! counters move, drills down the hierarchy to the workers, checks the charts drew and that
+//! counters move, drills down the hierarchy to the workers, checks the charts drew (the pools
+//! chart from the server's history, and again after a resize) and that
 //! the browser refused nothing under the Content-Security-Policy, and saves a screenshot to
 //! `target/dashboard.png`.
 //!
@@ -205,6 +206,8 @@ async fn the_dashboard_shows_a_live_runtime_in_a_browser() {
     let tokens_file = dir.path().join("tokens");
     let token =
         colony_server::Tokens::create(&tokens_file, "viewer", colony_server::Scope::Read).unwrap();
+    let admin =
+        colony_server::Tokens::create(&tokens_file, "ops", colony_server::Scope::Admin).unwrap();
     let runtime = start_runtime().await;
     let config = colony_server::Config {
         tokens: Some(colony_server::Tokens::load(&tokens_file).unwrap()),
@@ -296,6 +299,78 @@ async fn the_dashboard_shows_a_live_runtime_in_a_browser() {
         .await;
     }
     wait_for(&client, "#tasks-table tbody tr", Duration::from_secs(10)).await;
+
+    // The pools chart draws the pool's series from the server's history; a resize shows in
+    // its data (the table under it reads the chart's newest values) and as a decision.
+    wait_for(
+        &client,
+        "#chart-pools .uplot canvas",
+        Duration::from_secs(10),
+    )
+    .await;
+    // (The legend's style sheet shows it in capitals.)
+    let legend = text(&client, "#chart-pools .u-legend")
+        .await
+        .unwrap_or_default()
+        .to_lowercase();
+    for series in [
+        "sim/worker agents",
+        "sim/worker desired",
+        "sim/worker backlog",
+    ] {
+        assert!(legend.contains(series), "no {series:?} in {legend:?}");
+    }
+    let agents = "#pool-now tr[data-pool=\"0\"] td:nth-child(2)";
+    let shown = until(Duration::from_secs(10), || async {
+        text(&client, agents).await.filter(|t| t == "400")
+    })
+    .await;
+    assert!(shown.is_some(), "the pool's 400 agents are not shown");
+    let samples = |client: Client| async move {
+        let chart = client.find(Locator::Css("#chart-pools")).await.ok()?;
+        chart.attr("data-samples").await.ok()??.parse::<u64>().ok()
+    };
+    let before = samples(client.clone()).await.expect("samples on the chart");
+    let r = reqwest::Client::new()
+        .put(format!("{}/v1/pools/0", server.url()))
+        .bearer_auth(&admin)
+        .header("content-type", "application/json")
+        .body(json!({"agents": 300}).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let shown = until(Duration::from_secs(10), || async {
+        text(&client, agents).await.filter(|t| t == "300")
+    })
+    .await;
+    assert!(
+        shown.is_some(),
+        "the resize to 300 agents did not reach the chart"
+    );
+    let after = samples(client.clone()).await.expect("samples on the chart");
+    assert!(
+        after > before,
+        "the chart took no new samples: {before} then {after}"
+    );
+    let decision = until(Duration::from_secs(10), || async {
+        text(&client, "#pool-decisions li[data-kind=\"scale:manual\"]").await
+    })
+    .await
+    .expect("the resize listed among the decisions");
+    assert!(decision.contains("400 → 300"), "{decision:?}");
+    let marks = client
+        .find(Locator::Css("#chart-pools"))
+        .await
+        .unwrap()
+        .attr("data-marks")
+        .await
+        .unwrap();
+    assert_eq!(
+        marks.as_deref(),
+        Some("1"),
+        "the resize marked on the chart"
+    );
     wait_for(&client, "#population-table", Duration::from_secs(10)).await;
 
     // Let the charts gather a few seconds of history for the screenshot.

@@ -43,6 +43,7 @@ fn path() -> impl Strategy<Value = String> {
         "/v1/agents",
         "/v1/agents/0",
         "/v1/pools",
+        "/v1/pools/history?since=0",
         "/v1/runs",
         "/v1/runs/1",
         "/v1/stats",

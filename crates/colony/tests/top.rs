@@ -27,7 +27,7 @@ fn text(bytes: &[u8]) -> String {
 }
 
 #[test]
-fn top_once_shows_the_counters_and_the_tiers_of_a_running_server() {
+fn top_once_shows_the_counters_tiers_and_pools_of_a_running_server() {
     let server = Server::start(&["--agents", "200"]);
     let tasks: Vec<Value> = (0..300).map(|i| json!({ "payload": i })).collect();
     let (status, body) = server
@@ -46,6 +46,24 @@ fn top_once_shows_the_counters_and_the_tiers_of_a_running_server() {
             + stats["dead_lettered"].as_u64().unwrap()
             == 300
     });
+    // A resize, once a sample has seen it, shows in the pools panel with its decision.
+    let (status, body) = server
+        .request(
+            reqwest::Method::PUT,
+            "/v1/pools/0",
+            None,
+            Some(json!({ "agents": 150 })),
+        )
+        .unwrap();
+    assert_eq!(status, 200, "{body}");
+    server.wait_until(Duration::from_secs(10), "a sample of 150 agents", || {
+        let history = server.get("/v1/pools/history", None);
+        history["pools"][0]["agents"]
+            .as_array()
+            .and_then(|a| a.last())
+            .and_then(Value::as_u64)
+            == Some(150)
+    });
     let succeeded = server.get("/v1/stats", None)["succeeded"].as_u64().unwrap();
     let tiers = server.get("/v1/hierarchy", None)["tiers"].clone();
 
@@ -58,6 +76,16 @@ fn top_once_shows_the_counters_and_the_tiers_of_a_running_server() {
     assert!(
         stdout.contains(&format!("succeeded {succeeded} ")),
         "succeeded {succeeded}:\n{stdout}"
+    );
+    let pool = stdout
+        .lines()
+        .find(|l| l.contains("│ sim/worker "))
+        .unwrap_or_else(|| panic!("no pools panel:\n{stdout}"));
+    assert!(pool.contains("agents 150  desired -"), "{pool}");
+    assert!(pool.contains("resized by hand 200 → 150"), "{pool}");
+    assert!(
+        stdout.contains("┌ Pools: agents over the last "),
+        "{stdout}"
     );
     for tier in tiers.as_array().unwrap() {
         let name = tier["name"].as_str().unwrap();

@@ -133,6 +133,20 @@ pub(crate) fn shell(version: &str, logout: bool) -> String {
 <p class="note">Restarts, escalations and health failures since the runtime started.</p>
 <div id="chart-recoveries" class="chart"></div>
 </section>
+<section class="panel plot span-4">
+<h2>Pools</h2>
+<p class="note">Each pool's agents (solid), the size its autoscaler wants (dashed) and its backlog (thin, right-hand axis) over the last 15 minutes, a sample a second. Marks are decisions on its size: green grown, blue shrunk, grey resized by hand; a short amber tick at the top is a step the autoscaler wanted and was held from.</p>
+<div id="chart-pools" class="chart"></div>
+<table id="pool-now" class="pool-now">
+<thead><tr><th>pool</th><th class="num">agents</th><th class="num">desired</th><th class="num">backlog</th><th class="num">busy</th></tr></thead>
+<tbody></tbody>
+</table>
+</section>
+<section class="panel span-2">
+<h2>Scaling decisions</h2>
+<p class="note">The autoscaler's steps, the steps it was held from, and resizes through the API, in the last 15 minutes.</p>
+<ol id="pool-decisions" class="events"><li class="empty">None yet.</li></ol>
+</section>
 <section class="panel span-3">
 <h2>Population</h2>
 <p class="note">Agents by tier and health, and the pools of workers.</p>

@@ -1,5 +1,5 @@
-//! The part of `colony serve`'s read API that `colony top` polls: counters, tiers, and the
-//! newest tasks that failed.
+//! The part of `colony serve`'s read API that `colony top` polls: counters, tiers, the
+//! newest tasks that failed, and the pools' history of sizes.
 
 use serde::{Deserialize, de::DeserializeOwned};
 use std::{fmt, time::Duration};
@@ -74,6 +74,46 @@ struct Page {
     tasks: Vec<FailedTask>,
 }
 
+/// What `GET /v1/pools/history` answers: samples as columns aligned with `t` (milliseconds
+/// since the Unix epoch), and the decisions on the pools' sizes.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(default)]
+pub(crate) struct PoolHistory {
+    /// The time of the newest record: the `since` of the next poll.
+    pub(crate) until: u64,
+    pub(crate) t: Vec<u64>,
+    pub(crate) pools: Vec<PoolSeries>,
+    pub(crate) events: Vec<Decision>,
+}
+
+/// One pool's columns.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(default)]
+pub(crate) struct PoolSeries {
+    pub(crate) pool: usize,
+    pub(crate) kind: Option<String>,
+    pub(crate) role: Option<String>,
+    pub(crate) agents: Vec<Option<u64>>,
+    pub(crate) desired: Vec<Option<u64>>,
+    pub(crate) waiting: Vec<Option<u64>>,
+    pub(crate) busy: Vec<Option<u64>>,
+}
+
+/// A decision on a pool's size: `scale:up`, `scale:down` and `scale:manual` with `from`,
+/// `to` (and the first two a `reason`); `scale:blocked` with `wanted` and `by`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(default)]
+pub(crate) struct Decision {
+    pub(crate) t: u64,
+    pub(crate) pool: usize,
+    pub(crate) kind: String,
+    pub(crate) from: Option<u64>,
+    pub(crate) to: Option<u64>,
+    pub(crate) reason: Option<String>,
+    pub(crate) wanted: Option<String>,
+    pub(crate) by: Option<String>,
+}
+
 /// One poll of the server: everything a frame shows.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub(crate) struct Snapshot {
@@ -81,6 +121,10 @@ pub(crate) struct Snapshot {
     pub(crate) tiers: Vec<Tier>,
     /// Failed and dead-lettered tasks, newest first.
     pub(crate) failures: Vec<FailedTask>,
+    /// The pools' samples and decisions since the poll's `since`; `None` from a server
+    /// that keeps no history (one older than this `colony top`). Boxed: it is taken out
+    /// at once, and the rest of a snapshot moves about.
+    pub(crate) pools: Option<Box<PoolHistory>>,
 }
 
 /// Why a poll got nothing to show.
@@ -156,15 +200,25 @@ impl Client {
         })
     }
 
-    /// Stats, tiers and the newest `failures` failed or dead-lettered tasks, asked for at once.
-    pub(crate) async fn snapshot(&self, failures: usize) -> Result<Snapshot, Error> {
+    /// Stats, tiers, the newest `failures` failed or dead-lettered tasks, and the pools'
+    /// history after `since` (all of it without), asked for at once.
+    pub(crate) async fn snapshot(
+        &self,
+        failures: usize,
+        since: Option<u64>,
+    ) -> Result<Snapshot, Error> {
         let failed = format!("/v1/tasks?state=failed&limit={failures}");
         let dead = format!("/v1/tasks?state=dead-lettered&limit={failures}");
-        let (stats, hierarchy, failed, dead) = tokio::try_join!(
+        let history = match since {
+            Some(since) => format!("/v1/pools/history?since={since}"),
+            None => "/v1/pools/history".to_owned(),
+        };
+        let (stats, hierarchy, failed, dead, pools) = tokio::try_join!(
             self.get::<Stats>("/v1/stats"),
             self.get::<Hierarchy>("/v1/hierarchy"),
             self.get::<Page>(&failed),
             self.get::<Page>(&dead),
+            self.get_if_served::<PoolHistory>(&history),
         )?;
         let mut tasks = failed.tasks;
         tasks.extend(dead.tasks);
@@ -174,10 +228,27 @@ impl Client {
             stats,
             tiers: hierarchy.tiers,
             failures: tasks,
+            pools: pools.map(Box::new),
         })
     }
 
     async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, Error> {
+        let (url, status, body) = self.fetch(path).await?;
+        parse(&self.server, url, status, &body, self.token.is_some())
+    }
+
+    /// Like `get`, but a route the server does not have (404 `not-found`: an older server)
+    /// is `None` rather than a failure.
+    async fn get_if_served<T: DeserializeOwned>(&self, path: &str) -> Result<Option<T>, Error> {
+        let (url, status, body) = self.fetch(path).await?;
+        if status == reqwest::StatusCode::NOT_FOUND && code(&body) == "not-found" {
+            return Ok(None);
+        }
+        parse(&self.server, url, status, &body, self.token.is_some()).map(Some)
+    }
+
+    /// The URL asked, and the answer's status and body.
+    async fn fetch(&self, path: &str) -> Result<(String, reqwest::StatusCode, Vec<u8>), Error> {
         let url = format!("{}{path}", self.server);
         let mut request = self.http.get(&url);
         if let Some(token) = &self.token {
@@ -190,26 +261,52 @@ impl Client {
         let response = request.send().await.map_err(unreachable)?;
         let status = response.status();
         let body = response.bytes().await.map_err(unreachable)?;
-        if !status.is_success() {
-            let message = message(&body);
-            return Err(match status.as_u16() {
-                401 | 403 => Error::Refused {
-                    server: self.server.clone(),
-                    status,
-                    message,
-                    token: self.token.is_some(),
-                },
-                _ => Error::Answer {
-                    problem: format!("answered {status}: {message}"),
-                    url,
-                },
-            });
-        }
-        serde_json::from_slice(&body).map_err(|e| Error::Answer {
-            url,
-            problem: format!("not an answer colony serve gives ({e}); is this a colony server?"),
-        })
+        Ok((url, status, body.to_vec()))
     }
+}
+
+/// A successful answer as `T`, or the error a failed one says.
+fn parse<T: DeserializeOwned>(
+    server: &str,
+    url: String,
+    status: reqwest::StatusCode,
+    body: &[u8],
+    token: bool,
+) -> Result<T, Error> {
+    if !status.is_success() {
+        let message = message(body);
+        return Err(match status.as_u16() {
+            401 | 403 => Error::Refused {
+                server: server.to_owned(),
+                status,
+                message,
+                token,
+            },
+            _ => Error::Answer {
+                problem: format!("answered {status}: {message}"),
+                url,
+            },
+        });
+    }
+    serde_json::from_slice(body).map_err(|e| Error::Answer {
+        url,
+        problem: format!("not an answer colony serve gives ({e}); is this a colony server?"),
+    })
+}
+
+/// The code of an API error body `{"error": {"code", "message"}}`; empty for anything else.
+fn code(body: &[u8]) -> String {
+    #[derive(Deserialize)]
+    struct Problem {
+        error: Inner,
+    }
+    #[derive(Deserialize)]
+    struct Inner {
+        code: String,
+    }
+    serde_json::from_slice::<Problem>(body)
+        .map(|p| p.error.code)
+        .unwrap_or_default()
 }
 
 /// What went wrong underneath a request, in a few words: the innermost cause says it best

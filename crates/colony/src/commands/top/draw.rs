@@ -1,14 +1,19 @@
 //! How a [`View`] looks: a pure function of it, drawn into any ratatui buffer, which is how
 //! `--once` prints a frame and how the tests read one.
 
-use super::{api::Snapshot, view::View};
+use super::{
+    api::{Decision, Snapshot},
+    view::{PoolSample, PoolTrack, Pools, View},
+};
 use crate::output::thousands;
 use ratatui::{
     buffer::Buffer,
     layout::{Constraint, Layout, Rect},
     style::{Color, Style, Stylize},
     text::{Line, Span},
-    widgets::{Block, Cell, LineGauge, Padding, Paragraph, Row, Sparkline, Table, Widget},
+    widgets::{
+        Block, Cell, LineGauge, Padding, Paragraph, Row, Sparkline, SparklineBar, Table, Widget,
+    },
 };
 use std::time::Duration;
 
@@ -20,12 +25,22 @@ impl Widget for &View {
     fn render(self, area: Rect, buf: &mut Buffer) {
         let tiers = self.latest.as_ref().map_or(0, |s| s.tiers.len());
         let tiers_height = u16::try_from(tiers + 3).unwrap_or(u16::MAX).clamp(4, 12);
-        let [header, throughput, gauges, totals, tiers, failures, status] = Layout::vertical([
+        let [
+            header,
+            throughput,
+            gauges,
+            totals,
+            tiers,
+            pools,
+            failures,
+            status,
+        ] = Layout::vertical([
             Constraint::Length(1),
             Constraint::Length(5),
             Constraint::Length(1),
             Constraint::Length(4),
             Constraint::Length(tiers_height),
+            Constraint::Length(pools_height(&self.pools)),
             Constraint::Min(3),
             Constraint::Length(1),
         ])
@@ -37,6 +52,7 @@ impl Widget for &View {
                 render_gauges(snapshot, gauges, buf);
                 render_totals(snapshot, totals, buf);
                 render_tiers(snapshot, tiers, buf);
+                render_pools(&self.pools, pools, buf);
                 render_failures(snapshot, failures, buf);
             }
             None => {
@@ -259,6 +275,160 @@ fn render_tiers(snapshot: &Snapshot, area: Rect, buf: &mut Buffer) {
         .render(area, buf);
 }
 
+/// Pools shown at most, two rows each; the title says how many there are.
+const POOLS_SHOWN: usize = 4;
+
+/// The pools panel's height: nothing from a server that keeps no history.
+fn pools_height(pools: &Pools) -> u16 {
+    if !pools.served {
+        return 0;
+    }
+    let shown = pools.tracks.len().min(POOLS_SHOWN);
+    2 + u16::try_from(2 * shown).unwrap_or(0).max(1)
+}
+
+/// Each pool: its numbers now and the newest decision on its size, then a sparkline of its
+/// agents over the history kept, yellow where the autoscaler wanted more.
+fn render_pools(pools: &Pools, area: Rect, buf: &mut Buffer) {
+    if area.height == 0 {
+        return;
+    }
+    let span = pools
+        .tracks
+        .first()
+        .and_then(|t| Some(t.latest()?.t.saturating_sub(t.samples.front()?.t)))
+        .unwrap_or(0);
+    let mut title = format!(" Pools: agents over the last {} ", short_ago(span));
+    if pools.tracks.len() > POOLS_SHOWN {
+        title.push_str(&format!("(first {POOLS_SHOWN} of {}) ", pools.tracks.len()));
+    }
+    let block = Block::bordered()
+        .padding(Padding::horizontal(1))
+        .title(title);
+    let inner = block.inner(area);
+    block.render(area, buf);
+    if pools.tracks.is_empty() {
+        Paragraph::new(" no samples yet".dim()).render(inner, buf);
+        return;
+    }
+    let rows = pools.tracks.iter().take(POOLS_SHOWN).enumerate();
+    for (i, track) in rows {
+        let y = inner.y + 2 * u16::try_from(i).unwrap_or(u16::MAX);
+        if y >= inner.bottom() {
+            break;
+        }
+        pool_line(track, inner.width).render(
+            Rect {
+                y,
+                height: 1,
+                ..inner
+            },
+            buf,
+        );
+        if y + 1 < inner.bottom() {
+            pool_sparkline(track, usize::from(inner.width)).render(
+                Rect {
+                    y: y + 1,
+                    height: 1,
+                    ..inner
+                },
+                buf,
+            );
+        }
+    }
+}
+
+fn pool_line(track: &PoolTrack, width: u16) -> Line<'_> {
+    let now = track.latest().copied().unwrap_or_default();
+    let count = |n: Option<u64>| n.map_or_else(|| "-".to_owned(), thousands);
+    let desired = match (now.agents, now.desired) {
+        (Some(a), Some(d)) if d > a => count(now.desired).yellow().bold(),
+        _ => count(now.desired).bold(),
+    };
+    let mut spans = vec![
+        Span::raw(track.name.as_str()).bold(),
+        "  agents ".dim(),
+        count(now.agents).bold(),
+        "  desired ".dim(),
+        desired,
+        "  backlog ".dim(),
+        count(now.waiting).bold(),
+        "  busy ".dim(),
+        count(now.busy).bold(),
+    ];
+    let used: usize = spans.iter().map(Span::width).sum();
+    let room = usize::from(width).saturating_sub(used + 3);
+    if let Some(said) = decisions(track, now.t) {
+        spans.push("   ".into());
+        spans.push(truncate(&said, room).dim());
+    }
+    Line::from(spans)
+}
+
+/// The newest step on a pool's size and, if it came later, the step it was held from.
+fn decisions(track: &PoolTrack, now: u64) -> Option<String> {
+    let ago = |d: &Decision| short_ago(now.saturating_sub(d.t));
+    let step = track.last_step.as_ref().map(|d| {
+        let arrow = format!("{} → {}", count_or_dash(d.from), count_or_dash(d.to));
+        let what = match d.kind.as_str() {
+            "scale:up" => format!("grown {arrow}"),
+            "scale:down" => format!("shrunk {arrow}"),
+            _ => format!("resized by hand {arrow}"),
+        };
+        match &d.reason {
+            Some(reason) => format!("{what} ({reason}) {} ago", ago(d)),
+            None => format!("{what} {} ago", ago(d)),
+        }
+    });
+    let held = track.held.as_ref().map(|d| {
+        format!(
+            "held from {} by {}",
+            d.wanted.as_deref().unwrap_or("a step"),
+            d.by.as_deref().unwrap_or("?")
+        )
+    });
+    match (step, held) {
+        (Some(step), Some(held)) => Some(format!("{step}; {held}")),
+        (step, held) => step.or(held),
+    }
+}
+
+fn count_or_dash(n: Option<u64>) -> String {
+    n.map_or_else(|| "-".to_owned(), thousands)
+}
+
+/// `12s`, `4m 10s`, `1h 2m`, from milliseconds.
+fn short_ago(ms: u64) -> String {
+    let s = ms / 1000;
+    match s {
+        0..60 => format!("{s}s"),
+        60..3600 => format!("{}m {}s", s / 60, s % 60),
+        _ => format!("{}h {}m", s / 3600, s / 60 % 60),
+    }
+}
+
+/// The agents over the samples kept, squeezed into `width` columns when there are more: each
+/// column the most agents of its stretch of samples, yellow where the autoscaler wanted more
+/// than that.
+fn pool_sparkline(track: &PoolTrack, width: usize) -> Sparkline<'static> {
+    let samples: Vec<&PoolSample> = track.samples.iter().collect();
+    let n = samples.len();
+    let columns = n.min(width);
+    let mut top = 1;
+    let bars: Vec<SparklineBar> = (0..columns)
+        .map(|c| {
+            let stretch = &samples[c * n / columns..(c + 1) * n / columns];
+            let agents = stretch.iter().filter_map(|s| s.agents).max();
+            let desired = stretch.iter().filter_map(|s| s.desired).max();
+            top = top.max(agents.unwrap_or(0)).max(desired.unwrap_or(0));
+            let short = desired.is_some_and(|d| agents.is_none_or(|a| d > a));
+            let color = if short { Color::Yellow } else { Color::Blue };
+            SparklineBar::from(agents).style(Style::new().fg(color))
+        })
+        .collect();
+    Sparkline::default().data(bars).max(top)
+}
+
 fn render_failures(snapshot: &Snapshot, area: Rect, buf: &mut Buffer) {
     let block = Block::bordered()
         .padding(Padding::horizontal(1))
@@ -365,7 +535,7 @@ pub(crate) fn text(view: &View, width: u16, height: u16) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::commands::top::api::{FailedTask, Stats, Tier};
+    use crate::commands::top::api::{FailedTask, PoolHistory, PoolSeries, Stats, Tier};
     use ratatui::{Terminal, backend::TestBackend};
 
     fn snapshot(succeeded: u64) -> Snapshot {
@@ -413,13 +583,95 @@ mod tests {
                     error: Some("timed out after 30s".into()),
                 },
             ],
+            pools: None,
+        }
+    }
+
+    /// The server's clock at sample `k`.
+    fn at(k: u64) -> u64 {
+        1_700_000_000_000 + k * 1_000
+    }
+
+    /// What the pools' history answers to poll `poll`: two minutes of samples first, then one
+    /// a poll. Pool 0 is autoscaled and grows twice (the autoscaler asking first, so that it
+    /// is short for a while); pool 1 keeps its size.
+    fn pools(poll: u64) -> PoolHistory {
+        let ks: Vec<u64> = if poll == 0 {
+            (0..120).collect()
+        } else {
+            vec![119 + poll]
+        };
+        let scaled = |k: u64| match k {
+            0..60 => 4,
+            60..90 => 6,
+            _ => 9,
+        };
+        let wanted = |k: u64| match k {
+            0..55 => 4,
+            55..85 => 6,
+            _ => 9,
+        };
+        let series = |pool,
+                      kind: &str,
+                      role: &str,
+                      agents: &dyn Fn(u64) -> Option<u64>,
+                      desired: &dyn Fn(u64) -> Option<u64>| PoolSeries {
+            pool,
+            kind: Some(kind.into()),
+            role: Some(role.into()),
+            agents: ks.iter().map(|&k| agents(k)).collect(),
+            desired: ks.iter().map(|&k| desired(k)).collect(),
+            waiting: ks
+                .iter()
+                .map(|&k| Some(if k < 90 { 40 } else { 3 }))
+                .collect(),
+            busy: ks.iter().map(|&k| agents(k)).collect(),
+        };
+        let step = |k: u64, from, to, reason: &str| Decision {
+            t: at(k) + 500,
+            pool: 0,
+            kind: "scale:up".into(),
+            from: Some(from),
+            to: Some(to),
+            reason: Some(reason.into()),
+            ..Decision::default()
+        };
+        let events = match poll {
+            0 => vec![
+                step(59, 4, 6, "high-utilisation"),
+                step(89, 6, 9, "overload"),
+            ],
+            2 => vec![Decision {
+                t: at(121) + 500,
+                pool: 0,
+                kind: "scale:blocked".into(),
+                wanted: Some("forecast".into()),
+                by: Some("cooldown".into()),
+                ..Decision::default()
+            }],
+            _ => vec![],
+        };
+        PoolHistory {
+            until: at(*ks.last().unwrap()) + 600,
+            t: ks.iter().map(|&k| at(k)).collect(),
+            pools: vec![
+                series(0, "sim", "worker", &|k| Some(scaled(k)), &|k| {
+                    Some(wanted(k))
+                }),
+                series(1, "command", "coder", &|_| Some(2), &|_| None),
+            ],
+            events,
         }
     }
 
     fn watched() -> View {
         let mut view = View::new("http://127.0.0.1:7070", Duration::from_secs(1), true);
         for (i, done) in [0, 1_000, 3_500, 4_000, 6_000].into_iter().enumerate() {
-            view.record(Duration::from_secs(i as u64), Ok(snapshot(done)));
+            let snapshot = Snapshot {
+                pools: Some(Box::new(pools(i as u64))),
+                ..snapshot(done)
+            };
+            view.record(Duration::from_secs(i as u64), Ok(snapshot));
         }
         view.tick(Duration::from_millis(4_300));
         view
@@ -461,6 +713,44 @@ mod tests {
             "long errors are cut"
         );
         assert!(row("977").contains("timed out after 30s"));
+        assert!(row(" Pools: ").contains("over the last 2m 3s"));
+        let scaled = row("sim/worker");
+        for part in ["agents 9", "desired 9", "backlog 3", "busy 9"] {
+            assert!(scaled.contains(part), "{part} in {scaled}");
+        }
+        assert!(
+            scaled.contains("grown 6 → 9 (overload) 33s ago; held from …"),
+            "cut to the panel: {scaled}"
+        );
+        assert!(row("command/coder").contains("desired -"));
+    }
+
+    #[test]
+    fn the_pool_sparkline_squeezes_the_history_and_marks_a_shortfall() {
+        let view = watched();
+        let track = &view.pools.tracks[0];
+        assert_eq!(track.samples.len(), 124);
+        // 124 samples in 62 columns: two a column, the larger of each pair.
+        let area = Rect::new(0, 0, 62, 1);
+        let mut buf = Buffer::empty(area);
+        pool_sparkline(track, 62).render(area, &mut buf);
+        let cell = |x: u16| &buf[(x, 0)];
+        // 4 agents of at most 9 is the third of eight levels (3.6, rounded down); 9 is full.
+        assert_eq!(cell(0).symbol(), "▃");
+        assert_eq!(cell(61).symbol(), "█");
+        assert_eq!(cell(0).fg, Color::Blue);
+        // Samples 56 and 57 (column 28): the autoscaler wanted 6 of the 4 there were.
+        assert_eq!(cell(28).fg, Color::Yellow);
+        assert_eq!(cell(30).fg, Color::Blue, "samples 60 and 61 had their 6");
+    }
+
+    #[test]
+    fn a_server_without_pool_history_shows_no_pools_panel() {
+        let mut view = View::new("http://h:1", Duration::from_secs(1), false);
+        view.record(Duration::ZERO, Ok(snapshot(10)));
+        let text = text(&view, TEXT_WIDTH, TEXT_HEIGHT);
+        assert!(!text.contains("Pools"), "{text}");
+        assert!(text.contains("succeeded 10"));
     }
 
     #[test]

@@ -1,6 +1,9 @@
 //! `colony top`: a running server, live in the terminal. It polls the read API
 //! ([`api::Client`]), keeps what it learned in a [`view::View`], and draws that with a pure
 //! function ([`draw`]); `--once`, or a stdout that is not a terminal, prints one frame as text.
+//! The pools panel shows each pool's agents over the server's history
+//! (`/v1/pools/history`: all of it on the first poll, then what is new), desired against
+//! actual, and the newest decision on its size.
 //!
 //! ```text
 //! colony top --server http://127.0.0.1:7070 --interval-ms 500
@@ -74,7 +77,7 @@ pub(crate) fn run(args: &Args) -> Result<(), Failure> {
     // token ends here with one line, before the terminal is taken over.
     let start = Instant::now();
     let first = runtime
-        .block_on(client.snapshot(FAILURES))
+        .block_on(client.snapshot(FAILURES, None))
         .map_err(Failure::work)?;
     view.record(Duration::ZERO, Ok(first));
     if !live {
@@ -132,7 +135,7 @@ async fn watch(
     start: Instant,
 ) -> std::io::Result<()> {
     let interval = view.interval;
-    let mut poll = Box::pin(poll_at(client, start + interval));
+    let mut poll = Box::pin(poll_at(client, start + interval, view.pools_since()));
     let mut clock = tokio::time::interval(Duration::from_secs(1));
     loop {
         view.tick(start.elapsed());
@@ -145,7 +148,7 @@ async fn watch(
         match wake {
             Wake::Polled(at, result) => {
                 view.record(at - start, result.map_err(|e| e.to_string()));
-                poll = Box::pin(poll_at(client, at + interval));
+                poll = Box::pin(poll_at(client, at + interval, view.pools_since()));
             }
             Wake::Input(Input::Quit) => return Ok(()),
             Wake::Input(Input::Redraw) | Wake::Tick => {}
@@ -153,14 +156,16 @@ async fn watch(
     }
 }
 
-/// Polls at `at` (at once if that is past); answers when the poll was asked for.
+/// Polls at `at` (at once if that is past), asking for the pools' history after `since`;
+/// answers when the poll was asked for.
 async fn poll_at(
     client: &api::Client,
     at: Instant,
+    since: Option<u64>,
 ) -> (Instant, Result<api::Snapshot, api::Error>) {
     tokio::time::sleep_until(at.into()).await;
     let asked = Instant::now();
-    (asked, client.snapshot(FAILURES).await)
+    (asked, client.snapshot(FAILURES, since).await)
 }
 
 /// The next key or resize that matters. Crossterm's reads block, so this looks without
