@@ -581,9 +581,8 @@ pub(crate) fn resolve(flags: &Flags, env: &BTreeMap<String, String>) -> Result<R
             "{given}: tls-cert and tls-key go together: {missing} is missing"
         ));
     }
-    if !problems.is_empty() {
-        return Err(Error::Invalid(Invalid { problems }));
-    }
+    // Server problems do not stop the runtime's keys from being checked: every problem of the
+    // layers is reported at once.
     let server = ServerSettings {
         addr: addr
             .value
@@ -610,8 +609,10 @@ pub(crate) fn resolve(flags: &Flags, env: &BTreeMap<String, String>) -> Result<R
 
     // The runtime: the pools file's section, then each layer over it.
     let pools = match &server.pools {
-        Some(p) => Some(colony_workflow::load_pools(p).map_err(Error::Pools)?),
-        None => None,
+        Some(p) if problems.is_empty() => {
+            Some(colony_workflow::load_pools(p).map_err(Error::Pools)?)
+        }
+        _ => None,
     };
     let mut runtime = RuntimeSettings::default();
     let mut written: Vec<(&'static str, Source)> = Vec::new();
