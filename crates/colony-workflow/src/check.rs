@@ -525,7 +525,17 @@ pub(crate) fn check(
         // Unknown needs were reported above and left out of the graph.
         Err(_) => None,
     };
-    let runtime = runtime_settings(&file.runtime, &mut problems, &duration);
+    // YAML gives lines and columns: the section needs no text to place its problems.
+    let runtime = RuntimeSettings::default()
+        .layer(&file.runtime, "")
+        .unwrap_or_else(|more| {
+            problems.extend(more);
+            RuntimeSettings::default()
+        });
+    let written = crate::runtime::written(&file.runtime)
+        .into_iter()
+        .filter_map(|(key, at)| Some((key, at.position("")?)))
+        .collect();
     match graph {
         Some(graph) if problems.is_empty() => Ok(Workflow {
             name: file.name.value.clone(),
@@ -537,118 +547,10 @@ pub(crate) fn check(
             tasks,
             graph,
             runtime,
+            written,
         }),
         _ => Err(problems),
     }
-}
-
-/// Most samples a forecast's season may hold: the forecaster keeps one seasonal index per
-/// sample of its season.
-const MAX_SEASON_SAMPLES: usize = 100_000;
-
-/// The file's `runtime:` section over the runtime's defaults, validated. A problem points at
-/// the key that is wrong when it is known, else at its section.
-fn runtime_settings(
-    runtime: &file::Runtime,
-    problems: &mut Vec<Problem>,
-    duration: &ParseDuration,
-) -> RuntimeSettings {
-    let mut settings = RuntimeSettings::default();
-    // Whether `v` is absent or a duration, which it then writes to `into`.
-    let wait =
-        |v: &Option<Spanned<String>>, into: &mut Duration, problems: &mut Vec<Problem>| match v
-            .as_ref()
-            .map(|v| duration(v, problems))
-        {
-            Some(Some(d)) => {
-                *into = d;
-                true
-            }
-            Some(None) => false,
-            None => true,
-        };
-    if let Some(section) = &runtime.autoscale {
-        let a = &section.value;
-        let o = &mut settings.autoscale;
-        let before = problems.len();
-        let every_read = wait(&a.every, &mut o.every, problems);
-        wait(&a.horizon, &mut o.horizon, problems);
-        let season = a.season.as_ref().and_then(|v| duration(v, problems));
-        // Counted in looks of the autoscaler: meaningless when `every` was refused.
-        if let (Some(written), Some(season), true) = (&a.season, season, every_read) {
-            let samples = season.as_secs_f64() / o.every.as_secs_f64();
-            let show = |d: Duration| humantime::format_duration(d).to_string();
-            if season < o.every {
-                problems.push(Problem::at(
-                    written,
-                    format!(
-                        "season {} is shorter than the autoscaler's period {}",
-                        show(season),
-                        show(o.every)
-                    ),
-                    "shorter than every",
-                ));
-            } else if samples.round() > MAX_SEASON_SAMPLES as f64 {
-                problems.push(Problem::at(
-                    written,
-                    format!(
-                        "season {} is {} looks of the autoscaler (every {}): allowed up to \
-                         {MAX_SEASON_SAMPLES}; lengthen `every` or shorten the season",
-                        show(season),
-                        samples.round(),
-                        show(o.every)
-                    ),
-                    "too many samples",
-                ));
-            } else {
-                o.forecast.season = samples.round() as usize;
-            }
-        }
-        if problems.len() == before
-            && let Err(e) = o.validate()
-        {
-            problems.push(Problem::at(section, e.to_string(), "autoscale"));
-        }
-    }
-    if let Some(section) = &runtime.breaker {
-        settings.breaker = match &section.value {
-            file::Breaker::Off => None,
-            file::Breaker::On(b) => {
-                let mut o = colony_core::breaker::BreakerOptions::default();
-                if let Some(rate) = &b.error_rate {
-                    o.error_rate = rate.value;
-                }
-                let before = problems.len();
-                wait(&b.open_for, &mut o.open_for, problems);
-                wait(&b.max_open_for, &mut o.max_open_for, problems);
-                if let Some(probation) = &b.probation {
-                    o.probation = probation.value;
-                }
-                if problems.len() == before
-                    && let Err(e) = o.validate()
-                {
-                    use colony_core::breaker::Error;
-                    let at = match e {
-                        Error::ErrorRate { .. } => b.error_rate.as_ref().map(|v| v.referenced),
-                        Error::OpenFor { .. } => b.open_for.as_ref().map(|v| v.referenced),
-                        Error::MaxOpenFor { .. } => b
-                            .max_open_for
-                            .as_ref()
-                            .or(b.open_for.as_ref())
-                            .map(|v| v.referenced),
-                        Error::Probation { .. } => b.probation.as_ref().map(|v| v.referenced),
-                    };
-                    problems.push(Problem {
-                        message: e.to_string(),
-                        at: known(at.unwrap_or(section.referenced)),
-                        label: "breaker".into(),
-                    });
-                }
-                Some(o)
-            }
-        };
-    }
-    settings
 }
 
 /// Most agents a pool may have, by `count` or by scaling.

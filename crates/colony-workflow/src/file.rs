@@ -25,15 +25,336 @@ pub struct File {
     pub runtime: Runtime,
 }
 
-/// The `runtime:` section as written; each key absent takes the runtime's default.
+/// The `runtime:` section as written (in a workflow or pools file, or `[runtime]` in
+/// `colony.toml`); each key absent takes the value below it: the runtime's default, or for
+/// `colony serve`, what a lower layer of its configuration says. `docs/configuration.md`
+/// documents every key.
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
 pub struct Runtime {
+    /// The most children one agent supervises. Default 12.
     #[serde(default)]
-    pub autoscale: Option<Spanned<Autoscale>>,
+    pub span: Option<Located<u32>>,
+    /// Tier names top to bottom (a list, or one string of names separated by commas), or
+    /// `auto`. Default `master, coordinator, supervisor, worker`.
+    #[serde(default)]
+    pub tiers: Option<Located<Tiers>>,
+    /// How each tier picks the child a task goes to. Default `least-loaded`.
+    #[serde(default)]
+    pub strategy: Option<Located<RoutingStrategy>>,
+    /// The `weighted` strategy's weights; only with `strategy: weighted`.
+    #[serde(default)]
+    pub weights: Option<Located<Weights>>,
+    /// Tasks a supervisor queues beyond what its workers run. Default 256.
+    #[serde(default)]
+    pub queue_capacity: Option<Located<u32>>,
+    /// Queue length from which an idle worker steals from a sibling supervisor. Default 2.
+    #[serde(default)]
+    pub steal_at: Option<Located<u64>>,
+    /// Periodic evening-out of sibling supervisors' queues.
+    #[serde(default)]
+    pub rebalance: Option<Located<Rebalance>>,
+    /// Health thresholds and the heartbeat interval.
+    #[serde(default)]
+    pub health: Option<Located<Health>>,
+    /// How every managing agent supervises its children.
+    #[serde(default)]
+    pub supervision: Option<Located<Supervision>>,
+    /// Backoff between a task's attempts, and when a task counts as poison.
+    #[serde(default)]
+    pub retry: Option<Located<Retry>>,
+    /// Seed of the routing decisions' random choices. Default 0.
+    #[serde(default)]
+    pub seed: Option<Located<u64>>,
+    #[serde(default)]
+    pub autoscale: Option<Located<Autoscale>>,
     /// `off`, or when a worker's breaker opens and how it lets the worker back.
     #[serde(default)]
-    pub breaker: Option<Spanned<Breaker>>,
+    pub breaker: Option<Located<Breaker>>,
+}
+
+/// A value and where it was written. One wrapper for both formats the section is read
+/// from: YAML (through serde-saphyr, which gives a line and column) and TOML (through
+/// `toml`, which gives a byte offset). Each parser recognises its own request for a span;
+/// the other's passes through, so one `Deserialize` asks for both in turn.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Located<T> {
+    pub value: T,
+    pub at: Where,
+}
+
+/// Where a [`Located`] value was written.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Where {
+    /// Not known (a value a parser made up, or a deserializer that keeps no spans).
+    #[default]
+    Unknown,
+    /// 1-based line and column (YAML).
+    Line { line: u64, column: u64 },
+    /// Byte offset in the text (TOML).
+    Offset(usize),
+}
+
+impl Where {
+    /// The 1-based line and column in `text`, the text the value was read from.
+    pub fn position(self, text: &str) -> Option<crate::Position> {
+        match self {
+            Where::Unknown => None,
+            Where::Line { line, column } => Some(crate::Position { line, column }),
+            Where::Offset(offset) => {
+                let before = text.get(..offset.min(text.len()))?;
+                Some(crate::Position {
+                    line: before.matches('\n').count() as u64 + 1,
+                    column: before.rsplit('\n').next().map_or(0, |l| l.chars().count()) as u64 + 1,
+                })
+            }
+        }
+    }
+}
+
+/// serde-saphyr's name for a value with its location.
+const YAML_SPANNED: &str = "__yaml_spanned";
+/// `toml`'s (serde_spanned's) name and fields for a value with its byte range.
+const TOML_SPANNED: &str = "$__serde_spanned_private_Spanned";
+const TOML_START: &str = "$__serde_spanned_private_start";
+const TOML_END: &str = "$__serde_spanned_private_end";
+const TOML_VALUE: &str = "$__serde_spanned_private_value";
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for Located<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        use serde::de::{self, MapAccess, Visitor};
+        use std::marker::PhantomData;
+
+        struct Fields<T>(PhantomData<T>);
+        impl<'de, T: Deserialize<'de>> Visitor<'de> for Fields<T> {
+            type Value = Located<T>;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a value")
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Located<T>, A::Error> {
+                let (mut value, mut at) = (None, Where::Unknown);
+                while let Some(key) = map.next_key::<String>()? {
+                    match key.as_str() {
+                        "value" | TOML_VALUE => value = Some(map.next_value::<T>()?),
+                        "referenced" => {
+                            let l = map.next_value::<serde_saphyr::Location>()?;
+                            if l != serde_saphyr::Location::UNKNOWN && l.line() > 0 {
+                                at = Where::Line {
+                                    line: l.line(),
+                                    column: l.column(),
+                                };
+                            }
+                        }
+                        TOML_START => at = Where::Offset(map.next_value::<usize>()?),
+                        "defined" | TOML_END => {
+                            map.next_value::<de::IgnoredAny>()?;
+                        }
+                        other => {
+                            return Err(de::Error::unknown_field(other, &["value"]));
+                        }
+                    }
+                }
+                let value = value.ok_or_else(|| de::Error::missing_field("value"))?;
+                Ok(Located { value, at })
+            }
+        }
+
+        struct Wrapper<T>(PhantomData<T>);
+        impl<'de, T: Deserialize<'de>> Visitor<'de> for Wrapper<T> {
+            type Value = Located<T>;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a value")
+            }
+
+            fn visit_newtype_struct<D: serde::Deserializer<'de>>(
+                self,
+                deserializer: D,
+            ) -> Result<Located<T>, D::Error> {
+                deserializer.deserialize_struct(
+                    TOML_SPANNED,
+                    &[TOML_START, TOML_END, TOML_VALUE],
+                    Fields(PhantomData),
+                )
+            }
+        }
+
+        deserializer.deserialize_newtype_struct(YAML_SPANNED, Wrapper(PhantomData))
+    }
+}
+
+/// `auto`, or tier names top to bottom.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Tiers {
+    Auto,
+    Named(Vec<String>),
+}
+
+impl<'de> Deserialize<'de> for Tiers {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = Tiers;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("`auto`, or a list of tier names")
+            }
+
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Tiers, E> {
+                if v.trim() == "auto" {
+                    return Ok(Tiers::Auto);
+                }
+                if v.split(',').count() > MAX_TIER_NAMES {
+                    return Err(E::custom(format!(
+                        "more than {MAX_TIER_NAMES} tier names given"
+                    )));
+                }
+                Ok(Tiers::Named(
+                    v.split(',').map(|n| n.trim().to_owned()).collect(),
+                ))
+            }
+
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<Tiers, A::Error> {
+                let mut names = Vec::new();
+                while let Some(name) = seq.next_element::<String>()? {
+                    if names.len() == MAX_TIER_NAMES {
+                        return Err(serde::de::Error::custom(format!(
+                            "more than {MAX_TIER_NAMES} tier names given"
+                        )));
+                    }
+                    names.push(name);
+                }
+                Ok(Tiers::Named(names))
+            }
+        }
+        deserializer.deserialize_any(Visitor)
+    }
+}
+
+/// Tier names read at most; the planner allows fewer (`colony_core::hierarchy::MAX_TIERS`)
+/// and says so.
+const MAX_TIER_NAMES: usize = 64;
+
+/// How each tier picks the child a task goes to (`colony_core::routing::Strategy`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RoutingStrategy {
+    /// Power of two choices: the less loaded of two children sampled.
+    LeastLoaded,
+    RoundRobin,
+    /// The lowest score of load, latency and affinity, with `weights`.
+    Weighted,
+    Random,
+}
+
+/// Weights of the `weighted` strategy's score; each absent takes its default.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct Weights {
+    /// Times the subtree's load per capacity. Default 1.0.
+    #[serde(default)]
+    pub load: Option<Located<f64>>,
+    /// Times its latency relative to the slowest candidate. Default 0.5.
+    #[serde(default)]
+    pub latency: Option<Located<f64>>,
+    /// Added when it also holds agents the task did not ask for. Default 0.25.
+    #[serde(default)]
+    pub affinity: Option<Located<f64>>,
+}
+
+/// Periodic evening-out of sibling supervisors' queues.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct Rebalance {
+    /// Time between passes; `0s` turns rebalancing off. Default `5s`.
+    #[serde(default)]
+    pub every: Option<Located<String>>,
+    /// How far a queue may stray from its siblings' mean, as a fraction of it. Default 0.3.
+    #[serde(default)]
+    pub tolerance: Option<Located<f64>>,
+}
+
+/// Health thresholds and smoothing (`colony_core::health::HealthOptions`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct Health {
+    /// Response-time average from which a worker is degraded. Default `2s`.
+    #[serde(default)]
+    pub degraded_after: Option<Located<String>>,
+    /// From which it is critical. Default `5s`.
+    #[serde(default)]
+    pub critical_after: Option<Located<String>>,
+    /// Silence after which a busy worker is failed. Default `10s`.
+    #[serde(default)]
+    pub failed_after: Option<Located<String>>,
+    /// How often busy workers are swept, and agents are expected to beat. Default `1s`.
+    #[serde(default)]
+    pub heartbeat: Option<Located<String>>,
+    /// Weight of a new sample in the fast average. Default 0.3.
+    #[serde(default)]
+    pub alpha: Option<Located<f64>>,
+    /// Weight of a new sample in the baseline. Default 0.02.
+    #[serde(default)]
+    pub baseline_alpha: Option<Located<f64>>,
+    /// Alert when the fast average exceeds the baseline by this fraction. Default 0.5.
+    #[serde(default)]
+    pub alert_rise: Option<Located<f64>>,
+}
+
+/// How every managing agent supervises its children
+/// (`colony_core::supervision::SupervisorOptions`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct Supervision {
+    /// `one-for-one`, `one-for-all` or `rest-for-one`. Default `one-for-one`.
+    #[serde(default)]
+    pub strategy: Option<Located<colony_core::supervision::Strategy>>,
+    /// `permanent`, `transient` or `temporary`. Default `permanent`.
+    #[serde(default)]
+    pub restart: Option<Located<colony_core::supervision::RestartPolicy>>,
+    /// Restart intensity: most restarts within `period` before the supervisor escalates.
+    /// Default 3.
+    #[serde(default)]
+    pub max_restarts: Option<Located<u32>>,
+    /// Default `5s`.
+    #[serde(default)]
+    pub period: Option<Located<String>>,
+    /// Wait before a child's second restart within the period. Default `10ms`.
+    #[serde(default)]
+    pub initial_backoff: Option<Located<String>>,
+    /// Longest wait. Default `1s`.
+    #[serde(default)]
+    pub max_backoff: Option<Located<String>>,
+    /// Each further wait's multiple of the last. Default 2.0.
+    #[serde(default)]
+    pub multiplier: Option<Located<f64>>,
+    /// Each wait moves by up to this fraction of itself. Default 0.2.
+    #[serde(default)]
+    pub jitter: Option<Located<f64>>,
+}
+
+/// How failed attempts are retried (`colony_runtime::RetryOptions`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct Retry {
+    /// Delay before the second attempt, doubled for each further one; `0s` retries at once.
+    /// Default `10ms`.
+    #[serde(default)]
+    pub initial_backoff: Option<Located<String>>,
+    /// Longest delay. Default `1s`.
+    #[serde(default)]
+    pub max_backoff: Option<Located<String>>,
+    /// Each delay moves by up to this fraction of itself. Default 0.2.
+    #[serde(default)]
+    pub jitter: Option<Located<f64>>,
+    /// Agents a task's attempts may crash or hang before it is quarantined. Default 3.
+    #[serde(default)]
+    pub poison_faults: Option<Located<u32>>,
 }
 
 /// When and how far ahead the autoscaler looks.
@@ -42,13 +363,13 @@ pub struct Runtime {
 pub struct Autoscale {
     /// Time between two looks at every scaled pool. Default `5s`.
     #[serde(default)]
-    pub every: Option<Spanned<String>>,
+    pub every: Option<Located<String>>,
     /// How far ahead the forecast of arrivals reaches. Default `5m`.
     #[serde(default)]
-    pub horizon: Option<Spanned<String>>,
+    pub horizon: Option<Located<String>>,
     /// The demand's cycle, such as `1d`; absent, the forecast has no season.
     #[serde(default)]
-    pub season: Option<Spanned<String>>,
+    pub season: Option<Located<String>>,
 }
 
 /// `breaker: off`, or the breaker's settings.
@@ -66,16 +387,16 @@ pub enum Breaker {
 pub struct BreakerSettings {
     /// Error rate (above 0, up to 1) at or above which the breaker opens. Default 0.5.
     #[serde(default)]
-    pub error_rate: Option<Spanned<f64>>,
+    pub error_rate: Option<Located<f64>>,
     /// How long an open breaker keeps its worker out first. Default `5s`.
     #[serde(default)]
-    pub open_for: Option<Spanned<String>>,
+    pub open_for: Option<Located<String>>,
     /// Longest it keeps it out, doubling `open-for` each time it reopens. Default `60s`.
     #[serde(default)]
-    pub max_open_for: Option<Spanned<String>>,
+    pub max_open_for: Option<Located<String>>,
     /// Successes in probation that close it again. Default 3.
     #[serde(default)]
-    pub probation: Option<Spanned<u32>>,
+    pub probation: Option<Located<u32>>,
 }
 
 impl<'de> Deserialize<'de> for Breaker {

@@ -20,6 +20,7 @@ pub mod file;
 mod payload;
 pub mod read;
 mod run;
+pub mod runtime;
 mod template;
 
 pub use check::{Position, Problem};
@@ -53,12 +54,38 @@ pub struct Workflow {
     pub graph: Graph,
     /// The file's `runtime:` section, checked; the runtime's defaults without one.
     pub runtime: RuntimeSettings,
+    /// The keys its `runtime:` section writes, and where.
+    pub written: Vec<(&'static str, Position)>,
 }
 
-/// Settings of the whole runtime a file may give (its `runtime:` section): what
-/// [`RuntimeSettings::apply`] sets on the [`colony_runtime::RuntimeOptions`] it runs with.
-#[derive(Clone, Copy, Debug, PartialEq)]
+/// Settings of the whole runtime a file may give (its `runtime:` section, or `colony.toml`'s
+/// `[runtime]` table): what [`RuntimeSettings::apply`] sets on the
+/// [`colony_runtime::RuntimeOptions`] it runs with. Every option of the runtime but those
+/// only a program sets (how agents are spawned, payload and output limits, the dispatcher's
+/// linger).
+#[derive(Clone, Debug, PartialEq)]
 pub struct RuntimeSettings {
+    /// The most children one agent supervises.
+    pub span: u32,
+    /// Tier names top to bottom, or `auto` depth.
+    pub tiers: colony_core::hierarchy::Tiers,
+    /// How each tier picks the child a task goes to.
+    pub strategy: colony_core::routing::Strategy,
+    /// Tasks a supervisor queues beyond what its workers run.
+    pub queue_capacity: u32,
+    /// Queue length from which an idle worker steals from a sibling supervisor.
+    pub steal_at: usize,
+    /// Periodic evening-out of sibling supervisors' queues.
+    pub rebalance: colony_core::rebalance::RebalanceOptions,
+    /// Health thresholds and the heartbeat interval.
+    pub health: colony_core::health::HealthOptions,
+    /// How every managing agent supervises its children (one for all tiers and pools: the
+    /// runtime has one).
+    pub supervision: colony_core::supervision::SupervisorOptions,
+    /// Backoff between attempts, and when a task counts as poison.
+    pub retry: colony_runtime::RetryOptions,
+    /// Seed of the routing decisions' random choices.
+    pub seed: u64,
     /// When and how far ahead the autoscaler looks at the pools that have `scaling:`.
     pub autoscale: colony_runtime::AutoscaleOptions,
     /// Each worker's circuit breaker; `None` (`breaker: off`): health only observes.
@@ -69,19 +96,51 @@ impl Default for RuntimeSettings {
     /// What [`colony_runtime::RuntimeOptions::default`] has: a file without the section
     /// changes nothing.
     fn default() -> Self {
-        let o = colony_runtime::RuntimeOptions::default();
-        Self {
-            autoscale: o.autoscale,
-            breaker: o.breaker,
-        }
+        Self::of(&colony_runtime::RuntimeOptions::default())
     }
 }
 
 impl RuntimeSettings {
+    /// The settings `options` has.
+    pub fn of(o: &colony_runtime::RuntimeOptions) -> Self {
+        Self {
+            span: o.span,
+            tiers: o.tiers.clone(),
+            strategy: o.strategy,
+            queue_capacity: o.queue_capacity,
+            steal_at: o.steal_at,
+            rebalance: o.rebalance,
+            health: o.health,
+            supervision: o.supervision,
+            retry: o.retry,
+            seed: o.seed,
+            autoscale: o.autoscale,
+            breaker: o.breaker,
+        }
+    }
+
     /// Sets these settings on `options`, leaving the rest as they are.
     pub fn apply(&self, options: &mut colony_runtime::RuntimeOptions) {
+        options.span = self.span;
+        options.tiers = self.tiers.clone();
+        options.strategy = self.strategy;
+        options.queue_capacity = self.queue_capacity;
+        options.steal_at = self.steal_at;
+        options.rebalance = self.rebalance;
+        options.health = self.health;
+        options.supervision = self.supervision;
+        options.retry = self.retry;
+        options.seed = self.seed;
         options.autoscale = self.autoscale;
         options.breaker = self.breaker;
+    }
+
+    /// `section`, read from `text`, written over these settings and checked: the settings,
+    /// or every problem with its line and column in `text`. How `colony serve` layers
+    /// `colony.toml`'s `[runtime]` table and `COLONY_RUNTIME_*` variables over a pools file's
+    /// `runtime:` section.
+    pub fn layer(&self, section: &file::Runtime, text: &str) -> Result<Self, Vec<Problem>> {
+        runtime::layer(section, self, text)
     }
 }
 
@@ -90,6 +149,8 @@ impl RuntimeSettings {
 pub struct Pools {
     pub pools: Vec<PoolDef>,
     pub runtime: RuntimeSettings,
+    /// The keys its `runtime:` section writes, and where: for `colony config show`.
+    pub written: Vec<(&'static str, Position)>,
 }
 
 impl std::ops::Deref for Pools {
@@ -425,6 +486,7 @@ pub fn load_pools(path: &Path) -> Result<Pools, Error> {
     Ok(Pools {
         pools: workflow.pools,
         runtime: workflow.runtime,
+        written: workflow.written,
     })
 }
 

@@ -53,6 +53,7 @@ fn a_full_section_is_read_into_its_options() {
                 max_open_for: secs(30),
                 probation: 5,
             }),
+            ..RuntimeSettings::default()
         }
     );
 }
@@ -203,6 +204,7 @@ runtime:
                 forecast: ForecastOptions::default(),
             },
             breaker: None,
+            ..RuntimeSettings::default()
         }
     );
     let mut options = RuntimeOptions::default();
@@ -225,6 +227,8 @@ fn the_schema_takes_the_section_and_refuses_misspelt_keys() {
         "runtime:\n  autoscale: {every: 5s, horizon: 5m, season: 1d}\n  breaker: {error-rate: 0.5, open-for: 5s, max-open-for: 60s, probation: 3}\n",
         "runtime:\n  breaker: off\n",
         "runtime: {}\n",
+        "runtime:\n  span: 24\n  tiers: [a, b, c]\n  strategy: weighted\n  weights: {load: 2, latency: 0.1, affinity: 0}\n  queue-capacity: 512\n  steal-at: 4\n  rebalance: {every: 0s, tolerance: 0.5}\n  health: {degraded-after: 1s, critical-after: 3s, failed-after: 20s, heartbeat: 250ms, alpha: 0.5, baseline-alpha: 0.05, alert-rise: 1.5}\n  supervision: {strategy: rest-for-one, restart: transient, max-restarts: 10, period: 30s, initial-backoff: 0s, max-backoff: 2s, multiplier: 3, jitter: 0}\n  retry: {initial-backoff: 0s, max-backoff: 5s, jitter: 0.1, poison-faults: 5}\n  seed: 42\n",
+        "runtime: {tiers: auto}\n",
     ] {
         let errors: Vec<String> = validator
             .iter_errors(&json(good))
@@ -238,6 +242,10 @@ fn the_schema_takes_the_section_and_refuses_misspelt_keys() {
         "runtime:\n  breaker: {error_rate: 0.5}\n",
         "runtime:\n  breaker: on\n",
         "runtime:\n  autoscal: {}\n",
+        "runtime:\n  span: 1\n",
+        "runtime:\n  strategy: fastest\n",
+        "runtime:\n  supervision: {restart: sometimes}\n",
+        "runtime:\n  health: {heartbeat_: 1s}\n",
     ] {
         assert!(!validator.is_valid(&json(bad)), "{bad}");
     }
@@ -255,4 +263,261 @@ fn toml_writes_breaker_off_as_a_string_or_false() {
         assert_eq!(w.runtime.breaker, None, "{off}");
         assert_eq!(w.runtime.autoscale.forecast.season, 360);
     }
+}
+
+#[test]
+fn every_runtime_option_is_read() {
+    use colony_core::{
+        hierarchy::Tiers,
+        routing::{Strategy, Weights},
+        supervision::{RestartPolicy, Strategy as Supervision},
+    };
+    let got = settings(
+        "runtime:
+  span: 24
+  tiers: [top, middle, bottom]
+  strategy: weighted
+  weights: {load: 2, latency: 0.1, affinity: 0}
+  queue-capacity: 512
+  steal-at: 4
+  rebalance: {every: 0s, tolerance: 0.5}
+  health:
+    degraded-after: 1s
+    critical-after: 3s
+    failed-after: 20s
+    heartbeat: 250ms
+    alpha: 0.5
+    baseline-alpha: 0.05
+    alert-rise: 1.5
+  supervision:
+    strategy: rest-for-one
+    restart: transient
+    max-restarts: 10
+    period: 30s
+    initial-backoff: 0s
+    max-backoff: 2s
+    multiplier: 3
+    jitter: 0
+  retry: {initial-backoff: 0s, max-backoff: 5s, jitter: 0.1, poison-faults: 5}
+  seed: 42
+",
+    );
+    let ms = Duration::from_millis;
+    assert_eq!(got.span, 24);
+    assert_eq!(
+        got.tiers,
+        Tiers::Named(vec!["top".into(), "middle".into(), "bottom".into()])
+    );
+    assert_eq!(
+        got.strategy,
+        Strategy::Weighted(Weights {
+            load: 2.0,
+            latency: 0.1,
+            affinity: 0.0
+        })
+    );
+    assert_eq!((got.queue_capacity, got.steal_at, got.seed), (512, 4, 42));
+    assert_eq!(got.rebalance.every, Duration::ZERO);
+    assert_eq!(got.rebalance.tolerance, 0.5);
+    let h = got.health;
+    assert_eq!(
+        (
+            h.degraded_after,
+            h.critical_after,
+            h.failed_after,
+            h.heartbeat
+        ),
+        (ms(1000), ms(3000), ms(20_000), ms(250))
+    );
+    assert_eq!((h.alpha, h.baseline_alpha, h.alert_rise), (0.5, 0.05, 1.5));
+    let s = got.supervision;
+    assert_eq!(s.strategy, Supervision::RestForOne);
+    assert_eq!(s.restart, RestartPolicy::Transient);
+    assert_eq!((s.max_restarts, s.period), (10, ms(30_000)));
+    assert_eq!((s.initial_backoff, s.max_backoff), (ms(0), ms(2000)));
+    assert_eq!((s.multiplier, s.jitter), (3.0, 0.0));
+    let r = got.retry;
+    assert_eq!((r.initial_backoff, r.max_backoff), (ms(0), ms(5000)));
+    assert_eq!((r.jitter, r.poison_faults), (0.1, 5));
+    // Applied, every one reaches the runtime's options.
+    let mut options = RuntimeOptions::default();
+    got.apply(&mut options);
+    assert_eq!(RuntimeSettings::of(&options), got);
+    assert_eq!(options.seed, 42);
+
+    // Tiers as one string, or `auto`.
+    assert_eq!(
+        settings("runtime: {tiers: 'a, b'}\n").tiers,
+        Tiers::Named(vec!["a".into(), "b".into()])
+    );
+    assert_eq!(settings("runtime: {tiers: auto}\n").tiers, Tiers::Auto);
+}
+
+#[test]
+fn out_of_range_options_name_the_key_and_where_it_is() {
+    let mut wrong = Vec::new();
+    for (runtime, want) in [
+        (
+            "  span: 1\n",
+            "w.yaml:5:9: span of control 1 is out of range: allowed 2..=10000",
+        ),
+        ("  tiers: [only]\n", "w.yaml:5:10: 1 tier name(s) given"),
+        (
+            "  tiers: [a, a]\n",
+            "w.yaml:5:10: tier name `a` appears more than once",
+        ),
+        (
+            "  strategy: fastest\n",
+            "w.yaml:5:13: unknown variant `fastest`",
+        ),
+        (
+            "  weights: {load: 1}\n",
+            "w.yaml:5:12: `weights` are the `weighted` strategy's",
+        ),
+        (
+            "  strategy: weighted\n  weights: {load: -1}\n",
+            "w.yaml:6:19: weights load -1 is out of range: allowed 0.0..=1000",
+        ),
+        (
+            "  queue-capacity: 0\n",
+            "w.yaml:5:19: queue capacity 0 is out of range: allowed 1..=1000000",
+        ),
+        (
+            "  steal-at: 0\n",
+            "w.yaml:5:13: steal-at 0 is out of range: allowed 1..=1000000",
+        ),
+        (
+            "  rebalance: {tolerance: 2}\n",
+            "w.yaml:5:26: rebalance tolerance 2 is out of range",
+        ),
+        (
+            "  rebalance: {every: soon}\n",
+            "w.yaml:5:22: `soon` is not a duration",
+        ),
+        (
+            "  health: {degraded-after: 9s}\n",
+            "w.yaml:5:28: health thresholds must rise",
+        ),
+        (
+            "  health: {heartbeat: 0s}\n",
+            "w.yaml:5:23: a duration of 0 is not allowed",
+        ),
+        (
+            "  health: {alpha: .nan}\n",
+            "w.yaml:5:19: health alpha NaN is not a finite number",
+        ),
+        (
+            "  health: {heartbeat: 11s}\n",
+            "w.yaml:5:23: health heartbeat 11s is out of range",
+        ),
+        (
+            "  supervision: {max-restarts: 0}\n",
+            "w.yaml:5:31: supervision max-restarts 0 is out of range",
+        ),
+        (
+            "  supervision: {period: 2d}\n",
+            "w.yaml:5:25: supervision period 172800s is out of range",
+        ),
+        (
+            "  supervision: {restart: sometimes}\n",
+            "w.yaml:5:26: unknown variant `sometimes`",
+        ),
+        (
+            "  supervision: {initial-backoff: 2s}\n",
+            "w.yaml:5:34: supervision initial-backoff 2s exceeds max-backoff 1s",
+        ),
+        (
+            "  retry: {jitter: 1.5}\n",
+            "w.yaml:5:19: retry jitter 1.5 is out of range",
+        ),
+        (
+            "  retry: {poison-faults: 0}\n",
+            "w.yaml:5:26: retry poison-faults 0 is out of range",
+        ),
+        (
+            "  retry: {max-backoff: 1ms}\n",
+            "w.yaml:5:24: retry initial-backoff 10ms exceeds max-backoff 1ms",
+        ),
+        (
+            "  retry: {max-backoff: 400y}\n",
+            "w.yaml:5:24: `400y` is out of range: allowed up to 365 days",
+        ),
+        (
+            "  seed: -1\n",
+            "w.yaml:5:9: `seed` is -1: allowed a whole number in 0..=18446744073709551615",
+        ),
+        ("  spam: 1\n", "w.yaml:5:3: unknown field `spam`"),
+    ] {
+        let p = problems(&format!("{HEAD}runtime:\n{runtime}"));
+        if p.len() != 1 || !p[0].starts_with(want) {
+            wrong.push(format!("{runtime}: {p:?}\n  wanted {want}"));
+        }
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}
+
+/// The `[runtime]` table of `colony.toml` is the same section read from TOML: its values
+/// carry byte offsets, which problems turn into lines and columns of the TOML text.
+#[test]
+fn the_section_reads_from_toml_with_lines_and_columns() {
+    #[derive(serde::Deserialize)]
+    struct Doc {
+        runtime: colony_workflow::file::Runtime,
+    }
+    let text = "[runtime]\nspan = 6\nstrategy = \"round-robin\"\n[runtime.health]\nheartbeat = \"250ms\"\n";
+    let doc: Doc = toml::from_str(text).unwrap();
+    let got = RuntimeSettings::default()
+        .layer(&doc.runtime, text)
+        .unwrap();
+    assert_eq!(got.span, 6);
+    assert_eq!(got.strategy, colony_core::routing::Strategy::RoundRobin);
+    assert_eq!(got.health.heartbeat, Duration::from_millis(250));
+    let written: Vec<_> = colony_workflow::runtime::written(&doc.runtime)
+        .into_iter()
+        .map(|(k, at)| (k, at.position(text).unwrap().line))
+        .collect();
+    assert_eq!(
+        written,
+        [("span", 2), ("strategy", 3), ("health.heartbeat", 5)]
+    );
+
+    let text = "[runtime]\nseed = 1\n[runtime.supervision]\nmax-restarts = 0\n";
+    let doc: Doc = toml::from_str(text).unwrap();
+    let p = RuntimeSettings::default()
+        .layer(&doc.runtime, text)
+        .unwrap_err();
+    assert_eq!(p.len(), 1);
+    assert_eq!(
+        (p[0].at.unwrap().line, p[0].at.unwrap().column),
+        (4, 16),
+        "{p:?}"
+    );
+    assert!(
+        p[0].message.contains("max-restarts 0 is out of range"),
+        "{p:?}"
+    );
+
+    // A layer over another: the heartbeat below stays, the new failed-after must exceed it.
+    let lower = settings("runtime: {health: {heartbeat: 5s}}\n");
+    let text = "[runtime.health]\nfailed-after = \"4s\"\ndegraded-after = \"1s\"\ncritical-after = \"2s\"\n";
+    let doc: Doc = toml::from_str(text).unwrap();
+    let p = lower.layer(&doc.runtime, text).unwrap_err();
+    assert!(
+        p[0].message.contains("heartbeat 5s is out of range"),
+        "{p:?}"
+    );
+    assert_eq!(p[0].at.unwrap().line, 2, "{p:?}");
+}
+
+#[test]
+fn every_key_is_listed_with_its_value() {
+    let keys: Vec<&str> = RuntimeSettings::default()
+        .entries()
+        .into_iter()
+        .map(|(k, _)| k)
+        .collect();
+    assert_eq!(keys, colony_workflow::runtime::KEYS);
+    let off = settings("runtime: {breaker: off}\n").entries();
+    assert_eq!(off.last().unwrap(), &("breaker", "off".to_string()));
+    assert!(!off.iter().any(|(k, _)| k.starts_with("breaker.")));
 }

@@ -2,6 +2,7 @@
 //! the library crates.
 
 mod commands;
+mod config;
 mod flags;
 mod output;
 
@@ -51,6 +52,10 @@ enum Command {
     Prune(commands::prune::Args),
     /// Watch a running server live in the terminal: population, throughput, health, failures.
     Top(commands::top::Args),
+    /// Check `colony serve`'s settings (colony.toml, COLONY_* variables, a pools file), or show
+    /// the effective ones and where each came from.
+    #[command(subcommand)]
+    Config(commands::config::Command),
 }
 
 /// How a command failed, which decides the exit code: 2 when the caller's input is at fault
@@ -98,6 +103,7 @@ fn main() -> ExitCode {
         Command::Restore(args) => commands::backup::restore(&args),
         Command::Prune(args) => commands::prune::run(&args),
         Command::Top(args) => commands::top::run(&args),
+        Command::Config(command) => commands::config::run(&command),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

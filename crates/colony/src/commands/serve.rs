@@ -1,7 +1,7 @@
 //! `colony serve`: a runtime that stays up, with its HTTP API, metrics and dashboard; and
 //! `colony token create`, which makes the tokens it asks for.
 
-use crate::Failure;
+use crate::{Failure, config};
 use colony_agents::{
     AgentSpec,
     sim::{Sim, SimOptions},
@@ -13,30 +13,36 @@ use std::{net::SocketAddr, num::NonZeroU32, path::PathBuf, sync::Arc, time::Dura
 
 #[derive(Debug, clap::Args)]
 pub(crate) struct Args {
-    /// Where to listen. Without --tokens, a loopback address only.
-    #[arg(long, default_value = "127.0.0.1:7070")]
-    addr: SocketAddr,
-    /// Simulated agents to run the tasks (the pool `sim`, role `worker`), unless --pools.
-    #[arg(long, default_value_t = 1_000, conflicts_with = "pools")]
-    agents: u32,
+    /// Read settings from this TOML file (default: $COLONY_CONFIG, else ./colony.toml if
+    /// it exists); flags and COLONY_* variables override it. See docs/configuration.md.
+    #[arg(long, value_name = "PATH")]
+    config: Option<PathBuf>,
+    /// Where to listen (default 127.0.0.1:7070). Without --tokens, a loopback address only.
+    #[arg(long)]
+    addr: Option<SocketAddr>,
+    /// Simulated agents to run the tasks (the pool `sim`, role `worker`), unless --pools
+    /// (default 1000).
+    #[arg(long, conflicts_with = "pools")]
+    agents: Option<u32>,
     /// The agents to run, from a workflow-format file's `agents:` list (sim, command,
     /// process, http pools); tasks pick them with `role`. Its tasks, if any, are not run.
     #[arg(long, value_name = "FILE")]
     pools: Option<PathBuf>,
-    /// Where command agents keep their stderr logs and worktrees.
-    #[arg(long, value_name = "DIR", default_value = "colony-out/serve")]
-    out: PathBuf,
+    /// Where command agents keep their stderr logs and worktrees (default colony-out/serve).
+    #[arg(long, value_name = "DIR")]
+    out: Option<PathBuf>,
     /// Journal to this SQLite file (created if missing); in memory otherwise.
     #[arg(long)]
     db: Option<PathBuf>,
-    /// Ask every caller for a bearer token from this file (see `colony token create`).
-    #[arg(long, env = "COLONY_TOKENS", value_name = "PATH")]
+    /// Ask every caller for a bearer token from this file (see `colony token create`); also
+    /// $COLONY_TOKENS.
+    #[arg(long, value_name = "PATH")]
     tokens: Option<PathBuf>,
     /// Serve HTTPS with this PEM certificate chain (needs --tls-key).
-    #[arg(long, value_name = "PATH", requires = "tls_key")]
+    #[arg(long, value_name = "PATH")]
     tls_cert: Option<PathBuf>,
     /// The PEM private key of --tls-cert.
-    #[arg(long, value_name = "PATH", requires = "tls_cert")]
+    #[arg(long, value_name = "PATH")]
     tls_key: Option<PathBuf>,
     /// Requests per second each client may make (per token; per address without tokens).
     #[arg(long, value_name = "N")]
@@ -45,64 +51,108 @@ pub(crate) struct Args {
     /// it: a workflow may start programs on this host.
     #[arg(long, value_name = "DIR")]
     runs: Option<PathBuf>,
-    /// Most connections open at once. At the cap, the one waiting longest for a request is
-    /// closed to make room; if every one is busy, the newcomer gets 503. Keep it under the
-    /// process's file limit (`ulimit -n`).
-    #[arg(long, value_name = "N", default_value_t = colony_server::conn::MAX_CONNECTIONS as u64,
-          value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
-    max_connections: u64,
-    /// Seconds a new connection has to send a complete request head (TLS handshake included).
-    #[arg(long, value_name = "SECS", default_value_t = colony_server::conn::HEADER_TIMEOUT.as_secs(),
-          value_parser = clap::value_parser!(u64).range(1..=3_600))]
-    header_timeout: u64,
-    /// Seconds a kept-alive connection may stay idle between requests.
-    #[arg(long, value_name = "SECS", default_value_t = colony_server::conn::IDLE_TIMEOUT.as_secs(),
-          value_parser = clap::value_parser!(u64).range(1..=3_600))]
-    idle_timeout: u64,
+    /// Most connections open at once (default 4096). At the cap, the one waiting longest for
+    /// a request is closed to make room; if every one is busy, the newcomer gets 503. Keep it
+    /// under the process's file limit (`ulimit -n`).
+    #[arg(long, value_name = "N",
+          value_parser = clap::value_parser!(u64).range(1..=config::MAX_CONNECTIONS))]
+    max_connections: Option<u64>,
+    /// Seconds a new connection has to send a complete request head, TLS handshake included
+    /// (default 10).
+    #[arg(long, value_name = "SECS",
+          value_parser = clap::value_parser!(u64).range(1..=config::MAX_TIMEOUT_SECS))]
+    header_timeout: Option<u64>,
+    /// Seconds a kept-alive connection may stay idle between requests (default 30).
+    #[arg(long, value_name = "SECS",
+          value_parser = clap::value_parser!(u64).range(1..=config::MAX_TIMEOUT_SECS))]
+    idle_timeout: Option<u64>,
+}
+
+impl Args {
+    /// The flags given, for [`config::resolve`].
+    pub(crate) fn flags(&self) -> config::Flags {
+        config::Flags {
+            config: self.config.clone(),
+            addr: self.addr,
+            agents: self.agents,
+            pools: self.pools.clone(),
+            out: self.out.clone(),
+            db: self.db.clone(),
+            tokens: self.tokens.clone(),
+            tls_cert: self.tls_cert.clone(),
+            tls_key: self.tls_key.clone(),
+            rate_limit: self.rate_limit,
+            runs: self.runs.clone(),
+            max_connections: self.max_connections,
+            header_timeout: self.header_timeout,
+            idle_timeout: self.idle_timeout,
+        }
+    }
+}
+
+/// The settings of `serve` from every layer, or why they cannot be used (exit 2).
+pub(crate) fn resolve(flags: &config::Flags) -> Result<config::Resolved, Failure> {
+    let env = config::environment().map_err(Failure::input)?;
+    config::resolve(flags, &env).map_err(|e| match e {
+        config::Error::Invalid(invalid) => {
+            for problem in &invalid.problems {
+                eprintln!("{problem}");
+            }
+            let n = invalid.problems.len();
+            Failure::input(anyhow::anyhow!(
+                "the settings have {n} problem{}",
+                if n == 1 { "" } else { "s" }
+            ))
+        }
+        config::Error::Read(e) => Failure::input(e),
+        config::Error::Pools(e) => crate::commands::workflow::invalid(e),
+    })
 }
 
 pub(crate) fn run(args: &Args) -> Result<(), Failure> {
-    let tokens = match &args.tokens {
+    let resolved = resolve(&args.flags())?;
+    let settings = &resolved.server;
+    let tokens = match &settings.tokens {
         Some(path) => Some(Tokens::load(path).map_err(Failure::input)?),
         None => None,
     };
-    if tokens.is_none() && !args.addr.ip().is_loopback() {
-        return Err(Failure::input(colony_server::Error::NotLoopback(args.addr)));
+    if tokens.is_none() && !settings.addr.ip().is_loopback() {
+        return Err(Failure::input(colony_server::Error::NotLoopback(
+            settings.addr,
+        )));
     }
     let config = Config {
-        addr: args.addr,
+        addr: settings.addr,
         tokens,
-        tls: args
+        tls: settings
             .tls_cert
             .clone()
-            .zip(args.tls_key.clone())
+            .zip(settings.tls_key.clone())
             .map(|(cert, key)| Tls { cert, key }),
-        rate_limit: args.rate_limit,
-        runs: args.runs.clone(),
+        rate_limit: settings.rate_limit,
+        runs: settings.runs.clone(),
         max_streams: colony_server::MAX_STREAMS,
         connections: colony_server::Limits {
-            max_connections: usize::try_from(args.max_connections).unwrap_or(usize::MAX),
-            header_timeout: Duration::from_secs(args.header_timeout),
-            idle_timeout: Duration::from_secs(args.idle_timeout),
+            max_connections: usize::try_from(settings.max_connections).unwrap_or(usize::MAX),
+            header_timeout: Duration::from_secs(settings.header_timeout),
+            idle_timeout: Duration::from_secs(settings.idle_timeout),
         },
     };
-    // A pools file may set the autoscaler's timing and the breakers in its `runtime:`.
     let mut runtime_options = RuntimeOptions::default();
-    let pools = match &args.pools {
+    resolved.runtime.apply(&mut runtime_options);
+    let pools = match &resolved.pools {
         None => {
             let sim = Sim::new(SimOptions::default()).map_err(Failure::input)?;
             let spec = AgentSpec::new("sim", "worker");
             vec![Pool::new(
                 spec,
-                args.agents,
+                settings.agents,
                 Arc::new(sim) as Arc<dyn colony_agents::Agent>,
             )]
         }
-        Some(path) => {
-            let defs =
-                colony_workflow::load_pools(path).map_err(crate::commands::workflow::invalid)?;
-            defs.runtime.apply(&mut runtime_options);
-            let (agents, _) = colony_workflow::agents(&defs, &args.out).map_err(Failure::input)?;
+        Some(defs) => {
+            let (agents, _) =
+                colony_workflow::agents(defs, &settings.out).map_err(Failure::input)?;
             defs.iter()
                 .zip(agents)
                 .map(|(d, agent)| {
@@ -116,7 +166,7 @@ pub(crate) fn run(args: &Args) -> Result<(), Failure> {
         }
     };
     let agents: u64 = pools.iter().map(|p| u64::from(p.count)).sum();
-    let journal: Arc<dyn Journal> = match &args.db {
+    let journal: Arc<dyn Journal> = match &settings.db {
         Some(path) => {
             Arc::new(SqliteJournal::open(SqliteOptions::new(path)).map_err(Failure::input)?)
         }
@@ -136,13 +186,17 @@ pub(crate) fn run(args: &Args) -> Result<(), Failure> {
             .await
             .map_err(Failure::input)?;
         eprintln!(
-            "colony serves on {} ({} agents{}); Ctrl-C stops it",
+            "colony serves on {} ({} agents{}{}); Ctrl-C stops it",
             server.url(),
             agents,
-            if args.tokens.is_some() {
+            if settings.tokens.is_some() {
                 ", tokens required"
             } else {
                 ""
+            },
+            match &resolved.file {
+                Some(path) => format!(", settings from {}", path.display()),
+                None => String::new(),
             }
         );
         let _ = tokio::signal::ctrl_c().await;

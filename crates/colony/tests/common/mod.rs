@@ -21,6 +21,11 @@ pub(crate) struct Server {
 
 impl Server {
     pub(crate) fn start(extra: &[&str]) -> Self {
+        Self::start_in(std::path::Path::new("."), extra)
+    }
+
+    /// A server started in `dir`, where it finds a `colony.toml` if there is one.
+    pub(crate) fn start_in(dir: &std::path::Path, extra: &[&str]) -> Self {
         // A free port: bound, read, released. Another process could take it in between,
         // which the wait below would show as a timeout.
         let port = TcpListener::bind("127.0.0.1:0")
@@ -30,6 +35,7 @@ impl Server {
             .port();
         let addr = format!("127.0.0.1:{port}");
         let child = Command::new(COLONY)
+            .current_dir(dir)
             .args(["serve", "--addr", &addr])
             .args(extra)
             .env_remove("COLONY_TOKENS")

@@ -1,0 +1,335 @@
+//! `colony.toml`, `COLONY_*` variables and flags, as real processes: which layer wins, where
+//! `config show` says each setting came from, problems with their file, line and column or
+//! their variable, and settings that reach the runtime of `serve` and `run`.
+
+use std::{path::Path, process::Command};
+
+mod common;
+use common::{COLONY, Server};
+
+/// Runs colony in `dir` with only the variables `env`: stdout, stderr, exit code.
+fn colony(dir: &Path, env: &[(&str, &str)], args: &[&str]) -> (String, String, i32) {
+    let out = Command::new(COLONY)
+        .current_dir(dir)
+        .env_clear()
+        .envs(env.iter().copied())
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        String::from_utf8(out.stdout).unwrap(),
+        String::from_utf8(out.stderr).unwrap(),
+        out.status.code().unwrap_or(-1),
+    )
+}
+
+const CONFIG: &str = r#"# colony serve's settings
+[server]
+addr = "127.0.0.1:7171"
+db = "data/colony.db"
+agents = 12
+
+[runtime]
+span = 6
+strategy = "round-robin"
+
+[runtime.health]
+heartbeat = "250ms"
+"#;
+
+const POOLS: &str = "name: pools
+agents:
+  - {name: a, kind: sim, count: 4}
+runtime:
+  span: 8
+  seed: 7
+  breaker: off
+  retry: {jitter: 0.1}
+";
+
+fn setup() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("colony.toml"), CONFIG).unwrap();
+    std::fs::write(dir.path().join("pools.yaml"), POOLS).unwrap();
+    dir
+}
+
+/// `config show --json` as key -> (value, source).
+fn show(
+    dir: &Path,
+    env: &[(&str, &str)],
+    args: &[&str],
+) -> std::collections::HashMap<String, (String, String)> {
+    let mut argv = vec!["config", "show", "--json"];
+    argv.extend(args);
+    let (out, err, code) = colony(dir, env, &argv);
+    assert_eq!(code, 0, "{err}");
+    let entries: Vec<serde_json::Value> = serde_json::from_str(&out).unwrap();
+    entries
+        .iter()
+        .map(|e| {
+            (
+                e["key"].as_str().unwrap().to_owned(),
+                (
+                    e["value"].as_str().unwrap().to_owned(),
+                    e["source"].as_str().unwrap().to_owned(),
+                ),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn each_layer_overrides_the_one_below_and_show_says_which() {
+    let dir = setup();
+    let got = show(
+        dir.path(),
+        &[
+            ("COLONY_ADDR", "127.0.0.1:9000"),
+            ("COLONY_RUNTIME_SEED", "9"),
+            ("COLONY_RUNTIME_HEALTH_FAILED_AFTER", "20s"),
+            ("COLONY_LOG", "warn"),
+        ],
+        &["--pools", "pools.yaml"],
+    );
+    let at = |key: &str| got.get(key).unwrap_or_else(|| panic!("{key}")).clone();
+    let pair = |v: &str, s: &str| (v.to_owned(), s.to_owned());
+    // Environment over file.
+    assert_eq!(at("server.addr"), pair("127.0.0.1:9000", "env COLONY_ADDR"));
+    // File over default; paths in the file are relative to its folder.
+    assert_eq!(at("server.db"), pair("data/colony.db", "colony.toml:4"));
+    // A flag over the file: --pools wins over the file's `agents`, its alternative.
+    assert_eq!(at("server.pools"), pair("pools.yaml", "flag --pools"));
+    assert_eq!(at("server.agents"), pair("1000", "default"));
+    assert_eq!(at("server.out"), pair("colony-out/serve", "default"));
+    // File over pools file, pools file over default, environment over pools file.
+    assert_eq!(at("runtime.span"), pair("6", "colony.toml:8"));
+    assert_eq!(at("runtime.retry.jitter"), pair("0.1", "pools.yaml:8"));
+    assert_eq!(at("runtime.breaker"), pair("off", "pools.yaml:7"));
+    assert_eq!(at("runtime.seed"), pair("9", "env COLONY_RUNTIME_SEED"));
+    assert_eq!(
+        at("runtime.health.failed-after"),
+        pair("20s", "env COLONY_RUNTIME_HEALTH_FAILED_AFTER")
+    );
+    assert_eq!(
+        at("runtime.health.heartbeat"),
+        pair("250ms", "colony.toml:12")
+    );
+    assert_eq!(at("runtime.queue-capacity"), pair("256", "default"));
+    assert_eq!(at("runtime.supervision.max-restarts"), pair("3", "default"));
+
+    // COLONY_CONFIG names another file; --config wins over it.
+    std::fs::write(dir.path().join("other.toml"), "[runtime]\nspan = 30\n").unwrap();
+    std::fs::write(dir.path().join("third.toml"), "[runtime]\nspan = 40\n").unwrap();
+    let got = show(dir.path(), &[("COLONY_CONFIG", "other.toml")], &[]);
+    assert_eq!(got["runtime.span"], pair("30", "other.toml:2"));
+    let got = show(
+        dir.path(),
+        &[("COLONY_CONFIG", "other.toml")],
+        &["--config", "third.toml"],
+    );
+    assert_eq!(got["runtime.span"], pair("40", "third.toml:2"));
+    // Without a file anywhere, everything is a default.
+    let empty = tempfile::tempdir().unwrap();
+    let got = show(empty.path(), &[], &[]);
+    assert!(got.values().all(|(_, s)| s == "default"), "{got:?}");
+}
+
+#[test]
+fn show_lists_every_key() {
+    let dir = setup();
+    let (out, err, code) = colony(
+        dir.path(),
+        &[("COLONY_RUNTIME_SEED", "9")],
+        &["config", "show", "--pools", "pools.yaml"],
+    );
+    assert_eq!(code, 0, "{err}");
+    insta::assert_snapshot!(out);
+}
+
+#[test]
+fn problems_name_the_file_line_and_column_or_the_variable() {
+    let dir = tempfile::tempdir().unwrap();
+    let check = |toml: &str, env: &[(&str, &str)]| {
+        std::fs::write(dir.path().join("colony.toml"), toml).unwrap();
+        let (out, err, code) = colony(dir.path(), env, &["config", "check"]);
+        assert_eq!(code, 2, "{toml}: {out}{err}");
+        err
+    };
+    // A value of the wrong type, an unknown key, a value out of range.
+    let err = check("[runtime]\nseed = 1\nspan = \"wide\"\n", &[]);
+    assert!(
+        err.contains("colony.toml:3:8: invalid type: string \"wide\""),
+        "{err}"
+    );
+    let err = check("[server]\nadr = \"127.0.0.1:1\"\n", &[]);
+    assert!(
+        err.contains("colony.toml:2:1: unknown field `adr`"),
+        "{err}"
+    );
+    let err = check("[runtime.supervison]\nperiod = \"5s\"\n", &[]);
+    assert!(err.contains("colony.toml:1:"), "{err}");
+    assert!(err.contains("unknown field `supervison`"), "{err}");
+    let err = check(
+        "[runtime]\nspan = 1\n[runtime.supervision]\nmax-restarts = 0\n[server]\nheader-timeout = 0\n",
+        &[],
+    );
+    assert!(
+        err.contains("colony.toml:2:8: span of control 1 is out of range: allowed 2..=10000"),
+        "{err}"
+    );
+    assert!(
+        err.contains("colony.toml:4:16: supervision max-restarts 0 is out of range"),
+        "{err}"
+    );
+    assert!(
+        err.contains("colony.toml:6:18: header-timeout 0 is out of range: allowed 1..=3600"),
+        "{err}"
+    );
+    assert!(err.contains("the settings have 3 problems"), "{err}");
+    let err = check("[server]\naddr = \"here\"\n", &[]);
+    assert!(
+        err.contains("colony.toml:2:8: addr `here` is not an address"),
+        "{err}"
+    );
+    let err = check("[server]\ntls-cert = \"c.pem\"\n", &[]);
+    assert!(
+        err.contains("colony.toml:2: tls-cert and tls-key go together"),
+        "{err}"
+    );
+
+    // Variables: a bad value, one out of range, an unknown runtime key.
+    let ok = "[runtime]\nspan = 6\n";
+    let err = check(ok, &[("COLONY_RUNTIME_SPAN", "wide")]);
+    assert!(
+        err.contains("env COLONY_RUNTIME_SPAN: invalid type: string \"wide\""),
+        "{err}"
+    );
+    let err = check(ok, &[("COLONY_RUNTIME_HEALTH_HEARTBEAT", "0s")]);
+    assert!(
+        err.contains("env COLONY_RUNTIME_HEALTH_HEARTBEAT: a duration of 0 is not allowed"),
+        "{err}"
+    );
+    let err = check(ok, &[("COLONY_MAX_CONNECTIONS", "0")]);
+    assert!(
+        err.contains("env COLONY_MAX_CONNECTIONS: max-connections 0 is out of range"),
+        "{err}"
+    );
+    let err = check(ok, &[("COLONY_RUNTIME_SPNA", "6")]);
+    assert!(
+        err.contains("env COLONY_RUNTIME_SPNA: no runtime setting has this name"),
+        "{err}"
+    );
+    let err = check(ok, &[("COLONY_RUNTIME_RETRY_JITTER", "NaN")]);
+    assert!(
+        err.contains("env COLONY_RUNTIME_RETRY_JITTER: retry jitter NaN is not a finite number"),
+        "{err}"
+    );
+
+    // A pools file checked with it: YAML problems with their line and column.
+    std::fs::write(
+        dir.path().join("pools.yaml"),
+        "name: p\nagents: [{name: a, kind: sim}]\nruntime:\n  queue-capacity: 0\n  healt: {}\n",
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("colony.toml"), ok).unwrap();
+    let (out, err, code) = colony(dir.path(), &[], &["config", "check", "pools.yaml"]);
+    assert_eq!(code, 2, "{out}{err}");
+    assert!(
+        err.contains("pools.yaml:5:3: unknown field `healt`"),
+        "{err}"
+    );
+    assert!(
+        err.contains("pools.yaml:4:19: queue capacity 0 is out of range: allowed 1..=1000000"),
+        "{err}"
+    );
+
+    // Good settings: `ok`.
+    std::fs::write(dir.path().join("pools.yaml"), POOLS).unwrap();
+    let (out, err, code) = colony(dir.path(), &[], &["config", "check", "pools.yaml"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.starts_with("ok"), "{out}");
+    // A file too large to be a configuration is refused before it is parsed.
+    std::fs::write(dir.path().join("big.toml"), "#".repeat(1 << 20)).unwrap();
+    let (_, err, code) = colony(
+        dir.path(),
+        &[],
+        &["config", "check", "--config", "big.toml"],
+    );
+    assert_eq!(code, 2);
+    assert!(err.contains("more than the limit"), "{err}");
+    // A named file that is missing is an error, not a silent default.
+    let (_, err, code) = colony(
+        dir.path(),
+        &[("COLONY_CONFIG", "nowhere.toml")],
+        &["config", "check"],
+    );
+    assert_eq!(code, 2);
+    assert!(err.contains("nowhere.toml"), "{err}");
+}
+
+#[test]
+fn a_workflows_runtime_section_shapes_the_hierarchy_it_runs_on() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("w.yaml"),
+        "name: shaped
+agents: [{name: a, kind: sim, count: 9}]
+tasks: [{id: t}]
+runtime:
+  span: 3
+  tiers: [boss, lead, hand]
+  strategy: round-robin
+",
+    )
+    .unwrap();
+    let (_, err, code) = colony(dir.path(), &[], &["run", "w.yaml", "--db", "w.db"]);
+    assert_eq!(code, 0, "{err}");
+    let (out, err, code) = colony(dir.path(), &[], &["agents", "--db", "w.db", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let json: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let tiers: Vec<(String, u64)> = json["tiers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| {
+            (
+                t["name"].as_str().unwrap().to_owned(),
+                t["agents"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        tiers,
+        [("boss".into(), 1), ("lead".into(), 3), ("hand".into(), 9)]
+    );
+}
+
+#[test]
+fn serve_runs_with_colony_toml_under_its_flags() {
+    let dir = tempfile::tempdir().unwrap();
+    // The file's address is taken by no one: the flag's (Server::start's) must win.
+    std::fs::write(
+        dir.path().join("colony.toml"),
+        "[server]\naddr = \"127.0.0.1:1\"\nagents = 16\n[runtime]\nspan = 4\ntiers = [\"top\", \"mid\", \"bottom\"]\n",
+    )
+    .unwrap();
+    let server = Server::start_in(dir.path(), &[]);
+    let hierarchy = server.get("/v1/hierarchy", None);
+    let tiers: Vec<(String, u64)> = hierarchy["tiers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| {
+            (
+                t["name"].as_str().unwrap().to_owned(),
+                t["agents"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        tiers,
+        [("top".into(), 1), ("mid".into(), 4), ("bottom".into(), 16)],
+        "{hierarchy}"
+    );
+}
