@@ -21,7 +21,7 @@ use crate::{
 };
 use colony_core::{
     forecast::{ForecastOptions, Forecaster},
-    scaling::{Decision, Scaler, ScalingOptions, Signals},
+    scaling::{Blocked, Decision, Reason, Scaler, ScalingOptions, Signals},
 };
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
@@ -82,6 +82,8 @@ struct Scaled {
     last: PoolLoad,
     /// Smoothed attempts one agent ends per second at full utilisation; 0 until measured.
     per_agent_rate: f64,
+    /// The step the last look wanted and could not take, if it was blocked.
+    blocked: Option<(Reason, Blocked)>,
 }
 
 impl Scaled {
@@ -175,6 +177,7 @@ pub(crate) async fn start(
             concurrency: pool.spec.concurrency.max(1),
             last: handle.pool_loads()[index],
             per_agent_rate: 0.0,
+            blocked: None,
         });
     }
     if scaled.is_empty() {
@@ -238,11 +241,17 @@ async fn run(handle: Handle, mut scaled: Vec<Scaled>, options: AutoscaleOptions)
                         }
                     }
                 }
-                Decision::Blocked { wanted, by } => {
+                // Said once per spell, not at every look: an idle pool at its floor is
+                // blocked from shrinking at each one. The metrics count every look.
+                Decision::Blocked { wanted, by } if s.blocked != Some((wanted, by)) => {
                     handle.publish(Kinds::SCALING, Event::ScaleBlocked { pool, wanted, by });
                 }
-                Decision::Hold => {}
+                Decision::Blocked { .. } | Decision::Hold => {}
             }
+            s.blocked = match decision {
+                Decision::Blocked { wanted, by } => Some((wanted, by)),
+                _ => None,
+            };
         }
     }
 }

@@ -416,3 +416,40 @@ async fn untargeted_tasks_that_a_staffed_pool_serves_do_not_wake_a_pool_at_zero(
     assert_eq!(scaled(&mut events), vec![(0, 1, Reason::Activation)]);
     runtime.shutdown().await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_step_blocked_look_after_look_is_said_once() {
+    let scaling = ScalingOptions {
+        min: 2,
+        max: 5,
+        predictive: None,
+        idle_after: Duration::from_secs(1),
+        ..ScalingOptions::default()
+    };
+    let runtime = start(slow_pool(2, 10, scaling)).await;
+    let h = runtime.handle().clone();
+    let mut events = h.subscribe(Kinds::SCALING);
+    // Idle at its floor for ten looks: each wants to shrink and cannot.
+    tokio::time::sleep(Duration::from_millis(10_500)).await;
+    let blocked = |events: &mut Subscription| {
+        std::iter::from_fn(|| events.try_recv())
+            .filter(|e| matches!(e, Event::ScaleBlocked { .. }))
+            .count()
+    };
+    assert_eq!(blocked(&mut events), 1, "one event for the spell");
+    // A step ends the spell: grown by hand, the idle pool steps down to its floor, and
+    // the next spell at the floor is said again, once.
+    h.set_pool_size(0, 3).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let after: Vec<Event> = std::iter::from_fn(|| events.try_recv()).collect();
+    let steps = after
+        .iter()
+        .filter(|e| matches!(e, Event::PoolScaled { from: 3, to: 2, .. }))
+        .count();
+    let spells = after
+        .iter()
+        .filter(|e| matches!(e, Event::ScaleBlocked { .. }))
+        .count();
+    assert_eq!((steps, spells), (1, 1), "{after:?}");
+    runtime.shutdown().await;
+}
