@@ -127,6 +127,53 @@ impl SupervisorOptions {
     }
 }
 
+/// Settings of one tier's supervisors that differ from everyone's: each field given replaces
+/// the one of the [`SupervisorOptions`] it is laid [`over`](SupervisorOverrides::over). A
+/// coordinator may restart its supervisors more patiently than a supervisor its workers.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", default)]
+pub struct SupervisorOverrides {
+    pub strategy: Option<Strategy>,
+    pub restart: Option<RestartPolicy>,
+    pub max_restarts: Option<u32>,
+    pub period: Option<Duration>,
+    pub initial_backoff: Option<Duration>,
+    pub max_backoff: Option<Duration>,
+    pub multiplier: Option<f64>,
+    pub jitter: Option<f64>,
+}
+
+impl SupervisorOverrides {
+    /// `base` with the fields given here in place of its own.
+    pub fn over(&self, base: SupervisorOptions) -> SupervisorOptions {
+        SupervisorOptions {
+            strategy: self.strategy.unwrap_or(base.strategy),
+            restart: self.restart.unwrap_or(base.restart),
+            max_restarts: self.max_restarts.unwrap_or(base.max_restarts),
+            period: self.period.unwrap_or(base.period),
+            initial_backoff: self.initial_backoff.unwrap_or(base.initial_backoff),
+            max_backoff: self.max_backoff.unwrap_or(base.max_backoff),
+            multiplier: self.multiplier.unwrap_or(base.multiplier),
+            jitter: self.jitter.unwrap_or(base.jitter),
+        }
+    }
+
+    /// These overrides with `later`'s fields laid on top: a later layer of configuration
+    /// wins field by field.
+    pub fn then(&self, later: &SupervisorOverrides) -> SupervisorOverrides {
+        SupervisorOverrides {
+            strategy: later.strategy.or(self.strategy),
+            restart: later.restart.or(self.restart),
+            max_restarts: later.max_restarts.or(self.max_restarts),
+            period: later.period.or(self.period),
+            initial_backoff: later.initial_backoff.or(self.initial_backoff),
+            max_backoff: later.max_backoff.or(self.max_backoff),
+            multiplier: later.multiplier.or(self.multiplier),
+            jitter: later.jitter.or(self.jitter),
+        }
+    }
+}
+
 /// What the runtime must do.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Command {
@@ -252,6 +299,41 @@ impl Supervisor {
 mod tests {
     use super::*;
     use rand::{SeedableRng, rngs::SmallRng};
+
+    #[test]
+    fn overrides_replace_only_the_fields_they_give_and_later_layers_win() {
+        let base = SupervisorOptions::default();
+        let coordinator = SupervisorOverrides {
+            max_restarts: Some(10),
+            period: Some(Duration::from_secs(60)),
+            ..SupervisorOverrides::default()
+        };
+        let o = coordinator.over(base);
+        assert_eq!((o.max_restarts, o.period), (10, Duration::from_secs(60)));
+        assert_eq!(
+            SupervisorOptions {
+                max_restarts: base.max_restarts,
+                period: base.period,
+                ..o
+            },
+            base,
+            "nothing else changed"
+        );
+        let later = SupervisorOverrides {
+            max_restarts: Some(20),
+            strategy: Some(Strategy::OneForAll),
+            ..SupervisorOverrides::default()
+        };
+        let both = coordinator.then(&later).over(base);
+        assert_eq!(both.max_restarts, 20, "the later layer wins");
+        assert_eq!(
+            both.period,
+            Duration::from_secs(60),
+            "the earlier one stays"
+        );
+        assert_eq!(both.strategy, Strategy::OneForAll);
+        assert_eq!(SupervisorOverrides::default().over(base), base);
+    }
 
     fn sup(strategy: Strategy, restart: RestartPolicy) -> Supervisor {
         let options = SupervisorOptions {

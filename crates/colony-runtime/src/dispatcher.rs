@@ -127,7 +127,19 @@ pub(crate) fn start(
             options.rebalance,
         ),
         attempts: Attempts::new(handlers, options.max_output),
-        supervision: Supervision::new(options.supervision, tree.len()),
+        supervision: Supervision::new(
+            options.supervision,
+            tree.tier_names()[..tree.worker_tier()]
+                .iter()
+                .map(|name| {
+                    options
+                        .supervision_tiers
+                        .get(&**name)
+                        .map_or(options.supervision, |o| o.over(options.supervision))
+                })
+                .collect(),
+            tree.len(),
+        ),
         watch: Watch::new(
             options.health,
             options.breaker,

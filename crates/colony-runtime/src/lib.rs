@@ -102,6 +102,11 @@ pub struct RuntimeOptions {
     /// How every managing agent supervises its children: strategy, restart policy, restart
     /// intensity and backoff (OTP semantics; see [`colony_core::supervision`]).
     pub supervision: colony_core::supervision::SupervisorOptions,
+    /// Per managing tier, by name, what its agents' supervision changes from `supervision`
+    /// (the runtime over the top tier keeps `supervision`). Names must be managing tiers of
+    /// the hierarchy the runtime plans.
+    pub supervision_tiers:
+        std::collections::BTreeMap<String, colony_core::supervision::SupervisorOverrides>,
     /// Health thresholds, and the heartbeat interval at which supervisors sweep their busy
     /// children (see [`colony_core::health`]).
     pub health: colony_core::health::HealthOptions,
@@ -147,6 +152,7 @@ impl Default for RuntimeOptions {
             steal_at: 2,
             rebalance: colony_core::rebalance::RebalanceOptions::default(),
             supervision: colony_core::supervision::SupervisorOptions::default(),
+            supervision_tiers: std::collections::BTreeMap::new(),
             health: colony_core::health::HealthOptions::default(),
             breaker: Some(colony_core::breaker::BreakerOptions::default()),
             seed: 0,
@@ -308,6 +314,12 @@ impl RuntimeOptions {
         self.supervision
             .validate()
             .map_err(|e| Error::Options(e.to_string()))?;
+        for (tier, overrides) in &self.supervision_tiers {
+            overrides
+                .over(self.supervision)
+                .validate()
+                .map_err(|e| Error::Options(format!("tier `{tier}`: {e}")))?;
+        }
         self.health
             .validate()
             .map_err(|e| Error::Options(e.to_string()))?;
@@ -375,6 +387,18 @@ impl Runtime {
             hierarchy,
             queue_capacity: options.queue_capacity,
         })?;
+        let managing = &tree.tier_names()[..tree.worker_tier()];
+        if let Some(name) = options
+            .supervision_tiers
+            .keys()
+            .find(|n| !managing.iter().any(|m| **m == ***n))
+        {
+            let names: Vec<&str> = managing.iter().map(|m| &**m).collect();
+            return Err(Error::Options(format!(
+                "supervision of tier `{name}`: no managing tier has that name (this hierarchy's: {})",
+                names.join(", ")
+            )));
+        }
         let bus = EventBus::new();
         let (shared, dispatcher) = dispatcher::start(&options, &pools, tree, journal, bus);
         let handle = Handle::new(shared);

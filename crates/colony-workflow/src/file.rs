@@ -336,6 +336,10 @@ pub struct Supervision {
     /// Each wait moves by up to this fraction of itself. Default 0.2.
     #[serde(default)]
     pub jitter: Option<Located<f64>>,
+    /// Per managing tier, by name, keys of this section that differ for that tier's
+    /// supervisors (not `tiers` again).
+    #[serde(default)]
+    pub tiers: Option<Located<std::collections::BTreeMap<String, Located<Supervision>>>>,
 }
 
 /// How failed attempts are retried (`colony_runtime::RetryOptions`).

@@ -79,9 +79,11 @@ pub struct RuntimeSettings {
     pub rebalance: colony_core::rebalance::RebalanceOptions,
     /// Health thresholds and the heartbeat interval.
     pub health: colony_core::health::HealthOptions,
-    /// How every managing agent supervises its children (one for all tiers and pools: the
-    /// runtime has one).
+    /// How every managing agent supervises its children.
     pub supervision: colony_core::supervision::SupervisorOptions,
+    /// Per managing tier, by name, what its supervision changes from `supervision`.
+    pub supervision_tiers:
+        std::collections::BTreeMap<String, colony_core::supervision::SupervisorOverrides>,
     /// Backoff between attempts, and when a task counts as poison.
     pub retry: colony_runtime::RetryOptions,
     /// Seed of the routing decisions' random choices.
@@ -112,6 +114,7 @@ impl RuntimeSettings {
             rebalance: o.rebalance,
             health: o.health,
             supervision: o.supervision,
+            supervision_tiers: o.supervision_tiers.clone(),
             retry: o.retry,
             seed: o.seed,
             autoscale: o.autoscale,
@@ -129,6 +132,7 @@ impl RuntimeSettings {
         options.rebalance = self.rebalance;
         options.health = self.health;
         options.supervision = self.supervision;
+        options.supervision_tiers = self.supervision_tiers.clone();
         options.retry = self.retry;
         options.seed = self.seed;
         options.autoscale = self.autoscale;

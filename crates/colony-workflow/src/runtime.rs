@@ -46,6 +46,7 @@ pub const KEYS: &[&str] = &[
     "supervision.max-backoff",
     "supervision.multiplier",
     "supervision.jitter",
+    "supervision.tiers",
     "retry.initial-backoff",
     "retry.max-backoff",
     "retry.jitter",
@@ -341,7 +342,85 @@ fn health(h: &Located<file::Health>, s: &mut RuntimeSettings, c: &mut Checker<'_
 
 fn supervision(sup: &Located<file::Supervision>, s: &mut RuntimeSettings, c: &mut Checker<'_>) {
     let w = &sup.value;
-    let o = &mut s.supervision;
+    let before = c.problems.len();
+    supervision_options(sup, &mut s.supervision, c);
+    let Some(tiers) = &w.tiers else { return };
+    for (name, tier) in &tiers.value {
+        let t = &tier.value;
+        if t.tiers.is_some() {
+            c.problem(
+                tier.at,
+                format!(
+                    "supervision of tier `{name}` has `tiers` again: give each tier's keys only"
+                ),
+                "nested tiers",
+            );
+            continue;
+        }
+        if let hierarchy::Tiers::Named(names) = &s.tiers {
+            let managing = &names[..names.len().saturating_sub(1)];
+            if !managing.iter().any(|m| m == name) {
+                c.problem(
+                    tier.at,
+                    format!(
+                        "supervision of tier `{}`: no managing tier has that name (these tiers: {})",
+                        crate::shorten(name, 60),
+                        managing.join(", ")
+                    ),
+                    "no such tier",
+                );
+                continue;
+            }
+        }
+        let mut o = colony_core::supervision::SupervisorOverrides {
+            strategy: t.strategy.as_ref().map(|v| v.value),
+            restart: t.restart.as_ref().map(|v| v.value),
+            max_restarts: t.max_restarts.as_ref().map(|v| v.value),
+            ..Default::default()
+        };
+        let mut wait = |v: &Option<Located<String>>, zero: bool, into: &mut Option<Duration>| {
+            if let Some(d) = v.as_ref().and_then(|v| c.duration(v, zero)) {
+                *into = Some(d);
+            }
+        };
+        wait(&t.period, false, &mut o.period);
+        wait(&t.initial_backoff, true, &mut o.initial_backoff);
+        wait(&t.max_backoff, true, &mut o.max_backoff);
+        for (key, v, into) in [
+            ("multiplier", &t.multiplier, &mut o.multiplier),
+            ("jitter", &t.jitter, &mut o.jitter),
+        ] {
+            let mut x = 0.0;
+            c.number(&format!("supervision {key}"), v, &mut x);
+            if v.as_ref().is_some_and(|v| v.value.is_finite()) {
+                *into = Some(x);
+            }
+        }
+        let merged = s
+            .supervision_tiers
+            .get(name)
+            .map_or(o, |earlier| earlier.then(&o));
+        s.supervision_tiers.insert(name.clone(), merged);
+    }
+    if c.problems.len() > before {
+        return;
+    }
+    // Each tier's settings are checked over everyone's as this layer leaves them.
+    for (name, o) in &s.supervision_tiers {
+        if let Err(e) = o.over(s.supervision).validate() {
+            let at = tiers.value.get(name).map_or(tiers.at, |t| t.at);
+            c.refused(format!("tier `{name}`: {e}"), Some(at), sup.at);
+        }
+    }
+}
+
+/// The keys of one `supervision` block (everyone's, or one tier's) over `o`.
+fn supervision_options(
+    sup: &Located<file::Supervision>,
+    o: &mut colony_core::supervision::SupervisorOptions,
+    c: &mut Checker<'_>,
+) {
+    let w = &sup.value;
     let before = c.problems.len();
     if let Some(v) = &w.strategy {
         o.strategy = v.value;
@@ -534,6 +613,7 @@ pub fn written(section: &file::Runtime) -> Vec<(&'static str, Where)> {
         put("supervision.max-backoff", at(&v.max_backoff));
         put("supervision.multiplier", at(&v.multiplier));
         put("supervision.jitter", at(&v.jitter));
+        put("supervision.tiers", at(&v.tiers));
     }
     if let Some(r) = &section.retry {
         let r = &r.value;
@@ -562,22 +642,64 @@ pub fn written(section: &file::Runtime) -> Vec<(&'static str, Where)> {
     out
 }
 
+/// A unit variant as the file writes it: `OneForOne` is `one-for-one`.
+fn kebab(v: &dyn std::fmt::Debug) -> String {
+    let mut out = String::new();
+    for (i, ch) in format!("{v:?}").chars().enumerate() {
+        if ch.is_uppercase() && i > 0 {
+            out.push('-');
+        }
+        out.push(ch.to_ascii_lowercase());
+    }
+    out
+}
+
 impl RuntimeSettings {
+    /// `supervision.tiers` as one line: each tier's keys that differ from everyone's, or
+    /// `none`.
+    fn tier_overrides(&self) -> String {
+        if self.supervision_tiers.is_empty() {
+            return "none".into();
+        }
+        let d = |d: Duration| humantime::format_duration(d).to_string();
+        self.supervision_tiers
+            .iter()
+            .map(|(name, o)| {
+                let mut keys = Vec::new();
+                if let Some(v) = o.strategy {
+                    keys.push(format!("strategy {}", kebab(&v)));
+                }
+                if let Some(v) = o.restart {
+                    keys.push(format!("restart {}", kebab(&v)));
+                }
+                if let Some(v) = o.max_restarts {
+                    keys.push(format!("max-restarts {v}"));
+                }
+                for (key, v) in [
+                    ("period", o.period),
+                    ("initial-backoff", o.initial_backoff),
+                    ("max-backoff", o.max_backoff),
+                ] {
+                    if let Some(v) = v {
+                        keys.push(format!("{key} {}", d(v)));
+                    }
+                }
+                for (key, v) in [("multiplier", o.multiplier), ("jitter", o.jitter)] {
+                    if let Some(v) = v {
+                        keys.push(format!("{key} {v}"));
+                    }
+                }
+                format!("{name}: {}", keys.join(", "))
+            })
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+
     /// Every key of [`KEYS`] with its value, as the file would write it. With the breaker
     /// off, `breaker` is `off` and its other keys are left out; with it on, `breaker` is `on`.
     pub fn entries(&self) -> Vec<(&'static str, String)> {
         let d = |d: Duration| humantime::format_duration(d).to_string();
         let n = |x: f64| x.to_string();
-        let kebab = |v: &dyn std::fmt::Debug| {
-            let mut out = String::new();
-            for (i, ch) in format!("{v:?}").chars().enumerate() {
-                if ch.is_uppercase() && i > 0 {
-                    out.push('-');
-                }
-                out.push(ch.to_ascii_lowercase());
-            }
-            out
-        };
         let (strategy, weights) = match self.strategy {
             Strategy::LeastLoaded => ("least-loaded", Weights::default()),
             Strategy::RoundRobin => ("round-robin", Weights::default()),
@@ -623,6 +745,7 @@ impl RuntimeSettings {
             ("supervision.max-backoff", d(v.max_backoff)),
             ("supervision.multiplier", n(v.multiplier)),
             ("supervision.jitter", n(v.jitter)),
+            ("supervision.tiers", self.tier_overrides()),
             ("retry.initial-backoff", d(r.initial_backoff)),
             ("retry.max-backoff", d(r.max_backoff)),
             ("retry.jitter", n(r.jitter)),

@@ -521,3 +521,78 @@ fn every_key_is_listed_with_its_value() {
     assert_eq!(off.last().unwrap(), &("breaker", "off".to_string()));
     assert!(!off.iter().any(|(k, _)| k.starts_with("breaker.")));
 }
+
+#[test]
+fn a_tier_supervises_with_its_own_keys_over_everyones() {
+    let got = settings(
+        "runtime:
+  tiers: [coordinator, supervisor, worker]
+  supervision:
+    max-restarts: 5
+    tiers:
+      coordinator: {max-restarts: 20, period: 1m, strategy: one-for-all}
+",
+    );
+    let coordinator = got.supervision_tiers["coordinator"];
+    assert_eq!(coordinator.max_restarts, Some(20));
+    assert_eq!(coordinator.period, Some(Duration::from_secs(60)));
+    assert_eq!(coordinator.jitter, None, "not written: everyone's");
+    let resolved = coordinator.over(got.supervision);
+    assert_eq!(resolved.max_restarts, 20);
+    assert_eq!(
+        resolved.strategy,
+        colony_core::supervision::Strategy::OneForAll
+    );
+    assert_eq!(got.supervision.max_restarts, 5, "everyone's");
+    // The runtime receives them.
+    let mut options = RuntimeOptions::default();
+    got.apply(&mut options);
+    assert_eq!(options.supervision_tiers, got.supervision_tiers);
+    let shown = got
+        .entries()
+        .into_iter()
+        .find(|(k, _)| *k == "supervision.tiers")
+        .unwrap()
+        .1;
+    assert_eq!(
+        shown,
+        "coordinator: strategy one-for-all, max-restarts 20, period 1m"
+    );
+    // A later layer changes one key of a tier and keeps the rest.
+    #[derive(serde::Deserialize)]
+    struct Doc {
+        runtime: colony_workflow::file::Runtime,
+    }
+    let text = "[runtime.supervision.tiers.coordinator]\nmax-restarts = 30\n";
+    let doc: Doc = toml::from_str(text).unwrap();
+    let over = got.layer(&doc.runtime, text).unwrap();
+    let coordinator = over.supervision_tiers["coordinator"];
+    assert_eq!(coordinator.max_restarts, Some(30));
+    assert_eq!(coordinator.period, Some(Duration::from_secs(60)));
+}
+
+#[test]
+fn a_tier_override_names_a_managing_tier_once_and_stays_in_range() {
+    let tiers = "  tiers: [coordinator, supervisor, worker]\n";
+    let p = problems(&format!(
+        "{HEAD}runtime:\n{tiers}  supervision:\n    tiers:\n      worker: {{max-restarts: 2}}\n"
+    ));
+    assert_eq!(p.len(), 1, "{p:#?}");
+    assert!(
+        p[0].starts_with("w.yaml:8:15: supervision of tier `worker`: no managing tier")
+            && p[0].contains("coordinator, supervisor"),
+        "{p:?}"
+    );
+    let p = problems(&format!(
+        "{HEAD}runtime:\n{tiers}  supervision:\n    tiers:\n      supervisor: {{tiers: {{}}}}\n"
+    ));
+    assert!(p[0].contains("has `tiers` again"), "{p:?}");
+    let p = problems(&format!(
+        "{HEAD}runtime:\n{tiers}  supervision:\n    tiers:\n      supervisor: {{max-restarts: 0}}\n"
+    ));
+    assert_eq!(p.len(), 1, "{p:#?}");
+    assert!(
+        p[0].starts_with("w.yaml:8:19: tier `supervisor`: supervision max-restarts 0"),
+        "{p:?}"
+    );
+}

@@ -129,6 +129,8 @@ pub(super) type Restart = (AgentId, u32, Arc<str>, bool, Instant);
 /// backoff, and the workers retired for good.
 pub(super) struct Supervision {
     options: SupervisorOptions,
+    /// Per managing tier: its agents' supervision of their children.
+    tiers: Vec<SupervisorOptions>,
     /// Per agent id: how many times it was replaced.
     incarnations: Vec<u32>,
     /// Per managing agent (and [`TOP`] for the runtime over the top tier) whose children
@@ -141,9 +143,16 @@ pub(super) struct Supervision {
 }
 
 impl Supervision {
-    pub(super) fn new(options: SupervisorOptions, agents: usize) -> Self {
+    /// `options` for every supervisor, `tiers` in place of them per managing tier (from the
+    /// top; fewer than the managing tiers leaves the rest on `options`).
+    pub(super) fn new(
+        options: SupervisorOptions,
+        tiers: Vec<SupervisorOptions>,
+        agents: usize,
+    ) -> Self {
         Self {
             options,
+            tiers,
             incarnations: vec![0; agents],
             engines: HashMap::new(),
             restarting: FuturesUnordered::new(),
@@ -180,18 +189,20 @@ impl Supervision {
         self.retired.remove(&worker)
     }
 
-    /// What the engine of `key` says of its child `index` (of `children`) exiting with
-    /// `exit` at `now`.
+    /// What the engine of `key` (whose agent is of managing tier `tier`; `None` for [`TOP`])
+    /// says of its child `index` (of `children`) exiting with `exit` at `now`.
     fn on_exit(
         &mut self,
-        key: u32,
+        (key, tier): (u32, Option<usize>),
         children: usize,
         index: usize,
         exit: Exit,
         now: Duration,
         rng: &mut SmallRng,
     ) -> Vec<Command> {
-        let options = self.options;
+        let options = tier
+            .and_then(|t| self.tiers.get(t).copied())
+            .unwrap_or(self.options);
         let engine = self
             .engines
             .entry(key)
@@ -240,17 +251,22 @@ impl Dispatcher {
         at: Instant,
     ) {
         self.stop(child, &cause, kind, at);
-        let (key, siblings): (u32, Vec<AgentId>) = match self.tree.parent(child) {
-            Some(parent) => (parent.0, self.tree.children(parent).collect()),
-            None => (TOP, self.tree.roots().collect()),
-        };
+        let (key, tier, siblings): (u32, Option<usize>, Vec<AgentId>) =
+            match self.tree.parent(child) {
+                Some(parent) => (
+                    parent.0,
+                    Some(self.tree.tier(parent)),
+                    self.tree.children(parent).collect(),
+                ),
+                None => (TOP, None, self.tree.roots().collect()),
+            };
         let Some(index) = siblings.iter().position(|&a| a == child) else {
             return;
         };
         let now = self.watch.now();
         let commands =
             self.supervision
-                .on_exit(key, siblings.len(), index, exit, now, &mut self.rng);
+                .on_exit((key, tier), siblings.len(), index, exit, now, &mut self.rng);
         if commands.is_empty() {
             self.stopped_event(child, &cause, None);
         }

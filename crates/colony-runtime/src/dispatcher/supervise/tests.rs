@@ -404,3 +404,97 @@ async fn an_attempt_started_after_a_quiet_spell_is_not_taken_for_silent() {
     assert_eq!(h.stats().health_failures, 0);
     runtime.shutdown().await;
 }
+
+/// Kills the first worker of the first supervisor four times within a second; returns the
+/// escalations counted.
+async fn four_quick_exits(options: RuntimeOptions) -> u64 {
+    let (runtime, _) = start(options, vec![pool(4, sim(slow(10)))]).await;
+    let h = runtime.handle();
+    let supervisor = h
+        .inspect(|t: &LiveTree| t.agents_in_tier(1)[0])
+        .await
+        .unwrap();
+    let worker = children(h, supervisor).await[0];
+    for _ in 0..4 {
+        h.kill(worker).unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let escalations = h.stats().escalations;
+    runtime.shutdown().await;
+    escalations
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_tier_of_its_own_supervises_with_its_own_intensity() {
+    let quiet = SupervisorOptions {
+        jitter: 0.0,
+        ..SupervisorOptions::default()
+    };
+    // Everyone's intensity (3 in 5 s): the fourth exit escalates.
+    let everyone = RuntimeOptions {
+        supervision: quiet,
+        ..three_tiers()
+    };
+    assert_eq!(four_quick_exits(everyone.clone()).await, 1);
+    // The supervisor tier allows ten: no escalation. The coordinators' tier is untouched.
+    let mut patient = everyone.clone();
+    patient.supervision_tiers.insert(
+        "supervisor".into(),
+        colony_core::supervision::SupervisorOverrides {
+            max_restarts: Some(10),
+            ..Default::default()
+        },
+    );
+    assert_eq!(four_quick_exits(patient).await, 0);
+    // Overrides on the coordinators' tier change nothing for the workers' supervisors.
+    let mut elsewhere = everyone;
+    elsewhere.supervision_tiers.insert(
+        "coordinator".into(),
+        colony_core::supervision::SupervisorOverrides {
+            max_restarts: Some(10),
+            ..Default::default()
+        },
+    );
+    assert_eq!(four_quick_exits(elsewhere).await, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_tier_override_must_name_a_managing_tier_and_stay_in_range() {
+    let mut options = three_tiers();
+    options.supervision_tiers.insert(
+        "worker".into(),
+        colony_core::supervision::SupervisorOverrides::default(),
+    );
+    let error = crate::Runtime::start(
+        options,
+        vec![pool(4, sim(slow(10)))],
+        std::sync::Arc::new(colony_journal::MemoryJournal::new()),
+    )
+    .await
+    .unwrap_err()
+    .to_string();
+    assert!(
+        error.contains("tier `worker`") && error.contains("coordinator, supervisor"),
+        "{error}"
+    );
+    let mut options = three_tiers();
+    options.supervision_tiers.insert(
+        "supervisor".into(),
+        colony_core::supervision::SupervisorOverrides {
+            max_restarts: Some(0),
+            ..Default::default()
+        },
+    );
+    let error = crate::Runtime::start(
+        options,
+        vec![pool(4, sim(slow(10)))],
+        std::sync::Arc::new(colony_journal::MemoryJournal::new()),
+    )
+    .await
+    .unwrap_err()
+    .to_string();
+    assert!(
+        error.contains("tier `supervisor`") && error.contains("max-restarts 0"),
+        "{error}"
+    );
+}
