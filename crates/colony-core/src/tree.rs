@@ -274,6 +274,84 @@ impl LiveTree {
         AgentId(id)
     }
 
+    /// Removes agents from the end of the tree while the last one may go: a worker with
+    /// nothing counted in it that `gone` says has left for good (a retired worker whose
+    /// attempts have ended; `gone` hears its spec), or a manager grown past the plan with no
+    /// children left that `gone` accepts (it hears `None`). Their room and counts leave the tree's books, and a planned worker's
+    /// place is planned again: the next worker added takes it. Ids are reused from the new
+    /// end. The nodes' memory is given back once the tree is under half of what it holds.
+    /// Returns the ids removed.
+    pub fn trim_tail(
+        &mut self,
+        mut gone: impl FnMut(AgentId, Option<u8>) -> bool,
+    ) -> std::ops::Range<u32> {
+        let end = self.nodes.len() as u32;
+        let worker_tier = self.worker_tier();
+        let planned_managers = self.plan.total() - self.plan.workers();
+        while let Some(last) = self.nodes.last() {
+            let id = (self.nodes.len() - 1) as u32;
+            let tier = last.tier as usize;
+            let removable = last.load == 0
+                && last.children.is_empty()
+                && (tier == worker_tier || u64::from(id) >= self.plan.total())
+                && u64::from(id) >= planned_managers;
+            let spec = (tier == worker_tier).then_some(last.spec);
+            if !removable || !gone(AgentId(id), spec) {
+                break;
+            }
+            self.pop_node();
+        }
+        let start = self.nodes.len() as u32;
+        if start < end {
+            // Nodes with room for growth are listed again when growth next needs them.
+            for open in &mut self.open {
+                open.clear();
+            }
+            self.open_known.iter_mut().for_each(|k| *k = false);
+            if self.nodes.len() < self.nodes.capacity() / 2 {
+                self.nodes.shrink_to_fit();
+            }
+        }
+        start..end
+    }
+
+    /// Removes the last node, which has nothing counted in it and no children.
+    fn pop_node(&mut self) {
+        let id = (self.nodes.len() - 1) as u32;
+        let agent = AgentId(id);
+        // Out of its ancestors' specs, and its flags off: room it withdrew returns to the
+        // books, to leave them whole.
+        self.set_retired(agent, true);
+        for flag in [DOWN, VACANT, SIDELINED, PROBATION, REDUCED] {
+            self.set_flag(agent, flag, false);
+        }
+        let node = &self.nodes[id as usize];
+        let (capacity, parent, tier) = (node.capacity, node.parent, node.tier as usize);
+        self.for_ancestors(id, |n| n.capacity -= capacity);
+        self.tier_sizes[tier] -= 1;
+        if tier == self.worker_tier() && u64::from(id) < self.plan.total() {
+            self.planned_left += 1;
+        }
+        if parent == NO_PARENT {
+            self.roots.retain(|&r| r != id);
+            self.root_cursor = 0;
+        } else {
+            let children = &mut self.nodes[parent as usize].children;
+            if let Some(i) = children.iter().rposition(|&c| c == id) {
+                children.remove(i);
+            }
+        }
+        self.nodes.pop();
+        // A supervisor left with no worker in rotation has no room.
+        if parent != NO_PARENT && tier == self.worker_tier() {
+            let sup = AgentId(parent);
+            let vacant = self
+                .children(sup)
+                .all(|w| self.nodes[w.index()].own & (DOWN | SIDELINED) != 0);
+            self.set_flag(sup, VACANT, vacant);
+        }
+    }
+
     /// A node of `tier` that can take one more child, created (with its own parent) if needed.
     fn open_slot(&mut self, tier: usize) -> u32 {
         if !self.open_known[tier] {
@@ -661,6 +739,137 @@ pub(crate) mod tests {
             queue_capacity,
         })
         .unwrap()
+    }
+
+    /// Every count the tree keeps agrees with its nodes.
+    fn books(t: &LiveTree) {
+        let mut sizes = vec![0u32; t.tier_sizes.len()];
+        let mut down = vec![0u64; t.tier_sizes.len()];
+        let mut nominal = 0u64;
+        for (i, n) in t.nodes.iter().enumerate() {
+            sizes[n.tier as usize] += 1;
+            down[n.tier as usize] += u64::from(n.own & DOWN != 0);
+            nominal += u64::from(n.own & ROOM);
+            let below: u32 = n
+                .children
+                .iter()
+                .map(|&c| t.nodes[c as usize].capacity)
+                .sum();
+            assert_eq!(n.capacity, room(n.own) + below, "capacity of {i}");
+            if !n.children.is_empty() {
+                let mask = n
+                    .children
+                    .iter()
+                    .fold(0, |m, &c| m | t.nodes[c as usize].mask.0);
+                assert_eq!(n.mask.0, mask, "mask of {i}");
+            }
+            for &c in &n.children {
+                assert_eq!(t.nodes[c as usize].parent, i as u32, "parent of {c}");
+            }
+            assert_eq!(
+                n.parent == NO_PARENT,
+                t.roots.contains(&(i as u32)),
+                "root {i}"
+            );
+        }
+        assert_eq!(sizes, t.tier_sizes, "tier sizes");
+        assert_eq!(down, t.down, "down per tier");
+        assert_eq!(t.installed_capacity(), nominal, "installed capacity");
+    }
+
+    proptest! {
+        /// Grown, shrunk by retirement and trimmed, and grown again in any order, the tree's
+        /// books stay whole; trimmed places are taken again by the next workers added.
+        #[test]
+        fn trimming_retired_workers_leaves_the_books_whole(
+            steps in prop::collection::vec((1..60u32, 0..60u32, any::<bool>()), 1..8),
+            span in 2..6u32,
+        ) {
+            let mut t = planned(20, span, 3);
+            let mut retired = std::collections::HashSet::new();
+            for (add, retire, down_first) in steps {
+                t.add_workers(add, (add % 3) as u8, 1 + add % 2);
+                // Retire the newest workers in service, as a pool shrinking does.
+                let worker_tier = t.worker_tier();
+                let mut serving: Vec<AgentId> = t
+                    .agents_in_tier(worker_tier)
+                    .into_iter()
+                    .filter(|w| !retired.contains(w))
+                    .collect();
+                serving.sort_unstable_by_key(|w| std::cmp::Reverse(w.0));
+                for &w in serving.iter().take(retire as usize) {
+                    if down_first {
+                        t.set_sidelined(w, true);
+                    }
+                    t.set_down(w, true);
+                    t.set_retired(w, true);
+                    retired.insert(w);
+                }
+                books(&t);
+                let len = t.len();
+                let workers: std::collections::HashSet<AgentId> =
+                    t.agents_in_tier(worker_tier).into_iter().collect();
+                // Managers may go once empty; workers once retired.
+                let trimmed = t.trim_tail(|a, _| !workers.contains(&a) || retired.contains(&a));
+                prop_assert_eq!(trimmed.end as usize, len);
+                prop_assert_eq!(t.len(), trimmed.start as usize);
+                retired.retain(|w| (w.0) < trimmed.start);
+                books(&t);
+                // The last agent left is no removable one.
+                if let Some(last) = t.nodes.last() {
+                    let id = AgentId(t.len() as u32 - 1);
+                    prop_assert!(
+                        !(last.tier as usize == worker_tier && retired.contains(&id)) || last.load > 0
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_trimmed_planned_place_is_taken_again_and_memory_comes_back() {
+        let mut t = planned(1_000, 12, 4);
+        t.add_workers(1_000, 0, 1);
+        let full = t.installed_capacity();
+        let worker_tier = t.worker_tier();
+        let workers = t.agents_in_tier(worker_tier);
+        let parents: Vec<Option<AgentId>> = workers.iter().map(|&w| t.parent(w)).collect();
+        // All but the first ten retire, newest first.
+        for &w in &workers[10..] {
+            t.set_down(w, true);
+            t.set_retired(w, true);
+        }
+        let gone: std::collections::HashSet<AgentId> = workers[10..].iter().copied().collect();
+        let trimmed = t.trim_tail(|a, _| gone.contains(&a));
+        assert_eq!(trimmed.len(), 990);
+        assert_eq!(t.tier_sizes()[worker_tier], 10);
+        assert!(
+            t.nodes.capacity() < 1_000,
+            "memory given back: {}",
+            t.nodes.capacity()
+        );
+        books(&t);
+        // Growing again takes the planned places, under the planned parents.
+        let again = t.add_workers(990, 0, 1);
+        assert_eq!(again, workers[10..].to_vec());
+        let now: Vec<Option<AgentId>> = workers.iter().map(|&w| t.parent(w)).collect();
+        assert_eq!(now, parents);
+        assert_eq!(t.installed_capacity(), full);
+        books(&t);
+        // A busy retired worker stays, and keeps everything before it.
+        let last = *workers.last().unwrap();
+        let sup = t.parent(last).unwrap();
+        t.enqueue(sup);
+        t.start(last);
+        for &w in &workers[500..] {
+            t.set_down(w, true);
+            t.set_retired(w, true);
+        }
+        let gone: std::collections::HashSet<AgentId> = workers[500..].iter().copied().collect();
+        assert!(t.trim_tail(|a, _| gone.contains(&a)).is_empty());
+        t.finish(last, None);
+        assert_eq!(t.trim_tail(|a, _| gone.contains(&a)).len(), 500);
+        books(&t);
     }
 
     #[test]

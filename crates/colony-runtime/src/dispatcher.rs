@@ -147,6 +147,7 @@ pub(crate) fn start(
         ),
         out: Outbox::new(shared.clone(), tree.tier_names().len(), pools.len()),
         freed: Vec::new(),
+        trim_due: false,
         accepting: FuturesUnordered::new(),
         pending: Vec::new(),
         retry: options.retry.policy(),
@@ -212,6 +213,9 @@ struct Dispatcher {
     /// Workers that ended an attempt this turn or came into service: they may take a queued
     /// task when the turn settles.
     freed: Vec<AgentId>,
+    /// A retired worker was left with nothing to run: the tree's end may be trimmed when the
+    /// turn settles (see [`Dispatcher::trim`]).
+    trim_due: bool,
     /// Submissions waiting for the journal to make them durable.
     accepting: FuturesUnordered<Accepting>,
     /// First and last task id of each of those, for cancellation to find them.
@@ -496,6 +500,8 @@ impl Dispatcher {
         };
         self.tree.finish(worker, micros);
         self.freed.push(worker);
+        self.trim_due |=
+            self.tree.load(worker).0 == 0 && self.supervision.retired().contains(&worker);
         let tally = &mut self.out.pools[self.tree.spec(worker) as usize];
         tally.busy -= 1;
         tally.ended += 1;
@@ -705,6 +711,9 @@ impl Dispatcher {
                     self.place.back_of_backlog(job);
                 }
             }
+        }
+        if std::mem::take(&mut self.trim_due) {
+            self.trim();
         }
     }
 

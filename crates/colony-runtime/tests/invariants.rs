@@ -296,7 +296,7 @@ fn run(case: &Case, threaded: bool) -> Result<(), TestCaseError> {
                 }
             }
         }
-        h.reinstate(0, case.workers).await.unwrap();
+        h.set_pool_size(0, u64::from(case.workers)).await.unwrap();
         prop_assert_eq!(h.pools()[0].1, u64::from(case.workers), "every worker back");
         // I4: with the faults over, everything drains (hangs end at their timeout).
         tokio::time::timeout(Duration::from_secs(3_600), h.drain())

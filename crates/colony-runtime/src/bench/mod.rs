@@ -326,6 +326,10 @@ pub struct SpawnReport {
     /// CPU used by the whole process while the agents sat idle, in percent of one core.
     pub idle_cpu_percent: f64,
     pub idle_seconds: f64,
+    /// After the idle spell the first pool shrinks to a hundredth of its workers: how many
+    /// agents the tree then holds, and the resident set given back per worker retired.
+    pub agents_after_shrink: u64,
+    pub bytes_freed_per_retired: f64,
     /// Whether the hierarchy holds every agent planned, and the runtime counts them all.
     #[serde(flatten)]
     pub verdict: Verdict,
@@ -349,6 +353,15 @@ pub async fn spawn(swarm: &Swarm, mode: SpawnMode, idle: Duration) -> Result<Spa
     tokio::time::sleep(idle).await;
     let idle_seconds = idle_started.elapsed().as_secs_f64();
     let idle_cpu = cpu_time().saturating_sub(cpu_before).as_secs_f64();
+    // Shrunk by hand, a pool gives its retired workers' places back.
+    let before_shrink = resident_bytes();
+    let pool_size = handle.pools()[0].1;
+    let keep = (pool_size / 100).max(1);
+    handle.set_pool_size(0, keep).await?;
+    let agents_after_shrink = handle.stats().agents;
+    let retired = pool_size.saturating_sub(keep);
+    let bytes_freed_per_retired =
+        before_shrink.saturating_sub(resident_bytes()) as f64 / retired.max(1) as f64;
     runtime.shutdown().await;
     let mut verdict = Verdict::new();
     verdict.check(agents == planned, || {
@@ -356,6 +369,12 @@ pub async fn spawn(swarm: &Swarm, mode: SpawnMode, idle: Duration) -> Result<Spa
     });
     verdict.check(counted == planned, || {
         format!("the runtime counts {counted} agents, not the {planned} planned")
+    });
+    verdict.check(agents_after_shrink == counted - retired, || {
+        format!(
+            "after retiring {retired} idle workers the tree holds {agents_after_shrink} agents, not {}: their places were not given back",
+            counted - retired
+        )
     });
     Ok(SpawnReport {
         agents,
@@ -367,6 +386,8 @@ pub async fn spawn(swarm: &Swarm, mode: SpawnMode, idle: Duration) -> Result<Spa
         bytes_per_agent: rss_after.saturating_sub(rss_before) as f64 / agents.max(1) as f64,
         idle_cpu_percent: 100.0 * idle_cpu / idle_seconds.max(1e-9),
         idle_seconds,
+        agents_after_shrink,
+        bytes_freed_per_retired,
         verdict,
     })
 }

@@ -223,6 +223,12 @@ impl Attempts {
         self.switches.get(&agent)
     }
 
+    /// Agents from `start` on left the tree, with no attempt running.
+    pub(super) fn forget_from(&mut self, start: usize) {
+        self.switches.retain(|a, _| a.index() < start);
+        self.switches.shrink_to_fit();
+    }
+
     /// Marks `task` cancelled while it is not waiting in a queue.
     pub(super) fn ask_cancel(&mut self, task: TaskId) {
         self.cancels.insert(task);

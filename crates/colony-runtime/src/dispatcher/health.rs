@@ -188,6 +188,28 @@ impl Watch {
         self.judge(out, worker, Some(ok));
     }
 
+    /// Agents from `start` on left the tree: their health, breakers and pending acts go,
+    /// and the counts of unhealthy workers no longer hold them.
+    pub(super) fn forget_from(&mut self, start: usize) {
+        for i in start..self.health.len() {
+            let state = self.health[i].state();
+            if state != HealthState::Healthy {
+                self.count(state, HealthState::Healthy);
+            }
+        }
+        self.health.truncate(start);
+        self.breakers.truncate(start);
+        if self.health.len() < self.health.capacity() / 2 {
+            self.health.shrink_to_fit();
+            self.breakers.shrink_to_fit();
+        }
+        self.tripped.retain(|w| w.index() < start);
+        self.acts.retain(|act| {
+            let (Act::Breaker(w, _) | Act::Reduced(w, _) | Act::Alerted(w)) = *act;
+            w.index() < start
+        });
+    }
+
     /// A new incarnation of `worker` starts healthy, its breaker closed.
     pub(super) fn reset(&mut self, out: &mut Outbox, worker: AgentId) {
         if worker.index() < self.health.len() {

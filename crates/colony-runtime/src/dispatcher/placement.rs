@@ -79,6 +79,20 @@ impl Placement {
         self.queues.resize_with(agents, || None);
     }
 
+    /// Agents from `start` on left the tree, with nothing queued at them.
+    pub(super) fn forget_from(&mut self, start: usize) {
+        debug_assert!(
+            self.queues[start.min(self.queues.len())..]
+                .iter()
+                .all(|q| q.as_ref().is_none_or(|q| q.is_empty()))
+        );
+        self.queues.truncate(start);
+        if self.queues.len() < self.queues.capacity() / 2 {
+            self.queues.shrink_to_fit();
+        }
+        self.with_queues.retain(|s| s.index() < start);
+    }
+
     /// Sends a task down the tree: to an idle worker, or into a supervisor's queue. Hands the
     /// task back when no subtree with agents for it has room.
     // The job comes back by value on the rare no-room path; boxing it would allocate on the

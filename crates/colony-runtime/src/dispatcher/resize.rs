@@ -83,7 +83,46 @@ impl Dispatcher {
         supervisors.dedup();
         self.rehome(supervisors);
         self.admit_room();
+        // Idle ones at the tree's end leave it now; busy ones once their attempts end.
+        self.trim();
         n
+    }
+
+    /// Gives back the places at the tree's end of workers retired for good from pools
+    /// without an autoscaler, once their attempts have ended, and of managers grown past the
+    /// plan that are left with no children: their nodes, queues, health and switches go,
+    /// and the next workers added take their ids (and planned places) again. An autoscaled
+    /// pool keeps its retired workers' places: their room is what lets it accept the tasks
+    /// that grow it back, and growing reuses them. Only the end is trimmed: a retired worker
+    /// before one in service keeps its place until the pool grows back into it.
+    pub(super) fn trim(&mut self) {
+        let (retired, scaled) = (self.supervision.retired(), self.shared.scaled);
+        let removed = self.tree.trim_tail(|agent, spec| match spec {
+            Some(spec) => retired.contains(&agent) && !scaled.intersects(SpecMask::of(spec)),
+            // A manager grown past the plan that the tree found empty.
+            None => true,
+        });
+        if removed.is_empty() {
+            return;
+        }
+        let start = removed.start as usize;
+        self.place.forget_from(start);
+        self.supervision.forget_agents(removed.clone());
+        self.watch.forget_from(start);
+        self.attempts.forget_from(start);
+        self.freed.retain(|w| w.index() < start);
+        // A big spawn left it as long as the tree was.
+        self.freed.shrink_to(self.freed.len().max(1_024));
+        self.shared
+            .counters
+            .agents
+            .store(self.tree.len() as u64, Relaxed);
+        for (name, size) in self.tree.tier_names().iter().zip(self.tree.tier_sizes()) {
+            crate::metrics::Metrics::tier_size(name, *size);
+        }
+        self.admit_room();
+        self.out
+            .publish_down(&self.tree, self.supervision.retired().len(), true);
     }
 
     /// Brings the admission permits to the room the tree holds now: what its agents hold

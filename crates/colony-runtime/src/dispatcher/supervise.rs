@@ -160,9 +160,24 @@ impl Supervision {
         }
     }
 
-    /// The tree grew to `agents`.
+    /// The tree grew to `agents`. Incarnations are never dropped: an id the tree gives again
+    /// goes on from the last incarnation of the agent that had it, so that nothing meant for
+    /// that agent (an attempt's end, a restart) is taken for the new one's.
     pub(super) fn grow(&mut self, agents: usize) {
-        self.incarnations.resize(agents, 0);
+        if agents > self.incarnations.len() {
+            self.incarnations.resize(agents, 0);
+        }
+    }
+
+    /// Agents `ids` left the tree: their incarnations end, and they are no longer retired
+    /// or supervising.
+    pub(super) fn forget_agents(&mut self, ids: std::ops::Range<u32>) {
+        for id in ids {
+            let agent = AgentId(id);
+            self.end_incarnation(agent);
+            self.retired.remove(&agent);
+            self.engines.remove(&id);
+        }
     }
 
     /// The incarnation of `agent` in service (or last in service).

@@ -708,6 +708,14 @@ pub(crate) fn run(bench: Bench) -> Result<(), Failure> {
                 format!("idle CPU over {:.1} s", report.idle_seconds),
                 format!("{:.2} %", report.idle_cpu_percent),
             ]);
+            t.row(vec![
+                "agents after shrinking to 1 %".into(),
+                thousands(report.agents_after_shrink),
+            ]);
+            t.row(vec![
+                "bytes freed per retired worker (RSS)".into(),
+                format!("{:.0}", report.bytes_freed_per_retired),
+            ]);
             verdict_rows(&mut t, &report.verdict);
             print_table(&t, &report.verdict.problems);
             judge("spawn", &report.verdict)?;

@@ -1,5 +1,7 @@
 //! Shrinking and growing a pool back: retired workers take no task, are never restarted,
 //! finish what they run; the tasks they would have taken wait, and run when workers return.
+//! Retired workers of a pool without an autoscaler at the tree's end leave it once idle, and
+//! the pool grows back into their places.
 
 use crate::dispatcher::tests::{pool, sim, slow, start, two_tiers};
 use colony_core::{
@@ -9,46 +11,52 @@ use colony_core::{
 use colony_journal::Journal;
 use std::time::Duration;
 
+/// The workers in the tree now, and the tree's size.
+async fn workers(h: &crate::Handle) -> (Vec<AgentId>, usize) {
+    h.observe(|live| {
+        (
+            live.tree.agents_in_tier(live.tree.worker_tier()),
+            live.tree.len(),
+        )
+    })
+    .await
+    .unwrap()
+}
+
+/// The supervisor of each of `workers`.
+async fn parents(h: &crate::Handle, workers: &[AgentId]) -> Vec<Option<AgentId>> {
+    let workers = workers.to_vec();
+    h.observe(move |live| workers.iter().map(|&w| live.tree.parent(w)).collect())
+        .await
+        .unwrap()
+}
+
 #[tokio::test(start_paused = true)]
-async fn retired_workers_take_no_task_and_come_back_when_the_pool_grows() {
+async fn retired_workers_leave_the_tree_and_the_pool_grows_back_into_their_places() {
     let (runtime, journal) = start(two_tiers(), vec![pool(4, sim(slow(10)))]).await;
     let h = runtime.handle();
+    let (before, len) = workers(h).await;
+    let supervisors = parents(h, &before).await;
     assert_eq!(h.retire(0, 3).await.unwrap(), 3);
     assert_eq!(h.pools()[0].1, 1);
-    let retired: Vec<AgentId> = h
-        .observe(|live| {
-            live.tree
-                .agents_in_tier(live.tree.worker_tier())
-                .into_iter()
-                .filter(|&w| live.is_retired(w))
-                .collect()
-        })
-        .await
-        .unwrap();
-    assert_eq!(retired.len(), 3);
-    // The oldest worker is the one left: the newest idle ones went first.
+    // The newest three were idle at the tree's end: they are gone, not kept retired.
+    let (after, len_after) = workers(h).await;
+    assert_eq!(after, before[..1], "the oldest worker stays");
+    assert_eq!(len_after, len - 3);
+    assert_eq!(h.stats().agents, len_after as u64);
+    assert_eq!(h.observe(|live| live.retired()).await.unwrap(), 0);
     let accepted = h.submit_batch(vec![TaskSpec::default(); 8]).await.unwrap();
     h.drain().await.unwrap();
     for id in accepted.ids() {
         let row = journal.task(id).unwrap().unwrap();
         assert_eq!(row.state, TaskState::Succeeded);
-        assert!(
-            !retired.contains(&row.agent.unwrap()),
-            "{id} ran on a retired worker"
-        );
+        assert_eq!(row.agent, Some(before[0]), "{id} ran on the one left");
     }
-    // The hierarchy says so: out of service for good, not down awaiting a restart.
-    let (down, gone) = h
-        .observe(|live| (live.down(live.tree.worker_tier()), live.retired()))
-        .await
-        .unwrap();
-    assert_eq!((down, gone), (0, 3));
-    assert_eq!(
-        h.reinstate(0, 5).await.unwrap(),
-        3,
-        "only three were retired"
-    );
-    assert_eq!(h.pools()[0].1, 4);
+    // Growing takes the places back: the same ids under the same supervisors.
+    let r = h.set_pool_size(0, 4).await.unwrap();
+    assert_eq!((r.agents, r.reinstated, r.spawned), (4, 0, 3));
+    assert_eq!(workers(h).await, (before.clone(), len));
+    assert_eq!(parents(h, &before).await, supervisors);
     let accepted = h.submit_batch(vec![TaskSpec::default(); 8]).await.unwrap();
     h.drain().await.unwrap();
     let used: std::collections::HashSet<AgentId> = accepted
@@ -86,14 +94,22 @@ async fn busy_workers_retire_after_their_attempts_and_queued_tasks_wait() {
         (0, 1),
         "the queued one waits"
     );
-    assert_eq!(h.reinstate(0, 1).await.unwrap(), 1);
+    // Their attempts over, they left the tree: growing spawns a worker in a place of theirs.
+    assert_eq!(workers(h).await.0, vec![]);
+    assert_eq!(h.set_pool_size(0, 1).await.unwrap().spawned, 1);
     assert_eq!(waiting.await.unwrap().state, TaskState::Succeeded);
     runtime.shutdown().await;
 }
 
 #[tokio::test(start_paused = true)]
 async fn a_supervisors_restart_leaves_its_retired_workers_retired() {
-    let (runtime, _journal) = start(two_tiers(), vec![pool(3, sim(slow(1)))]).await;
+    use crate::Pool;
+    use colony_agents::AgentSpec;
+    // Pool `a`'s newest worker retires but keeps its place: pool `b`'s worker comes after
+    // it, at the tree's end.
+    let a = Pool::new(AgentSpec::new("sim", "a"), 2, sim(slow(1)));
+    let b = Pool::new(AgentSpec::new("sim", "b"), 1, sim(slow(1)));
+    let (runtime, _journal) = start(two_tiers(), vec![a, b]).await;
     let h = runtime.handle();
     assert_eq!(h.retire(0, 1).await.unwrap(), 1);
     let supervisor = h
@@ -212,10 +228,16 @@ async fn each_pools_load_counts_its_own_tasks_and_the_age_of_its_backlog() {
         (Duration::from_millis(500), Duration::from_millis(100))
     );
     // A pool resized to a size: surplus retired, then retired ones back before new ones.
+    // `a`'s newest retires before `b`'s workers and keeps its place; `b`'s two newest were at
+    // the tree's end and left it.
+    let r = h.set_pool_size(0, 1).await.unwrap();
+    assert_eq!((r.agents, r.retired), (1, 1));
     let r = h.set_pool_size(1, 1).await.unwrap();
     assert_eq!((r.agents, r.retired), (1, 2));
+    let r = h.set_pool_size(0, 2).await.unwrap();
+    assert_eq!((r.agents, r.reinstated, r.spawned), (2, 1, 0));
     let r = h.set_pool_size(1, 5).await.unwrap();
-    assert_eq!((r.agents, r.reinstated, r.spawned), (5, 2, 2));
+    assert_eq!((r.agents, r.reinstated, r.spawned), (5, 0, 4));
     assert_eq!(h.pool_loads()[1].capacity, 5);
     assert!(h.set_pool_size(2, 1).await.is_err(), "no pool 2");
     runtime.shutdown().await;
@@ -294,12 +316,10 @@ async fn the_task_runs_again_once_the_pool_grows(
         !row.state.is_terminal(),
         "the task waits for a worker: {row:?}"
     );
-    let (retired, down) = h
-        .observe(move |live| (live.is_retired(worker), live.tree.is_down(worker)))
-        .await
-        .unwrap();
-    assert_eq!((retired, down), (true, true));
-    assert_eq!(h.reinstate(0, 1).await.unwrap(), 1);
+    // Its attempt over, it left the tree; the pool grows back into its place.
+    assert!(!workers(h).await.0.contains(&worker));
+    assert_eq!(h.set_pool_size(0, 1).await.unwrap().spawned, 1);
+    assert_eq!(workers(h).await.0, vec![worker]);
     let done = done.await.unwrap();
     assert_eq!(done.state, TaskState::Succeeded);
     assert_eq!(done.attempts, 2);
@@ -372,7 +392,7 @@ async fn a_pool_shrunk_by_hand_gives_its_admission_room_back_and_grows_it_again(
         matches!(refused, Err(crate::Error::NoAgentFor { .. })),
         "{refused:?}"
     );
-    assert_eq!(h.reinstate(0, 4).await.unwrap(), 4);
+    assert_eq!(h.set_pool_size(0, 4).await.unwrap().agents, 4);
     assert_eq!(admitted_until_full(h).await, 12, "all the room is back");
     h.drain().await.unwrap();
     let counts = journal.counts().unwrap();
