@@ -50,6 +50,7 @@ pub mod agent;
 pub mod attempt;
 pub mod breaker;
 pub mod dag;
+pub mod decision;
 pub mod forecast;
 pub mod health;
 pub mod hierarchy;
