@@ -5,8 +5,8 @@ use super::similarity::{normalise_space, normalise_text};
 use super::tally::Tally;
 use super::{
     Ballot, Candidate, DecisionOptions, Error, MAX_OUTPUT_BYTES, MAX_PARTICIPANTS, MAX_WEIGHT,
-    Normalise, Outcome, Participant, Progress, Protocol, Reason, Record, Recorded, Refused,
-    Status, Tie, TieBreak, Vote, Winner,
+    Normalise, Outcome, Participant, Progress, Protocol, Reason, Record, Recorded, Refused, Status,
+    Tie, TieBreak, Vote, Winner,
 };
 use crate::AgentId;
 use std::{borrow::Cow, collections::HashMap, time::Duration};
@@ -543,8 +543,8 @@ impl Decision {
             return self.accept(None, now);
         }
         // Rejected early only when the open reviews could make it neither pass nor tie.
-        let hopeless = !self.passes(approve + open, approve + reject + open)
-            && approve + open < reject;
+        let hopeless =
+            !self.passes(approve + open, approve + reject + open) && approve + open < reject;
         if !(hopeless || open == 0 || expired) {
             return Progress::Pending;
         }

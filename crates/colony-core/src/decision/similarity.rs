@@ -7,9 +7,10 @@
 //! - the Jaccard index of their sets of words (shared words / words in either), which ignores
 //!   word order and repetition: "Paris is the capital of France" and "the capital of France
 //!   is Paris" score 1;
-//! - for short texts (both at most [`EDIT_CHARS`] characters), one minus their edit distance
-//!   over the longer length, which forgives typos in one-word answers ("Pari" and "Paris"
-//!   score 0.8).
+//! - for short answers (both at most [`EDIT_WORDS`] words and [`EDIT_CHARS`] characters),
+//!   one minus their edit distance over the longer length, which forgives typos ("Pari" and
+//!   "Paris" score 0.8). Not for sentences: "the capital of France is Lyon" is five edits
+//!   from "... is Paris", 0.83 alike by characters, but only 5 of 7 words are shared.
 //!
 //! The work is bounded whatever agents send: the measures read only the first
 //! [`COMPARED_CHARS`] characters of a normalised output, edit distance only texts of at most
@@ -22,9 +23,12 @@ use std::borrow::Cow;
 /// compared (two outputs that agree on this much are alike however they end).
 pub const COMPARED_CHARS: usize = 1024;
 
-/// Normalised outputs this short (in characters) or shorter are also compared by edit
-/// distance; longer ones by their words only.
+/// Normalised outputs this short (in characters) or shorter, of at most [`EDIT_WORDS`]
+/// words, are also compared by edit distance; others by their words only.
 pub const EDIT_CHARS: usize = 64;
+
+/// Most words of an output compared by edit distance.
+pub const EDIT_WORDS: usize = 3;
 
 /// Clusters a new output is compared with. Past this many, an output like none of the first
 /// ones stands alone: it groups only with outputs that normalise to the same text.
@@ -96,6 +100,7 @@ impl Features {
         let mut words: Vec<u64> = head.split(' ').filter(|w| !w.is_empty()).map(fnv).collect();
         words.sort_unstable();
         words.dedup();
+        let short = short && head.split(' ').count() <= EDIT_WORDS;
         Self {
             words,
             chars: short.then(|| head.chars().collect()),
@@ -234,9 +239,9 @@ mod tests {
             1.0
         );
         assert_eq!(similarity("yes yes yes", "Yes"), 1.0);
-        // {the, answer, is, 42} against {answer, 42} share 2 of 4 words; as short texts,
-        // "the answer is 42" and "answer 42" are 7 edits apart out of 16.
-        assert_eq!(similarity("The answer is 42", "answer: 42"), 1.0 - 7.0 / 16.0);
+        // {the, answer, is, 42} against {answer, 42}: 2 of 4.
+        assert_eq!(similarity("The answer is 42", "answer: 42"), 0.5);
+        assert_eq!(similarity("answer is 42", "answer: 42"), 1.0 - 3.0 / 12.0);
         assert_eq!(similarity("", ""), 1.0);
         assert_eq!(similarity("", "something"), 0.0);
     }
@@ -250,6 +255,14 @@ mod tests {
         assert!(normalise_text(&long_a).chars().count() > EDIT_CHARS);
         // Edit distance would say 0.99; the words say {word, colour} against {word, color}.
         assert_eq!(similarity(&long_a, &long_b), 1.0 / 3.0);
+        assert_eq!(
+            similarity(
+                "The capital of France is Lyon",
+                "The capital of France is Paris"
+            ),
+            5.0 / 7.0,
+            "a sentence by its words"
+        );
     }
 
     #[test]
