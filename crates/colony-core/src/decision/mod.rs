@@ -72,9 +72,10 @@
 //! ([`Winner::tie_break`]). The same ballots in the same order always give the same outcome.
 //!
 //! Work is bounded: at most [`MAX_PARTICIPANTS`] participants, outputs up to
-//! [`MAX_OUTPUT_BYTES`], two recorded ballots per participant and round, and a ballot costs
-//! O(its length) under exact matching (one hash lookup; 10,000 ballots tally in well under a
-//! millisecond) and at most [`similarity::MAX_CLUSTERS`] comparisons under `similarity`.
+//! [`MAX_OUTPUT_BYTES`], two recorded ballots per participant and round. Under exact
+//! matching a ballot costs one pass over its output and one hash lookup, and the checks after
+//! it are O(1) (O(candidates) when a `bft` ballot is withdrawn); under `similarity`, at most
+//! [`similarity::MAX_CLUSTERS`] bounded comparisons. Closing a round is O(ballots).
 //!
 //! ```
 //! use colony_core::decision::{Ballot, Decision, DecisionOptions, Participant, Progress};
