@@ -30,6 +30,10 @@
 //!   bounds and cooldowns, activation from zero and idling to `min`, each step with its reason.
 //! - [`forecast`] predicts a pool's arrivals over the next intervals (additive Holt-Winters)
 //!   and measures its own accuracy, which the predictive policy requires before it acts.
+//! - [`decision`] takes decisions by vote among agents: majority (quorum), weighted,
+//!   confidence, similarity, bft, fast and leader protocols, each with its stated guarantee,
+//!   fenced ballots, a timeout and a tie policy; the outcome keeps every ballot and the
+//!   dissenters, and a failure says why.
 //! - [`supervision`] decides, Erlang-style, which children restart after an exit, after what
 //!   backoff, and when a supervisor gives up and escalates.
 //! - [`task`] and [`agent`] are the specs users write, and an agent's
@@ -50,6 +54,7 @@ pub mod agent;
 pub mod attempt;
 pub mod breaker;
 pub mod dag;
+pub mod decision;
 pub mod forecast;
 pub mod health;
 pub mod hierarchy;
