@@ -4,7 +4,8 @@
 //!
 //! Each case runs a whole runtime on a paused clock with an agent that injects errors,
 //! crashes and hangs from a seed and keeps a ledger of what really ran; on top, agents and
-//! supervisors are killed at seeded times. The ledger is then checked against the journal.
+//! supervisors are killed, workers retired and the pool resized down and up at seeded times.
+//! The ledger is then checked against the journal.
 
 use bytes::Bytes;
 use colony_agents::{Agent, AgentSpec, Error as AgentError, Execution, Task};
@@ -131,6 +132,9 @@ struct Case {
     /// (virtual ms after submission, workers retired as a share of all workers); every
     /// retired worker is brought back after the last fault, so that the backlog can drain.
     retires: Vec<(u64, f64)>,
+    /// (virtual ms after submission, the pool's new size as a share of its workers): scale
+    /// events, down and up, while tasks run.
+    resizes: Vec<(u64, f64)>,
 }
 
 fn cases() -> impl Strategy<Value = Case> {
@@ -156,6 +160,7 @@ fn cases() -> impl Strategy<Value = Case> {
         (
             prop::collection::vec((0..200u64, 0.0..1.0f64), 0..12),
             prop::collection::vec((0..200u64, 0.0..1.0f64), 0..3),
+            prop::collection::vec((0..200u64, 0.0..1.0f64), 0..4),
         ),
     )
         .prop_map(
@@ -171,10 +176,11 @@ fn cases() -> impl Strategy<Value = Case> {
                 kills,
                 restart,
                 fast_health,
-                (cancels, retires),
+                (cancels, retires, resizes),
             )| Case {
                 cancels,
                 retires,
+                resizes,
                 restart,
                 fast_health,
                 seed,
@@ -265,6 +271,7 @@ fn run(case: &Case, threaded: bool) -> Result<(), TestCaseError> {
             Kill,
             Cancel,
             Retire,
+            Resize,
         }
         let mut faults: Vec<(u64, f64, Fault)> = case
             .kills
@@ -273,6 +280,7 @@ fn run(case: &Case, threaded: bool) -> Result<(), TestCaseError> {
             .collect();
         faults.extend(case.cancels.iter().map(|&(at, s)| (at, s, Fault::Cancel)));
         faults.extend(case.retires.iter().map(|&(at, s)| (at, s, Fault::Retire)));
+        faults.extend(case.resizes.iter().map(|&(at, s)| (at, s, Fault::Resize)));
         faults.sort_by_key(|f| f.0);
         let mut now = 0;
         let mut cancelled = std::collections::HashSet::new();
@@ -293,6 +301,10 @@ fn run(case: &Case, threaded: bool) -> Result<(), TestCaseError> {
                 Fault::Retire => {
                     let n = (share * f64::from(case.workers)) as u32;
                     h.retire(0, n).await.unwrap();
+                }
+                Fault::Resize => {
+                    let size = (share * f64::from(case.workers)).round() as u64;
+                    h.set_pool_size(0, size).await.unwrap();
                 }
             }
         }
