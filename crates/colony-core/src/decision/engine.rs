@@ -270,6 +270,18 @@ impl Decision {
         }
     }
 
+    /// No more ballots can come this round (the caller knows the voters still out will not
+    /// answer: their work ended without an output), so the open round closes now as it would
+    /// at its deadline; a silent voter counts as it would then (under `bft`, as faulty).
+    /// While a judge is out, `Pending`; once over, the outcome again.
+    pub fn close(&mut self, now: Duration) -> Progress {
+        match &self.stage {
+            Stage::Done(outcome) => Progress::Done(outcome.as_ref().clone()),
+            Stage::Judging { .. } => Progress::Pending,
+            Stage::Voting => self.review(now, true),
+        }
+    }
+
     /// The judge chose candidate `choice` of [`Progress::NeedsJudge`], or none: the decision
     /// fails with [`Reason::Tie`] (under `leader`, the proposal is rejected and the turn
     /// passes).

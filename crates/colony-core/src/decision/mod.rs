@@ -172,9 +172,10 @@ pub enum Normalise {
     Text,
 }
 
-impl fmt::Display for Protocol {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
+impl Protocol {
+    /// Its name, as files, events and metrics spell it.
+    pub fn as_str(self) -> &'static str {
+        match self {
             Protocol::Majority => "majority",
             Protocol::Weighted => "weighted",
             Protocol::Confidence => "confidence",
@@ -182,7 +183,13 @@ impl fmt::Display for Protocol {
             Protocol::Bft => "bft",
             Protocol::Fast => "fast",
             Protocol::Leader => "leader",
-        })
+        }
+    }
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 
@@ -566,16 +573,23 @@ pub enum Reason {
     Rejected,
 }
 
-impl fmt::Display for Reason {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
+impl Reason {
+    /// Its name, as events and metrics spell it.
+    pub fn as_str(self) -> &'static str {
+        match self {
             Reason::NoQuorum => "no-quorum",
             Reason::NoAgreement => "no-agreement",
             Reason::Tie => "tie",
             Reason::Timeout => "timeout",
             Reason::TooManyFaults => "too-many-faults",
             Reason::Rejected => "rejected",
-        })
+        }
+    }
+}
+
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 

@@ -92,6 +92,37 @@ fn majority_waits_for_every_ballot_or_the_deadline_when_it_could_go_either_way()
 }
 
 #[test]
+fn closing_a_round_early_counts_the_silent_as_the_deadline_would() {
+    // Five voters, two of whose work ended without an output: with "yes" 2 of 3 counted and
+    // 3 of 5 voting, the round need not wait for the deadline.
+    let mut d = new(DecisionOptions::default(), 5);
+    cast(&mut d, vote(0, "yes"));
+    cast(&mut d, vote(1, "no"));
+    cast(&mut d, vote(2, "yes"));
+    let outcome = done(d.close(ms(2)));
+    assert_eq!(winner(&outcome), "yes");
+    assert_eq!(
+        outcome.record().at,
+        ms(2),
+        "closed when asked, not at the deadline"
+    );
+    assert_eq!(
+        d.close(ms(3)),
+        Progress::Done(outcome),
+        "once over, the outcome again"
+    );
+    // Too few left to vote is no quorum at once, as at the deadline.
+    let mut d = new(DecisionOptions::default(), 5);
+    cast(&mut d, vote(0, "yes"));
+    assert_eq!(done(d.close(ms(2))).reason(), Some(Reason::NoQuorum));
+    // Under bft the silent count as faulty: 4 voters tolerate 1, two silent are too many.
+    let mut d = new(DecisionOptions::with(Protocol::Bft), 4);
+    cast(&mut d, vote(0, "x"));
+    cast(&mut d, vote(1, "x"));
+    assert_eq!(done(d.close(ms(2))).reason(), Some(Reason::TooManyFaults));
+}
+
+#[test]
 fn a_plurality_is_not_a_majority() {
     let mut d = new(DecisionOptions::default(), 5);
     for (i, v) in ["a", "a", "b", "c", "d"].into_iter().enumerate() {
