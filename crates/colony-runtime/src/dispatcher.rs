@@ -429,6 +429,7 @@ impl Dispatcher {
         {
             Ok(Routed::Start(worker, job)) => self.start(worker, job),
             Ok(Routed::Queued) => {}
+            Ok(Routed::Unrunnable(job)) => self.unrunnable(job),
             Err(job) => self.place.wait(job),
         }
     }
@@ -706,6 +707,7 @@ impl Dispatcher {
             {
                 Ok(Routed::Start(worker, job)) => self.start(worker, job),
                 Ok(Routed::Queued) => {}
+                Ok(Routed::Unrunnable(job)) => self.unrunnable(job),
                 Err(job) => {
                     misses += 1;
                     self.place.back_of_backlog(job);

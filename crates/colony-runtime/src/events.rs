@@ -132,6 +132,17 @@ pub enum Event {
         wanted: colony_core::scaling::Reason,
         by: colony_core::scaling::Blocked,
     },
+    /// A decision among `voters` workers ended (`consensus:reached` with the winning
+    /// `value`, or `consensus:failed` with its `reason`), `counted` of their ballots counted.
+    /// `first_ballot` is its first ballot task; the others follow it.
+    DecisionEnded {
+        first_ballot: TaskId,
+        protocol: colony_core::decision::Protocol,
+        voters: u32,
+        counted: u32,
+        value: Option<Arc<str>>,
+        reason: Option<colony_core::decision::Reason>,
+    },
     /// The periodic pass moved `moved` tasks between the queues of `parent`'s children
     /// (`load:rebalanced`); `parent` is `None` for the top tier.
     LoadRebalanced {
@@ -162,6 +173,7 @@ impl Event {
             | Event::WorkStolen { .. }
             | Event::LoadRebalanced { .. } => Kinds::TASKS,
             Event::PoolScaled { .. } | Event::ScaleBlocked { .. } => Kinds::SCALING,
+            Event::DecisionEnded { .. } => Kinds::DECISIONS,
         }
     }
 }
@@ -181,7 +193,9 @@ impl Kinds {
     pub const HEALTH: Kinds = Kinds(8);
     /// The autoscaler's decisions: pools resized, and resizes a cooldown or bound stopped.
     pub const SCALING: Kinds = Kinds(16);
-    pub const ALL: Kinds = Kinds(31);
+    /// Decisions by vote that ended, decided or failed.
+    pub const DECISIONS: Kinds = Kinds(32);
+    pub const ALL: Kinds = Kinds(63);
     pub const NONE: Kinds = Kinds(0);
 
     pub fn contains(self, other: Kinds) -> bool {

@@ -121,7 +121,7 @@ impl Handle {
     pub async fn submit_batch(&self, specs: Vec<TaskSpec>) -> Result<Accepted, Error> {
         let masks = self.admit(&specs)?;
         self.wait_for_room(specs.len()).await?;
-        self.accept(specs, masks, |_| None).await
+        self.accept(specs, masks, |_| None, |_| None).await
     }
 
     /// Like [`Handle::submit_batch`] but returns [`Error::Full`] instead of waiting.
@@ -139,7 +139,7 @@ impl Handle {
                 }
             }
         }
-        self.accept(specs, masks, |_| None).await
+        self.accept(specs, masks, |_| None, |_| None).await
     }
 
     /// Like [`Handle::submit`] but returns [`Error::Full`] instead of waiting.
@@ -167,7 +167,9 @@ impl Handle {
             .forget();
         let (tx, rx) = oneshot::channel();
         let mut tx = Some(tx);
-        let accepted = self.accept(vec![spec], masks, |_| tx.take()).await?;
+        let accepted = self
+            .accept(vec![spec], masks, |_| tx.take(), |_| None)
+            .await?;
         Ok(Pending {
             id: accepted.first,
             rx,
@@ -185,16 +187,55 @@ impl Handle {
         self.wait_for_room(specs.len()).await?;
         let mut receivers = Vec::new();
         let accepted = self
-            .accept(specs, masks, |i| {
-                track(i).then(|| {
-                    let (tx, rx) = oneshot::channel();
-                    receivers.push((i, rx));
-                    tx
-                })
-            })
+            .accept(
+                specs,
+                masks,
+                |i| {
+                    track(i).then(|| {
+                        let (tx, rx) = oneshot::channel();
+                        receivers.push((i, rx));
+                        tx
+                    })
+                },
+                |_| None,
+            )
             .await?;
         let pending = receivers
             .into_iter()
+            .map(|(i, rx)| Pending {
+                id: TaskId(accepted.first.0 + i as u64),
+                rx,
+            })
+            .collect();
+        Ok((accepted, pending))
+    }
+
+    /// Accepts `specs`, of pools `mask`, task `i` pinned to worker `seats[i]`: it runs there
+    /// or nowhere. Returns a completion future per task.
+    pub(crate) async fn submit_pinned(
+        &self,
+        specs: Vec<TaskSpec>,
+        mask: SpecMask,
+        seats: &[(AgentId, u8)],
+    ) -> Result<(Accepted, Vec<Pending>), Error> {
+        let n = specs.len();
+        self.wait_for_room(n).await?;
+        let mut receivers = Vec::with_capacity(n);
+        let accepted = self
+            .accept(
+                specs,
+                vec![mask; n],
+                |_| {
+                    let (tx, rx) = oneshot::channel();
+                    receivers.push(rx);
+                    Some(tx)
+                },
+                |i| seats.get(i).map(|s| s.0),
+            )
+            .await?;
+        let pending = receivers
+            .into_iter()
+            .enumerate()
             .map(|(i, rx)| Pending {
                 id: TaskId(accepted.first.0 + i as u64),
                 rx,
@@ -232,7 +273,7 @@ impl Handle {
     /// requirement and that have agents.
     /// A task no pool can run is named before a batch too large for the room: with every
     /// agent retired, there is no room, and the lack of agents is what to fix.
-    fn admit(&self, specs: &[TaskSpec]) -> Result<Vec<SpecMask>, Error> {
+    pub(crate) fn admit(&self, specs: &[TaskSpec]) -> Result<Vec<SpecMask>, Error> {
         let masks = specs
             .iter()
             .map(|spec| {
@@ -265,6 +306,7 @@ impl Handle {
         specs: Vec<TaskSpec>,
         masks: Vec<SpecMask>,
         mut waiter: impl FnMut(usize) -> Option<oneshot::Sender<Completion>>,
+        pin: impl Fn(usize) -> Option<AgentId>,
     ) -> Result<Accepted, Error> {
         let n = specs.len();
         if n == 0 {
@@ -295,7 +337,11 @@ impl Handle {
             .zip(masks)
             .enumerate()
             .map(|(i, (spec, mask))| {
-                Job::new(TaskId(first + i as u64), spec, mask, submitted, waiter(i))
+                let job = Job::new(TaskId(first + i as u64), spec, mask, submitted, waiter(i));
+                match pin(i) {
+                    Some(worker) => job.pinned(worker),
+                    None => job,
+                }
             })
             .collect();
         let accepted = Accepted {

@@ -26,6 +26,7 @@
 
 mod autoscale;
 pub mod bench;
+pub mod decision;
 mod dispatcher;
 pub mod events;
 mod handle;
@@ -287,6 +288,9 @@ pub enum Error {
     NoSuchPool { got: usize, count: usize },
     #[error("{0}")]
     Options(String),
+    /// A decision that cannot run: its vote's options, or too few workers to seat.
+    #[error("decision: {0}")]
+    Decision(String),
     #[error("journal: {0}")]
     Journal(#[from] colony_journal::Error),
     #[error("the runtime has stopped")]

@@ -36,12 +36,19 @@ pub const POOL_WAITING: &str = "colony_pool_waiting_tasks";
 pub const POOL_FORECAST: &str = "colony_pool_forecast_arrivals_per_second";
 pub const POOL_FORECAST_ERROR: &str = "colony_pool_forecast_error_ratio";
 pub const SCALING_DECISIONS: &str = "colony_scaling_decisions_total";
+pub const DECISIONS: &str = "colony_decisions_total";
+pub const DECISION_DURATION: &str = "colony_decision_duration_seconds";
+pub const DECISION_PARTICIPATION: &str = "colony_decision_participation_ratio";
+pub const DECISION_DISSENT: &str = "colony_decision_dissent_ratio";
 
 /// Bucket bounds of every histogram, in seconds: 10 µs to 10 minutes.
 pub const BUCKETS: &[f64] = &[
     0.000_01, 0.000_05, 0.000_1, 0.000_5, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0,
     60.0, 300.0, 600.0,
 ];
+
+/// Bucket bounds of the histograms of ratios (names ending `_ratio`), 0 to 1.
+pub const RATIO_BUCKETS: &[f64] = &[0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0];
 
 /// Registers units and help texts with the installed recorder.
 pub fn describe() {
@@ -168,6 +175,26 @@ pub fn describe() {
         Unit::Count,
         "Autoscaler decisions that resized a pool or were blocked, by pool, outcome and reason."
     );
+    describe_counter!(
+        DECISIONS,
+        Unit::Count,
+        "Decisions by vote that ended, by protocol and outcome (decided, or the failure's reason)."
+    );
+    describe_histogram!(
+        DECISION_DURATION,
+        Unit::Seconds,
+        "Time from a decision's start until it was decided or failed, by protocol."
+    );
+    describe_histogram!(
+        DECISION_PARTICIPATION,
+        Unit::Count,
+        "Share of a decision's voters whose ballots were counted, as a ratio, by protocol."
+    );
+    describe_histogram!(
+        DECISION_DISSENT,
+        Unit::Count,
+        "Share of a decided vote's counted voters that voted for something else, as a ratio, by protocol."
+    );
     describe_histogram!(
         JOURNAL_COMMIT,
         Unit::Seconds,
@@ -245,6 +272,22 @@ impl Metrics {
 
     pub(crate) fn accepted(n: usize) {
         counter!(TASKS_ACCEPTED).increment(n as u64);
+    }
+
+    /// A decision by `protocol` ended: `outcome` is `decided` or the failure's reason.
+    pub(crate) fn decision(
+        protocol: &'static str,
+        outcome: &'static str,
+        took: std::time::Duration,
+        participation: f64,
+        dissent: Option<f64>,
+    ) {
+        counter!(DECISIONS, "protocol" => protocol, "outcome" => outcome).increment(1);
+        histogram!(DECISION_DURATION, "protocol" => protocol).record(took.as_secs_f64());
+        histogram!(DECISION_PARTICIPATION, "protocol" => protocol).record(participation);
+        if let Some(dissent) = dissent {
+            histogram!(DECISION_DISSENT, "protocol" => protocol).record(dissent);
+        }
     }
 }
 

@@ -9,16 +9,23 @@ use axum::{
 use serde_json::{Value, json};
 use std::{collections::VecDeque, sync::Arc, sync::OnceLock, time::Duration};
 
+/// A Prometheus recorder with the runtime's buckets: durations from 10 µs to 10 minutes,
+/// ratios (`_ratio`) in tenths.
+pub(crate) fn recorder() -> metrics_exporter_prometheus::PrometheusRecorder {
+    use colony_runtime::metrics::{BUCKETS, RATIO_BUCKETS};
+    use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
+    PrometheusBuilder::new()
+        .set_buckets(BUCKETS)
+        .and_then(|b| b.set_buckets_for_metric(Matcher::Suffix("_ratio".into()), RATIO_BUCKETS))
+        .map(|b| b.build_recorder())
+        .unwrap_or_else(|_| PrometheusBuilder::new().build_recorder())
+}
+
 /// The process's Prometheus recorder, installed once, whatever the number of servers.
 fn prometheus() -> &'static metrics_exporter_prometheus::PrometheusHandle {
     static HANDLE: OnceLock<metrics_exporter_prometheus::PrometheusHandle> = OnceLock::new();
     HANDLE.get_or_init(|| {
-        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new()
-            .set_buckets(colony_runtime::metrics::BUCKETS)
-            .map(|b| b.build_recorder())
-            .unwrap_or_else(|_| {
-                metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder()
-            });
+        let recorder = recorder();
         let handle = recorder.handle();
         // Another recorder may be installed already (a test harness): then ours renders
         // nothing, which the metrics route says.
@@ -58,7 +65,12 @@ pub(crate) async fn events(State(app): State<Arc<App>>) -> Response {
     // Not `Kinds::TASKS`: per-task events would cost the dispatcher for every task, and the
     // snapshot carries their counts.
     let h = app.handle.clone();
-    let subscription = h.subscribe(Kinds::AGENTS.union(Kinds::HEALTH).union(Kinds::SCALING));
+    let subscription = h.subscribe(
+        Kinds::AGENTS
+            .union(Kinds::HEALTH)
+            .union(Kinds::SCALING)
+            .union(Kinds::DECISIONS),
+    );
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let coalesced = Coalesced {
@@ -158,6 +170,19 @@ impl Coalesced {
             }),
             E::ScaleBlocked { pool, wanted, by } => json!({
                 "kind": "scale:blocked", "pool": pool, "wanted": wanted.as_str(), "by": by,
+            }),
+            E::DecisionEnded {
+                first_ballot,
+                protocol,
+                voters,
+                counted,
+                value,
+                reason,
+            } => json!({
+                "kind": if value.is_some() { "consensus:reached" } else { "consensus:failed" },
+                "first-ballot": first_ballot.0, "protocol": protocol.as_str(), "voters": voters,
+                "counted": counted, "value": value.as_deref().map(|v| colony_core::text::shorten(v, 120)),
+                "reason": reason.map(|r| r.as_str()),
             }),
             E::AgentRestarted { cause, .. } => {
                 self.restarted += 1;

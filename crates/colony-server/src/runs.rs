@@ -275,13 +275,7 @@ fn registry() -> &'static metrics_exporter_prometheus::PrometheusRecorder {
     static RUNS: std::sync::OnceLock<metrics_exporter_prometheus::PrometheusRecorder> =
         std::sync::OnceLock::new();
     RUNS.get_or_init(|| {
-        let builder = metrics_exporter_prometheus::PrometheusBuilder::new();
-        let recorder = builder
-            .set_buckets(colony_runtime::metrics::BUCKETS)
-            .map(|b| b.build_recorder())
-            .unwrap_or_else(|_| {
-                metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder()
-            });
+        let recorder = crate::live::recorder();
         metrics::with_local_recorder(&recorder, colony_runtime::metrics::describe);
         recorder
     })

@@ -75,18 +75,28 @@ impl Dispatcher {
 
     /// `job` ends cancelled; `worker` ran its last attempt, if any did.
     pub(super) fn cancelled(&mut self, job: Job, worker: Option<AgentId>) {
+        self.cancelled_for(job, worker, "cancelled");
+    }
+
+    /// `job` is pinned to a worker that left its pool: nobody may run it, so it ends
+    /// cancelled, saying why.
+    pub(super) fn unrunnable(&mut self, job: Job) {
+        let worker = job.pin;
+        self.cancelled_for(
+            job,
+            worker,
+            "cancelled: the worker it was pinned to left its pool",
+        );
+    }
+
+    fn cancelled_for(&mut self, job: Job, worker: Option<AgentId>, why: &str) {
         let task = job.id;
         self.out.record(Record::Cancelled { task });
         self.out
             .event(Kinds::TASKS, || Event::TaskCancelled { task });
         self.out.turn.cancelled += 1;
-        self.out.complete(
-            job,
-            TaskState::Cancelled,
-            None,
-            Some("cancelled".into()),
-            worker,
-        );
+        self.out
+            .complete(job, TaskState::Cancelled, None, Some(why.into()), worker);
     }
 }
 

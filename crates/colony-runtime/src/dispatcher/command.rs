@@ -120,6 +120,9 @@ pub(crate) struct Job {
     pub(super) failed_at: Option<Instant>,
     /// Attempts of this task that crashed or hung their agent.
     pub(super) faults: u32,
+    /// The one worker that may run it: a decision's ballot, which must come from the voter
+    /// seated for it. Never stolen or rebalanced; cancelled if the worker leaves its pool.
+    pub(super) pin: Option<AgentId>,
 }
 
 impl Job {
@@ -147,6 +150,7 @@ impl Job {
             faults: 0,
             last_agent: None,
             failed_at: None,
+            pin: None,
         }
     }
 
@@ -174,6 +178,17 @@ impl Job {
             faults: 0,
             last_agent: None,
             failed_at: None,
+            pin: None,
+        }
+    }
+}
+
+impl Job {
+    /// The same job, to be run by `worker` only.
+    pub(crate) fn pinned(self, worker: AgentId) -> Self {
+        Self {
+            pin: Some(worker),
+            ..self
         }
     }
 }

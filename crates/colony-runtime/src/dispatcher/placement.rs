@@ -17,6 +17,7 @@ use colony_core::{
     tree::{LiveTree, SpecMask},
 };
 use rand::rngs::SmallRng;
+use std::collections::{HashMap, VecDeque};
 
 /// Backlogged tasks tried per turn that still find no room, before the turn ends.
 const BACKLOG_TRIES: usize = 64;
@@ -25,8 +26,10 @@ const BACKLOG_TRIES: usize = 64;
 pub(super) enum Routed {
     /// To an idle worker, whose supervisor already counts it: start it there now.
     Start(AgentId, Job),
-    /// Into a supervisor's queue.
+    /// Into a supervisor's queue, or its pinned worker's.
     Queued,
+    /// A pinned task whose worker left its pool (retired or gone): nobody may run it.
+    Unrunnable(Job),
 }
 
 pub(super) struct Placement {
@@ -34,6 +37,10 @@ pub(super) struct Placement {
     queues: Vec<Option<Box<PriorityQueue<Job>>>>,
     /// Supervisors that have had a queue, the only ones a queued task can be in.
     with_queues: Vec<AgentId>,
+    /// Per worker: pinned tasks waiting for it, in arrival order. Counted in its
+    /// supervisor's load like a queued task, taken before anything else when the worker has
+    /// room, and never stolen, rebalanced or evicted.
+    pinned: HashMap<AgentId, VecDeque<Job>>,
     /// Tasks that found no subtree with room for them, waiting for one.
     backlog: PriorityQueue<Job>,
     /// Backlogged tasks that no pool with agents can run yet.
@@ -63,6 +70,7 @@ impl Placement {
             // Managers exist before any worker: a kill may name one at once.
             queues: std::iter::repeat_with(|| None).take(agents).collect(),
             with_queues: Vec::new(),
+            pinned: HashMap::new(),
             backlog: PriorityQueue::new(usize::MAX),
             orphans: 0,
             queued: 0,
@@ -91,6 +99,7 @@ impl Placement {
             self.queues.shrink_to_fit();
         }
         self.with_queues.retain(|s| s.index() < start);
+        debug_assert!(self.pinned.keys().all(|w| w.index() < start));
     }
 
     /// Sends a task down the tree: to an idle worker, or into a supervisor's queue. Hands the
@@ -105,6 +114,9 @@ impl Placement {
         out: &mut Outbox,
         job: Job,
     ) -> Result<Routed, Job> {
+        if let Some(worker) = job.pin {
+            return Ok(self.route_pinned(tree, out, worker, job));
+        }
         let Some(supervisor) = tree.route(job.mask, self.strategy, rng) else {
             return Err(job);
         };
@@ -135,6 +147,49 @@ impl Placement {
         }
     }
 
+    /// A pinned task goes to its worker: started now if it has room and is in service, else
+    /// queued for it (a restarting or sidelined worker takes it when it is back). A worker
+    /// retired or trimmed from its pool never will.
+    fn route_pinned(
+        &mut self,
+        tree: &mut LiveTree,
+        out: &mut Outbox,
+        worker: AgentId,
+        job: Job,
+    ) -> Routed {
+        if !tree.contains(worker)
+            || tree.tier(worker) != tree.worker_tier()
+            || tree.mask(worker).is_empty()
+        {
+            return Routed::Unrunnable(job);
+        }
+        let supervisor = tree.parent(worker).expect("workers have supervisors");
+        tree.enqueue(supervisor);
+        let (load, capacity) = tree.load(worker);
+        if load < capacity && !self.pinned.contains_key(&worker) {
+            return Routed::Start(worker, job);
+        }
+        out.event(Kinds::TASKS, || Event::TaskQueued {
+            task: job.id,
+            supervisor,
+        });
+        self.tally(job.mask, true);
+        self.pinned.entry(worker).or_default().push_back(job);
+        Routed::Queued
+    }
+
+    /// Takes out the tasks pinned to `worker`, which left its pool: nobody may run them.
+    pub(super) fn unpin(&mut self, tree: &mut LiveTree, worker: AgentId) -> Vec<Job> {
+        let jobs: Vec<Job> = self.pinned.remove(&worker).into_iter().flatten().collect();
+        if let Some(supervisor) = tree.parent(worker) {
+            for job in &jobs {
+                tree.dequeue(supervisor);
+                self.tally(job.mask, false);
+            }
+        }
+        jobs
+    }
+
     /// Puts `job` at the back of the backlog, to wait for room.
     pub(super) fn wait(&mut self, job: Job) {
         self.tally(job.mask, true);
@@ -151,7 +206,7 @@ impl Placement {
         slot.get_or_insert_with(|| Box::new(PriorityQueue::new(bound)))
     }
 
-    /// The next task for `worker`, which has room: the highest-priority one its spec can run
+    /// The next task for `worker`, which has room: a task pinned to it, else the highest-priority one its spec can run
     /// from its supervisor's queue (the whole queue is looked at: a task only this worker's
     /// spec can run must not wait behind tasks for other specs), else one stolen from a
     /// sibling supervisor.
@@ -161,6 +216,14 @@ impl Placement {
         out: &mut Outbox,
         worker: AgentId,
     ) -> Option<Job> {
+        if let Some(pinned) = self.pinned.get_mut(&worker) {
+            let job = pinned.pop_front().expect("no empty pinned queue is kept");
+            if pinned.is_empty() {
+                self.pinned.remove(&worker);
+            }
+            self.tally(job.mask, false);
+            return Some(job);
+        }
         let supervisor = tree.parent(worker).expect("workers have supervisors");
         let spec = SpecMask::of(tree.spec(worker));
         let job = self.queues[supervisor.index()]
@@ -353,6 +416,22 @@ impl Placement {
 
     /// Takes `task` out of whichever queue it waits in, if any.
     pub(super) fn remove(&mut self, tree: &mut LiveTree, task: TaskId) -> Option<Job> {
+        let pinned = self
+            .pinned
+            .iter()
+            .find_map(|(&w, q)| q.iter().position(|j| j.id == task).map(|i| (w, i)));
+        if let Some((worker, i)) = pinned {
+            let queue = self.pinned.get_mut(&worker).expect("just found");
+            let job = queue.remove(i).expect("just found");
+            if queue.is_empty() {
+                self.pinned.remove(&worker);
+            }
+            if let Some(supervisor) = tree.parent(worker) {
+                tree.dequeue(supervisor);
+            }
+            self.tally(job.mask, false);
+            return Some(job);
+        }
         if let Some(job) = self.backlog.pop_matching(usize::MAX, |j| j.id == task) {
             self.tally(job.mask, false);
             self.orphans -= usize::from(job.requirement.is_some());

@@ -76,6 +76,10 @@ impl Dispatcher {
             // Its backend lets go of what it keeps for it (a `process` agent's process, once
             // the attempts it runs have ended).
             self.attempts.pool(pool).agent.retired(w);
+            // Tasks pinned to it (a decision's ballots) wait for nobody now.
+            for job in self.place.unpin(&mut self.tree, w) {
+                self.unrunnable(job);
+            }
         }
         let n = candidates.len() as u32;
         self.shared.pool_agents[pool as usize].fetch_sub(u64::from(n), Relaxed);

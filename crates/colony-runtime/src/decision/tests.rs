@@ -1,0 +1,342 @@
+//! Decisions run by a real runtime on tokio's paused clock: voters are distinct workers, each
+//! ballot runs on its voter and nowhere else, silence and refusals are kept, a vote closes as
+//! soon as nothing more can come, and the ballots still out are cancelled once it is decided.
+
+use super::*;
+use crate::{
+    Pool, Runtime, RuntimeOptions,
+    events::{Event, Kinds},
+};
+use colony_agents::{Agent, AgentSpec, Error as AgentError, Execution, Task};
+use colony_core::{decision::Reason, hierarchy::Tiers};
+use colony_journal::MemoryJournal;
+use std::{collections::HashSet, sync::Mutex, time::Duration};
+
+/// How one worker answers a ballot.
+#[derive(Clone, Copy, Debug)]
+enum Answer {
+    /// This output, after this many milliseconds.
+    Says(&'static str, u64),
+    /// A fatal error at once.
+    Fails,
+    /// Never answers.
+    Hangs,
+}
+
+/// Workers answering by their id; each execution is written down with the agent that ran it.
+struct Voters {
+    answer: fn(AgentId) -> Answer,
+    ran: Arc<Mutex<Vec<(TaskId, AgentId)>>>,
+}
+
+impl Agent for Voters {
+    fn handle(&self, task: Task) -> Execution {
+        self.ran.lock().unwrap().push((task.id, task.agent));
+        match (self.answer)(task.agent) {
+            Answer::Fails => Execution::Done(Err(AgentError::fatal("this voter always fails"))),
+            Answer::Says(text, ms) => Execution::Running(Box::pin(async move {
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+                Ok(Bytes::from(text))
+            })),
+            Answer::Hangs => Execution::Running(Box::pin(std::future::pending())),
+        }
+    }
+}
+
+type Ran = Arc<Mutex<Vec<(TaskId, AgentId)>>>;
+
+async fn start(workers: u32, answer: fn(AgentId) -> Answer) -> (Runtime, Ran) {
+    let ran = Ran::default();
+    let agent = Voters {
+        answer,
+        ran: ran.clone(),
+    };
+    let options = RuntimeOptions {
+        span: 4,
+        tiers: Tiers::Named(vec!["supervisor".into(), "worker".into()]),
+        ..RuntimeOptions::default()
+    };
+    let pool = Pool::new(AgentSpec::new("voter", "worker"), workers, Arc::new(agent));
+    let runtime = Runtime::start(options, vec![pool], Arc::new(MemoryJournal::new()))
+        .await
+        .unwrap();
+    (runtime, ran)
+}
+
+fn ballot_task(timeout_ms: u64) -> TaskSpec {
+    TaskSpec {
+        timeout: Duration::from_millis(timeout_ms),
+        max_attempts: 1,
+        ..TaskSpec::default()
+    }
+}
+
+/// Every ballot task ran once, on the voter seated for it.
+fn ran_on_their_voters(decided: &Decided, ran: &Ran) {
+    let ran = ran.lock().unwrap();
+    for voter in &decided.voters {
+        let runs: Vec<AgentId> = ran
+            .iter()
+            .filter(|(t, _)| *t == voter.task)
+            .map(|&(_, a)| a)
+            .collect();
+        assert!(
+            runs.iter().all(|&a| a == voter.agent) && runs.len() <= 1,
+            "{voter:?} ran on {runs:?}"
+        );
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn distinct_workers_vote_and_the_majority_decides_with_every_ballot_kept() {
+    // Workers with an id divisible by 3 dissent.
+    let (runtime, ran) = start(12, |a| {
+        if a.0 % 3 == 0 {
+            Answer::Says("41", 10)
+        } else {
+            Answer::Says(" 42", 5 + u64::from(a.0))
+        }
+    })
+    .await;
+    let h = runtime.handle();
+    let mut events = h.subscribe(Kinds::DECISIONS);
+    let voting = h
+        .decide(ballot_task(1_000), Vote::new(9, DecisionOptions::default()))
+        .await
+        .unwrap();
+    let seated: HashSet<AgentId> = voting.voters().iter().map(|v| v.agent).collect();
+    assert_eq!(seated.len(), 9, "nine distinct voters");
+    let decided = voting.outcome().await.unwrap();
+    let winner = decided.outcome.winner().expect("decided");
+    assert_eq!(&*winner.value, "42", "outputs are compared trimmed");
+    let dissent: HashSet<AgentId> = seated.iter().copied().filter(|a| a.0 % 3 == 0).collect();
+    assert!(dissent.len() < 5, "the seats make 42 a majority");
+    let said: HashSet<AgentId> = winner.dissenters.iter().copied().collect();
+    assert!(said.is_subset(&dissent), "{said:?} ⊄ {dissent:?}");
+    ran_on_their_voters(&decided, &ran);
+    // consensus:reached on the stream, once.
+    let ended: Vec<Event> = std::iter::from_fn(|| events.try_recv()).collect();
+    let counted = decided.outcome.record().ballots.len() as u32;
+    assert_eq!(
+        ended,
+        [Event::DecisionEnded {
+            first_ballot: decided.voters[0].task,
+            protocol: Protocol::Majority,
+            voters: 9,
+            counted,
+            value: Some("42".into()),
+            reason: None,
+        }]
+    );
+    // Decided once more than half said 42; the rest were cancelled or had ended.
+    h.drain().await.unwrap();
+    for voter in &decided.voters {
+        let row = h.journal().task(voter.task).unwrap().unwrap();
+        assert!(row.state.is_terminal(), "{voter:?}: {row:?}");
+    }
+    runtime.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn too_few_workers_is_refused_before_anything_is_accepted() {
+    let (runtime, _) = start(3, |_| Answer::Says("x", 1)).await;
+    let h = runtime.handle();
+    let err = h
+        .decide(ballot_task(1_000), Vote::new(5, DecisionOptions::default()))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "decision: 5 voters asked, but 3 workers can run the task"
+    );
+    // Options the runtime cannot run are named too.
+    let fast = DecisionOptions::with(Protocol::Fast);
+    let err = h
+        .decide(ballot_task(1_000), Vote::new(2, fast))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("protocol fast"), "{err}");
+    let bft = DecisionOptions {
+        faults: Some(1),
+        ..DecisionOptions::with(Protocol::Bft)
+    };
+    let err = h
+        .decide(ballot_task(1_000), Vote::new(3, bft))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().starts_with("decision: "), "{err}");
+    assert_eq!(h.stats().accepted, 0, "nothing accepted");
+    runtime.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn silent_voters_close_the_vote_at_once_and_a_failed_vote_says_why() {
+    // Three of four fail at once: one ballot of four is no quorum, known as soon as the
+    // failures are in, not at the 5 s deadline.
+    let (runtime, ran) = start(4, |a| {
+        if a.0 % 4 == 0 {
+            Answer::Says("yes", 20)
+        } else {
+            Answer::Fails
+        }
+    })
+    .await;
+    let h = runtime.handle();
+    let voting = h
+        .decide(
+            ballot_task(10_000),
+            Vote::new(4, DecisionOptions::default()),
+        )
+        .await
+        .unwrap();
+    let decided = voting.outcome().await.unwrap();
+    assert_eq!(decided.outcome.reason(), Some(Reason::NoQuorum));
+    assert!(decided.outcome.record().at < Duration::from_secs(1));
+    let silent: Vec<&Voter> = decided
+        .voters
+        .iter()
+        .filter(|v| v.problem.is_some())
+        .collect();
+    assert_eq!(silent.len(), 3);
+    for v in silent {
+        assert_eq!(v.state, Some(TaskState::Failed), "{v:?}");
+        assert!(
+            v.problem.as_deref().unwrap().contains("always fails"),
+            "{v:?}"
+        );
+    }
+    ran_on_their_voters(&decided, &ran);
+    runtime.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_decided_vote_cancels_the_ballots_still_out() {
+    let (runtime, _) = start(5, |a| {
+        if a.0 % 5 < 2 {
+            Answer::Hangs
+        } else {
+            Answer::Says("a", 10)
+        }
+    })
+    .await;
+    let h = runtime.handle();
+    let voting = h
+        .decide(
+            ballot_task(60_000),
+            Vote::new(5, DecisionOptions::default()),
+        )
+        .await
+        .unwrap();
+    let decided = voting.outcome().await.unwrap();
+    assert_eq!(&*decided.outcome.winner().unwrap().value, "a");
+    assert!(decided.outcome.record().at < Duration::from_secs(1));
+    // The hanging voters' ballots were cancelled, not left to their 60 s timeout.
+    tokio::time::timeout(Duration::from_secs(1), h.drain())
+        .await
+        .expect("the hanging ballots were cancelled")
+        .unwrap();
+    let out: Vec<&Voter> = decided
+        .voters
+        .iter()
+        .filter(|v| v.state.is_none())
+        .collect();
+    assert_eq!(out.len(), 2, "{:?}", decided.voters);
+    for v in out {
+        let row = h.journal().task(v.task).unwrap().unwrap();
+        assert_eq!(row.state, TaskState::Cancelled, "{v:?}");
+    }
+    runtime.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_deadline_fails_a_vote_whose_voters_hang() {
+    let (runtime, _) = start(3, |_| Answer::Hangs).await;
+    let h = runtime.handle();
+    let options = DecisionOptions {
+        timeout: Duration::from_secs(2),
+        ..DecisionOptions::default()
+    };
+    let voting = h
+        .decide(ballot_task(60_000), Vote::new(3, options))
+        .await
+        .unwrap();
+    let decided = voting.outcome().await.unwrap();
+    assert_eq!(decided.outcome.reason(), Some(Reason::NoQuorum));
+    assert_eq!(decided.outcome.record().at, Duration::from_secs(2));
+    runtime.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn ballots_wait_for_their_busy_voters_and_are_cancelled_if_the_voter_is_retired() {
+    // Four workers, all busy for a second: the ballots wait pinned to their voters, the two
+    // voters retired meanwhile never vote, and two idle workers spawned then do not take the
+    // ballots of the others.
+    let (runtime, ran) = start(4, |_| Answer::Says("yes", 1_000)).await;
+    let h = runtime.handle().clone();
+    let busy = h.submit_batch(vec![ballot_task(10_000); 4]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    let voting = h
+        .decide(
+            ballot_task(10_000),
+            Vote::new(4, DecisionOptions::default()),
+        )
+        .await
+        .unwrap();
+    let voters: Vec<AgentId> = voting.voters().iter().map(|v| v.agent).collect();
+    let resized = h.set_pool_size(0, 2).await.unwrap();
+    assert_eq!(resized.retired, 2);
+    h.spawn(0, 2, crate::SpawnMode::Batch).await.unwrap();
+    let decided = voting.outcome().await.unwrap();
+    // Two of four voted yes: half take part, and all of them agree.
+    assert_eq!(&*decided.outcome.winner().unwrap().value, "yes");
+    let gone: Vec<&Voter> = decided
+        .voters
+        .iter()
+        .filter(|v| v.state == Some(TaskState::Cancelled))
+        .collect();
+    assert_eq!(gone.len(), 2, "{:?}", decided.voters);
+    for v in &gone {
+        assert!(
+            v.problem.as_deref().unwrap().contains("left its pool"),
+            "{v:?}"
+        );
+        assert!(voters.contains(&v.agent));
+    }
+    ran_on_their_voters(&decided, &ran);
+    let ran = ran.lock().unwrap();
+    assert_eq!(
+        ran.len(),
+        4 + 2,
+        "four busy tasks and two ballots ran: {ran:?}"
+    );
+    assert!(busy.ids().all(|t| ran.iter().any(|r| r.0 == t)));
+    drop(ran);
+    runtime.shutdown().await;
+}
+
+#[test]
+fn an_output_votes_as_text_or_by_its_vote_and_confidence_fields() {
+    let a = AgentId(7);
+    let b = |s: &str| ballot(a, &Bytes::from(s.to_owned()));
+    assert_eq!(b(" Paris ").unwrap(), Ballot::output(a, " Paris "));
+    assert_eq!(
+        b(r#"{"vote": "Paris", "confidence": 0.9, "why": "..."}"#).unwrap(),
+        Ballot::output(a, "Paris").with_confidence(0.9)
+    );
+    assert_eq!(b(r#"{"vote": 42}"#).unwrap(), Ballot::output(a, "42"));
+    assert_eq!(
+        b(r#"{"answer": 42}"#).unwrap(),
+        Ballot::output(a, r#"{"answer": 42}"#),
+        "an object without a vote is voted for whole"
+    );
+    assert!(
+        b(r#"{"vote": "x", "confidence": "high"}"#)
+            .unwrap_err()
+            .contains("not a number")
+    );
+    assert!(
+        ballot(a, &Bytes::from_static(b"\xff\xfe"))
+            .unwrap_err()
+            .contains("UTF-8")
+    );
+}
