@@ -101,23 +101,33 @@ impl Vote {
 /// Up to `n` distinct workers of a pool in `mask` that are in their pool (not retired), by
 /// preference: in service with room, then in service and busy, then down for a restart or
 /// sidelined by their breaker (their ballots wait for them); lighter load first within each.
-/// Each with its pool.
+/// Each with its pool. It runs inside the dispatcher, so the walk ends as soon as `n` workers
+/// with room are found: the whole tree is walked only when fewer have room.
 fn seat(tree: &LiveTree, mask: SpecMask, n: usize) -> Vec<(AgentId, u8)> {
     let worker_tier = tree.worker_tier();
     let mut found: Vec<(u8, u64, AgentId)> = Vec::new();
+    let mut with_room = 0;
     let mut stack: Vec<AgentId> = tree.roots().collect();
+    stack.reverse();
     while let Some(agent) = stack.pop() {
+        if with_room == n {
+            break;
+        }
         if !tree.mask(agent).intersects(mask) {
             continue;
         }
         if tree.tier(agent) < worker_tier {
+            let first = stack.len();
             stack.extend(tree.children(agent));
+            // Children in tree order, the first on top.
+            stack[first..].reverse();
             continue;
         }
         let (load, capacity) = tree.load(agent);
         let group = if tree.is_down(agent) || tree.is_sidelined(agent) {
             2
         } else if load < capacity {
+            with_room += 1;
             0
         } else {
             1

@@ -282,3 +282,43 @@ fn settings_the_new_benches_refuse_are_input_errors() {
         assert!(stderr.contains("out of range"), "{args:?}: {stderr}");
     }
 }
+
+#[test]
+fn bench_vote_checks_every_outcome_and_states_its_timing_verdict() {
+    // Debug builds miss the 50 µs target; the verdict must say so and exit 1, and the
+    // outcomes (counted again by the bench) must never be among the problems.
+    let (stdout, stderr, code) = colony(&[
+        "bench", "vote", "--agents", "15", "--rounds", "30", "--json",
+    ]);
+    let report = json(&stdout);
+    assert_eq!(
+        report["decided"].as_u64().unwrap() + report["failed"].as_u64().unwrap(),
+        30
+    );
+    let problems: Vec<&str> = report["problems"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_str().unwrap())
+        .collect();
+    assert!(
+        problems.iter().all(|p| !p.starts_with("round")),
+        "{problems:?}"
+    );
+    assert_eq!(report["ok"], problems.is_empty(), "{report}");
+    assert_eq!(code, if problems.is_empty() { 0 } else { 1 }, "{stderr}");
+    // A peer script that cannot run is an error that names it, after colony's rounds.
+    let (_, stderr, code) = colony(&[
+        "bench",
+        "vote",
+        "--agents",
+        "5",
+        "--rounds",
+        "1",
+        "--erlang",
+        "/nonexistent/peer.escript",
+    ]);
+    assert_ne!(code, 0);
+    assert!(stderr.contains("/nonexistent/peer.escript"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}

@@ -303,14 +303,13 @@ async fn ballots_wait_for_their_busy_voters_and_are_cancelled_if_the_voter_is_re
         assert!(voters.contains(&v.agent));
     }
     ran_on_their_voters(&decided, &ran);
-    let ran = ran.lock().unwrap();
+    let ran = ran.lock().unwrap().clone();
     assert_eq!(
         ran.len(),
         4 + 2,
         "four busy tasks and two ballots ran: {ran:?}"
     );
     assert!(busy.ids().all(|t| ran.iter().any(|r| r.0 == t)));
-    drop(ran);
     runtime.shutdown().await;
 }
 

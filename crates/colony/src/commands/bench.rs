@@ -123,6 +123,25 @@ pub(crate) enum Bench {
         #[arg(long)]
         json: bool,
     },
+    /// Rounds of a majority vote among in-process agents (Erlang's W5): each decision runs
+    /// through the runtime (voters seated, a journaled ballot task pinned to each) and is
+    /// timed until the caller holds the outcome; beside it, the engine tallying 10,000 ballots
+    /// and, with --erlang, the peer's W5 in the same run.
+    Vote {
+        /// Voters, each a worker of its own.
+        #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=i64::from(bench::vote::MAX_AGENTS)))]
+        agents: u32,
+        /// Decisions timed (after 10 untimed ones).
+        #[arg(long, default_value_t = 1_000, value_parser = clap::value_parser!(u32).range(1..=i64::from(bench::vote::MAX_ROUNDS)))]
+        rounds: u32,
+        /// The Erlang peer's script (`erlang_peer.escript`), run with `escript ... w5` after
+        /// colony's rounds: its p99 joins the verdict (colony's must be at most half).
+        #[arg(long, value_name = "SCRIPT")]
+        erlang: Option<PathBuf>,
+        /// Print the report as JSON, verdict included.
+        #[arg(long)]
+        json: bool,
+    },
     /// The process `bench crash` kills (internal).
     #[command(hide = true)]
     CrashChild(CrashChildArgs),
@@ -649,6 +668,55 @@ pub(crate) fn run(bench: Bench) -> Result<(), Failure> {
             print!("{}", t.render());
             print_ok(&report.verdict);
             judge("warm", &report.verdict)?;
+        }
+        Bench::Vote {
+            agents,
+            rounds,
+            erlang,
+            json,
+        } => {
+            let report = runtime
+                .block_on(bench::vote::vote(agents, rounds, erlang.as_deref()))
+                .map_err(failure)?;
+            if json {
+                print_json(&report)?;
+                return judge("vote", &report.verdict);
+            }
+            let us = |p: f64| format!("{p:.1} µs");
+            let mut t = Table::new(&["vote", "p50", "p99", "max"]);
+            let d = &report.decision;
+            t.row(vec![
+                format!(
+                    "colony: a decision among {} ({} decided, {} tied)",
+                    report.agents, report.decided, report.failed
+                ),
+                us(d.p50_us),
+                us(d.p99_us),
+                us(d.max_us),
+            ]);
+            match &report.erlang {
+                Some(e) => t.row(vec![
+                    "Erlang W5, same run".into(),
+                    us(e.p50_us),
+                    us(e.p99_us),
+                    us(e.max_us),
+                ]),
+                None => t.row(vec![
+                    "Erlang W5: not run (--erlang)".into(),
+                    "-".into(),
+                    "-".into(),
+                    "-".into(),
+                ]),
+            }
+            t.row(vec![
+                "engine: 10,000 ballots tallied".into(),
+                us(report.tally_10k_us),
+                "-".into(),
+                "-".into(),
+            ]);
+            print!("{}", t.render());
+            print_ok(&report.verdict);
+            judge("vote", &report.verdict)?;
         }
         Bench::CrashChild(args) => {
             let options = crash::ChildOptions {

@@ -1,0 +1,327 @@
+//! `colony bench vote`: the W5 workload of the Erlang peer (`shared/peers/erlang_peer.escript
+//! w5`): rounds of a majority vote among in-process agents, each voting by the peers' shared
+//! deterministic rule (about 60 % yes). Each decision runs through the runtime as a user's
+//! would ([`Handle::decide`]: voters seated, one journaled ballot task pinned to each, the
+//! ballots counted as their tasks end) and is timed from its start until the caller holds
+//! the outcome. Beside it: the decision engine alone tallying 10,000 ballots, and, when
+//! given the peer's script, Erlang's W5 in the same run.
+
+use super::{Percentiles, Verdict};
+use crate::{
+    Error, Pool, Runtime, RuntimeOptions,
+    decision::{Decided, Vote},
+};
+use bytes::Bytes;
+use colony_agents::{Agent, AgentSpec, Execution, Task};
+use colony_core::{
+    AgentId,
+    decision::{Ballot, Decision, DecisionOptions, Participant, Progress},
+    task::TaskSpec,
+};
+use colony_journal::MemoryJournal;
+use serde::Serialize;
+use std::{
+    path::Path,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+/// Most voters of one run.
+pub const MAX_AGENTS: u32 = 100_000;
+/// Most rounds of one run.
+pub const MAX_ROUNDS: u32 = 1_000_000;
+/// Rounds run first and not timed, as the peer does.
+const WARMUP: u32 = 10;
+/// The target for one decision at the 99th percentile (at 100 voters).
+const TARGET_P99: Duration = Duration::from_micros(50);
+/// The target for the engine tallying 10,000 ballots.
+const TARGET_TALLY: Duration = Duration::from_millis(1);
+/// Ballots the engine tallies alone.
+const TALLY_BALLOTS: u32 = 10_000;
+
+/// The peers' rule: voter `id` says yes in round `round` about 60 % of the time.
+pub fn votes_yes(id: u32, round: u64) -> bool {
+    (u64::from(id)
+        .wrapping_mul(2_654_435_761)
+        .wrapping_add(round.wrapping_mul(40_503))
+        & 0xFFFF_FFFF)
+        % 100
+        < 60
+}
+
+/// An in-process agent that votes by [`votes_yes`] on the round in its task's payload, at once.
+struct Voter;
+
+impl Agent for Voter {
+    fn handle(&self, task: Task) -> Execution {
+        let round = std::str::from_utf8(&task.payload)
+            .ok()
+            .and_then(|s| s.parse::<u64>().ok());
+        Execution::Done(match round {
+            Some(round) => Ok(Bytes::from_static(if votes_yes(task.agent.0, round) {
+                b"yes"
+            } else {
+                b"no"
+            })),
+            None => Err(colony_agents::Error::fatal(
+                "the payload is not a round number",
+            )),
+        })
+    }
+}
+
+/// Erlang's W5 in the same run, as its script printed it.
+#[derive(Clone, Debug, Serialize)]
+pub struct ErlangW5 {
+    pub p50_us: f64,
+    pub p99_us: f64,
+    pub max_us: f64,
+}
+
+/// What `colony bench vote` measured.
+#[derive(Clone, Debug, Serialize)]
+pub struct VoteReport {
+    pub agents: u32,
+    pub rounds: u32,
+    /// Rounds decided, and those that failed (a tie: as many yes as no).
+    pub decided: u32,
+    pub failed: u32,
+    /// One decision, from its start until the caller holds the outcome.
+    pub decision: Percentiles,
+    /// The engine alone: 10,000 ballots cast and the round closed.
+    pub tally_10k_us: f64,
+    pub erlang: Option<ErlangW5>,
+    /// Whether every round ended as the votes say it must, and the targets: p99 ≤ 50 µs,
+    /// at most half Erlang's p99 when it ran, a 10,000-ballot tally under 1 ms.
+    #[serde(flatten)]
+    pub verdict: Verdict,
+}
+
+/// Runs `rounds` decisions among `agents` voters (after a few untimed ones), then the
+/// engine's tally, then Erlang's W5 if `erlang` names the peer's script.
+pub async fn vote(agents: u32, rounds: u32, erlang: Option<&Path>) -> Result<VoteReport, Error> {
+    if !(1..=MAX_AGENTS).contains(&agents) {
+        return Err(Error::Options(format!(
+            "{agents} agents is out of range: allowed 1..={MAX_AGENTS}"
+        )));
+    }
+    if !(1..=MAX_ROUNDS).contains(&rounds) {
+        return Err(Error::Options(format!(
+            "{rounds} rounds is out of range: allowed 1..={MAX_ROUNDS}"
+        )));
+    }
+    let pool = Pool::new(AgentSpec::new("voter", "voter"), agents, Arc::new(Voter));
+    let runtime = Runtime::start(
+        RuntimeOptions::default(),
+        vec![pool],
+        Arc::new(MemoryJournal::new()),
+    )
+    .await?;
+    let h = runtime.handle().clone();
+    let mut verdict = Verdict::new();
+    let mut times = Vec::with_capacity(rounds as usize);
+    let (mut decided, mut failed) = (0, 0);
+    for round in 0..WARMUP + rounds {
+        let spec = TaskSpec::with_payload(round.to_string());
+        let start = Instant::now();
+        let voting = h
+            .decide(spec, Vote::new(agents, DecisionOptions::default()))
+            .await?;
+        let outcome = voting.outcome().await?;
+        let took = start.elapsed();
+        if round < WARMUP {
+            continue;
+        }
+        times.push(took);
+        match outcome.outcome.winner() {
+            Some(_) => decided += 1,
+            None => failed += 1,
+        }
+        if let Err(problem) = check(&outcome, u64::from(round)) {
+            verdict.check(false, || format!("round {round}: {problem}"));
+        }
+    }
+    runtime.shutdown().await;
+    let decision = Percentiles::of(times);
+    verdict.check(decision.p99_us <= TARGET_P99.as_secs_f64() * 1e6, || {
+        format!(
+            "a decision among {agents} took {:.1} µs at the 99th percentile: the target is {} µs",
+            decision.p99_us,
+            TARGET_P99.as_micros()
+        )
+    });
+    let tally = tally_alone()?;
+    verdict.check(tally <= TARGET_TALLY, || {
+        format!(
+            "tallying {TALLY_BALLOTS} ballots took {:.1} µs: the target is under {} µs",
+            tally.as_secs_f64() * 1e6,
+            TARGET_TALLY.as_micros()
+        )
+    });
+    let erlang = match erlang {
+        Some(script) => {
+            let peer = erlang_w5(script, agents, rounds).await?;
+            verdict.check(decision.p99_us * 2.0 <= peer.p99_us, || {
+                format!(
+                    "colony's p99 of {:.1} µs is not at least 2x better than Erlang's {:.1} µs",
+                    decision.p99_us, peer.p99_us
+                )
+            });
+            Some(peer)
+        }
+        None => None,
+    };
+    Ok(VoteReport {
+        agents,
+        rounds,
+        decided,
+        failed,
+        decision,
+        tally_10k_us: tally.as_secs_f64() * 1e6,
+        erlang,
+        verdict,
+    })
+}
+
+/// Whether `decided` is what round `round`'s votes must give: counted independently of the
+/// engine, a majority decides (as soon as it is certain), a tie fails, and every ballot
+/// counted came from a distinct seated voter and said what its rule says.
+fn check(decided: &Decided, round: u64) -> Result<(), String> {
+    let record = decided.outcome.record();
+    let mut seen = std::collections::HashSet::new();
+    for ballot in &record.ballots {
+        let voter = ballot.ballot.voter;
+        if !seen.insert(voter) {
+            return Err(format!("{voter} was counted twice"));
+        }
+        let said = match &ballot.ballot.vote {
+            colony_core::decision::Vote::Output(text) => &**text == "yes",
+            other => return Err(format!("{voter} sent {other:?}")),
+        };
+        if said != votes_yes(voter.0, round) {
+            return Err(format!("{voter}'s ballot is not what it voted"));
+        }
+    }
+    let n = decided.voters.len();
+    let yes = decided
+        .voters
+        .iter()
+        .filter(|v| votes_yes(v.agent.0, round))
+        .count();
+    let want = if yes * 2 > n {
+        Some("yes")
+    } else if (n - yes) * 2 > n {
+        Some("no")
+    } else {
+        None
+    };
+    let got = decided.outcome.winner().map(|w| &*w.value);
+    if got != want {
+        return Err(format!(
+            "{yes} of {n} say yes, so the outcome must be {want:?}, but it is {got:?} ({:?})",
+            decided.outcome.reason()
+        ));
+    }
+    Ok(())
+}
+
+/// The engine alone: 10,000 voters over three values, none passing until the last ballots,
+/// then the round closed. The best of five.
+fn tally_alone() -> Result<Duration, Error> {
+    let participants: Vec<Participant> = (0..TALLY_BALLOTS)
+        .map(|i| Participant::new(AgentId(i)))
+        .collect();
+    let values: [Arc<str>; 3] = ["alpha".into(), "beta".into(), "gamma".into()];
+    let mut best = Duration::MAX;
+    for _ in 0..5 {
+        let mut decision = Decision::new(DecisionOptions::default(), &participants)
+            .map_err(|e| Error::Decision(e.to_string()))?;
+        let at = Duration::from_millis(1);
+        let start = Instant::now();
+        let mut progress = Progress::Pending;
+        for i in 0..TALLY_BALLOTS {
+            // 40 % alpha, 30 % beta, 30 % gamma: nothing passes 50 %.
+            let value = &values[match i % 10 {
+                0..=3 => 0,
+                4..=6 => 1,
+                _ => 2,
+            }];
+            progress = decision
+                .cast(Ballot::output(AgentId(i), value.clone()), at)
+                .map_err(|e| Error::Decision(e.to_string()))?;
+        }
+        if progress == Progress::Pending {
+            progress = decision.close(at);
+        }
+        best = best.min(start.elapsed());
+        if !matches!(progress, Progress::Done(ref o) if o.winner().is_none()) {
+            return Err(Error::Decision(
+                "the 10,000-ballot tally did not end without a majority".into(),
+            ));
+        }
+    }
+    Ok(best)
+}
+
+/// Runs `escript SCRIPT w5 AGENTS ROUNDS` and reads its JSON.
+async fn erlang_w5(script: &Path, agents: u32, rounds: u32) -> Result<ErlangW5, Error> {
+    let out = tokio::process::Command::new("escript")
+        .arg(script)
+        .args(["w5", &agents.to_string(), &rounds.to_string()])
+        .kill_on_drop(true)
+        .output()
+        .await
+        .map_err(|e| Error::Options(format!("could not run escript {}: {e}", script.display())))?;
+    if !out.status.success() {
+        return Err(Error::Options(format!(
+            "escript {} w5 failed ({}): {}",
+            script.display(),
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).map_err(|e| {
+        Error::Options(format!("escript {} printed no JSON: {e}", script.display()))
+    })?;
+    let field = |name: &str| {
+        json.get(name)
+            .and_then(serde_json::Value::as_f64)
+            .ok_or_else(|| Error::Options(format!("Erlang's W5 printed no number {name}: {json}")))
+    };
+    Ok(ErlangW5 {
+        p50_us: field("p50_us")?,
+        p99_us: field("p99_us")?,
+        max_us: field("max_us")?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_rule_says_yes_about_sixty_percent_of_the_time() {
+        let yes = (0..100u32)
+            .flat_map(|id| (0..100u64).map(move |r| votes_yes(id, r)))
+            .filter(|&y| y)
+            .count();
+        assert!((5_500..6_500).contains(&yes), "{yes} of 10,000");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn every_round_ends_as_its_votes_say() {
+        let report = vote(25, 40, None).await.unwrap();
+        assert_eq!(report.decided + report.failed, 40);
+        // The timing targets may miss on a loaded machine; the outcomes may not.
+        assert!(
+            report
+                .verdict
+                .problems
+                .iter()
+                .all(|p| !p.starts_with("round")),
+            "{:?}",
+            report.verdict.problems
+        );
+        assert_eq!(report.decision.samples, 40);
+    }
+}
