@@ -71,6 +71,13 @@ fn ballot_task(timeout_ms: u64) -> TaskSpec {
     }
 }
 
+/// A majority vote of `voters` with ballot tasks timing out after `timeout_ms`, run to its end.
+async fn majority(h: &Handle, voters: u32, timeout_ms: u64) -> Decided {
+    let vote = Vote::new(voters, DecisionOptions::default());
+    let voting = h.decide(ballot_task(timeout_ms), vote).await.unwrap();
+    voting.outcome().await.unwrap()
+}
+
 /// Every ballot task ran once, on the voter seated for it.
 fn ran_on_their_voters(decided: &Decided, ran: &Ran) {
     let ran = ran.lock().unwrap();
@@ -182,14 +189,7 @@ async fn silent_voters_close_the_vote_at_once_and_a_failed_vote_says_why() {
     })
     .await;
     let h = runtime.handle();
-    let voting = h
-        .decide(
-            ballot_task(10_000),
-            Vote::new(4, DecisionOptions::default()),
-        )
-        .await
-        .unwrap();
-    let decided = voting.outcome().await.unwrap();
+    let decided = majority(h, 4, 10_000).await;
     assert_eq!(decided.outcome.reason(), Some(Reason::NoQuorum));
     assert!(decided.outcome.record().at < Duration::from_secs(1));
     let silent: Vec<&Voter> = decided
@@ -220,14 +220,7 @@ async fn a_decided_vote_cancels_the_ballots_still_out() {
     })
     .await;
     let h = runtime.handle();
-    let voting = h
-        .decide(
-            ballot_task(60_000),
-            Vote::new(5, DecisionOptions::default()),
-        )
-        .await
-        .unwrap();
-    let decided = voting.outcome().await.unwrap();
+    let decided = majority(h, 5, 60_000).await;
     assert_eq!(&*decided.outcome.winner().unwrap().value, "a");
     assert!(decided.outcome.record().at < Duration::from_secs(1));
     // The hanging voters' ballots were cancelled, not left to their 60 s timeout.
