@@ -249,6 +249,13 @@ fn problems_name_the_file_line_and_column_or_the_variable() {
     let (out, err, code) = colony(dir.path(), &[], &["config", "check", "pools.yaml"]);
     assert_eq!(code, 0, "{err}");
     assert!(out.starts_with("ok"), "{out}");
+    // Spelt as serve and config show spell it, the same check.
+    let (same, err, code) = colony(
+        dir.path(),
+        &[],
+        &["config", "check", "--pools", "pools.yaml"],
+    );
+    assert_eq!((code, &same), (0, &out), "{err}");
     // A file too large to be a configuration is refused before it is parsed.
     std::fs::write(dir.path().join("big.toml"), "#".repeat(1 << 20)).unwrap();
     let (_, err, code) = colony(

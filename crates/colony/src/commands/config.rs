@@ -21,6 +21,9 @@ pub(crate) struct CheckArgs {
     config: Option<PathBuf>,
     /// A workflow or pools file to check with it, as `serve --pools` would read it.
     file: Option<PathBuf>,
+    /// The same as FILE, spelt as `serve --pools` and `config show --pools` spell it.
+    #[arg(long, value_name = "FILE", conflicts_with = "file")]
+    pools: Option<PathBuf>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -47,9 +50,10 @@ struct Entry {
 pub(crate) fn run(command: &Command) -> Result<(), Failure> {
     match command {
         Command::Check(args) => {
+            let pools = args.file.as_ref().or(args.pools.as_ref());
             let flags = crate::config::Flags {
                 config: args.config.clone(),
-                pools: args.file.clone(),
+                pools: pools.cloned(),
                 ..Default::default()
             };
             let resolved = serve::resolve(&flags)?;
@@ -57,7 +61,7 @@ pub(crate) fn run(command: &Command) -> Result<(), Failure> {
                 .file
                 .as_ref()
                 .map_or("no configuration file".into(), |p| p.display().to_string());
-            match &args.file {
+            match pools {
                 Some(pools) => println!("ok ({file}, {})", pools.display()),
                 None => println!("ok ({file})"),
             }
