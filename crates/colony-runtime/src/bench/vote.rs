@@ -110,6 +110,15 @@ pub async fn vote(agents: u32, rounds: u32, erlang: Option<&Path>) -> Result<Vot
             "{rounds} rounds is out of range: allowed 1..={MAX_ROUNDS}"
         )));
     }
+    // A peer script that cannot run is refused now, not after colony's rounds.
+    if let Some(script) = erlang
+        && !script.is_file()
+    {
+        return Err(Error::Options(format!(
+            "--erlang {}: not a file (the peer's erlang_peer.escript)",
+            script.display()
+        )));
+    }
     let pool = Pool::new(AgentSpec::new("voter", "voter"), agents, Arc::new(Voter));
     let runtime = Runtime::start(
         RuntimeOptions::default(),
@@ -263,24 +272,51 @@ fn tally_alone() -> Result<Duration, Error> {
     Ok(best)
 }
 
+/// Most bytes read of the peer's output, each of stdout and stderr: its report is one line.
+const MAX_PEER_OUTPUT: u64 = 64 * 1024;
+
 /// Runs `escript SCRIPT w5 AGENTS ROUNDS` and reads its JSON.
 async fn erlang_w5(script: &Path, agents: u32, rounds: u32) -> Result<ErlangW5, Error> {
-    let out = tokio::process::Command::new("escript")
+    use tokio::io::AsyncReadExt;
+    let cannot = |e: std::io::Error| {
+        Error::Options(format!("could not run escript {}: {e}", script.display()))
+    };
+    let mut child = tokio::process::Command::new("escript")
         .arg(script)
         .args(["w5", &agents.to_string(), &rounds.to_string()])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
         .kill_on_drop(true)
-        .output()
-        .await
-        .map_err(|e| Error::Options(format!("could not run escript {}: {e}", script.display())))?;
-    if !out.status.success() {
+        .spawn()
+        .map_err(cannot)?;
+    let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
+    let mut out = child.stdout.take().expect("piped").take(MAX_PEER_OUTPUT);
+    let mut err = child.stderr.take().expect("piped").take(MAX_PEER_OUTPUT);
+    let (read_out, read_err) =
+        tokio::join!(out.read_to_end(&mut stdout), err.read_to_end(&mut stderr),);
+    drop((out, err));
+    read_out.map_err(cannot)?;
+    read_err.map_err(cannot)?;
+    // Whatever it prints past the bound is not read: it ends with its pipes, or is killed.
+    let status = match tokio::time::timeout(Duration::from_secs(1), child.wait()).await {
+        Ok(status) => status.map_err(cannot)?,
+        Err(_) => {
+            let _ = child.kill().await;
+            return Err(Error::Options(format!(
+                "escript {} printed more than {MAX_PEER_OUTPUT} bytes and was stopped",
+                script.display()
+            )));
+        }
+    };
+    if !status.success() {
         return Err(Error::Options(format!(
-            "escript {} w5 failed ({}): {}",
+            "escript {} w5 failed ({status}): {}",
             script.display(),
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
+            String::from_utf8_lossy(&stderr).trim()
         )));
     }
-    let json: serde_json::Value = serde_json::from_slice(&out.stdout).map_err(|e| {
+    let json: serde_json::Value = serde_json::from_slice(&stdout).map_err(|e| {
         Error::Options(format!("escript {} printed no JSON: {e}", script.display()))
     })?;
     let field = |name: &str| {
