@@ -473,7 +473,11 @@ async fn stop(conn: Arc<Conn>, grace: Duration) {
         use nix::{sys::signal, unistd::Pid};
         let _ = signal::kill(Pid::from_raw(pid), signal::Signal::SIGTERM);
     }
-    let deadline = tokio::time::Instant::now() + grace;
+    // A grace too long to add is as good as none: wait for the exit.
+    let now = tokio::time::Instant::now();
+    let deadline = now
+        .checked_add(grace)
+        .unwrap_or(now + Duration::from_secs(100 * 365 * 86_400));
     loop {
         let exited = conn
             .child

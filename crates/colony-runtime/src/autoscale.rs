@@ -69,6 +69,10 @@ impl AutoscaleOptions {
     }
 }
 
+/// Most forecasts one look makes: a horizon of more periods is looked at this many times,
+/// evenly spaced (a year at 10 ms would be 3 billion).
+const MAX_FORECASTS: usize = 10_000;
+
 /// Weight of the newest sample in the smoothed service rate of one agent.
 const RATE_SMOOTHING: f64 = 0.3;
 
@@ -114,10 +118,12 @@ impl Scaled {
             .scaler
             .options()
             .predictive
-            .map_or(horizon, |p| p.cooldown + elapsed)
+            .map_or(horizon, |p| p.cooldown.saturating_add(elapsed))
             .min(horizon);
         let steps = (lead.as_secs_f64() / secs).ceil().max(1.0) as usize;
-        let forecast_per_sec = (1..=steps)
+        let stride = steps.div_ceil(MAX_FORECASTS);
+        let forecast_per_sec = (stride..=steps)
+            .step_by(stride)
             .map(|k| self.forecaster.predict(k))
             .try_fold(0.0f64, |peak, p| p.map(|p| peak.max(p)))
             .map(|peak| peak / secs);

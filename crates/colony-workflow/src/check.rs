@@ -82,26 +82,16 @@ pub(crate) fn check(
     purpose: Purpose,
 ) -> Result<Workflow, Vec<Problem>> {
     let mut problems = Vec::new();
-    let duration = |d: &Spanned<String>, problems: &mut Vec<Problem>| {
-        match humantime::parse_duration(&d.value) {
-            Ok(v) if !v.is_zero() => Some(v),
-            Ok(_) => {
-                problems.push(Problem::at(d, "a duration of 0 is not allowed", "zero"));
+    let duration =
+        |d: &Spanned<String>, problems: &mut Vec<Problem>| match crate::runtime::parse_duration(
+            &d.value, false,
+        ) {
+            Ok(v) => Some(v),
+            Err((message, label)) => {
+                problems.push(Problem::at(d, message, label));
                 None
             }
-            Err(e) => {
-                problems.push(Problem::at(
-                    d,
-                    format!(
-                        "`{}` is not a duration ({e}): write it like `30s`, `5m` or `1h 30m`",
-                        crate::shorten(&d.value, 60)
-                    ),
-                    "not a duration",
-                ));
-                None
-            }
-        }
-    };
+        };
     let default_timeout = file
         .defaults
         .timeout

@@ -18,6 +18,30 @@ use std::time::Duration;
 /// and a deadline this far ahead still fits every clock.
 pub const MAX_DURATION: Duration = Duration::from_secs(365 * 86_400);
 
+/// A duration written as `5s` or `250ms`, up to [`MAX_DURATION`]; `zero` says whether `0s`
+/// means something. Else the problem and its label. Every duration of a file is read so.
+pub(crate) fn parse_duration(text: &str, zero: bool) -> Result<Duration, (String, &'static str)> {
+    match humantime::parse_duration(text) {
+        Ok(d) if d.is_zero() && !zero => Err(("a duration of 0 is not allowed".into(), "zero")),
+        Ok(d) if d > MAX_DURATION => Err((
+            format!(
+                "`{}` is out of range: allowed up to {} days",
+                crate::shorten(text, 60),
+                MAX_DURATION.as_secs() / 86_400
+            ),
+            "too long",
+        )),
+        Ok(d) => Ok(d),
+        Err(e) => Err((
+            format!(
+                "`{}` is not a duration ({e}): write it like `30s`, `5m` or `1h 30m`",
+                crate::shorten(text, 60)
+            ),
+            "not a duration",
+        )),
+    }
+}
+
 /// Every key of the section, dotted for the nested ones (`health.heartbeat`), in the order
 /// `colony config show` lists them. `breaker` alone is `breaker: off`.
 pub const KEYS: &[&str] = &[
@@ -89,33 +113,10 @@ impl Checker<'_> {
 
     /// A duration written as `5s` or `250ms`; `zero` says whether `0s` means something.
     fn duration(&mut self, v: &Located<String>, zero: bool) -> Option<Duration> {
-        match humantime::parse_duration(&v.value) {
-            Ok(d) if d.is_zero() && !zero => {
-                self.problem(v.at, "a duration of 0 is not allowed", "zero");
-                None
-            }
-            Ok(d) if d > MAX_DURATION => {
-                self.problem(
-                    v.at,
-                    format!(
-                        "`{}` is out of range: allowed up to {} days",
-                        crate::shorten(&v.value, 60),
-                        MAX_DURATION.as_secs() / 86_400
-                    ),
-                    "too long",
-                );
-                None
-            }
+        match parse_duration(&v.value, zero) {
             Ok(d) => Some(d),
-            Err(e) => {
-                self.problem(
-                    v.at,
-                    format!(
-                        "`{}` is not a duration ({e}): write it like `30s`, `5m` or `1h 30m`",
-                        crate::shorten(&v.value, 60)
-                    ),
-                    "not a duration",
-                );
+            Err((message, label)) => {
+                self.problem(v.at, message, label);
                 None
             }
         }

@@ -147,6 +147,11 @@ fn bad_scaling_values_are_refused_at_their_line_and_column() {
             "w.yaml:6:29: `soon` is not a duration (expected number at 0): write it like `30s`, `5m` or `1h 30m`"
         ]
     );
+    // A duration past a year would overflow the autoscaler's clock arithmetic.
+    assert_eq!(
+        pool("      emergency: {cooldown: 18446744073709551615s}\n"),
+        ["w.yaml:6:29: `18446744073709551615s` is out of range: allowed up to 365 days"]
+    );
     assert_eq!(
         pool("      max-forecast-error: .nan\n"),
         [
