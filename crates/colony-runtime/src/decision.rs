@@ -32,7 +32,7 @@ use colony_core::{
     task::{TaskSpec, TaskState},
     tree::{LiveTree, SpecMask},
 };
-use futures::{StreamExt, stream::FuturesUnordered};
+use futures::{FutureExt, StreamExt, stream::FuturesUnordered};
 use serde::Serialize;
 use std::{future::Future, pin::Pin, sync::Arc};
 use tokio::time::Instant;
@@ -101,16 +101,17 @@ impl Vote {
 /// Up to `n` distinct workers of a pool in `mask` that are in their pool (not retired), by
 /// preference: in service with room, then in service and busy, then down for a restart or
 /// sidelined by their breaker (their ballots wait for them); lighter load first within each.
-/// Each with its pool. It runs inside the dispatcher, so the walk ends as soon as `n` workers
-/// with room are found: the whole tree is walked only when fewer have room.
+/// Each with its pool. It runs inside the dispatcher, so the walk is bounded: it ends once
+/// `n` workers with room are found, or 4 × `n` in service; the whole tree is walked only when
+/// fewer are in service.
 fn seat(tree: &LiveTree, mask: SpecMask, n: usize) -> Vec<(AgentId, u8)> {
     let worker_tier = tree.worker_tier();
     let mut found: Vec<(u8, u64, AgentId)> = Vec::new();
-    let mut with_room = 0;
+    let (mut with_room, mut in_service) = (0, 0);
     let mut stack: Vec<AgentId> = tree.roots().collect();
     stack.reverse();
     while let Some(agent) = stack.pop() {
-        if with_room == n {
+        if with_room == n || in_service >= n.saturating_mul(4) {
             break;
         }
         if !tree.mask(agent).intersects(mask) {
@@ -128,8 +129,10 @@ fn seat(tree: &LiveTree, mask: SpecMask, n: usize) -> Vec<(AgentId, u8)> {
             2
         } else if load < capacity {
             with_room += 1;
+            in_service += 1;
             0
         } else {
+            in_service += 1;
             1
         };
         // Load for its capacity, in millionths.
@@ -190,6 +193,12 @@ impl std::fmt::Debug for Voting {
     }
 }
 
+impl Drop for Voting {
+    fn drop(&mut self) {
+        self.cancel_the_rest();
+    }
+}
+
 impl Voting {
     /// The voters seated, in the order asked, with their ballot tasks.
     pub fn voters(&self) -> &[Voter] {
@@ -197,7 +206,8 @@ impl Voting {
     }
 
     /// Counts the ballots as their tasks end, until the engine has an outcome: decided, or
-    /// failed (at the deadline at the latest). The ballot tasks still out are then cancelled.
+    /// failed (at the deadline at the latest). The ballot tasks still out are then cancelled,
+    /// as they are if the vote is dropped before it ends.
     pub async fn outcome(mut self) -> Result<Decided, Error> {
         let outcome = loop {
             let deadline = match self.decision.deadline() {
@@ -233,16 +243,27 @@ impl Voting {
             }
         };
         self.report(&outcome);
-        for voter in &self.voters {
-            if voter.state.is_none() {
-                // Best effort: a ballot that ends first ends as it does.
-                let _ = self.handle.cancel(voter.task).await;
-            }
+        // Ballots that ended meanwhile need no cancelling; they came too late to count.
+        while let Some(Some((i, Ok(ended)))) = self.pending.next().now_or_never() {
+            let voter = &mut self.voters[i];
+            voter.state = Some(ended.state);
+            voter.problem = Some("its ballot task ended after the vote did".into());
         }
+        self.cancel_the_rest();
         Ok(Decided {
             outcome,
-            voters: self.voters,
+            voters: std::mem::take(&mut self.voters),
         })
+    }
+
+    /// Cancels the ballot tasks still out, without waiting: a ballot that ends first ends
+    /// as it does.
+    fn cancel_the_rest(&self) {
+        for voter in &self.voters {
+            if voter.state.is_none() {
+                self.handle.cancel_soon(voter.task);
+            }
+        }
     }
 
     /// Tells the event stream and the metrics how the decision ended.
@@ -347,31 +368,48 @@ impl Handle {
         let n = vote.voters as usize;
         let specs = vec![spec; n];
         let mask = self.admit(&specs)?[0];
-        let seats = self.inspect(move |tree| seat(tree, mask, n)).await?;
-        if seats.len() < n {
-            return Err(Error::Decision(format!(
-                "{n} voters asked, but {} workers can run the task",
-                seats.len()
-            )));
+        // Room first, then seats: seated voters must not leave while the ballots wait for it.
+        self.wait_for_room(n).await?;
+        let seated = async {
+            let seats = self.inspect(move |tree| seat(tree, mask, n)).await?;
+            if seats.len() < n {
+                return Err(Error::Decision(format!(
+                    "{n} voters asked, but {} workers can run the task",
+                    seats.len()
+                )));
+            }
+            let participants: Vec<Participant> = seats
+                .iter()
+                .map(|&(agent, pool)| {
+                    let weight = vote.pool_weights.get(pool as usize).copied();
+                    Participant::weighted(agent, weight.unwrap_or(1.0))
+                })
+                .collect();
+            let decision = Decision::new(vote.options, &participants)
+                .map_err(|e| Error::Decision(e.to_string()))?;
+            Ok((seats, decision))
         }
-        let participants: Vec<Participant> = seats
-            .iter()
-            .map(|&(agent, pool)| {
-                let weight = vote.pool_weights.get(pool as usize).copied();
-                Participant::weighted(agent, weight.unwrap_or(1.0))
-            })
-            .collect();
-        let decision = Decision::new(vote.options, &participants)
-            .map_err(|e| Error::Decision(e.to_string()))?;
-        let (accepted, completions) = self.submit_pinned(specs, mask, &seats).await?;
+        .await;
+        let (seats, decision) = match seated {
+            Ok(seated) => seated,
+            Err(e) => {
+                self.give_back_room(n);
+                return Err(e);
+            }
+        };
+        // Each ballot may run only in its voter's pool: that is the demand it makes.
+        let masks = seats.iter().map(|&(_, pool)| SpecMask::of(pool)).collect();
+        let (_, completions) = self
+            .accept_tracked(specs, masks, |_| true, |i| Some(seats[i].0))
+            .await?;
         let started = Instant::now();
         let voters = seats
             .iter()
-            .enumerate()
-            .map(|(i, &(agent, pool))| Voter {
+            .zip(&completions)
+            .map(|(&(agent, pool), pending)| Voter {
                 agent,
                 pool,
-                task: TaskId(accepted.first.0 + i as u64),
+                task: pending.id,
                 state: None,
                 problem: None,
             })

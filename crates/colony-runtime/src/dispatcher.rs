@@ -501,8 +501,10 @@ impl Dispatcher {
         };
         self.tree.finish(worker, micros);
         self.freed.push(worker);
-        self.trim_due |=
-            self.tree.load(worker).0 == 0 && self.supervision.retired().contains(&worker);
+        // Retired workers are down: the set is looked up only for those.
+        self.trim_due |= self.tree.load(worker).0 == 0
+            && self.tree.is_down(worker)
+            && self.supervision.retired().contains(&worker);
         let tally = &mut self.out.pools[self.tree.spec(worker) as usize];
         tally.busy -= 1;
         tally.ended += 1;
@@ -608,14 +610,24 @@ impl Dispatcher {
             Decision::Retry { after } => {
                 self.failed(worker, &job, &error, TaskState::Queued);
                 self.out.turn.retries += 1;
-                let pool = self.tree.spec(worker);
-                // A backup must have agents now: one at zero would keep the retry waiting.
-                let staffed = self.shared.with_agents();
-                job.mask = self
-                    .attempts
-                    .pool(pool)
-                    .failover
-                    .choose(pool, job.eligible, staffed);
+                if job.pin.is_some() {
+                    // A pinned task retries on its worker, or nowhere once that has left its
+                    // pool: its place (and id) may be another agent's by the time a backoff
+                    // ends.
+                    if self.supervision.retired().contains(&worker) {
+                        self.unrunnable(job);
+                        return;
+                    }
+                } else {
+                    let pool = self.tree.spec(worker);
+                    // A backup must have agents now: one at zero would keep the retry waiting.
+                    let staffed = self.shared.with_agents();
+                    job.mask =
+                        self.attempts
+                            .pool(pool)
+                            .failover
+                            .choose(pool, job.eligible, staffed);
+                }
                 job.failed_at = Some(Instant::now());
                 if after.is_zero() {
                     self.route_or_wait(job);
@@ -690,7 +702,14 @@ impl Dispatcher {
                     continue;
                 }
                 match self.place.next_for(&mut self.tree, &mut self.out, worker) {
-                    Some(job) => self.start(worker, job),
+                    Some(job) => {
+                        self.start(worker, job);
+                        // A worker of several slots back from a restart takes each task
+                        // pinned to it while it has room.
+                        if self.place.has_pinned(worker) {
+                            self.freed.push(worker);
+                        }
+                    }
                     None if load == 0 => {
                         self.out
                             .event(Kinds::ACTIVITY, || Event::AgentIdle { agent: worker });

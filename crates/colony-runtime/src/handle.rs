@@ -108,7 +108,7 @@ impl Handle {
     }
 
     /// Takes `n` admission permits, waiting until the hierarchy has room for `n` more tasks.
-    async fn wait_for_room(&self, n: usize) -> Result<(), Error> {
+    pub(crate) async fn wait_for_room(&self, n: usize) -> Result<(), Error> {
         if n > 0 {
             let permits = self.shared.permits.acquire_many(n as u32).await;
             permits.map_err(|_| Error::Stopped)?.forget();
@@ -185,6 +185,18 @@ impl Handle {
     ) -> Result<(Accepted, Vec<Pending>), Error> {
         let masks = self.admit(&specs)?;
         self.wait_for_room(specs.len()).await?;
+        self.accept_tracked(specs, masks, track, |_| None).await
+    }
+
+    /// Accepts `specs` (of pools `masks`, admitted, their permits held): task `i` followed
+    /// if `track(i)`, pinned to the worker `pin(i)` if any (it runs there or nowhere).
+    pub(crate) async fn accept_tracked(
+        &self,
+        specs: Vec<TaskSpec>,
+        masks: Vec<SpecMask>,
+        track: impl Fn(usize) -> bool,
+        pin: impl Fn(usize) -> Option<AgentId>,
+    ) -> Result<(Accepted, Vec<Pending>), Error> {
         let mut receivers = Vec::new();
         let accepted = self
             .accept(
@@ -197,7 +209,7 @@ impl Handle {
                         tx
                     })
                 },
-                |_| None,
+                pin,
             )
             .await?;
         let pending = receivers
@@ -210,38 +222,16 @@ impl Handle {
         Ok((accepted, pending))
     }
 
-    /// Accepts `specs`, of pools `mask`, task `i` pinned to worker `seats[i]`: it runs there
-    /// or nowhere. Returns a completion future per task.
-    pub(crate) async fn submit_pinned(
-        &self,
-        specs: Vec<TaskSpec>,
-        mask: SpecMask,
-        seats: &[(AgentId, u8)],
-    ) -> Result<(Accepted, Vec<Pending>), Error> {
-        let n = specs.len();
-        self.wait_for_room(n).await?;
-        let mut receivers = Vec::with_capacity(n);
-        let accepted = self
-            .accept(
-                specs,
-                vec![mask; n],
-                |_| {
-                    let (tx, rx) = oneshot::channel();
-                    receivers.push(rx);
-                    Some(tx)
-                },
-                |i| seats.get(i).map(|s| s.0),
-            )
-            .await?;
-        let pending = receivers
-            .into_iter()
-            .enumerate()
-            .map(|(i, rx)| Pending {
-                id: TaskId(accepted.first.0 + i as u64),
-                rx,
-            })
-            .collect();
-        Ok((accepted, pending))
+    /// Sends the cancellation of `task` without waiting for its answer: for a caller that
+    /// cannot wait (a drop).
+    pub(crate) fn cancel_soon(&self, task: TaskId) {
+        let (reply, _) = oneshot::channel();
+        let _ = self.shared.inbox.send(Command::Cancel { task, reply });
+    }
+
+    /// Hands back `n` admission permits taken for tasks that were not submitted after all.
+    pub(crate) fn give_back_room(&self, n: usize) {
+        self.shared.return_permits(n);
     }
 
     /// Queues again the tasks a journal held unfinished at start (see [`Journal::recover`]).

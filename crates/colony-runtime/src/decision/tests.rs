@@ -78,7 +78,8 @@ async fn majority(h: &Handle, voters: u32, timeout_ms: u64) -> Decided {
     voting.outcome().await.unwrap()
 }
 
-/// Every ballot task ran once, on the voter seated for it.
+/// Every ballot task ran on the voter seated for it, and nowhere else: once if it ended with
+/// an answer or an error, at most once if it was cancelled or is still out.
 fn ran_on_their_voters(decided: &Decided, ran: &Ran) {
     let ran = ran.lock().unwrap();
     for voter in &decided.voters {
@@ -87,11 +88,32 @@ fn ran_on_their_voters(decided: &Decided, ran: &Ran) {
             .filter(|(t, _)| *t == voter.task)
             .map(|&(_, a)| a)
             .collect();
+        let ran_once = matches!(voter.state, Some(TaskState::Succeeded | TaskState::Failed));
+        let expected = if ran_once { 1..=1 } else { 0..=1 };
         assert!(
-            runs.iter().all(|&a| a == voter.agent) && runs.len() <= 1,
+            runs.iter().all(|&a| a == voter.agent) && expected.contains(&runs.len()),
             "{voter:?} ran on {runs:?}"
         );
     }
+}
+
+/// Nothing is left waiting or counted: the queues, the pools' demand and the tree's loads.
+async fn nothing_left(h: &Handle) {
+    h.drain().await.unwrap();
+    let stats = h.stats();
+    assert_eq!((stats.queued, stats.running), (0, 0), "{stats:?}");
+    for load in h.pool_loads() {
+        assert_eq!((load.waiting, load.busy), (0, 0), "{load:?}");
+    }
+    let loads = h
+        .inspect(|tree| {
+            (0..tree.len() as u32)
+                .map(|a| tree.load(AgentId(a)).0)
+                .sum::<u32>()
+        })
+        .await
+        .unwrap();
+    assert_eq!(loads, 0, "the tree's loads");
 }
 
 #[tokio::test(start_paused = true)]
@@ -118,8 +140,19 @@ async fn distinct_workers_vote_and_the_majority_decides_with_every_ballot_kept()
     assert_eq!(&*winner.value, "42", "outputs are compared trimmed");
     let dissent: HashSet<AgentId> = seated.iter().copied().filter(|a| a.0 % 3 == 0).collect();
     assert!(dissent.len() < 5, "the seats make 42 a majority");
+    let counted: HashSet<AgentId> = decided
+        .outcome
+        .record()
+        .ballots
+        .iter()
+        .map(|b| b.ballot.voter)
+        .collect();
     let said: HashSet<AgentId> = winner.dissenters.iter().copied().collect();
-    assert!(said.is_subset(&dissent), "{said:?} ⊄ {dissent:?}");
+    assert_eq!(
+        said,
+        &dissent & &counted,
+        "the dissenters are the 41s counted"
+    );
     ran_on_their_voters(&decided, &ran);
     // consensus:reached on the stream, once.
     let ended: Vec<Event> = std::iter::from_fn(|| events.try_recv()).collect();
@@ -303,6 +336,54 @@ async fn ballots_wait_for_their_busy_voters_and_are_cancelled_if_the_voter_is_re
         "four busy tasks and two ballots ran: {ran:?}"
     );
     assert!(busy.ids().all(|t| ran.iter().any(|r| r.0 == t)));
+    nothing_left(&h).await;
+    runtime.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn ballots_count_as_demand_only_in_their_voters_pools_and_go_when_the_vote_is_dropped() {
+    // Two pools of the same role, every worker busy for a minute: four ballots wait, two
+    // pinned in each pool, so each pool sees two tasks waiting for it, not four.
+    let ran = Ran::default();
+    let pool = |name: &str| {
+        let agent = Voters {
+            answer: |_| Answer::Says("yes", 60_000),
+            ran: ran.clone(),
+        };
+        Pool::new(AgentSpec::new(name, "worker"), 2, Arc::new(agent))
+    };
+    let options = RuntimeOptions {
+        span: 4,
+        tiers: Tiers::Named(vec!["supervisor".into(), "worker".into()]),
+        ..RuntimeOptions::default()
+    };
+    let runtime = Runtime::start(
+        options,
+        vec![pool("a"), pool("b")],
+        Arc::new(MemoryJournal::new()),
+    )
+    .await
+    .unwrap();
+    let h = runtime.handle().clone();
+    let busy = h.submit_batch(vec![ballot_task(120_000); 4]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    let voting = h
+        .decide(
+            ballot_task(120_000),
+            Vote::new(4, DecisionOptions::default()),
+        )
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    let waiting: Vec<u64> = h.pool_loads().iter().map(|l| l.waiting).collect();
+    assert_eq!(waiting, [2, 2]);
+    // Dropped before its end, the vote takes its ballots with it.
+    drop(voting);
+    for task in busy.ids() {
+        h.cancel(task).await.unwrap();
+    }
+    nothing_left(&h).await;
+    assert_eq!(ran.lock().unwrap().len(), 4, "no ballot ran");
     runtime.shutdown().await;
 }
 

@@ -157,16 +157,17 @@ impl Placement {
         worker: AgentId,
         job: Job,
     ) -> Routed {
+        // Its worker retired, or its place taken by an agent of another pool.
         if !tree.contains(worker)
             || tree.tier(worker) != tree.worker_tier()
-            || tree.mask(worker).is_empty()
+            || !tree.mask(worker).intersects(job.eligible)
         {
             return Routed::Unrunnable(job);
         }
         let supervisor = tree.parent(worker).expect("workers have supervisors");
         tree.enqueue(supervisor);
         let (load, capacity) = tree.load(worker);
-        if load < capacity && !self.pinned.contains_key(&worker) {
+        if load < capacity {
             return Routed::Start(worker, job);
         }
         out.event(Kinds::TASKS, || Event::TaskQueued {
@@ -176,6 +177,11 @@ impl Placement {
         self.tally(job.mask, true);
         self.pinned.entry(worker).or_default().push_back(job);
         Routed::Queued
+    }
+
+    /// Whether tasks pinned to `worker` wait for it.
+    pub(super) fn has_pinned(&self, worker: AgentId) -> bool {
+        !self.pinned.is_empty() && self.pinned.contains_key(&worker)
     }
 
     /// Takes out the tasks pinned to `worker`, which left its pool: nobody may run them.
