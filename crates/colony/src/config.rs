@@ -451,9 +451,11 @@ fn number(value: &str) -> Option<String> {
     })
 }
 
-/// `value` as a TOML string, quoted and escaped.
+/// `value` as a TOML string, quoted and escaped on one line (a JSON string is a TOML basic
+/// string): line `n` of the text must stay the `n`th variable, even when a value holds a
+/// line break.
 fn toml_string(value: &str) -> String {
-    toml::Value::String(value.to_owned()).to_string()
+    serde_json::Value::String(value.to_owned()).to_string()
 }
 
 /// One server key's value and where it came from, from the highest layer that sets it.

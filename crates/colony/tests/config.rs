@@ -205,6 +205,18 @@ fn problems_name_the_file_line_and_column_or_the_variable() {
         err.contains("env COLONY_RUNTIME_SPAN: invalid type: string \"wide\""),
         "{err}"
     );
+    // A line break in one value does not move the blame onto the variables after it.
+    let err = check(
+        ok,
+        &[
+            ("COLONY_RUNTIME_AUTOSCALE_SEASON", "1h\nx"),
+            ("COLONY_RUNTIME_SPAN", "wide"),
+        ],
+    );
+    assert!(
+        err.contains("env COLONY_RUNTIME_SPAN: invalid type: string \"wide\""),
+        "{err}"
+    );
     let err = check(ok, &[("COLONY_RUNTIME_HEALTH_HEARTBEAT", "0s")]);
     assert!(
         err.contains("env COLONY_RUNTIME_HEALTH_HEARTBEAT: a duration of 0 is not allowed"),
