@@ -20,11 +20,14 @@
 //! - `GET /v1/pools/history?since=` [read]: each pool's size, desired size, backlog and busy
 //!   agents once a second over the last 15 minutes, and the scaling decisions among them
 //!   (see [`history`]).
+//! - `GET /v1/scaling/{pool}` [read]: one pool's desired size and backlog, for KEDA's
+//!   metrics-api scaler.
 //! - `POST /v1/runs` [admin]: run a workflow file (see [`runs`]); `GET /v1/runs`,
 //!   `GET /v1/runs/{id}` [read]; `POST /v1/runs/{id}/cancel` [submit].
 //! - `GET /v1/stats` [read]: the runtime's counters.
 //! - `GET /v1/events` [read]: server-sent events: a `snapshot` of the counters every second,
-//!   and `notable` events as they happen (health alerts, escalations); never one event per
+//!   and `notable` events as they happen (health alerts, escalations, scaling decisions,
+//!   decisions by vote that ended); never one event per
 //!   task (steals, rebalancing and restarts are counted in the snapshot).
 //! - `GET /metrics` [read]: Prometheus text; `GET /metrics/runs` [read]: that of the
 //!   workflow runs' runtimes, kept apart (see [`runs`]).
