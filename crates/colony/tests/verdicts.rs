@@ -276,6 +276,7 @@ fn settings_the_new_benches_refuse_are_input_errors() {
             "--failing-share",
             "0.5",
         ][..],
+        &["bench", "health", "--rate", "100000", "--secs", "86400"][..],
     ] {
         let (_, stderr, code) = colony(args);
         assert_eq!(code, 2, "{args:?}: {stderr}");

@@ -120,6 +120,9 @@ impl Agent for Faulty {
     }
 }
 
+/// Most tasks one run offers.
+pub const MAX_TASKS: u64 = 10_000_000;
+
 impl Chaos {
     /// Checks the settings, naming the first out of range.
     pub fn validate(&self) -> Result<(), Error> {
@@ -134,6 +137,15 @@ impl Chaos {
             return bad(format!(
                 "a rate of {}/s for {} s is out of range: allowed 0.1..=100000 per second, 1..=86400 s",
                 self.rate, self.secs
+            ));
+        }
+        // Each task's time is kept for the percentiles, and each run holds them all.
+        if self.rate * self.secs > MAX_TASKS as f64 {
+            return bad(format!(
+                "a rate of {}/s for {} s is {:.0} tasks, out of range: allowed up to {MAX_TASKS} a run",
+                self.rate,
+                self.secs,
+                self.rate * self.secs
             ));
         }
         let share = 0.0..=0.9;
