@@ -259,6 +259,13 @@ impl Policy {
 }
 
 impl ScalingOptions {
+    /// Agents enough for what runs and waits at `high-utilisation`: the size the reactive
+    /// policy steps towards.
+    pub fn demand(&self, signals: &Signals) -> u32 {
+        let load = f64::from(signals.busy) + f64::from(signals.queued);
+        agents(ceil(load / (signals.per_agent() * self.high_utilisation)))
+    }
+
     pub fn validate(&self) -> Result<(), Error> {
         if self.max == 0 {
             return Err(Error::Max { got: self.max });
@@ -354,7 +361,7 @@ pub struct Signals {
 
 impl Signals {
     /// Busy / capacity; a pool without capacity is full when anything runs.
-    fn utilisation(&self) -> f64 {
+    pub fn utilisation(&self) -> f64 {
         if self.capacity == 0 {
             return if self.busy > 0 { 1.0 } else { 0.0 };
         }
@@ -592,7 +599,7 @@ impl Scaler {
 
     /// What runs and queues needs.
     fn demand(&self, signals: &Signals) -> u32 {
-        self.needed(signals, f64::from(signals.busy) + f64::from(signals.queued))
+        self.options.demand(signals)
     }
 
     fn emergency(&self, signals: &Signals, now: Duration) -> Option<Decision> {

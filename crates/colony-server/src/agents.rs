@@ -426,23 +426,25 @@ fn no_such_pool(pool: &str, count: usize) -> Response {
 
 /// `GET /v1/scaling/{pool}`: what an outside autoscaler (KEDA's metrics-api scaler, an HPA
 /// through an adapter) needs of one pool: the size colony's autoscaler wants (or, for a pool
-/// it does not scale, the size that would keep its agents at most 80 % busy with nothing
-/// waiting), and the backlog.
+/// it does not scale, the size the reactive policy's default would step towards: enough to
+/// keep its agents at most 80 % busy with nothing waiting), and the backlog.
 pub(crate) async fn scaling(State(app): State<Arc<App>>, Path(pool): Path<String>) -> Response {
     let loads = app.handle.pool_loads();
     let Some(index) = pool_index(&pool, loads.len()) else {
         return no_such_pool(&pool, loads.len());
     };
     let load = &loads[index];
-    let per_agent = load.capacity.checked_div(load.agents).unwrap_or(1).max(1);
-    // Enough agents for what runs and waits, at 80 % busy.
-    let needed = ((load.busy + load.waiting) as f64 / 0.8 / per_agent as f64).ceil() as u64;
-    let desired = load.desired.unwrap_or(needed);
-    let utilisation = if load.capacity == 0 {
-        0.0
-    } else {
-        load.busy as f64 / load.capacity as f64
+    let clamp = |n: u64| u32::try_from(n).unwrap_or(u32::MAX);
+    let signals = colony_core::scaling::Signals {
+        size: clamp(load.agents),
+        busy: clamp(load.busy),
+        capacity: clamp(load.capacity),
+        queued: clamp(load.waiting),
+        ..Default::default()
     };
+    let needed = u64::from(colony_core::scaling::ScalingOptions::default().demand(&signals));
+    let desired = load.desired.unwrap_or(needed);
+    let utilisation = signals.utilisation();
     Json(json!({
         "pool": index, "agents": load.agents, "desired": desired,
         "autoscaled": load.desired.is_some(),
