@@ -99,7 +99,7 @@ pub(crate) enum Change {
 
 impl Change {
     /// The decision an event reports, if it reports one.
-    fn of(event: &Event) -> Option<(u8, Change)> {
+    pub(crate) fn of(event: &Event) -> Option<(u8, Change)> {
         Some(match event {
             Event::PoolScaled {
                 pool,

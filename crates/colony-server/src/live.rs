@@ -159,18 +159,13 @@ impl Coalesced {
                 json!({"kind": "health:sidelined", "agent": agent.0, "reason": reason})
             }
             E::AgentReadmitted { agent } => json!({"kind": "health:readmitted", "agent": agent.0}),
-            E::PoolScaled {
-                pool,
-                from,
-                to,
-                reason,
-            } => json!({
-                "kind": if to > from { "scale:up" } else { "scale:down" },
-                "pool": pool, "from": from, "to": to, "reason": reason.as_str(),
-            }),
-            E::ScaleBlocked { pool, wanted, by } => json!({
-                "kind": "scale:blocked", "pool": pool, "wanted": wanted.as_str(), "by": by,
-            }),
+            // As the pools' history notes them, with the pool.
+            E::PoolScaled { .. } | E::ScaleBlocked { .. } => {
+                let (pool, change) = crate::history::Change::of(e)?;
+                let mut line = serde_json::to_value(change).ok()?;
+                line["pool"] = json!(pool);
+                line
+            }
             E::DecisionEnded {
                 first_ballot,
                 protocol,
@@ -262,5 +257,51 @@ mod tests {
         let lines = c.take(&stats(8, 3));
         assert_eq!(lines.len(), 2, "{lines:?}");
         assert!(c.take(&stats(8, 3)).is_empty(), "counted once");
+    }
+
+    #[test]
+    fn scaling_and_decisions_are_notable_lines() {
+        use colony_core::{decision, scaling};
+        use colony_runtime::events::Event as E;
+        let mut c = Coalesced::default();
+        let line = |c: &mut Coalesced, e: E| c.notable(&e).unwrap();
+        assert_eq!(
+            line(
+                &mut c,
+                E::PoolScaled {
+                    pool: 1,
+                    from: 2,
+                    to: 5,
+                    reason: scaling::Reason::HighUtilisation,
+                }
+            ),
+            json!({"kind": "scale:up", "pool": 1, "from": 2, "to": 5, "reason": "high-utilisation"})
+        );
+        assert_eq!(
+            line(
+                &mut c,
+                E::ScaleBlocked {
+                    pool: 0,
+                    wanted: scaling::Reason::Forecast,
+                    by: scaling::Blocked::AtMax,
+                }
+            ),
+            json!({"kind": "scale:blocked", "pool": 0, "wanted": "forecast", "by": "at-max"})
+        );
+        assert_eq!(
+            line(
+                &mut c,
+                E::DecisionEnded {
+                    first_ballot: colony_core::TaskId(7),
+                    protocol: decision::Protocol::Bft,
+                    voters: 4,
+                    counted: 2,
+                    value: None,
+                    reason: Some(decision::Reason::TooManyFaults),
+                }
+            ),
+            json!({"kind": "consensus:failed", "first-ballot": 7, "protocol": "bft", "voters": 4,
+                   "counted": 2, "value": null, "reason": "too-many-faults"})
+        );
     }
 }
