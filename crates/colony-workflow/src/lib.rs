@@ -177,6 +177,18 @@ pub struct PoolDef {
     pub backend: Backend,
 }
 
+impl PoolDef {
+    /// The runtime's pool of this definition, its agents served by `agent`, handed to the
+    /// autoscaler when the file scales it.
+    pub fn pool(&self, agent: std::sync::Arc<dyn colony_agents::Agent>) -> colony_runtime::Pool {
+        let pool = colony_runtime::Pool::new(self.spec.clone(), self.count, agent);
+        match self.scaling {
+            Some(options) => pool.scaled(options),
+            None => pool,
+        }
+    }
+}
+
 #[derive(Debug)]
 pub enum Backend {
     Sim(SimOptions),

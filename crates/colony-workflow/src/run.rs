@@ -11,7 +11,7 @@ use colony_core::{
     task::{TaskSpec, TaskState},
 };
 use colony_journal::{Journal, TaskRow};
-use colony_runtime::{Pool, Runtime, RuntimeOptions};
+use colony_runtime::{Runtime, RuntimeOptions};
 use futures::{StreamExt, stream::FuturesUnordered};
 use serde::{Serialize, Serializer};
 use serde_json::{Value, json, value::RawValue};
@@ -649,11 +649,7 @@ pub async fn run(
                     output: output.clone(),
                 })
             };
-            let pool = Pool::new(p.spec.clone(), p.count, agent);
-            match p.scaling {
-                Some(options) => pool.scaled(options),
-                None => pool,
-            }
+            p.pool(agent)
         })
         .collect::<Vec<_>>();
     // Resuming: journal rows are matched to tasks by key, which names the workflow, the task

@@ -155,13 +155,7 @@ pub(crate) fn run(args: &Args) -> Result<(), Failure> {
                 colony_workflow::agents(defs, &settings.out).map_err(Failure::input)?;
             defs.iter()
                 .zip(agents)
-                .map(|(d, agent)| {
-                    let pool = Pool::new(d.spec.clone(), d.count, agent);
-                    match d.scaling {
-                        Some(options) => pool.scaled(options),
-                        None => pool,
-                    }
-                })
+                .map(|(d, agent)| d.pool(agent))
                 .collect()
         }
     };
