@@ -8,7 +8,7 @@ use colony_agents::{
 };
 use colony_journal::MemoryJournal;
 use colony_runtime::{Pool, Runtime, RuntimeOptions};
-use std::sync::Arc;
+use std::{future::Future, sync::Arc, time::Duration};
 
 /// A runtime with `workers` simulated agents (pool `sim`, role `worker`) behaving as `sim`
 /// says, journaled in memory. Installs the Prometheus recorder first, so that the runtime's
@@ -40,6 +40,24 @@ pub async fn serve(runtime: &Runtime, config: Config) -> (Server, String) {
         .expect("the server starts");
     let url = server.url();
     (server, url)
+}
+
+/// Polls `check` every `every` until it gives something, for at most `timeout`.
+pub async fn until<T, F, Fut>(timeout: Duration, every: Duration, mut check: F) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(t) = check().await {
+            return Some(t);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return None;
+        }
+        tokio::time::sleep(every).await;
+    }
 }
 
 /// A config with nothing but a loopback address: no tokens, no TLS, no limits.

@@ -11,14 +11,17 @@
 use colony_agents::sim::{Latency, SimOptions};
 use colony_core::task::TaskSpec;
 use colony_runtime::{Runtime, RuntimeOptions, spawner::Spawner};
+use colony_server::testing::until;
 use fantoccini::{Client, ClientBuilder, Locator, elements::Element};
 use serde_json::{Value, json};
 use std::{
-    future::Future,
     path::{Path, PathBuf},
     process::Stdio,
     time::Duration,
 };
+
+/// How often a test looks again at what it waits for.
+const POLL: Duration = Duration::from_millis(200);
 
 const CHROMIUM: &str = "/usr/bin/chromium";
 const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
@@ -69,7 +72,7 @@ impl Driver {
             .unwrap_or_else(|e| panic!("cannot start {CHROMEDRIVER}: {e}"));
         let url = format!("http://127.0.0.1:{port}");
         let status = format!("{url}/status");
-        let ready = until(Duration::from_secs(20), || async {
+        let ready = until(Duration::from_secs(20), POLL, || async {
             let r = reqwest::get(&status).await.ok()?;
             let v: Value = serde_json::from_slice(&r.bytes().await.ok()?).ok()?;
             v["value"]["ready"].as_bool().filter(|&ready| ready)
@@ -80,24 +83,6 @@ impl Driver {
             "chromedriver did not become ready at {url}"
         );
         Self { url, _child: child }
-    }
-}
-
-/// Polls `check` every 200 ms until it gives something or `timeout` passes.
-async fn until<T, F, Fut>(timeout: Duration, mut check: F) -> Option<T>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let deadline = tokio::time::Instant::now() + timeout;
-    loop {
-        if let Some(t) = check().await {
-            return Some(t);
-        }
-        if tokio::time::Instant::now() >= deadline {
-            return None;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 
@@ -156,7 +141,7 @@ async fn counter(client: &Client, name: &str) -> Option<u64> {
 
 /// The first element `css` finds, waiting for it.
 async fn wait_for(client: &Client, css: &str, timeout: Duration) -> Element {
-    until(timeout, || async {
+    until(timeout, POLL, || async {
         client.find(Locator::Css(css)).await.ok()
     })
     .await
@@ -166,7 +151,7 @@ async fn wait_for(client: &Client, css: &str, timeout: Duration) -> Element {
 /// Clicks the first `css` that can be clicked (a fragment may be swapped between finding a
 /// button and clicking it) and returns its `data-agent`.
 async fn click_agent(client: &Client, css: &str) -> String {
-    until(Duration::from_secs(10), || async {
+    until(Duration::from_secs(10), POLL, || async {
         let button = client.find(Locator::Css(css)).await.ok()?;
         let agent = button.attr("data-agent").await.ok()??;
         button.click().await.ok()?;
@@ -255,10 +240,12 @@ async fn the_dashboard_shows_a_live_runtime_in_a_browser() {
 
     // The counters come in and move.
     wait_for(&client, "#stat-succeeded", Duration::from_secs(10)).await;
-    let first = until(Duration::from_secs(10), || counter(&client, "succeeded"))
-        .await
-        .expect("a succeeded counter");
-    let later = until(Duration::from_secs(15), || async {
+    let first = until(Duration::from_secs(10), POLL, || {
+        counter(&client, "succeeded")
+    })
+    .await
+    .expect("a succeeded counter");
+    let later = until(Duration::from_secs(15), POLL, || async {
         counter(&client, "succeeded").await.filter(|&n| n > first)
     })
     .await;
@@ -266,7 +253,7 @@ async fn the_dashboard_shows_a_live_runtime_in_a_browser() {
         later.is_some(),
         "the succeeded counter stayed at {first} for 15 s"
     );
-    let live = until(Duration::from_secs(10), || async {
+    let live = until(Duration::from_secs(10), POLL, || async {
         text(&client, "#live").await.filter(|t| t == "live")
     })
     .await;
@@ -321,7 +308,7 @@ async fn the_dashboard_shows_a_live_runtime_in_a_browser() {
         assert!(legend.contains(series), "no {series:?} in {legend:?}");
     }
     let agents = "#pool-now tr[data-pool=\"0\"] td:nth-child(2)";
-    let shown = until(Duration::from_secs(10), || async {
+    let shown = until(Duration::from_secs(10), POLL, || async {
         text(&client, agents).await.filter(|t| t == "400")
     })
     .await;
@@ -340,7 +327,7 @@ async fn the_dashboard_shows_a_live_runtime_in_a_browser() {
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
-    let shown = until(Duration::from_secs(10), || async {
+    let shown = until(Duration::from_secs(10), POLL, || async {
         text(&client, agents).await.filter(|t| t == "300")
     })
     .await;
@@ -353,7 +340,7 @@ async fn the_dashboard_shows_a_live_runtime_in_a_browser() {
         after > before,
         "the chart took no new samples: {before} then {after}"
     );
-    let decision = until(Duration::from_secs(10), || async {
+    let decision = until(Duration::from_secs(10), POLL, || async {
         text(&client, "#pool-decisions li[data-kind=\"scale:manual\"]").await
     })
     .await
@@ -388,7 +375,7 @@ async fn the_dashboard_shows_a_live_runtime_in_a_browser() {
     runtime.handle().drain().await.unwrap();
     let select = client.find(Locator::Css("#task-state")).await.unwrap();
     select.select_by_value("succeeded").await.unwrap();
-    let shown = until(Duration::from_secs(10), || async {
+    let shown = until(Duration::from_secs(10), POLL, || async {
         text(&client, "#tasks-table")
             .await
             .filter(|t| t.contains("<script>alert(1)</script>") && t.contains("<b>bold</b>"))
@@ -425,7 +412,7 @@ async fn the_dashboard_shows_a_live_runtime_in_a_browser() {
         )
         .await
         .unwrap();
-    let refused = until(Duration::from_secs(5), || async {
+    let refused = until(Duration::from_secs(5), POLL, || async {
         browser_log(&driver, &client)
             .await
             .into_iter()

@@ -8,9 +8,12 @@ use colony_agents::{
 use colony_core::scaling::ScalingOptions;
 use colony_journal::MemoryJournal;
 use colony_runtime::{AutoscaleOptions, Pool, Runtime, RuntimeOptions};
-use colony_server::testing::{local, serve, sim_runtime};
+use colony_server::testing::{local, serve, sim_runtime, until};
 use serde_json::{Value, json};
-use std::{future::Future, sync::Arc, time::Duration};
+use std::{sync::Arc, time::Duration};
+
+/// How often a test looks again at what it waits for.
+const POLL: Duration = Duration::from_millis(100);
 
 async fn json(r: reqwest::Response) -> Value {
     serde_json::from_slice(&r.bytes().await.unwrap()).unwrap_or(Value::Null)
@@ -22,24 +25,6 @@ async fn history(url: &str, query: &str) -> Value {
         .unwrap();
     assert_eq!(r.status(), 200);
     json(r).await
-}
-
-/// Polls `check` every 100 ms until it gives something, for at most `timeout`.
-async fn until<T, F, Fut>(timeout: Duration, mut check: F) -> Option<T>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let deadline = tokio::time::Instant::now() + timeout;
-    loop {
-        if let Some(t) = check().await {
-            return Some(t);
-        }
-        if tokio::time::Instant::now() >= deadline {
-            return None;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 fn numbers(v: &Value) -> Vec<u64> {
@@ -81,7 +66,7 @@ async fn a_resize_shows_in_the_samples_and_as_a_decision() {
     assert_eq!(r.status(), 200);
 
     // Within a couple of samples the pool reads 8, after the decision that made it so.
-    let after = until(Duration::from_secs(5), || async {
+    let after = until(Duration::from_secs(5), POLL, || async {
         let h = history(&url, "").await;
         (numbers(&h["pools"][0]["agents"]).last() == Some(&8)).then_some(h)
     })
@@ -115,7 +100,7 @@ async fn a_resize_shows_in_the_samples_and_as_a_decision() {
     assert!(numbers(&since["t"]).iter().all(|&t| t > until_before));
     assert_eq!(since["events"][0]["to"], 8);
     let now = after["until"].as_u64().unwrap();
-    let later = until(Duration::from_secs(5), || async {
+    let later = until(Duration::from_secs(5), POLL, || async {
         let h = history(&url, &format!("?since={now}")).await;
         (!h["t"].as_array().unwrap().is_empty()).then_some(h)
     })
@@ -161,7 +146,7 @@ async fn the_autoscalers_decisions_are_marked_with_their_reasons() {
     let (server, url) = serve(&runtime, local()).await;
     // Above its max, the pool goes back to it, as a decision with its reason (and then, idle,
     // lower); the samples carry the size the autoscaler wants.
-    let h = until(Duration::from_secs(10), || async {
+    let h = until(Duration::from_secs(10), POLL, || async {
         let h = history(&url, "").await;
         let agents = numbers(&h["pools"][0]["agents"]);
         (h["events"].as_array().unwrap().len() >= 2 && agents.last() <= Some(&4)).then_some(h)

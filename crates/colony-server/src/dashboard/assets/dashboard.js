@@ -25,33 +25,23 @@
     return document.getElementById(id);
   }
 
-  // A uPlot chart in the element `id`, one line per series; null if uPlot did not load.
-  function chart(id, series) {
-    const el = byId(id);
-    if (!el || typeof uPlot === "undefined") {
-      return null;
-    }
-    const axis = { stroke: colors.grey, grid: { stroke: "#eef0f3" }, ticks: { stroke: "#e5e7eb" } };
+  const AXIS = { stroke: colors.grey, grid: { stroke: "#eef0f3" }, ticks: { stroke: "#e5e7eb" } };
+  const fromZero = (u, min, max) => [0, Math.max(1, (max || 0) * 1.15)];
+
+  // A uPlot chart of `data` in `el`: time across, `series` (the time series first), a y axis
+  // from zero (`more.y` adds to it), and `more.scales`, `more.axes` and `more.hooks` besides;
+  // it follows the element's width.
+  function plotIn(el, data, series, more) {
     const opts = {
       width: Math.max(el.clientWidth, 240),
       height: HEIGHT,
       cursor: { drag: { x: false, y: false } },
       legend: { live: false },
-      scales: {
-        x: { time: true },
-        y: { range: (u, min, max) => [0, Math.max(1, (max || 0) * 1.15)] },
-      },
-      axes: [axis, Object.assign({ size: 56 }, axis)],
-      series: [{}].concat(
-        series.map((s) => ({
-          label: s.label,
-          stroke: s.color,
-          width: 2,
-          points: { show: false },
-        })),
-      ),
+      scales: Object.assign({ x: { time: true }, y: { range: fromZero } }, more.scales),
+      axes: [AXIS, Object.assign({ size: 56 }, more.y, AXIS)].concat(more.axes || []),
+      series,
+      hooks: more.hooks || {},
     };
-    const data = [[]].concat(series.map(() => []));
     const plot = new uPlot(opts, data, el);
     if (typeof ResizeObserver !== "undefined") {
       let width = el.clientWidth;
@@ -62,7 +52,25 @@
         }
       }).observe(el);
     }
-    return { plot, data };
+    return plot;
+  }
+
+  // A uPlot chart in the element `id`, one line per series; null if uPlot did not load.
+  function chart(id, series) {
+    const el = byId(id);
+    if (!el || typeof uPlot === "undefined") {
+      return null;
+    }
+    const lines = [{}].concat(
+      series.map((s) => ({
+        label: s.label,
+        stroke: s.color,
+        width: 2,
+        points: { show: false },
+      })),
+    );
+    const data = [[]].concat(series.map(() => []));
+    return { plot: plotIn(el, data, lines, {}), data };
   }
 
   function push(c, t, values) {
@@ -252,7 +260,6 @@
     if (!el || typeof uPlot === "undefined") {
       return null;
     }
-    const axis = { stroke: colors.grey, grid: { stroke: "#eef0f3" }, ticks: { stroke: "#e5e7eb" } };
     // A size holds from one sample to the next: steps, not slopes.
     const steps = uPlot.paths && uPlot.paths.stepped ? uPlot.paths.stepped({ align: 1 }) : undefined;
     const series = [{}];
@@ -265,35 +272,12 @@
         { label: name + " backlog", stroke: color, width: 1, scale: "tasks", alpha: 0.5, points: { show: false } },
       );
     });
-    const opts = {
-      width: Math.max(el.clientWidth, 240),
-      height: HEIGHT,
-      cursor: { drag: { x: false, y: false } },
-      legend: { live: false },
-      scales: {
-        x: { time: true },
-        y: { range: (u, min, max) => [0, Math.max(1, (max || 0) * 1.15)] },
-        tasks: { range: (u, min, max) => [0, Math.max(1, (max || 0) * 1.15)] },
-      },
-      axes: [
-        axis,
-        Object.assign({ size: 56, label: "agents" }, axis),
-        Object.assign({ size: 56, side: 1, scale: "tasks", label: "backlog", grid: { show: false } }, axis),
-      ],
-      series,
+    return plotIn(el, pools.data, series, {
+      scales: { tasks: { range: fromZero } },
+      y: { label: "agents" },
+      axes: [Object.assign({ size: 56, side: 1, scale: "tasks", label: "backlog", grid: { show: false } }, AXIS)],
       hooks: { draw: [drawMarks] },
-    };
-    const plot = new uPlot(opts, pools.data, el);
-    if (typeof ResizeObserver !== "undefined") {
-      let width = el.clientWidth;
-      new ResizeObserver(() => {
-        if (el.clientWidth !== width) {
-          width = el.clientWidth;
-          plot.setSize({ width: Math.max(width, 240), height: HEIGHT });
-        }
-      }).observe(el);
-    }
-    return plot;
+    });
   }
 
   // Each pool's newest sample, in a table under the chart.
