@@ -646,6 +646,41 @@ pub(crate) fn resolve(flags: &Flags, env: &BTreeMap<String, String>) -> Result<R
                 .map(|(key, at)| (key, layer.source(at))),
         );
     }
+    // Each layer checked the tiers it names against the tiers it knew; the runtime takes
+    // them from the hierarchy that serve plans, which a later layer (or `tiers: auto`) may
+    // have changed.
+    if problems.is_empty() && !runtime.supervision_tiers.is_empty() {
+        let workers = match &pools {
+            Some(p) => p.iter().map(|d| u64::from(d.count)).sum::<u64>(),
+            None => u64::from(server.agents),
+        };
+        let plan = colony_core::hierarchy::Plan::new(&colony_core::hierarchy::HierarchyOptions {
+            workers: workers.max(1),
+            span: runtime.span,
+            tiers: runtime.tiers.clone(),
+        });
+        if let Ok(plan) = plan {
+            let tiers = plan.tiers();
+            let managing: Vec<&str> = tiers[..tiers.len().saturating_sub(1)]
+                .iter()
+                .map(|t| t.name.as_str())
+                .collect();
+            let named = written
+                .iter()
+                .rev()
+                .find(|(key, _)| *key == "supervision.tiers")
+                .map(|(_, source)| source.to_string());
+            for name in runtime.supervision_tiers.keys() {
+                if !managing.contains(&name.as_str()) {
+                    problems.push(format!(
+                        "{}: supervision of tier `{name}`: no managing tier has that name (the hierarchy serve plans: {})",
+                        named.as_deref().unwrap_or("runtime"),
+                        managing.join(", ")
+                    ));
+                }
+            }
+        }
+    }
     if !problems.is_empty() {
         return Err(Error::Invalid(Invalid { problems }));
     }

@@ -268,6 +268,28 @@ fn problems_name_the_file_line_and_column_or_the_variable() {
         &["config", "check", "--pools", "pools.yaml"],
     );
     assert_eq!((code, &same), (0, &out), "{err}");
+    // Tiers named by one layer and changed by another: the pools file supervises its `lead`
+    // tier, then colony.toml plans a hierarchy without one.
+    std::fs::write(
+        dir.path().join("tiers.yaml"),
+        "name: p\nagents: [{name: a, kind: sim, count: 4}]\nruntime:\n  tiers: [boss, lead, worker]\n  supervision:\n    tiers: {lead: {max-restarts: 3}}\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("flat.toml"),
+        "[runtime]\ntiers = [\"top\", \"worker\"]\n",
+    )
+    .unwrap();
+    let (out, err, code) = colony(
+        dir.path(),
+        &[],
+        &["config", "check", "--config", "flat.toml", "tiers.yaml"],
+    );
+    assert_eq!(code, 2, "{out}{err}");
+    assert!(
+        err.contains("tiers.yaml:6: supervision of tier `lead`: no managing tier has that name (the hierarchy serve plans: top)"),
+        "{err}"
+    );
     // A file too large to be a configuration is refused before it is parsed.
     std::fs::write(dir.path().join("big.toml"), "#".repeat(1 << 20)).unwrap();
     let (_, err, code) = colony(
