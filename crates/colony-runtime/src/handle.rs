@@ -404,16 +404,13 @@ impl Handle {
         let mut left = count;
         while left > 0 {
             let n = left.min(step);
-            let (reply, rx) = oneshot::channel();
-            self.shared
-                .inbox
-                .send(Command::Spawn {
+            let id = self
+                .ask(|reply| Command::Spawn {
                     pool: pool as u8,
                     count: n,
                     reply,
                 })
-                .map_err(|_| Error::Stopped)?;
-            let id = rx.await.map_err(|_| Error::Stopped)?;
+                .await?;
             first = first.or(id);
             left -= n;
         }
@@ -456,14 +453,9 @@ impl Handle {
     /// first. `Ok(None)` for a task the runtime no longer holds, or never did: the journal
     /// says how it ended.
     pub async fn cancel(&self, task: TaskId) -> Result<Option<Cancelled>, Error> {
-        let (reply, rx) = oneshot::channel();
         // On the inbox, behind this caller's own submissions: a task submitted and then
         // cancelled is always found.
-        self.shared
-            .inbox
-            .send(Command::Cancel { task, reply })
-            .map_err(|_| Error::Stopped)?;
-        rx.await.map_err(|_| Error::Stopped)
+        self.ask(|reply| Command::Cancel { task, reply }).await
     }
 
     /// Kills an agent as a crash from outside would. A worker's running attempts end and their
