@@ -84,6 +84,13 @@ impl Record {
     }
 }
 
+/// Milliseconds since the Unix epoch, by the wall clock.
+pub(crate) fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
 /// One agent of the hierarchy, as the journal records it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct AgentRecord {
@@ -107,6 +114,41 @@ pub struct TaskRow {
     pub agent: Option<AgentId>,
     pub output: Option<Bytes>,
     pub error: Option<Arc<str>>,
+}
+
+/// One voter of a decision, as the journal records it: its ballot task is the decision's
+/// id plus the seat's index.
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct Seat {
+    pub agent: AgentId,
+    pub pool: u8,
+    pub weight: f64,
+}
+
+/// What a decision starts from: how it is taken and who votes.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Opening {
+    /// How it is taken (`colony_core::decision::DecisionOptions`), as JSON: kept as given.
+    pub options: Arc<str>,
+    /// The voters, in the order asked.
+    pub seats: Vec<Seat>,
+    /// When its ballots were accepted, in milliseconds since the Unix epoch: a decision
+    /// recovered after a crash keeps its deadline.
+    pub opened_at_ms: u64,
+}
+
+/// A decision among agents, as the journal knows it. Its ballots are the tasks `id`,
+/// `id + 1`, ..., one per seat, accepted with it in one write.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DecisionRow {
+    /// The id of its first ballot task.
+    pub id: TaskId,
+    pub opening: Opening,
+    /// How it ended, as JSON, once it has; written once and never changed.
+    pub outcome: Option<Arc<str>>,
+    /// When it ended, in milliseconds since the Unix epoch.
+    pub ended_at_ms: Option<u64>,
 }
 
 /// Number of tasks in each state.
@@ -179,6 +221,8 @@ pub struct Stats {
 pub enum Error {
     #[error("task ids must continue from {expected}, got {got}")]
     IdOutOfOrder { expected: TaskId, got: TaskId },
+    #[error("a decision of {seats} voters came with {specs} ballot tasks: one per voter")]
+    Ballots { seats: usize, specs: usize },
     #[error("journal storage failed: {0}")]
     Storage(String),
     #[error("the journal is closed")]
@@ -232,6 +276,24 @@ pub trait Journal: std::fmt::Debug + Send + Sync + 'static {
 
     /// Records transitions in order. Fencing is applied per record (see [`Record`]).
     fn record(&self, batch: Vec<Record>) -> Durable;
+
+    /// Records a decision and accepts its ballot tasks `first, first + 1, ...` (one per seat)
+    /// in one write: both survive a crash, or neither. Refused (nothing written) when
+    /// `specs` and the seats differ in number.
+    fn open_decision(&self, first: TaskId, specs: &[TaskSpec], opening: Opening) -> Durable;
+
+    /// Records how decision `id` ended. The first outcome stands: a second is dropped and
+    /// counted as fenced, an unknown decision as unknown (see [`Stats`]).
+    fn close_decision(&self, id: TaskId, outcome: Arc<str>) -> Durable;
+
+    fn decision(&self, id: TaskId) -> Result<Option<DecisionRow>, Error>;
+
+    /// The newest decisions first, at most `limit`, with ids below `before` (the next page).
+    fn decisions(&self, before: Option<TaskId>, limit: usize) -> Result<Vec<DecisionRow>, Error>;
+
+    /// Decisions without an outcome, oldest first: after a crash, to be counted again from
+    /// their ballots.
+    fn open_decisions(&self) -> Result<Vec<DecisionRow>, Error>;
 
     fn task(&self, id: TaskId) -> Result<Option<TaskRow>, Error>;
 

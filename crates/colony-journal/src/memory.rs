@@ -1,4 +1,6 @@
-use crate::{AgentRecord, Counts, Durable, Error, Journal, Record, Stats, TaskRow};
+use crate::{
+    AgentRecord, Counts, DecisionRow, Durable, Error, Journal, Opening, Record, Stats, TaskRow,
+};
 use bytes::Bytes;
 use colony_core::{AgentId, TaskId, task::TaskSpec, task::TaskState};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -14,6 +16,8 @@ pub struct MemoryJournal {
 struct Inner {
     rows: Rows,
     agents: Vec<AgentRecord>,
+    /// By id, which rises with each decision opened.
+    decisions: Vec<DecisionRow>,
     counts: Counts,
     stats: Stats,
     /// Drop a task's payload and output once it is terminal (see
@@ -155,6 +159,29 @@ impl Inner {
         self.counts.moved(from, row.state);
     }
 
+    /// Tasks `first, first + 1, ...` queued, if `first` continues the ids.
+    fn accept(&mut self, first: TaskId, specs: &[TaskSpec]) -> Result<(), Error> {
+        let expected = TaskId(self.rows.len() as u64 + 1);
+        if first != expected {
+            return Err(Error::IdOutOfOrder {
+                expected,
+                got: first,
+            });
+        }
+        for spec in specs {
+            self.rows.push(Row {
+                spec: spec.clone(),
+                state: TaskState::Queued,
+                attempt: 0,
+                agent: None,
+                output: None,
+                error: None,
+            });
+        }
+        self.counts.added(TaskState::Queued, specs.len() as u64);
+        Ok(())
+    }
+
     fn row(&self, id: TaskId) -> Option<TaskRow> {
         let row = self.rows.get(index(id))?;
         Some(TaskRow {
@@ -175,26 +202,72 @@ impl Journal for MemoryJournal {
     }
 
     fn accept(&self, first: TaskId, specs: &[TaskSpec]) -> Durable {
-        let mut inner = self.lock();
-        let expected = TaskId(inner.rows.len() as u64 + 1);
-        if first != expected {
-            return Durable::ready(Err(Error::IdOutOfOrder {
-                expected,
-                got: first,
+        Durable::ready(self.lock().accept(first, specs))
+    }
+
+    fn open_decision(&self, first: TaskId, specs: &[TaskSpec], opening: Opening) -> Durable {
+        if specs.len() != opening.seats.len() {
+            return Durable::ready(Err(Error::Ballots {
+                seats: opening.seats.len(),
+                specs: specs.len(),
             }));
         }
-        for spec in specs {
-            inner.rows.push(Row {
-                spec: spec.clone(),
-                state: TaskState::Queued,
-                attempt: 0,
-                agent: None,
-                output: None,
-                error: None,
+        let mut inner = self.lock();
+        let accepted = inner.accept(first, specs);
+        if accepted.is_ok() {
+            inner.decisions.push(DecisionRow {
+                id: first,
+                opening,
+                outcome: None,
+                ended_at_ms: None,
             });
         }
-        inner.counts.added(TaskState::Queued, specs.len() as u64);
+        Durable::ready(accepted)
+    }
+
+    fn close_decision(&self, id: TaskId, outcome: Arc<str>) -> Durable {
+        let mut inner = self.lock();
+        let inner = &mut *inner;
+        let Ok(i) = inner.decisions.binary_search_by_key(&id, |d| d.id) else {
+            inner.stats.unknown += 1;
+            return Durable::ready(Ok(()));
+        };
+        let row = &mut inner.decisions[i];
+        if row.outcome.is_some() {
+            inner.stats.fenced += 1;
+        } else {
+            row.outcome = Some(outcome);
+            row.ended_at_ms = Some(crate::now_ms());
+        }
         Durable::ready(Ok(()))
+    }
+
+    fn decision(&self, id: TaskId) -> Result<Option<DecisionRow>, Error> {
+        let inner = self.lock();
+        let found = inner.decisions.binary_search_by_key(&id, |d| d.id);
+        Ok(found.ok().map(|i| inner.decisions[i].clone()))
+    }
+
+    fn decisions(&self, before: Option<TaskId>, limit: usize) -> Result<Vec<DecisionRow>, Error> {
+        let inner = self.lock();
+        Ok(inner
+            .decisions
+            .iter()
+            .rev()
+            .filter(|d| before.is_none_or(|b| d.id < b))
+            .take(limit)
+            .cloned()
+            .collect())
+    }
+
+    fn open_decisions(&self) -> Result<Vec<DecisionRow>, Error> {
+        let inner = self.lock();
+        Ok(inner
+            .decisions
+            .iter()
+            .filter(|d| d.outcome.is_none())
+            .cloned()
+            .collect())
     }
 
     fn record(&self, batch: Vec<Record>) -> Durable {
@@ -360,6 +433,34 @@ mod tests {
             let d = self.0.record(batch);
             self.0.sync();
             d
+        }
+        fn open_decision(
+            &self,
+            first: TaskId,
+            specs: &[TaskSpec],
+            opening: crate::Opening,
+        ) -> Durable {
+            let d = self.0.open_decision(first, specs, opening);
+            self.0.sync();
+            d
+        }
+        fn close_decision(&self, id: TaskId, outcome: Arc<str>) -> Durable {
+            let d = self.0.close_decision(id, outcome);
+            self.0.sync();
+            d
+        }
+        fn decision(&self, id: TaskId) -> Result<Option<crate::DecisionRow>, Error> {
+            self.0.decision(id)
+        }
+        fn decisions(
+            &self,
+            before: Option<TaskId>,
+            limit: usize,
+        ) -> Result<Vec<crate::DecisionRow>, Error> {
+            self.0.decisions(before, limit)
+        }
+        fn open_decisions(&self) -> Result<Vec<crate::DecisionRow>, Error> {
+            self.0.open_decisions()
         }
         fn task(&self, id: TaskId) -> Result<Option<TaskRow>, Error> {
             self.0.task(id)

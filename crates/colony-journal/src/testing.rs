@@ -25,6 +25,8 @@ impl Suite {
         unknown_tasks_are_counted(&make());
         recovery_requeues_running_tasks(&make());
         the_hierarchy_is_recorded(&make());
+        a_decision_opens_with_its_ballots_and_closes_once(&make());
+        a_decision_needs_one_ballot_per_seat(&make());
     }
 }
 
@@ -303,6 +305,108 @@ fn the_hierarchy_is_recorded<J: Journal>(j: &J) {
     assert_eq!(j.agents().unwrap(), first);
 }
 
+fn opening(voters: u32) -> crate::Opening {
+    crate::Opening {
+        options: r#"{"protocol":"majority"}"#.into(),
+        seats: (0..voters)
+            .map(|i| crate::Seat {
+                agent: AgentId(10 + i),
+                pool: (i % 2) as u8,
+                weight: 1.5,
+            })
+            .collect(),
+        opened_at_ms: 1_700_000_000_000,
+    }
+}
+
+fn a_decision_opens_with_its_ballots_and_closes_once<J: Journal>(j: &J) {
+    let before = accept(j, 2);
+    let first = j.next_task_id();
+    let ballots = vec![TaskSpec::with_payload("which?"); 3];
+    block_on(j.open_decision(first, &ballots, opening(3))).expect("open");
+    assert_eq!(j.next_task_id(), nth(first, 3), "the ballots are tasks");
+    assert_eq!(
+        j.task(nth(first, 2)).unwrap().unwrap().state,
+        TaskState::Queued
+    );
+    assert_eq!(
+        j.decision(before).unwrap(),
+        None,
+        "a task is not a decision"
+    );
+    let row = j.decision(first).unwrap().expect("the decision");
+    assert_eq!(row.id, first);
+    assert_eq!(row.opening, opening(3));
+    assert_eq!((row.outcome, row.ended_at_ms), (None, None));
+    assert_eq!(
+        j.open_decisions()
+            .unwrap()
+            .iter()
+            .map(|d| d.id)
+            .collect::<Vec<_>>(),
+        [first]
+    );
+
+    let second = j.next_task_id();
+    block_on(j.open_decision(second, &ballots[..1], opening(1))).expect("open a second");
+    assert_eq!(
+        j.decisions(None, 10)
+            .unwrap()
+            .iter()
+            .map(|d| d.id)
+            .collect::<Vec<_>>(),
+        [second, first],
+        "newest first"
+    );
+    assert_eq!(
+        j.decisions(Some(second), 10)
+            .unwrap()
+            .iter()
+            .map(|d| d.id)
+            .collect::<Vec<_>>(),
+        [first],
+        "the next page"
+    );
+    assert_eq!(j.decisions(None, 1).unwrap().len(), 1);
+
+    let stats = j.stats();
+    block_on(j.close_decision(first, r#"{"result":"decided"}"#.into())).expect("close");
+    block_on(j.close_decision(first, r#"{"result":"failed"}"#.into())).expect("close again");
+    block_on(j.close_decision(TaskId(9_999), "{}".into())).expect("close an unknown one");
+    let row = j.decision(first).unwrap().unwrap();
+    assert_eq!(
+        row.outcome.as_deref(),
+        Some(r#"{"result":"decided"}"#),
+        "the first stands"
+    );
+    assert!(row.ended_at_ms.is_some());
+    assert_eq!(
+        j.stats().fenced,
+        stats.fenced + 1,
+        "a second outcome is fenced"
+    );
+    assert_eq!(j.stats().unknown, stats.unknown + 1);
+    assert_eq!(
+        j.open_decisions()
+            .unwrap()
+            .iter()
+            .map(|d| d.id)
+            .collect::<Vec<_>>(),
+        [second]
+    );
+}
+
+fn a_decision_needs_one_ballot_per_seat<J: Journal>(j: &J) {
+    let first = j.next_task_id();
+    let refused = block_on(j.open_decision(first, &[TaskSpec::default()], opening(2)));
+    assert!(
+        matches!(refused, Err(Error::Ballots { seats: 2, specs: 1 })),
+        "{refused:?}"
+    );
+    assert_eq!(j.next_task_id(), first, "nothing was accepted");
+    assert_eq!(j.decision(first).unwrap(), None);
+}
+
 /// The crash case: what a journal acknowledged survives a crash and a reopen, and what it
 /// did not acknowledge is either all there or absent, never half.
 ///
@@ -323,9 +427,17 @@ pub fn crash_case<J: Journal>(journal: J, sync: impl Fn(&J), crash: impl FnOnce(
     ]);
     sync(&journal);
     block_on(done).expect("record");
+    let opened = journal.open_decision(nth(first, 5), &[TaskSpec::default()], opening(1));
+    sync(&journal);
+    block_on(opened).expect("open a decision");
     // Written but never acknowledged.
-    let _lost_accept = journal.accept(nth(first, 5), &[TaskSpec::default(), TaskSpec::default()]);
+    let _lost_open = journal.open_decision(
+        nth(first, 6),
+        &[TaskSpec::default(), TaskSpec::default()],
+        opening(2),
+    );
     let _lost_record = journal.record(vec![committed(nth(first, 1), 1, "maybe")]);
+    let _lost_close = journal.close_decision(nth(first, 5), "{}".into());
 
     let j = crash(journal);
     let row = j.task(first).unwrap().expect("acknowledged task");
@@ -346,8 +458,17 @@ pub fn crash_case<J: Journal>(journal: J, sync: impl Fn(&J), crash: impl FnOnce(
     let counts = j.counts().unwrap();
     let survived = j.next_task_id().0 - first.0;
     assert!(
-        survived == 5 || survived == 7,
+        survived == 6 || survived == 8,
         "a batch survives whole or not at all: {survived}"
+    );
+    assert!(
+        j.decision(nth(first, 5)).unwrap().is_some(),
+        "an acknowledged decision survives"
+    );
+    assert_eq!(
+        j.decision(nth(first, 6)).unwrap().is_some(),
+        survived == 8,
+        "a decision survives with its ballots or not at all"
     );
     assert_eq!(counts.total(), survived, "counts agree with the rows");
     // The journal goes on from where it stands.
@@ -376,6 +497,17 @@ enum Pending {
         Vec<Record>,
         futures::channel::oneshot::Sender<Result<(), Error>>,
     ),
+    Open(
+        TaskId,
+        Vec<TaskSpec>,
+        crate::Opening,
+        futures::channel::oneshot::Sender<Result<(), Error>>,
+    ),
+    Close(
+        TaskId,
+        std::sync::Arc<str>,
+        futures::channel::oneshot::Sender<Result<(), Error>>,
+    ),
 }
 
 impl Crashable {
@@ -393,6 +525,12 @@ impl Crashable {
                 }
                 Pending::Record(records, done) => {
                     let _ = done.send(block_on(self.durable.record(records)));
+                }
+                Pending::Open(first, specs, opening, done) => {
+                    let _ = done.send(block_on(self.durable.open_decision(first, &specs, opening)));
+                }
+                Pending::Close(id, outcome, done) => {
+                    let _ = done.send(block_on(self.durable.close_decision(id, outcome)));
                 }
             }
         }
@@ -424,12 +562,9 @@ impl Journal for Crashable {
         let pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
         let queued: usize = pending
             .iter()
-            .map(|w| {
-                if let Pending::Accept(_, specs, _) = w {
-                    specs.len()
-                } else {
-                    0
-                }
+            .map(|w| match w {
+                Pending::Accept(_, specs, _) | Pending::Open(_, specs, _, _) => specs.len(),
+                _ => 0,
             })
             .sum();
         TaskId(self.durable.next_task_id().0 + queued as u64)
@@ -440,6 +575,31 @@ impl Journal for Crashable {
     }
     fn record(&self, batch: Vec<Record>) -> crate::Durable {
         self.hold(|done| Pending::Record(batch, done))
+    }
+    fn open_decision(
+        &self,
+        first: TaskId,
+        specs: &[TaskSpec],
+        opening: crate::Opening,
+    ) -> crate::Durable {
+        let specs = specs.to_vec();
+        self.hold(|done| Pending::Open(first, specs, opening, done))
+    }
+    fn close_decision(&self, id: TaskId, outcome: std::sync::Arc<str>) -> crate::Durable {
+        self.hold(|done| Pending::Close(id, outcome, done))
+    }
+    fn decision(&self, id: TaskId) -> Result<Option<crate::DecisionRow>, Error> {
+        self.durable.decision(id)
+    }
+    fn decisions(
+        &self,
+        before: Option<TaskId>,
+        limit: usize,
+    ) -> Result<Vec<crate::DecisionRow>, Error> {
+        self.durable.decisions(before, limit)
+    }
+    fn open_decisions(&self) -> Result<Vec<crate::DecisionRow>, Error> {
+        self.durable.open_decisions()
     }
     fn task(&self, id: TaskId) -> Result<Option<crate::TaskRow>, Error> {
         self.durable.task(id)

@@ -53,6 +53,33 @@ impl Journal for Stuck {
     fn record(&self, batch: Vec<Record>) -> Durable {
         self.inner.record(batch)
     }
+    fn open_decision(
+        &self,
+        first: TaskId,
+        specs: &[TaskSpec],
+        opening: colony_journal::Opening,
+    ) -> colony_journal::Durable {
+        self.inner.open_decision(first, specs, opening)
+    }
+    fn close_decision(&self, id: TaskId, outcome: std::sync::Arc<str>) -> colony_journal::Durable {
+        self.inner.close_decision(id, outcome)
+    }
+    fn decision(
+        &self,
+        id: TaskId,
+    ) -> Result<Option<colony_journal::DecisionRow>, colony_journal::Error> {
+        self.inner.decision(id)
+    }
+    fn decisions(
+        &self,
+        before: Option<TaskId>,
+        limit: usize,
+    ) -> Result<Vec<colony_journal::DecisionRow>, colony_journal::Error> {
+        self.inner.decisions(before, limit)
+    }
+    fn open_decisions(&self) -> Result<Vec<colony_journal::DecisionRow>, colony_journal::Error> {
+        self.inner.open_decisions()
+    }
     fn task(&self, id: TaskId) -> Result<Option<TaskRow>, Error> {
         self.wait();
         self.inner.task(id)

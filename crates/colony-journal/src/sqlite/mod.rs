@@ -20,7 +20,10 @@ mod writer;
 pub use backup::{Copied, backup, restore};
 pub use remote::{Location, backup_to, restore_from};
 
-use crate::{AgentRecord, Backlog, Counts, Durable, Error, Journal, Record, Stats, TaskRow};
+use crate::{
+    AgentRecord, Backlog, Counts, DecisionRow, Durable, Error, Journal, Opening, Record, Seat,
+    Stats, TaskRow,
+};
 use colony_core::{
     AgentId, TaskId,
     task::{Priority, Requirement, TaskSpec, TaskState},
@@ -431,6 +434,43 @@ impl SqliteReader {
         })
     }
 
+    pub fn decision(&self, id: TaskId) -> Result<Option<DecisionRow>, Error> {
+        self.read(|c| {
+            c.prepare_cached(&format!(
+                "SELECT {DECISION_COLUMNS} FROM decisions WHERE id = ?1"
+            ))?
+            .query_row([id.0 as i64], decision_row)
+            .optional()
+        })
+    }
+
+    /// See [`Journal::decisions`].
+    pub fn decisions(
+        &self,
+        before: Option<TaskId>,
+        limit: usize,
+    ) -> Result<Vec<DecisionRow>, Error> {
+        self.read(|c| {
+            let mut stmt = c.prepare_cached(&format!(
+                "SELECT {DECISION_COLUMNS} FROM decisions WHERE id < ?1 ORDER BY id DESC LIMIT ?2"
+            ))?;
+            let before = before.map_or(i64::MAX, |b| i64::try_from(b.0).unwrap_or(i64::MAX));
+            let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+            let rows = stmt.query_map(rusqlite::params![before, limit], decision_row)?;
+            rows.collect()
+        })
+    }
+
+    fn open_decisions(&self) -> Result<Vec<DecisionRow>, Error> {
+        self.read(|c| {
+            let mut stmt = c.prepare_cached(&format!(
+                "SELECT {DECISION_COLUMNS} FROM decisions WHERE outcome IS NULL ORDER BY id"
+            ))?;
+            let rows = stmt.query_map([], decision_row)?;
+            rows.collect()
+        })
+    }
+
     fn unfinished(&self) -> Result<Vec<TaskRow>, Error> {
         self.read(|c| {
             let mut stmt = c.prepare_cached(&format!(
@@ -466,11 +506,51 @@ impl Journal for SqliteJournal {
         if let Err(error) = self.send(Write::Accept {
             first,
             specs: specs.to_vec(),
+            decision: None,
             done,
         }) {
             return Durable::ready(Err(error));
         }
         durable
+    }
+
+    fn open_decision(&self, first: TaskId, specs: &[TaskSpec], opening: Opening) -> Durable {
+        if specs.len() != opening.seats.len() {
+            return Durable::ready(Err(Error::Ballots {
+                seats: opening.seats.len(),
+                specs: specs.len(),
+            }));
+        }
+        let (done, durable) = Durable::pending();
+        if let Err(error) = self.send(Write::Accept {
+            first,
+            specs: specs.to_vec(),
+            decision: Some(opening),
+            done,
+        }) {
+            return Durable::ready(Err(error));
+        }
+        durable
+    }
+
+    fn close_decision(&self, id: TaskId, outcome: Arc<str>) -> Durable {
+        let (done, durable) = Durable::pending();
+        if let Err(error) = self.send(Write::Decided { id, outcome, done }) {
+            return Durable::ready(Err(error));
+        }
+        durable
+    }
+
+    fn decision(&self, id: TaskId) -> Result<Option<DecisionRow>, Error> {
+        self.reader.decision(id)
+    }
+
+    fn decisions(&self, before: Option<TaskId>, limit: usize) -> Result<Vec<DecisionRow>, Error> {
+        self.reader.decisions(before, limit)
+    }
+
+    fn open_decisions(&self) -> Result<Vec<DecisionRow>, Error> {
+        self.reader.open_decisions()
     }
 
     fn record(&self, batch: Vec<Record>) -> Durable {
@@ -533,6 +613,25 @@ impl Journal for SqliteJournal {
     fn agents(&self) -> Result<Vec<AgentRecord>, Error> {
         self.reader.agents(AgentQuery::All, usize::MAX)
     }
+}
+
+const DECISION_COLUMNS: &str = "id, options, seats, opened_at, outcome, ended_at";
+
+fn decision_row(r: &Row<'_>) -> rusqlite::Result<DecisionRow> {
+    let seats: String = r.get(2)?;
+    let seats: Vec<Seat> = serde_json::from_str(&seats).map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(2, rusqlite::types::Type::Text, Box::new(e))
+    })?;
+    Ok(DecisionRow {
+        id: TaskId(r.get::<_, i64>(0)? as u64),
+        opening: Opening {
+            options: r.get::<_, String>(1)?.into(),
+            seats,
+            opened_at_ms: r.get::<_, i64>(3)? as u64,
+        },
+        outcome: r.get::<_, Option<String>>(4)?.map(Into::into),
+        ended_at_ms: r.get::<_, Option<i64>>(5)?.map(|t| t as u64),
+    })
 }
 
 const COLUMNS: &str = "id, key, priority, requirement, payload, timeout_ms, max_attempts, \

@@ -39,6 +39,16 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX agents_by_parent ON agents (parent);
     CREATE INDEX agents_by_tier ON agents (tier);",
+    // 3: decisions among agents; their ballots are tasks id, id + 1, ... (one per seat).
+    "CREATE TABLE decisions (
+        id INTEGER PRIMARY KEY,
+        options TEXT NOT NULL,
+        seats TEXT NOT NULL,
+        opened_at INTEGER NOT NULL,
+        outcome TEXT,
+        ended_at INTEGER
+    );
+    CREATE INDEX decisions_open ON decisions (id) WHERE outcome IS NULL;",
 ];
 
 /// The version this build writes.

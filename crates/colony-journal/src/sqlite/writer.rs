@@ -1,7 +1,7 @@
 //! The writer thread: group commit, fencing in the transaction, and retry after a fault.
 
 use super::{Shared, SqliteOptions, classify, state_code};
-use crate::{AgentRecord, Counts, Error, Record, Stats};
+use crate::{AgentRecord, Counts, Error, Opening, Record, Stats};
 use colony_core::{
     TaskId,
     task::{TaskSpec, TaskState},
@@ -19,9 +19,18 @@ type Done = oneshot::Sender<Result<(), Error>>;
 
 /// What the writer is asked to do.
 pub(super) enum Write {
+    /// Tasks accepted; with `decision`, the decision they are the ballots of, in the same
+    /// transaction.
     Accept {
         first: TaskId,
         specs: Vec<TaskSpec>,
+        decision: Option<Opening>,
+        done: Done,
+    },
+    /// How a decision ended.
+    Decided {
+        id: TaskId,
+        outcome: Arc<str>,
         done: Done,
     },
     Record {
@@ -60,7 +69,7 @@ impl Write {
         match self {
             Write::Accept { specs, .. } => specs.len(),
             Write::Record { records, .. } => records.len(),
-            Write::Recover { .. } | Write::Prune { .. } => 1,
+            Write::Recover { .. } | Write::Prune { .. } | Write::Decided { .. } => 1,
             Write::Agents { agents, .. } => agents.len(),
         }
     }
@@ -229,7 +238,12 @@ impl Writer {
         let tx = Transaction::new(&mut self.conn, TransactionBehavior::Immediate).map_err(&fail)?;
         for (i, w) in group.iter().enumerate() {
             match w {
-                Write::Accept { first, specs, .. } => {
+                Write::Accept {
+                    first,
+                    specs,
+                    decision,
+                    ..
+                } => {
                     if first.0 != delta.next_id {
                         refused.push((
                             i,
@@ -241,6 +255,9 @@ impl Writer {
                         continue;
                     }
                     insert(&tx, *first, specs, now).map_err(&fail)?;
+                    if let Some(opening) = decision {
+                        open_decision(&tx, *first, opening).map_err(&fail)?;
+                    }
                     delta.added += specs.len() as u64;
                     delta.next_id = first.0 + specs.len() as u64;
                 }
@@ -248,6 +265,9 @@ impl Writer {
                     for record in records {
                         apply(&tx, record, now, &mut delta).map_err(&fail)?;
                     }
+                }
+                Write::Decided { id, outcome, .. } => {
+                    close_decision(&tx, *id, outcome, &mut delta).map_err(&fail)?;
                 }
                 Write::Agents {
                     tiers,
@@ -350,6 +370,7 @@ fn done(w: Write, result: Result<(), Error>) {
         Write::Accept { done, .. }
         | Write::Record { done, .. }
         | Write::Recover { done }
+        | Write::Decided { done, .. }
         | Write::Agents { done, .. } => done,
         Write::Prune { done, .. } => {
             let _ = done.send(result.map(|()| 0));
@@ -379,6 +400,45 @@ fn record_agents(
     )?;
     for a in agents {
         stmt.execute(params![a.id.0, a.tier, a.parent.map(|p| p.0), a.pool])?;
+    }
+    Ok(())
+}
+
+fn open_decision(tx: &Transaction<'_>, id: TaskId, opening: &Opening) -> rusqlite::Result<()> {
+    let seats = serde_json::to_string(&opening.seats).expect("seats are plain data");
+    tx.prepare_cached(
+        "INSERT INTO decisions (id, options, seats, opened_at) VALUES (?1, ?2, ?3, ?4)",
+    )?
+    .execute(params![
+        id.0 as i64,
+        &*opening.options,
+        seats,
+        opening.opened_at_ms as i64
+    ])?;
+    Ok(())
+}
+
+/// The first outcome stands: a second is fenced.
+fn close_decision(
+    tx: &Transaction<'_>,
+    id: TaskId,
+    outcome: &str,
+    delta: &mut Delta,
+) -> rusqlite::Result<()> {
+    let closed = tx
+        .prepare_cached(
+            "UPDATE decisions SET outcome = ?2, ended_at = ?3 WHERE id = ?1 AND outcome IS NULL",
+        )?
+        .execute(params![id.0 as i64, outcome, crate::now_ms() as i64])?;
+    if closed == 0 {
+        let exists = tx
+            .prepare_cached("SELECT 1 FROM decisions WHERE id = ?1")?
+            .exists([id.0 as i64])?;
+        if exists {
+            delta.stats.fenced += 1;
+        } else {
+            delta.stats.unknown += 1;
+        }
     }
     Ok(())
 }

@@ -543,6 +543,39 @@ impl Journal for Lagging {
         });
         durable
     }
+    fn open_decision(
+        &self,
+        first: colony_core::TaskId,
+        specs: &[TaskSpec],
+        opening: colony_journal::Opening,
+    ) -> colony_journal::Durable {
+        let result = futures::executor::block_on(self.inner.open_decision(first, specs, opening));
+        self.later(result)
+    }
+    fn close_decision(
+        &self,
+        id: colony_core::TaskId,
+        outcome: std::sync::Arc<str>,
+    ) -> colony_journal::Durable {
+        let result = futures::executor::block_on(self.inner.close_decision(id, outcome));
+        self.later(result)
+    }
+    fn decision(
+        &self,
+        id: colony_core::TaskId,
+    ) -> Result<Option<colony_journal::DecisionRow>, colony_journal::Error> {
+        self.inner.decision(id)
+    }
+    fn decisions(
+        &self,
+        before: Option<colony_core::TaskId>,
+        limit: usize,
+    ) -> Result<Vec<colony_journal::DecisionRow>, colony_journal::Error> {
+        self.inner.decisions(before, limit)
+    }
+    fn open_decisions(&self) -> Result<Vec<colony_journal::DecisionRow>, colony_journal::Error> {
+        self.inner.open_decisions()
+    }
     fn task(
         &self,
         id: colony_core::TaskId,
