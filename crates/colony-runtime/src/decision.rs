@@ -17,9 +17,18 @@
 //! the object's `confidence` (a number) as its confidence: the `confidence` protocol needs
 //! it.
 //!
+//! A decision is journaled with its ballot tasks, in one write, and its outcome once it is
+//! taken, before anyone hears of it. After a crash of colony, [`recover`] counts each open
+//! decision again: the ballots the journal holds as ended are cast (in the order of the
+//! voters, as cast before the deadline: no outcome was ever told, so counting what the
+//! journal holds is a decision the voters could have reached), the ballot tasks still
+//! unfinished run again on their voters (cancelled, so silent, when the voter is no longer a
+//! worker of its pool), and the deadline is the one the decision opened with, by the wall
+//! clock. A decision the journal holds as closed is never taken again: its outcome stands,
+//! and a second close is fenced.
+//!
 //! Not run here yet: the `fast` and `leader` protocols (they take more than one round of
-//! tasks) and a `judge` tie-break; a decision is not recovered after a crash of colony (its
-//! ballot tasks are, as ordinary tasks, but nothing counts them again).
+//! tasks) and a `judge` tie-break.
 
 use crate::{Completion, Error, Handle};
 use bytes::Bytes;
@@ -34,8 +43,8 @@ use colony_core::{
 };
 use futures::{FutureExt, StreamExt, stream::FuturesUnordered};
 use serde::Serialize;
-use std::{future::Future, pin::Pin, sync::Arc};
-use tokio::time::Instant;
+use std::{collections::HashMap, future::Future, pin::Pin, sync::Arc, time::Duration};
+use tokio::{sync::oneshot, time::Instant};
 
 /// What to decide by: how many voters, the protocol and its options, and the voters' weights.
 #[derive(Clone, Debug, PartialEq)]
@@ -167,6 +176,8 @@ pub struct Voter {
 #[derive(Clone, Debug, PartialEq, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub struct Decided {
+    /// The decision's id: its first ballot task's.
+    pub id: TaskId,
     /// Decided, with the winner, or failed with its reason; every ballot counted either way.
     pub outcome: Outcome,
     /// Every voter seated, in the order they were asked.
@@ -178,10 +189,15 @@ type BallotFuture = Pin<Box<dyn Future<Output = (usize, Result<Completion, Error
 /// A decision under way: its voters are seated and their ballot tasks accepted.
 pub struct Voting {
     handle: Handle,
+    /// The decision's id: its first ballot task's.
+    id: TaskId,
     decision: Decision,
     voters: Vec<Voter>,
     pending: FuturesUnordered<BallotFuture>,
+    /// When this process took the decision up, and how far into the decision that was: 0 but
+    /// for a decision recovered after a crash.
     started: Instant,
+    offset: Duration,
 }
 
 impl std::fmt::Debug for Voting {
@@ -200,18 +216,42 @@ impl Drop for Voting {
 }
 
 impl Voting {
+    /// The decision's id: its first ballot task's.
+    pub fn id(&self) -> TaskId {
+        self.id
+    }
+
     /// The voters seated, in the order asked, with their ballot tasks.
     pub fn voters(&self) -> &[Voter] {
         &self.voters
     }
 
+    /// Time since the decision opened, by the engine's clock.
+    fn now(&self) -> Duration {
+        self.offset + self.started.elapsed()
+    }
+
+    /// The instant at time `at` of the decision.
+    fn instant(&self, at: Duration) -> Instant {
+        self.started + at.saturating_sub(self.offset)
+    }
+
     /// Counts the ballots as their tasks end, until the engine has an outcome: decided, or
     /// failed (at the deadline at the latest). The ballot tasks still out are then cancelled,
-    /// as they are if the vote is dropped before it ends.
+    /// as they are if the vote is dropped before it ends. Returns once the journal holds the
+    /// outcome.
     pub async fn outcome(mut self) -> Result<Decided, Error> {
         let outcome = loop {
+            // Nothing left to wait for (a decision recovered with every ballot in): it is
+            // closed now.
+            if self.pending.is_empty() && self.decision.outcome().is_none() {
+                let now = self.now();
+                if let Progress::Done(outcome) = self.decision.close(now) {
+                    break outcome;
+                }
+            }
             let deadline = match self.decision.deadline() {
-                Some(d) => self.started + d,
+                Some(d) => self.instant(d),
                 None => match self.decision.outcome() {
                     Some(o) => break o.clone(),
                     None => return Err(Error::Decision("the decision stopped undecided".into())),
@@ -219,7 +259,7 @@ impl Voting {
             };
             let progress = tokio::select! {
                 Some((i, ended)) = self.pending.next(), if !self.pending.is_empty() => {
-                    let now = self.started.elapsed();
+                    let now = self.now();
                     let progress = self.count(i, ended?, now);
                     match progress {
                         Progress::Pending if self.pending.is_empty() => self.decision.close(now),
@@ -227,7 +267,7 @@ impl Voting {
                     }
                 }
                 () = tokio::time::sleep_until(deadline) => {
-                    self.decision.expire(self.started.elapsed())
+                    self.decision.expire(self.now())
                 }
             };
             match progress {
@@ -242,7 +282,6 @@ impl Voting {
                 }
             }
         };
-        self.report(&outcome);
         // Ballots that ended meanwhile need no cancelling; they came too late to count.
         while let Some(Some((i, Ok(ended)))) = self.pending.next().now_or_never() {
             let voter = &mut self.voters[i];
@@ -250,15 +289,26 @@ impl Voting {
             voter.problem = Some("its ballot task ended after the vote did".into());
         }
         self.cancel_the_rest();
-        Ok(Decided {
+        let decided = Decided {
+            id: self.id,
             outcome,
             voters: std::mem::take(&mut self.voters),
-        })
+        };
+        let record = serde_json::to_string(&decided)
+            .map_err(|e| Error::Decision(format!("the outcome could not be written: {e}")))?;
+        self.handle
+            .journal()
+            .close_decision(self.id, record.into())
+            .await?;
+        self.report(&decided);
+        Ok(decided)
     }
 
     /// Cancels the ballot tasks still out, without waiting: a ballot that ends first ends
     /// as it does.
-    fn cancel_the_rest(&self) {
+    fn cancel_the_rest(&mut self) {
+        // Their waiters go with them: nothing is left to count.
+        self.pending = FuturesUnordered::new();
         for voter in &self.voters {
             if voter.state.is_none() {
                 self.handle.cancel_soon(voter.task);
@@ -267,7 +317,8 @@ impl Voting {
     }
 
     /// Tells the event stream and the metrics how the decision ended.
-    fn report(&self, outcome: &Outcome) {
+    fn report(&self, decided: &Decided) {
+        let outcome = &decided.outcome;
         let record = outcome.record();
         let protocol = record.protocol.as_str();
         let counted = record
@@ -293,9 +344,9 @@ impl Voting {
         self.handle.publish(
             crate::events::Kinds::DECISIONS,
             crate::events::Event::DecisionEnded {
-                first_ballot: self.voters[0].task,
+                first_ballot: decided.id,
                 protocol: record.protocol,
-                voters: self.voters.len() as u32,
+                voters: decided.voters.len() as u32,
                 counted,
                 value: outcome.winner().map(|w| w.value.clone()),
                 reason: outcome.reason(),
@@ -399,8 +450,22 @@ impl Handle {
         };
         // Each ballot may run only in its voter's pool: that is the demand it makes.
         let masks = seats.iter().map(|&(_, pool)| SpecMask::of(pool)).collect();
-        let (_, completions) = self
-            .accept_tracked(specs, masks, |_| true, |i| Some(seats[i].0))
+        let opening = colony_journal::Opening {
+            options: serde_json::to_string(&vote.options)
+                .map_err(|e| Error::Decision(format!("the options could not be written: {e}")))?
+                .into(),
+            seats: seats
+                .iter()
+                .map(|&(agent, pool)| colony_journal::Seat {
+                    agent,
+                    pool,
+                    weight: vote.pool_weights.get(pool as usize).copied().unwrap_or(1.0),
+                })
+                .collect(),
+            opened_at_ms: unix_ms(),
+        };
+        let (accepted, completions) = self
+            .accept_tracked(specs, masks, |_| true, |i| Some(seats[i].0), Some(opening))
             .await?;
         let started = Instant::now();
         let voters = seats
@@ -421,11 +486,172 @@ impl Handle {
             .collect();
         Ok(Voting {
             handle: self.clone(),
+            id: accepted.first,
             decision,
             voters,
             pending,
             started,
+            offset: Duration::ZERO,
         })
+    }
+}
+
+/// Milliseconds since the Unix epoch, by the wall clock: a decision's deadline outlives the
+/// process that opened it.
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// The decisions a journal held open at start, with a waiter for each ballot task still
+/// unfinished: handed to [`Handle::requeue`] with the tasks, then to [`Recovered::resume`].
+#[derive(Default)]
+pub(crate) struct Recovered {
+    open: Vec<colony_journal::DecisionRow>,
+    /// Unfinished ballot tasks: their voter, and their waiter until requeued.
+    ballots: HashMap<TaskId, (colony_journal::Seat, Option<oneshot::Sender<Completion>>)>,
+    receivers: HashMap<TaskId, oneshot::Receiver<Completion>>,
+}
+
+impl Recovered {
+    /// The open decisions of `journal`, read before its tasks are recovered.
+    pub(crate) fn open(journal: &dyn colony_journal::Journal) -> Result<Self, Error> {
+        Ok(Self {
+            open: journal.open_decisions()?,
+            ..Self::default()
+        })
+    }
+
+    /// Notes which of the `unfinished` tasks are ballots, so that they run on their voters
+    /// and are waited for.
+    pub(crate) fn ballots_among(&mut self, unfinished: &[colony_journal::TaskRow]) {
+        if self.open.is_empty() {
+            return;
+        }
+        let seats: HashMap<TaskId, colony_journal::Seat> = self
+            .open
+            .iter()
+            .flat_map(|d| {
+                d.opening
+                    .seats
+                    .iter()
+                    .enumerate()
+                    .map(|(i, seat)| (TaskId(d.id.0 + i as u64), *seat))
+            })
+            .collect();
+        for row in unfinished {
+            if let Some(seat) = seats.get(&row.id) {
+                let (tx, rx) = oneshot::channel();
+                self.ballots.insert(row.id, (*seat, Some(tx)));
+                self.receivers.insert(row.id, rx);
+            }
+        }
+    }
+
+    /// For [`Handle::requeue`]: a ballot task's voter and waiter.
+    pub(crate) fn ballot(
+        &mut self,
+        task: TaskId,
+    ) -> Option<(colony_journal::Seat, oneshot::Sender<Completion>)> {
+        let (seat, waiter) = self.ballots.get_mut(&task)?;
+        Some((*seat, waiter.take()?))
+    }
+
+    /// Takes every open decision up again, each counted to its end in the background (its
+    /// outcome journaled and published as any decision's). Returns how many.
+    pub(crate) fn resume(mut self, handle: &Handle) -> usize {
+        let n = self.open.len();
+        for row in std::mem::take(&mut self.open) {
+            let id = row.id;
+            match self.voting(handle, row) {
+                Ok(voting) => {
+                    crate::spawner::Spawner::spawn("decision-recovered", async move {
+                        if let Err(error) = voting.outcome().await {
+                            tracing::error!(decision = %id, %error, "A recovered decision could not be taken.");
+                        }
+                    });
+                }
+                Err(error) => {
+                    tracing::error!(decision = %id, %error, "A recovered decision could not be read; it stays open in the journal.");
+                }
+            }
+        }
+        n
+    }
+
+    /// Decision `row` as it stood: the ballots the journal holds as ended cast, the others
+    /// awaited.
+    fn voting(
+        &mut self,
+        handle: &Handle,
+        row: colony_journal::DecisionRow,
+    ) -> Result<Voting, Error> {
+        let options: DecisionOptions = serde_json::from_str(&row.opening.options).map_err(|e| {
+            Error::Decision(format!(
+                "its options {} do not read: {e}",
+                row.opening.options
+            ))
+        })?;
+        let participants: Vec<Participant> = row
+            .opening
+            .seats
+            .iter()
+            .map(|s| Participant::weighted(s.agent, s.weight))
+            .collect();
+        let decision =
+            Decision::new(options, &participants).map_err(|e| Error::Decision(e.to_string()))?;
+        let elapsed = Duration::from_millis(unix_ms().saturating_sub(row.opening.opened_at_ms));
+        // Ballots the journal holds as ended count as cast by now, or just before the
+        // deadline if that passed while colony was down.
+        let cast_at = match decision.deadline() {
+            Some(d) => elapsed.min(d.saturating_sub(Duration::from_micros(1))),
+            None => elapsed,
+        };
+        let mut voting = Voting {
+            handle: handle.clone(),
+            id: row.id,
+            voters: Vec::with_capacity(participants.len()),
+            decision,
+            pending: FuturesUnordered::new(),
+            started: Instant::now(),
+            offset: elapsed,
+        };
+        for (i, seat) in row.opening.seats.iter().enumerate() {
+            let task = TaskId(row.id.0 + i as u64);
+            voting.voters.push(Voter {
+                agent: seat.agent,
+                pool: seat.pool,
+                task,
+                state: None,
+                problem: None,
+            });
+            if let Some(rx) = self.receivers.remove(&task) {
+                let pending = crate::Pending { id: task, rx };
+                voting
+                    .pending
+                    .push(Box::pin(async move { (i, pending.await) }));
+                continue;
+            }
+            let ended = match handle.journal().task(task)? {
+                Some(ended) if ended.state.is_terminal() => ended,
+                // Unfinished, yet not recovered: nothing will run it.
+                _ => {
+                    voting.voters[i].problem =
+                        Some("its ballot task was not recovered after a crash".into());
+                    continue;
+                }
+            };
+            let completion = Completion::recovered(ended);
+            if voting.decision.outcome().is_some() {
+                // Decided by the ballots before it: this one came too late to count.
+                voting.voters[i].state = Some(completion.state);
+                voting.voters[i].problem = Some("its ballot task ended after the vote did".into());
+            } else {
+                voting.count(i, completion, cast_at);
+            }
+        }
+        Ok(voting)
     }
 }
 

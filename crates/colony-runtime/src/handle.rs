@@ -86,7 +86,7 @@ impl Accepted {
 #[derive(Debug)]
 pub struct Pending {
     pub id: TaskId,
-    rx: oneshot::Receiver<Completion>,
+    pub(crate) rx: oneshot::Receiver<Completion>,
 }
 
 impl std::future::Future for Pending {
@@ -121,7 +121,7 @@ impl Handle {
     pub async fn submit_batch(&self, specs: Vec<TaskSpec>) -> Result<Accepted, Error> {
         let masks = self.admit(&specs)?;
         self.wait_for_room(specs.len()).await?;
-        self.accept(specs, masks, |_| None, |_| None).await
+        self.accept(specs, masks, |_| None, |_| None, None).await
     }
 
     /// Like [`Handle::submit_batch`] but returns [`Error::Full`] instead of waiting.
@@ -139,7 +139,7 @@ impl Handle {
                 }
             }
         }
-        self.accept(specs, masks, |_| None, |_| None).await
+        self.accept(specs, masks, |_| None, |_| None, None).await
     }
 
     /// Like [`Handle::submit`] but returns [`Error::Full`] instead of waiting.
@@ -168,7 +168,7 @@ impl Handle {
         let (tx, rx) = oneshot::channel();
         let mut tx = Some(tx);
         let accepted = self
-            .accept(vec![spec], masks, |_| tx.take(), |_| None)
+            .accept(vec![spec], masks, |_| tx.take(), |_| None, None)
             .await?;
         Ok(Pending {
             id: accepted.first,
@@ -185,17 +185,20 @@ impl Handle {
     ) -> Result<(Accepted, Vec<Pending>), Error> {
         let masks = self.admit(&specs)?;
         self.wait_for_room(specs.len()).await?;
-        self.accept_tracked(specs, masks, track, |_| None).await
+        self.accept_tracked(specs, masks, track, |_| None, None)
+            .await
     }
 
     /// Accepts `specs` (of pools `masks`, admitted, their permits held): task `i` followed
-    /// if `track(i)`, pinned to the worker `pin(i)` if any (it runs there or nowhere).
+    /// if `track(i)`, pinned to the worker `pin(i)` if any (it runs there or nowhere); with
+    /// `opening`, as the ballots of a decision journaled with them.
     pub(crate) async fn accept_tracked(
         &self,
         specs: Vec<TaskSpec>,
         masks: Vec<SpecMask>,
         track: impl Fn(usize) -> bool,
         pin: impl Fn(usize) -> Option<AgentId>,
+        opening: Option<colony_journal::Opening>,
     ) -> Result<(Accepted, Vec<Pending>), Error> {
         let mut receivers = Vec::new();
         let accepted = self
@@ -210,6 +213,7 @@ impl Handle {
                     })
                 },
                 pin,
+                opening,
             )
             .await?;
         let pending = receivers
@@ -236,13 +240,24 @@ impl Handle {
 
     /// Queues again the tasks a journal held unfinished at start (see [`Journal::recover`]).
     /// They need no admission: an earlier process accepted them. A task no pool can run any
-    /// more waits in the backlog (and in the journal, queued) until one can.
-    pub(crate) fn requeue(&self, rows: Vec<colony_journal::TaskRow>) -> Result<usize, Error> {
+    /// more waits in the backlog (and in the journal, queued) until one can. A ballot of a
+    /// decision (`ballot` gives its voter and a waiter for its end) runs on its voter again,
+    /// or, if the voter is no longer a worker of its pool, is cancelled.
+    pub(crate) fn requeue(
+        &self,
+        rows: Vec<colony_journal::TaskRow>,
+        mut ballot: impl FnMut(TaskId) -> Option<(colony_journal::Seat, oneshot::Sender<Completion>)>,
+    ) -> Result<usize, Error> {
         let now = Instant::now();
         let n = rows.len();
         let jobs: Vec<Job> = rows
             .into_iter()
             .map(|row| {
+                if let Some((seat, waiter)) = ballot(row.id) {
+                    return Job::recovered(row, SpecMask::of(seat.pool), now)
+                        .pinned(seat.agent)
+                        .waited_by(waiter);
+                }
                 // No validation: an earlier process accepted these, under its own limits.
                 let mask = self.shared.mask_for(&row.spec.requirement);
                 if mask.is_empty() {
@@ -297,6 +312,7 @@ impl Handle {
         masks: Vec<SpecMask>,
         mut waiter: impl FnMut(usize) -> Option<oneshot::Sender<Completion>>,
         pin: impl Fn(usize) -> Option<AgentId>,
+        opening: Option<colony_journal::Opening>,
     ) -> Result<Accepted, Error> {
         let n = specs.len();
         if n == 0 {
@@ -318,7 +334,11 @@ impl Handle {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner());
             let first = *next;
-            let durable = self.shared.journal.accept(TaskId(first), &specs);
+            let journal = &self.shared.journal;
+            let durable = match opening {
+                Some(opening) => journal.open_decision(TaskId(first), &specs, opening),
+                None => journal.accept(TaskId(first), &specs),
+            };
             *next += n as u64;
             (first, durable)
         };

@@ -414,11 +414,21 @@ impl Runtime {
                     .spawn(index, pool.count, options.spawn)
                     .await?;
             }
-            // Whatever an earlier process left unfinished runs again, before anything new.
-            let unfinished = runtime.handle.journal().recover()?;
+            // Whatever an earlier process left unfinished runs again, before anything new;
+            // the decisions it left open are counted again from their ballots.
+            let journal = runtime.handle.journal().clone();
+            let mut decisions = decision::Recovered::open(&*journal)?;
+            let unfinished = journal.recover()?;
+            decisions.ballots_among(&unfinished);
             if !unfinished.is_empty() {
-                let n = runtime.handle.requeue(unfinished)?;
+                let n = runtime
+                    .handle
+                    .requeue(unfinished, |task| decisions.ballot(task))?;
                 tracing::info!(tasks = n, "Recovered unfinished tasks from the journal.");
+            }
+            let n = decisions.resume(&runtime.handle);
+            if n > 0 {
+                tracing::info!(decisions = n, "Recovered open decisions from the journal.");
             }
             autoscale::start(&runtime.handle, &pools, options.autoscale).await
         };

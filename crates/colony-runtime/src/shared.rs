@@ -229,6 +229,21 @@ pub struct Completion {
     pub latency: Duration,
 }
 
+impl Completion {
+    /// How a task ended, as the journal of an earlier process holds it.
+    pub(crate) fn recovered(row: colony_journal::TaskRow) -> Self {
+        Self {
+            id: row.id,
+            state: row.state,
+            output: row.output,
+            error: row.error,
+            attempts: row.attempt,
+            agent: row.agent,
+            latency: Duration::ZERO,
+        }
+    }
+}
+
 /// What the loop publishes of one pool once per turn: the demand on it and the work it does.
 #[derive(Debug)]
 pub(crate) struct PoolCounters {

@@ -46,6 +46,14 @@ impl Agent for Voters {
 type Ran = Arc<Mutex<Vec<(TaskId, AgentId)>>>;
 
 async fn start(workers: u32, answer: fn(AgentId) -> Answer) -> (Runtime, Ran) {
+    start_on(workers, answer, Arc::new(MemoryJournal::new())).await
+}
+
+async fn start_on(
+    workers: u32,
+    answer: fn(AgentId) -> Answer,
+    journal: Arc<dyn colony_journal::Journal>,
+) -> (Runtime, Ran) {
     let ran = Ran::default();
     let agent = Voters {
         answer,
@@ -57,9 +65,7 @@ async fn start(workers: u32, answer: fn(AgentId) -> Answer) -> (Runtime, Ran) {
         ..RuntimeOptions::default()
     };
     let pool = Pool::new(AgentSpec::new("voter", "worker"), workers, Arc::new(agent));
-    let runtime = Runtime::start(options, vec![pool], Arc::new(MemoryJournal::new()))
-        .await
-        .unwrap();
+    let runtime = Runtime::start(options, vec![pool], journal).await.unwrap();
     (runtime, ran)
 }
 
@@ -412,4 +418,160 @@ fn an_output_votes_as_text_or_by_its_vote_and_confidence_fields() {
             .unwrap_err()
             .contains("UTF-8")
     );
+}
+
+/// The SQLite journal in `dir`, opened as a new process would.
+fn reopen(dir: &tempfile::TempDir) -> Arc<colony_journal::SqliteJournal> {
+    let options = colony_journal::SqliteOptions::new(dir.path().join("colony.db"));
+    Arc::new(colony_journal::SqliteJournal::open(options).unwrap())
+}
+
+/// Stops `runtime` as a crash would for the journal: attempts abandoned, unfinished tasks
+/// left running in it, nothing closed; and lets go of the database.
+async fn crash(runtime: Runtime, voting: Voting) {
+    runtime.shutdown().await;
+    // Only now: a vote dropped while the runtime runs cancels its ballots.
+    drop(voting);
+}
+
+/// Waits for the journal to hold decision `id`'s outcome.
+async fn journaled(journal: &dyn colony_journal::Journal, id: TaskId) -> serde_json::Value {
+    for _ in 0..2_000 {
+        if let Some(outcome) = journal.decision(id).unwrap().unwrap().outcome {
+            return serde_json::from_str(&outcome).unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    panic!("decision {id} was not taken after the restart");
+}
+
+/// The first two ballots asked answer "yes" at once; every later one hangs.
+fn two_answer_then_hang(_: AgentId) -> Answer {
+    static ASKED: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    if ASKED.fetch_add(1, std::sync::atomic::Ordering::SeqCst) < 2 {
+        Answer::Says("yes", 0)
+    } else {
+        Answer::Hangs
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_decision_interrupted_by_a_crash_is_taken_once_from_its_journaled_ballots() {
+    let dir = tempfile::tempdir().unwrap();
+    let (runtime, _) = start_on(5, two_answer_then_hang, reopen(&dir)).await;
+    let options = DecisionOptions {
+        timeout: Duration::from_secs(60),
+        ..DecisionOptions::default()
+    };
+    let voting = runtime
+        .handle()
+        .decide(ballot_task(60_000), Vote::new(5, options))
+        .await
+        .unwrap();
+    let id = voting.id();
+    let seats: Vec<(AgentId, TaskId)> = voting.voters().iter().map(|v| (v.agent, v.task)).collect();
+    // Two of five said yes: not yet a majority of the five.
+    let journal = runtime.handle().journal().clone();
+    let answered = || {
+        seats
+            .iter()
+            .filter(|(_, t)| journal.task(*t).unwrap().unwrap().state == TaskState::Succeeded)
+            .count()
+    };
+    for _ in 0..2_000 {
+        if answered() == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(answered(), 2);
+    drop(journal);
+    crash(runtime, voting).await;
+
+    // The next process: every voter answers yes now.
+    let (runtime, ran) = start_on(5, |_| Answer::Says("yes", 0), reopen(&dir)).await;
+    let journal = runtime.handle().journal().clone();
+    let outcome = journaled(&*journal, id).await;
+    assert_eq!(outcome["outcome"]["result"], "decided", "{outcome}");
+    assert_eq!(outcome["outcome"]["winner"]["value"], "yes");
+    assert_eq!(outcome["id"], id.0);
+    let ballots = outcome["outcome"]["record"]["ballots"].as_array().unwrap();
+    assert!(ballots.len() >= 3, "a majority of five counted: {outcome}");
+    // Only the three unfinished ballots ran again, each on its own voter.
+    let mut reran = ran.lock().unwrap().clone();
+    reran.sort();
+    let mut expected: Vec<(TaskId, AgentId)> = Vec::new();
+    for &(agent, task) in &seats {
+        let row = journal.task(task).unwrap().unwrap();
+        assert!(row.state.is_terminal(), "{row:?}");
+        if row.attempt > 1 {
+            expected.push((task, agent));
+        }
+    }
+    assert!(
+        reran.len() <= 3 && reran.iter().all(|r| expected.contains(r)),
+        "{reran:?}"
+    );
+    assert!(journal.open_decisions().unwrap().is_empty());
+    runtime.handle().drain().await.unwrap();
+    runtime.shutdown().await;
+    drop(journal);
+
+    // A third process finds nothing to decide: the outcome stands.
+    let (runtime, ran) = start_on(5, |_| Answer::Says("no", 0), reopen(&dir)).await;
+    runtime.handle().drain().await.unwrap();
+    assert!(ran.lock().unwrap().is_empty(), "no ballot ran again");
+    let row = runtime.handle().journal().decision(id).unwrap().unwrap();
+    let again: serde_json::Value = serde_json::from_str(row.outcome.as_deref().unwrap()).unwrap();
+    assert_eq!(again, outcome, "taken once");
+    assert_eq!(
+        runtime.handle().journal().stats().fenced,
+        0,
+        "no second close was tried"
+    );
+    runtime.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recovered_ballot_whose_voter_is_gone_is_silent_and_the_vote_fails_honestly() {
+    let dir = tempfile::tempdir().unwrap();
+    let (runtime, _) = start_on(6, |_| Answer::Hangs, reopen(&dir)).await;
+    let options = DecisionOptions {
+        timeout: Duration::from_secs(60),
+        participation: 0.75,
+        ..DecisionOptions::default()
+    };
+    let voting = runtime
+        .handle()
+        .decide(ballot_task(60_000), Vote::new(6, options))
+        .await
+        .unwrap();
+    let id = voting.id();
+    crash(runtime, voting).await;
+
+    // The next process has half the workers: three voters are gone.
+    let (runtime, ran) = start_on(3, |_| Answer::Says("yes", 0), reopen(&dir)).await;
+    let journal = runtime.handle().journal().clone();
+    let outcome = journaled(&*journal, id).await;
+    assert_eq!(outcome["outcome"]["result"], "failed", "{outcome}");
+    assert_eq!(outcome["outcome"]["reason"], "no-quorum");
+    let voters = outcome["voters"].as_array().unwrap();
+    let cancelled = voters.iter().filter(|v| v["state"] == "cancelled").count();
+    let succeeded = voters.iter().filter(|v| v["state"] == "succeeded").count();
+    // Ids are planned anew: at least the three workers fewer are gone.
+    assert!(cancelled >= 3, "{outcome}");
+    assert_eq!(cancelled + succeeded, 6, "{outcome}");
+    assert!(
+        voters
+            .iter()
+            .filter(|v| v["state"] == "cancelled")
+            .all(|v| v["problem"].as_str().unwrap().contains("left its pool")),
+        "{outcome}"
+    );
+    assert_eq!(
+        ran.lock().unwrap().len(),
+        succeeded,
+        "the voters still there voted"
+    );
+    runtime.shutdown().await;
 }

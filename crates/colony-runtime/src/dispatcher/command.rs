@@ -191,6 +191,14 @@ impl Job {
             ..self
         }
     }
+
+    /// Tells `waiter` how the task ended.
+    pub(crate) fn waited_by(self, waiter: oneshot::Sender<Completion>) -> Self {
+        Self {
+            waiter: Some(waiter),
+            ..self
+        }
+    }
 }
 
 /// The live hierarchy as a query inside the dispatcher sees it.
