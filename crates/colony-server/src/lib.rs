@@ -41,6 +41,7 @@ mod agents;
 pub mod auth;
 pub mod conn;
 pub mod dashboard;
+mod decisions;
 mod history;
 mod live;
 pub mod runs;
@@ -329,6 +330,8 @@ fn router(app: Arc<App>) -> Router {
         .route("/v1/pools", get(agents::pools))
         .route("/v1/pools/history", get(history::history))
         .route("/v1/scaling/{pool}", get(agents::scaling))
+        .route("/v1/decisions", get(decisions::list))
+        .route("/v1/decisions/{id}", get(decisions::one))
         .route("/v1/runs", get(runs::list))
         .route("/v1/runs/{id}", get(runs::one))
         .route("/v1/stats", get(live::stats))

@@ -42,10 +42,18 @@ pub(crate) struct NewTask {
     timeout: Option<f64>,
     #[serde(default)]
     max_attempts: Option<u32>,
+    /// Asked of several agents at once, their outputs counted as ballots.
+    #[serde(default)]
+    decide: Option<crate::decisions::NewDecision>,
 }
 
 impl NewTask {
-    fn spec(self) -> Result<TaskSpec, String> {
+    fn spec(mut self) -> Result<(TaskSpec, Option<crate::decisions::NewDecision>), String> {
+        let decide = self.decide.take();
+        Ok((self.ordinary()?, decide))
+    }
+
+    fn ordinary(self) -> Result<TaskSpec, String> {
         let mut spec = TaskSpec::with_payload(Bytes::from(self.payload.to_string()));
         spec.key = self.key.map(Into::into);
         spec.requirement = Requirement {
@@ -217,6 +225,8 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, Response> {
 enum Submission {
     One(TaskSpec),
     Batch(Vec<TaskSpec>),
+    /// A task asked of several agents, decided by their vote.
+    Decide(TaskSpec, colony_runtime::decision::Vote),
 }
 
 /// Submits what the request holds, once per idempotency key; `fingerprint` tells a retry
@@ -274,6 +284,7 @@ async fn submit_now(app: &App, submission: Submission) -> Result<Value, colony_r
             .try_submit_batch(specs)
             .await
             .map(|a| json!({ "first": a.first.0, "count": a.count })),
+        Submission::Decide(spec, vote) => crate::decisions::start(app, spec, vote).await,
     }
 }
 
@@ -302,12 +313,15 @@ pub(crate) async fn submit(
         Err(r) => return r,
     };
     let print = fingerprint(&headers, &task);
-    let spec = match task.spec() {
-        Ok(s) => s,
+    let submission = match task.spec() {
+        Ok((spec, None)) => Submission::One(spec),
+        Ok((spec, Some(decide))) => match decide.vote(&app.handle.pools()) {
+            Ok(vote) => Submission::Decide(spec, vote),
+            Err(e) => return problem(StatusCode::UNPROCESSABLE_ENTITY, "bad-decision", e),
+        },
         Err(e) => return problem(StatusCode::UNPROCESSABLE_ENTITY, "bad-task", e),
     };
-    let one = Submission::One(spec);
-    accept(&app, &headers, caller_name(caller), print, one).await
+    accept(&app, &headers, caller_name(caller), print, submission).await
 }
 
 #[derive(Debug, Deserialize)]
@@ -337,7 +351,14 @@ pub(crate) async fn submit_batch(
     let mut specs = Vec::with_capacity(batch.tasks.len());
     for (i, Object(t)) in batch.tasks.into_iter().enumerate() {
         match t.spec() {
-            Ok(s) => specs.push(s),
+            Ok((s, None)) => specs.push(s),
+            Ok((_, Some(_))) => {
+                return problem(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "bad-task",
+                    format!("task {i}: a task with decide is submitted on its own, to /v1/tasks"),
+                );
+            }
             Err(e) => {
                 return problem(
                     StatusCode::UNPROCESSABLE_ENTITY,

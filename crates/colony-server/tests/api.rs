@@ -257,6 +257,8 @@ async fn the_openapi_document_describes_every_route_served() {
         "/v1/runs",
         "/v1/runs/{id}",
         "/v1/runs/{id}/cancel",
+        "/v1/decisions",
+        "/v1/decisions/{id}",
     ] {
         assert!(paths.contains_key(path), "{path} is not documented");
     }
@@ -868,6 +870,191 @@ async fn event_streams_are_capped_and_a_closed_one_frees_its_place() {
         assert!(tokio::time::Instant::now() < deadline, "{head}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    server.stop();
+    runtime.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_with_decide_is_voted_on_and_its_decision_followed() {
+    let (runtime, server, url) = start().await;
+    let client = reqwest::Client::new();
+    let post = |path: &str, body: Value| {
+        client
+            .post(format!("{url}{path}"))
+            .header("content-type", "application/json")
+            .body(body.to_string())
+            .send()
+    };
+    let ended = |id: u64| {
+        let client = client.clone();
+        let url = url.clone();
+        async move {
+            colony_server::testing::until(
+                Duration::from_secs(10),
+                Duration::from_millis(10),
+                || {
+                    let (client, url) = (client.clone(), url.clone());
+                    async move {
+                        let r = client
+                            .get(format!("{url}/v1/decisions/{id}"))
+                            .send()
+                            .await
+                            .ok()?;
+                        let view = json(r).await;
+                        (view["state"] != "open").then_some(view)
+                    }
+                },
+            )
+            .await
+            .expect("the decision ended")
+        }
+    };
+    // Sim agents answer with the payload: five voters, each sure of "yes".
+    let r = post(
+        "/v1/tasks",
+        json!({"payload": {"vote": "yes", "confidence": 0.9},
+               "decide": {"voters": 5, "protocol": "confidence", "timeout": 10}}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 202);
+    let started = json(r).await;
+    let id = started["decision"].as_u64().unwrap();
+    assert_eq!(started["location"], format!("/v1/decisions/{id}"));
+    let agents: std::collections::HashSet<u64> = started["voters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["agent"].as_u64().unwrap())
+        .collect();
+    assert_eq!(agents.len(), 5, "five distinct voters: {started}");
+    let decided = ended(id).await;
+    assert_eq!(decided["state"], "decided", "{decided}");
+    assert_eq!(decided["value"], "yes");
+    assert_eq!(decided["options"]["protocol"], "confidence");
+    // Decided as soon as the ballots still out could not change it.
+    let counted = decided["outcome"]["record"]["ballots"]
+        .as_array()
+        .unwrap()
+        .len();
+    assert!((3..=5).contains(&counted), "{decided}");
+    assert!(decided["ended-at-ms"].as_u64() >= decided["opened-at-ms"].as_u64());
+
+    // Without a confidence every ballot is refused: nobody counted, so no quorum, and the
+    // decision says so rather than answer.
+    let r = post(
+        "/v1/tasks",
+        json!({"payload": "plain", "decide": {"voters": 3, "protocol": "confidence"}}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 202);
+    let second = json(r).await["decision"].as_u64().unwrap();
+    let failed = ended(second).await;
+    assert_eq!(failed["state"], "failed", "{failed}");
+    assert_eq!(failed["reason"], "no-quorum");
+    assert_eq!(failed["value"], Value::Null);
+    assert!(
+        failed["voters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|v| v["problem"].as_str().unwrap().contains("confidence")),
+        "{failed}"
+    );
+
+    let list = json(
+        client
+            .get(format!("{url}/v1/decisions"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    let ids: Vec<u64> = list["decisions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["id"].as_u64().unwrap())
+        .collect();
+    assert_eq!(ids, [second, id], "newest first");
+    assert_eq!(list["decisions"][1]["value"], "yes");
+    let page = json(
+        client
+            .get(format!("{url}/v1/decisions?limit=1"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(page["next-before"], second);
+
+    // What cannot be run is refused, saying why, and nothing is accepted.
+    let before = json(client.get(format!("{url}/v1/stats")).send().await.unwrap()).await;
+    for (decide, code, says) in [
+        (
+            json!({"voters": 3, "protocol": "fast"}),
+            "refused",
+            "protocol fast",
+        ),
+        (json!({"voters": 0}), "refused", "0 voters"),
+        (json!({"voters": 50}), "refused", "workers can run the task"),
+        (
+            json!({"voters": 3, "timeout": -1}),
+            "bad-decision",
+            "decide.timeout",
+        ),
+        (
+            json!({"voters": 3, "weights": [1, 1]}),
+            "bad-decision",
+            "decide.weights",
+        ),
+    ] {
+        let r = post("/v1/tasks", json!({"payload": 1, "decide": decide}))
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 422, "{decide}");
+        let body = json(r).await;
+        assert_eq!(body["error"]["code"], code, "{body}");
+        assert!(
+            body["error"]["message"].as_str().unwrap().contains(says),
+            "{body}"
+        );
+    }
+    let r = post("/v1/tasks", json!({"payload": 1, "decide": {"voterz": 3}}))
+        .await
+        .unwrap();
+    assert!(r.status().is_client_error());
+    assert!(
+        json(r).await["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("voterz")
+    );
+    let r = post(
+        "/v1/tasks/batch",
+        json!({"tasks": [{"payload": 1, "decide": {"voters": 2}}]}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 422);
+    let after = json(client.get(format!("{url}/v1/stats")).send().await.unwrap()).await;
+    assert_eq!(
+        after["accepted"], before["accepted"],
+        "nothing refused was accepted"
+    );
+    let none = client
+        .get(format!("{url}/v1/decisions/9999"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(none.status(), 404);
+    let bad = client
+        .get(format!("{url}/v1/decisions/x"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), 400);
     server.stop();
     runtime.shutdown().await;
 }

@@ -609,7 +609,8 @@ pub struct Record {
     pub ballots: Vec<Recorded>,
     /// Voters that sent two different ballots in a round, by id.
     pub equivocators: Vec<AgentId>,
-    /// When it ended.
+    /// When it ended, from its start (written as seconds).
+    #[serde(serialize_with = "seconds")]
     pub at: Duration,
 }
 
@@ -634,6 +635,8 @@ pub struct Candidate {
 #[serde(rename_all = "kebab-case")]
 pub struct Recorded {
     pub ballot: Ballot,
+    /// When it was cast, from the decision's start (written as seconds).
+    #[serde(serialize_with = "seconds")]
     pub at: Duration,
     pub status: Status,
     /// In an outcome, for a ballot counted in the deciding round: its candidate in
@@ -650,4 +653,9 @@ pub enum Status {
     Equivocation,
     /// `bft`: an equivocator's first ballot, no longer counted.
     Withdrawn,
+}
+
+/// A duration as seconds: how a person reading a record counts time.
+fn seconds<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_f64(d.as_secs_f64())
 }

@@ -1,0 +1,273 @@
+//! Decisions over HTTP. A task submitted with a `decide` block is asked of several distinct
+//! agents at once and their outputs are counted as ballots (`colony_runtime::decision`): the
+//! request returns once the decision and its ballot tasks are journaled, and the vote is
+//! counted in the background, its outcome journaled before it is published
+//! (`consensus:reached` / `consensus:failed` on the event stream). `GET /v1/decisions/{id}`
+//! shows one, open or ended, from the journal; `GET /v1/decisions` the newest first.
+
+use crate::{App, problem, tasks::MAX_PAGE};
+use axum::{
+    Json,
+    extract::{Path, Query, State},
+    http::StatusCode,
+    response::{IntoResponse, Response},
+};
+use colony_agents::AgentSpec;
+use colony_core::{
+    TaskId,
+    decision::{self, DecisionOptions, Normalise, Protocol, Tie},
+};
+use colony_journal::{DecisionRow, Journal};
+use colony_runtime::decision::Vote;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use std::time::Duration;
+
+/// The `decide` block of a submitted task. Times are in seconds; the other fields are those
+/// of [`DecisionOptions`].
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub(crate) struct NewDecision {
+    /// Distinct agents asked, each once.
+    voters: u32,
+    #[serde(default)]
+    protocol: Protocol,
+    threshold: Option<f64>,
+    participation: Option<f64>,
+    /// Seconds.
+    timeout: Option<f64>,
+    #[serde(default)]
+    tie: Tie,
+    normalise: Option<Normalise>,
+    similarity: Option<f64>,
+    faults: Option<u32>,
+    /// Under `weighted` and `confidence`, the weight of each pool's voters, by pool index
+    /// (as `/v1/pools` lists them); pools past the list's end weigh 1.
+    #[serde(default)]
+    weights: Vec<f64>,
+}
+
+impl NewDecision {
+    /// The vote it asks for among `pools` (by index), or what is wrong with it.
+    pub(crate) fn vote(self, pools: &[(AgentSpec, u64)]) -> Result<Vote, String> {
+        let defaults = DecisionOptions::default();
+        let timeout = match self.timeout {
+            None => defaults.timeout,
+            Some(t) if t.is_finite() && t > 0.0 && t <= decision::MAX_TIMEOUT.as_secs_f64() => {
+                Duration::from_secs_f64(t)
+            }
+            Some(t) => {
+                return Err(format!(
+                    "decide.timeout {t} is out of range: allowed above 0 and up to {} seconds",
+                    decision::MAX_TIMEOUT.as_secs()
+                ));
+            }
+        };
+        let options = DecisionOptions {
+            protocol: self.protocol,
+            threshold: self.threshold.unwrap_or(defaults.threshold),
+            participation: self.participation.unwrap_or(defaults.participation),
+            timeout,
+            tie: self.tie,
+            normalise: self.normalise.unwrap_or(defaults.normalise),
+            similarity: self.similarity.unwrap_or(defaults.similarity),
+            faults: self.faults,
+            ..defaults
+        };
+        if self.weights.len() > pools.len() {
+            return Err(format!(
+                "decide.weights lists {} pools, but this server runs {} (pools 0..{})",
+                self.weights.len(),
+                pools.len(),
+                pools.len()
+            ));
+        }
+        Ok(Vote {
+            voters: self.voters,
+            options,
+            pool_weights: self.weights,
+        })
+    }
+}
+
+/// A decision's state: `open`, or how it ended (`decided`, `failed`).
+fn state(outcome: Option<&Value>) -> &str {
+    outcome
+        .and_then(|o| o["outcome"]["result"].as_str())
+        .unwrap_or("open")
+}
+
+/// A decision as the API shows it. While it is open, each voter's ballot task is read for its
+/// state; once ended, the voters are as the outcome recorded them.
+fn view(row: &DecisionRow, journal: &dyn Journal) -> Result<Value, colony_journal::Error> {
+    let options: Value = serde_json::from_str(&row.opening.options).unwrap_or(Value::Null);
+    let outcome: Option<Value> = row
+        .outcome
+        .as_deref()
+        .and_then(|o| serde_json::from_str(o).ok());
+    let voters = match &outcome {
+        Some(ended) => ended["voters"].clone(),
+        None => {
+            let mut voters = Vec::with_capacity(row.opening.seats.len());
+            for (i, seat) in row.opening.seats.iter().enumerate() {
+                let task = TaskId(row.id.0 + i as u64);
+                let ballot = journal.task(task)?;
+                voters.push(json!({
+                    "agent": seat.agent.0,
+                    "pool": seat.pool,
+                    "task": task.0,
+                    "state": ballot.as_ref().map(|b| b.state),
+                    "problem": ballot.as_ref().and_then(|b| b.error.as_deref()),
+                }));
+            }
+            Value::Array(voters)
+        }
+    };
+    let ended = outcome.as_ref().map(|o| &o["outcome"]);
+    Ok(json!({
+        "id": row.id.0,
+        "state": state(outcome.as_ref()),
+        "options": options,
+        "weights": row.opening.seats.iter().map(|s| s.weight).collect::<Vec<_>>(),
+        "opened-at-ms": row.opening.opened_at_ms,
+        "ended-at-ms": row.ended_at_ms,
+        "value": ended.map(|o| o["winner"]["value"].clone()),
+        "reason": ended.map(|o| o["reason"].clone()),
+        "voters": voters,
+        "outcome": ended,
+    }))
+}
+
+/// A decision id from the path, or the 400 that says it is none.
+#[allow(clippy::result_large_err)]
+fn decision_id(id: &str) -> Result<TaskId, Response> {
+    id.parse::<u64>().map(TaskId).map_err(|_| {
+        problem(
+            StatusCode::BAD_REQUEST,
+            "bad-id",
+            format!("{id:?} is not a decision id"),
+        )
+    })
+}
+
+/// `GET /v1/decisions/{id}`.
+pub(crate) async fn one(
+    State(app): State<std::sync::Arc<App>>,
+    Path(id): Path<String>,
+) -> Response {
+    let id = match decision_id(&id) {
+        Ok(id) => id,
+        Err(r) => return r,
+    };
+    let read = app.read(move |journal| {
+        journal
+            .decision(id)?
+            .map(|row| view(&row, journal))
+            .transpose()
+    });
+    match read.await {
+        Ok(Some(view)) => Json(view).into_response(),
+        Ok(None) => problem(
+            StatusCode::NOT_FOUND,
+            "no-such-decision",
+            format!("there is no decision {id}"),
+        ),
+        Err(e) => problem(StatusCode::SERVICE_UNAVAILABLE, "journal", e),
+    }
+}
+
+/// `GET /v1/decisions?before=&limit=`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ListQuery {
+    before: Option<u64>,
+    limit: Option<usize>,
+}
+
+/// Most decisions one page lists: each may hold a thousand ballots.
+const MAX_DECISIONS: usize = 100;
+
+/// `GET /v1/decisions`: the newest first, each without its ballots.
+pub(crate) async fn list(
+    State(app): State<std::sync::Arc<App>>,
+    query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let Ok(Query(query)) = query else {
+        return problem(
+            StatusCode::BAD_REQUEST,
+            "bad-query",
+            "the query takes before (a decision id) and limit",
+        );
+    };
+    let limit = query.limit.unwrap_or(20);
+    if !(1..=MAX_DECISIONS.min(MAX_PAGE)).contains(&limit) {
+        return problem(
+            StatusCode::BAD_REQUEST,
+            "bad-query",
+            format!("limit {limit} is out of range: allowed 1..={MAX_DECISIONS}"),
+        );
+    }
+    let before = query.before.map(TaskId);
+    let read = app.read(move |journal| {
+        let rows = journal.decisions(before, limit)?;
+        let next = (rows.len() == limit).then(|| rows.last().map(|r| r.id.0));
+        let summaries: Vec<Value> = rows.iter().map(summary).collect();
+        Ok(json!({ "decisions": summaries, "next-before": next.flatten() }))
+    });
+    match read.await {
+        Ok(body) => Json(body).into_response(),
+        Err(e) => problem(StatusCode::SERVICE_UNAVAILABLE, "journal", e),
+    }
+}
+
+/// A decision in a list: how it ended, without its ballots.
+fn summary(row: &DecisionRow) -> Value {
+    let outcome: Option<Value> = row
+        .outcome
+        .as_deref()
+        .and_then(|o| serde_json::from_str(o).ok());
+    let ended = outcome.as_ref().map(|o| &o["outcome"]);
+    let protocol = serde_json::from_str::<Value>(&row.opening.options)
+        .map(|o| o["protocol"].clone())
+        .unwrap_or(Value::Null);
+    json!({
+        "id": row.id.0,
+        "state": state(outcome.as_ref()),
+        "protocol": protocol,
+        "voters": row.opening.seats.len(),
+        "opened-at-ms": row.opening.opened_at_ms,
+        "ended-at-ms": row.ended_at_ms,
+        "value": ended.map(|o| o["winner"]["value"].clone()),
+        "support": ended.map(|o| o["winner"]["support"].clone()),
+        "reason": ended.map(|o| o["reason"].clone()),
+        "participation": ended.map(|o| o["record"]["participation"].clone()),
+    })
+}
+
+/// Starts the decision a submitted task asks for, and counts it in the background: the
+/// answer says where to follow it.
+pub(crate) async fn start(
+    app: &App,
+    spec: colony_core::task::TaskSpec,
+    vote: Vote,
+) -> Result<Value, colony_runtime::Error> {
+    let voting = app.handle.decide(spec, vote).await?;
+    let id = voting.id();
+    let voters: Vec<Value> = voting
+        .voters()
+        .iter()
+        .map(|v| json!({ "agent": v.agent.0, "pool": v.pool, "task": v.task.0 }))
+        .collect();
+    colony_runtime::spawner::Spawner::spawn("decision", async move {
+        // The outcome is journaled and published by the vote itself; a vote cut short by
+        // the runtime stopping stays open in the journal and is counted at the next start.
+        if let Err(error) = voting.outcome().await {
+            tracing::warn!(decision = %id, %error, "A decision did not end here.");
+        }
+    });
+    Ok(json!({
+        "decision": id.0,
+        "location": format!("/v1/decisions/{}", id.0),
+        "voters": voters,
+    }))
+}
