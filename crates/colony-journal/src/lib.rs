@@ -84,6 +84,19 @@ impl Record {
     }
 }
 
+/// Those of `tasks` inside one of the ballot ranges `[first, end)` of `decisions` (sorted by
+/// `first`, not overlapping).
+pub(crate) fn ballots_among(tasks: &[TaskId], decisions: &[(u64, u64)]) -> Vec<TaskId> {
+    tasks
+        .iter()
+        .copied()
+        .filter(|t| {
+            let i = decisions.partition_point(|&(first, _)| first <= t.0);
+            i > 0 && t.0 < decisions[i - 1].1
+        })
+        .collect()
+}
+
 /// Milliseconds since the Unix epoch, by the wall clock.
 pub(crate) fn now_ms() -> u64 {
     std::time::SystemTime::now()
@@ -294,6 +307,10 @@ pub trait Journal: std::fmt::Debug + Send + Sync + 'static {
     /// Decisions without an outcome, oldest first: after a crash, to be counted again from
     /// their ballots.
     fn open_decisions(&self) -> Result<Vec<DecisionRow>, Error>;
+
+    /// Which of `tasks` (ascending) are ballots of decisions that have ended: after a crash,
+    /// they are cancelled rather than run again, as the vote that asked for them is over.
+    fn closed_ballots(&self, tasks: &[TaskId]) -> Result<Vec<TaskId>, Error>;
 
     fn task(&self, id: TaskId) -> Result<Option<TaskRow>, Error>;
 

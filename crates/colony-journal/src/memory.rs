@@ -260,6 +260,17 @@ impl Journal for MemoryJournal {
             .collect())
     }
 
+    fn closed_ballots(&self, tasks: &[TaskId]) -> Result<Vec<TaskId>, Error> {
+        let inner = self.lock();
+        let closed: Vec<(u64, u64)> = inner
+            .decisions
+            .iter()
+            .filter(|d| d.outcome.is_some())
+            .map(|d| (d.id.0, d.id.0 + d.opening.seats.len() as u64))
+            .collect();
+        Ok(crate::ballots_among(tasks, &closed))
+    }
+
     fn open_decisions(&self) -> Result<Vec<DecisionRow>, Error> {
         let inner = self.lock();
         Ok(inner
@@ -461,6 +472,9 @@ mod tests {
         }
         fn open_decisions(&self) -> Result<Vec<crate::DecisionRow>, Error> {
             self.0.open_decisions()
+        }
+        fn closed_ballots(&self, tasks: &[TaskId]) -> Result<Vec<TaskId>, Error> {
+            self.0.closed_ballots(tasks)
         }
         fn task(&self, id: TaskId) -> Result<Option<TaskRow>, Error> {
             self.0.task(id)

@@ -394,6 +394,10 @@ fn a_decision_opens_with_its_ballots_and_closes_once<J: Journal>(j: &J) {
             .collect::<Vec<_>>(),
         [second]
     );
+    // Ballots of the ended decision are told from tasks and from the open one's ballots.
+    let asked = [before, first, nth(first, 2), second, nth(second, 1)];
+    assert_eq!(j.closed_ballots(&asked).unwrap(), [first, nth(first, 2)]);
+    assert_eq!(j.closed_ballots(&[]).unwrap(), []);
 }
 
 fn a_decision_needs_one_ballot_per_seat<J: Journal>(j: &J) {
@@ -600,6 +604,9 @@ impl Journal for Crashable {
     }
     fn open_decisions(&self) -> Result<Vec<crate::DecisionRow>, Error> {
         self.durable.open_decisions()
+    }
+    fn closed_ballots(&self, tasks: &[TaskId]) -> Result<Vec<TaskId>, Error> {
+        self.durable.closed_ballots(tasks)
     }
     fn task(&self, id: TaskId) -> Result<Option<crate::TaskRow>, Error> {
         self.durable.task(id)

@@ -504,6 +504,33 @@ fn unix_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
+/// Cancels the ballot tasks among `unfinished` whose decision ended before a crash (it was
+/// closed before its stragglers' cancellations were written): the vote is over, so they run
+/// nowhere. Returns the other tasks.
+pub(crate) async fn cancel_closed_ballots(
+    journal: &dyn colony_journal::Journal,
+    unfinished: Vec<colony_journal::TaskRow>,
+) -> Result<Vec<colony_journal::TaskRow>, Error> {
+    let ids: Vec<TaskId> = unfinished.iter().map(|row| row.id).collect();
+    let closed = journal.closed_ballots(&ids)?;
+    if closed.is_empty() {
+        return Ok(unfinished);
+    }
+    let records = closed
+        .iter()
+        .map(|&task| colony_journal::Record::Cancelled { task })
+        .collect();
+    journal.record(records).await?;
+    tracing::info!(
+        ballots = closed.len(),
+        "Cancelled the ballot tasks of decisions that ended before the crash."
+    );
+    Ok(unfinished
+        .into_iter()
+        .filter(|row| closed.binary_search(&row.id).is_err())
+        .collect())
+}
+
 /// The decisions a journal held open at start, with a waiter for each ballot task still
 /// unfinished: handed to [`Handle::requeue`] with the tasks, then to [`Recovered::resume`].
 #[derive(Default)]

@@ -419,6 +419,7 @@ impl Runtime {
             let journal = runtime.handle.journal().clone();
             let mut decisions = decision::Recovered::open(&*journal)?;
             let unfinished = journal.recover()?;
+            let unfinished = decision::cancel_closed_ballots(&*journal, unfinished).await?;
             decisions.ballots_among(&unfinished);
             if !unfinished.is_empty() {
                 let n = runtime

@@ -80,6 +80,9 @@ impl Journal for Stuck {
     fn open_decisions(&self) -> Result<Vec<colony_journal::DecisionRow>, colony_journal::Error> {
         self.inner.open_decisions()
     }
+    fn closed_ballots(&self, tasks: &[TaskId]) -> Result<Vec<TaskId>, colony_journal::Error> {
+        self.inner.closed_ballots(tasks)
+    }
     fn task(&self, id: TaskId) -> Result<Option<TaskRow>, Error> {
         self.wait();
         self.inner.task(id)

@@ -178,6 +178,8 @@ fn killed_mid_run_nothing_is_lost_or_committed_twice() {
         "3000",
         "--max-kills",
         "3",
+        "--decisions",
+        "20",
         "--json",
     ]);
     assert_eq!(code, 0, "{stderr}");
@@ -186,6 +188,11 @@ fn killed_mid_run_nothing_is_lost_or_committed_twice() {
     assert_eq!(json["lost"], 0);
     assert_eq!(json["double_commits"], 0);
     assert_eq!(json["succeeded"], 9_000);
+    // Decisions among agents, interrupted too: each taken once, from journaled ballots.
+    assert_eq!(json["decisions"], 60);
+    assert_eq!(json["decided"], 60);
+    assert_eq!(json["announced_twice"], 0);
+    assert_eq!(json["stray_ballots"], 0);
     assert!(json["kills"].as_u64().unwrap() >= 3);
     assert!(
         json["re_executions"].as_u64().unwrap() <= json["in_flight_at_kills"].as_u64().unwrap()

@@ -461,6 +461,28 @@ impl SqliteReader {
         })
     }
 
+    /// See [`Journal::closed_ballots`]: one range read of the decisions that can hold them.
+    fn closed_ballots(&self, tasks: &[TaskId]) -> Result<Vec<TaskId>, Error> {
+        let (Some(lo), Some(hi)) = (tasks.first(), tasks.last()) else {
+            return Ok(Vec::new());
+        };
+        // A decision holding `lo` began at most MAX_PARTICIPANTS - 1 tasks before it.
+        let from =
+            lo.0.saturating_sub(colony_core::decision::MAX_PARTICIPANTS as u64);
+        let closed: Vec<(u64, u64)> = self.read(|c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT id, json_array_length(seats) FROM decisions \
+                 WHERE id BETWEEN ?1 AND ?2 AND outcome IS NOT NULL ORDER BY id",
+            )?;
+            let rows = stmt.query_map(rusqlite::params![from as i64, hi.0 as i64], |r| {
+                let first = r.get::<_, i64>(0)? as u64;
+                Ok((first, first + r.get::<_, i64>(1)? as u64))
+            })?;
+            rows.collect()
+        })?;
+        Ok(crate::ballots_among(tasks, &closed))
+    }
+
     fn open_decisions(&self) -> Result<Vec<DecisionRow>, Error> {
         self.read(|c| {
             let mut stmt = c.prepare_cached(&format!(
@@ -551,6 +573,10 @@ impl Journal for SqliteJournal {
 
     fn open_decisions(&self) -> Result<Vec<DecisionRow>, Error> {
         self.reader.open_decisions()
+    }
+
+    fn closed_ballots(&self, tasks: &[TaskId]) -> Result<Vec<TaskId>, Error> {
+        self.reader.closed_ballots(tasks)
     }
 
     fn record(&self, batch: Vec<Record>) -> Durable {

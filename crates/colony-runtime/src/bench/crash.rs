@@ -16,6 +16,19 @@
 //!   execution);
 //! - no child died on its own: each either was killed, or finished and exited 0. A child whose
 //!   ledger cannot be written stops at once and exits with an error.
+//!
+//! With `decisions`, each run also opens that many decisions among [`VOTERS`] agents between
+//! its batches (every agent answers `yes`). Each decision ended is appended to the ledger as
+//! `d <id>` when its outcome is published, and at the end:
+//!
+//! - every decision is closed in the journal, decided `yes` (none open, none failed);
+//! - it was announced at most once over all the children (taken once, never re-taken after a
+//!   restart);
+//! - every ballot it counted is a ballot task the journal holds as succeeded on its voter:
+//!   it was taken from journaled ballots;
+//! - its ballot tasks all ended, none ran on another agent, and none ran more often than the
+//!   kills that struck it allow; they are kept out of the task checks above (a ballot cut
+//!   short by an early decision is cancelled, not lost).
 
 use super::Verdict;
 use crate::{Error, Pool, Runtime, RuntimeOptions, SpawnMode};
@@ -47,7 +60,15 @@ pub struct ChildOptions {
     pub tasks: u64,
     pub agents: u32,
     pub seed: u64,
+    /// Decisions of the whole run, among [`VOTERS`] agents each.
+    pub decisions: u64,
 }
+
+/// Voters of each decision of the crash run.
+pub const VOTERS: u32 = 5;
+
+/// What every voter answers.
+const BALLOT: &str = "yes";
 
 /// Appends every attempt it starts to the ledger, then behaves like its sim.
 struct Ledgered {
@@ -111,7 +132,10 @@ pub async fn child(options: &ChildOptions) -> Result<(), Error> {
         Arc::new(agent),
     );
     let journal = Arc::new(SqliteJournal::open(SqliteOptions::new(&options.db))?);
-    let accepted = journal.next_task_id().0 - 1;
+    let opened = journal.decisions(None, usize::MAX)?;
+    let ballots: u64 = opened.iter().map(|d| d.opening.seats.len() as u64).sum();
+    let accepted = journal.next_task_id().0 - 1 - ballots;
+    let mut decisions = opened.len() as u64;
     let runtime = Runtime::start(
         RuntimeOptions {
             spawn: SpawnMode::Batch,
@@ -122,10 +146,25 @@ pub async fn child(options: &ChildOptions) -> Result<(), Error> {
     )
     .await?;
     let handle = runtime.handle().clone();
+    // Decisions recovered at start may end before this: their announcements are not
+    // ledgered, which only weakens the check that none is announced twice.
+    announce(&handle, &options.ledger)?;
     let batch = (handle.stats().capacity as u64).clamp(1, 500);
+    // A decision between batches, spread over the run.
+    let every = (options.tasks / batch.max(1)) / options.decisions.max(1);
     let work = async {
         let mut next = accepted;
-        while next < options.tasks {
+        let mut batches = 0u64;
+        while next < options.tasks || decisions < options.decisions {
+            if decisions < options.decisions && (batches >= every || next >= options.tasks) {
+                open_decision(&handle).await?;
+                decisions += 1;
+                batches = 0;
+            }
+            batches += 1;
+            if next >= options.tasks {
+                continue;
+            }
             let n = batch.min(options.tasks - next);
             let specs = (next..next + n)
                 .map(|i| TaskSpec {
@@ -136,7 +175,18 @@ pub async fn child(options: &ChildOptions) -> Result<(), Error> {
             handle.submit_batch(specs).await?;
             next += n;
         }
-        handle.drain().await
+        handle.drain().await?;
+        // The decisions' outcomes are journaled after their last ballots end.
+        let journal = handle.journal().clone();
+        for _ in 0..12_000 {
+            if journal.open_decisions()?.is_empty() {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        Err(Error::Decision(
+            "decisions were still open two minutes after their ballots ended".into(),
+        ))
     };
     let done = tokio::select! {
         done = work => done,
@@ -150,6 +200,41 @@ pub async fn child(options: &ChildOptions) -> Result<(), Error> {
         )));
     }
     done
+}
+
+/// Opens one decision among [`VOTERS`] agents and counts it in the background.
+async fn open_decision(handle: &crate::Handle) -> Result<(), Error> {
+    let options = colony_core::decision::DecisionOptions {
+        timeout: Duration::from_secs(60),
+        ..colony_core::decision::DecisionOptions::default()
+    };
+    let spec = TaskSpec::with_payload(BALLOT);
+    let voting = handle
+        .decide(spec, crate::decision::Vote::new(VOTERS, options))
+        .await?;
+    crate::spawner::Spawner::spawn("crash-decision", async move {
+        // A failure here shows in the parent's checks: the decision stays open.
+        let _ = voting.outcome().await;
+    });
+    Ok(())
+}
+
+/// Appends `d <id>` to the ledger for each decision this child announces.
+fn announce(handle: &crate::Handle, ledger: &Path) -> Result<(), Error> {
+    let mut file = OpenOptions::new()
+        .append(true)
+        .open(ledger)
+        .map_err(|e| Error::Options(format!("cannot open {}: {e}", ledger.display())))?;
+    let mut events = handle.subscribe(crate::events::Kinds::DECISIONS);
+    crate::spawner::Spawner::spawn("crash-announce", async move {
+        while let Some(event) = events.recv().await {
+            if let crate::events::Event::DecisionEnded { first_ballot, .. } = event {
+                // Unbuffered, as the attempts' lines.
+                let _ = file.write_all(format!("d {}\n", first_ballot.0).as_bytes());
+            }
+        }
+    });
+    Ok(())
 }
 
 /// What the parent checks.
@@ -176,6 +261,18 @@ pub struct CrashReport {
     /// Children that exited before they were killed, other than by finishing their work:
     /// must be 0.
     pub children_died: u32,
+    /// Decisions opened over all runs.
+    pub decisions: u64,
+    /// Decisions open (ballots out, no outcome journaled) when a kill struck, summed over
+    /// kills: how many were recovered.
+    pub decisions_open_at_kills: u64,
+    /// Of those, decided `yes` and closed in the journal.
+    pub decided: u64,
+    /// Decisions announced more than once: must be 0.
+    pub announced_twice: u64,
+    /// Ballots counted that the journal does not hold as a succeeded ballot task of their
+    /// voter, or ballot tasks not ended or run on another agent: must be 0.
+    pub stray_ballots: u64,
     pub seconds: f64,
     /// Whether every check held, and what failed.
     #[serde(flatten)]
@@ -183,15 +280,22 @@ pub struct CrashReport {
 }
 
 /// The parent: `runs` runs of `tasks` tasks, each killed 1..=`max_kills` times.
+#[allow(clippy::too_many_arguments)]
 pub fn parent(
     exe: &Path,
     runs: u32,
     tasks: u64,
+    decisions: u64,
     agents: u32,
     max_kills: u32,
     seed: u64,
     scratch: &Path,
 ) -> Result<CrashReport, Error> {
+    if decisions > 0 && agents < VOTERS {
+        return Err(Error::Options(format!(
+            "decisions need {VOTERS} agents to vote, and the run has {agents}"
+        )));
+    }
     let started = Instant::now();
     let mut rng = SmallRng::seed_from_u64(seed);
     let mut report = CrashReport {
@@ -209,6 +313,11 @@ pub fn parent(
         stray_rows: 0,
         unledgered_commits: 0,
         children_died: 0,
+        decisions: 0,
+        decisions_open_at_kills: 0,
+        decided: 0,
+        announced_twice: 0,
+        stray_ballots: 0,
         seconds: 0.0,
         verdict: Verdict::new(),
     };
@@ -222,6 +331,7 @@ pub fn parent(
             tasks,
             agents,
             seed: seed ^ u64::from(run),
+            decisions,
         };
         // Per task: kills that struck while it had run and was not committed.
         let mut struck: HashMap<u64, u64> = HashMap::new();
@@ -249,6 +359,11 @@ pub fn parent(
                     report.in_flight_at_kills += open.len() as u64;
                     for task in open {
                         *struck.entry(task).or_default() += 1;
+                    }
+                    if let Ok(reader) = SqliteReader::open(&db) {
+                        let opened = reader.decisions(None, usize::MAX)?;
+                        report.decisions_open_at_kills +=
+                            opened.iter().filter(|d| d.outcome.is_none()).count() as u64;
                     }
                 }
                 // It finished the work before its kill came: nothing was struck.
@@ -285,6 +400,10 @@ pub fn parent(
         report.excess_executions += v.excess;
         report.stray_rows += v.stray_rows;
         report.unledgered_commits += v.unledgered;
+        report.decisions += decisions;
+        report.decided += v.decided;
+        report.announced_twice += v.announced_twice;
+        report.stray_ballots += v.stray_ballots;
     }
     report.re_executions = report.executions.saturating_sub(report.tasks);
     report.seconds = started.elapsed().as_secs_f64();
@@ -297,6 +416,17 @@ pub fn parent(
         (
             r.unledgered_commits,
             "committed attempts missing from the ledger",
+        ),
+    ] {
+        r.verdict.check(count == 0, || format!("{count} {what}"));
+    }
+    let undecided = r.decisions - r.decided;
+    for (count, what) in [
+        (undecided, "decisions not decided yes"),
+        (r.announced_twice, "decisions announced twice"),
+        (
+            r.stray_ballots,
+            "ballots not from the journal or run elsewhere",
         ),
     ] {
         r.verdict.check(count == 0, || format!("{count} {what}"));
@@ -343,6 +473,8 @@ fn spawn_child(exe: &Path, c: &ChildOptions) -> Result<std::process::Child, Erro
             &c.agents.to_string(),
             "--seed",
             &c.seed.to_string(),
+            "--decisions",
+            &c.decisions.to_string(),
         ])
         .stdout(std::process::Stdio::null())
         .spawn()
@@ -396,6 +528,9 @@ struct Checked {
     excess: u64,
     stray_rows: u64,
     unledgered: u64,
+    decided: u64,
+    announced_twice: u64,
+    stray_ballots: u64,
 }
 
 /// Checks one finished run against its ledger and the kills that struck each task.
@@ -407,7 +542,23 @@ fn verify(
 ) -> Result<Checked, Error> {
     let reader = SqliteReader::open(db)?;
     let executed = ledger(ledger_path)?;
-    let rows = reader.tasks(None, usize::MAX)?;
+    let opened = reader.decisions(None, usize::MAX)?;
+    let (rows, ballots): (Vec<_>, Vec<_>) =
+        reader
+            .tasks(None, usize::MAX)?
+            .into_iter()
+            .partition(|row| {
+                !opened
+                    .iter()
+                    .any(|d| (d.id.0..d.id.0 + d.opening.seats.len() as u64).contains(&row.id.0))
+            });
+    let ballots: HashMap<u64, colony_journal::TaskRow> =
+        ballots.into_iter().map(|r| (r.id.0, r)).collect();
+    let announced = announcements(ledger_path);
+    let mut checked = Decisions::default();
+    for decision in &opened {
+        checked.check(decision, &ballots, &announced);
+    }
     let succeeded = rows
         .iter()
         .filter(|r| r.state == TaskState::Succeeded)
@@ -434,7 +585,13 @@ fn verify(
         let reused = sorted.windows(2).any(|w| w[0] == w[1]);
         double_commits += u64::from(later || reused);
     }
-    let executions = executed.values().map(|v| v.len() as u64).sum();
+    // Of the tasks submitted: ballots run once per voter, and their re-runs are checked by
+    // the excess below.
+    let executions = executed
+        .iter()
+        .filter(|(task, _)| !ballots.contains_key(task))
+        .map(|(_, v)| v.len() as u64)
+        .sum();
     let excess = executed
         .iter()
         .map(|(task, runs)| {
@@ -449,7 +606,75 @@ fn verify(
         excess,
         stray_rows,
         unledgered,
+        decided: checked.decided,
+        announced_twice: checked.announced_twice,
+        stray_ballots: checked.stray_ballots,
     })
+}
+
+/// How often each decision was announced, from the ledger's `d <id>` lines.
+fn announcements(path: &Path) -> HashMap<u64, u64> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let mut seen: HashMap<u64, u64> = HashMap::new();
+    for line in text.lines() {
+        if let Some(id) = line.strip_prefix("d ").and_then(|id| id.parse().ok()) {
+            *seen.entry(id).or_default() += 1;
+        }
+    }
+    seen
+}
+
+/// The decision checks of one run.
+#[derive(Default)]
+struct Decisions {
+    decided: u64,
+    announced_twice: u64,
+    stray_ballots: u64,
+}
+
+impl Decisions {
+    fn check(
+        &mut self,
+        decision: &colony_journal::DecisionRow,
+        ballots: &HashMap<u64, colony_journal::TaskRow>,
+        announced: &HashMap<u64, u64>,
+    ) {
+        let id = decision.id.0;
+        self.announced_twice += u64::from(announced.get(&id).copied().unwrap_or(0) > 1);
+        let seats = &decision.opening.seats;
+        for (i, seat) in seats.iter().enumerate() {
+            let ended_here = ballots.get(&(id + i as u64)).is_some_and(|row| {
+                row.state.is_terminal() && row.agent.is_none_or(|a| a == seat.agent)
+            });
+            self.stray_ballots += u64::from(!ended_here);
+        }
+        let Some(outcome) = decision
+            .outcome
+            .as_deref()
+            .and_then(|o| serde_json::from_str::<serde_json::Value>(o).ok())
+        else {
+            return;
+        };
+        let outcome = &outcome["outcome"];
+        let yes = outcome["result"] == "decided" && outcome["winner"]["value"] == BALLOT;
+        self.decided += u64::from(yes);
+        for counted in outcome["record"]["ballots"]
+            .as_array()
+            .into_iter()
+            .flatten()
+        {
+            let voter = counted["ballot"]["voter"].as_u64();
+            let journaled = seats.iter().enumerate().any(|(i, seat)| {
+                Some(u64::from(seat.agent.0)) == voter
+                    && ballots.get(&(id + i as u64)).is_some_and(|row| {
+                        row.state == TaskState::Succeeded
+                            && row.agent == Some(seat.agent)
+                            && row.output.as_deref() == Some(BALLOT.as_bytes())
+                    })
+            });
+            self.stray_ballots += u64::from(!journaled);
+        }
+    }
 }
 
 #[cfg(test)]
@@ -463,6 +688,7 @@ mod tests {
             tasks: 300,
             agents: 8,
             seed: 1,
+            decisions: 0,
         }
     }
 
@@ -495,11 +721,49 @@ mod tests {
         assert_eq!(cut.unledgered, 100);
     }
 
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn decisions_of_a_run_are_checked_against_the_journal_and_the_announcements() {
+        let dir = tempfile::tempdir().unwrap();
+        let o = ChildOptions {
+            decisions: 3,
+            ..options(dir.path(), dir.path().join("run.ledger"))
+        };
+        child(&o).await.unwrap();
+        let whole = verify(&o.db, &o.ledger, o.tasks, &HashMap::new()).unwrap();
+        assert_eq!(
+            (
+                whole.lost,
+                whole.stray_rows,
+                whole.unledgered,
+                whole.double_commits
+            ),
+            (0, 0, 0, 0),
+            "ballots are kept out of the task checks"
+        );
+        assert_eq!(
+            (whole.decided, whole.announced_twice, whole.stray_ballots),
+            (3, 0, 0)
+        );
+        // A second announcement of a decision is found.
+        let first = announcements(&o.ledger)
+            .into_keys()
+            .min()
+            .expect("announced");
+        let mut ledger = OpenOptions::new().append(true).open(&o.ledger).unwrap();
+        ledger.write_all(format!("d {first}\n").as_bytes()).unwrap();
+        let twice = verify(&o.db, &o.ledger, o.tasks, &HashMap::new()).unwrap();
+        assert_eq!(twice.announced_twice, 1);
+        // A restarted child of a finished run opens no decision again.
+        child(&o).await.unwrap();
+        let reader = SqliteReader::open(&o.db).unwrap();
+        assert_eq!(reader.decisions(None, 100).unwrap().len(), 3);
+    }
+
     #[test]
     fn a_child_that_dies_on_its_own_fails_the_verdict() {
         let dir = tempfile::tempdir().unwrap();
         // `false` ignores the child's arguments and exits 1 at once: no kill is needed.
-        let report = parent(Path::new("/bin/false"), 1, 10, 2, 2, 1, dir.path()).unwrap();
+        let report = parent(Path::new("/bin/false"), 1, 10, 0, 2, 2, 1, dir.path()).unwrap();
         assert!(!report.verdict.ok);
         assert!(report.children_died >= 1);
         let problems = report.verdict.problems.join("\n");

@@ -9,7 +9,7 @@ use crate::{
 };
 use colony_agents::{Agent, AgentSpec, Error as AgentError, Execution, Task};
 use colony_core::{decision::Reason, hierarchy::Tiers};
-use colony_journal::MemoryJournal;
+use colony_journal::{Journal, MemoryJournal};
 use std::{collections::HashSet, sync::Mutex, time::Duration};
 
 /// How one worker answers a ballot.
@@ -572,6 +572,62 @@ async fn a_recovered_ballot_whose_voter_is_gone_is_silent_and_the_vote_fails_hon
         ran.lock().unwrap().len(),
         succeeded,
         "the voters still there voted"
+    );
+    runtime.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn ballots_of_a_decision_closed_before_a_crash_are_cancelled_not_run() {
+    // What a crash leaves when it strikes after a decision is closed and before its
+    // stragglers' cancellations are written: the decision ended, two ballots unfinished.
+    let journal = Arc::new(MemoryJournal::new());
+    let first = journal.next_task_id();
+    let seats = (0..3)
+        .map(|i| colony_journal::Seat {
+            agent: AgentId(1 + i),
+            pool: 0,
+            weight: 1.0,
+        })
+        .collect();
+    let opening = colony_journal::Opening {
+        options: serde_json::to_string(&DecisionOptions::default())
+            .unwrap()
+            .into(),
+        seats,
+        opened_at_ms: unix_ms(),
+    };
+    journal
+        .open_decision(
+            first,
+            &[ballot_task(1_000), ballot_task(1_000), ballot_task(1_000)],
+            opening,
+        )
+        .await
+        .unwrap();
+    journal
+        .record(vec![colony_journal::Record::Started {
+            task: TaskId(first.0 + 1),
+            attempt: 1,
+            agent: AgentId(2),
+        }])
+        .await
+        .unwrap();
+    journal.close_decision(first, "{}".into()).await.unwrap();
+    let (runtime, ran) = start_on(4, |_| Answer::Says("late", 0), journal.clone()).await;
+    runtime.handle().drain().await.unwrap();
+    for i in 0..3 {
+        let row = journal.task(TaskId(first.0 + i)).unwrap().unwrap();
+        assert_eq!(row.state, TaskState::Cancelled, "{row:?}");
+    }
+    assert!(
+        ran.lock().unwrap().is_empty(),
+        "no ballot ran: {:?}",
+        ran.lock().unwrap()
+    );
+    assert_eq!(
+        journal.decision(first).unwrap().unwrap().outcome.as_deref(),
+        Some("{}"),
+        "the outcome stands"
     );
     runtime.shutdown().await;
 }

@@ -576,6 +576,12 @@ impl Journal for Lagging {
     fn open_decisions(&self) -> Result<Vec<colony_journal::DecisionRow>, colony_journal::Error> {
         self.inner.open_decisions()
     }
+    fn closed_ballots(
+        &self,
+        tasks: &[colony_core::TaskId],
+    ) -> Result<Vec<colony_core::TaskId>, colony_journal::Error> {
+        self.inner.closed_ballots(tasks)
+    }
     fn task(
         &self,
         id: colony_core::TaskId,

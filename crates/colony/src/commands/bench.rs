@@ -221,6 +221,9 @@ pub(crate) struct CrashArgs {
     /// Tasks per run.
     #[arg(long, default_value_t = 10_000)]
     tasks: u64,
+    /// Decisions per run, among 5 agents each, opened between the batches of tasks.
+    #[arg(long, default_value_t = 0)]
+    decisions: u64,
     /// Each run is killed between 1 and this many times before it may finish.
     #[arg(long, default_value_t = 5)]
     max_kills: u32,
@@ -310,6 +313,9 @@ pub(crate) struct CrashChildArgs {
     /// Seed of the agents' latencies.
     #[arg(long)]
     seed: u64,
+    /// Decisions of the whole run.
+    #[arg(long, default_value_t = 0)]
+    decisions: u64,
 }
 
 #[derive(Debug, clap::Args)]
@@ -725,6 +731,7 @@ pub(crate) fn run(bench: Bench) -> Result<(), Failure> {
                 tasks: args.tasks,
                 agents: args.agents,
                 seed: args.seed,
+                decisions: args.decisions,
             };
             runtime.block_on(crash::child(&options)).map_err(failure)?;
         }
@@ -939,12 +946,14 @@ fn crash(args: &CrashArgs) -> Result<(), Failure> {
     check_range("--tasks", args.tasks, 1, 10_000_000)?;
     check_range("--max-kills", u64::from(args.max_kills), 1, 1_000)?;
     check_range("--agents", u64::from(args.agents), 1, 1_000_000)?;
+    check_range("--decisions", args.decisions, 0, 100_000)?;
     let exe = std::env::current_exe().map_err(Failure::work)?;
     let scratch = tempfile::tempdir().map_err(Failure::work)?;
     let report = crash::parent(
         &exe,
         args.runs,
         args.tasks,
+        args.decisions,
         args.agents,
         args.max_kills,
         args.seed,
@@ -986,6 +995,22 @@ fn crash(args: &CrashArgs) -> Result<(), Failure> {
             "children that died on their own".into(),
             thousands(u64::from(report.children_died)),
         ]);
+        if report.decisions > 0 {
+            t.row(vec!["decisions".into(), thousands(report.decisions)]);
+            t.row(vec![
+                "open at kills".into(),
+                thousands(report.decisions_open_at_kills),
+            ]);
+            t.row(vec!["decided yes".into(), thousands(report.decided)]);
+            t.row(vec![
+                "announced twice".into(),
+                thousands(report.announced_twice),
+            ]);
+            t.row(vec![
+                "stray ballots".into(),
+                thousands(report.stray_ballots),
+            ]);
+        }
         t.row(vec!["seconds".into(), format!("{:.1}", report.seconds)]);
         verdict_rows(&mut t, &report.verdict);
         print_table(&t, &report.verdict.problems);
