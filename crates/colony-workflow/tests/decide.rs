@@ -286,3 +286,43 @@ fn what_a_vote_cannot_do_is_refused_up_front() {
         "{p:#?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resumed_run_decides_again_rather_than_take_a_ballot_for_the_outcome() {
+    use colony_journal::Journal as _;
+    let workflow = |answer: &str| {
+        format!(
+            "name: again\nagents:\n{}  - {{name: sim, kind: sim}}\ntasks:\n  - {{id: plain, agent: sim}}\n  - id: answer\n    role: voter\n    decide: {{ voters: 3, timeout: 30s }}\n",
+            voters("v", 3, &format!("echo {answer}")),
+        )
+    };
+    let journal = Arc::new(MemoryJournal::new());
+    let out = tempfile::tempdir().unwrap();
+    let first = parse(&workflow("first"), "w.yaml", Path::new(".")).unwrap();
+    let options = |prior| Options {
+        runtime: RuntimeOptions::default(),
+        journal: journal.clone(),
+        output: Some(out.path().to_owned()),
+        on_finished: None,
+        cancel: None,
+        prior,
+    };
+    let report = colony_workflow::run(&first, options(Vec::new()))
+        .await
+        .unwrap();
+    assert!(report.all_succeeded(), "{report:#?}");
+    // Every row of the first run: the plain task's and the three ballots', of one key.
+    let prior: Vec<_> = (0..16)
+        .filter_map(|id| journal.task(colony_core::TaskId(id)).unwrap())
+        .collect();
+    assert_eq!(prior.len(), 4, "{prior:#?}");
+    // The voters now answer otherwise; the task's definition, and so its key, is the same.
+    let second = parse(&workflow("second"), "w.yaml", Path::new(".")).unwrap();
+    let report = colony_workflow::run(&second, options(prior)).await.unwrap();
+    assert!(report.all_succeeded(), "{report:#?}");
+    // The plain task was not run again; the decision was, and its winner is the new one.
+    assert_eq!(task(&report, "plain").attempts, 1);
+    let answer = task(&report, "answer");
+    assert_eq!(answer.output.as_ref().unwrap().value(), "second");
+    assert!(answer.decision.is_some());
+}
