@@ -401,15 +401,14 @@ pub(crate) async fn run(handle: Handle, spec: TaskSpec, vote: Vote, mut checks: 
     let Some(winner) = decided.outcome.winner() else {
         let reason = decided.outcome.reason().map_or("unknown", |r| r.as_str());
         let record = decided.outcome.record();
-        let silent = decided
-            .voters
+        let counted = record
+            .ballots
             .iter()
-            .filter(|v| v.problem.is_some())
+            .filter(|b| b.status == colony_core::decision::Status::Counted)
             .count();
         return Ended {
             result: Err(format!(
-                "the decision failed: {reason} ({} of {} voters' ballots counted, participation {:.2}; the ballots are in its result file)",
-                decided.voters.len() - silent,
+                "the decision failed: {reason} ({counted} of {} voters' ballots counted, participation {:.2}; the ballots are in its result file)",
                 decided.voters.len(),
                 record.participation
             )),
