@@ -27,7 +27,11 @@ pub struct Problem {
 }
 
 impl Problem {
-    fn at<T>(value: &Spanned<T>, message: impl Into<String>, label: impl Into<String>) -> Self {
+    pub(crate) fn at<T>(
+        value: &Spanned<T>,
+        message: impl Into<String>,
+        label: impl Into<String>,
+    ) -> Self {
         Self {
             message: message.into(),
             at: known(value.referenced),
@@ -61,7 +65,7 @@ pub(crate) fn known(at: Location) -> Option<Position> {
 }
 
 /// Parses a duration written in the file, recording a problem when it is bad.
-type ParseDuration = dyn Fn(&Spanned<String>, &mut Vec<Problem>) -> Option<Duration>;
+pub(crate) type ParseDuration = dyn Fn(&Spanned<String>, &mut Vec<Problem>) -> Option<Duration>;
 
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(300);
 pub(crate) const DEFAULT_RETRIES: u32 = 2;
@@ -431,6 +435,16 @@ pub(crate) fn check(
             .as_ref()
             .map(|e| checks(e, base, &mut problems))
             .unwrap_or_default();
+        let decide = t.decide.as_ref().and_then(|d| {
+            let voting = crate::decide::Voting {
+                task: t,
+                requirement: &requirement,
+                pools: &pools,
+                pool_index: &pool_index,
+                timeout,
+            };
+            voting.vote(d, &mut problems, &duration)
+        });
         nodes.push(Node {
             needs: needs.clone(),
             continue_on_failure: t.continue_on_failure,
@@ -452,6 +466,7 @@ pub(crate) fn check(
             max_attempts: retries.min(100) + 1,
             continue_on_failure: t.continue_on_failure,
             expect,
+            decide,
         });
     }
     if file.tasks.is_empty() && purpose == Purpose::Run {
@@ -1084,7 +1099,7 @@ fn checks(e: &file::Expect, base: &std::path::Path, problems: &mut Vec<Problem>)
 }
 
 /// ", did you mean `x`?" for the closest of `known` to `got`, if close.
-fn suggest<'a>(got: &str, known: impl Iterator<Item = &'a str>) -> String {
+pub(crate) fn suggest<'a>(got: &str, known: impl Iterator<Item = &'a str>) -> String {
     let distance = |a: &str, b: &str| {
         let b: Vec<char> = b.chars().collect();
         let mut row: Vec<usize> = (0..=b.len()).collect();

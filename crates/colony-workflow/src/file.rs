@@ -737,6 +737,88 @@ pub struct Task {
     pub continue_on_failure: bool,
     #[serde(default)]
     pub expect: Option<Expect>,
+    /// Ask several agents and decide their answer by vote: the task's output is the winner.
+    #[serde(default)]
+    pub decide: Option<Spanned<Decide>>,
+}
+
+/// A task's `decide:` block: how many agents vote and how their outputs are counted
+/// (`colony_core::decision::DecisionOptions`, with the file's durations and pool names).
+/// Each key absent takes the option's default, except `timeout` (see below).
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct Decide {
+    /// Distinct agents asked, each once: 1 up to `colony_core::decision::MAX_PARTICIPANTS`.
+    pub voters: Spanned<u32>,
+    /// `majority` (alias `quorum`), `weighted`, `confidence`, `similarity` or `bft`; `fast`
+    /// and `leader` are refused as not run yet. Default `majority`.
+    #[serde(default)]
+    pub protocol: Option<Spanned<colony_core::decision::Protocol>>,
+    /// A winner needs more than this share of the weight counted. Default 0.5.
+    #[serde(default)]
+    pub threshold: Option<Spanned<f64>>,
+    /// At least this share of the voters must vote. Default 0.5.
+    #[serde(default)]
+    pub participation: Option<Spanned<f64>>,
+    /// Time from the start by which the vote is decided or fails. Default: the task's
+    /// `timeout`, the time one answer may take (up to 1 day), not the core's 5 s: a vote of
+    /// agents that take a minute each would otherwise always fail.
+    #[serde(default)]
+    pub timeout: Option<Spanned<String>>,
+    /// `fail` or `first`; `judge` is refused as not run yet. Default `fail`.
+    #[serde(default)]
+    pub tie: Option<Spanned<colony_core::decision::Tie>>,
+    /// Time a judge has to choose. Default `5s`.
+    #[serde(default)]
+    pub judge_timeout: Option<Spanned<String>>,
+    /// `exact`, `trim` or `text`: what makes two outputs the same vote. Default `trim`.
+    #[serde(default)]
+    pub normalise: Option<Spanned<colony_core::decision::Normalise>>,
+    /// `similarity`: how alike two outputs must be to count as one vote. Default 0.8.
+    #[serde(default)]
+    pub similarity: Option<Spanned<f64>>,
+    /// `bft`: faulty voters tolerated. Default (voters - 1) / 3.
+    #[serde(default)]
+    pub faults: Option<Spanned<u32>>,
+    /// `fast`: the share of matching ballots that decides its first round. Default 0.75.
+    #[serde(default)]
+    pub fast_quorum: Option<Spanned<f64>>,
+    /// `leader`: most proposers tried. Default 3.
+    #[serde(default)]
+    pub max_rounds: Option<Spanned<u32>>,
+    /// `weighted` and `confidence`: each voter's weight by its pool's name; pools not named
+    /// weigh 1.
+    #[serde(default)]
+    pub weights: Option<Spanned<VoteWeights>>,
+}
+
+/// Weights of pools by name, in the order written, each name and weight with where it is.
+#[derive(Debug, Default)]
+pub struct VoteWeights(pub Vec<(Spanned<String>, Spanned<f64>)>);
+
+impl<'de> Deserialize<'de> for VoteWeights {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = VoteWeights;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a map of pool names to weights")
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<VoteWeights, A::Error> {
+                let mut weights = Vec::new();
+                while let Some(entry) = map.next_entry::<Spanned<String>, Spanned<f64>>()? {
+                    weights.push(entry);
+                }
+                Ok(VoteWeights(weights))
+            }
+        }
+        deserializer.deserialize_map(Visitor)
+    }
 }
 
 /// Checks an output must pass for its attempt to succeed.

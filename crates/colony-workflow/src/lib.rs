@@ -16,6 +16,7 @@
 
 pub mod bench;
 mod check;
+mod decide;
 pub mod file;
 mod payload;
 pub mod read;
@@ -212,6 +213,9 @@ pub struct TaskDef {
     pub max_attempts: u32,
     pub continue_on_failure: bool,
     pub expect: Checks,
+    /// Decided by a vote of several agents instead of asked of one: the vote's winner is the
+    /// task's output.
+    pub decide: Option<colony_runtime::decision::Vote>,
 }
 
 /// What an output must pass for its attempt to succeed.

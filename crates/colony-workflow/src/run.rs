@@ -54,6 +54,18 @@ pub struct Finished {
     pub seconds: f64,
     pub output: Option<Output>,
     pub error: Option<String>,
+    /// A task decided by vote: how the decision ended, with every voter and ballot (absent
+    /// for other tasks, and for a decision that never started).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub decision: Option<Arc<colony_runtime::decision::Decided>>,
+}
+
+impl Finished {
+    /// About how many bytes it holds beyond its fixed fields: its output and its decision.
+    fn held(&self) -> usize {
+        self.output.as_ref().map_or(0, Output::len)
+            + self.decision.as_deref().map_or(0, crate::decide::size)
+    }
 }
 
 /// A task's output as its agent gave it, never parsed into a tree (a 16 MB list of numbers
@@ -363,7 +375,7 @@ fn workflow_id(payload: &[u8]) -> Option<String> {
 }
 
 /// An output that fails a check fails its attempt (retryably: another attempt may pass).
-fn verify(outcome: Outcome, checks: &Checks) -> Outcome {
+pub(crate) fn verify(outcome: Outcome, checks: &Checks) -> Outcome {
     let output = outcome?;
     // Checked without building a tree (a 16 MB list would take hundreds of MB as one): only
     // a schema needs one, and only for an output of up to READ_OUTPUT_BYTES.
@@ -619,12 +631,13 @@ pub async fn run(
         colony_runtime::Error::Options(format!("cannot create {}: {e}", logs.display()))
     })?;
     // Only tasks that expect something: the others' attempts go straight to their agents,
-    // without reading their payloads for a task id.
+    // without reading their payloads for a task id. A decision's checks are of its winner,
+    // once decided, not of each ballot.
     let checks: Arc<HashMap<String, Checks>> = Arc::new(
         workflow
             .tasks
             .iter()
-            .filter(|t| !t.expect.is_empty())
+            .filter(|t| !t.expect.is_empty() && t.decide.is_none())
             .map(|t| (t.id.clone(), t.expect.clone()))
             .collect(),
     );
@@ -638,6 +651,7 @@ pub async fn run(
                 Backend::Sim(_) => Arc::new(Repeatable { inner }),
                 _ => inner,
             };
+            let inner = Ballots::wrap(inner, workflow, p);
             let agent: Arc<dyn Agent> = if checks.is_empty() {
                 inner
             } else {
@@ -656,16 +670,24 @@ pub async fn run(
     // and a fingerprint of its definition; a task that changed since runs again. Unfinished
     // rows that match nothing here are cancelled, before the runtime would recover them.
     let keys: Vec<String> = workflow.tasks.iter().map(|t| key(workflow, t)).collect();
+    // A decision's ballots are journaled as tasks of its key, but not the decision: an
+    // interrupted one is run again whole, and its unfinished ballots are cancelled here
+    // rather than recovered, as nothing would count them.
+    let ballots: HashSet<&str> = workflow
+        .tasks
+        .iter()
+        .zip(&keys)
+        .filter(|(t, _)| t.decide.is_some())
+        .map(|(_, k)| k.as_str())
+        .collect();
     let stale: Vec<colony_journal::Record> = options
         .prior
         .iter()
         .filter(|row| {
+            let key = row.spec.key.as_deref();
             !row.state.is_terminal()
-                && !row
-                    .spec
-                    .key
-                    .as_deref()
-                    .is_some_and(|k| keys.iter().any(|own| own == k))
+                && (key.is_none_or(|k| !keys.iter().any(|own| own == k))
+                    || key.is_some_and(|k| ballots.contains(k)))
         })
         .map(|row| colony_journal::Record::Cancelled { task: row.id })
         .collect();
@@ -696,7 +718,10 @@ pub async fn run(
         .collect();
     let mut latest: HashMap<usize, &TaskRow> = HashMap::new();
     for row in &options.prior {
-        if let Some(&i) = row.spec.key.as_deref().and_then(|k| index.get(k)) {
+        // A ballot's row is not its decision's outcome: a decision task always runs again.
+        if let Some(&i) = row.spec.key.as_deref().and_then(|k| index.get(k))
+            && workflow.tasks[i].decide.is_none()
+        {
             latest.insert(i, row);
         }
     }
@@ -780,7 +805,7 @@ pub async fn run(
                             Some(rx) => rx.await.unwrap_or(Err(colony_runtime::Error::Stopped)),
                             None => Err(colony_runtime::Error::Stopped),
                         };
-                        (i, completion)
+                        (i, Waited::Task(completion))
                     }) as Waiting);
                 }
                 Step::Start(i) => {
@@ -817,7 +842,9 @@ pub async fn run(
                 }
             }
             let busy = in_flight.saturating_add(writer.backlog());
-            if busy > 0 && busy.saturating_add(max_payload) > IN_FLIGHT_PAYLOAD_BYTES {
+            let vote = workflow.tasks[i].decide.as_ref();
+            let need = max_payload.saturating_add(vote.map_or(0, crate::decide::held));
+            if busy > 0 && busy.saturating_add(need) > IN_FLIGHT_PAYLOAD_BYTES {
                 break;
             }
             ready.pop();
@@ -825,16 +852,25 @@ pub async fn run(
             release(workflow, i, &mut left, &mut outputs);
             match spec {
                 Ok(spec) => {
-                    charged[i] = spec.payload.len();
+                    charged[i] = spec.payload.len() + vote.map_or(0, crate::decide::held);
                     in_flight += charged[i];
                     submitted_at[i] = Some(Instant::now());
                     let handle = handle.clone();
-                    pending.push(Box::pin(async move {
-                        match handle.submit_notify(spec).await {
-                            Ok(p) => (i, p.await),
-                            Err(e) => (i, Err(e)),
+                    pending.push(match vote {
+                        None => Box::pin(async move {
+                            match handle.submit_notify(spec).await {
+                                Ok(p) => (i, Waited::Task(p.await)),
+                                Err(e) => (i, Waited::Task(Err(e))),
+                            }
+                        }) as Waiting,
+                        Some(vote) => {
+                            let (vote, checks) = (vote.clone(), workflow.tasks[i].expect.clone());
+                            Box::pin(async move {
+                                let ended = crate::decide::run(handle, spec, vote, checks).await;
+                                (i, Waited::Decision(ended))
+                            }) as Waiting
                         }
-                    }) as Waiting);
+                    });
                 }
                 Err(error) => {
                     let f = finished(workflow, &waves, i, Status::Failed, None, Some(error));
@@ -876,6 +912,20 @@ pub async fn run(
         in_flight -= std::mem::take(&mut charged[i]);
         let mut f = finished(workflow, &waves, i, Status::Failed, None, None);
         f.seconds = submitted_at[i].map_or(0.0, |t| t.elapsed().as_secs_f64());
+        let completion = match completion {
+            Waited::Task(completion) => completion,
+            Waited::Decision(decided) => {
+                let end = decision_end(decided, &mut f);
+                if let (End::Succeeded, Some(v)) = (end, &f.output)
+                    && left.wanted(i)
+                {
+                    outputs.insert(workflow.tasks[i].id.clone(), v.for_readers());
+                }
+                record(&mut writer, &mut options, &mut results, i, f);
+                steps.extend(dag.on_end(&workflow.graph, i, end));
+                continue;
+            }
+        };
         let end = match completion {
             Ok(c) => {
                 f.attempts = c.attempts;
@@ -981,25 +1031,119 @@ fn key(workflow: &Workflow, t: &crate::TaskDef) -> String {
         "needs": needs,
         "input": t.input,
         "prompt": t.prompt,
-    })
-    .to_string();
+    });
+    let definition = match &t.decide {
+        // Only a decision adds to the definition: other tasks keep the keys they had.
+        Some(vote) => {
+            let mut d = definition;
+            d["decide"] = json!({
+                "voters": vote.voters,
+                "options": vote.options,
+                "weights": vote.pool_weights,
+            });
+            d.to_string()
+        }
+        None => definition.to_string(),
+    };
     let mut hash = Fnv::default();
     hash.write(definition.as_bytes());
     let hash = hash.0;
     format!("{}/{}#{hash:016x}", workflow.name, t.id)
 }
 
-/// A task being waited for: by its completion, or by watching the journal.
-type Waiting = Pin<
-    Box<
-        dyn Future<
-                Output = (
-                    usize,
-                    Result<colony_runtime::Completion, colony_runtime::Error>,
-                ),
-            > + Send,
-    >,
->;
+/// A task being waited for: by its completion, by watching the journal, or by its decision.
+type Waiting = Pin<Box<dyn Future<Output = (usize, Waited)> + Send>>;
+
+/// How a task the run waited for ended.
+enum Waited {
+    /// Asked of one agent (or recovered from the journal).
+    Task(Result<colony_runtime::Completion, colony_runtime::Error>),
+    /// Decided by vote.
+    Decision(crate::decide::Ended),
+}
+
+/// Fills `f` with how a decision ended: the winner's output, else the error; never a
+/// success without a winner that passed the task's checks.
+fn decision_end(ended: crate::decide::Ended, f: &mut Finished) -> End {
+    f.attempts = ended.ballots;
+    f.agent = ended.agent.map(|a| a.0);
+    f.decision = ended.decided;
+    match ended.result {
+        Ok(output) => {
+            f.status = Status::Succeeded;
+            f.output = Some(Output::new(output));
+            End::Succeeded
+        }
+        Err(error) => {
+            f.error = Some(error);
+            End::Failed
+        }
+    }
+}
+
+/// What an agent says, as a ballot: the runtime votes for an output's text (or a
+/// `{"vote": ..., "confidence": ...}` object's `vote`), but agents wrap what they say. A
+/// `command` agent's text comes as a JSON string (`"yes\n"`), which would vote for its quotes
+/// and escapes; an `http` agent's answer comes in an envelope (`{"content": ..., "model":
+/// ..., "usage": ...}`) whose usage differs from voter to voter, so that it would match no
+/// other. A ballot of a task decided by vote is the string's text, or the answer's content
+/// (which may itself be a vote object); the endpoint still counts the usage.
+struct Ballots {
+    inner: Arc<dyn Agent>,
+    /// The workflow ids of the tasks decided by vote that the pool can run.
+    decided: Arc<HashSet<String>>,
+}
+
+impl Ballots {
+    /// `inner`, wrapped when `pool` can run a task decided by vote.
+    fn wrap(inner: Arc<dyn Agent>, workflow: &Workflow, pool: &crate::PoolDef) -> Arc<dyn Agent> {
+        let decided: HashSet<String> = workflow
+            .tasks
+            .iter()
+            .filter(|t| t.decide.is_some() && pool.spec.satisfies(&t.requirement))
+            .map(|t| t.id.clone())
+            .collect();
+        if decided.is_empty() {
+            return inner;
+        }
+        Arc::new(Self {
+            inner,
+            decided: Arc::new(decided),
+        })
+    }
+}
+
+impl Agent for Ballots {
+    fn handle(&self, task: Task) -> Execution {
+        if !workflow_id(&task.payload).is_some_and(|id| self.decided.contains(&id)) {
+            return self.inner.handle(task);
+        }
+        match self.inner.handle(task) {
+            Execution::Done(outcome) => Execution::Done(content(outcome)),
+            Execution::Running(running) => {
+                Execution::Running(Box::pin(async move { content(running.await) }))
+            }
+        }
+    }
+}
+
+/// The text of a JSON string, or the content of an `http` answer's envelope; any other
+/// output as it is.
+fn content(outcome: Outcome) -> Outcome {
+    #[derive(serde::Deserialize)]
+    struct Envelope {
+        content: String,
+    }
+    let output = outcome?;
+    let text = match output.first() {
+        Some(b'"') => serde_json::from_slice::<String>(&output).ok(),
+        Some(b'{') => serde_json::from_slice::<Envelope>(&output)
+            .ok()
+            .map(|e| e.content),
+        _ => None,
+    };
+    Ok(text.map_or(output, Bytes::from))
+}
 
 /// Writes `value` as pretty JSON into a new file at `path`, as it is serialized.
 fn write_json(path: &std::path::Path, value: &impl Serialize) -> std::io::Result<()> {
@@ -1247,6 +1391,7 @@ fn finished(
         seconds: 0.0,
         output,
         error,
+        decision: None,
     }
 }
 
@@ -1324,7 +1469,7 @@ impl Writer {
                             tracing::error!(error = %e, path = %path.display(), "Cannot write a task's result.");
                             failed.push(format!("cannot write {}: {e}", path.display()));
                         }
-                        let size = f.output.as_ref().map_or(0, Output::len);
+                        let size = f.held();
                         drop(f);
                         left.fetch_sub(size, std::sync::atomic::Ordering::Relaxed);
                         told.notify_one();
@@ -1369,7 +1514,7 @@ impl Writer {
                 .unwrap_or_default()
         );
         if let Some(tx) = &self.tx {
-            let size = f.output.as_ref().map_or(0, Output::len);
+            let size = f.held();
             self.queued
                 .fetch_add(size, std::sync::atomic::Ordering::Relaxed);
             if tx.send(Job::Result(path, f.clone())).is_err() {
@@ -1443,6 +1588,16 @@ fn record(
                 "({size} bytes: the output is in {}.json)",
                 f.id
             )));
+        } else {
+            results.kept += size;
+        }
+    }
+    // A decision's ballots, like an output, are kept in the summary within the same bounds;
+    // past them only in the task's own file (its error or output says how it ended).
+    if let Some(decided) = &f.decision {
+        let size = crate::decide::size(decided);
+        if size > SUMMARY_RESULT_BYTES || results.kept.saturating_add(size) > SUMMARY_OUTPUT_BYTES {
+            f.decision = None;
         } else {
             results.kept += size;
         }

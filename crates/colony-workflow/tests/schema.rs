@@ -54,6 +54,12 @@ fn the_schema_refuses_what_the_format_refuses() {
         "name: x\nagents: [{name: a, kind: sim, scaling: {mni: 1}}]\ntasks: [{id: t}]\n",
         "name: x\nagents: [{name: a, kind: sim}]\ntasks: [{id: \"t/1\"}]\n",
         "name: x\nagents: [{name: a, kind: command}]\ntasks: [{id: t}]\n",
+        "name: x\nagents: [{name: a, kind: sim}]\ntasks: [{id: t, decide: {voters: 1, quorom: 1}}]\n",
+        "name: x\nagents: [{name: a, kind: sim}]\ntasks: [{id: t, decide: {voters: 0}}]\n",
+        "name: x\nagents: [{name: a, kind: sim}]\ntasks: [{id: t, decide: {protocol: majority}}]\n",
+        "name: x\nagents: [{name: a, kind: sim}]\ntasks: [{id: t, decide: {voters: 1, protocol: fast}}]\n",
+        "name: x\nagents: [{name: a, kind: sim}]\ntasks: [{id: t, decide: {voters: 1, tie: judge}}]\n",
+        "name: x\nagents: [{name: a, kind: sim}]\ntasks: [{id: t, decide: {voters: 1, protocol: weighted, weights: {a: -1}}}]\n",
     ] {
         assert!(!validator.is_valid(&as_json(bad)), "accepted: {bad}");
         assert!(colony_workflow::parse(bad, "x.yaml", Path::new(".")).is_err());

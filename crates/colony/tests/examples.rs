@@ -28,8 +28,9 @@ fn every_example_validates_and_runs_from_another_folder() {
             .args(["validate", file])
             .output()
             .unwrap();
-        // The model review needs an endpoint and a key; the pools file has no tasks to run.
-        if name == "llm-review" || name == "serve-pools" {
+        // The model review and vote need endpoints and keys; the pools file has no tasks to
+        // run.
+        if name == "llm-review" || name == "decide-llm" || name == "serve-pools" {
             continue;
         }
         assert!(
@@ -62,6 +63,7 @@ fn every_example_validates_and_runs_from_another_folder() {
         [
             "app-plan",
             "dag-10000",
+            "decide",
             "pipeline",
             "process-agents",
             "quickstart"
