@@ -12,10 +12,15 @@
 //! a winner with every ballot and the dissent, or a failure with its reason (`no-quorum`,
 //! `tie`, ...), never a success-shaped answer.
 //!
-//! A ballot's vote is its task's output, as text. An output that is a JSON object with a
-//! `vote` field votes for that field (a string as is, anything else as its JSON text), with
-//! the object's `confidence` (a number) as its confidence: the `confidence` protocol needs
-//! it.
+//! A ballot's vote is its task's output, as text, read as the agent meant it:
+//! - a JSON object with a `vote` field votes for that field (a string as is, anything else
+//!   as its JSON text), with the object's `confidence` (a number) as its confidence: the
+//!   `confidence` protocol needs it;
+//! - a JSON string (what a `command` agent's text output becomes) votes for its text;
+//! - an `http` agent's answer (a JSON object with the model's `content`, and its model and
+//!   usage, which differ from voter to voter) votes for its content, read again by these
+//!   rules: a model that answers `{"vote": ..., "confidence": ...}` votes with it;
+//! - anything else votes for its text.
 //!
 //! A decision is journaled with its ballot tasks, in one write, and its outcome once it is
 //! taken, before anyone hears of it. After a crash of colony, [`recover`] counts each open
@@ -389,24 +394,40 @@ impl Voting {
 fn ballot(voter: AgentId, output: &Bytes) -> Result<Ballot, String> {
     let text = std::str::from_utf8(output)
         .map_err(|e| format!("its output is not UTF-8 text ({e}), so it cannot be a vote"))?;
-    if text.trim_start().starts_with('{')
-        && let Ok(serde_json::Value::Object(object)) = serde_json::from_str(text)
-        && let Some(vote) = object.get("vote")
-    {
-        let vote = match vote {
-            serde_json::Value::String(s) => s.clone(),
-            other => other.to_string(),
-        };
-        let ballot = Ballot::output(voter, vote);
-        return match object.get("confidence") {
-            None => Ok(ballot),
-            Some(c) => match c.as_f64() {
-                Some(c) => Ok(ballot.with_confidence(c)),
-                None => Err(format!("its confidence {c} is not a number")),
-            },
-        };
+    ballot_of(voter, text, true)
+}
+
+/// The ballot `text` casts; an `http` answer's content is read once more (`envelope`).
+fn ballot_of(voter: AgentId, text: &str, envelope: bool) -> Result<Ballot, String> {
+    use serde_json::Value;
+    let json = match text.trim_start().as_bytes().first() {
+        Some(b'{' | b'"') => serde_json::from_str::<Value>(text).ok(),
+        _ => None,
+    };
+    match json {
+        Some(Value::String(s)) => Ok(Ballot::output(voter, s)),
+        Some(Value::Object(object)) => {
+            if let Some(vote) = object.get("vote") {
+                let vote = match vote {
+                    Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                };
+                let ballot = Ballot::output(voter, vote);
+                return match object.get("confidence") {
+                    None => Ok(ballot),
+                    Some(c) => match c.as_f64() {
+                        Some(c) => Ok(ballot.with_confidence(c)),
+                        None => Err(format!("its confidence {c} is not a number")),
+                    },
+                };
+            }
+            match object.get("content") {
+                Some(Value::String(content)) if envelope => ballot_of(voter, content, false),
+                _ => Ok(Ballot::output(voter, text)),
+            }
+        }
+        _ => Ok(Ballot::output(voter, text)),
     }
-    Ok(Ballot::output(voter, text))
 }
 
 impl Handle {

@@ -651,7 +651,6 @@ pub async fn run(
                 Backend::Sim(_) => Arc::new(Repeatable { inner }),
                 _ => inner,
             };
-            let inner = Ballots::wrap(inner, workflow, p);
             let agent: Arc<dyn Agent> = if checks.is_empty() {
                 inner
             } else {
@@ -1079,70 +1078,6 @@ fn decision_end(ended: crate::decide::Ended, f: &mut Finished) -> End {
             End::Failed
         }
     }
-}
-
-/// What an agent says, as a ballot: the runtime votes for an output's text (or a
-/// `{"vote": ..., "confidence": ...}` object's `vote`), but agents wrap what they say. A
-/// `command` agent's text comes as a JSON string (`"yes\n"`), which would vote for its quotes
-/// and escapes; an `http` agent's answer comes in an envelope (`{"content": ..., "model":
-/// ..., "usage": ...}`) whose usage differs from voter to voter, so that it would match no
-/// other. A ballot of a task decided by vote is the string's text, or the answer's content
-/// (which may itself be a vote object); the endpoint still counts the usage.
-struct Ballots {
-    inner: Arc<dyn Agent>,
-    /// The workflow ids of the tasks decided by vote that the pool can run.
-    decided: Arc<HashSet<String>>,
-}
-
-impl Ballots {
-    /// `inner`, wrapped when `pool` can run a task decided by vote.
-    fn wrap(inner: Arc<dyn Agent>, workflow: &Workflow, pool: &crate::PoolDef) -> Arc<dyn Agent> {
-        let decided: HashSet<String> = workflow
-            .tasks
-            .iter()
-            .filter(|t| t.decide.is_some() && pool.spec.satisfies(&t.requirement))
-            .map(|t| t.id.clone())
-            .collect();
-        if decided.is_empty() {
-            return inner;
-        }
-        Arc::new(Self {
-            inner,
-            decided: Arc::new(decided),
-        })
-    }
-}
-
-impl Agent for Ballots {
-    fn handle(&self, task: Task) -> Execution {
-        if !workflow_id(&task.payload).is_some_and(|id| self.decided.contains(&id)) {
-            return self.inner.handle(task);
-        }
-        match self.inner.handle(task) {
-            Execution::Done(outcome) => Execution::Done(content(outcome)),
-            Execution::Running(running) => {
-                Execution::Running(Box::pin(async move { content(running.await) }))
-            }
-        }
-    }
-}
-
-/// The text of a JSON string, or the content of an `http` answer's envelope; any other
-/// output as it is.
-fn content(outcome: Outcome) -> Outcome {
-    #[derive(serde::Deserialize)]
-    struct Envelope {
-        content: String,
-    }
-    let output = outcome?;
-    let text = match output.first() {
-        Some(b'"') => serde_json::from_slice::<String>(&output).ok(),
-        Some(b'{') => serde_json::from_slice::<Envelope>(&output)
-            .ok()
-            .map(|e| e.content),
-        _ => None,
-    };
-    Ok(text.map_or(output, Bytes::from))
 }
 
 /// Writes `value` as pretty JSON into a new file at `path`, as it is serialized.

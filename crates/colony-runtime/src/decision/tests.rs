@@ -413,6 +413,30 @@ fn an_output_votes_as_text_or_by_its_vote_and_confidence_fields() {
             .unwrap_err()
             .contains("not a number")
     );
+    // A command agent's text output, and an http agent's answer, vote for what they say.
+    assert_eq!(b(r#""Paris\n""#).unwrap(), Ballot::output(a, "Paris\n"));
+    let answer = |content: &str, model: &str| {
+        serde_json::json!({"content": content, "model": model, "usage": {"total_tokens": 9}})
+            .to_string()
+    };
+    assert_eq!(
+        b(&answer("Paris", "m1")).unwrap(),
+        b(&answer("Paris", "m2")).unwrap()
+    );
+    assert_eq!(
+        b(&answer("Paris", "m1")).unwrap(),
+        Ballot::output(a, "Paris")
+    );
+    assert_eq!(
+        b(&answer(r#"{"vote": "Lyon", "confidence": 0.6}"#, "m")).unwrap(),
+        Ballot::output(a, "Lyon").with_confidence(0.6),
+        "a model's answer is read as a ballot itself"
+    );
+    assert_eq!(
+        b(&answer(&answer("x", "inner"), "outer")).unwrap(),
+        Ballot::output(a, answer("x", "inner")),
+        "once only"
+    );
     assert!(
         ballot(a, &Bytes::from_static(b"\xff\xfe"))
             .unwrap_err()
