@@ -48,6 +48,7 @@ pub(crate) fn read_routes() -> Router<Arc<App>> {
         .route("/ui/agents/{id}", get(agent))
         .route("/ui/tasks", get(task_table))
         .route("/ui/failures", get(failures))
+        .route("/ui/decisions", get(decisions))
         .layer(map_response(secure))
 }
 
@@ -240,6 +241,46 @@ async fn failures(State(app): State<Arc<App>>) -> Response {
     ok(html::failures(&rows))
 }
 
+/// Decisions the decisions panel lists.
+const DECISIONS: usize = 20;
+
+async fn decisions(State(app): State<Arc<App>>) -> Response {
+    let read = app.read(|journal| {
+        let rows = journal.decisions(None, DECISIONS)?;
+        Ok(rows
+            .iter()
+            .map(crate::decisions::summary)
+            .collect::<Vec<_>>())
+    });
+    let summaries = match read.await {
+        Ok(s) => s,
+        Err(e) => return crate::problem(StatusCode::SERVICE_UNAVAILABLE, "journal", &e),
+    };
+    let text = |v: &serde_json::Value| match v {
+        serde_json::Value::Null => None,
+        serde_json::Value::String(s) => Some(s.clone()),
+        other => Some(other.to_string()),
+    };
+    let lines: Vec<html::DecisionLine> = summaries
+        .iter()
+        .map(|s| html::DecisionLine {
+            id: s["id"].as_u64().unwrap_or_default(),
+            state: match s["state"].as_str() {
+                Some("decided") => "decided",
+                Some("failed") => "failed",
+                _ => "open",
+            },
+            protocol: text(&s["protocol"]).unwrap_or_default(),
+            voters: s["voters"].as_u64().unwrap_or_default() as usize,
+            value: text(&s["value"]),
+            support: s["support"].as_f64(),
+            participation: s["participation"].as_f64(),
+            reason: text(&s["reason"]),
+        })
+        .collect();
+    ok(html::decisions(&lines))
+}
+
 #[allow(clippy::result_large_err)]
 async fn recent(
     app: &App,
@@ -288,6 +329,50 @@ mod tests {
         assert_eq!(header(r, "content-security-policy"), CSP, "{}", r.url());
         assert_eq!(header(r, "x-content-type-options"), "nosniff");
         assert_eq!(header(r, "referrer-policy"), "no-referrer");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn decisions_are_listed_with_their_winner_escaped() {
+        let (runtime, server, url) = start(None).await;
+        let empty = client()
+            .get(format!("{url}/ui/decisions"))
+            .send()
+            .await
+            .unwrap();
+        assert!(empty.text().await.unwrap().contains("No decisions yet"));
+        // Sim agents echo the payload: three voters say the same markup.
+        let spec = TaskSpec::with_payload(r#"{"vote": "<b onclick=x()>yes</b>"}"#);
+        let vote = colony_runtime::decision::Vote::new(
+            3,
+            colony_core::decision::DecisionOptions::default(),
+        );
+        let voting = runtime.handle().decide(spec, vote).await.unwrap();
+        let id = voting.id();
+        voting.outcome().await.unwrap();
+        let r = client()
+            .get(format!("{url}/ui/decisions"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        assert_secure(&r);
+        let body = r.text().await.unwrap();
+        assert!(
+            body.contains(&format!(r#"data-decision="{}""#, id.0)),
+            "{body}"
+        );
+        assert!(
+            body.contains(r#"<span class="pill decided">decided</span>"#),
+            "{body}"
+        );
+        assert!(body.contains("majority"), "{body}");
+        assert!(
+            body.contains("&lt;b onclick=x()&gt;yes&lt;/b&gt;"),
+            "{body}"
+        );
+        assert!(!body.contains("<b "), "{body}");
+        server.stop();
+        runtime.shutdown().await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -371,6 +456,7 @@ mod tests {
             "/ui/agents/0",
             "/ui/tasks",
             "/ui/failures",
+            "/ui/decisions",
         ] {
             let r = c.get(format!("{url}{path}")).send().await.unwrap();
             assert_eq!(r.status(), 200, "{path}");

@@ -221,7 +221,7 @@ pub(crate) async fn list(
 }
 
 /// A decision in a list: how it ended, without its ballots.
-fn summary(row: &DecisionRow) -> Value {
+pub(crate) fn summary(row: &DecisionRow) -> Value {
     let outcome: Option<Value> = row
         .outcome
         .as_deref()

@@ -157,6 +157,11 @@ pub(crate) fn shell(version: &str, logout: bool) -> String {
 <p class="note">The newest tasks that failed or were dead-lettered.</p>
 <div id="failures" class="scroll" hx-get="/ui/failures" hx-trigger="load, every 3s"></div>
 </section>
+<section class="panel wide">
+<h2>Decisions</h2>
+<p class="note">The newest decisions by vote: the protocol, the voters asked, the winning value and its share of the weight counted, the share of voters counted, or why it failed. <code>GET /v1/decisions/{{id}}</code> has every ballot.</p>
+<div id="decisions" class="scroll" hx-get="/ui/decisions" hx-trigger="load, every 3s"></div>
+</section>
 <section class="panel span-4">
 <h2>Hierarchy</h2>
 <p class="note">Pick an agent of the top tier, then its children, down to the workers.</p>
@@ -555,6 +560,50 @@ pub(crate) fn tasks(rows: &[TaskRow], state: Option<TaskState>) -> String {
             agent = agent_cell(row.agent),
             output = text_cell(&output_text(row)),
             error = text_cell(row.error.as_deref().unwrap_or("")),
+        );
+    }
+    out.push_str("</tbody></table>");
+    out
+}
+
+/// One decision as the decisions panel shows it.
+pub(crate) struct DecisionLine {
+    pub(crate) id: u64,
+    /// `open`, `decided` or `failed`.
+    pub(crate) state: &'static str,
+    pub(crate) protocol: String,
+    pub(crate) voters: usize,
+    pub(crate) value: Option<String>,
+    pub(crate) support: Option<f64>,
+    pub(crate) participation: Option<f64>,
+    pub(crate) reason: Option<String>,
+}
+
+fn share(x: Option<f64>) -> String {
+    x.map_or_else(String::new, |x| format!("{:.0} %", x * 100.0))
+}
+
+/// The decisions panel: the newest first.
+pub(crate) fn decisions(lines: &[DecisionLine]) -> String {
+    if lines.is_empty() {
+        return r#"<p class="empty">No decisions yet.</p>"#.to_owned();
+    }
+    let mut out = String::with_capacity(lines.len() * 300);
+    out.push_str(
+        r#"<table id="decisions-table"><thead><tr><th class="num">Decision</th><th>State</th><th>Protocol</th><th class="num">Voters</th><th>Value</th><th class="num">Support</th><th class="num">Counted</th><th>Reason</th></tr></thead><tbody>"#,
+    );
+    for d in lines {
+        let _ = write!(
+            out,
+            r#"<tr data-decision="{id}"><td class="num">{id}</td><td>{state}</td><td>{protocol}</td><td class="num">{voters}</td>{value}<td class="num">{support}</td><td class="num">{counted}</td><td>{reason}</td></tr>"#,
+            id = d.id,
+            state = pill(d.state),
+            protocol = Esc(&d.protocol),
+            voters = count(d.voters as u64),
+            value = text_cell(d.value.as_deref().unwrap_or("")),
+            support = share(d.support),
+            counted = share(d.participation),
+            reason = Esc(d.reason.as_deref().unwrap_or("")),
         );
     }
     out.push_str("</tbody></table>");
