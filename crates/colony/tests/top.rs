@@ -64,6 +64,21 @@ fn top_once_shows_the_counters_tiers_and_pools_of_a_running_server() {
             .and_then(Value::as_u64)
             == Some(150)
     });
+    // A decision by vote: its panel sits beside the failures.
+    let (status, body) = server
+        .request(
+            reqwest::Method::POST,
+            "/v1/tasks",
+            None,
+            Some(json!({ "payload": "yes", "decide": { "voters": 3 } })),
+        )
+        .unwrap();
+    assert_eq!(status, 202, "{body}");
+    let body: Value = serde_json::from_str(&body).unwrap();
+    let decision = body["decision"].as_u64().unwrap();
+    server.wait_until(Duration::from_secs(10), "the decision to end", || {
+        server.get(&format!("/v1/decisions/{decision}"), None)["state"] == "decided"
+    });
     let succeeded = server.get("/v1/stats", None)["succeeded"].as_u64().unwrap();
     let tiers = server.get("/v1/hierarchy", None)["tiers"].clone();
 
@@ -85,6 +100,12 @@ fn top_once_shows_the_counters_tiers_and_pools_of_a_running_server() {
     assert!(pool.contains("resized by hand 200 → 150"), "{pool}");
     assert!(
         stdout.contains("┌ Pools: agents over the last "),
+        "{stdout}"
+    );
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.contains("Latest failed") && l.contains("Latest decisions by vote")),
         "{stdout}"
     );
     for tier in tiers.as_array().unwrap() {

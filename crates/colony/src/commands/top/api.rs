@@ -74,6 +74,27 @@ struct Page {
     tasks: Vec<FailedTask>,
 }
 
+/// A decision by vote, as `GET /v1/decisions` lists it.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(default)]
+pub(crate) struct DecisionLine {
+    pub(crate) id: u64,
+    /// `open`, `decided` or `failed`.
+    pub(crate) state: String,
+    pub(crate) protocol: String,
+    pub(crate) voters: u64,
+    /// The winner's value; a value that is not a string is shown as JSON.
+    pub(crate) value: Option<serde_json::Value>,
+    pub(crate) support: Option<f64>,
+    pub(crate) participation: Option<f64>,
+    pub(crate) reason: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Decisions {
+    decisions: Vec<DecisionLine>,
+}
+
 /// What `GET /v1/pools/history` answers: samples as columns aligned with `t` (milliseconds
 /// since the Unix epoch), and the decisions on the pools' sizes.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
@@ -115,7 +136,7 @@ pub(crate) struct Decision {
 }
 
 /// One poll of the server: everything a frame shows.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub(crate) struct Snapshot {
     pub(crate) stats: Stats,
     pub(crate) tiers: Vec<Tier>,
@@ -125,6 +146,9 @@ pub(crate) struct Snapshot {
     /// that keeps no history (one older than this `colony top`). Boxed: it is taken out
     /// at once, and the rest of a snapshot moves about.
     pub(crate) pools: Option<Box<PoolHistory>>,
+    /// The newest decisions by vote; `None` from a server that runs none (older than this
+    /// `colony top`).
+    pub(crate) decisions: Option<Vec<DecisionLine>>,
 }
 
 /// Why a poll got nothing to show.
@@ -213,12 +237,14 @@ impl Client {
             Some(since) => format!("/v1/pools/history?since={since}"),
             None => "/v1/pools/history".to_owned(),
         };
-        let (stats, hierarchy, failed, dead, pools) = tokio::try_join!(
+        let decisions = format!("/v1/decisions?limit={failures}");
+        let (stats, hierarchy, failed, dead, pools, decisions) = tokio::try_join!(
             self.get::<Stats>("/v1/stats"),
             self.get::<Hierarchy>("/v1/hierarchy"),
             self.get::<Page>(&failed),
             self.get::<Page>(&dead),
             self.get_if_served::<PoolHistory>(&history),
+            self.get_if_served::<Decisions>(&decisions),
         )?;
         let mut tasks = failed.tasks;
         tasks.extend(dead.tasks);
@@ -229,6 +255,7 @@ impl Client {
             tiers: hierarchy.tiers,
             failures: tasks,
             pools: pools.map(Box::new),
+            decisions: decisions.map(|d| d.decisions),
         })
     }
 

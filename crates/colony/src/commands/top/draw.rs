@@ -2,7 +2,7 @@
 //! `--once` prints a frame and how the tests read one.
 
 use super::{
-    api::{Decision, Snapshot},
+    api::{Decision, DecisionLine, Snapshot},
     view::{PoolSample, PoolTrack, Pools, View},
 };
 use crate::output::thousands;
@@ -53,7 +53,17 @@ impl Widget for &View {
                 render_totals(snapshot, totals, buf);
                 render_tiers(snapshot, tiers, buf);
                 render_pools(&self.pools, pools, buf);
-                render_failures(snapshot, failures, buf);
+                match &snapshot.decisions {
+                    // A server that runs decisions: failures and decisions side by side.
+                    Some(decisions) => {
+                        let [left, right] =
+                            Layout::horizontal([Constraint::Fill(1), Constraint::Fill(1)])
+                                .areas(failures);
+                        render_failures(snapshot, left, buf);
+                        render_decisions(decisions, right, buf);
+                    }
+                    None => render_failures(snapshot, failures, buf),
+                }
             }
             None => {
                 let waiting = format!("waiting for the first answer from {}", self.server);
@@ -473,6 +483,69 @@ fn render_failures(snapshot: &Snapshot, area: Rect, buf: &mut Buffer) {
         .render(area, buf);
 }
 
+fn render_decisions(decisions: &[DecisionLine], area: Rect, buf: &mut Buffer) {
+    let block = Block::bordered()
+        .padding(Padding::horizontal(1))
+        .title(" Latest decisions by vote ");
+    if decisions.is_empty() {
+        Paragraph::new(" none".dim()).block(block).render(area, buf);
+        return;
+    }
+    let id_width = decisions
+        .iter()
+        .map(|d| d.id.to_string().len())
+        .max()
+        .unwrap_or(0)
+        .max(2) as u16;
+    let fixed = id_width + 8 + 10 + 5 + 4 + 4;
+    let value_width = usize::from(block.inner(area).width.saturating_sub(fixed));
+    let share = |x: Option<f64>| x.map_or_else(|| "-".to_owned(), |x| format!("{:.0}%", x * 100.0));
+    let rows = decisions.iter().map(|d| {
+        let state = Cell::from(d.state.clone());
+        let state = match d.state.as_str() {
+            "decided" => state.green(),
+            "failed" => state.red(),
+            _ => state.blue(),
+        };
+        // The winner, or why there is none.
+        let said = match (&d.value, &d.reason) {
+            (Some(serde_json::Value::String(v)), _) => v.clone(),
+            (Some(v), _) if !v.is_null() => v.to_string(),
+            (_, Some(reason)) => reason.clone(),
+            _ => "-".to_owned(),
+        };
+        Row::new([
+            Cell::from(Line::from(d.id.to_string()).right_aligned()),
+            state,
+            Cell::from(truncate(&d.protocol, 10)),
+            Cell::from(Line::from(d.voters.to_string()).right_aligned()),
+            Cell::from(Line::from(share(d.support)).right_aligned()),
+            Cell::from(truncate(&said, value_width)),
+        ])
+    });
+    let header = Row::new([
+        Cell::from(Line::from("id").right_aligned()),
+        Cell::from("state"),
+        Cell::from("protocol"),
+        Cell::from(Line::from("vot").right_aligned()),
+        Cell::from(Line::from("sup").right_aligned()),
+        Cell::from("value or reason"),
+    ])
+    .bold();
+    let widths = [
+        Constraint::Length(id_width),
+        Constraint::Length(8),
+        Constraint::Length(10),
+        Constraint::Length(5),
+        Constraint::Length(4),
+        Constraint::Fill(1),
+    ];
+    Table::new(rows, widths)
+        .header(header)
+        .block(block)
+        .render(area, buf);
+}
+
 /// One line of at most `width` characters, ending in `…` when cut.
 fn truncate(text: &str, width: usize) -> String {
     let line = text.split_whitespace().collect::<Vec<_>>().join(" ");
@@ -584,6 +657,7 @@ mod tests {
                 },
             ],
             pools: None,
+            decisions: None,
         }
     }
 
@@ -675,6 +749,63 @@ mod tests {
         }
         view.tick(Duration::from_millis(4_300));
         view
+    }
+
+    #[test]
+    fn decisions_are_shown_beside_the_failures_when_the_server_runs_them() {
+        let mut view = View::new("http://127.0.0.1:7070", Duration::from_secs(1), true);
+        let line = |id, state: &str, value: Option<serde_json::Value>, reason: Option<&str>| {
+            DecisionLine {
+                id,
+                state: state.into(),
+                protocol: "majority".into(),
+                voters: 5,
+                value,
+                support: value_support(state),
+                participation: Some(1.0),
+                reason: reason.map(Into::into),
+            }
+        };
+        fn value_support(state: &str) -> Option<f64> {
+            (state == "decided").then_some(0.8)
+        }
+        let voted = Snapshot {
+            decisions: Some(vec![
+                line(90, "decided", Some("Paris".into()), None),
+                line(80, "failed", None, Some("no-quorum")),
+                line(70, "open", None, None),
+                line(60, "decided", Some(serde_json::json!(42)), None),
+            ]),
+            ..snapshot(10)
+        };
+        view.record(Duration::ZERO, Ok(voted));
+        let text = text(&view, TEXT_WIDTH, 40);
+        let row = |needle: &str| {
+            text.lines()
+                .find(|r| r.contains(needle))
+                .unwrap_or_else(|| panic!("no row has {needle:?}:\n{text}"))
+                .to_owned()
+        };
+        assert!(
+            row("Latest decisions by vote").contains("Latest failed"),
+            "side by side"
+        );
+        assert!(
+            row(" 90 ").contains("decided") && row(" 90 ").contains("Paris"),
+            "{text}"
+        );
+        assert!(row(" 90 ").contains("80%"), "{text}");
+        assert!(row(" 80 ").contains("no-quorum"), "{text}");
+        assert!(row(" 70 ").contains("open"), "{text}");
+        assert!(row(" 60 ").contains("42"), "{text}");
+        // An older server, without decisions: the failures have the whole width.
+        let mut old = View::new("http://127.0.0.1:7070", Duration::from_secs(1), true);
+        old.record(Duration::ZERO, Ok(snapshot(10)));
+        assert!(!text_of(&old).contains("decisions by vote"));
+    }
+
+    fn text_of(view: &View) -> String {
+        text(view, TEXT_WIDTH, TEXT_HEIGHT)
     }
 
     #[test]
