@@ -116,7 +116,8 @@ fn server_url(server: &str) -> anyhow::Result<String> {
 
 /// What ended a wait.
 enum Wake {
-    Polled(Instant, Result<api::Snapshot, api::Error>),
+    /// A poll's answer; boxed, as a snapshot is large and the other wakes are small.
+    Polled(Instant, Box<Result<api::Snapshot, api::Error>>),
     Input(Input),
     Tick,
 }
@@ -141,13 +142,13 @@ async fn watch(
         view.tick(start.elapsed());
         terminal.draw(|frame| frame.render_widget(&*view, frame.area()))?;
         let wake = tokio::select! {
-            (at, result) = &mut poll => Wake::Polled(at, result),
+            (at, result) = &mut poll => Wake::Polled(at, Box::new(result)),
             input = next_input() => Wake::Input(input?),
             _ = clock.tick() => Wake::Tick,
         };
         match wake {
             Wake::Polled(at, result) => {
-                view.record(at - start, result.map_err(|e| e.to_string()));
+                view.record(at - start, (*result).map_err(|e| e.to_string()));
                 poll = Box::pin(poll_at(client, at + interval, view.pools_since()));
             }
             Wake::Input(Input::Quit) => return Ok(()),
