@@ -61,6 +61,7 @@ pub mod hierarchy;
 pub mod id;
 pub mod name;
 pub mod rebalance;
+pub mod reputation;
 pub mod routing;
 pub mod scaling;
 pub mod supervision;

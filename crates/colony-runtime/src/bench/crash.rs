@@ -501,13 +501,13 @@ fn ledger(path: &Path) -> Result<HashMap<u64, Vec<u32>>, Error> {
 
 /// Tasks the ledger shows started whose results the journal does not hold.
 fn in_flight(db: &Path, ledger_path: &Path) -> Result<Vec<u64>, Error> {
-    let reader = match SqliteReader::open(db) {
-        Ok(reader) => reader,
-        // Killed before the journal existed or had its schema: nothing could have run.
-        Err(_) if !ledger_path.exists() => return Ok(Vec::new()),
-        Err(e) => return Err(e.into()),
-    };
     let executed = ledger(ledger_path)?;
+    // Nothing ran yet: the child may have been killed before its journal existed or had its
+    // schema (the ledger is opened first), and there is nothing to look up.
+    if executed.is_empty() {
+        return Ok(Vec::new());
+    }
+    let reader = SqliteReader::open(db)?;
     let mut open = Vec::new();
     for task in executed.keys() {
         let done = reader
@@ -768,6 +768,19 @@ mod tests {
         assert!(report.children_died >= 1);
         let problems = report.verdict.problems.join("\n");
         assert!(problems.contains("exited on its own"), "{problems}");
+    }
+
+    #[test]
+    fn a_child_killed_while_creating_its_journal_left_nothing_in_flight() {
+        let dir = tempfile::tempdir().unwrap();
+        let (db, ledger) = (dir.path().join("run.db"), dir.path().join("run.ledger"));
+        // The file SQLite creates on open, before any schema; the ledger opened, empty.
+        std::fs::write(&db, b"").unwrap();
+        std::fs::write(&ledger, b"").unwrap();
+        assert_eq!(in_flight(&db, &ledger).unwrap(), Vec::<u64>::new());
+        // With executions in the ledger, a journal that cannot be read is an error.
+        std::fs::write(&ledger, b"1 1\n").unwrap();
+        assert!(in_flight(&db, &ledger).is_err());
     }
 
     #[test]
