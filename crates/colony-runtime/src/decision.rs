@@ -60,6 +60,9 @@ pub struct Vote {
     /// Under `weighted` and `confidence`, the weight of each pool's voters, by pool index;
     /// pools not listed weigh 1.
     pub pool_weights: Vec<f64>,
+    /// Under `weighted` and `confidence`, each voter also weighs its reputation (0 to 1,
+    /// `colony_core::reputation`) as it stands when the voters are seated.
+    pub reputation: bool,
 }
 
 impl Vote {
@@ -69,6 +72,7 @@ impl Vote {
             voters,
             options,
             pool_weights: Vec::new(),
+            reputation: false,
         }
     }
 
@@ -88,6 +92,17 @@ impl Vote {
             return invalid(format!(
                 "protocol {} takes more than one round of tasks, which the runtime does not run \
                  yet: use majority, weighted, confidence, similarity or bft",
+                self.options.protocol
+            ));
+        }
+        if self.reputation
+            && !matches!(
+                self.options.protocol,
+                Protocol::Weighted | Protocol::Confidence
+            )
+        {
+            return invalid(format!(
+                "weights by reputation are counted by the weighted and confidence protocols, not by {}",
                 self.options.protocol
             ));
         }
@@ -321,9 +336,15 @@ impl Voting {
         }
     }
 
-    /// Tells the event stream and the metrics how the decision ended.
+    /// Tells the event stream and the metrics how the decision ended, and the voters'
+    /// reputations who agreed with a decided outcome.
     fn report(&self, decided: &Decided) {
         let outcome = &decided.outcome;
+        if let Some(winner) = outcome.winner() {
+            let agreed = winner.voters.iter().map(|&v| (v, true));
+            let dissented = winner.dissenters.iter().map(|&v| (v, false));
+            self.handle.agreed(agreed.chain(dissented).collect());
+        }
         let record = outcome.record();
         let protocol = record.protocol.as_str();
         let counted = record
@@ -443,19 +464,38 @@ impl Handle {
         // Room first, then seats: seated voters must not leave while the ballots wait for it.
         self.wait_for_room(n).await?;
         let seated = async {
-            let seats = self.inspect(move |tree| seat(tree, mask, n)).await?;
+            // Each with its reputation, read in the same turn as the seats.
+            let seats = self
+                .observe(move |live| {
+                    seat(live.tree, mask, n)
+                        .into_iter()
+                        .map(|(agent, pool)| (agent, pool, live.reputation(agent).score()))
+                        .collect::<Vec<_>>()
+                })
+                .await?;
             if seats.len() < n {
                 return Err(Error::Decision(format!(
                     "{n} voters asked, but {} workers can run the task",
                     seats.len()
                 )));
             }
+            // Each voter's weight: its pool's, times its reputation when asked for.
+            let seats: Vec<(AgentId, u8, f64)> = seats
+                .into_iter()
+                .map(|(agent, pool, reputation)| {
+                    let weight = vote.pool_weights.get(pool as usize).copied();
+                    let weight = weight.unwrap_or(1.0);
+                    let weight = if vote.reputation {
+                        weight * reputation
+                    } else {
+                        weight
+                    };
+                    (agent, pool, weight)
+                })
+                .collect();
             let participants: Vec<Participant> = seats
                 .iter()
-                .map(|&(agent, pool)| {
-                    let weight = vote.pool_weights.get(pool as usize).copied();
-                    Participant::weighted(agent, weight.unwrap_or(1.0))
-                })
+                .map(|&(agent, _, weight)| Participant::weighted(agent, weight))
                 .collect();
             let decision = Decision::new(vote.options, &participants)
                 .map_err(|e| Error::Decision(e.to_string()))?;
@@ -470,17 +510,20 @@ impl Handle {
             }
         };
         // Each ballot may run only in its voter's pool: that is the demand it makes.
-        let masks = seats.iter().map(|&(_, pool)| SpecMask::of(pool)).collect();
+        let masks = seats
+            .iter()
+            .map(|&(_, pool, _)| SpecMask::of(pool))
+            .collect();
         let opening = colony_journal::Opening {
             options: serde_json::to_string(&vote.options)
                 .map_err(|e| Error::Decision(format!("the options could not be written: {e}")))?
                 .into(),
             seats: seats
                 .iter()
-                .map(|&(agent, pool)| colony_journal::Seat {
+                .map(|&(agent, pool, weight)| colony_journal::Seat {
                     agent,
                     pool,
-                    weight: vote.pool_weights.get(pool as usize).copied().unwrap_or(1.0),
+                    weight,
                 })
                 .collect(),
             opened_at_ms: unix_ms(),
@@ -492,7 +535,7 @@ impl Handle {
         let voters = seats
             .iter()
             .zip(&completions)
-            .map(|(&(agent, pool), pending)| Voter {
+            .map(|(&(agent, pool, _), pending)| Voter {
                 agent,
                 pool,
                 task: pending.id,

@@ -354,6 +354,7 @@ impl Dispatcher {
                 let _ = reply.send(self.cancel(task));
             }
             Command::Kill(agent, at) => self.kill(agent, at),
+            Command::Agreed(votes) => self.watch.agreed(self.tree.len(), &votes),
             Command::Resize {
                 pool,
                 count,

@@ -233,6 +233,11 @@ impl Handle {
         let _ = self.shared.inbox.send(Command::Cancel { task, reply });
     }
 
+    /// Tells the voters' reputations who agreed with a decided outcome, without waiting.
+    pub(crate) fn agreed(&self, votes: Vec<(AgentId, bool)>) {
+        let _ = self.shared.inbox.send(Command::Agreed(votes));
+    }
+
     /// Hands back `n` admission permits taken for tasks that were not submitted after all.
     pub(crate) fn give_back_room(&self, n: usize) {
         self.shared.return_permits(n);

@@ -46,6 +46,10 @@ pub(crate) struct AgentView {
     /// average the predictive alert compares against), once it has answered.
     pub(crate) error_rate: Option<f64>,
     pub(crate) baseline_ms: Option<f64>,
+    /// A worker's quality score, 0 to 1, from its checks and its agreement with decided
+    /// outcomes (0.5 before any), and the observations it rests on.
+    pub(crate) reputation: Option<f64>,
+    pub(crate) reputation_observations: Option<u32>,
     /// Tasks running on a worker, or held in a manager's subtree; and how many it can hold.
     pub(crate) load: u32,
     pub(crate) capacity: u32,
@@ -100,6 +104,8 @@ pub(crate) fn view(live: &Live<'_>, kinds: &Kinds, id: AgentId) -> AgentView {
         breaker: worker.then(|| live.breaker(id)),
         error_rate: detail.map(|d| d.0),
         baseline_ms: detail.and_then(|d| d.1).map(|b| b.as_secs_f64() * 1e3),
+        reputation: worker.then(|| live.reputation(id).score()),
+        reputation_observations: worker.then(|| live.reputation(id).observations()),
         load,
         capacity,
         latency_ms: (worker && latency > 0.0).then(|| f64::from(latency) / 1e3),

@@ -45,6 +45,9 @@ pub(crate) struct NewDecision {
     /// (as `/v1/pools` lists them); pools past the list's end weigh 1.
     #[serde(default)]
     weights: Vec<f64>,
+    /// Under `weighted` and `confidence`, each voter also weighs its reputation.
+    #[serde(default)]
+    reputation: bool,
 }
 
 impl NewDecision {
@@ -86,6 +89,7 @@ impl NewDecision {
             voters: self.voters,
             options,
             pool_weights: self.weights,
+            reputation: self.reputation,
         })
     }
 }

@@ -939,6 +939,31 @@ async fn a_task_with_decide_is_voted_on_and_its_decision_followed() {
         .len();
     assert!((3..=5).contains(&counted), "{decided}");
     assert!(decided["ended-at-ms"].as_u64() >= decided["opened-at-ms"].as_u64());
+    // The voters counted for the winner gained reputation; the others are at the prior.
+    let winners: Vec<u64> = decided["outcome"]["winner"]["voters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap())
+        .collect();
+    let agents = json(
+        client
+            .get(format!("{url}/v1/agents?tier=worker&limit=100"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    for agent in agents["agents"].as_array().unwrap() {
+        let id = agent["id"].as_u64().unwrap();
+        let score = agent["reputation"].as_f64().unwrap();
+        let seen = agent["reputation-observations"].as_u64().unwrap();
+        if winners.contains(&id) {
+            assert!(score > 0.5 && seen >= 1, "{agent}");
+        } else {
+            assert_eq!((score, seen), (0.5, 0), "{agent}");
+        }
+    }
 
     // Without a confidence every ballot is refused: nobody counted, so no quorum, and the
     // decision says so rather than answer.
@@ -1003,6 +1028,11 @@ async fn a_task_with_decide_is_voted_on_and_its_decision_followed() {
             json!({"voters": 3, "timeout": -1}),
             "bad-decision",
             "decide.timeout",
+        ),
+        (
+            json!({"voters": 3, "reputation": true}),
+            "refused",
+            "weights by reputation",
         ),
         (
             json!({"voters": 3, "weights": [1, 1]}),

@@ -44,6 +44,7 @@ impl Voting<'_> {
         let voters = self.voters(block, problems);
         let options = self.options(block, problems, duration);
         let pool_weights = self.weights(block, options.protocol, problems);
+        let reputation = self.reputation(block, options.protocol, problems);
         self.runnable(d, problems);
         if problems.len() > before {
             return None;
@@ -52,7 +53,31 @@ impl Voting<'_> {
             voters,
             options,
             pool_weights,
+            reputation,
         })
+    }
+
+    /// `reputation`: only under `weighted` and `confidence`, which count weights.
+    fn reputation(
+        &self,
+        block: &file::Decide,
+        protocol: Protocol,
+        problems: &mut Vec<Problem>,
+    ) -> bool {
+        let Some(reputation) = &block.reputation else {
+            return false;
+        };
+        if reputation.value && !matches!(protocol, Protocol::Weighted | Protocol::Confidence) {
+            problems.push(Problem::at(
+                reputation,
+                format!(
+                    "task `{}`: decide reputation weighs voters only under protocol weighted or confidence, and this one is {protocol}: remove it or change the protocol",
+                    self.id()
+                ),
+                "not counted",
+            ));
+        }
+        reputation.value
     }
 
     fn id(&self) -> &str {

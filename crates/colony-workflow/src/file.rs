@@ -790,6 +790,10 @@ pub struct Decide {
     /// weigh 1.
     #[serde(default)]
     pub weights: Option<Spanned<VoteWeights>>,
+    /// `weighted` and `confidence`: each voter also weighs its reputation (0 to 1: its
+    /// checks passed and its agreement with decided outcomes). Default false.
+    #[serde(default)]
+    pub reputation: Option<Spanned<bool>>,
 }
 
 /// Weights of pools by name, in the order written, each name and weight with where it is.

@@ -292,6 +292,17 @@ fn what_a_vote_cannot_do_is_refused_up_front() {
         p[1].starts_with("w.yaml:11:49: task `u`: decide faults 1 needs at least 4 voters"),
         "{p:#?}"
     );
+    // Reputation weighs only where weights count.
+    let p = problems(&format!(
+        "name: w\n{POOLS}tasks:\n  - id: t\n    role: voter\n    decide: {{ voters: 3, reputation: true }}\n  - id: u\n    role: voter\n    decide: {{ voters: 3, protocol: weighted, reputation: true }}\n"
+    ));
+    assert_eq!(p.len(), 1, "{p:#?}");
+    assert!(
+        p[0].starts_with(
+            "w.yaml:8:38: task `t`: decide reputation weighs voters only under protocol weighted or confidence"
+        ),
+        "{p:#?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -655,3 +655,106 @@ async fn ballots_of_a_decision_closed_before_a_crash_are_cancelled_not_run() {
     );
     runtime.shutdown().await;
 }
+
+/// The workers of the reputation test, in id order, and the phase it is in.
+static WORKERS: std::sync::OnceLock<Vec<AgentId>> = std::sync::OnceLock::new();
+static JUDGED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Seven workers: while training, the first four are right and the last three wrong; then
+/// the first two say `A`, the next two fail, and the last three say `B`.
+fn by_rank(agent: AgentId) -> Answer {
+    let rank = WORKERS
+        .get()
+        .and_then(|w| w.iter().position(|&a| a == agent))
+        .unwrap_or(0);
+    match (JUDGED.load(std::sync::atomic::Ordering::SeqCst), rank) {
+        // The wrong answers come first, so that every ballot is counted before it is decided.
+        (false, 0..=3) => Answer::Says("right", 2),
+        (false, _) => Answer::Says("wrong", 1),
+        (true, 0..=1) => Answer::Says("A", 1),
+        (true, 2..=3) => Answer::Fails,
+        (true, _) => Answer::Says("B", 1),
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn agreement_with_decided_outcomes_moves_reputations_and_weighs_votes_that_ask() {
+    let (runtime, _) = start(7, by_rank).await;
+    let h = runtime.handle();
+    let workers: Vec<AgentId> = h
+        .inspect(|tree| {
+            (0..tree.len() as u32)
+                .map(AgentId)
+                .filter(|&a| tree.tier(a) == tree.worker_tier())
+                .collect()
+        })
+        .await
+        .unwrap();
+    assert_eq!(workers.len(), 7);
+    WORKERS.set(workers.clone()).unwrap();
+    // Five votes the first four win, 4 to 3.
+    for _ in 0..5 {
+        let decided = majority(h, 7, 1_000).await;
+        assert_eq!(&*decided.outcome.winner().expect("decided").value, "right");
+    }
+    let reputations = h
+        .observe(move |live| {
+            workers
+                .iter()
+                .map(|&a| live.reputation(a))
+                .collect::<Vec<_>>()
+        })
+        .await
+        .unwrap();
+    for (rank, r) in reputations.iter().enumerate() {
+        // Each vote: a check of the answer (passed) and the agreement, or dissent.
+        assert!(r.observations() >= 5, "{rank}: {r:?}");
+        if rank < 4 {
+            assert!(r.score() > 0.9, "{rank}: {r:?}");
+        } else {
+            assert!((0.4..0.6).contains(&r.score()), "{rank}: {r:?}");
+        }
+    }
+
+    // Three voters of middling reputation against two trusted ones: weighed by reputation,
+    // the two win...
+    JUDGED.store(true, std::sync::atomic::Ordering::SeqCst);
+    let weighted = DecisionOptions::with(Protocol::Weighted);
+    let vote = Vote {
+        reputation: true,
+        ..Vote::new(7, weighted)
+    };
+    let trusted = h
+        .decide(ballot_task(1_000), vote)
+        .await
+        .unwrap()
+        .outcome()
+        .await
+        .unwrap();
+    assert_eq!(&*trusted.outcome.winner().expect("decided").value, "A");
+    // ...by count, the three.
+    let plain = h
+        .decide(ballot_task(1_000), Vote::new(7, weighted))
+        .await
+        .unwrap()
+        .outcome()
+        .await
+        .unwrap();
+    assert_eq!(&*plain.outcome.winner().expect("decided").value, "B");
+    // Weights by reputation are refused where they would not count.
+    let refused = h
+        .decide(
+            ballot_task(1_000),
+            Vote {
+                reputation: true,
+                ..Vote::new(3, DecisionOptions::default())
+            },
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        refused.to_string().contains("weights by reputation"),
+        "{refused}"
+    );
+    runtime.shutdown().await;
+}

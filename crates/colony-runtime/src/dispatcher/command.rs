@@ -50,6 +50,9 @@ pub(crate) enum Command {
         grow: bool,
         reply: oneshot::Sender<u32>,
     },
+    /// Voters of a decided outcome, counted for the winner (`true`) or dissenting: their
+    /// reputations hear of it.
+    Agreed(Vec<(AgentId, bool)>),
     /// Bring `pool` to `agents` agents: retire, or reinstate and spawn, in one turn.
     SetSize {
         pool: u8,
@@ -80,6 +83,7 @@ impl std::fmt::Debug for Command {
             Command::Inspect(_) => f.write_str("Inspect"),
             Command::Cancel { task, .. } => write!(f, "Cancel({task})"),
             Command::Kill(agent, _) => write!(f, "Kill({agent})"),
+            Command::Agreed(votes) => write!(f, "Agreed({} voters)", votes.len()),
             Command::SetSize { pool, agents, .. } => write!(f, "SetSize({pool}, {agents})"),
             Command::Resize {
                 pool, count, grow, ..
@@ -251,6 +255,12 @@ impl Live<'_> {
             .get(agent.index())
             .filter(|h| h.average().is_some())
             .map(|h| (h.error_rate(), h.baseline()))
+    }
+
+    /// A worker's reputation: its quality score from its checks and its agreement with
+    /// decided outcomes (the prior until it has answered or voted).
+    pub fn reputation(&self, agent: AgentId) -> colony_core::reputation::Reputation {
+        self.watch.reputation(agent)
     }
 
     /// A worker's circuit breaker: `closed` unless health took it out of rotation (`open`)

@@ -19,6 +19,7 @@ use colony_core::{
     AgentId,
     breaker::{Breaker, BreakerOptions, BreakerState, Transition},
     health::{Change, Health, HealthOptions, HealthState},
+    reputation::Reputation,
     supervision::Exit,
 };
 use std::{
@@ -40,6 +41,9 @@ pub(super) struct Watch {
     breaker: Option<BreakerOptions>,
     /// Per worker that has answered: its circuit breaker.
     breakers: Vec<Breaker>,
+    /// Per worker that has answered or voted: its reputation. Unlike its health, it
+    /// outlives an incarnation: a restarted agent is the same agent.
+    reputations: Vec<Reputation>,
     /// Workers whose breaker is open or on probation: the sweep ticks them.
     tripped: Vec<AgentId>,
     /// Breakers' transitions and degraded flags not yet carried to the tree.
@@ -65,6 +69,7 @@ impl Watch {
         Self {
             breaker,
             breakers: Vec::new(),
+            reputations: Vec::new(),
             tripped: Vec::new(),
             acts: Vec::new(),
             options,
@@ -186,6 +191,33 @@ impl Watch {
             self.changed(out, worker, &changes);
         }
         self.judge(out, worker, Some(ok));
+        self.reputation_of(worker, agents).observe(ok);
+    }
+
+    fn reputation_of(&mut self, worker: AgentId, agents: usize) -> &mut Reputation {
+        if self.reputations.len() <= worker.index() {
+            let len = agents.max(worker.index() + 1);
+            self.reputations.resize(len, Reputation::new());
+        }
+        &mut self.reputations[worker.index()]
+    }
+
+    /// Voters of a decided outcome: counted for the winner (`true`) or dissenting. Agents
+    /// no longer in the tree (`agents` long) are passed over.
+    pub(super) fn agreed(&mut self, agents: usize, votes: &[(AgentId, bool)]) {
+        for &(voter, agreed) in votes {
+            if voter.index() < agents {
+                self.reputation_of(voter, agents).observe(agreed);
+            }
+        }
+    }
+
+    /// `worker`'s reputation: the prior until it has answered or voted.
+    pub(super) fn reputation(&self, worker: AgentId) -> Reputation {
+        self.reputations
+            .get(worker.index())
+            .copied()
+            .unwrap_or_default()
     }
 
     /// Agents from `start` on left the tree: their health, breakers and pending acts go,
@@ -199,6 +231,7 @@ impl Watch {
         }
         self.health.truncate(start);
         self.breakers.truncate(start);
+        self.reputations.truncate(start);
         if self.health.len() < self.health.capacity() / 2 {
             self.health.shrink_to_fit();
             self.breakers.shrink_to_fit();
