@@ -97,6 +97,18 @@ pub(crate) fn ballots_among(tasks: &[TaskId], decisions: &[(u64, u64)]) -> Vec<T
         .collect()
 }
 
+/// Refuses an opening whose tasks are not one for each seat it asks.
+pub(crate) fn check_opening(specs: &[TaskSpec], opening: &Opening) -> Result<(), Error> {
+    let asked = opening.asked as usize;
+    if specs.len() != asked || asked > opening.seats.len() {
+        return Err(Error::Ballots {
+            seats: asked.min(opening.seats.len()),
+            specs: specs.len(),
+        });
+    }
+    Ok(())
+}
+
 /// Milliseconds since the Unix epoch, by the wall clock.
 pub(crate) fn now_ms() -> u64 {
     std::time::SystemTime::now()
@@ -146,22 +158,67 @@ pub struct Opening {
     pub options: Arc<str>,
     /// The voters, in the order asked.
     pub seats: Vec<Seat>,
+    /// The opening's ballot tasks ask the first `asked` seats, one each: every seat for a
+    /// one-round vote, the first proposer alone under `leader`.
+    pub asked: u32,
     /// When its ballots were accepted, in milliseconds since the Unix epoch: a decision
     /// recovered after a crash keeps its deadline.
     pub opened_at_ms: u64,
 }
 
-/// A decision among agents, as the journal knows it. Its ballots are the tasks `id`,
-/// `id + 1`, ..., one per seat, accepted with it in one write.
+/// Why a decision asked for more tasks after its opening.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Role {
+    /// Ballots of a later round (`fast`'s second).
+    Ballot,
+    /// `leader`: the round's proposer is asked for its proposal.
+    Proposal,
+    /// `leader`: the reviewers are asked to approve or reject the proposal.
+    Review,
+    /// A judge agent is asked to settle a tie.
+    Judge,
+}
+
+/// Tasks a decision asked for after its opening, in one write: tasks `first, first + 1,
+/// ...`, the i-th asked of `asked[i]`.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct Call {
+    /// The decision's round they belong to.
+    pub round: u32,
+    pub role: Role,
+    pub asked: Vec<Seat>,
+    /// When they were accepted, in milliseconds since the Unix epoch.
+    pub at_ms: u64,
+}
+
+/// A decision among agents, as the journal knows it. Its opening's ballots are the tasks
+/// `id`, `id + 1`, ..., one per seat asked, accepted with it in one write; each later call
+/// is accepted with its tasks in one write too.
 #[derive(Clone, Debug, PartialEq)]
 pub struct DecisionRow {
     /// The id of its first ballot task.
     pub id: TaskId,
     pub opening: Opening,
+    /// Its later calls, oldest first, each with the id of its first task.
+    pub calls: Vec<(TaskId, Call)>,
     /// How it ended, as JSON, once it has; written once and never changed.
     pub outcome: Option<Arc<str>>,
     /// When it ended, in milliseconds since the Unix epoch.
     pub ended_at_ms: Option<u64>,
+}
+
+impl DecisionRow {
+    /// Each range `[first, end)` of its tasks: the opening's, then each call's.
+    pub fn ballot_ranges(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
+        let opening = (self.id.0, self.id.0 + u64::from(self.opening.asked));
+        let calls = self
+            .calls
+            .iter()
+            .map(|(first, call)| (first.0, first.0 + call.asked.len() as u64));
+        std::iter::once(opening).chain(calls)
+    }
 }
 
 /// Number of tasks in each state.
@@ -234,7 +291,7 @@ pub struct Stats {
 pub enum Error {
     #[error("task ids must continue from {expected}, got {got}")]
     IdOutOfOrder { expected: TaskId, got: TaskId },
-    #[error("a decision of {seats} voters came with {specs} ballot tasks: one per voter")]
+    #[error("a decision asking {seats} voters came with {specs} ballot tasks: one per voter")]
     Ballots { seats: usize, specs: usize },
     #[error("journal storage failed: {0}")]
     Storage(String),
@@ -294,6 +351,12 @@ pub trait Journal: std::fmt::Debug + Send + Sync + 'static {
     /// in one write: both survive a crash, or neither. Refused (nothing written) when
     /// `specs` and the seats differ in number.
     fn open_decision(&self, first: TaskId, specs: &[TaskSpec], opening: Opening) -> Durable;
+
+    /// Records that open decision `decision` asks for more tasks (a later round, a leader's
+    /// reviews, a judge) and accepts them as tasks `first, first + 1, ...` (one per agent
+    /// asked) in one write. Refused (nothing written) when `specs` and `call.asked` differ in
+    /// number. Only the decision's owner asks, and only while it is open.
+    fn ask(&self, decision: TaskId, first: TaskId, specs: &[TaskSpec], call: Call) -> Durable;
 
     /// Records how decision `id` ended. The first outcome stands: a second is dropped and
     /// counted as fenced, an unknown decision as unknown (see [`Stats`]).

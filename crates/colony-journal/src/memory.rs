@@ -1,5 +1,6 @@
 use crate::{
-    AgentRecord, Counts, DecisionRow, Durable, Error, Journal, Opening, Record, Stats, TaskRow,
+    AgentRecord, Call, Counts, DecisionRow, Durable, Error, Journal, Opening, Record, Stats,
+    TaskRow,
 };
 use bytes::Bytes;
 use colony_core::{AgentId, TaskId, task::TaskSpec, task::TaskState};
@@ -206,11 +207,8 @@ impl Journal for MemoryJournal {
     }
 
     fn open_decision(&self, first: TaskId, specs: &[TaskSpec], opening: Opening) -> Durable {
-        if specs.len() != opening.seats.len() {
-            return Durable::ready(Err(Error::Ballots {
-                seats: opening.seats.len(),
-                specs: specs.len(),
-            }));
+        if let Err(e) = crate::check_opening(specs, &opening) {
+            return Durable::ready(Err(e));
         }
         let mut inner = self.lock();
         let accepted = inner.accept(first, specs);
@@ -218,9 +216,27 @@ impl Journal for MemoryJournal {
             inner.decisions.push(DecisionRow {
                 id: first,
                 opening,
+                calls: Vec::new(),
                 outcome: None,
                 ended_at_ms: None,
             });
+        }
+        Durable::ready(accepted)
+    }
+
+    fn ask(&self, decision: TaskId, first: TaskId, specs: &[TaskSpec], call: Call) -> Durable {
+        if specs.len() != call.asked.len() {
+            return Durable::ready(Err(Error::Ballots {
+                seats: call.asked.len(),
+                specs: specs.len(),
+            }));
+        }
+        let mut inner = self.lock();
+        let accepted = inner.accept(first, specs);
+        if accepted.is_ok()
+            && let Ok(i) = inner.decisions.binary_search_by_key(&decision, |d| d.id)
+        {
+            inner.decisions[i].calls.push((first, call));
         }
         Durable::ready(accepted)
     }
@@ -262,12 +278,13 @@ impl Journal for MemoryJournal {
 
     fn closed_ballots(&self, tasks: &[TaskId]) -> Result<Vec<TaskId>, Error> {
         let inner = self.lock();
-        let closed: Vec<(u64, u64)> = inner
+        let mut closed: Vec<(u64, u64)> = inner
             .decisions
             .iter()
             .filter(|d| d.outcome.is_some())
-            .map(|d| (d.id.0, d.id.0 + d.opening.seats.len() as u64))
+            .flat_map(|d| d.ballot_ranges())
             .collect();
+        closed.sort_unstable();
         Ok(crate::ballots_among(tasks, &closed))
     }
 
@@ -452,6 +469,11 @@ mod tests {
             opening: crate::Opening,
         ) -> Durable {
             let d = self.0.open_decision(first, specs, opening);
+            self.0.sync();
+            d
+        }
+        fn ask(&self, decision: TaskId, first: TaskId, specs: &[TaskSpec], call: Call) -> Durable {
+            let d = self.0.ask(decision, first, specs, call);
             self.0.sync();
             d
         }

@@ -27,6 +27,7 @@ impl Suite {
         the_hierarchy_is_recorded(&make());
         a_decision_opens_with_its_ballots_and_closes_once(&make());
         a_decision_needs_one_ballot_per_seat(&make());
+        a_decision_asks_again_in_later_calls(&make());
     }
 }
 
@@ -315,6 +316,7 @@ fn opening(voters: u32) -> crate::Opening {
                 weight: 1.5,
             })
             .collect(),
+        asked: voters,
         opened_at_ms: 1_700_000_000_000,
     }
 }
@@ -411,6 +413,49 @@ fn a_decision_needs_one_ballot_per_seat<J: Journal>(j: &J) {
     assert_eq!(j.decision(first).unwrap(), None);
 }
 
+fn a_decision_asks_again_in_later_calls<J: Journal>(j: &J) {
+    // A leader-like decision: three seats, the first asked alone at the opening.
+    let first = j.next_task_id();
+    let mut leader = opening(3);
+    leader.asked = 1;
+    block_on(j.open_decision(first, &[TaskSpec::with_payload("propose")], leader.clone()))
+        .expect("open");
+    accept(j, 2);
+    let reviews = j.next_task_id();
+    let call = crate::Call {
+        round: 0,
+        role: crate::Role::Review,
+        asked: leader.seats[1..].to_vec(),
+        at_ms: 1_700_000_000_500,
+    };
+    let specs = vec![TaskSpec::with_payload("review"); 2];
+    block_on(j.ask(first, reviews, &specs, call.clone())).expect("ask");
+    assert_eq!(
+        j.next_task_id(),
+        nth(reviews, 2),
+        "the call's tasks are tasks"
+    );
+    let refused = block_on(j.ask(first, nth(reviews, 2), &specs[..1], call.clone()));
+    assert!(
+        matches!(refused, Err(Error::Ballots { seats: 2, specs: 1 })),
+        "{refused:?}"
+    );
+    assert_eq!(j.next_task_id(), nth(reviews, 2), "nothing was accepted");
+    let row = j.decision(first).unwrap().expect("the decision");
+    assert_eq!(row.opening, leader);
+    assert_eq!(row.calls, [(reviews, call.clone())]);
+    assert_eq!(j.open_decisions().unwrap()[0].calls.len(), 1);
+    assert_eq!(j.decisions(None, 1).unwrap()[0].calls.len(), 1);
+    let asked = [first, nth(first, 1), reviews, nth(reviews, 1)];
+    assert_eq!(j.closed_ballots(&asked).unwrap(), [], "not closed yet");
+    block_on(j.close_decision(first, "{}".into())).expect("close");
+    assert_eq!(
+        j.closed_ballots(&asked).unwrap(),
+        [first, reviews, nth(reviews, 1)],
+        "the opening's task and the call's; not the tasks between"
+    );
+}
+
 /// The crash case: what a journal acknowledged survives a crash and a reopen, and what it
 /// did not acknowledge is either all there or absent, never half.
 ///
@@ -440,6 +485,17 @@ pub fn crash_case<J: Journal>(journal: J, sync: impl Fn(&J), crash: impl FnOnce(
         &[TaskSpec::default(), TaskSpec::default()],
         opening(2),
     );
+    let _lost_call = journal.ask(
+        nth(first, 5),
+        nth(first, 8),
+        &[TaskSpec::default()],
+        crate::Call {
+            round: 1,
+            role: crate::Role::Ballot,
+            asked: opening(1).seats,
+            at_ms: 1_700_000_000_000,
+        },
+    );
     let _lost_record = journal.record(vec![committed(nth(first, 1), 1, "maybe")]);
     let _lost_close = journal.close_decision(nth(first, 5), "{}".into());
 
@@ -462,8 +518,14 @@ pub fn crash_case<J: Journal>(journal: J, sync: impl Fn(&J), crash: impl FnOnce(
     let counts = j.counts().unwrap();
     let survived = j.next_task_id().0 - first.0;
     assert!(
-        survived == 6 || survived == 8,
-        "a batch survives whole or not at all: {survived}"
+        [6, 8, 9].contains(&survived),
+        "a batch survives whole or not at all, in order: {survived}"
+    );
+    let calls = j.decision(nth(first, 5)).unwrap().map(|d| d.calls.len());
+    assert_eq!(
+        calls,
+        Some(usize::from(survived == 9)),
+        "a call survives with its tasks or not at all"
     );
     assert!(
         j.decision(nth(first, 5)).unwrap().is_some(),
@@ -471,7 +533,7 @@ pub fn crash_case<J: Journal>(journal: J, sync: impl Fn(&J), crash: impl FnOnce(
     );
     assert_eq!(
         j.decision(nth(first, 6)).unwrap().is_some(),
-        survived == 8,
+        survived >= 8,
         "a decision survives with its ballots or not at all"
     );
     assert_eq!(counts.total(), survived, "counts agree with the rows");
@@ -512,6 +574,13 @@ enum Pending {
         std::sync::Arc<str>,
         futures::channel::oneshot::Sender<Result<(), Error>>,
     ),
+    Ask(
+        TaskId,
+        TaskId,
+        Vec<TaskSpec>,
+        crate::Call,
+        futures::channel::oneshot::Sender<Result<(), Error>>,
+    ),
 }
 
 impl Crashable {
@@ -535,6 +604,9 @@ impl Crashable {
                 }
                 Pending::Close(id, outcome, done) => {
                     let _ = done.send(block_on(self.durable.close_decision(id, outcome)));
+                }
+                Pending::Ask(decision, first, specs, call, done) => {
+                    let _ = done.send(block_on(self.durable.ask(decision, first, &specs, call)));
                 }
             }
         }
@@ -567,7 +639,9 @@ impl Journal for Crashable {
         let queued: usize = pending
             .iter()
             .map(|w| match w {
-                Pending::Accept(_, specs, _) | Pending::Open(_, specs, _, _) => specs.len(),
+                Pending::Accept(_, specs, _)
+                | Pending::Open(_, specs, _, _)
+                | Pending::Ask(_, _, specs, _, _) => specs.len(),
                 _ => 0,
             })
             .sum();
@@ -588,6 +662,16 @@ impl Journal for Crashable {
     ) -> crate::Durable {
         let specs = specs.to_vec();
         self.hold(|done| Pending::Open(first, specs, opening, done))
+    }
+    fn ask(
+        &self,
+        decision: TaskId,
+        first: TaskId,
+        specs: &[TaskSpec],
+        call: crate::Call,
+    ) -> crate::Durable {
+        let specs = specs.to_vec();
+        self.hold(|done| Pending::Ask(decision, first, specs, call, done))
     }
     fn close_decision(&self, id: TaskId, outcome: std::sync::Arc<str>) -> crate::Durable {
         self.hold(|done| Pending::Close(id, outcome, done))

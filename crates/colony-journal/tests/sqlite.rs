@@ -481,3 +481,40 @@ fn a_write_that_can_never_commit_is_dropped_and_the_rest_commits() {
     block_on(j.accept(j.next_task_id(), &[TaskSpec::default()])).unwrap();
     drop(j); // returns: no retry loop holds the writer
 }
+
+#[test]
+fn a_decision_written_before_calls_existed_asked_every_seat() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("v3.db");
+    let j = open(&path);
+    let seats: Vec<colony_journal::Seat> = (0..3)
+        .map(|i| colony_journal::Seat {
+            agent: AgentId(i),
+            pool: 0,
+            weight: 1.0,
+        })
+        .collect();
+    let opening = colony_journal::Opening {
+        options: "{}".into(),
+        seats,
+        asked: 3,
+        opened_at_ms: 1,
+    };
+    block_on(j.open_decision(TaskId(1), &vec![TaskSpec::default(); 3], opening)).unwrap();
+    block_on(j.close_decision(TaskId(1), "{}".into())).unwrap();
+    drop(j);
+    // Version 3 had no `asked` column: its rows read back as NULL.
+    let conn = Connection::open(&path).unwrap();
+    conn.execute("UPDATE decisions SET asked = NULL", [])
+        .unwrap();
+    drop(conn);
+    let j = open(&path);
+    let row = j.decision(TaskId(1)).unwrap().unwrap();
+    assert_eq!(row.opening.asked, 3);
+    assert!(row.calls.is_empty());
+    assert_eq!(
+        j.closed_ballots(&[TaskId(1), TaskId(3), TaskId(4)])
+            .unwrap(),
+        [TaskId(1), TaskId(3)]
+    );
+}

@@ -32,8 +32,23 @@
 //! clock. A decision the journal holds as closed is never taken again: its outcome stands,
 //! and a second close is fenced.
 //!
-//! Not run here yet: the `fast` and `leader` protocols (they take more than one round of
-//! tasks) and a `judge` tie-break.
+//! Decisions of more than one call of tasks:
+//! - `fast`: when its first round does not decide, every voter is asked again (the same
+//!   task, pinned to it), round 0's ballots still out are cancelled, and round 1 is counted
+//!   as a classic majority;
+//! - `leader`: the first voter alone is asked for a proposal; once it is in, every other
+//!   voter gets a review task (the task's spec with the payload
+//!   `{"review": {"proposal": <text>, "task": <the task's payload>}}`) and answers `approve`
+//!   or `reject` (also `yes`/`no`, `accept`, `true`/`false`, as text or as `{"vote": ...}`);
+//!   a proposal not accepted passes the turn to the next voter, up to `max-rounds`;
+//! - a tie under `tie: judge` asks one worker that can run the task and did not vote (else
+//!   the first voter) to choose, with the payload
+//!   `{"judge": {"candidates": [<value>, ...], "task": <the task's payload>}}`; it answers
+//!   with a candidate's index (from 0) or its value; anything else, or no answer within
+//!   `judge-timeout`, leaves the tie standing (`tie`).
+//!
+//! Each later call is journaled with its tasks in one write, so a recovered decision replays
+//! its opening and its calls in order, and asks what it had not asked yet.
 
 use crate::{Completion, Error, Handle};
 use bytes::Bytes;
@@ -41,7 +56,7 @@ use colony_core::{
     AgentId, TaskId,
     decision::{
         self, Ballot, Decision, DecisionOptions, MAX_PARTICIPANTS, Outcome, Participant, Progress,
-        Protocol, Tie,
+        Protocol,
     },
     task::{TaskSpec, TaskState},
     tree::{LiveTree, SpecMask},
@@ -88,13 +103,6 @@ impl Vote {
         self.options
             .validate()
             .map_err(|e| Error::Decision(e.to_string()))?;
-        if matches!(self.options.protocol, Protocol::Fast | Protocol::Leader) {
-            return invalid(format!(
-                "protocol {} takes more than one round of tasks, which the runtime does not run \
-                 yet: use majority, weighted, confidence, similarity or bft",
-                self.options.protocol
-            ));
-        }
         if self.reputation
             && !matches!(
                 self.options.protocol,
@@ -105,12 +113,6 @@ impl Vote {
                 "weights by reputation are counted by the weighted and confidence protocols, not by {}",
                 self.options.protocol
             ));
-        }
-        if self.options.tie == Tie::Judge {
-            return invalid(
-                "tie: judge asks a judge agent, which the runtime does not run yet: use fail or first"
-                    .into(),
-            );
         }
         if let Some((pool, w)) = self
             .pool_weights
@@ -182,14 +184,27 @@ fn seat(tree: &LiveTree, mask: SpecMask, n: usize) -> Vec<(AgentId, u8)> {
 pub struct Voter {
     pub agent: AgentId,
     pub pool: u8,
-    /// The ballot task asked of it.
-    pub task: TaskId,
-    /// How its ballot task ended; `None` if it was still out when the vote ended (it is then
-    /// cancelled).
+    /// The latest ballot task asked of it (a later round's, a review); `None` if it was
+    /// never asked (a `leader` reviewer whose proposer never proposed).
+    pub task: Option<TaskId>,
+    /// How that task ended; `None` if it was still out when its round or the vote ended (it
+    /// is then cancelled).
     pub state: Option<TaskState>,
     /// Why its ballot did not count: its task ended without an output (the task's error),
     /// or the engine refused what it sent.
     pub problem: Option<Arc<str>>,
+}
+
+impl Voter {
+    fn new(seat: &colony_journal::Seat) -> Self {
+        Self {
+            agent: seat.agent,
+            pool: seat.pool,
+            task: None,
+            state: None,
+            problem: None,
+        }
+    }
 }
 
 /// A decision run to its end.
@@ -202,9 +217,27 @@ pub struct Decided {
     pub outcome: Outcome,
     /// Every voter seated, in the order they were asked.
     pub voters: Vec<Voter>,
+    /// The judge asked to settle a tie, if one was.
+    pub judge: Option<Voter>,
 }
 
-type BallotFuture = Pin<Box<dyn Future<Output = (usize, Result<Completion, Error>)> + Send>>;
+/// Whose ballot tasks the journal is asked to accept: a new decision's, or a later call's.
+pub(crate) enum Ballots {
+    Open(colony_journal::Opening),
+    Call {
+        decision: TaskId,
+        call: colony_journal::Call,
+    },
+}
+
+/// Who a ballot task was asked of: a seat, in a round, or the judge.
+#[derive(Clone, Copy, Debug)]
+enum Asked {
+    Seat { seat: usize, round: u32 },
+    Judge,
+}
+
+type BallotFuture = Pin<Box<dyn Future<Output = (Asked, Result<Completion, Error>)> + Send>>;
 
 /// A decision under way: its voters are seated and their ballot tasks accepted.
 pub struct Voting {
@@ -212,7 +245,19 @@ pub struct Voting {
     /// The decision's id: its first ballot task's.
     id: TaskId,
     decision: Decision,
+    /// What the voters are asked: asked again in a later round, and shown to reviewers and
+    /// a judge.
+    spec: TaskSpec,
+    seats: Vec<colony_journal::Seat>,
     voters: Vec<Voter>,
+    judge: Option<Voter>,
+    /// The candidates the judge chooses among.
+    candidates: Vec<decision::Candidate>,
+    /// `leader`: the round whose reviews were asked.
+    reviewed: Option<u32>,
+    /// What the engine answered that still needs acting on (a recovered decision's next
+    /// round or judge, not yet asked before the crash).
+    carry: Option<Progress>,
     pending: FuturesUnordered<BallotFuture>,
     /// When this process took the decision up, and how far into the decision that was: 0 but
     /// for a decision recovered after a crash.
@@ -241,7 +286,7 @@ impl Voting {
         self.id
     }
 
-    /// The voters seated, in the order asked, with their ballot tasks.
+    /// The voters seated, in the order asked, with their latest ballot tasks.
     pub fn voters(&self) -> &[Voter] {
         &self.voters
     }
@@ -257,17 +302,41 @@ impl Voting {
     }
 
     /// Counts the ballots as their tasks end, until the engine has an outcome: decided, or
-    /// failed (at the deadline at the latest). The ballot tasks still out are then cancelled,
-    /// as they are if the vote is dropped before it ends. Returns once the journal holds the
-    /// outcome.
+    /// failed (at the deadline at the latest). A `fast` decision asks its voters again when
+    /// its first round does not decide; a `leader` decision asks the reviewers once the
+    /// proposal is in, and the next proposer when it is not accepted; a tie under `judge`
+    /// asks a judge. The ballot tasks still out are then cancelled, as they are if the vote
+    /// is dropped before it ends. Returns once the journal holds the outcome.
     pub async fn outcome(mut self) -> Result<Decided, Error> {
+        let mut progress = self.carry.take().unwrap_or(Progress::Pending);
+        // A recovered `leader` decision whose proposal came before the crash, its reviews not.
+        let proposer = self.decision.proposer();
+        if let Some(seat) = self.voters.iter().position(|v| Some(v.agent) == proposer)
+            && let Some(text) = self.proposal_unreviewed(seat)
+        {
+            self.ask_reviews(self.decision.round(), &text).await?;
+        }
         let outcome = loop {
-            // Nothing left to wait for (a decision recovered with every ballot in): it is
-            // closed now.
-            if self.pending.is_empty() && self.decision.outcome().is_none() {
-                let now = self.now();
-                if let Progress::Done(outcome) = self.decision.close(now) {
-                    break outcome;
+            match progress {
+                Progress::Pending => {}
+                Progress::Done(outcome) => break outcome,
+                Progress::NextRound { round, proposer } => {
+                    progress = self.next_round(round, proposer).await?;
+                    continue;
+                }
+                Progress::NeedsJudge { candidates } => {
+                    progress = self.ask_judge(candidates).await?;
+                    continue;
+                }
+            }
+            // Nothing left to wait for: the round closes now, as at its deadline.
+            if self.pending.is_empty() {
+                match self.decision.close(self.now()) {
+                    Progress::Pending => {}
+                    other => {
+                        progress = other;
+                        continue;
+                    }
                 }
             }
             let deadline = match self.decision.deadline() {
@@ -277,42 +346,23 @@ impl Voting {
                     None => return Err(Error::Decision("the decision stopped undecided".into())),
                 },
             };
-            let progress = tokio::select! {
-                Some((i, ended)) = self.pending.next(), if !self.pending.is_empty() => {
+            progress = tokio::select! {
+                Some((asked, ended)) = self.pending.next(), if !self.pending.is_empty() => {
                     let now = self.now();
-                    let progress = self.count(i, ended?, now);
-                    match progress {
-                        Progress::Pending if self.pending.is_empty() => self.decision.close(now),
-                        other => other,
-                    }
+                    self.ended(asked, ended?, now).await?
                 }
                 () = tokio::time::sleep_until(deadline) => {
                     self.decision.expire(self.now())
                 }
             };
-            match progress {
-                Progress::Pending => {}
-                Progress::Done(outcome) => break outcome,
-                // Not asked for: `fast`, `leader` and a judge are refused before a vote starts.
-                Progress::NextRound { .. } | Progress::NeedsJudge { .. } => {
-                    return Err(Error::Decision(
-                        "the decision asked for another round or a judge, which the runtime does not run"
-                            .into(),
-                    ));
-                }
-            }
         };
-        // Ballots that ended meanwhile need no cancelling; they came too late to count.
-        while let Some(Some((i, Ok(ended)))) = self.pending.next().now_or_never() {
-            let voter = &mut self.voters[i];
-            voter.state = Some(ended.state);
-            voter.problem = Some("its ballot task ended after the vote did".into());
-        }
+        self.drain_ended();
         self.cancel_the_rest();
         let decided = Decided {
             id: self.id,
             outcome,
             voters: std::mem::take(&mut self.voters),
+            judge: self.judge.take(),
         };
         let record = serde_json::to_string(&decided)
             .map_err(|e| Error::Decision(format!("the outcome could not be written: {e}")))?;
@@ -324,16 +374,290 @@ impl Voting {
         Ok(decided)
     }
 
+    /// Ballots that ended meanwhile need no cancelling; they came too late to count.
+    fn drain_ended(&mut self) {
+        while let Some(Some((asked, Ok(ended)))) = self.pending.next().now_or_never() {
+            let voter = match asked {
+                Asked::Seat { seat, .. } => &mut self.voters[seat],
+                Asked::Judge => match &mut self.judge {
+                    Some(judge) => judge,
+                    None => continue,
+                },
+            };
+            voter.state = Some(ended.state);
+            voter.problem = Some("its ballot task ended after its round did".into());
+        }
+    }
+
     /// Cancels the ballot tasks still out, without waiting: a ballot that ends first ends
     /// as it does.
     fn cancel_the_rest(&mut self) {
         // Their waiters go with them: nothing is left to count.
         self.pending = FuturesUnordered::new();
-        for voter in &self.voters {
-            if voter.state.is_none() {
-                self.handle.cancel_soon(voter.task);
+        for voter in self.voters.iter().chain(&self.judge) {
+            if let (None, Some(task)) = (voter.state, voter.task) {
+                self.handle.cancel_soon(task);
             }
         }
+    }
+
+    /// The engine opened round `round`: the last round's ballots still out are cancelled,
+    /// and the round's are asked (`fast`: every voter again; `leader`: the proposer's
+    /// proposal). What the engine answers if they cannot be asked.
+    async fn next_round(
+        &mut self,
+        round: u32,
+        proposer: Option<AgentId>,
+    ) -> Result<Progress, Error> {
+        self.drain_ended();
+        self.cancel_the_rest();
+        let (role, seats): (colony_journal::Role, Vec<usize>) = match proposer {
+            Some(agent) => {
+                let seat = self.voters.iter().position(|v| v.agent == agent);
+                (colony_journal::Role::Proposal, seat.into_iter().collect())
+            }
+            None => (
+                colony_journal::Role::Ballot,
+                (0..self.seats.len()).collect(),
+            ),
+        };
+        let specs = vec![self.spec.clone(); seats.len()];
+        self.ask(round, role, &seats, specs).await?;
+        Ok(Progress::Pending)
+    }
+
+    /// `leader`: the proposal of round `round` is in; each other voter is asked to review it.
+    async fn ask_reviews(&mut self, round: u32, proposal: &str) -> Result<(), Error> {
+        self.reviewed = Some(round);
+        let proposer = self.decision.proposer();
+        let seats: Vec<usize> = (0..self.voters.len())
+            .filter(|&i| Some(self.voters[i].agent) != proposer)
+            .collect();
+        let payload = serde_json::json!({
+            "review": {"proposal": proposal, "task": payload_json(&self.spec.payload)},
+        });
+        let spec = self.spec_with(payload);
+        let specs = vec![spec; seats.len()];
+        self.ask(round, colony_journal::Role::Review, &seats, specs)
+            .await
+    }
+
+    /// `spec` with `payload` (JSON) as its payload.
+    fn spec_with(&self, payload: serde_json::Value) -> TaskSpec {
+        TaskSpec {
+            payload: Bytes::from(payload.to_string()),
+            ..self.spec.clone()
+        }
+    }
+
+    /// Asks `seats` (indexes into the voters) for ballot tasks `specs` of round `round`, each
+    /// pinned to its voter, journaled as one call of the decision.
+    async fn ask(
+        &mut self,
+        round: u32,
+        role: colony_journal::Role,
+        seats: &[usize],
+        specs: Vec<TaskSpec>,
+    ) -> Result<(), Error> {
+        if seats.is_empty() {
+            return Ok(());
+        }
+        let asked: Vec<colony_journal::Seat> = seats.iter().map(|&i| self.seats[i]).collect();
+        let masks = asked.iter().map(|s| SpecMask::of(s.pool)).collect();
+        self.handle.wait_for_room(seats.len()).await?;
+        let call = colony_journal::Call {
+            round,
+            role,
+            asked: asked.clone(),
+            at_ms: unix_ms(),
+        };
+        let ballots = Ballots::Call {
+            decision: self.id,
+            call,
+        };
+        let (_, completions) = self
+            .handle
+            .accept_tracked(
+                specs,
+                masks,
+                |_| true,
+                |i| Some(asked[i].agent),
+                Some(ballots),
+            )
+            .await?;
+        for (&seat, pending) in seats.iter().zip(completions) {
+            self.await_ballot(Asked::Seat { seat, round }, pending);
+        }
+        Ok(())
+    }
+
+    /// Waits for `pending`, the ballot task asked of `asked`.
+    fn await_ballot(&mut self, asked: Asked, pending: crate::Pending) {
+        let voter = match asked {
+            Asked::Seat { seat, .. } => &mut self.voters[seat],
+            Asked::Judge => match &mut self.judge {
+                Some(judge) => judge,
+                None => return,
+            },
+        };
+        voter.task = Some(pending.id);
+        voter.state = None;
+        voter.problem = None;
+        self.pending
+            .push(Box::pin(async move { (asked, pending.await) }));
+    }
+
+    /// A tie under `judge`: a worker that can run the task and did not vote (else the first
+    /// voter) is asked to choose among `candidates`. What the engine answers if none can be
+    /// asked: the tie stands.
+    async fn ask_judge(&mut self, candidates: Vec<decision::Candidate>) -> Result<Progress, Error> {
+        let mask = self.handle.admit(std::slice::from_ref(&self.spec))?[0];
+        let n = self.voters.len();
+        let found = self
+            .handle
+            .observe(move |live| seat(live.tree, mask, n + 1))
+            .await?;
+        let judge = found
+            .iter()
+            .find(|(agent, _)| self.voters.iter().all(|v| v.agent != *agent))
+            .or(found.first())
+            .copied();
+        let Some((agent, pool)) = judge else {
+            return self.judged(None);
+        };
+        let values: Vec<&str> = candidates.iter().map(|c| &*c.value).collect();
+        let payload = serde_json::json!({
+            "judge": {"candidates": values, "task": payload_json(&self.spec.payload)},
+        });
+        let spec = self.spec_with(payload);
+        self.candidates = candidates;
+        let seat = colony_journal::Seat {
+            agent,
+            pool,
+            weight: 0.0,
+        };
+        self.judge = Some(Voter::new(&seat));
+        self.handle.wait_for_room(1).await?;
+        let call = colony_journal::Call {
+            round: self.decision.round(),
+            role: colony_journal::Role::Judge,
+            asked: vec![seat],
+            at_ms: unix_ms(),
+        };
+        let ballots = Ballots::Call {
+            decision: self.id,
+            call,
+        };
+        let (_, mut completions) = self
+            .handle
+            .accept_tracked(
+                vec![spec],
+                vec![SpecMask::of(pool)],
+                |_| true,
+                |_| Some(agent),
+                Some(ballots),
+            )
+            .await?;
+        if let Some(pending) = completions.pop() {
+            self.await_ballot(Asked::Judge, pending);
+        }
+        Ok(Progress::Pending)
+    }
+
+    /// The judge chose `choice` (an index into the candidates), or none.
+    fn judged(&mut self, choice: Option<usize>) -> Result<Progress, Error> {
+        match self.decision.judge(choice, self.now()) {
+            Ok(progress) => Ok(progress),
+            Err(refused) => {
+                if let Some(judge) = &mut self.judge {
+                    judge.problem = Some(refused.to_string().into());
+                }
+                Ok(Progress::Pending)
+            }
+        }
+    }
+
+    /// A ballot task asked of `asked` ended at `now`: counted, and acted on (`leader`: a
+    /// proposal is reviewed; a judge's choice is taken).
+    async fn ended(
+        &mut self,
+        asked: Asked,
+        ended: Completion,
+        now: Duration,
+    ) -> Result<Progress, Error> {
+        match asked {
+            Asked::Judge => {
+                let choice = self.choice(ended);
+                self.judged(choice)
+            }
+            Asked::Seat { seat, round } => {
+                let progress = self.count(seat, round, ended, now);
+                let proposal = self.proposal_unreviewed(seat);
+                if let (Progress::Pending, Some(text)) = (&progress, proposal) {
+                    self.ask_reviews(round, &text).await?;
+                }
+                Ok(progress)
+            }
+        }
+    }
+
+    /// `leader`: the proposal voter `seat` just made in the open round, if it was counted
+    /// and its reviews are not asked yet.
+    fn proposal_unreviewed(&self, seat: usize) -> Option<String> {
+        let round = self.decision.round();
+        let agent = self.voters[seat].agent;
+        if self.decision.proposer() != Some(agent) || self.reviewed == Some(round) {
+            return None;
+        }
+        let last = self.decision.ballots().last()?;
+        match (&last.ballot.vote, last.status) {
+            (decision::Vote::Output(text), decision::Status::Counted)
+                if last.ballot.voter == agent && last.ballot.round == round =>
+            {
+                Some(text.to_string())
+            }
+            _ => None,
+        }
+    }
+
+    /// The judge's answer: a candidate's index, or its value.
+    fn choice(&mut self, ended: Completion) -> Option<usize> {
+        let judge = self.judge.as_mut()?;
+        judge.state = Some(ended.state);
+        let text = match (ended.state, ended.output) {
+            (TaskState::Succeeded, Some(output)) => output,
+            (state, _) => {
+                judge.problem = Some(
+                    ended
+                        .error
+                        .unwrap_or_else(|| format!("its task ended {}", state.as_str()).into()),
+                );
+                return None;
+            }
+        };
+        let said = match ballot(judge.agent, &text) {
+            Ok(b) => match b.vote {
+                decision::Vote::Output(text) => text,
+                _ => return None,
+            },
+            Err(problem) => {
+                judge.problem = Some(problem.into());
+                return None;
+            }
+        };
+        let said = said.trim();
+        let found = said
+            .parse::<usize>()
+            .ok()
+            .filter(|&i| i < self.candidates.len())
+            .or_else(|| self.candidates.iter().position(|c| c.value.trim() == said));
+        if found.is_none() {
+            judge.problem = Some(
+                format!("it chose {said:?}, which is neither a candidate's index nor its value")
+                    .into(),
+            );
+        }
+        found
     }
 
     /// Tells the event stream and the metrics how the decision ended, and the voters'
@@ -380,9 +704,12 @@ impl Voting {
         );
     }
 
-    /// Voter `i`'s ballot task ended: its output is cast, else the voter is silent.
-    fn count(&mut self, i: usize, ended: Completion, now: std::time::Duration) -> Progress {
-        let voter = &mut self.voters[i];
+    /// Voter `seat`'s ballot task of round `round` ended: its output is cast, else the voter
+    /// is silent. Under `leader`, a reviewer's output is read as its review.
+    fn count(&mut self, seat: usize, round: u32, ended: Completion, now: Duration) -> Progress {
+        let review = self.decision.options().protocol == Protocol::Leader
+            && self.decision.proposer() != Some(self.voters[seat].agent);
+        let voter = &mut self.voters[seat];
         voter.state = Some(ended.state);
         let output = match (ended.state, ended.output) {
             (TaskState::Succeeded, Some(output)) => output,
@@ -394,8 +721,10 @@ impl Voting {
                 return Progress::Pending;
             }
         };
-        let ballot = match ballot(voter.agent, &output) {
-            Ok(ballot) => ballot,
+        let read =
+            ballot(voter.agent, &output).and_then(|b| if review { as_review(b) } else { Ok(b) });
+        let ballot = match read {
+            Ok(ballot) => ballot.in_round(round),
             Err(problem) => {
                 voter.problem = Some(problem.into());
                 return Progress::Pending;
@@ -404,11 +733,44 @@ impl Voting {
         match self.decision.cast(ballot, now) {
             Ok(progress) => progress,
             Err(refused) => {
-                voter.problem = Some(refused.to_string().into());
+                self.voters[seat].problem = Some(refused.to_string().into());
                 Progress::Pending
             }
         }
     }
+}
+
+/// A reviewer's ballot read as its review: `approve` (or `approved`, `accept`, `yes`,
+/// `true`) or `reject` (or `rejected`, `no`, `false`), in any case.
+fn as_review(ballot: Ballot) -> Result<Ballot, String> {
+    let decision::Vote::Output(text) = &ballot.vote else {
+        return Ok(ballot);
+    };
+    let word = text
+        .trim()
+        .trim_matches(|c: char| c == '.' || c == '!')
+        .to_lowercase();
+    let approve = match word.as_str() {
+        "approve" | "approved" | "accept" | "yes" | "true" => true,
+        "reject" | "rejected" | "no" | "false" => false,
+        _ => {
+            return Err(format!(
+                "its review {:?} is neither approve nor reject",
+                colony_core::text::shorten(text, 80)
+            ));
+        }
+    };
+    let review = Ballot::review(ballot.voter, approve);
+    Ok(match ballot.confidence {
+        Some(c) => review.with_confidence(c),
+        None => review,
+    })
+}
+
+/// A task's payload as JSON for a review or a judge: as it is when it is JSON, else as text.
+fn payload_json(payload: &Bytes) -> serde_json::Value {
+    serde_json::from_slice(payload)
+        .unwrap_or_else(|_| serde_json::Value::String(String::from_utf8_lossy(payload).into()))
 }
 
 /// The ballot an output casts (see the module docs).
@@ -459,8 +821,7 @@ impl Handle {
     pub async fn decide(&self, spec: TaskSpec, vote: Vote) -> Result<Voting, Error> {
         vote.validate()?;
         let n = vote.voters as usize;
-        let specs = vec![spec; n];
-        let mask = self.admit(&specs)?[0];
+        let mask = self.admit(&vec![spec.clone(); n])?[0];
         // Room first, then seats: seated voters must not leave while the ballots wait for it.
         self.wait_for_room(n).await?;
         let seated = async {
@@ -509,8 +870,22 @@ impl Handle {
                 return Err(e);
             }
         };
+        // `leader` asks its first proposer alone; the others are asked once it proposed.
+        let asked = match vote.options.protocol {
+            Protocol::Leader => 1,
+            _ => n,
+        };
+        let journal_seats: Vec<colony_journal::Seat> = seats
+            .iter()
+            .map(|&(agent, pool, weight)| colony_journal::Seat {
+                agent,
+                pool,
+                weight,
+            })
+            .collect();
+        self.give_back_room(n - asked);
         // Each ballot may run only in its voter's pool: that is the demand it makes.
-        let masks = seats
+        let masks = seats[..asked]
             .iter()
             .map(|&(_, pool, _)| SpecMask::of(pool))
             .collect();
@@ -518,45 +893,38 @@ impl Handle {
             options: serde_json::to_string(&vote.options)
                 .map_err(|e| Error::Decision(format!("the options could not be written: {e}")))?
                 .into(),
-            seats: seats
-                .iter()
-                .map(|&(agent, pool, weight)| colony_journal::Seat {
-                    agent,
-                    pool,
-                    weight,
-                })
-                .collect(),
+            seats: journal_seats.clone(),
+            asked: asked as u32,
             opened_at_ms: unix_ms(),
         };
         let (accepted, completions) = self
-            .accept_tracked(specs, masks, |_| true, |i| Some(seats[i].0), Some(opening))
+            .accept_tracked(
+                vec![spec.clone(); asked],
+                masks,
+                |_| true,
+                |i| Some(seats[i].0),
+                Some(Ballots::Open(opening)),
+            )
             .await?;
-        let started = Instant::now();
-        let voters = seats
-            .iter()
-            .zip(&completions)
-            .map(|(&(agent, pool, _), pending)| Voter {
-                agent,
-                pool,
-                task: pending.id,
-                state: None,
-                problem: None,
-            })
-            .collect();
-        let pending = completions
-            .into_iter()
-            .enumerate()
-            .map(|(i, pending)| -> BallotFuture { Box::pin(async move { (i, pending.await) }) })
-            .collect();
-        Ok(Voting {
+        let mut voting = Voting {
             handle: self.clone(),
             id: accepted.first,
             decision,
-            voters,
-            pending,
-            started,
+            spec,
+            voters: journal_seats.iter().map(Voter::new).collect(),
+            seats: journal_seats,
+            judge: None,
+            candidates: Vec::new(),
+            reviewed: None,
+            carry: None,
+            pending: FuturesUnordered::new(),
+            started: Instant::now(),
             offset: Duration::ZERO,
-        })
+        };
+        for (seat, pending) in completions.into_iter().enumerate() {
+            voting.await_ballot(Asked::Seat { seat, round: 0 }, pending);
+        }
+        Ok(voting)
     }
 }
 
@@ -620,17 +988,19 @@ impl Recovered {
         if self.open.is_empty() {
             return;
         }
-        let seats: HashMap<TaskId, colony_journal::Seat> = self
-            .open
-            .iter()
-            .flat_map(|d| {
-                d.opening
-                    .seats
-                    .iter()
-                    .enumerate()
-                    .map(|(i, seat)| (TaskId(d.id.0 + i as u64), *seat))
-            })
-            .collect();
+        // Every task each decision asked, with the agent it was asked of.
+        let mut seats: HashMap<TaskId, colony_journal::Seat> = HashMap::new();
+        for d in &self.open {
+            let opening = d.opening.seats.iter().take(d.opening.asked as usize);
+            for (i, seat) in opening.enumerate() {
+                seats.insert(TaskId(d.id.0 + i as u64), *seat);
+            }
+            for (first, call) in &d.calls {
+                for (i, seat) in call.asked.iter().enumerate() {
+                    seats.insert(TaskId(first.0 + i as u64), *seat);
+                }
+            }
+        }
         for row in unfinished {
             if let Some(seat) = seats.get(&row.id) {
                 let (tx, rx) = oneshot::channel();
@@ -671,8 +1041,8 @@ impl Recovered {
         n
     }
 
-    /// Decision `row` as it stood: the ballots the journal holds as ended cast, the others
-    /// awaited.
+    /// Decision `row` as it stood: its opening and each later call replayed in the order
+    /// they were asked, the ballots the journal holds as ended cast, the others awaited.
     fn voting(
         &mut self,
         handle: &Handle,
@@ -692,57 +1062,165 @@ impl Recovered {
             .collect();
         let decision =
             Decision::new(options, &participants).map_err(|e| Error::Decision(e.to_string()))?;
-        let elapsed = Duration::from_millis(unix_ms().saturating_sub(row.opening.opened_at_ms));
-        // Ballots the journal holds as ended count as cast by now, or just before the
-        // deadline if that passed while colony was down.
-        let cast_at = match decision.deadline() {
-            Some(d) => elapsed.min(d.saturating_sub(Duration::from_micros(1))),
-            None => elapsed,
+        let spec = match handle.journal().task(row.id)? {
+            Some(first) => first.spec,
+            None => {
+                return Err(Error::Decision(
+                    "its first ballot task is not in the journal".into(),
+                ));
+            }
         };
+        let elapsed = Duration::from_millis(unix_ms().saturating_sub(row.opening.opened_at_ms));
+        let leader = decision.options().protocol == Protocol::Leader;
+        let seats = row.opening.seats;
         let mut voting = Voting {
             handle: handle.clone(),
             id: row.id,
-            voters: Vec::with_capacity(participants.len()),
+            voters: seats.iter().map(Voter::new).collect(),
             decision,
+            spec,
+            judge: None,
+            candidates: Vec::new(),
+            reviewed: None,
+            carry: None,
             pending: FuturesUnordered::new(),
             started: Instant::now(),
             offset: elapsed,
+            seats,
         };
-        for (i, seat) in row.opening.seats.iter().enumerate() {
-            let task = TaskId(row.id.0 + i as u64);
-            voting.voters.push(Voter {
-                agent: seat.agent,
-                pool: seat.pool,
-                task,
-                state: None,
-                problem: None,
-            });
+        let opening = colony_journal::Call {
+            round: 0,
+            role: if leader {
+                colony_journal::Role::Proposal
+            } else {
+                colony_journal::Role::Ballot
+            },
+            asked: voting.seats[..(row.opening.asked as usize).min(voting.seats.len())].to_vec(),
+            at_ms: row.opening.opened_at_ms,
+        };
+        let mut progress = Progress::Pending;
+        for (first, call) in std::iter::once((row.id, opening)).chain(row.calls) {
+            progress = self.replay(&mut voting, progress, first, call, elapsed)?;
+        }
+        if !matches!(progress, Progress::Pending) {
+            voting.carry = Some(progress);
+        }
+        Ok(voting)
+    }
+
+    /// Replays one call of a recovered decision, `progress` being what the engine answered
+    /// last. Returns what it answers now.
+    fn replay(
+        &mut self,
+        voting: &mut Voting,
+        mut progress: Progress,
+        first: TaskId,
+        call: colony_journal::Call,
+        elapsed: Duration,
+    ) -> Result<Progress, Error> {
+        // Ballots the journal holds as ended count as cast by now, or just before their
+        // round's deadline if that passed while colony was down.
+        let cast_at = |decision: &Decision| match decision.deadline() {
+            Some(d) => elapsed.min(d.saturating_sub(Duration::from_micros(1))),
+            None => elapsed,
+        };
+        let mismatch = |what: &str| {
+            Error::Decision(format!(
+                "the journal holds {what} (round {}) that the decision, counted again, did not ask for",
+                call.round
+            ))
+        };
+        let journal = voting.handle.journal().clone();
+        if call.role == colony_journal::Role::Judge {
+            if !matches!(progress, Progress::NeedsJudge { .. }) {
+                progress = voting.decision.close(cast_at(&voting.decision));
+            }
+            let Progress::NeedsJudge { candidates } = progress else {
+                return Err(mismatch("a judge's call"));
+            };
+            voting.candidates = candidates;
+            let seat = call
+                .asked
+                .first()
+                .ok_or_else(|| mismatch("an empty judge's call"))?;
+            voting.judge = Some(Voter::new(seat));
+            if let Some(rx) = self.receivers.remove(&first) {
+                voting.await_ballot(Asked::Judge, crate::Pending { id: first, rx });
+                return Ok(Progress::Pending);
+            }
+            if let Some(judge) = &mut voting.judge {
+                judge.task = Some(first);
+            }
+            return match journal.task(first)? {
+                Some(ended) if ended.state.is_terminal() => {
+                    let choice = voting.choice(Completion::recovered(ended));
+                    let at = cast_at(&voting.decision);
+                    Ok(voting
+                        .decision
+                        .judge(choice, at)
+                        .unwrap_or(Progress::Pending))
+                }
+                _ => Ok(Progress::Pending),
+            };
+        }
+        // This call is what the engine asked for when it opened the round.
+        if matches!(progress, Progress::NextRound { round, .. } if round == call.round) {
+            progress = Progress::Pending;
+        }
+        if call.round > voting.decision.round() {
+            if !matches!(progress, Progress::NextRound { .. }) {
+                // The round was closed before the crash: it closes again the same way.
+                let _closed = voting.decision.close(cast_at(&voting.decision));
+            }
+            if voting.decision.round() != call.round {
+                return Err(mismatch("a later round's call"));
+            }
+            progress = Progress::Pending;
+        }
+        if call.role == colony_journal::Role::Review {
+            voting.reviewed = Some(call.round);
+        }
+        for (i, asked) in call.asked.iter().enumerate() {
+            let task = TaskId(first.0 + i as u64);
+            let seat = voting
+                .voters
+                .iter()
+                .position(|v| v.agent == asked.agent)
+                .ok_or_else(|| mismatch("a ballot of an agent not seated"))?;
             if let Some(rx) = self.receivers.remove(&task) {
                 let pending = crate::Pending { id: task, rx };
-                voting
-                    .pending
-                    .push(Box::pin(async move { (i, pending.await) }));
+                voting.await_ballot(
+                    Asked::Seat {
+                        seat,
+                        round: call.round,
+                    },
+                    pending,
+                );
                 continue;
             }
-            let ended = match handle.journal().task(task)? {
+            let voter = &mut voting.voters[seat];
+            voter.task = Some(task);
+            voter.state = None;
+            voter.problem = None;
+            let ended = match journal.task(task)? {
                 Some(ended) if ended.state.is_terminal() => ended,
                 // Unfinished, yet not recovered: nothing will run it.
                 _ => {
-                    voting.voters[i].problem =
-                        Some("its ballot task was not recovered after a crash".into());
+                    voter.problem = Some("its ballot task was not recovered after a crash".into());
                     continue;
                 }
             };
             let completion = Completion::recovered(ended);
-            if voting.decision.outcome().is_some() {
+            if voting.decision.outcome().is_some() || !matches!(progress, Progress::Pending) {
                 // Decided by the ballots before it: this one came too late to count.
-                voting.voters[i].state = Some(completion.state);
-                voting.voters[i].problem = Some("its ballot task ended after the vote did".into());
+                voter.state = Some(completion.state);
+                voter.problem = Some("its ballot task ended after its round did".into());
             } else {
-                voting.count(i, completion, cast_at);
+                let at = cast_at(&voting.decision);
+                progress = voting.count(seat, call.round, completion, at);
             }
         }
-        Ok(voting)
+        Ok(progress)
     }
 }
 

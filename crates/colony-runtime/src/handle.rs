@@ -198,7 +198,7 @@ impl Handle {
         masks: Vec<SpecMask>,
         track: impl Fn(usize) -> bool,
         pin: impl Fn(usize) -> Option<AgentId>,
-        opening: Option<colony_journal::Opening>,
+        ballots: Option<crate::decision::Ballots>,
     ) -> Result<(Accepted, Vec<Pending>), Error> {
         let mut receivers = Vec::new();
         let accepted = self
@@ -213,7 +213,7 @@ impl Handle {
                     })
                 },
                 pin,
-                opening,
+                ballots,
             )
             .await?;
         let pending = receivers
@@ -317,7 +317,7 @@ impl Handle {
         masks: Vec<SpecMask>,
         mut waiter: impl FnMut(usize) -> Option<oneshot::Sender<Completion>>,
         pin: impl Fn(usize) -> Option<AgentId>,
-        opening: Option<colony_journal::Opening>,
+        ballots: Option<crate::decision::Ballots>,
     ) -> Result<Accepted, Error> {
         let n = specs.len();
         if n == 0 {
@@ -340,8 +340,13 @@ impl Handle {
                 .unwrap_or_else(|p| p.into_inner());
             let first = *next;
             let journal = &self.shared.journal;
-            let durable = match opening {
-                Some(opening) => journal.open_decision(TaskId(first), &specs, opening),
+            let durable = match ballots {
+                Some(crate::decision::Ballots::Open(opening)) => {
+                    journal.open_decision(TaskId(first), &specs, opening)
+                }
+                Some(crate::decision::Ballots::Call { decision, call }) => {
+                    journal.ask(decision, TaskId(first), &specs, call)
+                }
                 None => journal.accept(TaskId(first), &specs),
             };
             *next += n as u64;

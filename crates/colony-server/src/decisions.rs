@@ -41,6 +41,10 @@ pub(crate) struct NewDecision {
     normalise: Option<Normalise>,
     similarity: Option<f64>,
     faults: Option<u32>,
+    fast_quorum: Option<f64>,
+    max_rounds: Option<u32>,
+    /// Seconds.
+    judge_timeout: Option<f64>,
     /// Under `weighted` and `confidence`, the weight of each pool's voters, by pool index
     /// (as `/v1/pools` lists them); pools past the list's end weigh 1.
     #[serde(default)]
@@ -54,18 +58,18 @@ impl NewDecision {
     /// The vote it asks for among `pools` (by index), or what is wrong with it.
     pub(crate) fn vote(self, pools: &[(AgentSpec, u64)]) -> Result<Vote, String> {
         let defaults = DecisionOptions::default();
-        let timeout = match self.timeout {
-            None => defaults.timeout,
+        let seconds = |field: &str, value: Option<f64>, default: Duration| match value {
+            None => Ok(default),
             Some(t) if t.is_finite() && t > 0.0 && t <= decision::MAX_TIMEOUT.as_secs_f64() => {
-                Duration::from_secs_f64(t)
+                Ok(Duration::from_secs_f64(t))
             }
-            Some(t) => {
-                return Err(format!(
-                    "decide.timeout {t} is out of range: allowed above 0 and up to {} seconds",
-                    decision::MAX_TIMEOUT.as_secs()
-                ));
-            }
+            Some(t) => Err(format!(
+                "decide.{field} {t} is out of range: allowed above 0 and up to {} seconds",
+                decision::MAX_TIMEOUT.as_secs()
+            )),
         };
+        let timeout = seconds("timeout", self.timeout, defaults.timeout)?;
+        let judge_timeout = seconds("judge-timeout", self.judge_timeout, defaults.judge_timeout)?;
         let options = DecisionOptions {
             protocol: self.protocol,
             threshold: self.threshold.unwrap_or(defaults.threshold),
@@ -75,7 +79,9 @@ impl NewDecision {
             normalise: self.normalise.unwrap_or(defaults.normalise),
             similarity: self.similarity.unwrap_or(defaults.similarity),
             faults: self.faults,
-            ..defaults
+            fast_quorum: self.fast_quorum.unwrap_or(defaults.fast_quorum),
+            max_rounds: self.max_rounds.unwrap_or(defaults.max_rounds),
+            judge_timeout,
         };
         if self.weights.len() > pools.len() {
             return Err(format!(
@@ -112,14 +118,32 @@ fn view(row: &DecisionRow, journal: &dyn Journal) -> Result<Value, colony_journa
     let voters = match &outcome {
         Some(ended) => ended["voters"].clone(),
         None => {
+            // Each voter's latest task: the opening's, or a later call's.
+            let mut latest: Vec<Option<TaskId>> = (0..row.opening.seats.len())
+                .map(|i| (i < row.opening.asked as usize).then(|| TaskId(row.id.0 + i as u64)))
+                .collect();
+            for (first, call) in &row.calls {
+                for (i, asked) in call.asked.iter().enumerate() {
+                    let seat = row
+                        .opening
+                        .seats
+                        .iter()
+                        .position(|s| s.agent == asked.agent);
+                    if let Some(seat) = seat {
+                        latest[seat] = Some(TaskId(first.0 + i as u64));
+                    }
+                }
+            }
             let mut voters = Vec::with_capacity(row.opening.seats.len());
-            for (i, seat) in row.opening.seats.iter().enumerate() {
-                let task = TaskId(row.id.0 + i as u64);
-                let ballot = journal.task(task)?;
+            for (seat, task) in row.opening.seats.iter().zip(latest) {
+                let ballot = match task {
+                    Some(task) => journal.task(task)?,
+                    None => None,
+                };
                 voters.push(json!({
                     "agent": seat.agent.0,
                     "pool": seat.pool,
-                    "task": task.0,
+                    "task": task.map(|t| t.0),
                     "state": ballot.as_ref().map(|b| b.state),
                     "problem": ballot.as_ref().and_then(|b| b.error.as_deref()),
                 }));
@@ -260,7 +284,7 @@ pub(crate) async fn start(
     let voters: Vec<Value> = voting
         .voters()
         .iter()
-        .map(|v| json!({ "agent": v.agent.0, "pool": v.pool, "task": v.task.0 }))
+        .map(|v| json!({ "agent": v.agent.0, "pool": v.pool, "task": v.task.map(|t| t.0) }))
         .collect();
     colony_runtime::spawner::Spawner::spawn("decision", async move {
         // The outcome is journaled and published by the vote itself; a vote cut short by

@@ -1018,9 +1018,14 @@ async fn a_task_with_decide_is_voted_on_and_its_decision_followed() {
     let before = json(client.get(format!("{url}/v1/stats")).send().await.unwrap()).await;
     for (decide, code, says) in [
         (
-            json!({"voters": 3, "protocol": "fast"}),
+            json!({"voters": 1, "protocol": "leader"}),
             "refused",
-            "protocol fast",
+            "leader needs 2 or more",
+        ),
+        (
+            json!({"voters": 3, "tie": "judge", "judge-timeout": 0}),
+            "bad-decision",
+            "decide.judge-timeout",
         ),
         (json!({"voters": 0}), "refused", "0 voters"),
         (json!({"voters": 50}), "refused", "workers can run the task"),

@@ -61,6 +61,15 @@ impl Journal for Stuck {
     ) -> colony_journal::Durable {
         self.inner.open_decision(first, specs, opening)
     }
+    fn ask(
+        &self,
+        decision: TaskId,
+        first: TaskId,
+        specs: &[TaskSpec],
+        call: colony_journal::Call,
+    ) -> colony_journal::Durable {
+        self.inner.ask(decision, first, specs, call)
+    }
     fn close_decision(&self, id: TaskId, outcome: std::sync::Arc<str>) -> colony_journal::Durable {
         self.inner.close_decision(id, outcome)
     }

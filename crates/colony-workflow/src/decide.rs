@@ -145,32 +145,12 @@ impl Voting<'_> {
         problems: &mut Vec<Problem>,
         duration: &ParseDuration,
     ) -> DecisionOptions {
-        let id = self.id();
         let mut o = DecisionOptions::default();
         if let Some(p) = &block.protocol {
             o.protocol = p.value;
-            if matches!(p.value, Protocol::Fast | Protocol::Leader) {
-                problems.push(Problem::at(
-                    p,
-                    format!(
-                        "task `{id}`: decide protocol `{}` is not run yet (it takes more than one round of tasks): use majority, weighted, confidence, similarity or bft",
-                        p.value
-                    ),
-                    "not run yet",
-                ));
-            }
         }
         if let Some(t) = &block.tie {
             o.tie = t.value;
-            if t.value == Tie::Judge {
-                problems.push(Problem::at(
-                    t,
-                    format!(
-                        "task `{id}`: decide tie `judge` is not run yet (it asks a judge agent): use fail or first"
-                    ),
-                    "not run yet",
-                ));
-            }
         }
         let number =
             |v: &Option<Spanned<f64>>, default: f64| v.as_ref().map_or(default, |v| v.value);

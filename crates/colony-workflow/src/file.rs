@@ -750,8 +750,8 @@ pub struct Task {
 pub struct Decide {
     /// Distinct agents asked, each once: 1 up to `colony_core::decision::MAX_PARTICIPANTS`.
     pub voters: Spanned<u32>,
-    /// `majority` (alias `quorum`), `weighted`, `confidence`, `similarity` or `bft`; `fast`
-    /// and `leader` are refused as not run yet. Default `majority`.
+    /// `majority` (alias `quorum`), `weighted`, `confidence`, `similarity`, `bft`, `fast`
+    /// or `leader`. Default `majority`.
     #[serde(default)]
     pub protocol: Option<Spanned<colony_core::decision::Protocol>>,
     /// A winner needs more than this share of the weight counted. Default 0.5.
@@ -765,7 +765,7 @@ pub struct Decide {
     /// agents that take a minute each would otherwise always fail.
     #[serde(default)]
     pub timeout: Option<Spanned<String>>,
-    /// `fail` or `first`; `judge` is refused as not run yet. Default `fail`.
+    /// `fail`, `first` or `judge` (a worker that did not vote chooses). Default `fail`.
     #[serde(default)]
     pub tie: Option<Spanned<colony_core::decision::Tie>>,
     /// Time a judge has to choose. Default `5s`.

@@ -21,8 +21,8 @@ pub use backup::{Copied, backup, restore};
 pub use remote::{Location, backup_to, restore_from};
 
 use crate::{
-    AgentRecord, Backlog, Counts, DecisionRow, Durable, Error, Journal, Opening, Record, Seat,
-    Stats, TaskRow,
+    AgentRecord, Backlog, Call, Counts, DecisionRow, Durable, Error, Journal, Opening, Record,
+    Seat, Stats, TaskRow,
 };
 use colony_core::{
     AgentId, TaskId,
@@ -40,7 +40,7 @@ use std::{
     time::Duration,
 };
 pub use writer::Retention;
-use writer::{Write, Writer};
+use writer::{Ballots, Write, Writer};
 
 /// The schema version this build writes.
 pub const SCHEMA_VERSION: i32 = schema::LATEST;
@@ -436,11 +436,13 @@ impl SqliteReader {
 
     pub fn decision(&self, id: TaskId) -> Result<Option<DecisionRow>, Error> {
         self.read(|c| {
-            c.prepare_cached(&format!(
-                "SELECT {DECISION_COLUMNS} FROM decisions WHERE id = ?1"
-            ))?
-            .query_row([id.0 as i64], decision_row)
-            .optional()
+            let row = c
+                .prepare_cached(&format!(
+                    "SELECT {DECISION_COLUMNS} FROM decisions WHERE id = ?1"
+                ))?
+                .query_row([id.0 as i64], decision_row)
+                .optional()?;
+            row.map(|row| with_calls(c, row)).transpose()
         })
     }
 
@@ -457,7 +459,8 @@ impl SqliteReader {
             let before = before.map_or(i64::MAX, |b| i64::try_from(b.0).unwrap_or(i64::MAX));
             let limit = i64::try_from(limit).unwrap_or(i64::MAX);
             let rows = stmt.query_map(rusqlite::params![before, limit], decision_row)?;
-            rows.collect()
+            let rows: Vec<DecisionRow> = rows.collect::<rusqlite::Result<_>>()?;
+            rows.into_iter().map(|row| with_calls(c, row)).collect()
         })
     }
 
@@ -470,15 +473,24 @@ impl SqliteReader {
         let from =
             lo.0.saturating_sub(colony_core::decision::MAX_PARTICIPANTS as u64);
         let closed: Vec<(u64, u64)> = self.read(|c| {
-            let mut stmt = c.prepare_cached(
-                "SELECT id, json_array_length(seats) FROM decisions \
-                 WHERE id BETWEEN ?1 AND ?2 AND outcome IS NOT NULL ORDER BY id",
-            )?;
-            let rows = stmt.query_map(rusqlite::params![from as i64, hi.0 as i64], |r| {
+            let range = |r: &Row<'_>| {
                 let first = r.get::<_, i64>(0)? as u64;
                 Ok((first, first + r.get::<_, i64>(1)? as u64))
-            })?;
-            rows.collect()
+            };
+            let bounds = rusqlite::params![from as i64, hi.0 as i64];
+            let mut stmt = c.prepare_cached(
+                "SELECT id, coalesce(asked, json_array_length(seats)) FROM decisions \
+                 WHERE id BETWEEN ?1 AND ?2 AND outcome IS NOT NULL",
+            )?;
+            let mut ranges: Vec<(u64, u64)> = stmt.query_map(bounds, range)?.collect::<rusqlite::Result<_>>()?;
+            // Later calls: their tasks are far from the decision's id.
+            let mut stmt = c.prepare_cached(
+                "SELECT c.first, c.tasks FROM decision_calls c JOIN decisions d ON d.id = c.decision \
+                 WHERE c.first BETWEEN ?1 AND ?2 AND d.outcome IS NOT NULL",
+            )?;
+            ranges.extend(stmt.query_map(bounds, range)?.collect::<rusqlite::Result<Vec<_>>>()?);
+            ranges.sort_unstable();
+            Ok(ranges)
         })?;
         Ok(crate::ballots_among(tasks, &closed))
     }
@@ -489,7 +501,8 @@ impl SqliteReader {
                 "SELECT {DECISION_COLUMNS} FROM decisions WHERE outcome IS NULL ORDER BY id"
             ))?;
             let rows = stmt.query_map([], decision_row)?;
-            rows.collect()
+            let rows: Vec<DecisionRow> = rows.collect::<rusqlite::Result<_>>()?;
+            rows.into_iter().map(|row| with_calls(c, row)).collect()
         })
     }
 
@@ -537,9 +550,25 @@ impl Journal for SqliteJournal {
     }
 
     fn open_decision(&self, first: TaskId, specs: &[TaskSpec], opening: Opening) -> Durable {
-        if specs.len() != opening.seats.len() {
+        if let Err(e) = crate::check_opening(specs, &opening) {
+            return Durable::ready(Err(e));
+        }
+        let (done, durable) = Durable::pending();
+        if let Err(error) = self.send(Write::Accept {
+            first,
+            specs: specs.to_vec(),
+            decision: Some(Ballots::Open(opening)),
+            done,
+        }) {
+            return Durable::ready(Err(error));
+        }
+        durable
+    }
+
+    fn ask(&self, decision: TaskId, first: TaskId, specs: &[TaskSpec], call: Call) -> Durable {
+        if specs.len() != call.asked.len() {
             return Durable::ready(Err(Error::Ballots {
-                seats: opening.seats.len(),
+                seats: call.asked.len(),
                 specs: specs.len(),
             }));
         }
@@ -547,7 +576,7 @@ impl Journal for SqliteJournal {
         if let Err(error) = self.send(Write::Accept {
             first,
             specs: specs.to_vec(),
-            decision: Some(opening),
+            decision: Some(Ballots::Call { decision, call }),
             done,
         }) {
             return Durable::ready(Err(error));
@@ -641,18 +670,38 @@ impl Journal for SqliteJournal {
     }
 }
 
-const DECISION_COLUMNS: &str = "id, options, seats, opened_at, outcome, ended_at";
+const DECISION_COLUMNS: &str = "id, options, seats, opened_at, outcome, ended_at, asked";
+
+/// `row` with its later calls, oldest first.
+fn with_calls(c: &Connection, mut row: DecisionRow) -> rusqlite::Result<DecisionRow> {
+    let mut stmt = c.prepare_cached(
+        "SELECT first, call FROM decision_calls WHERE decision = ?1 ORDER BY first",
+    )?;
+    let calls = stmt.query_map([row.id.0 as i64], |r| {
+        let text: String = r.get(1)?;
+        let call: Call = serde_json::from_str(&text).map_err(|e| {
+            rusqlite::Error::FromSqlConversionFailure(1, rusqlite::types::Type::Text, Box::new(e))
+        })?;
+        Ok((TaskId(r.get::<_, i64>(0)? as u64), call))
+    })?;
+    row.calls = calls.collect::<rusqlite::Result<_>>()?;
+    Ok(row)
+}
 
 fn decision_row(r: &Row<'_>) -> rusqlite::Result<DecisionRow> {
     let seats: String = r.get(2)?;
     let seats: Vec<Seat> = serde_json::from_str(&seats).map_err(|e| {
         rusqlite::Error::FromSqlConversionFailure(2, rusqlite::types::Type::Text, Box::new(e))
     })?;
+    // Rows from before migration 4 asked every seat.
+    let asked = r.get::<_, Option<u32>>(6)?.unwrap_or(seats.len() as u32);
     Ok(DecisionRow {
         id: TaskId(r.get::<_, i64>(0)? as u64),
+        calls: Vec::new(),
         opening: Opening {
             options: r.get::<_, String>(1)?.into(),
             seats,
+            asked,
             opened_at_ms: r.get::<_, i64>(3)? as u64,
         },
         outcome: r.get::<_, Option<String>>(4)?.map(Into::into),

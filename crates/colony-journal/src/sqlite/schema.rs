@@ -49,6 +49,16 @@ pub(crate) const MIGRATIONS: &[&str] = &[
         ended_at INTEGER
     );
     CREATE INDEX decisions_open ON decisions (id) WHERE outcome IS NULL;",
+    // 4: decisions of more than one call: the opening may ask only the first seats (NULL:
+    // every seat), and later calls (rounds, reviews, a judge) ask for more tasks.
+    "ALTER TABLE decisions ADD COLUMN asked INTEGER;
+    CREATE TABLE decision_calls (
+        first INTEGER PRIMARY KEY,
+        decision INTEGER NOT NULL,
+        call TEXT NOT NULL,
+        tasks INTEGER NOT NULL
+    );
+    CREATE INDEX decision_calls_by_decision ON decision_calls (decision);",
 ];
 
 /// The version this build writes.

@@ -1,7 +1,7 @@
 //! The writer thread: group commit, fencing in the transaction, and retry after a fault.
 
 use super::{Shared, SqliteOptions, classify, state_code};
-use crate::{AgentRecord, Counts, Error, Opening, Record, Stats};
+use crate::{AgentRecord, Call, Counts, Error, Opening, Record, Stats};
 use colony_core::{
     TaskId,
     task::{TaskSpec, TaskState},
@@ -24,7 +24,7 @@ pub(super) enum Write {
     Accept {
         first: TaskId,
         specs: Vec<TaskSpec>,
-        decision: Option<Opening>,
+        decision: Option<Ballots>,
         done: Done,
     },
     /// How a decision ended.
@@ -53,6 +53,14 @@ pub(super) enum Write {
         rule: Retention,
         done: oneshot::Sender<Result<u64, Error>>,
     },
+}
+
+/// Whose ballots accepted tasks are.
+pub(super) enum Ballots {
+    /// A new decision's opening.
+    Open(Opening),
+    /// A later call of an open decision.
+    Call { decision: TaskId, call: Call },
 }
 
 /// Which finished tasks lose their payloads and outputs. A task matching either rule does.
@@ -255,8 +263,14 @@ impl Writer {
                         continue;
                     }
                     insert(&tx, *first, specs, now).map_err(&fail)?;
-                    if let Some(opening) = decision {
-                        open_decision(&tx, *first, opening).map_err(&fail)?;
+                    match decision {
+                        Some(Ballots::Open(opening)) => {
+                            open_decision(&tx, *first, opening).map_err(&fail)?;
+                        }
+                        Some(Ballots::Call { decision, call }) => {
+                            ask(&tx, *decision, *first, call).map_err(&fail)?;
+                        }
+                        None => {}
                     }
                     delta.added += specs.len() as u64;
                     delta.next_id = first.0 + specs.len() as u64;
@@ -407,13 +421,28 @@ fn record_agents(
 fn open_decision(tx: &Transaction<'_>, id: TaskId, opening: &Opening) -> rusqlite::Result<()> {
     let seats = serde_json::to_string(&opening.seats).expect("seats are plain data");
     tx.prepare_cached(
-        "INSERT INTO decisions (id, options, seats, opened_at) VALUES (?1, ?2, ?3, ?4)",
+        "INSERT INTO decisions (id, options, seats, opened_at, asked) VALUES (?1, ?2, ?3, ?4, ?5)",
     )?
     .execute(params![
         id.0 as i64,
         &*opening.options,
         seats,
-        opening.opened_at_ms as i64
+        opening.opened_at_ms as i64,
+        opening.asked
+    ])?;
+    Ok(())
+}
+
+fn ask(tx: &Transaction<'_>, decision: TaskId, first: TaskId, call: &Call) -> rusqlite::Result<()> {
+    let text = serde_json::to_string(call).expect("a call is plain data");
+    tx.prepare_cached(
+        "INSERT INTO decision_calls (first, decision, call, tasks) VALUES (?1, ?2, ?3, ?4)",
+    )?
+    .execute(params![
+        first.0 as i64,
+        decision.0 as i64,
+        text,
+        call.asked.len() as i64
     ])?;
     Ok(())
 }

@@ -133,7 +133,11 @@ pub async fn child(options: &ChildOptions) -> Result<(), Error> {
     );
     let journal = Arc::new(SqliteJournal::open(SqliteOptions::new(&options.db))?);
     let opened = journal.decisions(None, usize::MAX)?;
-    let ballots: u64 = opened.iter().map(|d| d.opening.seats.len() as u64).sum();
+    let ballots: u64 = opened
+        .iter()
+        .flat_map(|d| d.ballot_ranges())
+        .map(|(a, b)| b - a)
+        .sum();
     let accepted = journal.next_task_id().0 - 1 - ballots;
     let mut decisions = opened.len() as u64;
     let runtime = Runtime::start(
@@ -550,7 +554,7 @@ fn verify(
             .partition(|row| {
                 !opened
                     .iter()
-                    .any(|d| (d.id.0..d.id.0 + d.opening.seats.len() as u64).contains(&row.id.0))
+                    .any(|d| d.ballot_ranges().any(|(a, b)| (a..b).contains(&row.id.0)))
             });
     let ballots: HashMap<u64, colony_journal::TaskRow> =
         ballots.into_iter().map(|r| (r.id.0, r)).collect();

@@ -8,7 +8,10 @@ use crate::{
     events::{Event, Kinds},
 };
 use colony_agents::{Agent, AgentSpec, Error as AgentError, Execution, Task};
-use colony_core::{decision::Reason, hierarchy::Tiers};
+use colony_core::{
+    decision::{Reason, Tie},
+    hierarchy::Tiers,
+};
 use colony_journal::{Journal, MemoryJournal};
 use std::{collections::HashSet, sync::Mutex, time::Duration};
 
@@ -91,7 +94,7 @@ fn ran_on_their_voters(decided: &Decided, ran: &Ran) {
     for voter in &decided.voters {
         let runs: Vec<AgentId> = ran
             .iter()
-            .filter(|(t, _)| *t == voter.task)
+            .filter(|(t, _)| Some(*t) == voter.task)
             .map(|&(_, a)| a)
             .collect();
         let ran_once = matches!(voter.state, Some(TaskState::Succeeded | TaskState::Failed));
@@ -166,7 +169,7 @@ async fn distinct_workers_vote_and_the_majority_decides_with_every_ballot_kept()
     assert_eq!(
         ended,
         [Event::DecisionEnded {
-            first_ballot: decided.voters[0].task,
+            first_ballot: decided.voters[0].task.unwrap(),
             protocol: Protocol::Majority,
             voters: 9,
             counted,
@@ -177,7 +180,7 @@ async fn distinct_workers_vote_and_the_majority_decides_with_every_ballot_kept()
     // Decided once more than half said 42; the rest were cancelled or had ended.
     h.drain().await.unwrap();
     for voter in &decided.voters {
-        let row = h.journal().task(voter.task).unwrap().unwrap();
+        let row = h.journal().task(voter.task.unwrap()).unwrap().unwrap();
         assert!(row.state.is_terminal(), "{voter:?}: {row:?}");
     }
     runtime.shutdown().await;
@@ -195,13 +198,13 @@ async fn too_few_workers_is_refused_before_anything_is_accepted() {
         err.to_string(),
         "decision: 5 voters asked, but 3 workers can run the task"
     );
-    // Options the runtime cannot run are named too.
-    let fast = DecisionOptions::with(Protocol::Fast);
+    // Options the engine refuses are named too: a leader needs a reviewer.
+    let leader = DecisionOptions::with(Protocol::Leader);
     let err = h
-        .decide(ballot_task(1_000), Vote::new(2, fast))
+        .decide(ballot_task(1_000), Vote::new(1, leader))
         .await
         .unwrap_err();
-    assert!(err.to_string().contains("protocol fast"), "{err}");
+    assert!(err.to_string().contains("leader"), "{err}");
     let bft = DecisionOptions {
         faults: Some(1),
         ..DecisionOptions::with(Protocol::Bft)
@@ -274,7 +277,7 @@ async fn a_decided_vote_cancels_the_ballots_still_out() {
         .collect();
     assert_eq!(out.len(), 2, "{:?}", decided.voters);
     for v in out {
-        let row = h.journal().task(v.task).unwrap().unwrap();
+        let row = h.journal().task(v.task.unwrap()).unwrap().unwrap();
         assert_eq!(row.state, TaskState::Cancelled, "{v:?}");
     }
     runtime.shutdown().await;
@@ -493,7 +496,11 @@ async fn a_decision_interrupted_by_a_crash_is_taken_once_from_its_journaled_ball
         .await
         .unwrap();
     let id = voting.id();
-    let seats: Vec<(AgentId, TaskId)> = voting.voters().iter().map(|v| (v.agent, v.task)).collect();
+    let seats: Vec<(AgentId, TaskId)> = voting
+        .voters()
+        .iter()
+        .map(|v| (v.agent, v.task.unwrap()))
+        .collect();
     // Two of five said yes: not yet a majority of the five.
     let journal = runtime.handle().journal().clone();
     let answered = || {
@@ -618,6 +625,7 @@ async fn ballots_of_a_decision_closed_before_a_crash_are_cancelled_not_run() {
             .unwrap()
             .into(),
         seats,
+        asked: 3,
         opened_at_ms: unix_ms(),
     };
     journal
@@ -756,5 +764,310 @@ async fn agreement_with_decided_outcomes_moves_reputations_and_weighs_votes_that
         refused.to_string().contains("weights by reputation"),
         "{refused}"
     );
+    runtime.shutdown().await;
+}
+
+/// Workers answering by their id, their payload and how many tasks they ran before.
+type Script = fn(AgentId, &serde_json::Value, u32) -> Answer;
+
+struct Scripted {
+    script: Script,
+    asked: Arc<Mutex<HashMap<AgentId, u32>>>,
+    seen: Arc<Mutex<Vec<(AgentId, serde_json::Value)>>>,
+}
+
+type Seen = Arc<Mutex<Vec<(AgentId, serde_json::Value)>>>;
+
+impl Agent for Scripted {
+    fn handle(&self, task: Task) -> Execution {
+        let payload: serde_json::Value =
+            serde_json::from_slice(&task.payload).unwrap_or(serde_json::Value::Null);
+        let before = {
+            let mut asked = self.asked.lock().unwrap();
+            let n = asked.entry(task.agent).or_default();
+            *n += 1;
+            *n - 1
+        };
+        self.seen
+            .lock()
+            .unwrap()
+            .push((task.agent, payload.clone()));
+        match (self.script)(task.agent, &payload, before) {
+            Answer::Fails => Execution::Done(Err(AgentError::fatal("this one always fails"))),
+            Answer::Says(text, ms) => Execution::Running(Box::pin(async move {
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+                Ok(Bytes::from(text))
+            })),
+            Answer::Hangs => Execution::Running(Box::pin(std::future::pending())),
+        }
+    }
+}
+
+async fn start_scripted(
+    workers: u32,
+    script: Script,
+    journal: Arc<dyn colony_journal::Journal>,
+) -> (Runtime, Seen) {
+    let seen = Seen::default();
+    let agent = Scripted {
+        script,
+        asked: Arc::default(),
+        seen: seen.clone(),
+    };
+    let options = RuntimeOptions {
+        span: 8,
+        tiers: Tiers::Named(vec!["supervisor".into(), "worker".into()]),
+        ..RuntimeOptions::default()
+    };
+    let pool = Pool::new(AgentSpec::new("voter", "worker"), workers, Arc::new(agent));
+    let runtime = Runtime::start(options, vec![pool], journal).await.unwrap();
+    (runtime, seen)
+}
+
+fn question() -> TaskSpec {
+    TaskSpec {
+        payload: Bytes::from_static(br#"{"q":"which?"}"#),
+        ..ballot_task(1_000)
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn fast_asks_every_voter_again_when_its_first_round_falls_short() {
+    // Round 0 splits 2 to 2 (short of 3 of 4); asked again, three say `a`.
+    fn script(agent: AgentId, _: &serde_json::Value, before: u32) -> Answer {
+        match (before, agent.0 % 2) {
+            (0, 0) => Answer::Says("a", 1),
+            (0, _) => Answer::Says("b", 1),
+            (_, 0) => Answer::Says("a", 1),
+            _ if agent.0 % 4 == 1 => Answer::Says("a", 2),
+            _ => Answer::Says("b", 3),
+        }
+    }
+    let journal = Arc::new(MemoryJournal::new());
+    let (runtime, seen) = start_scripted(4, script, journal.clone()).await;
+    let h = runtime.handle();
+    let vote = Vote::new(4, DecisionOptions::with(Protocol::Fast));
+    let decided = h
+        .decide(question(), vote)
+        .await
+        .unwrap()
+        .outcome()
+        .await
+        .unwrap();
+    let winner = decided.outcome.winner().expect("decided in round 1");
+    assert_eq!(&*winner.value, "a");
+    assert_eq!(decided.outcome.record().round, 1);
+    let row = journal.decision(decided.id).unwrap().unwrap();
+    assert_eq!(row.calls.len(), 1, "one call: round 1");
+    let (first, call) = &row.calls[0];
+    assert_eq!((call.round, call.role), (1, colony_journal::Role::Ballot));
+    assert_eq!(call.asked.len(), 4);
+    for (i, voter) in decided.voters.iter().enumerate() {
+        assert_eq!(
+            voter.task,
+            Some(TaskId(first.0 + i as u64)),
+            "the latest task"
+        );
+        assert_eq!(voter.agent, call.asked[i].agent);
+    }
+    assert_eq!(seen.lock().unwrap().len(), 8, "each voter asked twice");
+    // Three of four agreeing decide at once, in round 0.
+    fn agreeing(agent: AgentId, _: &serde_json::Value, _: u32) -> Answer {
+        Answer::Says(if agent.0.is_multiple_of(4) { "b" } else { "a" }, 1)
+    }
+    runtime.shutdown().await;
+    let (runtime, seen) = start_scripted(4, agreeing, Arc::new(MemoryJournal::new())).await;
+    let vote = Vote::new(4, DecisionOptions::with(Protocol::Fast));
+    let decided = runtime
+        .handle()
+        .decide(question(), vote)
+        .await
+        .unwrap()
+        .outcome()
+        .await
+        .unwrap();
+    assert_eq!(decided.outcome.record().round, 0);
+    assert_eq!(seen.lock().unwrap().len(), 4);
+    runtime.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_leader_proposes_and_the_others_review_until_one_is_accepted() {
+    // Each proposes `plan-<its id>`; reviewers approve only odd ids' plans.
+    fn script(agent: AgentId, payload: &serde_json::Value, _: u32) -> Answer {
+        let Some(proposal) = payload["review"]["proposal"].as_str() else {
+            return Answer::Says(Box::leak(format!("plan-{}", agent.0).into_boxed_str()), 1);
+        };
+        let id: u32 = proposal.trim_start_matches("plan-").parse().unwrap();
+        Answer::Says(if id % 2 == 1 { "approve" } else { "Reject." }, 1)
+    }
+    let journal = Arc::new(MemoryJournal::new());
+    let (runtime, seen) = start_scripted(5, script, journal.clone()).await;
+    let h = runtime.handle();
+    let vote = Vote::new(5, DecisionOptions::with(Protocol::Leader));
+    let decided = h
+        .decide(question(), vote)
+        .await
+        .unwrap()
+        .outcome()
+        .await
+        .unwrap();
+    let winner = decided.outcome.winner().expect("a proposal accepted");
+    let round = decided.outcome.record().round as usize;
+    let proposer = decided.voters[round].agent;
+    assert_eq!(&*winner.value, format!("plan-{}", proposer.0));
+    assert_eq!(proposer.0 % 2, 1, "an approved plan");
+    for earlier in &decided.voters[..round] {
+        assert_eq!(earlier.agent.0 % 2, 0, "only rejected plans came before");
+    }
+    assert_eq!(winner.voters.len(), 4, "every reviewer approved");
+    // Reviewers saw the proposal and the task.
+    let seen = seen.lock().unwrap().clone();
+    let reviews: Vec<_> = seen
+        .iter()
+        .filter(|(_, p)| p.get("review").is_some())
+        .collect();
+    assert_eq!(reviews.len(), 4 * (round + 1));
+    assert!(
+        reviews
+            .iter()
+            .all(|(_, p)| p["review"]["task"]["q"] == "which?")
+    );
+    // Journaled: the opening asked the first proposer alone, then reviews and proposals.
+    let row = journal.decision(decided.id).unwrap().unwrap();
+    assert_eq!(row.opening.asked, 1);
+    let roles: Vec<_> = row.calls.iter().map(|(_, c)| (c.round, c.role)).collect();
+    let mut want = vec![(0, colony_journal::Role::Review)];
+    for r in 1..=round as u32 {
+        want.push((r, colony_journal::Role::Proposal));
+        want.push((r, colony_journal::Role::Review));
+    }
+    assert_eq!(roles, want);
+    runtime.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_tie_under_judge_is_settled_by_a_worker_that_did_not_vote() {
+    fn script(agent: AgentId, payload: &serde_json::Value, _: u32) -> Answer {
+        if let Some(candidates) = payload["judge"]["candidates"].as_array() {
+            assert_eq!(candidates.len(), 2);
+            return Answer::Says("1", 1);
+        }
+        Answer::Says(if agent.0.is_multiple_of(2) { "x" } else { "y" }, 1)
+    }
+    let journal = Arc::new(MemoryJournal::new());
+    let (runtime, _) = start_scripted(3, script, journal.clone()).await;
+    let h = runtime.handle();
+    let options = DecisionOptions {
+        tie: Tie::Judge,
+        ..DecisionOptions::default()
+    };
+    let decided = h
+        .decide(question(), Vote::new(2, options))
+        .await
+        .unwrap()
+        .outcome()
+        .await
+        .unwrap();
+    let winner = decided.outcome.winner().expect("the judge decided");
+    assert_eq!(winner.tie_break, Some(decision::TieBreak::Judge));
+    let judge = decided.judge.as_ref().expect("a judge was asked");
+    assert!(decided.voters.iter().all(|v| v.agent != judge.agent));
+    assert_eq!(judge.state, Some(TaskState::Succeeded));
+    let candidates = &decided.outcome.record().candidates;
+    assert_eq!(winner.value, candidates[1].value, "the judge chose index 1");
+    let row = journal.decision(decided.id).unwrap().unwrap();
+    assert_eq!(row.calls[0].1.role, colony_journal::Role::Judge);
+    runtime.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_fast_decision_recovered_in_its_second_round_counts_both_rounds_from_the_journal() {
+    // Before the crash: round 0 split 2 to 2, round 1 asked, two of its ballots in (`a`).
+    let journal = Arc::new(MemoryJournal::new());
+    let seats: Vec<colony_journal::Seat> = (0..4)
+        .map(|i| colony_journal::Seat {
+            agent: AgentId(1 + i),
+            pool: 0,
+            weight: 1.0,
+        })
+        .collect();
+    let options = DecisionOptions {
+        timeout: Duration::from_secs(60),
+        ..DecisionOptions::with(Protocol::Fast)
+    };
+    let first = journal.next_task_id();
+    let opening = colony_journal::Opening {
+        options: serde_json::to_string(&options).unwrap().into(),
+        seats: seats.clone(),
+        asked: 4,
+        opened_at_ms: unix_ms(),
+    };
+    journal
+        .open_decision(first, &vec![question(); 4], opening)
+        .await
+        .unwrap();
+    let done = |task: TaskId, agent: AgentId, says: &'static str| {
+        vec![
+            colony_journal::Record::Started {
+                task,
+                attempt: 1,
+                agent,
+            },
+            colony_journal::Record::Committed {
+                task,
+                attempt: 1,
+                output: Bytes::from_static(says.as_bytes()),
+            },
+        ]
+    };
+    for i in 0..4u64 {
+        let says = if i < 2 { "a" } else { "b" };
+        let records = done(TaskId(first.0 + i), seats[i as usize].agent, says);
+        journal.record(records).await.unwrap();
+    }
+    let second = journal.next_task_id();
+    let call = colony_journal::Call {
+        round: 1,
+        role: colony_journal::Role::Ballot,
+        asked: seats.clone(),
+        at_ms: unix_ms(),
+    };
+    journal
+        .ask(first, second, &vec![question(); 4], call)
+        .await
+        .unwrap();
+    for i in 0..2u64 {
+        let records = done(TaskId(second.0 + i), seats[i as usize].agent, "a");
+        journal.record(records).await.unwrap();
+    }
+    // After it: the two unfinished ballots run on their voters and say `a` too.
+    fn script(_: AgentId, _: &serde_json::Value, _: u32) -> Answer {
+        Answer::Says("a", 1)
+    }
+    let (runtime, seen) = start_scripted(4, script, journal.clone()).await;
+    let h = runtime.handle();
+    let outcome = loop {
+        if let Some(o) = journal.decision(first).unwrap().unwrap().outcome {
+            break o;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    let outcome: serde_json::Value = serde_json::from_str(&outcome).unwrap();
+    assert_eq!(outcome["outcome"]["winner"]["value"], "a", "{outcome}");
+    assert_eq!(outcome["outcome"]["record"]["round"], 1);
+    let ballots = outcome["outcome"]["record"]["ballots"].as_array().unwrap();
+    assert!(
+        ballots.len() >= 7,
+        "round 0's four and round 1's: {outcome}"
+    );
+    let seen = seen.lock().unwrap().clone();
+    assert!(
+        seen.iter()
+            .all(|(agent, _)| seats[2..].iter().any(|s| s.agent == *agent)),
+        "only the two unfinished ballots ran, on their voters: {seen:?}"
+    );
+    assert!(seen.len() <= 2);
+    h.drain().await.unwrap();
     runtime.shutdown().await;
 }

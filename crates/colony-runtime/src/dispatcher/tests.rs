@@ -552,6 +552,16 @@ impl Journal for Lagging {
         let result = futures::executor::block_on(self.inner.open_decision(first, specs, opening));
         self.later(result)
     }
+    fn ask(
+        &self,
+        decision: colony_core::TaskId,
+        first: colony_core::TaskId,
+        specs: &[TaskSpec],
+        call: colony_journal::Call,
+    ) -> colony_journal::Durable {
+        let result = futures::executor::block_on(self.inner.ask(decision, first, specs, call));
+        self.later(result)
+    }
     fn close_decision(
         &self,
         id: colony_core::TaskId,
