@@ -9,7 +9,12 @@ use super::{
     Tie, TieBreak, Vote, Winner,
 };
 use crate::AgentId;
-use std::{borrow::Cow, collections::HashMap, time::Duration};
+use std::{
+    borrow::Cow,
+    collections::HashMap,
+    hash::{BuildHasherDefault, Hasher},
+    time::Duration,
+};
 
 /// Weights are counted in millionths.
 const UNIT: f64 = 1e6;
@@ -22,7 +27,7 @@ const MAX_CONFIDENCE: f64 = 0.99;
 pub struct Decision {
     options: DecisionOptions,
     participants: Vec<Participant>,
-    index: HashMap<AgentId, u32>,
+    index: HashMap<AgentId, u32, BuildHasherDefault<IdHasher>>,
     /// Each participant's share of participation: its weight in millionths under `weighted`
     /// and `confidence`, else 1.
     units: Vec<u64>,
@@ -33,6 +38,8 @@ pub struct Decision {
     faults: u32,
     /// `leader`: rounds there can be.
     rounds: u32,
+    /// Once over, empty when the outcome's record holds the same ballots (see
+    /// [`Decision::ballots`]).
     ballots: Vec<Recorded>,
     /// The participant index of each recorded ballot.
     voters: Vec<u32>,
@@ -93,7 +100,7 @@ impl Decision {
         if n == 0 || n > MAX_PARTICIPANTS {
             return Err(Error::Participants { got: n });
         }
-        let mut index = HashMap::with_capacity(n);
+        let mut index = HashMap::with_capacity_and_hasher(n, BuildHasherDefault::default());
         for (i, p) in participants.iter().enumerate() {
             if !(p.weight >= 0.0 && p.weight <= MAX_WEIGHT) {
                 return Err(Error::Weight {
@@ -159,8 +166,9 @@ impl Decision {
             quorum,
             faults,
             rounds,
-            ballots: Vec::new(),
-            voters: Vec::new(),
+            // One ballot each is the usual round: no growing while they arrive.
+            ballots: Vec::with_capacity(n),
+            voters: Vec::with_capacity(n),
             round: Round::empty(),
             stage: Stage::Voting,
         };
@@ -205,7 +213,10 @@ impl Decision {
 
     /// Every ballot recorded so far, in arrival order.
     pub fn ballots(&self) -> &[Recorded] {
-        &self.ballots
+        match &self.stage {
+            Stage::Done(outcome) if self.ballots.is_empty() => &outcome.record().ballots,
+            _ => &self.ballots,
+        }
     }
 
     pub fn outcome(&self) -> Option<&Outcome> {
@@ -695,7 +706,8 @@ impl Decision {
     }
 
     fn fail(&mut self, reason: Reason, now: Duration) -> Progress {
-        let record = self.record_of(self.candidates(), now);
+        let candidates = self.candidates();
+        let record = self.record_of(candidates, now);
         self.finish(Outcome::Failed { reason, record })
     }
 
@@ -779,21 +791,27 @@ impl Decision {
             .collect()
     }
 
-    fn record_of(&self, candidates: Vec<Candidate>, now: Duration) -> Record {
+    /// The record of the decision ending now. Its ballots are moved out of the decision when
+    /// they are the same (every ballot counted in this round, the usual case), so they are
+    /// kept once; [`Decision::ballots`] then reads them from the outcome.
+    fn record_of(&mut self, candidates: Vec<Candidate>, now: Duration) -> Record {
         let start = self.round.first_ballot;
-        let ballots = self
-            .ballots
-            .iter()
-            .enumerate()
-            .map(|(i, b)| Recorded {
-                candidate: b
-                    .candidate
-                    .filter(|_| i >= start && b.status == Status::Counted),
-                ..b.clone()
-            })
-            .collect();
-        let mut equivocators: Vec<AgentId> = self
-            .ballots
+        let same = start == 0 && self.ballots.iter().all(|b| b.status == Status::Counted);
+        let ballots = if same {
+            std::mem::take(&mut self.ballots)
+        } else {
+            self.ballots
+                .iter()
+                .enumerate()
+                .map(|(i, b)| Recorded {
+                    candidate: b
+                        .candidate
+                        .filter(|_| i >= start && b.status == Status::Counted),
+                    ..b.clone()
+                })
+                .collect()
+        };
+        let mut equivocators: Vec<AgentId> = ballots
             .iter()
             .filter(|b| b.status == Status::Equivocation)
             .map(|b| b.ballot.voter)
@@ -830,5 +848,34 @@ impl Round {
             approve: 0,
             reject: 0,
         }
+    }
+}
+
+/// Hashes an agent id for the participant index. Ids are small integers the runtime assigns
+/// and the participants are the caller's, so one multiply (folded, so that both the low bits
+/// and the high bits vary) spreads them well, at a fraction of SipHash's cost.
+#[derive(Debug, Default)]
+struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.mix(u64::from(b));
+        }
+    }
+
+    fn write_u32(&mut self, n: u32) {
+        self.mix(u64::from(n));
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+impl IdHasher {
+    fn mix(&mut self, n: u64) {
+        let product = u128::from(self.0 ^ n) * 0x9E37_79B9_7F4A_7C15;
+        self.0 = (product as u64) ^ ((product >> 64) as u64);
     }
 }

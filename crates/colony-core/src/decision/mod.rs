@@ -73,8 +73,9 @@
 //!
 //! Work is bounded: at most [`MAX_PARTICIPANTS`] participants, outputs up to
 //! [`MAX_OUTPUT_BYTES`], two recorded ballots per participant and round. Under exact
-//! matching a ballot costs one pass over its output and one hash lookup, and the checks after
-//! it are O(1) (O(candidates) when a `bft` ballot is withdrawn); under `similarity`, at most
+//! matching a ballot costs one pass over its output and one hash lookup (with up to 8
+//! candidates, a comparison with each instead), and the checks after it are O(1)
+//! (O(candidates) when a `bft` ballot is withdrawn); under `similarity`, at most
 //! [`similarity::MAX_CLUSTERS`] bounded comparisons. Closing a round is O(ballots).
 //!
 //! ```

@@ -38,6 +38,16 @@ pub const MAX_CLUSTERS: usize = 32;
 /// exact-match protocols (see [`Normalise::Trim`](super::Normalise::Trim)). Borrows when
 /// there is nothing to change.
 pub fn normalise_space(text: &str) -> Cow<'_, str> {
+    if is_clean_ascii(text) {
+        Cow::Borrowed(text)
+    } else {
+        collapse_space(text)
+    }
+}
+
+/// [`normalise_space`] of any text, decoding its characters.
+#[inline(never)]
+fn collapse_space(text: &str) -> Cow<'_, str> {
     let trimmed = text.trim();
     let mut previous_space = false;
     let clean = trimmed.chars().all(|c| {
@@ -56,6 +66,24 @@ pub fn normalise_space(text: &str) -> Cow<'_, str> {
         out.push_str(word);
     }
     Cow::Owned(out)
+}
+
+/// Whether `text` is printable ASCII with single spaces between words and none at either
+/// end: what most outputs are, checked a byte at a time, without decoding characters.
+/// Anything else (a tab, a line break, any non-ASCII character) takes the general path.
+fn is_clean_ascii(text: &str) -> bool {
+    // A leading space is not clean; nor is empty text (left to the general path).
+    let mut previous_space = true;
+    for &b in text.as_bytes() {
+        if b.is_ascii_graphic() {
+            previous_space = false;
+        } else if b == b' ' && !previous_space {
+            previous_space = true;
+        } else {
+            return false;
+        }
+    }
+    !previous_space
 }
 
 /// `text` in lower case, apostrophes dropped ("don't" is "dont"), every other character that
@@ -218,6 +246,22 @@ mod tests {
         assert_eq!(normalise_space("a  b"), "a b");
         assert_eq!(normalise_space(""), "");
         assert_eq!(normalise_space("A b"), "A b", "case is kept");
+        for text in [
+            " a",
+            "a ",
+            "a\u{b}b",
+            "a\u{85}b",
+            "a\u{a0}",
+            "\u{3000}a",
+            "é  b",
+            "x\u{1f}y",
+        ] {
+            assert_eq!(
+                normalise_space(text),
+                text.split_whitespace().collect::<Vec<_>>().join(" "),
+                "{text:?}"
+            );
+        }
     }
 
     #[test]

@@ -3,6 +3,10 @@
 use super::similarity::Clusters;
 use std::{borrow::Cow, collections::HashMap, sync::Arc};
 
+/// Up to this many candidates of exact keys, a key is found by comparing it with each of
+/// them, which costs less than hashing it: most votes have a few candidates.
+const SCANNED: usize = 8;
+
 /// One candidate value of a round.
 #[derive(Clone, Debug)]
 pub(super) struct Count {
@@ -41,10 +45,24 @@ impl Tally {
 
     /// The candidate of `key` (already normalised), made if it is new.
     pub(super) fn candidate(&mut self, key: Cow<'_, str>) -> u32 {
-        if let Some(&c) = self.keys.get(key.as_ref()) {
-            return c;
+        let found = if self.clusters.is_none() && self.candidates.len() <= SCANNED {
+            // Exact keys: each candidate's value is its one key, so a key none of them is,
+            // is new.
+            let mut values = self.candidates.iter().map(|c| &*c.value);
+            values.position(|value| value == key).map(|c| c as u32)
+        } else {
+            self.keys.get(key.as_ref()).copied()
+        };
+        match found {
+            Some(c) => c,
+            None => self.make(&key),
         }
-        let key: Arc<str> = Arc::from(key.as_ref());
+    }
+
+    /// The candidate of a key not seen before: a cluster's, or a new one.
+    #[inline(never)]
+    fn make(&mut self, key: &str) -> u32 {
+        let key: Arc<str> = Arc::from(key);
         let c = match &mut self.clusters {
             None => push(&mut self.candidates, &key),
             Some(clusters) => match clusters.closest(&key) {

@@ -595,6 +595,33 @@ fn fast_takes_a_second_majority_round_otherwise() {
     assert_eq!(done(d.expire(ms(5_000))).reason(), Some(Reason::NoQuorum));
 }
 
+#[test]
+fn the_ballots_read_the_same_once_the_decision_is_over() {
+    // Every ballot counted in the deciding round: the outcome's record keeps them once.
+    let mut d = new(DecisionOptions::default(), 3);
+    cast(&mut d, vote(0, "v"));
+    let before = d.ballots().to_vec();
+    let outcome = done(cast(&mut d, vote(1, "v")));
+    assert_eq!(&d.ballots()[..1], before);
+    assert_eq!(d.ballots(), outcome.record().ballots);
+    assert_eq!(d.outcome(), Some(&outcome));
+    assert_eq!(d.close(ms(2)), Progress::Done(outcome.clone()));
+    // An earlier round's ballots: the record drops their candidates, the decision does not.
+    let mut d = new(DecisionOptions::with(Protocol::Fast), 4);
+    for (i, v) in ["v", "w", "w", "u"].into_iter().enumerate() {
+        cast(&mut d, vote(i as u32, v));
+    }
+    cast(&mut d, vote(0, "w").in_round(1));
+    cast(&mut d, vote(1, "w").in_round(1));
+    let before = d.ballots().to_vec();
+    let outcome = done(cast(&mut d, vote(2, "w").in_round(1)));
+    assert_eq!(&d.ballots()[..6], before);
+    assert_eq!(d.ballots().len(), 7);
+    assert_eq!(d.ballots()[0].candidate, Some(0));
+    assert_eq!(outcome.record().ballots[0].candidate, None);
+    assert_eq!(d.outcome(), Some(&outcome));
+}
+
 // ---- leader ----
 
 #[test]
