@@ -149,6 +149,61 @@ impl LiveTree {
     }
 }
 
+impl LiveTree {
+    /// For a task marked hard: the worker with the best `score` (its reputation) among
+    /// those in service with room for `mask`; among equals the one with the least load for
+    /// its capacity, then the first in tree order. Workers marked reduced are taken only
+    /// when no other has room. The walk enters only subtrees with room and stops once it has
+    /// seen `bound` workers with room, so it costs at most `bound` workers and their
+    /// ancestors: with more workers free than that, the best of the first `bound` in tree
+    /// order wins.
+    pub fn best_worker(
+        &self,
+        mask: SpecMask,
+        bound: usize,
+        score: impl Fn(AgentId) -> f64,
+    ) -> Option<AgentId> {
+        let worker_tier = self.worker_tier();
+        // (not reduced, score, -share), compared in that order.
+        let mut best: Option<((bool, f64, i64), AgentId)> = None;
+        let mut seen = 0;
+        let mut stack: Vec<AgentId> = self.roots().collect();
+        stack.reverse();
+        while let Some(agent) = stack.pop() {
+            if seen >= bound {
+                break;
+            }
+            if !eligible(&self.nodes[agent.index()], mask) {
+                continue;
+            }
+            if self.tier(agent) < worker_tier {
+                let first = stack.len();
+                stack.extend(self.children(agent));
+                stack[first..].reverse();
+                continue;
+            }
+            if !mask.intersects(SpecMask::of(self.spec(agent)))
+                || self.is_down(agent)
+                || self.is_sidelined(agent)
+            {
+                continue;
+            }
+            seen += 1;
+            let (load, capacity) = self.load(agent);
+            let share = i64::from(load) * 1_000_000 / i64::from(capacity.max(1));
+            let key = (!self.is_reduced(agent), score(agent), -share);
+            let better = match &best {
+                None => true,
+                Some((b, _)) => key.partial_cmp(b) == Some(std::cmp::Ordering::Greater),
+            };
+            if better {
+                best = Some((key, agent));
+            }
+        }
+        best.map(|(_, agent)| agent)
+    }
+}
+
 fn eligible(node: &Node, mask: SpecMask) -> bool {
     node.mask.intersects(mask) && node.load < node.capacity
 }
@@ -412,6 +467,44 @@ mod tests {
         assert!(!t.is_vacant(sups[0]));
         assert_eq!(t.load(sups[0]).1, 2 + 1);
         assert_eq!(t.installed_capacity(), 28);
+    }
+
+    #[test]
+    fn a_hard_task_goes_to_the_best_scored_worker_with_room() {
+        let mut t = tree(48, 12, 4);
+        let workers: Vec<AgentId> = (0..t.len() as u32)
+            .map(AgentId)
+            .filter(|&a| t.tier(a) == t.worker_tier())
+            .collect();
+        assert_eq!(workers.len(), 48);
+        let star = workers[30];
+        let second = workers[5];
+        let score = |a: AgentId| {
+            if a == star {
+                0.9
+            } else if a == second {
+                0.8
+            } else {
+                0.5
+            }
+        };
+        assert_eq!(t.best_worker(SpecMask::ALL, 1_000, score), Some(star));
+        // Busy, the star gives way to the next best; reduced, it is taken last.
+        t.enqueue(t.parent(star).unwrap());
+        t.start(star);
+        assert_eq!(t.best_worker(SpecMask::ALL, 1_000, score), Some(second));
+        t.finish(star, None);
+        t.set_reduced(star, true);
+        assert_eq!(t.best_worker(SpecMask::ALL, 1_000, score), Some(second));
+        t.set_reduced(star, false);
+        // The walk is bounded: within the first 10 workers, the second is the best.
+        assert_eq!(t.best_worker(SpecMask::ALL, 10, score), Some(second));
+        // Among equals, the first in tree order; no worker of the mask, none.
+        assert_eq!(
+            t.best_worker(SpecMask::ALL, 1_000, |_| 0.5),
+            Some(workers[0])
+        );
+        assert_eq!(t.best_worker(SpecMask::of(3), 1_000, score), None);
     }
 
     #[test]

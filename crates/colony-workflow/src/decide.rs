@@ -250,6 +250,20 @@ impl Voting<'_> {
                 ));
             }
         }
+        if o.protocol == Protocol::Leader
+            && block.voters.value < 2
+            && let Some(p) = &block.protocol
+        {
+            problems.push(Problem::at(
+                p,
+                format!(
+                    "task `{}`: decide protocol `leader` needs 2 voters or more (a proposer and a reviewer), and {} is asked",
+                    self.id(),
+                    block.voters.value
+                ),
+                "too few voters",
+            ));
+        }
     }
 
     /// Each pool's weight by index (1 for those not named), from `weights`: only under

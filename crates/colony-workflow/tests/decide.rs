@@ -223,10 +223,19 @@ fn bad_decide_blocks_are_reported_at_their_line_and_column() {
         ["w.yaml:8:23: task `t`: decide voters 0 is out of range: allowed 1..=100000"]
     );
 
-    let p = problems(&format!(
+    let runs = format!(
         "name: w\n{POOLS}tasks:\n  - id: t\n    role: voter\n    decide:\n      voters: 3\n      protocol: fast\n      tie: judge\n"
+    );
+    let parsed = colony_workflow::parse(&runs, "w.yaml", std::path::Path::new("."));
+    assert!(parsed.is_ok(), "fast and a judge are run: {parsed:?}");
+    let p = problems(&format!(
+        "name: w\n{POOLS}tasks:\n  - id: t\n    role: voter\n    decide:\n      voters: 1\n      protocol: leader\n"
     ));
-    assert!(p.is_empty(), "fast and a judge are run: {p:#?}");
+    assert_eq!(p.len(), 1, "{p:#?}");
+    assert!(
+        p[0].starts_with("w.yaml:10:17: task `t`: decide protocol `leader` needs 2 voters or more"),
+        "{p:#?}"
+    );
 
     let p = problems(&format!(
         "name: w\n{POOLS}tasks:\n  - id: t\n    role: voter\n    decide:\n      voters: 3\n      protocol: weighted\n      weights: {{ a: 2, bb: 1, b: -1 }}\n"

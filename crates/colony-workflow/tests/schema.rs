@@ -57,8 +57,8 @@ fn the_schema_refuses_what_the_format_refuses() {
         "name: x\nagents: [{name: a, kind: sim}]\ntasks: [{id: t, decide: {voters: 1, quorom: 1}}]\n",
         "name: x\nagents: [{name: a, kind: sim}]\ntasks: [{id: t, decide: {voters: 0}}]\n",
         "name: x\nagents: [{name: a, kind: sim}]\ntasks: [{id: t, decide: {protocol: majority}}]\n",
-        "name: x\nagents: [{name: a, kind: sim}]\ntasks: [{id: t, decide: {voters: 1, protocol: fast}}]\n",
-        "name: x\nagents: [{name: a, kind: sim}]\ntasks: [{id: t, decide: {voters: 1, tie: judge}}]\n",
+        "name: x\nagents: [{name: a, kind: sim}]\ntasks: [{id: t, decide: {voters: 1, protocol: fastest}}]\n",
+        "name: x\nagents: [{name: a, kind: sim}]\ntasks: [{id: t, decide: {voters: 1, tie: judges}}]\n",
         "name: x\nagents: [{name: a, kind: sim}]\ntasks: [{id: t, decide: {voters: 1, protocol: weighted, weights: {a: -1}}}]\n",
     ] {
         assert!(!validator.is_valid(&as_json(bad)), "accepted: {bad}");
