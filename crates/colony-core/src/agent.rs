@@ -99,6 +99,7 @@ mod tests {
         let need = |role: Option<&str>, caps: &[&str]| Requirement {
             role: role.map(Into::into),
             capabilities: caps.iter().map(|c| (*c).into()).collect(),
+            hard: false,
         };
         assert!(coder.satisfies(&need(None, &[])));
         assert!(coder.satisfies(&need(Some("coder"), &["rust"])));

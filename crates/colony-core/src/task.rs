@@ -74,6 +74,10 @@ pub struct Requirement {
     pub role: Option<Arc<str>>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub capabilities: Vec<Arc<str>>,
+    /// Marked hard: routed to the worker with the best reputation among those with room
+    /// for it (`LiveTree::best_worker`), not by load alone. It matches the same workers.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub hard: bool,
 }
 
 impl Requirement {

@@ -64,6 +64,9 @@ use tokio::sync::{Notify, Semaphore, mpsc, oneshot};
 const BATCH: usize = 256;
 /// One task in this many has its dispatch latency recorded.
 const DISPATCH_SAMPLE: u64 = 16;
+/// Workers with room a hard task's route compares at most: the walk stays bounded on a tree
+/// of a million workers.
+const HARD_BOUND: usize = 1_024;
 
 type Accepting =
     Pin<Box<dyn Future<Output = (Result<(), colony_journal::Error>, Vec<Job>, Ack)> + Send>>;
@@ -424,15 +427,38 @@ impl Dispatcher {
         if let Some(failed) = job.failed_at.take() {
             self.shared.time(|t| &mut t.redispatch, failed.elapsed());
         }
-        match self
-            .place
-            .route(&mut self.tree, &mut self.rng, &mut self.out, job)
-        {
+        match self.route(job) {
             Ok(Routed::Start(worker, job)) => self.start(worker, job),
             Ok(Routed::Queued) => {}
             Ok(Routed::Unrunnable(job)) => self.unrunnable(job),
             Err(job) => self.place.wait(job),
         }
+    }
+
+    /// Sends `job` down the tree ([`Placement::route`]); a task marked hard goes first to the
+    /// best-reputed worker with room for it (its last agent, on a retry, only if no other
+    /// has room), and queues like any task when none has.
+    #[allow(clippy::result_large_err)]
+    fn route(&mut self, job: Job) -> Result<Routed, Job> {
+        if job.hard && job.pin.is_none() {
+            let watch = &self.watch;
+            let avoid = job.last_agent;
+            let score = |a: AgentId| {
+                if Some(a) == avoid {
+                    -1.0
+                } else {
+                    watch.reputation(a).score()
+                }
+            };
+            if let Some(worker) = self.tree.best_worker(job.mask, HARD_BOUND, score)
+                && let Some(supervisor) = self.tree.parent(worker)
+            {
+                self.tree.enqueue(supervisor);
+                return Ok(Routed::Start(worker, job));
+            }
+        }
+        self.place
+            .route(&mut self.tree, &mut self.rng, &mut self.out, job)
     }
 
     /// Starts the next attempt of `job` on `worker`, whose supervisor already counts it.
@@ -721,10 +747,7 @@ impl Dispatcher {
             let Some(job) = self.place.backlog_front(misses) else {
                 break;
             };
-            match self
-                .place
-                .route(&mut self.tree, &mut self.rng, &mut self.out, job)
-            {
+            match self.route(job) {
                 Ok(Routed::Start(worker, job)) => self.start(worker, job),
                 Ok(Routed::Queued) => {}
                 Ok(Routed::Unrunnable(job)) => self.unrunnable(job),

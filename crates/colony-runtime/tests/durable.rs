@@ -285,7 +285,7 @@ async fn a_stalled_disk_never_blocks_kills_cancellations_or_health_sweeps() {
         max_attempts: 1,
         requirement: colony_core::task::Requirement {
             role: Some("hung".into()),
-            capabilities: Vec::new(),
+            ..Default::default()
         },
         ..TaskSpec::default()
     };

@@ -42,6 +42,9 @@ pub(crate) struct NewTask {
     timeout: Option<f64>,
     #[serde(default)]
     max_attempts: Option<u32>,
+    /// Routed to the best-reputed worker with room.
+    #[serde(default)]
+    hard: bool,
     /// Asked of several agents at once, their outputs counted as ballots.
     #[serde(default)]
     decide: Option<crate::decisions::NewDecision>,
@@ -59,6 +62,7 @@ impl NewTask {
         spec.requirement = Requirement {
             role: self.role.map(Into::into),
             capabilities: self.capabilities.into_iter().map(Into::into).collect(),
+            hard: self.hard,
         };
         if let Some(p) = self.priority {
             spec.priority = Priority::new(p).map_err(|e| e.to_string())?;

@@ -1010,7 +1010,10 @@ fn requirement(
     pool_index: &HashMap<&str, usize>,
     problems: &mut Vec<Problem>,
 ) -> Requirement {
-    let mut requirement = Requirement::default();
+    let mut requirement = Requirement {
+        hard: t.hard,
+        ..Requirement::default()
+    };
     if let Some(agent) = &t.agent {
         match pool_index.get(agent.value.as_str()) {
             Some(&i) => requirement.role = Some(pools[i].spec.role.clone()),

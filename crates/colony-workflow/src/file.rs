@@ -716,6 +716,9 @@ pub struct Task {
     /// ...and with these capabilities.
     #[serde(default)]
     pub capabilities: Vec<String>,
+    /// Routed to the best-reputed agent with room for it, not by load alone.
+    #[serde(default)]
+    pub hard: bool,
     /// Tasks that must succeed first.
     #[serde(default)]
     pub needs: Vec<Spanned<String>>,

@@ -1071,3 +1071,48 @@ async fn a_fast_decision_recovered_in_its_second_round_counts_both_rounds_from_t
     h.drain().await.unwrap();
     runtime.shutdown().await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_hard_task_goes_to_the_best_reputed_worker_with_room() {
+    let (runtime, ran) = start(6, |_| Answer::Says("ok", 1)).await;
+    let h = runtime.handle();
+    let workers: Vec<AgentId> = h
+        .inspect(|tree| {
+            (0..tree.len() as u32)
+                .map(AgentId)
+                .filter(|&a| tree.tier(a) == tree.worker_tier())
+                .collect()
+        })
+        .await
+        .unwrap();
+    // The fourth worker agreed with ten outcomes, the others dissented from as many.
+    let star = workers[3];
+    let votes = workers
+        .iter()
+        .flat_map(|&w| std::iter::repeat_n((w, w == star), 10))
+        .collect();
+    h.agreed(votes);
+    let hard = TaskSpec {
+        requirement: colony_core::task::Requirement {
+            hard: true,
+            ..Default::default()
+        },
+        ..ballot_task(1_000)
+    };
+    for _ in 0..3 {
+        let pending = h.submit_notify(hard.clone()).await.unwrap();
+        let id = pending.id;
+        let ended = pending.await.unwrap();
+        assert_eq!(ended.state, TaskState::Succeeded);
+        let on = ran.lock().unwrap().last().copied().unwrap();
+        assert_eq!(on, (id, star), "a hard task ran on the best-reputed worker");
+    }
+    // Plain tasks spread by load, as before.
+    let mut plain = HashSet::new();
+    for _ in 0..12 {
+        h.submit_wait(ballot_task(1_000)).await.unwrap();
+        plain.insert(ran.lock().unwrap().last().unwrap().1);
+    }
+    assert!(plain.len() > 1, "{plain:?}");
+    runtime.shutdown().await;
+}

@@ -127,6 +127,8 @@ pub(crate) struct Job {
     /// The one worker that may run it: a decision's ballot, which must come from the voter
     /// seated for it. Never stolen or rebalanced; cancelled if the worker leaves its pool.
     pub(super) pin: Option<AgentId>,
+    /// Marked hard: routed to the best-reputed worker with room.
+    pub(super) hard: bool,
 }
 
 impl Job {
@@ -138,6 +140,7 @@ impl Job {
     pub(crate) fn recovered(row: colony_journal::TaskRow, mask: SpecMask, now: Instant) -> Self {
         let spec = row.spec;
         Self {
+            hard: spec.requirement.hard,
             id: row.id,
             mask,
             eligible: mask,
@@ -166,6 +169,7 @@ impl Job {
         waiter: Option<oneshot::Sender<Completion>>,
     ) -> Self {
         Self {
+            hard: spec.requirement.hard,
             id,
             mask,
             eligible: mask,
