@@ -10,7 +10,8 @@
 //! while there is little (the prior counting as one observation), then a moving average
 //! with weight [`Reputation::ALPHA`] on the newest, so that an agent that got worse is seen
 //! within tens of observations, whatever its past. Weighted votes may use it as the voter's
-//! weight (`colony_runtime::decision::Weights::Reputation`).
+//! weight (`colony_runtime::decision::Vote::reputation`), and tasks marked hard go to the
+//! best-reputed worker with room (`LiveTree::best_worker`).
 
 use serde::Serialize;
 
@@ -61,12 +62,36 @@ impl Reputation {
     pub fn observations(&self) -> u32 {
         self.observations
     }
+
+    /// A reputation as it was kept (by a journal, across a restart): `None` when the score
+    /// is not a number from 0 to 1.
+    pub fn restore(score: f64, observations: u32) -> Option<Self> {
+        (0.0..=1.0).contains(&score).then_some(Self {
+            score,
+            observations,
+        })
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn a_kept_reputation_goes_on_where_it_stood() {
+        let mut r = Reputation::new();
+        for good in [true, true, false, true, true, true] {
+            r.observe(good);
+        }
+        let mut kept = Reputation::restore(r.score(), r.observations()).unwrap();
+        assert_eq!(kept, r);
+        r.observe(false);
+        kept.observe(false);
+        assert_eq!(kept, r);
+        assert_eq!(Reputation::restore(f64::NAN, 1), None);
+        assert_eq!(Reputation::restore(1.5, 1), None);
+    }
 
     #[test]
     fn it_starts_at_the_prior_and_averages_with_it_while_evidence_is_thin() {

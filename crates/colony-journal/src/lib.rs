@@ -116,6 +116,16 @@ pub(crate) fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
+/// A worker's reputation, as the journal keeps it across restarts: its score from 0 to 1
+/// and the observations behind it, with the pool it was a worker of.
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize)]
+pub struct ReputationRow {
+    pub agent: AgentId,
+    pub pool: u8,
+    pub score: f64,
+    pub observations: u32,
+}
+
 /// One agent of the hierarchy, as the journal records it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct AgentRecord {
@@ -408,6 +418,12 @@ pub trait Journal: std::fmt::Debug + Send + Sync + 'static {
 
     /// The recorded hierarchy, by id.
     fn agents(&self) -> Result<Vec<AgentRecord>, Error>;
+
+    /// Records workers' reputations; a later row of an agent replaces the earlier.
+    fn record_reputations(&self, rows: Vec<ReputationRow>) -> Durable;
+
+    /// Every reputation recorded, by agent id.
+    fn reputations(&self) -> Result<Vec<ReputationRow>, Error>;
 
     /// The writes waiting for a writer thread, for submitters to await room in before they
     /// write (see [`Backlog`]); `None` for a journal that never makes a writer wait.

@@ -19,6 +19,7 @@ struct Inner {
     agents: Vec<AgentRecord>,
     /// By id, which rises with each decision opened.
     decisions: Vec<DecisionRow>,
+    reputations: std::collections::BTreeMap<AgentId, crate::ReputationRow>,
     counts: Counts,
     stats: Stats,
     /// Drop a task's payload and output once it is terminal (see
@@ -388,6 +389,18 @@ impl Journal for MemoryJournal {
     fn agents(&self) -> Result<Vec<AgentRecord>, Error> {
         Ok(self.lock().agents.clone())
     }
+
+    fn record_reputations(&self, rows: Vec<crate::ReputationRow>) -> Durable {
+        let mut inner = self.lock();
+        for row in rows {
+            inner.reputations.insert(row.agent, row);
+        }
+        Durable::ready(Ok(()))
+    }
+
+    fn reputations(&self) -> Result<Vec<crate::ReputationRow>, Error> {
+        Ok(self.lock().reputations.values().copied().collect())
+    }
 }
 
 #[cfg(test)]
@@ -531,6 +544,14 @@ mod tests {
         }
         fn agents(&self) -> Result<Vec<AgentRecord>, Error> {
             self.0.agents()
+        }
+        fn record_reputations(&self, rows: Vec<crate::ReputationRow>) -> Durable {
+            let d = self.0.record_reputations(rows);
+            self.0.sync();
+            d
+        }
+        fn reputations(&self) -> Result<Vec<crate::ReputationRow>, Error> {
+            self.0.reputations()
         }
     }
 }

@@ -28,6 +28,7 @@ impl Suite {
         a_decision_opens_with_its_ballots_and_closes_once(&make());
         a_decision_needs_one_ballot_per_seat(&make());
         a_decision_asks_again_in_later_calls(&make());
+        reputations_are_kept_the_latest_per_agent(&make());
     }
 }
 
@@ -456,6 +457,23 @@ fn a_decision_asks_again_in_later_calls<J: Journal>(j: &J) {
     );
 }
 
+fn reputations_are_kept_the_latest_per_agent<J: Journal>(j: &J) {
+    assert_eq!(j.reputations().unwrap(), []);
+    let row = |agent: u32, score: f64, observations: u32| crate::ReputationRow {
+        agent: AgentId(agent),
+        pool: 1,
+        score,
+        observations,
+    };
+    block_on(j.record_reputations(vec![row(7, 0.25, 3), row(2, 0.5, 0)])).unwrap();
+    block_on(j.record_reputations(vec![row(7, 0.875, 40)])).unwrap();
+    assert_eq!(
+        j.reputations().unwrap(),
+        [row(2, 0.5, 0), row(7, 0.875, 40)],
+        "by agent, the latest"
+    );
+}
+
 /// The crash case: what a journal acknowledged survives a crash and a reopen, and what it
 /// did not acknowledge is either all there or absent, never half.
 ///
@@ -581,6 +599,10 @@ enum Pending {
         crate::Call,
         futures::channel::oneshot::Sender<Result<(), Error>>,
     ),
+    Reputations(
+        Vec<crate::ReputationRow>,
+        futures::channel::oneshot::Sender<Result<(), Error>>,
+    ),
 }
 
 impl Crashable {
@@ -607,6 +629,9 @@ impl Crashable {
                 }
                 Pending::Ask(decision, first, specs, call, done) => {
                     let _ = done.send(block_on(self.durable.ask(decision, first, &specs, call)));
+                }
+                Pending::Reputations(rows, done) => {
+                    let _ = done.send(block_on(self.durable.record_reputations(rows)));
                 }
             }
         }
@@ -725,5 +750,11 @@ impl Journal for Crashable {
     }
     fn agents(&self) -> Result<Vec<crate::AgentRecord>, Error> {
         self.durable.agents()
+    }
+    fn record_reputations(&self, rows: Vec<crate::ReputationRow>) -> crate::Durable {
+        self.hold(|done| Pending::Reputations(rows, done))
+    }
+    fn reputations(&self) -> Result<Vec<crate::ReputationRow>, Error> {
+        self.durable.reputations()
     }
 }

@@ -245,6 +245,17 @@ impl Dispatcher {
         let every = self.place.rebalance.every;
         let mut rebalance = (!every.is_zero()).then(|| interval(every));
         let mut sweep = Some(interval(self.watch.options.heartbeat));
+        // Reputations an earlier process kept: read once, on the dispatcher's own thread,
+        // before the first spawn.
+        match self.shared.journal.reputations() {
+            Ok(rows) => {
+                self.watch.restoring(rows);
+                self.watch.restore(&self.tree, 0, self.tree.len());
+            }
+            Err(error) => {
+                tracing::warn!(%error, "Reputations could not be read: every agent starts at the prior.");
+            }
+        }
         'turns: loop {
             // Biased, for reproducible runs; the other sources are drained below every turn, so
             // a steady stream of commands cannot starve them.
@@ -319,6 +330,7 @@ impl Dispatcher {
             self.settle();
             self.publish();
         }
+        self.save_reputations();
         self.publish();
     }
 

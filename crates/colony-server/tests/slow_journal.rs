@@ -123,6 +123,12 @@ impl Journal for Stuck {
     fn agents(&self) -> Result<Vec<AgentRecord>, Error> {
         self.inner.agents()
     }
+    fn record_reputations(&self, rows: Vec<colony_journal::ReputationRow>) -> Durable {
+        self.inner.record_reputations(rows)
+    }
+    fn reputations(&self) -> Result<Vec<colony_journal::ReputationRow>, colony_journal::Error> {
+        self.inner.reputations()
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -668,6 +668,31 @@ impl Journal for SqliteJournal {
     fn agents(&self) -> Result<Vec<AgentRecord>, Error> {
         self.reader.agents(AgentQuery::All, usize::MAX)
     }
+
+    fn record_reputations(&self, rows: Vec<crate::ReputationRow>) -> Durable {
+        let (done, durable) = Durable::pending();
+        if let Err(error) = self.send(Write::Reputations { rows, done }) {
+            return Durable::ready(Err(error));
+        }
+        durable
+    }
+
+    fn reputations(&self) -> Result<Vec<crate::ReputationRow>, Error> {
+        self.reader.read(|c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT agent, pool, score, observations FROM reputations ORDER BY agent",
+            )?;
+            let rows = stmt.query_map([], |r| {
+                Ok(crate::ReputationRow {
+                    agent: AgentId(r.get(0)?),
+                    pool: r.get(1)?,
+                    score: r.get(2)?,
+                    observations: r.get(3)?,
+                })
+            })?;
+            rows.collect()
+        })
+    }
 }
 
 const DECISION_COLUMNS: &str = "id, options, seats, opened_at, outcome, ended_at, asked";

@@ -59,6 +59,13 @@ pub(crate) const MIGRATIONS: &[&str] = &[
         tasks INTEGER NOT NULL
     );
     CREATE INDEX decision_calls_by_decision ON decision_calls (decision);",
+    // 5: workers' reputations, kept across restarts.
+    "CREATE TABLE reputations (
+        agent INTEGER PRIMARY KEY,
+        pool INTEGER NOT NULL,
+        score REAL NOT NULL,
+        observations INTEGER NOT NULL
+    );",
 ];
 
 /// The version this build writes.

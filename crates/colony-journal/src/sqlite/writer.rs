@@ -1,7 +1,7 @@
 //! The writer thread: group commit, fencing in the transaction, and retry after a fault.
 
 use super::{Shared, SqliteOptions, classify, state_code};
-use crate::{AgentRecord, Call, Counts, Error, Opening, Record, Stats};
+use crate::{AgentRecord, Call, Counts, Error, Opening, Record, ReputationRow, Stats};
 use colony_core::{
     TaskId,
     task::{TaskSpec, TaskState},
@@ -39,6 +39,11 @@ pub(super) enum Write {
     },
     /// Running tasks go back to queued: their attempts died with the last process.
     Recover {
+        done: Done,
+    },
+    /// Records workers' reputations, each replacing the agent's earlier row.
+    Reputations {
+        rows: Vec<ReputationRow>,
         done: Done,
     },
     /// Records agents of the hierarchy.
@@ -79,6 +84,7 @@ impl Write {
             Write::Record { records, .. } => records.len(),
             Write::Recover { .. } | Write::Prune { .. } | Write::Decided { .. } => 1,
             Write::Agents { agents, .. } => agents.len(),
+            Write::Reputations { rows, .. } => rows.len(),
         }
     }
 }
@@ -291,6 +297,18 @@ impl Writer {
                 } => {
                     record_agents(&tx, tiers, agents, *replace).map_err(&fail)?;
                 }
+                Write::Reputations { rows, .. } => {
+                    let mut stmt = tx
+                        .prepare_cached(
+                            "INSERT OR REPLACE INTO reputations (agent, pool, score, observations) \
+                             VALUES (?1, ?2, ?3, ?4)",
+                        )
+                        .map_err(&fail)?;
+                    for r in rows {
+                        stmt.execute(params![r.agent.0, r.pool, r.score, r.observations])
+                            .map_err(&fail)?;
+                    }
+                }
                 Write::Prune { rule, .. } => {
                     let before = rule.older_than.map(|age| now - age.as_micros() as i64);
                     // Finished tasks below this id are beyond the newest `keep_last`.
@@ -385,7 +403,8 @@ fn done(w: Write, result: Result<(), Error>) {
         | Write::Record { done, .. }
         | Write::Recover { done }
         | Write::Decided { done, .. }
-        | Write::Agents { done, .. } => done,
+        | Write::Agents { done, .. }
+        | Write::Reputations { done, .. } => done,
         Write::Prune { done, .. } => {
             let _ = done.send(result.map(|()| 0));
             return;

@@ -11,6 +11,7 @@ use colony_agents::{Agent, AgentSpec, Error as AgentError, Execution, Task};
 use colony_core::{
     decision::{Reason, Tie},
     hierarchy::Tiers,
+    reputation::Reputation,
 };
 use colony_journal::{Journal, MemoryJournal};
 use std::{collections::HashSet, sync::Mutex, time::Duration};
@@ -1114,5 +1115,57 @@ async fn a_hard_task_goes_to_the_best_reputed_worker_with_room() {
         plain.insert(ran.lock().unwrap().last().unwrap().1);
     }
     assert!(plain.len() > 1, "{plain:?}");
+    runtime.shutdown().await;
+}
+
+async fn reputations_of(h: &Handle, workers: Vec<AgentId>) -> Vec<Reputation> {
+    h.observe(move |live| workers.iter().map(|&w| live.reputation(w)).collect())
+        .await
+        .unwrap()
+}
+
+#[tokio::test(start_paused = true)]
+async fn reputations_outlive_the_process_in_its_journal() {
+    let dir = tempfile::tempdir().unwrap();
+    let (runtime, _) = start_on(3, |_| Answer::Says("ok", 1), reopen(&dir)).await;
+    let h = runtime.handle();
+    let workers: Vec<AgentId> = h
+        .inspect(|tree| {
+            (0..tree.len() as u32)
+                .map(AgentId)
+                .filter(|&a| tree.tier(a) == tree.worker_tier())
+                .collect()
+        })
+        .await
+        .unwrap();
+    let votes = (0..8).map(|i| (workers[0], i % 4 != 0)).collect();
+    h.agreed(votes);
+    h.agreed(vec![(workers[1], false)]);
+    let before = reputations_of(h, workers.clone()).await;
+    assert!(
+        before[0].score() > 0.6 && before[1].score() < 0.5,
+        "{before:?}"
+    );
+    runtime.shutdown().await;
+    // A row naming an agent as a worker of another pool is not taken up.
+    let journal = reopen(&dir);
+    assert_eq!(journal.reputations().unwrap().len(), 2);
+    let elsewhere = colony_journal::ReputationRow {
+        agent: workers[2],
+        pool: 1,
+        score: 0.9,
+        observations: 50,
+    };
+    journal.record_reputations(vec![elsewhere]).await.unwrap();
+    drop(journal);
+    // A new process over the same journal starts them where they stood.
+    let (runtime, _) = start_on(3, |_| Answer::Says("ok", 1), reopen(&dir)).await;
+    let after = reputations_of(runtime.handle(), workers.clone()).await;
+    assert_eq!(after[..2], before[..2]);
+    assert_eq!(
+        after[2],
+        Reputation::new(),
+        "pool 1's row is not pool 0's worker's"
+    );
     runtime.shutdown().await;
 }

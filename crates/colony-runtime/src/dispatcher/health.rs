@@ -15,6 +15,7 @@
 use super::{Dispatcher, outbox::Outbox, supervise::StopKind};
 use crate::events::{Event, Kinds};
 use colony_agents::Beats;
+use colony_core::tree::LiveTree;
 use colony_core::{
     AgentId,
     breaker::{Breaker, BreakerOptions, BreakerState, Transition},
@@ -23,6 +24,7 @@ use colony_core::{
     supervision::Exit,
 };
 use std::{
+    collections::HashMap,
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -44,6 +46,12 @@ pub(super) struct Watch {
     /// Per worker that has answered or voted: its reputation. Unlike its health, it
     /// outlives an incarnation: a restarted agent is the same agent.
     reputations: Vec<Reputation>,
+    /// Per agent: whether its reputation changed since it was last handed to the journal;
+    /// and those agents, in the order they changed.
+    dirty: Vec<bool>,
+    changed: Vec<AgentId>,
+    /// Reputations an earlier process journaled, by agent, until that agent is spawned.
+    restored: HashMap<AgentId, colony_journal::ReputationRow>,
     /// Workers whose breaker is open or on probation: the sweep ticks them.
     tripped: Vec<AgentId>,
     /// Breakers' transitions and degraded flags not yet carried to the tree.
@@ -70,6 +78,9 @@ impl Watch {
             breaker,
             breakers: Vec::new(),
             reputations: Vec::new(),
+            dirty: Vec::new(),
+            changed: Vec::new(),
+            restored: HashMap::new(),
             tripped: Vec::new(),
             acts: Vec::new(),
             options,
@@ -194,12 +205,70 @@ impl Watch {
         self.reputation_of(worker, agents).observe(ok);
     }
 
+    /// `worker`'s reputation, about to change: it is handed to the journal at the next
+    /// sweep.
     fn reputation_of(&mut self, worker: AgentId, agents: usize) -> &mut Reputation {
-        if self.reputations.len() <= worker.index() {
-            let len = agents.max(worker.index() + 1);
+        let i = worker.index();
+        if self.reputations.len() <= i {
+            let len = agents.max(i + 1);
             self.reputations.resize(len, Reputation::new());
+            self.dirty.resize(len, false);
         }
-        &mut self.reputations[worker.index()]
+        if !self.dirty[i] {
+            self.dirty[i] = true;
+            self.changed.push(worker);
+        }
+        &mut self.reputations[i]
+    }
+
+    /// Reputations an earlier process journaled, for the agents spawned from now on.
+    pub(super) fn restoring(&mut self, rows: Vec<colony_journal::ReputationRow>) {
+        self.restored = rows.into_iter().map(|r| (r.agent, r)).collect();
+    }
+
+    /// Agents `from..to` were spawned: a worker journaled by an earlier process as a worker
+    /// of the same pool takes its reputation up where it stood.
+    pub(super) fn restore(&mut self, tree: &LiveTree, from: usize, to: usize) {
+        if self.restored.is_empty() {
+            return;
+        }
+        for i in from..to {
+            let agent = AgentId(i as u32);
+            let Some(row) = self.restored.remove(&agent) else {
+                continue;
+            };
+            if tree.tier(agent) != tree.worker_tier() || tree.spec(agent) != row.pool {
+                continue;
+            }
+            if let Some(kept) = Reputation::restore(row.score, row.observations) {
+                if self.reputations.len() <= i {
+                    self.reputations.resize(to, Reputation::new());
+                    self.dirty.resize(to, false);
+                }
+                self.reputations[i] = kept;
+            }
+        }
+    }
+
+    /// The reputations changed since the last call, as the journal keeps them.
+    pub(super) fn unsaved(&mut self, tree: &LiveTree) -> Vec<colony_journal::ReputationRow> {
+        let changed = std::mem::take(&mut self.changed);
+        changed
+            .into_iter()
+            .filter_map(|agent| {
+                let i = agent.index();
+                self.dirty[i] = false;
+                let r = self.reputations[i];
+                (i < tree.len() && tree.tier(agent) == tree.worker_tier()).then(|| {
+                    colony_journal::ReputationRow {
+                        agent,
+                        pool: tree.spec(agent),
+                        score: r.score(),
+                        observations: r.observations(),
+                    }
+                })
+            })
+            .collect()
     }
 
     /// Voters of a decided outcome: counted for the winner (`true`) or dissenting. Agents
@@ -232,6 +301,8 @@ impl Watch {
         self.health.truncate(start);
         self.breakers.truncate(start);
         self.reputations.truncate(start);
+        self.dirty.truncate(start);
+        self.changed.retain(|a| a.index() < start);
         if self.health.len() < self.health.capacity() / 2 {
             self.health.shrink_to_fit();
             self.breakers.shrink_to_fit();
@@ -387,8 +458,19 @@ impl Dispatcher {
     /// The sweep: every busy worker's heartbeats and silence are looked at, and the silent
     /// ones are stopped as hangs, their supervisors deciding what follows. Open breakers whose
     /// time is up go on probation.
+    /// Hands the reputations changed since the last sweep to the journal, which keeps them
+    /// for the next process.
+    pub(super) fn save_reputations(&mut self) {
+        let rows = self.watch.unsaved(&self.tree);
+        if !rows.is_empty() {
+            let durable = self.shared.journal.record_reputations(rows);
+            self.out.flush(durable, "Recording reputations");
+        }
+    }
+
     pub(super) fn sweep(&mut self) {
         self.watch.tick_breakers(&mut self.out);
+        self.save_reputations();
         let worker_tier = self.tree.worker_tier();
         let busy = |tree: &super::LiveTree, a: AgentId| tree.load(a).0 > 0;
         let mut stack: Vec<AgentId> = self.tree.roots().filter(|&r| busy(&self.tree, r)).collect();

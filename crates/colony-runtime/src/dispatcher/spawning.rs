@@ -21,6 +21,7 @@ impl Dispatcher {
         let after = self.tree.len();
         self.place.grow(after);
         self.supervision.grow(after);
+        self.watch.restore(&self.tree, before, after);
         self.shared.pool_agents[pool as usize].fetch_add(u64::from(count), Relaxed);
         self.record_hierarchy(before, after);
         // New workers are idle: let them look at their supervisors' queues.

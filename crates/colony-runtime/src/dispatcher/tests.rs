@@ -630,6 +630,15 @@ impl Journal for Lagging {
     fn agents(&self) -> Result<Vec<colony_journal::AgentRecord>, colony_journal::Error> {
         self.inner.agents()
     }
+    fn record_reputations(
+        &self,
+        rows: Vec<colony_journal::ReputationRow>,
+    ) -> colony_journal::Durable {
+        self.inner.record_reputations(rows)
+    }
+    fn reputations(&self) -> Result<Vec<colony_journal::ReputationRow>, colony_journal::Error> {
+        self.inner.reputations()
+    }
 }
 
 impl Lagging {
