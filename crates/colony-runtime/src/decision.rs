@@ -37,13 +37,13 @@
 //!   task, pinned to it), round 0's ballots still out are cancelled, and round 1 is counted
 //!   as a classic majority;
 //! - `leader`: the first voter alone is asked for a proposal; once it is in, every other
-//!   voter gets a review task (the task's spec with the payload
-//!   `{"review": {"proposal": <text>, "task": <the task's payload>}}`) and answers `approve`
+//!   voter gets a review task (the task's spec, its payload given a field
+//!   `"review": {"proposal": <text>}`) and answers `approve`
 //!   or `reject` (also `yes`/`no`, `accept`, `true`/`false`, as text or as `{"vote": ...}`);
 //!   a proposal not accepted passes the turn to the next voter, up to `max-rounds`;
 //! - a tie under `tie: judge` asks one worker that can run the task and did not vote (else
-//!   the first voter) to choose, with the payload
-//!   `{"judge": {"candidates": [<value>, ...], "task": <the task's payload>}}`; it answers
+//!   the first voter) to choose, the task's payload given a field
+//!   `"judge": {"candidates": [<value>, ...]}`; it answers
 //!   with a candidate's index (from 0) or its value; anything else, or no answer within
 //!   `judge-timeout`, leaves the tie standing (`tie`).
 //!
@@ -219,6 +219,9 @@ pub struct Decided {
     pub voters: Vec<Voter>,
     /// The judge asked to settle a tie, if one was.
     pub judge: Option<Voter>,
+    /// Ballot tasks asked in all: one per voter, more when a later round, reviews or a
+    /// judge were asked.
+    pub asked: u32,
 }
 
 /// Whose ballot tasks the journal is asked to accept: a new decision's, or a later call's.
@@ -255,6 +258,8 @@ pub struct Voting {
     candidates: Vec<decision::Candidate>,
     /// `leader`: the round whose reviews were asked.
     reviewed: Option<u32>,
+    /// Ballot tasks asked so far.
+    asked: u32,
     /// What the engine answered that still needs acting on (a recovered decision's next
     /// round or judge, not yet asked before the crash).
     carry: Option<Progress>,
@@ -363,6 +368,7 @@ impl Voting {
             outcome,
             voters: std::mem::take(&mut self.voters),
             judge: self.judge.take(),
+            asked: self.asked,
         };
         let record = serde_json::to_string(&decided)
             .map_err(|e| Error::Decision(format!("the outcome could not be written: {e}")))?;
@@ -433,10 +439,8 @@ impl Voting {
         let seats: Vec<usize> = (0..self.voters.len())
             .filter(|&i| Some(self.voters[i].agent) != proposer)
             .collect();
-        let payload = serde_json::json!({
-            "review": {"proposal": proposal, "task": payload_json(&self.spec.payload)},
-        });
-        let spec = self.spec_with(payload);
+        let review = serde_json::json!({ "proposal": proposal });
+        let spec = self.spec_with(with_field(&self.spec.payload, "review", review));
         let specs = vec![spec; seats.len()];
         self.ask(round, colony_journal::Role::Review, &seats, specs)
             .await
@@ -503,6 +507,7 @@ impl Voting {
         voter.task = Some(pending.id);
         voter.state = None;
         voter.problem = None;
+        self.asked += 1;
         self.pending
             .push(Box::pin(async move { (asked, pending.await) }));
     }
@@ -526,10 +531,8 @@ impl Voting {
             return self.judged(None);
         };
         let values: Vec<&str> = candidates.iter().map(|c| &*c.value).collect();
-        let payload = serde_json::json!({
-            "judge": {"candidates": values, "task": payload_json(&self.spec.payload)},
-        });
-        let spec = self.spec_with(payload);
+        let judge = serde_json::json!({ "candidates": values });
+        let spec = self.spec_with(with_field(&self.spec.payload, "judge", judge));
         self.candidates = candidates;
         let seat = colony_journal::Seat {
             agent,
@@ -611,10 +614,11 @@ impl Voting {
         }
         let last = self.decision.ballots().last()?;
         match (&last.ballot.vote, last.status) {
+            // Without the newline a process's stdout ends with.
             (decision::Vote::Output(text), decision::Status::Counted)
                 if last.ballot.voter == agent && last.ballot.round == round =>
             {
-                Some(text.to_string())
+                Some(text.trim_end().to_owned())
             }
             _ => None,
         }
@@ -767,10 +771,20 @@ fn as_review(ballot: Ballot) -> Result<Ballot, String> {
     })
 }
 
-/// A task's payload as JSON for a review or a judge: as it is when it is JSON, else as text.
-fn payload_json(payload: &Bytes) -> serde_json::Value {
-    serde_json::from_slice(payload)
-        .unwrap_or_else(|_| serde_json::Value::String(String::from_utf8_lossy(payload).into()))
+/// A task's payload for a review or a judge: a JSON object keeps its fields (so an agent
+/// reads the task as it did, `{{input.KEY}}` included) and gains `key`; any other payload
+/// goes under `task`, beside `key`.
+fn with_field(payload: &Bytes, key: &str, value: serde_json::Value) -> serde_json::Value {
+    use serde_json::Value;
+    let task = match serde_json::from_slice::<Value>(payload) {
+        Ok(Value::Object(mut fields)) => {
+            fields.insert(key.to_owned(), value);
+            return Value::Object(fields);
+        }
+        Ok(other) => other,
+        Err(_) => Value::String(String::from_utf8_lossy(payload).into_owned()),
+    };
+    serde_json::json!({ "task": task, key: value })
 }
 
 /// The ballot an output casts (see the module docs).
@@ -916,6 +930,7 @@ impl Handle {
             judge: None,
             candidates: Vec::new(),
             reviewed: None,
+            asked: 0,
             carry: None,
             pending: FuturesUnordered::new(),
             started: Instant::now(),
@@ -1082,6 +1097,7 @@ impl Recovered {
             judge: None,
             candidates: Vec::new(),
             reviewed: None,
+            asked: 0,
             carry: None,
             pending: FuturesUnordered::new(),
             started: Instant::now(),
@@ -1151,6 +1167,7 @@ impl Recovered {
             if let Some(judge) = &mut voting.judge {
                 judge.task = Some(first);
             }
+            voting.asked += 1;
             return match journal.task(first)? {
                 Some(ended) if ended.state.is_terminal() => {
                     let choice = voting.choice(Completion::recovered(ended));
@@ -1198,6 +1215,7 @@ impl Recovered {
                 );
                 continue;
             }
+            voting.asked += 1;
             let voter = &mut voting.voters[seat];
             voter.task = Some(task);
             voter.state = None;

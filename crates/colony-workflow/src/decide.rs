@@ -420,19 +420,26 @@ pub(crate) async fn run(handle: Handle, spec: TaskSpec, vote: Vote, mut checks: 
     let Some(winner) = decided.outcome.winner() else {
         let reason = decided.outcome.reason().map_or("unknown", |r| r.as_str());
         let record = decided.outcome.record();
+        // The last round's: a later round asks the voters again.
         let counted = record
             .ballots
             .iter()
-            .filter(|b| b.status == colony_core::decision::Status::Counted)
+            .filter(|b| {
+                b.status == colony_core::decision::Status::Counted && b.ballot.round == record.round
+            })
             .count();
+        let round = match record.round {
+            0 => String::new(),
+            r => format!(" in round {r}"),
+        };
         return Ended {
             result: Err(format!(
-                "the decision failed: {reason} ({counted} of {} voters' ballots counted, participation {:.2}; the ballots are in its result file)",
+                "the decision failed: {reason} ({counted} of {} voters' ballots counted{round}, participation {:.2}; the ballots are in its result file)",
                 decided.voters.len(),
                 record.participation
             )),
+            ballots: decided.asked,
             decided: Some(decided),
-            ballots,
             agent: None,
         };
     };
@@ -463,8 +470,8 @@ pub(crate) async fn run(handle: Handle, spec: TaskSpec, vote: Vote, mut checks: 
     };
     Ended {
         result,
+        ballots: decided.asked,
         decided: Some(decided),
-        ballots,
         agent,
     }
 }
