@@ -18,14 +18,16 @@
 //!   ledger cannot be written stops at once and exits with an error.
 //!
 //! With `decisions`, each run also opens that many decisions among [`VOTERS`] agents between
-//! its batches (every agent answers `yes`). Each decision ended is appended to the ledger as
-//! `d <id>` when its outcome is published, and at the end:
+//! its batches, by majority and by `leader` in turn (every agent answers `yes`, and
+//! `approve` to a review: a leader decision is two calls of tasks, the proposal and then
+//! the reviews, so kills strike between them too). Each decision ended is appended to the
+//! ledger as `d <id>` when its outcome is published, and at the end:
 //!
 //! - every decision is closed in the journal, decided `yes` (none open, none failed);
 //! - it was announced at most once over all the children (taken once, never re-taken after a
 //!   restart);
-//! - every ballot it counted is a ballot task the journal holds as succeeded on its voter:
-//!   it was taken from journaled ballots;
+//! - every ballot it counted is a ballot task of its calls the journal holds as succeeded on
+//!   its voter: it was taken from journaled ballots;
 //! - its ballot tasks all ended, none ran on another agent, and none ran more often than the
 //!   kills that struck it allow; they are kept out of the task checks above (a ballot cut
 //!   short by an early decision is cancelled, not lost).
@@ -69,6 +71,8 @@ pub const VOTERS: u32 = 5;
 
 /// What every voter answers.
 const BALLOT: &str = "yes";
+/// Each voter's answer to a review.
+const REVIEW: &str = "approve";
 
 /// Appends every attempt it starts to the ledger, then behaves like its sim.
 struct Ledgered {
@@ -100,6 +104,12 @@ impl Agent for Ledgered {
             return Execution::Done(Err(colony_agents::Error::fatal(format!(
                 "the ledger could not be written: {e}"
             ))));
+        }
+        // A leader decision's review: approved.
+        let review = serde_json::from_slice::<serde_json::Value>(&task.payload)
+            .is_ok_and(|p| p.get("review").is_some());
+        if review {
+            return Execution::Done(Ok(bytes::Bytes::from_static(REVIEW.as_bytes())));
         }
         self.sim.handle(task)
     }
@@ -161,7 +171,7 @@ pub async fn child(options: &ChildOptions) -> Result<(), Error> {
         let mut batches = 0u64;
         while next < options.tasks || decisions < options.decisions {
             if decisions < options.decisions && (batches >= every || next >= options.tasks) {
-                open_decision(&handle).await?;
+                open_decision(&handle, decisions).await?;
                 decisions += 1;
                 batches = 0;
             }
@@ -206,11 +216,18 @@ pub async fn child(options: &ChildOptions) -> Result<(), Error> {
     done
 }
 
-/// Opens one decision among [`VOTERS`] agents and counts it in the background.
-async fn open_decision(handle: &crate::Handle) -> Result<(), Error> {
-    let options = colony_core::decision::DecisionOptions {
+/// Opens the `n`th decision among [`VOTERS`] agents (by majority, or by `leader` when `n`
+/// is odd) and counts it in the background.
+async fn open_decision(handle: &crate::Handle, n: u64) -> Result<(), Error> {
+    use colony_core::decision::{DecisionOptions, Protocol};
+    let protocol = if n % 2 == 1 {
+        Protocol::Leader
+    } else {
+        Protocol::Majority
+    };
+    let options = DecisionOptions {
         timeout: Duration::from_secs(60),
-        ..colony_core::decision::DecisionOptions::default()
+        ..DecisionOptions::with(protocol)
     };
     let spec = TaskSpec::with_payload(BALLOT);
     let voting = handle
@@ -645,11 +662,23 @@ impl Decisions {
     ) {
         let id = decision.id.0;
         self.announced_twice += u64::from(announced.get(&id).copied().unwrap_or(0) > 1);
-        let seats = &decision.opening.seats;
-        for (i, seat) in seats.iter().enumerate() {
-            let ended_here = ballots.get(&(id + i as u64)).is_some_and(|row| {
-                row.state.is_terminal() && row.agent.is_none_or(|a| a == seat.agent)
-            });
+        // Every task of its calls, with the agent it was asked of.
+        let mut asked: Vec<(u64, colony_core::AgentId)> = decision
+            .opening
+            .seats
+            .iter()
+            .take(decision.opening.asked as usize)
+            .enumerate()
+            .map(|(i, seat)| (id + i as u64, seat.agent))
+            .collect();
+        for (first, call) in &decision.calls {
+            let tasks = call.asked.iter().enumerate();
+            asked.extend(tasks.map(|(i, seat)| (first.0 + i as u64, seat.agent)));
+        }
+        for &(task, agent) in &asked {
+            let ended_here = ballots
+                .get(&task)
+                .is_some_and(|row| row.state.is_terminal() && row.agent.is_none_or(|a| a == agent));
             self.stray_ballots += u64::from(!ended_here);
         }
         let Some(outcome) = decision
@@ -668,12 +697,13 @@ impl Decisions {
             .flatten()
         {
             let voter = counted["ballot"]["voter"].as_u64();
-            let journaled = seats.iter().enumerate().any(|(i, seat)| {
-                Some(u64::from(seat.agent.0)) == voter
-                    && ballots.get(&(id + i as u64)).is_some_and(|row| {
+            let journaled = asked.iter().any(|&(task, agent)| {
+                Some(u64::from(agent.0)) == voter
+                    && ballots.get(&task).is_some_and(|row| {
+                        let said = row.output.as_deref();
                         row.state == TaskState::Succeeded
-                            && row.agent == Some(seat.agent)
-                            && row.output.as_deref() == Some(BALLOT.as_bytes())
+                            && row.agent == Some(agent)
+                            && (said == Some(BALLOT.as_bytes()) || said == Some(REVIEW.as_bytes()))
                     })
             });
             self.stray_ballots += u64::from(!journaled);
