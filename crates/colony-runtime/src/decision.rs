@@ -468,7 +468,13 @@ impl Voting {
         }
         let asked: Vec<colony_journal::Seat> = seats.iter().map(|&i| self.seats[i]).collect();
         let masks = asked.iter().map(|s| SpecMask::of(s.pool)).collect();
-        self.handle.wait_for_room(seats.len()).await?;
+        if !self.room_in_time(seats.len()).await? {
+            for &seat in seats {
+                self.voters[seat].problem =
+                    Some("no room to ask it before the round's deadline".into());
+            }
+            return Ok(());
+        }
         let call = colony_journal::Call {
             round,
             role,
@@ -493,6 +499,22 @@ impl Voting {
             self.await_ballot(Asked::Seat { seat, round }, pending);
         }
         Ok(())
+    }
+
+    /// Waits for room for `n` more tasks, until the decision's deadline: `false` if it came
+    /// first (the round then closes without them, or the judge's time runs out).
+    fn room_in_time(&self, n: usize) -> impl Future<Output = Result<bool, Error>> + Send + 'static {
+        let deadline = self.decision.deadline().map(|d| self.instant(d));
+        let handle = self.handle.clone();
+        async move {
+            let Some(deadline) = deadline else {
+                return Ok(false);
+            };
+            tokio::select! {
+                room = handle.wait_for_room(n) => room.map(|()| true),
+                () = tokio::time::sleep_until(deadline) => Ok(false),
+            }
+        }
     }
 
     /// Waits for `pending`, the ballot task asked of `asked`.
@@ -540,7 +562,12 @@ impl Voting {
             weight: 0.0,
         };
         self.judge = Some(Voter::new(&seat));
-        self.handle.wait_for_room(1).await?;
+        if !self.room_in_time(1).await? {
+            if let Some(judge) = &mut self.judge {
+                judge.problem = Some("no room to ask it before its deadline".into());
+            }
+            return Ok(Progress::Pending);
+        }
         let call = colony_journal::Call {
             round: self.decision.round(),
             role: colony_journal::Role::Judge,

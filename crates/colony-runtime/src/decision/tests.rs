@@ -1169,3 +1169,55 @@ async fn reputations_outlive_the_process_in_its_journal() {
     );
     runtime.shutdown().await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_round_that_finds_no_room_before_its_deadline_is_not_asked() {
+    // Round 0 splits 2 to 2; by then, submitters waiting for room take the room its ballots
+    // give back, and hold it: round 1 cannot be asked before the deadline.
+    fn script(agent: AgentId, payload: &serde_json::Value, _: u32) -> Answer {
+        if payload["hang"] == true {
+            return Answer::Hangs;
+        }
+        Answer::Says(if agent.0.is_multiple_of(2) { "a" } else { "b" }, 10)
+    }
+    let journal = Arc::new(MemoryJournal::new());
+    let (runtime, _) = start_scripted(4, script, journal.clone()).await;
+    let h = runtime.handle().clone();
+    let options = DecisionOptions {
+        timeout: Duration::from_secs(2),
+        ..DecisionOptions::with(Protocol::Fast)
+    };
+    let voting = h.decide(question(), Vote::new(4, options)).await.unwrap();
+    let capacity = h.stats().capacity as usize;
+    let hang = TaskSpec {
+        payload: Bytes::from_static(br#"{"hang":true}"#),
+        ..ballot_task(60_000)
+    };
+    // All the room but the ballots' is taken now; four more wait for theirs.
+    let filler = h.clone();
+    let fill = tokio::spawn(async move {
+        for _ in 0..capacity {
+            filler.submit(hang.clone()).await.unwrap();
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    let decided = voting.outcome().await.unwrap();
+    assert_eq!(
+        decided.outcome.reason(),
+        Some(Reason::NoQuorum),
+        "{decided:?}"
+    );
+    assert_eq!(decided.outcome.record().round, 1);
+    assert!(
+        decided
+            .voters
+            .iter()
+            .all(|v| v.problem.as_deref() == Some("no room to ask it before the round's deadline")),
+        "{:?}",
+        decided.voters
+    );
+    let row = journal.decision(decided.id).unwrap().unwrap();
+    assert!(row.calls.is_empty(), "round 1 was never asked");
+    fill.await.unwrap();
+    runtime.shutdown().await;
+}
