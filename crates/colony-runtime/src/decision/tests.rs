@@ -1195,7 +1195,7 @@ async fn a_round_that_finds_no_room_before_its_deadline_is_not_asked() {
     };
     // All the room but the ballots' is taken now; four more wait for theirs.
     let filler = h.clone();
-    let fill = tokio::spawn(async move {
+    let fill = crate::spawner::Spawner::spawn("filler", async move {
         for _ in 0..capacity {
             filler.submit(hang.clone()).await.unwrap();
         }
@@ -1218,6 +1218,6 @@ async fn a_round_that_finds_no_room_before_its_deadline_is_not_asked() {
     );
     let row = journal.decision(decided.id).unwrap().unwrap();
     assert!(row.calls.is_empty(), "round 1 was never asked");
-    fill.await.unwrap();
+    fill.await.unwrap().expect("the filler did not panic");
     runtime.shutdown().await;
 }
