@@ -383,12 +383,8 @@ impl Voting {
     /// Ballots that ended meanwhile need no cancelling; they came too late to count.
     fn drain_ended(&mut self) {
         while let Some(Some((asked, Ok(ended)))) = self.pending.next().now_or_never() {
-            let voter = match asked {
-                Asked::Seat { seat, .. } => &mut self.voters[seat],
-                Asked::Judge => match &mut self.judge {
-                    Some(judge) => judge,
-                    None => continue,
-                },
+            let Some(voter) = self.voter(asked) else {
+                continue;
             };
             voter.state = Some(ended.state);
             voter.problem = Some("its ballot task ended after its round did".into());
@@ -517,14 +513,18 @@ impl Voting {
         }
     }
 
+    /// The voter, or the judge, a ballot task was asked of.
+    fn voter(&mut self, asked: Asked) -> Option<&mut Voter> {
+        match asked {
+            Asked::Seat { seat, .. } => self.voters.get_mut(seat),
+            Asked::Judge => self.judge.as_mut(),
+        }
+    }
+
     /// Waits for `pending`, the ballot task asked of `asked`.
     fn await_ballot(&mut self, asked: Asked, pending: crate::Pending) {
-        let voter = match asked {
-            Asked::Seat { seat, .. } => &mut self.voters[seat],
-            Asked::Judge => match &mut self.judge {
-                Some(judge) => judge,
-                None => return,
-            },
+        let Some(voter) = self.voter(asked) else {
+            return;
         };
         voter.task = Some(pending.id);
         voter.state = None;

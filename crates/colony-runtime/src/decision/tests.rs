@@ -690,15 +690,7 @@ fn by_rank(agent: AgentId) -> Answer {
 async fn agreement_with_decided_outcomes_moves_reputations_and_weighs_votes_that_ask() {
     let (runtime, _) = start(7, by_rank).await;
     let h = runtime.handle();
-    let workers: Vec<AgentId> = h
-        .inspect(|tree| {
-            (0..tree.len() as u32)
-                .map(AgentId)
-                .filter(|&a| tree.tier(a) == tree.worker_tier())
-                .collect()
-        })
-        .await
-        .unwrap();
+    let workers = workers_of(h).await;
     assert_eq!(workers.len(), 7);
     WORKERS.set(workers.clone()).unwrap();
     // Five votes the first four win, 4 to 3.
@@ -766,6 +758,23 @@ async fn agreement_with_decided_outcomes_moves_reputations_and_weighs_votes_that
         "{refused}"
     );
     runtime.shutdown().await;
+}
+
+/// The workers of the tree, in id order.
+async fn workers_of(h: &Handle) -> Vec<AgentId> {
+    h.inspect(|tree| {
+        (0..tree.len() as u32)
+            .map(AgentId)
+            .filter(|&a| tree.tier(a) == tree.worker_tier())
+            .collect()
+    })
+    .await
+    .unwrap()
+}
+
+/// Decision `vote` on `spec`, run to its end.
+async fn run_vote(h: &Handle, spec: TaskSpec, vote: Vote) -> Decided {
+    h.decide(spec, vote).await.unwrap().outcome().await.unwrap()
 }
 
 /// Workers answering by their id, their payload and how many tasks they ran before.
@@ -848,13 +857,7 @@ async fn fast_asks_every_voter_again_when_its_first_round_falls_short() {
     let (runtime, seen) = start_scripted(4, script, journal.clone()).await;
     let h = runtime.handle();
     let vote = Vote::new(4, DecisionOptions::with(Protocol::Fast));
-    let decided = h
-        .decide(question(), vote)
-        .await
-        .unwrap()
-        .outcome()
-        .await
-        .unwrap();
+    let decided = run_vote(h, question(), vote).await;
     let winner = decided.outcome.winner().expect("decided in round 1");
     assert_eq!(&*winner.value, "a");
     assert_eq!(decided.outcome.record().round, 1);
@@ -879,14 +882,7 @@ async fn fast_asks_every_voter_again_when_its_first_round_falls_short() {
     runtime.shutdown().await;
     let (runtime, seen) = start_scripted(4, agreeing, Arc::new(MemoryJournal::new())).await;
     let vote = Vote::new(4, DecisionOptions::with(Protocol::Fast));
-    let decided = runtime
-        .handle()
-        .decide(question(), vote)
-        .await
-        .unwrap()
-        .outcome()
-        .await
-        .unwrap();
+    let decided = run_vote(runtime.handle(), question(), vote).await;
     assert_eq!(decided.outcome.record().round, 0);
     assert_eq!(seen.lock().unwrap().len(), 4);
     runtime.shutdown().await;
@@ -906,13 +902,7 @@ async fn a_leader_proposes_and_the_others_review_until_one_is_accepted() {
     let (runtime, seen) = start_scripted(5, script, journal.clone()).await;
     let h = runtime.handle();
     let vote = Vote::new(5, DecisionOptions::with(Protocol::Leader));
-    let decided = h
-        .decide(question(), vote)
-        .await
-        .unwrap()
-        .outcome()
-        .await
-        .unwrap();
+    let decided = run_vote(h, question(), vote).await;
     let winner = decided.outcome.winner().expect("a proposal accepted");
     let round = decided.outcome.record().round as usize;
     let proposer = decided.voters[round].agent;
@@ -1077,15 +1067,7 @@ async fn a_fast_decision_recovered_in_its_second_round_counts_both_rounds_from_t
 async fn a_hard_task_goes_to_the_best_reputed_worker_with_room() {
     let (runtime, ran) = start(6, |_| Answer::Says("ok", 1)).await;
     let h = runtime.handle();
-    let workers: Vec<AgentId> = h
-        .inspect(|tree| {
-            (0..tree.len() as u32)
-                .map(AgentId)
-                .filter(|&a| tree.tier(a) == tree.worker_tier())
-                .collect()
-        })
-        .await
-        .unwrap();
+    let workers = workers_of(h).await;
     // The fourth worker agreed with ten outcomes, the others dissented from as many.
     let star = workers[3];
     let votes = workers
@@ -1129,15 +1111,7 @@ async fn reputations_outlive_the_process_in_its_journal() {
     let dir = tempfile::tempdir().unwrap();
     let (runtime, _) = start_on(3, |_| Answer::Says("ok", 1), reopen(&dir)).await;
     let h = runtime.handle();
-    let workers: Vec<AgentId> = h
-        .inspect(|tree| {
-            (0..tree.len() as u32)
-                .map(AgentId)
-                .filter(|&a| tree.tier(a) == tree.worker_tier())
-                .collect()
-        })
-        .await
-        .unwrap();
+    let workers = workers_of(h).await;
     let votes = (0..8).map(|i| (workers[0], i % 4 != 0)).collect();
     h.agreed(votes);
     h.agreed(vec![(workers[1], false)]);
