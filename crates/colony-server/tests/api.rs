@@ -965,6 +965,43 @@ async fn a_task_with_decide_is_voted_on_and_its_decision_followed() {
         }
     }
 
+    // Under leader, the first voter proposes and the others review: a sim agent echoes its
+    // payload, so each reviewer reads its copy of the proposal's vote, `yes`, as approval.
+    let r = post(
+        "/v1/tasks",
+        json!({"payload": {"vote": "yes"}, "decide": {"voters": 3, "protocol": "leader"}}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 202);
+    let started = json(r).await;
+    let leader = started["decision"].as_u64().unwrap();
+    let nulls = started["voters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|v| v["task"].is_null())
+        .count();
+    assert_eq!(nulls, 2, "only the proposer is asked at first: {started}");
+    let decided = ended(leader).await;
+    assert_eq!(decided["state"], "decided", "{decided}");
+    assert_eq!(decided["value"], "yes");
+    let reviews = decided["outcome"]["record"]["ballots"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|b| b["ballot"]["vote"] == "approve")
+        .count();
+    assert_eq!(reviews, 2, "{decided}");
+    assert!(
+        decided["voters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|v| v["task"].is_u64()),
+        "each voter's latest task: {decided}"
+    );
+
     // Without a confidence every ballot is refused: nobody counted, so no quorum, and the
     // decision says so rather than answer.
     let r = post(
@@ -1002,7 +1039,7 @@ async fn a_task_with_decide_is_voted_on_and_its_decision_followed() {
         .iter()
         .map(|d| d["id"].as_u64().unwrap())
         .collect();
-    assert_eq!(ids, [second, id], "newest first");
+    assert_eq!(ids, [second, leader, id], "newest first");
     assert_eq!(list["decisions"][1]["value"], "yes");
     let page = json(
         client
