@@ -538,7 +538,11 @@ impl Voting {
     /// voter) is asked to choose among `candidates`. What the engine answers if none can be
     /// asked: the tie stands.
     async fn ask_judge(&mut self, candidates: Vec<decision::Candidate>) -> Result<Progress, Error> {
-        let mask = self.handle.admit(std::slice::from_ref(&self.spec))?[0];
+        // No pool that can run the task has agents left: no judge, so the tie stands.
+        let Ok(masks) = self.handle.admit(std::slice::from_ref(&self.spec)) else {
+            return self.judged(None);
+        };
+        let mask = masks[0];
         let n = self.voters.len();
         let found = self
             .handle
