@@ -220,6 +220,22 @@ pub struct DecisionRow {
 }
 
 impl DecisionRow {
+    /// Every task it asked, with the agent asked, in the order asked: the opening's, then
+    /// each call's.
+    pub fn tasks(&self) -> impl Iterator<Item = (TaskId, Seat)> + '_ {
+        let opening = self.opening.seats.iter().take(self.opening.asked as usize);
+        let opening = opening
+            .enumerate()
+            .map(|(i, seat)| (TaskId(self.id.0 + i as u64), *seat));
+        let calls = self.calls.iter().flat_map(|(first, call)| {
+            call.asked
+                .iter()
+                .enumerate()
+                .map(|(i, seat)| (TaskId(first.0 + i as u64), *seat))
+        });
+        opening.chain(calls)
+    }
+
     /// Each range `[first, end)` of its tasks: the opening's, then each call's.
     pub fn ballot_ranges(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
         let opening = (self.id.0, self.id.0 + u64::from(self.opening.asked));

@@ -233,6 +233,13 @@ pub(crate) enum Ballots {
     },
 }
 
+/// What became of one call's tasks.
+enum Called {
+    Asked(Vec<crate::Pending>),
+    /// Not asked, and why.
+    NotAsked(Arc<str>),
+}
+
 /// Who a ballot task was asked of: a seat, in a round, or the judge.
 #[derive(Clone, Copy, Debug)]
 enum Asked {
@@ -286,6 +293,33 @@ impl Drop for Voting {
 }
 
 impl Voting {
+    /// Decision `id` among `seats`, taken up `offset` into it, nothing asked yet.
+    fn new(
+        handle: Handle,
+        id: TaskId,
+        decision: Decision,
+        spec: TaskSpec,
+        seats: Vec<colony_journal::Seat>,
+        offset: Duration,
+    ) -> Self {
+        Self {
+            handle,
+            id,
+            decision,
+            spec,
+            voters: seats.iter().map(Voter::new).collect(),
+            seats,
+            judge: None,
+            candidates: Vec::new(),
+            reviewed: None,
+            asked: 0,
+            carry: None,
+            pending: FuturesUnordered::new(),
+            started: Instant::now(),
+            offset,
+        }
+    }
+
     /// The decision's id: its first ballot task's.
     pub fn id(&self) -> TaskId {
         self.id
@@ -326,7 +360,8 @@ impl Voting {
                 Progress::Pending => {}
                 Progress::Done(outcome) => break outcome,
                 Progress::NextRound { round, proposer } => {
-                    progress = self.next_round(round, proposer).await?;
+                    self.next_round(round, proposer).await?;
+                    progress = Progress::Pending;
                     continue;
                 }
                 Progress::NeedsJudge { candidates } => {
@@ -405,12 +440,8 @@ impl Voting {
 
     /// The engine opened round `round`: the last round's ballots still out are cancelled,
     /// and the round's are asked (`fast`: every voter again; `leader`: the proposer's
-    /// proposal). What the engine answers if they cannot be asked.
-    async fn next_round(
-        &mut self,
-        round: u32,
-        proposer: Option<AgentId>,
-    ) -> Result<Progress, Error> {
+    /// proposal).
+    async fn next_round(&mut self, round: u32, proposer: Option<AgentId>) -> Result<(), Error> {
         self.drain_ended();
         self.cancel_the_rest();
         let (role, seats): (colony_journal::Role, Vec<usize>) = match proposer {
@@ -424,8 +455,7 @@ impl Voting {
             ),
         };
         let specs = vec![self.spec.clone(); seats.len()];
-        self.ask(round, role, &seats, specs).await?;
-        Ok(Progress::Pending)
+        self.ask(round, role, &seats, specs).await
     }
 
     /// `leader`: the proposal of round `round` is in; each other voter is asked to review it.
@@ -462,19 +492,51 @@ impl Voting {
         if seats.is_empty() {
             return Ok(());
         }
-        let asked: Vec<colony_journal::Seat> = seats.iter().map(|&i| self.seats[i]).collect();
-        let masks = asked.iter().map(|s| SpecMask::of(s.pool)).collect();
-        if !self.room_in_time(seats.len()).await? {
-            for &seat in seats {
-                self.voters[seat].problem =
-                    Some("no room to ask it before the round's deadline".into());
+        let asked = seats.iter().map(|&i| self.seats[i]).collect();
+        match self.call(round, role, asked, specs).await? {
+            Called::Asked(completions) => {
+                for (&seat, pending) in seats.iter().zip(completions) {
+                    self.await_ballot(Asked::Seat { seat, round }, pending);
+                }
             }
-            return Ok(());
+            Called::NotAsked(why) => {
+                for &seat in seats {
+                    self.voters[seat].problem = Some(why.clone());
+                }
+            }
         }
+        Ok(())
+    }
+
+    /// Accepts the tasks `specs` (all alike but for their agent) of one call of the decision,
+    /// the i-th pinned to `asked[i]`, journaled with the call in one write. Not asked when
+    /// the runtime refuses the task (a review or judge payload over the payload limit, no
+    /// pool with agents for it) or no room frees up before the decision's deadline.
+    async fn call(
+        &mut self,
+        round: u32,
+        role: colony_journal::Role,
+        asked: Vec<colony_journal::Seat>,
+        specs: Vec<TaskSpec>,
+    ) -> Result<Called, Error> {
+        if let Some(spec) = specs.first()
+            && let Err(refused) = self.handle.admit(std::slice::from_ref(spec))
+        {
+            return Ok(Called::NotAsked(
+                format!("its task could not be asked: {refused}").into(),
+            ));
+        }
+        if !self.room_in_time(asked.len()).await? {
+            return Ok(Called::NotAsked(
+                "no room to ask it before the round's deadline".into(),
+            ));
+        }
+        let masks = asked.iter().map(|s| SpecMask::of(s.pool)).collect();
+        let agents: Vec<AgentId> = asked.iter().map(|s| s.agent).collect();
         let call = colony_journal::Call {
             round,
             role,
-            asked: asked.clone(),
+            asked,
             at_ms: unix_ms(),
         };
         let ballots = Ballots::Call {
@@ -483,18 +545,9 @@ impl Voting {
         };
         let (_, completions) = self
             .handle
-            .accept_tracked(
-                specs,
-                masks,
-                |_| true,
-                |i| Some(asked[i].agent),
-                Some(ballots),
-            )
+            .accept_tracked(specs, masks, |_| true, |i| Some(agents[i]), Some(ballots))
             .await?;
-        for (&seat, pending) in seats.iter().zip(completions) {
-            self.await_ballot(Asked::Seat { seat, round }, pending);
-        }
-        Ok(())
+        Ok(Called::Asked(completions))
     }
 
     /// Waits for room for `n` more tasks, until the decision's deadline: `false` if it came
@@ -566,36 +619,24 @@ impl Voting {
             weight: 0.0,
         };
         self.judge = Some(Voter::new(&seat));
-        if !self.room_in_time(1).await? {
-            if let Some(judge) = &mut self.judge {
-                judge.problem = Some("no room to ask it before its deadline".into());
+        let round = self.decision.round();
+        match self
+            .call(round, colony_journal::Role::Judge, vec![seat], vec![spec])
+            .await?
+        {
+            Called::Asked(completions) => {
+                for pending in completions {
+                    self.await_ballot(Asked::Judge, pending);
+                }
+                Ok(Progress::Pending)
             }
-            return Ok(Progress::Pending);
+            Called::NotAsked(why) => {
+                if let Some(judge) = &mut self.judge {
+                    judge.problem = Some(why);
+                }
+                self.judged(None)
+            }
         }
-        let call = colony_journal::Call {
-            round: self.decision.round(),
-            role: colony_journal::Role::Judge,
-            asked: vec![seat],
-            at_ms: unix_ms(),
-        };
-        let ballots = Ballots::Call {
-            decision: self.id,
-            call,
-        };
-        let (_, mut completions) = self
-            .handle
-            .accept_tracked(
-                vec![spec],
-                vec![SpecMask::of(pool)],
-                |_| true,
-                |_| Some(agent),
-                Some(ballots),
-            )
-            .await?;
-        if let Some(pending) = completions.pop() {
-            self.await_ballot(Asked::Judge, pending);
-        }
-        Ok(Progress::Pending)
     }
 
     /// The judge chose `choice` (an index into the candidates), or none.
@@ -604,7 +645,9 @@ impl Voting {
             Ok(progress) => Ok(progress),
             Err(refused) => {
                 if let Some(judge) = &mut self.judge {
-                    judge.problem = Some(refused.to_string().into());
+                    judge
+                        .problem
+                        .get_or_insert_with(|| refused.to_string().into());
                 }
                 Ok(Progress::Pending)
             }
@@ -951,22 +994,14 @@ impl Handle {
                 Some(Ballots::Open(opening)),
             )
             .await?;
-        let mut voting = Voting {
-            handle: self.clone(),
-            id: accepted.first,
+        let mut voting = Voting::new(
+            self.clone(),
+            accepted.first,
             decision,
             spec,
-            voters: journal_seats.iter().map(Voter::new).collect(),
-            seats: journal_seats,
-            judge: None,
-            candidates: Vec::new(),
-            reviewed: None,
-            asked: 0,
-            carry: None,
-            pending: FuturesUnordered::new(),
-            started: Instant::now(),
-            offset: Duration::ZERO,
-        };
+            journal_seats,
+            Duration::ZERO,
+        );
         for (seat, pending) in completions.into_iter().enumerate() {
             voting.await_ballot(Asked::Seat { seat, round: 0 }, pending);
         }
@@ -1035,18 +1070,8 @@ impl Recovered {
             return;
         }
         // Every task each decision asked, with the agent it was asked of.
-        let mut seats: HashMap<TaskId, colony_journal::Seat> = HashMap::new();
-        for d in &self.open {
-            let opening = d.opening.seats.iter().take(d.opening.asked as usize);
-            for (i, seat) in opening.enumerate() {
-                seats.insert(TaskId(d.id.0 + i as u64), *seat);
-            }
-            for (first, call) in &d.calls {
-                for (i, seat) in call.asked.iter().enumerate() {
-                    seats.insert(TaskId(first.0 + i as u64), *seat);
-                }
-            }
-        }
+        let seats: HashMap<TaskId, colony_journal::Seat> =
+            self.open.iter().flat_map(|d| d.tasks()).collect();
         for row in unfinished {
             if let Some(seat) = seats.get(&row.id) {
                 let (tx, rx) = oneshot::channel();
@@ -1118,23 +1143,14 @@ impl Recovered {
         };
         let elapsed = Duration::from_millis(unix_ms().saturating_sub(row.opening.opened_at_ms));
         let leader = decision.options().protocol == Protocol::Leader;
-        let seats = row.opening.seats;
-        let mut voting = Voting {
-            handle: handle.clone(),
-            id: row.id,
-            voters: seats.iter().map(Voter::new).collect(),
+        let mut voting = Voting::new(
+            handle.clone(),
+            row.id,
             decision,
             spec,
-            judge: None,
-            candidates: Vec::new(),
-            reviewed: None,
-            asked: 0,
-            carry: None,
-            pending: FuturesUnordered::new(),
-            started: Instant::now(),
-            offset: elapsed,
-            seats,
-        };
+            row.opening.seats,
+            elapsed,
+        );
         let opening = colony_journal::Call {
             round: 0,
             role: if leader {

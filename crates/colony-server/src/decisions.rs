@@ -119,19 +119,15 @@ fn view(row: &DecisionRow, journal: &dyn Journal) -> Result<Value, colony_journa
         Some(ended) => ended["voters"].clone(),
         None => {
             // Each voter's latest task: the opening's, or a later call's.
-            let mut latest: Vec<Option<TaskId>> = (0..row.opening.seats.len())
-                .map(|i| (i < row.opening.asked as usize).then(|| TaskId(row.id.0 + i as u64)))
-                .collect();
-            for (first, call) in &row.calls {
-                for (i, asked) in call.asked.iter().enumerate() {
-                    let seat = row
-                        .opening
-                        .seats
-                        .iter()
-                        .position(|s| s.agent == asked.agent);
-                    if let Some(seat) = seat {
-                        latest[seat] = Some(TaskId(first.0 + i as u64));
-                    }
+            let mut latest: Vec<Option<TaskId>> = vec![None; row.opening.seats.len()];
+            for (task, asked) in row.tasks() {
+                let seat = row
+                    .opening
+                    .seats
+                    .iter()
+                    .position(|s| s.agent == asked.agent);
+                if let Some(seat) = seat {
+                    latest[seat] = Some(task);
                 }
             }
             let mut voters = Vec::with_capacity(row.opening.seats.len());

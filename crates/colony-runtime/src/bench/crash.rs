@@ -663,18 +663,10 @@ impl Decisions {
         let id = decision.id.0;
         self.announced_twice += u64::from(announced.get(&id).copied().unwrap_or(0) > 1);
         // Every task of its calls, with the agent it was asked of.
-        let mut asked: Vec<(u64, colony_core::AgentId)> = decision
-            .opening
-            .seats
-            .iter()
-            .take(decision.opening.asked as usize)
-            .enumerate()
-            .map(|(i, seat)| (id + i as u64, seat.agent))
+        let asked: Vec<(u64, colony_core::AgentId)> = decision
+            .tasks()
+            .map(|(task, seat)| (task.0, seat.agent))
             .collect();
-        for (first, call) in &decision.calls {
-            let tasks = call.asked.iter().enumerate();
-            asked.extend(tasks.map(|(i, seat)| (first.0 + i as u64, seat.agent)));
-        }
         for &(task, agent) in &asked {
             let ended_here = ballots
                 .get(&task)
