@@ -29,6 +29,10 @@ use std::{
     time::{Duration, Instant},
 };
 
+/// How often the sweep journals the reputations that changed (and once more as the loop
+/// ends).
+pub(super) const REPUTATIONS_EVERY: Duration = Duration::from_secs(30);
+
 /// The health part of the loop: every worker's health and the board their heartbeats land on.
 pub(super) struct Watch {
     pub(super) options: HealthOptions,
@@ -52,6 +56,8 @@ pub(super) struct Watch {
     changed: Vec<AgentId>,
     /// Reputations an earlier process journaled, by agent, until that agent is spawned.
     restored: HashMap<AgentId, colony_journal::ReputationRow>,
+    /// When the reputations were last journaled, by [`Watch::now`].
+    reputations_saved: Duration,
     /// Workers whose breaker is open or on probation: the sweep ticks them.
     tripped: Vec<AgentId>,
     /// Breakers' transitions and degraded flags not yet carried to the tree.
@@ -81,6 +87,7 @@ impl Watch {
             dirty: Vec::new(),
             changed: Vec::new(),
             restored: HashMap::new(),
+            reputations_saved: Duration::ZERO,
             tripped: Vec::new(),
             acts: Vec::new(),
             options,
@@ -250,8 +257,14 @@ impl Watch {
         }
     }
 
+    /// Whether [`REPUTATIONS_EVERY`] passed since the reputations were last journaled.
+    pub(super) fn reputations_due(&self) -> bool {
+        self.now().saturating_sub(self.reputations_saved) >= REPUTATIONS_EVERY
+    }
+
     /// The reputations changed since the last call, as the journal keeps them.
     pub(super) fn unsaved(&mut self, tree: &LiveTree) -> Vec<colony_journal::ReputationRow> {
+        self.reputations_saved = self.now();
         let changed = std::mem::take(&mut self.changed);
         changed
             .into_iter()
@@ -455,11 +468,8 @@ impl Dispatcher {
         self.rehome(vacated);
     }
 
-    /// The sweep: every busy worker's heartbeats and silence are looked at, and the silent
-    /// ones are stopped as hangs, their supervisors deciding what follows. Open breakers whose
-    /// time is up go on probation.
-    /// Hands the reputations changed since the last sweep to the journal, which keeps them
-    /// for the next process.
+    /// Hands the reputations changed since they were last handed over to the journal, which
+    /// keeps them for the next process.
     pub(super) fn save_reputations(&mut self) {
         let rows = self.watch.unsaved(&self.tree);
         if !rows.is_empty() {
@@ -468,9 +478,16 @@ impl Dispatcher {
         }
     }
 
+    /// The sweep: every busy worker's heartbeats and silence are looked at, and the silent
+    /// ones are stopped as hangs, their supervisors deciding what follows. Open breakers whose
+    /// time is up go on probation. Every [`REPUTATIONS_EVERY`], the reputations changed are
+    /// journaled: a soft state, written seldom so that a million busy workers do not add a
+    /// million rows a second to the journal writer's load.
     pub(super) fn sweep(&mut self) {
         self.watch.tick_breakers(&mut self.out);
-        self.save_reputations();
+        if self.watch.reputations_due() {
+            self.save_reputations();
+        }
         let worker_tier = self.tree.worker_tier();
         let busy = |tree: &super::LiveTree, a: AgentId| tree.load(a).0 > 0;
         let mut stack: Vec<AgentId> = self.tree.roots().filter(|&r| busy(&self.tree, r)).collect();
