@@ -1064,6 +1064,16 @@ async fn a_task_with_decide_is_voted_on_and_its_decision_followed() {
             "bad-decision",
             "decide.judge-timeout",
         ),
+        (
+            json!({"voters": 3, "protocol": "fast", "fast-quorum": 5}),
+            "refused",
+            "fast-quorum",
+        ),
+        (
+            json!({"voters": 3, "protocol": "leader", "max-rounds": 1000}),
+            "refused",
+            "max-rounds 1000 is out of range",
+        ),
         (json!({"voters": 0}), "refused", "0 voters"),
         (json!({"voters": 50}), "refused", "workers can run the task"),
         (

@@ -221,7 +221,8 @@ pub(crate) struct CrashArgs {
     /// Tasks per run.
     #[arg(long, default_value_t = 10_000)]
     tasks: u64,
-    /// Decisions per run, among 5 agents each, opened between the batches of tasks.
+    /// Decisions per run, among 5 agents each, opened between the batches of tasks: by
+    /// majority and by leader (a proposal, then four reviews) in turn.
     #[arg(long, default_value_t = 0)]
     decisions: u64,
     /// Each run is killed between 1 and this many times before it may finish.
