@@ -2,13 +2,11 @@
 //! checks with its line and column; what depends on the environment (an `http` pool's key) is
 //! refused when the pools are built, before anything runs.
 
-use colony_journal::MemoryJournal;
-use colony_runtime::RuntimeOptions;
-use colony_workflow::{Options, parse};
-use std::{path::Path, sync::Arc, time::Instant};
+use colony_workflow::parse;
+use std::{path::Path, time::Instant};
 
 mod common;
-use common::problems;
+use common::{options, problems};
 
 fn has(problems: &[String], start: &str, words: &[&str]) {
     let found = problems
@@ -107,17 +105,6 @@ fn a_missing_program_does_not_hide_the_pools_other_problems() {
     let p = problems(yaml);
     has(&p, "w.yaml:5:25:", &["no-such-program-here", "not found"]);
     has(&p, "w.yaml:5:68:", &["limits.memory-mb 0"]);
-}
-
-fn options(out: &Path) -> Options {
-    Options {
-        runtime: RuntimeOptions::default(),
-        journal: Arc::new(MemoryJournal::new()),
-        output: Some(out.to_owned()),
-        on_finished: None,
-        cancel: None,
-        prior: Vec::new(),
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

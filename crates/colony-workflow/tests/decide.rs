@@ -8,19 +8,11 @@ use serde_json::Value;
 use std::{path::Path, sync::Arc};
 
 mod common;
-use common::problems;
+use common::{options, problems};
 
 async fn run(yaml: &str, out: &Path) -> Report {
     let w = parse(yaml, "w.yaml", Path::new(".")).unwrap();
-    let options = Options {
-        runtime: RuntimeOptions::default(),
-        journal: Arc::new(MemoryJournal::new()),
-        output: Some(out.to_owned()),
-        on_finished: None,
-        cancel: None,
-        prior: Vec::new(),
-    };
-    colony_workflow::run(&w, options).await.unwrap()
+    colony_workflow::run(&w, options(out)).await.unwrap()
 }
 
 fn task<'a>(report: &'a Report, id: &str) -> &'a colony_workflow::Finished {

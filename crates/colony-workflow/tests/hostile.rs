@@ -1,24 +1,11 @@
 //! Workflow files written to hurt: names that would leave the output folder, results that
 //! cannot be written, templates that would amplify an output past every limit.
 
-use colony_journal::MemoryJournal;
-use colony_runtime::RuntimeOptions;
-use colony_workflow::{Options, Report, Status, parse};
-use std::{path::Path, sync::Arc};
+use colony_workflow::{Report, Status, parse};
+use std::path::Path;
 
 mod common;
-use common::problems;
-
-fn options(out: &Path) -> Options {
-    Options {
-        runtime: RuntimeOptions::default(),
-        journal: Arc::new(MemoryJournal::new()),
-        output: Some(out.to_owned()),
-        on_finished: None,
-        cancel: None,
-        prior: Vec::new(),
-    }
-}
+use common::{options, problems};
 
 async fn run_in(yaml: &str, base: &Path, out: &Path) -> Report {
     let w = parse(yaml, "w.yaml", base).unwrap();

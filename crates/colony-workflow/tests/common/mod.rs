@@ -1,7 +1,9 @@
 //! Helpers shared by this crate's integration tests.
 
-use colony_workflow::parse;
-use std::path::Path;
+use colony_journal::MemoryJournal;
+use colony_runtime::RuntimeOptions;
+use colony_workflow::{Options, parse};
+use std::{path::Path, sync::Arc};
 
 /// The problems `colony validate` reports for `yaml`, one `file:line:column: message` each.
 ///
@@ -11,5 +13,18 @@ pub(crate) fn problems(yaml: &str) -> Vec<String> {
     match parse(yaml, "w.yaml", Path::new(".")) {
         Ok(_) => panic!("accepted:\n{yaml}"),
         Err(invalid) => invalid.to_string().lines().map(str::to_owned).collect(),
+    }
+}
+
+/// Options of a run on the default runtime and an in-memory journal, its results in `out`.
+#[allow(dead_code)] // Not every test file runs workflows.
+pub(crate) fn options(out: &Path) -> Options {
+    Options {
+        runtime: RuntimeOptions::default(),
+        journal: Arc::new(MemoryJournal::new()),
+        output: Some(out.to_owned()),
+        on_finished: None,
+        cancel: None,
+        prior: Vec::new(),
     }
 }
