@@ -322,6 +322,11 @@ fn opening(voters: u32) -> crate::Opening {
     }
 }
 
+/// The ids of decisions read.
+fn ids(read: Result<Vec<crate::DecisionRow>, Error>) -> Vec<TaskId> {
+    read.unwrap().iter().map(|d| d.id).collect()
+}
+
 fn a_decision_opens_with_its_ballots_and_closes_once<J: Journal>(j: &J) {
     let before = accept(j, 2);
     let first = j.next_task_id();
@@ -341,26 +346,11 @@ fn a_decision_opens_with_its_ballots_and_closes_once<J: Journal>(j: &J) {
     assert_eq!(row.id, first);
     assert_eq!(row.opening, opening(3));
     assert_eq!((row.outcome, row.ended_at_ms), (None, None));
-    assert_eq!(
-        j.open_decisions()
-            .unwrap()
-            .iter()
-            .map(|d| d.id)
-            .collect::<Vec<_>>(),
-        [first]
-    );
+    assert_eq!(ids(j.open_decisions()), [first]);
 
     let second = j.next_task_id();
     block_on(j.open_decision(second, &ballots[..1], opening(1))).expect("open a second");
-    assert_eq!(
-        j.decisions(None, 10)
-            .unwrap()
-            .iter()
-            .map(|d| d.id)
-            .collect::<Vec<_>>(),
-        [second, first],
-        "newest first"
-    );
+    assert_eq!(ids(j.decisions(None, 10)), [second, first], "newest first");
     assert_eq!(
         j.decisions(Some(second), 10)
             .unwrap()
@@ -389,14 +379,7 @@ fn a_decision_opens_with_its_ballots_and_closes_once<J: Journal>(j: &J) {
         "a second outcome is fenced"
     );
     assert_eq!(j.stats().unknown, stats.unknown + 1);
-    assert_eq!(
-        j.open_decisions()
-            .unwrap()
-            .iter()
-            .map(|d| d.id)
-            .collect::<Vec<_>>(),
-        [second]
-    );
+    assert_eq!(ids(j.open_decisions()), [second]);
     // Ballots of the ended decision are told from tasks and from the open one's ballots.
     let asked = [before, first, nth(first, 2), second, nth(second, 1)];
     assert_eq!(j.closed_ballots(&asked).unwrap(), [first, nth(first, 2)]);
