@@ -1,13 +1,11 @@
 //! Workflow files end to end: checked with locations, run on a real runtime with sim agents and
 //! real processes, results on disk.
 
-use colony_journal::MemoryJournal;
-use colony_runtime::RuntimeOptions;
-use colony_workflow::{Options, Report, Status, parse};
-use std::{path::Path, sync::Arc};
+use colony_workflow::{Report, Status, parse};
+use std::path::Path;
 
 mod common;
-use common::problems;
+use common::{options, problems};
 
 const AGENTS: &str = "agents:\n  - name: sim\n    kind: sim\n";
 
@@ -100,17 +98,6 @@ fn git_in(dir: &Path, args: &[&str]) {
         .output()
         .unwrap();
     assert!(out.status.success(), "git {args:?}");
-}
-
-fn options(out: &Path) -> Options {
-    Options {
-        runtime: RuntimeOptions::default(),
-        journal: Arc::new(MemoryJournal::new()),
-        output: Some(out.to_owned()),
-        on_finished: None,
-        cancel: None,
-        prior: Vec::new(),
-    }
 }
 
 async fn run(yaml: &str, out: &Path) -> Report {
