@@ -66,6 +66,7 @@ pub mod routing;
 pub mod scaling;
 pub mod supervision;
 pub mod task;
+pub mod team;
 pub mod text;
 pub mod tree;
 
