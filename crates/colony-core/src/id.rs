@@ -5,7 +5,9 @@ use std::fmt;
 
 /// An agent's place in the registry. Agents are numbered tier by tier from the top, so the
 /// hierarchy planner can compute an agent's tier and parent from its id alone.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
 #[serde(transparent)]
 pub struct AgentId(pub u32);
 

@@ -34,6 +34,7 @@ pub mod metrics;
 pub mod queue;
 mod shared;
 pub mod spawner;
+pub mod team;
 
 pub use autoscale::AutoscaleOptions;
 pub use dispatcher::{Cancelled, Live, Resized};
@@ -291,6 +292,9 @@ pub enum Error {
     /// A decision that cannot run: its vote's options, or too few workers to seat.
     #[error("decision: {0}")]
     Decision(String),
+    /// A team that cannot run: its roles or steps, or too few workers to form it.
+    #[error("team: {0}")]
+    Team(String),
     #[error("journal: {0}")]
     Journal(#[from] colony_journal::Error),
     #[error("the runtime has stopped")]

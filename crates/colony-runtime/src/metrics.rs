@@ -40,6 +40,8 @@ pub const DECISIONS: &str = "colony_decisions_total";
 pub const DECISION_DURATION: &str = "colony_decision_duration_seconds";
 pub const DECISION_PARTICIPATION: &str = "colony_decision_participation_ratio";
 pub const DECISION_DISSENT: &str = "colony_decision_dissent_ratio";
+pub const TEAMS: &str = "colony_teams_total";
+pub const TEAM_REASSIGNMENTS: &str = "colony_team_reassignments_total";
 
 /// Bucket bounds of every histogram, in seconds: 10 µs to 10 minutes.
 pub const BUCKETS: &[f64] = &[
@@ -194,6 +196,16 @@ pub fn describe() {
         DECISION_DISSENT,
         Unit::Count,
         "Share of a decided vote's counted voters that voted for something else, as a ratio, by protocol."
+    );
+    describe_counter!(
+        TEAMS,
+        Unit::Count,
+        "Teams formed that ended, by outcome (succeeded or failed)."
+    );
+    describe_counter!(
+        TEAM_REASSIGNMENTS,
+        Unit::Count,
+        "Roles of a team given to another worker after their member failed."
     );
     describe_histogram!(
         JOURNAL_COMMIT,

@@ -1,0 +1,668 @@
+//! Where a team runs: one task carried out by a temporary team of workers formed for it,
+//! step by step, each step asked of the member holding its role, with the outputs of the
+//! earlier steps as the team's shared context.
+//!
+//! [`Handle::team`] forms the team inside the dispatcher (`colony_core::team::form`: members
+//! by role and availability, under one supervisor when one supervisor's workers cover every
+//! role), then runs the steps in order. A step is asked of one member of its role (members
+//! of a role take turns from step to step) or, with `each`, of every member of it at once.
+//! Each ask is a journaled task pinned to its member (it runs there or nowhere, one attempt),
+//! whose payload is the task's own with a `team` field:
+//! `{"step", "role", "index", "of", "members": [{"role", "agent"}], "context": {step: output}}`
+//! (and `"delegated": {"by", "input"}` for a delegated ask), so an agent reads the task as it
+//! would (`{{input.KEY}}` included) and sees what its team did so far. The team's output is
+//! its last step's.
+//!
+//! A member that fails its ask (its task fails, dead-letters, or is cancelled because its
+//! worker left the pool) has its role reassigned at once, in the turn its end is heard:
+//! `colony_core::team::replace` picks the worker nearest it that can take the role, the
+//! member's place in the roster goes to it, and the ask is made again of it. Reassignments
+//! are budgeted over the team's life ([`Team::reassignments`]); past the budget, or with no
+//! worker left that can take the role, the team fails and says why.
+//!
+//! With [`Team::delegation`] above 0, a member may hand its ask on: an output that is a JSON
+//! object `{"delegate": {"role": R, "input": ...}}` asks a member of role `R` instead, whose
+//! output stands for the delegating member's. Delegation is capped
+//! (`colony_core::team::Delegation`): never deeper than the team allows, never back to a
+//! role already on the chain, never past a number of asks; a refused delegation fails the
+//! team with the reason, so a team can never loop.
+//!
+//! The team holds nothing of its members but its tasks: once it ends (or is dropped), its
+//! asks still out are cancelled and its members are free.
+
+use crate::{Completion, Error, Handle, Pending};
+use bytes::Bytes;
+use colony_core::{
+    AgentId, TaskId,
+    task::{Requirement, TaskSpec, TaskState},
+    team::{self, Delegation, Need, Reassign, Roster},
+    tree::SpecMask,
+};
+use futures::{StreamExt, stream::FuturesUnordered};
+use serde::Serialize;
+use serde_json::{Map, Value, json};
+use std::{collections::HashSet, future::Future, pin::Pin, sync::Arc};
+
+/// Most steps a team runs (delegations aside).
+pub const MAX_STEPS: usize = 64;
+
+/// A role of a team: who may hold it, and how many members hold it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Role {
+    pub name: Arc<str>,
+    /// The pools whose workers may hold it.
+    pub requirement: Requirement,
+    pub count: u32,
+}
+
+/// A step of a team's work, asked of its role.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Step {
+    pub id: Arc<str>,
+    /// Index into [`Team::roles`].
+    pub role: usize,
+    /// Asked of every member of the role at once (its output is the array of theirs, in
+    /// seat order), not of one.
+    pub each: bool,
+    /// Fields set over the task's payload for this step (a JSON object), if any.
+    pub input: Option<Map<String, Value>>,
+}
+
+/// What a team is: its roles, its steps, and its limits.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Team {
+    pub roles: Vec<Role>,
+    pub steps: Vec<Step>,
+    /// Members replaced, over the team's life, before a failure fails the team.
+    pub reassignments: u32,
+    /// Levels a member's ask may be handed on (0: outputs are never read as delegations).
+    pub delegation: u32,
+}
+
+impl Team {
+    /// Refuses what cannot run, naming it.
+    fn validate(&self) -> Result<(), Error> {
+        let invalid = |why: String| Err(Error::Team(why));
+        if self.roles.is_empty() || self.roles.len() > team::MAX_ROLES {
+            return invalid(format!(
+                "{} roles: allowed 1..={}",
+                self.roles.len(),
+                team::MAX_ROLES
+            ));
+        }
+        let size: u32 = self.roles.iter().map(|r| r.count).sum();
+        if self.roles.iter().any(|r| r.count == 0) || size > team::MAX_MEMBERS {
+            return invalid(format!(
+                "every role needs a member and the team at most {}: got {size}",
+                team::MAX_MEMBERS
+            ));
+        }
+        if self.steps.is_empty() || self.steps.len() > MAX_STEPS {
+            return invalid(format!(
+                "{} steps: allowed 1..={MAX_STEPS}",
+                self.steps.len()
+            ));
+        }
+        if let Some(s) = self.steps.iter().find(|s| s.role >= self.roles.len()) {
+            return invalid(format!(
+                "step `{}` names role {}, which is not one",
+                s.id, s.role
+            ));
+        }
+        if self.delegation > team::MAX_DEPTH {
+            return invalid(format!(
+                "delegation {} levels deep: allowed 0..={}",
+                self.delegation,
+                team::MAX_DEPTH
+            ));
+        }
+        Ok(())
+    }
+
+    /// Asks the team may make: each step once per member it may go to, and as many again
+    /// per level of delegation.
+    fn max_asks(&self) -> u32 {
+        let size: u32 = self.roles.iter().map(|r| r.count).sum();
+        (self.steps.len() as u32 + size).saturating_mul(1 + self.delegation)
+    }
+}
+
+/// A member of a team, by role.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Member {
+    pub role: Arc<str>,
+    pub agent: AgentId,
+    pub pool: u8,
+}
+
+/// One ask of a step: which member, which task, how it ended.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct Ask {
+    pub role: Arc<str>,
+    pub agent: AgentId,
+    pub task: TaskId,
+    /// `None` while out, or when cancelled as the team ended.
+    pub state: Option<TaskState>,
+    pub error: Option<Arc<str>>,
+    /// The role whose member handed this ask on, if it was delegated.
+    pub delegated_by: Option<Arc<str>>,
+}
+
+/// A step as it ran.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct StepRun {
+    pub id: Arc<str>,
+    pub role: Arc<str>,
+    /// Every ask, in the order made: reassigned and delegated ones too.
+    pub asks: Vec<Ask>,
+    pub succeeded: bool,
+}
+
+/// A role given to another worker after its member failed.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Reassigned {
+    pub step: Arc<str>,
+    pub role: Arc<str>,
+    pub from: AgentId,
+    pub to: AgentId,
+    /// How the failed member's ask ended.
+    pub why: Arc<str>,
+}
+
+/// How a team ended: its members as formed and as they ended, each step's asks, the
+/// reassignments, and the output of its last step or why it failed.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct Teamed {
+    /// The supervisor that formed the team.
+    pub supervisor: AgentId,
+    /// Whether every member was a worker of that supervisor when formed.
+    pub together: bool,
+    pub formed: Vec<Member>,
+    /// The members at the end, after reassignments.
+    pub members: Vec<Member>,
+    pub steps: Vec<StepRun>,
+    pub reassigned: Vec<Reassigned>,
+    /// Tasks asked in all.
+    pub tasks: u32,
+    /// The last step's output, when every step succeeded.
+    #[serde(skip)]
+    pub output: Option<Bytes>,
+    /// Why the team failed.
+    pub error: Option<Arc<str>>,
+}
+
+impl Teamed {
+    pub fn succeeded(&self) -> bool {
+        self.error.is_none() && self.output.is_some()
+    }
+}
+
+impl Handle {
+    /// Forms a team for `spec` and runs `team`'s steps (see the module's text). Refused,
+    /// with nothing asked, when the team cannot run or cannot be formed (too few workers
+    /// for a role). A team that formed and then failed is `Ok`, with its error.
+    pub async fn team(&self, spec: TaskSpec, team: Team) -> Result<Teamed, Error> {
+        team.validate()?;
+        let role_specs: Vec<TaskSpec> = team
+            .roles
+            .iter()
+            .map(|r| TaskSpec {
+                requirement: r.requirement.clone(),
+                max_attempts: 1,
+                ..spec.clone()
+            })
+            .collect();
+        let masks = self.admit(&role_specs)?;
+        let needs: Vec<Need> = team
+            .roles
+            .iter()
+            .zip(&masks)
+            .map(|(r, &mask)| Need {
+                mask,
+                count: r.count,
+            })
+            .collect();
+        let formation = self
+            .observe(move |live| team::form(live.tree, &needs, team::WALK_BOUND))
+            .await?
+            .map_err(|e| {
+                let e = match e {
+                    team::Error::Short {
+                        role,
+                        needed,
+                        found,
+                    } => format!(
+                        "role `{}` needs {needed} members, and {found} workers can take it",
+                        team.roles[role].name
+                    ),
+                    other => other.to_string(),
+                };
+                Error::Team(e)
+            })?;
+        let mut run = Run {
+            handle: self.clone(),
+            roster: Roster::new(&formation, team.reassignments),
+            delegation: Delegation::new(team.delegation, team.max_asks()),
+            turns: vec![0; team.roles.len()],
+            masks,
+            out: HashSet::new(),
+            context: Map::new(),
+            teamed: Teamed {
+                supervisor: formation.supervisor,
+                together: formation.together,
+                ..Teamed::default()
+            },
+            spec,
+            team,
+        };
+        run.teamed.formed = run.members();
+        let result = run.steps().await;
+        run.cancel_out();
+        run.teamed.members = run.members();
+        match result {
+            Ok(output) => run.teamed.output = Some(output),
+            Err(Ended::Failed(why)) => run.teamed.error = Some(why),
+            Err(Ended::Error(e)) => return Err(e),
+        }
+        let outcome = if run.teamed.succeeded() {
+            "succeeded"
+        } else {
+            "failed"
+        };
+        metrics::counter!(crate::metrics::TEAMS, "outcome" => outcome).increment(1);
+        Ok(std::mem::take(&mut run.teamed))
+    }
+}
+
+/// Why the steps stopped short.
+enum Ended {
+    /// The team failed, for this reason.
+    Failed(Arc<str>),
+    /// The runtime failed (stopped, the journal): not the team's doing.
+    Error(Error),
+}
+
+impl From<Error> for Ended {
+    fn from(e: Error) -> Self {
+        Ended::Error(e)
+    }
+}
+
+/// One piece of a step's work: the member now holding it, and its delegation chain.
+struct Slot {
+    /// Index of the member in the roster.
+    member: usize,
+    /// The roles this slot's ask passed through, the step's own first.
+    chain: Vec<usize>,
+    /// The payload of its latest ask, for an ask again after a reassignment.
+    payload: Bytes,
+    /// The role that handed it on, for the record.
+    delegated_by: Option<Arc<str>>,
+    output: Option<Bytes>,
+}
+
+type Answer = Pin<Box<dyn Future<Output = (usize, usize, Result<Completion, Error>)> + Send>>;
+
+struct Run {
+    handle: Handle,
+    spec: TaskSpec,
+    team: Team,
+    roster: Roster,
+    delegation: Delegation,
+    /// Per role, the member whose turn is next for a step asked of one.
+    turns: Vec<usize>,
+    /// Per role, the pools that may hold it.
+    masks: Vec<SpecMask>,
+    /// Tasks asked and not yet ended: cancelled if the team ends first.
+    out: HashSet<TaskId>,
+    context: Map<String, Value>,
+    teamed: Teamed,
+}
+
+impl Drop for Run {
+    fn drop(&mut self) {
+        self.cancel_out();
+    }
+}
+
+impl Run {
+    fn members(&self) -> Vec<Member> {
+        self.roster
+            .members()
+            .iter()
+            .map(|m| Member {
+                role: self.team.roles[m.role].name.clone(),
+                agent: m.agent,
+                pool: m.pool,
+            })
+            .collect()
+    }
+
+    fn cancel_out(&mut self) {
+        for task in self.out.drain() {
+            self.handle.cancel_soon(task);
+        }
+    }
+
+    /// Runs every step in order; the last one's output.
+    async fn steps(&mut self) -> Result<Bytes, Ended> {
+        let mut last = Bytes::new();
+        for s in 0..self.team.steps.len() {
+            last = self.step(s).await?;
+        }
+        Ok(last)
+    }
+
+    /// Runs step `s` to its end: its output, or why the team fails.
+    async fn step(&mut self, s: usize) -> Result<Bytes, Ended> {
+        let step = self.team.steps[s].clone();
+        self.delegation
+            .step()
+            .map_err(|e| Ended::Failed(format!("step `{}`: {e}", step.id).into()))?;
+        self.teamed.steps.push(StepRun {
+            id: step.id.clone(),
+            role: self.team.roles[step.role].name.clone(),
+            asks: Vec::new(),
+            succeeded: false,
+        });
+        let members: Vec<usize> = if step.each {
+            self.roster.of_role(step.role).map(|(i, _)| i).collect()
+        } else {
+            vec![self.next_of(step.role)]
+        };
+        let mut slots: Vec<Slot> = Vec::with_capacity(members.len());
+        for (index, &member) in members.iter().enumerate() {
+            let payload = self.payload(&step, index, members.len(), step.role, None)?;
+            slots.push(Slot {
+                member,
+                chain: vec![step.role],
+                payload,
+                delegated_by: None,
+                output: None,
+            });
+        }
+        let mut answers: FuturesUnordered<Answer> = FuturesUnordered::new();
+        let all: Vec<usize> = (0..slots.len()).collect();
+        self.ask(s, &mut slots, &all, &mut answers).await?;
+        while let Some((slot, ask, ended)) = answers.next().await {
+            let ended = ended?;
+            self.out.remove(&ended.id);
+            let record = &mut self.teamed.steps.last_mut().expect("pushed").asks[ask];
+            record.state = Some(ended.state);
+            record.error = ended.error.clone();
+            if ended.state == TaskState::Succeeded {
+                let output = ended.output.unwrap_or_default();
+                match self.delegated(&output)? {
+                    None => slots[slot].output = Some(output),
+                    Some((to, input)) => {
+                        self.delegate(&step, s, &mut slots, slot, to, input)?;
+                        self.ask(s, &mut slots, &[slot], &mut answers).await?;
+                    }
+                }
+                continue;
+            }
+            let why: Arc<str> = ended
+                .error
+                .unwrap_or_else(|| format!("its task ended {:?}", ended.state).into());
+            self.reassign(&step, &mut slots, slot, why).await?;
+            self.ask(s, &mut slots, &[slot], &mut answers).await?;
+        }
+        let output = if step.each {
+            let outputs: Vec<Value> = slots
+                .iter()
+                .map(|slot| as_value(slot.output.as_ref().expect("every slot answered")))
+                .collect();
+            Bytes::from(Value::Array(outputs).to_string())
+        } else {
+            slots[0].output.take().expect("the slot answered")
+        };
+        self.context.insert(step.id.to_string(), as_value(&output));
+        self.teamed.steps.last_mut().expect("pushed").succeeded = true;
+        Ok(output)
+    }
+
+    /// The member of `role` whose turn it is, turning to the next.
+    fn next_of(&mut self, role: usize) -> usize {
+        let of_role: Vec<usize> = self.roster.of_role(role).map(|(i, _)| i).collect();
+        let i = of_role[self.turns[role] % of_role.len()];
+        self.turns[role] += 1;
+        i
+    }
+
+    /// The payload of an ask of step `step` by a member of `role`, the `index`-th of `of`.
+    fn payload(
+        &self,
+        step: &Step,
+        index: usize,
+        of: usize,
+        role: usize,
+        delegated: Option<Value>,
+    ) -> Result<Bytes, Ended> {
+        let mut payload = match serde_json::from_slice::<Value>(&self.spec.payload) {
+            Ok(Value::Object(fields)) => fields,
+            Ok(other) => Map::from_iter([("task".to_owned(), other)]),
+            Err(_) => Map::from_iter([(
+                "task".to_owned(),
+                Value::String(String::from_utf8_lossy(&self.spec.payload).into_owned()),
+            )]),
+        };
+        if let Some(input) = &step.input {
+            payload.extend(input.clone());
+        }
+        let members: Vec<Value> = self
+            .roster
+            .members()
+            .iter()
+            .map(|m| json!({"role": &*self.team.roles[m.role].name, "agent": m.agent.0}))
+            .collect();
+        let mut team = json!({
+            "step": &*step.id,
+            "role": &*self.team.roles[role].name,
+            "index": index,
+            "of": of,
+            "members": members,
+            "context": self.context,
+        });
+        if let Some(d) = delegated {
+            team["delegated"] = d;
+        }
+        payload.insert("team".to_owned(), team);
+        Ok(Bytes::from(Value::Object(payload).to_string()))
+    }
+
+    /// Reads `output` as a delegation when the team allows them: the role and input asked.
+    fn delegated(&self, output: &Bytes) -> Result<Option<(usize, Value)>, Ended> {
+        if self.team.delegation == 0 || output.first() != Some(&b'{') {
+            return Ok(None);
+        }
+        let Ok(Value::Object(mut fields)) = serde_json::from_slice::<Value>(output) else {
+            return Ok(None);
+        };
+        let Some(Value::Object(mut asked)) = fields.remove("delegate") else {
+            return Ok(None);
+        };
+        let role = match asked.get("role") {
+            Some(Value::String(r)) => r.clone(),
+            other => {
+                return Err(Ended::Failed(
+                    format!("a member asked to delegate without naming a role (`role`: {other:?})")
+                        .into(),
+                ));
+            }
+        };
+        let Some(to) = self.team.roles.iter().position(|r| *r.name == *role) else {
+            return Err(Ended::Failed(
+                format!(
+                    "a member asked to delegate to role `{role}`, which the team does not have"
+                )
+                .into(),
+            ));
+        };
+        Ok(Some((to, asked.remove("input").unwrap_or(Value::Null))))
+    }
+
+    /// Hands slot `slot`'s ask on to a member of `to`, if the cap allows.
+    fn delegate(
+        &mut self,
+        step: &Step,
+        s: usize,
+        slots: &mut [Slot],
+        slot: usize,
+        to: usize,
+        input: Value,
+    ) -> Result<(), Ended> {
+        let by = self.team.roles[*slots[slot].chain.last().expect("a chain")]
+            .name
+            .clone();
+        self.delegation
+            .delegate(&slots[slot].chain, to)
+            .map_err(|e| {
+                Ended::Failed(
+                    format!(
+                        "step `{}`: role `{by}` cannot delegate to `{}`: {e}",
+                        self.team.steps[s].id, self.team.roles[to].name
+                    )
+                    .into(),
+                )
+            })?;
+        let member = self.next_of(to);
+        let of = slots.len();
+        let payload = self.payload(
+            step,
+            slot,
+            of,
+            to,
+            Some(json!({"by": &*by, "input": input})),
+        )?;
+        let slot = &mut slots[slot];
+        slot.member = member;
+        slot.chain.push(to);
+        slot.payload = payload;
+        slot.delegated_by = Some(by);
+        Ok(())
+    }
+
+    /// Slot `slot`'s member failed its ask: gives its role to the worker nearest it that can
+    /// take it, in this turn, or fails the team.
+    async fn reassign(
+        &mut self,
+        step: &Step,
+        slots: &mut [Slot],
+        slot: usize,
+        why: Arc<str>,
+    ) -> Result<(), Ended> {
+        let index = slots[slot].member;
+        let failed = self.roster.members()[index];
+        let role = self.team.roles[failed.role].name.clone();
+        match self.roster.failed(failed.agent) {
+            Reassign::Replace { index } => {
+                let mask = self.masks[failed.role];
+                let exclude = self.roster.agents();
+                let found = self
+                    .handle
+                    .observe(move |live| {
+                        team::replace(live.tree, failed.agent, mask, &exclude, team::WALK_BOUND)
+                            .map(|a| (a, live.tree.spec(a)))
+                    })
+                    .await?;
+                let Some((agent, pool)) = found else {
+                    return Err(Ended::Failed(
+                        format!(
+                            "step `{}`: member {} of role `{role}` failed ({why}), and no other worker can take the role",
+                            step.id, failed.agent
+                        )
+                        .into(),
+                    ));
+                };
+                self.roster.replaced(index, agent, pool);
+                metrics::counter!(crate::metrics::TEAM_REASSIGNMENTS).increment(1);
+                self.teamed.reassigned.push(Reassigned {
+                    step: step.id.clone(),
+                    role,
+                    from: failed.agent,
+                    to: agent,
+                    why,
+                });
+                Ok(())
+            }
+            Reassign::Exhausted => Err(Ended::Failed(
+                format!(
+                    "step `{}`: member {} of role `{role}` failed ({why}), and the team's {} reassignments are spent",
+                    step.id, failed.agent, self.team.reassignments
+                )
+                .into(),
+            )),
+            Reassign::Unknown => Err(Ended::Failed(
+                format!("step `{}`: an ask of a worker no longer in the team failed", step.id).into(),
+            )),
+        }
+    }
+
+    /// Asks slots `which` of step `s` of their members, one journaled task each pinned to
+    /// its member, one attempt.
+    async fn ask(
+        &mut self,
+        s: usize,
+        slots: &mut [Slot],
+        which: &[usize],
+        answers: &mut FuturesUnordered<Answer>,
+    ) -> Result<(), Ended> {
+        let mut specs = Vec::with_capacity(which.len());
+        let mut masks = Vec::with_capacity(which.len());
+        let mut agents = Vec::with_capacity(which.len());
+        for &i in which {
+            let m = self.roster.members()[slots[i].member];
+            specs.push(TaskSpec {
+                requirement: self.team.roles[m.role].requirement.clone(),
+                payload: slots[i].payload.clone(),
+                max_attempts: 1,
+                ..self.spec.clone()
+            });
+            masks.push(SpecMask::of(m.pool));
+            agents.push(m.agent);
+        }
+        if let Err(e) = self.handle.admit(&specs) {
+            return Err(Ended::Failed(
+                format!(
+                    "step `{}` could not be asked (the team's context grows its payload): {e}",
+                    self.team.steps[s].id
+                )
+                .into(),
+            ));
+        }
+        self.handle.wait_for_room(specs.len()).await?;
+        let (_, pending) = self
+            .handle
+            .accept_tracked(specs, masks, |_| true, |i| Some(agents[i]), None)
+            .await?;
+        let record = &mut self.teamed.steps.last_mut().expect("pushed").asks;
+        for (&i, pending) in which.iter().zip(pending) {
+            let m = self.roster.members()[slots[i].member];
+            self.out.insert(pending.id);
+            self.teamed.tasks += 1;
+            record.push(Ask {
+                role: self.team.roles[m.role].name.clone(),
+                agent: m.agent,
+                task: pending.id,
+                state: None,
+                error: None,
+                delegated_by: slots[i].delegated_by.clone(),
+            });
+            let ask = record.len() - 1;
+            let pending: Pending = pending;
+            answers.push(Box::pin(async move { (i, ask, pending.await) }));
+        }
+        Ok(())
+    }
+}
+
+/// An output as the team's context holds it: its JSON, or its text.
+fn as_value(output: &Bytes) -> Value {
+    serde_json::from_slice(output)
+        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(output).into_owned()))
+}
+
+#[cfg(test)]
+mod tests;
