@@ -64,7 +64,8 @@ pub struct Step {
     /// Asked of every member of the role at once (its output is the array of theirs, in
     /// seat order), not of one.
     pub each: bool,
-    /// Fields set over the task's payload for this step (a JSON object), if any.
+    /// Fields set for this step over the task's input: the payload's `input` object when it
+    /// has one, else the payload itself.
     pub input: Option<Map<String, Value>>,
 }
 
@@ -449,7 +450,13 @@ impl Run {
             )]),
         };
         if let Some(input) = &step.input {
-            payload.extend(input.clone());
+            // Over the payload's `input` object when it has one (a workflow's), else over
+            // the payload itself: where `{{input.KEY}}` reads.
+            match payload.get_mut("input") {
+                Some(Value::Object(fields)) => fields.extend(input.clone()),
+                Some(slot @ Value::Null) => *slot = Value::Object(input.clone()),
+                _ => payload.extend(input.clone()),
+            }
         }
         let members: Vec<Value> = self
             .roster

@@ -445,6 +445,10 @@ pub(crate) fn check(
             };
             voting.vote(d, &mut problems, &duration)
         });
+        let team = t
+            .team
+            .as_ref()
+            .and_then(|b| crate::team::check(t, b, &pools, &pool_index, &mut problems));
         nodes.push(Node {
             needs: needs.clone(),
             continue_on_failure: t.continue_on_failure,
@@ -467,6 +471,7 @@ pub(crate) fn check(
             continue_on_failure: t.continue_on_failure,
             expect,
             decide,
+            team,
         });
     }
     if file.tasks.is_empty() && purpose == Purpose::Run {

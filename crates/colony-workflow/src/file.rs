@@ -743,6 +743,79 @@ pub struct Task {
     /// Ask several agents and decide their answer by vote: the task's output is the winner.
     #[serde(default)]
     pub decide: Option<Spanned<Decide>>,
+    /// Work as a temporary team formed for the task: its roles' members take its steps in
+    /// turn, each seeing the outputs of the steps before; the task's output is the last step's.
+    #[serde(default)]
+    pub team: Option<Spanned<Team>>,
+}
+
+/// A task's `team:` block: who is in the team, how big it is, and the steps it takes.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct Team {
+    /// Members in all. Without it (and without `size-from`), the roles' counts.
+    #[serde(default)]
+    pub size: Option<Spanned<u32>>,
+    /// Members from a complexity score in the task's input instead.
+    #[serde(default)]
+    pub size_from: Option<Spanned<SizeFrom>>,
+    /// The roles, in order; at most one without a `count` takes the members left.
+    pub roles: Vec<Spanned<TeamRole>>,
+    /// The steps, in order, each asked of a role.
+    pub steps: Vec<Spanned<TeamStep>>,
+    /// Members replaced after failing, over the team's life, before it gives up. Default:
+    /// the team's size.
+    #[serde(default)]
+    pub reassign: Option<Spanned<u32>>,
+    /// Levels a member may hand its step on to another role. Default 0 (none).
+    #[serde(default)]
+    pub delegation: Option<Spanned<u32>>,
+}
+
+/// A team size read from the task's input: one member per `per` points of the number in
+/// field `field`, rounded up, within `min..=max`.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct SizeFrom {
+    pub field: Spanned<String>,
+    #[serde(default)]
+    pub per: Option<Spanned<f64>>,
+    #[serde(default)]
+    pub min: Option<Spanned<u32>>,
+    pub max: Spanned<u32>,
+}
+
+/// A role of a team: its name, who may hold it, and how many members hold it.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct TeamRole {
+    pub name: Spanned<String>,
+    /// Workers of this pool hold it...
+    #[serde(default)]
+    pub agent: Option<Spanned<String>>,
+    /// ...or of pools of this role (default: the role's name)...
+    #[serde(default)]
+    pub role: Option<Spanned<String>>,
+    /// ...with these capabilities.
+    #[serde(default)]
+    pub capabilities: Vec<String>,
+    #[serde(default)]
+    pub count: Option<Spanned<u32>>,
+}
+
+/// A step of a team's work.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct TeamStep {
+    pub id: Spanned<String>,
+    /// The team role that takes it.
+    pub role: Spanned<String>,
+    /// Asked of every member of the role at once; its output is the array of theirs.
+    #[serde(default)]
+    pub each: bool,
+    /// Fields set over the task's input for this step.
+    #[serde(default)]
+    pub input: Option<Spanned<serde_json::Value>>,
 }
 
 /// A task's `decide:` block: how many agents vote and how their outputs are counted

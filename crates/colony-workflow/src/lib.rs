@@ -22,6 +22,7 @@ mod payload;
 pub mod read;
 mod run;
 pub mod runtime;
+pub mod team;
 mod template;
 
 pub use check::{Position, Problem};
@@ -216,6 +217,8 @@ pub struct TaskDef {
     /// Decided by a vote of several agents instead of asked of one: the vote's winner is the
     /// task's output.
     pub decide: Option<colony_runtime::decision::Vote>,
+    /// Worked by a team formed for it: the last step's output is the task's.
+    pub team: Option<team::Plan>,
 }
 
 /// What an output must pass for its attempt to succeed.

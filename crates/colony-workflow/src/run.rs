@@ -58,6 +58,10 @@ pub struct Finished {
     /// for other tasks, and for a decision that never started).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub decision: Option<Arc<colony_runtime::decision::Decided>>,
+    /// A task worked by a team: its members, each step's asks and the reassignments (absent
+    /// for other tasks, and for a team that never formed).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub team: Option<Arc<colony_runtime::team::Teamed>>,
 }
 
 impl Finished {
@@ -65,6 +69,7 @@ impl Finished {
     fn held(&self) -> usize {
         self.output.as_ref().map_or(0, Output::len)
             + self.decision.as_deref().map_or(0, crate::decide::size)
+            + self.team.as_deref().map_or(0, crate::team::size)
     }
 }
 
@@ -632,12 +637,12 @@ pub async fn run(
     })?;
     // Only tasks that expect something: the others' attempts go straight to their agents,
     // without reading their payloads for a task id. A decision's checks are of its winner,
-    // once decided, not of each ballot.
+    // once decided, not of each ballot; a team's, of its last step's output.
     let checks: Arc<HashMap<String, Checks>> = Arc::new(
         workflow
             .tasks
             .iter()
-            .filter(|t| !t.expect.is_empty() && t.decide.is_none())
+            .filter(|t| !t.expect.is_empty() && t.decide.is_none() && t.team.is_none())
             .map(|t| (t.id.clone(), t.expect.clone()))
             .collect(),
     );
@@ -669,14 +674,14 @@ pub async fn run(
     // and a fingerprint of its definition; a task that changed since runs again. Unfinished
     // rows that match nothing here are cancelled, before the runtime would recover them.
     let keys: Vec<String> = workflow.tasks.iter().map(|t| key(workflow, t)).collect();
-    // A decision's ballots are journaled as tasks of its key, but not the decision: an
-    // interrupted one is run again whole, and its unfinished ballots are cancelled here
-    // rather than recovered, as nothing would count them.
+    // A decision's ballots, and a team's steps, are journaled as tasks of its key, but not
+    // the decision or the team: an interrupted one is run again whole, and its unfinished
+    // tasks are cancelled here rather than recovered, as nothing would count them.
     let ballots: HashSet<&str> = workflow
         .tasks
         .iter()
         .zip(&keys)
-        .filter(|(t, _)| t.decide.is_some())
+        .filter(|(t, _)| t.decide.is_some() || t.team.is_some())
         .map(|(_, k)| k.as_str())
         .collect();
     let stale: Vec<colony_journal::Record> = options
@@ -717,9 +722,11 @@ pub async fn run(
         .collect();
     let mut latest: HashMap<usize, &TaskRow> = HashMap::new();
     for row in &options.prior {
-        // A ballot's row is not its decision's outcome: a decision task always runs again.
+        // A ballot's row is not its decision's outcome, nor a step's its team's: a decision
+        // or team task always runs again.
         if let Some(&i) = row.spec.key.as_deref().and_then(|k| index.get(k))
             && workflow.tasks[i].decide.is_none()
+            && workflow.tasks[i].team.is_none()
         {
             latest.insert(i, row);
         }
@@ -842,7 +849,10 @@ pub async fn run(
             }
             let busy = in_flight.saturating_add(writer.backlog());
             let vote = workflow.tasks[i].decide.as_ref();
-            let need = max_payload.saturating_add(vote.map_or(0, crate::decide::held));
+            let team = workflow.tasks[i].team.as_ref();
+            let holds =
+                vote.map_or(0, crate::decide::held) + team.map_or(0, |t| t.held(max_payload));
+            let need = max_payload.saturating_add(holds);
             if busy > 0 && busy.saturating_add(need) > IN_FLIGHT_PAYLOAD_BYTES {
                 break;
             }
@@ -851,18 +861,25 @@ pub async fn run(
             release(workflow, i, &mut left, &mut outputs);
             match spec {
                 Ok(spec) => {
-                    charged[i] = spec.payload.len() + vote.map_or(0, crate::decide::held);
+                    charged[i] = spec.payload.len() + holds;
                     in_flight += charged[i];
                     submitted_at[i] = Some(Instant::now());
                     let handle = handle.clone();
-                    pending.push(match vote {
-                        None => Box::pin(async move {
+                    pending.push(match (vote, team) {
+                        (None, Some(team)) => {
+                            let (team, checks) = (team.clone(), workflow.tasks[i].expect.clone());
+                            Box::pin(async move {
+                                let ended = crate::team::run(handle, spec, team, checks).await;
+                                (i, Waited::Team(ended))
+                            }) as Waiting
+                        }
+                        (None, None) => Box::pin(async move {
                             match handle.submit_notify(spec).await {
                                 Ok(p) => (i, Waited::Task(p.await)),
                                 Err(e) => (i, Waited::Task(Err(e))),
                             }
                         }) as Waiting,
-                        Some(vote) => {
+                        (Some(vote), _) => {
                             let (vote, checks) = (vote.clone(), workflow.tasks[i].expect.clone());
                             Box::pin(async move {
                                 let ended = crate::decide::run(handle, spec, vote, checks).await;
@@ -913,8 +930,12 @@ pub async fn run(
         f.seconds = submitted_at[i].map_or(0.0, |t| t.elapsed().as_secs_f64());
         let completion = match completion {
             Waited::Task(completion) => completion,
-            Waited::Decision(decided) => {
-                let end = decision_end(decided, &mut f);
+            Waited::Decision(_) | Waited::Team(_) => {
+                let end = match completion {
+                    Waited::Decision(decided) => decision_end(decided, &mut f),
+                    Waited::Team(ended) => team_end(ended, &mut f),
+                    Waited::Task(_) => unreachable!("matched above"),
+                };
                 if let (End::Succeeded, Some(v)) = (end, &f.output)
                     && left.wanted(i)
                 {
@@ -1031,9 +1052,9 @@ fn key(workflow: &Workflow, t: &crate::TaskDef) -> String {
         "input": t.input,
         "prompt": t.prompt,
     });
-    let definition = match &t.decide {
-        // Only a decision adds to the definition: other tasks keep the keys they had.
-        Some(vote) => {
+    // Only a decision or a team adds to the definition: other tasks keep the keys they had.
+    let definition = match (&t.decide, &t.team) {
+        (Some(vote), _) => {
             let mut d = definition;
             d["decide"] = json!({
                 "voters": vote.voters,
@@ -1042,7 +1063,12 @@ fn key(workflow: &Workflow, t: &crate::TaskDef) -> String {
             });
             d.to_string()
         }
-        None => definition.to_string(),
+        (None, Some(team)) => {
+            let mut d = definition;
+            d["team"] = json!(format!("{team:?}"));
+            d.to_string()
+        }
+        (None, None) => definition.to_string(),
     };
     let mut hash = Fnv::default();
     hash.write(definition.as_bytes());
@@ -1059,6 +1085,26 @@ enum Waited {
     Task(Result<colony_runtime::Completion, colony_runtime::Error>),
     /// Decided by vote.
     Decision(crate::decide::Ended),
+    /// Worked by a team.
+    Team(crate::team::Ended),
+}
+
+/// Fills `f` with how a team ended: its last step's output, else the error.
+fn team_end(ended: crate::team::Ended, f: &mut Finished) -> End {
+    f.attempts = ended.teamed.as_ref().map_or(0, |t| t.tasks);
+    f.agent = ended.agent.map(|a| a.0);
+    f.team = ended.teamed;
+    match ended.result {
+        Ok(output) => {
+            f.status = Status::Succeeded;
+            f.output = Some(Output::new(output));
+            End::Succeeded
+        }
+        Err(error) => {
+            f.error = Some(error);
+            End::Failed
+        }
+    }
 }
 
 /// Fills `f` with how a decision ended: the winner's output, else the error; never a
@@ -1327,6 +1373,7 @@ fn finished(
         output,
         error,
         decision: None,
+        team: None,
     }
 }
 
@@ -1533,6 +1580,14 @@ fn record(
         let size = crate::decide::size(decided);
         if size > SUMMARY_RESULT_BYTES || results.kept.saturating_add(size) > SUMMARY_OUTPUT_BYTES {
             f.decision = None;
+        } else {
+            results.kept += size;
+        }
+    }
+    if let Some(teamed) = &f.team {
+        let size = crate::team::size(teamed);
+        if size > SUMMARY_RESULT_BYTES || results.kept.saturating_add(size) > SUMMARY_OUTPUT_BYTES {
+            f.team = None;
         } else {
             results.kept += size;
         }
