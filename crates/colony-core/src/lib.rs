@@ -34,6 +34,9 @@
 //!   confidence, similarity, bft, fast and leader protocols, each with its stated guarantee,
 //!   fenced ballots, a timeout and a tie policy; the outcome keeps every ballot and the
 //!   dissenters, and a failure says why.
+//! - [`team`] forms a temporary team for a task on the live tree, by role and availability,
+//!   under one supervisor when one covers the roles; picks who takes over a failed member's
+//!   role; sizes a team from a complexity score; and caps delegation so a team always ends.
 //! - [`supervision`] decides, Erlang-style, which children restart after an exit, after what
 //!   backoff, and when a supervisor gives up and escalates.
 //! - [`task`] and [`agent`] are the specs users write, and an agent's

@@ -456,6 +456,7 @@ pub(crate) fn check(
         tasks.push(TaskDef {
             id: t.id.value.clone(),
             runs_on: match (&t.agent, &t.role) {
+                _ if t.team.is_some() => "team".to_owned(),
                 (Some(pool), _) => pool.value.clone(),
                 (None, Some(role)) => role.value.clone(),
                 (None, None) if !t.capabilities.is_empty() => t.capabilities.join("+"),

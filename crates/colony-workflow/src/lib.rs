@@ -203,7 +203,7 @@ pub enum Backend {
 pub struct TaskDef {
     pub id: String,
     /// What runs it, for progress: the pool it names, else the role or capabilities it asks
-    /// for, else `any`.
+    /// for, else `team` for a team's task, else `any`.
     pub runs_on: String,
     pub requirement: Requirement,
     pub needs: Vec<usize>,

@@ -66,7 +66,8 @@ fn every_example_validates_and_runs_from_another_folder() {
             "decide",
             "pipeline",
             "process-agents",
-            "quickstart"
+            "quickstart",
+            "team"
         ]
     );
     // Nothing was written where colony was started but the asked-for output.
