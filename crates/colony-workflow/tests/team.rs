@@ -4,7 +4,7 @@
 
 use colony_workflow::{Report, Status, parse};
 use serde_json::Value;
-use std::path::Path;
+use std::{path::Path, sync::Arc};
 
 mod common;
 use common::{options, problems};
@@ -230,4 +230,36 @@ fn bad_team_blocks_are_reported_at_their_line_and_column() {
             .any(|m| m.contains("a team takes 1..=64 steps, and this one has 0")),
         "{p:#?}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resumed_run_works_the_team_again_rather_than_take_a_step_for_its_outcome() {
+    use colony_journal::{Journal as _, MemoryJournal};
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = format!(
+        "name: again\n{}tasks:\n  - {{id: plain, agent: sim}}\n  - id: feature\n{TEAM}",
+        pools(dir.path(), None)
+    );
+    let w = parse(&yaml, "w.yaml", Path::new(".")).unwrap();
+    let journal = Arc::new(MemoryJournal::new());
+    let options = |prior| colony_workflow::Options {
+        journal: journal.clone(),
+        prior,
+        ..options(&dir.path().join("out"))
+    };
+    let report = colony_workflow::run(&w, options(Vec::new())).await.unwrap();
+    assert!(report.all_succeeded(), "{report:#?}");
+    // The plain task's row and the team's five asks, all of the team's key.
+    let prior: Vec<_> = (0..32)
+        .filter_map(|id| journal.task(colony_core::TaskId(id)).unwrap())
+        .collect();
+    assert_eq!(prior.len(), 6, "{prior:#?}");
+    let report = colony_workflow::run(&w, options(prior)).await.unwrap();
+    assert!(report.all_succeeded(), "{report:#?}");
+    let plain = report.tasks.iter().find(|t| t.id == "plain").unwrap();
+    assert_eq!(plain.attempts, 1);
+    let feature = report.tasks.iter().find(|t| t.id == "feature").unwrap();
+    assert_eq!(feature.attempts, 5, "the team worked again");
+    assert_eq!(feature.team.as_ref().unwrap().steps.len(), 3);
+    assert_eq!(feature.output.as_ref().unwrap().value()["step"], "review");
 }
