@@ -4,7 +4,8 @@
 //!
 //! - [`form`] seats a team on the live tree. It looks for one supervisor whose own workers
 //!   cover every role (a team under one supervisor shares its queue and its health sweep, and
-//!   its members' load is seen in one place), choosing the least loaded such supervisor; when
+//!   its members' load is seen in one place): the first in tree order that covers it with
+//!   room, else the covering one with the fewest busy members and least load; when
 //!   no supervisor covers the roles, it keeps the team as close as it can: the supervisor
 //!   that covers most of it, then its siblings' workers, then any. Workers with room come
 //!   before busy ones, and those out of service (down for a restart, sidelined by their
@@ -161,22 +162,38 @@ fn walk(
 type Seated = Vec<(usize, Candidate)>;
 
 /// Fills each need from `pool` (best first within each), distinct workers; `None` when a
-/// need cannot be filled, with the first such role and how many could take it.
+/// need cannot be filled, with the first such role and how many could take it. The roles
+/// fewest workers of `pool` can take are seated first, so that a role that can take only
+/// some pools is not left short by a role that could have taken others.
 fn fill(
     tree: &LiveTree,
     needs: &[Need],
     pool: &[Candidate],
     allow_out: bool,
 ) -> Result<Seated, (usize, u32)> {
+    let usable = |c: &Candidate| allow_out || c.availability != Availability::Out;
+    let mut order: Vec<(usize, usize)> = needs
+        .iter()
+        .enumerate()
+        .map(|(role, need)| {
+            let able = pool
+                .iter()
+                .filter(|c| usable(c) && SpecMask::of(tree.spec(c.agent)).intersects(need.mask))
+                .count();
+            (able, role)
+        })
+        .collect();
+    order.sort_unstable();
     let mut taken: HashSet<AgentId> = HashSet::new();
     let mut out = Vec::new();
-    for (role, need) in needs.iter().enumerate() {
+    for (_, role) in order {
+        let need = &needs[role];
         let mut found = 0;
         for c in pool {
             if found == need.count {
                 break;
             }
-            if (allow_out || c.availability != Availability::Out)
+            if usable(c)
                 && SpecMask::of(tree.spec(c.agent)).intersects(need.mask)
                 && !taken.contains(&c.agent)
             {
@@ -189,6 +206,8 @@ fn fill(
             return Err((role, found));
         }
     }
+    // Role by role, in the needs' order.
+    out.sort_by_key(|(role, _)| *role);
     Ok(out)
 }
 
@@ -202,7 +221,9 @@ pub fn form(tree: &LiveTree, needs: &[Need], bound: usize) -> Result<Formation, 
     if needs.is_empty() || needs.len() > MAX_ROLES {
         return Err(Error::Roles(needs.len()));
     }
-    let size: u32 = needs.iter().map(|n| n.count).sum();
+    let size = needs
+        .iter()
+        .fold(0u32, |sum, n| sum.saturating_add(n.count));
     if size == 0 || size > MAX_MEMBERS {
         return Err(Error::Size(size));
     }
@@ -319,19 +340,31 @@ fn distance(tree: &LiveTree, a: AgentId, b: AgentId) -> u32 {
 }
 
 /// The worker that takes over `failed`'s role: one of `mask` not in `exclude` (the team's
-/// members, the failed one among them), in service with room first, then busy, then out of
+/// members and those that failed it), in service with room first, then busy, then out of
 /// service, nearest `failed`'s supervisor first within each. Looks at the failed member's
 /// supervisor's workers, then its siblings' and cousins', then anywhere, up to `bound`.
-/// `None` when no worker can take the role.
+/// When `failed` is no longer a worker of the tree (trimmed away, its id reused), the search
+/// starts from `anchor`, the supervisor that formed the team. `None` when no worker can take
+/// the role.
 pub fn replace(
     tree: &LiveTree,
     failed: AgentId,
+    anchor: AgentId,
     mask: SpecMask,
     exclude: &HashSet<AgentId>,
     bound: usize,
 ) -> Option<AgentId> {
-    let near = tree.parent(failed)?;
-    let usable = |w: AgentId| tree.mask(w).intersects(mask) && !exclude.contains(&w);
+    let worker_tier = tree.worker_tier();
+    let is_worker = |a: AgentId| tree.contains(a) && tree.tier(a) == worker_tier;
+    let near = if is_worker(failed) {
+        tree.parent(failed)?
+    } else if tree.contains(anchor) && tree.tier(anchor) + 1 == worker_tier {
+        anchor
+    } else {
+        tree.roots().next()?
+    };
+    let usable =
+        |w: AgentId| is_worker(w) && tree.mask(w).intersects(mask) && !exclude.contains(&w);
     let mut pool: Vec<Candidate> = tree
         .children(near)
         .filter(|&w| usable(w))
@@ -381,8 +414,9 @@ impl Sizing {
             ));
         }
         let wanted = (score / self.per).ceil();
-        // A float past u32 saturates: the max bounds it anyway.
-        Ok((wanted as u32).clamp(self.min, self.max))
+        // A float past u32 saturates: the max bounds it anyway. Never a panic on bounds the
+        // caller did not validate: the max wins.
+        Ok((wanted as u32).max(self.min).min(self.max))
     }
 
     /// Checks the rule itself: a positive `per`, and `1 <= min <= max <= MAX_MEMBERS`.
@@ -404,7 +438,10 @@ impl Sizing {
 /// takes the rest (`None`, at least one member). Without such a role, `size` must be the
 /// sum of the counts.
 pub fn counts(fixed: &[Option<u32>], size: u32) -> Result<Vec<u32>, String> {
-    let set: u32 = fixed.iter().flatten().sum();
+    let set = fixed
+        .iter()
+        .flatten()
+        .fold(0u32, |sum, &c| sum.saturating_add(c));
     match fixed.iter().filter(|c| c.is_none()).count() {
         0 if set == size => Ok(fixed.iter().map(|c| c.unwrap_or(0)).collect()),
         0 => Err(format!(
@@ -462,6 +499,14 @@ impl Roster {
 
     pub fn agents(&self) -> HashSet<AgentId> {
         self.members.iter().map(|m| m.agent).collect()
+    }
+
+    /// Workers a replacement must not be: the members, and every worker that failed the
+    /// team (a role must not bounce back to the worker it was taken from).
+    pub fn excluded(&self) -> HashSet<AgentId> {
+        let mut out = self.agents();
+        out.extend(self.reassigned.iter().map(|&(_, from, _)| from));
+        out
     }
 
     /// Every reassignment made: role, the member replaced and its replacement.

@@ -91,7 +91,10 @@ impl Team {
                 team::MAX_ROLES
             ));
         }
-        let size: u32 = self.roles.iter().map(|r| r.count).sum();
+        let size = self
+            .roles
+            .iter()
+            .fold(0u32, |sum, r| sum.saturating_add(r.count));
         if self.roles.iter().any(|r| r.count == 0) || size > team::MAX_MEMBERS {
             return invalid(format!(
                 "every role needs a member and the team at most {}: got {size}",
@@ -123,8 +126,13 @@ impl Team {
     /// Asks the team may make: each step once per member it may go to, and as many again
     /// per level of delegation.
     fn max_asks(&self) -> u32 {
-        let size: u32 = self.roles.iter().map(|r| r.count).sum();
-        (self.steps.len() as u32 + size).saturating_mul(1 + self.delegation)
+        let size = self
+            .roles
+            .iter()
+            .fold(0u32, |sum, r| sum.saturating_add(r.count));
+        (self.steps.len() as u32)
+            .saturating_add(size)
+            .saturating_mul(1 + self.delegation)
     }
 }
 
@@ -295,6 +303,8 @@ impl From<Error> for Ended {
 struct Slot {
     /// Index of the member in the roster.
     member: usize,
+    /// The worker its latest ask went to: the member's, unless the member was replaced since.
+    asked: AgentId,
     /// The roles this slot's ask passed through, the step's own first.
     chain: Vec<usize>,
     /// The payload of its latest ask, for an ask again after a reassignment.
@@ -378,6 +388,7 @@ impl Run {
             let payload = self.payload(&step, index, members.len(), step.role, None)?;
             slots.push(Slot {
                 member,
+                asked: AgentId::default(),
                 chain: vec![step.role],
                 payload,
                 delegated_by: None,
@@ -561,17 +572,31 @@ impl Run {
         why: Arc<str>,
     ) -> Result<(), Ended> {
         let index = slots[slot].member;
-        let failed = self.roster.members()[index];
-        let role = self.team.roles[failed.role].name.clone();
+        let holder = self.roster.members()[index];
+        let role = self.team.roles[holder.role].name.clone();
+        // Another ask of the same member failed first and its role was given away already:
+        // this ask goes to the new holder, without spending a reassignment.
+        if holder.agent != slots[slot].asked {
+            return Ok(());
+        }
+        let failed = holder;
         match self.roster.failed(failed.agent) {
             Reassign::Replace { index } => {
                 let mask = self.masks[failed.role];
-                let exclude = self.roster.agents();
+                let exclude = self.roster.excluded();
+                let anchor = self.teamed.supervisor;
                 let found = self
                     .handle
                     .observe(move |live| {
-                        team::replace(live.tree, failed.agent, mask, &exclude, team::WALK_BOUND)
-                            .map(|a| (a, live.tree.spec(a)))
+                        team::replace(
+                            live.tree,
+                            failed.agent,
+                            anchor,
+                            mask,
+                            &exclude,
+                            team::WALK_BOUND,
+                        )
+                        .map(|a| (a, live.tree.spec(a)))
                     })
                     .await?;
                 let Some((agent, pool)) = found else {
@@ -601,9 +626,8 @@ impl Run {
                 )
                 .into(),
             )),
-            Reassign::Unknown => Err(Ended::Failed(
-                format!("step `{}`: an ask of a worker no longer in the team failed", step.id).into(),
-            )),
+            // Not a member any more: the ask goes to the role's holder now.
+            Reassign::Unknown => Ok(()),
         }
     }
 
@@ -621,6 +645,7 @@ impl Run {
         let mut agents = Vec::with_capacity(which.len());
         for &i in which {
             let m = self.roster.members()[slots[i].member];
+            slots[i].asked = m.agent;
             specs.push(TaskSpec {
                 requirement: self.team.roles[m.role].requirement.clone(),
                 payload: slots[i].payload.clone(),
@@ -631,12 +656,9 @@ impl Run {
             agents.push(m.agent);
         }
         if let Err(e) = self.handle.admit(&specs) {
+            // The payload limit, as the team's context grows; no agent left for a role.
             return Err(Ended::Failed(
-                format!(
-                    "step `{}` could not be asked (the team's context grows its payload): {e}",
-                    self.team.steps[s].id
-                )
-                .into(),
+                format!("step `{}` could not be asked: {e}", self.team.steps[s].id).into(),
             ));
         }
         self.handle.wait_for_room(specs.len()).await?;

@@ -57,14 +57,44 @@ pub(crate) fn check(
             "too large",
         ));
     }
-    // `{{input.KEY}}` in the arguments or working folder of a command pool that may run it:
-    // the task's input must have that field, or every attempt would fail.
+    // A team's asks go to its roles' pools, each step's with its own input: checked by role.
+    if t.team.is_none() {
+        fields(t, requirement, None, pools, problems);
+    }
+}
+
+/// `{{input.KEY}}` in the arguments or working folder of a command pool that may run task
+/// `t` on `requirement`: the task's input, with `extra` fields set over it (a team step's),
+/// must have that field, or every attempt would fail.
+pub(crate) fn fields(
+    t: &file::Task,
+    requirement: &Requirement,
+    extra: Option<&serde_json::Map<String, Value>>,
+    pools: &[PoolDef],
+    problems: &mut Vec<Problem>,
+) {
+    let id = &t.id.value;
+    let at_input = || t.input.as_ref().map_or(t.id.referenced, |i| i.referenced);
+    let problem = |at: serde_saphyr::Location, message: String, label: &str| Problem {
+        message,
+        at: crate::check::known(at),
+        label: label.into(),
+    };
+    let merged;
     let fields = match t.input.as_ref().map(|i| &i.value) {
         Some(Value::Object(fields)) => Some(fields),
         // An input made whole from a placeholder (`"{{outputs.plan.input}}"`) is known only
         // when the task runs: nothing to check here.
         Some(Value::String(s)) if s.contains("{{") => return,
         _ => None,
+    };
+    let fields = match (fields, extra) {
+        (_, None) => fields,
+        (Some(f), Some(extra)) => {
+            merged = f.clone().into_iter().chain(extra.clone()).collect();
+            Some(&merged)
+        }
+        (None, Some(extra)) => Some(extra),
     };
     for pool in pools.iter().filter(|p| p.spec.satisfies(requirement)) {
         let Backend::Command(command) = &pool.backend else {

@@ -137,8 +137,30 @@ pub(crate) fn check(
     }
     let roles = roles(id, block, pools, pool_index, problems);
     let size = team_size(t, b, &roles, problems);
-    if let (Some(Size::Fixed(size)), true) = (&size, roles.len() == b.roles.len()) {
-        capacity(id, b, &roles, *size, pools, problems);
+    // The smallest team the size allows must fit the pools' agents.
+    let least = match &size {
+        Some(Size::Fixed(n)) => Some(*n),
+        Some(Size::From { sizing, .. }) => Some(sizing.min),
+        None => None,
+    };
+    if let Some(least) = least
+        && problems.len() == before
+    {
+        capacity(id, b, &roles, least, pools, problems);
+    }
+    // Steps of one role ask of the same pools: each missing field reported once.
+    let at = problems.len();
+    for (step, role) in steps_input(b, &roles) {
+        crate::payload::fields(t, &role.requirement, step, pools, problems);
+    }
+    let mut seen = HashSet::new();
+    let mut i = at;
+    while i < problems.len() {
+        if seen.insert(problems[i].message.clone()) {
+            i += 1;
+        } else {
+            problems.remove(i);
+        }
     }
     let steps = steps(id, block, &roles, problems);
     if let Some(r) = &b.reassign
@@ -292,7 +314,10 @@ fn team_size(
     problems: &mut Vec<Problem>,
 ) -> Option<Size> {
     let id = &t.id.value;
-    let fixed: u32 = roles.iter().filter_map(|(_, c)| *c).sum();
+    let fixed = roles
+        .iter()
+        .filter_map(|(_, c)| *c)
+        .fold(0u32, u32::saturating_add);
     let open = roles.iter().any(|(_, c)| c.is_none());
     match (&b.size, &b.size_from) {
         (Some(s), Some(_)) => {
@@ -369,7 +394,7 @@ fn size_from(
         ));
         return None;
     }
-    let least = fixed + 1;
+    let least = fixed.saturating_add(1);
     let sizing = Sizing {
         per: f.per.as_ref().map_or(1.0, |p| p.value),
         min: f.min.as_ref().map_or(least, |m| m.value),
@@ -430,7 +455,29 @@ fn size_from(
     })
 }
 
-/// Each role's count is at most the agents of the pools that can take it.
+/// Each step's input fields with the role taking it, for the payload's checks.
+fn steps_input<'a>(
+    b: &'a file::Team,
+    roles: &'a [(Role, Option<u32>)],
+) -> impl Iterator<
+    Item = (
+        Option<&'a serde_json::Map<String, serde_json::Value>>,
+        &'a Role,
+    ),
+> {
+    b.steps.iter().filter_map(move |s| {
+        let role = roles.iter().find(|(r, _)| *r.name == *s.value.role.value)?;
+        let input = match s.value.input.as_ref().map(|i| &i.value) {
+            Some(serde_json::Value::Object(fields)) => Some(fields),
+            _ => None,
+        };
+        Some((input, &role.0))
+    })
+}
+
+/// Each role's count is at most the agents of the pools that can take it, and so is every
+/// group of roles' counts together (each member is a distinct agent, and roles may share
+/// pools): Hall's condition, over every group of the at most 16 roles.
 fn capacity(
     id: &str,
     b: &file::Team,
@@ -443,13 +490,36 @@ fn capacity(
     let Ok(counts) = team::counts(&fixed, size) else {
         return;
     };
-    for ((role, _), (count, r)) in roles.iter().zip(counts.into_iter().zip(&b.roles)) {
-        let most: u64 = pools
-            .iter()
-            .filter(|p| p.spec.satisfies(&role.requirement))
-            .map(|p| u64::from(p.scaling.map_or(p.count, |s| s.max)))
-            .sum();
-        if !pools.is_empty() && u64::from(count) > most {
+    if pools.is_empty() || pools.len() > 64 || roles.len() > MAX_ROLES {
+        return;
+    }
+    let agents: Vec<u64> = pools
+        .iter()
+        .map(|p| u64::from(p.scaling.map_or(p.count, |s| s.max)))
+        .collect();
+    // Per role, the pools that can take it, one bit each.
+    let able: Vec<u64> = roles
+        .iter()
+        .map(|(role, _)| {
+            pools.iter().enumerate().fold(0u64, |m, (i, p)| {
+                if p.spec.satisfies(&role.requirement) {
+                    m | 1 << i
+                } else {
+                    m
+                }
+            })
+        })
+        .collect();
+    let agents_of = |mask: u64| -> u64 {
+        (0..pools.len())
+            .filter(|i| mask & 1 << i != 0)
+            .map(|i| agents[i])
+            .sum()
+    };
+    let before = problems.len();
+    for (i, ((role, _), (&count, r))) in roles.iter().zip(counts.iter().zip(&b.roles)).enumerate() {
+        let most = agents_of(able[i]);
+        if u64::from(count) > most {
             let message = format!(
                 "task `{id}`: team role `{}` needs {count} members, and the pools that can take it have {most} agents: each member is a distinct agent",
                 role.name
@@ -458,6 +528,39 @@ fn capacity(
                 Some(c) => Problem::at(c, message, "more members than agents"),
                 None => Problem::at(&r.value.name, message, "more members than agents"),
             });
+        }
+    }
+    if problems.len() > before {
+        return;
+    }
+    // Groups of two roles or more, the smallest first: the first short one is reported.
+    let mut groups: Vec<u32> = (1u32..1 << roles.len())
+        .filter(|g| g.count_ones() > 1)
+        .collect();
+    groups.sort_by_key(|g| (g.count_ones(), *g));
+    for g in groups {
+        let members = (0..roles.len())
+            .filter(|i| g & 1 << i != 0)
+            .fold(0u64, |sum, i| sum + u64::from(counts[i]));
+        let union = (0..roles.len())
+            .filter(|i| g & 1 << i != 0)
+            .fold(0u64, |m, i| m | able[i]);
+        let most = agents_of(union);
+        if members > most {
+            let names: Vec<String> = (0..roles.len())
+                .filter(|i| g & 1 << i != 0)
+                .map(|i| format!("`{}`", roles[i].0.name))
+                .collect();
+            let last = (0..roles.len()).rfind(|i| g & 1 << i != 0).unwrap_or(0);
+            problems.push(Problem::at(
+                &b.roles[last].value.name,
+                format!(
+                    "task `{id}`: team roles {} need {members} members together, and the pools that can take them have {most} agents: each member is a distinct agent",
+                    names.join(", ")
+                ),
+                "more members than agents",
+            ));
+            return;
         }
     }
 }
@@ -559,7 +662,10 @@ pub(crate) async fn run(handle: Handle, spec: TaskSpec, plan: Plan, mut checks: 
     let started = std::time::SystemTime::now();
     let teamed = match handle.team(spec, team).await {
         Ok(teamed) => Arc::new(teamed),
-        Err(e) => return refused(format!("the team could not be formed: {e}")),
+        Err(e @ colony_runtime::Error::Team(_)) => {
+            return refused(format!("the team could not be formed: {e}"));
+        }
+        Err(e) => return refused(format!("the team stopped without an end: {e}")),
     };
     let agent = teamed
         .steps

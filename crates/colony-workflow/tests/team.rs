@@ -263,3 +263,43 @@ async fn a_resumed_run_works_the_team_again_rather_than_take_a_step_for_its_outc
     assert_eq!(feature.team.as_ref().unwrap().steps.len(), 3);
     assert_eq!(feature.output.as_ref().unwrap().value()["step"], "review");
 }
+
+#[test]
+fn roles_sharing_pools_are_checked_together_and_each_step_s_fields_by_its_role() {
+    // Two roles of one pool of three agents: four members cannot be distinct.
+    let p = problems(&format!(
+        "name: w\n{POOLS}tasks:\n  - id: t\n    team:\n      roles:\n        - {{ name: lead, role: writer, count: 2 }}\n        - {{ name: writer, count: 2 }}\n      steps: [{{ id: go, role: writer }}]\n"
+    ));
+    assert_eq!(
+        p,
+        [
+            "w.yaml:10:19: task `t`: team roles `lead`, `writer` need 4 members together, and the pools that can take them have 3 agents: each member is a distinct agent"
+        ],
+    );
+    // size-from's smallest team must fit too.
+    let p = problems(&format!(
+        "name: w\n{POOLS}tasks:\n  - id: t\n    input: {{ n: 3 }}\n    team:\n      size-from: {{ field: n, min: 5, max: 6 }}\n      roles: [{{ name: planner, count: 1 }}, {{ name: writer }}]\n      steps: [{{ id: go, role: writer }}]\n"
+    ));
+    assert_eq!(
+        p,
+        [
+            "w.yaml:10:52: task `t`: team role `writer` needs 4 members, and the pools that can take it have 3 agents: each member is a distinct agent"
+        ],
+    );
+    // A field a command pool reads, given by the step that asks that pool, is there; one
+    // that no step gives is reported once, for the role's pool only.
+    let pools = "agents:\n  - {name: a, kind: command, role: planner, command: {program: echo, args: [\"{{input.topic}}\"]}}\n  - {name: b, kind: command, role: writer, command: {program: echo, args: [\"{{input.part}}\"]}}\n";
+    let ok = format!(
+        "name: w\n{pools}tasks:\n  - id: t\n    input: {{ topic: x }}\n    team:\n      roles: [{{ name: planner, count: 1 }}, {{ name: writer, count: 1 }}]\n      steps: [{{ id: plan, role: planner }}, {{ id: go, role: writer, input: {{ part: 1 }} }}]\n"
+    );
+    assert!(parse(&ok, "w.yaml", Path::new(".")).is_ok());
+    let p = problems(&ok.replace("input: { part: 1 } ", "").replace(
+        "{ id: go, role: writer }",
+        "{ id: go, role: writer }, { id: again, role: writer }",
+    ));
+    assert_eq!(p.len(), 1, "{p:#?}");
+    assert!(
+        p[0].contains("may run on pool `b`") && p[0].contains("no field `part`"),
+        "{p:#?}"
+    );
+}

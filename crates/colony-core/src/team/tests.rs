@@ -126,8 +126,9 @@ fn workers_out_of_service_are_seated_only_when_nothing_else_can_take_the_role() 
 #[test]
 fn a_failed_member_is_replaced_by_its_sibling_with_room_and_never_by_a_member() {
     let (mut t, ids) = mixed();
+    let sup = t.parent(ids[0]).unwrap();
     let team: HashSet<AgentId> = [ids[0], ids[1]].into();
-    let got = replace(&t, ids[0], SpecMask::of(0), &team, WALK_BOUND).unwrap();
+    let got = replace(&t, ids[0], sup, SpecMask::of(0), &team, WALK_BOUND).unwrap();
     assert_eq!(
         got, ids[2],
         "the sibling of spec 0 with room, not another member"
@@ -135,14 +136,58 @@ fn a_failed_member_is_replaced_by_its_sibling_with_room_and_never_by_a_member() 
     // Siblings busy: the nearest with room elsewhere.
     busy(&mut t, ids[2]);
     busy(&mut t, ids[3]);
-    let got = replace(&t, ids[0], SpecMask::of(0), &team, WALK_BOUND).unwrap();
+    let got = replace(&t, ids[0], sup, SpecMask::of(0), &team, WALK_BOUND).unwrap();
     assert_eq!(t.parent(got), t.parent(ids[12]));
     // Nobody else of spec 2 with room: a busy sibling rather than nothing; none at all: None.
     let all2: HashSet<AgentId> = ids[8..12].iter().copied().collect();
     assert_eq!(
-        replace(&t, ids[8], SpecMask::of(2), &all2, WALK_BOUND),
+        replace(&t, ids[8], sup, SpecMask::of(2), &all2, WALK_BOUND),
         None
     );
+}
+
+#[test]
+fn a_failed_member_no_longer_in_the_tree_is_replaced_from_the_team_s_supervisor() {
+    let (t, ids) = mixed();
+    let sup = t.parent(ids[0]).unwrap();
+    let team: HashSet<AgentId> = [ids[0]].into();
+    // An id past the tree's end (its worker trimmed away), and one that is a manager's now.
+    for gone in [AgentId(10_000), sup] {
+        let got = replace(&t, gone, sup, SpecMask::of(0), &team, WALK_BOUND).unwrap();
+        assert_eq!(t.tier(got), t.worker_tier());
+        assert_eq!(t.parent(got), Some(sup));
+        assert!(!team.contains(&got));
+    }
+}
+
+#[test]
+fn a_role_only_some_pools_can_take_is_seated_before_a_role_any_can() {
+    // Four workers under one supervisor: three of spec 0, one of spec 1 with the least load.
+    let mut t = planned(12, 12, 4);
+    let ids = t.add_workers(3, 0, 2);
+    let one = t.add_worker(1, 2);
+    for &w in &ids {
+        busy(&mut t, w);
+    }
+    // `any` can take specs 0 and 1 and comes first; `only` can take spec 1 alone.
+    let needs = [
+        Need {
+            mask: SpecMask(0b11),
+            count: 2,
+        },
+        need(1, 1),
+    ];
+    let f = form(&t, &needs, WALK_BOUND).unwrap();
+    check(&t, &needs, &f);
+    assert_eq!(
+        f.members[2],
+        Member {
+            role: 1,
+            agent: one,
+            pool: 1
+        }
+    );
+    assert!(f.together);
 }
 
 #[test]
@@ -162,6 +207,8 @@ fn sizes_follow_the_rule_and_bad_scores_are_refused() {
     assert!(Sizing { per: 0.0, ..s }.validate().is_err());
     assert!(Sizing { min: 7, ..s }.validate().is_err());
     assert!(Sizing { max: 65, ..s }.validate().is_err());
+    // Unvalidated bounds never panic: the max wins.
+    assert_eq!(Sizing { min: 9, ..s }.size(1.0), Ok(6));
 }
 
 #[test]
@@ -171,6 +218,7 @@ fn counts_give_the_rest_to_the_one_role_without_a_count() {
     assert!(counts(&[Some(2), Some(1)], 4).is_err());
     assert!(counts(&[Some(2), None], 2).is_err());
     assert!(counts(&[None, None], 4).is_err());
+    assert!(counts(&[Some(u32::MAX), Some(u32::MAX), None], 4).is_err());
 }
 
 #[test]

@@ -446,3 +446,45 @@ async fn a_member_may_delegate_down_its_chain_but_never_back_up_it() {
     assert!(error.contains("deeper than 1"), "{error}");
     runtime.shutdown().await;
 }
+
+static BAD_REVIEWER: AtomicU32 = AtomicU32::new(u32::MAX);
+
+#[tokio::test(start_paused = true)]
+async fn two_asks_lost_with_one_member_spend_one_reassignment() {
+    // Both coders hand their part to the team's one reviewer, which fails every ask: its
+    // role is given away once, and the second lost ask goes to the new reviewer for free.
+    fn rule(h: &Heard<'_>) -> Answer {
+        match (h.role, h.step) {
+            ("coder", "code") => Answer::Says(
+                json!({"delegate": {"role": "reviewer", "input": h.team["index"]}}).to_string(),
+                1,
+            ),
+            ("reviewer", "code") => {
+                let _ = BAD_REVIEWER.compare_exchange(u32::MAX, h.agent.0, SeqCst, SeqCst);
+                if BAD_REVIEWER.load(SeqCst) == h.agent.0 {
+                    Answer::Fails
+                } else {
+                    says(h)
+                }
+            }
+            _ => says(h),
+        }
+    }
+    let (runtime, _) = start(rule).await;
+    let h = runtime.handle().clone();
+    let mut team = feature(2);
+    team.delegation = 1;
+    team.reassignments = 1;
+    let teamed = h.team(task(), team).await.unwrap();
+    assert!(teamed.succeeded(), "{teamed:?}");
+    assert_eq!(teamed.reassigned.len(), 1, "{:?}", teamed.reassigned);
+    assert_eq!(
+        teamed.reassigned[0].from,
+        AgentId(BAD_REVIEWER.load(SeqCst))
+    );
+    let code = &teamed.steps[1];
+    // Two coders, two delegated asks lost, two asked again of the new reviewer.
+    assert_eq!(code.asks.len(), 6, "{:?}", code.asks);
+    nothing_left(&h).await;
+    runtime.shutdown().await;
+}
