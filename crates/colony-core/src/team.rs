@@ -117,11 +117,13 @@ fn candidate(tree: &LiveTree, agent: AgentId, supervisor: AgentId) -> Candidate 
     }
 }
 
-/// Supervisors below the roots whose subtree holds a spec of `mask`, in tree order, each
-/// with its workers in `mask` (retired workers are in no mask), until `bound` workers are
-/// gathered or `enough` says the supervisors so far will do.
+/// Supervisors whose subtree `holds` (a test of its specs), in tree order, each with its
+/// workers in `mask` (retired workers are in no mask), until `bound` workers are gathered or
+/// `enough` says the supervisors so far will do. Subtrees that fail `holds` are skipped
+/// whole, so a walk reaches the pools it wants however far into the tree they are.
 fn walk(
     tree: &LiveTree,
+    holds: impl Fn(SpecMask) -> bool,
     mask: SpecMask,
     bound: usize,
     mut enough: impl FnMut(AgentId, &[Candidate]) -> bool,
@@ -135,7 +137,7 @@ fn walk(
         if seen >= bound {
             break;
         }
-        if !tree.mask(agent).intersects(mask) {
+        if !holds(tree.mask(agent)) {
             continue;
         }
         if tree.tier(agent) < supervisor_tier {
@@ -229,52 +231,36 @@ pub fn form(tree: &LiveTree, needs: &[Need], bound: usize) -> Result<Formation, 
     }
     let mask = SpecMask(needs.iter().fold(0, |m, n| m | n.mask.0));
     // The best supervisor covering every role from its own workers in service: fewest busy
-    // members, then least load.
+    // members, then least load. Only subtrees holding a pool of every role can have one.
+    let covers = |m: SpecMask| needs.iter().all(|n| m.intersects(n.mask));
     let mut best: Option<((usize, u64), AgentId, Seated)> = None;
-    // Failing that, the one covering most members, and everyone seen.
-    let mut most: Option<(u32, AgentId)> = None;
-    let mut everyone: Vec<Candidate> = Vec::new();
-    walk(tree, mask, bound.max(size as usize), |supervisor, group| {
-        everyone.extend_from_slice(group);
-        let mut own = group.to_vec();
-        by_preference(&mut own);
-        match fill(tree, needs, &own, false) {
-            Ok(seated) => {
-                let busy = seated
-                    .iter()
-                    .filter(|(_, c)| c.availability != Availability::Room)
-                    .count();
-                let load = seated.iter().map(|(_, c)| c.share).sum();
-                if best
-                    .as_ref()
-                    .is_none_or(|(score, ..)| (busy, load) < *score)
-                {
-                    best = Some(((busy, load), supervisor, seated));
-                }
-                busy == 0
+    let mut own = Vec::new();
+    walk(
+        tree,
+        covers,
+        mask,
+        bound.max(size as usize),
+        |supervisor, group| {
+            own.clear();
+            own.extend_from_slice(group);
+            by_preference(&mut own);
+            let Ok(seated) = fill(tree, needs, &own, false) else {
+                return false;
+            };
+            let busy = seated
+                .iter()
+                .filter(|(_, c)| c.availability != Availability::Room)
+                .count();
+            let load = seated.iter().map(|(_, c)| c.share).sum();
+            if best
+                .as_ref()
+                .is_none_or(|(score, ..)| (busy, load) < *score)
+            {
+                best = Some(((busy, load), supervisor, seated));
             }
-            Err(_) => {
-                // How many members it could seat, role by role, on its own.
-                let covered: u32 = needs
-                    .iter()
-                    .map(|need| {
-                        let n = own
-                            .iter()
-                            .filter(|c| {
-                                c.availability != Availability::Out
-                                    && SpecMask::of(tree.spec(c.agent)).intersects(need.mask)
-                            })
-                            .count() as u32;
-                        n.min(need.count)
-                    })
-                    .sum();
-                if most.is_none_or(|(n, _)| covered > n) {
-                    most = Some((covered, supervisor));
-                }
-                false
-            }
-        }
-    });
+            busy == 0
+        },
+    );
     if let Some((_, supervisor, seated)) = best {
         return Ok(Formation {
             members: members(tree, seated),
@@ -282,15 +268,79 @@ pub fn form(tree: &LiveTree, needs: &[Need], bound: usize) -> Result<Formation, 
             together: true,
         });
     }
-    let Some((_, anchor)) = most else {
+    // Spread: each role's candidates from a walk of its own, pruned to the subtrees that
+    // hold its pools, until it has found its count of workers with room (or its bound).
+    let mut everyone: Vec<Candidate> = Vec::new();
+    let mut known: HashSet<AgentId> = HashSet::new();
+    for need in needs {
+        // Roles sharing its pools compete for the same workers: enough for all of them.
+        let want = needs
+            .iter()
+            .filter(|n| n.mask.intersects(need.mask))
+            .fold(0u32, |sum, n| sum.saturating_add(n.count));
+        let able = |c: &Candidate| {
+            c.availability == Availability::Room
+                && SpecMask::of(tree.spec(c.agent)).intersects(need.mask)
+        };
+        let mut found = everyone.iter().filter(|c| able(c)).count() as u32;
+        if found >= want {
+            continue;
+        }
+        let holds = |m: SpecMask| m.intersects(need.mask);
+        walk(
+            tree,
+            holds,
+            need.mask,
+            bound.max(want as usize),
+            |_, group| {
+                for c in group {
+                    if known.insert(c.agent) {
+                        everyone.push(*c);
+                        found += u32::from(able(c));
+                    }
+                }
+                found >= want
+            },
+        );
+    }
+    // The anchor: the supervisor whose workers found could seat most members on their own.
+    let mut by_supervisor: std::collections::HashMap<AgentId, Vec<u32>> = Default::default();
+    for c in &everyone {
+        if c.availability == Availability::Out {
+            continue;
+        }
+        let counts = by_supervisor
+            .entry(c.supervisor)
+            .or_insert_with(|| vec![0; needs.len()]);
+        for (i, need) in needs.iter().enumerate() {
+            if SpecMask::of(tree.spec(c.agent)).intersects(need.mask) {
+                counts[i] += 1;
+            }
+        }
+    }
+    let anchor = by_supervisor
+        .iter()
+        .map(|(&sup, counts)| {
+            let covered: u32 = counts
+                .iter()
+                .zip(needs)
+                .map(|(&n, need)| n.min(need.count))
+                .sum();
+            (std::cmp::Reverse(covered), sup)
+        })
+        .min()
+        .map(|(_, sup)| sup)
+        .or_else(|| everyone.first().map(|c| c.supervisor));
+    // Nobody can take any role.
+    let Some(anchor) = anchor else {
         return Err(Error::Short {
             role: 0,
             needed: needs[0].count,
             found: 0,
         });
     };
-    // Spread: nearest the anchor first, within each availability.
-    everyone.sort_unstable_by_key(|c| {
+    // Nearest the anchor first, within each availability.
+    everyone.sort_by_cached_key(|c| {
         (
             c.availability,
             distance(tree, anchor, c.supervisor),
@@ -378,12 +428,18 @@ pub fn replace(
     if best_here.is_some() {
         return best_here;
     }
-    walk(tree, mask, bound, |supervisor, group| {
-        if supervisor != near {
-            pool.extend(group.iter().filter(|c| !exclude.contains(&c.agent)));
-        }
-        false
-    });
+    walk(
+        tree,
+        |m| m.intersects(mask),
+        mask,
+        bound,
+        |supervisor, group| {
+            if supervisor != near {
+                pool.extend(group.iter().filter(|c| !exclude.contains(&c.agent)));
+            }
+            false
+        },
+    );
     pool.into_iter()
         .min_by_key(|c| {
             (

@@ -103,6 +103,27 @@ fn roles_no_supervisor_covers_are_spread_nearest_first_and_a_shortfall_is_named(
 }
 
 #[test]
+fn pools_far_apart_in_a_large_tree_still_form_a_team() {
+    // Each pool fills thousands of supervisors: the first walk sees only the first pool.
+    let mut t = planned(30_000, 12, 4);
+    for spec in 0..3 {
+        t.add_workers(10_000, spec, 1);
+    }
+    let needs = [need(0, 1), need(1, 3), need(2, 1)];
+    let f = form(&t, &needs, WALK_BOUND).unwrap();
+    check(&t, &needs, &f);
+    assert!(!f.together);
+    // Those of a role far away are found together, near each other.
+    let coders: HashSet<Option<AgentId>> = f
+        .members
+        .iter()
+        .filter(|m| m.role == 1)
+        .map(|m| t.parent(m.agent))
+        .collect();
+    assert_eq!(coders.len(), 1, "{f:?}");
+}
+
+#[test]
 fn workers_out_of_service_are_seated_only_when_nothing_else_can_take_the_role() {
     let (mut t, ids) = mixed();
     // Spec 1 lives only under the first supervisor: three of its four are down.
