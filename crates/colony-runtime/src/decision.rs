@@ -235,7 +235,8 @@ pub(crate) enum Ballots {
 
 /// What became of one call's tasks.
 enum Called {
-    Asked(Vec<crate::Pending>),
+    /// Asked: the tasks, in the order of the agents asked.
+    Asked(Vec<TaskId>),
     /// Not asked, and why.
     NotAsked(Arc<str>),
 }
@@ -270,7 +271,13 @@ pub struct Voting {
     /// What the engine answered that still needs acting on (a recovered decision's next
     /// round or judge, not yet asked before the crash).
     carry: Option<Progress>,
+    /// Ballot tasks recovered after a crash, each awaited on its own.
     pending: FuturesUnordered<BallotFuture>,
+    /// Ballot tasks asked by this process: their ends heard together, each one's asker by
+    /// its task.
+    batch: Arc<crate::shared::Batch>,
+    out: HashMap<TaskId, Asked>,
+    heard: std::collections::VecDeque<Result<Completion, TaskId>>,
     /// When this process took the decision up, and how far into the decision that was: 0 but
     /// for a decision recovered after a crash.
     started: Instant,
@@ -281,7 +288,7 @@ impl std::fmt::Debug for Voting {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Voting")
             .field("voters", &self.voters)
-            .field("out", &self.pending.len())
+            .field("out", &(self.pending.len() + self.out.len()))
             .finish_non_exhaustive()
     }
 }
@@ -315,6 +322,9 @@ impl Voting {
             asked: 0,
             carry: None,
             pending: FuturesUnordered::new(),
+            batch: crate::shared::Batch::new(),
+            out: HashMap::new(),
+            heard: std::collections::VecDeque::new(),
             started: Instant::now(),
             offset,
         }
@@ -370,7 +380,7 @@ impl Voting {
                 }
             }
             // Nothing left to wait for: the round closes now, as at its deadline.
-            if self.pending.is_empty() {
+            if !self.waiting() {
                 match self.decision.close(self.now()) {
                     Progress::Pending => {}
                     other => {
@@ -387,7 +397,7 @@ impl Voting {
                 },
             };
             progress = tokio::select! {
-                Some((asked, ended)) = self.pending.next(), if !self.pending.is_empty() => {
+                Some((asked, ended)) = self.next_ended(), if self.waiting() => {
                     let now = self.now();
                     self.ended(asked, ended?, now).await?
                 }
@@ -415,13 +425,64 @@ impl Voting {
         Ok(decided)
     }
 
+    /// Whether a ballot task asked is still out.
+    fn waiting(&self) -> bool {
+        !self.pending.is_empty() || !self.out.is_empty()
+    }
+
+    /// The next ballot task to end, with who it was asked of; `None` when none is out.
+    async fn next_ended(&mut self) -> Option<(Asked, Result<Completion, Error>)> {
+        loop {
+            while let Some(heard) = self.heard.pop_front() {
+                let task = match &heard {
+                    Ok(c) => c.id,
+                    Err(task) => *task,
+                };
+                // Not out any more: a round left, or cancelled.
+                if let Some(asked) = self.out.remove(&task) {
+                    return Some((asked, heard.map_err(|_| Error::Stopped)));
+                }
+            }
+            if !self.waiting() {
+                return None;
+            }
+            let (pending, batch, heard, out) =
+                (&mut self.pending, &self.batch, &mut self.heard, &self.out);
+            let recovered = std::future::poll_fn(|cx| {
+                if let std::task::Poll::Ready(Some(ended)) = pending.poll_next_unpin(cx) {
+                    return std::task::Poll::Ready(Some(ended));
+                }
+                if !out.is_empty() && batch.poll_take(cx, heard).is_ready() {
+                    return std::task::Poll::Ready(None);
+                }
+                std::task::Poll::Pending
+            })
+            .await;
+            if let Some(ended) = recovered {
+                return Some(ended);
+            }
+        }
+    }
+
     /// Ballots that ended meanwhile need no cancelling; they came too late to count.
     fn drain_ended(&mut self) {
+        let mut late = Vec::new();
         while let Some(Some((asked, Ok(ended)))) = self.pending.next().now_or_never() {
+            late.push((asked, ended.state));
+        }
+        self.batch.take_now(&mut self.heard);
+        for heard in std::mem::take(&mut self.heard) {
+            if let Ok(ended) = heard
+                && let Some(asked) = self.out.remove(&ended.id)
+            {
+                late.push((asked, ended.state));
+            }
+        }
+        for (asked, state) in late {
             let Some(voter) = self.voter(asked) else {
                 continue;
             };
-            voter.state = Some(ended.state);
+            voter.state = Some(state);
             voter.problem = Some("its ballot task ended after its round did".into());
         }
     }
@@ -431,6 +492,8 @@ impl Voting {
     fn cancel_the_rest(&mut self) {
         // Their waiters go with them: nothing is left to count.
         self.pending = FuturesUnordered::new();
+        self.out.clear();
+        self.heard.clear();
         for voter in self.voters.iter().chain(&self.judge) {
             if let (None, Some(task)) = (voter.state, voter.task) {
                 self.handle.cancel_soon(task);
@@ -495,8 +558,8 @@ impl Voting {
         let asked = seats.iter().map(|&i| self.seats[i]).collect();
         match self.call(round, role, asked, specs).await? {
             Called::Asked(completions) => {
-                for (&seat, pending) in seats.iter().zip(completions) {
-                    self.await_ballot(Asked::Seat { seat, round }, pending);
+                for (&seat, task) in seats.iter().zip(completions) {
+                    self.await_asked(Asked::Seat { seat, round }, task);
                 }
             }
             Called::NotAsked(why) => {
@@ -543,11 +606,22 @@ impl Voting {
             decision: self.id,
             call,
         };
-        let (_, completions) = self
+        let n = specs.len();
+        let accepted = self
             .handle
-            .accept_tracked(specs, masks, |_| true, |i| Some(agents[i]), Some(ballots))
+            .accept_batched(
+                specs,
+                masks,
+                |i| Some(agents[i]),
+                Some(ballots),
+                &self.batch,
+            )
             .await?;
-        Ok(Called::Asked(completions))
+        Ok(Called::Asked(
+            (0..n as u64)
+                .map(|i| TaskId(accepted.first.0 + i))
+                .collect(),
+        ))
     }
 
     /// Waits for room for `n` more tasks, until the decision's deadline: `false` if it came
@@ -574,7 +648,19 @@ impl Voting {
         }
     }
 
-    /// Waits for `pending`, the ballot task asked of `asked`.
+    /// Waits for `task`, the ballot task asked of `asked`, heard in the batch.
+    fn await_asked(&mut self, asked: Asked, task: TaskId) {
+        let Some(voter) = self.voter(asked) else {
+            return;
+        };
+        voter.task = Some(task);
+        voter.state = None;
+        voter.problem = None;
+        self.asked += 1;
+        self.out.insert(task, asked);
+    }
+
+    /// Waits for `pending`, the ballot task asked of `asked` (recovered after a crash).
     fn await_ballot(&mut self, asked: Asked, pending: crate::Pending) {
         let Some(voter) = self.voter(asked) else {
             return;
@@ -625,8 +711,8 @@ impl Voting {
             .await?
         {
             Called::Asked(completions) => {
-                for pending in completions {
-                    self.await_ballot(Asked::Judge, pending);
+                for task in completions {
+                    self.await_asked(Asked::Judge, task);
                 }
                 Ok(Progress::Pending)
             }
@@ -985,13 +1071,14 @@ impl Handle {
             asked: asked as u32,
             opened_at_ms: unix_ms(),
         };
-        let (accepted, completions) = self
-            .accept_tracked(
+        let batch = crate::shared::Batch::new();
+        let accepted = self
+            .accept_batched(
                 vec![spec.clone(); asked],
                 masks,
-                |_| true,
                 |i| Some(seats[i].0),
                 Some(Ballots::Open(opening)),
+                &batch,
             )
             .await?;
         let mut voting = Voting::new(
@@ -1002,8 +1089,10 @@ impl Handle {
             journal_seats,
             Duration::ZERO,
         );
-        for (seat, pending) in completions.into_iter().enumerate() {
-            voting.await_ballot(Asked::Seat { seat, round: 0 }, pending);
+        voting.batch = batch;
+        for seat in 0..asked {
+            let task = TaskId(accepted.first.0 + seat as u64);
+            voting.await_asked(Asked::Seat { seat, round: 0 }, task);
         }
         Ok(voting)
     }

@@ -5,7 +5,7 @@ use crate::{
     dispatcher::{Cancelled, Command, Job, Live, Resized},
     events::{Kinds, Subscription},
     metrics::Metrics,
-    shared::{Completion, Latencies, PoolCounters, PoolLoad, Shared, Timings},
+    shared::{Completion, Latencies, PoolCounters, PoolLoad, Shared, Timings, Waiter},
 };
 use colony_agents::AgentSpec;
 use colony_core::{
@@ -121,7 +121,7 @@ impl Handle {
     pub async fn submit_batch(&self, specs: Vec<TaskSpec>) -> Result<Accepted, Error> {
         let masks = self.admit(&specs)?;
         self.wait_for_room(specs.len()).await?;
-        self.accept(specs, masks, |_| None, |_| None, None).await
+        self.accept(specs, masks, |_, _| None, |_| None, None).await
     }
 
     /// Like [`Handle::submit_batch`] but returns [`Error::Full`] instead of waiting.
@@ -139,7 +139,7 @@ impl Handle {
                 }
             }
         }
-        self.accept(specs, masks, |_| None, |_| None, None).await
+        self.accept(specs, masks, |_, _| None, |_| None, None).await
     }
 
     /// Like [`Handle::submit`] but returns [`Error::Full`] instead of waiting.
@@ -168,7 +168,13 @@ impl Handle {
         let (tx, rx) = oneshot::channel();
         let mut tx = Some(tx);
         let accepted = self
-            .accept(vec![spec], masks, |_| tx.take(), |_| None, None)
+            .accept(
+                vec![spec],
+                masks,
+                |_, _| tx.take().map(Waiter::One),
+                |_| None,
+                None,
+            )
             .await?;
         Ok(Pending {
             id: accepted.first,
@@ -205,11 +211,11 @@ impl Handle {
             .accept(
                 specs,
                 masks,
-                |i| {
+                |i, _| {
                     track(i).then(|| {
                         let (tx, rx) = oneshot::channel();
                         receivers.push((i, rx));
-                        tx
+                        Waiter::One(tx)
                     })
                 },
                 pin,
@@ -224,6 +230,20 @@ impl Handle {
             })
             .collect();
         Ok((accepted, pending))
+    }
+
+    /// Accepts `specs` like [`Handle::accept_tracked`], every task heard in `batch` (a
+    /// decision's ballots: their ends wake the reader once per turn, not once each).
+    pub(crate) async fn accept_batched(
+        &self,
+        specs: Vec<TaskSpec>,
+        masks: Vec<SpecMask>,
+        pin: impl Fn(usize) -> Option<AgentId>,
+        ballots: Option<crate::decision::Ballots>,
+        batch: &std::sync::Arc<crate::shared::Batch>,
+    ) -> Result<Accepted, Error> {
+        self.accept(specs, masks, |_, id| Some(batch.sender(id)), pin, ballots)
+            .await
     }
 
     /// Sends the cancellation of `task` without waiting for its answer: for a caller that
@@ -261,7 +281,7 @@ impl Handle {
                 if let Some((seat, waiter)) = ballot(row.id) {
                     return Job::recovered(row, SpecMask::of(seat.pool), now)
                         .pinned(seat.agent)
-                        .waited_by(waiter);
+                        .waited_by(Waiter::One(waiter));
                 }
                 // No validation: an earlier process accepted these, under its own limits.
                 let mask = self.shared.mask_for(&row.spec.requirement);
@@ -315,7 +335,7 @@ impl Handle {
         &self,
         specs: Vec<TaskSpec>,
         masks: Vec<SpecMask>,
-        mut waiter: impl FnMut(usize) -> Option<oneshot::Sender<Completion>>,
+        mut waiter: impl FnMut(usize, TaskId) -> Option<Waiter>,
         pin: impl Fn(usize) -> Option<AgentId>,
         ballots: Option<crate::decision::Ballots>,
     ) -> Result<Accepted, Error> {
@@ -357,7 +377,8 @@ impl Handle {
             .zip(masks)
             .enumerate()
             .map(|(i, (spec, mask))| {
-                let job = Job::new(TaskId(first + i as u64), spec, mask, submitted, waiter(i));
+                let id = TaskId(first + i as u64);
+                let job = Job::new(id, spec, mask, submitted, waiter(i, id));
                 match pin(i) {
                     Some(worker) => job.pinned(worker),
                     None => job,

@@ -215,6 +215,119 @@ impl Latencies {
     }
 }
 
+/// Who hears how a task ended.
+pub(crate) enum Waiter {
+    /// The one caller waiting for this task.
+    One(tokio::sync::oneshot::Sender<Completion>),
+    /// The reader of a batch of tasks (a decision's ballots), which hears their ends
+    /// together: the completions of one turn wake it once, not once each.
+    Batch(BatchSender),
+}
+
+impl Waiter {
+    pub(crate) fn send(self, completion: Completion) {
+        match self {
+            Waiter::One(tx) => {
+                let _ = tx.send(completion);
+            }
+            Waiter::Batch(sender) => sender.send(completion),
+        }
+    }
+}
+
+/// The ends of a batch's tasks, handed over together: `Ok` with how a task ended, or `Err`
+/// with a task whose waiter was dropped without an end (the runtime stopped).
+#[derive(Debug, Default)]
+pub(crate) struct Batch {
+    ended: std::sync::Mutex<Vec<Result<Completion, TaskId>>>,
+    reader: futures::task::AtomicWaker,
+}
+
+impl Batch {
+    pub(crate) fn new() -> Arc<Self> {
+        Arc::default()
+    }
+
+    /// The waiter of task `task`, one of this batch's.
+    pub(crate) fn sender(self: &Arc<Self>, task: TaskId) -> Waiter {
+        Waiter::Batch(BatchSender {
+            batch: self.clone(),
+            task,
+            sent: false,
+        })
+    }
+
+    fn push(&self, ended: Result<Completion, TaskId>) {
+        let first = {
+            let mut all = self.ended.lock().unwrap_or_else(|p| p.into_inner());
+            all.push(ended);
+            all.len() == 1
+        };
+        // Later ones of the same drain find the reader already woken.
+        if first {
+            self.reader.wake();
+        }
+    }
+
+    /// Moves the ends heard so far into `out`: ready if there were any, else the reader is
+    /// woken by the next.
+    pub(crate) fn poll_take(
+        &self,
+        cx: &mut std::task::Context<'_>,
+        out: &mut std::collections::VecDeque<Result<Completion, TaskId>>,
+    ) -> std::task::Poll<()> {
+        self.reader.register(cx.waker());
+        if self.take_now(out) {
+            std::task::Poll::Ready(())
+        } else {
+            std::task::Poll::Pending
+        }
+    }
+
+    /// Moves the ends heard so far into `out`, without waiting; whether there were any.
+    pub(crate) fn take_now(
+        &self,
+        out: &mut std::collections::VecDeque<Result<Completion, TaskId>>,
+    ) -> bool {
+        let mut all = self.ended.lock().unwrap_or_else(|p| p.into_inner());
+        let any = !all.is_empty();
+        out.extend(all.drain(..));
+        any
+    }
+}
+
+/// One task's waiter in a [`Batch`]: dropped without an end (its job dropped as the runtime
+/// stops), it says so.
+pub(crate) struct BatchSender {
+    batch: Arc<Batch>,
+    task: TaskId,
+    sent: bool,
+}
+
+impl BatchSender {
+    fn send(mut self, completion: Completion) {
+        self.sent = true;
+        self.batch.push(Ok(completion));
+    }
+}
+
+impl Drop for BatchSender {
+    fn drop(&mut self) {
+        if !self.sent {
+            self.batch.push(Err(self.task));
+        }
+    }
+}
+
+impl std::fmt::Debug for Waiter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Waiter::One(_) => f.write_str("Waiter::One"),
+            Waiter::Batch(b) => write!(f, "Waiter::Batch({})", b.task),
+        }
+    }
+}
+
 /// How a task ended, for a caller that waited for it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Completion {

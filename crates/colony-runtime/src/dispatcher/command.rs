@@ -3,7 +3,7 @@
 //! query reads, and what a cancellation did. `Handle` builds these; the loop's parts consume
 //! them.
 
-use crate::shared::Completion;
+use crate::shared::Waiter;
 use bytes::Bytes;
 use colony_core::{
     AgentId, TaskId,
@@ -109,7 +109,7 @@ pub(crate) struct Job {
     pub(super) timeout: Duration,
     pub(super) payload: Bytes,
     pub(super) submitted: Instant,
-    pub(super) waiter: Option<oneshot::Sender<Completion>>,
+    pub(super) waiter: Option<Waiter>,
     /// Whether the task holds an admission permit, returned when it ends. Tasks recovered
     /// from the journal at start hold none: they were admitted by an earlier process.
     pub(super) permit: bool,
@@ -166,7 +166,7 @@ impl Job {
         spec: TaskSpec,
         mask: SpecMask,
         submitted: Instant,
-        waiter: Option<oneshot::Sender<Completion>>,
+        waiter: Option<Waiter>,
     ) -> Self {
         Self {
             hard: spec.requirement.hard,
@@ -201,7 +201,7 @@ impl Job {
     }
 
     /// Tells `waiter` how the task ended.
-    pub(crate) fn waited_by(self, waiter: oneshot::Sender<Completion>) -> Self {
+    pub(crate) fn waited_by(self, waiter: Waiter) -> Self {
         Self {
             waiter: Some(waiter),
             ..self

@@ -7,7 +7,7 @@ use super::command::{Job, due_back};
 use crate::{
     events::{Event, Kinds},
     metrics::Metrics,
-    shared::{Completion, Latencies, PoolCounters, Shared},
+    shared::{Completion, Latencies, PoolCounters, Shared, Waiter},
 };
 use bytes::Bytes;
 use colony_core::{AgentId, task::TaskState, tree::LiveTree};
@@ -22,7 +22,6 @@ use std::{
     },
     time::Instant,
 };
-use tokio::sync::oneshot;
 
 type Flushing = Pin<Box<dyn Future<Output = Result<(), colony_journal::Error>> + Send>>;
 
@@ -58,7 +57,7 @@ pub(super) struct Outbox {
     records: Vec<Record>,
     events: Vec<Event>,
     /// Completions of this turn, sent once its records are durable.
-    completions: Vec<(oneshot::Sender<Completion>, Completion)>,
+    completions: Vec<(Waiter, Completion)>,
     flushing: FuturesUnordered<Flushing>,
     pub(super) turn: Turn,
     pub(super) metrics: Metrics,
@@ -318,7 +317,7 @@ struct Release {
     dead_lettered: u64,
     cancelled: u64,
     permits: u64,
-    completions: Vec<(oneshot::Sender<Completion>, Completion)>,
+    completions: Vec<(Waiter, Completion)>,
 }
 
 impl Release {
@@ -334,7 +333,7 @@ impl Release {
             if let Err(error) = journaled {
                 completion.error = Some(format!("not recorded in the journal: {error}").into());
             }
-            let _ = waiter.send(completion);
+            waiter.send(completion);
         }
         if finished == 0 {
             return;

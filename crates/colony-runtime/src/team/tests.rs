@@ -70,7 +70,10 @@ impl Agent for Mates {
 
 /// What an honest member says: who it is, its step and index, and what it saw.
 fn says(h: &Heard<'_>) -> Answer {
-    let saw: Vec<&String> = h.team["context"].as_object().unwrap().keys().collect();
+    // By name: the context's order is its map's (insertion order with serde_json's
+    // `preserve_order`, which another crate of the workspace may turn on).
+    let mut saw: Vec<&String> = h.team["context"].as_object().unwrap().keys().collect();
+    saw.sort();
     let text = json!({
         "agent": h.agent.0,
         "role": h.role,
