@@ -143,6 +143,31 @@ pub enum Event {
         value: Option<Arc<str>>,
         reason: Option<colony_core::decision::Reason>,
     },
+    /// A team of `members` workers was formed by `supervisor` (`team:formed`); `together`
+    /// when every member is that supervisor's worker. `team` numbers the teams of this
+    /// process, to tie a team's events together.
+    TeamFormed {
+        team: u64,
+        supervisor: AgentId,
+        members: u32,
+        together: bool,
+    },
+    /// A member of team `team` failed its role `role`, which went to `to` (`team:reassigned`).
+    TeamReassigned {
+        team: u64,
+        role: Arc<str>,
+        from: AgentId,
+        to: AgentId,
+    },
+    /// Team `team` ended (`team:ended`): every step done, or failed with `error`, after
+    /// `tasks` asks and `reassigned` reassignments.
+    TeamEnded {
+        team: u64,
+        succeeded: bool,
+        tasks: u32,
+        reassigned: u32,
+        error: Option<Arc<str>>,
+    },
     /// The periodic pass moved `moved` tasks between the queues of `parent`'s children
     /// (`load:rebalanced`); `parent` is `None` for the top tier.
     LoadRebalanced {
@@ -174,6 +199,9 @@ impl Event {
             | Event::LoadRebalanced { .. } => Kinds::TASKS,
             Event::PoolScaled { .. } | Event::ScaleBlocked { .. } => Kinds::SCALING,
             Event::DecisionEnded { .. } => Kinds::DECISIONS,
+            Event::TeamFormed { .. } | Event::TeamReassigned { .. } | Event::TeamEnded { .. } => {
+                Kinds::TEAMS
+            }
         }
     }
 }
@@ -195,7 +223,9 @@ impl Kinds {
     pub const SCALING: Kinds = Kinds(16);
     /// Decisions by vote that ended, decided or failed.
     pub const DECISIONS: Kinds = Kinds(32);
-    pub const ALL: Kinds = Kinds(63);
+    /// Teams formed, roles reassigned, teams ended.
+    pub const TEAMS: Kinds = Kinds(64);
+    pub const ALL: Kinds = Kinds(127);
     pub const NONE: Kinds = Kinds(0);
 
     pub fn contains(self, other: Kinds) -> bool {

@@ -30,7 +30,10 @@
 //! The team holds nothing of its members but its tasks: once it ends (or is dropped), its
 //! asks still out are cancelled and its members are free.
 
-use crate::{Completion, Error, Handle, Pending};
+use crate::{
+    Completion, Error, Handle, Pending,
+    events::{Event, Kinds},
+};
 use bytes::Bytes;
 use colony_core::{
     AgentId, TaskId,
@@ -45,6 +48,9 @@ use std::{collections::HashSet, future::Future, pin::Pin, sync::Arc};
 
 /// Most steps a team runs (delegations aside).
 pub const MAX_STEPS: usize = 64;
+
+/// Teams formed by this process, for their numbers.
+static TEAMS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 /// A role of a team: who may hold it, and how many members hold it.
 #[derive(Clone, Debug, PartialEq)]
@@ -184,6 +190,8 @@ pub struct Reassigned {
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub struct Teamed {
+    /// The team's number in this process, as its events (`Kinds::TEAMS`) carry it.
+    pub team: u64,
     /// The supervisor that formed the team.
     pub supervisor: AgentId,
     /// Whether every member was a worker of that supervisor when formed.
@@ -250,6 +258,7 @@ impl Handle {
                 };
                 Error::Team(e)
             })?;
+        let number = TEAMS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let mut run = Run {
             handle: self.clone(),
             roster: Roster::new(&formation, team.reassignments),
@@ -259,6 +268,7 @@ impl Handle {
             out: HashSet::new(),
             context: Map::new(),
             teamed: Teamed {
+                team: number,
                 supervisor: formation.supervisor,
                 together: formation.together,
                 ..Teamed::default()
@@ -267,6 +277,15 @@ impl Handle {
             team,
         };
         run.teamed.formed = run.members();
+        self.publish(
+            Kinds::TEAMS,
+            Event::TeamFormed {
+                team: number,
+                supervisor: formation.supervisor,
+                members: run.teamed.formed.len() as u32,
+                together: formation.together,
+            },
+        );
         let result = run.steps().await;
         run.cancel_out();
         run.teamed.members = run.members();
@@ -281,6 +300,16 @@ impl Handle {
             "failed"
         };
         metrics::counter!(crate::metrics::TEAMS, "outcome" => outcome).increment(1);
+        self.publish(
+            Kinds::TEAMS,
+            Event::TeamEnded {
+                team: number,
+                succeeded: run.teamed.succeeded(),
+                tasks: run.teamed.tasks,
+                reassigned: run.teamed.reassigned.len() as u32,
+                error: run.teamed.error.clone(),
+            },
+        );
         Ok(std::mem::take(&mut run.teamed))
     }
 }
@@ -610,6 +639,15 @@ impl Run {
                 };
                 self.roster.replaced(index, agent, pool);
                 metrics::counter!(crate::metrics::TEAM_REASSIGNMENTS).increment(1);
+                self.handle.publish(
+                    Kinds::TEAMS,
+                    Event::TeamReassigned {
+                        team: self.teamed.team,
+                        role: role.clone(),
+                        from: failed.agent,
+                        to: agent,
+                    },
+                );
                 self.teamed.reassigned.push(Reassigned {
                     step: step.id.clone(),
                     role,

@@ -69,7 +69,8 @@ pub(crate) async fn events(State(app): State<Arc<App>>) -> Response {
         Kinds::AGENTS
             .union(Kinds::HEALTH)
             .union(Kinds::SCALING)
-            .union(Kinds::DECISIONS),
+            .union(Kinds::DECISIONS)
+            .union(Kinds::TEAMS),
     );
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -178,6 +179,34 @@ impl Coalesced {
                 "first-ballot": first_ballot.0, "protocol": protocol.as_str(), "voters": voters,
                 "counted": counted, "value": value.as_deref().map(|v| colony_core::text::shorten(v, 120)),
                 "reason": reason.map(|r| r.as_str()),
+            }),
+            E::TeamFormed {
+                team,
+                supervisor,
+                members,
+                together,
+            } => json!({
+                "kind": "team:formed", "team": team, "supervisor": supervisor.0,
+                "members": members, "together": together,
+            }),
+            E::TeamReassigned {
+                team,
+                role,
+                from,
+                to,
+            } => json!({
+                "kind": "team:reassigned", "team": team, "role": &**role, "from": from.0, "to": to.0,
+            }),
+            E::TeamEnded {
+                team,
+                succeeded,
+                tasks,
+                reassigned,
+                error,
+            } => json!({
+                "kind": "team:ended", "team": team, "succeeded": succeeded, "tasks": tasks,
+                "reassigned": reassigned,
+                "error": error.as_deref().map(|e| colony_core::text::shorten(e, 200)),
             }),
             E::AgentRestarted { cause, .. } => {
                 self.restarted += 1;
@@ -302,6 +331,33 @@ mod tests {
             ),
             json!({"kind": "consensus:failed", "first-ballot": 7, "protocol": "bft", "voters": 4,
                    "counted": 2, "value": null, "reason": "too-many-faults"})
+        );
+        use colony_core::AgentId;
+        assert_eq!(
+            line(
+                &mut c,
+                E::TeamReassigned {
+                    team: 3,
+                    role: "coder".into(),
+                    from: AgentId(9),
+                    to: AgentId(11),
+                }
+            ),
+            json!({"kind": "team:reassigned", "team": 3, "role": "coder", "from": 9, "to": 11})
+        );
+        assert_eq!(
+            line(
+                &mut c,
+                E::TeamEnded {
+                    team: 3,
+                    succeeded: false,
+                    tasks: 4,
+                    reassigned: 2,
+                    error: Some("spent".into()),
+                }
+            ),
+            json!({"kind": "team:ended", "team": 3, "succeeded": false, "tasks": 4,
+                   "reassigned": 2, "error": "spent"})
         );
     }
 }

@@ -3,7 +3,10 @@
 //! another worker at once, reassignments and delegation capped, and nothing left behind.
 
 use super::*;
-use crate::{Pool, Runtime, RuntimeOptions};
+use crate::{
+    Pool, Runtime, RuntimeOptions,
+    events::{Event, Kinds},
+};
 use colony_agents::{Agent, AgentSpec, Error as AgentError, Execution, Task};
 use colony_core::hierarchy::Tiers;
 use colony_journal::MemoryJournal;
@@ -255,9 +258,36 @@ async fn a_member_that_fails_has_its_role_reassigned_at_once_and_the_step_asked_
     }
     let (runtime, ran) = start(rule).await;
     let h = runtime.handle().clone();
+    let mut events = h.subscribe(Kinds::TEAMS);
     let teamed = h.team(task(), feature(3)).await.unwrap();
     assert!(teamed.succeeded(), "{teamed:?}");
     let failed = AgentId(FAILED.load(SeqCst));
+    // Formed, one role reassigned, ended: on the stream, in that order.
+    let seen: Vec<Event> = std::iter::from_fn(|| events.try_recv()).collect();
+    assert_eq!(
+        seen,
+        [
+            Event::TeamFormed {
+                team: teamed.team,
+                supervisor: teamed.supervisor,
+                members: 5,
+                together: true,
+            },
+            Event::TeamReassigned {
+                team: teamed.team,
+                role: "coder".into(),
+                from: failed,
+                to: teamed.reassigned[0].to,
+            },
+            Event::TeamEnded {
+                team: teamed.team,
+                succeeded: true,
+                tasks: 6,
+                reassigned: 1,
+                error: None,
+            },
+        ]
+    );
     assert_eq!(teamed.reassigned.len(), 1, "{:?}", teamed.reassigned);
     let r = &teamed.reassigned[0];
     assert_eq!(
