@@ -1,0 +1,382 @@
+//! The shared memory of colony's agents: documents kept by namespace (a run's, a team's, an
+//! agent's, or shared), each with its text, flat metadata and, optionally, an embedding, and
+//! found again by full-text search, exact vector search, or both fused.
+//!
+//! [`Memory`] is the one interface; [`SqliteMemory`] is the embedded store (one SQLite file,
+//! FTS5 for text, embeddings searched exactly, in WAL mode with every write synced before it
+//! is acknowledged), and [`testing`] the conformance cases every store passes. [`Lexical`]
+//! embeds text without a model: hashed words and character trigrams, which find the same
+//! words, not the same meaning.
+//!
+//! Everything that comes in is bounded and checked before anything is stored, and a batch
+//! is stored whole or not at all: a namespace name ([`Namespace::parse`]), a document's id,
+//! text ([`MAX_TEXT_BYTES`]), metadata ([`MAX_METADATA_KEYS`], flat values only) and
+//! embedding (finite numbers, [`MAX_DIMENSION`] at most, and the namespace's dimension once
+//! it has one), a query's `k` ([`MAX_K`]).
+
+mod embed;
+mod rank;
+mod sqlite;
+pub mod testing;
+
+pub use embed::{Embedder, Lexical};
+pub use sqlite::SqliteMemory;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+/// Longest namespace name, in bytes.
+pub const MAX_NAMESPACE_BYTES: usize = 128;
+/// Longest document id, in bytes.
+pub const MAX_ID_BYTES: usize = 256;
+/// Largest document text, in bytes.
+pub const MAX_TEXT_BYTES: usize = 1 << 20;
+/// Most metadata fields of one document.
+pub const MAX_METADATA_KEYS: usize = 32;
+/// Longest metadata key, and longest string value, in bytes.
+pub const MAX_METADATA_KEY_BYTES: usize = 64;
+pub const MAX_METADATA_VALUE_BYTES: usize = 1024;
+/// Most dimensions of an embedding.
+pub const MAX_DIMENSION: usize = 4096;
+/// Most documents one `put` stores.
+pub const MAX_BATCH: usize = 10_000;
+/// Most hits one search returns.
+pub const MAX_K: usize = 1_000;
+
+/// Flat metadata: each value a string, a number or a boolean.
+pub type Metadata = Map<String, Value>;
+
+/// Why the memory refused or failed.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum Error {
+    #[error("namespace {name:?}: {why}")]
+    Namespace { name: String, why: &'static str },
+    #[error("no namespace {0} in this memory")]
+    UnknownNamespace(String),
+    #[error("document {index} of the batch: {why}")]
+    Document { index: usize, why: String },
+    #[error(
+        "document {index} of the batch: an embedding of {got} dimensions, and namespace {namespace} holds {expected}"
+    )]
+    Dimension {
+        namespace: String,
+        index: usize,
+        expected: usize,
+        got: usize,
+    },
+    #[error("{0}")]
+    Query(String),
+    #[error("the store: {0}")]
+    Store(String),
+}
+
+impl From<rusqlite::Error> for Error {
+    fn from(e: rusqlite::Error) -> Self {
+        Error::Store(e.to_string())
+    }
+}
+
+/// A namespace: one or more segments of letters, digits, `.`, `_` and `-`, joined by `/`
+/// (`shared`, `run/abc`, `team/feature`, `agent/12`).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Namespace(String);
+
+impl Namespace {
+    pub fn parse(name: &str) -> Result<Self, Error> {
+        let refuse = |why| {
+            Err(Error::Namespace {
+                name: name.chars().take(MAX_NAMESPACE_BYTES).collect(),
+                why,
+            })
+        };
+        if name.is_empty() {
+            return refuse("empty");
+        }
+        if name.len() > MAX_NAMESPACE_BYTES {
+            return refuse("longer than 128 bytes");
+        }
+        for segment in name.split('/') {
+            if segment.is_empty() || segment == "." || segment == ".." {
+                return refuse("a segment between `/` is empty, `.` or `..`");
+            }
+            if !segment
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+            {
+                return refuse("only letters, digits, `.`, `_`, `-` and `/` between segments");
+            }
+        }
+        Ok(Self(name.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for Namespace {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl TryFrom<String> for Namespace {
+    type Error = Error;
+    fn try_from(s: String) -> Result<Self, Error> {
+        Namespace::parse(&s)
+    }
+}
+
+impl From<Namespace> for String {
+    fn from(n: Namespace) -> String {
+        n.0
+    }
+}
+
+/// A document: its id within its namespace, its text, metadata and embedding.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Document {
+    pub id: String,
+    pub text: String,
+    #[serde(default)]
+    pub metadata: Metadata,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub embedding: Option<Vec<f32>>,
+}
+
+impl Document {
+    pub fn new(id: impl Into<String>, text: impl Into<String>) -> Self {
+        Self {
+            id: id.into(),
+            text: text.into(),
+            metadata: Metadata::new(),
+            embedding: None,
+        }
+    }
+
+    pub fn with(mut self, key: &str, value: impl Into<Value>) -> Self {
+        self.metadata.insert(key.to_owned(), value.into());
+        self
+    }
+
+    pub fn embedded(mut self, embedding: Vec<f32>) -> Self {
+        self.embedding = Some(embedding);
+        self
+    }
+
+    /// Checks the document's bounds; `index` is its place in its batch, for the error.
+    fn check(&self, index: usize) -> Result<(), Error> {
+        let refuse = |why: String| Err(Error::Document { index, why });
+        if self.id.is_empty() || self.id.len() > MAX_ID_BYTES {
+            return refuse(format!(
+                "its id is {} bytes: allowed 1..={MAX_ID_BYTES}",
+                self.id.len()
+            ));
+        }
+        if self.id.chars().any(char::is_control) {
+            return refuse("its id holds a control character".into());
+        }
+        if self.text.len() > MAX_TEXT_BYTES {
+            return refuse(format!(
+                "its text is {} bytes: allowed up to {MAX_TEXT_BYTES}",
+                self.text.len()
+            ));
+        }
+        check_metadata(&self.metadata).or_else(refuse)?;
+        if let Some(e) = &self.embedding {
+            if e.is_empty() || e.len() > MAX_DIMENSION {
+                return refuse(format!(
+                    "its embedding has {} dimensions: allowed 1..={MAX_DIMENSION}",
+                    e.len()
+                ));
+            }
+            if let Some(i) = e.iter().position(|x| !x.is_finite()) {
+                return refuse(format!(
+                    "its embedding's value {i} is {}: every value must be a finite number",
+                    e[i]
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Metadata is flat and bounded: at most [`MAX_METADATA_KEYS`] keys of letters, digits, `_`,
+/// `-` and `.`, each a string, a number or a boolean.
+fn check_metadata(metadata: &Metadata) -> Result<(), String> {
+    if metadata.len() > MAX_METADATA_KEYS {
+        return Err(format!(
+            "its metadata has {} fields: allowed up to {MAX_METADATA_KEYS}",
+            metadata.len()
+        ));
+    }
+    for (key, value) in metadata {
+        check_key(key)?;
+        match value {
+            Value::String(s) if s.len() > MAX_METADATA_VALUE_BYTES => {
+                return Err(format!(
+                    "its metadata field `{key}` is {} bytes: allowed up to {MAX_METADATA_VALUE_BYTES}",
+                    s.len()
+                ));
+            }
+            Value::String(_) | Value::Bool(_) => {}
+            Value::Number(n) if n.as_f64().is_some_and(f64::is_finite) => {}
+            other => {
+                return Err(format!(
+                    "its metadata field `{key}` is {other}: a value must be a string, a number or a boolean"
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn check_key(key: &str) -> Result<(), String> {
+    if key.is_empty()
+        || key.len() > MAX_METADATA_KEY_BYTES
+        || !key
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+    {
+        return Err(format!(
+            "metadata key {key:?}: 1 to {MAX_METADATA_KEY_BYTES} letters, digits, `_`, `-` or `.`"
+        ));
+    }
+    Ok(())
+}
+
+/// What a search looks for: text (full-text), a vector (exact nearest by cosine), or both
+/// (their rankings fused), among the documents whose metadata has every field of `filter`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Query {
+    #[serde(default)]
+    pub text: Option<String>,
+    #[serde(default)]
+    pub vector: Option<Vec<f32>>,
+    #[serde(default)]
+    pub filter: Metadata,
+    pub k: usize,
+}
+
+impl Query {
+    pub fn text(text: impl Into<String>, k: usize) -> Self {
+        Self {
+            text: Some(text.into()),
+            k,
+            ..Self::default()
+        }
+    }
+
+    pub fn vector(vector: Vec<f32>, k: usize) -> Self {
+        Self {
+            vector: Some(vector),
+            k,
+            ..Self::default()
+        }
+    }
+
+    pub fn filtered(mut self, key: &str, value: impl Into<Value>) -> Self {
+        self.filter.insert(key.to_owned(), value.into());
+        self
+    }
+
+    fn check(&self) -> Result<(), Error> {
+        let refuse = |why: String| Err(Error::Query(why));
+        if self.k == 0 || self.k > MAX_K {
+            return refuse(format!("k is {}: allowed 1..={MAX_K}", self.k));
+        }
+        match (&self.text, &self.vector) {
+            (None, None) => return refuse("a query needs text, a vector or both".into()),
+            (Some(t), _) if t.len() > MAX_TEXT_BYTES => {
+                return refuse(format!(
+                    "the query's text is {} bytes: allowed up to {MAX_TEXT_BYTES}",
+                    t.len()
+                ));
+            }
+            _ => {}
+        }
+        if let Some(v) = &self.vector {
+            if v.is_empty() || v.len() > MAX_DIMENSION {
+                return refuse(format!(
+                    "the query's vector has {} dimensions: allowed 1..={MAX_DIMENSION}",
+                    v.len()
+                ));
+            }
+            if v.iter().any(|x| !x.is_finite()) {
+                return refuse(
+                    "the query's vector holds a value that is not a finite number".into(),
+                );
+            }
+        }
+        check_metadata(&self.filter).map_err(|e| Error::Query(format!("the filter: {e}")))
+    }
+}
+
+/// One document found, best first: its score (higher is better; for text, the negated BM25;
+/// for a vector, the cosine similarity; for both, the fused reciprocal-rank score).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Hit {
+    pub id: String,
+    pub score: f64,
+    pub text: String,
+    pub metadata: Metadata,
+}
+
+/// What a namespace holds.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stats {
+    pub documents: u64,
+    /// Its embeddings' dimension, once one was stored.
+    pub dimension: Option<usize>,
+    /// Bytes of text held.
+    pub text_bytes: u64,
+}
+
+/// A store of documents by namespace. Its calls block (a disk, a network): call them from
+/// a blocking thread, never from an async worker.
+pub trait Memory: Send + Sync {
+    /// Stores `documents` in `namespace` (created with the first), replacing those of the
+    /// same ids: all of them, or none and the first problem.
+    fn put(&self, namespace: &Namespace, documents: Vec<Document>) -> Result<(), Error>;
+    fn get(&self, namespace: &Namespace, id: &str) -> Result<Option<Document>, Error>;
+    /// Deletes the documents of `ids` there are; how many.
+    fn delete(&self, namespace: &Namespace, ids: &[String]) -> Result<u64, Error>;
+    /// The `query.k` best documents of `namespace`; refused for a namespace never written.
+    fn search(&self, namespace: &Namespace, query: &Query) -> Result<Vec<Hit>, Error>;
+    fn stats(&self, namespace: &Namespace) -> Result<Stats, Error>;
+    fn namespaces(&self) -> Result<Vec<Namespace>, Error>;
+}
+
+/// Checks a batch before anything of it is stored.
+fn check_batch(documents: &[Document]) -> Result<(), Error> {
+    if documents.len() > MAX_BATCH {
+        return Err(Error::Document {
+            index: MAX_BATCH,
+            why: format!(
+                "a batch of {} documents: allowed up to {MAX_BATCH}",
+                documents.len()
+            ),
+        });
+    }
+    let mut dimension = None;
+    for (index, d) in documents.iter().enumerate() {
+        d.check(index)?;
+        if let Some(e) = &d.embedding {
+            match dimension {
+                None => dimension = Some(e.len()),
+                Some(n) if n != e.len() => {
+                    return Err(Error::Document {
+                        index,
+                        why: format!(
+                            "its embedding has {} dimensions, and the batch's first has {n}",
+                            e.len()
+                        ),
+                    });
+                }
+                Some(_) => {}
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,414 @@
+//! The embedded store: one SQLite file. Documents in a table, their text indexed by FTS5
+//! (an external-content index kept by triggers in the same transaction as the row), their
+//! embeddings as little-endian `f32` blobs searched exactly. WAL with `synchronous = FULL`:
+//! a `put` that returned is on disk.
+
+use crate::{
+    Document, Error, Hit, Memory, Metadata, Namespace, Query, Stats, check_batch,
+    rank::{TopK, cosine, fuse},
+};
+use rusqlite::{Connection, OptionalExtension, params, types::Value as Sql};
+use serde_json::Value;
+use std::{path::Path, sync::Mutex};
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS namespaces (
+    name TEXT PRIMARY KEY,
+    dimension INTEGER
+);
+CREATE TABLE IF NOT EXISTS documents (
+    seq INTEGER PRIMARY KEY,
+    namespace TEXT NOT NULL REFERENCES namespaces(name),
+    id TEXT NOT NULL,
+    text TEXT NOT NULL,
+    metadata TEXT NOT NULL,
+    embedding BLOB,
+    UNIQUE (namespace, id)
+);
+CREATE VIRTUAL TABLE IF NOT EXISTS documents_fts
+    USING fts5(text, content='documents', content_rowid='seq');
+CREATE TRIGGER IF NOT EXISTS documents_ai AFTER INSERT ON documents BEGIN
+    INSERT INTO documents_fts(rowid, text) VALUES (new.seq, new.text);
+END;
+CREATE TRIGGER IF NOT EXISTS documents_ad AFTER DELETE ON documents BEGIN
+    INSERT INTO documents_fts(documents_fts, rowid, text) VALUES ('delete', old.seq, old.text);
+END;
+CREATE TRIGGER IF NOT EXISTS documents_au AFTER UPDATE ON documents BEGIN
+    INSERT INTO documents_fts(documents_fts, rowid, text) VALUES ('delete', old.seq, old.text);
+    INSERT INTO documents_fts(rowid, text) VALUES (new.seq, new.text);
+END;
+";
+
+/// Candidates each ranking gives a hybrid search, at least: fusion needs more than `k`.
+const HYBRID_DEPTH: usize = 50;
+
+/// Documents in one SQLite file (or in memory, for tests).
+pub struct SqliteMemory {
+    db: Mutex<Connection>,
+}
+
+impl std::fmt::Debug for SqliteMemory {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SqliteMemory")
+    }
+}
+
+impl SqliteMemory {
+    /// The memory in file `path`, created if absent.
+    pub fn open(path: &Path) -> Result<Self, Error> {
+        let db = Connection::open(path)?;
+        db.pragma_update(None, "journal_mode", "WAL")?;
+        db.pragma_update(None, "synchronous", "FULL")?;
+        Self::with(db)
+    }
+
+    /// A memory that lives as long as the value: for tests and throwaway runs.
+    pub fn in_memory() -> Result<Self, Error> {
+        Self::with(Connection::open_in_memory()?)
+    }
+
+    fn with(db: Connection) -> Result<Self, Error> {
+        db.pragma_update(None, "foreign_keys", "ON")?;
+        db.execute_batch(SCHEMA)?;
+        Ok(Self { db: Mutex::new(db) })
+    }
+
+    fn db(&self) -> std::sync::MutexGuard<'_, Connection> {
+        self.db.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// The namespace's dimension (`Some(None)` when it holds no embedding yet); `None` when
+/// it was never written.
+fn namespace(db: &Connection, ns: &Namespace) -> Result<Option<Option<usize>>, Error> {
+    Ok(db
+        .query_row(
+            "SELECT dimension FROM namespaces WHERE name = ?1",
+            [ns.as_str()],
+            |r| r.get::<_, Option<i64>>(0),
+        )
+        .optional()?
+        .map(|d| d.map(|d| d as usize)))
+}
+
+fn known(db: &Connection, ns: &Namespace) -> Result<Option<usize>, Error> {
+    namespace(db, ns)?.ok_or_else(|| Error::UnknownNamespace(ns.to_string()))
+}
+
+fn blob(v: &[f32]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+fn floats(b: &[u8]) -> Vec<f32> {
+    b.chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect()
+}
+
+fn metadata(text: &str) -> Result<Metadata, Error> {
+    serde_json::from_str(text).map_err(|e| Error::Store(format!("a document's metadata: {e}")))
+}
+
+/// ` AND json_extract(d.metadata, ?) = ?` per filter field, with its parameters.
+fn filter_clause(filter: &Metadata, params: &mut Vec<Sql>) -> String {
+    let mut clause = String::new();
+    for (key, value) in filter {
+        params.push(Sql::Text(format!("$.\"{key}\"")));
+        let path = params.len();
+        params.push(match value {
+            Value::Bool(b) => Sql::Integer(i64::from(*b)),
+            Value::Number(n) => match n.as_i64() {
+                Some(i) => Sql::Integer(i),
+                None => Sql::Real(n.as_f64().unwrap_or(f64::NAN)),
+            },
+            Value::String(s) => Sql::Text(s.clone()),
+            // Refused by the query's check.
+            _ => Sql::Null,
+        });
+        clause.push_str(&format!(
+            " AND json_extract(d.metadata, ?{path}) = ?{}",
+            path + 1
+        ));
+    }
+    clause
+}
+
+/// The query's words, each quoted, any of them: an FTS5 query no input can break.
+fn match_expression(text: &str) -> Option<String> {
+    let words: Vec<String> = text
+        .split(|c: char| !c.is_alphanumeric())
+        .filter(|w| !w.is_empty())
+        .take(64)
+        .map(|w| format!("\"{}\"", w.to_lowercase()))
+        .collect();
+    (!words.is_empty()).then(|| words.join(" OR "))
+}
+
+impl SqliteMemory {
+    fn text_ranked(
+        db: &Connection,
+        ns: &Namespace,
+        text: &str,
+        filter: &Metadata,
+        k: usize,
+    ) -> Result<Vec<Hit>, Error> {
+        let Some(expression) = match_expression(text) else {
+            return Err(Error::Query(
+                "the query's text has no word to search for".into(),
+            ));
+        };
+        let mut params = vec![Sql::Text(expression), Sql::Text(ns.to_string())];
+        let clause = filter_clause(filter, &mut params);
+        params.push(Sql::Integer(k as i64));
+        let sql = format!(
+            "SELECT d.id, d.text, d.metadata, bm25(documents_fts) AS rank
+             FROM documents_fts JOIN documents d ON d.seq = documents_fts.rowid
+             WHERE documents_fts MATCH ?1 AND d.namespace = ?2{clause}
+             ORDER BY rank, d.id LIMIT ?{}",
+            params.len()
+        );
+        let mut stmt = db.prepare(&sql)?;
+        let rows = stmt.query_map(rusqlite::params_from_iter(params), |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, f64>(3)?,
+            ))
+        })?;
+        rows.map(|row| {
+            let (id, text, meta, rank) = row?;
+            Ok(Hit {
+                id,
+                score: -rank,
+                text,
+                metadata: metadata(&meta)?,
+            })
+        })
+        .collect()
+    }
+
+    fn vector_ranked(
+        db: &Connection,
+        ns: &Namespace,
+        dimension: Option<usize>,
+        vector: &[f32],
+        filter: &Metadata,
+        k: usize,
+    ) -> Result<Vec<Hit>, Error> {
+        match dimension {
+            // No embedding stored yet: nothing is near.
+            None => return Ok(Vec::new()),
+            Some(d) if d != vector.len() => {
+                return Err(Error::Query(format!(
+                    "the query's vector has {} dimensions, and namespace {ns} holds {d}",
+                    vector.len()
+                )));
+            }
+            Some(_) => {}
+        }
+        let mut params = vec![Sql::Text(ns.to_string())];
+        let clause = filter_clause(filter, &mut params);
+        let sql = format!(
+            "SELECT d.id, d.text, d.metadata, d.embedding FROM documents d
+             WHERE d.namespace = ?1 AND d.embedding IS NOT NULL{clause}"
+        );
+        let mut stmt = db.prepare(&sql)?;
+        let mut rows = stmt.query(rusqlite::params_from_iter(params))?;
+        let mut top = TopK::new(k);
+        while let Some(row) = rows.next()? {
+            let embedding: Vec<u8> = row.get(3)?;
+            let score = cosine(vector, &floats(&embedding));
+            let id: String = row.get(0)?;
+            top.offer(
+                score,
+                id,
+                (row.get::<_, String>(1)?, row.get::<_, String>(2)?),
+            );
+        }
+        top.into_sorted()
+            .into_iter()
+            .map(|(score, id, (text, meta))| {
+                Ok(Hit {
+                    id,
+                    score,
+                    text,
+                    metadata: metadata(&meta)?,
+                })
+            })
+            .collect()
+    }
+}
+
+impl Memory for SqliteMemory {
+    fn put(&self, ns: &Namespace, documents: Vec<Document>) -> Result<(), Error> {
+        check_batch(&documents)?;
+        let mut db = self.db();
+        let tx = db.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let dimension = match namespace(&tx, ns)? {
+            Some(d) => d,
+            None => {
+                tx.execute(
+                    "INSERT INTO namespaces (name, dimension) VALUES (?1, NULL)",
+                    [ns.as_str()],
+                )?;
+                None
+            }
+        };
+        let batch = documents
+            .iter()
+            .find_map(|d| d.embedding.as_ref().map(Vec::len));
+        match (dimension, batch) {
+            (Some(expected), Some(got)) if expected != got => {
+                let index = documents
+                    .iter()
+                    .position(|d| d.embedding.is_some())
+                    .unwrap_or(0);
+                // Dropped without a commit: nothing of the batch is stored.
+                return Err(Error::Dimension {
+                    namespace: ns.to_string(),
+                    index,
+                    expected,
+                    got,
+                });
+            }
+            (None, Some(got)) => {
+                tx.execute(
+                    "UPDATE namespaces SET dimension = ?2 WHERE name = ?1",
+                    params![ns.as_str(), got as i64],
+                )?;
+            }
+            _ => {}
+        }
+        {
+            let mut insert = tx.prepare(
+                "INSERT INTO documents (namespace, id, text, metadata, embedding)
+                 VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT (namespace, id) DO UPDATE SET
+                     text = excluded.text, metadata = excluded.metadata,
+                     embedding = excluded.embedding",
+            )?;
+            for d in &documents {
+                let meta =
+                    serde_json::to_string(&d.metadata).map_err(|e| Error::Store(e.to_string()))?;
+                insert.execute(params![
+                    ns.as_str(),
+                    d.id,
+                    d.text,
+                    meta,
+                    d.embedding.as_deref().map(blob)
+                ])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn get(&self, ns: &Namespace, id: &str) -> Result<Option<Document>, Error> {
+        let db = self.db();
+        known(&db, ns)?;
+        let row = db
+            .query_row(
+                "SELECT text, metadata, embedding FROM documents WHERE namespace = ?1 AND id = ?2",
+                params![ns.as_str(), id],
+                |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, Option<Vec<u8>>>(2)?,
+                    ))
+                },
+            )
+            .optional()?;
+        row.map(|(text, meta, embedding)| {
+            Ok(Document {
+                id: id.to_owned(),
+                text,
+                metadata: metadata(&meta)?,
+                embedding: embedding.as_deref().map(floats),
+            })
+        })
+        .transpose()
+    }
+
+    fn delete(&self, ns: &Namespace, ids: &[String]) -> Result<u64, Error> {
+        let mut db = self.db();
+        known(&db, ns)?;
+        let tx = db.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let mut deleted = 0;
+        {
+            let mut delete =
+                tx.prepare("DELETE FROM documents WHERE namespace = ?1 AND id = ?2")?;
+            for id in ids {
+                deleted += delete.execute(params![ns.as_str(), id])? as u64;
+            }
+        }
+        tx.commit()?;
+        Ok(deleted)
+    }
+
+    fn search(&self, ns: &Namespace, query: &Query) -> Result<Vec<Hit>, Error> {
+        query.check()?;
+        let db = self.db();
+        let dimension = known(&db, ns)?;
+        let k = query.k;
+        match (&query.text, &query.vector) {
+            (Some(text), None) => Self::text_ranked(&db, ns, text, &query.filter, k),
+            (None, Some(vector)) => {
+                Self::vector_ranked(&db, ns, dimension, vector, &query.filter, k)
+            }
+            (Some(text), Some(vector)) => {
+                let depth = (k * 4).max(HYBRID_DEPTH);
+                let by_text = Self::text_ranked(&db, ns, text, &query.filter, depth)?;
+                let by_vector =
+                    Self::vector_ranked(&db, ns, dimension, vector, &query.filter, depth)?;
+                let text_ids: Vec<String> = by_text.iter().map(|h| h.id.clone()).collect();
+                let vector_ids: Vec<String> = by_vector.iter().map(|h| h.id.clone()).collect();
+                let mut found: std::collections::HashMap<String, Hit> = by_text
+                    .into_iter()
+                    .chain(by_vector)
+                    .map(|h| (h.id.clone(), h))
+                    .collect();
+                Ok(fuse(&[&text_ids, &vector_ids])
+                    .into_iter()
+                    .take(k)
+                    .filter_map(|(score, id)| {
+                        let mut hit = found.remove(id)?;
+                        hit.score = score;
+                        Some(hit)
+                    })
+                    .collect())
+            }
+            (None, None) => Err(Error::Query("a query needs text, a vector or both".into())),
+        }
+    }
+
+    fn stats(&self, ns: &Namespace) -> Result<Stats, Error> {
+        let db = self.db();
+        let dimension = known(&db, ns)?;
+        let (documents, text_bytes) = db.query_row(
+            "SELECT count(*), coalesce(sum(length(CAST(text AS BLOB))), 0)
+             FROM documents WHERE namespace = ?1",
+            [ns.as_str()],
+            |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)),
+        )?;
+        Ok(Stats {
+            documents: documents as u64,
+            dimension,
+            text_bytes: text_bytes as u64,
+        })
+    }
+
+    fn namespaces(&self) -> Result<Vec<Namespace>, Error> {
+        let db = self.db();
+        let mut stmt = db.prepare("SELECT name FROM namespaces ORDER BY name")?;
+        let names = stmt.query_map([], |r| r.get::<_, String>(0))?;
+        names
+            .map(|n| {
+                let n = n?;
+                Namespace::parse(&n)
+                    .map_err(|_| Error::Store(format!("the store holds a bad namespace {n:?}")))
+            })
+            .collect()
+    }
+}
