@@ -50,6 +50,9 @@ enum Command {
     Restore(commands::backup::RestoreArgs),
     /// Drop payloads and results of finished tasks, by age or count; the rows stay.
     Prune(commands::prune::Args),
+    /// The agents' shared memory in a SQLite file: put, get, delete, search, stats.
+    #[command(subcommand)]
+    Memory(commands::memory::Command),
     /// Watch a running server live in the terminal: population, throughput, health, failures.
     Top(commands::top::Args),
     /// Check `colony serve`'s settings (colony.toml, COLONY_* variables, a pools file), or show
@@ -102,6 +105,7 @@ fn main() -> ExitCode {
         Command::Backup(args) => commands::backup::backup(&args),
         Command::Restore(args) => commands::backup::restore(&args),
         Command::Prune(args) => commands::prune::run(&args),
+        Command::Memory(command) => commands::memory::run(&command),
         Command::Top(args) => commands::top::run(&args),
         Command::Config(command) => commands::config::run(&command),
     };

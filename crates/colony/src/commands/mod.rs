@@ -5,6 +5,7 @@ pub(crate) mod backup;
 pub(crate) mod bench;
 pub(crate) mod client;
 pub(crate) mod config;
+pub(crate) mod memory;
 pub(crate) mod prune;
 pub(crate) mod serve;
 pub(crate) mod tasks;

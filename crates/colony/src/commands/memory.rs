@@ -1,0 +1,333 @@
+//! `colony memory`: the agents' shared memory in a SQLite file: put, get, delete, search,
+//! stats. Embeddings, when asked for, are lexical (`colony_memory::Lexical`): they find the
+//! same words and spellings, not the same meaning, and need no model.
+
+use crate::Failure;
+use colony_memory::{
+    Document, Embedder, Error, Lexical, MAX_BATCH, MAX_TEXT_BYTES, Memory, Metadata, Namespace,
+    Query, SqliteMemory,
+};
+use serde_json::Value;
+use std::{
+    io::{BufRead, Read},
+    path::{Path, PathBuf},
+};
+
+#[derive(Debug, clap::Subcommand)]
+pub(crate) enum Command {
+    /// Store a document (replacing one of the same id), or a file of them, one JSON per line.
+    Put(PutArgs),
+    /// Print a document as JSON.
+    Get(GetArgs),
+    /// Delete documents by id.
+    Delete(DeleteArgs),
+    /// Find documents by their words, by lexical nearness to a text, or both.
+    Search(SearchArgs),
+    /// What a memory holds: each namespace's documents, embedding dimension and text bytes.
+    Stats(StatsArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct Where {
+    /// The memory's SQLite file (`put` creates it).
+    #[arg(long, value_name = "PATH")]
+    db: PathBuf,
+    /// The namespace: segments of letters, digits, `.`, `_`, `-`, joined by `/`.
+    #[arg(long, short = 'n', default_value = "shared", value_name = "NAME")]
+    namespace: String,
+}
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct PutArgs {
+    #[command(flatten)]
+    at: Where,
+    /// The document's id (with TEXT).
+    #[arg(requires = "text", conflicts_with = "jsonl")]
+    id: Option<String>,
+    /// The document's text.
+    text: Option<String>,
+    /// A metadata field of the document: KEY=VALUE (a number, true or false, else text).
+    #[arg(long = "meta", value_name = "KEY=VALUE", value_parser = key_value)]
+    meta: Vec<(String, Value)>,
+    /// Documents from this file instead, one JSON object per line:
+    /// {"id", "text", "metadata"?, "embedding"?}.
+    #[arg(long, value_name = "PATH", required_unless_present = "id")]
+    jsonl: Option<PathBuf>,
+    /// Give each document without an embedding a lexical one.
+    #[arg(long)]
+    embed: bool,
+    /// Dimensions of lexical embeddings.
+    #[arg(long, default_value_t = 384, value_parser = clap::value_parser!(u32).range(1..=colony_memory::MAX_DIMENSION as i64))]
+    dimension: u32,
+}
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct GetArgs {
+    #[command(flatten)]
+    at: Where,
+    /// The document's id.
+    id: String,
+}
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct DeleteArgs {
+    #[command(flatten)]
+    at: Where,
+    /// Ids of the documents to delete.
+    #[arg(required = true)]
+    ids: Vec<String>,
+}
+
+#[derive(Debug, clap::Args)]
+#[command(group(clap::ArgGroup::new("what").required(true).multiple(true).args(["text", "near"])))]
+pub(crate) struct SearchArgs {
+    #[command(flatten)]
+    at: Where,
+    /// Documents with these words (full-text, ranked by BM25).
+    #[arg(long, value_name = "TEXT")]
+    text: Option<String>,
+    /// Documents whose embedding is nearest this text's lexical embedding; with --text, the
+    /// two rankings fused.
+    #[arg(long, value_name = "TEXT")]
+    near: Option<String>,
+    /// Documents found, at most.
+    #[arg(long, short, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=colony_memory::MAX_K as i64))]
+    k: u32,
+    /// Only documents with this metadata field: KEY=VALUE.
+    #[arg(long = "where", value_name = "KEY=VALUE", value_parser = key_value)]
+    filter: Vec<(String, Value)>,
+    /// Dimensions of the lexical embedding of --near: the namespace's.
+    #[arg(long, default_value_t = 384, value_parser = clap::value_parser!(u32).range(1..=colony_memory::MAX_DIMENSION as i64))]
+    dimension: u32,
+    /// Print the hits as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct StatsArgs {
+    /// The memory's SQLite file.
+    #[arg(long, value_name = "PATH")]
+    db: PathBuf,
+    /// Print as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+/// `KEY=VALUE`, the value a number or a boolean when it reads as one, else text.
+fn key_value(text: &str) -> Result<(String, Value), String> {
+    let (key, value) = text
+        .split_once('=')
+        .ok_or_else(|| format!("`{text}` is not KEY=VALUE"))?;
+    let value = match serde_json::from_str::<Value>(value) {
+        Ok(v @ (Value::Number(_) | Value::Bool(_))) => v,
+        _ => Value::String(value.to_owned()),
+    };
+    Ok((key.to_owned(), value))
+}
+
+/// Bad input is the caller's to fix (exit 2); a store that fails is the work failing.
+fn failure(e: Error) -> Failure {
+    match e {
+        Error::Store(_) => Failure::work(e),
+        _ => Failure::input(e),
+    }
+}
+
+/// The memory at `db`, which must exist unless `create`.
+fn open(db: &Path, create: bool) -> Result<SqliteMemory, Failure> {
+    if !create && !db.is_file() {
+        return Err(Failure::input(anyhow::anyhow!(
+            "{}: no such memory file",
+            db.display()
+        )));
+    }
+    SqliteMemory::open(db).map_err(failure)
+}
+
+fn namespace(at: &Where) -> Result<Namespace, Failure> {
+    Namespace::parse(&at.namespace).map_err(failure)
+}
+
+pub(crate) fn run(command: &Command) -> Result<(), Failure> {
+    match command {
+        Command::Put(args) => put(args),
+        Command::Get(args) => {
+            let memory = open(&args.at.db, false)?;
+            let ns = namespace(&args.at)?;
+            match memory.get(&ns, &args.id).map_err(failure)? {
+                Some(d) => {
+                    println!("{}", serde_json::to_string(&d).map_err(Failure::work)?);
+                    Ok(())
+                }
+                None => Err(Failure::work(anyhow::anyhow!(
+                    "no document {:?} in namespace {ns}",
+                    args.id
+                ))),
+            }
+        }
+        Command::Delete(args) => {
+            let memory = open(&args.at.db, false)?;
+            let ns = namespace(&args.at)?;
+            let n = memory.delete(&ns, &args.ids).map_err(failure)?;
+            println!("deleted {n} of {} documents from {ns}", args.ids.len());
+            Ok(())
+        }
+        Command::Search(args) => search(args),
+        Command::Stats(args) => {
+            let memory = open(&args.db, false)?;
+            let mut all = Vec::new();
+            for ns in memory.namespaces().map_err(failure)? {
+                let stats = memory.stats(&ns).map_err(failure)?;
+                all.push((ns, stats));
+            }
+            if args.json {
+                let json: Vec<Value> = all
+                    .iter()
+                    .map(|(ns, s)| serde_json::json!({"namespace": ns, "documents": s.documents, "dimension": s.dimension, "text-bytes": s.text_bytes}))
+                    .collect();
+                println!("{}", Value::Array(json));
+            } else {
+                println!(
+                    "{:<32} {:>10} {:>9} {:>12}",
+                    "namespace", "documents", "dimension", "text bytes"
+                );
+                for (ns, s) in &all {
+                    let dimension = s.dimension.map_or("-".to_owned(), |d| d.to_string());
+                    println!(
+                        "{:<32} {:>10} {:>9} {:>12}",
+                        ns.as_str(),
+                        s.documents,
+                        dimension,
+                        s.text_bytes
+                    );
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+fn put(args: &PutArgs) -> Result<(), Failure> {
+    let ns = namespace(&args.at)?;
+    let lexical = Lexical::new(args.dimension as usize).map_err(failure)?;
+    let memory = open(&args.at.db, true)?;
+    let mut stored = 0usize;
+    let store = |mut batch: Vec<Document>| -> Result<usize, Failure> {
+        if args.embed {
+            let texts: Vec<&str> = batch
+                .iter()
+                .filter(|d| d.embedding.is_none())
+                .map(|d| d.text.as_str())
+                .collect();
+            let mut vectors = lexical.embed(&texts).map_err(failure)?.into_iter();
+            for d in batch.iter_mut().filter(|d| d.embedding.is_none()) {
+                d.embedding = vectors.next();
+            }
+        }
+        let n = batch.len();
+        memory.put(&ns, batch).map_err(failure)?;
+        Ok(n)
+    };
+    match (&args.id, &args.text, &args.jsonl) {
+        (Some(id), Some(text), None) => {
+            let metadata: Metadata = args.meta.iter().cloned().collect();
+            stored += store(vec![Document {
+                id: id.clone(),
+                text: text.clone(),
+                metadata,
+                embedding: None,
+            }])?;
+        }
+        (None, None, Some(path)) => {
+            // Batches of MAX_BATCH, each stored whole: a bad line stops the import there,
+            // with its line number, and what came before it is stored.
+            let file = std::fs::File::open(path)
+                .map_err(|e| Failure::input(anyhow::anyhow!("{}: {e}", path.display())))?;
+            let mut lines = std::io::BufReader::new(file);
+            let mut batch = Vec::new();
+            let mut line = String::new();
+            let mut number = 0usize;
+            loop {
+                line.clear();
+                number += 1;
+                let read = (&mut lines)
+                    .take(MAX_TEXT_BYTES as u64 * 2 + 65_536)
+                    .read_line(&mut line)
+                    .map_err(|e| {
+                        Failure::input(anyhow::anyhow!("{}:{number}: {e}", path.display()))
+                    })?;
+                if read == 0 {
+                    break;
+                }
+                if !line.ends_with('\n') && read as u64 >= MAX_TEXT_BYTES as u64 * 2 + 65_536 {
+                    return Err(Failure::input(anyhow::anyhow!(
+                        "{}:{number}: the line is longer than a document may be ({} bytes of text); {stored} documents stored before it",
+                        path.display(),
+                        MAX_TEXT_BYTES
+                    )));
+                }
+                if line.trim().is_empty() {
+                    continue;
+                }
+                let d: Document = serde_json::from_str(&line).map_err(|e| {
+                    Failure::input(anyhow::anyhow!(
+                        "{}:{number}: not a document ({e}); {stored} documents stored before it",
+                        path.display()
+                    ))
+                })?;
+                batch.push(d);
+                if batch.len() == MAX_BATCH {
+                    stored += store(std::mem::take(&mut batch))?;
+                }
+            }
+            if !batch.is_empty() {
+                stored += store(batch)?;
+            }
+        }
+        _ => {
+            return Err(Failure::input(anyhow::anyhow!(
+                "give ID and TEXT, or --jsonl PATH"
+            )));
+        }
+    }
+    println!("stored {stored} documents in {ns}");
+    Ok(())
+}
+
+fn search(args: &SearchArgs) -> Result<(), Failure> {
+    let memory = open(&args.at.db, false)?;
+    let ns = namespace(&args.at)?;
+    let vector = match &args.near {
+        Some(text) => {
+            let lexical = Lexical::new(args.dimension as usize).map_err(failure)?;
+            lexical.embed(&[text]).map_err(failure)?.pop()
+        }
+        None => None,
+    };
+    let query = Query {
+        text: args.text.clone(),
+        vector,
+        filter: args.filter.iter().cloned().collect(),
+        k: args.k as usize,
+    };
+    let hits = memory.search(&ns, &query).map_err(failure)?;
+    if args.json {
+        println!("{}", serde_json::to_string(&hits).map_err(Failure::work)?);
+        return Ok(());
+    }
+    if hits.is_empty() {
+        println!("nothing found in {ns}");
+    }
+    for (i, h) in hits.iter().enumerate() {
+        let text: String = h.text.split_whitespace().collect::<Vec<_>>().join(" ");
+        println!(
+            "{:>3}  {:>9.4}  {}  {}",
+            i + 1,
+            h.score,
+            h.id,
+            colony_core::text::shorten(&text, 80)
+        );
+    }
+    Ok(())
+}

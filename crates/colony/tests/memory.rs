@@ -1,0 +1,189 @@
+//! `colony memory` as a user runs it: a real SQLite file, documents put one by one and from
+//! a JSON-lines file, found by words and by lexical nearness, deleted; bad input refused
+//! with exit 2, naming what is wrong and where, and nothing created or stored by it.
+
+use assert_cmd::Command;
+use serde_json::Value;
+
+fn colony(args: &[&str]) -> (String, String, i32) {
+    let out = Command::cargo_bin("colony")
+        .unwrap()
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        String::from_utf8(out.stdout).unwrap(),
+        String::from_utf8(out.stderr).unwrap(),
+        out.status.code().unwrap_or(-1),
+    )
+}
+
+#[test]
+fn documents_are_put_found_and_deleted_through_the_command_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("memory.db");
+    let db = db.to_str().unwrap();
+    for (id, text, kind) in [
+        (
+            "restart",
+            "restart the failed agent after it crashed",
+            "ops",
+        ),
+        ("tax", "quarterly tax figures", "finance"),
+        ("report", "the agent wrote its report", "ops"),
+    ] {
+        let meta = format!("kind={kind}");
+        let (out, err, code) = colony(&[
+            "memory", "put", "--db", db, "-n", "team/a", id, text, "--meta", &meta, "--embed",
+        ]);
+        assert_eq!(code, 0, "{err}");
+        assert!(out.contains("stored 1 documents in team/a"), "{out}");
+    }
+    let lines = dir.path().join("more.jsonl");
+    std::fs::write(
+        &lines,
+        "{\"id\":\"j1\",\"text\":\"agent notes\",\"metadata\":{\"kind\":\"ops\"}}\n\n{\"id\":\"j2\",\"text\":\"tax notes\"}\n",
+    )
+    .unwrap();
+    let (out, err, code) = colony(&[
+        "memory",
+        "put",
+        "--db",
+        db,
+        "-n",
+        "team/a",
+        "--jsonl",
+        lines.to_str().unwrap(),
+        "--embed",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("stored 2 documents"), "{out}");
+
+    let search = |extra: &[&str]| -> Vec<Value> {
+        let mut args = vec!["memory", "search", "--db", db, "-n", "team/a", "--json"];
+        args.extend(extra);
+        let (out, err, code) = colony(&args);
+        assert_eq!(code, 0, "{err}");
+        serde_json::from_str::<Vec<Value>>(&out).unwrap()
+    };
+    let ids = |hits: &[Value]| -> Vec<String> {
+        hits.iter()
+            .map(|h| h["id"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let by_words = search(&["--text", "restart agent"]);
+    assert_eq!(ids(&by_words)[0], "restart");
+    assert!(!ids(&by_words).contains(&"tax".to_owned()));
+    let ops = search(&["--text", "agent", "--where", "kind=ops"]);
+    assert_eq!(ops.len(), 3, "{ops:?}");
+    let near = search(&["--near", "the agents restarted", "-k", "1"]);
+    assert_eq!(ids(&near), ["restart"]);
+    let both = search(&[
+        "--text",
+        "quarterly tax",
+        "--near",
+        "tax figures",
+        "-k",
+        "2",
+    ]);
+    assert_eq!(ids(&both)[0], "tax");
+
+    let (out, _, code) = colony(&["memory", "get", "--db", db, "-n", "team/a", "report"]);
+    assert_eq!(code, 0);
+    let doc: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(doc["metadata"]["kind"], "ops");
+    assert_eq!(doc["embedding"].as_array().unwrap().len(), 384);
+
+    let (out, _, code) = colony(&[
+        "memory", "delete", "--db", db, "-n", "team/a", "report", "nope",
+    ]);
+    assert_eq!(code, 0);
+    assert!(out.contains("deleted 1 of 2"), "{out}");
+    let (out, _, code) = colony(&["memory", "stats", "--db", db, "--json"]);
+    assert_eq!(code, 0);
+    let stats: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(stats[0]["namespace"], "team/a");
+    assert_eq!(stats[0]["documents"], 4);
+    assert_eq!(stats[0]["dimension"], 384);
+}
+
+#[test]
+fn bad_input_is_refused_with_exit_2_and_nothing_stored() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("memory.db");
+    let db = db.to_str().unwrap();
+    // Reading a memory that does not exist creates nothing.
+    let (_, err, code) = colony(&["memory", "search", "--db", db, "--text", "x"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("no such memory file"), "{err}");
+    assert!(!std::path::Path::new(db).exists());
+    let (_, _, code) = colony(&["memory", "put", "--db", db, "a", "first", "--embed"]);
+    assert_eq!(code, 0);
+    for (args, says) in [
+        (
+            vec!["memory", "put", "--db", db, "-n", "../up", "a", "x"],
+            "namespace",
+        ),
+        (
+            vec!["memory", "put", "--db", db, "b", "x", "--meta", "a b=1"],
+            "metadata key \"a b\"",
+        ),
+        (
+            vec![
+                "memory",
+                "put",
+                "--db",
+                db,
+                "c",
+                "x",
+                "--embed",
+                "--dimension",
+                "8",
+            ],
+            "holds 384",
+        ),
+        (
+            vec![
+                "memory", "search", "--db", db, "-n", "nowhere", "--text", "x",
+            ],
+            "no namespace nowhere",
+        ),
+        (
+            vec!["memory", "search", "--db", db, "--text", "   "],
+            "no word",
+        ),
+        (
+            vec![
+                "memory",
+                "search",
+                "--db",
+                db,
+                "--near",
+                "x",
+                "--dimension",
+                "8",
+            ],
+            "holds 384",
+        ),
+    ] {
+        let (_, err, code) = colony(&args);
+        assert_eq!(code, 2, "{args:?}: {err}");
+        assert!(err.contains(says), "{args:?}: {err}");
+    }
+    let lines = dir.path().join("bad.jsonl");
+    std::fs::write(&lines, "{\"id\":\"ok\",\"text\":\"fine\"}\n{\"id\": 3}\n").unwrap();
+    let (_, err, code) = colony(&[
+        "memory",
+        "put",
+        "--db",
+        db,
+        "--jsonl",
+        lines.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 2);
+    assert!(err.contains("bad.jsonl:2: not a document"), "{err}");
+    // Only the first document is in the memory: the refused ones left nothing.
+    let (out, _, _) = colony(&["memory", "stats", "--db", db, "--json"]);
+    let stats: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(stats[0]["documents"], 1, "{stats}");
+}
