@@ -210,7 +210,7 @@ pub fn vector_search_is_exact(m: &dyn Memory) {
         ids(&found),
         expected.iter().take(10).map(|e| e.1).collect::<Vec<_>>()
     );
-    assert!((found[0].score - expected[0].0).abs() < 1e-9);
+    assert!((found[0].score - expected[0].0).abs() < 1e-5);
     let even = m
         .search(&n, &Query::vector(query.clone(), 5).filtered("even", true))
         .unwrap();
