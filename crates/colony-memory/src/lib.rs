@@ -40,6 +40,10 @@ pub const MAX_METADATA_VALUE_BYTES: usize = 1024;
 pub const MAX_DIMENSION: usize = 4096;
 /// Most documents one `put` stores.
 pub const MAX_BATCH: usize = 10_000;
+/// Most bytes of text and embeddings one `put` stores.
+pub const MAX_BATCH_BYTES: usize = 256 << 20;
+/// Largest magnitude of an embedding's value: squares of 4,096 of them still sum within `f32`.
+pub const MAX_VALUE: f32 = 1e15;
 /// Most hits one search returns.
 pub const MAX_K: usize = 1_000;
 
@@ -136,6 +140,7 @@ impl From<Namespace> for String {
 
 /// A document: its id within its namespace, its text, metadata and embedding.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Document {
     pub id: String,
     pub text: String,
@@ -191,9 +196,9 @@ impl Document {
                     e.len()
                 ));
             }
-            if let Some(i) = e.iter().position(|x| !x.is_finite()) {
+            if let Some(i) = e.iter().position(|x| !x.is_finite() || x.abs() > MAX_VALUE) {
                 return refuse(format!(
-                    "its embedding's value {i} is {}: every value must be a finite number",
+                    "its embedding's value {i} is {}: every value must be a finite number of at most {MAX_VALUE:e} in magnitude",
                     e[i]
                 ));
             }
@@ -303,10 +308,10 @@ impl Query {
                     v.len()
                 ));
             }
-            if v.iter().any(|x| !x.is_finite()) {
-                return refuse(
-                    "the query's vector holds a value that is not a finite number".into(),
-                );
+            if v.iter().any(|x| !x.is_finite() || x.abs() > MAX_VALUE) {
+                return refuse(format!(
+                    "the query's vector holds a value that is not a finite number of at most {MAX_VALUE:e} in magnitude"
+                ));
             }
         }
         check_metadata(&self.filter).map_err(|e| Error::Query(format!("the filter: {e}")))
@@ -360,8 +365,18 @@ fn check_batch(documents: &[Document]) -> Result<(), Error> {
         });
     }
     let mut dimension = None;
+    let mut bytes = 0usize;
     for (index, d) in documents.iter().enumerate() {
         d.check(index)?;
+        bytes += d.text.len() + 4 * d.embedding.as_ref().map_or(0, Vec::len);
+        if bytes > MAX_BATCH_BYTES {
+            return Err(Error::Document {
+                index,
+                why: format!(
+                    "the batch passes {MAX_BATCH_BYTES} bytes of text and embeddings here"
+                ),
+            });
+        }
         if let Some(e) = &d.embedding {
             match dimension {
                 None => dimension = Some(e.len()),

@@ -64,7 +64,8 @@ impl<T> TopK<T> {
     /// Whether an item of `score` could be kept: it may then be offered (ties are settled
     /// by key, so an equal score could be).
     pub(crate) fn admits(&self, score: f64) -> bool {
-        self.heap.len() < self.k || self.heap.peek().is_some_and(|w| score >= w.score)
+        !score.is_nan()
+            && (self.heap.len() < self.k || self.heap.peek().is_some_and(|w| score >= w.score))
     }
 
     pub(crate) fn offer(&mut self, score: f64, key: String, item: T) {

@@ -39,6 +39,9 @@ CREATE TRIGGER IF NOT EXISTS documents_au AFTER UPDATE ON documents BEGIN
 END;
 ";
 
+/// What marks a SQLite file as a colony memory (`PRAGMA application_id`): "cmem".
+const APPLICATION_ID: i64 = 0x636d_656d;
+
 /// Bytes of the file mapped into memory, at most.
 const MMAP_BYTES: i64 = 1 << 30;
 /// The page cache, in KiB.
@@ -71,6 +74,24 @@ impl SqliteMemory {
         Self::with(db)
     }
 
+    /// The memory in file `path`, which must exist and be a memory: nothing is created, and
+    /// a file that is not one (a journal, say) is refused untouched.
+    pub fn open_existing(path: &Path) -> Result<Self, Error> {
+        let flags = rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE
+            | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX
+            | rusqlite::OpenFlags::SQLITE_OPEN_URI;
+        let db = Connection::open_with_flags(path, flags)?;
+        let id: i64 = db.pragma_query_value(None, "application_id", |r| r.get(0))?;
+        if id != APPLICATION_ID {
+            return Err(Error::Store(format!(
+                "{} is not a colony memory file",
+                path.display()
+            )));
+        }
+        drop(db);
+        Self::open(path)
+    }
+
     /// A memory that lives as long as the value: for tests and throwaway runs.
     pub fn in_memory() -> Result<Self, Error> {
         Self::with(Connection::open_in_memory()?)
@@ -78,7 +99,16 @@ impl SqliteMemory {
 
     fn with(db: Connection) -> Result<Self, Error> {
         db.pragma_update(None, "foreign_keys", "ON")?;
+        let id: i64 = db.pragma_query_value(None, "application_id", |r| r.get(0))?;
+        let tables: i64 = db.query_row("SELECT count(*) FROM sqlite_schema", [], |r| r.get(0))?;
+        // A file of something else is not made into a memory.
+        if id != APPLICATION_ID && tables > 0 {
+            return Err(Error::Store(
+                "the file holds other tables and is not a colony memory".into(),
+            ));
+        }
         db.execute_batch(SCHEMA)?;
+        db.pragma_update(None, "application_id", APPLICATION_ID)?;
         Ok(Self { db: Mutex::new(db) })
     }
 
@@ -134,8 +164,14 @@ fn filter_clause(filter: &Metadata, params: &mut Vec<Sql>) -> String {
             // Refused by the query's check.
             _ => Sql::Null,
         });
+        // Of the same JSON type too: SQLite reads `true` as 1, and 1 must not match it.
+        let types = match value {
+            Value::Bool(_) => "'true', 'false'",
+            Value::Number(_) => "'integer', 'real'",
+            _ => "'text'",
+        };
         clause.push_str(&format!(
-            " AND json_extract(d.metadata, ?{path}) = ?{}",
+            " AND json_extract(d.metadata, ?{path}) = ?{} AND json_type(d.metadata, ?{path}) IN ({types})",
             path + 1
         ));
     }
@@ -232,6 +268,13 @@ impl SqliteMemory {
                 .get_ref(2)?
                 .as_blob()
                 .map_err(|e| Error::Store(e.to_string()))?;
+            if bytes.len() != 4 * vector.len() {
+                return Err(Error::Store(format!(
+                    "an embedding of namespace {ns} holds {} bytes, not {}: the file was not written by this store",
+                    bytes.len(),
+                    4 * vector.len()
+                )));
+            }
             let score = query.cosine(bytes);
             // Most rows fall short of the best `k`: their ids are never read.
             if top.admits(score) {
@@ -426,6 +469,9 @@ impl Memory for SqliteMemory {
     fn search(&self, ns: &Namespace, query: &Query) -> Result<Vec<Hit>, Error> {
         query.check()?;
         let db = self.db();
+        // One snapshot: another process's write between the ranking and the reading of the
+        // best documents must not change what is returned.
+        let db = db.unchecked_transaction()?;
         let dimension = known(&db, ns)?;
         let k = query.k;
         match (&query.text, &query.vector) {

@@ -173,6 +173,25 @@ pub fn text_search_ranks_and_filters(m: &dyn Memory) {
     assert_eq!(ids(&ops).len(), 2);
     assert!(ops.iter().all(|h| h.metadata["kind"] == "ops"));
     assert_eq!(m.search(&n, &Query::text("restart", 1)).unwrap().len(), 1);
+    // A filter matches its JSON type too: `true` is not 1, and 1 is not `true` nor "1".
+    m.put(
+        &n,
+        vec![
+            Document::new("flag-true", "flagged agent").with("flag", true),
+            Document::new("flag-one", "flagged agent").with("flag", 1),
+            Document::new("flag-text", "flagged agent").with("flag", "1"),
+        ],
+    )
+    .unwrap();
+    for (value, id) in [
+        (serde_json::json!(true), "flag-true"),
+        (serde_json::json!(1), "flag-one"),
+        (serde_json::json!(1.0), "flag-one"),
+        (serde_json::json!("1"), "flag-text"),
+    ] {
+        let q = Query::text("flagged", 10).filtered("flag", value.clone());
+        assert_eq!(ids(&m.search(&n, &q).unwrap()), [id], "flag = {value}");
+    }
     // Text no word of which is stored finds nothing; syntax is not interpreted.
     assert!(m.search(&n, &Query::text("zebra", 5)).unwrap().is_empty());
     assert!(

@@ -1,6 +1,6 @@
 //! `kill -9` during ingest: a child process stores batches and says which were acknowledged;
 //! it is killed mid-stream, several times over one file, and every document it acknowledged
-//! is there afterwards, found by id, by its words and by its embedding.
+//! is there afterwards, found by id (with its embedding) and by its words.
 
 use colony_memory::{Document, Memory, Namespace, Query, SqliteMemory};
 use std::{
@@ -82,7 +82,8 @@ fn every_acknowledged_document_survives_kill_9_during_ingest() {
         for i in 0..20 {
             let id = format!("r{round}-b{batch}-{i}");
             let d = memory.get(&ns, &id).unwrap();
-            assert!(d.is_some(), "acknowledged {id} is missing");
+            let d = d.unwrap_or_else(|| panic!("acknowledged {id} is missing"));
+            assert_eq!(d.embedding, Some(vec![batch as f32, i as f32, 1.0]));
         }
         let id = format!("r{round}-b{batch}-7");
         let found = memory.search(&ns, &Query::text(&id, 3)).unwrap();

@@ -170,6 +170,25 @@ fn bad_input_is_refused_with_exit_2_and_nothing_stored() {
         assert_eq!(code, 2, "{args:?}: {err}");
         assert!(err.contains(says), "{args:?}: {err}");
     }
+    // A SQLite file that is not a memory (a journal) is refused, and left as it was.
+    let journal = dir.path().join("journal.db");
+    drop(
+        colony_journal::SqliteJournal::open(colony_journal::SqliteOptions::new(&journal)).unwrap(),
+    );
+    let before = std::fs::read(&journal).unwrap();
+    for command in ["stats", "search"] {
+        let mut args = vec!["memory", command, "--db", journal.to_str().unwrap()];
+        if command == "search" {
+            args.extend(["--text", "x"]);
+        }
+        let (_, err, code) = colony(&args);
+        assert_eq!(code, 2, "{err}");
+        assert!(err.contains("not a colony memory file"), "{err}");
+    }
+    assert_eq!(std::fs::read(&journal).unwrap(), before);
+    let (_, err, code) = colony(&["memory", "put", "--db", journal.to_str().unwrap(), "a", "x"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("not a colony memory"), "{err}");
     let lines = dir.path().join("bad.jsonl");
     std::fs::write(&lines, "{\"id\":\"ok\",\"text\":\"fine\"}\n{\"id\": 3}\n").unwrap();
     let (_, err, code) = colony(&[

@@ -114,6 +114,13 @@ pub(crate) struct StatsArgs {
     json: bool,
 }
 
+/// Longest line of a JSON-lines file: a document of the most text, all of it escaped
+/// (`\uXXXX`, six bytes a byte), the largest embedding written out, and its metadata.
+const MAX_LINE: u64 =
+    6 * MAX_TEXT_BYTES as u64 + 32 * colony_memory::MAX_DIMENSION as u64 + 256 * 1024;
+/// Bytes of documents held before a batch of a JSON-lines file is stored.
+const BATCH_BYTES: usize = 64 << 20;
+
 /// `KEY=VALUE`, the value a number or a boolean when it reads as one, else text.
 fn key_value(text: &str) -> Result<(String, Value), String> {
     let (key, value) = text
@@ -142,7 +149,13 @@ fn open(db: &Path, create: bool) -> Result<SqliteMemory, Failure> {
             db.display()
         )));
     }
-    SqliteMemory::open(db).map_err(failure)
+    if create {
+        // A path that cannot be a memory is the caller's to fix.
+        SqliteMemory::open(db).map_err(Failure::input)
+    } else {
+        // Never changes a file that is not a memory.
+        SqliteMemory::open_existing(db).map_err(Failure::input)
+    }
 }
 
 fn namespace(at: &Where) -> Result<Namespace, Failure> {
@@ -246,13 +259,14 @@ fn put(args: &PutArgs) -> Result<(), Failure> {
                 .map_err(|e| Failure::input(anyhow::anyhow!("{}: {e}", path.display())))?;
             let mut lines = std::io::BufReader::new(file);
             let mut batch = Vec::new();
+            let mut held = 0usize;
             let mut line = String::new();
             let mut number = 0usize;
             loop {
                 line.clear();
                 number += 1;
                 let read = (&mut lines)
-                    .take(MAX_TEXT_BYTES as u64 * 2 + 65_536)
+                    .take(MAX_LINE)
                     .read_line(&mut line)
                     .map_err(|e| {
                         Failure::input(anyhow::anyhow!("{}:{number}: {e}", path.display()))
@@ -260,7 +274,7 @@ fn put(args: &PutArgs) -> Result<(), Failure> {
                 if read == 0 {
                     break;
                 }
-                if !line.ends_with('\n') && read as u64 >= MAX_TEXT_BYTES as u64 * 2 + 65_536 {
+                if !line.ends_with('\n') && read as u64 >= MAX_LINE {
                     return Err(Failure::input(anyhow::anyhow!(
                         "{}:{number}: the line is longer than a document may be ({} bytes of text); {stored} documents stored before it",
                         path.display(),
@@ -276,9 +290,12 @@ fn put(args: &PutArgs) -> Result<(), Failure> {
                         path.display()
                     ))
                 })?;
+                held += d.text.len() + 4 * d.embedding.as_ref().map_or(0, Vec::len);
                 batch.push(d);
-                if batch.len() == MAX_BATCH {
+                // Stored by count or by bytes held, whichever comes first.
+                if batch.len() == MAX_BATCH || held >= BATCH_BYTES {
                     stored += store(std::mem::take(&mut batch))?;
+                    held = 0;
                 }
             }
             if !batch.is_empty() {
