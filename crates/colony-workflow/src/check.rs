@@ -16,6 +16,9 @@ use colony_core::{
 use serde_saphyr::{Location, Spanned};
 use std::{collections::HashMap, path::PathBuf, sync::Arc, time::Duration};
 
+/// Most documents a task recalls.
+const MAX_RECALL: u32 = 100;
+
 /// One thing wrong with the file.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Problem {
@@ -424,6 +427,10 @@ pub(crate) fn check(
         if let Some(prompt) = &t.prompt {
             check_template(&prompt.value, &|m, l| Problem::at(prompt, m, l));
         }
+        if let Some(recall) = &t.recall {
+            let query = &recall.value.query;
+            check_template(&query.value, &|m, l| Problem::at(query, m, l));
+        }
         if let Some(input) = &t.input {
             template::strings(&input.value, &mut |s| {
                 check_template(s, &|m, l| Problem::at(input, m, l));
@@ -449,6 +456,39 @@ pub(crate) fn check(
             .team
             .as_ref()
             .and_then(|b| crate::team::check(t, b, &pools, &pool_index, &mut problems));
+        let recall = t.recall.as_ref().and_then(|r| {
+            let k = r.value.k.as_ref().map_or(5, |k| k.value);
+            if !(1..=MAX_RECALL).contains(&k) {
+                problems.push(Problem::at(
+                    r.value.k.as_ref().expect("only a given k is out of range"),
+                    format!(
+                        "task `{}`: recall k {k} is out of range: allowed 1..={MAX_RECALL}",
+                        t.id.value
+                    ),
+                    "out of range",
+                ));
+                return None;
+            }
+            if r.value.query.value.trim().is_empty() {
+                problems.push(Problem::at(
+                    &r.value.query,
+                    format!("task `{}`: recall query is empty", t.id.value),
+                    "empty",
+                ));
+                return None;
+            }
+            Some((r.value.query.value.clone(), k as usize))
+        });
+        if (t.remember || t.recall.is_some()) && (t.decide.is_some() || t.team.is_some()) {
+            problems.push(Problem::at(
+                &t.id,
+                format!(
+                    "task `{}`: `remember` and `recall` are for tasks asked of one agent, not yet for a decision or a team",
+                    t.id.value
+                ),
+                "memory",
+            ));
+        }
         nodes.push(Node {
             needs: needs.clone(),
             continue_on_failure: t.continue_on_failure,
@@ -473,6 +513,8 @@ pub(crate) fn check(
             expect,
             decide,
             team,
+            remember: t.remember,
+            recall,
         });
     }
     if file.tasks.is_empty() && purpose == Purpose::Run {

@@ -747,6 +747,25 @@ pub struct Task {
     /// turn, each seeing the outputs of the steps before; the task's output is the last step's.
     #[serde(default)]
     pub team: Option<Spanned<Team>>,
+    /// Store the task's output in the workflow's memory once it succeeds, so that later
+    /// tasks, and later runs, can recall it.
+    #[serde(default)]
+    pub remember: bool,
+    /// Search the workflow's memory before the task runs; what is found goes into its input
+    /// as `recall`.
+    #[serde(default)]
+    pub recall: Option<Spanned<Recall>>,
+}
+
+/// A task's `recall:` block.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct Recall {
+    /// What to look for: text, templated like the prompt (`{{outputs.ID}}` of tasks it needs).
+    pub query: Spanned<String>,
+    /// Documents recalled, at most. Default 5.
+    #[serde(default)]
+    pub k: Option<Spanned<u32>>,
 }
 
 /// A task's `team:` block: who is in the team, how big it is, and the steps it takes.

@@ -18,6 +18,7 @@ pub mod bench;
 mod check;
 mod decide;
 pub mod file;
+mod memory;
 mod payload;
 pub mod read;
 mod run;
@@ -219,6 +220,10 @@ pub struct TaskDef {
     pub decide: Option<colony_runtime::decision::Vote>,
     /// Worked by a team formed for it: the last step's output is the task's.
     pub team: Option<team::Plan>,
+    /// Its output is stored in the workflow's memory once it succeeds.
+    pub remember: bool,
+    /// The workflow's memory is searched before it runs: the query (a template) and k.
+    pub recall: Option<(String, usize)>,
 }
 
 /// What an output must pass for its attempt to succeed.

@@ -702,6 +702,7 @@ pub async fn run(
         );
         options.journal.record(stale).await?;
     }
+    let memory = crate::memory::open(workflow, &output).await?;
     let runtime = Runtime::start(options.runtime.clone(), pools, options.journal.clone()).await?;
     let mut writer = Writer::start(&output)?;
     let handle = runtime.handle().clone();
@@ -860,7 +861,7 @@ pub async fn run(
             let spec = spec_for(workflow, i, &outputs, max_payload);
             release(workflow, i, &mut left, &mut outputs);
             match spec {
-                Ok(spec) => {
+                Ok((spec, recall)) => {
                     charged[i] = spec.payload.len() + holds;
                     in_flight += charged[i];
                     submitted_at[i] = Some(Instant::now());
@@ -873,12 +874,45 @@ pub async fn run(
                                 (i, Waited::Team(ended))
                             }) as Waiting
                         }
-                        (None, None) => Box::pin(async move {
-                            match handle.submit_notify(spec).await {
-                                Ok(p) => (i, Waited::Task(p.await)),
-                                Err(e) => (i, Waited::Task(Err(e))),
-                            }
-                        }) as Waiting,
+                        (None, None) => {
+                            let memory = memory.clone();
+                            let remember = workflow.tasks[i].remember;
+                            let task = workflow.tasks[i].id.clone();
+                            Box::pin(async move {
+                                let spec = match (&memory, recall) {
+                                    (Some(m), Some((query, k))) => {
+                                        match m.recall(spec, query, k, max_payload).await {
+                                            Ok(spec) => spec,
+                                            Err(e) => {
+                                                let e = colony_runtime::Error::Options(e);
+                                                return (i, Waited::Task(Err(e)));
+                                            }
+                                        }
+                                    }
+                                    _ => spec,
+                                };
+                                let ended = match handle.submit_notify(spec).await {
+                                    Ok(p) => p.await,
+                                    Err(e) => Err(e),
+                                };
+                                // Remembered once it succeeded; if it cannot be, the task
+                                // fails and says why: a later recall would miss it.
+                                let ended = match (ended, &memory) {
+                                    (Ok(mut c), Some(m))
+                                        if remember && c.state == TaskState::Succeeded =>
+                                    {
+                                        let output = c.output.clone().unwrap_or_default();
+                                        if let Err(e) = m.remember(&task, &output).await {
+                                            c.state = TaskState::Failed;
+                                            c.error = Some(e.into());
+                                        }
+                                        Ok(c)
+                                    }
+                                    (ended, _) => ended,
+                                };
+                                (i, Waited::Task(ended))
+                            }) as Waiting
+                        }
                         (Some(vote), _) => {
                             let (vote, checks) = (vote.clone(), workflow.tasks[i].expect.clone());
                             Box::pin(async move {
@@ -1070,6 +1104,15 @@ fn key(workflow: &Workflow, t: &crate::TaskDef) -> String {
         }
         (None, None) => definition.to_string(),
     };
+    // Memory adds to the definition only where it is used, likewise.
+    let definition = if t.remember || t.recall.is_some() {
+        let mut d: Value = serde_json::from_str(&definition).unwrap_or_default();
+        d["remember"] = json!(t.remember);
+        d["recall"] = json!(t.recall);
+        d.to_string()
+    } else {
+        definition
+    };
     let mut hash = Fnv::default();
     hash.write(definition.as_bytes());
     let hash = hash.0;
@@ -1245,7 +1288,8 @@ async fn watch_rows(
     }
 }
 
-/// Task `i` as the runtime takes it, its input and prompt filled from its needs' outputs.
+/// Task `i` as the runtime takes it, its input and prompt filled from its needs' outputs,
+/// with its recall query filled likewise.
 /// The payload's size is charged while it is filled in: past `max_payload` bytes the task
 /// fails at once, with what overflowed it.
 fn spec_for(
@@ -1253,7 +1297,7 @@ fn spec_for(
     i: usize,
     outputs: &HashMap<String, Output>,
     max_payload: usize,
-) -> Result<TaskSpec, String> {
+) -> Result<(TaskSpec, Option<(String, usize)>), String> {
     let t = &workflow.tasks[i];
     let outputs = &read_outputs(t, outputs, max_payload)?;
     let mut budget = template::Budget::new(max_payload);
@@ -1270,18 +1314,27 @@ fn spec_for(
         ),
         None => None,
     };
+    let recall = match &t.recall {
+        Some((query, k)) => Some((
+            template::render(query, &t.id, outputs, &mut budget)
+                .map_err(|e| format!("recall query: {e}"))?,
+            *k,
+        )),
+        None => None,
+    };
     let mut payload = json!({ "task": t.id, "input": input.unwrap_or(Value::Null) });
     if let Some(prompt) = prompt {
         payload["prompt"] = Value::String(prompt);
     }
-    Ok(TaskSpec {
+    let spec = TaskSpec {
         key: Some(key(workflow, t).into()),
         requirement: t.requirement.clone(),
         priority: t.priority,
         payload: Bytes::from(payload.to_string()),
         timeout: t.timeout,
         max_attempts: t.max_attempts,
-    })
+    };
+    Ok((spec, recall))
 }
 
 /// The outputs that task `t`'s placeholders read, parsed, and only those: at most
@@ -1311,6 +1364,9 @@ fn read_outputs(
     }
     if let Some(prompt) = &t.prompt {
         note(prompt);
+    }
+    if let Some((query, _)) = &t.recall {
+        note(query);
     }
     let mut read = 0usize;
     let mut values = HashMap::new();
@@ -1626,6 +1682,9 @@ impl Readers {
                 }
                 if let Some(prompt) = &t.prompt {
                     note(prompt);
+                }
+                if let Some((query, _)) = &t.recall {
+                    note(query);
                 }
                 t.needs
                     .iter()
