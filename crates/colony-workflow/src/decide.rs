@@ -455,18 +455,9 @@ pub(crate) async fn run(handle: Handle, spec: TaskSpec, vote: Vote, mut checks: 
         Ok(output)
     } else {
         checks.started = Some(started);
-        let verified = if checks.files.is_empty() {
-            crate::run::verify(Ok(output), &checks)
-        } else {
-            tokio::task::spawn_blocking(move || crate::run::verify(Ok(output), &checks))
-                .await
-                .unwrap_or_else(|e| {
-                    Err(colony_agents::Error::fatal(format!(
-                        "the checks stopped: {e}"
-                    )))
-                })
-        };
-        verified.map_err(|e| format!("the decision's winner failed its checks: {e}"))
+        crate::run::verify_awaited(output, checks)
+            .await
+            .map_err(|e| format!("the decision's winner failed its checks: {e}"))
     };
     Ended {
         result,

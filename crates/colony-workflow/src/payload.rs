@@ -13,12 +13,7 @@ pub(crate) fn check(
     problems: &mut Vec<Problem>,
 ) {
     let id = &t.id.value;
-    let at_input = || t.input.as_ref().map_or(t.id.referenced, |i| i.referenced);
-    let problem = |at: serde_saphyr::Location, message: String, label: &str| Problem {
-        message,
-        at: crate::check::known(at),
-        label: label.into(),
-    };
+    let at_input = || at_input(t);
     // A NUL byte cannot reach a program's arguments or environment, and is never what a
     // prompt meant.
     if let Some(prompt) = &t.prompt
@@ -74,12 +69,7 @@ pub(crate) fn fields(
     problems: &mut Vec<Problem>,
 ) {
     let id = &t.id.value;
-    let at_input = || t.input.as_ref().map_or(t.id.referenced, |i| i.referenced);
-    let problem = |at: serde_saphyr::Location, message: String, label: &str| Problem {
-        message,
-        at: crate::check::known(at),
-        label: label.into(),
-    };
+    let at_input = || at_input(t);
     let merged;
     let fields = match t.input.as_ref().map(|i| &i.value) {
         Some(Value::Object(fields)) => Some(fields),
@@ -138,6 +128,19 @@ pub(crate) fn fields(
                 ));
             }
         }
+    }
+}
+
+/// Where task `t`'s input is, for a problem with it: the input, else the task.
+fn at_input(t: &file::Task) -> serde_saphyr::Location {
+    t.input.as_ref().map_or(t.id.referenced, |i| i.referenced)
+}
+
+fn problem(at: serde_saphyr::Location, message: String, label: &str) -> Problem {
+    Problem {
+        message,
+        at: crate::check::known(at),
+        label: label.into(),
     }
 }
 

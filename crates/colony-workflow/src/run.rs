@@ -379,6 +379,21 @@ fn workflow_id(payload: &[u8]) -> Option<String> {
         .map(|c| c.task)
 }
 
+/// `output` checked against `checks` by a task awaited on a tokio worker: at once when only
+/// the output is read, on the blocking pool when files or a git checkout must be read.
+pub(crate) async fn verify_awaited(output: bytes::Bytes, checks: Checks) -> Outcome {
+    if checks.files.is_empty() && checks.git_diff.is_none() {
+        return verify(Ok(output), &checks);
+    }
+    tokio::task::spawn_blocking(move || verify(Ok(output), &checks))
+        .await
+        .unwrap_or_else(|e| {
+            Err(colony_agents::Error::fatal(format!(
+                "the checks stopped: {e}"
+            )))
+        })
+}
+
 /// An output that fails a check fails its attempt (retryably: another attempt may pass).
 pub(crate) fn verify(outcome: Outcome, checks: &Checks) -> Outcome {
     let output = outcome?;
@@ -1137,7 +1152,12 @@ fn team_end(ended: crate::team::Ended, f: &mut Finished) -> End {
     f.attempts = ended.teamed.as_ref().map_or(0, |t| t.tasks);
     f.agent = ended.agent.map(|a| a.0);
     f.team = ended.teamed;
-    match ended.result {
+    ended_with(ended.result, f)
+}
+
+/// Fills `f` with `result`: succeeded with the output, or failed with the error.
+fn ended_with(result: Result<bytes::Bytes, String>, f: &mut Finished) -> End {
+    match result {
         Ok(output) => {
             f.status = Status::Succeeded;
             f.output = Some(Output::new(output));
@@ -1156,17 +1176,7 @@ fn decision_end(ended: crate::decide::Ended, f: &mut Finished) -> End {
     f.attempts = ended.ballots;
     f.agent = ended.agent.map(|a| a.0);
     f.decision = ended.decided;
-    match ended.result {
-        Ok(output) => {
-            f.status = Status::Succeeded;
-            f.output = Some(Output::new(output));
-            End::Succeeded
-        }
-        Err(error) => {
-            f.error = Some(error);
-            End::Failed
-        }
-    }
+    ended_with(ended.result, f)
 }
 
 /// Writes `value` as pretty JSON into a new file at `path`, as it is serialized.

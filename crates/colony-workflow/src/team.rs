@@ -676,19 +676,9 @@ pub(crate) async fn run(handle: Handle, spec: TaskSpec, plan: Plan, mut checks: 
         (Some(output), None) if checks.is_empty() => Ok(output.clone()),
         (Some(output), None) => {
             checks.started = Some(started);
-            let output = output.clone();
-            let verified = if checks.files.is_empty() && checks.git_diff.is_none() {
-                crate::run::verify(Ok(output), &checks)
-            } else {
-                tokio::task::spawn_blocking(move || crate::run::verify(Ok(output), &checks))
-                    .await
-                    .unwrap_or_else(|e| {
-                        Err(colony_agents::Error::fatal(format!(
-                            "the checks stopped: {e}"
-                        )))
-                    })
-            };
-            verified.map_err(|e| format!("the team's output failed its checks: {e}"))
+            crate::run::verify_awaited(output.clone(), checks)
+                .await
+                .map_err(|e| format!("the team's output failed its checks: {e}"))
         }
         (_, error) => Err(format!(
             "the team failed: {}",

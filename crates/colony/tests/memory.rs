@@ -2,21 +2,10 @@
 //! a JSON-lines file, found by words and by lexical nearness, deleted; bad input refused
 //! with exit 2, naming what is wrong and where, and nothing created or stored by it.
 
-use assert_cmd::Command;
 use serde_json::Value;
 
-fn colony(args: &[&str]) -> (String, String, i32) {
-    let out = Command::cargo_bin("colony")
-        .unwrap()
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        String::from_utf8(out.stdout).unwrap(),
-        String::from_utf8(out.stderr).unwrap(),
-        out.status.code().unwrap_or(-1),
-    )
-}
+mod common;
+use common::colony;
 
 #[test]
 fn documents_are_put_found_and_deleted_through_the_command_line() {

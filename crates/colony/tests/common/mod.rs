@@ -108,3 +108,13 @@ impl Drop for Server {
         let _ = self.child.wait();
     }
 }
+
+/// Runs `colony ARGS` to its end: stdout, stderr and the exit code.
+pub(crate) fn colony(args: &[&str]) -> (String, String, i32) {
+    let out = Command::new(COLONY).args(args).output().unwrap();
+    (
+        String::from_utf8(out.stdout).unwrap(),
+        String::from_utf8(out.stderr).unwrap(),
+        out.status.code().unwrap_or(-1),
+    )
+}
