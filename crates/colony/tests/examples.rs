@@ -67,6 +67,7 @@ fn every_example_validates_and_runs_from_another_folder() {
             "pipeline",
             "process-agents",
             "quickstart",
+            "remember",
             "team"
         ]
     );
