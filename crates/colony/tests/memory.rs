@@ -142,6 +142,14 @@ fn bad_input_is_refused_with_exit_2_and_nothing_stored() {
             "no word",
         ),
         (
+            vec!["memory", "put", "--db", "/dev/null", "a", "x"],
+            "not a regular file",
+        ),
+        (
+            vec!["memory", "stats", "--db", "/tmp"],
+            "not a regular file",
+        ),
+        (
             vec![
                 "memory",
                 "search",

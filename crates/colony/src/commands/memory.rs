@@ -143,6 +143,13 @@ fn failure(e: Error) -> Failure {
 
 /// The memory at `db`, which must exist unless `create`.
 fn open(db: &Path, create: bool) -> Result<SqliteMemory, Failure> {
+    // A device, a folder or a pipe is never opened as a database.
+    if db.exists() && !db.is_file() {
+        return Err(Failure::input(anyhow::anyhow!(
+            "{}: not a regular file",
+            db.display()
+        )));
+    }
     if !create && !db.is_file() {
         return Err(Failure::input(anyhow::anyhow!(
             "{}: no such memory file",
