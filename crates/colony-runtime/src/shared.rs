@@ -220,8 +220,9 @@ pub(crate) enum Waiter {
     /// The one caller waiting for this task.
     One(tokio::sync::oneshot::Sender<Completion>),
     /// The reader of a batch of tasks (a decision's ballots), which hears their ends
-    /// together: the completions of one turn wake it once, not once each.
-    Batch(BatchSender),
+    /// together: the completions of one turn wake it once, not once each. Boxed: every
+    /// queued job carries a waiter, and ballots are few.
+    Batch(Box<BatchSender>),
 }
 
 impl Waiter {
@@ -230,7 +231,7 @@ impl Waiter {
             Waiter::One(tx) => {
                 let _ = tx.send(completion);
             }
-            Waiter::Batch(sender) => sender.send(completion),
+            Waiter::Batch(sender) => (*sender).send(completion),
         }
     }
 }
@@ -250,11 +251,11 @@ impl Batch {
 
     /// The waiter of task `task`, one of this batch's.
     pub(crate) fn sender(self: &Arc<Self>, task: TaskId) -> Waiter {
-        Waiter::Batch(BatchSender {
+        Waiter::Batch(Box::new(BatchSender {
             batch: self.clone(),
             task,
             sent: false,
-        })
+        }))
     }
 
     fn push(&self, ended: Result<Completion, TaskId>) {

@@ -31,7 +31,7 @@
 //! asks still out are cancelled and its members are free.
 
 use crate::{
-    Completion, Error, Handle, Pending,
+    Completion, Error, Handle,
     events::{Event, Kinds},
 };
 use bytes::Bytes;
@@ -718,7 +718,6 @@ impl Run {
                 delegated_by: slots[i].delegated_by.clone(),
             });
             let ask = record.len() - 1;
-            let pending: Pending = pending;
             answers.push(Box::pin(async move { (i, ask, pending.await) }));
         }
         Ok(())
