@@ -6,8 +6,9 @@
 //!   cover every role (a team under one supervisor shares its queue and its health sweep, and
 //!   its members' load is seen in one place): the first in tree order that covers it with
 //!   room, else the covering one with the fewest busy members and least load; when
-//!   no supervisor covers the roles, it keeps the team as close as it can: the supervisor
-//!   that covers most of it, then its siblings' workers, then any. Workers with room come
+//!   no supervisor covers the roles, each role's candidates come from a walk pruned to
+//!   the pools that can hold it, nearest the supervisor that could seat most of the team
+//!   first. Workers with room come
 //!   before busy ones, and those out of service (down for a restart, sidelined by their
 //!   breaker) only when nothing else can take the role. The walk is bounded.
 //! - [`replace`] picks the worker that takes over a failed member's role, by the same

@@ -154,14 +154,8 @@ pub(crate) fn check(
         crate::payload::fields(t, &role.requirement, step, pools, problems);
     }
     let mut seen = HashSet::new();
-    let mut i = at;
-    while i < problems.len() {
-        if seen.insert(problems[i].message.clone()) {
-            i += 1;
-        } else {
-            problems.remove(i);
-        }
-    }
+    let found = problems.split_off(at);
+    problems.extend(found.into_iter().filter(|p| seen.insert(p.message.clone())));
     let steps = steps(id, block, &roles, problems);
     if let Some(r) = &b.reassign
         && r.value > MAX_REASSIGN
