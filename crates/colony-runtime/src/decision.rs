@@ -995,98 +995,35 @@ impl Handle {
     pub async fn decide(&self, spec: TaskSpec, vote: Vote) -> Result<Voting, Error> {
         vote.validate()?;
         let n = vote.voters as usize;
-        let mask = self.admit(&vec![spec.clone(); n])?[0];
+        let mask = self.admit(std::slice::from_ref(&spec))?[0];
+        self.fits(n)?;
+        let options: Arc<str> = serde_json::to_string(&vote.options)
+            .map_err(|e| Error::Decision(format!("the options could not be written: {e}")))?
+            .into();
         // Room first, then seats: seated voters must not leave while the ballots wait for it.
         self.wait_for_room(n).await?;
-        let seated = async {
-            // Each with its reputation, read in the same turn as the seats.
-            let seats = self
-                .observe(move |live| {
-                    seat(live.tree, mask, n)
-                        .into_iter()
-                        .map(|(agent, pool)| (agent, pool, live.reputation(agent).score()))
-                        .collect::<Vec<_>>()
-                })
-                .await?;
-            if seats.len() < n {
-                return Err(Error::Decision(format!(
-                    "{n} voters asked, but {} workers can run the task",
-                    seats.len()
-                )));
-            }
-            // Each voter's weight: its pool's, times its reputation when asked for.
-            let seats: Vec<(AgentId, u8, f64)> = seats
-                .into_iter()
-                .map(|(agent, pool, reputation)| {
-                    let weight = vote.pool_weights.get(pool as usize).copied();
-                    let weight = weight.unwrap_or(1.0);
-                    let weight = if vote.reputation {
-                        weight * reputation
-                    } else {
-                        weight
-                    };
-                    (agent, pool, weight)
-                })
-                .collect();
-            let participants: Vec<Participant> = seats
-                .iter()
-                .map(|&(agent, _, weight)| Participant::weighted(agent, weight))
-                .collect();
-            let decision = Decision::new(vote.options, &participants)
-                .map_err(|e| Error::Decision(e.to_string()))?;
-            Ok((seats, decision))
-        }
-        .await;
-        let (seats, decision) = match seated {
-            Ok(seated) => seated,
-            Err(e) => {
-                self.give_back_room(n);
-                return Err(e);
-            }
-        };
+        self.journal_room().await;
         // `leader` asks its first proposer alone; the others are asked once it proposed.
         let asked = match vote.options.protocol {
             Protocol::Leader => 1,
             _ => n,
         };
-        let journal_seats: Vec<colony_journal::Seat> = seats
-            .iter()
-            .map(|&(agent, pool, weight)| colony_journal::Seat {
-                agent,
-                pool,
-                weight,
-            })
-            .collect();
-        self.give_back_room(n - asked);
-        // Each ballot may run only in its voter's pool: that is the demand it makes.
-        let masks = seats[..asked]
-            .iter()
-            .map(|&(_, pool, _)| SpecMask::of(pool))
-            .collect();
-        let opening = colony_journal::Opening {
-            options: serde_json::to_string(&vote.options)
-                .map_err(|e| Error::Decision(format!("the options could not be written: {e}")))?
-                .into(),
-            seats: journal_seats.clone(),
-            asked: asked as u32,
-            opened_at_ms: unix_ms(),
-        };
         let batch = crate::shared::Batch::new();
-        let accepted = self
-            .accept_batched(
-                vec![spec.clone(); asked],
-                masks,
-                |i| Some(seats[i].0),
-                Some(Ballots::Open(opening)),
-                &batch,
-            )
-            .await?;
+        // Seated, and their ballot tasks accepted, in one turn of the dispatcher: the seats
+        // cannot change in between, and the caller waits for the dispatcher once, not twice.
+        let opened = {
+            let (handle, batch, spec) = (self.clone(), batch.clone(), spec.clone());
+            self.observe(move |live| open(live, &handle, &vote, mask, options, asked, spec, &batch))
+                .await?
+        };
+        let (seats, decision, entered) = opened?;
+        let accepted = self.acked(entered).await?;
         let mut voting = Voting::new(
             self.clone(),
             accepted.first,
             decision,
             spec,
-            journal_seats,
+            seats,
             Duration::ZERO,
         );
         voting.batch = batch;
@@ -1096,6 +1033,76 @@ impl Handle {
         }
         Ok(voting)
     }
+}
+
+/// Inside the dispatcher: seats `vote.voters` workers of `mask` (each weighed by its pool's
+/// weight, times its reputation when the vote asks for it), opens the decision and submits
+/// the ballot tasks of the first `asked` seats, each pinned to its voter and heard in
+/// `batch`. Nothing is accepted when too few workers can vote or the engine refuses them,
+/// and the `n` permits taken for the seats are handed back; else those of the seats not
+/// asked yet are (the asked ones' go back as their tasks end, or on the journal's refusal).
+#[allow(clippy::too_many_arguments)]
+fn open(
+    live: &crate::dispatcher::Live<'_>,
+    handle: &Handle,
+    vote: &Vote,
+    mask: SpecMask,
+    options: Arc<str>,
+    asked: usize,
+    spec: TaskSpec,
+    batch: &Arc<crate::shared::Batch>,
+) -> Result<(Vec<colony_journal::Seat>, Decision, crate::handle::Entered), Error> {
+    let n = vote.voters as usize;
+    let seats: Vec<colony_journal::Seat> = seat(live.tree, mask, n)
+        .into_iter()
+        .map(|(agent, pool)| {
+            let weight = vote.pool_weights.get(pool as usize).copied();
+            let weight = weight.unwrap_or(1.0);
+            let weight = if vote.reputation {
+                weight * live.reputation(agent).score()
+            } else {
+                weight
+            };
+            colony_journal::Seat {
+                agent,
+                pool,
+                weight,
+            }
+        })
+        .collect();
+    let decision = if seats.len() < n {
+        Err(Error::Decision(format!(
+            "{n} voters asked, but {} workers can run the task",
+            seats.len()
+        )))
+    } else {
+        let participants: Vec<Participant> = seats
+            .iter()
+            .map(|s| Participant::weighted(s.agent, s.weight))
+            .collect();
+        Decision::new(vote.options, &participants).map_err(|e| Error::Decision(e.to_string()))
+    };
+    let decision = decision.inspect_err(|_| handle.give_back_room(n))?;
+    // Each ballot may run only in its voter's pool: that is the demand it makes.
+    let masks = seats[..asked]
+        .iter()
+        .map(|s| SpecMask::of(s.pool))
+        .collect();
+    let opening = colony_journal::Opening {
+        options,
+        seats: seats.clone(),
+        asked: asked as u32,
+        opened_at_ms: unix_ms(),
+    };
+    handle.give_back_room(n - asked);
+    let entered = handle.enter(
+        vec![spec; asked],
+        masks,
+        |_, id| Some(batch.sender(id)),
+        |i| Some(seats[i].agent),
+        Some(Ballots::Open(opening)),
+    )?;
+    Ok((seats, decision, entered))
 }
 
 /// Milliseconds since the Unix epoch, by the wall clock: a decision's deadline outlives the

@@ -69,6 +69,14 @@ impl Stats {
     }
 }
 
+/// What [`Handle::enter`] submitted: its tasks, and, when the journal has a writer thread,
+/// the answer to wait for before they count as accepted.
+#[derive(Debug)]
+pub(crate) struct Entered {
+    accepted: Accepted,
+    ack: Option<oneshot::Receiver<Result<(), colony_journal::Error>>>,
+}
+
 /// Tasks accepted by one submission: ids `first..first + count`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Accepted {
@@ -319,14 +327,21 @@ impl Handle {
                 Ok(SpecMask(mask))
             })
             .collect::<Result<Vec<_>, Error>>()?;
+        self.fits(specs.len())?;
+        Ok(masks)
+    }
+
+    /// Refuses a batch of `n` tasks larger than the hierarchy's room, which it would wait
+    /// for forever.
+    pub(crate) fn fits(&self, n: usize) -> Result<(), Error> {
         let capacity = self.shared.counters.capacity.load(Relaxed) as usize;
-        if specs.len() > capacity {
+        if n > capacity {
             return Err(Error::BatchTooLarge {
-                got: specs.len(),
+                got: n,
                 max: capacity,
             });
         }
-        Ok(masks)
+        Ok(())
     }
 
     /// Journals the tasks under ids in order, then hands them to the dispatcher. The caller
@@ -335,21 +350,45 @@ impl Handle {
         &self,
         specs: Vec<TaskSpec>,
         masks: Vec<SpecMask>,
-        mut waiter: impl FnMut(usize, TaskId) -> Option<Waiter>,
+        waiter: impl FnMut(usize, TaskId) -> Option<Waiter>,
         pin: impl Fn(usize) -> Option<AgentId>,
         ballots: Option<crate::decision::Ballots>,
     ) -> Result<Accepted, Error> {
-        let n = specs.len();
-        if n == 0 {
-            return Ok(Accepted {
-                first: self.shared.journal.next_task_id(),
-                count: 0,
-            });
-        }
-        // A slow or faulty disk makes submitters wait here, asleep, for the writer to catch
-        // up: the journal's channel never blocks the thread that sends.
+        self.journal_room().await;
+        let entered = self.enter(specs, masks, waiter, pin, ballots)?;
+        self.acked(entered).await
+    }
+
+    /// Waits while the journal's writer is behind: a slow or faulty disk makes submitters
+    /// wait here, asleep, for the writer to catch up; the journal's channel never blocks the
+    /// thread that sends.
+    pub(crate) async fn journal_room(&self) {
         if let Some(backlog) = self.shared.journal.backlog() {
             backlog.room().await;
+        }
+    }
+
+    /// The part of [`Handle::accept`] that does not wait, so that it may run inside the
+    /// dispatcher (a decision seats its voters and accepts their ballots in one turn): ids
+    /// taken, the journal written (or its write started), the jobs sent on. Await
+    /// [`Handle::acked`] with what it returns.
+    pub(crate) fn enter(
+        &self,
+        specs: Vec<TaskSpec>,
+        masks: Vec<SpecMask>,
+        mut waiter: impl FnMut(usize, TaskId) -> Option<Waiter>,
+        pin: impl Fn(usize) -> Option<AgentId>,
+        ballots: Option<crate::decision::Ballots>,
+    ) -> Result<Entered, Error> {
+        let n = specs.len();
+        if n == 0 {
+            return Ok(Entered {
+                accepted: Accepted {
+                    first: self.shared.journal.next_task_id(),
+                    count: 0,
+                },
+                ack: None,
+            });
         }
         let submitted = Instant::now();
         let (first, durable) = {
@@ -399,7 +438,10 @@ impl Handle {
                     .inbox
                     .send(Command::Submit(jobs))
                     .map_err(|_| Error::Stopped)?;
-                Ok(accepted)
+                Ok(Entered {
+                    accepted,
+                    ack: None,
+                })
             }
             Some(Err(error)) => Err(self.refused(n, error)),
             // A journal with a writer thread: the dispatcher holds the jobs until the group
@@ -410,12 +452,23 @@ impl Handle {
                     .inbox
                     .send(Command::SubmitPending { jobs, durable, ack })
                     .map_err(|_| Error::Stopped)?;
-                match acked.await {
-                    Ok(Ok(())) => Ok(accepted),
-                    Ok(Err(error)) => Err(self.refused(0, error)),
-                    Err(_) => Err(Error::Stopped),
-                }
+                Ok(Entered {
+                    accepted,
+                    ack: Some(acked),
+                })
             }
+        }
+    }
+
+    /// Waits until the journal holds what [`Handle::enter`] submitted.
+    pub(crate) async fn acked(&self, entered: Entered) -> Result<Accepted, Error> {
+        let Some(acked) = entered.ack else {
+            return Ok(entered.accepted);
+        };
+        match acked.await {
+            Ok(Ok(())) => Ok(entered.accepted),
+            Ok(Err(error)) => Err(self.refused(0, error)),
+            Err(_) => Err(Error::Stopped),
         }
     }
 

@@ -226,12 +226,21 @@ pub(crate) enum Waiter {
 }
 
 impl Waiter {
-    pub(crate) fn send(self, completion: Completion) {
+    /// Hands the waiter its task's end. A batch's reader is not woken: the batch is returned
+    /// when it needs waking, for the sender to wake it once it has sent every end of its
+    /// turn (a reader woken by the first end would take that one alone, and be woken again
+    /// for the next).
+    pub(crate) fn send(self, completion: Completion) -> Option<Arc<Batch>> {
         match self {
             Waiter::One(tx) => {
                 let _ = tx.send(completion);
+                None
             }
-            Waiter::Batch(sender) => (*sender).send(completion),
+            Waiter::Batch(mut sender) => {
+                sender.sent = true;
+                let batch = sender.batch.clone();
+                batch.push_quietly(Ok(completion)).then_some(batch)
+            }
         }
     }
 }
@@ -259,15 +268,21 @@ impl Batch {
     }
 
     fn push(&self, ended: Result<Completion, TaskId>) {
-        let first = {
-            let mut all = self.ended.lock().unwrap_or_else(|p| p.into_inner());
-            all.push(ended);
-            all.len() == 1
-        };
-        // Later ones of the same drain find the reader already woken.
-        if first {
-            self.reader.wake();
+        if self.push_quietly(ended) {
+            self.wake();
         }
+    }
+
+    /// Adds an end without waking the reader; whether the batch was empty (the reader needs
+    /// waking, by [`Batch::wake`] once the rest of the turn's ends are in too).
+    fn push_quietly(&self, ended: Result<Completion, TaskId>) -> bool {
+        let mut all = self.ended.lock().unwrap_or_else(|p| p.into_inner());
+        all.push(ended);
+        all.len() == 1
+    }
+
+    pub(crate) fn wake(&self) {
+        self.reader.wake();
     }
 
     /// Moves the ends heard so far into `out`: ready if there were any, else the reader is
@@ -303,13 +318,6 @@ pub(crate) struct BatchSender {
     batch: Arc<Batch>,
     task: TaskId,
     sent: bool,
-}
-
-impl BatchSender {
-    fn send(mut self, completion: Completion) {
-        self.sent = true;
-        self.batch.push(Ok(completion));
-    }
 }
 
 impl Drop for BatchSender {

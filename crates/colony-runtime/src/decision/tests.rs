@@ -220,6 +220,43 @@ async fn too_few_workers_is_refused_before_anything_is_accepted() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_refused_decision_hands_its_room_back_and_one_larger_than_the_room_is_refused_at_once() {
+    let (runtime, _) = start(3, |_| Answer::Says("x", 1)).await;
+    let h = runtime.handle();
+    let capacity = h.stats().capacity;
+    // Refused inside the dispatcher (too few workers) more often than the room holds its
+    // seats: each refusal gave its room back, or a later decision would wait for it forever.
+    let voting = tokio::time::timeout(Duration::from_secs(60), async {
+        for _ in 0..=capacity / 5 {
+            let refused = h
+                .decide(ballot_task(1_000), Vote::new(5, DecisionOptions::default()))
+                .await;
+            assert!(refused.is_err());
+        }
+        h.decide(ballot_task(1_000), Vote::new(3, DecisionOptions::default()))
+            .await
+    })
+    .await
+    .expect("room was handed back")
+    .unwrap();
+    assert!(voting.outcome().await.unwrap().outcome.winner().is_some());
+    // More voters than the hierarchy has room for would wait forever: refused now.
+    let too_many = u32::try_from(capacity + 1).unwrap();
+    let err = tokio::time::timeout(
+        Duration::from_secs(60),
+        h.decide(
+            ballot_task(1_000),
+            Vote::new(too_many, DecisionOptions::default()),
+        ),
+    )
+    .await
+    .expect("refused without waiting")
+    .unwrap_err();
+    assert!(matches!(err, Error::BatchTooLarge { .. }), "{err}");
+    runtime.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
 async fn silent_voters_close_the_vote_at_once_and_a_failed_vote_says_why() {
     // Three of four fail at once: one ballot of four is no quorum, known as soon as the
     // failures are in, not at the 5 s deadline.

@@ -329,11 +329,20 @@ impl Release {
         if let Err(error) = journaled {
             tracing::error!(%error, "The journal could not record a turn's transitions.");
         }
+        // A decision's ballots ended in this turn wake its reader once, after the last.
+        let mut batches: Vec<Arc<crate::shared::Batch>> = Vec::new();
         for (waiter, mut completion) in self.completions {
             if let Err(error) = journaled {
                 completion.error = Some(format!("not recorded in the journal: {error}").into());
             }
-            waiter.send(completion);
+            if let Some(batch) = waiter.send(completion)
+                && !batches.iter().any(|b| Arc::ptr_eq(b, &batch))
+            {
+                batches.push(batch);
+            }
+        }
+        for batch in batches {
+            batch.wake();
         }
         if finished == 0 {
             return;
