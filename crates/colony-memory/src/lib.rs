@@ -14,11 +14,13 @@
 //! embedding (finite numbers, [`MAX_DIMENSION`] at most, and the namespace's dimension once
 //! it has one), a query's `k` ([`MAX_K`]).
 
+mod cache;
 mod embed;
 mod rank;
 mod sqlite;
 pub mod testing;
 
+pub use cache::{CACHE_BYTES, CacheStats, DEFAULT_CACHE_ENTRIES};
 pub use embed::{Embedder, Lexical};
 pub use sqlite::SqliteMemory;
 

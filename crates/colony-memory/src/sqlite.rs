@@ -4,7 +4,9 @@
 //! a `put` that returned is on disk.
 
 use crate::{
-    Document, Error, Hit, Memory, Metadata, Namespace, Query, Stats, check_batch,
+    Document, Error, Hit, Memory, Metadata, Namespace, Query, Stats,
+    cache::{Cache, CacheStats, DEFAULT_CACHE_ENTRIES},
+    check_batch,
     rank::{TopK, fuse},
 };
 use rusqlite::{Connection, OptionalExtension, params, types::Value as Sql};
@@ -14,8 +16,14 @@ use std::{path::Path, sync::Mutex};
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS namespaces (
     name TEXT PRIMARY KEY,
-    dimension INTEGER
+    dimension INTEGER,
+    version INTEGER NOT NULL DEFAULT 0
 );
+CREATE TABLE IF NOT EXISTS store (
+    one INTEGER PRIMARY KEY CHECK (one = 1),
+    version INTEGER NOT NULL
+);
+INSERT OR IGNORE INTO store (one, version) VALUES (1, 0);
 CREATE TABLE IF NOT EXISTS documents (
     seq INTEGER PRIMARY KEY,
     namespace TEXT NOT NULL REFERENCES namespaces(name),
@@ -50,9 +58,10 @@ const CACHE_KIB: u32 = 64 * 1024;
 /// Candidates each ranking gives a hybrid search, at least: fusion needs more than `k`.
 const HYBRID_DEPTH: usize = 50;
 
-/// Documents in one SQLite file (or in memory, for tests).
+/// Documents in one SQLite file (or in memory, for tests), with a cache of recent searches.
 pub struct SqliteMemory {
     db: Mutex<Connection>,
+    cache: Cache,
 }
 
 impl std::fmt::Debug for SqliteMemory {
@@ -108,13 +117,71 @@ impl SqliteMemory {
             ));
         }
         db.execute_batch(SCHEMA)?;
+        migrate(&db)?;
         db.pragma_update(None, "application_id", APPLICATION_ID)?;
-        Ok(Self { db: Mutex::new(db) })
+        Ok(Self {
+            db: Mutex::new(db),
+            cache: Cache::new(DEFAULT_CACHE_ENTRIES),
+        })
+    }
+
+    /// Keeps up to `entries` recent searches' results (0: none), each answered again while
+    /// what it read is unchanged. [`DEFAULT_CACHE_ENTRIES`] unless set.
+    pub fn with_cache(mut self, entries: usize) -> Self {
+        self.cache = Cache::new(entries);
+        self
+    }
+
+    /// How the cache of searches has done so far.
+    pub fn cache_stats(&self) -> CacheStats {
+        self.cache.stats()
     }
 
     fn db(&self) -> std::sync::MutexGuard<'_, Connection> {
         self.db.lock().unwrap_or_else(|p| p.into_inner())
     }
+}
+
+/// Brings a file written before namespaces had versions up to date: the column is added,
+/// at 0 (no search of it is cached yet).
+fn migrate(db: &Connection) -> Result<(), Error> {
+    let versioned: bool = db.query_row(
+        "SELECT count(*) > 0 FROM pragma_table_info('namespaces') WHERE name = 'version'",
+        [],
+        |r| r.get(0),
+    )?;
+    if !versioned {
+        db.execute_batch("ALTER TABLE namespaces ADD COLUMN version INTEGER NOT NULL DEFAULT 0")?;
+    }
+    Ok(())
+}
+
+/// Marks a write to `ns`: its version and the store's go up in the writing transaction, so
+/// that every cached search that read it, here or in another process, is stale.
+fn written(tx: &Connection, ns: &Namespace) -> Result<(), Error> {
+    tx.execute(
+        "UPDATE namespaces SET version = version + 1 WHERE name = ?1",
+        [ns.as_str()],
+    )?;
+    tx.execute("UPDATE store SET version = version + 1", [])?;
+    Ok(())
+}
+
+/// What a search read, as versions: the namespace's, and, for a ranking by text (whose
+/// BM25 weights come from every namespace's documents), the whole store's.
+fn versions(db: &Connection, ns: &Namespace, text: bool) -> Result<(i64, i64), Error> {
+    let namespace: i64 = db
+        .prepare_cached("SELECT version FROM namespaces WHERE name = ?1")?
+        .query_row([ns.as_str()], |r| r.get(0))
+        .optional()?
+        .ok_or_else(|| Error::UnknownNamespace(ns.to_string()))?;
+    let store = if text {
+        db.prepare_cached("SELECT version FROM store")?
+            .query_row([], |r| r.get(0))?
+    } else {
+        0
+    };
+    Ok((namespace, store))
 }
 
 /// The namespace's dimension (`Some(None)` when it holds no embedding yet); `None` when
@@ -190,6 +257,45 @@ fn match_expression(text: &str) -> Option<String> {
 }
 
 impl SqliteMemory {
+    /// A search's hits, read in `db`'s snapshot.
+    fn ranked(
+        db: &Connection,
+        ns: &Namespace,
+        dimension: Option<usize>,
+        query: &Query,
+    ) -> Result<Vec<Hit>, Error> {
+        let k = query.k;
+        match (&query.text, &query.vector) {
+            (Some(text), None) => Self::text_ranked(db, ns, text, &query.filter, k),
+            (None, Some(vector)) => {
+                Self::vector_ranked(db, ns, dimension, vector, &query.filter, k)
+            }
+            (Some(text), Some(vector)) => {
+                let depth = (k * 4).max(HYBRID_DEPTH);
+                let by_text = Self::text_ranked(db, ns, text, &query.filter, depth)?;
+                let by_vector =
+                    Self::vector_ranked(db, ns, dimension, vector, &query.filter, depth)?;
+                let text_ids: Vec<String> = by_text.iter().map(|h| h.id.clone()).collect();
+                let vector_ids: Vec<String> = by_vector.iter().map(|h| h.id.clone()).collect();
+                let mut found: std::collections::HashMap<String, Hit> = by_text
+                    .into_iter()
+                    .chain(by_vector)
+                    .map(|h| (h.id.clone(), h))
+                    .collect();
+                Ok(fuse(&[&text_ids, &vector_ids])
+                    .into_iter()
+                    .take(k)
+                    .filter_map(|(score, id)| {
+                        let mut hit = found.remove(id)?;
+                        hit.score = score;
+                        Some(hit)
+                    })
+                    .collect())
+            }
+            (None, None) => Err(Error::Query("a query needs text, a vector or both".into())),
+        }
+    }
+
     fn text_ranked(
         db: &Connection,
         ns: &Namespace,
@@ -419,6 +525,7 @@ impl Memory for SqliteMemory {
                 ])?;
             }
         }
+        written(&tx, ns)?;
         tx.commit()?;
         Ok(())
     }
@@ -462,6 +569,9 @@ impl Memory for SqliteMemory {
                 deleted += delete.execute(params![ns.as_str(), id])? as u64;
             }
         }
+        if deleted > 0 {
+            written(&tx, ns)?;
+        }
         tx.commit()?;
         Ok(deleted)
     }
@@ -473,36 +583,22 @@ impl Memory for SqliteMemory {
         // best documents must not change what is returned.
         let db = db.unchecked_transaction()?;
         let dimension = known(&db, ns)?;
-        let k = query.k;
-        match (&query.text, &query.vector) {
-            (Some(text), None) => Self::text_ranked(&db, ns, text, &query.filter, k),
-            (None, Some(vector)) => {
-                Self::vector_ranked(&db, ns, dimension, vector, &query.filter, k)
+        let key = self.cache.key(ns, query);
+        let read = match &key {
+            Some(key) => {
+                let read = versions(&db, ns, query.text.is_some())?;
+                if let Some(hits) = self.cache.get(key, read) {
+                    return Ok(hits);
+                }
+                Some(read)
             }
-            (Some(text), Some(vector)) => {
-                let depth = (k * 4).max(HYBRID_DEPTH);
-                let by_text = Self::text_ranked(&db, ns, text, &query.filter, depth)?;
-                let by_vector =
-                    Self::vector_ranked(&db, ns, dimension, vector, &query.filter, depth)?;
-                let text_ids: Vec<String> = by_text.iter().map(|h| h.id.clone()).collect();
-                let vector_ids: Vec<String> = by_vector.iter().map(|h| h.id.clone()).collect();
-                let mut found: std::collections::HashMap<String, Hit> = by_text
-                    .into_iter()
-                    .chain(by_vector)
-                    .map(|h| (h.id.clone(), h))
-                    .collect();
-                Ok(fuse(&[&text_ids, &vector_ids])
-                    .into_iter()
-                    .take(k)
-                    .filter_map(|(score, id)| {
-                        let mut hit = found.remove(id)?;
-                        hit.score = score;
-                        Some(hit)
-                    })
-                    .collect())
-            }
-            (None, None) => Err(Error::Query("a query needs text, a vector or both".into())),
+            None => None,
+        };
+        let hits = Self::ranked(&db, ns, dimension, query)?;
+        if let (Some(key), Some(read)) = (key, read) {
+            self.cache.put(key, read, &hits);
         }
+        Ok(hits)
     }
 
     fn stats(&self, ns: &Namespace) -> Result<Stats, Error> {

@@ -722,6 +722,7 @@ pub fn cpu_time() -> Duration {
 pub mod autoscale;
 pub mod crash;
 pub mod health;
+pub mod memory;
 pub mod restart;
 pub mod vote;
 pub mod warm;

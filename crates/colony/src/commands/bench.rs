@@ -142,6 +142,27 @@ pub(crate) enum Bench {
         #[arg(long)]
         json: bool,
     },
+    /// The shared memory's embedded store: documents (seeded, clustered vectors and skewed
+    /// words) stored in batches, then exact vector search among 10,000 and among all of
+    /// them, text and hybrid search, and a search answered again from the cache, each timed
+    /// from the call to its answer. In a temporary directory, deleted after.
+    Memory {
+        /// Documents of the larger namespace (a second one holds 10,000 more).
+        #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u32).range(10_000..=i64::from(bench::memory::MAX_DOCUMENTS)))]
+        documents: u32,
+        /// Dimensions of each document's vector.
+        #[arg(long, default_value_t = 384, value_parser = clap::value_parser!(u32).range(1..=i64::from(bench::memory::MAX_DIMENSION)))]
+        dimension: u32,
+        /// Searches timed of each kind.
+        #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=i64::from(bench::memory::MAX_QUERIES)))]
+        queries: u32,
+        /// Seed of the documents and queries.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Print the report as JSON, verdict included.
+        #[arg(long)]
+        json: bool,
+    },
     /// The process `bench crash` kills (internal).
     #[command(hide = true)]
     CrashChild(CrashChildArgs),
@@ -724,6 +745,57 @@ pub(crate) fn run(bench: Bench) -> Result<(), Failure> {
             print!("{}", t.render());
             print_ok(&report.verdict);
             judge("vote", &report.verdict)?;
+        }
+        Bench::Memory {
+            documents,
+            dimension,
+            queries,
+            seed,
+            json,
+        } => {
+            let scratch = tempfile::tempdir().map_err(Failure::work)?;
+            let report = bench::memory::memory(scratch.path(), documents, dimension, queries, seed)
+                .map_err(failure)?;
+            if json {
+                print_json(&report)?;
+                return judge("memory", &report.verdict);
+            }
+            println!(
+                "{} + 10,000 documents of {} dimensions stored: {:.0} documents/s ({:.0} MiB file)",
+                report.documents,
+                report.dimension,
+                report.inserts_per_s,
+                report.file_bytes as f64 / f64::from(1 << 20)
+            );
+            let ms = |us: f64| format!("{:.3} ms", us / 1e3);
+            let mut t = Table::new(&["search, k = 10", "p50", "p99", "max"]);
+            for (name, p) in [
+                (
+                    "exact vector, 10,000 documents".to_owned(),
+                    &report.exact_small,
+                ),
+                (
+                    format!("exact vector, {} documents", report.documents),
+                    &report.exact_all,
+                ),
+                (
+                    "text (BM25), 10,000 documents".to_owned(),
+                    &report.text_small,
+                ),
+                ("hybrid, 10,000 documents".to_owned(), &report.hybrid_small),
+                ("cache hit".to_owned(), &report.cache_hit),
+            ] {
+                t.row(vec![name, ms(p.p50_us), ms(p.p99_us), ms(p.max_us)]);
+            }
+            t.row(vec![
+                "approximate (HNSW): not built yet".into(),
+                "-".into(),
+                "-".into(),
+                "-".into(),
+            ]);
+            print!("{}", t.render());
+            print_ok(&report.verdict);
+            judge("memory", &report.verdict)?;
         }
         Bench::CrashChild(args) => {
             let options = crash::ChildOptions {

@@ -1,0 +1,106 @@
+//! The cache of searches never answers what a fresh search would not: two stores on one
+//! file, one caching and one not (as two processes would be), take turns writing at random,
+//! and after every write each search gives the same hits through both.
+
+use colony_memory::{Document, Memory, Namespace, Query, SqliteMemory};
+use rand::{Rng, SeedableRng, rngs::SmallRng};
+
+const WORDS: &[&str] = &["agent", "task", "vote", "team", "memory", "route", "queue"];
+
+fn doc(rng: &mut SmallRng, id: u32) -> Document {
+    let text: Vec<&str> = (0..rng.random_range(1..6))
+        .map(|_| WORDS[rng.random_range(0..WORDS.len())])
+        .collect();
+    Document::new(format!("d{id}"), text.join(" "))
+        .with("kind", if rng.random_bool(0.5) { "note" } else { "plan" })
+        .embedded((0..4).map(|_| rng.random_range(-1.0..1.0)).collect())
+}
+
+fn queries(rng: &mut SmallRng) -> Vec<Query> {
+    let vector: Vec<f32> = (0..4).map(|_| rng.random_range(-1.0..1.0)).collect();
+    let word = WORDS[rng.random_range(0..WORDS.len())];
+    vec![
+        Query::text(word, 5),
+        Query::text(word, 5).filtered("kind", "note"),
+        Query::vector(vector.clone(), 5),
+        Query {
+            text: Some(word.into()),
+            vector: Some(vector),
+            k: 5,
+            ..Query::default()
+        },
+    ]
+}
+
+#[test]
+fn a_cached_search_always_equals_a_fresh_one_whoever_wrote() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("memory.db");
+    let cached = SqliteMemory::open(&path).unwrap();
+    let fresh = SqliteMemory::open(&path).unwrap().with_cache(0);
+    let namespaces = [
+        Namespace::parse("team/a").unwrap(),
+        Namespace::parse("team/b").unwrap(),
+    ];
+    let mut rng = SmallRng::seed_from_u64(7);
+    for ns in &namespaces {
+        cached.put(ns, vec![doc(&mut rng, 0)]).unwrap();
+    }
+    let mut asked = Vec::new();
+    for step in 0..300 {
+        // A write through either store, to either namespace: a put or a delete.
+        let writer: &dyn Memory = if rng.random_bool(0.5) {
+            &cached
+        } else {
+            &fresh
+        };
+        let ns = &namespaces[rng.random_range(0..2)];
+        let id = rng.random_range(0..20);
+        if rng.random_bool(0.8) {
+            writer.put(ns, vec![doc(&mut rng, id)]).unwrap();
+        } else {
+            writer.delete(ns, &[format!("d{id}")]).unwrap();
+        }
+        // The same queries again and again, so that the cache has answers to give.
+        if step % 10 == 0 {
+            asked = queries(&mut rng);
+        }
+        for ns in &namespaces {
+            for query in &asked {
+                let a = cached.search(ns, query).unwrap();
+                let b = fresh.search(ns, query).unwrap();
+                assert_eq!(a, b, "step {step}, {ns}, {query:?}");
+                // Asked twice in a row with no write between: the second is the cache's.
+                assert_eq!(cached.search(ns, query).unwrap(), b);
+            }
+        }
+    }
+    let stats = cached.cache_stats();
+    assert!(stats.hits >= 2400, "{stats:?}");
+    assert!(stats.misses > 0, "{stats:?}");
+    assert_eq!(fresh.cache_stats().entries, 0);
+}
+
+#[test]
+fn a_file_from_before_versions_is_brought_up_to_date() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("memory.db");
+    {
+        // The first schema: namespaces without versions, no store row.
+        let db = rusqlite::Connection::open(&path).unwrap();
+        db.execute_batch(
+            "CREATE TABLE namespaces (name TEXT PRIMARY KEY, dimension INTEGER);
+             INSERT INTO namespaces VALUES ('shared', NULL);
+             PRAGMA application_id = 1668113773;",
+        )
+        .unwrap();
+    }
+    let m = SqliteMemory::open_existing(&path).unwrap();
+    let ns = Namespace::parse("shared").unwrap();
+    m.put(&ns, vec![Document::new("a", "an agent's note")])
+        .unwrap();
+    let query = Query::text("agent", 3);
+    assert_eq!(m.search(&ns, &query).unwrap().len(), 1);
+    assert_eq!(m.search(&ns, &query).unwrap().len(), 1);
+    assert_eq!(m.cache_stats().hits, 1);
+}

@@ -1,0 +1,301 @@
+//! `colony bench memory`: the shared memory's embedded store under a synthetic, seeded load.
+//! Documents (clustered random unit vectors and words drawn with a skew, as real text has
+//! common and rare words) go into two namespaces of one SQLite file, one of 10,000 and one
+//! of all of them; then exact vector, text and hybrid searches are timed from the call to
+//! its answer, and a search answered again by the cache. Each exact search is checked: a
+//! query that is a stored document's own vector finds that document first.
+
+use super::{Percentiles, Verdict};
+use crate::Error;
+use colony_memory::{Document, Memory, Namespace, Query, SqliteMemory};
+use rand::{Rng, SeedableRng, rngs::SmallRng};
+use serde::Serialize;
+use std::{
+    path::Path,
+    time::{Duration, Instant},
+};
+
+/// Most documents of one run.
+pub const MAX_DOCUMENTS: u32 = 1_000_000;
+/// Most dimensions of one run's vectors.
+pub const MAX_DIMENSION: u32 = 4096;
+/// Most timed searches of each kind.
+pub const MAX_QUERIES: u32 = 100_000;
+/// The namespace of which exact search is held to its target.
+const SMALL: u32 = 10_000;
+/// Documents per `put`.
+const BATCH: usize = 1_000;
+/// Hits asked of each search.
+const K: usize = 10;
+/// Centres the vectors cluster around.
+const CLUSTERS: usize = 100;
+/// Words of the synthetic vocabulary.
+const VOCABULARY: u32 = 5_000;
+/// Cache hits timed.
+const CACHE_HITS: usize = 1_000;
+/// Targets (issue 15).
+const TARGET_EXACT_P50: Duration = Duration::from_millis(10);
+const TARGET_CACHE_P50: Duration = Duration::from_micros(50);
+
+#[derive(Clone, Debug, Serialize)]
+pub struct MemoryReport {
+    pub documents: u32,
+    pub dimension: u32,
+    pub queries: u32,
+    /// Documents stored per second, in batches of 1,000, each synced before it returned.
+    pub inserts_per_s: f64,
+    /// Exact vector search among 10,000 documents, and among all of them.
+    pub exact_small: Percentiles,
+    pub exact_all: Percentiles,
+    /// Full-text and hybrid search among 10,000.
+    pub text_small: Percentiles,
+    pub hybrid_small: Percentiles,
+    /// A search answered again from the cache.
+    pub cache_hit: Percentiles,
+    /// The file's size at the end.
+    pub file_bytes: u64,
+    /// Targets: exact search ≤ 10 ms p50 among 10,000 documents, a cache hit < 50 µs p50;
+    /// and every exact search found the document whose vector it was.
+    #[serde(flatten)]
+    pub verdict: Verdict,
+}
+
+/// Runs the workload on a new memory file in `dir`.
+pub fn memory(
+    dir: &Path,
+    documents: u32,
+    dimension: u32,
+    queries: u32,
+    seed: u64,
+) -> Result<MemoryReport, Error> {
+    let options = |what: String| Err(Error::Options(what));
+    if !(SMALL..=MAX_DOCUMENTS).contains(&documents) {
+        return options(format!(
+            "{documents} documents is out of range: allowed {SMALL}..={MAX_DOCUMENTS}"
+        ));
+    }
+    if !(1..=MAX_DIMENSION).contains(&dimension) {
+        return options(format!(
+            "{dimension} dimensions is out of range: allowed 1..={MAX_DIMENSION}"
+        ));
+    }
+    if !(1..=MAX_QUERIES).contains(&queries) {
+        return options(format!(
+            "{queries} queries is out of range: allowed 1..={MAX_QUERIES}"
+        ));
+    }
+    let store = |e: colony_memory::Error| Error::Options(format!("the memory: {e}"));
+    let path = dir.join("memory.db");
+    // Timed searches are never the cache's: it is off here, and measured apart below.
+    let memory = SqliteMemory::open(&path).map_err(store)?.with_cache(0);
+    let mut rng = SmallRng::seed_from_u64(seed);
+    let data = Data::new(&mut rng, dimension as usize);
+    let small = Namespace::parse("bench/small").map_err(store)?;
+    let all = Namespace::parse("bench/all").map_err(store)?;
+
+    let started = Instant::now();
+    // A few documents of each namespace, to look for by their own vectors.
+    let mut kept: [Vec<(String, Vec<f32>)>; 2] = Default::default();
+    for (which, ns, n) in [(0, &small, SMALL), (1, &all, documents)] {
+        let mut next = 0u32;
+        while next < n {
+            let batch: Vec<Document> = (next..n.min(next + BATCH as u32))
+                .map(|i| data.document(&mut rng, which, i))
+                .collect();
+            let d = &batch[batch.len() / 2];
+            kept[which].push((d.id.clone(), d.embedding.clone().unwrap_or_default()));
+            next += batch.len() as u32;
+            memory.put(ns, batch).map_err(store)?;
+        }
+    }
+    let inserts_per_s = f64::from(SMALL + documents) / started.elapsed().as_secs_f64();
+
+    let mut verdict = Verdict::new();
+    let mut exact = |ns: &Namespace, which: usize| -> Result<Percentiles, Error> {
+        let mut times = Vec::with_capacity(queries as usize);
+        let kept = &kept[which];
+        for q in 0..queries {
+            // Half the queries are stored vectors (checked to come first), half new ones.
+            let own = (q % 2 == 0).then(|| &kept[(q as usize / 2) % kept.len()]);
+            let vector = match own {
+                Some((_, v)) => v.clone(),
+                None => data.vector(&mut rng),
+            };
+            let start = Instant::now();
+            let hits = memory
+                .search(ns, &Query::vector(vector, K))
+                .map_err(store)?;
+            times.push(start.elapsed());
+            verdict.check(hits.len() == K, || {
+                format!(
+                    "an exact search of {ns} found {} documents, not {K}",
+                    hits.len()
+                )
+            });
+            if let Some((id, _)) = own {
+                verdict.check(hits.first().is_some_and(|h| &h.id == id), || {
+                    format!("{id}'s own vector did not find it first in {ns}")
+                });
+            }
+        }
+        Ok(Percentiles::of(times))
+    };
+    let exact_small = exact(&small, 0)?;
+    let exact_all = exact(&all, 1)?;
+
+    let mut timed = |query: &dyn Fn(&mut SmallRng) -> Query| -> Result<Percentiles, Error> {
+        let mut times = Vec::with_capacity(queries as usize);
+        for _ in 0..queries {
+            let query = query(&mut rng);
+            let start = Instant::now();
+            memory.search(&small, &query).map_err(store)?;
+            times.push(start.elapsed());
+        }
+        Ok(Percentiles::of(times))
+    };
+    let text_small = timed(&|rng| Query::text(data.words(rng, 3), K))?;
+    let hybrid_small = timed(&|rng| Query {
+        text: Some(data.words(rng, 3)),
+        vector: Some(data.vector(rng)),
+        k: K,
+        ..Query::default()
+    })?;
+
+    // The cache: the same search again, on a store that keeps them.
+    let cached = SqliteMemory::open(&path).map_err(store)?;
+    let query = Query::vector(data.vector(&mut rng), K);
+    let first = cached.search(&small, &query).map_err(store)?;
+    let mut times = Vec::with_capacity(CACHE_HITS);
+    for _ in 0..CACHE_HITS {
+        let start = Instant::now();
+        let again = cached.search(&small, &query).map_err(store)?;
+        times.push(start.elapsed());
+        if again != first {
+            verdict.check(false, || "a cached search answered differently".into());
+            break;
+        }
+    }
+    let cache_hit = Percentiles::of(times);
+    let stats = cached.cache_stats();
+    verdict.check(stats.hits >= CACHE_HITS as u64, || {
+        format!(
+            "{} of {CACHE_HITS} repeated searches were the cache's",
+            stats.hits
+        )
+    });
+    verdict.check(exact_small.p50_us <= micros(TARGET_EXACT_P50), || {
+        format!(
+            "exact search among {SMALL} documents took {:.0} µs at the median: the target is {} µs",
+            exact_small.p50_us,
+            TARGET_EXACT_P50.as_micros()
+        )
+    });
+    verdict.check(cache_hit.p50_us < micros(TARGET_CACHE_P50), || {
+        format!(
+            "a cache hit took {:.1} µs at the median: the target is under {} µs",
+            cache_hit.p50_us,
+            TARGET_CACHE_P50.as_micros()
+        )
+    });
+    drop((memory, cached));
+    let file_bytes = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+    Ok(MemoryReport {
+        documents,
+        dimension,
+        queries,
+        inserts_per_s,
+        exact_small,
+        exact_all,
+        text_small,
+        hybrid_small,
+        cache_hit,
+        file_bytes,
+        verdict,
+    })
+}
+
+fn micros(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e6
+}
+
+/// The synthetic data: cluster centres, and how words are drawn.
+struct Data {
+    centres: Vec<Vec<f32>>,
+    dimension: usize,
+}
+
+impl Data {
+    fn new(rng: &mut SmallRng, dimension: usize) -> Self {
+        let centres = (0..CLUSTERS)
+            .map(|_| {
+                unit(
+                    (0..dimension)
+                        .map(|_| rng.random_range(-1.0..1.0))
+                        .collect(),
+                )
+            })
+            .collect();
+        Self { centres, dimension }
+    }
+
+    /// A unit vector near a random centre.
+    fn vector(&self, rng: &mut SmallRng) -> Vec<f32> {
+        let centre = &self.centres[rng.random_range(0..CLUSTERS)];
+        unit(
+            centre
+                .iter()
+                .map(|&c| c + rng.random_range(-0.5..0.5) / (self.dimension as f32).sqrt())
+                .collect(),
+        )
+    }
+
+    /// `n` words, common ones far more often than rare ones.
+    fn words(&self, rng: &mut SmallRng, n: usize) -> String {
+        (0..n)
+            .map(|_| {
+                let r: f64 = rng.random();
+                format!("w{}", (r * r * f64::from(VOCABULARY)) as u32)
+            })
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+
+    /// Document `i` of namespace `which`: ids differ between the namespaces.
+    fn document(&self, rng: &mut SmallRng, which: usize, i: u32) -> Document {
+        let words = rng.random_range(8..24);
+        Document::new(format!("d{which}-{i}"), self.words(rng, words))
+            .with("shard", i64::from(i % 16))
+            .embedded(self.vector(rng))
+    }
+}
+
+fn unit(v: Vec<f32>) -> Vec<f32> {
+    let norm = v
+        .iter()
+        .map(|x| x * x)
+        .sum::<f32>()
+        .sqrt()
+        .max(f32::MIN_POSITIVE);
+    v.into_iter().map(|x| x / norm).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_small_run_checks_what_it_found() {
+        let dir = tempfile::tempdir().unwrap();
+        let report = memory(dir.path(), SMALL, 8, 20, 3).unwrap();
+        assert_eq!(report.exact_small.samples, 20);
+        assert_eq!(report.cache_hit.samples, CACHE_HITS);
+        // Timing targets may miss on a loaded machine in a debug build; the checks may not.
+        assert!(
+            report.verdict.problems.iter().all(|p| p.contains("target")),
+            "{:?}",
+            report.verdict.problems
+        );
+        assert!(report.file_bytes > 0);
+        assert!(memory(dir.path(), 10, 8, 20, 3).is_err());
+    }
+}
