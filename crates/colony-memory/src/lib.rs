@@ -8,18 +8,24 @@
 //! embeds text without a model: hashed words and character trigrams, which find the same
 //! words, not the same meaning.
 //!
+//! Recent searches are cached, each answered again only while what it read is unchanged
+//! (`cache.rs`); a large namespace's vector searches go through an HNSW graph built from the
+//! file, scored exactly (`approx.rs`).
+//!
 //! Everything that comes in is bounded and checked before anything is stored, and a batch
 //! is stored whole or not at all: a namespace name ([`Namespace::parse`]), a document's id,
 //! text ([`MAX_TEXT_BYTES`]), metadata ([`MAX_METADATA_KEYS`], flat values only) and
 //! embedding (finite numbers, [`MAX_DIMENSION`] at most, and the namespace's dimension once
 //! it has one), a query's `k` ([`MAX_K`]).
 
+mod approx;
 mod cache;
 mod embed;
 mod rank;
 mod sqlite;
 pub mod testing;
 
+pub use approx::{DEFAULT_APPROXIMATE_FROM, Rebuilt};
 pub use cache::{CACHE_BYTES, CacheStats, DEFAULT_CACHE_ENTRIES};
 pub use embed::{Embedder, Lexical};
 pub use sqlite::SqliteMemory;
@@ -264,6 +270,9 @@ pub struct Query {
     #[serde(default)]
     pub filter: Metadata,
     pub k: usize,
+    /// Search every embedding, even in a namespace with an approximate index.
+    #[serde(default)]
+    pub exact: bool,
 }
 
 impl Query {

@@ -5,13 +5,17 @@
 
 use crate::{
     Document, Error, Hit, Memory, Metadata, Namespace, Query, Stats,
+    approx::{self, Index, Indexes, Rebuilt},
     cache::{Cache, CacheStats, DEFAULT_CACHE_ENTRIES},
     check_batch,
     rank::{TopK, fuse},
 };
 use rusqlite::{Connection, OptionalExtension, params, types::Value as Sql};
 use serde_json::Value;
-use std::{path::Path, sync::Mutex};
+use std::{
+    path::Path,
+    sync::{Mutex, RwLock},
+};
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS namespaces (
@@ -21,9 +25,10 @@ CREATE TABLE IF NOT EXISTS namespaces (
 );
 CREATE TABLE IF NOT EXISTS store (
     one INTEGER PRIMARY KEY CHECK (one = 1),
-    version INTEGER NOT NULL
+    version INTEGER NOT NULL,
+    seq INTEGER NOT NULL DEFAULT 0
 );
-INSERT OR IGNORE INTO store (one, version) VALUES (1, 0);
+
 CREATE TABLE IF NOT EXISTS documents (
     seq INTEGER PRIMARY KEY,
     namespace TEXT NOT NULL REFERENCES namespaces(name),
@@ -62,6 +67,7 @@ const HYBRID_DEPTH: usize = 50;
 pub struct SqliteMemory {
     db: Mutex<Connection>,
     cache: Cache,
+    approx: Indexes,
 }
 
 impl std::fmt::Debug for SqliteMemory {
@@ -80,7 +86,7 @@ impl SqliteMemory {
         // 2 MB page cache one page per call.
         db.pragma_update(None, "mmap_size", MMAP_BYTES)?;
         db.pragma_update(None, "cache_size", -(CACHE_KIB as i64))?;
-        Self::with(db)
+        Self::with(db, Some(path.to_owned()))
     }
 
     /// The memory in file `path`, which must exist and be a memory: nothing is created, and
@@ -103,10 +109,10 @@ impl SqliteMemory {
 
     /// A memory that lives as long as the value: for tests and throwaway runs.
     pub fn in_memory() -> Result<Self, Error> {
-        Self::with(Connection::open_in_memory()?)
+        Self::with(Connection::open_in_memory()?, None)
     }
 
-    fn with(db: Connection) -> Result<Self, Error> {
+    fn with(db: Connection, path: Option<std::path::PathBuf>) -> Result<Self, Error> {
         db.pragma_update(None, "foreign_keys", "ON")?;
         let id: i64 = db.pragma_query_value(None, "application_id", |r| r.get(0))?;
         let tables: i64 = db.query_row("SELECT count(*) FROM sqlite_schema", [], |r| r.get(0))?;
@@ -118,11 +124,42 @@ impl SqliteMemory {
         }
         db.execute_batch(SCHEMA)?;
         migrate(&db)?;
+        // The store's one row, once the tables it reads exist.
+        db.execute(
+            "INSERT OR IGNORE INTO store (one, version, seq)
+             VALUES (1, 0, (SELECT coalesce(max(seq), 0) FROM documents))",
+            [],
+        )?;
         db.pragma_update(None, "application_id", APPLICATION_ID)?;
         Ok(Self {
             db: Mutex::new(db),
             cache: Cache::new(DEFAULT_CACHE_ENTRIES),
+            approx: Indexes::new(path),
         })
+    }
+
+    /// Makes vector searches (without a filter, not asked to be exact) approximate in a
+    /// namespace once it holds `from` embeddings (`None`: never, unless [`Self::rebuild`]
+    /// indexes it). [`crate::DEFAULT_APPROXIMATE_FROM`] unless set.
+    pub fn with_approximate(mut self, from: Option<usize>) -> Self {
+        self.approx.from = from;
+        self
+    }
+
+    /// Documents in `ns`'s approximate index, if it has one ready.
+    pub fn indexed(&self, ns: &Namespace) -> Option<usize> {
+        self.approx
+            .ready(ns)
+            .map(|index| index.read().unwrap_or_else(|p| p.into_inner()).points)
+    }
+
+    /// Builds `ns`'s approximate index now, from the file, replacing any: its vector searches
+    /// are approximate from then on.
+    pub fn rebuild(&self, ns: &Namespace) -> Result<Rebuilt, Error> {
+        let db = self.db();
+        let db = db.unchecked_transaction()?;
+        known(&db, ns)?;
+        self.approx.rebuild(&db, ns)
     }
 
     /// Keeps up to `entries` recent searches' results (0: none), each answered again while
@@ -142,8 +179,9 @@ impl SqliteMemory {
     }
 }
 
-/// Brings a file written before namespaces had versions up to date: the column is added,
-/// at 0 (no search of it is cached yet).
+/// Brings a file written before namespaces had versions, or before the store kept the
+/// highest `seq` it gave, up to date: the columns are added (versions at 0, since no search
+/// of the file is cached yet; `seq` at the highest there is).
 fn migrate(db: &Connection) -> Result<(), Error> {
     let versioned: bool = db.query_row(
         "SELECT count(*) > 0 FROM pragma_table_info('namespaces') WHERE name = 'version'",
@@ -205,7 +243,7 @@ fn blob(v: &[f32]) -> Vec<u8> {
     v.iter().flat_map(|x| x.to_le_bytes()).collect()
 }
 
-fn floats(b: &[u8]) -> Vec<f32> {
+pub(crate) fn floats(b: &[u8]) -> Vec<f32> {
     b.chunks_exact(4)
         .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
         .collect()
@@ -259,6 +297,7 @@ fn match_expression(text: &str) -> Option<String> {
 impl SqliteMemory {
     /// A search's hits, read in `db`'s snapshot.
     fn ranked(
+        &self,
         db: &Connection,
         ns: &Namespace,
         dimension: Option<usize>,
@@ -267,13 +306,11 @@ impl SqliteMemory {
         let k = query.k;
         match (&query.text, &query.vector) {
             (Some(text), None) => Self::text_ranked(db, ns, text, &query.filter, k),
-            (None, Some(vector)) => {
-                Self::vector_ranked(db, ns, dimension, vector, &query.filter, k)
-            }
+            (None, Some(vector)) => self.vector_search(db, ns, dimension, vector, query),
             (Some(text), Some(vector)) => {
                 let depth = (k * 4).max(HYBRID_DEPTH);
                 let by_text = Self::text_ranked(db, ns, text, &query.filter, depth)?;
-                let by_vector =
+                let (by_vector, _) =
                     Self::vector_ranked(db, ns, dimension, vector, &query.filter, depth)?;
                 let text_ids: Vec<String> = by_text.iter().map(|h| h.id.clone()).collect();
                 let vector_ids: Vec<String> = by_vector.iter().map(|h| h.id.clone()).collect();
@@ -346,10 +383,10 @@ impl SqliteMemory {
         vector: &[f32],
         filter: &Metadata,
         k: usize,
-    ) -> Result<Vec<Hit>, Error> {
+    ) -> Result<(Vec<Hit>, usize), Error> {
         match dimension {
             // No embedding stored yet: nothing is near.
-            None => return Ok(Vec::new()),
+            None => return Ok((Vec::new(), 0)),
             Some(d) if d != vector.len() => {
                 return Err(Error::Query(format!(
                     "the query's vector has {} dimensions, and namespace {ns} holds {d}",
@@ -369,7 +406,9 @@ impl SqliteMemory {
         let mut rows = stmt.query(rusqlite::params_from_iter(params))?;
         let query = Query64::of(vector);
         let mut top = TopK::new(k);
+        let mut scanned = 0;
         while let Some(row) = rows.next()? {
+            scanned += 1;
             let bytes = row
                 .get_ref(2)?
                 .as_blob()
@@ -388,7 +427,8 @@ impl SqliteMemory {
             }
         }
         let mut fetch = db.prepare_cached("SELECT text, metadata FROM documents WHERE seq = ?1")?;
-        top.into_sorted()
+        let hits = top
+            .into_sorted()
             .into_iter()
             .map(|(score, id, seq)| {
                 let (text, meta) = fetch.query_row([seq], |r| {
@@ -401,7 +441,96 @@ impl SqliteMemory {
                     metadata: metadata(&meta)?,
                 })
             })
-            .collect()
+            .collect::<Result<_, Error>>()?;
+        Ok((hits, scanned))
+    }
+
+    /// A search by vector alone: approximate when the namespace has a graph and the query
+    /// neither filters nor asks to be exact (and enough of the graph's candidates are still
+    /// documents), else exact, after which a namespace found large enough starts being
+    /// indexed.
+    fn vector_search(
+        &self,
+        db: &Connection,
+        ns: &Namespace,
+        dimension: Option<usize>,
+        vector: &[f32],
+        query: &Query,
+    ) -> Result<Vec<Hit>, Error> {
+        let approximate = !query.exact && query.filter.is_empty();
+        if approximate
+            && dimension == Some(vector.len())
+            && let Some(index) = self.approx.ready(ns)
+            && let Some(hits) = Self::approximate(db, ns, &index, vector, query.k)?
+        {
+            return Ok(hits);
+        }
+        let (hits, scanned) =
+            Self::vector_ranked(db, ns, dimension, vector, &query.filter, query.k)?;
+        if approximate {
+            self.approx.scanned(ns, scanned);
+        }
+        Ok(hits)
+    }
+
+    /// The best `k` of the graph's nearest candidates, scored exactly from their stored
+    /// embeddings; `None` when fewer than `k` of them are still documents of `ns`. Documents
+    /// newer than the graph are added to it first.
+    fn approximate(
+        db: &Connection,
+        ns: &Namespace,
+        index: &RwLock<Index>,
+        vector: &[f32],
+        k: usize,
+    ) -> Result<Option<Vec<Hit>>, Error> {
+        let indexed_to = index.read().unwrap_or_else(|p| p.into_inner()).indexed_to;
+        let newer = approx::newer(db, ns, indexed_to)?;
+        if !newer.is_empty() {
+            index.write().unwrap_or_else(|p| p.into_inner()).add(&newer);
+        }
+        let candidates = index
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .nearest(vector, k + (k / 2).max(8));
+        let query = Query64::of(vector);
+        let mut fetch = db.prepare_cached(
+            "SELECT id, text, metadata, embedding FROM documents WHERE seq = ?1 AND namespace = ?2",
+        )?;
+        let mut top = TopK::new(k);
+        for seq in candidates {
+            let row = fetch
+                .query_row(params![seq, ns.as_str()], |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, String>(2)?,
+                        r.get::<_, Option<Vec<u8>>>(3)?,
+                    ))
+                })
+                .optional()?;
+            // Gone (deleted, or replaced under a new `seq`): not a candidate any more.
+            let Some((id, text, meta, Some(bytes))) = row else {
+                continue;
+            };
+            if bytes.len() == 4 * vector.len() {
+                top.offer(query.cosine(&bytes), id, (text, meta));
+            }
+        }
+        let best = top.into_sorted();
+        if best.len() < k {
+            return Ok(None);
+        }
+        best.into_iter()
+            .map(|(score, id, (text, meta))| {
+                Ok(Hit {
+                    id,
+                    score,
+                    text,
+                    metadata: metadata(&meta)?,
+                })
+            })
+            .collect::<Result<_, Error>>()
+            .map(Some)
     }
 }
 
@@ -506,17 +635,22 @@ impl Memory for SqliteMemory {
             _ => {}
         }
         {
+            // A replaced document is deleted and stored anew under the next `seq`, which the
+            // store never gives twice: an approximate index tells new documents by it.
+            let mut seq: i64 = tx.query_row("SELECT seq FROM store", [], |r| r.get(0))?;
+            let mut delete =
+                tx.prepare("DELETE FROM documents WHERE namespace = ?1 AND id = ?2")?;
             let mut insert = tx.prepare(
-                "INSERT INTO documents (namespace, id, text, metadata, embedding)
-                 VALUES (?1, ?2, ?3, ?4, ?5)
-                 ON CONFLICT (namespace, id) DO UPDATE SET
-                     text = excluded.text, metadata = excluded.metadata,
-                     embedding = excluded.embedding",
+                "INSERT INTO documents (seq, namespace, id, text, metadata, embedding)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
             )?;
             for d in &documents {
                 let meta =
                     serde_json::to_string(&d.metadata).map_err(|e| Error::Store(e.to_string()))?;
+                delete.execute(params![ns.as_str(), d.id])?;
+                seq += 1;
                 insert.execute(params![
+                    seq,
                     ns.as_str(),
                     d.id,
                     d.text,
@@ -524,6 +658,7 @@ impl Memory for SqliteMemory {
                     d.embedding.as_deref().map(blob)
                 ])?;
             }
+            tx.execute("UPDATE store SET seq = ?1", [seq])?;
         }
         written(&tx, ns)?;
         tx.commit()?;
@@ -594,7 +729,7 @@ impl Memory for SqliteMemory {
             }
             None => None,
         };
-        let hits = Self::ranked(&db, ns, dimension, query)?;
+        let hits = self.ranked(&db, ns, dimension, query)?;
         if let (Some(key), Some(read)) = (key, read) {
             self.cache.put(key, read, &hits);
         }

@@ -156,13 +156,16 @@ fn open(db: &Path, create: bool) -> Result<SqliteMemory, Failure> {
             db.display()
         )));
     }
-    if create {
+    let memory = if create {
         // A path that cannot be a memory is the caller's to fix.
         SqliteMemory::open(db).map_err(Failure::input)
     } else {
         // Never changes a file that is not a memory.
         SqliteMemory::open_existing(db).map_err(Failure::input)
-    }
+    };
+    // One command, then the process ends: an approximate index built for a single search
+    // would cost more than the exact search it replaces.
+    memory.map(|m| m.with_approximate(None))
 }
 
 fn namespace(at: &Where) -> Result<Namespace, Failure> {
@@ -334,6 +337,7 @@ fn search(args: &SearchArgs) -> Result<(), Failure> {
         vector,
         filter: args.filter.iter().cloned().collect(),
         k: args.k as usize,
+        exact: true,
     };
     let hits = memory.search(&ns, &query).map_err(failure)?;
     if args.json {
