@@ -24,6 +24,10 @@
 //!   metrics-api scaler.
 //! - `POST /v1/runs` [admin]: run a workflow file (see [`runs`]); `GET /v1/runs`,
 //!   `GET /v1/runs/{id}` [read]; `POST /v1/runs/{id}/cancel` [submit].
+//! - `GET /v1/memory`, `GET /v1/memory/documents`, `POST /v1/memory/search` [read];
+//!   `POST /v1/memory/documents`, `POST /v1/memory/delete` [submit];
+//!   `POST /v1/memory/rebuild` [admin]: the agents' shared memory (see [`memory`]), when the
+//!   server has one.
 //! - `GET /v1/stats` [read]: the runtime's counters.
 //! - `GET /v1/events` [read]: server-sent events: a `snapshot` of the counters every second,
 //!   and `notable` events as they happen (health alerts, escalations, scaling decisions,
@@ -44,6 +48,7 @@ pub mod dashboard;
 mod decisions;
 mod history;
 mod live;
+pub mod memory;
 pub mod runs;
 mod tasks;
 pub mod testing;
@@ -99,6 +104,9 @@ pub struct Config {
     pub max_streams: usize,
     /// Open connections and how long they may wait for a request (see [`conn`]).
     pub connections: Limits,
+    /// The agents' shared memory, served under `/v1/memory` (see [`memory`]); off when
+    /// `None`.
+    pub memory: Option<Arc<colony_memory::SqliteMemory>>,
 }
 
 impl Config {
@@ -112,6 +120,7 @@ impl Config {
             runs: None,
             max_streams: MAX_STREAMS,
             connections: Limits::default(),
+            memory: None,
         }
     }
 }
@@ -165,6 +174,7 @@ pub(crate) struct App {
     /// The pools' recent sizes and the decisions on them, sampled by the server's
     /// [`history::Sampler`].
     pub(crate) history: Arc<history::History>,
+    pub(crate) memory: Option<Arc<colony_memory::SqliteMemory>>,
 }
 
 /// Journal reads on the blocking pool at once (see [`App::reads`]).
@@ -259,6 +269,7 @@ pub async fn serve(handle: Handle, config: Config) -> Result<Server, Error> {
         max_streams: config.max_streams,
         reads: Arc::new(tokio::sync::Semaphore::new(READS)),
         history: Arc::default(),
+        memory: config.memory,
     });
     let sampler = history::Sampler::start(app.handle.clone(), app.history.clone());
     let router = router(app);
@@ -338,16 +349,22 @@ fn router(app: Arc<App>) -> Router {
         .route("/v1/events", get(live::events))
         .route("/metrics", get(live::metrics_text))
         .route("/metrics/runs", get(runs::metrics_text))
+        .route("/v1/memory", get(memory::list))
+        .route("/v1/memory/documents", get(memory::get))
+        .route("/v1/memory/search", post(memory::search))
         .merge(dashboard::read_routes());
     let submit = Router::new()
         .route("/v1/tasks", post(tasks::submit))
         .route("/v1/tasks/batch", post(tasks::submit_batch))
         .route("/v1/tasks/{id}/cancel", post(tasks::cancel))
-        .route("/v1/runs/{id}/cancel", post(runs::cancel));
+        .route("/v1/runs/{id}/cancel", post(runs::cancel))
+        .route("/v1/memory/documents", post(memory::put))
+        .route("/v1/memory/delete", post(memory::delete));
     let admin = Router::new()
         .route("/v1/agents/{id}/kill", post(agents::kill))
         .route("/v1/pools/{name}", put(agents::resize))
-        .route("/v1/runs", post(runs::submit));
+        .route("/v1/runs", post(runs::submit))
+        .route("/v1/memory/rebuild", post(memory::rebuild));
     let open = Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route(

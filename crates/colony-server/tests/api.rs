@@ -259,6 +259,11 @@ async fn the_openapi_document_describes_every_route_served() {
         "/v1/runs/{id}/cancel",
         "/v1/decisions",
         "/v1/decisions/{id}",
+        "/v1/memory",
+        "/v1/memory/documents",
+        "/v1/memory/delete",
+        "/v1/memory/search",
+        "/v1/memory/rebuild",
     ] {
         assert!(paths.contains_key(path), "{path} is not documented");
     }

@@ -46,6 +46,7 @@ pub(crate) const SERVER_KEYS: &[&str] = &[
     "tls-key",
     "rate-limit",
     "runs",
+    "memory",
     "max-connections",
     "header-timeout",
     "idle-timeout",
@@ -133,6 +134,8 @@ struct Server {
     #[serde(default)]
     runs: Option<Located<String>>,
     #[serde(default)]
+    memory: Option<Located<String>>,
+    #[serde(default)]
     max_connections: Option<Located<u64>>,
     #[serde(default)]
     header_timeout: Option<Located<u64>>,
@@ -154,6 +157,7 @@ pub(crate) struct Flags {
     pub(crate) tls_key: Option<PathBuf>,
     pub(crate) rate_limit: Option<NonZeroU32>,
     pub(crate) runs: Option<PathBuf>,
+    pub(crate) memory: Option<PathBuf>,
     pub(crate) max_connections: Option<u64>,
     pub(crate) header_timeout: Option<u64>,
     pub(crate) idle_timeout: Option<u64>,
@@ -234,6 +238,7 @@ pub(crate) struct ServerSettings {
     pub(crate) tls_key: Option<PathBuf>,
     pub(crate) rate_limit: Option<NonZeroU32>,
     pub(crate) runs: Option<PathBuf>,
+    pub(crate) memory: Option<PathBuf>,
     pub(crate) max_connections: u64,
     pub(crate) header_timeout: u64,
     pub(crate) idle_timeout: u64,
@@ -268,6 +273,7 @@ impl Resolved {
             path(&s.tls_key),
             s.rate_limit.map_or("-".into(), |n| n.to_string()),
             path(&s.runs),
+            path(&s.memory),
             s.max_connections.to_string(),
             s.header_timeout.to_string(),
             s.idle_timeout.to_string(),
@@ -537,6 +543,9 @@ pub(crate) fn resolve(flags: &Flags, env: &BTreeMap<String, String>) -> Result<R
             .ok_or_else(|| "rate-limit 0 is out of range: allowed 1..=4294967295".to_owned())
     });
     let runs = pick!(runs, "runs", flags.runs.clone(), |l, v| written_path(l, v));
+    let memory = pick!(memory, "memory", flags.memory.clone(), |l, v| {
+        written_path(l, v)
+    });
     let max_connections = pick!(
         max_connections,
         "max-connections",
@@ -598,6 +607,7 @@ pub(crate) fn resolve(flags: &Flags, env: &BTreeMap<String, String>) -> Result<R
         tls_key: tls_key.value,
         rate_limit: rate_limit.value,
         runs: runs.value,
+        memory: memory.value,
         max_connections: max_connections
             .value
             .unwrap_or(colony_server::conn::MAX_CONNECTIONS as u64),

@@ -203,3 +203,41 @@ fn bad_input_is_refused_with_exit_2_and_nothing_stored() {
     let stats: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(stats[0]["documents"], 1, "{stats}");
 }
+
+#[test]
+fn colony_serve_serves_the_memory_file_it_is_given_and_refuses_one_that_is_not_a_memory() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("shared.db");
+    let (_, err, code) = colony(&[
+        "memory",
+        "put",
+        "--db",
+        db.to_str().unwrap(),
+        "--namespace",
+        "shared",
+        "a",
+        "agents remember together",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let server = common::Server::start(&["--memory", db.to_str().unwrap()]);
+    let found = server
+        .request(
+            reqwest::Method::POST,
+            "/v1/memory/search",
+            None,
+            Some(serde_json::json!({"namespace": "shared", "query": {"text": "remember", "k": 3}})),
+        )
+        .unwrap();
+    assert_eq!(found.0, 200, "{}", found.1);
+    let hits: Value = serde_json::from_str(&found.1).unwrap();
+    assert_eq!(hits["hits"][0]["id"], "a");
+    drop(server);
+
+    // Not a memory: refused before serving, the file untouched.
+    let other = dir.path().join("notes.txt");
+    std::fs::write(&other, "plain text").unwrap();
+    let (_, err, code) = colony(&["serve", "--memory", other.to_str().unwrap()]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("--memory"), "{err}");
+    assert_eq!(std::fs::read_to_string(&other).unwrap(), "plain text");
+}

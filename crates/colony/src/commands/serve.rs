@@ -51,6 +51,10 @@ pub(crate) struct Args {
     /// it: a workflow may start programs on this host.
     #[arg(long, value_name = "DIR")]
     runs: Option<PathBuf>,
+    /// Serve the agents' shared memory in this SQLite file under /v1/memory (created if
+    /// absent; a file that is not a memory is refused). Off without it.
+    #[arg(long, value_name = "PATH")]
+    memory: Option<PathBuf>,
     /// Most connections open at once (default 4096). At the cap, the one waiting longest for
     /// a request is closed to make room; if every one is busy, the newcomer gets 503. Keep it
     /// under the process's file limit (`ulimit -n`).
@@ -83,6 +87,7 @@ impl Args {
             tls_key: self.tls_key.clone(),
             rate_limit: self.rate_limit,
             runs: self.runs.clone(),
+            memory: self.memory.clone(),
             max_connections: self.max_connections,
             header_timeout: self.header_timeout,
             idle_timeout: self.idle_timeout,
@@ -109,6 +114,16 @@ pub(crate) fn resolve(flags: &config::Flags) -> Result<config::Resolved, Failure
     })
 }
 
+/// The memory file of `--memory`: a new file becomes a memory, an existing one must be one.
+fn open_memory(path: &std::path::Path) -> Result<colony_memory::SqliteMemory, Failure> {
+    let memory = if path.exists() {
+        colony_memory::SqliteMemory::open_existing(path)
+    } else {
+        colony_memory::SqliteMemory::open(path)
+    };
+    memory.map_err(|e| Failure::input(anyhow::anyhow!("--memory {}: {e}", path.display())))
+}
+
 pub(crate) fn run(args: &Args) -> Result<(), Failure> {
     let resolved = resolve(&args.flags())?;
     let settings = &resolved.server;
@@ -131,6 +146,10 @@ pub(crate) fn run(args: &Args) -> Result<(), Failure> {
             .map(|(cert, key)| Tls { cert, key }),
         rate_limit: settings.rate_limit,
         runs: settings.runs.clone(),
+        memory: match &settings.memory {
+            Some(path) => Some(Arc::new(open_memory(path)?)),
+            None => None,
+        },
         max_streams: colony_server::MAX_STREAMS,
         connections: colony_server::Limits {
             max_connections: usize::try_from(settings.max_connections).unwrap_or(usize::MAX),

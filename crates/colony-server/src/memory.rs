@@ -1,0 +1,288 @@
+//! `/v1/memory`: the agents' shared memory over HTTP, when the server was given a memory
+//! file (`colony serve --memory FILE`). Every call runs on the blocking pool (the store is
+//! SQLite), under the server's permits for blocking work.
+//!
+//! - `GET /v1/memory` [read]: every namespace with its documents, dimension, bytes of text
+//!   and approximate index, and the cache's hits and misses.
+//! - `POST /v1/memory/documents` [submit]: `{"namespace", "documents": [...]}`, stored all
+//!   or none; `200 {"stored": N}`.
+//! - `GET /v1/memory/documents?namespace=&id=` [read]: one document.
+//! - `POST /v1/memory/delete` [submit]: `{"namespace", "ids": [...]}`; `{"deleted": N}`.
+//! - `POST /v1/memory/search` [read]: `{"namespace", "query": {text, vector, filter, k,
+//!   exact}}`; `{"hits": [...]}`, best first.
+//! - `POST /v1/memory/rebuild` [admin]: `{"namespace"}`: builds its approximate index now.
+//!
+//! A store's refusal (a bad namespace, document or query) is a 400 naming the problem; a
+//! namespace never written, a 404; the store failing, a 503.
+
+use crate::{App, Object, body, problem};
+use axum::{
+    Json,
+    extract::{Query as UrlQuery, State, rejection::JsonRejection},
+    http::StatusCode,
+    response::{IntoResponse, Response},
+};
+use colony_memory::{Document, Memory, Namespace, Query, SqliteMemory};
+use serde::Deserialize;
+use serde_json::json;
+use std::{sync::Arc, time::Instant};
+
+/// Most namespaces `GET /v1/memory` lists, each with its counts.
+pub const MAX_LISTED: usize = 1_000;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Put {
+    namespace: String,
+    documents: Vec<Document>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Delete {
+    namespace: String,
+    ids: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Search {
+    namespace: String,
+    query: Query,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Named {
+    namespace: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct One {
+    namespace: String,
+    id: String,
+}
+
+/// The server's memory, or the 404 that says it has none.
+#[allow(clippy::result_large_err)]
+fn store(app: &App) -> Result<Arc<SqliteMemory>, Response> {
+    app.memory.clone().ok_or_else(|| {
+        problem(
+            StatusCode::NOT_FOUND,
+            "memory-off",
+            "this server has no memory: start it with --memory FILE",
+        )
+    })
+}
+
+/// The store and the request's body, or the answer that says why not.
+#[allow(clippy::result_large_err)]
+fn store_and<T>(
+    app: &App,
+    request: Result<Json<Object<T>>, JsonRejection>,
+) -> Result<(Arc<SqliteMemory>, T), Response> {
+    let store = store(app)?;
+    Ok((store, body(request)?))
+}
+
+#[allow(clippy::result_large_err)]
+fn namespace(name: &str) -> Result<Namespace, Response> {
+    Namespace::parse(name).map_err(refused)
+}
+
+/// A store's error as an HTTP answer.
+fn refused(error: colony_memory::Error) -> Response {
+    use colony_memory::Error as E;
+    match &error {
+        E::UnknownNamespace(_) => problem(
+            StatusCode::NOT_FOUND,
+            "no-such-namespace",
+            error.to_string(),
+        ),
+        E::Store(_) => problem(StatusCode::SERVICE_UNAVAILABLE, "memory", error.to_string()),
+        _ => problem(StatusCode::BAD_REQUEST, "refused", error.to_string()),
+    }
+}
+
+/// Runs `work` on the store, on the blocking pool.
+async fn with_store<T: Send + 'static>(
+    app: &App,
+    store: Arc<SqliteMemory>,
+    work: impl FnOnce(&SqliteMemory) -> Result<T, colony_memory::Error> + Send + 'static,
+) -> Result<T, Response> {
+    match app.blocking(move || work(&store)).await {
+        Ok(Ok(t)) => Ok(t),
+        Ok(Err(e)) => Err(refused(e)),
+        Err(e) => Err(problem(StatusCode::SERVICE_UNAVAILABLE, "memory", e)),
+    }
+}
+
+pub(crate) async fn list(State(app): State<Arc<App>>) -> Response {
+    let store = match self::store(&app) {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    let listed = with_store(&app, store, |m| {
+        let names = m.namespaces()?;
+        let more = names.len() > MAX_LISTED;
+        let namespaces = names
+            .into_iter()
+            .take(MAX_LISTED)
+            .map(|ns| {
+                let stats = m.stats(&ns)?;
+                Ok(json!({
+                    "name": ns,
+                    "documents": stats.documents,
+                    "dimension": stats.dimension,
+                    "text_bytes": stats.text_bytes,
+                    "indexed": m.indexed(&ns),
+                }))
+            })
+            .collect::<Result<Vec<_>, colony_memory::Error>>()?;
+        Ok(json!({
+            "namespaces": namespaces,
+            "more": more,
+            "cache": m.cache_stats(),
+        }))
+    });
+    match listed.await {
+        Ok(v) => Json(v).into_response(),
+        Err(r) => r,
+    }
+}
+
+pub(crate) async fn put(
+    State(app): State<Arc<App>>,
+    request: Result<Json<Object<Put>>, JsonRejection>,
+) -> Response {
+    let (store, put) = match store_and(&app, request) {
+        Ok(x) => x,
+        Err(r) => return r,
+    };
+    let ns = match namespace(&put.namespace) {
+        Ok(ns) => ns,
+        Err(r) => return r,
+    };
+    let n = put.documents.len();
+    match with_store(&app, store, move |m| m.put(&ns, put.documents)).await {
+        Ok(()) => {
+            metrics::counter!("colony_memory_documents_stored_total").increment(n as u64);
+            Json(json!({ "stored": n })).into_response()
+        }
+        Err(r) => r,
+    }
+}
+
+pub(crate) async fn get(
+    State(app): State<Arc<App>>,
+    query: Result<UrlQuery<One>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let store = match self::store(&app) {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    let one = match query {
+        Ok(UrlQuery(one)) => one,
+        Err(e) => return problem(StatusCode::BAD_REQUEST, "bad-query", e.body_text()),
+    };
+    let ns = match namespace(&one.namespace) {
+        Ok(ns) => ns,
+        Err(r) => return r,
+    };
+    let id = one.id.clone();
+    match with_store(&app, store, move |m| m.get(&ns, &id)).await {
+        Ok(Some(document)) => Json(document).into_response(),
+        Ok(None) => problem(
+            StatusCode::NOT_FOUND,
+            "no-such-document",
+            format!("namespace {} holds no document {:?}", one.namespace, one.id),
+        ),
+        Err(r) => r,
+    }
+}
+
+pub(crate) async fn delete(
+    State(app): State<Arc<App>>,
+    request: Result<Json<Object<Delete>>, JsonRejection>,
+) -> Response {
+    let (store, delete) = match store_and(&app, request) {
+        Ok(x) => x,
+        Err(r) => return r,
+    };
+    if delete.ids.len() > colony_memory::MAX_BATCH {
+        return problem(
+            StatusCode::BAD_REQUEST,
+            "too-many",
+            format!(
+                "{} ids: allowed up to {} at once",
+                delete.ids.len(),
+                colony_memory::MAX_BATCH
+            ),
+        );
+    }
+    let ns = match namespace(&delete.namespace) {
+        Ok(ns) => ns,
+        Err(r) => return r,
+    };
+    match with_store(&app, store, move |m| m.delete(&ns, &delete.ids)).await {
+        Ok(n) => Json(json!({ "deleted": n })).into_response(),
+        Err(r) => r,
+    }
+}
+
+pub(crate) async fn search(
+    State(app): State<Arc<App>>,
+    request: Result<Json<Object<Search>>, JsonRejection>,
+) -> Response {
+    let (store, search) = match store_and(&app, request) {
+        Ok(x) => x,
+        Err(r) => return r,
+    };
+    let ns = match namespace(&search.namespace) {
+        Ok(ns) => ns,
+        Err(r) => return r,
+    };
+    let mode = match (&search.query.text, &search.query.vector) {
+        (Some(_), Some(_)) => "hybrid",
+        (Some(_), None) => "text",
+        _ => "vector",
+    };
+    let started = Instant::now();
+    let searched = app
+        .blocking(move || {
+            let hits = store.search(&ns, &search.query);
+            (hits, store.cache_stats())
+        })
+        .await;
+    match searched {
+        Ok((Ok(hits), cache)) => {
+            metrics::counter!("colony_memory_searches_total", "mode" => mode).increment(1);
+            metrics::histogram!("colony_memory_search_seconds", "mode" => mode)
+                .record(started.elapsed().as_secs_f64());
+            metrics::counter!("colony_memory_cache_hits_total").absolute(cache.hits);
+            metrics::counter!("colony_memory_cache_misses_total").absolute(cache.misses);
+            Json(json!({ "hits": hits })).into_response()
+        }
+        Ok((Err(e), _)) => refused(e),
+        Err(e) => problem(StatusCode::SERVICE_UNAVAILABLE, "memory", e),
+    }
+}
+
+pub(crate) async fn rebuild(
+    State(app): State<Arc<App>>,
+    request: Result<Json<Object<Named>>, JsonRejection>,
+) -> Response {
+    let (store, named) = match store_and(&app, request) {
+        Ok(x) => x,
+        Err(r) => return r,
+    };
+    let ns = match namespace(&named.namespace) {
+        Ok(ns) => ns,
+        Err(r) => return r,
+    };
+    match with_store(&app, store, move |m| m.rebuild(&ns)).await {
+        Ok(rebuilt) => Json(rebuilt).into_response(),
+        Err(r) => r,
+    }
+}
