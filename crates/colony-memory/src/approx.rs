@@ -212,27 +212,31 @@ impl Indexes {
                     Ok(index) => Slot::Ready(Arc::new(RwLock::new(index))),
                     Err(_) => Slot::Failed,
                 };
-                slots
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .insert(name, slot);
+                // Only into its own place: a rebuild meanwhile put a newer graph there.
+                let mut slots = slots.lock().unwrap_or_else(|p| p.into_inner());
+                if matches!(slots.get(&name), Some(Slot::Building)) {
+                    slots.insert(name, slot);
+                }
             });
         if spawned.is_err() {
             self.slots().insert(ns.clone(), Slot::Failed);
         }
     }
 
-    /// Builds `ns`'s graph now from `db`, replacing any.
-    pub(crate) fn rebuild(&self, db: &Connection, ns: &Namespace) -> Result<Rebuilt, Error> {
-        let started = Instant::now();
-        let points = read(db, ns)?;
-        let index = Index::build(&points);
+    /// Builds `ns`'s graph of `points` (read from the file since `started`), replacing any.
+    pub(crate) fn install(
+        &self,
+        ns: &Namespace,
+        points: &[(Vec<f32>, usize)],
+        started: Instant,
+    ) -> Rebuilt {
+        let index = Index::build(points);
         self.slots()
             .insert(ns.clone(), Slot::Ready(Arc::new(RwLock::new(index))));
-        Ok(Rebuilt {
+        Rebuilt {
             points: points.len(),
             took: started.elapsed(),
-        })
+        }
     }
 }
 

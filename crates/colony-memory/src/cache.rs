@@ -87,6 +87,7 @@ impl Cache {
         part(&[
             u8::from(query.text.is_some()),
             u8::from(query.vector.is_some()),
+            u8::from(query.exact),
         ]);
         part(text.as_bytes());
         // Metadata is small and flat; its JSON is one canonical spelling per insertion order.
@@ -207,6 +208,13 @@ mod tests {
             cache.key(&a, &Query::vector(vec![1.0, 2.5], 3)),
             cache.key(&a, &Query::vector(vec![1.0, 2.0], 4)),
             cache.key(&a, &base.clone().filtered("kind", "note")),
+            cache.key(
+                &a,
+                &Query {
+                    exact: true,
+                    ..base.clone()
+                },
+            ),
             cache.key(&a, &Query::text("1 2", 3)),
             // The same words as text, and as text beside a vector.
             cache.key(

@@ -52,8 +52,13 @@ CREATE TRIGGER IF NOT EXISTS documents_au AFTER UPDATE ON documents BEGIN
 END;
 ";
 
-/// What marks a SQLite file as a colony memory (`PRAGMA application_id`): "cmem".
-const APPLICATION_ID: i64 = 0x636d_656d;
+/// What marks a SQLite file as a colony memory (`PRAGMA application_id`): "cme2" since
+/// writes bump versions and take their `seq` from the store's row. A file of the first
+/// format ("cmem") is brought up to date when opened; a binary that knows only the first
+/// refuses a file of this one, so that it can never write it without bumping what the
+/// cache and the approximate index rely on.
+const APPLICATION_ID: i64 = 0x636d_6532;
+const FIRST_APPLICATION_ID: i64 = 0x636d_656d;
 
 /// Bytes of the file mapped into memory, at most.
 const MMAP_BYTES: i64 = 1 << 30;
@@ -97,7 +102,7 @@ impl SqliteMemory {
             | rusqlite::OpenFlags::SQLITE_OPEN_URI;
         let db = Connection::open_with_flags(path, flags)?;
         let id: i64 = db.pragma_query_value(None, "application_id", |r| r.get(0))?;
-        if id != APPLICATION_ID {
+        if id != APPLICATION_ID && id != FIRST_APPLICATION_ID {
             return Err(Error::Store(format!(
                 "{} is not a colony memory file",
                 path.display()
@@ -117,20 +122,24 @@ impl SqliteMemory {
         let id: i64 = db.pragma_query_value(None, "application_id", |r| r.get(0))?;
         let tables: i64 = db.query_row("SELECT count(*) FROM sqlite_schema", [], |r| r.get(0))?;
         // A file of something else is not made into a memory.
-        if id != APPLICATION_ID && tables > 0 {
+        if id != APPLICATION_ID && id != FIRST_APPLICATION_ID && tables > 0 {
             return Err(Error::Store(
                 "the file holds other tables and is not a colony memory".into(),
             ));
         }
-        db.execute_batch(SCHEMA)?;
-        migrate(&db)?;
+        // One transaction: two processes opening an old file at once migrate it once.
+        let tx =
+            rusqlite::Transaction::new_unchecked(&db, rusqlite::TransactionBehavior::Immediate)?;
+        tx.execute_batch(SCHEMA)?;
+        migrate(&tx)?;
         // The store's one row, once the tables it reads exist.
-        db.execute(
+        tx.execute(
             "INSERT OR IGNORE INTO store (one, version, seq)
              VALUES (1, 0, (SELECT coalesce(max(seq), 0) FROM documents))",
             [],
         )?;
-        db.pragma_update(None, "application_id", APPLICATION_ID)?;
+        tx.pragma_update(None, "application_id", APPLICATION_ID)?;
+        tx.commit()?;
         Ok(Self {
             db: Mutex::new(db),
             cache: Cache::new(DEFAULT_CACHE_ENTRIES),
@@ -156,10 +165,16 @@ impl SqliteMemory {
     /// Builds `ns`'s approximate index now, from the file, replacing any: its vector searches
     /// are approximate from then on.
     pub fn rebuild(&self, ns: &Namespace) -> Result<Rebuilt, Error> {
-        let db = self.db();
-        let db = db.unchecked_transaction()?;
-        known(&db, ns)?;
-        self.approx.rebuild(&db, ns)
+        let started = std::time::Instant::now();
+        // Read in one snapshot; the graph is built after the connection is let go, so that
+        // other calls need not wait for it.
+        let points = {
+            let db = self.db();
+            let db = db.unchecked_transaction()?;
+            known(&db, ns)?;
+            approx::newer(&db, ns, 0)?
+        };
+        Ok(self.approx.install(ns, &points, started))
     }
 
     /// Keeps up to `entries` recent searches' results (0: none), each answered again while
@@ -637,7 +652,13 @@ impl Memory for SqliteMemory {
         {
             // A replaced document is deleted and stored anew under the next `seq`, which the
             // store never gives twice: an approximate index tells new documents by it.
-            let mut seq: i64 = tx.query_row("SELECT seq FROM store", [], |r| r.get(0))?;
+            // The higher of the store's and the table's: a row written some other way
+            // cannot make the next `seq` collide.
+            let mut seq: i64 = tx.query_row(
+                "SELECT max((SELECT seq FROM store), (SELECT coalesce(max(seq), 0) FROM documents))",
+                [],
+                |r| r.get(0),
+            )?;
             let mut delete =
                 tx.prepare("DELETE FROM documents WHERE namespace = ?1 AND id = ?2")?;
             let mut insert = tx.prepare(

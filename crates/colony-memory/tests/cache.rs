@@ -103,4 +103,20 @@ fn a_file_from_before_versions_is_brought_up_to_date() {
     assert_eq!(m.search(&ns, &query).unwrap().len(), 1);
     assert_eq!(m.search(&ns, &query).unwrap().len(), 1);
     assert_eq!(m.cache_stats().hits, 1);
+    drop(m);
+    // Marked as the new format: a binary that knows only the first refuses it.
+    let db = rusqlite::Connection::open(&path).unwrap();
+    let id: i64 = db
+        .pragma_query_value(None, "application_id", |r| r.get(0))
+        .unwrap();
+    assert_eq!(id, 0x636d_6532);
+    // Its documents took their `seq` from the store's row, which went up with them.
+    let (seq, max): (i64, i64) = db
+        .query_row(
+            "SELECT (SELECT seq FROM store), (SELECT max(seq) FROM documents)",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!(seq, max);
 }

@@ -1000,17 +1000,20 @@ impl Handle {
         let options: Arc<str> = serde_json::to_string(&vote.options)
             .map_err(|e| Error::Decision(format!("the options could not be written: {e}")))?
             .into();
-        // Room first, then seats: seated voters must not leave while the ballots wait for it.
-        self.wait_for_room(n).await?;
+        // The journal's room before the hierarchy's: a caller that stops waiting for the
+        // first holds no permit yet. Then room, then seats: seated voters must not leave
+        // while the ballots wait for room.
         self.journal_room().await;
+        self.wait_for_room(n).await?;
         // `leader` asks its first proposer alone; the others are asked once it proposed.
         let asked = match vote.options.protocol {
             Protocol::Leader => 1,
             _ => n,
         };
         let batch = crate::shared::Batch::new();
-        // Seated, and their ballot tasks accepted, in one turn of the dispatcher: the seats
-        // cannot change in between, and the caller waits for the dispatcher once, not twice.
+        // Seated, and their ballot tasks submitted, in one turn of the dispatcher: the caller
+        // waits for it once, not twice. (A voter retired before its ballot is routed has
+        // the ballot cancelled, as the worker left its pool.)
         let opened = {
             let (handle, batch, spec) = (self.clone(), batch.clone(), spec.clone());
             self.observe(move |live| open(live, &handle, &vote, mask, options, asked, spec, &batch))
@@ -1053,6 +1056,8 @@ fn open(
     batch: &Arc<crate::shared::Batch>,
 ) -> Result<(Vec<colony_journal::Seat>, Decision, crate::handle::Entered), Error> {
     let n = vote.voters as usize;
+    // Every seat's permit goes back if this ends early: refused, or a panic in between.
+    let room = Room { handle, n };
     let seats: Vec<colony_journal::Seat> = seat(live.tree, mask, n)
         .into_iter()
         .map(|(agent, pool)| {
@@ -1082,7 +1087,7 @@ fn open(
             .collect();
         Decision::new(vote.options, &participants).map_err(|e| Error::Decision(e.to_string()))
     };
-    let decision = decision.inspect_err(|_| handle.give_back_room(n))?;
+    let decision = decision?;
     // Each ballot may run only in its voter's pool: that is the demand it makes.
     let masks = seats[..asked]
         .iter()
@@ -1094,6 +1099,9 @@ fn open(
         asked: asked as u32,
         opened_at_ms: unix_ms(),
     };
+    // From here the asked seats' permits go back with their tasks (or on the journal's
+    // refusal, in `enter`); the others' now.
+    std::mem::forget(room);
     handle.give_back_room(n - asked);
     let entered = handle.enter(
         vec![spec; asked],
@@ -1103,6 +1111,18 @@ fn open(
         Some(Ballots::Open(opening)),
     )?;
     Ok((seats, decision, entered))
+}
+
+/// The admission permits of a decision's seats, handed back if it is dropped.
+struct Room<'a> {
+    handle: &'a Handle,
+    n: usize,
+}
+
+impl Drop for Room<'_> {
+    fn drop(&mut self) {
+        self.handle.give_back_room(self.n);
+    }
 }
 
 /// Milliseconds since the Unix epoch, by the wall clock: a decision's deadline outlives the

@@ -175,6 +175,9 @@ pub(crate) struct App {
     /// [`history::Sampler`].
     pub(crate) history: Arc<history::History>,
     pub(crate) memory: Option<Arc<colony_memory::SqliteMemory>>,
+    /// One permit per memory call on the blocking pool: its own, so that a long one (an
+    /// approximate index being built) never holds up the journal's reads.
+    pub(crate) memory_calls: Arc<tokio::sync::Semaphore>,
 }
 
 /// Journal reads on the blocking pool at once (see [`App::reads`]).
@@ -201,8 +204,16 @@ impl App {
         &self,
         work: impl FnOnce() -> T + Send + 'static,
     ) -> Result<T, String> {
-        let permit = self
-            .reads
+        Self::blocking_under(&self.reads, work).await
+    }
+
+    /// Runs `work` on tokio's blocking pool under one of `permits`, held until the work
+    /// ends even if the caller stops waiting.
+    pub(crate) async fn blocking_under<T: Send + 'static>(
+        permits: &Arc<tokio::sync::Semaphore>,
+        work: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, String> {
+        let permit = permits
             .clone()
             .acquire_owned()
             .await
@@ -270,6 +281,7 @@ pub async fn serve(handle: Handle, config: Config) -> Result<Server, Error> {
         reads: Arc::new(tokio::sync::Semaphore::new(READS)),
         history: Arc::default(),
         memory: config.memory,
+        memory_calls: Arc::new(tokio::sync::Semaphore::new(READS)),
     });
     let sampler = history::Sampler::start(app.handle.clone(), app.history.clone());
     let router = router(app);

@@ -1,6 +1,6 @@
 //! `/v1/memory`: the agents' shared memory over HTTP, when the server was given a memory
 //! file (`colony serve --memory FILE`). Every call runs on the blocking pool (the store is
-//! SQLite), under the server's permits for blocking work.
+//! SQLite), at most 4 at once, apart from the journal's reads.
 //!
 //! - `GET /v1/memory` [read]: every namespace with its documents, dimension, bytes of text
 //!   and approximate index, and the cache's hits and misses.
@@ -111,7 +111,7 @@ async fn with_store<T: Send + 'static>(
     store: Arc<SqliteMemory>,
     work: impl FnOnce(&SqliteMemory) -> Result<T, colony_memory::Error> + Send + 'static,
 ) -> Result<T, Response> {
-    match app.blocking(move || work(&store)).await {
+    match App::blocking_under(&app.memory_calls, move || work(&store)).await {
         Ok(Ok(t)) => Ok(t),
         Ok(Err(e)) => Err(refused(e)),
         Err(e) => Err(problem(StatusCode::SERVICE_UNAVAILABLE, "memory", e)),
@@ -249,12 +249,11 @@ pub(crate) async fn search(
         _ => "vector",
     };
     let started = Instant::now();
-    let searched = app
-        .blocking(move || {
-            let hits = store.search(&ns, &search.query);
-            (hits, store.cache_stats())
-        })
-        .await;
+    let searched = App::blocking_under(&app.memory_calls, move || {
+        let hits = store.search(&ns, &search.query);
+        (hits, store.cache_stats())
+    })
+    .await;
     match searched {
         Ok((Ok(hits), cache)) => {
             metrics::counter!("colony_memory_searches_total", "mode" => mode).increment(1);
