@@ -269,26 +269,37 @@ pub(crate) fn summary(row: &DecisionRow) -> Value {
 }
 
 /// Starts the decision a submitted task asks for, and counts it in the background: the
-/// answer says where to follow it.
+/// answer says where to follow it. Started in the background too: a client that hangs up
+/// while its voters are seated leaves neither a decision nobody counts nor room taken.
 pub(crate) async fn start(
     app: &App,
     spec: colony_core::task::TaskSpec,
     vote: Vote,
 ) -> Result<Value, colony_runtime::Error> {
-    let voting = app.handle.decide(spec, vote).await?;
-    let id = voting.id();
-    let voters: Vec<Value> = voting
-        .voters()
-        .iter()
-        .map(|v| json!({ "agent": v.agent.0, "pool": v.pool, "task": v.task.map(|t| t.0) }))
-        .collect();
+    let (started, opened) = tokio::sync::oneshot::channel();
+    let handle = app.handle.clone();
     colony_runtime::spawner::Spawner::spawn("decision", async move {
+        let voting = match handle.decide(spec, vote).await {
+            Ok(voting) => voting,
+            Err(error) => {
+                let _ = started.send(Err(error));
+                return;
+            }
+        };
+        let id = voting.id();
+        let voters: Vec<Value> = voting
+            .voters()
+            .iter()
+            .map(|v| json!({ "agent": v.agent.0, "pool": v.pool, "task": v.task.map(|t| t.0) }))
+            .collect();
+        let _ = started.send(Ok((id, voters)));
         // The outcome is journaled and published by the vote itself; a vote cut short by
         // the runtime stopping stays open in the journal and is counted at the next start.
         if let Err(error) = voting.outcome().await {
             tracing::warn!(decision = %id, %error, "A decision did not end here.");
         }
     });
+    let (id, voters) = opened.await.map_err(|_| colony_runtime::Error::Stopped)??;
     Ok(json!({
         "decision": id.0,
         "location": format!("/v1/decisions/{}", id.0),
