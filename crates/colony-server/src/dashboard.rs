@@ -49,6 +49,7 @@ pub(crate) fn read_routes() -> Router<Arc<App>> {
         .route("/ui/tasks", get(task_table))
         .route("/ui/failures", get(failures))
         .route("/ui/decisions", get(decisions))
+        .route("/ui/memory", get(memory))
         .layer(map_response(secure))
 }
 
@@ -281,6 +282,13 @@ async fn decisions(State(app): State<Arc<App>>) -> Response {
     ok(html::decisions(&lines))
 }
 
+async fn memory(State(app): State<Arc<App>>) -> Response {
+    match crate::memory::overview_of(&app).await {
+        Ok(overview) => ok(html::memory(overview.as_ref())),
+        Err(r) => r,
+    }
+}
+
 #[allow(clippy::result_large_err)]
 async fn recent(
     app: &App,
@@ -329,6 +337,63 @@ mod tests {
         assert_eq!(header(r, "content-security-policy"), CSP, "{}", r.url());
         assert_eq!(header(r, "x-content-type-options"), "nosniff");
         assert_eq!(header(r, "referrer-policy"), "no-referrer");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_memory_panel_shows_namespaces_and_the_cache_or_that_there_is_none() {
+        let (runtime, server, url) = start(None).await;
+        let off = client()
+            .get(format!("{url}/ui/memory"))
+            .send()
+            .await
+            .unwrap();
+        assert_secure(&off);
+        assert!(
+            off.text()
+                .await
+                .unwrap()
+                .contains("No memory on this server")
+        );
+        server.stop();
+
+        let dir = tempfile::tempdir().unwrap();
+        let store = colony_memory::SqliteMemory::open(&dir.path().join("m.db")).unwrap();
+        let ns = colony_memory::Namespace::parse("team/a").unwrap();
+        let docs = (0..3)
+            .map(|i| colony_memory::Document::new(format!("d{i}"), "agents remember"))
+            .collect();
+        colony_memory::Memory::put(&store, &ns, docs).unwrap();
+        let query = colony_memory::Query::text("agents", 2);
+        for _ in 0..2 {
+            colony_memory::Memory::search(&store, &ns, &query).unwrap();
+        }
+        let config = Config {
+            memory: Some(Arc::new(store)),
+            ..testing::local()
+        };
+        let (server, url) = testing::serve(&runtime, config).await;
+        let panel = client()
+            .get(format!("{url}/ui/memory"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert!(
+            panel.contains("<td>team/a</td><td class=\"num\">3</td>"),
+            "{panel}"
+        );
+        assert!(panel.contains("1 of 2 searches answered (50 %)"), "{panel}");
+        let page = client().get(format!("{url}/")).send().await.unwrap();
+        assert!(
+            page.text()
+                .await
+                .unwrap()
+                .contains(r#"hx-get="/ui/memory""#)
+        );
+        server.stop();
+        runtime.shutdown().await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

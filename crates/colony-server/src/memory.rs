@@ -22,8 +22,8 @@ use axum::{
     http::StatusCode,
     response::{IntoResponse, Response},
 };
-use colony_memory::{Document, Memory, Namespace, Query, SqliteMemory};
-use serde::Deserialize;
+use colony_memory::{CacheStats, Document, Memory, Namespace, Query, SqliteMemory};
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 use std::{sync::Arc, time::Instant};
 
@@ -118,36 +118,64 @@ async fn with_store<T: Send + 'static>(
     }
 }
 
-pub(crate) async fn list(State(app): State<Arc<App>>) -> Response {
-    let store = match self::store(&app) {
-        Ok(s) => s,
-        Err(r) => return r,
-    };
-    let listed = with_store(&app, store, |m| {
-        let names = m.namespaces()?;
-        let more = names.len() > MAX_LISTED;
-        let namespaces = names
-            .into_iter()
-            .take(MAX_LISTED)
-            .map(|ns| {
-                let stats = m.stats(&ns)?;
-                Ok(json!({
-                    "name": ns,
-                    "documents": stats.documents,
-                    "dimension": stats.dimension,
-                    "text_bytes": stats.text_bytes,
-                    "indexed": m.indexed(&ns),
-                }))
+/// What `GET /v1/memory` and the dashboard's panel show: the first [`MAX_LISTED`]
+/// namespaces, each with its counts, and the cache.
+#[derive(Debug, Serialize)]
+pub(crate) struct Overview {
+    pub(crate) namespaces: Vec<Space>,
+    /// Whether there are namespaces past the first [`MAX_LISTED`].
+    pub(crate) more: bool,
+    pub(crate) cache: CacheStats,
+}
+
+#[derive(Debug, Serialize)]
+pub(crate) struct Space {
+    pub(crate) name: Namespace,
+    pub(crate) documents: u64,
+    pub(crate) dimension: Option<usize>,
+    pub(crate) text_bytes: u64,
+    /// Documents in its approximate index, when it has one.
+    pub(crate) indexed: Option<usize>,
+}
+
+fn overview(m: &SqliteMemory) -> Result<Overview, colony_memory::Error> {
+    let names = m.namespaces()?;
+    let more = names.len() > MAX_LISTED;
+    let namespaces = names
+        .into_iter()
+        .take(MAX_LISTED)
+        .map(|ns| {
+            let stats = m.stats(&ns)?;
+            Ok(Space {
+                documents: stats.documents,
+                dimension: stats.dimension,
+                text_bytes: stats.text_bytes,
+                indexed: m.indexed(&ns),
+                name: ns,
             })
-            .collect::<Result<Vec<_>, colony_memory::Error>>()?;
-        Ok(json!({
-            "namespaces": namespaces,
-            "more": more,
-            "cache": m.cache_stats(),
-        }))
-    });
-    match listed.await {
-        Ok(v) => Json(v).into_response(),
+        })
+        .collect::<Result<Vec<_>, colony_memory::Error>>()?;
+    Ok(Overview {
+        namespaces,
+        more,
+        cache: m.cache_stats(),
+    })
+}
+
+/// The server's memory at a glance; `None` when it has none.
+pub(crate) async fn overview_of(app: &App) -> Result<Option<Overview>, Response> {
+    match app.memory.clone() {
+        None => Ok(None),
+        Some(store) => with_store(app, store, overview).await.map(Some),
+    }
+}
+
+pub(crate) async fn list(State(app): State<Arc<App>>) -> Response {
+    if let Err(r) = self::store(&app) {
+        return r;
+    }
+    match overview_of(&app).await {
+        Ok(overview) => Json(overview).into_response(),
         Err(r) => r,
     }
 }

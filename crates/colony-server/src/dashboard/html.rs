@@ -162,6 +162,11 @@ pub(crate) fn shell(version: &str, logout: bool) -> String {
 <p class="note">The newest decisions by vote: the protocol, the voters asked, the winning value and its share of the weight counted, the share of voters counted, or why it failed. <code>GET /v1/decisions/{{id}}</code> has every ballot.</p>
 <div id="decisions" class="scroll" hx-get="/ui/decisions" hx-trigger="load, every 3s"></div>
 </section>
+<section class="panel wide">
+<h2>Memory</h2>
+<p class="note">The agents' shared memory (<code>--memory FILE</code>): each namespace's documents, their embeddings' dimension, text held and approximate index, and the cache of searches.</p>
+<div id="memory" class="scroll" hx-get="/ui/memory" hx-trigger="load, every 5s"></div>
+</section>
 <section class="panel span-4">
 <h2>Hierarchy</h2>
 <p class="note">Pick an agent of the top tier, then its children, down to the workers.</p>
@@ -607,6 +612,57 @@ pub(crate) fn decisions(lines: &[DecisionLine]) -> String {
         );
     }
     out.push_str("</tbody></table>");
+    out
+}
+
+/// The memory panel: each namespace with its documents, dimension, text and approximate
+/// index, and how the cache of searches has done.
+pub(crate) fn memory(overview: Option<&crate::memory::Overview>) -> String {
+    let Some(o) = overview else {
+        return r#"<p class="empty">No memory on this server: start it with <code>--memory FILE</code>.</p>"#.to_owned();
+    };
+    let asked = o.cache.hits + o.cache.misses;
+    let mut out = String::with_capacity(o.namespaces.len() * 200 + 300);
+    let _ = write!(
+        out,
+        r#"<p id="memory-cache">Cache: {hits} of {asked} searches answered ({rate}), {entries} kept.</p>"#,
+        hits = count(o.cache.hits),
+        asked = count(asked),
+        rate = if asked == 0 {
+            "-".to_owned()
+        } else {
+            share(Some(o.cache.hits as f64 / asked as f64))
+        },
+        entries = count(o.cache.entries),
+    );
+    if o.namespaces.is_empty() {
+        out.push_str(r#"<p class="empty">No documents yet.</p>"#);
+        return out;
+    }
+    out.push_str(
+        r#"<table id="memory-table"><thead><tr><th>Namespace</th><th class="num">Documents</th><th class="num">Dimension</th><th class="num">Text</th><th class="num">Indexed</th></tr></thead><tbody>"#,
+    );
+    for n in &o.namespaces {
+        let _ = write!(
+            out,
+            r#"<tr><td>{name}</td><td class="num">{documents}</td><td class="num">{dimension}</td><td class="num">{kib:.1} KiB</td><td class="num">{indexed}</td></tr>"#,
+            name = Esc(n.name.as_str()),
+            documents = count(n.documents),
+            dimension = n
+                .dimension
+                .map_or_else(|| "-".to_owned(), |d| d.to_string()),
+            kib = n.text_bytes as f64 / 1024.0,
+            indexed = n
+                .indexed
+                .map_or_else(|| "-".to_owned(), |i| count(i as u64)),
+        );
+    }
+    out.push_str("</tbody></table>");
+    if o.more {
+        out.push_str(
+            r#"<p class="note">More namespaces than shown: <code>GET /v1/memory</code>.</p>"#,
+        );
+    }
     out
 }
 
