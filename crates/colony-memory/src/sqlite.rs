@@ -21,7 +21,9 @@ const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS namespaces (
     name TEXT PRIMARY KEY,
     dimension INTEGER,
-    version INTEGER NOT NULL DEFAULT 0
+    version INTEGER NOT NULL DEFAULT 0,
+    documents INTEGER NOT NULL DEFAULT 0,
+    text_bytes INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS store (
     one INTEGER PRIMARY KEY CHECK (one = 1),
@@ -49,6 +51,31 @@ END;
 CREATE TRIGGER IF NOT EXISTS documents_au AFTER UPDATE ON documents BEGIN
     INSERT INTO documents_fts(documents_fts, rowid, text) VALUES ('delete', old.seq, old.text);
     INSERT INTO documents_fts(rowid, text) VALUES (new.seq, new.text);
+END;
+";
+
+/// Each namespace's documents and bytes of text, kept by the file itself in the writing
+/// transaction, so that `stats` (and the dashboard that polls it) reads one row instead of
+/// every document. Created after [`migrate`], which adds and fills the columns of an older
+/// file.
+const COUNTS: &str = "
+CREATE TRIGGER IF NOT EXISTS documents_count_ai AFTER INSERT ON documents BEGIN
+    UPDATE namespaces SET documents = documents + 1,
+        text_bytes = text_bytes + length(CAST(new.text AS BLOB))
+    WHERE name = new.namespace;
+END;
+CREATE TRIGGER IF NOT EXISTS documents_count_ad AFTER DELETE ON documents BEGIN
+    UPDATE namespaces SET documents = documents - 1,
+        text_bytes = text_bytes - length(CAST(old.text AS BLOB))
+    WHERE name = old.namespace;
+END;
+CREATE TRIGGER IF NOT EXISTS documents_count_au AFTER UPDATE ON documents BEGIN
+    UPDATE namespaces SET documents = documents - 1,
+        text_bytes = text_bytes - length(CAST(old.text AS BLOB))
+    WHERE name = old.namespace;
+    UPDATE namespaces SET documents = documents + 1,
+        text_bytes = text_bytes + length(CAST(new.text AS BLOB))
+    WHERE name = new.namespace;
 END;
 ";
 
@@ -132,6 +159,7 @@ impl SqliteMemory {
             rusqlite::Transaction::new_unchecked(&db, rusqlite::TransactionBehavior::Immediate)?;
         tx.execute_batch(SCHEMA)?;
         migrate(&tx)?;
+        tx.execute_batch(COUNTS)?;
         // The store's one row, once the tables it reads exist.
         tx.execute(
             "INSERT OR IGNORE INTO store (one, version, seq)
@@ -194,17 +222,32 @@ impl SqliteMemory {
     }
 }
 
-/// Brings a file written before namespaces had versions, or before the store kept the
-/// highest `seq` it gave, up to date: the columns are added (versions at 0, since no search
-/// of the file is cached yet; `seq` at the highest there is).
+/// Brings an older file up to date, adding what it lacks: namespaces' versions (at 0: no
+/// search of the file is cached yet) and counts (filled from the rows), and the store's
+/// `seq` (at 0: `put` takes the higher of it and the table's highest).
 fn migrate(db: &Connection) -> Result<(), Error> {
-    let versioned: bool = db.query_row(
-        "SELECT count(*) > 0 FROM pragma_table_info('namespaces') WHERE name = 'version'",
-        [],
-        |r| r.get(0),
-    )?;
-    if !versioned {
+    let has = |table: &str, column: &str| -> Result<bool, Error> {
+        Ok(db.query_row(
+            "SELECT count(*) > 0 FROM pragma_table_info(?1) WHERE name = ?2",
+            [table, column],
+            |r| r.get(0),
+        )?)
+    };
+    if !has("namespaces", "version")? {
         db.execute_batch("ALTER TABLE namespaces ADD COLUMN version INTEGER NOT NULL DEFAULT 0")?;
+    }
+    if !has("namespaces", "documents")? {
+        db.execute_batch(
+            "ALTER TABLE namespaces ADD COLUMN documents INTEGER NOT NULL DEFAULT 0;
+             ALTER TABLE namespaces ADD COLUMN text_bytes INTEGER NOT NULL DEFAULT 0;
+             UPDATE namespaces SET
+                 documents = (SELECT count(*) FROM documents d WHERE d.namespace = name),
+                 text_bytes = (SELECT coalesce(sum(length(CAST(d.text AS BLOB))), 0)
+                               FROM documents d WHERE d.namespace = name);",
+        )?;
+    }
+    if !has("store", "seq")? {
+        db.execute_batch("ALTER TABLE store ADD COLUMN seq INTEGER NOT NULL DEFAULT 0")?;
     }
     Ok(())
 }
@@ -759,17 +802,25 @@ impl Memory for SqliteMemory {
 
     fn stats(&self, ns: &Namespace) -> Result<Stats, Error> {
         let db = self.db();
-        let dimension = known(&db, ns)?;
-        let (documents, text_bytes) = db.query_row(
-            "SELECT count(*), coalesce(sum(length(CAST(text AS BLOB))), 0)
-             FROM documents WHERE namespace = ?1",
-            [ns.as_str()],
-            |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)),
-        )?;
+        let row = db
+            .query_row(
+                "SELECT dimension, documents, text_bytes FROM namespaces WHERE name = ?1",
+                [ns.as_str()],
+                |r| {
+                    Ok((
+                        r.get::<_, Option<i64>>(0)?,
+                        r.get::<_, i64>(1)?,
+                        r.get::<_, i64>(2)?,
+                    ))
+                },
+            )
+            .optional()?;
+        let (dimension, documents, text_bytes) =
+            row.ok_or_else(|| Error::UnknownNamespace(ns.to_string()))?;
         Ok(Stats {
-            documents: documents as u64,
-            dimension,
-            text_bytes: text_bytes as u64,
+            documents: documents.max(0) as u64,
+            dimension: dimension.map(|d| d as usize),
+            text_bytes: text_bytes.max(0) as u64,
         })
     }
 

@@ -61,6 +61,23 @@ fn a_cached_search_always_equals_a_fresh_one_whoever_wrote() {
         } else {
             writer.delete(ns, &[format!("d{id}")]).unwrap();
         }
+        // The counts the file keeps by triggers are what its rows say.
+        let raw = rusqlite::Connection::open(&path).unwrap();
+        for ns in &namespaces {
+            let (n, bytes): (i64, i64) = raw
+                .query_row(
+                    "SELECT count(*), coalesce(sum(length(CAST(text AS BLOB))), 0)
+                     FROM documents WHERE namespace = ?1",
+                    [ns.as_str()],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .unwrap();
+            let stats = fresh.stats(ns).unwrap();
+            assert_eq!(
+                (stats.documents, stats.text_bytes),
+                (n as u64, bytes as u64)
+            );
+        }
         // The same queries again and again, so that the cache has answers to give.
         if step % 10 == 0 {
             asked = queries(&mut rng);
@@ -91,14 +108,24 @@ fn a_file_from_before_versions_is_brought_up_to_date() {
         db.execute_batch(
             "CREATE TABLE namespaces (name TEXT PRIMARY KEY, dimension INTEGER);
              INSERT INTO namespaces VALUES ('shared', NULL);
+             CREATE TABLE documents (
+                 seq INTEGER PRIMARY KEY,
+                 namespace TEXT NOT NULL REFERENCES namespaces(name),
+                 id TEXT NOT NULL, text TEXT NOT NULL, metadata TEXT NOT NULL,
+                 embedding BLOB, UNIQUE (namespace, id));
+             INSERT INTO documents VALUES (7, 'shared', 'old', 'an old row', '{}', NULL);
              PRAGMA application_id = 1668113773;",
         )
         .unwrap();
     }
     let m = SqliteMemory::open_existing(&path).unwrap();
     let ns = Namespace::parse("shared").unwrap();
+    // Its counts were filled from its rows.
+    let stats = m.stats(&ns).unwrap();
+    assert_eq!((stats.documents, stats.text_bytes), (1, 10));
     m.put(&ns, vec![Document::new("a", "an agent's note")])
         .unwrap();
+    assert_eq!(m.stats(&ns).unwrap().documents, 2);
     let query = Query::text("agent", 3);
     assert_eq!(m.search(&ns, &query).unwrap().len(), 1);
     assert_eq!(m.search(&ns, &query).unwrap().len(), 1);
