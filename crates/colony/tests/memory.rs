@@ -240,4 +240,14 @@ fn colony_serve_serves_the_memory_file_it_is_given_and_refuses_one_that_is_not_a
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("--memory"), "{err}");
     assert_eq!(std::fs::read_to_string(&other).unwrap(), "plain text");
+    // A pipe is never opened (SQLite would wait on it for a writer forever).
+    let pipe = dir.path().join("pipe");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&pipe)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let (_, err, code) = colony(&["serve", "--memory", pipe.to_str().unwrap()]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("not a regular file"), "{err}");
 }

@@ -143,29 +143,32 @@ fn failure(e: Error) -> Failure {
 
 /// The memory at `db`, which must exist unless `create`.
 fn open(db: &Path, create: bool) -> Result<SqliteMemory, Failure> {
-    // A device, a folder or a pipe is never opened as a database.
-    if db.exists() && !db.is_file() {
-        return Err(Failure::input(anyhow::anyhow!(
-            "{}: not a regular file",
-            db.display()
-        )));
-    }
-    if !create && !db.is_file() {
+    if !create && !db.exists() {
         return Err(Failure::input(anyhow::anyhow!(
             "{}: no such memory file",
             db.display()
         )));
     }
-    let memory = if create {
-        // A path that cannot be a memory is the caller's to fix.
-        SqliteMemory::open(db).map_err(Failure::input)
-    } else {
-        // Never changes a file that is not a memory.
-        SqliteMemory::open_existing(db).map_err(Failure::input)
-    };
     // One command, then the process ends: an approximate index built for a single search
     // would cost more than the exact search it replaces.
-    memory.map(|m| m.with_approximate(None))
+    open_store(db).map(|m| m.with_approximate(None))
+}
+
+/// The memory at `db`: a new file becomes one; an existing file must be a regular file
+/// and a memory, and is never changed otherwise. Also `colony serve --memory`'s.
+pub(crate) fn open_store(db: &Path) -> Result<SqliteMemory, Failure> {
+    if !db.exists() {
+        // A path that cannot be a memory is the caller's to fix.
+        return SqliteMemory::open(db).map_err(Failure::input);
+    }
+    // A device, a folder or a pipe is never opened as a database.
+    if !db.is_file() {
+        return Err(Failure::input(anyhow::anyhow!(
+            "{}: not a regular file",
+            db.display()
+        )));
+    }
+    SqliteMemory::open_existing(db).map_err(Failure::input)
 }
 
 fn namespace(at: &Where) -> Result<Namespace, Failure> {

@@ -114,16 +114,6 @@ pub(crate) fn resolve(flags: &config::Flags) -> Result<config::Resolved, Failure
     })
 }
 
-/// The memory file of `--memory`: a new file becomes a memory, an existing one must be one.
-fn open_memory(path: &std::path::Path) -> Result<colony_memory::SqliteMemory, Failure> {
-    let memory = if path.exists() {
-        colony_memory::SqliteMemory::open_existing(path)
-    } else {
-        colony_memory::SqliteMemory::open(path)
-    };
-    memory.map_err(|e| Failure::input(anyhow::anyhow!("--memory {}: {e}", path.display())))
-}
-
 pub(crate) fn run(args: &Args) -> Result<(), Failure> {
     let resolved = resolve(&args.flags())?;
     let settings = &resolved.server;
@@ -147,7 +137,12 @@ pub(crate) fn run(args: &Args) -> Result<(), Failure> {
         rate_limit: settings.rate_limit,
         runs: settings.runs.clone(),
         memory: match &settings.memory {
-            Some(path) => Some(Arc::new(open_memory(path)?)),
+            Some(path) => Some(Arc::new(
+                crate::commands::memory::open_store(path).map_err(|e| match e {
+                    Failure::Input(e) => Failure::Input(e.context("--memory")),
+                    Failure::Work(e) => Failure::Work(e.context("--memory")),
+                })?,
+            )),
             None => None,
         },
         max_streams: colony_server::MAX_STREAMS,
