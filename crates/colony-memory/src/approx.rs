@@ -29,7 +29,7 @@ const LAYERS: usize = 16;
 /// Candidates explored while inserting a point.
 const EF_CONSTRUCTION: usize = 200;
 /// Candidates explored by a search, at least.
-pub(crate) const EF_SEARCH: usize = 128;
+const EF_SEARCH: usize = 128;
 
 /// The distance between unit vectors: 1 minus their dot product, summed in eight `f32`
 /// lanes (one vector register). Never below 0, and never a panic on rounding, unlike the
@@ -206,7 +206,7 @@ impl Indexes {
                         | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
                 )
                 .map_err(Error::from)
-                .and_then(|db| read(&db, &name))
+                .and_then(|db| newer(&db, &name, 0))
                 .map(|points| Index::build(&points));
                 let slot = match built {
                     Ok(index) => Slot::Ready(Arc::new(RwLock::new(index))),
@@ -238,11 +238,6 @@ impl Indexes {
             took: started.elapsed(),
         }
     }
-}
-
-/// Every embedding of `ns`, with its document's `seq`, in one snapshot.
-fn read(db: &Connection, ns: &Namespace) -> Result<Vec<(Vec<f32>, usize)>, Error> {
-    newer(db, ns, 0)
 }
 
 /// The embeddings of `ns` with a `seq` above `after`, scaled to unit length. Read along
