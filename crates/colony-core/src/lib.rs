@@ -62,6 +62,7 @@ pub mod forecast;
 pub mod health;
 pub mod hierarchy;
 pub mod id;
+pub mod mailbox;
 pub mod name;
 pub mod rebalance;
 pub mod reputation;

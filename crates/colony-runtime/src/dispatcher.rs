@@ -111,6 +111,7 @@ pub(crate) fn start(
         counters: Counters::default(),
         drained: Notify::new(),
         bus,
+        messages: crate::messages::Bus::new(options.messages.clone()),
         timings: Mutex::new(crate::shared::Timings::default()),
     });
     let handlers = pools

@@ -794,3 +794,12 @@ impl Handle {
         self.shared.permits.close();
     }
 }
+
+impl Handle {
+    /// The runtime's message bus: agents' mailboxes, topics and teams
+    /// ([`crate::messages`]). Agents retired for good have their mailboxes closed, and the
+    /// messages they held go back to their senders.
+    pub fn messages(&self) -> &crate::messages::Bus {
+        &self.shared.messages
+    }
+}

@@ -30,6 +30,7 @@ pub mod decision;
 mod dispatcher;
 pub mod events;
 mod handle;
+pub mod messages;
 pub mod metrics;
 pub mod queue;
 mod shared;
@@ -125,6 +126,9 @@ pub struct RuntimeOptions {
     pub linger: Duration,
     /// When the autoscaler looks at the pools that have a scaling policy ([`Pool::scaling`]).
     pub autoscale: AutoscaleOptions,
+    /// How agents' mailboxes are sized ([`messages`]).
+    #[serde(default)]
+    pub messages: messages::MessageOptions,
 }
 
 mod humantime_micros {
@@ -160,6 +164,7 @@ impl Default for RuntimeOptions {
             seed: 0,
             linger: DEFAULT_LINGER,
             autoscale: AutoscaleOptions::default(),
+            messages: messages::MessageOptions::default(),
         }
     }
 }
@@ -307,6 +312,7 @@ pub enum Error {
 
 impl RuntimeOptions {
     pub fn validate(&self, pools: &[Pool]) -> Result<(), Error> {
+        self.messages.validate()?;
         // The spin after every turn: longer would be a busy loop, not a short watch.
         if self.linger > MAX_LINGER {
             return Err(Error::Options(format!(

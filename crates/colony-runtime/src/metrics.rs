@@ -42,6 +42,12 @@ pub const DECISION_PARTICIPATION: &str = "colony_decision_participation_ratio";
 pub const DECISION_DISSENT: &str = "colony_decision_dissent_ratio";
 pub const TEAMS: &str = "colony_teams_total";
 pub const TEAM_REASSIGNMENTS: &str = "colony_team_reassignments_total";
+pub const MESSAGES_SENT: &str = "colony_messages_sent_total";
+pub const MESSAGES_DELIVERED: &str = "colony_messages_delivered_total";
+pub const MESSAGES_RETURNED: &str = "colony_messages_returned_total";
+pub const MESSAGES_UNRETURNABLE: &str = "colony_messages_unreturnable_total";
+pub const MAILBOX_WAITS: &str = "colony_mailbox_full_waits_total";
+pub const MESSAGE_LATENCY: &str = "colony_message_latency_seconds";
 
 /// Bucket bounds of every histogram, in seconds: 10 µs to 10 minutes.
 pub const BUCKETS: &[f64] = &[
@@ -206,6 +212,36 @@ pub fn describe() {
         TEAM_REASSIGNMENTS,
         Unit::Count,
         "Roles of a team given to another worker after their member failed."
+    );
+    describe_counter!(
+        MESSAGES_SENT,
+        Unit::Count,
+        "Messages sent, one per send whatever its fan-out, by address kind (agent, named, topic, team)."
+    );
+    describe_counter!(
+        MESSAGES_DELIVERED,
+        Unit::Count,
+        "Copies of messages put in mailboxes."
+    );
+    describe_counter!(
+        MESSAGES_RETURNED,
+        Unit::Count,
+        "Messages handed back to their sender as undeliverable (their reader left for good)."
+    );
+    describe_counter!(
+        MESSAGES_UNRETURNABLE,
+        Unit::Count,
+        "Undeliverable messages whose sender had no mailbox with room to take them back."
+    );
+    describe_counter!(
+        MAILBOX_WAITS,
+        Unit::Count,
+        "Times a sender waited for room in a full mailbox."
+    );
+    describe_histogram!(
+        MESSAGE_LATENCY,
+        Unit::Seconds,
+        "Time from a message's send to its reader taking it."
     );
     describe_histogram!(
         JOURNAL_COMMIT,

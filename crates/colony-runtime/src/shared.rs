@@ -50,6 +50,8 @@ pub(crate) struct Shared {
     /// Woken when every accepted task has ended.
     pub(crate) drained: Notify,
     pub(crate) bus: EventBus,
+    /// Messages between agents: their mailboxes, topics and teams.
+    pub(crate) messages: crate::messages::Bus,
     /// Recovery timings, for benchmarks: kill to attempt ended, failure to next attempt.
     pub(crate) timings: Mutex<Timings>,
 }

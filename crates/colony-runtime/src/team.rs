@@ -27,6 +27,10 @@
 //! role already on the chain, never past a number of asks; a refused delegation fails the
 //! team with the reason, so a team can never loop.
 //!
+//! While it runs, messages to the team (`colony_core::mailbox::Address::Team` with its
+//! number) reach its members as they are at the time, reassignments included
+//! ([`crate::messages`]).
+//!
 //! The team holds nothing of its members but its tasks: once it ends (or is dropped), its
 //! asks still out are cancelled and its members are free.
 
@@ -261,6 +265,7 @@ impl Handle {
         let number = TEAMS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let mut run = Run {
             handle: self.clone(),
+            number,
             roster: Roster::new(&formation, team.reassignments),
             delegation: Delegation::new(team.delegation, team.max_asks()),
             turns: vec![0; team.roles.len()],
@@ -277,6 +282,7 @@ impl Handle {
             team,
         };
         run.teamed.formed = run.members();
+        run.announce_members();
         self.publish(
             Kinds::TEAMS,
             Event::TeamFormed {
@@ -347,6 +353,8 @@ type Answer = Pin<Box<dyn Future<Output = (usize, usize, Result<Completion, Erro
 
 struct Run {
     handle: Handle,
+    /// The team's number, its address for messages.
+    number: u64,
     spec: TaskSpec,
     team: Team,
     roster: Roster,
@@ -364,6 +372,8 @@ struct Run {
 impl Drop for Run {
     fn drop(&mut self) {
         self.cancel_out();
+        // A team dropped midway (its caller stopped waiting) is no address any more.
+        self.handle.messages().end_team(self.number);
     }
 }
 
@@ -378,6 +388,12 @@ impl Run {
                 pool: m.pool,
             })
             .collect()
+    }
+
+    /// Messages to the team reach its members as they are now.
+    fn announce_members(&self) {
+        let members = self.roster.members().iter().map(|m| m.agent).collect();
+        self.handle.messages().set_team(self.number, members);
     }
 
     fn cancel_out(&mut self) {
@@ -638,6 +654,7 @@ impl Run {
                     ));
                 };
                 self.roster.replaced(index, agent, pool);
+                self.announce_members();
                 metrics::counter!(crate::metrics::TEAM_REASSIGNMENTS).increment(1);
                 self.handle.publish(
                     Kinds::TEAMS,

@@ -76,6 +76,11 @@ impl Dispatcher {
             // Its backend lets go of what it keeps for it (a `process` agent's process, once
             // the attempts it runs have ended).
             self.attempts.pool(pool).agent.retired(w);
+            // Messages it had not read go back to their senders.
+            self.shared.messages.close(
+                &colony_core::mailbox::Endpoint::Agent(w),
+                "the agent was retired",
+            );
             // Tasks pinned to it (a decision's ballots) wait for nobody now.
             for job in self.place.unpin(&mut self.tree, w) {
                 self.unrunnable(job);
@@ -121,6 +126,8 @@ impl Dispatcher {
             .counters
             .agents
             .store(self.tree.len() as u64, Relaxed);
+        self.shared.messages.forget_agents_from(start as u32);
+        self.shared.messages.set_agents(self.tree.len() as u64);
         for (name, size) in self.tree.tier_names().iter().zip(self.tree.tier_sizes()) {
             crate::metrics::Metrics::tier_size(name, *size);
         }
@@ -184,6 +191,7 @@ impl Dispatcher {
         for &w in &back {
             self.supervision.reinstate(w);
             self.attempts.pool(pool).agent.reinstated(w);
+            self.shared.messages.reinstate(w);
             self.tree.set_retired(w, false);
             self.watch.reset(&mut self.out, w);
             // Under a supervisor waiting out a restart, the worker comes up with it.

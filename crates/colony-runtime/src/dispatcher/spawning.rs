@@ -31,6 +31,7 @@ impl Dispatcher {
         self.admit_room();
         // Published now, not at the end of the turn: the spawner hears back before then.
         self.shared.counters.agents.store(after as u64, Relaxed);
+        self.shared.messages.set_agents(after as u64);
         self.out.metrics.spawned.increment((after - before) as u64);
         self.out.metrics.spawn_duration.record(started.elapsed());
         for (name, size) in self.tree.tier_names().iter().zip(self.tree.tier_sizes()) {
