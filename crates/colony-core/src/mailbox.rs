@@ -170,6 +170,13 @@ impl<T> Mailbox<T> {
         Ok(())
     }
 
+    /// Puts `message` last even past the capacity: for a message coming back to its sender
+    /// from a mailbox that closed. What comes back is bounded by what the closed mailboxes
+    /// held, and refusing it would lose it.
+    pub fn put_back(&mut self, message: T) {
+        self.queue.push_back(message);
+    }
+
     /// A new reader takes over: any batch its predecessor took and did not acknowledge goes
     /// back to the front, in order. Returns the new reader's epoch.
     pub fn attach(&mut self) -> u64 {

@@ -15,8 +15,10 @@
 //! reader, so a reader killed mid-batch loses nothing; a newer inbox of the same mailbox
 //! fences out the older one. An agent's mailbox outlives its restarts (a restarted agent
 //! reads what its predecessor had not acknowledged); when the agent is retired for good,
-//! [`Bus::close`] hands every message it held back to its sender's mailbox, marked
-//! [`Message::returned`], and counts it.
+//! [`Bus::close`] hands every message it held back to its sender's mailbox (past that
+//! mailbox's capacity if need be: what comes back is bounded by what closed), marked
+//! [`Message::returned`], and counts it; a sender with no mailbox is counted as
+//! unreturnable and logged.
 
 use bytes::Bytes;
 use colony_core::{
@@ -141,8 +143,8 @@ pub struct MessageStats {
     pub redelivered: u64,
     /// Copies handed back to their sender's mailbox as undeliverable.
     pub returned: u64,
-    /// Copies undeliverable whose sender has no mailbox (or a full one) to take them back:
-    /// counted and logged, never silent.
+    /// Copies undeliverable whose sender has no mailbox to take them back: counted and
+    /// logged, never silent.
     pub unreturnable: u64,
     /// Times a sender waited for room in a full mailbox.
     pub waits: u64,
@@ -365,7 +367,11 @@ impl Bus {
                 max,
             });
         }
-        let reach = self.directory().reach(&to, &from);
+        // One mailbox: the directory is not asked (nor locked).
+        let reach = match &to {
+            Address::To(e) => vec![e.clone()],
+            _ => self.directory().reach(&to, &from),
+        };
         let direct = matches!(to, Address::To(_));
         let mut slots = Vec::with_capacity(reach.len());
         for endpoint in &reach {
@@ -464,8 +470,8 @@ impl Bus {
         }
     }
 
-    /// Hands `message` back to its sender's mailbox, without waiting, or counts it as
-    /// unreturnable.
+    /// Hands `message` back to its sender's mailbox, without waiting (past its capacity if
+    /// need be), or counts it as unreturnable when the sender has none.
     fn undeliverable(&self, message: Message, why: &str) {
         let by = match &message.to {
             Address::To(e) => e.clone(),
@@ -486,15 +492,12 @@ impl Bus {
             return;
         };
         message.returned = Some(Returned { by, why });
-        let put = slot.lock().put(message);
-        match put {
-            Ok(()) => {
-                slot.readable.notify_one();
-                self.inner.counters.returned.fetch_add(1, Relaxed);
-                self.inner.meters.returned.increment(1);
-            }
-            Err(Full(message)) => self.unreturnable(&message, "its sender's mailbox is full"),
-        }
+        // Past the capacity if need be: what comes back is bounded by what the closed
+        // mailbox held, and refusing it would lose it.
+        slot.lock().put_back(message);
+        slot.readable.notify_one();
+        self.inner.counters.returned.fetch_add(1, Relaxed);
+        self.inner.meters.returned.increment(1);
     }
 
     fn unreturnable(&self, message: &Message, why: &str) {

@@ -723,6 +723,7 @@ pub mod autoscale;
 pub mod crash;
 pub mod health;
 pub mod memory;
+pub mod messages;
 pub mod restart;
 pub mod vote;
 pub mod warm;

@@ -276,7 +276,7 @@ fn tally_alone() -> Result<Duration, Error> {
 const MAX_PEER_OUTPUT: u64 = 64 * 1024;
 
 /// Runs `escript SCRIPT w5 AGENTS ROUNDS` and reads its JSON.
-async fn erlang_w5(script: &Path, agents: u32, rounds: u32) -> Result<ErlangW5, Error> {
+pub(crate) async fn erlang_w5(script: &Path, agents: u32, rounds: u32) -> Result<ErlangW5, Error> {
     use tokio::io::AsyncReadExt;
     let cannot = |e: std::io::Error| {
         Error::Options(format!("could not run escript {}: {e}", script.display()))

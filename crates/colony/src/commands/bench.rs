@@ -164,6 +164,29 @@ pub(crate) enum Bench {
         #[arg(long)]
         json: bool,
     },
+    /// The message bus: a direct stream (one sender, one reader), Erlang's W5 over a topic
+    /// of 100 agents that answer by direct message, broadcasts to a team of 12, and a run of
+    /// messages from 8 senders to 64 agents whose readers are killed every millisecond and 4
+    /// of which are retired halfway (0 lost, 0 reordered per sender, or the verdict fails).
+    /// Latency is from the send to the reader taking the message.
+    Messages {
+        /// Messages of the direct stream and of the kills run.
+        #[arg(long, default_value_t = 1_000_000, value_parser = clap::value_parser!(u64).range(1_000..=bench::messages::MAX_MESSAGES))]
+        messages: u64,
+        /// Rounds of the topic (after 10 untimed ones) and team loads.
+        #[arg(long, default_value_t = 1_000, value_parser = clap::value_parser!(u32).range(1..=i64::from(bench::messages::MAX_ROUNDS)))]
+        rounds: u32,
+        /// Seed of which reader is killed when.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// The Erlang peer's script (`erlang_peer.escript`): its W5 with 100 agents runs
+        /// after colony's loads, beside the topic rounds.
+        #[arg(long, value_name = "SCRIPT")]
+        erlang: Option<PathBuf>,
+        /// Print the report as JSON, verdict included.
+        #[arg(long)]
+        json: bool,
+    },
     /// The process `bench crash` kills (internal).
     #[command(hide = true)]
     CrashChild(CrashChildArgs),
@@ -746,6 +769,101 @@ pub(crate) fn run(bench: Bench) -> Result<(), Failure> {
             print!("{}", t.render());
             print_ok(&report.verdict);
             judge("vote", &report.verdict)?;
+        }
+        Bench::Messages {
+            messages,
+            rounds,
+            seed,
+            erlang,
+            json,
+        } => {
+            let report = runtime
+                .block_on(bench::messages::messages(
+                    messages,
+                    rounds,
+                    seed,
+                    erlang.as_deref(),
+                ))
+                .map_err(failure)?;
+            if json {
+                print_json(&report)?;
+                return judge("messages", &report.verdict);
+            }
+            let us = |p: f64| format!("{p:.1} µs");
+            let rate = |r: f64| format!("{:.0}/s", r);
+            let mut t = Table::new(&["messages", "read", "rate", "p50", "p99", "max"]);
+            let flow = |t: &mut Table, name: String, f: &bench::messages::Flow| {
+                t.row(vec![
+                    name,
+                    f.messages.to_string(),
+                    rate(f.per_second),
+                    us(f.latency.p50_us),
+                    us(f.latency.p99_us),
+                    us(f.latency.max_us),
+                ]);
+            };
+            flow(
+                &mut t,
+                "direct: one sender, one reader".into(),
+                &report.direct,
+            );
+            flow(&mut t, "team of 12: broadcast".into(), &report.team);
+            let r = &report.topic;
+            let reads = u64::from(r.rounds) * 2 * u64::from(r.subscribers);
+            t.row(vec![
+                format!(
+                    "topic of {}: round to a certain majority (W5)",
+                    r.subscribers
+                ),
+                reads.to_string(),
+                rate(r.per_second),
+                us(r.decided.p50_us),
+                us(r.decided.p99_us),
+                us(r.decided.max_us),
+            ]);
+            t.row(vec![
+                format!("topic of {}: round to every answer", r.subscribers),
+                "-".into(),
+                "-".into(),
+                us(r.round.p50_us),
+                us(r.round.p99_us),
+                us(r.round.max_us),
+            ]);
+            match &report.erlang {
+                Some(e) => t.row(vec![
+                    "Erlang W5, same run".into(),
+                    "-".into(),
+                    "-".into(),
+                    us(e.p50_us),
+                    us(e.p99_us),
+                    us(e.max_us),
+                ]),
+                None => t.row(vec![
+                    "Erlang W5: not run (--erlang)".into(),
+                    "-".into(),
+                    "-".into(),
+                    "-".into(),
+                    "-".into(),
+                    "-".into(),
+                ]),
+            }
+            print!("{}", t.render());
+            let k = &report.kills;
+            println!(
+                "kills: {} messages in {:.2} s, {} readers killed, {} agents retired: {} read, {} read again, {} returned, {} refused; {} lost, {} reordered",
+                k.messages,
+                k.seconds,
+                k.readers_killed,
+                k.agents_retired,
+                k.read,
+                k.redelivered,
+                k.returned,
+                k.refused,
+                k.lost,
+                k.reordered
+            );
+            print_ok(&report.verdict);
+            judge("messages", &report.verdict)?;
         }
         Bench::Memory {
             documents,
