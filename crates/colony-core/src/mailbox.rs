@@ -2,8 +2,10 @@
 //! the directory that says whose mailboxes an address reaches.
 //!
 //! A [`Mailbox`] holds messages in the order they were put, up to its capacity: a full
-//! mailbox refuses the message and hands it back ([`Full`]), so the sender waits or is told,
-//! and nothing is dropped. Its reader takes up to a batch of messages at a time and
+//! mailbox refuses the message and hands it back ([`Refused::Full`]), so the sender waits or
+//! is told, and nothing is dropped. Only a message coming back to its sender from a closed
+//! mailbox may go past the capacity ([`Mailbox::put_back`]). A closed mailbox refuses
+//! everything ([`Refused::Closed`]). Its reader takes up to a batch of messages at a time and
 //! acknowledges the batch once handled. A reader that ends without acknowledging (it was
 //! killed, it panicked, it was replaced) gives its batch back to the front of the mailbox, in
 //! order, for the next reader: delivery is at least once, and a sender's messages are read
@@ -99,9 +101,14 @@ pub fn check_topic(name: &str) -> Result<(), Error> {
     }
 }
 
-/// A message refused by a full mailbox, handed back.
+/// A message a mailbox refused, handed back.
 #[derive(Debug, PartialEq, Eq)]
-pub struct Full<T>(pub T);
+pub enum Refused<T> {
+    /// No room: the sender may wait for some.
+    Full(T),
+    /// The mailbox closed: its owner left for good.
+    Closed(T),
+}
 
 /// A bounded mailbox with one reader at a time (see the module's text).
 #[derive(Debug)]
@@ -112,8 +119,10 @@ pub struct Mailbox<T> {
     capacity: usize,
     /// The current reader's epoch; 0 before the first reader.
     epoch: u64,
-    /// Messages handed out again after a reader left without acknowledging them.
+    /// Messages handed out more than once so far.
     redelivered: u64,
+    /// Closed for good: refuses every message.
+    closed: bool,
 }
 
 impl<T> Mailbox<T> {
@@ -125,6 +134,7 @@ impl<T> Mailbox<T> {
             capacity: capacity.max(1),
             epoch: 0,
             redelivered: 0,
+            closed: false,
         }
     }
 
@@ -161,10 +171,18 @@ impl<T> Mailbox<T> {
         self.redelivered
     }
 
-    /// Puts `message` last, or hands it back when the mailbox is full.
-    pub fn put(&mut self, message: T) -> Result<(), Full<T>> {
+    /// Whether the mailbox closed for good.
+    pub fn is_closed(&self) -> bool {
+        self.closed
+    }
+
+    /// Puts `message` last, or hands it back when the mailbox is full or closed.
+    pub fn put(&mut self, message: T) -> Result<(), Refused<T>> {
+        if self.closed {
+            return Err(Refused::Closed(message));
+        }
         if self.room() == 0 {
-            return Err(Full(message));
+            return Err(Refused::Full(message));
         }
         self.queue.push_back(message);
         Ok(())
@@ -173,8 +191,13 @@ impl<T> Mailbox<T> {
     /// Puts `message` last even past the capacity: for a message coming back to its sender
     /// from a mailbox that closed. What comes back is bounded by what the closed mailboxes
     /// held, and refusing it would lose it.
-    pub fn put_back(&mut self, message: T) {
+    /// Refused only when the mailbox closed.
+    pub fn put_back(&mut self, message: T) -> Result<(), Refused<T>> {
+        if self.closed {
+            return Err(Refused::Closed(message));
+        }
         self.queue.push_back(message);
+        Ok(())
     }
 
     /// A new reader takes over: any batch its predecessor took and did not acknowledge goes
@@ -225,9 +248,10 @@ impl<T> Mailbox<T> {
         n
     }
 
-    /// Empties the mailbox (its owner is gone for good): every message held, taken ones
-    /// first, in order. Any reader becomes stale.
+    /// Closes the mailbox for good (its owner is gone) and empties it: every message held,
+    /// taken ones first, in order. Any reader becomes stale, and nothing is put any more.
     pub fn close(&mut self) -> Vec<T> {
+        self.closed = true;
         self.epoch += 1;
         let mut all: Vec<T> = self.taken.drain(..).collect();
         all.extend(self.queue.drain(..));
@@ -297,6 +321,15 @@ impl Directory {
                 members.retain(|m| m != agent);
             }
         }
+    }
+
+    /// Agents with ids from `start` on that subscribe to some topic.
+    pub fn agents_from(&self, start: u32) -> Vec<Endpoint> {
+        self.subscribed
+            .range(Endpoint::Agent(AgentId(start))..)
+            .map(|(e, _)| e.clone())
+            .filter(|e| matches!(e, Endpoint::Agent(_)))
+            .collect()
     }
 
     /// Team `team` has these members (replacing any it had).

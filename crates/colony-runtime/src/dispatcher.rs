@@ -114,6 +114,8 @@ pub(crate) fn start(
         messages: crate::messages::Bus::new(options.messages.clone()),
         timings: Mutex::new(crate::shared::Timings::default()),
     });
+    // Agents the plan placed already have ids: messages to them are taken from now on.
+    shared.messages.set_agents(tree.len() as u64);
     let handlers = pools
         .iter()
         .map(|p| PoolHandler {

@@ -23,7 +23,7 @@
 use bytes::Bytes;
 use colony_core::{
     AgentId,
-    mailbox::{self, Address, Directory, Endpoint, Full, Mailbox},
+    mailbox::{self, Address, Directory, Endpoint, Mailbox, Refused},
 };
 use std::{
     collections::{HashMap, HashSet},
@@ -162,8 +162,6 @@ struct Slot {
     readable: Notify,
     /// Woken when messages leave (acknowledged) or the mailbox closes.
     writable: Notify,
-    /// Set when the mailbox's owner left for good: senders stop waiting on it.
-    closed: std::sync::atomic::AtomicBool,
 }
 
 impl Slot {
@@ -172,7 +170,6 @@ impl Slot {
             mailbox: Mutex::new(Mailbox::new(capacity)),
             readable: Notify::new(),
             writable: Notify::new(),
-            closed: false.into(),
         }
     }
 
@@ -274,15 +271,16 @@ impl Bus {
         self.inner.slots.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    fn gone(&self) -> std::sync::MutexGuard<'_, HashSet<AgentId>> {
+        self.inner.gone.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether `endpoint` is an agent the runtime does not have, or one retired for good.
+    /// Locks `gone`: callers holding `slots` or `directory` take it after them, never before.
     fn is_gone(&self, endpoint: &Endpoint) -> bool {
         match endpoint {
             Endpoint::Agent(a) if u64::from(a.0) >= self.inner.agents.load(Relaxed) => true,
-            Endpoint::Agent(a) => self
-                .inner
-                .gone
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .contains(a),
+            Endpoint::Agent(a) => self.gone().contains(a),
             Endpoint::Named(_) => false,
         }
     }
@@ -290,10 +288,12 @@ impl Bus {
     /// The mailbox of `endpoint`: an agent's is made on first use (unless it was retired); a
     /// named one exists only once opened.
     fn slot(&self, endpoint: &Endpoint, create: bool) -> Result<Arc<Slot>, Error> {
+        let mut slots = self.slots();
+        // Looked at under `slots`, which `close` holds while it marks an agent gone and
+        // takes its mailbox away: no mailbox is made again for an agent being retired.
         if self.is_gone(endpoint) {
             return Err(Error::NoMailbox(endpoint.clone()));
         }
-        let mut slots = self.slots();
         if let Some(slot) = slots.get(endpoint) {
             return Ok(slot.clone());
         }
@@ -336,10 +336,13 @@ impl Bus {
 
     /// `who` hears what is published on `topic` from now on.
     pub fn subscribe(&self, topic: &str, who: Endpoint) -> Result<(), Error> {
+        let mut directory = self.directory();
+        // Under `directory`: `close` marks an agent gone before it takes it out of the
+        // directory, so a subscription either is refused or is taken out with the rest.
         if self.is_gone(&who) {
             return Err(Error::NoMailbox(who));
         }
-        self.directory().subscribe(topic, who)?;
+        directory.subscribe(topic, who)?;
         Ok(())
     }
 
@@ -376,7 +379,7 @@ impl Bus {
         let mut slots = Vec::with_capacity(reach.len());
         for endpoint in &reach {
             match self.slot(endpoint, false) {
-                Ok(slot) => slots.push(slot),
+                Ok(slot) => slots.push((endpoint, slot)),
                 Err(e) if direct => return Err(e),
                 // A subscriber that left between the lookup and now.
                 Err(_) => {}
@@ -399,21 +402,16 @@ impl Bus {
         };
         let mut delivered = 0;
         let last = slots.len().saturating_sub(1);
-        for (i, slot) in slots.iter().enumerate() {
+        for (i, (endpoint, slot)) in slots.iter().enumerate() {
             let copy = if i == last {
                 std::mem::replace(&mut message, Self::placeholder())
             } else {
                 message.clone()
             };
-            if self.put(slot, copy).await {
+            if self.put(endpoint, slot, copy).await {
                 delivered += 1;
             }
         }
-        self.inner
-            .counters
-            .delivered
-            .fetch_add(u64::from(delivered), Relaxed);
-        self.inner.meters.delivered.increment(u64::from(delivered));
         Ok(Sent { delivered })
     }
 
@@ -427,12 +425,12 @@ impl Bus {
         }
     }
 
-    /// Puts `message` in `slot`, waiting for room; `false` if the mailbox closed meanwhile
-    /// (the message then went back to its sender with the rest).
-    async fn put(&self, slot: &Slot, mut message: Message) -> bool {
+    /// Puts `message` in `endpoint`'s mailbox `slot`, waiting for room; `false` if the
+    /// mailbox closed meanwhile (the message then went back to its sender).
+    async fn put(&self, endpoint: &Endpoint, slot: &Slot, mut message: Message) -> bool {
         let mut waited = false;
         loop {
-            message = match self.try_put(slot, message) {
+            message = match self.try_put(endpoint, slot, message) {
                 Ok(delivered) => return delivered,
                 Err(back) => back,
             };
@@ -440,7 +438,7 @@ impl Bus {
             let room = slot.writable.notified();
             tokio::pin!(room);
             room.as_mut().enable();
-            message = match self.try_put(slot, message) {
+            message = match self.try_put(endpoint, slot, message) {
                 Ok(delivered) => return delivered,
                 Err(back) => back,
             };
@@ -453,51 +451,63 @@ impl Bus {
         }
     }
 
-    /// Puts `message` in `slot` if it has room: `Ok(true)` put, `Ok(false)` the mailbox
-    /// closed (the message went back to its sender), `Err` full.
-    fn try_put(&self, slot: &Slot, message: Message) -> Result<bool, Message> {
-        if slot.closed.load(Relaxed) {
-            self.undeliverable(message, "its reader left for good");
-            return Ok(false);
-        }
+    /// Puts `message` in `endpoint`'s mailbox `slot` if it has room: `Ok(true)` put,
+    /// `Ok(false)` the mailbox closed (the message went back to its sender), `Err` full.
+    fn try_put(&self, endpoint: &Endpoint, slot: &Slot, message: Message) -> Result<bool, Message> {
+        // Closed or not is looked at under the mailbox's lock, which `close` holds while it
+        // empties it: nothing is put in a mailbox that closed.
         let put = slot.lock().put(message);
         match put {
             Ok(()) => {
                 slot.readable.notify_one();
+                self.delivered();
                 Ok(true)
             }
-            Err(Full(back)) => Err(back),
+            Err(Refused::Full(back)) => Err(back),
+            Err(Refused::Closed(back)) => {
+                self.bounce(
+                    endpoint.clone(),
+                    Arc::from("its reader left for good"),
+                    back,
+                );
+                Ok(false)
+            }
         }
     }
 
-    /// Hands `message` back to its sender's mailbox, without waiting (past its capacity if
-    /// need be), or counts it as unreturnable when the sender has none.
-    fn undeliverable(&self, message: Message, why: &str) {
-        let by = match &message.to {
-            Address::To(e) => e.clone(),
-            _ => Endpoint::Named(Arc::from(message.to.to_string())),
-        };
-        self.bounce(by, Arc::from(why), message);
+    fn delivered(&self) {
+        self.inner.counters.delivered.fetch_add(1, Relaxed);
+        self.inner.meters.delivered.increment(1);
     }
 
+    /// Hands `message`, undeliverable at `by` for `why`, back to its sender's mailbox
+    /// without waiting (past its capacity if need be), or counts it as unreturnable when
+    /// the sender has none.
     fn bounce(&self, by: Endpoint, why: Arc<str>, mut message: Message) {
         if message.returned.is_some() {
             // A returned message is not returned again: that could go round for ever.
             self.unreturnable(&message, "it was itself a returned message");
             return;
         }
-        let slot = self.slots().get(&message.from).cloned();
-        let Some(slot) = slot.filter(|s| !s.closed.load(Relaxed)) else {
+        let Some(slot) = self.slots().get(&message.from).cloned() else {
             self.unreturnable(&message, "its sender has no mailbox");
             return;
         };
         message.returned = Some(Returned { by, why });
         // Past the capacity if need be: what comes back is bounded by what the closed
         // mailbox held, and refusing it would lose it.
-        slot.lock().put_back(message);
-        slot.readable.notify_one();
-        self.inner.counters.returned.fetch_add(1, Relaxed);
-        self.inner.meters.returned.increment(1);
+        let put = slot.lock().put_back(message);
+        match put {
+            Ok(()) => {
+                slot.readable.notify_one();
+                self.delivered();
+                self.inner.counters.returned.fetch_add(1, Relaxed);
+                self.inner.meters.returned.increment(1);
+            }
+            Err(Refused::Closed(message) | Refused::Full(message)) => {
+                self.unreturnable(&message, "its sender's mailbox closed")
+            }
+        }
     }
 
     fn unreturnable(&self, message: &Message, why: &str) {
@@ -515,18 +525,19 @@ impl Bus {
     /// closes, it leaves every topic and team, and each message it held goes back to its
     /// sender. Returns how many it held.
     pub fn close(&self, endpoint: &Endpoint, why: &str) -> usize {
-        if let Endpoint::Agent(a) = endpoint {
-            self.inner
-                .gone
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert(*a);
-        }
+        // Marked gone and its mailbox taken away under one hold of `slots` (see `slot`);
+        // marked gone before it leaves the directory (see `subscribe`).
+        let slot = {
+            let mut slots = self.slots();
+            if let Endpoint::Agent(a) = endpoint {
+                self.gone().insert(*a);
+            }
+            slots.remove(endpoint)
+        };
         self.directory().forget(endpoint);
-        let Some(slot) = self.slots().remove(endpoint) else {
+        let Some(slot) = slot else {
             return 0;
         };
-        slot.closed.store(true, Relaxed);
         let held = slot.lock().close();
         slot.writable.notify_waiters();
         slot.readable.notify_waiters();
@@ -543,23 +554,26 @@ impl Bus {
         self.inner.agents.store(n, Relaxed);
     }
 
-    /// Agents from `start` on left the runtime's tree: their ids may be given to new agents,
-    /// whose mailboxes start empty.
+    /// Agents from `start` on left the runtime's tree (retired workers, managers no longer
+    /// needed): their mailboxes close, what they held goes back to its senders, they leave
+    /// their topics and teams, and their ids may be given to new agents, whose mailboxes
+    /// start empty.
     pub(crate) fn forget_agents_from(&self, start: u32) {
-        self.inner
-            .gone
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .retain(|a| a.0 < start);
+        let left = |e: &Endpoint| matches!(e, Endpoint::Agent(a) if a.0 >= start);
+        let mut leaving: Vec<Endpoint> = self.slots().keys().filter(|e| left(e)).cloned().collect();
+        leaving.extend(self.directory().agents_from(start));
+        leaving.sort_unstable();
+        leaving.dedup();
+        for endpoint in &leaving {
+            self.close(endpoint, "the agent left the hierarchy");
+        }
+        self.gone().retain(|a| a.0 < start);
     }
 
-    /// Agent `agent` is back in service (a retired worker reinstated).
+    /// Agent `agent` is back in service (a retired worker reinstated), with an empty
+    /// mailbox.
     pub(crate) fn reinstate(&self, agent: AgentId) {
-        self.inner
-            .gone
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&agent);
+        self.gone().remove(&agent);
     }
 
     pub fn stats(&self) -> MessageStats {
@@ -675,11 +689,11 @@ impl Inbox {
     }
 
     fn try_take(&mut self) -> Result<Option<Vec<Message>>, Closed> {
-        if self.slot.closed.load(Relaxed) {
-            return Err(Closed::Closed);
-        }
         let batch = {
             let mut mailbox = self.slot.lock();
+            if mailbox.is_closed() {
+                return Err(Closed::Closed);
+            }
             if mailbox.epoch() != self.epoch {
                 return Err(Closed::Fenced);
             }

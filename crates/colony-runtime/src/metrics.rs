@@ -231,7 +231,7 @@ pub fn describe() {
     describe_counter!(
         MESSAGES_UNRETURNABLE,
         Unit::Count,
-        "Undeliverable messages whose sender had no mailbox with room to take them back."
+        "Undeliverable messages whose sender had no open mailbox to take them back."
     );
     describe_counter!(
         MAILBOX_WAITS,

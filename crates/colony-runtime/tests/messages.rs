@@ -37,6 +37,16 @@ async fn a_mailbox_outlives_restarts_and_a_retired_agents_messages_come_back() {
     let bus = h.messages();
     let me = Endpoint::Named(Arc::from("me"));
     let mut mine = bus.open(me.clone()).unwrap();
+    // An id the runtime never had is refused from the start.
+    let e = bus
+        .send(
+            me.clone(),
+            Address::To(Endpoint::Agent(AgentId(4_000_000_000))),
+            Bytes::new(),
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(e, Error::NoMailbox(_)));
 
     // A worker killed and restarted reads what was sent to it before.
     let first = Endpoint::Agent(workers[0]);

@@ -49,10 +49,11 @@ proptest! {
                             accepted += 1;
                             next.insert(sender, seq + 1);
                         }
-                        Err(Full(m)) => {
+                        Err(Refused::Full(m)) => {
                             prop_assert_eq!(m, (sender, seq));
                             prop_assert_eq!(mailbox.len(), capacity);
                         }
+                        Err(Refused::Closed(_)) => prop_assert!(false, "closed before close"),
                     }
                 }
                 Op::Attach => {
@@ -120,13 +121,20 @@ fn a_full_mailbox_hands_the_message_back() {
     let mut m = Mailbox::new(2);
     m.put("a").unwrap();
     m.put("b").unwrap();
-    assert_eq!(m.put("c"), Err(Full("c")));
+    assert_eq!(m.put("c"), Err(Refused::Full("c")));
     let r = m.attach();
     assert_eq!(m.take(r, 1), ["a"]);
     // Taken but not acknowledged still counts against the capacity.
-    assert_eq!(m.put("c"), Err(Full("c")));
+    assert_eq!(m.put("c"), Err(Refused::Full("c")));
     m.ack(r);
     assert_eq!(m.put("c"), Ok(()));
+    // A message coming back may go past it; a closed mailbox takes nothing.
+    assert_eq!(m.put_back("d"), Ok(()));
+    assert_eq!(m.len(), 3);
+    assert_eq!(m.close(), ["b", "c", "d"]);
+    assert_eq!(m.put("e"), Err(Refused::Closed("e")));
+    assert_eq!(m.put_back("e"), Err(Refused::Closed("e")));
+    assert!(m.is_closed());
 }
 
 #[test]

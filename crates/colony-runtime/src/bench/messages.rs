@@ -385,6 +385,8 @@ async fn team(rounds: u32) -> Result<Flow, Error> {
 #[derive(Default)]
 struct Progress {
     next: [u32; SENDERS],
+    /// Per sender, numbers skipped over (a later one read first) and not read since.
+    gaps: [std::collections::BTreeSet<u32>; SENDERS],
     read: u64,
     redelivered: u64,
     reordered: u64,
@@ -435,10 +437,16 @@ fn check(progress: &Mutex<Progress>, batch: &[messages::Message]) {
         };
         let next = p.next[sender];
         if seq < next {
-            p.redelivered += 1;
+            if p.gaps[sender].remove(&seq) {
+                // Late, its lateness counted when it was skipped: a first read.
+                p.read += 1;
+            } else {
+                p.redelivered += 1;
+            }
         } else {
             if seq > next {
                 p.reordered += 1;
+                p.gaps[sender].extend(next..seq);
             }
             p.next[sender] = seq + 1;
             p.read += 1;
@@ -559,8 +567,8 @@ async fn kills(count: u64, seed: u64) -> Result<Kills, Error> {
 type SentTo = ([u32; READERS], [Option<u32>; READERS]);
 
 /// Messages not accounted for. Per sender and agent, a message is accounted for when its
-/// agent read it (0 up to what it expects next), it came back, or it was refused; each is
-/// counted once, so that a message read and then handed back (read, not acknowledged, when
+/// agent read it (0 up to what it expects next, but for numbers it skipped and never read),
+/// it came back, or it was refused; each is counted once, so that a message read and then handed back (read, not acknowledged, when
 /// its agent was retired) does not hide another that went missing.
 fn unaccounted(
     sent_to: &[SentTo],
@@ -570,14 +578,17 @@ fn unaccounted(
     let mut missing = 0;
     for (s, (seqs, refused)) in sent_to.iter().enumerate() {
         for (agent, p) in progress.iter().enumerate() {
-            let read_up_to = p.lock().unwrap_or_else(|p| p.into_inner()).next[s];
+            let p = p.lock().unwrap_or_else(|p| p.into_inner());
+            let read_up_to = p.next[s];
             let refused_from = refused[agent].unwrap_or(seqs[agent]);
-            // Below both bounds, only what came back is accounted beyond the reads.
-            let first_unread = read_up_to.min(refused_from);
-            let between = (first_unread..refused_from)
-                .filter(|&seq| !returned.contains(&(s, agent, seq)))
+            let not_back = |seq: &u32| *seq < refused_from && !returned.contains(&(s, agent, *seq));
+            // Skipped over and never read, and past the last read: accounted only if they
+            // came back or were refused.
+            let skipped = p.gaps[s].iter().filter(|seq| not_back(seq)).count();
+            let after = (read_up_to.min(refused_from)..refused_from)
+                .filter(not_back)
                 .count();
-            missing += between as u64;
+            missing += (skipped + after) as u64;
         }
     }
     missing
@@ -607,6 +618,40 @@ fn take_returns(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn message(sender: usize, seq: u32) -> messages::Message {
+        messages::Message {
+            from: named("s"),
+            to: Address::To(named("r")),
+            body: kill_body(sender, seq),
+            sent: Instant::now(),
+            returned: None,
+        }
+    }
+
+    /// The accounting sees a message that never came, even one skipped over by a later
+    /// one, and not a message that came late or came back.
+    #[test]
+    fn the_accounting_finds_what_is_missing() {
+        let progress: Vec<Arc<Mutex<Progress>>> = (0..READERS).map(|_| Arc::default()).collect();
+        let mut sent = [0u32; READERS];
+        sent[0] = 6;
+        let sent_to = vec![(sent, [None; READERS]); SENDERS];
+        // Sender 0's messages to agent 0: 0, then 2 (1 skipped), 2 again, 5 (3 and 4
+        // skipped), then 3 late.
+        let batch: Vec<_> = [0, 2, 2, 5, 3].iter().map(|&q| message(0, q)).collect();
+        check(&progress[0], &batch);
+        let mut returned = std::collections::HashSet::new();
+        {
+            let p = progress[0].lock().unwrap();
+            assert_eq!((p.read, p.redelivered, p.reordered), (4, 1, 2));
+        }
+        // Missing: 1 and 4 of sender 0; every other sender sent 6 to agent 0 and none came.
+        let others = 6 * (SENDERS as u64 - 1);
+        assert_eq!(unaccounted(&sent_to, &progress, &returned), 2 + others);
+        returned.insert((0, 0, 4));
+        assert_eq!(unaccounted(&sent_to, &progress, &returned), 1 + others);
+    }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_small_run_loses_and_reorders_nothing() {

@@ -281,3 +281,39 @@ async fn bad_messages_are_refused_with_nothing_sent() {
         .is_err()
     );
 }
+
+#[tokio::test]
+async fn agents_leaving_the_tree_close_their_mailboxes_and_topics() {
+    let bus = Bus::new(MessageOptions::default());
+    bus.set_agents(10);
+    let me = named("me");
+    let mut back = bus.open(me.clone()).unwrap();
+    for id in [3, 7, 8] {
+        let agent = Endpoint::Agent(AgentId(id));
+        bus.subscribe("t", agent.clone()).unwrap();
+        bus.send(me.clone(), Address::To(agent), body(0, id))
+            .await
+            .unwrap();
+    }
+    // Agent 9 subscribed but was never sent anything: no mailbox, still in the topic.
+    bus.subscribe("t", Endpoint::Agent(AgentId(9))).unwrap();
+    bus.forget_agents_from(7);
+    bus.set_agents(7);
+    let returned: Vec<(u32, u32)> = back
+        .try_recv()
+        .unwrap()
+        .iter()
+        .map(|m| parse(&m.body))
+        .collect();
+    assert_eq!(returned, [(0, 7), (0, 8)]);
+    assert_eq!(bus.topics(), [(Arc::from("t"), 1)]);
+    // Their ids given to new agents: empty mailboxes.
+    bus.set_agents(10);
+    assert!(
+        bus.open(Endpoint::Agent(AgentId(7)))
+            .unwrap()
+            .try_recv()
+            .unwrap()
+            .is_empty()
+    );
+}
