@@ -288,7 +288,16 @@ impl Bus {
     /// The mailbox of `endpoint`: an agent's is made on first use (unless it was retired); a
     /// named one exists only once opened.
     fn slot(&self, endpoint: &Endpoint, create: bool) -> Result<Arc<Slot>, Error> {
-        let mut slots = self.slots();
+        self.slot_in(&mut self.slots(), endpoint, create)
+    }
+
+    /// [`Bus::slot`], with `slots` locked by the caller.
+    fn slot_in(
+        &self,
+        slots: &mut HashMap<Endpoint, Arc<Slot>>,
+        endpoint: &Endpoint,
+        create: bool,
+    ) -> Result<Arc<Slot>, Error> {
         // Looked at under `slots`, which `close` holds while it marks an agent gone and
         // takes its mailbox away: no mailbox is made again for an agent being retired.
         if self.is_gone(endpoint) {
@@ -375,16 +384,19 @@ impl Bus {
             Address::To(e) => vec![e.clone()],
             _ => self.directory().reach(&to, &from),
         };
-        let direct = matches!(to, Address::To(_));
-        let mut slots = Vec::with_capacity(reach.len());
-        for endpoint in &reach {
-            match self.slot(endpoint, false) {
-                Ok(slot) => slots.push((endpoint, slot)),
-                Err(e) if direct => return Err(e),
-                // A subscriber that left between the lookup and now.
-                Err(_) => {}
+        let slots: Vec<(&Endpoint, Arc<Slot>)> = match &to {
+            Address::To(_) => vec![(&reach[0], self.slot(&reach[0], false)?)],
+            // One hold of the lock for the whole fan-out. A subscriber that left between
+            // the lookup and now is passed over; one that never read has no mailbox yet
+            // and gets one, as an agent sent a message directly does.
+            _ => {
+                let mut slots = self.slots();
+                reach
+                    .iter()
+                    .filter_map(|e| Some((e, self.slot_in(&mut slots, e, false).ok()?)))
+                    .collect()
             }
-        }
+        };
         self.inner.counters.sent.fetch_add(1, Relaxed);
         let kind = match &to {
             Address::To(Endpoint::Agent(_)) => 0,

@@ -50,6 +50,7 @@ pub(crate) fn read_routes() -> Router<Arc<App>> {
         .route("/ui/failures", get(failures))
         .route("/ui/decisions", get(decisions))
         .route("/ui/memory", get(memory))
+        .route("/ui/messages", get(messages))
         .layer(map_response(secure))
 }
 
@@ -287,6 +288,10 @@ async fn memory(State(app): State<Arc<App>>) -> Response {
         Ok(overview) => ok(html::memory(overview.as_ref())),
         Err(r) => r,
     }
+}
+
+async fn messages(State(app): State<Arc<App>>) -> Response {
+    ok(html::messages(&crate::messages::overview(&app)))
 }
 
 #[allow(clippy::result_large_err)]

@@ -28,6 +28,8 @@
 //!   `POST /v1/memory/documents`, `POST /v1/memory/delete` [submit];
 //!   `POST /v1/memory/rebuild` [admin]: the agents' shared memory (see [`memory`]), when the
 //!   server has one.
+//! - `GET /v1/messages` [read]; `POST /v1/messages` [submit]: the message bus's counts and
+//!   topics, and a message sent from `http` (see [`messages`]).
 //! - `GET /v1/stats` [read]: the runtime's counters.
 //! - `GET /v1/events` [read]: server-sent events: a `snapshot` of the counters every second,
 //!   and `notable` events as they happen (health alerts, escalations, scaling decisions,
@@ -49,6 +51,7 @@ mod decisions;
 mod history;
 mod live;
 pub mod memory;
+pub mod messages;
 pub mod runs;
 mod tasks;
 pub mod testing;
@@ -364,6 +367,7 @@ fn router(app: Arc<App>) -> Router {
         .route("/v1/memory", get(memory::list))
         .route("/v1/memory/documents", get(memory::get))
         .route("/v1/memory/search", post(memory::search))
+        .route("/v1/messages", get(messages::list))
         .merge(dashboard::read_routes());
     let submit = Router::new()
         .route("/v1/tasks", post(tasks::submit))
@@ -371,7 +375,8 @@ fn router(app: Arc<App>) -> Router {
         .route("/v1/tasks/{id}/cancel", post(tasks::cancel))
         .route("/v1/runs/{id}/cancel", post(runs::cancel))
         .route("/v1/memory/documents", post(memory::put))
-        .route("/v1/memory/delete", post(memory::delete));
+        .route("/v1/memory/delete", post(memory::delete))
+        .route("/v1/messages", post(messages::send));
     let admin = Router::new()
         .route("/v1/agents/{id}/kill", post(agents::kill))
         .route("/v1/pools/{name}", put(agents::resize))

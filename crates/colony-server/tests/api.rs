@@ -264,6 +264,7 @@ async fn the_openapi_document_describes_every_route_served() {
         "/v1/memory/delete",
         "/v1/memory/search",
         "/v1/memory/rebuild",
+        "/v1/messages",
     ] {
         assert!(paths.contains_key(path), "{path} is not documented");
     }

@@ -7,7 +7,8 @@
 //!   100 agents subscribe to; each answers with its vote by the peers' rule, sent straight
 //!   back; the round is decided once a majority is certain (as W5 counts it) and over when
 //!   every answer is in. With the peer's script, Erlang's W5 runs in the same process' run.
-//! - **team**: broadcasts to a team of 12 (the default span of control).
+//! - **team**: rounds of a broadcast to a team of 12 (the default span of control), each
+//!   member answering the lead before the next round.
 //! - **kills**: a million messages from 8 senders to 64 agents whose readers are killed
 //!   (their tasks aborted, mid-batch or not) every millisecond and replaced, while 4 of the
 //!   agents are retired halfway. Every message must be read by its agent, come back to its
@@ -331,14 +332,20 @@ async fn topic(rounds: u32, verdict: &mut Verdict) -> Result<TopicRounds, Error>
     })
 }
 
+/// Rounds of a broadcast to the team, each member answering the lead: every copy is timed
+/// from the broadcast to the member taking it, with the round before answered (a burst of
+/// broadcasts would time the queue, not the bus).
 async fn team(rounds: u32) -> Result<Flow, Error> {
     let bus = Bus::new(MessageOptions::default());
     bus.set_team(1, (0..MEMBERS).map(AgentId).collect());
+    let lead = named("lead");
+    let mut answers = bus.open(lead.clone()).map_err(failed)?;
     let samples = Arc::new(Mutex::new(Vec::with_capacity((rounds * MEMBERS) as usize)));
     let mut members = Vec::new();
     for id in 0..MEMBERS {
-        let mut inbox = bus.open(Endpoint::Agent(AgentId(id))).map_err(failed)?;
-        let samples = samples.clone();
+        let me = Endpoint::Agent(AgentId(id));
+        let mut inbox = bus.open(me.clone()).map_err(failed)?;
+        let (bus, lead, samples) = (bus.clone(), lead.clone(), samples.clone());
         members.push(Spawner::spawn("bench member", async move {
             let mut got = 0;
             let mut mine = Vec::with_capacity(rounds as usize);
@@ -349,6 +356,13 @@ async fn team(rounds: u32) -> Result<Flow, Error> {
                 let now = Instant::now();
                 for m in &batch {
                     mine.push(now.saturating_duration_since(m.sent));
+                    if bus
+                        .send(me.clone(), Address::To(lead.clone()), m.body.clone())
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
                 }
                 got += batch.len() as u32;
             }
@@ -362,17 +376,26 @@ async fn team(rounds: u32) -> Result<Flow, Error> {
     let start = Instant::now();
     for round in 0..rounds {
         bus.send(
-            named("lead"),
+            lead.clone(),
             Address::Team(1),
             Bytes::copy_from_slice(&round.to_le_bytes()),
         )
         .await
         .map_err(failed)?;
+        let mut heard = 0;
+        while heard < MEMBERS {
+            heard += answers
+                .recv()
+                .await
+                .map_err(|e| Error::Options(e.to_string()))?
+                .len() as u32;
+        }
     }
+    let took = start.elapsed();
+    answers.ack();
     for m in members {
         joined(m, "team member").await?;
     }
-    let took = start.elapsed();
     let samples = std::mem::take(&mut *samples.lock().unwrap_or_else(|p| p.into_inner()));
     Ok(Flow {
         messages: samples.len() as u64,

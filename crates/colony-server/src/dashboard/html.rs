@@ -167,6 +167,11 @@ pub(crate) fn shell(version: &str, logout: bool) -> String {
 <p class="note">The agents' shared memory (<code>--memory FILE</code>): each namespace's documents, their embeddings' dimension, text held and approximate index, and the cache of searches.</p>
 <div id="memory" class="scroll" hx-get="/ui/memory" hx-trigger="load, every 5s"></div>
 </section>
+<section class="panel wide">
+<h2>Messages</h2>
+<p class="note">Messages between agents: sent, read and acknowledged, returned to their senders when their agent left, waits at full mailboxes, and the topics with their subscribers.</p>
+<div id="messages" class="scroll" hx-get="/ui/messages" hx-trigger="load, every 5s"></div>
+</section>
 <section class="panel span-4">
 <h2>Hierarchy</h2>
 <p class="note">Pick an agent of the top tier, then its children, down to the workers.</p>
@@ -661,6 +666,49 @@ pub(crate) fn memory(overview: Option<&crate::memory::Overview>) -> String {
     if o.more {
         out.push_str(
             r#"<p class="note">More namespaces than shown: <code>GET /v1/memory</code>.</p>"#,
+        );
+    }
+    out
+}
+
+/// The message bus: its counts, and its topics with their subscribers.
+pub(crate) fn messages(o: &crate::messages::Overview) -> String {
+    let t = &o.stats;
+    let mut out = String::with_capacity(o.listed.len() * 100 + 600);
+    let _ = write!(
+        out,
+        r#"<p id="messages-counts">{sent} sent, {delivered} put in mailboxes, {acknowledged} read and acknowledged, {redelivered} read again after a reader was killed, {returned} returned to their senders, {unreturnable} with no sender to return to; {waits} waits at full mailboxes. Now: {held} held in {mailboxes} mailboxes, {topics} topics, {teams} teams.</p>"#,
+        sent = count(t.sent),
+        delivered = count(t.delivered),
+        acknowledged = count(t.acknowledged),
+        redelivered = count(t.redelivered),
+        returned = count(t.returned),
+        unreturnable = count(t.unreturnable),
+        waits = count(t.waits),
+        held = count(t.held),
+        mailboxes = count(t.mailboxes),
+        topics = count(t.topics),
+        teams = count(t.teams),
+    );
+    if o.listed.is_empty() {
+        out.push_str(r#"<p class="empty">No topics.</p>"#);
+        return out;
+    }
+    out.push_str(
+        r#"<table id="messages-table"><thead><tr><th>Topic</th><th class="num">Subscribers</th></tr></thead><tbody>"#,
+    );
+    for topic in &o.listed {
+        let _ = write!(
+            out,
+            r#"<tr><td>{name}</td><td class="num">{n}</td></tr>"#,
+            name = Esc(&topic.name),
+            n = count(topic.subscribers as u64),
+        );
+    }
+    out.push_str("</tbody></table>");
+    if o.more {
+        out.push_str(
+            r#"<p class="note">More topics than shown: <code>GET /v1/messages</code>.</p>"#,
         );
     }
     out
