@@ -205,6 +205,40 @@ impl SqliteMemory {
         Ok(self.approx.install(ns, &points, started))
     }
 
+    /// Up to `n` of `ns`'s embeddings, spread evenly over it in the order stored: queries
+    /// for checking its approximate index against exact search. At most
+    /// [`crate::MAX_K`] × 100 are read.
+    pub fn sample(&self, ns: &Namespace, n: usize) -> Result<Vec<Vec<f32>>, Error> {
+        let n = n.min(crate::MAX_K * 100);
+        let db = self.db();
+        let db = db.unchecked_transaction()?;
+        known(&db, ns)?;
+        let total: i64 = db.query_row(
+            "SELECT count(*) FROM documents WHERE namespace = ?1 AND embedding IS NOT NULL",
+            [ns.as_str()],
+            |r| r.get(0),
+        )?;
+        if n == 0 || total == 0 {
+            return Ok(Vec::new());
+        }
+        let every = (total as usize).div_ceil(n).max(1);
+        let mut stmt = db.prepare(
+            "SELECT embedding FROM documents WHERE namespace = ?1 AND embedding IS NOT NULL
+             ORDER BY seq",
+        )?;
+        let rows = stmt.query_map([ns.as_str()], |r| r.get::<_, Vec<u8>>(0))?;
+        let mut out = Vec::with_capacity(n);
+        for (i, row) in rows.enumerate() {
+            if out.len() == n {
+                break;
+            }
+            if i % every == 0 {
+                out.push(floats(&row?));
+            }
+        }
+        Ok(out)
+    }
+
     /// Keeps up to `entries` recent searches' results (0: none), each answered again while
     /// what it read is unchanged. [`DEFAULT_CACHE_ENTRIES`] unless set.
     pub fn with_cache(mut self, entries: usize) -> Self {

@@ -25,6 +25,30 @@ pub(crate) enum Command {
     Search(SearchArgs),
     /// What a memory holds: each namespace's documents, embedding dimension and text bytes.
     Stats(StatsArgs),
+    /// Build a namespace's approximate (HNSW) index from the file and check it: its
+    /// recall@k against exact search, for stored embeddings taken as queries. The index
+    /// lives in the process that searches (`colony serve --memory` builds its own, or
+    /// `POST /v1/memory/rebuild`): this proves one can be rebuilt from the file alone, and
+    /// how well it finds.
+    Rebuild(RebuildArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct RebuildArgs {
+    #[command(flatten)]
+    at: Where,
+    /// Stored embeddings searched both ways, spread over the namespace (0: build only).
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(0..=10_000))]
+    queries: u32,
+    /// Documents found per search.
+    #[arg(long, short, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=colony_memory::MAX_K as i64))]
+    k: u32,
+    /// Exit 1 when the recall is under this (0 to 1).
+    #[arg(long, value_parser = crate::flags::Float::new(0.0, 1.0))]
+    min_recall: Option<f64>,
+    /// Print the result as JSON.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -200,6 +224,7 @@ pub(crate) fn run(command: &Command) -> Result<(), Failure> {
             Ok(())
         }
         Command::Search(args) => search(args),
+        Command::Rebuild(args) => rebuild(args),
         Command::Stats(args) => {
             let memory = open(&args.db, false)?;
             let mut all = Vec::new();
@@ -232,6 +257,72 @@ pub(crate) fn run(command: &Command) -> Result<(), Failure> {
             Ok(())
         }
     }
+}
+
+fn rebuild(args: &RebuildArgs) -> Result<(), Failure> {
+    let memory = open(&args.at.db, false)?
+        .with_approximate(None)
+        .with_cache(0);
+    let ns = namespace(&args.at)?;
+    let built = memory.rebuild(&ns).map_err(failure)?;
+    let queries = memory.sample(&ns, args.queries as usize).map_err(failure)?;
+    let k = args.k as usize;
+    let (mut found, mut wanted) = (0usize, 0usize);
+    for vector in &queries {
+        let mut exact = Query::vector(vector.clone(), k);
+        exact.exact = true;
+        let truth: std::collections::HashSet<String> = memory
+            .search(&ns, &exact)
+            .map_err(failure)?
+            .into_iter()
+            .map(|h| h.id)
+            .collect();
+        let approximate = memory
+            .search(&ns, &Query::vector(vector.clone(), k))
+            .map_err(failure)?;
+        wanted += truth.len();
+        found += approximate.iter().filter(|h| truth.contains(&h.id)).count();
+    }
+    let recall = (wanted > 0).then(|| found as f64 / wanted as f64);
+    if args.json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "namespace": ns,
+                "points": built.points,
+                "took-ms": built.took.as_millis() as u64,
+                "queries": queries.len(),
+                "k": k,
+                "recall": recall,
+            })
+        );
+    } else {
+        println!(
+            "{ns}: an index of {} embeddings built from the file in {:.2} s",
+            built.points,
+            built.took.as_secs_f64()
+        );
+        match recall {
+            Some(r) => println!(
+                "recall@{k}: {r:.3} over {} stored embeddings searched both ways",
+                queries.len()
+            ),
+            None => println!("recall: not checked (no queries, or no embeddings)"),
+        }
+    }
+    if let (Some(min), Some(r)) = (args.min_recall, recall)
+        && r < min
+    {
+        return Err(Failure::work(anyhow::anyhow!(
+            "recall@{k} {r:.3} is under --min-recall {min}"
+        )));
+    }
+    if args.min_recall.is_some() && recall.is_none() {
+        return Err(Failure::work(anyhow::anyhow!(
+            "--min-recall given, but there are no embeddings to check it with (--queries 0, or {ns} has none)"
+        )));
+    }
+    Ok(())
 }
 
 fn put(args: &PutArgs) -> Result<(), Failure> {
