@@ -126,6 +126,54 @@ pub trait Agent: Send + Sync + 'static {
     /// agent may replace it before it fails (the `process` backend starts a new process and
     /// moves the agent onto it). Called on the dispatcher's thread: it must not block.
     fn alerted(&self, _agent: colony_core::AgentId) {}
+
+    /// The runtime's message bus, given once when the runtime starts: a backend whose
+    /// agents read and send messages (the `process` backend, for processes that ask for
+    /// them) keeps it. Called before any task.
+    fn attach_mail(&self, _mail: Arc<dyn Mail>) {}
+}
+
+/// A future a [`Mail`] call returns.
+pub type MailFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// The runtime's message bus as a backend sees it (see `colony_runtime::messages`): agents'
+/// mailboxes, read in acknowledged batches, topics and teams.
+pub trait Mail: Send + Sync + 'static {
+    /// Sends `body` from agent `from` to every mailbox `to` reaches, waiting at full ones:
+    /// how many copies were put, or why none could be.
+    fn send(
+        &self,
+        from: colony_core::AgentId,
+        to: colony_core::mailbox::Address,
+        body: Bytes,
+    ) -> MailFuture<'static, Result<u32, String>>;
+
+    /// `agent` hears what is published on `topic` from now on.
+    fn subscribe(&self, agent: colony_core::AgentId, topic: &str) -> Result<(), String>;
+
+    fn unsubscribe(&self, agent: colony_core::AgentId, topic: &str);
+
+    /// Opens `agent`'s mailbox as its only reader (an older reader is fenced out, and what
+    /// it had not acknowledged is read here first).
+    fn open(&self, agent: colony_core::AgentId) -> Result<Box<dyn Letters>, String>;
+}
+
+/// The reader of one agent's mailbox.
+pub trait Letters: Send {
+    /// Acknowledges the batch before, then waits for the next one; `None` once the mailbox
+    /// closed or another reader took it over. Dropped with a batch unacknowledged, the batch
+    /// goes back to the mailbox.
+    fn next(&mut self) -> MailFuture<'_, Option<Vec<Letter>>>;
+}
+
+/// A message as a backend hands it to its agent.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Letter {
+    pub from: colony_core::mailbox::Endpoint,
+    pub to: colony_core::mailbox::Address,
+    pub body: Bytes,
+    /// For a message handed back to its sender: the mailbox it could not be read in, and why.
+    pub returned: Option<(colony_core::mailbox::Endpoint, Arc<str>)>,
 }
 
 /// An agent from a function that finishes at once.

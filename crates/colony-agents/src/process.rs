@@ -24,20 +24,48 @@
 //! [`ProcessOptions::idle_timeout`], a process idle that long is stopped the same way
 //! (hibernation) and the agent's next task starts a new one.
 //!
+//! ## Messages
+//!
+//! A process that says `"messages": true` in its hello reads and sends messages between
+//! agents ([`crate::Mail`]) on the same pipes, once colony has told it which agent it is:
+//!
+//! ```text
+//! colony  -> process  {"type":"agent","agent":12}                     once it serves agent 12
+//! colony  -> process  {"type":"messages","batch":1,"messages":[{"from":{"agent":3},
+//!                      "to":{"topic":"plans"},"body":"..."}]}         a batch of its mailbox
+//! process -> colony   {"type":"read","batch":1}                      acknowledges the batch
+//! process -> colony   {"type":"send","to":{"agent":5},"body":"..."}  also {"topic"}, {"team"},
+//!                                                                    {"mailbox"}
+//! process -> colony   {"type":"subscribe","topic":"plans"}           and "unsubscribe"
+//! colony  -> process  {"type":"refused","to":{...},"error":"..."}    a send that failed
+//! ```
+//!
+//! The next batch comes once the process acknowledged the one before. A process that exits
+//! (or is stopped) with a batch unacknowledged gives it back to the agent's mailbox: the
+//! agent's next process reads it first. A message handed back to its sender carries
+//! `"returned": {"by", "why"}`. Subscriptions are the agent's: they outlive its processes.
+//! Messages are sent in the order the process wrote them; a send waits while the mailbox it
+//! goes to is full, and the process's later lines wait behind it. An agent whose process
+//! is not running (before its first task, hibernated) has its messages kept in its mailbox
+//! until one runs. Bodies reach a process as text (invalid UTF-8 replaced).
+//!
 //! A line is at most [`MAX_LINE`] bytes, so that a process cannot make colony hold an
 //! unbounded line. A longer line is never kept: when it names its attempt in its first bytes
 //! (`{"type":"result","id":"7.1",...`), that attempt fails (for good: its answer is too big)
 //! and the rest of the line is skipped; otherwise the process is stopped and every attempt it
 //! held fails, retryably. Stderr lines are cut at 4 KiB in colony's log.
 
-use crate::{Agent, Error, Execution, Outcome, Task, spawner::Spawner};
+use crate::{Agent, Error, Execution, Letter, Mail, Outcome, Task, spawner::Spawner};
 use bytes::Bytes;
-use colony_core::AgentId;
+use colony_core::{
+    AgentId,
+    mailbox::{Address, Endpoint},
+};
 use serde::Deserialize;
 use std::{
     collections::HashMap,
     process::Stdio,
-    sync::{Arc, Mutex},
+    sync::{Arc, Mutex, OnceLock},
     time::Duration,
 };
 use tokio::{
@@ -103,6 +131,22 @@ impl ProcessOptions {
 enum Message {
     Hello {
         protocol: u32,
+        /// Whether it reads and sends messages (see the module's text).
+        #[serde(default)]
+        messages: bool,
+    },
+    Read {
+        batch: u64,
+    },
+    Send {
+        to: To,
+        body: String,
+    },
+    Subscribe {
+        topic: String,
+    },
+    Unsubscribe {
+        topic: String,
     },
     Progress {
         id: String,
@@ -124,6 +168,93 @@ fn yes() -> bool {
     true
 }
 
+/// Where a process sends a message.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+enum To {
+    Agent(u32),
+    Mailbox(String),
+    Topic(String),
+    Team(u64),
+}
+
+impl To {
+    fn address(self) -> Result<Address, String> {
+        Ok(match self {
+            To::Agent(a) => Address::To(Endpoint::Agent(AgentId(a))),
+            To::Mailbox(name) => {
+                colony_core::mailbox::check_topic(&name)
+                    .map_err(|_| format!("{name:?} is not a mailbox's name"))?;
+                Address::To(Endpoint::Named(name.into()))
+            }
+            To::Topic(t) => {
+                colony_core::mailbox::check_topic(&t).map_err(|e| e.to_string())?;
+                Address::Topic(t.into())
+            }
+            To::Team(t) => Address::Team(t),
+        })
+    }
+}
+
+fn endpoint_json(e: &Endpoint) -> serde_json::Value {
+    match e {
+        Endpoint::Agent(a) => serde_json::json!({ "agent": a.0 }),
+        Endpoint::Named(n) => serde_json::json!({ "mailbox": &**n }),
+    }
+}
+
+fn address_json(a: &Address) -> serde_json::Value {
+    match a {
+        Address::To(e) => endpoint_json(e),
+        Address::Topic(t) => serde_json::json!({ "topic": &**t }),
+        Address::Team(t) => serde_json::json!({ "team": t }),
+    }
+}
+
+fn letter_json(l: &Letter) -> serde_json::Value {
+    let mut v = serde_json::json!({
+        "from": endpoint_json(&l.from),
+        "to": address_json(&l.to),
+        "body": String::from_utf8_lossy(&l.body),
+    });
+    if let Some((by, why)) = &l.returned {
+        v["returned"] = serde_json::json!({ "by": endpoint_json(by), "why": &**why });
+    }
+    v
+}
+
+/// Messages a process sends, waiting their turn: sent one at a time, in order.
+const OUTGOING: usize = 1024;
+
+/// A process's side of the message bus (see the module's text), shared by its connection,
+/// its reader and the tasks that carry its messages.
+struct Messaging {
+    /// It said `"messages": true` in its hello.
+    wanted: bool,
+    /// The agent it serves, once bound; never changes after.
+    agent: OnceLock<AgentId>,
+    bus: OnceLock<Arc<dyn Mail>>,
+    /// Its sends, to the task that makes them in order.
+    outgoing: OnceLock<tokio::sync::mpsc::Sender<(To, Bytes)>>,
+    /// The last batch it acknowledged.
+    acked: tokio::sync::watch::Sender<u64>,
+    /// Set when its stdout closed: it is gone.
+    ended: tokio::sync::watch::Sender<bool>,
+}
+
+impl Messaging {
+    fn new(wanted: bool) -> Self {
+        Self {
+            wanted,
+            agent: OnceLock::new(),
+            bus: OnceLock::new(),
+            outgoing: OnceLock::new(),
+            acked: tokio::sync::watch::Sender::new(0),
+            ended: tokio::sync::watch::Sender::new(false),
+        }
+    }
+}
+
 type Waiters = Arc<Mutex<HashMap<String, (oneshot::Sender<Outcome>, crate::Heartbeat)>>>;
 
 /// Per agent that ran a task: its process, started once by whichever attempt comes first.
@@ -134,6 +265,7 @@ type Retired = Arc<Mutex<std::collections::HashSet<AgentId>>>;
 /// One agent's live process.
 struct Conn {
     stdin: tokio::sync::Mutex<ChildStdin>,
+    messaging: Arc<Messaging>,
     waiting: Waiters,
     /// Set by the reader when the process's stdout closes: it is gone.
     dead: Arc<std::sync::atomic::AtomicBool>,
@@ -164,6 +296,8 @@ impl Conn {
 /// Runs tasks on long-lived processes, one per agent (see the module documentation).
 pub struct Process {
     options: Arc<ProcessOptions>,
+    /// The runtime's message bus, once given.
+    mail: Arc<OnceLock<Arc<dyn Mail>>>,
     conns: Conns,
     /// Agents retired from their pool (taken under `conns`' lock, after it): an attempt that
     /// reaches one after its retirement runs on a process of its own, stopped when it ends.
@@ -246,6 +380,7 @@ impl Process {
         options.program = crate::command::resolve(&options.program);
         Self {
             options: Arc::new(options),
+            mail: Arc::default(),
             conns: Arc::default(),
             retired: Arc::default(),
             epoch: std::time::Instant::now(),
@@ -337,10 +472,14 @@ impl Agent for Process {
     fn handle(&self, task: Task) -> Execution {
         self.sweep_idle();
         let (options, conns, epoch) = (self.options.clone(), self.conns.clone(), self.epoch);
-        let (spare, retired) = (self.spare.clone(), self.retired.clone());
+        let (spare, retired, mail) = (self.spare.clone(), self.retired.clone(), self.mail.clone());
         Execution::Running(Box::pin(async move {
-            attempt(&options, &conns, &retired, &spare, epoch, task).await
+            attempt(&options, &conns, &retired, &spare, &mail, epoch, task).await
         }))
+    }
+
+    fn attach_mail(&self, mail: Arc<dyn Mail>) {
+        let _ = self.mail.set(mail);
     }
 
     fn retired(&self, agent: AgentId) {
@@ -394,10 +533,11 @@ impl Agent for Process {
             self.retired.clone(),
             self.epoch,
         );
-        let (spare, replacing, replaced) = (
+        let (spare, replacing, replaced, mail) = (
             self.spare.clone(),
             self.replacing.clone(),
             self.replaced.clone(),
+            self.mail.clone(),
         );
         Spawner::spawn("process-replace", async move {
             let warm = spare.take();
@@ -434,6 +574,9 @@ impl Agent for Process {
                         }
                     };
                     if moved {
+                        // The new process reads the agent's mailbox now (the old one's
+                        // reader is fenced out, its unacknowledged batch read here again).
+                        bind(&fresh, agent, mail.get()).await;
                         replaced.fetch_add(1, Relaxed);
                         tracing::info!(%agent, program = %options.program, "Replaced a process after its health alert.");
                         stop(old, options.stop_grace).await;
@@ -505,12 +648,13 @@ async fn attempt(
     conns: &Conns,
     retired: &Retired,
     spare: &Arc<Spare>,
+    mail: &OnceLock<Arc<dyn Mail>>,
     epoch: std::time::Instant,
     task: Task,
 ) -> Outcome {
     // A process stopped (hibernated) between this attempt's finding it and registering on
     // it costs the attempt nothing: it looks again, once.
-    let once = || try_attempt(options, conns, retired, spare, epoch, &task);
+    let once = || try_attempt(options, conns, retired, spare, mail, epoch, &task);
     match once().await {
         Ok(outcome) => outcome,
         Err(Stopped) => once()
@@ -527,6 +671,7 @@ async fn try_attempt(
     conns: &Conns,
     retired: &Retired,
     spare: &Arc<Spare>,
+    mail: &OnceLock<Arc<dyn Mail>>,
     epoch: std::time::Instant,
     task: &Task,
 ) -> Result<Outcome, Stopped> {
@@ -573,6 +718,9 @@ async fn try_attempt(
         }
     };
     conn.touch(epoch);
+    if !one_off {
+        bind(&conn, task.agent, mail.get()).await;
+    }
     let id = format!("{}.{}", task.id.0, task.attempt);
     let (tx, rx) = oneshot::channel();
     {
@@ -638,6 +786,121 @@ impl Drop for Forget {
     }
 }
 
+/// `conn` serves `agent` from now on: if it asked for messages and there is a bus, it is
+/// told which agent it is, reads the agent's mailbox and sends as the agent. Once per
+/// process; a later call does nothing.
+async fn bind(conn: &Arc<Conn>, agent: AgentId, bus: Option<&Arc<dyn Mail>>) {
+    let m = &conn.messaging;
+    let Some(bus) = bus.filter(|_| m.wanted) else {
+        return;
+    };
+    if m.agent.set(agent).is_err() {
+        return;
+    }
+    let _ = m.bus.set(bus.clone());
+    // Told first, before any batch: written under the same lock as every other line.
+    let line = serde_json::json!({ "type": "agent", "agent": agent.0 }).to_string() + "\n";
+    if !write_line(conn, &line).await {
+        return;
+    }
+    let (tx, rx) = tokio::sync::mpsc::channel(OUTGOING);
+    let _ = m.outgoing.set(tx);
+    Spawner::spawn(
+        "process-send",
+        sending(Arc::downgrade(conn), bus.clone(), agent, rx),
+    );
+    match bus.open(agent) {
+        Ok(letters) => {
+            Spawner::spawn(
+                "process-mail",
+                forward(Arc::downgrade(conn), m.clone(), letters),
+            );
+        }
+        Err(e) => tracing::warn!(%agent, error = %e, "The agent's mailbox could not be opened."),
+    }
+}
+
+/// Writes `line` to the process; `false` when it is gone.
+async fn write_line(conn: &Conn, line: &str) -> bool {
+    let mut stdin = conn.stdin.lock().await;
+    if stdin.write_all(line.as_bytes()).await.is_err() {
+        conn.dead.store(true, std::sync::atomic::Ordering::Relaxed);
+        return false;
+    }
+    let _ = stdin.flush().await;
+    true
+}
+
+/// Hands the agent's mailbox to its process a batch at a time, each once the one before
+/// was acknowledged; ends with the process (a batch unacknowledged goes back to the
+/// mailbox with `letters`) or when another reader takes the mailbox over.
+async fn forward(
+    conn: std::sync::Weak<Conn>,
+    m: Arc<Messaging>,
+    mut letters: Box<dyn crate::Letters>,
+) {
+    let mut ended = m.ended.subscribe();
+    let mut acked = m.acked.subscribe();
+    let mut batch = 0u64;
+    loop {
+        let next = tokio::select! {
+            next = letters.next() => next,
+            _ = ended.wait_for(|e| *e) => return,
+        };
+        let Some(letters_in) = next else {
+            return;
+        };
+        batch += 1;
+        let messages: Vec<serde_json::Value> = letters_in.iter().map(letter_json).collect();
+        let line = serde_json::json!({ "type": "messages", "batch": batch, "messages": messages })
+            .to_string()
+            + "\n";
+        let Some(conn) = conn.upgrade() else {
+            return;
+        };
+        if !write_line(&conn, &line).await {
+            return;
+        }
+        drop(conn);
+        tokio::select! {
+            read = acked.wait_for(|a| *a >= batch) => if read.is_err() { return },
+            _ = ended.wait_for(|e| *e) => return,
+        }
+    }
+}
+
+/// Sends what the process wrote, in order, as its agent; tells it of each send refused.
+async fn sending(
+    conn: std::sync::Weak<Conn>,
+    bus: Arc<dyn Mail>,
+    agent: AgentId,
+    mut outgoing: tokio::sync::mpsc::Receiver<(To, Bytes)>,
+) {
+    while let Some((to, body)) = outgoing.recv().await {
+        let shown = match &to {
+            To::Agent(a) => serde_json::json!({ "agent": a }),
+            To::Mailbox(n) => serde_json::json!({ "mailbox": n }),
+            To::Topic(t) => serde_json::json!({ "topic": t }),
+            To::Team(t) => serde_json::json!({ "team": t }),
+        };
+        let sent = match to.address() {
+            Ok(address) => bus.send(agent, address, body).await.map(|_| ()),
+            Err(e) => Err(e),
+        };
+        if let Err(error) = sent {
+            let Some(conn) = conn.upgrade() else {
+                return;
+            };
+            let line = serde_json::json!({ "type": "refused", "to": shown, "error": error })
+                .to_string()
+                + "\n";
+            if !write_line(&conn, &line).await {
+                return;
+            }
+        }
+    }
+}
+
 /// Starts a process and waits for its hello.
 async fn start(options: &ProcessOptions, epoch: std::time::Instant) -> Result<Arc<Conn>, String> {
     let mut command = tokio::process::Command::new(&options.program);
@@ -690,9 +953,12 @@ async fn start(options: &ProcessOptions, epoch: std::time::Instant) -> Result<Ar
         }
         Line::End => return Err("it exited before saying hello".into()),
     };
-    match serde_json::from_slice::<Message>(hello) {
-        Ok(Message::Hello { protocol: PROTOCOL }) => {}
-        Ok(Message::Hello { protocol }) => {
+    let wants_messages = match serde_json::from_slice::<Message>(hello) {
+        Ok(Message::Hello {
+            protocol: PROTOCOL,
+            messages,
+        }) => messages,
+        Ok(Message::Hello { protocol, .. }) => {
             return Err(format!(
                 "it speaks protocol {protocol}; colony speaks {PROTOCOL}"
             ));
@@ -700,12 +966,14 @@ async fn start(options: &ProcessOptions, epoch: std::time::Instant) -> Result<Ar
         _ => {
             return Err(format!("its first line is not a hello: {:?}", shown(hello)));
         }
-    }
+    };
+    let messaging = Arc::new(Messaging::new(wants_messages));
     let waiting: Waiters = Arc::default();
     let dead = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let listed = crate::command::Group::single(child.id());
     let child = Arc::new(Mutex::new(child));
     let reader = Reader {
+        messaging: messaging.clone(),
         waiting: waiting.clone(),
         dead: dead.clone(),
         child: Arc::downgrade(&child),
@@ -714,6 +982,7 @@ async fn start(options: &ProcessOptions, epoch: std::time::Instant) -> Result<Ar
     Spawner::spawn("process-reader", reader.run(lines));
     let conn = Arc::new(Conn {
         stdin: tokio::sync::Mutex::new(stdin),
+        messaging,
         waiting,
         dead,
         _listed: listed,
@@ -726,6 +995,7 @@ async fn start(options: &ProcessOptions, epoch: std::time::Instant) -> Result<Ar
 
 /// Reads a process's stdout and hands each answer to the attempt waiting for it.
 struct Reader {
+    messaging: Arc<Messaging>,
     waiting: Waiters,
     dead: Arc<std::sync::atomic::AtomicBool>,
     /// Weak: once the connection is gone, its process was killed with it.
@@ -737,7 +1007,16 @@ impl Reader {
     async fn run(self, mut lines: Lines<tokio::process::ChildStdout>) {
         loop {
             match lines.next().await {
-                Ok(Line::Full(line)) => self.line(line),
+                Ok(Line::Full(line)) => {
+                    if let Some(send) = self.line(line) {
+                        // Waits while the sends before it wait: the process's order holds.
+                        if let Some(out) = self.messaging.outgoing.get()
+                            && out.send(send).await.is_err()
+                        {
+                            break;
+                        }
+                    }
+                }
                 Ok(Line::TooLong(start)) => {
                     if !self.too_long(start) {
                         break;
@@ -754,16 +1033,63 @@ impl Reader {
         let mut waiting = self.waiting.lock().unwrap_or_else(|p| p.into_inner());
         self.dead.store(true, std::sync::atomic::Ordering::Relaxed);
         waiting.clear();
+        drop(waiting);
+        self.messaging.ended.send_replace(true);
     }
 
-    fn line(&self, line: &[u8]) {
+    /// Handles one line; a message to send is handed back, to be sent in turn.
+    fn line(&self, line: &[u8]) -> Option<(To, Bytes)> {
         let message = match serde_json::from_slice::<Message>(line) {
             Ok(m) => m,
             Err(e) => {
                 tracing::warn!(program = %self.program, error = %e, line = %shown(line), "Not a protocol line.");
-                return;
+                return None;
             }
         };
+        let m = &self.messaging;
+        let unbound = |what: &str| {
+            tracing::warn!(program = %self.program, "A process {what} before it was told its agent (or without asking for messages in its hello): ignored.");
+        };
+        match message {
+            Message::Read { batch } => {
+                m.acked.send_if_modified(|a| {
+                    let newer = batch > *a;
+                    if newer {
+                        *a = batch;
+                    }
+                    newer
+                });
+                return None;
+            }
+            Message::Send { to, body } => {
+                if m.outgoing.get().is_none() {
+                    unbound("sent a message");
+                    return None;
+                }
+                return Some((to, Bytes::from(body)));
+            }
+            Message::Subscribe { topic } | Message::Unsubscribe { topic }
+                if m.agent.get().is_none() || m.bus.get().is_none() =>
+            {
+                unbound(&format!("subscribed to or left topic {topic:?}"));
+                return None;
+            }
+            Message::Subscribe { topic } => {
+                if let (Some(agent), Some(bus)) = (m.agent.get(), m.bus.get())
+                    && let Err(e) = bus.subscribe(*agent, &topic)
+                {
+                    tracing::warn!(program = %self.program, %agent, error = %e, "A subscription was refused.");
+                }
+                return None;
+            }
+            Message::Unsubscribe { topic } => {
+                if let (Some(agent), Some(bus)) = (m.agent.get(), m.bus.get()) {
+                    bus.unsubscribe(*agent, &topic);
+                }
+                return None;
+            }
+            _ => {}
+        }
         let mut waiting = self.waiting.lock().unwrap_or_else(|p| p.into_inner());
         match message {
             Message::Progress { id } => {
@@ -790,8 +1116,13 @@ impl Reader {
                     let _ = tx.send(Err(e));
                 }
             }
-            Message::Hello { .. } => {}
+            Message::Hello { .. }
+            | Message::Read { .. }
+            | Message::Send { .. }
+            | Message::Subscribe { .. }
+            | Message::Unsubscribe { .. } => {}
         }
+        None
     }
 
     /// A line over [`MAX_LINE`], of which `start` was read. Fails the attempt it names and

@@ -116,6 +116,11 @@ pub(crate) fn start(
     });
     // Agents the plan placed already have ids: messages to them are taken from now on.
     shared.messages.set_agents(tree.len() as u64);
+    // Each pool's backend gets the bus before any task, for agents that read and send.
+    let mail: Arc<dyn colony_agents::Mail> = Arc::new(shared.messages.clone());
+    for pool in pools.iter() {
+        pool.agent.attach_mail(mail.clone());
+    }
     let handlers = pools
         .iter()
         .map(|p| PoolHandler {

@@ -623,6 +623,58 @@ impl Bus {
     }
 }
 
+/// The bus as the agents' backends see it: an agent sends as itself and reads its own
+/// mailbox.
+impl colony_agents::Mail for Bus {
+    fn send(
+        &self,
+        from: AgentId,
+        to: Address,
+        body: Bytes,
+    ) -> colony_agents::MailFuture<'static, Result<u32, String>> {
+        let bus = self.clone();
+        Box::pin(async move {
+            bus.send(Endpoint::Agent(from), to, body)
+                .await
+                .map(|sent| sent.delivered)
+                .map_err(|e| e.to_string())
+        })
+    }
+
+    fn subscribe(&self, agent: AgentId, topic: &str) -> Result<(), String> {
+        Bus::subscribe(self, topic, Endpoint::Agent(agent)).map_err(|e| e.to_string())
+    }
+
+    fn unsubscribe(&self, agent: AgentId, topic: &str) {
+        Bus::unsubscribe(self, topic, &Endpoint::Agent(agent));
+    }
+
+    fn open(&self, agent: AgentId) -> Result<Box<dyn colony_agents::Letters>, String> {
+        Bus::open(self, Endpoint::Agent(agent))
+            .map(|inbox| Box::new(inbox) as Box<dyn colony_agents::Letters>)
+            .map_err(|e| e.to_string())
+    }
+}
+
+impl colony_agents::Letters for Inbox {
+    fn next(&mut self) -> colony_agents::MailFuture<'_, Option<Vec<colony_agents::Letter>>> {
+        Box::pin(async move {
+            let batch = self.recv().await.ok()?;
+            Some(
+                batch
+                    .into_iter()
+                    .map(|m| colony_agents::Letter {
+                        from: m.from,
+                        to: m.to,
+                        body: m.body,
+                        returned: m.returned.map(|r| (r.by, r.why)),
+                    })
+                    .collect(),
+            )
+        })
+    }
+}
+
 /// The reader of one mailbox (see the module's text).
 pub struct Inbox {
     bus: Bus,

@@ -12,6 +12,7 @@ use colony_core::{
 };
 use colony_journal::MemoryJournal;
 use colony_runtime::{Pool, Runtime, RuntimeOptions, messages::Error};
+// (tempfile: the marker file of the process agent's test.)
 use std::{sync::Arc, time::Duration};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -93,5 +94,141 @@ async fn a_mailbox_outlives_restarts_and_a_retired_agents_messages_come_back() {
         .unwrap_err();
     assert!(matches!(e, Error::NoMailbox(_)));
     assert_eq!(bus.stats().returned, 2);
+    runtime.shutdown().await;
+}
+
+/// A `process` agent that asks for messages: subscribes to `news` once told its agent,
+/// answers each message to its sender with `echo:BODY:PID`, and acknowledges each batch.
+/// `die` makes it exit before acknowledging, once (a marker file says it did).
+const TALKER: &str = r#"
+import json, os, sys
+mark = sys.argv[1]
+print(json.dumps({"type": "hello", "protocol": 1, "messages": True}), flush=True)
+for line in sys.stdin:
+    m = json.loads(line)
+    if m["type"] == "agent":
+        print(json.dumps({"type": "subscribe", "topic": "news"}), flush=True)
+    elif m["type"] == "messages":
+        for msg in m["messages"]:
+            if msg["body"] == "die" and not os.path.exists(mark):
+                open(mark, "w").close()
+                os._exit(3)
+            body = "echo:" + msg["body"] + ":" + str(os.getpid())
+            print(json.dumps({"type": "send", "to": msg["from"], "body": body}), flush=True)
+        print(json.dumps({"type": "send", "to": {"agent": 4000000000}, "body": "x"}), flush=True)
+        print(json.dumps({"type": "read", "batch": m["batch"]}), flush=True)
+    elif m["type"] == "refused":
+        print(json.dumps({"type": "send", "to": {"mailbox": "me"}, "body": "refused:" + m["error"]}), flush=True)
+    elif m["type"] == "task":
+        print(json.dumps({"type": "result", "id": m["id"], "output": {"pid": os.getpid()}}), flush=True)
+"#;
+
+/// Reads `inbox` until `enough` says so of what came, or 10 s passed.
+async fn read(
+    inbox: &mut colony_runtime::messages::Inbox,
+    enough: impl Fn(&[String]) -> bool,
+) -> Vec<String> {
+    let mut got = Vec::new();
+    let until = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !enough(&got) {
+        match tokio::time::timeout_at(until, inbox.recv()).await {
+            Ok(Ok(batch)) => got.extend(
+                batch
+                    .iter()
+                    .map(|m| String::from_utf8_lossy(&m.body).into_owned()),
+            ),
+            _ => break,
+        }
+    }
+    got
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_process_agent_reads_its_mailbox_answers_and_loses_nothing_when_it_dies() {
+    let dir = tempfile::tempdir().unwrap();
+    let mark = dir.path().join("died");
+    let mut options = colony_agents::process::ProcessOptions::new("python3");
+    options.args = vec!["-c".into(), TALKER.into(), mark.to_str().unwrap().into()];
+    let pool = Pool::new(
+        AgentSpec::new("talker", "worker"),
+        1,
+        Arc::new(colony_agents::process::Process::new(options)),
+    );
+    let runtime = Runtime::start(
+        RuntimeOptions::default(),
+        vec![pool],
+        Arc::new(MemoryJournal::new()),
+    )
+    .await
+    .unwrap();
+    let h = runtime.handle();
+    let bus = h.messages().clone();
+    let me = Endpoint::Named(Arc::from("me"));
+    let mut mine = bus.open(me.clone()).unwrap();
+    // Its first task starts its process, which is told its agent and subscribes.
+    let done = h
+        .submit_wait(colony_core::task::TaskSpec::with_payload("{}"))
+        .await
+        .unwrap();
+    let agent = done.agent.unwrap();
+    let until = tokio::time::Instant::now() + Duration::from_secs(10);
+    while bus.topics().is_empty() && tokio::time::Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(bus.topics(), [(Arc::from("news"), 1)]);
+
+    let sent = bus
+        .send(
+            me.clone(),
+            Address::Topic("news".into()),
+            Bytes::from_static(b"hello"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(sent.delivered, 1);
+    let got = read(&mut mine, |g| g.len() >= 2).await;
+    assert!(got[0].starts_with("echo:hello:"), "{got:?}");
+    // Its send to an agent that does not exist came back to it as refused, and it said so.
+    assert!(
+        got[1].starts_with("refused:") && got[1].contains("no mailbox"),
+        "{got:?}"
+    );
+    let first_pid = got[0].rsplit(':').next().unwrap().to_owned();
+
+    // Directly to the agent: `die` kills the process before it acknowledges, with `after`
+    // in the same batch or behind it. Its next process reads them again and answers both.
+    for body in ["die", "after"] {
+        bus.send(
+            me.clone(),
+            Address::To(Endpoint::Agent(agent)),
+            Bytes::from(body),
+        )
+        .await
+        .unwrap();
+    }
+    let until = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !mark.exists() && tokio::time::Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(mark.exists(), "the process never read `die`");
+    // The agent's next task starts its next process.
+    let again = h
+        .submit_wait(colony_core::task::TaskSpec::with_payload("{}"))
+        .await
+        .unwrap();
+    assert_eq!(again.agent, Some(agent));
+    let echoes = |g: &[String]| g.iter().filter(|b| b.starts_with("echo:")).count();
+    let got = read(&mut mine, |g| echoes(g) >= 2).await;
+    let echoes: Vec<&String> = got.iter().filter(|b| b.starts_with("echo:")).collect();
+    assert_eq!(echoes.len(), 2, "{got:?}");
+    assert!(
+        echoes[0].starts_with("echo:die:") && echoes[1].starts_with("echo:after:"),
+        "{got:?}"
+    );
+    assert!(
+        !echoes[0].ends_with(&first_pid),
+        "answered by the process that died: {got:?}"
+    );
+    assert!(bus.stats().redelivered >= 1);
     runtime.shutdown().await;
 }

@@ -301,7 +301,8 @@ impl std::fmt::Debug for Options {
     }
 }
 
-/// Checks each output of a pool's agents against its task's `expect`.
+/// Checks each output of a pool's agents against its task's `expect`. Every other call
+/// (retirement, reinstatement, an alert, the bus) goes to the agent it wraps.
 struct Checked {
     inner: Arc<dyn Agent>,
     /// By workflow task id, which the payload carries as `task`.
@@ -348,6 +349,22 @@ impl Agent for Checked {
             changed(outcome, &checks).await
         }))
     }
+
+    fn retired(&self, agent: colony_core::AgentId) {
+        self.inner.retired(agent);
+    }
+
+    fn reinstated(&self, agent: colony_core::AgentId) {
+        self.inner.reinstated(agent);
+    }
+
+    fn alerted(&self, agent: colony_core::AgentId) {
+        self.inner.alerted(agent);
+    }
+
+    fn attach_mail(&self, mail: Arc<dyn colony_agents::Mail>) {
+        self.inner.attach_mail(mail);
+    }
 }
 
 /// Makes a `sim` pool's faults repeatable. A sim agent draws an attempt's fate from its seed,
@@ -365,6 +382,22 @@ impl Agent for Repeatable {
         hash.write(&task.payload);
         task.id = colony_core::TaskId(hash.0);
         self.inner.handle(task)
+    }
+
+    fn retired(&self, agent: colony_core::AgentId) {
+        self.inner.retired(agent);
+    }
+
+    fn reinstated(&self, agent: colony_core::AgentId) {
+        self.inner.reinstated(agent);
+    }
+
+    fn alerted(&self, agent: colony_core::AgentId) {
+        self.inner.alerted(agent);
+    }
+
+    fn attach_mail(&self, mail: Arc<dyn colony_agents::Mail>) {
+        self.inner.attach_mail(mail);
     }
 }
 
