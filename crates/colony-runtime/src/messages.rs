@@ -752,7 +752,30 @@ impl Inbox {
         Ok(self.try_take()?.unwrap_or_default())
     }
 
+    /// Like [`Inbox::recv`], taking at most `max` messages (at least 1).
+    pub async fn recv_at_most(&mut self, max: usize) -> Result<Vec<Message>, Closed> {
+        self.ack();
+        let max = max.max(1);
+        loop {
+            if let Some(batch) = self.try_take_at_most(max)? {
+                return Ok(batch);
+            }
+            let slot = self.slot.clone();
+            let readable = slot.readable.notified();
+            tokio::pin!(readable);
+            readable.as_mut().enable();
+            if let Some(batch) = self.try_take_at_most(max)? {
+                return Ok(batch);
+            }
+            readable.await;
+        }
+    }
+
     fn try_take(&mut self) -> Result<Option<Vec<Message>>, Closed> {
+        self.try_take_at_most(self.bus.inner.options.batch)
+    }
+
+    fn try_take_at_most(&mut self, max: usize) -> Result<Option<Vec<Message>>, Closed> {
         let batch = {
             let mut mailbox = self.slot.lock();
             if mailbox.is_closed() {
@@ -761,7 +784,7 @@ impl Inbox {
             if mailbox.epoch() != self.epoch {
                 return Err(Closed::Fenced);
             }
-            mailbox.take(self.epoch, self.bus.inner.options.batch)
+            mailbox.take(self.epoch, max)
         };
         if batch.is_empty() {
             return Ok(None);

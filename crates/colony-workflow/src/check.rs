@@ -9,6 +9,7 @@ use crate::{
 use colony_agents::{AgentSpec, command::CommandOptions, sim::SimOptions};
 use colony_core::{
     dag::{self, Graph, Node},
+    mailbox::check_topic,
     name::Name,
     scaling::{self, Policy, ScalingOptions},
     task::{Priority, Requirement},
@@ -18,6 +19,10 @@ use std::{collections::HashMap, path::PathBuf, sync::Arc, time::Duration};
 
 /// Most documents a task recalls.
 const MAX_RECALL: u32 = 100;
+/// How long a task waits for a message on its `wait:` topic, unless it says.
+const DEFAULT_WAIT: Duration = Duration::from_secs(300);
+/// The longest it may wait.
+const MAX_WAIT: Duration = Duration::from_secs(24 * 3600);
 
 /// One thing wrong with the file.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -479,6 +484,62 @@ pub(crate) fn check(
             }
             Some((r.value.query.value.clone(), k as usize))
         });
+        let publish = t
+            .publish
+            .as_ref()
+            .and_then(|p| match check_topic(&p.value) {
+                Ok(()) => Some(std::sync::Arc::from(p.value.as_str())),
+                Err(e) => {
+                    problems.push(Problem::at(
+                        p,
+                        format!("task `{}`: publish: {e}", t.id.value),
+                        "bad topic",
+                    ));
+                    None
+                }
+            });
+        let wait = t.wait.as_ref().and_then(|w| {
+            let topic = &w.value.topic;
+            if let Err(e) = check_topic(&topic.value) {
+                problems.push(Problem::at(
+                    topic,
+                    format!("task `{}`: wait: {e}", t.id.value),
+                    "bad topic",
+                ));
+                return None;
+            }
+            let limit = match &w.value.timeout {
+                None => DEFAULT_WAIT,
+                Some(d) => {
+                    let d = duration(d, &mut problems)?;
+                    if d.is_zero() || d > MAX_WAIT {
+                        problems.push(Problem::at(
+                            w.value.timeout.as_ref().expect("given"),
+                            format!(
+                                "task `{}`: wait timeout {} is out of range: allowed 1ms..={}",
+                                t.id.value,
+                                humantime::format_duration(d),
+                                humantime::format_duration(MAX_WAIT)
+                            ),
+                            "out of range",
+                        ));
+                        return None;
+                    }
+                    d
+                }
+            };
+            Some((std::sync::Arc::from(topic.value.as_str()), limit))
+        });
+        if (t.publish.is_some() || t.wait.is_some()) && (t.decide.is_some() || t.team.is_some()) {
+            problems.push(Problem::at(
+                &t.id,
+                format!(
+                    "task `{}`: `publish` and `wait` are for tasks asked of one agent, not yet for a decision or a team",
+                    t.id.value
+                ),
+                "messages",
+            ));
+        }
         if (t.remember || t.recall.is_some()) && (t.decide.is_some() || t.team.is_some()) {
             problems.push(Problem::at(
                 &t.id,
@@ -515,6 +576,8 @@ pub(crate) fn check(
             team,
             remember: t.remember,
             recall,
+            publish,
+            wait,
         });
     }
     if file.tasks.is_empty() && purpose == Purpose::Run {

@@ -755,6 +755,23 @@ pub struct Task {
     /// as `recall`.
     #[serde(default)]
     pub recall: Option<Spanned<Recall>>,
+    /// Publish the task's output on this topic once it succeeds.
+    #[serde(default)]
+    pub publish: Option<Spanned<String>>,
+    /// Wait, once its needs are met, for a message on a topic: the first one goes into its
+    /// input as `message`.
+    #[serde(default)]
+    pub wait: Option<Spanned<Wait>>,
+}
+
+/// A task's `wait:` block.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct Wait {
+    pub topic: Spanned<String>,
+    /// How long to wait before the task fails. Default 5m.
+    #[serde(default)]
+    pub timeout: Option<Spanned<String>>,
 }
 
 /// A task's `recall:` block.

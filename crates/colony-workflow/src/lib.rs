@@ -19,6 +19,7 @@ mod check;
 mod decide;
 pub mod file;
 mod memory;
+mod messages;
 mod payload;
 pub mod read;
 mod run;
@@ -224,6 +225,10 @@ pub struct TaskDef {
     pub remember: bool,
     /// The workflow's memory is searched before it runs: the query (a template) and k.
     pub recall: Option<(String, usize)>,
+    /// Its output is published on this topic once it succeeds.
+    pub publish: Option<std::sync::Arc<str>>,
+    /// It waits for a message on this topic, up to this long, before it runs.
+    pub wait: Option<(std::sync::Arc<str>, Duration)>,
 }
 
 /// What an output must pass for its attempt to succeed.

@@ -106,6 +106,11 @@ pub(crate) fn fields(
                 if fields.is_some_and(|f| f.contains_key(key)) {
                     continue;
                 }
+                // Put in when it runs: what it recalled, the message it waited for.
+                if (key == "recall" && t.recall.is_some()) || (key == "message" && t.wait.is_some())
+                {
+                    continue;
+                }
                 let has = match fields {
                     Some(f) if f.is_empty() => "an empty input".to_owned(),
                     Some(f) => format!(

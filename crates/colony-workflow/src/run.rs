@@ -754,6 +754,9 @@ pub async fn run(
     let runtime = Runtime::start(options.runtime.clone(), pools, options.journal.clone()).await?;
     let mut writer = Writer::start(&output)?;
     let handle = runtime.handle().clone();
+    // Mailboxes of the tasks that wait for a message, subscribed before any task runs, so
+    // that nothing published meanwhile is missed.
+    let mut waits = crate::messages::Waits::open(workflow, handle.messages())?;
     let waves = workflow.graph.waves();
     let mut results = Results {
         tasks: vec![None; workflow.tasks.len()],
@@ -926,7 +929,20 @@ pub async fn run(
                             let memory = memory.clone();
                             let remember = workflow.tasks[i].remember;
                             let task = workflow.tasks[i].id.clone();
+                            let waiting = waits.take(i);
+                            let publish = workflow.tasks[i].publish.clone();
                             Box::pin(async move {
+                                // Its message first, then what it recalls.
+                                let spec = match waiting {
+                                    Some(w) => match w.wait(spec, max_payload).await {
+                                        Ok(spec) => spec,
+                                        Err(e) => {
+                                            let e = colony_runtime::Error::Options(e);
+                                            return (i, Waited::Task(Err(e)));
+                                        }
+                                    },
+                                    None => spec,
+                                };
                                 let spec = match (&memory, recall) {
                                     (Some(m), Some((query, k))) => {
                                         match m.recall(spec, query, k, max_payload).await {
@@ -951,6 +967,23 @@ pub async fn run(
                                     {
                                         let output = c.output.clone().unwrap_or_default();
                                         if let Err(e) = m.remember(&task, &output).await {
+                                            c.state = TaskState::Failed;
+                                            c.error = Some(e.into());
+                                        }
+                                        Ok(c)
+                                    }
+                                    (ended, _) => ended,
+                                };
+                                // Published once it succeeded; if it cannot be, the task
+                                // fails and says why: a task waiting for it would miss it.
+                                let ended = match (ended, publish) {
+                                    (Ok(mut c), Some(topic)) if c.state == TaskState::Succeeded => {
+                                        let output = c.output.clone().unwrap_or_default();
+                                        let bus = handle.messages();
+                                        if let Err(e) =
+                                            crate::messages::publish(bus, &task, &topic, output)
+                                                .await
+                                        {
                                             c.state = TaskState::Failed;
                                             c.error = Some(e.into());
                                         }
@@ -1157,6 +1190,20 @@ fn key(workflow: &Workflow, t: &crate::TaskDef) -> String {
         let mut d: Value = serde_json::from_str(&definition).unwrap_or_default();
         d["remember"] = json!(t.remember);
         d["recall"] = json!(t.recall);
+        d.to_string()
+    } else {
+        definition
+    };
+    // Messages too: a task that now waits for another topic, or publishes elsewhere, is
+    // another task.
+    let definition = if t.publish.is_some() || t.wait.is_some() {
+        let mut d: Value = serde_json::from_str(&definition).unwrap_or_default();
+        d["publish"] = json!(t.publish.as_deref());
+        d["wait"] = json!(
+            t.wait
+                .as_ref()
+                .map(|(topic, limit)| (&**topic, limit.as_millis()))
+        );
         d.to_string()
     } else {
         definition

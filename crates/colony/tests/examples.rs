@@ -64,6 +64,7 @@ fn every_example_validates_and_runs_from_another_folder() {
             "app-plan",
             "dag-10000",
             "decide",
+            "messages",
             "pipeline",
             "process-agents",
             "quickstart",
