@@ -22,12 +22,14 @@ mod approx;
 mod cache;
 mod embed;
 mod rank;
+mod remote;
 mod sqlite;
 pub mod testing;
 
 pub use approx::{DEFAULT_APPROXIMATE_FROM, Rebuilt};
 pub use cache::{CACHE_BYTES, CacheStats, DEFAULT_CACHE_ENTRIES};
 pub use embed::{Embedder, Lexical};
+pub use remote::{Remote, RemoteOptions};
 pub use sqlite::SqliteMemory;
 
 use serde::{Deserialize, Serialize};
@@ -80,6 +82,9 @@ pub enum Error {
     Query(String),
     #[error("the store: {0}")]
     Store(String),
+    /// An embedding endpoint failed or answered what is not a set of embeddings.
+    #[error("the embedder: {0}")]
+    Embedder(String),
 }
 
 impl From<rusqlite::Error> for Error {

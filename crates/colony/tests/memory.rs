@@ -335,3 +335,173 @@ fn an_index_is_rebuilt_from_the_file_and_checked_against_exact_search() {
     assert_ne!(code, 0);
     assert!(err.contains("nothing/here"), "{err}");
 }
+
+/// A toy OpenAI-compatible embedding server on loopback: each text's vector counts its
+/// words hashed into 8 slots, so texts sharing words are near. It wants the bearer key
+/// `secret`, and answers a text holding `BADDIM` with a vector of 3 values. It prints its
+/// port, then serves until killed.
+const EMBEDDINGS: &str = r#"
+import hashlib, http.server, json, sys
+class H(http.server.BaseHTTPRequestHandler):
+    def log_message(self, *a): pass
+    def do_POST(self):
+        if self.path != "/v1/embeddings":
+            self.send_response(404); self.end_headers(); return
+        if self.headers.get("Authorization") != "Bearer secret":
+            self.send_response(401); self.end_headers(); self.wfile.write(b'{"error":"bad key"}'); return
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        data = []
+        for i, text in enumerate(body["input"]):
+            v = [0.0] * 8
+            for w in text.lower().split():
+                v[int(hashlib.md5(w.encode()).hexdigest(), 16) % 8] += 1.0
+            if "BADDIM" in text:
+                v = v[:3]
+            data.append({"object": "embedding", "index": i, "embedding": v})
+        out = json.dumps({"object": "list", "data": data, "model": body["model"]}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(out)))
+        self.end_headers()
+        self.wfile.write(out)
+s = http.server.HTTPServer(("127.0.0.1", 0), H)
+print(s.server_address[1], flush=True)
+s.serve_forever()
+"#;
+
+/// Kills the toy server when the test ends, passed or not.
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn documents_are_embedded_by_an_openai_compatible_endpoint() {
+    use std::io::BufRead;
+    let mut child = std::process::Command::new("python3")
+        .args(["-c", EMBEDDINGS])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut port = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut port)
+        .unwrap();
+    let _server = Killed(child);
+    let url = format!("http://127.0.0.1:{}/v1", port.trim());
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("memory.db");
+    let db = db.to_str().unwrap();
+    let with_key = |args: &[&str], key: &str| {
+        let out = std::process::Command::new(common::COLONY)
+            .args(args)
+            .env("TOY_KEY", key)
+            .output()
+            .unwrap();
+        (
+            String::from_utf8(out.stdout).unwrap(),
+            String::from_utf8(out.stderr).unwrap(),
+            out.status.code().unwrap_or(-1),
+        )
+    };
+    let remote = [
+        "--dimension",
+        "8",
+        "--embedder-url",
+        &url,
+        "--embedder-model",
+        "toy",
+        "--embedder-key-env",
+        "TOY_KEY",
+    ];
+    for (id, text) in [
+        ("a", "agents restart crashed workers"),
+        ("b", "quarterly tax figures"),
+        ("c", "the supervisor restarts agents"),
+    ] {
+        let mut args = vec![
+            "memory", "put", "--db", db, "-n", "toy", id, text, "--embed",
+        ];
+        args.extend(remote);
+        let (_, err, code) = with_key(&args, "secret");
+        assert_eq!(code, 0, "{err}");
+    }
+    let mut args = vec![
+        "memory",
+        "search",
+        "--db",
+        db,
+        "-n",
+        "toy",
+        "--near",
+        "tax figures",
+        "-k",
+        "1",
+        "--json",
+    ];
+    args.extend(remote);
+    let (out, err, code) = with_key(&args, "secret");
+    assert_eq!(code, 0, "{err}");
+    let hits: Vec<Value> = serde_json::from_str(&out).unwrap();
+    assert_eq!(hits[0]["id"], "b", "{out}");
+
+    // A wrong key, and an answer of the wrong dimension: exit 1, saying what came, nothing
+    // stored.
+    let mut args = vec![
+        "memory",
+        "put",
+        "--db",
+        db,
+        "-n",
+        "toy",
+        "d",
+        "more words",
+        "--embed",
+    ];
+    args.extend(remote);
+    let (_, err, code) = with_key(&args, "wrong");
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("401"), "{err}");
+    let mut args = vec![
+        "memory",
+        "put",
+        "--db",
+        db,
+        "-n",
+        "toy",
+        "e",
+        "BADDIM words",
+        "--embed",
+    ];
+    args.extend(remote);
+    let (_, err, code) = with_key(&args, "secret");
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("answered an embedding of 3 dimensions: 8 were declared for model toy"),
+        "{err}"
+    );
+    let (out, _, code) = colony(&["memory", "stats", "--db", db, "--json"]);
+    assert_eq!(code, 0);
+    let stats: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(stats[0]["documents"], 3, "{out}");
+    // A key variable that is not set is bad input.
+    let mut args = vec![
+        "memory", "put", "--db", db, "-n", "toy", "f", "x", "--embed",
+    ];
+    args.extend([
+        "--dimension",
+        "8",
+        "--embedder-url",
+        &url,
+        "--embedder-model",
+        "toy",
+    ]);
+    args.extend(["--embedder-key-env", "COLONY_TEST_NO_SUCH_VAR"]);
+    let (_, err, code) = colony(&args);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("COLONY_TEST_NO_SUCH_VAR"), "{err}");
+}

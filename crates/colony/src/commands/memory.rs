@@ -1,11 +1,13 @@
 //! `colony memory`: the agents' shared memory in a SQLite file: put, get, delete, search,
-//! stats. Embeddings, when asked for, are lexical (`colony_memory::Lexical`): they find the
-//! same words and spellings, not the same meaning, and need no model.
+//! stats, rebuild. Embeddings, when asked for, are lexical by default
+//! (`colony_memory::Lexical`): they find the same words and spellings, not the same meaning,
+//! and need no model; with `--embedder-url` and `--embedder-model` they come from an
+//! OpenAI-compatible endpoint (`colony_memory::Remote`).
 
 use crate::Failure;
 use colony_memory::{
     Document, Embedder, Error, Lexical, MAX_BATCH, MAX_TEXT_BYTES, Memory, Metadata, Namespace,
-    Query, SqliteMemory,
+    Query, Remote, RemoteOptions, SqliteMemory,
 };
 use serde_json::Value;
 use std::{
@@ -77,12 +79,47 @@ pub(crate) struct PutArgs {
     /// {"id", "text", "metadata"?, "embedding"?}.
     #[arg(long, value_name = "PATH", required_unless_present = "id")]
     jsonl: Option<PathBuf>,
-    /// Give each document without an embedding a lexical one.
+    /// Give each document without an embedding one: lexical, or from --embedder-url.
     #[arg(long)]
     embed: bool,
-    /// Dimensions of lexical embeddings.
+    /// Dimensions of the embeddings made: the lexical ones', or the endpoint model's.
     #[arg(long, default_value_t = 384, value_parser = clap::value_parser!(u32).range(1..=colony_memory::MAX_DIMENSION as i64))]
     dimension: u32,
+    #[command(flatten)]
+    embedder: EmbedderArgs,
+}
+
+/// An OpenAI-compatible embedding endpoint instead of lexical embeddings.
+#[derive(Debug, clap::Args)]
+pub(crate) struct EmbedderArgs {
+    /// The endpoint's base URL (`/embeddings` is added), e.g. https://api.openai.com/v1.
+    #[arg(long, value_name = "URL", requires = "embedder_model")]
+    embedder_url: Option<String>,
+    /// The model the endpoint embeds with; --dimension must be its dimension.
+    #[arg(long, value_name = "MODEL", requires = "embedder_url")]
+    embedder_model: Option<String>,
+    /// The environment variable that holds the endpoint's API key.
+    #[arg(long, value_name = "VAR", requires = "embedder_url")]
+    embedder_key_env: Option<String>,
+}
+
+impl EmbedderArgs {
+    /// The embedder asked for: the endpoint's, else lexical, of `dimension` values.
+    fn embedder(&self, dimension: u32) -> Result<Box<dyn Embedder>, Failure> {
+        let (Some(url), Some(model)) = (&self.embedder_url, &self.embedder_model) else {
+            return Ok(Box::new(Lexical::new(dimension as usize).map_err(failure)?));
+        };
+        let mut options = RemoteOptions::new(url, model, dimension as usize);
+        if let Some(var) = &self.embedder_key_env {
+            let key = std::env::var(var).map_err(|_| {
+                Failure::input(anyhow::anyhow!(
+                    "--embedder-key-env {var}: that variable is not set (or not UTF-8)"
+                ))
+            })?;
+            options.api_key = Some(key);
+        }
+        Ok(Box::new(Remote::new(options).map_err(failure)?))
+    }
 }
 
 #[derive(Debug, clap::Args)]
@@ -110,7 +147,7 @@ pub(crate) struct SearchArgs {
     /// Documents with these words (full-text, ranked by BM25).
     #[arg(long, value_name = "TEXT")]
     text: Option<String>,
-    /// Documents whose embedding is nearest this text's lexical embedding; with --text, the
+    /// Documents whose embedding is nearest this text's (lexical, or --embedder-url's); with --text, the
     /// two rankings fused.
     #[arg(long, value_name = "TEXT")]
     near: Option<String>,
@@ -120,9 +157,12 @@ pub(crate) struct SearchArgs {
     /// Only documents with this metadata field: KEY=VALUE.
     #[arg(long = "where", value_name = "KEY=VALUE", value_parser = key_value)]
     filter: Vec<(String, Value)>,
-    /// Dimensions of the lexical embedding of --near: the namespace's.
+    /// Dimensions of the embedding of --near: the namespace's.
     #[arg(long, default_value_t = 384, value_parser = clap::value_parser!(u32).range(1..=colony_memory::MAX_DIMENSION as i64))]
     dimension: u32,
+    /// Embed --near as the namespace's documents were embedded, by an endpoint.
+    #[command(flatten)]
+    embedder: EmbedderArgs,
     /// Print the hits as JSON.
     #[arg(long)]
     json: bool,
@@ -160,7 +200,7 @@ fn key_value(text: &str) -> Result<(String, Value), String> {
 /// Bad input is the caller's to fix (exit 2); a store that fails is the work failing.
 fn failure(e: Error) -> Failure {
     match e {
-        Error::Store(_) => Failure::work(e),
+        Error::Store(_) | Error::Embedder(_) => Failure::work(e),
         _ => Failure::input(e),
     }
 }
@@ -327,7 +367,7 @@ fn rebuild(args: &RebuildArgs) -> Result<(), Failure> {
 
 fn put(args: &PutArgs) -> Result<(), Failure> {
     let ns = namespace(&args.at)?;
-    let lexical = Lexical::new(args.dimension as usize).map_err(failure)?;
+    let embedder = args.embedder.embedder(args.dimension)?;
     let memory = open(&args.at.db, true)?;
     let mut stored = 0usize;
     let store = |mut batch: Vec<Document>| -> Result<usize, Failure> {
@@ -337,7 +377,7 @@ fn put(args: &PutArgs) -> Result<(), Failure> {
                 .filter(|d| d.embedding.is_none())
                 .map(|d| d.text.as_str())
                 .collect();
-            let mut vectors = lexical.embed(&texts).map_err(failure)?.into_iter();
+            let mut vectors = embedder.embed(&texts).map_err(failure)?.into_iter();
             for d in batch.iter_mut().filter(|d| d.embedding.is_none()) {
                 d.embedding = vectors.next();
             }
@@ -421,8 +461,8 @@ fn search(args: &SearchArgs) -> Result<(), Failure> {
     let ns = namespace(&args.at)?;
     let vector = match &args.near {
         Some(text) => {
-            let lexical = Lexical::new(args.dimension as usize).map_err(failure)?;
-            lexical.embed(&[text]).map_err(failure)?.pop()
+            let embedder = args.embedder.embedder(args.dimension)?;
+            embedder.embed(&[text]).map_err(failure)?.pop()
         }
         None => None,
     };
