@@ -80,6 +80,14 @@ pub enum Error {
     },
     #[error("{0}")]
     Query(String),
+    #[error(
+        "namespace {namespace} holds embeddings made by `{holds}`, and these were made by `{got}`: nearness between them means nothing"
+    )]
+    Mixed {
+        namespace: String,
+        holds: String,
+        got: String,
+    },
     #[error("the store: {0}")]
     Store(String),
     /// An embedding endpoint failed or answered what is not a set of embeddings.
@@ -278,6 +286,10 @@ pub struct Query {
     /// Search every embedding, even in a namespace with an approximate index.
     #[serde(default)]
     pub exact: bool,
+    /// What made `vector` (`lexical`, `http:MODEL`): refused in a namespace whose vectors
+    /// another embedder made. Unsaid, not checked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub embedder: Option<String>,
 }
 
 impl Query {
@@ -304,6 +316,9 @@ impl Query {
 
     fn check(&self) -> Result<(), Error> {
         let refuse = |why: String| Err(Error::Query(why));
+        if let Some(e) = &self.embedder {
+            check_embedder(e)?;
+        }
         if self.k == 0 || self.k > MAX_K {
             return refuse(format!("k is {}: allowed 1..={MAX_K}", self.k));
         }
@@ -352,6 +367,23 @@ pub struct Stats {
     pub dimension: Option<usize>,
     /// Bytes of text held.
     pub text_bytes: u64,
+    /// What made its embeddings, when a writer said (`lexical`, `http:MODEL`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub embedder: Option<String>,
+}
+
+/// Longest name of an embedder.
+pub const MAX_EMBEDDER_LEN: usize = 256;
+
+/// Checks an embedder's name: 1 to [`MAX_EMBEDDER_LEN`] bytes, no control characters.
+pub fn check_embedder(name: &str) -> Result<(), Error> {
+    if name.is_empty() || name.len() > MAX_EMBEDDER_LEN || name.chars().any(char::is_control) {
+        return Err(Error::Query(format!(
+            "an embedder's name is 1 to {MAX_EMBEDDER_LEN} bytes without control characters; got {:?}",
+            name.chars().take(40).collect::<String>()
+        )));
+    }
+    Ok(())
 }
 
 /// A store of documents by namespace. Its calls block (a disk, a network): call them from
@@ -360,6 +392,19 @@ pub trait Memory: Send + Sync {
     /// Stores `documents` in `namespace` (created with the first), replacing those of the
     /// same ids: all of them, or none and the first problem.
     fn put(&self, namespace: &Namespace, documents: Vec<Document>) -> Result<(), Error>;
+    /// [`Memory::put`] of documents whose embeddings `embedder` made (`lexical`,
+    /// `http:MODEL`): the namespace records it with its first embeddings, and refuses
+    /// embeddings another embedder made, with nothing stored. A store that keeps no record
+    /// just stores them.
+    fn put_embedded(
+        &self,
+        namespace: &Namespace,
+        documents: Vec<Document>,
+        embedder: &str,
+    ) -> Result<(), Error> {
+        check_embedder(embedder)?;
+        self.put(namespace, documents)
+    }
     fn get(&self, namespace: &Namespace, id: &str) -> Result<Option<Document>, Error>;
     /// Deletes the documents of `ids` there are; how many.
     fn delete(&self, namespace: &Namespace, ids: &[String]) -> Result<u64, Error>;

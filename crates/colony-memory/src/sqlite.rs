@@ -23,7 +23,8 @@ CREATE TABLE IF NOT EXISTS namespaces (
     dimension INTEGER,
     version INTEGER NOT NULL DEFAULT 0,
     documents INTEGER NOT NULL DEFAULT 0,
-    text_bytes INTEGER NOT NULL DEFAULT 0
+    text_bytes INTEGER NOT NULL DEFAULT 0,
+    embedder TEXT
 );
 CREATE TABLE IF NOT EXISTS store (
     one INTEGER PRIMARY KEY CHECK (one = 1),
@@ -283,6 +284,10 @@ fn migrate(db: &Connection) -> Result<(), Error> {
     if !has("store", "seq")? {
         db.execute_batch("ALTER TABLE store ADD COLUMN seq INTEGER NOT NULL DEFAULT 0")?;
     }
+    if !has("namespaces", "embedder")? {
+        // Unknown for what was stored before: nothing to check it against.
+        db.execute_batch("ALTER TABLE namespaces ADD COLUMN embedder TEXT")?;
+    }
     Ok(())
 }
 
@@ -325,6 +330,15 @@ fn namespace(db: &Connection, ns: &Namespace) -> Result<Option<Option<usize>>, E
         )
         .optional()?
         .map(|d| d.map(|d| d as usize)))
+}
+
+/// What made `ns`'s embeddings, if a writer said.
+fn embedder_of(db: &Connection, ns: &Namespace) -> Result<Option<String>, Error> {
+    Ok(db
+        .prepare_cached("SELECT embedder FROM namespaces WHERE name = ?1")?
+        .query_row([ns.as_str()], |r| r.get::<_, Option<String>>(0))
+        .optional()?
+        .flatten())
 }
 
 fn known(db: &Connection, ns: &Namespace) -> Result<Option<usize>, Error> {
@@ -686,9 +700,17 @@ impl Query64 {
     }
 }
 
-impl Memory for SqliteMemory {
-    fn put(&self, ns: &Namespace, documents: Vec<Document>) -> Result<(), Error> {
+impl SqliteMemory {
+    /// [`Memory::put`], recording or checking the embedder that made the embeddings, when
+    /// the caller names it.
+    fn put_by(
+        &self,
+        ns: &Namespace,
+        documents: Vec<Document>,
+        embedder: Option<&str>,
+    ) -> Result<(), Error> {
         check_batch(&documents)?;
+
         let mut db = self.db();
         let tx = db.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let dimension = match namespace(&tx, ns)? {
@@ -726,6 +748,26 @@ impl Memory for SqliteMemory {
             }
             _ => {}
         }
+        // Which embedder made the namespace's vectors: recorded with the first, checked
+        // after. Raw embeddings (no embedder said) are taken as they come.
+        if let (Some(got), Some(_)) = (embedder, batch) {
+            match embedder_of(&tx, ns)? {
+                Some(holds) if holds != got => {
+                    return Err(Error::Mixed {
+                        namespace: ns.to_string(),
+                        holds,
+                        got: got.to_owned(),
+                    });
+                }
+                Some(_) => {}
+                None => {
+                    tx.execute(
+                        "UPDATE namespaces SET embedder = ?2 WHERE name = ?1",
+                        params![ns.as_str(), got],
+                    )?;
+                }
+            }
+        }
         {
             // A replaced document is deleted and stored anew under the next `seq`, which the
             // store never gives twice: an approximate index tells new documents by it.
@@ -761,6 +803,22 @@ impl Memory for SqliteMemory {
         written(&tx, ns)?;
         tx.commit()?;
         Ok(())
+    }
+}
+
+impl Memory for SqliteMemory {
+    fn put(&self, ns: &Namespace, documents: Vec<Document>) -> Result<(), Error> {
+        self.put_by(ns, documents, None)
+    }
+
+    fn put_embedded(
+        &self,
+        ns: &Namespace,
+        documents: Vec<Document>,
+        embedder: &str,
+    ) -> Result<(), Error> {
+        crate::check_embedder(embedder)?;
+        self.put_by(ns, documents, Some(embedder))
     }
 
     fn get(&self, ns: &Namespace, id: &str) -> Result<Option<Document>, Error> {
@@ -816,6 +874,16 @@ impl Memory for SqliteMemory {
         // best documents must not change what is returned.
         let db = db.unchecked_transaction()?;
         let dimension = known(&db, ns)?;
+        if let (Some(got), Some(_)) = (&query.embedder, &query.vector)
+            && let Some(holds) = embedder_of(&db, ns)?
+            && &holds != got
+        {
+            return Err(Error::Mixed {
+                namespace: ns.to_string(),
+                holds,
+                got: got.clone(),
+            });
+        }
         let key = self.cache.key(ns, query);
         let read = match &key {
             Some(key) => {
@@ -838,23 +906,25 @@ impl Memory for SqliteMemory {
         let db = self.db();
         let row = db
             .query_row(
-                "SELECT dimension, documents, text_bytes FROM namespaces WHERE name = ?1",
+                "SELECT dimension, documents, text_bytes, embedder FROM namespaces WHERE name = ?1",
                 [ns.as_str()],
                 |r| {
                     Ok((
                         r.get::<_, Option<i64>>(0)?,
                         r.get::<_, i64>(1)?,
                         r.get::<_, i64>(2)?,
+                        r.get::<_, Option<String>>(3)?,
                     ))
                 },
             )
             .optional()?;
-        let (dimension, documents, text_bytes) =
+        let (dimension, documents, text_bytes, embedder) =
             row.ok_or_else(|| Error::UnknownNamespace(ns.to_string()))?;
         Ok(Stats {
             documents: documents.max(0) as u64,
             dimension: dimension.map(|d| d as usize),
             text_bytes: text_bytes.max(0) as u64,
+            embedder,
         })
     }
 

@@ -35,6 +35,9 @@ pub const MAX_LISTED: usize = 1_000;
 pub(crate) struct Put {
     namespace: String,
     documents: Vec<Document>,
+    /// What made the documents' embeddings: recorded by the namespace, and checked.
+    #[serde(default)]
+    embedder: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -136,6 +139,8 @@ pub(crate) struct Space {
     pub(crate) text_bytes: u64,
     /// Documents in its approximate index, when it has one.
     pub(crate) indexed: Option<usize>,
+    /// What made its embeddings, when a writer said.
+    pub(crate) embedder: Option<String>,
 }
 
 fn overview(m: &SqliteMemory) -> Result<Overview, colony_memory::Error> {
@@ -151,6 +156,7 @@ fn overview(m: &SqliteMemory) -> Result<Overview, colony_memory::Error> {
                 dimension: stats.dimension,
                 text_bytes: stats.text_bytes,
                 indexed: m.indexed(&ns),
+                embedder: stats.embedder,
                 name: ns,
             })
         })
@@ -193,7 +199,12 @@ pub(crate) async fn put(
         Err(r) => return r,
     };
     let n = put.documents.len();
-    match with_store(&app, store, move |m| m.put(&ns, put.documents)).await {
+    let (documents, embedder) = (put.documents, put.embedder);
+    let stored = move |m: &SqliteMemory| match &embedder {
+        Some(e) => m.put_embedded(&ns, documents, e),
+        None => m.put(&ns, documents),
+    };
+    match with_store(&app, store, stored).await {
         Ok(()) => {
             metrics::counter!("colony_memory_documents_stored_total").increment(n as u64);
             Json(json!({ "stored": n })).into_response()

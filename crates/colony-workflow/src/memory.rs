@@ -69,6 +69,7 @@ impl Memory {
                 text: Some(query),
                 vector,
                 k,
+                embedder: Some(me.lexical.kind().to_owned()),
                 ..Query::default()
             };
             match me.store.search(&me.namespace, &q) {
@@ -138,7 +139,8 @@ impl Memory {
                 .collect(),
                 embedding,
             };
-            me.store.put(&me.namespace, vec![doc])
+            me.store
+                .put_embedded(&me.namespace, vec![doc], me.lexical.kind())
         })
         .await
         .map_err(|e| format!("its output could not be remembered: {e}"))?

@@ -448,6 +448,24 @@ fn documents_are_embedded_by_an_openai_compatible_endpoint() {
     assert_eq!(code, 0, "{err}");
     let hits: Vec<Value> = serde_json::from_str(&out).unwrap();
     assert_eq!(hits[0]["id"], "b", "{out}");
+    // The namespace knows its vectors are the endpoint's: a lexical --near is refused.
+    let (_, err, code) = colony(&[
+        "memory",
+        "search",
+        "--db",
+        db,
+        "-n",
+        "toy",
+        "--near",
+        "tax",
+        "--dimension",
+        "8",
+    ]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("made by `http:toy`, and these were made by `lexical`"),
+        "{err}"
+    );
 
     // A wrong key, and an answer of the wrong dimension: exit 1, saying what came, nothing
     // stored.

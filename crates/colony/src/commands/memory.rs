@@ -275,22 +275,23 @@ pub(crate) fn run(command: &Command) -> Result<(), Failure> {
             if args.json {
                 let json: Vec<Value> = all
                     .iter()
-                    .map(|(ns, s)| serde_json::json!({"namespace": ns, "documents": s.documents, "dimension": s.dimension, "text-bytes": s.text_bytes}))
+                    .map(|(ns, s)| serde_json::json!({"namespace": ns, "documents": s.documents, "dimension": s.dimension, "text-bytes": s.text_bytes, "embedder": s.embedder}))
                     .collect();
                 println!("{}", Value::Array(json));
             } else {
                 println!(
-                    "{:<32} {:>10} {:>9} {:>12}",
+                    "{:<32} {:>10} {:>9} {:>12}  embedder",
                     "namespace", "documents", "dimension", "text bytes"
                 );
                 for (ns, s) in &all {
                     let dimension = s.dimension.map_or("-".to_owned(), |d| d.to_string());
                     println!(
-                        "{:<32} {:>10} {:>9} {:>12}",
+                        "{:<32} {:>10} {:>9} {:>12}  {}",
                         ns.as_str(),
                         s.documents,
                         dimension,
-                        s.text_bytes
+                        s.text_bytes,
+                        s.embedder.as_deref().unwrap_or("-")
                     );
                 }
             }
@@ -383,7 +384,14 @@ fn put(args: &PutArgs) -> Result<(), Failure> {
             }
         }
         let n = batch.len();
-        memory.put(&ns, batch).map_err(failure)?;
+        // With --embed, the namespace records (or checks) what made its vectors.
+        if args.embed {
+            memory
+                .put_embedded(&ns, batch, embedder.kind())
+                .map_err(failure)?;
+        } else {
+            memory.put(&ns, batch).map_err(failure)?;
+        }
         Ok(n)
     };
     match (&args.id, &args.text, &args.jsonl) {
@@ -459,12 +467,13 @@ fn put(args: &PutArgs) -> Result<(), Failure> {
 fn search(args: &SearchArgs) -> Result<(), Failure> {
     let memory = open(&args.at.db, false)?;
     let ns = namespace(&args.at)?;
-    let vector = match &args.near {
+    let (vector, embedder) = match &args.near {
         Some(text) => {
             let embedder = args.embedder.embedder(args.dimension)?;
-            embedder.embed(&[text]).map_err(failure)?.pop()
+            let vector = embedder.embed(&[text]).map_err(failure)?.pop();
+            (vector, Some(embedder.kind().to_owned()))
         }
-        None => None,
+        None => (None, None),
     };
     let query = Query {
         text: args.text.clone(),
@@ -472,6 +481,7 @@ fn search(args: &SearchArgs) -> Result<(), Failure> {
         filter: args.filter.iter().cloned().collect(),
         k: args.k as usize,
         exact: true,
+        embedder,
     };
     let hits = memory.search(&ns, &query).map_err(failure)?;
     if args.json {
