@@ -179,19 +179,19 @@ enum To {
 }
 
 impl To {
-    fn address(self) -> Result<Address, String> {
+    fn address(&self) -> Result<Address, String> {
         Ok(match self {
-            To::Agent(a) => Address::To(Endpoint::Agent(AgentId(a))),
+            To::Agent(a) => Address::To(Endpoint::Agent(AgentId(*a))),
             To::Mailbox(name) => {
-                colony_core::mailbox::check_topic(&name)
+                colony_core::mailbox::check_topic(name)
                     .map_err(|_| format!("{name:?} is not a mailbox's name"))?;
-                Address::To(Endpoint::Named(name.into()))
+                Address::To(Endpoint::Named(name.as_str().into()))
             }
             To::Topic(t) => {
-                colony_core::mailbox::check_topic(&t).map_err(|e| e.to_string())?;
-                Address::Topic(t.into())
+                colony_core::mailbox::check_topic(t).map_err(|e| e.to_string())?;
+                Address::Topic(t.as_str().into())
             }
-            To::Team(t) => Address::Team(t),
+            To::Team(t) => Address::Team(*t),
         })
     }
 }
@@ -231,29 +231,66 @@ const OUTGOING: usize = 1024;
 struct Messaging {
     /// It said `"messages": true` in its hello.
     wanted: bool,
+    /// Done once, by whichever attempt binds it first; every other attempt waits for it,
+    /// so that no task line goes before the agent line.
+    bound: tokio::sync::OnceCell<()>,
     /// The agent it serves, once bound; never changes after.
     agent: OnceLock<AgentId>,
     bus: OnceLock<Arc<dyn Mail>>,
     /// Its sends, to the task that makes them in order.
     outgoing: OnceLock<tokio::sync::mpsc::Sender<(To, Bytes)>>,
+    /// Lines telling it of sends refused, to the task that writes them: never written by
+    /// a task the reader waits on, so a process that does not read cannot stall its own
+    /// answers.
+    refusals: OnceLock<tokio::sync::mpsc::Sender<String>>,
     /// The last batch it acknowledged.
     acked: tokio::sync::watch::Sender<u64>,
+    /// A batch was written and not acknowledged yet: it is busy, not idle.
+    reading: std::sync::atomic::AtomicBool,
     /// Set when its stdout closed: it is gone.
     ended: tokio::sync::watch::Sender<bool>,
+    /// Its connection's last use (milliseconds after `epoch`), touched by message work too.
+    used: Arc<std::sync::atomic::AtomicU64>,
+    epoch: std::time::Instant,
 }
 
 impl Messaging {
-    fn new(wanted: bool) -> Self {
+    fn new(wanted: bool, epoch: std::time::Instant) -> Self {
         Self {
             wanted,
+            bound: tokio::sync::OnceCell::new(),
             agent: OnceLock::new(),
             bus: OnceLock::new(),
             outgoing: OnceLock::new(),
+            refusals: OnceLock::new(),
             acked: tokio::sync::watch::Sender::new(0),
+            reading: false.into(),
             ended: tokio::sync::watch::Sender::new(false),
+            used: Arc::default(),
+            epoch,
+        }
+    }
+
+    /// Message work is use: an idle timeout counts from it.
+    fn touch(&self) {
+        let ms = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.used.store(ms, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Tells the process a send was refused, without waiting: dropped (and logged) when
+    /// the refusals not yet written fill their queue.
+    fn refuse(&self, line: String) {
+        match self.refusals.get().map(|r| r.try_send(line)) {
+            Some(Ok(())) => {}
+            _ => tracing::warn!("A process was not told of a refused send: it reads too slowly."),
         }
     }
 }
+
+/// How long one send of a process waits for room in a full mailbox before it is refused.
+const SEND_WAIT: Duration = Duration::from_secs(10);
+/// Refusals not yet written to a process, at most.
+const REFUSALS: usize = 256;
 
 type Waiters = Arc<Mutex<HashMap<String, (oneshot::Sender<Outcome>, crate::Heartbeat)>>>;
 
@@ -275,7 +312,7 @@ struct Conn {
     /// Lists the process for `command::kill_all`, and kills it when the connection goes.
     _listed: crate::command::Group,
     /// When an attempt last began or ended, in milliseconds after the backend's epoch.
-    used: std::sync::atomic::AtomicU64,
+    used: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Conn {
@@ -285,11 +322,14 @@ impl Conn {
     }
 
     fn busy(&self) -> bool {
-        !self
-            .waiting
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .is_empty()
+        self.messaging
+            .reading
+            .load(std::sync::atomic::Ordering::Relaxed)
+            || !self
+                .waiting
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .is_empty()
     }
 }
 
@@ -794,21 +834,30 @@ async fn bind(conn: &Arc<Conn>, agent: AgentId, bus: Option<&Arc<dyn Mail>>) {
     let Some(bus) = bus.filter(|_| m.wanted) else {
         return;
     };
-    if m.agent.set(agent).is_err() {
-        return;
-    }
+    // Whoever comes first binds; the others wait here until it has, so that their task
+    // lines follow the agent line.
+    m.bound.get_or_init(|| bind_once(conn, agent, bus)).await;
+}
+
+async fn bind_once(conn: &Arc<Conn>, agent: AgentId, bus: &Arc<dyn Mail>) {
+    let m = &conn.messaging;
+    let _ = m.agent.set(agent);
     let _ = m.bus.set(bus.clone());
+    // Its sends are taken from now on, before it learns who it is and may start sending.
+    let (tx, rx) = tokio::sync::mpsc::channel(OUTGOING);
+    let _ = m.outgoing.set(tx);
+    let (refusals, refused) = tokio::sync::mpsc::channel(REFUSALS);
+    let _ = m.refusals.set(refusals);
+    Spawner::spawn("process-send", sending(m.clone(), bus.clone(), agent, rx));
+    Spawner::spawn(
+        "process-refusals",
+        tell_refusals(Arc::downgrade(conn), m.clone(), refused),
+    );
     // Told first, before any batch: written under the same lock as every other line.
     let line = serde_json::json!({ "type": "agent", "agent": agent.0 }).to_string() + "\n";
     if !write_line(conn, &line).await {
         return;
     }
-    let (tx, rx) = tokio::sync::mpsc::channel(OUTGOING);
-    let _ = m.outgoing.set(tx);
-    Spawner::spawn(
-        "process-send",
-        sending(Arc::downgrade(conn), bus.clone(), agent, rx),
-    );
     match bus.open(agent) {
         Ok(letters) => {
             Spawner::spawn(
@@ -834,16 +883,25 @@ async fn write_line(conn: &Conn, line: &str) -> bool {
 /// Hands the agent's mailbox to its process a batch at a time, each once the one before
 /// was acknowledged; ends with the process (a batch unacknowledged goes back to the
 /// mailbox with `letters`) or when another reader takes the mailbox over.
-async fn forward(
+async fn forward(conn: std::sync::Weak<Conn>, m: Arc<Messaging>, letters: Box<dyn crate::Letters>) {
+    forward_batches(conn, &m, letters).await;
+    // However it ended, no batch of it is out any more.
+    m.reading.store(false, std::sync::atomic::Ordering::Relaxed);
+}
+
+async fn forward_batches(
     conn: std::sync::Weak<Conn>,
-    m: Arc<Messaging>,
+    m: &Arc<Messaging>,
     mut letters: Box<dyn crate::Letters>,
 ) {
     let mut ended = m.ended.subscribe();
     let mut acked = m.acked.subscribe();
     let mut batch = 0u64;
     loop {
+        // Biased: asking for the next batch acknowledges the last, which the process did
+        // acknowledge even if it exited just after.
         let next = tokio::select! {
+            biased;
             next = letters.next() => next,
             _ = ended.wait_for(|e| *e) => return,
         };
@@ -858,45 +916,93 @@ async fn forward(
         let Some(conn) = conn.upgrade() else {
             return;
         };
+        m.reading.store(true, std::sync::atomic::Ordering::Relaxed);
+        m.touch();
         if !write_line(&conn, &line).await {
             return;
         }
         drop(conn);
         tokio::select! {
+            biased;
             read = acked.wait_for(|a| *a >= batch) => if read.is_err() { return },
             _ = ended.wait_for(|e| *e) => return,
         }
+        m.reading.store(false, std::sync::atomic::Ordering::Relaxed);
+        m.touch();
     }
 }
 
-/// Sends what the process wrote, in order, as its agent; tells it of each send refused.
+/// The `refused` line for a send to `to`.
+fn refused_line(to: &To, error: &str) -> String {
+    let shown = match to {
+        To::Agent(a) => serde_json::json!({ "agent": a }),
+        To::Mailbox(n) => serde_json::json!({ "mailbox": n }),
+        To::Topic(t) => serde_json::json!({ "topic": t }),
+        To::Team(t) => serde_json::json!({ "team": t }),
+    };
+    serde_json::json!({ "type": "refused", "to": shown, "error": error }).to_string() + "\n"
+}
+
+/// Sends what the process wrote, in order, as its agent, each waiting at most
+/// [`SEND_WAIT`] for room; a send refused is told to the process (through
+/// [`tell_refusals`]). Ends with the process.
 async fn sending(
-    conn: std::sync::Weak<Conn>,
+    m: Arc<Messaging>,
     bus: Arc<dyn Mail>,
     agent: AgentId,
     mut outgoing: tokio::sync::mpsc::Receiver<(To, Bytes)>,
 ) {
-    while let Some((to, body)) = outgoing.recv().await {
-        let shown = match &to {
-            To::Agent(a) => serde_json::json!({ "agent": a }),
-            To::Mailbox(n) => serde_json::json!({ "mailbox": n }),
-            To::Topic(t) => serde_json::json!({ "topic": t }),
-            To::Team(t) => serde_json::json!({ "team": t }),
+    let mut ended = m.ended.subscribe();
+    loop {
+        let (to, body) = tokio::select! {
+            biased;
+            _ = ended.wait_for(|e| *e) => return,
+            next = outgoing.recv() => match next {
+                Some(next) => next,
+                None => return,
+            },
         };
+        m.touch();
         let sent = match to.address() {
-            Ok(address) => bus.send(agent, address, body).await.map(|_| ()),
+            Ok(address) => {
+                match tokio::time::timeout(SEND_WAIT, bus.send(agent, address, body)).await {
+                    Ok(sent) => sent.map(|_| ()),
+                    Err(_) => Err(format!(
+                        "a mailbox it reaches stayed full for {}",
+                        SEND_WAIT.as_secs()
+                    ) + " s"),
+                }
+            }
             Err(e) => Err(e),
         };
         if let Err(error) = sent {
-            let Some(conn) = conn.upgrade() else {
-                return;
-            };
-            let line = serde_json::json!({ "type": "refused", "to": shown, "error": error })
-                .to_string()
-                + "\n";
-            if !write_line(&conn, &line).await {
-                return;
-            }
+            m.refuse(refused_line(&to, &error));
+        }
+    }
+}
+
+/// Writes the refusals to the process, on a task of their own: a process that does not
+/// read its stdin holds up only this. Ends with the process.
+async fn tell_refusals(
+    conn: std::sync::Weak<Conn>,
+    m: Arc<Messaging>,
+    mut lines: tokio::sync::mpsc::Receiver<String>,
+) {
+    let mut ended = m.ended.subscribe();
+    loop {
+        let line = tokio::select! {
+            biased;
+            _ = ended.wait_for(|e| *e) => return,
+            next = lines.recv() => match next {
+                Some(line) => line,
+                None => return,
+            },
+        };
+        let Some(conn) = conn.upgrade() else {
+            return;
+        };
+        if !write_line(&conn, &line).await {
+            return;
         }
     }
 }
@@ -967,7 +1073,8 @@ async fn start(options: &ProcessOptions, epoch: std::time::Instant) -> Result<Ar
             return Err(format!("its first line is not a hello: {:?}", shown(hello)));
         }
     };
-    let messaging = Arc::new(Messaging::new(wants_messages));
+    let messaging = Arc::new(Messaging::new(wants_messages, epoch));
+    let messaging_used = messaging.used.clone();
     let waiting: Waiters = Arc::default();
     let dead = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let listed = crate::command::Group::single(child.id());
@@ -987,7 +1094,7 @@ async fn start(options: &ProcessOptions, epoch: std::time::Instant) -> Result<Ar
         dead,
         _listed: listed,
         child,
-        used: std::sync::atomic::AtomicU64::new(0),
+        used: messaging_used,
     });
     conn.touch(epoch);
     Ok(conn)
@@ -1008,12 +1115,20 @@ impl Reader {
         loop {
             match lines.next().await {
                 Ok(Line::Full(line)) => {
-                    if let Some(send) = self.line(line) {
-                        // Waits while the sends before it wait: the process's order holds.
-                        if let Some(out) = self.messaging.outgoing.get()
-                            && out.send(send).await.is_err()
-                        {
-                            break;
+                    if let Some(send) = self.line(line)
+                        && let Some(out) = self.messaging.outgoing.get()
+                    {
+                        // Queued behind its earlier sends, in order; never waited for here,
+                        // so that its answers are read whatever its sends wait for.
+                        match out.try_send(send) {
+                            Ok(()) => {}
+                            Err(tokio::sync::mpsc::error::TrySendError::Full((to, _))) => {
+                                self.messaging.refuse(refused_line(
+                                    &to,
+                                    &format!("{OUTGOING} of its sends are waiting already"),
+                                ));
+                            }
+                            Err(tokio::sync::mpsc::error::TrySendError::Closed(_)) => {}
                         }
                     }
                 }
@@ -1050,6 +1165,12 @@ impl Reader {
         let unbound = |what: &str| {
             tracing::warn!(program = %self.program, "A process {what} before it was told its agent (or without asking for messages in its hello): ignored.");
         };
+        if matches!(
+            message,
+            Message::Read { .. } | Message::Send { .. } | Message::Subscribe { .. }
+        ) {
+            m.touch();
+        }
         match message {
             Message::Read { batch } => {
                 m.acked.send_if_modified(|a| {

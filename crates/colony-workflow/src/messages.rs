@@ -1,6 +1,9 @@
 //! A workflow's tasks and the message bus: `wait:` (a task waits for a message on a topic
 //! before it runs, and gets the first in its input as `message`) and `publish:` (a task's
 //! output is published on a topic once it succeeds). See workflow.md and messaging.md.
+//!
+//! A waiting task waits before it is filled in or charged against the run's in-flight
+//! budget: a task that may wait for hours holds none of it.
 
 use crate::Workflow;
 use bytes::Bytes;
@@ -20,14 +23,14 @@ fn endpoint(task: &str) -> Endpoint {
     Endpoint::Named(Arc::from(format!("workflow/{task}")))
 }
 
-/// The waiting tasks' mailboxes, by task index.
+/// The waiting tasks' mailboxes, by task index, until each task's wait begins.
 pub(crate) struct Waits {
-    bus: Bus,
-    open: HashMap<usize, (Inbox, Arc<str>, Duration)>,
+    open: HashMap<usize, Waiting>,
 }
 
 impl Waits {
-    /// Opens and subscribes the mailbox of every task of `workflow` that waits.
+    /// Opens and subscribes the mailbox of every task of `workflow` that waits, so that
+    /// nothing published before its turn is missed.
     pub(crate) fn open(workflow: &Workflow, bus: &Bus) -> Result<Self, colony_runtime::Error> {
         let mut open = HashMap::new();
         for (i, t) in workflow.tasks.iter().enumerate() {
@@ -39,47 +42,64 @@ impl Waits {
                 colony_runtime::Error::Options(format!("task `{}`: wait: {e}", t.id))
             };
             let inbox = bus.open(me.clone()).map_err(refused)?;
+            // From here on, dropping the wait closes the mailbox.
+            let waiting = Waiting {
+                bus: bus.clone(),
+                inbox: Some(inbox),
+                topic: topic.clone(),
+                limit: *limit,
+            };
             bus.subscribe(topic, me).map_err(refused)?;
-            open.insert(i, (inbox, topic.clone(), *limit));
+            open.insert(i, waiting);
         }
-        Ok(Self {
-            bus: bus.clone(),
-            open,
-        })
+        Ok(Self { open })
     }
 
-    /// Task `i`'s wait, if it waits: handed to the task when it is about to run.
+    /// Whether task `i` has a wait still to make.
+    pub(crate) fn waits(&self, i: usize) -> bool {
+        self.open.contains_key(&i)
+    }
+
+    /// Task `i`'s wait, to be made now.
     pub(crate) fn take(&mut self, i: usize) -> Option<Waiting> {
-        let (inbox, topic, limit) = self.open.remove(&i)?;
-        Some(Waiting {
-            bus: self.bus.clone(),
-            inbox,
-            topic,
-            limit,
-        })
+        self.open.remove(&i)
+    }
+
+    /// Task `i` will not wait (skipped, or done by an earlier run): its mailbox closes, so
+    /// that what is published meanwhile does not pile up in it.
+    pub(crate) fn close(&mut self, i: usize) {
+        self.open.remove(&i);
     }
 }
 
-/// One task's wait for its message.
+/// One task's wait for its message. Dropped, by whatever path, it leaves its topic and
+/// closes its mailbox: later messages go back to their senders.
 pub(crate) struct Waiting {
     bus: Bus,
-    inbox: Inbox,
+    inbox: Option<Inbox>,
     topic: Arc<str>,
     limit: Duration,
 }
 
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        if let Some(inbox) = self.inbox.take() {
+            let me = inbox.endpoint().clone();
+            drop(inbox);
+            self.bus.unsubscribe(&self.topic, &me);
+            self.bus.close(&me, "the task that waited is done waiting");
+        }
+    }
+}
+
 impl Waiting {
-    /// Waits up to the task's limit for the first message on its topic and puts it in the
-    /// task's input as `message`: `{"from", "topic", "body"}`, the body as JSON when it
-    /// reads as JSON, else as text. The mailbox then closes: later messages go back to their
-    /// senders.
-    pub(crate) async fn wait(
-        mut self,
-        spec: TaskSpec,
-        max_payload: usize,
-    ) -> Result<TaskSpec, String> {
-        let (topic, limit) = (&*self.topic.clone(), self.limit);
-        let first = match tokio::time::timeout(limit, self.inbox.recv_at_most(1)).await {
+    /// Waits up to the task's limit for the first message on its topic: what goes into its
+    /// input as `message`, `{"from", "topic", "body"}`, the body as JSON when it reads as
+    /// JSON, else as text.
+    pub(crate) async fn wait(mut self) -> Result<Value, String> {
+        let (topic, limit) = (self.topic.clone(), self.limit);
+        let inbox = self.inbox.as_mut().expect("taken only on drop");
+        let first = match tokio::time::timeout(limit, inbox.recv_at_most(1)).await {
             Ok(Ok(mut batch)) => batch.swap_remove(0),
             Ok(Err(e)) => return Err(format!("wait: {e}")),
             Err(_) => {
@@ -89,40 +109,44 @@ impl Waiting {
                 ));
             }
         };
-        self.inbox.ack();
-        let me = self.inbox.endpoint().clone();
-        drop(self.inbox);
-        self.bus.unsubscribe(topic, &me);
-        self.bus.close(&me, "the task that waited got its message");
+        inbox.ack();
         let body = serde_json::from_slice::<Value>(&first.body)
             .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&first.body).into_owned()));
-        let message = json!({ "from": first.from.to_string(), "topic": topic, "body": body });
-        let mut payload: Value = serde_json::from_slice(&spec.payload)
-            .map_err(|e| format!("wait: the task's payload is not JSON: {e}"))?;
-        match payload.get_mut("input") {
-            Some(Value::Object(input)) => {
-                input.insert("message".into(), message);
-            }
-            Some(slot @ Value::Null) => *slot = json!({ "message": message }),
-            _ => {
-                return Err(
-                    "wait: the task's input is not a map, so there is no field to put the message in"
-                        .into(),
-                );
-            }
-        }
-        let payload = payload.to_string();
-        if payload.len() > max_payload {
-            return Err(format!(
-                "wait: with its message, the task's payload is {} bytes, over the limit of {max_payload}",
-                payload.len()
-            ));
-        }
-        Ok(TaskSpec {
-            payload: Bytes::from(payload),
-            ..spec
-        })
+        Ok(json!({ "from": first.from.to_string(), "topic": &*topic, "body": body }))
     }
+}
+
+/// `spec` with `message` in its input as `message`, within `max_payload`.
+pub(crate) fn with_message(
+    spec: TaskSpec,
+    message: Value,
+    max_payload: usize,
+) -> Result<TaskSpec, String> {
+    let mut payload: Value = serde_json::from_slice(&spec.payload)
+        .map_err(|e| format!("wait: the task's payload is not JSON: {e}"))?;
+    match payload.get_mut("input") {
+        Some(Value::Object(input)) => {
+            input.insert("message".into(), message);
+        }
+        Some(slot @ Value::Null) => *slot = json!({ "message": message }),
+        _ => {
+            return Err(
+                "wait: the task's input is not a map, so there is no field to put the message in"
+                    .into(),
+            );
+        }
+    }
+    let payload = payload.to_string();
+    if payload.len() > max_payload {
+        return Err(format!(
+            "wait: with its message, the task's payload is {} bytes, over the limit of {max_payload}",
+            payload.len()
+        ));
+    }
+    Ok(TaskSpec {
+        payload: Bytes::from(payload),
+        ..spec
+    })
 }
 
 /// Publishes task `task`'s `output` on `topic`, from `workflow/TASK`, waiting up to

@@ -807,6 +807,14 @@ pub async fn run(
             _ => {}
         }
     }
+    // Tasks an earlier run finished or left running do not wait now.
+    for &(i, _) in &done {
+        waits.close(i);
+    }
+    for &i in recovering.keys() {
+        waits.close(i);
+    }
+    let mut arrived: HashMap<usize, serde_json::Value> = HashMap::new();
     resumed.sort_unstable_by_key(|r| r.0);
     for (i, f) in resumed {
         record(&mut writer, &mut options, &mut results, i, f);
@@ -871,6 +879,7 @@ pub async fn run(
                     readied += 1;
                 }
                 Step::Skip { node, because } => {
+                    waits.close(node);
                     release(workflow, node, &mut left, &mut outputs);
                     let error = format!(
                         "skipped: `{}` failed or was skipped",
@@ -885,6 +894,17 @@ pub async fn run(
         // their way to their files, fit in the budget; with nothing in flight and nothing left
         // to write, the first always may, so that a run never stalls.
         while let Some(&(_, Reverse(order), i)) = ready.peek() {
+            // A task that waits for a message waits first, unfilled and uncharged: it holds
+            // none of the budget however long it waits, and comes back to its place here
+            // with its message.
+            if waits.waits(i) {
+                ready.pop();
+                let waiting = waits.take(i).expect("checked");
+                pending.push(Box::pin(
+                    async move { (i, Waited::Message(order, waiting.wait().await)) },
+                ) as Waiting);
+                continue;
+            }
             // A pool with a rate: the task gets its turn, and waits for it unfilled, so that
             // the wait holds no budget and never counts against its timeout.
             if turn_given.insert(i)
@@ -909,7 +929,14 @@ pub async fn run(
                 break;
             }
             ready.pop();
-            let spec = spec_for(workflow, i, &outputs, max_payload);
+            let spec =
+                spec_for(workflow, i, &outputs, max_payload).and_then(
+                    |(spec, recall)| match arrived.remove(&i) {
+                        Some(message) => crate::messages::with_message(spec, message, max_payload)
+                            .map(|spec| (spec, recall)),
+                        None => Ok((spec, recall)),
+                    },
+                );
             release(workflow, i, &mut left, &mut outputs);
             match spec {
                 Ok((spec, recall)) => {
@@ -929,20 +956,8 @@ pub async fn run(
                             let memory = memory.clone();
                             let remember = workflow.tasks[i].remember;
                             let task = workflow.tasks[i].id.clone();
-                            let waiting = waits.take(i);
                             let publish = workflow.tasks[i].publish.clone();
                             Box::pin(async move {
-                                // Its message first, then what it recalls.
-                                let spec = match waiting {
-                                    Some(w) => match w.wait(spec, max_payload).await {
-                                        Ok(spec) => spec,
-                                        Err(e) => {
-                                            let e = colony_runtime::Error::Options(e);
-                                            return (i, Waited::Task(Err(e)));
-                                        }
-                                    },
-                                    None => spec,
-                                };
                                 let spec = match (&memory, recall) {
                                     (Some(m), Some((query, k))) => {
                                         match m.recall(spec, query, k, max_payload).await {
@@ -1040,16 +1055,32 @@ pub async fn run(
                 break;
             }
         };
+        let completion = match completion {
+            // Its message came: back to its place among the ready tasks, to be filled in.
+            Waited::Message(order, Ok(message)) => {
+                arrived.insert(i, message);
+                ready.push((workflow.tasks[i].priority, Reverse(order), i));
+                continue;
+            }
+            Waited::Message(_, Err(error)) => {
+                release(workflow, i, &mut left, &mut outputs);
+                let f = finished(workflow, &waves, i, Status::Failed, None, Some(error));
+                steps.extend(dag.on_end(&workflow.graph, i, End::Failed));
+                record(&mut writer, &mut options, &mut results, i, f);
+                continue;
+            }
+            other => other,
+        };
         in_flight -= std::mem::take(&mut charged[i]);
         let mut f = finished(workflow, &waves, i, Status::Failed, None, None);
         f.seconds = submitted_at[i].map_or(0.0, |t| t.elapsed().as_secs_f64());
         let completion = match completion {
             Waited::Task(completion) => completion,
-            Waited::Decision(_) | Waited::Team(_) => {
+            Waited::Decision(_) | Waited::Team(_) | Waited::Message(..) => {
                 let end = match completion {
                     Waited::Decision(decided) => decision_end(decided, &mut f),
                     Waited::Team(ended) => team_end(ended, &mut f),
-                    Waited::Task(_) => unreachable!("matched above"),
+                    Waited::Task(_) | Waited::Message(..) => unreachable!("matched above"),
                 };
                 if let (End::Succeeded, Some(v)) = (end, &f.output)
                     && left.wanted(i)
@@ -1199,11 +1230,8 @@ fn key(workflow: &Workflow, t: &crate::TaskDef) -> String {
     let definition = if t.publish.is_some() || t.wait.is_some() {
         let mut d: Value = serde_json::from_str(&definition).unwrap_or_default();
         d["publish"] = json!(t.publish.as_deref());
-        d["wait"] = json!(
-            t.wait
-                .as_ref()
-                .map(|(topic, limit)| (&**topic, limit.as_millis()))
-        );
+        // Its topic, not its deadline: a longer wait is the same task.
+        d["wait"] = json!(t.wait.as_ref().map(|(topic, _)| &**topic));
         d.to_string()
     } else {
         definition
@@ -1225,6 +1253,9 @@ enum Waited {
     Decision(crate::decide::Ended),
     /// Worked by a team.
     Team(crate::team::Ended),
+    /// The wait of a task for its message ended, with it or why not; with the task's place
+    /// among the ready ones.
+    Message(usize, Result<serde_json::Value, String>),
 }
 
 /// Fills `f` with how a team ended: its last step's output, else the error.
