@@ -245,6 +245,8 @@ struct Messaging {
     refusals: OnceLock<tokio::sync::mpsc::Sender<String>>,
     /// The last batch it acknowledged.
     acked: tokio::sync::watch::Sender<u64>,
+    /// The last batch written to it: an acknowledgement of a later one is of nothing yet.
+    written: std::sync::atomic::AtomicU64,
     /// A batch was written and not acknowledged yet: it is busy, not idle.
     reading: std::sync::atomic::AtomicBool,
     /// Set when its stdout closed: it is gone.
@@ -264,6 +266,7 @@ impl Messaging {
             outgoing: OnceLock::new(),
             refusals: OnceLock::new(),
             acked: tokio::sync::watch::Sender::new(0),
+            written: 0.into(),
             reading: false.into(),
             ended: tokio::sync::watch::Sender::new(false),
             used: Arc::default(),
@@ -855,7 +858,7 @@ async fn bind_once(conn: &Arc<Conn>, agent: AgentId, bus: &Arc<dyn Mail>) {
     );
     // Told first, before any batch: written under the same lock as every other line.
     let line = serde_json::json!({ "type": "agent", "agent": agent.0 }).to_string() + "\n";
-    if !write_line(conn, &line).await {
+    if !write_message_line(conn, &line).await {
         return;
     }
     match bus.open(agent) {
@@ -866,6 +869,28 @@ async fn bind_once(conn: &Arc<Conn>, agent: AgentId, bus: &Arc<dyn Mail>) {
             );
         }
         Err(e) => tracing::warn!(%agent, error = %e, "The agent's mailbox could not be opened."),
+    }
+}
+
+/// How long a line about messages may take to reach a process: one that does not read
+/// its stdin that long is stopped, rather than held (with its connection) for ever.
+const MESSAGE_WRITE: Duration = Duration::from_secs(30);
+
+/// Writes a line about messages to the process within [`MESSAGE_WRITE`]; a process that
+/// does not take it in time is stopped. `false` when it is gone.
+async fn write_message_line(conn: &Conn, line: &str) -> bool {
+    match tokio::time::timeout(MESSAGE_WRITE, write_line(conn, line)).await {
+        Ok(written) => written,
+        Err(_) => {
+            tracing::warn!("A process read none of its stdin for {MESSAGE_WRITE:?}; stopping it.");
+            conn.dead.store(true, std::sync::atomic::Ordering::Relaxed);
+            let _ = conn
+                .child
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .start_kill();
+            false
+        }
     }
 }
 
@@ -917,8 +942,9 @@ async fn forward_batches(
             return;
         };
         m.reading.store(true, std::sync::atomic::Ordering::Relaxed);
+        m.written.store(batch, std::sync::atomic::Ordering::Relaxed);
         m.touch();
-        if !write_line(&conn, &line).await {
+        if !write_message_line(&conn, &line).await {
             return;
         }
         drop(conn);
@@ -956,11 +982,12 @@ async fn sending(
     loop {
         let (to, body) = tokio::select! {
             biased;
-            _ = ended.wait_for(|e| *e) => return,
             next = outgoing.recv() => match next {
                 Some(next) => next,
                 None => return,
             },
+            // Gone, with nothing queued (`biased`: what it wrote before it went is sent).
+            _ = ended.wait_for(|e| *e) => return,
         };
         m.touch();
         let sent = match to.address() {
@@ -968,9 +995,9 @@ async fn sending(
                 match tokio::time::timeout(SEND_WAIT, bus.send(agent, address, body)).await {
                     Ok(sent) => sent.map(|_| ()),
                     Err(_) => Err(format!(
-                        "a mailbox it reaches stayed full for {}",
+                        "a mailbox it reaches stayed full for {} s (to a topic or team, the copies before it were put)",
                         SEND_WAIT.as_secs()
-                    ) + " s"),
+                    )),
                 }
             }
             Err(e) => Err(e),
@@ -1001,7 +1028,7 @@ async fn tell_refusals(
         let Some(conn) = conn.upgrade() else {
             return;
         };
-        if !write_line(&conn, &line).await {
+        if !write_message_line(&conn, &line).await {
             return;
         }
     }
@@ -1173,6 +1200,7 @@ impl Reader {
         }
         match message {
             Message::Read { batch } => {
+                let batch = batch.min(m.written.load(std::sync::atomic::Ordering::Relaxed));
                 m.acked.send_if_modified(|a| {
                     let newer = batch > *a;
                     if newer {

@@ -760,6 +760,9 @@ impl SqliteMemory {
                     });
                 }
                 Some(_) => {}
+                // Vectors there already, made by nobody said: left unrecorded, since what
+                // made them is not known.
+                None if dimension.is_some() => {}
                 None => {
                     tx.execute(
                         "UPDATE namespaces SET embedder = ?2 WHERE name = ?1",

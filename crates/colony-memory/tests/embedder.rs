@@ -15,12 +15,18 @@ fn a_namespace_keeps_to_one_embedder() {
     let ns = Namespace::parse("notes").unwrap();
     {
         let m = SqliteMemory::open(&path).unwrap();
-        // Raw first: no record yet.
-        m.put(&ns, vec![doc("raw", [1.0, 0.0, 0.0])]).unwrap();
-        assert_eq!(m.stats(&ns).unwrap().embedder, None);
         m.put_embedded(&ns, vec![doc("a", [0.0, 1.0, 0.0])], "lexical")
             .unwrap();
         assert_eq!(m.stats(&ns).unwrap().embedder.as_deref(), Some("lexical"));
+        // Raw vectors after: taken as they come.
+        m.put(&ns, vec![doc("raw", [1.0, 0.0, 0.0])]).unwrap();
+        // A namespace whose first vectors came raw: what made them is not known, so a
+        // labelled put later records nothing (it cannot tell them apart).
+        let old = Namespace::parse("old").unwrap();
+        m.put(&old, vec![doc("r", [1.0, 0.0, 0.0])]).unwrap();
+        m.put_embedded(&old, vec![doc("s", [0.0, 1.0, 0.0])], "lexical")
+            .unwrap();
+        assert_eq!(m.stats(&old).unwrap().embedder, None);
     }
     let m = SqliteMemory::open(&path).unwrap();
     let e = m

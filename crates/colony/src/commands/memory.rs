@@ -372,6 +372,7 @@ fn put(args: &PutArgs) -> Result<(), Failure> {
     let memory = open(&args.at.db, true)?;
     let mut stored = 0usize;
     let store = |mut batch: Vec<Document>| -> Result<usize, Failure> {
+        let brought_own = batch.iter().any(|d| d.embedding.is_some());
         if args.embed {
             let texts: Vec<&str> = batch
                 .iter()
@@ -384,8 +385,9 @@ fn put(args: &PutArgs) -> Result<(), Failure> {
             }
         }
         let n = batch.len();
-        // With --embed, the namespace records (or checks) what made its vectors.
-        if args.embed {
+        // With --embed, the namespace records (or checks) what made its vectors: when the
+        // embedder made every one of them (a line that brought its own is not its).
+        if args.embed && !brought_own {
             memory
                 .put_embedded(&ns, batch, embedder.kind())
                 .map_err(failure)?;
