@@ -405,7 +405,7 @@ impl Bus {
             Address::Team(_) => 3,
         };
         self.inner.meters.sent[kind].increment(1);
-        let mut message = Message {
+        let message = Message {
             from,
             to,
             body,
@@ -413,28 +413,13 @@ impl Bus {
             returned: None,
         };
         let mut delivered = 0;
-        let last = slots.len().saturating_sub(1);
-        for (i, (endpoint, slot)) in slots.iter().enumerate() {
-            let copy = if i == last {
-                std::mem::replace(&mut message, Self::placeholder())
-            } else {
-                message.clone()
-            };
-            if self.put(endpoint, slot, copy).await {
+        // A copy is a few reference counts: the body is shared, never copied.
+        for (endpoint, slot) in &slots {
+            if self.put(endpoint, slot, message.clone()).await {
                 delivered += 1;
             }
         }
         Ok(Sent { delivered })
-    }
-
-    fn placeholder() -> Message {
-        Message {
-            from: Endpoint::Named(Arc::from("")),
-            to: Address::Team(0),
-            body: Bytes::new(),
-            sent: Instant::now(),
-            returned: None,
-        }
     }
 
     /// Puts `message` in `endpoint`'s mailbox `slot`, waiting for room; `false` if the
@@ -729,21 +714,7 @@ impl Inbox {
     /// Acknowledges the batch before, then waits for messages and takes up to a batch,
     /// oldest first.
     pub async fn recv(&mut self) -> Result<Vec<Message>, Closed> {
-        self.ack();
-        loop {
-            if let Some(batch) = self.try_take()? {
-                return Ok(batch);
-            }
-            // Listening before looking again: a message put in between is not missed.
-            let slot = self.slot.clone();
-            let readable = slot.readable.notified();
-            tokio::pin!(readable);
-            readable.as_mut().enable();
-            if let Some(batch) = self.try_take()? {
-                return Ok(batch);
-            }
-            readable.await;
-        }
+        self.recv_at_most(self.bus.inner.options.batch).await
     }
 
     /// Like [`Inbox::recv`], without waiting: an empty batch when nothing waits.
@@ -760,6 +731,7 @@ impl Inbox {
             if let Some(batch) = self.try_take_at_most(max)? {
                 return Ok(batch);
             }
+            // Listening before looking again: a message put in between is not missed.
             let slot = self.slot.clone();
             let readable = slot.readable.notified();
             tokio::pin!(readable);

@@ -16,7 +16,10 @@
 //!   each agent in order: 0 lost, 0 reordered, or the verdict fails. Redeliveries (a batch a
 //!   killed reader had not acknowledged) are counted, not hidden.
 
-use super::{Percentiles, Verdict, vote::ErlangW5};
+use super::{
+    Percentiles, Verdict,
+    vote::{ErlangW5, check_peer_script},
+};
 use crate::{
     Error,
     messages::{self, Bus, MessageOptions},
@@ -130,14 +133,7 @@ pub async fn messages(
             "{rounds} rounds is out of range: allowed 1..={MAX_ROUNDS}"
         )));
     }
-    if let Some(script) = erlang
-        && !script.is_file()
-    {
-        return Err(Error::Options(format!(
-            "--erlang {}: not a file (the peer's erlang_peer.escript)",
-            script.display()
-        )));
-    }
+    check_peer_script(erlang)?;
     let mut verdict = Verdict::new();
     let direct = direct(count).await?;
     let topic = topic(rounds, &mut verdict).await?;

@@ -70,6 +70,17 @@ impl Agent for Voter {
     }
 }
 
+/// Refuses a peer script that is not a file now, not after colony's rounds.
+pub(crate) fn check_peer_script(erlang: Option<&Path>) -> Result<(), Error> {
+    match erlang {
+        Some(script) if !script.is_file() => Err(Error::Options(format!(
+            "--erlang {}: not a file (the peer's erlang_peer.escript)",
+            script.display()
+        ))),
+        _ => Ok(()),
+    }
+}
+
 /// Erlang's W5 in the same run, as its script printed it.
 #[derive(Clone, Debug, Serialize)]
 pub struct ErlangW5 {
@@ -111,14 +122,7 @@ pub async fn vote(agents: u32, rounds: u32, erlang: Option<&Path>) -> Result<Vot
         )));
     }
     // A peer script that cannot run is refused now, not after colony's rounds.
-    if let Some(script) = erlang
-        && !script.is_file()
-    {
-        return Err(Error::Options(format!(
-            "--erlang {}: not a file (the peer's erlang_peer.escript)",
-            script.display()
-        )));
-    }
+    check_peer_script(erlang)?;
     let pool = Pool::new(AgentSpec::new("voter", "voter"), agents, Arc::new(Voter));
     let runtime = Runtime::start(
         RuntimeOptions::default(),
