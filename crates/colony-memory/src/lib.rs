@@ -23,6 +23,7 @@ mod cache;
 mod embed;
 mod rank;
 mod remote;
+mod sharded;
 mod sqlite;
 pub mod testing;
 
@@ -30,6 +31,7 @@ pub use approx::{DEFAULT_APPROXIMATE_FROM, Rebuilt};
 pub use cache::{CACHE_BYTES, CacheStats, DEFAULT_CACHE_ENTRIES};
 pub use embed::{Embedder, Lexical};
 pub use remote::{Remote, RemoteOptions};
+pub use sharded::{MAX_SHARDS, Sharded};
 pub use sqlite::SqliteMemory;
 
 use serde::{Deserialize, Serialize};
@@ -372,6 +374,38 @@ pub struct Stats {
     pub embedder: Option<String>,
 }
 
+/// What a text search scores by (BM25): a namespace's documents, their words, and how many
+/// documents hold each word of the query. A namespace spread over several stores is scored
+/// by the sum of theirs, so that its ranking is the one a single store would give.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TextStats {
+    pub documents: u64,
+    /// Words in all its documents.
+    pub words: u64,
+    /// Documents holding each word of the query, in the query's order.
+    pub df: Vec<u64>,
+}
+
+impl TextStats {
+    /// Adds another store's share of the same namespace.
+    pub fn add(&mut self, other: &TextStats) {
+        self.documents += other.documents;
+        self.words += other.words;
+        if self.df.len() < other.df.len() {
+            self.df.resize(other.df.len(), 0);
+        }
+        for (a, b) in self.df.iter_mut().zip(&other.df) {
+            *a += b;
+        }
+    }
+}
+
+/// The distinct words of a query's text that a text search looks for, lowercased, in the
+/// order said: [`TextStats::df`] counts them in this order.
+pub fn query_words(text: &str) -> Vec<String> {
+    rank::query_words(text)
+}
+
 /// Longest name of an embedder.
 pub const MAX_EMBEDDER_LEN: usize = 256;
 
@@ -409,7 +443,20 @@ pub trait Memory: Send + Sync {
     /// Deletes the documents of `ids` there are; how many.
     fn delete(&self, namespace: &Namespace, ids: &[String]) -> Result<u64, Error>;
     /// The `query.k` best documents of `namespace`; refused for a namespace never written.
-    fn search(&self, namespace: &Namespace, query: &Query) -> Result<Vec<Hit>, Error>;
+    fn search(&self, namespace: &Namespace, query: &Query) -> Result<Vec<Hit>, Error> {
+        self.search_scored(namespace, query, None)
+    }
+    /// [`Memory::search`], its text scored by `stats` when given (those of every store the
+    /// namespace is spread over), else by the store's own.
+    fn search_scored(
+        &self,
+        namespace: &Namespace,
+        query: &Query,
+        stats: Option<&TextStats>,
+    ) -> Result<Vec<Hit>, Error>;
+    /// The statistics of `namespace` a search for `words` ([`query_words`]) scores by; an
+    /// unknown namespace has none.
+    fn text_stats(&self, namespace: &Namespace, words: &[String]) -> Result<TextStats, Error>;
     fn stats(&self, namespace: &Namespace) -> Result<Stats, Error>;
     fn namespaces(&self) -> Result<Vec<Namespace>, Error>;
 }

@@ -83,6 +83,88 @@ impl<T> TopK<T> {
     }
 }
 
+/// The words of a text, as every store counts them: runs of letters and digits, lowercased.
+pub(crate) fn words(text: &str) -> impl Iterator<Item = String> + '_ {
+    text.split(|c: char| !c.is_alphanumeric())
+        .filter(|w| !w.is_empty())
+        .map(str::to_lowercase)
+}
+
+/// Most distinct words of a query that count: the rest are ignored.
+pub(crate) const MAX_QUERY_WORDS: usize = 64;
+
+/// A query's distinct words, in the order first said, at most [`MAX_QUERY_WORDS`].
+pub(crate) fn query_words(text: &str) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for w in words(text) {
+        if out.len() == MAX_QUERY_WORDS {
+            break;
+        }
+        if !out.contains(&w) {
+            out.push(w);
+        }
+    }
+    out
+}
+
+/// BM25's term-frequency saturation and length normalization, the usual values.
+const BM25_K1: f64 = 1.2;
+const BM25_B: f64 = 0.75;
+
+/// Scores documents by BM25 against a namespace's statistics ([`crate::TextStats`]), which
+/// may come from several stores summed: the same statistics and the same document give
+/// the same score, bit for bit, wherever it is computed.
+pub(crate) struct Bm25<'a> {
+    words: &'a [String],
+    idf: Vec<f64>,
+    average: f64,
+}
+
+impl<'a> Bm25<'a> {
+    pub(crate) fn new(words: &'a [String], stats: &crate::TextStats) -> Self {
+        let n = stats.documents as f64;
+        let idf = stats
+            .df
+            .iter()
+            .map(|&df| {
+                let df = (df as f64).min(n);
+                (1.0 + (n - df + 0.5) / (df + 0.5)).ln()
+            })
+            .collect();
+        let average = if stats.documents == 0 {
+            1.0
+        } else {
+            (stats.words as f64 / n).max(1.0)
+        };
+        Self {
+            words,
+            idf,
+            average,
+        }
+    }
+
+    /// A document's score from its words; 0 when it has none of the query's.
+    pub(crate) fn score(&self, document: impl Iterator<Item = String>) -> f64 {
+        let mut tf = vec![0u32; self.words.len()];
+        let mut length = 0u64;
+        for w in document {
+            length += 1;
+            if let Some(i) = self.words.iter().position(|q| *q == w) {
+                tf[i] += 1;
+            }
+        }
+        let norm = BM25_K1 * (1.0 - BM25_B + BM25_B * length as f64 / self.average);
+        tf.iter()
+            .zip(&self.idf)
+            .filter(|(tf, _)| **tf > 0)
+            .map(|(&tf, idf)| {
+                let tf = f64::from(tf);
+                idf * tf * (BM25_K1 + 1.0) / (tf + norm)
+            })
+            .sum()
+    }
+}
+
 /// The constant of reciprocal-rank fusion: each ranking gives an item 1 / (60 + rank).
 pub(crate) const RRF_K: f64 = 60.0;
 
@@ -99,9 +181,68 @@ pub(crate) fn fuse<'a>(rankings: &[&'a [String]]) -> Vec<(f64, &'a str)> {
     fused
 }
 
+/// Candidates each ranking gives a hybrid search: fusion needs more than `k`; no more than
+/// a search may ask for, so that a store spread over several asks each for as many.
+pub(crate) fn hybrid_depth(k: usize) -> usize {
+    (k * 4).clamp(50, crate::MAX_K).max(k)
+}
+
+/// A hybrid search's hits from its text and vector rankings (each best first, of
+/// [`hybrid_depth`] at most): reciprocal-rank fused, the best `k`.
+pub(crate) fn hybrid(
+    by_text: Vec<crate::Hit>,
+    by_vector: Vec<crate::Hit>,
+    k: usize,
+) -> Vec<crate::Hit> {
+    let text_ids: Vec<String> = by_text.iter().map(|h| h.id.clone()).collect();
+    let vector_ids: Vec<String> = by_vector.iter().map(|h| h.id.clone()).collect();
+    let mut found: std::collections::HashMap<String, crate::Hit> = by_text
+        .into_iter()
+        .chain(by_vector)
+        .map(|h| (h.id.clone(), h))
+        .collect();
+    fuse(&[&text_ids, &vector_ids])
+        .into_iter()
+        .take(k)
+        .filter_map(|(score, id)| {
+            let mut hit = found.remove(id)?;
+            hit.score = score;
+            Some(hit)
+        })
+        .collect()
+}
+
+/// Merges rankings of disjoint documents (each best first) into the best `k`: by score,
+/// then id, as every store orders its own.
+pub(crate) fn merge(rankings: Vec<Vec<crate::Hit>>, k: usize) -> Vec<crate::Hit> {
+    let mut all: Vec<crate::Hit> = rankings.into_iter().flatten().collect();
+    all.sort_by(|a, b| b.score.total_cmp(&a.score).then_with(|| a.id.cmp(&b.id)));
+    all.truncate(k);
+    all
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bm25_prefers_rare_words_and_short_documents() {
+        let words = query_words("restart Agent restart");
+        assert_eq!(words, ["restart", "agent"]);
+        let stats = crate::TextStats {
+            documents: 10,
+            words: 60,
+            df: vec![1, 8],
+        };
+        let bm = Bm25::new(&words, &stats);
+        let rare = bm.score(super::words("restart now"));
+        let common = bm.score(super::words("agent now"));
+        assert!(rare > common, "{rare} {common}");
+        let short = bm.score(super::words("agent"));
+        let long = bm.score(super::words("agent and a great many other words here"));
+        assert!(short > long);
+        assert_eq!(bm.score(super::words("nothing")), 0.0);
+    }
 
     #[test]
     fn top_k_keeps_the_best_and_breaks_ties_by_key() {

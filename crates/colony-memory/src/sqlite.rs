@@ -4,11 +4,11 @@
 //! a `put` that returned is on disk.
 
 use crate::{
-    Document, Error, Hit, Memory, Metadata, Namespace, Query, Stats,
+    Document, Error, Hit, Memory, Metadata, Namespace, Query, Stats, TextStats,
     approx::{self, Index, Indexes, Rebuilt},
     cache::{Cache, CacheStats, DEFAULT_CACHE_ENTRIES},
     check_batch,
-    rank::{TopK, fuse},
+    rank::{Bm25, TopK, hybrid, hybrid_depth, query_words},
 };
 use rusqlite::{Connection, OptionalExtension, params, types::Value as Sql};
 use serde_json::Value;
@@ -24,7 +24,8 @@ CREATE TABLE IF NOT EXISTS namespaces (
     version INTEGER NOT NULL DEFAULT 0,
     documents INTEGER NOT NULL DEFAULT 0,
     text_bytes INTEGER NOT NULL DEFAULT 0,
-    embedder TEXT
+    embedder TEXT,
+    words INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS store (
     one INTEGER PRIMARY KEY CHECK (one = 1),
@@ -39,6 +40,7 @@ CREATE TABLE IF NOT EXISTS documents (
     text TEXT NOT NULL,
     metadata TEXT NOT NULL,
     embedding BLOB,
+    words INTEGER NOT NULL DEFAULT 0,
     UNIQUE (namespace, id)
 );
 CREATE VIRTUAL TABLE IF NOT EXISTS documents_fts
@@ -55,46 +57,55 @@ CREATE TRIGGER IF NOT EXISTS documents_au AFTER UPDATE ON documents BEGIN
 END;
 ";
 
-/// Each namespace's documents and bytes of text, kept by the file itself in the writing
-/// transaction, so that `stats` (and the dashboard that polls it) reads one row instead of
-/// every document. Created after [`migrate`], which adds and fills the columns of an older
-/// file.
+/// Each namespace's documents, bytes of text and words, kept by the file itself in the
+/// writing transaction, so that `stats` (and the dashboard that polls it) and BM25's
+/// average length read one row instead of every document. Made anew at every open, after
+/// [`migrate`], which adds and fills the columns of an older file.
 const COUNTS: &str = "
-CREATE TRIGGER IF NOT EXISTS documents_count_ai AFTER INSERT ON documents BEGIN
+DROP TRIGGER IF EXISTS documents_count_ai;
+DROP TRIGGER IF EXISTS documents_count_ad;
+DROP TRIGGER IF EXISTS documents_count_au;
+CREATE TRIGGER documents_count_ai AFTER INSERT ON documents BEGIN
     UPDATE namespaces SET documents = documents + 1,
-        text_bytes = text_bytes + length(CAST(new.text AS BLOB))
+        text_bytes = text_bytes + length(CAST(new.text AS BLOB)),
+        words = words + new.words
     WHERE name = new.namespace;
 END;
-CREATE TRIGGER IF NOT EXISTS documents_count_ad AFTER DELETE ON documents BEGIN
+CREATE TRIGGER documents_count_ad AFTER DELETE ON documents BEGIN
     UPDATE namespaces SET documents = documents - 1,
-        text_bytes = text_bytes - length(CAST(old.text AS BLOB))
+        text_bytes = text_bytes - length(CAST(old.text AS BLOB)),
+        words = words - old.words
     WHERE name = old.namespace;
 END;
-CREATE TRIGGER IF NOT EXISTS documents_count_au AFTER UPDATE ON documents BEGIN
+CREATE TRIGGER documents_count_au AFTER UPDATE ON documents BEGIN
     UPDATE namespaces SET documents = documents - 1,
-        text_bytes = text_bytes - length(CAST(old.text AS BLOB))
+        text_bytes = text_bytes - length(CAST(old.text AS BLOB)),
+        words = words - old.words
     WHERE name = old.namespace;
     UPDATE namespaces SET documents = documents + 1,
-        text_bytes = text_bytes + length(CAST(new.text AS BLOB))
+        text_bytes = text_bytes + length(CAST(new.text AS BLOB)),
+        words = words + new.words
     WHERE name = new.namespace;
 END;
 ";
 
-/// What marks a SQLite file as a colony memory (`PRAGMA application_id`): "cme2" since
-/// writes bump versions and take their `seq` from the store's row. A file of the first
-/// format ("cmem") is brought up to date when opened; a binary that knows only the first
-/// refuses a file of this one, so that it can never write it without bumping what the
-/// cache and the approximate index rely on.
-const APPLICATION_ID: i64 = 0x636d_6532;
-const FIRST_APPLICATION_ID: i64 = 0x636d_656d;
+/// What marks a SQLite file as a colony memory (`PRAGMA application_id`): "cme3" since
+/// each document's words are counted for BM25 ("cme2": writes bump versions and take their
+/// `seq` from the store's row). A file of an older format ("cmem", "cme2") is brought up
+/// to date when opened; a binary that knows only an older one refuses a file of this one,
+/// so that it can never write it without keeping what the cache, the approximate index and
+/// the text ranking rely on.
+const APPLICATION_ID: i64 = 0x636d_6533;
+const OLDER_APPLICATION_IDS: [i64; 2] = [0x636d_656d, 0x636d_6532];
+
+fn is_memory(id: i64) -> bool {
+    id == APPLICATION_ID || OLDER_APPLICATION_IDS.contains(&id)
+}
 
 /// Bytes of the file mapped into memory, at most.
 const MMAP_BYTES: i64 = 1 << 30;
 /// The page cache, in KiB.
 const CACHE_KIB: u32 = 64 * 1024;
-
-/// Candidates each ranking gives a hybrid search, at least: fusion needs more than `k`.
-const HYBRID_DEPTH: usize = 50;
 
 /// Documents in one SQLite file (or in memory, for tests), with a cache of recent searches.
 pub struct SqliteMemory {
@@ -130,7 +141,7 @@ impl SqliteMemory {
             | rusqlite::OpenFlags::SQLITE_OPEN_URI;
         let db = Connection::open_with_flags(path, flags)?;
         let id: i64 = db.pragma_query_value(None, "application_id", |r| r.get(0))?;
-        if id != APPLICATION_ID && id != FIRST_APPLICATION_ID {
+        if !is_memory(id) {
             return Err(Error::Store(format!(
                 "{} is not a colony memory file",
                 path.display()
@@ -150,7 +161,7 @@ impl SqliteMemory {
         let id: i64 = db.pragma_query_value(None, "application_id", |r| r.get(0))?;
         let tables: i64 = db.query_row("SELECT count(*) FROM sqlite_schema", [], |r| r.get(0))?;
         // A file of something else is not made into a memory.
-        if id != APPLICATION_ID && id != FIRST_APPLICATION_ID && tables > 0 {
+        if !is_memory(id) && tables > 0 {
             return Err(Error::Store(
                 "the file holds other tables and is not a colony memory".into(),
             ));
@@ -158,8 +169,18 @@ impl SqliteMemory {
         // One transaction: two processes opening an old file at once migrate it once.
         let tx =
             rusqlite::Transaction::new_unchecked(&db, rusqlite::TransactionBehavior::Immediate)?;
+        let indexed: bool = tx.query_row(
+            "SELECT count(*) > 0 FROM sqlite_schema WHERE name = 'documents_fts'",
+            [],
+            |r| r.get(0),
+        )?;
         tx.execute_batch(SCHEMA)?;
+        if !indexed {
+            // Rows from before the text index (none, in a new file): indexed now.
+            tx.execute_batch("INSERT INTO documents_fts(documents_fts) VALUES ('rebuild')")?;
+        }
         migrate(&tx)?;
+        tx.execute_batch(SCHEMA)?;
         tx.execute_batch(COUNTS)?;
         // The store's one row, once the tables it reads exist.
         tx.execute(
@@ -288,6 +309,33 @@ fn migrate(db: &Connection) -> Result<(), Error> {
         // Unknown for what was stored before: nothing to check it against.
         db.execute_batch("ALTER TABLE namespaces ADD COLUMN embedder TEXT")?;
     }
+    if !has("documents", "words")? {
+        db.execute_batch(
+            "ALTER TABLE documents ADD COLUMN words INTEGER NOT NULL DEFAULT 0;
+             ALTER TABLE namespaces ADD COLUMN words INTEGER NOT NULL DEFAULT 0;",
+        )?;
+        // Counted as `put` counts them, one document at a time; the text is unchanged, so
+        // the triggers that would index it again (and count it) are left out meanwhile and
+        // made again after.
+        db.execute_batch(
+            "DROP TRIGGER IF EXISTS documents_au; DROP TRIGGER IF EXISTS documents_count_au;",
+        )?;
+        let mut read = db.prepare("SELECT seq, text FROM documents")?;
+        let mut write = db.prepare("UPDATE documents SET words = ?2 WHERE seq = ?1")?;
+        let mut rows = read.query([])?;
+        while let Some(row) = rows.next()? {
+            let seq: i64 = row.get(0)?;
+            let text = row
+                .get_ref(1)?
+                .as_str()
+                .map_err(|e| Error::Store(e.to_string()))?;
+            write.execute(params![seq, word_count(text)])?;
+        }
+        db.execute_batch(
+            "UPDATE namespaces SET words =
+                 (SELECT coalesce(sum(d.words), 0) FROM documents d WHERE d.namespace = name);",
+        )?;
+    }
     Ok(())
 }
 
@@ -302,21 +350,20 @@ fn written(tx: &Connection, ns: &Namespace) -> Result<(), Error> {
     Ok(())
 }
 
-/// What a search read, as versions: the namespace's, and, for a ranking by text (whose
-/// BM25 weights come from every namespace's documents), the whole store's.
-fn versions(db: &Connection, ns: &Namespace, text: bool) -> Result<(i64, i64), Error> {
+/// What a search read, as a version: its namespace's (a ranking by text weighs its words
+/// by the namespace's documents alone).
+fn versions(db: &Connection, ns: &Namespace) -> Result<(i64, i64), Error> {
     let namespace: i64 = db
         .prepare_cached("SELECT version FROM namespaces WHERE name = ?1")?
         .query_row([ns.as_str()], |r| r.get(0))
         .optional()?
         .ok_or_else(|| Error::UnknownNamespace(ns.to_string()))?;
-    let store = if text {
-        db.prepare_cached("SELECT version FROM store")?
-            .query_row([], |r| r.get(0))?
-    } else {
-        0
-    };
-    Ok((namespace, store))
+    Ok((namespace, 0))
+}
+
+/// Words in a text, as BM25 counts them.
+fn word_count(text: &str) -> i64 {
+    crate::rank::words(text).count() as i64
 }
 
 /// The namespace's dimension (`Some(None)` when it holds no embedding yet); `None` when
@@ -389,15 +436,50 @@ fn filter_clause(filter: &Metadata, params: &mut Vec<Sql>) -> String {
     clause
 }
 
-/// The query's words, each quoted, any of them: an FTS5 query no input can break.
-fn match_expression(text: &str) -> Option<String> {
-    let words: Vec<String> = text
-        .split(|c: char| !c.is_alphanumeric())
-        .filter(|w| !w.is_empty())
-        .take(64)
-        .map(|w| format!("\"{}\"", w.to_lowercase()))
-        .collect();
-    (!words.is_empty()).then(|| words.join(" OR "))
+/// The query's words, each quoted, any of them: an FTS5 query no input can break (a word
+/// is letters and digits only).
+fn match_expression(words: &[String]) -> String {
+    words
+        .iter()
+        .map(|w| format!("\"{w}\""))
+        .collect::<Vec<_>>()
+        .join(" OR ")
+}
+
+/// `ns`'s statistics for a text search of `words`, read in `db`'s snapshot; all zero for a
+/// namespace never written.
+fn text_stats(db: &Connection, ns: &Namespace, words: &[String]) -> Result<TextStats, Error> {
+    let Some((documents, total)) = db
+        .prepare_cached("SELECT documents, words FROM namespaces WHERE name = ?1")?
+        .query_row([ns.as_str()], |r| {
+            Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?))
+        })
+        .optional()?
+    else {
+        return Ok(TextStats {
+            df: vec![0; words.len()],
+            ..TextStats::default()
+        });
+    };
+    let mut count = db.prepare_cached(
+        "SELECT count(*) FROM documents_fts JOIN documents d ON d.seq = documents_fts.rowid
+         WHERE documents_fts MATCH ?1 AND d.namespace = ?2",
+    )?;
+    let df = words
+        .iter()
+        .map(|w| {
+            count
+                .query_row(params![format!("\"{w}\""), ns.as_str()], |r| {
+                    r.get::<_, i64>(0)
+                })
+                .map(|n| n.max(0) as u64)
+        })
+        .collect::<Result<_, _>>()?;
+    Ok(TextStats {
+        documents: documents.max(0) as u64,
+        words: total.max(0) as u64,
+        df,
+    })
 }
 
 impl SqliteMemory {
@@ -408,78 +490,88 @@ impl SqliteMemory {
         ns: &Namespace,
         dimension: Option<usize>,
         query: &Query,
+        stats: Option<&TextStats>,
     ) -> Result<Vec<Hit>, Error> {
         let k = query.k;
         match (&query.text, &query.vector) {
-            (Some(text), None) => Self::text_ranked(db, ns, text, &query.filter, k),
+            (Some(text), None) => Self::text_ranked(db, ns, text, stats, &query.filter, k),
             (None, Some(vector)) => self.vector_search(db, ns, dimension, vector, query),
             (Some(text), Some(vector)) => {
-                let depth = (k * 4).max(HYBRID_DEPTH);
-                let by_text = Self::text_ranked(db, ns, text, &query.filter, depth)?;
+                let depth = hybrid_depth(k);
+                let by_text = Self::text_ranked(db, ns, text, stats, &query.filter, depth)?;
                 let (by_vector, _) =
                     Self::vector_ranked(db, ns, dimension, vector, &query.filter, depth)?;
-                let text_ids: Vec<String> = by_text.iter().map(|h| h.id.clone()).collect();
-                let vector_ids: Vec<String> = by_vector.iter().map(|h| h.id.clone()).collect();
-                let mut found: std::collections::HashMap<String, Hit> = by_text
-                    .into_iter()
-                    .chain(by_vector)
-                    .map(|h| (h.id.clone(), h))
-                    .collect();
-                Ok(fuse(&[&text_ids, &vector_ids])
-                    .into_iter()
-                    .take(k)
-                    .filter_map(|(score, id)| {
-                        let mut hit = found.remove(id)?;
-                        hit.score = score;
-                        Some(hit)
-                    })
-                    .collect())
+                Ok(hybrid(by_text, by_vector, k))
             }
             (None, None) => Err(Error::Query("a query needs text, a vector or both".into())),
         }
     }
 
+    /// The best `k` documents holding a word of `text`, by BM25 over `stats` (the
+    /// namespace's own when not given).
     fn text_ranked(
         db: &Connection,
         ns: &Namespace,
         text: &str,
+        stats: Option<&TextStats>,
         filter: &Metadata,
         k: usize,
     ) -> Result<Vec<Hit>, Error> {
-        let Some(expression) = match_expression(text) else {
+        let words = query_words(text);
+        if words.is_empty() {
             return Err(Error::Query(
                 "the query's text has no word to search for".into(),
             ));
+        }
+        let own;
+        let stats = match stats {
+            Some(s) => s,
+            None => {
+                own = text_stats(db, ns, &words)?;
+                &own
+            }
         };
-        let mut params = vec![Sql::Text(expression), Sql::Text(ns.to_string())];
+        let bm25 = Bm25::new(&words, stats);
+        let mut params = vec![
+            Sql::Text(match_expression(&words)),
+            Sql::Text(ns.to_string()),
+        ];
         let clause = filter_clause(filter, &mut params);
-        params.push(Sql::Integer(k as i64));
         let sql = format!(
-            "SELECT d.id, d.text, d.metadata, bm25(documents_fts) AS rank
+            "SELECT d.seq, d.id, d.text
              FROM documents_fts JOIN documents d ON d.seq = documents_fts.rowid
-             WHERE documents_fts MATCH ?1 AND d.namespace = ?2{clause}
-             ORDER BY rank, d.id LIMIT ?{}",
-            params.len()
+             WHERE documents_fts MATCH ?1 AND d.namespace = ?2{clause}"
         );
         let mut stmt = db.prepare(&sql)?;
-        let rows = stmt.query_map(rusqlite::params_from_iter(params), |r| {
-            Ok((
-                r.get::<_, String>(0)?,
-                r.get::<_, String>(1)?,
-                r.get::<_, String>(2)?,
-                r.get::<_, f64>(3)?,
-            ))
-        })?;
-        rows.map(|row| {
-            let (id, text, meta, rank) = row?;
-            Ok(Hit {
-                id,
-                score: -rank,
-                text,
-                metadata: metadata(&meta)?,
+        let mut rows = stmt.query(rusqlite::params_from_iter(params))?;
+        let mut top = TopK::new(k);
+        while let Some(row) = rows.next()? {
+            let text = row
+                .get_ref(2)?
+                .as_str()
+                .map_err(|e| Error::Store(e.to_string()))?;
+            let score = bm25.score(crate::rank::words(text));
+            // Matched by the index's folding (of accents, say) but by none of the words as
+            // counted: not found, as no other store would find it.
+            if score > 0.0 && top.admits(score) {
+                top.offer(score, row.get(1)?, row.get::<_, i64>(0)?);
+            }
+        }
+        let mut fetch = db.prepare_cached("SELECT text, metadata FROM documents WHERE seq = ?1")?;
+        top.into_sorted()
+            .into_iter()
+            .map(|(score, id, seq)| {
+                let (text, meta) = fetch.query_row([seq], |r| {
+                    Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+                })?;
+                Ok(Hit {
+                    id,
+                    score,
+                    text,
+                    metadata: metadata(&meta)?,
+                })
             })
-        })
-        .collect()
+            .collect()
     }
 
     fn vector_ranked(
@@ -784,8 +876,8 @@ impl SqliteMemory {
             let mut delete =
                 tx.prepare("DELETE FROM documents WHERE namespace = ?1 AND id = ?2")?;
             let mut insert = tx.prepare(
-                "INSERT INTO documents (seq, namespace, id, text, metadata, embedding)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                "INSERT INTO documents (seq, namespace, id, text, metadata, embedding, words)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             )?;
             for d in &documents {
                 let meta =
@@ -798,7 +890,8 @@ impl SqliteMemory {
                     d.id,
                     d.text,
                     meta,
-                    d.embedding.as_deref().map(blob)
+                    d.embedding.as_deref().map(blob),
+                    word_count(&d.text)
                 ])?;
             }
             tx.execute("UPDATE store SET seq = ?1", [seq])?;
@@ -870,7 +963,18 @@ impl Memory for SqliteMemory {
         Ok(deleted)
     }
 
-    fn search(&self, ns: &Namespace, query: &Query) -> Result<Vec<Hit>, Error> {
+    fn text_stats(&self, ns: &Namespace, words: &[String]) -> Result<TextStats, Error> {
+        let db = self.db();
+        let db = db.unchecked_transaction()?;
+        text_stats(&db, ns, words)
+    }
+
+    fn search_scored(
+        &self,
+        ns: &Namespace,
+        query: &Query,
+        stats: Option<&TextStats>,
+    ) -> Result<Vec<Hit>, Error> {
         query.check()?;
         let db = self.db();
         // One snapshot: another process's write between the ranking and the reading of the
@@ -887,10 +991,14 @@ impl Memory for SqliteMemory {
                 got: got.clone(),
             });
         }
-        let key = self.cache.key(ns, query);
+        // Scored by statistics from outside, a search is not the store's own to cache.
+        let key = match (stats, &query.text) {
+            (Some(_), Some(_)) => None,
+            _ => self.cache.key(ns, query),
+        };
         let read = match &key {
             Some(key) => {
-                let read = versions(&db, ns, query.text.is_some())?;
+                let read = versions(&db, ns)?;
                 if let Some(hits) = self.cache.get(key, read) {
                     return Ok(hits);
                 }
@@ -898,7 +1006,7 @@ impl Memory for SqliteMemory {
             }
             None => None,
         };
-        let hits = self.ranked(&db, ns, dimension, query)?;
+        let hits = self.ranked(&db, ns, dimension, query, stats)?;
         if let (Some(key), Some(read)) = (key, read) {
             self.cache.put(key, read, &hits);
         }

@@ -130,13 +130,20 @@ fn a_file_from_before_versions_is_brought_up_to_date() {
     assert_eq!(m.search(&ns, &query).unwrap().len(), 1);
     assert_eq!(m.search(&ns, &query).unwrap().len(), 1);
     assert_eq!(m.cache_stats().hits, 1);
+    // Its rows' words were counted when it was brought up to date, as `put` counts them.
+    let stats = m.text_stats(&ns, &["old".into()]).unwrap();
+    assert_eq!(
+        (stats.documents, stats.words, stats.df),
+        (2, 3 + 4, vec![1])
+    );
+    assert_eq!(m.search(&ns, &Query::text("old", 3)).unwrap()[0].id, "old");
     drop(m);
     // Marked as the new format: a binary that knows only the first refuses it.
     let db = rusqlite::Connection::open(&path).unwrap();
     let id: i64 = db
         .pragma_query_value(None, "application_id", |r| r.get(0))
         .unwrap();
-    assert_eq!(id, 0x636d_6532);
+    assert_eq!(id, 0x636d_6533);
     // Its documents took their `seq` from the store's row, which went up with them.
     let (seq, max): (i64, i64) = db
         .query_row(
