@@ -20,6 +20,7 @@
 
 mod approx;
 mod cache;
+mod chroma;
 mod embed;
 mod rank;
 mod remote;
@@ -29,6 +30,7 @@ pub mod testing;
 
 pub use approx::{DEFAULT_APPROXIMATE_FROM, Rebuilt};
 pub use cache::{CACHE_BYTES, CacheStats, DEFAULT_CACHE_ENTRIES};
+pub use chroma::{ChromaMemory, ChromaOptions};
 pub use embed::{Embedder, Lexical};
 pub use remote::{Remote, RemoteOptions};
 pub use sharded::{MAX_SHARDS, Sharded};
@@ -459,6 +461,21 @@ pub trait Memory: Send + Sync {
     fn text_stats(&self, namespace: &Namespace, words: &[String]) -> Result<TextStats, Error>;
     fn stats(&self, namespace: &Namespace) -> Result<Stats, Error>;
     fn namespaces(&self) -> Result<Vec<Namespace>, Error>;
+    /// How the store's cache of searches has done (all zero for a store without one).
+    fn cache_stats(&self) -> CacheStats {
+        CacheStats::default()
+    }
+    /// Documents in `namespace`'s approximate index of colony's, when one is ready.
+    fn indexed(&self, _namespace: &Namespace) -> Option<usize> {
+        None
+    }
+    /// Builds `namespace`'s approximate index of colony's now, from the store; refused by a
+    /// store that keeps none (Chroma keeps its own).
+    fn rebuild(&self, namespace: &Namespace) -> Result<Rebuilt, Error> {
+        Err(Error::Query(format!(
+            "this store keeps no index of colony's to rebuild for {namespace}: only a SQLite memory has one"
+        )))
+    }
 }
 
 /// Checks a batch before anything of it is stored.

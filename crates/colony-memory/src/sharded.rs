@@ -6,7 +6,8 @@
 //! `k`; a hybrid search fuses the two merged rankings as a single store fuses its own.
 
 use crate::{
-    Document, Error, Hit, Memory, Namespace, Query, Stats, TextStats, check_batch,
+    CacheStats, Document, Error, Hit, Memory, Namespace, Query, Rebuilt, Stats, TextStats,
+    check_batch,
     rank::{hybrid, hybrid_depth, merge, query_words},
 };
 
@@ -311,6 +312,44 @@ impl Memory for Sharded {
             sum.text_bytes += s.text_bytes;
             sum.dimension = sum.dimension.or(s.dimension);
             sum.embedder = sum.embedder.or(s.embedder);
+        }
+        Ok(sum)
+    }
+
+    fn cache_stats(&self) -> CacheStats {
+        let mut sum = CacheStats::default();
+        for s in self.each(|m| m.cache_stats()) {
+            sum.hits += s.hits;
+            sum.misses += s.misses;
+            sum.entries += s.entries;
+            sum.bytes += s.bytes;
+        }
+        sum
+    }
+
+    fn indexed(&self, ns: &Namespace) -> Option<usize> {
+        self.each(|m| m.indexed(ns))
+            .into_iter()
+            .flatten()
+            .reduce(|a, b| a + b)
+    }
+
+    /// Each store's index, built at once; the points of all, the longest build.
+    fn rebuild(&self, ns: &Namespace) -> Result<Rebuilt, Error> {
+        let known = self.known(ns)?;
+        let mut sum = Rebuilt {
+            points: 0,
+            took: std::time::Duration::ZERO,
+        };
+        for (built, known) in self.each(|m| m.rebuild(ns)).into_iter().zip(&known) {
+            match built {
+                Ok(b) => {
+                    sum.points += b.points;
+                    sum.took = sum.took.max(b.took);
+                }
+                Err(Error::UnknownNamespace(_)) if known.is_none() => {}
+                Err(e) => return Err(e),
+            }
         }
         Ok(sum)
     }

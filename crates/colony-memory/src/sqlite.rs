@@ -1039,6 +1039,18 @@ impl Memory for SqliteMemory {
         })
     }
 
+    fn cache_stats(&self) -> CacheStats {
+        SqliteMemory::cache_stats(self)
+    }
+
+    fn indexed(&self, ns: &Namespace) -> Option<usize> {
+        SqliteMemory::indexed(self, ns)
+    }
+
+    fn rebuild(&self, ns: &Namespace) -> Result<Rebuilt, Error> {
+        SqliteMemory::rebuild(self, ns)
+    }
+
     fn namespaces(&self) -> Result<Vec<Namespace>, Error> {
         let db = self.db();
         let mut stmt = db.prepare("SELECT name FROM namespaces ORDER BY name")?;

@@ -523,3 +523,99 @@ fn documents_are_embedded_by_an_openai_compatible_endpoint() {
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("COLONY_TEST_NO_SUCH_VAR"), "{err}");
 }
+
+#[test]
+fn a_memory_spread_over_files_is_used_as_one_and_opened_only_as_spread() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("memory.db");
+    let db = db.to_str().unwrap();
+    let lines = dir.path().join("docs.jsonl");
+    let docs: String = (0..60)
+        .map(|i| {
+            let text = if i % 3 == 0 {
+                "restart the agent"
+            } else {
+                "quarterly tax figures"
+            };
+            format!("{{\"id\":\"d{i}\",\"text\":\"{text} {i}\"}}\n")
+        })
+        .collect();
+    std::fs::write(&lines, docs).unwrap();
+    let put = |shards: &str| {
+        colony(&[
+            "memory",
+            "put",
+            "--db",
+            db,
+            "--shards",
+            shards,
+            "--jsonl",
+            lines.to_str().unwrap(),
+            "--embed",
+        ])
+    };
+    let (out, err, code) = put("3");
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("stored 60 documents"), "{out}");
+    for i in 1..=3 {
+        assert!(dir.path().join(format!("memory.db.{i}-of-3")).is_file());
+    }
+    assert!(!dir.path().join("memory.db").exists());
+    let (out, err, code) = colony(&[
+        "memory",
+        "search",
+        "--db",
+        db,
+        "--shards",
+        "3",
+        "--text",
+        "restart agent",
+        "-k",
+        "50",
+        "--json",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let hits: Vec<Value> = serde_json::from_str(&out).unwrap();
+    assert_eq!(hits.len(), 20);
+    let (out, _, code) = colony(&["memory", "stats", "--db", db, "--shards", "3", "--json"]);
+    assert_eq!(code, 0);
+    let stats: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(stats[0]["documents"], 60);
+    // Another count would look for documents in the wrong files: refused, naming the count.
+    for wrong in ["1", "4"] {
+        let (_, err, code) = colony(&["memory", "get", "--db", db, "--shards", wrong, "d3"]);
+        assert_eq!(code, 2, "{err}");
+        assert!(
+            err.contains("spread over 3 files") && err.contains("--shards 3"),
+            "{err}"
+        );
+    }
+    let (out, err, code) = colony(&["memory", "get", "--db", db, "--shards", "3", "d3"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("restart the agent 3"), "{out}");
+    // Rebuild is of one file.
+    let (_, err, code) = colony(&["memory", "rebuild", "--db", db, "--shards", "3"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("one SQLite file"), "{err}");
+}
+
+#[test]
+fn a_bad_chroma_address_is_refused_with_what_is_wrong() {
+    for (url, says) in [
+        ("ftp://x:1", "http://HOST:PORT"),
+        ("http://127.0.0.1:1?shelf=3", "unknown setting `shelf`"),
+        (
+            "http://127.0.0.1:1?token-env=COLONY_TEST_NO_SUCH_VAR",
+            "not set",
+        ),
+        ("not a url", "--chroma"),
+    ] {
+        let (_, err, code) = colony(&["memory", "stats", "--chroma", url]);
+        assert_eq!(code, 2, "{url}: {err}");
+        assert!(err.contains(says), "{url}: {err}");
+    }
+    // Nothing listening: the work fails (exit 1), saying where it looked.
+    let (_, err, code) = colony(&["memory", "stats", "--chroma", "http://127.0.0.1:1"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("127.0.0.1:1"), "{err}");
+}

@@ -1,13 +1,13 @@
-//! `colony memory`: the agents' shared memory in a SQLite file: put, get, delete, search,
-//! stats, rebuild. Embeddings, when asked for, are lexical by default
+//! `colony memory`: the agents' shared memory in a SQLite file (or spread over several, or
+//! on a ChromaDB server): put, get, delete, search, stats, rebuild. Embeddings, when asked for, are lexical by default
 //! (`colony_memory::Lexical`): they find the same words and spellings, not the same meaning,
 //! and need no model; with `--embedder-url` and `--embedder-model` they come from an
 //! OpenAI-compatible endpoint (`colony_memory::Remote`).
 
 use crate::Failure;
 use colony_memory::{
-    Document, Embedder, Error, Lexical, MAX_BATCH, MAX_TEXT_BYTES, Memory, Metadata, Namespace,
-    Query, Remote, RemoteOptions, SqliteMemory,
+    ChromaMemory, ChromaOptions, Document, Embedder, Error, Lexical, MAX_BATCH, MAX_TEXT_BYTES,
+    Memory, Metadata, Namespace, Query, Remote, RemoteOptions, Sharded, SqliteMemory,
 };
 use serde_json::Value;
 use std::{
@@ -55,9 +55,8 @@ pub(crate) struct RebuildArgs {
 
 #[derive(Debug, clap::Args)]
 pub(crate) struct Where {
-    /// The memory's SQLite file (`put` creates it).
-    #[arg(long, value_name = "PATH")]
-    db: PathBuf,
+    #[command(flatten)]
+    store: StoreArgs,
     /// The namespace: segments of letters, digits, `.`, `_`, `-`, joined by `/`.
     #[arg(long, short = 'n', default_value = "shared", value_name = "NAME")]
     namespace: String,
@@ -168,11 +167,34 @@ pub(crate) struct SearchArgs {
     json: bool,
 }
 
+/// Where the memory is: a SQLite file, or a ChromaDB server; spread over several or not.
+#[derive(Debug, clap::Args)]
+pub(crate) struct StoreArgs {
+    /// The memory's SQLite file (`put` creates it). With --shards N, the files PATH.1-of-N
+    /// to PATH.N-of-N.
+    #[arg(
+        long,
+        value_name = "PATH",
+        required_unless_present = "chroma",
+        conflicts_with = "chroma"
+    )]
+    db: Option<PathBuf>,
+    /// A ChromaDB server instead (its HTTP v2 API): http://HOST:PORT, with
+    /// ?tenant=T&database=D&prefix=P&token-env=VAR as needed (default_tenant,
+    /// default_database, colony; the token, if any, read from that variable).
+    #[arg(long, value_name = "URL")]
+    chroma: Option<String>,
+    /// Spread the memory over N stores, each document in the one its id hashes to; searches
+    /// ask all of them and give what one store would. Always the same N for one memory.
+    #[arg(long, value_name = "N", default_value_t = 1,
+          value_parser = clap::value_parser!(u32).range(1..=colony_memory::MAX_SHARDS as i64))]
+    shards: u32,
+}
+
 #[derive(Debug, clap::Args)]
 pub(crate) struct StatsArgs {
-    /// The memory's SQLite file.
-    #[arg(long, value_name = "PATH")]
-    db: PathBuf,
+    #[command(flatten)]
+    store: StoreArgs,
     /// Print as JSON.
     #[arg(long)]
     json: bool,
@@ -205,17 +227,139 @@ fn failure(e: Error) -> Failure {
     }
 }
 
-/// The memory at `db`, which must exist unless `create`.
-fn open(db: &Path, create: bool) -> Result<SqliteMemory, Failure> {
-    if !create && !db.exists() {
+/// The memory `at` says, which must exist unless `create`.
+fn open(at: &StoreArgs, create: bool) -> Result<Box<dyn Memory>, Failure> {
+    let n = at.shards as usize;
+    if let Some(url) = &at.chroma {
+        let options = chroma_options(url)?;
+        let connect = |prefix: String| {
+            let mut o = options.clone();
+            o.prefix = prefix;
+            ChromaMemory::connect(o).map_err(|e| Failure::work(anyhow::anyhow!("--chroma: {e}")))
+        };
+        if n == 1 {
+            return Ok(Box::new(connect(options.prefix.clone())?));
+        }
+        let shards = (1..=n)
+            .map(|i| {
+                Ok(Box::new(connect(format!("{}-{i}-of-{n}", options.prefix))?) as Box<dyn Memory>)
+            })
+            .collect::<Result<Vec<_>, Failure>>()?;
+        return Ok(Box::new(Sharded::new(shards).map_err(failure)?));
+    }
+    let Some(db) = &at.db else {
         return Err(Failure::input(anyhow::anyhow!(
-            "{}: no such memory file",
+            "give --db PATH or --chroma URL"
+        )));
+    };
+    // One command, then the process ends: an approximate index built for a single search
+    // would cost more than the exact search it replaces.
+    let file = |path: &Path| -> Result<Box<dyn Memory>, Failure> {
+        if !create && !path.exists() {
+            return Err(Failure::input(anyhow::anyhow!(
+                "{}: no such memory file",
+                path.display()
+            )));
+        }
+        Ok(Box::new(open_store(path)?.with_approximate(None)))
+    };
+    if n == 1 {
+        spread_over(db, 1)?;
+        return file(db);
+    }
+    spread_over(db, n)?;
+    let shards = (1..=n)
+        .map(|i| file(&shard_path(db, i, n)))
+        .collect::<Result<Vec<_>, Failure>>()?;
+    Ok(Box::new(Sharded::new(shards).map_err(failure)?))
+}
+
+/// Shard `i` of `n` of the memory at `db`.
+fn shard_path(db: &Path, i: usize, n: usize) -> PathBuf {
+    let mut name = db.file_name().unwrap_or_default().to_owned();
+    name.push(format!(".{i}-of-{n}"));
+    db.with_file_name(name)
+}
+
+/// Refuses to open the memory at `db` as spread over `n` files when its files say another
+/// number: its documents would be looked for in the wrong files.
+fn spread_over(db: &Path, n: usize) -> Result<(), Failure> {
+    let Some(name) = db.file_name().and_then(|f| f.to_str()) else {
+        return Ok(());
+    };
+    let dir = match db.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
+        _ => PathBuf::from("."),
+    };
+    let Ok(entries) = std::fs::read_dir(&dir) else {
+        return Ok(());
+    };
+    let start = format!("{name}.");
+    for entry in entries.flatten() {
+        let file = entry.file_name();
+        let Some(rest) = file.to_str().and_then(|f| f.strip_prefix(&start)) else {
+            continue;
+        };
+        let Some((_, of)) = rest.split_once("-of-") else {
+            continue;
+        };
+        if let Ok(m) = of.parse::<usize>()
+            && m != n
+            && rest
+                .split_once("-of-")
+                .is_some_and(|(i, _)| i.parse::<usize>().is_ok())
+        {
+            return Err(Failure::input(anyhow::anyhow!(
+                "{} is spread over {m} files ({}), not {}: give --shards {m}",
+                db.display(),
+                shard_path(db, 1, m).display(),
+                if n == 1 {
+                    "one".to_owned()
+                } else {
+                    n.to_string()
+                }
+            )));
+        }
+    }
+    if n > 1 && db.is_file() {
+        return Err(Failure::input(anyhow::anyhow!(
+            "{} is one file, not spread over {n}: give --shards 1",
             db.display()
         )));
     }
-    // One command, then the process ends: an approximate index built for a single search
-    // would cost more than the exact search it replaces.
-    open_store(db).map(|m| m.with_approximate(None))
+    Ok(())
+}
+
+/// `--chroma`'s URL: the server's address, with its tenant, database, prefix and token
+/// variable in the query.
+fn chroma_options(url: &str) -> Result<ChromaOptions, Failure> {
+    let bad = |why: String| Failure::input(anyhow::anyhow!("--chroma {url}: {why}"));
+    let parsed = reqwest::Url::parse(url.strip_prefix("chroma+").unwrap_or(url))
+        .map_err(|e| bad(e.to_string()))?;
+    if !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none() {
+        return Err(bad("want http://HOST:PORT or https://HOST:PORT".into()));
+    }
+    let mut base = parsed.clone();
+    base.set_query(None);
+    let mut options = ChromaOptions::new(base.as_str().trim_end_matches('/'));
+    for (key, value) in parsed.query_pairs() {
+        match key.as_ref() {
+            "tenant" => options.tenant = value.into_owned(),
+            "database" => options.database = value.into_owned(),
+            "prefix" => options.prefix = value.into_owned(),
+            "token-env" => {
+                let token = std::env::var(value.as_ref())
+                    .map_err(|_| bad(format!("token-env {value}: that variable is not set")))?;
+                options.token = Some(token);
+            }
+            other => {
+                return Err(bad(format!(
+                    "unknown setting `{other}`: tenant, database, prefix or token-env"
+                )));
+            }
+        }
+    }
+    Ok(options)
 }
 
 /// The memory at `db`: a new file becomes one; an existing file must be a regular file
@@ -243,7 +387,7 @@ pub(crate) fn run(command: &Command) -> Result<(), Failure> {
     match command {
         Command::Put(args) => put(args),
         Command::Get(args) => {
-            let memory = open(&args.at.db, false)?;
+            let memory = open(&args.at.store, false)?;
             let ns = namespace(&args.at)?;
             match memory.get(&ns, &args.id).map_err(failure)? {
                 Some(d) => {
@@ -257,7 +401,7 @@ pub(crate) fn run(command: &Command) -> Result<(), Failure> {
             }
         }
         Command::Delete(args) => {
-            let memory = open(&args.at.db, false)?;
+            let memory = open(&args.at.store, false)?;
             let ns = namespace(&args.at)?;
             let n = memory.delete(&ns, &args.ids).map_err(failure)?;
             println!("deleted {n} of {} documents from {ns}", args.ids.len());
@@ -266,7 +410,7 @@ pub(crate) fn run(command: &Command) -> Result<(), Failure> {
         Command::Search(args) => search(args),
         Command::Rebuild(args) => rebuild(args),
         Command::Stats(args) => {
-            let memory = open(&args.db, false)?;
+            let memory = open(&args.store, false)?;
             let mut all = Vec::new();
             for ns in memory.namespaces().map_err(failure)? {
                 let stats = memory.stats(&ns).map_err(failure)?;
@@ -301,9 +445,19 @@ pub(crate) fn run(command: &Command) -> Result<(), Failure> {
 }
 
 fn rebuild(args: &RebuildArgs) -> Result<(), Failure> {
-    let memory = open(&args.at.db, false)?
-        .with_approximate(None)
-        .with_cache(0);
+    let (Some(db), 1) = (&args.at.store.db, args.at.store.shards) else {
+        return Err(Failure::input(anyhow::anyhow!(
+            "rebuild builds colony's index of one SQLite file (--db PATH, one shard); Chroma keeps its own"
+        )));
+    };
+    spread_over(db, 1)?;
+    if !db.exists() {
+        return Err(Failure::input(anyhow::anyhow!(
+            "{}: no such memory file",
+            db.display()
+        )));
+    }
+    let memory = open_store(db)?.with_approximate(None).with_cache(0);
     let ns = namespace(&args.at)?;
     let built = memory.rebuild(&ns).map_err(failure)?;
     let queries = memory.sample(&ns, args.queries as usize).map_err(failure)?;
@@ -369,7 +523,7 @@ fn rebuild(args: &RebuildArgs) -> Result<(), Failure> {
 fn put(args: &PutArgs) -> Result<(), Failure> {
     let ns = namespace(&args.at)?;
     let embedder = args.embedder.embedder(args.dimension)?;
-    let memory = open(&args.at.db, true)?;
+    let memory = open(&args.at.store, true)?;
     let mut stored = 0usize;
     let store = |mut batch: Vec<Document>| -> Result<usize, Failure> {
         let brought_own = batch.iter().any(|d| d.embedding.is_some());
@@ -467,7 +621,7 @@ fn put(args: &PutArgs) -> Result<(), Failure> {
 }
 
 fn search(args: &SearchArgs) -> Result<(), Failure> {
-    let memory = open(&args.at.db, false)?;
+    let memory = open(&args.at.store, false)?;
     let ns = namespace(&args.at)?;
     let (vector, embedder) = match &args.near {
         Some(text) => {

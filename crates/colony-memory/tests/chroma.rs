@@ -1,0 +1,238 @@
+//! The Chroma store against a real ChromaDB server (`chroma run`, PyPI's `chromadb`, which
+//! `.ci/run` installs): every conformance case; the same answers as the SQLite store for
+//! the same random writes; a memory spread over Chroma collections; and what a broken
+//! server or a bad setting gets.
+
+use colony_memory::{
+    ChromaMemory, ChromaOptions, Document, Error, Memory, Namespace, Query, Sharded, SqliteMemory,
+    testing,
+};
+use rand::{Rng, SeedableRng, rngs::SmallRng};
+use std::{
+    net::{TcpListener, TcpStream},
+    process::{Child, Stdio},
+    sync::atomic::{AtomicUsize, Ordering},
+    time::{Duration, Instant},
+};
+
+struct Server {
+    child: Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn which(name: &str) -> Option<std::path::PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(name))
+        .find(|p| p.is_file())
+}
+
+/// A fresh server on a free port, with its own folder; `None` (a skip) only outside CI.
+fn start() -> Option<Server> {
+    let Some(chroma) = which("chroma") else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "chroma is missing: .ci/run installs it (pip install chromadb)"
+        );
+        eprintln!("chroma not installed (pip install chromadb): skipping the Chroma tests");
+        return None;
+    };
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let dir = tempfile::tempdir().unwrap();
+    let child = std::process::Command::new(chroma)
+        .args([
+            "run",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            &port.to_string(),
+            "--path",
+        ])
+        .arg(dir.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let server = Server {
+        child,
+        port,
+        _dir: dir,
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "chroma did not start in 60 s");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Some(server)
+}
+
+static PREFIXES: AtomicUsize = AtomicUsize::new(0);
+
+/// A memory of its own in the server: a prefix no other has.
+fn memory(server: &Server) -> ChromaMemory {
+    let n = PREFIXES.fetch_add(1, Ordering::Relaxed);
+    let mut options = ChromaOptions::new(format!("http://127.0.0.1:{}", server.port));
+    options.prefix = format!("t{n}");
+    // Small enough that the conformance case of 300 vectors goes through Chroma's graph.
+    options.exact_up_to = 100;
+    ChromaMemory::connect(options).unwrap()
+}
+
+#[test]
+fn the_chroma_store_passes_every_case_and_answers_as_sqlite_does() {
+    let Some(server) = start() else { return };
+    testing::all(&|| Box::new(memory(&server)));
+    testing::all(&|| {
+        Box::new(
+            Sharded::new(vec![
+                Box::new(memory(&server)) as Box<dyn Memory>,
+                Box::new(memory(&server)),
+                Box::new(memory(&server)),
+            ])
+            .unwrap(),
+        )
+    });
+    for seed in 0..2 {
+        same_answers_as_sqlite(&server, seed);
+    }
+    refusals(&server);
+}
+
+const WORDS: &[&str] = &[
+    "agent",
+    "restart",
+    "supervisor",
+    "crash",
+    "vote",
+    "quorum",
+    "task",
+    "journal",
+    "lease",
+    "worker",
+    "pool",
+    "heartbeat",
+];
+
+/// Random writes to SQLite and to Chroma, and after each a search by text, by vector and
+/// by both, filtered or not: the same documents in the same order; text scores equal bit
+/// for bit, vector scores within f32 rounding (SQLite sums in f32 lanes).
+fn same_answers_as_sqlite(server: &Server, seed: u64) {
+    let mut rng = SmallRng::seed_from_u64(seed);
+    let sqlite = SqliteMemory::in_memory().unwrap();
+    let chroma = memory(server);
+    let ns = Namespace::parse("run/a_b.c").unwrap();
+    for step in 0..25 {
+        if rng.random_bool(0.8) {
+            let batch: Vec<Document> = (0..rng.random_range(1..12))
+                .map(|_| {
+                    let text: Vec<&str> = (0..rng.random_range(0..10))
+                        .map(|_| WORDS[rng.random_range(0..WORDS.len())])
+                        .collect();
+                    let mut d =
+                        Document::new(format!("d{}", rng.random_range(0..40)), text.join(" "))
+                            .with("kind", ["a", "b"][rng.random_range(0..2)])
+                            .with("n", rng.random_range(0..3));
+                    if rng.random_bool(0.7) {
+                        d = d.embedded((0..6).map(|_| rng.random_range(-1.0f32..1.0)).collect());
+                    }
+                    d
+                })
+                .collect();
+            assert_eq!(
+                sqlite.put(&ns, batch.clone()),
+                chroma.put(&ns, batch),
+                "step {step}"
+            );
+        } else {
+            let ids: Vec<String> = (0..3)
+                .map(|_| format!("d{}", rng.random_range(0..40)))
+                .collect();
+            assert_eq!(
+                sqlite.delete(&ns, &ids),
+                chroma.delete(&ns, &ids),
+                "step {step}"
+            );
+        }
+        assert_eq!(sqlite.stats(&ns), chroma.stats(&ns), "step {step}");
+        let id = format!("d{}", rng.random_range(0..40));
+        assert_eq!(sqlite.get(&ns, &id), chroma.get(&ns, &id), "step {step}");
+        let words = format!(
+            "{} {}",
+            WORDS[rng.random_range(0..WORDS.len())],
+            WORDS[rng.random_range(0..WORDS.len())]
+        );
+        let k = rng.random_range(1..15);
+        let vector: Vec<f32> = (0..6).map(|_| rng.random_range(-1.0f32..1.0)).collect();
+        let mut queries = vec![
+            Query::text(words.clone(), k),
+            Query::vector(vector.clone(), k),
+            Query {
+                text: Some(words),
+                vector: Some(vector),
+                k,
+                ..Query::default()
+            },
+        ];
+        if rng.random_bool(0.5) {
+            let n = rng.random_range(0..3);
+            queries = queries.into_iter().map(|q| q.filtered("n", n)).collect();
+        }
+        for (i, q) in queries.iter().enumerate() {
+            let (a, b) = match (sqlite.search(&ns, q), chroma.search(&ns, q)) {
+                (Ok(a), Ok(b)) => (a, b),
+                (a, b) => {
+                    assert_eq!(a, b, "step {step}, {q:?}");
+                    continue;
+                }
+            };
+            let ids = |h: &[colony_memory::Hit]| h.iter().map(|h| h.id.clone()).collect::<Vec<_>>();
+            assert_eq!(ids(&a), ids(&b), "step {step}, {q:?}");
+            for (x, y) in a.iter().zip(&b) {
+                if i == 1 {
+                    assert!((x.score - y.score).abs() < 1e-5, "step {step}: {x:?} {y:?}");
+                } else {
+                    assert_eq!(x, y, "step {step}, {q:?}");
+                }
+            }
+        }
+    }
+    assert_eq!(sqlite.namespaces(), chroma.namespaces());
+}
+
+fn refusals(server: &Server) {
+    let url = format!("http://127.0.0.1:{}", server.port);
+    let bad = |f: &dyn Fn(&mut ChromaOptions)| {
+        let mut o = ChromaOptions::new(url.clone());
+        f(&mut o);
+        ChromaMemory::connect(o).unwrap_err()
+    };
+    let e = bad(&|o| o.database = "nowhere".into());
+    assert!(e.to_string().contains("no database \"nowhere\""), "{e}");
+    let e = bad(&|o| o.prefix = "a.b".into());
+    assert!(e.to_string().contains("prefix"), "{e}");
+    let e = bad(&|o| o.tenant = "../x".into());
+    assert!(e.to_string().contains("tenant"), "{e}");
+    let e = bad(&|o| o.url = "ftp://x".into());
+    assert!(e.to_string().contains("http://"), "{e}");
+    // Nothing listening: a clear error, not a hang or a panic.
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut o = ChromaOptions::new(format!("http://127.0.0.1:{port}"));
+    o.timeout = Duration::from_secs(2);
+    assert!(matches!(ChromaMemory::connect(o), Err(Error::Store(_))));
+}
