@@ -1,9 +1,8 @@
 //! The cache of recent searches: each keyed by its namespace and its whole query (text,
 //! vector, filter, `k`), and answered again only while the versions it read are the ones
 //! the store holds now. A store bumps a namespace's version in the transaction of every
-//! write to it, and its own version with every write at all (a ranking by text weighs its
-//! words by every namespace's documents), so a cached answer is never one a fresh search
-//! would not give, whichever process wrote.
+//! write to it (a ranking by text weighs its words by the namespace's own documents), so a
+//! cached answer is never one a fresh search would not give, whichever process wrote.
 
 use crate::{Hit, Namespace, Query};
 use std::{
@@ -30,8 +29,8 @@ pub struct CacheStats {
     pub bytes: u64,
 }
 
-/// Versions a search read: its namespace's, and the store's when it ranked by text.
-pub(crate) type Read = (i64, i64);
+/// The version of its namespace a search read.
+pub(crate) type Read = i64;
 
 struct Entry {
     read: Read,
@@ -188,12 +187,11 @@ mod tests {
         let cache = Cache::new(8);
         let ns = Namespace::parse("shared").unwrap();
         let key = cache.key(&ns, &Query::text("agents", 3)).unwrap();
-        cache.put(key.clone(), (1, 7), &[hit("a", 3)]);
-        assert_eq!(cache.get(&key, (1, 7)).unwrap()[0].id, "a");
-        assert!(cache.get(&key, (2, 7)).is_none(), "the namespace changed");
-        assert!(cache.get(&key, (1, 8)).is_none(), "the store changed");
+        cache.put(key.clone(), 1, &[hit("a", 3)]);
+        assert_eq!(cache.get(&key, 1).unwrap()[0].id, "a");
+        assert!(cache.get(&key, 2).is_none(), "the namespace changed");
         let stats = cache.stats();
-        assert_eq!((stats.hits, stats.misses, stats.entries), (1, 2, 1));
+        assert_eq!((stats.hits, stats.misses, stats.entries), (1, 1, 1));
     }
 
     #[test]
@@ -237,18 +235,15 @@ mod tests {
         let cache = Cache::new(2);
         let ns = Namespace::parse("shared").unwrap();
         let key = |k| cache.key(&ns, &Query::text("w", k)).unwrap();
-        cache.put(key(1), (0, 0), &[hit("a", 10)]);
-        cache.put(key(2), (0, 0), &[hit("b", 10)]);
-        assert!(cache.get(&key(1), (0, 0)).is_some());
-        cache.put(key(3), (0, 0), &[hit("c", 10)]);
-        assert!(
-            cache.get(&key(2), (0, 0)).is_none(),
-            "evicted: least recent"
-        );
-        assert!(cache.get(&key(1), (0, 0)).is_some());
+        cache.put(key(1), 0, &[hit("a", 10)]);
+        cache.put(key(2), 0, &[hit("b", 10)]);
+        assert!(cache.get(&key(1), 0).is_some());
+        cache.put(key(3), 0, &[hit("c", 10)]);
+        assert!(cache.get(&key(2), 0).is_none(), "evicted: least recent");
+        assert!(cache.get(&key(1), 0).is_some());
         // Too large to keep: not cached, and what it replaced is gone.
-        cache.put(key(1), (0, 0), &[hit("big", MAX_ENTRY_BYTES)]);
-        assert!(cache.get(&key(1), (0, 0)).is_none());
+        cache.put(key(1), 0, &[hit("big", MAX_ENTRY_BYTES)]);
+        assert!(cache.get(&key(1), 0).is_none());
         let stats = cache.stats();
         assert_eq!(stats.entries, 1);
         assert!(stats.bytes < 1024, "{stats:?}");

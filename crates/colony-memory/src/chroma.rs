@@ -440,10 +440,12 @@ impl ChromaMemory {
 
     /// `ns`'s collections; `None` when it was never written.
     fn space(&self, ns: &Namespace) -> Result<Option<Space>, Error> {
-        if let Some(space) = self.spaces().get(ns) {
-            if space.vecs.is_some() {
-                return Ok(Some(space.clone()));
-            }
+        // Cached once whole: a namespace without vectors yet may gain them from another
+        // process, so its collections are looked for again.
+        if let Some(space) = self.spaces().get(ns)
+            && space.vecs.is_some()
+        {
+            return Ok(Some(space.clone()));
         }
         let Some(docs) = self.collection(&self.name(ns, "docs"))? else {
             return Ok(None);

@@ -352,13 +352,11 @@ fn written(tx: &Connection, ns: &Namespace) -> Result<(), Error> {
 
 /// What a search read, as a version: its namespace's (a ranking by text weighs its words
 /// by the namespace's documents alone).
-fn versions(db: &Connection, ns: &Namespace) -> Result<(i64, i64), Error> {
-    let namespace: i64 = db
-        .prepare_cached("SELECT version FROM namespaces WHERE name = ?1")?
+fn versions(db: &Connection, ns: &Namespace) -> Result<i64, Error> {
+    db.prepare_cached("SELECT version FROM namespaces WHERE name = ?1")?
         .query_row([ns.as_str()], |r| r.get(0))
         .optional()?
-        .ok_or_else(|| Error::UnknownNamespace(ns.to_string()))?;
-    Ok((namespace, 0))
+        .ok_or_else(|| Error::UnknownNamespace(ns.to_string()))
 }
 
 /// Words in a text, as BM25 counts them.
