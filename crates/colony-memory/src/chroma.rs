@@ -31,7 +31,7 @@ use serde_json::{Map, Value, json};
 use std::{collections::HashMap, io::Read, sync::Mutex, time::Duration};
 
 /// Where the server is and which of its collections are colony's.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct ChromaOptions {
     /// `http://HOST:PORT`.
     pub url: String,
@@ -47,6 +47,19 @@ pub struct ChromaOptions {
     /// A vector search of a namespace with at most this many documents reads every
     /// embedding and is exact; above, Chroma's graph proposes the candidates.
     pub exact_up_to: usize,
+}
+
+impl std::fmt::Debug for ChromaOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the token.
+        f.debug_struct("ChromaOptions")
+            .field("url", &self.url)
+            .field("tenant", &self.tenant)
+            .field("database", &self.database)
+            .field("prefix", &self.prefix)
+            .field("token", &self.token.as_ref().map(|_| "(set)"))
+            .finish_non_exhaustive()
+    }
 }
 
 impl ChromaOptions {
@@ -73,7 +86,7 @@ const WRITE_BYTES: usize = 16 << 20;
 /// Most documents one text search reads: a query whose words are in more is refused.
 const MAX_SCANNED: usize = 200_000;
 /// Largest answer read from the server.
-const MAX_REPLY_BYTES: u64 = 512 << 20;
+const MAX_REPLY_BYTES: u64 = 256 << 20;
 
 /// Keys of an entry's metadata that are colony's own: a colon is in no user key.
 const TEXT: &str = "colony:text";
@@ -477,7 +490,16 @@ impl ChromaMemory {
         Ok(Counts::of(&docs))
     }
 
-    fn set_counts(&self, space: &Space, counts: &Counts) -> Result<(), Error> {
+    /// Writes the namespace's counts. Chroma replaces a collection's metadata whole: a
+    /// dimension or embedder recorded meanwhile (by another process) is kept, never
+    /// written back as absent.
+    fn set_counts(&self, ns: &Namespace, space: &Space, counts: &Counts) -> Result<(), Error> {
+        let now = self.counts(ns)?;
+        let counts = Counts {
+            dimension: now.dimension.or(counts.dimension),
+            embedder: now.embedder.or_else(|| counts.embedder.clone()),
+            ..counts.clone()
+        };
         self.call(
             reqwest::Method::PUT,
             &format!("{}/collections/{}", self.base, space.docs),
@@ -539,7 +561,7 @@ impl ChromaMemory {
             if n < page {
                 return Ok(offset);
             }
-            if offset >= MAX_SCANNED {
+            if offset > MAX_SCANNED {
                 return Err(Error::Query(format!(
                     "the search would read more than {MAX_SCANNED} documents of the namespace in Chroma: narrow it (rarer words, a filter)"
                 )));
@@ -634,6 +656,9 @@ impl ChromaMemory {
                     counts.dimension = Some(got);
                     // As one store does: the embedder is recorded with the first vectors.
                     counts.embedder = embedder.map(str::to_owned);
+                    // Recorded before any entry is written: a write that fails midway still
+                    // leaves the namespace's dimension for the next one to be checked by.
+                    self.set_counts(ns, &space, &counts)?;
                 }
             }
             if let (Some(got), Some(holds)) = (embedder, &counts.embedder)
@@ -727,7 +752,7 @@ impl ChromaMemory {
         if let (Some(vecs), false) = (&space.vecs, unindexed.is_empty()) {
             self.remove(vecs, &unindexed)?;
         }
-        self.set_counts(&space, &counts)
+        self.set_counts(ns, &space, &counts)
     }
 
     /// `ns`'s statistics for `words`, counted by Chroma.
@@ -1049,7 +1074,7 @@ impl Memory for ChromaMemory {
                 .collect();
             self.remove(vecs, &indexed)?;
         }
-        self.set_counts(&space, &counts)?;
+        self.set_counts(ns, &space, &counts)?;
         Ok(gone.len() as u64)
     }
 
@@ -1128,16 +1153,22 @@ impl Memory for ChromaMemory {
                     .and_then(|n| n.strip_prefix(&start))
                     .and_then(|n| n.strip_suffix(".docs"))
                     .and_then(decode)
+                    // Only names this store makes: another program's collection is not a
+                    // namespace.
+                    .filter(|ns| c["name"].as_str() == Some(&self.name(ns, "docs")))
                 {
                     out.push(ns);
                 }
             }
             offset += names.len();
-            if names.len() < ID_PAGE {
+            // A short page is the last; a server that ignored the offset is not followed
+            // for ever.
+            if names.len() < ID_PAGE || offset >= MAX_SCANNED {
                 break;
             }
         }
         out.sort();
+        out.dedup();
         Ok(out)
     }
 }

@@ -353,7 +353,7 @@ impl Query {
     }
 }
 
-/// One document found, best first: its score (higher is better; for text, the negated BM25;
+/// One document found, best first: its score (higher is better; for text, its BM25;
 /// for a vector, the cosine similarity; for both, the fused reciprocal-rank score).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Hit {

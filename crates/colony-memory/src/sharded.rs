@@ -17,6 +17,10 @@ pub const MAX_SHARDS: usize = 64;
 /// A memory spread over stores by a hash of each document's id.
 pub struct Sharded {
     shards: Vec<Box<dyn Memory>>,
+    /// Puts of this process, one at a time: a batch's check against the whole namespace
+    /// and its writes must not interleave with another's (two first batches of different
+    /// dimensions landing in different stores).
+    writing: std::sync::Mutex<()>,
 }
 
 impl std::fmt::Debug for Sharded {
@@ -35,7 +39,10 @@ impl Sharded {
                 shards.len()
             )));
         }
-        Ok(Self { shards })
+        Ok(Self {
+            shards,
+            writing: std::sync::Mutex::new(()),
+        })
     }
 
     /// The store that holds (or would hold) document `id`: FNV-1a of its bytes, so that
@@ -112,6 +119,7 @@ impl Sharded {
         if let Some(e) = embedder {
             crate::check_embedder(e)?;
         }
+        let _writing = self.writing.lock().unwrap_or_else(|p| p.into_inner());
         let stats = match self.known(ns) {
             Ok(s) => s,
             Err(Error::UnknownNamespace(_)) => vec![None; self.shards.len()],

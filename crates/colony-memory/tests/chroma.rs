@@ -108,6 +108,40 @@ fn the_chroma_store_passes_every_case_and_answers_as_sqlite_does() {
         same_answers_as_sqlite(&server, seed);
     }
     refusals(&server);
+    replaced_metadata_is_gone(&server);
+}
+
+/// Chroma merges an entry's metadata with what was there: a key the new version lacks must
+/// not be found by a filter, nor come back.
+fn replaced_metadata_is_gone(server: &Server) {
+    let m = memory(server);
+    let ns = Namespace::parse("shared").unwrap();
+    m.put(
+        &ns,
+        vec![
+            Document::new("a", "restart the agent")
+                .with("kind", "ops")
+                .with("final", true)
+                .embedded(vec![1.0, 0.0]),
+        ],
+    )
+    .unwrap();
+    m.put(
+        &ns,
+        vec![Document::new("a", "restart the agent").with("step", 2)],
+    )
+    .unwrap();
+    for q in [
+        Query::text("restart", 5).filtered("kind", "ops"),
+        Query::text("restart", 5).filtered("final", true),
+        Query::vector(vec![1.0, 0.0], 5),
+    ] {
+        assert_eq!(m.search(&ns, &q).unwrap(), Vec::new(), "{q:?}");
+    }
+    let a = m.get(&ns, "a").unwrap().unwrap();
+    assert_eq!(a, Document::new("a", "restart the agent").with("step", 2));
+    // The namespace keeps its dimension once it had vectors, as SQLite does.
+    assert_eq!(m.stats(&ns).unwrap().dimension, Some(2));
 }
 
 const WORDS: &[&str] = &[
