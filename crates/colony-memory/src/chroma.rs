@@ -25,7 +25,7 @@
 
 use crate::{
     Document, Error, Hit, Memory, Metadata, Namespace, Query, Stats, TextStats, check_batch,
-    rank::{Bm25, TopK, cosine, hybrid, hybrid_depth, query_words, words},
+    rank::{Bm25, TopK, cosine, hybrid, hybrid_depth, matches, query_words, words},
 };
 use serde_json::{Map, Value, json};
 use std::{collections::HashMap, io::Read, sync::Mutex, time::Duration};
@@ -192,18 +192,6 @@ fn pushed(filter: &Metadata, more: Vec<Value>) -> (Option<Value>, bool) {
         _ => Some(json!({ "$and": clauses })),
     };
     (clause, whole)
-}
-
-/// Whether `metadata` has every field of `filter`, of the same JSON type: `true` is not 1,
-/// 1 is 1.0.
-fn matches(metadata: &Metadata, filter: &Metadata) -> bool {
-    filter
-        .iter()
-        .all(|(key, want)| match (metadata.get(key), want) {
-            (Some(Value::Number(a)), Value::Number(b)) => a.as_f64() == b.as_f64(),
-            (Some(a), b) => a == b,
-            (None, _) => false,
-        })
 }
 
 /// One entry of the record, read back.
@@ -767,9 +755,16 @@ impl ChromaMemory {
         let mut df = Vec::with_capacity(words.len());
         for w in words {
             let contains = json!({ "$contains": format!(" {w} ") });
-            df.push(
-                self.scan(&space.docs, None, Some(&contains), &[], ID_PAGE, |_| Ok(()))? as u64,
-            );
+            // Ids only, in one request: paging by offset costs Chroma a pass over the
+            // matches for every page.
+            df.push(self.scan(
+                &space.docs,
+                None,
+                Some(&contains),
+                &[],
+                MAX_SCANNED + 1,
+                |_| Ok(()),
+            )? as u64);
         }
         Ok(TextStats {
             documents,
@@ -1135,8 +1130,29 @@ impl Memory for ChromaMemory {
     }
 
     fn namespaces(&self) -> Result<Vec<Namespace>, Error> {
-        let mut out = Vec::new();
         let start = format!("{}.", self.options.prefix);
+        let mut out: Vec<Namespace> = self
+            .collection_names()?
+            .iter()
+            .filter_map(|name| {
+                name.strip_prefix(&start)
+                    .and_then(|n| n.strip_suffix(".docs"))
+                    .and_then(decode)
+                    // Only names this store makes: another program's collection is not a
+                    // namespace.
+                    .filter(|ns| *name == self.name(ns, "docs"))
+            })
+            .collect();
+        out.sort();
+        out.dedup();
+        Ok(out)
+    }
+}
+
+impl ChromaMemory {
+    /// The names of every collection of the database (at most [`MAX_SCANNED`]).
+    pub fn collection_names(&self) -> Result<Vec<String>, Error> {
+        let mut out = Vec::new();
         let mut offset = 0;
         loop {
             let page = self
@@ -1147,29 +1163,18 @@ impl Memory for ChromaMemory {
                 )?
                 .ok_or_else(|| store("the database went while its collections were listed"))?;
             let names = page.as_array().cloned().unwrap_or_default();
-            for c in &names {
-                if let Some(ns) = c["name"]
-                    .as_str()
-                    .and_then(|n| n.strip_prefix(&start))
-                    .and_then(|n| n.strip_suffix(".docs"))
-                    .and_then(decode)
-                    // Only names this store makes: another program's collection is not a
-                    // namespace.
-                    .filter(|ns| c["name"].as_str() == Some(&self.name(ns, "docs")))
-                {
-                    out.push(ns);
-                }
-            }
+            out.extend(
+                names
+                    .iter()
+                    .filter_map(|c| c["name"].as_str().map(str::to_owned)),
+            );
             offset += names.len();
             // A short page is the last; a server that ignored the offset is not followed
             // for ever.
             if names.len() < ID_PAGE || offset >= MAX_SCANNED {
-                break;
+                return Ok(out);
             }
         }
-        out.sort();
-        out.dedup();
-        Ok(out)
     }
 }
 

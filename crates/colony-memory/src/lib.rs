@@ -424,7 +424,7 @@ pub fn check_embedder(name: &str) -> Result<(), Error> {
 
 /// A store of documents by namespace. Its calls block (a disk, a network): call them from
 /// a blocking thread, never from an async worker.
-pub trait Memory: Send + Sync {
+pub trait Memory: Send + Sync + std::fmt::Debug {
     /// Stores `documents` in `namespace` (created with the first), replacing those of the
     /// same ids: all of them, or none and the first problem.
     fn put(&self, namespace: &Namespace, documents: Vec<Document>) -> Result<(), Error>;

@@ -107,6 +107,35 @@ pub(crate) fn query_words(text: &str) -> Vec<String> {
     out
 }
 
+/// How often a document holds each of `words`, and how many words it has.
+pub(crate) fn counts(words: &[String], document: impl Iterator<Item = String>) -> (Vec<u32>, u64) {
+    let mut tf = vec![0u32; words.len()];
+    let mut length = 0u64;
+    for w in document {
+        length += 1;
+        if let Some(i) = words.iter().position(|q| *q == w) {
+            tf[i] += 1;
+        }
+    }
+    (tf, length)
+}
+
+/// Whether `metadata` has every field of `filter`, of the same JSON type: `true` is not 1,
+/// 1 is 1.0; as a store's query compares them.
+pub(crate) fn matches(metadata: &crate::Metadata, filter: &crate::Metadata) -> bool {
+    use serde_json::Value;
+    filter
+        .iter()
+        .all(|(key, want)| match (metadata.get(key), want) {
+            (Some(Value::Number(a)), Value::Number(b)) => match (a.as_i64(), b.as_i64()) {
+                (Some(a), Some(b)) => a == b,
+                _ => a.as_f64() == b.as_f64(),
+            },
+            (Some(a), b) => a == b,
+            (None, _) => false,
+        })
+}
+
 /// BM25's term-frequency saturation and length normalization, the usual values.
 const BM25_K1: f64 = 1.2;
 const BM25_B: f64 = 0.75;
@@ -145,14 +174,12 @@ impl<'a> Bm25<'a> {
 
     /// A document's score from its words; 0 when it has none of the query's.
     pub(crate) fn score(&self, document: impl Iterator<Item = String>) -> f64 {
-        let mut tf = vec![0u32; self.words.len()];
-        let mut length = 0u64;
-        for w in document {
-            length += 1;
-            if let Some(i) = self.words.iter().position(|q| *q == w) {
-                tf[i] += 1;
-            }
-        }
+        let (tf, length) = counts(self.words, document);
+        self.score_counts(&tf, length)
+    }
+
+    /// A document's score from how often it holds each query word and its length in words.
+    pub(crate) fn score_counts(&self, tf: &[u32], length: u64) -> f64 {
         let norm = BM25_K1 * (1.0 - BM25_B + BM25_B * length as f64 / self.average);
         tf.iter()
             .zip(&self.idf)

@@ -181,7 +181,17 @@ impl SqliteMemory {
         }
         migrate(&tx)?;
         tx.execute_batch(SCHEMA)?;
-        tx.execute_batch(COUNTS)?;
+        // The counting triggers, made anew only when they are not this format's (a change
+        // of schema makes every other connection prepare its statements again).
+        let current: bool = tx.query_row(
+            "SELECT count(*) = 3 FROM sqlite_schema
+             WHERE type = 'trigger' AND name LIKE 'documents_count_%' AND sql LIKE '%.words%'",
+            [],
+            |r| r.get(0),
+        )?;
+        if !current {
+            tx.execute_batch(COUNTS)?;
+        }
         // The store's one row, once the tables it reads exist.
         tx.execute(
             "INSERT OR IGNORE INTO store (one, version, seq)
@@ -444,38 +454,90 @@ fn match_expression(words: &[String]) -> String {
         .join(" OR ")
 }
 
+/// A document holding a word of a text search's, as counted.
+struct Candidate {
+    seq: i64,
+    id: String,
+    tf: Vec<u32>,
+    length: u64,
+    /// Whether its metadata passes the search's filter.
+    passes: bool,
+}
+
+/// Every document of `ns` holding a word of `words`, counted as every store counts words,
+/// with how many hold each word (the namespace's, whatever the filter), read in `db`'s
+/// snapshot. FTS5 proposes them; a document it finds only by folding an accent holds none
+/// of the words as counted, and is left out, as every store leaves it.
+fn candidates(
+    db: &Connection,
+    ns: &Namespace,
+    words: &[String],
+    filter: &Metadata,
+) -> Result<(Vec<Candidate>, Vec<u64>), Error> {
+    let mut stmt = db.prepare_cached(
+        "SELECT d.seq, d.id, d.text, d.metadata
+         FROM documents_fts JOIN documents d ON d.seq = documents_fts.rowid
+         WHERE documents_fts MATCH ?1 AND d.namespace = ?2",
+    )?;
+    let mut rows = stmt.query(params![match_expression(words), ns.as_str()])?;
+    let mut df = vec![0u64; words.len()];
+    let mut out = Vec::new();
+    while let Some(row) = rows.next()? {
+        let text = row
+            .get_ref(2)?
+            .as_str()
+            .map_err(|e| Error::Store(e.to_string()))?;
+        let (tf, length) = crate::rank::counts(words, crate::rank::words(text));
+        if tf.iter().all(|&n| n == 0) {
+            continue;
+        }
+        for (d, &n) in df.iter_mut().zip(&tf) {
+            *d += u64::from(n > 0);
+        }
+        let passes = filter.is_empty() || {
+            let meta = row
+                .get_ref(3)?
+                .as_str()
+                .map_err(|e| Error::Store(e.to_string()))?;
+            crate::rank::matches(&metadata(meta)?, filter)
+        };
+        out.push(Candidate {
+            seq: row.get(0)?,
+            id: row.get(1)?,
+            tf,
+            length,
+            passes,
+        });
+    }
+    Ok((out, df))
+}
+
+/// `ns`'s documents and words in all, from its row; `None` for a namespace never written.
+fn totals(db: &Connection, ns: &Namespace) -> Result<Option<(u64, u64)>, Error> {
+    Ok(db
+        .prepare_cached("SELECT documents, words FROM namespaces WHERE name = ?1")?
+        .query_row([ns.as_str()], |r| {
+            Ok((
+                r.get::<_, i64>(0)?.max(0) as u64,
+                r.get::<_, i64>(1)?.max(0) as u64,
+            ))
+        })
+        .optional()?)
+}
+
 /// `ns`'s statistics for a text search of `words`, read in `db`'s snapshot; all zero for a
 /// namespace never written.
 fn text_stats(db: &Connection, ns: &Namespace, words: &[String]) -> Result<TextStats, Error> {
-    let Some((documents, total)) = db
-        .prepare_cached("SELECT documents, words FROM namespaces WHERE name = ?1")?
-        .query_row([ns.as_str()], |r| {
-            Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?))
-        })
-        .optional()?
-    else {
+    let Some((documents, total)) = totals(db, ns)? else {
         return Ok(TextStats {
             df: vec![0; words.len()],
             ..TextStats::default()
         });
     };
-    let mut count = db.prepare_cached(
-        "SELECT count(*) FROM documents_fts JOIN documents d ON d.seq = documents_fts.rowid
-         WHERE documents_fts MATCH ?1 AND d.namespace = ?2",
-    )?;
-    let df = words
-        .iter()
-        .map(|w| {
-            count
-                .query_row(params![format!("\"{w}\""), ns.as_str()], |r| {
-                    r.get::<_, i64>(0)
-                })
-                .map(|n| n.max(0) as u64)
-        })
-        .collect::<Result<_, _>>()?;
+    let (_, df) = candidates(db, ns, words, &Metadata::new())?;
     Ok(TextStats {
-        documents: documents.max(0) as u64,
-        words: total.max(0) as u64,
+        documents,
+        words: total,
         df,
     })
 }
@@ -521,38 +583,26 @@ impl SqliteMemory {
                 "the query's text has no word to search for".into(),
             ));
         }
+        let (candidates, df) = candidates(db, ns, &words, filter)?;
         let own;
         let stats = match stats {
             Some(s) => s,
             None => {
-                own = text_stats(db, ns, &words)?;
+                let (documents, total) = totals(db, ns)?.unwrap_or((0, 0));
+                own = TextStats {
+                    documents,
+                    words: total,
+                    df,
+                };
                 &own
             }
         };
         let bm25 = Bm25::new(&words, stats);
-        let mut params = vec![
-            Sql::Text(match_expression(&words)),
-            Sql::Text(ns.to_string()),
-        ];
-        let clause = filter_clause(filter, &mut params);
-        let sql = format!(
-            "SELECT d.seq, d.id, d.text
-             FROM documents_fts JOIN documents d ON d.seq = documents_fts.rowid
-             WHERE documents_fts MATCH ?1 AND d.namespace = ?2{clause}"
-        );
-        let mut stmt = db.prepare(&sql)?;
-        let mut rows = stmt.query(rusqlite::params_from_iter(params))?;
         let mut top = TopK::new(k);
-        while let Some(row) = rows.next()? {
-            let text = row
-                .get_ref(2)?
-                .as_str()
-                .map_err(|e| Error::Store(e.to_string()))?;
-            let score = bm25.score(crate::rank::words(text));
-            // Matched by the index's folding (of accents, say) but by none of the words as
-            // counted: not found, as no other store would find it.
-            if score > 0.0 && top.admits(score) {
-                top.offer(score, row.get(1)?, row.get::<_, i64>(0)?);
+        for c in candidates.into_iter().filter(|c| c.passes) {
+            let score = bm25.score_counts(&c.tf, c.length);
+            if top.admits(score) {
+                top.offer(score, c.id, c.seq);
             }
         }
         let mut fetch = db.prepare_cached("SELECT text, metadata FROM documents WHERE seq = ?1")?;

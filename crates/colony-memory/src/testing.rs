@@ -29,6 +29,7 @@ pub const CASES: &[(&str, Case)] = &[
         "bad_input_is_refused_and_nothing_stored",
         bad_input_is_refused_and_nothing_stored,
     ),
+    ("words_are_counted_alike", words_are_counted_alike),
 ];
 
 /// Runs every case on a fresh store from `make`, naming the case that fails.
@@ -329,4 +330,109 @@ pub fn bad_input_is_refused_and_nothing_stored(m: &dyn Memory) {
         assert!(matches!(m.search(&n, &q), Err(Error::Query(_))), "{q:?}");
     }
     assert!(!m.namespaces().unwrap().contains(&nowhere));
+}
+
+/// Every store counts words alike (runs of letters and digits, lowercased), so that their
+/// statistics and rankings agree: an accent makes another word, whatever a store's own
+/// index folds.
+pub fn words_are_counted_alike(m: &dyn Memory) {
+    let n = ns("words");
+    m.put(
+        &n,
+        vec![
+            Document::new("accent", "Café open"),
+            Document::new("plain", "cafe closed"),
+            Document::new("short", "CAFE"),
+            Document::new("other", "tea house"),
+        ],
+    )
+    .unwrap();
+    let words = crate::query_words("cafe, Open!");
+    assert_eq!(words, ["cafe", "open"]);
+    let stats = m.text_stats(&n, &words).unwrap();
+    assert_eq!(
+        (stats.documents, stats.words, stats.df),
+        (4, 2 + 2 + 1 + 2, vec![2, 1])
+    );
+    let found = m.search(&n, &Query::text("cafe", 10)).unwrap();
+    assert_eq!(ids(&found), ["short", "plain"], "{found:?}");
+    assert_eq!(
+        ids(&m.search(&n, &Query::text("café", 10)).unwrap()),
+        ["accent"]
+    );
+    // A namespace never written has no statistics, and no error.
+    let none = m.text_stats(&ns("never"), &words).unwrap();
+    assert_eq!((none.documents, none.df), (0, vec![0, 0]));
+}
+
+/// A real ChromaDB server for tests (`chroma run`, PyPI's `chromadb`), on a free loopback
+/// port with a folder of its own, stopped and removed when dropped.
+#[derive(Debug)]
+pub struct ChromaServer {
+    child: std::process::Child,
+    pub port: u16,
+    dir: std::path::PathBuf,
+}
+
+impl Drop for ChromaServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+impl ChromaServer {
+    /// A fresh server, once it listens; `None` (the caller skips, saying so) when `chroma`
+    /// is not on the `PATH`, which fails the test instead when `CI` is set.
+    pub fn start() -> Option<Self> {
+        use std::{
+            net::{TcpListener, TcpStream},
+            time::{Duration, Instant},
+        };
+        let path = std::env::var_os("PATH")?;
+        let Some(chroma) = std::env::split_paths(&path)
+            .map(|dir| dir.join("chroma"))
+            .find(|p| p.is_file())
+        else {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "chroma is missing: .ci/run installs it (pip install chromadb)"
+            );
+            eprintln!("chroma not installed (pip install chromadb): skipping this Chroma test");
+            return None;
+        };
+        let port = TcpListener::bind("127.0.0.1:0")
+            .ok()?
+            .local_addr()
+            .ok()?
+            .port();
+        let dir = std::env::temp_dir().join(format!("colony-chroma-{}-{port}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("a folder for chroma");
+        let child = std::process::Command::new(chroma)
+            .args([
+                "run",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                &port.to_string(),
+                "--path",
+            ])
+            .arg(&dir)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("chroma starts");
+        let server = Self { child, port, dir };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "chroma did not start in 60 s");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Some(server)
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
 }

@@ -9,73 +9,15 @@ use colony_memory::{
 };
 use rand::{Rng, SeedableRng, rngs::SmallRng};
 use std::{
-    net::{TcpListener, TcpStream},
-    process::{Child, Stdio},
+    net::TcpListener,
     sync::atomic::{AtomicUsize, Ordering},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
-struct Server {
-    child: Child,
-    port: u16,
-    _dir: tempfile::TempDir,
-}
+type Server = testing::ChromaServer;
 
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn which(name: &str) -> Option<std::path::PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|dir| dir.join(name))
-        .find(|p| p.is_file())
-}
-
-/// A fresh server on a free port, with its own folder; `None` (a skip) only outside CI.
 fn start() -> Option<Server> {
-    let Some(chroma) = which("chroma") else {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "chroma is missing: .ci/run installs it (pip install chromadb)"
-        );
-        eprintln!("chroma not installed (pip install chromadb): skipping the Chroma tests");
-        return None;
-    };
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let dir = tempfile::tempdir().unwrap();
-    let child = std::process::Command::new(chroma)
-        .args([
-            "run",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            &port.to_string(),
-            "--path",
-        ])
-        .arg(dir.path())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let server = Server {
-        child,
-        port,
-        _dir: dir,
-    };
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "chroma did not start in 60 s");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    Some(server)
+    Server::start()
 }
 
 static PREFIXES: AtomicUsize = AtomicUsize::new(0);

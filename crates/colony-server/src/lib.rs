@@ -109,7 +109,7 @@ pub struct Config {
     pub connections: Limits,
     /// The agents' shared memory, served under `/v1/memory` (see [`memory`]); off when
     /// `None`.
-    pub memory: Option<Arc<colony_memory::SqliteMemory>>,
+    pub memory: Option<Arc<dyn colony_memory::Memory>>,
 }
 
 impl Config {
@@ -177,7 +177,7 @@ pub(crate) struct App {
     /// The pools' recent sizes and the decisions on them, sampled by the server's
     /// [`history::Sampler`].
     pub(crate) history: Arc<history::History>,
-    pub(crate) memory: Option<Arc<colony_memory::SqliteMemory>>,
+    pub(crate) memory: Option<Arc<dyn colony_memory::Memory>>,
     /// One permit per memory call on the blocking pool: its own, so that a long one (an
     /// approximate index being built) never holds up the journal's reads.
     pub(crate) memory_calls: Arc<tokio::sync::Semaphore>,

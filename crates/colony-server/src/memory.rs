@@ -22,7 +22,7 @@ use axum::{
     http::StatusCode,
     response::{IntoResponse, Response},
 };
-use colony_memory::{CacheStats, Document, Memory, Namespace, Query, SqliteMemory};
+use colony_memory::{CacheStats, Document, Memory, Namespace, Query};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use std::{sync::Arc, time::Instant};
@@ -69,12 +69,12 @@ pub(crate) struct One {
 
 /// The server's memory, or the 404 that says it has none.
 #[allow(clippy::result_large_err)]
-fn store(app: &App) -> Result<Arc<SqliteMemory>, Response> {
+fn store(app: &App) -> Result<Arc<dyn Memory>, Response> {
     app.memory.clone().ok_or_else(|| {
         problem(
             StatusCode::NOT_FOUND,
             "memory-off",
-            "this server has no memory: start it with --memory FILE",
+            "this server has no memory: start it with --memory FILE or --memory-chroma URL",
         )
     })
 }
@@ -84,7 +84,7 @@ fn store(app: &App) -> Result<Arc<SqliteMemory>, Response> {
 fn store_and<T>(
     app: &App,
     request: Result<Json<Object<T>>, JsonRejection>,
-) -> Result<(Arc<SqliteMemory>, T), Response> {
+) -> Result<(Arc<dyn Memory>, T), Response> {
     let store = store(app)?;
     Ok((store, body(request)?))
 }
@@ -111,10 +111,10 @@ fn refused(error: colony_memory::Error) -> Response {
 /// Runs `work` on the store, on the blocking pool.
 async fn with_store<T: Send + 'static>(
     app: &App,
-    store: Arc<SqliteMemory>,
-    work: impl FnOnce(&SqliteMemory) -> Result<T, colony_memory::Error> + Send + 'static,
+    store: Arc<dyn Memory>,
+    work: impl FnOnce(&dyn Memory) -> Result<T, colony_memory::Error> + Send + 'static,
 ) -> Result<T, Response> {
-    match App::blocking_under(&app.memory_calls, move || work(&store)).await {
+    match App::blocking_under(&app.memory_calls, move || work(&*store)).await {
         Ok(Ok(t)) => Ok(t),
         Ok(Err(e)) => Err(refused(e)),
         Err(e) => Err(problem(StatusCode::SERVICE_UNAVAILABLE, "memory", e)),
@@ -143,7 +143,7 @@ pub(crate) struct Space {
     pub(crate) embedder: Option<String>,
 }
 
-fn overview(m: &SqliteMemory) -> Result<Overview, colony_memory::Error> {
+fn overview(m: &dyn Memory) -> Result<Overview, colony_memory::Error> {
     let names = m.namespaces()?;
     let more = names.len() > MAX_LISTED;
     let namespaces = names
@@ -200,7 +200,7 @@ pub(crate) async fn put(
     };
     let n = put.documents.len();
     let (documents, embedder) = (put.documents, put.embedder);
-    let stored = move |m: &SqliteMemory| match &embedder {
+    let stored = move |m: &dyn Memory| match &embedder {
         Some(e) => m.put_embedded(&ns, documents, e),
         None => m.put(&ns, documents),
     };

@@ -47,6 +47,8 @@ pub(crate) const SERVER_KEYS: &[&str] = &[
     "rate-limit",
     "runs",
     "memory",
+    "memory-chroma",
+    "memory-shards",
     "max-connections",
     "header-timeout",
     "idle-timeout",
@@ -56,6 +58,7 @@ pub(crate) const SERVER_KEYS: &[&str] = &[
 const NUMERIC_KEYS: &[&str] = &[
     "server.agents",
     "server.rate-limit",
+    "server.memory-shards",
     "server.max-connections",
     "server.header-timeout",
     "server.idle-timeout",
@@ -136,6 +139,10 @@ struct Server {
     #[serde(default)]
     memory: Option<Located<String>>,
     #[serde(default)]
+    memory_chroma: Option<Located<String>>,
+    #[serde(default)]
+    memory_shards: Option<Located<u64>>,
+    #[serde(default)]
     max_connections: Option<Located<u64>>,
     #[serde(default)]
     header_timeout: Option<Located<u64>>,
@@ -158,6 +165,8 @@ pub(crate) struct Flags {
     pub(crate) rate_limit: Option<NonZeroU32>,
     pub(crate) runs: Option<PathBuf>,
     pub(crate) memory: Option<PathBuf>,
+    pub(crate) memory_chroma: Option<String>,
+    pub(crate) memory_shards: Option<u64>,
     pub(crate) max_connections: Option<u64>,
     pub(crate) header_timeout: Option<u64>,
     pub(crate) idle_timeout: Option<u64>,
@@ -239,6 +248,10 @@ pub(crate) struct ServerSettings {
     pub(crate) rate_limit: Option<NonZeroU32>,
     pub(crate) runs: Option<PathBuf>,
     pub(crate) memory: Option<PathBuf>,
+    /// The memory on a ChromaDB server instead: its URL, as `colony memory --chroma` takes.
+    pub(crate) memory_chroma: Option<String>,
+    /// Stores the memory is spread over.
+    pub(crate) memory_shards: u64,
     pub(crate) max_connections: u64,
     pub(crate) header_timeout: u64,
     pub(crate) idle_timeout: u64,
@@ -274,6 +287,8 @@ impl Resolved {
             s.rate_limit.map_or("-".into(), |n| n.to_string()),
             path(&s.runs),
             path(&s.memory),
+            s.memory_chroma.clone().unwrap_or_else(|| "-".into()),
+            s.memory_shards.to_string(),
             s.max_connections.to_string(),
             s.header_timeout.to_string(),
             s.idle_timeout.to_string(),
@@ -546,6 +561,27 @@ pub(crate) fn resolve(flags: &Flags, env: &BTreeMap<String, String>) -> Result<R
     let memory = pick!(memory, "memory", flags.memory.clone(), |l, v| {
         written_path(l, v)
     });
+    let memory_chroma = pick!(
+        memory_chroma,
+        "memory-chroma",
+        flags.memory_chroma.clone(),
+        |l, v| {
+            if v.value.starts_with("http://") || v.value.starts_with("https://") {
+                Ok(v.value.clone())
+            } else {
+                Err(format!(
+                    "memory-chroma {:?}: the URL of a ChromaDB server, http://HOST:PORT",
+                    v.value
+                ))
+            }
+        }
+    );
+    let memory_shards = pick!(
+        memory_shards,
+        "memory-shards",
+        flags.memory_shards,
+        |l, v| { within("memory-shards", v.value, colony_memory::MAX_SHARDS as u64,) }
+    );
     let max_connections = pick!(
         max_connections,
         "max-connections",
@@ -581,6 +617,25 @@ pub(crate) fn resolve(flags: &Flags, env: &BTreeMap<String, String>) -> Result<R
             )),
         }
     }
+    // One memory, a file or a server: the higher layer's wins; one layer giving both is a
+    // contradiction.
+    let (mut memory, mut memory_chroma) = (memory, memory_chroma);
+    if memory.value.is_some() && memory_chroma.value.is_some() {
+        match memory.source.rank().cmp(&memory_chroma.source.rank()) {
+            std::cmp::Ordering::Less => {
+                sources.remove("server.memory");
+                memory.value = None;
+            }
+            std::cmp::Ordering::Greater => {
+                sources.remove("server.memory-chroma");
+                memory_chroma.value = None;
+            }
+            std::cmp::Ordering::Equal => problems.push(format!(
+                "{}: memory and memory-chroma both say where the memory is (memory at {}, memory-chroma at {}): give one",
+                memory.source, memory.source, memory_chroma.source
+            )),
+        }
+    }
     // A certificate needs its key, and a key its certificate.
     if tls_cert.value.is_some() != tls_key.value.is_some() {
         let (given, missing) = if tls_cert.value.is_some() {
@@ -608,6 +663,8 @@ pub(crate) fn resolve(flags: &Flags, env: &BTreeMap<String, String>) -> Result<R
         rate_limit: rate_limit.value,
         runs: runs.value,
         memory: memory.value,
+        memory_chroma: memory_chroma.value,
+        memory_shards: memory_shards.value.unwrap_or(1),
         max_connections: max_connections
             .value
             .unwrap_or(colony_server::conn::MAX_CONNECTIONS as u64),

@@ -619,3 +619,115 @@ fn a_bad_chroma_address_is_refused_with_what_is_wrong() {
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("127.0.0.1:1"), "{err}");
 }
+
+#[test]
+fn a_memory_on_chroma_is_used_through_the_command_line_and_opened_only_as_spread() {
+    let Some(chroma) = colony_memory::testing::ChromaServer::start() else {
+        return;
+    };
+    let url = format!("{}?prefix=cli", chroma.url());
+    let (out, err, code) = colony(&[
+        "memory",
+        "put",
+        "--chroma",
+        &url,
+        "--shards",
+        "2",
+        "-n",
+        "team/a",
+        "r1",
+        "restart the failed agent",
+        "--meta",
+        "kind=ops",
+        "--embed",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("stored 1 documents in team/a"), "{out}");
+    let (out, err, code) = colony(&[
+        "memory", "search", "--chroma", &url, "--shards", "2", "-n", "team/a", "--text", "agent",
+        "--near", "restart", "--where", "kind=ops", "--json",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let hits: Vec<Value> = serde_json::from_str(&out).unwrap();
+    assert_eq!(hits[0]["id"], "r1", "{out}");
+    // Another count would look in other collections: refused, naming the count.
+    for wrong in ["1", "3"] {
+        let (_, err, code) = colony(&["memory", "stats", "--chroma", &url, "--shards", wrong]);
+        assert_eq!(code, 2, "{err}");
+        assert!(
+            err.contains("spread over 2") && err.contains("--shards 2"),
+            "{err}"
+        );
+    }
+    let (out, err, code) = colony(&[
+        "memory", "stats", "--chroma", &url, "--shards", "2", "--json",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let stats: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(stats[0]["documents"], 1, "{out}");
+    assert_eq!(stats[0]["embedder"], "lexical", "{out}");
+}
+
+#[test]
+fn colony_serve_serves_a_memory_spread_over_files_and_refuses_two_memories() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("spread.db");
+    let db = db.to_str().unwrap();
+    let docs: Vec<String> = (0..12).map(|i| format!("d{i}")).collect();
+    for id in &docs {
+        let (_, err, code) = colony(&[
+            "memory",
+            "put",
+            "--db",
+            db,
+            "--shards",
+            "3",
+            id,
+            "agents remember together",
+        ]);
+        assert_eq!(code, 0, "{err}");
+    }
+    // Through colony.toml's keys, as a user would keep them.
+    std::fs::write(
+        dir.path().join("colony.toml"),
+        format!("[server]\nmemory = \"{db}\"\nmemory-shards = 3\n"),
+    )
+    .unwrap();
+    let server = common::Server::start_in(dir.path(), &[]);
+    let found = server
+        .request(
+            reqwest::Method::POST,
+            "/v1/memory/search",
+            None,
+            Some(
+                serde_json::json!({"namespace": "shared", "query": {"text": "remember", "k": 20}}),
+            ),
+        )
+        .unwrap();
+    assert_eq!(found.0, 200, "{}", found.1);
+    let hits: Value = serde_json::from_str(&found.1).unwrap();
+    assert_eq!(hits["hits"].as_array().unwrap().len(), 12, "{hits}");
+    drop(server);
+    // The same memory with another count: refused before serving.
+    let (_, err, code) = colony(&["serve", "--memory", db, "--memory-shards", "2"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("spread over 3"), "{err}");
+    // A file and a server in one layer: which memory is meant is not guessed.
+    let (_, err, code) = colony(&[
+        "serve",
+        "--memory",
+        db,
+        "--memory-chroma",
+        "http://127.0.0.1:1",
+    ]);
+    assert_eq!(code, 2, "{err}");
+    std::fs::write(
+        dir.path().join("both.toml"),
+        format!("[server]\nmemory = \"{db}\"\nmemory-chroma = \"http://127.0.0.1:1\"\n"),
+    )
+    .unwrap();
+    let both = dir.path().join("both.toml");
+    let (_, err, code) = colony(&["config", "check", "--config", both.to_str().unwrap()]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("memory and memory-chroma"), "{err}");
+}

@@ -229,16 +229,45 @@ fn failure(e: Error) -> Failure {
 
 /// The memory `at` says, which must exist unless `create`.
 fn open(at: &StoreArgs, create: bool) -> Result<Box<dyn Memory>, Failure> {
-    let n = at.shards as usize;
-    if let Some(url) = &at.chroma {
+    // One command, then the process ends: an approximate index built for a single search
+    // would cost more than the exact search it replaces.
+    open_memory(
+        at.db.as_deref(),
+        at.chroma.as_deref(),
+        at.shards as usize,
+        create,
+        false,
+    )
+}
+
+/// The memory in file `db`, or on the Chroma server of `chroma`, spread over `n` stores;
+/// files must exist unless `create`; approximate indexes are built when `approximate`.
+/// Also `colony serve --memory`'s and `--memory-chroma`'s.
+pub(crate) fn open_memory(
+    db: Option<&Path>,
+    chroma: Option<&str>,
+    n: usize,
+    create: bool,
+    approximate: bool,
+) -> Result<Box<dyn Memory>, Failure> {
+    if let Some(url) = chroma {
         let options = chroma_options(url)?;
         let connect = |prefix: String| {
             let mut o = options.clone();
             o.prefix = prefix;
             ChromaMemory::connect(o).map_err(|e| Failure::work(anyhow::anyhow!("--chroma: {e}")))
         };
+        let longest = format!("{}-{n}-of-{n}", options.prefix);
+        if n > 1 && longest.len() > 64 {
+            return Err(Failure::input(anyhow::anyhow!(
+                "--chroma: prefix {} is too long to be spread over {n} ({longest} passes 64 characters)",
+                options.prefix
+            )));
+        }
+        let first = connect(options.prefix.clone())?;
+        chroma_spread_over(&first, &options.prefix, n)?;
         if n == 1 {
-            return Ok(Box::new(connect(options.prefix.clone())?));
+            return Ok(Box::new(first));
         }
         let shards = (1..=n)
             .map(|i| {
@@ -247,13 +276,11 @@ fn open(at: &StoreArgs, create: bool) -> Result<Box<dyn Memory>, Failure> {
             .collect::<Result<Vec<_>, Failure>>()?;
         return Ok(Box::new(Sharded::new(shards).map_err(failure)?));
     }
-    let Some(db) = &at.db else {
+    let Some(db) = db else {
         return Err(Failure::input(anyhow::anyhow!(
             "give --db PATH or --chroma URL"
         )));
     };
-    // One command, then the process ends: an approximate index built for a single search
-    // would cost more than the exact search it replaces.
     let file = |path: &Path| -> Result<Box<dyn Memory>, Failure> {
         if !create && !path.exists() {
             return Err(Failure::input(anyhow::anyhow!(
@@ -261,7 +288,12 @@ fn open(at: &StoreArgs, create: bool) -> Result<Box<dyn Memory>, Failure> {
                 path.display()
             )));
         }
-        Ok(Box::new(open_store(path)?.with_approximate(None)))
+        let store = open_store(path)?;
+        Ok(if approximate {
+            Box::new(store)
+        } else {
+            Box::new(store.with_approximate(None))
+        })
     };
     if n == 1 {
         spread_over(db, 1)?;
@@ -330,6 +362,32 @@ fn spread_over(db: &Path, n: usize) -> Result<(), Failure> {
     Ok(())
 }
 
+/// Refuses to use the Chroma memory of `prefix` as spread over `n` stores when its
+/// collections say another number, as [`spread_over`] does for files.
+fn chroma_spread_over(chroma: &ChromaMemory, prefix: &str, n: usize) -> Result<(), Failure> {
+    let names = chroma.collection_names().map_err(failure)?;
+    let spread = format!("{prefix}-");
+    let one = format!("{prefix}.");
+    for name in &names {
+        let counted = name
+            .strip_prefix(&spread)
+            .and_then(|rest| rest.split_once('.'))
+            .and_then(|(part, _)| part.split_once("-of-"))
+            .and_then(|(i, m)| Some((i.parse::<usize>().ok()?, m.parse::<usize>().ok()?)));
+        let m = match counted {
+            Some((_, m)) => m,
+            None if name.starts_with(&one) => 1,
+            None => continue,
+        };
+        if m != n {
+            return Err(Failure::input(anyhow::anyhow!(
+                "--chroma: the memory of prefix {prefix} is spread over {m} (collection {name}), not {n}: give --shards {m}"
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// `--chroma`'s URL: the server's address, with its tenant, database, prefix and token
 /// variable in the query.
 fn chroma_options(url: &str) -> Result<ChromaOptions, Failure> {
@@ -363,8 +421,8 @@ fn chroma_options(url: &str) -> Result<ChromaOptions, Failure> {
 }
 
 /// The memory at `db`: a new file becomes one; an existing file must be a regular file
-/// and a memory, and is never changed otherwise. Also `colony serve --memory`'s.
-pub(crate) fn open_store(db: &Path) -> Result<SqliteMemory, Failure> {
+/// and a memory, and is never changed otherwise.
+fn open_store(db: &Path) -> Result<SqliteMemory, Failure> {
     if !db.exists() {
         // A path that cannot be a memory is the caller's to fix.
         return SqliteMemory::open(db).map_err(Failure::input);

@@ -52,9 +52,18 @@ pub(crate) struct Args {
     #[arg(long, value_name = "DIR")]
     runs: Option<PathBuf>,
     /// Serve the agents' shared memory in this SQLite file under /v1/memory (created if
-    /// absent; a file that is not a memory is refused). Off without it.
-    #[arg(long, value_name = "PATH")]
+    /// absent; a file that is not a memory is refused). Off without it and --memory-chroma.
+    #[arg(long, value_name = "PATH", conflicts_with = "memory_chroma")]
     memory: Option<PathBuf>,
+    /// Serve the memory on this ChromaDB server instead: http://HOST:PORT, with
+    /// ?tenant=T&database=D&prefix=P&token-env=VAR as needed (see `colony memory --chroma`).
+    #[arg(long, value_name = "URL")]
+    memory_chroma: Option<String>,
+    /// Spread the memory over N stores (files PATH.1-of-N.., or Chroma prefixes
+    /// PREFIX-1-of-N..); always the same N for one memory (default 1).
+    #[arg(long, value_name = "N",
+          value_parser = clap::value_parser!(u64).range(1..=colony_memory::MAX_SHARDS as u64))]
+    memory_shards: Option<u64>,
     /// Most connections open at once (default 4096). At the cap, the one waiting longest for
     /// a request is closed to make room; if every one is busy, the newcomer gets 503. Keep it
     /// under the process's file limit (`ulimit -n`).
@@ -88,6 +97,8 @@ impl Args {
             rate_limit: self.rate_limit,
             runs: self.runs.clone(),
             memory: self.memory.clone(),
+            memory_chroma: self.memory_chroma.clone(),
+            memory_shards: self.memory_shards,
             max_connections: self.max_connections,
             header_timeout: self.header_timeout,
             idle_timeout: self.idle_timeout,
@@ -136,14 +147,27 @@ pub(crate) fn run(args: &Args) -> Result<(), Failure> {
             .map(|(cert, key)| Tls { cert, key }),
         rate_limit: settings.rate_limit,
         runs: settings.runs.clone(),
-        memory: match &settings.memory {
-            Some(path) => Some(Arc::new(
-                crate::commands::memory::open_store(path).map_err(|e| match e {
-                    Failure::Input(e) => Failure::Input(e.context("--memory")),
-                    Failure::Work(e) => Failure::Work(e.context("--memory")),
-                })?,
-            )),
-            None => None,
+        memory: match (&settings.memory, &settings.memory_chroma) {
+            (None, None) => None,
+            (path, chroma) => {
+                let named = if path.is_some() {
+                    "--memory"
+                } else {
+                    "--memory-chroma"
+                };
+                let memory = crate::commands::memory::open_memory(
+                    path.as_deref(),
+                    chroma.as_deref(),
+                    usize::try_from(settings.memory_shards).unwrap_or(1),
+                    true,
+                    true,
+                )
+                .map_err(|e| match e {
+                    Failure::Input(e) => Failure::Input(e.context(named)),
+                    Failure::Work(e) => Failure::Work(e.context(named)),
+                })?;
+                Some(Arc::from(memory))
+            }
         },
         max_streams: colony_server::MAX_STREAMS,
         connections: colony_server::Limits {
