@@ -304,7 +304,7 @@ impl ChromaMemory {
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
         {
-            return Err(Error::Store(format!(
+            return Err(Error::Setting(format!(
                 "chroma prefix {prefix:?}: 1 to 64 letters, digits, `_` or `-`, beginning with a letter or digit"
             )));
         }
@@ -315,14 +315,14 @@ impl ChromaMemory {
                     .bytes()
                     .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
             {
-                return Err(Error::Store(format!(
+                return Err(Error::Setting(format!(
                     "chroma {what} {name:?}: 1 to 128 letters, digits, `_`, `-` or `.`"
                 )));
             }
         }
         let url = options.url.trim_end_matches('/').to_owned();
         if !(url.starts_with("http://") || url.starts_with("https://")) {
-            return Err(Error::Store(format!(
+            return Err(Error::Setting(format!(
                 "chroma at {url:?}: the URL must begin with http:// or https://"
             )));
         }
@@ -1150,6 +1150,24 @@ impl Memory for ChromaMemory {
 }
 
 impl ChromaMemory {
+    /// Deletes namespace `ns`, both its collections, with every document; whether it was
+    /// there.
+    pub fn remove_namespace(&self, ns: &Namespace) -> Result<bool, Error> {
+        let _writing = self.writing.lock().unwrap_or_else(|p| p.into_inner());
+        self.spaces().remove(ns);
+        let mut was = false;
+        for kind in ["vecs", "docs"] {
+            was |= self
+                .call(
+                    reqwest::Method::DELETE,
+                    &format!("{}/collections/{}", self.base, self.name(ns, kind)),
+                    None,
+                )?
+                .is_some();
+        }
+        Ok(was)
+    }
+
     /// The names of every collection of the database (at most [`MAX_SCANNED`]).
     pub fn collection_names(&self) -> Result<Vec<String>, Error> {
         let mut out = Vec::new();

@@ -22,6 +22,7 @@ mod approx;
 mod cache;
 mod chroma;
 mod embed;
+mod open;
 mod rank;
 mod remote;
 mod sharded;
@@ -32,6 +33,7 @@ pub use approx::{DEFAULT_APPROXIMATE_FROM, Rebuilt};
 pub use cache::{CACHE_BYTES, CacheStats, DEFAULT_CACHE_ENTRIES};
 pub use chroma::{ChromaMemory, ChromaOptions};
 pub use embed::{Embedder, Lexical};
+pub use open::{Opening, Place, open, open_file, shard_path};
 pub use remote::{Remote, RemoteOptions};
 pub use sharded::{MAX_SHARDS, Sharded};
 pub use sqlite::SqliteMemory;
@@ -97,6 +99,9 @@ pub enum Error {
     /// An embedding endpoint failed or answered what is not a set of embeddings.
     #[error("the embedder: {0}")]
     Embedder(String),
+    /// How the memory was to be opened is wrong: a path, a URL, a number of stores.
+    #[error("{0}")]
+    Setting(String),
 }
 
 impl From<rusqlite::Error> for Error {

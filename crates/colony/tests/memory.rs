@@ -586,7 +586,7 @@ fn a_memory_spread_over_files_is_used_as_one_and_opened_only_as_spread() {
         let (_, err, code) = colony(&["memory", "get", "--db", db, "--shards", wrong, "d3"]);
         assert_eq!(code, 2, "{err}");
         assert!(
-            err.contains("spread over 3 files") && err.contains("--shards 3"),
+            err.contains("spread over 3 files") && err.contains("give 3 shards"),
             "{err}"
         );
     }
@@ -655,7 +655,7 @@ fn a_memory_on_chroma_is_used_through_the_command_line_and_opened_only_as_spread
         let (_, err, code) = colony(&["memory", "stats", "--chroma", &url, "--shards", wrong]);
         assert_eq!(code, 2, "{err}");
         assert!(
-            err.contains("spread over 2") && err.contains("--shards 2"),
+            err.contains("spread over 2") && err.contains("give 2 shards"),
             "{err}"
         );
     }

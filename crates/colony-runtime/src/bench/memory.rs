@@ -263,6 +263,193 @@ pub fn memory(
     })
 }
 
+/// The same workload on a ChromaDB server, through colony's Chroma store, for figures
+/// beside the embedded store's.
+#[derive(Clone, Debug, Serialize)]
+pub struct ChromaReport {
+    pub documents: u32,
+    pub dimension: u32,
+    /// Searches timed of the kinds that read every embedding (exact, hybrid): at most 10.
+    pub queries: u32,
+    pub inserts_per_s: f64,
+    /// Exact vector search among 10,000 documents: every embedding read from the record.
+    pub exact_small: Percentiles,
+    pub text_small: Percentiles,
+    pub hybrid_small: Percentiles,
+    /// Chroma's own graph (HNSW) proposing candidates among all the documents, scored
+    /// exactly, and the share of the true top 10 found (brute force, in this process).
+    pub approximate_all: Percentiles,
+    pub recall_at_10: f64,
+    /// Every exact search found the document whose vector it was, every search its `k`
+    /// documents, and the namespaces hold what was stored.
+    #[serde(flatten)]
+    pub verdict: Verdict,
+}
+
+/// Searches of the kinds that read every embedding, on Chroma: each takes about a second.
+const CHROMA_SLOW_QUERIES: u32 = 10;
+
+/// Runs the workload on the Chroma server of `options`, in namespaces of a prefix of its
+/// own (from `options.prefix`), deleted after.
+pub fn chroma(
+    mut options: colony_memory::ChromaOptions,
+    documents: u32,
+    dimension: u32,
+    queries: u32,
+    seed: u64,
+) -> Result<ChromaReport, Error> {
+    let store = |e: colony_memory::Error| Error::Options(format!("the Chroma memory: {e}"));
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis());
+    options.prefix = format!("{}-bench{seed}-{stamp}", options.prefix);
+    let memory = colony_memory::ChromaMemory::connect(options).map_err(store)?;
+    let small = Namespace::parse("bench/small").map_err(store)?;
+    let all = Namespace::parse("bench/all").map_err(store)?;
+    let report = chroma_run(&memory, &small, &all, documents, dimension, queries, seed);
+    for ns in [&small, &all] {
+        memory.remove_namespace(ns).map_err(store)?;
+    }
+    report
+}
+
+fn chroma_run(
+    memory: &colony_memory::ChromaMemory,
+    small: &Namespace,
+    all: &Namespace,
+    documents: u32,
+    dimension: u32,
+    queries: u32,
+    seed: u64,
+) -> Result<ChromaReport, Error> {
+    let store = |e: colony_memory::Error| Error::Options(format!("the Chroma memory: {e}"));
+    if !(SMALL..=MAX_DOCUMENTS).contains(&documents)
+        || !(1..=MAX_DIMENSION).contains(&dimension)
+        || !(1..=MAX_QUERIES).contains(&queries)
+    {
+        return Err(Error::Options(format!(
+            "documents {SMALL}..={MAX_DOCUMENTS}, dimension 1..={MAX_DIMENSION}, queries 1..={MAX_QUERIES}"
+        )));
+    }
+    let mut rng = SmallRng::seed_from_u64(seed);
+    let data = Data::new(&mut rng, dimension as usize);
+    let started = Instant::now();
+    let mut kept: Vec<(String, Vec<f32>)> = Vec::new();
+    // Every vector of the large namespace, for the true top 10.
+    let mut truth: Vec<(String, Vec<f32>)> = Vec::with_capacity(documents as usize);
+    for (which, ns, n) in [(0, small, SMALL), (1, all, documents)] {
+        let mut next = 0u32;
+        while next < n {
+            let batch: Vec<Document> = (next..n.min(next + BATCH as u32))
+                .map(|i| data.document(&mut rng, which, i))
+                .collect();
+            if which == 0 {
+                let d = &batch[batch.len() / 2];
+                kept.push((d.id.clone(), d.embedding.clone().unwrap_or_default()));
+            } else {
+                truth.extend(
+                    batch
+                        .iter()
+                        .map(|d| (d.id.clone(), d.embedding.clone().unwrap_or_default())),
+                );
+            }
+            next += batch.len() as u32;
+            memory.put(ns, batch).map_err(store)?;
+        }
+    }
+    let inserts_per_s = f64::from(SMALL + documents) / started.elapsed().as_secs_f64();
+    let mut verdict = Verdict::new();
+    for (ns, n) in [(small, SMALL), (all, documents)] {
+        let held = memory.stats(ns).map_err(store)?.documents;
+        verdict.check(held == u64::from(n), || {
+            format!("{ns} holds {held} documents, not {n}")
+        });
+    }
+    let slow = queries.min(CHROMA_SLOW_QUERIES);
+    let mut times = Vec::new();
+    for q in 0..slow {
+        let own = (q % 2 == 0).then(|| &kept[(q as usize / 2) % kept.len()]);
+        let vector = own.map_or_else(|| data.vector(&mut rng), |(_, v)| v.clone());
+        let start = Instant::now();
+        let hits = memory.search(small, &exact(vector)).map_err(store)?;
+        times.push(start.elapsed());
+        verdict.check(hits.len() == K, || {
+            format!("an exact search found {} documents, not {K}", hits.len())
+        });
+        if let Some((id, _)) = own {
+            verdict.check(hits.first().is_some_and(|h| &h.id == id), || {
+                format!("{id}'s own vector did not find it first")
+            });
+        }
+    }
+    let exact_small = Percentiles::of(times);
+    let mut timed =
+        |n: u32, query: &dyn Fn(&mut SmallRng) -> Query| -> Result<Percentiles, Error> {
+            let mut times = Vec::with_capacity(n as usize);
+            for _ in 0..n {
+                let query = query(&mut rng);
+                let start = Instant::now();
+                memory.search(small, &query).map_err(store)?;
+                times.push(start.elapsed());
+            }
+            Ok(Percentiles::of(times))
+        };
+    let text_small = timed(queries, &|rng| Query::text(data.words(rng, 3), K))?;
+    let hybrid_small = timed(slow, &|rng| Query {
+        text: Some(data.words(rng, 3)),
+        vector: Some(data.vector(rng)),
+        k: K,
+        ..Query::default()
+    })?;
+    let mut times = Vec::with_capacity(queries as usize);
+    let (mut found, mut wanted) = (0usize, 0usize);
+    for _ in 0..queries {
+        let vector = data.vector(&mut rng);
+        let start = Instant::now();
+        let hits = memory
+            .search(all, &Query::vector(vector.clone(), K))
+            .map_err(store)?;
+        times.push(start.elapsed());
+        verdict.check(hits.len() == K, || {
+            format!(
+                "a search through Chroma's graph found {} documents, not {K}",
+                hits.len()
+            )
+        });
+        let mut best: Vec<(f64, &str)> = truth
+            .iter()
+            .map(|(id, v)| (dot(&vector, v), id.as_str()))
+            .collect();
+        best.select_nth_unstable_by(K - 1, |a, b| b.0.total_cmp(&a.0));
+        best.truncate(K);
+        wanted += K;
+        found += hits
+            .iter()
+            .filter(|h| best.iter().any(|(_, id)| *id == h.id))
+            .count();
+    }
+    Ok(ChromaReport {
+        documents,
+        dimension,
+        queries: slow,
+        inserts_per_s,
+        exact_small,
+        text_small,
+        hybrid_small,
+        approximate_all: Percentiles::of(times),
+        recall_at_10: found as f64 / wanted.max(1) as f64,
+        verdict,
+    })
+}
+
+/// The dot product: the cosine, for the unit vectors of this workload.
+fn dot(a: &[f32], b: &[f32]) -> f64 {
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| f64::from(*x) * f64::from(*y))
+        .sum()
+}
+
 /// A vector search that reads every embedding.
 fn exact(vector: Vec<f32>) -> Query {
     Query {

@@ -160,6 +160,12 @@ pub(crate) enum Bench {
         /// Seed of the documents and queries.
         #[arg(long, default_value_t = 1)]
         seed: u64,
+        /// Run the workload on this ChromaDB server instead, through colony's Chroma store
+        /// (http://HOST:PORT, as `colony memory --chroma`), in namespaces deleted after:
+        /// the same figures beside the embedded store's, but for the cache and the index
+        /// build (Chroma indexes as it stores).
+        #[arg(long, value_name = "URL")]
+        chroma: Option<String>,
         /// Print the report as JSON, verdict included.
         #[arg(long)]
         json: bool,
@@ -870,8 +876,48 @@ pub(crate) fn run(bench: Bench) -> Result<(), Failure> {
             dimension,
             queries,
             seed,
+            chroma,
             json,
         } => {
+            if let Some(url) = chroma {
+                let options = colony_memory::ChromaOptions::from_url(&url)
+                    .map_err(|e| Failure::input(anyhow::anyhow!("--chroma: {e}")))?;
+                let report = bench::memory::chroma(options, documents, dimension, queries, seed)
+                    .map_err(failure)?;
+                if json {
+                    print_json(&report)?;
+                    return judge("memory", &report.verdict);
+                }
+                println!(
+                    "on Chroma at {url}: {} + 10,000 documents of {} dimensions stored: {:.0} documents/s",
+                    report.documents, report.dimension, report.inserts_per_s
+                );
+                let ms = |us: f64| format!("{:.3} ms", us / 1e3);
+                let mut t = Table::new(&["search, k = 10", "p50", "p99", "max"]);
+                for (name, p) in [
+                    (
+                        "exact vector, 10,000 documents".to_owned(),
+                        &report.exact_small,
+                    ),
+                    (
+                        "text (BM25), 10,000 documents".to_owned(),
+                        &report.text_small,
+                    ),
+                    ("hybrid, 10,000 documents".to_owned(), &report.hybrid_small),
+                    (
+                        format!(
+                            "Chroma's graph, {} documents: recall@10 {:.3}",
+                            report.documents, report.recall_at_10
+                        ),
+                        &report.approximate_all,
+                    ),
+                ] {
+                    t.row(vec![name, ms(p.p50_us), ms(p.p99_us), ms(p.max_us)]);
+                }
+                print!("{}", t.render());
+                print_ok(&report.verdict);
+                return judge("memory", &report.verdict);
+            }
             let scratch = tempfile::tempdir().map_err(Failure::work)?;
             let report = bench::memory::memory(scratch.path(), documents, dimension, queries, seed)
                 .map_err(failure)?;

@@ -6,8 +6,8 @@
 
 use crate::Failure;
 use colony_memory::{
-    ChromaMemory, ChromaOptions, Document, Embedder, Error, Lexical, MAX_BATCH, MAX_TEXT_BYTES,
-    Memory, Metadata, Namespace, Query, Remote, RemoteOptions, Sharded, SqliteMemory,
+    ChromaOptions, Document, Embedder, Error, Lexical, MAX_BATCH, MAX_TEXT_BYTES, Memory, Metadata,
+    Namespace, Opening, Place, Query, Remote, RemoteOptions,
 };
 use serde_json::Value;
 use std::{
@@ -237,204 +237,48 @@ fn open(at: &StoreArgs, create: bool) -> Result<Box<dyn Memory>, Failure> {
         at.shards as usize,
         create,
         false,
+        ("--db", "--chroma"),
     )
 }
 
 /// The memory in file `db`, or on the Chroma server of `chroma`, spread over `n` stores;
 /// files must exist unless `create`; approximate indexes are built when `approximate`.
-/// Also `colony serve --memory`'s and `--memory-chroma`'s.
+/// Also `colony serve`'s; errors are said of the flags `names` (the file's, the server's).
 pub(crate) fn open_memory(
     db: Option<&Path>,
     chroma: Option<&str>,
     n: usize,
     create: bool,
     approximate: bool,
+    names: (&str, &str),
 ) -> Result<Box<dyn Memory>, Failure> {
-    if let Some(url) = chroma {
-        let options = chroma_options(url)?;
-        let connect = |prefix: String| {
-            let mut o = options.clone();
-            o.prefix = prefix;
-            ChromaMemory::connect(o).map_err(|e| Failure::work(anyhow::anyhow!("--chroma: {e}")))
-        };
-        let longest = format!("{}-{n}-of-{n}", options.prefix);
-        if n > 1 && longest.len() > 64 {
+    let (place, flag) = match (chroma, db) {
+        (Some(url), _) => (
+            Place::Chroma(ChromaOptions::from_url(url).map_err(|e| named(names.1, e))?),
+            names.1,
+        ),
+        (None, Some(db)) => (Place::File(db.to_owned()), names.0),
+        (None, None) => {
             return Err(Failure::input(anyhow::anyhow!(
-                "--chroma: prefix {} is too long to be spread over {n} ({longest} passes 64 characters)",
-                options.prefix
+                "give --db PATH or --chroma URL"
             )));
         }
-        let first = connect(options.prefix.clone())?;
-        chroma_spread_over(&first, &options.prefix, n)?;
-        if n == 1 {
-            return Ok(Box::new(first));
-        }
-        let shards = (1..=n)
-            .map(|i| {
-                Ok(Box::new(connect(format!("{}-{i}-of-{n}", options.prefix))?) as Box<dyn Memory>)
-            })
-            .collect::<Result<Vec<_>, Failure>>()?;
-        return Ok(Box::new(Sharded::new(shards).map_err(failure)?));
-    }
-    let Some(db) = db else {
-        return Err(Failure::input(anyhow::anyhow!(
-            "give --db PATH or --chroma URL"
-        )));
     };
-    let file = |path: &Path| -> Result<Box<dyn Memory>, Failure> {
-        if !create && !path.exists() {
-            return Err(Failure::input(anyhow::anyhow!(
-                "{}: no such memory file",
-                path.display()
-            )));
-        }
-        let store = open_store(path)?;
-        Ok(if approximate {
-            Box::new(store)
-        } else {
-            Box::new(store.with_approximate(None))
-        })
-    };
-    if n == 1 {
-        spread_over(db, 1)?;
-        return file(db);
-    }
-    spread_over(db, n)?;
-    let shards = (1..=n)
-        .map(|i| file(&shard_path(db, i, n)))
-        .collect::<Result<Vec<_>, Failure>>()?;
-    Ok(Box::new(Sharded::new(shards).map_err(failure)?))
+    colony_memory::open(&Opening {
+        place,
+        shards: n,
+        create,
+        approximate,
+    })
+    .map_err(|e| named(flag, e))
 }
 
-/// Shard `i` of `n` of the memory at `db`.
-fn shard_path(db: &Path, i: usize, n: usize) -> PathBuf {
-    let mut name = db.file_name().unwrap_or_default().to_owned();
-    name.push(format!(".{i}-of-{n}"));
-    db.with_file_name(name)
-}
-
-/// Refuses to open the memory at `db` as spread over `n` files when its files say another
-/// number: its documents would be looked for in the wrong files.
-fn spread_over(db: &Path, n: usize) -> Result<(), Failure> {
-    let Some(name) = db.file_name().and_then(|f| f.to_str()) else {
-        return Ok(());
-    };
-    let dir = match db.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
-        _ => PathBuf::from("."),
-    };
-    let Ok(entries) = std::fs::read_dir(&dir) else {
-        return Ok(());
-    };
-    let start = format!("{name}.");
-    for entry in entries.flatten() {
-        let file = entry.file_name();
-        let Some(rest) = file.to_str().and_then(|f| f.strip_prefix(&start)) else {
-            continue;
-        };
-        let Some((_, of)) = rest.split_once("-of-") else {
-            continue;
-        };
-        if let Ok(m) = of.parse::<usize>()
-            && m != n
-            && rest
-                .split_once("-of-")
-                .is_some_and(|(i, _)| i.parse::<usize>().is_ok())
-        {
-            return Err(Failure::input(anyhow::anyhow!(
-                "{} is spread over {m} files ({}), not {}: give --shards {m}",
-                db.display(),
-                shard_path(db, 1, m).display(),
-                if n == 1 {
-                    "one".to_owned()
-                } else {
-                    n.to_string()
-                }
-            )));
-        }
+/// A memory's error, said of the flag that named it.
+fn named(flag: &str, e: Error) -> Failure {
+    match failure(e) {
+        Failure::Input(e) => Failure::Input(e.context(flag.to_owned())),
+        Failure::Work(e) => Failure::Work(e.context(flag.to_owned())),
     }
-    if n > 1 && db.is_file() {
-        return Err(Failure::input(anyhow::anyhow!(
-            "{} is one file, not spread over {n}: give --shards 1",
-            db.display()
-        )));
-    }
-    Ok(())
-}
-
-/// Refuses to use the Chroma memory of `prefix` as spread over `n` stores when its
-/// collections say another number, as [`spread_over`] does for files.
-fn chroma_spread_over(chroma: &ChromaMemory, prefix: &str, n: usize) -> Result<(), Failure> {
-    let names = chroma.collection_names().map_err(failure)?;
-    let spread = format!("{prefix}-");
-    let one = format!("{prefix}.");
-    for name in &names {
-        let counted = name
-            .strip_prefix(&spread)
-            .and_then(|rest| rest.split_once('.'))
-            .and_then(|(part, _)| part.split_once("-of-"))
-            .and_then(|(i, m)| Some((i.parse::<usize>().ok()?, m.parse::<usize>().ok()?)));
-        let m = match counted {
-            Some((_, m)) => m,
-            None if name.starts_with(&one) => 1,
-            None => continue,
-        };
-        if m != n {
-            return Err(Failure::input(anyhow::anyhow!(
-                "--chroma: the memory of prefix {prefix} is spread over {m} (collection {name}), not {n}: give --shards {m}"
-            )));
-        }
-    }
-    Ok(())
-}
-
-/// `--chroma`'s URL: the server's address, with its tenant, database, prefix and token
-/// variable in the query.
-fn chroma_options(url: &str) -> Result<ChromaOptions, Failure> {
-    let bad = |why: String| Failure::input(anyhow::anyhow!("--chroma {url}: {why}"));
-    let parsed = reqwest::Url::parse(url.strip_prefix("chroma+").unwrap_or(url))
-        .map_err(|e| bad(e.to_string()))?;
-    if !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none() {
-        return Err(bad("want http://HOST:PORT or https://HOST:PORT".into()));
-    }
-    let mut base = parsed.clone();
-    base.set_query(None);
-    let mut options = ChromaOptions::new(base.as_str().trim_end_matches('/'));
-    for (key, value) in parsed.query_pairs() {
-        match key.as_ref() {
-            "tenant" => options.tenant = value.into_owned(),
-            "database" => options.database = value.into_owned(),
-            "prefix" => options.prefix = value.into_owned(),
-            "token-env" => {
-                let token = std::env::var(value.as_ref())
-                    .map_err(|_| bad(format!("token-env {value}: that variable is not set")))?;
-                options.token = Some(token);
-            }
-            other => {
-                return Err(bad(format!(
-                    "unknown setting `{other}`: tenant, database, prefix or token-env"
-                )));
-            }
-        }
-    }
-    Ok(options)
-}
-
-/// The memory at `db`: a new file becomes one; an existing file must be a regular file
-/// and a memory, and is never changed otherwise.
-fn open_store(db: &Path) -> Result<SqliteMemory, Failure> {
-    if !db.exists() {
-        // A path that cannot be a memory is the caller's to fix.
-        return SqliteMemory::open(db).map_err(Failure::input);
-    }
-    // A device, a folder or a pipe is never opened as a database.
-    if !db.is_file() {
-        return Err(Failure::input(anyhow::anyhow!(
-            "{}: not a regular file",
-            db.display()
-        )));
-    }
-    SqliteMemory::open_existing(db).map_err(Failure::input)
 }
 
 fn namespace(at: &Where) -> Result<Namespace, Failure> {
@@ -508,14 +352,13 @@ fn rebuild(args: &RebuildArgs) -> Result<(), Failure> {
             "rebuild builds colony's index of one SQLite file (--db PATH, one shard); Chroma keeps its own"
         )));
     };
-    spread_over(db, 1)?;
-    if !db.exists() {
-        return Err(Failure::input(anyhow::anyhow!(
-            "{}: no such memory file",
-            db.display()
-        )));
-    }
-    let memory = open_store(db)?.with_approximate(None).with_cache(0);
+    // Checked as every opening is (not spread over several files, a memory), then the file
+    // itself, for what only a SQLite memory does.
+    open_memory(Some(db), None, 1, false, false, ("--db", "--chroma"))?;
+    let memory = colony_memory::open_file(db, false)
+        .map_err(|e| named("--db", e))?
+        .with_approximate(None)
+        .with_cache(0);
     let ns = namespace(&args.at)?;
     let built = memory.rebuild(&ns).map_err(failure)?;
     let queries = memory.sample(&ns, args.queries as usize).map_err(failure)?;

@@ -149,25 +149,14 @@ pub(crate) fn run(args: &Args) -> Result<(), Failure> {
         runs: settings.runs.clone(),
         memory: match (&settings.memory, &settings.memory_chroma) {
             (None, None) => None,
-            (path, chroma) => {
-                let named = if path.is_some() {
-                    "--memory"
-                } else {
-                    "--memory-chroma"
-                };
-                let memory = crate::commands::memory::open_memory(
-                    path.as_deref(),
-                    chroma.as_deref(),
-                    usize::try_from(settings.memory_shards).unwrap_or(1),
-                    true,
-                    true,
-                )
-                .map_err(|e| match e {
-                    Failure::Input(e) => Failure::Input(e.context(named)),
-                    Failure::Work(e) => Failure::Work(e.context(named)),
-                })?;
-                Some(Arc::from(memory))
-            }
+            (path, chroma) => Some(Arc::from(crate::commands::memory::open_memory(
+                path.as_deref(),
+                chroma.as_deref(),
+                usize::try_from(settings.memory_shards).unwrap_or(1),
+                true,
+                true,
+                ("--memory", "--memory-chroma"),
+            )?)),
         },
         max_streams: colony_server::MAX_STREAMS,
         connections: colony_server::Limits {
