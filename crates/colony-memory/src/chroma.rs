@@ -78,6 +78,8 @@ impl ChromaOptions {
 
 /// Entries read per request: a page of texts is at most this many documents.
 const PAGE: usize = 100;
+/// Vectors read per request from a namespace's index.
+const VEC_PAGE: usize = 1_000;
 /// Ids read per request, when only ids are wanted.
 const ID_PAGE: usize = 1_000;
 /// Entries written per request (the server takes up to a few thousand) and their bytes.
@@ -109,7 +111,7 @@ struct Space {
 pub struct ChromaMemory {
     options: ChromaOptions,
     base: String,
-    client: reqwest::blocking::Client,
+    client: crate::remote::Http,
     spaces: Mutex<HashMap<Namespace, Space>>,
     /// Writes of this process, one at a time: each reads, changes and writes its
     /// namespace's counts.
@@ -335,7 +337,7 @@ impl ChromaMemory {
                 "{url}/api/v2/tenants/{}/databases/{}",
                 options.tenant, options.database
             ),
-            client,
+            client: crate::remote::Http::new(client),
             spaces: Mutex::new(HashMap::new()),
             writing: Mutex::new(()),
             options,
@@ -910,7 +912,12 @@ impl ChromaMemory {
         {
             return Ok(hits);
         }
-        // Every embedding the filter lets through, scored here.
+        if let Some(vecs) = &space.vecs
+            && let Some(hits) = self.exact_from_index(space, vecs, vector, filter, k)?
+        {
+            return Ok(hits);
+        }
+        // Every embedding of the record the filter lets through, scored here.
         let (clause, _) = pushed(filter, vec![json!({ EMBEDDED: { "$eq": true } })]);
         let mut top = TopK::new(k);
         self.scan(
@@ -950,6 +957,91 @@ impl ChromaMemory {
                 .map(|(s, id, ())| (s, id))
                 .collect(),
         )
+    }
+
+    /// The best `k` by every vector of the index the filter lets through (read in pages of
+    /// 1,000: vectors only, a few MB a page, where the record's pages carry whole texts), the
+    /// best of them scored again from the record and checked against its metadata; `None`
+    /// when fewer than `k` of those survive and the index holds more (it is behind the
+    /// record: the record is read instead).
+    fn exact_from_index(
+        &self,
+        space: &Space,
+        vecs: &str,
+        vector: &[f32],
+        filter: &Metadata,
+        k: usize,
+    ) -> Result<Option<Vec<Hit>>, Error> {
+        let (clause, _) = pushed(filter, Vec::new());
+        let wanted = k + (k / 2).max(8);
+        let mut top = TopK::new(wanted);
+        let scanned = self.scan(
+            vecs,
+            clause.as_ref(),
+            None,
+            &["embeddings", "metadatas"],
+            VEC_PAGE,
+            |page| {
+                for (i, id) in page["ids"].as_array().into_iter().flatten().enumerate() {
+                    let Some(e) = page["embeddings"][i].as_array() else {
+                        continue;
+                    };
+                    let e: Vec<f32> = e
+                        .iter()
+                        .filter_map(|x| x.as_f64())
+                        .map(|x| x as f32)
+                        .collect();
+                    if e.len() != vector.len() {
+                        continue;
+                    }
+                    let flat = page["metadatas"][i]
+                        .as_object()
+                        .cloned()
+                        .unwrap_or_default();
+                    if !matches(&flat, filter) {
+                        continue;
+                    }
+                    let score = cosine(vector, &e);
+                    if top.admits(score) {
+                        top.offer(score, id.as_str().unwrap_or_default().to_owned(), ());
+                    }
+                }
+                Ok(())
+            },
+        )?;
+        let ids: Vec<String> = top
+            .into_sorted()
+            .into_iter()
+            .map(|(_, id, ())| id)
+            .collect();
+        let proposed = ids.len();
+        let mut best = TopK::new(k);
+        for entry in self.entries(space, &ids)? {
+            if !matches(&entry.user_metadata()?, filter) {
+                continue;
+            }
+            if let Some(e) = entry.embedding()?
+                && e.len() == vector.len()
+            {
+                best.offer(cosine(vector, &e), entry.id.clone(), entry.metadata);
+            }
+        }
+        let best = best.into_sorted();
+        if best.len() < k && best.len() < proposed.min(scanned) {
+            return Ok(None);
+        }
+        best.into_iter()
+            .map(|(score, id, metadata)| {
+                let e = Entry { id, metadata };
+                Ok(Hit {
+                    score,
+                    text: e.text()?.to_owned(),
+                    metadata: e.user_metadata()?,
+                    id: e.id,
+                })
+            })
+            .collect::<Result<_, Error>>()
+            .map(Some)
     }
 
     /// The best `k` of the graph's candidates, scored exactly from the record; `None` when

@@ -42,12 +42,42 @@ impl RemoteOptions {
     }
 }
 
+/// A blocking HTTP client that may be dropped anywhere. reqwest's blocking client runs a
+/// runtime of its own, and dropping it waits for that runtime, which tokio refuses (a
+/// panic) on an async thread: a workflow's or a server's memory is dropped there. So it is
+/// dropped on a thread of its own.
+pub(crate) struct Http(Option<reqwest::blocking::Client>);
+
+impl Http {
+    pub(crate) fn new(client: reqwest::blocking::Client) -> Self {
+        Self(Some(client))
+    }
+}
+
+impl std::ops::Deref for Http {
+    type Target = reqwest::blocking::Client;
+    fn deref(&self) -> &reqwest::blocking::Client {
+        self.0.as_ref().expect("a client until dropped")
+    }
+}
+
+impl Drop for Http {
+    fn drop(&mut self) {
+        if let Some(client) = self.0.take() {
+            // Nothing waits on it: a process that ends meanwhile ends the thread too.
+            let _ = std::thread::Builder::new()
+                .name("colony-http-drop".into())
+                .spawn(move || drop(client));
+        }
+    }
+}
+
 /// Embeddings from an OpenAI-compatible endpoint (see the module's text).
 pub struct Remote {
     url: String,
     options: RemoteOptions,
     kind: String,
-    client: reqwest::blocking::Client,
+    client: Http,
 }
 
 impl std::fmt::Debug for Remote {
@@ -99,7 +129,7 @@ impl Remote {
             url: format!("{base}/embeddings"),
             kind: format!("http:{}", options.model),
             options,
-            client,
+            client: Http::new(client),
         })
     }
 

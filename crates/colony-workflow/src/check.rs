@@ -648,6 +648,7 @@ pub(crate) fn check(
             problems.extend(more);
             RuntimeSettings::default()
         });
+    let memory = check_memory(file.memory.as_ref(), base, &mut problems);
     let written = crate::runtime::written(&file.runtime)
         .into_iter()
         .filter_map(|(key, at)| Some((key, at.position("")?)))
@@ -664,9 +665,99 @@ pub(crate) fn check(
             graph,
             runtime,
             written,
+            memory,
         }),
         _ => Err(problems),
     }
+}
+
+/// The `memory:` section, checked: one place, a number of stores, an endpoint.
+fn check_memory(
+    file: Option<&crate::file::MemoryFile>,
+    base: &std::path::Path,
+    problems: &mut Vec<Problem>,
+) -> crate::MemorySettings {
+    let mut settings = crate::MemorySettings {
+        shards: 1,
+        ..Default::default()
+    };
+    let Some(file) = file else {
+        return settings;
+    };
+    match (&file.db, &file.chroma) {
+        (Some(db), Some(_)) => problems.push(Problem::at(
+            db,
+            "memory: `db` and `chroma` both say where the memory is: give one",
+            "one of two",
+        )),
+        (Some(db), None) if db.value.trim().is_empty() => {
+            problems.push(Problem::at(db, "memory: an empty `db` path", "empty"));
+        }
+        (Some(db), None) => {
+            settings.place = Some(colony_memory::Place::File(base.join(&db.value)));
+        }
+        (None, Some(url)) => match colony_memory::ChromaOptions::from_url(&url.value) {
+            Ok(options) => settings.place = Some(colony_memory::Place::Chroma(options)),
+            Err(e) => problems.push(Problem::at(url, format!("memory: chroma {e}"), "bad URL")),
+        },
+        (None, None) => {}
+    }
+    if let Some(n) = &file.shards {
+        if (1..=colony_memory::MAX_SHARDS as u32).contains(&n.value) {
+            settings.shards = n.value as usize;
+        } else {
+            problems.push(Problem::at(
+                n,
+                format!(
+                    "memory: shards {} is out of range: allowed 1..={}",
+                    n.value,
+                    colony_memory::MAX_SHARDS
+                ),
+                "out of range",
+            ));
+        }
+    }
+    if let Some(e) = &file.embedder {
+        let base_url = match &e.base_url {
+            Some(u) => {
+                if !(u.value.starts_with("http://") || u.value.starts_with("https://")) {
+                    problems.push(Problem::at(
+                        u,
+                        "memory: the embedder's base-url must be an http(s) URL",
+                        "not http(s)",
+                    ));
+                }
+                u.value.clone()
+            }
+            None => std::env::var("OPENAI_BASE_URL")
+                .unwrap_or_else(|_| "https://api.openai.com/v1".to_owned()),
+        };
+        if e.model.value.trim().is_empty() {
+            problems.push(Problem::at(
+                &e.model,
+                "memory: the embedder needs a model",
+                "empty",
+            ));
+        }
+        let dimension = e.dimension.value as usize;
+        if !(1..=colony_memory::MAX_DIMENSION).contains(&dimension) {
+            problems.push(Problem::at(
+                &e.dimension,
+                format!(
+                    "memory: the embedder's dimension {dimension} is out of range: allowed 1..={}",
+                    colony_memory::MAX_DIMENSION
+                ),
+                "out of range",
+            ));
+        }
+        settings.embedder = Some(crate::EmbedderSettings {
+            base_url,
+            model: e.model.value.clone(),
+            api_key_env: e.api_key_env.as_ref().map(|v| v.value.clone()),
+            dimension,
+        });
+    }
+    settings
 }
 
 /// Most agents a pool may have, by `count` or by scaling.

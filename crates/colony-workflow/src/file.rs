@@ -23,6 +23,44 @@ pub struct File {
     /// the workers' circuit breakers.
     #[serde(default)]
     pub runtime: Runtime,
+    /// Where the workflow's memory (`remember:`, `recall:`) lives and what embeds it;
+    /// `<output>/memory.db`, lexical, without it.
+    #[serde(default)]
+    pub memory: Option<MemoryFile>,
+}
+
+/// The `memory:` section.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct MemoryFile {
+    /// A SQLite file, relative to the workflow file's folder.
+    #[serde(default)]
+    pub db: Option<Spanned<String>>,
+    /// Or a ChromaDB server: `http://HOST:PORT?tenant=&database=&prefix=&token-env=`.
+    #[serde(default)]
+    pub chroma: Option<Spanned<String>>,
+    /// Stores the memory is spread over. Default 1.
+    #[serde(default)]
+    pub shards: Option<Spanned<u32>>,
+    /// An OpenAI-compatible embeddings endpoint instead of lexical embeddings.
+    #[serde(default)]
+    pub embedder: Option<EmbedderFile>,
+}
+
+/// An OpenAI-compatible `/v1/embeddings` endpoint, in the `http` agents' terms.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct EmbedderFile {
+    /// An http(s) URL (`/embeddings` is added). Default: `$OPENAI_BASE_URL` when set, else
+    /// `https://api.openai.com/v1`.
+    #[serde(default)]
+    pub base_url: Option<Spanned<String>>,
+    pub model: Spanned<String>,
+    /// The variable holding the API key, sent as a bearer token; none sent without it.
+    #[serde(default)]
+    pub api_key_env: Option<Spanned<String>>,
+    /// Values of each vector the model gives.
+    pub dimension: Spanned<u32>,
 }
 
 /// The `runtime:` section as written (in a workflow or pools file, or `[runtime]` in

@@ -60,6 +60,27 @@ pub struct Workflow {
     pub runtime: RuntimeSettings,
     /// The keys its `runtime:` section writes, and where.
     pub written: Vec<(&'static str, Position)>,
+    /// Where its memory lives and what embeds it (its `memory:` section).
+    pub memory: MemorySettings,
+}
+
+/// A workflow's memory: where (`None`: `<output>/memory.db`), over how many stores, and
+/// embedded by what (`None`: lexically, 384 dimensions).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct MemorySettings {
+    pub place: Option<colony_memory::Place>,
+    pub shards: usize,
+    pub embedder: Option<EmbedderSettings>,
+}
+
+/// An OpenAI-compatible embeddings endpoint.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EmbedderSettings {
+    pub base_url: String,
+    pub model: String,
+    /// The variable holding the API key, read when the run starts.
+    pub api_key_env: Option<String>,
+    pub dimension: usize,
 }
 
 /// Settings of the whole runtime a file may give (its `runtime:` section, or `colony.toml`'s

@@ -1,24 +1,26 @@
-//! A workflow's memory: `<output>/memory.db`, namespace `workflow/<name>`, shared by every
-//! run of the workflow. A task with `remember: true` stores its output there once it
-//! succeeded (its id the task's, embedded lexically); a task with `recall:` searches it
-//! before it runs (its query's words and lexical nearness, fused) and finds what came back in
-//! its input, as `recall`. Every call of the store runs on a blocking thread.
+//! A workflow's memory: `<output>/memory.db` unless its `memory:` section says otherwise (a
+//! file, a ChromaDB server, spread over several stores), namespace `workflow/<name>`, shared
+//! by every run of the workflow. A task with `remember: true` stores its output there once
+//! it succeeded (its id the task's, embedded lexically or by the section's endpoint); a task
+//! with `recall:` searches it before it runs (its query's words and nearness, fused) and
+//! finds what came back in its input, as `recall`. Every call of the store runs on a
+//! blocking thread.
 
 use bytes::Bytes;
 use colony_core::task::TaskSpec;
 use colony_memory::{
-    Document, Embedder, Error, Lexical, Memory as _, Namespace, Query, SqliteMemory,
+    Document, Embedder, Error, Lexical, Namespace, Opening, Place, Query, Remote, RemoteOptions,
 };
 use serde_json::{Value, json};
 use std::{path::Path, sync::Arc};
 
-/// Dimensions of the lexical embeddings the workflow's memory holds.
+/// Dimensions of the lexical embeddings the workflow's memory holds by default.
 const DIMENSION: usize = 384;
 
 pub(crate) struct Memory {
-    store: SqliteMemory,
+    store: Box<dyn colony_memory::Memory>,
     namespace: Namespace,
-    lexical: Lexical,
+    embedder: Box<dyn Embedder>,
     workflow: String,
 }
 
@@ -37,17 +39,51 @@ pub(crate) async fn open(
     let fail = |e: String| colony_runtime::Error::Options(format!("the workflow's memory: {e}"));
     let namespace = Namespace::parse(&format!("workflow/{}", workflow.name))
         .map_err(|e| fail(e.to_string()))?;
-    let path = output.join("memory.db");
-    let lexical = Lexical::new(DIMENSION).map_err(|e| fail(e.to_string()))?;
+    let settings = workflow.memory.clone();
+    let opening = Opening {
+        place: settings
+            .place
+            .clone()
+            .unwrap_or_else(|| Place::File(output.join("memory.db"))),
+        shards: settings.shards.max(1),
+        create: true,
+        approximate: true,
+    };
     let name = workflow.name.clone();
-    let store = tokio::task::spawn_blocking(move || SqliteMemory::open(&path))
-        .await
-        .map_err(|e| fail(e.to_string()))?
-        .map_err(|e| fail(e.to_string()))?;
+    // Both made on a blocking thread: an endpoint's client and a server's start threads
+    // and wait for them, and a file is opened.
+    let (store, embedder) = tokio::task::spawn_blocking(move || {
+        let embedder: Box<dyn Embedder> = match &settings.embedder {
+            None => Box::new(Lexical::new(DIMENSION)?),
+            Some(e) => {
+                let mut options = RemoteOptions::new(&e.base_url, &e.model, e.dimension);
+                if let Some(var) = &e.api_key_env {
+                    options.api_key = Some(std::env::var(var).map_err(|_| {
+                        Error::Setting(format!(
+                            "the embedder's api-key-env {var}: that variable is not set (or not UTF-8)"
+                        ))
+                    })?);
+                }
+                Box::new(Remote::new(options)?)
+            }
+        };
+        // The folder a file is named in is made, as the output folder is.
+        if let Place::File(path) = &opening.place
+            && let Some(parent) = path.parent()
+            && !parent.as_os_str().is_empty()
+        {
+            std::fs::create_dir_all(parent)
+                .map_err(|e| Error::Setting(format!("{}: {e}", parent.display())))?;
+        }
+        Ok::<_, Error>((colony_memory::open(&opening)?, embedder))
+    })
+    .await
+    .map_err(|e| fail(e.to_string()))?
+    .map_err(|e| fail(e.to_string()))?;
     Ok(Some(Arc::new(Memory {
         store,
         namespace,
-        lexical,
+        embedder,
         workflow: name,
     })))
 }
@@ -64,12 +100,12 @@ impl Memory {
     ) -> Result<TaskSpec, String> {
         let me = self.clone();
         let hits = tokio::task::spawn_blocking(move || {
-            let vector = me.lexical.embed(&[&query])?.pop();
+            let vector = me.embedder.embed(&[&query])?.pop();
             let q = Query {
                 text: Some(query),
                 vector,
                 k,
-                embedder: Some(me.lexical.kind().to_owned()),
+                embedder: Some(me.embedder.kind().to_owned()),
                 ..Query::default()
             };
             match me.store.search(&me.namespace, &q) {
@@ -113,7 +149,7 @@ impl Memory {
         })
     }
 
-    /// Stores the output of task `task` as document `task`, embedded lexically.
+    /// Stores the output of task `task` as document `task`, embedded as the memory embeds.
     pub(crate) async fn remember(
         self: &Arc<Self>,
         task: &str,
@@ -127,7 +163,7 @@ impl Memory {
         let me = self.clone();
         let id = task.to_owned();
         tokio::task::spawn_blocking(move || {
-            let embedding = me.lexical.embed(&[&text])?.pop();
+            let embedding = me.embedder.embed(&[&text])?.pop();
             let doc = Document {
                 id: id.clone(),
                 text,
@@ -140,7 +176,7 @@ impl Memory {
                 embedding,
             };
             me.store
-                .put_embedded(&me.namespace, vec![doc], me.lexical.kind())
+                .put_embedded(&me.namespace, vec![doc], me.embedder.kind())
         })
         .await
         .map_err(|e| format!("its output could not be remembered: {e}"))?

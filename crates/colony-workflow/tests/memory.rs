@@ -85,3 +85,33 @@ fn bad_memory_blocks_are_reported_at_their_line_and_column() {
     ));
     assert!(p[0].contains("unknown field `top`"), "{p:#?}");
 }
+
+#[test]
+fn a_bad_memory_section_is_reported_at_its_line_and_column() {
+    const REST: &str =
+        "agents:\n  - {name: sim, kind: sim}\ntasks:\n  - {id: t, agent: sim, remember: true}\n";
+    let p = problems(&format!(
+        "name: w\nmemory:\n  db: m.db\n  chroma: http://127.0.0.1:1\n  shards: 0\n  embedder: {{ base-url: ftp://x, model: m, dimension: 0 }}\n{REST}"
+    ));
+    assert_eq!(
+        p,
+        [
+            "w.yaml:3:7: memory: `db` and `chroma` both say where the memory is: give one",
+            "w.yaml:5:11: memory: shards 0 is out of range: allowed 1..=64",
+            "w.yaml:6:25: memory: the embedder's base-url must be an http(s) URL",
+            "w.yaml:6:55: memory: the embedder's dimension 0 is out of range: allowed 1..=4096",
+        ],
+        "{p:#?}"
+    );
+    let p = problems(&format!(
+        "name: w\nmemory:\n  chroma: \"http://h:1?shelf=2\"\n{REST}"
+    ));
+    assert_eq!(p.len(), 1, "{p:#?}");
+    assert!(
+        p[0].starts_with("w.yaml:3:11: memory: chroma") && p[0].contains("unknown setting `shelf`"),
+        "{p:#?}"
+    );
+    let p = problems(&format!("name: w\nmemory:\n  disk: m.db\n{REST}"));
+    assert_eq!(p.len(), 1, "{p:#?}");
+    assert!(p[0].contains("disk"), "{p:#?}");
+}

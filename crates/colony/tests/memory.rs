@@ -731,3 +731,74 @@ fn colony_serve_serves_a_memory_spread_over_files_and_refuses_two_memories() {
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("memory and memory-chroma"), "{err}");
 }
+
+/// A workflow's `memory:` section: its memory spread over two files where it says, its
+/// outputs embedded by an endpoint, recalled by a later task.
+#[test]
+fn a_workflow_remembers_into_the_memory_its_file_names_embedded_by_an_endpoint() {
+    use std::io::BufRead;
+    let mut child = std::process::Command::new("python3")
+        .args(["-c", EMBEDDINGS])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut port = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut port)
+        .unwrap();
+    let _server = Killed(child);
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("w.yaml");
+    std::fs::write(
+        &file,
+        format!(
+            "name: remembers\nmemory:\n  db: notes/memory.db\n  shards: 2\n  embedder: {{ base-url: \"http://127.0.0.1:{}/v1\", model: toy, api-key-env: TOY_KEY, dimension: 8 }}\nagents:\n  - {{name: say, kind: command, command: {{program: echo, args: [\"the supervisor restarts crashed agents\"]}}}}\n  - {{name: sim, kind: sim}}\ntasks:\n  - {{id: note, agent: say, remember: true}}\n  - id: use\n    agent: sim\n    needs: [note]\n    input: {{ topic: crashes }}\n    recall: {{ query: \"restarts crashed agents\", k: 3 }}\n",
+            port.trim()
+        ),
+    )
+    .unwrap();
+    let run = |key: &str| {
+        let out = std::process::Command::new(common::COLONY)
+            .args(["run", file.to_str().unwrap(), "--json"])
+            .env("TOY_KEY", key)
+            .output()
+            .unwrap();
+        (
+            String::from_utf8(out.stdout).unwrap(),
+            String::from_utf8(out.stderr).unwrap(),
+            out.status.code().unwrap_or(-1),
+        )
+    };
+    let (out, err, code) = run("secret");
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(
+        out.contains("the supervisor restarts crashed agents"),
+        "{out}"
+    );
+    for i in 1..=2 {
+        assert!(
+            dir.path()
+                .join(format!("notes/memory.db.{i}-of-2"))
+                .is_file()
+        );
+    }
+    let db = dir.path().join("notes/memory.db");
+    let (out, err, code) = colony(&[
+        "memory",
+        "stats",
+        "--db",
+        db.to_str().unwrap(),
+        "--shards",
+        "2",
+        "--json",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let stats: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(stats[0]["namespace"], "workflow/remembers", "{out}");
+    assert_eq!(stats[0]["embedder"], "http:toy", "{out}");
+    assert_eq!(stats[0]["dimension"], 8, "{out}");
+    // A wrong key: the endpoint refuses, and the task that remembers fails saying why.
+    let (out, err, code) = run("wrong");
+    assert_eq!(code, 1, "{out}\n{err}");
+    assert!(out.contains("401") || err.contains("401"), "{out}\n{err}");
+}
