@@ -42,6 +42,8 @@ pub struct ChromaOptions {
     pub prefix: String,
     /// Sent as `x-chroma-token`, when the server wants one.
     pub token: Option<String>,
+    /// The variable to read `token` from when connecting, when `token` is not given.
+    pub token_env: Option<String>,
     /// Per request.
     pub timeout: Duration,
     /// A vector search of a namespace with at most this many documents reads every
@@ -58,6 +60,7 @@ impl std::fmt::Debug for ChromaOptions {
             .field("database", &self.database)
             .field("prefix", &self.prefix)
             .field("token", &self.token.as_ref().map(|_| "(set)"))
+            .field("token_env", &self.token_env)
             .finish_non_exhaustive()
     }
 }
@@ -70,6 +73,7 @@ impl ChromaOptions {
             database: "default_database".into(),
             prefix: "colony".into(),
             token: None,
+            token_env: None,
             timeout: Duration::from_secs(30),
             exact_up_to: 2_000,
         }
@@ -99,6 +103,7 @@ const WORDS: &str = "colony:words";
 const BYTES: &str = "colony:text_bytes";
 const DIMENSION: &str = "colony:dimension";
 const EMBEDDER: &str = "colony:embedder";
+const BEHIND: &str = "colony:index-behind";
 
 /// A namespace's collections, by id.
 #[derive(Clone, Debug)]
@@ -268,6 +273,10 @@ struct Counts {
     text_bytes: u64,
     dimension: Option<usize>,
     embedder: Option<String>,
+    /// The index may be behind the record: set before a write and cleared after it only
+    /// when it was clear before, so a write that failed midway leaves it set until the
+    /// index is written again from the record ([`Memory::rebuild`]).
+    behind: bool,
 }
 
 impl Counts {
@@ -278,6 +287,7 @@ impl Counts {
             text_bytes: m[BYTES].as_u64().unwrap_or(0),
             dimension: m[DIMENSION].as_u64().map(|d| d as usize),
             embedder: m[EMBEDDER].as_str().map(str::to_owned),
+            behind: m[BEHIND].as_bool() == Some(true),
         }
     }
 
@@ -291,13 +301,21 @@ impl Counts {
         if let Some(e) = &self.embedder {
             m.insert(EMBEDDER.into(), json!(e));
         }
+        if self.behind {
+            m.insert(BEHIND.into(), json!(true));
+        }
         Value::Object(m)
     }
 }
 
 impl ChromaMemory {
     /// Connects to the server and checks that it answers and has the tenant and database.
-    pub fn connect(options: ChromaOptions) -> Result<Self, Error> {
+    pub fn connect(mut options: ChromaOptions) -> Result<Self, Error> {
+        if let (None, Some(var)) = (&options.token, &options.token_env) {
+            options.token = Some(std::env::var(var).map_err(|_| {
+                Error::Setting(format!("chroma token-env {var}: that variable is not set"))
+            })?);
+        }
         let prefix = &options.prefix;
         if prefix.is_empty()
             || prefix.len() > 64
@@ -724,6 +742,17 @@ impl ChromaMemory {
             record.push((d.id, vec![1.0], spaced, Value::Object(m)));
         }
         // The record first: the index only proposes candidates, each checked against it.
+        // Marked behind until both are written.
+        let was_behind = counts.behind;
+        self.set_counts(
+            ns,
+            &space,
+            &Counts {
+                behind: true,
+                ..counts.clone()
+            },
+        )?;
+        counts.behind = was_behind;
         self.upsert(&space.docs, record)?;
         if !index.is_empty() {
             let vecs = match &space.vecs {
@@ -912,7 +941,9 @@ impl ChromaMemory {
         {
             return Ok(hits);
         }
-        if let Some(vecs) = &space.vecs
+        // Read through the index only when it is known to hold the record's vectors.
+        if !counts.behind
+            && let Some(vecs) = &space.vecs
             && let Some(hits) = self.exact_from_index(space, vecs, vector, filter, k)?
         {
             return Ok(hits);
@@ -962,8 +993,8 @@ impl ChromaMemory {
     /// The best `k` by every vector of the index the filter lets through (read in pages of
     /// 1,000: vectors only, a few MB a page, where the record's pages carry whole texts), the
     /// best of them scored again from the record and checked against its metadata; `None`
-    /// when fewer than `k` of those survive and the index holds more (it is behind the
-    /// record: the record is read instead).
+    /// when fewer than `k` of those survive while the index proposed more (then the record
+    /// is read). Used only while the namespace is not marked behind.
     fn exact_from_index(
         &self,
         space: &Space,
@@ -1152,6 +1183,16 @@ impl Memory for ChromaMemory {
             counts.text_bytes = counts.text_bytes.saturating_sub(e.bytes());
         }
         let gone: Vec<String> = old.iter().map(|e| e.id.clone()).collect();
+        let was_behind = counts.behind;
+        self.set_counts(
+            ns,
+            &space,
+            &Counts {
+                behind: true,
+                ..counts.clone()
+            },
+        )?;
+        counts.behind = was_behind;
         self.remove(&space.docs, &gone)?;
         if let Some(vecs) = &space.vecs {
             let indexed: Vec<String> = old
@@ -1198,6 +1239,105 @@ impl Memory for ChromaMemory {
             }
             (None, None) => Err(Error::Query("a query needs text, a vector or both".into())),
         }
+    }
+
+    /// Writes the namespace's index again from its record: every embedded document's
+    /// vector and metadata, and no other; then the index is no longer marked behind.
+    fn rebuild(&self, ns: &Namespace) -> Result<crate::Rebuilt, Error> {
+        let started = std::time::Instant::now();
+        let space = self.known(ns)?;
+        let _writing = self.writing.lock().unwrap_or_else(|p| p.into_inner());
+        let counts = self.counts(ns)?;
+        let Some(dimension) = counts.dimension else {
+            return Ok(crate::Rebuilt {
+                points: 0,
+                took: started.elapsed(),
+            });
+        };
+        let vecs = match &space.vecs {
+            Some(v) => v.clone(),
+            None => id_of(&self.create(&self.name(ns, "vecs"), None)?)?,
+        };
+        self.spaces().remove(ns);
+        let mut rows = Vec::new();
+        let mut wanted = std::collections::HashSet::new();
+        self.scan(
+            &space.docs,
+            Some(&json!({ EMBEDDED: { "$eq": true } })),
+            None,
+            &["metadatas"],
+            PAGE,
+            |page| {
+                for e in entries_of(page)? {
+                    if let Some(v) = e.embedding()?
+                        && v.len() == dimension
+                    {
+                        wanted.insert(e.id.clone());
+                        rows.push((
+                            e.id.clone(),
+                            v,
+                            String::new(),
+                            Value::Object(e.user_metadata()?),
+                        ));
+                    }
+                }
+                Ok(())
+            },
+        )?;
+        let points = rows.len();
+        // The index's own entries whose documents are gone or not embedded any more.
+        let mut extra = Vec::new();
+        self.scan(&vecs, None, None, &[], ID_PAGE, |page| {
+            for id in page["ids"].as_array().into_iter().flatten() {
+                if let Some(id) = id.as_str()
+                    && !wanted.contains(id)
+                {
+                    extra.push(id.to_owned());
+                }
+            }
+            Ok(())
+        })?;
+        self.remove(&vecs, &extra)?;
+        // Metadata of the index's entries is merged by Chroma: what a rebuilt entry no
+        // longer has goes as null.
+        let stale: HashMap<String, Vec<String>> = {
+            let mut out = HashMap::new();
+            for chunk in rows.chunks(PAGE) {
+                let ids: Vec<&String> = chunk.iter().map(|r| &r.0).collect();
+                let got = self.post(
+                    &format!("collections/{vecs}/get"),
+                    &json!({ "ids": ids, "include": ["metadatas"] }),
+                )?;
+                for e in entries_of(&got)? {
+                    out.insert(e.id.clone(), e.metadata.keys().cloned().collect());
+                }
+            }
+            out
+        };
+        let rows = rows
+            .into_iter()
+            .map(|(id, v, d, mut m)| {
+                if let (Some(keys), Value::Object(map)) = (stale.get(&id), &mut m) {
+                    for key in keys {
+                        map.entry(key.clone()).or_insert(Value::Null);
+                    }
+                }
+                (id, v, d, m)
+            })
+            .collect();
+        self.upsert(&vecs, rows)?;
+        self.set_counts(
+            ns,
+            &space,
+            &Counts {
+                behind: false,
+                ..counts
+            },
+        )?;
+        Ok(crate::Rebuilt {
+            points,
+            took: started.elapsed(),
+        })
     }
 
     fn text_stats(&self, ns: &Namespace, words: &[String]) -> Result<TextStats, Error> {

@@ -35,13 +35,22 @@ fn setting(why: String) -> Error {
 impl ChromaOptions {
     /// The options a URL gives: `http://HOST:PORT` (or `https://`, or either after
     /// `chroma+`), with `?tenant=T&database=D&prefix=P&token-env=VAR` as needed; the token
-    /// is read from that variable now.
+    /// is read from that variable when it connects, not now.
     pub fn from_url(url: &str) -> Result<Self, Error> {
         let bad = |why: String| setting(format!("{url}: {why}"));
         let parsed = reqwest::Url::parse(url.strip_prefix("chroma+").unwrap_or(url))
             .map_err(|e| bad(e.to_string()))?;
         if !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none() {
             return Err(bad("want http://HOST:PORT or https://HOST:PORT".into()));
+        }
+        if !parsed.username().is_empty() || parsed.password().is_some() {
+            return Err(bad(
+                "no user or password in the URL: a token goes in a variable named by token-env"
+                    .into(),
+            ));
+        }
+        if parsed.fragment().is_some() {
+            return Err(bad("a URL with a #fragment".into()));
         }
         let mut base = parsed.clone();
         base.set_query(None);
@@ -51,11 +60,7 @@ impl ChromaOptions {
                 "tenant" => options.tenant = value.into_owned(),
                 "database" => options.database = value.into_owned(),
                 "prefix" => options.prefix = value.into_owned(),
-                "token-env" => {
-                    let token = std::env::var(value.as_ref())
-                        .map_err(|_| bad(format!("token-env {value}: that variable is not set")))?;
-                    options.token = Some(token);
-                }
+                "token-env" => options.token_env = Some(value.into_owned()),
                 other => {
                     return Err(bad(format!(
                         "unknown setting `{other}`: tenant, database, prefix or token-env"

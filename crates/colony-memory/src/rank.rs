@@ -127,13 +127,28 @@ pub(crate) fn matches(metadata: &crate::Metadata, filter: &crate::Metadata) -> b
     filter
         .iter()
         .all(|(key, want)| match (metadata.get(key), want) {
-            (Some(Value::Number(a)), Value::Number(b)) => match (a.as_i64(), b.as_i64()) {
-                (Some(a), Some(b)) => a == b,
-                _ => a.as_f64() == b.as_f64(),
-            },
+            (Some(Value::Number(a)), Value::Number(b)) => same_number(a, b),
             (Some(a), b) => a == b,
             (None, _) => false,
         })
+}
+
+/// Whether two numbers are equal as SQLite compares them: an integer (what fits in `i64`)
+/// with an integer exactly, a real with a real by value, and an integer with a real only
+/// when the real is that integer exactly.
+fn same_number(a: &serde_json::Number, b: &serde_json::Number) -> bool {
+    match (a.as_i64(), b.as_i64()) {
+        (Some(x), Some(y)) => x == y,
+        (Some(i), None) => b.as_f64().is_some_and(|f| int_is_real(i, f)),
+        (None, Some(i)) => a.as_f64().is_some_and(|f| int_is_real(i, f)),
+        (None, None) => a.as_f64() == b.as_f64(),
+    }
+}
+
+fn int_is_real(i: i64, f: f64) -> bool {
+    // 2^63 is the first real past i64: anything in range converts without loss to compare.
+    const RANGE: std::ops::Range<f64> = -9_223_372_036_854_775_808.0..9_223_372_036_854_775_808.0;
+    f.fract() == 0.0 && RANGE.contains(&f) && f as i64 == i
 }
 
 /// BM25's term-frequency saturation and length normalization, the usual values.

@@ -43,9 +43,10 @@ impl RemoteOptions {
 }
 
 /// A blocking HTTP client that may be dropped anywhere. reqwest's blocking client runs a
-/// runtime of its own, and dropping it waits for that runtime, which tokio refuses (a
-/// panic) on an async thread: a workflow's or a server's memory is dropped there. So it is
-/// dropped on a thread of its own.
+/// runtime on a thread of its own, and dropping it joins that thread: on an async thread
+/// (a workflow's or a server's memory is dropped there) that blocks a worker, and a test
+/// saw the process panic doing it ("cannot drop a runtime in a context where blocking is
+/// not allowed"). So it is dropped on a thread of its own.
 pub(crate) struct Http(Option<reqwest::blocking::Client>);
 
 impl Http {

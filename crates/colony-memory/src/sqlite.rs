@@ -460,13 +460,11 @@ struct Candidate {
     id: String,
     tf: Vec<u32>,
     length: u64,
-    /// Whether its metadata passes the search's filter.
-    passes: bool,
 }
 
-/// Every document of `ns` holding a word of `words`, counted as every store counts words,
-/// with how many hold each word (the namespace's, whatever the filter), read in `db`'s
-/// snapshot. FTS5 proposes them; a document it finds only by folding an accent holds none
+/// Every document of `ns` holding a word of `words` that passes `filter`, counted as every
+/// store counts words, with how many hold each word (the namespace's, whatever the filter),
+/// read in `db`'s snapshot. FTS5 proposes them; a document it finds only by folding an accent holds none
 /// of the words as counted, and is left out, as every store leaves it.
 fn candidates(
     db: &Connection,
@@ -474,11 +472,16 @@ fn candidates(
     words: &[String],
     filter: &Metadata,
 ) -> Result<(Vec<Candidate>, Vec<u64>), Error> {
-    let mut stmt = db.prepare_cached(
+    // Metadata is read only when a filter looks at it.
+    let mut stmt = db.prepare_cached(if filter.is_empty() {
+        "SELECT d.seq, d.id, d.text, NULL
+         FROM documents_fts JOIN documents d ON d.seq = documents_fts.rowid
+         WHERE documents_fts MATCH ?1 AND d.namespace = ?2"
+    } else {
         "SELECT d.seq, d.id, d.text, d.metadata
          FROM documents_fts JOIN documents d ON d.seq = documents_fts.rowid
-         WHERE documents_fts MATCH ?1 AND d.namespace = ?2",
-    )?;
+         WHERE documents_fts MATCH ?1 AND d.namespace = ?2"
+    })?;
     let mut rows = stmt.query(params![match_expression(words), ns.as_str()])?;
     let mut df = vec![0u64; words.len()];
     let mut out = Vec::new();
@@ -501,13 +504,15 @@ fn candidates(
                 .map_err(|e| Error::Store(e.to_string()))?;
             crate::rank::matches(&metadata(meta)?, filter)
         };
-        out.push(Candidate {
-            seq: row.get(0)?,
-            id: row.get(1)?,
-            tf,
-            length,
-            passes,
-        });
+        // Counted in `df` whatever the filter; kept only if it passes.
+        if passes {
+            out.push(Candidate {
+                seq: row.get(0)?,
+                id: row.get(1)?,
+                tf,
+                length,
+            });
+        }
     }
     Ok((out, df))
 }
@@ -599,7 +604,7 @@ impl SqliteMemory {
         };
         let bm25 = Bm25::new(&words, stats);
         let mut top = TopK::new(k);
-        for c in candidates.into_iter().filter(|c| c.passes) {
+        for c in candidates {
             let score = bm25.score_counts(&c.tf, c.length);
             if top.admits(score) {
                 top.offer(score, c.id, c.seq);

@@ -30,6 +30,10 @@ pub const CASES: &[(&str, Case)] = &[
         bad_input_is_refused_and_nothing_stored,
     ),
     ("words_are_counted_alike", words_are_counted_alike),
+    (
+        "filters_compare_numbers_exactly",
+        filters_compare_numbers_exactly,
+    ),
 ];
 
 /// Runs every case on a fresh store from `make`, naming the case that fails.
@@ -365,6 +369,50 @@ pub fn words_are_counted_alike(m: &dyn Memory) {
     assert_eq!((none.documents, none.df), (0, vec![0, 0]));
 }
 
+/// A filter compares numbers exactly, by text and by vector alike: an integer with an
+/// integer, a real with a real, an integer with a real only when the real is that integer.
+pub fn filters_compare_numbers_exactly(m: &dyn Memory) {
+    let n = ns("numbers");
+    let values = [
+        ("max", serde_json::json!(i64::MAX)),
+        ("big", serde_json::json!(9_007_199_254_740_993_i64)),
+        ("one", serde_json::json!(1)),
+        ("half", serde_json::json!(1.5)),
+        ("yes", serde_json::json!(true)),
+    ];
+    let docs = values
+        .iter()
+        .map(|(id, v)| {
+            Document::new(*id, "counted value")
+                .with("v", v.clone())
+                .embedded(vec![1.0, 0.5])
+        })
+        .collect();
+    m.put(&n, docs).unwrap();
+    for (filter, want) in [
+        (serde_json::json!(i64::MAX), vec!["max"]),
+        (serde_json::json!(9_223_372_036_854_775_808_u64), vec![]),
+        (serde_json::json!(9_007_199_254_740_993_i64), vec!["big"]),
+        (serde_json::json!(9_007_199_254_740_992.0), vec![]),
+        (serde_json::json!(1.0), vec!["one"]),
+        (serde_json::json!(1.5), vec!["half"]),
+        (serde_json::json!(true), vec!["yes"]),
+    ] {
+        for q in [
+            Query::text("counted", 10),
+            Query::vector(vec![1.0, 0.5], 10),
+        ] {
+            let q = q.filtered("v", filter.clone());
+            let mut found = ids(&m.search(&n, &q).unwrap())
+                .into_iter()
+                .map(str::to_owned)
+                .collect::<Vec<_>>();
+            found.sort();
+            assert_eq!(found, want, "v = {filter}, {q:?}");
+        }
+    }
+}
+
 /// A real ChromaDB server for tests (`chroma run`, PyPI's `chromadb`), on a free loopback
 /// port with a folder of its own, stopped and removed when dropped.
 #[derive(Debug)]
@@ -390,7 +438,7 @@ impl ChromaServer {
             net::{TcpListener, TcpStream},
             time::{Duration, Instant},
         };
-        let path = std::env::var_os("PATH")?;
+        let path = std::env::var_os("PATH").unwrap_or_default();
         let Some(chroma) = std::env::split_paths(&path)
             .map(|dir| dir.join("chroma"))
             .find(|p| p.is_file())
@@ -403,9 +451,8 @@ impl ChromaServer {
             return None;
         };
         let port = TcpListener::bind("127.0.0.1:0")
-            .ok()?
-            .local_addr()
-            .ok()?
+            .and_then(|l| l.local_addr())
+            .expect("a free loopback port")
             .port();
         let dir = std::env::temp_dir().join(format!("colony-chroma-{}-{port}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("a folder for chroma");

@@ -566,14 +566,9 @@ pub(crate) fn resolve(flags: &Flags, env: &BTreeMap<String, String>) -> Result<R
         "memory-chroma",
         flags.memory_chroma.clone(),
         |l, v| {
-            if v.value.starts_with("http://") || v.value.starts_with("https://") {
-                Ok(v.value.clone())
-            } else {
-                Err(format!(
-                    "memory-chroma {:?}: the URL of a ChromaDB server, http://HOST:PORT",
-                    v.value
-                ))
-            }
+            colony_memory::ChromaOptions::from_url(&v.value)
+                .map(|_| v.value.clone())
+                .map_err(|e| format!("memory-chroma {e}"))
         }
     );
     let memory_shards = pick!(

@@ -771,9 +771,20 @@ fn a_workflow_remembers_into_the_memory_its_file_names_embedded_by_an_endpoint()
     };
     let (out, err, code) = run("secret");
     assert_eq!(code, 0, "{out}\n{err}");
-    assert!(
-        out.contains("the supervisor restarts crashed agents"),
-        "{out}"
+    // The sim agent answers with its payload: the input, with what was recalled.
+    let summary: Value = serde_json::from_str(&out).unwrap();
+    let used = summary["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["id"] == "use")
+        .unwrap()
+        .clone();
+    let recalled = &used["output"]["input"]["recall"];
+    assert_eq!(recalled[0]["id"], "note", "{used:#}");
+    assert_eq!(
+        recalled[0]["text"], "the supervisor restarts crashed agents",
+        "{used:#}"
     );
     for i in 1..=2 {
         assert!(

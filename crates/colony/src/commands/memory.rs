@@ -31,7 +31,8 @@ pub(crate) enum Command {
     /// recall@k against exact search, for stored embeddings taken as queries. The index
     /// lives in the process that searches (`colony serve --memory` builds its own, or
     /// `POST /v1/memory/rebuild`): this proves one can be rebuilt from the file alone, and
-    /// how well it finds.
+    /// how well it finds. With --chroma, writes a Chroma memory's index again from its
+    /// record.
     Rebuild(RebuildArgs),
 }
 
@@ -347,9 +348,12 @@ pub(crate) fn run(command: &Command) -> Result<(), Failure> {
 }
 
 fn rebuild(args: &RebuildArgs) -> Result<(), Failure> {
+    if args.at.store.chroma.is_some() {
+        return rebuild_chroma(args);
+    }
     let (Some(db), 1) = (&args.at.store.db, args.at.store.shards) else {
         return Err(Failure::input(anyhow::anyhow!(
-            "rebuild builds colony's index of one SQLite file (--db PATH, one shard); Chroma keeps its own"
+            "rebuild checks colony's index of one SQLite file (--db PATH, one shard), or writes a Chroma memory's index again (--chroma URL)"
         )));
     };
     // Checked as every opening is (not spread over several files, a memory), then the file
@@ -417,6 +421,36 @@ fn rebuild(args: &RebuildArgs) -> Result<(), Failure> {
         return Err(Failure::work(anyhow::anyhow!(
             "--min-recall given, but there are no embeddings to check it with (--queries 0, or {ns} has none)"
         )));
+    }
+    Ok(())
+}
+
+/// A Chroma memory's index written again from its record (after a write that failed
+/// midway); its recall is Chroma's graph's, not checked here.
+fn rebuild_chroma(args: &RebuildArgs) -> Result<(), Failure> {
+    if args.min_recall.is_some() {
+        return Err(Failure::input(anyhow::anyhow!(
+            "--min-recall checks colony's own index of a SQLite file; a Chroma memory's graph is Chroma's"
+        )));
+    }
+    let memory = open(&args.at.store, false)?;
+    let ns = namespace(&args.at)?;
+    let built = memory.rebuild(&ns).map_err(failure)?;
+    if args.json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "namespace": ns,
+                "points": built.points,
+                "took-ms": built.took.as_millis() as u64,
+            })
+        );
+    } else {
+        println!(
+            "{ns}: the index written again from the record: {} vectors in {:.2} s",
+            built.points,
+            built.took.as_secs_f64()
+        );
     }
     Ok(())
 }
