@@ -1046,8 +1046,25 @@ impl ChromaMemory {
             .map(|(_, id, ())| id)
             .collect();
         let proposed = ids.len();
+        let best = self.rescored(space, &ids, vector, filter, k)?;
+        if best.len() < k && best.len() < proposed.min(scanned) {
+            return Ok(None);
+        }
+        Ok(Some(best))
+    }
+
+    /// The best `k` of the documents `ids`, read from the record: those still embedded with
+    /// the query's dimension and passing `filter`, scored exactly.
+    fn rescored(
+        &self,
+        space: &Space,
+        ids: &[String],
+        vector: &[f32],
+        filter: &Metadata,
+        k: usize,
+    ) -> Result<Vec<Hit>, Error> {
         let mut best = TopK::new(k);
-        for entry in self.entries(space, &ids)? {
+        for entry in self.entries(space, ids)? {
             if !matches(&entry.user_metadata()?, filter) {
                 continue;
             }
@@ -1057,11 +1074,8 @@ impl ChromaMemory {
                 best.offer(cosine(vector, &e), entry.id.clone(), entry.metadata);
             }
         }
-        let best = best.into_sorted();
-        if best.len() < k && best.len() < proposed.min(scanned) {
-            return Ok(None);
-        }
-        best.into_iter()
+        best.into_sorted()
+            .into_iter()
             .map(|(score, id, metadata)| {
                 let e = Entry { id, metadata };
                 Ok(Hit {
@@ -1071,8 +1085,7 @@ impl ChromaMemory {
                     id: e.id,
                 })
             })
-            .collect::<Result<_, Error>>()
-            .map(Some)
+            .collect()
     }
 
     /// The best `k` of the graph's candidates, scored exactly from the record; `None` when
@@ -1094,30 +1107,8 @@ impl ChromaMemory {
             .flatten()
             .filter_map(|v| v.as_str().map(str::to_owned))
             .collect();
-        let mut top = TopK::new(k);
-        for entry in self.entries(space, &ids)? {
-            if let Some(e) = entry.embedding()?
-                && e.len() == vector.len()
-            {
-                top.offer(cosine(vector, &e), entry.id, entry.metadata);
-            }
-        }
-        let best = top.into_sorted();
-        if best.len() < k {
-            return Ok(None);
-        }
-        best.into_iter()
-            .map(|(score, id, metadata)| {
-                let e = Entry { id, metadata };
-                Ok(Hit {
-                    score,
-                    text: e.text()?.to_owned(),
-                    metadata: e.user_metadata()?,
-                    id: e.id,
-                })
-            })
-            .collect::<Result<_, Error>>()
-            .map(Some)
+        let best = self.rescored(space, &ids, vector, &Metadata::new(), k)?;
+        Ok((best.len() == k).then_some(best))
     }
 }
 

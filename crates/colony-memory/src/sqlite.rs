@@ -454,6 +454,25 @@ fn match_expression(words: &[String]) -> String {
         .join(" OR ")
 }
 
+/// The best documents kept by `top` (by `seq`), best first, their text and metadata read.
+fn read_hits(db: &Connection, top: TopK<i64>) -> Result<Vec<Hit>, Error> {
+    let mut fetch = db.prepare_cached("SELECT text, metadata FROM documents WHERE seq = ?1")?;
+    top.into_sorted()
+        .into_iter()
+        .map(|(score, id, seq)| {
+            let (text, meta) = fetch.query_row([seq], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+            })?;
+            Ok(Hit {
+                id,
+                score,
+                text,
+                metadata: metadata(&meta)?,
+            })
+        })
+        .collect()
+}
+
 /// A document holding a word of a text search's, as counted.
 struct Candidate {
     seq: i64,
@@ -610,21 +629,7 @@ impl SqliteMemory {
                 top.offer(score, c.id, c.seq);
             }
         }
-        let mut fetch = db.prepare_cached("SELECT text, metadata FROM documents WHERE seq = ?1")?;
-        top.into_sorted()
-            .into_iter()
-            .map(|(score, id, seq)| {
-                let (text, meta) = fetch.query_row([seq], |r| {
-                    Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
-                })?;
-                Ok(Hit {
-                    id,
-                    score,
-                    text,
-                    metadata: metadata(&meta)?,
-                })
-            })
-            .collect()
+        read_hits(db, top)
     }
 
     fn vector_ranked(
@@ -677,22 +682,7 @@ impl SqliteMemory {
                 top.offer(score, row.get(1)?, row.get::<_, i64>(0)?);
             }
         }
-        let mut fetch = db.prepare_cached("SELECT text, metadata FROM documents WHERE seq = ?1")?;
-        let hits = top
-            .into_sorted()
-            .into_iter()
-            .map(|(score, id, seq)| {
-                let (text, meta) = fetch.query_row([seq], |r| {
-                    Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
-                })?;
-                Ok(Hit {
-                    id,
-                    score,
-                    text,
-                    metadata: metadata(&meta)?,
-                })
-            })
-            .collect::<Result<_, Error>>()?;
+        let hits = read_hits(db, top)?;
         Ok((hits, scanned))
     }
 
