@@ -109,6 +109,10 @@ pub struct Runtime {
     /// `off`, or when a worker's breaker opens and how it lets the worker back.
     #[serde(default)]
     pub breaker: Option<Located<Breaker>>,
+    /// How the message bus is sized: each mailbox's capacity, a read's batch, a body's
+    /// largest size.
+    #[serde(default)]
+    pub messages: Option<Located<Messages>>,
 }
 
 /// A value and where it was written. One wrapper for both formats the section is read
@@ -303,6 +307,22 @@ pub struct Weights {
     /// Added when it also holds agents the task did not ask for. Default 0.25.
     #[serde(default)]
     pub affinity: Option<Located<f64>>,
+}
+
+/// The message bus's sizes (`colony_runtime::MessageOptions`); each key absent takes its
+/// default.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct Messages {
+    /// Messages a mailbox holds, taken and unacknowledged ones included. Default 1024.
+    #[serde(default)]
+    pub capacity: Option<Located<u64>>,
+    /// Messages one read takes at most, up to the capacity. Default 256.
+    #[serde(default)]
+    pub batch: Option<Located<u64>>,
+    /// Longest body, in bytes. Default 1 MiB.
+    #[serde(default)]
+    pub max_body: Option<Located<u64>>,
 }
 
 /// Periodic evening-out of sibling supervisors' queues.

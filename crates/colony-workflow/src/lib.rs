@@ -117,6 +117,8 @@ pub struct RuntimeSettings {
     pub autoscale: colony_runtime::AutoscaleOptions,
     /// Each worker's circuit breaker; `None` (`breaker: off`): health only observes.
     pub breaker: Option<colony_core::breaker::BreakerOptions>,
+    /// How the message bus is sized.
+    pub messages: colony_runtime::messages::MessageOptions,
 }
 
 impl Default for RuntimeSettings {
@@ -144,6 +146,7 @@ impl RuntimeSettings {
             seed: o.seed,
             autoscale: o.autoscale,
             breaker: o.breaker,
+            messages: o.messages.clone(),
         }
     }
 
@@ -162,6 +165,7 @@ impl RuntimeSettings {
         options.seed = self.seed;
         options.autoscale = self.autoscale;
         options.breaker = self.breaker;
+        options.messages = self.messages.clone();
     }
 
     /// `section`, read from `text`, written over these settings and checked: the settings,

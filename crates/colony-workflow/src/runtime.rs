@@ -84,6 +84,9 @@ pub const KEYS: &[&str] = &[
     "breaker.open-for",
     "breaker.max-open-for",
     "breaker.probation",
+    "messages.capacity",
+    "messages.batch",
+    "messages.max-body",
 ];
 
 /// Most tasks a supervisor may queue, and most an idle worker's steal may wait for: the
@@ -198,6 +201,9 @@ pub(crate) fn layer(
     }
     if let Some(b) = &section.breaker {
         breaker(b, &mut s, &mut c);
+    }
+    if let Some(m) = &section.messages {
+        messages(m, &mut s, &mut c);
     }
     if c.problems.is_empty() {
         Ok(s)
@@ -640,7 +646,37 @@ pub fn written(section: &file::Runtime) -> Vec<(&'static str, Where)> {
             }
         }
     }
+    if let Some(m) = &section.messages {
+        put("messages.capacity", at(&m.value.capacity));
+        put("messages.batch", at(&m.value.batch));
+        put("messages.max-body", at(&m.value.max_body));
+    }
     out
+}
+
+/// The message bus's sizes, checked by the bus's own rules.
+fn messages(m: &Located<file::Messages>, s: &mut RuntimeSettings, c: &mut Checker<'_>) {
+    let w = &m.value;
+    let o = &mut s.messages;
+    let size = |v: &Option<Located<u64>>, into: &mut usize| {
+        if let Some(v) = v {
+            *into = usize::try_from(v.value).unwrap_or(usize::MAX);
+        }
+    };
+    size(&w.capacity, &mut o.capacity);
+    size(&w.batch, &mut o.batch);
+    size(&w.max_body, &mut o.max_body);
+    if let Err(e) = o.validate() {
+        let message = e.to_string();
+        let key = if message.contains("capacity") {
+            at(&w.capacity)
+        } else if message.contains("batch") {
+            at(&w.batch)
+        } else {
+            at(&w.max_body)
+        };
+        c.refused(message, key, m.at);
+    }
 }
 
 /// A unit variant as the file writes it: `OneForOne` is `one-for-one`.
@@ -771,6 +807,11 @@ impl RuntimeSettings {
                 ("breaker.probation", probation.to_string()),
             ]),
         }
+        out.extend([
+            ("messages.capacity", self.messages.capacity.to_string()),
+            ("messages.batch", self.messages.batch.to_string()),
+            ("messages.max-body", self.messages.max_body.to_string()),
+        ]);
         out
     }
 }

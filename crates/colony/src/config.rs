@@ -80,6 +80,9 @@ const NUMERIC_KEYS: &[&str] = &[
     "runtime.seed",
     "runtime.breaker.error-rate",
     "runtime.breaker.probation",
+    "runtime.messages.capacity",
+    "runtime.messages.batch",
+    "runtime.messages.max-body",
 ];
 
 /// Default of `--addr`.
