@@ -17,9 +17,12 @@
 //! Text is ranked by colony's BM25 ([`crate::TextStats`]), as in every store. Chroma has no
 //! transactions: a `put` is checked whole before anything is written, and one that fails
 //! midway (the server gone) may leave part of its batch; putting it again stores it whole.
-//! The counts in a collection's metadata are read, changed and written by one process at a
-//! time; two processes writing one namespace at once can skew them (BM25's average length,
-//! `stats`), never which documents are found.
+//! One `ChromaMemory` should write a namespace at a time: its writes take turns, another
+//! process's do not. Two writers at once can skew the counts (BM25's average length,
+//! `stats`), and can clear the mark that tells exact searches the index is behind its
+//! record (one writer's clearing while the other is between record and index), so that an
+//! exact search misses what the other's failed write left out of the index; a rebuild
+//! while another writes can do the same. A rebuild with the writers stopped repairs it.
 //!
 //! Blocking: call it from a thread that may block, never from an async task.
 
@@ -263,6 +266,15 @@ impl Entry {
 
     fn embedded(&self) -> bool {
         self.metadata.get(EMBEDDED).and_then(Value::as_bool) == Some(true)
+    }
+
+    fn hit(self, score: f64) -> Result<Hit, Error> {
+        Ok(Hit {
+            score,
+            text: self.text()?.to_owned(),
+            metadata: self.user_metadata()?,
+            id: self.id,
+        })
     }
 }
 
@@ -551,6 +563,22 @@ impl ChromaMemory {
         document: Option<&Value>,
         include: &[&str],
         page: usize,
+        f: impl FnMut(&Value) -> Result<(), Error>,
+    ) -> Result<usize, Error> {
+        self.scan_up_to(collection, clause, document, include, page, MAX_SCANNED, f)
+    }
+
+    /// [`Self::scan`] refusing past `cap` entries instead (`usize::MAX`: never, for a
+    /// rebuild, which must read everything and keeps only ids).
+    #[allow(clippy::too_many_arguments)]
+    fn scan_up_to(
+        &self,
+        collection: &str,
+        clause: Option<&Value>,
+        document: Option<&Value>,
+        include: &[&str],
+        page: usize,
+        cap: usize,
         mut f: impl FnMut(&Value) -> Result<(), Error>,
     ) -> Result<usize, Error> {
         let mut offset = 0;
@@ -569,7 +597,7 @@ impl ChromaMemory {
             if n < page {
                 return Ok(offset);
             }
-            if offset > MAX_SCANNED {
+            if offset > cap {
                 return Err(Error::Query(format!(
                     "the search would read more than {MAX_SCANNED} documents of the namespace in Chroma: narrow it (rarer words, a filter)"
                 )));
@@ -647,6 +675,7 @@ impl ChromaMemory {
             }
         };
         let mut counts = self.counts(ns)?;
+        let had_vectors = counts.dimension.is_some();
         let first = documents.iter().position(|d| d.embedding.is_some());
         if let Some(index) = first {
             let got = documents[index].embedding.as_ref().map_or(0, Vec::len);
@@ -679,6 +708,12 @@ impl ChromaMemory {
                 });
             }
         }
+        // Marked behind with the counts as they stand: a put that fails after it has changed
+        // nothing they count.
+        let marked = Counts {
+            behind: true,
+            ..counts.clone()
+        };
         // The ids of a batch may repeat: the last is kept, as one store keeps it.
         let mut last: HashMap<String, usize> = HashMap::new();
         for (i, d) in documents.iter().enumerate() {
@@ -742,36 +777,37 @@ impl ChromaMemory {
             record.push((d.id, vec![1.0], spaced, Value::Object(m)));
         }
         // The record first: the index only proposes candidates, each checked against it.
-        // Marked behind until both are written.
-        let was_behind = counts.behind;
-        self.set_counts(
-            ns,
-            &space,
-            &Counts {
-                behind: true,
-                ..counts.clone()
-            },
-        )?;
-        counts.behind = was_behind;
+        // Marked behind until both are written, and after if it was, or the index is new.
+        self.set_counts(ns, &space, &marked)?;
         self.upsert(&space.docs, record)?;
-        if !index.is_empty() {
-            let vecs = match &space.vecs {
-                Some(v) => v.clone(),
+        if !index.is_empty() || !unindexed.is_empty() {
+            let vecs = match self.index_of(ns)? {
+                Some(v) => v,
                 None => {
-                    let v = id_of(&self.create(&self.name(ns, "vecs"), None)?)?;
-                    let mut spaces = self.spaces();
-                    if let Some(s) = spaces.get_mut(ns) {
-                        s.vecs = Some(v.clone());
-                    }
-                    v
+                    // Vectors stored before, and no index to hold them (deleted outside
+                    // colony, a removal that stopped halfway): the one made now holds only
+                    // this batch, so the namespace stays behind until a rebuild.
+                    counts.behind |= had_vectors;
+                    id_of(&self.create(&self.name(ns, "vecs"), None)?)?
                 }
             };
             self.upsert(&vecs, index)?;
-        }
-        if let (Some(vecs), false) = (&space.vecs, unindexed.is_empty()) {
-            self.remove(vecs, &unindexed)?;
+            self.remove(&vecs, &unindexed)?;
         }
         self.set_counts(ns, &space, &counts)
+    }
+
+    /// `ns`'s index collection, looked up by name rather than from the cache (it may have
+    /// been deleted meanwhile), the cache brought up to date; `None` when there is none.
+    fn index_of(&self, ns: &Namespace) -> Result<Option<String>, Error> {
+        let vecs = self
+            .collection(&self.name(ns, "vecs"))?
+            .map(|v| id_of(&v))
+            .transpose()?;
+        if let Some(cached) = self.spaces().get_mut(ns) {
+            cached.vecs = vecs.clone();
+        }
+        Ok(vecs)
     }
 
     /// `ns`'s statistics for `words`, counted by Chroma.
@@ -899,15 +935,7 @@ impl ChromaMemory {
             .map(|e| (e.id.clone(), e))
             .collect();
         best.into_iter()
-            .filter_map(|(score, id)| found.remove(&id).map(|e| (score, e)))
-            .map(|(score, e)| {
-                Ok(Hit {
-                    score,
-                    text: e.text()?.to_owned(),
-                    metadata: e.user_metadata()?,
-                    id: e.id,
-                })
-            })
+            .filter_map(|(score, id)| found.remove(&id).map(|e| e.hit(score)))
             .collect()
     }
 
@@ -958,14 +986,7 @@ impl ChromaMemory {
             &["metadatas"],
             PAGE,
             |page| {
-                for (i, id) in page["ids"].as_array().into_iter().flatten().enumerate() {
-                    let entry = Entry {
-                        id: id.as_str().unwrap_or_default().to_owned(),
-                        metadata: page["metadatas"][i]
-                            .as_object()
-                            .cloned()
-                            .unwrap_or_default(),
-                    };
+                for entry in entries_of(page)? {
                     if !matches(&entry.user_metadata()?, filter) {
                         continue;
                     }
@@ -1076,15 +1097,7 @@ impl ChromaMemory {
         }
         best.into_sorted()
             .into_iter()
-            .map(|(score, id, metadata)| {
-                let e = Entry { id, metadata };
-                Ok(Hit {
-                    score,
-                    text: e.text()?.to_owned(),
-                    metadata: e.user_metadata()?,
-                    id: e.id,
-                })
-            })
+            .map(|(score, id, metadata)| Entry { id, metadata }.hit(score))
             .collect()
     }
 
@@ -1169,29 +1182,30 @@ impl Memory for ChromaMemory {
             return Ok(0);
         }
         let mut counts = self.counts(ns)?;
+        // Marked with the counts as they stand: a delete that fails has changed nothing they
+        // count.
+        let marked = Counts {
+            behind: true,
+            ..counts.clone()
+        };
         for e in &old {
             counts.words = counts.words.saturating_sub(e.words());
             counts.text_bytes = counts.text_bytes.saturating_sub(e.bytes());
         }
         let gone: Vec<String> = old.iter().map(|e| e.id.clone()).collect();
-        let was_behind = counts.behind;
-        self.set_counts(
-            ns,
-            &space,
-            &Counts {
-                behind: true,
-                ..counts.clone()
-            },
-        )?;
-        counts.behind = was_behind;
+        self.set_counts(ns, &space, &marked)?;
         self.remove(&space.docs, &gone)?;
-        if let Some(vecs) = &space.vecs {
-            let indexed: Vec<String> = old
-                .iter()
-                .filter(|e| e.embedded())
-                .map(|e| e.id.clone())
-                .collect();
-            self.remove(vecs, &indexed)?;
+        let indexed: Vec<String> = old
+            .iter()
+            .filter(|e| e.embedded())
+            .map(|e| e.id.clone())
+            .collect();
+        if !indexed.is_empty() {
+            match self.index_of(ns)? {
+                Some(vecs) => self.remove(&vecs, &indexed)?,
+                // Embedded documents and no index: it went outside colony.
+                None => counts.behind = true,
+            }
         }
         self.set_counts(ns, &space, &counts)?;
         Ok(gone.len() as u64)
@@ -1236,93 +1250,81 @@ impl Memory for ChromaMemory {
     /// vector and metadata, and no other; then the index is no longer marked behind.
     fn rebuild(&self, ns: &Namespace) -> Result<crate::Rebuilt, Error> {
         let started = std::time::Instant::now();
-        let space = self.known(ns)?;
         let _writing = self.writing.lock().unwrap_or_else(|p| p.into_inner());
-        let counts = self.counts(ns)?;
-        let Some(dimension) = counts.dimension else {
-            return Ok(crate::Rebuilt {
-                points: 0,
-                took: started.elapsed(),
-            });
-        };
-        let vecs = match &space.vecs {
-            Some(v) => v.clone(),
-            None => id_of(&self.create(&self.name(ns, "vecs"), None)?)?,
-        };
+        // Looked up afresh: a cached index may have been deleted.
         self.spaces().remove(ns);
-        let mut rows = Vec::new();
-        let mut wanted = std::collections::HashSet::new();
-        self.scan(
-            &space.docs,
-            Some(&json!({ EMBEDDED: { "$eq": true } })),
-            None,
-            &["metadatas"],
-            PAGE,
-            |page| {
-                for e in entries_of(page)? {
-                    if let Some(v) = e.embedding()?
-                        && v.len() == dimension
+        let space = self.known(ns)?;
+        let mut points = 0;
+        if let Some(dimension) = self.counts(ns)?.dimension {
+            let vecs = match &space.vecs {
+                Some(v) => v.clone(),
+                None => id_of(&self.create(&self.name(ns, "vecs"), None)?)?,
+            };
+            self.spaces().remove(ns);
+            // Page by page, the whole record however large: each page's vectors written
+            // with their metadata, the keys the index held that the record no longer has as
+            // null (Chroma merges an entry's metadata). Only the ids are kept.
+            let mut wanted = std::collections::HashSet::new();
+            self.scan_up_to(
+                &space.docs,
+                Some(&json!({ EMBEDDED: { "$eq": true } })),
+                None,
+                &["metadatas"],
+                PAGE,
+                usize::MAX,
+                |page| {
+                    let mut rows = Vec::new();
+                    for e in entries_of(page)? {
+                        if let Some(v) = e.embedding()?
+                            && v.len() == dimension
+                        {
+                            wanted.insert(e.id.clone());
+                            rows.push((e.id.clone(), v, String::new(), e.user_metadata()?));
+                        }
+                    }
+                    let ids: Vec<&String> = rows.iter().map(|r| &r.0).collect();
+                    let held: HashMap<String, Map<String, Value>> = entries_of(&self.post(
+                        &format!("collections/{vecs}/get"),
+                        &json!({ "ids": ids, "include": ["metadatas"] }),
+                    )?)?
+                    .into_iter()
+                    .map(|e| (e.id, e.metadata))
+                    .collect();
+                    let rows = rows
+                        .into_iter()
+                        .map(|(id, v, d, mut m)| {
+                            for key in held.get(&id).into_iter().flat_map(|h| h.keys()) {
+                                m.entry(key.clone()).or_insert(Value::Null);
+                            }
+                            (id, v, d, Value::Object(m))
+                        })
+                        .collect();
+                    self.upsert(&vecs, rows)
+                },
+            )?;
+            points = wanted.len();
+            // The index's own entries whose documents are gone or not embedded any more.
+            let mut extra = Vec::new();
+            self.scan_up_to(&vecs, None, None, &[], ID_PAGE, usize::MAX, |page| {
+                for id in page["ids"].as_array().into_iter().flatten() {
+                    if let Some(id) = id.as_str()
+                        && !wanted.contains(id)
                     {
-                        wanted.insert(e.id.clone());
-                        rows.push((
-                            e.id.clone(),
-                            v,
-                            String::new(),
-                            Value::Object(e.user_metadata()?),
-                        ));
+                        extra.push(id.to_owned());
                     }
                 }
                 Ok(())
-            },
-        )?;
-        let points = rows.len();
-        // The index's own entries whose documents are gone or not embedded any more.
-        let mut extra = Vec::new();
-        self.scan(&vecs, None, None, &[], ID_PAGE, |page| {
-            for id in page["ids"].as_array().into_iter().flatten() {
-                if let Some(id) = id.as_str()
-                    && !wanted.contains(id)
-                {
-                    extra.push(id.to_owned());
-                }
-            }
-            Ok(())
-        })?;
-        self.remove(&vecs, &extra)?;
-        // Metadata of the index's entries is merged by Chroma: what a rebuilt entry no
-        // longer has goes as null.
-        let stale: HashMap<String, Vec<String>> = {
-            let mut out = HashMap::new();
-            for chunk in rows.chunks(PAGE) {
-                let ids: Vec<&String> = chunk.iter().map(|r| &r.0).collect();
-                let got = self.post(
-                    &format!("collections/{vecs}/get"),
-                    &json!({ "ids": ids, "include": ["metadatas"] }),
-                )?;
-                for e in entries_of(&got)? {
-                    out.insert(e.id.clone(), e.metadata.keys().cloned().collect());
-                }
-            }
-            out
-        };
-        let rows = rows
-            .into_iter()
-            .map(|(id, v, d, mut m)| {
-                if let (Some(keys), Value::Object(map)) = (stale.get(&id), &mut m) {
-                    for key in keys {
-                        map.entry(key.clone()).or_insert(Value::Null);
-                    }
-                }
-                (id, v, d, m)
-            })
-            .collect();
-        self.upsert(&vecs, rows)?;
+            })?;
+            self.remove(&vecs, &extra)?;
+        }
+        // Cleared on the counts as they are now, with or without vectors.
+        let now = self.counts(ns)?;
         self.set_counts(
             ns,
             &space,
             &Counts {
                 behind: false,
-                ..counts
+                ..now
             },
         )?;
         Ok(crate::Rebuilt {

@@ -37,7 +37,12 @@ impl ChromaOptions {
     /// `chroma+`), with `?tenant=T&database=D&prefix=P&token-env=VAR` as needed; the token
     /// is read from that variable when it connects, not now.
     pub fn from_url(url: &str) -> Result<Self, Error> {
-        let bad = |why: String| setting(format!("{url}: {why}"));
+        // A user and password are never echoed: everything before `@` is left out.
+        let shown = match url.split_once('@') {
+            Some((_, host)) => format!("http://…@{host}"),
+            None => url.to_owned(),
+        };
+        let bad = |why: String| setting(format!("{shown}: {why}"));
         let parsed = reqwest::Url::parse(url.strip_prefix("chroma+").unwrap_or(url))
             .map_err(|e| bad(e.to_string()))?;
         if !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none() {

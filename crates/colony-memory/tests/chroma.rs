@@ -157,6 +157,37 @@ fn an_index_behind_its_record_is_not_trusted(server: &Server) {
         .unwrap();
     assert_eq!(vecs, json!(30));
     check("rebuilt");
+
+    // The index deleted outside colony: the next put makes one holding only its batch, so
+    // the namespace stays behind until a rebuild.
+    let r = http
+        .delete(format!("{base}/t{n}.behind.vecs"))
+        .send()
+        .unwrap();
+    assert!(r.status().is_success());
+    let extra = Document::new("late", "x").embedded(vec![0.1, 0.2, 0.3, 0.4]);
+    m.put(&ns, vec![extra.clone()]).unwrap();
+    sqlite.put(&ns, vec![extra]).unwrap();
+    let behind = |http: &reqwest::blocking::Client| -> Value {
+        let r: Value = http
+            .get(format!("{base}/t{n}.behind.docs"))
+            .send()
+            .unwrap()
+            .json()
+            .unwrap();
+        r["metadata"]["colony:index-behind"].clone()
+    };
+    assert_eq!(behind(&http), json!(true));
+    check("index recreated");
+    assert_eq!(m.rebuild(&ns).unwrap().points, 31);
+    assert_eq!(behind(&http), Value::Null);
+    check("rebuilt again");
+
+    // A namespace without vectors is cleared by a rebuild too.
+    let plain = Namespace::parse("plain").unwrap();
+    m.put(&plain, vec![Document::new("a", "no vector")])
+        .unwrap();
+    assert_eq!(m.rebuild(&plain).unwrap().points, 0);
 }
 
 /// Chroma merges an entry's metadata with what was there: a key the new version lacks must

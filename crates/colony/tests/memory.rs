@@ -609,10 +609,15 @@ fn a_bad_chroma_address_is_refused_with_what_is_wrong() {
             "not set",
         ),
         ("not a url", "--chroma"),
+        ("http://user:hunter2@127.0.0.1:1", "no user or password"),
     ] {
         let (_, err, code) = colony(&["memory", "stats", "--chroma", url]);
         assert_eq!(code, 2, "{url}: {err}");
         assert!(err.contains(says), "{url}: {err}");
+        assert!(
+            !err.contains("hunter2"),
+            "a password is never echoed: {err}"
+        );
     }
     // Nothing listening: the work fails (exit 1), saying where it looked.
     let (_, err, code) = colony(&["memory", "stats", "--chroma", "http://127.0.0.1:1"]);

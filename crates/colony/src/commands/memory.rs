@@ -32,7 +32,7 @@ pub(crate) enum Command {
     /// lives in the process that searches (`colony serve --memory` builds its own, or
     /// `POST /v1/memory/rebuild`): this proves one can be rebuilt from the file alone, and
     /// how well it finds. With --chroma, writes a Chroma memory's index again from its
-    /// record.
+    /// record (stop its writers first; --queries, -k and --min-recall are for a file).
     Rebuild(RebuildArgs),
 }
 
