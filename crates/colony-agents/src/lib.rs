@@ -45,6 +45,9 @@ pub struct Task {
     /// the health's `failed-after` (10 s by default) while it holds an attempt is declared
     /// failed and replaced, and its attempts retried.
     pub heartbeat: Heartbeat,
+    /// The runtime's message bus as this agent sees it: send as the agent, subscribe it to
+    /// topics, read its mailbox.
+    pub mail: AgentMail,
 }
 
 impl Task {
@@ -56,6 +59,112 @@ impl Task {
             agent,
             payload,
             heartbeat: Heartbeat::detached(),
+            mail: AgentMail::detached(agent),
+        }
+    }
+
+    /// This attempt, its agent reaching the messages of `mail`.
+    pub fn with_mail(mut self, mail: Arc<dyn Mail>) -> Self {
+        self.mail = AgentMail::new(self.agent, mail);
+        self
+    }
+}
+
+/// The message bus as one agent sees it, handed to it with every attempt
+/// ([`Task::mail`]): what it sends is from the agent, what it reads is the agent's own
+/// mailbox, which outlives the agent's restarts.
+///
+/// A mailbox has one reader at a time: [`AgentMail::open`] fences out the agent's earlier
+/// reader (an attempt still running, or a `process` agent's own), and the batch that reader
+/// had not acknowledged is read again first. An agent whose pool runs several attempts at
+/// once on one worker (`concurrency` above 1) should read its mailbox from one of them
+/// only: each `open` takes the mailbox from the others, whose acknowledgements then fail. A reader dropped with its batch unacknowledged
+/// (its attempt failed, panicked or timed out) gives the batch back, so a crash loses no
+/// message: acknowledge a batch only once what it asked for is done.
+///
+/// ```
+/// use colony_agents::{Agent, Execution, Task, from_fn};
+///
+/// // Answers with how many messages were waiting for it.
+/// let counter = from_fn(|task: &Task| {
+///     let mut inbox = task.mail.open().map_err(colony_agents::Error::retryable)?;
+///     let n = inbox.try_next().map_or(0, |batch| batch.len());
+///     inbox.ack();
+///     Ok(n.to_string().into())
+/// });
+/// # let task = Task::new(colony_core::TaskId(1), 1, colony_core::AgentId(0), "{}".into());
+/// // Outside a runtime there is no bus: the attempt fails, retryably.
+/// assert!(matches!(counter.handle(task), Execution::Done(Err(_))));
+/// ```
+#[derive(Clone)]
+pub struct AgentMail {
+    agent: AgentId,
+    mail: Option<Arc<dyn Mail>>,
+}
+
+impl fmt::Debug for AgentMail {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AgentMail")
+            .field("agent", &self.agent)
+            .field("attached", &self.mail.is_some())
+            .finish()
+    }
+}
+
+/// Why [`AgentMail`] refuses outside a runtime.
+const NO_BUS: &str = "no message bus: the agent is not running in a runtime";
+
+impl AgentMail {
+    /// `agent`'s view of `mail`.
+    pub fn new(agent: AgentId, mail: Arc<dyn Mail>) -> Self {
+        Self {
+            agent,
+            mail: Some(mail),
+        }
+    }
+
+    /// No bus: every call is refused (an agent called outside a runtime).
+    pub fn detached(agent: AgentId) -> Self {
+        Self { agent, mail: None }
+    }
+
+    /// Whether there is a bus behind this view.
+    pub fn is_attached(&self) -> bool {
+        self.mail.is_some()
+    }
+
+    /// Sends `body` from this agent to every mailbox `to` reaches, waiting at full ones (a
+    /// full mailbox pushes back; nothing is dropped): how many copies were put.
+    pub fn send(
+        &self,
+        to: colony_core::mailbox::Address,
+        body: impl Into<Bytes>,
+    ) -> MailFuture<'static, Result<u32, String>> {
+        match &self.mail {
+            Some(mail) => mail.send(self.agent, to, body.into()),
+            None => Box::pin(std::future::ready(Err(NO_BUS.to_owned()))),
+        }
+    }
+
+    /// This agent hears what is published on `topic` from now on, across its restarts.
+    pub fn subscribe(&self, topic: &str) -> Result<(), String> {
+        match &self.mail {
+            Some(mail) => mail.subscribe(self.agent, topic),
+            None => Err(NO_BUS.to_owned()),
+        }
+    }
+
+    pub fn unsubscribe(&self, topic: &str) {
+        if let Some(mail) = &self.mail {
+            mail.unsubscribe(self.agent, topic);
+        }
+    }
+
+    /// Opens this agent's mailbox as its only reader (see the type's text).
+    pub fn open(&self) -> Result<Box<dyn Letters>, String> {
+        match &self.mail {
+            Some(mail) => mail.open(self.agent),
+            None => Err(NO_BUS.to_owned()),
         }
     }
 }
@@ -164,6 +273,15 @@ pub trait Letters: Send {
     /// closed or another reader took it over. Dropped with a batch unacknowledged, the batch
     /// goes back to the mailbox.
     fn next(&mut self) -> MailFuture<'_, Option<Vec<Letter>>>;
+
+    /// Like [`Letters::next`], without waiting: an empty batch when nothing waits.
+    fn try_next(&mut self) -> Option<Vec<Letter>>;
+
+    /// Acknowledges the batch taken last: its messages leave the mailbox for good. `false`
+    /// when they did not: another reader opened the mailbox since (the batch is read again
+    /// there) or it closed (the batch went back to its senders); this reader reads nothing
+    /// more.
+    fn ack(&mut self) -> bool;
 }
 
 /// A message as a backend hands it to its agent.
@@ -174,6 +292,36 @@ pub struct Letter {
     pub body: Bytes,
     /// For a message handed back to its sender: the mailbox it could not be read in, and why.
     pub returned: Option<(colony_core::mailbox::Endpoint, Arc<str>)>,
+}
+
+impl Letter {
+    /// The message as JSON, as a `process` agent and an HTTP reader get it:
+    /// `{"from": {"agent": N} | {"mailbox": NAME}, "to": ... | {"topic": T} | {"team": N},
+    /// "body": TEXT, "returned"?: {"by": ..., "why": TEXT}}`. A body is text: bytes that are
+    /// not UTF-8 are replaced by U+FFFD.
+    pub fn to_json(&self) -> serde_json::Value {
+        use colony_core::mailbox::{Address, Endpoint};
+        fn endpoint(e: &Endpoint) -> serde_json::Value {
+            match e {
+                Endpoint::Agent(a) => serde_json::json!({ "agent": a.0 }),
+                Endpoint::Named(n) => serde_json::json!({ "mailbox": &**n }),
+            }
+        }
+        let to = match &self.to {
+            Address::To(e) => endpoint(e),
+            Address::Topic(t) => serde_json::json!({ "topic": &**t }),
+            Address::Team(t) => serde_json::json!({ "team": t }),
+        };
+        let mut v = serde_json::json!({
+            "from": endpoint(&self.from),
+            "to": to,
+            "body": String::from_utf8_lossy(&self.body),
+        });
+        if let Some((by, why)) = &self.returned {
+            v["returned"] = serde_json::json!({ "by": endpoint(by), "why": &**why });
+        }
+        v
+    }
 }
 
 /// An agent from a function that finishes at once.

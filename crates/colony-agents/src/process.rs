@@ -196,33 +196,6 @@ impl To {
     }
 }
 
-fn endpoint_json(e: &Endpoint) -> serde_json::Value {
-    match e {
-        Endpoint::Agent(a) => serde_json::json!({ "agent": a.0 }),
-        Endpoint::Named(n) => serde_json::json!({ "mailbox": &**n }),
-    }
-}
-
-fn address_json(a: &Address) -> serde_json::Value {
-    match a {
-        Address::To(e) => endpoint_json(e),
-        Address::Topic(t) => serde_json::json!({ "topic": &**t }),
-        Address::Team(t) => serde_json::json!({ "team": t }),
-    }
-}
-
-fn letter_json(l: &Letter) -> serde_json::Value {
-    let mut v = serde_json::json!({
-        "from": endpoint_json(&l.from),
-        "to": address_json(&l.to),
-        "body": String::from_utf8_lossy(&l.body),
-    });
-    if let Some((by, why)) = &l.returned {
-        v["returned"] = serde_json::json!({ "by": endpoint_json(by), "why": &**why });
-    }
-    v
-}
-
 /// Messages a process sends, waiting their turn: sent one at a time, in order.
 const OUTGOING: usize = 1024;
 
@@ -934,7 +907,7 @@ async fn forward_batches(
             return;
         };
         batch += 1;
-        let messages: Vec<serde_json::Value> = letters_in.iter().map(letter_json).collect();
+        let messages: Vec<serde_json::Value> = letters_in.iter().map(Letter::to_json).collect();
         let line = serde_json::json!({ "type": "messages", "batch": batch, "messages": messages })
             .to_string()
             + "\n";

@@ -137,7 +137,7 @@ pub(crate) fn start(
             options.steal_at,
             options.rebalance,
         ),
-        attempts: Attempts::new(handlers, options.max_output),
+        attempts: Attempts::new(handlers, options.max_output, mail),
         supervision: Supervision::new(
             options.supervision,
             tree.tier_names()[..tree.worker_tier()]

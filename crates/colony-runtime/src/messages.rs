@@ -643,20 +643,31 @@ impl colony_agents::Mail for Bus {
 
 impl colony_agents::Letters for Inbox {
     fn next(&mut self) -> colony_agents::MailFuture<'_, Option<Vec<colony_agents::Letter>>> {
-        Box::pin(async move {
-            let batch = self.recv().await.ok()?;
-            Some(
-                batch
-                    .into_iter()
-                    .map(|m| colony_agents::Letter {
-                        from: m.from,
-                        to: m.to,
-                        body: m.body,
-                        returned: m.returned.map(|r| (r.by, r.why)),
-                    })
-                    .collect(),
-            )
-        })
+        Box::pin(async move { Some(letters(self.recv().await.ok()?)) })
+    }
+
+    fn try_next(&mut self) -> Option<Vec<colony_agents::Letter>> {
+        Some(letters(self.try_recv().ok()?))
+    }
+
+    fn ack(&mut self) -> bool {
+        self.acknowledge().is_ok()
+    }
+}
+
+/// Messages as a backend hands them to its agent.
+fn letters(batch: Vec<Message>) -> Vec<colony_agents::Letter> {
+    batch.into_iter().map(Into::into).collect()
+}
+
+impl From<Message> for colony_agents::Letter {
+    fn from(m: Message) -> Self {
+        Self {
+            from: m.from,
+            to: m.to,
+            body: m.body,
+            returned: m.returned.map(|r| (r.by, r.why)),
+        }
     }
 }
 
@@ -696,11 +707,27 @@ impl Inbox {
     /// Acknowledges the batch taken last: its messages leave the mailbox. A fenced-out
     /// reader's acknowledgement counts for nothing: its batch is the new reader's.
     pub fn ack(&mut self) {
+        let _ = self.acknowledge();
+    }
+
+    /// [`Inbox::ack`], saying what came of it: how many messages left the mailbox, or why
+    /// none did (another reader took the batch over, or the mailbox closed and handed it
+    /// back to its senders).
+    pub fn acknowledge(&mut self) -> Result<usize, Closed> {
         if self.batch == 0 {
-            return;
+            return Ok(0);
         }
-        let n = self.slot.lock().ack(self.epoch);
         self.batch = 0;
+        let n = {
+            let mut mailbox = self.slot.lock();
+            if mailbox.is_closed() {
+                return Err(Closed::Closed);
+            }
+            if mailbox.epoch() != self.epoch {
+                return Err(Closed::Fenced);
+            }
+            mailbox.ack(self.epoch)
+        };
         if n > 0 {
             self.bus
                 .inner
@@ -709,6 +736,30 @@ impl Inbox {
                 .fetch_add(n as u64, Relaxed);
             self.slot.writable.notify_waiters();
         }
+        Ok(n)
+    }
+
+    /// Gives the batch taken last back to the front of the mailbox, unacknowledged, for
+    /// the next batch to take again first. Refused when the reader no longer reads.
+    pub fn give_back(&mut self) -> Result<(), Closed> {
+        let n = {
+            let mut mailbox = self.slot.lock();
+            if mailbox.is_closed() {
+                return Err(Closed::Closed);
+            }
+            if mailbox.epoch() != self.epoch {
+                return Err(Closed::Fenced);
+            }
+            let before = mailbox.redelivered();
+            mailbox.detach(self.epoch);
+            mailbox.redelivered() - before
+        };
+        self.batch = 0;
+        if n > 0 {
+            self.bus.inner.counters.redelivered.fetch_add(n, Relaxed);
+            self.slot.readable.notify_one();
+        }
+        Ok(())
     }
 
     /// Acknowledges the batch before, then waits for messages and takes up to a batch,
@@ -719,8 +770,13 @@ impl Inbox {
 
     /// Like [`Inbox::recv`], without waiting: an empty batch when nothing waits.
     pub fn try_recv(&mut self) -> Result<Vec<Message>, Closed> {
+        self.try_recv_at_most(self.bus.inner.options.batch)
+    }
+
+    /// Like [`Inbox::try_recv`], taking at most `max` messages (at least 1).
+    pub fn try_recv_at_most(&mut self, max: usize) -> Result<Vec<Message>, Closed> {
         self.ack();
-        Ok(self.try_take()?.unwrap_or_default())
+        Ok(self.try_take_at_most(max.max(1))?.unwrap_or_default())
     }
 
     /// Like [`Inbox::recv`], taking at most `max` messages (at least 1).
@@ -741,10 +797,6 @@ impl Inbox {
             }
             readable.await;
         }
-    }
-
-    fn try_take(&mut self) -> Result<Option<Vec<Message>>, Closed> {
-        self.try_take_at_most(self.bus.inner.options.batch)
     }
 
     fn try_take_at_most(&mut self, max: usize) -> Result<Option<Vec<Message>>, Closed> {

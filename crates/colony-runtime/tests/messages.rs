@@ -232,3 +232,194 @@ async fn a_process_agent_reads_its_mailbox_answers_and_loses_nothing_when_it_die
     assert!(bus.stats().redelivered >= 1);
     runtime.shutdown().await;
 }
+
+/// An in-process agent that reaches the bus through its attempts' [`colony_agents::Task::mail`]:
+/// `{"subscribe": TOPIC}` subscribes it, `{"send": BODY}` sends BODY to the `me` mailbox
+/// (awaiting room), and `{"read": true}` answers with the bodies waiting in its mailbox;
+/// with `"crash": true`, a batch holding `crash` panics the attempt before acknowledging.
+struct Reader;
+
+impl colony_agents::Agent for Reader {
+    fn handle(&self, task: colony_agents::Task) -> colony_agents::Execution {
+        use colony_agents::{Error as Failed, Execution};
+        let ask: serde_json::Value = serde_json::from_slice(&task.payload).unwrap();
+        if let Some(topic) = ask["subscribe"].as_str() {
+            return Execution::Done(
+                task.mail
+                    .subscribe(topic)
+                    .map(|()| Bytes::from_static(b"{}"))
+                    .map_err(Failed::fatal),
+            );
+        }
+        if let Some(body) = ask["send"].as_str() {
+            let sent = task.mail.send(
+                Address::To(Endpoint::Named(Arc::from("me"))),
+                body.to_owned(),
+            );
+            return Execution::Running(Box::pin(async move {
+                let n = sent.await.map_err(Failed::fatal)?;
+                Ok(Bytes::from(n.to_string()))
+            }));
+        }
+        let mut inbox = match task.mail.open() {
+            Ok(inbox) => inbox,
+            Err(e) => return Execution::Done(Err(Failed::fatal(e))),
+        };
+        let batch = inbox.try_next().unwrap_or_default();
+        let bodies: Vec<String> = batch
+            .iter()
+            .map(|l| String::from_utf8_lossy(&l.body).into_owned())
+            .collect();
+        if ask["crash"] == true && bodies.iter().any(|b| b == "crash") {
+            panic!("crashed holding an unacknowledged batch");
+        }
+        inbox.ack();
+        Execution::Done(Ok(serde_json::to_vec(&bodies).unwrap().into()))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_in_process_agent_reads_its_mailbox_through_its_task_and_a_crash_loses_nothing() {
+    let pool = Pool::new(AgentSpec::new("reader", "worker"), 1, Arc::new(Reader));
+    let runtime = Runtime::start(
+        RuntimeOptions::default(),
+        vec![pool],
+        Arc::new(MemoryJournal::new()),
+    )
+    .await
+    .unwrap();
+    let h = runtime.handle();
+    let bus = h.messages().clone();
+    let me = Endpoint::Named(Arc::from("me"));
+    let mut mine = bus.open(me.clone()).unwrap();
+    let run = |payload: &str| {
+        let spec = colony_core::task::TaskSpec::with_payload(payload.to_owned());
+        let h = h.clone();
+        async move {
+            let done = h.submit_wait(spec).await.unwrap();
+            assert_eq!(
+                done.state,
+                colony_core::task::TaskState::Succeeded,
+                "{:?}",
+                done.error
+            );
+            let output = String::from_utf8(done.output.clone().unwrap().to_vec()).unwrap();
+            (output, done)
+        }
+    };
+
+    let (_, done) = run(r#"{"subscribe": "news"}"#).await;
+    let agent = done.agent.unwrap();
+    assert_eq!(bus.topics(), [(Arc::from("news"), 1)]);
+    bus.send(
+        me.clone(),
+        Address::Topic("news".into()),
+        Bytes::from("hello"),
+    )
+    .await
+    .unwrap();
+    bus.send(
+        me.clone(),
+        Address::To(Endpoint::Agent(agent)),
+        Bytes::from("direct"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(run(r#"{"read": true}"#).await.0, r#"["hello","direct"]"#);
+    // Read and acknowledged: nothing waits any more.
+    assert_eq!(run(r#"{"read": true}"#).await.0, "[]");
+
+    // An attempt that panics holding its batch gives it back as it unwinds (before anyone
+    // opens the mailbox again); the agent's next task reads the same messages, in order.
+    for body in ["crash", "after"] {
+        bus.send(
+            me.clone(),
+            Address::To(Endpoint::Agent(agent)),
+            Bytes::from(body),
+        )
+        .await
+        .unwrap();
+    }
+    let mut spec = colony_core::task::TaskSpec::with_payload(r#"{"read": true, "crash": true}"#);
+    spec.max_attempts = 1;
+    let crashed = h.submit_wait(spec).await.unwrap();
+    assert_eq!(crashed.state, colony_core::task::TaskState::DeadLettered);
+    assert_eq!(bus.stats().redelivered, 2);
+    let (out, _) = run(r#"{"read": true}"#).await;
+    assert_eq!(out, r#"["crash","after"]"#);
+
+    // What the agent sends is from the agent.
+    assert_eq!(run(r#"{"send": "from inside"}"#).await.0, "1");
+    let got = mine.try_recv().unwrap();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].from, Endpoint::Agent(agent));
+    assert_eq!(&got[0].body[..], b"from inside");
+    runtime.shutdown().await;
+}
+
+/// A `process` agent that, asked a task, sends `a` then `b` to the mailbox `full`, and
+/// answers the task with the first refusal colony tells it.
+const FULLER: &str = r#"
+import json, sys
+print(json.dumps({"type": "hello", "protocol": 1, "messages": True}), flush=True)
+pending = None
+for line in sys.stdin:
+    m = json.loads(line)
+    if m["type"] == "task":
+        pending = m["id"]
+        for body in ("a", "b"):
+            print(json.dumps({"type": "send", "to": {"mailbox": "full"}, "body": body}), flush=True)
+    elif m["type"] == "refused" and pending is not None:
+        out = {"error": m["error"], "to": m["to"]}
+        print(json.dumps({"type": "result", "id": pending, "output": out}), flush=True)
+        pending = None
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_process_send_that_waits_10_s_at_a_full_mailbox_is_refused_and_told() {
+    let mut options = colony_agents::process::ProcessOptions::new("python3");
+    options.args = vec!["-c".into(), FULLER.into()];
+    let pool = Pool::new(
+        AgentSpec::new("fuller", "worker"),
+        1,
+        Arc::new(colony_agents::process::Process::new(options)),
+    );
+    let mut runtime_options = RuntimeOptions::default();
+    runtime_options.messages.capacity = 1;
+    runtime_options.messages.batch = 1;
+    let runtime = Runtime::start(runtime_options, vec![pool], Arc::new(MemoryJournal::new()))
+        .await
+        .unwrap();
+    let h = runtime.handle();
+    let bus = h.messages().clone();
+    // Opened, never read: it takes one message and is then full.
+    let mut full = bus.open(Endpoint::Named(Arc::from("full"))).unwrap();
+    let done = h
+        .submit_wait(colony_core::task::TaskSpec::with_payload("{}"))
+        .await
+        .unwrap();
+    assert_eq!(
+        done.state,
+        colony_core::task::TaskState::Succeeded,
+        "{:?}",
+        done.error
+    );
+    let told: serde_json::Value = serde_json::from_slice(&done.output.unwrap()).unwrap();
+    assert_eq!(told["to"], serde_json::json!({"mailbox": "full"}));
+    assert!(
+        told["error"]
+            .as_str()
+            .unwrap()
+            .contains("stayed full for 10 s"),
+        "{told}"
+    );
+    assert_eq!(bus.stats().waits, 1);
+    // `a` was put; `b`, refused, never is, even once there is room.
+    let got = full.try_recv().unwrap();
+    assert_eq!(got.len(), 1);
+    assert_eq!(&got[0].body[..], b"a");
+    full.ack();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(full.try_recv().unwrap().is_empty());
+    runtime.shutdown().await;
+}

@@ -29,7 +29,9 @@
 //!   `POST /v1/memory/rebuild` [admin]: the agents' shared memory (see [`memory`]), when the
 //!   server has one.
 //! - `GET /v1/messages` [read]; `POST /v1/messages` [submit]: the message bus's counts and
-//!   topics, and a message sent from `http` (see [`messages`]).
+//!   topics, and a message sent from `http`; `POST /v1/messages/read|ack|subscribe|
+//!   unsubscribe|close` [submit]: a named mailbox read over HTTP in acknowledged batches
+//!   (see [`messages`]).
 //! - `GET /v1/stats` [read]: the runtime's counters.
 //! - `GET /v1/events` [read]: server-sent events: a `snapshot` of the counters every second,
 //!   and `notable` events as they happen (health alerts, escalations, scaling decisions,
@@ -181,6 +183,8 @@ pub(crate) struct App {
     /// One permit per memory call on the blocking pool: its own, so that a long one (an
     /// approximate index being built) never holds up the journal's reads.
     pub(crate) memory_calls: Arc<tokio::sync::Semaphore>,
+    /// The named mailboxes read over HTTP (`/v1/messages/read`).
+    pub(crate) readers: messages::Readers,
 }
 
 /// Journal reads on the blocking pool at once (see [`App::reads`]).
@@ -285,8 +289,10 @@ pub async fn serve(handle: Handle, config: Config) -> Result<Server, Error> {
         history: Arc::default(),
         memory: config.memory,
         memory_calls: Arc::new(tokio::sync::Semaphore::new(READS)),
+        readers: messages::Readers::default(),
     });
     let sampler = history::Sampler::start(app.handle.clone(), app.history.clone());
+    let sweeper = messages::Sweeper::start(app.clone());
     let router = router(app);
     let bind = |source| Error::Bind { addr, source };
     let listener = tokio::net::TcpListener::bind(addr).await.map_err(bind)?;
@@ -299,6 +305,7 @@ pub async fn serve(handle: Handle, config: Config) -> Result<Server, Error> {
     let task = colony_runtime::spawner::Spawner::spawn("http-server", async move {
         // The sampler stops with the server: when this task ends or is aborted.
         let _sampler = sampler;
+        let _sweeper = sweeper;
         conn::serve(listener, router, tls, limits).await;
     });
     Ok(Server { addr, scheme, task })
@@ -376,7 +383,12 @@ fn router(app: Arc<App>) -> Router {
         .route("/v1/runs/{id}/cancel", post(runs::cancel))
         .route("/v1/memory/documents", post(memory::put))
         .route("/v1/memory/delete", post(memory::delete))
-        .route("/v1/messages", post(messages::send));
+        .route("/v1/messages", post(messages::send))
+        .route("/v1/messages/read", post(messages::read))
+        .route("/v1/messages/ack", post(messages::ack))
+        .route("/v1/messages/subscribe", post(messages::subscribe))
+        .route("/v1/messages/unsubscribe", post(messages::unsubscribe))
+        .route("/v1/messages/close", post(messages::close));
     let admin = Router::new()
         .route("/v1/agents/{id}/kill", post(agents::kill))
         .route("/v1/pools/{name}", put(agents::resize))

@@ -12,6 +12,32 @@
 //!
 //! A body over the bus's limit, an unknown agent or an unopened mailbox, or a bad topic is
 //! a 4xx naming the problem, with nothing sent.
+//!
+//! A caller reads a named mailbox as its one reader, in acknowledged batches, as an agent
+//! reads its own (all [submit]: reading takes messages away):
+//!
+//! - `POST /v1/messages/read` `{"mailbox": NAME, "max"?: N, "wait-ms"?: MS}`: opens the
+//!   mailbox the first time (from then on messages can be sent to it), waits up to `wait-ms`
+//!   (at most [`MAX_WAIT`]; 0, the default, does not wait) for messages and takes up to `max`
+//!   (the bus's batch by default): `200 {"batch": K | null, "messages": [...]}`, each message
+//!   as a `process` agent gets it. A batch not acknowledged when the next read comes is
+//!   given back and read again first: a reader that died mid-batch loses nothing. One read
+//!   of a mailbox at a time: another while one waits is `409 busy`.
+//! - `POST /v1/messages/ack` `{"mailbox": NAME, "batch": K}`: the batch's messages leave the
+//!   mailbox, `200 {"acknowledged": N}`; `409 stale-batch` for a batch given back or
+//!   acknowledged already.
+//! - `POST /v1/messages/subscribe`, `/unsubscribe` `{"mailbox": NAME, "topic": T}`: the
+//!   mailbox (opened if need be) hears a topic from now on, or no longer.
+//! - `POST /v1/messages/close` `{"mailbox": NAME}`: the mailbox closes; what it held goes
+//!   back to its senders, `200 {"returned": N}`.
+//!
+//! At most [`MAX_READERS`] mailboxes are read over HTTP at once; one that no call used for
+//! [`READER_IDLE`] is closed (its messages go back to their senders), so an abandoned
+//! mailbox cannot fill up and hold its topics' publishers waiting. A mailbox has one reader:
+//! reading or subscribing a name over HTTP takes it from another reader of the same name (a
+//! workflow's `wait:`), which then reads nothing more. When another reader takes it back,
+//! the HTTP reader's next read or acknowledgement is `409 fenced` (its batch is the other
+//! reader's), and the read after opens it again; a mailbox closed under it is `410 closed`.
 
 use crate::{App, Object, body, problem};
 use axum::{
@@ -26,9 +52,20 @@ use colony_core::{
     mailbox::{Address, Endpoint, check_topic},
 };
 use colony_runtime::messages::{Error, MessageStats};
+use colony_runtime::{
+    messages::{Bus, Closed, Inbox},
+    spawner::Spawner,
+};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use std::{sync::Arc, time::Duration};
+use std::{
+    collections::HashMap,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering::Relaxed},
+    },
+    time::{Duration, Instant},
+};
 
 /// Most topics `GET /v1/messages` lists.
 pub const MAX_LISTED: usize = 1_000;
@@ -36,6 +73,145 @@ pub const MAX_LISTED: usize = 1_000;
 pub const SEND_WAIT: Duration = Duration::from_secs(5);
 /// Who messages sent over HTTP are from.
 pub const SENDER: &str = "http";
+/// Longest a read over HTTP waits for messages.
+pub const MAX_WAIT: Duration = Duration::from_secs(30);
+/// Most mailboxes read over HTTP at once.
+pub const MAX_READERS: usize = 1_024;
+/// A mailbox read over HTTP that no call used for this long is closed, what it held going
+/// back to its senders.
+pub const READER_IDLE: Duration = Duration::from_secs(10 * 60);
+
+/// The mailboxes read over HTTP, each by its one reader.
+#[derive(Debug, Default)]
+pub(crate) struct Readers {
+    readers: Mutex<HashMap<Arc<str>, Arc<tokio::sync::Mutex<Reader>>>>,
+    /// The last batch's number, for every mailbox: a batch's number is never given again,
+    /// so an acknowledgement cannot reach a later reader's batch.
+    batches: AtomicU64,
+}
+
+/// A mailbox's reader over HTTP, and its batch taken and not acknowledged.
+#[derive(Debug)]
+pub(crate) struct Reader {
+    inbox: Inbox,
+    /// Its batch's number (numbers start at 1).
+    batch: u64,
+    /// Messages of batch `batch` not acknowledged yet (0: none outstanding).
+    taken: usize,
+    /// When a call last used it.
+    used: Instant,
+}
+
+type Shared = Arc<tokio::sync::Mutex<Reader>>;
+
+impl Readers {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Arc<str>, Shared>> {
+        self.readers.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The reader of `name`, the mailbox opened for it the first time (and, with `topic`,
+    /// subscribed to it, under the same hold of the map: a `close` cannot come between).
+    #[allow(clippy::result_large_err)]
+    fn get_or_open(
+        &self,
+        bus: &Bus,
+        name: &Arc<str>,
+        topic: Option<&str>,
+    ) -> Result<Shared, Response> {
+        let mut readers = self.lock();
+        let reader = match readers.get(name) {
+            Some(reader) => reader.clone(),
+            None => {
+                if readers.len() >= MAX_READERS {
+                    return Err(problem(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "too-many-readers",
+                        format!(
+                            "{MAX_READERS} mailboxes are read over HTTP already: close one (`POST /v1/messages/close`) first"
+                        ),
+                    ));
+                }
+                let inbox = bus.open(Endpoint::Named(name.clone())).map_err(refused)?;
+                let reader = Arc::new(tokio::sync::Mutex::new(Reader {
+                    inbox,
+                    batch: 0,
+                    taken: 0,
+                    used: Instant::now(),
+                }));
+                readers.insert(name.clone(), reader.clone());
+                reader
+            }
+        };
+        if let Some(topic) = topic {
+            bus.subscribe(topic, Endpoint::Named(name.clone()))
+                .map_err(refused)?;
+        }
+        Ok(reader)
+    }
+
+    /// Whether `name` is read over HTTP; its reader, if so.
+    fn get(&self, name: &str) -> Option<Shared> {
+        self.lock().get(name).cloned()
+    }
+
+    /// `name`'s reader no longer reads (its mailbox closed, or another reader took it over).
+    fn forget(&self, name: &str, reader: &Shared) {
+        let mut readers = self.lock();
+        if readers.get(name).is_some_and(|r| Arc::ptr_eq(r, reader)) {
+            readers.remove(name);
+        }
+    }
+
+    /// Closes `name`'s mailbox, what it held going back to its senders, and forgets its
+    /// reader, under one hold of the map: a read or subscription comes before or after.
+    fn close(&self, bus: &Bus, name: &Arc<str>, why: &str) -> usize {
+        let mut readers = self.lock();
+        readers.remove(name);
+        bus.close(&Endpoint::Named(name.clone()), why)
+    }
+
+    /// Closes the mailboxes no call used for [`READER_IDLE`]: a reader that went away
+    /// leaves no mailbox filling up and holding its topics' publishers waiting.
+    fn sweep(&self, bus: &Bus) -> usize {
+        let mut readers = self.lock();
+        let idle: Vec<Arc<str>> = readers
+            .iter()
+            .filter(|(_, r)| r.try_lock().is_ok_and(|r| r.used.elapsed() >= READER_IDLE))
+            .map(|(name, _)| name.clone())
+            .collect();
+        for name in &idle {
+            readers.remove(name);
+            let returned = bus.close(
+                &Endpoint::Named(name.clone()),
+                "its HTTP reader left it unread",
+            );
+            tracing::info!(mailbox = %name, returned, "Closed a mailbox read over HTTP and left idle.");
+        }
+        idle.len()
+    }
+}
+
+/// Sweeps the idle readers of [`Readers`] once a minute, while the server runs.
+pub(crate) struct Sweeper(tokio::task::JoinHandle<Option<()>>);
+
+impl Drop for Sweeper {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+impl Sweeper {
+    pub(crate) fn start(app: Arc<App>) -> Self {
+        Self(Spawner::spawn("mailbox-readers", async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(60));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                app.readers.sweep(app.handle.messages());
+            }
+        }))
+    }
+}
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
@@ -89,6 +265,272 @@ pub(crate) async fn list(State(app): State<Arc<App>>) -> Response {
     Json(overview(&app)).into_response()
 }
 
+/// A mailbox's name from a request: named as a topic is.
+#[allow(clippy::result_large_err)]
+fn mailbox_name(name: &str) -> Result<Arc<str>, Response> {
+    match check_topic(name) {
+        Ok(()) => Ok(Arc::from(name)),
+        Err(_) => Err(problem(
+            StatusCode::BAD_REQUEST,
+            "bad-mailbox",
+            format!(
+                "a mailbox is named as a topic is: letters, digits, `-`, `_`, `.`, in parts joined by `/`; got {:?}",
+                name.chars().take(140).collect::<String>()
+            ),
+        )),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub(crate) struct Read {
+    mailbox: String,
+    max: Option<usize>,
+    wait_ms: Option<u64>,
+}
+
+pub(crate) async fn read(
+    State(app): State<Arc<App>>,
+    request: Result<Json<Object<Read>>, JsonRejection>,
+) -> Response {
+    let read = match body(request) {
+        Ok(r) => r,
+        Err(r) => return r,
+    };
+    let name = match mailbox_name(&read.mailbox) {
+        Ok(n) => n,
+        Err(r) => return r,
+    };
+    let batch = app.handle.messages().options().batch;
+    let max = match read.max {
+        None => batch,
+        Some(n) if (1..=batch).contains(&n) => n,
+        Some(n) => {
+            return problem(
+                StatusCode::BAD_REQUEST,
+                "bad-max",
+                format!("max is {n}: a read takes 1 to the bus's batch of {batch} messages"),
+            );
+        }
+    };
+    let wait = Duration::from_millis(read.wait_ms.unwrap_or(0));
+    if wait > MAX_WAIT {
+        return problem(
+            StatusCode::BAD_REQUEST,
+            "bad-wait",
+            format!(
+                "wait-ms is {}: at most {}",
+                wait.as_millis(),
+                MAX_WAIT.as_millis()
+            ),
+        );
+    }
+    let bus = app.handle.messages();
+    let reader = match app.readers.get_or_open(bus, &name, None) {
+        Ok(r) => r,
+        Err(r) => return r,
+    };
+    // One read of a mailbox at a time: a second would take the first one's batch away.
+    let Ok(mut guard) = reader.try_lock() else {
+        return busy(&name);
+    };
+    let r = &mut *guard;
+    r.used = Instant::now();
+    // The batch before, not acknowledged, goes back to the front, to be read first.
+    let taken = match r.inbox.give_back() {
+        Ok(()) => {
+            r.taken = 0;
+            if wait.is_zero() {
+                r.inbox.try_recv_at_most(max)
+            } else {
+                match tokio::time::timeout(wait, r.inbox.recv_at_most(max)).await {
+                    Ok(taken) => taken,
+                    Err(_) => Ok(Vec::new()),
+                }
+            }
+        }
+        Err(closed) => Err(closed),
+    };
+    r.used = Instant::now();
+    let messages = match taken {
+        Ok(m) => m,
+        Err(closed) => {
+            drop(guard);
+            app.readers.forget(&name, &reader);
+            return gone(&name, closed);
+        }
+    };
+    let batch = if messages.is_empty() {
+        None
+    } else {
+        r.batch = app.readers.batches.fetch_add(1, Relaxed) + 1;
+        r.taken = messages.len();
+        Some(r.batch)
+    };
+    let messages: Vec<serde_json::Value> = messages
+        .into_iter()
+        .map(|m| colony_agents::Letter::from(m).to_json())
+        .collect();
+    Json(json!({ "batch": batch, "messages": messages })).into_response()
+}
+
+/// A read of `name` is under way.
+fn busy(name: &str) -> Response {
+    problem(
+        StatusCode::CONFLICT,
+        "busy",
+        format!("a read of mailbox {name} is under way: a mailbox is read by one call at a time"),
+    )
+}
+
+/// The HTTP reader of `name` reads nothing more, for this reason.
+fn gone(name: &str, closed: Closed) -> Response {
+    match closed {
+        Closed::Closed => problem(
+            StatusCode::GONE,
+            "closed",
+            format!(
+                "mailbox {name} was closed, what it held handed back to its senders: read it again to open it anew"
+            ),
+        ),
+        Closed::Fenced => problem(
+            StatusCode::CONFLICT,
+            "fenced",
+            format!(
+                "another reader opened mailbox {name} and reads its messages now: read it again to take it back"
+            ),
+        ),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Ack {
+    mailbox: String,
+    batch: u64,
+}
+
+pub(crate) async fn ack(
+    State(app): State<Arc<App>>,
+    request: Result<Json<Object<Ack>>, JsonRejection>,
+) -> Response {
+    let ack = match body(request) {
+        Ok(a) => a,
+        Err(r) => return r,
+    };
+    let name = match mailbox_name(&ack.mailbox) {
+        Ok(n) => n,
+        Err(r) => return r,
+    };
+    let stale = |why: &str| {
+        problem(
+            StatusCode::CONFLICT,
+            "stale-batch",
+            format!(
+                "batch {} of mailbox {name} is not the one outstanding: {why}",
+                ack.batch
+            ),
+        )
+    };
+    let Some(reader) = app.readers.get(&name) else {
+        return stale("the mailbox is not read over HTTP now");
+    };
+    // A read under way gave the batch back before it waits.
+    let Ok(mut r) = reader.try_lock() else {
+        return stale("a read under way gave it back");
+    };
+    if ack.batch != r.batch || r.taken == 0 {
+        return stale("a later read gave it back, or it was acknowledged already");
+    }
+    r.used = Instant::now();
+    r.taken = 0;
+    match r.inbox.acknowledge() {
+        Ok(n) => Json(json!({ "acknowledged": n })).into_response(),
+        Err(closed) => {
+            drop(r);
+            app.readers.forget(&name, &reader);
+            gone(&name, closed)
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Subscription {
+    mailbox: String,
+    topic: String,
+}
+
+pub(crate) async fn subscribe(
+    State(app): State<Arc<App>>,
+    request: Result<Json<Object<Subscription>>, JsonRejection>,
+) -> Response {
+    subscription(&app, request, true)
+}
+
+pub(crate) async fn unsubscribe(
+    State(app): State<Arc<App>>,
+    request: Result<Json<Object<Subscription>>, JsonRejection>,
+) -> Response {
+    subscription(&app, request, false)
+}
+
+fn subscription(
+    app: &App,
+    request: Result<Json<Object<Subscription>>, JsonRejection>,
+    on: bool,
+) -> Response {
+    let s = match body(request) {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    let name = match mailbox_name(&s.mailbox) {
+        Ok(n) => n,
+        Err(r) => return r,
+    };
+    if let Err(e) = check_topic(&s.topic) {
+        return problem(StatusCode::BAD_REQUEST, "bad-topic", e.to_string());
+    }
+    let bus = app.handle.messages();
+    if !on {
+        bus.unsubscribe(&s.topic, &Endpoint::Named(name));
+        return Json(json!({})).into_response();
+    }
+    // Opened first: a topic's message reaches only a mailbox that exists.
+    match app.readers.get_or_open(bus, &name, Some(&s.topic)) {
+        Ok(_) => Json(json!({})).into_response(),
+        Err(r) => r,
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Close {
+    mailbox: String,
+}
+
+pub(crate) async fn close(
+    State(app): State<Arc<App>>,
+    request: Result<Json<Object<Close>>, JsonRejection>,
+) -> Response {
+    let close = match body(request) {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    let name = match mailbox_name(&close.mailbox) {
+        Ok(n) => n,
+        Err(r) => return r,
+    };
+    // Every message held goes back, the batch taken included; a read waiting on the
+    // mailbox wakes to find it closed.
+    let returned = app.readers.close(
+        app.handle.messages(),
+        &name,
+        "its reader closed it over HTTP",
+    );
+    Json(json!({ "returned": returned })).into_response()
+}
+
 pub(crate) async fn send(
     State(app): State<Arc<App>>,
     request: Result<Json<Object<Send>>, JsonRejection>,
@@ -99,18 +541,9 @@ pub(crate) async fn send(
     };
     let to = match send.to {
         To::Agent(id) => Address::To(Endpoint::Agent(AgentId(id))),
-        To::Mailbox(name) => match check_topic(&name) {
-            Ok(()) => Address::To(Endpoint::Named(name.into())),
-            Err(_) => {
-                return problem(
-                    StatusCode::BAD_REQUEST,
-                    "bad-mailbox",
-                    format!(
-                        "a mailbox is named as a topic is: letters, digits, `-`, `_`, `.`, in parts joined by `/`; got {:?}",
-                        name.chars().take(140).collect::<String>()
-                    ),
-                );
-            }
+        To::Mailbox(name) => match mailbox_name(&name) {
+            Ok(name) => Address::To(Endpoint::Named(name)),
+            Err(r) => return r,
         },
         To::Topic(name) => match check_topic(&name) {
             Ok(()) => Address::Topic(name.into()),

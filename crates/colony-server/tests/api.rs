@@ -265,6 +265,11 @@ async fn the_openapi_document_describes_every_route_served() {
         "/v1/memory/search",
         "/v1/memory/rebuild",
         "/v1/messages",
+        "/v1/messages/read",
+        "/v1/messages/ack",
+        "/v1/messages/subscribe",
+        "/v1/messages/unsubscribe",
+        "/v1/messages/close",
     ] {
         assert!(paths.contains_key(path), "{path} is not documented");
     }

@@ -9,7 +9,7 @@ use super::{
     supervise::{Stop, Switch, Wake},
 };
 use crate::spawner::panic_message;
-use colony_agents::{Agent, Beats, Execution, Heartbeat, Outcome, Task};
+use colony_agents::{Agent, AgentMail, Beats, Execution, Heartbeat, Mail, Outcome, Task};
 use colony_core::{AgentId, TaskId, agent::Failover};
 use futures::{FutureExt, StreamExt, stream::FuturesUnordered};
 use std::{
@@ -76,11 +76,14 @@ pub(super) struct Attempts {
     cancels: HashSet<TaskId>,
     /// Longest output a result may have: the journal holds no more.
     pub(super) max_output: usize,
+    /// The message bus, handed to every attempt as its agent's view ([`Task::mail`]).
+    mail: Arc<dyn Mail>,
 }
 
 impl Attempts {
-    pub(super) fn new(pools: Vec<PoolHandler>, max_output: usize) -> Self {
+    pub(super) fn new(pools: Vec<PoolHandler>, max_output: usize, mail: Arc<dyn Mail>) -> Self {
         Self {
+            mail,
             pools,
             running: FuturesUnordered::new(),
             delayed: FuturesUnordered::new(),
@@ -119,6 +122,7 @@ impl Attempts {
             agent: worker,
             payload: job.payload.clone(),
             heartbeat: Heartbeat::new(beats.clone(), worker),
+            mail: AgentMail::new(worker, self.mail.clone()),
         };
         let running = match catch_unwind(AssertUnwindSafe(|| agent.handle(task))) {
             Ok(Execution::Done(outcome)) => return Some((job, Ended::Outcome(outcome))),
