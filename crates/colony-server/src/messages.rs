@@ -170,13 +170,13 @@ impl Readers {
         bus.close(&Endpoint::Named(name.clone()), why)
     }
 
-    /// Closes the mailboxes no call used for [`READER_IDLE`]: a reader that went away
-    /// leaves no mailbox filling up and holding its topics' publishers waiting.
-    fn sweep(&self, bus: &Bus) -> usize {
+    /// Closes the mailboxes no call used for `idle` ([`READER_IDLE`]): a reader that went
+    /// away leaves no mailbox filling up and holding its topics' publishers waiting.
+    fn sweep(&self, bus: &Bus, idle: Duration) -> usize {
         let mut readers = self.lock();
         let idle: Vec<Arc<str>> = readers
             .iter()
-            .filter(|(_, r)| r.try_lock().is_ok_and(|r| r.used.elapsed() >= READER_IDLE))
+            .filter(|(_, r)| r.try_lock().is_ok_and(|r| r.used.elapsed() >= idle))
             .map(|(name, _)| name.clone())
             .collect();
         for name in &idle {
@@ -207,7 +207,7 @@ impl Sweeper {
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tick.tick().await;
-                app.readers.sweep(app.handle.messages());
+                app.readers.sweep(app.handle.messages(), READER_IDLE);
             }
         }))
     }
@@ -578,4 +578,48 @@ fn refused(error: Error) -> Response {
         Error::Directory(_) => (StatusCode::BAD_REQUEST, "refused"),
     };
     problem(status, code, error.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use colony_runtime::messages::MessageOptions;
+
+    #[tokio::test]
+    async fn a_mailbox_left_idle_is_closed_and_one_being_read_is_not() {
+        let bus = Bus::new(MessageOptions::default());
+        let readers = Readers::default();
+        let left = readers
+            .get_or_open(&bus, &Arc::from("left"), Some("news"))
+            .unwrap();
+        let reading = readers
+            .get_or_open(&bus, &Arc::from("reading"), None)
+            .unwrap();
+        let from = Endpoint::Named(Arc::from("ops"));
+        let mut back = bus.open(from.clone()).unwrap();
+        bus.send(
+            from.clone(),
+            Address::To(Endpoint::Named(Arc::from("left"))),
+            Bytes::from("unread"),
+        )
+        .await
+        .unwrap();
+        // Not idle for long enough: kept.
+        assert_eq!(readers.sweep(&bus, Duration::from_secs(600)), 0);
+        // A read under way holds its reader: never idle.
+        let held = reading.lock().await;
+        drop(left);
+        assert_eq!(readers.sweep(&bus, Duration::ZERO), 1);
+        drop(held);
+        assert!(readers.get("left").is_none());
+        assert!(readers.get("reading").is_some());
+        // Its message went back to its sender, and it hears its topic no more.
+        let returned = back.try_recv().unwrap();
+        assert_eq!(&returned[0].body[..], b"unread");
+        let sent = bus
+            .send(from, Address::Topic("news".into()), Bytes::from("x"))
+            .await
+            .unwrap();
+        assert_eq!(sent.delivered, 0);
+    }
 }
