@@ -176,6 +176,63 @@ pub struct StepRun {
     /// Every ask, in the order made: reassigned and delegated ones too.
     pub asks: Vec<Ask>,
     pub succeeded: bool,
+    /// Not asked again: its output is an earlier run's ([`Handle::team_resumed`]).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub resumed: bool,
+}
+
+/// An ask an earlier run of the same team task made and that succeeded, as the journal
+/// holds it: its task and agent, its payload (which says its step, its place in the step
+/// and the context it saw) and its output. See [`Handle::team_resumed`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct EarlierAsk {
+    pub task: TaskId,
+    pub agent: Option<AgentId>,
+    pub payload: Bytes,
+    pub output: Bytes,
+}
+
+/// An [`EarlierAsk`] read once: what [`Run::earlier_output`] compares.
+#[derive(Debug)]
+struct Earlier {
+    task: TaskId,
+    agent: Option<AgentId>,
+    step: String,
+    role: String,
+    index: usize,
+    of: usize,
+    context: Value,
+    /// Its payload without its `team` field.
+    base: Map<String, Value>,
+    output: Bytes,
+}
+
+impl Earlier {
+    /// `ask` read, or `None` when it is no undelegated ask of a team step.
+    fn read(ask: EarlierAsk) -> Option<Self> {
+        let Ok(Value::Object(mut base)) = serde_json::from_slice::<Value>(&ask.payload) else {
+            return None;
+        };
+        let Some(Value::Object(mut team)) = base.remove("team") else {
+            return None;
+        };
+        // A delegated ask's answer stands for another member's, whose turns and the team's
+        // delegation budget it moved on: its step is asked again rather than pretended.
+        if team.contains_key("delegated") {
+            return None;
+        }
+        Some(Self {
+            task: ask.task,
+            agent: ask.agent,
+            step: team.get("step")?.as_str()?.to_owned(),
+            role: team.get("role")?.as_str()?.to_owned(),
+            index: usize::try_from(team.get("index")?.as_u64()?).ok()?,
+            of: usize::try_from(team.get("of")?.as_u64()?).ok()?,
+            context: team.remove("context")?,
+            base,
+            output: ask.output,
+        })
+    }
 }
 
 /// A role given to another worker after its member failed.
@@ -225,6 +282,23 @@ impl Handle {
     /// with nothing asked, when the team cannot run or cannot be formed (too few workers
     /// for a role). A team that formed and then failed is `Ok`, with its error.
     pub async fn team(&self, spec: TaskSpec, team: Team) -> Result<Teamed, Error> {
+        self.team_resumed(spec, team, Vec::new()).await
+    }
+
+    /// [`Handle::team`], resuming an earlier run of the same task (a workflow run resumed
+    /// after an interruption): a step is not asked again when `earlier` holds its answers,
+    /// asked of the same task input and with the same context as this run has reached (the
+    /// outputs of the steps before it), the last of each place in the step standing, an
+    /// answer that delegates not counting. Steps are kept in order, up to the first one
+    /// `earlier` does not answer whole; from it on, every step is asked anew. An answer
+    /// made by delegation does not count (its step is asked again). The kept steps are
+    /// marked `resumed`, their asks the earlier run's (not counted in [`Teamed::tasks`]).
+    pub async fn team_resumed(
+        &self,
+        spec: TaskSpec,
+        team: Team,
+        earlier: Vec<EarlierAsk>,
+    ) -> Result<Teamed, Error> {
         team.validate()?;
         let role_specs: Vec<TaskSpec> = team
             .roles
@@ -272,6 +346,8 @@ impl Handle {
             masks,
             out: HashSet::new(),
             context: Map::new(),
+            earlier: earlier.into_iter().filter_map(Earlier::read).collect(),
+            resuming: true,
             teamed: Teamed {
                 team: number,
                 supervisor: formation.supervisor,
@@ -366,6 +442,10 @@ struct Run {
     /// Tasks asked and not yet ended: cancelled if the team ends first.
     out: HashSet<TaskId>,
     context: Map<String, Value>,
+    /// What an earlier run of the task answered, for the steps not to ask again.
+    earlier: Vec<Earlier>,
+    /// No step has been asked yet: the next may still be an earlier run's.
+    resuming: bool,
     teamed: Teamed,
 }
 
@@ -417,11 +497,31 @@ impl Run {
         self.delegation
             .step()
             .map_err(|e| Ended::Failed(format!("step `{}`: {e}", step.id).into()))?;
+        if self.resuming {
+            if let Some((output, asks)) = self.earlier_output(&step) {
+                // Turns go on as if it had been asked: later steps go to the same members.
+                if !step.each {
+                    self.next_of(step.role);
+                }
+                self.context.insert(step.id.to_string(), as_value(&output));
+                self.teamed.steps.push(StepRun {
+                    id: step.id.clone(),
+                    role: self.team.roles[step.role].name.clone(),
+                    asks,
+                    succeeded: true,
+                    resumed: true,
+                });
+                return Ok(output);
+            }
+            self.resuming = false;
+            self.earlier = Vec::new();
+        }
         self.teamed.steps.push(StepRun {
             id: step.id.clone(),
             role: self.team.roles[step.role].name.clone(),
             asks: Vec::new(),
             succeeded: false,
+            resumed: false,
         });
         let members: Vec<usize> = if step.each {
             self.roster.of_role(step.role).map(|(i, _)| i).collect()
@@ -488,15 +588,63 @@ impl Run {
         i
     }
 
-    /// The payload of an ask of step `step` by a member of `role`, the `index`-th of `of`.
-    fn payload(
-        &self,
-        step: &Step,
-        index: usize,
-        of: usize,
-        role: usize,
-        delegated: Option<Value>,
-    ) -> Result<Bytes, Ended> {
+    /// Step `step`'s output as the earlier run's asks give it (see [`Handle::team_resumed`]),
+    /// with the asks that gave it, or `None` when they do not answer it whole.
+    fn earlier_output(&self, step: &Step) -> Option<(Bytes, Vec<Ask>)> {
+        if self.earlier.is_empty() {
+            return None;
+        }
+        let of = if step.each {
+            self.roster.of_role(step.role).count()
+        } else {
+            1
+        };
+        let base = self.base_payload(step);
+        // The context as a payload carried it: written out and read back, as the journal's
+        // copy was.
+        let context: Value = serde_json::from_str(&Value::Object(self.context.clone()).to_string())
+            .unwrap_or(Value::Null);
+        let mut answers: Vec<Option<&Earlier>> = vec![None; of];
+        for ask in &self.earlier {
+            if ask.step != *step.id || ask.of != of || ask.index >= of {
+                continue;
+            }
+            // Asked with another context (an earlier step answered otherwise), or of another
+            // input (what its needs gave changed): not this run's step.
+            if ask.context != context || ask.base != base {
+                continue;
+            }
+            // An answer that hands the ask on is not the step's answer.
+            if matches!(self.delegated(&ask.output), Ok(Some(_)) | Err(_)) {
+                continue;
+            }
+            answers[ask.index] = Some(ask);
+        }
+        let answers = answers.into_iter().collect::<Option<Vec<&Earlier>>>()?;
+        let output = if step.each {
+            Bytes::from(
+                Value::Array(answers.iter().map(|a| as_value(&a.output)).collect()).to_string(),
+            )
+        } else {
+            answers[0].output.clone()
+        };
+        let asks = answers
+            .iter()
+            .map(|a| Ask {
+                role: Arc::from(a.role.as_str()),
+                agent: a.agent.unwrap_or_default(),
+                task: a.task,
+                state: Some(TaskState::Succeeded),
+                error: None,
+                delegated_by: None,
+            })
+            .collect();
+        Some((output, asks))
+    }
+
+    /// The payload of an ask of step `step` without its `team` field: the task's, with the
+    /// step's input set over it.
+    fn base_payload(&self, step: &Step) -> Map<String, Value> {
         let mut payload = match serde_json::from_slice::<Value>(&self.spec.payload) {
             Ok(Value::Object(fields)) => fields,
             Ok(other) => Map::from_iter([("task".to_owned(), other)]),
@@ -514,6 +662,19 @@ impl Run {
                 _ => payload.extend(input.clone()),
             }
         }
+        payload
+    }
+
+    /// The payload of an ask of step `step` by a member of `role`, the `index`-th of `of`.
+    fn payload(
+        &self,
+        step: &Step,
+        index: usize,
+        of: usize,
+        role: usize,
+        delegated: Option<Value>,
+    ) -> Result<Bytes, Ended> {
+        let mut payload = self.base_payload(step);
         let members: Vec<Value> = self
             .roster
             .members()

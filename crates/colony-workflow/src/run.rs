@@ -722,9 +722,10 @@ pub async fn run(
     // and a fingerprint of its definition; a task that changed since runs again. Unfinished
     // rows that match nothing here are cancelled, before the runtime would recover them.
     let keys: Vec<String> = workflow.tasks.iter().map(|t| key(workflow, t)).collect();
-    // A decision's ballots, and a team's steps, are journaled as tasks of its key, but not
-    // the decision or the team: an interrupted one is run again whole, and its unfinished
-    // tasks are cancelled here rather than recovered, as nothing would count them.
+    // A decision's ballots, and a team's asks, are journaled as tasks of its key, but not
+    // the decision or the team: an interrupted decision is run again whole, a team keeps
+    // the steps its finished asks answered, and their unfinished tasks are cancelled here
+    // rather than recovered, as nothing would count them.
     let ballots: HashSet<&str> = workflow
         .tasks
         .iter()
@@ -773,16 +774,39 @@ pub async fn run(
         .map(|(i, k)| (k.as_str(), i))
         .collect();
     let mut latest: HashMap<usize, &TaskRow> = HashMap::new();
+    // Per team task, the asks of earlier runs that succeeded, oldest first: its steps they
+    // answered are not asked again.
+    let mut earlier: HashMap<usize, Vec<&TaskRow>> = HashMap::new();
     for row in &options.prior {
         // A ballot's row is not its decision's outcome, nor a step's its team's: a decision
-        // or team task always runs again.
-        if let Some(&i) = row.spec.key.as_deref().and_then(|k| index.get(k))
-            && workflow.tasks[i].decide.is_none()
-            && workflow.tasks[i].team.is_none()
-        {
+        // or team task always runs again (a team keeping the steps its asks answered).
+        let Some(&i) = row.spec.key.as_deref().and_then(|k| index.get(k)) else {
+            continue;
+        };
+        if workflow.tasks[i].team.is_some() {
+            if row.state == TaskState::Succeeded && row.output.is_some() {
+                earlier.entry(i).or_default().push(row);
+            }
+        } else if workflow.tasks[i].decide.is_none() {
             latest.insert(i, row);
         }
     }
+    let mut earlier: HashMap<usize, Vec<colony_runtime::team::EarlierAsk>> = earlier
+        .into_iter()
+        .map(|(i, mut rows)| {
+            rows.sort_unstable_by_key(|r| r.id);
+            let asks = rows
+                .into_iter()
+                .map(|r| colony_runtime::team::EarlierAsk {
+                    task: r.id,
+                    agent: r.agent,
+                    payload: r.spec.payload.clone(),
+                    output: r.output.clone().unwrap_or_default(),
+                })
+                .collect();
+            (i, asks)
+        })
+        .collect();
     let mut done = Vec::new();
     let mut recovering: HashMap<usize, colony_core::TaskId> = HashMap::new();
     let mut resumed = Vec::new();
@@ -947,8 +971,10 @@ pub async fn run(
                     pending.push(match (vote, team) {
                         (None, Some(team)) => {
                             let (team, checks) = (team.clone(), workflow.tasks[i].expect.clone());
+                            let earlier = earlier.remove(&i).unwrap_or_default();
                             Box::pin(async move {
-                                let ended = crate::team::run(handle, spec, team, checks).await;
+                                let ended =
+                                    crate::team::run(handle, spec, team, checks, earlier).await;
                                 (i, Waited::Team(ended))
                             }) as Waiting
                         }

@@ -642,8 +642,15 @@ pub(crate) struct Ended {
     pub(crate) agent: Option<colony_core::AgentId>,
 }
 
-/// Forms the team for `spec` by `plan`, runs it, and checks its output against `checks`.
-pub(crate) async fn run(handle: Handle, spec: TaskSpec, plan: Plan, mut checks: Checks) -> Ended {
+/// Forms the team for `spec` by `plan`, runs it (keeping the steps `earlier`, asks of an
+/// interrupted run of it, answered), and checks its output against `checks`.
+pub(crate) async fn run(
+    handle: Handle,
+    spec: TaskSpec,
+    plan: Plan,
+    mut checks: Checks,
+    earlier: Vec<colony_runtime::team::EarlierAsk>,
+) -> Ended {
     let refused = |why: String| Ended {
         result: Err(why),
         teamed: None,
@@ -654,35 +661,56 @@ pub(crate) async fn run(handle: Handle, spec: TaskSpec, plan: Plan, mut checks: 
         Err(e) => return refused(format!("the team could not be formed: {e}")),
     };
     let started = std::time::SystemTime::now();
-    let teamed = match handle.team(spec, team).await {
-        Ok(teamed) => Arc::new(teamed),
+    let resuming = !earlier.is_empty();
+    let formed = |teamed: Result<Teamed, colony_runtime::Error>| match teamed {
+        Ok(teamed) => Ok(Arc::new(teamed)),
         Err(e @ colony_runtime::Error::Team(_)) => {
-            return refused(format!("the team could not be formed: {e}"));
+            Err(refused(format!("the team could not be formed: {e}")))
         }
-        Err(e) => return refused(format!("the team stopped without an end: {e}")),
+        Err(e) => Err(refused(format!("the team stopped without an end: {e}"))),
     };
+    let mut teamed = match formed(
+        handle
+            .team_resumed(spec.clone(), team.clone(), earlier)
+            .await,
+    ) {
+        Ok(t) => t,
+        Err(ended) => return ended,
+    };
+    checks.started = Some(started);
+    let mut result = judged(&teamed, checks.clone()).await;
+    // Kept whole from an earlier run, its output is the one that run had: if that failed
+    // the task's checks, kept again it would fail them for ever. The team works again.
+    if resuming && result.is_err() && teamed.succeeded() && teamed.steps.iter().all(|s| s.resumed) {
+        teamed = match formed(handle.team(spec, team).await) {
+            Ok(t) => t,
+            Err(ended) => return ended,
+        };
+        result = judged(&teamed, checks).await;
+    }
     let agent = teamed
         .steps
         .last()
         .and_then(|s| s.asks.last())
         .map(|a| a.agent);
-    let result = match (&teamed.output, &teamed.error) {
-        (Some(output), None) if checks.is_empty() => Ok(output.clone()),
-        (Some(output), None) => {
-            checks.started = Some(started);
-            crate::run::verify_awaited(output.clone(), checks)
-                .await
-                .map_err(|e| format!("the team's output failed its checks: {e}"))
-        }
-        (_, error) => Err(format!(
-            "the team failed: {}",
-            error.as_deref().unwrap_or("it ended without an output")
-        )),
-    };
     Ended {
         result,
         teamed: Some(teamed),
         agent,
+    }
+}
+
+/// The team's output once checked against `checks`, or why there is none.
+async fn judged(teamed: &Teamed, checks: Checks) -> Result<Bytes, String> {
+    match (&teamed.output, &teamed.error) {
+        (Some(output), None) if checks.is_empty() => Ok(output.clone()),
+        (Some(output), None) => crate::run::verify_awaited(output.clone(), checks)
+            .await
+            .map_err(|e| format!("the team's output failed its checks: {e}")),
+        (_, error) => Err(format!(
+            "the team failed: {}",
+            error.as_deref().unwrap_or("it ended without an output")
+        )),
     }
 }
 

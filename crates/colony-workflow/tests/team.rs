@@ -233,7 +233,7 @@ fn bad_team_blocks_are_reported_at_their_line_and_column() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_resumed_run_works_the_team_again_rather_than_take_a_step_for_its_outcome() {
+async fn a_resumed_run_keeps_the_team_steps_its_earlier_asks_answered() {
     use colony_journal::{Journal as _, MemoryJournal};
     let dir = tempfile::tempdir().unwrap();
     let yaml = format!(
@@ -249,19 +249,161 @@ async fn a_resumed_run_works_the_team_again_rather_than_take_a_step_for_its_outc
     };
     let report = colony_workflow::run(&w, options(Vec::new())).await.unwrap();
     assert!(report.all_succeeded(), "{report:#?}");
+    let first = report.tasks.iter().find(|t| t.id == "feature").unwrap();
+    let first_output = first.output.as_ref().unwrap().value().clone();
     // The plain task's row and the team's five asks, all of the team's key.
     let prior: Vec<_> = (0..32)
         .filter_map(|id| journal.task(colony_core::TaskId(id)).unwrap())
         .collect();
     assert_eq!(prior.len(), 6, "{prior:#?}");
-    let report = colony_workflow::run(&w, options(prior)).await.unwrap();
-    assert!(report.all_succeeded(), "{report:#?}");
-    let plain = report.tasks.iter().find(|t| t.id == "plain").unwrap();
-    assert_eq!(plain.attempts, 1);
-    let feature = report.tasks.iter().find(|t| t.id == "feature").unwrap();
-    assert_eq!(feature.attempts, 5, "the team worked again");
-    assert_eq!(feature.team.as_ref().unwrap().steps.len(), 3);
+    let step_of = |row: &colony_journal::TaskRow| {
+        let payload: serde_json::Value = serde_json::from_slice(&row.spec.payload).unwrap();
+        payload["team"]["step"].as_str().map(str::to_owned)
+    };
+    // The run resumed with `keep` of the earlier rows: the team's record, and its asks.
+    let resumed = |keep: Vec<colony_journal::TaskRow>| {
+        let options = options(keep);
+        let w = &w;
+        async move {
+            let report = colony_workflow::run(w, options).await.unwrap();
+            assert!(report.all_succeeded(), "{report:#?}");
+            let feature = report
+                .tasks
+                .into_iter()
+                .find(|t| t.id == "feature")
+                .unwrap();
+            let steps: Vec<(String, bool, usize)> = feature
+                .team
+                .as_ref()
+                .unwrap()
+                .steps
+                .iter()
+                .map(|s| (s.id.to_string(), s.resumed, s.asks.len()))
+                .collect();
+            (feature, steps)
+        }
+    };
+    let step = |id: &str, resumed: bool, asks: usize| (id.to_owned(), resumed, asks);
+
+    // Every step answered: nothing is asked again (the steps show the earlier asks), and
+    // the team's output is the same, by the same member.
+    let (feature, steps) = resumed(prior.clone()).await;
+    assert_eq!(feature.attempts, 0);
+    assert_eq!(
+        steps,
+        [
+            step("plan", true, 1),
+            step("write", true, 3),
+            step("review", true, 1)
+        ]
+    );
+    assert_eq!(feature.agent, first.agent);
+    assert_eq!(feature.output.as_ref().unwrap().value(), first_output);
+
+    // Interrupted before its review: only the review is asked.
+    let before_review: Vec<_> = prior
+        .iter()
+        .filter(|r| step_of(r).as_deref() != Some("review"))
+        .cloned()
+        .collect();
+    let (feature, steps) = resumed(before_review.clone()).await;
+    assert_eq!(feature.attempts, 1);
+    assert_eq!(
+        steps,
+        [
+            step("plan", true, 1),
+            step("write", true, 3),
+            step("review", false, 1)
+        ]
+    );
     assert_eq!(feature.output.as_ref().unwrap().value()["step"], "review");
+
+    // Interrupted within the step asked of every writer, one of three having answered: that
+    // step is asked again whole, and the one after it.
+    let mut writes = 0;
+    let within: Vec<_> = before_review
+        .iter()
+        .filter(|r| {
+            step_of(r).as_deref() != Some("write") || {
+                writes += 1;
+                writes == 1
+            }
+        })
+        .cloned()
+        .collect();
+    let (feature, steps) = resumed(within).await;
+    assert_eq!(feature.attempts, 4);
+    assert_eq!(
+        steps,
+        [
+            step("plan", true, 1),
+            step("write", false, 3),
+            step("review", false, 1)
+        ]
+    );
+
+    // Asks made of another input are not this run's steps: the team works again whole.
+    let other: Vec<_> = prior
+        .iter()
+        .cloned()
+        .map(|mut r| {
+            if step_of(&r).is_some() {
+                let text = String::from_utf8(r.spec.payload.to_vec()).unwrap();
+                assert!(text.contains("\"docs\""), "{text}");
+                r.spec.payload = text.replace("\"docs\"", "\"other\"").into();
+            }
+            r
+        })
+        .collect();
+    let (feature, steps) = resumed(other).await;
+    assert_eq!(feature.attempts, 5, "the team worked again");
+    assert!(steps.iter().all(|s| !s.1), "{steps:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resumed_team_whose_kept_output_fails_its_checks_works_again() {
+    use colony_journal::{Journal as _, MemoryJournal};
+    let dir = tempfile::tempdir().unwrap();
+    // Its output never holds `never`: the team succeeds and the task fails its check.
+    let yaml = format!(
+        "name: checked\n{}tasks:\n  - id: feature\n    expect: {{ contains: never }}\n{TEAM}",
+        pools(dir.path(), None)
+    );
+    let w = parse(&yaml, "w.yaml", Path::new(".")).unwrap();
+    let journal = Arc::new(MemoryJournal::new());
+    let options = |prior| colony_workflow::Options {
+        journal: journal.clone(),
+        prior,
+        ..options(&dir.path().join("out"))
+    };
+    let report = colony_workflow::run(&w, options(Vec::new())).await.unwrap();
+    assert!(!report.all_succeeded());
+    let prior: Vec<_> = (0..32)
+        .filter_map(|id| journal.task(colony_core::TaskId(id)).unwrap())
+        .collect();
+    assert_eq!(prior.len(), 5, "{prior:#?}");
+    let report = colony_workflow::run(&w, options(prior)).await.unwrap();
+    let feature = report.tasks.iter().find(|t| t.id == "feature").unwrap();
+    // Kept whole, it would fail the same way for ever: it was asked again, and failed again.
+    assert_eq!(feature.attempts, 5);
+    assert!(
+        feature
+            .team
+            .as_ref()
+            .unwrap()
+            .steps
+            .iter()
+            .all(|s| !s.resumed),
+        "{feature:#?}"
+    );
+    assert!(
+        feature
+            .error
+            .as_deref()
+            .unwrap()
+            .contains("failed its checks"),
+        "{feature:#?}"
+    );
 }
 
 #[test]
