@@ -720,12 +720,7 @@ impl Inbox {
         self.batch = 0;
         let n = {
             let mut mailbox = self.slot.lock();
-            if mailbox.is_closed() {
-                return Err(Closed::Closed);
-            }
-            if mailbox.epoch() != self.epoch {
-                return Err(Closed::Fenced);
-            }
+            reads(&mailbox, self.epoch)?;
             mailbox.ack(self.epoch)
         };
         if n > 0 {
@@ -744,12 +739,7 @@ impl Inbox {
     pub fn give_back(&mut self) -> Result<(), Closed> {
         let n = {
             let mut mailbox = self.slot.lock();
-            if mailbox.is_closed() {
-                return Err(Closed::Closed);
-            }
-            if mailbox.epoch() != self.epoch {
-                return Err(Closed::Fenced);
-            }
+            reads(&mailbox, self.epoch)?;
             let before = mailbox.redelivered();
             mailbox.detach(self.epoch);
             mailbox.redelivered() - before
@@ -802,12 +792,7 @@ impl Inbox {
     fn try_take_at_most(&mut self, max: usize) -> Result<Option<Vec<Message>>, Closed> {
         let batch = {
             let mut mailbox = self.slot.lock();
-            if mailbox.is_closed() {
-                return Err(Closed::Closed);
-            }
-            if mailbox.epoch() != self.epoch {
-                return Err(Closed::Fenced);
-            }
+            reads(&mailbox, self.epoch)?;
             mailbox.take(self.epoch, max)
         };
         if batch.is_empty() {
@@ -820,6 +805,18 @@ impl Inbox {
             latency.record(now.saturating_duration_since(message.sent).as_secs_f64());
         }
         Ok(Some(batch))
+    }
+}
+
+/// Whether the reader of `epoch` still reads `mailbox`: not once it closed, or another
+/// reader opened it.
+fn reads(mailbox: &Mailbox<Message>, epoch: u64) -> Result<(), Closed> {
+    if mailbox.is_closed() {
+        Err(Closed::Closed)
+    } else if mailbox.epoch() != epoch {
+        Err(Closed::Fenced)
+    } else {
+        Ok(())
     }
 }
 
