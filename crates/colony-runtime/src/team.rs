@@ -196,7 +196,7 @@ pub struct EarlierAsk {
 #[derive(Debug)]
 struct Earlier {
     task: TaskId,
-    agent: Option<AgentId>,
+    agent: AgentId,
     step: String,
     role: String,
     index: usize,
@@ -223,7 +223,8 @@ impl Earlier {
         }
         Some(Self {
             task: ask.task,
-            agent: ask.agent,
+            // An answer is kept with who gave it.
+            agent: ask.agent?,
             step: team.get("step")?.as_str()?.to_owned(),
             role: team.get("role")?.as_str()?.to_owned(),
             index: usize::try_from(team.get("index")?.as_u64()?).ok()?,
@@ -632,7 +633,7 @@ impl Run {
             .iter()
             .map(|a| Ask {
                 role: Arc::from(a.role.as_str()),
-                agent: a.agent.unwrap_or_default(),
+                agent: a.agent,
                 task: a.task,
                 state: Some(TaskState::Succeeded),
                 error: None,

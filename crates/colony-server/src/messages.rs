@@ -59,7 +59,7 @@ use colony_runtime::{
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use std::{
-    collections::HashMap,
+    collections::{HashMap, VecDeque},
     sync::{
         Arc, Mutex,
         atomic::{AtomicU64, Ordering::Relaxed},
@@ -88,6 +88,9 @@ pub(crate) struct Readers {
     /// The last batch's number, for every mailbox: a batch's number is never given again,
     /// so an acknowledgement cannot reach a later reader's batch.
     batches: AtomicU64,
+    /// Mailboxes the sweep closed, newest last (at most [`MAX_READERS`]): the next read or
+    /// acknowledgement of one is told so once, rather than finding a new, empty mailbox.
+    swept: Mutex<VecDeque<Arc<str>>>,
 }
 
 /// A mailbox's reader over HTTP, and its batch taken and not acknowledged.
@@ -173,21 +176,49 @@ impl Readers {
     /// Closes the mailboxes no call used for `idle` ([`READER_IDLE`]): a reader that went
     /// away leaves no mailbox filling up and holding its topics' publishers waiting.
     fn sweep(&self, bus: &Bus, idle: Duration) -> usize {
-        let mut readers = self.lock();
-        let idle: Vec<Arc<str>> = readers
-            .iter()
-            .filter(|(_, r)| r.try_lock().is_ok_and(|r| r.used.elapsed() >= idle))
-            .map(|(name, _)| name.clone())
-            .collect();
-        for name in &idle {
-            readers.remove(name);
+        // Taken out of the map, each held until its mailbox is closed (a call that finds
+        // it meanwhile is `busy`); closed after the map is let go, which may take a while.
+        let idle: Vec<(Arc<str>, tokio::sync::OwnedMutexGuard<Reader>)> = {
+            let mut readers = self.lock();
+            let names: Vec<Arc<str>> = readers.keys().cloned().collect();
+            names
+                .into_iter()
+                .filter_map(|name| {
+                    let guard = readers.get(&name)?.clone().try_lock_owned().ok()?;
+                    if guard.used.elapsed() < idle {
+                        return None;
+                    }
+                    readers.remove(&name);
+                    Some((name, guard))
+                })
+                .collect()
+        };
+        for (name, _held) in &idle {
             let returned = bus.close(
                 &Endpoint::Named(name.clone()),
                 "its HTTP reader left it unread",
             );
+            let mut swept = self.swept.lock().unwrap_or_else(|p| p.into_inner());
+            if swept.len() >= MAX_READERS {
+                swept.pop_front();
+            }
+            swept.push_back(name.clone());
+            drop(swept);
             tracing::info!(mailbox = %name, returned, "Closed a mailbox read over HTTP and left idle.");
         }
         idle.len()
+    }
+
+    /// Whether the sweep closed `name` since its last call: said once.
+    fn was_swept(&self, name: &str) -> bool {
+        let mut swept = self.swept.lock().unwrap_or_else(|p| p.into_inner());
+        match swept.iter().position(|n| **n == *name) {
+            Some(i) => {
+                swept.remove(i);
+                true
+            }
+            None => false,
+        }
     }
 }
 
@@ -325,6 +356,9 @@ pub(crate) async fn read(
             ),
         );
     }
+    if app.readers.was_swept(&name) {
+        return gone(&name, Closed::Closed);
+    }
     let bus = app.handle.messages();
     let reader = match app.readers.get_or_open(bus, &name, None) {
         Ok(r) => r,
@@ -390,7 +424,8 @@ fn gone(name: &str, closed: Closed) -> Response {
             StatusCode::GONE,
             "closed",
             format!(
-                "mailbox {name} was closed, what it held handed back to its senders: read it again to open it anew"
+                "mailbox {name} was closed (by a call, its owner, or after {} minutes unused), what it held handed back to its senders, its topics left: read it again to open it anew",
+                READER_IDLE.as_secs() / 60
             ),
         ),
         Closed::Fenced => problem(
@@ -432,6 +467,9 @@ pub(crate) async fn ack(
             ),
         )
     };
+    if app.readers.was_swept(&name) {
+        return gone(&name, Closed::Closed);
+    }
     let Some(reader) = app.readers.get(&name) else {
         return stale("the mailbox is not read over HTTP now");
     };
@@ -498,7 +536,13 @@ fn subscription(
     }
     // Opened first: a topic's message reaches only a mailbox that exists.
     match app.readers.get_or_open(bus, &name, Some(&s.topic)) {
-        Ok(_) => Json(json!({})).into_response(),
+        Ok(reader) => {
+            // A use: the mailbox is not idle.
+            if let Ok(mut r) = reader.try_lock() {
+                r.used = Instant::now();
+            }
+            Json(json!({})).into_response()
+        }
         Err(r) => r,
     }
 }
@@ -606,6 +650,7 @@ mod tests {
         .unwrap();
         // Not idle for long enough: kept.
         assert_eq!(readers.sweep(&bus, Duration::from_secs(600)), 0);
+        assert!(!readers.was_swept("left"));
         // A read under way holds its reader: never idle.
         let held = reading.lock().await;
         drop(left);
@@ -613,6 +658,9 @@ mod tests {
         drop(held);
         assert!(readers.get("left").is_none());
         assert!(readers.get("reading").is_some());
+        // Its next call is told, once.
+        assert!(readers.was_swept("left"));
+        assert!(!readers.was_swept("left"));
         // Its message went back to its sender, and it hears its topic no more.
         let returned = back.try_recv().unwrap();
         assert_eq!(&returned[0].body[..], b"unread");

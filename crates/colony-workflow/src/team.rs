@@ -677,15 +677,19 @@ pub(crate) async fn run(
         Ok(t) => t,
         Err(ended) => return ended,
     };
-    checks.started = Some(started);
+    // A step kept from an earlier run wrote its files before this one started: `files`
+    // may not ask them to be newer.
+    checks.started = (!teamed.steps.iter().any(|s| s.resumed)).then_some(started);
     let mut result = judged(&teamed, checks.clone()).await;
     // Kept whole from an earlier run, its output is the one that run had: if that failed
     // the task's checks, kept again it would fail them for ever. The team works again.
     if resuming && result.is_err() && teamed.succeeded() && teamed.steps.iter().all(|s| s.resumed) {
+        let again = std::time::SystemTime::now();
         teamed = match formed(handle.team(spec, team).await) {
             Ok(t) => t,
             Err(ended) => return ended,
         };
+        checks.started = Some(again);
         result = judged(&teamed, checks).await;
     }
     let agent = teamed
