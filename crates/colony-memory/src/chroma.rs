@@ -554,8 +554,8 @@ impl ChromaMemory {
     }
 
     /// Every entry of collection `id` matching `clause` and `document`, page by page, with
-    /// what `include` asks; `f` sees each page. At most `cap` entries are read: a scan that
-    /// would read more is refused.
+    /// what `include` asks; `f` sees each page. At most [`MAX_SCANNED`] entries are read: a
+    /// scan that would read more is refused.
     fn scan(
         &self,
         collection: &str,
