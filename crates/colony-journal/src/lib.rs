@@ -176,6 +176,17 @@ pub struct Opening {
     pub opened_at_ms: u64,
 }
 
+/// A decision taken inline, whole: what [`Journal::decided`] records.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Taken {
+    /// Its opening, with no ballot tasks asked (`asked` 0).
+    pub opening: Opening,
+    /// The decided value (its task's output), or why it failed (its task's error).
+    pub result: Result<Bytes, Arc<str>>,
+    /// How it ended, as JSON, as [`Journal::close_decision`] takes it.
+    pub outcome: Arc<str>,
+}
+
 /// Why a decision asked for more tasks after its opening.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -387,6 +398,14 @@ pub trait Journal: std::fmt::Debug + Send + Sync + 'static {
     /// Records how decision `id` ended. The first outcome stands: a second is dropped and
     /// counted as fenced, an unknown decision as unknown (see [`Stats`]).
     fn close_decision(&self, id: TaskId, outcome: Arc<str>) -> Durable;
+
+    /// Records a decision whose ballots were answered inline (by agents that answer inside
+    /// their handler, with no ballot tasks: its opening's `asked` is 0) and how it ended, in
+    /// one write: task `id`, the question decided, is accepted (continuing the ids, as
+    /// [`Journal::accept`]) and ended at once, succeeded with the decided value as its output
+    /// or failed with the reason; decision `id` is recorded with its opening and outcome.
+    /// Refused (nothing written) when the opening asked for ballot tasks.
+    fn decided(&self, id: TaskId, spec: &TaskSpec, taken: Taken) -> Durable;
 
     fn decision(&self, id: TaskId) -> Result<Option<DecisionRow>, Error>;
 

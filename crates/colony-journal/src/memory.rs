@@ -259,6 +259,41 @@ impl Journal for MemoryJournal {
         Durable::ready(Ok(()))
     }
 
+    fn decided(&self, id: TaskId, spec: &TaskSpec, taken: crate::Taken) -> Durable {
+        if let Err(e) = crate::check_opening(&[], &taken.opening) {
+            return Durable::ready(Err(e));
+        }
+        let mut inner = self.lock();
+        let inner = &mut *inner;
+        if let Err(e) = inner.accept(id, std::slice::from_ref(spec)) {
+            return Durable::ready(Err(e));
+        }
+        let row = inner.rows.get_mut(index(id)).expect("just accepted");
+        row.state = match taken.result {
+            Ok(value) => {
+                row.output = Some(value);
+                TaskState::Succeeded
+            }
+            Err(reason) => {
+                row.error = Some(reason);
+                TaskState::Failed
+            }
+        };
+        if inner.forget_finished {
+            row.spec.payload = Bytes::new();
+            row.output = None;
+        }
+        inner.counts.moved(TaskState::Queued, row.state);
+        inner.decisions.push(DecisionRow {
+            id,
+            opening: taken.opening,
+            calls: Vec::new(),
+            outcome: Some(taken.outcome),
+            ended_at_ms: Some(crate::now_ms()),
+        });
+        Durable::ready(Ok(()))
+    }
+
     fn decision(&self, id: TaskId) -> Result<Option<DecisionRow>, Error> {
         let inner = self.lock();
         let found = inner.decisions.binary_search_by_key(&id, |d| d.id);
@@ -492,6 +527,11 @@ mod tests {
         }
         fn close_decision(&self, id: TaskId, outcome: Arc<str>) -> Durable {
             let d = self.0.close_decision(id, outcome);
+            self.0.sync();
+            d
+        }
+        fn decided(&self, id: TaskId, spec: &TaskSpec, taken: crate::Taken) -> Durable {
+            let d = self.0.decided(id, spec, taken);
             self.0.sync();
             d
         }

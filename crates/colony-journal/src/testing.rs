@@ -5,6 +5,7 @@
 //! ```
 
 use crate::{Error, Journal, Record};
+use bytes::Bytes;
 use colony_core::{AgentId, TaskId, task::TaskSpec, task::TaskState};
 use futures::executor::block_on;
 
@@ -28,6 +29,7 @@ impl Suite {
         a_decision_opens_with_its_ballots_and_closes_once(&make());
         a_decision_needs_one_ballot_per_seat(&make());
         a_decision_asks_again_in_later_calls(&make());
+        a_decision_taken_inline_is_one_task_ended_at_once(&make());
         reputations_are_kept_the_latest_per_agent(&make());
     }
 }
@@ -432,6 +434,82 @@ fn a_decision_asks_again_in_later_calls<J: Journal>(j: &J) {
     );
 }
 
+fn a_decision_taken_inline_is_one_task_ended_at_once<J: Journal>(j: &J) {
+    let before = accept(j, 1);
+    let id = j.next_task_id();
+    let mut inline = opening(3);
+    inline.asked = 0;
+    let spec = TaskSpec::with_payload("which?");
+    let counts = j.counts().unwrap();
+    let taken = |result: Result<Bytes, std::sync::Arc<str>>, outcome: &str| crate::Taken {
+        opening: inline.clone(),
+        result,
+        outcome: outcome.into(),
+    };
+    block_on(j.decided(
+        id,
+        &spec,
+        taken(Ok(Bytes::from("yes")), "{\"won\":\"yes\"}"),
+    ))
+    .expect("decided");
+    assert_eq!(j.next_task_id(), nth(id, 1), "one id: the question's");
+    let row = j.task(id).unwrap().expect("its task");
+    assert_eq!(row.state, TaskState::Succeeded);
+    assert_eq!(row.output.as_deref(), Some(&b"yes"[..]));
+    assert_eq!((row.attempt, row.agent), (0, None), "no attempt ran it");
+    let decision = j.decision(id).unwrap().expect("the decision");
+    assert_eq!(decision.opening, inline);
+    assert_eq!(decision.outcome.as_deref(), Some("{\"won\":\"yes\"}"));
+    assert!(decision.ended_at_ms.is_some());
+    assert_eq!(
+        ids(j.open_decisions()),
+        Vec::<TaskId>::new(),
+        "closed at once"
+    );
+    assert_eq!(
+        j.closed_ballots(&[before, id]).unwrap(),
+        [],
+        "it has no ballot tasks"
+    );
+    assert!(!j.unfinished().unwrap().iter().any(|r| r.id == id));
+
+    let failed = j.next_task_id();
+    block_on(j.decided(failed, &spec, taken(Err("tie".into()), "{}"))).expect("decided");
+    let row = j.task(failed).unwrap().unwrap();
+    assert_eq!(
+        (row.state, row.error.as_deref()),
+        (TaskState::Failed, Some("tie"))
+    );
+    let now = j.counts().unwrap();
+    assert_eq!(now.succeeded, counts.succeeded + 1);
+    assert_eq!(now.failed, counts.failed + 1);
+    assert_eq!(now.queued, counts.queued);
+    assert_eq!(ids(j.decisions(None, 2)), [failed, id]);
+
+    // An opening that asked for ballot tasks is not one taken inline; ids out of order are
+    // refused as for any task. Nothing is written either way.
+    let next = j.next_task_id();
+    let refused = block_on(j.decided(
+        next,
+        &spec,
+        crate::Taken {
+            opening: opening(3),
+            ..taken(Ok(Bytes::new()), "{}")
+        },
+    ));
+    assert!(
+        matches!(refused, Err(Error::Ballots { seats: 3, specs: 0 })),
+        "{refused:?}"
+    );
+    let refused = block_on(j.decided(nth(next, 5), &spec, taken(Ok(Bytes::new()), "{}")));
+    assert!(
+        matches!(refused, Err(Error::IdOutOfOrder { .. })),
+        "{refused:?}"
+    );
+    assert_eq!(j.next_task_id(), next, "nothing was accepted");
+    assert_eq!(j.decision(next).unwrap(), None);
+}
+
 fn reputations_are_kept_the_latest_per_agent<J: Journal>(j: &J) {
     assert_eq!(j.reputations().unwrap(), []);
     let row = |agent: u32, score: f64, observations: u32| crate::ReputationRow {
@@ -578,6 +656,12 @@ enum Pending {
         Vec<crate::ReputationRow>,
         futures::channel::oneshot::Sender<Result<(), Error>>,
     ),
+    Decided(
+        TaskId,
+        TaskSpec,
+        crate::Taken,
+        futures::channel::oneshot::Sender<Result<(), Error>>,
+    ),
 }
 
 impl Crashable {
@@ -607,6 +691,9 @@ impl Crashable {
                 }
                 Pending::Reputations(rows, done) => {
                     let _ = done.send(block_on(self.durable.record_reputations(rows)));
+                }
+                Pending::Decided(id, spec, taken, done) => {
+                    let _ = done.send(block_on(self.durable.decided(id, &spec, taken)));
                 }
             }
         }
@@ -642,6 +729,7 @@ impl Journal for Crashable {
                 Pending::Accept(_, specs, _)
                 | Pending::Open(_, specs, _, _)
                 | Pending::Ask(_, _, specs, _, _) => specs.len(),
+                Pending::Decided(..) => 1,
                 _ => 0,
             })
             .sum();
@@ -675,6 +763,10 @@ impl Journal for Crashable {
     }
     fn close_decision(&self, id: TaskId, outcome: std::sync::Arc<str>) -> crate::Durable {
         self.hold(|done| Pending::Close(id, outcome, done))
+    }
+    fn decided(&self, id: TaskId, spec: &TaskSpec, taken: crate::Taken) -> crate::Durable {
+        let spec = spec.clone();
+        self.hold(|done| Pending::Decided(id, spec, taken, done))
     }
     fn decision(&self, id: TaskId) -> Result<Option<crate::DecisionRow>, Error> {
         self.durable.decision(id)

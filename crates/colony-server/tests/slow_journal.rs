@@ -73,6 +73,14 @@ impl Journal for Stuck {
     fn close_decision(&self, id: TaskId, outcome: std::sync::Arc<str>) -> colony_journal::Durable {
         self.inner.close_decision(id, outcome)
     }
+    fn decided(
+        &self,
+        id: TaskId,
+        spec: &TaskSpec,
+        taken: colony_journal::Taken,
+    ) -> colony_journal::Durable {
+        self.inner.decided(id, spec, taken)
+    }
     fn decision(
         &self,
         id: TaskId,

@@ -592,6 +592,22 @@ impl Journal for SqliteJournal {
         durable
     }
 
+    fn decided(&self, id: TaskId, spec: &TaskSpec, taken: crate::Taken) -> Durable {
+        if let Err(e) = crate::check_opening(&[], &taken.opening) {
+            return Durable::ready(Err(e));
+        }
+        let (done, durable) = Durable::pending();
+        if let Err(error) = self.send(Write::Accept {
+            first: id,
+            specs: vec![spec.clone()],
+            decision: Some(Ballots::Taken(taken)),
+            done,
+        }) {
+            return Durable::ready(Err(error));
+        }
+        durable
+    }
+
     fn decision(&self, id: TaskId) -> Result<Option<DecisionRow>, Error> {
         self.reader.decision(id)
     }

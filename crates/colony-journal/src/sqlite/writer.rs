@@ -66,6 +66,8 @@ pub(super) enum Ballots {
     Open(Opening),
     /// A later call of an open decision.
     Call { decision: TaskId, call: Call },
+    /// A decision taken inline, whole: the one task accepted is its question, ended at once.
+    Taken(crate::Taken),
 }
 
 /// Which finished tasks lose their payloads and outputs. A task matching either rule does.
@@ -276,6 +278,13 @@ impl Writer {
                         Some(Ballots::Call { decision, call }) => {
                             ask(&tx, *decision, *first, call).map_err(&fail)?;
                         }
+                        Some(Ballots::Taken(taken)) => {
+                            open_decision(&tx, *first, &taken.opening).map_err(&fail)?;
+                            close_decision(&tx, *first, &taken.outcome, &mut delta)
+                                .map_err(&fail)?;
+                            let to = end_taken(&tx, *first, &taken.result, now).map_err(&fail)?;
+                            delta.moves.push((TaskState::Queued, to));
+                        }
                         None => {}
                     }
                     delta.added += specs.len() as u64;
@@ -464,6 +473,25 @@ fn ask(tx: &Transaction<'_>, decision: TaskId, first: TaskId, call: &Call) -> ru
         call.asked.len() as i64
     ])?;
     Ok(())
+}
+
+/// Ends the question of a decision taken inline, just inserted: succeeded with the decided
+/// value, or failed with the reason.
+fn end_taken(
+    tx: &Transaction<'_>,
+    id: TaskId,
+    result: &Result<bytes::Bytes, Arc<str>>,
+    now: i64,
+) -> rusqlite::Result<TaskState> {
+    let (state, output, error) = match result {
+        Ok(value) => (TaskState::Succeeded, Some(&value[..]), None),
+        Err(reason) => (TaskState::Failed, None, Some(&**reason)),
+    };
+    tx.prepare_cached(
+        "UPDATE tasks SET state = ?2, output = ?3, error = ?4, finished_at = ?5 WHERE id = ?1",
+    )?
+    .execute(params![id.0 as i64, state_code(state), output, error, now])?;
+    Ok(state)
 }
 
 /// The first outcome stands: a second is fenced.

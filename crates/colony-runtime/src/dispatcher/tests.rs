@@ -570,6 +570,15 @@ impl Journal for Lagging {
         let result = futures::executor::block_on(self.inner.close_decision(id, outcome));
         self.later(result)
     }
+    fn decided(
+        &self,
+        id: colony_core::TaskId,
+        spec: &TaskSpec,
+        taken: colony_journal::Taken,
+    ) -> colony_journal::Durable {
+        let result = futures::executor::block_on(self.inner.decided(id, spec, taken));
+        self.later(result)
+    }
     fn decision(
         &self,
         id: colony_core::TaskId,
