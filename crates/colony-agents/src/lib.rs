@@ -222,6 +222,17 @@ impl fmt::Debug for Execution {
 pub trait Agent: Send + Sync + 'static {
     fn handle(&self, task: Task) -> Execution;
 
+    /// Whether every `handle` call answers inside itself (`Execution::Done`), computing its
+    /// answer and doing nothing an attempt run again would repeat. The runtime then asks
+    /// these agents for a decision's ballots inline, in the dispatcher's turn that seats
+    /// them, with one journal write for the whole decision rather than a task per ballot
+    /// (`colony_runtime::decision`). Called on the dispatcher's thread: it must not block. An
+    /// agent that says so and then answers with `Execution::Running` casts no ballot (its
+    /// future is dropped unpolled).
+    fn answers_inline(&self) -> bool {
+        false
+    }
+
     /// `agent` was retired from its pool: it gets no more tasks, and what it runs finishes
     /// where it is. A backend that keeps something per agent (the `process` backend's
     /// process) lets it go. Called on the dispatcher's thread: it must not block.

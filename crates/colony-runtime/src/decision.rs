@@ -220,8 +220,13 @@ pub struct Decided {
     /// The judge asked to settle a tie, if one was.
     pub judge: Option<Voter>,
     /// Ballot tasks asked in all: one per voter, more when a later round, reviews or a
-    /// judge were asked.
+    /// judge were asked. Taken inline, the answers asked.
     pub asked: u32,
+    /// Its ballots were answered inline, in the dispatcher's turn that seated the voters:
+    /// no voter has a ballot task, and its id is the id of its own task (the question, ended
+    /// with the decided value or the reason).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub inline: bool,
 }
 
 /// Whose ballot tasks the journal is asked to accept: a new decision's, or a later call's.
@@ -282,6 +287,8 @@ pub struct Voting {
     /// for a decision recovered after a crash.
     started: Instant,
     offset: Duration,
+    /// Taken inline already, journaled and reported: what [`Voting::outcome`] returns.
+    taken: Option<Decided>,
 }
 
 impl std::fmt::Debug for Voting {
@@ -327,6 +334,7 @@ impl Voting {
             heard: std::collections::VecDeque::new(),
             started: Instant::now(),
             offset,
+            taken: None,
         }
     }
 
@@ -357,6 +365,9 @@ impl Voting {
     /// asks a judge. The ballot tasks still out are then cancelled, as they are if the vote
     /// is dropped before it ends. Returns once the journal holds the outcome.
     pub async fn outcome(mut self) -> Result<Decided, Error> {
+        if let Some(decided) = self.taken.take() {
+            return Ok(decided);
+        }
         let mut progress = self.carry.take().unwrap_or(Progress::Pending);
         // A recovered `leader` decision whose proposal came before the crash, its reviews not.
         let proposer = self.decision.proposer();
@@ -414,6 +425,7 @@ impl Voting {
             voters: std::mem::take(&mut self.voters),
             judge: self.judge.take(),
             asked: self.asked,
+            inline: false,
         };
         let record = serde_json::to_string(&decided)
             .map_err(|e| Error::Decision(format!("the outcome could not be written: {e}")))?;
@@ -421,7 +433,7 @@ impl Voting {
             .journal()
             .close_decision(self.id, record.into())
             .await?;
-        self.report(&decided);
+        report(&self.handle, &decided);
         Ok(decided)
     }
 
@@ -824,50 +836,6 @@ impl Voting {
         found
     }
 
-    /// Tells the event stream and the metrics how the decision ended, and the voters'
-    /// reputations who agreed with a decided outcome.
-    fn report(&self, decided: &Decided) {
-        let outcome = &decided.outcome;
-        if let Some(winner) = outcome.winner() {
-            let agreed = winner.voters.iter().map(|&v| (v, true));
-            let dissented = winner.dissenters.iter().map(|&v| (v, false));
-            self.handle.agreed(agreed.chain(dissented).collect());
-        }
-        let record = outcome.record();
-        let protocol = record.protocol.as_str();
-        let counted = record
-            .ballots
-            .iter()
-            .filter(|b| b.status == decision::Status::Counted)
-            .count() as u32;
-        let dissent = outcome.winner().map(|w| {
-            let all = w.voters.len() + w.dissenters.len();
-            w.dissenters.len() as f64 / all.max(1) as f64
-        });
-        let result = match outcome.reason() {
-            None => "decided",
-            Some(reason) => reason.as_str(),
-        };
-        crate::metrics::Metrics::decision(
-            protocol,
-            result,
-            record.at,
-            record.participation,
-            dissent,
-        );
-        self.handle.publish(
-            crate::events::Kinds::DECISIONS,
-            crate::events::Event::DecisionEnded {
-                first_ballot: decided.id,
-                protocol: record.protocol,
-                voters: decided.voters.len() as u32,
-                counted,
-                value: outcome.winner().map(|w| w.value.clone()),
-                reason: outcome.reason(),
-            },
-        );
-    }
-
     /// Voter `seat`'s ballot task of round `round` ended: its output is cast, else the voter
     /// is silent. Under `leader`, a reviewer's output is read as its review.
     fn count(&mut self, seat: usize, round: u32, ended: Completion, now: Duration) -> Progress {
@@ -902,6 +870,44 @@ impl Voting {
             }
         }
     }
+}
+
+/// Tells the event stream and the metrics how the decision ended, and the voters'
+/// reputations who agreed with a decided outcome.
+fn report(handle: &Handle, decided: &Decided) {
+    let outcome = &decided.outcome;
+    if let Some(winner) = outcome.winner() {
+        let agreed = winner.voters.iter().map(|&v| (v, true));
+        let dissented = winner.dissenters.iter().map(|&v| (v, false));
+        handle.agreed(agreed.chain(dissented).collect());
+    }
+    let record = outcome.record();
+    let protocol = record.protocol.as_str();
+    let counted = record
+        .ballots
+        .iter()
+        .filter(|b| b.status == decision::Status::Counted)
+        .count() as u32;
+    let dissent = outcome.winner().map(|w| {
+        let all = w.voters.len() + w.dissenters.len();
+        w.dissenters.len() as f64 / all.max(1) as f64
+    });
+    let result = match outcome.reason() {
+        None => "decided",
+        Some(reason) => reason.as_str(),
+    };
+    crate::metrics::Metrics::decision(protocol, result, record.at, record.participation, dissent);
+    handle.publish(
+        crate::events::Kinds::DECISIONS,
+        crate::events::Event::DecisionEnded {
+            first_ballot: decided.id,
+            protocol: record.protocol,
+            voters: decided.voters.len() as u32,
+            counted,
+            value: outcome.winner().map(|w| w.value.clone()),
+            reason: outcome.reason(),
+        },
+    );
 }
 
 /// A reviewer's ballot read as its review: `approve` (or `approved`, `accept`, `yes`,
@@ -954,12 +960,18 @@ fn ballot(voter: AgentId, output: &Bytes) -> Result<Ballot, String> {
     ballot_of(voter, text, true)
 }
 
-/// The ballot `text` casts; an `http` answer's content is read once more (`envelope`).
-fn ballot_of(voter: AgentId, text: &str, envelope: bool) -> Result<Ballot, String> {
+/// The ballot `text` casts; an `http` answer's content is read once more (`envelope`). Text
+/// that is not JSON is the vote itself (kept without a copy when it is shared already).
+fn ballot_of<T: AsRef<str> + Into<Arc<str>>>(
+    voter: AgentId,
+    whole: T,
+    envelope: bool,
+) -> Result<Ballot, String> {
     use serde_json::Value;
+    let text = whole.as_ref();
     let json = match text.trim_start().as_bytes().first() {
         Some(b'{' | b'"') => serde_json::from_str::<Value>(text).ok(),
-        _ => None,
+        _ => return Ok(Ballot::output(voter, whole)),
     };
     match json {
         Some(Value::String(s)) => Ok(Ballot::output(voter, s)),
@@ -979,7 +991,9 @@ fn ballot_of(voter: AgentId, text: &str, envelope: bool) -> Result<Ballot, Strin
                 };
             }
             match object.get("content") {
-                Some(Value::String(content)) if envelope => ballot_of(voter, content, false),
+                Some(Value::String(content)) if envelope => {
+                    ballot_of(voter, content.as_str(), false)
+                }
                 _ => Ok(Ballot::output(voter, text)),
             }
         }
@@ -1019,7 +1033,34 @@ impl Handle {
             self.observe(move |live| open(live, &handle, &vote, mask, options, asked, spec, &batch))
                 .await?
         };
-        let (seats, decision, entered) = opened?;
+        let (seats, decision, entered) = match opened? {
+            Opened::Asked {
+                seats,
+                decision,
+                entered,
+            } => (seats, decision, entered),
+            Opened::Taken {
+                seats,
+                decision,
+                decided,
+                durable,
+            } => {
+                durable.await.map_err(|e| self.refused(0, e))?;
+                report(self, &decided);
+                let mut voting = Voting::new(
+                    self.clone(),
+                    decided.id,
+                    decision,
+                    spec,
+                    seats,
+                    Duration::ZERO,
+                );
+                voting.voters.clone_from(&decided.voters);
+                voting.asked = decided.asked;
+                voting.taken = Some(*decided);
+                return Ok(voting);
+            }
+        };
         let accepted = self.acked(entered).await?;
         let mut voting = Voting::new(
             self.clone(),
@@ -1038,12 +1079,33 @@ impl Handle {
     }
 }
 
+/// What [`open`] did.
+enum Opened {
+    /// The ballot tasks of the first seats asked are submitted.
+    Asked {
+        seats: Vec<colony_journal::Seat>,
+        decision: Decision,
+        entered: crate::handle::Entered,
+    },
+    /// Every voter answered inline: the decision is taken, and written once `durable`
+    /// resolves.
+    Taken {
+        seats: Vec<colony_journal::Seat>,
+        decision: Decision,
+        decided: Box<Decided>,
+        durable: colony_journal::Durable,
+    },
+}
+
 /// Inside the dispatcher: seats `vote.voters` workers of `mask` (each weighed by its pool's
 /// weight, times its reputation when the vote asks for it), opens the decision and submits
 /// the ballot tasks of the first `asked` seats, each pinned to its voter and heard in
 /// `batch`. Nothing is accepted when too few workers can vote or the engine refuses them,
 /// and the `n` permits taken for the seats are handed back; else those of the seats not
 /// asked yet are (the asked ones' go back as their tasks end, or on the journal's refusal).
+/// When every seat is in service and its pool answers inline, and the protocol takes no
+/// proposal and no judge, the voters are asked inline instead and the decision taken at once
+/// ([`take_inline`]): no ballot task, and every permit goes back.
 #[allow(clippy::too_many_arguments)]
 fn open(
     live: &crate::dispatcher::Live<'_>,
@@ -1054,7 +1116,7 @@ fn open(
     asked: usize,
     spec: TaskSpec,
     batch: &Arc<crate::shared::Batch>,
-) -> Result<(Vec<colony_journal::Seat>, Decision, crate::handle::Entered), Error> {
+) -> Result<Opened, Error> {
     let n = vote.voters as usize;
     // Every seat's permit goes back if this ends early: refused, or a panic in between.
     let room = Room { handle, n };
@@ -1087,7 +1149,22 @@ fn open(
             .collect();
         Decision::new(vote.options, &participants).map_err(|e| Error::Decision(e.to_string()))
     };
-    let decision = decision?;
+    let mut decision = decision?;
+    let inline = !matches!(vote.options.protocol, Protocol::Leader)
+        && vote.options.tie != decision::Tie::Judge
+        && seats
+            .iter()
+            .all(|s| live.answers_inline(s.pool) && live.in_service(s.agent));
+    if inline {
+        // No ballot tasks: the seats' permits go back as `room` drops.
+        let (decided, durable) = take_inline(live, handle, &mut decision, &seats, options, &spec)?;
+        return Ok(Opened::Taken {
+            seats,
+            decision,
+            decided: Box::new(decided),
+            durable,
+        });
+    }
     // Each ballot may run only in its voter's pool: that is the demand it makes.
     let masks = seats[..asked]
         .iter()
@@ -1110,7 +1187,244 @@ fn open(
         |i| Some(seats[i].agent),
         Some(Ballots::Open(opening)),
     )?;
-    Ok((seats, decision, entered))
+    Ok(Opened::Asked {
+        seats,
+        decision,
+        entered,
+    })
+}
+
+/// Inside the dispatcher: takes `decision` among `seats`, whose agents answer inline, at once
+/// ([`count_inline`]), each voter handed `spec`'s payload inside its handler. The decision is
+/// then journaled whole, under the next task id (its own task, the question, ended with the
+/// decided value or the reason), in one write that keeps the answers and when they came
+/// ([`Answers`]), from which the engine counts the same outcome again when it is read
+/// ([`outcome_of`]). Returns it, and the write to wait for before anyone hears of it. Nothing
+/// is written, and no id taken, when the journal refuses it.
+fn take_inline(
+    live: &crate::dispatcher::Live<'_>,
+    handle: &Handle,
+    decision: &mut Decision,
+    seats: &[colony_journal::Seat],
+    options: Arc<str>,
+    spec: &TaskSpec,
+) -> Result<(Decided, colony_journal::Durable), Error> {
+    let opened_at_ms = unix_ms();
+    let started = std::time::Instant::now();
+    handle.with_next_id(|id| {
+        let mut answers = Answers {
+            said: Vec::with_capacity(seats.len()),
+            at: Vec::with_capacity(seats.len()),
+            closed: Vec::new(),
+        };
+        let mut closed = Vec::new();
+        let (outcome, voters, asked) = count_inline(
+            decision,
+            seats,
+            |agent| {
+                let answer = live
+                    .answer_inline(agent, id, &spec.payload)
+                    .and_then(as_text);
+                let at = started.elapsed();
+                answers.answered(&answer, at);
+                Ok((answer, at))
+            },
+            || {
+                let at = started.elapsed();
+                closed.push(at.as_nanos() as u64);
+                Ok(at)
+            },
+        )?;
+        answers.closed = closed;
+        let result = match (outcome.winner(), outcome.reason()) {
+            (Some(winner), _) => Ok(Bytes::from(winner.representative.to_string())),
+            (None, reason) => Err(reason.map_or("undecided", |r| r.as_str()).into()),
+        };
+        let record = serde_json::to_string(&answers)
+            .map_err(|e| Error::Decision(format!("the answers could not be written: {e}")))?;
+        let taken = colony_journal::Taken {
+            opening: colony_journal::Opening {
+                options,
+                seats: seats.to_vec(),
+                asked: 0,
+                opened_at_ms,
+            },
+            result,
+            outcome: record.into(),
+        };
+        let decided = Decided {
+            id,
+            outcome,
+            voters,
+            judge: None,
+            asked,
+            inline: true,
+        };
+        let mut durable = handle.journal().decided(id, spec, taken);
+        match durable.try_result() {
+            Some(Err(refused)) => Err(refused.into()),
+            // The in-memory journal: written at once.
+            Some(Ok(())) => Ok((decided, colony_journal::Durable::ready(Ok(())))),
+            None => Ok((decided, durable)),
+        }
+    })
+}
+
+/// An output as the text an answer given inline must be: else why it cannot be a ballot.
+fn as_text(output: Bytes) -> Result<Arc<str>, String> {
+    std::str::from_utf8(&output)
+        .map(Arc::from)
+        .map_err(|e| format!("its output is not UTF-8 text ({e}), so it cannot be a vote"))
+}
+
+/// Counts a decision whose voters answer inline: each voter in seat order is asked
+/// (`answer`: what it said, or why it said nothing, and when) and its ballot cast at once,
+/// until the engine decides (voters after that are not asked); a round that ends undecided is
+/// closed (at `closing()`), and `fast`'s second round asks every voter again. The same
+/// counting serves the dispatcher's turn and the reading of the journal's record, so the
+/// outcome read back is the one decided. Returns the outcome, every voter, and the answers
+/// asked.
+fn count_inline(
+    decision: &mut Decision,
+    seats: &[colony_journal::Seat],
+    mut answer: impl FnMut(AgentId) -> Result<(Result<Arc<str>, String>, Duration), Error>,
+    mut closing: impl FnMut() -> Result<Duration, Error>,
+) -> Result<(Outcome, Vec<Voter>, u32), Error> {
+    let mut voters: Vec<Voter> = seats.iter().map(Voter::new).collect();
+    let mut asked = 0;
+    let mut round = 0;
+    loop {
+        let mut progress = Progress::Pending;
+        for voter in &mut voters {
+            (voter.state, voter.problem) = (None, None);
+            if !matches!(progress, Progress::Pending) {
+                continue;
+            }
+            asked += 1;
+            let (said, at) = answer(voter.agent)?;
+            voter.state = Some(if said.is_ok() {
+                TaskState::Succeeded
+            } else {
+                TaskState::Failed
+            });
+            let cast = said
+                .and_then(|text| ballot_of(voter.agent, text, true))
+                .and_then(|b| {
+                    decision
+                        .cast(b.in_round(round), at)
+                        .map_err(|refused| refused.to_string())
+                });
+            match cast {
+                Ok(p) => progress = p,
+                Err(problem) => voter.problem = Some(problem.into()),
+            }
+        }
+        if matches!(progress, Progress::Pending) {
+            progress = decision.close(closing()?);
+        }
+        match progress {
+            Progress::Done(outcome) => return Ok((outcome, voters, asked)),
+            Progress::NextRound {
+                round: next,
+                proposer: None,
+            } => round = next,
+            other => {
+                return Err(Error::Decision(format!(
+                    "a decision taken inline came to {other:?}, which needs agents asked later"
+                )));
+            }
+        }
+    }
+}
+
+/// What one voter answered inline, as the journal keeps it: its text, or why it said
+/// nothing that could be a ballot.
+#[derive(Clone, Debug, Serialize, serde::Deserialize)]
+#[serde(untagged)]
+enum Said {
+    Text(Arc<str>),
+    Nothing { error: Arc<str> },
+}
+
+/// A decision taken inline as the journal keeps it, in place of its outcome: its voters'
+/// answers in the order asked (`said`), when each came (`at`, nanoseconds from the
+/// decision's start), and when each round that ended undecided was closed. Far smaller than
+/// the outcome (which lists every ballot and voter), so the one write of the decision is
+/// cheap; [`outcome_of`] counts the outcome from it again.
+#[derive(Debug, Default, Serialize, serde::Deserialize)]
+struct Answers {
+    said: Vec<Said>,
+    at: Vec<u64>,
+    closed: Vec<u64>,
+}
+
+impl Answers {
+    fn answered(&mut self, answer: &Result<Arc<str>, String>, at: Duration) {
+        self.said.push(match answer {
+            Ok(text) => Said::Text(text.clone()),
+            Err(why) => Said::Nothing {
+                error: why.as_str().into(),
+            },
+        });
+        self.at.push(at.as_nanos() as u64);
+    }
+}
+
+/// How decision `row` ended, as JSON (a [`Decided`]), once it has: the outcome journaled, or
+/// for a decision taken inline, the outcome counted again from its journaled answers by the
+/// engine, which gives what it gave when the decision was taken. An error when the record
+/// does not read.
+pub fn outcome_of(row: &colony_journal::DecisionRow) -> Result<Option<serde_json::Value>, Error> {
+    let Some(text) = row.outcome.as_deref() else {
+        return Ok(None);
+    };
+    let unreadable = |e: &dyn std::fmt::Display| {
+        Error::Decision(format!(
+            "decision {}: its record does not read: {e}",
+            row.id
+        ))
+    };
+    let value: serde_json::Value = serde_json::from_str(text).map_err(|e| unreadable(&e))?;
+    if value.get("said").is_none() {
+        return Ok(Some(value));
+    }
+    let answers: Answers = serde_json::from_value(value).map_err(|e| unreadable(&e))?;
+    let options: DecisionOptions =
+        serde_json::from_str(&row.opening.options).map_err(|e| unreadable(&e))?;
+    let participants: Vec<Participant> = row
+        .opening
+        .seats
+        .iter()
+        .map(|s| Participant::weighted(s.agent, s.weight))
+        .collect();
+    let mut decision = Decision::new(options, &participants).map_err(|e| unreadable(&e))?;
+    let ends = || unreadable(&"it ends before the decision does");
+    let mut answered = answers.said.into_iter().zip(answers.at);
+    let mut closed = answers.closed.into_iter();
+    let (outcome, voters, asked) = count_inline(
+        &mut decision,
+        &row.opening.seats,
+        |_| {
+            let (said, at) = answered.next().ok_or_else(ends)?;
+            let said = match said {
+                Said::Text(text) => Ok(text),
+                Said::Nothing { error } => Err(error.to_string()),
+            };
+            Ok((said, Duration::from_nanos(at)))
+        },
+        || closed.next().map(Duration::from_nanos).ok_or_else(ends),
+    )?;
+    let decided = Decided {
+        id: row.id,
+        outcome,
+        voters,
+        judge: None,
+        asked,
+        inline: true,
+    };
+    serde_json::to_value(&decided)
+        .map(Some)
+        .map_err(|e| unreadable(&e))
 }
 
 /// The admission permits of a decision's seats, handed back if it is dropped.

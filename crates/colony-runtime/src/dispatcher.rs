@@ -370,6 +370,7 @@ impl Dispatcher {
                     health: self.watch.health(),
                     unhealthy: self.watch.unhealthy(),
                     retired: self.supervision.retired(),
+                    attempts: &self.attempts,
                 };
                 let _ = catch_unwind(AssertUnwindSafe(|| query(&live)));
             }

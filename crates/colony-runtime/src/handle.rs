@@ -460,6 +460,23 @@ impl Handle {
         }
     }
 
+    /// Runs `write` with the next task id, which it writes to the journal (as one task, or
+    /// more under the same id); the id is taken only if `write` succeeds. No other task is
+    /// accepted meanwhile, so the journal sees the ids in order.
+    pub(crate) fn with_next_id<R>(
+        &self,
+        write: impl FnOnce(TaskId) -> Result<R, Error>,
+    ) -> Result<R, Error> {
+        let mut next = self
+            .shared
+            .next_id
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let written = write(TaskId(*next))?;
+        *next += 1;
+        Ok(written)
+    }
+
     /// Waits until the journal holds what [`Handle::enter`] submitted.
     pub(crate) async fn acked(&self, entered: Entered) -> Result<Accepted, Error> {
         let Some(acked) = entered.ack else {
@@ -475,7 +492,7 @@ impl Handle {
     /// The journal refused a submission: return `permits` and take the next id from the
     /// journal again, since the refused ids were not used. (A submission in flight at the
     /// same moment may then be refused as out of order: faults cost a retry, never an id.)
-    fn refused(&self, permits: usize, error: colony_journal::Error) -> Error {
+    pub(crate) fn refused(&self, permits: usize, error: colony_journal::Error) -> Error {
         self.shared.return_permits(permits);
         let mut next = self
             .shared

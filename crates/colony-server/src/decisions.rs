@@ -100,6 +100,15 @@ impl NewDecision {
     }
 }
 
+/// How decision `row` ended (counted again from its answers if it was taken inline), once it
+/// has. A record that does not read is logged and shown as no outcome.
+fn outcome(row: &DecisionRow) -> Option<Value> {
+    colony_runtime::decision::outcome_of(row).unwrap_or_else(|error| {
+        tracing::warn!(%error, "A decision's record could not be read.");
+        None
+    })
+}
+
 /// A decision's state: `open`, or how it ended (`decided`, `failed`).
 fn state(outcome: Option<&Value>) -> &str {
     outcome
@@ -111,10 +120,7 @@ fn state(outcome: Option<&Value>) -> &str {
 /// state; once ended, the voters are as the outcome recorded them.
 fn view(row: &DecisionRow, journal: &dyn Journal) -> Result<Value, colony_journal::Error> {
     let options: Value = serde_json::from_str(&row.opening.options).unwrap_or(Value::Null);
-    let outcome: Option<Value> = row
-        .outcome
-        .as_deref()
-        .and_then(|o| serde_json::from_str(o).ok());
+    let outcome = outcome(row);
     let voters = match &outcome {
         Some(ended) => ended["voters"].clone(),
         None => {
@@ -158,6 +164,7 @@ fn view(row: &DecisionRow, journal: &dyn Journal) -> Result<Value, colony_journa
         "value": ended.map(|o| o["winner"]["value"].clone()),
         "reason": ended.map(|o| o["reason"].clone()),
         "voters": voters,
+        "inline": outcome.as_ref().is_some_and(|o| o["inline"] == true),
         "outcome": ended,
     }))
 }
@@ -246,10 +253,7 @@ pub(crate) async fn list(
 
 /// A decision in a list: how it ended, without its ballots.
 pub(crate) fn summary(row: &DecisionRow) -> Value {
-    let outcome: Option<Value> = row
-        .outcome
-        .as_deref()
-        .and_then(|o| serde_json::from_str(o).ok());
+    let outcome = outcome(row);
     let ended = outcome.as_ref().map(|o| &o["outcome"]);
     let protocol = serde_json::from_str::<Value>(&row.opening.options)
         .map(|o| o["protocol"].clone())

@@ -1151,3 +1151,67 @@ async fn a_task_with_decide_is_voted_on_and_its_decision_followed() {
     server.stop();
     runtime.shutdown().await;
 }
+
+/// In-process agents that answer inside their handler: every third says no, the rest yes.
+struct Inline;
+
+impl colony_agents::Agent for Inline {
+    fn answers_inline(&self) -> bool {
+        true
+    }
+
+    fn handle(&self, task: colony_agents::Task) -> colony_agents::Execution {
+        let said: &'static [u8] = if task.agent.0.is_multiple_of(3) {
+            b"no"
+        } else {
+            b"yes"
+        };
+        colony_agents::Execution::Done(Ok(bytes::Bytes::from_static(said)))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_decision_taken_inline_reads_over_http_as_it_was_decided() {
+    let spec = colony_agents::AgentSpec::new("voter", "worker");
+    let pool = colony_runtime::Pool::new(spec, 9, std::sync::Arc::new(Inline));
+    let journal = std::sync::Arc::new(colony_journal::MemoryJournal::new());
+    let runtime = Runtime::start(RuntimeOptions::default(), vec![pool], journal)
+        .await
+        .unwrap();
+    let (server, url) = serve(&runtime, local()).await;
+    let vote = colony_runtime::decision::Vote::new(9, Default::default());
+    let question = colony_core::task::TaskSpec::with_payload("which?");
+    let voting = runtime.handle().decide(question, vote).await.unwrap();
+    let decided = voting.outcome().await.unwrap();
+    assert!(decided.inline);
+    let id = decided.id.0;
+    let get = |path: String| async move { json(reqwest::get(path).await.unwrap()).await };
+    // Counted again from the journaled answers: the outcome the caller got.
+    let view = get(format!("{url}/v1/decisions/{id}")).await;
+    assert_eq!(view["state"], "decided");
+    assert_eq!(view["value"], "yes");
+    assert_eq!(view["inline"], true);
+    assert_eq!(
+        view["outcome"],
+        serde_json::to_value(&decided.outcome).unwrap()
+    );
+    assert_eq!(
+        view["voters"],
+        serde_json::to_value(&decided.voters).unwrap()
+    );
+    assert!(
+        view["voters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|v| v["task"].is_null())
+    );
+    let list = get(format!("{url}/v1/decisions")).await;
+    assert_eq!(list["decisions"][0]["id"], id);
+    assert_eq!(list["decisions"][0]["value"], "yes");
+    // Its own task is the question, ended with the decided value.
+    let task = get(format!("{url}/v1/tasks/{id}")).await;
+    assert_eq!(task["state"], "succeeded", "{task}");
+    server.stop();
+    runtime.shutdown().await;
+}

@@ -384,6 +384,10 @@ impl Agent for Repeatable {
         self.inner.handle(task)
     }
 
+    fn answers_inline(&self) -> bool {
+        self.inner.answers_inline()
+    }
+
     fn retired(&self, agent: colony_core::AgentId) {
         self.inner.retired(agent);
     }

@@ -1,9 +1,10 @@
 //! `colony bench vote`: the W5 workload of the Erlang peer (`shared/peers/erlang_peer.escript
 //! w5`): rounds of a majority vote among in-process agents, each voting by the peers' shared
 //! deterministic rule (about 60 % yes). Each decision runs through the runtime as a user's
-//! would ([`Handle::decide`]: voters seated, one journaled ballot task pinned to each, the
-//! ballots counted as their tasks end) and is timed from its start until the caller holds
-//! the outcome. Beside it: the decision engine alone tallying 10,000 ballots, and, when
+//! would ([`Handle::decide`]: voters seated and, as they answer inside their handler, asked
+//! inline in the same dispatcher turn and the decision journaled in one write; with
+//! [`Ballots::Tasks`], one journaled ballot task pinned to each, the ballots counted as their
+//! tasks end) and is timed from its start until the caller holds the outcome. Beside it: the decision engine alone tallying 10,000 ballots, and, when
 //! given the peer's script, Erlang's W5 in the same run.
 
 use super::{Percentiles, Verdict};
@@ -49,10 +50,36 @@ pub fn votes_yes(id: u32, round: u64) -> bool {
         < 60
 }
 
-/// An in-process agent that votes by [`votes_yes`] on the round in its task's payload, at once.
-struct Voter;
+/// How the voters' ballots reach the decision.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Ballots {
+    /// The voters say they answer inside their handler: asked inline, in the dispatcher's
+    /// turn that seats them, the decision journaled in one write.
+    Inline,
+    /// The same voters, not saying so: a journaled ballot task pinned to each, as for agents
+    /// that answer later.
+    Tasks,
+}
+
+impl Ballots {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Ballots::Inline => "inline",
+            Ballots::Tasks => "as tasks",
+        }
+    }
+}
+
+/// An in-process agent that votes by [`votes_yes`] on the round in its task's payload, at once,
+/// inside its handler; it says so unless its ballots are to be tasks.
+struct Voter(Ballots);
 
 impl Agent for Voter {
+    fn answers_inline(&self) -> bool {
+        self.0 == Ballots::Inline
+    }
+
     fn handle(&self, task: Task) -> Execution {
         let round = std::str::from_utf8(&task.payload)
             .ok()
@@ -93,6 +120,7 @@ pub struct ErlangW5 {
 #[derive(Clone, Debug, Serialize)]
 pub struct VoteReport {
     pub agents: u32,
+    pub ballots: Ballots,
     pub rounds: u32,
     /// Rounds decided, and those that failed (a tie: as many yes as no).
     pub decided: u32,
@@ -110,7 +138,12 @@ pub struct VoteReport {
 
 /// Runs `rounds` decisions among `agents` voters (after a few untimed ones), then the
 /// engine's tally, then Erlang's W5 if `erlang` names the peer's script.
-pub async fn vote(agents: u32, rounds: u32, erlang: Option<&Path>) -> Result<VoteReport, Error> {
+pub async fn vote(
+    agents: u32,
+    rounds: u32,
+    ballots: Ballots,
+    erlang: Option<&Path>,
+) -> Result<VoteReport, Error> {
     if !(1..=MAX_AGENTS).contains(&agents) {
         return Err(Error::Options(format!(
             "{agents} agents is out of range: allowed 1..={MAX_AGENTS}"
@@ -123,7 +156,11 @@ pub async fn vote(agents: u32, rounds: u32, erlang: Option<&Path>) -> Result<Vot
     }
     // A peer script that cannot run is refused now, not after colony's rounds.
     check_peer_script(erlang)?;
-    let pool = Pool::new(AgentSpec::new("voter", "voter"), agents, Arc::new(Voter));
+    let pool = Pool::new(
+        AgentSpec::new("voter", "voter"),
+        agents,
+        Arc::new(Voter(ballots)),
+    );
     let runtime = Runtime::start(
         RuntimeOptions::default(),
         vec![pool],
@@ -152,6 +189,15 @@ pub async fn vote(agents: u32, rounds: u32, erlang: Option<&Path>) -> Result<Vot
         }
         if let Err(problem) = check(&outcome, u64::from(round)) {
             verdict.check(false, || format!("round {round}: {problem}"));
+        }
+        if outcome.inline != (ballots == Ballots::Inline) {
+            verdict.check(false, || {
+                format!(
+                    "round {round}: its ballots were to be {}, but the decision says inline: {}",
+                    ballots.as_str(),
+                    outcome.inline
+                )
+            });
         }
     }
     runtime.shutdown().await;
@@ -186,6 +232,7 @@ pub async fn vote(agents: u32, rounds: u32, erlang: Option<&Path>) -> Result<Vot
     };
     Ok(VoteReport {
         agents,
+        ballots,
         rounds,
         decided,
         failed,
@@ -350,7 +397,13 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn every_round_ends_as_its_votes_say() {
-        let report = vote(25, 40, None).await.unwrap();
+        for ballots in [Ballots::Inline, Ballots::Tasks] {
+            rounds_end_as_their_votes_say(ballots).await;
+        }
+    }
+
+    async fn rounds_end_as_their_votes_say(ballots: Ballots) {
+        let report = vote(25, 40, ballots, None).await.unwrap();
         assert_eq!(report.decided + report.failed, 40);
         // The timing targets may miss on a loaded machine; the outcomes may not.
         assert!(

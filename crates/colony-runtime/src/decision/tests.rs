@@ -1232,3 +1232,233 @@ async fn a_round_that_finds_no_room_before_its_deadline_is_not_asked() {
     fill.await.unwrap().expect("the filler did not panic");
     runtime.shutdown().await;
 }
+
+/// How an agent that answers inline answers, by its id and how many times it was asked.
+type InlineScript = fn(AgentId, u32) -> Execution;
+
+/// Agents that say they answer inside their handler ([`Agent::answers_inline`]), each asked
+/// written down with the task id it saw.
+struct Inline {
+    script: InlineScript,
+    asked: Arc<Mutex<Vec<(TaskId, AgentId)>>>,
+}
+
+impl Agent for Inline {
+    fn answers_inline(&self) -> bool {
+        true
+    }
+
+    fn handle(&self, task: Task) -> Execution {
+        let before = {
+            let mut asked = self.asked.lock().unwrap();
+            asked.push((task.id, task.agent));
+            asked.iter().filter(|(_, a)| *a == task.agent).count() as u32 - 1
+        };
+        (self.script)(task.agent, before)
+    }
+}
+
+async fn start_inline(
+    workers: u32,
+    script: InlineScript,
+    journal: Arc<dyn colony_journal::Journal>,
+) -> (Runtime, Ran) {
+    let asked = Ran::default();
+    let agent = Inline {
+        script,
+        asked: asked.clone(),
+    };
+    let options = RuntimeOptions {
+        span: 4,
+        tiers: Tiers::Named(vec!["supervisor".into(), "worker".into()]),
+        ..RuntimeOptions::default()
+    };
+    let pool = Pool::new(AgentSpec::new("voter", "worker"), workers, Arc::new(agent));
+    (
+        Runtime::start(options, vec![pool], journal).await.unwrap(),
+        asked,
+    )
+}
+
+/// The outcome `journal` holds for `decided`, read as the API reads it: for a decision taken
+/// inline, counted again from its journaled answers. It must be the outcome the caller got.
+fn read_back(journal: &dyn colony_journal::Journal, decided: &Decided) -> serde_json::Value {
+    let row = journal.decision(decided.id).unwrap().expect("journaled");
+    let kept = row.outcome.as_deref().unwrap();
+    assert!(
+        kept.len() < serde_json::to_string(decided).unwrap().len(),
+        "the journal keeps the answers, smaller than the outcome: {kept}"
+    );
+    let read = outcome_of(&row).unwrap().expect("ended");
+    assert_eq!(read, serde_json::to_value(decided).unwrap());
+    read
+}
+
+fn says(text: &'static str) -> Execution {
+    Execution::Done(Ok(Bytes::from_static(text.as_bytes())))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn voters_that_answer_inline_decide_in_one_journal_write_without_ballot_tasks() {
+    // Every third worker says no; the rest yes: yes is certain after four of seven.
+    fn script(agent: AgentId, _: u32) -> Execution {
+        says(if agent.0.is_multiple_of(3) {
+            "no"
+        } else {
+            "yes"
+        })
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let journal = reopen(&dir);
+    let (runtime, asked) = start_inline(7, script, journal.clone()).await;
+    let h = runtime.handle().clone();
+    let first = journal.next_task_id();
+    let voting = h
+        .decide(question(), Vote::new(7, DecisionOptions::default()))
+        .await
+        .unwrap();
+    let decided = voting.outcome().await.unwrap();
+    assert!(decided.inline);
+    assert_eq!(
+        decided.id, first,
+        "the decision's own task takes the next id"
+    );
+    let winner = decided.outcome.winner().expect("decided");
+    assert_eq!(&*winner.value, "yes");
+    // Asked in seat order until the outcome was certain, each once, and no more.
+    let asked = asked.lock().unwrap().clone();
+    assert_eq!(asked.len() as u32, decided.asked);
+    assert!(
+        decided.asked < 7,
+        "the last voters are not asked once yes is certain"
+    );
+    for (i, voter) in decided.voters.iter().enumerate() {
+        assert_eq!(voter.task, None, "no ballot task");
+        if i < asked.len() {
+            assert_eq!(
+                asked[i],
+                (first, voter.agent),
+                "asked for the decision, in order"
+            );
+            assert_eq!(voter.state, Some(TaskState::Succeeded));
+        } else {
+            assert_eq!(voter.state, None, "{voter:?} was not asked");
+        }
+    }
+    let yes = asked.iter().filter(|(_, a)| !a.0.is_multiple_of(3)).count();
+    assert_eq!(winner.voters.len(), yes);
+    // One task in the journal, the question, ended with the value; the decision closed with
+    // every ballot; the ids go on from it.
+    let row = journal.task(first).unwrap().expect("its task");
+    assert_eq!(row.state, TaskState::Succeeded);
+    assert_eq!(row.output.as_deref(), Some(&b"yes"[..]));
+    assert_eq!(journal.counts().unwrap().total(), 1, "no ballot tasks");
+    let outcome = read_back(&*journal, &decided);
+    assert_eq!(outcome["inline"], true);
+    assert_eq!(outcome["id"], first.0);
+    assert_eq!(
+        outcome["outcome"]["record"]["ballots"]
+            .as_array()
+            .unwrap()
+            .len(),
+        asked.len()
+    );
+    let next = h.submit_wait(TaskSpec::default()).await.unwrap();
+    assert_eq!(next.id, TaskId(first.0 + 1));
+    runtime.shutdown().await;
+    drop((h, journal));
+    // Read back as a new process would: closed, nothing to recover.
+    let journal = reopen(&dir);
+    read_back(&*journal, &decided);
+    let row = journal.decision(first).unwrap().expect("kept");
+    assert_eq!(row.opening.asked, 0);
+    assert_eq!(row.opening.seats.len(), 7);
+    assert!(row.outcome.is_some());
+    assert_eq!(journal.open_decisions().unwrap(), []);
+    assert_eq!(journal.unfinished().unwrap(), []);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_inline_answer_that_fails_panics_or_is_not_inline_is_silent_and_says_why() {
+    fn script(agent: AgentId, _: u32) -> Execution {
+        match agent.0 % 4 {
+            0 => Execution::Done(Err(AgentError::fatal("no opinion"))),
+            1 => panic!("a voter fell over"),
+            2 => Execution::Running(Box::pin(async { Ok(Bytes::from_static(b"a")) })),
+            _ => says("a"),
+        }
+    }
+    let journal = Arc::new(MemoryJournal::new());
+    let (runtime, _) = start_inline(4, script, journal.clone()).await;
+    let h = runtime.handle();
+    let decided = run_vote(h, question(), Vote::new(4, DecisionOptions::default())).await;
+    assert!(decided.inline);
+    assert_eq!(decided.outcome.reason(), Some(Reason::NoQuorum));
+    assert_eq!(decided.asked, 4);
+    let problem = |n: u32| {
+        let voter = decided.voters.iter().find(|v| v.agent.0 % 4 == n).unwrap();
+        assert_eq!(voter.state, Some(TaskState::Failed), "{voter:?}");
+        voter.problem.as_deref().unwrap().to_owned()
+    };
+    assert!(problem(0).contains("no opinion"), "{}", problem(0));
+    assert!(problem(1).contains("a voter fell over"), "{}", problem(1));
+    assert!(
+        problem(2).contains("did not answer inside"),
+        "{}",
+        problem(2)
+    );
+    read_back(&*journal, &decided);
+    let row = journal.task(decided.id).unwrap().unwrap();
+    assert_eq!(
+        row.state,
+        TaskState::Failed,
+        "a failed decision is no success"
+    );
+    assert_eq!(row.error.as_deref(), Some("no-quorum"));
+    // Nothing was left behind: no ballot task, no load, no demand.
+    nothing_left(h).await;
+    runtime.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn fast_asks_inline_voters_again_and_a_judge_still_gets_a_task() {
+    // Round 0 splits 2 to 2; asked again, three of four say a.
+    fn script(agent: AgentId, before: u32) -> Execution {
+        match (before, agent.0 % 2) {
+            (0, 0) | (_, 0) => says("a"),
+            (0, _) => says("b"),
+            _ if agent.0 % 4 == 1 => says("a"),
+            _ => says("b"),
+        }
+    }
+    let journal = Arc::new(MemoryJournal::new());
+    let (runtime, asked) = start_inline(4, script, journal.clone()).await;
+    let h = runtime.handle();
+    let decided = run_vote(
+        h,
+        question(),
+        Vote::new(4, DecisionOptions::with(Protocol::Fast)),
+    )
+    .await;
+    assert!(decided.inline);
+    read_back(&*journal, &decided);
+    assert_eq!(decided.outcome.record().round, 1);
+    assert_eq!(&*decided.outcome.winner().unwrap().value, "a");
+    assert_eq!(asked.lock().unwrap().len() as u32, decided.asked);
+    assert!(decided.asked > 4, "every voter asked in round 0, and again");
+    runtime.shutdown().await;
+
+    // A tie under `judge` may need a judge asked after the ballots: ballot tasks, as ever.
+    fn split(agent: AgentId, _: u32) -> Execution {
+        says(if agent.0.is_multiple_of(2) { "a" } else { "b" })
+    }
+    let (runtime, _) = start_inline(5, split, Arc::new(MemoryJournal::new())).await;
+    let options = DecisionOptions {
+        tie: Tie::Judge,
+        ..DecisionOptions::default()
+    };
+    let decided = run_vote(runtime.handle(), question(), Vote::new(4, options)).await;
+    assert!(!decided.inline);
+    assert!(decided.voters.iter().all(|v| v.task.is_some()));
+    runtime.shutdown().await;
+}

@@ -175,6 +175,49 @@ impl Attempts {
         None
     }
 
+    /// Whether the agents of `pool` answer inline ([`Agent::answers_inline`]).
+    pub(super) fn answers_inline(&self, pool: u8) -> bool {
+        self.pools
+            .get(pool as usize)
+            .is_some_and(|p| p.agent.answers_inline())
+    }
+
+    /// Asks `worker` of `pool` (whose agents answer inline) for its answer to `payload`
+    /// inside this call, for decision `task`: no attempt is counted and nothing is
+    /// journaled. Its output, or why it gave none (its error, a panic, an answer that was
+    /// not inline, an output longer than a result may be).
+    pub(super) fn answer_inline(
+        &self,
+        worker: AgentId,
+        pool: u8,
+        task: TaskId,
+        payload: &bytes::Bytes,
+        beats: &Arc<Beats>,
+    ) -> Result<bytes::Bytes, String> {
+        let agent = &self.pools[pool as usize].agent;
+        let task = Task {
+            id: task,
+            attempt: 1,
+            agent: worker,
+            payload: payload.clone(),
+            heartbeat: Heartbeat::new(beats.clone(), worker),
+            mail: AgentMail::new(worker, self.mail.clone()),
+        };
+        match catch_unwind(AssertUnwindSafe(|| agent.handle(task))) {
+            Ok(Execution::Done(Ok(output))) if output.len() > self.max_output => Err(format!(
+                "its answer of {} bytes is longer than the {} a result may have",
+                output.len(),
+                self.max_output
+            )),
+            Ok(Execution::Done(Ok(output))) => Ok(output),
+            Ok(Execution::Done(Err(error))) => Err(error.to_string()),
+            Ok(Execution::Running(_)) => {
+                Err("its agent did not answer inside its handler, as its pool says it does".into())
+            }
+            Err(panic) => Err(format!("its agent panicked: {}", panic_message(&*panic))),
+        }
+    }
+
     /// The next attempt running outside `handle` to end, or else the next retry whose
     /// backoff is over; pending while there is neither.
     pub(super) async fn next(&mut self) -> Next {

@@ -217,6 +217,7 @@ pub struct Live<'a> {
     pub(super) health: &'a [Health],
     pub(super) unhealthy: [u64; 3],
     pub(super) retired: &'a HashSet<AgentId>,
+    pub(super) attempts: &'a super::attempts::Attempts,
 }
 
 /// Agents of `tier` out of service and due back: those down, less the workers retired
@@ -259,6 +260,31 @@ impl Live<'_> {
             .get(agent.index())
             .filter(|h| h.average().is_some())
             .map(|h| (h.error_rate(), h.baseline()))
+    }
+
+    /// Whether `worker` is in its pool and in service: not retired, down or sidelined.
+    pub(crate) fn in_service(&self, worker: AgentId) -> bool {
+        !self.retired.contains(&worker)
+            && !self.tree.is_down(worker)
+            && !self.tree.is_sidelined(worker)
+    }
+
+    /// Whether the agents of `pool` answer inline (`Agent::answers_inline`).
+    pub(crate) fn answers_inline(&self, pool: u8) -> bool {
+        self.attempts.answers_inline(pool)
+    }
+
+    /// Asks `worker`, whose pool answers inline, for its answer to `payload` now, for
+    /// decision `task` (see `Attempts::answer_inline`).
+    pub(crate) fn answer_inline(
+        &self,
+        worker: AgentId,
+        task: colony_core::TaskId,
+        payload: &bytes::Bytes,
+    ) -> Result<bytes::Bytes, String> {
+        let pool = self.tree.spec(worker);
+        self.attempts
+            .answer_inline(worker, pool, task, payload, &self.watch.beats)
     }
 
     /// A worker's reputation: its quality score from its checks and its agreement with

@@ -124,9 +124,10 @@ pub(crate) enum Bench {
         json: bool,
     },
     /// Rounds of a majority vote among in-process agents (Erlang's W5): each decision runs
-    /// through the runtime (voters seated, a journaled ballot task pinned to each) and is
-    /// timed until the caller holds the outcome; beside it, the engine tallying 10,000 ballots
-    /// and, with --erlang, the peer's W5 in the same run.
+    /// through the runtime (voters seated and asked inline, the decision journaled in one
+    /// write; with --ballot-tasks, a journaled ballot task pinned to each) and is timed until
+    /// the caller holds the outcome; beside it, the engine tallying 10,000 ballots and, with
+    /// --erlang, the peer's W5 in the same run.
     Vote {
         /// Voters, each a worker of its own.
         #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=i64::from(bench::vote::MAX_AGENTS)))]
@@ -138,6 +139,10 @@ pub(crate) enum Bench {
         /// colony's rounds: its p99 joins the verdict (colony's must be at most half).
         #[arg(long, value_name = "SCRIPT")]
         erlang: Option<PathBuf>,
+        /// The voters do not say they answer inline, so each ballot is a task of its own:
+        /// how a decision among agents that answer later (processes, endpoints) runs.
+        #[arg(long)]
+        ballot_tasks: bool,
         /// Print the report as JSON, verdict included.
         #[arg(long)]
         json: bool,
@@ -731,10 +736,21 @@ pub(crate) fn run(bench: Bench) -> Result<(), Failure> {
             agents,
             rounds,
             erlang,
+            ballot_tasks,
             json,
         } => {
+            let ballots = if ballot_tasks {
+                bench::vote::Ballots::Tasks
+            } else {
+                bench::vote::Ballots::Inline
+            };
             let report = runtime
-                .block_on(bench::vote::vote(agents, rounds, erlang.as_deref()))
+                .block_on(bench::vote::vote(
+                    agents,
+                    rounds,
+                    ballots,
+                    erlang.as_deref(),
+                ))
                 .map_err(failure)?;
             if json {
                 print_json(&report)?;
@@ -745,8 +761,11 @@ pub(crate) fn run(bench: Bench) -> Result<(), Failure> {
             let d = &report.decision;
             t.row(vec![
                 format!(
-                    "colony: a decision among {} ({} decided, {} tied)",
-                    report.agents, report.decided, report.failed
+                    "colony: a decision among {}, ballots {} ({} decided, {} tied)",
+                    report.agents,
+                    report.ballots.as_str(),
+                    report.decided,
+                    report.failed
                 ),
                 us(d.p50_us),
                 us(d.p99_us),
