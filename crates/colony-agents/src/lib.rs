@@ -226,9 +226,12 @@ pub trait Agent: Send + Sync + 'static {
     /// answer and doing nothing an attempt run again would repeat. The runtime then asks
     /// these agents for a decision's ballots inline, in the dispatcher's turn that seats
     /// them, with one journal write for the whole decision rather than a task per ballot
-    /// (`colony_runtime::decision`). Called on the dispatcher's thread: it must not block. An
-    /// agent that says so and then answers with `Execution::Running` casts no ballot (its
-    /// future is dropped unpolled).
+    /// (`colony_runtime::decision`). Such a `handle` runs on the dispatcher's thread: it must
+    /// not block, wait for the runtime or submit tasks, and may be asked the same question
+    /// twice. Each answer is asked once: an error, retryable or not, is a silent ballot (a
+    /// ballot task would be retried), and a panic is not a crash of the agent (nothing is
+    /// restarted). An agent that says so and then answers with `Execution::Running` casts no
+    /// ballot (its future is dropped unpolled).
     fn answers_inline(&self) -> bool {
         false
     }

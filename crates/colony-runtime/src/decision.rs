@@ -1045,8 +1045,29 @@ impl Handle {
                 decided,
                 durable,
             } => {
-                durable.await.map_err(|e| self.refused(0, e))?;
-                report(self, &decided);
+                let mut durable = durable;
+                let decided = match durable.try_result() {
+                    Some(written) => {
+                        written.map_err(|e| self.refused(0, e))?;
+                        report(self, &decided);
+                        decided
+                    }
+                    // Awaited and reported apart from this caller: one that stops waiting
+                    // leaves no decision journaled and never told.
+                    None => {
+                        let handle = self.clone();
+                        let told = crate::spawner::Spawner::spawn("decision-inline", async move {
+                            durable.await?;
+                            report(&handle, &decided);
+                            Ok::<_, colony_journal::Error>(decided)
+                        });
+                        match told.await {
+                            Ok(Some(Ok(decided))) => decided,
+                            Ok(Some(Err(e))) => return Err(self.refused(0, e)),
+                            _ => return Err(Error::Stopped),
+                        }
+                    }
+                };
                 let mut voting = Voting::new(
                     self.clone(),
                     decided.id,
@@ -1201,6 +1222,11 @@ fn open(
 /// ([`Answers`]), from which the engine counts the same outcome again when it is read
 /// ([`outcome_of`]). Returns it, and the write to wait for before anyone hears of it. Nothing
 /// is written, and no id taken, when the journal refuses it.
+///
+/// The voters are asked without holding the ids (submitters would wait on them meanwhile),
+/// told the id the decision takes if no task is accepted in between; if one was, they are
+/// asked again holding them (an answer given inline does nothing else, so asking again is
+/// harmless), so the id an agent saw is always the decision's.
 fn take_inline(
     live: &crate::dispatcher::Live<'_>,
     handle: &Handle,
@@ -1210,32 +1236,16 @@ fn take_inline(
     spec: &TaskSpec,
 ) -> Result<(Decided, colony_journal::Durable), Error> {
     let opened_at_ms = unix_ms();
-    let started = std::time::Instant::now();
+    let fresh = decision.clone();
+    let peeked = handle.next_id_now();
+    let first = ask_inline(live, decision, seats, spec, peeked)?;
     handle.with_next_id(|id| {
-        let mut answers = Answers {
-            said: Vec::with_capacity(seats.len()),
-            at: Vec::with_capacity(seats.len()),
-            closed: Vec::new(),
+        let (outcome, voters, asked, answers) = if id == peeked {
+            first
+        } else {
+            *decision = fresh;
+            ask_inline(live, decision, seats, spec, id)?
         };
-        let mut closed = Vec::new();
-        let (outcome, voters, asked) = count_inline(
-            decision,
-            seats,
-            |agent| {
-                let answer = live
-                    .answer_inline(agent, id, &spec.payload)
-                    .and_then(as_text);
-                let at = started.elapsed();
-                answers.answered(&answer, at);
-                Ok((answer, at))
-            },
-            || {
-                let at = started.elapsed();
-                closed.push(at.as_nanos() as u64);
-                Ok(at)
-            },
-        )?;
-        answers.closed = closed;
         let result = match (outcome.winner(), outcome.reason()) {
             (Some(winner), _) => Ok(Bytes::from(winner.representative.to_string())),
             (None, reason) => Err(reason.map_or("undecided", |r| r.as_str()).into()),
@@ -1270,6 +1280,46 @@ fn take_inline(
     })
 }
 
+/// One pass of [`take_inline`]: every voter asked for decision `id`, counted, and the
+/// answers to journal.
+fn ask_inline(
+    live: &crate::dispatcher::Live<'_>,
+    decision: &mut Decision,
+    seats: &[colony_journal::Seat],
+    spec: &TaskSpec,
+    id: TaskId,
+) -> Result<(Outcome, Vec<Voter>, u32, Answers), Error> {
+    let started = std::time::Instant::now();
+    let mut answers = Answers {
+        said: Vec::with_capacity(seats.len()),
+        at: Vec::with_capacity(seats.len()),
+        ..Answers::default()
+    };
+    let mut closed = Vec::new();
+    let (outcome, voters, asked) = count_inline(
+        decision,
+        seats,
+        |agent| {
+            let answer = live
+                .answer_inline(agent, id, &spec.payload)
+                .and_then(as_text);
+            let at = started.elapsed();
+            answers.answered(&answer, at);
+            Ok((answer, at))
+        },
+        || {
+            let at = started.elapsed();
+            closed.push(at.as_nanos() as u64);
+            Ok(at)
+        },
+    )?;
+    answers.closed = closed;
+    answers.format = Answers::FORMAT;
+    answers.value = outcome.winner().map(|w| w.value.clone());
+    answers.reason = outcome.reason().map(|r| r.as_str().into());
+    Ok((outcome, voters, asked, answers))
+}
+
 /// An output as the text an answer given inline must be: else why it cannot be a ballot.
 fn as_text(output: Bytes) -> Result<Arc<str>, String> {
     std::str::from_utf8(&output)
@@ -1279,8 +1329,9 @@ fn as_text(output: Bytes) -> Result<Arc<str>, String> {
 
 /// Counts a decision whose voters answer inline: each voter in seat order is asked
 /// (`answer`: what it said, or why it said nothing, and when) and its ballot cast at once,
-/// until the engine decides (voters after that are not asked); a round that ends undecided is
-/// closed (at `closing()`), and `fast`'s second round asks every voter again. The same
+/// until the engine decides or the round's deadline has passed (voters after that are not
+/// asked); a round that ends undecided is closed (at `closing()`), and `fast`'s second round
+/// asks every voter again. The same
 /// counting serves the dispatcher's turn and the reading of the journal's record, so the
 /// outcome read back is the one decided. Returns the outcome, every voter, and the answers
 /// asked.
@@ -1293,20 +1344,28 @@ fn count_inline(
     let mut voters: Vec<Voter> = seats.iter().map(Voter::new).collect();
     let mut asked = 0;
     let mut round = 0;
+    // When the last answer came: past the round's deadline, nobody more is asked in it.
+    let mut last = Duration::ZERO;
     loop {
         let mut progress = Progress::Pending;
         for voter in &mut voters {
             (voter.state, voter.problem) = (None, None);
-            if !matches!(progress, Progress::Pending) {
+            let late = decision.deadline().is_some_and(|d| last >= d);
+            if !matches!(progress, Progress::Pending) || late {
                 continue;
             }
             asked += 1;
             let (said, at) = answer(voter.agent)?;
+            last = at;
             voter.state = Some(if said.is_ok() {
                 TaskState::Succeeded
             } else {
                 TaskState::Failed
             });
+            if decision.deadline().is_some_and(|d| at >= d) {
+                voter.problem = Some("its answer came after its round's deadline".into());
+                continue;
+            }
             let cast = said
                 .and_then(|text| ballot_of(voter.agent, text, true))
                 .and_then(|b| {
@@ -1353,12 +1412,20 @@ enum Said {
 /// cheap; [`outcome_of`] counts the outcome from it again.
 #[derive(Debug, Default, Serialize, serde::Deserialize)]
 struct Answers {
+    /// [`Answers::FORMAT`] when written: a record of another format is not counted again.
+    format: u32,
     said: Vec<Said>,
     at: Vec<u64>,
     closed: Vec<u64>,
+    /// What was decided (the winner's value), or why not: counting again must give it.
+    value: Option<Arc<str>>,
+    reason: Option<Arc<str>>,
 }
 
 impl Answers {
+    /// The format written now.
+    const FORMAT: u32 = 1;
+
     fn answered(&mut self, answer: &Result<Arc<str>, String>, at: Duration) {
         self.said.push(match answer {
             Ok(text) => Said::Text(text.clone()),
@@ -1389,6 +1456,14 @@ pub fn outcome_of(row: &colony_journal::DecisionRow) -> Result<Option<serde_json
         return Ok(Some(value));
     }
     let answers: Answers = serde_json::from_value(value).map_err(|e| unreadable(&e))?;
+    if answers.format != Answers::FORMAT {
+        return Err(unreadable(&format!(
+            "its answers are of format {}, this colony counts format {}",
+            answers.format,
+            Answers::FORMAT
+        )));
+    }
+    let (value, reason) = (answers.value.clone(), answers.reason.clone());
     let options: DecisionOptions =
         serde_json::from_str(&row.opening.options).map_err(|e| unreadable(&e))?;
     let participants: Vec<Participant> = row
@@ -1414,6 +1489,16 @@ pub fn outcome_of(row: &colony_journal::DecisionRow) -> Result<Option<serde_json
         },
         || closed.next().map(Duration::from_nanos).ok_or_else(ends),
     )?;
+    let again = (
+        outcome.winner().map(|w| w.value.clone()),
+        outcome.reason().map(|r| Arc::<str>::from(r.as_str())),
+    );
+    if again != (value.clone(), reason.clone()) {
+        return Err(unreadable(&format!(
+            "counted again it gives {again:?} where {:?} was decided",
+            (value, reason)
+        )));
+    }
     let decided = Decided {
         id: row.id,
         outcome,

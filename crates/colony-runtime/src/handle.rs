@@ -460,6 +460,17 @@ impl Handle {
         }
     }
 
+    /// The id the next accepted task gets, as of now.
+    pub(crate) fn next_id_now(&self) -> TaskId {
+        TaskId(
+            *self
+                .shared
+                .next_id
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()),
+        )
+    }
+
     /// Runs `write` with the next task id, which it writes to the journal (as one task, or
     /// more under the same id); the id is taken only if `write` succeeds. No other task is
     /// accepted meanwhile, so the journal sees the ids in order.

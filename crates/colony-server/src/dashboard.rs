@@ -270,6 +270,7 @@ async fn decisions(State(app): State<Arc<App>>) -> Response {
             state: match s["state"].as_str() {
                 Some("decided") => "decided",
                 Some("failed") => "failed",
+                Some("unreadable") => "unreadable",
                 _ => "open",
             },
             protocol: text(&s["protocol"]).unwrap_or_default(),

@@ -101,26 +101,31 @@ impl NewDecision {
 }
 
 /// How decision `row` ended (counted again from its answers if it was taken inline), once it
-/// has. A record that does not read is logged and shown as no outcome.
-fn outcome(row: &DecisionRow) -> Option<Value> {
-    colony_runtime::decision::outcome_of(row).unwrap_or_else(|error| {
-        tracing::warn!(%error, "A decision's record could not be read.");
-        None
-    })
+/// has; why its record does not read, when it does not (the decision is then `unreadable`).
+fn outcome(row: &DecisionRow) -> (Option<Value>, Option<String>) {
+    match colony_runtime::decision::outcome_of(row) {
+        Ok(outcome) => (outcome, None),
+        Err(error) => {
+            tracing::warn!(%error, "A decision's record could not be read.");
+            (None, Some(error.to_string()))
+        }
+    }
 }
 
-/// A decision's state: `open`, or how it ended (`decided`, `failed`).
-fn state(outcome: Option<&Value>) -> &str {
-    outcome
-        .and_then(|o| o["outcome"]["result"].as_str())
-        .unwrap_or("open")
+/// A decision's state: `open`, how it ended (`decided`, `failed`), or `unreadable`.
+fn state<'a>(outcome: Option<&'a Value>, problem: Option<&String>) -> &'a str {
+    match (outcome, problem) {
+        (_, Some(_)) => "unreadable",
+        (Some(o), None) => o["outcome"]["result"].as_str().unwrap_or("unreadable"),
+        (None, None) => "open",
+    }
 }
 
 /// A decision as the API shows it. While it is open, each voter's ballot task is read for its
 /// state; once ended, the voters are as the outcome recorded them.
 fn view(row: &DecisionRow, journal: &dyn Journal) -> Result<Value, colony_journal::Error> {
     let options: Value = serde_json::from_str(&row.opening.options).unwrap_or(Value::Null);
-    let outcome = outcome(row);
+    let (outcome, problem) = outcome(row);
     let voters = match &outcome {
         Some(ended) => ended["voters"].clone(),
         None => {
@@ -156,7 +161,8 @@ fn view(row: &DecisionRow, journal: &dyn Journal) -> Result<Value, colony_journa
     let ended = outcome.as_ref().map(|o| &o["outcome"]);
     Ok(json!({
         "id": row.id.0,
-        "state": state(outcome.as_ref()),
+        "state": state(outcome.as_ref(), problem.as_ref()),
+        "problem": problem,
         "options": options,
         "weights": row.opening.seats.iter().map(|s| s.weight).collect::<Vec<_>>(),
         "opened-at-ms": row.opening.opened_at_ms,
@@ -253,14 +259,15 @@ pub(crate) async fn list(
 
 /// A decision in a list: how it ended, without its ballots.
 pub(crate) fn summary(row: &DecisionRow) -> Value {
-    let outcome = outcome(row);
+    let (outcome, problem) = outcome(row);
     let ended = outcome.as_ref().map(|o| &o["outcome"]);
     let protocol = serde_json::from_str::<Value>(&row.opening.options)
         .map(|o| o["protocol"].clone())
         .unwrap_or(Value::Null);
     json!({
         "id": row.id.0,
-        "state": state(outcome.as_ref()),
+        "state": state(outcome.as_ref(), problem.as_ref()),
+        "problem": problem,
         "protocol": protocol,
         "voters": row.opening.seats.len(),
         "opened-at-ms": row.opening.opened_at_ms,

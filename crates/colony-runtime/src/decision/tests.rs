@@ -1462,3 +1462,134 @@ async fn fast_asks_inline_voters_again_and_a_judge_still_gets_a_task() {
     assert!(decided.voters.iter().all(|v| v.task.is_some()));
     runtime.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn voters_past_the_deadline_are_not_asked_inline() {
+    // Each answer takes 3 ms and the votes split: nothing decides before the 10 ms deadline,
+    // after which nobody more is asked and the round closes.
+    fn slow(agent: AgentId, _: u32) -> Execution {
+        std::thread::sleep(Duration::from_millis(3));
+        says(if agent.0.is_multiple_of(2) { "a" } else { "b" })
+    }
+    let journal = Arc::new(MemoryJournal::new());
+    let (runtime, asked) = start_inline(9, slow, journal.clone()).await;
+    let options = DecisionOptions {
+        timeout: Duration::from_millis(10),
+        ..DecisionOptions::default()
+    };
+    let decided = run_vote(runtime.handle(), question(), Vote::new(9, options)).await;
+    assert!(decided.inline);
+    assert!(decided.outcome.winner().is_none(), "{:?}", decided.outcome);
+    let n = asked.lock().unwrap().len();
+    assert_eq!(n as u32, decided.asked);
+    assert!(
+        (4..9).contains(&n),
+        "{n} asked: those after the deadline are not"
+    );
+    assert_eq!(
+        decided.voters.iter().filter(|v| v.state.is_none()).count(),
+        9 - n
+    );
+    // The answer that crossed the deadline is kept, not counted, and says so.
+    let late: Vec<_> = decided
+        .voters
+        .iter()
+        .filter_map(|v| v.problem.as_deref())
+        .collect();
+    assert_eq!(late, ["its answer came after its round's deadline"]);
+    read_back(&*journal, &decided);
+    runtime.shutdown().await;
+}
+
+/// The runtime the racing agent submits to while it answers.
+static RACING: std::sync::OnceLock<Handle> = std::sync::OnceLock::new();
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_accepted_while_voters_answer_inline_has_them_asked_again_under_the_decision_id() {
+    // The first answer submits a task and waits until it is accepted: the id the voters were
+    // told is then that task's, so they are asked again, told the decision's.
+    fn racing(_: AgentId, before: u32) -> Execution {
+        static ONCE: std::sync::Once = std::sync::Once::new();
+        ONCE.call_once(|| {
+            let h = RACING.get().unwrap().clone();
+            let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let flag = done.clone();
+            crate::spawner::Spawner::spawn("racing-submit", async move {
+                h.submit(TaskSpec::default()).await.unwrap();
+                flag.store(true, std::sync::atomic::Ordering::SeqCst);
+            });
+            while !done.load(std::sync::atomic::Ordering::SeqCst) {
+                std::thread::yield_now();
+            }
+        });
+        let _ = before;
+        says("yes")
+    }
+    let journal = Arc::new(MemoryJournal::new());
+    let (runtime, asked) = start_inline(3, racing, journal.clone()).await;
+    RACING.set(runtime.handle().clone()).unwrap();
+    let first = journal.next_task_id();
+    let decided = run_vote(
+        runtime.handle(),
+        question(),
+        Vote::new(3, DecisionOptions::default()),
+    )
+    .await;
+    assert!(decided.inline);
+    assert_eq!(
+        decided.id,
+        TaskId(first.0 + 1),
+        "the submitted task took the id peeked"
+    );
+    // Told the id peeked (which the submitted task, run on one of them too, took), then the
+    // decision's, as many times as the decision counts answers.
+    let told: Vec<TaskId> = asked.lock().unwrap().iter().map(|&(id, _)| id).collect();
+    let under = |id: TaskId| told.iter().filter(|&&t| t == id).count();
+    assert_eq!(under(decided.id), decided.asked as usize, "{told:?}");
+    assert!(under(first) >= 1, "first told the id peeked: {told:?}");
+    assert_eq!(told[0], first, "{told:?}");
+    read_back(&*journal, &decided);
+    runtime.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_record_that_does_not_count_again_to_what_was_decided_is_unreadable() {
+    fn script(agent: AgentId, _: u32) -> Execution {
+        says(if agent.0.is_multiple_of(3) {
+            "no"
+        } else {
+            "yes"
+        })
+    }
+    let journal = Arc::new(MemoryJournal::new());
+    let (runtime, _) = start_inline(5, script, journal.clone()).await;
+    let decided = run_vote(
+        runtime.handle(),
+        question(),
+        Vote::new(5, DecisionOptions::default()),
+    )
+    .await;
+    runtime.shutdown().await;
+    let row = journal.decision(decided.id).unwrap().unwrap();
+    let kept: serde_json::Value = serde_json::from_str(row.outcome.as_deref().unwrap()).unwrap();
+    let with = |edit: &dyn Fn(&mut serde_json::Value)| {
+        let mut record = kept.clone();
+        edit(&mut record);
+        let row = colony_journal::DecisionRow {
+            outcome: Some(record.to_string().into()),
+            ..row.clone()
+        };
+        outcome_of(&row).map(|_| ()).unwrap_err().to_string()
+    };
+    // Every answer turned to "no": counted again, it no longer gives "yes".
+    let turned = with(&|r| {
+        for said in r["said"].as_array_mut().unwrap() {
+            *said = "no".into();
+        }
+    });
+    assert!(turned.contains("counted again it gives"), "{turned}");
+    let newer = with(&|r| r["format"] = 2.into());
+    assert!(newer.contains("format 2"), "{newer}");
+    let short = with(&|r| r["said"].as_array_mut().unwrap().truncate(1));
+    assert!(short.contains("does not read"), "{short}");
+}
