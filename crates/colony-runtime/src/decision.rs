@@ -1236,14 +1236,19 @@ fn take_inline(
     spec: &TaskSpec,
 ) -> Result<(Decided, colony_journal::Durable), Error> {
     let opened_at_ms = unix_ms();
-    let fresh = decision.clone();
     let peeked = handle.next_id_now();
     let first = ask_inline(live, decision, seats, spec, peeked)?;
     handle.with_next_id(|id| {
         let (outcome, voters, asked, answers) = if id == peeked {
             first
         } else {
-            *decision = fresh;
+            // Counted anew: the engine as it opened, from the same seats.
+            let participants: Vec<Participant> = seats
+                .iter()
+                .map(|s| Participant::weighted(s.agent, s.weight))
+                .collect();
+            *decision = Decision::new(*decision.options(), &participants)
+                .map_err(|e| Error::Decision(e.to_string()))?;
             ask_inline(live, decision, seats, spec, id)?
         };
         let result = match (outcome.winner(), outcome.reason()) {
