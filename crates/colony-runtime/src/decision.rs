@@ -1164,11 +1164,8 @@ fn open(
             seats.len()
         )))
     } else {
-        let participants: Vec<Participant> = seats
-            .iter()
-            .map(|s| Participant::weighted(s.agent, s.weight))
-            .collect();
-        Decision::new(vote.options, &participants).map_err(|e| Error::Decision(e.to_string()))
+        Decision::new(vote.options, &participants(&seats))
+            .map_err(|e| Error::Decision(e.to_string()))
     };
     let mut decision = decision?;
     let inline = !matches!(vote.options.protocol, Protocol::Leader)
@@ -1243,11 +1240,7 @@ fn take_inline(
             first
         } else {
             // Counted anew: the engine as it opened, from the same seats.
-            let participants: Vec<Participant> = seats
-                .iter()
-                .map(|s| Participant::weighted(s.agent, s.weight))
-                .collect();
-            *decision = Decision::new(*decision.options(), &participants)
+            *decision = Decision::new(*decision.options(), &participants(seats))
                 .map_err(|e| Error::Decision(e.to_string()))?;
             ask_inline(live, decision, seats, spec, id)?
         };
@@ -1471,13 +1464,8 @@ pub fn outcome_of(row: &colony_journal::DecisionRow) -> Result<Option<serde_json
     let (value, reason) = (answers.value.clone(), answers.reason.clone());
     let options: DecisionOptions =
         serde_json::from_str(&row.opening.options).map_err(|e| unreadable(&e))?;
-    let participants: Vec<Participant> = row
-        .opening
-        .seats
-        .iter()
-        .map(|s| Participant::weighted(s.agent, s.weight))
-        .collect();
-    let mut decision = Decision::new(options, &participants).map_err(|e| unreadable(&e))?;
+    let mut decision =
+        Decision::new(options, &participants(&row.opening.seats)).map_err(|e| unreadable(&e))?;
     let ends = || unreadable(&"it ends before the decision does");
     let mut answered = answers.said.into_iter().zip(answers.at);
     let mut closed = answers.closed.into_iter();
@@ -1527,6 +1515,14 @@ impl Drop for Room<'_> {
     fn drop(&mut self) {
         self.handle.give_back_room(self.n);
     }
+}
+
+/// The engine's participants of `seats`, each with its weight.
+fn participants(seats: &[colony_journal::Seat]) -> Vec<Participant> {
+    seats
+        .iter()
+        .map(|s| Participant::weighted(s.agent, s.weight))
+        .collect()
 }
 
 /// Milliseconds since the Unix epoch, by the wall clock: a decision's deadline outlives the
@@ -1645,14 +1641,8 @@ impl Recovered {
                 row.opening.options
             ))
         })?;
-        let participants: Vec<Participant> = row
-            .opening
-            .seats
-            .iter()
-            .map(|s| Participant::weighted(s.agent, s.weight))
-            .collect();
-        let decision =
-            Decision::new(options, &participants).map_err(|e| Error::Decision(e.to_string()))?;
+        let decision = Decision::new(options, &participants(&row.opening.seats))
+            .map_err(|e| Error::Decision(e.to_string()))?;
         let spec = match handle.journal().task(row.id)? {
             Some(first) => first.spec,
             None => {
