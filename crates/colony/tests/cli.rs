@@ -482,7 +482,18 @@ tasks:
         .stdout(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(1000));
+    // Killed once `first` has run (its count written: the run is in the journal) and `slow`
+    // has had time to start, well before its 2 s end; not after a fixed delay, which a
+    // loaded machine can spend starting the process.
+    let started = std::time::Instant::now();
+    while !dir.path().join("first.count").exists() {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(60),
+            "`first` never ran"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(500));
     child.kill().unwrap();
     child.wait().unwrap();
     // Without --resume the journal's unfinished run is not silently restarted.
