@@ -32,6 +32,13 @@
 //! clock. A decision the journal holds as closed is never taken again: its outcome stands,
 //! and a second close is fenced.
 //!
+//! Voters whose agents answer inside their handler (`Agent::answers_inline`) are asked
+//! without ballot tasks when every seat is such an agent in service and the protocol needs
+//! nobody asked later (not `leader`, not `tie: judge`): the dispatcher's turn that seats them
+//! asks each in seat order and casts its answer at once (`count_inline`), and the decision
+//! is journaled whole in one write, its answers in place of its outcome, which
+//! [`outcome_of`] counts again for readers. Nothing of it is left to recover after a crash.
+//!
 //! Decisions of more than one call of tasks:
 //! - `fast`: when its first round does not decide, every voter is asked again (the same
 //!   task, pinned to it), round 0's ballots still out are cancelled, and round 1 is counted

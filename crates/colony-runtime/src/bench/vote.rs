@@ -1,11 +1,12 @@
 //! `colony bench vote`: the W5 workload of the Erlang peer (`shared/peers/erlang_peer.escript
 //! w5`): rounds of a majority vote among in-process agents, each voting by the peers' shared
 //! deterministic rule (about 60 % yes). Each decision runs through the runtime as a user's
-//! would ([`Handle::decide`]: voters seated and, as they answer inside their handler, asked
-//! inline in the same dispatcher turn and the decision journaled in one write; with
-//! [`Ballots::Tasks`], one journaled ballot task pinned to each, the ballots counted as their
-//! tasks end) and is timed from its start until the caller holds the outcome. Beside it: the decision engine alone tallying 10,000 ballots, and, when
-//! given the peer's script, Erlang's W5 in the same run.
+//! would ([`Handle::decide`](crate::Handle::decide): voters seated and, as they answer inside
+//! their handler, asked inline in the same dispatcher turn and the decision journaled in one
+//! write; with [`Ballots::Tasks`], one journaled ballot task pinned to each, the ballots
+//! counted as their tasks end) and is timed from its start until the caller holds the
+//! outcome. Beside it: the decision engine alone tallying 10,000 ballots, and, when given the
+//! peer's script, Erlang's W5 in the same run.
 
 use super::{Percentiles, Verdict};
 use crate::{
