@@ -232,29 +232,59 @@ fn bad_team_blocks_are_reported_at_their_line_and_column() {
     );
 }
 
+/// A workflow named `name` with the pools and `tasks`, run on an in-memory journal that
+/// outlives each run, so that a later run can resume from the rows an earlier one left.
+struct Resumable {
+    dir: tempfile::TempDir,
+    w: colony_workflow::Workflow,
+    journal: Arc<colony_journal::MemoryJournal>,
+}
+
+impl Resumable {
+    fn new(name: &str, tasks: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let yaml = format!("name: {name}\n{}tasks:\n{tasks}", pools(dir.path(), None));
+        let w = parse(&yaml, "w.yaml", Path::new(".")).unwrap();
+        let journal = Arc::new(colony_journal::MemoryJournal::new());
+        Self { dir, w, journal }
+    }
+
+    /// Options of a run resuming from `prior`.
+    fn options(&self, prior: Vec<colony_journal::TaskRow>) -> colony_workflow::Options {
+        colony_workflow::Options {
+            journal: self.journal.clone(),
+            prior,
+            ..options(&self.dir.path().join("out"))
+        }
+    }
+
+    async fn run(&self, prior: Vec<colony_journal::TaskRow>) -> Report {
+        colony_workflow::run(&self.w, self.options(prior))
+            .await
+            .unwrap()
+    }
+
+    /// Every row the journal holds now.
+    fn rows(&self) -> Vec<colony_journal::TaskRow> {
+        use colony_journal::Journal as _;
+        (0..32)
+            .filter_map(|id| self.journal.task(colony_core::TaskId(id)).unwrap())
+            .collect()
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_resumed_run_keeps_the_team_steps_its_earlier_asks_answered() {
-    use colony_journal::{Journal as _, MemoryJournal};
-    let dir = tempfile::tempdir().unwrap();
-    let yaml = format!(
-        "name: again\n{}tasks:\n  - {{id: plain, agent: sim}}\n  - id: feature\n{TEAM}",
-        pools(dir.path(), None)
+    let r = Resumable::new(
+        "again",
+        &format!("  - {{id: plain, agent: sim}}\n  - id: feature\n{TEAM}"),
     );
-    let w = parse(&yaml, "w.yaml", Path::new(".")).unwrap();
-    let journal = Arc::new(MemoryJournal::new());
-    let options = |prior| colony_workflow::Options {
-        journal: journal.clone(),
-        prior,
-        ..options(&dir.path().join("out"))
-    };
-    let report = colony_workflow::run(&w, options(Vec::new())).await.unwrap();
+    let report = r.run(Vec::new()).await;
     assert!(report.all_succeeded(), "{report:#?}");
     let first = report.tasks.iter().find(|t| t.id == "feature").unwrap();
     let first_output = first.output.as_ref().unwrap().value().clone();
     // The plain task's row and the team's five asks, all of the team's key.
-    let prior: Vec<_> = (0..32)
-        .filter_map(|id| journal.task(colony_core::TaskId(id)).unwrap())
-        .collect();
+    let prior = r.rows();
     assert_eq!(prior.len(), 6, "{prior:#?}");
     let step_of = |row: &colony_journal::TaskRow| {
         let payload: serde_json::Value = serde_json::from_slice(&row.spec.payload).unwrap();
@@ -262,10 +292,9 @@ async fn a_resumed_run_keeps_the_team_steps_its_earlier_asks_answered() {
     };
     // The run resumed with `keep` of the earlier rows: the team's record, and its asks.
     let resumed = |keep: Vec<colony_journal::TaskRow>| {
-        let options = options(keep);
-        let w = &w;
+        let r = &r;
         async move {
-            let report = colony_workflow::run(w, options).await.unwrap();
+            let report = r.run(keep).await;
             assert!(report.all_succeeded(), "{report:#?}");
             let feature = report
                 .tasks
@@ -362,27 +391,16 @@ async fn a_resumed_run_keeps_the_team_steps_its_earlier_asks_answered() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_resumed_team_whose_kept_output_fails_its_checks_works_again() {
-    use colony_journal::{Journal as _, MemoryJournal};
-    let dir = tempfile::tempdir().unwrap();
     // Its output never holds `never`: the team succeeds and the task fails its check.
-    let yaml = format!(
-        "name: checked\n{}tasks:\n  - id: feature\n    expect: {{ contains: never }}\n{TEAM}",
-        pools(dir.path(), None)
+    let r = Resumable::new(
+        "checked",
+        &format!("  - id: feature\n    expect: {{ contains: never }}\n{TEAM}"),
     );
-    let w = parse(&yaml, "w.yaml", Path::new(".")).unwrap();
-    let journal = Arc::new(MemoryJournal::new());
-    let options = |prior| colony_workflow::Options {
-        journal: journal.clone(),
-        prior,
-        ..options(&dir.path().join("out"))
-    };
-    let report = colony_workflow::run(&w, options(Vec::new())).await.unwrap();
+    let report = r.run(Vec::new()).await;
     assert!(!report.all_succeeded());
-    let prior: Vec<_> = (0..32)
-        .filter_map(|id| journal.task(colony_core::TaskId(id)).unwrap())
-        .collect();
+    let prior = r.rows();
     assert_eq!(prior.len(), 5, "{prior:#?}");
-    let report = colony_workflow::run(&w, options(prior)).await.unwrap();
+    let report = r.run(prior).await;
     let feature = report.tasks.iter().find(|t| t.id == "feature").unwrap();
     // Kept whole, it would fail the same way for ever: it was asked again, and failed again.
     assert_eq!(feature.attempts, 5);
