@@ -352,7 +352,10 @@ impl Voting {
 
     /// The voters seated, in the order asked, with their latest ballot tasks.
     pub fn voters(&self) -> &[Voter] {
-        &self.voters
+        match &self.taken {
+            Some(decided) => &decided.voters,
+            None => &self.voters,
+        }
     }
 
     /// Time since the decision opened, by the engine's clock.
@@ -1083,8 +1086,6 @@ impl Handle {
                     seats,
                     Duration::ZERO,
                 );
-                voting.voters.clone_from(&decided.voters);
-                voting.asked = decided.asked;
                 voting.taken = Some(*decided);
                 return Ok(voting);
             }
