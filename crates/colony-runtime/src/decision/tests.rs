@@ -1320,7 +1320,10 @@ async fn voters_that_answer_inline_decide_in_one_journal_write_without_ballot_ta
     let seated = voting.voters().to_vec();
     let decided = voting.outcome().await.unwrap();
     assert!(decided.inline);
-    assert_eq!(seated, decided.voters, "the vote shows the voters as they answered");
+    assert_eq!(
+        seated, decided.voters,
+        "the vote shows the voters as they answered"
+    );
     assert_eq!(
         decided.id, first,
         "the decision's own task takes the next id"
