@@ -47,6 +47,7 @@
 
 mod agents;
 pub mod auth;
+pub mod backup;
 pub mod conn;
 pub mod dashboard;
 mod decisions;
@@ -112,6 +113,8 @@ pub struct Config {
     /// The agents' shared memory, served under `/v1/memory` (see [`memory`]); off when
     /// `None`.
     pub memory: Option<Arc<dyn colony_memory::Memory>>,
+    /// Back the journal up continuously (see [`backup`]); off when `None`.
+    pub backup: Option<Arc<backup::Backups>>,
 }
 
 impl Config {
@@ -126,6 +129,7 @@ impl Config {
             max_streams: MAX_STREAMS,
             connections: Limits::default(),
             memory: None,
+            backup: None,
         }
     }
 }
@@ -185,6 +189,8 @@ pub(crate) struct App {
     pub(crate) memory_calls: Arc<tokio::sync::Semaphore>,
     /// The named mailboxes read over HTTP (`/v1/messages/read`).
     pub(crate) readers: messages::Readers,
+    /// The journal's continuous backup, when there is one.
+    pub(crate) backup: Option<Arc<backup::Backups>>,
 }
 
 /// Journal reads on the blocking pool at once (see [`App::reads`]).
@@ -290,9 +296,11 @@ pub async fn serve(handle: Handle, config: Config) -> Result<Server, Error> {
         memory: config.memory,
         memory_calls: Arc::new(tokio::sync::Semaphore::new(READS)),
         readers: messages::Readers::default(),
+        backup: config.backup,
     });
     let sampler = history::Sampler::start(app.handle.clone(), app.history.clone());
     let sweeper = messages::Sweeper::start(app.clone());
+    let backups = app.backup.clone().map(backup::Looping::start);
     let router = router(app);
     let bind = |source| Error::Bind { addr, source };
     let listener = tokio::net::TcpListener::bind(addr).await.map_err(bind)?;
@@ -306,6 +314,7 @@ pub async fn serve(handle: Handle, config: Config) -> Result<Server, Error> {
         // The sampler stops with the server: when this task ends or is aborted.
         let _sampler = sampler;
         let _sweeper = sweeper;
+        let _backups = backups;
         conn::serve(listener, router, tls, limits).await;
     });
     Ok(Server { addr, scheme, task })
@@ -368,6 +377,7 @@ fn router(app: Arc<App>) -> Router {
         .route("/v1/runs", get(runs::list))
         .route("/v1/runs/{id}", get(runs::one))
         .route("/v1/stats", get(live::stats))
+        .route("/v1/backup", get(live::backup))
         .route("/v1/events", get(live::events))
         .route("/metrics", get(live::metrics_text))
         .route("/metrics/runs", get(runs::metrics_text))

@@ -31,6 +31,7 @@ fn prometheus() -> &'static metrics_exporter_prometheus::PrometheusHandle {
         // nothing, which the metrics route says.
         let _ = metrics::set_global_recorder(recorder);
         colony_runtime::metrics::describe();
+        crate::backup::describe();
         handle
     })
 }
@@ -43,6 +44,18 @@ pub fn install_metrics() {
 
 pub(crate) async fn stats(State(app): State<Arc<App>>) -> Response {
     Json(app.handle.stats()).into_response()
+}
+
+/// The journal's continuous backup: where, how often, and how the backups went.
+pub(crate) async fn backup(State(app): State<Arc<App>>) -> Response {
+    match &app.backup {
+        Some(backups) => Json(backups.status()).into_response(),
+        None => crate::problem(
+            axum::http::StatusCode::NOT_FOUND,
+            "no-backup",
+            "this server backs nothing up: start it with --backup-to (and --db)",
+        ),
+    }
 }
 
 /// The live stream: see the crate documentation. Restarts and growth come as one `notable`
@@ -78,6 +91,15 @@ pub(crate) async fn events(State(app): State<Arc<App>>) -> Response {
         latencies: Some(h.latencies()),
         ..Coalesced::default()
     };
+    let mut coalesced = Coalesced {
+        backup: app.backup.clone().map(|b| (b, (0, 0))),
+        ..coalesced
+    };
+    if let Some((backups, seen)) = &mut coalesced.backup {
+        // Only what happens from now on: a failure before the stream opened shows in
+        // `/v1/backup`.
+        let _ = crate::backup::notable(backups, seen);
+    }
     let state = (h, subscription, tick, coalesced, VecDeque::new(), permit);
     let stream = futures::stream::unfold(
         state,
@@ -90,6 +112,11 @@ pub(crate) async fn events(State(app): State<Arc<App>>) -> Response {
                 tokio::select! {
                     _ = tick.tick() => {
                         let stats = h.stats();
+                        if let Some((backups, seen)) = &mut coalesced.backup
+                            && let Some(v) = crate::backup::notable(backups, seen)
+                        {
+                            ready.push_back(Event::default().event("notable").data(v.to_string()));
+                        }
                         for v in coalesced.take(&stats) {
                             ready.push_back(Event::default().event("notable").data(v.to_string()));
                         }
@@ -119,6 +146,8 @@ struct Coalesced {
     latencies: Option<colony_runtime::Latencies>,
     /// Steals and tasks rebalanced as the last tick counted them.
     balanced: Option<(u64, u64)>,
+    /// The journal's backups, and the failures the stream has told of.
+    backup: Option<(Arc<crate::backup::Backups>, (u64, u64))>,
 }
 
 impl Coalesced {

@@ -8,9 +8,52 @@ use colony_journal::{SqliteJournal, SqliteOptions};
 use colony_runtime::{Pool, Runtime, RuntimeOptions};
 use std::{io::Write, process::Stdio, sync::Arc, time::Duration};
 
+/// The alert rules shipped for Prometheus, and their unit tests.
+const RULES: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../../deploy/prometheus/alerts.yml"
+);
+const RULE_TESTS: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../../deploy/prometheus/alerts.test.yml"
+);
+
+fn promtool() -> String {
+    std::env::var("PROMTOOL").unwrap_or_else(|_| "promtool".into())
+}
+
+/// Runs `promtool ARGS`: whether it succeeded, and what it said.
+fn run_promtool(args: &[&str]) -> (bool, String) {
+    let promtool = promtool();
+    let out = std::process::Command::new(&promtool)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| {
+            panic!(
+                "cannot run {promtool} ({e}): install Debian's `prometheus` package (.ci/run does), or point PROMTOOL at promtool"
+            )
+        });
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), said)
+}
+
+#[test]
+fn the_alert_rules_are_valid_and_fire_when_backups_fail_or_go_stale() {
+    let (ok, said) = run_promtool(&["check", "rules", RULES]);
+    assert!(ok, "promtool refused the rules:\n{said}");
+    assert!(said.contains("SUCCESS: 3 rules found"), "{said}");
+    // The unit tests name the rules file relative to themselves.
+    let (ok, said) = run_promtool(&["test", "rules", RULE_TESTS]);
+    assert!(ok, "the alert rules' tests failed:\n{said}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn promtool_accepts_the_metrics_and_every_promised_series_is_there() {
-    let promtool = std::env::var("PROMTOOL").unwrap_or_else(|_| "promtool".into());
+    let promtool = promtool();
     colony_server::install_metrics();
     let dir = tempfile::tempdir().unwrap();
     let journal = SqliteJournal::open(SqliteOptions::new(dir.path().join("j.db"))).unwrap();
@@ -29,9 +72,18 @@ async fn promtool_accepts_the_metrics_and_every_promised_series_is_there() {
     let runtime = Runtime::start(RuntimeOptions::default(), vec![pool], Arc::new(journal))
         .await
         .unwrap();
+    // Backed up as `serve --backup-to` does, so that its series are there too.
+    let backups = colony_server::backup::Backups::new(colony_server::backup::Backup {
+        db: dir.path().join("j.db"),
+        to: colony_journal::sqlite::Location::File(dir.path().join("copy.db")),
+        every: Duration::from_secs(3600),
+    });
     let server = colony_server::serve(
         runtime.handle().clone(),
-        colony_server::Config::local("127.0.0.1:0".parse().unwrap()),
+        colony_server::Config {
+            backup: Some(backups.clone()),
+            ..colony_server::Config::local("127.0.0.1:0".parse().unwrap())
+        },
     )
     .await
     .unwrap();
@@ -44,6 +96,13 @@ async fn promtool_accepts_the_metrics_and_every_promised_series_is_there() {
     h.drain().await.unwrap();
     h.kill(colony_core::AgentId(0)).unwrap();
     tokio::time::sleep(Duration::from_millis(100)).await;
+    let backed_up =
+        colony_server::testing::until(Duration::from_secs(30), Duration::from_millis(20), || {
+            let succeeded = backups.status().succeeded;
+            async move { (succeeded > 0).then_some(()) }
+        })
+        .await;
+    assert!(backed_up.is_some(), "no backup: {:?}", backups.status());
     let text = reqwest::get(format!("{}/metrics", server.url()))
         .await
         .unwrap()
@@ -66,6 +125,12 @@ async fn promtool_accepts_the_metrics_and_every_promised_series_is_there() {
         "colony_agent_restarts_total{cause=",
         "colony_work_steals_total",
         "colony_tasks_rebalanced_total",
+        "colony_backup_last_success_timestamp_seconds",
+        "colony_backup_last_duration_seconds",
+        "colony_backup_last_size_bytes",
+        "colony_backups_total{outcome=\"ok\"}",
+        "colony_backup_consecutive_failures",
+        "colony_backup_interval_seconds",
     ] {
         assert!(text.contains(series), "{series} is missing:\n{text}");
     }
@@ -96,6 +161,22 @@ async fn promtool_accepts_the_metrics_and_every_promised_series_is_there() {
         }
     }
     assert!(queried > 20, "{queried}");
+    // And every metric the alert rules use.
+    let rules = std::fs::read_to_string(RULES).unwrap();
+    let mut used = 0;
+    for name in rules
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("expr:"))
+        .flat_map(|expr| expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')))
+        .filter(|w| w.starts_with("colony_"))
+    {
+        used += 1;
+        assert!(
+            text.contains(&format!("\n{name}")),
+            "the alert rules use {name}, which /metrics lacks"
+        );
+    }
+    assert!(used >= 4, "{used}");
     let mut child = std::process::Command::new(&promtool)
         .args(["check", "metrics"])
         .stdin(Stdio::piped())

@@ -4,6 +4,7 @@
 //! `colony config show` all call [`resolve`], so that what is shown is what runs.
 //! `docs/configuration.md` documents every key.
 
+use colony_journal::sqlite::Location;
 use colony_workflow::{
     Pools, RuntimeSettings,
     file::{self, Located, Where},
@@ -15,6 +16,7 @@ use std::{
     net::SocketAddr,
     num::NonZeroU32,
     path::{Path, PathBuf},
+    time::Duration,
 };
 
 /// Longest `colony.toml` read, in bytes: a complete file is a few kilobytes.
@@ -52,6 +54,8 @@ pub(crate) const SERVER_KEYS: &[&str] = &[
     "max-connections",
     "header-timeout",
     "idle-timeout",
+    "backup-to",
+    "backup-every",
 ];
 
 /// Keys whose values are numbers: a variable setting one is read as a number.
@@ -151,6 +155,10 @@ struct Server {
     header_timeout: Option<Located<u64>>,
     #[serde(default)]
     idle_timeout: Option<Located<u64>>,
+    #[serde(default)]
+    backup_to: Option<Located<String>>,
+    #[serde(default)]
+    backup_every: Option<Located<String>>,
 }
 
 /// The flags of `colony serve` that were given; `None` takes the layers below.
@@ -173,6 +181,8 @@ pub(crate) struct Flags {
     pub(crate) max_connections: Option<u64>,
     pub(crate) header_timeout: Option<u64>,
     pub(crate) idle_timeout: Option<u64>,
+    pub(crate) backup_to: Option<String>,
+    pub(crate) backup_every: Option<Duration>,
 }
 
 /// Where a setting came from, lowest layer first: the order of precedence.
@@ -258,6 +268,10 @@ pub(crate) struct ServerSettings {
     pub(crate) max_connections: u64,
     pub(crate) header_timeout: u64,
     pub(crate) idle_timeout: u64,
+    /// Where the journal is backed up continuously, if anywhere.
+    pub(crate) backup_to: Option<Location>,
+    /// How often.
+    pub(crate) backup_every: Duration,
 }
 
 /// Everything `colony serve` runs with, and where each setting came from.
@@ -295,6 +309,8 @@ impl Resolved {
             s.max_connections.to_string(),
             s.header_timeout.to_string(),
             s.idle_timeout.to_string(),
+            s.backup_to.as_ref().map_or("-".into(), |l| l.to_string()),
+            humantime::format_duration(s.backup_every).to_string(),
         ];
         let source = |key: &str| self.sources.get(key).cloned().unwrap_or(Source::Default);
         let mut out: Vec<_> = SERVER_KEYS
@@ -595,6 +611,30 @@ pub(crate) fn resolve(flags: &Flags, env: &BTreeMap<String, String>) -> Result<R
     let idle_timeout = pick!(idle_timeout, "idle-timeout", flags.idle_timeout, |l, v| {
         within("idle-timeout", v.value, MAX_TIMEOUT_SECS)
     });
+    let backup_to = pick!(
+        backup_to,
+        "backup-to",
+        flags
+            .backup_to
+            .as_deref()
+            .map(|to| backup_location(to, None).map_err(|m| format!("--backup-to: {m}"))),
+        |l, v| backup_location(&v.value, Some(l)).map(Ok)
+    );
+    let backup_every = pick!(backup_every, "backup-every", flags.backup_every, |l, v| {
+        backup_every(&v.value)
+    });
+    // A flag's value is checked by clap, but for a location: its problem shows here.
+    let backup_to = Pick {
+        value: match backup_to.value {
+            Some(Ok(location)) => Some(location),
+            Some(Err(problem)) => {
+                problems.push(problem);
+                None
+            }
+            None => None,
+        },
+        source: backup_to.source,
+    };
 
     // `agents` and `pools` are two ways to say what runs: the higher layer's wins; one layer
     // giving both is a contradiction.
@@ -645,6 +685,26 @@ pub(crate) fn resolve(flags: &Flags, env: &BTreeMap<String, String>) -> Result<R
             "{given}: tls-cert and tls-key go together: {missing} is missing"
         ));
     }
+    // A backup needs a journal file to copy, and another file to copy it to; an interval
+    // alone backs nothing up.
+    match (&backup_to.value, &db.value) {
+        (Some(_), None) => problems.push(format!(
+            "{}: backup-to needs db: the journal in memory has no file to back up",
+            backup_to.source
+        )),
+        (Some(Location::File(to)), Some(db)) if to == db => problems.push(format!(
+            "{}: backup-to is the journal itself ({}): back it up to another file",
+            backup_to.source,
+            to.display()
+        )),
+        _ => {}
+    }
+    if backup_every.value.is_some() && backup_to.value.is_none() && problems.is_empty() {
+        problems.push(format!(
+            "{}: backup-every needs backup-to: say where the backups go",
+            backup_every.source
+        ));
+    }
     // Server problems do not stop the runtime's keys from being checked: every problem of the
     // layers is reported at once.
     let server = ServerSettings {
@@ -672,6 +732,10 @@ pub(crate) fn resolve(flags: &Flags, env: &BTreeMap<String, String>) -> Result<R
         idle_timeout: idle_timeout
             .value
             .unwrap_or(colony_server::conn::IDLE_TIMEOUT.as_secs()),
+        backup_to: backup_to.value,
+        backup_every: backup_every
+            .value
+            .unwrap_or(colony_server::backup::DEFAULT_EVERY),
     };
 
     // The runtime: the pools file's section, then each layer over it.
@@ -777,6 +841,39 @@ fn written_path(layer: &Layer, v: &Located<String>) -> Result<PathBuf, String> {
         return Err("an empty path: name a file or folder".into());
     }
     Ok(layer.path(&v.value))
+}
+
+/// Where backups go, as written: an `s3://` URL, or a file path (relative to the file's
+/// folder in a configuration file).
+fn backup_location(written: &str, layer: Option<&Layer>) -> Result<Location, String> {
+    if written.is_empty() {
+        return Err("an empty location: name a file or an s3://bucket/key".into());
+    }
+    let location = Location::parse(written).map_err(|e| e.to_string())?;
+    Ok(match (location, layer) {
+        (Location::File(_), Some(layer)) => Location::File(layer.path(written)),
+        (location, _) => location,
+    })
+}
+
+/// How often to back up, written like `5m` or `30s`, from one second to a week.
+pub(crate) fn backup_every(written: &str) -> Result<Duration, String> {
+    use colony_server::backup::{MAX_EVERY, MIN_EVERY};
+    let every = humantime::parse_duration(written).map_err(|e| {
+        format!(
+            "backup-every `{}` is not a duration ({e}): write it like `5m`, `30s` or `1h`",
+            colony_core::text::shorten(written, 60)
+        )
+    })?;
+    if !(MIN_EVERY..=MAX_EVERY).contains(&every) {
+        return Err(format!(
+            "backup-every {} is out of range: allowed {} to {}",
+            humantime::format_duration(every),
+            humantime::format_duration(MIN_EVERY),
+            humantime::format_duration(MAX_EVERY)
+        ));
+    }
+    Ok(every)
 }
 
 /// `value` when it lies in `1..=max`.

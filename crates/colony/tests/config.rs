@@ -374,3 +374,102 @@ fn serve_runs_with_colony_toml_under_its_flags() {
         "{hierarchy}"
     );
 }
+
+#[test]
+fn backup_settings_are_layered_and_their_problems_named() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("conf")).unwrap();
+    std::fs::write(
+        dir.path().join("conf/colony.toml"),
+        "[server]\ndb = \"colony.db\"\nbackup-to = \"backups/colony.db\"\n",
+    )
+    .unwrap();
+    // A file path in the file is relative to its folder; the interval defaults to 5 minutes.
+    let got = show(dir.path(), &[], &["--config", "conf/colony.toml"]);
+    let pair = |v: &str, s: &str| (v.to_owned(), s.to_owned());
+    assert_eq!(
+        got["server.backup-to"],
+        pair("conf/backups/colony.db", "conf/colony.toml:3")
+    );
+    assert_eq!(got["server.backup-every"], pair("5m", "default"));
+    // A variable over the file, a flag over the variable; an s3:// URL stays as written.
+    let got = show(
+        dir.path(),
+        &[
+            ("COLONY_BACKUP_TO", "s3://bucket/colony/journal.db"),
+            ("COLONY_BACKUP_EVERY", "90s"),
+        ],
+        &["--config", "conf/colony.toml"],
+    );
+    assert_eq!(
+        got["server.backup-to"],
+        pair("s3://bucket/colony/journal.db", "env COLONY_BACKUP_TO")
+    );
+    assert_eq!(
+        got["server.backup-every"],
+        pair("1m 30s", "env COLONY_BACKUP_EVERY")
+    );
+
+    let problem = |toml: &str, env: &[(&str, &str)]| {
+        std::fs::write(dir.path().join("colony.toml"), toml).unwrap();
+        let (out, err, code) = colony(dir.path(), env, &["config", "check"]);
+        assert_eq!(code, 2, "{toml}: {out}{err}");
+        err
+    };
+    let err = problem("[server]\nbackup-to = \"copy.db\"\n", &[]);
+    assert!(err.contains("colony.toml:2: backup-to needs db"), "{err}");
+    let err = problem("[server]\ndb = \"j.db\"\nbackup-to = \"j.db\"\n", &[]);
+    assert!(err.contains("backup-to is the journal itself"), "{err}");
+    let err = problem("[server]\ndb = \"j.db\"\nbackup-every = \"1m\"\n", &[]);
+    assert!(
+        err.contains("colony.toml:3: backup-every needs backup-to"),
+        "{err}"
+    );
+    let err = problem(
+        "[server]\ndb = \"j.db\"\nbackup-to = \"c.db\"\nbackup-every = \"often\"\n",
+        &[],
+    );
+    assert!(
+        err.contains("colony.toml:4:16: backup-every `often` is not a duration"),
+        "{err}"
+    );
+    let err = problem(
+        "[server]\ndb = \"j.db\"\nbackup-to = \"c.db\"\nbackup-every = \"100ms\"\n",
+        &[],
+    );
+    assert!(
+        err.contains("backup-every 100ms is out of range: allowed 1s to 7days"),
+        "{err}"
+    );
+    let err = problem(
+        "[server]\ndb = \"j.db\"\n",
+        &[("COLONY_BACKUP_TO", "ftp://host/file")],
+    );
+    assert!(
+        err.contains("env COLONY_BACKUP_TO: ftp://host/file: ftp:// is not supported"),
+        "{err}"
+    );
+    // The flags are checked as the file is.
+    std::fs::write(dir.path().join("colony.toml"), "").unwrap();
+    let (_, err, code) = colony(
+        dir.path(),
+        &[],
+        &["serve", "--backup-to", "c.db", "--backup-every", "9d"],
+    );
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("out of range"), "{err}");
+    let (_, err, code) = colony(dir.path(), &[], &["serve", "--backup-to", "c.db"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("flag --backup-to: backup-to needs db"),
+        "{err}"
+    );
+    let (_, err, code) = colony(
+        dir.path(),
+        &[],
+        &["serve", "--db", "j.db", "--backup-to", "missing/c.db"],
+    );
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("the folder missing does not exist"), "{err}");
+    assert!(!dir.path().join("j.db").exists(), "nothing started");
+}

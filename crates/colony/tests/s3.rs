@@ -153,3 +153,64 @@ fn backup_to_s3_and_restore_from_it() {
         "{stderr}"
     );
 }
+
+#[test]
+fn serve_backs_its_journal_up_to_s3_continuously() {
+    let Some((_moto, port)) = start_moto() else {
+        return;
+    };
+    assert!(http(port, "PUT", "/colony-serve").starts_with("HTTP/1.1 200"));
+    let dir = tempfile::tempdir().unwrap();
+    let path = |name: &str| dir.path().join(name).to_str().unwrap().to_owned();
+    let db = path("c.db");
+    let (_, stderr, code) = colony(
+        port,
+        &[
+            "bench", "dispatch", "--agents", "20", "--tasks", "3000", "--db", &db,
+        ],
+    );
+    assert_eq!(code, 0, "{stderr}");
+    let url = "s3://colony-serve/continuous/c.db";
+    let addr = format!("127.0.0.1:{}", free_port());
+    let child = std::process::Command::new(assert_cmd::cargo::cargo_bin("colony"))
+        .args(["serve", "--addr", &addr, "--agents", "10", "--db", &db])
+        .args(["--backup-to", url, "--backup-every", "1s"])
+        .env("AWS_ENDPOINT", format!("http://127.0.0.1:{port}"))
+        .env("AWS_ALLOW_HTTP", "true")
+        .env("AWS_ACCESS_KEY_ID", "test")
+        .env("AWS_SECRET_ACCESS_KEY", "test")
+        .env("AWS_REGION", "us-east-1")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let _serve = Server(child);
+    let serve_port: u16 = addr.rsplit(':').next().unwrap().parse().unwrap();
+    // Two backups at least, one a second, each uploaded whole.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        assert!(Instant::now() < deadline, "no backups to S3");
+        if TcpStream::connect(("127.0.0.1", serve_port)).is_ok() {
+            let response = http(serve_port, "GET", "/v1/backup");
+            if let Some((_, body)) = response.split_once("\r\n\r\n")
+                && let Ok(status) = serde_json::from_str::<serde_json::Value>(body)
+                && status["succeeded"].as_u64() >= Some(2)
+            {
+                break status;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(status["to"], url);
+    assert_eq!(status["failed"], 0, "{status}");
+    assert_eq!(status["last-success"]["tasks"], 3_000, "{status}");
+    let restored = path("restored.db");
+    let (_, stderr, code) = colony(port, &["restore", "--from", url, "--db", &restored]);
+    assert_eq!(code, 0, "{stderr}");
+    let (stdout, _, _) = colony(
+        port,
+        &["tasks", "--db", &restored, "--json", "--limit", "0"],
+    );
+    let json: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(json["total"], 3_000);
+}

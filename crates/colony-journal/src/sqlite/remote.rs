@@ -65,6 +65,12 @@ impl Location {
     }
 }
 
+impl std::fmt::Display for Location {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.shown())
+    }
+}
+
 /// Backs the journal at `db` up to `to`.
 pub async fn backup_to(db: &Path, to: &Location) -> Result<Copied, Error> {
     match to {

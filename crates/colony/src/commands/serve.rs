@@ -79,6 +79,15 @@ pub(crate) struct Args {
     #[arg(long, value_name = "SECS",
           value_parser = clap::value_parser!(u64).range(1..=config::MAX_TIMEOUT_SECS))]
     idle_timeout: Option<u64>,
+    /// Back the journal (--db) up continuously to this file or s3://bucket/key: at start,
+    /// every --backup-every, and once more when the server stops. Each copy is consistent
+    /// and checked, and replaces the last one only once complete. A failed backup is
+    /// logged and shown on /v1/backup and /metrics; the server goes on.
+    #[arg(long, value_name = "URL")]
+    backup_to: Option<String>,
+    /// How often to back up with --backup-to, like 30s, 5m or 1h (default 5m; 1s to 7d).
+    #[arg(long, value_name = "DURATION", value_parser = config::backup_every)]
+    backup_every: Option<Duration>,
 }
 
 impl Args {
@@ -102,6 +111,8 @@ impl Args {
             max_connections: self.max_connections,
             header_timeout: self.header_timeout,
             idle_timeout: self.idle_timeout,
+            backup_to: self.backup_to.clone(),
+            backup_every: self.backup_every,
         }
     }
 }
@@ -137,6 +148,19 @@ pub(crate) fn run(args: &Args) -> Result<(), Failure> {
             settings.addr,
         )));
     }
+    let backups = match (&settings.backup_to, &settings.db) {
+        (Some(to), Some(db)) => {
+            check_backup_folder(to)?;
+            Some(colony_server::backup::Backups::new(
+                colony_server::backup::Backup {
+                    db: db.clone(),
+                    to: to.clone(),
+                    every: settings.backup_every,
+                },
+            ))
+        }
+        _ => None,
+    };
     let config = Config {
         addr: settings.addr,
         tokens,
@@ -164,6 +188,7 @@ pub(crate) fn run(args: &Args) -> Result<(), Failure> {
             header_timeout: Duration::from_secs(settings.header_timeout),
             idle_timeout: Duration::from_secs(settings.idle_timeout),
         },
+        backup: backups.clone(),
     };
     let mut runtime_options = RuntimeOptions::default();
     resolved.runtime.apply(&mut runtime_options);
@@ -223,8 +248,51 @@ pub(crate) fn run(args: &Args) -> Result<(), Failure> {
         let _ = tokio::signal::ctrl_c().await;
         server.stop();
         colony.shutdown().await;
+        if let Some(backups) = backups {
+            last_backup(&backups).await;
+        }
         Ok(())
     })
+}
+
+/// Refuses, before anything starts, a backup file whose folder is not there: every backup
+/// would fail. (A folder that goes away later fails those backups, which say so.)
+fn check_backup_folder(to: &colony_journal::sqlite::Location) -> Result<(), Failure> {
+    if let colony_journal::sqlite::Location::File(path) = to {
+        if path.is_dir() {
+            return Err(Failure::input(anyhow::anyhow!(
+                "--backup-to {}: is a folder: name the file the backup goes to",
+                path.display()
+            )));
+        }
+        if let Some(folder) = path.parent().filter(|p| !p.as_os_str().is_empty())
+            && !folder.is_dir()
+        {
+            return Err(Failure::input(anyhow::anyhow!(
+                "--backup-to {}: the folder {} does not exist",
+                path.display(),
+                folder.display()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The backup taken once the runtime has stopped, so that the copy holds the journal's last
+/// state; a second Ctrl-C skips it.
+async fn last_backup(backups: &colony_server::backup::Backups) {
+    let to = backups.status().to;
+    eprintln!("backing the journal up to {to} a last time (Ctrl-C again skips it)");
+    tokio::select! {
+        result = backups.once() => match result {
+            Ok(copied) => eprintln!(
+                "backed up {} tasks to {to} ({} bytes, {:.3} s)",
+                copied.tasks, copied.bytes, copied.seconds
+            ),
+            Err(e) => eprintln!("the last backup to {to} failed: {e}"),
+        },
+        _ = tokio::signal::ctrl_c() => eprintln!("the last backup to {to} was skipped"),
+    }
 }
 
 #[derive(Debug, clap::Subcommand)]

@@ -26,6 +26,11 @@ impl Server {
 
     /// A server started in `dir`, where it finds a `colony.toml` if there is one.
     pub(crate) fn start_in(dir: &std::path::Path, extra: &[&str]) -> Self {
+        Self::start_logging(dir, extra, Stdio::null())
+    }
+
+    /// A server started in `dir`, its standard error to `stderr`.
+    pub(crate) fn start_logging(dir: &std::path::Path, extra: &[&str], stderr: Stdio) -> Self {
         // A free port: bound, read, released. Another process could take it in between,
         // which the wait below would show as a timeout.
         let port = TcpListener::bind("127.0.0.1:0")
@@ -41,7 +46,7 @@ impl Server {
             .env_remove("COLONY_TOKENS")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(stderr)
             .spawn()
             .unwrap();
         let server = Self {
@@ -91,6 +96,27 @@ impl Server {
             .unwrap();
         assert_eq!(status, 200, "{path}: {body}");
         serde_json::from_str(&body).unwrap()
+    }
+
+    /// Stops the server as Ctrl-C does, and waits up to `limit` for it to end: whether it
+    /// exited with success.
+    pub(crate) fn interrupt(&mut self, limit: Duration) -> bool {
+        let sent = Command::new("kill")
+            .args(["-INT", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(sent.success(), "kill -INT failed");
+        let start = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.success();
+            }
+            assert!(
+                start.elapsed() < limit,
+                "the server did not stop in {limit:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     pub(crate) fn wait_until(&self, limit: Duration, what: &str, mut done: impl FnMut() -> bool) {

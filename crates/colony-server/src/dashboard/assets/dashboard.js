@@ -189,6 +189,14 @@
         parts.push(plural(n.moved, "task moved between queues", "tasks moved between queues"));
       }
       addEvent("balancing", parts.join("; "), "scaling");
+    } else if (n.kind === "backup:failed") {
+      addEvent(
+        "backup failed",
+        "the journal's backup to " + n.to + " failed (" + plural(n["consecutive-failures"], "time", "times") + " in a row): " + n.error,
+        "alert",
+      );
+    } else if (n.kind === "backup:recovered") {
+      addEvent("backup", "the journal is backed up to " + n.to + " again", "recovery");
     } else if (n.kind === "scaled") {
       addEvent("scaling", plural(n["agents-added"], "agent added", "agents added"), "scaling");
     } else {
