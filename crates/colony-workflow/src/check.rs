@@ -649,6 +649,7 @@ pub(crate) fn check(
             RuntimeSettings::default()
         });
     let memory = check_memory(file.memory.as_ref(), base, &mut problems);
+    let webhooks = check_webhooks(&file.webhooks, &mut problems);
     let written = crate::runtime::written(&file.runtime)
         .into_iter()
         .filter_map(|(key, at)| Some((key, at.position("")?)))
@@ -666,9 +667,180 @@ pub(crate) fn check(
             runtime,
             written,
             memory,
+            webhooks,
         }),
         _ => Err(problems),
     }
+}
+
+/// The `webhooks:` list, checked: http(s) URLs, a variable's name for the secret, known
+/// kinds, limits in range.
+fn check_webhooks(
+    file: &[crate::file::WebhookFile],
+    problems: &mut Vec<Problem>,
+) -> Vec<crate::webhooks::Webhook> {
+    use crate::webhooks::{self as w, Kind, Webhook};
+    if let Some(extra) = file.get(w::MAX_WEBHOOKS) {
+        problems.push(Problem::at(
+            &extra.url,
+            format!(
+                "webhooks: {} of them: allowed up to {}",
+                file.len(),
+                w::MAX_WEBHOOKS
+            ),
+            "too many",
+        ));
+    }
+    let duration = |d: &Spanned<String>, max: Duration, problems: &mut Vec<Problem>| {
+        match crate::runtime::parse_duration(&d.value, false) {
+            Ok(v) if v <= max => Some(v),
+            Ok(v) => {
+                problems.push(Problem::at(
+                    d,
+                    format!(
+                        "webhook: {} is too long: allowed up to {}",
+                        humantime::format_duration(v),
+                        humantime::format_duration(max)
+                    ),
+                    "too long",
+                ));
+                None
+            }
+            Err((message, label)) => {
+                problems.push(Problem::at(d, format!("webhook: {message}"), label));
+                None
+            }
+        }
+    };
+    let mut out = Vec::new();
+    for f in file.iter().take(w::MAX_WEBHOOKS) {
+        let url = &f.url;
+        if url.value.len() > w::MAX_URL_BYTES {
+            problems.push(Problem::at(
+                url,
+                format!(
+                    "webhook: a URL of {} bytes: allowed up to {}",
+                    url.value.len(),
+                    w::MAX_URL_BYTES
+                ),
+                "too long",
+            ));
+            continue;
+        }
+        match reqwest::Url::parse(&url.value) {
+            Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => {}
+            Ok(_) => {
+                problems.push(Problem::at(
+                    url,
+                    format!(
+                        "webhook: `{}` is not an http(s) URL with a host",
+                        colony_core::text::shorten(&url.value, 80)
+                    ),
+                    "not http(s)",
+                ));
+                continue;
+            }
+            Err(e) => {
+                problems.push(Problem::at(
+                    url,
+                    format!(
+                        "webhook: `{}` is not a URL ({e})",
+                        colony_core::text::shorten(&url.value, 80)
+                    ),
+                    "not a URL",
+                ));
+                continue;
+            }
+        }
+        let mut webhook = Webhook::new(url.value.clone());
+        if let Some(var) = &f.secret_env {
+            let name_ok = !var.value.is_empty()
+                && var
+                    .value
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_')
+                && !var.value.starts_with(|c: char| c.is_ascii_digit());
+            if name_ok {
+                webhook.secret_env = Some(var.value.clone());
+            } else {
+                problems.push(Problem::at(
+                    var,
+                    format!(
+                        "webhook: secret-env `{}` is not a variable's name (letters, digits, `_`)",
+                        colony_core::text::shorten(&var.value, 60)
+                    ),
+                    "not a name",
+                ));
+            }
+        }
+        if let Some(events) = &f.events {
+            let mut kinds = Vec::new();
+            for e in events {
+                match Kind::parse(&e.value) {
+                    Some(k) => kinds.push(k),
+                    None => problems.push(Problem::at(
+                        e,
+                        format!(
+                            "webhook: no event is called `{}`: there are {}",
+                            colony_core::text::shorten(&e.value, 40),
+                            Kind::ALL.map(Kind::as_str).join(", ")
+                        ),
+                        "unknown event",
+                    )),
+                }
+            }
+            if events.is_empty() {
+                problems.push(Problem::at(
+                    url,
+                    "webhook: `events` is empty: name the events to post, or leave it out for the default",
+                    "no events",
+                ));
+            }
+            webhook = webhook.with_events(kinds);
+        }
+        if let Some(t) = &f.timeout
+            && let Some(t) = duration(t, w::MAX_TIMEOUT, problems)
+        {
+            webhook.timeout = t;
+        }
+        if let Some(d) = &f.drain
+            && let Some(d) = duration(d, w::MAX_DRAIN, problems)
+        {
+            webhook.drain = d;
+        }
+        if let Some(n) = &f.attempts {
+            if (1..=w::MAX_ATTEMPTS).contains(&n.value) {
+                webhook.attempts = n.value;
+            } else {
+                problems.push(Problem::at(
+                    n,
+                    format!(
+                        "webhook: attempts {} is out of range: allowed 1..={}",
+                        n.value,
+                        w::MAX_ATTEMPTS
+                    ),
+                    "out of range",
+                ));
+            }
+        }
+        if let Some(n) = &f.queue {
+            if (1..=w::MAX_QUEUE).contains(&n.value) {
+                webhook.queue = n.value;
+            } else {
+                problems.push(Problem::at(
+                    n,
+                    format!(
+                        "webhook: queue {} is out of range: allowed 1..={}",
+                        n.value,
+                        w::MAX_QUEUE
+                    ),
+                    "out of range",
+                ));
+            }
+        }
+        out.push(webhook);
+    }
+    out
 }
 
 /// The `memory:` section, checked: one place, a number of stores, an endpoint.

@@ -27,6 +27,37 @@ pub struct File {
     /// `<output>/memory.db`, lexical, without it.
     #[serde(default)]
     pub memory: Option<MemoryFile>,
+    /// Where the run's events are posted (`crate::webhooks`).
+    #[serde(default)]
+    pub webhooks: Vec<WebhookFile>,
+}
+
+/// One webhook of the `webhooks:` list.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct WebhookFile {
+    /// An http(s) URL the events are posted to.
+    pub url: Spanned<String>,
+    /// The variable holding the secret the events are signed with; unsigned without it.
+    #[serde(default)]
+    pub secret_env: Option<Spanned<String>>,
+    /// The kinds posted (`run:started`, `task:succeeded`, `task:failed`, `task:skipped`,
+    /// `task:cancelled`, `run:finished`). Default: `run:started`, `task:failed`,
+    /// `run:finished`.
+    #[serde(default)]
+    pub events: Option<Vec<Spanned<String>>>,
+    /// One request's time limit. Default 5s.
+    #[serde(default)]
+    pub timeout: Option<Spanned<String>>,
+    /// Attempts at one event. Default 5.
+    #[serde(default)]
+    pub attempts: Option<Spanned<u32>>,
+    /// Events its queue holds. Default 1000.
+    #[serde(default)]
+    pub queue: Option<Spanned<u32>>,
+    /// How long the run's end waits for its queue to empty. Default 10s.
+    #[serde(default)]
+    pub drain: Option<Spanned<String>>,
 }
 
 /// The `memory:` section.

@@ -26,6 +26,7 @@ mod run;
 pub mod runtime;
 pub mod team;
 mod template;
+pub mod webhooks;
 
 pub use check::{Position, Problem};
 pub use read::{ReadError, read_bounded};
@@ -62,6 +63,8 @@ pub struct Workflow {
     pub written: Vec<(&'static str, Position)>,
     /// Where its memory lives and what embeds it (its `memory:` section).
     pub memory: MemorySettings,
+    /// Where its events are posted (its `webhooks:` section).
+    pub webhooks: Vec<webhooks::Webhook>,
 }
 
 /// A workflow's memory: where (`None`: `<output>/memory.db`), over how many stores, and

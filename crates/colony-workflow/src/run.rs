@@ -262,6 +262,9 @@ pub struct Report {
     /// naming the file and why; a run with any has not succeeded.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub unwritten: Vec<String>,
+    /// What each of the workflow's webhooks delivered.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub webhooks: Vec<crate::webhooks::Delivery>,
 }
 
 impl Report {
@@ -699,6 +702,14 @@ pub async fn run(
             .collect(),
     );
     let (agents, endpoints) = agents(&workflow.pools, &output)?;
+    // Before anything runs: a webhook's secret that is not set stops the run here.
+    let hooks = match workflow.webhooks.is_empty() {
+        true => None,
+        false => Some(
+            crate::webhooks::Webhooks::start(&workflow.name, &workflow.webhooks)
+                .map_err(colony_runtime::Error::Options)?,
+        ),
+    };
     let pools = workflow
         .pools
         .iter()
@@ -758,11 +769,23 @@ pub async fn run(
     let memory = crate::memory::open(workflow, &output).await?;
     let runtime = Runtime::start(options.runtime.clone(), pools, options.journal.clone()).await?;
     let mut writer = Writer::start(&output)?;
+    writer.hooks = hooks;
     let handle = runtime.handle().clone();
     // Mailboxes of the tasks that wait for a message, subscribed before any task runs, so
     // that nothing published meanwhile is missed.
     let mut waits = crate::messages::Waits::open(workflow, handle.messages())?;
     let waves = workflow.graph.waves();
+    if let Some(hooks) = &mut writer.hooks {
+        hooks.send(
+            crate::webhooks::Kind::RunStarted,
+            serde_json::json!({
+                "tasks": workflow.tasks.len(),
+                "waves": waves.iter().max().map_or(0, |w| w + 1),
+                "output": output.display().to_string(),
+                "resumed": !options.prior.is_empty(),
+            }),
+        );
+    }
     let mut results = Results {
         tasks: vec![None; workflow.tasks.len()],
         kept: 0,
@@ -1174,9 +1197,10 @@ pub async fn run(
             })
         })
         .collect();
+    let hooks = writer.hooks.take();
     let mut unwritten = writer.finish();
     let count = |s: Status| tasks.iter().filter(|t| t.status == s).count();
-    let report = Report {
+    let mut report = Report {
         name: workflow.name.clone(),
         output: output.clone(),
         succeeded: count(Status::Succeeded),
@@ -1194,7 +1218,21 @@ pub async fn run(
         }),
         tasks,
         unwritten: Vec::new(),
+        webhooks: Vec::new(),
     };
+    if let Some(mut hooks) = hooks {
+        hooks.send(
+            crate::webhooks::Kind::RunFinished,
+            serde_json::json!({"summary": {
+                "succeeded": report.succeeded, "failed": report.failed,
+                "skipped": report.skipped, "cancelled": report.cancelled,
+                "seconds": report.seconds, "usage": report.usage,
+                "all-succeeded": report.succeeded == report.tasks.len() && unwritten.is_empty(),
+                "output": output.display().to_string(),
+            }}),
+        );
+        report.webhooks = hooks.finish().await;
+    }
     let summary_path = output.join("summary.json");
     // Up to SUMMARY_OUTPUT_BYTES of outputs and a line per task: written as it is serialized,
     // off the runtime's threads.
@@ -1608,6 +1646,8 @@ struct Writer {
     thread: Option<std::thread::JoinHandle<Vec<String>>>,
     /// Results that could not even be given a path.
     refused: Vec<String>,
+    /// The workflow's webhooks, told of each result written.
+    hooks: Option<crate::webhooks::Webhooks>,
 }
 
 impl Writer {
@@ -1675,11 +1715,16 @@ impl Writer {
             tx: Some(tx),
             thread: Some(thread),
             refused: Vec::new(),
+            hooks: None,
         })
     }
 
-    /// Queues `f`'s result file and its run-log line. The output is shared, not copied.
+    /// Queues `f`'s result file and its run-log line, and its event for the webhooks. The
+    /// output is shared, not copied.
     fn write(&mut self, f: &Finished) {
+        if let Some(hooks) = &mut self.hooks {
+            hooks.task(f);
+        }
         let path = match join_under(&self.output, format!("{}.json", f.id)) {
             Ok(path) => path,
             Err(e) => {

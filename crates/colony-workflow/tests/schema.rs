@@ -63,6 +63,10 @@ fn the_schema_refuses_what_the_format_refuses() {
         "name: x\nagents: [{name: a, kind: sim}]\ntasks: [{id: t, decide: {voters: 1, protocol: fastest}}]\n",
         "name: x\nagents: [{name: a, kind: sim}]\ntasks: [{id: t, decide: {voters: 1, tie: judges}}]\n",
         "name: x\nagents: [{name: a, kind: sim}]\ntasks: [{id: t, decide: {voters: 1, protocol: weighted, weights: {a: -1}}}]\n",
+        "name: x\nagents: [{name: a, kind: sim}]\nwebhooks: [{url: \"ftp://h/x\"}]\ntasks: [{id: t}]\n",
+        "name: x\nagents: [{name: a, kind: sim}]\nwebhooks: [{url: \"http://h/x\", event: [run:started]}]\ntasks: [{id: t}]\n",
+        "name: x\nagents: [{name: a, kind: sim}]\nwebhooks: [{url: \"http://h/x\", events: [run:ended]}]\ntasks: [{id: t}]\n",
+        "name: x\nagents: [{name: a, kind: sim}]\nwebhooks: [{url: \"http://h/x\", attempts: 21}]\ntasks: [{id: t}]\n",
     ] {
         assert!(!validator.is_valid(&as_json(bad)), "accepted: {bad}");
         assert!(colony_workflow::parse(bad, "x.yaml", Path::new(".")).is_err());
