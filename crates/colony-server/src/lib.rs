@@ -105,6 +105,8 @@ pub struct Config {
     /// Accept workflow runs over HTTP (`POST /v1/runs`, admin scope), with their results in
     /// this folder. Off when `None`: a workflow can start programs on this host.
     pub runs: Option<PathBuf>,
+    /// Webhooks every run posted to `/v1/runs` posts its events to, besides its own.
+    pub run_webhooks: Vec<colony_workflow::webhooks::Webhook>,
     /// Most event streams (`/v1/events`) open at once: each costs the dispatcher a little on
     /// every turn. Over it, `429 too-many-streams`.
     pub max_streams: usize,
@@ -130,6 +132,7 @@ impl Config {
             connections: Limits::default(),
             memory: None,
             backup: None,
+            run_webhooks: Vec::new(),
         }
     }
 }
@@ -288,7 +291,9 @@ pub async fn serve(handle: Handle, config: Config) -> Result<Server, Error> {
         failures: auth::Failures::default(),
         tls: tls.is_some(),
         idempotency: tasks::Idempotency::default(),
-        runs: config.runs.map(runs::Runs::new),
+        runs: config
+            .runs
+            .map(|folder| runs::Runs::new(folder, config.run_webhooks)),
         streams: Arc::new(tokio::sync::Semaphore::new(config.max_streams)),
         max_streams: config.max_streams,
         reads: Arc::new(tokio::sync::Semaphore::new(READS)),

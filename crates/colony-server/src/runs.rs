@@ -41,6 +41,8 @@ const KEEP: usize = 1_000;
 #[derive(Debug)]
 pub(crate) struct Runs {
     folder: PathBuf,
+    /// The server's webhooks, added to every run's own.
+    webhooks: Vec<colony_workflow::webhooks::Webhook>,
     inner: Mutex<Inner>,
 }
 
@@ -70,9 +72,10 @@ struct Run {
 }
 
 impl Runs {
-    pub(crate) fn new(folder: PathBuf) -> Self {
+    pub(crate) fn new(folder: PathBuf, webhooks: Vec<colony_workflow::webhooks::Webhook>) -> Self {
         Self {
             folder,
+            webhooks,
             inner: Mutex::default(),
         }
     }
@@ -153,7 +156,7 @@ pub(crate) async fn submit(
             );
         }
     };
-    let workflow = match parsed {
+    let mut workflow = match parsed {
         Ok(w) => w,
         Err(invalid) => {
             let problems: Vec<_> = invalid
@@ -175,6 +178,7 @@ pub(crate) async fn submit(
             return (StatusCode::UNPROCESSABLE_ENTITY, Json(body)).into_response();
         }
     };
+    workflow.webhooks.extend(runs.webhooks.iter().cloned());
     let (id, run) = {
         let mut inner = runs.lock();
         inner.next += 1;

@@ -4,7 +4,7 @@ use colony_agents::sim::SimOptions;
 use colony_runtime::{Runtime, RuntimeOptions};
 use colony_server::testing::{local, serve, sim_runtime};
 use serde_json::{Value, json};
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 /// A response's body as JSON (`null` when it is not).
 async fn json(r: reqwest::Response) -> Value {
@@ -626,11 +626,20 @@ async fn recoveries_and_growth_are_notable_once_a_second() {
 async fn with_runs(
     folder: &std::path::Path,
 ) -> (Runtime, colony_server::Server, String, reqwest::Client) {
+    with_runs_posting_to(folder, Vec::new()).await
+}
+
+/// [`with_runs`], every run also posting its events to `webhooks`.
+async fn with_runs_posting_to(
+    folder: &std::path::Path,
+    webhooks: Vec<colony_workflow::webhooks::Webhook>,
+) -> (Runtime, colony_server::Server, String, reqwest::Client) {
     let (runtime, _, _) = start().await;
     let path = folder.join("tokens");
     let admin = colony_server::Tokens::create(&path, "ops", colony_server::Scope::Admin).unwrap();
     let config = colony_server::Config {
         runs: Some(folder.to_owned()),
+        run_webhooks: webhooks,
         tokens: Some(colony_server::Tokens::load(&path).unwrap()),
         ..local()
     };
@@ -668,6 +677,54 @@ tasks:
   - { id: build, agent: planner, needs: [plan], input: { step: 2 } }
   - { id: ship, agent: planner, needs: [build], input: { step: 3 } }
 "#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_posted_to_a_server_with_a_webhook_posts_its_events_there() {
+    // A receiver on loopback, keeping each event's kind and body.
+    let got: Arc<std::sync::Mutex<Vec<(String, Value)>>> = Arc::default();
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post({
+            let got = got.clone();
+            move |headers: axum::http::HeaderMap, body: axum::body::Bytes| async move {
+                let kind = headers["x-colony-event"].to_str().unwrap().to_owned();
+                got.lock()
+                    .unwrap()
+                    .push((kind, serde_json::from_slice(&body).unwrap()));
+                axum::http::StatusCode::NO_CONTENT
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hook = format!("http://{}/hook", listener.local_addr().unwrap());
+    colony_runtime::spawner::Spawner::spawn("test-receiver", async move {
+        axum::serve(listener, app).await.unwrap();
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let webhook = colony_workflow::webhooks::Webhook::new(hook.clone());
+    let (runtime, server, url, client) = with_runs_posting_to(dir.path(), vec![webhook]).await;
+    let r = client
+        .post(format!("{url}/v1/runs"))
+        .header("content-type", "application/yaml")
+        .body(WORKFLOW.to_owned())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let id = json(r).await["id"].as_u64().unwrap();
+    let run = ended(&client, &url, id).await;
+    assert_eq!(run["state"], "succeeded", "{run}");
+    // The run's end waits for its webhooks' queues: both events are in.
+    let got = got.lock().unwrap().clone();
+    let kinds: Vec<&str> = got.iter().map(|(k, _)| k.as_str()).collect();
+    assert_eq!(kinds, ["run:started", "run:finished"]);
+    assert_eq!(got[0].1["run"], "over-http");
+    assert_eq!(got[1].1["summary"]["succeeded"], 3);
+    assert_eq!(run["report"]["webhooks"][0]["url"], hook.as_str());
+    assert_eq!(run["report"]["webhooks"][0]["delivered"], 2);
+    server.stop();
+    runtime.shutdown().await;
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_workflow_posted_runs_to_completion_and_its_results_are_files() {

@@ -715,62 +715,21 @@ fn check_webhooks(
     let mut out = Vec::new();
     for f in file.iter().take(w::MAX_WEBHOOKS) {
         let url = &f.url;
-        if url.value.len() > w::MAX_URL_BYTES {
+        if let Err(why) = Webhook::check_url(&url.value) {
             problems.push(Problem::at(
                 url,
-                format!(
-                    "webhook: a URL of {} bytes: allowed up to {}",
-                    url.value.len(),
-                    w::MAX_URL_BYTES
-                ),
-                "too long",
+                format!("webhook: {why}"),
+                "not an http(s) URL",
             ));
             continue;
         }
-        match reqwest::Url::parse(&url.value) {
-            Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => {}
-            Ok(_) => {
-                problems.push(Problem::at(
-                    url,
-                    format!(
-                        "webhook: `{}` is not an http(s) URL with a host",
-                        colony_core::text::shorten(&url.value, 80)
-                    ),
-                    "not http(s)",
-                ));
-                continue;
-            }
-            Err(e) => {
-                problems.push(Problem::at(
-                    url,
-                    format!(
-                        "webhook: `{}` is not a URL ({e})",
-                        colony_core::text::shorten(&url.value, 80)
-                    ),
-                    "not a URL",
-                ));
-                continue;
-            }
-        }
         let mut webhook = Webhook::new(url.value.clone());
         if let Some(var) = &f.secret_env {
-            let name_ok = !var.value.is_empty()
-                && var
-                    .value
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '_')
-                && !var.value.starts_with(|c: char| c.is_ascii_digit());
-            if name_ok {
-                webhook.secret_env = Some(var.value.clone());
-            } else {
-                problems.push(Problem::at(
-                    var,
-                    format!(
-                        "webhook: secret-env `{}` is not a variable's name (letters, digits, `_`)",
-                        colony_core::text::shorten(&var.value, 60)
-                    ),
-                    "not a name",
-                ));
+            match Webhook::check_variable(&var.value) {
+                Ok(()) => webhook.secret_env = Some(var.value.clone()),
+                Err(why) => {
+                    problems.push(Problem::at(var, format!("webhook: {why}"), "not a name"));
+                }
             }
         }
         if let Some(events) = &f.events {

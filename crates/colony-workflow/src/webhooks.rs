@@ -140,6 +140,42 @@ impl Webhook {
         self
     }
 
+    /// `url` if it can be a webhook's: an http(s) URL with a host, not too long; else why not.
+    pub fn check_url(url: &str) -> Result<(), String> {
+        if url.len() > MAX_URL_BYTES {
+            return Err(format!(
+                "a URL of {} bytes: allowed up to {MAX_URL_BYTES}",
+                url.len()
+            ));
+        }
+        match reqwest::Url::parse(url) {
+            Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => Ok(()),
+            Ok(_) => Err(format!(
+                "`{}` is not an http(s) URL with a host",
+                colony_core::text::shorten(url, 80)
+            )),
+            Err(e) => Err(format!(
+                "`{}` is not a URL ({e})",
+                colony_core::text::shorten(url, 80)
+            )),
+        }
+    }
+
+    /// Whether `name` can name a variable (letters, digits, `_`, not a digit first).
+    pub fn check_variable(name: &str) -> Result<(), String> {
+        let ok = !name.is_empty()
+            && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+            && !name.starts_with(|c: char| c.is_ascii_digit());
+        if ok {
+            Ok(())
+        } else {
+            Err(format!(
+                "secret-env `{}` is not a variable's name (letters, digits, `_`)",
+                colony_core::text::shorten(name, 60)
+            ))
+        }
+    }
+
     pub fn wants(&self, kind: Kind) -> bool {
         self.events & kind.bit() != 0
     }

@@ -56,6 +56,8 @@ pub(crate) const SERVER_KEYS: &[&str] = &[
     "idle-timeout",
     "backup-to",
     "backup-every",
+    "webhook",
+    "webhook-secret-env",
 ];
 
 /// Keys whose values are numbers: a variable setting one is read as a number.
@@ -159,6 +161,10 @@ struct Server {
     backup_to: Option<Located<String>>,
     #[serde(default)]
     backup_every: Option<Located<String>>,
+    #[serde(default)]
+    webhook: Option<Located<String>>,
+    #[serde(default)]
+    webhook_secret_env: Option<Located<String>>,
 }
 
 /// The flags of `colony serve` that were given; `None` takes the layers below.
@@ -183,6 +189,8 @@ pub(crate) struct Flags {
     pub(crate) idle_timeout: Option<u64>,
     pub(crate) backup_to: Option<String>,
     pub(crate) backup_every: Option<Duration>,
+    pub(crate) webhook: Option<String>,
+    pub(crate) webhook_secret_env: Option<String>,
 }
 
 /// Where a setting came from, lowest layer first: the order of precedence.
@@ -272,6 +280,10 @@ pub(crate) struct ServerSettings {
     pub(crate) backup_to: Option<Location>,
     /// How often.
     pub(crate) backup_every: Duration,
+    /// Where every run posted to `/v1/runs` also posts its events, and the variable of the
+    /// secret they are signed with.
+    pub(crate) webhook: Option<String>,
+    pub(crate) webhook_secret_env: Option<String>,
 }
 
 /// Everything `colony serve` runs with, and where each setting came from.
@@ -311,6 +323,8 @@ impl Resolved {
             s.idle_timeout.to_string(),
             s.backup_to.as_ref().map_or("-".into(), |l| l.to_string()),
             humantime::format_duration(s.backup_every).to_string(),
+            s.webhook.clone().unwrap_or_else(|| "-".into()),
+            s.webhook_secret_env.clone().unwrap_or_else(|| "-".into()),
         ];
         let source = |key: &str| self.sources.get(key).cloned().unwrap_or(Source::Default);
         let mut out: Vec<_> = SERVER_KEYS
@@ -623,6 +637,44 @@ pub(crate) fn resolve(flags: &Flags, env: &BTreeMap<String, String>) -> Result<R
     let backup_every = pick!(backup_every, "backup-every", flags.backup_every, |l, v| {
         backup_every(&v.value)
     });
+    let webhook = pick!(
+        webhook,
+        "webhook",
+        flags.webhook.clone().map(|url| {
+            colony_workflow::webhooks::Webhook::check_url(&url)
+                .map(|()| url)
+                .map_err(|m| format!("--webhook: {m}"))
+        }),
+        |l, v| {
+            colony_workflow::webhooks::Webhook::check_url(&v.value).map(|()| Ok(v.value.clone()))
+        }
+    );
+    let webhook_secret_env = pick!(
+        webhook_secret_env,
+        "webhook-secret-env",
+        flags.webhook_secret_env.clone().map(|name| {
+            colony_workflow::webhooks::Webhook::check_variable(&name)
+                .map(|()| name)
+                .map_err(|m| format!("--webhook-secret-env: {m}"))
+        }),
+        |l, v| {
+            colony_workflow::webhooks::Webhook::check_variable(&v.value)
+                .map(|()| Ok(v.value.clone()))
+        }
+    );
+    let mut flagged = |pick: Pick<Result<String, String>>| Pick {
+        value: match pick.value {
+            Some(Ok(value)) => Some(value),
+            Some(Err(problem)) => {
+                problems.push(problem);
+                None
+            }
+            None => None,
+        },
+        source: pick.source,
+    };
+    let webhook = flagged(webhook);
+    let webhook_secret_env = flagged(webhook_secret_env);
     // A flag's value is checked by clap, but for a location: its problem shows here.
     let backup_to = Pick {
         value: match backup_to.value {
@@ -705,6 +757,19 @@ pub(crate) fn resolve(flags: &Flags, env: &BTreeMap<String, String>) -> Result<R
             backup_every.source
         ));
     }
+    // The server's webhook is for the runs posted to it; a secret for no webhook signs nothing.
+    if webhook.value.is_some() && runs.value.is_none() {
+        problems.push(format!(
+            "{}: webhook needs runs: it posts the events of the runs posted to /v1/runs",
+            webhook.source
+        ));
+    }
+    if webhook_secret_env.value.is_some() && webhook.value.is_none() {
+        problems.push(format!(
+            "{}: webhook-secret-env needs webhook: say where the events go",
+            webhook_secret_env.source
+        ));
+    }
     // Server problems do not stop the runtime's keys from being checked: every problem of the
     // layers is reported at once.
     let server = ServerSettings {
@@ -736,6 +801,8 @@ pub(crate) fn resolve(flags: &Flags, env: &BTreeMap<String, String>) -> Result<R
         backup_every: backup_every
             .value
             .unwrap_or(colony_server::backup::DEFAULT_EVERY),
+        webhook: webhook.value,
+        webhook_secret_env: webhook_secret_env.value,
     };
 
     // The runtime: the pools file's section, then each layer over it.

@@ -473,3 +473,69 @@ fn backup_settings_are_layered_and_their_problems_named() {
     assert!(err.contains("the folder missing does not exist"), "{err}");
     assert!(!dir.path().join("j.db").exists(), "nothing started");
 }
+
+#[test]
+fn the_servers_webhook_needs_runs_and_a_set_secret() {
+    let dir = tempfile::tempdir().unwrap();
+    let problem = |toml: &str| {
+        std::fs::write(dir.path().join("colony.toml"), toml).unwrap();
+        let (out, err, code) = colony(dir.path(), &[], &["config", "check"]);
+        assert_eq!(code, 2, "{toml}: {out}{err}");
+        err
+    };
+    let err = problem("[server]\nwebhook = \"http://127.0.0.1:9/hook\"\n");
+    assert!(err.contains("colony.toml:2: webhook needs runs"), "{err}");
+    let err = problem("[server]\nruns = \"runs\"\nwebhook = \"gopher://x\"\n");
+    assert!(
+        err.contains("colony.toml:3:11: `gopher://x` is not an http(s) URL"),
+        "{err}"
+    );
+    let err = problem(
+        "[server]\nruns = \"runs\"\nwebhook = \"http://h/x\"\nwebhook-secret-env = \"A-B\"\n",
+    );
+    assert!(
+        err.contains("secret-env `A-B` is not a variable's name"),
+        "{err}"
+    );
+    let err = problem("[server]\nwebhook-secret-env = \"SECRET\"\n");
+    assert!(err.contains("webhook-secret-env needs webhook"), "{err}");
+    // Shown with where it came from.
+    std::fs::write(
+        dir.path().join("colony.toml"),
+        "[server]\nruns = \"runs\"\nwebhook = \"http://h/x\"\n",
+    )
+    .unwrap();
+    let got = show(
+        dir.path(),
+        &[("COLONY_WEBHOOK_SECRET_ENV", "HOOK_KEY")],
+        &[],
+    );
+    assert_eq!(
+        got["server.webhook"],
+        ("http://h/x".to_owned(), "colony.toml:3".to_owned())
+    );
+    assert_eq!(
+        got["server.webhook-secret-env"],
+        (
+            "HOOK_KEY".to_owned(),
+            "env COLONY_WEBHOOK_SECRET_ENV".to_owned()
+        )
+    );
+    // `serve` refuses a secret's variable that is not set, before it starts.
+    std::fs::write(dir.path().join("colony.toml"), "").unwrap();
+    let (_, err, code) = colony(
+        dir.path(),
+        &[],
+        &[
+            "serve",
+            "--runs",
+            "runs",
+            "--webhook",
+            "http://h/x",
+            "--webhook-secret-env",
+            "HOOK_KEY",
+        ],
+    );
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("HOOK_KEY: the variable is not set"), "{err}");
+}

@@ -88,6 +88,14 @@ pub(crate) struct Args {
     /// How often to back up with --backup-to, like 30s, 5m or 1h (default 5m; 1s to 7d).
     #[arg(long, value_name = "DURATION", value_parser = config::backup_every)]
     backup_every: Option<Duration>,
+    /// Post the events of every run posted to /v1/runs (needs --runs) to this http(s) URL:
+    /// the run's start, its failed tasks, its end with the summary (besides the webhooks its
+    /// own file names).
+    #[arg(long, value_name = "URL")]
+    webhook: Option<String>,
+    /// Sign --webhook's events with the secret in this variable (X-Colony-Signature-256).
+    #[arg(long, value_name = "VAR")]
+    webhook_secret_env: Option<String>,
 }
 
 impl Args {
@@ -113,6 +121,8 @@ impl Args {
             idle_timeout: self.idle_timeout,
             backup_to: self.backup_to.clone(),
             backup_every: self.backup_every,
+            webhook: self.webhook.clone(),
+            webhook_secret_env: self.webhook_secret_env.clone(),
         }
     }
 }
@@ -146,6 +156,14 @@ pub(crate) fn run(args: &Args) -> Result<(), Failure> {
     if tokens.is_none() && !settings.addr.ip().is_loopback() {
         return Err(Failure::input(colony_server::Error::NotLoopback(
             settings.addr,
+        )));
+    }
+    // The server's webhook signs with a secret that must be there now, not at a run's start.
+    if let Some(var) = &settings.webhook_secret_env
+        && std::env::var(var).map_or(true, |v| v.is_empty())
+    {
+        return Err(Failure::input(anyhow::anyhow!(
+            "--webhook-secret-env {var}: the variable is not set (or is empty)"
         )));
     }
     let backups = match (&settings.backup_to, &settings.db) {
@@ -189,6 +207,15 @@ pub(crate) fn run(args: &Args) -> Result<(), Failure> {
             idle_timeout: Duration::from_secs(settings.idle_timeout),
         },
         backup: backups.clone(),
+        run_webhooks: settings
+            .webhook
+            .iter()
+            .map(|url| {
+                let mut webhook = colony_workflow::webhooks::Webhook::new(url.clone());
+                webhook.secret_env = settings.webhook_secret_env.clone();
+                webhook
+            })
+            .collect(),
     };
     let mut runtime_options = RuntimeOptions::default();
     resolved.runtime.apply(&mut runtime_options);
