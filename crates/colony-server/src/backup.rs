@@ -100,6 +100,8 @@ pub struct Success {
 pub struct Failure {
     pub at_ms: u64,
     pub error: String,
+    /// Failed in a row with this one.
+    pub consecutive: u64,
 }
 
 /// What the backups have done, as `GET /v1/backup` shows it.
@@ -125,6 +127,9 @@ pub struct Status {
 pub struct Backups {
     backup: Backup,
     status: Mutex<Status>,
+    /// Held by the backup under way, until its copy has ended: backups never overlap, not
+    /// even the last one with one the stopped loop left running.
+    gate: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl Backups {
@@ -139,11 +144,10 @@ impl Backups {
             last_success: None,
             last_failure: None,
         };
-        gauge!(INTERVAL).set(backup.every.as_secs_f64());
-        gauge!(CONSECUTIVE).set(0.0);
         Arc::new(Self {
             backup,
             status: Mutex::new(status),
+            gate: Arc::default(),
         })
     }
 
@@ -156,11 +160,27 @@ impl Backups {
         self.status.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Takes one backup now (on tokio's blocking pool) and records how it went.
-    pub async fn once(&self) -> Result<Copied, colony_journal::Error> {
+    /// Takes one backup now, once the one under way (if any) has ended, and records how it
+    /// went. The copy runs in a task of its own (its file work on tokio's blocking pool),
+    /// holding the gate: a caller that stops waiting leaves it to finish, never beside another.
+    pub async fn once(self: &Arc<Self>) -> Result<Copied, colony_journal::Error> {
+        let gate = self.gate.clone().lock_owned().await;
+        let (db, to) = (self.backup.db.clone(), self.backup.to.clone());
         self.lock().running = true;
         let started = Instant::now();
-        let result = sqlite::backup_to(&self.backup.db, &self.backup.to).await;
+        let copy = colony_runtime::spawner::Spawner::spawn("backup-copy", async move {
+            let _gate = gate;
+            sqlite::backup_to(&db, &to).await
+        });
+        let result = match copy.await {
+            Ok(Some(result)) => result,
+            Ok(None) => Err(colony_journal::Error::Storage(
+                "the backup stopped with a panic".into(),
+            )),
+            Err(e) => Err(colony_journal::Error::Storage(format!(
+                "the backup stopped: {e}"
+            ))),
+        };
         let at_ms = unix_ms();
         let mut status = self.lock();
         status.running = false;
@@ -196,7 +216,11 @@ impl Backups {
                     status.to,
                     status.consecutive_failures
                 );
-                status.last_failure = Some(Failure { at_ms, error });
+                status.last_failure = Some(Failure {
+                    at_ms,
+                    error,
+                    consecutive: status.consecutive_failures,
+                });
                 counter!(BACKUPS, "outcome" => "failed").increment(1);
                 gauge!(CONSECUTIVE).set(status.consecutive_failures as f64);
             }
@@ -218,6 +242,9 @@ impl Drop for Looping {
 
 impl Looping {
     pub(crate) fn start(backups: Arc<Backups>) -> Self {
+        // Here, not in `Backups::new`: the server's recorder is installed by now.
+        gauge!(INTERVAL).set(backups.backup.every.as_secs_f64());
+        gauge!(CONSECUTIVE).set(0.0);
         Self(colony_runtime::spawner::Spawner::spawn(
             "backup",
             async move {
@@ -233,26 +260,32 @@ impl Looping {
     }
 }
 
-/// A change in the backups for the event stream, since the `seen` failure count: a
-/// `backup:failed` line when a backup failed, `backup:recovered` when one succeeded after
-/// failures. Updates `seen`.
-pub(crate) fn notable(backups: &Backups, seen: &mut (u64, u64)) -> Option<serde_json::Value> {
+/// The changes in the backups for the event stream since `seen` (failures, and failures in a
+/// row): a `backup:failed` line when a backup failed, then `backup:recovered` when one
+/// succeeded after failures, both when both happened since. Updates `seen`.
+pub(crate) fn notable(backups: &Backups, seen: &mut (u64, u64)) -> Vec<serde_json::Value> {
     let status = backups.lock();
     let now = (status.failed, status.consecutive_failures);
     let before = std::mem::replace(seen, now);
-    if now.0 > before.0 {
-        let failure = status.last_failure.as_ref()?;
-        return Some(serde_json::json!({
+    let mut lines = Vec::new();
+    let failed_since = now.0 > before.0;
+    if failed_since && let Some(failure) = &status.last_failure {
+        lines.push(serde_json::json!({
             "kind": "backup:failed", "to": status.to,
-            "consecutive-failures": status.consecutive_failures, "error": failure.error,
+            "consecutive-failures": failure.consecutive, "error": failure.error,
         }));
     }
-    if before.1 > 0 && now.1 == 0 {
-        return Some(serde_json::json!({
-            "kind": "backup:recovered", "to": status.to, "after-failures": before.1,
+    if now.1 == 0 && (before.1 > 0 || failed_since) {
+        let after = if failed_since {
+            status.last_failure.as_ref().map_or(0, |f| f.consecutive)
+        } else {
+            before.1
+        };
+        lines.push(serde_json::json!({
+            "kind": "backup:recovered", "to": status.to, "after-failures": after,
         }));
     }
-    None
+    lines
 }
 
 fn unix_ms() -> u64 {
@@ -290,7 +323,7 @@ mod tests {
         });
         let mut seen = (0, 0);
         assert!(
-            notable(&backups, &mut seen).is_none(),
+            notable(&backups, &mut seen).is_empty(),
             "nothing happened yet"
         );
         // The folder is missing: the backup fails, and says so.
@@ -302,14 +335,12 @@ mod tests {
         );
         assert!(status.last_success.is_none());
         assert!(status.last_failure.is_some());
-        let failed = notable(&backups, &mut seen).expect("a failure is notable");
-        assert_eq!(failed["kind"], "backup:failed");
-        assert!(notable(&backups, &mut seen).is_none(), "told once");
+        let failed = notable(&backups, &mut seen);
+        assert_eq!(failed.len(), 1, "{failed:?}");
+        assert_eq!(failed[0]["kind"], "backup:failed");
+        assert!(notable(&backups, &mut seen).is_empty(), "told once");
         assert!(backups.once().await.is_err());
-        assert_eq!(
-            notable(&backups, &mut seen).unwrap()["consecutive-failures"],
-            2
-        );
+        assert_eq!(notable(&backups, &mut seen)[0]["consecutive-failures"], 2);
         // The folder is there again: the next backup succeeds, and the failures are over.
         std::fs::create_dir(&folder).unwrap();
         let copied = backups.once().await.unwrap();
@@ -321,10 +352,21 @@ mod tests {
         let success = status.last_success.unwrap();
         assert_eq!((success.bytes, success.tasks), (copied.bytes, 3));
         assert!(!status.running);
-        let recovered = notable(&backups, &mut seen).expect("recovery is notable");
-        assert_eq!(recovered["kind"], "backup:recovered");
-        assert_eq!(recovered["after-failures"], 2);
-        assert!(notable(&backups, &mut seen).is_none(), "told once");
+        let recovered = notable(&backups, &mut seen);
+        assert_eq!(recovered.len(), 1, "{recovered:?}");
+        assert_eq!(recovered[0]["kind"], "backup:recovered");
+        assert_eq!(recovered[0]["after-failures"], 2);
+        assert!(notable(&backups, &mut seen).is_empty(), "told once");
+        // A failure and a success between two looks: both told, in order.
+        std::fs::remove_dir_all(&folder).unwrap();
+        assert!(backups.once().await.is_err());
+        std::fs::create_dir(&folder).unwrap();
+        backups.once().await.unwrap();
+        let both = notable(&backups, &mut seen);
+        let kinds: Vec<&str> = both.iter().map(|l| l["kind"].as_str().unwrap()).collect();
+        assert_eq!(kinds, ["backup:failed", "backup:recovered"]);
+        assert_eq!(both[0]["consecutive-failures"], 1);
+        assert_eq!(both[1]["after-failures"], 1);
         let copy = SqliteReader::open(folder.join("copy.db")).unwrap();
         assert_eq!(copy.counts().unwrap().total(), 3);
     }

@@ -112,10 +112,10 @@ pub(crate) async fn events(State(app): State<Arc<App>>) -> Response {
                 tokio::select! {
                     _ = tick.tick() => {
                         let stats = h.stats();
-                        if let Some((backups, seen)) = &mut coalesced.backup
-                            && let Some(v) = crate::backup::notable(backups, seen)
-                        {
-                            ready.push_back(Event::default().event("notable").data(v.to_string()));
+                        if let Some((backups, seen)) = &mut coalesced.backup {
+                            for v in crate::backup::notable(backups, seen) {
+                                ready.push_back(Event::default().event("notable").data(v.to_string()));
+                            }
                         }
                         for v in coalesced.take(&stats) {
                             ready.push_back(Event::default().event("notable").data(v.to_string()));

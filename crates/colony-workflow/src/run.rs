@@ -867,9 +867,12 @@ pub async fn run(
     }
     let mut arrived: HashMap<usize, serde_json::Value> = HashMap::new();
     resumed.sort_unstable_by_key(|r| r.0);
+    // What an earlier run finished was told of then: not again to the webhooks.
+    let hooks = writer.hooks.take();
     for (i, f) in resumed {
         record(&mut writer, &mut options, &mut results, i, f);
     }
+    writer.hooks = hooks;
     done.sort_unstable_by_key(|d| d.0);
     // Watched from now on, before their needs may even have ended: they run already.
     let mut watched = watch(

@@ -185,6 +185,7 @@ impl Webhook {
 #[derive(Clone, Debug, Default, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub struct Delivery {
+    /// Its scheme, host and port: the rest of a webhook's URL may be a secret.
     pub url: String,
     /// Answered 2xx.
     pub delivered: u64,
@@ -192,7 +193,8 @@ pub struct Delivery {
     pub failed: u64,
     /// Not queued: the queue was full.
     pub dropped: u64,
-    /// Still queued or being tried when the run's wait for them ended.
+    /// Still queued or being tried when the run's wait for them ended (an event being
+    /// posted then may still have reached the receiver).
     pub undelivered: u64,
     /// Requests made, retries included.
     pub requests: u64,
@@ -260,6 +262,21 @@ pub fn signature(secret: &[u8], body: &[u8]) -> String {
     hex
 }
 
+/// A webhook's URL as reports and logs show it: its scheme, host and port only, as the rest
+/// may be a secret (the token in a chat's hook URL).
+pub fn shown(url: &str) -> String {
+    match reqwest::Url::parse(url) {
+        Ok(u) => {
+            let host = u.host_str().unwrap_or_default();
+            match u.port() {
+                Some(port) => format!("{}://{host}:{port}/…", u.scheme()),
+                None => format!("{}://{host}/…", u.scheme()),
+            }
+        }
+        Err(_) => "(a URL)".to_owned(),
+    }
+}
+
 /// A seed that differs between runs and processes: the clock and the process id.
 fn seed() -> u64 {
     let nanos = SystemTime::now()
@@ -316,7 +333,7 @@ impl Webhooks {
                     _ => {
                         return Err(format!(
                             "webhook {}: its secret-env {var} is not set (or is empty)",
-                            w.url
+                            shown(&w.url)
                         ));
                     }
                 },
@@ -409,6 +426,9 @@ impl Webhooks {
             let ended = tokio::time::timeout(sender.webhook.drain, &mut sender.task).await;
             if ended.is_err() {
                 sender.task.abort();
+                // Stopped for sure before its counts are read: an event it delivers while
+                // the abort lands is then counted as delivered, not undelivered.
+                let _ = (&mut sender.task).await;
             }
             let c = &sender.counts;
             let (delivered, failed, dropped) = (
@@ -417,7 +437,7 @@ impl Webhooks {
                 c.dropped.load(Ordering::Relaxed),
             );
             Delivery {
-                url: sender.webhook.url.clone(),
+                url: shown(&sender.webhook.url),
                 delivered,
                 failed,
                 dropped,
@@ -479,7 +499,7 @@ async fn post_all(
                 Next::GiveUp(why) => {
                     counts.failed.fetch_add(1, Ordering::Relaxed);
                     let why = format!("{} {}: {why}", event.kind.as_str(), event.delivery);
-                    tracing::warn!(url = %webhook.url, "A webhook's event was not delivered: {why}.");
+                    tracing::warn!(url = %shown(&webhook.url), "A webhook's event was not delivered: {why}.");
                     *counts.last_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(why);
                     break;
                 }
@@ -509,10 +529,12 @@ async fn post(client: &reqwest::Client, url: &str, secret: Option<&[u8]>, event:
                 .map(Duration::from_secs);
             Answer::Status(response.status().as_u16(), retry_after)
         }
+        // Without the URL: its path and query may be a secret (a chat's hook), and the error
+        // goes to the summary, which anyone who may read the run sees.
         Err(e) => Answer::Unreachable(if e.is_timeout() {
             "no answer within its time limit".to_owned()
         } else {
-            format!("cannot reach it: {e}")
+            format!("cannot reach it: {}", e.without_url())
         }),
     }
 }

@@ -662,6 +662,11 @@ pub(crate) fn resolve(flags: &Flags, env: &BTreeMap<String, String>) -> Result<R
                 .map(|()| Ok(v.value.clone()))
         }
     );
+    // Whether a layer or flag wrote them, valid or not: a "needs" problem is for a key not
+    // written at all, not one whose value was refused.
+    let backup_to_written =
+        backup_to.value.is_some() || written_in(&layers, |s| s.backup_to.is_some());
+    let webhook_written = webhook.value.is_some() || written_in(&layers, |s| s.webhook.is_some());
     let mut flagged = |pick: Pick<Result<String, String>>| Pick {
         value: match pick.value {
             Some(Ok(value)) => Some(value),
@@ -751,7 +756,7 @@ pub(crate) fn resolve(flags: &Flags, env: &BTreeMap<String, String>) -> Result<R
         )),
         _ => {}
     }
-    if backup_every.value.is_some() && backup_to.value.is_none() && problems.is_empty() {
+    if backup_every.value.is_some() && !backup_to_written {
         problems.push(format!(
             "{}: backup-every needs backup-to: say where the backups go",
             backup_every.source
@@ -764,7 +769,7 @@ pub(crate) fn resolve(flags: &Flags, env: &BTreeMap<String, String>) -> Result<R
             webhook.source
         ));
     }
-    if webhook_secret_env.value.is_some() && webhook.value.is_none() {
+    if webhook_secret_env.value.is_some() && !webhook_written {
         problems.push(format!(
             "{}: webhook-secret-env needs webhook: say where the events go",
             webhook_secret_env.source
@@ -908,6 +913,11 @@ fn written_path(layer: &Layer, v: &Located<String>) -> Result<PathBuf, String> {
         return Err("an empty path: name a file or folder".into());
     }
     Ok(layer.path(&v.value))
+}
+
+/// Whether any of `layers` writes the `[server]` key `written` looks for.
+fn written_in(layers: &[&Layer], written: impl Fn(&Server) -> bool) -> bool {
+    layers.iter().any(|l| written(&l.document.server))
 }
 
 /// Where backups go, as written: an `s3://` URL, or a file path (relative to the file's

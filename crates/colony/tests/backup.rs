@@ -142,6 +142,15 @@ fn the_journal_is_backed_up_while_it_is_written_and_every_backup_restores() {
         metrics.contains("colony_backups_total{outcome=\"failed\"}"),
         "{metrics}"
     );
+    // The series the alert rules need, set once the server's recorder is in place.
+    assert!(
+        metrics.contains("\ncolony_backup_interval_seconds 1\n"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("\ncolony_backup_last_success_timestamp_seconds "),
+        "{metrics}"
+    );
     let failing = metrics
         .lines()
         .find_map(|l| l.strip_prefix("colony_backup_consecutive_failures "))

@@ -471,7 +471,32 @@ fn backup_settings_are_layered_and_their_problems_named() {
     );
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("the folder missing does not exist"), "{err}");
+    // The journal by another path is still the journal.
+    let (_, err, code) = colony(
+        dir.path(),
+        &[],
+        &["serve", "--db", "j.db", "--backup-to", "./j.db"],
+    );
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("flag --backup-to: backup-to ./j.db: is the journal itself"),
+        "{err}"
+    );
     assert!(!dir.path().join("j.db").exists(), "nothing started");
+    // A "needs" problem shows beside an unrelated one.
+    let err = problem(
+        "[server]\naddr = \"nowhere\"\ndb = \"j.db\"\nbackup-every = \"1m\"\n",
+        &[],
+    );
+    assert!(err.contains("addr `nowhere` is not an address"), "{err}");
+    assert!(err.contains("backup-every needs backup-to"), "{err}");
+    // A refused value is one problem, not also a "needs" problem of the key after it.
+    let err = problem(
+        "[server]\ndb = \"j.db\"\nbackup-to = \"ftp://x/y\"\nbackup-every = \"1m\"\n",
+        &[],
+    );
+    assert!(err.contains("ftp:// is not supported"), "{err}");
+    assert!(!err.contains("needs backup-to"), "{err}");
 }
 
 #[test]

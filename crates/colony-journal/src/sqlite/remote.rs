@@ -15,7 +15,7 @@ use object_store::{
     path::Path as ObjectPath,
 };
 use std::{
-    io::{Read, Write},
+    io::Write,
     path::{Path, PathBuf},
     time::Duration,
 };
@@ -84,7 +84,7 @@ pub async fn backup_to(db: &Path, to: &Location) -> Result<Copied, Error> {
             let (source, file) = (db.to_owned(), staged.clone());
             let mut copied = blocking(move || backup(&source, &file)).await?;
             let uploaded = upload(&store, &staged, key, to).await;
-            let _ = std::fs::remove_file(&staged);
+            let _ = tokio::fs::remove_file(&staged).await;
             uploaded?;
             copied.to = to.shown();
             Ok(copied)
@@ -149,11 +149,14 @@ async fn upload(
         .await
         .map_err(|e| remote(location, e))?;
     let mut writer = WriteMultipart::new_with_chunk_size(upload, PART);
-    let mut input = std::fs::File::open(file)
+    // Read with tokio's file, whose reads run on the blocking pool: this runs on a server's
+    // worker threads too (`colony serve --backup-to s3://`).
+    let mut input = tokio::fs::File::open(file)
+        .await
         .map_err(|e| Error::Storage(format!("{}: {e}", file.display())))?;
     let mut buffer = vec![0u8; PART];
     loop {
-        let n = match input.read(&mut buffer) {
+        let n = match tokio::io::AsyncReadExt::read(&mut input, &mut buffer).await {
             Ok(0) => break,
             Ok(n) => n,
             Err(e) => {

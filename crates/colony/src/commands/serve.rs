@@ -168,7 +168,11 @@ pub(crate) fn run(args: &Args) -> Result<(), Failure> {
     }
     let backups = match (&settings.backup_to, &settings.db) {
         (Some(to), Some(db)) => {
-            check_backup_folder(to)?;
+            let source = resolved
+                .sources
+                .get("server.backup-to")
+                .map_or_else(|| "backup-to".to_owned(), |s| s.to_string());
+            check_backup_folder(to, db, &source)?;
             Some(colony_server::backup::Backups::new(
                 colony_server::backup::Backup {
                     db: db.clone(),
@@ -249,7 +253,7 @@ pub(crate) fn run(args: &Args) -> Result<(), Failure> {
         .enable_all()
         .build()
         .map_err(Failure::work)?;
-    runtime.block_on(async {
+    let served = runtime.block_on(async {
         // Before the runtime registers its metrics, so that they land in /metrics.
         colony_server::install_metrics();
         let colony = Runtime::start(runtime_options, pools, journal)
@@ -279,35 +283,61 @@ pub(crate) fn run(args: &Args) -> Result<(), Failure> {
             last_backup(&backups).await;
         }
         Ok(())
-    })
+    });
+    // A copy left running (the last backup, skipped) is not waited for: the destination
+    // keeps the last complete one, as a copy is put in place only once complete.
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    served
 }
 
-/// Refuses, before anything starts, a backup file whose folder is not there: every backup
-/// would fail. (A folder that goes away later fails those backups, which say so.)
-fn check_backup_folder(to: &colony_journal::sqlite::Location) -> Result<(), Failure> {
-    if let colony_journal::sqlite::Location::File(path) = to {
-        if path.is_dir() {
-            return Err(Failure::input(anyhow::anyhow!(
-                "--backup-to {}: is a folder: name the file the backup goes to",
-                path.display()
-            )));
-        }
-        if let Some(folder) = path.parent().filter(|p| !p.as_os_str().is_empty())
-            && !folder.is_dir()
-        {
-            return Err(Failure::input(anyhow::anyhow!(
-                "--backup-to {}: the folder {} does not exist",
-                path.display(),
-                folder.display()
-            )));
-        }
+/// Refuses, before anything starts, a backup file every backup would fail to write: a
+/// folder, one in a folder that is not there, or the journal itself under another name.
+/// (A folder that goes away later fails those backups, which say so.) `source` says where
+/// the setting came from.
+fn check_backup_folder(
+    to: &colony_journal::sqlite::Location,
+    db: &std::path::Path,
+    source: &str,
+) -> Result<(), Failure> {
+    let colony_journal::sqlite::Location::File(path) = to else {
+        return Ok(());
+    };
+    let refuse = |why: String| {
+        Err(Failure::input(anyhow::anyhow!(
+            "{source}: backup-to {}: {why}",
+            path.display()
+        )))
+    };
+    if path.is_dir() {
+        return refuse("is a folder: name the file the backup goes to".into());
+    }
+    let folder = path.parent().filter(|p| !p.as_os_str().is_empty());
+    if let Some(folder) = folder
+        && !folder.is_dir()
+    {
+        return refuse(format!("the folder {} does not exist", folder.display()));
+    }
+    // The same file by another path (`./j.db`, a link to its folder): its folder, resolved,
+    // and its name.
+    let resolved = |p: &std::path::Path| {
+        let folder = p.parent().filter(|f| !f.as_os_str().is_empty());
+        let folder = folder.unwrap_or(std::path::Path::new("."));
+        std::fs::canonicalize(folder)
+            .ok()
+            .zip(p.file_name().map(|n| n.to_owned()))
+    };
+    if resolved(path).is_some() && resolved(path) == resolved(db) {
+        return refuse(format!(
+            "is the journal itself ({}): back it up to another file",
+            db.display()
+        ));
     }
     Ok(())
 }
 
 /// The backup taken once the runtime has stopped, so that the copy holds the journal's last
 /// state; a second Ctrl-C skips it.
-async fn last_backup(backups: &colony_server::backup::Backups) {
+async fn last_backup(backups: &Arc<colony_server::backup::Backups>) {
     let to = backups.status().to;
     eprintln!("backing the journal up to {to} a last time (Ctrl-C again skips it)");
     tokio::select! {
@@ -318,7 +348,9 @@ async fn last_backup(backups: &colony_server::backup::Backups) {
             ),
             Err(e) => eprintln!("the last backup to {to} failed: {e}"),
         },
-        _ = tokio::signal::ctrl_c() => eprintln!("the last backup to {to} was skipped"),
+        _ = tokio::signal::ctrl_c() => eprintln!(
+            "the last backup to {to} was skipped: the copy there is the last one that succeeded"
+        ),
     }
 }
 
