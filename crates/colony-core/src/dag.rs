@@ -110,8 +110,13 @@ impl Graph {
         wave
     }
 
+    /// The nodes that need `node`, for each node.
+    pub(crate) fn dependents(&self) -> &[Vec<usize>] {
+        &self.dependents
+    }
+
     /// Nodes in an order where each comes after everything it needs (Kahn's algorithm).
-    fn topological(&self) -> Vec<usize> {
+    pub(crate) fn topological(&self) -> Vec<usize> {
         let mut missing: Vec<usize> = self.nodes.iter().map(|n| n.needs.len()).collect();
         let mut ready: VecDeque<usize> = (0..self.len()).filter(|&n| missing[n] == 0).collect();
         let mut order = Vec::with_capacity(self.len());

@@ -64,6 +64,7 @@ pub mod hierarchy;
 pub mod id;
 pub mod mailbox;
 pub mod name;
+pub mod plan;
 pub mod rebalance;
 pub mod reputation;
 pub mod routing;

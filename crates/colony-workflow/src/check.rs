@@ -278,6 +278,7 @@ pub(crate) fn check(
         spec.concurrency = p.concurrency.value;
         spec.failover = p.failover.unwrap_or_default();
         pool_index.insert(&p.name.value, pools.len());
+        let estimate = estimate(p, backend.as_ref(), &duration, &mut problems);
         if let Some(backend) = backend {
             pools.push(PoolDef {
                 name: p.name.value.clone(),
@@ -286,6 +287,7 @@ pub(crate) fn check(
                 rate_per_minute: p.rate_per_minute.as_ref().map(|r| r.value),
                 scaling: scaling.flatten(),
                 backend,
+                estimate,
             });
         } else {
             // Keep indices aligned: a placeholder that never runs, since the file is refused.
@@ -296,6 +298,7 @@ pub(crate) fn check(
                 rate_per_minute: p.rate_per_minute.as_ref().map(|r| r.value),
                 scaling: None,
                 backend: Backend::Sim(SimOptions::default()),
+                estimate,
             });
         }
     }
@@ -673,6 +676,43 @@ pub(crate) fn check(
     }
 }
 
+/// A pool's `estimate:`, checked; without one, a `sim` pool's latency and no cost.
+fn estimate(
+    p: &crate::file::Pool,
+    backend: Option<&Backend>,
+    duration: &ParseDuration,
+    problems: &mut Vec<Problem>,
+) -> crate::plan::Estimate {
+    let mut estimate = crate::plan::Estimate::default();
+    if let Some(Backend::Sim(sim)) = backend {
+        estimate.duration = Some(crate::plan::typical(&sim.latency));
+        estimate.cost_usd = Some(0.0);
+    }
+    let Some(e) = &p.estimate else {
+        return estimate;
+    };
+    if let Some(d) = &e.duration
+        && let Some(d) = duration(d, problems)
+    {
+        estimate.duration = Some(d);
+    }
+    if let Some(c) = &e.cost_usd {
+        if c.value.is_finite() && (0.0..=1e6).contains(&c.value) {
+            estimate.cost_usd = Some(c.value);
+        } else {
+            problems.push(Problem::at(
+                c,
+                format!(
+                    "pool `{}`: estimate cost-usd {} is out of range: allowed 0 to 1000000",
+                    p.name.value, c.value
+                ),
+                "out of range",
+            ));
+        }
+    }
+    estimate
+}
+
 /// The `webhooks:` list, checked: http(s) URLs, a variable's name for the secret, known
 /// kinds, limits in range.
 fn check_webhooks(
@@ -715,14 +755,18 @@ fn check_webhooks(
     let mut out = Vec::new();
     for f in file.iter().take(w::MAX_WEBHOOKS) {
         let url = &f.url;
-        if let Err(why) = Webhook::check_url(&url.value) {
-            problems.push(Problem::at(
-                url,
-                format!("webhook: {why}"),
-                "not an http(s) URL",
-            ));
-            continue;
-        }
+        // The rest is checked too: every problem of the block at once.
+        let url_ok = match Webhook::check_url(&url.value) {
+            Ok(()) => true,
+            Err(why) => {
+                problems.push(Problem::at(
+                    url,
+                    format!("webhook: {why}"),
+                    "not an http(s) URL",
+                ));
+                false
+            }
+        };
         let mut webhook = Webhook::new(url.value.clone());
         if let Some(var) = &f.secret_env {
             match Webhook::check_variable(&var.value) {
@@ -797,7 +841,9 @@ fn check_webhooks(
                 ));
             }
         }
-        out.push(webhook);
+        if url_ok {
+            out.push(webhook);
+        }
     }
     out
 }

@@ -32,6 +32,18 @@ pub struct File {
     pub webhooks: Vec<WebhookFile>,
 }
 
+/// A pool's `estimate:`: one task's expected time and cost.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct EstimateFile {
+    /// Like `30s` or `5m`.
+    #[serde(default)]
+    pub duration: Option<Spanned<String>>,
+    /// Dollars.
+    #[serde(default)]
+    pub cost_usd: Option<Spanned<f64>>,
+}
+
 /// One webhook of the `webhooks:` list.
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
@@ -575,6 +587,9 @@ pub struct Pool {
     /// changes it.
     #[serde(default)]
     pub scaling: Option<Spanned<Scaling>>,
+    /// What one of its tasks is expected to take, for `colony validate --plan`.
+    #[serde(default)]
+    pub estimate: Option<EstimateFile>,
 }
 
 /// A pool's autoscaling as written: each key absent takes

@@ -21,6 +21,7 @@ pub mod file;
 mod memory;
 mod messages;
 mod payload;
+pub mod plan;
 pub mod read;
 mod run;
 pub mod runtime;
@@ -207,6 +208,8 @@ pub struct PoolDef {
     /// How the autoscaler sizes the pool, checked; `None` leaves its size to people.
     pub scaling: Option<colony_core::scaling::ScalingOptions>,
     pub backend: Backend,
+    /// What one task is expected to take (its `estimate:`), for plans.
+    pub estimate: plan::Estimate,
 }
 
 impl PoolDef {

@@ -529,3 +529,69 @@ fn http_settings_out_of_range_are_refused() {
     let p = problems("name: w\nagents: [{name: \"\", kind: sim}]\ntasks: [{id: a}]\n");
     assert!(p.iter().any(|l| l.contains("a pool needs a name")), "{p:?}");
 }
+
+#[test]
+fn the_plan_schedules_the_graph_on_the_pools_slots_from_their_estimates() {
+    let w = colony_workflow::parse(
+        "name: planned
+agents:
+  - {name: fast, kind: sim, count: 2, sim: {latency: 1s}}
+  - {name: llm, kind: http, http: {model: m}, estimate: {duration: 10s, cost-usd: 0.5}}
+  - {name: cli, kind: command, command: {program: \"true\"}}
+tasks:
+  - {id: a, agent: fast}
+  - {id: b, agent: fast}
+  - {id: c, agent: fast}
+  - {id: d, agent: llm, needs: [a]}
+  - {id: e, agent: llm, needs: [b]}
+  - {id: f, agent: cli, needs: [d, e]}
+  - {id: vote, agent: fast, needs: [c], decide: {voters: 2}}
+",
+        "w.yaml",
+        std::path::Path::new("."),
+    )
+    .unwrap();
+    let plan = colony_workflow::plan::plan(&w);
+    // `fast` has 2 slots: a and b at once, then c, then the vote on both slots; `llm` has
+    // one: d after a, e after d; f after both, taking no time (no estimate).
+    let at = |id: &str| {
+        let t = plan.tasks.iter().find(|t| t.id == id).unwrap();
+        (t.start_seconds, t.end_seconds)
+    };
+    assert_eq!(at("a"), (0.0, 1.0));
+    assert_eq!(at("c"), (1.0, 2.0));
+    assert_eq!(at("vote"), (2.0, 3.0));
+    assert_eq!(at("d"), (1.0, 11.0));
+    assert_eq!(at("e"), (11.0, 21.0));
+    assert_eq!(at("f"), (21.0, 21.0));
+    assert_eq!(plan.expected_seconds, 21.0);
+    assert_eq!(plan.critical_path, ["a", "d", "f"]);
+    assert_eq!(plan.critical_seconds, 11.0);
+    assert_eq!(plan.expected_cost_usd, 1.0);
+    assert_eq!(plan.tasks.iter().find(|t| t.id == "vote").unwrap().asks, 2);
+    assert_eq!(
+        plan.waves,
+        [vec!["a", "b", "c"], vec!["d", "e", "vote"], vec!["f"]]
+    );
+    assert_eq!(
+        (plan.untimed.as_slice(), plan.uncosted.as_slice()),
+        (&["cli".to_owned()][..], &["cli".to_owned()][..])
+    );
+}
+
+#[test]
+fn an_estimate_out_of_range_is_refused_at_its_place() {
+    let p = common::problems(
+        "name: w\nagents:\n  - {name: a, kind: sim, estimate: {duration: soon, cost-usd: -1}}\ntasks: [{id: t, agent: a}]\n",
+    );
+    assert!(
+        p.iter()
+            .any(|l| l.starts_with("w.yaml:3:47: `soon` is not a duration")),
+        "{p:#?}"
+    );
+    assert!(
+        p.iter()
+            .any(|l| l.starts_with("w.yaml:3:63: pool `a`: estimate cost-usd -1 is out of range")),
+        "{p:#?}"
+    );
+}

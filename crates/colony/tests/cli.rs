@@ -593,3 +593,29 @@ fn ctrl_c_twice_quits_at_once_and_leaves_no_process_behind() {
         "the agent's process {agent_pid} outlived colony: {stat}"
     );
 }
+
+#[test]
+fn validate_plan_prints_the_waves_critical_path_and_expectations() {
+    let (out, err, code) = colony_at_root(&["validate", "--plan", "examples/quickstart.yaml"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("wave 0: plan\n"), "{out}");
+    assert!(out.contains("critical path: plan -> report ("), "{out}");
+    assert!(out.contains("expected: "), "{out}");
+    // The command pools have no estimate: said, not guessed.
+    assert!(
+        out.contains("no time estimate for pools checksum, words"),
+        "{out}"
+    );
+    let (out, err, code) =
+        colony_at_root(&["validate", "--plan", "--json", "examples/quickstart.yaml"]);
+    assert_eq!(code, 0, "{err}");
+    let plan: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(plan["tasks"].as_array().unwrap().len(), 6);
+    assert_eq!(plan["waves"].as_array().unwrap().len(), 3);
+    assert_eq!(plan["critical-path"][0], "plan");
+    assert!(
+        plan["expected-seconds"].as_f64().unwrap() >= plan["critical-seconds"].as_f64().unwrap()
+    );
+    let (_, err, code) = colony_at_root(&["validate", "--json", "examples/quickstart.yaml"]);
+    assert_eq!(code, 2, "--json is for the plan: {err}");
+}

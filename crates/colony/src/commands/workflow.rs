@@ -13,6 +13,13 @@ use std::{io::IsTerminal, path::PathBuf, sync::Arc};
 pub(crate) struct ValidateArgs {
     /// The workflow file (YAML).
     file: PathBuf,
+    /// Also print the plan: the waves, the critical path, and the expected duration and cost
+    /// from the pools' `estimate:` (sim pools: their latency), on their slots.
+    #[arg(long)]
+    plan: bool,
+    /// Print the plan as JSON on stdout (with --plan).
+    #[arg(long, requires = "plan")]
+    json: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -73,6 +80,14 @@ pub(crate) fn validate(args: &ValidateArgs) -> Result<(), Failure> {
     let waves = w.graph.waves().into_iter().max().map_or(0, |m| m + 1);
     let agents: u64 = w.pools.iter().map(|p| u64::from(p.count)).sum();
     let plural = |n: usize, word: &str| format!("{n} {word}{}", if n == 1 { "" } else { "s" });
+    if args.json {
+        let plan = colony_workflow::plan::plan(&w);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&plan).map_err(Failure::work)?
+        );
+        return Ok(());
+    }
     println!(
         "{}: ok ({} in {}, {} of {})",
         args.file.display(),
@@ -81,7 +96,57 @@ pub(crate) fn validate(args: &ValidateArgs) -> Result<(), Failure> {
         plural(w.pools.len(), "pool"),
         plural(agents as usize, "agent")
     );
+    if args.plan {
+        print_plan(&colony_workflow::plan::plan(&w));
+    }
     Ok(())
+}
+
+/// The plan as text: the waves, the critical path, the expected time and cost, and what
+/// the estimates lack.
+fn print_plan(plan: &colony_workflow::plan::Plan) {
+    let seconds = |s: f64| {
+        humantime::format_duration(std::time::Duration::from_millis((s * 1e3).round() as u64))
+            .to_string()
+    };
+    for (i, wave) in plan.waves.iter().enumerate() {
+        let shown: Vec<&str> = wave.iter().take(12).map(String::as_str).collect();
+        let more = wave.len().saturating_sub(shown.len());
+        println!(
+            "wave {i}: {}{}",
+            shown.join(", "),
+            if more > 0 {
+                format!(" and {more} more")
+            } else {
+                String::new()
+            }
+        );
+    }
+    let path: Vec<&str> = plan.critical_path.iter().map(String::as_str).collect();
+    println!(
+        "critical path: {} ({})",
+        path.join(" -> "),
+        seconds(plan.critical_seconds)
+    );
+    println!(
+        "expected: {} and ${:.2}, every task succeeding at its first attempt",
+        seconds(plan.expected_seconds),
+        plan.expected_cost_usd
+    );
+    if !plan.untimed.is_empty() {
+        println!(
+            "no time estimate for pool{} {}: their tasks count as taking none (give each an `estimate: {{duration: ...}}`)",
+            if plan.untimed.len() == 1 { "" } else { "s" },
+            plan.untimed.join(", ")
+        );
+    }
+    if !plan.uncosted.is_empty() {
+        println!(
+            "no cost estimate for pool{} {}: their tasks count as free (give each an `estimate: {{cost-usd: ...}}`)",
+            if plan.uncosted.len() == 1 { "" } else { "s" },
+            plan.uncosted.join(", ")
+        );
+    }
 }
 
 pub(crate) fn run(args: &RunArgs) -> Result<(), Failure> {
