@@ -66,6 +66,68 @@ pub struct Plan {
     pub uncosted: Vec<String>,
 }
 
+/// How a dry run (`colony run --sim`) changed the workflow.
+#[derive(Clone, Debug, Default, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct Simulated {
+    /// Pools whose programs, processes or endpoints a `sim` agent stands in for.
+    pub replaced: Vec<String>,
+    /// Tasks whose `expect` checks are not run: a stand-in's output is its input.
+    pub unchecked: Vec<String>,
+    /// Webhooks not posted to.
+    pub webhooks: usize,
+}
+
+impl Workflow {
+    /// This workflow as a dry run: every pool that is not `sim` replaced by a `sim` agent of
+    /// the same shape (count, concurrency, role, capabilities, rate, scaling) answering
+    /// after its estimated duration divided by `speed` (at once without an estimate); no
+    /// `expect` checks (a stand-in's output is its input), no webhooks, and the memory in
+    /// the output folder, embedded lexically (no endpoint is called). Results go to
+    /// `<output>-sim`. Nothing it runs reaches outside the process.
+    pub fn simulated(mut self, speed: f64) -> (Workflow, Simulated) {
+        let mut changed = Simulated::default();
+        for (i, pool) in self.pools.iter_mut().enumerate() {
+            if matches!(pool.backend, crate::Backend::Sim(_)) {
+                continue;
+            }
+            let estimated = pool.estimate.duration.unwrap_or_default();
+            let latency = if speed.is_finite() && speed > 0.0 {
+                estimated.div_f64(speed)
+            } else {
+                Duration::ZERO
+            };
+            pool.backend = crate::Backend::Sim(colony_agents::sim::SimOptions {
+                seed: i as u64,
+                latency: Latency::Fixed { value: latency },
+                ..Default::default()
+            });
+            pool.spec.kind = "sim".into();
+            changed.replaced.push(pool.name.clone());
+        }
+        for task in &mut self.tasks {
+            let checks = std::mem::take(&mut task.expect);
+            if checks.json
+                || checks.regex.is_some()
+                || checks.contains.is_some()
+                || !checks.files.is_empty()
+                || checks.schema.is_some()
+                || checks.git_diff.is_some()
+            {
+                changed.unchecked.push(task.id.clone());
+            }
+        }
+        changed.webhooks = std::mem::take(&mut self.webhooks).len();
+        self.memory.place = None;
+        self.memory.shards = 1;
+        self.memory.embedder = None;
+        let mut output = self.output.into_os_string();
+        output.push("-sim");
+        self.output = output.into();
+        (self, changed)
+    }
+}
+
 /// The first pool of `workflow` that can run what `requirement` asks for.
 fn pool_for(workflow: &Workflow, requirement: &Requirement) -> Option<usize> {
     workflow

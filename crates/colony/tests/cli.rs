@@ -619,3 +619,53 @@ fn validate_plan_prints_the_waves_critical_path_and_expectations() {
     let (_, err, code) = colony_at_root(&["validate", "--json", "examples/quickstart.yaml"]);
     assert_eq!(code, 2, "--json is for the plan: {err}");
 }
+
+#[test]
+fn a_dry_run_runs_every_task_on_stand_ins_and_calls_no_program() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // A command pool whose program would leave a mark if it ran.
+    std::fs::write(
+        d.join("w.yaml"),
+        format!(
+            "name: rehearsal
+agents:
+  - {{name: plan, kind: sim, sim: {{latency: 1ms}}}}
+  - name: tool
+    kind: command
+    count: 2
+    command: {{program: sh, args: [\"-c\", \"touch {}/ran\"]}}
+    estimate: {{duration: 2s, cost-usd: 0.25}}
+webhooks: [{{url: \"http://127.0.0.1:9/never\"}}]
+tasks:
+  - {{id: a, agent: plan}}
+  - {{id: b, agent: tool, needs: [a], expect: {{contains: \"never in an echo\"}}}}
+  - {{id: c, agent: tool, needs: [a]}}
+  - {{id: d, agent: plan, needs: [b, c]}}
+",
+            d.display()
+        ),
+    )
+    .unwrap();
+    let file = d.join("w.yaml");
+    let (out, err, code) = colony_in(d, &["run", "--sim", file.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}{err}");
+    // The plan first: waves, the critical path, the expected time and cost.
+    assert!(out.contains("wave 1: b, c"), "{out}");
+    assert!(out.contains("critical path: a -> b -> d"), "{out}");
+    assert!(out.contains("and $0.50"), "{out}");
+    assert!(
+        out.contains("dry run: sim agents stand in for pool tool"),
+        "{out}"
+    );
+    assert!(out.contains("the expect checks of b are not run"), "{out}");
+    assert!(out.contains("no webhook is posted to"), "{out}");
+    // Every task ran, as many as a real run has, and nothing outside was touched.
+    assert!(out.contains("4 succeeded, 0 failed"), "{out}");
+    assert!(!d.join("ran").exists(), "the command pool's program ran");
+    assert!(d.join("colony-out/rehearsal-sim/d.json").is_file());
+    assert!(!d.join("colony-out/rehearsal").exists());
+    // A dry run never touches a journal.
+    let (_, err, code) = colony_in(d, &["run", "--sim", "--db", "j.db", file.to_str().unwrap()]);
+    assert_eq!(code, 2, "{err}");
+}

@@ -107,3 +107,54 @@ fn the_flaky_coder_of_app_plan_retries_the_same_tasks_every_run() {
     assert!(!runs[0].is_empty(), "the coder never failed");
     assert_eq!(runs[0], runs[1]);
 }
+
+/// `colony run --sim` on every example: a plan, then a run on stand-ins with the same tasks
+/// in the same waves as the plan (and the real run) has, all in the dry run's own folder.
+#[test]
+fn every_example_rehearses_with_sim_as_many_tasks_in_the_same_waves() {
+    let out = tempfile::tempdir().unwrap();
+    let mut rehearsed = 0;
+    for entry in std::fs::read_dir(examples()).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_stem().unwrap().to_string_lossy().into_owned();
+        if path.extension().is_none_or(|e| e != "yaml") || name == "serve-pools" {
+            continue;
+        }
+        let file = path.to_str().unwrap();
+        let run = |args: &[&str]| {
+            let o = Command::cargo_bin("colony")
+                .unwrap()
+                .current_dir(out.path())
+                .args(args)
+                .output()
+                .unwrap();
+            (
+                o.status.code(),
+                String::from_utf8_lossy(&o.stdout).into_owned(),
+            )
+        };
+        let (code, plan) = run(&["validate", "--plan", "--json", file]);
+        assert_eq!(code, Some(0), "{name}");
+        let plan: serde_json::Value = serde_json::from_str(&plan).unwrap();
+        let folder = out.path().join(&name);
+        let (_, summary) = run(&[
+            "run",
+            "--sim",
+            "--json",
+            "--out",
+            folder.to_str().unwrap(),
+            file,
+        ]);
+        let summary: serde_json::Value = serde_json::from_str(&summary)
+            .unwrap_or_else(|e| panic!("{name}: no summary ({e}): {summary}"));
+        let planned = plan["tasks"].as_array().unwrap();
+        let ran = summary["tasks"].as_array().unwrap();
+        assert_eq!(ran.len(), planned.len(), "{name}");
+        for (p, r) in planned.iter().zip(ran) {
+            assert_eq!((&p["id"], &p["wave"]), (&r["id"], &r["wave"]), "{name}");
+        }
+        assert!(folder.join("summary.json").is_file(), "{name}");
+        rehearsed += 1;
+    }
+    assert!(rehearsed >= 10, "{rehearsed}");
+}
