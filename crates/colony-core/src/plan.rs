@@ -2,10 +2,12 @@
 //! critical path (the longest chain of needs, whatever the pools), and a schedule of its
 //! jobs on pools of limited slots, which gives the expected duration.
 //!
-//! The schedule follows the runtime's rule, not an optimal one: a job is queued on its pool
-//! when the last of its needs ends, and each pool starts its queued jobs in that order
-//! (ties by index) as slots free. A job that asks for more slots than its pool has takes
-//! them all. Every job is assumed to succeed at its first attempt.
+//! The schedule is an approximation of the runtime's, not an optimal one: a job is queued on
+//! its one pool when the last of its needs ends, and each pool starts its queued jobs in
+//! that order (jobs readied at once by index) as slots free; priorities are not modelled,
+//! nor a task's freedom to run on any of several pools. A job that asks for more slots than
+//! its pool has takes them all. Every job is assumed to succeed at its first attempt. A node
+//! without a job (`jobs` shorter than the graph) takes no time on pool 0.
 //!
 //! ```
 //! use colony_core::{dag::{Graph, Node}, plan::{Job, critical_path, schedule}};
@@ -58,6 +60,7 @@ pub struct Schedule {
 /// shorter.
 pub fn critical_path(graph: &Graph, jobs: &[Job]) -> (Duration, Vec<usize>) {
     let n = graph.len();
+    let jobs = padded(jobs, n);
     let mut finish = vec![Duration::ZERO; n];
     let mut via: Vec<Option<usize>> = vec![None; n];
     for node in graph.topological() {
@@ -93,6 +96,8 @@ pub fn critical_path(graph: &Graph, jobs: &[Job]) -> (Duration, Vec<usize>) {
 /// pool with no slots (or beyond `capacity`'s length) is given one.
 pub fn schedule(graph: &Graph, jobs: &[Job], capacity: &[u32]) -> Schedule {
     let n = graph.len();
+    let jobs = padded(jobs, n);
+    let jobs = &jobs[..];
     let slots = |pool: usize| capacity.get(pool).copied().unwrap_or(1).max(1);
     let pools = jobs
         .iter()
@@ -143,7 +148,7 @@ pub fn schedule(graph: &Graph, jobs: &[Job], capacity: &[u32]) -> Schedule {
             ends.pop();
             ended.push(other);
         }
-        ended.sort_unstable();
+        let mut readied = Vec::new();
         for node in ended {
             done += 1;
             let pool = jobs[node].pool;
@@ -151,9 +156,14 @@ pub fn schedule(graph: &Graph, jobs: &[Job], capacity: &[u32]) -> Schedule {
             for &d in &dependents[node] {
                 missing[d] -= 1;
                 if missing[d] == 0 {
-                    queued[jobs[d].pool].push_back(d);
+                    readied.push(d);
                 }
             }
+        }
+        // Readied at one time: queued by index.
+        readied.sort_unstable();
+        for d in readied {
+            queued[jobs[d].pool].push_back(d);
         }
     }
     debug_assert_eq!(done, n, "a checked graph runs every node");
@@ -161,6 +171,17 @@ pub fn schedule(graph: &Graph, jobs: &[Job], capacity: &[u32]) -> Schedule {
         makespan: end.iter().copied().max().unwrap_or_default(),
         start,
         end,
+    }
+}
+
+/// `jobs`, one per node: a node without one takes no time on pool 0.
+fn padded(jobs: &[Job], n: usize) -> std::borrow::Cow<'_, [Job]> {
+    if jobs.len() >= n {
+        std::borrow::Cow::Borrowed(jobs)
+    } else {
+        let mut all = jobs.to_vec();
+        all.resize(n, Job::new(Duration::ZERO, 0));
+        std::borrow::Cow::Owned(all)
     }
 }
 
@@ -237,7 +258,7 @@ mod tests {
                     n,
                 ),
                 proptest::collection::vec((0u64..20, 0usize..3, 1u32..4), n),
-                proptest::collection::vec(0u32..4, 3),
+                proptest::collection::vec(0u32..4, 0..3),
             )
                 .prop_map(move |(needs, jobs, capacity)| {
                     let nodes = needs

@@ -26,7 +26,7 @@ pub struct Estimate {
 pub fn typical(latency: &Latency) -> Duration {
     match latency {
         Latency::Fixed { value } => *value,
-        Latency::Uniform { min, max } => (*min + *max) / 2,
+        Latency::Uniform { min, max } => *min + max.saturating_sub(*min) / 2,
         Latency::LogNormal { p50, .. } => *p50,
     }
 }
@@ -84,7 +84,8 @@ impl Workflow {
     /// after its estimated duration divided by `speed` (at once without an estimate); no
     /// `expect` checks (a stand-in's output is its input), no webhooks, and the memory in
     /// the output folder, embedded lexically (no endpoint is called). Results go to
-    /// `<output>-sim`. Nothing it runs reaches outside the process.
+    /// `<output>.sim`. Nothing it runs reaches outside the process. `sim` pools are kept as
+    /// they are.
     pub fn simulated(mut self, speed: f64) -> (Workflow, Simulated) {
         let mut changed = Simulated::default();
         for (i, pool) in self.pools.iter_mut().enumerate() {
@@ -92,11 +93,10 @@ impl Workflow {
                 continue;
             }
             let estimated = pool.estimate.duration.unwrap_or_default();
-            let latency = if speed.is_finite() && speed > 0.0 {
-                estimated.div_f64(speed)
-            } else {
-                Duration::ZERO
-            };
+            // At most the longest duration a file may give, whatever the speed.
+            let latency = Duration::try_from_secs_f64(estimated.as_secs_f64() / speed)
+                .unwrap_or(crate::runtime::MAX_DURATION)
+                .min(crate::runtime::MAX_DURATION);
             pool.backend = crate::Backend::Sim(colony_agents::sim::SimOptions {
                 seed: i as u64,
                 latency: Latency::Fixed { value: latency },
@@ -121,9 +121,13 @@ impl Workflow {
         self.memory.place = None;
         self.memory.shards = 1;
         self.memory.embedder = None;
-        let mut output = self.output.into_os_string();
-        output.push("-sim");
-        self.output = output.into();
+        // `<output>.sim`, beside the real output: no workflow's name has a `.`, so it is no
+        // other workflow's output either.
+        let normal: std::path::PathBuf = self.output.components().collect();
+        self.output = match normal.file_name() {
+            Some(name) => normal.with_file_name(format!("{}.sim", name.to_string_lossy())),
+            None => normal.join("colony-out").join(format!("{}.sim", self.name)),
+        };
         (self, changed)
     }
 }

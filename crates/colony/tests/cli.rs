@@ -663,8 +663,26 @@ tasks:
     // Every task ran, as many as a real run has, and nothing outside was touched.
     assert!(out.contains("4 succeeded, 0 failed"), "{out}");
     assert!(!d.join("ran").exists(), "the command pool's program ran");
-    assert!(d.join("colony-out/rehearsal-sim/d.json").is_file());
+    assert!(d.join("colony-out/rehearsal.sim/d.json").is_file());
     assert!(!d.join("colony-out/rehearsal").exists());
+    let summary: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(d.join("colony-out/rehearsal.sim/summary.json")).unwrap(),
+    )
+    .unwrap();
+    assert!(summary.get("webhooks").is_none(), "{summary}");
+    // Not into the real run's folder.
+    let (_, err, code) = colony_in(
+        d,
+        &[
+            "run",
+            "--sim",
+            "--out",
+            "colony-out/rehearsal",
+            file.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("is where the real run's results go"), "{err}");
     // A dry run never touches a journal.
     let (_, err, code) = colony_in(d, &["run", "--sim", "--db", "j.db", file.to_str().unwrap()]);
     assert_eq!(code, 2, "{err}");

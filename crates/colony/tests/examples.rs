@@ -137,7 +137,7 @@ fn every_example_rehearses_with_sim_as_many_tasks_in_the_same_waves() {
         assert_eq!(code, Some(0), "{name}");
         let plan: serde_json::Value = serde_json::from_str(&plan).unwrap();
         let folder = out.path().join(&name);
-        let (_, summary) = run(&[
+        let (code, summary) = run(&[
             "run",
             "--sim",
             "--json",
@@ -154,6 +154,26 @@ fn every_example_rehearses_with_sim_as_many_tasks_in_the_same_waves() {
             assert_eq!((&p["id"], &p["wave"]), (&r["id"], &r["wave"]), "{name}");
         }
         assert!(folder.join("summary.json").is_file(), "{name}");
+        // Every task succeeds on stand-ins but where a task reads a field only the real
+        // agent's output has (`llm-review`), or a vote needs confidences or reviews
+        // (`decide`): those fail, and say so.
+        let failing: &[&str] = match name.as_str() {
+            "llm-review" => &["merged-review"],
+            "decide" => &["by-confidence", "by-leader", "agreed"],
+            _ => &[],
+        };
+        for task in ran {
+            let expected = if failing.contains(&task["id"].as_str().unwrap()) {
+                ["failed", "skipped"].as_slice()
+            } else {
+                ["succeeded"].as_slice()
+            };
+            assert!(
+                expected.contains(&task["status"].as_str().unwrap()),
+                "{name}: {task}"
+            );
+        }
+        assert_eq!(code, Some(if failing.is_empty() { 0 } else { 1 }), "{name}");
         rehearsed += 1;
     }
     assert!(rehearsed >= 10, "{rehearsed}");

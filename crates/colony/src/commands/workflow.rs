@@ -41,12 +41,13 @@ pub(crate) struct RunArgs {
     json: bool,
     /// A dry run: print the plan, then run every task with each pool that is not `sim`
     /// replaced by a `sim` agent of its shape (no program, process or endpoint is called;
-    /// `expect` checks and webhooks are skipped), results in `<output>-sim`.
+    /// `expect` checks and webhooks are skipped), results in `<output>.sim`.
     #[arg(long, conflicts_with_all = ["db", "resume"])]
     sim: bool,
     /// With --sim, how much faster than its estimate each stand-in answers (default 1000:
     /// a 30 s estimate answers in 30 ms).
-    #[arg(long, value_name = "N", requires = "sim", default_value_t = 1000.0)]
+    #[arg(long, value_name = "N", requires = "sim", default_value_t = 1000.0,
+          value_parser = crate::flags::Float::new(0.001, 1e9))]
     sim_speed: f64,
 }
 
@@ -161,10 +162,13 @@ fn print_plan(plan: &colony_workflow::plan::Plan) {
 pub(crate) fn run(args: &RunArgs) -> Result<(), Failure> {
     let workflow = load(&args.file)?;
     let workflow = if args.sim {
-        if !(args.sim_speed.is_finite() && args.sim_speed > 0.0) {
+        // The dry run never writes where the real run's results are.
+        if let Some(out) = &args.out
+            && std::path::absolute(out).ok() == std::path::absolute(&workflow.output).ok()
+        {
             return Err(Failure::input(anyhow::anyhow!(
-                "--sim-speed {}: give a number above 0",
-                args.sim_speed
+                "--out {}: is where the real run's results go: give a dry run another folder",
+                out.display()
             )));
         }
         let plan = colony_workflow::plan::plan(&workflow);
