@@ -811,35 +811,34 @@ fn check_webhooks(
         {
             webhook.drain = d;
         }
-        if let Some(n) = &f.attempts {
-            if (1..=w::MAX_ATTEMPTS).contains(&n.value) {
-                webhook.attempts = n.value;
+        let mut count = |n: &Spanned<u32>, max: u32, key: &str| {
+            if (1..=max).contains(&n.value) {
+                Some(n.value)
             } else {
                 problems.push(Problem::at(
                     n,
                     format!(
-                        "webhook: attempts {} is out of range: allowed 1..={}",
-                        n.value,
-                        w::MAX_ATTEMPTS
+                        "webhook: {key} {} is out of range: allowed 1..={max}",
+                        n.value
                     ),
                     "out of range",
                 ));
+                None
             }
+        };
+        if let Some(n) = f
+            .attempts
+            .as_ref()
+            .and_then(|n| count(n, w::MAX_ATTEMPTS, "attempts"))
+        {
+            webhook.attempts = n;
         }
-        if let Some(n) = &f.queue {
-            if (1..=w::MAX_QUEUE).contains(&n.value) {
-                webhook.queue = n.value;
-            } else {
-                problems.push(Problem::at(
-                    n,
-                    format!(
-                        "webhook: queue {} is out of range: allowed 1..={}",
-                        n.value,
-                        w::MAX_QUEUE
-                    ),
-                    "out of range",
-                ));
-            }
+        if let Some(n) = f
+            .queue
+            .as_ref()
+            .and_then(|n| count(n, w::MAX_QUEUE, "queue"))
+        {
+            webhook.queue = n;
         }
         if url_ok {
             out.push(webhook);

@@ -86,22 +86,35 @@ fn colony(port: u16, args: &[&str]) -> (String, String, i32) {
     )
 }
 
-#[test]
-fn backup_to_s3_and_restore_from_it() {
-    let Some((_server, port)) = start_moto() else {
-        return;
-    };
-    assert!(http(port, "PUT", "/colony-test").starts_with("HTTP/1.1 200"));
-    let dir = tempfile::tempdir().unwrap();
-    let path = |name: &str| dir.path().join(name).to_str().unwrap().to_owned();
-    let (db, restored) = (path("c.db"), path("restored.db"));
+/// moto with `bucket` made, and a journal `c.db` of `tasks` tasks in `dir`: the server, its
+/// port and the journal's path. `None` where moto is not installed (never in CI).
+fn moto_and_journal(
+    bucket: &str,
+    dir: &std::path::Path,
+    tasks: u32,
+) -> Option<(Server, u16, String)> {
+    let (server, port) = start_moto()?;
+    assert!(http(port, "PUT", &format!("/{bucket}")).starts_with("HTTP/1.1 200"));
+    let db = dir.join("c.db").to_str().unwrap().to_owned();
+    let tasks = tasks.to_string();
     let (_, stderr, code) = colony(
         port,
         &[
-            "bench", "dispatch", "--agents", "50", "--tasks", "5000", "--db", &db,
+            "bench", "dispatch", "--agents", "20", "--tasks", &tasks, "--db", &db,
         ],
     );
     assert_eq!(code, 0, "{stderr}");
+    Some((server, port, db))
+}
+
+#[test]
+fn backup_to_s3_and_restore_from_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some((_server, port, db)) = moto_and_journal("colony-test", dir.path(), 5_000) else {
+        return;
+    };
+    let path = |name: &str| dir.path().join(name).to_str().unwrap().to_owned();
+    let restored = path("restored.db");
 
     let url = "s3://colony-test/backups/c.db";
     let (stdout, stderr, code) = colony(port, &["backup", "--db", &db, "--to", url, "--json"]);
@@ -156,20 +169,11 @@ fn backup_to_s3_and_restore_from_it() {
 
 #[test]
 fn serve_backs_its_journal_up_to_s3_continuously() {
-    let Some((_moto, port)) = start_moto() else {
+    let dir = tempfile::tempdir().unwrap();
+    let Some((_moto, port, db)) = moto_and_journal("colony-serve", dir.path(), 3_000) else {
         return;
     };
-    assert!(http(port, "PUT", "/colony-serve").starts_with("HTTP/1.1 200"));
-    let dir = tempfile::tempdir().unwrap();
     let path = |name: &str| dir.path().join(name).to_str().unwrap().to_owned();
-    let db = path("c.db");
-    let (_, stderr, code) = colony(
-        port,
-        &[
-            "bench", "dispatch", "--agents", "20", "--tasks", "3000", "--db", &db,
-        ],
-    );
-    assert_eq!(code, 0, "{stderr}");
     let url = "s3://colony-serve/continuous/c.db";
     let addr = format!("127.0.0.1:{}", free_port());
     let child = std::process::Command::new(assert_cmd::cargo::cargo_bin("colony"))
