@@ -26,13 +26,29 @@ fn free_port() -> u16 {
         .port()
 }
 
-/// A raw HTTP request to the server; moto needs no signature to create a bucket.
-fn http(port: u16, method: &str, path: &str) -> String {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    write!(stream, "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").unwrap();
+/// A raw HTTP request to the server; moto needs no signature to create a bucket. A server
+/// just started may still reset a connection: the caller tries again.
+fn http(port: u16, method: &str, path: &str) -> std::io::Result<String> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port))?;
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    )?;
     let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    response
+    stream.read_to_string(&mut response)?;
+    Ok(response)
+}
+
+/// `http` until it answers, for up to 30 s.
+fn http_answered(port: u16, method: &str, path: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match http(port, method, path) {
+            Ok(response) => return response,
+            Err(e) => assert!(Instant::now() < deadline, "{method} {path}: {e}"),
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 fn start_moto() -> Option<(Server, u16)> {
@@ -94,7 +110,7 @@ fn moto_and_journal(
     tasks: u32,
 ) -> Option<(Server, u16, String)> {
     let (server, port) = start_moto()?;
-    assert!(http(port, "PUT", &format!("/{bucket}")).starts_with("HTTP/1.1 200"));
+    assert!(http_answered(port, "PUT", &format!("/{bucket}")).starts_with("HTTP/1.1 200"));
     let db = dir.join("c.db").to_str().unwrap().to_owned();
     let tasks = tasks.to_string();
     let (_, stderr, code) = colony(
@@ -105,6 +121,15 @@ fn moto_and_journal(
     );
     assert_eq!(code, 0, "{stderr}");
     Some((server, port, db))
+}
+
+/// Restores the backup at `url` as the journal `restored`: the tasks it holds.
+fn restored_total(port: u16, url: &str, restored: &str) -> u64 {
+    let (_, stderr, code) = colony(port, &["restore", "--from", url, "--db", restored]);
+    assert_eq!(code, 0, "{stderr}");
+    let (stdout, _, _) = colony(port, &["tasks", "--db", restored, "--json", "--limit", "0"]);
+    let json: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    json["total"].as_u64().unwrap()
 }
 
 #[test]
@@ -129,14 +154,7 @@ fn backup_to_s3_and_restore_from_it() {
         "the staged copy is gone"
     );
 
-    let (_, stderr, code) = colony(port, &["restore", "--from", url, "--db", &restored]);
-    assert_eq!(code, 0, "{stderr}");
-    let (stdout, _, _) = colony(
-        port,
-        &["tasks", "--db", &restored, "--json", "--limit", "0"],
-    );
-    let json: serde_json::Value = serde_json::from_str(&stdout).unwrap();
-    assert_eq!(json["total"], 5_000);
+    assert_eq!(restored_total(port, url, &restored), 5_000);
 
     // What goes wrong says so, and leaves nothing behind.
     let (_, stderr, code) = colony(
@@ -194,14 +212,12 @@ fn serve_backs_its_journal_up_to_s3_continuously() {
     let deadline = Instant::now() + Duration::from_secs(60);
     let status = loop {
         assert!(Instant::now() < deadline, "no backups to S3");
-        if TcpStream::connect(("127.0.0.1", serve_port)).is_ok() {
-            let response = http(serve_port, "GET", "/v1/backup");
-            if let Some((_, body)) = response.split_once("\r\n\r\n")
-                && let Ok(status) = serde_json::from_str::<serde_json::Value>(body)
-                && status["succeeded"].as_u64() >= Some(2)
-            {
-                break status;
-            }
+        if let Ok(response) = http(serve_port, "GET", "/v1/backup")
+            && let Some((_, body)) = response.split_once("\r\n\r\n")
+            && let Ok(status) = serde_json::from_str::<serde_json::Value>(body)
+            && status["succeeded"].as_u64() >= Some(2)
+        {
+            break status;
         }
         std::thread::sleep(Duration::from_millis(100));
     };
@@ -209,12 +225,5 @@ fn serve_backs_its_journal_up_to_s3_continuously() {
     assert_eq!(status["failed"], 0, "{status}");
     assert_eq!(status["last-success"]["tasks"], 3_000, "{status}");
     let restored = path("restored.db");
-    let (_, stderr, code) = colony(port, &["restore", "--from", url, "--db", &restored]);
-    assert_eq!(code, 0, "{stderr}");
-    let (stdout, _, _) = colony(
-        port,
-        &["tasks", "--db", &restored, "--json", "--limit", "0"],
-    );
-    let json: serde_json::Value = serde_json::from_str(&stdout).unwrap();
-    assert_eq!(json["total"], 3_000);
+    assert_eq!(restored_total(port, url, &restored), 3_000);
 }

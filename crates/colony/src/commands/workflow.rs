@@ -145,18 +145,22 @@ fn print_plan(plan: &colony_workflow::plan::Plan) {
     );
     if !plan.untimed.is_empty() {
         println!(
-            "no time estimate for pool{} {}: their tasks count as taking none (give each an `estimate: {{duration: ...}}`)",
-            if plan.untimed.len() == 1 { "" } else { "s" },
-            plan.untimed.join(", ")
+            "no time estimate for {}: their tasks count as taking none (give each an `estimate: {{duration: ...}}`)",
+            pools(&plan.untimed)
         );
     }
     if !plan.uncosted.is_empty() {
         println!(
-            "no cost estimate for pool{} {}: their tasks count as free (give each an `estimate: {{cost-usd: ...}}`)",
-            if plan.uncosted.len() == 1 { "" } else { "s" },
-            plan.uncosted.join(", ")
+            "no cost estimate for {}: their tasks count as free (give each an `estimate: {{cost-usd: ...}}`)",
+            pools(&plan.uncosted)
         );
     }
+}
+
+/// `pool a` or `pools a, b`.
+fn pools(names: &[String]) -> String {
+    let s = if names.len() == 1 { "" } else { "s" };
+    format!("pool{s} {}", names.join(", "))
 }
 
 pub(crate) fn run(args: &RunArgs) -> Result<(), Failure> {
@@ -177,9 +181,8 @@ pub(crate) fn run(args: &RunArgs) -> Result<(), Failure> {
             print_plan(&plan);
             if !changed.replaced.is_empty() {
                 println!(
-                    "dry run: sim agents stand in for pool{} {}",
-                    if changed.replaced.len() == 1 { "" } else { "s" },
-                    changed.replaced.join(", ")
+                    "dry run: sim agents stand in for {}",
+                    pools(&changed.replaced)
                 );
             }
             if !changed.unchecked.is_empty() {
