@@ -24,13 +24,13 @@
 //! Exit codes in `ok_codes` (0 by default) succeed; 126 and 127 (cannot execute, not found)
 //! and a program that cannot be spawned fail the task at once; any other code is retryable.
 
-use crate::{Agent, Error, Execution, Outcome, Task};
+use crate::{Agent, Error, Execution, Outcome, Task, presets};
 use bytes::Bytes;
 use colony_core::name::{self, Name, join_under};
 use std::{
     path::{Path, PathBuf},
     process::Stdio,
-    sync::Arc,
+    sync::{Arc, Mutex},
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -40,7 +40,7 @@ pub const MAX_STDOUT: usize = 16 << 20;
 pub const MAX_STDERR: usize = 16 << 20;
 
 /// Settings of the `command` backend.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct CommandOptions {
     pub program: String,
     pub args: Vec<String>,
@@ -68,6 +68,9 @@ pub struct CommandOptions {
     /// that parse options that way, and only where colony cannot know they end (`sh -c`,
     /// `find`, `git` take positional words before options).
     pub allow_option_values: bool,
+    /// A coding-agent CLI's preset: its arguments come first, the prompt goes to stdin, and
+    /// its output is read for its own success flag, its answer, tokens and cost.
+    pub cli: Option<presets::CliSettings>,
     /// Name each task by its payload's `task` field (a workflow's task id) rather than by its
     /// numeric id. Only for agents whose tasks come from a workflow file: where anyone with a
     /// token posts tasks (`colony serve --pools`), a payload could name another task and take
@@ -131,8 +134,29 @@ impl CommandOptions {
             limits: Limits::default(),
             worktree: None,
             allow_option_values: false,
+            cli: None,
             names_from_payload: true,
         }
+    }
+
+    /// Settings for `cli`'s preset: its program unless one is set, and its variables passed
+    /// through (its API keys as secrets).
+    pub fn with_preset(mut self, cli: presets::CliSettings) -> Self {
+        if self.program.is_empty() {
+            self.program = cli.preset.program().to_owned();
+        }
+        for name in cli.preset.env() {
+            if !self.env_allow.iter().any(|n| n == name) {
+                self.env_allow.push((*name).to_owned());
+            }
+        }
+        for name in cli.preset.secrets() {
+            if !self.secrets.iter().any(|n| n == name) {
+                self.secrets.push((*name).to_owned());
+            }
+        }
+        self.cli = Some(cli);
+        self
     }
 }
 
@@ -140,6 +164,7 @@ impl CommandOptions {
 #[derive(Debug)]
 pub struct Command {
     options: Arc<CommandOptions>,
+    account: Arc<Mutex<Account>>,
 }
 
 impl Command {
@@ -147,14 +172,28 @@ impl Command {
         options.program = resolve(&options.program);
         Self {
             options: Arc::new(options),
+            account: Arc::default(),
+        }
+    }
+
+    /// Tokens and dollars the pool's CLI calls have used, as their output says (zero for a
+    /// program without a preset).
+    pub fn usage(&self) -> crate::http::Usage {
+        let a = lock(&self.account);
+        crate::http::Usage {
+            prompt_tokens: a.prompt_tokens,
+            completion_tokens: a.completion_tokens,
+            cost_usd: a.cost_usd,
         }
     }
 }
 
 impl Agent for Command {
     fn handle(&self, task: Task) -> Execution {
-        let options = self.options.clone();
-        Execution::Running(Box::pin(async move { run(&options, &task).await }))
+        let (options, account) = (self.options.clone(), self.account.clone());
+        Execution::Running(Box::pin(
+            async move { run(&options, &task, &account).await },
+        ))
     }
 }
 
@@ -214,6 +253,8 @@ pub struct Placeholders<'a> {
     name: Name,
     /// The payload's `input` object, else the payload itself.
     input: serde_json::Value,
+    /// The payload's `prompt`, when it is text.
+    prompt: Option<String>,
 }
 
 impl<'a> Placeholders<'a> {
@@ -229,11 +270,36 @@ impl<'a> Placeholders<'a> {
             Some(serde_json::Value::String(s)) => Name::parse(s).map_err(Refused::Name)?,
             Some(other) => return Err(Refused::NameNotText(json_kind(other))),
         };
+        let prompt = match payload.get("prompt") {
+            Some(serde_json::Value::String(p)) => Some(p.clone()),
+            _ => None,
+        };
         let input = match payload.get_mut("input") {
             Some(input) => input.take(),
             None => payload,
         };
-        Ok(Self { task, name, input })
+        Ok(Self {
+            task,
+            name,
+            input,
+            prompt,
+        })
+    }
+
+    /// What a coding agent is asked: the payload's `prompt`, else its input's `prompt`
+    /// field, else the input itself (as it is when text, else as JSON); `None` without any.
+    pub fn prompt(&self) -> Option<String> {
+        if let Some(p) = &self.prompt {
+            return Some(p.clone());
+        }
+        match &self.input {
+            serde_json::Value::Null => None,
+            serde_json::Value::String(s) => Some(s.clone()),
+            input => match input.get("prompt") {
+                Some(serde_json::Value::String(p)) => Some(p.clone()),
+                _ => Some(input.to_string()),
+            },
+        }
     }
 
     /// The task's name: the workflow's, else the runtime's id.
@@ -341,66 +407,55 @@ fn json_kind(v: &serde_json::Value) -> &'static str {
     }
 }
 
-async fn run(options: &CommandOptions, task: &Task) -> Outcome {
+async fn run(options: &CommandOptions, task: &Task, account: &Mutex<Account>) -> Outcome {
     let fatal = |m: String| Err(Error::fatal(m));
     let refused = |e: Refused| Err(Error::fatal(e.to_string()));
     let placeholders = match Placeholders::new(task, options.names_from_payload) {
         Ok(p) => p,
         Err(e) => return refused(e),
     };
-    let args = match placeholders.args(&options.args, options.allow_option_values) {
+    let mut args = match placeholders.args(&options.args, options.allow_option_values) {
         Ok(args) => args,
         Err(e) => return refused(e),
     };
-    let mut command = if options.limits.is_empty() {
-        let mut c = tokio::process::Command::new(&options.program);
-        c.args(&args);
-        c
-    } else {
-        let mut c = tokio::process::Command::new(PRLIMIT);
-        c.args(options.limits.prlimit_args())
-            .arg("--")
-            .arg(&options.program)
-            .args(&args);
-        c
-    };
-    // Stderr is always read: its end goes into the error of a failed attempt, and it is
-    // written to a log only when there is something in it (creating a file per attempt costs
-    // more than a short process).
-    command
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0)
-        .kill_on_drop(true);
-    clean_env(&mut command, &options.env_allow, &options.env);
-    let mut secrets = Secrets::default();
-    for name in &options.secrets {
-        if let Ok(value) = std::env::var(name) {
-            command.env(name, &value);
-            secrets.add(value);
+    // A preset's CLI takes the prompt on stdin; any other program the payload.
+    let stdin = match &options.cli {
+        None => task.payload.clone(),
+        Some(cli) => {
+            within_budget(options, cli, account)?;
+            let Some(prompt) = placeholders.prompt() else {
+                return fatal(format!(
+                    "a `{}` pool's task needs a prompt: a `prompt`, or an `input` (its \
+                     `prompt` field, else the input itself)",
+                    cli.preset
+                ));
+            };
+            let mut all = cli.preset.args(cli);
+            all.append(&mut args);
+            all.extend(cli.preset.trailing_args().iter().map(|a| (*a).to_owned()));
+            args = all;
+            Bytes::from(prompt)
         }
-    }
+    };
+    let mut dir = None;
     if let Some(worktree) = &options.worktree {
         match fresh_worktree(worktree, placeholders.name()).await {
-            Ok(dir) => {
-                command.current_dir(dir);
-            }
+            Ok(worktree) => dir = Some(worktree),
             Err(e) => return Err(Error::retryable(format!("git worktree: {e}"))),
         }
     }
     if let Some(template) = &options.workdir {
-        let dir = match placeholders.workdir(template) {
+        let workdir = match placeholders.workdir(template) {
             Ok(dir) => dir,
             Err(e) => return refused(e),
         };
-        if let Err(e) = tokio::fs::create_dir_all(&dir).await {
+        if let Err(e) = tokio::fs::create_dir_all(&workdir).await {
             return fatal(format!(
                 "cannot create working directory {}: {e}",
-                dir.display()
+                workdir.display()
             ));
         }
-        command.current_dir(dir);
+        dir = Some(workdir);
     }
     let log = match &options.logs {
         Some(logs) => {
@@ -414,84 +469,235 @@ async fn run(options: &CommandOptions, task: &Task) -> Outcome {
         }
         None => None,
     };
-    let mut child = match command.spawn() {
-        Ok(child) => child,
-        Err(e) => return fatal(format!("cannot run `{}`: {e}", options.program)),
+    let call = Call {
+        options,
+        args: &args,
+        stdin,
+        dir: dir.as_deref(),
+        log: log.as_deref(),
+        task,
     };
-    let group = Group::new(child.id());
-    let mut stdout = Vec::new();
-    let mut stderr = Stderr::default();
-    let (stdin, out, err) = (child.stdin.take(), child.stdout.take(), child.stderr.take());
-    let payload = task.payload.clone();
-    let tail_keep = 4 * ERROR_TAIL_BYTES + secrets.longest();
-    // Stdin is written while stdout and stderr are read: a program that answers before it
-    // has read all its input must not block on a full pipe.
-    let io = async {
-        let write = async {
-            if let Some(mut stdin) = stdin {
-                // A program that does not read its stdin closes the pipe: not an error.
-                let _ = stdin.write_all(&payload).await;
-            }
-        };
-        let read_out = async {
-            match out {
-                Some(out) => read_capped(out, MAX_STDOUT + 1, &mut stdout).await,
-                None => Ok(()),
-            }
-        };
-        let log_cap = if log.is_some() { MAX_STDERR } else { 0 };
-        let read_err = async {
-            if let Some(err) = err {
-                // A broken stderr pipe loses only the log and the error's quote.
-                let _ = stderr.read(err, log_cap, tail_keep).await;
-            }
-        };
-        tokio::join!(write, read_out, read_err).1
+    let Some(cli) = &options.cli else {
+        let ran = call.run(false).await?;
+        return plain_outcome(options, ran);
     };
-    // The program's exit ends the attempt, not the pipes' end: a background child it left
-    // holding them gets a moment to let go, then goes with the process group.
-    let (status, io) = crate::heartbeat::beating(&task.heartbeat, async {
-        tokio::pin!(io);
-        tokio::select! {
-            io_result = &mut io => (child.wait().await, io_result),
-            status = child.wait() => {
-                let io_result = tokio::time::timeout(LINGER, &mut io)
-                    .await
-                    .unwrap_or(Ok(()));
-                (status, io_result)
+    let mut backoff = cli.backoff;
+    for retry in 0.. {
+        if retry > 0 {
+            within_budget(options, cli, account)?;
+        }
+        let ran = call.run(retry > 0).await?;
+        match read_cli(options, cli, ran, account, dir.as_deref()) {
+            Read::Done(outcome) => return outcome,
+            Read::RateLimited { message, after } => {
+                let program = &options.program;
+                let wait = after.unwrap_or(backoff);
+                if wait > presets::MAX_RATE_LIMIT_WAIT {
+                    return Err(Error::retryable(format!(
+                        "`{program}` was rate-limited and asks to wait {}s, longer than the \
+                         {}s an attempt waits: {message}",
+                        wait.as_secs(),
+                        presets::MAX_RATE_LIMIT_WAIT.as_secs()
+                    )));
+                }
+                if retry >= cli.max_retries {
+                    return Err(Error::retryable(format!(
+                        "`{program}` was rate-limited {} times: {message}",
+                        retry + 1
+                    )));
+                }
+                tracing::debug!(%program, wait = ?wait, "Rate-limited; calling again after the wait.");
+                // Waiting is the agent alive.
+                crate::heartbeat::beating(&task.heartbeat, tokio::time::sleep(wait)).await;
+                backoff = backoff.saturating_mul(2);
             }
         }
-    })
-    .await;
-    if let Err(e) = io {
-        return Err(Error::retryable(format!("reading stdout: {e}")));
     }
-    if let Some(path) = &log
-        && !stderr.log.is_empty()
-    {
-        let text = secrets.hide(std::mem::take(&mut stderr.log), false, stderr.log_cut);
-        if let Err(e) = tokio::fs::write(path, &text).await {
-            tracing::warn!(error = %e, path = %path.display(), "Cannot write a stderr log.");
+    unreachable!("the loop returns")
+}
+
+/// Refuses a call once the pool's calls have cost its budget.
+fn within_budget(
+    options: &CommandOptions,
+    cli: &presets::CliSettings,
+    account: &Mutex<Account>,
+) -> Result<(), Error> {
+    if let Some(budget) = cli.budget_usd {
+        let spent = lock(account).cost_usd;
+        if spent >= budget {
+            return Err(Error::fatal(format!(
+                "budget spent: ${spent:.4} of ${budget:.4}; `{}` is not started again",
+                options.program
+            )));
         }
     }
-    let status = match status {
-        Ok(status) => status,
-        Err(e) => return Err(Error::retryable(format!("waiting for the process: {e}"))),
-    };
-    // The leader is gone; whatever it left running in its group goes too.
-    drop(group);
-    if stdout.len() > MAX_STDOUT {
-        return fatal(format!("stdout exceeds {MAX_STDOUT} bytes"));
+    Ok(())
+}
+
+/// One call of the program, as an attempt makes it (more than one after rate limits).
+struct Call<'a> {
+    options: &'a CommandOptions,
+    args: &'a [String],
+    stdin: Bytes,
+    dir: Option<&'a Path>,
+    log: Option<&'a Path>,
+    task: &'a Task,
+}
+
+/// What a call left: its exit, its stdout and the end of its stderr (secrets hidden), its
+/// stderr's quote, and the secrets, to hide again in what is read out of them (a CLI may
+/// write part of a key escaped in JSON).
+struct Ran {
+    status: std::process::ExitStatus,
+    stdout: Vec<u8>,
+    stderr_tail: Vec<u8>,
+    quote: String,
+    secrets: Secrets,
+}
+
+impl Call<'_> {
+    /// Runs the program to its end; `append` adds its stderr to the attempt's log rather
+    /// than replacing it (a call after a rate limit).
+    async fn run(&self, append: bool) -> Result<Ran, Error> {
+        let options = self.options;
+        let fatal = |m: String| Err(Error::fatal(m));
+        let mut command = if options.limits.is_empty() {
+            let mut c = tokio::process::Command::new(&options.program);
+            c.args(self.args);
+            c
+        } else {
+            let mut c = tokio::process::Command::new(PRLIMIT);
+            c.args(options.limits.prlimit_args())
+                .arg("--")
+                .arg(&options.program)
+                .args(self.args);
+            c
+        };
+        // Stderr is always read: its end goes into the error of a failed attempt, and it is
+        // written to a log only when there is something in it (creating a file per attempt
+        // costs more than a short process).
+        command
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0)
+            .kill_on_drop(true);
+        clean_env(&mut command, &options.env_allow, &options.env);
+        let mut secrets = Secrets::default();
+        for name in &options.secrets {
+            if let Ok(value) = std::env::var(name) {
+                command.env(name, &value);
+                secrets.add(value);
+            }
+        }
+        if let Some(dir) = self.dir {
+            command.current_dir(dir);
+        }
+        let mut child = match command.spawn() {
+            Ok(child) => child,
+            Err(e) => return fatal(format!("cannot run `{}`: {e}", options.program)),
+        };
+        let group = Group::new(child.id());
+        let mut stdout = Vec::new();
+        let mut stderr = Stderr::default();
+        let (stdin, out, err) = (child.stdin.take(), child.stdout.take(), child.stderr.take());
+        let payload = self.stdin.clone();
+        let tail_keep = 4 * ERROR_TAIL_BYTES + secrets.longest();
+        // Stdin is written while stdout and stderr are read: a program that answers before
+        // it has read all its input must not block on a full pipe.
+        let io = async {
+            let write = async {
+                if let Some(mut stdin) = stdin {
+                    // A program that does not read its stdin closes the pipe: not an error.
+                    let _ = stdin.write_all(&payload).await;
+                }
+            };
+            let read_out = async {
+                match out {
+                    Some(out) => read_capped(out, MAX_STDOUT + 1, &mut stdout).await,
+                    None => Ok(()),
+                }
+            };
+            let log_cap = if self.log.is_some() { MAX_STDERR } else { 0 };
+            let read_err = async {
+                if let Some(err) = err {
+                    // A broken stderr pipe loses only the log and the error's quote.
+                    let _ = stderr.read(err, log_cap, tail_keep).await;
+                }
+            };
+            tokio::join!(write, read_out, read_err).1
+        };
+        // The program's exit ends the call, not the pipes' end: a background child it left
+        // holding them gets a moment to let go, then goes with the process group.
+        let (status, io) = crate::heartbeat::beating(&self.task.heartbeat, async {
+            tokio::pin!(io);
+            tokio::select! {
+                io_result = &mut io => (child.wait().await, io_result),
+                status = child.wait() => {
+                    let io_result = tokio::time::timeout(LINGER, &mut io)
+                        .await
+                        .unwrap_or(Ok(()));
+                    (status, io_result)
+                }
+            }
+        })
+        .await;
+        if let Err(e) = io {
+            return Err(Error::retryable(format!("reading stdout: {e}")));
+        }
+        if let Some(path) = self.log
+            && !stderr.log.is_empty()
+        {
+            let text = secrets.hide(std::mem::take(&mut stderr.log), false, stderr.log_cut);
+            if let Err(e) = write_log(path, &text, append).await {
+                tracing::warn!(error = %e, path = %path.display(), "Cannot write a stderr log.");
+            }
+        }
+        let status = match status {
+            Ok(status) => status,
+            Err(e) => return Err(Error::retryable(format!("waiting for the process: {e}"))),
+        };
+        // The leader is gone; whatever it left running in its group goes too.
+        drop(group);
+        if stdout.len() > MAX_STDOUT {
+            return fatal(format!("stdout exceeds {MAX_STDOUT} bytes"));
+        }
+        if let Some(code @ (126 | 127)) = status.code() {
+            let quote = stderr.quote(&secrets);
+            return fatal(format!(
+                "`{}` exited with {code}: cannot execute{quote}",
+                options.program
+            ));
+        }
+        let quote = stderr.quote(&secrets);
+        Ok(Ran {
+            status,
+            stdout: secrets.hide(stdout, false, false),
+            stderr_tail: secrets.hide(std::mem::take(&mut stderr.tail), stderr.tail_cut, false),
+            quote,
+            secrets,
+        })
     }
+}
+
+async fn write_log(path: &Path, text: &[u8], append: bool) -> std::io::Result<()> {
+    if !append {
+        return tokio::fs::write(path, text).await;
+    }
+    let mut file = tokio::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .await?;
+    file.write_all(text).await
+}
+
+/// A plain program's outcome: its exit code says.
+fn plain_outcome(options: &CommandOptions, ran: Ran) -> Outcome {
     let program = &options.program;
-    let quote = stderr.quote(&secrets);
-    match status.code() {
-        Some(code) if options.ok_codes.contains(&code) => {
-            Ok(as_json(secrets.hide(stdout, false, false)))
-        }
-        Some(code @ (126 | 127)) => fatal(format!(
-            "`{program}` exited with {code}: cannot execute{quote}"
-        )),
+    let quote = ran.quote;
+    match ran.status.code() {
+        Some(code) if options.ok_codes.contains(&code) => Ok(as_json(ran.stdout)),
         Some(code) => Err(Error::retryable(format!(
             "`{program}` exited with {code}{quote}"
         ))),
@@ -499,6 +705,171 @@ async fn run(options: &CommandOptions, task: &Task) -> Outcome {
             "`{program}` was killed by a signal{quote}"
         ))),
     }
+}
+
+/// What a preset's call came to.
+enum Read {
+    Done(Outcome),
+    RateLimited {
+        message: String,
+        after: Option<std::time::Duration>,
+    },
+}
+
+/// A preset CLI's call read: success needs its own success flag and exit 0 (see
+/// [`presets`]); what it used is counted whatever the outcome.
+fn read_cli(
+    options: &CommandOptions,
+    cli: &presets::CliSettings,
+    ran: Ran,
+    account: &Mutex<Account>,
+    dir: Option<&Path>,
+) -> Read {
+    let program = &options.program;
+    let reading = cli
+        .preset
+        .read(&ran.stdout, &ran.stderr_tail, std::time::SystemTime::now());
+    let cost = cli.cost(&reading.usage);
+    {
+        let mut a = lock(account);
+        a.prompt_tokens = a.prompt_tokens.saturating_add(reading.usage.input);
+        a.completion_tokens = a.completion_tokens.saturating_add(reading.usage.output);
+        a.cost_usd += cost;
+    }
+    let secrets = &ran.secrets;
+    let hide = |text: String| -> String {
+        String::from_utf8_lossy(&secrets.hide(text.into_bytes(), false, false)).into_owned()
+    };
+    let quote = ran.quote;
+    let exit = match ran.status.code() {
+        Some(code) => format!("exited with {code}"),
+        None => "was killed by a signal".to_owned(),
+    };
+    let outcome = match (ran.status.code(), reading.outcome) {
+        (Some(0), Ok(answer)) => {
+            let mut out = serde_json::json!({
+                "content": answer.text,
+                "preset": cli.preset.name(),
+                "usage": {
+                    "prompt_tokens": reading.usage.input,
+                    "completion_tokens": reading.usage.output,
+                },
+                "cost_usd": cost,
+            });
+            if let Some(model) = answer.model.or_else(|| cli.model.clone()) {
+                out["model"] = model.into();
+            }
+            if let Some(session) = answer.session {
+                out["session"] = session.into();
+            }
+            if let Some(turns) = answer.turns {
+                out["turns"] = turns.into();
+            }
+            // Where it worked (its worktree): for a later step to test or merge.
+            if let Some(dir) = dir {
+                let dir = std::path::absolute(dir).unwrap_or_else(|_| dir.to_owned());
+                out["workdir"] = dir.to_string_lossy().into_owned().into();
+            }
+            Ok(Bytes::from(secrets.hide(
+                out.to_string().into_bytes(),
+                false,
+                false,
+            )))
+        }
+        (_, Ok(_)) => Err(Error::retryable(format!(
+            "`{program}` {exit} though its output reports success{quote}"
+        ))),
+        (_, Err(presets::Failure::RateLimited { message, after })) => {
+            return Read::RateLimited {
+                message: hide(message),
+                after,
+            };
+        }
+        (_, Err(failure @ presets::Failure::Reported(_))) => {
+            Err(Error::retryable(hide(format!("`{program}` {failure}"))))
+        }
+        (Some(0), Err(failure @ presets::Failure::Unreadable(_))) => Err(Error::retryable(hide(
+            format!("`{program}` exited with 0 but {failure}{quote}"),
+        ))),
+        (_, Err(presets::Failure::Unreadable(_))) => {
+            Err(Error::retryable(format!("`{program}` {exit}{quote}")))
+        }
+    };
+    Read::Done(outcome)
+}
+
+/// How long `<program> --version` may take.
+pub const VERSION_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// What `<program> --version` prints (stdout, else stderr; at most 4 KiB), or why it printed
+/// nothing, run as `options` would run the program: its environment cleared but for what the
+/// pool passes. Blocking, for the checks of a file (never on the runtime's threads). Whatever
+/// it leaves running in its process group is killed, so that no pipe is held open.
+pub fn version_of(options: &CommandOptions) -> Result<String, String> {
+    use std::{io::Read, os::unix::process::CommandExt};
+    let mut command = std::process::Command::new(&options.program);
+    command
+        .arg("--version")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .env_clear();
+    for name in options.env_allow.iter().chain(&options.secrets) {
+        if let Some(value) = std::env::var_os(name) {
+            command.env(name, value);
+        }
+    }
+    for (name, value) in &options.env {
+        command.env(name, value);
+    }
+    let mut child = command.spawn().map_err(|e| format!("cannot run: {e}"))?;
+    let started = std::time::Instant::now();
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break Some(status),
+            Ok(None) if started.elapsed() < VERSION_TIMEOUT => {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            Ok(None) => break None,
+            Err(e) => return Err(format!("cannot be waited for: {e}")),
+        }
+    };
+    // The group goes, the leader too if it still runs: every writer of the pipes is gone.
+    drop(Group::new(Some(child.id())));
+    let _ = child.kill();
+    let _ = child.wait();
+    let Some(status) = status else {
+        return Err(format!(
+            "did not answer within {}s",
+            VERSION_TIMEOUT.as_secs()
+        ));
+    };
+    let read = |pipe: Option<&mut dyn Read>| {
+        let mut bytes = Vec::new();
+        if let Some(pipe) = pipe {
+            let _ = pipe.take(4096).read_to_end(&mut bytes);
+        }
+        String::from_utf8_lossy(&bytes).into_owned()
+    };
+    let out = read(child.stdout.as_mut().map(|p| p as &mut dyn Read));
+    let err = read(child.stderr.as_mut().map(|p| p as &mut dyn Read));
+    if !status.success() {
+        return Err(format!("exited with {status}"));
+    }
+    Ok(if out.trim().is_empty() { err } else { out })
+}
+
+/// Tokens and dollars a pool's calls have used.
+#[derive(Debug, Default)]
+pub(crate) struct Account {
+    prompt_tokens: u64,
+    completion_tokens: u64,
+    cost_usd: f64,
+}
+
+fn lock(account: &Mutex<Account>) -> std::sync::MutexGuard<'_, Account> {
+    account.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Lines of stderr quoted in a failed attempt's error, at most...

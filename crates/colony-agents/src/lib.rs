@@ -19,6 +19,7 @@
 pub mod command;
 pub mod heartbeat;
 pub mod http;
+pub mod presets;
 pub mod process;
 pub mod sim;
 pub mod spawner;

@@ -7,6 +7,7 @@
 //! timeout ends it). A clean attempt echoes the payload as its output.
 
 use crate::{Agent, Error, Execution, Outcome, Task};
+use bytes::Bytes;
 use rand::{Rng, SeedableRng, rngs::SmallRng};
 use rand_distr::{Distribution, LogNormal};
 use serde::{Deserialize, Serialize};
@@ -73,6 +74,11 @@ pub struct SimOptions {
     pub crash_rate: f64,
     /// Probability that an attempt never finishes.
     pub hang_rate: f64,
+    /// In a dry run, the preset of the pool it stands in for: a clean attempt then answers in
+    /// the shape of that CLI's output (`content`, the task's prompt; `workdir`, `.`), so
+    /// that later tasks reading `{{outputs.ID.content}}` rehearse too.
+    #[serde(skip)]
+    pub stands_in_for: Option<crate::presets::Preset>,
 }
 
 /// Settings outside their allowed range, named.
@@ -221,9 +227,12 @@ fn mix(seed: u64, task: u64, attempt: u32) -> u64 {
     z ^ (z >> 31)
 }
 
-fn finish(fate: Fate, task: Task) -> Outcome {
+fn finish(fate: Fate, task: Task, shape: Option<crate::presets::Preset>) -> Outcome {
     match fate {
-        Fate::Succeed => Ok(task.payload),
+        Fate::Succeed => Ok(match shape {
+            None => task.payload,
+            Some(preset) => shaped(preset, &task),
+        }),
         Fate::Error => Err(Error::retryable(format!(
             "simulated error on attempt {}",
             task.attempt
@@ -233,9 +242,27 @@ fn finish(fate: Fate, task: Task) -> Outcome {
     }
 }
 
+/// A stand-in's answer in `preset`'s output shape: its content is the task's prompt.
+fn shaped(preset: crate::presets::Preset, task: &Task) -> Bytes {
+    let prompt = crate::command::Placeholders::new(task, true)
+        .ok()
+        .and_then(|p| p.prompt())
+        .unwrap_or_default();
+    let out = serde_json::json!({
+        "content": prompt,
+        "preset": preset.name(),
+        "workdir": ".",
+        "stand-in": true,
+        "usage": {"prompt_tokens": 0, "completion_tokens": 0},
+        "cost_usd": 0.0,
+    });
+    Bytes::from(out.to_string())
+}
+
 impl Agent for Sim {
     fn handle(&self, task: Task) -> Execution {
         let (latency, fate) = self.draw(task.id.0, task.attempt);
+        let shape = self.options.stands_in_for;
         match (fate, latency.is_zero()) {
             (Fate::Hang, _) => Execution::Running(Box::pin(std::future::pending())),
             (_, true) if self.answer == Answer::Woken => Execution::Running(Box::pin(async move {
@@ -247,9 +274,9 @@ impl Agent for Sim {
                 });
                 // A runtime shutting down may drop the answering task: the attempt still ends.
                 let _ = rx.await;
-                finish(fate, task)
+                finish(fate, task, shape)
             })),
-            (_, true) => Execution::Done(finish(fate, task)),
+            (_, true) => Execution::Done(finish(fate, task, shape)),
             (_, false) => Execution::Running(Box::pin(async move {
                 // A live agent working a long task beats its heart; a hung one (above) never does.
                 let mut left = latency;
@@ -259,7 +286,7 @@ impl Agent for Sim {
                     left -= HEARTBEAT;
                 }
                 tokio::time::sleep(left).await;
-                finish(fate, task)
+                finish(fate, task, shape)
             })),
         }
     }

@@ -51,6 +51,7 @@ pub(crate) fn read_routes() -> Router<Arc<App>> {
         .route("/ui/decisions", get(decisions))
         .route("/ui/memory", get(memory))
         .route("/ui/messages", get(messages))
+        .route("/ui/runs", get(runs))
         .layer(map_response(secure))
 }
 
@@ -245,6 +246,36 @@ async fn failures(State(app): State<Arc<App>>) -> Response {
 
 /// Decisions the decisions panel lists.
 const DECISIONS: usize = 20;
+
+/// Runs the runs panel shows, and tasks of each.
+const RUNS: usize = 5;
+const RUN_TASKS: usize = 200;
+
+/// The workflow runs panel: the newest runs, each task with its state, wave, attempts,
+/// duration and cost, and links to its result file and its attempts' stderr logs.
+async fn runs(State(app): State<Arc<App>>) -> Response {
+    if app.runs.is_none() {
+        return Html(html::no_runs()).into_response();
+    }
+    // Which files exist is asked of the file system: on the blocking pool.
+    let drawn = app
+        .blocking({
+            let app = app.clone();
+            move || {
+                let views = app
+                    .runs
+                    .as_ref()
+                    .map(|r| r.views(RUNS, RUN_TASKS))
+                    .unwrap_or_default();
+                html::runs(&views)
+            }
+        })
+        .await;
+    match drawn {
+        Ok(text) => Html(text).into_response(),
+        Err(e) => crate::problem(StatusCode::SERVICE_UNAVAILABLE, "busy", &e),
+    }
+}
 
 async fn decisions(State(app): State<Arc<App>>) -> Response {
     let read = app.read(|journal| {

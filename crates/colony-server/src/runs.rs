@@ -27,7 +27,7 @@ use colony_workflow::{Finished, Report, Status};
 use serde::Serialize;
 use serde_json::json;
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, HashMap},
     path::PathBuf,
     sync::{Arc, Mutex},
     time::SystemTime,
@@ -67,8 +67,150 @@ struct Run {
     output: PathBuf,
     error: Option<String>,
     report: Option<Report>,
+    /// Every task with its wave, what it needs, and where it stands: the run's graph, live.
+    graph: Vec<Node>,
+    /// Dollars its tasks' outputs report (`http` agents, coding-agent CLIs) so far.
+    cost_usd: f64,
+    #[serde(skip)]
+    index: HashMap<String, usize>,
     #[serde(skip)]
     cancel: Option<oneshot::Sender<()>>,
+}
+
+/// One task of a run as the dashboard shows it.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub(crate) struct Node {
+    pub(crate) id: String,
+    pub(crate) wave: usize,
+    pub(crate) needs: Vec<String>,
+    /// `waiting` (for what it needs), `started` (handed to the runtime: queued, then run by
+    /// an agent), then how it ended: `succeeded`, `failed`, `skipped` or `cancelled`.
+    pub(crate) state: &'static str,
+    pub(crate) attempts: u32,
+    /// From submission to its end.
+    pub(crate) seconds: Option<f64>,
+    /// What its output says it cost.
+    pub(crate) cost_usd: Option<f64>,
+}
+
+/// The graph of `workflow`, every task waiting.
+fn graph(workflow: &colony_workflow::Workflow) -> Vec<Node> {
+    let plan = colony_workflow::plan::plan(workflow);
+    workflow
+        .tasks
+        .iter()
+        .zip(&plan.tasks)
+        .map(|(t, p)| Node {
+            id: t.id.clone(),
+            wave: p.wave,
+            needs: t
+                .needs
+                .iter()
+                .map(|&n| workflow.tasks[n].id.clone())
+                .collect(),
+            state: "waiting",
+            attempts: 0,
+            seconds: None,
+            cost_usd: None,
+        })
+        .collect()
+}
+
+fn status_name(s: Status) -> &'static str {
+    match s {
+        Status::Succeeded => "succeeded",
+        Status::Failed => "failed",
+        Status::Skipped => "skipped",
+        Status::Cancelled => "cancelled",
+    }
+}
+
+impl Run {
+    fn started_task(&mut self, id: &str) {
+        if let Some(&i) = self.index.get(id) {
+            self.graph[i].state = "started";
+        }
+    }
+
+    fn finished_task(&mut self, f: &Finished) {
+        if let Some(&i) = self.index.get(&f.id) {
+            let cost = f.output.as_ref().and_then(|o| o.cost_usd());
+            let node = &mut self.graph[i];
+            node.state = status_name(f.status);
+            node.attempts = f.attempts;
+            node.seconds = Some(f.seconds);
+            node.cost_usd = cost;
+            self.cost_usd += cost.unwrap_or(0.0);
+        }
+        self.finished.push(f.clone());
+    }
+}
+
+/// What the dashboard shows of a run.
+#[derive(Debug)]
+pub(crate) struct RunView {
+    pub(crate) id: u64,
+    pub(crate) name: String,
+    pub(crate) state: &'static str,
+    pub(crate) started: u64,
+    pub(crate) cost_usd: f64,
+    /// Up to the number asked for, in the file's order.
+    pub(crate) graph: Vec<Node>,
+    pub(crate) tasks: usize,
+    /// Tasks by how they stand, in `STATES` order.
+    pub(crate) counts: [usize; 6],
+    pub(crate) error: Option<String>,
+    /// Its results' folder: which files exist is looked up when the view is drawn.
+    pub(crate) output: PathBuf,
+}
+
+/// The states a task goes through, in the order counts are given.
+pub(crate) const STATES: [&str; 6] = [
+    "waiting",
+    "started",
+    "succeeded",
+    "failed",
+    "skipped",
+    "cancelled",
+];
+
+impl Runs {
+    /// The `runs` newest runs, each with up to `tasks` of its tasks.
+    pub(crate) fn views(&self, runs: usize, tasks: usize) -> Vec<RunView> {
+        let newest: Vec<Arc<Mutex<Run>>> = self
+            .lock()
+            .runs
+            .values()
+            .rev()
+            .take(runs)
+            .cloned()
+            .collect();
+        newest
+            .iter()
+            .map(|r| {
+                let r = lock(r);
+                let mut counts = [0; 6];
+                for node in &r.graph {
+                    if let Some(i) = STATES.iter().position(|s| *s == node.state) {
+                        counts[i] += 1;
+                    }
+                }
+                RunView {
+                    id: r.id,
+                    name: r.name.clone(),
+                    state: r.state,
+                    started: r.started,
+                    cost_usd: r.cost_usd,
+                    graph: r.graph.iter().take(tasks).cloned().collect(),
+                    tasks: r.tasks,
+                    counts,
+                    error: r.error.clone(),
+                    output: r.output.clone(),
+                }
+            })
+            .collect()
+    }
 }
 
 impl Runs {
@@ -139,11 +281,15 @@ pub(crate) async fn submit(
     // of the runtime that answers every other request.
     let parsed = tokio::task::spawn_blocking(move || {
         let base = std::env::current_dir().unwrap_or_default();
-        if toml {
+        let parsed = if toml {
             colony_workflow::parse_toml(&text, "workflow", &base)
         } else {
             colony_workflow::parse(&text, "workflow", &base)
-        }
+        };
+        parsed.map(|w| {
+            let nodes = graph(&w);
+            (w, nodes)
+        })
     })
     .await;
     let parsed = match parsed {
@@ -156,7 +302,7 @@ pub(crate) async fn submit(
             );
         }
     };
-    let mut workflow = match parsed {
+    let (mut workflow, nodes) = match parsed {
         Ok(w) => w,
         Err(invalid) => {
             let problems: Vec<_> = invalid
@@ -196,6 +342,13 @@ pub(crate) async fn submit(
             output: runs.folder.join(id.to_string()),
             error: None,
             report: None,
+            index: nodes
+                .iter()
+                .enumerate()
+                .map(|(i, n)| (n.id.clone(), i))
+                .collect(),
+            graph: nodes,
+            cost_usd: 0.0,
             cancel: Some(tx),
         }));
         inner.runs.insert(id, run.clone());
@@ -215,12 +368,14 @@ pub(crate) async fn submit(
     let (run, cancelled) = run;
     let output = lock(&run).output.clone();
     let progress = run.clone();
+    let starting = run.clone();
     let options = colony_workflow::Options {
         runtime: colony_runtime::RuntimeOptions::default(),
         journal: Arc::new(colony_journal::MemoryJournal::new()),
         output: Some(output),
+        on_started: Some(Box::new(move |id: &str| lock(&starting).started_task(id))),
         on_finished: Some(Box::new(move |f: &Finished| {
-            lock(&progress).finished.push(f.clone());
+            lock(&progress).finished_task(f);
         })),
         cancel: Some(Box::pin(async move {
             // A dropped sender (the run forgotten) is no cancellation.
@@ -246,6 +401,15 @@ pub(crate) async fn submit(
         r.cancel = None;
         match result {
             Ok(report) => {
+                // Tasks the run ended without running (cancelled) are told only here.
+                for t in &report.tasks {
+                    if let Some(&i) = r.index.get(&t.id)
+                        && matches!(r.graph[i].state, "waiting" | "started")
+                    {
+                        r.graph[i].state = status_name(t.status);
+                        r.graph[i].attempts = t.attempts;
+                    }
+                }
                 r.state = if report.all_succeeded() {
                     "succeeded"
                 } else if report.cancelled > 0 {
@@ -311,6 +475,7 @@ pub(crate) async fn list(State(app): State<Arc<App>>) -> Response {
                 let count = |s: Status| r.finished.iter().filter(|f| f.status == s).count();
                 json!({
                     "id": r.id, "name": r.name, "state": r.state, "tasks": r.tasks,
+                    "cost-usd": r.cost_usd,
                     "succeeded": count(Status::Succeeded), "failed": count(Status::Failed),
                     "skipped": count(Status::Skipped), "cancelled": count(Status::Cancelled),
                     "started": r.started, "error": r.error,
@@ -367,6 +532,24 @@ pub(crate) async fn one(State(app): State<Arc<App>>, Path(id): Path<String>) -> 
     }
 }
 
+/// `GET /v1/runs/{id}/graph`: the run's tasks with where each stands, without outputs: what
+/// a live view polls.
+pub(crate) async fn graph_of(State(app): State<Arc<App>>, Path(id): Path<String>) -> Response {
+    match find(&app, &id) {
+        Ok(run) => {
+            off_the_workers(&app, move || {
+                let r = lock(&run);
+                serde_json::to_vec(&json!({
+                    "id": r.id, "name": r.name, "state": r.state, "tasks": r.tasks,
+                    "cost-usd": r.cost_usd, "started": r.started, "graph": r.graph,
+                }))
+            })
+            .await
+        }
+        Err(r) => r,
+    }
+}
+
 /// `POST /v1/runs/{id}/cancel`: nothing more starts, running attempts are stopped, and the
 /// tasks that did not finish end `cancelled`.
 pub(crate) async fn cancel(State(app): State<Arc<App>>, Path(id): Path<String>) -> Response {
@@ -388,6 +571,117 @@ pub(crate) async fn cancel(State(app): State<Arc<App>>, Path(id): Path<String>) 
             StatusCode::CONFLICT,
             "already-ended",
             format!("run {} already ended: {}", r.id, r.state),
+        ),
+    }
+}
+
+/// Largest result file or stderr log served.
+const MAX_FILE: u64 = 64 << 20;
+
+/// `GET /v1/runs/{id}/results/{task}`: the task's result file, as `colony run` writes it.
+pub(crate) async fn result(
+    State(app): State<Arc<App>>,
+    Path((id, task)): Path<(String, String)>,
+) -> Response {
+    let (output, _) = match task_of(&app, &id, &task) {
+        Ok(found) => found,
+        Err(r) => return r,
+    };
+    serve_file(
+        &output,
+        &format!("{task}.json"),
+        "application/json",
+        "no-result",
+        &format!("task {task} has no result file yet"),
+    )
+    .await
+}
+
+/// `GET /v1/runs/{id}/logs/{task}/{attempt}`: what the attempt wrote on stderr (a `command`
+/// agent's), secrets hidden.
+pub(crate) async fn log(
+    State(app): State<Arc<App>>,
+    Path((id, task, attempt)): Path<(String, String, String)>,
+) -> Response {
+    let (output, attempts) = match task_of(&app, &id, &task) {
+        Ok(found) => found,
+        Err(r) => return r,
+    };
+    let attempt = match attempt.parse::<u32>() {
+        Ok(a) if (1..=attempts.max(1)).contains(&a) => a,
+        _ => {
+            return problem(
+                StatusCode::NOT_FOUND,
+                "no-such-attempt",
+                format!("task {task} has no attempt {attempt:?}"),
+            );
+        }
+    };
+    serve_file(
+        &output.join("logs"),
+        &format!("{task}.{attempt}.stderr"),
+        "text/plain; charset=utf-8",
+        "no-log",
+        &format!("attempt {attempt} of task {task} wrote nothing on stderr"),
+    )
+    .await
+}
+
+/// The run's output folder and the task's attempts so far, for a task of run `id`.
+#[allow(clippy::result_large_err)]
+fn task_of(app: &App, id: &str, task: &str) -> Result<(PathBuf, u32), Response> {
+    let run = find(app, id)?;
+    let r = lock(&run);
+    match r.index.get(task) {
+        Some(&i) => Ok((r.output.clone(), r.graph[i].attempts)),
+        None => Err(problem(
+            StatusCode::NOT_FOUND,
+            "no-such-task",
+            format!("run {} has no task {task:?}", r.id),
+        )),
+    }
+}
+
+/// `root/name`, a file of the run's own, read whole (it is at most [`MAX_FILE`]).
+async fn serve_file(
+    root: &std::path::Path,
+    name: &str,
+    kind: &'static str,
+    missing: &'static str,
+    missing_message: &str,
+) -> Response {
+    let path = match colony_core::name::join_under(root, name) {
+        Ok(path) => path,
+        Err(e) => return problem(StatusCode::BAD_REQUEST, "bad-name", e.to_string()),
+    };
+    match tokio::fs::metadata(&path).await {
+        Ok(m) if m.len() > MAX_FILE => {
+            return problem(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too-large",
+                format!("{name} has {} bytes: over the {MAX_FILE} served", m.len()),
+            );
+        }
+        Ok(m) if m.is_file() => {}
+        _ => return problem(StatusCode::NOT_FOUND, missing, missing_message),
+    }
+    match tokio::fs::read(&path).await {
+        Ok(bytes) => (
+            [
+                (header::CONTENT_TYPE, kind),
+                (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+                (
+                    header::CONTENT_SECURITY_POLICY,
+                    "default-src 'none'; sandbox",
+                ),
+            ],
+            bytes,
+        )
+            .into_response(),
+        Err(e) => problem(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "read-failed",
+            format!("cannot read {name}: {e}"),
         ),
     }
 }

@@ -257,6 +257,9 @@ async fn the_openapi_document_describes_every_route_served() {
         "/v1/runs",
         "/v1/runs/{id}",
         "/v1/runs/{id}/cancel",
+        "/v1/runs/{id}/graph",
+        "/v1/runs/{id}/results/{task}",
+        "/v1/runs/{id}/logs/{task}/{attempt}",
         "/v1/decisions",
         "/v1/decisions/{id}",
         "/v1/memory",
@@ -1272,6 +1275,126 @@ async fn a_decision_taken_inline_reads_over_http_as_it_was_decided() {
     // Its own task is the question, ended with the decided value.
     let task = get(format!("{url}/v1/tasks/{id}")).await;
     assert_eq!(task["state"], "succeeded", "{task}");
+    server.stop();
+    runtime.shutdown().await;
+}
+
+/// A run's graph, live and after: each task's wave, needs, state, attempts and cost; its
+/// result files and stderr logs served by name, nothing else; the dashboard's runs panel.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_shows_its_graph_live_and_serves_its_results_and_logs() {
+    let dir = tempfile::tempdir().unwrap();
+    let (runtime, server, url, client) = with_runs(dir.path()).await;
+    let workflow = r#"
+name: graph
+agents:
+  - { name: planner, kind: sim, sim: { latency: 5ms } }
+  - { name: slow, kind: sim, sim: { latency: 60s } }
+  - name: tool
+    kind: command
+    command: { program: sh, args: ["-c", "echo oops >&2; echo '{\"cost_usd\": 0.5}'"] }
+tasks:
+  - { id: plan, agent: planner }
+  - { id: measure, agent: tool, needs: [plan] }
+  - { id: build, agent: slow, needs: [plan] }
+  - { id: ship, agent: planner, needs: [build, measure] }
+"#;
+    let r = client
+        .post(format!("{url}/v1/runs"))
+        .header("content-type", "application/yaml")
+        .body(workflow)
+        .send()
+        .await
+        .unwrap();
+    let id = json(r).await["id"].as_u64().unwrap();
+    let graph = || async {
+        json(
+            client
+                .get(format!("{url}/v1/runs/{id}/graph"))
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await
+    };
+    // Live: the slow task started, the one after it waiting.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let live = loop {
+        let g = graph().await;
+        if g["graph"][1]["state"] == "succeeded" && g["graph"][2]["state"] == "started" {
+            break g;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{g}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let node = |g: &Value, i: usize| g["graph"][i].clone();
+    assert_eq!(node(&live, 0)["id"], "plan");
+    assert_eq!(node(&live, 0)["wave"], 0);
+    assert_eq!(node(&live, 3)["wave"], 2);
+    assert_eq!(
+        node(&live, 3)["needs"],
+        serde_json::json!(["measure", "build"]),
+        "in the file's order"
+    );
+    assert_eq!(node(&live, 3)["state"], "waiting");
+    assert_eq!(node(&live, 1)["cost-usd"], 0.5);
+    assert_eq!(node(&live, 1)["attempts"], 1);
+    assert_eq!(live["cost-usd"], 0.5);
+    // The dashboard's panel: the run, its tasks' states and links to their files.
+    let panel = client.get(format!("{url}/ui/runs")).send().await.unwrap();
+    assert_eq!(panel.status(), 200);
+    let panel = panel.text().await.unwrap();
+    assert!(panel.contains(&format!(r#"data-run="{id}""#)), "{panel}");
+    assert!(
+        panel.contains(r#"<span class="pill started">started</span>"#),
+        "{panel}"
+    );
+    assert!(
+        panel.contains(r#"<span class="pill waiting">waiting</span>"#),
+        "{panel}"
+    );
+    assert!(
+        panel.contains(&format!(
+            r#"href="/v1/runs/{id}/results/measure">result</a>"#
+        )),
+        "{panel}"
+    );
+    assert!(
+        panel.contains(&format!(
+            r#"href="/v1/runs/{id}/logs/measure/1">stderr 1</a>"#
+        )),
+        "{panel}"
+    );
+    assert!(!panel.contains("/logs/plan/"), "no log, no link: {panel}");
+    // The files, by name.
+    let get = |path: String| client.get(format!("{url}{path}")).send();
+    let result = get(format!("/v1/runs/{id}/results/measure")).await.unwrap();
+    assert_eq!(result.status(), 200);
+    assert_eq!(result.headers()["content-type"], "application/json");
+    let result = json(result).await;
+    assert_eq!(result["output"]["cost_usd"], 0.5);
+    let log = get(format!("/v1/runs/{id}/logs/measure/1")).await.unwrap();
+    assert_eq!(log.status(), 200);
+    assert_eq!(log.text().await.unwrap(), "oops\n");
+    for (path, code) in [
+        (format!("/v1/runs/{id}/logs/measure/2"), "no-such-attempt"),
+        (format!("/v1/runs/{id}/logs/plan/1"), "no-log"),
+        (format!("/v1/runs/{id}/results/ship"), "no-result"),
+        (format!("/v1/runs/{id}/results/nope"), "no-such-task"),
+        (format!("/v1/runs/{id}/results/..%2Fplan"), "no-such-task"),
+    ] {
+        let r = get(path.clone()).await.unwrap();
+        assert_eq!(r.status(), 404, "{path}");
+        assert_eq!(json(r).await["error"]["code"], code, "{path}");
+    }
+    client
+        .post(format!("{url}/v1/runs/{id}/cancel"))
+        .send()
+        .await
+        .unwrap();
+    let run = ended(&client, &url, id).await;
+    assert_eq!(run["graph"][2]["state"], "cancelled", "{run}");
+    assert_eq!(run["graph"][3]["state"], "cancelled", "{run}");
     server.stop();
     runtime.shutdown().await;
 }

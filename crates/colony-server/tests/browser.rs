@@ -96,6 +96,7 @@ async fn start_runtime() -> Runtime {
         error_rate: 0.03,
         crash_rate: 0.002,
         hang_rate: 0.0,
+        stands_in_for: None,
     };
     colony_server::testing::sim_runtime(400, sim, RuntimeOptions::default()).await
 }

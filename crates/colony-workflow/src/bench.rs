@@ -168,6 +168,7 @@ pub async fn run(
         runtime: RuntimeOptions::default(),
         journal: journal.clone(),
         output: Some(out.to_owned()),
+        on_started: None,
         on_finished: None,
         cancel: None,
         prior: Vec::new(),

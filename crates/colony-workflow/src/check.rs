@@ -85,6 +85,9 @@ pub(crate) enum Purpose {
     Run,
     /// `colony serve --pools`: only its agents are used, and it may have no tasks.
     Pools,
+    /// `colony run --sim`: sim agents stand in for every pool, so programs need not be
+    /// installed (nor CLIs be recent enough).
+    Rehearse,
 }
 
 /// Checks `file` and resolves its references; `base` is the folder relative paths start from.
@@ -164,6 +167,15 @@ pub(crate) fn check(
                 "out of range",
             ));
         }
+        if let Some(preset) = &p.preset
+            && p.kind.value != Kind::Command
+        {
+            problems.push(Problem::at(
+                preset,
+                "`preset:` names the CLI of a `command` pool: set `kind: command`",
+                "not a command pool",
+            ));
+        }
         let backend = match p.kind.value {
             Kind::Sim => {
                 if p.command.is_some() || p.process.is_some() {
@@ -177,7 +189,12 @@ pub(crate) fn check(
             }
             Kind::Process => match (&p.process, p.sim.is_some() || p.command.is_some()) {
                 (Some(settings), false) => {
-                    let program = find_program(&settings.program, base, &mut problems);
+                    let program = find_program(
+                        &settings.program,
+                        base,
+                        purpose != Purpose::Rehearse,
+                        &mut problems,
+                    );
                     let idle_timeout = settings
                         .idle_timeout
                         .as_ref()
@@ -243,21 +260,25 @@ pub(crate) fn check(
                 ));
                 None
             }
-            Kind::Command => match &p.command {
-                None => {
+            Kind::Command => match (&p.command, &p.preset) {
+                (None, None) => {
                     problems.push(Problem::at(
                         &p.kind,
-                        "a `command` pool needs a `command:` section with at least `program:`",
+                        "a `command` pool needs a `command:` section with at least `program:`, \
+                         or a `preset:` (claude, codex, gemini, aider, opencode)",
                         "no command: section",
                     ));
                     None
                 }
-                Some(c) => command_options(c, base, &mut problems).map(|mut o| {
-                    // Tasks of `serve --pools` come from anyone with a token: a payload may
-                    // not choose the name that their logs and worktrees go by.
-                    o.names_from_payload = purpose == Purpose::Run;
-                    Backend::Command(Box::new(o))
-                }),
+                (c, preset) => {
+                    command_options(p, c.as_ref(), preset.as_ref(), base, purpose, &mut problems)
+                        .map(|mut o| {
+                            // Tasks of `serve --pools` come from anyone with a token: a payload may
+                            // not choose the name that their logs and worktrees go by.
+                            o.names_from_payload = purpose != Purpose::Pools;
+                            Backend::Command(Box::new(o))
+                        })
+                }
             },
         };
         let role = p.role.clone().unwrap_or_else(|| p.name.value.clone());
@@ -583,7 +604,7 @@ pub(crate) fn check(
             wait,
         });
     }
-    if file.tasks.is_empty() && purpose == Purpose::Run {
+    if file.tasks.is_empty() && purpose != Purpose::Pools {
         problems.push(Problem::at(
             &file.name,
             "the workflow has no tasks (a file of pools alone is for `colony serve --pools`, which checks it)",
@@ -684,9 +705,19 @@ fn estimate(
     problems: &mut Vec<Problem>,
 ) -> crate::plan::Estimate {
     let mut estimate = crate::plan::Estimate::default();
-    if let Some(Backend::Sim(sim)) = backend {
-        estimate.duration = Some(crate::plan::typical(&sim.latency));
-        estimate.cost_usd = Some(0.0);
+    match backend {
+        Some(Backend::Sim(sim)) => {
+            estimate.duration = Some(crate::plan::typical(&sim.latency));
+            estimate.cost_usd = Some(0.0);
+        }
+        Some(Backend::Command(c)) => {
+            if let Some(cli) = &c.cli {
+                let (duration, cost) = cli.preset.typical();
+                estimate.duration = Some(duration);
+                estimate.cost_usd = Some(cost);
+            }
+        }
+        _ => {}
     }
     let Some(e) = &p.estimate else {
         return estimate;
@@ -1127,6 +1158,7 @@ fn sim_options(
         error_rate: s.error_rate,
         crash_rate: s.crash_rate,
         hang_rate: s.hang_rate,
+        stands_in_for: None,
     };
     match colony_agents::sim::Sim::new(options.clone()) {
         Ok(_) => Some(options),
@@ -1142,12 +1174,43 @@ fn sim_options(
 }
 
 fn command_options(
-    c: &file::Command,
+    p: &file::Pool,
+    c: Option<&file::Command>,
+    preset: Option<&Spanned<colony_agents::presets::Preset>>,
     base: &std::path::Path,
+    purpose: Purpose,
     problems: &mut Vec<Problem>,
 ) -> Option<CommandOptions> {
+    let none = file::Command::default();
+    let c = c.unwrap_or(&none);
+    let required = purpose != Purpose::Rehearse;
     // Not found, the program is reported and the other settings are still checked.
-    let program = find_program(&c.program, base, problems);
+    let program = match (&c.program, preset) {
+        (Some(program), _) => find_program(program, base, required, problems),
+        (None, Some(preset)) => {
+            let name = Spanned::new(
+                preset.value.program().to_owned(),
+                preset.referenced,
+                preset.defined,
+            );
+            find_program(&name, base, required, problems)
+        }
+        (None, None) => {
+            problems.push(Problem::at(
+                &p.kind,
+                "the `command:` section needs `program:` (or the pool a `preset:`)",
+                "no program",
+            ));
+            None
+        }
+    };
+    let cli = match preset {
+        Some(preset) => Some(cli_settings(p, c, preset, problems)),
+        None => {
+            cli_only(c, problems);
+            None
+        }
+    };
     // Arguments are filled per attempt from the attempt itself; outputs of other tasks reach
     // a command through its task's input.
     for arg in &c.args {
@@ -1223,6 +1286,16 @@ fn command_options(
         processes: limit("processes", &c.limits.processes, u64::MAX, problems),
     };
     options.allow_option_values = c.allow_option_values;
+    if let Some(cli) = cli {
+        options = options.with_preset(cli);
+        // Asked as the pool will call it: with its environment.
+        if required
+            && program.is_some()
+            && let Some(preset) = preset
+        {
+            check_version(preset, &options, problems);
+        }
+    }
     if c.worktree {
         // The root is the run's output folder, known when it runs.
         options.worktree = Some(colony_agents::command::Worktree {
@@ -1354,9 +1427,191 @@ fn is_variable_name(name: &str) -> bool {
 }
 
 /// The program a pool runs, found: a path relative to the workflow file, or a name on PATH.
+/// The settings of a preset pool: `max-turns` only where the CLI takes it, `price` only where
+/// it reports no cost of its own, numbers in range.
+fn cli_settings(
+    p: &file::Pool,
+    c: &file::Command,
+    preset: &Spanned<colony_agents::presets::Preset>,
+    problems: &mut Vec<Problem>,
+) -> colony_agents::presets::CliSettings {
+    let pool = &p.name.value;
+    let name = preset.value.name();
+    let mut cli = colony_agents::presets::CliSettings::new(preset.value);
+    if let Some(model) = &c.model {
+        if model.value.is_empty() || model.value.starts_with('-') || model.value.contains('\0') {
+            problems.push(Problem::at(
+                model,
+                format!(
+                    "pool `{pool}`: model {:?} is not a model's name",
+                    model.value
+                ),
+                "bad model",
+            ));
+        }
+        cli.model = Some(model.value.clone());
+    }
+    if let Some(turns) = &c.max_turns {
+        if !preset.value.takes_max_turns() {
+            problems.push(Problem::at(
+                turns,
+                format!("pool `{pool}`: the {name} CLI takes no limit on its turns"),
+                "not for this CLI",
+            ));
+        } else if !(1..=10_000).contains(&turns.value) {
+            problems.push(Problem::at(
+                turns,
+                format!(
+                    "pool `{pool}`: max-turns {} is out of range: allowed 1 to 10000",
+                    turns.value
+                ),
+                "out of range",
+            ));
+        }
+        cli.max_turns = Some(turns.value);
+    }
+    if let Some(price) = &c.price {
+        if preset.value.reports_cost() {
+            problems.push(Problem::at(
+                &price.input,
+                format!(
+                    "pool `{pool}`: the {name} CLI reports its own cost; `price` is for codex \
+                     and gemini, which report tokens only"
+                ),
+                "reports its cost",
+            ));
+        }
+        for (what, v) in [("input", &price.input), ("output", &price.output)] {
+            if !(v.value.is_finite() && (0.0..=1e6).contains(&v.value)) {
+                problems.push(Problem::at(
+                    v,
+                    format!(
+                        "pool `{pool}`: price.{what} {} is out of range: allowed 0 to 1000000 \
+                         dollars per million tokens",
+                        v.value
+                    ),
+                    "out of range",
+                ));
+            }
+        }
+        cli.price = colony_agents::http::Price {
+            input_per_million: price.input.value,
+            output_per_million: price.output.value,
+        };
+    }
+    if let Some(budget) = &c.budget_usd {
+        if !preset.value.reports_cost() && c.price.is_none() {
+            problems.push(Problem::at(
+                budget,
+                format!(
+                    "pool `{pool}`: the {name} CLI reports tokens, not dollars: a budget needs \
+                     the pool's `price` (dollars per million tokens) to count against"
+                ),
+                "needs a price",
+            ));
+        }
+        if !(budget.value.is_finite() && budget.value > 0.0 && budget.value <= 1e9) {
+            problems.push(Problem::at(
+                budget,
+                format!(
+                    "pool `{pool}`: budget-usd {} is out of range: allowed above 0, up to 1e9",
+                    budget.value
+                ),
+                "out of range",
+            ));
+        }
+        cli.budget_usd = Some(budget.value);
+    }
+    if let Some(retries) = &c.rate_limit_retries {
+        if retries.value > 20 {
+            problems.push(Problem::at(
+                retries,
+                format!(
+                    "pool `{pool}`: rate-limit-retries {} is out of range: allowed 0 to 20",
+                    retries.value
+                ),
+                "out of range",
+            ));
+        }
+        cli.max_retries = retries.value;
+    }
+    cli
+}
+
+/// A command pool without a preset may not set what only a preset reads.
+fn cli_only(c: &file::Command, problems: &mut Vec<Problem>) {
+    let set = [
+        ("model", c.model.as_ref().map(|v| v.referenced)),
+        ("max-turns", c.max_turns.as_ref().map(|v| v.referenced)),
+        ("price", c.price.as_ref().map(|v| v.input.referenced)),
+        ("budget-usd", c.budget_usd.as_ref().map(|v| v.referenced)),
+        (
+            "rate-limit-retries",
+            c.rate_limit_retries.as_ref().map(|v| v.referenced),
+        ),
+    ];
+    for (key, at) in set {
+        if let Some(at) = at {
+            problems.push(Problem {
+                at: known(at),
+                label: "needs a preset".into(),
+                message: format!(
+                    "`{key}` is read by a preset's CLI: give the pool a `preset:` (claude, \
+                     codex, gemini, aider, opencode)"
+                ),
+            });
+        }
+    }
+}
+
+/// Runs `<program> --version` and refuses a CLI older than its preset reads, or one that does
+/// not answer with a version.
+fn check_version(
+    preset: &Spanned<colony_agents::presets::Preset>,
+    options: &CommandOptions,
+    problems: &mut Vec<Problem>,
+) {
+    use colony_agents::presets::parse_version;
+    let program = &options.program;
+    let name = preset.value.name();
+    let (major, minor, patch) = preset.value.min_version();
+    let answer = match colony_agents::command::version_of(options) {
+        Ok(answer) => answer,
+        Err(e) => {
+            problems.push(Problem::at(
+                preset,
+                format!("`{program} --version` {e}: colony cannot tell which {name} CLI this is"),
+                "no version",
+            ));
+            return;
+        }
+    };
+    match parse_version(&answer) {
+        None => problems.push(Problem::at(
+            preset,
+            format!(
+                "`{program} --version` printed no version ({:?})",
+                answer.chars().take(80).collect::<String>()
+            ),
+            "no version",
+        )),
+        Some(v) if v < (major, minor, patch) => problems.push(Problem::at(
+            preset,
+            format!(
+                "`{program}` is version {}.{}.{}: the {name} preset reads the output of \
+                 {major}.{minor}.{patch} and later; upgrade it",
+                v.0, v.1, v.2
+            ),
+            "too old",
+        )),
+        Some(_) => {}
+    }
+}
+
 fn find_program(
     program: &Spanned<String>,
     base: &std::path::Path,
+    required: bool,
     problems: &mut Vec<Problem>,
 ) -> Option<String> {
     let name = &program.value;
@@ -1373,6 +1628,10 @@ fn find_program(
         colony_agents::command::on_path(name)
     };
     if found.is_none() {
+        if !required {
+            // A stand-in runs instead; the name is kept for what is shown.
+            return Some(name.clone());
+        }
         problems.push(Problem::at(
             program,
             format!("program `{name}` is not found (looked on PATH, or relative to the workflow file for a path)"),

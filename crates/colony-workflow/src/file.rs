@@ -579,6 +579,10 @@ pub struct Pool {
     pub sim: Option<Sim>,
     #[serde(default)]
     pub command: Option<Command>,
+    /// A coding-agent CLI a `command` pool runs: `claude`, `codex`, `gemini`, `aider` or
+    /// `opencode`. It brings the program, its arguments and its output's reading.
+    #[serde(default)]
+    pub preset: Option<Spanned<colony_agents::presets::Preset>>,
     #[serde(default)]
     pub process: Option<ProcessSettings>,
     #[serde(default)]
@@ -760,12 +764,15 @@ pub struct Sim {
 }
 
 /// Settings of `command` agents.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
 pub struct Command {
-    /// The program: a path, or a name looked up on `PATH`. Never run through a shell.
-    pub program: Spanned<String>,
-    /// Arguments, with `{{task}}`, `{{attempt}}`, `{{agent}}` and `{{input.KEY}}`.
+    /// The program: a path, or a name looked up on `PATH`. Never run through a shell. With
+    /// a `preset:`, the preset's CLI by default.
+    #[serde(default)]
+    pub program: Option<Spanned<String>>,
+    /// Arguments, with `{{task}}`, `{{attempt}}`, `{{agent}}` and `{{input.KEY}}`; with a
+    /// preset, added after the preset's own.
     #[serde(default)]
     pub args: Vec<Spanned<String>>,
     /// Variables passed through from colony's environment (besides PATH, HOME, LANG, TMPDIR).
@@ -790,6 +797,23 @@ pub struct Command {
     /// it for an option); refused by default.
     #[serde(default)]
     pub allow_option_values: bool,
+    /// With a preset: the model the CLI uses (its `--model`).
+    #[serde(default)]
+    pub model: Option<Spanned<String>>,
+    /// With the `claude` preset: most agentic turns per call.
+    #[serde(default)]
+    pub max_turns: Option<Spanned<u32>>,
+    /// With a preset whose CLI reports tokens but no cost (`codex`, `gemini`): dollars per
+    /// million tokens.
+    #[serde(default)]
+    pub price: Option<HttpPrice>,
+    /// With a preset: dollars the pool may spend; then its tasks fail instead of starting
+    /// the CLI.
+    #[serde(default)]
+    pub budget_usd: Option<Spanned<f64>>,
+    /// With a preset: calls of the CLI after a rate limit, within one attempt (default 3).
+    #[serde(default)]
+    pub rate_limit_retries: Option<Spanned<u32>>,
 }
 
 /// Resource limits of each process.

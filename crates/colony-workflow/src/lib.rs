@@ -32,7 +32,8 @@ pub mod webhooks;
 pub use check::{Position, Problem};
 pub use read::{ReadError, read_bounded};
 pub use run::{
-    Agents, Finished, Options, Progress, Report, SUMMARY_RESULT_BYTES, Status, agents, run,
+    Agents, Finished, Metered, Options, Progress, Report, SUMMARY_RESULT_BYTES, Started, Status,
+    agents, run,
 };
 
 use colony_agents::{AgentSpec, command::CommandOptions, sim::SimOptions};
@@ -526,6 +527,12 @@ pub const MAX_FILE_BYTES: u64 = 8 << 20;
 /// The file must be a regular file of at most [`MAX_FILE_BYTES`], in UTF-8.
 pub fn load(path: &Path) -> Result<Workflow, Error> {
     load_for(path, check::Purpose::Run)
+}
+
+/// Reads and checks the workflow file at `path` for a dry run (`colony run --sim`): sim agents
+/// stand in for every pool, so its programs and CLIs need not be installed.
+pub fn load_for_rehearsal(path: &Path) -> Result<Workflow, Error> {
+    load_for(path, check::Purpose::Rehearse)
 }
 
 fn load_for(path: &Path, purpose: check::Purpose) -> Result<Workflow, Error> {

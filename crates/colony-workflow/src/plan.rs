@@ -97,9 +97,14 @@ impl Workflow {
             let latency = Duration::try_from_secs_f64(estimated.as_secs_f64() / speed)
                 .unwrap_or(crate::runtime::MAX_DURATION)
                 .min(crate::runtime::MAX_DURATION);
+            let stands_in_for = match &pool.backend {
+                crate::Backend::Command(c) => c.cli.as_ref().map(|cli| cli.preset),
+                _ => None,
+            };
             pool.backend = crate::Backend::Sim(colony_agents::sim::SimOptions {
                 seed: i as u64,
                 latency: Latency::Fixed { value: latency },
+                stands_in_for,
                 ..Default::default()
             });
             pool.spec.kind = "sim".into();

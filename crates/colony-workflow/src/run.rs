@@ -111,6 +111,23 @@ impl Output {
         Self(Kept::Text(Bytes::from(text)))
     }
 
+    /// The `cost_usd` an `http` agent or a coding-agent CLI puts in its output, if any.
+    pub fn cost_usd(&self) -> Option<f64> {
+        #[derive(serde::Deserialize)]
+        struct Cost {
+            cost_usd: Option<f64>,
+        }
+        match &self.0 {
+            Kept::Json(raw) if raw.get().starts_with('{') => {
+                serde_json::from_str::<Cost>(raw.get())
+                    .ok()
+                    .and_then(|c| c.cost_usd)
+                    .filter(|c| c.is_finite() && *c >= 0.0)
+            }
+            _ => None,
+        }
+    }
+
     /// Its size in bytes (a JSON value's without the blanks around it).
     pub fn len(&self) -> usize {
         match &self.0 {
@@ -277,6 +294,9 @@ impl Report {
 /// Told of each task as it ends.
 pub type Progress = Box<dyn FnMut(&Finished) + Send>;
 
+/// Told of each task's id as it is handed to the runtime (queued, then run by an agent).
+pub type Started = Box<dyn FnMut(&str) + Send>;
+
 /// Settings of one run.
 pub struct Options {
     pub runtime: RuntimeOptions,
@@ -285,6 +305,8 @@ pub struct Options {
     pub output: Option<PathBuf>,
     /// Called as each task ends, for progress.
     pub on_finished: Option<Progress>,
+    /// Called as each task is handed to the runtime, for progress.
+    pub on_started: Option<Started>,
     /// When it completes, the run stops: nothing more starts, running attempts are abandoned
     /// (their processes killed) and unfinished tasks end `cancelled`.
     pub cancel: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
@@ -625,10 +647,27 @@ impl Fnv {
     }
 }
 
-/// Agents, and the `http` endpoints among them.
-pub type Agents = (Vec<Arc<dyn Agent>>, Vec<Arc<colony_agents::http::Http>>);
+/// Agents, and those among them that count what they use.
+pub type Agents = (Vec<Arc<dyn Agent>>, Vec<Metered>);
 
-/// The agents of `pools`, in order, with the `http` endpoints among them (for their usage).
+/// An agent whose calls cost tokens and dollars: an `http` endpoint, or a preset's CLI.
+#[derive(Clone, Debug)]
+pub enum Metered {
+    Http(Arc<colony_agents::http::Http>),
+    Cli(Arc<Command>),
+}
+
+impl Metered {
+    pub fn usage(&self) -> colony_agents::http::Usage {
+        match self {
+            Metered::Http(h) => h.usage(),
+            Metered::Cli(c) => c.usage(),
+        }
+    }
+}
+
+/// The agents of `pools`, in order, with those that count their usage (`http` endpoints,
+/// preset CLIs).
 /// Command agents keep their stderr logs in `output/logs` and their worktrees in
 /// `output/worktrees`.
 pub fn agents(
@@ -656,7 +695,7 @@ pub fn agents(
                         Arc::new(colony_agents::http::Http::new((**o).clone()).map_err(|e| {
                             colony_runtime::Error::Options(format!("pool `{}`: {e}", p.name))
                         })?);
-                    endpoints.push(http.clone());
+                    endpoints.push(Metered::Http(http.clone()));
                     http
                 }
                 Backend::Command(o) => {
@@ -667,7 +706,12 @@ pub fn agents(
                         w.root = std::path::absolute(output.join("worktrees"))
                             .unwrap_or_else(|_| output.join("worktrees"));
                     }
-                    Arc::new(Command::new(o))
+                    let metered = o.cli.is_some();
+                    let command = Arc::new(Command::new(o));
+                    if metered {
+                        endpoints.push(Metered::Cli(command.clone()));
+                    }
+                    command
                 }
             };
             Ok(agent)
@@ -920,6 +964,9 @@ pub async fn run(
                     // Started by an earlier process; the runtime's recovery finishes it.
                     let ended = watched.remove(&recovering[&i]);
                     submitted_at[i] = Some(Instant::now());
+                    if let Some(on) = &mut options.on_started {
+                        on(&workflow.tasks[i].id);
+                    }
                     pending.push(Box::pin(async move {
                         let completion = match ended {
                             Some(rx) => rx.await.unwrap_or(Err(colony_runtime::Error::Stopped)),
@@ -997,6 +1044,9 @@ pub async fn run(
                     charged[i] = spec.payload.len() + holds;
                     in_flight += charged[i];
                     submitted_at[i] = Some(Instant::now());
+                    if let Some(on) = &mut options.on_started {
+                        on(&workflow.tasks[i].id);
+                    }
                     let handle = handle.clone();
                     pending.push(match (vote, team) {
                         (None, Some(team)) => {
@@ -1201,7 +1251,11 @@ pub async fn run(
         })
         .collect();
     let hooks = writer.hooks.take();
-    let mut unwritten = writer.finish();
+    // Waits for the writer's thread to put the last results on disk: off the runtime's
+    // workers.
+    let mut unwritten = tokio::task::spawn_blocking(move || writer.finish())
+        .await
+        .unwrap_or_else(|e| vec![format!("the result writer stopped: {e}")]);
     let count = |s: Status| tasks.iter().filter(|t| t.status == s).count();
     let mut report = Report {
         name: workflow.name.clone(),

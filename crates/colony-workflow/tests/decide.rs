@@ -314,6 +314,7 @@ async fn a_resumed_run_decides_again_rather_than_take_a_ballot_for_the_outcome()
         runtime: RuntimeOptions::default(),
         journal: journal.clone(),
         output: Some(out.path().to_owned()),
+        on_started: None,
         on_finished: None,
         cancel: None,
         prior,

@@ -268,6 +268,7 @@ fn options(out: &Path) -> Options {
         runtime,
         journal: Arc::new(MemoryJournal::new()),
         output: Some(out.to_owned()),
+        on_started: None,
         on_finished: None,
         cancel: None,
         prior: Vec::new(),

@@ -687,3 +687,64 @@ tasks:
     let (_, err, code) = colony_in(d, &["run", "--sim", "--db", "j.db", file.to_str().unwrap()]);
     assert_eq!(code, 2, "{err}");
 }
+
+/// A preset's CLI is checked when the file is: missing from `PATH`, or too old, each said at
+/// the `preset:` line; a dry run needs neither.
+#[test]
+fn validate_says_which_coding_cli_is_missing_or_too_old() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("w.yaml");
+    std::fs::write(
+        &file,
+        "name: w\nagents:\n  - name: coder\n    kind: command\n    preset: codex\n\
+         \x20   command: {env: [FAKE_CLI_VERSION]}\ntasks: [{id: t, agent: coder, prompt: hi}]\n",
+    )
+    .unwrap();
+    let fakes = std::path::absolute(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../colony-agents/tests/fake-cli"),
+    )
+    .unwrap();
+    let validate = |path: &str, version: Option<&str>| {
+        let mut c = Command::cargo_bin("colony").unwrap();
+        c.env("PATH", path)
+            .args(["validate", file.to_str().unwrap()]);
+        if let Some(v) = version {
+            c.env("FAKE_CLI_VERSION", v);
+        }
+        let out = c.output().unwrap();
+        (
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+            out.status.code(),
+        )
+    };
+    // Only the system's folders: no codex.
+    let (err, code) = validate("/usr/bin:/bin", None);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("program `codex` is not found"), "{err}");
+    assert!(err.contains("w.yaml:5:13"), "{err}");
+    let with_fakes = format!("{}:/usr/bin:/bin", fakes.display());
+    let (err, code) = validate(&with_fakes, Some("codex-cli 0.30.2"));
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("is version 0.30.2: the codex preset reads the output of 0.44.0 and later"),
+        "{err}"
+    );
+    let (err, code) = validate(&with_fakes, Some("no version here"));
+    assert!(err.contains("printed no version"), "{code:?} {err}");
+    let (err, code) = validate(&with_fakes, None);
+    assert_eq!(code, Some(0), "{err}");
+    // The dry run calls no CLI, so needs none installed.
+    let out = Command::cargo_bin("colony")
+        .unwrap()
+        .env("PATH", "/usr/bin:/bin")
+        .args(["run", "--sim", "--out"])
+        .arg(dir.path().join("rehearsal"))
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -11,6 +11,46 @@ fn examples() -> PathBuf {
         .unwrap()
 }
 
+/// `PATH` with the fake coding-agent CLIs first: `coding-swarm` runs on them, offline.
+fn path_with_fakes() -> String {
+    let fakes = Path::new(env!("CARGO_MANIFEST_DIR")).join("../colony-agents/tests/fake-cli");
+    let fakes = std::path::absolute(fakes).unwrap();
+    format!(
+        "{}:{}",
+        fakes.display(),
+        std::env::var("PATH").unwrap_or_default()
+    )
+}
+
+/// A copy of `file` as the one commit of a new git repository, for an example whose agents
+/// work in worktrees of the repository the file is in: not this one.
+fn in_new_repository(file: &Path, dir: &Path) -> PathBuf {
+    let copy = dir.join(file.file_name().unwrap());
+    std::fs::copy(file, &copy).unwrap();
+    for args in [
+        &["init", "-q"][..],
+        &["add", "."],
+        &[
+            "-c",
+            "user.email=t@example.com",
+            "-c",
+            "user.name=t",
+            "commit",
+            "-qm",
+            "example",
+        ],
+    ] {
+        let status = std::process::Command::new("git")
+            .arg("-C")
+            .arg(dir)
+            .args(args)
+            .status()
+            .unwrap();
+        assert!(status.success(), "git {args:?}");
+    }
+    copy
+}
+
 #[test]
 fn every_example_validates_and_runs_from_another_folder() {
     let elsewhere = tempfile::tempdir().unwrap();
@@ -21,10 +61,17 @@ fn every_example_validates_and_runs_from_another_folder() {
             continue;
         }
         let name = path.file_stem().unwrap().to_string_lossy().into_owned();
+        let repository = tempfile::tempdir().unwrap();
+        let path = if name == "coding-swarm" {
+            in_new_repository(&path, repository.path())
+        } else {
+            path
+        };
         let file = path.to_str().unwrap();
         let validated = Command::cargo_bin("colony")
             .unwrap()
             .current_dir(elsewhere.path())
+            .env("PATH", path_with_fakes())
             .args(["validate", file])
             .output()
             .unwrap();
@@ -42,6 +89,7 @@ fn every_example_validates_and_runs_from_another_folder() {
         let run = Command::cargo_bin("colony")
             .unwrap()
             .current_dir(elsewhere.path())
+            .env("PATH", path_with_fakes())
             .args(["run", file, "--json", "--out"])
             .arg(&out)
             .timeout(std::time::Duration::from_secs(240))
@@ -62,6 +110,7 @@ fn every_example_validates_and_runs_from_another_folder() {
         ran,
         [
             "app-plan",
+            "coding-swarm",
             "dag-10000",
             "decide",
             "messages",
@@ -125,6 +174,7 @@ fn every_example_rehearses_with_sim_as_many_tasks_in_the_same_waves() {
             let o = Command::cargo_bin("colony")
                 .unwrap()
                 .current_dir(out.path())
+                .env("PATH", path_with_fakes())
                 .args(args)
                 .output()
                 .unwrap();

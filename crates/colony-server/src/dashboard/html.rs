@@ -158,6 +158,11 @@ pub(crate) fn shell(version: &str, logout: bool) -> String {
 <div id="failures" class="scroll" hx-get="/ui/failures" hx-trigger="load, every 3s"></div>
 </section>
 <section class="panel wide">
+<h2>Workflow runs</h2>
+<p class="note">The newest runs posted to <code>/v1/runs</code>: each task with its wave, where it stands (waiting for what it needs, started, then how it ended), its attempts, time and cost, and links to its result file and the stderr of each attempt.</p>
+<div id="runs" class="scroll" hx-get="/ui/runs" hx-trigger="load, every 3s"></div>
+</section>
+<section class="panel wide">
 <h2>Decisions</h2>
 <p class="note">The newest decisions by vote: the protocol, the voters asked, the winning value and its share of the weight counted, the share of voters counted, or why it failed. <code>GET /v1/decisions/{{id}}</code> has every ballot.</p>
 <div id="decisions" class="scroll" hx-get="/ui/decisions" hx-trigger="load, every 3s"></div>
@@ -574,6 +579,101 @@ pub(crate) fn tasks(rows: &[TaskRow], state: Option<TaskState>) -> String {
     }
     out.push_str("</tbody></table>");
     out
+}
+
+/// The runs panel on a server that takes no runs.
+pub(crate) fn no_runs() -> String {
+    r#"<p class="empty">This server runs no workflows: start it with <code>--runs DIR</code>.</p>"#
+        .to_owned()
+}
+
+/// The runs panel: the newest run first, each with its tasks in the file's order.
+pub(crate) fn runs(views: &[crate::runs::RunView]) -> String {
+    if views.is_empty() {
+        return r#"<p class="empty">No runs yet.</p>"#.to_owned();
+    }
+    let mut out = String::with_capacity(views.iter().map(|v| v.graph.len() * 400 + 600).sum());
+    for v in views {
+        let ended = v.counts[2..].iter().sum::<usize>();
+        let counts: Vec<String> = crate::runs::STATES
+            .iter()
+            .zip(v.counts)
+            .filter(|(_, n)| *n > 0)
+            .map(|(s, n)| format!("{} {s}", count(n as u64)))
+            .collect();
+        let _ = write!(
+            out,
+            r#"<div class="run" data-run="{id}"><h3>Run {id}: {name} {state}</h3><p class="note">{ended} of {tasks} tasks ended ({counts}); cost ${cost:.4}; started {started}.{error}</p>"#,
+            id = v.id,
+            name = Esc(&v.name),
+            state = pill(v.state),
+            ended = count(ended as u64),
+            tasks = count(v.tasks as u64),
+            counts = counts.join(", "),
+            cost = v.cost_usd,
+            started = clock(v.started),
+            error = v
+                .error
+                .as_deref()
+                .map(|e| format!(" Error: {}", Esc(&clip(e, CELL))))
+                .unwrap_or_default(),
+        );
+        out.push_str(
+            r#"<table class="run-tasks"><thead><tr><th class="num">Wave</th><th>Task</th><th>State</th><th>Needs</th><th class="num">Attempts</th><th class="num">Seconds</th><th class="num">Cost</th><th>Files</th></tr></thead><tbody>"#,
+        );
+        for n in &v.graph {
+            let mut files = String::new();
+            let task = Esc(&n.id);
+            if std::fs::metadata(v.output.join(format!("{}.json", n.id))).is_ok_and(|m| m.is_file())
+            {
+                let _ = write!(
+                    files,
+                    r#"<a href="/v1/runs/{run}/results/{task}">result</a>"#,
+                    run = v.id
+                );
+            }
+            for attempt in 1..=n.attempts {
+                let log = v
+                    .output
+                    .join("logs")
+                    .join(format!("{}.{attempt}.stderr", n.id));
+                if std::fs::metadata(log).is_ok_and(|m| m.is_file()) {
+                    let _ = write!(
+                        files,
+                        r#" <a href="/v1/runs/{run}/logs/{task}/{attempt}">stderr {attempt}</a>"#,
+                        run = v.id
+                    );
+                }
+            }
+            let _ = write!(
+                out,
+                r#"<tr data-task="{task}"><td class="num">{wave}</td><td>{task}</td><td>{state}</td><td>{needs}</td><td class="num">{attempts}</td><td class="num">{seconds}</td><td class="num">{cost}</td><td>{files}</td></tr>"#,
+                wave = n.wave,
+                state = pill(n.state),
+                needs = Esc(&clip(&n.needs.join(", "), CELL)),
+                attempts = n.attempts,
+                seconds = n.seconds.map_or_else(String::new, |s| format!("{s:.2}")),
+                cost = n.cost_usd.map_or_else(String::new, |c| format!("${c:.4}")),
+            );
+        }
+        out.push_str("</tbody></table>");
+        if v.tasks > v.graph.len() {
+            let _ = write!(
+                out,
+                r#"<p class="note">And {} more tasks: <code>GET /v1/runs/{}</code> has them all.</p>"#,
+                count((v.tasks - v.graph.len()) as u64),
+                v.id
+            );
+        }
+        out.push_str("</div>");
+    }
+    out
+}
+
+/// A Unix time as `HH:MM:SS` UTC.
+fn clock(unix: u64) -> String {
+    let s = unix % 86_400;
+    format!("{:02}:{:02}:{:02} UTC", s / 3600, s / 60 % 60, s % 60)
 }
 
 /// One decision as the decisions panel shows it.

@@ -23,6 +23,7 @@ pub(crate) fn options(out: &Path) -> Options {
         runtime: RuntimeOptions::default(),
         journal: Arc::new(MemoryJournal::new()),
         output: Some(out.to_owned()),
+        on_started: None,
         on_finished: None,
         cancel: None,
         prior: Vec::new(),

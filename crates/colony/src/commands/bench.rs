@@ -530,6 +530,7 @@ pub(crate) fn run(bench: Bench) -> Result<(), Failure> {
                 error_rate: args.error_rate,
                 crash_rate: args.crash_rate,
                 hang_rate: args.hang_rate,
+                stands_in_for: None,
             };
             colony_agents::sim::Sim::new(swarm.sim.clone()).map_err(Failure::input)?;
             check_range("--retry-backoff-ms", args.retry_backoff_ms, 0, 1_000)?;

@@ -164,7 +164,11 @@ fn pools(names: &[String]) -> String {
 }
 
 pub(crate) fn run(args: &RunArgs) -> Result<(), Failure> {
-    let workflow = load(&args.file)?;
+    let workflow = if args.sim {
+        colony_workflow::load_for_rehearsal(&args.file).map_err(invalid)?
+    } else {
+        load(&args.file)?
+    };
     let workflow = if args.sim {
         // The dry run never writes where the real run's results are.
         if let Some(out) = &args.out
@@ -247,6 +251,7 @@ pub(crate) fn run(args: &RunArgs) -> Result<(), Failure> {
         runtime: runtime_options,
         journal,
         output: args.out.clone(),
+        on_started: None,
         on_finished: Some(on_finished),
         cancel: Some(cancel),
         prior,

@@ -95,6 +95,52 @@ struct Decisions {
     decisions: Vec<DecisionLine>,
 }
 
+/// A workflow run, as `GET /v1/runs` lists it.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(default, rename_all = "kebab-case")]
+pub(crate) struct RunLine {
+    pub(crate) id: u64,
+    pub(crate) name: String,
+    /// `running`, `succeeded`, `failed`, `cancelled` or `error`.
+    pub(crate) state: String,
+    pub(crate) tasks: u64,
+    pub(crate) succeeded: u64,
+    pub(crate) failed: u64,
+    pub(crate) skipped: u64,
+    pub(crate) cancelled: u64,
+    pub(crate) cost_usd: f64,
+}
+
+#[derive(Debug, Deserialize)]
+struct RunList {
+    runs: Vec<RunLine>,
+}
+
+/// One task of a run, as `GET /v1/runs/{id}/graph` gives it.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(default, rename_all = "kebab-case")]
+pub(crate) struct RunTask {
+    pub(crate) id: String,
+    pub(crate) wave: usize,
+    /// `waiting`, `started`, `succeeded`, `failed`, `skipped` or `cancelled`.
+    pub(crate) state: String,
+    pub(crate) attempts: u32,
+    pub(crate) seconds: Option<f64>,
+    pub(crate) cost_usd: Option<f64>,
+}
+
+#[derive(Debug, Deserialize)]
+struct RunGraph {
+    graph: Vec<RunTask>,
+}
+
+/// The runs a server holds, newest first, and the tasks of the newest.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub(crate) struct Runs {
+    pub(crate) runs: Vec<RunLine>,
+    pub(crate) newest: Vec<RunTask>,
+}
+
 /// What `GET /v1/pools/history` answers: samples as columns aligned with `t` (milliseconds
 /// since the Unix epoch), and the decisions on the pools' sizes.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
@@ -149,6 +195,9 @@ pub(crate) struct Snapshot {
     /// The newest decisions by vote; `None` from a server that runs none (older than this
     /// `colony top`).
     pub(crate) decisions: Option<Vec<DecisionLine>>,
+    /// Workflow runs; `None` from a server that takes none (`--runs` not given, or older
+    /// than this `colony top`).
+    pub(crate) runs: Option<Runs>,
 }
 
 /// Why a poll got nothing to show.
@@ -246,6 +295,7 @@ impl Client {
             self.get_if_served::<PoolHistory>(&history),
             self.get_if_served::<Decisions>(&decisions),
         )?;
+        let runs = self.runs().await?;
         let mut tasks = failed.tasks;
         tasks.extend(dead.tasks);
         tasks.sort_by_key(|t| std::cmp::Reverse(t.id));
@@ -256,7 +306,34 @@ impl Client {
             failures: tasks,
             pools: pools.map(Box::new),
             decisions: decisions.map(|d| d.decisions),
+            runs,
         })
+    }
+
+    /// The runs, and the graph of the newest; `None` when the server takes no runs.
+    async fn runs(&self) -> Result<Option<Runs>, Error> {
+        let (url, status, body) = self.fetch("/v1/runs").await?;
+        let disabled = status == reqwest::StatusCode::FORBIDDEN && code(&body) == "runs-disabled";
+        if disabled || status == reqwest::StatusCode::NOT_FOUND && code(&body) == "not-found" {
+            return Ok(None);
+        }
+        let list: RunList = parse(&self.server, url, status, &body, self.token.is_some())?;
+        let newest = match list.runs.first() {
+            Some(run) => {
+                let graph = format!("/v1/runs/{}/graph", run.id);
+                match self.get_if_served::<RunGraph>(&graph).await {
+                    Ok(graph) => graph.map(|g| g.graph).unwrap_or_default(),
+                    // Forgotten between the two requests: shown without its tasks.
+                    Err(Error::Answer { .. }) => Vec::new(),
+                    Err(e) => return Err(e),
+                }
+            }
+            None => Vec::new(),
+        };
+        Ok(Some(Runs {
+            runs: list.runs,
+            newest,
+        }))
     }
 
     async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, Error> {

@@ -2,7 +2,7 @@
 //! `--once` prints a frame and how the tests read one.
 
 use super::{
-    api::{Decision, DecisionLine, Snapshot},
+    api::{Decision, DecisionLine, Runs, Snapshot},
     view::{PoolSample, PoolTrack, Pools, View},
 };
 use crate::output::thousands;
@@ -32,6 +32,7 @@ impl Widget for &View {
             totals,
             tiers,
             pools,
+            runs,
             failures,
             status,
         ] = Layout::vertical([
@@ -41,6 +42,12 @@ impl Widget for &View {
             Constraint::Length(4),
             Constraint::Length(tiers_height),
             Constraint::Length(pools_height(&self.pools)),
+            Constraint::Length(
+                self.latest
+                    .as_ref()
+                    .and_then(|s| s.runs.as_ref())
+                    .map_or(0, runs_height),
+            ),
             Constraint::Min(3),
             Constraint::Length(1),
         ])
@@ -53,6 +60,9 @@ impl Widget for &View {
                 render_totals(snapshot, totals, buf);
                 render_tiers(snapshot, tiers, buf);
                 render_pools(&self.pools, pools, buf);
+                if let Some(r) = &snapshot.runs {
+                    render_runs(r, runs, buf);
+                }
                 match &snapshot.decisions {
                     // A server that runs decisions: failures and decisions side by side.
                     Some(decisions) => {
@@ -439,6 +449,90 @@ fn pool_sparkline(track: &PoolTrack, width: usize) -> Sparkline<'static> {
     Sparkline::default().data(bars).max(top)
 }
 
+/// Runs listed, and waves of the newest run shown, at most.
+const RUNS_SHOWN: usize = 3;
+const WAVES_SHOWN: usize = 4;
+
+/// The runs panel's height: its border, a line per run, a line per wave of the newest.
+fn runs_height(runs: &Runs) -> u16 {
+    let waves = runs.newest.iter().map(|t| t.wave + 1).max().unwrap_or(0);
+    let lines = runs.runs.len().clamp(1, RUNS_SHOWN)
+        + waves.min(WAVES_SHOWN)
+        + usize::from(waves > WAVES_SHOWN);
+    u16::try_from(lines + 2).unwrap_or(u16::MAX)
+}
+
+/// A task's state as one mark: waiting `·`, started `>`, succeeded `✓`, failed `✗`, skipped
+/// `-`, cancelled `/`.
+fn mark(state: &str) -> Span<'static> {
+    match state {
+        "succeeded" => "✓".green(),
+        "failed" => "✗".red(),
+        "started" => ">".blue(),
+        "skipped" => "-".dim(),
+        "cancelled" => "/".dim(),
+        _ => "·".dim(),
+    }
+}
+
+/// The workflow runs: one line each, then the newest run's tasks wave by wave.
+fn render_runs(runs: &Runs, area: Rect, buf: &mut Buffer) {
+    let block = Block::bordered()
+        .padding(Padding::horizontal(1))
+        .title(" Workflow runs ");
+    if runs.runs.is_empty() {
+        Paragraph::new(" none".dim()).block(block).render(area, buf);
+        return;
+    }
+    let width = usize::from(block.inner(area).width);
+    let mut lines: Vec<Line> = Vec::new();
+    for r in runs.runs.iter().take(RUNS_SHOWN) {
+        let ended = r.succeeded + r.failed + r.skipped + r.cancelled;
+        let state = match r.state.as_str() {
+            "succeeded" => r.state.clone().green(),
+            "running" => r.state.clone().blue(),
+            _ => r.state.clone().red(),
+        };
+        let mut spans = vec![
+            format!("#{} ", r.id).bold(),
+            Span::raw(truncate(&r.name, 24)),
+            "  ".into(),
+            state,
+            format!("  {}/{} ended", thousands(ended), thousands(r.tasks)).into(),
+        ];
+        if r.failed > 0 {
+            spans.push(format!("  {} failed", thousands(r.failed)).red());
+        }
+        if r.cost_usd > 0.0 {
+            spans.push(format!("  ${:.4}", r.cost_usd).into());
+        }
+        lines.push(Line::from(spans));
+    }
+    let waves = runs.newest.iter().map(|t| t.wave + 1).max().unwrap_or(0);
+    for wave in 0..waves.min(WAVES_SHOWN) {
+        let mut spans: Vec<Span> = vec![format!("w{wave} ").dim()];
+        let mut used = 4;
+        for t in runs.newest.iter().filter(|t| t.wave == wave) {
+            let id = truncate(&t.id, 24);
+            let needed = id.chars().count() + 2;
+            if used + needed > width {
+                spans.push("…".dim());
+                break;
+            }
+            used += needed;
+            spans.push(mark(&t.state));
+            spans.push(Span::raw(format!("{id} ")));
+        }
+        lines.push(Line::from(spans));
+    }
+    if waves > WAVES_SHOWN {
+        lines.push(Line::from(
+            format!("and {} more waves", waves - WAVES_SHOWN).dim(),
+        ));
+    }
+    Paragraph::new(lines).block(block).render(area, buf);
+}
+
 fn render_failures(snapshot: &Snapshot, area: Rect, buf: &mut Buffer) {
     let block = Block::bordered()
         .padding(Padding::horizontal(1))
@@ -658,6 +752,7 @@ mod tests {
             ],
             pools: None,
             decisions: None,
+            runs: None,
         }
     }
 
@@ -802,6 +897,82 @@ mod tests {
         let mut old = View::new("http://127.0.0.1:7070", Duration::from_secs(1), true);
         old.record(Duration::ZERO, Ok(snapshot(10)));
         assert!(!text_of(&old).contains("decisions by vote"));
+    }
+
+    #[test]
+    fn runs_show_their_progress_and_the_newest_run_its_tasks_wave_by_wave() {
+        use super::super::api::{RunLine, RunTask, Runs};
+        let task = |id: &str, wave, state: &str| RunTask {
+            id: id.into(),
+            wave,
+            state: state.into(),
+            ..RunTask::default()
+        };
+        let runs = Runs {
+            runs: vec![
+                RunLine {
+                    id: 2,
+                    name: "coding-swarm".into(),
+                    state: "running".into(),
+                    tasks: 4,
+                    succeeded: 1,
+                    failed: 1,
+                    cost_usd: 0.125,
+                    ..RunLine::default()
+                },
+                RunLine {
+                    id: 1,
+                    name: "quickstart".into(),
+                    state: "succeeded".into(),
+                    tasks: 6,
+                    succeeded: 6,
+                    ..RunLine::default()
+                },
+            ],
+            newest: vec![
+                task("plan", 0, "succeeded"),
+                task("build-a", 1, "failed"),
+                task("build-b", 1, "started"),
+                task("review", 2, "waiting"),
+            ],
+        };
+        let mut view = View::new("http://127.0.0.1:7070", Duration::from_secs(1), true);
+        view.record(
+            Duration::ZERO,
+            Ok(Snapshot {
+                runs: Some(runs),
+                ..snapshot(10)
+            }),
+        );
+        let text = text(&view, TEXT_WIDTH, 40);
+        let row = |needle: &str| {
+            text.lines()
+                .find(|r| r.contains(needle))
+                .unwrap_or_else(|| panic!("no row has {needle:?}:\n{text}"))
+                .to_owned()
+        };
+        assert!(text.contains("Workflow runs"), "{text}");
+        let newest = row("#2 coding-swarm");
+        assert!(
+            newest.contains("running") && newest.contains("2/4 ended"),
+            "{newest}"
+        );
+        assert!(
+            newest.contains("1 failed") && newest.contains("$0.1250"),
+            "{newest}"
+        );
+        assert!(row("#1 quickstart").contains("6/6 ended"), "{text}");
+        assert!(row("w0 ").contains("✓plan"), "{text}");
+        let wave = row("w1 ");
+        assert!(
+            wave.contains("✗build-a") && wave.contains(">build-b"),
+            "{wave}"
+        );
+        assert!(row("w2 ").contains("·review"), "{text}");
+        // A server without runs: no panel.
+        let mut none = View::new("http://127.0.0.1:7070", Duration::from_secs(1), true);
+        none.record(Duration::ZERO, Ok(snapshot(10)));
+        assert!(!text_of(&none).contains("Workflow runs"));
     }
 
     fn text_of(view: &View) -> String {
