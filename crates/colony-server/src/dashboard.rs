@@ -255,7 +255,7 @@ const RUN_TASKS: usize = 200;
 /// duration and cost, and links to its result file and its attempts' stderr logs.
 async fn runs(State(app): State<Arc<App>>) -> Response {
     if app.runs.is_none() {
-        return Html(html::no_runs()).into_response();
+        return ok(html::no_runs());
     }
     // Which files exist is asked of the file system: on the blocking pool.
     let drawn = app
@@ -272,7 +272,7 @@ async fn runs(State(app): State<Arc<App>>) -> Response {
         })
         .await;
     match drawn {
-        Ok(text) => Html(text).into_response(),
+        Ok(text) => ok(text),
         Err(e) => crate::problem(StatusCode::SERVICE_UNAVAILABLE, "busy", &e),
     }
 }

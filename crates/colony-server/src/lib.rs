@@ -23,7 +23,8 @@
 //! - `GET /v1/scaling/{pool}` [read]: one pool's desired size and backlog, for KEDA's
 //!   metrics-api scaler.
 //! - `POST /v1/runs` [admin]: run a workflow file (see [`runs`]); `GET /v1/runs`,
-//!   `GET /v1/runs/{id}` [read]; `POST /v1/runs/{id}/cancel` [submit].
+//!   `GET /v1/runs/{id}`, `GET /v1/runs/{id}/graph`, `GET /v1/runs/{id}/results/{task}`,
+//!   `GET /v1/runs/{id}/logs/{task}/{attempt}` [read]; `POST /v1/runs/{id}/cancel` [submit].
 //! - `GET /v1/memory`, `GET /v1/memory/documents`, `POST /v1/memory/search` [read];
 //!   `POST /v1/memory/documents`, `POST /v1/memory/delete` [submit];
 //!   `POST /v1/memory/rebuild` [admin]: the agents' shared memory (see [`memory`]), when the

@@ -92,6 +92,10 @@ pub(crate) struct Node {
     pub(crate) seconds: Option<f64>,
     /// What its output says it cost.
     pub(crate) cost_usd: Option<f64>,
+    /// Whether its attempts' stderr logs are its own: not for a task decided by vote or
+    /// worked by a team, whose asks share the task's name.
+    #[serde(skip)]
+    pub(crate) own_logs: bool,
 }
 
 /// The graph of `workflow`, every task waiting.
@@ -113,6 +117,7 @@ fn graph(workflow: &colony_workflow::Workflow) -> Vec<Node> {
             attempts: 0,
             seconds: None,
             cost_usd: None,
+            own_logs: t.decide.is_none() && t.team.is_none(),
         })
         .collect()
 }
@@ -133,9 +138,10 @@ impl Run {
         }
     }
 
-    fn finished_task(&mut self, f: &Finished) {
+    /// Records `f`, whose output said it cost `cost` (read before the run is locked: an
+    /// output may be 16 MiB).
+    fn finished_task(&mut self, f: &Finished, cost: Option<f64>) {
         if let Some(&i) = self.index.get(&f.id) {
-            let cost = f.output.as_ref().and_then(|o| o.cost_usd());
             let node = &mut self.graph[i];
             node.state = status_name(f.status);
             node.attempts = f.attempts;
@@ -325,10 +331,27 @@ pub(crate) async fn submit(
         }
     };
     workflow.webhooks.extend(runs.webhooks.iter().cloned());
+    // A folder of an earlier server's run keeps its files: its id is not given again, so
+    // that no run's results and logs mix with another's.
+    let mut id = runs.lock().next + 1;
+    loop {
+        match tokio::fs::try_exists(runs.folder.join(id.to_string())).await {
+            Ok(false) => break,
+            Ok(true) => id += 1,
+            Err(e) => {
+                return problem(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "runs-folder",
+                    format!("cannot read the runs folder: {e}"),
+                );
+            }
+        }
+    }
     let (id, run) = {
         let mut inner = runs.lock();
-        inner.next += 1;
-        let id = inner.next;
+        // Another run may have taken it meanwhile: then the next after both.
+        let id = id.max(inner.next + 1);
+        inner.next = id;
         let (tx, rx) = oneshot::channel();
         let run = Arc::new(Mutex::new(Run {
             id,
@@ -375,7 +398,8 @@ pub(crate) async fn submit(
         output: Some(output),
         on_started: Some(Box::new(move |id: &str| lock(&starting).started_task(id))),
         on_finished: Some(Box::new(move |f: &Finished| {
-            lock(&progress).finished_task(f);
+            let cost = f.output.as_ref().and_then(|o| o.cost_usd());
+            lock(&progress).finished_task(f, cost);
         })),
         cancel: Some(Box::pin(async move {
             // A dropped sender (the run forgotten) is no cancellation.
@@ -410,6 +434,9 @@ pub(crate) async fn submit(
                         r.graph[i].attempts = t.attempts;
                     }
                 }
+                // The pools' metered total counts what outputs do not: ballots, team steps,
+                // retries and failed calls of `http` agents and coding-agent CLIs.
+                r.cost_usd = r.cost_usd.max(report.usage.cost_usd);
                 r.state = if report.all_succeeded() {
                     "succeeded"
                 } else if report.cancelled > 0 {
@@ -422,6 +449,12 @@ pub(crate) async fn submit(
             Err(e) => {
                 r.state = "error";
                 r.error = Some(e);
+                // Stopped short: nothing more of it runs.
+                for node in &mut r.graph {
+                    if matches!(node.state, "waiting" | "started") {
+                        node.state = "cancelled";
+                    }
+                }
             }
         }
     });
@@ -459,20 +492,39 @@ pub(crate) async fn metrics_text() -> Response {
         .into_response()
 }
 
-/// `GET /v1/runs`: every run remembered, newest first, without its tasks.
-pub(crate) async fn list(State(app): State<Arc<App>>) -> Response {
+/// The query of `GET /v1/runs`.
+#[derive(Debug, serde::Deserialize)]
+pub(crate) struct ListQuery {
+    limit: Option<usize>,
+}
+
+/// `GET /v1/runs?limit=N`: the runs remembered (all, or the `N` newest), newest first,
+/// without their tasks.
+pub(crate) async fn list(
+    State(app): State<Arc<App>>,
+    axum::extract::Query(q): axum::extract::Query<ListQuery>,
+) -> Response {
     let runs = match enabled(&app) {
         Ok(r) => r,
         Err(r) => return r,
     };
-    let all: Vec<Arc<Mutex<Run>>> = runs.lock().runs.values().rev().cloned().collect();
+    let all: Vec<Arc<Mutex<Run>>> = runs
+        .lock()
+        .runs
+        .values()
+        .rev()
+        .take(q.limit.unwrap_or(usize::MAX))
+        .cloned()
+        .collect();
     // Counting goes over every task that ended in up to 1,000 runs: on the blocking pool.
     off_the_workers(&app, move || {
         let rows: Vec<_> = all
             .iter()
             .map(|r| {
                 let r = lock(r);
-                let count = |s: Status| r.finished.iter().filter(|f| f.status == s).count();
+                // From the graph, which also holds the tasks a run ended without running.
+                let count =
+                    |s: Status| r.graph.iter().filter(|n| n.state == status_name(s)).count();
                 json!({
                     "id": r.id, "name": r.name, "state": r.state, "tasks": r.tasks,
                     "cost-usd": r.cost_usd,
@@ -538,11 +590,19 @@ pub(crate) async fn graph_of(State(app): State<Arc<App>>, Path(id): Path<String>
     match find(&app, &id) {
         Ok(run) => {
             off_the_workers(&app, move || {
-                let r = lock(&run);
-                serde_json::to_vec(&json!({
-                    "id": r.id, "name": r.name, "state": r.state, "tasks": r.tasks,
-                    "cost-usd": r.cost_usd, "started": r.started, "graph": r.graph,
-                }))
+                // Copied under the lock, written out after: the run's own thread takes the
+                // lock as each task starts and ends.
+                let (head, graph) = {
+                    let r = lock(&run);
+                    let head = json!({
+                        "id": r.id, "name": r.name, "state": r.state, "tasks": r.tasks,
+                        "cost-usd": r.cost_usd, "started": r.started,
+                    });
+                    (head, r.graph.clone())
+                };
+                let mut body = head;
+                body["graph"] = serde_json::to_value(graph)?;
+                serde_json::to_vec(&body)
             })
             .await
         }
@@ -583,7 +643,7 @@ pub(crate) async fn result(
     State(app): State<Arc<App>>,
     Path((id, task)): Path<(String, String)>,
 ) -> Response {
-    let (output, _) = match task_of(&app, &id, &task) {
+    let (output, _, _) = match task_of(&app, id, task.clone()).await {
         Ok(found) => found,
         Err(r) => return r,
     };
@@ -603,12 +663,12 @@ pub(crate) async fn log(
     State(app): State<Arc<App>>,
     Path((id, task, attempt)): Path<(String, String, String)>,
 ) -> Response {
-    let (output, attempts) = match task_of(&app, &id, &task) {
+    let (output, attempts, own_logs) = match task_of(&app, id, task.clone()).await {
         Ok(found) => found,
         Err(r) => return r,
     };
     let attempt = match attempt.parse::<u32>() {
-        Ok(a) if (1..=attempts.max(1)).contains(&a) => a,
+        Ok(a) if own_logs && (1..=attempts.max(1)).contains(&a) => a,
         _ => {
             return problem(
                 StatusCode::NOT_FOUND,
@@ -627,18 +687,28 @@ pub(crate) async fn log(
     .await
 }
 
-/// The run's output folder and the task's attempts so far, for a task of run `id`.
-#[allow(clippy::result_large_err)]
-fn task_of(app: &App, id: &str, task: &str) -> Result<(PathBuf, u32), Response> {
-    let run = find(app, id)?;
-    let r = lock(&run);
-    match r.index.get(task) {
-        Some(&i) => Ok((r.output.clone(), r.graph[i].attempts)),
-        None => Err(problem(
-            StatusCode::NOT_FOUND,
-            "no-such-task",
-            format!("run {} has no task {task:?}", r.id),
-        )),
+/// The run's output folder, the task's attempts so far and whether its logs are its own, for
+/// a task of run `id`. The run's lock is taken on the blocking pool: it may be held a while
+/// by a view of a large run.
+async fn task_of(
+    app: &Arc<App>,
+    id: String,
+    task: String,
+) -> Result<(PathBuf, u32, bool), Response> {
+    let run = find(app, &id)?;
+    let found = app
+        .blocking(move || {
+            let r = lock(&run);
+            match r.index.get(&task) {
+                Some(&i) => Ok((r.output.clone(), r.graph[i].attempts, r.graph[i].own_logs)),
+                None => Err(format!("run {} has no task {task:?}", r.id)),
+            }
+        })
+        .await;
+    match found {
+        Ok(Ok(found)) => Ok(found),
+        Ok(Err(message)) => Err(problem(StatusCode::NOT_FOUND, "no-such-task", message)),
+        Err(e) => Err(problem(StatusCode::SERVICE_UNAVAILABLE, "busy", e)),
     }
 }
 
@@ -654,7 +724,8 @@ async fn serve_file(
         Ok(path) => path,
         Err(e) => return problem(StatusCode::BAD_REQUEST, "bad-name", e.to_string()),
     };
-    match tokio::fs::metadata(&path).await {
+    // Not followed: a link an agent planted in the output folder names a file of someone else's.
+    match tokio::fs::symlink_metadata(&path).await {
         Ok(m) if m.len() > MAX_FILE => {
             return problem(
                 StatusCode::PAYLOAD_TOO_LARGE,
@@ -662,10 +733,18 @@ async fn serve_file(
                 format!("{name} has {} bytes: over the {MAX_FILE} served", m.len()),
             );
         }
-        Ok(m) if m.is_file() => {}
+        Ok(m) if m.file_type().is_file() => {}
         _ => return problem(StatusCode::NOT_FOUND, missing, missing_message),
     }
-    match tokio::fs::read(&path).await {
+    let read = async {
+        use tokio::io::AsyncReadExt;
+        let file = tokio::fs::File::open(&path).await?;
+        let mut bytes = Vec::new();
+        // A log that grew since: what fits.
+        file.take(MAX_FILE).read_to_end(&mut bytes).await?;
+        Ok::<_, std::io::Error>(bytes)
+    };
+    match read.await {
         Ok(bytes) => (
             [
                 (header::CONTENT_TYPE, kind),

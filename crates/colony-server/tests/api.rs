@@ -1284,6 +1284,9 @@ async fn a_decision_taken_inline_reads_over_http_as_it_was_decided() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_run_shows_its_graph_live_and_serves_its_results_and_logs() {
     let dir = tempfile::tempdir().unwrap();
+    // An earlier server's run 1 left its folder: its files are never taken for a new run's.
+    std::fs::create_dir_all(dir.path().join("1/logs")).unwrap();
+    std::fs::write(dir.path().join("1/logs/measure.1.stderr"), "stale\n").unwrap();
     let (runtime, server, url, client) = with_runs(dir.path()).await;
     let workflow = r#"
 name: graph
@@ -1307,6 +1310,7 @@ tasks:
         .await
         .unwrap();
     let id = json(r).await["id"].as_u64().unwrap();
+    assert_eq!(id, 2, "the folder of run 1 is taken");
     let graph = || async {
         json(
             client
@@ -1340,10 +1344,19 @@ tasks:
     assert_eq!(node(&live, 1)["cost-usd"], 0.5);
     assert_eq!(node(&live, 1)["attempts"], 1);
     assert_eq!(live["cost-usd"], 0.5);
-    // The dashboard's panel: the run, its tasks' states and links to their files.
-    let panel = client.get(format!("{url}/ui/runs")).send().await.unwrap();
-    assert_eq!(panel.status(), 200);
-    let panel = panel.text().await.unwrap();
+    // The dashboard's panel: the run, its tasks' states and links to their files, once the
+    // result writer has put them on disk.
+    let panel = loop {
+        let panel = client.get(format!("{url}/ui/runs")).send().await.unwrap();
+        assert_eq!(panel.status(), 200);
+        assert_eq!(panel.headers()["cache-control"], "no-store");
+        let panel = panel.text().await.unwrap();
+        if panel.contains("/results/measure") {
+            break panel;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{panel}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
     assert!(panel.contains(&format!(r#"data-run="{id}""#)), "{panel}");
     assert!(
         panel.contains(r#"<span class="pill started">started</span>"#),

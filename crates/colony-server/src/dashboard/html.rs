@@ -632,7 +632,7 @@ pub(crate) fn runs(views: &[crate::runs::RunView]) -> String {
                     run = v.id
                 );
             }
-            for attempt in 1..=n.attempts {
+            for attempt in 1..=if n.own_logs { n.attempts } else { 0 } {
                 let log = v
                     .output
                     .join("logs")

@@ -108,7 +108,7 @@ pub(crate) struct RunLine {
     pub(crate) failed: u64,
     pub(crate) skipped: u64,
     pub(crate) cancelled: u64,
-    pub(crate) cost_usd: f64,
+    pub(crate) cost_usd: Option<f64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -133,6 +133,9 @@ pub(crate) struct RunTask {
 struct RunGraph {
     graph: Vec<RunTask>,
 }
+
+/// Runs asked for at each poll.
+const RUNS_POLLED: usize = 3;
 
 /// The runs a server holds, newest first, and the tasks of the newest.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -310,14 +313,15 @@ impl Client {
         })
     }
 
-    /// The runs, and the graph of the newest; `None` when the server takes no runs.
+    /// The newest runs, and the graph of the newest; `None` when the server takes no runs,
+    /// or answers about them what this `colony top` cannot read: the rest of the screen
+    /// still shows.
     async fn runs(&self) -> Result<Option<Runs>, Error> {
-        let (url, status, body) = self.fetch("/v1/runs").await?;
-        let disabled = status == reqwest::StatusCode::FORBIDDEN && code(&body) == "runs-disabled";
-        if disabled || status == reqwest::StatusCode::NOT_FOUND && code(&body) == "not-found" {
+        let (url, status, body) = self.fetch(&format!("/v1/runs?limit={RUNS_POLLED}")).await?;
+        let Ok(list) = parse::<RunList>(&self.server, url, status, &body, self.token.is_some())
+        else {
             return Ok(None);
-        }
-        let list: RunList = parse(&self.server, url, status, &body, self.token.is_some())?;
+        };
         let newest = match list.runs.first() {
             Some(run) => {
                 let graph = format!("/v1/runs/{}/graph", run.id);

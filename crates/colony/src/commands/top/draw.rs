@@ -455,7 +455,12 @@ const WAVES_SHOWN: usize = 4;
 
 /// The runs panel's height: its border, a line per run, a line per wave of the newest.
 fn runs_height(runs: &Runs) -> u16 {
-    let waves = runs.newest.iter().map(|t| t.wave + 1).max().unwrap_or(0);
+    let waves = runs
+        .newest
+        .iter()
+        .map(|t| t.wave.saturating_add(1))
+        .max()
+        .unwrap_or(0);
     let lines = runs.runs.len().clamp(1, RUNS_SHOWN)
         + waves.min(WAVES_SHOWN)
         + usize::from(waves > WAVES_SHOWN);
@@ -487,7 +492,11 @@ fn render_runs(runs: &Runs, area: Rect, buf: &mut Buffer) {
     let width = usize::from(block.inner(area).width);
     let mut lines: Vec<Line> = Vec::new();
     for r in runs.runs.iter().take(RUNS_SHOWN) {
-        let ended = r.succeeded + r.failed + r.skipped + r.cancelled;
+        let ended = r
+            .succeeded
+            .saturating_add(r.failed)
+            .saturating_add(r.skipped)
+            .saturating_add(r.cancelled);
         let state = match r.state.as_str() {
             "succeeded" => r.state.clone().green(),
             "running" => r.state.clone().blue(),
@@ -503,12 +512,17 @@ fn render_runs(runs: &Runs, area: Rect, buf: &mut Buffer) {
         if r.failed > 0 {
             spans.push(format!("  {} failed", thousands(r.failed)).red());
         }
-        if r.cost_usd > 0.0 {
-            spans.push(format!("  ${:.4}", r.cost_usd).into());
+        if let Some(cost) = r.cost_usd.filter(|c| *c > 0.0) {
+            spans.push(format!("  ${cost:.4}").into());
         }
         lines.push(Line::from(spans));
     }
-    let waves = runs.newest.iter().map(|t| t.wave + 1).max().unwrap_or(0);
+    let waves = runs
+        .newest
+        .iter()
+        .map(|t| t.wave.saturating_add(1))
+        .max()
+        .unwrap_or(0);
     for wave in 0..waves.min(WAVES_SHOWN) {
         let mut spans: Vec<Span> = vec![format!("w{wave} ").dim()];
         let mut used = 4;
@@ -917,7 +931,7 @@ mod tests {
                     tasks: 4,
                     succeeded: 1,
                     failed: 1,
-                    cost_usd: 0.125,
+                    cost_usd: Some(0.125),
                     ..RunLine::default()
                 },
                 RunLine {
