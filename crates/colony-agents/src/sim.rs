@@ -74,11 +74,20 @@ pub struct SimOptions {
     pub crash_rate: f64,
     /// Probability that an attempt never finishes.
     pub hang_rate: f64,
-    /// In a dry run, the preset of the pool it stands in for: a clean attempt then answers in
-    /// the shape of that CLI's output (`content`, the task's prompt; `workdir`, `.`), so
-    /// that later tasks reading `{{outputs.ID.content}}` rehearse too.
+    /// In a dry run, what the pool it stands in for answers like: a clean attempt then
+    /// answers in that shape, its `content` the task's prompt, so that later tasks reading
+    /// `{{outputs.ID.content}}` rehearse too.
     #[serde(skip)]
-    pub stands_in_for: Option<crate::presets::Preset>,
+    pub stands_in_for: Option<StandIn>,
+}
+
+/// The shape of the answers a stand-in gives.
+#[derive(Clone, Debug, PartialEq)]
+pub enum StandIn {
+    /// A coding-agent CLI's output (`content`, `preset`, `workdir` `.`, usage, cost).
+    Cli(crate::presets::Preset),
+    /// An `http` agent's (`content`, `model`, usage, cost).
+    Http { model: String },
 }
 
 /// Settings outside their allowed range, named.
@@ -227,11 +236,11 @@ fn mix(seed: u64, task: u64, attempt: u32) -> u64 {
     z ^ (z >> 31)
 }
 
-fn finish(fate: Fate, task: Task, shape: Option<crate::presets::Preset>) -> Outcome {
+fn finish(fate: Fate, task: Task, shape: Option<StandIn>) -> Outcome {
     match fate {
         Fate::Succeed => Ok(match shape {
             None => task.payload,
-            Some(preset) => shaped(preset, &task),
+            Some(shape) => shaped(&shape, &task),
         }),
         Fate::Error => Err(Error::retryable(format!(
             "simulated error on attempt {}",
@@ -242,27 +251,32 @@ fn finish(fate: Fate, task: Task, shape: Option<crate::presets::Preset>) -> Outc
     }
 }
 
-/// A stand-in's answer in `preset`'s output shape: its content is the task's prompt.
-fn shaped(preset: crate::presets::Preset, task: &Task) -> Bytes {
+/// A stand-in's answer in `shape`: its content is the task's prompt.
+fn shaped(shape: &StandIn, task: &Task) -> Bytes {
     let prompt = crate::command::Placeholders::new(task, true)
         .ok()
         .and_then(|p| p.prompt())
         .unwrap_or_default();
-    let out = serde_json::json!({
+    let mut out = serde_json::json!({
         "content": prompt,
-        "preset": preset.name(),
-        "workdir": ".",
         "stand-in": true,
         "usage": {"prompt_tokens": 0, "completion_tokens": 0},
         "cost_usd": 0.0,
     });
+    match shape {
+        StandIn::Cli(preset) => {
+            out["preset"] = preset.name().into();
+            out["workdir"] = ".".into();
+        }
+        StandIn::Http { model } => out["model"] = model.as_str().into(),
+    }
     Bytes::from(out.to_string())
 }
 
 impl Agent for Sim {
     fn handle(&self, task: Task) -> Execution {
         let (latency, fate) = self.draw(task.id.0, task.attempt);
-        let shape = self.options.stands_in_for;
+        let shape = self.options.stands_in_for.clone();
         match (fate, latency.is_zero()) {
             (Fate::Hang, _) => Execution::Running(Box::pin(std::future::pending())),
             (_, true) if self.answer == Answer::Woken => Execution::Running(Box::pin(async move {

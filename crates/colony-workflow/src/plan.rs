@@ -6,7 +6,7 @@
 //! time and costing nothing, and the plan names the pool.
 
 use crate::{Workflow, team::Size};
-use colony_agents::sim::Latency;
+use colony_agents::sim::{Latency, StandIn};
 use colony_core::{
     plan::{Job, critical_path, schedule},
     task::Requirement,
@@ -98,7 +98,10 @@ impl Workflow {
                 .unwrap_or(crate::runtime::MAX_DURATION)
                 .min(crate::runtime::MAX_DURATION);
             let stands_in_for = match &pool.backend {
-                crate::Backend::Command(c) => c.cli.as_ref().map(|cli| cli.preset),
+                crate::Backend::Command(c) => c.cli.as_ref().map(|cli| StandIn::Cli(cli.preset)),
+                crate::Backend::Http(h) => Some(StandIn::Http {
+                    model: h.model.clone(),
+                }),
                 _ => None,
             };
             pool.backend = crate::Backend::Sim(colony_agents::sim::SimOptions {
