@@ -161,11 +161,17 @@ async fn a_rate_limit_is_waited_out_within_the_attempt() {
     assert!(err.to_string().contains("rate-limited 2 times"), "{err}");
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hung_cli_goes_with_its_attempt() {
-    for preset in [Preset::Claude, Preset::Opencode] {
-        let p = pool(preset, |_| {});
-        let late = tokio::time::timeout(Duration::from_secs(2), p.ask("[hang]")).await;
+    // Every preset at once: each attempt cut after 2 s, as a task's timeout cuts it.
+    let pools: Vec<(Preset, Pool)> = Preset::ALL.iter().map(|&p| (p, pool(p, |_| {}))).collect();
+    let late = futures::future::join_all(
+        pools
+            .iter()
+            .map(|(_, p)| tokio::time::timeout(Duration::from_secs(2), p.ask("[hang]"))),
+    )
+    .await;
+    for ((preset, p), late) in pools.iter().zip(late) {
         assert!(late.is_err(), "{preset}: it never answers");
         let pid: i32 = std::fs::read_to_string(p.dir.path().join(".fake-pid"))
             .unwrap()
