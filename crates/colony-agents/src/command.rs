@@ -938,19 +938,8 @@ impl Stderr {
         if last.is_empty() {
             return String::new();
         }
-        let mut joined: String = last
-            .join(" | ")
-            .chars()
-            .flat_map(|c| {
-                // A terminal shows errors: no escape sequence of the program's reaches it.
-                let escaped: Vec<char> = if c.is_control() {
-                    c.escape_default().collect()
-                } else {
-                    vec![c]
-                };
-                escaped
-            })
-            .collect();
+        // A terminal shows errors: no escape sequence of the program's reaches it.
+        let mut joined = escape_controls(&last.join(" | "));
         if joined.len() > ERROR_TAIL_BYTES {
             let mut cut = joined.len() - ERROR_TAIL_BYTES;
             while !joined.is_char_boundary(cut) {
@@ -965,6 +954,19 @@ impl Stderr {
         };
         format!("; stderr: {cut}{joined}")
     }
+}
+
+/// `text` with its control characters escaped (`\u{1b}`): for errors shown on terminals.
+pub(crate) fn escape_controls(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// Values of secret variables, hidden as `***` wherever a program's text is shown or kept.

@@ -6,14 +6,7 @@ use colony_workflow::parse;
 use std::{path::Path, time::Instant};
 
 mod common;
-use common::{options, problems};
-
-fn has(problems: &[String], start: &str, words: &[&str]) {
-    let found = problems
-        .iter()
-        .any(|p| p.starts_with(start) && words.iter().all(|w| p.contains(w)));
-    assert!(found, "no `{start}` with {words:?} in {problems:#?}");
-}
+use common::{has, options, problems};
 
 #[test]
 fn zeros_and_bad_urls_are_reported_at_their_field() {

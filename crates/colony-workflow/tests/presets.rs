@@ -6,7 +6,7 @@ use colony_workflow::{Status, parse};
 use std::path::{Path, PathBuf};
 
 mod common;
-use common::{options, problems};
+use common::{has, options, problems};
 
 fn fake(cli: &str) -> String {
     // Not canonical: the link's name says which CLI the fake is.
@@ -18,13 +18,6 @@ fn fake(cli: &str) -> String {
     .unwrap()
     .to_string_lossy()
     .into_owned()
-}
-
-fn has(problems: &[String], start: &str, words: &[&str]) {
-    let found = problems
-        .iter()
-        .any(|p| p.starts_with(start) && words.iter().all(|w| p.contains(w)));
-    assert!(found, "no `{start}` with {words:?} in {problems:#?}");
 }
 
 #[test]

@@ -448,20 +448,8 @@ pub fn parse_version(text: &str) -> Option<Version> {
 /// A message on one line, at most 500 characters, control characters escaped: errors go into
 /// tables and onto terminals, and no escape sequence of a CLI's reaches one.
 pub(crate) fn one_line(message: &str) -> String {
-    let joined: String = message
-        .split_whitespace()
-        .collect::<Vec<_>>()
-        .join(" ")
-        .chars()
-        .flat_map(|c| {
-            let escaped: Vec<char> = if c.is_control() {
-                c.escape_default().collect()
-            } else {
-                vec![c]
-            };
-            escaped
-        })
-        .collect();
+    let joined =
+        crate::command::escape_controls(&message.split_whitespace().collect::<Vec<_>>().join(" "));
     if joined.chars().count() > 500 {
         let cut: String = joined.chars().take(500).collect();
         format!("{cut}…")

@@ -16,6 +16,16 @@ pub(crate) fn problems(yaml: &str) -> Vec<String> {
     }
 }
 
+/// Asserts that one of `problems` starts with `start` (`file:line:column:`) and holds every
+/// one of `words`.
+#[allow(dead_code)] // Not every test file checks problems.
+pub(crate) fn has(problems: &[String], start: &str, words: &[&str]) {
+    let found = problems
+        .iter()
+        .any(|p| p.starts_with(start) && words.iter().all(|w| p.contains(w)));
+    assert!(found, "no `{start}` with {words:?} in {problems:#?}");
+}
+
 /// Options of a run on the default runtime and an in-memory journal, its results in `out`.
 #[allow(dead_code)] // Not every test file runs workflows.
 pub(crate) fn options(out: &Path) -> Options {

@@ -449,6 +449,19 @@ fn pool_sparkline(track: &PoolTrack, width: usize) -> Sparkline<'static> {
     Sparkline::default().data(bars).max(top)
 }
 
+/// A bordered panel titled `title`: drawn saying "none" when `empty` (and `None` given back),
+/// else given back to be filled.
+fn panel(title: &'static str, empty: bool, area: Rect, buf: &mut Buffer) -> Option<Block<'static>> {
+    let block = Block::bordered()
+        .padding(Padding::horizontal(1))
+        .title(title);
+    if empty {
+        Paragraph::new(" none".dim()).block(block).render(area, buf);
+        return None;
+    }
+    Some(block)
+}
+
 /// Runs listed, and waves of the newest run shown, at most.
 const RUNS_SHOWN: usize = 3;
 const WAVES_SHOWN: usize = 4;
@@ -482,13 +495,9 @@ fn mark(state: &str) -> Span<'static> {
 
 /// The workflow runs: one line each, then the newest run's tasks wave by wave.
 fn render_runs(runs: &Runs, area: Rect, buf: &mut Buffer) {
-    let block = Block::bordered()
-        .padding(Padding::horizontal(1))
-        .title(" Workflow runs ");
-    if runs.runs.is_empty() {
-        Paragraph::new(" none".dim()).block(block).render(area, buf);
+    let Some(block) = panel(" Workflow runs ", runs.runs.is_empty(), area, buf) else {
         return;
-    }
+    };
     let width = usize::from(block.inner(area).width);
     let mut lines: Vec<Line> = Vec::new();
     for r in runs.runs.iter().take(RUNS_SHOWN) {
@@ -548,13 +557,14 @@ fn render_runs(runs: &Runs, area: Rect, buf: &mut Buffer) {
 }
 
 fn render_failures(snapshot: &Snapshot, area: Rect, buf: &mut Buffer) {
-    let block = Block::bordered()
-        .padding(Padding::horizontal(1))
-        .title(" Latest failed and dead-lettered tasks ");
-    if snapshot.failures.is_empty() {
-        Paragraph::new(" none".dim()).block(block).render(area, buf);
+    let Some(block) = panel(
+        " Latest failed and dead-lettered tasks ",
+        snapshot.failures.is_empty(),
+        area,
+        buf,
+    ) else {
         return;
-    }
+    };
     let id_width = snapshot
         .failures
         .iter()
@@ -592,13 +602,14 @@ fn render_failures(snapshot: &Snapshot, area: Rect, buf: &mut Buffer) {
 }
 
 fn render_decisions(decisions: &[DecisionLine], area: Rect, buf: &mut Buffer) {
-    let block = Block::bordered()
-        .padding(Padding::horizontal(1))
-        .title(" Latest decisions by vote ");
-    if decisions.is_empty() {
-        Paragraph::new(" none".dim()).block(block).render(area, buf);
+    let Some(block) = panel(
+        " Latest decisions by vote ",
+        decisions.is_empty(),
+        area,
+        buf,
+    ) else {
         return;
-    }
+    };
     let id_width = decisions
         .iter()
         .map(|d| d.id.to_string().len())
