@@ -134,6 +134,17 @@ struct RunGraph {
     graph: Vec<RunTask>,
 }
 
+impl Runs {
+    /// Waves of the newest run.
+    pub(crate) fn waves(&self) -> usize {
+        self.newest
+            .iter()
+            .map(|t| t.wave.saturating_add(1))
+            .max()
+            .unwrap_or(0)
+    }
+}
+
 /// Runs asked for at each poll.
 const RUNS_POLLED: usize = 3;
 

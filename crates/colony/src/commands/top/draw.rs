@@ -468,12 +468,7 @@ const WAVES_SHOWN: usize = 4;
 
 /// The runs panel's height: its border, a line per run, a line per wave of the newest.
 fn runs_height(runs: &Runs) -> u16 {
-    let waves = runs
-        .newest
-        .iter()
-        .map(|t| t.wave.saturating_add(1))
-        .max()
-        .unwrap_or(0);
+    let waves = runs.waves();
     let lines = runs.runs.len().clamp(1, RUNS_SHOWN)
         + waves.min(WAVES_SHOWN)
         + usize::from(waves > WAVES_SHOWN);
@@ -526,12 +521,7 @@ fn render_runs(runs: &Runs, area: Rect, buf: &mut Buffer) {
         }
         lines.push(Line::from(spans));
     }
-    let waves = runs
-        .newest
-        .iter()
-        .map(|t| t.wave.saturating_add(1))
-        .max()
-        .unwrap_or(0);
+    let waves = runs.waves();
     for wave in 0..waves.min(WAVES_SHOWN) {
         let mut spans: Vec<Span> = vec![format!("w{wave} ").dim()];
         let mut used = 4;
