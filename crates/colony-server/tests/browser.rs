@@ -23,6 +23,19 @@ use std::{
 /// How often a test looks again at what it waits for.
 const POLL: Duration = Duration::from_millis(200);
 
+/// A workflow for the runs panel: a command task that writes on stderr and says its cost.
+const RUN: &str = r#"
+name: shown
+agents:
+  - { name: planner, kind: sim, sim: { latency: 5ms } }
+  - name: tool
+    kind: command
+    command: { program: sh, args: ["-c", "echo working >&2; echo '{\"cost_usd\": 0.25}'"] }
+tasks:
+  - { id: plan, agent: planner }
+  - { id: measure, agent: tool, needs: [plan] }
+"#;
+
 const CHROMIUM: &str = "/usr/bin/chromium";
 const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
 
@@ -197,6 +210,7 @@ async fn the_dashboard_shows_a_live_runtime_in_a_browser() {
     let runtime = start_runtime().await;
     let config = colony_server::Config {
         tokens: Some(colony_server::Tokens::load(&tokens_file).unwrap()),
+        runs: Some(dir.path().join("runs")),
         ..colony_server::testing::local()
     };
     let (server, _) = colony_server::testing::serve(&runtime, config).await;
@@ -391,6 +405,40 @@ async fn the_dashboard_shows_a_live_runtime_in_a_browser() {
         .await
         .unwrap();
     assert_eq!(injected, json!(0), "markup from a task reached the page");
+
+    // A workflow run shows in the runs panel, each task with its state and its files one
+    // click away (the cookie is enough to read them).
+    let posted = reqwest::Client::new()
+        .post(format!("{}/v1/runs", server.url()))
+        .bearer_auth(&admin)
+        .header("content-type", "application/yaml")
+        .body(RUN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(posted.status(), 202);
+    let row = r#"#runs tr[data-task="measure"]"#;
+    let shown = until(Duration::from_secs(20), POLL, || async {
+        text(&client, row)
+            .await
+            .filter(|t| t.contains("succeeded") && t.contains("stderr 1"))
+    })
+    .await;
+    assert!(
+        shown.is_some(),
+        "the run's task is not shown with its files"
+    );
+    let fetched = client
+        .execute(
+            &format!(
+                "return Promise.all(Array.from(document.querySelectorAll('{row} a'))\
+                 .map(a => fetch(a.href).then(r => r.status)))"
+            ),
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(fetched, json!([200, 200]), "the result and the stderr log");
 
     // Nothing was refused under the Content-Security-Policy, and nothing else went wrong.
     let log = browser_log(&driver, &client).await;
