@@ -586,7 +586,11 @@ pub(crate) async fn one(State(app): State<Arc<App>>, Path(id): Path<String>) -> 
 
 /// `GET /v1/runs/{id}/graph`: the run's tasks with where each stands, without outputs: what
 /// a live view polls.
-pub(crate) async fn graph_of(State(app): State<Arc<App>>, Path(id): Path<String>) -> Response {
+pub(crate) async fn graph_of(
+    State(app): State<Arc<App>>,
+    Path(id): Path<String>,
+    axum::extract::Query(q): axum::extract::Query<GraphQuery>,
+) -> Response {
     match find(&app, &id) {
         Ok(run) => {
             off_the_workers(&app, move || {
@@ -594,11 +598,15 @@ pub(crate) async fn graph_of(State(app): State<Arc<App>>, Path(id): Path<String>
                 // lock as each task starts and ends.
                 let (head, graph) = {
                     let r = lock(&run);
+                    let waves = r.graph.iter().map(|n| n.wave + 1).max().unwrap_or(0);
                     let head = json!({
                         "id": r.id, "name": r.name, "state": r.state, "tasks": r.tasks,
-                        "cost-usd": r.cost_usd, "started": r.started,
+                        "cost-usd": r.cost_usd, "started": r.started, "waves": waves,
                     });
-                    (head, r.graph.clone())
+                    let shown = q.waves.unwrap_or(usize::MAX);
+                    let graph: Vec<Node> =
+                        r.graph.iter().filter(|n| n.wave < shown).cloned().collect();
+                    (head, graph)
                 };
                 let mut body = head;
                 body["graph"] = serde_json::to_value(graph)?;
@@ -608,6 +616,13 @@ pub(crate) async fn graph_of(State(app): State<Arc<App>>, Path(id): Path<String>
         }
         Err(r) => r,
     }
+}
+
+/// The query of `GET /v1/runs/{id}/graph`.
+#[derive(Debug, serde::Deserialize)]
+pub(crate) struct GraphQuery {
+    /// Only the tasks of the first this many waves.
+    waves: Option<usize>,
 }
 
 /// `POST /v1/runs/{id}/cancel`: nothing more starts, running attempts are stopped, and the

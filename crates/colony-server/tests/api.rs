@@ -1344,6 +1344,18 @@ tasks:
     assert_eq!(node(&live, 1)["cost-usd"], 0.5);
     assert_eq!(node(&live, 1)["attempts"], 1);
     assert_eq!(live["cost-usd"], 0.5);
+    assert_eq!(live["waves"], 3);
+    // The first waves only, as a live view asks for them.
+    let first = json(
+        client
+            .get(format!("{url}/v1/runs/{id}/graph?waves=1"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(first["waves"], 3);
+    assert_eq!(first["graph"].as_array().unwrap().len(), 1, "{first}");
     // The dashboard's panel: the run, its tasks' states and links to their files, once the
     // result writer has put them on disk.
     let panel = loop {

@@ -131,28 +131,35 @@ pub(crate) struct RunTask {
 
 #[derive(Debug, Deserialize)]
 struct RunGraph {
+    #[serde(default)]
+    waves: usize,
     graph: Vec<RunTask>,
 }
 
 impl Runs {
-    /// Waves of the newest run.
+    /// Waves of the newest run: as the server counts them, or as its tasks shown say.
     pub(crate) fn waves(&self) -> usize {
         self.newest
             .iter()
             .map(|t| t.wave.saturating_add(1))
             .max()
             .unwrap_or(0)
+            .max(self.newest_waves)
     }
 }
 
-/// Runs asked for at each poll.
+/// Runs asked for at each poll, and waves of the newest run's graph.
 const RUNS_POLLED: usize = 3;
+pub(crate) const WAVES_POLLED: usize = 4;
 
 /// The runs a server holds, newest first, and the tasks of the newest.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub(crate) struct Runs {
     pub(crate) runs: Vec<RunLine>,
+    /// The tasks of the newest run's first waves (as many as `colony top` shows).
     pub(crate) newest: Vec<RunTask>,
+    /// The newest run's waves, all of them.
+    pub(crate) newest_waves: usize,
 }
 
 /// What `GET /v1/pools/history` answers: samples as columns aligned with `t` (milliseconds
@@ -333,21 +340,24 @@ impl Client {
         else {
             return Ok(None);
         };
-        let newest = match list.runs.first() {
+        let (newest, newest_waves) = match list.runs.first() {
             Some(run) => {
-                let graph = format!("/v1/runs/{}/graph", run.id);
+                // Only the waves shown: a run of 100,000 tasks is not sent every poll.
+                let graph = format!("/v1/runs/{}/graph?waves={WAVES_POLLED}", run.id);
                 match self.get_if_served::<RunGraph>(&graph).await {
-                    Ok(graph) => graph.map(|g| g.graph).unwrap_or_default(),
+                    Ok(Some(g)) => (g.graph, g.waves),
+                    Ok(None) => (Vec::new(), 0),
                     // Forgotten between the two requests: shown without its tasks.
-                    Err(Error::Answer { .. }) => Vec::new(),
+                    Err(Error::Answer { .. }) => (Vec::new(), 0),
                     Err(e) => return Err(e),
                 }
             }
-            None => Vec::new(),
+            None => (Vec::new(), 0),
         };
         Ok(Some(Runs {
             runs: list.runs,
             newest,
+            newest_waves,
         }))
     }
 

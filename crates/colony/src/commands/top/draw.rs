@@ -464,7 +464,7 @@ fn panel(title: &'static str, empty: bool, area: Rect, buf: &mut Buffer) -> Opti
 
 /// Runs listed, and waves of the newest run shown, at most.
 const RUNS_SHOWN: usize = 3;
-const WAVES_SHOWN: usize = 4;
+const WAVES_SHOWN: usize = super::api::WAVES_POLLED;
 
 /// The runs panel's height: its border, a line per run, a line per wave of the newest.
 fn runs_height(runs: &Runs) -> u16 {
@@ -950,6 +950,7 @@ mod tests {
                 task("build-b", 1, "started"),
                 task("review", 2, "waiting"),
             ],
+            newest_waves: 7,
         };
         let mut view = View::new("http://127.0.0.1:7070", Duration::from_secs(1), true);
         view.record(
@@ -984,6 +985,8 @@ mod tests {
             "{wave}"
         );
         assert!(row("w2 ").contains("·review"), "{text}");
+        // The server said how many waves there are beyond those it sent.
+        assert!(text.contains("and 3 more waves"), "{text}");
         // A server without runs: no panel.
         let mut none = View::new("http://127.0.0.1:7070", Duration::from_secs(1), true);
         none.record(Duration::ZERO, Ok(snapshot(10)));
