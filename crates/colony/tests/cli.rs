@@ -748,3 +748,35 @@ fn validate_says_which_coding_cli_is_missing_or_too_old() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// The table of a run has a cost column when an output says what it cost, and none otherwise.
+#[test]
+fn a_run_s_table_shows_what_each_task_cost_when_outputs_say() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("w.yaml");
+    std::fs::write(
+        &file,
+        "name: w\nagents:\n  - {name: plan, kind: sim}\n  - name: model\n    kind: command\n\
+         \x20   command: {program: sh, args: [\"-c\", \"echo '{\\\"content\\\": \\\"hi\\\", \\\"cost_usd\\\": 0.125}'\"]}\n\
+         tasks: [{id: think, agent: plan}, {id: answer, agent: model}]\n",
+    )
+    .unwrap();
+    let (out, err, code) = colony_in(dir.path(), &["run", file.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    let header = out.lines().find(|l| l.starts_with("task")).unwrap();
+    assert!(header.trim_end().ends_with("cost"), "{out}");
+    let answer = out.lines().find(|l| l.starts_with("answer")).unwrap();
+    assert!(answer.trim_end().ends_with("$0.1250"), "{out}");
+    let think = out.lines().find(|l| l.starts_with("think")).unwrap();
+    assert!(!think.contains('$'), "{out}");
+    // Without a cost anywhere, no column.
+    std::fs::write(
+        &file,
+        "name: w\nagents: [{name: plan, kind: sim}]\ntasks: [{id: think, agent: plan}]\n",
+    )
+    .unwrap();
+    let (out, err, code) = colony_in(dir.path(), &["run", file.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    let header = out.lines().find(|l| l.starts_with("task")).unwrap();
+    assert!(!header.contains("cost"), "{out}");
+}

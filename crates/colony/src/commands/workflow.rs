@@ -268,15 +268,30 @@ pub(crate) fn run(args: &RunArgs) -> Result<(), Failure> {
             .and_then(|()| stdout.flush())
             .map_err(Failure::work)?;
     } else {
-        let mut t = Table::new(&["task", "status", "wave", "attempts", "seconds"]);
-        for f in &report.tasks {
-            t.row(vec![
+        // A cost column when an output says what it cost (`http` agents, coding-agent CLIs).
+        let costs: Vec<Option<f64>> = report
+            .tasks
+            .iter()
+            .map(|f| f.output.as_ref().and_then(|o| o.cost_usd()))
+            .collect();
+        let costed = costs.iter().any(Option::is_some);
+        let mut headers = vec!["task", "status", "wave", "attempts", "seconds"];
+        if costed {
+            headers.push("cost");
+        }
+        let mut t = Table::new(&headers);
+        for (f, cost) in report.tasks.iter().zip(&costs) {
+            let mut row = vec![
                 f.id.clone(),
                 format!("{:?}", f.status).to_lowercase(),
                 f.wave.to_string(),
                 f.attempts.to_string(),
                 format!("{:.2}", f.seconds),
-            ]);
+            ];
+            if costed {
+                row.push(cost.map_or_else(String::new, |c| format!("${c:.4}")));
+            }
+            t.row(row);
         }
         print!("{}", t.render());
         println!(
@@ -312,9 +327,10 @@ pub(crate) fn run(args: &RunArgs) -> Result<(), Failure> {
     }
     if args.sim && !report.all_succeeded() {
         eprintln!(
-            "dry run: a stand-in answers with its input, so a task that reads a field of \
-             another's output, or a vote that needs confidences or reviews, can fail here and \
-             not in a real run: see each task's error"
+            "dry run: a stand-in answers with its input (or, for an http pool or a coding-agent \
+             CLI, with the prompt as its content), so a task that reads a field only a real \
+             output has, or a vote that needs confidences or reviews, can fail here and not in \
+             a real run: see each task's error"
         );
     }
     if report.all_succeeded() {
