@@ -5,6 +5,7 @@ mod commands;
 mod config;
 mod flags;
 mod output;
+mod signal;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;

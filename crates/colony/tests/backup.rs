@@ -188,3 +188,43 @@ fn the_journal_is_backed_up_while_it_is_written_and_every_backup_restores() {
     assert_eq!(in_backup, total, "{out}");
     assert!(total >= submitted.load(Ordering::Relaxed), "{out}");
 }
+
+/// SIGTERM (`docker stop`, Kubernetes) stops the server as Ctrl-C does: the runtime stops,
+/// the last backup is taken, and it exits 0 (as PID 1 in a container it would otherwise not
+/// even hear the signal, and be killed after the grace period).
+#[test]
+fn sigterm_stops_the_server_cleanly_with_its_last_backup() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = std::fs::File::create(dir.path().join("serve.log")).unwrap();
+    let mut server = Server::start_logging(
+        dir.path(),
+        &[
+            "--agents",
+            "10",
+            "--db",
+            "j.db",
+            "--backup-to",
+            "copy.db",
+            "--backup-every",
+            "1h",
+        ],
+        Stdio::from(log),
+    );
+    let (status, body) = server
+        .request(
+            reqwest::Method::POST,
+            "/v1/tasks/batch",
+            None,
+            Some(json!({ "tasks": (0..50).map(|i| json!({ "payload": i })).collect::<Vec<_>>() })),
+        )
+        .unwrap();
+    assert_eq!(status, 202, "{body}");
+    assert!(server.terminate(Duration::from_secs(60)), "serve failed");
+    let log = std::fs::read_to_string(dir.path().join("serve.log")).unwrap();
+    assert!(log.contains("a last time"), "{log}");
+    assert!(log.contains("backed up"), "{log}");
+    assert_eq!(
+        restored_tasks(&dir.path().join("copy.db"), &dir.path().join("r.db")),
+        50
+    );
+}

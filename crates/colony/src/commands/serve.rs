@@ -263,7 +263,7 @@ pub(crate) fn run(args: &Args) -> Result<(), Failure> {
             .await
             .map_err(Failure::input)?;
         eprintln!(
-            "colony serves on {} ({} agents{}{}); Ctrl-C stops it",
+            "colony serves on {} ({} agents{}{}); Ctrl-C or SIGTERM stops it",
             server.url(),
             agents,
             if settings.tokens.is_some() {
@@ -276,7 +276,7 @@ pub(crate) fn run(args: &Args) -> Result<(), Failure> {
                 None => String::new(),
             }
         );
-        let _ = tokio::signal::ctrl_c().await;
+        crate::signal::stop().await;
         server.stop();
         colony.shutdown().await;
         if let Some(backups) = backups {
@@ -339,7 +339,7 @@ fn check_backup_folder(
 /// state; a second Ctrl-C skips it.
 async fn last_backup(backups: &Arc<colony_server::backup::Backups>) {
     let to = backups.status().to;
-    eprintln!("backing the journal up to {to} a last time (Ctrl-C again skips it)");
+    eprintln!("backing the journal up to {to} a last time (Ctrl-C or SIGTERM again skips it)");
     tokio::select! {
         result = backups.once() => match result {
             Ok(copied) => eprintln!(
@@ -348,7 +348,7 @@ async fn last_backup(backups: &Arc<colony_server::backup::Backups>) {
             ),
             Err(e) => eprintln!("the last backup to {to} failed: {e}"),
         },
-        _ = tokio::signal::ctrl_c() => eprintln!(
+        () = crate::signal::stop() => eprintln!(
             "the last backup to {to} was skipped: the copy there is the last one that succeeded"
         ),
     }

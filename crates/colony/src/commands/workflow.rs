@@ -234,16 +234,16 @@ pub(crate) fn run(args: &RunArgs) -> Result<(), Failure> {
         .map_err(Failure::work)?;
     let on_finished = progress(&workflow, args.json);
     let cancel = Box::pin(async {
-        if tokio::signal::ctrl_c().await.is_ok() {
-            eprintln!("Cancelling: running tasks are stopped; Ctrl-C again to quit at once.");
-            colony_runtime::spawner::Spawner::spawn("second-ctrl-c", async {
-                if tokio::signal::ctrl_c().await.is_ok() {
-                    // Exiting skips destructors: the agents' processes are killed first.
-                    colony_agents::command::kill_all();
-                    std::process::exit(130);
-                }
-            });
-        }
+        crate::signal::stop().await;
+        eprintln!(
+            "Cancelling: running tasks are stopped; Ctrl-C (or SIGTERM) again to quit at once."
+        );
+        colony_runtime::spawner::Spawner::spawn("second-ctrl-c", async {
+            crate::signal::stop().await;
+            // Exiting skips destructors: the agents' processes are killed first.
+            colony_agents::command::kill_all();
+            std::process::exit(130);
+        });
     });
     let mut runtime_options = RuntimeOptions::default();
     workflow.runtime.apply(&mut runtime_options);

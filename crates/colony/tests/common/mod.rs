@@ -101,11 +101,21 @@ impl Server {
     /// Stops the server as Ctrl-C does, and waits up to `limit` for it to end: whether it
     /// exited with success.
     pub(crate) fn interrupt(&mut self, limit: Duration) -> bool {
+        self.signal("-INT", limit)
+    }
+
+    /// Stops the server as `docker stop` or Kubernetes does (SIGTERM), and waits up to
+    /// `limit` for it to end: whether it exited with success.
+    pub(crate) fn terminate(&mut self, limit: Duration) -> bool {
+        self.signal("-TERM", limit)
+    }
+
+    fn signal(&mut self, signal: &str, limit: Duration) -> bool {
         let sent = Command::new("kill")
-            .args(["-INT", &self.child.id().to_string()])
+            .args([signal, &self.child.id().to_string()])
             .status()
             .unwrap();
-        assert!(sent.success(), "kill -INT failed");
+        assert!(sent.success(), "kill {signal} failed");
         let start = Instant::now();
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
