@@ -138,9 +138,8 @@ impl Run {
         }
     }
 
-    /// Records `f`, whose output said it cost `cost` (read before the run is locked: an
-    /// output may be 16 MiB).
-    fn finished_task(&mut self, f: &Finished, cost: Option<f64>) {
+    fn finished_task(&mut self, f: &Finished) {
+        let cost = f.cost_usd;
         if let Some(&i) = self.index.get(&f.id) {
             let node = &mut self.graph[i];
             node.state = status_name(f.status);
@@ -398,8 +397,7 @@ pub(crate) async fn submit(
         output: Some(output),
         on_started: Some(Box::new(move |id: &str| lock(&starting).started_task(id))),
         on_finished: Some(Box::new(move |f: &Finished| {
-            let cost = f.output.as_ref().and_then(|o| o.cost_usd());
-            lock(&progress).finished_task(f, cost);
+            lock(&progress).finished_task(f);
         })),
         cancel: Some(Box::pin(async move {
             // A dropped sender (the run forgotten) is no cancellation.

@@ -54,6 +54,10 @@ pub struct Finished {
     pub seconds: f64,
     pub output: Option<Output>,
     pub error: Option<String>,
+    /// What its output says it cost (`cost_usd` of an `http` agent's or a coding-agent
+    /// CLI's), read before a large output is replaced by a note in the summary.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cost_usd: Option<f64>,
     /// A task decided by vote: how the decision ended, with every voter and ballot (absent
     /// for other tasks, and for a decision that never started).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -1672,6 +1676,7 @@ fn finished(
         attempts: 0,
         agent: None,
         seconds: 0.0,
+        cost_usd: None,
         output,
         error,
         decision: None,
@@ -1868,6 +1873,8 @@ fn record(
     i: usize,
     mut f: Finished,
 ) {
+    // Read while the whole output is here: the summary may keep a note in its place.
+    f.cost_usd = f.output.as_ref().and_then(Output::cost_usd);
     writer.write(&f);
     if let Some(on) = &mut options.on_finished {
         on(&f);

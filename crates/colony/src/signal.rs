@@ -3,19 +3,46 @@
 //! once, without stopping cleanly; as PID 1 in a container it does not even hear it, and is
 //! killed after the grace period.
 
-/// Resolves at the next SIGINT or SIGTERM.
-pub(crate) async fn stop() {
-    use tokio::signal::unix::{SignalKind, signal};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
+use tokio::signal::unix::{Signal, SignalKind, signal};
+
+/// Listens for SIGINT and SIGTERM from when it is made: a signal that comes while nobody
+/// waits is kept for the next [`Stops::next`], never lost, so a second Ctrl-C right after the
+/// first is heard. Made inside a tokio runtime.
+#[derive(Debug)]
+pub(crate) struct Stops {
+    interrupt: Option<Signal>,
+    terminate: Option<Signal>,
+}
+
+impl Stops {
+    pub(crate) fn new() -> Self {
+        let listen = |kind: SignalKind, name: &str| match signal(kind) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                eprintln!("warning: cannot listen for {name} ({e}): it will not stop colony");
+                None
+            }
+        };
+        Self {
+            interrupt: listen(SignalKind::interrupt(), "SIGINT"),
+            terminate: listen(SignalKind::terminate(), "SIGTERM"),
+        }
+    }
+
+    /// The next SIGINT or SIGTERM: the exit code a process it ends gives (130 or 143).
+    /// Without a listener for either, never.
+    pub(crate) async fn next(&mut self) -> i32 {
+        async fn on(s: &mut Option<Signal>) {
+            match s {
+                Some(s) => {
+                    s.recv().await;
+                }
+                None => std::future::pending().await,
             }
         }
-        Err(e) => {
-            eprintln!("warning: cannot listen for SIGTERM ({e}); Ctrl-C still stops");
-            let _ = tokio::signal::ctrl_c().await;
+        tokio::select! {
+            () = on(&mut self.interrupt) => 130,
+            () = on(&mut self.terminate) => 143,
         }
     }
 }

@@ -758,7 +758,9 @@ fn a_run_s_table_shows_what_each_task_cost_when_outputs_say() {
         &file,
         "name: w\nagents:\n  - {name: plan, kind: sim}\n  - name: model\n    kind: command\n\
          \x20   command: {program: sh, args: [\"-c\", \"echo '{\\\"content\\\": \\\"hi\\\", \\\"cost_usd\\\": 0.125}'\"]}\n\
-         tasks: [{id: think, agent: plan}, {id: answer, agent: model}]\n",
+         \x20 - name: big\n    kind: command\n\
+         \x20   command: {program: sh, args: [\"-c\", \"printf '{\\\"content\\\": \\\"%s\\\", \\\"cost_usd\\\": 2.5}' \\\"$(head -c 70000 /dev/zero | tr '\\\\0' x)\\\"\"]}\n\
+         tasks: [{id: think, agent: plan}, {id: answer, agent: model}, {id: long, agent: big}]\n",
     )
     .unwrap();
     let (out, err, code) = colony_in(dir.path(), &["run", file.to_str().unwrap()]);
@@ -767,6 +769,9 @@ fn a_run_s_table_shows_what_each_task_cost_when_outputs_say() {
     assert!(header.trim_end().ends_with("cost"), "{out}");
     let answer = out.lines().find(|l| l.starts_with("answer")).unwrap();
     assert!(answer.trim_end().ends_with("$0.1250"), "{out}");
+    // An output too long for the summary keeps its cost.
+    let long = out.lines().find(|l| l.starts_with("long")).unwrap();
+    assert!(long.trim_end().ends_with("$2.5000"), "{out}");
     let think = out.lines().find(|l| l.starts_with("think")).unwrap();
     assert!(!think.contains('$'), "{out}");
     // Without a cost anywhere, no column.

@@ -91,9 +91,9 @@ fn the_default_command_serves_and_stops_cleanly_on_sigterm() {
     ]);
     assert_eq!(code, 0, "{err}");
     let token = out.trim().to_owned();
-    // The image's command with its paths and port moved here: the same flags, the same rules
-    // (all addresses need tokens).
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
+    // The image's command with its paths and port moved here: the same flags, and the same
+    // rules, on every address (which needs tokens).
+    let port = std::net::TcpListener::bind("0.0.0.0:0")
         .unwrap()
         .local_addr()
         .unwrap()
@@ -101,58 +101,85 @@ fn the_default_command_serves_and_stops_cleanly_on_sigterm() {
     let args: Vec<String> = default_command(&dockerfile())
         .into_iter()
         .map(|a| match a.as_str() {
-            "0.0.0.0:7070" => format!("127.0.0.1:{port}"),
+            "0.0.0.0:7070" => format!("0.0.0.0:{port}"),
             "/etc/colony/tokens" => tokens.display().to_string(),
             "/var/lib/colony/journal.db" => dir.path().join("journal.db").display().to_string(),
             _ => a,
         })
         .collect();
     assert_eq!(args[0], "serve");
-    let mut child = Command::new(COLONY)
+    assert!(
+        args.iter().any(|a| a == &format!("0.0.0.0:{port}")),
+        "{args:?}"
+    );
+    let log = dir.path().join("serve.log");
+    let child = Command::new(COLONY)
         .args(&args)
         .env_remove("COLONY_TOKENS")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
         .unwrap();
+    // Killed if the test fails before it stops it.
+    let mut child = Killed(child);
+    let said = || std::fs::read_to_string(&log).unwrap_or_default();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
     let url = format!("http://127.0.0.1:{port}");
     let started = Instant::now();
+    let stats = |token: Option<&str>| {
+        runtime.block_on(async {
+            let mut r = reqwest::Client::new().get(format!("{url}/v1/stats"));
+            if let Some(token) = token {
+                r = r.bearer_auth(token);
+            }
+            Some(r.send().await.ok()?.status().as_u16())
+        })
+    };
     let answered = loop {
-        let stats = runtime.block_on(async {
-            let r = reqwest::Client::new()
-                .get(format!("{url}/v1/stats"))
-                .bearer_auth(&token)
-                .send()
-                .await
-                .ok()?;
-            Some(r.status().as_u16())
-        });
-        if stats.is_some() || started.elapsed() > Duration::from_secs(30) {
-            break stats;
+        let answer = stats(Some(&token));
+        let exited = child.0.try_wait().unwrap().is_some();
+        if answer.is_some() || exited || started.elapsed() > Duration::from_secs(30) {
+            break answer;
         }
         std::thread::sleep(Duration::from_millis(50));
     };
-    assert_eq!(answered, Some(200), "the default command does not serve");
+    assert_eq!(
+        answered,
+        Some(200),
+        "the default command does not serve: {}",
+        said()
+    );
+    assert_eq!(stats(None), Some(401), "it serves without a token");
     let sent = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
+        .args(["-TERM", &child.0.id().to_string()])
         .status()
         .unwrap();
     assert!(sent.success());
     let stopped = loop {
-        if let Some(status) = child.try_wait().unwrap() {
+        if let Some(status) = child.0.try_wait().unwrap() {
             break status;
         }
         assert!(
             started.elapsed() < Duration::from_secs(90),
-            "no stop on SIGTERM"
+            "no stop on SIGTERM: {}",
+            said()
         );
         std::thread::sleep(Duration::from_millis(20));
     };
-    assert!(stopped.success(), "{stopped:?}");
+    assert!(stopped.success(), "{stopped:?}: {}", said());
     assert!(dir.path().join("journal.db").is_file());
+}
+
+/// A child process killed when dropped, also when a test fails.
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }

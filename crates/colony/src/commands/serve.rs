@@ -254,6 +254,8 @@ pub(crate) fn run(args: &Args) -> Result<(), Failure> {
         .build()
         .map_err(Failure::work)?;
     let served = runtime.block_on(async {
+        // From the start: a signal while the runtime starts stops it once it has.
+        let mut stops = crate::signal::Stops::new();
         // Before the runtime registers its metrics, so that they land in /metrics.
         colony_server::install_metrics();
         let colony = Runtime::start(runtime_options, pools, journal)
@@ -276,11 +278,11 @@ pub(crate) fn run(args: &Args) -> Result<(), Failure> {
                 None => String::new(),
             }
         );
-        crate::signal::stop().await;
+        stops.next().await;
         server.stop();
         colony.shutdown().await;
         if let Some(backups) = backups {
-            last_backup(&backups).await;
+            last_backup(&backups, &mut stops).await;
         }
         Ok(())
     });
@@ -337,7 +339,10 @@ fn check_backup_folder(
 
 /// The backup taken once the runtime has stopped, so that the copy holds the journal's last
 /// state; a second Ctrl-C skips it.
-async fn last_backup(backups: &Arc<colony_server::backup::Backups>) {
+async fn last_backup(
+    backups: &Arc<colony_server::backup::Backups>,
+    stops: &mut crate::signal::Stops,
+) {
     let to = backups.status().to;
     eprintln!("backing the journal up to {to} a last time (Ctrl-C or SIGTERM again skips it)");
     tokio::select! {
@@ -348,7 +353,7 @@ async fn last_backup(backups: &Arc<colony_server::backup::Backups>) {
             ),
             Err(e) => eprintln!("the last backup to {to} failed: {e}"),
         },
-        () = crate::signal::stop() => eprintln!(
+        _ = stops.next() => eprintln!(
             "the last backup to {to} was skipped: the copy there is the last one that succeeded"
         ),
     }

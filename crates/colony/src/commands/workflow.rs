@@ -234,15 +234,18 @@ pub(crate) fn run(args: &RunArgs) -> Result<(), Failure> {
         .map_err(Failure::work)?;
     let on_finished = progress(&workflow, args.json);
     let cancel = Box::pin(async {
-        crate::signal::stop().await;
+        // Made when the run starts; a second signal right after the first is kept for the
+        // second wait, not lost between the two.
+        let mut stops = crate::signal::Stops::new();
+        stops.next().await;
         eprintln!(
             "Cancelling: running tasks are stopped; Ctrl-C (or SIGTERM) again to quit at once."
         );
-        colony_runtime::spawner::Spawner::spawn("second-ctrl-c", async {
-            crate::signal::stop().await;
+        colony_runtime::spawner::Spawner::spawn("second-ctrl-c", async move {
+            let code = stops.next().await;
             // Exiting skips destructors: the agents' processes are killed first.
             colony_agents::command::kill_all();
-            std::process::exit(130);
+            std::process::exit(code);
         });
     });
     let mut runtime_options = RuntimeOptions::default();
@@ -269,11 +272,7 @@ pub(crate) fn run(args: &RunArgs) -> Result<(), Failure> {
             .map_err(Failure::work)?;
     } else {
         // A cost column when an output says what it cost (`http` agents, coding-agent CLIs).
-        let costs: Vec<Option<f64>> = report
-            .tasks
-            .iter()
-            .map(|f| f.output.as_ref().and_then(|o| o.cost_usd()))
-            .collect();
+        let costs: Vec<Option<f64>> = report.tasks.iter().map(|f| f.cost_usd).collect();
         let costed = costs.iter().any(Option::is_some);
         let mut headers = vec!["task", "status", "wave", "attempts", "seconds"];
         if costed {
