@@ -118,6 +118,9 @@ pub struct Config {
     pub memory: Option<Arc<dyn colony_memory::Memory>>,
     /// Back the journal up continuously (see [`backup`]); off when `None`.
     pub backup: Option<Arc<backup::Backups>>,
+    /// The pools whose calls cost tokens and dollars (`http` agents, coding-agent CLIs):
+    /// what they spent, and their budgets, on `/metrics`.
+    pub spend: Vec<colony_workflow::Metered>,
 }
 
 impl Config {
@@ -134,6 +137,7 @@ impl Config {
             memory: None,
             backup: None,
             run_webhooks: Vec::new(),
+            spend: Vec::new(),
         }
     }
 }
@@ -195,6 +199,8 @@ pub(crate) struct App {
     pub(crate) readers: messages::Readers,
     /// The journal's continuous backup, when there is one.
     pub(crate) backup: Option<Arc<backup::Backups>>,
+    /// Pools whose calls cost, for `/metrics`.
+    pub(crate) spend: Vec<colony_workflow::Metered>,
 }
 
 /// Journal reads on the blocking pool at once (see [`App::reads`]).
@@ -303,6 +309,7 @@ pub async fn serve(handle: Handle, config: Config) -> Result<Server, Error> {
         memory_calls: Arc::new(tokio::sync::Semaphore::new(READS)),
         readers: messages::Readers::default(),
         backup: config.backup,
+        spend: config.spend,
     });
     let sampler = history::Sampler::start(app.handle.clone(), app.history.clone());
     let sweeper = messages::Sweeper::start(app.clone());

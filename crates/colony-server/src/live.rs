@@ -32,8 +32,45 @@ fn prometheus() -> &'static metrics_exporter_prometheus::PrometheusHandle {
         let _ = metrics::set_global_recorder(recorder);
         colony_runtime::metrics::describe();
         crate::backup::describe();
+        describe_spend();
         handle
     })
+}
+
+const SPENT: &str = "colony_pool_spent_usd";
+const TOKENS: &str = "colony_pool_tokens";
+const BUDGET: &str = "colony_pool_budget_usd";
+
+fn describe_spend() {
+    metrics::describe_gauge!(
+        SPENT,
+        "Dollars a pool's calls have cost since the server started (http agents, coding-agent CLIs), by pool."
+    );
+    metrics::describe_gauge!(
+        TOKENS,
+        metrics::Unit::Count,
+        "Tokens a pool's calls have used since the server started, by pool and kind (prompt, completion)."
+    );
+    metrics::describe_gauge!(
+        BUDGET,
+        "Dollars a pool may spend (its budget-usd), by pool: once spent, its tasks fail instead of calling."
+    );
+}
+
+/// What the pools that cost have spent, as of this scrape.
+fn record_spend(spend: &[colony_workflow::Metered]) {
+    for m in spend {
+        let u = m.usage();
+        let pool = m.pool.clone();
+        metrics::gauge!(SPENT, "pool" => pool.clone()).set(u.cost_usd);
+        metrics::gauge!(TOKENS, "pool" => pool.clone(), "kind" => "prompt")
+            .set(u.prompt_tokens as f64);
+        metrics::gauge!(TOKENS, "pool" => pool.clone(), "kind" => "completion")
+            .set(u.completion_tokens as f64);
+        if let Some(budget) = m.budget_usd {
+            metrics::gauge!(BUDGET, "pool" => pool).set(budget);
+        }
+    }
 }
 
 /// Installs the Prometheus recorder: call before the runtime starts, so that its metric
@@ -281,7 +318,8 @@ impl Coalesced {
     }
 }
 
-pub(crate) async fn metrics_text() -> Response {
+pub(crate) async fn metrics_text(State(app): State<Arc<App>>) -> Response {
+    record_spend(&app.spend);
     (
         [("content-type", "text/plain; version=0.0.4")],
         prometheus().render(),

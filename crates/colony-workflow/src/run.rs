@@ -654,18 +654,28 @@ impl Fnv {
 /// Agents, and those among them that count what they use.
 pub type Agents = (Vec<Arc<dyn Agent>>, Vec<Metered>);
 
-/// An agent whose calls cost tokens and dollars: an `http` endpoint, or a preset's CLI.
+/// A pool whose calls cost tokens and dollars: an `http` endpoint, or a preset's CLI.
 #[derive(Clone, Debug)]
-pub enum Metered {
+pub struct Metered {
+    /// The pool's name.
+    pub pool: String,
+    /// Dollars the pool may spend, if it has a budget.
+    pub budget_usd: Option<f64>,
+    meter: Meter,
+}
+
+#[derive(Clone, Debug)]
+enum Meter {
     Http(Arc<colony_agents::http::Http>),
     Cli(Arc<Command>),
 }
 
 impl Metered {
+    /// Tokens and dollars its calls have used so far.
     pub fn usage(&self) -> colony_agents::http::Usage {
-        match self {
-            Metered::Http(h) => h.usage(),
-            Metered::Cli(c) => c.usage(),
+        match &self.meter {
+            Meter::Http(h) => h.usage(),
+            Meter::Cli(c) => c.usage(),
         }
     }
 }
@@ -699,7 +709,11 @@ pub fn agents(
                         Arc::new(colony_agents::http::Http::new((**o).clone()).map_err(|e| {
                             colony_runtime::Error::Options(format!("pool `{}`: {e}", p.name))
                         })?);
-                    endpoints.push(Metered::Http(http.clone()));
+                    endpoints.push(Metered {
+                        pool: p.name.clone(),
+                        budget_usd: o.budget_usd,
+                        meter: Meter::Http(http.clone()),
+                    });
                     http
                 }
                 Backend::Command(o) => {
@@ -710,10 +724,14 @@ pub fn agents(
                         w.root = std::path::absolute(output.join("worktrees"))
                             .unwrap_or_else(|_| output.join("worktrees"));
                     }
-                    let metered = o.cli.is_some();
+                    let budget = o.cli.as_ref().map(|cli| cli.budget_usd);
                     let command = Arc::new(Command::new(o));
-                    if metered {
-                        endpoints.push(Metered::Cli(command.clone()));
+                    if let Some(budget_usd) = budget {
+                        endpoints.push(Metered {
+                            pool: p.name.clone(),
+                            budget_usd,
+                            meter: Meter::Cli(command.clone()),
+                        });
                     }
                     command
                 }

@@ -183,7 +183,7 @@ pub(crate) fn run(args: &Args) -> Result<(), Failure> {
         }
         _ => None,
     };
-    let config = Config {
+    let mut config = Config {
         addr: settings.addr,
         tokens,
         tls: settings
@@ -211,6 +211,7 @@ pub(crate) fn run(args: &Args) -> Result<(), Failure> {
             idle_timeout: Duration::from_secs(settings.idle_timeout),
         },
         backup: backups.clone(),
+        spend: Vec::new(),
         run_webhooks: settings
             .webhook
             .iter()
@@ -234,8 +235,9 @@ pub(crate) fn run(args: &Args) -> Result<(), Failure> {
             )]
         }
         Some(defs) => {
-            let (agents, _) =
+            let (agents, spend) =
                 colony_workflow::agents(defs, &settings.out).map_err(Failure::input)?;
+            config.spend = spend;
             defs.iter()
                 .zip(agents)
                 .map(|(d, agent)| d.pool(agent))
