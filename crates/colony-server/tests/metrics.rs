@@ -42,10 +42,10 @@ fn run_promtool(args: &[&str]) -> (bool, String) {
 }
 
 #[test]
-fn the_alert_rules_are_valid_and_fire_when_backups_fail_or_go_stale() {
+fn the_alert_rules_are_valid_and_fire_when_backups_fail_or_budgets_run_out() {
     let (ok, said) = run_promtool(&["check", "rules", RULES]);
     assert!(ok, "promtool refused the rules:\n{said}");
-    assert!(said.contains("SUCCESS: 3 rules found"), "{said}");
+    assert!(said.contains("SUCCESS: 5 rules found"), "{said}");
     // The unit tests name the rules file relative to themselves.
     let (ok, said) = run_promtool(&["test", "rules", RULE_TESTS]);
     assert!(ok, "the alert rules' tests failed:\n{said}");
@@ -78,10 +78,29 @@ async fn promtool_accepts_the_metrics_and_every_promised_series_is_there() {
         to: colony_journal::sqlite::Location::File(dir.path().join("copy.db")),
         every: Duration::from_secs(3600),
     });
+    // A pool of a coding-agent CLI (the fake `claude`), so that the spending series are
+    // there too.
+    let fake = std::path::absolute(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../colony-agents/tests/fake-cli/claude"
+    ))
+    .unwrap();
+    let pools = colony_workflow::parse(
+        &format!(
+            "name: p\nagents:\n  - name: coder\n    kind: command\n    preset: claude\n    \
+             command: {{program: \"{}\", budget-usd: 2}}\ntasks: [{{id: t, agent: coder}}]\n",
+            fake.display()
+        ),
+        "p.yaml",
+        dir.path(),
+    )
+    .unwrap();
+    let (_, spend) = colony_workflow::agents(&pools.pools, dir.path()).unwrap();
     let server = colony_server::serve(
         runtime.handle().clone(),
         colony_server::Config {
             backup: Some(backups.clone()),
+            spend,
             ..colony_server::Config::local("127.0.0.1:0".parse().unwrap())
         },
     )
@@ -131,6 +150,9 @@ async fn promtool_accepts_the_metrics_and_every_promised_series_is_there() {
         "colony_backups_total{outcome=\"ok\"}",
         "colony_backup_consecutive_failures",
         "colony_backup_interval_seconds",
+        "colony_pool_spent_usd{pool=\"coder\"}",
+        "colony_pool_tokens{pool=\"coder\",kind=\"prompt\"}",
+        "colony_pool_budget_usd{pool=\"coder\"} 2",
     ] {
         assert!(text.contains(series), "{series} is missing:\n{text}");
     }
