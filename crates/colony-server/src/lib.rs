@@ -40,7 +40,8 @@
 //!   task (steals, rebalancing and restarts are counted in the snapshot).
 //! - `GET /metrics` [read]: Prometheus text; `GET /metrics/runs` [read]: that of the
 //!   workflow runs' runtimes, kept apart (see [`runs`]).
-//! - `GET /healthz`, `GET /openapi.json`: open to all.
+//! - `GET /healthz` (alive), `GET /readyz` (the runtime takes work), `GET /openapi.json`:
+//!   open to all.
 //! - `GET /` and `/ui/...`: the dashboard (see [`dashboard`]).
 //!
 //! Without tokens the server listens on loopback only. With them ([`Tokens`]), anywhere;
@@ -422,6 +423,7 @@ fn router(app: Arc<App>) -> Router {
         .route("/v1/memory/rebuild", post(memory::rebuild));
     let open = Router::new()
         .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(live::readyz))
         .route(
             "/openapi.json",
             get(|| async { ([("content-type", "application/json")], OPENAPI) }),

@@ -79,6 +79,31 @@ pub fn install_metrics() {
     prometheus();
 }
 
+/// How long the dispatcher may take to answer a readiness check.
+const READY_WITHIN: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// `GET /readyz`: whether the runtime takes work: its dispatcher, which accepts every task,
+/// answers a query within [`READY_WITHIN`]. 503 `not-ready` when it has stopped (its journal
+/// failed, or a shutdown began) or is too busy to answer; open to all, and says nothing more.
+pub(crate) async fn readyz(State(app): State<Arc<App>>) -> Response {
+    match tokio::time::timeout(READY_WITHIN, app.handle.inspect(|_| ())).await {
+        Ok(Ok(())) => Json(serde_json::json!({ "ready": true })).into_response(),
+        Ok(Err(e)) => crate::problem(
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            "not-ready",
+            format!("the runtime takes no work: {e}"),
+        ),
+        Err(_) => crate::problem(
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            "not-ready",
+            format!(
+                "the runtime's dispatcher did not answer within {} s",
+                READY_WITHIN.as_secs()
+            ),
+        ),
+    }
+}
+
 pub(crate) async fn stats(State(app): State<Arc<App>>) -> Response {
     Json(app.handle.stats()).into_response()
 }

@@ -242,6 +242,7 @@ async fn the_openapi_document_describes_every_route_served() {
         "/metrics",
         "/metrics/runs",
         "/healthz",
+        "/readyz",
         "/openapi.json",
         "/v1/tasks/{id}/cancel",
         "/v1/hierarchy",
@@ -1422,4 +1423,23 @@ tasks:
     assert_eq!(run["graph"][3]["state"], "cancelled", "{run}");
     server.stop();
     runtime.shutdown().await;
+}
+
+/// `/readyz` answers ready while the runtime takes work, and 503 `not-ready` once it has
+/// stopped, while `/healthz` (the process is alive) still answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_follows_the_runtime_and_liveness_the_process() {
+    let (runtime, server, url) = start().await;
+    let client = reqwest::Client::new();
+    let r = client.get(format!("{url}/readyz")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(json(r).await, json!({"ready": true}));
+    runtime.shutdown().await;
+    let r = client.get(format!("{url}/readyz")).send().await.unwrap();
+    assert_eq!(r.status(), 503);
+    let body = json(r).await;
+    assert_eq!(body["error"]["code"], "not-ready", "{body}");
+    let r = client.get(format!("{url}/healthz")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    server.stop();
 }
