@@ -210,15 +210,7 @@ fn sigterm_stops_the_server_cleanly_with_its_last_backup() {
         ],
         Stdio::from(log),
     );
-    let (status, body) = server
-        .request(
-            reqwest::Method::POST,
-            "/v1/tasks/batch",
-            None,
-            Some(json!({ "tasks": (0..50).map(|i| json!({ "payload": i })).collect::<Vec<_>>() })),
-        )
-        .unwrap();
-    assert_eq!(status, 202, "{body}");
+    server.submit_batch((0..50).map(|i| json!({ "payload": i })).collect());
     assert!(server.terminate(Duration::from_secs(60)), "serve failed");
     let log = std::fs::read_to_string(dir.path().join("serve.log")).unwrap();
     assert!(log.contains("a last time"), "{log}");

@@ -28,15 +28,7 @@ fn a_cli_pool_s_spending_and_budget_are_on_metrics() {
     let tasks: Vec<Value> = (0..4)
         .map(|i| json!({ "payload": { "prompt": format!("fix bug {i}") } }))
         .collect();
-    let (status, body) = server
-        .request(
-            reqwest::Method::POST,
-            "/v1/tasks/batch",
-            None,
-            Some(json!({ "tasks": tasks })),
-        )
-        .unwrap();
-    assert_eq!(status, 202, "{body}");
+    server.submit_batch(tasks);
     server.wait_until(Duration::from_secs(60), "the tasks to succeed", || {
         server.get("/v1/stats", None)["succeeded"].as_u64() == Some(4)
     });

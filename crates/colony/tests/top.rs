@@ -30,15 +30,7 @@ fn text(bytes: &[u8]) -> String {
 fn top_once_shows_the_counters_tiers_and_pools_of_a_running_server() {
     let server = Server::start(&["--agents", "200"]);
     let tasks: Vec<Value> = (0..300).map(|i| json!({ "payload": i })).collect();
-    let (status, body) = server
-        .request(
-            reqwest::Method::POST,
-            "/v1/tasks/batch",
-            None,
-            Some(json!({ "tasks": tasks })),
-        )
-        .unwrap();
-    assert_eq!(status, 202, "{body}");
+    server.submit_batch(tasks);
     server.wait_until(Duration::from_secs(60), "the batch to finish", || {
         let stats = server.get("/v1/stats", None);
         stats["succeeded"].as_u64().unwrap()

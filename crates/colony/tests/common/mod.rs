@@ -90,6 +90,19 @@ impl Server {
         })
     }
 
+    /// Submits `tasks` (each `{"payload": ...}`) in one batch, which must be accepted.
+    pub(crate) fn submit_batch(&self, tasks: Vec<Value>) {
+        let (status, body) = self
+            .request(
+                reqwest::Method::POST,
+                "/v1/tasks/batch",
+                None,
+                Some(serde_json::json!({ "tasks": tasks })),
+            )
+            .unwrap();
+        assert_eq!(status, 202, "{body}");
+    }
+
     pub(crate) fn get(&self, path: &str, token: Option<&str>) -> Value {
         let (status, body) = self
             .request(reqwest::Method::GET, path, token, None)

@@ -890,12 +890,7 @@ mod tests {
         };
         view.record(Duration::ZERO, Ok(voted));
         let text = text(&view, TEXT_WIDTH, 40);
-        let row = |needle: &str| {
-            text.lines()
-                .find(|r| r.contains(needle))
-                .unwrap_or_else(|| panic!("no row has {needle:?}:\n{text}"))
-                .to_owned()
-        };
+        let row = |needle: &str| row_of(&text, needle);
         assert!(
             row("Latest decisions by vote").contains("Latest failed"),
             "side by side"
@@ -961,12 +956,7 @@ mod tests {
             }),
         );
         let text = text(&view, TEXT_WIDTH, 40);
-        let row = |needle: &str| {
-            text.lines()
-                .find(|r| r.contains(needle))
-                .unwrap_or_else(|| panic!("no row has {needle:?}:\n{text}"))
-                .to_owned()
-        };
+        let row = |needle: &str| row_of(&text, needle);
         assert!(text.contains("Workflow runs"), "{text}");
         let newest = row("#2 coding-swarm");
         assert!(
@@ -991,6 +981,14 @@ mod tests {
         let mut none = View::new("http://127.0.0.1:7070", Duration::from_secs(1), true);
         none.record(Duration::ZERO, Ok(snapshot(10)));
         assert!(!text_of(&none).contains("Workflow runs"));
+    }
+
+    /// The first line of `text` that holds `needle`.
+    fn row_of(text: &str, needle: &str) -> String {
+        text.lines()
+            .find(|r| r.contains(needle))
+            .unwrap_or_else(|| panic!("no row has {needle:?}:\n{text}"))
+            .to_owned()
     }
 
     fn text_of(view: &View) -> String {
