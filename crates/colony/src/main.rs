@@ -35,6 +35,9 @@ enum Command {
     Status(commands::client::StatusArgs),
     /// Cancel tasks on a server: waiting ones at once, running ones by stopping their attempt.
     Cancel(commands::client::CancelArgs),
+    /// Workflow runs on a server (`colony serve --runs DIR`): submit, list, show, cancel.
+    #[command(subcommand)]
+    Runs(commands::runs::Command),
     /// Plan a hierarchy: agents per tier and span of control.
     Tree(commands::tree::Args),
     /// Measure the runtime: spawn, dispatch, latency, workflow, recovery, crash, restart; each run ends
@@ -98,6 +101,7 @@ fn main() -> ExitCode {
         Command::Token(command) => commands::serve::token(&command),
         Command::Submit(args) => commands::client::submit(&args),
         Command::Status(args) => commands::client::status(&args),
+        Command::Runs(command) => commands::runs::run(&command),
         Command::Cancel(args) => commands::client::cancel(&args),
         Command::Tree(args) => commands::tree::run(&args),
         Command::Bench(bench) => commands::bench::run(bench),

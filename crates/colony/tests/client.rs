@@ -4,7 +4,7 @@
 mod common;
 
 use common::{COLONY, Server};
-use serde_json::Value;
+use serde_json::{Value, json};
 use std::{
     process::Command,
     time::{Duration, Instant},
@@ -231,4 +231,124 @@ fn a_bad_pools_file_is_reported_with_its_line() {
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("pools.yaml:3"), "{err}");
     assert!(err.contains("nothing was started"), "{err}");
+}
+
+/// `colony runs`: a workflow submitted and waited for, listed, shown and cancelled from the
+/// command line, with exit codes that say whose fault a refusal was.
+#[test]
+fn runs_are_submitted_waited_for_listed_shown_and_cancelled() {
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = dir.path().join("tokens");
+    let tokens_arg = tokens.to_str().unwrap();
+    let (out, err, code) = colony(
+        &[
+            "token", "create", "--name", "ops", "--scope", "admin", "--tokens", tokens_arg,
+        ],
+        None,
+    );
+    assert_eq!(code, 0, "{err}");
+    let admin = out.trim().to_owned();
+    let runs = dir.path().join("runs");
+    let server = Server::start(&[
+        "--agents",
+        "10",
+        "--tokens",
+        tokens_arg,
+        "--runs",
+        runs.to_str().unwrap(),
+    ]);
+    let url = server.url.clone();
+    let file = dir.path().join("w.yaml");
+    std::fs::write(
+        &file,
+        "name: cli-run\nagents:\n  - {name: plan, kind: sim, sim: {latency: 5ms}}\n  - name: tool\n    \
+         kind: command\n    command: {program: sh, args: [\"-c\", \"echo '{\\\"cost_usd\\\": 0.5}'\"]}\n  \
+         - {name: slow, kind: sim, sim: {latency: 60s}}\n\
+         tasks:\n  - {id: think, agent: plan}\n  - {id: measure, agent: tool, needs: [think]}\n",
+    )
+    .unwrap();
+    let path = file.to_str().unwrap();
+    let (out, err, code) = colony(
+        &["runs", "submit", "--server", &url, "--wait", path],
+        Some(&admin),
+    );
+    assert_eq!(code, 0, "{err}");
+    let measure = out.lines().find(|l| l.starts_with("measure")).unwrap();
+    assert!(
+        measure.contains("succeeded") && measure.trim_end().ends_with("$0.5000"),
+        "{out}"
+    );
+    assert!(
+        out.contains("run 1: succeeded (2 tasks); cost $0.5000"),
+        "{out}"
+    );
+    let (out, err, code) = colony(&["runs", "list", "--server", &url], Some(&admin));
+    assert_eq!(code, 0, "{err}");
+    let row = out.lines().find(|l| l.contains("cli-run")).unwrap();
+    assert!(row.contains("succeeded") && row.contains("2/2"), "{out}");
+    let (out, _, code) = colony(
+        &["runs", "show", "--server", &url, "--json", "1"],
+        Some(&admin),
+    );
+    assert_eq!(code, 0);
+    let graph: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(graph["graph"][1]["needs"], json!(["think"]));
+    // Ended already: refused as the caller's fault.
+    let (_, err, code) = colony(&["runs", "cancel", "--server", &url, "1"], Some(&admin));
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("already-ended"), "{err}");
+    // A long run, started and then cancelled.
+    let slow = dir.path().join("slow.yaml");
+    std::fs::write(
+        &slow,
+        std::fs::read_to_string(&file)
+            .unwrap()
+            .replace("agent: tool, needs", "agent: slow, needs"),
+    )
+    .unwrap();
+    let (out, err, code) = colony(
+        &["runs", "submit", "--server", &url, slow.to_str().unwrap()],
+        Some(&admin),
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("run 2 started"), "{out}");
+    server.wait_until(Duration::from_secs(10), "the slow task to start", || {
+        let (out, _, _) = colony(
+            &["runs", "show", "--server", &url, "--json", "2"],
+            Some(&admin),
+        );
+        serde_json::from_str::<Value>(&out).is_ok_and(|g| g["graph"][1]["state"] == "started")
+    });
+    let (out, err, code) = colony(&["runs", "cancel", "--server", &url, "2"], Some(&admin));
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("stopping"), "{out}");
+    server.wait_until(Duration::from_secs(10), "the run to end cancelled", || {
+        let (out, _, _) = colony(
+            &["runs", "show", "--server", &url, "--json", "2"],
+            Some(&admin),
+        );
+        serde_json::from_str::<Value>(&out).is_ok_and(|g| g["state"] == "cancelled")
+    });
+    // A file the server refuses, and one that cannot be read: input errors.
+    let bad = dir.path().join("bad.yaml");
+    std::fs::write(
+        &bad,
+        "name: x\nagents: []\ntasks: [{id: a, agent: nobody}]\n",
+    )
+    .unwrap();
+    let (_, err, code) = colony(
+        &["runs", "submit", "--server", &url, bad.to_str().unwrap()],
+        Some(&admin),
+    );
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("bad-workflow") && err.contains("nobody"),
+        "{err}"
+    );
+    let (_, err, code) = colony(
+        &["runs", "submit", "--server", &url, "/no/such/w.yaml"],
+        Some(&admin),
+    );
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("/no/such/w.yaml"), "{err}");
 }

@@ -1,5 +1,5 @@
 //! The clients of `colony serve`: `colony submit`, `status` and `cancel`, and the `--server`
-//! forms of `colony tasks` and `colony agents`.
+//! forms of `colony tasks` and `colony agents` (`colony runs` is in `runs.rs`).
 
 use crate::{
     Failure,
@@ -114,6 +114,21 @@ impl Client {
         if let Some(key) = idempotency_key {
             request = request.header("idempotency-key", key);
         }
+        self.send(request, path).await
+    }
+
+    /// Posts `text` as a body of type `kind` (a workflow file: YAML or TOML).
+    pub(crate) async fn post_text(
+        &self,
+        path: &str,
+        kind: &str,
+        text: String,
+    ) -> Result<Value, Failure> {
+        let request = self
+            .http
+            .post(self.url(path))
+            .header("content-type", kind)
+            .body(text);
         self.send(request, path).await
     }
 

@@ -7,6 +7,7 @@ pub(crate) mod client;
 pub(crate) mod config;
 pub(crate) mod memory;
 pub(crate) mod prune;
+pub(crate) mod runs;
 pub(crate) mod serve;
 pub(crate) mod tasks;
 pub(crate) mod top;
