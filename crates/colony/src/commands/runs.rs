@@ -42,6 +42,7 @@ pub(crate) struct ListArgs {
     /// At most this many runs.
     #[arg(long, default_value_t = 20)]
     limit: usize,
+    /// Print the server's answer as JSON.
     #[arg(long)]
     json: bool,
 }
@@ -52,6 +53,7 @@ pub(crate) struct ShowArgs {
     server: ServerArgs,
     /// The run.
     id: u64,
+    /// Print the server's answer as JSON.
     #[arg(long)]
     json: bool,
 }
@@ -149,17 +151,21 @@ fn show(args: &ShowArgs) -> Result<(), Failure> {
 fn cancel(args: &ShowArgs) -> Result<(), Failure> {
     let client = Client::new(&args.server)?;
     block_on(async {
-        client
+        let answer = client
             .post(
                 &format!("/v1/runs/{}/cancel", args.id),
                 &serde_json::json!({}),
                 None,
             )
             .await?;
-        println!(
-            "run {}: stopping; its unfinished tasks end cancelled",
-            args.id
-        );
+        if args.json {
+            println!("{answer}");
+        } else {
+            println!(
+                "run {}: stopping; its unfinished tasks end cancelled",
+                args.id
+            );
+        }
         Ok(())
     })
 }
