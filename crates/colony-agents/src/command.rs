@@ -24,7 +24,7 @@
 //! Exit codes in `ok_codes` (0 by default) succeed; 126 and 127 (cannot execute, not found)
 //! and a program that cannot be spawned fail the task at once; any other code is retryable.
 
-use crate::{Agent, Error, Execution, Outcome, Task, presets};
+use crate::{Agent, Error, Execution, Outcome, Task, http::Usage, presets};
 use bytes::Bytes;
 use colony_core::name::{self, Name, join_under};
 use std::{
@@ -164,7 +164,7 @@ impl CommandOptions {
 #[derive(Debug)]
 pub struct Command {
     options: Arc<CommandOptions>,
-    account: Arc<Mutex<Account>>,
+    account: Arc<Mutex<Usage>>,
 }
 
 impl Command {
@@ -178,13 +178,8 @@ impl Command {
 
     /// Tokens and dollars the pool's CLI calls have used, as their output says (zero for a
     /// program without a preset).
-    pub fn usage(&self) -> crate::http::Usage {
-        let a = lock(&self.account);
-        crate::http::Usage {
-            prompt_tokens: a.prompt_tokens,
-            completion_tokens: a.completion_tokens,
-            cost_usd: a.cost_usd,
-        }
+    pub fn usage(&self) -> Usage {
+        *lock(&self.account)
     }
 }
 
@@ -407,7 +402,7 @@ fn json_kind(v: &serde_json::Value) -> &'static str {
     }
 }
 
-async fn run(options: &CommandOptions, task: &Task, account: &Mutex<Account>) -> Outcome {
+async fn run(options: &CommandOptions, task: &Task, account: &Mutex<Usage>) -> Outcome {
     let fatal = |m: String| Err(Error::fatal(m));
     let refused = |e: Refused| Err(Error::fatal(e.to_string()));
     let placeholders = match Placeholders::new(task, options.names_from_payload) {
@@ -520,7 +515,7 @@ async fn run(options: &CommandOptions, task: &Task, account: &Mutex<Account>) ->
 fn within_budget(
     options: &CommandOptions,
     cli: &presets::CliSettings,
-    account: &Mutex<Account>,
+    account: &Mutex<Usage>,
 ) -> Result<(), Error> {
     if let Some(budget) = cli.budget_usd {
         let spent = lock(account).cost_usd;
@@ -582,7 +577,7 @@ impl Call<'_> {
             .stderr(Stdio::piped())
             .process_group(0)
             .kill_on_drop(true);
-        clean_env(&mut command, &options.env_allow, &options.env);
+        clean_env(command.as_std_mut(), &options.env_allow, &options.env);
         let mut secrets = Secrets::default();
         for name in &options.secrets {
             if let Ok(value) = std::env::var(name) {
@@ -722,7 +717,7 @@ fn read_cli(
     options: &CommandOptions,
     cli: &presets::CliSettings,
     ran: Ran,
-    account: &Mutex<Account>,
+    account: &Mutex<Usage>,
     dir: Option<&Path>,
 ) -> Read {
     let program = &options.program;
@@ -813,16 +808,14 @@ pub fn version_of(options: &CommandOptions) -> Result<String, String> {
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
-        .process_group(0)
-        .env_clear();
-    for name in options.env_allow.iter().chain(&options.secrets) {
-        if let Some(value) = std::env::var_os(name) {
-            command.env(name, value);
-        }
-    }
-    for (name, value) in &options.env {
-        command.env(name, value);
-    }
+        .process_group(0);
+    let passed: Vec<String> = options
+        .env_allow
+        .iter()
+        .chain(&options.secrets)
+        .cloned()
+        .collect();
+    clean_env(&mut command, &passed, &options.env);
     let mut child = command.spawn().map_err(|e| format!("cannot run: {e}"))?;
     let started = std::time::Instant::now();
     let status = loop {
@@ -860,15 +853,8 @@ pub fn version_of(options: &CommandOptions) -> Result<String, String> {
     Ok(if out.trim().is_empty() { err } else { out })
 }
 
-/// Tokens and dollars a pool's calls have used.
-#[derive(Debug, Default)]
-pub(crate) struct Account {
-    prompt_tokens: u64,
-    completion_tokens: u64,
-    cost_usd: f64,
-}
-
-fn lock(account: &Mutex<Account>) -> std::sync::MutexGuard<'_, Account> {
+/// The tokens and dollars a pool's calls have used.
+fn lock(account: &Mutex<Usage>) -> std::sync::MutexGuard<'_, Usage> {
     account.lock().unwrap_or_else(|p| p.into_inner())
 }
 
@@ -1027,7 +1013,7 @@ const LINGER: std::time::Duration = std::time::Duration::from_millis(200);
 /// Clears `command`'s environment but for the variables in `allow` (passed through from
 /// colony's own) and `set`.
 pub(crate) fn clean_env(
-    command: &mut tokio::process::Command,
+    command: &mut std::process::Command,
     allow: &[String],
     set: &[(String, String)],
 ) {

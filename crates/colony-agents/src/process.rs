@@ -1019,7 +1019,7 @@ async fn start(options: &ProcessOptions, epoch: std::time::Instant) -> Result<Ar
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true);
-    crate::command::clean_env(&mut command, &options.env_allow, &options.env);
+    crate::command::clean_env(command.as_std_mut(), &options.env_allow, &options.env);
     let mut child = command.spawn().map_err(|e| format!("cannot start: {e}"))?;
     let stdin = child.stdin.take().ok_or("no stdin")?;
     let mut lines = Lines::new(child.stdout.take().ok_or("no stdout")?, MAX_LINE);
