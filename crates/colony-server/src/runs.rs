@@ -100,14 +100,14 @@ pub(crate) struct Node {
 
 /// The graph of `workflow`, every task waiting.
 fn graph(workflow: &colony_workflow::Workflow) -> Vec<Node> {
-    let plan = colony_workflow::plan::plan(workflow);
+    let waves = workflow.graph.waves();
     workflow
         .tasks
         .iter()
-        .zip(&plan.tasks)
-        .map(|(t, p)| Node {
+        .zip(waves)
+        .map(|(t, wave)| Node {
             id: t.id.clone(),
-            wave: p.wave,
+            wave,
             needs: t
                 .needs
                 .iter()
