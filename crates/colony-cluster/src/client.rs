@@ -1,0 +1,308 @@
+//! The client side of a cluster: connect (making the stream and buckets on first use), submit
+//! tasks, look one up, wait for one to end, and the cluster's status.
+
+use crate::{
+    Error,
+    membership::{self, NodeInfo},
+    settings::{self, Settings},
+    wire::{Row, TaskMessage},
+};
+use async_nats::jetstream::{self, kv, stream::Stream};
+use colony_core::task::TaskSpec;
+use futures::StreamExt;
+use std::{collections::VecDeque, time::Duration};
+
+/// Publishes awaiting the stream's acknowledgement at once, per submitter.
+const IN_FLIGHT: usize = 1024;
+
+/// A connection to a cluster: its NATS client, the tasks stream and the buckets.
+#[derive(Clone, Debug)]
+pub struct Cluster {
+    url: String,
+    pub(crate) client: async_nats::Client,
+    pub(crate) js: jetstream::Context,
+    pub(crate) stream: Stream,
+    pub(crate) tasks: kv::Store,
+    pub(crate) nodes: kv::Store,
+    pub(crate) settings: Settings,
+}
+
+/// A task the stream accepted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Submitted {
+    /// The task's id: its sequence in the tasks stream.
+    pub id: u64,
+    /// The stream had this submission already (same idempotency id within its window).
+    pub duplicate: bool,
+}
+
+/// Where a task stands, as the cluster knows it.
+#[derive(Clone, Debug, PartialEq)]
+pub enum TaskView {
+    /// In the stream, not started yet.
+    Queued,
+    /// Its record: started at least once.
+    Row(Row),
+}
+
+/// What the cluster holds now.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Status {
+    /// Nodes whose heartbeat is live.
+    pub nodes: Vec<NodeInfo>,
+    /// Tasks in the stream not yet ended: waiting or running.
+    pub unfinished: u64,
+    /// Per role: tasks waiting for a node, and delivered but not yet acknowledged.
+    pub roles: Vec<RoleStatus>,
+    pub replicas: usize,
+}
+
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct RoleStatus {
+    /// The role, or `*` for tasks any agent may run.
+    pub role: String,
+    pub waiting: u64,
+    pub running: u64,
+}
+
+impl Cluster {
+    /// Connects to NATS at `url` and makes the stream and buckets with `settings` if they
+    /// are not there. Refuses a cluster made with another replica count.
+    pub async fn connect(url: &str, settings: Settings) -> Result<Self, Error> {
+        settings.validate()?;
+        let connect_error = |e: &dyn std::fmt::Display| Error::Connect {
+            url: url.to_owned(),
+            detail: e.to_string(),
+        };
+        // Several servers of one cluster, comma-separated: the client fails over among them.
+        let addrs = url
+            .split(',')
+            .map(|a| a.trim().parse::<async_nats::ServerAddr>())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| connect_error(&e))?;
+        let client = async_nats::ConnectOptions::new()
+            .connection_timeout(Duration::from_secs(5))
+            .name("colony")
+            .connect(addrs)
+            .await
+            .map_err(|e| connect_error(&e))?;
+        let js = jetstream::new(client.clone());
+        js.query_account().await.map_err(|_| Error::NoJetStream {
+            url: url.to_owned(),
+        })?;
+        let mut stream = js
+            .get_or_create_stream(settings.stream())
+            .await
+            .map_err(|e| Error::nats("the tasks stream", e))?;
+        let replicas = stream
+            .info()
+            .await
+            .map_err(|e| Error::nats("the tasks stream", e))?
+            .config
+            .num_replicas;
+        if replicas != settings.replicas {
+            return Err(Error::Settings(format!(
+                "the cluster at {url} keeps {replicas} replica(s) of its tasks; this node asked for {}: give --replicas {replicas}",
+                settings.replicas
+            )));
+        }
+        let tasks = bucket(&js, settings.tasks_bucket()).await?;
+        let nodes = bucket(&js, settings.nodes_bucket()).await?;
+        Ok(Self {
+            url: url.to_owned(),
+            client,
+            js,
+            stream,
+            tasks,
+            nodes,
+            settings,
+        })
+    }
+
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    /// Submits tasks, in order; each is accepted once the stream (all its replicas' quorum)
+    /// acknowledged it. `ids` gives each its idempotency id (a retried submission with the
+    /// same id is accepted once); random ids when `None`.
+    pub async fn submit(
+        &self,
+        specs: &[TaskSpec],
+        ids: Option<&[String]>,
+    ) -> Result<Vec<Submitted>, Error> {
+        if let Some(ids) = ids
+            && ids.len() != specs.len()
+        {
+            return Err(Error::Task(format!(
+                "{} idempotency ids for {} tasks",
+                ids.len(),
+                specs.len()
+            )));
+        }
+        let mut out = Vec::with_capacity(specs.len());
+        let mut waiting = VecDeque::new();
+        for (i, spec) in specs.iter().enumerate() {
+            if let Some(role) = &spec.requirement.role {
+                settings::check_role(role)?;
+            }
+            if spec.payload.len() > settings::MAX_RECORD {
+                return Err(Error::Task(format!(
+                    "task {i}: a payload of {} bytes is over the cluster's {} bytes",
+                    spec.payload.len(),
+                    settings::MAX_RECORD
+                )));
+            }
+            let id = ids.map_or_else(random_id, |ids| ids[i].clone());
+            let headers = TaskMessage::headers(spec, &id).map_err(Error::Task)?;
+            let subject = settings::subject(spec.requirement.role.as_deref(), spec.priority.get());
+            let ack = self
+                .js
+                .publish_with_headers(subject, headers, spec.payload.clone())
+                .await
+                .map_err(|e| Error::nats("publishing a task", e))?;
+            waiting.push_back(ack);
+            if waiting.len() >= IN_FLIGHT
+                && let Some(ack) = waiting.pop_front()
+            {
+                out.push(accepted(ack).await?);
+            }
+        }
+        while let Some(ack) = waiting.pop_front() {
+            out.push(accepted(ack).await?);
+        }
+        Ok(out)
+    }
+
+    /// Task `id`'s record, if it has started.
+    pub async fn row(&self, id: u64) -> Result<Option<(Row, u64)>, Error> {
+        let entry = self
+            .tasks
+            .entry(id.to_string())
+            .await
+            .map_err(|e| Error::nats(format!("reading task {id}"), e))?;
+        match entry {
+            Some(entry) if entry.operation == kv::Operation::Put => {
+                let row =
+                    Row::decode(&entry.value).map_err(|detail| Error::Corrupt { id, detail })?;
+                Ok(Some((row, entry.revision)))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// Where task `id` stands.
+    pub async fn task(&self, id: u64) -> Result<TaskView, Error> {
+        if let Some((row, _)) = self.row(id).await? {
+            return Ok(TaskView::Row(row));
+        }
+        match self.stream.get_raw_message(id).await {
+            Ok(_) => Ok(TaskView::Queued),
+            // Read again: it may have started and ended between the two reads.
+            Err(_) => match self.row(id).await? {
+                Some((row, _)) => Ok(TaskView::Row(row)),
+                None => Err(Error::Unknown { id }),
+            },
+        }
+    }
+
+    /// Waits until task `id` has ended, and returns its record.
+    pub async fn wait(&self, id: u64) -> Result<Row, Error> {
+        let mut watch = self
+            .tasks
+            .watch_with_history(id.to_string())
+            .await
+            .map_err(|e| Error::nats(format!("watching task {id}"), e))?;
+        while let Some(entry) = watch.next().await {
+            let entry = entry.map_err(|e| Error::nats(format!("watching task {id}"), e))?;
+            if entry.operation != kv::Operation::Put {
+                continue;
+            }
+            let row = Row::decode(&entry.value).map_err(|detail| Error::Corrupt { id, detail })?;
+            if row.is_terminal() {
+                return Ok(row);
+            }
+        }
+        Err(Error::nats(
+            format!("watching task {id}"),
+            "the watch ended",
+        ))
+    }
+
+    /// The live nodes, the unfinished tasks, and the backlog of each role.
+    pub async fn status(&self) -> Result<Status, Error> {
+        let mut stream = self.stream.clone();
+        let unfinished = stream
+            .info()
+            .await
+            .map_err(|e| Error::nats("the tasks stream", e))?
+            .state
+            .messages;
+        let mut roles = Vec::new();
+        let mut consumers = stream.consumers();
+        while let Some(info) = consumers.next().await {
+            let info = info.map_err(|e| Error::nats("the stream's consumers", e))?;
+            let role = match info.name.strip_prefix("role-") {
+                Some(role) => role.to_owned(),
+                None => "*".to_owned(),
+            };
+            roles.push(RoleStatus {
+                role,
+                waiting: info.num_pending,
+                running: info.num_ack_pending as u64,
+            });
+        }
+        roles.sort_by(|a, b| a.role.cmp(&b.role));
+        Ok(Status {
+            nodes: membership::list(&self.nodes).await?,
+            unfinished,
+            roles,
+            replicas: self.settings.replicas,
+        })
+    }
+
+    /// Flushes what this client sent.
+    pub async fn flush(&self) -> Result<(), Error> {
+        self.client
+            .flush()
+            .await
+            .map_err(|e| Error::nats("flushing", e))
+    }
+}
+
+async fn bucket(js: &jetstream::Context, config: kv::Config) -> Result<kv::Store, Error> {
+    let name = config.bucket.clone();
+    if let Ok(store) = js.get_key_value(&name).await {
+        return Ok(store);
+    }
+    js.create_key_value(config)
+        .await
+        .map_err(|e| Error::nats(format!("the bucket {name}"), e))
+}
+
+async fn accepted(ack: jetstream::context::PublishAckFuture) -> Result<Submitted, Error> {
+    let ack = ack
+        .await
+        .map_err(|e| Error::nats("the stream's acknowledgement of a task", e))?;
+    Ok(Submitted {
+        id: ack.sequence,
+        duplicate: ack.duplicate,
+    })
+}
+
+/// 128 random bits as hex: an idempotency id no other submission shares.
+fn random_id() -> String {
+    let mut bytes = [0u8; 16];
+    // Without randomness, the time and a counter still make the id unique in this process.
+    if getrandom::fill(&mut bytes).is_err() {
+        static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        bytes[..8].copy_from_slice(&crate::now_ms().to_le_bytes());
+        bytes[8..].copy_from_slice(&n.to_le_bytes());
+    }
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

@@ -1,0 +1,76 @@
+//! Cluster mode: many machines, one swarm, on NATS JetStream.
+//!
+//! Nothing here is a consensus of colony's own. JetStream replicates and orders; colony uses
+//! three of its parts:
+//!
+//! - **the tasks stream** (`COLONY_TASKS`, work-queue retention, file storage): a submitted
+//!   task is one message on `colony.tasks.<role>.p<priority>`; its stream sequence is the
+//!   task's id, and "accepted" is said only once the stream acknowledged it. A node pulls
+//!   through the durable consumer of each role it hosts, with explicit acks, an `ack_wait`
+//!   kept alive by in-progress acks while a task runs, and a nak with a delay for a retry.
+//! - **the tasks bucket** (KV `colony_tasks`): one key per task that has started, holding its
+//!   state, its lease (attempt number) and, once it ended, its result. Every write is a
+//!   compare-and-set on the key's revision: that revision is the fencing token, so a node
+//!   whose lease was taken over (it stalled past `ack_wait`, its message went to another
+//!   node) cannot commit (I2 across nodes).
+//! - **the nodes bucket** (KV `colony_nodes`, entries expire after the heartbeat TTL): each
+//!   node's heartbeat, so membership is per node, never per agent.
+//!
+//! [`lease`] decides, sans IO, what a node does with a delivery and how an attempt's end
+//! moves its task; [`Node`] does the IO around it; [`Cluster`] is the client side (submit,
+//! look up, wait, status). [`testing`] starts real `nats-server` processes for tests.
+
+mod client;
+pub mod lease;
+mod membership;
+mod node;
+mod settings;
+pub mod testing;
+mod wire;
+
+pub use client::{Cluster, RoleStatus, Status, Submitted, TaskView};
+pub use membership::NodeInfo;
+pub use node::{Node, NodeOptions, NodeReport};
+pub use settings::{MAX_RECORD, Settings, check_role};
+pub use wire::{Row, TaskMessage};
+
+/// Why the cluster could not do what it was asked.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(
+        "cannot reach NATS at {url}: {detail}; is nats-server running there with JetStream enabled (-js)?"
+    )]
+    Connect { url: String, detail: String },
+    #[error(
+        "NATS at {url} has no JetStream: start nats-server with -js (or `jetstream {{}}` in its config)"
+    )]
+    NoJetStream { url: String },
+    #[error("{0}")]
+    Settings(String),
+    #[error("role `{role}` cannot name a cluster subject: use letters, digits, `_` and `-` only")]
+    BadRole { role: String },
+    #[error("{what}: {detail}")]
+    Nats { what: String, detail: String },
+    #[error("task {id} is unknown to the cluster: never accepted, or its record was purged")]
+    Unknown { id: u64 },
+    #[error("task {id}'s record is unreadable: {detail}")]
+    Corrupt { id: u64, detail: String },
+    #[error("{0}")]
+    Task(String),
+}
+
+impl Error {
+    pub(crate) fn nats(what: impl Into<String>, err: impl std::fmt::Display) -> Self {
+        Error::Nats {
+            what: what.into(),
+            detail: err.to_string(),
+        }
+    }
+}
+
+/// Milliseconds since the Unix epoch, by the wall clock.
+pub(crate) fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}

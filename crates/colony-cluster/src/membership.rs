@@ -1,0 +1,73 @@
+//! Node membership: each node's heartbeat in the nodes bucket, whose entries expire after the
+//! heartbeat TTL. A node that stops beating drops out of the list on its own; a draining node
+//! deletes its entry as it leaves.
+
+use crate::Error;
+use async_nats::jetstream::kv;
+use futures::StreamExt;
+
+/// What a node says of itself in its heartbeat.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct NodeInfo {
+    pub name: String,
+    /// The roles its pools serve.
+    pub roles: Vec<String>,
+    pub agents: u64,
+    /// Attempts running on it now.
+    pub running: u64,
+    /// Attempts it ended since it started (succeeded, failed, retried, handed back).
+    pub ended: u64,
+    /// Its results refused because another node held the task by then.
+    pub fenced: u64,
+    /// It stopped taking tasks and finishes or hands back those it has.
+    pub draining: bool,
+    pub started_ms: u64,
+    /// When this heartbeat was written.
+    pub at_ms: u64,
+    pub version: String,
+}
+
+pub(crate) async fn beat(nodes: &kv::Store, info: &NodeInfo) -> Result<(), Error> {
+    let value = serde_json::to_vec(info).unwrap_or_default();
+    nodes
+        .put(info.name.as_str(), value.into())
+        .await
+        .map(|_| ())
+        .map_err(|e| Error::nats(format!("the heartbeat of node {}", info.name), e))
+}
+
+pub(crate) async fn leave(nodes: &kv::Store, name: &str) -> Result<(), Error> {
+    nodes
+        .delete(name)
+        .await
+        .map_err(|e| Error::nats(format!("node {name} leaving"), e))
+}
+
+/// The nodes whose heartbeat has not expired, by name.
+pub(crate) async fn list(nodes: &kv::Store) -> Result<Vec<NodeInfo>, Error> {
+    let mut names = Vec::new();
+    match nodes.keys().await {
+        Ok(mut keys) => {
+            while let Some(key) = keys.next().await {
+                names.push(key.map_err(|e| Error::nats("listing nodes", e))?);
+            }
+        }
+        Err(e) => return Err(Error::nats("listing nodes", e)),
+    }
+    let mut out = Vec::new();
+    for name in names {
+        let entry = nodes
+            .entry(name.as_str())
+            .await
+            .map_err(|e| Error::nats("reading a node's heartbeat", e))?;
+        if let Some(entry) = entry
+            && entry.operation == kv::Operation::Put
+            && let Ok(info) = serde_json::from_slice::<NodeInfo>(&entry.value)
+        {
+            out.push(info);
+        }
+    }
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(out)
+}

@@ -1,0 +1,609 @@
+//! A node: pulls the tasks of the roles its local runtime's pools serve, runs each as one
+//! attempt on that runtime (its hierarchy, routing, supervision and agents), and ends it in
+//! the tasks bucket under the lease it took. [`crate::lease`] decides; this module does the IO.
+
+use crate::{
+    Cluster, Error,
+    lease::{self, Outcome, Reply, Step},
+    membership::{self, NodeInfo},
+    settings::{self, MAX_RECORD},
+    wire::{Row, TaskMessage},
+};
+use async_nats::jetstream::{
+    AckKind, Message,
+    consumer::{AckPolicy, DeliverPolicy, PullConsumer, pull},
+    kv,
+};
+use colony_agents::spawner::Spawner;
+use colony_core::task::{TaskSpec, TaskState};
+use colony_runtime::Handle;
+use futures::StreamExt;
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+use tokio::sync::{Semaphore, watch};
+
+/// How a node runs.
+#[derive(Clone, Debug)]
+pub struct NodeOptions {
+    /// Its name in the cluster: letters, digits, `-`, `_` and `.`; unique among live nodes.
+    pub name: String,
+    /// Most attempts it runs at once (its agents' capacity is a good value).
+    pub max_in_flight: usize,
+    /// On drain, how long running attempts may go on before they are handed back.
+    pub drain_timeout: Duration,
+}
+
+/// What a node did, counted since it started.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct NodeReport {
+    /// Attempts it started.
+    pub started: u64,
+    pub succeeded: u64,
+    pub failed: u64,
+    /// Attempts that failed and left their task queued for another.
+    pub retried: u64,
+    pub dead_lettered: u64,
+    /// Attempts it gave back unfinished while draining.
+    pub handed_back: u64,
+    /// Results it could not commit: another node held the task by then (I2).
+    pub fenced: u64,
+    /// Deliveries of tasks that had already ended (acked, not run again).
+    pub already_ended: u64,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    started: AtomicU64,
+    succeeded: AtomicU64,
+    failed: AtomicU64,
+    retried: AtomicU64,
+    dead_lettered: AtomicU64,
+    handed_back: AtomicU64,
+    fenced: AtomicU64,
+    already_ended: AtomicU64,
+    running: AtomicU64,
+}
+
+impl Counters {
+    fn report(&self) -> NodeReport {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        NodeReport {
+            started: get(&self.started),
+            succeeded: get(&self.succeeded),
+            failed: get(&self.failed),
+            retried: get(&self.retried),
+            dead_lettered: get(&self.dead_lettered),
+            handed_back: get(&self.handed_back),
+            fenced: get(&self.fenced),
+            already_ended: get(&self.already_ended),
+        }
+    }
+}
+
+/// A node's phases: taking tasks, draining (no new ones), handing back (stop what runs).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Phase {
+    Taking,
+    Draining,
+    HandingBack,
+}
+
+/// What every delivery of one node shares.
+#[derive(Debug)]
+struct Shared {
+    cluster: Cluster,
+    handle: Handle,
+    name: String,
+    counters: Counters,
+    phase: watch::Receiver<Phase>,
+}
+
+/// A node in the cluster, running until [`Node::drain`].
+#[derive(Debug)]
+pub struct Node {
+    shared: Arc<Shared>,
+    phase: watch::Sender<Phase>,
+    slots: Arc<Semaphore>,
+    max_in_flight: usize,
+    drain_timeout: Duration,
+    pullers: Vec<tokio::task::JoinHandle<Option<()>>>,
+    heart: tokio::task::JoinHandle<Option<()>>,
+    info: NodeInfo,
+}
+
+impl Node {
+    /// Joins the cluster: makes the consumers of the roles `handle`'s pools serve (and of
+    /// tasks any agent may run), writes the first heartbeat, and starts pulling.
+    pub async fn start(
+        cluster: Cluster,
+        handle: Handle,
+        options: NodeOptions,
+    ) -> Result<Node, Error> {
+        check_name(&options.name)?;
+        let mut roles: Vec<String> = handle
+            .pools()
+            .iter()
+            .map(|(spec, _)| spec.role.to_string())
+            .collect();
+        roles.sort();
+        roles.dedup();
+        for role in &roles {
+            settings::check_role(role)?;
+        }
+        let agents = handle.pools().iter().map(|(_, n)| *n).sum();
+        let mut consumers = Vec::new();
+        for role in roles.iter().map(|r| Some(r.as_str())).chain([None]) {
+            consumers.push(consumer(&cluster, role).await?);
+        }
+        let now = crate::now_ms();
+        let info = NodeInfo {
+            name: options.name.clone(),
+            roles: roles.clone(),
+            agents,
+            running: 0,
+            ended: 0,
+            fenced: 0,
+            draining: false,
+            started_ms: now,
+            at_ms: now,
+            version: env!("CARGO_PKG_VERSION").into(),
+        };
+        membership::beat(&cluster.nodes, &info).await?;
+        let (phase, phase_rx) = watch::channel(Phase::Taking);
+        let shared = Arc::new(Shared {
+            cluster,
+            handle,
+            name: options.name.clone(),
+            counters: Counters::default(),
+            phase: phase_rx,
+        });
+        let max_in_flight = options.max_in_flight.clamp(1, 100_000);
+        let slots = Arc::new(Semaphore::new(max_in_flight));
+        let pullers = consumers
+            .into_iter()
+            .map(|c| Spawner::spawn("cluster-pull", pull_loop(shared.clone(), c, slots.clone())))
+            .collect();
+        let heart = Spawner::spawn("cluster-heartbeat", heartbeat(shared.clone(), info.clone()));
+        Ok(Node {
+            shared,
+            phase,
+            slots,
+            max_in_flight,
+            drain_timeout: options.drain_timeout,
+            pullers,
+            heart,
+            info,
+        })
+    }
+
+    pub fn report(&self) -> NodeReport {
+        self.shared.counters.report()
+    }
+
+    pub fn name(&self) -> &str {
+        &self.shared.name
+    }
+
+    /// Leaves the cluster without losing work: stops pulling, lets running attempts finish
+    /// for up to the drain timeout, hands back the rest (a nak each, not counted as an
+    /// attempt), and deletes its heartbeat.
+    pub async fn drain(self) -> NodeReport {
+        let _ = self.phase.send(Phase::Draining);
+        let mut info = self.info.clone();
+        info.draining = true;
+        info.at_ms = crate::now_ms();
+        let _ = membership::beat(&self.shared.cluster.nodes, &info).await;
+        for puller in self.pullers {
+            let _ = puller.await;
+        }
+        let all = u32::try_from(self.max_in_flight).unwrap_or(u32::MAX);
+        let idle = self.slots.acquire_many(all);
+        if tokio::time::timeout(self.drain_timeout, idle)
+            .await
+            .is_err()
+        {
+            let _ = self.phase.send(Phase::HandingBack);
+            let _ = self.slots.acquire_many(all).await;
+        }
+        self.heart.abort();
+        if let Err(e) = membership::leave(&self.shared.cluster.nodes, &self.shared.name).await {
+            tracing::warn!("{e}");
+        }
+        let _ = self.shared.cluster.flush().await;
+        self.shared.counters.report()
+    }
+}
+
+fn check_name(name: &str) -> Result<(), Error> {
+    let ok = !name.is_empty()
+        && name.len() <= 128
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+        && !name.starts_with('.')
+        && !name.ends_with('.');
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::Settings(format!(
+            "node name `{}`: use letters, digits, `-`, `_` and `.` (not first or last), at most 128",
+            name.chars().take(140).collect::<String>()
+        )))
+    }
+}
+
+async fn consumer(cluster: &Cluster, role: Option<&str>) -> Result<PullConsumer, Error> {
+    let (name, filter) = settings::consumer(role);
+    let config = pull::Config {
+        durable_name: Some(name.clone()),
+        filter_subject: filter,
+        ack_policy: AckPolicy::Explicit,
+        ack_wait: cluster.settings.ack_wait,
+        // Attempts are counted in the task's record, where a hand-back does not count: the
+        // stream delivers until the record says the task ended.
+        max_deliver: -1,
+        max_ack_pending: 100_000,
+        deliver_policy: DeliverPolicy::All,
+        ..Default::default()
+    };
+    cluster
+        .stream
+        .get_or_create_consumer(&name, config)
+        .await
+        .map_err(|e| Error::nats(format!("the consumer {name}"), e))
+}
+
+async fn heartbeat(shared: Arc<Shared>, mut info: NodeInfo) {
+    let every = shared.cluster.settings.heartbeat_ttl / 3;
+    let mut phase = shared.phase.clone();
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(every) => {}
+            _ = phase.changed() => {}
+        }
+        let report = shared.counters.report();
+        info.running = shared.counters.running.load(Ordering::Relaxed);
+        info.ended = report.succeeded
+            + report.failed
+            + report.retried
+            + report.dead_lettered
+            + report.handed_back;
+        info.fenced = report.fenced;
+        info.draining = *phase.borrow() != Phase::Taking;
+        info.at_ms = crate::now_ms();
+        if let Err(e) = membership::beat(&shared.cluster.nodes, &info).await {
+            tracing::warn!("{e}");
+        }
+    }
+}
+
+/// Pulls while the node takes tasks: as many as it has free slots, each run on its own.
+async fn pull_loop(shared: Arc<Shared>, consumer: PullConsumer, slots: Arc<Semaphore>) {
+    let mut phase = shared.phase.clone();
+    while *phase.borrow() == Phase::Taking {
+        let first = tokio::select! {
+            permit = slots.clone().acquire_owned() => match permit { Ok(p) => p, Err(_) => return },
+            _ = phase.changed() => continue,
+        };
+        let mut permits = vec![first];
+        while permits.len() < 256 {
+            match slots.clone().try_acquire_owned() {
+                Ok(p) => permits.push(p),
+                Err(_) => break,
+            }
+        }
+        let fetch = consumer
+            .fetch()
+            .max_messages(permits.len())
+            .expires(Duration::from_millis(500))
+            .messages()
+            .await;
+        let mut batch = match fetch {
+            Ok(batch) => batch,
+            Err(e) => {
+                tracing::warn!("node {}: pulling tasks: {e}", shared.name);
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                continue;
+            }
+        };
+        while let Some(message) = batch.next().await {
+            let message = match message {
+                Ok(m) => m,
+                Err(e) => {
+                    tracing::warn!("node {}: pulling tasks: {e}", shared.name);
+                    break;
+                }
+            };
+            let Some(permit) = permits.pop() else { break };
+            let shared = shared.clone();
+            Spawner::spawn("cluster-task", async move {
+                shared.counters.running.fetch_add(1, Ordering::Relaxed);
+                deliver(&shared, message).await;
+                shared.counters.running.fetch_sub(1, Ordering::Relaxed);
+                drop(permit);
+            });
+        }
+    }
+}
+
+/// One delivery: take the lease, run the attempt, end it under the lease, answer the stream.
+async fn deliver(shared: &Shared, message: Message) {
+    let id = match message.info() {
+        Ok(info) => info.stream_sequence,
+        Err(e) => {
+            tracing::warn!(
+                "node {}: a delivery without its ack subject: {e}",
+                shared.name
+            );
+            return;
+        }
+    };
+    let tasks = &shared.cluster.tasks;
+    let spec = match TaskMessage::spec(message.headers.as_ref(), message.payload.clone()) {
+        Ok(spec) => spec,
+        Err(problem) => {
+            // A message no node can read fails its task once, for good.
+            let row = Row {
+                state: TaskState::Failed,
+                attempt: 0,
+                charged: 0,
+                node: shared.name.clone(),
+                agent: None,
+                error: Some(format!("the task's message is unreadable: {problem}")),
+                key: None,
+                at_ms: crate::now_ms(),
+                output: None,
+            };
+            if write_new(tasks, id, &row).await.is_ok() {
+                shared.counters.failed.fetch_add(1, Ordering::Relaxed);
+            }
+            answer(&message, Reply::Ack).await;
+            return;
+        }
+    };
+    // Take the lease: a compare-and-set on the record's revision, read again on a conflict.
+    let mut conflicts = 0;
+    let (started, revision) = loop {
+        let current = match shared.cluster.row(id).await {
+            Ok(current) => current,
+            Err(e) => {
+                tracing::warn!("node {}: {e}", shared.name);
+                return; // Not acked: delivered again after ack_wait.
+            }
+        };
+        let revision = current.as_ref().map(|(_, r)| *r);
+        let step = lease::on_delivery(
+            current.as_ref().map(|(row, _)| row),
+            &spec,
+            &shared.name,
+            crate::now_ms(),
+        );
+        let (row, after) = match step {
+            Step::Finished => {
+                shared
+                    .counters
+                    .already_ended
+                    .fetch_add(1, Ordering::Relaxed);
+                answer(&message, Reply::Ack).await;
+                return;
+            }
+            Step::DeadLetter(row) => (row, true),
+            Step::Start(row) => (row, false),
+        };
+        let written = match revision {
+            None => write_new(tasks, id, &row).await,
+            Some(revision) => write(tasks, id, &row, revision).await,
+        };
+        match written {
+            Ok(revision) if after => {
+                let _ = revision;
+                shared
+                    .counters
+                    .dead_lettered
+                    .fetch_add(1, Ordering::Relaxed);
+                answer(&message, Reply::Ack).await;
+                return;
+            }
+            Ok(revision) => break (row, revision),
+            Err(Write::Conflict) if conflicts < 8 => conflicts += 1,
+            Err(_) => return,
+        }
+    };
+    shared.counters.started.fetch_add(1, Ordering::Relaxed);
+    let outcome = run(shared, &message, &spec, id).await;
+    let kind = match &outcome {
+        Outcome::Succeeded { .. } => &shared.counters.succeeded,
+        Outcome::Fatal { .. } => &shared.counters.failed,
+        Outcome::Retryable { .. } if started.charged >= spec.max_attempts => {
+            &shared.counters.dead_lettered
+        }
+        Outcome::Retryable { .. } => &shared.counters.retried,
+        Outcome::HandBack => &shared.counters.handed_back,
+    };
+    let (ended, reply) = lease::after_attempt(&started, &spec, outcome, crate::now_ms());
+    match end(shared, id, &ended, revision).await {
+        Ended::Written => {
+            kind.fetch_add(1, Ordering::Relaxed);
+            answer(&message, reply).await;
+        }
+        Ended::Fenced => {
+            shared.counters.fenced.fetch_add(1, Ordering::Relaxed);
+            tracing::info!(
+                "node {}: task {id} attempt {} fenced: another node holds the task now",
+                shared.name,
+                started.attempt
+            );
+        }
+        Ended::Unwritten => {}
+    }
+}
+
+/// Runs attempt `id` on the local runtime, keeping the delivery alive with in-progress acks,
+/// and stopping it when the node hands back.
+async fn run(shared: &Shared, message: &Message, spec: &TaskSpec, id: u64) -> Outcome {
+    let local = TaskSpec {
+        max_attempts: 1,
+        ..spec.clone()
+    };
+    let pending = match shared.handle.submit_notify(local).await {
+        Ok(pending) => pending,
+        Err(e) => {
+            return Outcome::Retryable {
+                error: format!("node {}: {e}", shared.name),
+                agent: None,
+            };
+        }
+    };
+    let local_id = pending.id;
+    let mut pending = std::pin::pin!(pending);
+    let mut phase = shared.phase.clone();
+    let every = shared.cluster.settings.ack_wait / 3;
+    let mut progress = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    let mut handing_back = false;
+    let completion = loop {
+        tokio::select! {
+            done = &mut pending => break done,
+            _ = progress.tick() => {
+                if let Err(e) = message.ack_with(AckKind::Progress).await {
+                    tracing::warn!("node {}: task {id}: in-progress ack: {e}", shared.name);
+                }
+            }
+            changed = phase.changed(), if !handing_back => {
+                if changed.is_err() || *phase.borrow() == Phase::HandingBack {
+                    handing_back = true;
+                    let _ = shared.handle.cancel(local_id).await;
+                }
+            }
+        }
+    };
+    let completion = match completion {
+        Ok(c) => c,
+        Err(e) => {
+            return Outcome::Retryable {
+                error: format!("node {}: {e}", shared.name),
+                agent: None,
+            };
+        }
+    };
+    let agent = completion.agent.map(|a| u64::from(a.0));
+    match completion.state {
+        TaskState::Succeeded => {
+            let output = completion.output.unwrap_or_default();
+            if output.len() > MAX_RECORD - 4096 {
+                Outcome::Fatal {
+                    error: format!(
+                        "its output of {} bytes is over the cluster's record of {} bytes: keep large results in a file or store and return where",
+                        output.len(),
+                        MAX_RECORD - 4096
+                    ),
+                    agent,
+                }
+            } else {
+                Outcome::Succeeded { output, agent }
+            }
+        }
+        TaskState::Failed => Outcome::Fatal {
+            error: error_text(completion.error),
+            agent,
+        },
+        TaskState::Cancelled if handing_back => Outcome::HandBack,
+        _ => Outcome::Retryable {
+            error: error_text(completion.error),
+            agent,
+        },
+    }
+}
+
+fn error_text(error: Option<Arc<str>>) -> String {
+    error.map_or_else(|| "the attempt failed".to_owned(), |e| e.to_string())
+}
+
+enum Ended {
+    Written,
+    Fenced,
+    Unwritten,
+}
+
+/// Writes an attempt's end under its lease. A lost compare-and-set is read again: the write
+/// may have landed with its answer lost (then it is ours), or another node holds the task.
+/// NATS unavailable (a leader election) is retried for up to `ack_wait`: the
+/// compare-and-set makes a retry safe.
+async fn end(shared: &Shared, id: u64, row: &Row, revision: u64) -> Ended {
+    let deadline = Instant::now() + shared.cluster.settings.ack_wait;
+    let mut wait = Duration::from_millis(50);
+    loop {
+        match write(&shared.cluster.tasks, id, row, revision).await {
+            Ok(_) => return Ended::Written,
+            Err(Write::Conflict) => {
+                return match shared.cluster.row(id).await {
+                    Ok(Some((now, _)))
+                        if now.attempt == row.attempt
+                            && now.node == row.node
+                            && now.state == row.state =>
+                    {
+                        Ended::Written
+                    }
+                    Ok(_) => Ended::Fenced,
+                    Err(_) => Ended::Unwritten,
+                };
+            }
+            Err(Write::Other(e)) => {
+                if Instant::now() >= deadline {
+                    tracing::warn!(
+                        "node {}: task {id}: its end could not be written: {e}",
+                        shared.name
+                    );
+                    return Ended::Unwritten;
+                }
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_secs(1));
+            }
+        }
+    }
+}
+
+async fn answer(message: &Message, reply: Reply) {
+    let kind = match reply {
+        Reply::Ack => AckKind::Ack,
+        Reply::Nak(delay) if delay.is_zero() => AckKind::Nak(None),
+        Reply::Nak(delay) => AckKind::Nak(Some(delay)),
+    };
+    // A double ack waits for the server's answer: an ack lost here means one more delivery,
+    // which the record then answers (`Step::Finished`).
+    for _ in 0..3 {
+        if message.double_ack_with(kind).await.is_ok() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+enum Write {
+    Conflict,
+    Other(String),
+}
+
+async fn write(tasks: &kv::Store, id: u64, row: &Row, revision: u64) -> Result<u64, Write> {
+    tasks
+        .update(id.to_string(), row.encode(), revision)
+        .await
+        .map_err(|e| match e.kind() {
+            kv::UpdateErrorKind::WrongLastRevision => Write::Conflict,
+            _ => Write::Other(e.to_string()),
+        })
+}
+
+async fn write_new(tasks: &kv::Store, id: u64, row: &Row) -> Result<u64, Write> {
+    tasks
+        .create(id.to_string(), row.encode())
+        .await
+        .map_err(|e| match e.kind() {
+            kv::CreateErrorKind::AlreadyExists => Write::Conflict,
+            _ => Write::Other(e.to_string()),
+        })
+}

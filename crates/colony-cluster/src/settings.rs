@@ -1,0 +1,185 @@
+//! How the cluster's stream and buckets are made, with the settings Jepsen's analysis of NATS
+//! 2.12.1 asks for: file storage, an odd replica count of 3 or 5 (1 only for a single
+//! development server), and dedupe ids on every publish. `sync_interval: always` is the
+//! servers' own setting (see docs/cluster.md); the harness in [`crate::testing`] sets it.
+
+use crate::Error;
+use async_nats::jetstream::{kv, stream};
+use std::time::Duration;
+
+/// The stream of submitted tasks.
+pub(crate) const STREAM: &str = "COLONY_TASKS";
+/// Its subjects: `colony.tasks.<role>.p<priority>`.
+pub(crate) const SUBJECTS: &str = "colony.tasks.>";
+/// The role token of tasks any agent may run.
+pub(crate) const ANY_ROLE: &str = "_";
+/// The bucket of task states, leases and results.
+pub(crate) const TASKS_BUCKET: &str = "colony_tasks";
+/// The bucket of node heartbeats.
+pub(crate) const NODES_BUCKET: &str = "colony_nodes";
+/// Most bytes of one task's record (its state and result): NATS's default `max_payload` is
+/// 1 MiB, and the record's own fields need room beside the output.
+pub const MAX_RECORD: usize = 1024 * 1024 - 4096;
+
+/// The cluster's settings, the same for every node and client of one cluster.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Settings {
+    /// Copies JetStream keeps of the stream and buckets: 3 or 5; 1 for one development
+    /// server only.
+    pub replicas: usize,
+    /// How long a delivered task may go without an ack or an in-progress ack before JetStream
+    /// delivers it again (to any node): a dead node's tasks run elsewhere after this.
+    pub ack_wait: Duration,
+    /// A node's heartbeat lasts this long in the nodes bucket; it renews it every third.
+    pub heartbeat_ttl: Duration,
+    /// Window in which a second publish with the same id is dropped by the stream.
+    pub duplicate_window: Duration,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            replicas: 3,
+            ack_wait: Duration::from_secs(30),
+            heartbeat_ttl: Duration::from_secs(10),
+            duplicate_window: Duration::from_secs(120),
+        }
+    }
+}
+
+impl Settings {
+    /// Refuses settings that would lose acknowledged work or that JetStream refuses.
+    pub fn validate(&self) -> Result<(), Error> {
+        if !matches!(self.replicas, 1 | 3 | 5) {
+            return Err(Error::Settings(format!(
+                "--replicas {}: use 3 or 5 (a Raft group of 2 or 4 tolerates no more faults than one of 1 or 3; \
+                 JetStream allows at most 5), or 1 for a single development server",
+                self.replicas
+            )));
+        }
+        if self.ack_wait < Duration::from_secs(1) || self.ack_wait > Duration::from_secs(3600) {
+            return Err(Error::Settings(format!(
+                "--ack-wait {:?}: allowed from 1s to 1h",
+                self.ack_wait
+            )));
+        }
+        if self.heartbeat_ttl < Duration::from_secs(1)
+            || self.heartbeat_ttl > Duration::from_secs(600)
+        {
+            return Err(Error::Settings(format!(
+                "heartbeat TTL {:?}: allowed from 1s to 10m",
+                self.heartbeat_ttl
+            )));
+        }
+        Ok(())
+    }
+
+    pub(crate) fn stream(&self) -> stream::Config {
+        stream::Config {
+            name: STREAM.into(),
+            description: Some("colony: submitted tasks, one message each".into()),
+            subjects: vec![SUBJECTS.into()],
+            retention: stream::RetentionPolicy::WorkQueue,
+            storage: stream::StorageType::File,
+            num_replicas: self.replicas,
+            duplicate_window: self.duplicate_window,
+            max_message_size: MAX_RECORD as i32,
+            discard: stream::DiscardPolicy::New,
+            ..Default::default()
+        }
+    }
+
+    pub(crate) fn tasks_bucket(&self) -> kv::Config {
+        kv::Config {
+            bucket: TASKS_BUCKET.into(),
+            description: "colony: state, lease and result of every task that started".into(),
+            history: 1,
+            max_value_size: MAX_RECORD as i32,
+            storage: stream::StorageType::File,
+            num_replicas: self.replicas,
+            ..Default::default()
+        }
+    }
+
+    pub(crate) fn nodes_bucket(&self) -> kv::Config {
+        kv::Config {
+            bucket: NODES_BUCKET.into(),
+            description: "colony: node heartbeats".into(),
+            history: 1,
+            max_age: self.heartbeat_ttl,
+            max_value_size: 64 * 1024,
+            storage: stream::StorageType::File,
+            num_replicas: self.replicas,
+            ..Default::default()
+        }
+    }
+}
+
+/// A role as a subject token and consumer name: letters, digits, `_` and `-`, at most 64.
+pub fn check_role(role: &str) -> Result<(), Error> {
+    let ok = !role.is_empty()
+        && role.len() <= 64
+        && role
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    if ok && role != ANY_ROLE {
+        Ok(())
+    } else {
+        Err(Error::BadRole {
+            role: role.chars().take(80).collect(),
+        })
+    }
+}
+
+/// The subject a task of `role` (any agent when `None`) and `priority` is published on.
+pub(crate) fn subject(role: Option<&str>, priority: u8) -> String {
+    format!("colony.tasks.{}.p{priority}", role.unwrap_or(ANY_ROLE))
+}
+
+/// The durable consumer of a role's tasks, shared by every node that hosts the role, and
+/// the subjects it takes.
+pub(crate) fn consumer(role: Option<&str>) -> (String, String) {
+    let token = role.unwrap_or(ANY_ROLE);
+    let name = match role {
+        Some(role) => format!("role-{role}"),
+        None => "any-role".into(),
+    };
+    (name, format!("colony.tasks.{token}.>"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replicas_of_two_or_four_are_refused() {
+        for (replicas, ok) in [
+            (0, false),
+            (1, true),
+            (2, false),
+            (3, true),
+            (4, false),
+            (5, true),
+            (7, false),
+        ] {
+            let settings = Settings {
+                replicas,
+                ..Settings::default()
+            };
+            assert_eq!(settings.validate().is_ok(), ok, "{replicas}");
+        }
+    }
+
+    #[test]
+    fn roles_that_would_break_a_subject_are_refused() {
+        for role in ["worker", "code-review", "a_1"] {
+            assert!(check_role(role).is_ok(), "{role}");
+        }
+        for role in ["", "_", "a.b", "a b", "a*", "a>", "é", &"x".repeat(65)] {
+            assert!(check_role(role).is_err(), "{role}");
+        }
+        assert_eq!(subject(Some("worker"), 5), "colony.tasks.worker.p5");
+        assert_eq!(subject(None, 9), "colony.tasks._.p9");
+        assert_eq!(consumer(None).1, "colony.tasks._.>");
+    }
+}

@@ -1,0 +1,234 @@
+//! What crosses NATS: a task as a stream message (its settings in headers, its payload as the
+//! body, byte for byte) and a task's record in the tasks bucket (one JSON line, then the
+//! output's bytes as they are).
+
+use bytes::{BufMut, Bytes, BytesMut};
+use colony_core::task::{MAX_TIMEOUT, Priority, Requirement, TaskSpec, TaskState};
+use serde::{Deserialize, Serialize};
+use std::{sync::Arc, time::Duration};
+
+const KEY: &str = "Colony-Key";
+const ROLE: &str = "Colony-Role";
+const CAPABILITIES: &str = "Colony-Capabilities";
+const HARD: &str = "Colony-Hard";
+const PRIORITY: &str = "Colony-Priority";
+const TIMEOUT_MS: &str = "Colony-Timeout-Ms";
+const MAX_ATTEMPTS: &str = "Colony-Max-Attempts";
+
+/// A task as a message of the tasks stream.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TaskMessage;
+
+impl TaskMessage {
+    /// The headers carrying `spec`'s settings, with `id` as the stream's dedupe id. Refuses
+    /// text a header cannot carry (control characters) rather than mangle it.
+    pub fn headers(spec: &TaskSpec, id: &str) -> Result<async_nats::HeaderMap, String> {
+        let mut headers = async_nats::HeaderMap::new();
+        let text = |what: &str, value: &str| {
+            if value.chars().any(char::is_control) {
+                Err(format!(
+                    "the task's {what} has a control character: a header cannot carry it"
+                ))
+            } else {
+                Ok(value.to_owned())
+            }
+        };
+        headers.insert("Nats-Msg-Id", text("idempotency key", id)?.as_str());
+        if let Some(key) = &spec.key {
+            headers.insert(KEY, text("key", key)?.as_str());
+        }
+        if let Some(role) = &spec.requirement.role {
+            headers.insert(ROLE, text("role", role)?.as_str());
+        }
+        if !spec.requirement.capabilities.is_empty() {
+            let caps = spec.requirement.capabilities.join(",");
+            headers.insert(CAPABILITIES, text("capabilities", &caps)?.as_str());
+        }
+        if spec.requirement.hard {
+            headers.insert(HARD, "1");
+        }
+        headers.insert(PRIORITY, spec.priority.get().to_string().as_str());
+        headers.insert(TIMEOUT_MS, spec.timeout.as_millis().to_string().as_str());
+        headers.insert(MAX_ATTEMPTS, spec.max_attempts.to_string().as_str());
+        Ok(headers)
+    }
+
+    /// The task a message carries, or what is wrong with it.
+    pub fn spec(
+        headers: Option<&async_nats::HeaderMap>,
+        payload: Bytes,
+    ) -> Result<TaskSpec, String> {
+        let get = |name: &str| {
+            headers
+                .and_then(|h| h.get(name))
+                .map(|v| v.as_str().to_owned())
+        };
+        let number = |name: &str| -> Result<Option<u64>, String> {
+            get(name)
+                .map(|v| {
+                    v.parse::<u64>()
+                        .map_err(|_| format!("header {name}: `{v}` is not a number"))
+                })
+                .transpose()
+        };
+        let mut spec = TaskSpec {
+            payload,
+            ..TaskSpec::default()
+        };
+        spec.key = get(KEY).map(Arc::from);
+        spec.requirement = Requirement {
+            role: get(ROLE).map(Arc::from),
+            capabilities: get(CAPABILITIES)
+                .map(|c| {
+                    c.split(',')
+                        .filter(|c| !c.is_empty())
+                        .map(Arc::from)
+                        .collect()
+                })
+                .unwrap_or_default(),
+            hard: get(HARD).is_some_and(|h| h == "1"),
+        };
+        if let Some(p) = number(PRIORITY)? {
+            spec.priority = u8::try_from(p)
+                .ok()
+                .and_then(|p| Priority::new(p).ok())
+                .ok_or_else(|| format!("header {PRIORITY}: {p} is out of range 0..=9"))?;
+        }
+        if let Some(ms) = number(TIMEOUT_MS)? {
+            let timeout = Duration::from_millis(ms);
+            if timeout.is_zero() || timeout > MAX_TIMEOUT {
+                return Err(format!("header {TIMEOUT_MS}: {ms} is out of range"));
+            }
+            spec.timeout = timeout;
+        }
+        if let Some(n) = number(MAX_ATTEMPTS)? {
+            spec.max_attempts = u32::try_from(n)
+                .ok()
+                .filter(|n| *n >= 1)
+                .ok_or_else(|| format!("header {MAX_ATTEMPTS}: {n} is out of range"))?;
+        }
+        Ok(spec)
+    }
+}
+
+/// A task's record in the tasks bucket: where it stands, its lease, and how it ended.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct Row {
+    pub state: TaskState,
+    /// The lease: the number of the latest attempt started. Only that attempt's node may end
+    /// it, by a compare-and-set on the record's revision.
+    pub attempt: u32,
+    /// Attempts counted against the task's `max_attempts`: an attempt a draining node handed
+    /// back does not count, one lost with its node does.
+    pub charged: u32,
+    /// The node of the latest attempt.
+    pub node: String,
+    /// The agent of the latest attempt, on that node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    /// When this record was written, in milliseconds since the Unix epoch.
+    pub at_ms: u64,
+    /// The output of a task that succeeded, kept after the JSON line as it is.
+    #[serde(skip)]
+    pub output: Option<Bytes>,
+}
+
+impl Row {
+    pub fn encode(&self) -> Bytes {
+        let head = serde_json::to_vec(self).unwrap_or_default();
+        let mut out =
+            BytesMut::with_capacity(head.len() + 1 + self.output.as_ref().map_or(0, Bytes::len));
+        out.put_slice(&head);
+        out.put_u8(b'\n');
+        if let Some(output) = &self.output {
+            out.put_slice(output);
+        }
+        out.freeze()
+    }
+
+    pub fn decode(value: &Bytes) -> Result<Row, String> {
+        let split = value
+            .iter()
+            .position(|&b| b == b'\n')
+            .ok_or("no record line")?;
+        let mut row: Row = serde_json::from_slice(&value[..split]).map_err(|e| e.to_string())?;
+        if row.state == TaskState::Succeeded {
+            row.output = Some(value.slice(split + 1..));
+        }
+        Ok(row)
+    }
+
+    pub fn is_terminal(&self) -> bool {
+        !matches!(self.state, TaskState::Queued | TaskState::Running)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_task_crosses_as_headers_and_its_payload_unchanged() {
+        let spec = TaskSpec {
+            key: Some("step-1".into()),
+            requirement: Requirement {
+                role: Some("coder".into()),
+                capabilities: vec!["rust".into(), "git".into()],
+                hard: true,
+            },
+            priority: Priority::new(8).unwrap(),
+            payload: Bytes::from_static(b"{\"n\": \"\xce\xbb\"}"),
+            timeout: Duration::from_millis(2500),
+            max_attempts: 4,
+        };
+        let headers = TaskMessage::headers(&spec, "abc").unwrap();
+        assert_eq!(
+            TaskMessage::spec(Some(&headers), spec.payload.clone()).unwrap(),
+            spec
+        );
+        let bare = TaskMessage::spec(None, Bytes::from_static(b"1")).unwrap();
+        assert_eq!(bare.max_attempts, TaskSpec::default().max_attempts);
+    }
+
+    #[test]
+    fn bad_headers_are_named() {
+        let spec = TaskSpec {
+            key: Some("a\r\nInjected: 1".into()),
+            ..TaskSpec::default()
+        };
+        assert!(
+            TaskMessage::headers(&spec, "x")
+                .unwrap_err()
+                .contains("control character")
+        );
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert(PRIORITY, "12");
+        let err = TaskMessage::spec(Some(&headers), Bytes::new()).unwrap_err();
+        assert!(err.contains("Colony-Priority"), "{err}");
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert(MAX_ATTEMPTS, "0");
+        assert!(TaskMessage::spec(Some(&headers), Bytes::new()).is_err());
+    }
+
+    #[test]
+    fn a_record_keeps_its_output_byte_for_byte() {
+        let row = Row {
+            state: TaskState::Succeeded,
+            attempt: 2,
+            charged: 2,
+            node: "n1".into(),
+            agent: Some(7),
+            error: None,
+            key: None,
+            at_ms: 1,
+            output: Some(Bytes::from_static(b"line\nnext\0\xff")),
+        };
+        assert_eq!(Row::decode(&row.encode()).unwrap(), row);
+        assert!(Row::decode(&Bytes::from_static(b"{}")).is_err());
+    }
+}

@@ -1,0 +1,230 @@
+//! Nodes and clients against a real `nats-server` (one server, R1, `sync_interval: always`):
+//! every accepted task ends once, with one committed result; a draining node's attempts go
+//! back without costing an attempt; a late result is fenced.
+
+use bytes::Bytes;
+use colony_agents::sim::{Latency, Sim, SimOptions};
+use colony_cluster::{
+    Cluster, Node, NodeOptions, Settings, TaskView,
+    testing::{self, NatsServer},
+};
+use colony_core::{
+    agent::AgentSpec,
+    task::{Requirement, TaskSpec, TaskState},
+};
+use colony_journal::MemoryJournal;
+use colony_runtime::{Pool, Runtime, RuntimeOptions};
+use std::{sync::Arc, time::Duration};
+
+fn settings() -> Settings {
+    Settings {
+        replicas: 1,
+        ack_wait: Duration::from_secs(2),
+        heartbeat_ttl: Duration::from_secs(3),
+        ..Settings::default()
+    }
+}
+
+async fn cluster(server: &NatsServer) -> Cluster {
+    testing::connect(&server.url(), settings(), Duration::from_secs(20))
+        .await
+        .expect("the cluster")
+}
+
+async fn runtime(role: &str, agents: u32, latency: Duration) -> Runtime {
+    let sim = Sim::new(SimOptions {
+        latency: Latency::Fixed { value: latency },
+        ..SimOptions::default()
+    })
+    .unwrap();
+    let pool = Pool::new(AgentSpec::new("sim", role), agents, Arc::new(sim));
+    Runtime::start(
+        RuntimeOptions::default(),
+        vec![pool],
+        Arc::new(MemoryJournal::new()),
+    )
+    .await
+    .unwrap()
+}
+
+fn options(name: &str) -> NodeOptions {
+    NodeOptions {
+        name: name.into(),
+        max_in_flight: 64,
+        drain_timeout: Duration::from_secs(5),
+    }
+}
+
+fn task(role: Option<&str>, payload: String, max_attempts: u32) -> TaskSpec {
+    TaskSpec {
+        requirement: Requirement {
+            role: role.map(Arc::from),
+            ..Requirement::default()
+        },
+        payload: Bytes::from(payload),
+        max_attempts,
+        ..TaskSpec::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_task_ends_once_across_two_nodes() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = NatsServer::single(dir.path());
+    let client = cluster(&server).await;
+    let (ra, rb) = (
+        runtime("worker", 16, Duration::from_millis(1)).await,
+        runtime("worker", 16, Duration::from_millis(1)).await,
+    );
+    let a = Node::start(cluster(&server).await, ra.handle().clone(), options("a"))
+        .await
+        .unwrap();
+    let b = Node::start(cluster(&server).await, rb.handle().clone(), options("b"))
+        .await
+        .unwrap();
+
+    // Half for the role, half for any agent; a tenth submitted twice with the same id.
+    let specs: Vec<TaskSpec> = (0..400)
+        .map(|i| {
+            task(
+                (i % 2 == 0).then_some("worker"),
+                format!("{{\"i\":{i}}}"),
+                3,
+            )
+        })
+        .collect();
+    let ids: Vec<String> = (0..400).map(|i| format!("sub-{i}")).collect();
+    let submitted = client.submit(&specs, Some(&ids)).await.unwrap();
+    let again = client.submit(&specs[..40], Some(&ids[..40])).await.unwrap();
+    for (first, second) in submitted.iter().zip(&again) {
+        assert!(
+            second.duplicate,
+            "a second submission with the same id is dropped"
+        );
+        assert_eq!(first.id, second.id);
+    }
+    for (i, s) in submitted.iter().enumerate() {
+        let row = tokio::time::timeout(Duration::from_secs(60), client.wait(s.id))
+            .await
+            .expect("the task ends")
+            .unwrap();
+        assert_eq!(row.state, TaskState::Succeeded, "task {}: {row:?}", s.id);
+        assert_eq!(row.attempt, 1);
+        // The sim agent echoes its payload: the committed result is this task's own.
+        assert_eq!(
+            row.output.as_deref(),
+            Some(format!("{{\"i\":{i}}}").as_bytes())
+        );
+    }
+    let status = client.status().await.unwrap();
+    assert_eq!(status.unfinished, 0, "the stream holds no ended task");
+    let names: Vec<&str> = status.nodes.iter().map(|n| n.name.as_str()).collect();
+    assert_eq!(names, ["a", "b"]);
+    assert_eq!(status.nodes[0].roles, ["worker"]);
+    let (ra_report, rb_report) = (a.drain().await, b.drain().await);
+    assert_eq!(
+        ra_report.started + rb_report.started,
+        400,
+        "{ra_report:?} {rb_report:?}"
+    );
+    assert_eq!(ra_report.succeeded + rb_report.succeeded, 400);
+    assert_eq!(ra_report.fenced + rb_report.fenced, 0);
+    assert!(
+        client.status().await.unwrap().nodes.is_empty(),
+        "drained nodes left"
+    );
+    ra.shutdown().await;
+    rb.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_draining_node_hands_back_without_costing_an_attempt() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = NatsServer::single(dir.path());
+    let client = cluster(&server).await;
+    let slow = runtime("worker", 4, Duration::from_secs(30)).await;
+    let mut opts = options("slow");
+    opts.drain_timeout = Duration::from_millis(200);
+    let node = Node::start(cluster(&server).await, slow.handle().clone(), opts)
+        .await
+        .unwrap();
+    // One attempt each: a hand-back that cost one would dead-letter them.
+    let specs: Vec<TaskSpec> = (0..4)
+        .map(|i| task(Some("worker"), format!("{i}"), 1))
+        .collect();
+    let submitted = client.submit(&specs, None).await.unwrap();
+    for s in &submitted {
+        loop {
+            if let TaskView::Row(row) = client.task(s.id).await.unwrap() {
+                assert_eq!(row.state, TaskState::Running);
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    let report = node.drain().await;
+    assert_eq!(report.handed_back, 4, "{report:?}");
+    slow.shutdown().await;
+
+    let fast = runtime("worker", 4, Duration::from_millis(1)).await;
+    let node = Node::start(
+        cluster(&server).await,
+        fast.handle().clone(),
+        options("fast"),
+    )
+    .await
+    .unwrap();
+    for (i, s) in submitted.iter().enumerate() {
+        let row = tokio::time::timeout(Duration::from_secs(30), client.wait(s.id))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (row.state, row.attempt, row.charged),
+            (TaskState::Succeeded, 2, 1),
+            "{row:?}"
+        );
+        assert_eq!(row.node, "fast");
+        assert_eq!(row.output.as_deref(), Some(format!("{i}").as_bytes()));
+    }
+    node.drain().await;
+    fast.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_settings_and_unknown_tasks_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = NatsServer::single(dir.path());
+    let client = cluster(&server).await;
+    let three = Settings {
+        replicas: 3,
+        ..settings()
+    };
+    let err = Cluster::connect(&server.url(), three)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("keeps 1 replica(s)") && err.contains("--replicas 1"),
+        "{err}"
+    );
+    let err = Cluster::connect("nats://127.0.0.1:1", settings())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("cannot reach NATS at nats://127.0.0.1:1"),
+        "{err}"
+    );
+    let err = client.task(999_999).await.unwrap_err().to_string();
+    assert!(err.contains("task 999999 is unknown"), "{err}");
+    let bad = task(Some("a.b"), "1".into(), 1);
+    let err = client.submit(&[bad], None).await.unwrap_err().to_string();
+    assert!(err.contains("role `a.b`"), "{err}");
+    let rt = runtime("worker", 1, Duration::from_millis(1)).await;
+    let err = Node::start(client.clone(), rt.handle().clone(), options("bad name"))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("node name `bad name`"), "{err}");
+    rt.shutdown().await;
+}
