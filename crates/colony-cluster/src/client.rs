@@ -69,6 +69,16 @@ impl Cluster {
     /// Connects to NATS at `url` and makes the stream and buckets with `settings` if they
     /// are not there. Refuses a cluster made with another replica count.
     pub async fn connect(url: &str, settings: Settings) -> Result<Self, Error> {
+        Self::open(url, settings, true).await
+    }
+
+    /// Connects as a client: like [`Cluster::connect`], but a cluster already made keeps
+    /// its replica count whatever `settings` say.
+    pub async fn client(url: &str, settings: Settings) -> Result<Self, Error> {
+        Self::open(url, settings, false).await
+    }
+
+    async fn open(url: &str, mut settings: Settings, strict: bool) -> Result<Self, Error> {
         settings.validate()?;
         let connect_error = |e: &dyn std::fmt::Display| Error::Connect {
             url: url.to_owned(),
@@ -100,6 +110,9 @@ impl Cluster {
             .map_err(|e| Error::nats("the tasks stream", e))?
             .config
             .num_replicas;
+        if !strict {
+            settings.replicas = replicas;
+        }
         if replicas != settings.replicas {
             return Err(Error::Settings(format!(
                 "the cluster at {url} keeps {replicas} replica(s) of its tasks; this node asked for {}: give --replicas {replicas}",
@@ -210,8 +223,28 @@ impl Cluster {
         }
     }
 
-    /// Waits until task `id` has ended, and returns its record.
+    /// Waits until task `id` has ended, and returns its record. Rides out NATS being
+    /// unavailable (a leader election, a server restarting) for up to a minute at a time.
     pub async fn wait(&self, id: u64) -> Result<Row, Error> {
+        const PATIENCE: Duration = Duration::from_secs(60);
+        let mut failing_since: Option<std::time::Instant> = None;
+        loop {
+            match self.watch_until_ended(id).await {
+                Ok(row) => return Ok(row),
+                Err(e @ Error::Corrupt { .. }) => return Err(e),
+                Err(e) => {
+                    let since = *failing_since.get_or_insert_with(std::time::Instant::now);
+                    if since.elapsed() > PATIENCE {
+                        return Err(e);
+                    }
+                    tracing::debug!("waiting for task {id}: {e}; trying again");
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+            }
+        }
+    }
+
+    async fn watch_until_ended(&self, id: u64) -> Result<Row, Error> {
         let mut watch = self
             .tasks
             .watch_with_history(id.to_string())
@@ -263,6 +296,16 @@ impl Cluster {
             roles,
             replicas: self.settings.replicas,
         })
+    }
+
+    /// The server that leads the tasks stream's Raft group now, if it has a leader.
+    pub async fn stream_leader(&self) -> Result<Option<String>, Error> {
+        let mut stream = self.stream.clone();
+        let info = stream
+            .info()
+            .await
+            .map_err(|e| Error::nats("the tasks stream", e))?;
+        Ok(info.cluster.as_ref().and_then(|c| c.leader.clone()))
     }
 
     /// Flushes what this client sent.

@@ -101,6 +101,9 @@ struct Shared {
     name: String,
     counters: Counters,
     phase: watch::Receiver<Phase>,
+    /// The consumers' `ack_wait` (the shortest): whoever made them set it, maybe another
+    /// node with another setting; in-progress acks go every third of it.
+    ack_wait: Duration,
 }
 
 /// A node in the cluster, running until [`Node::drain`].
@@ -140,6 +143,12 @@ impl Node {
         for role in roles.iter().map(|r| Some(r.as_str())).chain([None]) {
             consumers.push(consumer(&cluster, role).await?);
         }
+        let ack_wait = consumers
+            .iter_mut()
+            .map(|c| c.cached_info().config.ack_wait)
+            .min()
+            .unwrap_or(cluster.settings.ack_wait)
+            .max(Duration::from_millis(300));
         let now = crate::now_ms();
         let info = NodeInfo {
             name: options.name.clone(),
@@ -161,6 +170,7 @@ impl Node {
             name: options.name.clone(),
             counters: Counters::default(),
             phase: phase_rx,
+            ack_wait,
         });
         let max_in_flight = options.max_in_flight.clamp(1, 100_000);
         let slots = Arc::new(Semaphore::new(max_in_flight));
@@ -462,7 +472,7 @@ async fn run(shared: &Shared, message: &Message, spec: &TaskSpec, id: u64) -> Ou
     let local_id = pending.id;
     let mut pending = std::pin::pin!(pending);
     let mut phase = shared.phase.clone();
-    let every = shared.cluster.settings.ack_wait / 3;
+    let every = shared.ack_wait / 3;
     let mut progress = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
     let mut handing_back = false;
     let completion = loop {
@@ -534,7 +544,7 @@ enum Ended {
 /// NATS unavailable (a leader election) is retried for up to `ack_wait`: the
 /// compare-and-set makes a retry safe.
 async fn end(shared: &Shared, id: u64, row: &Row, revision: u64) -> Ended {
-    let deadline = Instant::now() + shared.cluster.settings.ack_wait;
+    let deadline = Instant::now() + shared.ack_wait;
     let mut wait = Duration::from_millis(50);
     loop {
         match write(&shared.cluster.tasks, id, row, revision).await {

@@ -59,6 +59,12 @@ enum Command {
     Memory(commands::memory::Command),
     /// Watch a running server live in the terminal: population, throughput, health, failures.
     Top(commands::top::Args),
+    /// Join a cluster on NATS JetStream with pools of agents, pulling the tasks of their
+    /// roles until SIGTERM or Ctrl-C drains the node.
+    Node(commands::cluster::NodeArgs),
+    /// Clients of a cluster on NATS JetStream: submit tasks, look one up, the cluster's status.
+    #[command(subcommand)]
+    Cluster(commands::cluster::Command),
     /// Check `colony serve`'s settings (colony.toml, COLONY_* variables, a pools file), or show
     /// the effective ones and where each came from.
     #[command(subcommand)]
@@ -113,6 +119,8 @@ fn main() -> ExitCode {
         Command::Memory(command) => commands::memory::run(&command),
         Command::Top(args) => commands::top::run(&args),
         Command::Config(command) => commands::config::run(&command),
+        Command::Node(args) => commands::cluster::node(&args),
+        Command::Cluster(command) => commands::cluster::run(&command),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -4,6 +4,7 @@ pub(crate) mod agents;
 pub(crate) mod backup;
 pub(crate) mod bench;
 pub(crate) mod client;
+pub(crate) mod cluster;
 pub(crate) mod config;
 pub(crate) mod memory;
 pub(crate) mod prune;

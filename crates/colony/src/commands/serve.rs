@@ -224,26 +224,8 @@ pub(crate) fn run(args: &Args) -> Result<(), Failure> {
     };
     let mut runtime_options = RuntimeOptions::default();
     resolved.runtime.apply(&mut runtime_options);
-    let pools = match &resolved.pools {
-        None => {
-            let sim = Sim::new(SimOptions::default()).map_err(Failure::input)?;
-            let spec = AgentSpec::new("sim", "worker");
-            vec![Pool::new(
-                spec,
-                settings.agents,
-                Arc::new(sim) as Arc<dyn colony_agents::Agent>,
-            )]
-        }
-        Some(defs) => {
-            let (agents, spend) =
-                colony_workflow::agents(defs, &settings.out).map_err(Failure::input)?;
-            config.spend = spend;
-            defs.iter()
-                .zip(agents)
-                .map(|(d, agent)| d.pool(agent))
-                .collect()
-        }
-    };
+    let (pools, spend) = pools(&resolved)?;
+    config.spend = spend;
     let agents: u64 = pools.iter().map(|p| u64::from(p.count)).sum();
     let journal: Arc<dyn Journal> = match &settings.db {
         Some(path) => {
@@ -292,6 +274,35 @@ pub(crate) fn run(args: &Args) -> Result<(), Failure> {
     // keeps the last complete one, as a copy is put in place only once complete.
     runtime.shutdown_timeout(Duration::from_secs(1));
     served
+}
+
+/// The pools the settings say to run: the pools file's, else `agents` sim agents (pool
+/// `sim`, role `worker`); with what each metered pool may spend.
+pub(crate) fn pools(
+    resolved: &config::Resolved,
+) -> Result<(Vec<Pool>, Vec<colony_workflow::Metered>), Failure> {
+    match &resolved.pools {
+        None => {
+            let sim = Sim::new(SimOptions::default()).map_err(Failure::input)?;
+            let spec = AgentSpec::new("sim", "worker");
+            let pool = Pool::new(
+                spec,
+                resolved.server.agents,
+                Arc::new(sim) as Arc<dyn colony_agents::Agent>,
+            );
+            Ok((vec![pool], Vec::new()))
+        }
+        Some(defs) => {
+            let (agents, spend) =
+                colony_workflow::agents(defs, &resolved.server.out).map_err(Failure::input)?;
+            let pools = defs
+                .iter()
+                .zip(agents)
+                .map(|(d, agent)| d.pool(agent))
+                .collect();
+            Ok((pools, spend))
+        }
+    }
 }
 
 /// Refuses, before anything starts, a backup file every backup would fail to write: a

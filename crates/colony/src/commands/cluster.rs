@@ -1,0 +1,539 @@
+//! `colony node`: a machine joins a cluster on NATS JetStream with its pools of agents; and
+//! `colony cluster submit|task|status`: clients of that cluster.
+
+use crate::{Failure, commands::serve, config, output::Table, signal::Stops};
+use bytes::Bytes;
+use colony_cluster::{Cluster, Node, NodeOptions, Row, Settings, TaskView};
+use colony_core::task::{Priority, Requirement, TaskSpec, TaskState};
+use colony_journal::MemoryJournal;
+use colony_runtime::{Runtime, RuntimeOptions};
+use std::{path::PathBuf, sync::Arc, time::Duration};
+
+/// Most bytes of a file of tasks `colony cluster submit --file` reads.
+const MAX_FILE: u64 = 256 * 1024 * 1024;
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct NatsArgs {
+    /// The cluster's NATS servers: nats://HOST:PORT, several comma-separated (also
+    /// $COLONY_NATS).
+    #[arg(long, env = "COLONY_NATS", value_name = "URL")]
+    nats: String,
+    /// Copies JetStream keeps of the cluster's tasks when this makes them first: 3 or 5;
+    /// 1 for a single development server (default 3). A node refuses a cluster made with
+    /// another count.
+    #[arg(long, value_name = "N")]
+    replicas: Option<usize>,
+}
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct NodeArgs {
+    #[command(flatten)]
+    nats: NatsArgs,
+    /// Read settings from this TOML file (default: $COLONY_CONFIG, else ./colony.toml if
+    /// it exists), as `colony serve` does: its `[runtime]` table and pools.
+    #[arg(long, value_name = "PATH")]
+    config: Option<PathBuf>,
+    /// Simulated agents to host (the pool `sim`, role `worker`), unless --pools (default 1000).
+    #[arg(long, conflicts_with = "pools")]
+    agents: Option<u32>,
+    /// The agents to host, from a workflow-format file's `agents:` list; the node pulls the
+    /// tasks of their roles, and tasks that ask for no role.
+    #[arg(long, value_name = "FILE")]
+    pools: Option<PathBuf>,
+    /// Where command agents keep their stderr logs and worktrees (default colony-out/serve).
+    #[arg(long, value_name = "DIR")]
+    out: Option<PathBuf>,
+    /// This node's name in the cluster (default HOSTNAME-PID): letters, digits, `-`, `_`, `.`.
+    #[arg(long)]
+    name: Option<String>,
+    /// How long a task may go unacknowledged before it is delivered again, to any node, when
+    /// this node makes the cluster's consumers: a dead node's tasks run elsewhere after
+    /// this (default 30s; 1s to 1h).
+    #[arg(long, value_name = "DURATION", value_parser = duration)]
+    ack_wait: Option<Duration>,
+    /// Most attempts at once (default: the agents' capacity, at most 4096).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    max_in_flight: Option<u64>,
+    /// On SIGTERM or Ctrl-C, how long running attempts may finish before they are handed
+    /// back to the cluster (default 30s).
+    #[arg(long, value_name = "DURATION", value_parser = duration)]
+    drain_timeout: Option<Duration>,
+    /// Print what the node did, when it leaves, as JSON on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub(crate) enum Command {
+    /// Submit a task (or a file of them) to the cluster; --wait for its result.
+    Submit(SubmitArgs),
+    /// A task's state and result.
+    Task(TaskArgs),
+    /// The live nodes and the backlog of each role.
+    Status(StatusArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct SubmitArgs {
+    #[command(flatten)]
+    nats: NatsArgs,
+    /// The task's payload, as JSON (a bare word that is not JSON is sent as a string).
+    #[arg(conflicts_with = "file", required_unless_present = "file")]
+    payload: Option<String>,
+    /// Submit one task per line of this file (JSON payloads).
+    #[arg(long, value_name = "PATH")]
+    file: Option<PathBuf>,
+    /// Only agents of this role may run it.
+    #[arg(long)]
+    role: Option<String>,
+    /// 0 (lowest) to 9.
+    #[arg(long, value_parser = clap::value_parser!(u8).range(0..=9))]
+    priority: Option<u8>,
+    /// Seconds an attempt may run.
+    #[arg(long, value_parser = crate::flags::Float::new(0.001, 604_800.0))]
+    timeout: Option<f64>,
+    /// Attempts the task may use, retries included, before it is dead-lettered.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    max_attempts: Option<u32>,
+    /// A key of your own, kept with the task.
+    #[arg(long)]
+    key: Option<String>,
+    /// Makes a retried submission safe: the cluster accepts the task once per key within
+    /// its two-minute window (per line `KEY/N` with --file).
+    #[arg(long)]
+    idempotency_key: Option<String>,
+    /// Wait for the task to end and print its output; exit 1 unless it succeeded.
+    #[arg(long, conflicts_with = "file")]
+    wait: bool,
+    /// Print the answer as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct TaskArgs {
+    #[command(flatten)]
+    nats: NatsArgs,
+    /// The task's id, as `submit` printed it.
+    id: u64,
+    /// Wait for the task to end; exit 1 unless it succeeded.
+    #[arg(long)]
+    wait: bool,
+    /// Print it as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct StatusArgs {
+    #[command(flatten)]
+    nats: NatsArgs,
+    /// Print it as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+fn duration(text: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(text).map_err(|e| {
+        format!(
+            "`{}` is not a duration ({e}): write it like `30s`, `500ms` or `5m`",
+            colony_core::text::shorten(text, 60)
+        )
+    })?;
+    if d > Duration::from_secs(3600) {
+        return Err(format!("{text}: allowed up to 1h"));
+    }
+    Ok(d)
+}
+
+impl NatsArgs {
+    fn settings(&self, ack_wait: Option<Duration>) -> Result<Settings, Failure> {
+        let defaults = Settings::default();
+        let settings = Settings {
+            replicas: self.replicas.unwrap_or(defaults.replicas),
+            ack_wait: ack_wait.unwrap_or(defaults.ack_wait),
+            ..defaults
+        };
+        settings.validate().map_err(Failure::input)?;
+        Ok(settings)
+    }
+
+    /// Connects as a node (`strict`: the replica count must be the cluster's) or a client
+    /// (which takes the cluster's). Unreachable NATS is the work failing (exit 1); settings
+    /// the cluster refuses are the caller's (exit 2).
+    async fn connect(&self, settings: Settings, strict: bool) -> Result<Cluster, Failure> {
+        let connected = if strict || self.replicas.is_some() {
+            Cluster::connect(&self.nats, settings).await
+        } else {
+            Cluster::client(&self.nats, settings).await
+        };
+        connected.map_err(|e| match e {
+            colony_cluster::Error::Settings(_) | colony_cluster::Error::BadRole { .. } => {
+                Failure::input(e)
+            }
+            e => Failure::work(e),
+        })
+    }
+}
+
+fn tokio() -> Result<tokio::runtime::Runtime, Failure> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(Failure::work)
+}
+
+/// The node's default name: the host's, then the process id.
+fn default_name() -> String {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "node".into());
+    let host: String = host
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .take(100)
+        .collect();
+    format!("{host}-{}", std::process::id())
+}
+
+pub(crate) fn node(args: &NodeArgs) -> Result<(), Failure> {
+    let flags = config::Flags {
+        config: args.config.clone(),
+        agents: args.agents,
+        pools: args.pools.clone(),
+        out: args.out.clone(),
+        ..config::Flags::default()
+    };
+    let resolved = serve::resolve(&flags)?;
+    let settings = args.nats.settings(args.ack_wait)?;
+    let (pools, _) = serve::pools(&resolved)?;
+    let capacity: u64 = pools
+        .iter()
+        .map(|p| u64::from(p.count) * u64::from(p.spec.concurrency.max(1)))
+        .sum();
+    let mut runtime_options = RuntimeOptions::default();
+    resolved.runtime.apply(&mut runtime_options);
+    let name = args.name.clone().unwrap_or_else(default_name);
+    let options = NodeOptions {
+        name: name.clone(),
+        max_in_flight: usize::try_from(args.max_in_flight.unwrap_or(capacity.min(4096)))
+            .unwrap_or(4096),
+        drain_timeout: args.drain_timeout.unwrap_or(Duration::from_secs(30)),
+    };
+    let runtime = tokio()?;
+    let result = runtime.block_on(async {
+        let mut stops = Stops::new();
+        let cluster = args.nats.connect(settings, true).await?;
+        let colony = Runtime::start(runtime_options, pools, Arc::new(MemoryJournal::new()))
+            .await
+            .map_err(Failure::input)?;
+        let node = match Node::start(cluster, colony.handle().clone(), options).await {
+            Ok(node) => node,
+            Err(e) => {
+                colony.shutdown().await;
+                return Err(match e {
+                    colony_cluster::Error::Settings(_) | colony_cluster::Error::BadRole { .. } => {
+                        Failure::input(e)
+                    }
+                    e => Failure::work(e),
+                });
+            }
+        };
+        let mut roles: Vec<String> = colony
+            .handle()
+            .pools()
+            .iter()
+            .map(|(s, _)| s.role.to_string())
+            .collect();
+        roles.dedup();
+        eprintln!(
+            "node {name} joined the cluster at {} ({capacity} agent slots, roles {}); Ctrl-C or SIGTERM drains it",
+            args.nats.nats,
+            roles.join(", ")
+        );
+        stops.next().await;
+        eprintln!("node {name} drains: no new tasks; running ones finish or go back");
+        let report = node.drain().await;
+        colony.shutdown().await;
+        if args.json {
+            println!("{}", serde_json::to_string(&report).unwrap_or_default());
+        } else {
+            eprintln!(
+                "node {name} left: {} attempts started, {} succeeded, {} failed, {} retried, {} dead-lettered, {} handed back, {} fenced",
+                report.started,
+                report.succeeded,
+                report.failed,
+                report.retried,
+                report.dead_lettered,
+                report.handed_back,
+                report.fenced
+            );
+        }
+        Ok(())
+    });
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    result
+}
+
+pub(crate) fn run(command: &Command) -> Result<(), Failure> {
+    let runtime = tokio()?;
+    let result = runtime.block_on(async {
+        match command {
+            Command::Submit(args) => submit(args).await,
+            Command::Task(args) => task(args).await,
+            Command::Status(args) => status(args).await,
+        }
+    });
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    result
+}
+
+fn payload_of(raw: &str) -> Bytes {
+    match serde_json::from_str::<serde_json::Value>(raw) {
+        Ok(_) => Bytes::from(raw.to_owned()),
+        Err(_) => Bytes::from(serde_json::Value::from(raw).to_string()),
+    }
+}
+
+async fn submit(args: &SubmitArgs) -> Result<(), Failure> {
+    if let Some(role) = &args.role {
+        colony_cluster::check_role(role).map_err(Failure::input)?;
+    }
+    let spec = |payload: Bytes| -> Result<TaskSpec, Failure> {
+        let mut spec = TaskSpec {
+            key: args.key.as_deref().map(Arc::from),
+            requirement: Requirement {
+                role: args.role.as_deref().map(Arc::from),
+                ..Requirement::default()
+            },
+            payload,
+            ..TaskSpec::default()
+        };
+        if let Some(p) = args.priority {
+            spec.priority = Priority::new(p).map_err(Failure::input)?;
+        }
+        if let Some(t) = args.timeout {
+            spec.timeout = Duration::from_secs_f64(t);
+        }
+        if let Some(n) = args.max_attempts {
+            spec.max_attempts = n;
+        }
+        Ok(spec)
+    };
+    let (specs, ids) = match &args.file {
+        None => {
+            let raw = args.payload.as_deref().unwrap_or("null");
+            let ids = args.idempotency_key.clone().map(|k| vec![k]);
+            (vec![spec(payload_of(raw))?], ids)
+        }
+        Some(path) => {
+            let specs = read_file(path)?
+                .into_iter()
+                .map(spec)
+                .collect::<Result<Vec<_>, _>>()?;
+            let ids = args
+                .idempotency_key
+                .as_ref()
+                .map(|k| (0..specs.len()).map(|n| format!("{k}/{n}")).collect());
+            (specs, ids)
+        }
+    };
+    let settings = args.nats.settings(None)?;
+    let cluster = args.nats.connect(settings, false).await?;
+    let submitted = cluster
+        .submit(&specs, ids.as_deref())
+        .await
+        .map_err(|e| match e {
+            colony_cluster::Error::Task(_) | colony_cluster::Error::BadRole { .. } => {
+                Failure::input(e)
+            }
+            e => Failure::work(e),
+        })?;
+    if !args.wait {
+        if args.json {
+            let ids: Vec<u64> = submitted.iter().map(|s| s.id).collect();
+            println!("{}", serde_json::json!({ "ids": ids, "count": ids.len() }));
+        } else if let [one] = submitted.as_slice() {
+            println!("{}", one.id);
+        } else {
+            let first = submitted.first().map_or(0, |s| s.id);
+            let last = submitted.last().map_or(0, |s| s.id);
+            println!("{} tasks accepted, ids {first}..={last}", submitted.len());
+        }
+        return Ok(());
+    }
+    let id = submitted.first().map_or(0, |s| s.id);
+    let row = cluster.wait(id).await.map_err(Failure::work)?;
+    print_row(id, &row, args.json);
+    ended(id, &row)
+}
+
+/// One JSON payload per non-empty line, bounded; a line that is not JSON is named.
+fn read_file(path: &std::path::Path) -> Result<Vec<Bytes>, Failure> {
+    let read =
+        |e: std::io::Error| Failure::input(anyhow::anyhow!("cannot read {}: {e}", path.display()));
+    let meta = std::fs::metadata(path).map_err(read)?;
+    if meta.is_dir() {
+        return Err(Failure::input(anyhow::anyhow!(
+            "{} is a directory: give a file with one JSON payload per line",
+            path.display()
+        )));
+    }
+    if meta.len() > MAX_FILE {
+        return Err(Failure::input(anyhow::anyhow!(
+            "{} is {} bytes: at most {MAX_FILE} per file; split it",
+            path.display(),
+            meta.len()
+        )));
+    }
+    let text = std::fs::read_to_string(path).map_err(read)?;
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        if let Err(e) = serde_json::from_str::<serde_json::Value>(line) {
+            return Err(Failure::input(anyhow::anyhow!(
+                "{}:{}: not JSON: {e}",
+                path.display(),
+                i + 1
+            )));
+        }
+        out.push(Bytes::from(line.to_owned()));
+    }
+    if out.is_empty() {
+        return Err(Failure::input(anyhow::anyhow!(
+            "{} holds no tasks: one JSON payload per line",
+            path.display()
+        )));
+    }
+    Ok(out)
+}
+
+fn ended(id: u64, row: &Row) -> Result<(), Failure> {
+    if row.state == TaskState::Succeeded {
+        Ok(())
+    } else {
+        Err(Failure::work(anyhow::anyhow!(
+            "task {id} ended {}",
+            state_name(row.state)
+        )))
+    }
+}
+
+fn state_name(state: TaskState) -> String {
+    serde_json::to_value(state)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default()
+}
+
+fn row_json(id: u64, row: &Row) -> serde_json::Value {
+    let mut v = serde_json::to_value(row).unwrap_or_default();
+    v["id"] = id.into();
+    if let Some(output) = &row.output {
+        v["output"] = match serde_json::from_slice::<serde_json::Value>(output) {
+            Ok(json) => json,
+            Err(_) => String::from_utf8_lossy(output).into_owned().into(),
+        };
+    }
+    v
+}
+
+fn print_row(id: u64, row: &Row, json: bool) {
+    if json {
+        println!("{}", row_json(id, row));
+        return;
+    }
+    let mut table = Table::new(&["task", "state", "attempt", "node", "agent"]);
+    table.row(vec![
+        id.to_string(),
+        state_name(row.state),
+        row.attempt.to_string(),
+        row.node.clone(),
+        row.agent.map_or_else(|| "-".into(), |a| a.to_string()),
+    ]);
+    eprint!("{}", table.render());
+    if let Some(error) = &row.error {
+        eprintln!("error: {error}");
+    }
+    if let Some(output) = &row.output {
+        println!("{}", String::from_utf8_lossy(output));
+    }
+}
+
+async fn task(args: &TaskArgs) -> Result<(), Failure> {
+    let settings = args.nats.settings(None)?;
+    let cluster = args.nats.connect(settings, false).await?;
+    if args.wait {
+        let row = cluster.wait(args.id).await.map_err(Failure::work)?;
+        print_row(args.id, &row, args.json);
+        return ended(args.id, &row);
+    }
+    match cluster.task(args.id).await {
+        Ok(TaskView::Row(row)) => print_row(args.id, &row, args.json),
+        Ok(TaskView::Queued) => {
+            if args.json {
+                println!(
+                    "{}",
+                    serde_json::json!({ "id": args.id, "state": "queued" })
+                );
+            } else {
+                println!("task {} is queued: no node has started it", args.id);
+            }
+        }
+        Err(e @ colony_cluster::Error::Unknown { .. }) => return Err(Failure::input(e)),
+        Err(e) => return Err(Failure::work(e)),
+    }
+    Ok(())
+}
+
+async fn status(args: &StatusArgs) -> Result<(), Failure> {
+    let settings = args.nats.settings(None)?;
+    let cluster = args.nats.connect(settings, false).await?;
+    let status = cluster.status().await.map_err(Failure::work)?;
+    if args.json {
+        println!("{}", serde_json::to_string(&status).unwrap_or_default());
+        return Ok(());
+    }
+    println!(
+        "{} node(s), {} unfinished task(s), {} replica(s)",
+        status.nodes.len(),
+        status.unfinished,
+        status.replicas
+    );
+    let mut nodes = Table::new(&[
+        "node", "roles", "agents", "running", "ended", "fenced", "state",
+    ]);
+    for n in &status.nodes {
+        nodes.row(vec![
+            n.name.clone(),
+            n.roles.join(","),
+            n.agents.to_string(),
+            n.running.to_string(),
+            n.ended.to_string(),
+            n.fenced.to_string(),
+            if n.draining { "draining" } else { "taking" }.into(),
+        ]);
+    }
+    print!("{}", nodes.render());
+    let mut roles = Table::new(&["role", "waiting", "running"]);
+    for r in &status.roles {
+        roles.row(vec![
+            r.role.clone(),
+            r.waiting.to_string(),
+            r.running.to_string(),
+        ]);
+    }
+    print!("{}", roles.render());
+    Ok(())
+}

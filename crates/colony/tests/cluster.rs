@@ -1,0 +1,378 @@
+//! Cluster mode with real parts: `nats-server` processes (one, or three routed with R3),
+//! `colony node` subprocesses hosting `command` agents (each execution appends a line to its
+//! node's log), and faults from outside: `kill -9` of a node's process group, SIGSTOP past
+//! `ack_wait` then SIGCONT, `kill -9` of the stream's leader server. After each: every task
+//! ended succeeded (I1), with one committed result (I2), executions per task at most one more
+//! than the faults that hit it (I3), and nothing left in the stream (I4).
+//!
+//! `COLONY_FAULT_RUNS=N` repeats each fault run N times (default 1).
+
+mod common;
+
+use colony_cluster::{
+    Cluster, NodeReport, Settings,
+    testing::{self, NatsCluster, NatsServer},
+};
+use colony_core::task::TaskState;
+use common::COLONY;
+use nix::{sys::signal::Signal, unistd::Pid};
+use std::{
+    collections::HashMap,
+    io::Read,
+    os::unix::process::CommandExt,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+const ACK_WAIT: &str = "2s";
+
+/// A `colony node` subprocess in a process group of its own with its agents' processes: a
+/// signal to the group is one to the whole machine. Killed when dropped.
+struct NodeProc {
+    child: Option<Child>,
+    name: String,
+    log: PathBuf,
+}
+
+impl NodeProc {
+    fn start(dir: &Path, url: &str, name: &str, replicas: &str) -> NodeProc {
+        let log = dir.join(format!("{name}.log"));
+        let pools = dir.join(format!("{name}.yaml"));
+        std::fs::write(
+            &pools,
+            format!(
+                "name: node-{name}\nagents:\n  - name: sh\n    kind: command\n    count: 4\n    command: {{program: sh, args: [\"-c\", \"echo {{{{input.n}}}} >> {}; sleep {{{{input.sleep}}}}; echo task-{{{{input.n}}}}-done\"]}}\n",
+                log.display()
+            ),
+        )
+        .unwrap();
+        let stderr = std::fs::File::create(dir.join(format!("{name}.stderr"))).unwrap();
+        let child = Command::new(COLONY)
+            .args([
+                "node",
+                "--nats",
+                url,
+                "--replicas",
+                replicas,
+                "--name",
+                name,
+            ])
+            .args(["--ack-wait", ACK_WAIT, "--drain-timeout", "10s", "--json"])
+            .arg("--pools")
+            .arg(&pools)
+            .arg("--out")
+            .arg(dir.join(format!("{name}-out")))
+            .env_remove("COLONY_NATS")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(stderr)
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        NodeProc {
+            child: Some(child),
+            name: name.into(),
+            log,
+        }
+    }
+
+    fn signal(&self, signal: Signal) {
+        if let Some(child) = &self.child {
+            let _ = nix::sys::signal::killpg(Pid::from_raw(child.id() as i32), signal);
+        }
+    }
+
+    /// `kill -9` of the node and every process it started.
+    fn kill(&mut self) {
+        self.signal(Signal::SIGKILL);
+        if let Some(mut child) = self.child.take() {
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM: the node drains and prints what it did.
+    fn stop(mut self) -> NodeReport {
+        let mut child = self.child.take().unwrap();
+        let _ = nix::sys::signal::kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while child.try_wait().unwrap().is_none() {
+            assert!(
+                Instant::now() < deadline,
+                "node {} did not drain within 30 s",
+                self.name
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let status = child.wait().unwrap();
+        let mut out = String::new();
+        child
+            .stdout
+            .take()
+            .unwrap()
+            .read_to_string(&mut out)
+            .unwrap();
+        assert!(status.success(), "node {} exited {status}", self.name);
+        let report: serde_json::Value = serde_json::from_str(out.trim())
+            .unwrap_or_else(|e| panic!("node {} printed {out:?}: {e}", self.name));
+        NodeReport {
+            started: report["started"].as_u64().unwrap(),
+            succeeded: report["succeeded"].as_u64().unwrap(),
+            failed: report["failed"].as_u64().unwrap(),
+            retried: report["retried"].as_u64().unwrap(),
+            dead_lettered: report["dead_lettered"].as_u64().unwrap(),
+            handed_back: report["handed_back"].as_u64().unwrap(),
+            fenced: report["fenced"].as_u64().unwrap(),
+            already_ended: report["already_ended"].as_u64().unwrap(),
+        }
+    }
+
+    /// Task numbers, one per execution on this node, in order.
+    fn executions(&self) -> Vec<u64> {
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.trim().parse().ok())
+            .collect()
+    }
+}
+
+impl Drop for NodeProc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+fn runs() -> usize {
+    std::env::var("COLONY_FAULT_RUNS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(1)
+}
+
+async fn client(url: &str, replicas: usize) -> Cluster {
+    let settings = Settings {
+        replicas,
+        ..Settings::default()
+    };
+    testing::connect(url, settings, Duration::from_secs(30))
+        .await
+        .unwrap()
+}
+
+async fn wait_for_nodes(cluster: &Cluster, n: usize) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while cluster.status().await.map_or(0, |s| s.nodes.len()) < n {
+        assert!(
+            Instant::now() < deadline,
+            "{n} nodes did not join within 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Submits `count` tasks (`n` = 0.., each sleeping `sleep` seconds) for role `sh`; returns
+/// their ids by `n`.
+fn submit(url: &str, dir: &Path, count: u64, sleep: f64) -> Vec<u64> {
+    let file = dir.join("tasks.jsonl");
+    let lines: Vec<String> = (0..count)
+        .map(|n| format!("{{\"n\":{n},\"sleep\":{sleep}}}"))
+        .collect();
+    std::fs::write(&file, lines.join("\n")).unwrap();
+    let out = Command::new(COLONY)
+        .args([
+            "cluster",
+            "submit",
+            "--nats",
+            url,
+            "--role",
+            "sh",
+            "--max-attempts",
+            "3",
+            "--json",
+        ])
+        .arg("--file")
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let answer: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    answer["ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap())
+        .collect()
+}
+
+/// Waits for every task to end, and checks I1-I4 against the nodes' execution logs:
+/// returns the tasks executed twice.
+async fn check(
+    cluster: &Cluster,
+    ids: &[u64],
+    nodes: &[&NodeProc],
+    faults_per_task: usize,
+) -> usize {
+    let mut executions: HashMap<u64, usize> = HashMap::new();
+    for (n, id) in ids.iter().enumerate() {
+        let row = tokio::time::timeout(Duration::from_secs(90), cluster.wait(*id))
+            .await
+            .unwrap_or_else(|_| panic!("task {id} did not end within 90 s"))
+            .unwrap();
+        assert_eq!(row.state, TaskState::Succeeded, "task {id}: {row:?}");
+        let output =
+            String::from_utf8_lossy(row.output.as_deref().unwrap_or_default()).into_owned();
+        assert!(
+            output.contains(&format!("task-{n}-done")),
+            "task {id}'s committed result is its own: {output}"
+        );
+        executions.insert(n as u64, 0);
+    }
+    for node in nodes {
+        for n in node.executions() {
+            *executions.entry(n).or_default() += 1;
+        }
+    }
+    let mut twice = 0;
+    for (n, runs) in &executions {
+        assert!(*runs >= 1, "task n={n} succeeded without running");
+        assert!(
+            *runs <= 1 + faults_per_task,
+            "task n={n} ran {runs} times with {faults_per_task} fault(s)"
+        );
+        if *runs > 1 {
+            twice += 1;
+        }
+    }
+    let status = cluster.status().await.unwrap();
+    assert_eq!(status.unfinished, 0, "the stream drained");
+    twice
+}
+
+#[test]
+fn a_node_killed_mid_run_loses_no_task() {
+    let rt = runtime();
+    for run in 0..runs() {
+        let dir = tempfile::tempdir().unwrap();
+        let server = NatsServer::single(dir.path());
+        let url = server.url();
+        let cluster = rt.block_on(client(&url, 1));
+        let mut a = NodeProc::start(dir.path(), &url, "a", "1");
+        let b = NodeProc::start(dir.path(), &url, "b", "1");
+        rt.block_on(wait_for_nodes(&cluster, 2));
+        let ids = submit(&url, dir.path(), 40, 0.3);
+        // Mid-run: once a has started a few.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while a.executions().len() < 3 {
+            assert!(Instant::now() < deadline, "node a started nothing");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let killed = Instant::now();
+        a.kill();
+        let twice = rt.block_on(check(&cluster, &ids, &[&a, &b], 1));
+        let report = b.stop();
+        assert_eq!(report.fenced, 0);
+        eprintln!(
+            "run {run}: kill -9 of a node: {twice} task(s) ran again on the other, all 40 done {:.1} s after the kill",
+            killed.elapsed().as_secs_f64()
+        );
+        assert!(twice >= 1, "a's tasks in flight ran again elsewhere");
+        drop(server);
+    }
+}
+
+#[test]
+fn a_stalled_node_is_fenced_when_it_wakes() {
+    let rt = runtime();
+    for run in 0..runs() {
+        let dir = tempfile::tempdir().unwrap();
+        let server = NatsServer::single(dir.path());
+        let url = server.url();
+        let cluster = rt.block_on(client(&url, 1));
+        let a = NodeProc::start(dir.path(), &url, "a", "1");
+        let b = NodeProc::start(dir.path(), &url, "b", "1");
+        rt.block_on(wait_for_nodes(&cluster, 2));
+        let ids = submit(&url, dir.path(), 24, 1.0);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while a.executions().len() < 2 {
+            assert!(Instant::now() < deadline, "node a started nothing");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        // Stopped past ack_wait (2 s): its tasks go to b; woken, its results are late.
+        a.signal(Signal::SIGSTOP);
+        std::thread::sleep(Duration::from_secs(5));
+        a.signal(Signal::SIGCONT);
+        let twice = rt.block_on(check(&cluster, &ids, &[&a, &b], 1));
+        let (ra, rb) = (a.stop(), b.stop());
+        eprintln!(
+            "run {run}: SIGSTOP 5 s: {twice} task(s) ran again; a fenced {}, b fenced {}",
+            ra.fenced, rb.fenced
+        );
+        assert!(ra.fenced >= 1, "a's late results were refused: {ra:?}");
+        assert_eq!(rb.fenced, 0, "{rb:?}");
+        assert_eq!(
+            ra.succeeded + rb.succeeded,
+            24,
+            "one committed result per task: {ra:?} {rb:?}"
+        );
+        drop(server);
+    }
+}
+
+#[test]
+fn the_stream_leader_killed_loses_no_task() {
+    let rt = runtime();
+    for run in 0..runs() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut servers = NatsCluster::three(dir.path());
+        let url = servers.url();
+        let cluster = rt.block_on(client(&url, 3));
+        let a = NodeProc::start(dir.path(), &url, "a", "3");
+        let b = NodeProc::start(dir.path(), &url, "b", "3");
+        rt.block_on(wait_for_nodes(&cluster, 2));
+        let ids = submit(&url, dir.path(), 40, 0.2);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while a.executions().len() + b.executions().len() < 6 {
+            assert!(Instant::now() < deadline, "no task started");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let leader = rt
+            .block_on(cluster.stream_leader())
+            .unwrap()
+            .expect("the stream has a leader");
+        let server = servers
+            .servers
+            .iter_mut()
+            .find(|s| s.name == leader)
+            .unwrap();
+        let killed = Instant::now();
+        server.kill();
+        let twice = rt.block_on(check(&cluster, &ids, &[&a, &b], 1));
+        let done = killed.elapsed();
+        server.start();
+        let (ra, rb) = (a.stop(), b.stop());
+        eprintln!(
+            "run {run}: kill -9 of stream leader {leader}: {twice} task(s) ran again, all done {:.1} s after; fenced {} + {}",
+            done.as_secs_f64(),
+            ra.fenced,
+            rb.fenced
+        );
+        assert_eq!(
+            ra.succeeded + rb.succeeded,
+            40,
+            "one committed result per task: {ra:?} {rb:?}"
+        );
+    }
+}
