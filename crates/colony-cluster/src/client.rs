@@ -7,13 +7,22 @@ use crate::{
     settings::{self, Settings},
     wire::{Row, TaskMessage},
 };
-use async_nats::jetstream::{self, kv, stream::Stream};
+use async_nats::jetstream::{self, context::PublishAckFuture, kv, stream::Stream};
 use colony_core::task::TaskSpec;
 use futures::StreamExt;
 use std::{collections::VecDeque, time::Duration};
 
 /// Publishes awaiting the stream's acknowledgement at once, per submitter.
 const IN_FLIGHT: usize = 1024;
+/// How long a submission or a wait rides out NATS being unavailable (a leader election, a
+/// server restarting) before it gives up.
+const PATIENCE: Duration = Duration::from_secs(60);
+/// How long one JetStream request or publish acknowledgement may take before it is sent
+/// again: a request to a server that just died is not waited for 10 s.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A task's message: subject, headers, payload.
+type Outgoing = (String, async_nats::HeaderMap, bytes::Bytes);
 
 /// A connection to a cluster: its NATS client, the tasks stream and the buckets.
 #[derive(Clone, Debug)]
@@ -55,6 +64,8 @@ pub struct Status {
     /// Per role: tasks waiting for a node, and delivered but not yet acknowledged.
     pub roles: Vec<RoleStatus>,
     pub replicas: usize,
+    /// The server leading the tasks stream's Raft group, if it has a leader now.
+    pub leader: Option<String>,
 }
 
 #[derive(Clone, Debug, serde::Serialize)]
@@ -96,7 +107,9 @@ impl Cluster {
             .connect(addrs)
             .await
             .map_err(|e| connect_error(&e))?;
-        let js = jetstream::new(client.clone());
+        let js = jetstream::ContextBuilder::new()
+            .timeout(REQUEST_TIMEOUT)
+            .build(client.clone());
         js.query_account().await.map_err(|_| Error::NoJetStream {
             url: url.to_owned(),
         })?;
@@ -173,22 +186,62 @@ impl Cluster {
             let id = ids.map_or_else(random_id, |ids| ids[i].clone());
             let headers = TaskMessage::headers(spec, &id).map_err(Error::Task)?;
             let subject = settings::subject(spec.requirement.role.as_deref(), spec.priority.get());
-            let ack = self
-                .js
-                .publish_with_headers(subject, headers, spec.payload.clone())
-                .await
-                .map_err(|e| Error::nats("publishing a task", e))?;
-            waiting.push_back(ack);
+            let message = (subject, headers, spec.payload.clone());
+            let ack = self.publish(&message).await;
+            waiting.push_back((message, ack));
             if waiting.len() >= IN_FLIGHT
-                && let Some(ack) = waiting.pop_front()
+                && let Some((message, ack)) = waiting.pop_front()
             {
-                out.push(accepted(ack).await?);
+                out.push(self.accepted(&message, ack).await?);
             }
         }
-        while let Some(ack) = waiting.pop_front() {
-            out.push(accepted(ack).await?);
+        while let Some((message, ack)) = waiting.pop_front() {
+            out.push(self.accepted(&message, ack).await?);
         }
         Ok(out)
+    }
+
+    async fn publish(
+        &self,
+        (subject, headers, payload): &Outgoing,
+    ) -> Result<PublishAckFuture, Error> {
+        self.js
+            .publish_with_headers(subject.clone(), headers.clone(), payload.clone())
+            .await
+            .map_err(|e| Error::nats("publishing a task", e))
+    }
+
+    /// The stream's acknowledgement of `message`. A publish or an acknowledgement that failed
+    /// (NATS electing a leader, a server restarting) is sent again with the same dedupe id,
+    /// for up to [`PATIENCE`]: the stream keeps it once.
+    async fn accepted(
+        &self,
+        message: &Outgoing,
+        mut ack: Result<PublishAckFuture, Error>,
+    ) -> Result<Submitted, Error> {
+        let since = std::time::Instant::now();
+        loop {
+            let answer = match ack {
+                Ok(ack) => ack
+                    .await
+                    .map_err(|e| Error::nats("the stream's acknowledgement of a task", e)),
+                Err(e) => Err(e),
+            };
+            match answer {
+                Ok(ack) => {
+                    return Ok(Submitted {
+                        id: ack.sequence,
+                        duplicate: ack.duplicate,
+                    });
+                }
+                Err(e) if since.elapsed() > PATIENCE => return Err(e),
+                Err(e) => {
+                    tracing::debug!("{e}; sending the task again");
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                    ack = self.publish(message).await;
+                }
+            }
+        }
     }
 
     /// Task `id`'s record, if it has started.
@@ -226,7 +279,6 @@ impl Cluster {
     /// Waits until task `id` has ended, and returns its record. Rides out NATS being
     /// unavailable (a leader election, a server restarting) for up to a minute at a time.
     pub async fn wait(&self, id: u64) -> Result<Row, Error> {
-        const PATIENCE: Duration = Duration::from_secs(60);
         let mut failing_since: Option<std::time::Instant> = None;
         loop {
             match self.watch_until_ended(id).await {
@@ -269,12 +321,12 @@ impl Cluster {
     /// The live nodes, the unfinished tasks, and the backlog of each role.
     pub async fn status(&self) -> Result<Status, Error> {
         let mut stream = self.stream.clone();
-        let unfinished = stream
+        let info = stream
             .info()
             .await
-            .map_err(|e| Error::nats("the tasks stream", e))?
-            .state
-            .messages;
+            .map_err(|e| Error::nats("the tasks stream", e))?;
+        let unfinished = info.state.messages;
+        let leader = info.cluster.as_ref().and_then(|c| c.leader.clone());
         let mut roles = Vec::new();
         let mut consumers = stream.consumers();
         while let Some(info) = consumers.next().await {
@@ -295,6 +347,7 @@ impl Cluster {
             unfinished,
             roles,
             replicas: self.settings.replicas,
+            leader,
         })
     }
 
@@ -325,16 +378,6 @@ async fn bucket(js: &jetstream::Context, config: kv::Config) -> Result<kv::Store
     js.create_key_value(config)
         .await
         .map_err(|e| Error::nats(format!("the bucket {name}"), e))
-}
-
-async fn accepted(ack: jetstream::context::PublishAckFuture) -> Result<Submitted, Error> {
-    let ack = ack
-        .await
-        .map_err(|e| Error::nats("the stream's acknowledgement of a task", e))?;
-    Ok(Submitted {
-        id: ack.sequence,
-        duplicate: ack.duplicate,
-    })
 }
 
 /// 128 random bits as hex: an idempotency id no other submission shares.

@@ -51,42 +51,69 @@ pub enum Reply {
     Nak(Duration),
 }
 
-/// The step for a delivery of `spec` to `node`, given the task's record (`None` before its
-/// first attempt).
-pub fn on_delivery(current: Option<&Row>, spec: &TaskSpec, node: &str, now_ms: u64) -> Step {
-    let start = |attempt: u32, charged: u32| {
-        Step::Start(Row {
-            state: TaskState::Running,
-            attempt,
-            charged,
-            node: node.to_owned(),
-            agent: None,
-            error: None,
-            key: spec.key.as_deref().map(str::to_owned),
+/// The step for the `delivered`-th delivery (JetStream's count, from 1) of `spec` to `node`,
+/// given the task's record (`None` when no node wrote one yet).
+///
+/// A first delivery starts attempt 1 without a record being read or written first: a node
+/// writes its lease only once the attempt has run for a while ([`LAZY_LEASE`]), or writes the
+/// end straight away, as a create that fails if any other node wrote first. A later delivery
+/// means earlier ones were not acknowledged within `ack_wait`; its node writes the lease
+/// before it runs, past every number given out (attempt numbers never repeat). A recorded
+/// attempt lost with its node counts against `max_attempts`; an unrecorded one does not.
+pub fn on_delivery(
+    current: Option<&Row>,
+    spec: &TaskSpec,
+    node: &str,
+    delivered: u32,
+    now_ms: u64,
+) -> Step {
+    let delivered = delivered.max(1);
+    let running = |attempt: u32, charged: u32| Row {
+        state: TaskState::Running,
+        attempt,
+        charged,
+        node: node.to_owned(),
+        agent: None,
+        error: None,
+        key: spec.key.as_deref().map(str::to_owned),
+        at_ms: now_ms,
+        output: None,
+    };
+    let start = |attempt: u32, charged: u32| Step::Start(running(attempt, charged));
+    let lost = |row: Row, attempt: u32, lost_node: &str| {
+        Step::DeadLetter(Row {
+            state: TaskState::DeadLettered,
+            error: Some(format!(
+                "attempt {attempt} was lost with node {lost_node} (no ack within ack_wait) and it was the last of {}",
+                spec.max_attempts
+            )),
             at_ms: now_ms,
             output: None,
+            ..row
         })
     };
     let Some(row) = current else {
-        return start(1, 1);
+        // No node wrote anything: earlier deliveries were lost before they could (a node that
+        // died in an attempt's first moments, or one that could not reach the record while
+        // NATS elected a leader). None is charged: nothing says it ran, and a fault of the
+        // cluster must not fail the task. The lease is written before this attempt runs, so
+        // a task that kills its nodes is counted from here on.
+        return start(delivered, 1);
     };
     match row.state {
         s if s != TaskState::Queued && s != TaskState::Running => Step::Finished,
         // A running record delivered again: its node stopped acknowledging (died, stalled,
         // cut off) for longer than ack_wait. That attempt is lost and counted.
-        TaskState::Running if row.charged >= spec.max_attempts => Step::DeadLetter(Row {
-            state: TaskState::DeadLettered,
-            error: Some(format!(
-                "attempt {} was lost with node {} (no ack within ack_wait) and it was the last of {}",
-                row.attempt, row.node, spec.max_attempts
-            )),
-            at_ms: now_ms,
-            output: None,
-            ..row.clone()
-        }),
-        _ => start(row.attempt + 1, row.charged + 1),
+        TaskState::Running if row.charged >= spec.max_attempts => {
+            lost(row.clone(), row.attempt, &row.node)
+        }
+        _ => start((row.attempt + 1).max(delivered), row.charged + 1),
     }
 }
+
+/// How long a first attempt runs before its node writes its lease: attempts shorter than
+/// this cost one write (their end), longer ones show as running.
+pub const LAZY_LEASE: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// The row ending attempt `started` (the row this node wrote to start it) with `outcome`,
 /// and the reply to the stream.
@@ -164,19 +191,19 @@ mod tests {
     #[test]
     fn leases_only_move_up_and_a_lost_attempt_counts() {
         let spec = spec(2);
-        let first = started(on_delivery(None, &spec, "a", 1));
+        let first = started(on_delivery(None, &spec, "a", 1, 1));
         assert_eq!(
             (first.attempt, first.charged, first.state),
             (1, 1, TaskState::Running)
         );
         // Node a died: the message comes to b with the record still running.
-        let second = started(on_delivery(Some(&first), &spec, "b", 2));
+        let second = started(on_delivery(Some(&first), &spec, "b", 2, 2));
         assert_eq!(
             (second.attempt, second.charged, second.node.as_str()),
             (2, 2, "b")
         );
         // b died too: no attempt is left.
-        match on_delivery(Some(&second), &spec, "c", 3) {
+        match on_delivery(Some(&second), &spec, "c", 3, 3) {
             Step::DeadLetter(row) => {
                 assert_eq!(row.state, TaskState::DeadLettered);
                 assert_eq!(row.attempt, 2);
@@ -187,9 +214,35 @@ mod tests {
     }
 
     #[test]
+    fn deliveries_lost_without_a_record_are_not_charged() {
+        // Nine deliveries went to nodes that wrote nothing (leader elections, deaths in an
+        // attempt's first moments): the tenth still runs, as attempt 10, the first charged.
+        let one = spec(1);
+        let tenth = started(on_delivery(None, &one, "c", 10, 1));
+        assert_eq!((tenth.attempt, tenth.charged), (10, 1));
+        // Its lease written, a loss of this one is charged: the task is dead-lettered.
+        match on_delivery(Some(&tenth), &one, "d", 11, 2) {
+            Step::DeadLetter(row) => {
+                assert_eq!((row.state, row.attempt), (TaskState::DeadLettered, 10));
+            }
+            other => panic!("{other:?}"),
+        }
+        let spec = spec(3);
+        // A record behind the delivery count: the lease moves past both.
+        let queued = Row {
+            state: TaskState::Queued,
+            ..started(on_delivery(None, &spec, "a", 1, 1))
+        };
+        assert_eq!(
+            started(on_delivery(Some(&queued), &spec, "b", 4, 2)).attempt,
+            4
+        );
+    }
+
+    #[test]
     fn an_ended_task_is_only_acked() {
         let spec = spec(3);
-        let row = started(on_delivery(None, &spec, "a", 1));
+        let row = started(on_delivery(None, &spec, "a", 1, 1));
         for outcome in [
             Outcome::Succeeded {
                 output: Bytes::from_static(b"1"),
@@ -203,14 +256,14 @@ mod tests {
             let (done, reply) = after_attempt(&row, &spec, outcome, 2);
             assert_eq!(reply, Reply::Ack);
             assert!(done.is_terminal());
-            assert_eq!(on_delivery(Some(&done), &spec, "b", 3), Step::Finished);
+            assert_eq!(on_delivery(Some(&done), &spec, "b", 2, 3), Step::Finished);
         }
     }
 
     #[test]
     fn retries_until_the_attempts_are_spent_and_hand_backs_are_free() {
         let spec = spec(2);
-        let first = started(on_delivery(None, &spec, "a", 1));
+        let first = started(on_delivery(None, &spec, "a", 1, 1));
         let retry = Outcome::Retryable {
             error: "timeout".into(),
             agent: None,
@@ -220,14 +273,14 @@ mod tests {
             (queued.state, reply),
             (TaskState::Queued, Reply::Nak(retry_delay(1)))
         );
-        let second = started(on_delivery(Some(&queued), &spec, "b", 3));
+        let second = started(on_delivery(Some(&queued), &spec, "b", 2, 3));
         // b drains: the attempt is handed back and does not count.
         let (back, reply) = after_attempt(&second, &spec, Outcome::HandBack, 4);
         assert_eq!(
             (back.state, back.charged, reply),
             (TaskState::Queued, 1, Reply::Nak(Duration::ZERO))
         );
-        let third = started(on_delivery(Some(&back), &spec, "c", 5));
+        let third = started(on_delivery(Some(&back), &spec, "c", 3, 5));
         assert_eq!((third.attempt, third.charged), (3, 2));
         let (dead, reply) = after_attempt(&third, &spec, retry, 6);
         assert_eq!((dead.state, reply), (TaskState::DeadLettered, Reply::Ack));

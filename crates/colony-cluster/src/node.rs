@@ -343,8 +343,11 @@ async fn pull_loop(shared: Arc<Shared>, consumer: PullConsumer, slots: Arc<Semap
 
 /// One delivery: take the lease, run the attempt, end it under the lease, answer the stream.
 async fn deliver(shared: &Shared, message: Message) {
-    let id = match message.info() {
-        Ok(info) => info.stream_sequence,
+    let (id, delivered) = match message.info() {
+        Ok(info) => (
+            info.stream_sequence,
+            u32::try_from(info.delivered).unwrap_or(u32::MAX),
+        ),
         Err(e) => {
             tracing::warn!(
                 "node {}: a delivery without its ack subject: {e}",
@@ -376,56 +379,24 @@ async fn deliver(shared: &Shared, message: Message) {
             return;
         }
     };
-    // Take the lease: a compare-and-set on the record's revision, read again on a conflict.
-    let mut conflicts = 0;
-    let (started, revision) = loop {
-        let current = match shared.cluster.row(id).await {
-            Ok(current) => current,
-            Err(e) => {
-                tracing::warn!("node {}: {e}", shared.name);
-                return; // Not acked: delivered again after ack_wait.
-            }
-        };
-        let revision = current.as_ref().map(|(_, r)| *r);
-        let step = lease::on_delivery(
-            current.as_ref().map(|(row, _)| row),
-            &spec,
-            &shared.name,
-            crate::now_ms(),
-        );
-        let (row, after) = match step {
-            Step::Finished => {
-                shared
-                    .counters
-                    .already_ended
-                    .fetch_add(1, Ordering::Relaxed);
-                answer(&message, Reply::Ack).await;
-                return;
-            }
-            Step::DeadLetter(row) => (row, true),
-            Step::Start(row) => (row, false),
-        };
-        let written = match revision {
-            None => write_new(tasks, id, &row).await,
-            Some(revision) => write(tasks, id, &row, revision).await,
-        };
-        match written {
-            Ok(revision) if after => {
-                let _ = revision;
-                shared
-                    .counters
-                    .dead_lettered
-                    .fetch_add(1, Ordering::Relaxed);
-                answer(&message, Reply::Ack).await;
-                return;
-            }
-            Ok(revision) => break (row, revision),
-            Err(Write::Conflict) if conflicts < 8 => conflicts += 1,
-            Err(_) => return,
+    let (started, revision) = if delivered == 1 {
+        // A first delivery: nothing to read, the lease is written lazily (see `run`).
+        match lease::on_delivery(None, &spec, &shared.name, 1, crate::now_ms()) {
+            Step::Start(row) => (row, None),
+            _ => return,
+        }
+    } else {
+        match take_lease(shared, &message, &spec, id, delivered).await {
+            Some((row, revision)) => (row, Some(revision)),
+            None => return,
         }
     };
     shared.counters.started.fetch_add(1, Ordering::Relaxed);
-    let outcome = run(shared, &message, &spec, id).await;
+    let Some((outcome, revision)) = run(shared, &message, &spec, id, &started, revision).await
+    else {
+        shared.counters.fenced.fetch_add(1, Ordering::Relaxed);
+        return;
+    };
     let kind = match &outcome {
         Outcome::Succeeded { .. } => &shared.counters.succeeded,
         Outcome::Fatal { .. } => &shared.counters.failed,
@@ -453,9 +424,83 @@ async fn deliver(shared: &Shared, message: Message) {
     }
 }
 
-/// Runs attempt `id` on the local runtime, keeping the delivery alive with in-progress acks,
-/// and stopping it when the node hands back.
-async fn run(shared: &Shared, message: &Message, spec: &TaskSpec, id: u64) -> Outcome {
+/// Takes the lease of a delivery after the first: reads the record, and writes the running
+/// row [`lease::on_delivery`] gives with a compare-and-set on the revision read (again on a
+/// conflict). `None` when there is nothing to run (the task ended, or no attempt is left:
+/// both acked) or the record cannot be read or written now (not acked: delivered again).
+async fn take_lease(
+    shared: &Shared,
+    message: &Message,
+    spec: &TaskSpec,
+    id: u64,
+    delivered: u32,
+) -> Option<(Row, u64)> {
+    let tasks = &shared.cluster.tasks;
+    for _ in 0..8 {
+        let current = match shared.cluster.row(id).await {
+            Ok(current) => current,
+            Err(e) => {
+                tracing::warn!("node {}: {e}", shared.name);
+                return None;
+            }
+        };
+        let revision = current.as_ref().map(|(_, r)| *r);
+        let step = lease::on_delivery(
+            current.as_ref().map(|(row, _)| row),
+            spec,
+            &shared.name,
+            delivered,
+            crate::now_ms(),
+        );
+        let (row, dead) = match step {
+            Step::Finished => {
+                shared
+                    .counters
+                    .already_ended
+                    .fetch_add(1, Ordering::Relaxed);
+                answer(message, Reply::Ack).await;
+                return None;
+            }
+            Step::DeadLetter(row) => (row, true),
+            Step::Start(row) => (row, false),
+        };
+        let written = match revision {
+            None => write_new(tasks, id, &row).await,
+            Some(revision) => write(tasks, id, &row, revision).await,
+        };
+        match written {
+            Ok(_) if dead => {
+                shared
+                    .counters
+                    .dead_lettered
+                    .fetch_add(1, Ordering::Relaxed);
+                answer(message, Reply::Ack).await;
+                return None;
+            }
+            Ok(revision) => return Some((row, revision)),
+            Err(Write::Conflict) => continue,
+            Err(Write::Other(e)) => {
+                tracing::warn!("node {}: task {id}: taking its lease: {e}", shared.name);
+                return None;
+            }
+        }
+    }
+    None
+}
+
+/// Runs attempt `started` of task `id` on the local runtime, keeping the delivery alive with
+/// in-progress acks, and stopping it when the node hands back. A lease not written yet (a
+/// first delivery) is written once the attempt has run [`lease::LAZY_LEASE`]; if another
+/// node wrote first, the attempt is stopped and `None` returned: it is fenced. Else the
+/// outcome, and the revision of the lease if it was written.
+async fn run(
+    shared: &Shared,
+    message: &Message,
+    spec: &TaskSpec,
+    id: u64,
+    started: &Row,
+    mut revision: Option<u64>,
+) -> Option<(Outcome, Option<u64>)> {
     let local = TaskSpec {
         max_attempts: 1,
         ..spec.clone()
@@ -463,10 +508,8 @@ async fn run(shared: &Shared, message: &Message, spec: &TaskSpec, id: u64) -> Ou
     let pending = match shared.handle.submit_notify(local).await {
         Ok(pending) => pending,
         Err(e) => {
-            return Outcome::Retryable {
-                error: format!("node {}: {e}", shared.name),
-                agent: None,
-            };
+            let error = format!("node {}: {e}", shared.name);
+            return Some((Outcome::Retryable { error, agent: None }, revision));
         }
     };
     let local_id = pending.id;
@@ -474,13 +517,30 @@ async fn run(shared: &Shared, message: &Message, spec: &TaskSpec, id: u64) -> Ou
     let mut phase = shared.phase.clone();
     let every = shared.ack_wait / 3;
     let mut progress = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
-    let mut handing_back = false;
+    let lazy = tokio::time::sleep(lease::LAZY_LEASE.min(every));
+    let mut lazy = std::pin::pin!(lazy);
+    let (mut handing_back, mut fenced) = (false, false);
     let completion = loop {
         tokio::select! {
             done = &mut pending => break done,
             _ = progress.tick() => {
                 if let Err(e) = message.ack_with(AckKind::Progress).await {
                     tracing::warn!("node {}: task {id}: in-progress ack: {e}", shared.name);
+                }
+            }
+            () = &mut lazy, if revision.is_none() && !fenced => {
+                match write_new(&shared.cluster.tasks, id, started).await {
+                    Ok(r) => revision = Some(r),
+                    Err(Write::Conflict) => {
+                        fenced = true;
+                        let _ = shared.handle.cancel(local_id).await;
+                    }
+                    // Not written now: the end is written as a create, which refuses the
+                    // same way if another node wrote first.
+                    Err(Write::Other(e)) => {
+                        tracing::warn!("node {}: task {id}: writing its lease: {e}", shared.name);
+                        lazy.as_mut().reset(tokio::time::Instant::now() + every);
+                    }
                 }
             }
             changed = phase.changed(), if !handing_back => {
@@ -491,17 +551,18 @@ async fn run(shared: &Shared, message: &Message, spec: &TaskSpec, id: u64) -> Ou
             }
         }
     };
+    if fenced {
+        return None;
+    }
     let completion = match completion {
         Ok(c) => c,
         Err(e) => {
-            return Outcome::Retryable {
-                error: format!("node {}: {e}", shared.name),
-                agent: None,
-            };
+            let error = format!("node {}: {e}", shared.name);
+            return Some((Outcome::Retryable { error, agent: None }, revision));
         }
     };
     let agent = completion.agent.map(|a| u64::from(a.0));
-    match completion.state {
+    let outcome = match completion.state {
         TaskState::Succeeded => {
             let output = completion.output.unwrap_or_default();
             if output.len() > MAX_RECORD - 4096 {
@@ -526,7 +587,8 @@ async fn run(shared: &Shared, message: &Message, spec: &TaskSpec, id: u64) -> Ou
             error: error_text(completion.error),
             agent,
         },
-    }
+    };
+    Some((outcome, revision))
 }
 
 fn error_text(error: Option<Arc<str>>) -> String {
@@ -539,15 +601,20 @@ enum Ended {
     Unwritten,
 }
 
-/// Writes an attempt's end under its lease. A lost compare-and-set is read again: the write
-/// may have landed with its answer lost (then it is ours), or another node holds the task.
+/// Writes an attempt's end under its lease (as a create when its lease was never written: a
+/// first delivery that ended quickly). A lost compare-and-set is read again: the write may
+/// have landed with its answer lost (then it is ours), or another node holds the task.
 /// NATS unavailable (a leader election) is retried for up to `ack_wait`: the
 /// compare-and-set makes a retry safe.
-async fn end(shared: &Shared, id: u64, row: &Row, revision: u64) -> Ended {
+async fn end(shared: &Shared, id: u64, row: &Row, revision: Option<u64>) -> Ended {
     let deadline = Instant::now() + shared.ack_wait;
     let mut wait = Duration::from_millis(50);
     loop {
-        match write(&shared.cluster.tasks, id, row, revision).await {
+        let written = match revision {
+            Some(revision) => write(&shared.cluster.tasks, id, row, revision).await,
+            None => write_new(&shared.cluster.tasks, id, row).await,
+        };
+        match written {
             Ok(_) => return Ended::Written,
             Err(Write::Conflict) => {
                 return match shared.cluster.row(id).await {
@@ -583,13 +650,10 @@ async fn answer(message: &Message, reply: Reply) {
         Reply::Nak(delay) if delay.is_zero() => AckKind::Nak(None),
         Reply::Nak(delay) => AckKind::Nak(Some(delay)),
     };
-    // A double ack waits for the server's answer: an ack lost here means one more delivery,
-    // which the record then answers (`Step::Finished`).
-    for _ in 0..3 {
-        if message.double_ack_with(kind).await.is_ok() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+    // Not waited for: an ack lost means one more delivery, which the record then answers
+    // (`Step::Finished`); the record, not the ack, is what must be durable.
+    if let Err(e) = message.ack_with(kind).await {
+        tracing::debug!("an ack was not sent: {e}");
     }
 }
 

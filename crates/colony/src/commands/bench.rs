@@ -198,9 +198,124 @@ pub(crate) enum Bench {
         #[arg(long)]
         json: bool,
     },
+    /// Tasks end to end through a cluster on NATS JetStream: in-process nodes of sim agents
+    /// pull them; throughput and latency from publish to the end seen.
+    Cluster(ClusterArgs),
     /// The process `bench crash` kills (internal).
     #[command(hide = true)]
     CrashChild(CrashChildArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct ClusterArgs {
+    /// The cluster's NATS servers (comma-separated); without it, the bench starts three
+    /// nats-server processes from PATH (R3, file storage, sync_interval: always) in a
+    /// temporary folder.
+    #[arg(long, value_name = "URL")]
+    nats: Option<String>,
+    /// Replicas of the cluster's tasks: 3 or 5; 1 for a single server.
+    #[arg(long, default_value_t = 3)]
+    replicas: usize,
+    /// Tasks to run.
+    #[arg(long, default_value_t = 20_000, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
+    tasks: u64,
+    /// Nodes, each with its own runtime and NATS connection, in this process.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=16))]
+    nodes: u64,
+    /// Sim agents per node.
+    #[arg(long, default_value_t = 1_000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    agents: u32,
+    /// Attempts each node runs at once.
+    #[arg(long, default_value_t = 1_024, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    in_flight: u64,
+    /// Size of each task's JSON payload.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(2..=65_536))]
+    payload_bytes: u64,
+    /// Print the report as JSON, verdict included.
+    #[arg(long)]
+    json: bool,
+}
+
+fn cluster(args: &ClusterArgs) -> Result<(), Failure> {
+    use colony_cluster::{
+        Settings,
+        bench::{self as cb, BenchOptions},
+        testing::NatsCluster,
+    };
+    let settings = Settings {
+        replicas: args.replicas,
+        ..Settings::default()
+    };
+    settings.validate().map_err(Failure::input)?;
+    // Its own servers start before the runtime: their start waits with blocking sleeps.
+    let dir = tempfile::tempdir().map_err(Failure::work)?;
+    let own = match &args.nats {
+        Some(_) => None,
+        None => {
+            if args.replicas != 3 {
+                return Err(Failure::input(anyhow::anyhow!(
+                    "--replicas {}: the bench's own cluster has three servers (R3); give --nats for another",
+                    args.replicas
+                )));
+            }
+            Some(NatsCluster::three(dir.path()).map_err(|e| Failure::work(anyhow::anyhow!(e)))?)
+        }
+    };
+    let url = args
+        .nats
+        .clone()
+        .or_else(|| own.as_ref().map(NatsCluster::url))
+        .unwrap_or_default();
+    let options = BenchOptions {
+        tasks: args.tasks,
+        nodes: usize::try_from(args.nodes).unwrap_or(1),
+        agents: args.agents,
+        in_flight: usize::try_from(args.in_flight).unwrap_or(1024),
+        payload_bytes: usize::try_from(args.payload_bytes).unwrap_or(2),
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(Failure::work)?;
+    let report = runtime.block_on(async {
+        // A new cluster elects its JetStream leader first.
+        let ready =
+            colony_cluster::testing::connect(&url, settings.clone(), Duration::from_secs(30)).await;
+        match ready {
+            Ok(_) => cb::run(&url, settings, &options).await,
+            Err(e) => Err(e),
+        }
+    });
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    drop(own);
+    let report = report.map_err(|e| match e {
+        colony_cluster::Error::Settings(_) => Failure::input(e),
+        e => Failure::work(e),
+    })?;
+    if args.json {
+        print_json(&report)?;
+        return judge("cluster", &report.verdict);
+    }
+    let ms = |us: f64| format!("{:.1} ms", us / 1000.0);
+    let mut t = Table::new(&[
+        "tasks", "nodes", "replicas", "seconds", "tasks/s", "p50", "p99", "max", "attempts",
+        "fenced",
+    ]);
+    t.row(vec![
+        thousands(report.tasks),
+        report.nodes.to_string(),
+        report.replicas.to_string(),
+        format!("{:.2}", report.seconds),
+        format!("{:.0}", report.per_second),
+        ms(report.latency.p50_us),
+        ms(report.latency.p99_us),
+        ms(report.latency.max_us),
+        thousands(report.attempts),
+        report.fenced.to_string(),
+    ]);
+    print!("{}", t.render());
+    print_ok(&report.verdict);
+    judge("cluster", &report.verdict)
 }
 
 #[derive(Debug, clap::Args)]
@@ -513,6 +628,7 @@ pub(crate) fn run(bench: Bench) -> Result<(), Failure> {
         .map_err(Failure::work)?;
     match bench {
         Bench::Autoscale(args) => return autoscale(&args),
+        Bench::Cluster(args) => return cluster(&args),
         Bench::Health(args) => return health(&args),
         Bench::Crash(args) => return crash(&args),
         Bench::Workflow(args) => return workflow(&args),

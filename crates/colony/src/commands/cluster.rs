@@ -232,7 +232,26 @@ pub(crate) fn node(args: &NodeArgs) -> Result<(), Failure> {
     let runtime = tokio()?;
     let result = runtime.block_on(async {
         let mut stops = Stops::new();
-        let cluster = args.nats.connect(settings, true).await?;
+        // NATS may be starting with this node (a cluster electing its JetStream leader, pods
+        // started together): the node waits for it, up to a minute, or until stopped.
+        let since = std::time::Instant::now();
+        let mut said = false;
+        let cluster = loop {
+            match args.nats.connect(settings.clone(), true).await {
+                Ok(cluster) => break cluster,
+                Err(Failure::Work(e)) if since.elapsed() < Duration::from_secs(60) => {
+                    if !said {
+                        eprintln!("node {name}: waiting for the cluster: {e:#}");
+                        said = true;
+                    }
+                    tokio::select! {
+                        () = tokio::time::sleep(Duration::from_millis(500)) => {}
+                        _ = stops.next() => return Ok(()),
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        };
         let colony = Runtime::start(runtime_options, pools, Arc::new(MemoryJournal::new()))
             .await
             .map_err(Failure::input)?;
@@ -506,10 +525,11 @@ async fn status(args: &StatusArgs) -> Result<(), Failure> {
         return Ok(());
     }
     println!(
-        "{} node(s), {} unfinished task(s), {} replica(s)",
+        "{} node(s), {} unfinished task(s), {} replica(s), stream leader {}",
         status.nodes.len(),
         status.unfinished,
-        status.replicas
+        status.replicas,
+        status.leader.as_deref().unwrap_or("none")
     );
     let mut nodes = Table::new(&[
         "node", "roles", "agents", "running", "ended", "fenced", "state",

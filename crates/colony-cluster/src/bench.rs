@@ -1,0 +1,211 @@
+//! `colony bench cluster`: tasks end to end through JetStream. One submitter publishes
+//! `tasks` no-op tasks with up to 1,024 in flight; `nodes` in-process nodes, each with its own
+//! runtime of sim agents and its own NATS connection, run them; a watcher of the tasks bucket
+//! sees each end. Throughput is tasks ended over the time from the first publish to the last
+//! end; latency per task is from its publish to the watcher seeing its end.
+
+use crate::{Cluster, Node, NodeOptions, Row, Settings};
+use bytes::Bytes;
+use colony_agents::sim::{Latency, Sim, SimOptions};
+use colony_core::{agent::AgentSpec, task::TaskSpec, task::TaskState};
+use colony_runtime::{
+    Pool, Runtime, RuntimeOptions,
+    bench::{Percentiles, Verdict},
+};
+use futures::StreamExt;
+use std::{
+    collections::HashMap,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+/// Tasks per second the cluster must carry end to end, R3 with `sync_interval: always`.
+pub const TARGET_PER_SECOND: f64 = 10_000.0;
+
+#[derive(Clone, Debug)]
+pub struct BenchOptions {
+    pub tasks: u64,
+    pub nodes: usize,
+    /// Sim agents per node.
+    pub agents: u32,
+    /// Attempts each node runs at once.
+    pub in_flight: usize,
+    pub payload_bytes: usize,
+}
+
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct BenchReport {
+    pub tasks: u64,
+    pub nodes: usize,
+    pub replicas: usize,
+    pub seconds: f64,
+    pub per_second: f64,
+    /// From publish to the end seen, per task.
+    pub latency: Percentiles,
+    /// Attempts started over all nodes: more than `tasks` when some ran twice.
+    pub attempts: u64,
+    pub fenced: u64,
+    /// Tasks that did not succeed.
+    pub unsucceeded: u64,
+    pub verdict: Verdict,
+}
+
+/// Runs the benchmark against the (empty) cluster at `url`.
+pub async fn run(
+    url: &str,
+    settings: Settings,
+    options: &BenchOptions,
+) -> Result<BenchReport, crate::Error> {
+    let client = Cluster::connect(url, settings.clone()).await?;
+    let status = client.status().await?;
+    if status.unfinished > 0 {
+        return Err(crate::Error::Settings(format!(
+            "the cluster at {url} holds {} unfinished tasks: benchmark an empty one",
+            status.unfinished
+        )));
+    }
+    let mut nodes = Vec::new();
+    let mut runtimes = Vec::new();
+    for i in 0..options.nodes {
+        let sim = Sim::new(SimOptions {
+            latency: Latency::Fixed {
+                value: Duration::ZERO,
+            },
+            ..SimOptions::default()
+        })
+        .map_err(|e| crate::Error::Settings(e.to_string()))?;
+        let pool = Pool::new(
+            AgentSpec::new("sim", "bench"),
+            options.agents,
+            Arc::new(sim),
+        );
+        let journal = Arc::new(colony_journal::MemoryJournal::new());
+        let runtime = Runtime::start(RuntimeOptions::default(), vec![pool], journal)
+            .await
+            .map_err(|e| crate::Error::Settings(e.to_string()))?;
+        let cluster = Cluster::connect(url, settings.clone()).await?;
+        let node = Node::start(
+            cluster,
+            runtime.handle().clone(),
+            NodeOptions {
+                name: format!("bench-{}", i + 1),
+                max_in_flight: options.in_flight,
+                drain_timeout: Duration::from_secs(10),
+            },
+        )
+        .await?;
+        nodes.push(node);
+        runtimes.push(runtime);
+    }
+    // The watcher starts before the first publish: it sees every end.
+    let mut watch = client
+        .tasks
+        .watch_all()
+        .await
+        .map_err(|e| crate::Error::nats("watching the tasks bucket", e))?;
+    let payload = Bytes::from(format!(
+        "\"{}\"",
+        "x".repeat(options.payload_bytes.saturating_sub(2))
+    ));
+    let spec = TaskSpec {
+        requirement: colony_core::task::Requirement {
+            role: Some("bench".into()),
+            ..Default::default()
+        },
+        payload,
+        ..TaskSpec::default()
+    };
+    let started = Instant::now();
+    let publisher = {
+        let client = client.clone();
+        let total = options.tasks;
+        colony_agents::spawner::Spawner::spawn("bench-publish", async move {
+            let mut sent: HashMap<u64, Instant> = HashMap::with_capacity(total as usize);
+            let chunk = 4096u64;
+            let mut done = 0;
+            while done < total {
+                let n = chunk.min(total - done);
+                let specs = vec![spec.clone(); n as usize];
+                let at = Instant::now();
+                for s in client.submit(&specs, None).await? {
+                    sent.insert(s.id, at);
+                }
+                done += n;
+            }
+            Ok::<_, crate::Error>(sent)
+        })
+    };
+    let mut ended: HashMap<u64, (Instant, TaskState)> =
+        HashMap::with_capacity(options.tasks as usize);
+    let deadline = Duration::from_secs(60) + Duration::from_millis(options.tasks);
+    while (ended.len() as u64) < options.tasks {
+        let next =
+            tokio::time::timeout(deadline.saturating_sub(started.elapsed()), watch.next()).await;
+        let Ok(Some(entry)) = next else { break };
+        let Ok(entry) = entry else { continue };
+        let Ok(row) = Row::decode(&entry.value) else {
+            continue;
+        };
+        if row.is_terminal()
+            && let Ok(id) = entry.key.parse::<u64>()
+        {
+            ended.entry(id).or_insert((Instant::now(), row.state));
+        }
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let sent = match publisher.await {
+        Ok(Some(Ok(sent))) => sent,
+        Ok(Some(Err(e))) => return Err(e),
+        _ => return Err(crate::Error::Task("the publisher panicked".into())),
+    };
+    let mut reports = Vec::new();
+    for node in nodes {
+        reports.push(node.drain().await);
+    }
+    for runtime in runtimes {
+        runtime.shutdown().await;
+    }
+    let latency = Percentiles::of(
+        ended
+            .iter()
+            .filter_map(|(id, (at, _))| sent.get(id).map(|s| at.saturating_duration_since(*s)))
+            .collect(),
+    );
+    let unsucceeded = options.tasks
+        - ended
+            .values()
+            .filter(|(_, s)| *s == TaskState::Succeeded)
+            .count() as u64;
+    let per_second = ended.len() as f64 / seconds.max(1e-9);
+    let mut verdict = Verdict::new();
+    verdict.check(unsucceeded == 0, || {
+        format!(
+            "{unsucceeded} of {} tasks did not succeed (or were not seen to end)",
+            options.tasks
+        )
+    });
+    verdict.check(settings.replicas >= 3, || {
+        format!(
+            "R{}: the target is for R3 with sync_interval: always",
+            settings.replicas
+        )
+    });
+    verdict.check(per_second >= TARGET_PER_SECOND, || {
+        format!(
+            "{per_second:.0} tasks/s end to end: the target is {TARGET_PER_SECOND:.0}/s ({:.1}x short)",
+            TARGET_PER_SECOND / per_second.max(1e-9)
+        )
+    });
+    Ok(BenchReport {
+        tasks: options.tasks,
+        nodes: options.nodes,
+        replicas: settings.replicas,
+        seconds,
+        per_second,
+        latency,
+        attempts: reports.iter().map(|r| r.started).sum(),
+        fenced: reports.iter().map(|r| r.fenced).sum(),
+        unsucceeded,
+        verdict,
+    })
+}
