@@ -129,12 +129,16 @@ impl NodeProc {
 
     /// Task numbers, one per execution on this node, in order.
     fn executions(&self) -> Vec<u64> {
-        std::fs::read_to_string(&self.log)
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| l.trim().parse().ok())
-            .collect()
+        executions_in(&self.log)
     }
+}
+
+fn executions_in(log: &Path) -> Vec<u64> {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect()
 }
 
 impl Drop for NodeProc {
@@ -182,6 +186,10 @@ async fn wait_for_nodes(cluster: &Cluster, n: usize) {
 /// Submits `count` tasks (`n` = 0.., each sleeping `sleep` seconds) for role `sh`; returns
 /// their ids by `n`.
 fn submit(url: &str, dir: &Path, count: u64, sleep: f64) -> Vec<u64> {
+    submit_with(url, dir, count, sleep, 3)
+}
+
+fn submit_with(url: &str, dir: &Path, count: u64, sleep: f64, attempts: u32) -> Vec<u64> {
     let file = dir.join("tasks.jsonl");
     let lines: Vec<String> = (0..count)
         .map(|n| format!("{{\"n\":{n},\"sleep\":{sleep}}}"))
@@ -196,7 +204,7 @@ fn submit(url: &str, dir: &Path, count: u64, sleep: f64) -> Vec<u64> {
             "--role",
             "sh",
             "--max-attempts",
-            "3",
+            &attempts.to_string(),
             "--json",
         ])
         .arg("--file")
@@ -219,12 +227,7 @@ fn submit(url: &str, dir: &Path, count: u64, sleep: f64) -> Vec<u64> {
 
 /// Waits for every task to end, and checks I1-I4 against the nodes' execution logs:
 /// returns the tasks executed twice.
-async fn check(
-    cluster: &Cluster,
-    ids: &[u64],
-    nodes: &[&NodeProc],
-    faults_per_task: usize,
-) -> usize {
+async fn check(cluster: &Cluster, ids: &[u64], logs: &[PathBuf], faults_per_task: usize) -> usize {
     let mut executions: HashMap<u64, usize> = HashMap::new();
     for (n, id) in ids.iter().enumerate() {
         let row = tokio::time::timeout(Duration::from_secs(90), cluster.wait(*id))
@@ -240,8 +243,8 @@ async fn check(
         );
         executions.insert(n as u64, 0);
     }
-    for node in nodes {
-        for n in node.executions() {
+    for log in logs {
+        for n in executions_in(log) {
             *executions.entry(n).or_default() += 1;
         }
     }
@@ -293,7 +296,7 @@ fn a_node_killed_mid_run_loses_no_task() {
         }
         let killed = Instant::now();
         a.kill();
-        let twice = rt.block_on(check(&cluster, &ids, &[&a, &b], 1));
+        let twice = rt.block_on(check(&cluster, &ids, &[a.log.clone(), b.log.clone()], 1));
         let report = b.stop();
         assert_eq!(report.fenced, 0);
         eprintln!(
@@ -326,7 +329,7 @@ fn a_stalled_node_is_fenced_when_it_wakes() {
         a.signal(Signal::SIGSTOP);
         std::thread::sleep(Duration::from_secs(5));
         a.signal(Signal::SIGCONT);
-        let twice = rt.block_on(check(&cluster, &ids, &[&a, &b], 1));
+        let twice = rt.block_on(check(&cluster, &ids, &[a.log.clone(), b.log.clone()], 1));
         let (ra, rb) = (a.stop(), b.stop());
         eprintln!(
             "run {run}: SIGSTOP 5 s: {twice} task(s) ran again; a fenced {}, b fenced {}",
@@ -376,7 +379,7 @@ fn the_stream_leader_killed_loses_no_task() {
             .unwrap();
         let killed = Instant::now();
         server.kill();
-        let twice = rt.block_on(check(&cluster, &ids, &[&a, &b], 1));
+        let twice = rt.block_on(check(&cluster, &ids, &[a.log.clone(), b.log.clone()], 1));
         let done = killed.elapsed();
         server.start().unwrap();
         let (ra, rb) = (a.stop(), b.stop());
@@ -392,4 +395,44 @@ fn the_stream_leader_killed_loses_no_task() {
             "one committed result per task: {ra:?} {rb:?}"
         );
     }
+}
+
+#[test]
+fn a_rolling_restart_under_load_fails_no_task() {
+    let rt = runtime();
+    let dir = tempfile::tempdir().unwrap();
+    let server = NatsServer::single(dir.path()).unwrap();
+    let url = server.url();
+    let cluster = rt.block_on(client(&url, 1));
+    let a = NodeProc::start(dir.path(), &url, "a", "1");
+    let b = NodeProc::start(dir.path(), &url, "b", "1");
+    rt.block_on(wait_for_nodes(&cluster, 2));
+    // One attempt each: a task the restart cost an attempt would fail.
+    let ids = submit_with(&url, dir.path(), 60, 0.2, 1);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while a.executions().len() + b.executions().len() < 8 {
+        assert!(Instant::now() < deadline, "no task started");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // Each node in turn: SIGTERM (it finishes what it runs and leaves), then its
+    // replacement joins, while the others carry the load.
+    let logs = ["a", "b", "a2", "b2"].map(|n| dir.path().join(format!("{n}.log")));
+    let ra = a.stop();
+    let a2 = NodeProc::start(dir.path(), &url, "a2", "1");
+    rt.block_on(wait_for_nodes(&cluster, 2));
+    let rb = b.stop();
+    let b2 = NodeProc::start(dir.path(), &url, "b2", "1");
+    let twice = rt.block_on(check(&cluster, &ids, &logs, 0));
+    assert_eq!(twice, 0);
+    let (ra2, rb2) = (a2.stop(), b2.stop());
+    let reports = [ra, rb, ra2, rb2];
+    let succeeded: u64 = reports.iter().map(|r| r.succeeded).sum();
+    assert_eq!(succeeded, 60, "{reports:?}");
+    assert!(
+        reports
+            .iter()
+            .all(|r| r.failed + r.dead_lettered + r.fenced == 0),
+        "{reports:?}"
+    );
+    drop(server);
 }
