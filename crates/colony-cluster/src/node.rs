@@ -69,7 +69,36 @@ struct Counters {
     running: AtomicU64,
 }
 
+/// What a node counts; each also goes to `/metrics` as
+/// `colony_cluster_attempts_total{outcome}`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    Started,
+    Succeeded,
+    Failed,
+    Retried,
+    DeadLettered,
+    HandedBack,
+    Fenced,
+    AlreadyEnded,
+}
+
 impl Counters {
+    fn add(&self, kind: Kind) {
+        let (counter, name) = match kind {
+            Kind::Started => (&self.started, "started"),
+            Kind::Succeeded => (&self.succeeded, "succeeded"),
+            Kind::Failed => (&self.failed, "failed"),
+            Kind::Retried => (&self.retried, "retried"),
+            Kind::DeadLettered => (&self.dead_lettered, "dead-lettered"),
+            Kind::HandedBack => (&self.handed_back, "handed-back"),
+            Kind::Fenced => (&self.fenced, "fenced"),
+            Kind::AlreadyEnded => (&self.already_ended, "already-ended"),
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!("colony_cluster_attempts_total", "outcome" => name).increment(1);
+    }
+
     fn report(&self) -> NodeReport {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         NodeReport {
@@ -104,6 +133,27 @@ struct Shared {
     /// The consumers' `ack_wait` (the shortest): whoever made them set it, maybe another
     /// node with another setting; in-progress acks go every third of it.
     ack_wait: Duration,
+}
+
+/// Whether a node takes work: connected to NATS, and not draining.
+#[derive(Clone, Debug)]
+pub struct Readiness {
+    shared: Arc<Shared>,
+}
+
+impl Readiness {
+    pub fn check(&self) -> Result<(), String> {
+        if *self.shared.phase.borrow() != Phase::Taking {
+            return Err(format!("node {} is draining", self.shared.name));
+        }
+        match self.shared.cluster.client.connection_state() {
+            async_nats::connection::State::Connected => Ok(()),
+            state => Err(format!(
+                "node {} is not connected to NATS ({state:?})",
+                self.shared.name
+            )),
+        }
+    }
 }
 
 /// A node in the cluster, running until [`Node::drain`].
@@ -193,6 +243,13 @@ impl Node {
 
     pub fn report(&self) -> NodeReport {
         self.shared.counters.report()
+    }
+
+    /// What answers `/readyz` for this node, while it runs and as it drains.
+    pub fn readiness(&self) -> Readiness {
+        Readiness {
+            shared: self.shared.clone(),
+        }
     }
 
     pub fn name(&self) -> &str {
@@ -333,8 +390,10 @@ async fn pull_loop(shared: Arc<Shared>, consumer: PullConsumer, slots: Arc<Semap
             let shared = shared.clone();
             Spawner::spawn("cluster-task", async move {
                 shared.counters.running.fetch_add(1, Ordering::Relaxed);
+                metrics::gauge!("colony_cluster_running").increment(1.0);
                 deliver(&shared, message).await;
                 shared.counters.running.fetch_sub(1, Ordering::Relaxed);
+                metrics::gauge!("colony_cluster_running").decrement(1.0);
                 drop(permit);
             });
         }
@@ -373,7 +432,7 @@ async fn deliver(shared: &Shared, message: Message) {
                 output: None,
             };
             if write_new(tasks, id, &row).await.is_ok() {
-                shared.counters.failed.fetch_add(1, Ordering::Relaxed);
+                shared.counters.add(Kind::Failed);
             }
             answer(&message, Reply::Ack).await;
             return;
@@ -391,29 +450,27 @@ async fn deliver(shared: &Shared, message: Message) {
             None => return,
         }
     };
-    shared.counters.started.fetch_add(1, Ordering::Relaxed);
+    shared.counters.add(Kind::Started);
     let Some((outcome, revision)) = run(shared, &message, &spec, id, &started, revision).await
     else {
-        shared.counters.fenced.fetch_add(1, Ordering::Relaxed);
+        shared.counters.add(Kind::Fenced);
         return;
     };
     let kind = match &outcome {
-        Outcome::Succeeded { .. } => &shared.counters.succeeded,
-        Outcome::Fatal { .. } => &shared.counters.failed,
-        Outcome::Retryable { .. } if started.charged >= spec.max_attempts => {
-            &shared.counters.dead_lettered
-        }
-        Outcome::Retryable { .. } => &shared.counters.retried,
-        Outcome::HandBack => &shared.counters.handed_back,
+        Outcome::Succeeded { .. } => Kind::Succeeded,
+        Outcome::Fatal { .. } => Kind::Failed,
+        Outcome::Retryable { .. } if started.charged >= spec.max_attempts => Kind::DeadLettered,
+        Outcome::Retryable { .. } => Kind::Retried,
+        Outcome::HandBack => Kind::HandedBack,
     };
     let (ended, reply) = lease::after_attempt(&started, &spec, outcome, crate::now_ms());
     match end(shared, id, &ended, revision).await {
         Ended::Written => {
-            kind.fetch_add(1, Ordering::Relaxed);
+            shared.counters.add(kind);
             answer(&message, reply).await;
         }
         Ended::Fenced => {
-            shared.counters.fenced.fetch_add(1, Ordering::Relaxed);
+            shared.counters.add(Kind::Fenced);
             tracing::info!(
                 "node {}: task {id} attempt {} fenced: another node holds the task now",
                 shared.name,
@@ -454,10 +511,7 @@ async fn take_lease(
         );
         let (row, dead) = match step {
             Step::Finished => {
-                shared
-                    .counters
-                    .already_ended
-                    .fetch_add(1, Ordering::Relaxed);
+                shared.counters.add(Kind::AlreadyEnded);
                 answer(message, Reply::Ack).await;
                 return None;
             }
@@ -470,10 +524,7 @@ async fn take_lease(
         };
         match written {
             Ok(_) if dead => {
-                shared
-                    .counters
-                    .dead_lettered
-                    .fetch_add(1, Ordering::Relaxed);
+                shared.counters.add(Kind::DeadLettered);
                 answer(message, Reply::Ack).await;
                 return None;
             }

@@ -57,6 +57,7 @@ mod history;
 mod live;
 pub mod memory;
 pub mod messages;
+pub mod probe;
 pub mod runs;
 mod tasks;
 pub mod testing;

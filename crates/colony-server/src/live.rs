@@ -343,6 +343,15 @@ impl Coalesced {
     }
 }
 
+/// `GET /metrics` of a process with no server state: what the recorder holds.
+pub(crate) async fn metrics_only() -> Response {
+    (
+        [("content-type", "text/plain; version=0.0.4")],
+        prometheus().render(),
+    )
+        .into_response()
+}
+
 pub(crate) async fn metrics_text(State(app): State<Arc<App>>) -> Response {
     record_spend(&app.spend);
     (

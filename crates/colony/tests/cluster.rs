@@ -37,6 +37,10 @@ struct NodeProc {
 
 impl NodeProc {
     fn start(dir: &Path, url: &str, name: &str, replicas: &str) -> NodeProc {
+        Self::start_with(dir, url, name, replicas, &[])
+    }
+
+    fn start_with(dir: &Path, url: &str, name: &str, replicas: &str, extra: &[&str]) -> NodeProc {
         let log = dir.join(format!("{name}.log"));
         let pools = dir.join(format!("{name}.yaml"));
         std::fs::write(
@@ -59,6 +63,7 @@ impl NodeProc {
                 name,
             ])
             .args(["--ack-wait", ACK_WAIT, "--drain-timeout", "10s", "--json"])
+            .args(extra)
             .arg("--pools")
             .arg(&pools)
             .arg("--out")
@@ -435,4 +440,77 @@ fn a_rolling_restart_under_load_fails_no_task() {
         "{reports:?}"
     );
     drop(server);
+}
+
+/// `GET path` on loopback `port`: the status code and the body.
+fn get(port: u16, path: &str) -> (u16, String) {
+    use std::io::Write;
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    let code = answer
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = answer
+        .split("\r\n\r\n")
+        .nth(1)
+        .unwrap_or_default()
+        .to_owned();
+    (code, body)
+}
+
+#[test]
+fn a_node_answers_its_probes() {
+    let rt = runtime();
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = NatsServer::single(dir.path()).unwrap();
+    let url = server.url();
+    let cluster = rt.block_on(client(&url, 1));
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let probes = format!("127.0.0.1:{port}");
+    let a = NodeProc::start_with(dir.path(), &url, "a", "1", &["--probes", &probes]);
+    rt.block_on(wait_for_nodes(&cluster, 1));
+    assert_eq!(get(port, "/healthz"), (200, "ok".into()));
+    assert_eq!(get(port, "/readyz").0, 200);
+    let ids = submit(&url, dir.path(), 3, 0.0);
+    rt.block_on(check(&cluster, &ids, std::slice::from_ref(&a.log), 0));
+    let (code, metrics) = get(port, "/metrics");
+    assert_eq!(code, 200);
+    assert!(
+        metrics.contains("colony_cluster_attempts_total{outcome=\"succeeded\"} 3"),
+        "{metrics}"
+    );
+    // Cut off from NATS, the node says it takes no work.
+    server.kill();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (code, body) = get(port, "/readyz");
+        if code == 503 {
+            assert!(body.contains("not connected to NATS"), "{body}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "/readyz still {code} with NATS down"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(get(port, "/healthz").0, 200, "alive all the same");
+    server.start().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while get(port, "/readyz").0 != 200 {
+        assert!(
+            Instant::now() < deadline,
+            "/readyz did not come back with NATS"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    a.stop();
 }

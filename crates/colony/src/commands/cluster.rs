@@ -58,6 +58,10 @@ pub(crate) struct NodeArgs {
     /// back to the cluster (default 30s).
     #[arg(long, value_name = "DURATION", value_parser = duration)]
     drain_timeout: Option<Duration>,
+    /// Serve /healthz, /readyz (503 while draining or cut off from NATS) and /metrics on
+    /// this address, such as 0.0.0.0:9090 for Kubernetes probes; read-only, no tokens.
+    #[arg(long, value_name = "ADDR")]
+    probes: Option<std::net::SocketAddr>,
     /// Print what the node did, when it leaves, as JSON on stdout.
     #[arg(long)]
     json: bool,
@@ -267,6 +271,21 @@ pub(crate) fn node(args: &NodeArgs) -> Result<(), Failure> {
                 });
             }
         };
+        let probes = match args.probes {
+            Some(addr) => {
+                let readiness = node.readiness();
+                let ready: colony_server::probe::Ready = Arc::new(move || readiness.check());
+                match colony_server::probe::serve_probes(addr, ready).await {
+                    Ok(probes) => Some(probes),
+                    Err(e) => {
+                        node.drain().await;
+                        colony.shutdown().await;
+                        return Err(Failure::input(e));
+                    }
+                }
+            }
+            None => None,
+        };
         let mut roles: Vec<String> = colony
             .handle()
             .pools()
@@ -275,14 +294,19 @@ pub(crate) fn node(args: &NodeArgs) -> Result<(), Failure> {
             .collect();
         roles.dedup();
         eprintln!(
-            "node {name} joined the cluster at {} ({capacity} agent slots, roles {}); Ctrl-C or SIGTERM drains it",
+            "node {name} joined the cluster at {} ({capacity} agent slots, roles {}{}); Ctrl-C or SIGTERM drains it",
             args.nats.nats,
-            roles.join(", ")
+            roles.join(", "),
+            probes
+                .as_ref()
+                .map(|p| format!("; probes on http://{}", p.addr()))
+                .unwrap_or_default()
         );
         stops.next().await;
         eprintln!("node {name} drains: no new tasks; running ones finish or go back");
         let report = node.drain().await;
         colony.shutdown().await;
+        drop(probes);
         if args.json {
             println!("{}", serde_json::to_string(&report).unwrap_or_default());
         } else {
