@@ -156,7 +156,8 @@ impl Readiness {
     }
 }
 
-/// A node in the cluster, running until [`Node::drain`].
+/// A node in the cluster, running until [`Node::drain`]. Dropped without a drain, it stops
+/// pulling and hands back what runs at once; its heartbeat expires with its TTL.
 #[derive(Debug)]
 pub struct Node {
     shared: Arc<Shared>,
@@ -331,7 +332,8 @@ async fn heartbeat(shared: Arc<Shared>, mut info: NodeInfo) {
     loop {
         tokio::select! {
             () = tokio::time::sleep(every) => {}
-            _ = phase.changed() => {}
+            // The node is gone (dropped without a drain): so is its heartbeat.
+            changed = phase.changed() => if changed.is_err() { return },
         }
         let report = shared.counters.report();
         info.running = shared.counters.running.load(Ordering::Relaxed);
@@ -355,7 +357,10 @@ async fn pull_loop(shared: Arc<Shared>, consumer: PullConsumer, slots: Arc<Semap
     while *phase.borrow() == Phase::Taking {
         let first = tokio::select! {
             permit = slots.clone().acquire_owned() => match permit { Ok(p) => p, Err(_) => return },
-            _ = phase.changed() => continue,
+            changed = phase.changed() => match changed {
+                Ok(()) => continue,
+                Err(_) => return,
+            },
         };
         let mut permits = vec![first];
         while permits.len() < 256 {
@@ -552,6 +557,10 @@ async fn run(
     started: &Row,
     mut revision: Option<u64>,
 ) -> Option<(Outcome, Option<u64>)> {
+    // Fetched as the node began to hand back: given back at once.
+    if *shared.phase.borrow() == Phase::HandingBack {
+        return Some((Outcome::HandBack, revision));
+    }
     let local = TaskSpec {
         max_attempts: 1,
         ..spec.clone()

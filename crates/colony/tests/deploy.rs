@@ -183,3 +183,29 @@ impl Drop for Killed {
         let _ = self.0.wait();
     }
 }
+
+/// The Helm chart (`deploy/helm/colony`): rendered by Helm's own SDK, linted, every manifest
+/// validated against the Kubernetes schemas, and its promises checked (`deploy/helm/check.py`:
+/// NATS fsyncs every acknowledged write on a volume per server, R2 and R4 refused, nodes
+/// drain within their grace period and answer /readyz, KEDA on the role's consumer, no root).
+/// Needs `colony-chart-python`, a python with PyPI's helm-python-sdk and kubernetes-validate
+/// (`.ci/run` makes it); without it this test fails rather than skip.
+#[test]
+fn the_helm_chart_renders_valid_manifests_that_keep_tasks() {
+    let out = Command::new("colony-chart-python")
+        .arg(root().join("deploy/helm/check.py"))
+        .arg(root().join("deploy/helm/colony"))
+        .output()
+        .unwrap_or_else(|e| {
+            panic!(
+                "cannot run colony-chart-python ({e}): a python with helm-python-sdk and kubernetes-validate (.ci/run makes it)"
+            )
+        });
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{said}");
+    assert!(said.contains("chart ok"), "{said}");
+}

@@ -1,0 +1,145 @@
+"""Renders the colony chart with Helm's own SDK, lints it, and validates every manifest
+against the Kubernetes schemas (kubernetes-validate, offline); then checks what the chart
+promises: NATS with sync_interval always and file storage on volumes, the replica rule,
+nodes that drain within their grace period and answer /readyz, no root.
+
+Usage: python check.py CHART_DIR   (exit 0 when every check holds; each failure printed)
+Needs: pip install helm-python-sdk==0.2.2 kubernetes-validate==1.37.0 (.ci/run does).
+"""
+
+import sys
+
+import helm_python as helm
+import kubernetes_validate
+import yaml
+
+KUBERNETES = "1.33"
+failures = []
+
+
+def check(holds, problem):
+    if not holds:
+        failures.append(problem)
+
+
+def render(chart_dir, values, name="demo", namespace="swarm"):
+    with helm.Chart.load(chart_dir) as chart:
+        chart.validate_schema(values)
+        files = chart.render(values, name=name, namespace=namespace)
+    docs = []
+    for path, text in sorted(files.items()):
+        if not path.endswith(".yaml"):
+            continue
+        for doc in yaml.safe_load_all(text):
+            if doc:
+                docs.append((path, doc))
+    return docs
+
+
+def refused(chart_dir, values, why):
+    try:
+        render(chart_dir, values)
+    except Exception as e:  # the SDK raises its own errors for schema and template failures
+        return str(e)
+    failures.append(f"values {values} were accepted: {why}")
+    return ""
+
+
+def validate(docs, label):
+    kinds = []
+    for path, doc in docs:
+        kinds.append(doc["kind"])
+        if doc["apiVersion"].startswith("keda.sh/"):
+            spec = doc.get("spec", {})
+            trigger = (spec.get("triggers") or [{}])[0]
+            check(spec.get("scaleTargetRef", {}).get("name"), f"{label}: {path}: no scale target")
+            check(trigger.get("type") == "nats-jetstream", f"{label}: {path}: not the NATS JetStream scaler")
+            check(trigger.get("metadata", {}).get("stream") == "COLONY_TASKS", f"{label}: {path}: not the tasks stream")
+            continue
+        try:
+            kubernetes_validate.validate(doc, KUBERNETES, strict=True)
+        except kubernetes_validate.ValidationError as e:
+            failures.append(f"{label}: {path}: {doc['kind']} {doc['metadata']['name']}: {e.message} at {list(e.path)}")
+    return kinds
+
+
+def by_kind(docs, kind, component=None):
+    out = []
+    for _, doc in docs:
+        labels = doc.get("metadata", {}).get("labels", {})
+        if doc["kind"] == kind and (component is None or labels.get("app.kubernetes.io/component") == component):
+            out.append(doc)
+    return out
+
+
+def main(chart_dir):
+    lint = helm.lint(chart_dir)
+    # Severity 1 is information ("icon is recommended"); 2 a warning, 3 an error.
+    serious = [m for m in lint.get("messages", []) if m.get("severity", 3) >= 2]
+    check(not lint.get("errors") and not serious, f"helm lint: {lint}")
+
+    with helm.Chart.load(chart_dir) as chart:
+        defaults = chart.values
+
+    docs = render(chart_dir, {})
+    kinds = validate(docs, "defaults")
+    check(sorted(set(kinds)) == ["ConfigMap", "Deployment", "PodDisruptionBudget", "Service", "StatefulSet"], f"defaults render {kinds}")
+
+    conf = [d for d in by_kind(docs, "ConfigMap") if "nats.conf" in d.get("data", {})]
+    check(len(conf) == 1, "one NATS config")
+    conf = conf[0]["data"]["nats.conf"] if conf else ""
+    check("sync_interval: always" in conf, "NATS fsyncs every acknowledged write")
+    check(conf.count("nats-route://") == 3, "three routes")
+
+    nats = by_kind(docs, "StatefulSet")[0]
+    check(nats["spec"]["replicas"] == 3, "three NATS servers")
+    check(nats["spec"]["volumeClaimTemplates"][0]["spec"]["resources"]["requests"]["storage"] == "10Gi", "a volume per server")
+
+    node = by_kind(docs, "Deployment", "node")[0]
+    pod = node["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    args = container["args"]
+    check(args[0] == "node", f"nodes run `colony node`: {args}")
+    check(args[args.index("--replicas") + 1] == "3", "the stream's replicas are 3")
+    urls = args[args.index("--nats") + 1].split(",")
+    check(len(urls) == 3 and all(u.startswith("nats://demo-colony-nats-") for u in urls), f"nodes know every server: {urls}")
+    check(args[args.index("--drain-timeout") + 1] == "30s", "drain timeout")
+    check(pod["terminationGracePeriodSeconds"] == 45, f"grace = drain + 15: {pod['terminationGracePeriodSeconds']}")
+    check(container["readinessProbe"]["httpGet"]["path"] == "/readyz", "readiness is /readyz")
+    check(pod["securityContext"]["runAsNonRoot"] is True, "no root")
+    check(node["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0, "a rolling update keeps every node until its replacement is ready")
+
+    # KEDA on, an external NATS: no servers rendered, the scaler reads the given endpoint.
+    docs = render(chart_dir, {"nats": {"enabled": False, "url": "nats://a:4222,nats://b:4222,nats://c:4222"},
+                              "keda": {"enabled": True, "role": "coder", "monitoringEndpoint": "a:8222"}})
+    kinds = validate(docs, "keda")
+    check("StatefulSet" not in kinds and "ScaledObject" in kinds, f"keda with external NATS renders {kinds}")
+    node = by_kind(docs, "Deployment", "node")[0]
+    check("replicas" not in node["spec"], "KEDA owns the replica count")
+    scaled = by_kind(docs, "ScaledObject")[0]
+    check(scaled["spec"]["triggers"][0]["metadata"]["consumer"] == "role-coder", "the role's consumer")
+
+    # A single development server, R1, and a grace period in minutes.
+    docs = render(chart_dir, {"replicas": 1, "nats": {"servers": 1}, "nodes": {"drainTimeout": "2m"}})
+    validate(docs, "single")
+    node = by_kind(docs, "Deployment", "node")[0]
+    check(node["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] == 135, "2m + 15 s")
+    conf = [d for d in by_kind(docs, "ConfigMap") if "nats.conf" in d.get("data", {})][0]["data"]["nats.conf"]
+    check("cluster {" not in conf, "one server has no cluster block")
+
+    # Settings that would lose tasks are refused.
+    refused(chart_dir, {"replicas": 2}, "R2 tolerates no more faults than R1")
+    refused(chart_dir, {"replicas": 5}, "five copies on three servers")
+    refused(chart_dir, {"nats": {"enabled": False}}, "no NATS at all")
+    refused(chart_dir, {"keda": {"enabled": True, "role": "a.b"}}, "a role that is no subject token")
+
+    if failures:
+        for f in failures:
+            print("FAIL:", f)
+        return 1
+    print(f"chart ok: lint clean, manifests valid against Kubernetes {KUBERNETES}, every check held")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1]))
