@@ -107,6 +107,8 @@ def main(chart_dir):
     check(pod["terminationGracePeriodSeconds"] == 45, f"grace = drain + 15: {pod['terminationGracePeriodSeconds']}")
     check(container["readinessProbe"]["httpGet"]["path"] == "/readyz", "readiness is /readyz")
     check(pod["securityContext"]["runAsNonRoot"] is True, "no root")
+    check(pod["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault", "the restricted Pod Security level")
+    check(any(m["mountPath"] == "/tmp" for m in container["volumeMounts"]), "a writable /tmp beside the read-only root")
     check(node["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0, "a rolling update keeps every node until its replacement is ready")
 
     # KEDA on, an external NATS: no servers rendered, the scaler reads the given endpoint.
@@ -132,6 +134,8 @@ def main(chart_dir):
     refused(chart_dir, {"replicas": 5}, "five copies on three servers")
     refused(chart_dir, {"nats": {"enabled": False}}, "no NATS at all")
     refused(chart_dir, {"keda": {"enabled": True, "role": "a.b"}}, "a role that is no subject token")
+    refused(chart_dir, {"nodes": {"ackWait": "2h"}}, "colony node takes an ack wait of at most 1h")
+    refused(chart_dir, {"nodes": {"ackWait": "500ms"}}, "colony node takes an ack wait of at least 1s")
 
     if failures:
         for f in failures:

@@ -147,7 +147,7 @@ pub async fn run(
             continue;
         };
         if row.is_terminal()
-            && let Ok(id) = entry.key.parse::<u64>()
+            && let Some(Ok(id)) = entry.key.rsplit('.').next().map(str::parse::<u64>)
         {
             ended.entry(id).or_insert((Instant::now(), row.state));
         }

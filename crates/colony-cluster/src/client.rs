@@ -34,6 +34,9 @@ pub struct Cluster {
     pub(crate) tasks: kv::Store,
     pub(crate) nodes: kv::Store,
     pub(crate) settings: Settings,
+    /// When the tasks stream was made, in nanoseconds: records are keyed by it and the task's
+    /// id, so a stream made again (its ids starting again at 1) never meets an old record.
+    epoch: String,
 }
 
 /// A task the stream accepted.
@@ -117,12 +120,12 @@ impl Cluster {
             .get_or_create_stream(settings.stream())
             .await
             .map_err(|e| Error::nats("the tasks stream", e))?;
-        let replicas = stream
+        let info = stream
             .info()
             .await
-            .map_err(|e| Error::nats("the tasks stream", e))?
-            .config
-            .num_replicas;
+            .map_err(|e| Error::nats("the tasks stream", e))?;
+        let replicas = info.config.num_replicas;
+        let epoch = format!("{:x}", info.created.unix_timestamp_nanos());
         if !strict {
             settings.replicas = replicas;
         }
@@ -142,6 +145,7 @@ impl Cluster {
             tasks,
             nodes,
             settings,
+            epoch,
         })
     }
 
@@ -176,11 +180,20 @@ impl Cluster {
             if let Some(role) = &spec.requirement.role {
                 settings::check_role(role)?;
             }
-            if spec.payload.len() > settings::MAX_RECORD {
+            if spec.payload.len() > settings::MAX_PAYLOAD {
                 return Err(Error::Task(format!(
                     "task {i}: a payload of {} bytes is over the cluster's {} bytes",
                     spec.payload.len(),
-                    settings::MAX_RECORD
+                    settings::MAX_PAYLOAD
+                )));
+            }
+            if let Some(key) = &spec.key
+                && key.len() > settings::MAX_KEY
+            {
+                return Err(Error::Task(format!(
+                    "task {i}: a key of {} bytes is over the cluster's {} bytes",
+                    key.len(),
+                    settings::MAX_KEY
                 )));
             }
             let id = ids.map_or_else(random_id, |ids| ids[i].clone());
@@ -222,9 +235,18 @@ impl Cluster {
         let since = std::time::Instant::now();
         loop {
             let answer = match ack {
-                Ok(ack) => ack
-                    .await
-                    .map_err(|e| Error::nats("the stream's acknowledgement of a task", e)),
+                Ok(ack) => match ack.await {
+                    Ok(ack) => Ok(ack),
+                    // Never accepted however often it is sent: said at once.
+                    Err(e)
+                        if e.kind() == jetstream::context::PublishErrorKind::MaxPayloadExceeded =>
+                    {
+                        return Err(Error::Task(format!(
+                            "a task's message is over the servers' max_payload: {e}"
+                        )));
+                    }
+                    Err(e) => Err(Error::nats("the stream's acknowledgement of a task", e)),
+                },
                 Err(e) => Err(e),
             };
             match answer {
@@ -244,11 +266,16 @@ impl Cluster {
         }
     }
 
+    /// The key of task `id`'s record in the tasks bucket.
+    pub(crate) fn key(&self, id: u64) -> String {
+        format!("{}.{id}", self.epoch)
+    }
+
     /// Task `id`'s record, if it has started.
     pub async fn row(&self, id: u64) -> Result<Option<(Row, u64)>, Error> {
         let entry = self
             .tasks
-            .entry(id.to_string())
+            .entry(self.key(id))
             .await
             .map_err(|e| Error::nats(format!("reading task {id}"), e))?;
         match entry {
@@ -269,10 +296,16 @@ impl Cluster {
         match self.stream.get_raw_message(id).await {
             Ok(_) => Ok(TaskView::Queued),
             // Read again: it may have started and ended between the two reads.
-            Err(_) => match self.row(id).await? {
-                Some((row, _)) => Ok(TaskView::Row(row)),
-                None => Err(Error::Unknown { id }),
-            },
+            Err(e) if e.kind() == jetstream::stream::LastRawMessageErrorKind::NoMessageFound => {
+                match self.row(id).await? {
+                    Some((row, _)) => Ok(TaskView::Row(row)),
+                    None => Err(Error::Unknown { id }),
+                }
+            }
+            Err(e) => Err(Error::nats(
+                format!("looking task {id} up in the stream"),
+                e,
+            )),
         }
     }
 
@@ -281,7 +314,7 @@ impl Cluster {
     pub async fn wait(&self, id: u64) -> Result<Row, Error> {
         let mut failing_since: Option<std::time::Instant> = None;
         loop {
-            match self.watch_until_ended(id).await {
+            match self.watch_until_ended(id, &mut failing_since).await {
                 Ok(row) => return Ok(row),
                 Err(e @ Error::Corrupt { .. }) => return Err(e),
                 Err(e) => {
@@ -296,12 +329,18 @@ impl Cluster {
         }
     }
 
-    async fn watch_until_ended(&self, id: u64) -> Result<Row, Error> {
+    async fn watch_until_ended(
+        &self,
+        id: u64,
+        failing_since: &mut Option<std::time::Instant>,
+    ) -> Result<Row, Error> {
         let mut watch = self
             .tasks
-            .watch_with_history(id.to_string())
+            .watch_with_history(self.key(id))
             .await
             .map_err(|e| Error::nats(format!("watching task {id}"), e))?;
+        // Watching again: the next failure has a minute of its own.
+        *failing_since = None;
         while let Some(entry) = watch.next().await {
             let entry = entry.map_err(|e| Error::nats(format!("watching task {id}"), e))?;
             if entry.operation != kv::Operation::Put {
@@ -380,8 +419,8 @@ async fn bucket(js: &jetstream::Context, config: kv::Config) -> Result<kv::Store
         .map_err(|e| Error::nats(format!("the bucket {name}"), e))
 }
 
-/// 128 random bits as hex: an idempotency id no other submission shares.
-fn random_id() -> String {
+/// 128 random bits as hex: an idempotency id no other submission shares, a lease id.
+pub(crate) fn random_id() -> String {
     let mut bytes = [0u8; 16];
     // Without randomness, the time and a counter still make the id unique in this process.
     if getrandom::fill(&mut bytes).is_err() {

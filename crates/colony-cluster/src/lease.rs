@@ -64,6 +64,7 @@ pub fn on_delivery(
     current: Option<&Row>,
     spec: &TaskSpec,
     node: &str,
+    lease: &str,
     delivered: u32,
     now_ms: u64,
 ) -> Step {
@@ -73,6 +74,7 @@ pub fn on_delivery(
         attempt,
         charged,
         node: node.to_owned(),
+        lease: lease.to_owned(),
         agent: None,
         error: None,
         key: spec.key.as_deref().map(str::to_owned),
@@ -89,6 +91,7 @@ pub fn on_delivery(
             )),
             at_ms: now_ms,
             output: None,
+            lease: lease.to_owned(),
             ..row
         })
     };
@@ -191,19 +194,19 @@ mod tests {
     #[test]
     fn leases_only_move_up_and_a_lost_attempt_counts() {
         let spec = spec(2);
-        let first = started(on_delivery(None, &spec, "a", 1, 1));
+        let first = started(on_delivery(None, &spec, "a", "l", 1, 1));
         assert_eq!(
             (first.attempt, first.charged, first.state),
             (1, 1, TaskState::Running)
         );
         // Node a died: the message comes to b with the record still running.
-        let second = started(on_delivery(Some(&first), &spec, "b", 2, 2));
+        let second = started(on_delivery(Some(&first), &spec, "b", "l", 2, 2));
         assert_eq!(
             (second.attempt, second.charged, second.node.as_str()),
             (2, 2, "b")
         );
         // b died too: no attempt is left.
-        match on_delivery(Some(&second), &spec, "c", 3, 3) {
+        match on_delivery(Some(&second), &spec, "c", "l", 3, 3) {
             Step::DeadLetter(row) => {
                 assert_eq!(row.state, TaskState::DeadLettered);
                 assert_eq!(row.attempt, 2);
@@ -218,10 +221,10 @@ mod tests {
         // Nine deliveries went to nodes that wrote nothing (leader elections, deaths in an
         // attempt's first moments): the tenth still runs, as attempt 10, the first charged.
         let one = spec(1);
-        let tenth = started(on_delivery(None, &one, "c", 10, 1));
+        let tenth = started(on_delivery(None, &one, "c", "l", 10, 1));
         assert_eq!((tenth.attempt, tenth.charged), (10, 1));
         // Its lease written, a loss of this one is charged: the task is dead-lettered.
-        match on_delivery(Some(&tenth), &one, "d", 11, 2) {
+        match on_delivery(Some(&tenth), &one, "d", "l", 11, 2) {
             Step::DeadLetter(row) => {
                 assert_eq!((row.state, row.attempt), (TaskState::DeadLettered, 10));
             }
@@ -231,10 +234,10 @@ mod tests {
         // A record behind the delivery count: the lease moves past both.
         let queued = Row {
             state: TaskState::Queued,
-            ..started(on_delivery(None, &spec, "a", 1, 1))
+            ..started(on_delivery(None, &spec, "a", "l", 1, 1))
         };
         assert_eq!(
-            started(on_delivery(Some(&queued), &spec, "b", 4, 2)).attempt,
+            started(on_delivery(Some(&queued), &spec, "b", "l", 4, 2)).attempt,
             4
         );
     }
@@ -242,7 +245,7 @@ mod tests {
     #[test]
     fn an_ended_task_is_only_acked() {
         let spec = spec(3);
-        let row = started(on_delivery(None, &spec, "a", 1, 1));
+        let row = started(on_delivery(None, &spec, "a", "l", 1, 1));
         for outcome in [
             Outcome::Succeeded {
                 output: Bytes::from_static(b"1"),
@@ -256,14 +259,17 @@ mod tests {
             let (done, reply) = after_attempt(&row, &spec, outcome, 2);
             assert_eq!(reply, Reply::Ack);
             assert!(done.is_terminal());
-            assert_eq!(on_delivery(Some(&done), &spec, "b", 2, 3), Step::Finished);
+            assert_eq!(
+                on_delivery(Some(&done), &spec, "b", "l", 2, 3),
+                Step::Finished
+            );
         }
     }
 
     #[test]
     fn retries_until_the_attempts_are_spent_and_hand_backs_are_free() {
         let spec = spec(2);
-        let first = started(on_delivery(None, &spec, "a", 1, 1));
+        let first = started(on_delivery(None, &spec, "a", "l", 1, 1));
         let retry = Outcome::Retryable {
             error: "timeout".into(),
             agent: None,
@@ -273,14 +279,14 @@ mod tests {
             (queued.state, reply),
             (TaskState::Queued, Reply::Nak(retry_delay(1)))
         );
-        let second = started(on_delivery(Some(&queued), &spec, "b", 2, 3));
+        let second = started(on_delivery(Some(&queued), &spec, "b", "l", 2, 3));
         // b drains: the attempt is handed back and does not count.
         let (back, reply) = after_attempt(&second, &spec, Outcome::HandBack, 4);
         assert_eq!(
             (back.state, back.charged, reply),
             (TaskState::Queued, 1, Reply::Nak(Duration::ZERO))
         );
-        let third = started(on_delivery(Some(&back), &spec, "c", 3, 5));
+        let third = started(on_delivery(Some(&back), &spec, "c", "l", 3, 5));
         assert_eq!((third.attempt, third.charged), (3, 2));
         let (dead, reply) = after_attempt(&third, &spec, retry, 6);
         assert_eq!((dead.state, reply), (TaskState::DeadLettered, Reply::Ack));

@@ -32,7 +32,7 @@ mod wire;
 pub use client::{Cluster, RoleStatus, Status, Submitted, TaskView};
 pub use membership::NodeInfo;
 pub use node::{Node, NodeOptions, NodeReport, Readiness};
-pub use settings::{MAX_RECORD, Settings, check_role};
+pub use settings::{MAX_KEY, MAX_PAYLOAD, MAX_RECORD, Settings, check_role};
 pub use wire::{Row, TaskMessage};
 
 /// Why the cluster could not do what it was asked.

@@ -4,9 +4,10 @@
 
 use crate::{
     Cluster, Error,
+    client::random_id,
     lease::{self, Outcome, Reply, Step},
     membership::{self, NodeInfo},
-    settings::{self, MAX_RECORD},
+    settings::{self, MAX_ERROR, MAX_RECORD},
     wire::{Row, TaskMessage},
 };
 use async_nats::jetstream::{
@@ -162,8 +163,9 @@ impl Readiness {
 pub struct Node {
     shared: Arc<Shared>,
     phase: watch::Sender<Phase>,
-    slots: Arc<Semaphore>,
-    max_in_flight: usize,
+    /// Each consumer's slots, with their number: a role's are its agents' capacity, so a
+    /// node never holds a role's tasks its agents cannot start.
+    slots: Vec<(Arc<Semaphore>, u32)>,
     drain_timeout: Duration,
     pullers: Vec<tokio::task::JoinHandle<Option<()>>>,
     heart: tokio::task::JoinHandle<Option<()>>,
@@ -190,13 +192,23 @@ impl Node {
             settings::check_role(role)?;
         }
         let agents = handle.pools().iter().map(|(_, n)| *n).sum();
+        let max_in_flight = options.max_in_flight.clamp(1, 100_000) as u64;
+        let capacity = |role: Option<&str>| -> u32 {
+            let of_role: u64 = handle
+                .pools()
+                .iter()
+                .filter(|(spec, _)| role.is_none_or(|r| *spec.role == *r))
+                .map(|(spec, n)| n * u64::from(spec.concurrency.max(1)))
+                .sum();
+            u32::try_from(of_role.clamp(1, max_in_flight)).unwrap_or(u32::MAX)
+        };
         let mut consumers = Vec::new();
         for role in roles.iter().map(|r| Some(r.as_str())).chain([None]) {
-            consumers.push(consumer(&cluster, role).await?);
+            consumers.push((consumer(&cluster, role).await?, capacity(role)));
         }
         let ack_wait = consumers
             .iter_mut()
-            .map(|c| c.cached_info().config.ack_wait)
+            .map(|(c, _)| c.cached_info().config.ack_wait)
             .min()
             .unwrap_or(cluster.settings.ack_wait)
             .max(Duration::from_millis(300));
@@ -223,18 +235,19 @@ impl Node {
             phase: phase_rx,
             ack_wait,
         });
-        let max_in_flight = options.max_in_flight.clamp(1, 100_000);
-        let slots = Arc::new(Semaphore::new(max_in_flight));
-        let pullers = consumers
-            .into_iter()
-            .map(|c| Spawner::spawn("cluster-pull", pull_loop(shared.clone(), c, slots.clone())))
-            .collect();
+        let mut slots = Vec::new();
+        let mut pullers = Vec::new();
+        for (consumer, n) in consumers {
+            let semaphore = Arc::new(Semaphore::new(n as usize));
+            let pull = pull_loop(shared.clone(), consumer, semaphore.clone());
+            pullers.push(Spawner::spawn("cluster-pull", pull));
+            slots.push((semaphore, n));
+        }
         let heart = Spawner::spawn("cluster-heartbeat", heartbeat(shared.clone(), info.clone()));
         Ok(Node {
             shared,
             phase,
             slots,
-            max_in_flight,
             drain_timeout: options.drain_timeout,
             pullers,
             heart,
@@ -269,14 +282,13 @@ impl Node {
         for puller in self.pullers {
             let _ = puller.await;
         }
-        let all = u32::try_from(self.max_in_flight).unwrap_or(u32::MAX);
-        let idle = self.slots.acquire_many(all);
-        if tokio::time::timeout(self.drain_timeout, idle)
+        let idle = || futures::future::join_all(self.slots.iter().map(|(s, n)| s.acquire_many(*n)));
+        if tokio::time::timeout(self.drain_timeout, idle())
             .await
             .is_err()
         {
             let _ = self.phase.send(Phase::HandingBack);
-            let _ = self.slots.acquire_many(all).await;
+            idle().await;
         }
         self.heart.abort();
         if let Err(e) = membership::leave(&self.shared.cluster.nodes, &self.shared.name).await {
@@ -387,7 +399,9 @@ async fn pull_loop(shared: Arc<Shared>, consumer: PullConsumer, slots: Arc<Semap
             let message = match message {
                 Ok(m) => m,
                 Err(e) => {
+                    // A consumer's leader election answers at once, again and again: wait.
                     tracing::warn!("node {}: pulling tasks: {e}", shared.name);
+                    tokio::time::sleep(Duration::from_millis(500)).await;
                     break;
                 }
             };
@@ -430,22 +444,30 @@ async fn deliver(shared: &Shared, message: Message) {
                 attempt: 0,
                 charged: 0,
                 node: shared.name.clone(),
+                lease: random_id(),
                 agent: None,
                 error: Some(format!("the task's message is unreadable: {problem}")),
                 key: None,
                 at_ms: crate::now_ms(),
                 output: None,
             };
-            if write_new(tasks, id, &row).await.is_ok() {
+            // Acked only once a record says how it ended (this one, or another node's).
+            let ended = match write_new(tasks, &shared.cluster.key(id), &row).await {
+                Ok(_) => true,
+                Err(_) => {
+                    matches!(shared.cluster.row(id).await, Ok(Some((r, _))) if r.is_terminal())
+                }
+            };
+            if ended {
                 shared.counters.add(Kind::Failed);
+                answer(&message, Reply::Ack).await;
             }
-            answer(&message, Reply::Ack).await;
             return;
         }
     };
     let (started, revision) = if delivered == 1 {
         // A first delivery: nothing to read, the lease is written lazily (see `run`).
-        match lease::on_delivery(None, &spec, &shared.name, 1, crate::now_ms()) {
+        match lease::on_delivery(None, &spec, &shared.name, &random_id(), 1, crate::now_ms()) {
             Step::Start(row) => (row, None),
             _ => return,
         }
@@ -468,7 +490,28 @@ async fn deliver(shared: &Shared, message: Message) {
         Outcome::Retryable { .. } => Kind::Retried,
         Outcome::HandBack => Kind::HandedBack,
     };
-    let (ended, reply) = lease::after_attempt(&started, &spec, outcome, crate::now_ms());
+    let (mut ended, mut reply) = lease::after_attempt(&started, &spec, outcome, crate::now_ms());
+    if let Some(error) = &mut ended.error {
+        *error = colony_core::text::shorten(error, MAX_ERROR);
+    }
+    let mut kind = kind;
+    if ended.encode().len() > MAX_RECORD {
+        // The record cannot hold it (a long key with a large output): failed for good,
+        // saying so, rather than retried until its attempts are spent.
+        let size = ended.output.as_ref().map_or(0, bytes::Bytes::len);
+        let (fatal, r) = lease::after_attempt(
+            &started,
+            &spec,
+            Outcome::Fatal {
+                error: format!(
+                    "its result of {size} bytes does not fit the cluster's record of {MAX_RECORD} bytes"
+                ),
+                agent: ended.agent,
+            },
+            crate::now_ms(),
+        );
+        (ended, reply, kind) = (fatal, r, Kind::Failed);
+    }
     match end(shared, id, &ended, revision).await {
         Ended::Written => {
             shared.counters.add(kind);
@@ -511,6 +554,7 @@ async fn take_lease(
             current.as_ref().map(|(row, _)| row),
             spec,
             &shared.name,
+            &random_id(),
             delivered,
             crate::now_ms(),
         );
@@ -523,22 +567,33 @@ async fn take_lease(
             Step::DeadLetter(row) => (row, true),
             Step::Start(row) => (row, false),
         };
+        let key = shared.cluster.key(id);
         let written = match revision {
-            None => write_new(tasks, id, &row).await,
-            Some(revision) => write(tasks, id, &row, revision).await,
+            None => write_new(tasks, &key, &row).await,
+            Some(revision) => write(tasks, &key, &row, revision).await,
+        };
+        // A write whose answer was lost may have landed: the record says, by its lease id.
+        let written = match written {
+            Ok(revision) => Some(revision),
+            Err(e) => match ours(shared, id, &row).await {
+                Some(revision) => Some(revision),
+                None if matches!(e, Write::Conflict) => continue,
+                None => {
+                    if let Write::Other(e) = e {
+                        tracing::warn!("node {}: task {id}: taking its lease: {e}", shared.name);
+                    }
+                    return None;
+                }
+            },
         };
         match written {
-            Ok(_) if dead => {
+            Some(_) if dead => {
                 shared.counters.add(Kind::DeadLettered);
                 answer(message, Reply::Ack).await;
                 return None;
             }
-            Ok(revision) => return Some((row, revision)),
-            Err(Write::Conflict) => continue,
-            Err(Write::Other(e)) => {
-                tracing::warn!("node {}: task {id}: taking its lease: {e}", shared.name);
-                return None;
-            }
+            Some(revision) => return Some((row, revision)),
+            None => return None,
         }
     }
     None
@@ -567,6 +622,12 @@ async fn run(
     };
     let pending = match shared.handle.submit_notify(local).await {
         Ok(pending) => pending,
+        // The task itself is refused (its payload over this runtime's limit, say): no node
+        // of this configuration would take it.
+        Err(e @ colony_runtime::Error::Task(_)) => {
+            let error = format!("node {}: {e}", shared.name);
+            return Some((Outcome::Fatal { error, agent: None }, revision));
+        }
         Err(e) => {
             let error = format!("node {}: {e}", shared.name);
             return Some((Outcome::Retryable { error, agent: None }, revision));
@@ -583,24 +644,38 @@ async fn run(
     let completion = loop {
         tokio::select! {
             done = &mut pending => break done,
-            _ = progress.tick() => {
+            _ = progress.tick(), if !fenced => {
+                // A node whose lease another node took (it stalled past ack_wait) stops,
+                // rather than keep the other's delivery alive with its in-progress acks.
+                if revision.is_some()
+                    && let Ok(Some((now, _))) = shared.cluster.row(id).await
+                    && now.lease != started.lease
+                {
+                    fenced = true;
+                    let _ = shared.handle.cancel(local_id).await;
+                    continue;
+                }
                 if let Err(e) = message.ack_with(AckKind::Progress).await {
                     tracing::warn!("node {}: task {id}: in-progress ack: {e}", shared.name);
                 }
             }
             () = &mut lazy, if revision.is_none() && !fenced => {
-                match write_new(&shared.cluster.tasks, id, started).await {
+                match write_new(&shared.cluster.tasks, &shared.cluster.key(id), started).await {
                     Ok(r) => revision = Some(r),
-                    Err(Write::Conflict) => {
-                        fenced = true;
-                        let _ = shared.handle.cancel(local_id).await;
-                    }
-                    // Not written now: the end is written as a create, which refuses the
-                    // same way if another node wrote first.
-                    Err(Write::Other(e)) => {
-                        tracing::warn!("node {}: task {id}: writing its lease: {e}", shared.name);
-                        lazy.as_mut().reset(tokio::time::Instant::now() + every);
-                    }
+                    Err(e) => match ours(shared, id, started).await {
+                        // Landed, its answer lost.
+                        Some(r) => revision = Some(r),
+                        None if matches!(e, Write::Conflict) => {
+                            fenced = true;
+                            let _ = shared.handle.cancel(local_id).await;
+                        }
+                        // Not written now: the end is written as a create, which refuses
+                        // the same way if another node wrote first.
+                        None => {
+                            tracing::warn!("node {}: task {id}: writing its lease", shared.name);
+                            lazy.as_mut().reset(tokio::time::Instant::now() + every);
+                        }
+                    },
                 }
             }
             changed = phase.changed(), if !handing_back => {
@@ -667,40 +742,57 @@ enum Ended {
 /// NATS unavailable (a leader election) is retried for up to `ack_wait`: the
 /// compare-and-set makes a retry safe.
 async fn end(shared: &Shared, id: u64, row: &Row, revision: Option<u64>) -> Ended {
-    let deadline = Instant::now() + shared.ack_wait;
+    // Bounded below ack_wait and the pod's grace after a drain: an end not written by then
+    // is the next delivery's to settle.
+    let deadline = Instant::now() + shared.ack_wait.min(Duration::from_secs(10));
     let mut wait = Duration::from_millis(50);
+    let key = shared.cluster.key(id);
     loop {
         let written = match revision {
-            Some(revision) => write(&shared.cluster.tasks, id, row, revision).await,
-            None => write_new(&shared.cluster.tasks, id, row).await,
+            Some(revision) => write(&shared.cluster.tasks, &key, row, revision).await,
+            None => write_new(&shared.cluster.tasks, &key, row).await,
         };
         match written {
             Ok(_) => return Ended::Written,
-            Err(Write::Conflict) => {
-                return match shared.cluster.row(id).await {
-                    Ok(Some((now, _)))
-                        if now.attempt == row.attempt
-                            && now.node == row.node
-                            && now.state == row.state =>
-                    {
-                        Ended::Written
-                    }
-                    Ok(_) => Ended::Fenced,
-                    Err(_) => Ended::Unwritten,
-                };
-            }
-            Err(Write::Other(e)) => {
-                if Instant::now() >= deadline {
-                    tracing::warn!(
-                        "node {}: task {id}: its end could not be written: {e}",
-                        shared.name
-                    );
-                    return Ended::Unwritten;
+            Err(e) => {
+                if ours(shared, id, row).await.is_some() {
+                    return Ended::Written;
                 }
-                tokio::time::sleep(wait).await;
-                wait = (wait * 2).min(Duration::from_secs(1));
+                match e {
+                    Write::Conflict => {
+                        // Another node's write, unless the record cannot be read now.
+                        return match shared.cluster.row(id).await {
+                            Ok(_) => Ended::Fenced,
+                            Err(_) => Ended::Unwritten,
+                        };
+                    }
+                    Write::Other(e) => {
+                        if Instant::now() >= deadline {
+                            tracing::warn!(
+                                "node {}: task {id}: its end could not be written: {e}",
+                                shared.name
+                            );
+                            return Ended::Unwritten;
+                        }
+                        tokio::time::sleep(wait).await;
+                        wait = (wait * 2).min(Duration::from_secs(1));
+                    }
+                }
             }
         }
+    }
+}
+
+/// The revision of the record if it is `row` as this node wrote it (same lease id, state
+/// and attempt): a write that landed though its answer was lost.
+async fn ours(shared: &Shared, id: u64, row: &Row) -> Option<u64> {
+    match shared.cluster.row(id).await {
+        Ok(Some((now, revision)))
+            if now.lease == row.lease && now.state == row.state && now.attempt == row.attempt =>
+        {
+            Some(revision)
+        }
+        _ => None,
     }
 }
 
@@ -722,9 +814,9 @@ enum Write {
     Other(String),
 }
 
-async fn write(tasks: &kv::Store, id: u64, row: &Row, revision: u64) -> Result<u64, Write> {
+async fn write(tasks: &kv::Store, key: &str, row: &Row, revision: u64) -> Result<u64, Write> {
     tasks
-        .update(id.to_string(), row.encode(), revision)
+        .update(key, row.encode(), revision)
         .await
         .map_err(|e| match e.kind() {
             kv::UpdateErrorKind::WrongLastRevision => Write::Conflict,
@@ -732,9 +824,9 @@ async fn write(tasks: &kv::Store, id: u64, row: &Row, revision: u64) -> Result<u
         })
 }
 
-async fn write_new(tasks: &kv::Store, id: u64, row: &Row) -> Result<u64, Write> {
+async fn write_new(tasks: &kv::Store, key: &str, row: &Row) -> Result<u64, Write> {
     tasks
-        .create(id.to_string(), row.encode())
+        .create(key, row.encode())
         .await
         .map_err(|e| match e.kind() {
             kv::CreateErrorKind::AlreadyExists => Write::Conflict,

@@ -20,6 +20,12 @@ pub(crate) const NODES_BUCKET: &str = "colony_nodes";
 /// Most bytes of one task's record (its state and result): NATS's default `max_payload` is
 /// 1 MiB, and the record's own fields need room beside the output.
 pub const MAX_RECORD: usize = 1024 * 1024 - 4096;
+/// Most bytes of a task's payload: a message's headers need room beside it.
+pub const MAX_PAYLOAD: usize = MAX_RECORD - 16 * 1024;
+/// Most bytes of a task's key, which its headers and its record carry.
+pub const MAX_KEY: usize = 1024;
+/// Most bytes of an error kept in a record.
+pub(crate) const MAX_ERROR: usize = 4096;
 
 /// The cluster's settings, the same for every node and client of one cluster.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -34,6 +40,9 @@ pub struct Settings {
     pub heartbeat_ttl: Duration,
     /// Window in which a second publish with the same id is dropped by the stream.
     pub duplicate_window: Duration,
+    /// How long a task's record is kept after its last write, when the bucket is made: the
+    /// bucket would otherwise grow with every task ever run.
+    pub keep_records: Duration,
 }
 
 impl Default for Settings {
@@ -43,6 +52,7 @@ impl Default for Settings {
             ack_wait: Duration::from_secs(30),
             heartbeat_ttl: Duration::from_secs(10),
             duplicate_window: Duration::from_secs(120),
+            keep_records: Duration::from_secs(7 * 86_400),
         }
     }
 }
@@ -71,6 +81,16 @@ impl Settings {
                 self.heartbeat_ttl
             )));
         }
+        // A record must outlive the longest a task may run (colony's task timeout is at most
+        // 7 days), or a long attempt's record would expire under it.
+        if self.keep_records < Duration::from_secs(7 * 86_400)
+            || self.keep_records > Duration::from_secs(3650 * 86_400)
+        {
+            return Err(Error::Settings(format!(
+                "records kept {:?}: allowed from 7 days (the longest a task may run) to 10 years",
+                self.keep_records
+            )));
+        }
         Ok(())
     }
 
@@ -94,6 +114,7 @@ impl Settings {
             bucket: TASKS_BUCKET.into(),
             description: "colony: state, lease and result of every task that started".into(),
             history: 1,
+            max_age: self.keep_records,
             max_value_size: MAX_RECORD as i32,
             storage: stream::StorageType::File,
             num_replicas: self.replicas,

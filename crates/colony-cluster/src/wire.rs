@@ -124,6 +124,10 @@ pub struct Row {
     pub charged: u32,
     /// The node of the latest attempt.
     pub node: String,
+    /// A random id of the write that took the lease (or ended the task): a node that lost
+    /// the answer to its own write knows it by this, not by a compare-and-set that now fails.
+    #[serde(default)]
+    pub lease: String,
     /// The agent of the latest attempt, on that node.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub agent: Option<u64>,
@@ -222,6 +226,7 @@ mod tests {
             attempt: 2,
             charged: 2,
             node: "n1".into(),
+            lease: "f00d".into(),
             agent: Some(7),
             error: None,
             key: None,

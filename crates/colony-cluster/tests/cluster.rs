@@ -1,6 +1,6 @@
 //! Nodes and clients against a real `nats-server` (one server, R1, `sync_interval: always`):
 //! every accepted task ends once, with one committed result; a draining node's attempts go
-//! back without costing an attempt; a late result is fenced.
+//! back without costing an attempt. Late results fenced: `crates/colony/tests/cluster.rs`.
 
 use bytes::Bytes;
 use colony_agents::sim::{Latency, Sim, SimOptions};
@@ -70,7 +70,8 @@ fn task(role: Option<&str>, payload: String, max_attempts: u32) -> TaskSpec {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_task_ends_once_across_two_nodes() {
     let dir = tempfile::tempdir().unwrap();
-    let server = NatsServer::single(dir.path()).unwrap();
+    // Started off the async workers: the start waits for the port.
+    let server = tokio::task::block_in_place(|| NatsServer::single(dir.path())).unwrap();
     let client = cluster(&server).await;
     let (ra, rb) = (
         runtime("worker", 16, Duration::from_millis(1)).await,
@@ -140,7 +141,8 @@ async fn every_task_ends_once_across_two_nodes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_draining_node_hands_back_without_costing_an_attempt() {
     let dir = tempfile::tempdir().unwrap();
-    let server = NatsServer::single(dir.path()).unwrap();
+    // Started off the async workers: the start waits for the port.
+    let server = tokio::task::block_in_place(|| NatsServer::single(dir.path())).unwrap();
     let client = cluster(&server).await;
     let slow = runtime("worker", 4, Duration::from_secs(30)).await;
     let mut opts = options("slow");
@@ -194,7 +196,8 @@ async fn a_draining_node_hands_back_without_costing_an_attempt() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_settings_and_unknown_tasks_are_named() {
     let dir = tempfile::tempdir().unwrap();
-    let server = NatsServer::single(dir.path()).unwrap();
+    // Started off the async workers: the start waits for the port.
+    let server = tokio::task::block_in_place(|| NatsServer::single(dir.path())).unwrap();
     let client = cluster(&server).await;
     let three = Settings {
         replicas: 3,

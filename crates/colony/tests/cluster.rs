@@ -362,7 +362,8 @@ fn the_stream_leader_killed_loses_no_task() {
         let a = NodeProc::start(dir.path(), &url, "a", "3");
         let b = NodeProc::start(dir.path(), &url, "b", "3");
         rt.block_on(wait_for_nodes(&cluster, 2));
-        let ids = submit(&url, dir.path(), 40, 0.2);
+        // Past a second each: their leases are written while the leader dies.
+        let ids = submit(&url, dir.path(), 40, 1.2);
         let deadline = Instant::now() + Duration::from_secs(30);
         while a.executions().len() + b.executions().len() < 6 {
             assert!(Instant::now() < deadline, "no task started");

@@ -96,8 +96,8 @@ pub(crate) struct SubmitArgs {
     /// Seconds an attempt may run.
     #[arg(long, value_parser = crate::flags::Float::new(0.001, 604_800.0))]
     timeout: Option<f64>,
-    /// Attempts the task may use, retries included, before it is dead-lettered.
-    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    /// Attempts the task may use, retries included, before it is dead-lettered (1 to 100).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=i64::from(colony_core::task::MAX_ATTEMPTS)))]
     max_attempts: Option<u32>,
     /// A key of your own, kept with the task.
     #[arg(long)]
@@ -379,7 +379,8 @@ async fn submit(args: &SubmitArgs) -> Result<(), Failure> {
             (vec![spec(payload_of(raw))?], ids)
         }
         Some(path) => {
-            let specs = read_file(path)?
+            // Read on this thread, telling tokio: a file is not read on an async worker.
+            let specs = tokio::task::block_in_place(|| read_file(path))?
                 .into_iter()
                 .map(spec)
                 .collect::<Result<Vec<_>, _>>()?;
@@ -404,9 +405,24 @@ async fn submit(args: &SubmitArgs) -> Result<(), Failure> {
     if !args.wait {
         if args.json {
             let ids: Vec<u64> = submitted.iter().map(|s| s.id).collect();
-            println!("{}", serde_json::json!({ "ids": ids, "count": ids.len() }));
+            // Those the stream had already (the same idempotency key within its window).
+            let duplicates: Vec<u64> = submitted
+                .iter()
+                .filter(|s| s.duplicate)
+                .map(|s| s.id)
+                .collect();
+            println!(
+                "{}",
+                serde_json::json!({ "ids": ids, "count": ids.len(), "duplicates": duplicates })
+            );
         } else if let [one] = submitted.as_slice() {
             println!("{}", one.id);
+            if one.duplicate {
+                eprintln!(
+                    "(already accepted with this idempotency key: task {})",
+                    one.id
+                );
+            }
         } else {
             let first = submitted.first().map_or(0, |s| s.id);
             let last = submitted.last().map_or(0, |s| s.id);
@@ -438,7 +454,19 @@ fn read_file(path: &std::path::Path) -> Result<Vec<Bytes>, Failure> {
             meta.len()
         )));
     }
-    let text = std::fs::read_to_string(path).map_err(read)?;
+    // Bounded as read, not only by the size said (a FIFO says 0).
+    let mut text = String::new();
+    std::io::Read::read_to_string(
+        &mut std::io::Read::take(std::fs::File::open(path).map_err(read)?, MAX_FILE + 1),
+        &mut text,
+    )
+    .map_err(read)?;
+    if text.len() as u64 > MAX_FILE {
+        return Err(Failure::input(anyhow::anyhow!(
+            "{}: over {MAX_FILE} bytes; split it",
+            path.display()
+        )));
+    }
     let mut out = Vec::new();
     for (i, line) in text.lines().enumerate() {
         if line.trim().is_empty() {
@@ -518,6 +546,10 @@ async fn task(args: &TaskArgs) -> Result<(), Failure> {
     let settings = args.nats.settings(None)?;
     let cluster = args.nats.connect(settings, false).await?;
     if args.wait {
+        // An id the cluster never had is the caller's mistake, not a wait forever.
+        if let Err(e @ colony_cluster::Error::Unknown { .. }) = cluster.task(args.id).await {
+            return Err(Failure::input(e));
+        }
         let row = cluster.wait(args.id).await.map_err(Failure::work)?;
         print_row(args.id, &row, args.json);
         return ended(args.id, &row);
