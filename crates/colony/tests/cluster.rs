@@ -281,6 +281,33 @@ async fn check(cluster: &Cluster, ids: &[u64], logs: &[PathBuf], faults_per_task
     twice
 }
 
+/// Nodes `a` and `b` joined (`replicas` as the cluster's), then `count` tasks of `sleep`
+/// seconds with `attempts` each submitted; returned once `started` holds of the two.
+#[allow(clippy::too_many_arguments)]
+fn loaded(
+    rt: &tokio::runtime::Runtime,
+    dir: &Path,
+    url: &str,
+    cluster: &Cluster,
+    replicas: &str,
+    (count, sleep, attempts): (u64, f64, u32),
+    started: impl Fn(&NodeProc, &NodeProc) -> bool,
+) -> (NodeProc, NodeProc, Vec<u64>) {
+    let a = NodeProc::start(dir, url, "a", replicas);
+    let b = NodeProc::start(dir, url, "b", replicas);
+    rt.block_on(wait_for_nodes(cluster, 2));
+    let ids = submit_with(url, dir, count, sleep, attempts);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !started(&a, &b) {
+        assert!(
+            Instant::now() < deadline,
+            "the nodes did not start the tasks"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    (a, b, ids)
+}
+
 #[test]
 fn a_node_killed_mid_run_loses_no_task() {
     let rt = runtime();
@@ -289,16 +316,16 @@ fn a_node_killed_mid_run_loses_no_task() {
         let server = NatsServer::single(dir.path()).unwrap();
         let url = server.url();
         let cluster = rt.block_on(client(&url, 1));
-        let mut a = NodeProc::start(dir.path(), &url, "a", "1");
-        let b = NodeProc::start(dir.path(), &url, "b", "1");
-        rt.block_on(wait_for_nodes(&cluster, 2));
-        let ids = submit(&url, dir.path(), 40, 0.3);
         // Mid-run: once a has started a few.
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while a.executions().len() < 3 {
-            assert!(Instant::now() < deadline, "node a started nothing");
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        let (mut a, b, ids) = loaded(
+            &rt,
+            dir.path(),
+            &url,
+            &cluster,
+            "1",
+            (40, 0.3, 3),
+            |a, _| a.executions().len() >= 3,
+        );
         let killed = Instant::now();
         let killed_ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -338,15 +365,15 @@ fn a_stalled_node_is_fenced_when_it_wakes() {
         let server = NatsServer::single(dir.path()).unwrap();
         let url = server.url();
         let cluster = rt.block_on(client(&url, 1));
-        let a = NodeProc::start(dir.path(), &url, "a", "1");
-        let b = NodeProc::start(dir.path(), &url, "b", "1");
-        rt.block_on(wait_for_nodes(&cluster, 2));
-        let ids = submit(&url, dir.path(), 24, 1.0);
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while a.executions().len() < 2 {
-            assert!(Instant::now() < deadline, "node a started nothing");
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        let (a, b, ids) = loaded(
+            &rt,
+            dir.path(),
+            &url,
+            &cluster,
+            "1",
+            (24, 1.0, 3),
+            |a, _| a.executions().len() >= 2,
+        );
         // Stopped past ack_wait (2 s): its tasks go to b; woken, its results are late.
         a.signal(Signal::SIGSTOP);
         std::thread::sleep(Duration::from_secs(5));
@@ -376,16 +403,16 @@ fn the_stream_leader_killed_loses_no_task() {
         let mut servers = NatsCluster::three(dir.path()).unwrap();
         let url = servers.url();
         let cluster = rt.block_on(client(&url, 3));
-        let a = NodeProc::start(dir.path(), &url, "a", "3");
-        let b = NodeProc::start(dir.path(), &url, "b", "3");
-        rt.block_on(wait_for_nodes(&cluster, 2));
         // Past a second each: their leases are written while the leader dies.
-        let ids = submit(&url, dir.path(), 40, 1.2);
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while a.executions().len() + b.executions().len() < 6 {
-            assert!(Instant::now() < deadline, "no task started");
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        let (a, b, ids) = loaded(
+            &rt,
+            dir.path(),
+            &url,
+            &cluster,
+            "3",
+            (40, 1.2, 3),
+            |a, b| a.executions().len() + b.executions().len() >= 6,
+        );
         let leader = rt.block_on(async {
             for _ in 0..20 {
                 if let Ok(Some(leader)) = cluster.stream_leader().await {
@@ -427,16 +454,16 @@ fn a_rolling_restart_under_load_fails_no_task() {
     let server = NatsServer::single(dir.path()).unwrap();
     let url = server.url();
     let cluster = rt.block_on(client(&url, 1));
-    let a = NodeProc::start(dir.path(), &url, "a", "1");
-    let b = NodeProc::start(dir.path(), &url, "b", "1");
-    rt.block_on(wait_for_nodes(&cluster, 2));
     // One attempt each: a task the restart cost an attempt would fail.
-    let ids = submit_with(&url, dir.path(), 60, 0.2, 1);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while a.executions().len() + b.executions().len() < 8 {
-        assert!(Instant::now() < deadline, "no task started");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    let (a, b, ids) = loaded(
+        &rt,
+        dir.path(),
+        &url,
+        &cluster,
+        "1",
+        (60, 0.2, 1),
+        |a, b| a.executions().len() + b.executions().len() >= 8,
+    );
     // Each node in turn: SIGTERM (it finishes what it runs and leaves), then its
     // replacement joins, while the others carry the load.
     let logs = ["a", "b", "a2", "b2"].map(|n| dir.path().join(format!("{n}.log")));

@@ -186,30 +186,38 @@ pub(crate) struct SubmitArgs {
     /// Submit one task per line of this file (JSON payloads), in batches.
     #[arg(long, value_name = "PATH")]
     file: Option<PathBuf>,
-    /// Only agents of this role may run it.
-    #[arg(long)]
-    role: Option<String>,
-    /// 0 (lowest) to 9.
-    #[arg(long)]
-    priority: Option<u8>,
-    /// Seconds an attempt may run.
-    #[arg(long, value_parser = crate::flags::Float::new(0.001, 86_400.0))]
-    timeout: Option<f64>,
-    /// Attempts the task may use, retries included, before it is dead-lettered.
-    #[arg(long)]
-    max_attempts: Option<u32>,
-    /// A key of your own, kept with the task.
-    #[arg(long)]
-    key: Option<String>,
-    /// Makes a retried submission safe: the server accepts the task once per key.
-    #[arg(long)]
-    idempotency_key: Option<String>,
+    #[command(flatten)]
+    task: TaskFlags,
     /// Wait for the task to end and print its output; exit 1 unless it succeeded.
     #[arg(long, conflicts_with = "file")]
     wait: bool,
     /// Print the server's answer as JSON.
     #[arg(long)]
     json: bool,
+}
+
+/// A task's settings as `submit` takes them, to a server or to a cluster.
+#[derive(Debug, clap::Args)]
+pub(crate) struct TaskFlags {
+    /// Only agents of this role may run it.
+    #[arg(long)]
+    pub(crate) role: Option<String>,
+    /// 0 (lowest) to 9.
+    #[arg(long, value_parser = clap::value_parser!(u8).range(0..=9))]
+    pub(crate) priority: Option<u8>,
+    /// Seconds an attempt may run.
+    #[arg(long, value_parser = crate::flags::Float::new(0.001, 86_400.0))]
+    pub(crate) timeout: Option<f64>,
+    /// Attempts the task may use, retries included, before it is dead-lettered (1 to 100).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=i64::from(colony_core::task::MAX_ATTEMPTS)))]
+    pub(crate) max_attempts: Option<u32>,
+    /// A key of your own, kept with the task.
+    #[arg(long)]
+    pub(crate) key: Option<String>,
+    /// Makes a retried submission safe: the task is accepted once per key (with --file, per
+    /// batch or line).
+    #[arg(long)]
+    pub(crate) idempotency_key: Option<String>,
 }
 
 /// Tasks per batch request when submitting a file.
@@ -220,11 +228,11 @@ pub(crate) fn submit(args: &SubmitArgs) -> Result<(), Failure> {
     let task = |payload: Value| {
         let mut t = json!({ "payload": payload });
         let fields = [
-            ("role", args.role.clone().map(Value::from)),
-            ("priority", args.priority.map(Value::from)),
-            ("timeout", args.timeout.map(Value::from)),
-            ("max-attempts", args.max_attempts.map(Value::from)),
-            ("key", args.key.clone().map(Value::from)),
+            ("role", args.task.role.clone().map(Value::from)),
+            ("priority", args.task.priority.map(Value::from)),
+            ("timeout", args.task.timeout.map(Value::from)),
+            ("max-attempts", args.task.max_attempts.map(Value::from)),
+            ("key", args.task.key.clone().map(Value::from)),
         ];
         for (name, value) in fields {
             if let Some(v) = value {
@@ -239,7 +247,7 @@ pub(crate) fn submit(args: &SubmitArgs) -> Result<(), Failure> {
             let payload = serde_json::from_str(raw).unwrap_or_else(|_| Value::from(raw));
             let body = task(payload);
             let accepted = client
-                .post("/v1/tasks", &body, args.idempotency_key.as_deref())
+                .post("/v1/tasks", &body, args.task.idempotency_key.as_deref())
                 .await?;
             let id = accepted["id"].as_u64().unwrap_or_default();
             if !args.wait {
@@ -291,7 +299,11 @@ pub(crate) fn submit(args: &SubmitArgs) -> Result<(), Failure> {
         for (n, chunk) in tasks.chunks(BATCH).enumerate() {
             // Each batch has its own key, so that rerunning after a failure part-way
             // resubmits only the batches the server has not accepted.
-            let key = args.idempotency_key.as_ref().map(|k| format!("{k}/{n}"));
+            let key = args
+                .task
+                .idempotency_key
+                .as_ref()
+                .map(|k| format!("{k}/{n}"));
             let body = json!({ "tasks": chunk });
             let accepted = client
                 .post("/v1/tasks/batch", &body, key.as_deref())

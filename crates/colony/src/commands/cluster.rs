@@ -87,25 +87,8 @@ pub(crate) struct SubmitArgs {
     /// Submit one task per line of this file (JSON payloads).
     #[arg(long, value_name = "PATH")]
     file: Option<PathBuf>,
-    /// Only agents of this role may run it.
-    #[arg(long)]
-    role: Option<String>,
-    /// 0 (lowest) to 9.
-    #[arg(long, value_parser = clap::value_parser!(u8).range(0..=9))]
-    priority: Option<u8>,
-    /// Seconds an attempt may run.
-    #[arg(long, value_parser = crate::flags::Float::new(0.001, 604_800.0))]
-    timeout: Option<f64>,
-    /// Attempts the task may use, retries included, before it is dead-lettered (1 to 100).
-    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=i64::from(colony_core::task::MAX_ATTEMPTS)))]
-    max_attempts: Option<u32>,
-    /// A key of your own, kept with the task.
-    #[arg(long)]
-    key: Option<String>,
-    /// Makes a retried submission safe: the cluster accepts the task once per key within
-    /// its two-minute window (per line `KEY/N` with --file).
-    #[arg(long)]
-    idempotency_key: Option<String>,
+    #[command(flatten)]
+    task: crate::commands::client::TaskFlags,
     /// Wait for the task to end and print its output; exit 1 unless it succeeded.
     #[arg(long, conflicts_with = "file")]
     wait: bool,
@@ -348,26 +331,26 @@ fn payload_of(raw: &str) -> Bytes {
 }
 
 async fn submit(args: &SubmitArgs) -> Result<(), Failure> {
-    if let Some(role) = &args.role {
+    if let Some(role) = &args.task.role {
         colony_cluster::check_role(role).map_err(Failure::input)?;
     }
     let spec = |payload: Bytes| -> Result<TaskSpec, Failure> {
         let mut spec = TaskSpec {
-            key: args.key.as_deref().map(Arc::from),
+            key: args.task.key.as_deref().map(Arc::from),
             requirement: Requirement {
-                role: args.role.as_deref().map(Arc::from),
+                role: args.task.role.as_deref().map(Arc::from),
                 ..Requirement::default()
             },
             payload,
             ..TaskSpec::default()
         };
-        if let Some(p) = args.priority {
+        if let Some(p) = args.task.priority {
             spec.priority = Priority::new(p).map_err(Failure::input)?;
         }
-        if let Some(t) = args.timeout {
+        if let Some(t) = args.task.timeout {
             spec.timeout = Duration::from_secs_f64(t);
         }
-        if let Some(n) = args.max_attempts {
+        if let Some(n) = args.task.max_attempts {
             spec.max_attempts = n;
         }
         Ok(spec)
@@ -375,7 +358,7 @@ async fn submit(args: &SubmitArgs) -> Result<(), Failure> {
     let (specs, ids) = match &args.file {
         None => {
             let raw = args.payload.as_deref().unwrap_or("null");
-            let ids = args.idempotency_key.clone().map(|k| vec![k]);
+            let ids = args.task.idempotency_key.clone().map(|k| vec![k]);
             (vec![spec(payload_of(raw))?], ids)
         }
         Some(path) => {
@@ -385,6 +368,7 @@ async fn submit(args: &SubmitArgs) -> Result<(), Failure> {
                 .map(spec)
                 .collect::<Result<Vec<_>, _>>()?;
             let ids = args
+                .task
                 .idempotency_key
                 .as_ref()
                 .map(|k| (0..specs.len()).map(|n| format!("{k}/{n}")).collect());
