@@ -136,6 +136,8 @@ def main(chart_dir):
     refused(chart_dir, {"keda": {"enabled": True, "role": "a.b"}}, "a role that is no subject token")
     refused(chart_dir, {"nodes": {"ackWait": "2h"}}, "colony node takes an ack wait of at most 1h")
     refused(chart_dir, {"nodes": {"ackWait": "500ms"}}, "colony node takes an ack wait of at least 1s")
+    refused(chart_dir, {"nodes": {"ackWait": "9999s"}}, "colony node takes an ack wait of at most 1h")
+    refused(chart_dir, {"nodes": {"drainTimeout": "61m"}}, "colony node takes a drain of at most 1h")
 
     if failures:
         for f in failures:

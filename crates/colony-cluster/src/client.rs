@@ -221,9 +221,16 @@ impl Cluster {
         self.js
             .publish_with_headers(subject.clone(), headers.clone(), payload.clone())
             .await
-            .map_err(|e| Error::nats("publishing a task", e))
+            .map_err(|e| {
+                if e.kind() == jetstream::context::PublishErrorKind::MaxPayloadExceeded {
+                    Error::Task(format!(
+                        "a task's message is over the servers' max_payload: {e}"
+                    ))
+                } else {
+                    Error::nats("publishing a task", e)
+                }
+            })
     }
-
     /// The stream's acknowledgement of `message`. A publish or an acknowledgement that failed
     /// (NATS electing a leader, a server restarting) is sent again with the same dedupe id,
     /// for up to [`PATIENCE`]: the stream keeps it once.
@@ -256,6 +263,8 @@ impl Cluster {
                         duplicate: ack.duplicate,
                     });
                 }
+                // Never accepted however often it is sent: said at once.
+                Err(e @ Error::Task(_)) => return Err(e),
                 Err(e) if since.elapsed() > PATIENCE => return Err(e),
                 Err(e) => {
                     tracing::debug!("{e}; sending the task again");
@@ -285,6 +294,35 @@ impl Cluster {
                 Ok(Some((row, entry.revision)))
             }
             _ => Ok(None),
+        }
+    }
+
+    /// Task `id`'s record as the bucket's leader has it: never a replica's older copy, as
+    /// [`Cluster::row`] may be (reads go to any replica). For deciding whether a write was ours.
+    pub(crate) async fn row_from_leader(&self, id: u64) -> Result<Option<(Row, u64)>, Error> {
+        let subject = format!("$KV.{}.{}", settings::TASKS_BUCKET, self.key(id));
+        match self
+            .tasks
+            .stream
+            .get_last_raw_message_by_subject(&subject)
+            .await
+        {
+            Ok(message) => {
+                let deleted = message
+                    .headers
+                    .get("KV-Operation")
+                    .is_some_and(|op| op.as_str() != "PUT");
+                if deleted {
+                    return Ok(None);
+                }
+                let row = Row::decode(&message.payload)
+                    .map_err(|detail| Error::Corrupt { id, detail })?;
+                Ok(Some((row, message.sequence)))
+            }
+            Err(e) if e.kind() == jetstream::stream::LastRawMessageErrorKind::NoMessageFound => {
+                Ok(None)
+            }
+            Err(e) => Err(Error::nats(format!("reading task {id}"), e)),
         }
     }
 

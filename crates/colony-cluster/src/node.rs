@@ -163,8 +163,8 @@ impl Readiness {
 pub struct Node {
     shared: Arc<Shared>,
     phase: watch::Sender<Phase>,
-    /// Each consumer's slots, with their number: a role's are its agents' capacity, so a
-    /// node never holds a role's tasks its agents cannot start.
+    /// The node's slots, then each consumer's, with their number: a role's are its agents'
+    /// capacity, so a node never holds a role's tasks its agents cannot start.
     slots: Vec<(Arc<Semaphore>, u32)>,
     drain_timeout: Duration,
     pullers: Vec<tokio::task::JoinHandle<Option<()>>>,
@@ -235,11 +235,20 @@ impl Node {
             phase: phase_rx,
             ack_wait,
         });
-        let mut slots = Vec::new();
+        // The node's own slots (--max-in-flight), which every delivery takes besides its
+        // role's.
+        let all = u32::try_from(max_in_flight).unwrap_or(u32::MAX);
+        let node_slots = Arc::new(Semaphore::new(all as usize));
+        let mut slots = vec![(node_slots.clone(), all)];
         let mut pullers = Vec::new();
         for (consumer, n) in consumers {
             let semaphore = Arc::new(Semaphore::new(n as usize));
-            let pull = pull_loop(shared.clone(), consumer, semaphore.clone());
+            let pull = pull_loop(
+                shared.clone(),
+                consumer,
+                semaphore.clone(),
+                node_slots.clone(),
+            );
             pullers.push(Spawner::spawn("cluster-pull", pull));
             slots.push((semaphore, n));
         }
@@ -364,11 +373,21 @@ async fn heartbeat(shared: Arc<Shared>, mut info: NodeInfo) {
 }
 
 /// Pulls while the node takes tasks: as many as it has free slots, each run on its own.
-async fn pull_loop(shared: Arc<Shared>, consumer: PullConsumer, slots: Arc<Semaphore>) {
+async fn pull_loop(
+    shared: Arc<Shared>,
+    consumer: PullConsumer,
+    slots: Arc<Semaphore>,
+    node_slots: Arc<Semaphore>,
+) {
     let mut phase = shared.phase.clone();
     while *phase.borrow() == Phase::Taking {
+        let both = async {
+            let role = slots.clone().acquire_owned().await.ok()?;
+            let node = node_slots.clone().acquire_owned().await.ok()?;
+            Some((role, node))
+        };
         let first = tokio::select! {
-            permit = slots.clone().acquire_owned() => match permit { Ok(p) => p, Err(_) => return },
+            permit = both => match permit { Some(p) => p, None => return },
             changed = phase.changed() => match changed {
                 Ok(()) => continue,
                 Err(_) => return,
@@ -376,10 +395,13 @@ async fn pull_loop(shared: Arc<Shared>, consumer: PullConsumer, slots: Arc<Semap
         };
         let mut permits = vec![first];
         while permits.len() < 256 {
-            match slots.clone().try_acquire_owned() {
-                Ok(p) => permits.push(p),
-                Err(_) => break,
-            }
+            let Ok(role) = slots.clone().try_acquire_owned() else {
+                break;
+            };
+            let Ok(node) = node_slots.clone().try_acquire_owned() else {
+                break;
+            };
+            permits.push((role, node));
         }
         let fetch = consumer
             .fetch()
@@ -576,9 +598,10 @@ async fn take_lease(
         let written = match written {
             Ok(revision) => Some(revision),
             Err(e) => match ours(shared, id, &row).await {
-                Some(revision) => Some(revision),
-                None if matches!(e, Write::Conflict) => continue,
-                None => {
+                Ok(Some(revision)) => Some(revision),
+                Ok(None) if matches!(e, Write::Conflict) => continue,
+                // Not written, or not known: not run. Delivered again after ack_wait.
+                _ => {
                     if let Write::Other(e) = e {
                         tracing::warn!("node {}: task {id}: taking its lease: {e}", shared.name);
                     }
@@ -647,8 +670,12 @@ async fn run(
             _ = progress.tick(), if !fenced => {
                 // A node whose lease another node took (it stalled past ack_wait) stops,
                 // rather than keep the other's delivery alive with its in-progress acks.
-                if revision.is_some()
-                    && let Ok(Some((now, _))) = shared.cluster.row(id).await
+                // Only a newer revision than this node's lease, with another lease id, says so:
+                // the leader's copy, read within a third of the tick so the ack is not late.
+                if let Some(own) = revision
+                    && let Ok(Ok(Some((now, r)))) =
+                        tokio::time::timeout(every / 3, shared.cluster.row_from_leader(id)).await
+                    && r > own
                     && now.lease != started.lease
                 {
                     fenced = true;
@@ -662,16 +689,17 @@ async fn run(
             () = &mut lazy, if revision.is_none() && !fenced => {
                 match write_new(&shared.cluster.tasks, &shared.cluster.key(id), started).await {
                     Ok(r) => revision = Some(r),
-                    Err(e) => match ours(shared, id, started).await {
+                    Err(e) => match latest(shared, id).await {
                         // Landed, its answer lost.
-                        Some(r) => revision = Some(r),
-                        None if matches!(e, Write::Conflict) => {
+                        Ok(Some((now, r))) if now.lease == started.lease => revision = Some(r),
+                        // Another node's record: it holds the task.
+                        Ok(Some(_)) if matches!(e, Write::Conflict) => {
                             fenced = true;
                             let _ = shared.handle.cancel(local_id).await;
                         }
-                        // Not written now: the end is written as a create, which refuses
-                        // the same way if another node wrote first.
-                        None => {
+                        // Not written, or not known: tried again later; the end is written
+                        // as a create, or over this node's own lease if it landed (`end`).
+                        _ => {
                             tracing::warn!("node {}: task {id}: writing its lease", shared.name);
                             lazy.as_mut().reset(tokio::time::Instant::now() + every);
                         }
@@ -737,11 +765,12 @@ enum Ended {
 }
 
 /// Writes an attempt's end under its lease (as a create when its lease was never written: a
-/// first delivery that ended quickly). A lost compare-and-set is read again: the write may
-/// have landed with its answer lost (then it is ours), or another node holds the task.
-/// NATS unavailable (a leader election) is retried for up to `ack_wait`: the
+/// first delivery that ended quickly). A failed write is followed by a read of the leader's
+/// copy: the write may have landed with its answer lost (then it is ours), this node's own
+/// lease may be there (then the end goes over it), or another node holds the task (fenced).
+/// NATS unavailable (a leader election) is retried for up to `min(ack_wait, 10 s)`: the
 /// compare-and-set makes a retry safe.
-async fn end(shared: &Shared, id: u64, row: &Row, revision: Option<u64>) -> Ended {
+async fn end(shared: &Shared, id: u64, row: &Row, mut revision: Option<u64>) -> Ended {
     // Bounded below ack_wait and the pod's grace after a drain: an end not written by then
     // is the next delivery's to settle.
     let deadline = Instant::now() + shared.ack_wait.min(Duration::from_secs(10));
@@ -752,48 +781,69 @@ async fn end(shared: &Shared, id: u64, row: &Row, revision: Option<u64>) -> Ende
             Some(revision) => write(&shared.cluster.tasks, &key, row, revision).await,
             None => write_new(&shared.cluster.tasks, &key, row).await,
         };
-        match written {
+        let e = match written {
             Ok(_) => return Ended::Written,
-            Err(e) => {
-                if ours(shared, id, row).await.is_some() {
-                    return Ended::Written;
-                }
-                match e {
-                    Write::Conflict => {
-                        // Another node's write, unless the record cannot be read now.
-                        return match shared.cluster.row(id).await {
-                            Ok(_) => Ended::Fenced,
-                            Err(_) => Ended::Unwritten,
-                        };
-                    }
-                    Write::Other(e) => {
-                        if Instant::now() >= deadline {
-                            tracing::warn!(
-                                "node {}: task {id}: its end could not be written: {e}",
-                                shared.name
-                            );
-                            return Ended::Unwritten;
-                        }
-                        tokio::time::sleep(wait).await;
-                        wait = (wait * 2).min(Duration::from_secs(1));
-                    }
-                }
+            Err(e) => e,
+        };
+        match latest(shared, id).await {
+            // This end landed, its answer lost.
+            Ok(Some((now, _)))
+                if now.lease == row.lease
+                    && now.state == row.state
+                    && now.attempt == row.attempt =>
+            {
+                return Ended::Written;
             }
+            // This node's own lease landed unbeknown to it (a lazy write whose answer was
+            // lost): the end goes over it.
+            Ok(Some((now, r)))
+                if now.lease == row.lease
+                    && now.state == TaskState::Running
+                    && revision != Some(r) =>
+            {
+                revision = Some(r);
+                continue;
+            }
+            // Another node's write: it holds the task.
+            Ok(Some(_)) if matches!(e, Write::Conflict) => return Ended::Fenced,
+            _ => {}
         }
+        if Instant::now() >= deadline {
+            let why = match e {
+                Write::Conflict => "its record could not be read".to_owned(),
+                Write::Other(e) => e,
+            };
+            tracing::warn!(
+                "node {}: task {id}: its end could not be written: {why}",
+                shared.name
+            );
+            return Ended::Unwritten;
+        }
+        tokio::time::sleep(wait).await;
+        wait = (wait * 2).min(Duration::from_secs(1));
     }
 }
 
-/// The revision of the record if it is `row` as this node wrote it (same lease id, state
-/// and attempt): a write that landed though its answer was lost.
-async fn ours(shared: &Shared, id: u64, row: &Row) -> Option<u64> {
-    match shared.cluster.row(id).await {
-        Ok(Some((now, revision)))
-            if now.lease == row.lease && now.state == row.state && now.attempt == row.attempt =>
-        {
-            Some(revision)
+/// The record as the bucket's leader has it, read up to twice: `Err` when it cannot
+/// be read now. A write whose answer was lost is told from another node's by this and the
+/// lease id; a stale replica never decides it.
+async fn latest(shared: &Shared, id: u64) -> Result<Option<(Row, u64)>, ()> {
+    for _ in 0..2 {
+        match shared.cluster.row_from_leader(id).await {
+            Ok(found) => return Ok(found),
+            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
         }
-        _ => None,
     }
+    Err(())
+}
+
+/// Whether the record is `row` as this node wrote it (same lease id, state and attempt): a
+/// write that landed though its answer was lost. `Err` when the record cannot be read.
+async fn ours(shared: &Shared, id: u64, row: &Row) -> Result<Option<u64>, ()> {
+    Ok(latest(shared, id).await?.and_then(|(now, revision)| {
+        (now.lease == row.lease && now.state == row.state && now.attempt == row.attempt)
+            .then_some(revision)
+    }))
 }
 
 async fn answer(message: &Message, reply: Reply) {

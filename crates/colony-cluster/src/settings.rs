@@ -52,7 +52,7 @@ impl Default for Settings {
             ack_wait: Duration::from_secs(30),
             heartbeat_ttl: Duration::from_secs(10),
             duplicate_window: Duration::from_secs(120),
-            keep_records: Duration::from_secs(7 * 86_400),
+            keep_records: Duration::from_secs(8 * 86_400),
         }
     }
 }
@@ -82,12 +82,12 @@ impl Settings {
             )));
         }
         // A record must outlive the longest a task may run (colony's task timeout is at most
-        // 7 days), or a long attempt's record would expire under it.
-        if self.keep_records < Duration::from_secs(7 * 86_400)
+        // 7 days) with a margin, or a long attempt's record would expire under it.
+        if self.keep_records < Duration::from_secs(8 * 86_400)
             || self.keep_records > Duration::from_secs(3650 * 86_400)
         {
             return Err(Error::Settings(format!(
-                "records kept {:?}: allowed from 7 days (the longest a task may run) to 10 years",
+                "records kept {:?}: allowed from 8 days (the longest a task may run, and a day) to 10 years",
                 self.keep_records
             )));
         }

@@ -205,8 +205,8 @@ pub(crate) struct TaskFlags {
     /// 0 (lowest) to 9.
     #[arg(long, value_parser = clap::value_parser!(u8).range(0..=9))]
     pub(crate) priority: Option<u8>,
-    /// Seconds an attempt may run.
-    #[arg(long, value_parser = crate::flags::Float::new(0.001, 86_400.0))]
+    /// Seconds an attempt may run (at most 7 days).
+    #[arg(long, value_parser = crate::flags::Float::new(0.001, 604_800.0))]
     pub(crate) timeout: Option<f64>,
     /// Attempts the task may use, retries included, before it is dead-lettered (1 to 100).
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=i64::from(colony_core::task::MAX_ATTEMPTS)))]
