@@ -380,6 +380,7 @@ async fn pull_loop(
     node_slots: Arc<Semaphore>,
 ) {
     let mut phase = shared.phase.clone();
+    let mut want = 1;
     while *phase.borrow() == Phase::Taking {
         let both = async {
             let role = slots.clone().acquire_owned().await.ok()?;
@@ -394,7 +395,9 @@ async fn pull_loop(
             },
         };
         let mut permits = vec![first];
-        while permits.len() < 256 {
+        // As many as the last fetch found, doubled: a consumer with nothing to deliver holds
+        // one slot while it waits, not a batch of the node's.
+        while permits.len() < want {
             let Ok(role) = slots.clone().try_acquire_owned() else {
                 break;
             };
@@ -409,6 +412,7 @@ async fn pull_loop(
             .expires(Duration::from_millis(500))
             .messages()
             .await;
+        let asked = permits.len();
         let mut batch = match fetch {
             Ok(batch) => batch,
             Err(e) => {
@@ -417,6 +421,7 @@ async fn pull_loop(
                 continue;
             }
         };
+        let got_before = permits.len();
         while let Some(message) = batch.next().await {
             let message = match message {
                 Ok(m) => m,
@@ -429,6 +434,7 @@ async fn pull_loop(
             };
             let Some(permit) = permits.pop() else { break };
             let shared = shared.clone();
+            want = (2 * (asked - permits.len())).clamp(want, 256);
             Spawner::spawn("cluster-task", async move {
                 shared.counters.running.fetch_add(1, Ordering::Relaxed);
                 metrics::gauge!("colony_cluster_running").increment(1.0);
@@ -437,6 +443,10 @@ async fn pull_loop(
                 metrics::gauge!("colony_cluster_running").decrement(1.0);
                 drop(permit);
             });
+        }
+        if permits.len() == got_before {
+            // Nothing came: back to one slot while waiting.
+            want = 1;
         }
     }
 }
