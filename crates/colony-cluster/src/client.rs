@@ -103,7 +103,12 @@ impl Cluster {
             .split(',')
             .map(|a| a.trim().parse::<async_nats::ServerAddr>())
             .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| connect_error(&e))?;
+            .map_err(|e| {
+                Error::Settings(format!(
+                    "--nats `{}`: not a NATS URL ({e}): write nats://HOST:PORT, several comma-separated",
+                    colony_core::text::shorten(url, 200)
+                ))
+            })?;
         let client = async_nats::ConnectOptions::new()
             .connection_timeout(Duration::from_secs(5))
             .name("colony")

@@ -219,6 +219,9 @@ async fn bad_settings_and_unknown_tasks_are_named() {
         err.contains("cannot reach NATS at nats://127.0.0.1:1"),
         "{err}"
     );
+    let err = Cluster::connect("not a url", settings()).await.unwrap_err();
+    assert!(matches!(err, colony_cluster::Error::Settings(_)), "{err}");
+    assert!(err.to_string().contains("not a NATS URL"), "{err}");
     let err = client.task(999_999).await.unwrap_err().to_string();
     assert!(err.contains("task 999999 is unknown"), "{err}");
     let bad = task(Some("a.b"), "1".into(), 1);
