@@ -522,6 +522,15 @@ fn a_node_answers_its_probes() {
     let probes = format!("127.0.0.1:{port}");
     let a = NodeProc::start_with(dir.path(), &url, "a", "1", &["--probes", &probes]);
     rt.block_on(wait_for_nodes(&cluster, 1));
+    // The node joins, then opens its probes: wait for them to listen.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "the probes did not listen within 20 s"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     assert_eq!(get(port, "/healthz"), (200, "ok".into()));
     assert_eq!(get(port, "/readyz").0, 200);
     let ids = submit(&url, dir.path(), 3, 0.0);
