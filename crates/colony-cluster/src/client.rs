@@ -452,7 +452,10 @@ impl Cluster {
     }
 }
 
-async fn bucket(js: &jetstream::Context, config: kv::Config) -> Result<kv::Store, Error> {
+pub(crate) async fn bucket(
+    js: &jetstream::Context,
+    config: kv::Config,
+) -> Result<kv::Store, Error> {
     let name = config.bucket.clone();
     if let Ok(store) = js.get_key_value(&name).await {
         return Ok(store);

@@ -152,6 +152,24 @@ pub fn check_role(role: &str) -> Result<(), Error> {
     }
 }
 
+/// A name that becomes a KV key or part of one (an office, a candidate): letters, digits, `_`
+/// and `-`, at most 64.
+pub(crate) fn check_name(what: &str, name: &str) -> Result<(), Error> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::Settings(format!(
+            "{what} `{}`: use letters, digits, `_` and `-` only, at most 64",
+            colony_core::text::shorten(name, 80)
+        )))
+    }
+}
+
 /// The subject a task of `role` (any agent when `None`) and `priority` is published on.
 pub(crate) fn subject(role: Option<&str>, priority: u8) -> String {
     format!("colony.tasks.{}.p{priority}", role.unwrap_or(ANY_ROLE))

@@ -234,3 +234,84 @@ async fn bad_settings_and_unknown_tasks_are_named() {
     assert!(err.to_string().contains("node name `bad name`"), "{err}");
     rt.shutdown().await;
 }
+
+/// Leadership by KV lease against a real server: one of three candidates leads; when it
+/// dies (stops renewing, as a crash does, the key left to expire) a standby leads within
+/// the TTL and a second, in a higher term; one that resigns is replaced at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_candidate_leads_and_a_standby_takes_over_within_the_ttl_and_a_second() {
+    use colony_cluster::leadership::{self, Leadership};
+    let dir = tempfile::tempdir().unwrap();
+    let server = tokio::task::block_in_place(|| NatsServer::single(dir.path())).unwrap();
+    let ttl = Duration::from_secs(2);
+    let mut candidates: Vec<Option<Leadership>> = Vec::new();
+    for name in ["a", "b", "c"] {
+        let client = cluster(&server).await;
+        let campaign = leadership::campaign(&client, "scaling-worker", name, ttl)
+            .await
+            .unwrap();
+        candidates.push(Some(campaign));
+    }
+    let leaders = |candidates: &[Option<Leadership>]| -> Vec<(usize, u64)> {
+        candidates
+            .iter()
+            .enumerate()
+            .filter_map(|(i, c)| c.as_ref()?.term().map(|t| (i, t)))
+            .collect()
+    };
+    // Someone leads soon, and never two at once over a few renewals.
+    let until = tokio::time::Instant::now() + Duration::from_secs(5);
+    while leaders(&candidates).is_empty() {
+        assert!(tokio::time::Instant::now() < until, "nobody leads");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for _ in 0..100 {
+        let now = leaders(&candidates);
+        assert_eq!(now.len(), 1, "{now:?}");
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    }
+    let (first, term) = leaders(&candidates)[0];
+    // The leader dies: dropped without resigning, its key expires after the TTL.
+    let died = std::time::Instant::now();
+    candidates[first] = None;
+    let (second, second_term) = loop {
+        if let Some(&led) = leaders(&candidates).first() {
+            break led;
+        }
+        assert!(
+            died.elapsed() < ttl + Duration::from_secs(2),
+            "no takeover after {:?}",
+            died.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    let takeover = died.elapsed();
+    eprintln!("takeover after a leader died: {takeover:?} (TTL {ttl:?})");
+    assert!(takeover <= ttl + Duration::from_secs(1), "{takeover:?}");
+    assert!(second_term > term, "{second_term} after {term}");
+    assert_eq!(leaders(&candidates).len(), 1);
+    // The new leader resigns: the last candidate leads without waiting for a TTL.
+    let resigned = std::time::Instant::now();
+    candidates[second].take().unwrap().resign().await;
+    let third = loop {
+        if let Some(&led) = leaders(&candidates).first() {
+            break led;
+        }
+        assert!(resigned.elapsed() < ttl, "no takeover after a resignation");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    eprintln!("takeover after a resignation: {:?}", resigned.elapsed());
+    assert!(third.1 > second_term);
+    // Bad names and TTLs are refused, with what is wrong.
+    let client = cluster(&server).await;
+    let err = leadership::campaign(&client, "a.b", "x", ttl)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("office `a.b`"), "{err}");
+    let err = leadership::campaign(&client, "ok", "x", Duration::from_millis(1500))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("whole seconds from 2s"), "{err}");
+}
