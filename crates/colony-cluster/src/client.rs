@@ -77,6 +77,11 @@ pub struct RoleStatus {
     pub role: String,
     pub waiting: u64,
     pub running: u64,
+    /// Deliveries so far (first deliveries and redeliveries).
+    pub delivered: u64,
+    /// The stream sequence its waiting tasks start after: the last one delivered.
+    #[serde(skip)]
+    pub(crate) delivered_seq: u64,
 }
 
 impl Cluster {
@@ -156,6 +161,11 @@ impl Cluster {
 
     pub fn url(&self) -> &str {
         &self.url
+    }
+
+    /// Whether its connection to NATS is up now.
+    pub fn connected(&self) -> bool {
+        self.client.connection_state() == async_nats::connection::State::Connected
     }
 
     pub fn settings(&self) -> &Settings {
@@ -421,6 +431,8 @@ impl Cluster {
                 role,
                 waiting: info.num_pending,
                 running: info.num_ack_pending as u64,
+                delivered: info.delivered.consumer_sequence,
+                delivered_seq: info.delivered.stream_sequence,
             });
         }
         roles.sort_by(|a, b| a.role.cmp(&b.role));

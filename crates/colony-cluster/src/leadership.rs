@@ -334,6 +334,14 @@ impl Leadership {
         self.term.clone()
     }
 
+    /// A view of the campaign for others to read whether it leads.
+    pub fn observer(&self) -> Observer {
+        Observer {
+            holder: self.holder.clone(),
+            term: self.term.clone(),
+        }
+    }
+
     /// Stops campaigning and gives the office up at once (deletes the key if it holds it).
     pub async fn resign(mut self) {
         if let Some(stop) = self.stop.take() {
@@ -348,6 +356,25 @@ impl Drop for Leadership {
         if self.stop.is_some() {
             self.task.abort();
         }
+    }
+}
+
+/// Whether a campaign leads, for those who only read it (a server's status routes).
+#[derive(Clone, Debug)]
+pub struct Observer {
+    holder: String,
+    term: watch::Receiver<Option<Term>>,
+}
+
+impl Observer {
+    pub fn holder(&self) -> &str {
+        &self.holder
+    }
+
+    /// The term the campaign leads in now, if it leads; `None` also once it ended.
+    pub fn term(&self) -> Option<u64> {
+        let held = *self.term.borrow();
+        held.filter(|t| Instant::now() < t.until).map(|t| t.term)
     }
 }
 

@@ -26,12 +26,13 @@ pub mod leadership;
 pub mod lease;
 mod membership;
 mod node;
+pub mod scaling;
 mod settings;
 pub mod testing;
 mod wire;
 
 pub use client::{Cluster, RoleStatus, Status, Submitted, TaskView};
-pub use membership::NodeInfo;
+pub use membership::{NodeInfo, RoleSlots};
 pub use node::{Node, NodeOptions, NodeReport, Readiness};
 pub use settings::{MAX_KEY, MAX_PAYLOAD, MAX_RECORD, Settings, check_role};
 pub use wire::{Row, TaskMessage};

@@ -14,6 +14,9 @@ pub struct NodeInfo {
     /// The roles its pools serve.
     pub roles: Vec<String>,
     pub agents: u64,
+    /// Per role its pools serve: agents, and attempts they run at once.
+    #[serde(default)]
+    pub by_role: std::collections::BTreeMap<String, RoleSlots>,
     /// Attempts running on it now.
     pub running: u64,
     /// Attempts it ended since it started (succeeded, failed, retried, handed back).
@@ -26,6 +29,13 @@ pub struct NodeInfo {
     /// When this heartbeat was written.
     pub at_ms: u64,
     pub version: String,
+}
+
+/// A node's agents of one role and the attempts they run at once.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RoleSlots {
+    pub agents: u64,
+    pub slots: u64,
 }
 
 pub(crate) async fn beat(nodes: &kv::Store, info: &NodeInfo) -> Result<(), Error> {

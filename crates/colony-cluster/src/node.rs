@@ -212,11 +212,25 @@ impl Node {
             .min()
             .unwrap_or(cluster.settings.ack_wait)
             .max(Duration::from_millis(300));
+        let by_role = roles
+            .iter()
+            .map(|role| {
+                let agents = handle
+                    .pools()
+                    .iter()
+                    .filter(|(spec, _)| *spec.role == **role)
+                    .map(|(_, n)| *n)
+                    .sum();
+                let slots = u64::from(capacity(Some(role)));
+                (role.clone(), membership::RoleSlots { agents, slots })
+            })
+            .collect();
         let now = crate::now_ms();
         let info = NodeInfo {
             name: options.name.clone(),
             roles: roles.clone(),
             agents,
+            by_role,
             running: 0,
             ended: 0,
             fenced: 0,

@@ -143,6 +143,20 @@ pub struct Row {
 }
 
 impl Row {
+    /// The record as JSON for people and programs: its fields, the task's `id`, and its
+    /// output as JSON when it is JSON, else as text.
+    pub fn json(&self, id: u64) -> serde_json::Value {
+        let mut v = serde_json::to_value(self).unwrap_or_default();
+        v["id"] = id.into();
+        if let Some(output) = &self.output {
+            v["output"] = match serde_json::from_slice::<serde_json::Value>(output) {
+                Ok(json) => json,
+                Err(_) => String::from_utf8_lossy(output).into_owned().into(),
+            };
+        }
+        v
+    }
+
     pub fn encode(&self) -> Bytes {
         let head = serde_json::to_vec(self).unwrap_or_default();
         let mut out =

@@ -530,7 +530,7 @@ fn address(request: &Request) -> IpAddr {
 /// with ten junk tokens a second.
 #[allow(clippy::result_large_err)]
 pub(crate) fn verify(
-    app: &App,
+    app: &Gate,
     tokens: &Tokens,
     address: IpAddr,
     token: &str,
@@ -545,6 +545,48 @@ pub(crate) fn verify(
     Ok(caller)
 }
 
+/// Who may call a server and how often: what the middleware in front of its routes needs.
+/// Cheap to clone; every server (the runtime's, the cluster's) has one.
+#[derive(Clone, Debug)]
+pub(crate) struct Gate(Arc<Guarded>);
+
+#[derive(Debug)]
+pub(crate) struct Guarded {
+    pub(crate) tokens: Option<Tokens>,
+    pub(crate) limiter: Option<Limiter>,
+    /// Unknown tokens per address, limited whatever `limiter` says.
+    pub(crate) failures: Failures,
+    pub(crate) tls: bool,
+}
+
+impl Gate {
+    pub(crate) fn new(
+        tokens: Option<Tokens>,
+        rate_limit: Option<std::num::NonZeroU32>,
+        tls: bool,
+    ) -> Self {
+        Self(Arc::new(Guarded {
+            tokens,
+            limiter: rate_limit.map(Limiter::new),
+            failures: Failures::default(),
+            tls,
+        }))
+    }
+}
+
+impl std::ops::Deref for Gate {
+    type Target = Guarded;
+    fn deref(&self) -> &Guarded {
+        &self.0
+    }
+}
+
+impl axum::extract::FromRef<Arc<App>> for Gate {
+    fn from_ref(app: &Arc<App>) -> Gate {
+        app.gate.clone()
+    }
+}
+
 /// The middleware in front of every route, before any scope is asked for: what a browser
 /// could be made to send from another site is refused.
 ///
@@ -554,7 +596,7 @@ pub(crate) fn verify(
 /// - A request that changes state and that the browser says comes from another site
 ///   (`Sec-Fetch-Site`, or an `Origin` other than the server) is refused, with or without
 ///   tokens: a page cannot make a logged-in browser act for it.
-pub(crate) async fn guard(State(app): State<Arc<App>>, request: Request, next: Next) -> Response {
+pub(crate) async fn guard(State(app): State<Gate>, request: Request, next: Next) -> Response {
     let headers = request.headers();
     let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
     if app.tokens.is_none()
@@ -617,7 +659,7 @@ fn is_loopback_name(host: &str) -> bool {
 /// then counts the request against its client's rate.
 pub(crate) async fn require(
     scope: Scope,
-    State(app): State<Arc<App>>,
+    State(app): State<Gate>,
     mut request: Request,
     next: Next,
 ) -> Response {
@@ -669,7 +711,7 @@ pub(crate) async fn require(
 }
 
 /// The 429 for a client over its rate, if the server has a rate and the client is over it.
-fn limited(app: &App, client: &Client) -> Option<Response> {
+fn limited(app: &Gate, client: &Client) -> Option<Response> {
     use governor::clock::Clock;
     let limiter = app.limiter.as_ref()?;
     let client = match client {
@@ -721,7 +763,7 @@ pub(crate) struct Login {
 /// counts against the address's rate (`--rate-limit`), and unknown tokens against its budget
 /// of failures, as on every other route.
 pub(crate) async fn login(
-    State(app): State<Arc<App>>,
+    State(app): State<Gate>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     form: Result<axum::Form<Login>, axum::extract::rejection::FormRejection>,
 ) -> Response {

@@ -94,7 +94,7 @@ fn ok(body: String) -> Response {
 /// Whether the browser may see data: the server has no tokens, or its cookie holds one. An
 /// unknown token counts against the address's budget of failures, as anywhere else.
 fn signed_in(app: &App, address: std::net::IpAddr, headers: &HeaderMap) -> bool {
-    let Some(tokens) = &app.tokens else {
+    let Some(tokens) = &app.gate.tokens else {
         return true;
     };
     headers
@@ -103,7 +103,7 @@ fn signed_in(app: &App, address: std::net::IpAddr, headers: &HeaderMap) -> bool 
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
         .filter_map(|pair| pair.trim().strip_prefix(auth::COOKIE)?.strip_prefix('='))
-        .any(|token| matches!(auth::verify(app, tokens, address, token), Ok(Some(_))))
+        .any(|token| matches!(auth::verify(&app.gate, tokens, address, token), Ok(Some(_))))
 }
 
 /// `GET /`.
@@ -114,7 +114,7 @@ async fn page(
 ) -> Response {
     let version = assets::version();
     if signed_in(&app, peer.ip(), &headers) {
-        ok(html::shell(version, app.tokens.is_some()))
+        ok(html::shell(version, app.gate.tokens.is_some()))
     } else {
         ok(html::login(version))
     }
@@ -133,7 +133,7 @@ async fn logout(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
             "sign out from the dashboard itself",
         );
     }
-    let secure = if app.tls { "; Secure" } else { "" };
+    let secure = if app.gate.tls { "; Secure" } else { "" };
     let cookie = format!(
         "{}=; Max-Age=0; HttpOnly; SameSite=Strict; Path=/{secure}",
         auth::COOKIE

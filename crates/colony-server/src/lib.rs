@@ -50,6 +50,7 @@
 mod agents;
 pub mod auth;
 pub mod backup;
+pub mod cluster;
 pub mod conn;
 pub mod dashboard;
 mod decisions;
@@ -175,11 +176,8 @@ pub enum Error {
 #[derive(Debug)]
 pub(crate) struct App {
     pub(crate) handle: Handle,
-    pub(crate) tokens: Option<Tokens>,
-    pub(crate) limiter: Option<auth::Limiter>,
-    /// Unknown tokens per address, limited whatever `limiter` says.
-    pub(crate) failures: auth::Failures,
-    pub(crate) tls: bool,
+    /// Tokens, rate limits, and whether it serves TLS.
+    pub(crate) gate: auth::Gate,
     pub(crate) idempotency: tasks::Idempotency,
     pub(crate) runs: Option<runs::Runs>,
     /// One permit per event stream open; a stream costs the dispatcher on every turn.
@@ -295,10 +293,7 @@ pub async fn serve(handle: Handle, config: Config) -> Result<Server, Error> {
     let tokens = config.tokens.is_some();
     let app = Arc::new(App {
         handle,
-        tokens: config.tokens,
-        limiter: config.rate_limit.map(auth::Limiter::new),
-        failures: auth::Failures::default(),
-        tls: tls.is_some(),
+        gate: auth::Gate::new(config.tokens, config.rate_limit, tls.is_some()),
         idempotency: tasks::Idempotency::default(),
         runs: config
             .runs
@@ -346,7 +341,7 @@ pub fn plain_text_warning(addr: SocketAddr, tokens: bool, tls: bool) -> Option<S
 }
 
 /// A TLS acceptor from PEM files, with rustls and the aws-lc-rs provider.
-fn rustls_config(tls: &Tls) -> Result<tokio_rustls::TlsAcceptor, Error> {
+pub(crate) fn rustls_config(tls: &Tls) -> Result<tokio_rustls::TlsAcceptor, Error> {
     use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
     let problem = |path: &Path, problem: String| Error::Tls {
         path: path.to_owned(),
@@ -374,7 +369,7 @@ fn rustls_config(tls: &Tls) -> Result<tokio_rustls::TlsAcceptor, Error> {
 fn router(app: Arc<App>) -> Router {
     let scoped = |scope: Scope, routes: Router<Arc<App>>| {
         routes.route_layer(from_fn_with_state(
-            app.clone(),
+            app.gate.clone(),
             move |state, request, next| auth::require(scope, state, request, next),
         ))
     };
@@ -445,7 +440,7 @@ fn router(app: Arc<App>) -> Router {
             )
         })
         .layer(DefaultBodyLimit::max(MAX_BODY))
-        .layer(from_fn_with_state(app.clone(), auth::guard))
+        .layer(from_fn_with_state(app.gate.clone(), auth::guard))
         .layer(axum::middleware::map_response(json_errors))
         .with_state(app)
 }
@@ -455,7 +450,7 @@ const ERROR_TEXT: usize = 4_096;
 
 /// The last word on every answer: an error that is not JSON yet (an extractor's rejection,
 /// which axum writes as text) becomes one, its code from its status, its message its text.
-async fn json_errors(response: Response) -> Response {
+pub(crate) async fn json_errors(response: Response) -> Response {
     let status = response.status();
     let is_json = response
         .headers()

@@ -51,7 +51,9 @@ pub(crate) struct NewTask {
 }
 
 impl NewTask {
-    fn spec(mut self) -> Result<(TaskSpec, Option<crate::decisions::NewDecision>), String> {
+    pub(crate) fn spec(
+        mut self,
+    ) -> Result<(TaskSpec, Option<crate::decisions::NewDecision>), String> {
         let decide = self.decide.take();
         Ok((self.ordinary()?, decide))
     }
@@ -211,7 +213,7 @@ impl Idempotency {
 
 /// The request's `Idempotency-Key`, if any, or the 400 that says what is wrong with it.
 #[allow(clippy::result_large_err)]
-fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, Response> {
+pub(crate) fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, Response> {
     let Some(value) = headers.get("idempotency-key") else {
         return Ok(None);
     };

@@ -25,7 +25,7 @@ enum Command {
     /// Check a workflow file without running it; problems come with line and column.
     Validate(commands::workflow::ValidateArgs),
     /// Keep a runtime up behind an HTTP API, Prometheus metrics and a web dashboard.
-    Serve(commands::serve::Args),
+    Serve(Box<commands::serve::Args>),
     /// Manage the bearer tokens `colony serve --tokens` asks callers for.
     #[command(subcommand)]
     Token(commands::serve::TokenCommand),

@@ -568,3 +568,307 @@ fn a_node_answers_its_probes() {
     }
     a.stop();
 }
+
+/// A `colony serve --nats` subprocess on a free loopback port. Killed when dropped.
+struct ServeProc {
+    child: Option<Child>,
+    port: u16,
+    name: String,
+}
+
+impl ServeProc {
+    fn start(dir: &Path, url: &str, name: &str) -> ServeProc {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let stderr = std::fs::File::create(dir.join(format!("{name}.stderr"))).unwrap();
+        let child = Command::new(COLONY)
+            .args(["serve", "--nats", url, "--replicas", "1", "--name", name])
+            .args(["--addr", &format!("127.0.0.1:{port}")])
+            .args(["--scaling-period", "200ms", "--scaling-lease", "2s"])
+            .env_remove("COLONY_NATS")
+            .env_remove("COLONY_CONFIG")
+            .current_dir(dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "serve {name} did not listen within 30 s: {}",
+                std::fs::read_to_string(dir.join(format!("{name}.stderr"))).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        ServeProc {
+            child: Some(child),
+            port,
+            name: name.into(),
+        }
+    }
+
+    fn status(&self) -> serde_json::Value {
+        let (code, body) = fetch(self.port, "/v1/cluster");
+        assert_eq!(code, 200, "{body}");
+        serde_json::from_str(&body).unwrap()
+    }
+
+    fn leads(&self) -> bool {
+        self.status()["scaling"]["leading"] == true
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for ServeProc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// `GET path` on loopback `port`, addressed to `localhost` as a server without tokens asks.
+fn fetch(port: u16, path: &str) -> (u16, String) {
+    send(port, "GET", path, &[], "")
+}
+
+/// `method path` with a JSON body on loopback `port`: the status code and the body.
+fn send(port: u16, method: &str, path: &str, headers: &[&str], body: &str) -> (u16, String) {
+    use std::io::Write;
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let mut head = format!(
+        "{method} {path} HTTP/1.0\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for h in headers {
+        head.push_str(h);
+        head.push_str("\r\n");
+    }
+    write!(stream, "{head}\r\n{body}").unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    let code = answer
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = answer
+        .split("\r\n\r\n")
+        .nth(1)
+        .unwrap_or_default()
+        .to_owned();
+    (code, body)
+}
+
+/// Two `colony serve --nats` over one node: tasks go in over HTTP (a retried request kept
+/// once) and come back with their results; exactly one server leads the scaling and writes
+/// each role's record; when it is killed the other leads within the lease and a second, and
+/// the records carry its later term. Bad requests get a 4xx naming the problem.
+#[test]
+fn serve_over_the_cluster_takes_tasks_and_one_server_leads_the_scaling() {
+    let rt = runtime();
+    let dir = tempfile::tempdir().unwrap();
+    let server = NatsServer::single(dir.path()).unwrap();
+    let url = server.url();
+    let cluster = rt.block_on(client(&url, 1));
+    let a = NodeProc::start(dir.path(), &url, "a", "1");
+    rt.block_on(wait_for_nodes(&cluster, 1));
+    let mut serves = vec![
+        ServeProc::start(dir.path(), &url, "s1"),
+        ServeProc::start(dir.path(), &url, "s2"),
+    ];
+    assert_eq!(fetch(serves[0].port, "/readyz").0, 200);
+    // A task over HTTP, sent twice with one Idempotency-Key: one id, one execution.
+    let task = r#"{"payload": {"n": 7, "sleep": 0}, "role": "sh"}"#;
+    let key = ["Idempotency-Key: retry-me"];
+    let (code, first) = send(serves[0].port, "POST", "/v1/tasks", &key, task);
+    assert_eq!(code, 202, "{first}");
+    let (code, again) = send(serves[1].port, "POST", "/v1/tasks", &key, task);
+    assert_eq!(code, 202, "{again}");
+    let first: serde_json::Value = serde_json::from_str(&first).unwrap();
+    let again: serde_json::Value = serde_json::from_str(&again).unwrap();
+    assert_eq!(first["id"], again["id"]);
+    assert_eq!(
+        (&first["duplicate"], &again["duplicate"]),
+        (&false.into(), &true.into())
+    );
+    let id = first["id"].as_u64().unwrap();
+    let batch = r#"{"tasks": [{"payload": {"n": 8, "sleep": 0}, "role": "sh"}, {"payload": {"n": 9, "sleep": 0}}]}"#;
+    let (code, body) = send(serves[1].port, "POST", "/v1/tasks/batch", &[], batch);
+    assert_eq!(code, 202, "{body}");
+    let ids: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let mut all = vec![id];
+    all.extend(
+        ids["ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap()),
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for (n, id) in [7, 8, 9].into_iter().zip(&all) {
+        loop {
+            let (code, body) = fetch(serves[0].port, &format!("/v1/tasks/{id}"));
+            assert_eq!(code, 200, "{body}");
+            let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+            if v["state"] == "succeeded" {
+                assert_eq!(v["output"], format!("task-{n}-done"), "{v}");
+                break;
+            }
+            assert!(Instant::now() < deadline, "task {id} did not end: {v}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    assert_eq!(a.executions().iter().filter(|n| **n == 7).count(), 1);
+    // Exactly one server leads the scaling, and its records say so.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let leader = loop {
+        let leading: Vec<usize> = (0..2).filter(|&i| serves[i].leads()).collect();
+        if leading.len() == 1 {
+            break leading[0];
+        }
+        assert!(leading.len() < 2, "two servers lead the scaling");
+        assert!(Instant::now() < deadline, "no server leads the scaling");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let holder = serves[leader].status()["scaling"]["this-server"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let record = |port: u16, role: &str| -> serde_json::Value {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let (code, body) = fetch(port, &format!("/v1/scaling/{role}"));
+            if code == 200 {
+                return serde_json::from_str(&body).unwrap();
+            }
+            assert_eq!(code, 404, "{body}");
+            assert!(
+                Instant::now() < deadline,
+                "no scaling record of {role}: {body}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    let sh = record(serves[1 - leader].port, "sh");
+    assert_eq!(sh["leader"], holder.as_str(), "{sh}");
+    assert_eq!(
+        (sh["nodes"].as_u64(), sh["slots"].as_u64()),
+        (Some(1), Some(4)),
+        "{sh}"
+    );
+    assert!(sh["desired"].as_u64().unwrap() >= 1, "{sh}");
+    let term = sh["term"].as_u64().unwrap();
+    let (_, metrics) = fetch(serves[leader].port, "/metrics");
+    assert!(metrics.contains("colony_cluster_nodes 1\n"), "{metrics}");
+    assert!(
+        metrics.contains("colony_cluster_scaling_leader 1\n"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("colony_cluster_node_agents{node=\"a\"} 4\n"),
+        "{metrics}"
+    );
+    let (_, metrics) = fetch(serves[1 - leader].port, "/metrics");
+    assert!(
+        metrics.contains("colony_cluster_scaling_leader 0\n"),
+        "{metrics}"
+    );
+    // The leader dies: the other leads within the lease (2 s) and a second.
+    let killed = Instant::now();
+    serves[leader].kill();
+    let standby = &serves[1 - leader];
+    while !standby.leads() {
+        assert!(
+            killed.elapsed() < Duration::from_secs(3),
+            "{} did not take over within 3 s",
+            standby.name
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    eprintln!(
+        "scaling leader killed: {} led after {:?}",
+        standby.name,
+        killed.elapsed()
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let sh = record(standby.port, "sh");
+        if sh["term"].as_u64().unwrap() > term {
+            assert_ne!(sh["leader"], holder.as_str());
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the record kept term {term}: {sh}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Bad requests are named.
+    let port = standby.port;
+    let (code, body) = send(
+        port,
+        "POST",
+        "/v1/tasks",
+        &[],
+        r#"{"payload": 1, "role": "a.b"}"#,
+    );
+    assert_eq!(code, 422, "{body}");
+    assert!(body.contains("role `a.b`"), "{body}");
+    let vote = r#"{"payload": 1, "decide": {"voters": 3}}"#;
+    let (code, body) = send(port, "POST", "/v1/tasks", &[], vote);
+    assert_eq!(code, 422, "{body}");
+    assert!(body.contains("runs on one runtime"), "{body}");
+    let (code, body) = fetch(port, "/v1/tasks/abc");
+    assert_eq!(code, 400, "{body}");
+    let (code, body) = fetch(port, "/v1/tasks/999999");
+    assert_eq!(code, 404, "{body}");
+    assert!(body.contains("unknown"), "{body}");
+    let (code, body) = fetch(port, "/v1/scaling/no-such-role");
+    assert_eq!(code, 404, "{body}");
+    let (code, body) = send(port, "POST", "/v1/tasks", &[], "[1]");
+    assert_eq!(code, 422, "{body}");
+    assert!(body.contains("bad-body"), "{body}");
+    a.stop();
+    drop(serves);
+}
+
+/// `colony serve --nats` runs no runtime: a runtime's settings, given as flags or read from
+/// the settings file, are refused before anything starts, naming where they came from.
+#[test]
+fn serve_over_the_cluster_refuses_a_runtimes_settings() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |args: &[&str]| {
+        let out = Command::new(COLONY)
+            .args(args)
+            .current_dir(dir.path())
+            .env_remove("COLONY_NATS")
+            .env_remove("COLONY_CONFIG")
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, err) = run(&["serve", "--nats", "nats://127.0.0.1:1", "--db", "x.db"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("--db") && err.contains("--nats"), "{err}");
+    let (code, err) = run(&["serve", "--scaling-max", "9"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("--nats"), "{err}");
+    std::fs::write(dir.path().join("colony.toml"), "[server]\ndb = \"x.db\"\n").unwrap();
+    let (code, err) = run(&["serve", "--nats", "nats://127.0.0.1:1"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("colony.toml") && err.contains("`db`"), "{err}");
+    assert!(!dir.path().join("x.db").exists());
+}

@@ -120,7 +120,7 @@ pub(crate) struct StatusArgs {
     json: bool,
 }
 
-fn duration(text: &str) -> Result<Duration, String> {
+pub(crate) fn duration(text: &str) -> Result<Duration, String> {
     let d = humantime::parse_duration(text).map_err(|e| {
         format!(
             "`{}` is not a duration ({e}): write it like `30s`, `500ms` or `5m`",
@@ -134,6 +134,13 @@ fn duration(text: &str) -> Result<Duration, String> {
 }
 
 impl NatsArgs {
+    pub(crate) fn new(nats: &str, replicas: Option<usize>) -> Self {
+        Self {
+            nats: nats.to_owned(),
+            replicas,
+        }
+    }
+
     fn settings(&self, ack_wait: Option<Duration>) -> Result<Settings, Failure> {
         let defaults = Settings::default();
         let settings = Settings {
@@ -161,6 +168,118 @@ impl NatsArgs {
             e => Failure::work(e),
         })
     }
+}
+
+impl NatsArgs {
+    /// Connects, waiting for NATS up to a minute (a cluster electing its JetStream leader,
+    /// pods started together) or until stopped (`None`).
+    async fn join(
+        &self,
+        settings: &Settings,
+        strict: bool,
+        who: &str,
+        stops: &mut Stops,
+    ) -> Result<Option<Cluster>, Failure> {
+        let since = std::time::Instant::now();
+        let mut said = false;
+        loop {
+            match self.connect(settings.clone(), strict).await {
+                Ok(cluster) => return Ok(Some(cluster)),
+                Err(Failure::Work(e)) if since.elapsed() < Duration::from_secs(60) => {
+                    if !said {
+                        eprintln!("{who}: waiting for the cluster: {e:#}");
+                        said = true;
+                    }
+                    tokio::select! {
+                        () = tokio::time::sleep(Duration::from_millis(500)) => {}
+                        _ = stops.next() => return Ok(None),
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
+/// What `colony serve --nats` needs beyond the server's own settings.
+pub(crate) struct ServeCluster {
+    pub(crate) nats: NatsArgs,
+    pub(crate) name: Option<String>,
+    pub(crate) plan: colony_cluster::scaling::ScalingPlan,
+}
+
+/// `colony serve --nats`: the control plane over the cluster, a candidate for scaling
+/// leader, until SIGTERM or Ctrl-C (then it resigns, so a standby leads at once).
+pub(crate) fn serve(
+    args: ServeCluster,
+    resolved: &config::Resolved,
+    config: colony_server::Config,
+) -> Result<(), Failure> {
+    let server = &resolved.server;
+    // A runtime's settings from the file or the environment have nothing to apply to.
+    let local = [
+        ("db", server.db.is_some()),
+        ("runs", server.runs.is_some()),
+        (
+            "memory",
+            server.memory.is_some() || server.memory_chroma.is_some(),
+        ),
+        ("backup-to", server.backup_to.is_some()),
+        ("webhook", server.webhook.is_some()),
+    ];
+    if let Some((name, _)) = local.iter().find(|(_, set)| *set) {
+        let source = resolved
+            .sources
+            .get(&format!("server.{name}"))
+            .map_or_else(|| name.to_string(), |s| s.to_string());
+        return Err(Failure::input(anyhow::anyhow!(
+            "{source}: `{name}` is a setting of a server with a runtime of its own; with --nats the nodes run the tasks: remove it"
+        )));
+    }
+    let settings = args.nats.settings(None)?;
+    let name = args.name.clone().unwrap_or_else(default_name);
+    let runtime = tokio()?;
+    let result = runtime.block_on(async {
+        let mut stops = Stops::new();
+        let who = format!("colony serve {name}");
+        let Some(cluster) = args.nats.join(&settings, false, &who, &mut stops).await? else {
+            return Ok(());
+        };
+        let scaling = colony_cluster::scaling::Scaling::start(cluster.clone(), &name, args.plan)
+            .await
+            .map_err(|e| match e {
+                colony_cluster::Error::Settings(_) => Failure::input(e),
+                e => Failure::work(e),
+            })?;
+        let tokens = config.tokens.is_some();
+        let served = colony_server::cluster::serve_cluster(
+            cluster,
+            scaling.observer(),
+            args.plan.period,
+            config,
+        )
+        .await;
+        let served = match served {
+            Ok(served) => served,
+            Err(e) => {
+                scaling.resign().await;
+                return Err(Failure::input(e));
+            }
+        };
+        eprintln!(
+            "colony serves the cluster at {} on {} (as {}{}); Ctrl-C or SIGTERM stops it",
+            args.nats.nats,
+            served.url(),
+            scaling.holder(),
+            if tokens { ", tokens required" } else { "" }
+        );
+        stops.next().await;
+        served.stop();
+        scaling.resign().await;
+        Ok(())
+    });
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    result
 }
 
 fn tokio() -> Result<tokio::runtime::Runtime, Failure> {
@@ -219,25 +338,9 @@ pub(crate) fn node(args: &NodeArgs) -> Result<(), Failure> {
     let runtime = tokio()?;
     let result = runtime.block_on(async {
         let mut stops = Stops::new();
-        // NATS may be starting with this node (a cluster electing its JetStream leader, pods
-        // started together): the node waits for it, up to a minute, or until stopped.
-        let since = std::time::Instant::now();
-        let mut said = false;
-        let cluster = loop {
-            match args.nats.connect(settings.clone(), true).await {
-                Ok(cluster) => break cluster,
-                Err(Failure::Work(e)) if since.elapsed() < Duration::from_secs(60) => {
-                    if !said {
-                        eprintln!("node {name}: waiting for the cluster: {e:#}");
-                        said = true;
-                    }
-                    tokio::select! {
-                        () = tokio::time::sleep(Duration::from_millis(500)) => {}
-                        _ = stops.next() => return Ok(()),
-                    }
-                }
-                Err(e) => return Err(e),
-            }
+        let who = format!("node {name}");
+        let Some(cluster) = args.nats.join(&settings, true, &who, &mut stops).await? else {
+            return Ok(());
         };
         let colony = Runtime::start(runtime_options, pools, Arc::new(MemoryJournal::new()))
             .await
@@ -492,21 +595,9 @@ fn state_name(state: TaskState) -> String {
         .unwrap_or_default()
 }
 
-fn row_json(id: u64, row: &Row) -> serde_json::Value {
-    let mut v = serde_json::to_value(row).unwrap_or_default();
-    v["id"] = id.into();
-    if let Some(output) = &row.output {
-        v["output"] = match serde_json::from_slice::<serde_json::Value>(output) {
-            Ok(json) => json,
-            Err(_) => String::from_utf8_lossy(output).into_owned().into(),
-        };
-    }
-    v
-}
-
 fn print_row(id: u64, row: &Row, json: bool) {
     if json {
-        println!("{}", row_json(id, row));
+        println!("{}", row.json(id));
         return;
     }
     let mut table = Table::new(&["task", "state", "attempt", "node", "agent"]);

@@ -96,6 +96,38 @@ pub(crate) struct Args {
     /// Sign --webhook's events with the secret in this variable (X-Colony-Signature-256).
     #[arg(long, value_name = "VAR")]
     webhook_secret_env: Option<String>,
+    /// Serve a cluster on NATS JetStream instead of a runtime of its own: nats://HOST:PORT,
+    /// several comma-separated. Its nodes (`colony node`) run the tasks; this server takes
+    /// tasks, shows the cluster, and stands for election as the scaling leader.
+    #[arg(long, value_name = "URL",
+          conflicts_with_all = ["agents", "pools", "db", "runs", "memory", "memory_chroma",
+                                "memory_shards", "backup_to", "backup_every", "webhook",
+                                "webhook_secret_env"])]
+    nats: Option<String>,
+    /// With --nats: copies JetStream keeps of the cluster's tasks if this server makes them
+    /// first (3 or 5; 1 for one development server); a cluster already made keeps its own.
+    #[arg(long, value_name = "N", requires = "nats")]
+    replicas: Option<usize>,
+    /// With --nats: this server's name as a candidate for scaling leader (default
+    /// HOSTNAME-PID): letters, digits, `-` and `_`.
+    #[arg(long, requires = "nats")]
+    name: Option<String>,
+    /// With --nats: how often the scaling leader looks at each role (default 5s).
+    #[arg(long, value_name = "DURATION", requires = "nats",
+          value_parser = crate::commands::cluster::duration)]
+    scaling_period: Option<Duration>,
+    /// With --nats: the scaling leader's lease; a standby takes over within it and a second
+    /// after the leader dies (default 5s; whole seconds from 2s).
+    #[arg(long, value_name = "DURATION", requires = "nats",
+          value_parser = crate::commands::cluster::duration)]
+    scaling_lease: Option<Duration>,
+    /// With --nats: fewest nodes the scaling leader asks for a role (default 1; 0 lets an
+    /// idle role scale to zero).
+    #[arg(long, value_name = "N", requires = "nats")]
+    scaling_min: Option<u32>,
+    /// With --nats: most nodes the scaling leader asks for a role (default 100).
+    #[arg(long, value_name = "N", requires = "nats")]
+    scaling_max: Option<u32>,
 }
 
 impl Args {
@@ -123,6 +155,26 @@ impl Args {
             backup_every: self.backup_every,
             webhook: self.webhook.clone(),
             webhook_secret_env: self.webhook_secret_env.clone(),
+        }
+    }
+}
+
+impl Args {
+    /// What `colony serve --nats` needs beyond the server's settings.
+    fn cluster(&self, nats: &str) -> crate::commands::cluster::ServeCluster {
+        let defaults = colony_cluster::scaling::ScalingPlan::default();
+        crate::commands::cluster::ServeCluster {
+            nats: crate::commands::cluster::NatsArgs::new(nats, self.replicas),
+            name: self.name.clone(),
+            plan: colony_cluster::scaling::ScalingPlan {
+                period: self.scaling_period.unwrap_or(defaults.period),
+                lease: self.scaling_lease.unwrap_or(defaults.lease),
+                policy: colony_core::scaling::ScalingOptions {
+                    min: self.scaling_min.unwrap_or(1),
+                    max: self.scaling_max.unwrap_or(100),
+                    ..defaults.policy
+                },
+            },
         }
     }
 }
@@ -158,6 +210,26 @@ pub(crate) fn run(args: &Args) -> Result<(), Failure> {
             settings.addr,
         )));
     }
+    let connections = colony_server::Limits {
+        max_connections: usize::try_from(settings.max_connections).unwrap_or(usize::MAX),
+        header_timeout: Duration::from_secs(settings.header_timeout),
+        idle_timeout: Duration::from_secs(settings.idle_timeout),
+    };
+    let tls = settings
+        .tls_cert
+        .clone()
+        .zip(settings.tls_key.clone())
+        .map(|(cert, key)| Tls { cert, key });
+    if let Some(nats) = &args.nats {
+        let config = Config {
+            tokens,
+            tls,
+            rate_limit: settings.rate_limit,
+            connections,
+            ..Config::local(settings.addr)
+        };
+        return crate::commands::cluster::serve(args.cluster(nats), &resolved, config);
+    }
     // The server's webhook signs with a secret that must be there now, not at a run's start.
     if let Some(var) = &settings.webhook_secret_env
         && std::env::var(var).map_or(true, |v| v.is_empty())
@@ -186,11 +258,7 @@ pub(crate) fn run(args: &Args) -> Result<(), Failure> {
     let mut config = Config {
         addr: settings.addr,
         tokens,
-        tls: settings
-            .tls_cert
-            .clone()
-            .zip(settings.tls_key.clone())
-            .map(|(cert, key)| Tls { cert, key }),
+        tls,
         rate_limit: settings.rate_limit,
         runs: settings.runs.clone(),
         memory: match (&settings.memory, &settings.memory_chroma) {
@@ -205,11 +273,7 @@ pub(crate) fn run(args: &Args) -> Result<(), Failure> {
             )?)),
         },
         max_streams: colony_server::MAX_STREAMS,
-        connections: colony_server::Limits {
-            max_connections: usize::try_from(settings.max_connections).unwrap_or(usize::MAX),
-            header_timeout: Duration::from_secs(settings.header_timeout),
-            idle_timeout: Duration::from_secs(settings.idle_timeout),
-        },
+        connections,
         backup: backups.clone(),
         spend: Vec::new(),
         run_webhooks: settings

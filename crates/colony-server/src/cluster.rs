@@ -1,0 +1,489 @@
+//! `colony serve --nats`: the control plane over a cluster ([`colony_cluster`]). Any number
+//! may run, each serving the whole cluster from NATS; they elect one of themselves to decide
+//! every role's scaling ([`colony_cluster::scaling`]), and any of them answers for it.
+//!
+//! Routes (JSON; errors as on the runtime's server; scopes in brackets):
+//!
+//! - `POST /v1/tasks` [submit]: one task into the cluster's stream: `202 {"id", "duplicate"}`
+//!   once the stream's replicas acknowledged it. An `Idempotency-Key` header becomes the
+//!   task's dedupe id (per caller): a retry within the stream's duplicate window (2 minutes)
+//!   gets the same id and `"duplicate": true`, and the task is kept once.
+//! - `POST /v1/tasks/batch` [submit]: `{"tasks": [...]}`; `202 {"ids": [...], "duplicates": N}`.
+//! - `GET /v1/tasks/{id}` [read]: `{"id", "state": "queued"}` until a node starts it, then
+//!   its record (state, attempt, node, agent, error, output).
+//! - `GET /v1/cluster` [read]: live nodes, unfinished tasks, each role's backlog, the stream's
+//!   leader, and whether this server leads the scaling.
+//! - `GET /v1/scaling/{role}` [read]: the role's scaling as the leader last decided it
+//!   (`desired` nodes, with the signals and the reason), for KEDA's metrics-api scaler; `_`
+//!   for tasks any agent may run; `stale` when older than three periods.
+//! - `GET /metrics` [read]: the cluster's nodes, backlogs and desired sizes, read from NATS
+//!   at each scrape, so every server shows the same.
+//! - `GET /healthz` (alive), `GET /readyz` (connected to NATS): open to all.
+
+use crate::{
+    Config, Error, MAX_BATCH, MAX_BODY, Object, Server, auth, auth::Gate, body, conn, problem,
+    tasks::NewTask,
+};
+use axum::{
+    Json, Router,
+    extract::{DefaultBodyLimit, FromRef, Path, State, rejection::JsonRejection},
+    http::{HeaderMap, StatusCode},
+    middleware::from_fn_with_state,
+    response::{IntoResponse, Response},
+    routing::{get, post},
+};
+use colony_cluster::{Cluster, TaskView, leadership::Observer};
+use serde::Deserialize;
+use serde_json::json;
+use std::{fmt::Write, sync::Arc, time::Duration};
+
+/// What every handler of the cluster's control plane shares.
+#[derive(Debug)]
+pub(crate) struct ClusterApp {
+    cluster: Cluster,
+    gate: Gate,
+    /// Whether this server leads the scaling.
+    scaling: Observer,
+    /// How often the scaling leader looks: a record older than three periods is stale.
+    period: Duration,
+}
+
+impl FromRef<Arc<ClusterApp>> for Gate {
+    fn from_ref(app: &Arc<ClusterApp>) -> Gate {
+        app.gate.clone()
+    }
+}
+
+/// Starts serving the cluster as `config` says (its tokens, TLS, rate limit and connection
+/// limits; it runs no workflows and holds no memory); `scaling` says whether this process
+/// leads the scaling (see [`colony_cluster::scaling::Scaling`]).
+pub async fn serve_cluster(
+    cluster: Cluster,
+    scaling: Observer,
+    period: Duration,
+    config: Config,
+) -> Result<Server, Error> {
+    let addr = config.addr;
+    if config.tokens.is_none() && !addr.ip().is_loopback() {
+        return Err(Error::NotLoopback(addr));
+    }
+    let tls = match &config.tls {
+        Some(tls) => Some(crate::rustls_config(tls)?),
+        None => None,
+    };
+    let tokens = config.tokens.is_some();
+    let app = Arc::new(ClusterApp {
+        cluster,
+        gate: Gate::new(config.tokens, config.rate_limit, tls.is_some()),
+        scaling,
+        period,
+    });
+    let router = router(app);
+    let bind = |source| Error::Bind { addr, source };
+    let listener = tokio::net::TcpListener::bind(addr).await.map_err(bind)?;
+    let addr = listener.local_addr().map_err(bind)?;
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    if let Some(warning) = crate::plain_text_warning(addr, tokens, tls.is_some()) {
+        tracing::warn!("{warning}");
+    }
+    let limits = config.connections;
+    let task = colony_runtime::spawner::Spawner::spawn("http-server", async move {
+        conn::serve(listener, router, tls, limits).await;
+    });
+    Ok(Server { addr, scheme, task })
+}
+
+fn router(app: Arc<ClusterApp>) -> Router {
+    let scoped = |scope: auth::Scope, routes: Router<Arc<ClusterApp>>| {
+        routes.route_layer(from_fn_with_state(
+            app.gate.clone(),
+            move |state, request, next| auth::require(scope, state, request, next),
+        ))
+    };
+    let read = Router::new()
+        .route("/v1/tasks/{id}", get(task))
+        .route("/v1/cluster", get(status))
+        .route("/v1/scaling/{role}", get(scaling))
+        .route("/metrics", get(metrics));
+    let submit = Router::new()
+        .route("/v1/tasks", post(submit))
+        .route("/v1/tasks/batch", post(submit_batch));
+    let open = Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz));
+    Router::new()
+        .merge(scoped(auth::Scope::Read, read))
+        .merge(scoped(auth::Scope::Submit, submit))
+        .merge(open)
+        .fallback(|| async { problem(StatusCode::NOT_FOUND, "not-found", "no such route") })
+        .method_not_allowed_fallback(|| async {
+            problem(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method-not-allowed",
+                "this route does not take that method",
+            )
+        })
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(from_fn_with_state(app.gate.clone(), auth::guard))
+        .layer(axum::middleware::map_response(crate::json_errors))
+        .with_state(app)
+}
+
+/// A cluster refusal or failure as an HTTP status.
+fn failed(error: colony_cluster::Error) -> Response {
+    use colony_cluster::Error as E;
+    let message = error.to_string();
+    match error {
+        E::Unknown { .. } => problem(StatusCode::NOT_FOUND, "unknown-task", message),
+        E::BadRole { .. } | E::Task(_) | E::Settings(_) => {
+            problem(StatusCode::UNPROCESSABLE_ENTITY, "refused", message)
+        }
+        E::Corrupt { .. } => problem(StatusCode::INTERNAL_SERVER_ERROR, "corrupt", message),
+        E::Connect { .. } | E::NoJetStream { .. } | E::Nats { .. } => {
+            problem(StatusCode::SERVICE_UNAVAILABLE, "nats-unavailable", message)
+        }
+    }
+}
+
+/// A task the cluster can carry: no vote (a decision runs on one runtime), at most the
+/// cluster's payload.
+#[allow(clippy::result_large_err)]
+fn spec(task: NewTask, index: Option<usize>) -> Result<colony_core::task::TaskSpec, Response> {
+    let at = index.map_or_else(String::new, |i| format!("task {i}: "));
+    let (spec, decide) = task.spec().map_err(|e| {
+        problem(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "refused",
+            format!("{at}{e}"),
+        )
+    })?;
+    if decide.is_some() {
+        return Err(problem(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "refused",
+            format!(
+                "{at}a task decided by vote runs on one runtime: submit it to `colony serve` without --nats"
+            ),
+        ));
+    }
+    Ok(spec)
+}
+
+/// The dedupe id of a request's `Idempotency-Key`, per caller, so that two callers' keys
+/// never meet.
+#[allow(clippy::result_large_err)]
+fn dedupe_id(
+    headers: &HeaderMap,
+    caller: Option<&axum::Extension<auth::Caller>>,
+) -> Result<Option<String>, Response> {
+    let Some(key) = crate::tasks::idempotency_key(headers)? else {
+        return Ok(None);
+    };
+    let caller = caller.map_or("", |c| &*c.name);
+    let digest = {
+        use sha2::{Digest, Sha256};
+        let mut hash = Sha256::new();
+        hash.update(caller.as_bytes());
+        hash.update([0]);
+        hash.update(key.as_bytes());
+        hash.finalize()
+    };
+    Ok(Some(
+        digest[..16].iter().map(|b| format!("{b:02x}")).collect(),
+    ))
+}
+
+async fn submit(
+    State(app): State<Arc<ClusterApp>>,
+    caller: Option<axum::Extension<auth::Caller>>,
+    headers: HeaderMap,
+    task: Result<Json<Object<NewTask>>, JsonRejection>,
+) -> Response {
+    let id = match dedupe_id(&headers, caller.as_ref()) {
+        Ok(id) => id,
+        Err(response) => return response,
+    };
+    let task = match body(task) {
+        Ok(task) => task,
+        Err(response) => return response,
+    };
+    let spec = match spec(task, None) {
+        Ok(spec) => spec,
+        Err(response) => return response,
+    };
+    let ids = id.map(|id| vec![id]);
+    match app.cluster.submit(&[spec], ids.as_deref()).await {
+        Ok(submitted) => match submitted.first() {
+            Some(s) => (
+                StatusCode::ACCEPTED,
+                Json(json!({"id": s.id, "duplicate": s.duplicate})),
+            )
+                .into_response(),
+            None => problem(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "not-accepted",
+                "the cluster answered nothing for the task",
+            ),
+        },
+        Err(e) => failed(e),
+    }
+}
+
+/// `POST /v1/tasks/batch`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Batch {
+    tasks: Vec<NewTask>,
+}
+
+async fn submit_batch(
+    State(app): State<Arc<ClusterApp>>,
+    caller: Option<axum::Extension<auth::Caller>>,
+    headers: HeaderMap,
+    batch: Result<Json<Object<Batch>>, JsonRejection>,
+) -> Response {
+    let id = match dedupe_id(&headers, caller.as_ref()) {
+        Ok(id) => id,
+        Err(response) => return response,
+    };
+    let batch = match body(batch) {
+        Ok(batch) => batch,
+        Err(response) => return response,
+    };
+    if batch.tasks.is_empty() || batch.tasks.len() > MAX_BATCH {
+        return problem(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "bad-batch",
+            format!(
+                "a batch holds from 1 to {MAX_BATCH} tasks, not {}",
+                batch.tasks.len()
+            ),
+        );
+    }
+    let mut specs = Vec::with_capacity(batch.tasks.len());
+    for (i, task) in batch.tasks.into_iter().enumerate() {
+        match spec(task, Some(i)) {
+            Ok(spec) => specs.push(spec),
+            Err(response) => return response,
+        }
+    }
+    // One key for the batch: each task's id is the key's and its place in the batch.
+    let ids: Option<Vec<String>> =
+        id.map(|id| (0..specs.len()).map(|i| format!("{id}.{i}")).collect());
+    match app.cluster.submit(&specs, ids.as_deref()).await {
+        Ok(submitted) => {
+            let duplicates = submitted.iter().filter(|s| s.duplicate).count();
+            let ids: Vec<u64> = submitted.iter().map(|s| s.id).collect();
+            (
+                StatusCode::ACCEPTED,
+                Json(json!({"ids": ids, "duplicates": duplicates})),
+            )
+                .into_response()
+        }
+        Err(e) => failed(e),
+    }
+}
+
+async fn task(State(app): State<Arc<ClusterApp>>, Path(id): Path<String>) -> Response {
+    let id = match id.parse::<u64>() {
+        Ok(id) if id > 0 => id,
+        _ => {
+            return problem(
+                StatusCode::BAD_REQUEST,
+                "bad-id",
+                format!(
+                    "task id {:?} is not a number from 1 up",
+                    colony_core::text::shorten(&id, 40)
+                ),
+            );
+        }
+    };
+    match app.cluster.task(id).await {
+        Ok(TaskView::Queued) => Json(json!({"id": id, "state": "queued"})).into_response(),
+        Ok(TaskView::Row(row)) => Json(row.json(id)).into_response(),
+        Err(e) => failed(e),
+    }
+}
+
+async fn status(State(app): State<Arc<ClusterApp>>) -> Response {
+    match app.cluster.status().await {
+        Ok(status) => {
+            let mut v = serde_json::to_value(&status).unwrap_or_default();
+            v["scaling"] = json!({
+                "this-server": app.scaling.holder(),
+                "leading": app.scaling.term().is_some(),
+                "term": app.scaling.term(),
+            });
+            Json(v).into_response()
+        }
+        Err(e) => failed(e),
+    }
+}
+
+async fn scaling(State(app): State<Arc<ClusterApp>>, Path(role): Path<String>) -> Response {
+    match app.cluster.scaling(&role).await {
+        Ok(Some(record)) => {
+            let age = now_ms().saturating_sub(record.at_ms);
+            let mut v = serde_json::to_value(&record).unwrap_or_default();
+            v["age-ms"] = age.into();
+            v["stale"] = (u128::from(age) > 3 * app.period.as_millis()).into();
+            Json(v).into_response()
+        }
+        Ok(None) => problem(
+            StatusCode::NOT_FOUND,
+            "no-scaling",
+            format!(
+                "no scaling decided for role {:?} yet: the leader decides each role whose consumer exists (a node serving it has joined)",
+                colony_core::text::shorten(&role, 80)
+            ),
+        ),
+        Err(e) => failed(e),
+    }
+}
+
+async fn readyz(State(app): State<Arc<ClusterApp>>) -> Response {
+    if app.cluster.connected() {
+        "ready".into_response()
+    } else {
+        problem(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not-connected",
+            format!("not connected to NATS at {}", app.cluster.url()),
+        )
+    }
+}
+
+/// Milliseconds since the Unix epoch.
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// A label value as Prometheus's text format writes it.
+fn label(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+async fn metrics(State(app): State<Arc<ClusterApp>>) -> Response {
+    let status = match app.cluster.status().await {
+        Ok(status) => status,
+        Err(e) => return failed(e),
+    };
+    let mut out = String::new();
+    let family = |out: &mut String, name: &str, kind: &str, help: &str| {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+    };
+    family(
+        &mut out,
+        "colony_cluster_nodes",
+        "gauge",
+        "Nodes whose heartbeat is live.",
+    );
+    let _ = writeln!(out, "colony_cluster_nodes {}", status.nodes.len());
+    family(
+        &mut out,
+        "colony_cluster_unfinished",
+        "gauge",
+        "Tasks in the stream not yet ended: waiting or running.",
+    );
+    let _ = writeln!(out, "colony_cluster_unfinished {}", status.unfinished);
+    type Of = fn(&colony_cluster::NodeInfo) -> u64;
+    let per_node: [(&str, &str, &str, Of); 5] = [
+        (
+            "colony_cluster_node_agents",
+            "gauge",
+            "Agents on the node.",
+            |n| n.agents,
+        ),
+        (
+            "colony_cluster_node_running",
+            "gauge",
+            "Attempts running on the node.",
+            |n| n.running,
+        ),
+        (
+            "colony_cluster_node_attempts_ended_total",
+            "counter",
+            "Attempts the node ended since it started.",
+            |n| n.ended,
+        ),
+        (
+            "colony_cluster_node_fenced_total",
+            "counter",
+            "Results of the node refused because another node held the task by then.",
+            |n| n.fenced,
+        ),
+        (
+            "colony_cluster_node_draining",
+            "gauge",
+            "1 while the node drains.",
+            |n| u64::from(n.draining),
+        ),
+    ];
+    for (name, kind, help, of) in per_node {
+        family(&mut out, name, kind, help);
+        for node in &status.nodes {
+            let _ = writeln!(out, "{name}{{node=\"{}\"}} {}", label(&node.name), of(node));
+        }
+    }
+    family(
+        &mut out,
+        "colony_cluster_role_waiting",
+        "gauge",
+        "Tasks of the role waiting for a node.",
+    );
+    for role in &status.roles {
+        let _ = writeln!(
+            out,
+            "colony_cluster_role_waiting{{role=\"{}\"}} {}",
+            label(&role.role),
+            role.waiting
+        );
+    }
+    family(
+        &mut out,
+        "colony_cluster_role_running",
+        "gauge",
+        "Tasks of the role delivered to a node and not yet ended.",
+    );
+    for role in &status.roles {
+        let _ = writeln!(
+            out,
+            "colony_cluster_role_running{{role=\"{}\"}} {}",
+            label(&role.role),
+            role.running
+        );
+    }
+    family(
+        &mut out,
+        "colony_cluster_role_desired_nodes",
+        "gauge",
+        "Nodes the scaling leader wants for the role.",
+    );
+    for role in &status.roles {
+        if let Ok(Some(record)) = app.cluster.scaling(&role.role).await {
+            let _ = writeln!(
+                out,
+                "colony_cluster_role_desired_nodes{{role=\"{}\"}} {}",
+                label(&role.role),
+                record.desired
+            );
+        }
+    }
+    family(
+        &mut out,
+        "colony_cluster_scaling_leader",
+        "gauge",
+        "1 while this server leads the scaling.",
+    );
+    let _ = writeln!(
+        out,
+        "colony_cluster_scaling_leader {}",
+        u8::from(app.scaling.term().is_some())
+    );
+    ([("content-type", "text/plain; version=0.0.4")], out).into_response()
+}
