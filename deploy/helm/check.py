@@ -1,7 +1,8 @@
 """Renders the colony chart with Helm's own SDK, lints it, and validates every manifest
 against the Kubernetes schemas (kubernetes-validate, offline); then checks what the chart
 promises: NATS with sync_interval always and file storage on volumes, the replica rule,
-nodes that drain within their grace period and answer /readyz, no root.
+nodes that drain within their grace period and answer /readyz, a control plane that asks
+for tokens, KEDA on the scaling leader's decision (or the consumer's backlog), no root.
 
 Usage: python check.py CHART_DIR   (exit 0 when every check holds; each failure printed)
 Needs: pip install helm-python-sdk==0.2.2 kubernetes-validate==1.37.0 (.ci/run does).
@@ -50,11 +51,22 @@ def validate(docs, label):
     for path, doc in docs:
         kinds.append(doc["kind"])
         if doc["apiVersion"].startswith("keda.sh/"):
+            # KEDA's kinds are not in the Kubernetes schemas: their fields are checked here.
             spec = doc.get("spec", {})
-            trigger = (spec.get("triggers") or [{}])[0]
-            check(spec.get("scaleTargetRef", {}).get("name"), f"{label}: {path}: no scale target")
-            check(trigger.get("type") == "nats-jetstream", f"{label}: {path}: not the NATS JetStream scaler")
-            check(trigger.get("metadata", {}).get("stream") == "COLONY_TASKS", f"{label}: {path}: not the tasks stream")
+            if doc["kind"] == "ScaledObject":
+                trigger = (spec.get("triggers") or [{}])[0]
+                check(spec.get("scaleTargetRef", {}).get("name"), f"{label}: {path}: no scale target")
+                if trigger.get("type") == "nats-jetstream":
+                    check(trigger.get("metadata", {}).get("stream") == "COLONY_TASKS", f"{label}: {path}: not the tasks stream")
+                else:
+                    check(trigger.get("type") == "metrics-api", f"{label}: {path}: trigger {trigger.get('type')}")
+                    check(trigger.get("metadata", {}).get("authMode") == "bearer", f"{label}: {path}: the scaling endpoint asks for a token")
+                    check(trigger.get("authenticationRef", {}).get("name"), f"{label}: {path}: no authentication")
+            else:
+                check(doc["kind"] == "TriggerAuthentication", f"{label}: {path}: KEDA kind {doc['kind']}")
+                refs = spec.get("secretTargetRef") or []
+                check(len(refs) == 1 and refs[0].get("parameter") == "token" and refs[0].get("key") == "read-token",
+                      f"{label}: {path}: the read token from the Secret: {refs}")
             continue
         try:
             kubernetes_validate.validate(doc, KUBERNETES, strict=True)
@@ -111,13 +123,47 @@ def main(chart_dir):
     check(any(m["mountPath"] == "/tmp" for m in container["volumeMounts"]), "a writable /tmp beside the read-only root")
     check(node["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0, "a rolling update keeps every node until its replacement is ready")
 
-    # KEDA on, an external NATS: no servers rendered, the scaler reads the given endpoint.
-    docs = render(chart_dir, {"nats": {"enabled": False, "url": "nats://a:4222,nats://b:4222,nats://c:4222"},
-                              "keda": {"enabled": True, "role": "coder", "monitoringEndpoint": "a:8222"}})
-    kinds = validate(docs, "keda")
-    check("StatefulSet" not in kinds and "ScaledObject" in kinds, f"keda with external NATS renders {kinds}")
+    control = by_kind(docs, "Deployment", "control")
+    check(len(control) == 1, "one control plane Deployment")
+    control = control[0]
+    pod = control["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    args = container["args"]
+    check(args[:3] == ["serve", "--nats", ",".join(urls)], f"the control plane serves the same cluster: {args[:3]}")
+    check(control["spec"]["replicas"] == 2, "two control servers: one leads the scaling, one stands by")
+    check(args[args.index("--addr") + 1] == "0.0.0.0:7070", "listens beyond loopback")
+    check(args[args.index("--tokens") + 1] == "/etc/colony-tokens/tokens", "so asks for tokens")
+    secret = [v for v in pod["volumes"] if v["name"] == "tokens"][0]["secret"]
+    check(secret["secretName"] == "colony-tokens", f"tokens from the Secret: {secret}")
+    check(container["readinessProbe"]["httpGet"]["path"] == "/readyz", "control readiness is /readyz")
+    check(pod["securityContext"]["runAsNonRoot"] is True, "control: no root")
+    services = [s for s in by_kind(docs, "Service", "control")]
+    check(len(services) == 1 and services[0]["spec"]["ports"][0]["port"] == 7070, "a Service in front of the control plane")
+
+    # KEDA on the scaling leader's decision: the control plane's scaling endpoint, with a
+    # read token, and the leader bounded as KEDA is.
+    docs = render(chart_dir, {"keda": {"enabled": True, "role": "coder", "minReplicas": 2, "maxReplicas": 9}})
+    kinds = validate(docs, "keda-scaling")
+    check("ScaledObject" in kinds and "TriggerAuthentication" in kinds, f"keda on the scaling endpoint renders {kinds}")
     node = by_kind(docs, "Deployment", "node")[0]
     check("replicas" not in node["spec"], "KEDA owns the replica count")
+    trigger = by_kind(docs, "ScaledObject")[0]["spec"]["triggers"][0]
+    check(trigger["metadata"]["url"] == "http://demo-colony-control.swarm.svc:7070/v1/scaling/coder",
+          f"the role's scaling endpoint: {trigger['metadata']['url']}")
+    check(trigger["metadata"]["valueLocation"] == "desired" and trigger["metadata"]["targetValue"] == "1",
+          "one node per desired node")
+    args = by_kind(docs, "Deployment", "control")[0]["spec"]["template"]["spec"]["containers"][0]["args"]
+    check(args[args.index("--scaling-min") + 1] == "2" and args[args.index("--scaling-max") + 1] == "9",
+          "the scaling leader is bounded as KEDA is")
+
+    # KEDA on the consumer's backlog, an external NATS, no control plane: no servers
+    # rendered, the scaler reads the given endpoint.
+    docs = render(chart_dir, {"nats": {"enabled": False, "url": "nats://a:4222,nats://b:4222,nats://c:4222"},
+                              "control": {"enabled": False},
+                              "keda": {"enabled": True, "trigger": "jetstream", "role": "coder", "monitoringEndpoint": "a:8222"}})
+    kinds = validate(docs, "keda-jetstream")
+    check("StatefulSet" not in kinds and "ScaledObject" in kinds, f"keda with external NATS renders {kinds}")
+    check(not by_kind(docs, "Deployment", "control"), "no control plane when it is off")
     scaled = by_kind(docs, "ScaledObject")[0]
     check(scaled["spec"]["triggers"][0]["metadata"]["consumer"] == "role-coder", "the role's consumer")
 
@@ -138,6 +184,11 @@ def main(chart_dir):
     refused(chart_dir, {"nodes": {"ackWait": "500ms"}}, "colony node takes an ack wait of at least 1s")
     refused(chart_dir, {"nodes": {"ackWait": "9999s"}}, "colony node takes an ack wait of at most 1h")
     refused(chart_dir, {"nodes": {"drainTimeout": "61m"}}, "colony node takes a drain of at most 1h")
+    refused(chart_dir, {"control": {"enabled": False}, "keda": {"enabled": True}}, "the scaling trigger without a control plane")
+    refused(chart_dir, {"control": {"tokensSecret": ""}}, "a control plane beyond loopback without tokens")
+    refused(chart_dir, {"control": {"scalingLease": "1s"}}, "colony serve takes a lease of at least 2s")
+    refused(chart_dir, {"control": {"scalingPeriod": "50ms"}}, "colony serve takes a period of at least 100ms")
+    refused(chart_dir, {"keda": {"enabled": True, "trigger": "cpu"}}, "an unknown trigger")
 
     if failures:
         for f in failures:
