@@ -95,7 +95,8 @@ def main(chart_dir):
 
     docs = render(chart_dir, {})
     kinds = validate(docs, "defaults")
-    check(sorted(set(kinds)) == ["ConfigMap", "Deployment", "PodDisruptionBudget", "Service", "StatefulSet"], f"defaults render {kinds}")
+    check(sorted(set(kinds)) == ["ConfigMap", "Deployment", "PodDisruptionBudget", "Role", "RoleBinding", "Service",
+                                 "ServiceAccount", "StatefulSet"], f"defaults render {kinds}")
 
     conf = [d for d in by_kind(docs, "ConfigMap") if "nats.conf" in d.get("data", {})]
     check(len(conf) == 1, "one NATS config")
@@ -122,6 +123,14 @@ def main(chart_dir):
     check(pod["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault", "the restricted Pod Security level")
     check(any(m["mountPath"] == "/tmp" for m in container["volumeMounts"]), "a writable /tmp beside the read-only root")
     check(node["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0, "a rolling update keeps every node until its replacement is ready")
+    check("--pod-deletion-cost" in args, "nodes keep their pod's deletion cost")
+    account = pod.get("serviceAccountName")
+    role = by_kind(docs, "Role")
+    binding = by_kind(docs, "RoleBinding")
+    check(len(role) == 1 and role[0]["rules"] == [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "patch"]}],
+          f"the nodes may read and patch pods, nothing more: {role}")
+    check(len(binding) == 1 and binding[0]["subjects"][0]["name"] == account and binding[0]["roleRef"]["name"] == role[0]["metadata"]["name"],
+          f"the nodes' service account {account} is bound to that role")
 
     control = by_kind(docs, "Deployment", "control")
     check(len(control) == 1, "one control plane Deployment")
@@ -167,10 +176,13 @@ def main(chart_dir):
     scaled = by_kind(docs, "ScaledObject")[0]
     check(scaled["spec"]["triggers"][0]["metadata"]["consumer"] == "role-coder", "the role's consumer")
 
-    # A single development server, R1, and a grace period in minutes.
-    docs = render(chart_dir, {"replicas": 1, "nats": {"servers": 1}, "nodes": {"drainTimeout": "2m"}})
-    validate(docs, "single")
+    # A single development server, R1, a grace period in minutes, no deletion cost.
+    docs = render(chart_dir, {"replicas": 1, "nats": {"servers": 1}, "nodes": {"drainTimeout": "2m", "podDeletionCost": False}})
+    kinds = validate(docs, "single")
     node = by_kind(docs, "Deployment", "node")[0]
+    check("Role" not in kinds and "--pod-deletion-cost" not in node["spec"]["template"]["spec"]["containers"][0]["args"],
+          "no deletion cost, no role")
+    check(node["spec"]["template"]["spec"].get("automountServiceAccountToken") is False, "and no API token in the pod")
     check(node["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] == 135, "2m + 15 s")
     conf = [d for d in by_kind(docs, "ConfigMap") if "nats.conf" in d.get("data", {})][0]["data"]["nats.conf"]
     check("cluster {" not in conf, "one server has no cluster block")

@@ -22,6 +22,7 @@
 
 pub mod bench;
 mod client;
+pub mod kubernetes;
 pub mod leadership;
 pub mod lease;
 mod membership;

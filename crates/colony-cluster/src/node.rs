@@ -143,6 +143,11 @@ pub struct Readiness {
 }
 
 impl Readiness {
+    /// Attempts running on the node now.
+    pub fn running(&self) -> u64 {
+        self.shared.counters.running.load(Ordering::Relaxed)
+    }
+
     pub fn check(&self) -> Result<(), String> {
         if *self.shared.phase.borrow() != Phase::Taking {
             return Err(format!("node {} is draining", self.shared.name));

@@ -170,6 +170,26 @@ pub(crate) fn check_name(what: &str, name: &str) -> Result<(), Error> {
     }
 }
 
+/// A pod's or namespace's name as Kubernetes allows it (a DNS subdomain: lowercase letters,
+/// digits, `-` and `.`, at most 253), before it goes into an API path.
+pub(crate) fn check_pod_name(name: &str) -> Result<(), Error> {
+    let ok = !name.is_empty()
+        && name.len() <= 253
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+        && !name.starts_with(['-', '.'])
+        && !name.ends_with(['-', '.']);
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::Settings(format!(
+            "--pod-deletion-cost: `{}` is not a Kubernetes name (lowercase letters, digits, `-` and `.`)",
+            colony_core::text::shorten(name, 80)
+        )))
+    }
+}
+
 /// The subject a task of `role` (any agent when `None`) and `priority` is published on.
 pub(crate) fn subject(role: Option<&str>, priority: u8) -> String {
     format!("colony.tasks.{}.p{priority}", role.unwrap_or(ANY_ROLE))

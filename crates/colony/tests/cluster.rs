@@ -41,6 +41,17 @@ impl NodeProc {
     }
 
     fn start_with(dir: &Path, url: &str, name: &str, replicas: &str, extra: &[&str]) -> NodeProc {
+        Self::start_env(dir, url, name, replicas, extra, &[])
+    }
+
+    fn start_env(
+        dir: &Path,
+        url: &str,
+        name: &str,
+        replicas: &str,
+        extra: &[&str],
+        env: &[(&str, String)],
+    ) -> NodeProc {
         let log = dir.join(format!("{name}.log"));
         let pools = dir.join(format!("{name}.yaml"));
         std::fs::write(
@@ -69,6 +80,7 @@ impl NodeProc {
             .arg("--out")
             .arg(dir.join(format!("{name}-out")))
             .env_remove("COLONY_NATS")
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(stderr)
@@ -843,9 +855,10 @@ fn serve_over_the_cluster_takes_tasks_and_one_server_leads_the_scaling() {
 }
 
 /// `colony serve --nats` runs no runtime: a runtime's settings, given as flags or read from
-/// the settings file, are refused before anything starts, naming where they came from.
+/// the settings file, are refused before anything starts, naming where they came from. A
+/// node asked to keep its pod's deletion cost outside a pod is refused too.
 #[test]
-fn serve_over_the_cluster_refuses_a_runtimes_settings() {
+fn what_the_cluster_commands_cannot_use_is_refused_before_anything_starts() {
     let dir = tempfile::tempdir().unwrap();
     let run = |args: &[&str]| {
         let out = Command::new(COLONY)
@@ -871,4 +884,161 @@ fn serve_over_the_cluster_refuses_a_runtimes_settings() {
     assert_eq!(code, Some(2), "{err}");
     assert!(err.contains("colony.toml") && err.contains("`db`"), "{err}");
     assert!(!dir.path().join("x.db").exists());
+    std::fs::remove_file(dir.path().join("colony.toml")).unwrap();
+    let out = Command::new(COLONY)
+        .args([
+            "node",
+            "--nats",
+            "nats://127.0.0.1:1",
+            "--pod-deletion-cost",
+        ])
+        .current_dir(dir.path())
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .env_remove("COLONY_CONFIG")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("KUBERNETES_SERVICE_HOST") && err.contains("Kubernetes pod only"),
+        "{err}"
+    );
+}
+
+/// One request the fake Kubernetes API server saw: method, path, authorization,
+/// content type, body.
+type Seen = (String, String, String, String, String);
+
+/// A Kubernetes API server on loopback, over TLS with its own certificate, that answers
+/// every request 200 and keeps what it saw.
+fn fake_api(
+    cert: &rcgen::CertifiedKey<rcgen::KeyPair>,
+) -> (u16, std::sync::Arc<std::sync::Mutex<Vec<Seen>>>) {
+    use std::io::{BufRead, Write};
+    use std::sync::{Arc, Mutex};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(cert.signing_key.serialize_der().into());
+    let config = Arc::new(
+        rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::aws_lc_rs::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![cert.cert.der().clone()], key)
+        .unwrap(),
+    );
+    let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
+    let kept = seen.clone();
+    colony_agents::spawner::Spawner::spawn_thread("fake-kubernetes", move || {
+        for tcp in listener.incoming().flatten() {
+            let conn = rustls::ServerConnection::new(config.clone()).unwrap();
+            let mut stream = std::io::BufReader::new(rustls::StreamOwned::new(conn, tcp));
+            // Requests on one kept-alive connection, until it closes.
+            loop {
+                let mut line = String::new();
+                if stream.read_line(&mut line).unwrap_or(0) == 0 {
+                    break;
+                }
+                let mut parts = line.split_whitespace();
+                let method = parts.next().unwrap_or_default().to_owned();
+                let path = parts.next().unwrap_or_default().to_owned();
+                let (mut length, mut auth, mut kind) = (0usize, String::new(), String::new());
+                loop {
+                    let mut header = String::new();
+                    if stream.read_line(&mut header).unwrap_or(0) == 0 || header == "\r\n" {
+                        break;
+                    }
+                    let (name, value) = header.split_once(':').unwrap_or_default();
+                    let value = value.trim().to_owned();
+                    match name.to_ascii_lowercase().as_str() {
+                        "content-length" => length = value.parse().unwrap_or(0),
+                        "authorization" => auth = value,
+                        "content-type" => kind = value,
+                        _ => {}
+                    }
+                }
+                let mut body = vec![0; length];
+                if std::io::Read::read_exact(&mut stream, &mut body).is_err() {
+                    break;
+                }
+                kept.lock().unwrap().push((
+                    method,
+                    path,
+                    auth,
+                    kind,
+                    String::from_utf8_lossy(&body).into_owned(),
+                ));
+                let answer = "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}";
+                if stream.get_mut().write_all(answer.as_bytes()).is_err() {
+                    break;
+                }
+                let _ = stream.get_mut().flush();
+            }
+        }
+    })
+    .unwrap();
+    (port, seen)
+}
+
+/// In a pod, a node keeps its pod's deletion cost at the attempts it runs: 0 idle, 4 while
+/// its four agents are busy, 0 again after; each write a merge patch of the pod by its
+/// service account's token, checked against the service account's CA.
+#[test]
+fn a_node_in_a_pod_keeps_its_deletion_cost_at_its_running_attempts() {
+    let rt = runtime();
+    let dir = tempfile::tempdir().unwrap();
+    let server = NatsServer::single(dir.path()).unwrap();
+    let url = server.url();
+    let cluster = rt.block_on(client(&url, 1));
+    let cert = rcgen::generate_simple_self_signed(vec!["127.0.0.1".into()]).unwrap();
+    let (port, seen) = fake_api(&cert);
+    let account = dir.path().join("serviceaccount");
+    std::fs::create_dir(&account).unwrap();
+    std::fs::write(account.join("token"), "test-token\n").unwrap();
+    std::fs::write(account.join("ca.crt"), cert.cert.pem()).unwrap();
+    std::fs::write(account.join("namespace"), "swarm").unwrap();
+    let env = [
+        ("KUBERNETES_SERVICE_HOST", "127.0.0.1".to_owned()),
+        ("KUBERNETES_SERVICE_PORT", port.to_string()),
+        ("POD_NAME", "colony-node-7f9c".to_owned()),
+        ("COLONY_SERVICE_ACCOUNT", account.display().to_string()),
+    ];
+    let a = NodeProc::start_env(dir.path(), &url, "a", "1", &["--pod-deletion-cost"], &env);
+    rt.block_on(wait_for_nodes(&cluster, 1));
+    let costs = || -> Vec<String> {
+        seen.lock()
+            .unwrap()
+            .iter()
+            .map(|(method, path, auth, kind, body)| {
+                assert_eq!(method, "PATCH");
+                assert_eq!(path, "/api/v1/namespaces/swarm/pods/colony-node-7f9c");
+                assert_eq!(auth, "Bearer test-token");
+                assert_eq!(kind, "application/merge-patch+json");
+                let v: serde_json::Value = serde_json::from_str(body).unwrap();
+                v["metadata"]["annotations"]["controller.kubernetes.io/pod-deletion-cost"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned()
+            })
+            .collect()
+    };
+    let wait_for = |want: &[&str]| {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while costs() != want {
+            assert!(
+                Instant::now() < deadline,
+                "costs written {:?}, waiting for {want:?}",
+                costs()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    wait_for(&["0"]);
+    let ids = submit(&url, dir.path(), 4, 7.0);
+    wait_for(&["0", "4"]);
+    rt.block_on(check(&cluster, &ids, std::slice::from_ref(&a.log), 0));
+    wait_for(&["0", "4", "0"]);
+    a.stop();
 }

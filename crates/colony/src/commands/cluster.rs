@@ -3,7 +3,7 @@
 
 use crate::{Failure, commands::serve, config, output::Table, signal::Stops};
 use bytes::Bytes;
-use colony_cluster::{Cluster, Node, NodeOptions, Row, Settings, TaskView};
+use colony_cluster::{Cluster, Node, NodeOptions, Row, Settings, TaskView, kubernetes};
 use colony_core::task::{Priority, Requirement, TaskSpec, TaskState};
 use colony_journal::MemoryJournal;
 use colony_runtime::{Runtime, RuntimeOptions};
@@ -62,6 +62,12 @@ pub(crate) struct NodeArgs {
     /// this address, such as 0.0.0.0:9090 for Kubernetes probes; read-only, no tokens.
     #[arg(long, value_name = "ADDR")]
     probes: Option<std::net::SocketAddr>,
+    /// In a Kubernetes pod: keep the pod's `controller.kubernetes.io/pod-deletion-cost` at
+    /// the attempts it runs, so that a scale-down takes idle nodes first. Needs a service
+    /// account allowed to patch pods ($COLONY_SERVICE_ACCOUNT: where it is mounted, default
+    /// /var/run/secrets/kubernetes.io/serviceaccount).
+    #[arg(long)]
+    pod_deletion_cost: bool,
     /// Print what the node did, when it leaves, as JSON on stdout.
     #[arg(long)]
     json: bool,
@@ -335,6 +341,13 @@ pub(crate) fn node(args: &NodeArgs) -> Result<(), Failure> {
             .unwrap_or(4096),
         drain_timeout: args.drain_timeout.unwrap_or(Duration::from_secs(30)),
     };
+    let pod = if args.pod_deletion_cost {
+        let mounted = std::env::var_os("COLONY_SERVICE_ACCOUNT")
+            .map_or_else(|| PathBuf::from(kubernetes::SERVICE_ACCOUNT), PathBuf::from);
+        Some(kubernetes::InCluster::from_env(&mounted).map_err(Failure::input)?)
+    } else {
+        None
+    };
     let runtime = tokio()?;
     let result = runtime.block_on(async {
         let mut stops = Stops::new();
@@ -372,6 +385,13 @@ pub(crate) fn node(args: &NodeArgs) -> Result<(), Failure> {
             }
             None => None,
         };
+        let cost = pod.map(|pod| {
+            let readiness = node.readiness();
+            colony_agents::spawner::Spawner::spawn(
+                "pod-deletion-cost",
+                kubernetes::keep_cost(pod, move || readiness.running(), kubernetes::MIN_INTERVAL),
+            )
+        });
         let mut roles: Vec<String> = colony
             .handle()
             .pools()
@@ -391,6 +411,9 @@ pub(crate) fn node(args: &NodeArgs) -> Result<(), Failure> {
         stops.next().await;
         eprintln!("node {name} drains: no new tasks; running ones finish or go back");
         let report = node.drain().await;
+        if let Some(cost) = cost {
+            cost.abort();
+        }
         colony.shutdown().await;
         drop(probes);
         if args.json {
