@@ -16,6 +16,7 @@
 
 pub mod bench;
 mod check;
+pub mod cluster;
 mod decide;
 pub mod file;
 mod memory;

@@ -50,6 +50,9 @@ pub struct Finished {
     pub attempts: u32,
     /// The agent of the last attempt.
     pub agent: Option<u32>,
+    /// The cluster node of the last attempt, in a run across a cluster.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
     /// From submission to its end.
     pub seconds: f64,
     pub output: Option<Output>,
@@ -142,7 +145,7 @@ impl Output {
 
     /// What the readers of this output keep of it: the output itself, or, past what any
     /// placeholder may read, its size alone.
-    fn for_readers(&self) -> Self {
+    pub(crate) fn for_readers(&self) -> Self {
         if self.len() <= READ_OUTPUT_BYTES {
             return self.clone();
         }
@@ -936,7 +939,7 @@ pub async fn run(
     // What an earlier run finished was told of then: not again to the webhooks.
     let hooks = writer.hooks.take();
     for (i, f) in resumed {
-        record(&mut writer, &mut options, &mut results, i, f);
+        record(&mut writer, &mut options.on_finished, &mut results, i, f);
     }
     writer.hooks = hooks;
     done.sort_unstable_by_key(|d| d.0);
@@ -1009,7 +1012,7 @@ pub async fn run(
                         workflow.tasks[because].id
                     );
                     let f = finished(workflow, &waves, node, Status::Skipped, None, Some(error));
-                    record(&mut writer, &mut options, &mut results, node, f);
+                    record(&mut writer, &mut options.on_finished, &mut results, node, f);
                 }
             }
         }
@@ -1149,7 +1152,7 @@ pub async fn run(
                 Err(error) => {
                     let f = finished(workflow, &waves, i, Status::Failed, None, Some(error));
                     steps.extend(dag.on_end(&workflow.graph, i, End::Failed));
-                    record(&mut writer, &mut options, &mut results, i, f);
+                    record(&mut writer, &mut options.on_finished, &mut results, i, f);
                 }
             }
         }
@@ -1194,7 +1197,7 @@ pub async fn run(
                 release(workflow, i, &mut left, &mut outputs);
                 let f = finished(workflow, &waves, i, Status::Failed, None, Some(error));
                 steps.extend(dag.on_end(&workflow.graph, i, End::Failed));
-                record(&mut writer, &mut options, &mut results, i, f);
+                record(&mut writer, &mut options.on_finished, &mut results, i, f);
                 continue;
             }
             other => other,
@@ -1215,7 +1218,7 @@ pub async fn run(
                 {
                     outputs.insert(workflow.tasks[i].id.clone(), v.for_readers());
                 }
-                record(&mut writer, &mut options, &mut results, i, f);
+                record(&mut writer, &mut options.on_finished, &mut results, i, f);
                 steps.extend(dag.on_end(&workflow.graph, i, end));
                 continue;
             }
@@ -1244,10 +1247,58 @@ pub async fn run(
                 End::Failed
             }
         };
-        record(&mut writer, &mut options, &mut results, i, f);
+        record(&mut writer, &mut options.on_finished, &mut results, i, f);
         steps.extend(dag.on_end(&workflow.graph, i, end));
     }
     runtime.shutdown().await;
+    let usage = endpoints
+        .iter()
+        .fold(colony_agents::http::Usage::default(), |total, e| {
+            let u = e.usage();
+            colony_agents::http::Usage {
+                prompt_tokens: total.prompt_tokens + u.prompt_tokens,
+                completion_tokens: total.completion_tokens + u.completion_tokens,
+                cost_usd: total.cost_usd + u.cost_usd,
+            }
+        });
+    conclude(
+        workflow,
+        &waves,
+        results,
+        writer,
+        RunEnd {
+            cancelled,
+            started,
+            output,
+            usage,
+        },
+    )
+    .await
+}
+
+/// How a run ended, for its summary.
+pub(crate) struct RunEnd {
+    pub(crate) cancelled: bool,
+    pub(crate) started: Instant,
+    pub(crate) output: PathBuf,
+    pub(crate) usage: colony_agents::http::Usage,
+}
+
+/// The end of a run, wherever its tasks ran: tasks that never ended are written `cancelled`,
+/// the writer finishes, the webhooks are told, and `summary.json` is written.
+pub(crate) async fn conclude(
+    workflow: &Workflow,
+    waves: &[usize],
+    results: Results,
+    mut writer: Writer,
+    ended: RunEnd,
+) -> Result<Report, colony_runtime::Error> {
+    let RunEnd {
+        cancelled,
+        started,
+        output,
+        usage,
+    } = ended;
     let tasks: Vec<Finished> = results
         .tasks
         .into_iter()
@@ -1261,7 +1312,7 @@ pub async fn run(
                 };
                 let f = finished(
                     workflow,
-                    &waves,
+                    waves,
                     i,
                     Status::Cancelled,
                     None,
@@ -1287,14 +1338,7 @@ pub async fn run(
         skipped: count(Status::Skipped),
         cancelled: count(Status::Cancelled),
         seconds: started.elapsed().as_secs_f64(),
-        usage: endpoints.iter().fold(Default::default(), |total, e| {
-            let u = e.usage();
-            colony_agents::http::Usage {
-                prompt_tokens: total.prompt_tokens + u.prompt_tokens,
-                completion_tokens: total.completion_tokens + u.completion_tokens,
-                cost_usd: total.cost_usd + u.cost_usd,
-            }
-        }),
+        usage,
         tasks,
         unwritten: Vec::new(),
         webhooks: Vec::new(),
@@ -1560,7 +1604,7 @@ async fn watch_rows(
 /// with its recall query filled likewise.
 /// The payload's size is charged while it is filled in: past `max_payload` bytes the task
 /// fails at once, with what overflowed it.
-fn spec_for(
+pub(crate) fn spec_for(
     workflow: &Workflow,
     i: usize,
     outputs: &HashMap<String, Output>,
@@ -1678,7 +1722,7 @@ fn read_outputs(
     Ok(values)
 }
 
-fn finished(
+pub(crate) fn finished(
     workflow: &Workflow,
     waves: &[usize],
     i: usize,
@@ -1693,6 +1737,7 @@ fn finished(
         wave: waves[i],
         attempts: 0,
         agent: None,
+        node: None,
         seconds: 0.0,
         cost_usd: None,
         output,
@@ -1713,7 +1758,7 @@ enum Job {
 /// Writes result files on a thread of its own, so that a slow file system (creating a file
 /// can take a millisecond on a busy ext4) never holds up the graph. Each is serialized
 /// straight into its file, an output as the raw text its agent gave.
-struct Writer {
+pub(crate) struct Writer {
     /// The run's output folder, where result files go.
     output: PathBuf,
     /// Bytes of outputs queued and not yet in their files: part of the in-flight budget, so
@@ -1727,12 +1772,12 @@ struct Writer {
     /// Results that could not even be given a path.
     refused: Vec<String>,
     /// The workflow's webhooks, told of each result written.
-    hooks: Option<crate::webhooks::Webhooks>,
+    pub(crate) hooks: Option<crate::webhooks::Webhooks>,
 }
 
 impl Writer {
     /// Starts the writer; it also appends a line per ended task to `<output>/run.log`.
-    fn start(output: &std::path::Path) -> Result<Self, colony_runtime::Error> {
+    pub(crate) fn start(output: &std::path::Path) -> Result<Self, colony_runtime::Error> {
         use std::io::Write as _;
         let (tx, rx) = std::sync::mpsc::channel::<Job>();
         let log_path = output.join("run.log");
@@ -1875,18 +1920,18 @@ pub const SUMMARY_RESULT_BYTES: usize = 64 << 10;
 pub(crate) const SUMMARY_OUTPUT_BYTES: usize = 16 << 20;
 
 /// Every task's result for the summary, as tasks end.
-struct Results {
-    tasks: Vec<Option<Finished>>,
+pub(crate) struct Results {
+    pub(crate) tasks: Vec<Option<Finished>>,
     /// Bytes of outputs kept in `tasks`, at most [`SUMMARY_OUTPUT_BYTES`].
-    kept: usize,
+    pub(crate) kept: usize,
 }
 
 /// Hands a task's result to the writer, tells the progress callback, and keeps the result for
 /// the summary, an output past [`SUMMARY_RESULT_BYTES`] or [`SUMMARY_OUTPUT_BYTES`] replaced
 /// by a note.
-fn record(
+pub(crate) fn record(
     writer: &mut Writer,
-    options: &mut Options,
+    on_finished: &mut Option<Progress>,
     results: &mut Results,
     i: usize,
     mut f: Finished,
@@ -1894,7 +1939,7 @@ fn record(
     // Read while the whole output is here: the summary may keep a note in its place.
     f.cost_usd = f.output.as_ref().and_then(Output::cost_usd);
     writer.write(&f);
-    if let Some(on) = &mut options.on_finished {
+    if let Some(on) = on_finished {
         on(&f);
     }
     if let Some(output) = &f.output {
@@ -1933,7 +1978,7 @@ fn record(
 /// has a placeholder of a need's output holds that output: a task that merely waits for
 /// another (`needs` for order) does not keep its output in memory, so a task that needs a
 /// thousand others holds none of their outputs unless it reads them.
-struct Readers {
+pub(crate) struct Readers {
     /// Per task, the tasks not yet started that read its output.
     left: Vec<usize>,
     /// Per task, the needs whose outputs it reads.
@@ -1941,7 +1986,7 @@ struct Readers {
 }
 
 impl Readers {
-    fn new(workflow: &Workflow) -> Self {
+    pub(crate) fn new(workflow: &Workflow) -> Self {
         let mut left = vec![0; workflow.tasks.len()];
         let reads: Vec<Vec<usize>> = workflow
             .tasks
@@ -1980,13 +2025,13 @@ impl Readers {
     }
 
     /// Whether task `i`'s output is still to be read by a task that has not started.
-    fn wanted(&self, i: usize) -> bool {
+    pub(crate) fn wanted(&self, i: usize) -> bool {
         self.left[i] > 0
     }
 }
 
 /// Task `i` started or was skipped: the outputs it reads are read by one task less.
-fn release(
+pub(crate) fn release(
     workflow: &Workflow,
     i: usize,
     left: &mut Readers,

@@ -1042,3 +1042,129 @@ fn a_node_in_a_pod_keeps_its_deletion_cost_at_its_running_attempts() {
     wait_for(&["0", "4", "0"]);
     a.stop();
 }
+
+/// `colony run --nats`: this process schedules a workflow's graph, the cluster's node runs
+/// its tasks by role. Outputs flow to dependents; an output that fails its `expect` is sent
+/// to the cluster again while attempts remain, then fails, and its dependent is skipped; every
+/// result is in its file and the summary. A workflow that needs one runtime is refused
+/// before anything runs.
+#[test]
+fn a_workflow_runs_across_the_cluster() {
+    let rt = runtime();
+    let dir = tempfile::tempdir().unwrap();
+    let server = NatsServer::single(dir.path()).unwrap();
+    let url = server.url();
+    let cluster = rt.block_on(client(&url, 1));
+    let a = NodeProc::start(dir.path(), &url, "a", "1");
+    rt.block_on(wait_for_nodes(&cluster, 1));
+    let workflow = dir.path().join("flow.yaml");
+    std::fs::write(
+        &workflow,
+        r#"name: across
+agents:
+  - name: sh          # the nodes host it; here it only names the role
+    kind: sim
+tasks:
+  - id: first
+    agent: sh
+    input: { n: 1, sleep: 0 }
+  - id: second
+    agent: sh
+    needs: [first]
+    input: { n: "{{outputs.first}}-then", sleep: 0 }
+  - id: picky
+    agent: sh
+    needs: [first]
+    retries: 1
+    input: { n: 3, sleep: 0 }
+    expect: { contains: "never" }
+  - id: after-picky
+    agent: sh
+    needs: [picky]
+    input: { n: 4, sleep: 0 }
+  - id: checked
+    agent: sh
+    input: { n: 5, sleep: 0 }
+    expect: { regex: "^task-5-done$" }
+"#,
+    )
+    .unwrap();
+    let out = dir.path().join("out");
+    let run = Command::new(COLONY)
+        .args(["run", "--nats", &url, "--json", "--out"])
+        .arg(&out)
+        .arg(&workflow)
+        .env_remove("COLONY_NATS")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert_eq!(run.status.code(), Some(1), "{stderr}");
+    let report: serde_json::Value = serde_json::from_slice(&run.stdout).unwrap();
+    let task = |id: &str| -> serde_json::Value {
+        report["tasks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["id"] == id)
+            .unwrap()
+            .clone()
+    };
+    assert_eq!(task("first")["status"], "succeeded", "{report}");
+    assert_eq!(task("first")["output"], "task-1-done");
+    assert_eq!(task("first")["node"], "a");
+    assert_eq!(
+        task("second")["output"],
+        "task-task-1-done-then-done",
+        "{report}"
+    );
+    let picky = task("picky");
+    assert_eq!(picky["status"], "failed", "{picky}");
+    assert_eq!(picky["attempts"], 2, "{picky}");
+    assert!(
+        picky["error"]
+            .as_str()
+            .unwrap()
+            .contains("does not contain"),
+        "{picky}"
+    );
+    assert_eq!(task("after-picky")["status"], "skipped");
+    assert_eq!(task("checked")["status"], "succeeded", "{report}");
+    assert_eq!(
+        (&report["succeeded"], &report["failed"], &report["skipped"]),
+        (&3.into(), &1.into(), &1.into())
+    );
+    // Each ran on the node, `picky` once per attempt, `after-picky` never.
+    let runs = a.executions();
+    for (n, times) in [(1, 1), (3, 2), (4, 0), (5, 1)] {
+        assert_eq!(
+            runs.iter().filter(|r| **r == n).count(),
+            times,
+            "task {n}: {runs:?}"
+        );
+    }
+    for file in [
+        "first.json",
+        "second.json",
+        "picky.json",
+        "summary.json",
+        "run.log",
+    ] {
+        assert!(out.join(file).exists(), "{file}");
+    }
+    // What needs one runtime is refused, each problem named, before anything runs.
+    let refused = dir.path().join("vote.yaml");
+    std::fs::write(
+        &refused,
+        "name: vote\nagents:\n  - name: sh\n    kind: sim\n    count: 3\ntasks:\n  - id: v\n    agent: sh\n    decide: { voters: 3 }\n",
+    )
+    .unwrap();
+    let run = Command::new(COLONY)
+        .args(["run", "--nats", &url])
+        .arg(&refused)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert_eq!(run.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("task `v`: `decide`"), "{stderr}");
+    a.stop();
+}

@@ -288,6 +288,58 @@ pub(crate) fn serve(
     result
 }
 
+/// `colony run --nats`: this process schedules the workflow's graph and writes its results;
+/// the cluster's nodes run its tasks.
+pub(crate) fn run_workflow(
+    args: &crate::commands::workflow::RunArgs,
+    nats: &str,
+    replicas: Option<usize>,
+    workflow: &colony_workflow::Workflow,
+) -> Result<(), Failure> {
+    let refused = colony_workflow::cluster::refusals(workflow);
+    if !refused.is_empty() {
+        for why in &refused {
+            eprintln!("{why}");
+        }
+        return Err(Failure::input(anyhow::anyhow!(
+            "this workflow cannot run across a cluster ({} problem{}): run it without --nats",
+            refused.len(),
+            if refused.len() == 1 { "" } else { "s" }
+        )));
+    }
+    let nats = NatsArgs::new(nats, replicas);
+    let settings = nats.settings(None)?;
+    let runtime = tokio()?;
+    let report = runtime.block_on(async {
+        let mut stops = Stops::new();
+        let Some(cluster) = nats
+            .join(&settings, false, "colony run", &mut stops)
+            .await?
+        else {
+            return Ok(None);
+        };
+        let cancel = Box::pin(async move {
+            stops.next().await;
+            eprintln!("Cancelling: no more tasks go to the cluster; those there run to their end.");
+        });
+        let options = colony_workflow::cluster::ClusterOptions {
+            output: args.out().map(Into::into),
+            on_finished: Some(crate::commands::workflow::progress(workflow, args.json())),
+            on_started: None,
+            cancel: Some(cancel),
+        };
+        colony_workflow::cluster::run_on(&cluster, workflow, options)
+            .await
+            .map(Some)
+            .map_err(Failure::work)
+    });
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    match report? {
+        Some(report) => crate::commands::workflow::show(args, &report),
+        None => Ok(()),
+    }
+}
+
 fn tokio() -> Result<tokio::runtime::Runtime, Failure> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -49,6 +49,26 @@ pub(crate) struct RunArgs {
     #[arg(long, value_name = "N", requires = "sim", default_value_t = 1000.0,
           value_parser = crate::flags::Float::new(0.001, 1e9))]
     sim_speed: f64,
+    /// Run the tasks across a cluster on NATS JetStream: nats://HOST:PORT, several
+    /// comma-separated. This process schedules the graph and writes the results; the
+    /// cluster's nodes (`colony node`) run each task by its role.
+    #[arg(long, value_name = "URL", conflicts_with_all = ["db", "resume", "sim"])]
+    nats: Option<String>,
+    /// With --nats: copies JetStream keeps of the cluster's tasks if this run makes them
+    /// first (3 or 5; 1 for one development server); a cluster already made keeps its own.
+    #[arg(long, value_name = "N", requires = "nats")]
+    replicas: Option<usize>,
+}
+
+impl RunArgs {
+    /// The results' folder it asks for, if any.
+    pub(crate) fn out(&self) -> Option<&std::path::Path> {
+        self.out.as_deref()
+    }
+
+    pub(crate) fn json(&self) -> bool {
+        self.json
+    }
 }
 
 /// Loads and checks a workflow; a bad one is reported with snippets and exits 2.
@@ -169,6 +189,9 @@ pub(crate) fn run(args: &RunArgs) -> Result<(), Failure> {
     } else {
         load(&args.file)?
     };
+    if let Some(nats) = &args.nats {
+        return crate::commands::cluster::run_workflow(args, nats, args.replicas, &workflow);
+    }
     let workflow = if args.sim {
         // The dry run never writes where the real run's results are.
         if let Some(out) = &args.out
@@ -262,6 +285,11 @@ pub(crate) fn run(args: &RunArgs) -> Result<(), Failure> {
     let report = runtime
         .block_on(colony_workflow::run(&workflow, options))
         .map_err(Failure::work)?;
+    show(args, &report)
+}
+
+/// Prints a run's report (a table, or `--json`) and says whether it succeeded.
+pub(crate) fn show(args: &RunArgs, report: &colony_workflow::Report) -> Result<(), Failure> {
     if args.json {
         // The same as summary.json, written as it is serialized: up to 16 MiB of outputs.
         use std::io::Write as _;
@@ -346,7 +374,7 @@ pub(crate) fn run(args: &RunArgs) -> Result<(), Failure> {
 /// What the user sees while a run goes on. On a terminal: a bar per pool (or role) with its
 /// counts, failures and ETA. Elsewhere (a pipe, a CI log): a line per task as it ends. With
 /// `--json`: nothing, so that stdout stays machine-readable and stderr quiet.
-fn progress(workflow: &Workflow, json: bool) -> colony_workflow::Progress {
+pub(crate) fn progress(workflow: &Workflow, json: bool) -> colony_workflow::Progress {
     if json {
         return Box::new(|_| {});
     }

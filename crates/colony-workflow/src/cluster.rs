@@ -1,0 +1,314 @@
+//! Running a workflow across a cluster (`colony run --nats`): this process schedules the
+//! graph and fills each task's payload from its needs' outputs; the cluster's nodes run the
+//! tasks, each by the role it asks for (a task naming a pool asks for the pool's role), on
+//! whatever pools the nodes host. The workflow's own `agents:` only name roles here.
+//!
+//! Each ready task goes to the cluster's stream as one task (its timeout, priority and
+//! attempts with it) and is waited for through its record. Its `expect` checks run here, on
+//! the output the record holds: an output that fails them costs the attempts its cluster task
+//! used, and while attempts remain the task goes to the cluster again. Results, `run.log`,
+//! `summary.json` and webhooks are a local run's.
+//!
+//! What needs one runtime is refused before anything starts ([`refusals`]): votes, teams,
+//! the message bus, the workflow's memory, paced pools, and checks that read this machine's
+//! files or git checkout while the task runs on a node.
+
+use crate::{
+    Progress, Report, Started, Status, Workflow,
+    run::{
+        Output, Readers, Results, RunEnd, Writer, conclude, finished, record, release, spec_for,
+        verify,
+    },
+};
+use colony_cluster::{Cluster, Row};
+use colony_core::{
+    dag::{Command as Step, Outcome as End, Run},
+    task::{TaskSpec, TaskState},
+};
+use futures::{StreamExt, stream::FuturesUnordered};
+use std::{
+    cmp::Reverse, collections::BinaryHeap, collections::HashMap, future::Future, path::PathBuf,
+    pin::Pin, time::Instant,
+};
+
+/// Most tasks of one run in the cluster at once: each is watched until it ends.
+pub const IN_FLIGHT: usize = 1024;
+
+/// Settings of one run across a cluster.
+#[derive(Default)]
+pub struct ClusterOptions {
+    /// Overrides the workflow's output folder.
+    pub output: Option<PathBuf>,
+    /// Called as each task ends, for progress.
+    pub on_finished: Option<Progress>,
+    /// Called as each task goes to the cluster.
+    pub on_started: Option<Started>,
+    /// When it completes, the run stops scheduling: nothing more goes to the cluster, and the
+    /// tasks not ended are written `cancelled` (those already in the cluster run to their end
+    /// there; the cluster cancels nothing).
+    pub cancel: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
+}
+
+impl std::fmt::Debug for ClusterOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterOptions")
+            .field("output", &self.output)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What a run across a cluster cannot carry, each naming the task or pool and why; empty when
+/// it can run.
+pub fn refusals(workflow: &Workflow) -> Vec<String> {
+    let mut out = Vec::new();
+    for t in &workflow.tasks {
+        let mut refuse = |what: &str, why: &str| {
+            out.push(format!("task `{}`: {what} {why}", t.id));
+        };
+        if t.decide.is_some() {
+            refuse("`decide`", "asks several agents of one runtime for ballots");
+        }
+        if t.team.is_some() {
+            refuse("`team`", "forms its team among one runtime's agents");
+        }
+        if t.wait.is_some() || t.publish.is_some() {
+            refuse("`wait` and `publish`", "use one runtime's message bus");
+        }
+        if t.remember || t.recall.is_some() {
+            refuse(
+                "`remember` and `recall`",
+                "use the workflow's memory, kept by one runtime",
+            );
+        }
+        if !t.expect.files.is_empty() {
+            refuse(
+                "`expect: files`",
+                "checks files on this machine, while the task runs on a node",
+            );
+        }
+        if t.expect.git_diff.is_some() {
+            refuse(
+                "`expect: git-diff`",
+                "checks a git checkout on this machine, while the task runs on a node",
+            );
+        }
+        if let Some(role) = &t.requirement.role
+            && let Err(e) = colony_cluster::check_role(role)
+        {
+            out.push(format!("task `{}`: {e}", t.id));
+        }
+    }
+    for p in &workflow.pools {
+        if p.rate_per_minute.is_some() {
+            out.push(format!(
+                "pool `{}`: `rate` paces one runtime's pool; a cluster's nodes host their own",
+                p.name
+            ));
+        }
+    }
+    out
+}
+
+/// A task's time in the cluster: submitted, then waited for until its record is terminal.
+type Waiting = Pin<Box<dyn Future<Output = (usize, TaskSpec, Result<Row, String>)> + Send>>;
+
+fn submit_and_wait(cluster: &Cluster, i: usize, spec: TaskSpec) -> Waiting {
+    let cluster = cluster.clone();
+    Box::pin(async move {
+        let ended = async {
+            let submitted = cluster
+                .submit(std::slice::from_ref(&spec), None)
+                .await
+                .map_err(|e| e.to_string())?;
+            let id = submitted
+                .first()
+                .ok_or("the cluster answered nothing for the task")?
+                .id;
+            cluster.wait(id).await.map_err(|e| e.to_string())
+        }
+        .await;
+        (i, spec, ended)
+    })
+}
+
+/// Runs `workflow` to completion on `cluster`'s nodes and writes its results here.
+pub async fn run_on(
+    cluster: &Cluster,
+    workflow: &Workflow,
+    mut options: ClusterOptions,
+) -> Result<Report, colony_runtime::Error> {
+    let refused = refusals(workflow);
+    if !refused.is_empty() {
+        return Err(colony_runtime::Error::Options(format!(
+            "this workflow cannot run across a cluster: {}",
+            refused.join("; ")
+        )));
+    }
+    let started = Instant::now();
+    let output = options
+        .output
+        .clone()
+        .unwrap_or_else(|| workflow.output.clone());
+    std::fs::create_dir_all(&output).map_err(|e| {
+        colony_runtime::Error::Options(format!("cannot create {}: {e}", output.display()))
+    })?;
+    let hooks = match workflow.webhooks.is_empty() {
+        true => None,
+        false => Some(
+            crate::webhooks::Webhooks::start(&workflow.name, &workflow.webhooks)
+                .map_err(colony_runtime::Error::Options)?,
+        ),
+    };
+    let mut writer = Writer::start(&output)?;
+    writer.hooks = hooks;
+    let waves = workflow.graph.waves();
+    if let Some(hooks) = &mut writer.hooks {
+        hooks.send(
+            crate::webhooks::Kind::RunStarted,
+            serde_json::json!({
+                "tasks": workflow.tasks.len(),
+                "waves": waves.iter().max().map_or(0, |w| w + 1),
+                "output": output.display().to_string(),
+                "resumed": false,
+                "cluster": cluster.url(),
+            }),
+        );
+    }
+    let n = workflow.tasks.len();
+    let mut results = Results {
+        tasks: vec![None; n],
+        kept: 0,
+    };
+    let mut outputs: HashMap<String, Output> = HashMap::new();
+    let mut left = Readers::new(workflow);
+    let mut submitted_at: Vec<Option<Instant>> = vec![None; n];
+    // Attempts spent by earlier cluster tasks of each workflow task (outputs that failed
+    // their checks).
+    let mut spent = vec![0u32; n];
+    let (mut dag, first) = Run::start(&workflow.graph, &[]);
+    let mut steps: Vec<Step> = first;
+    let mut ready: BinaryHeap<(colony_core::task::Priority, Reverse<usize>, usize)> =
+        BinaryHeap::new();
+    let mut readied = 0;
+    let mut pending: FuturesUnordered<Waiting> = FuturesUnordered::new();
+    let mut cancel = options
+        .cancel
+        .take()
+        .unwrap_or_else(|| Box::pin(std::future::pending()));
+    let mut cancelled = false;
+    let max_payload = colony_cluster::MAX_PAYLOAD;
+    loop {
+        for step in std::mem::take(&mut steps) {
+            match step {
+                Step::Start(i) => {
+                    ready.push((workflow.tasks[i].priority, Reverse(readied), i));
+                    readied += 1;
+                }
+                Step::Skip { node, because } => {
+                    release(workflow, node, &mut left, &mut outputs);
+                    let error = format!(
+                        "skipped: `{}` failed or was skipped",
+                        workflow.tasks[because].id
+                    );
+                    let f = finished(workflow, &waves, node, Status::Skipped, None, Some(error));
+                    record(&mut writer, &mut options.on_finished, &mut results, node, f);
+                }
+            }
+        }
+        while pending.len() < IN_FLIGHT
+            && let Some((_, _, i)) = ready.pop()
+        {
+            let spec = spec_for(workflow, i, &outputs, max_payload).map(|(spec, _)| spec);
+            release(workflow, i, &mut left, &mut outputs);
+            match spec {
+                Ok(spec) => {
+                    submitted_at[i] = Some(Instant::now());
+                    if let Some(on) = &mut options.on_started {
+                        on(&workflow.tasks[i].id);
+                    }
+                    pending.push(submit_and_wait(cluster, i, spec));
+                }
+                Err(error) => {
+                    let f = finished(workflow, &waves, i, Status::Failed, None, Some(error));
+                    steps.extend(dag.on_end(&workflow.graph, i, End::Failed));
+                    record(&mut writer, &mut options.on_finished, &mut results, i, f);
+                }
+            }
+        }
+        if !steps.is_empty() {
+            continue;
+        }
+        if pending.is_empty() && ready.is_empty() {
+            break;
+        }
+        let (i, mut spec, ended) = tokio::select! {
+            Some(done) = pending.next() => done,
+            () = &mut cancel => {
+                cancelled = true;
+                break;
+            }
+        };
+        let t = &workflow.tasks[i];
+        let mut f = finished(workflow, &waves, i, Status::Failed, None, None);
+        f.seconds = submitted_at[i].map_or(0.0, |at| at.elapsed().as_secs_f64());
+        let end = match ended {
+            Err(e) => {
+                f.attempts = spent[i];
+                f.error = Some(format!("the cluster: {e}"));
+                End::Failed
+            }
+            Ok(row) => {
+                f.attempts = spent[i] + row.attempt;
+                f.agent = row.agent.and_then(|a| u32::try_from(a).ok());
+                f.node = Some(row.node.clone());
+                if row.state == TaskState::Succeeded {
+                    let output = row.output.clone().unwrap_or_default();
+                    match verify(Ok(output), &t.expect) {
+                        Ok(output) => {
+                            let value = Output::new(output);
+                            if left.wanted(i) {
+                                outputs.insert(t.id.clone(), value.for_readers());
+                            }
+                            f.status = Status::Succeeded;
+                            f.output = Some(value);
+                            End::Succeeded
+                        }
+                        Err(failed) => {
+                            spent[i] += row.attempt.max(1);
+                            if spent[i] < t.max_attempts {
+                                // Another cluster task, with the attempts left.
+                                spec.max_attempts = t.max_attempts - spent[i];
+                                pending.push(submit_and_wait(cluster, i, spec));
+                                continue;
+                            }
+                            f.error = Some(failed.to_string());
+                            End::Failed
+                        }
+                    }
+                } else {
+                    let state = serde_json::to_value(row.state)
+                        .ok()
+                        .and_then(|v| v.as_str().map(str::to_owned))
+                        .unwrap_or_default();
+                    f.error = Some(row.error.clone().unwrap_or(state));
+                    End::Failed
+                }
+            }
+        };
+        record(&mut writer, &mut options.on_finished, &mut results, i, f);
+        steps.extend(dag.on_end(&workflow.graph, i, end));
+    }
+    conclude(
+        workflow,
+        &waves,
+        results,
+        writer,
+        RunEnd {
+            cancelled,
+            started,
+            output,
+            usage: Default::default(),
+        },
+    )
+    .await
+}
