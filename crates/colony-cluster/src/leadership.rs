@@ -15,8 +15,12 @@
 //!   server leaves a delete marker, and the standbys, who watch the key (and try every second
 //!   besides), create it at once: a takeover within the TTL and a second;
 //! - the **term** is the revision of the write that created the key, so it only grows. What a
-//!   leader writes elsewhere carries its term and is written by compare-and-set, so a deposed
-//!   leader's late write is refused (see the scaling records of `colony serve --nats`).
+//!   leader writes elsewhere carries its term and is written by compare-and-set on what it
+//!   read, so once a successor has written a deposed leader reads the later term and stops,
+//!   or has its write refused (see the scaling records of `colony serve --nats`).
+//!
+//! The third of the TTL between a leader's end and its key's expiry assumes the servers'
+//! clocks, which expire the key, do not jump forward that much mid-lease.
 //!
 //! A write whose answer was lost (a stream leader election) may have landed: the claim names
 //! its holder (the candidate's name and a random suffix, unique per process), so a candidate
@@ -87,9 +91,9 @@ pub enum Answer {
         revision: u64,
     },
     /// The key was not at the revision the write expected; what a read then found (`None`:
-    /// the read failed too).
+    /// no key at all).
     Conflict(Option<Seen>),
-    /// No answer: NATS unavailable, or the answer lost.
+    /// No answer (NATS unavailable, or the answer lost), or a conflict whose read failed.
     Unavailable,
 }
 
@@ -221,8 +225,40 @@ impl Election {
                     };
                 }
             }
-            (_, Answer::Conflict(Some(seen))) => self.observed(seen, now),
-            (_, Answer::Conflict(None)) | (_, Answer::Unavailable) => {
+            (Op::Create, Answer::Conflict(seen)) => {
+                if let Some(seen) = seen {
+                    self.observed(seen, now);
+                }
+                // The key was there when the write arrived: whatever a read says now, do not
+                // try again at once, or a read that lags the write would make a hot loop.
+                let soonest = now + self.retry() / 4;
+                if let State::Following { try_at } = &mut self.state {
+                    *try_at = (*try_at).max(soonest);
+                }
+            }
+            (Op::Renew { .. }, Answer::Conflict(seen)) => {
+                // The key moved from the revision it renews: the lease is lost, unless what
+                // moved it was its own renewal whose answer was lost.
+                let known = match self.state {
+                    State::Leading { revision, .. } => revision,
+                    _ => return,
+                };
+                match seen {
+                    Some(seen)
+                        if seen.revision > known
+                            && seen.claim.as_ref().is_some_and(|c| c.holder == self.holder) =>
+                    {
+                        self.observed(seen, now)
+                    }
+                    Some(Seen { claim: Some(_), .. }) => {
+                        self.state = State::Following {
+                            try_at: now + self.retry(),
+                        }
+                    }
+                    _ => self.state = State::Following { try_at: now },
+                }
+            }
+            (_, Answer::Unavailable) => {
                 let retry = self.retry();
                 match &mut self.state {
                     State::Following { try_at } => *try_at = now + retry,
@@ -320,13 +356,6 @@ impl Leadership {
     pub fn term(&self) -> Option<u64> {
         let held = *self.term.borrow();
         held.filter(|t| Instant::now() < t.until).map(|t| t.term)
-    }
-
-    /// Waits until the campaign publishes a change (a term won, renewed or lost).
-    pub async fn changed(&mut self) {
-        if self.term.changed().await.is_err() {
-            std::future::pending::<()>().await;
-        }
     }
 
     /// A receiver of the campaign's terms, for a loop that acts as leader.
@@ -440,13 +469,21 @@ pub(crate) async fn read(bucket: &kv::Store, office: &str) -> Result<Option<Seen
 }
 
 fn seen(entry: kv::Entry) -> Seen {
-    let claim = match entry.operation {
-        kv::Operation::Put => serde_json::from_slice::<Claim>(&entry.value).ok(),
-        kv::Operation::Delete | kv::Operation::Purge => None,
-    };
     Seen {
         revision: entry.revision,
-        claim,
+        claim: claim_in(entry.operation, &entry.value),
+    }
+}
+
+/// The claim an entry makes. A value that is not a claim (a newer colony's, or written by
+/// hand) still holds the key, by nobody we know: only its expiry or deletion frees it.
+fn claim_in(operation: kv::Operation, value: &[u8]) -> Option<Claim> {
+    match operation {
+        kv::Operation::Put => Some(serde_json::from_slice(value).unwrap_or_else(|_| Claim {
+            holder: String::new(),
+            term: 0,
+        })),
+        kv::Operation::Delete | kv::Operation::Purge => None,
     }
 }
 
@@ -463,6 +500,7 @@ impl Campaign {
     async fn run(mut self, mut stopped: oneshot::Receiver<()>) {
         let start = Instant::now();
         let mut watch = None;
+        let mut watch_again_at = start;
         loop {
             let now = start.elapsed();
             self.publish(start, now);
@@ -477,23 +515,35 @@ impl Campaign {
                 self.election.answered(op, answer, now, start.elapsed());
                 continue;
             }
-            if watch.is_none() {
-                watch = self.bucket.watch(&self.office).await.ok();
+            if watch.is_none() && Instant::now() >= watch_again_at {
+                let made = tokio::select! {
+                    made = tokio::time::timeout(
+                        self.election.retry(),
+                        self.bucket.watch(&self.office),
+                    ) => made,
+                    _ = &mut stopped => break,
+                };
+                watch = made.ok().and_then(Result::ok);
+                // NATS unavailable: make it again after a pause; the tries go on meanwhile.
+                watch_again_at = Instant::now() + self.election.retry();
+                continue;
             }
-            let wake = start
+            let mut wake = start
                 + self
                     .election
                     .wake_at(now)
                     .min(now + Duration::from_secs(3600));
+            if watch.is_none() {
+                wake = wake.min(watch_again_at);
+            }
             tokio::select! {
                 _ = tokio::time::sleep_until(wake) => {}
                 entry = next_entry(&mut watch) => match entry {
                     Some(entry) => self.election.observed(seen(entry), start.elapsed()),
-                    // The watch ended (NATS unavailable): make it again on the next turn,
-                    // after a pause; the tries every second go on meanwhile.
+                    // The watch ended (NATS unavailable): make it again after a pause.
                     None => {
                         watch = None;
-                        tokio::time::sleep(self.election.retry()).await;
+                        watch_again_at = Instant::now() + self.election.retry();
                     }
                 },
                 _ = &mut stopped => break,
@@ -501,11 +551,13 @@ impl Campaign {
         }
         self.tx.send_replace(None);
         if let Some(revision) = self.election.resign() {
-            let deleted = self
-                .bucket
-                .delete_expect_revision(&self.office, Some(revision))
-                .await;
-            if let Err(e) = deleted {
+            let deleted = tokio::time::timeout(
+                self.election.retry(),
+                self.bucket
+                    .delete_expect_revision(&self.office, Some(revision)),
+            )
+            .await;
+            if let Ok(Err(e)) = deleted {
                 tracing::debug!(office = %self.office, "a resigned lease was left to expire: {e}");
             }
         }
@@ -537,25 +589,33 @@ impl Campaign {
             holder: self.election.holder().to_owned(),
             term,
         };
-        let value = serde_json::to_vec(&claim).unwrap_or_default();
-        let written = match op {
-            Op::Create => self
-                .bucket
-                .create_with_ttl(&self.office, value.into(), self.ttl)
-                .await
-                .map_err(|e| e.kind() == kv::CreateErrorKind::AlreadyExists),
-            _ => self.update_with_ttl(revision, value.into()).await,
-        };
+        let value = bytes::Bytes::from(serde_json::to_vec(&claim).unwrap_or_default());
+        let mut written = self.write_with_ttl(revision, value.clone()).await;
+        if op == Op::Create && written == Err(true) {
+            // A create over a delete or expiry marker expects the marker's revision.
+            match read(&self.bucket, &self.office).await {
+                Ok(Some(Seen {
+                    revision: marker,
+                    claim: None,
+                })) => written = self.write_with_ttl(marker, value).await,
+                Ok(seen) => return Answer::Conflict(seen),
+                Err(_) => return Answer::Unavailable,
+            }
+        }
         match written {
             Ok(revision) => Answer::Written { revision },
-            Err(true) => Answer::Conflict(read(&self.bucket, &self.office).await.ok().flatten()),
+            Err(true) => match read(&self.bucket, &self.office).await {
+                Ok(seen) => Answer::Conflict(seen),
+                Err(_) => Answer::Unavailable,
+            },
             Err(false) => Answer::Unavailable,
         }
     }
 
-    /// A compare-and-set that carries the TTL again (the bucket's `update` does not): `Err(true)`
-    /// on a wrong revision.
-    async fn update_with_ttl(&self, revision: u64, value: bytes::Bytes) -> Result<u64, bool> {
+    /// A compare-and-set on the key's revision (0: no key) that carries the TTL, which the
+    /// bucket's `update` cannot and its `create_with_ttl` drops over a marker: `Err(true)` on
+    /// a wrong revision.
+    async fn write_with_ttl(&self, revision: u64, value: bytes::Bytes) -> Result<u64, bool> {
         let mut headers = async_nats::HeaderMap::new();
         headers.insert(
             async_nats::header::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE,

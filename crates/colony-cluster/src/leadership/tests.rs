@@ -164,6 +164,89 @@ fn a_create_whose_answer_was_lost_is_adopted_and_leads_after_one_renewal() {
 }
 
 #[test]
+fn a_renewal_that_finds_the_key_moved_or_gone_stops_leading_at_once() {
+    let renew = Op::Renew {
+        revision: 7,
+        term: 7,
+    };
+    let leader = || {
+        let mut e = Election::new("a", TTL, ms(0));
+        e.answered(Op::Create, Answer::Written { revision: 7 }, ms(0), ms(10));
+        e
+    };
+    // Another holds it: follow, try again after a pause.
+    let mut e = leader();
+    let other = Seen {
+        revision: 9,
+        claim: claim("b", 9),
+    };
+    e.answered(renew, Answer::Conflict(Some(other)), ms(1000), ms(1010));
+    assert_eq!(e.leading(ms(1010)), None);
+    assert_eq!(e.next(ms(1010)), Op::Wait);
+    assert_eq!(e.next(ms(1010) + e.retry()), Op::Create);
+    // Gone (expired and its marker too): follow and create at once.
+    let mut e = leader();
+    e.answered(renew, Answer::Conflict(None), ms(1000), ms(1010));
+    assert_eq!(e.leading(ms(1010)), None);
+    assert_eq!(e.next(ms(1010)), Op::Create);
+    // A read that lags shows our own claim at the revision we renew: not ours to keep, and
+    // no renewal at once either (no hot loop).
+    let mut e = leader();
+    let stale = Seen {
+        revision: 7,
+        claim: claim("a", 0),
+    };
+    e.answered(renew, Answer::Conflict(Some(stale)), ms(1000), ms(1010));
+    assert_eq!(e.leading(ms(1010)), None);
+    assert_eq!(e.next(ms(1010)), Op::Wait);
+}
+
+#[test]
+fn a_create_that_conflicts_waits_before_trying_again_whatever_the_read_says() {
+    let mut e = Election::new("a", TTL, ms(0));
+    let vacant = Seen {
+        revision: 4,
+        claim: None,
+    };
+    e.answered(Op::Create, Answer::Conflict(Some(vacant)), ms(0), ms(10));
+    assert_eq!(e.next(ms(10)), Op::Wait);
+    assert_eq!(e.next(ms(10) + e.retry() / 4), Op::Create);
+    e.answered(Op::Create, Answer::Conflict(None), ms(300), ms(310));
+    assert_eq!(e.next(ms(310)), Op::Wait);
+    // A vacancy seen on the watch is tried at once.
+    e.observed(
+        Seen {
+            revision: 5,
+            claim: None,
+        },
+        ms(320),
+    );
+    assert_eq!(e.next(ms(320)), Op::Create);
+}
+
+#[test]
+fn a_value_that_is_not_a_claim_holds_the_key_for_nobody_we_know() {
+    let held = claim_in(kv::Operation::Put, b"not json").unwrap();
+    assert_eq!(held.holder, "");
+    assert_eq!(
+        claim_in(kv::Operation::Put, br#"{"holder":"a-1","term":3}"#),
+        claim("a-1", 3)
+    );
+    assert_eq!(claim_in(kv::Operation::Delete, b""), None);
+    assert_eq!(claim_in(kv::Operation::Purge, b""), None);
+    // Seen held, a follower waits rather than trying at once.
+    let mut e = Election::new("a", TTL, ms(0));
+    e.observed(
+        Seen {
+            revision: 3,
+            claim: Some(held),
+        },
+        ms(0),
+    );
+    assert_eq!(e.next(ms(0)), Op::Wait);
+}
+
+#[test]
 fn resigning_gives_the_revision_to_delete_and_stops_every_write() {
     let mut e = Election::new("a", TTL, ms(0));
     e.answered(Op::Create, Answer::Written { revision: 4 }, ms(0), ms(1));
