@@ -2,14 +2,19 @@
 against the Kubernetes schemas (kubernetes-validate, offline); then checks what the chart
 promises: NATS with sync_interval always and file storage on volumes, the replica rule,
 nodes that drain within their grace period and answer /readyz, a control plane that asks
-for tokens, KEDA on the scaling leader's decision (or the consumer's backlog), no root.
+for tokens, KEDA on the scaling leader's decision (or the consumer's backlog), no root, and
+an admission policy (its CEL run here on sample patches) that lets a node change its own
+pod's deletion cost and nothing else.
 
 Usage: python check.py CHART_DIR   (exit 0 when every check holds; each failure printed)
-Needs: pip install helm-python-sdk==0.2.2 kubernetes-validate==1.37.0 (.ci/run does).
+Needs: pip install helm-python-sdk==0.2.2 kubernetes-validate==1.37.0 cel-python==0.5.0
+(.ci/run does).
 """
 
+import copy
 import sys
 
+import celpy
 import helm_python as helm
 import kubernetes_validate
 import yaml
@@ -84,6 +89,71 @@ def by_kind(docs, kind, component=None):
     return out
 
 
+def denials(policy, username, pod_name, old, new):
+    """What the admission policy says of `username` (its bound token issued for `pod_name`)
+    updating pod `old` to `new`: None when the policy does not apply, else the messages of
+    the validations that fail (empty: allowed)."""
+    env = celpy.Environment()
+
+    def run(expression, activation):
+        return env.program(env.compile(expression)).evaluate(activation)
+
+    request = {"userInfo": {"username": username, "extra": {"authentication.kubernetes.io/pod-name": [pod_name]}}}
+    activation = {"request": celpy.json_to_cel(request), "object": celpy.json_to_cel(new),
+                  "oldObject": celpy.json_to_cel(old)}
+    spec = policy["spec"]
+    if not all(run(c["expression"], activation) for c in spec.get("matchConditions", [])):
+        return None
+    variables = {}
+    for v in spec.get("variables", []):
+        activation["variables"] = celpy.celtypes.MapType(variables)
+        variables[celpy.celtypes.StringType(v["name"])] = run(v["expression"], activation)
+    activation["variables"] = celpy.celtypes.MapType(variables)
+    return [v["message"] for v in spec["validations"] if not run(v["expression"], activation)]
+
+
+def check_pod_patch_policy(docs):
+    policies = by_kind(docs, "ValidatingAdmissionPolicy")
+    bindings = by_kind(docs, "ValidatingAdmissionPolicyBinding")
+    check(len(policies) == 1 and len(bindings) == 1, "one pod patch policy, bound")
+    if len(policies) != 1 or len(bindings) != 1:
+        return
+    policy = policies[0]
+    binding = bindings[0]["spec"]
+    check(binding["policyName"] == policy["metadata"]["name"] and binding["validationActions"] == ["Deny"],
+          f"the binding denies what the policy refuses: {binding}")
+    check(binding["matchResources"]["namespaceSelector"]["matchLabels"] == {"kubernetes.io/metadata.name": "swarm"},
+          "in the release's namespace only")
+    node = "system:serviceaccount:swarm:demo-colony-node"
+    pod = {"metadata": {"name": "node-a", "labels": {"app": "colony"}, "annotations": {"note": "x"},
+                        "ownerReferences": [{"kind": "ReplicaSet", "name": "rs"}]},
+           "spec": {"containers": [{"name": "colony", "image": "colony:1"}]}}
+    costed = copy.deepcopy(pod)
+    costed["metadata"]["annotations"]["controller.kubernetes.io/pod-deletion-cost"] = "4"
+    check(denials(policy, node, "node-a", pod, costed) == [], "a node sets its own pod's deletion cost")
+    check(denials(policy, node, "node-a", costed, pod) == [], "and removes it")
+    check(denials(policy, node, "node-b", pod, costed) == ["a colony node may patch only its own pod"],
+          "not another pod's")
+    swapped = copy.deepcopy(costed)
+    swapped["spec"]["containers"][0]["image"] = "evil:1"
+    check(denials(policy, node, "node-a", pod, swapped) == ["a colony node may not change a pod's spec"],
+          "nor an image, even its own")
+    relabelled = copy.deepcopy(pod)
+    relabelled["metadata"]["labels"]["app"] = "other"
+    check(denials(policy, node, "node-a", pod, relabelled) == ["a colony node may not change a pod's labels"],
+          "nor a label (which would move the pod out of its Deployment)")
+    annotated = copy.deepcopy(pod)
+    annotated["metadata"]["annotations"]["note"] = "y"
+    check(denials(policy, node, "node-a", pod, annotated) == ["a colony node may change only its pod's deletion cost annotation"],
+          "nor another annotation")
+    bare = {"metadata": {"name": "node-a"}, "spec": pod["spec"]}
+    bare_costed = {"metadata": {"name": "node-a", "annotations": {"controller.kubernetes.io/pod-deletion-cost": "1"}},
+                   "spec": pod["spec"]}
+    check(denials(policy, node, "node-a", bare, bare_costed) == [], "a pod with no annotations yet")
+    check(denials(policy, "system:serviceaccount:swarm:other", "node-b", pod, swapped) is None,
+          "other accounts are not this policy's business")
+
+
 def main(chart_dir):
     lint = helm.lint(chart_dir)
     # Severity 1 is information ("icon is recommended"); 2 a warning, 3 an error.
@@ -96,7 +166,8 @@ def main(chart_dir):
     docs = render(chart_dir, {})
     kinds = validate(docs, "defaults")
     check(sorted(set(kinds)) == ["ConfigMap", "Deployment", "PodDisruptionBudget", "Role", "RoleBinding", "Service",
-                                 "ServiceAccount", "StatefulSet"], f"defaults render {kinds}")
+                                 "ServiceAccount", "StatefulSet", "ValidatingAdmissionPolicy",
+                                 "ValidatingAdmissionPolicyBinding"], f"defaults render {kinds}")
 
     conf = [d for d in by_kind(docs, "ConfigMap") if "nats.conf" in d.get("data", {})]
     check(len(conf) == 1, "one NATS config")
@@ -127,10 +198,11 @@ def main(chart_dir):
     account = pod.get("serviceAccountName")
     role = by_kind(docs, "Role")
     binding = by_kind(docs, "RoleBinding")
-    check(len(role) == 1 and role[0]["rules"] == [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "patch"]}],
-          f"the nodes may read and patch pods, nothing more: {role}")
+    check(len(role) == 1 and role[0]["rules"] == [{"apiGroups": [""], "resources": ["pods"], "verbs": ["patch"]}],
+          f"the nodes may patch pods, nothing more: {role}")
     check(len(binding) == 1 and binding[0]["subjects"][0]["name"] == account and binding[0]["roleRef"]["name"] == role[0]["metadata"]["name"],
           f"the nodes' service account {account} is bound to that role")
+    check_pod_patch_policy(docs)
 
     control = by_kind(docs, "Deployment", "control")
     check(len(control) == 1, "one control plane Deployment")
@@ -180,7 +252,7 @@ def main(chart_dir):
     docs = render(chart_dir, {"replicas": 1, "nats": {"servers": 1}, "nodes": {"drainTimeout": "2m", "podDeletionCost": False}})
     kinds = validate(docs, "single")
     node = by_kind(docs, "Deployment", "node")[0]
-    check("Role" not in kinds and "--pod-deletion-cost" not in node["spec"]["template"]["spec"]["containers"][0]["args"],
+    check("Role" not in kinds and "ValidatingAdmissionPolicy" not in kinds and "--pod-deletion-cost" not in node["spec"]["template"]["spec"]["containers"][0]["args"],
           "no deletion cost, no role")
     check(node["spec"]["template"]["spec"].get("automountServiceAccountToken") is False, "and no API token in the pod")
     check(node["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] == 135, "2m + 15 s")
