@@ -34,6 +34,8 @@ pub struct Cluster {
     pub(crate) tasks: kv::Store,
     pub(crate) nodes: kv::Store,
     pub(crate) settings: Settings,
+    /// The scaling records' bucket, made or opened on first use.
+    pub(crate) scaling: std::sync::Arc<tokio::sync::OnceCell<kv::Store>>,
     /// When the tasks stream was made, in nanoseconds: records are keyed by it and the task's
     /// id, so a stream made again (its ids starting again at 1) never meets an old record.
     epoch: String,
@@ -155,6 +157,7 @@ impl Cluster {
             tasks,
             nodes,
             settings,
+            scaling: Default::default(),
             epoch,
         })
     }

@@ -163,7 +163,16 @@ impl InCluster {
         if status.is_success() {
             return Ok(());
         }
-        let text = response.text().await.unwrap_or_default();
+        // The API server's explanation, its first few KiB: an answer is bounded like any input.
+        let mut body = Vec::new();
+        let mut response = response;
+        while body.len() < 4096
+            && let Ok(Some(chunk)) = response.chunk().await
+        {
+            body.extend_from_slice(&chunk);
+        }
+        body.truncate(4096);
+        let text = String::from_utf8_lossy(&body);
         let hint = if status.as_u16() == 403 {
             " (the pod's service account needs a Role allowing `patch` on pods)"
         } else {

@@ -269,8 +269,8 @@ impl Cluster {
         if role != "*" && role != "_" {
             crate::settings::check_role(role)?;
         }
-        let bucket = bucket(self).await?;
-        Ok(read(&bucket, role).await?.map(|(record, _)| record))
+        let bucket = self.scaling.get_or_try_init(|| bucket(self)).await?;
+        Ok(read(bucket, role).await?.map(|(record, _)| record))
     }
 }
 

@@ -337,6 +337,9 @@ async fn scaling(State(app): State<Arc<ClusterApp>>, Path(role): Path<String>) -
                 colony_core::text::shorten(&role, 80)
             ),
         ),
+        Err(e @ (colony_cluster::Error::BadRole { .. } | colony_cluster::Error::Settings(_))) => {
+            problem(StatusCode::BAD_REQUEST, "bad-role", e.to_string())
+        }
         Err(e) => failed(e),
     }
 }

@@ -847,6 +847,9 @@ fn serve_over_the_cluster_takes_tasks_and_one_server_leads_the_scaling() {
     assert!(body.contains("unknown"), "{body}");
     let (code, body) = fetch(port, "/v1/scaling/no-such-role");
     assert_eq!(code, 404, "{body}");
+    let (code, body) = fetch(port, "/v1/scaling/a.b");
+    assert_eq!(code, 400, "{body}");
+    assert!(body.contains("bad-role") && body.contains("a.b"), "{body}");
     let (code, body) = send(port, "POST", "/v1/tasks", &[], "[1]");
     assert_eq!(code, 422, "{body}");
     assert!(body.contains("bad-body"), "{body}");

@@ -347,7 +347,8 @@ fn tokio() -> Result<tokio::runtime::Runtime, Failure> {
         .map_err(Failure::work)
 }
 
-/// The node's default name: the host's, then the process id.
+/// The default name of a node or server: the host's (its first 50 characters), then the
+/// process id, within the 64 characters a name may have.
 fn default_name() -> String {
     let host = std::env::var("HOSTNAME")
         .ok()
@@ -364,7 +365,7 @@ fn default_name() -> String {
                 '-'
             }
         })
-        .take(100)
+        .take(50)
         .collect();
     format!("{host}-{}", std::process::id())
 }
