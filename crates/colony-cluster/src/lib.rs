@@ -27,6 +27,7 @@ pub mod leadership;
 pub mod lease;
 mod membership;
 mod node;
+pub mod runs;
 pub mod scaling;
 mod settings;
 pub mod testing;
@@ -61,6 +62,10 @@ pub enum Error {
     Corrupt { id: u64, detail: String },
     #[error("{0}")]
     Task(String),
+    #[error(
+        "run {run} moved on under this scheduler ({key} changed): another scheduler took it over"
+    )]
+    Lost { run: String, key: String },
 }
 
 impl Error {

@@ -322,3 +322,62 @@ async fn one_candidate_leads_and_a_standby_takes_over_within_the_ttl_and_a_secon
         .to_string();
     assert!(err.contains("whole seconds from 2s"), "{err}");
 }
+
+/// A run's book: every write is a compare-and-set on what the writer read, so a scheduler
+/// whose key moved under it is told it lost the run; run ids are checked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_book_refuses_a_write_over_what_another_scheduler_wrote() {
+    use colony_cluster::runs::{RunMeta, Sent};
+    let dir = tempfile::tempdir().unwrap();
+    let server = tokio::task::block_in_place(|| NatsServer::single(dir.path())).unwrap();
+    let client = cluster(&server).await;
+    let book = client.run_book("nightly-7").await.unwrap();
+    assert_eq!(book.dedupe_id(3, 1), "run:nightly-7:3:1");
+    let meta = RunMeta {
+        workflow: "w".into(),
+        digest: "d".into(),
+        done: false,
+        counts: Default::default(),
+        code: None,
+        scheduler: "a-1".into(),
+        term: 5,
+    };
+    let first = book.put_meta(&meta, None).await.unwrap();
+    let err = book.put_meta(&meta, None).await.unwrap_err();
+    assert!(matches!(err, colony_cluster::Error::Lost { .. }), "{err}");
+    assert!(err.to_string().contains("another scheduler"), "{err}");
+    // The successor writes over what it read; the deposed one's write over the older
+    // revision is refused.
+    let successor = RunMeta {
+        scheduler: "b-2".into(),
+        term: 9,
+        ..meta.clone()
+    };
+    book.put_meta(&successor, Some(first)).await.unwrap();
+    let late = book.put_meta(&meta, Some(first)).await.unwrap_err();
+    assert!(matches!(late, colony_cluster::Error::Lost { .. }), "{late}");
+    assert_eq!(book.meta().await.unwrap().unwrap().0, successor);
+    let sent = Sent {
+        id: 42,
+        round: 0,
+        spent: 0,
+    };
+    let r = book.put_sent(2, &sent, None).await.unwrap();
+    let again = Sent {
+        id: 43,
+        round: 1,
+        spent: 1,
+    };
+    book.put_sent(2, &again, Some(r)).await.unwrap();
+    assert!(book.put_sent(2, &sent, Some(r)).await.is_err());
+    let all = book.sent().await.unwrap();
+    assert_eq!(all.len(), 1);
+    assert_eq!(all[&2].0, again);
+    // Another run's keys are not this one's.
+    let other = client.run_book("nightly-70").await.unwrap();
+    other.put_sent(0, &sent, None).await.unwrap();
+    assert_eq!(book.sent().await.unwrap().len(), 1);
+    for bad in ["a.b", "", "a b", &"x".repeat(61)] {
+        assert!(client.run_book(bad).await.is_err(), "{bad}");
+    }
+}

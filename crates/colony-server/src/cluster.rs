@@ -139,6 +139,7 @@ fn failed(error: colony_cluster::Error) -> Response {
             problem(StatusCode::UNPROCESSABLE_ENTITY, "refused", message)
         }
         E::Corrupt { .. } => problem(StatusCode::INTERNAL_SERVER_ERROR, "corrupt", message),
+        E::Lost { .. } => problem(StatusCode::CONFLICT, "lost", message),
         E::Connect { .. } | E::NoJetStream { .. } | E::Nats { .. } => {
             problem(StatusCode::SERVICE_UNAVAILABLE, "nats-unavailable", message)
         }

@@ -12,6 +12,11 @@
 //! What needs one runtime is refused before anything starts ([`refusals`]): votes, teams,
 //! the message bus, the workflow's memory, paced pools, and checks that read this machine's
 //! files or git checkout while the task runs on a node.
+//!
+//! With a run's book ([`Booked`]: `colony run --nats --run-id`), what is sent is written to
+//! the cluster as it goes, and a task the book holds is waited for rather than sent again:
+//! a standby that takes the run over, or the same command run again, goes on from there. A
+//! scheduler that no longer leads the run, or finds the book moved under it, stops.
 
 use crate::{
     Progress, Report, Started, Status, Workflow,
@@ -20,7 +25,11 @@ use crate::{
         verify,
     },
 };
-use colony_cluster::{Cluster, Row};
+use colony_cluster::{
+    Cluster, Row,
+    leadership::Observer,
+    runs::{RunBook, Sent},
+};
 use colony_core::{
     dag::{Command as Step, Outcome as End, Run},
     task::{TaskSpec, TaskState},
@@ -47,6 +56,15 @@ pub struct ClusterOptions {
     /// tasks not ended are written `cancelled` (those already in the cluster run to their end
     /// there; the cluster cancels nothing).
     pub cancel: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
+    /// The run's book, kept while this process leads the run.
+    pub booked: Option<Booked>,
+}
+
+/// A run's book, and whether this process leads the run: it sends nothing once it does not.
+#[derive(Debug)]
+pub struct Booked {
+    pub book: RunBook,
+    pub lead: Observer,
 }
 
 impl std::fmt::Debug for ClusterOptions {
@@ -109,22 +127,77 @@ pub fn refusals(workflow: &Workflow) -> Vec<String> {
     out
 }
 
-/// A task's time in the cluster: submitted, then waited for until its record is terminal.
-type Waiting = Pin<Box<dyn Future<Output = (usize, TaskSpec, Result<Row, String>)> + Send>>;
+/// Why a task's time in the cluster ended without its record.
+enum Stop {
+    /// The task failed to go or to come back.
+    Task(String),
+    /// The run's book could not be written: this scheduler stops (the run goes on from its
+    /// book elsewhere or later).
+    Halt(String),
+}
 
-fn submit_and_wait(cluster: &Cluster, i: usize, spec: TaskSpec) -> Waiting {
+/// A task's time in the cluster: submitted (unless the book has it sent already), written in
+/// the book, then waited for until its record is terminal. With it, the book's new revision
+/// of the task's entry.
+type Waiting =
+    Pin<Box<dyn Future<Output = (usize, TaskSpec, Result<(Row, Option<u64>), Stop>)> + Send>>;
+
+/// What to send for a task, or what was sent already.
+#[derive(Clone, Copy)]
+struct Sending {
+    round: u32,
+    spent: u32,
+    /// The revision of its entry in the book.
+    revision: Option<u64>,
+    /// The cluster task the book holds for this round.
+    sent: Option<u64>,
+}
+
+fn submit_and_wait(
+    cluster: &Cluster,
+    book: Option<&RunBook>,
+    i: usize,
+    spec: TaskSpec,
+    sending: Sending,
+) -> Waiting {
     let cluster = cluster.clone();
+    let book = book.cloned();
     Box::pin(async move {
         let ended = async {
-            let submitted = cluster
-                .submit(std::slice::from_ref(&spec), None)
+            let (id, revision) = match sending.sent {
+                Some(id) => (id, sending.revision),
+                None => {
+                    let ids = book.as_ref().map(|b| vec![b.dedupe_id(i, sending.round)]);
+                    let submitted = cluster
+                        .submit(std::slice::from_ref(&spec), ids.as_deref())
+                        .await
+                        .map_err(|e| Stop::Task(e.to_string()))?;
+                    let id = submitted
+                        .first()
+                        .ok_or_else(|| {
+                            Stop::Task("the cluster answered nothing for the task".into())
+                        })?
+                        .id;
+                    let revision = match &book {
+                        Some(book) => {
+                            let sent = Sent {
+                                id,
+                                round: sending.round,
+                                spent: sending.spent,
+                            };
+                            let written = book.put_sent(i, &sent, sending.revision).await;
+                            Some(written.map_err(|e| Stop::Halt(e.to_string()))?)
+                        }
+                        None => None,
+                    };
+                    (id, revision)
+                }
+            };
+            let row = cluster
+                .wait(id)
                 .await
-                .map_err(|e| e.to_string())?;
-            let id = submitted
-                .first()
-                .ok_or("the cluster answered nothing for the task")?
-                .id;
-            cluster.wait(id).await.map_err(|e| e.to_string())
+                .map_err(|e| Stop::Task(e.to_string()))?;
+            Ok((row, revision))
         }
         .await;
         (i, spec, ended)
@@ -185,6 +258,31 @@ pub async fn run_on(
     // Attempts spent by earlier cluster tasks of each workflow task (outputs that failed
     // their checks).
     let mut spent = vec![0u32; n];
+    // Per task: its round, its entry's revision in the book, the cluster task the book holds.
+    let mut rounds = vec![0u32; n];
+    let mut revisions: Vec<Option<u64>> = vec![None; n];
+    let mut booked_sent: Vec<Option<u64>> = vec![None; n];
+    let booked = options.booked.take();
+    if let Some(booked) = &booked {
+        let entries = booked.book.sent().await.map_err(|e| {
+            colony_runtime::Error::Options(format!("run {}: {e}", booked.book.run()))
+        })?;
+        for (i, (sent, revision)) in entries {
+            if i >= n {
+                return Err(colony_runtime::Error::Options(format!(
+                    "run {}: its book holds task {i}, this workflow has {n}: another workflow's run",
+                    booked.book.run()
+                )));
+            }
+            spent[i] = sent.spent;
+            rounds[i] = sent.round;
+            revisions[i] = Some(revision);
+            booked_sent[i] = Some(sent.id);
+        }
+    }
+    let book = booked.as_ref().map(|b| &b.book);
+    let leads = || booked.as_ref().is_none_or(|b| b.lead.term().is_some());
+    let mut halted: Option<String> = None;
     let (mut dag, first) = Run::start(&workflow.graph, &[]);
     let mut steps: Vec<Step> = first;
     let mut ready: BinaryHeap<(colony_core::task::Priority, Reverse<usize>, usize)> =
@@ -221,12 +319,22 @@ pub async fn run_on(
             let spec = spec_for(workflow, i, &outputs, max_payload).map(|(spec, _)| spec);
             release(workflow, i, &mut left, &mut outputs);
             match spec {
+                Ok(_) if !leads() => {
+                    halted = Some("this process no longer leads the run".into());
+                    break;
+                }
                 Ok(spec) => {
                     submitted_at[i] = Some(Instant::now());
                     if let Some(on) = &mut options.on_started {
                         on(&workflow.tasks[i].id);
                     }
-                    pending.push(submit_and_wait(cluster, i, spec));
+                    let sending = Sending {
+                        round: rounds[i],
+                        spent: spent[i],
+                        revision: revisions[i],
+                        sent: booked_sent[i].take(),
+                    };
+                    pending.push(submit_and_wait(cluster, book, i, spec, sending));
                 }
                 Err(error) => {
                     let f = finished(workflow, &waves, i, Status::Failed, None, Some(error));
@@ -234,6 +342,9 @@ pub async fn run_on(
                     record(&mut writer, &mut options.on_finished, &mut results, i, f);
                 }
             }
+        }
+        if halted.is_some() {
+            break;
         }
         if !steps.is_empty() {
             continue;
@@ -252,12 +363,19 @@ pub async fn run_on(
         let mut f = finished(workflow, &waves, i, Status::Failed, None, None);
         f.seconds = submitted_at[i].map_or(0.0, |at| at.elapsed().as_secs_f64());
         let end = match ended {
-            Err(e) => {
+            Err(Stop::Halt(why)) => {
+                halted = Some(why);
+                break;
+            }
+            Err(Stop::Task(e)) => {
                 f.attempts = spent[i];
                 f.error = Some(format!("the cluster: {e}"));
                 End::Failed
             }
-            Ok(row) => {
+            Ok((row, revision)) => {
+                if revision.is_some() {
+                    revisions[i] = revision;
+                }
                 f.attempts = spent[i] + row.attempt;
                 f.agent = row.agent.and_then(|a| u32::try_from(a).ok());
                 f.node = Some(row.node.clone());
@@ -276,9 +394,20 @@ pub async fn run_on(
                         Err(failed) => {
                             spent[i] += row.attempt.max(1);
                             if spent[i] < t.max_attempts {
+                                if !leads() {
+                                    halted = Some("this process no longer leads the run".into());
+                                    break;
+                                }
                                 // Another cluster task, with the attempts left.
                                 spec.max_attempts = t.max_attempts - spent[i];
-                                pending.push(submit_and_wait(cluster, i, spec));
+                                rounds[i] += 1;
+                                let sending = Sending {
+                                    round: rounds[i],
+                                    spent: spent[i],
+                                    revision: revisions[i],
+                                    sent: None,
+                                };
+                                pending.push(submit_and_wait(cluster, book, i, spec, sending));
                                 continue;
                             }
                             f.error = Some(failed.to_string());
@@ -297,6 +426,13 @@ pub async fn run_on(
         };
         record(&mut writer, &mut options.on_finished, &mut results, i, f);
         steps.extend(dag.on_end(&workflow.graph, i, end));
+    }
+    if let (Some(why), Some(booked)) = (halted, &booked) {
+        return Err(colony_runtime::Error::Options(format!(
+            "stopped scheduling run {}: {why}; the tasks sent run to their end, and a standby \
+             or the same command with the same --run-id goes on from the run's book",
+            booked.book.run()
+        )));
     }
     conclude(
         workflow,

@@ -1171,3 +1171,161 @@ tasks:
     assert!(stderr.contains("task `v`: `decide`"), "{stderr}");
     a.stop();
 }
+
+/// `colony run --nats --run-id`: of two processes with one run id, one schedules and the
+/// other stands by. The scheduler is killed (`kill -9`) while a task runs; the standby takes
+/// the run over within the lease and a second, waits for the task that was sent rather than
+/// sending it again, and finishes the run: every task ran once. The same command run again
+/// says the run is done and runs nothing; another workflow file under the same id is refused.
+#[test]
+fn a_standby_takes_a_run_over_and_no_task_runs_twice() {
+    let rt = runtime();
+    let dir = tempfile::tempdir().unwrap();
+    let server = NatsServer::single(dir.path()).unwrap();
+    let url = server.url();
+    let cluster = rt.block_on(client(&url, 1));
+    let a = NodeProc::start(dir.path(), &url, "a", "1");
+    rt.block_on(wait_for_nodes(&cluster, 1));
+    let workflow = dir.path().join("flow.yaml");
+    std::fs::write(
+        &workflow,
+        r#"name: handed-over
+agents:
+  - name: sh
+    kind: sim
+tasks:
+  - { id: first, agent: sh, input: { n: 1, sleep: 0 } }
+  - { id: long, agent: sh, needs: [first], input: { n: 2, sleep: 3 } }
+  - { id: last, agent: sh, needs: [long], input: { n: 3, sleep: 0 } }
+  - { id: aside, agent: sh, input: { n: 4, sleep: 0 } }
+"#,
+    )
+    .unwrap();
+    let scheduler = |name: &str| {
+        let stderr = std::fs::File::create(dir.path().join(format!("{name}.run.stderr"))).unwrap();
+        Command::new(COLONY)
+            .args([
+                "run", "--nats", &url, "--run-id", "r1", "--lease", "2s", "--json",
+            ])
+            .arg("--out")
+            .arg(dir.path().join(format!("{name}-out")))
+            .arg(&workflow)
+            .env_remove("COLONY_NATS")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(stderr)
+            .spawn()
+            .unwrap()
+    };
+    let stderr_of = |name: &str| {
+        std::fs::read_to_string(dir.path().join(format!("{name}.run.stderr"))).unwrap()
+    };
+    let until = |what: &str, done: &dyn Fn() -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !done() {
+            assert!(Instant::now() < deadline, "{what}: {:?}", a.executions());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    let mut first = scheduler("first");
+    until("the first scheduler runs a task", &|| {
+        a.executions().contains(&1)
+    });
+    let standby = scheduler("standby");
+    until("the standby stands by", &|| {
+        stderr_of("standby").contains("standing by")
+    });
+    until("the long task runs", &|| a.executions().contains(&2));
+    first.kill().unwrap();
+    let killed = Instant::now();
+    first.wait().unwrap();
+    until("the standby takes the run over", &|| {
+        stderr_of("standby").contains("taking it over")
+    });
+    let takeover = killed.elapsed();
+    eprintln!("a run taken over {takeover:?} after its scheduler died (lease 2s)");
+    assert!(takeover <= Duration::from_secs(3), "{takeover:?}");
+    let out = standby.wait_with_output().unwrap();
+    let stderr = stderr_of("standby");
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["succeeded"], 4, "{report}");
+    let runs = a.executions();
+    for n in 1..=4 {
+        assert_eq!(
+            runs.iter().filter(|r| **r == n).count(),
+            1,
+            "task {n} ran once: {runs:?}"
+        );
+    }
+    let task = |id: &str| -> serde_json::Value {
+        report["tasks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["id"] == id)
+            .unwrap()
+            .clone()
+    };
+    assert_eq!(task("long")["output"], "task-2-done", "{report}");
+    assert_eq!(task("last")["output"], "task-3-done", "{report}");
+    // The run is done: run again, it says so and sends nothing.
+    let again = scheduler("again").wait_with_output().unwrap();
+    let said = String::from_utf8_lossy(&again.stdout);
+    assert_eq!(again.status.code(), Some(0), "{}", stderr_of("again"));
+    assert!(
+        said.contains("run r1 of handed-over was finished by"),
+        "{said}"
+    );
+    assert_eq!(a.executions().len(), 4);
+    // The book holds what was sent: a cluster task per workflow task, and the run done.
+    let book = rt.block_on(cluster.run_book("r1")).unwrap();
+    let sent = rt.block_on(book.sent()).unwrap();
+    assert_eq!(sent.len(), 4, "{sent:?}");
+    assert!(
+        sent.values().all(|(s, _)| s.round == 0 && s.spent == 0),
+        "{sent:?}"
+    );
+    let (meta, _) = rt.block_on(book.meta()).unwrap().unwrap();
+    assert!(meta.done && meta.code == Some(0), "{meta:?}");
+    assert_eq!(meta.counts.get("succeeded"), Some(&4));
+    // A run whose book holds a task sent already waits for that task instead of sending it
+    // (outside the stream's dedupe window, the book is all that keeps it from running twice):
+    // run r2's book is given r1's `first`.
+    let r2 = rt.block_on(cluster.run_book("r2")).unwrap();
+    let first_sent = sent[&0].0;
+    rt.block_on(r2.put_sent(0, &first_sent, None)).unwrap();
+    let resumed = Command::new(COLONY)
+        .args([
+            "run", "--nats", &url, "--run-id", "r2", "--lease", "2s", "--json",
+        ])
+        .arg("--out")
+        .arg(dir.path().join("r2-out"))
+        .arg(&workflow)
+        .env_remove("COLONY_NATS")
+        .output()
+        .unwrap();
+    assert_eq!(
+        resumed.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&resumed.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&resumed.stdout).unwrap();
+    assert_eq!(report["succeeded"], 4, "{report}");
+    let runs = a.executions();
+    assert_eq!(runs.iter().filter(|r| **r == 1).count(), 1, "{runs:?}");
+    assert_eq!(
+        runs.len(),
+        7,
+        "the other three ran again under r2: {runs:?}"
+    );
+    // Another file under the same id is refused.
+    std::fs::write(&workflow, "name: other\nagents: [{name: sh, kind: sim}]\ntasks:\n  - { id: x, agent: sh, input: { n: 9, sleep: 0 } }\n").unwrap();
+    let other = scheduler("other").wait_with_output().unwrap();
+    let stderr = stderr_of("other");
+    assert_eq!(other.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("another workflow file"), "{stderr}");
+    assert_eq!(a.executions().len(), 7);
+    a.stop();
+}

@@ -167,12 +167,17 @@ impl NatsArgs {
         } else {
             Cluster::client(&self.nats, settings).await
         };
-        connected.map_err(|e| match e {
-            colony_cluster::Error::Settings(_) | colony_cluster::Error::BadRole { .. } => {
-                Failure::input(e)
-            }
-            e => Failure::work(e),
-        })
+        connected.map_err(cluster_failure)
+    }
+}
+
+/// Settings the cluster refuses are the caller's (exit 2); the rest is the work failing.
+fn cluster_failure(e: colony_cluster::Error) -> Failure {
+    match e {
+        colony_cluster::Error::Settings(_) | colony_cluster::Error::BadRole { .. } => {
+            Failure::input(e)
+        }
+        e => Failure::work(e),
     }
 }
 
@@ -309,6 +314,10 @@ pub(crate) fn run_workflow(
     }
     let nats = NatsArgs::new(nats, replicas);
     let settings = nats.settings(None)?;
+    let digest = match args.run_id() {
+        Some(_) => Some(file_digest(args.file())?),
+        None => None,
+    };
     let runtime = tokio()?;
     let report = runtime.block_on(async {
         let mut stops = Stops::new();
@@ -316,28 +325,215 @@ pub(crate) fn run_workflow(
             .join(&settings, false, "colony run", &mut stops)
             .await?
         else {
-            return Ok(None);
+            return Ok(Ended::Stopped);
         };
+        let mut scheduling = None;
+        if let (Some((run, lease)), Some(digest)) = (args.run_id(), digest) {
+            match schedule(&cluster, workflow, run, lease, digest, &mut stops).await? {
+                Scheduling::Lead(lead) => scheduling = Some(*lead),
+                Scheduling::Done(meta) => return Ok(Ended::Elsewhere(Box::new(meta))),
+                Scheduling::Stopped => return Ok(Ended::Stopped),
+            }
+        }
         let cancel = Box::pin(async move {
             stops.next().await;
             eprintln!("Cancelling: no more tasks go to the cluster; those there run to their end.");
         });
+        let booked = scheduling
+            .as_ref()
+            .map(|lead: &Lead| colony_workflow::cluster::Booked {
+                book: lead.book.clone(),
+                lead: lead.leadership.observer(),
+            });
         let options = colony_workflow::cluster::ClusterOptions {
             output: args.out().map(Into::into),
             on_finished: Some(crate::commands::workflow::progress(workflow, args.json())),
             on_started: None,
             cancel: Some(cancel),
+            booked,
         };
-        colony_workflow::cluster::run_on(&cluster, workflow, options)
-            .await
-            .map(Some)
-            .map_err(Failure::work)
+        let report = colony_workflow::cluster::run_on(&cluster, workflow, options).await;
+        if let Some(lead) = scheduling {
+            lead.end(report.as_ref().ok()).await;
+        }
+        report.map(Ended::Here).map_err(Failure::work)
     });
     runtime.shutdown_timeout(Duration::from_secs(1));
     match report? {
-        Some(report) => crate::commands::workflow::show(args, &report),
-        None => Ok(()),
+        Ended::Here(report) => crate::commands::workflow::show(args, &report),
+        Ended::Elsewhere(meta) => {
+            let counts: Vec<String> = meta
+                .counts
+                .iter()
+                .map(|(k, v)| format!("{v} {k}"))
+                .collect();
+            let said = format!(
+                "run {} of {} was finished by {} (term {}): {}",
+                args.run_id().map_or("", |(id, _)| id),
+                meta.workflow,
+                meta.scheduler,
+                meta.term,
+                counts.join(", ")
+            );
+            if meta.code == Some(0) {
+                println!("{said}");
+                Ok(())
+            } else {
+                Err(Failure::work(anyhow::anyhow!("{said}")))
+            }
+        }
+        Ended::Stopped => Ok(()),
     }
+}
+
+/// How `colony run --nats` ended in this process.
+enum Ended {
+    /// It scheduled the run (or its end) here.
+    Here(colony_workflow::Report),
+    /// Another process of the same run id finished it.
+    Elsewhere(Box<colony_cluster::runs::RunMeta>),
+    /// Stopped before it scheduled anything.
+    Stopped,
+}
+
+/// This process leads a run: its book, its lease, and the book's meta at `revision`.
+struct Lead {
+    book: colony_cluster::runs::RunBook,
+    leadership: colony_cluster::leadership::Leadership,
+    meta: colony_cluster::runs::RunMeta,
+    revision: u64,
+}
+
+impl Lead {
+    /// The run ended here: a complete run is written done (a cancelled one is left to go on
+    /// from its book); the lease is given up either way, so a standby goes on at once.
+    async fn end(mut self, report: Option<&colony_workflow::Report>) {
+        if let Some(report) = report.filter(|r| r.cancelled == 0) {
+            self.meta.done = true;
+            self.meta.code = Some(if report.all_succeeded() { 0 } else { 1 });
+            self.meta.counts = [
+                ("succeeded", report.succeeded),
+                ("failed", report.failed),
+                ("skipped", report.skipped),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v as u64))
+            .collect();
+            if let Err(e) = self.book.put_meta(&self.meta, Some(self.revision)).await {
+                eprintln!("warning: run {} is not marked done: {e}", self.book.run());
+            }
+        }
+        self.leadership.resign().await;
+    }
+}
+
+enum Scheduling {
+    Lead(Box<Lead>),
+    Done(colony_cluster::runs::RunMeta),
+    Stopped,
+}
+
+/// Campaigns for run `run` until this process leads it (then checks the book is this
+/// workflow's and signs it), the run is seen done, or a signal comes.
+async fn schedule(
+    cluster: &Cluster,
+    workflow: &colony_workflow::Workflow,
+    run: &str,
+    lease: Duration,
+    digest: String,
+    stops: &mut Stops,
+) -> Result<Scheduling, Failure> {
+    let book = cluster.run_book(run).await.map_err(cluster_failure)?;
+    let refuse = |why: String| Failure::input(anyhow::anyhow!("run {run}: {why}"));
+    let another = |old: &colony_cluster::runs::RunMeta| {
+        refuse(format!(
+            "it runs another workflow file ({} with digest {}…); give this one another --run-id",
+            old.workflow,
+            &old.digest[..12.min(old.digest.len())]
+        ))
+    };
+    match book.meta().await.map_err(cluster_failure)? {
+        Some((old, _)) if old.digest != digest => return Err(another(&old)),
+        Some((old, _)) if old.done => return Ok(Scheduling::Done(old)),
+        _ => {}
+    }
+    let leadership =
+        colony_cluster::leadership::campaign(cluster, &book.office(), &default_name(), lease)
+            .await
+            .map_err(cluster_failure)?;
+    let mut said = false;
+    let term = loop {
+        if let Some(term) = leadership.term() {
+            break term;
+        }
+        if let Some((meta, _)) = book.meta().await.map_err(cluster_failure)?
+            && meta.done
+        {
+            leadership.resign().await;
+            return Ok(Scheduling::Done(meta));
+        }
+        if !said {
+            eprintln!("run {run}: standing by while another process schedules it");
+            said = true;
+        }
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_millis(250)) => {}
+            _ = stops.next() => {
+                leadership.resign().await;
+                return Ok(Scheduling::Stopped);
+            }
+        }
+    };
+    let found = book.meta().await.map_err(cluster_failure)?;
+    let mut meta = colony_cluster::runs::RunMeta {
+        workflow: workflow.name.clone(),
+        digest: digest.clone(),
+        done: false,
+        counts: Default::default(),
+        code: None,
+        scheduler: leadership.holder().to_owned(),
+        term,
+    };
+    let revision = match found {
+        Some((old, _)) if old.digest != digest => {
+            leadership.resign().await;
+            return Err(another(&old));
+        }
+        Some((old, _)) if old.done => {
+            leadership.resign().await;
+            return Ok(Scheduling::Done(old));
+        }
+        Some((_, revision)) => {
+            eprintln!("run {run}: taking it over from its book");
+            book.put_meta(&meta, Some(revision)).await
+        }
+        None => book.put_meta(&meta, None).await,
+    };
+    let revision = match revision {
+        Ok(revision) => revision,
+        Err(e) => {
+            leadership.resign().await;
+            return Err(cluster_failure(e));
+        }
+    };
+    meta.term = term;
+    Ok(Scheduling::Lead(Box::new(Lead {
+        book,
+        leadership,
+        meta,
+        revision,
+    })))
+}
+
+/// The SHA-256 of a workflow file, hex: one run id, one file.
+fn file_digest(path: &std::path::Path) -> Result<String, Failure> {
+    use sha2::Digest as _;
+    let bytes = colony_workflow::read::read_bounded(path, colony_workflow::MAX_FILE_BYTES)
+        .map_err(|e| Failure::input(anyhow::anyhow!("{e}")))?;
+    Ok(sha2::Sha256::digest(bytes.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect())
 }
 
 fn tokio() -> Result<tokio::runtime::Runtime, Failure> {

@@ -7,7 +7,7 @@ use crate::{
 use colony_journal::{Journal, MemoryJournal, SqliteJournal, SqliteOptions};
 use colony_runtime::RuntimeOptions;
 use colony_workflow::{Finished, Status, Workflow};
-use std::{io::IsTerminal, path::PathBuf, sync::Arc};
+use std::{io::IsTerminal, path::PathBuf, sync::Arc, time::Duration};
 
 #[derive(Debug, clap::Args)]
 pub(crate) struct ValidateArgs {
@@ -58,12 +58,31 @@ pub(crate) struct RunArgs {
     /// first (3 or 5; 1 for one development server); a cluster already made keeps its own.
     #[arg(long, value_name = "N", requires = "nats")]
     replicas: Option<usize>,
+    /// With --nats: the run's id (letters, digits, `_`, `-`; up to 60). What is sent is kept
+    /// in the cluster under it, and of the processes run with one id one schedules at a
+    /// time: a standby takes the run over when it dies, and the same command run again goes
+    /// on where the run stopped.
+    #[arg(long, value_name = "ID", requires = "nats")]
+    run_id: Option<String>,
+    /// With --run-id: the scheduler's lease; a standby takes the run over within it and a
+    /// second of the scheduler's death (2s to 10m, whole seconds).
+    #[arg(long, value_name = "DURATION", requires = "run_id", default_value = "10s",
+          value_parser = crate::commands::cluster::duration)]
+    lease: Duration,
 }
 
 impl RunArgs {
     /// The results' folder it asks for, if any.
     pub(crate) fn out(&self) -> Option<&std::path::Path> {
         self.out.as_deref()
+    }
+
+    pub(crate) fn file(&self) -> &std::path::Path {
+        &self.file
+    }
+
+    pub(crate) fn run_id(&self) -> Option<(&str, Duration)> {
+        self.run_id.as_deref().map(|id| (id, self.lease))
     }
 
     pub(crate) fn json(&self) -> bool {

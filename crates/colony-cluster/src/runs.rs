@@ -1,0 +1,237 @@
+//! The book of a workflow run scheduled across the cluster (`colony run --nats --run-id`):
+//! what its scheduler sent, kept in the cluster so that a standby that takes the run over, or
+//! the same command run again, goes on from there instead of sending the tasks again.
+//!
+//! One bucket, `colony_runs`, keys per run (`<run>.meta`, `<run>.t.<index>`), every write a
+//! compare-and-set on the revision the writer read: a scheduler that finds a key moved under
+//! it has lost the run to another and stops ([`Error::Lost`]).
+//!
+//! - `meta`: the workflow's name and digest (a run id is one workflow file), whether the run
+//!   is done, and how it ended;
+//! - `t.<index>`: the workflow task's latest cluster task (its id), its round (how many
+//!   cluster tasks it had before, for outputs that failed their checks) and the attempts
+//!   those spent.
+//!
+//! A task is submitted with the dedupe id `run:<run>:<index>:<round>` before its entry is
+//! written: a scheduler that dies between the two leaves a successor that sends it again,
+//! and the stream, within its duplicate window, answers with the same task.
+
+use crate::{Cluster, Error};
+use async_nats::jetstream::{self, kv};
+use futures::StreamExt;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+pub(crate) const RUNS_BUCKET: &str = "colony_runs";
+/// Most tasks a run's book holds: a workflow's own limit is lower.
+const MAX_ENTRIES: usize = 100_000;
+/// Longest run id: its office, `run-<id>`, is a name of at most 64.
+pub const MAX_RUN_ID: usize = 60;
+
+/// A run as its book says.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunMeta {
+    /// The workflow's name.
+    pub workflow: String,
+    /// The workflow file's SHA-256, hex: a run id names one file.
+    pub digest: String,
+    /// Done: every task ended (or the run was cancelled); nothing more is scheduled.
+    pub done: bool,
+    /// With `done`: tasks by status (`succeeded`, `failed`, ...).
+    #[serde(default)]
+    pub counts: BTreeMap<String, u64>,
+    /// With `done`: the exit status `colony run` gave.
+    #[serde(default)]
+    pub code: Option<i32>,
+    /// Who wrote it, and in which term of the run's lease.
+    pub scheduler: String,
+    pub term: u64,
+}
+
+/// What a run's scheduler sent for one workflow task.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Sent {
+    /// The cluster task.
+    pub id: u64,
+    /// Cluster tasks before this one for the same workflow task.
+    pub round: u32,
+    /// Attempts those spent.
+    pub spent: u32,
+}
+
+/// A value and the revision it was read at (the one a write over it expects).
+pub type Revised<T> = (T, u64);
+
+/// The book of one run.
+#[derive(Clone, Debug)]
+pub struct RunBook {
+    bucket: kv::Store,
+    run: String,
+}
+
+impl Cluster {
+    /// The book of run `run` (letters, digits, `_`, `-`; up to 64), its bucket made on first
+    /// use.
+    pub async fn run_book(&self, run: &str) -> Result<RunBook, Error> {
+        crate::settings::check_name("run id", run)?;
+        if run.len() > MAX_RUN_ID {
+            return Err(Error::Settings(format!(
+                "run id `{run}`: at most {MAX_RUN_ID} characters"
+            )));
+        }
+        let config = kv::Config {
+            bucket: RUNS_BUCKET.into(),
+            description: "colony: what each workflow run's scheduler sent".into(),
+            history: 1,
+            max_value_size: 16 * 1024,
+            storage: jetstream::stream::StorageType::File,
+            num_replicas: self.settings.replicas,
+            max_age: self.settings.keep_records,
+            ..Default::default()
+        };
+        let bucket = crate::client::bucket(&self.js, config).await?;
+        Ok(RunBook {
+            bucket,
+            run: run.to_owned(),
+        })
+    }
+}
+
+impl RunBook {
+    pub fn run(&self) -> &str {
+        &self.run
+    }
+
+    /// The office of the run's scheduler in the leaders bucket.
+    pub fn office(&self) -> String {
+        format!("run-{}", self.run)
+    }
+
+    /// The dedupe id of a workflow task's cluster task in `round`.
+    pub fn dedupe_id(&self, task: usize, round: u32) -> String {
+        format!("run:{}:{task}:{round}", self.run)
+    }
+
+    fn meta_key(&self) -> String {
+        format!("{}.meta", self.run)
+    }
+
+    fn task_key(&self, task: usize) -> String {
+        format!("{}.t.{task}", self.run)
+    }
+
+    pub async fn meta(&self) -> Result<Option<Revised<RunMeta>>, Error> {
+        self.read(&self.meta_key()).await
+    }
+
+    /// Writes the meta over `revision` (`None`: it must not exist yet).
+    pub async fn put_meta(&self, meta: &RunMeta, revision: Option<u64>) -> Result<u64, Error> {
+        self.write(&self.meta_key(), meta, revision).await
+    }
+
+    /// Every task's entry, by the task's index in the workflow: the keys are this run's
+    /// subjects in the bucket's stream, listed by the server (not every run's keys).
+    pub async fn sent(&self) -> Result<BTreeMap<usize, Revised<Sent>>, Error> {
+        let listing =
+            |e: &dyn std::fmt::Display| Error::nats(format!("listing run {}", self.run), e);
+        let prefix = format!("$KV.{RUNS_BUCKET}.{}.t.", self.run);
+        let mut subjects = self
+            .bucket
+            .stream
+            .info_with_subjects(format!("{prefix}>"))
+            .await
+            .map_err(|e| listing(&e))?;
+        let mut keys = Vec::new();
+        while let Some(subject) = subjects.next().await {
+            let (subject, _) = subject.map_err(|e| listing(&e))?;
+            let Some(index) = subject.strip_prefix(&prefix) else {
+                continue;
+            };
+            let index: usize = index.parse().map_err(|_| {
+                Error::Settings(format!(
+                    "run {}: a key that is no task's: {subject}",
+                    self.run
+                ))
+            })?;
+            if keys.len() >= MAX_ENTRIES {
+                return Err(Error::Settings(format!(
+                    "run {}: more than {MAX_ENTRIES} tasks in its book",
+                    self.run
+                )));
+            }
+            keys.push(index);
+        }
+        let mut out = BTreeMap::new();
+        for index in keys {
+            if let Some(entry) = self.read(&self.task_key(index)).await? {
+                out.insert(index, entry);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Writes task `task`'s entry over `revision` (`None`: it must not exist yet).
+    pub async fn put_sent(
+        &self,
+        task: usize,
+        sent: &Sent,
+        revision: Option<u64>,
+    ) -> Result<u64, Error> {
+        self.write(&self.task_key(task), sent, revision).await
+    }
+
+    async fn read<T: serde::de::DeserializeOwned>(
+        &self,
+        key: &str,
+    ) -> Result<Option<Revised<T>>, Error> {
+        let entry = self
+            .bucket
+            .entry(key)
+            .await
+            .map_err(|e| Error::nats(format!("reading {key} of the runs' book"), e))?;
+        let Some(entry) = entry else {
+            return Ok(None);
+        };
+        if entry.operation != kv::Operation::Put {
+            return Ok(None);
+        }
+        let value = serde_json::from_slice(&entry.value)
+            .map_err(|e| Error::Settings(format!("{key} of the runs' book is unreadable: {e}")))?;
+        Ok(Some((value, entry.revision)))
+    }
+
+    async fn write<T: Serialize>(
+        &self,
+        key: &str,
+        value: &T,
+        revision: Option<u64>,
+    ) -> Result<u64, Error> {
+        let value = serde_json::to_vec(value).unwrap_or_default();
+        let written = match revision {
+            Some(revision) => self
+                .bucket
+                .update(key, value.into(), revision)
+                .await
+                .map_err(|e| {
+                    (
+                        e.kind() == kv::UpdateErrorKind::WrongLastRevision,
+                        e.to_string(),
+                    )
+                }),
+            None => self.bucket.create(key, value.into()).await.map_err(|e| {
+                (
+                    e.kind() == kv::CreateErrorKind::AlreadyExists,
+                    e.to_string(),
+                )
+            }),
+        };
+        match written {
+            Ok(revision) => Ok(revision),
+            Err((true, _)) => Err(Error::Lost {
+                run: self.run.clone(),
+                key: key.to_owned(),
+            }),
+            Err((false, e)) => Err(Error::nats(format!("writing {key} of the runs' book"), e)),
+        }
+    }
+}
