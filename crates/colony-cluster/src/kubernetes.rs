@@ -174,7 +174,9 @@ impl InCluster {
         body.truncate(4096);
         let text = String::from_utf8_lossy(&body);
         let hint = if status.as_u16() == 403 {
-            " (the pod's service account needs a Role allowing `patch` on pods)"
+            " (the pod's service account needs a Role allowing `patch` on pods; an admission \
+             policy, as the chart's, may also refuse a patch of anything but this pod's deletion \
+             cost)"
         } else {
             ""
         };

@@ -550,17 +550,40 @@ impl Campaign {
             }
         }
         self.tx.send_replace(None);
-        if let Some(revision) = self.election.resign() {
-            let deleted = tokio::time::timeout(
-                self.election.retry(),
-                self.bucket
-                    .delete_expect_revision(&self.office, Some(revision)),
-            )
-            .await;
-            if let Ok(Err(e)) = deleted {
-                tracing::debug!(office = %self.office, "a resigned lease was left to expire: {e}");
+        let mut held = self.election.resign();
+        if held.is_none() {
+            // A create in flight when it stopped may have landed: a claim of ours is ours.
+            let found =
+                tokio::time::timeout(self.election.retry(), read(&self.bucket, &self.office));
+            if let Ok(Ok(Some(seen))) = found.await
+                && seen
+                    .claim
+                    .is_some_and(|c| c.holder == self.election.holder())
+            {
+                held = Some(seen.revision);
             }
         }
+        if let Some(revision) = held {
+            let deleted =
+                tokio::time::timeout(self.election.retry(), self.delete_with_ttl(revision)).await;
+            if !matches!(deleted, Ok(Ok(_))) {
+                tracing::debug!(office = %self.office, "a resigned lease was left to expire");
+            }
+        }
+    }
+
+    /// Deletes the key at `revision` with a marker that expires itself after a minute: an
+    /// office used once (a workflow run's) leaves nothing behind for ever.
+    async fn delete_with_ttl(&self, revision: u64) -> Result<u64, bool> {
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert("KV-Operation", "DEL");
+        self.publish_with_ttl(
+            revision,
+            headers,
+            Duration::from_secs(60),
+            bytes::Bytes::new(),
+        )
+        .await
     }
 
     fn publish(&self, start: Instant, now: Duration) {
@@ -616,14 +639,27 @@ impl Campaign {
     /// bucket's `update` cannot and its `create_with_ttl` drops over a marker: `Err(true)` on
     /// a wrong revision.
     async fn write_with_ttl(&self, revision: u64, value: bytes::Bytes) -> Result<u64, bool> {
-        let mut headers = async_nats::HeaderMap::new();
+        let headers = async_nats::HeaderMap::new();
+        self.publish_with_ttl(revision, headers, self.ttl, value)
+            .await
+    }
+
+    /// Publishes to the key with its revision expected (0: none) and a TTL: `Err(true)` on a
+    /// wrong revision.
+    async fn publish_with_ttl(
+        &self,
+        revision: u64,
+        mut headers: async_nats::HeaderMap,
+        ttl: Duration,
+        value: bytes::Bytes,
+    ) -> Result<u64, bool> {
         headers.insert(
             async_nats::header::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE,
             revision.to_string().as_str(),
         );
         headers.insert(
             async_nats::header::NATS_MESSAGE_TTL,
-            self.ttl.as_secs().to_string().as_str(),
+            ttl.as_secs().to_string().as_str(),
         );
         let subject = format!("$KV.{LEADERS_BUCKET}.{}", self.office);
         let ack = self

@@ -14,7 +14,9 @@
 //!
 //! A task is submitted with the dedupe id `run:<run>:<index>:<round>` before its entry is
 //! written: a scheduler that dies between the two leaves a successor that sends it again,
-//! and the stream, within its duplicate window, answers with the same task.
+//! and the stream, within its duplicate window (2 minutes), answers with the same task.
+//! Past that window such a task would run again: hence a scheduler's lease of at most
+//! [`MAX_LEASE`], so that a standby sends within the window.
 
 use crate::{Cluster, Error};
 use async_nats::jetstream::{self, kv};
@@ -27,6 +29,10 @@ pub(crate) const RUNS_BUCKET: &str = "colony_runs";
 const MAX_ENTRIES: usize = 100_000;
 /// Longest run id: its office, `run-<id>`, is a name of at most 64.
 pub const MAX_RUN_ID: usize = 60;
+/// Longest lease of a run's scheduler: a standby takes over within it and a second, and
+/// sends again within the stream's 2-minute duplicate window even after the client's minute
+/// of patience.
+pub const MAX_LEASE: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// A run as its book says.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -180,24 +186,40 @@ impl RunBook {
         self.write(&self.task_key(task), sent, revision).await
     }
 
+    /// A key as the bucket's stream leader has it: a replica's read may lag a write the
+    /// successor must see (a done run, a task sent).
     async fn read<T: serde::de::DeserializeOwned>(
         &self,
         key: &str,
     ) -> Result<Option<Revised<T>>, Error> {
-        let entry = self
+        let subject = format!("$KV.{RUNS_BUCKET}.{key}");
+        let message = match self
             .bucket
-            .entry(key)
+            .stream
+            .get_last_raw_message_by_subject(&subject)
             .await
-            .map_err(|e| Error::nats(format!("reading {key} of the runs' book"), e))?;
-        let Some(entry) = entry else {
-            return Ok(None);
+        {
+            Ok(message) => message,
+            Err(e) if e.kind() == jetstream::stream::LastRawMessageErrorKind::NoMessageFound => {
+                return Ok(None);
+            }
+            Err(e) => return Err(Error::nats(format!("reading {key} of the runs' book"), e)),
         };
-        if entry.operation != kv::Operation::Put {
+        let deleted = message
+            .headers
+            .get("KV-Operation")
+            .is_some_and(|op| op.as_str() != "PUT");
+        if deleted {
             return Ok(None);
         }
-        let value = serde_json::from_slice(&entry.value)
+        let value = serde_json::from_slice(&message.payload)
             .map_err(|e| Error::Settings(format!("{key} of the runs' book is unreadable: {e}")))?;
-        Ok(Some((value, entry.revision)))
+        Ok(Some((value, message.sequence)))
+    }
+
+    /// Task `task`'s entry, read from the stream leader.
+    pub async fn entry(&self, task: usize) -> Result<Option<Revised<Sent>>, Error> {
+        self.read(&self.task_key(task)).await
     }
 
     async fn write<T: Serialize>(

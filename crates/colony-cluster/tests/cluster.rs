@@ -369,7 +369,16 @@ async fn a_run_book_refuses_a_write_over_what_another_scheduler_wrote() {
         spent: 1,
     };
     book.put_sent(2, &again, Some(r)).await.unwrap();
-    assert!(book.put_sent(2, &sent, Some(r)).await.is_err());
+    let stale = book.put_sent(2, &sent, Some(r)).await.unwrap_err();
+    assert!(
+        matches!(stale, colony_cluster::Error::Lost { .. }),
+        "{stale}"
+    );
+    // Read from the stream's leader, with the revision a write over it expects.
+    let (entry, revision) = book.entry(2).await.unwrap().unwrap();
+    assert_eq!(entry, again);
+    assert!(revision > r);
+    assert_eq!(book.entry(7).await.unwrap(), None);
     let all = book.sent().await.unwrap();
     assert_eq!(all.len(), 1);
     assert_eq!(all[&2].0, again);

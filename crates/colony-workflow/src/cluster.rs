@@ -155,23 +155,41 @@ struct Sending {
 
 fn submit_and_wait(
     cluster: &Cluster,
-    book: Option<&RunBook>,
+    booked: Option<&Booked>,
     i: usize,
     spec: TaskSpec,
     sending: Sending,
 ) -> Waiting {
     let cluster = cluster.clone();
-    let book = book.cloned();
+    let book = booked.map(|b| (b.book.clone(), b.lead.clone()));
     Box::pin(async move {
+        // With a book, the cluster out of reach stops this scheduler (the run goes on from
+        // the book) rather than failing the task: it may well run to its end there.
+        let fail = |e: colony_cluster::Error| match e {
+            colony_cluster::Error::Nats { .. }
+            | colony_cluster::Error::Connect { .. }
+            | colony_cluster::Error::NoJetStream { .. }
+                if book.is_some() =>
+            {
+                Stop::Halt(e.to_string())
+            }
+            e => Stop::Task(e.to_string()),
+        };
+        let leads = || book.as_ref().is_none_or(|(_, lead)| lead.term().is_some());
         let ended = async {
             let (id, revision) = match sending.sent {
                 Some(id) => (id, sending.revision),
                 None => {
-                    let ids = book.as_ref().map(|b| vec![b.dedupe_id(i, sending.round)]);
+                    if !leads() {
+                        return Err(Stop::Halt(NOT_LEADING.into()));
+                    }
+                    let ids = book
+                        .as_ref()
+                        .map(|(b, _)| vec![b.dedupe_id(i, sending.round)]);
                     let submitted = cluster
                         .submit(std::slice::from_ref(&spec), ids.as_deref())
                         .await
-                        .map_err(|e| Stop::Task(e.to_string()))?;
+                        .map_err(fail)?;
                     let id = submitted
                         .first()
                         .ok_or_else(|| {
@@ -179,29 +197,46 @@ fn submit_and_wait(
                         })?
                         .id;
                     let revision = match &book {
-                        Some(book) => {
-                            let sent = Sent {
-                                id,
-                                round: sending.round,
-                                spent: sending.spent,
-                            };
-                            let written = book.put_sent(i, &sent, sending.revision).await;
-                            Some(written.map_err(|e| Stop::Halt(e.to_string()))?)
+                        Some((book, _)) => {
+                            if !leads() {
+                                return Err(Stop::Halt(NOT_LEADING.into()));
+                            }
+                            Some(note_sent(book, i, id, sending).await?)
                         }
                         None => None,
                     };
                     (id, revision)
                 }
             };
-            let row = cluster
-                .wait(id)
-                .await
-                .map_err(|e| Stop::Task(e.to_string()))?;
+            let row = cluster.wait(id).await.map_err(fail)?;
             Ok((row, revision))
         }
         .await;
         (i, spec, ended)
     })
+}
+
+const NOT_LEADING: &str = "this process no longer leads the run";
+
+/// Writes in the book that task `i` went as cluster task `id`. Found written already with
+/// the same task (a deposed scheduler sent the same round, which the stream deduplicated),
+/// it is taken as is.
+async fn note_sent(book: &RunBook, i: usize, id: u64, sending: Sending) -> Result<u64, Stop> {
+    let sent = Sent {
+        id,
+        round: sending.round,
+        spent: sending.spent,
+    };
+    match book.put_sent(i, &sent, sending.revision).await {
+        Ok(revision) => Ok(revision),
+        Err(lost @ colony_cluster::Error::Lost { .. }) => match book.entry(i).await {
+            Ok(Some((found, revision))) if found.id == id && found.round == sending.round => {
+                Ok(revision)
+            }
+            _ => Err(Stop::Halt(lost.to_string())),
+        },
+        Err(e) => Err(Stop::Halt(e.to_string())),
+    }
 }
 
 /// Runs `workflow` to completion on `cluster`'s nodes and writes its results here.
@@ -280,7 +315,6 @@ pub async fn run_on(
             booked_sent[i] = Some(sent.id);
         }
     }
-    let book = booked.as_ref().map(|b| &b.book);
     let leads = || booked.as_ref().is_none_or(|b| b.lead.term().is_some());
     let mut halted: Option<String> = None;
     let (mut dag, first) = Run::start(&workflow.graph, &[]);
@@ -320,7 +354,7 @@ pub async fn run_on(
             release(workflow, i, &mut left, &mut outputs);
             match spec {
                 Ok(_) if !leads() => {
-                    halted = Some("this process no longer leads the run".into());
+                    halted = Some(NOT_LEADING.into());
                     break;
                 }
                 Ok(spec) => {
@@ -334,7 +368,7 @@ pub async fn run_on(
                         revision: revisions[i],
                         sent: booked_sent[i].take(),
                     };
-                    pending.push(submit_and_wait(cluster, book, i, spec, sending));
+                    pending.push(submit_and_wait(cluster, booked.as_ref(), i, spec, sending));
                 }
                 Err(error) => {
                     let f = finished(workflow, &waves, i, Status::Failed, None, Some(error));
@@ -376,7 +410,7 @@ pub async fn run_on(
                 if revision.is_some() {
                     revisions[i] = revision;
                 }
-                f.attempts = spent[i] + row.attempt;
+                f.attempts = spent[i].saturating_add(row.attempt);
                 f.agent = row.agent.and_then(|a| u32::try_from(a).ok());
                 f.node = Some(row.node.clone());
                 if row.state == TaskState::Succeeded {
@@ -392,22 +426,28 @@ pub async fn run_on(
                             End::Succeeded
                         }
                         Err(failed) => {
-                            spent[i] += row.attempt.max(1);
+                            spent[i] = spent[i].saturating_add(row.attempt.max(1));
                             if spent[i] < t.max_attempts {
                                 if !leads() {
-                                    halted = Some("this process no longer leads the run".into());
+                                    halted = Some(NOT_LEADING.into());
                                     break;
                                 }
                                 // Another cluster task, with the attempts left.
                                 spec.max_attempts = t.max_attempts - spent[i];
-                                rounds[i] += 1;
+                                rounds[i] = rounds[i].saturating_add(1);
                                 let sending = Sending {
                                     round: rounds[i],
                                     spent: spent[i],
                                     revision: revisions[i],
                                     sent: None,
                                 };
-                                pending.push(submit_and_wait(cluster, book, i, spec, sending));
+                                pending.push(submit_and_wait(
+                                    cluster,
+                                    booked.as_ref(),
+                                    i,
+                                    spec,
+                                    sending,
+                                ));
                                 continue;
                             }
                             f.error = Some(failed.to_string());

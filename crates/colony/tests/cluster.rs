@@ -1320,6 +1320,16 @@ tasks:
         7,
         "the other three ran again under r2: {runs:?}"
     );
+    // A lease past what the stream's dedupe window covers is refused before anything runs.
+    let long = Command::new(COLONY)
+        .args(["run", "--nats", &url, "--run-id", "r3", "--lease", "5m"])
+        .arg(&workflow)
+        .env_remove("COLONY_NATS")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&long.stderr);
+    assert_eq!(long.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("--lease 5m: at most 30s"), "{stderr}");
     // Another file under the same id is refused.
     std::fs::write(&workflow, "name: other\nagents: [{name: sh, kind: sim}]\ntasks:\n  - { id: x, agent: sh, input: { n: 9, sleep: 0 } }\n").unwrap();
     let other = scheduler("other").wait_with_output().unwrap();

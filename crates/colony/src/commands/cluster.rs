@@ -315,6 +315,14 @@ pub(crate) fn run_workflow(
     let nats = NatsArgs::new(nats, replicas);
     let settings = nats.settings(None)?;
     let digest = match args.run_id() {
+        Some((_, lease)) if lease > colony_cluster::runs::MAX_LEASE => {
+            return Err(Failure::input(anyhow::anyhow!(
+                "--lease {}: at most {}s, so that a standby sends again within the stream's \
+                 2-minute duplicate window and no task runs twice",
+                humantime::format_duration(lease),
+                colony_cluster::runs::MAX_LEASE.as_secs()
+            )));
+        }
         Some(_) => Some(file_digest(args.file())?),
         None => None,
     };
@@ -332,7 +340,7 @@ pub(crate) fn run_workflow(
             match schedule(&cluster, workflow, run, lease, digest, &mut stops).await? {
                 Scheduling::Lead(lead) => scheduling = Some(*lead),
                 Scheduling::Done(meta) => return Ok(Ended::Elsewhere(Box::new(meta))),
-                Scheduling::Stopped => return Ok(Ended::Stopped),
+                Scheduling::Stopped => return Ok(Ended::StoodBy),
             }
         }
         let cancel = Box::pin(async move {
@@ -383,6 +391,10 @@ pub(crate) fn run_workflow(
             }
         }
         Ended::Stopped => Ok(()),
+        Ended::StoodBy => Err(Failure::work(anyhow::anyhow!(
+            "run {}: stopped while standing by; nothing was scheduled here",
+            args.run_id().map_or("", |(id, _)| id)
+        ))),
     }
 }
 
@@ -392,8 +404,10 @@ enum Ended {
     Here(colony_workflow::Report),
     /// Another process of the same run id finished it.
     Elsewhere(Box<colony_cluster::runs::RunMeta>),
-    /// Stopped before it scheduled anything.
+    /// Stopped before it joined the cluster.
     Stopped,
+    /// Stopped while another process scheduled the run.
+    StoodBy,
 }
 
 /// This process leads a run: its book, its lease, and the book's meta at `revision`.
@@ -408,7 +422,8 @@ impl Lead {
     /// The run ended here: a complete run is written done (a cancelled one is left to go on
     /// from its book); the lease is given up either way, so a standby goes on at once.
     async fn end(mut self, report: Option<&colony_workflow::Report>) {
-        if let Some(report) = report.filter(|r| r.cancelled == 0) {
+        let leads = self.leadership.term().is_some();
+        if let Some(report) = report.filter(|r| r.cancelled == 0 && leads) {
             self.meta.done = true;
             self.meta.code = Some(if report.all_succeeded() { 0 } else { 1 });
             self.meta.counts = [
@@ -449,7 +464,7 @@ async fn schedule(
         refuse(format!(
             "it runs another workflow file ({} with digest {}…); give this one another --run-id",
             old.workflow,
-            &old.digest[..12.min(old.digest.len())]
+            old.digest.chars().take(12).collect::<String>()
         ))
     };
     match book.meta().await.map_err(cluster_failure)? {
@@ -462,15 +477,23 @@ async fn schedule(
             .await
             .map_err(cluster_failure)?;
     let mut said = false;
+    let mut warned = false;
     let term = loop {
         if let Some(term) = leadership.term() {
             break term;
         }
-        if let Some((meta, _)) = book.meta().await.map_err(cluster_failure)?
-            && meta.done
-        {
-            leadership.resign().await;
-            return Ok(Scheduling::Done(meta));
+        // A read that fails (NATS electing a leader) is tried again: a standby is for then.
+        match book.meta().await {
+            Ok(Some((meta, _))) if meta.done => {
+                leadership.resign().await;
+                return Ok(Scheduling::Done(meta));
+            }
+            Ok(_) => {}
+            Err(e) if !warned => {
+                eprintln!("run {run}: cannot read its book ({e}); trying again");
+                warned = true;
+            }
+            Err(_) => {}
         }
         if !said {
             eprintln!("run {run}: standing by while another process schedules it");
@@ -484,8 +507,14 @@ async fn schedule(
             }
         }
     };
-    let found = book.meta().await.map_err(cluster_failure)?;
-    let mut meta = colony_cluster::runs::RunMeta {
+    let found = match book.meta().await {
+        Ok(found) => found,
+        Err(e) => {
+            leadership.resign().await;
+            return Err(cluster_failure(e));
+        }
+    };
+    let meta = colony_cluster::runs::RunMeta {
         workflow: workflow.name.clone(),
         digest: digest.clone(),
         done: false,
@@ -516,7 +545,6 @@ async fn schedule(
             return Err(cluster_failure(e));
         }
     };
-    meta.term = term;
     Ok(Scheduling::Lead(Box::new(Lead {
         book,
         leadership,
