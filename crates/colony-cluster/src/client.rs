@@ -298,6 +298,28 @@ impl Cluster {
         format!("{}.{id}", self.epoch)
     }
 
+    /// Records as they are written from now on (a task started, retried, ended), each with
+    /// its task's id, for a live view. A record that cannot be read is left out; the stream
+    /// ends when the watch does (NATS gone).
+    pub async fn records(
+        &self,
+    ) -> Result<impl futures::Stream<Item = (u64, Row)> + Send + 'static, Error> {
+        let watch = self
+            .tasks
+            .watch_all()
+            .await
+            .map_err(|e| Error::nats("watching the task records", e))?;
+        let prefix = format!("{}.", self.epoch);
+        Ok(watch.filter_map(move |entry| {
+            let record = entry.ok().and_then(|entry| {
+                let id = entry.key.strip_prefix(&prefix)?.parse().ok()?;
+                let row = Row::decode(&entry.value).ok()?;
+                (entry.operation == kv::Operation::Put).then_some((id, row))
+            });
+            std::future::ready(record)
+        }))
+    }
+
     /// Task `id`'s record, if it has started.
     pub async fn row(&self, id: u64) -> Result<Option<(Row, u64)>, Error> {
         let entry = self

@@ -390,3 +390,36 @@ async fn a_run_book_refuses_a_write_over_what_another_scheduler_wrote() {
         assert!(client.run_book(bad).await.is_err(), "{bad}");
     }
 }
+
+/// The records' stream tells each task's records as nodes write them, from when it opened.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_records_stream_tells_each_record_as_it_is_written() {
+    use futures::StreamExt;
+    let dir = tempfile::tempdir().unwrap();
+    let server = tokio::task::block_in_place(|| NatsServer::single(dir.path())).unwrap();
+    let client = cluster(&server).await;
+    let ra = runtime("worker", 4, Duration::from_millis(1)).await;
+    let node = Node::start(cluster(&server).await, ra.handle().clone(), options("a"))
+        .await
+        .unwrap();
+    let records = client.records().await.unwrap();
+    let mut records = Box::pin(records);
+    let specs: Vec<TaskSpec> = (0..3)
+        .map(|i| task(Some("worker"), format!("{{\"i\":{i}}}"), 1))
+        .collect();
+    let submitted = client.submit(&specs, None).await.unwrap();
+    let mut ended = std::collections::BTreeSet::new();
+    while ended.len() < 3 {
+        let (id, row) = tokio::time::timeout(Duration::from_secs(20), records.next())
+            .await
+            .expect("a record in time")
+            .expect("the stream goes on");
+        assert!(submitted.iter().any(|s| s.id == id), "{id}");
+        assert_eq!(row.node, "a");
+        if row.state == colony_core::task::TaskState::Succeeded {
+            ended.insert(id);
+        }
+    }
+    node.drain().await;
+    ra.shutdown().await;
+}

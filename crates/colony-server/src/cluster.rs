@@ -40,12 +40,15 @@ use std::{fmt::Write, sync::Arc, time::Duration};
 /// What every handler of the cluster's control plane shares.
 #[derive(Debug)]
 pub(crate) struct ClusterApp {
-    cluster: Cluster,
-    gate: Gate,
+    pub(crate) cluster: Cluster,
+    pub(crate) gate: Gate,
     /// Whether this server leads the scaling.
-    scaling: Observer,
+    pub(crate) scaling: Observer,
     /// How often the scaling leader looks: a record older than three periods is stale.
-    period: Duration,
+    pub(crate) period: Duration,
+    /// Event streams open at once, at most `max_streams`.
+    streams: Arc<tokio::sync::Semaphore>,
+    max_streams: usize,
 }
 
 impl FromRef<Arc<ClusterApp>> for Gate {
@@ -77,6 +80,8 @@ pub async fn serve_cluster(
         gate: Gate::new(config.tokens, config.rate_limit, tls.is_some()),
         scaling,
         period,
+        streams: Arc::new(tokio::sync::Semaphore::new(config.max_streams)),
+        max_streams: config.max_streams,
     });
     let router = router(app);
     let bind = |source| Error::Bind { addr, source };
@@ -104,13 +109,17 @@ fn router(app: Arc<ClusterApp>) -> Router {
         .route("/v1/tasks/{id}", get(task))
         .route("/v1/cluster", get(status))
         .route("/v1/scaling/{role}", get(scaling))
-        .route("/metrics", get(metrics));
+        .route("/v1/events", get(events))
+        .route("/metrics", get(metrics))
+        .merge(crate::dashboard::cluster::read_routes());
     let submit = Router::new()
         .route("/v1/tasks", post(submit))
         .route("/v1/tasks/batch", post(submit_batch));
     let open = Router::new()
         .route("/healthz", get(|| async { "ok" }))
-        .route("/readyz", get(readyz));
+        .route("/readyz", get(readyz))
+        .route("/login", post(auth::login))
+        .merge(crate::dashboard::cluster::open_routes());
     Router::new()
         .merge(scoped(auth::Scope::Read, read))
         .merge(scoped(auth::Scope::Submit, submit))
@@ -345,6 +354,43 @@ async fn scaling(State(app): State<Arc<ClusterApp>>, Path(role): Path<String>) -
     }
 }
 
+/// `GET /v1/events`: the cluster's task records as they are written (`task` events: the
+/// task's id, state, attempt, node, and error), for the dashboard and any watcher.
+async fn events(State(app): State<Arc<ClusterApp>>) -> Response {
+    use axum::response::sse::{Event, KeepAlive, Sse};
+    use futures::StreamExt;
+    // Held for as long as the stream is open.
+    let Ok(permit) = app.streams.clone().try_acquire_owned() else {
+        return problem(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too-many-streams",
+            format!(
+                "{} event streams are open, the most this server keeps: try again later",
+                app.max_streams
+            ),
+        );
+    };
+    let records = match app.cluster.records().await {
+        Ok(records) => records,
+        Err(e) => return failed(e),
+    };
+    let stream = records.map(move |(id, row)| {
+        let _held = &permit;
+        let data = json!({
+            "id": id,
+            "state": row.state,
+            "attempt": row.attempt,
+            "node": row.node,
+            "error": row.error.as_deref().map(|e| colony_core::text::shorten(e, 300)),
+            "at-ms": row.at_ms,
+        });
+        Ok::<_, std::convert::Infallible>(Event::default().event("task").data(data.to_string()))
+    });
+    Sse::new(stream)
+        .keep_alive(KeepAlive::default())
+        .into_response()
+}
+
 async fn readyz(State(app): State<Arc<ClusterApp>>) -> Response {
     if app.cluster.connected() {
         "ready".into_response()
@@ -358,7 +404,7 @@ async fn readyz(State(app): State<Arc<ClusterApp>>) -> Response {
 }
 
 /// Milliseconds since the Unix epoch.
-fn now_ms() -> u64 {
+pub(crate) fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)

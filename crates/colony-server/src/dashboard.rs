@@ -17,9 +17,10 @@
 //! nothing. Every route that shows something is a GET that changes nothing.
 
 mod assets;
+pub(crate) mod cluster;
 mod html;
 
-use crate::{App, agents, auth, tasks};
+use crate::{App, agents, auth, auth::Gate, tasks};
 use axum::{
     Router,
     extract::{ConnectInfo, Path, Query, State},
@@ -93,8 +94,8 @@ fn ok(body: String) -> Response {
 
 /// Whether the browser may see data: the server has no tokens, or its cookie holds one. An
 /// unknown token counts against the address's budget of failures, as anywhere else.
-fn signed_in(app: &App, address: std::net::IpAddr, headers: &HeaderMap) -> bool {
-    let Some(tokens) = &app.gate.tokens else {
+fn signed_in(gate: &Gate, address: std::net::IpAddr, headers: &HeaderMap) -> bool {
+    let Some(tokens) = &gate.tokens else {
         return true;
     };
     headers
@@ -103,7 +104,7 @@ fn signed_in(app: &App, address: std::net::IpAddr, headers: &HeaderMap) -> bool 
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
         .filter_map(|pair| pair.trim().strip_prefix(auth::COOKIE)?.strip_prefix('='))
-        .any(|token| matches!(auth::verify(&app.gate, tokens, address, token), Ok(Some(_))))
+        .any(|token| matches!(auth::verify(gate, tokens, address, token), Ok(Some(_))))
 }
 
 /// `GET /`.
@@ -113,7 +114,7 @@ async fn page(
     headers: HeaderMap,
 ) -> Response {
     let version = assets::version();
-    if signed_in(&app, peer.ip(), &headers) {
+    if signed_in(&app.gate, peer.ip(), &headers) {
         ok(html::shell(version, app.gate.tokens.is_some()))
     } else {
         ok(html::login(version))
@@ -121,7 +122,7 @@ async fn page(
 }
 
 /// `POST /logout`: forgets the cookie. Refused when another site's page sends it.
-async fn logout(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
+async fn logout(State(gate): State<Gate>, headers: HeaderMap) -> Response {
     let cross_site = headers
         .get("sec-fetch-site")
         .and_then(|v| v.to_str().ok())
@@ -133,7 +134,7 @@ async fn logout(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
             "sign out from the dashboard itself",
         );
     }
-    let secure = if app.gate.tls { "; Secure" } else { "" };
+    let secure = if gate.tls { "; Secure" } else { "" };
     let cookie = format!(
         "{}=; Max-Age=0; HttpOnly; SameSite=Strict; Path=/{secure}",
         auth::COOKIE

@@ -699,6 +699,26 @@ fn serve_over_the_cluster_takes_tasks_and_one_server_leads_the_scaling() {
         ServeProc::start(dir.path(), &url, "s2"),
     ];
     assert_eq!(fetch(serves[0].port, "/readyz").0, 200);
+    // The event stream, open before any task: records come as nodes write them.
+    let mut events = {
+        use std::io::Write;
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", serves[1].port)).unwrap();
+        write!(stream, "GET /v1/events HTTP/1.1\r\nHost: localhost\r\n\r\n").unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        stream
+    };
+    // Wait for the stream's headers, so that the watch behind it is open.
+    let mut seen = String::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !seen.contains("text/event-stream") {
+        let mut chunk = [0u8; 4096];
+        if let Ok(n) = events.read(&mut chunk) {
+            seen.push_str(&String::from_utf8_lossy(&chunk[..n]));
+        }
+        assert!(Instant::now() < deadline, "no event stream: {seen}");
+    }
     // A task over HTTP, sent twice with one Idempotency-Key: one id, one execution.
     let task = r#"{"payload": {"n": 7, "sleep": 0}, "role": "sh"}"#;
     let key = ["Idempotency-Key: retry-me"];
@@ -741,6 +761,48 @@ fn serve_over_the_cluster_takes_tasks_and_one_server_leads_the_scaling() {
         }
     }
     assert_eq!(a.executions().iter().filter(|n| **n == 7).count(), 1);
+    // Each task's end came on the stream, from node a (a task this short ends before its
+    // node writes a lease, so its start has no record of its own).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let told = |seen: &str, id: u64, state: &str| {
+        seen.lines().any(|l| {
+            l.starts_with("data:")
+                && l.contains(&format!("\"id\":{id},"))
+                && l.contains(&format!("\"state\":\"{state}\""))
+                && l.contains("\"node\":\"a\"")
+        })
+    };
+    while !all.iter().all(|&id| told(&seen, id, "succeeded")) {
+        let mut chunk = [0u8; 4096];
+        if let Ok(n) = events.read(&mut chunk) {
+            seen.push_str(&String::from_utf8_lossy(&chunk[..n]));
+        }
+        assert!(
+            Instant::now() < deadline,
+            "records {all:?} not told: {seen}"
+        );
+    }
+    assert!(seen.contains("event: task"), "{seen}");
+    drop(events);
+    // The dashboard: the page, then its panels, with the node and the role in them.
+    let (code, page) = fetch(serves[0].port, "/");
+    assert_eq!(code, 200, "{page}");
+    assert!(page.contains("cluster on nats://"), "{page}");
+    assert!(page.contains(r#"hx-get="/ui/cluster/nodes""#), "{page}");
+    assert!(page.contains("/assets/cluster.js?v="), "{page}");
+    let (code, nodes) = fetch(serves[0].port, "/ui/cluster/nodes");
+    assert_eq!(code, 200, "{nodes}");
+    assert!(nodes.contains("<td>a</td><td>sh (4 slots)</td>"), "{nodes}");
+    assert!(nodes.contains("taking work"), "{nodes}");
+    let (code, counters) = fetch(serves[0].port, "/ui/cluster");
+    assert_eq!(code, 200, "{counters}");
+    assert!(counters.contains(r#"id="stat-nodes">1<"#), "{counters}");
+    let (code, roles) = fetch(serves[0].port, "/ui/cluster/roles");
+    assert_eq!(code, 200, "{roles}");
+    assert!(roles.contains("<td>sh</td>"), "{roles}");
+    let (code, script) = fetch(serves[0].port, "/assets/cluster.js");
+    assert_eq!(code, 200);
+    assert!(script.contains("EventSource(\"/v1/events\")"), "{script}");
     // Exactly one server leads the scaling, and its records say so.
     let deadline = Instant::now() + Duration::from_secs(10);
     let leader = loop {

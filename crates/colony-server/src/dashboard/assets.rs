@@ -23,7 +23,7 @@ struct Asset {
 const JS: &str = "text/javascript; charset=utf-8";
 const CSS: &str = "text/css; charset=utf-8";
 
-const ASSETS: [Asset; 6] = [
+const ASSETS: [Asset; 7] = [
     Asset {
         name: "htmx.min.js",
         content_type: JS,
@@ -43,6 +43,11 @@ const ASSETS: [Asset; 6] = [
         name: "dashboard.js",
         content_type: JS,
         body: include_bytes!("assets/dashboard.js"),
+    },
+    Asset {
+        name: "cluster.js",
+        content_type: JS,
+        body: include_bytes!("assets/cluster.js"),
     },
     Asset {
         name: "dashboard.css",

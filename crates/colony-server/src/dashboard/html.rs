@@ -66,6 +66,16 @@ fn pill(class: &'static str) -> String {
 const HTMX_CONFIG: &str = r#"{"includeIndicatorStyles":false,"allowEval":false,"allowScriptTags":false,"disableInheritance":true}"#;
 
 fn head(out: &mut String, title: &str, version: &str, scripts: bool) {
+    let scripts: &[&str] = if scripts {
+        &["htmx.min.js", "uPlot.iife.min.js", "dashboard.js"]
+    } else {
+        &[]
+    };
+    head_with(out, title, version, scripts);
+}
+
+/// The document's head, loading `scripts` from the assets.
+pub(crate) fn head_with(out: &mut String, title: &str, version: &str, scripts: &[&str]) {
     let _ = write!(
         out,
         r#"<!doctype html>
@@ -83,14 +93,12 @@ fn head(out: &mut String, title: &str, version: &str, scripts: bool) {
         title = Esc(title),
         version = Esc(version),
     );
-    if scripts {
-        for script in ["htmx.min.js", "uPlot.iife.min.js", "dashboard.js"] {
-            let _ = writeln!(
-                out,
-                r#"<script defer src="/assets/{script}?v={}"></script>"#,
-                Esc(version)
-            );
-        }
+    for script in scripts {
+        let _ = writeln!(
+            out,
+            r#"<script defer src="/assets/{script}?v={}"></script>"#,
+            Esc(version)
+        );
     }
     out.push_str("</head>\n");
 }

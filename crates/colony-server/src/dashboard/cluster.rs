@@ -1,0 +1,246 @@
+//! The dashboard of `colony serve --nats`: the whole cluster as this server reads it from
+//! NATS, with the same sign-in, assets and Content-Security-Policy as a runtime's.
+//!
+//! - `GET /`: the page shell (or the sign-in form).
+//! - `GET /ui/cluster` [read]: counters (nodes, agents, slots, running, waiting, the tasks
+//!   stream's leader, whether this server leads the scaling).
+//! - `GET /ui/cluster/nodes` [read]: every live node: its roles, agents, running and ended
+//!   attempts, late results fenced, draining, age of its heartbeat, version.
+//! - `GET /ui/cluster/roles` [read]: every role's backlog and the scaling leader's decision.
+//! - The list of task records as they are written comes from `/v1/events` in `cluster.js`.
+
+use super::{assets, fresh, html::Esc, html::head_with, ok, secure, signed_in};
+use crate::cluster::ClusterApp;
+use axum::{
+    Router,
+    extract::{ConnectInfo, State},
+    http::{HeaderMap, StatusCode},
+    middleware::map_response,
+    response::Response,
+    routing::{get, post},
+};
+use std::{fmt::Write, sync::Arc};
+
+/// Routes that show data: behind the `read` scope.
+pub(crate) fn read_routes() -> Router<Arc<ClusterApp>> {
+    Router::new()
+        .route("/ui/cluster", get(counters))
+        .route("/ui/cluster/nodes", get(nodes))
+        .route("/ui/cluster/roles", get(roles))
+        .layer(map_response(secure))
+}
+
+/// Routes open to all: the page shell, its assets and signing out.
+pub(crate) fn open_routes() -> Router<Arc<ClusterApp>> {
+    Router::new()
+        .route("/", get(page))
+        .route("/assets/{name}", get(assets::serve))
+        .route("/logout", post(super::logout))
+        .layer(map_response(secure))
+}
+
+async fn page(
+    State(app): State<Arc<ClusterApp>>,
+    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
+    headers: HeaderMap,
+) -> Response {
+    let version = assets::version();
+    if signed_in(&app.gate, peer.ip(), &headers) {
+        ok(shell(version, app.gate.tokens.is_some(), app.cluster.url()))
+    } else {
+        ok(super::html::login(version))
+    }
+}
+
+fn shell(version: &str, logout: bool, url: &str) -> String {
+    let mut out = String::with_capacity(4 << 10);
+    head_with(
+        &mut out,
+        "colony cluster",
+        version,
+        &["htmx.min.js", "cluster.js"],
+    );
+    let _ = write!(
+        out,
+        r##"<body>
+<header class="top">
+<img class="logo" src="/assets/favicon.svg?v={version}" alt="">
+<h1>colony</h1>
+<span class="sub">cluster on {url}</span>
+<span id="live" class="live">connecting…</span>
+{logout}
+</header>
+<main>
+<section id="stats" class="stats" aria-label="Counters" hx-get="/ui/cluster" hx-trigger="load, every 2s"></section>
+<div class="grid">
+<section class="panel wide">
+<h2>Nodes</h2>
+<p class="note">Every node whose heartbeat is live: the roles its pools serve, its agents, the attempts it runs and has ended, late results fenced, and whether it drains.</p>
+<div id="nodes" class="scroll" hx-get="/ui/cluster/nodes" hx-trigger="load, every 2s"></div>
+</section>
+<section class="panel span-4">
+<h2>Roles</h2>
+<p class="note">Each role's tasks waiting for a node and running, its deliveries, and the nodes the scaling leader wants for it, with its last decision.</p>
+<div id="roles" class="scroll" hx-get="/ui/cluster/roles" hx-trigger="load, every 2s"></div>
+</section>
+<section class="panel span-2">
+<h2>Task records</h2>
+<p class="note">Task records as nodes write them since this page opened, newest first: each end, and a start when the attempt outlasts the node's lazy lease.</p>
+<ol id="events" class="events"><li class="empty">Nothing yet.</li></ol>
+</section>
+</div>
+</main>
+</body>
+</html>
+"##,
+        version = Esc(version),
+        url = Esc(url),
+        logout = if logout {
+            r#"<form method="post" action="/logout"><button type="submit">Log out</button></form>"#
+        } else {
+            ""
+        },
+    );
+    out
+}
+
+fn unavailable(e: colony_cluster::Error) -> Response {
+    fresh(
+        StatusCode::SERVICE_UNAVAILABLE,
+        format!(r#"<p class="note bad">{}</p>"#, Esc(&e.to_string())),
+    )
+}
+
+/// `GET /ui/cluster`.
+async fn counters(State(app): State<Arc<ClusterApp>>) -> Response {
+    let status = match app.cluster.status().await {
+        Ok(status) => status,
+        Err(e) => return unavailable(e),
+    };
+    let sum = |f: fn(&colony_cluster::NodeInfo) -> u64| status.nodes.iter().map(f).sum::<u64>();
+    let waiting: u64 = status.roles.iter().map(|r| r.waiting).sum();
+    let tiles: [(&str, &str, String, &str); 7] = [
+        ("nodes", "Nodes", status.nodes.len().to_string(), "ok"),
+        ("agents", "Agents", sum(|n| n.agents).to_string(), ""),
+        ("running", "Running", sum(|n| n.running).to_string(), ""),
+        ("waiting", "Waiting", waiting.to_string(), ""),
+        (
+            "unfinished",
+            "Unfinished",
+            status.unfinished.to_string(),
+            "",
+        ),
+        (
+            "leader",
+            "Stream leader",
+            status.leader.clone().unwrap_or_else(|| "none".into()),
+            if status.leader.is_some() { "" } else { "bad" },
+        ),
+        (
+            "scaling",
+            "Scaling",
+            if app.scaling.term().is_some() {
+                "led here".into()
+            } else {
+                "led elsewhere".into()
+            },
+            "",
+        ),
+    ];
+    let mut out = String::with_capacity(1 << 10);
+    for (id, label, value, class) in tiles {
+        let _ = write!(
+            out,
+            r#"<div class="tile {class}"><span class="label">{label}</span><span class="value" id="stat-{id}">{}</span></div>"#,
+            Esc(&value)
+        );
+    }
+    ok(out)
+}
+
+/// `GET /ui/cluster/nodes`.
+async fn nodes(State(app): State<Arc<ClusterApp>>) -> Response {
+    let status = match app.cluster.status().await {
+        Ok(status) => status,
+        Err(e) => return unavailable(e),
+    };
+    if status.nodes.is_empty() {
+        return ok(r#"<p class="note">No node has joined: start one with <code>colony node --nats URL</code>.</p>"#.into());
+    }
+    let now = crate::cluster::now_ms();
+    let mut out = String::from(
+        r#"<table id="node-table"><thead><tr><th>Node</th><th>Roles</th><th class="num">Agents</th><th class="num">Running</th><th class="num">Ended</th><th class="num">Fenced</th><th>State</th><th class="num">Beat</th><th>Version</th></tr></thead><tbody>"#,
+    );
+    for n in &status.nodes {
+        let roles: Vec<String> = n
+            .by_role
+            .iter()
+            .map(|(role, slots)| format!("{role} ({} slots)", slots.slots))
+            .collect();
+        let roles = if roles.is_empty() {
+            n.roles.join(", ")
+        } else {
+            roles.join(", ")
+        };
+        let _ = write!(
+            out,
+            r#"<tr><td>{}</td><td>{}</td><td class="num">{}</td><td class="num">{}</td><td class="num">{}</td><td class="num">{}</td><td>{}</td><td class="num">{:.1} s ago</td><td>{}</td></tr>"#,
+            Esc(&n.name),
+            Esc(&roles),
+            n.agents,
+            n.running,
+            n.ended,
+            n.fenced,
+            if n.draining {
+                "draining"
+            } else {
+                "taking work"
+            },
+            now.saturating_sub(n.at_ms) as f64 / 1e3,
+            Esc(&n.version),
+        );
+    }
+    out.push_str("</tbody></table>");
+    ok(out)
+}
+
+/// `GET /ui/cluster/roles`.
+async fn roles(State(app): State<Arc<ClusterApp>>) -> Response {
+    let status = match app.cluster.status().await {
+        Ok(status) => status,
+        Err(e) => return unavailable(e),
+    };
+    if status.roles.is_empty() {
+        return ok(r#"<p class="note">No role yet: a node's pools make their roles' consumers as it joins.</p>"#.into());
+    }
+    let mut out = String::from(
+        r#"<table id="role-table"><thead><tr><th>Role</th><th class="num">Waiting</th><th class="num">Running</th><th class="num">Delivered</th><th class="num">Desired nodes</th><th>Last decision</th></tr></thead><tbody>"#,
+    );
+    for role in &status.roles {
+        let key = if role.role == "*" { "_" } else { &role.role };
+        let record = app.cluster.scaling(key).await.ok().flatten();
+        let (desired, decision) = match &record {
+            Some(r) => (
+                r.desired.to_string(),
+                match (&r.reason, &r.blocked_by) {
+                    (Some(reason), Some(by)) => format!("{}: {reason} (held by {by})", r.decision),
+                    (Some(reason), None) => format!("{}: {reason}", r.decision),
+                    _ => r.decision.clone(),
+                },
+            ),
+            None => ("—".into(), "none yet".into()),
+        };
+        let _ = write!(
+            out,
+            r#"<tr><td>{}</td><td class="num">{}</td><td class="num">{}</td><td class="num">{}</td><td class="num">{}</td><td>{}</td></tr>"#,
+            Esc(&role.role),
+            role.waiting,
+            role.running,
+            role.delivered,
+            Esc(&desired),
+            Esc(&decision),
+        );
+    }
+    out.push_str("</tbody></table>");
+    ok(out)
+}
