@@ -3,7 +3,8 @@
 //! counters move, drills down the hierarchy to the workers, checks the charts drew (the pools
 //! chart from the server's history, and again after a resize) and that
 //! the browser refused nothing under the Content-Security-Policy, and saves a screenshot to
-//! `target/dashboard.png`.
+//! `target/dashboard.png`. A second test does the same for the cluster's dashboard (`colony serve
+//! --nats`) over a real NATS server and a node: `target/cluster-dashboard.png`.
 //!
 //! Needs Debian's `chromium` and `chromium-driver` (`.ci/run` installs them). Without them the
 //! test fails, unless `COLONY_SKIP_BROWSER=1`.
@@ -196,6 +197,199 @@ fn screenshot_path() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/dashboard.png")
 }
 
+/// A headless Chromium session through `driver`, its profile under `dir`.
+async fn browser(driver: &Driver, dir: &Path) -> Client {
+    let profile = dir.join("chromium");
+    let mut capabilities = serde_json::Map::new();
+    capabilities.insert("browserName".into(), json!("chrome"));
+    capabilities.insert(
+        "goog:chromeOptions".into(),
+        json!({
+            "binary": CHROMIUM,
+            "args": [
+                "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                "--no-first-run", "--disable-background-networking",
+                "--disable-component-update", "--disable-sync",
+                "--window-size=1440,2300",
+                format!("--user-data-dir={}", profile.display()),
+            ],
+        }),
+    );
+    capabilities.insert("goog:loggingPrefs".into(), json!({ "browser": "ALL" }));
+    ClientBuilder::rustls()
+        .expect("rustls")
+        .capabilities(capabilities)
+        .connect(&driver.url)
+        .await
+        .expect("a chromedriver session")
+}
+
+/// Signs in through the form with `token`.
+async fn sign_in(client: &Client, url: &str, token: &str) {
+    client.goto(url).await.unwrap();
+    let field = wait_for(client, "input[name=token]", Duration::from_secs(10)).await;
+    field.send_keys(token).await.unwrap();
+    client
+        .find(Locator::Css("#sign-in"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+}
+
+/// What the browser logged that is a problem: errors, and refusals under the CSP.
+async fn problems(driver: &Driver, client: &Client) -> Vec<Value> {
+    browser_log(driver, client)
+        .await
+        .into_iter()
+        .filter(|entry| {
+            let message = entry["message"].as_str().unwrap_or("");
+            entry["level"] == "SEVERE"
+                || message.contains("Content Security Policy")
+                || message.contains("Content-Security-Policy")
+        })
+        .collect()
+}
+
+/// The dashboard of `colony serve --nats` in a real browser, over a real NATS server and a
+/// node in this process: signed in through the form, it shows the node and its role, the
+/// event stream connects and lists task records as the node ends them, and the browser
+/// refuses nothing under the Content-Security-Policy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cluster_dashboard_shows_nodes_and_records_in_a_browser() {
+    use colony_cluster::{Cluster, Node, NodeOptions, Settings, testing::NatsServer};
+    if !browser_installed() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let nats = tokio::task::block_in_place(|| NatsServer::single(dir.path())).unwrap();
+    let settings = Settings {
+        replicas: 1,
+        ..Settings::default()
+    };
+    let url = nats.url();
+    let connect = || Cluster::connect(&url, settings.clone());
+    let runtime = colony_server::testing::sim_runtime(
+        8,
+        SimOptions {
+            latency: Latency::Fixed {
+                value: Duration::from_millis(5),
+            },
+            ..SimOptions::default()
+        },
+        RuntimeOptions::default(),
+    )
+    .await;
+    let node = Node::start(
+        connect().await.unwrap(),
+        runtime.handle().clone(),
+        NodeOptions {
+            name: "node-one".into(),
+            max_in_flight: 16,
+            drain_timeout: Duration::from_secs(5),
+        },
+    )
+    .await
+    .unwrap();
+    let cluster = connect().await.unwrap();
+    let scaling = colony_cluster::scaling::Scaling::start(
+        cluster.clone(),
+        "s1",
+        colony_cluster::scaling::ScalingPlan {
+            lease: Duration::from_secs(2),
+            period: Duration::from_millis(500),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let tokens_file = dir.path().join("tokens");
+    let token =
+        colony_server::Tokens::create(&tokens_file, "viewer", colony_server::Scope::Read).unwrap();
+    let config = colony_server::Config {
+        tokens: Some(colony_server::Tokens::load(&tokens_file).unwrap()),
+        ..colony_server::testing::local()
+    };
+    let server = colony_server::cluster::serve_cluster(
+        cluster.clone(),
+        scaling.observer(),
+        Duration::from_millis(500),
+        config,
+    )
+    .await
+    .unwrap();
+
+    let driver = Driver::start().await;
+    let client = browser(&driver, dir.path()).await;
+    sign_in(&client, &server.url(), &token).await;
+
+    // The node and its role, and the stream connected.
+    wait_for(&client, "#stat-nodes", Duration::from_secs(10)).await;
+    let nodes = until(Duration::from_secs(10), POLL, || counter(&client, "nodes")).await;
+    assert_eq!(nodes, Some(1));
+    let row = until(Duration::from_secs(10), POLL, || async {
+        text(&client, "#node-table tbody tr")
+            .await
+            .filter(|t| t.contains("node-one"))
+    })
+    .await
+    .expect("the node's row");
+    assert!(
+        row.contains("worker (8 slots)") && row.contains("taking work"),
+        "{row}"
+    );
+    let live = until(Duration::from_secs(10), POLL, || async {
+        text(&client, "#live").await.filter(|t| t == "live")
+    })
+    .await;
+    assert!(live.is_some(), "the event stream did not connect");
+
+    // Tasks end on the node; their records come into the list.
+    let specs: Vec<TaskSpec> = (0..5)
+        .map(|n| {
+            let mut spec = TaskSpec::with_payload(json!({ "n": n }).to_string());
+            spec.requirement.role = Some("worker".into());
+            spec
+        })
+        .collect();
+    let submitted = cluster.submit(&specs, None).await.unwrap();
+    let listed = until(Duration::from_secs(15), POLL, || async {
+        let items = client.find_all(Locator::Css("#events li.ok")).await.ok()?;
+        (items.len() >= submitted.len()).then_some(items.len())
+    })
+    .await;
+    assert!(
+        listed.is_some(),
+        "the records of {} tasks were not listed",
+        submitted.len()
+    );
+    let newest = text(&client, "#events li.ok").await.unwrap_or_default();
+    assert!(
+        newest.contains("succeeded (attempt 1 on node-one)"),
+        "{newest:?}"
+    );
+    let role = until(Duration::from_secs(10), POLL, || async {
+        text(&client, "#role-table tbody")
+            .await
+            .filter(|t| t.lines().any(|row| row.starts_with("worker")))
+    })
+    .await;
+    assert!(role.is_some(), "the role's row");
+
+    let png = client.screenshot().await.unwrap();
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/cluster-dashboard.png");
+    std::fs::write(&path, png).unwrap();
+    let problems = problems(&driver, &client).await;
+    assert!(problems.is_empty(), "the browser complained: {problems:#?}");
+
+    client.close().await.unwrap();
+    server.stop();
+    scaling.resign().await;
+    node.drain().await;
+    runtime.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_dashboard_shows_a_live_runtime_in_a_browser() {
     if !browser_installed() {
@@ -217,41 +411,10 @@ async fn the_dashboard_shows_a_live_runtime_in_a_browser() {
     let load = keep_busy(&runtime);
 
     let driver = Driver::start().await;
-    let profile = dir.path().join("chromium");
-    let mut capabilities = serde_json::Map::new();
-    capabilities.insert("browserName".into(), json!("chrome"));
-    capabilities.insert(
-        "goog:chromeOptions".into(),
-        json!({
-            "binary": CHROMIUM,
-            "args": [
-                "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-                "--no-first-run", "--disable-background-networking",
-                "--disable-component-update", "--disable-sync",
-                "--window-size=1440,2300",
-                format!("--user-data-dir={}", profile.display()),
-            ],
-        }),
-    );
-    capabilities.insert("goog:loggingPrefs".into(), json!({ "browser": "ALL" }));
-    let client = ClientBuilder::rustls()
-        .expect("rustls")
-        .capabilities(capabilities)
-        .connect(&driver.url)
-        .await
-        .expect("a chromedriver session");
+    let client = browser(&driver, dir.path()).await;
 
     // Signed out, the page is a sign-in form; the token goes in, the cookie comes back.
-    client.goto(&server.url()).await.unwrap();
-    let field = wait_for(&client, "input[name=token]", Duration::from_secs(10)).await;
-    field.send_keys(&token).await.unwrap();
-    client
-        .find(Locator::Css("#sign-in"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    sign_in(&client, &server.url(), &token).await;
 
     // The counters come in and move.
     wait_for(&client, "#stat-succeeded", Duration::from_secs(10)).await;
@@ -441,16 +604,7 @@ async fn the_dashboard_shows_a_live_runtime_in_a_browser() {
     assert_eq!(fetched, json!([200, 200]), "the result and the stderr log");
 
     // Nothing was refused under the Content-Security-Policy, and nothing else went wrong.
-    let log = browser_log(&driver, &client).await;
-    let problems: Vec<&Value> = log
-        .iter()
-        .filter(|entry| {
-            let message = entry["message"].as_str().unwrap_or("");
-            entry["level"] == "SEVERE"
-                || message.contains("Content Security Policy")
-                || message.contains("Content-Security-Policy")
-        })
-        .collect();
+    let problems = problems(&driver, &client).await;
     assert!(problems.is_empty(), "the browser complained: {problems:#?}");
     // And the check would have seen one: break the policy on purpose and look again.
     client
