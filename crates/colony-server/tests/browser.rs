@@ -193,8 +193,15 @@ async fn browser_log(driver: &Driver, client: &Client) -> Vec<Value> {
         .clone()
 }
 
-fn screenshot_path() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/dashboard.png")
+/// Saves a screenshot as `target/<name>` of the workspace (made if missing: a clean clone
+/// may build elsewhere).
+async fn screenshot(client: &Client, name: &str) {
+    let png = client.screenshot().await.unwrap();
+    let path: PathBuf = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../target")
+        .join(name);
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(&path, png).unwrap();
 }
 
 /// A headless Chromium session through `driver`, its profile under `dir`.
@@ -377,9 +384,7 @@ async fn the_cluster_dashboard_shows_nodes_and_records_in_a_browser() {
     .await;
     assert!(role.is_some(), "the role's row");
 
-    let png = client.screenshot().await.unwrap();
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/cluster-dashboard.png");
-    std::fs::write(&path, png).unwrap();
+    screenshot(&client, "cluster-dashboard.png").await;
     let problems = problems(&driver, &client).await;
     assert!(problems.is_empty(), "the browser complained: {problems:#?}");
 
@@ -540,10 +545,7 @@ async fn the_dashboard_shows_a_live_runtime_in_a_browser() {
 
     // Let the charts gather a few seconds of history for the screenshot.
     tokio::time::sleep(Duration::from_secs(6)).await;
-    let png = client.screenshot().await.unwrap();
-    let path = screenshot_path();
-    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-    std::fs::write(&path, png).unwrap();
+    screenshot(&client, "dashboard.png").await;
 
     // Untrusted output shows as text, and runs nothing.
     load.abort();
