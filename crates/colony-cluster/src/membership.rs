@@ -29,6 +29,46 @@ pub struct NodeInfo {
     /// When this heartbeat was written.
     pub at_ms: u64,
     pub version: String,
+    /// Its runtime's hierarchy, top tier first: the node's subtree of the cluster's (empty
+    /// from a node that does not say).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tiers: Vec<TierCount>,
+    /// Its workers whose health checks say degraded, critical or failed.
+    #[serde(default)]
+    pub unhealthy: u64,
+}
+
+/// One tier of a node's hierarchy: its agents, and those down (crashed, waiting for a
+/// restart, or stopped with their manager).
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct TierCount {
+    pub name: String,
+    pub agents: u64,
+    pub down: u64,
+}
+
+/// The hierarchy of a node's runtime as its heartbeat tells it, and its unhealthy workers:
+/// `None` when the runtime does not answer within a second (its heartbeat keeps the last).
+pub(crate) async fn hierarchy(handle: &colony_runtime::Handle) -> Option<(Vec<TierCount>, u64)> {
+    let asked = handle.observe(|live| {
+        let tree = live.tree;
+        let tiers = tree
+            .tier_names()
+            .iter()
+            .zip(tree.tier_sizes())
+            .enumerate()
+            .map(|(i, (name, &n))| TierCount {
+                name: name.to_string(),
+                agents: u64::from(n),
+                down: live.down(i),
+            })
+            .collect();
+        (tiers, live.unhealthy().iter().sum())
+    });
+    tokio::time::timeout(std::time::Duration::from_secs(1), asked)
+        .await
+        .ok()?
+        .ok()
 }
 
 /// A node's agents of one role and the attempts they run at once.

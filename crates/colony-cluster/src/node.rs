@@ -243,7 +243,13 @@ impl Node {
             started_ms: now,
             at_ms: now,
             version: env!("CARGO_PKG_VERSION").into(),
+            tiers: Vec::new(),
+            unhealthy: 0,
         };
+        let mut info = info;
+        if let Some((tiers, unhealthy)) = membership::hierarchy(&handle).await {
+            (info.tiers, info.unhealthy) = (tiers, unhealthy);
+        }
         membership::beat(&cluster.nodes, &info).await?;
         let (phase, phase_rx) = watch::channel(Phase::Taking);
         let shared = Arc::new(Shared {
@@ -384,6 +390,9 @@ async fn heartbeat(shared: Arc<Shared>, mut info: NodeInfo) {
             + report.handed_back;
         info.fenced = report.fenced;
         info.draining = *phase.borrow() != Phase::Taking;
+        if let Some((tiers, unhealthy)) = membership::hierarchy(&shared.handle).await {
+            (info.tiers, info.unhealthy) = (tiers, unhealthy);
+        }
         info.at_ms = crate::now_ms();
         if let Err(e) = membership::beat(&shared.cluster.nodes, &info).await {
             tracing::warn!("{e}");

@@ -476,6 +476,8 @@ mod tests {
             started_ms: 0,
             at_ms: 0,
             version: String::new(),
+            tiers: Vec::new(),
+            unhealthy: 0,
         }
     }
 

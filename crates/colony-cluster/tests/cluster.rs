@@ -391,7 +391,8 @@ async fn a_run_book_refuses_a_write_over_what_another_scheduler_wrote() {
     }
 }
 
-/// The records' stream tells each task's records as nodes write them, from when it opened.
+/// The records' stream tells each task's records as nodes write them, from when it opened;
+/// a node's heartbeat tells its hierarchy.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_records_stream_tells_each_record_as_it_is_written() {
     use futures::StreamExt;
@@ -420,6 +421,12 @@ async fn the_records_stream_tells_each_record_as_it_is_written() {
             ended.insert(id);
         }
     }
+    // The node's heartbeat tells its runtime's hierarchy: its tiers, the workers last.
+    let status = client.status().await.unwrap();
+    let tiers = &status.nodes[0].tiers;
+    assert!(!tiers.is_empty(), "{:?}", status.nodes[0]);
+    assert_eq!(tiers.last().unwrap().agents, 4, "{tiers:?}");
+    assert!(tiers.iter().all(|t| t.down == 0), "{tiers:?}");
     node.drain().await;
     ra.shutdown().await;
 }

@@ -800,6 +800,46 @@ fn serve_over_the_cluster_takes_tasks_and_one_server_leads_the_scaling() {
     let (code, roles) = fetch(serves[0].port, "/ui/cluster/roles");
     assert_eq!(code, 200, "{roles}");
     assert!(roles.contains("<td>sh</td>"), "{roles}");
+    // The whole hierarchy: the cluster, its node, the node's tiers down to its 4 workers.
+    let tree = Command::new(COLONY)
+        .args(["cluster", "tree", "--nats", &url])
+        .env_remove("COLONY_NATS")
+        .output()
+        .unwrap();
+    let shown = String::from_utf8_lossy(&tree.stdout);
+    assert!(
+        tree.status.success(),
+        "{}",
+        String::from_utf8_lossy(&tree.stderr)
+    );
+    assert!(
+        shown.starts_with("cluster nats://") && shown.contains("1 node, 4 agents"),
+        "{shown}"
+    );
+    assert!(
+        shown.contains("└─ node a: 4 agents (taking work)"),
+        "{shown}"
+    );
+    assert!(
+        shown.trim_end().ends_with(": 4"),
+        "the workers, last: {shown}"
+    );
+    let json = Command::new(COLONY)
+        .args(["cluster", "tree", "--json", "--nats", &url])
+        .env_remove("COLONY_NATS")
+        .output()
+        .unwrap();
+    let json: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(json["agents"], 4, "{json}");
+    assert_eq!(
+        json["nodes"][0]["tiers"]
+            .as_array()
+            .unwrap()
+            .last()
+            .unwrap()["agents"],
+        4
+    );
+    assert!(nodes.contains(" 4 "), "the hierarchy column: {nodes}");
     let (code, script) = fetch(serves[0].port, "/assets/cluster.js");
     assert_eq!(code, 200);
     assert!(script.contains("EventSource(\"/v1/events\")"), "{script}");

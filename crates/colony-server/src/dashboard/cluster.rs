@@ -75,7 +75,7 @@ fn shell(version: &str, logout: bool, url: &str) -> String {
 <div class="grid">
 <section class="panel wide">
 <h2>Nodes</h2>
-<p class="note">Every node whose heartbeat is live: the roles its pools serve, its agents, the attempts it runs and has ended, late results fenced, and whether it drains.</p>
+<p class="note">Every node whose heartbeat is live, each a subtree of the cluster: the roles its pools serve, its agents, the attempts it runs and has ended, late results fenced, its runtime's tiers (agents down and workers unhealthy said), and whether it drains.</p>
 <div id="nodes" class="scroll" hx-get="/ui/cluster/nodes" hx-trigger="load, every 2s"></div>
 </section>
 <section class="panel span-4">
@@ -169,7 +169,7 @@ async fn nodes(State(app): State<Arc<ClusterApp>>) -> Response {
     }
     let now = crate::cluster::now_ms();
     let mut out = String::from(
-        r#"<table id="node-table"><thead><tr><th>Node</th><th>Roles</th><th class="num">Agents</th><th class="num">Running</th><th class="num">Ended</th><th class="num">Fenced</th><th>State</th><th class="num">Beat</th><th>Version</th></tr></thead><tbody>"#,
+        r#"<table id="node-table"><thead><tr><th>Node</th><th>Roles</th><th class="num">Agents</th><th class="num">Running</th><th class="num">Ended</th><th class="num">Fenced</th><th>Hierarchy</th><th>State</th><th class="num">Beat</th><th>Version</th></tr></thead><tbody>"#,
     );
     for n in &status.nodes {
         let roles: Vec<String> = n
@@ -182,15 +182,31 @@ async fn nodes(State(app): State<Arc<ClusterApp>>) -> Response {
         } else {
             roles.join(", ")
         };
+        let mut tiers: Vec<String> = n
+            .tiers
+            .iter()
+            .map(|t| {
+                let down = if t.down > 0 {
+                    format!(" ({} down)", t.down)
+                } else {
+                    String::new()
+                };
+                format!("{} {}{down}", t.agents, t.name)
+            })
+            .collect();
+        if n.unhealthy > 0 {
+            tiers.push(format!("{} unhealthy", n.unhealthy));
+        }
         let _ = write!(
             out,
-            r#"<tr><td>{}</td><td>{}</td><td class="num">{}</td><td class="num">{}</td><td class="num">{}</td><td class="num">{}</td><td>{}</td><td class="num">{:.1} s ago</td><td>{}</td></tr>"#,
+            r#"<tr><td>{}</td><td>{}</td><td class="num">{}</td><td class="num">{}</td><td class="num">{}</td><td class="num">{}</td><td>{}</td><td>{}</td><td class="num">{:.1} s ago</td><td>{}</td></tr>"#,
             Esc(&n.name),
             Esc(&roles),
             n.agents,
             n.running,
             n.ended,
             n.fenced,
+            Esc(&tiers.join(" · ")),
             if n.draining {
                 "draining"
             } else {

@@ -81,6 +81,8 @@ pub(crate) enum Command {
     Task(TaskArgs),
     /// The live nodes and the backlog of each role.
     Status(StatusArgs),
+    /// The whole hierarchy: the cluster, its nodes under it, each node's tiers of agents.
+    Tree(StatusArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -720,6 +722,7 @@ pub(crate) fn run(command: &Command) -> Result<(), Failure> {
             Command::Submit(args) => submit(args).await,
             Command::Task(args) => task(args).await,
             Command::Status(args) => status(args).await,
+            Command::Tree(args) => tree(args).await,
         }
     });
     runtime.shutdown_timeout(Duration::from_secs(1));
@@ -947,6 +950,99 @@ async fn task(args: &TaskArgs) -> Result<(), Failure> {
     Ok(())
 }
 
+/// `colony cluster tree`: the cluster as the root, each live node a subtree of its
+/// runtime's tiers, from the nodes' heartbeats.
+async fn tree(args: &StatusArgs) -> Result<(), Failure> {
+    let settings = args.nats.settings(None)?;
+    let cluster = args.nats.connect(settings, false).await?;
+    let status = cluster.status().await.map_err(Failure::work)?;
+    if args.json {
+        let nodes: Vec<serde_json::Value> = status
+            .nodes
+            .iter()
+            .map(|n| {
+                serde_json::json!({
+                    "node": n.name,
+                    "draining": n.draining,
+                    "agents": n.agents,
+                    "unhealthy": n.unhealthy,
+                    "tiers": n.tiers,
+                })
+            })
+            .collect();
+        let agents: u64 = status.nodes.iter().map(|n| n.agents).sum();
+        let tree = serde_json::json!({
+            "cluster": cluster.url(),
+            "agents": agents,
+            "nodes": nodes,
+        });
+        println!("{tree}");
+        return Ok(());
+    }
+    print!("{}", render_tree(cluster.url(), &status.nodes));
+    Ok(())
+}
+
+/// The cluster's hierarchy as text, one line per node and per tier.
+fn render_tree(url: &str, nodes: &[colony_cluster::NodeInfo]) -> String {
+    use std::fmt::Write as _;
+    let agents: u64 = nodes.iter().map(|n| n.agents).sum();
+    let mut out = format!(
+        "cluster {url}: {} node{}, {} agents\n",
+        nodes.len(),
+        if nodes.len() == 1 { "" } else { "s" },
+        colony_core::text::thousands(agents)
+    );
+    for (i, n) in nodes.iter().enumerate() {
+        let last = i + 1 == nodes.len();
+        let (branch, under) = if last {
+            ("└─", "   ")
+        } else {
+            ("├─", "│  ")
+        };
+        let mut about = vec![
+            if n.draining {
+                "draining"
+            } else {
+                "taking work"
+            }
+            .to_owned(),
+        ];
+        if n.unhealthy > 0 {
+            about.push(format!("{} unhealthy", n.unhealthy));
+        }
+        let _ = writeln!(
+            out,
+            "{branch} node {}: {} agents ({})",
+            n.name,
+            colony_core::text::thousands(n.agents),
+            about.join(", ")
+        );
+        if n.tiers.is_empty() {
+            let _ = writeln!(out, "{under}└─ (its heartbeat does not tell its tiers)");
+        }
+        for (j, t) in n.tiers.iter().enumerate() {
+            let twig = if j + 1 == n.tiers.len() {
+                "└─"
+            } else {
+                "├─"
+            };
+            let down = if t.down > 0 {
+                format!(" ({} down)", colony_core::text::thousands(t.down))
+            } else {
+                String::new()
+            };
+            let _ = writeln!(
+                out,
+                "{under}{twig} {}: {}{down}",
+                t.name,
+                colony_core::text::thousands(t.agents)
+            );
+        }
+    }
+    out
+}
+
 async fn status(args: &StatusArgs) -> Result<(), Failure> {
     let settings = args.nats.settings(None)?;
     let cluster = args.nats.connect(settings, false).await?;
@@ -987,4 +1083,55 @@ async fn status(args: &StatusArgs) -> Result<(), Failure> {
     }
     print!("{}", roles.render());
     Ok(())
+}
+
+#[cfg(test)]
+mod tree_tests {
+    use super::render_tree;
+    use colony_cluster::{NodeInfo, TierCount};
+
+    fn node(name: &str, tiers: &[(&str, u64, u64)], unhealthy: u64, draining: bool) -> NodeInfo {
+        NodeInfo {
+            name: name.into(),
+            roles: vec!["worker".into()],
+            agents: tiers.iter().map(|t| t.1).sum(),
+            by_role: Default::default(),
+            running: 0,
+            ended: 0,
+            fenced: 0,
+            draining,
+            started_ms: 0,
+            at_ms: 0,
+            version: String::new(),
+            tiers: tiers
+                .iter()
+                .map(|&(name, agents, down)| TierCount {
+                    name: name.into(),
+                    agents,
+                    down,
+                })
+                .collect(),
+            unhealthy,
+        }
+    }
+
+    #[test]
+    fn the_cluster_is_the_root_and_each_node_a_subtree_of_its_tiers() {
+        let nodes = [
+            node("a", &[("supervisor", 1, 0), ("worker", 12, 2)], 1, false),
+            node("b", &[("worker", 1200, 0)], 0, true),
+            node("old", &[], 0, false),
+        ];
+        assert_eq!(
+            render_tree("nats://n1:4222", &nodes),
+            "cluster nats://n1:4222: 3 nodes, 1,213 agents\n\
+             ├─ node a: 13 agents (taking work, 1 unhealthy)\n\
+             │  ├─ supervisor: 1\n\
+             │  └─ worker: 12 (2 down)\n\
+             ├─ node b: 1,200 agents (draining)\n\
+             │  └─ worker: 1,200\n\
+             └─ node old: 0 agents (taking work)\n\
+             \u{20}  └─ (its heartbeat does not tell its tiers)\n"
+        );
+    }
 }
