@@ -8,7 +8,7 @@ use crate::{
     wire::{Row, TaskMessage},
 };
 use async_nats::jetstream::{self, context::PublishAckFuture, kv, stream::Stream};
-use colony_core::task::TaskSpec;
+use colony_core::task::{TaskSpec, TaskState};
 use futures::StreamExt;
 use std::{collections::VecDeque, time::Duration};
 
@@ -48,6 +48,17 @@ pub struct Submitted {
     pub id: u64,
     /// The stream had this submission already (same idempotency id within its window).
     pub duplicate: bool,
+}
+
+/// How a cancellation ended.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case", tag = "outcome")]
+pub enum Cancel {
+    /// Written cancelled; `was` the state its record had (`None`: no record yet, not started
+    /// or not leased yet).
+    Cancelled { was: Option<TaskState> },
+    /// It had ended already, so: nothing changed.
+    AlreadyEnded { state: TaskState },
 }
 
 /// Where a task stands, as the cluster knows it.
@@ -296,6 +307,101 @@ impl Cluster {
     /// The key of task `id`'s record in the tasks bucket.
     pub(crate) fn key(&self, id: u64) -> String {
         format!("{}.{id}", self.epoch)
+    }
+
+    /// Cancels task `id`: its record is written `cancelled` with `reason` (by a
+    /// compare-and-set on what was read, so a node's end that lands first wins and is told),
+    /// and its message is dropped from the stream so that no node takes it. A node running
+    /// it sees its lease taken at its next check (within a third of `ack_wait`, or at the
+    /// lazy lease of a first attempt), stops the attempt, and its result is fenced.
+    pub async fn cancel(&self, id: u64, reason: &str) -> Result<Cancel, Error> {
+        let key = self.key(id);
+        let reason = colony_core::text::shorten(reason, 500);
+        for _ in 0..8 {
+            let found = self.row_from_leader(id).await?;
+            let (was, written) = match found {
+                Some((row, _)) if row.is_terminal() => {
+                    return Ok(Cancel::AlreadyEnded { state: row.state });
+                }
+                Some((row, revision)) => {
+                    let cancelled = Row {
+                        state: TaskState::Cancelled,
+                        error: Some(reason.clone()),
+                        lease: random_id(),
+                        at_ms: crate::now_ms(),
+                        output: None,
+                        ..row.clone()
+                    };
+                    let written = self
+                        .tasks
+                        .update(&key, cancelled.encode(), revision)
+                        .await
+                        .map_err(|e| {
+                            (
+                                e.kind() == kv::UpdateErrorKind::WrongLastRevision,
+                                e.to_string(),
+                            )
+                        });
+                    (Some(row.state), written)
+                }
+                None => {
+                    // No record: not started, or started and not leased yet. It must be in
+                    // the stream, or it is unknown (or ended between the two reads).
+                    match self.stream.get_raw_message(id).await {
+                        Ok(_) => {}
+                        Err(e)
+                            if e.kind()
+                                == jetstream::stream::LastRawMessageErrorKind::NoMessageFound =>
+                        {
+                            if self.row_from_leader(id).await?.is_some() {
+                                continue;
+                            }
+                            return Err(Error::Unknown { id });
+                        }
+                        Err(e) => return Err(Error::nats(format!("reading task {id}"), e)),
+                    }
+                    let cancelled = Row {
+                        state: TaskState::Cancelled,
+                        attempt: 0,
+                        charged: 0,
+                        node: String::new(),
+                        lease: random_id(),
+                        agent: None,
+                        error: Some(reason.clone()),
+                        key: None,
+                        at_ms: crate::now_ms(),
+                        output: None,
+                    };
+                    let written = self
+                        .tasks
+                        .create(&key, cancelled.encode())
+                        .await
+                        .map_err(|e| {
+                            (
+                                e.kind() == kv::CreateErrorKind::AlreadyExists,
+                                e.to_string(),
+                            )
+                        });
+                    (None, written)
+                }
+            };
+            match written {
+                Ok(_) => {
+                    // Gone from the backlog; a node that fetched it already is fenced.
+                    if let Err(e) = self.stream.delete_message(id).await {
+                        tracing::debug!("task {id} cancelled, its message left: {e}");
+                    }
+                    return Ok(Cancel::Cancelled { was });
+                }
+                // A node wrote first: read again.
+                Err((true, _)) => continue,
+                Err((false, e)) => return Err(Error::nats(format!("cancelling task {id}"), e)),
+            }
+        }
+        Err(Error::nats(
+            format!("cancelling task {id}"),
+            "its record kept changing under the cancellation: try again",
+        ))
     }
 
     /// Records as they are written from now on (a task started, retried, ended), each with

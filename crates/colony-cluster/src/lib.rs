@@ -33,7 +33,7 @@ mod settings;
 pub mod testing;
 mod wire;
 
-pub use client::{Cluster, RoleStatus, Status, Submitted, TaskView};
+pub use client::{Cancel, Cluster, RoleStatus, Status, Submitted, TaskView};
 pub use membership::{NodeInfo, RoleSlots, TierCount};
 pub use node::{Node, NodeOptions, NodeReport, Readiness};
 pub use settings::{MAX_KEY, MAX_PAYLOAD, MAX_RECORD, Settings, check_role};

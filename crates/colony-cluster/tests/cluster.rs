@@ -430,3 +430,105 @@ async fn the_records_stream_tells_each_record_as_it_is_written() {
     node.drain().await;
     ra.shutdown().await;
 }
+
+/// Cancelling: a running task is written cancelled and its node stops the attempt at its
+/// next check (fenced, never reported succeeded); a task no node takes is dropped from the
+/// stream; an ended task is told as ended; an unknown one is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_task_stops_where_it_runs_and_a_queued_one_never_runs() {
+    use colony_cluster::{Cancel, TaskView};
+    use colony_core::task::TaskState;
+    let dir = tempfile::tempdir().unwrap();
+    let server = tokio::task::block_in_place(|| NatsServer::single(dir.path())).unwrap();
+    let client = cluster(&server).await;
+    let slow = runtime("slow", 1, Duration::from_secs(60)).await;
+    let fast = runtime("fast", 1, Duration::from_millis(1)).await;
+    let slow_node = Node::start(cluster(&server).await, slow.handle().clone(), options("s"))
+        .await
+        .unwrap();
+    let fast_node = Node::start(cluster(&server).await, fast.handle().clone(), options("f"))
+        .await
+        .unwrap();
+    let specs = [
+        task(Some("slow"), "{}".into(), 3),
+        task(Some("nobody"), "{}".into(), 3),
+        task(Some("fast"), "{}".into(), 3),
+    ];
+    let ids: Vec<u64> = client
+        .submit(&specs, None)
+        .await
+        .unwrap()
+        .iter()
+        .map(|s| s.id)
+        .collect();
+    let (running, queued, done) = (ids[0], ids[1], ids[2]);
+    client.wait(done).await.unwrap();
+    // The slow task runs past its lazy lease: its record says running.
+    let readiness = slow_node.readiness();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !matches!(client.task(running).await, Ok(TaskView::Row(ref r)) if r.state == TaskState::Running)
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the slow task never ran"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(readiness.running(), 1);
+    let told = client.cancel(running, "test").await.unwrap();
+    assert_eq!(
+        told,
+        Cancel::Cancelled {
+            was: Some(TaskState::Running)
+        }
+    );
+    let row = client.wait(running).await.unwrap();
+    assert_eq!(row.state, TaskState::Cancelled);
+    assert_eq!(row.error.as_deref(), Some("test"));
+    // Its node stops the attempt at its next check, a third of ack_wait (2 s) on.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+    while readiness.running() > 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the attempt still runs"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // No node serves `nobody`: its task waits in the stream until cancelled, then is gone.
+    assert_eq!(client.task(queued).await.unwrap(), TaskView::Queued);
+    assert_eq!(
+        client.cancel(queued, "not needed").await.unwrap(),
+        Cancel::Cancelled { was: None }
+    );
+    match client.task(queued).await.unwrap() {
+        TaskView::Row(row) => assert_eq!(row.state, TaskState::Cancelled),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        client.status().await.unwrap().unfinished,
+        0,
+        "both messages dropped"
+    );
+    // Ended tasks stay as they ended; unknown ones are refused.
+    assert_eq!(
+        client.cancel(done, "late").await.unwrap(),
+        Cancel::AlreadyEnded {
+            state: TaskState::Succeeded
+        }
+    );
+    assert_eq!(
+        client.cancel(running, "again").await.unwrap(),
+        Cancel::AlreadyEnded {
+            state: TaskState::Cancelled
+        }
+    );
+    assert!(matches!(
+        client.cancel(999_999, "x").await,
+        Err(colony_cluster::Error::Unknown { id: 999_999 })
+    ));
+    let report = slow_node.drain().await;
+    assert_eq!((report.succeeded, report.fenced), (0, 1), "{report:?}");
+    fast_node.drain().await;
+    slow.shutdown().await;
+    fast.shutdown().await;
+}

@@ -114,7 +114,8 @@ fn router(app: Arc<ClusterApp>) -> Router {
         .merge(crate::dashboard::cluster::read_routes());
     let submit = Router::new()
         .route("/v1/tasks", post(submit))
-        .route("/v1/tasks/batch", post(submit_batch));
+        .route("/v1/tasks/batch", post(submit_batch))
+        .route("/v1/tasks/{id}/cancel", post(cancel));
     let open = Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
@@ -294,23 +295,64 @@ async fn submit_batch(
     }
 }
 
+/// A task id from a path, or the 400 that says what is wrong with it.
+#[allow(clippy::result_large_err)]
+fn task_id(id: &str) -> Result<u64, Response> {
+    match id.parse::<u64>() {
+        Ok(id) if id > 0 => Ok(id),
+        _ => Err(problem(
+            StatusCode::BAD_REQUEST,
+            "bad-id",
+            format!(
+                "task id {:?} is not a number from 1 up",
+                colony_core::text::shorten(id, 40)
+            ),
+        )),
+    }
+}
+
 async fn task(State(app): State<Arc<ClusterApp>>, Path(id): Path<String>) -> Response {
-    let id = match id.parse::<u64>() {
-        Ok(id) if id > 0 => id,
-        _ => {
-            return problem(
-                StatusCode::BAD_REQUEST,
-                "bad-id",
-                format!(
-                    "task id {:?} is not a number from 1 up",
-                    colony_core::text::shorten(&id, 40)
-                ),
-            );
-        }
+    let id = match task_id(&id) {
+        Ok(id) => id,
+        Err(response) => return response,
     };
     match app.cluster.task(id).await {
         Ok(TaskView::Queued) => Json(json!({"id": id, "state": "queued"})).into_response(),
         Ok(TaskView::Row(row)) => Json(row.json(id)).into_response(),
+        Err(e) => failed(e),
+    }
+}
+
+/// `POST /v1/tasks/{id}/cancel` [submit]: `200 {"id", "outcome": "cancelled", "was"}`, or
+/// `409 already-ended` with the state it ended in.
+async fn cancel(
+    State(app): State<Arc<ClusterApp>>,
+    Path(id): Path<String>,
+    caller: Option<axum::Extension<auth::Caller>>,
+) -> Response {
+    let id = match task_id(&id) {
+        Ok(id) => id,
+        Err(response) => return response,
+    };
+    let by = caller.map_or_else(
+        || "a caller on loopback".to_owned(),
+        |c| format!("token {:?}", c.name),
+    );
+    match app
+        .cluster
+        .cancel(id, &format!("cancelled through the API by {by}"))
+        .await
+    {
+        Ok(colony_cluster::Cancel::AlreadyEnded { state }) => problem(
+            StatusCode::CONFLICT,
+            "already-ended",
+            format!("task {id} ended already: {}", state.as_str()),
+        ),
+        Ok(outcome) => {
+            let mut v = serde_json::to_value(&outcome).unwrap_or_default();
+            v["id"] = id.into();
+            Json(v).into_response()
+        }
         Err(e) => failed(e),
     }
 }

@@ -947,6 +947,43 @@ fn serve_over_the_cluster_takes_tasks_and_one_server_leads_the_scaling() {
     let (code, body) = fetch(port, "/v1/tasks/999999");
     assert_eq!(code, 404, "{body}");
     assert!(body.contains("unknown"), "{body}");
+    // Cancelling: a task no node serves is cancelled and gone; again, it has ended; the
+    // command line says the same.
+    let (code, body) = send(
+        port,
+        "POST",
+        "/v1/tasks",
+        &[],
+        r#"{"payload": 1, "role": "nobody"}"#,
+    );
+    assert_eq!(code, 202, "{body}");
+    let parked: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let parked = parked["id"].as_u64().unwrap();
+    let (code, body) = send(port, "POST", &format!("/v1/tasks/{parked}/cancel"), &[], "");
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains(r#""outcome":"cancelled""#), "{body}");
+    let (code, body) = fetch(port, &format!("/v1/tasks/{parked}"));
+    assert_eq!(code, 200, "{body}");
+    assert!(
+        body.contains(r#""state":"cancelled""#) && body.contains("cancelled through the API"),
+        "{body}"
+    );
+    let (code, body) = send(port, "POST", &format!("/v1/tasks/{parked}/cancel"), &[], "");
+    assert_eq!(code, 409, "{body}");
+    assert!(body.contains("already-ended"), "{body}");
+    let (code, body) = send(port, "POST", "/v1/tasks/x/cancel", &[], "");
+    assert_eq!(code, 400, "{body}");
+    let cancel = Command::new(COLONY)
+        .args(["cluster", "cancel", "--nats", &url, &parked.to_string()])
+        .env_remove("COLONY_NATS")
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&cancel.stdout);
+    assert_eq!(cancel.status.code(), Some(1), "{said}");
+    assert!(
+        said.contains(&format!("task {parked}: had ended already (cancelled)")),
+        "{said}"
+    );
     let (code, body) = fetch(port, "/v1/scaling/no-such-role");
     assert_eq!(code, 404, "{body}");
     let (code, body) = fetch(port, "/v1/scaling/a.b");

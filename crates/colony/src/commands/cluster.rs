@@ -83,6 +83,18 @@ pub(crate) enum Command {
     Status(StatusArgs),
     /// The whole hierarchy: the cluster, its nodes under it, each node's tiers of agents.
     Tree(StatusArgs),
+    /// Cancel tasks: a queued one never runs, a running one is stopped on its node, and
+    /// none is reported succeeded afterwards. Exit 1 if any had ended already.
+    Cancel(CancelArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct CancelArgs {
+    #[command(flatten)]
+    nats: NatsArgs,
+    /// The tasks' ids, as `submit` printed them.
+    #[arg(required = true)]
+    ids: Vec<u64>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -723,6 +735,7 @@ pub(crate) fn run(command: &Command) -> Result<(), Failure> {
             Command::Task(args) => task(args).await,
             Command::Status(args) => status(args).await,
             Command::Tree(args) => tree(args).await,
+            Command::Cancel(args) => cancel(args).await,
         }
     });
     runtime.shutdown_timeout(Duration::from_secs(1));
@@ -946,6 +959,37 @@ async fn task(args: &TaskArgs) -> Result<(), Failure> {
         }
         Err(e @ colony_cluster::Error::Unknown { .. }) => return Err(Failure::input(e)),
         Err(e) => return Err(Failure::work(e)),
+    }
+    Ok(())
+}
+
+/// `colony cluster cancel ID...`.
+async fn cancel(args: &CancelArgs) -> Result<(), Failure> {
+    let settings = args.nats.settings(None)?;
+    let cluster = args.nats.connect(settings, false).await?;
+    let mut ended = 0;
+    for &id in &args.ids {
+        match cluster
+            .cancel(id, "cancelled by `colony cluster cancel`")
+            .await
+        {
+            Ok(colony_cluster::Cancel::Cancelled { was }) => println!(
+                "task {id}: cancelled (it was {})",
+                was.map_or("not started", |s| s.as_str())
+            ),
+            Ok(colony_cluster::Cancel::AlreadyEnded { state }) => {
+                println!("task {id}: had ended already ({})", state.as_str());
+                ended += 1;
+            }
+            Err(e @ colony_cluster::Error::Unknown { .. }) => return Err(Failure::input(e)),
+            Err(e) => return Err(Failure::work(e)),
+        }
+    }
+    if ended > 0 {
+        return Err(Failure::work(anyhow::anyhow!(
+            "{ended} of {} task(s) had ended already",
+            args.ids.len()
+        )));
     }
     Ok(())
 }
