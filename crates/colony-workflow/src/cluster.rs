@@ -36,8 +36,14 @@ use colony_core::{
 };
 use futures::{StreamExt, stream::FuturesUnordered};
 use std::{
-    cmp::Reverse, collections::BinaryHeap, collections::HashMap, future::Future, path::PathBuf,
-    pin::Pin, time::Instant,
+    cmp::Reverse,
+    collections::BinaryHeap,
+    collections::HashMap,
+    future::Future,
+    path::PathBuf,
+    pin::Pin,
+    sync::{Arc, Mutex},
+    time::Instant,
 };
 
 /// Most tasks of one run in the cluster at once: each is watched until it ends.
@@ -53,8 +59,8 @@ pub struct ClusterOptions {
     /// Called as each task goes to the cluster.
     pub on_started: Option<Started>,
     /// When it completes, the run stops scheduling: nothing more goes to the cluster, and the
-    /// tasks not ended are written `cancelled` (those already in the cluster run to their end
-    /// there; the cluster cancels nothing).
+    /// tasks not ended are written `cancelled`. Those in the cluster are cancelled there too,
+    /// unless the run has a book: then they run on for whoever takes the run over.
     pub cancel: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
     /// The run's book, kept while this process leads the run.
     pub booked: Option<Booked>,
@@ -153,14 +159,20 @@ struct Sending {
     sent: Option<u64>,
 }
 
+/// The cluster tasks of a run, by workflow task, while they are waited for: what a
+/// cancelled run without a book cancels in the cluster.
+type InCluster = Arc<Mutex<HashMap<usize, u64>>>;
+
 fn submit_and_wait(
     cluster: &Cluster,
     booked: Option<&Booked>,
+    in_cluster: &InCluster,
     i: usize,
     spec: TaskSpec,
     sending: Sending,
 ) -> Waiting {
     let cluster = cluster.clone();
+    let in_cluster = in_cluster.clone();
     let book = booked.map(|b| (b.book.clone(), b.lead.clone()));
     Box::pin(async move {
         // With a book, the cluster out of reach stops this scheduler (the run goes on from
@@ -208,7 +220,16 @@ fn submit_and_wait(
                     (id, revision)
                 }
             };
-            let row = cluster.wait(id).await.map_err(fail)?;
+            in_cluster
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .insert(i, id);
+            let row = cluster.wait(id).await.map_err(fail);
+            in_cluster
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .remove(&i);
+            let row = row?;
             Ok((row, revision))
         }
         .await;
@@ -217,6 +238,23 @@ fn submit_and_wait(
 }
 
 const NOT_LEADING: &str = "this process no longer leads the run";
+
+/// Cancels the run's tasks that are in the cluster now, all at once, each for at most the
+/// client's patience; a failure is said, not fatal (the task runs to its end there).
+async fn cancel_in_cluster(cluster: &Cluster, in_cluster: &InCluster) {
+    let ids: Vec<u64> = in_cluster
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .values()
+        .copied()
+        .collect();
+    let cancels = ids.iter().map(|&id| async move {
+        if let Err(e) = cluster.cancel(id, "its workflow run was cancelled").await {
+            tracing::warn!("task {id} of a cancelled run was not cancelled in the cluster: {e}");
+        }
+    });
+    futures::future::join_all(cancels).await;
+}
 
 /// Writes in the book that task `i` went as cluster task `id`. Found written already with
 /// the same task (a deposed scheduler sent the same round, which the stream deduplicated),
@@ -317,6 +355,7 @@ pub async fn run_on(
     }
     let leads = || booked.as_ref().is_none_or(|b| b.lead.term().is_some());
     let mut halted: Option<String> = None;
+    let in_cluster: InCluster = Arc::default();
     let (mut dag, first) = Run::start(&workflow.graph, &[]);
     let mut steps: Vec<Step> = first;
     let mut ready: BinaryHeap<(colony_core::task::Priority, Reverse<usize>, usize)> =
@@ -368,7 +407,14 @@ pub async fn run_on(
                         revision: revisions[i],
                         sent: booked_sent[i].take(),
                     };
-                    pending.push(submit_and_wait(cluster, booked.as_ref(), i, spec, sending));
+                    pending.push(submit_and_wait(
+                        cluster,
+                        booked.as_ref(),
+                        &in_cluster,
+                        i,
+                        spec,
+                        sending,
+                    ));
                 }
                 Err(error) => {
                     let f = finished(workflow, &waves, i, Status::Failed, None, Some(error));
@@ -390,6 +436,11 @@ pub async fn run_on(
             Some(done) = pending.next() => done,
             () = &mut cancel => {
                 cancelled = true;
+                // Without a book the run ends here: so do its tasks in the cluster. With one,
+                // they run on for whoever takes the run over.
+                if booked.is_none() {
+                    cancel_in_cluster(cluster, &in_cluster).await;
+                }
                 break;
             }
         };
@@ -444,6 +495,7 @@ pub async fn run_on(
                                 pending.push(submit_and_wait(
                                     cluster,
                                     booked.as_ref(),
+                                    &in_cluster,
                                     i,
                                     spec,
                                     sending,

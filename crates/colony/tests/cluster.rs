@@ -1478,3 +1478,70 @@ tasks:
     assert_eq!(a.executions().len(), 7);
     a.stop();
 }
+
+/// Ctrl-C on `colony run --nats` (no run id) cancels the run: the task it had in the cluster
+/// is cancelled there, its attempt stopped on the node, and the run says cancelled.
+#[test]
+fn a_cancelled_run_cancels_its_tasks_in_the_cluster() {
+    let rt = runtime();
+    let dir = tempfile::tempdir().unwrap();
+    let server = NatsServer::single(dir.path()).unwrap();
+    let url = server.url();
+    let cluster = rt.block_on(client(&url, 1));
+    let a = NodeProc::start(dir.path(), &url, "a", "1");
+    rt.block_on(wait_for_nodes(&cluster, 1));
+    let workflow = dir.path().join("long.yaml");
+    std::fs::write(
+        &workflow,
+        "name: long\nagents: [{name: sh, kind: sim}]\ntasks:\n  - { id: slow, agent: sh, input: { n: 1, sleep: 60 } }\n",
+    )
+    .unwrap();
+    let run = Command::new(COLONY)
+        .args(["run", "--nats", &url, "--json", "--out"])
+        .arg(dir.path().join("out"))
+        .arg(&workflow)
+        .env_remove("COLONY_NATS")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !a.executions().contains(&1) {
+        assert!(Instant::now() < deadline, "the task never ran");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    nix::sys::signal::kill(Pid::from_raw(run.id() as i32), Signal::SIGINT).unwrap();
+    let out = run.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("those there are cancelled"), "{stderr}");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["cancelled"], 1, "{report}");
+    // The cluster's record of that task (the first this server has): cancelled, saying why.
+    let row = match rt.block_on(cluster.task(1)).unwrap() {
+        colony_cluster::TaskView::Row(row) => row,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(row.state, TaskState::Cancelled, "{row:?}");
+    assert_eq!(row.error.as_deref(), Some("its workflow run was cancelled"));
+    // Its attempt is stopped on the node (its lazy lease is a second; the check, a third of
+    // ack_wait), well before the task's 60 s: a heartbeat written 1.5 s after the run ended
+    // says nothing runs there.
+    let ended = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let status = rt.block_on(cluster.status()).unwrap();
+        let node = status.nodes.iter().find(|n| n.name == "a").unwrap();
+        if node.at_ms > ended + 1500 {
+            assert_eq!(node.running, 0, "the attempt still runs: {node:?}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "no fresh heartbeat: {node:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let report = a.stop();
+    assert_eq!((report.succeeded, report.fenced), (0, 1), "{report:?}");
+}

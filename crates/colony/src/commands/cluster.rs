@@ -357,9 +357,19 @@ pub(crate) fn run_workflow(
                 Scheduling::Stopped => return Ok(Ended::StoodBy),
             }
         }
+        let handing_over = scheduling.is_some();
         let cancel = Box::pin(async move {
             stops.next().await;
-            eprintln!("Cancelling: no more tasks go to the cluster; those there run to their end.");
+            if handing_over {
+                eprintln!(
+                    "Stopping: no more tasks go to the cluster from here; those there run on, and \
+                     a standby or the same command takes the run over."
+                );
+            } else {
+                eprintln!(
+                    "Cancelling: no more tasks go to the cluster, and those there are cancelled."
+                );
+            }
         });
         let booked = scheduling
             .as_ref()
