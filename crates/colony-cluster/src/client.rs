@@ -113,7 +113,7 @@ impl Cluster {
     async fn open(url: &str, mut settings: Settings, strict: bool) -> Result<Self, Error> {
         settings.validate()?;
         let connect_error = |e: &dyn std::fmt::Display| Error::Connect {
-            url: url.to_owned(),
+            url: shown(url),
             detail: e.to_string(),
         };
         // Several servers of one cluster, comma-separated: the client fails over among them.
@@ -124,7 +124,7 @@ impl Cluster {
             .map_err(|e| {
                 Error::Settings(format!(
                     "--nats `{}`: not a NATS URL ({e}): write nats://HOST:PORT, several comma-separated",
-                    colony_core::text::shorten(url, 200)
+                    colony_core::text::shorten(&shown(url), 200)
                 ))
             })?;
         let client = async_nats::ConnectOptions::new()
@@ -136,9 +136,9 @@ impl Cluster {
         let js = jetstream::ContextBuilder::new()
             .timeout(REQUEST_TIMEOUT)
             .build(client.clone());
-        js.query_account().await.map_err(|_| Error::NoJetStream {
-            url: url.to_owned(),
-        })?;
+        js.query_account()
+            .await
+            .map_err(|_| Error::NoJetStream { url: shown(url) })?;
         let mut stream = js
             .get_or_create_stream(settings.stream())
             .await
@@ -161,7 +161,7 @@ impl Cluster {
         let tasks = bucket(&js, settings.tasks_bucket()).await?;
         let nodes = bucket(&js, settings.nodes_bucket()).await?;
         Ok(Self {
-            url: url.to_owned(),
+            url: shown(url),
             client,
             js,
             stream,
@@ -173,6 +173,7 @@ impl Cluster {
         })
     }
 
+    /// The servers' URLs, credentials left out.
     pub fn url(&self) -> &str {
         &self.url
     }
@@ -317,17 +318,23 @@ impl Cluster {
     pub async fn cancel(&self, id: u64, reason: &str) -> Result<Cancel, Error> {
         let key = self.key(id);
         let reason = colony_core::text::shorten(reason, 500);
+        // This cancellation's own mark, to know its write when the answer is lost.
+        let lease = random_id();
         for _ in 0..8 {
             let found = self.row_from_leader(id).await?;
             let (was, written) = match found {
                 Some((row, _)) if row.is_terminal() => {
+                    if row.state == TaskState::Cancelled {
+                        // Cancelled by an earlier call that may not have dropped it.
+                        self.drop_message(id).await;
+                    }
                     return Ok(Cancel::AlreadyEnded { state: row.state });
                 }
                 Some((row, revision)) => {
                     let cancelled = Row {
                         state: TaskState::Cancelled,
                         error: Some(reason.clone()),
-                        lease: random_id(),
+                        lease: lease.clone(),
                         at_ms: crate::now_ms(),
                         output: None,
                         ..row.clone()
@@ -365,7 +372,7 @@ impl Cluster {
                         attempt: 0,
                         charged: 0,
                         node: String::new(),
-                        lease: random_id(),
+                        lease: lease.clone(),
                         agent: None,
                         error: Some(reason.clone()),
                         key: None,
@@ -388,14 +395,22 @@ impl Cluster {
             match written {
                 Ok(_) => {
                     // Gone from the backlog; a node that fetched it already is fenced.
-                    if let Err(e) = self.stream.delete_message(id).await {
-                        tracing::debug!("task {id} cancelled, its message left: {e}");
-                    }
+                    self.drop_message(id).await;
                     return Ok(Cancel::Cancelled { was });
                 }
                 // A node wrote first: read again.
                 Err((true, _)) => continue,
-                Err((false, e)) => return Err(Error::nats(format!("cancelling task {id}"), e)),
+                // No answer: the write may have landed (its lease id says whose it is).
+                Err((false, e)) => match self.row_from_leader(id).await {
+                    Ok(Some((row, _)))
+                        if row.state == TaskState::Cancelled && row.lease == lease =>
+                    {
+                        self.drop_message(id).await;
+                        return Ok(Cancel::Cancelled { was });
+                    }
+                    Ok(Some(_)) => continue,
+                    _ => return Err(Error::nats(format!("cancelling task {id}"), e)),
+                },
             }
         }
         Err(Error::nats(
@@ -404,26 +419,59 @@ impl Cluster {
         ))
     }
 
+    /// Drops task `id`'s message from the stream (a few tries): a cancelled task no node
+    /// should take. Already gone (taken and acked, or dropped before) is done.
+    async fn drop_message(&self, id: u64) {
+        for _ in 0..3 {
+            match self.stream.delete_message(id).await {
+                Ok(_) => return,
+                Err(e)
+                    if matches!(e.kind(), jetstream::stream::DeleteMessageErrorKind::JetStream(ref j)
+                        if j.error_code() == jetstream::ErrorCode::NO_MESSAGE_FOUND) =>
+                {
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!("task {id} cancelled, its message not dropped yet: {e}");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        }
+    }
+
     /// Records as they are written from now on (a task started, retried, ended), each with
-    /// its task's id, for a live view. A record that cannot be read is left out; the stream
-    /// ends when the watch does (NATS gone).
+    /// its task's id, for a live view. A record that cannot be read is left out; the watch
+    /// failing (NATS gone) is told as an error, and the stream ends after it.
     pub async fn records(
         &self,
-    ) -> Result<impl futures::Stream<Item = (u64, Row)> + Send + 'static, Error> {
+    ) -> Result<impl futures::Stream<Item = Result<(u64, Row), Error>> + Send + 'static, Error>
+    {
         let watch = self
             .tasks
             .watch_all()
             .await
             .map_err(|e| Error::nats("watching the task records", e))?;
         let prefix = format!("{}.", self.epoch);
-        Ok(watch.filter_map(move |entry| {
-            let record = entry.ok().and_then(|entry| {
-                let id = entry.key.strip_prefix(&prefix)?.parse().ok()?;
-                let row = Row::decode(&entry.value).ok()?;
-                (entry.operation == kv::Operation::Put).then_some((id, row))
-            });
-            std::future::ready(record)
-        }))
+        Ok(watch
+            .filter_map(move |entry| {
+                let record = match entry {
+                    Ok(entry) => (|| {
+                        let id = entry.key.strip_prefix(&prefix)?.parse().ok()?;
+                        let row = Row::decode(&entry.value).ok()?;
+                        (entry.operation == kv::Operation::Put).then_some(Ok((id, row)))
+                    })(),
+                    Err(e) => Some(Err(Error::nats("watching the task records", e))),
+                };
+                std::future::ready(record)
+            })
+            .scan(false, |ended, record| {
+                // After an error, nothing more.
+                if *ended {
+                    return std::future::ready(None);
+                }
+                *ended = record.is_err();
+                std::future::ready(Some(record))
+            }))
     }
 
     /// Task `id`'s record, if it has started.
@@ -595,6 +643,24 @@ impl Cluster {
     }
 }
 
+/// Servers' URLs as they may be shown (errors, status, the dashboard): without the
+/// `user:password@` any of them holds.
+pub(crate) fn shown(url: &str) -> String {
+    url.split(',')
+        .map(|one| match one.split_once("://") {
+            Some((scheme, rest)) => {
+                let host_end = rest.find('/').unwrap_or(rest.len());
+                match rest[..host_end].rfind('@') {
+                    Some(at) => format!("{scheme}://{}", &rest[at + 1..]),
+                    None => one.to_owned(),
+                }
+            }
+            None => one.to_owned(),
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 pub(crate) async fn bucket(
     js: &jetstream::Context,
     config: kv::Config,
@@ -619,4 +685,20 @@ pub(crate) fn random_id() -> String {
         bytes[8..].copy_from_slice(&n.to_le_bytes());
     }
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::shown;
+
+    #[test]
+    fn credentials_in_a_url_are_never_shown() {
+        assert_eq!(shown("nats://a:4222"), "nats://a:4222");
+        assert_eq!(
+            shown("nats://user:s3cret@a:4222,tls://tok@b:4222,nats://c:4222"),
+            "nats://a:4222,tls://b:4222,nats://c:4222"
+        );
+        assert_eq!(shown("nats://u:p@a:4222/x@y"), "nats://a:4222/x@y");
+        assert_eq!(shown("a:4222"), "a:4222");
+    }
 }

@@ -48,8 +48,12 @@ pub struct TierCount {
 }
 
 /// The hierarchy of a node's runtime as its heartbeat tells it, and its unhealthy workers:
-/// `None` when the runtime does not answer within a second (its heartbeat keeps the last).
-pub(crate) async fn hierarchy(handle: &colony_runtime::Handle) -> Option<(Vec<TierCount>, u64)> {
+/// `None` when the runtime does not answer within `patience` (its heartbeat keeps the last,
+/// and is not late for it).
+pub(crate) async fn hierarchy(
+    handle: &colony_runtime::Handle,
+    patience: std::time::Duration,
+) -> Option<(Vec<TierCount>, u64)> {
     let asked = handle.observe(|live| {
         let tree = live.tree;
         let tiers = tree
@@ -65,10 +69,7 @@ pub(crate) async fn hierarchy(handle: &colony_runtime::Handle) -> Option<(Vec<Ti
             .collect();
         (tiers, live.unhealthy().iter().sum())
     });
-    tokio::time::timeout(std::time::Duration::from_secs(1), asked)
-        .await
-        .ok()?
-        .ok()
+    tokio::time::timeout(patience, asked).await.ok()?.ok()
 }
 
 /// A node's agents of one role and the attempts they run at once.

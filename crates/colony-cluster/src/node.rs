@@ -247,7 +247,8 @@ impl Node {
             unhealthy: 0,
         };
         let mut info = info;
-        if let Some((tiers, unhealthy)) = membership::hierarchy(&handle).await {
+        let patience = Duration::from_secs(1);
+        if let Some((tiers, unhealthy)) = membership::hierarchy(&handle, patience).await {
             (info.tiers, info.unhealthy) = (tiers, unhealthy);
         }
         membership::beat(&cluster.nodes, &info).await?;
@@ -390,7 +391,8 @@ async fn heartbeat(shared: Arc<Shared>, mut info: NodeInfo) {
             + report.handed_back;
         info.fenced = report.fenced;
         info.draining = *phase.borrow() != Phase::Taking;
-        if let Some((tiers, unhealthy)) = membership::hierarchy(&shared.handle).await {
+        let patience = (every / 2).min(Duration::from_secs(1));
+        if let Some((tiers, unhealthy)) = membership::hierarchy(&shared.handle, patience).await {
             (info.tiers, info.unhealthy) = (tiers, unhealthy);
         }
         info.at_ms = crate::now_ms();

@@ -414,7 +414,8 @@ async fn the_records_stream_tells_each_record_as_it_is_written() {
         let (id, row) = tokio::time::timeout(Duration::from_secs(20), records.next())
             .await
             .expect("a record in time")
-            .expect("the stream goes on");
+            .expect("the stream goes on")
+            .expect("the watch holds");
         assert!(submitted.iter().any(|s| s.id == id), "{id}");
         assert_eq!(row.node, "a");
         if row.state == colony_core::task::TaskState::Succeeded {
@@ -509,6 +510,15 @@ async fn a_cancelled_task_stops_where_it_runs_and_a_queued_one_never_runs() {
         0,
         "both messages dropped"
     );
+    // A node for `nobody` joining later finds nothing to run.
+    let late = runtime("nobody", 1, Duration::from_millis(1)).await;
+    let late_node = Node::start(cluster(&server).await, late.handle().clone(), options("l"))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let report = late_node.drain().await;
+    assert_eq!(report.started, 0, "{report:?}");
+    late.shutdown().await;
     // Ended tasks stay as they ended; unknown ones are refused.
     assert_eq!(
         client.cancel(done, "late").await.unwrap(),

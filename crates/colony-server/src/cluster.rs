@@ -416,17 +416,26 @@ async fn events(State(app): State<Arc<ClusterApp>>) -> Response {
         Ok(records) => records,
         Err(e) => return failed(e),
     };
-    let stream = records.map(move |(id, row)| {
+    let stream = records.map(move |record| {
         let _held = &permit;
-        let data = json!({
-            "id": id,
-            "state": row.state,
-            "attempt": row.attempt,
-            "node": row.node,
-            "error": row.error.as_deref().map(|e| colony_core::text::shorten(e, 300)),
-            "at-ms": row.at_ms,
-        });
-        Ok::<_, std::convert::Infallible>(Event::default().event("task").data(data.to_string()))
+        let event = match record {
+            Ok((id, row)) => {
+                let data = json!({
+                    "id": id,
+                    "state": row.state,
+                    "attempt": row.attempt,
+                    "node": row.node,
+                    "error": row.error.as_deref().map(|e| colony_core::text::shorten(e, 300)),
+                    "at-ms": row.at_ms,
+                });
+                Event::default().event("task").data(data.to_string())
+            }
+            // The last event: the browser reconnects, and the watch is made again.
+            Err(e) => Event::default()
+                .event("failed")
+                .data(json!({"error": e.to_string()}).to_string()),
+        };
+        Ok::<_, std::convert::Infallible>(event)
     });
     Sse::new(stream)
         .keep_alive(KeepAlive::default())

@@ -9,12 +9,12 @@
 //! - `GET /ui/cluster/roles` [read]: every role's backlog and the scaling leader's decision.
 //! - The list of task records as they are written comes from `/v1/events` in `cluster.js`.
 
-use super::{assets, fresh, html::Esc, html::head_with, ok, secure, signed_in};
+use super::{assets, html::Esc, html::head_with, ok, secure, signed_in};
 use crate::cluster::ClusterApp;
 use axum::{
     Router,
     extract::{ConnectInfo, State},
-    http::{HeaderMap, StatusCode},
+    http::HeaderMap,
     middleware::map_response,
     response::Response,
     routing::{get, post},
@@ -104,11 +104,13 @@ fn shell(version: &str, logout: bool, url: &str) -> String {
     out
 }
 
+/// NATS out of reach, said in the panel: answered 200, or htmx would keep the last data
+/// on the page as if it were live.
 fn unavailable(e: colony_cluster::Error) -> Response {
-    fresh(
-        StatusCode::SERVICE_UNAVAILABLE,
-        format!(r#"<p class="note bad">{}</p>"#, Esc(&e.to_string())),
-    )
+    ok(format!(
+        r#"<p class="note bad">The cluster cannot be read now: {}</p>"#,
+        Esc(&e.to_string())
+    ))
 }
 
 /// `GET /ui/cluster`.

@@ -83,8 +83,9 @@ pub(crate) enum Command {
     Status(StatusArgs),
     /// The whole hierarchy: the cluster, its nodes under it, each node's tiers of agents.
     Tree(StatusArgs),
-    /// Cancel tasks: a queued one never runs, a running one is stopped on its node, and
-    /// none is reported succeeded afterwards. Exit 1 if any had ended already.
+    /// Cancel tasks: a waiting one is dropped from the stream, a running one is stopped on
+    /// its node, and none is reported succeeded afterwards. Exit 1 if any had ended already
+    /// or could not be cancelled.
     Cancel(CancelArgs),
 }
 
@@ -93,7 +94,7 @@ pub(crate) struct CancelArgs {
     #[command(flatten)]
     nats: NatsArgs,
     /// The tasks' ids, as `submit` printed them.
-    #[arg(required = true)]
+    #[arg(required = true, value_parser = clap::value_parser!(u64).range(1..))]
     ids: Vec<u64>,
 }
 
@@ -977,12 +978,16 @@ async fn task(args: &TaskArgs) -> Result<(), Failure> {
 async fn cancel(args: &CancelArgs) -> Result<(), Failure> {
     let settings = args.nats.settings(None)?;
     let cluster = args.nats.connect(settings, false).await?;
-    let mut ended = 0;
+    let who = std::env::var("USER").unwrap_or_else(|_| "someone".into());
+    let reason = format!(
+        "cancelled by {} on {} (colony cluster cancel)",
+        colony_core::text::shorten(&who, 64),
+        default_name()
+    );
+    let (mut ended, mut failed) = (0, 0);
+    // Each id is tried, whatever the others did.
     for &id in &args.ids {
-        match cluster
-            .cancel(id, "cancelled by `colony cluster cancel`")
-            .await
-        {
+        match cluster.cancel(id, &reason).await {
             Ok(colony_cluster::Cancel::Cancelled { was }) => println!(
                 "task {id}: cancelled (it was {})",
                 was.map_or("not started", |s| s.as_str())
@@ -991,13 +996,15 @@ async fn cancel(args: &CancelArgs) -> Result<(), Failure> {
                 println!("task {id}: had ended already ({})", state.as_str());
                 ended += 1;
             }
-            Err(e @ colony_cluster::Error::Unknown { .. }) => return Err(Failure::input(e)),
-            Err(e) => return Err(Failure::work(e)),
+            Err(e) => {
+                eprintln!("task {id}: {e}");
+                failed += 1;
+            }
         }
     }
-    if ended > 0 {
+    if ended + failed > 0 {
         return Err(Failure::work(anyhow::anyhow!(
-            "{ended} of {} task(s) had ended already",
+            "of {} task(s), {ended} had ended already and {failed} could not be cancelled",
             args.ids.len()
         )));
     }

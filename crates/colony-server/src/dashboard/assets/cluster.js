@@ -54,6 +54,15 @@
       setLive("reconnecting…", "down");
     }
   });
+  source.addEventListener("failed", (e) => {
+    let why = "";
+    try {
+      why = JSON.parse(e.data).error || "";
+    } catch (_) {
+      // Said without the reason.
+    }
+    setLive("cluster unreadable: " + why, "down");
+  });
   source.addEventListener("task", (e) => {
     try {
       addRecord(JSON.parse(e.data));
