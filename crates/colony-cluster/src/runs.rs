@@ -27,6 +27,8 @@ use std::collections::BTreeMap;
 pub(crate) const RUNS_BUCKET: &str = "colony_runs";
 /// Most tasks a run's book holds: a workflow's own limit is lower.
 const MAX_ENTRIES: usize = 100_000;
+/// Most runs [`Cluster::runs`] looks at.
+pub const MAX_LISTED: usize = 10_000;
 /// Longest run id: its office, `run-<id>`, is a name of at most 64.
 pub const MAX_RUN_ID: usize = 60;
 /// Longest lease of a run's scheduler: a standby takes over within it and a second, and
@@ -36,6 +38,7 @@ pub const MAX_LEASE: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// A run as its book says.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub struct RunMeta {
     /// The workflow's name.
     pub workflow: String,
@@ -52,6 +55,9 @@ pub struct RunMeta {
     /// Who wrote it, and in which term of the run's lease.
     pub scheduler: String,
     pub term: u64,
+    /// When it was written, in milliseconds since the Unix epoch.
+    #[serde(default)]
+    pub at_ms: u64,
 }
 
 /// What a run's scheduler sent for one workflow task.
@@ -85,6 +91,52 @@ impl Cluster {
                 "run id `{run}`: at most {MAX_RUN_ID} characters"
             )));
         }
+        Ok(RunBook {
+            bucket: self.runs_bucket().await?,
+            run: run.to_owned(),
+        })
+    }
+
+    /// The runs the book holds, each with its meta, the most recently written first, at
+    /// most `limit` (of at most [`MAX_LISTED`] looked at).
+    pub async fn runs(&self, limit: usize) -> Result<Vec<(String, RunMeta)>, Error> {
+        let bucket = self.runs_bucket().await?;
+        let listing = |e: &dyn std::fmt::Display| Error::nats("listing the runs", e);
+        let prefix = format!("$KV.{RUNS_BUCKET}.");
+        let mut subjects = bucket
+            .stream
+            .info_with_subjects(format!("{prefix}*.meta"))
+            .await
+            .map_err(|e| listing(&e))?;
+        let mut ids = Vec::new();
+        while let Some(subject) = subjects.next().await {
+            let (subject, _) = subject.map_err(|e| listing(&e))?;
+            if let Some(run) = subject
+                .strip_prefix(&prefix)
+                .and_then(|k| k.strip_suffix(".meta"))
+            {
+                ids.push(run.to_owned());
+            }
+            if ids.len() >= MAX_LISTED {
+                break;
+            }
+        }
+        let mut out = Vec::with_capacity(ids.len());
+        for run in ids {
+            let book = RunBook {
+                bucket: bucket.clone(),
+                run,
+            };
+            if let Some((meta, _)) = book.meta().await? {
+                out.push((book.run, meta));
+            }
+        }
+        out.sort_by(|a, b| b.1.at_ms.cmp(&a.1.at_ms).then_with(|| a.0.cmp(&b.0)));
+        out.truncate(limit);
+        Ok(out)
+    }
+
+    async fn runs_bucket(&self) -> Result<kv::Store, Error> {
         let config = kv::Config {
             bucket: RUNS_BUCKET.into(),
             description: "colony: what each workflow run's scheduler sent".into(),
@@ -95,11 +147,7 @@ impl Cluster {
             max_age: self.settings.keep_records,
             ..Default::default()
         };
-        let bucket = crate::client::bucket(&self.js, config).await?;
-        Ok(RunBook {
-            bucket,
-            run: run.to_owned(),
-        })
+        crate::client::bucket(&self.js, config).await
     }
 }
 
@@ -130,9 +178,13 @@ impl RunBook {
         self.read(&self.meta_key()).await
     }
 
-    /// Writes the meta over `revision` (`None`: it must not exist yet).
+    /// Writes the meta over `revision` (`None`: it must not exist yet), stamped with the time.
     pub async fn put_meta(&self, meta: &RunMeta, revision: Option<u64>) -> Result<u64, Error> {
-        self.write(&self.meta_key(), meta, revision).await
+        let meta = RunMeta {
+            at_ms: crate::now_ms(),
+            ..meta.clone()
+        };
+        self.write(&self.meta_key(), &meta, revision).await
     }
 
     /// Every task's entry, by the task's index in the workflow: the keys are this run's

@@ -341,6 +341,7 @@ async fn a_run_book_refuses_a_write_over_what_another_scheduler_wrote() {
         code: None,
         scheduler: "a-1".into(),
         term: 5,
+        at_ms: 0,
     };
     let first = book.put_meta(&meta, None).await.unwrap();
     let err = book.put_meta(&meta, None).await.unwrap_err();
@@ -356,7 +357,14 @@ async fn a_run_book_refuses_a_write_over_what_another_scheduler_wrote() {
     book.put_meta(&successor, Some(first)).await.unwrap();
     let late = book.put_meta(&meta, Some(first)).await.unwrap_err();
     assert!(matches!(late, colony_cluster::Error::Lost { .. }), "{late}");
-    assert_eq!(book.meta().await.unwrap().unwrap().0, successor);
+    let (found, _) = book.meta().await.unwrap().unwrap();
+    assert!(found.at_ms > 0, "stamped when written");
+    assert_eq!(RunMeta { at_ms: 0, ..found }, successor);
+    // Listed among the runs, the most recent first.
+    let runs = client.runs(10).await.unwrap();
+    assert_eq!(runs.len(), 1, "{runs:?}");
+    assert_eq!(runs[0].0, "nightly-7");
+    assert_eq!(runs[0].1.scheduler, "b-2");
     let sent = Sent {
         id: 42,
         round: 0,

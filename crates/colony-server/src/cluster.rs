@@ -110,6 +110,7 @@ fn router(app: Arc<ClusterApp>) -> Router {
         .route("/v1/cluster", get(status))
         .route("/v1/scaling/{role}", get(scaling))
         .route("/v1/events", get(events))
+        .route("/v1/runs", get(runs))
         .route("/metrics", get(metrics))
         .merge(crate::dashboard::cluster::read_routes());
     let submit = Router::new()
@@ -319,6 +320,24 @@ async fn task(State(app): State<Arc<ClusterApp>>, Path(id): Path<String>) -> Res
     match app.cluster.task(id).await {
         Ok(TaskView::Queued) => Json(json!({"id": id, "state": "queued"})).into_response(),
         Ok(TaskView::Row(row)) => Json(row.json(id)).into_response(),
+        Err(e) => failed(e),
+    }
+}
+
+/// `GET /v1/runs` [read]: the workflow runs kept in the cluster, the most recent first.
+async fn runs(State(app): State<Arc<ClusterApp>>) -> Response {
+    match app.cluster.runs(100).await {
+        Ok(runs) => {
+            let runs: Vec<serde_json::Value> = runs
+                .iter()
+                .map(|(id, meta)| {
+                    let mut v = serde_json::to_value(meta).unwrap_or_default();
+                    v["id"] = id.as_str().into();
+                    v
+                })
+                .collect();
+            Json(json!({ "runs": runs })).into_response()
+        }
         Err(e) => failed(e),
     }
 }

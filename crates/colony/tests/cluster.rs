@@ -991,6 +991,9 @@ fn serve_over_the_cluster_takes_tasks_and_one_server_leads_the_scaling() {
         said.contains(&format!("task {parked}: had ended already (cancelled)")),
         "{said}"
     );
+    let (code, body) = fetch(port, "/v1/runs");
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(body, r#"{"runs":[]}"#, "no run kept by a run id here");
     let (code, body) = fetch(port, "/v1/scaling/no-such-role");
     assert_eq!(code, 404, "{body}");
     let (code, body) = fetch(port, "/v1/scaling/a.b");
@@ -1476,6 +1479,24 @@ tasks:
     let stderr = String::from_utf8_lossy(&long.stderr);
     assert_eq!(long.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("--lease 5m: at most 30s"), "{stderr}");
+    // The runs kept in the cluster: r2 the most recent, r1 done and succeeded.
+    let listed = Command::new(COLONY)
+        .args(["cluster", "runs", "--json", "--nats", &url])
+        .env_remove("COLONY_NATS")
+        .output()
+        .unwrap();
+    let listed: serde_json::Value = serde_json::from_slice(&listed.stdout).unwrap();
+    let ids: Vec<&str> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["r2", "r1"], "{listed}");
+    assert_eq!(listed[1]["done"], true);
+    assert_eq!(listed[1]["code"], 0);
+    assert_eq!(listed[1]["counts"]["succeeded"], 4);
+    assert_eq!(listed[1]["workflow"], "handed-over");
     // Another file under the same id is refused.
     std::fs::write(&workflow, "name: other\nagents: [{name: sh, kind: sim}]\ntasks:\n  - { id: x, agent: sh, input: { n: 9, sleep: 0 } }\n").unwrap();
     let other = scheduler("other").wait_with_output().unwrap();

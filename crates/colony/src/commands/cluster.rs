@@ -83,10 +83,25 @@ pub(crate) enum Command {
     Status(StatusArgs),
     /// The whole hierarchy: the cluster, its nodes under it, each node's tiers of agents.
     Tree(StatusArgs),
+    /// The workflow runs kept in the cluster (`colony run --nats --run-id`): each one's
+    /// workflow, whether it is done and how it ended, its scheduler and term.
+    Runs(RunsArgs),
     /// Cancel tasks: a waiting one is dropped from the stream, a running one is stopped on
     /// its node, and none is reported succeeded afterwards. Exit 1 if any had ended already
     /// or could not be cancelled.
     Cancel(CancelArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct RunsArgs {
+    #[command(flatten)]
+    nats: NatsArgs,
+    /// The most recent N.
+    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    limit: u64,
+    /// Print them as JSON.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -547,6 +562,7 @@ async fn schedule(
         code: None,
         scheduler: leadership.holder().to_owned(),
         term,
+        at_ms: 0,
     };
     let revision = match found {
         Some((old, _)) if old.digest != digest => {
@@ -747,6 +763,7 @@ pub(crate) fn run(command: &Command) -> Result<(), Failure> {
             Command::Status(args) => status(args).await,
             Command::Tree(args) => tree(args).await,
             Command::Cancel(args) => cancel(args).await,
+            Command::Runs(args) => runs(args).await,
         }
     });
     runtime.shutdown_timeout(Duration::from_secs(1));
@@ -971,6 +988,55 @@ async fn task(args: &TaskArgs) -> Result<(), Failure> {
         Err(e @ colony_cluster::Error::Unknown { .. }) => return Err(Failure::input(e)),
         Err(e) => return Err(Failure::work(e)),
     }
+    Ok(())
+}
+
+/// `colony cluster runs`.
+async fn runs(args: &RunsArgs) -> Result<(), Failure> {
+    let settings = args.nats.settings(None)?;
+    let cluster = args.nats.connect(settings, false).await?;
+    let runs = cluster
+        .runs(args.limit as usize)
+        .await
+        .map_err(Failure::work)?;
+    if args.json {
+        let runs: Vec<serde_json::Value> = runs
+            .iter()
+            .map(|(id, meta)| {
+                let mut v = serde_json::to_value(meta).unwrap_or_default();
+                v["id"] = id.as_str().into();
+                v
+            })
+            .collect();
+        println!("{}", serde_json::Value::from(runs));
+        return Ok(());
+    }
+    if runs.is_empty() {
+        println!("no run is kept in the cluster (runs with --run-id are)");
+        return Ok(());
+    }
+    let mut table = Table::new(&["run", "workflow", "state", "tasks", "scheduler", "term"]);
+    for (id, meta) in &runs {
+        let state = match (meta.done, meta.code) {
+            (true, Some(0)) => "done, succeeded".to_owned(),
+            (true, _) => "done, failed".to_owned(),
+            (false, _) => "running or stopped".to_owned(),
+        };
+        let tasks: Vec<String> = meta
+            .counts
+            .iter()
+            .map(|(k, v)| format!("{v} {k}"))
+            .collect();
+        table.row(vec![
+            id.clone(),
+            meta.workflow.clone(),
+            state,
+            tasks.join(", "),
+            meta.scheduler.clone(),
+            meta.term.to_string(),
+        ]);
+    }
+    print!("{}", table.render());
     Ok(())
 }
 
