@@ -494,29 +494,13 @@ impl Cluster {
     /// Task `id`'s record as the bucket's leader has it: never a replica's older copy, as
     /// [`Cluster::row`] may be (reads go to any replica). For deciding whether a write was ours.
     pub(crate) async fn row_from_leader(&self, id: u64) -> Result<Option<(Row, u64)>, Error> {
-        let subject = format!("$KV.{}.{}", settings::TASKS_BUCKET, self.key(id));
-        match self
-            .tasks
-            .stream
-            .get_last_raw_message_by_subject(&subject)
-            .await
-        {
-            Ok(message) => {
-                let deleted = message
-                    .headers
-                    .get("KV-Operation")
-                    .is_some_and(|op| op.as_str() != "PUT");
-                if deleted {
-                    return Ok(None);
-                }
-                let row = Row::decode(&message.payload)
-                    .map_err(|detail| Error::Corrupt { id, detail })?;
-                Ok(Some((row, message.sequence)))
+        let key = self.key(id);
+        match from_leader(&self.tasks, &key, &format!("reading task {id}")).await? {
+            Some((value, revision)) => {
+                let row = Row::decode(&value).map_err(|detail| Error::Corrupt { id, detail })?;
+                Ok(Some((row, revision)))
             }
-            Err(e) if e.kind() == jetstream::stream::LastRawMessageErrorKind::NoMessageFound => {
-                Ok(None)
-            }
-            Err(e) => Err(Error::nats(format!("reading task {id}"), e)),
+            None => Ok(None),
         }
     }
 
@@ -640,6 +624,33 @@ impl Cluster {
             .flush()
             .await
             .map_err(|e| Error::nats("flushing", e))
+    }
+}
+
+/// `key` of `bucket` as its stream's leader has it (a replica's read may lag): its value and
+/// revision, `None` when it was never written or is deleted.
+pub(crate) async fn from_leader(
+    bucket: &kv::Store,
+    key: &str,
+    what: &str,
+) -> Result<Option<(bytes::Bytes, u64)>, Error> {
+    let subject = format!("{}{key}", bucket.prefix);
+    match bucket
+        .stream
+        .get_last_raw_message_by_subject(&subject)
+        .await
+    {
+        Ok(message) => {
+            let deleted = message
+                .headers
+                .get("KV-Operation")
+                .is_some_and(|op| op.as_str() != "PUT");
+            Ok((!deleted).then_some((message.payload, message.sequence)))
+        }
+        Err(e) if e.kind() == jetstream::stream::LastRawMessageErrorKind::NoMessageFound => {
+            Ok(None)
+        }
+        Err(e) => Err(Error::nats(what, e)),
     }
 }
 

@@ -151,6 +151,15 @@ impl Cluster {
     }
 }
 
+impl RunMeta {
+    /// As JSON for people and programs, with the run's id.
+    pub fn json(&self, id: &str) -> serde_json::Value {
+        let mut v = serde_json::to_value(self).unwrap_or_default();
+        v["id"] = id.into();
+        v
+    }
+}
+
 impl RunBook {
     pub fn run(&self) -> &str {
         &self.run
@@ -238,35 +247,18 @@ impl RunBook {
         self.write(&self.task_key(task), sent, revision).await
     }
 
-    /// A key as the bucket's stream leader has it: a replica's read may lag a write the
-    /// successor must see (a done run, a task sent).
     async fn read<T: serde::de::DeserializeOwned>(
         &self,
         key: &str,
     ) -> Result<Option<Revised<T>>, Error> {
-        let subject = format!("$KV.{RUNS_BUCKET}.{key}");
-        let message = match self
-            .bucket
-            .stream
-            .get_last_raw_message_by_subject(&subject)
-            .await
-        {
-            Ok(message) => message,
-            Err(e) if e.kind() == jetstream::stream::LastRawMessageErrorKind::NoMessageFound => {
-                return Ok(None);
-            }
-            Err(e) => return Err(Error::nats(format!("reading {key} of the runs' book"), e)),
-        };
-        let deleted = message
-            .headers
-            .get("KV-Operation")
-            .is_some_and(|op| op.as_str() != "PUT");
-        if deleted {
+        let what = format!("reading {key} of the runs' book");
+        let Some((value, revision)) = crate::client::from_leader(&self.bucket, key, &what).await?
+        else {
             return Ok(None);
-        }
-        let value = serde_json::from_slice(&message.payload)
+        };
+        let value = serde_json::from_slice(&value)
             .map_err(|e| Error::Settings(format!("{key} of the runs' book is unreadable: {e}")))?;
-        Ok(Some((value, message.sequence)))
+        Ok(Some((value, revision)))
     }
 
     /// Task `task`'s entry, read from the stream leader.

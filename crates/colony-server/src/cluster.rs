@@ -328,14 +328,8 @@ async fn task(State(app): State<Arc<ClusterApp>>, Path(id): Path<String>) -> Res
 async fn runs(State(app): State<Arc<ClusterApp>>) -> Response {
     match app.cluster.runs(100).await {
         Ok(runs) => {
-            let runs: Vec<serde_json::Value> = runs
-                .iter()
-                .map(|(id, meta)| {
-                    let mut v = serde_json::to_value(meta).unwrap_or_default();
-                    v["id"] = id.as_str().into();
-                    v
-                })
-                .collect();
+            let runs: Vec<serde_json::Value> =
+                runs.iter().map(|(id, meta)| meta.json(id)).collect();
             Json(json!({ "runs": runs })).into_response()
         }
         Err(e) => failed(e),

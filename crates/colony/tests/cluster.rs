@@ -164,6 +164,37 @@ impl Drop for NodeProc {
     }
 }
 
+/// One NATS server on loopback and one `colony node` (`a`, R1) that has joined it: what
+/// most tests of the commands over a cluster start from.
+struct OneNode {
+    rt: tokio::runtime::Runtime,
+    dir: tempfile::TempDir,
+    server: NatsServer,
+    url: String,
+    cluster: Cluster,
+    a: NodeProc,
+}
+
+impl OneNode {
+    fn start() -> Self {
+        let rt = runtime();
+        let dir = tempfile::tempdir().unwrap();
+        let server = NatsServer::single(dir.path()).unwrap();
+        let url = server.url();
+        let cluster = rt.block_on(client(&url, 1));
+        let a = NodeProc::start(dir.path(), &url, "a", "1");
+        rt.block_on(wait_for_nodes(&cluster, 1));
+        Self {
+            rt,
+            dir,
+            server,
+            url,
+            cluster,
+            a,
+        }
+    }
+}
+
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -687,13 +718,14 @@ fn send(port: u16, method: &str, path: &str, headers: &[&str], body: &str) -> (u
 /// the records carry its later term. Bad requests get a 4xx naming the problem.
 #[test]
 fn serve_over_the_cluster_takes_tasks_and_one_server_leads_the_scaling() {
-    let rt = runtime();
-    let dir = tempfile::tempdir().unwrap();
-    let server = NatsServer::single(dir.path()).unwrap();
-    let url = server.url();
-    let cluster = rt.block_on(client(&url, 1));
-    let a = NodeProc::start(dir.path(), &url, "a", "1");
-    rt.block_on(wait_for_nodes(&cluster, 1));
+    let OneNode {
+        rt: _rt,
+        dir,
+        server: _server,
+        url,
+        cluster: _cluster,
+        a,
+    } = OneNode::start();
     let mut serves = vec![
         ServeProc::start(dir.path(), &url, "s1"),
         ServeProc::start(dir.path(), &url, "s2"),
@@ -1202,13 +1234,14 @@ fn a_node_in_a_pod_keeps_its_deletion_cost_at_its_running_attempts() {
 /// before anything runs.
 #[test]
 fn a_workflow_runs_across_the_cluster() {
-    let rt = runtime();
-    let dir = tempfile::tempdir().unwrap();
-    let server = NatsServer::single(dir.path()).unwrap();
-    let url = server.url();
-    let cluster = rt.block_on(client(&url, 1));
-    let a = NodeProc::start(dir.path(), &url, "a", "1");
-    rt.block_on(wait_for_nodes(&cluster, 1));
+    let OneNode {
+        rt: _rt,
+        dir,
+        server: _server,
+        url,
+        cluster: _cluster,
+        a,
+    } = OneNode::start();
     let workflow = dir.path().join("flow.yaml");
     std::fs::write(
         &workflow,
@@ -1328,13 +1361,14 @@ tasks:
 /// says the run is done and runs nothing; another workflow file under the same id is refused.
 #[test]
 fn a_standby_takes_a_run_over_and_no_task_runs_twice() {
-    let rt = runtime();
-    let dir = tempfile::tempdir().unwrap();
-    let server = NatsServer::single(dir.path()).unwrap();
-    let url = server.url();
-    let cluster = rt.block_on(client(&url, 1));
-    let a = NodeProc::start(dir.path(), &url, "a", "1");
-    rt.block_on(wait_for_nodes(&cluster, 1));
+    let OneNode {
+        rt,
+        dir,
+        server: _server,
+        url,
+        cluster,
+        a,
+    } = OneNode::start();
     let workflow = dir.path().join("flow.yaml");
     std::fs::write(
         &workflow,
@@ -1511,13 +1545,14 @@ tasks:
 /// is cancelled there, its attempt stopped on the node, and the run says cancelled.
 #[test]
 fn a_cancelled_run_cancels_its_tasks_in_the_cluster() {
-    let rt = runtime();
-    let dir = tempfile::tempdir().unwrap();
-    let server = NatsServer::single(dir.path()).unwrap();
-    let url = server.url();
-    let cluster = rt.block_on(client(&url, 1));
-    let a = NodeProc::start(dir.path(), &url, "a", "1");
-    rt.block_on(wait_for_nodes(&cluster, 1));
+    let OneNode {
+        rt,
+        dir,
+        server: _server,
+        url,
+        cluster,
+        a,
+    } = OneNode::start();
     let workflow = dir.path().join("long.yaml");
     std::fs::write(
         &workflow,

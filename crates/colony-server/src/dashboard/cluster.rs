@@ -60,17 +60,10 @@ fn shell(version: &str, logout: bool, url: &str) -> String {
         version,
         &["htmx.min.js", "cluster.js"],
     );
+    super::html::top(&mut out, version, &format!("cluster on {url}"), logout);
     let _ = write!(
         out,
-        r##"<body>
-<header class="top">
-<img class="logo" src="/assets/favicon.svg?v={version}" alt="">
-<h1>colony</h1>
-<span class="sub">cluster on {url}</span>
-<span id="live" class="live">connecting…</span>
-{logout}
-</header>
-<main>
+        r##"<main>
 <section id="stats" class="stats" aria-label="Counters" hx-get="/ui/cluster" hx-trigger="load, every 2s"></section>
 <div class="grid">
 <section class="panel wide">
@@ -92,14 +85,7 @@ fn shell(version: &str, logout: bool, url: &str) -> String {
 </main>
 </body>
 </html>
-"##,
-        version = Esc(version),
-        url = Esc(url),
-        logout = if logout {
-            r#"<form method="post" action="/logout"><button type="submit">Log out</button></form>"#
-        } else {
-            ""
-        },
+"##
     );
     out
 }

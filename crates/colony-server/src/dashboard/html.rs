@@ -103,22 +103,38 @@ pub(crate) fn head_with(out: &mut String, title: &str, version: &str, scripts: &
     out.push_str("</head>\n");
 }
 
+/// The top of a page's body: the name, what it shows (`sub`, escaped here), the stream's
+/// state, and a sign-out button when the server has tokens.
+pub(crate) fn top(out: &mut String, version: &str, sub: &str, logout: bool) {
+    let _ = writeln!(
+        out,
+        r#"<body>
+<header class="top">
+<img class="logo" src="/assets/favicon.svg?v={version}" alt="">
+<h1>colony</h1>
+<span class="sub">{sub}</span>
+<span id="live" class="live">connecting…</span>
+{logout}
+</header>"#,
+        version = Esc(version),
+        sub = Esc(sub),
+        logout = if logout {
+            r#"<form method="post" action="/logout"><button type="submit">Log out</button></form>"#
+        } else {
+            ""
+        },
+    );
+}
+
 /// The page shell: panels that fill themselves from `/ui/...` fragments and the event stream.
 /// It holds no data, so it is served to anyone.
 pub(crate) fn shell(version: &str, logout: bool) -> String {
     let mut out = String::with_capacity(8 << 10);
     head(&mut out, "colony", version, true);
+    top(&mut out, version, "runtime dashboard", logout);
     let _ = write!(
         out,
-        r##"<body>
-<header class="top">
-<img class="logo" src="/assets/favicon.svg?v={version}" alt="">
-<h1>colony</h1>
-<span class="sub">runtime dashboard</span>
-<span id="live" class="live">connecting…</span>
-{logout}
-</header>
-<main>
+        r##"<main>
 <section id="stats" class="stats" aria-label="Counters" hx-get="/ui/stats" hx-trigger="load, every 2s"></section>
 <div class="grid">
 <section class="panel plot span-3">
@@ -213,12 +229,6 @@ pub(crate) fn shell(version: &str, logout: bool) -> String {
 </body>
 </html>
 "##,
-        version = Esc(version),
-        logout = if logout {
-            r#"<form method="post" action="/logout"><button type="submit">Log out</button></form>"#
-        } else {
-            ""
-        },
         options = STATES
             .iter()
             .map(|s| format!(r#"<option value="{0}">{0}</option>"#, s.as_str()))

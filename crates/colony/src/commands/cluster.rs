@@ -1000,14 +1000,7 @@ async fn runs(args: &RunsArgs) -> Result<(), Failure> {
         .await
         .map_err(Failure::work)?;
     if args.json {
-        let runs: Vec<serde_json::Value> = runs
-            .iter()
-            .map(|(id, meta)| {
-                let mut v = serde_json::to_value(meta).unwrap_or_default();
-                v["id"] = id.as_str().into();
-                v
-            })
-            .collect();
+        let runs: Vec<serde_json::Value> = runs.iter().map(|(id, meta)| meta.json(id)).collect();
         println!("{}", serde_json::Value::from(runs));
         return Ok(());
     }
