@@ -48,6 +48,7 @@ pub(crate) struct ClusterApp {
     pub(crate) period: Duration,
     /// Event streams open at once, at most `max_streams`.
     streams: Arc<tokio::sync::Semaphore>,
+    feed: Arc<Feed>,
     max_streams: usize,
 }
 
@@ -82,6 +83,7 @@ pub async fn serve_cluster(
         period,
         streams: Arc::new(tokio::sync::Semaphore::new(config.max_streams)),
         max_streams: config.max_streams,
+        feed: Arc::new(Feed::new()),
     });
     let router = router(app);
     let bind = |source| Error::Bind { addr, source };
@@ -409,11 +411,119 @@ async fn scaling(State(app): State<Arc<ClusterApp>>, Path(role): Path<String>) -
     }
 }
 
+/// One watch of the task records per server, shared by its event streams: each stream gets
+/// the small events, not every record's output, and NATS serves one watch, not one per
+/// browser. The watch runs while a stream listens.
+#[derive(Debug)]
+pub(crate) struct Feed {
+    tx: tokio::sync::broadcast::Sender<FeedEvent>,
+    watching: tokio::sync::Mutex<bool>,
+}
+
+type Records =
+    futures::stream::BoxStream<'static, Result<(u64, colony_cluster::Row), colony_cluster::Error>>;
+
+/// An event of the feed: a `task` record, or the watch `failed` (it is made again).
+#[derive(Clone, Debug)]
+enum FeedEvent {
+    Task(Arc<str>),
+    Failed(Arc<str>),
+}
+
+impl Feed {
+    pub(crate) fn new() -> Self {
+        Self {
+            tx: tokio::sync::broadcast::channel(1024).0,
+            watching: tokio::sync::Mutex::new(false),
+        }
+    }
+
+    /// A receiver of the feed. The watch is started if none runs, and made before this
+    /// returns: what is written once the caller holds the receiver comes on it.
+    async fn subscribe(
+        self: &Arc<Self>,
+        cluster: &Cluster,
+    ) -> Result<tokio::sync::broadcast::Receiver<FeedEvent>, colony_cluster::Error> {
+        use futures::StreamExt;
+        let mut watching = self.watching.lock().await;
+        let rx = self.tx.subscribe();
+        if !*watching {
+            let records = cluster.records().await?.boxed();
+            *watching = true;
+            let feed = self.clone();
+            let cluster = cluster.clone();
+            colony_runtime::spawner::Spawner::spawn("cluster-feed", async move {
+                feed.watch(cluster, Some(records)).await;
+            });
+        }
+        Ok(rx)
+    }
+
+    /// Whether to stop: nobody listens (decided under the lock `subscribe` takes).
+    async fn nobody_listens(&self) -> bool {
+        let mut watching = self.watching.lock().await;
+        if self.tx.receiver_count() == 0 {
+            *watching = false;
+            return true;
+        }
+        false
+    }
+
+    async fn watch(&self, cluster: Cluster, mut first: Option<Records>) {
+        use futures::StreamExt;
+        let failed = |e: &colony_cluster::Error| {
+            FeedEvent::Failed(json!({"error": e.to_string()}).to_string().into())
+        };
+        loop {
+            let records = match first.take() {
+                Some(records) => Ok(records),
+                None => cluster.records().await.map(StreamExt::boxed),
+            };
+            match records {
+                Ok(mut records) => {
+                    while let Some(record) = records.next().await {
+                        if self.nobody_listens().await {
+                            return;
+                        }
+                        let event = match record {
+                            Ok((id, row)) => FeedEvent::Task(
+                                json!({
+                                    "id": id,
+                                    "state": row.state,
+                                    "attempt": row.attempt,
+                                    "node": row.node,
+                                    "error": row.error.as_deref()
+                                        .map(|e| colony_core::text::shorten(e, 300)),
+                                    "at-ms": row.at_ms,
+                                })
+                                .to_string()
+                                .into(),
+                            ),
+                            Err(e) => failed(&e),
+                        };
+                        let _ = self.tx.send(event);
+                    }
+                }
+                Err(e) => {
+                    let _ = self.tx.send(failed(&e));
+                }
+            }
+            if self.nobody_listens().await {
+                return;
+            }
+            // The watch ended (NATS out of reach): made again after a pause.
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+}
+
 /// `GET /v1/events`: the cluster's task records as they are written (`task` events: the
-/// task's id, state, attempt, node, and error), for the dashboard and any watcher.
+/// task's id, state, attempt, node, and error; `failed` when the records cannot be watched,
+/// then `task` again once they can), for the dashboard and any watcher. A stream that falls
+/// more than 1,024 events behind skips what it missed.
 async fn events(State(app): State<Arc<ClusterApp>>) -> Response {
     use axum::response::sse::{Event, KeepAlive, Sse};
-    use futures::StreamExt;
+    use tokio::sync::broadcast::error::RecvError;
     // Held for as long as the stream is open.
     let Ok(permit) = app.streams.clone().try_acquire_owned() else {
         return problem(
@@ -425,30 +535,20 @@ async fn events(State(app): State<Arc<ClusterApp>>) -> Response {
             ),
         );
     };
-    let records = match app.cluster.records().await {
-        Ok(records) => records,
+    let rx = match app.feed.subscribe(&app.cluster).await {
+        Ok(rx) => rx,
         Err(e) => return failed(e),
     };
-    let stream = records.map(move |record| {
-        let _held = &permit;
-        let event = match record {
-            Ok((id, row)) => {
-                let data = json!({
-                    "id": id,
-                    "state": row.state,
-                    "attempt": row.attempt,
-                    "node": row.node,
-                    "error": row.error.as_deref().map(|e| colony_core::text::shorten(e, 300)),
-                    "at-ms": row.at_ms,
-                });
-                Event::default().event("task").data(data.to_string())
-            }
-            // The last event: the browser reconnects, and the watch is made again.
-            Err(e) => Event::default()
-                .event("failed")
-                .data(json!({"error": e.to_string()}).to_string()),
-        };
-        Ok::<_, std::convert::Infallible>(event)
+    let stream = futures::stream::unfold((rx, permit), |(mut rx, permit)| async move {
+        loop {
+            let event = match rx.recv().await {
+                Ok(FeedEvent::Task(data)) => Event::default().event("task").data(&*data),
+                Ok(FeedEvent::Failed(data)) => Event::default().event("failed").data(&*data),
+                Err(RecvError::Lagged(_)) => continue,
+                Err(RecvError::Closed) => return None,
+            };
+            return Some((Ok::<_, std::convert::Infallible>(event), (rx, permit)));
+        }
     });
     Sse::new(stream)
         .keep_alive(KeepAlive::default())

@@ -684,6 +684,46 @@ fn fetch(port: u16, path: &str) -> (u16, String) {
     send(port, "GET", path, &[], "")
 }
 
+/// `GET /v1/events` on loopback `port`, read as it comes; open once its headers came (the
+/// server makes its watch before it answers).
+struct EventStream {
+    stream: std::net::TcpStream,
+    seen: String,
+}
+
+impl EventStream {
+    fn open(port: u16) -> Self {
+        use std::io::Write;
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        write!(stream, "GET /v1/events HTTP/1.1\r\nHost: localhost\r\n\r\n").unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        let mut events = Self {
+            stream,
+            seen: String::new(),
+        };
+        events.read_until("the stream's headers", |seen| {
+            seen.contains("text/event-stream")
+        });
+        events
+    }
+
+    /// Reads until `done` holds of all read so far, for 10 s at most.
+    fn read_until(&mut self, what: &str, done: impl Fn(&str) -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !done(&self.seen) {
+            let mut chunk = [0u8; 4096];
+            match self.stream.read(&mut chunk) {
+                Ok(0) => std::thread::sleep(Duration::from_millis(50)),
+                Ok(n) => self.seen.push_str(&String::from_utf8_lossy(&chunk[..n])),
+                Err(_) => {}
+            }
+            assert!(Instant::now() < deadline, "{what}: {}", self.seen);
+        }
+    }
+}
+
 /// `method path` with a JSON body on loopback `port`: the status code and the body.
 fn send(port: u16, method: &str, path: &str, headers: &[&str], body: &str) -> (u16, String) {
     use std::io::Write;
@@ -732,27 +772,11 @@ fn serve_over_the_cluster_takes_tasks_and_one_server_leads_the_scaling() {
     ];
     assert_eq!(fetch(serves[0].port, "/readyz").0, 200);
     // The event stream, open before any task: records come as nodes write them.
-    let mut events = {
-        use std::io::Write;
-        let mut stream = std::net::TcpStream::connect(("127.0.0.1", serves[1].port)).unwrap();
-        write!(stream, "GET /v1/events HTTP/1.1\r\nHost: localhost\r\n\r\n").unwrap();
-        stream
-            .set_read_timeout(Some(Duration::from_millis(200)))
-            .unwrap();
-        stream
-    };
-    // Wait for the stream's headers, so that the watch behind it is open.
-    let mut seen = String::new();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !seen.contains("text/event-stream") {
-        let mut chunk = [0u8; 4096];
-        match events.read(&mut chunk) {
-            Ok(0) => std::thread::sleep(Duration::from_millis(50)),
-            Ok(n) => seen.push_str(&String::from_utf8_lossy(&chunk[..n])),
-            Err(_) => {}
-        }
-        assert!(Instant::now() < deadline, "no event stream: {seen}");
-    }
+    // Two streams on one server share its watch; each gets every record.
+    let mut streams = [
+        EventStream::open(serves[1].port),
+        EventStream::open(serves[1].port),
+    ];
     // A task over HTTP, sent twice with one Idempotency-Key: one id, one execution.
     let task = r#"{"payload": {"n": 7, "sleep": 0}, "role": "sh"}"#;
     let key = ["Idempotency-Key: retry-me"];
@@ -797,7 +821,6 @@ fn serve_over_the_cluster_takes_tasks_and_one_server_leads_the_scaling() {
     assert_eq!(a.executions().iter().filter(|n| **n == 7).count(), 1);
     // Each task's end came on the stream, from node a (a task this short ends before its
     // node writes a lease, so its start has no record of its own).
-    let deadline = Instant::now() + Duration::from_secs(10);
     let told = |seen: &str, id: u64, state: &str| {
         seen.lines().any(|l| {
             l.starts_with("data:")
@@ -806,20 +829,13 @@ fn serve_over_the_cluster_takes_tasks_and_one_server_leads_the_scaling() {
                 && l.contains("\"node\":\"a\"")
         })
     };
-    while !all.iter().all(|&id| told(&seen, id, "succeeded")) {
-        let mut chunk = [0u8; 4096];
-        match events.read(&mut chunk) {
-            Ok(0) => std::thread::sleep(Duration::from_millis(50)),
-            Ok(n) => seen.push_str(&String::from_utf8_lossy(&chunk[..n])),
-            Err(_) => {}
-        }
-        assert!(
-            Instant::now() < deadline,
-            "records {all:?} not told: {seen}"
-        );
+    for events in &mut streams {
+        events.read_until("the records of every task", |seen| {
+            all.iter().all(|&id| told(seen, id, "succeeded"))
+        });
+        assert!(events.seen.contains("event: task"), "{}", events.seen);
     }
-    assert!(seen.contains("event: task"), "{seen}");
-    drop(events);
+    drop(streams);
     // The dashboard: the page, then its panels, with the node and the role in them.
     let (code, page) = fetch(serves[0].port, "/");
     assert_eq!(code, 200, "{page}");
