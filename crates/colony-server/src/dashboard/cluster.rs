@@ -148,18 +148,21 @@ async fn counters(State(app): State<Arc<ClusterApp>>) -> Response {
 
 /// `GET /ui/cluster/nodes`.
 async fn nodes(State(app): State<Arc<ClusterApp>>) -> Response {
-    let status = match app.cluster.status().await {
-        Ok(status) => status,
-        Err(e) => return unavailable(e),
-    };
-    if status.nodes.is_empty() {
-        return ok(r#"<p class="note">No node has joined: start one with <code>colony node --nats URL</code>.</p>"#.into());
+    match app.cluster.status().await {
+        Ok(status) => ok(nodes_table(&status.nodes, crate::cluster::now_ms())),
+        Err(e) => unavailable(e),
     }
-    let now = crate::cluster::now_ms();
+}
+
+/// The nodes' table at `now` (ms). Everything a node says of itself is untrusted: escaped.
+fn nodes_table(nodes: &[colony_cluster::NodeInfo], now: u64) -> String {
+    if nodes.is_empty() {
+        return r#"<p class="note">No node has joined: start one with <code>colony node --nats URL</code>.</p>"#.into();
+    }
     let mut out = String::from(
         r#"<table id="node-table"><thead><tr><th>Node</th><th>Roles</th><th class="num">Agents</th><th class="num">Running</th><th class="num">Ended</th><th class="num">Fenced</th><th>Hierarchy</th><th>State</th><th class="num">Beat</th><th>Version</th></tr></thead><tbody>"#,
     );
-    for n in &status.nodes {
+    for n in nodes {
         let roles: Vec<String> = n
             .by_role
             .iter()
@@ -205,7 +208,7 @@ async fn nodes(State(app): State<Arc<ClusterApp>>) -> Response {
         );
     }
     out.push_str("</tbody></table>");
-    ok(out)
+    out
 }
 
 /// `GET /ui/cluster/roles`.
@@ -214,16 +217,40 @@ async fn roles(State(app): State<Arc<ClusterApp>>) -> Response {
         Ok(status) => status,
         Err(e) => return unavailable(e),
     };
-    if status.roles.is_empty() {
-        return ok(r#"<p class="note">No role yet: a node's pools make their roles' consumers as it joins.</p>"#.into());
+    let mut rows = Vec::with_capacity(status.roles.len());
+    for role in &status.roles {
+        let key = if role.role == "*" { "_" } else { &role.role };
+        rows.push(RoleRow {
+            role: &role.role,
+            waiting: role.waiting,
+            running: role.running,
+            delivered: role.delivered,
+            record: app.cluster.scaling(key).await.ok().flatten(),
+        });
+    }
+    ok(roles_table(&rows))
+}
+
+/// A role as its table row shows it.
+struct RoleRow<'a> {
+    role: &'a str,
+    waiting: u64,
+    running: u64,
+    delivered: u64,
+    /// The scaling leader's last record of it.
+    record: Option<colony_cluster::scaling::ScalingRecord>,
+}
+
+/// The roles' table: each role's backlog and the scaling leader's last decision.
+fn roles_table(rows: &[RoleRow<'_>]) -> String {
+    if rows.is_empty() {
+        return r#"<p class="note">No role yet: a node's pools make their roles' consumers as it joins.</p>"#.into();
     }
     let mut out = String::from(
         r#"<table id="role-table"><thead><tr><th>Role</th><th class="num">Waiting</th><th class="num">Running</th><th class="num">Delivered</th><th class="num">Desired nodes</th><th>Last decision</th></tr></thead><tbody>"#,
     );
-    for role in &status.roles {
-        let key = if role.role == "*" { "_" } else { &role.role };
-        let record = app.cluster.scaling(key).await.ok().flatten();
-        let (desired, decision) = match &record {
+    for role in rows {
+        let (desired, decision) = match &role.record {
             Some(r) => (
                 r.desired.to_string(),
                 match (&r.reason, &r.blocked_by) {
@@ -237,7 +264,7 @@ async fn roles(State(app): State<Arc<ClusterApp>>) -> Response {
         let _ = write!(
             out,
             r#"<tr><td>{}</td><td class="num">{}</td><td class="num">{}</td><td class="num">{}</td><td class="num">{}</td><td>{}</td></tr>"#,
-            Esc(&role.role),
+            Esc(role.role),
             role.waiting,
             role.running,
             role.delivered,
@@ -246,5 +273,78 @@ async fn roles(State(app): State<Arc<ClusterApp>>) -> Response {
         );
     }
     out.push_str("</tbody></table>");
-    ok(out)
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use colony_cluster::{NodeInfo, RoleSlots, TierCount, scaling::ScalingRecord};
+
+    const HOSTILE: &str = "<img src=x onerror=alert(1)>";
+
+    #[test]
+    fn what_nodes_and_the_scaling_leader_say_is_shown_as_text() {
+        let node = NodeInfo {
+            name: HOSTILE.into(),
+            roles: vec![HOSTILE.into()],
+            agents: 4,
+            by_role: [(
+                HOSTILE.to_owned(),
+                RoleSlots {
+                    agents: 4,
+                    slots: 4,
+                },
+            )]
+            .into(),
+            running: 1,
+            ended: 2,
+            fenced: 0,
+            draining: false,
+            started_ms: 0,
+            at_ms: 9_000,
+            version: HOSTILE.into(),
+            tiers: vec![TierCount {
+                name: HOSTILE.into(),
+                agents: 4,
+                down: 1,
+            }],
+            unhealthy: 2,
+        };
+        let html = nodes_table(&[node], 10_500);
+        assert!(!html.contains("<img"), "{html}");
+        assert!(
+            html.contains("&lt;img src=x onerror=alert(1)&gt;"),
+            "{html}"
+        );
+        assert!(html.contains("(1 down) · 2 unhealthy"), "{html}");
+        assert!(html.contains("1.5 s ago"), "{html}");
+
+        let record = ScalingRecord {
+            role: HOSTILE.into(),
+            desired: 2,
+            nodes: 1,
+            slots: 4,
+            waiting: 3,
+            running: 1,
+            oldest_wait_ms: 0,
+            arrivals_per_sec: 0.0,
+            decision: HOSTILE.into(),
+            reason: Some(HOSTILE.into()),
+            blocked_by: Some(HOSTILE.into()),
+            term: 1,
+            leader: HOSTILE.into(),
+            at_ms: 0,
+        };
+        let html = roles_table(&[RoleRow {
+            role: HOSTILE,
+            waiting: 3,
+            running: 1,
+            delivered: 9,
+            record: Some(record),
+        }]);
+        assert!(!html.contains("<img"), "{html}");
+        assert!(html.contains(r#"<td class="num">2</td>"#), "{html}");
+        assert!(nodes_table(&[], 0).contains("No node has joined"));
+    }
 }
