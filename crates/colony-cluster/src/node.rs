@@ -53,6 +53,8 @@ pub struct NodeReport {
     pub handed_back: u64,
     /// Results it could not commit: another node held the task by then (I2).
     pub fenced: u64,
+    /// Attempts stopped, their results dropped, because their task was cancelled.
+    pub cancelled: u64,
     /// Deliveries of tasks that had already ended (acked, not run again).
     pub already_ended: u64,
 }
@@ -66,6 +68,7 @@ struct Counters {
     dead_lettered: AtomicU64,
     handed_back: AtomicU64,
     fenced: AtomicU64,
+    cancelled: AtomicU64,
     already_ended: AtomicU64,
     running: AtomicU64,
 }
@@ -81,6 +84,7 @@ enum Kind {
     DeadLettered,
     HandedBack,
     Fenced,
+    Cancelled,
     AlreadyEnded,
 }
 
@@ -94,6 +98,7 @@ impl Counters {
             Kind::DeadLettered => (&self.dead_lettered, "dead-lettered"),
             Kind::HandedBack => (&self.handed_back, "handed-back"),
             Kind::Fenced => (&self.fenced, "fenced"),
+            Kind::Cancelled => (&self.cancelled, "cancelled"),
             Kind::AlreadyEnded => (&self.already_ended, "already-ended"),
         };
         counter.fetch_add(1, Ordering::Relaxed);
@@ -110,6 +115,7 @@ impl Counters {
             dead_lettered: get(&self.dead_lettered),
             handed_back: get(&self.handed_back),
             fenced: get(&self.fenced),
+            cancelled: get(&self.cancelled),
             already_ended: get(&self.already_ended),
         }
     }
@@ -388,7 +394,8 @@ async fn heartbeat(shared: Arc<Shared>, mut info: NodeInfo) {
             + report.failed
             + report.retried
             + report.dead_lettered
-            + report.handed_back;
+            + report.handed_back
+            + report.cancelled;
         info.fenced = report.fenced;
         info.draining = *phase.borrow() != Phase::Taking;
         let patience = (every / 2).min(Duration::from_secs(1));
@@ -542,7 +549,7 @@ async fn deliver(shared: &Shared, message: Message) {
     shared.counters.add(Kind::Started);
     let Some((outcome, revision)) = run(shared, &message, &spec, id, &started, revision).await
     else {
-        shared.counters.add(Kind::Fenced);
+        shared.counters.add(lost(shared, id).await);
         return;
     };
     let kind = match &outcome {
@@ -580,14 +587,29 @@ async fn deliver(shared: &Shared, message: Message) {
             answer(&message, reply).await;
         }
         Ended::Fenced => {
-            shared.counters.add(Kind::Fenced);
+            let kind = lost(shared, id).await;
+            shared.counters.add(kind);
             tracing::info!(
-                "node {}: task {id} attempt {} fenced: another node holds the task now",
+                "node {}: task {id} attempt {} {}",
                 shared.name,
-                started.attempt
+                started.attempt,
+                if kind == Kind::Cancelled {
+                    "dropped: the task was cancelled"
+                } else {
+                    "fenced: another node holds the task now"
+                }
             );
         }
         Ended::Unwritten => {}
+    }
+}
+
+/// Why an attempt's result could not be written: its task was cancelled (the record says
+/// so), or another node holds it.
+async fn lost(shared: &Shared, id: u64) -> Kind {
+    match shared.cluster.row_from_leader(id).await {
+        Ok(Some((row, _))) if row.state == TaskState::Cancelled => Kind::Cancelled,
+        _ => Kind::Fenced,
     }
 }
 

@@ -545,7 +545,11 @@ async fn a_cancelled_task_stops_where_it_runs_and_a_queued_one_never_runs() {
         Err(colony_cluster::Error::Unknown { id: 999_999 })
     ));
     let report = slow_node.drain().await;
-    assert_eq!((report.succeeded, report.fenced), (0, 1), "{report:?}");
+    assert_eq!(
+        (report.succeeded, report.fenced, report.cancelled),
+        (0, 0, 1),
+        "{report:?}"
+    );
     fast_node.drain().await;
     slow.shutdown().await;
     fast.shutdown().await;

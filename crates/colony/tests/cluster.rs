@@ -140,6 +140,7 @@ impl NodeProc {
             dead_lettered: report["dead_lettered"].as_u64().unwrap(),
             handed_back: report["handed_back"].as_u64().unwrap(),
             fenced: report["fenced"].as_u64().unwrap(),
+            cancelled: report["cancelled"].as_u64().unwrap(),
             already_ended: report["already_ended"].as_u64().unwrap(),
         }
     }
@@ -1622,5 +1623,9 @@ fn a_cancelled_run_cancels_its_tasks_in_the_cluster() {
         std::thread::sleep(Duration::from_millis(100));
     }
     let report = a.stop();
-    assert_eq!((report.succeeded, report.fenced), (0, 1), "{report:?}");
+    assert_eq!(
+        (report.succeeded, report.fenced, report.cancelled),
+        (0, 0, 1),
+        "{report:?}"
+    );
 }

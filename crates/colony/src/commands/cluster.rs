@@ -738,14 +738,15 @@ pub(crate) fn node(args: &NodeArgs) -> Result<(), Failure> {
             println!("{}", serde_json::to_string(&report).unwrap_or_default());
         } else {
             eprintln!(
-                "node {name} left: {} attempts started, {} succeeded, {} failed, {} retried, {} dead-lettered, {} handed back, {} fenced",
+                "node {name} left: {} attempts started, {} succeeded, {} failed, {} retried, {} dead-lettered, {} handed back, {} fenced, {} cancelled",
                 report.started,
                 report.succeeded,
                 report.failed,
                 report.retried,
                 report.dead_lettered,
                 report.handed_back,
-                report.fenced
+                report.fenced,
+                report.cancelled
             );
         }
         Ok(())
