@@ -58,7 +58,7 @@ fn shell(version: &str, logout: bool, url: &str) -> String {
         &mut out,
         "colony cluster",
         version,
-        &["htmx.min.js", "cluster.js"],
+        &["htmx.min.js", "uPlot.iife.min.js", "cluster.js"],
     );
     super::html::top(&mut out, version, &format!("cluster on {url}"), logout);
     let _ = write!(
@@ -70,6 +70,11 @@ fn shell(version: &str, logout: bool, url: &str) -> String {
 <h2>Nodes</h2>
 <p class="note">Every node whose heartbeat is live, each a subtree of the cluster: the roles its pools serve, its agents, the attempts it runs and has ended, late results fenced, its runtime's tiers (agents down and workers unhealthy said), and whether it drains.</p>
 <div id="nodes" class="scroll" hx-get="/ui/cluster/nodes" hx-trigger="load, every 2s"></div>
+</section>
+<section class="panel wide plot">
+<h2>Tasks ended</h2>
+<p class="note">Tasks that succeeded and failed each second over the last five minutes, counted from the records on the event stream since this page opened.</p>
+<div id="chart-ended" class="chart"></div>
 </section>
 <section class="panel span-4">
 <h2>Roles</h2>

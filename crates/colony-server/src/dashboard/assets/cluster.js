@@ -3,6 +3,9 @@
 (function () {
   "use strict";
   const EVENTS = 100;
+  // Seconds the chart keeps.
+  const KEEP = 300;
+  const HEIGHT = 200;
 
   function byId(id) {
     return document.getElementById(id);
@@ -45,6 +48,69 @@
     }
   }
 
+  // Tasks ended each second, by how, counted from the records as they come.
+  const ended = { t: Math.floor(Date.now() / 1000), succeeded: 0, failed: 0 };
+  let chart = null;
+  const data = [[], [], []];
+
+  function makeChart() {
+    const el = byId("chart-ended");
+    if (!el || typeof uPlot === "undefined") {
+      return null;
+    }
+    const axis = { stroke: "#6b7280", grid: { stroke: "#eef0f3" }, ticks: { stroke: "#e5e7eb" } };
+    const line = (label, stroke) => ({ label, stroke, width: 2, points: { show: false } });
+    const plot = new uPlot(
+      {
+        width: Math.max(el.clientWidth, 240),
+        height: HEIGHT,
+        cursor: { drag: { x: false, y: false } },
+        legend: { live: false },
+        scales: {
+          // The last five minutes, however few seconds there are yet.
+          x: {
+            time: true,
+            range: (u, min, max) => {
+              const hi = max == null ? Math.floor(Date.now() / 1000) : max;
+              return [hi - KEEP, hi];
+            },
+          },
+          y: { range: (u, min, max) => [0, Math.max(1, (max || 0) * 1.15)] },
+        },
+        axes: [axis, Object.assign({ size: 56 }, axis)],
+        series: [{}, line("succeeded", "#15803d"), line("failed", "#b91c1c")],
+      },
+      data,
+      el,
+    );
+    if (typeof ResizeObserver !== "undefined") {
+      new ResizeObserver(() => plot.setSize({ width: Math.max(el.clientWidth, 240), height: HEIGHT })).observe(el);
+    }
+    return plot;
+  }
+
+  function tick() {
+    const now = Math.floor(Date.now() / 1000);
+    while (ended.t < now) {
+      data[0].push(ended.t);
+      data[1].push(ended.succeeded);
+      data[2].push(ended.failed);
+      ended.t += 1;
+      ended.succeeded = 0;
+      ended.failed = 0;
+      if (data[0].length > KEEP) {
+        data.forEach((column) => column.shift());
+      }
+    }
+    if (!chart) {
+      chart = makeChart();
+    }
+    if (chart) {
+      chart.setData(data);
+    }
+  }
+  setInterval(tick, 1000);
+
   const source = new EventSource("/v1/events");
   source.addEventListener("open", () => setLive("live", "ok"));
   source.addEventListener("error", () => {
@@ -64,10 +130,17 @@
     setLive("cluster unreadable: " + why, "down");
   });
   source.addEventListener("task", (e) => {
+    let r;
     try {
-      addRecord(JSON.parse(e.data));
+      r = JSON.parse(e.data);
     } catch (_) {
-      // A line that is not a record is skipped.
+      return; // A line that is not a record is skipped.
+    }
+    addRecord(r);
+    if (r.state === "succeeded") {
+      ended.succeeded += 1;
+    } else if (r.state === "failed" || r.state === "dead-lettered") {
+      ended.failed += 1;
     }
   });
 })();
