@@ -377,7 +377,12 @@ async fn the_cluster_dashboard_shows_nodes_and_records_in_a_browser() {
         "{newest:?}"
     );
     // The chart of tasks ended drew.
-    wait_for(&client, "#chart-ended .uplot canvas", Duration::from_secs(5)).await;
+    wait_for(
+        &client,
+        "#chart-ended .uplot canvas",
+        Duration::from_secs(5),
+    )
+    .await;
     let role = until(Duration::from_secs(10), POLL, || async {
         text(&client, "#role-table tbody")
             .await
