@@ -314,7 +314,8 @@ impl Cluster {
     /// compare-and-set on what was read, so a node's end that lands first wins and is told),
     /// and its message is dropped from the stream so that no node takes it. A node running
     /// it sees its lease taken at its next check (within a third of `ack_wait`, or at the
-    /// lazy lease of a first attempt), stops the attempt, and its result is fenced.
+    /// lazy lease of a first attempt), stops the attempt, and drops its result (counted
+    /// `cancelled` on the node).
     pub async fn cancel(&self, id: u64, reason: &str) -> Result<Cancel, Error> {
         let key = self.key(id);
         let reason = colony_core::text::shorten(reason, 500);

@@ -606,9 +606,11 @@ async fn deliver(shared: &Shared, message: Message) {
 
 /// Why an attempt's result could not be written: its task was cancelled (the record says
 /// so), or another node holds it.
+/// Counted as the record says when read (a read that fails or is late counts fenced).
 async fn lost(shared: &Shared, id: u64) -> Kind {
-    match shared.cluster.row_from_leader(id).await {
-        Ok(Some((row, _))) if row.state == TaskState::Cancelled => Kind::Cancelled,
+    let read = tokio::time::timeout(shared.ack_wait / 3, shared.cluster.row_from_leader(id));
+    match read.await {
+        Ok(Ok(Some((row, _)))) if row.state == TaskState::Cancelled => Kind::Cancelled,
         _ => Kind::Fenced,
     }
 }

@@ -28,7 +28,7 @@ pub(crate) const RUNS_BUCKET: &str = "colony_runs";
 /// Most tasks a run's book holds: a workflow's own limit is lower.
 const MAX_ENTRIES: usize = 100_000;
 /// Most runs [`Cluster::runs`] looks at.
-pub const MAX_LISTED: usize = 10_000;
+pub const MAX_LISTED: usize = 1_000;
 /// Longest run id: its office, `run-<id>`, is a name of at most 64.
 pub const MAX_RUN_ID: usize = 60;
 /// Longest lease of a run's scheduler: a standby takes over within it and a second, and
@@ -98,11 +98,12 @@ impl Cluster {
     }
 
     /// The runs the book holds, each with its meta, the most recently written first, at
-    /// most `limit` (of at most [`MAX_LISTED`] looked at).
+    /// most `limit`, of at most [`MAX_LISTED`] runs looked at (which, past that many, are
+    /// any of them: the server lists subjects in no order). One read per run.
     pub async fn runs(&self, limit: usize) -> Result<Vec<(String, RunMeta)>, Error> {
         let bucket = self.runs_bucket().await?;
         let listing = |e: &dyn std::fmt::Display| Error::nats("listing the runs", e);
-        let prefix = format!("$KV.{RUNS_BUCKET}.");
+        let prefix = bucket.prefix.clone();
         let mut subjects = bucket
             .stream
             .info_with_subjects(format!("{prefix}*.meta"))

@@ -439,7 +439,9 @@ impl Feed {
     }
 
     /// A receiver of the feed. The watch is started if none runs, and made before this
-    /// returns: what is written once the caller holds the receiver comes on it.
+    /// returns: what is written once the caller holds the receiver comes on it (unless the
+    /// watch is down then, NATS out of reach: what is written before it is made again is
+    /// not sent).
     async fn subscribe(
         self: &Arc<Self>,
         cluster: &Cluster,

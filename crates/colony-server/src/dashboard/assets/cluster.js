@@ -137,6 +137,7 @@
       return; // A line that is not a record is skipped.
     }
     addRecord(r);
+    setLive("live", "ok");
     if (r.state === "succeeded") {
       ended.succeeded += 1;
     } else if (r.state === "failed" || r.state === "dead-lettered") {
