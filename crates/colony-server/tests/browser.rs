@@ -376,7 +376,14 @@ async fn the_cluster_dashboard_shows_nodes_and_records_in_a_browser() {
         newest.contains("succeeded (attempt 1 on node-one)"),
         "{newest:?}"
     );
-    // The chart of tasks ended drew.
+    // The tasks ended were counted from the stream, and the chart drew.
+    let total = until(Duration::from_secs(10), POLL, || async {
+        text(&client, "#ended-total")
+            .await
+            .filter(|t| t.starts_with(&format!("{} succeeded", submitted.len())))
+    })
+    .await;
+    assert!(total.is_some(), "{:?}", text(&client, "#ended-total").await);
     wait_for(
         &client,
         "#chart-ended .uplot canvas",

@@ -75,6 +75,7 @@ fn shell(version: &str, logout: bool, url: &str) -> String {
 <h2>Tasks ended</h2>
 <p class="note">Tasks that succeeded and failed each second over the last five minutes, counted from the records on the event stream since this page opened.</p>
 <div id="chart-ended" class="chart"></div>
+<p id="ended-total" class="note">0 succeeded, 0 failed since this page opened</p>
 </section>
 <section class="panel span-4">
 <h2>Roles</h2>

@@ -50,6 +50,15 @@
 
   // Tasks ended each second, by how, counted from the records as they come.
   const ended = { t: Math.floor(Date.now() / 1000), succeeded: 0, failed: 0 };
+  // And in all since the page opened, as the chart's caption says.
+  const total = { succeeded: 0, failed: 0 };
+
+  function showTotal() {
+    const el = byId("ended-total");
+    if (el) {
+      el.textContent = total.succeeded + " succeeded, " + total.failed + " failed since this page opened";
+    }
+  }
   let chart = null;
   const data = [[], [], []];
 
@@ -140,8 +149,11 @@
     setLive("live", "ok");
     if (r.state === "succeeded") {
       ended.succeeded += 1;
+      total.succeeded += 1;
     } else if (r.state === "failed" || r.state === "dead-lettered") {
       ended.failed += 1;
+      total.failed += 1;
     }
+    showTotal();
   });
 })();
