@@ -7,7 +7,7 @@ use async_nats::jetstream::kv;
 use futures::StreamExt;
 
 /// What a node says of itself in its heartbeat.
-#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub struct NodeInfo {
     pub name: String,

@@ -469,15 +469,8 @@ mod tests {
                 },
             )]
             .into(),
-            running: 0,
-            ended: 0,
-            fenced: 0,
             draining,
-            started_ms: 0,
-            at_ms: 0,
-            version: String::new(),
-            tiers: Vec::new(),
-            unhealthy: 0,
+            ..NodeInfo::default()
         }
     }
 

@@ -21,14 +21,12 @@
 //! - `GET /healthz` (alive), `GET /readyz` (connected to NATS): open to all.
 
 use crate::{
-    Config, Error, MAX_BATCH, MAX_BODY, Object, Server, auth, auth::Gate, body, conn, problem,
-    tasks::NewTask,
+    Config, Error, MAX_BATCH, Object, Server, auth, auth::Gate, body, conn, problem, tasks::NewTask,
 };
 use axum::{
     Json, Router,
-    extract::{DefaultBodyLimit, FromRef, Path, State, rejection::JsonRejection},
+    extract::{FromRef, Path, State, rejection::JsonRejection},
     http::{HeaderMap, StatusCode},
-    middleware::from_fn_with_state,
     response::{IntoResponse, Response},
     routing::{get, post},
 };
@@ -101,12 +99,7 @@ pub async fn serve_cluster(
 }
 
 fn router(app: Arc<ClusterApp>) -> Router {
-    let scoped = |scope: auth::Scope, routes: Router<Arc<ClusterApp>>| {
-        routes.route_layer(from_fn_with_state(
-            app.gate.clone(),
-            move |state, request, next| auth::require(scope, state, request, next),
-        ))
-    };
+    let scoped = |scope, routes| crate::scoped(&app.gate, scope, routes);
     let read = Router::new()
         .route("/v1/tasks/{id}", get(task))
         .route("/v1/cluster", get(status))
@@ -124,22 +117,11 @@ fn router(app: Arc<ClusterApp>) -> Router {
         .route("/readyz", get(readyz))
         .route("/login", post(auth::login))
         .merge(crate::dashboard::cluster::open_routes());
-    Router::new()
+    let router = Router::new()
         .merge(scoped(auth::Scope::Read, read))
         .merge(scoped(auth::Scope::Submit, submit))
-        .merge(open)
-        .fallback(|| async { problem(StatusCode::NOT_FOUND, "not-found", "no such route") })
-        .method_not_allowed_fallback(|| async {
-            problem(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "method-not-allowed",
-                "this route does not take that method",
-            )
-        })
-        .layer(DefaultBodyLimit::max(MAX_BODY))
-        .layer(from_fn_with_state(app.gate.clone(), auth::guard))
-        .layer(axum::middleware::map_response(crate::json_errors))
-        .with_state(app)
+        .merge(open);
+    crate::guarded(router, app.gate.clone()).with_state(app)
 }
 
 /// A cluster refusal or failure as an HTTP status.

@@ -367,12 +367,7 @@ pub(crate) fn rustls_config(tls: &Tls) -> Result<tokio_rustls::TlsAcceptor, Erro
 }
 
 fn router(app: Arc<App>) -> Router {
-    let scoped = |scope: Scope, routes: Router<Arc<App>>| {
-        routes.route_layer(from_fn_with_state(
-            app.gate.clone(),
-            move |state, request, next| auth::require(scope, state, request, next),
-        ))
-    };
+    let scoped = |scope: Scope, routes| scoped(&app.gate, scope, routes);
     let read = Router::new()
         .route("/v1/tasks", get(tasks::list))
         .route("/v1/tasks/{id}", get(tasks::one))
@@ -426,11 +421,38 @@ fn router(app: Arc<App>) -> Router {
         )
         .route("/login", post(auth::login))
         .merge(dashboard::open_routes());
-    Router::new()
+    let router = Router::new()
         .merge(scoped(Scope::Read, read))
         .merge(scoped(Scope::Submit, submit))
         .merge(scoped(Scope::Admin, admin))
-        .merge(open)
+        .merge(open);
+    guarded(router, app.gate.clone()).with_state(app)
+}
+
+/// Most bytes of a non-JSON error's text kept as its message.
+const ERROR_TEXT: usize = 4_096;
+
+/// The last word on every answer: an error that is not JSON yet (an extractor's rejection,
+/// which axum writes as text) becomes one, its code from its status, its message its text.
+/// `routes` behind `scope`: a caller without a token worth it is refused.
+pub(crate) fn scoped<S: Clone + Send + Sync + 'static>(
+    gate: &auth::Gate,
+    scope: Scope,
+    routes: Router<S>,
+) -> Router<S> {
+    routes.route_layer(from_fn_with_state(
+        gate.clone(),
+        move |state, request, next| auth::require(scope, state, request, next),
+    ))
+}
+
+/// What every router of a server has around its routes: JSON answers for unknown routes and
+/// methods, the body limit, the guard (rate limits, browser checks) and errors as problems.
+pub(crate) fn guarded<S: Clone + Send + Sync + 'static>(
+    router: Router<S>,
+    gate: auth::Gate,
+) -> Router<S> {
+    router
         .fallback(|| async { problem(StatusCode::NOT_FOUND, "not-found", "no such route") })
         .method_not_allowed_fallback(|| async {
             problem(
@@ -440,16 +462,10 @@ fn router(app: Arc<App>) -> Router {
             )
         })
         .layer(DefaultBodyLimit::max(MAX_BODY))
-        .layer(from_fn_with_state(app.gate.clone(), auth::guard))
+        .layer(from_fn_with_state(gate, auth::guard))
         .layer(axum::middleware::map_response(json_errors))
-        .with_state(app)
 }
 
-/// Most bytes of a non-JSON error's text kept as its message.
-const ERROR_TEXT: usize = 4_096;
-
-/// The last word on every answer: an error that is not JSON yet (an extractor's rejection,
-/// which axum writes as text) becomes one, its code from its status, its message its text.
 pub(crate) async fn json_errors(response: Response) -> Response {
     let status = response.status();
     let is_json = response

@@ -148,10 +148,12 @@ enum Stop {
 type Waiting =
     Pin<Box<dyn Future<Output = (usize, TaskSpec, Result<(Row, Option<u64>), Stop>)> + Send>>;
 
-/// What to send for a task, or what was sent already.
-#[derive(Clone, Copy)]
+/// Where a workflow task stands with the cluster: what to send next, or what was sent.
+#[derive(Clone, Copy, Default)]
 struct Sending {
+    /// Cluster tasks it had before the next (outputs that failed their checks).
     round: u32,
+    /// Attempts those spent.
     spent: u32,
     /// The revision of its entry in the book.
     revision: Option<u64>,
@@ -328,13 +330,7 @@ pub async fn run_on(
     let mut outputs: HashMap<String, Output> = HashMap::new();
     let mut left = Readers::new(workflow);
     let mut submitted_at: Vec<Option<Instant>> = vec![None; n];
-    // Attempts spent by earlier cluster tasks of each workflow task (outputs that failed
-    // their checks).
-    let mut spent = vec![0u32; n];
-    // Per task: its round, its entry's revision in the book, the cluster task the book holds.
-    let mut rounds = vec![0u32; n];
-    let mut revisions: Vec<Option<u64>> = vec![None; n];
-    let mut booked_sent: Vec<Option<u64>> = vec![None; n];
+    let mut sends = vec![Sending::default(); n];
     let booked = options.booked.take();
     if let Some(booked) = &booked {
         let entries = booked.book.sent().await.map_err(|e| {
@@ -347,10 +343,12 @@ pub async fn run_on(
                     booked.book.run()
                 )));
             }
-            spent[i] = sent.spent;
-            rounds[i] = sent.round;
-            revisions[i] = Some(revision);
-            booked_sent[i] = Some(sent.id);
+            sends[i] = Sending {
+                round: sent.round,
+                spent: sent.spent,
+                revision: Some(revision),
+                sent: Some(sent.id),
+            };
         }
     }
     let leads = || booked.as_ref().is_none_or(|b| b.lead.term().is_some());
@@ -401,19 +399,13 @@ pub async fn run_on(
                     if let Some(on) = &mut options.on_started {
                         on(&workflow.tasks[i].id);
                     }
-                    let sending = Sending {
-                        round: rounds[i],
-                        spent: spent[i],
-                        revision: revisions[i],
-                        sent: booked_sent[i].take(),
-                    };
                     pending.push(submit_and_wait(
                         cluster,
                         booked.as_ref(),
                         &in_cluster,
                         i,
                         spec,
-                        sending,
+                        sends[i],
                     ));
                 }
                 Err(error) => {
@@ -453,15 +445,15 @@ pub async fn run_on(
                 break;
             }
             Err(Stop::Task(e)) => {
-                f.attempts = spent[i];
+                f.attempts = sends[i].spent;
                 f.error = Some(format!("the cluster: {e}"));
                 End::Failed
             }
             Ok((row, revision)) => {
                 if revision.is_some() {
-                    revisions[i] = revision;
+                    sends[i].revision = revision;
                 }
-                f.attempts = spent[i].saturating_add(row.attempt);
+                f.attempts = sends[i].spent.saturating_add(row.attempt);
                 f.agent = row.agent.and_then(|a| u32::try_from(a).ok());
                 f.node = Some(row.node.clone());
                 if row.state == TaskState::Succeeded {
@@ -477,28 +469,25 @@ pub async fn run_on(
                             End::Succeeded
                         }
                         Err(failed) => {
-                            spent[i] = spent[i].saturating_add(row.attempt.max(1));
-                            if spent[i] < t.max_attempts {
+                            let send = &mut sends[i];
+                            send.spent = send.spent.saturating_add(row.attempt.max(1));
+                            if send.spent < t.max_attempts {
                                 if !leads() {
                                     halted = Some(NOT_LEADING.into());
                                     break;
                                 }
                                 // Another cluster task, with the attempts left.
-                                spec.max_attempts = t.max_attempts - spent[i];
-                                rounds[i] = rounds[i].saturating_add(1);
-                                let sending = Sending {
-                                    round: rounds[i],
-                                    spent: spent[i],
-                                    revision: revisions[i],
-                                    sent: None,
-                                };
+                                spec.max_attempts = t.max_attempts - send.spent;
+                                send.round = send.round.saturating_add(1);
+                                // Its cluster task of the round before has ended.
+                                send.sent = None;
                                 pending.push(submit_and_wait(
                                     cluster,
                                     booked.as_ref(),
                                     &in_cluster,
                                     i,
                                     spec,
-                                    sending,
+                                    *send,
                                 ));
                                 continue;
                             }

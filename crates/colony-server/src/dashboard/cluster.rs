@@ -305,9 +305,6 @@ mod tests {
             .into(),
             running: 1,
             ended: 2,
-            fenced: 0,
-            draining: false,
-            started_ms: 0,
             at_ms: 9_000,
             version: HOSTILE.into(),
             tiers: vec![TierCount {
@@ -316,6 +313,7 @@ mod tests {
                 down: 1,
             }],
             unhealthy: 2,
+            ..NodeInfo::default()
         };
         let html = nodes_table(&[node], 10_500);
         assert!(!html.contains("<img"), "{html}");
