@@ -36,6 +36,18 @@ pub const MAX_RUN_ID: usize = 60;
 /// of patience.
 pub const MAX_LEASE: std::time::Duration = std::time::Duration::from_secs(30);
 
+/// Refuses a run id that cannot name a run: letters, digits, `_`, `-`, at most
+/// [`MAX_RUN_ID`].
+pub fn check_run_id(run: &str) -> Result<(), Error> {
+    if run.len() > MAX_RUN_ID {
+        return Err(Error::Settings(format!(
+            "run id `{}`: at most {MAX_RUN_ID} characters",
+            run.chars().take(80).collect::<String>()
+        )));
+    }
+    crate::settings::check_name("run id", run)
+}
+
 /// A run as its book says.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -85,12 +97,7 @@ impl Cluster {
     /// The book of run `run` (letters, digits, `_`, `-`; up to 64), its bucket made on first
     /// use.
     pub async fn run_book(&self, run: &str) -> Result<RunBook, Error> {
-        crate::settings::check_name("run id", run)?;
-        if run.len() > MAX_RUN_ID {
-            return Err(Error::Settings(format!(
-                "run id `{run}`: at most {MAX_RUN_ID} characters"
-            )));
-        }
+        check_run_id(run)?;
         Ok(RunBook {
             bucket: self.runs_bucket().await?,
             run: run.to_owned(),
@@ -202,7 +209,7 @@ impl RunBook {
     pub async fn sent(&self) -> Result<BTreeMap<usize, Revised<Sent>>, Error> {
         let listing =
             |e: &dyn std::fmt::Display| Error::nats(format!("listing run {}", self.run), e);
-        let prefix = format!("$KV.{RUNS_BUCKET}.{}.t.", self.run);
+        let prefix = format!("{}{}.t.", self.bucket.prefix, self.run);
         let mut subjects = self
             .bucket
             .stream

@@ -62,7 +62,8 @@ enum Command {
     /// Join a cluster on NATS JetStream with pools of agents, pulling the tasks of their
     /// roles until SIGTERM or Ctrl-C drains the node.
     Node(commands::cluster::NodeArgs),
-    /// Clients of a cluster on NATS JetStream: submit tasks, look one up, the cluster's status.
+    /// Clients of a cluster on NATS JetStream: submit, look up and cancel tasks; the cluster's
+    /// status, its whole hierarchy and the workflow runs it keeps.
     #[command(subcommand)]
     Cluster(commands::cluster::Command),
     /// Check `colony serve`'s settings (colony.toml, COLONY_* variables, a pools file), or show

@@ -531,26 +531,6 @@ fn a_rolling_restart_under_load_fails_no_task() {
     drop(server);
 }
 
-/// `GET path` on loopback `port`: the status code and the body.
-fn get(port: u16, path: &str) -> (u16, String) {
-    use std::io::Write;
-    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").unwrap();
-    let mut answer = String::new();
-    stream.read_to_string(&mut answer).unwrap();
-    let code = answer
-        .split(' ')
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = answer
-        .split("\r\n\r\n")
-        .nth(1)
-        .unwrap_or_default()
-        .to_owned();
-    (code, body)
-}
-
 #[test]
 fn a_node_answers_its_probes() {
     let rt = runtime();
@@ -575,11 +555,11 @@ fn a_node_answers_its_probes() {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
-    assert_eq!(get(port, "/healthz"), (200, "ok".into()));
-    assert_eq!(get(port, "/readyz").0, 200);
+    assert_eq!(fetch(port, "/healthz"), (200, "ok".into()));
+    assert_eq!(fetch(port, "/readyz").0, 200);
     let ids = submit(&url, dir.path(), 3, 0.0);
     rt.block_on(check(&cluster, &ids, std::slice::from_ref(&a.log), 0));
-    let (code, metrics) = get(port, "/metrics");
+    let (code, metrics) = fetch(port, "/metrics");
     assert_eq!(code, 200);
     assert!(
         metrics.contains("colony_cluster_attempts_total{outcome=\"succeeded\"} 3"),
@@ -589,7 +569,7 @@ fn a_node_answers_its_probes() {
     server.kill();
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let (code, body) = get(port, "/readyz");
+        let (code, body) = fetch(port, "/readyz");
         if code == 503 {
             assert!(body.contains("not connected to NATS"), "{body}");
             break;
@@ -600,10 +580,10 @@ fn a_node_answers_its_probes() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    assert_eq!(get(port, "/healthz").0, 200, "alive all the same");
+    assert_eq!(fetch(port, "/healthz").0, 200, "alive all the same");
     server.start().unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);
-    while get(port, "/readyz").0 != 200 {
+    while fetch(port, "/readyz").0 != 200 {
         assert!(
             Instant::now() < deadline,
             "/readyz did not come back with NATS"
@@ -1086,6 +1066,31 @@ fn what_the_cluster_commands_cannot_use_is_refused_before_anything_starts() {
     assert!(err.contains("colony.toml") && err.contains("`db`"), "{err}");
     assert!(!dir.path().join("x.db").exists());
     std::fs::remove_file(dir.path().join("colony.toml")).unwrap();
+    // A run id or lease `colony run --nats` cannot use: refused at once, no server needed.
+    let flow = dir.path().join("flow.yaml");
+    std::fs::write(
+        &flow,
+        "name: f\nagents: [{name: sh, kind: sim}]\ntasks:\n  - { id: a, agent: sh }\n",
+    )
+    .unwrap();
+    let flow = flow.to_str().unwrap();
+    let unreachable = "nats://127.0.0.1:1";
+    for (args, says) in [
+        (vec!["--run-id", "../etc"], "run id `../etc`"),
+        (vec!["--run-id", &"x".repeat(61)], "at most 60 characters"),
+        (
+            vec!["--run-id", "r", "--lease", "1500ms"],
+            "whole seconds from 2s",
+        ),
+        (vec!["--run-id", "r", "--lease", "5m"], "at most 30s"),
+    ] {
+        let mut all = vec!["run", "--nats", unreachable];
+        all.extend(args);
+        all.push(flow);
+        let (code, err) = run(&all);
+        assert_eq!(code, Some(2), "{all:?}: {err}");
+        assert!(err.contains(says), "{all:?}: {err}");
+    }
     let out = Command::new(COLONY)
         .args([
             "node",

@@ -344,6 +344,17 @@ pub(crate) fn run_workflow(
     }
     let nats = NatsArgs::new(nats, replicas);
     let settings = nats.settings(None)?;
+    // What the run id and lease allow is refused before any wait for the cluster.
+    if let Some((run, lease)) = args.run_id() {
+        colony_cluster::runs::check_run_id(run).map_err(Failure::input)?;
+        if lease < colony_cluster::leadership::MIN_TTL || lease.subsec_nanos() != 0 {
+            return Err(Failure::input(anyhow::anyhow!(
+                "--lease {}: whole seconds from {}s",
+                humantime::format_duration(lease),
+                colony_cluster::leadership::MIN_TTL.as_secs()
+            )));
+        }
+    }
     let digest = match args.run_id() {
         Some((_, lease)) if lease > colony_cluster::runs::MAX_LEASE => {
             return Err(Failure::input(anyhow::anyhow!(
@@ -1216,14 +1227,7 @@ mod tree_tests {
             name: name.into(),
             roles: vec!["worker".into()],
             agents: tiers.iter().map(|t| t.1).sum(),
-            by_role: Default::default(),
-            running: 0,
-            ended: 0,
-            fenced: 0,
             draining,
-            started_ms: 0,
-            at_ms: 0,
-            version: String::new(),
             tiers: tiers
                 .iter()
                 .map(|&(name, agents, down)| TierCount {
@@ -1233,6 +1237,7 @@ mod tree_tests {
                 })
                 .collect(),
             unhealthy,
+            ..NodeInfo::default()
         }
     }
 

@@ -65,7 +65,7 @@ pub(crate) struct RunArgs {
     #[arg(long, value_name = "ID", requires = "nats")]
     run_id: Option<String>,
     /// With --run-id: the scheduler's lease; a standby takes the run over within it and a
-    /// second of the scheduler's death (2s to 10m, whole seconds).
+    /// second of the scheduler's death (2s to 30s, whole seconds).
     #[arg(long, value_name = "DURATION", requires = "run_id", default_value = "10s",
           value_parser = crate::commands::cluster::duration)]
     lease: Duration,
