@@ -144,9 +144,11 @@ impl Vote {
 /// fewer are in service.
 fn seat(tree: &LiveTree, mask: SpecMask, n: usize) -> Vec<(AgentId, u8)> {
     let worker_tier = tree.worker_tier();
-    let mut found: Vec<(u8, u64, AgentId)> = Vec::new();
+    // Sized for what the walk usually meets, so that it does not grow by doubling.
+    let mut found: Vec<(u8, u64, AgentId)> = Vec::with_capacity(n.saturating_mul(2).min(4096));
     let (mut with_room, mut in_service) = (0, 0);
-    let mut stack: Vec<AgentId> = tree.roots().collect();
+    let mut stack: Vec<AgentId> = Vec::with_capacity(64);
+    stack.extend(tree.roots());
     stack.reverse();
     while let Some(agent) = stack.pop() {
         if with_room == n || in_service >= n.saturating_mul(4) {
@@ -1302,13 +1304,14 @@ fn ask_inline(
         ..Answers::default()
     };
     let mut closed = Vec::new();
+    let mut texts = Texts::default();
     let (outcome, voters, asked) = count_inline(
         decision,
         seats,
         |agent| {
             let answer = live
                 .answer_inline(agent, id, &spec.payload)
-                .and_then(as_text);
+                .and_then(|output| texts.of(output));
             let at = started.elapsed();
             answers.answered(&answer, at);
             Ok((answer, at))
@@ -1327,10 +1330,32 @@ fn ask_inline(
 }
 
 /// An output as the text an answer given inline must be: else why it cannot be a ballot.
-fn as_text(output: Bytes) -> Result<Arc<str>, String> {
-    std::str::from_utf8(&output)
+fn as_text(output: &[u8]) -> Result<Arc<str>, String> {
+    std::str::from_utf8(output)
         .map(Arc::from)
         .map_err(|e| format!("its output is not UTF-8 text ({e}), so it cannot be a vote"))
+}
+
+/// The first few distinct texts answered in one decision, so that the voters who say the
+/// same thing share one copy of it: most votes have a few distinct answers, and a new copy
+/// costs an allocation and a check of its UTF-8 for every voter.
+#[derive(Default)]
+struct Texts(Vec<(Bytes, Arc<str>)>);
+
+impl Texts {
+    /// Distinct texts kept; past them, each answer is copied on its own.
+    const KEPT: usize = 8;
+
+    fn of(&mut self, output: Bytes) -> Result<Arc<str>, String> {
+        if let Some((_, text)) = self.0.iter().find(|(seen, _)| *seen == output) {
+            return Ok(text.clone());
+        }
+        let text = as_text(&output)?;
+        if self.0.len() < Self::KEPT {
+            self.0.push((output, text.clone()));
+        }
+        Ok(text)
+    }
 }
 
 /// Counts a decision whose voters answer inline: each voter in seat order is asked

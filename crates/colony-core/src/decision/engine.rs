@@ -718,8 +718,10 @@ impl Decision {
 
     /// The voters counted in the open round for whom `backs` holds, and the others.
     fn split(&self, backs: impl Fn(&Recorded) -> bool) -> (Vec<AgentId>, Vec<AgentId>) {
-        let mut voters = Vec::new();
-        let mut dissenters = Vec::new();
+        // Sized once for the round's ballots: no growing by doubling on the decision's path.
+        let n = self.ballots.len() - self.round.first_ballot;
+        let mut voters = Vec::with_capacity(n);
+        let mut dissenters = Vec::with_capacity(n);
         for b in self.round_ballots().filter(|b| b.status == Status::Counted) {
             if backs(b) {
                 voters.push(b.ballot.voter);

@@ -1595,3 +1595,26 @@ async fn a_record_that_does_not_count_again_to_what_was_decided_is_unreadable() 
     let short = with(&|r| r["said"].as_array_mut().unwrap().truncate(1));
     assert!(short.contains("does not read"), "{short}");
 }
+
+#[test]
+fn voters_saying_the_same_text_share_one_copy_and_text_that_is_not_utf8_is_refused() {
+    let mut texts = Texts::default();
+    let yes = texts.of(Bytes::from_static(b"yes")).unwrap();
+    let again = texts.of(Bytes::from(b"yes".to_vec())).unwrap();
+    assert!(Arc::ptr_eq(&yes, &again), "the same text is kept once");
+    assert_eq!(&*texts.of(Bytes::from_static(b"no")).unwrap(), "no");
+    let refused = texts.of(Bytes::from_static(b"\xff\xfe")).unwrap_err();
+    assert!(refused.contains("not UTF-8"), "{refused}");
+    // Past the texts kept, each answer is still read as it is, only not shared.
+    for i in 0..20 {
+        let said = format!("answer {i}");
+        assert_eq!(&*texts.of(Bytes::from(said.clone())).unwrap(), said);
+    }
+    assert_eq!(texts.0.len(), Texts::KEPT);
+    let late = texts.of(Bytes::from_static(b"answer 19")).unwrap();
+    assert_eq!(&*late, "answer 19");
+    assert!(Arc::ptr_eq(
+        &texts.of(Bytes::from_static(b"yes")).unwrap(),
+        &yes
+    ));
+}
