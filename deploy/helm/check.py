@@ -246,7 +246,9 @@ def main(chart_dir):
     check("StatefulSet" not in kinds and "ScaledObject" in kinds, f"keda with external NATS renders {kinds}")
     check(not by_kind(docs, "Deployment", "control"), "no control plane when it is off")
     scaled = by_kind(docs, "ScaledObject")[0]
-    check(scaled["spec"]["triggers"][0]["metadata"]["consumer"] == "role-coder", "the role's consumer")
+    consumers = [t["metadata"]["consumer"] for t in scaled["spec"]["triggers"]]
+    check(consumers == [f"role-coder-p{p}" for p in range(9, -1, -1)], f"the role's consumers, one a priority: {consumers}")
+    check(all(t["metadata"]["natsServerMonitoringEndpoint"] == "a:8222" for t in scaled["spec"]["triggers"]), "each trigger reads the endpoint")
 
     # A single development server, R1, a grace period in minutes, no deletion cost.
     docs = render(chart_dir, {"replicas": 1, "nats": {"servers": 1}, "nodes": {"drainTimeout": "2m", "podDeletionCost": False}})

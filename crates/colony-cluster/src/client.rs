@@ -92,9 +92,10 @@ pub struct RoleStatus {
     pub running: u64,
     /// Deliveries so far (first deliveries and redeliveries).
     pub delivered: u64,
-    /// The stream sequence its waiting tasks start after: the last one delivered.
+    /// For each priority with tasks waiting, the stream sequence they start after: the
+    /// last one its consumer delivered.
     #[serde(skip)]
-    pub(crate) delivered_seq: u64,
+    pub(crate) waiting_after: Vec<(u8, u64)>,
 }
 
 impl Cluster {
@@ -583,23 +584,30 @@ impl Cluster {
             .map_err(|e| Error::nats("the tasks stream", e))?;
         let unfinished = info.state.messages;
         let leader = info.cluster.as_ref().and_then(|c| c.leader.clone());
-        let mut roles = Vec::new();
+        // A role's consumers, one for each priority, summed.
+        let mut roles: std::collections::BTreeMap<String, RoleStatus> = Default::default();
         let mut consumers = stream.consumers();
         while let Some(info) = consumers.next().await {
             let info = info.map_err(|e| Error::nats("the stream's consumers", e))?;
-            let role = match info.name.strip_prefix("role-") {
-                Some(role) => role.to_owned(),
-                None => "*".to_owned(),
+            let Some((role, priority)) = settings::role_of_consumer(&info.name) else {
+                continue;
             };
-            roles.push(RoleStatus {
-                role,
-                waiting: info.num_pending,
-                running: info.num_ack_pending as u64,
-                delivered: info.delivered.consumer_sequence,
-                delivered_seq: info.delivered.stream_sequence,
+            let status = roles.entry(role.to_owned()).or_insert_with(|| RoleStatus {
+                role: role.to_owned(),
+                waiting: 0,
+                running: 0,
+                delivered: 0,
+                waiting_after: Vec::new(),
             });
+            status.waiting += info.num_pending;
+            status.running += info.num_ack_pending as u64;
+            status.delivered += info.delivered.consumer_sequence;
+            if info.num_pending > 0 {
+                let after = (priority, info.delivered.stream_sequence);
+                status.waiting_after.push(after);
+            }
         }
-        roles.sort_by(|a, b| a.role.cmp(&b.role));
+        let roles = roles.into_values().collect();
         Ok(Status {
             nodes: membership::list(&self.nodes).await?,
             unfinished,

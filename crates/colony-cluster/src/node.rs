@@ -16,7 +16,7 @@ use async_nats::jetstream::{
     kv,
 };
 use colony_agents::spawner::Spawner;
-use colony_core::task::{TaskSpec, TaskState};
+use colony_core::task::{Priority, TaskSpec, TaskState};
 use colony_runtime::Handle;
 use futures::StreamExt;
 use std::{
@@ -26,7 +26,7 @@ use std::{
     },
     time::{Duration, Instant},
 };
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 
 /// How a node runs.
 #[derive(Clone, Debug)]
@@ -215,11 +215,12 @@ impl Node {
         };
         let mut consumers = Vec::new();
         for role in roles.iter().map(|r| Some(r.as_str())).chain([None]) {
-            consumers.push((consumer(&cluster, role).await?, capacity(role)));
+            consumers.push((by_priority(&cluster, role).await?, capacity(role)));
         }
         let ack_wait = consumers
             .iter_mut()
-            .map(|(c, _)| c.cached_info().config.ack_wait)
+            .flat_map(|(c, _)| c.iter_mut())
+            .map(|c| c.cached_info().config.ack_wait)
             .min()
             .unwrap_or(cluster.settings.ack_wait)
             .max(Duration::from_millis(300));
@@ -358,25 +359,45 @@ fn check_name(name: &str) -> Result<(), Error> {
     }
 }
 
-async fn consumer(cluster: &Cluster, role: Option<&str>) -> Result<PullConsumer, Error> {
-    let (name, filter) = settings::consumer(role);
-    let config = pull::Config {
-        durable_name: Some(name.clone()),
-        filter_subject: filter,
-        ack_policy: AckPolicy::Explicit,
-        ack_wait: cluster.settings.ack_wait,
-        // Attempts are counted in the task's record, where a hand-back does not count: the
-        // stream delivers until the record says the task ended.
-        max_deliver: -1,
-        max_ack_pending: 100_000,
-        deliver_policy: DeliverPolicy::All,
-        ..Default::default()
-    };
-    cluster
-        .stream
-        .get_or_create_consumer(&name, config)
-        .await
-        .map_err(|e| Error::nats(format!("the consumer {name}"), e))
+/// The consumers of `role`'s tasks (any agent's when `None`), one for each priority, the
+/// highest first, made if they are not there. The one consumer of every priority that
+/// nodes made before is deleted first: its subjects overlap theirs, which a work-queue
+/// stream refuses. The tasks it had delivered and not yet acknowledged stay in the stream,
+/// and the new consumers deliver them again.
+async fn by_priority(cluster: &Cluster, role: Option<&str>) -> Result<Vec<PullConsumer>, Error> {
+    let unsorted = settings::unsorted_consumer(role);
+    if let Err(e) = cluster.stream.delete_consumer(&unsorted).await {
+        let gone = matches!(
+            e.kind(),
+            async_nats::jetstream::stream::ConsumerErrorKind::JetStream(ref j)
+                if j.error_code() == async_nats::jetstream::ErrorCode::CONSUMER_NOT_FOUND
+        );
+        if !gone {
+            return Err(Error::nats(format!("deleting the consumer {unsorted}"), e));
+        }
+    }
+    let made = settings::consumers(role).into_iter().map(|(name, filter)| {
+        let config = pull::Config {
+            durable_name: Some(name.clone()),
+            filter_subject: filter,
+            ack_policy: AckPolicy::Explicit,
+            ack_wait: cluster.settings.ack_wait,
+            // Attempts are counted in the task's record, where a hand-back does not count:
+            // the stream delivers until the record says the task ended.
+            max_deliver: -1,
+            max_ack_pending: 100_000,
+            deliver_policy: DeliverPolicy::All,
+            ..Default::default()
+        };
+        async move {
+            cluster
+                .stream
+                .get_or_create_consumer(&name, config)
+                .await
+                .map_err(|e| Error::nats(format!("the consumer {name}"), e))
+        }
+    });
+    futures::future::try_join_all(made).await
 }
 
 async fn heartbeat(shared: Arc<Shared>, mut info: NodeInfo) {
@@ -409,16 +430,35 @@ async fn heartbeat(shared: Arc<Shared>, mut info: NodeInfo) {
     }
 }
 
-/// Pulls while the node takes tasks: as many as it has free slots, each run on its own.
+/// How long a node with nothing to do waits on a role's consumers before asking again.
+const IDLE_WAIT: Duration = Duration::from_millis(500);
+
+/// How long a busy node leaves a priority it found empty before asking it again: the empty
+/// asks cost a round trip each, ahead of the priority that has work. An idle node waits on
+/// every priority at once, so this delays a higher priority's task only while the node is
+/// busy with lower ones.
+const RECHECK: Duration = Duration::from_millis(50);
+
+/// A slot of the role's and one of the node's, held while a delivery runs.
+type Permit = (OwnedSemaphorePermit, OwnedSemaphorePermit);
+
+/// Pulls one role's tasks while the node takes tasks, as many as it has free slots, each run
+/// on its own, the highest priority first: `consumers` are the role's, one for each
+/// priority, the highest first. With slots free, it asks each in that order for what it has
+/// now, without waiting, until the slots are taken. When none has anything, it lets its
+/// slots go and waits on all of them at once for the first task to come, and reads what the
+/// other waiting requests are given to their end ([`rest`]).
 async fn pull_loop(
     shared: Arc<Shared>,
-    consumer: PullConsumer,
+    consumers: Vec<PullConsumer>,
     slots: Arc<Semaphore>,
     node_slots: Arc<Semaphore>,
 ) {
     let mut phase = shared.phase.clone();
     let mut want = 1;
-    while *phase.borrow() == Phase::Taking {
+    // Until when each priority is taken as empty (see RECHECK).
+    let mut empty_until: Vec<Option<Instant>> = vec![None; consumers.len()];
+    'pulling: while *phase.borrow() == Phase::Taking {
         let both = async {
             let role = slots.clone().acquire_owned().await.ok()?;
             let node = node_slots.clone().acquire_owned().await.ok()?;
@@ -432,60 +472,156 @@ async fn pull_loop(
             },
         };
         let mut permits = vec![first];
-        // As many as the last fetch found, doubled: a consumer with nothing to deliver holds
-        // one slot while it waits, not a batch of the node's.
+        // As many as the last pull found, doubled: a role with nothing to deliver holds one
+        // slot while it waits, not a batch of the node's.
         while permits.len() < want {
-            let Ok(role) = slots.clone().try_acquire_owned() else {
-                break;
-            };
-            let Ok(node) = node_slots.clone().try_acquire_owned() else {
-                break;
-            };
-            permits.push((role, node));
+            match try_permit(&slots, &node_slots) {
+                Some(permit) => permits.push(permit),
+                None => break,
+            }
         }
-        let fetch = consumer
-            .fetch()
-            .max_messages(permits.len())
-            .expires(Duration::from_millis(500))
-            .messages()
-            .await;
         let asked = permits.len();
-        let mut batch = match fetch {
-            Ok(batch) => batch,
-            Err(e) => {
-                tracing::warn!("node {}: pulling tasks: {e}", shared.name);
-                tokio::time::sleep(Duration::from_millis(500)).await;
+        for (consumer, empty) in consumers.iter().zip(&mut empty_until) {
+            if permits.is_empty() {
+                break;
+            }
+            let now = Instant::now();
+            if empty.is_some_and(|until| now < until) {
                 continue;
             }
-        };
-        let got_before = permits.len();
-        while let Some(message) = batch.next().await {
-            let message = match message {
-                Ok(m) => m,
+            let before = permits.len();
+            let mut batch = match consumer
+                .fetch()
+                .max_messages(permits.len())
+                .messages()
+                .await
+            {
+                Ok(batch) => batch,
                 Err(e) => {
-                    // A consumer's leader election answers at once, again and again: wait.
                     tracing::warn!("node {}: pulling tasks: {e}", shared.name);
                     tokio::time::sleep(Duration::from_millis(500)).await;
-                    break;
+                    continue 'pulling;
                 }
             };
-            let Some(permit) = permits.pop() else { break };
-            let shared = shared.clone();
-            want = (2 * (asked - permits.len())).clamp(want, 256);
-            Spawner::spawn("cluster-task", async move {
-                shared.counters.running.fetch_add(1, Ordering::Relaxed);
-                metrics::gauge!("colony_cluster_running").increment(1.0);
-                deliver(&shared, message).await;
-                shared.counters.running.fetch_sub(1, Ordering::Relaxed);
-                metrics::gauge!("colony_cluster_running").decrement(1.0);
-                drop(permit);
-            });
+            let mut answered = true;
+            while let Some(message) = batch.next().await {
+                match message {
+                    Ok(message) => match permits.pop() {
+                        Some(permit) => start(&shared, message, permit),
+                        None => answer(&message, Reply::Nak(Duration::ZERO)).await,
+                    },
+                    // Waiting requests (another node's) will be given this priority's
+                    // tasks, or its consumer is electing a leader: on to the next one,
+                    // without taking this one as empty.
+                    Err(e) => {
+                        tracing::debug!("node {}: pulling tasks: {e}", shared.name);
+                        answered = false;
+                        break;
+                    }
+                }
+            }
+            *empty = (answered && permits.len() == before).then_some(now + RECHECK);
         }
-        if permits.len() == got_before {
-            // Nothing came: back to one slot while waiting.
-            want = 1;
+        let got = asked - permits.len();
+        if got > 0 {
+            want = (2 * got).clamp(want, 256);
+            continue;
+        }
+        want = 1;
+        // Nothing at any priority: wait on every one at once, holding no slot meanwhile (a
+        // role waiting for work must not keep another from the node's slots).
+        drop(permits);
+        let waiting = consumers
+            .iter()
+            .map(|c| c.fetch().max_messages(1).expires(IDLE_WAIT).messages());
+        let mut batches = Vec::with_capacity(consumers.len());
+        for batch in futures::future::join_all(waiting).await {
+            match batch {
+                Ok(batch) => batches.push(batch),
+                Err(e) => tracing::warn!("node {}: pulling tasks: {e}", shared.name),
+            }
+        }
+        if batches.is_empty() {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            continue;
+        }
+        let mut waiting = futures::stream::select_all(batches);
+        let came = tokio::select! {
+            came = waiting.next() => came,
+            _ = phase.changed() => None,
+        };
+        match came {
+            Some(Ok(message)) => {
+                // Work came at its priority: that one is asked again at once.
+                // The consumers go from the highest priority down.
+                let index = settings::priority_of_subject(&message.subject)
+                    .and_then(|p| Priority::HIGHEST.get().checked_sub(p));
+                if let Some(empty) = index.and_then(|i| empty_until.get_mut(usize::from(i))) {
+                    *empty = None;
+                }
+                take(&shared, message, &slots, &node_slots).await;
+            }
+            Some(Err(e)) => tracing::debug!("node {}: pulling tasks: {e}", shared.name),
+            None => {}
+        }
+        if !waiting.is_empty() {
+            Spawner::spawn(
+                "cluster-pull-rest",
+                rest(shared.clone(), waiting, slots.clone(), node_slots.clone()),
+            );
         }
     }
+}
+
+/// A slot of the role's and one of the node's, if both are free now.
+fn try_permit(slots: &Arc<Semaphore>, node_slots: &Arc<Semaphore>) -> Option<Permit> {
+    let role = slots.clone().try_acquire_owned().ok()?;
+    let node = node_slots.clone().try_acquire_owned().ok()?;
+    Some((role, node))
+}
+
+/// Reads the waiting requests of an idle pull to their end: a request dropped unread would
+/// leave the task it is given undelivered until `ack_wait`. What comes runs if the node
+/// takes tasks and has a slot free, and is handed back at once otherwise.
+async fn rest(
+    shared: Arc<Shared>,
+    mut waiting: futures::stream::SelectAll<pull::Batch>,
+    slots: Arc<Semaphore>,
+    node_slots: Arc<Semaphore>,
+) {
+    while let Some(message) = waiting.next().await {
+        if let Ok(message) = message {
+            take(&shared, message, &slots, &node_slots).await;
+        }
+    }
+}
+
+/// Runs a task an idle pull was given if the node takes tasks and has a slot free, and
+/// hands it back at once otherwise.
+async fn take(
+    shared: &Arc<Shared>,
+    message: Message,
+    slots: &Arc<Semaphore>,
+    node: &Arc<Semaphore>,
+) {
+    let taking = *shared.phase.borrow() == Phase::Taking;
+    match try_permit(slots, node).filter(|_| taking) {
+        Some(permit) => start(shared, message, permit),
+        None => answer(&message, Reply::Nak(Duration::ZERO)).await,
+    }
+}
+
+/// Runs one delivery on its own, holding `permit` until it ends.
+fn start(shared: &Arc<Shared>, message: Message, permit: Permit) {
+    let shared = shared.clone();
+    Spawner::spawn("cluster-task", async move {
+        shared.counters.running.fetch_add(1, Ordering::Relaxed);
+        metrics::gauge!("colony_cluster_running").increment(1.0);
+        deliver(&shared, message).await;
+        shared.counters.running.fetch_sub(1, Ordering::Relaxed);
+        metrics::gauge!("colony_cluster_running").decrement(1.0);
+        drop(permit);
+    });
 }
 
 /// One delivery: take the lease, run the attempt, end it under the lease, answer the stream.

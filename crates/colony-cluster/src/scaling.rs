@@ -423,32 +423,30 @@ async fn decide(
     }
 }
 
-/// How long the role's oldest waiting task has waited: the first message after the last one
-/// its consumer delivered.
+/// How long the role's oldest waiting task has waited: of each priority with tasks waiting,
+/// the first message after the last one its consumer delivered, the oldest of them.
 async fn oldest_wait(cluster: &Cluster, role: &RoleStatus) -> Duration {
-    if role.waiting == 0 {
-        return Duration::ZERO;
-    }
     let token = if role.role == "*" {
-        crate::settings::ANY_ROLE
+        None
     } else {
-        &role.role
+        Some(role.role.as_str())
     };
-    let subject = format!("colony.tasks.{token}.>");
-    match cluster
-        .stream
-        .get_first_raw_message_by_subject(subject, role.delivered_seq + 1)
-        .await
-    {
-        Ok(message) => {
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_nanos() as i128);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as i128);
+    let mut oldest = Duration::ZERO;
+    for &(priority, after) in &role.waiting_after {
+        let subject = crate::settings::subject(token, priority);
+        if let Ok(message) = cluster
+            .stream
+            .get_first_raw_message_by_subject(subject, after + 1)
+            .await
+        {
             let age = now - message.time.unix_timestamp_nanos();
-            Duration::from_nanos(u64::try_from(age).unwrap_or(0))
+            oldest = oldest.max(Duration::from_nanos(u64::try_from(age).unwrap_or(0)));
         }
-        Err(_) => Duration::ZERO,
     }
+    oldest
 }
 
 #[cfg(test)]
@@ -480,7 +478,7 @@ mod tests {
             waiting,
             running,
             delivered: 0,
-            delivered_seq: 0,
+            waiting_after: Vec::new(),
         };
         let status = Status {
             nodes,

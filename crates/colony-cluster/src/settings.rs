@@ -5,6 +5,7 @@
 
 use crate::Error;
 use async_nats::jetstream::{kv, stream};
+use colony_core::task::Priority;
 use std::time::Duration;
 
 /// The stream of submitted tasks.
@@ -195,15 +196,49 @@ pub(crate) fn subject(role: Option<&str>, priority: u8) -> String {
     format!("colony.tasks.{}.p{priority}", role.unwrap_or(ANY_ROLE))
 }
 
-/// The durable consumer of a role's tasks, shared by every node that hosts the role, and
-/// the subjects it takes.
-pub(crate) fn consumer(role: Option<&str>) -> (String, String) {
-    let token = role.unwrap_or(ANY_ROLE);
-    let name = match role {
+/// The priority of a task published on `subject` (see [`subject`]).
+pub(crate) fn priority_of_subject(subject: &str) -> Option<u8> {
+    match subject.rsplit_once(".p")?.1.as_bytes() {
+        [d @ b'0'..=b'9'] => Some(d - b'0'),
+        _ => None,
+    }
+}
+
+/// The durable consumers of a role's tasks (any agent's when `None`), one for each priority,
+/// the highest first, each shared by every node that hosts the role: their names and the
+/// subject each takes. A work-queue stream refuses consumers whose subjects overlap, so a
+/// role's priorities can only be taken apart by consumers of their own.
+pub(crate) fn consumers(role: Option<&str>) -> Vec<(String, String)> {
+    let base = unsorted_consumer(role);
+    (Priority::LOWEST.get()..=Priority::HIGHEST.get())
+        .rev()
+        .map(|p| (format!("{base}-p{p}"), subject(role, p)))
+        .collect()
+}
+
+/// The one consumer of every priority of a role that nodes made before priorities were
+/// taken apart; a node deletes it before making the consumers of each priority.
+pub(crate) fn unsorted_consumer(role: Option<&str>) -> String {
+    match role {
         Some(role) => format!("role-{role}"),
         None => "any-role".into(),
+    }
+}
+
+/// The role (`*` for tasks any agent may run) and priority a consumer of [`consumers`]
+/// serves, from its name; `None` for any other consumer.
+pub(crate) fn role_of_consumer(name: &str) -> Option<(&str, u8)> {
+    let (base, p) = name.rsplit_once("-p")?;
+    let p = match p.as_bytes() {
+        [d @ b'0'..=b'9'] => d - b'0',
+        _ => return None,
     };
-    (name, format!("colony.tasks.{token}.>"))
+    if base == "any-role" {
+        return Some(("*", p));
+    }
+    let role = base.strip_prefix("role-")?;
+    check_role(role).ok()?;
+    Some((role, p))
 }
 
 #[cfg(test)]
@@ -239,6 +274,45 @@ mod tests {
         }
         assert_eq!(subject(Some("worker"), 5), "colony.tasks.worker.p5");
         assert_eq!(subject(None, 9), "colony.tasks._.p9");
-        assert_eq!(consumer(None).1, "colony.tasks._.>");
+    }
+
+    #[test]
+    fn each_priority_of_a_role_has_its_own_consumer_named_so_it_reads_back() {
+        let worker = consumers(Some("worker"));
+        assert_eq!(worker.len(), 10);
+        assert_eq!(
+            worker[0],
+            (
+                "role-worker-p9".to_owned(),
+                "colony.tasks.worker.p9".to_owned()
+            )
+        );
+        assert_eq!(
+            worker[9],
+            (
+                "role-worker-p0".to_owned(),
+                "colony.tasks.worker.p0".to_owned()
+            )
+        );
+        assert_eq!(consumers(None)[4].1, "colony.tasks._.p5");
+        for (i, (_, subject)) in worker.iter().enumerate() {
+            assert_eq!(priority_of_subject(subject), Some(9 - i as u8), "{subject}");
+        }
+        assert_eq!(priority_of_subject("colony.tasks.worker"), None);
+        for (name, _) in worker.iter().chain(&consumers(None)) {
+            assert!(role_of_consumer(name).is_some(), "{name}");
+        }
+        assert_eq!(role_of_consumer("role-code-p2-p7"), Some(("code-p2", 7)));
+        assert_eq!(role_of_consumer("any-role-p0"), Some(("*", 0)));
+        for other in [
+            "role-worker",
+            "any-role",
+            "role-worker-p10",
+            "role--p1",
+            "x-p1",
+            "role-a.b-p1",
+        ] {
+            assert_eq!(role_of_consumer(other), None, "{other}");
+        }
     }
 }

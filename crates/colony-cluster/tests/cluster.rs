@@ -554,3 +554,133 @@ async fn a_cancelled_task_stops_where_it_runs_and_a_queued_one_never_runs() {
     slow.shutdown().await;
     fast.shutdown().await;
 }
+
+/// An agent that writes down the payload of each task it runs, in the order it runs them.
+struct Recorder(std::sync::Mutex<Vec<String>>);
+
+impl colony_agents::Agent for Recorder {
+    fn handle(&self, task: colony_agents::Task) -> colony_agents::Execution {
+        let said = String::from_utf8_lossy(&task.payload).into_owned();
+        self.0.lock().unwrap().push(said);
+        colony_agents::Execution::Done(Ok(task.payload))
+    }
+}
+
+/// Priorities across the cluster: with one slot, a node runs every waiting task of a higher
+/// priority before any of a lower one, whatever order they came in, and the role's status
+/// sums its consumers of every priority.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_takes_the_highest_priority_first() {
+    use colony_core::task::Priority;
+    let dir = tempfile::tempdir().unwrap();
+    let server = tokio::task::block_in_place(|| NatsServer::single(dir.path())).unwrap();
+    let client = cluster(&server).await;
+    let at = |p: u8, i: usize| TaskSpec {
+        priority: Priority::new(p).unwrap(),
+        ..task(Some("worker"), format!("p{p}-{i}"), 3)
+    };
+    // Low first, then high, then the default: submitted before any node runs.
+    let mut specs: Vec<TaskSpec> = (0..8).map(|i| at(1, i)).collect();
+    specs.extend((0..6).map(|i| at(9, i)));
+    specs.extend((0..4).map(|i| at(5, i)));
+    let submitted = client.submit(&specs, None).await.unwrap();
+
+    let recorder = Arc::new(Recorder(Default::default()));
+    let pool = Pool::new(AgentSpec::new("recorder", "worker"), 1, recorder.clone());
+    let rt = Runtime::start(
+        RuntimeOptions::default(),
+        vec![pool],
+        Arc::new(MemoryJournal::new()),
+    )
+    .await
+    .unwrap();
+    let node = Node::start(
+        cluster(&server).await,
+        rt.handle().clone(),
+        NodeOptions {
+            max_in_flight: 1,
+            ..options("one-slot")
+        },
+    )
+    .await
+    .unwrap();
+    for s in &submitted {
+        let row = tokio::time::timeout(Duration::from_secs(30), client.wait(s.id))
+            .await
+            .expect("the task ends")
+            .unwrap();
+        assert_eq!(row.state, TaskState::Succeeded, "{row:?}");
+    }
+    let ran = recorder.0.lock().unwrap().clone();
+    let priorities: Vec<&str> = ran.iter().map(|r| &r[..2]).collect();
+    let mut want = vec!["p9"; 6];
+    want.extend(["p5"; 4]);
+    want.extend(["p1"; 8]);
+    assert_eq!(priorities, want, "ran in this order: {ran:?}");
+    // Within one priority, in the order submitted.
+    let p1: Vec<&String> = ran.iter().filter(|r| r.starts_with("p1")).collect();
+    let in_order: Vec<String> = (0..8).map(|i| format!("p1-{i}")).collect();
+    assert_eq!(p1, in_order.iter().collect::<Vec<_>>());
+    // One line a role, its consumers of every priority summed: 18 deliveries over three.
+    let status = client.status().await.unwrap();
+    let roles: Vec<(&str, u64, u64, u64)> = status
+        .roles
+        .iter()
+        .map(|r| (r.role.as_str(), r.waiting, r.running, r.delivered))
+        .collect();
+    assert_eq!(roles, [("*", 0, 0, 0), ("worker", 0, 0, 18)]);
+    assert_eq!(node.drain().await.succeeded, 18);
+    rt.shutdown().await;
+}
+
+/// A node of this version deletes the one consumer of every priority that a node before
+/// priorities made (a work-queue stream refuses consumers whose subjects overlap), and the
+/// task it had delivered and not acknowledged runs at once, not after `ack_wait`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_replaces_the_consumer_of_every_priority_and_loses_nothing_it_held() {
+    use async_nats::jetstream::{self, consumer::pull};
+    use futures::StreamExt;
+    let dir = tempfile::tempdir().unwrap();
+    let server = tokio::task::block_in_place(|| NatsServer::single(dir.path())).unwrap();
+    let client = cluster(&server).await;
+    let nats = async_nats::connect(server.url()).await.unwrap();
+    let stream = jetstream::new(nats)
+        .get_stream("COLONY_TASKS")
+        .await
+        .unwrap();
+    let old = stream
+        .create_consumer(pull::Config {
+            durable_name: Some("role-worker".into()),
+            filter_subject: "colony.tasks.worker.>".into(),
+            ack_policy: jetstream::consumer::AckPolicy::Explicit,
+            ack_wait: Duration::from_secs(60),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let submitted = client
+        .submit(&[task(Some("worker"), "held".into(), 3)], None)
+        .await
+        .unwrap();
+    // Delivered by the old consumer and never acknowledged: it holds the task for a minute,
+    // three times as long as the wait below.
+    let mut held = old.fetch().max_messages(1).messages().await.unwrap();
+    assert!(held.next().await.unwrap().is_ok());
+
+    let rt = runtime("worker", 2, Duration::from_millis(1)).await;
+    let node = Node::start(cluster(&server).await, rt.handle().clone(), options("new"))
+        .await
+        .unwrap();
+    let row = tokio::time::timeout(Duration::from_secs(20), client.wait(submitted[0].id))
+        .await
+        .expect("the held task ends")
+        .unwrap();
+    assert_eq!(row.state, TaskState::Succeeded);
+    assert!(
+        stream.consumer_info("role-worker").await.is_err(),
+        "the old consumer is gone"
+    );
+    assert!(stream.consumer_info("role-worker-p5").await.is_ok());
+    node.drain().await;
+    rt.shutdown().await;
+}
