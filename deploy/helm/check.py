@@ -247,7 +247,7 @@ def main(chart_dir):
     check(not by_kind(docs, "Deployment", "control"), "no control plane when it is off")
     scaled = by_kind(docs, "ScaledObject")[0]
     consumers = [t["metadata"]["consumer"] for t in scaled["spec"]["triggers"]]
-    check(consumers == [f"role-coder-p{p}" for p in range(9, -1, -1)], f"the role's consumers, one a priority: {consumers}")
+    check(consumers == [f"p{p}-role-coder" for p in range(9, -1, -1)], f"the role's consumers, one a priority: {consumers}")
     check(all(t["metadata"]["natsServerMonitoringEndpoint"] == "a:8222" for t in scaled["spec"]["triggers"]), "each trigger reads the endpoint")
 
     # A single development server, R1, a grace period in minutes, no deletion cost.

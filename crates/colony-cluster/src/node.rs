@@ -431,7 +431,7 @@ async fn heartbeat(shared: Arc<Shared>, mut info: NodeInfo) {
 }
 
 /// How long a node with nothing to do waits on a role's consumers before asking again.
-const IDLE_WAIT: Duration = Duration::from_millis(500);
+const IDLE_WAIT: Duration = Duration::from_secs(1);
 
 /// How long a busy node leaves a priority it found empty before asking it again: the empty
 /// asks cost a round trip each, ahead of the priority that has work. An idle node waits on
@@ -439,15 +439,23 @@ const IDLE_WAIT: Duration = Duration::from_millis(500);
 /// busy with lower ones.
 const RECHECK: Duration = Duration::from_millis(50);
 
+/// How long a priority whose consumer answered with an error (it is electing a leader, or
+/// is gone) is left before it is asked again: not at once, again and again.
+const BACKOFF: Duration = Duration::from_millis(500);
+
+/// Longest a node waits for the answer to an ask that does not wait: the server answers at
+/// once, and a reply lost with a connection would otherwise hold the pull for good.
+const ASK_LIMIT: Duration = Duration::from_secs(5);
+
 /// A slot of the role's and one of the node's, held while a delivery runs.
 type Permit = (OwnedSemaphorePermit, OwnedSemaphorePermit);
 
 /// Pulls one role's tasks while the node takes tasks, as many as it has free slots, each run
 /// on its own, the highest priority first: `consumers` are the role's, one for each
-/// priority, the highest first. With slots free, it asks each in that order for what it has
-/// now, without waiting, until the slots are taken. When none has anything, it lets its
-/// slots go and waits on all of them at once for the first task to come, and reads what the
-/// other waiting requests are given to their end ([`rest`]).
+/// priority, the highest first. With slots free, it asks them in that order for what they
+/// have now, without waiting, until the slots are taken. When none has anything, it lets
+/// its slots go and waits on all of them at once for the first task to come, and reads what
+/// the other waiting requests are given to their end ([`rest`]) before it returns.
 async fn pull_loop(
     shared: Arc<Shared>,
     consumers: Vec<PullConsumer>,
@@ -456,19 +464,23 @@ async fn pull_loop(
 ) {
     let mut phase = shared.phase.clone();
     let mut want = 1;
-    // Until when each priority is taken as empty (see RECHECK).
-    let mut empty_until: Vec<Option<Instant>> = vec![None; consumers.len()];
-    'pulling: while *phase.borrow() == Phase::Taking {
+    // Until when each priority is left alone: found empty (RECHECK) or answering with
+    // errors (BACKOFF).
+    let mut left_until: Vec<Option<Instant>> = vec![None; consumers.len()];
+    // The last wait on every priority ended with nothing: wait again without asking first.
+    let mut quiet = false;
+    let mut rests = Vec::new();
+    while *phase.borrow() == Phase::Taking {
         let both = async {
             let role = slots.clone().acquire_owned().await.ok()?;
             let node = node_slots.clone().acquire_owned().await.ok()?;
             Some((role, node))
         };
         let first = tokio::select! {
-            permit = both => match permit { Some(p) => p, None => return },
+            permit = both => match permit { Some(p) => p, None => break },
             changed = phase.changed() => match changed {
                 Ok(()) => continue,
-                Err(_) => return,
+                Err(_) => break,
             },
         };
         let mut permits = vec![first];
@@ -481,46 +493,8 @@ async fn pull_loop(
             }
         }
         let asked = permits.len();
-        for (consumer, empty) in consumers.iter().zip(&mut empty_until) {
-            if permits.is_empty() {
-                break;
-            }
-            let now = Instant::now();
-            if empty.is_some_and(|until| now < until) {
-                continue;
-            }
-            let before = permits.len();
-            let mut batch = match consumer
-                .fetch()
-                .max_messages(permits.len())
-                .messages()
-                .await
-            {
-                Ok(batch) => batch,
-                Err(e) => {
-                    tracing::warn!("node {}: pulling tasks: {e}", shared.name);
-                    tokio::time::sleep(Duration::from_millis(500)).await;
-                    continue 'pulling;
-                }
-            };
-            let mut answered = true;
-            while let Some(message) = batch.next().await {
-                match message {
-                    Ok(message) => match permits.pop() {
-                        Some(permit) => start(&shared, message, permit),
-                        None => answer(&message, Reply::Nak(Duration::ZERO)).await,
-                    },
-                    // Waiting requests (another node's) will be given this priority's
-                    // tasks, or its consumer is electing a leader: on to the next one,
-                    // without taking this one as empty.
-                    Err(e) => {
-                        tracing::debug!("node {}: pulling tasks: {e}", shared.name);
-                        answered = false;
-                        break;
-                    }
-                }
-            }
-            *empty = (answered && permits.len() == before).then_some(now + RECHECK);
+        if !quiet {
+            ask_in_order(&shared, &consumers, &mut permits, &mut left_until).await;
         }
         let got = asked - permits.len();
         if got > 0 {
@@ -542,33 +516,92 @@ async fn pull_loop(
             }
         }
         if batches.is_empty() {
-            tokio::time::sleep(Duration::from_millis(500)).await;
+            pause(&mut phase, BACKOFF).await;
             continue;
         }
         let mut waiting = futures::stream::select_all(batches);
         let came = tokio::select! {
-            came = waiting.next() => came,
+            came = waiting.next() => Some(came),
             _ = phase.changed() => None,
         };
+        quiet = matches!(came, Some(None));
         match came {
-            Some(Ok(message)) => {
-                // Work came at its priority: that one is asked again at once.
-                // The consumers go from the highest priority down.
+            Some(Some(Ok(message))) => {
+                // Work came at its priority: that one is asked again at once. The
+                // consumers go from the highest priority down.
                 let index = settings::priority_of_subject(&message.subject)
                     .and_then(|p| Priority::HIGHEST.get().checked_sub(p));
-                if let Some(empty) = index.and_then(|i| empty_until.get_mut(usize::from(i))) {
-                    *empty = None;
+                if let Some(left) = index.and_then(|i| left_until.get_mut(usize::from(i))) {
+                    *left = None;
                 }
                 take(&shared, message, &slots, &node_slots).await;
             }
-            Some(Err(e)) => tracing::debug!("node {}: pulling tasks: {e}", shared.name),
-            None => {}
+            Some(Some(Err(e))) => {
+                tracing::debug!("node {}: pulling tasks: {e}", shared.name);
+                rests.push(Spawner::spawn(
+                    "cluster-pull-rest",
+                    rest(shared.clone(), waiting, slots.clone(), node_slots.clone()),
+                ));
+                pause(&mut phase, BACKOFF).await;
+                continue;
+            }
+            Some(None) | None => {}
         }
         if !waiting.is_empty() {
-            Spawner::spawn(
+            rests.retain(|r: &tokio::task::JoinHandle<_>| !r.is_finished());
+            rests.push(Spawner::spawn(
                 "cluster-pull-rest",
                 rest(shared.clone(), waiting, slots.clone(), node_slots.clone()),
-            );
+            ));
+        }
+    }
+    // A drain waits for the pullers: the waiting requests are read to their end first, so
+    // what they are given is handed back before the node leaves.
+    for rest in rests {
+        let _ = rest.await;
+    }
+}
+
+/// Sleeps for `time`, or less if the node's phase changes.
+async fn pause(phase: &mut watch::Receiver<Phase>, time: Duration) {
+    tokio::select! {
+        () = tokio::time::sleep(time) => {}
+        _ = phase.changed() => {}
+    }
+}
+
+/// Asks a role's consumers, the highest priority first, for what they hold now, without
+/// waiting, while `permits` last. The highest priority that had work when last asked, and
+/// each above it not left alone, are asked at once: the empty ones then cost no round trip
+/// of their own ahead of the work (what a higher one gives is taken first; what comes
+/// beyond the slots is handed back at once). Below it, one by one.
+async fn ask_in_order(
+    shared: &Arc<Shared>,
+    consumers: &[PullConsumer],
+    permits: &mut Vec<Permit>,
+    left_until: &mut [Option<Instant>],
+) {
+    let now = Instant::now();
+    let lapsed = |until: Option<Instant>| until.is_none_or(|until| now >= until);
+    let working = left_until
+        .iter()
+        .position(Option::is_none)
+        .unwrap_or(consumers.len().saturating_sub(1));
+    let at_once: Vec<usize> = (0..consumers.len().min(working + 1))
+        .filter(|&i| lapsed(left_until[i]))
+        .collect();
+    let asks = at_once.iter().map(|&i| ask(&consumers[i], permits.len()));
+    let answers = futures::future::join_all(asks).await;
+    for (&i, given) in at_once.iter().zip(answers) {
+        left_until[i] = take_asked(shared, given, permits, now).await;
+    }
+    for i in working + 1..consumers.len() {
+        if permits.is_empty() {
+            break;
+        }
+        if lapsed(left_until[i]) {
+            let given = ask(&consumers[i], permits.len()).await;
+            left_until[i] = take_asked(shared, given, permits, now).await;
         }
     }
 }
@@ -578,6 +611,76 @@ fn try_permit(slots: &Arc<Semaphore>, node_slots: &Arc<Semaphore>) -> Option<Per
     let role = slots.clone().try_acquire_owned().ok()?;
     let node = node_slots.clone().try_acquire_owned().ok()?;
     Some((role, node))
+}
+
+/// What one priority's consumer gave when asked without waiting: its tasks, and whether
+/// its answer failed (an error status, such as a consumer electing a leader, or no end in
+/// [`ASK_LIMIT`]). A "requests pending" answer (other nodes' waiting requests will be given
+/// its tasks) ends the answer like an empty one: the client does not tell them apart.
+struct Asked {
+    messages: Vec<Message>,
+    failed: bool,
+}
+
+/// Asks `consumer` for up to `n` tasks it holds now, without waiting, and reads the answer
+/// to its end. An error when the request could not be sent.
+async fn ask(consumer: &PullConsumer, n: usize) -> Result<Asked, String> {
+    let mut batch = consumer
+        .fetch()
+        .max_messages(n)
+        .messages()
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut asked = Asked {
+        messages: Vec::new(),
+        failed: false,
+    };
+    let read = async {
+        while let Some(message) = batch.next().await {
+            match message {
+                Ok(message) => asked.messages.push(message),
+                Err(e) => {
+                    tracing::debug!("pulling tasks: {e}");
+                    asked.failed = true;
+                }
+            }
+        }
+    };
+    if tokio::time::timeout(ASK_LIMIT, read).await.is_err() {
+        tracing::warn!("pulling tasks: no answer in {ASK_LIMIT:?}");
+        asked.failed = true;
+    }
+    Ok(asked)
+}
+
+/// Runs what a consumer gave while `permits` last and hands back the rest at once. Returns
+/// until when its priority is left alone: [`RECHECK`] on if it gave nothing, [`BACKOFF`]
+/// on if it failed.
+async fn take_asked(
+    shared: &Arc<Shared>,
+    given: Result<Asked, String>,
+    permits: &mut Vec<Permit>,
+    now: Instant,
+) -> Option<Instant> {
+    let asked = match given {
+        Ok(asked) => asked,
+        Err(e) => {
+            tracing::warn!("node {}: pulling tasks: {e}", shared.name);
+            return Some(now + BACKOFF);
+        }
+    };
+    let left = if asked.failed {
+        Some(now + BACKOFF)
+    } else {
+        asked.messages.is_empty().then_some(now + RECHECK)
+    };
+    for message in asked.messages {
+        match permits.pop() {
+            Some(permit) => start(shared, message, permit),
+            None => answer(&message, Reply::Nak(Duration::ZERO)).await,
+        }
+    }
+    left
 }
 
 /// Reads the waiting requests of an idle pull to their end: a request dropped unread would
@@ -596,15 +699,15 @@ async fn rest(
     }
 }
 
-/// Runs a task an idle pull was given if the node takes tasks and has a slot free, and
-/// hands it back at once otherwise.
+/// Runs a task an idle pull was given if the node takes tasks (not draining, not dropped)
+/// and has a slot free, and hands it back at once otherwise.
 async fn take(
     shared: &Arc<Shared>,
     message: Message,
     slots: &Arc<Semaphore>,
     node: &Arc<Semaphore>,
 ) {
-    let taking = *shared.phase.borrow() == Phase::Taking;
+    let taking = *shared.phase.borrow() == Phase::Taking && shared.phase.has_changed().is_ok();
     match try_permit(slots, node).filter(|_| taking) {
         Some(permit) => start(shared, message, permit),
         None => answer(&message, Reply::Nak(Duration::ZERO)).await,

@@ -208,11 +208,13 @@ pub(crate) fn priority_of_subject(subject: &str) -> Option<u8> {
 /// the highest first, each shared by every node that hosts the role: their names and the
 /// subject each takes. A work-queue stream refuses consumers whose subjects overlap, so a
 /// role's priorities can only be taken apart by consumers of their own.
+/// Named `p<N>-role-<role>` (`p<N>-any-role`): a role may end in `-p3`, so the priority goes
+/// first, where no name of [`unsorted_consumer`] has it.
 pub(crate) fn consumers(role: Option<&str>) -> Vec<(String, String)> {
     let base = unsorted_consumer(role);
     (Priority::LOWEST.get()..=Priority::HIGHEST.get())
         .rev()
-        .map(|p| (format!("{base}-p{p}"), subject(role, p)))
+        .map(|p| (format!("p{p}-{base}"), subject(role, p)))
         .collect()
 }
 
@@ -228,7 +230,7 @@ pub(crate) fn unsorted_consumer(role: Option<&str>) -> String {
 /// The role (`*` for tasks any agent may run) and priority a consumer of [`consumers`]
 /// serves, from its name; `None` for any other consumer.
 pub(crate) fn role_of_consumer(name: &str) -> Option<(&str, u8)> {
-    let (base, p) = name.rsplit_once("-p")?;
+    let (p, base) = name.strip_prefix('p')?.split_once('-')?;
     let p = match p.as_bytes() {
         [d @ b'0'..=b'9'] => d - b'0',
         _ => return None,
@@ -280,20 +282,10 @@ mod tests {
     fn each_priority_of_a_role_has_its_own_consumer_named_so_it_reads_back() {
         let worker = consumers(Some("worker"));
         assert_eq!(worker.len(), 10);
-        assert_eq!(
-            worker[0],
-            (
-                "role-worker-p9".to_owned(),
-                "colony.tasks.worker.p9".to_owned()
-            )
-        );
-        assert_eq!(
-            worker[9],
-            (
-                "role-worker-p0".to_owned(),
-                "colony.tasks.worker.p0".to_owned()
-            )
-        );
+        let first = ("p9-role-worker", "colony.tasks.worker.p9");
+        assert_eq!((worker[0].0.as_str(), worker[0].1.as_str()), first);
+        let last = ("p0-role-worker", "colony.tasks.worker.p0");
+        assert_eq!((worker[9].0.as_str(), worker[9].1.as_str()), last);
         assert_eq!(consumers(None)[4].1, "colony.tasks._.p5");
         for (i, (_, subject)) in worker.iter().enumerate() {
             assert_eq!(priority_of_subject(subject), Some(9 - i as u8), "{subject}");
@@ -302,15 +294,26 @@ mod tests {
         for (name, _) in worker.iter().chain(&consumers(None)) {
             assert!(role_of_consumer(name).is_some(), "{name}");
         }
-        assert_eq!(role_of_consumer("role-code-p2-p7"), Some(("code-p2", 7)));
-        assert_eq!(role_of_consumer("any-role-p0"), Some(("*", 0)));
+        // A role that ends as a priority would: none of its names is another role's, old
+        // or new.
+        let (x, x_p3) = (consumers(Some("x")), consumers(Some("x-p3")));
+        let old = unsorted_consumer(Some("x-p3"));
+        assert!(
+            x.iter()
+                .all(|(n, _)| *n != old && x_p3.iter().all(|(m, _)| m != n))
+        );
+        assert_eq!(role_of_consumer(&x_p3[0].0), Some(("x-p3", 9)));
+        assert_eq!(role_of_consumer("p7-role-code-p2"), Some(("code-p2", 7)));
+        assert_eq!(role_of_consumer("p0-any-role"), Some(("*", 0)));
         for other in [
             "role-worker",
             "any-role",
-            "role-worker-p10",
-            "role--p1",
-            "x-p1",
-            "role-a.b-p1",
+            "role-worker-p5",
+            "p10-role-worker",
+            "p1-role-",
+            "p1-x",
+            "p1-role-a.b",
+            "p-role-a",
         ] {
             assert_eq!(role_of_consumer(other), None, "{other}");
         }

@@ -680,7 +680,7 @@ async fn a_node_replaces_the_consumer_of_every_priority_and_loses_nothing_it_hel
         stream.consumer_info("role-worker").await.is_err(),
         "the old consumer is gone"
     );
-    assert!(stream.consumer_info("role-worker-p5").await.is_ok());
+    assert!(stream.consumer_info("p5-role-worker").await.is_ok());
     node.drain().await;
     rt.shutdown().await;
 }
