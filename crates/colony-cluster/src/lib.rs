@@ -20,6 +20,7 @@
 //! moves its task; [`Node`] does the IO around it; [`Cluster`] is the client side (submit,
 //! look up, wait, status). [`testing`] starts real `nats-server` processes for tests.
 
+pub mod agents;
 pub mod bench;
 mod client;
 pub mod kubernetes;

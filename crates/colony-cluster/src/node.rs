@@ -180,6 +180,8 @@ pub struct Node {
     drain_timeout: Duration,
     pullers: Vec<tokio::task::JoinHandle<Option<()>>>,
     heart: tokio::task::JoinHandle<Option<()>>,
+    /// Answers `colony cluster agents` for this node's agents.
+    answers: tokio::task::JoinHandle<Option<()>>,
     info: NodeInfo,
 }
 
@@ -260,6 +262,14 @@ impl Node {
         }
         membership::beat(&cluster.nodes, &info).await?;
         let (phase, phase_rx) = watch::channel(Phase::Taking);
+        let answers = crate::agents::answer_queries(
+            cluster.client.clone(),
+            &options.name,
+            handle.clone(),
+            phase_rx.clone(),
+        )
+        .await?;
+        let answers = Spawner::spawn("cluster-agent-queries", answers);
         let shared = Arc::new(Shared {
             cluster,
             handle,
@@ -293,6 +303,7 @@ impl Node {
             drain_timeout: options.drain_timeout,
             pullers,
             heart,
+            answers,
             info,
         })
     }
@@ -333,6 +344,7 @@ impl Node {
             idle().await;
         }
         self.heart.abort();
+        self.answers.abort();
         if let Err(e) = membership::leave(&self.shared.cluster.nodes, &self.shared.name).await {
             tracing::warn!("{e}");
         }

@@ -684,3 +684,136 @@ async fn a_node_replaces_the_consumer_of_every_priority_and_loses_nothing_it_hel
     node.drain().await;
     rt.shutdown().await;
 }
+
+/// Every agent across the cluster: each live node answers for its own agents, filtered as
+/// asked and paged; a bad query is named by each node, and a node that is not live is
+/// refused by name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_node_lists_its_own_agents_when_asked() {
+    use colony_runtime::agents::AgentQuery;
+    let dir = tempfile::tempdir().unwrap();
+    let server = tokio::task::block_in_place(|| NatsServer::single(dir.path())).unwrap();
+    let client = cluster(&server).await;
+    let (ra, rb) = (
+        runtime("alpha", 5, Duration::from_millis(1)).await,
+        runtime("beta", 30, Duration::from_millis(1)).await,
+    );
+    let a = Node::start(
+        cluster(&server).await,
+        ra.handle().clone(),
+        options("node.a"),
+    )
+    .await
+    .unwrap();
+    let b = Node::start(cluster(&server).await, rb.handle().clone(), options("b"))
+        .await
+        .unwrap();
+    let workers = |role: &str| AgentQuery {
+        role: Some(role.into()),
+        limit: Some(1000),
+        ..AgentQuery::default()
+    };
+    let answers = client.agents(None, &workers("beta")).await.unwrap();
+    let counts: Vec<(&str, usize, Option<&str>)> = answers
+        .iter()
+        .map(|n| (n.node.as_str(), n.agents.len(), n.error.as_deref()))
+        .collect();
+    assert_eq!(counts, [("b", 30, None), ("node.a", 0, None)]);
+    assert!(
+        answers[0]
+            .agents
+            .iter()
+            .all(|v| v["role"] == "beta" && v["tier"] == "worker"),
+        "{:?}",
+        answers[0].agents[0]
+    );
+    // Paged: three at a time, the next page after the last id given.
+    let first = &client
+        .agents(
+            Some("b"),
+            &AgentQuery {
+                limit: Some(3),
+                ..workers("beta")
+            },
+        )
+        .await
+        .unwrap()[0];
+    assert_eq!(first.agents.len(), 3);
+    let after = first.next_after.expect("more pages");
+    let second = &client
+        .agents(
+            Some("b"),
+            &AgentQuery {
+                after: Some(after),
+                ..workers("beta")
+            },
+        )
+        .await
+        .unwrap()[0];
+    assert_eq!(second.agents.len(), 27);
+    assert!(
+        second
+            .agents
+            .iter()
+            .all(|v| v["id"].as_u64().unwrap() > u64::from(after))
+    );
+    // Every agent of node.a, managers too: its whole tree.
+    let all = &client
+        .agents(
+            Some("node.a"),
+            &AgentQuery {
+                limit: Some(1000),
+                ..AgentQuery::default()
+            },
+        )
+        .await
+        .unwrap()[0];
+    let tree_size = ra.handle().inspect(|t| t.len()).await.unwrap();
+    assert_eq!(all.agents.len(), tree_size);
+    assert!(all.agents.len() > 5, "workers and their managers");
+    // A bad query: each node says what is wrong with it.
+    let bad = client
+        .agents(
+            None,
+            &AgentQuery {
+                limit: Some(0),
+                ..AgentQuery::default()
+            },
+        )
+        .await
+        .unwrap();
+    for n in &bad {
+        let error = n.error.as_deref().unwrap_or_default();
+        assert!(error.contains("limit 0 is out of range"), "{n:?}");
+    }
+    let tier = client
+        .agents(
+            Some("b"),
+            &AgentQuery {
+                tier: Some("general".into()),
+                ..AgentQuery::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert!(
+        tier[0]
+            .error
+            .as_deref()
+            .unwrap()
+            .contains("tier \"general\" is not in this hierarchy")
+    );
+    let unknown = client
+        .agents(Some("c"), &AgentQuery::default())
+        .await
+        .unwrap_err();
+    assert!(
+        unknown.to_string().contains("no live node is named `c`"),
+        "{unknown}"
+    );
+    assert!(unknown.to_string().contains("b, node.a"), "{unknown}");
+    a.drain().await;
+    b.drain().await;
+    ra.shutdown().await;
+    rb.shutdown().await;
+}

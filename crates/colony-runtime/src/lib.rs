@@ -24,6 +24,7 @@
 //! # });
 //! ```
 
+pub mod agents;
 mod autoscale;
 pub mod bench;
 pub mod decision;

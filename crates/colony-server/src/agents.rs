@@ -11,106 +11,11 @@ use axum::{
     http::StatusCode,
     response::{IntoResponse, Response},
 };
-use colony_core::{AgentId, health::HealthState};
-use colony_runtime::Live;
+use colony_core::AgentId;
+use colony_runtime::agents::{AgentQuery, AgentView, Page, PageError, kinds, view};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use std::sync::Arc;
-
-/// Most agents one page lists.
-pub(crate) const MAX_PAGE: usize = 1_000;
-/// Most agents one query looks at: a page of a rare filter over a million agents comes in
-/// several requests rather than one long stall of the dispatcher.
-const SCAN: usize = 100_000;
-
-/// An agent as the API shows it.
-#[derive(Clone, Debug, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub(crate) struct AgentView {
-    pub(crate) id: u32,
-    pub(crate) tier: Arc<str>,
-    pub(crate) parent: Option<u32>,
-    pub(crate) children: usize,
-    /// Workers only: the pool's index, kind and role.
-    pub(crate) pool: Option<u8>,
-    pub(crate) kind: Option<Arc<str>>,
-    pub(crate) role: Option<Arc<str>>,
-    /// `up`, `down` (stopped, not yet restarted), `retired` (a worker taken out of its
-    /// pool) or `vacant` (a supervisor whose workers are all out of service).
-    pub(crate) state: &'static str,
-    pub(crate) health: HealthState,
-    /// A worker's circuit breaker: `closed`, `open` (out of rotation for its health) or
-    /// `probation` (one attempt at a time); `null` for managers.
-    pub(crate) breaker: Option<colony_core::breaker::BreakerState>,
-    /// A worker's moving share of failed answers, and its response-time baseline (the slow
-    /// average the predictive alert compares against), once it has answered.
-    pub(crate) error_rate: Option<f64>,
-    pub(crate) baseline_ms: Option<f64>,
-    /// A worker's quality score, 0 to 1, from its checks and its agreement with decided
-    /// outcomes (0.5 before any), and the observations it rests on.
-    pub(crate) reputation: Option<f64>,
-    pub(crate) reputation_observations: Option<u32>,
-    /// Tasks running on a worker, or held in a manager's subtree; and how many it can hold.
-    pub(crate) load: u32,
-    pub(crate) capacity: u32,
-    /// A worker's moving average response time.
-    pub(crate) latency_ms: Option<f64>,
-}
-
-/// The pools' kinds and roles, by index, for views built inside the dispatcher.
-type Kinds = Arc<Vec<(Arc<str>, Arc<str>)>>;
-
-fn kinds(app: &App) -> Kinds {
-    Arc::new(
-        app.handle
-            .pools()
-            .into_iter()
-            .map(|(spec, _)| (spec.kind, spec.role))
-            .collect(),
-    )
-}
-
-pub(crate) fn view(live: &Live<'_>, kinds: &Kinds, id: AgentId) -> AgentView {
-    let tree = live.tree;
-    let tier = tree.tier(id);
-    let worker = tier == tree.worker_tier();
-    let pool = worker.then(|| tree.spec(id));
-    let kind = pool.and_then(|p| kinds.get(p as usize));
-    let (load, capacity) = tree.load(id);
-    let latency = tree.latency_ema_us(id);
-    let detail = worker.then(|| live.error_rate_and_baseline(id)).flatten();
-    AgentView {
-        id: id.0,
-        tier: tree.tier_names()[tier].clone(),
-        parent: tree.parent(id).map(|p| p.0),
-        children: tree.children(id).len(),
-        pool,
-        kind: kind.map(|k| k.0.clone()),
-        role: kind.map(|k| k.1.clone()),
-        state: if live.is_retired(id) {
-            "retired"
-        } else if tree.is_down(id) {
-            "down"
-        } else if !worker && tree.is_vacant(id) {
-            "vacant"
-        } else {
-            "up"
-        },
-        health: if worker {
-            live.health(id)
-        } else {
-            HealthState::Healthy
-        },
-        breaker: worker.then(|| live.breaker(id)),
-        error_rate: detail.map(|d| d.0),
-        baseline_ms: detail.and_then(|d| d.1).map(|b| b.as_secs_f64() * 1e3),
-        reputation: worker.then(|| live.reputation(id).score()),
-        reputation_observations: worker.then(|| live.reputation(id).observations()),
-        load,
-        capacity,
-        latency_ms: (worker && latency > 0.0).then(|| f64::from(latency) / 1e3),
-    }
-}
 
 /// One tier in the summary.
 #[derive(Clone, Debug, Default, Serialize)]
@@ -172,122 +77,15 @@ pub(crate) async fn hierarchy(State(app): State<Arc<App>>) -> Response {
     }
 }
 
-/// `GET /v1/agents?tier=&pool=&role=&health=&state=&parent=&after=&limit=`.
-#[derive(Clone, Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct AgentQuery {
-    pub(crate) tier: Option<String>,
-    pub(crate) pool: Option<u8>,
-    pub(crate) role: Option<String>,
-    pub(crate) health: Option<HealthState>,
-    pub(crate) state: Option<String>,
-    /// The children of this agent.
-    pub(crate) parent: Option<u32>,
-    /// The page after this id.
-    pub(crate) after: Option<u32>,
-    pub(crate) limit: Option<usize>,
-}
-
-/// A page of agents, and the `after` of the next page when there may be more.
-#[derive(Clone, Debug, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub(crate) struct Page {
-    pub(crate) agents: Vec<AgentView>,
-    pub(crate) next_after: Option<u32>,
-}
-
-/// Agents matching `query`, in id order.
+/// Agents matching `query`, in id order; a bad query's 400, or the runtime's refusal.
+#[allow(clippy::result_large_err)]
 pub(crate) async fn page(app: &App, query: AgentQuery) -> Result<Page, Response> {
-    let limit = query.limit.unwrap_or(100);
-    if !(1..=MAX_PAGE).contains(&limit) {
-        return Err(problem(
-            StatusCode::BAD_REQUEST,
-            "bad-query",
-            format!("limit {limit} is out of range: allowed 1..={MAX_PAGE}"),
-        ));
-    }
-    if let Some(state) = &query.state
-        && !["up", "down", "retired", "vacant"].contains(&state.as_str())
-    {
-        return Err(problem(
-            StatusCode::BAD_REQUEST,
-            "bad-query",
-            format!("state {state:?} is not one of up, down, retired, vacant"),
-        ));
-    }
-    let kinds = kinds(app);
-    let result = app
-        .handle
-        .observe(move |live| {
-            let tree = live.tree;
-            let tier = match &query.tier {
-                None => None,
-                Some(name) => match tree.tier_names().iter().position(|t| **t == **name) {
-                    Some(t) => Some(t),
-                    None => {
-                        let names: Vec<&str> = tree.tier_names().iter().map(|t| &**t).collect();
-                        return Err(format!(
-                            "tier {name:?} is not in this hierarchy: it has {}",
-                            names.join(", ")
-                        ));
-                    }
-                },
-            };
-            if let Some(p) = query.parent
-                && !tree.contains(AgentId(p))
-            {
-                return Err(format!("there is no agent {p}"));
-            }
-            let start = query.after.map_or(0, |a| a.saturating_add(1));
-            let candidates: Box<dyn Iterator<Item = AgentId>> = match query.parent {
-                Some(p) => Box::new(tree.children(AgentId(p)).filter(move |c| c.0 >= start)),
-                None => Box::new((start..tree.len() as u32).map(AgentId)),
-            };
-            let worker_tier = tree.worker_tier();
-            let (mut agents, mut scanned, mut last) = (Vec::new(), 0, None);
-            for id in candidates {
-                // The dispatcher waits for this walk: it stops after a page of matches, or
-                // after SCAN agents, and the caller goes on from `next-after`.
-                if agents.len() == limit || scanned == SCAN {
-                    break;
-                }
-                scanned += 1;
-                last = Some(id.0);
-                // The cheap tests first; a view is built for matches only.
-                let t = tree.tier(id);
-                let worker = t == worker_tier;
-                if tier.is_some_and(|want| t != want)
-                    || (query.pool.is_some() && !(worker && query.pool == Some(tree.spec(id))))
-                    || (query.health.is_some()
-                        && !(worker && query.health == Some(live.health(id))))
-                {
-                    continue;
-                }
-                let v = view(live, &kinds, id);
-                let keep = query
-                    .role
-                    .as_deref()
-                    .is_none_or(|r| v.role.as_deref() == Some(r))
-                    && query.state.as_deref().is_none_or(|s| v.state == s);
-                if keep {
-                    agents.push(v);
-                }
-            }
-            let end = match query.parent {
-                Some(p) => tree.children(AgentId(p)).last().map_or(0, |c| c.0),
-                None => (tree.len() as u32).saturating_sub(1),
-            };
-            Ok(Page {
-                agents,
-                next_after: last.filter(|&l| l < end),
-            })
+    colony_runtime::agents::page(&app.handle, query)
+        .await
+        .map_err(|e| match e {
+            PageError::BadQuery(message) => problem(StatusCode::BAD_REQUEST, "bad-query", message),
+            PageError::Runtime(e) => refused(e),
         })
-        .await;
-    match result {
-        Ok(Ok(page)) => Ok(page),
-        Ok(Err(message)) => Err(problem(StatusCode::BAD_REQUEST, "bad-query", message)),
-        Err(e) => Err(refused(e)),
-    }
 }
 
 pub(crate) async fn list(
@@ -327,7 +125,7 @@ fn agent_id(id: &str) -> Result<AgentId, Response> {
 }
 
 pub(crate) async fn detail(app: &App, id: AgentId) -> Result<Option<Detail>, Response> {
-    let kinds = kinds(app);
+    let kinds = kinds(&app.handle);
     app.handle
         .observe(move |live| {
             let tree = live.tree;

@@ -106,6 +106,7 @@ fn router(app: Arc<ClusterApp>) -> Router {
         .route("/v1/scaling/{role}", get(scaling))
         .route("/v1/events", get(events))
         .route("/v1/runs", get(runs))
+        .route("/v1/agents", get(agents))
         .route("/metrics", get(metrics))
         .merge(crate::dashboard::cluster::read_routes());
     let submit = Router::new()
@@ -349,6 +350,59 @@ async fn cancel(
             let mut v = serde_json::to_value(&outcome).unwrap_or_default();
             v["id"] = id.into();
             Json(v).into_response()
+        }
+        Err(e) => failed(e),
+    }
+}
+
+/// `GET /v1/agents?node=&tier=&pool=&role=&health=&state=&parent=&after=&limit=`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AgentsQuery {
+    /// Only this node's agents (`after` and `parent` are ids of one node's).
+    node: Option<String>,
+    tier: Option<String>,
+    pool: Option<u8>,
+    role: Option<String>,
+    health: Option<colony_core::health::HealthState>,
+    state: Option<String>,
+    parent: Option<u32>,
+    after: Option<u32>,
+    limit: Option<usize>,
+}
+
+/// Every live node's page of agents (or one node's), each node answering for its own:
+/// `{"nodes": [{"node", "agents", "next-after", "error"}]}`.
+async fn agents(
+    State(app): State<Arc<ClusterApp>>,
+    query: Result<axum::extract::Query<AgentsQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let q = match query {
+        Ok(axum::extract::Query(q)) => q,
+        Err(e) => return problem(StatusCode::BAD_REQUEST, "bad-query", e.body_text()),
+    };
+    let node = q.node;
+    let query = colony_runtime::agents::AgentQuery {
+        tier: q.tier,
+        pool: q.pool,
+        role: q.role,
+        health: q.health,
+        state: q.state,
+        parent: q.parent,
+        after: q.after,
+        limit: q.limit,
+    };
+    if node.is_none() && (query.after.is_some() || query.parent.is_some()) {
+        return problem(
+            StatusCode::BAD_REQUEST,
+            "bad-query",
+            "after and parent are agent ids of one node: name it with node",
+        );
+    }
+    match app.cluster.agents(node.as_deref(), &query).await {
+        Ok(nodes) => Json(json!({ "nodes": nodes })).into_response(),
+        Err(e @ colony_cluster::Error::Settings(_)) => {
+            problem(StatusCode::NOT_FOUND, "no-such-node", e.to_string())
         }
         Err(e) => failed(e),
     }

@@ -876,6 +876,54 @@ fn serve_over_the_cluster_takes_tasks_and_one_server_leads_the_scaling() {
         nodes.contains("4 worker</td>") || nodes.contains("4 worker ·"),
         "the hierarchy column, its 4 workers: {nodes}"
     );
+    // Every agent: the node answers for its own, a page at a time, on the command line and
+    // over HTTP.
+    let listed = Command::new(COLONY)
+        .args([
+            "cluster", "agents", "--nats", &url, "--tier", "worker", "--limit", "3",
+        ])
+        .env_remove("COLONY_NATS")
+        .output()
+        .unwrap();
+    let shown = String::from_utf8_lossy(&listed.stdout);
+    assert!(
+        listed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&listed.stderr)
+    );
+    let rows: Vec<&str> = shown.lines().filter(|l| l.starts_with("a ")).collect();
+    assert_eq!(rows.len(), 3, "{shown}");
+    assert!(rows.iter().all(|r| r.contains("worker")), "{shown}");
+    assert!(
+        shown.contains("node a: more after agent") && shown.contains("--node a --after"),
+        "{shown}"
+    );
+    let nobody = Command::new(COLONY)
+        .args(["cluster", "agents", "--nats", &url, "--node", "z"])
+        .env_remove("COLONY_NATS")
+        .output()
+        .unwrap();
+    assert_eq!(nobody.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&nobody.stderr)
+            .contains("no live node is named `z`: the live ones are a"),
+        "{}",
+        String::from_utf8_lossy(&nobody.stderr)
+    );
+    let (code, body) = fetch(serves[0].port, "/v1/agents?tier=worker&limit=1000");
+    assert_eq!(code, 200, "{body}");
+    let answer: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(answer["nodes"][0]["node"], "a", "{answer}");
+    assert_eq!(
+        answer["nodes"][0]["agents"].as_array().unwrap().len(),
+        4,
+        "{answer}"
+    );
+    assert_eq!(fetch(serves[0].port, "/v1/agents?after=3").0, 400);
+    assert_eq!(fetch(serves[0].port, "/v1/agents?node=z").0, 404);
+    let (code, bad) = fetch(serves[0].port, "/v1/agents?limit=0");
+    assert_eq!(code, 200);
+    assert!(bad.contains("limit 0 is out of range"), "{bad}");
     let (code, script) = fetch(serves[0].port, "/assets/cluster.js");
     assert_eq!(code, 200);
     assert!(script.contains("EventSource(\"/v1/events\")"), "{script}");

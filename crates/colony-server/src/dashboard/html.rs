@@ -3,7 +3,7 @@
 //! none of it may become markup. No element carries a `style` attribute or an inline script:
 //! the Content-Security-Policy would refuse them.
 
-use crate::agents::{AgentView, Detail, Summary};
+use crate::agents::{Detail, Summary};
 use colony_core::{
     AgentId,
     health::HealthState,
@@ -11,6 +11,7 @@ use colony_core::{
 };
 use colony_journal::TaskRow;
 use colony_runtime::Stats;
+use colony_runtime::agents::AgentView;
 use std::fmt::{self, Write as _};
 
 /// Text made safe for element content and for quoted attribute values.

@@ -83,6 +83,9 @@ pub(crate) enum Command {
     Status(StatusArgs),
     /// The whole hierarchy: the cluster, its nodes under it, each node's tiers of agents.
     Tree(StatusArgs),
+    /// The agents of every live node (or of one), each node answering for its own, a page
+    /// each; filter by tier, role, health or state. Exit 1 if a node did not answer.
+    Agents(AgentsArgs),
     /// The workflow runs kept in the cluster (`colony run --nats --run-id`): each one's
     /// workflow, whether it is done and how it ended, its scheduler and term.
     Runs(RunsArgs),
@@ -154,6 +157,41 @@ pub(crate) struct StatusArgs {
     /// Print it as JSON.
     #[arg(long)]
     json: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct AgentsArgs {
+    #[command(flatten)]
+    nats: NatsArgs,
+    /// Only this node's agents.
+    #[arg(long, value_name = "NAME")]
+    node: Option<String>,
+    /// The agents of one tier, by name (worker, supervisor, ...).
+    #[arg(long, value_name = "NAME")]
+    tier: Option<String>,
+    /// Workers of this role.
+    #[arg(long)]
+    role: Option<String>,
+    /// Workers in this health: healthy, degraded, critical or failed.
+    #[arg(long, value_parser = health)]
+    health: Option<colony_core::health::HealthState>,
+    /// Agents in this state: up, down, retired or vacant.
+    #[arg(long, value_parser = ["up", "down", "retired", "vacant"])]
+    state: Option<String>,
+    /// The page after this agent id (with --node: ids are each node's own).
+    #[arg(long, value_name = "ID", requires = "node")]
+    after: Option<u32>,
+    /// Most agents each node lists (1 to 1000).
+    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u64).range(1..=1000))]
+    limit: u64,
+    /// Print the answers as JSON, one object per node.
+    #[arg(long)]
+    json: bool,
+}
+
+fn health(text: &str) -> Result<colony_core::health::HealthState, String> {
+    serde_json::from_value(serde_json::Value::from(text))
+        .map_err(|_| format!("`{text}` is not a health: healthy, degraded, critical or failed"))
 }
 
 pub(crate) fn duration(text: &str) -> Result<Duration, String> {
@@ -774,6 +812,7 @@ pub(crate) fn run(command: &Command) -> Result<(), Failure> {
             Command::Task(args) => task(args).await,
             Command::Status(args) => status(args).await,
             Command::Tree(args) => tree(args).await,
+            Command::Agents(args) => agents(args).await,
             Command::Cancel(args) => cancel(args).await,
             Command::Runs(args) => runs(args).await,
         }
@@ -1113,6 +1152,78 @@ async fn tree(args: &StatusArgs) -> Result<(), Failure> {
     }
     print!("{}", render_tree(cluster.url(), &status.nodes));
     Ok(())
+}
+
+async fn agents(args: &AgentsArgs) -> Result<(), Failure> {
+    let settings = args.nats.settings(None)?;
+    let cluster = args.nats.connect(settings, false).await?;
+    let query = colony_runtime::agents::AgentQuery {
+        tier: args.tier.clone(),
+        role: args.role.clone(),
+        health: args.health,
+        state: args.state.clone(),
+        after: args.after,
+        limit: Some(args.limit as usize),
+        ..Default::default()
+    };
+    let answers = match cluster.agents(args.node.as_deref(), &query).await {
+        Ok(answers) => answers,
+        Err(e @ colony_cluster::Error::Settings(_)) => return Err(Failure::input(e)),
+        Err(e) => return Err(Failure::work(e)),
+    };
+    let failed: Vec<String> = answers
+        .iter()
+        .filter_map(|n| n.error.as_ref().map(|e| format!("node {}: {e}", n.node)))
+        .collect();
+    if args.json {
+        for n in &answers {
+            println!("{}", serde_json::to_string(n).map_err(Failure::work)?);
+        }
+    } else {
+        print!("{}", render_agents(&answers));
+    }
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        Err(Failure::work(anyhow::anyhow!("{}", failed.join("; "))))
+    }
+}
+
+/// The nodes' answers as one table, a row per agent, and where each node's next page
+/// starts.
+fn render_agents(answers: &[colony_cluster::agents::NodeAgents]) -> String {
+    use serde_json::Value;
+    let mut t = Table::new(&[
+        "node", "agent", "tier", "parent", "state", "health", "role", "load", "capacity",
+    ]);
+    let mut more = String::new();
+    for n in answers {
+        for a in &n.agents {
+            let s = |f: &str| match &a[f] {
+                Value::Null => "-".to_owned(),
+                Value::String(s) => s.clone(),
+                v => v.to_string(),
+            };
+            t.row(vec![
+                n.node.clone(),
+                s("id"),
+                s("tier"),
+                s("parent"),
+                s("state"),
+                s("health"),
+                s("role"),
+                s("load"),
+                s("capacity"),
+            ]);
+        }
+        if let Some(after) = n.next_after {
+            more.push_str(&format!(
+                "node {}: more after agent {after} (--node {} --after {after})\n",
+                n.node, n.node
+            ));
+        }
+    }
+    t.render() + &more
 }
 
 /// The cluster's hierarchy as text, one line per node and per tier.

@@ -1,0 +1,183 @@
+//! Every agent across the cluster: each node answers for its own agents over NATS
+//! request/reply (`colony.agents.<node>`), a page at a time, read from its runtime's live
+//! tree ([`colony_runtime::agents::page`]); a client asks every live node at once and gets
+//! each one's page, or why it gave none. Nothing is kept in NATS: a node's agents are only
+//! ever as current as the answer.
+
+use crate::{Cluster, Error, membership};
+use colony_runtime::{
+    Handle,
+    agents::{AgentQuery, PageError, page},
+};
+use futures::StreamExt;
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// Most bytes of a query a node reads: a query is a few filters.
+const MAX_QUERY: usize = 8 * 1024;
+
+/// How long a client waits for each node's answer.
+pub const ANSWER_WAIT: Duration = Duration::from_secs(5);
+
+/// The subject node `name` answers on. A node name may hold `.`, which splits a subject's
+/// tokens: it is written `%2E` (a name has no `%`).
+pub(crate) fn subject(node: &str) -> String {
+    format!("colony.agents.{}", node.replace('.', "%2E"))
+}
+
+/// One node's answer: a page of its agents (each as its API shows one), and the `after`
+/// of its next page; or why it gave none.
+#[derive(Clone, Debug, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct NodeAgents {
+    pub node: String,
+    pub agents: Vec<serde_json::Value>,
+    pub next_after: Option<u32>,
+    pub error: Option<String>,
+}
+
+/// What a node replies: `{"page": ...}` or `{"error": "..."}`.
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+struct Reply {
+    page: Option<PageReply>,
+    error: Option<String>,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+struct PageReply {
+    agents: Vec<serde_json::Value>,
+    next_after: Option<u32>,
+}
+
+/// Answers the agent queries sent to node `name`, from `handle`'s live tree, while the
+/// node lives (until `phase`'s sender is gone, or the task is stopped when it has left) and
+/// the subscription lasts. Subscribed before it returns: a query sent once the node is
+/// listed is answered.
+pub(crate) async fn answer_queries<P: Send + Sync + 'static>(
+    client: async_nats::Client,
+    name: &str,
+    handle: Handle,
+    mut phase: watch::Receiver<P>,
+) -> Result<impl std::future::Future<Output = ()> + Send + 'static, Error> {
+    let mut queries = client
+        .subscribe(subject(name))
+        .await
+        .map_err(|e| Error::nats(format!("answering agent queries for node {name}"), e))?;
+    Ok(async move {
+        loop {
+            let message = tokio::select! {
+                m = queries.next() => match m { Some(m) => m, None => return },
+                // A draining node still answers; one dropped is gone.
+                changed = phase.changed() => match changed {
+                    Ok(()) => continue,
+                    Err(_) => return,
+                },
+            };
+            let Some(reply) = message.reply else { continue };
+            let answer = one_answer(&handle, &message.payload).await;
+            if let Err(e) = client.publish(reply.clone(), answer.into()).await {
+                // Most likely a page over the server's max_payload: say so instead.
+                let error = serde_json::json!({ "error": format!(
+                    "its answer could not be sent ({e}): ask for fewer agents (limit)"
+                ) });
+                let _ = client.publish(reply, error.to_string().into()).await;
+            }
+        }
+    })
+}
+
+/// The reply to one query, as JSON bytes.
+async fn one_answer(handle: &Handle, query: &[u8]) -> Vec<u8> {
+    let error = |message: String| {
+        serde_json::json!({ "error": message })
+            .to_string()
+            .into_bytes()
+    };
+    if query.len() > MAX_QUERY {
+        return error(format!(
+            "a query of {} bytes is over the {MAX_QUERY} a node reads",
+            query.len()
+        ));
+    }
+    let query: AgentQuery = match serde_json::from_slice(query) {
+        Ok(q) => q,
+        Err(e) => return error(format!("the query does not read: {e}")),
+    };
+    match page(handle, query).await {
+        Ok(page) => serde_json::to_vec(&serde_json::json!({ "page": page }))
+            .unwrap_or_else(|e| error(format!("the page did not encode: {e}"))),
+        Err(PageError::BadQuery(message)) => error(message),
+        Err(PageError::Runtime(e)) => error(format!("its runtime did not answer: {e}")),
+    }
+}
+
+impl Cluster {
+    /// A page of agents matching `query` from each live node, or from node `only`, asked
+    /// at once; each node's answer or why it gave none (within [`ANSWER_WAIT`]), in the
+    /// nodes' name order. An error when `only` names no live node.
+    pub async fn agents(
+        &self,
+        only: Option<&str>,
+        query: &AgentQuery,
+    ) -> Result<Vec<NodeAgents>, Error> {
+        let mut nodes: Vec<String> = membership::list(&self.nodes)
+            .await?
+            .into_iter()
+            .map(|n| n.name)
+            .collect();
+        if let Some(only) = only {
+            if !nodes.iter().any(|n| n == only) {
+                return Err(Error::Settings(format!(
+                    "no live node is named `{}`: the live ones are {}",
+                    colony_core::text::shorten(only, 130),
+                    if nodes.is_empty() {
+                        "none".to_owned()
+                    } else {
+                        nodes.join(", ")
+                    }
+                )));
+            }
+            nodes.retain(|n| n == only);
+        }
+        let body = bytes::Bytes::from(
+            serde_json::to_vec(query).map_err(|e| Error::Settings(e.to_string()))?,
+        );
+        let asks = nodes.into_iter().map(|node| {
+            let body = body.clone();
+            async move {
+                let asked =
+                    tokio::time::timeout(ANSWER_WAIT, self.client.request(subject(&node), body))
+                        .await;
+                let failed = |error: String| NodeAgents {
+                    node: node.clone(),
+                    agents: Vec::new(),
+                    next_after: None,
+                    error: Some(error),
+                };
+                let message = match asked {
+                    Err(_) => return failed(format!("no answer in {ANSWER_WAIT:?}")),
+                    Ok(Err(e)) => return failed(format!("no answer: {e}")),
+                    Ok(Ok(message)) => message,
+                };
+                match serde_json::from_slice::<Reply>(&message.payload) {
+                    Ok(Reply {
+                        page: Some(page), ..
+                    }) => NodeAgents {
+                        node,
+                        agents: page.agents,
+                        next_after: page.next_after,
+                        error: None,
+                    },
+                    Ok(Reply {
+                        error: Some(error), ..
+                    }) => failed(error),
+                    Ok(_) => failed("its answer holds neither a page nor an error".into()),
+                    Err(e) => failed(format!("its answer does not read: {e}")),
+                }
+            }
+        });
+        Ok(futures::future::join_all(asks).await)
+    }
+}
