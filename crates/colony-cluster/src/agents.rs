@@ -36,10 +36,13 @@ pub struct NodeAgents {
     pub error: Option<String>,
 }
 
-/// What a node replies: `{"page": ...}` or `{"error": "..."}`.
+/// What a node replies: who it is (its name, and when it started, as its heartbeat says),
+/// and `page` or `error`.
 #[derive(serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
 struct Reply {
+    node: String,
+    started_ms: u64,
     page: Option<PageReply>,
     error: Option<String>,
 }
@@ -51,13 +54,14 @@ struct PageReply {
     next_after: Option<u32>,
 }
 
-/// Answers the agent queries sent to node `name`, from `handle`'s live tree, while the
-/// node lives (until `phase`'s sender is gone, or the task is stopped when it has left) and
-/// the subscription lasts. Subscribed before it returns: a query sent once the node is
-/// listed is answered.
+/// Answers the agent queries sent to node `name` (started at `started_ms`, as its
+/// heartbeat says), from `handle`'s live tree, while the node lives (until `phase`'s sender
+/// is gone, or the task is stopped once it has left the list) and the subscription lasts.
+/// Subscribed before it returns, so a node can be listed only once it answers.
 pub(crate) async fn answer_queries<P: Send + Sync + 'static>(
     client: async_nats::Client,
     name: &str,
+    started_ms: u64,
     handle: Handle,
     mut phase: watch::Receiver<P>,
 ) -> Result<impl std::future::Future<Output = ()> + Send + 'static, Error> {
@@ -65,10 +69,17 @@ pub(crate) async fn answer_queries<P: Send + Sync + 'static>(
         .subscribe(subject(name))
         .await
         .map_err(|e| Error::nats(format!("answering agent queries for node {name}"), e))?;
+    let name = name.to_owned();
     Ok(async move {
         loop {
             let message = tokio::select! {
-                m = queries.next() => match m { Some(m) => m, None => return },
+                m = queries.next() => match m {
+                    Some(m) => m,
+                    None => {
+                        tracing::warn!("node {name}: its agent queries' subscription ended");
+                        return;
+                    }
+                },
                 // A draining node still answers; one dropped is gone.
                 changed = phase.changed() => match changed {
                     Ok(()) => continue,
@@ -76,25 +87,26 @@ pub(crate) async fn answer_queries<P: Send + Sync + 'static>(
                 },
             };
             let Some(reply) = message.reply else { continue };
-            let answer = one_answer(&handle, &message.payload).await;
-            if let Err(e) = client.publish(reply.clone(), answer.into()).await {
-                // Most likely a page over the server's max_payload: say so instead.
-                let error = serde_json::json!({ "error": format!(
-                    "its answer could not be sent ({e}): ask for fewer agents (limit)"
-                ) });
+            let mut answer = one_answer(&handle, &message.payload).await;
+            answer["node"] = name.clone().into();
+            answer["started-ms"] = started_ms.into();
+            let bytes = answer.to_string();
+            if let Err(e) = client.publish(reply.clone(), bytes.into()).await {
+                // A page over the server's max_payload, or a connection lost: say which.
+                let error = serde_json::json!({
+                    "node": name, "started-ms": started_ms,
+                    "error": format!("its answer could not be sent ({e}); if it is too large for NATS, ask for fewer agents (limit)"),
+                });
                 let _ = client.publish(reply, error.to_string().into()).await;
             }
         }
     })
 }
 
-/// The reply to one query, as JSON bytes.
-async fn one_answer(handle: &Handle, query: &[u8]) -> Vec<u8> {
-    let error = |message: String| {
-        serde_json::json!({ "error": message })
-            .to_string()
-            .into_bytes()
-    };
+/// The reply to one query: `{"page": ...}` or `{"error": "..."}`. A page not read within
+/// [`ANSWER_WAIT`] is given up: its asker has stopped waiting.
+async fn one_answer(handle: &Handle, query: &[u8]) -> serde_json::Value {
+    let error = |message: String| serde_json::json!({ "error": message });
     if query.len() > MAX_QUERY {
         return error(format!(
             "a query of {} bytes is over the {MAX_QUERY} a node reads",
@@ -105,28 +117,32 @@ async fn one_answer(handle: &Handle, query: &[u8]) -> Vec<u8> {
         Ok(q) => q,
         Err(e) => return error(format!("the query does not read: {e}")),
     };
-    match page(handle, query).await {
-        Ok(page) => serde_json::to_vec(&serde_json::json!({ "page": page }))
-            .unwrap_or_else(|e| error(format!("the page did not encode: {e}"))),
-        Err(PageError::BadQuery(message)) => error(message),
-        Err(PageError::Runtime(e)) => error(format!("its runtime did not answer: {e}")),
+    match tokio::time::timeout(ANSWER_WAIT, page(handle, query)).await {
+        Err(_) => error(format!("its runtime gave no page in {ANSWER_WAIT:?}")),
+        Ok(Ok(page)) => serde_json::json!({ "page": page }),
+        Ok(Err(PageError::BadQuery(message))) => error(message),
+        Ok(Err(PageError::Runtime(e))) => error(format!("its runtime did not answer: {e}")),
     }
 }
 
 impl Cluster {
     /// A page of agents matching `query` from each live node, or from node `only`, asked
     /// at once; each node's answer or why it gave none (within [`ANSWER_WAIT`]), in the
-    /// nodes' name order. An error when `only` names no live node.
+    /// nodes' name order. An error when the query is bad whatever the node
+    /// ([`AgentQuery::check`]), or when `only` names no live node.
     pub async fn agents(
         &self,
         only: Option<&str>,
         query: &AgentQuery,
     ) -> Result<Vec<NodeAgents>, Error> {
-        let mut nodes: Vec<String> = membership::list(&self.nodes)
+        query.check().map_err(Error::Settings)?;
+        let mut listed: Vec<(String, u64)> = membership::list(&self.nodes)
             .await?
             .into_iter()
-            .map(|n| n.name)
+            .map(|n| (n.name, n.started_ms))
             .collect();
+        listed.dedup_by(|a, b| a.0 == b.0);
+        let mut nodes: Vec<String> = listed.iter().map(|(n, _)| n.clone()).collect();
         if let Some(only) = only {
             if !nodes.iter().any(|n| n == only) {
                 return Err(Error::Settings(format!(
@@ -146,6 +162,10 @@ impl Cluster {
         );
         let asks = nodes.into_iter().map(|node| {
             let body = body.clone();
+            let started = listed
+                .iter()
+                .find(|(n, _)| *n == node)
+                .map(|(_, s)| *s);
             async move {
                 let asked =
                     tokio::time::timeout(ANSWER_WAIT, self.client.request(subject(&node), body))
@@ -162,6 +182,14 @@ impl Cluster {
                     Ok(Ok(message)) => message,
                 };
                 match serde_json::from_slice::<Reply>(&message.payload) {
+                    Ok(reply) if reply.node != node || Some(reply.started_ms) != started => {
+                        failed(format!(
+                            "answered by node {} started at {} ms, but the list has {node} started at {} ms: two processes share the name",
+                            reply.node,
+                            reply.started_ms,
+                            started.unwrap_or_default()
+                        ))
+                    }
                     Ok(Reply {
                         page: Some(page), ..
                     }) => NodeAgents {

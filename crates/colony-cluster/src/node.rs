@@ -260,16 +260,21 @@ impl Node {
         if let Some((tiers, unhealthy)) = membership::hierarchy(&handle, patience).await {
             (info.tiers, info.unhealthy) = (tiers, unhealthy);
         }
-        membership::beat(&cluster.nodes, &info).await?;
         let (phase, phase_rx) = watch::channel(Phase::Taking);
+        // Answering before it is listed: a node in the list answers for its agents.
         let answers = crate::agents::answer_queries(
             cluster.client.clone(),
             &options.name,
+            now,
             handle.clone(),
             phase_rx.clone(),
         )
         .await?;
         let answers = Spawner::spawn("cluster-agent-queries", answers);
+        if let Err(e) = membership::beat(&cluster.nodes, &info).await {
+            answers.abort();
+            return Err(e);
+        }
         let shared = Arc::new(Shared {
             cluster,
             handle,
@@ -344,10 +349,11 @@ impl Node {
             idle().await;
         }
         self.heart.abort();
-        self.answers.abort();
         if let Err(e) = membership::leave(&self.shared.cluster.nodes, &self.shared.name).await {
             tracing::warn!("{e}");
         }
+        // Out of the list first: a node listed answers for its agents.
+        self.answers.abort();
         let _ = self.shared.cluster.flush().await;
         self.shared.counters.report()
     }

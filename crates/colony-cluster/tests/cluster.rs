@@ -771,7 +771,8 @@ async fn every_node_lists_its_own_agents_when_asked() {
     let tree_size = ra.handle().inspect(|t| t.len()).await.unwrap();
     assert_eq!(all.agents.len(), tree_size);
     assert!(all.agents.len() > 5, "workers and their managers");
-    // A bad query: each node says what is wrong with it.
+    // A query bad whatever the node is refused before any is asked; one a node's
+    // hierarchy cannot answer, each node names.
     let bad = client
         .agents(
             None,
@@ -781,10 +782,22 @@ async fn every_node_lists_its_own_agents_when_asked() {
             },
         )
         .await
+        .unwrap_err();
+    assert!(bad.to_string().contains("limit 0 is out of range"), "{bad}");
+    let parent = client
+        .agents(
+            None,
+            &AgentQuery {
+                parent: Some(100_000),
+                ..AgentQuery::default()
+            },
+        )
+        .await
         .unwrap();
-    for n in &bad {
+    assert_eq!(parent.len(), 2);
+    for n in &parent {
         let error = n.error.as_deref().unwrap_or_default();
-        assert!(error.contains("limit 0 is out of range"), "{n:?}");
+        assert!(error.contains("there is no agent 100000"), "{n:?}");
     }
     let tier = client
         .agents(
@@ -803,15 +816,29 @@ async fn every_node_lists_its_own_agents_when_asked() {
             .unwrap()
             .contains("tier \"general\" is not in this hierarchy")
     );
+    // A node listed that does not answer (dropped without a drain: its heartbeat lives
+    // until its TTL) is named, not left out.
+    let rc = runtime("gamma", 2, Duration::from_millis(1)).await;
+    let c = Node::start(cluster(&server).await, rc.handle().clone(), options("c"))
+        .await
+        .unwrap();
+    drop(c);
+    let answers = client.agents(None, &AgentQuery::default()).await.unwrap();
+    let names: Vec<&str> = answers.iter().map(|n| n.node.as_str()).collect();
+    assert_eq!(names, ["b", "c", "node.a"]);
+    let silent = answers[1].error.as_deref().unwrap_or_default();
+    assert!(silent.contains("no answer"), "{:?}", answers[1]);
+    assert!(answers[0].error.is_none() && answers[2].error.is_none());
+    rc.shutdown().await;
     let unknown = client
-        .agents(Some("c"), &AgentQuery::default())
+        .agents(Some("d"), &AgentQuery::default())
         .await
         .unwrap_err();
     assert!(
-        unknown.to_string().contains("no live node is named `c`"),
+        unknown.to_string().contains("no live node is named `d`"),
         "{unknown}"
     );
-    assert!(unknown.to_string().contains("b, node.a"), "{unknown}");
+    assert!(unknown.to_string().contains("b, c, node.a"), "{unknown}");
     a.drain().await;
     b.drain().await;
     ra.shutdown().await;

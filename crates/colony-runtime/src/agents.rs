@@ -121,6 +121,27 @@ pub struct AgentQuery {
     pub limit: Option<usize>,
 }
 
+impl AgentQuery {
+    /// What is wrong with this query whatever the hierarchy: a limit out of range, or a
+    /// state that is none. (A tier or a parent is checked against the hierarchy asked.)
+    pub fn check(&self) -> Result<(), String> {
+        let limit = self.limit.unwrap_or(100);
+        if !(1..=MAX_PAGE).contains(&limit) {
+            return Err(format!(
+                "limit {limit} is out of range: allowed 1..={MAX_PAGE}"
+            ));
+        }
+        if let Some(state) = &self.state
+            && !["up", "down", "retired", "vacant"].contains(&state.as_str())
+        {
+            return Err(format!(
+                "state {state:?} is not one of up, down, retired, vacant"
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// A page of agents, and the `after` of the next page when there may be more.
 #[derive(Clone, Debug, Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -141,19 +162,8 @@ pub enum PageError {
 
 /// Agents matching `query`, in id order.
 pub async fn page(handle: &Handle, query: AgentQuery) -> Result<Page, PageError> {
+    query.check().map_err(PageError::BadQuery)?;
     let limit = query.limit.unwrap_or(100);
-    if !(1..=MAX_PAGE).contains(&limit) {
-        return Err(PageError::BadQuery(format!(
-            "limit {limit} is out of range: allowed 1..={MAX_PAGE}"
-        )));
-    }
-    if let Some(state) = &query.state
-        && !["up", "down", "retired", "vacant"].contains(&state.as_str())
-    {
-        return Err(PageError::BadQuery(format!(
-            "state {state:?} is not one of up, down, retired, vacant"
-        )));
-    }
     let kinds = kinds(handle);
     let result = handle
         .observe(move |live| {

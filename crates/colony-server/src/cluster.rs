@@ -392,6 +392,9 @@ async fn agents(
         after: q.after,
         limit: q.limit,
     };
+    if let Err(message) = query.check() {
+        return problem(StatusCode::BAD_REQUEST, "bad-query", message);
+    }
     if node.is_none() && (query.after.is_some() || query.parent.is_some()) {
         return problem(
             StatusCode::BAD_REQUEST,
@@ -400,6 +403,14 @@ async fn agents(
         );
     }
     match app.cluster.agents(node.as_deref(), &query).await {
+        // The one node asked gave no page: its error is the answer.
+        Ok(nodes) if node.is_some() && nodes.iter().all(|n| n.error.is_some()) => {
+            let why = nodes
+                .iter()
+                .filter_map(|n| n.error.as_deref())
+                .collect::<Vec<_>>();
+            problem(StatusCode::BAD_GATEWAY, "node-failed", why.join("; "))
+        }
         Ok(nodes) => Json(json!({ "nodes": nodes })).into_response(),
         Err(e @ colony_cluster::Error::Settings(_)) => {
             problem(StatusCode::NOT_FOUND, "no-such-node", e.to_string())

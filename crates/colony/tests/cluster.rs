@@ -922,8 +922,14 @@ fn serve_over_the_cluster_takes_tasks_and_one_server_leads_the_scaling() {
     assert_eq!(fetch(serves[0].port, "/v1/agents?after=3").0, 400);
     assert_eq!(fetch(serves[0].port, "/v1/agents?node=z").0, 404);
     let (code, bad) = fetch(serves[0].port, "/v1/agents?limit=0");
-    assert_eq!(code, 200);
+    assert_eq!(code, 400);
     assert!(bad.contains("limit 0 is out of range"), "{bad}");
+    let (code, bad) = fetch(serves[0].port, "/v1/agents?node=a&tier=general");
+    assert_eq!(code, 502, "the one node asked refused: {bad}");
+    assert!(
+        bad.contains("node-failed") && bad.contains("is not in this hierarchy"),
+        "{bad}"
+    );
     let (code, script) = fetch(serves[0].port, "/assets/cluster.js");
     assert_eq!(code, 200);
     assert!(script.contains("EventSource(\"/v1/events\")"), "{script}");
