@@ -408,14 +408,46 @@ async fn by_priority(cluster: &Cluster, role: Option<&str>) -> Result<Vec<PullCo
             ..Default::default()
         };
         async move {
-            cluster
-                .stream
-                .get_or_create_consumer(&name, config)
-                .await
-                .map_err(|e| Error::nats(format!("the consumer {name}"), e))
+            // A cluster just started, or electing its meta leader, answers late or not at
+            // all for a while: asked again for up to MAKE_WAIT, then the last error.
+            let deadline = Instant::now() + MAKE_WAIT;
+            let mut pause = Duration::from_millis(250);
+            loop {
+                match cluster
+                    .stream
+                    .get_or_create_consumer(&name, config.clone())
+                    .await
+                {
+                    Ok(consumer) => return Ok(consumer),
+                    Err(e) if transient(&e) && Instant::now() + pause < deadline => {
+                        tracing::debug!("the consumer {name}: {e}; asking again");
+                        tokio::time::sleep(pause).await;
+                        pause = (pause * 2).min(Duration::from_secs(2));
+                    }
+                    Err(e) => return Err(Error::nats(format!("the consumer {name}"), e)),
+                }
+            }
         }
     });
     futures::future::try_join_all(made).await
+}
+
+/// How long a node keeps asking for its consumers while the cluster cannot make them yet.
+const MAKE_WAIT: Duration = Duration::from_secs(30);
+
+/// Whether making a consumer failed for a while only: no answer in time, no server to
+/// answer, or a cluster without a (meta) leader for now.
+fn transient(e: &async_nats::jetstream::stream::ConsumerError) -> bool {
+    use async_nats::jetstream::{ErrorCode, stream::ConsumerErrorKind as K};
+    match e.kind() {
+        K::TimedOut | K::Request => true,
+        K::JetStream(j) => [
+            ErrorCode::CLUSTER_NOT_AVAILABLE,
+            ErrorCode::CLUSTER_NOT_LEADER,
+        ]
+        .contains(&j.error_code()),
+        _ => false,
+    }
 }
 
 async fn heartbeat(shared: Arc<Shared>, mut info: NodeInfo) {
@@ -461,9 +493,11 @@ const RECHECK: Duration = Duration::from_millis(50);
 /// is gone) is left before it is asked again: not at once, again and again.
 const BACKOFF: Duration = Duration::from_millis(500);
 
-/// Longest a node waits for the answer to an ask that does not wait: the server answers at
-/// once, and a reply lost with a connection would otherwise hold the pull for good.
-const ASK_LIMIT: Duration = Duration::from_secs(5);
+/// Longest a node waits for the answer to an ask that does not wait before it goes on: the
+/// server answers at once, and a consumer whose leader just died would otherwise hold the
+/// pull (a reply lost with a connection, for good). The answer is still read to its end,
+/// aside, for up to `ack_wait`, and what comes then is handed back ([`late`]).
+const ASK_LIMIT: Duration = Duration::from_secs(1);
 
 /// A slot of the role's and one of the node's, held while a delivery runs.
 type Permit = (OwnedSemaphorePermit, OwnedSemaphorePermit);
@@ -589,10 +623,12 @@ async fn pause(phase: &mut watch::Receiver<Phase>, time: Duration) {
 }
 
 /// Asks a role's consumers, the highest priority first, for what they hold now, without
-/// waiting, while `permits` last. The highest priority that had work when last asked, and
-/// each above it not left alone, are asked at once: the empty ones then cost no round trip
-/// of their own ahead of the work (what a higher one gives is taken first; what comes
-/// beyond the slots is handed back at once). Below it, one by one.
+/// waiting, while `permits` last, in two rounds of asks sent at once. First the highest
+/// priority that had work when last asked and each above it not left alone: the empty ones
+/// then cost no round trip of their own ahead of the work. Then, if slots remain, each below
+/// it not left alone. In each round what a higher priority gives is taken first, and what
+/// comes beyond the slots is handed back at once; a consumer that does not answer holds the
+/// round for [`ASK_LIMIT`] at most, whatever the number of priorities.
 async fn ask_in_order(
     shared: &Arc<Shared>,
     consumers: &[PullConsumer],
@@ -600,25 +636,21 @@ async fn ask_in_order(
     left_until: &mut [Option<Instant>],
 ) {
     let now = Instant::now();
-    let lapsed = |until: Option<Instant>| until.is_none_or(|until| now >= until);
     let working = left_until
         .iter()
         .position(Option::is_none)
         .unwrap_or(consumers.len().saturating_sub(1));
-    let at_once: Vec<usize> = (0..consumers.len().min(working + 1))
-        .filter(|&i| lapsed(left_until[i]))
-        .collect();
-    let asks = at_once.iter().map(|&i| ask(&consumers[i], permits.len()));
-    let answers = futures::future::join_all(asks).await;
-    for (&i, given) in at_once.iter().zip(answers) {
-        left_until[i] = take_asked(shared, given, permits, now).await;
-    }
-    for i in working + 1..consumers.len() {
+    let split = consumers.len().min(working + 1);
+    for round in [0..split, split..consumers.len()] {
         if permits.is_empty() {
             break;
         }
-        if lapsed(left_until[i]) {
-            let given = ask(&consumers[i], permits.len()).await;
+        let asked: Vec<usize> = round
+            .filter(|&i| left_until[i].is_none_or(|until| now >= until))
+            .collect();
+        let asks = asked.iter().map(|&i| ask(&consumers[i], permits.len()));
+        let answers = futures::future::join_all(asks).await;
+        for (&i, given) in asked.iter().zip(answers) {
             left_until[i] = take_asked(shared, given, permits, now).await;
         }
     }
@@ -638,6 +670,8 @@ fn try_permit(slots: &Arc<Semaphore>, node_slots: &Arc<Semaphore>) -> Option<Per
 struct Asked {
     messages: Vec<Message>,
     failed: bool,
+    /// The answer, still open after [`ASK_LIMIT`].
+    late: Option<pull::Batch>,
 }
 
 /// Asks `consumer` for up to `n` tasks it holds now, without waiting, and reads the answer
@@ -652,6 +686,7 @@ async fn ask(consumer: &PullConsumer, n: usize) -> Result<Asked, String> {
     let mut asked = Asked {
         messages: Vec::new(),
         failed: false,
+        late: None,
     };
     let read = async {
         while let Some(message) = batch.next().await {
@@ -667,6 +702,7 @@ async fn ask(consumer: &PullConsumer, n: usize) -> Result<Asked, String> {
     if tokio::time::timeout(ASK_LIMIT, read).await.is_err() {
         tracing::warn!("pulling tasks: no answer in {ASK_LIMIT:?}");
         asked.failed = true;
+        asked.late = Some(batch);
     }
     Ok(asked)
 }
@@ -692,6 +728,9 @@ async fn take_asked(
     } else {
         asked.messages.is_empty().then_some(now + RECHECK)
     };
+    if let Some(batch) = asked.late {
+        Spawner::spawn("cluster-pull-late", late(batch, shared.ack_wait));
+    }
     for message in asked.messages {
         match permits.pop() {
             Some(permit) => start(shared, message, permit),
@@ -699,6 +738,19 @@ async fn take_asked(
         }
     }
     left
+}
+
+/// Reads an answer given up on ([`ASK_LIMIT`]) to its end, for up to `wait`, and hands back
+/// at once what comes: a task given to an answer nobody reads would wait until `ack_wait`.
+async fn late(mut batch: pull::Batch, wait: Duration) {
+    let read = async {
+        while let Some(message) = batch.next().await {
+            if let Ok(message) = message {
+                answer(&message, Reply::Nak(Duration::ZERO)).await;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(wait, read).await;
 }
 
 /// Reads the waiting requests of an idle pull to their end: a request dropped unread would

@@ -621,14 +621,19 @@ async fn a_node_takes_the_highest_priority_first() {
     let p1: Vec<&String> = ran.iter().filter(|r| r.starts_with("p1")).collect();
     let in_order: Vec<String> = (0..8).map(|i| format!("p1-{i}")).collect();
     assert_eq!(p1, in_order.iter().collect::<Vec<_>>());
-    // One line a role, its consumers of every priority summed: 18 deliveries over three.
+    // One line a role, its consumers of every priority summed: at least 18 deliveries over
+    // three consumers (none gave more than 8), more when a lower priority asked in the same
+    // round as a higher one was handed back.
     let status = client.status().await.unwrap();
-    let roles: Vec<(&str, u64, u64, u64)> = status
+    let roles: Vec<(&str, u64, u64)> = status
         .roles
         .iter()
-        .map(|r| (r.role.as_str(), r.waiting, r.running, r.delivered))
+        .map(|r| (r.role.as_str(), r.waiting, r.running))
         .collect();
-    assert_eq!(roles, [("*", 0, 0, 0), ("worker", 0, 0, 18)]);
+    assert_eq!(roles, [("*", 0, 0), ("worker", 0, 0)]);
+    assert_eq!(status.roles[0].delivered, 0);
+    let delivered = status.roles[1].delivered;
+    assert!((18..=26).contains(&delivered), "{delivered} deliveries");
     assert_eq!(node.drain().await.succeeded, 18);
     rt.shutdown().await;
 }

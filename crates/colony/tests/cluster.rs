@@ -339,7 +339,20 @@ fn loaded(
 ) -> (NodeProc, NodeProc, Vec<u64>) {
     let a = NodeProc::start(dir, url, "a", replicas);
     let b = NodeProc::start(dir, url, "b", replicas);
-    rt.block_on(wait_for_nodes(cluster, 2));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while rt.block_on(cluster.status()).map_or(0, |s| s.nodes.len()) < 2 {
+        if Instant::now() > deadline {
+            let said: Vec<String> = ["a", "b"]
+                .iter()
+                .map(|n| {
+                    let err = std::fs::read_to_string(dir.join(format!("{n}.stderr")));
+                    format!("node {n} said: {}", err.unwrap_or_default())
+                })
+                .collect();
+            panic!("2 nodes did not join within 30 s; {}", said.join("; "));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let ids = submit_with(url, dir, count, sleep, attempts);
     let deadline = Instant::now() + Duration::from_secs(30);
     while !started(&a, &b) {

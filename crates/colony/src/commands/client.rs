@@ -571,27 +571,32 @@ pub(crate) fn agents(
             println!("{agents}");
             return Ok(());
         }
-        let mut t = Table::new(&[
-            "agent", "tier", "parent", "state", "health", "role", "load", "capacity",
-        ]);
+        let mut t = Table::new(&AGENT_COLUMNS);
         for a in agents.as_array().cloned().unwrap_or_default() {
-            let s = |f: &str| match &a[f] {
-                Value::Null => "-".to_owned(),
-                Value::String(s) => s.clone(),
-                v => v.to_string(),
-            };
-            t.row(vec![
-                s("id"),
-                s("tier"),
-                s("parent"),
-                s("state"),
-                s("health"),
-                s("role"),
-                s("load"),
-                s("capacity"),
-            ]);
+            t.row(agent_cells(&a));
         }
         print!("{}", t.render());
         Ok(())
     })
+}
+
+/// The columns of an agent's row, as `colony agents --server` and `colony cluster agents`
+/// print them.
+pub(crate) const AGENT_COLUMNS: [&str; 8] = [
+    "agent", "tier", "parent", "state", "health", "role", "load", "capacity",
+];
+
+/// An agent of the API (`GET /v1/agents`) as the cells of [`AGENT_COLUMNS`]; `-` for
+/// what it does not have.
+pub(crate) fn agent_cells(agent: &Value) -> Vec<String> {
+    [
+        "id", "tier", "parent", "state", "health", "role", "load", "capacity",
+    ]
+    .iter()
+    .map(|field| match &agent[*field] {
+        Value::Null => "-".to_owned(),
+        Value::String(s) => s.clone(),
+        v => v.to_string(),
+    })
+    .collect()
 }

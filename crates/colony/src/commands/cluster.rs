@@ -1192,29 +1192,15 @@ async fn agents(args: &AgentsArgs) -> Result<(), Failure> {
 /// The nodes' answers as one table, a row per agent, and where each node's next page
 /// starts.
 fn render_agents(answers: &[colony_cluster::agents::NodeAgents]) -> String {
-    use serde_json::Value;
-    let mut t = Table::new(&[
-        "node", "agent", "tier", "parent", "state", "health", "role", "load", "capacity",
-    ]);
+    use crate::commands::client::{AGENT_COLUMNS, agent_cells};
+    let columns: Vec<&str> = std::iter::once("node").chain(AGENT_COLUMNS).collect();
+    let mut t = Table::new(&columns);
     let mut more = String::new();
     for n in answers {
         for a in &n.agents {
-            let s = |f: &str| match &a[f] {
-                Value::Null => "-".to_owned(),
-                Value::String(s) => s.clone(),
-                v => v.to_string(),
-            };
-            t.row(vec![
-                n.node.clone(),
-                s("id"),
-                s("tier"),
-                s("parent"),
-                s("state"),
-                s("health"),
-                s("role"),
-                s("load"),
-                s("capacity"),
-            ]);
+            let mut row = vec![n.node.clone()];
+            row.extend(agent_cells(a));
+            t.row(row);
         }
         if let Some(after) = n.next_after {
             more.push_str(&format!(
