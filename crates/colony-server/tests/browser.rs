@@ -351,6 +351,17 @@ async fn the_cluster_dashboard_shows_nodes_and_records_in_a_browser() {
     })
     .await;
     assert!(live.is_some(), "the event stream did not connect");
+    // The node answered for its workers: none is in trouble.
+    let troubled = until(Duration::from_secs(10), POLL, || async {
+        text(&client, "#troubled").await.filter(|t| !t.is_empty())
+    })
+    .await
+    .expect("the agents panel");
+    assert!(
+        troubled.contains("Every worker of every node that answered is healthy")
+            && !troubled.contains("No answer"),
+        "{troubled}"
+    );
 
     // Tasks end on the node; their records come into the list.
     let specs: Vec<TaskSpec> = (0..5)

@@ -7,6 +7,8 @@
 //! - `GET /ui/cluster/nodes` [read]: every live node: its roles, agents, running and ended
 //!   attempts, late results fenced, draining, age of its heartbeat, version.
 //! - `GET /ui/cluster/roles` [read]: every role's backlog and the scaling leader's decision.
+//! - `GET /ui/cluster/agents` [read]: the workers whose health is not good, as each live
+//!   node answers for its own (failed, then critical, then degraded; a page of each).
 //! - The list of task records as they are written comes from `/v1/events` in `cluster.js`.
 
 use super::{assets, html::Esc, html::head_with, ok, secure, signed_in};
@@ -27,6 +29,7 @@ pub(crate) fn read_routes() -> Router<Arc<ClusterApp>> {
         .route("/ui/cluster", get(counters))
         .route("/ui/cluster/nodes", get(nodes))
         .route("/ui/cluster/roles", get(roles))
+        .route("/ui/cluster/agents", get(troubled))
         .layer(map_response(secure))
 }
 
@@ -81,6 +84,11 @@ fn shell(version: &str, logout: bool, url: &str) -> String {
 <h2>Roles</h2>
 <p class="note">Each role's tasks waiting for a node and running, its deliveries, and the nodes the scaling leader wants for it, with its last decision.</p>
 <div id="roles" class="scroll" hx-get="/ui/cluster/roles" hx-trigger="load, every 2s"></div>
+</section>
+<section class="panel wide">
+<h2>Agents in trouble</h2>
+<p class="note">Workers of every live node whose health is failed, critical or degraded, as each node answers for its own (the worst first, at most 20 of each a node), with their breaker and error rate.</p>
+<div id="troubled" class="scroll" hx-get="/ui/cluster/agents" hx-trigger="load, every 5s"></div>
 </section>
 <section class="panel span-2">
 <h2>Task records</h2>
@@ -217,6 +225,80 @@ fn nodes_table(nodes: &[colony_cluster::NodeInfo], now: u64) -> String {
     out
 }
 
+/// Most workers of each health the panel lists a node.
+const TROUBLED_PAGE: usize = 20;
+
+/// `GET /ui/cluster/agents`: each unhealthy health asked of every live node at once.
+async fn troubled(State(app): State<Arc<ClusterApp>>) -> Response {
+    use colony_core::health::HealthState::{Critical, Degraded, Failed};
+    let asks = [Failed, Critical, Degraded].map(|health| {
+        let query = colony_runtime::agents::AgentQuery {
+            health: Some(health),
+            limit: Some(TROUBLED_PAGE),
+            ..Default::default()
+        };
+        let cluster = app.cluster.clone();
+        async move { cluster.agents(None, &query).await }
+    });
+    let mut answers = Vec::new();
+    for answer in futures::future::join_all(asks).await {
+        match answer {
+            Ok(nodes) => answers.extend(nodes),
+            Err(e) => return unavailable(e),
+        }
+    }
+    ok(troubled_table(&answers))
+}
+
+/// The workers in trouble, from the nodes' answers; a node that did not answer is said.
+fn troubled_table(answers: &[colony_cluster::agents::NodeAgents]) -> String {
+    let mut out = String::new();
+    let mut silent: Vec<String> = answers
+        .iter()
+        .filter_map(|n| n.error.as_ref().map(|e| format!("{}: {e}", n.node)))
+        .collect();
+    silent.dedup();
+    let rows: Vec<(&str, &serde_json::Value)> = answers
+        .iter()
+        .flat_map(|n| n.agents.iter().map(move |a| (n.node.as_str(), a)))
+        .collect();
+    if rows.is_empty() {
+        out.push_str(r#"<p class="note">Every worker of every node that answered is healthy.</p>"#);
+    } else {
+        out.push_str(r#"<table id="troubled-table"><thead><tr><th>Node</th><th class="num">Agent</th><th>Role</th><th>Health</th><th>State</th><th>Breaker</th><th class="num">Error rate</th></tr></thead><tbody>"#);
+        for (node, a) in rows {
+            let text = |f: &str| match &a[f] {
+                serde_json::Value::String(s) => s.clone(),
+                serde_json::Value::Null => "-".into(),
+                v => v.to_string(),
+            };
+            let rate = a["error-rate"]
+                .as_f64()
+                .map_or("-".into(), |r| format!("{:.0} %", r * 100.0));
+            let _ = write!(
+                out,
+                r#"<tr><td>{}</td><td class="num">{}</td><td>{}</td><td class="bad">{}</td><td>{}</td><td>{}</td><td class="num">{}</td></tr>"#,
+                Esc(node),
+                Esc(&text("id")),
+                Esc(&text("role")),
+                Esc(&text("health")),
+                Esc(&text("state")),
+                Esc(&text("breaker")),
+                Esc(&rate),
+            );
+        }
+        out.push_str("</tbody></table>");
+    }
+    for line in silent {
+        let _ = write!(
+            out,
+            r#"<p class="note bad">No answer from node {}</p>"#,
+            Esc(&line)
+        );
+    }
+    out
+}
+
 /// `GET /ui/cluster/roles`.
 async fn roles(State(app): State<Arc<ClusterApp>>) -> Response {
     let status = match app.cluster.status().await {
@@ -350,5 +432,34 @@ mod tests {
         assert!(!html.contains("<img"), "{html}");
         assert!(html.contains(r#"<td class="num">2</td>"#), "{html}");
         assert!(nodes_table(&[], 0).contains("No node has joined"));
+
+        let node = |name: &str, agents, error: Option<&str>| colony_cluster::agents::NodeAgents {
+            node: name.into(),
+            agents,
+            next_after: None,
+            error: error.map(Into::into),
+        };
+        let sick = serde_json::json!({
+            "id": 7, "role": HOSTILE, "health": "failed", "state": "up",
+            "breaker": "open", "error-rate": 0.75,
+        });
+        let html = troubled_table(&[
+            node(HOSTILE, vec![sick], None),
+            node("quiet", vec![], Some(HOSTILE)),
+            node("quiet", vec![], Some(HOSTILE)),
+        ]);
+        assert!(!html.contains("<img"), "{html}");
+        assert!(html.contains(r#"<td class="bad">failed</td>"#), "{html}");
+        assert!(
+            html.contains("75 %") && html.contains("<td>open</td>"),
+            "{html}"
+        );
+        assert_eq!(
+            html.matches("No answer from node quiet").count(),
+            1,
+            "{html}"
+        );
+        let calm = troubled_table(&[node("a", vec![], None)]);
+        assert!(calm.contains("Every worker of every node that answered is healthy"));
     }
 }
