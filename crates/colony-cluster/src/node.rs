@@ -483,6 +483,9 @@ async fn heartbeat(shared: Arc<Shared>, mut info: NodeInfo) {
 /// How long a node with nothing to do waits on a role's consumers before asking again.
 const IDLE_WAIT: Duration = Duration::from_secs(1);
 
+/// How much past IDLE_WAIT a node waits for the servers to end its waiting requests.
+const IDLE_SLACK: Duration = Duration::from_millis(500);
+
 /// How long a busy node leaves a priority it found empty before asking it again: the empty
 /// asks cost a round trip each, ahead of the priority that has work. An idle node waits on
 /// every priority at once, so this delays a higher priority's task only while the node is
@@ -572,8 +575,11 @@ async fn pull_loop(
             continue;
         }
         let mut waiting = futures::stream::select_all(batches);
+        // The servers end each request at IDLE_WAIT; one lost with a consumer's dead leader
+        // would hold the pull until the client's own limit, 5 s later. Past IDLE_WAIT and a
+        // little, the requests are read to their end aside and the node asks again.
         let came = tokio::select! {
-            came = waiting.next() => Some(came),
+            came = tokio::time::timeout(IDLE_WAIT + IDLE_SLACK, waiting.next()) => came.ok(),
             _ = phase.changed() => None,
         };
         quiet = matches!(came, Some(None));
