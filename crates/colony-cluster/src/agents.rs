@@ -167,6 +167,15 @@ impl Cluster {
                 .find(|(n, _)| *n == node)
                 .map(|(_, s)| *s);
             async move {
+                if crate::node::check_name(&node).is_err() {
+                    // Not written by a node of this version: no subject is made of it.
+                    return NodeAgents {
+                        error: Some("its heartbeat's name is not a node name".into()),
+                        node,
+                        agents: Vec::new(),
+                        next_after: None,
+                    };
+                }
                 let asked =
                     tokio::time::timeout(ANSWER_WAIT, self.client.request(subject(&node), body))
                         .await;

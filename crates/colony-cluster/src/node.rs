@@ -359,7 +359,7 @@ impl Node {
     }
 }
 
-fn check_name(name: &str) -> Result<(), Error> {
+pub(crate) fn check_name(name: &str) -> Result<(), Error> {
     let ok = !name.is_empty()
         && name.len() <= 128
         && name
@@ -583,6 +583,7 @@ async fn pull_loop(
             _ = phase.changed() => None,
         };
         quiet = matches!(came, Some(None));
+        let errored = matches!(came, Some(Some(Err(_))));
         match came {
             Some(Some(Ok(message))) => {
                 // Work came at its priority: that one is asked again at once. The
@@ -594,15 +595,7 @@ async fn pull_loop(
                 }
                 take(&shared, message, &slots, &node_slots).await;
             }
-            Some(Some(Err(e))) => {
-                tracing::debug!("node {}: pulling tasks: {e}", shared.name);
-                rests.push(Spawner::spawn(
-                    "cluster-pull-rest",
-                    rest(shared.clone(), waiting, slots.clone(), node_slots.clone()),
-                ));
-                pause(&mut phase, BACKOFF).await;
-                continue;
-            }
+            Some(Some(Err(e))) => tracing::debug!("node {}: pulling tasks: {e}", shared.name),
             Some(None) | None => {}
         }
         if !waiting.is_empty() {
@@ -611,6 +604,10 @@ async fn pull_loop(
                 "cluster-pull-rest",
                 rest(shared.clone(), waiting, slots.clone(), node_slots.clone()),
             ));
+        }
+        // A consumer answered with an error: not asked again at once.
+        if errored {
+            pause(&mut phase, BACKOFF).await;
         }
     }
     // A drain waits for the pullers: the waiting requests are read to their end first, so
