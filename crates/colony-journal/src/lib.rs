@@ -460,6 +460,12 @@ pub trait Journal: std::fmt::Debug + Send + Sync + 'static {
     /// Every reputation recorded, by agent id.
     fn reputations(&self) -> Result<Vec<ReputationRow>, Error>;
 
+    /// Whether the journal takes writes now, or why not: a journal that stopped for good (one
+    /// in NATS another process took over) says so here, for readiness checks.
+    fn writable(&self) -> Result<(), Error> {
+        Ok(())
+    }
+
     /// The writes waiting for a writer thread, for submitters to await room in before they
     /// write (see [`Backlog`]); `None` for a journal that never makes a writer wait.
     fn backlog(&self) -> Option<&Backlog> {

@@ -198,6 +198,70 @@ impl Inner {
     }
 }
 
+impl MemoryJournal {
+    /// [`Journal::close_decision`], ended at `at_ms` (milliseconds since the Unix epoch)
+    /// rather than now: for a journal that replays its writes into this one.
+    pub fn close_decision_at(&self, id: TaskId, outcome: Arc<str>, at_ms: u64) -> Durable {
+        let mut inner = self.lock();
+        let inner = &mut *inner;
+        let Ok(i) = inner.decisions.binary_search_by_key(&id, |d| d.id) else {
+            inner.stats.unknown += 1;
+            return Durable::ready(Ok(()));
+        };
+        let row = &mut inner.decisions[i];
+        if row.outcome.is_some() {
+            inner.stats.fenced += 1;
+        } else {
+            row.outcome = Some(outcome);
+            row.ended_at_ms = Some(at_ms);
+        }
+        Durable::ready(Ok(()))
+    }
+
+    /// [`Journal::decided`], ended at `at_ms` (milliseconds since the Unix epoch) rather
+    /// than now: for a journal that replays its writes into this one.
+    pub fn decided_at(
+        &self,
+        id: TaskId,
+        spec: &TaskSpec,
+        taken: crate::Taken,
+        at_ms: u64,
+    ) -> Durable {
+        if let Err(e) = crate::check_opening(&[], &taken.opening) {
+            return Durable::ready(Err(e));
+        }
+        let mut inner = self.lock();
+        let inner = &mut *inner;
+        if let Err(e) = inner.accept(id, std::slice::from_ref(spec)) {
+            return Durable::ready(Err(e));
+        }
+        let row = inner.rows.get_mut(index(id)).expect("just accepted");
+        row.state = match taken.result {
+            Ok(value) => {
+                row.output = Some(value);
+                TaskState::Succeeded
+            }
+            Err(reason) => {
+                row.error = Some(reason);
+                TaskState::Failed
+            }
+        };
+        if inner.forget_finished {
+            row.spec.payload = Bytes::new();
+            row.output = None;
+        }
+        inner.counts.moved(TaskState::Queued, row.state);
+        inner.decisions.push(DecisionRow {
+            id,
+            opening: taken.opening,
+            calls: Vec::new(),
+            outcome: Some(taken.outcome),
+            ended_at_ms: Some(at_ms),
+        });
+        Durable::ready(Ok(()))
+    }
+}
+
 impl Journal for MemoryJournal {
     fn next_task_id(&self) -> TaskId {
         TaskId(self.lock().rows.len() as u64 + 1)
@@ -243,55 +307,11 @@ impl Journal for MemoryJournal {
     }
 
     fn close_decision(&self, id: TaskId, outcome: Arc<str>) -> Durable {
-        let mut inner = self.lock();
-        let inner = &mut *inner;
-        let Ok(i) = inner.decisions.binary_search_by_key(&id, |d| d.id) else {
-            inner.stats.unknown += 1;
-            return Durable::ready(Ok(()));
-        };
-        let row = &mut inner.decisions[i];
-        if row.outcome.is_some() {
-            inner.stats.fenced += 1;
-        } else {
-            row.outcome = Some(outcome);
-            row.ended_at_ms = Some(crate::now_ms());
-        }
-        Durable::ready(Ok(()))
+        self.close_decision_at(id, outcome, crate::now_ms())
     }
 
     fn decided(&self, id: TaskId, spec: &TaskSpec, taken: crate::Taken) -> Durable {
-        if let Err(e) = crate::check_opening(&[], &taken.opening) {
-            return Durable::ready(Err(e));
-        }
-        let mut inner = self.lock();
-        let inner = &mut *inner;
-        if let Err(e) = inner.accept(id, std::slice::from_ref(spec)) {
-            return Durable::ready(Err(e));
-        }
-        let row = inner.rows.get_mut(index(id)).expect("just accepted");
-        row.state = match taken.result {
-            Ok(value) => {
-                row.output = Some(value);
-                TaskState::Succeeded
-            }
-            Err(reason) => {
-                row.error = Some(reason);
-                TaskState::Failed
-            }
-        };
-        if inner.forget_finished {
-            row.spec.payload = Bytes::new();
-            row.output = None;
-        }
-        inner.counts.moved(TaskState::Queued, row.state);
-        inner.decisions.push(DecisionRow {
-            id,
-            opening: taken.opening,
-            calls: Vec::new(),
-            outcome: Some(taken.outcome),
-            ended_at_ms: Some(crate::now_ms()),
-        });
-        Durable::ready(Ok(()))
+        self.decided_at(id, spec, taken, crate::now_ms())
     }
 
     fn decision(&self, id: TaskId) -> Result<Option<DecisionRow>, Error> {

@@ -86,6 +86,13 @@ const READY_WITHIN: std::time::Duration = std::time::Duration::from_secs(1);
 /// answers a query within [`READY_WITHIN`]. 503 `not-ready` when it has stopped (its journal
 /// failed, or a shutdown began) or is too busy to answer; open to all, and says nothing more.
 pub(crate) async fn readyz(State(app): State<Arc<App>>) -> Response {
+    if let Err(e) = app.handle.journal().writable() {
+        return crate::problem(
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            "not-ready",
+            format!("the journal takes no writes: {e}"),
+        );
+    }
     match tokio::time::timeout(READY_WITHIN, app.handle.inspect(|_| ())).await {
         Ok(Ok(())) => Json(serde_json::json!({ "ready": true })).into_response(),
         Ok(Err(e)) => crate::problem(
