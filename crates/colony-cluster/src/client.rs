@@ -113,33 +113,7 @@ impl Cluster {
 
     async fn open(url: &str, mut settings: Settings, strict: bool) -> Result<Self, Error> {
         settings.validate()?;
-        let connect_error = |e: &dyn std::fmt::Display| Error::Connect {
-            url: shown(url),
-            detail: e.to_string(),
-        };
-        // Several servers of one cluster, comma-separated: the client fails over among them.
-        let addrs = url
-            .split(',')
-            .map(|a| a.trim().parse::<async_nats::ServerAddr>())
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| {
-                Error::Settings(format!(
-                    "--nats `{}`: not a NATS URL ({e}): write nats://HOST:PORT, several comma-separated",
-                    colony_core::text::shorten(&shown(url), 200)
-                ))
-            })?;
-        let client = async_nats::ConnectOptions::new()
-            .connection_timeout(Duration::from_secs(5))
-            .name("colony")
-            .connect(addrs)
-            .await
-            .map_err(|e| connect_error(&e))?;
-        let js = jetstream::ContextBuilder::new()
-            .timeout(REQUEST_TIMEOUT)
-            .build(client.clone());
-        js.query_account()
-            .await
-            .map_err(|_| Error::NoJetStream { url: shown(url) })?;
+        let (client, js) = connect(url, "--nats").await?;
         let mut stream = js
             .get_or_create_stream(settings.stream())
             .await
@@ -679,6 +653,40 @@ pub(crate) fn shown(url: &str) -> String {
         })
         .collect::<Vec<_>>()
         .join(",")
+}
+
+/// Connects to the NATS servers of `url` (several comma-separated: the client fails over
+/// among them) and checks that they run JetStream. `flag` names where the URL was given.
+pub(crate) async fn connect(
+    url: &str,
+    flag: &str,
+) -> Result<(async_nats::Client, jetstream::Context), Error> {
+    let addrs = url
+        .split(',')
+        .map(|a| a.trim().parse::<async_nats::ServerAddr>())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| {
+            Error::Settings(format!(
+                "{flag} `{}`: not a NATS URL ({e}): write nats://HOST:PORT, several comma-separated",
+                colony_core::text::shorten(&shown(url), 200)
+            ))
+        })?;
+    let client = async_nats::ConnectOptions::new()
+        .connection_timeout(Duration::from_secs(5))
+        .name("colony")
+        .connect(addrs)
+        .await
+        .map_err(|e| Error::Connect {
+            url: shown(url),
+            detail: e.to_string(),
+        })?;
+    let js = jetstream::ContextBuilder::new()
+        .timeout(REQUEST_TIMEOUT)
+        .build(client.clone());
+    js.query_account()
+        .await
+        .map_err(|_| Error::NoJetStream { url: shown(url) })?;
+    Ok((client, js))
 }
 
 pub(crate) async fn bucket(

@@ -23,6 +23,7 @@
 pub mod agents;
 pub mod bench;
 mod client;
+pub mod journal;
 pub mod kubernetes;
 pub mod leadership;
 pub mod lease;
@@ -35,6 +36,7 @@ pub mod testing;
 mod wire;
 
 pub use client::{Cancel, Cluster, RoleStatus, Status, Submitted, TaskView};
+pub use journal::{JetStreamJournal, JournalOptions};
 pub use membership::{NodeInfo, RoleSlots, TierCount};
 pub use node::{Node, NodeOptions, NodeReport, Readiness};
 pub use settings::{MAX_KEY, MAX_PAYLOAD, MAX_RECORD, Settings, check_role};

@@ -1,0 +1,819 @@
+//! A [`Journal`] kept in a JetStream stream: a runtime's system of record replicated on the
+//! NATS servers (R3 in production), so that losing the machine loses no accepted task. A
+//! runtime started on another machine on the same journal replays it and goes on from
+//! where the first stopped; the first, if it still runs, is fenced out.
+//!
+//! Each journal is one stream, `COLONY_JOURNAL_<name>` (file storage, kept until deleted),
+//! whose messages are its writes in order. A process keeps the whole journal in memory (a
+//! [`MemoryJournal`], its mirror): reads are answered there, and each write is applied to
+//! the mirror and appended to the stream by the journal's writer thread, which gathers the
+//! writes waiting into one message (a group commit). A write is durable once the stream
+//! acknowledged its message: on R3, once a majority of the servers wrote it. Each message
+//! is published expecting the stream's last sequence to be the one this process wrote
+//! last, so a second process that took the journal over (its first write, a claim, lands
+//! after this one's last) makes every later write of the first fail: it stops, rather
+//! than write over the other's. A frame larger than a message may be goes in consecutive
+//! parts; a frame whose parts did not all land (its writer died between them) is skipped
+//! on replay, so a write survives whole or not at all.
+//!
+//! Opening replays every message of the stream: its time and the memory it takes grow with
+//! the journal (no snapshot is kept yet).
+
+mod codec;
+
+use crate::{Error, client::shown};
+use async_nats::jetstream::{self, consumer, context::PublishErrorKind, stream};
+use bytes::Bytes;
+use codec::{AgentLine, OpeningLine, Outcome, Rec, ReputationLine, Spec, Write};
+use colony_core::{TaskId, task::TaskSpec, task::TaskState};
+use colony_journal::{
+    AgentRecord, Backlog, Call, Counts, DecisionRow, Durable, Journal, MemoryJournal, Opening,
+    Record, ReputationRow, Stats, Taken, TaskRow,
+};
+use futures::{StreamExt, channel::oneshot};
+use std::{
+    sync::{Arc, Mutex, MutexGuard},
+    time::{Duration, Instant},
+};
+use tokio::sync::mpsc;
+
+/// Most bytes of one message of a journal's stream: NATS's default `max_payload` is 1 MiB,
+/// and the headers need room beside the body.
+const PART: usize = 1024 * 1024 - 8 * 1024;
+/// Most parts of one frame, bounding what a replay holds before it applies a frame.
+const MAX_PARTS: usize = 64;
+/// A group commit gathers writes until its frame is this large.
+const FRAME: usize = PART;
+/// How long a write is retried while NATS cannot take it (a leader election, a server
+/// restarting) before the journal stops.
+const RETRY_FOR: Duration = Duration::from_secs(60);
+/// How often a process that opens a journal another process keeps writing replays what the
+/// other wrote and tries its claim again, before it gives up.
+const CLAIMS: usize = 20;
+/// Writes queued or in flight before submitters wait for room ([`Backlog`]): NATS being
+/// away for a while makes them wait, not the queue grow.
+const QUEUE: usize = 4096;
+/// The header naming a message's part of its frame: `1/1` for a frame in one message.
+const PART_HEADER: &str = "Colony-Part";
+
+/// Where a journal is and how it is kept.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct JournalOptions {
+    /// NATS servers, comma-separated.
+    pub url: String,
+    /// The journal's name: its stream is `COLONY_JOURNAL_<name>`.
+    pub name: String,
+    /// Copies the servers keep: 3 or 5; 1 for a single development server. A journal made
+    /// before keeps its own.
+    pub replicas: usize,
+}
+
+impl JournalOptions {
+    /// Reads `nats://HOST:PORT[,nats://HOST:PORT...]/NAME[?replicas=N]`, the form `--db`
+    /// takes for a journal in NATS. Replicas default to 3.
+    pub fn parse(location: &str) -> Result<Self, Error> {
+        let bad = |detail: &str| {
+            Error::Settings(format!(
+                "--db `{}`: {detail}; write nats://HOST:PORT/NAME, with ?replicas=1 for a single development server",
+                colony_core::text::shorten(&shown(location), 200)
+            ))
+        };
+        let (rest, query) = match location.split_once('?') {
+            Some((rest, query)) => (rest, Some(query)),
+            None => (location, None),
+        };
+        let replicas = match query {
+            None => 3,
+            Some(query) => match query.strip_prefix("replicas=").map(str::parse) {
+                Some(Ok(n)) => n,
+                _ => return Err(bad("the only setting after ? is replicas=N")),
+            },
+        };
+        if !matches!(replicas, 1 | 3 | 5) {
+            return Err(bad("replicas must be 3 or 5, or 1 for a single server"));
+        }
+        let Some((url, name)) = rest.rsplit_once('/') else {
+            return Err(bad("no journal name"));
+        };
+        if url.ends_with('/') || !url.contains("://") {
+            return Err(bad("no journal name after the server"));
+        }
+        check_name(name).map_err(|e| bad(&e))?;
+        Ok(JournalOptions {
+            url: url.to_owned(),
+            name: name.to_owned(),
+            replicas,
+        })
+    }
+
+    fn stream(&self) -> String {
+        format!("COLONY_JOURNAL_{}", self.name)
+    }
+
+    fn subject(&self) -> String {
+        format!("colony.journal.{}", self.name)
+    }
+}
+
+/// Deletes the journal's stream, with everything in it: for benchmarks and tests that make
+/// journals of their own. A journal that is not there is not an error.
+pub async fn delete(options: &JournalOptions) -> Result<(), Error> {
+    let (_client, js) = crate::client::connect(&options.url, "--db").await?;
+    match js.delete_stream(options.stream()).await {
+        Ok(_) => Ok(()),
+        Err(e)
+            if matches!(
+                e.kind(),
+                jetstream::context::DeleteStreamErrorKind::JetStream(e)
+                    if e.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND
+            ) =>
+        {
+            Ok(())
+        }
+        Err(e) => Err(Error::nats(format!("the journal {}", options.name), e)),
+    }
+}
+
+/// A journal's name becomes a stream name and a subject token: letters, digits, `_` and
+/// `-`, at most 64.
+fn check_name(name: &str) -> Result<(), String> {
+    if name.is_empty()
+        || name.len() > 64
+        || !name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    {
+        return Err(format!(
+            "journal name `{}`: use 1 to 64 letters, digits, `_` and `-`",
+            colony_core::text::shorten(name, 80)
+        ));
+    }
+    Ok(())
+}
+
+/// A journal in a JetStream stream. See the module's documentation.
+#[derive(Debug)]
+pub struct JetStreamJournal {
+    mirror: MemoryJournal,
+    /// Held while a write is applied to the mirror and queued, so that the stream gets the
+    /// writes in the order the mirror took them.
+    queue: Mutex<mpsc::UnboundedSender<Queued>>,
+    /// Why the journal stopped taking writes, once it has.
+    stopped: Arc<Mutex<Option<String>>>,
+    /// Writes queued and not yet durable (or failed).
+    backlog: Arc<Backlog>,
+    writer: Mutex<Option<std::thread::JoinHandle<()>>>,
+    name: String,
+}
+
+#[derive(Debug)]
+struct Queued {
+    line: Vec<u8>,
+    done: oneshot::Sender<Result<(), colony_journal::Error>>,
+}
+
+/// What the writer thread reports once it opened the journal.
+type Opened = Result<MemoryJournal, Error>;
+
+impl JetStreamJournal {
+    /// Opens the journal (making its stream if it is not there), replays it, and claims it
+    /// for this process: a process that wrote it before can write no more. Blocks until
+    /// then; call it before a runtime starts, or off its workers.
+    pub fn open(options: JournalOptions) -> Result<Self, Error> {
+        let (opened_tx, opened_rx) = std::sync::mpsc::channel::<Opened>();
+        let (queue, writes) = mpsc::unbounded_channel();
+        let stopped = Arc::new(Mutex::new(None));
+        let backlog = Arc::new(Backlog::new(QUEUE));
+        let name = options.name.clone();
+        let writer = {
+            let (stopped, backlog) = (stopped.clone(), backlog.clone());
+            colony_agents::spawner::Spawner::spawn_thread("colony-journal", move || {
+                let runtime = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(runtime) => runtime,
+                    Err(e) => {
+                        let _ = opened_tx.send(Err(Error::nats("the journal's thread", e)));
+                        return;
+                    }
+                };
+                runtime.block_on(async move {
+                    let mut writer = match Writer::open(&options).await {
+                        Ok((writer, mirror)) => {
+                            if opened_tx.send(Ok(mirror)).is_err() {
+                                return;
+                            }
+                            writer
+                        }
+                        Err(e) => {
+                            let _ = opened_tx.send(Err(e));
+                            return;
+                        }
+                    };
+                    writer.run(writes, &stopped, &backlog).await;
+                });
+            })
+            .map_err(|e| Error::nats("the journal's thread", e))?
+        };
+        let mirror = opened_rx
+            .recv()
+            .map_err(|_| Error::nats("the journal's thread", "it ended while opening"))??;
+        Ok(Self {
+            mirror,
+            queue: Mutex::new(queue),
+            stopped,
+            backlog,
+            writer: Mutex::new(Some(writer)),
+            name,
+        })
+    }
+
+    /// Applies a write to the mirror with `apply` and queues `write` for the stream; both
+    /// under one lock, so that the stream's order is the mirror's.
+    fn write(&self, write: Write, apply: impl FnOnce(&MemoryJournal) -> Durable) -> Durable {
+        let line = write.line();
+        if line.len() > MAX_PARTS * PART {
+            return Durable::ready(Err(colony_journal::Error::Storage(format!(
+                "a write of {} bytes is over the {} a journal in NATS takes at once",
+                line.len(),
+                MAX_PARTS * PART
+            ))));
+        }
+        let queue = lock(&self.queue);
+        if let Some(reason) = lock(&self.stopped).clone() {
+            return Durable::ready(Err(colony_journal::Error::Storage(reason)));
+        }
+        let mut applied = apply(&self.mirror);
+        match applied.try_result() {
+            Some(Ok(())) => {}
+            Some(Err(e)) => return Durable::ready(Err(e)),
+            None => unreachable!("a journal in memory answers at once"),
+        }
+        let (done, durable) = Durable::pending();
+        self.backlog.add();
+        if queue.send(Queued { line, done }).is_err() {
+            self.backlog.took(1);
+            return Durable::ready(Err(colony_journal::Error::Closed));
+        }
+        durable
+    }
+
+    /// The journal's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+impl Drop for JetStreamJournal {
+    /// Closes the queue and waits for the writer to append what is in it.
+    fn drop(&mut self) {
+        let (closed, _) = mpsc::unbounded_channel();
+        drop(std::mem::replace(&mut *lock(&self.queue), closed));
+        if let Some(writer) = lock(&self.writer).take() {
+            let _ = writer.join();
+        }
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl Journal for JetStreamJournal {
+    fn next_task_id(&self) -> TaskId {
+        self.mirror.next_task_id()
+    }
+
+    fn accept(&self, first: TaskId, specs: &[TaskSpec]) -> Durable {
+        let write = Write::Accept {
+            first: first.0,
+            specs: Spec::all(specs),
+        };
+        self.write(write, |m| m.accept(first, specs))
+    }
+
+    fn record(&self, batch: Vec<Record>) -> Durable {
+        let write = Write::Record {
+            records: batch.iter().map(Rec::of).collect(),
+        };
+        self.write(write, |m| m.record(batch))
+    }
+
+    fn open_decision(&self, first: TaskId, specs: &[TaskSpec], opening: Opening) -> Durable {
+        let write = Write::Open {
+            first: first.0,
+            specs: Spec::all(specs),
+            opening: OpeningLine::of(&opening),
+        };
+        self.write(write, |m| m.open_decision(first, specs, opening))
+    }
+
+    fn ask(&self, decision: TaskId, first: TaskId, specs: &[TaskSpec], call: Call) -> Durable {
+        let write = Write::Ask {
+            decision: decision.0,
+            first: first.0,
+            specs: Spec::all(specs),
+            call: call.clone(),
+        };
+        self.write(write, |m| m.ask(decision, first, specs, call))
+    }
+
+    fn close_decision(&self, id: TaskId, outcome: Arc<str>) -> Durable {
+        let at_ms = crate::now_ms();
+        let write = Write::Close {
+            id: id.0,
+            outcome: outcome.clone(),
+            at_ms,
+        };
+        self.write(write, |m| m.close_decision_at(id, outcome, at_ms))
+    }
+
+    fn decided(&self, id: TaskId, spec: &TaskSpec, taken: Taken) -> Durable {
+        let at_ms = crate::now_ms();
+        let write = Write::Decided {
+            id: id.0,
+            spec: Spec::of(spec),
+            opening: OpeningLine::of(&taken.opening),
+            result: Outcome::of(&taken.result),
+            outcome: taken.outcome.clone(),
+            at_ms,
+        };
+        self.write(write, |m| m.decided_at(id, spec, taken, at_ms))
+    }
+
+    fn decision(&self, id: TaskId) -> Result<Option<DecisionRow>, colony_journal::Error> {
+        self.mirror.decision(id)
+    }
+
+    fn decisions(
+        &self,
+        before: Option<TaskId>,
+        limit: usize,
+    ) -> Result<Vec<DecisionRow>, colony_journal::Error> {
+        self.mirror.decisions(before, limit)
+    }
+
+    fn open_decisions(&self) -> Result<Vec<DecisionRow>, colony_journal::Error> {
+        self.mirror.open_decisions()
+    }
+
+    fn closed_ballots(&self, tasks: &[TaskId]) -> Result<Vec<TaskId>, colony_journal::Error> {
+        self.mirror.closed_ballots(tasks)
+    }
+
+    fn task(&self, id: TaskId) -> Result<Option<TaskRow>, colony_journal::Error> {
+        self.mirror.task(id)
+    }
+
+    fn counts(&self) -> Result<Counts, colony_journal::Error> {
+        self.mirror.counts()
+    }
+
+    fn unfinished(&self) -> Result<Vec<TaskRow>, colony_journal::Error> {
+        self.mirror.unfinished()
+    }
+
+    fn recent(
+        &self,
+        state: Option<TaskState>,
+        before: Option<TaskId>,
+        limit: usize,
+    ) -> Result<Vec<TaskRow>, colony_journal::Error> {
+        self.mirror.recent(state, before, limit)
+    }
+
+    /// Moves the leases in the mirror, appends the move, and waits until it is durable:
+    /// blocks the calling thread for the round trip.
+    fn recover(&self) -> Result<Vec<TaskRow>, colony_journal::Error> {
+        let mut unfinished = Vec::new();
+        let durable = self.write(Write::Recover, |m| match m.recover() {
+            Ok(rows) => {
+                unfinished = rows;
+                Durable::ready(Ok(()))
+            }
+            Err(e) => Durable::ready(Err(e)),
+        });
+        futures::executor::block_on(durable)?;
+        Ok(unfinished)
+    }
+
+    fn stats(&self) -> Stats {
+        self.mirror.stats()
+    }
+
+    fn record_agents(&self, tiers: &[String], agents: Vec<AgentRecord>, replace: bool) -> Durable {
+        let write = Write::Agents {
+            tiers: tiers.to_vec(),
+            agents: agents.iter().map(AgentLine::of).collect(),
+            replace,
+        };
+        self.write(write, |m| m.record_agents(tiers, agents, replace))
+    }
+
+    fn agents(&self) -> Result<Vec<AgentRecord>, colony_journal::Error> {
+        self.mirror.agents()
+    }
+
+    fn record_reputations(&self, rows: Vec<ReputationRow>) -> Durable {
+        let write = Write::Reputations {
+            rows: rows.iter().map(ReputationLine::of).collect(),
+        };
+        self.write(write, |m| m.record_reputations(rows))
+    }
+
+    fn reputations(&self) -> Result<Vec<ReputationRow>, colony_journal::Error> {
+        self.mirror.reputations()
+    }
+
+    fn backlog(&self) -> Option<&Backlog> {
+        Some(&self.backlog)
+    }
+
+    fn writable(&self) -> Result<(), colony_journal::Error> {
+        match lock(&self.stopped).clone() {
+            Some(reason) => Err(colony_journal::Error::Storage(reason)),
+            None => Ok(()),
+        }
+    }
+}
+
+/// The writer thread's side: the stream, and the sequence this process wrote last.
+struct Writer {
+    js: jetstream::Context,
+    stream: stream::Stream,
+    subject: String,
+    /// This process's id, in each message's dedupe id.
+    id: String,
+    /// The stream's last sequence as this process knows it: its own last message, once it
+    /// claimed the journal.
+    last: u64,
+    /// Messages this process appended, for the dedupe ids.
+    appended: u64,
+    shown: String,
+}
+
+impl Writer {
+    async fn open(options: &JournalOptions) -> Result<(Writer, MemoryJournal), Error> {
+        let (_client, js) = crate::client::connect(&options.url, "--db").await?;
+        let config = stream::Config {
+            name: options.stream(),
+            description: Some(format!("colony: the journal {}", options.name)),
+            subjects: vec![options.subject()],
+            retention: stream::RetentionPolicy::Limits,
+            storage: stream::StorageType::File,
+            num_replicas: options.replicas,
+            duplicate_window: Duration::from_secs(120),
+            max_message_size: (PART + 8 * 1024) as i32,
+            discard: stream::DiscardPolicy::New,
+            ..Default::default()
+        };
+        let what = format!("the journal {}", options.name);
+        let mut stream = js.get_or_create_stream(config).await.map_err(|e| {
+            Error::nats(
+                &what,
+                format!(
+                    "{e}{}",
+                    if options.replicas > 1 {
+                        " (fewer servers than replicas? give ?replicas=1 for a single server)"
+                    } else {
+                        ""
+                    }
+                ),
+            )
+        })?;
+        let last = stream
+            .info()
+            .await
+            .map_err(|e| Error::nats(&what, e))?
+            .state
+            .last_sequence;
+        let mut writer = Writer {
+            js,
+            stream,
+            subject: options.subject(),
+            id: crate::client::random_id(),
+            last: 0,
+            appended: 0,
+            shown: what,
+        };
+        let mirror = MemoryJournal::new();
+        let mut replay = Replay::default();
+        writer.replay(&mirror, &mut replay, last).await?;
+        let claim = Write::Claim {
+            writer: writer.id.clone(),
+            at_ms: crate::now_ms(),
+        };
+        for _ in 0..CLAIMS {
+            match writer.append(Bytes::from(claim.line())).await {
+                Ok(()) => return Ok((writer, mirror)),
+                Err(Append::Taken) => {
+                    // Another process wrote since the replay: read what it wrote, and try
+                    // again after it.
+                    let last = writer
+                        .stream
+                        .info()
+                        .await
+                        .map_err(|e| Error::nats(&writer.shown, e))?
+                        .state
+                        .last_sequence;
+                    writer.replay(&mirror, &mut replay, last).await?;
+                }
+                Err(Append::Failed(e)) => return Err(Error::nats(&writer.shown, e)),
+            }
+        }
+        Err(Error::nats(
+            &writer.shown,
+            "another process keeps writing it: stop that one first",
+        ))
+    }
+
+    /// Applies the messages after `self.last` up to `until` to `mirror`.
+    async fn replay(
+        &mut self,
+        mirror: &MemoryJournal,
+        replay: &mut Replay,
+        until: u64,
+    ) -> Result<(), Error> {
+        if until <= self.last {
+            return Ok(());
+        }
+        let consumer = self
+            .stream
+            .create_consumer(consumer::pull::OrderedConfig {
+                filter_subject: self.subject.clone(),
+                deliver_policy: consumer::DeliverPolicy::ByStartSequence {
+                    start_sequence: self.last + 1,
+                },
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| Error::nats(&self.shown, e))?;
+        let mut messages = consumer
+            .messages()
+            .await
+            .map_err(|e| Error::nats(&self.shown, e))?;
+        while self.last < until {
+            let message = match tokio::time::timeout(Duration::from_secs(30), messages.next()).await
+            {
+                Ok(Some(Ok(message))) => message,
+                Ok(Some(Err(e))) => return Err(Error::nats(&self.shown, e)),
+                Ok(None) => break,
+                Err(_) => {
+                    return Err(Error::nats(
+                        &self.shown,
+                        format!(
+                            "no message after {} of {until} for 30 s while replaying",
+                            self.last
+                        ),
+                    ));
+                }
+            };
+            let sequence = message
+                .info()
+                .map_err(|e| Error::nats(&self.shown, e))?
+                .stream_sequence;
+            let part = message
+                .headers
+                .as_ref()
+                .and_then(|h| h.get(PART_HEADER))
+                .map(|v| v.as_str().to_owned());
+            let frame = replay
+                .part(part.as_deref(), message.payload.clone())
+                .map_err(|e| corrupt(&self.shown, sequence, &e))?;
+            if let Some(frame) = frame {
+                for write in codec::lines(&frame).map_err(|e| corrupt(&self.shown, sequence, &e))? {
+                    write
+                        .apply(mirror)
+                        .map_err(|e| corrupt(&self.shown, sequence, &e.to_string()))?;
+                }
+            }
+            self.last = sequence;
+        }
+        Ok(())
+    }
+
+    /// Appends the writes queued, a group commit per message, until the journal is
+    /// dropped; after a write that cannot be made durable, fails every later one.
+    async fn run(
+        &mut self,
+        mut writes: mpsc::UnboundedReceiver<Queued>,
+        stopped: &Mutex<Option<String>>,
+        backlog: &Backlog,
+    ) {
+        while let Some(first) = writes.recv().await {
+            let mut frame = first.line;
+            let mut done = vec![first.done];
+            while frame.len() < FRAME {
+                let Ok(next) = writes.try_recv() else { break };
+                frame.extend_from_slice(&next.line);
+                done.push(next.done);
+            }
+            let result = self.append(Bytes::from(frame)).await;
+            let result = result.map_err(|e| {
+                let reason = match e {
+                    Append::Taken => format!(
+                        "{} was taken over by another process: this one writes no more",
+                        self.shown
+                    ),
+                    Append::Failed(e) => format!("{}: {e}", self.shown),
+                };
+                tracing::error!(reason, "The journal stopped taking writes.");
+                *lock(stopped) = Some(reason.clone());
+                colony_journal::Error::Storage(reason)
+            });
+            backlog.took(done.len());
+            for done in done {
+                let _ = done.send(result.clone());
+            }
+            if result.is_err() {
+                break;
+            }
+        }
+        // Whatever came after a failure (or was queued when it happened) fails too.
+        writes.close();
+        while let Some(queued) = writes.recv().await {
+            backlog.took(1);
+            let reason = lock(stopped).clone().unwrap_or_default();
+            let _ = queued
+                .done
+                .send(Err(colony_journal::Error::Storage(reason)));
+        }
+    }
+
+    /// Appends a frame, in parts if it is larger than a message may be, each part expecting
+    /// the last sequence this process knows.
+    async fn append(&mut self, frame: Bytes) -> Result<(), Append> {
+        let parts = frame.len().div_ceil(PART).max(1);
+        for i in 0..parts {
+            let part = frame.slice(i * PART..((i + 1) * PART).min(frame.len()));
+            self.publish(part, &format!("{}/{parts}", i + 1)).await?;
+        }
+        Ok(())
+    }
+
+    async fn publish(&mut self, body: Bytes, part: &str) -> Result<(), Append> {
+        self.appended += 1;
+        let id = format!("{}-{}", self.id, self.appended);
+        let deadline = Instant::now() + RETRY_FOR;
+        loop {
+            let message = jetstream::message::PublishMessage::build()
+                .payload(body.clone())
+                .message_id(&id)
+                .expected_last_sequence(self.last)
+                .header(PART_HEADER, part);
+            let sent = match self.js.send_publish(self.subject.clone(), message).await {
+                Ok(ack) => ack.await,
+                Err(e) => Err(e),
+            };
+            let error = match sent {
+                Ok(ack) => {
+                    self.last = ack.sequence;
+                    return Ok(());
+                }
+                Err(e) => e,
+            };
+            match error.kind() {
+                PublishErrorKind::WrongLastSequence => {
+                    // Either an earlier try of this message landed with its answer lost,
+                    // or another process wrote: the stream's last message says which.
+                    let last = self
+                        .stream
+                        .get_last_raw_message_by_subject(&self.subject)
+                        .await;
+                    if let Ok(last) = last {
+                        let ours = last
+                            .headers
+                            .get(async_nats::header::NATS_MESSAGE_ID)
+                            .is_some_and(|v| v.as_str() == id);
+                        if !ours {
+                            return Err(Append::Taken);
+                        }
+                        self.last = last.sequence;
+                        return Ok(());
+                    }
+                }
+                // No responders ("stream not found") is what a stream just made answers
+                // until its group elects a leader, and a stream whose leader died: tried again.
+                PublishErrorKind::MaxPayloadExceeded => {
+                    return Err(Append::Failed(error.to_string()));
+                }
+                _ => {}
+            }
+            if Instant::now() >= deadline {
+                return Err(Append::Failed(format!(
+                    "NATS did not take a write for {} s: {error}",
+                    RETRY_FOR.as_secs()
+                )));
+            }
+            tracing::warn!(%error, "A journal write failed; trying again.");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+/// Why an append failed.
+#[derive(Debug)]
+enum Append {
+    /// Another process wrote to the journal since this one's last write.
+    Taken,
+    Failed(String),
+}
+
+fn corrupt(journal: &str, sequence: u64, detail: &str) -> Error {
+    Error::nats(
+        journal,
+        format!(
+            "message {sequence} cannot be read back ({detail}); it was not written by this version of colony, or the stream was changed by hand"
+        ),
+    )
+}
+
+/// The parts of a frame read so far.
+#[derive(Debug, Default)]
+struct Replay {
+    parts: Vec<Bytes>,
+    expected: usize,
+}
+
+impl Replay {
+    /// Takes the next message's body and its `Colony-Part` header (`i/n`); returns a frame
+    /// once its last part came. A frame left incomplete (its writer died between two
+    /// parts; the next message starts another frame) is dropped.
+    fn part(&mut self, header: Option<&str>, body: Bytes) -> Result<Option<Bytes>, String> {
+        let (i, n) = header
+            .and_then(|h| h.split_once('/'))
+            .and_then(|(i, n)| Some((i.parse::<usize>().ok()?, n.parse::<usize>().ok()?)))
+            .filter(|&(i, n)| 1 <= i && i <= n && n <= MAX_PARTS)
+            .ok_or_else(|| format!("its {PART_HEADER} header is {header:?}, not i/n"))?;
+        if i == 1 {
+            self.parts.clear();
+            self.expected = n;
+        } else if self.expected != n || self.parts.len() + 1 != i {
+            // Not the next part of the frame being read: the rest of an abandoned frame.
+            self.parts.clear();
+            self.expected = 0;
+            return Ok(None);
+        }
+        self.parts.push(body);
+        if i < n {
+            return Ok(None);
+        }
+        let frame = if self.parts.len() == 1 {
+            self.parts.pop().unwrap_or_default()
+        } else {
+            let mut whole = Vec::with_capacity(self.parts.iter().map(Bytes::len).sum());
+            for part in self.parts.drain(..) {
+                whole.extend_from_slice(&part);
+            }
+            Bytes::from(whole)
+        };
+        self.expected = 0;
+        Ok(Some(frame))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_location_names_the_servers_the_journal_and_its_copies() {
+        let o = JournalOptions::parse("nats://a:4222,nats://b:4222/orders?replicas=5").unwrap();
+        assert_eq!(
+            (o.url.as_str(), o.name.as_str(), o.replicas),
+            ("nats://a:4222,nats://b:4222", "orders", 5)
+        );
+        assert_eq!(
+            JournalOptions::parse("nats://a:4222/j").unwrap().replicas,
+            3
+        );
+        for bad in [
+            "nats://a:4222",
+            "nats://a:4222/",
+            "nats://a:4222/a.b",
+            "nats://a:4222/j?replicas=2",
+            "nats://a:4222/j?sync=no",
+        ] {
+            let err = JournalOptions::parse(bad).unwrap_err().to_string();
+            assert!(err.contains("--db"), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn a_frame_comes_back_from_its_parts_and_an_abandoned_one_is_skipped() {
+        let mut r = Replay::default();
+        let b = |s: &'static str| Bytes::from_static(s.as_bytes());
+        assert_eq!(r.part(Some("1/1"), b("whole")).unwrap(), Some(b("whole")));
+        assert_eq!(r.part(Some("1/3"), b("ab")).unwrap(), None);
+        assert_eq!(r.part(Some("2/3"), b("cd")).unwrap(), None);
+        // Its writer died: the next frame starts.
+        assert_eq!(r.part(Some("1/2"), b("x")).unwrap(), None);
+        assert_eq!(r.part(Some("2/2"), b("y")).unwrap(), Some(b("xy")));
+        assert_eq!(r.part(Some("3/3"), b("late")).unwrap(), None);
+        assert!(r.part(None, b("?")).is_err());
+        assert!(r.part(Some("2/1"), b("?")).is_err());
+    }
+}
