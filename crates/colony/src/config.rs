@@ -576,7 +576,7 @@ pub(crate) fn resolve(flags: &Flags, env: &BTreeMap<String, String>) -> Result<R
         l, v
     ));
     let out = pick!(out, "out", flags.out.clone(), |l, v| written_path(l, v));
-    let db = pick!(db, "db", flags.db.clone(), |l, v| written_path(l, v));
+    let db = pick!(db, "db", flags.db.clone(), |l, v| written_db(l, v));
     let tokens = pick!(tokens, "tokens", flags.tokens.clone(), |l, v| written_path(
         l, v
     ));
@@ -749,6 +749,11 @@ pub(crate) fn resolve(flags: &Flags, env: &BTreeMap<String, String>) -> Result<R
             "{}: backup-to needs db: the journal in memory has no file to back up",
             backup_to.source
         )),
+        (Some(_), Some(db)) if crate::commands::in_nats(db).is_some() => problems.push(format!(
+            "{}: backup-to copies a SQLite journal; a journal in NATS ({}) is kept by the servers' replicas",
+            backup_to.source,
+            db.display()
+        )),
         (Some(Location::File(to)), Some(db)) if to == db => problems.push(format!(
             "{}: backup-to is the journal itself ({}): back it up to another file",
             backup_to.source,
@@ -913,6 +918,15 @@ fn written_path(layer: &Layer, v: &Located<String>) -> Result<PathBuf, String> {
         return Err("an empty path: name a file or folder".into());
     }
     Ok(layer.path(&v.value))
+}
+
+/// Where the journal is, as written: a file path (relative to the file's folder), or a
+/// journal in NATS (`nats://HOST:PORT/NAME`), kept as written.
+fn written_db(layer: &Layer, v: &Located<String>) -> Result<PathBuf, String> {
+    if v.value.starts_with("nats://") {
+        return Ok(PathBuf::from(&v.value));
+    }
+    written_path(layer, v)
 }
 
 /// Whether any of `layers` writes the `[server]` key `written` looks for.

@@ -564,3 +564,21 @@ fn the_servers_webhook_needs_runs_and_a_set_secret() {
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("HOOK_KEY: the variable is not set"), "{err}");
 }
+
+#[test]
+fn a_journal_in_nats_is_kept_as_written_not_taken_for_a_path() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("colony.toml"),
+        "[server]\ndb = \"nats://10.0.0.5:4222/orders?replicas=5\"\n",
+    )
+    .unwrap();
+    let got = show(dir.path(), &[], &[]);
+    assert_eq!(
+        got["server.db"],
+        (
+            "nats://10.0.0.5:4222/orders?replicas=5".to_owned(),
+            "colony.toml:2".to_owned()
+        )
+    );
+}

@@ -38,8 +38,9 @@ use colony_agents::{
     Agent, AgentSpec, Execution, Task,
     sim::{Latency, Sim, SimOptions},
 };
+use colony_core::TaskId;
 use colony_core::task::{TaskSpec, TaskState};
-use colony_journal::{Journal, SqliteJournal, SqliteOptions, SqliteReader};
+use colony_journal::{DecisionRow, Journal, SqliteJournal, SqliteOptions, SqliteReader, TaskRow};
 use rand::{Rng, SeedableRng, rngs::SmallRng};
 use serde::Serialize;
 use std::{
@@ -115,8 +116,71 @@ impl Agent for Ledgered {
     }
 }
 
-/// The child: run what is left of the workload on the journal at `db`.
-pub async fn child(options: &ChildOptions) -> Result<(), Error> {
+/// Opens the SQLite journal at `db`, for a child.
+pub fn open_sqlite(db: &Path) -> Result<Arc<dyn Journal>, Error> {
+    Ok(Arc::new(SqliteJournal::open(SqliteOptions::new(db))?))
+}
+
+/// What the checks read back of a run's journal.
+pub trait Readback {
+    fn task(&self, id: TaskId) -> Result<Option<TaskRow>, Error>;
+    fn decisions(&self) -> Result<Vec<DecisionRow>, Error>;
+    /// Every task, in any order.
+    fn tasks(&self) -> Result<Vec<TaskRow>, Error>;
+}
+
+impl Readback for SqliteReader {
+    fn task(&self, id: TaskId) -> Result<Option<TaskRow>, Error> {
+        Ok(SqliteReader::task(self, id)?)
+    }
+
+    fn decisions(&self) -> Result<Vec<DecisionRow>, Error> {
+        Ok(SqliteReader::decisions(self, None, usize::MAX)?)
+    }
+
+    fn tasks(&self) -> Result<Vec<TaskRow>, Error> {
+        Ok(SqliteReader::tasks(self, None, usize::MAX)?)
+    }
+}
+
+impl<J: Journal + ?Sized> Readback for Arc<J> {
+    fn task(&self, id: TaskId) -> Result<Option<TaskRow>, Error> {
+        Ok(Journal::task(&**self, id)?)
+    }
+
+    fn decisions(&self) -> Result<Vec<DecisionRow>, Error> {
+        Ok(Journal::decisions(&**self, None, usize::MAX)?)
+    }
+
+    fn tasks(&self) -> Result<Vec<TaskRow>, Error> {
+        Ok(Journal::recent(&**self, None, None, usize::MAX)?)
+    }
+}
+
+/// Opens a run's journal to read it back.
+pub type Reopen = dyn Fn(&Path) -> Result<Box<dyn Readback>, Error>;
+
+/// Where each run keeps its journal when not in a SQLite file of the scratch folder (a
+/// journal in NATS).
+pub struct Journals<'a> {
+    /// The `--db` of run `run`'s children.
+    pub location: &'a dyn Fn(u32) -> PathBuf,
+    /// Opens a run's journal to read it back, between kills and at the end.
+    pub reopen: &'a Reopen,
+}
+
+impl std::fmt::Debug for Journals<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Journals").finish_non_exhaustive()
+    }
+}
+
+fn sqlite_readback(db: &Path) -> Result<Box<dyn Readback>, Error> {
+    Ok(Box::new(SqliteReader::open(db)?))
+}
+
+/// The child: run what is left of the workload on its journal (opened on `options.db`).
+pub async fn child(options: &ChildOptions, journal: Arc<dyn Journal>) -> Result<(), Error> {
     let ledger = OpenOptions::new()
         .create(true)
         .append(true)
@@ -141,8 +205,7 @@ pub async fn child(options: &ChildOptions) -> Result<(), Error> {
         options.agents,
         Arc::new(agent),
     );
-    let journal = Arc::new(SqliteJournal::open(SqliteOptions::new(&options.db))?);
-    let opened = journal.decisions(None, usize::MAX)?;
+    let opened = Journal::decisions(&*journal, None, usize::MAX)?;
     let ballots: u64 = opened
         .iter()
         .flat_map(|d| d.ballot_ranges())
@@ -311,7 +374,9 @@ pub fn parent(
     max_kills: u32,
     seed: u64,
     scratch: &Path,
+    journals: Option<&Journals<'_>>,
 ) -> Result<CrashReport, Error> {
+    let reopen = journals.map_or(&sqlite_readback as &Reopen, |j| j.reopen);
     if decisions > 0 && agents < VOTERS {
         return Err(Error::Options(format!(
             "decisions need {VOTERS} agents to vote, and the run has {agents}"
@@ -343,7 +408,10 @@ pub fn parent(
         verdict: Verdict::new(),
     };
     for run in 0..runs {
-        let db = scratch.join(format!("crash-{run}.db"));
+        let db = match journals {
+            Some(journals) => (journals.location)(run),
+            None => scratch.join(format!("crash-{run}.db")),
+        };
         let ledger = scratch.join(format!("crash-{run}.ledger"));
         let kills = rng.random_range(1..=max_kills.max(1));
         let child = ChildOptions {
@@ -376,13 +444,13 @@ pub fn parent(
             match Exit::of(status, last) {
                 Exit::Killed => {
                     report.kills += 1;
-                    let open = in_flight(&db, &ledger)?;
+                    let open = in_flight(reopen, &db, &ledger)?;
                     report.in_flight_at_kills += open.len() as u64;
                     for task in open {
                         *struck.entry(task).or_default() += 1;
                     }
-                    if let Ok(reader) = SqliteReader::open(&db) {
-                        let opened = reader.decisions(None, usize::MAX)?;
+                    if let Ok(reader) = reopen(&db) {
+                        let opened = reader.decisions()?;
                         report.decisions_open_at_kills +=
                             opened.iter().filter(|d| d.outcome.is_none()).count() as u64;
                     }
@@ -402,7 +470,7 @@ pub fn parent(
                 }
             }
         }
-        let v = match verify(&db, &ledger, tasks, &struck) {
+        let v = match reopen(&db).and_then(|r| verify(&*r, &ledger, tasks, &struck)) {
             Ok(v) => v,
             // A child that died may have left nothing to check; that is already the verdict.
             Err(e) if died => {
@@ -521,18 +589,18 @@ fn ledger(path: &Path) -> Result<HashMap<u64, Vec<u32>>, Error> {
 }
 
 /// Tasks the ledger shows started whose results the journal does not hold.
-fn in_flight(db: &Path, ledger_path: &Path) -> Result<Vec<u64>, Error> {
+fn in_flight(reopen: &Reopen, db: &Path, ledger_path: &Path) -> Result<Vec<u64>, Error> {
     let executed = ledger(ledger_path)?;
     // Nothing ran yet: the child may have been killed before its journal existed or had its
     // schema (the ledger is opened first), and there is nothing to look up.
     if executed.is_empty() {
         return Ok(Vec::new());
     }
-    let reader = SqliteReader::open(db)?;
+    let reader = reopen(db)?;
     let mut open = Vec::new();
     for task in executed.keys() {
         let done = reader
-            .task(colony_core::TaskId(*task))?
+            .task(TaskId(*task))?
             .is_some_and(|r| r.state.is_terminal());
         if !done {
             open.push(*task);
@@ -556,23 +624,18 @@ struct Checked {
 
 /// Checks one finished run against its ledger and the kills that struck each task.
 fn verify(
-    db: &Path,
+    reader: &dyn Readback,
     ledger_path: &Path,
     tasks: u64,
     struck: &HashMap<u64, u64>,
 ) -> Result<Checked, Error> {
-    let reader = SqliteReader::open(db)?;
     let executed = ledger(ledger_path)?;
-    let opened = reader.decisions(None, usize::MAX)?;
-    let (rows, ballots): (Vec<_>, Vec<_>) =
-        reader
-            .tasks(None, usize::MAX)?
-            .into_iter()
-            .partition(|row| {
-                !opened
-                    .iter()
-                    .any(|d| d.ballot_ranges().any(|(a, b)| (a..b).contains(&row.id.0)))
-            });
+    let opened = reader.decisions()?;
+    let (rows, ballots): (Vec<_>, Vec<_>) = reader.tasks()?.into_iter().partition(|row| {
+        !opened
+            .iter()
+            .any(|d| d.ballot_ranges().any(|(a, b)| (a..b).contains(&row.id.0)))
+    });
     let ballots: HashMap<u64, colony_journal::TaskRow> =
         ballots.into_iter().map(|r| (r.id.0, r)).collect();
     let announced = announcements(ledger_path);
@@ -707,6 +770,10 @@ impl Decisions {
 mod tests {
     use super::*;
 
+    fn sqlite(dir: &Path) -> Arc<dyn Journal> {
+        open_sqlite(&dir.join("run.db")).unwrap()
+    }
+
     fn options(dir: &Path, ledger: PathBuf) -> ChildOptions {
         ChildOptions {
             db: dir.join("run.db"),
@@ -722,7 +789,7 @@ mod tests {
     async fn a_ledger_that_cannot_be_written_stops_the_child() {
         let dir = tempfile::tempdir().unwrap();
         // Every write to /dev/full fails with "no space left on device".
-        let error = child(&options(dir.path(), "/dev/full".into()))
+        let error = child(&options(dir.path(), "/dev/full".into()), sqlite(dir.path()))
             .await
             .unwrap_err()
             .to_string();
@@ -733,8 +800,14 @@ mod tests {
     async fn commits_missing_from_the_ledger_are_found() {
         let dir = tempfile::tempdir().unwrap();
         let o = options(dir.path(), dir.path().join("run.ledger"));
-        child(&o).await.unwrap();
-        let whole = verify(&o.db, &o.ledger, o.tasks, &HashMap::new()).unwrap();
+        child(&o, open_sqlite(&o.db).unwrap()).await.unwrap();
+        let whole = verify(
+            &*sqlite_readback(&o.db).unwrap(),
+            &o.ledger,
+            o.tasks,
+            &HashMap::new(),
+        )
+        .unwrap();
         assert_eq!(
             (whole.lost, whole.unledgered, whole.double_commits),
             (0, 0, 0)
@@ -743,7 +816,13 @@ mod tests {
         let text = std::fs::read_to_string(&o.ledger).unwrap();
         let kept: Vec<&str> = text.lines().take(200).collect();
         std::fs::write(&o.ledger, kept.join("\n") + "\n").unwrap();
-        let cut = verify(&o.db, &o.ledger, o.tasks, &HashMap::new()).unwrap();
+        let cut = verify(
+            &*sqlite_readback(&o.db).unwrap(),
+            &o.ledger,
+            o.tasks,
+            &HashMap::new(),
+        )
+        .unwrap();
         assert_eq!(cut.unledgered, 100);
     }
 
@@ -754,8 +833,14 @@ mod tests {
             decisions: 3,
             ..options(dir.path(), dir.path().join("run.ledger"))
         };
-        child(&o).await.unwrap();
-        let whole = verify(&o.db, &o.ledger, o.tasks, &HashMap::new()).unwrap();
+        child(&o, open_sqlite(&o.db).unwrap()).await.unwrap();
+        let whole = verify(
+            &*sqlite_readback(&o.db).unwrap(),
+            &o.ledger,
+            o.tasks,
+            &HashMap::new(),
+        )
+        .unwrap();
         assert_eq!(
             (
                 whole.lost,
@@ -777,10 +862,16 @@ mod tests {
             .expect("announced");
         let mut ledger = OpenOptions::new().append(true).open(&o.ledger).unwrap();
         ledger.write_all(format!("d {first}\n").as_bytes()).unwrap();
-        let twice = verify(&o.db, &o.ledger, o.tasks, &HashMap::new()).unwrap();
+        let twice = verify(
+            &*sqlite_readback(&o.db).unwrap(),
+            &o.ledger,
+            o.tasks,
+            &HashMap::new(),
+        )
+        .unwrap();
         assert_eq!(twice.announced_twice, 1);
         // A restarted child of a finished run opens no decision again.
-        child(&o).await.unwrap();
+        child(&o, open_sqlite(&o.db).unwrap()).await.unwrap();
         let reader = SqliteReader::open(&o.db).unwrap();
         assert_eq!(reader.decisions(None, 100).unwrap().len(), 3);
     }
@@ -789,7 +880,7 @@ mod tests {
     fn a_child_that_dies_on_its_own_fails_the_verdict() {
         let dir = tempfile::tempdir().unwrap();
         // `false` ignores the child's arguments and exits 1 at once: no kill is needed.
-        let report = parent(Path::new("/bin/false"), 1, 10, 0, 2, 2, 1, dir.path()).unwrap();
+        let report = parent(Path::new("/bin/false"), 1, 10, 0, 2, 2, 1, dir.path(), None).unwrap();
         assert!(!report.verdict.ok);
         assert!(report.children_died >= 1);
         let problems = report.verdict.problems.join("\n");
@@ -803,10 +894,13 @@ mod tests {
         // The file SQLite creates on open, before any schema; the ledger opened, empty.
         std::fs::write(&db, b"").unwrap();
         std::fs::write(&ledger, b"").unwrap();
-        assert_eq!(in_flight(&db, &ledger).unwrap(), Vec::<u64>::new());
+        assert_eq!(
+            in_flight(&sqlite_readback, &db, &ledger).unwrap(),
+            Vec::<u64>::new()
+        );
         // With executions in the ledger, a journal that cannot be read is an error.
         std::fs::write(&ledger, b"1 1\n").unwrap();
-        assert!(in_flight(&db, &ledger).is_err());
+        assert!(in_flight(&sqlite_readback, &db, &ledger).is_err());
     }
 
     #[test]

@@ -67,6 +67,34 @@ impl Default for Verdict {
 pub const DISPATCH_SAMPLES: u64 = 65_536;
 
 /// The shape of the swarm a benchmark builds.
+/// A durable journal for a benchmark.
+#[derive(Clone)]
+pub enum BenchJournal {
+    Sqlite(SqliteOptions),
+    /// Another journal (one in NATS), opened by `open` each time a runtime starts; `shown`
+    /// names it in the report.
+    Other {
+        shown: String,
+        open: Arc<dyn Fn() -> Result<Arc<dyn Journal>, Error> + Send + Sync>,
+    },
+}
+
+impl BenchJournal {
+    /// Where the journal is, for the report.
+    pub fn shown(&self) -> String {
+        match self {
+            BenchJournal::Sqlite(sqlite) => sqlite.path.display().to_string(),
+            BenchJournal::Other { shown, .. } => shown.clone(),
+        }
+    }
+}
+
+impl std::fmt::Debug for BenchJournal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.shown())
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct Swarm {
     /// Agents in all tiers together; the worker count is the largest that fits.
@@ -76,8 +104,8 @@ pub struct Swarm {
     pub sim: SimOptions,
     /// How sim attempts without latency answer: inline, or woken from another task.
     pub answer: Answer,
-    /// Where the journal lives: a SQLite file, or memory when `None`.
-    pub journal: Option<SqliteOptions>,
+    /// Where the journal lives: a SQLite file or another journal, or memory when `None`.
+    pub journal: Option<BenchJournal>,
     pub retry: crate::RetryOptions,
     pub supervision: colony_core::supervision::SupervisorOptions,
     pub health: colony_core::health::HealthOptions,
@@ -151,7 +179,8 @@ impl Swarm {
             ..RuntimeOptions::default()
         };
         let journal: Arc<dyn Journal> = match &self.journal {
-            Some(sqlite) => Arc::new(SqliteJournal::open(sqlite.clone())?),
+            Some(BenchJournal::Sqlite(sqlite)) => Arc::new(SqliteJournal::open(sqlite.clone())?),
+            Some(BenchJournal::Other { open, .. }) => open()?,
             None => Arc::new(MemoryJournal::new()),
         };
         Runtime::start(options, vec![pool], journal).await
@@ -520,7 +549,7 @@ pub async fn dispatch(
         latency: Percentiles::of(received.latency),
         dispatcher_latency: Percentiles::of(received.dispatcher),
         accept_latency: Percentiles::of(accepts),
-        journal: swarm.journal.as_ref().map(|j| j.path.display().to_string()),
+        journal: swarm.journal.as_ref().map(BenchJournal::shown),
         start_seconds,
         verdict,
     })
@@ -663,7 +692,7 @@ pub async fn latency(
         latency: Percentiles::of(received.latency),
         accept_latency: Percentiles::of(accepts),
         dispatcher_latency: Percentiles::of(received.dispatcher),
-        journal: swarm.journal.as_ref().map(|j| j.path.display().to_string()),
+        journal: swarm.journal.as_ref().map(BenchJournal::shown),
         verdict,
     })
 }
@@ -993,7 +1022,9 @@ mod tests {
     async fn durable_dispatch_counts_only_its_own_tasks() {
         let dir = tempfile::tempdir().unwrap();
         let mut s = swarm(60);
-        s.journal = Some(SqliteOptions::new(dir.path().join("j.db")));
+        s.journal = Some(BenchJournal::Sqlite(SqliteOptions::new(
+            dir.path().join("j.db"),
+        )));
         let first = dispatch(&s, 300, 100, 2).await.unwrap();
         assert!(first.verdict.ok, "{:?}", first.verdict.problems);
         // The same journal again: its 300 earlier tasks are not this run's.

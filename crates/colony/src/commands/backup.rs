@@ -35,6 +35,10 @@ pub(crate) struct RestoreArgs {
 }
 
 pub(crate) fn backup(args: &BackupArgs) -> Result<(), Failure> {
+    super::sqlite_only(
+        &args.db,
+        "a journal in NATS is kept by the servers' replicas (R3 or R5)",
+    )?;
     let to = sqlite::Location::parse(&args.to).map_err(failure)?;
     let copied = runtime()?
         .block_on(sqlite::backup_to(&args.db, &to))
@@ -43,6 +47,10 @@ pub(crate) fn backup(args: &BackupArgs) -> Result<(), Failure> {
 }
 
 pub(crate) fn restore(args: &RestoreArgs) -> Result<(), Failure> {
+    super::sqlite_only(
+        &args.db,
+        "a journal in NATS is kept by the servers' replicas (R3 or R5)",
+    )?;
     let from = sqlite::Location::parse(&args.from).map_err(failure)?;
     let copied = runtime()?
         .block_on(sqlite::restore_from(&from, &args.db, args.force))

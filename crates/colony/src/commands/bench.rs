@@ -10,9 +10,14 @@ use colony_core::hierarchy::{DEFAULT_SPAN, DEFAULT_TIERS, Tiers};
 use colony_journal::{SqliteOptions, Synchronous};
 use colony_runtime::{
     SpawnMode,
-    bench::{self, Percentiles, Swarm, Verdict, crash},
+    bench::{self, BenchJournal, Percentiles, Swarm, Verdict, crash},
 };
-use std::{num::NonZeroU32, path::PathBuf, time::Duration};
+use std::{
+    num::NonZeroU32,
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
+};
 
 #[derive(Debug, clap::Subcommand)]
 pub(crate) enum Bench {
@@ -405,6 +410,14 @@ pub(crate) struct CrashArgs {
     /// Seed of the kill times and the agents' latencies.
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// Keep each run's journal in NATS at this URL (nats://HOST:PORT, several
+    /// comma-separated), a journal per run deleted once checked, rather than in a SQLite file.
+    #[arg(long, value_name = "URL")]
+    nats: Option<String>,
+    /// With --nats: the copies the servers keep of each journal (3 or 5; 1 for a single
+    /// server).
+    #[arg(long, default_value_t = 3, requires = "nats")]
+    replicas: usize,
     /// Print the report as JSON, verdict included.
     #[arg(long)]
     json: bool,
@@ -470,7 +483,7 @@ pub(crate) struct RecoveryArgs {
 
 #[derive(Debug, clap::Args)]
 pub(crate) struct CrashChildArgs {
-    /// The SQLite journal of the run, kept across kills.
+    /// The journal of the run, kept across kills: a SQLite file, or nats://HOST:PORT/NAME.
     #[arg(long)]
     db: PathBuf,
     /// The file every attempt started is appended to.
@@ -501,7 +514,8 @@ pub(crate) struct SwarmArgs {
     /// Tier names, top to bottom, separated by commas.
     #[arg(long, value_delimiter = ',', default_values_t = DEFAULT_TIERS.map(String::from))]
     tiers: Vec<String>,
-    /// Journal to this SQLite file instead of memory (created if missing).
+    /// Journal to this SQLite file instead of memory (created if missing), or to a journal
+    /// in NATS (nats://HOST:PORT/NAME[?replicas=1]).
     #[arg(long, value_name = "PATH")]
     db: Option<PathBuf>,
     /// full: every commit survives a power cut; normal: faster, a power cut can lose the last
@@ -554,13 +568,31 @@ pub(crate) enum AnswerArg {
 
 impl SwarmArgs {
     fn swarm(&self) -> Result<Swarm, Failure> {
-        let journal = self.db.as_ref().map(|path| {
-            let mut options = SqliteOptions::new(path);
-            if self.synchronous == "normal" {
-                options.synchronous = Synchronous::Normal;
-            }
-            options
-        });
+        let journal = match &self.db {
+            None => None,
+            Some(path) => Some(match super::in_nats(path) {
+                Some(location) => {
+                    let options =
+                        colony_cluster::JournalOptions::parse(location).map_err(Failure::input)?;
+                    BenchJournal::Other {
+                        shown: location.to_owned(),
+                        open: Arc::new(move || {
+                            let journal =
+                                colony_cluster::JetStreamJournal::open(options.clone())
+                                    .map_err(|e| colony_runtime::Error::Options(e.to_string()))?;
+                            Ok(Arc::new(journal) as Arc<dyn colony_journal::Journal>)
+                        }),
+                    }
+                }
+                None => {
+                    let mut options = SqliteOptions::new(path);
+                    if self.synchronous == "normal" {
+                        options.synchronous = Synchronous::Normal;
+                    }
+                    BenchJournal::Sqlite(options)
+                }
+            }),
+        };
         let swarm = Swarm {
             agents: self.agents,
             span: self.span,
@@ -1114,7 +1146,13 @@ pub(crate) fn run(bench: Bench) -> Result<(), Failure> {
                 seed: args.seed,
                 decisions: args.decisions,
             };
-            runtime.block_on(crash::child(&options)).map_err(failure)?;
+            let journal: Arc<dyn colony_journal::Journal> = match super::in_nats(&options.db) {
+                Some(location) => Arc::new(super::open_nats_journal(location)?),
+                None => crash::open_sqlite(&options.db).map_err(failure)?,
+            };
+            runtime
+                .block_on(crash::child(&options, journal))
+                .map_err(failure)?;
         }
         Bench::Spawn {
             swarm,
@@ -1190,7 +1228,9 @@ pub(crate) fn run(bench: Bench) -> Result<(), Failure> {
             swarm.answer = answer.answer();
             let scratch = tempfile::tempdir().map_err(Failure::work)?;
             if durable && swarm.journal.is_none() {
-                swarm.journal = Some(SqliteOptions::new(scratch.path().join("bench.db")));
+                swarm.journal = Some(BenchJournal::Sqlite(SqliteOptions::new(
+                    scratch.path().join("bench.db"),
+                )));
             }
             check_range("--tasks", tasks, 1, 1_000_000_000)?;
             check_range("--batch", batch as u64, 1, 1_000_000)?;
@@ -1266,7 +1306,9 @@ pub(crate) fn run(bench: Bench) -> Result<(), Failure> {
             }
             let scratch = tempfile::tempdir().map_err(Failure::work)?;
             if durable && swarm.journal.is_none() {
-                swarm.journal = Some(SqliteOptions::new(scratch.path().join("bench.db")));
+                swarm.journal = Some(BenchJournal::Sqlite(SqliteOptions::new(
+                    scratch.path().join("bench.db"),
+                )));
             }
             let report = runtime
                 .block_on(bench::latency(
@@ -1322,6 +1364,14 @@ pub(crate) fn run(bench: Bench) -> Result<(), Failure> {
     Ok(())
 }
 
+/// `--db` of a journal in NATS.
+fn nats_location(options: &colony_cluster::JournalOptions) -> String {
+    format!(
+        "{}/{}?replicas={}",
+        options.url, options.name, options.replicas
+    )
+}
+
 fn crash(args: &CrashArgs) -> Result<(), Failure> {
     check_range("--runs", u64::from(args.runs), 1, 10_000)?;
     check_range("--tasks", args.tasks, 1, 10_000_000)?;
@@ -1330,6 +1380,33 @@ fn crash(args: &CrashArgs) -> Result<(), Failure> {
     check_range("--decisions", args.decisions, 0, 100_000)?;
     let exe = std::env::current_exe().map_err(Failure::work)?;
     let scratch = tempfile::tempdir().map_err(Failure::work)?;
+    // In NATS: a journal per run, named for this bench so that no earlier one is met.
+    let nats = args.nats.as_ref().map(|url| {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis());
+        let bench = format!("crash-{}-{now}", std::process::id());
+        move |run: u32| colony_cluster::JournalOptions {
+            url: url.clone(),
+            name: format!("{bench}-{run}"),
+            replicas: args.replicas,
+        }
+    });
+    if let Some(nats) = &nats {
+        colony_cluster::JournalOptions::parse(&nats_location(&nats(0))).map_err(Failure::input)?;
+    }
+    let location = |run: u32| nats.as_ref().map(|n| PathBuf::from(nats_location(&n(run))));
+    let location = |run: u32| location(run).unwrap_or_default();
+    let reopen = |db: &Path| -> Result<Box<dyn crash::Readback>, colony_runtime::Error> {
+        let options = colony_cluster::JournalOptions::parse(&db.to_string_lossy())
+            .and_then(colony_cluster::JetStreamJournal::open)
+            .map_err(|e| colony_runtime::Error::Options(e.to_string()))?;
+        Ok(Box::new(Arc::new(options)))
+    };
+    let journals = crash::Journals {
+        location: &location,
+        reopen: &reopen,
+    };
     let report = crash::parent(
         &exe,
         args.runs,
@@ -1339,8 +1416,24 @@ fn crash(args: &CrashArgs) -> Result<(), Failure> {
         args.max_kills,
         args.seed,
         scratch.path(),
-    )
-    .map_err(Failure::work)?;
+        nats.is_some().then_some(&journals),
+    );
+    if let Some(nats) = &nats {
+        let deleted = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(Failure::work)?
+            .block_on(async {
+                for run in 0..args.runs {
+                    colony_cluster::journal::delete(&nats(run)).await?;
+                }
+                Ok::<_, colony_cluster::Error>(())
+            });
+        if let Err(e) = deleted {
+            eprintln!("the bench's journals could not all be deleted: {e}");
+        }
+    }
+    let report = report.map_err(Failure::work)?;
     if args.json {
         print_json(&report)?;
     } else {

@@ -47,6 +47,7 @@ fn parse_age(text: &str) -> Result<Duration, String> {
 }
 
 pub(crate) fn run(args: &Args) -> Result<(), Failure> {
+    super::sqlite_only(&args.db, "a journal in NATS is not pruned yet")?;
     if !args.db.exists() {
         return Err(Failure::input(colony_journal::Error::Missing {
             path: args.db.display().to_string(),

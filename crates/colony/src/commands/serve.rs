@@ -31,7 +31,9 @@ pub(crate) struct Args {
     /// Where command agents keep their stderr logs and worktrees (default colony-out/serve).
     #[arg(long, value_name = "DIR")]
     out: Option<PathBuf>,
-    /// Journal to this SQLite file (created if missing); in memory otherwise.
+    /// Journal to this SQLite file (created if missing), or to a journal in NATS
+    /// (nats://HOST:PORT/NAME[?replicas=1]: replicated, taken over by whichever process
+    /// opens it last); in memory otherwise.
     #[arg(long)]
     db: Option<PathBuf>,
     /// Ask every caller for a bearer token from this file (see `colony token create`); also
@@ -292,9 +294,10 @@ pub(crate) fn run(args: &Args) -> Result<(), Failure> {
     config.spend = spend;
     let agents: u64 = pools.iter().map(|p| u64::from(p.count)).sum();
     let journal: Arc<dyn Journal> = match &settings.db {
-        Some(path) => {
-            Arc::new(SqliteJournal::open(SqliteOptions::new(path)).map_err(Failure::input)?)
-        }
+        Some(db) => match super::in_nats(db) {
+            Some(location) => Arc::new(super::open_nats_journal(location)?),
+            None => Arc::new(SqliteJournal::open(SqliteOptions::new(db)).map_err(Failure::input)?),
+        },
         None => Arc::new(MemoryJournal::new()),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()

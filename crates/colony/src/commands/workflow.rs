@@ -29,7 +29,8 @@ pub(crate) struct RunArgs {
     /// Folder of the results; the workflow's `output` otherwise.
     #[arg(long)]
     out: Option<PathBuf>,
-    /// Journal the run to this SQLite file (created if missing); in memory otherwise.
+    /// Journal the run to this SQLite file (created if missing), or to a journal in NATS
+    /// (nats://HOST:PORT/NAME[?replicas=1]); in memory otherwise.
     #[arg(long)]
     db: Option<PathBuf>,
     /// Continue the run journaled in `--db`: tasks that succeeded are not run again, tasks
@@ -246,18 +247,24 @@ pub(crate) fn run(args: &RunArgs) -> Result<(), Failure> {
         workflow
     };
     let (journal, prior): (Arc<dyn Journal>, Vec<colony_journal::TaskRow>) = match &args.db {
+        Some(db) if super::in_nats(db).is_some() => {
+            let journal = super::open_nats_journal(super::in_nats(db).unwrap_or_default())?;
+            check_earlier(&journal, db, args.resume)?;
+            let prior = if args.resume {
+                // Newest first from the journal: the run reads them oldest first.
+                let mut rows = journal
+                    .recent(None, None, usize::MAX)
+                    .map_err(Failure::work)?;
+                rows.reverse();
+                rows
+            } else {
+                Vec::new()
+            };
+            (Arc::new(journal), prior)
+        }
         Some(path) => {
             let journal = SqliteJournal::open(SqliteOptions::new(path)).map_err(Failure::input)?;
-            // Counted from the journal's counters: a fresh run reads no rows at all.
-            let counts = journal.counts().map_err(Failure::work)?;
-            let unfinished = counts.total().saturating_sub(counts.terminal());
-            if unfinished > 0 && !args.resume {
-                return Err(Failure::input(anyhow::anyhow!(
-                    "{} holds {unfinished} unfinished tasks of an earlier run: add --resume to \
-                     continue it, or give another --db",
-                    path.display()
-                )));
-            }
+            check_earlier(&journal, path, args.resume)?;
             // Resuming needs the rows: the outputs of what succeeded feed their dependents.
             let prior = if args.resume {
                 journal.tasks(None, usize::MAX).map_err(Failure::work)?
@@ -462,4 +469,19 @@ fn status(s: Status) -> &'static str {
         Status::Skipped => "skipped",
         Status::Cancelled => "cancelled",
     }
+}
+
+/// Refuses to start a new run on a journal holding an earlier run's unfinished tasks,
+/// unless resuming. Counted from the journal's counters: a fresh run reads no rows at all.
+fn check_earlier(journal: &dyn Journal, db: &std::path::Path, resume: bool) -> Result<(), Failure> {
+    let counts = journal.counts().map_err(Failure::work)?;
+    let unfinished = counts.total().saturating_sub(counts.terminal());
+    if unfinished > 0 && !resume {
+        return Err(Failure::input(anyhow::anyhow!(
+            "{} holds {unfinished} unfinished tasks of an earlier run: add --resume to \
+             continue it, or give another --db",
+            db.display()
+        )));
+    }
+    Ok(())
 }

@@ -1,0 +1,183 @@
+//! `--db nats://...`: the journal in a JetStream stream on a real `nats-server`, used by
+//! real `colony` processes that are killed (SIGKILL) and started again.
+
+mod common;
+
+use colony_cluster::testing::NatsServer;
+use common::{COLONY, Server, colony};
+use std::time::{Duration, Instant};
+
+fn nats() -> (tempfile::TempDir, NatsServer) {
+    let dir = tempfile::tempdir().unwrap();
+    let server = NatsServer::single(&dir.path().join("nats")).expect("nats-server starts");
+    (dir, server)
+}
+
+#[test]
+fn killed_mid_run_on_a_journal_in_nats_nothing_is_lost_or_committed_twice() {
+    let (_dir, server) = nats();
+    let (stdout, stderr, code) = colony(&[
+        "bench",
+        "crash",
+        "--runs",
+        "3",
+        "--tasks",
+        "3000",
+        "--max-kills",
+        "3",
+        "--decisions",
+        "20",
+        "--nats",
+        &server.url(),
+        "--replicas",
+        "1",
+        "--json",
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    let json: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(json["ok"], true, "{json}");
+    assert_eq!(json["lost"], 0);
+    assert_eq!(json["double_commits"], 0);
+    assert_eq!(json["succeeded"], 9_000);
+    assert_eq!(json["decided"], 60);
+    assert_eq!(json["announced_twice"], 0);
+    assert_eq!(json["stray_ballots"], 0);
+    assert!(json["kills"].as_u64().unwrap() >= 1, "{json}");
+    assert!(
+        json["re_executions"].as_u64().unwrap() <= json["in_flight_at_kills"].as_u64().unwrap()
+    );
+}
+
+#[test]
+fn a_workflow_run_on_a_journal_in_nats_resumes_where_it_was_killed() {
+    let (dir, server) = nats();
+    let d = dir.path().display().to_string();
+    let wf = dir.path().join("w.yaml");
+    std::fs::write(
+        &wf,
+        format!(
+            r#"name: resumable
+defaults: {{retries: 0, timeout: 60s}}
+agents:
+  - name: sh
+    kind: command
+    count: 4
+    command: {{program: sh, args: ["-c", "{{{{input.script}}}}"]}}
+tasks:
+  - {{id: first, agent: sh, input: {{script: "echo run >> {d}/first.count; echo ok"}}}}
+  - {{id: slow, agent: sh, needs: [first], input: {{script: "sleep 2; echo done"}}}}
+  - {{id: last, agent: sh, needs: [slow], input: {{script: "echo last"}}}}
+"#
+        ),
+    )
+    .unwrap();
+    let db = format!("{}/resumable?replicas=1", server.url());
+    let (w, out) = (wf.to_str().unwrap(), dir.path().join("out"));
+    let out = out.to_str().unwrap();
+    let mut child = std::process::Command::new(COLONY)
+        .args(["run", w, "--db", &db, "--out", out])
+        .stderr(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    while !dir.path().join("first.count").exists() {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "`first` never ran"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let (_, stderr, code) = colony(&["run", w, "--db", &db, "--out", out]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("add --resume"), "{stderr}");
+    let (stdout, stderr, code) =
+        colony(&["run", w, "--db", &db, "--out", out, "--resume", "--json"]);
+    assert_eq!(code, 0, "{stderr}");
+    let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(report["succeeded"], 3, "{report}");
+    let runs = std::fs::read_to_string(dir.path().join("first.count")).unwrap();
+    assert_eq!(runs.lines().count(), 1, "succeeded before: not run again");
+}
+
+#[test]
+fn a_server_on_a_journal_in_nats_is_replaced_by_another_that_finds_every_task() {
+    let (_dir, server) = nats();
+    let db = format!("{}/serve?replicas=1", server.url());
+    let first = Server::start(&["--agents", "4", "--db", &db]);
+    let tasks: Vec<serde_json::Value> = (0..50)
+        .map(|i| serde_json::json!({ "payload": { "n": i } }))
+        .collect();
+    first.submit_batch(tasks);
+    first.wait_until(Duration::from_secs(30), "the tasks to end", || {
+        first.get("/v1/stats", None)["succeeded"] == 50
+    });
+    // Another process takes the journal over while the first still runs: the first can
+    // accept nothing more.
+    let second = Server::start(&["--agents", "4", "--db", &db]);
+    let (status, body) = first
+        .request(
+            reqwest::Method::POST,
+            "/v1/tasks",
+            None,
+            Some(serde_json::json!({ "payload": {} })),
+        )
+        .unwrap();
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("taken over"), "{body}");
+    let (status, body) = first
+        .request(reqwest::Method::GET, "/readyz", None, None)
+        .unwrap();
+    assert_eq!(status, 503, "not ready once taken over: {body}");
+    drop(first);
+    let listed = second.get("/v1/tasks?state=succeeded&limit=100", None);
+    assert_eq!(listed["tasks"].as_array().unwrap().len(), 50, "{listed}");
+    let task = second.get("/v1/tasks/50", None);
+    assert_eq!(
+        (&task["state"], &task["output"]),
+        (
+            &serde_json::json!("succeeded"),
+            &serde_json::json!({ "n": 49 })
+        ),
+        "{task}"
+    );
+    assert_eq!(
+        second.get("/v1/stats", None)["succeeded"],
+        0,
+        "nothing ran again"
+    );
+    // A location that is not one is refused before anything starts.
+    let (_, stderr, code) = colony(&["serve", "--db", "nats://127.0.0.1:1/a.b"]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("journal name"), "{stderr}");
+}
+
+#[test]
+fn commands_that_work_on_a_sqlite_file_refuse_a_journal_in_nats_and_say_so() {
+    let db = "nats://127.0.0.1:1/j";
+    for (args, says) in [
+        (
+            vec!["tasks", "--db", db],
+            "through the `colony serve` that keeps it",
+        ),
+        (vec!["backup", "--db", db, "--to", "b.db"], "replicas"),
+        (
+            vec!["prune", "--db", db, "--older-than", "1d"],
+            "not pruned yet",
+        ),
+    ] {
+        let (_, stderr, code) = colony(&args);
+        assert_eq!(code, 2, "{args:?}: {stderr}");
+        assert!(
+            stderr.contains("SQLite file only") && stderr.contains(says),
+            "{args:?}: {stderr}"
+        );
+    }
+    // A continuous backup of it is refused with the rest of the settings.
+    let (_, stderr, code) = colony(&["serve", "--db", db, "--backup-to", "b.db"]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("kept by the servers' replicas"), "{stderr}");
+}
