@@ -32,27 +32,31 @@ use colony_journal::{
 };
 use futures::{StreamExt, channel::oneshot};
 use std::{
-    sync::{Arc, Mutex, MutexGuard},
+    sync::{
+        Arc, Mutex, MutexGuard,
+        atomic::{AtomicBool, Ordering},
+    },
     time::{Duration, Instant},
 };
 use tokio::sync::mpsc;
 
-/// Most bytes of one message of a journal's stream: NATS's default `max_payload` is 1 MiB,
-/// and the headers need room beside the body.
-const PART: usize = 1024 * 1024 - 8 * 1024;
-/// Most parts of one frame, bounding what a replay holds before it applies a frame.
-const MAX_PARTS: usize = 64;
-/// A group commit gathers writes until its frame is this large.
-const FRAME: usize = PART;
+/// Room left beside a message's body for its headers.
+const HEADROOM: usize = 8 * 1024;
+/// The smallest body of one message, whatever the servers' `max_payload`.
+const MIN_PART: usize = 16 * 1024;
+/// Most parts of one frame (most bytes of one write, with the servers' `max_payload`),
+/// bounding what a replay holds before it applies a frame.
+const MAX_PARTS: usize = 256;
 /// How long a write is retried while NATS cannot take it (a leader election, a server
 /// restarting) before the journal stops.
 const RETRY_FOR: Duration = Duration::from_secs(60);
-/// How often a process that opens a journal another process keeps writing replays what the
-/// other wrote and tries its claim again, before it gives up.
-const CLAIMS: usize = 20;
 /// Writes queued or in flight before submitters wait for room ([`Backlog`]): NATS being
 /// away for a while makes them wait, not the queue grow.
 const QUEUE: usize = 4096;
+/// An idle writer looks this often whether another process took the journal over.
+const WATCH_EVERY: Duration = Duration::from_secs(2);
+/// A replay that receives nothing for this long gives up.
+const REPLAY_WAIT: Duration = Duration::from_secs(30);
 /// The header naming a message's part of its frame: `1/1` for a frame in one message.
 const PART_HEADER: &str = "Colony-Part";
 
@@ -69,8 +73,8 @@ pub struct JournalOptions {
 }
 
 impl JournalOptions {
-    /// Reads `nats://HOST:PORT[,nats://HOST:PORT...]/NAME[?replicas=N]`, the form `--db`
-    /// takes for a journal in NATS. Replicas default to 3.
+    /// Reads `nats://HOST:PORT[,nats://HOST:PORT...]/NAME[?replicas=N]` (or `tls://`), the
+    /// form `--db` takes for a journal in NATS. Replicas default to 3.
     pub fn parse(location: &str) -> Result<Self, Error> {
         let bad = |detail: &str| {
             Error::Settings(format!(
@@ -95,8 +99,16 @@ impl JournalOptions {
         let Some((url, name)) = rest.rsplit_once('/') else {
             return Err(bad("no journal name"));
         };
-        if url.ends_with('/') || !url.contains("://") {
-            return Err(bad("no journal name after the server"));
+        for server in url.split(',') {
+            let Some((scheme, address)) = server.trim().split_once("://") else {
+                return Err(bad("no journal name after the server"));
+            };
+            if !matches!(scheme, "nats" | "tls") {
+                return Err(bad(&format!("{scheme}:// is not a NATS server")));
+            }
+            if address.is_empty() || address.contains('/') {
+                return Err(bad("a server is HOST:PORT, and the name one word after it"));
+            }
         }
         check_name(name).map_err(|e| bad(&e))?;
         Ok(JournalOptions {
@@ -113,6 +125,11 @@ impl JournalOptions {
     fn subject(&self) -> String {
         format!("colony.journal.{}", self.name)
     }
+}
+
+/// Whether `location` names a journal in NATS rather than a file.
+pub fn in_nats(location: &str) -> bool {
+    location.starts_with("nats://") || location.starts_with("tls://")
 }
 
 /// Deletes the journal's stream, with everything in it: for benchmarks and tests that make
@@ -132,6 +149,31 @@ pub async fn delete(options: &JournalOptions) -> Result<(), Error> {
         }
         Err(e) => Err(Error::nats(format!("the journal {}", options.name), e)),
     }
+}
+
+/// Reads the journal without taking it over: its writes replayed into a journal in memory,
+/// while the process that keeps it (if one does) goes on writing. For checks and tools;
+/// blocks until read.
+pub fn read(options: &JournalOptions) -> Result<MemoryJournal, Error> {
+    let options = options.clone();
+    let thread = colony_agents::spawner::Spawner::spawn_thread("colony-journal-read", move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| Error::nats("the journal's thread", e))?
+            .block_on(async {
+                let (mut writer, _) = Writer::connect(&options, false).await?;
+                let last = writer.last_sequence().await?;
+                let mirror = MemoryJournal::new();
+                writer.replay(&mirror, &mut Replay::default(), last).await?;
+                mirror.clear_stats();
+                Ok(mirror)
+            })
+    })
+    .map_err(|e| Error::nats("the journal's thread", e))?;
+    thread
+        .join()
+        .map_err(|_| Error::nats("the journal's thread", "it panicked"))?
 }
 
 /// A journal's name becomes a stream name and a subject token: letters, digits, `_` and
@@ -158,12 +200,32 @@ pub struct JetStreamJournal {
     /// Held while a write is applied to the mirror and queued, so that the stream gets the
     /// writes in the order the mirror took them.
     queue: Mutex<mpsc::UnboundedSender<Queued>>,
-    /// Why the journal stopped taking writes, once it has.
-    stopped: Arc<Mutex<Option<String>>>,
-    /// Writes queued and not yet durable (or failed).
-    backlog: Arc<Backlog>,
+    shared: Arc<Shared>,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// Most bytes of one write: the parts a replay takes of one frame.
+    max_write: usize,
     name: String,
+}
+
+/// What the journal and its writer thread share.
+#[derive(Debug)]
+struct Shared {
+    /// Why the journal stopped taking writes, once it has.
+    stopped: Mutex<Option<String>>,
+    /// Writes queued and not yet durable (or failed).
+    backlog: Backlog,
+    /// Set by [`JetStreamJournal::halt`]: the writer appends nothing more.
+    halted: AtomicBool,
+}
+
+impl Shared {
+    fn stop(&self, reason: String) {
+        lock(&self.stopped).get_or_insert(reason);
+    }
+
+    fn stopped(&self) -> Option<String> {
+        lock(&self.stopped).clone()
+    }
 }
 
 #[derive(Debug)]
@@ -172,8 +234,9 @@ struct Queued {
     done: oneshot::Sender<Result<(), colony_journal::Error>>,
 }
 
-/// What the writer thread reports once it opened the journal.
-type Opened = Result<MemoryJournal, Error>;
+/// What the writer thread reports once it opened the journal: the mirror, and the size of
+/// one message's body.
+type Opened = Result<(MemoryJournal, usize), Error>;
 
 impl JetStreamJournal {
     /// Opens the journal (making its stream if it is not there), replays it, and claims it
@@ -182,11 +245,14 @@ impl JetStreamJournal {
     pub fn open(options: JournalOptions) -> Result<Self, Error> {
         let (opened_tx, opened_rx) = std::sync::mpsc::channel::<Opened>();
         let (queue, writes) = mpsc::unbounded_channel();
-        let stopped = Arc::new(Mutex::new(None));
-        let backlog = Arc::new(Backlog::new(QUEUE));
+        let shared = Arc::new(Shared {
+            stopped: Mutex::new(None),
+            backlog: Backlog::new(QUEUE),
+            halted: AtomicBool::new(false),
+        });
         let name = options.name.clone();
         let writer = {
-            let (stopped, backlog) = (stopped.clone(), backlog.clone());
+            let shared = shared.clone();
             colony_agents::spawner::Spawner::spawn_thread("colony-journal", move || {
                 let runtime = match tokio::runtime::Builder::new_current_thread()
                     .enable_all()
@@ -201,7 +267,7 @@ impl JetStreamJournal {
                 runtime.block_on(async move {
                     let mut writer = match Writer::open(&options).await {
                         Ok((writer, mirror)) => {
-                            if opened_tx.send(Ok(mirror)).is_err() {
+                            if opened_tx.send(Ok((mirror, writer.part))).is_err() {
                                 return;
                             }
                             writer
@@ -211,20 +277,20 @@ impl JetStreamJournal {
                             return;
                         }
                     };
-                    writer.run(writes, &stopped, &backlog).await;
+                    writer.run(writes, &shared).await;
                 });
             })
             .map_err(|e| Error::nats("the journal's thread", e))?
         };
-        let mirror = opened_rx
+        let (mirror, part) = opened_rx
             .recv()
             .map_err(|_| Error::nats("the journal's thread", "it ended while opening"))??;
         Ok(Self {
             mirror,
             queue: Mutex::new(queue),
-            stopped,
-            backlog,
+            shared,
             writer: Mutex::new(Some(writer)),
+            max_write: MAX_PARTS * part,
             name,
         })
     }
@@ -232,29 +298,36 @@ impl JetStreamJournal {
     /// Applies a write to the mirror with `apply` and queues `write` for the stream; both
     /// under one lock, so that the stream's order is the mirror's.
     fn write(&self, write: Write, apply: impl FnOnce(&MemoryJournal) -> Durable) -> Durable {
+        let refused = |why: String| Durable::ready(Err(colony_journal::Error::Storage(why)));
+        if !write.finite() {
+            return refused(
+                "a weight or score that is not a finite number cannot be journaled".into(),
+            );
+        }
         let line = write.line();
-        if line.len() > MAX_PARTS * PART {
-            return Durable::ready(Err(colony_journal::Error::Storage(format!(
+        if line.len() > self.max_write {
+            return refused(format!(
                 "a write of {} bytes is over the {} a journal in NATS takes at once",
                 line.len(),
-                MAX_PARTS * PART
-            ))));
+                self.max_write
+            ));
         }
         let queue = lock(&self.queue);
-        if let Some(reason) = lock(&self.stopped).clone() {
-            return Durable::ready(Err(colony_journal::Error::Storage(reason)));
+        if let Some(reason) = self.shared.stopped() {
+            return refused(reason);
         }
-        let mut applied = apply(&self.mirror);
-        match applied.try_result() {
-            Some(Ok(())) => {}
-            Some(Err(e)) => return Durable::ready(Err(e)),
-            None => unreachable!("a journal in memory answers at once"),
+        // A journal in memory answers at once.
+        if let Some(Err(e)) = apply(&self.mirror).try_result() {
+            return Durable::ready(Err(e));
         }
         let (done, durable) = Durable::pending();
-        self.backlog.add();
+        self.shared.backlog.add();
         if queue.send(Queued { line, done }).is_err() {
-            self.backlog.took(1);
-            return Durable::ready(Err(colony_journal::Error::Closed));
+            self.shared.backlog.took(1);
+            return match self.shared.stopped() {
+                Some(reason) => refused(reason),
+                None => Durable::ready(Err(colony_journal::Error::Closed)),
+            };
         }
         durable
     }
@@ -262,6 +335,13 @@ impl JetStreamJournal {
     /// The journal's name.
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// Stops the writer where it is, as a crash would: what it has not appended yet is never
+    /// appended. For tests of what survives a crash.
+    #[doc(hidden)]
+    pub fn halt(self) {
+        self.shared.halted.store(true, Ordering::Release);
     }
 }
 
@@ -429,14 +509,18 @@ impl Journal for JetStreamJournal {
     }
 
     fn backlog(&self) -> Option<&Backlog> {
-        Some(&self.backlog)
+        Some(&self.shared.backlog)
     }
 
     fn writable(&self) -> Result<(), colony_journal::Error> {
-        match lock(&self.stopped).clone() {
-            Some(reason) => Err(colony_journal::Error::Storage(reason)),
-            None => Ok(()),
+        if let Some(reason) = self.shared.stopped() {
+            return Err(colony_journal::Error::Storage(reason));
         }
+        if lock(&self.queue).is_closed() {
+            // The writer thread ended (it panicked): nothing more is appended.
+            return Err(colony_journal::Error::Closed);
+        }
+        Ok(())
     }
 }
 
@@ -452,82 +536,99 @@ struct Writer {
     last: u64,
     /// Messages this process appended, for the dedupe ids.
     appended: u64,
+    /// Most bytes of one message's body: the servers' `max_payload`, less room for headers.
+    part: usize,
     shown: String,
 }
 
 impl Writer {
-    async fn open(options: &JournalOptions) -> Result<(Writer, MemoryJournal), Error> {
-        let (_client, js) = crate::client::connect(&options.url, "--db").await?;
-        let config = stream::Config {
-            name: options.stream(),
-            description: Some(format!("colony: the journal {}", options.name)),
-            subjects: vec![options.subject()],
-            retention: stream::RetentionPolicy::Limits,
-            storage: stream::StorageType::File,
-            num_replicas: options.replicas,
-            duplicate_window: Duration::from_secs(120),
-            max_message_size: (PART + 8 * 1024) as i32,
-            discard: stream::DiscardPolicy::New,
-            ..Default::default()
-        };
+    /// Connects, and makes the stream when `make` (else finds it).
+    async fn connect(options: &JournalOptions, make: bool) -> Result<(Writer, ()), Error> {
+        let (client, js) = crate::client::connect(&options.url, "--db").await?;
+        let part = client
+            .server_info()
+            .max_payload
+            .saturating_sub(HEADROOM)
+            .max(MIN_PART);
         let what = format!("the journal {}", options.name);
-        let mut stream = js.get_or_create_stream(config).await.map_err(|e| {
-            Error::nats(
-                &what,
-                format!(
-                    "{e}{}",
-                    if options.replicas > 1 {
-                        " (fewer servers than replicas? give ?replicas=1 for a single server)"
-                    } else {
-                        ""
-                    }
-                ),
-            )
-        })?;
-        let last = stream
-            .info()
-            .await
-            .map_err(|e| Error::nats(&what, e))?
-            .state
-            .last_sequence;
-        let mut writer = Writer {
+        let stream = if make {
+            let config = stream::Config {
+                name: options.stream(),
+                description: Some(format!("colony: the journal {}", options.name)),
+                subjects: vec![options.subject()],
+                retention: stream::RetentionPolicy::Limits,
+                storage: stream::StorageType::File,
+                num_replicas: options.replicas,
+                duplicate_window: Duration::from_secs(120),
+                discard: stream::DiscardPolicy::New,
+                ..Default::default()
+            };
+            js.get_or_create_stream(config).await.map_err(|e| {
+                Error::nats(
+                    &what,
+                    format!(
+                        "{e}{}",
+                        if options.replicas > 1 {
+                            " (fewer servers than replicas? give ?replicas=1 for a single server)"
+                        } else {
+                            ""
+                        }
+                    ),
+                )
+            })?
+        } else {
+            js.get_stream(options.stream())
+                .await
+                .map_err(|e| Error::nats(&what, e))?
+        };
+        let writer = Writer {
             js,
             stream,
             subject: options.subject(),
             id: crate::client::random_id(),
             last: 0,
             appended: 0,
+            part,
             shown: what,
         };
+        Ok((writer, ()))
+    }
+
+    async fn last_sequence(&mut self) -> Result<u64, Error> {
+        let info = self
+            .stream
+            .info()
+            .await
+            .map_err(|e| Error::nats(&self.shown, e))?;
+        Ok(info.state.last_sequence)
+    }
+
+    /// Opens the journal: replays it, then claims it with a message appended whatever the
+    /// stream's last sequence (the process that wrote before, if it still writes, cannot
+    /// append after it), then replays what that process appended before the claim.
+    async fn open(options: &JournalOptions) -> Result<(Writer, MemoryJournal), Error> {
+        let (mut writer, ()) = Writer::connect(options, true).await?;
         let mirror = MemoryJournal::new();
         let mut replay = Replay::default();
+        let last = writer.last_sequence().await?;
         writer.replay(&mirror, &mut replay, last).await?;
         let claim = Write::Claim {
             writer: writer.id.clone(),
             at_ms: crate::now_ms(),
         };
-        for _ in 0..CLAIMS {
-            match writer.append(Bytes::from(claim.line())).await {
-                Ok(()) => return Ok((writer, mirror)),
-                Err(Append::Taken) => {
-                    // Another process wrote since the replay: read what it wrote, and try
-                    // again after it.
-                    let last = writer
-                        .stream
-                        .info()
-                        .await
-                        .map_err(|e| Error::nats(&writer.shown, e))?
-                        .state
-                        .last_sequence;
-                    writer.replay(&mirror, &mut replay, last).await?;
-                }
-                Err(Append::Failed(e)) => return Err(Error::nats(&writer.shown, e)),
-            }
-        }
-        Err(Error::nats(
-            &writer.shown,
-            "another process keeps writing it: stop that one first",
-        ))
+        let claimed = match writer
+            .publish(Bytes::from(claim.line()), "1/1", Expect::Nothing)
+            .await
+        {
+            Ok(sequence) => sequence,
+            Err(Append::Failed(e)) => return Err(Error::nats(&writer.shown, e)),
+            // A claim expects no sequence, so no other process can come before it.
+            Err(Append::Taken) => return Err(Error::nats(&writer.shown, "claimed meanwhile")),
+        };
+        writer.replay(&mirror, &mut replay, claimed - 1).await?;
+        writer.last = claimed;
+        mirror.clear_stats();
+        Ok((writer, mirror))
     }
 
     /// Applies the messages after `self.last` up to `until` to `mirror`.
@@ -556,8 +657,7 @@ impl Writer {
             .await
             .map_err(|e| Error::nats(&self.shown, e))?;
         while self.last < until {
-            let message = match tokio::time::timeout(Duration::from_secs(30), messages.next()).await
-            {
+            let message = match tokio::time::timeout(REPLAY_WAIT, messages.next()).await {
                 Ok(Some(Ok(message))) => message,
                 Ok(Some(Err(e))) => return Err(Error::nats(&self.shown, e)),
                 Ok(None) => break,
@@ -565,16 +665,18 @@ impl Writer {
                     return Err(Error::nats(
                         &self.shown,
                         format!(
-                            "no message after {} of {until} for 30 s while replaying",
-                            self.last
+                            "no message after {} of {until} for {} s while replaying",
+                            self.last,
+                            REPLAY_WAIT.as_secs()
                         ),
                     ));
                 }
             };
-            let sequence = message
-                .info()
-                .map_err(|e| Error::nats(&self.shown, e))?
-                .stream_sequence;
+            let info = message.info().map_err(|e| Error::nats(&self.shown, e))?;
+            let (sequence, pending) = (info.stream_sequence, info.pending);
+            if sequence > until {
+                break;
+            }
             let part = message
                 .headers
                 .as_ref()
@@ -591,27 +693,55 @@ impl Writer {
                 }
             }
             self.last = sequence;
+            if pending == 0 {
+                // Nothing more in the stream (messages up to `until` were removed).
+                break;
+            }
         }
+        self.last = self.last.max(until);
         Ok(())
     }
 
     /// Appends the writes queued, a group commit per message, until the journal is
-    /// dropped; after a write that cannot be made durable, fails every later one.
-    async fn run(
-        &mut self,
-        mut writes: mpsc::UnboundedReceiver<Queued>,
-        stopped: &Mutex<Option<String>>,
-        backlog: &Backlog,
-    ) {
-        while let Some(first) = writes.recv().await {
+    /// dropped; after a write that cannot be made durable, or once another process took
+    /// the journal over, fails every later one.
+    async fn run(&mut self, mut writes: mpsc::UnboundedReceiver<Queued>, shared: &Shared) {
+        let max_frame = MAX_PARTS * self.part;
+        let mut carried: Option<Queued> = None;
+        loop {
+            let first = match carried.take() {
+                Some(first) => first,
+                None => match tokio::time::timeout(WATCH_EVERY, writes.recv()).await {
+                    Ok(Some(first)) => first,
+                    Ok(None) => break,
+                    Err(_) => {
+                        // Idle: a process that took the journal over says so here, before
+                        // this one's next write.
+                        if let Err(reason) = self.watch().await {
+                            shared.stop(reason);
+                            break;
+                        }
+                        continue;
+                    }
+                },
+            };
+            if shared.halted.load(Ordering::Acquire) {
+                shared.backlog.took(1);
+                drop(first);
+                break;
+            }
             let mut frame = first.line;
             let mut done = vec![first.done];
-            while frame.len() < FRAME {
+            while frame.len() < self.part {
                 let Ok(next) = writes.try_recv() else { break };
+                if frame.len() + next.line.len() > max_frame {
+                    carried = Some(next);
+                    break;
+                }
                 frame.extend_from_slice(&next.line);
                 done.push(next.done);
             }
-            let result = self.append(Bytes::from(frame)).await;
+            let result = self.append(Bytes::from(frame), shared).await;
             let result = result.map_err(|e| {
                 let reason = match e {
                     Append::Taken => format!(
@@ -621,10 +751,10 @@ impl Writer {
                     Append::Failed(e) => format!("{}: {e}", self.shown),
                 };
                 tracing::error!(reason, "The journal stopped taking writes.");
-                *lock(stopped) = Some(reason.clone());
+                shared.stop(reason.clone());
                 colony_journal::Error::Storage(reason)
             });
-            backlog.took(done.len());
+            shared.backlog.took(done.len());
             for done in done {
                 let _ = done.send(result.clone());
             }
@@ -634,72 +764,102 @@ impl Writer {
         }
         // Whatever came after a failure (or was queued when it happened) fails too.
         writes.close();
-        while let Some(queued) = writes.recv().await {
-            backlog.took(1);
-            let reason = lock(stopped).clone().unwrap_or_default();
-            let _ = queued
-                .done
-                .send(Err(colony_journal::Error::Storage(reason)));
+        let queued = carried
+            .into_iter()
+            .chain(std::iter::from_fn(|| writes.try_recv().ok()));
+        let reason = shared.stopped();
+        for queued in queued {
+            shared.backlog.took(1);
+            let _ = queued.done.send(Err(match &reason {
+                Some(reason) => colony_journal::Error::Storage(reason.clone()),
+                None => colony_journal::Error::Closed,
+            }));
+        }
+    }
+
+    /// Whether this process still holds the journal: no message after its last.
+    async fn watch(&mut self) -> Result<(), String> {
+        match self.last_sequence().await {
+            Ok(last) if last != self.last => {
+                let reason = format!(
+                    "{} was taken over by another process: this one writes no more",
+                    self.shown
+                );
+                tracing::error!(reason, "The journal stopped taking writes.");
+                Err(reason)
+            }
+            // NATS unreachable: the next write finds out how long for.
+            _ => Ok(()),
         }
     }
 
     /// Appends a frame, in parts if it is larger than a message may be, each part expecting
     /// the last sequence this process knows.
-    async fn append(&mut self, frame: Bytes) -> Result<(), Append> {
-        let parts = frame.len().div_ceil(PART).max(1);
+    async fn append(&mut self, frame: Bytes, shared: &Shared) -> Result<(), Append> {
+        let parts = frame.len().div_ceil(self.part).max(1);
         for i in 0..parts {
-            let part = frame.slice(i * PART..((i + 1) * PART).min(frame.len()));
-            self.publish(part, &format!("{}/{parts}", i + 1)).await?;
+            if shared.halted.load(Ordering::Acquire) {
+                return Err(Append::Failed("halted".into()));
+            }
+            let part = frame.slice(i * self.part..((i + 1) * self.part).min(frame.len()));
+            let expect = Expect::Last(self.last);
+            self.last = self
+                .publish(part, &format!("{}/{parts}", i + 1), expect)
+                .await?;
         }
         Ok(())
     }
 
-    async fn publish(&mut self, body: Bytes, part: &str) -> Result<(), Append> {
+    /// Publishes one message and returns its sequence, trying again while NATS cannot take
+    /// it, with the same dedupe id.
+    async fn publish(&mut self, body: Bytes, part: &str, expect: Expect) -> Result<u64, Append> {
         self.appended += 1;
         let id = format!("{}-{}", self.id, self.appended);
         let deadline = Instant::now() + RETRY_FOR;
         loop {
-            let message = jetstream::message::PublishMessage::build()
+            let mut message = jetstream::message::PublishMessage::build()
                 .payload(body.clone())
                 .message_id(&id)
-                .expected_last_sequence(self.last)
                 .header(PART_HEADER, part);
+            if let Expect::Last(last) = expect {
+                message = message.expected_last_sequence(last);
+            }
             let sent = match self.js.send_publish(self.subject.clone(), message).await {
                 Ok(ack) => ack.await,
                 Err(e) => Err(e),
             };
             let error = match sent {
-                Ok(ack) => {
-                    self.last = ack.sequence;
-                    return Ok(());
-                }
+                Ok(ack) => return Ok(ack.sequence),
                 Err(e) => e,
             };
-            match error.kind() {
-                PublishErrorKind::WrongLastSequence => {
+            match (error.kind(), expect) {
+                (PublishErrorKind::WrongLastSequence, Expect::Last(last)) => {
                     // Either an earlier try of this message landed with its answer lost,
-                    // or another process wrote: the stream's last message says which.
-                    let last = self
-                        .stream
-                        .get_last_raw_message_by_subject(&self.subject)
-                        .await;
-                    if let Ok(last) = last {
-                        let ours = last
-                            .headers
-                            .get(async_nats::header::NATS_MESSAGE_ID)
-                            .is_some_and(|v| v.as_str() == id);
-                        if !ours {
-                            return Err(Append::Taken);
+                    // or another process appended: the message after `last` says which.
+                    match self.stream.get_raw_message(last + 1).await {
+                        Ok(next) => {
+                            let ours = next
+                                .headers
+                                .get(async_nats::header::NATS_MESSAGE_ID)
+                                .is_some_and(|v| v.as_str() == id);
+                            return if ours {
+                                Ok(next.sequence)
+                            } else {
+                                Err(Append::Taken)
+                            };
                         }
-                        self.last = last.sequence;
-                        return Ok(());
+                        Err(e) => {
+                            return Err(Append::Failed(format!(
+                                "the stream has a message after {last} but it cannot be read ({e}): was it changed by hand?"
+                            )));
+                        }
                     }
+                }
+                (PublishErrorKind::MaxPayloadExceeded, _) => {
+                    return Err(Append::Failed(error.to_string()));
                 }
                 // No responders ("stream not found") is what a stream just made answers
                 // until its group elects a leader, and a stream whose leader died: tried again.
-                PublishErrorKind::MaxPayloadExceeded => {
-                    return Err(Append::Failed(error.to_string()));
-                }
                 _ => {}
             }
             if Instant::now() >= deadline {
@@ -712,6 +872,15 @@ impl Writer {
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
+}
+
+/// What a publish expects of the stream.
+#[derive(Clone, Copy, Debug)]
+enum Expect {
+    /// Its last sequence is this: no other process appended since.
+    Last(u64),
+    /// Nothing: a claim lands wherever the stream is.
+    Nothing,
 }
 
 /// Why an append failed.
@@ -741,7 +910,7 @@ struct Replay {
 impl Replay {
     /// Takes the next message's body and its `Colony-Part` header (`i/n`); returns a frame
     /// once its last part came. A frame left incomplete (its writer died between two
-    /// parts; the next message starts another frame) is dropped.
+    /// parts, or another process's claim came between them) is dropped.
     fn part(&mut self, header: Option<&str>, body: Bytes) -> Result<Option<Bytes>, String> {
         let (i, n) = header
             .and_then(|h| h.split_once('/'))

@@ -1,7 +1,7 @@
 //! The journal in a JetStream stream against a real `nats-server` (one server, R1,
 //! `sync_interval: always`): it passes the conformance suite every journal passes, keeps
 //! what it acknowledged across a crash, replays to the same journal, fences out a process
-//! that another took the journal over from, and waits out a server restart.
+//! that another took the journal over from (busy or idle), and waits out a server restart.
 
 use bytes::Bytes;
 use colony_cluster::{
@@ -9,7 +9,7 @@ use colony_cluster::{
     testing::{NatsCluster, NatsServer},
 };
 use colony_core::{AgentId, TaskId, task::TaskSpec, task::TaskState};
-use colony_journal::{Journal, Record, testing};
+use colony_journal::{Journal, Opening, Record, ReputationRow, Seat, Stats, Taken, testing};
 use futures::executor::block_on;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -45,21 +45,31 @@ fn it_passes_the_conformance_suite() {
 fn what_it_acknowledged_survives_a_crash() {
     let (_dir, server) = server();
     let url = server.url();
+    // Halted: what the writer had not appended is lost, as in a kill.
     testing::crash_case(
         open(&url, "crash"),
         |_| {},
         |journal| {
-            drop(journal);
+            journal.halt();
             open(&url, "crash")
+        },
+    );
+    // Closed: what was queued is appended first.
+    testing::crash_case(
+        open(&url, "closed"),
+        |_| {},
+        |journal| {
+            drop(journal);
+            open(&url, "closed")
         },
     );
 }
 
-/// Every read of `a` and `b` the same.
+/// Every read of `a` and `b` the same (but the counts of fenced records: each process
+/// counts its own).
 fn same(a: &impl Journal, b: &impl Journal) {
     assert_eq!(a.next_task_id(), b.next_task_id());
     assert_eq!(a.counts().unwrap(), b.counts().unwrap());
-    assert_eq!(a.stats(), b.stats());
     assert_eq!(
         a.recent(None, None, usize::MAX).unwrap(),
         b.recent(None, None, usize::MAX).unwrap()
@@ -112,16 +122,70 @@ fn a_reopened_journal_is_the_one_written_large_writes_and_all() {
     for write in pending {
         block_on(write).expect("durable");
     }
+    // Decisions (their ends keep their times), agents and reputations come back too.
+    let seats: Vec<Seat> = (0..3)
+        .map(|i| Seat {
+            agent: AgentId(i),
+            pool: 0,
+            weight: 0.5 + f64::from(i),
+        })
+        .collect();
+    let opening = |asked: u32| Opening {
+        options: r#"{"protocol":"majority"}"#.into(),
+        seats: seats.clone(),
+        asked,
+        opened_at_ms: 1_700_000_000_000,
+    };
+    let decision = first.next_task_id();
+    let ballots = vec![TaskSpec::default(); 3];
+    block_on(first.open_decision(decision, &ballots, opening(3))).unwrap();
+    block_on(first.close_decision(decision, r#"{"outcome":"yes"}"#.into())).unwrap();
+    let inline = first.next_task_id();
+    let taken = Taken {
+        opening: opening(0),
+        result: Ok("\"yes\"".into()),
+        outcome: "{}".into(),
+    };
+    block_on(first.decided(inline, &TaskSpec::default(), taken)).unwrap();
+    let reputation = ReputationRow {
+        agent: AgentId(2),
+        pool: 0,
+        score: 0.75,
+        observations: 4,
+    };
+    block_on(first.record_reputations(vec![reputation])).unwrap();
+    let nan = ReputationRow {
+        score: f64::NAN,
+        ..reputation
+    };
+    let refused = block_on(first.record_reputations(vec![nan])).unwrap_err();
+    assert!(refused.to_string().contains("finite"), "{refused}");
     assert_eq!(first.stats().fenced, 50);
     let row = first.task(id).unwrap().unwrap();
     assert_eq!(row.spec.payload.len(), 600_002);
-    // Read by a second process while the first still runs: the same journal.
+    // Read without taking it over, then by a second process that does: the same journal.
+    let read = colony_cluster::journal::read(&options(&url, "replay")).unwrap();
+    same(&first, &read);
+    block_on(first.record(vec![Record::Cancelled { task: id }])).expect("not taken over by a read");
     let second = open(&url, "replay");
     same(&first, &second);
+    assert_eq!(second.stats(), Stats::default(), "a process counts its own");
+    assert!(
+        second
+            .decision(decision)
+            .unwrap()
+            .unwrap()
+            .ended_at_ms
+            .is_some()
+    );
     drop(first);
     drop(second);
     let third = open(&url, "replay");
-    assert_eq!(third.counts().unwrap().succeeded, 50);
+    assert_eq!(
+        third.counts().unwrap().succeeded,
+        51,
+        "50 tasks and the decision taken inline"
+    );
     assert_eq!(
         third.task(TaskId(1)).unwrap().unwrap().output.as_deref(),
         Some(&[0xff, 0, 0][..])
@@ -157,6 +221,58 @@ fn a_process_whose_journal_was_taken_over_writes_no_more() {
     drop(new);
     let row = open(&url, "taken").task(id).unwrap().unwrap();
     assert_eq!((row.state, row.agent), (TaskState::Cancelled, None));
+}
+
+#[test]
+fn a_busy_process_is_taken_over_and_loses_no_write_it_was_told_was_durable() {
+    let (_dir, server) = server();
+    let url = server.url();
+    let old = open(&url, "busy");
+    let writing = std::thread::scope(|scope| {
+        let old = &old;
+        let writer = scope.spawn(move || {
+            // One task at a time, each waited for, until the journal refuses one.
+            let mut acknowledged = 0u64;
+            loop {
+                let id = old.next_task_id();
+                match block_on(old.accept(id, &[TaskSpec::default()])) {
+                    Ok(()) => acknowledged = id.0,
+                    Err(e) => return (acknowledged, e.to_string()),
+                }
+            }
+        });
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        let new = open(&url, "busy");
+        let (acknowledged, refused) = writer.join().unwrap();
+        (new, acknowledged, refused)
+    });
+    let (new, acknowledged, refused) = writing;
+    assert!(refused.contains("taken over"), "{refused}");
+    assert!(acknowledged > 0, "the old process wrote before");
+    assert_eq!(
+        new.next_task_id().0 - 1,
+        acknowledged,
+        "every task acknowledged is in the journal, and none refused"
+    );
+}
+
+#[test]
+fn an_idle_process_learns_it_was_taken_over_before_it_writes() {
+    let (_dir, server) = server();
+    let url = server.url();
+    let old = open(&url, "idle");
+    assert!(old.writable().is_ok());
+    let _new = open(&url, "idle");
+    let started = std::time::Instant::now();
+    while old.writable().is_ok() {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(10),
+            "still writable 10 s after being taken over"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let why = old.writable().unwrap_err().to_string();
+    assert!(why.contains("taken over"), "{why}");
 }
 
 #[test]
@@ -201,6 +317,19 @@ fn on_three_servers_a_journal_keeps_three_copies() {
     let id = journal.next_task_id();
     block_on(journal.accept(id, &[TaskSpec::default()])).unwrap();
     drop(journal);
+    let replicas = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(async {
+            let client = async_nats::connect(cluster.url().split(',').next().unwrap())
+                .await
+                .unwrap();
+            let js = async_nats::jetstream::new(client);
+            let mut stream = js.get_stream("COLONY_JOURNAL_r3").await.unwrap();
+            stream.info().await.unwrap().config.num_replicas
+        });
+    assert_eq!(replicas, 3);
     options.replicas = 1;
     let reopened = JetStreamJournal::open(options).expect("a journal keeps its own replicas");
     assert_eq!(reopened.counts().unwrap().queued, 1);

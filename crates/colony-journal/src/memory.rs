@@ -199,6 +199,13 @@ impl Inner {
 }
 
 impl MemoryJournal {
+    /// Forgets the fenced, unknown and invalid records counted so far: a journal that
+    /// replays an earlier process's writes into this one counts, as a SQLite journal does,
+    /// only those of its own process.
+    pub fn clear_stats(&self) {
+        self.lock().stats = Stats::default();
+    }
+
     /// [`Journal::close_decision`], ended at `at_ms` (milliseconds since the Unix epoch)
     /// rather than now: for a journal that replays its writes into this one.
     pub fn close_decision_at(&self, id: TaskId, outcome: Arc<str>, at_ms: u64) -> Durable {

@@ -923,7 +923,7 @@ fn written_path(layer: &Layer, v: &Located<String>) -> Result<PathBuf, String> {
 /// Where the journal is, as written: a file path (relative to the file's folder), or a
 /// journal in NATS (`nats://HOST:PORT/NAME`), kept as written.
 fn written_db(layer: &Layer, v: &Located<String>) -> Result<PathBuf, String> {
-    if v.value.starts_with("nats://") {
+    if colony_cluster::journal::in_nats(&v.value) {
         return Ok(PathBuf::from(&v.value));
     }
     written_path(layer, v)

@@ -2,6 +2,7 @@
 //! group commit in one frame, a frame in one message or, when larger than a message may
 //! be, in consecutive parts.
 
+use base64::{Engine as _, engine::general_purpose::STANDARD as BASE64};
 use bytes::Bytes;
 use colony_core::{AgentId, TaskId, task::Priority, task::Requirement, task::TaskSpec};
 use colony_journal::{
@@ -62,6 +63,18 @@ pub(super) enum Write {
 }
 
 impl Write {
+    /// Whether every number it carries is finite: JSON has no NaN or infinity, and a write
+    /// that could not be read back would leave a journal that cannot be opened.
+    pub(super) fn finite(&self) -> bool {
+        let seats = |seats: &[Seat]| seats.iter().all(|s| s.weight.is_finite());
+        match self {
+            Write::Open { opening, .. } | Write::Decided { opening, .. } => seats(&opening.seats),
+            Write::Ask { call, .. } => seats(&call.asked),
+            Write::Reputations { rows } => rows.iter().all(|r| r.score.is_finite()),
+            _ => true,
+        }
+    }
+
     pub(super) fn line(&self) -> Vec<u8> {
         let mut line = serde_json::to_vec(self).expect("every field serializes");
         line.push(b'\n');
@@ -138,15 +151,20 @@ impl Write {
 }
 
 /// Bytes kept as text when they are UTF-8 (a payload or output is JSON text, as a rule),
-/// else as a list of byte values.
+/// else as `{"base64": "..."}`.
 #[derive(Debug)]
 pub(super) struct Blob(pub(super) Bytes);
 
 impl Serialize for Blob {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
         match std::str::from_utf8(&self.0) {
             Ok(text) => s.serialize_str(text),
-            Err(_) => s.collect_seq(self.0.iter()),
+            Err(_) => {
+                let mut map = s.serialize_map(Some(1))?;
+                map.serialize_entry("base64", &BASE64.encode(&self.0))?;
+                map.end()
+            }
         }
     }
 }
@@ -157,11 +175,15 @@ impl<'de> Deserialize<'de> for Blob {
         #[serde(untagged)]
         enum Either {
             Text(String),
-            Raw(Vec<u8>),
+            Raw { base64: String },
         }
         Ok(Blob(match Either::deserialize(d)? {
             Either::Text(text) => Bytes::from(text),
-            Either::Raw(raw) => Bytes::from(raw),
+            Either::Raw { base64 } => Bytes::from(
+                BASE64
+                    .decode(base64)
+                    .map_err(|e| serde::de::Error::custom(format!("base64: {e}")))?,
+            ),
         }))
     }
 }
@@ -427,6 +449,7 @@ mod tests {
             let back: Blob = serde_json::from_slice(&line).unwrap();
             assert_eq!(&back.0[..], bytes);
             assert!(!line.contains(&b'\n'), "one line each");
+            assert!(line.len() <= 2 * bytes.len() + 16, "raw bytes as base64");
         }
     }
 

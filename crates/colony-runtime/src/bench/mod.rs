@@ -66,7 +66,6 @@ impl Default for Verdict {
 /// chosen to spread this many over the run.
 pub const DISPATCH_SAMPLES: u64 = 65_536;
 
-/// The shape of the swarm a benchmark builds.
 /// A durable journal for a benchmark.
 #[derive(Clone)]
 pub enum BenchJournal {
@@ -95,6 +94,7 @@ impl std::fmt::Debug for BenchJournal {
     }
 }
 
+/// The shape of the swarm a benchmark builds.
 #[derive(Clone, Debug)]
 pub struct Swarm {
     /// Agents in all tiers together; the worker count is the largest that fits.

@@ -1398,10 +1398,11 @@ fn crash(args: &CrashArgs) -> Result<(), Failure> {
     let location = |run: u32| nats.as_ref().map(|n| PathBuf::from(nats_location(&n(run))));
     let location = |run: u32| location(run).unwrap_or_default();
     let reopen = |db: &Path| -> Result<Box<dyn crash::Readback>, colony_runtime::Error> {
-        let options = colony_cluster::JournalOptions::parse(&db.to_string_lossy())
-            .and_then(colony_cluster::JetStreamJournal::open)
+        // Read without taking the journal over: a child may still be writing it.
+        let journal = colony_cluster::JournalOptions::parse(&db.to_string_lossy())
+            .and_then(|options| colony_cluster::journal::read(&options))
             .map_err(|e| colony_runtime::Error::Options(e.to_string()))?;
-        Ok(Box::new(Arc::new(options)))
+        Ok(Box::new(Arc::new(journal)))
     };
     let journals = crash::Journals {
         location: &location,

@@ -17,7 +17,8 @@ pub(crate) mod workflow;
 
 /// The location of a journal in NATS (`--db nats://HOST:PORT/NAME`), if `db` is one.
 pub(crate) fn in_nats(db: &std::path::Path) -> Option<&str> {
-    db.to_str().filter(|text| text.starts_with("nats://"))
+    db.to_str()
+        .filter(|text| colony_cluster::journal::in_nats(text))
 }
 
 /// Opens the journal in NATS at `location`, replayed and claimed for this process. Blocks:
