@@ -334,3 +334,106 @@ fn on_three_servers_a_journal_keeps_three_copies() {
     let reopened = JetStreamJournal::open(options).expect("a journal keeps its own replicas");
     assert_eq!(reopened.counts().unwrap().queued, 1);
 }
+
+/// The leader of a journal's stream on three servers, by name, once it has one.
+fn stream_leader(url: &str, stream: &str) -> String {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(async {
+            let client = async_nats::connect(url.split(',').next().unwrap())
+                .await
+                .unwrap();
+            let js = async_nats::jetstream::new(client);
+            for _ in 0..40 {
+                if let Ok(mut s) = js.get_stream(stream).await
+                    && let Ok(info) = s.info().await
+                    && let Some(leader) = info.cluster.as_ref().and_then(|c| c.leader.clone())
+                {
+                    return leader;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+            }
+            panic!("{stream} has no leader");
+        })
+}
+
+#[test]
+fn a_killed_stream_leader_costs_a_pause_and_no_acknowledged_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = NatsCluster::three(dir.path()).expect("three nats-servers start");
+    let url = cluster.url();
+    let mut options = options(&url, "leader");
+    options.replicas = 3;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let journal = loop {
+        match JetStreamJournal::open(options.clone()) {
+            Ok(journal) => break journal,
+            Err(e) if std::time::Instant::now() < deadline => {
+                eprintln!("not yet: {e}");
+                std::thread::sleep(std::time::Duration::from_millis(500));
+            }
+            Err(e) => panic!("{e}"),
+        }
+    };
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let (acknowledged, longest) = std::thread::scope(|scope| {
+        let (journal, stop) = (&journal, &stop);
+        let writer = scope.spawn(move || {
+            // A task accepted and run, each write waited for, until told to stop.
+            let (mut acknowledged, mut longest) = (0u64, std::time::Duration::ZERO);
+            while !stop.load(Ordering::Relaxed) {
+                let started = std::time::Instant::now();
+                let id = journal.next_task_id();
+                block_on(journal.accept(id, &[TaskSpec::default()])).expect("accepted");
+                block_on(journal.record(vec![
+                    Record::Started {
+                        task: id,
+                        attempt: 1,
+                        agent: AgentId(1),
+                    },
+                    Record::Committed {
+                        task: id,
+                        attempt: 1,
+                        output: "42".into(),
+                    },
+                ]))
+                .expect("committed");
+                acknowledged = id.0;
+                longest = longest.max(started.elapsed());
+            }
+            (acknowledged, longest)
+        });
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        let leader = stream_leader(&url, "COLONY_JOURNAL_leader");
+        let server = cluster
+            .servers
+            .iter_mut()
+            .find(|s| s.name == leader)
+            .unwrap();
+        server.kill();
+        // Past the election: writes went on after it.
+        std::thread::sleep(std::time::Duration::from_secs(12));
+        stop.store(true, Ordering::Relaxed);
+        let written = writer.join().unwrap();
+        server.start().unwrap();
+        written
+    });
+    drop(journal);
+    let reopened = JetStreamJournal::open(options).expect("reopened");
+    let counts = reopened.counts().unwrap();
+    eprintln!(
+        "{acknowledged} tasks acknowledged; the longest write took {:.1} s across the leader's kill",
+        longest.as_secs_f64()
+    );
+    assert_eq!(
+        counts.succeeded, acknowledged,
+        "every acknowledged task, once"
+    );
+    assert_eq!(counts.total(), acknowledged);
+    assert!(
+        longest < std::time::Duration::from_secs(30),
+        "a write waited {longest:?}"
+    );
+}

@@ -295,7 +295,19 @@ pub(crate) fn run(args: &Args) -> Result<(), Failure> {
     let agents: u64 = pools.iter().map(|p| u64::from(p.count)).sum();
     let journal: Arc<dyn Journal> = match &settings.db {
         Some(db) => match super::in_nats(db) {
-            Some(location) => Arc::new(super::open_nats_journal(location)?),
+            Some(location) => {
+                let started = std::time::Instant::now();
+                let journal = super::open_nats_journal(location)?;
+                let counts = journal.counts().map_err(Failure::work)?;
+                eprintln!(
+                    "journal {} in NATS: {} tasks, {} unfinished, read back in {:.1} s",
+                    journal.name(),
+                    counts.total(),
+                    counts.total() - counts.terminal(),
+                    started.elapsed().as_secs_f64()
+                );
+                Arc::new(journal)
+            }
             None => Arc::new(SqliteJournal::open(SqliteOptions::new(db)).map_err(Failure::input)?),
         },
         None => Arc::new(MemoryJournal::new()),
