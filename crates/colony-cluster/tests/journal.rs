@@ -296,24 +296,28 @@ fn a_write_waits_out_a_server_restart() {
     assert_eq!((row.state, row.attempt), (TaskState::Running, 1));
 }
 
-#[test]
-fn on_three_servers_a_journal_keeps_three_copies() {
-    let dir = tempfile::tempdir().unwrap();
-    let cluster = NatsCluster::three(dir.path()).expect("three nats-servers start");
-    let mut options = options(&cluster.url(), "r3");
-    options.replicas = 3;
-    // The cluster elects its meta leader first.
+/// Opens a journal on a cluster just started, which elects its meta leader first.
+fn open_on_three(options: &JournalOptions) -> JetStreamJournal {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    let journal = loop {
+    loop {
         match JetStreamJournal::open(options.clone()) {
-            Ok(journal) => break journal,
+            Ok(journal) => return journal,
             Err(e) if std::time::Instant::now() < deadline => {
                 eprintln!("not yet: {e}");
                 std::thread::sleep(std::time::Duration::from_millis(500));
             }
             Err(e) => panic!("{e}"),
         }
-    };
+    }
+}
+
+#[test]
+fn on_three_servers_a_journal_keeps_three_copies() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = NatsCluster::three(dir.path()).expect("three nats-servers start");
+    let mut options = options(&cluster.url(), "r3");
+    options.replicas = 3;
+    let journal = open_on_three(&options);
     let id = journal.next_task_id();
     block_on(journal.accept(id, &[TaskSpec::default()])).unwrap();
     drop(journal);
@@ -366,17 +370,7 @@ fn a_killed_stream_leader_costs_a_pause_and_no_acknowledged_write() {
     let url = cluster.url();
     let mut options = options(&url, "leader");
     options.replicas = 3;
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    let journal = loop {
-        match JetStreamJournal::open(options.clone()) {
-            Ok(journal) => break journal,
-            Err(e) if std::time::Instant::now() < deadline => {
-                eprintln!("not yet: {e}");
-                std::thread::sleep(std::time::Duration::from_millis(500));
-            }
-            Err(e) => panic!("{e}"),
-        }
-    };
+    let journal = open_on_three(&options);
     let stop = std::sync::atomic::AtomicBool::new(false);
     let (acknowledged, longest) = std::thread::scope(|scope| {
         let (journal, stop) = (&journal, &stop);

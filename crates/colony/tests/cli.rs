@@ -1,5 +1,7 @@
 //! The command line as a user sees it: real process, real output, exit codes.
 
+mod common;
+
 use assert_cmd::Command;
 
 fn colony(args: &[&str]) -> (String, String, i32) {
@@ -169,34 +171,9 @@ fn bench_runs_report_consistent_counts() {
 #[test]
 fn killed_mid_run_nothing_is_lost_or_committed_twice() {
     // Real child processes, SIGKILLed at random moments, restarted on the same SQLite file.
-    let (stdout, stderr, code) = colony(&[
-        "bench",
-        "crash",
-        "--runs",
-        "3",
-        "--tasks",
-        "3000",
-        "--max-kills",
-        "3",
-        "--decisions",
-        "20",
-        "--json",
-    ]);
-    assert_eq!(code, 0, "{stderr}");
-    let json: serde_json::Value = serde_json::from_str(&stdout).unwrap();
-    assert_eq!(json["ok"], true, "{json}");
-    assert_eq!(json["lost"], 0);
-    assert_eq!(json["double_commits"], 0);
-    assert_eq!(json["succeeded"], 9_000);
-    // Decisions among agents, interrupted too: each taken once, from journaled ballots.
-    assert_eq!(json["decisions"], 60);
-    assert_eq!(json["decided"], 60);
-    assert_eq!(json["announced_twice"], 0);
-    assert_eq!(json["stray_ballots"], 0);
-    assert!(json["kills"].as_u64().unwrap() >= 3);
-    assert!(
-        json["re_executions"].as_u64().unwrap() <= json["in_flight_at_kills"].as_u64().unwrap()
-    );
+    // A kill that comes after its child finished strikes nothing: how many strike depends
+    // on the machine's speed (2 or 3 of the 3 to 9 here), so at least one is asked.
+    assert!(common::crash_bench(&[]) >= 1);
 }
 
 #[test]
@@ -446,56 +423,18 @@ fn a_bad_workflow_exits_2_with_its_location_and_a_failing_one_exits_1() {
 #[test]
 fn resume_skips_what_succeeded_and_finishes_what_was_interrupted() {
     let dir = tempfile::tempdir().unwrap();
-    let d = dir.path().display().to_string();
-    let wf = dir.path().join("w.yaml");
-    // `first` counts its runs; `gate` fails until a marker file exists; `slow` takes a while;
-    // `last` needs them all.
-    std::fs::write(
-        &wf,
-        format!(
-            r#"name: resumable
-defaults: {{retries: 0, timeout: 60s}}
-agents:
-  - name: sh
-    kind: command
-    count: 4
-    command: {{program: sh, args: ["-c", "{{{{input.script}}}}"]}}
-tasks:
-  - {{id: first, agent: sh, input: {{script: "echo run >> {d}/first.count; echo ok"}}}}
-  - {{id: gate, agent: sh, needs: [first], input: {{script: "test -f {d}/marker && echo open"}}}}
-  - {{id: slow, agent: sh, needs: [first], input: {{script: "sleep 2; echo slept >> {d}/slow.count; echo done"}}}}
-  - {{id: last, agent: sh, needs: [gate, slow], input: {{script: "echo last"}}}}
-"#
-        ),
-    )
-    .unwrap();
+    let wf = common::resumable_workflow(dir.path());
     let (w, db, out) = (
         wf.to_str().unwrap(),
         dir.path().join("j.db"),
         dir.path().join("out"),
     );
     let (db, out) = (db.to_str().unwrap(), out.to_str().unwrap());
-    // Interrupted: killed while `slow` sleeps.
-    let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("colony"))
-        .args(["run", w, "--db", db, "--out", out])
-        .stderr(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    // Killed once `first` has run (its count written: the run is in the journal) and `slow`
-    // has had time to start, well before its 2 s end; not after a fixed delay, which a
-    // loaded machine can spend starting the process.
-    let started = std::time::Instant::now();
-    while !dir.path().join("first.count").exists() {
-        assert!(
-            started.elapsed() < std::time::Duration::from_secs(60),
-            "`first` never ran"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
-    std::thread::sleep(std::time::Duration::from_millis(500));
-    child.kill().unwrap();
-    child.wait().unwrap();
+    // Interrupted: killed while `slow` sleeps, once `first` has run.
+    common::killed_once_started(
+        &["run", w, "--db", db, "--out", out],
+        &dir.path().join("first.count"),
+    );
     // Without --resume the journal's unfinished run is not silently restarted.
     let (_, stderr, code) = colony(&["run", w, "--db", db, "--out", out]);
     assert_eq!(code, 2, "{stderr}");

@@ -770,6 +770,17 @@ impl Decisions {
 mod tests {
     use super::*;
 
+    /// The checks of a run on its SQLite journal, no kill having struck.
+    fn checked(o: &ChildOptions) -> Checked {
+        verify(
+            &*sqlite_readback(&o.db).unwrap(),
+            &o.ledger,
+            o.tasks,
+            &HashMap::new(),
+        )
+        .unwrap()
+    }
+
     fn sqlite(dir: &Path) -> Arc<dyn Journal> {
         open_sqlite(&dir.join("run.db")).unwrap()
     }
@@ -801,13 +812,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let o = options(dir.path(), dir.path().join("run.ledger"));
         child(&o, open_sqlite(&o.db).unwrap()).await.unwrap();
-        let whole = verify(
-            &*sqlite_readback(&o.db).unwrap(),
-            &o.ledger,
-            o.tasks,
-            &HashMap::new(),
-        )
-        .unwrap();
+        let whole = checked(&o);
         assert_eq!(
             (whole.lost, whole.unledgered, whole.double_commits),
             (0, 0, 0)
@@ -816,13 +821,7 @@ mod tests {
         let text = std::fs::read_to_string(&o.ledger).unwrap();
         let kept: Vec<&str> = text.lines().take(200).collect();
         std::fs::write(&o.ledger, kept.join("\n") + "\n").unwrap();
-        let cut = verify(
-            &*sqlite_readback(&o.db).unwrap(),
-            &o.ledger,
-            o.tasks,
-            &HashMap::new(),
-        )
-        .unwrap();
+        let cut = checked(&o);
         assert_eq!(cut.unledgered, 100);
     }
 
@@ -834,13 +833,7 @@ mod tests {
             ..options(dir.path(), dir.path().join("run.ledger"))
         };
         child(&o, open_sqlite(&o.db).unwrap()).await.unwrap();
-        let whole = verify(
-            &*sqlite_readback(&o.db).unwrap(),
-            &o.ledger,
-            o.tasks,
-            &HashMap::new(),
-        )
-        .unwrap();
+        let whole = checked(&o);
         assert_eq!(
             (
                 whole.lost,
@@ -862,13 +855,7 @@ mod tests {
             .expect("announced");
         let mut ledger = OpenOptions::new().append(true).open(&o.ledger).unwrap();
         ledger.write_all(format!("d {first}\n").as_bytes()).unwrap();
-        let twice = verify(
-            &*sqlite_readback(&o.db).unwrap(),
-            &o.ledger,
-            o.tasks,
-            &HashMap::new(),
-        )
-        .unwrap();
+        let twice = checked(&o);
         assert_eq!(twice.announced_twice, 1);
         // A restarted child of a finished run opens no decision again.
         child(&o, open_sqlite(&o.db).unwrap()).await.unwrap();
