@@ -91,6 +91,17 @@ fn a_server_on_a_journal_in_nats_is_replaced_by_another_that_finds_every_task() 
         0,
         "nothing ran again"
     );
+    // Read from the command line, the journal is not taken over: the server goes on.
+    let (stdout, stderr, code) = colony(&["tasks", "--db", &db, "--state", "succeeded", "--json"]);
+    assert_eq!(code, 0, "{stderr}");
+    let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(
+        report["tasks"].as_array().unwrap().len(),
+        20,
+        "--limit's default"
+    );
+    assert_eq!(report["tasks"][0]["id"], 1, "oldest first");
+    second.submit_batch(vec![serde_json::json!({ "payload": {} })]);
     // A location that is not one is refused before anything starts.
     let (_, stderr, code) = colony(&["serve", "--db", "nats://127.0.0.1:1/a.b"]);
     assert_eq!(code, 2, "{stderr}");
@@ -102,7 +113,7 @@ fn commands_that_work_on_a_sqlite_file_refuse_a_journal_in_nats_and_say_so() {
     let db = "nats://127.0.0.1:1/j";
     for (args, says) in [
         (
-            vec!["tasks", "--db", db],
+            vec!["agents", "--db", db],
             "through the `colony serve` that keeps it",
         ),
         (vec!["backup", "--db", db, "--to", "b.db"], "replicas"),

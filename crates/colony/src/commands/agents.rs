@@ -47,6 +47,10 @@ pub(crate) fn run(args: &Args) -> Result<(), Failure> {
             return client::agents(&server, query, args.limit, args.json);
         }
     };
+    super::sqlite_only(
+        db,
+        "read its agents through the `colony serve` that keeps it (--server URL)",
+    )?;
     let reader = SqliteReader::open(db).map_err(Failure::input)?;
     let tiers = reader.tiers().map_err(Failure::work)?;
     let id = colony_core::AgentId;

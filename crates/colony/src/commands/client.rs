@@ -51,13 +51,7 @@ impl Source {
     /// The journal or the server named (clap requires one of them).
     pub(crate) fn origin(&self) -> Result<Origin<'_>, Failure> {
         match (&self.db, &self.server) {
-            (Some(db), _) => {
-                super::sqlite_only(
-                    db,
-                    "read a journal in NATS through the `colony serve` that keeps it (--server URL)",
-                )?;
-                Ok(Origin::Journal(db))
-            }
+            (Some(db), _) => Ok(Origin::Journal(db)),
             (None, Some(server)) => Ok(Origin::Server(ServerArgs {
                 server: server.clone(),
                 token: self.token.clone(),

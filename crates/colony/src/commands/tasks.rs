@@ -1,12 +1,13 @@
-//! `colony tasks --db PATH`: what a journal holds, also while another process runs on it;
+//! `colony tasks --db PATH`: what a journal holds, also while another process runs on it
+//! (a journal in NATS, `--db nats://HOST:PORT/NAME`, is read back without being taken over);
 //! `colony tasks --server URL`: what a running server holds.
 
 use crate::{
     Failure,
     output::{Table, thousands},
 };
-use colony_core::task::TaskState;
-use colony_journal::SqliteReader;
+use colony_core::{TaskId, task::TaskState};
+use colony_journal::{Journal, SqliteReader, TaskRow};
 use serde::Serialize;
 
 #[derive(Debug, clap::Args)]
@@ -41,6 +42,26 @@ struct TaskLine {
     error: Option<String>,
 }
 
+/// The first `limit` tasks of `journal` in `state` (all when `None`), oldest first, as a
+/// SQLite journal lists them.
+fn oldest(
+    journal: &dyn Journal,
+    state: Option<TaskState>,
+    limit: usize,
+) -> Result<Vec<TaskRow>, Failure> {
+    let mut rows = Vec::new();
+    for id in 1..journal.next_task_id().0 {
+        if rows.len() >= limit {
+            break;
+        }
+        match journal.task(TaskId(id)).map_err(Failure::work)? {
+            Some(row) if state.is_none_or(|s| row.state == s) => rows.push(row),
+            _ => {}
+        }
+    }
+    Ok(rows)
+}
+
 const STATES: [TaskState; 6] = [
     TaskState::Queued,
     TaskState::Running,
@@ -63,15 +84,27 @@ pub(crate) fn run(args: &Args) -> Result<(), Failure> {
             );
         }
     };
-    let reader = SqliteReader::open(db).map_err(Failure::input)?;
     let state = args.state.as_deref().map(|name| {
         *STATES
             .iter()
             .find(|s| s.as_str() == name)
             .expect("clap allows only known states")
     });
-    let counts = reader.counts().map_err(Failure::work)?;
-    let rows = reader.tasks(state, args.limit).map_err(Failure::work)?;
+    let (counts, rows) = match super::in_nats(db) {
+        Some(location) => {
+            let journal =
+                colony_cluster::JournalOptions::parse(location).map_err(Failure::input)?;
+            let journal = colony_cluster::journal::read(&journal).map_err(Failure::work)?;
+            let counts = journal.counts().map_err(Failure::work)?;
+            (counts, oldest(&journal, state, args.limit)?)
+        }
+        None => {
+            let reader = SqliteReader::open(db).map_err(Failure::input)?;
+            let counts = reader.counts().map_err(Failure::work)?;
+            let rows = reader.tasks(state, args.limit).map_err(Failure::work)?;
+            (counts, rows)
+        }
+    };
     let report = Report {
         counts: STATES
             .iter()
