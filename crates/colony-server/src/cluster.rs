@@ -31,6 +31,7 @@ use axum::{
     routing::{get, post},
 };
 use colony_cluster::{Cluster, TaskView, leadership::Observer};
+use colony_core::task::TaskState;
 use serde::Deserialize;
 use serde_json::json;
 use std::{fmt::Write, sync::Arc, time::Duration};
@@ -48,6 +49,8 @@ pub(crate) struct ClusterApp {
     streams: Arc<tokio::sync::Semaphore>,
     feed: Arc<Feed>,
     max_streams: usize,
+    /// What this server saw of the records since it started, for `/v1/history`.
+    seen: Seen,
 }
 
 impl FromRef<Arc<ClusterApp>> for Gate {
@@ -82,7 +85,9 @@ pub async fn serve_cluster(
         streams: Arc::new(tokio::sync::Semaphore::new(config.max_streams)),
         max_streams: config.max_streams,
         feed: Arc::new(Feed::new()),
+        seen: Seen::new(now_ms()),
     });
+    colony_runtime::spawner::Spawner::spawn("cluster-tally", tally(app.clone()));
     let router = router(app);
     let bind = |source| Error::Bind { addr, source };
     let listener = tokio::net::TcpListener::bind(addr).await.map_err(bind)?;
@@ -105,6 +110,7 @@ fn router(app: Arc<ClusterApp>) -> Router {
         .route("/v1/cluster", get(status))
         .route("/v1/scaling/{role}", get(scaling))
         .route("/v1/events", get(events))
+        .route("/v1/history", get(history))
         .route("/v1/runs", get(runs))
         .route("/v1/agents", get(agents))
         .route("/metrics", get(metrics))
@@ -470,10 +476,11 @@ pub(crate) struct Feed {
 type Records =
     futures::stream::BoxStream<'static, Result<(u64, colony_cluster::Row), colony_cluster::Error>>;
 
-/// An event of the feed: a `task` record, or the watch `failed` (it is made again).
+/// An event of the feed: a `task` record (as sent, and its state), or the watch `failed`
+/// (it is made again).
 #[derive(Clone, Debug)]
 enum FeedEvent {
-    Task(Arc<str>),
+    Task(Arc<str>, TaskState),
     Failed(Arc<str>),
 }
 
@@ -547,6 +554,7 @@ impl Feed {
                                 })
                                 .to_string()
                                 .into(),
+                                row.state,
                             ),
                             Err(e) => failed(&e),
                         };
@@ -591,7 +599,7 @@ async fn events(State(app): State<Arc<ClusterApp>>) -> Response {
     let stream = futures::stream::unfold((rx, permit), |(mut rx, permit)| async move {
         loop {
             let event = match rx.recv().await {
-                Ok(FeedEvent::Task(data)) => Event::default().event("task").data(&*data),
+                Ok(FeedEvent::Task(data, _)) => Event::default().event("task").data(&*data),
                 Ok(FeedEvent::Failed(data)) => Event::default().event("failed").data(&*data),
                 Err(RecvError::Lagged(_)) => continue,
                 Err(RecvError::Closed) => return None,
@@ -614,6 +622,145 @@ async fn readyz(State(app): State<Arc<ClusterApp>>) -> Response {
             format!("not connected to NATS at {}", app.cluster.url()),
         )
     }
+}
+
+/// Seconds of tasks ended kept for `/v1/history`: the dashboard's chart spans as many.
+const KEEP_SECONDS: usize = 300;
+/// Latest records kept for `/v1/history`: the dashboard's list shows as many.
+const KEEP_RECORDS: usize = 100;
+
+/// What a server saw of the task records since it started watching them: tasks ended each
+/// second over the last five minutes, counts since, and the latest records. A dashboard
+/// opened later starts from it rather than from nothing.
+#[derive(Debug)]
+struct Seen {
+    inner: std::sync::Mutex<SeenInner>,
+}
+
+#[derive(Debug)]
+struct SeenInner {
+    since_ms: u64,
+    /// Oldest first: second (since the epoch), succeeded, failed (or dead-lettered).
+    seconds: std::collections::VecDeque<(u64, u64, u64)>,
+    /// Oldest first, each as the event stream sends it.
+    records: std::collections::VecDeque<Arc<str>>,
+    succeeded: u64,
+    failed: u64,
+    /// Records the tally fell too far behind to count.
+    missed: u64,
+}
+
+impl Seen {
+    fn new(since_ms: u64) -> Self {
+        Self {
+            inner: std::sync::Mutex::new(SeenInner {
+                since_ms,
+                seconds: Default::default(),
+                records: Default::default(),
+                succeeded: 0,
+                failed: 0,
+                missed: 0,
+            }),
+        }
+    }
+
+    fn inner(&self) -> std::sync::MutexGuard<'_, SeenInner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A record written at second `at` (since the epoch).
+    fn record(&self, at: u64, state: TaskState, text: Arc<str>) {
+        let mut inner = self.inner();
+        let (succeeded, failed) = match state {
+            TaskState::Succeeded => (1, 0),
+            TaskState::Failed | TaskState::DeadLettered => (0, 1),
+            _ => (0, 0),
+        };
+        inner.succeeded += succeeded;
+        inner.failed += failed;
+        match inner.seconds.back_mut() {
+            Some(last) if last.0 == at => {
+                last.1 += succeeded;
+                last.2 += failed;
+            }
+            _ => inner.seconds.push_back((at, succeeded, failed)),
+        }
+        while inner
+            .seconds
+            .front()
+            .is_some_and(|s| s.0 + KEEP_SECONDS as u64 <= at)
+        {
+            inner.seconds.pop_front();
+        }
+        inner.records.push_back(text);
+        if inner.records.len() > KEEP_RECORDS {
+            inner.records.pop_front();
+        }
+    }
+
+    fn missed(&self, n: u64) {
+        self.inner().missed += n;
+    }
+
+    /// The view `/v1/history` answers, as of second `now`: the seconds before it (not the
+    /// one still counting), oldest first.
+    fn view(&self, now: u64) -> serde_json::Value {
+        let inner = self.inner();
+        let seconds: Vec<serde_json::Value> = inner
+            .seconds
+            .iter()
+            .filter(|s| s.0 < now && s.0 + KEEP_SECONDS as u64 >= now)
+            .map(|&(t, succeeded, failed)| json!([t, succeeded, failed]))
+            .collect();
+        let records: Vec<serde_json::Value> = inner
+            .records
+            .iter()
+            .filter_map(|r| serde_json::from_str(r).ok())
+            .collect();
+        json!({
+            "since-ms": inner.since_ms,
+            "now": now,
+            "seconds": seconds,
+            "succeeded": inner.succeeded,
+            "failed": inner.failed,
+            "missed": inner.missed,
+            "records": records,
+        })
+    }
+}
+
+/// Counts the records as they are written, for as long as the server runs: one watch of
+/// the records, shared with the event streams ([`Feed`]), made again while NATS is away.
+async fn tally(app: Arc<ClusterApp>) {
+    use tokio::sync::broadcast::error::RecvError;
+    loop {
+        let mut rx = match app.feed.subscribe(&app.cluster).await {
+            Ok(rx) => rx,
+            Err(_) => {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        loop {
+            match rx.recv().await {
+                Ok(FeedEvent::Task(text, state)) => {
+                    app.seen.record(now_ms() / 1000, state, text);
+                }
+                Ok(FeedEvent::Failed(_)) => {}
+                Err(RecvError::Lagged(n)) => app.seen.missed(n),
+                Err(RecvError::Closed) => break,
+            }
+        }
+    }
+}
+
+/// `GET /v1/history`: what this server saw of the task records since it started watching
+/// them (`since-ms`): tasks that succeeded and failed each second over the last five
+/// minutes (`seconds`, `[second, succeeded, failed]` oldest first, the current second left
+/// out), the counts since, records it fell too far behind to count (`missed`), and the
+/// latest 100 records as `/v1/events` sends them, oldest first.
+async fn history(State(app): State<Arc<ClusterApp>>) -> Response {
+    Json(app.seen.view(now_ms() / 1000)).into_response()
 }
 
 /// Milliseconds since the Unix epoch.
@@ -749,4 +896,50 @@ async fn metrics(State(app): State<Arc<ClusterApp>>) -> Response {
         u8::from(app.scaling.term().is_some())
     );
     ([("content-type", "text/plain; version=0.0.4")], out).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_history_keeps_five_minutes_of_seconds_and_the_latest_records() {
+        let seen = Seen::new(1_000);
+        let record =
+            |at, state, n: u64| seen.record(at, state, json!({ "id": n }).to_string().into());
+        record(10, TaskState::Succeeded, 1);
+        record(10, TaskState::Running, 2);
+        record(10, TaskState::Failed, 3);
+        record(12, TaskState::DeadLettered, 4);
+        record(12, TaskState::Succeeded, 5);
+        let view = seen.view(12);
+        assert_eq!(
+            view["seconds"],
+            json!([[10, 1, 1]]),
+            "the second still counting is left out"
+        );
+        assert_eq!(
+            (view["succeeded"].as_u64(), view["failed"].as_u64()),
+            (Some(2), Some(2))
+        );
+        assert_eq!(seen.view(13)["seconds"], json!([[10, 1, 1], [12, 1, 1]]));
+        // Five minutes on, the first second is gone; the counts since stay.
+        record(310, TaskState::Succeeded, 6);
+        let view = seen.view(311);
+        assert_eq!(view["seconds"], json!([[12, 1, 1], [310, 1, 0]]));
+        assert_eq!(view["succeeded"], 3);
+        for n in 0..150 {
+            record(311, TaskState::Running, 100 + n);
+        }
+        let records = seen.view(312)["records"].as_array().unwrap().clone();
+        assert_eq!(records.len(), KEEP_RECORDS);
+        assert_eq!(
+            records[0]["id"], 150,
+            "the oldest of the latest hundred first"
+        );
+        assert_eq!(records[99]["id"], 249);
+        seen.missed(3);
+        assert_eq!(seen.view(312)["missed"], 3);
+        assert_eq!(seen.view(312)["since-ms"], 1_000);
+    }
 }

@@ -408,6 +408,32 @@ async fn the_cluster_dashboard_shows_nodes_and_records_in_a_browser() {
     })
     .await;
     assert!(role.is_some(), "the role's row");
+    // Opened again, the page starts from what the server saw: the counts, the chart's
+    // seconds and the records, not from nothing.
+    client.refresh().await.unwrap();
+    let again = until(Duration::from_secs(10), POLL, || async {
+        text(&client, "#ended-total").await.filter(|t| {
+            t.starts_with(&format!("{} succeeded", submitted.len()))
+                && !t.contains("this page opened")
+        })
+    })
+    .await;
+    assert!(again.is_some(), "{:?}", text(&client, "#ended-total").await);
+    let listed = client
+        .find_all(Locator::Css("#events li.ok"))
+        .await
+        .unwrap()
+        .len();
+    assert!(
+        listed >= submitted.len(),
+        "{listed} records listed after a reload"
+    );
+    wait_for(
+        &client,
+        "#chart-ended .uplot canvas",
+        Duration::from_secs(5),
+    )
+    .await;
 
     screenshot(&client, "cluster-dashboard.png").await;
     let problems = problems(&driver, &client).await;

@@ -830,6 +830,29 @@ fn serve_over_the_cluster_takes_tasks_and_one_server_leads_the_scaling() {
         assert!(events.seen.contains("event: task"), "{}", events.seen);
     }
     drop(streams);
+    // Each server counted the ends since it started, for a dashboard opened later.
+    for serve in &serves {
+        let (code, body) = fetch(serve.port, "/v1/history");
+        assert_eq!(code, 200, "{body}");
+        let history: serde_json::Value = serde_json::from_str(&body).unwrap();
+        let counted: u64 = history["seconds"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s[1].as_u64().unwrap())
+            .sum();
+        let succeeded = history["succeeded"].as_u64().unwrap();
+        assert!(succeeded >= all.len() as u64, "{history}");
+        // The current second is left out of `seconds`.
+        assert!(counted <= succeeded, "{history}");
+        let records = history["records"].as_array().unwrap();
+        assert!(
+            all.iter().all(|&id| records
+                .iter()
+                .any(|r| r["id"] == id && r["state"] == "succeeded")),
+            "{history}"
+        );
+    }
     // The dashboard: the page, then its panels, with the node and the role in them.
     let (code, page) = fetch(serves[0].port, "/");
     assert_eq!(code, 200, "{page}");

@@ -76,7 +76,7 @@ fn shell(version: &str, logout: bool, url: &str) -> String {
 </section>
 <section class="panel wide plot">
 <h2>Tasks ended</h2>
-<p class="note">Tasks that succeeded and failed each second over the last five minutes, counted from the records on the event stream since this page opened.</p>
+<p class="note">Tasks that succeeded and failed each second over the last five minutes, counted by this server from the records as nodes write them (since it started watching them), then live from the event stream.</p>
 <div id="chart-ended" class="chart"></div>
 <p id="ended-total" class="note">0 succeeded, 0 failed since this page opened</p>
 </section>
@@ -92,7 +92,7 @@ fn shell(version: &str, logout: bool, url: &str) -> String {
 </section>
 <section class="panel span-2">
 <h2>Task records</h2>
-<p class="note">Task records as nodes write them since this page opened, newest first: each end, and a start when the attempt outlasts the node's lazy lease.</p>
+<p class="note">Task records as nodes write them, newest first (the latest hundred this server saw before the page opened, then live): each end, and a start when the attempt outlasts the node's lazy lease.</p>
 <ol id="events" class="events"><li class="empty">Nothing yet.</li></ol>
 </section>
 </div>

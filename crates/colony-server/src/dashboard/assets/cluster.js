@@ -50,13 +50,14 @@
 
   // Tasks ended each second, by how, counted from the records as they come.
   const ended = { t: Math.floor(Date.now() / 1000), succeeded: 0, failed: 0 };
-  // And in all since the page opened, as the chart's caption says.
-  const total = { succeeded: 0, failed: 0 };
+  // And in all since the server began watching (or this page opened, when the server's
+  // history could not be read), as the chart's caption says.
+  const total = { succeeded: 0, failed: 0, since: "this page opened" };
 
   function showTotal() {
     const el = byId("ended-total");
     if (el) {
-      el.textContent = total.succeeded + " succeeded, " + total.failed + " failed since this page opened";
+      el.textContent = total.succeeded + " succeeded, " + total.failed + " failed since " + total.since;
     }
   }
   let chart = null;
@@ -120,40 +121,84 @@
   }
   setInterval(tick, 1000);
 
-  const source = new EventSource("/v1/events");
-  source.addEventListener("open", () => setLive("live", "ok"));
-  source.addEventListener("error", () => {
-    if (source.readyState === EventSource.CLOSED) {
-      setLive("disconnected: reload to retry", "down");
-    } else {
-      setLive("reconnecting…", "down");
+  // What the server saw before this page opened: the seconds of the chart, the counts and
+  // the latest records. The live stream starts once they are in (or could not be read).
+  function seed(h) {
+    const now = Math.floor(Date.now() / 1000);
+    // What the clock drew before the history came (zeros) gives way to it.
+    data.forEach((column) => {
+      column.length = 0;
+    });
+    // Seconds with no record are not kept by the server: drawn as zeros.
+    const seconds = new Map((h.seconds || []).map(([t, succeeded, failed]) => [t, [succeeded, failed]]));
+    const first = Math.min(...seconds.keys(), now);
+    for (let t = Math.max(first, now - KEEP); t < now; t += 1) {
+      const [succeeded, failed] = seconds.get(t) || [0, 0];
+      data[0].push(t);
+      data[1].push(succeeded);
+      data[2].push(failed);
     }
-  });
-  source.addEventListener("failed", (e) => {
-    let why = "";
-    try {
-      why = JSON.parse(e.data).error || "";
-    } catch (_) {
-      // Said without the reason.
+    // Live counting goes on from this second.
+    ended.t = now;
+    ended.succeeded = 0;
+    ended.failed = 0;
+    total.succeeded = h.succeeded || 0;
+    total.failed = h.failed || 0;
+    if (h["since-ms"]) {
+      total.since = new Date(h["since-ms"]).toLocaleTimeString();
     }
-    setLive("cluster unreadable: " + why, "down");
-  });
-  source.addEventListener("task", (e) => {
-    let r;
-    try {
-      r = JSON.parse(e.data);
-    } catch (_) {
-      return; // A line that is not a record is skipped.
-    }
-    addRecord(r);
-    setLive("live", "ok");
-    if (r.state === "succeeded") {
-      ended.succeeded += 1;
-      total.succeeded += 1;
-    } else if (r.state === "failed" || r.state === "dead-lettered") {
-      ended.failed += 1;
-      total.failed += 1;
+    for (const r of h.records || []) {
+      addRecord(r);
     }
     showTotal();
-  });
+  }
+
+  fetch("/v1/history", { credentials: "same-origin" })
+    .then((r) => (r.ok ? r.json() : null))
+    .then((h) => {
+      if (h) {
+        seed(h);
+      }
+    })
+    .catch(() => {})
+    .finally(listen);
+
+  function listen() {
+    const source = new EventSource("/v1/events");
+    source.addEventListener("open", () => setLive("live", "ok"));
+    source.addEventListener("error", () => {
+      if (source.readyState === EventSource.CLOSED) {
+        setLive("disconnected: reload to retry", "down");
+      } else {
+        setLive("reconnecting…", "down");
+      }
+    });
+    source.addEventListener("failed", (e) => {
+      let why = "";
+      try {
+        why = JSON.parse(e.data).error || "";
+      } catch (_) {
+        // Said without the reason.
+      }
+      setLive("cluster unreadable: " + why, "down");
+    });
+    source.addEventListener("task", (e) => {
+      let r;
+      try {
+        r = JSON.parse(e.data);
+      } catch (_) {
+        return; // A line that is not a record is skipped.
+      }
+      addRecord(r);
+      setLive("live", "ok");
+      if (r.state === "succeeded") {
+        ended.succeeded += 1;
+        total.succeeded += 1;
+      } else if (r.state === "failed" || r.state === "dead-lettered") {
+        ended.failed += 1;
+        total.failed += 1;
+      }
+      showTotal();
+    });
+  }
 })();
