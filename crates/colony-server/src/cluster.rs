@@ -466,7 +466,8 @@ async fn scaling(State(app): State<Arc<ClusterApp>>, Path(role): Path<String>) -
 
 /// One watch of the task records per server, shared by its event streams: each stream gets
 /// the small events, not every record's output, and NATS serves one watch, not one per
-/// browser. The watch runs while a stream listens.
+/// browser. The watch runs while a stream listens: for as long as the server runs, as its own
+/// tally ([`tally`]) listens from the start.
 #[derive(Debug)]
 pub(crate) struct Feed {
     tx: tokio::sync::broadcast::Sender<FeedEvent>,
