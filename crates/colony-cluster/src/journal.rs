@@ -24,7 +24,9 @@ mod codec;
 use crate::{Error, client::shown};
 use async_nats::jetstream::{self, consumer, context::PublishErrorKind, stream};
 use bytes::Bytes;
-use codec::{AgentLine, OpeningLine, Outcome, Rec, ReputationLine, Spec, Write};
+use codec::{
+    AgentLine, DecisionLine, OpeningLine, Outcome, Rec, ReputationLine, RowLine, Spec, Write,
+};
 use colony_core::{TaskId, task::TaskSpec, task::TaskState};
 use colony_journal::{
     AgentRecord, Backlog, Call, Counts, DecisionRow, Durable, Journal, MemoryJournal, Opening,
@@ -57,6 +59,13 @@ const QUEUE: usize = 4096;
 const WATCH_EVERY: Duration = Duration::from_secs(2);
 /// A replay that receives nothing for this long gives up.
 const REPLAY_WAIT: Duration = Duration::from_secs(30);
+/// A journal is compacted when it is opened with more bytes than this in its stream (and
+/// its snapshot would be under half of them), by default.
+pub const COMPACT_ABOVE: u64 = 64 << 20;
+/// Tasks' or decisions' rows in one write of a snapshot.
+const SNAPSHOT_ROWS: usize = 512;
+/// Agents or reputations in one write of a snapshot.
+const SNAPSHOT_CHUNK: usize = 8192;
 /// The header naming a message's part of its frame: `1/1` for a frame in one message.
 const PART_HEADER: &str = "Colony-Part";
 
@@ -70,6 +79,10 @@ pub struct JournalOptions {
     /// Copies the servers keep: 3 or 5; 1 for a single development server. A journal made
     /// before keeps its own.
     pub replicas: usize,
+    /// Opened with more bytes than this in its stream, the journal is compacted: its state
+    /// written whole after the last message, and every message before it purged (skipped
+    /// when the snapshot would not be under half of them). [`COMPACT_ABOVE`] by default.
+    pub compact_above: u64,
 }
 
 impl JournalOptions {
@@ -115,6 +128,7 @@ impl JournalOptions {
             url: url.to_owned(),
             name: name.to_owned(),
             replicas,
+            compact_above: COMPACT_ABOVE,
         })
     }
 
@@ -628,7 +642,100 @@ impl Writer {
         writer.replay(&mirror, &mut replay, claimed - 1).await?;
         writer.last = claimed;
         mirror.clear_stats();
+        let bytes = writer.stream_bytes().await?;
+        if bytes > options.compact_above {
+            match writer.compact(&mirror, bytes).await {
+                Ok(Some(size)) => tracing::info!(
+                    journal = options.name,
+                    before = bytes,
+                    after = size,
+                    "Compacted the journal: its state written whole, the writes before it purged."
+                ),
+                Ok(None) => {}
+                Err(e) => return Err(e),
+            }
+        }
         Ok((writer, mirror))
+    }
+
+    async fn stream_bytes(&mut self) -> Result<u64, Error> {
+        let info = self
+            .stream
+            .info()
+            .await
+            .map_err(|e| Error::nats(&self.shown, e))?;
+        Ok(info.state.bytes)
+    }
+
+    /// Writes the state of `mirror` after the last message, as writes that set it whole
+    /// (rows, decisions, agents, reputations), then purges every message before them: the
+    /// stream then holds the snapshot and what comes after it. Read back over the messages
+    /// before it (the purge did not happen: this process died first), the snapshot sets
+    /// what they made, so the journal is the same either way. Skipped (`None`) when the
+    /// snapshot would not be under half of the `bytes` the stream holds.
+    async fn compact(&mut self, mirror: &MemoryJournal, bytes: u64) -> Result<Option<u64>, Error> {
+        let failed = |e: colony_journal::Error| Error::nats("compacting the journal", e);
+        let mut rows = mirror.recent(None, None, usize::MAX).map_err(failed)?;
+        rows.reverse();
+        let decisions = mirror.decisions(None, usize::MAX).map_err(failed)?;
+        let agents = mirror.agents().map_err(failed)?;
+        let reputations = mirror.reputations().map_err(failed)?;
+        let mut lines = Vec::new();
+        if agents.is_empty() {
+            lines.push(Write::Agents {
+                tiers: Vec::new(),
+                agents: Vec::new(),
+                replace: true,
+            });
+        }
+        for (i, chunk) in agents.chunks(SNAPSHOT_CHUNK).enumerate() {
+            lines.push(Write::Agents {
+                tiers: Vec::new(),
+                agents: chunk.iter().map(AgentLine::of).collect(),
+                replace: i == 0,
+            });
+        }
+        for chunk in reputations.chunks(SNAPSHOT_CHUNK) {
+            lines.push(Write::Reputations {
+                rows: chunk.iter().map(ReputationLine::of).collect(),
+            });
+        }
+        for chunk in rows.chunks(SNAPSHOT_ROWS) {
+            lines.push(Write::Rows {
+                rows: chunk.iter().map(RowLine::of).collect(),
+            });
+        }
+        for chunk in decisions.chunks(SNAPSHOT_ROWS) {
+            lines.push(Write::Decisions {
+                rows: chunk.iter().map(DecisionLine::of).collect(),
+            });
+        }
+        let lines: Vec<Vec<u8>> = lines.iter().map(Write::line).collect();
+        let size: u64 = lines.iter().map(|l| l.len() as u64).sum();
+        if size.saturating_mul(2) > bytes || lines.iter().any(|l| l.len() > MAX_PARTS * self.part) {
+            return Ok(None);
+        }
+        let start = self.last + 1;
+        let not_halted = AtomicBool::new(false);
+        let mut frame = Vec::new();
+        for line in lines {
+            if !frame.is_empty() && frame.len() + line.len() > self.part {
+                let full = Bytes::from(std::mem::take(&mut frame));
+                self.append(full, &not_halted)
+                    .await
+                    .map_err(|e| Error::nats(&self.shown, e.to_string()))?;
+            }
+            frame.extend_from_slice(&line);
+        }
+        if !frame.is_empty() {
+            self.append(Bytes::from(frame), &not_halted)
+                .await
+                .map_err(|e| Error::nats(&self.shown, e.to_string()))?;
+        }
+        self.stream.purge().sequence(start).await.map_err(|e| {
+            Error::nats(&self.shown, format!("purging what the snapshot holds: {e}"))
+        })?;
+        Ok(Some(size))
     }
 
     /// Applies the messages after `self.last` up to `until` to `mirror`.
@@ -741,7 +848,7 @@ impl Writer {
                 frame.extend_from_slice(&next.line);
                 done.push(next.done);
             }
-            let result = self.append(Bytes::from(frame), shared).await;
+            let result = self.append(Bytes::from(frame), &shared.halted).await;
             let result = result.map_err(|e| {
                 let reason = match e {
                     Append::Taken => format!(
@@ -795,10 +902,10 @@ impl Writer {
 
     /// Appends a frame, in parts if it is larger than a message may be, each part expecting
     /// the last sequence this process knows.
-    async fn append(&mut self, frame: Bytes, shared: &Shared) -> Result<(), Append> {
+    async fn append(&mut self, frame: Bytes, halted: &AtomicBool) -> Result<(), Append> {
         let parts = frame.len().div_ceil(self.part).max(1);
         for i in 0..parts {
-            if shared.halted.load(Ordering::Acquire) {
+            if halted.load(Ordering::Acquire) {
                 return Err(Append::Failed("halted".into()));
             }
             let part = frame.slice(i * self.part..((i + 1) * self.part).min(frame.len()));
@@ -889,6 +996,15 @@ enum Append {
     /// Another process wrote to the journal since this one's last write.
     Taken,
     Failed(String),
+}
+
+impl std::fmt::Display for Append {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Append::Taken => f.write_str("taken over by another process"),
+            Append::Failed(e) => f.write_str(e),
+        }
+    }
 }
 
 fn corrupt(journal: &str, sequence: u64, detail: &str) -> Error {

@@ -18,6 +18,7 @@ fn options(server: &str, name: &str) -> JournalOptions {
         url: server.to_owned(),
         name: name.to_owned(),
         replicas: 1,
+        compact_above: colony_cluster::journal::COMPACT_ABOVE,
     }
 }
 
@@ -430,4 +431,121 @@ fn a_killed_stream_leader_costs_a_pause_and_no_acknowledged_write() {
         longest < std::time::Duration::from_secs(30),
         "a write waited {longest:?}"
     );
+}
+
+/// Messages and bytes in the journal's stream, and its first sequence.
+fn stream_state(url: &str, stream: &str) -> (u64, u64, u64) {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(async {
+            let client = async_nats::connect(url).await.unwrap();
+            let js = async_nats::jetstream::new(client);
+            let mut stream = js.get_stream(stream).await.unwrap();
+            let state = stream.info().await.unwrap().state.clone();
+            (state.messages, state.bytes, state.first_sequence)
+        })
+}
+
+#[test]
+fn a_journal_opened_past_its_size_is_compacted_and_reads_the_same() {
+    let (_dir, server) = server();
+    let url = server.url();
+    let first = open(&url, "compact");
+    // Many small writes, each its own message: a long history for a small state.
+    for round in 0..200u64 {
+        let id = first.next_task_id();
+        let specs = vec![TaskSpec::with_payload(format!("{{\"n\":{round}}}")); 2];
+        block_on(first.accept(id, &specs)).unwrap();
+        for attempt in 1..=3 {
+            block_on(first.record(vec![Record::Started {
+                task: id,
+                attempt,
+                agent: AgentId(attempt),
+            }]))
+            .unwrap();
+            let next = if attempt < 3 {
+                TaskState::Queued
+            } else {
+                TaskState::Failed
+            };
+            block_on(first.record(vec![Record::Failed {
+                task: id,
+                attempt,
+                error: "boom".into(),
+                next,
+            }]))
+            .unwrap();
+        }
+        block_on(first.record(vec![Record::Cancelled {
+            task: TaskId(id.0 + 1),
+        }]))
+        .unwrap();
+    }
+    let seats = vec![Seat {
+        agent: AgentId(4),
+        pool: 0,
+        weight: 2.0,
+    }];
+    let decision = first.next_task_id();
+    let opening = Opening {
+        options: "{}".into(),
+        seats,
+        asked: 1,
+        opened_at_ms: 7,
+    };
+    block_on(first.open_decision(decision, &[TaskSpec::default()], opening)).unwrap();
+    block_on(first.record_reputations(vec![ReputationRow {
+        agent: AgentId(4),
+        pool: 0,
+        score: 0.5,
+        observations: 2,
+    }]))
+    .unwrap();
+    drop(first);
+    let (before, bytes, _) = stream_state(&url, "COLONY_JOURNAL_compact");
+    // Not past the size: nothing changes.
+    let mut options = options(&url, "compact");
+    options.compact_above = bytes * 10;
+    let kept = JetStreamJournal::open(options.clone()).unwrap();
+    drop(kept);
+    let (unchanged, _, first_kept) = stream_state(&url, "COLONY_JOURNAL_compact");
+    assert_eq!(
+        (unchanged, first_kept),
+        (before + 1, 1),
+        "only a claim more"
+    );
+    // Past it: compacted.
+    options.compact_above = 1;
+    let compacted = JetStreamJournal::open(options.clone()).unwrap();
+    let (after, after_bytes, first_left) = stream_state(&url, "COLONY_JOURNAL_compact");
+    assert!(after < before / 10, "{before} messages, {after} after");
+    assert!(
+        after_bytes < bytes / 2,
+        "{bytes} bytes, {after_bytes} after"
+    );
+    assert!(
+        first_left > before,
+        "every message before the snapshot purged"
+    );
+    // The same journal, read back from the snapshot, and written on after it.
+    let read = colony_cluster::journal::read(&options).unwrap();
+    same(&compacted, &read);
+    assert_eq!(read.counts().unwrap().failed, 200);
+    assert_eq!(read.counts().unwrap().cancelled, 200);
+    assert_eq!(read.task(TaskId(1)).unwrap().unwrap().attempt, 3);
+    assert_eq!(read.reputations().unwrap().len(), 1);
+    assert!(read.decision(decision).unwrap().is_some());
+    let id = compacted.next_task_id();
+    block_on(compacted.accept(id, &[TaskSpec::default()])).unwrap();
+    drop(compacted);
+    options.compact_above = u64::MAX;
+    let reopened = JetStreamJournal::open(options).unwrap();
+    assert_eq!(
+        reopened.counts().unwrap().queued,
+        2,
+        "the decision's ballot and the task after"
+    );
+    assert_eq!(reopened.counts().unwrap().total(), 402);
 }

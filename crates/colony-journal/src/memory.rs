@@ -199,6 +199,51 @@ impl Inner {
 }
 
 impl MemoryJournal {
+    /// Sets tasks' rows as they are in `rows` (ascending ids, each at most one past the last
+    /// task held): a row already held is replaced, the next one appended. For a journal that
+    /// keeps its state as a snapshot of rows: restored over the writes that made them, or
+    /// over nothing, the rows come out the same.
+    pub fn restore_rows(&self, rows: Vec<TaskRow>) -> Result<(), Error> {
+        let mut inner = self.lock();
+        let inner = &mut *inner;
+        for row in rows {
+            let at = index(row.id);
+            let restored = Row {
+                spec: row.spec,
+                state: row.state,
+                attempt: row.attempt,
+                agent: row.agent,
+                output: row.output,
+                error: row.error,
+            };
+            if at == inner.rows.len() {
+                inner.counts.added(restored.state, 1);
+                inner.rows.push(restored);
+                continue;
+            }
+            let Some(held) = inner.rows.get_mut(at) else {
+                return Err(Error::IdOutOfOrder {
+                    expected: TaskId(inner.rows.len() as u64 + 1),
+                    got: row.id,
+                });
+            };
+            inner.counts.moved(held.state, restored.state);
+            *held = restored;
+        }
+        Ok(())
+    }
+
+    /// Sets decisions as they are in `rows`: one held is replaced, another added.
+    pub fn restore_decisions(&self, rows: Vec<DecisionRow>) {
+        let mut inner = self.lock();
+        for row in rows {
+            match inner.decisions.binary_search_by_key(&row.id, |d| d.id) {
+                Ok(i) => inner.decisions[i] = row,
+                Err(i) => inner.decisions.insert(i, row),
+            }
+        }
+    }
+
     /// Forgets the fenced, unknown and invalid records counted so far: a journal that
     /// replays an earlier process's writes into this one counts, as a SQLite journal does,
     /// only those of its own process.
@@ -620,5 +665,93 @@ mod tests {
         fn reputations(&self) -> Result<Vec<crate::ReputationRow>, Error> {
             self.0.reputations()
         }
+    }
+}
+
+#[cfg(test)]
+mod restore {
+    use super::*;
+    use futures::executor::block_on;
+
+    /// A journal with some history: tasks in every state, one decision closed and one open.
+    fn lived() -> MemoryJournal {
+        let j = MemoryJournal::new();
+        let specs: Vec<TaskSpec> = (0..6)
+            .map(|i| TaskSpec::with_payload(format!("{i}")))
+            .collect();
+        block_on(j.accept(TaskId(1), &specs)).unwrap();
+        let started = |t, a| Record::Started {
+            task: TaskId(t),
+            attempt: a,
+            agent: AgentId(a),
+        };
+        block_on(j.record(vec![
+            started(1, 1),
+            Record::Committed {
+                task: TaskId(1),
+                attempt: 1,
+                output: "one".into(),
+            },
+            started(2, 1),
+            Record::Failed {
+                task: TaskId(2),
+                attempt: 1,
+                error: "boom".into(),
+                next: TaskState::Queued,
+            },
+            started(2, 2),
+            started(3, 1),
+            Record::Cancelled { task: TaskId(4) },
+        ]))
+        .unwrap();
+        let opening = crate::Opening {
+            options: "{}".into(),
+            seats: vec![crate::Seat {
+                agent: AgentId(9),
+                pool: 0,
+                weight: 1.0,
+            }],
+            asked: 1,
+            opened_at_ms: 5,
+        };
+        block_on(j.open_decision(TaskId(7), &[TaskSpec::default()], opening.clone())).unwrap();
+        block_on(j.close_decision_at(TaskId(7), "{\"done\":1}".into(), 9)).unwrap();
+        block_on(j.open_decision(TaskId(8), &[TaskSpec::default()], opening)).unwrap();
+        j
+    }
+
+    fn same(a: &MemoryJournal, b: &MemoryJournal) {
+        assert_eq!(a.next_task_id(), b.next_task_id());
+        assert_eq!(a.counts().unwrap(), b.counts().unwrap());
+        assert_eq!(
+            a.recent(None, None, usize::MAX).unwrap(),
+            b.recent(None, None, usize::MAX).unwrap()
+        );
+        assert_eq!(
+            a.decisions(None, usize::MAX).unwrap(),
+            b.decisions(None, usize::MAX).unwrap()
+        );
+    }
+
+    #[test]
+    fn rows_restored_over_nothing_or_over_their_history_come_out_the_same() {
+        let original = lived();
+        let mut rows = original.recent(None, None, usize::MAX).unwrap();
+        rows.reverse();
+        let decisions = original.decisions(None, usize::MAX).unwrap();
+        // Over nothing.
+        let fresh = MemoryJournal::new();
+        fresh.restore_rows(rows.clone()).unwrap();
+        fresh.restore_decisions(decisions.clone());
+        same(&original, &fresh);
+        // Over the history that made them.
+        let again = lived();
+        again.restore_rows(rows.clone()).unwrap();
+        again.restore_decisions(decisions);
+        same(&original, &again);
+        // A row past the next is refused.
+        let gap = MemoryJournal::new();
+        let err = gap.restore_rows(rows[2..].to_vec()).unwrap_err();
+        assert!(matches!(err, Error::IdOutOfOrder { .. }), "{err}");
     }
 }

@@ -6,7 +6,8 @@ use base64::{Engine as _, engine::general_purpose::STANDARD as BASE64};
 use bytes::Bytes;
 use colony_core::{AgentId, TaskId, task::Priority, task::Requirement, task::TaskSpec};
 use colony_journal::{
-    AgentRecord, Call, Journal, MemoryJournal, Opening, Record, ReputationRow, Seat, Taken,
+    AgentRecord, Call, DecisionRow, Journal, MemoryJournal, Opening, Record, ReputationRow, Seat,
+    Taken, TaskRow,
 };
 use serde::{Deserialize, Serialize};
 use std::{sync::Arc, time::Duration};
@@ -60,6 +61,15 @@ pub(super) enum Write {
         rows: Vec<ReputationLine>,
     },
     Recover,
+    /// Tasks' rows as a snapshot holds them (ascending ids): set whole, over the writes
+    /// that made them or over nothing.
+    Rows {
+        rows: Vec<RowLine>,
+    },
+    /// Decisions as a snapshot holds them, set whole.
+    Decisions {
+        rows: Vec<DecisionLine>,
+    },
 }
 
 impl Write {
@@ -71,6 +81,9 @@ impl Write {
             Write::Open { opening, .. } | Write::Decided { opening, .. } => seats(&opening.seats),
             Write::Ask { call, .. } => seats(&call.asked),
             Write::Reputations { rows } => rows.iter().all(|r| r.score.is_finite()),
+            Write::Decisions { rows } => rows.iter().all(|d| {
+                seats(&d.opening.seats) && d.calls.iter().all(|(_, call)| seats(&call.asked))
+            }),
             _ => true,
         }
     }
@@ -143,6 +156,13 @@ impl Write {
                 mirror.record_reputations(rows.into_iter().map(ReputationLine::into_row).collect())
             }
             Write::Recover => return mirror.recover().map(drop),
+            Write::Rows { rows } => {
+                return mirror.restore_rows(rows.into_iter().map(RowLine::into_row).collect());
+            }
+            Write::Decisions { rows } => {
+                mirror.restore_decisions(rows.into_iter().map(DecisionLine::into_row).collect());
+                return Ok(());
+            }
         };
         // A journal in memory knows at once.
         done.try_result()
@@ -421,6 +441,83 @@ impl ReputationLine {
             pool: self.pool,
             score: self.score,
             observations: self.observations,
+        }
+    }
+}
+
+/// A task's row, whole.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub(super) struct RowLine {
+    id: TaskId,
+    spec: Spec,
+    state: colony_core::task::TaskState,
+    attempt: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    agent: Option<AgentId>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    output: Option<Blob>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    error: Option<Arc<str>>,
+}
+
+impl RowLine {
+    pub(super) fn of(row: &TaskRow) -> Self {
+        RowLine {
+            id: row.id,
+            spec: Spec::of(&row.spec),
+            state: row.state,
+            attempt: row.attempt,
+            agent: row.agent,
+            output: row.output.clone().map(Blob),
+            error: row.error.clone(),
+        }
+    }
+
+    fn into_row(self) -> TaskRow {
+        TaskRow {
+            id: self.id,
+            spec: self.spec.into_spec(),
+            state: self.state,
+            attempt: self.attempt,
+            agent: self.agent,
+            output: self.output.map(|b| b.0),
+            error: self.error,
+        }
+    }
+}
+
+/// A decision's row, whole.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub(super) struct DecisionLine {
+    id: TaskId,
+    opening: OpeningLine,
+    calls: Vec<(TaskId, Call)>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    outcome: Option<Arc<str>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    ended_at_ms: Option<u64>,
+}
+
+impl DecisionLine {
+    pub(super) fn of(row: &DecisionRow) -> Self {
+        DecisionLine {
+            id: row.id,
+            opening: OpeningLine::of(&row.opening),
+            calls: row.calls.clone(),
+            outcome: row.outcome.clone(),
+            ended_at_ms: row.ended_at_ms,
+        }
+    }
+
+    fn into_row(self) -> DecisionRow {
+        DecisionRow {
+            id: self.id,
+            opening: self.opening.into_opening(),
+            calls: self.calls,
+            outcome: self.outcome,
+            ended_at_ms: self.ended_at_ms,
         }
     }
 }

@@ -1390,6 +1390,7 @@ fn crash(args: &CrashArgs) -> Result<(), Failure> {
             url: url.clone(),
             name: format!("{bench}-{run}"),
             replicas: args.replicas,
+            compact_above: colony_cluster::journal::COMPACT_ABOVE,
         }
     });
     if let Some(nats) = &nats {
