@@ -57,6 +57,8 @@ const RETRY_FOR: Duration = Duration::from_secs(60);
 const QUEUE: usize = 4096;
 /// An idle writer looks this often whether another process took the journal over.
 const WATCH_EVERY: Duration = Duration::from_secs(2);
+/// Bytes of messages a replay asks for at once.
+const REPLAY_BYTES: usize = 4 << 20;
 /// A replay that receives nothing for this long gives up.
 const REPLAY_WAIT: Duration = Duration::from_secs(30);
 /// A journal is compacted when it is opened with more bytes than this in its stream (and
@@ -755,6 +757,10 @@ impl Writer {
                 deliver_policy: consumer::DeliverPolicy::ByStartSequence {
                     start_sequence: self.last + 1,
                 },
+                // Messages asked for at once: bounded in bytes, or a server sending faster
+                // than the replay applies takes this client for a slow consumer (its
+                // default limit is 64 MiB pending) and cuts it off.
+                max_batch: (REPLAY_BYTES / (self.part + HEADROOM)).max(1) as i64,
                 ..Default::default()
             })
             .await

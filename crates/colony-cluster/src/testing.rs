@@ -37,9 +37,15 @@ fn free_port() -> u16 {
 impl NatsServer {
     /// Starts a single server with its store under `dir`.
     pub fn single(dir: &Path) -> Result<NatsServer, String> {
+        Self::single_with(dir, "")
+    }
+
+    /// Starts a single server with its store under `dir` and `extra` lines of configuration
+    /// (such as `max_pending: 4MB`).
+    pub fn single_with(dir: &Path, extra: &str) -> Result<NatsServer, String> {
         let port = free_port();
         let config = format!(
-            "server_name: n1\nlisten: 127.0.0.1:{port}\njetstream {{\n  store_dir: \"{}\"\n  sync_interval: always\n}}\n",
+            "server_name: n1\nlisten: 127.0.0.1:{port}\n{extra}\njetstream {{\n  store_dir: \"{}\"\n  sync_interval: always\n}}\n",
             dir.join("n1").display()
         );
         Self::launch(dir, "n1", port, &config)

@@ -549,3 +549,23 @@ fn a_journal_opened_past_its_size_is_compacted_and_reads_the_same() {
     );
     assert_eq!(reopened.counts().unwrap().total(), 402);
 }
+
+#[test]
+fn a_journal_larger_than_what_the_server_lets_a_client_fall_behind_replays_whole() {
+    // The server cuts off a client more than 8 MB behind (a slow consumer): a replay that
+    // asked for every message at once, and applied them slower than they came, was.
+    let dir = tempfile::tempdir().unwrap();
+    let server = NatsServer::single_with(dir.path(), "max_pending: 8MB").unwrap();
+    let url = server.url();
+    let journal = open(&url, "large");
+    for round in 0..12 {
+        let id = journal.next_task_id();
+        let payload = format!("\"{}\"", "y".repeat(900_000 + round));
+        block_on(journal.accept(id, &[TaskSpec::with_payload(payload)])).unwrap();
+    }
+    drop(journal);
+    let reopened = open(&url, "large");
+    assert_eq!(reopened.counts().unwrap().queued, 12);
+    let last = reopened.task(TaskId(12)).unwrap().unwrap();
+    assert_eq!(last.spec.payload.len(), 900_013);
+}
