@@ -16,8 +16,9 @@
 //! parts; a frame whose parts did not all land (its writer died between them) is skipped
 //! on replay, so a write survives whole or not at all.
 //!
-//! Opening replays every message of the stream: its time and the memory it takes grow with
-//! the journal (no snapshot is kept yet).
+//! Opening replays the stream: its time and the memory it takes grow with the tasks the
+//! journal holds. A journal opened past a size is compacted first (`Writer::compact`):
+//! its state written whole, and the messages before it purged.
 
 mod codec;
 
@@ -59,6 +60,8 @@ const QUEUE: usize = 4096;
 const WATCH_EVERY: Duration = Duration::from_secs(2);
 /// Bytes of messages a replay asks for at once.
 const REPLAY_BYTES: usize = 4 << 20;
+/// Messages a replay asks for at once, when they are small.
+const REPLAY_MESSAGES: usize = 4096;
 /// A replay that receives nothing for this long gives up.
 const REPLAY_WAIT: Duration = Duration::from_secs(30);
 /// A journal is compacted when it is opened with more bytes than this in its stream (and
@@ -66,7 +69,7 @@ const REPLAY_WAIT: Duration = Duration::from_secs(30);
 pub const COMPACT_ABOVE: u64 = 64 << 20;
 /// Tasks' or decisions' rows in one write of a snapshot.
 const SNAPSHOT_ROWS: usize = 512;
-/// Agents or reputations in one write of a snapshot.
+/// Reputations in one write of a snapshot.
 const SNAPSHOT_CHUNK: usize = 8192;
 /// The header naming a message's part of its frame: `1/1` for a frame in one message.
 const PART_HEADER: &str = "Colony-Part";
@@ -677,46 +680,11 @@ impl Writer {
     /// snapshot would not be under half of the `bytes` the stream holds.
     async fn compact(&mut self, mirror: &MemoryJournal, bytes: u64) -> Result<Option<u64>, Error> {
         let failed = |e: colony_journal::Error| Error::nats("compacting the journal", e);
-        let mut rows = mirror.recent(None, None, usize::MAX).map_err(failed)?;
-        rows.reverse();
-        let decisions = mirror.decisions(None, usize::MAX).map_err(failed)?;
-        let agents = mirror.agents().map_err(failed)?;
-        let reputations = mirror.reputations().map_err(failed)?;
-        let mut lines = Vec::new();
-        if agents.is_empty() {
-            lines.push(Write::Agents {
-                tiers: Vec::new(),
-                agents: Vec::new(),
-                replace: true,
-            });
-        }
-        for (i, chunk) in agents.chunks(SNAPSHOT_CHUNK).enumerate() {
-            lines.push(Write::Agents {
-                tiers: Vec::new(),
-                agents: chunk.iter().map(AgentLine::of).collect(),
-                replace: i == 0,
-            });
-        }
-        for chunk in reputations.chunks(SNAPSHOT_CHUNK) {
-            lines.push(Write::Reputations {
-                rows: chunk.iter().map(ReputationLine::of).collect(),
-            });
-        }
-        for chunk in rows.chunks(SNAPSHOT_ROWS) {
-            lines.push(Write::Rows {
-                rows: chunk.iter().map(RowLine::of).collect(),
-            });
-        }
-        for chunk in decisions.chunks(SNAPSHOT_ROWS) {
-            lines.push(Write::Decisions {
-                rows: chunk.iter().map(DecisionLine::of).collect(),
-            });
-        }
-        let lines: Vec<Vec<u8>> = lines.iter().map(Write::line).collect();
-        let size: u64 = lines.iter().map(|l| l.len() as u64).sum();
-        if size.saturating_mul(2) > bytes || lines.iter().any(|l| l.len() > MAX_PARTS * self.part) {
+        let budget = usize::try_from(bytes / 2).unwrap_or(usize::MAX);
+        let Some(lines) = snapshot(mirror, budget, MAX_PARTS * self.part).map_err(failed)? else {
             return Ok(None);
-        }
+        };
+        let size: u64 = lines.iter().map(|l| l.len() as u64).sum();
         let start = self.last + 1;
         let not_halted = AtomicBool::new(false);
         let mut frame = Vec::new();
@@ -734,9 +702,12 @@ impl Writer {
                 .await
                 .map_err(|e| Error::nats(&self.shown, e.to_string()))?;
         }
-        self.stream.purge().sequence(start).await.map_err(|e| {
-            Error::nats(&self.shown, format!("purging what the snapshot holds: {e}"))
-        })?;
+        // The journal is whole with or without the purge: a failed one is tried at the next
+        // open, and this one goes on.
+        if let Err(e) = self.stream.purge().sequence(start).await {
+            tracing::warn!(journal = self.shown, error = %e, "The snapshot is written but what it replaces could not be purged; the next open tries again.");
+            return Ok(None);
+        }
         Ok(Some(size))
     }
 
@@ -752,23 +723,46 @@ impl Writer {
         }
         let consumer = self
             .stream
-            .create_consumer(consumer::pull::OrderedConfig {
+            .create_consumer(consumer::pull::Config {
                 filter_subject: self.subject.clone(),
                 deliver_policy: consumer::DeliverPolicy::ByStartSequence {
                     start_sequence: self.last + 1,
                 },
-                // Messages asked for at once: bounded in bytes, or a server sending faster
-                // than the replay applies takes this client for a slow consumer (its
-                // default limit is 64 MiB pending) and cuts it off.
-                max_batch: (REPLAY_BYTES / (self.part + HEADROOM)).max(1) as i64,
+                ack_policy: consumer::AckPolicy::None,
+                inactive_threshold: Duration::from_secs(60),
                 ..Default::default()
             })
             .await
             .map_err(|e| Error::nats(&self.shown, e))?;
-        let mut messages = consumer
+        let name = consumer.cached_info().name.clone();
+        // Bounded in bytes: asked for whole, a large journal sent faster than it is applied
+        // makes the server take this client for a slow consumer (past 64 MiB pending, by
+        // default) and cut it off. At least two messages, however large they may be.
+        let batch = REPLAY_BYTES.max(2 * (self.part + HEADROOM));
+        let messages = consumer
+            .stream()
+            .max_bytes_per_batch(batch)
+            .max_messages_per_batch(REPLAY_MESSAGES)
             .messages()
             .await
-            .map_err(|e| Error::nats(&self.shown, e))?;
+            .map_err(|e| Error::nats(&self.shown, e));
+        let replayed = match messages {
+            Ok(messages) => self.apply(messages, mirror, replay, until).await,
+            Err(e) => Err(e),
+        };
+        // Best effort: an ephemeral consumer left behind goes after a minute unused.
+        let _ = self.stream.delete_consumer(&name).await;
+        replayed
+    }
+
+    /// Applies `messages` to `mirror` until `until`: [`Writer::replay`]'s loop.
+    async fn apply(
+        &mut self,
+        mut messages: consumer::pull::Stream,
+        mirror: &MemoryJournal,
+        replay: &mut Replay,
+        mut until: u64,
+    ) -> Result<(), Error> {
         while self.last < until {
             let message = match tokio::time::timeout(REPLAY_WAIT, messages.next()).await {
                 Ok(Some(Ok(message))) => message,
@@ -788,7 +782,15 @@ impl Writer {
             let info = message.info().map_err(|e| Error::nats(&self.shown, e))?;
             let (sequence, pending) = (info.stream_sequence, info.pending);
             if sequence > until {
-                break;
+                if sequence == self.last + 1 {
+                    break;
+                }
+                // Messages were purged under this replay (another process compacted the
+                // journal): its snapshot lies ahead, past where this replay meant to stop.
+                until = self.last_sequence().await?;
+                if sequence > until {
+                    break;
+                }
             }
             let part = message
                 .headers
@@ -961,11 +963,9 @@ impl Writer {
                                 Err(Append::Taken)
                             };
                         }
-                        Err(e) => {
-                            return Err(Append::Failed(format!(
-                                "the stream has a message after {last} but it cannot be read ({e}): was it changed by hand?"
-                            )));
-                        }
+                        // Gone: purged by another process's compaction, so another
+                        // process holds the journal.
+                        Err(_) => return Err(Append::Taken),
                     }
                 }
                 (PublishErrorKind::MaxPayloadExceeded, _) => {
@@ -985,6 +985,68 @@ impl Writer {
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
+}
+
+/// The state of `mirror` as lines of writes that set it whole: every agent in one line
+/// that replaces those held, reputations (the latest of each agent wins), tasks' rows in
+/// ascending ids, decisions by id. Each sets what the history made, and nothing the
+/// history made is ever removed but agents, so read over the history, over any part of
+/// it, or alone, and cut short anywhere after its first frame, the journal comes out the
+/// same. `None` when its lines would pass `budget` bytes, or one of them `max_line`.
+fn snapshot(
+    mirror: &MemoryJournal,
+    budget: usize,
+    max_line: usize,
+) -> Result<Option<Vec<Vec<u8>>>, colony_journal::Error> {
+    let mut lines = Vec::new();
+    let mut size = 0;
+    let mut push = |write: Write| {
+        let line = write.line();
+        size += line.len();
+        let fits = size <= budget && line.len() <= max_line;
+        lines.push(line);
+        fits
+    };
+    // In one line, so in one frame, which is read back whole or not at all: it replaces
+    // the agents the history (or a part of it) recorded.
+    let agents = Write::Agents {
+        tiers: Vec::new(),
+        agents: mirror.agents()?.iter().map(AgentLine::of).collect(),
+        replace: true,
+    };
+    if !push(agents) {
+        return Ok(None);
+    }
+    for chunk in mirror.reputations()?.chunks(SNAPSHOT_CHUNK) {
+        let write = Write::Reputations {
+            rows: chunk.iter().map(ReputationLine::of).collect(),
+        };
+        if !push(write) {
+            return Ok(None);
+        }
+    }
+    let mut rows = mirror.recent(None, None, usize::MAX)?;
+    rows.reverse();
+    for chunk in rows.chunks(SNAPSHOT_ROWS) {
+        let write = Write::Rows {
+            rows: chunk.iter().map(RowLine::of).collect(),
+        };
+        if !push(write) {
+            return Ok(None);
+        }
+    }
+    drop(rows);
+    let mut decisions = mirror.decisions(None, usize::MAX)?;
+    decisions.reverse();
+    for chunk in decisions.chunks(SNAPSHOT_ROWS) {
+        let write = Write::Decisions {
+            rows: chunk.iter().map(DecisionLine::of).collect(),
+        };
+        if !push(write) {
+            return Ok(None);
+        }
+    }
+    Ok(Some(lines))
 }
 
 /// What a publish expects of the stream.
@@ -1069,6 +1131,204 @@ impl Replay {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use colony_core::AgentId;
+    use colony_journal::Seat;
+
+    /// Writes that make a journal with every kind of state: agents recorded, replaced and
+    /// added to; reputations updated; tasks retried, ended, recovered; a decision with a
+    /// later call, closed, and one left open.
+    fn history() -> Vec<Write> {
+        let agent = |id: u32, parent: Option<u32>| AgentRecord {
+            id: AgentId(id),
+            tier: u8::from(parent.is_some()),
+            parent: parent.map(AgentId),
+            pool: parent.map(|_| 0),
+        };
+        let seats: Vec<Seat> = (0..2)
+            .map(|i| Seat {
+                agent: AgentId(10 + i),
+                pool: 0,
+                weight: 1.0,
+            })
+            .collect();
+        let opening = Opening {
+            options: "{}".into(),
+            seats: seats.clone(),
+            asked: 2,
+            opened_at_ms: 1,
+        };
+        let specs = |n: usize| Spec::all(&vec![TaskSpec::with_payload("{}"); n]);
+        let reputation = |agent: u32, score: f64| ReputationRow {
+            agent: AgentId(agent),
+            pool: 0,
+            score,
+            observations: 1,
+        };
+        let records = |records: Vec<Record>| Write::Record {
+            records: records.iter().map(Rec::of).collect(),
+        };
+        vec![
+            Write::Agents {
+                tiers: vec!["top".into(), "worker".into()],
+                agents: [agent(1, None), agent(2, Some(1)), agent(3, Some(1))]
+                    .iter()
+                    .map(AgentLine::of)
+                    .collect(),
+                replace: true,
+            },
+            Write::Accept {
+                first: 1,
+                specs: specs(3),
+            },
+            records(vec![
+                Record::Started {
+                    task: TaskId(1),
+                    attempt: 1,
+                    agent: AgentId(2),
+                },
+                Record::Failed {
+                    task: TaskId(1),
+                    attempt: 1,
+                    error: "boom".into(),
+                    next: TaskState::Queued,
+                },
+                Record::Started {
+                    task: TaskId(2),
+                    attempt: 1,
+                    agent: AgentId(3),
+                },
+                Record::Committed {
+                    task: TaskId(2),
+                    attempt: 1,
+                    output: "two".into(),
+                },
+            ]),
+            Write::Reputations {
+                rows: [reputation(2, 0.25), reputation(3, 0.5)]
+                    .iter()
+                    .map(ReputationLine::of)
+                    .collect(),
+            },
+            // A new process records its own hierarchy: agent 3 is gone.
+            Write::Agents {
+                tiers: Vec::new(),
+                agents: [agent(1, None), agent(2, Some(1))]
+                    .iter()
+                    .map(AgentLine::of)
+                    .collect(),
+                replace: true,
+            },
+            Write::Recover,
+            Write::Open {
+                first: 4,
+                specs: specs(2),
+                opening: OpeningLine::of(&opening),
+            },
+            Write::Ask {
+                decision: 4,
+                first: 6,
+                specs: specs(1),
+                call: Call {
+                    round: 1,
+                    role: colony_journal::Role::Judge,
+                    asked: seats[..1].to_vec(),
+                    at_ms: 2,
+                },
+            },
+            Write::Close {
+                id: 4,
+                outcome: "{\"yes\":1}".into(),
+                at_ms: 3,
+            },
+            Write::Open {
+                first: 7,
+                specs: specs(2),
+                opening: OpeningLine::of(&opening),
+            },
+            Write::Reputations {
+                rows: [reputation(2, 0.75)]
+                    .iter()
+                    .map(ReputationLine::of)
+                    .collect(),
+            },
+            Write::Agents {
+                tiers: Vec::new(),
+                agents: [agent(4, Some(1))].iter().map(AgentLine::of).collect(),
+                replace: false,
+            },
+            records(vec![
+                Record::Started {
+                    task: TaskId(1),
+                    attempt: 5,
+                    agent: AgentId(4),
+                },
+                Record::Committed {
+                    task: TaskId(1),
+                    attempt: 5,
+                    output: vec![0xff, 1].into(),
+                },
+                Record::Cancelled { task: TaskId(3) },
+            ]),
+        ]
+    }
+
+    fn replayed(writes: impl IntoIterator<Item = Write>) -> MemoryJournal {
+        let mirror = MemoryJournal::new();
+        for write in writes {
+            write.apply(&mirror).unwrap();
+        }
+        mirror
+    }
+
+    fn same(a: &MemoryJournal, b: &MemoryJournal, what: &str) {
+        assert_eq!(a.next_task_id(), b.next_task_id(), "{what}");
+        assert_eq!(a.counts().unwrap(), b.counts().unwrap(), "{what}");
+        assert_eq!(
+            a.recent(None, None, usize::MAX).unwrap(),
+            b.recent(None, None, usize::MAX).unwrap(),
+            "{what}"
+        );
+        assert_eq!(
+            a.decisions(None, usize::MAX).unwrap(),
+            b.decisions(None, usize::MAX).unwrap(),
+            "{what}"
+        );
+        assert_eq!(a.agents().unwrap(), b.agents().unwrap(), "{what}");
+        assert_eq!(a.reputations().unwrap(), b.reputations().unwrap(), "{what}");
+    }
+
+    #[test]
+    fn a_snapshot_read_alone_over_its_history_or_any_part_of_it_or_cut_short_is_the_journal() {
+        let whole = replayed(history());
+        let lines = snapshot(&whole, usize::MAX, usize::MAX).unwrap().unwrap();
+        let writes = || -> Vec<Write> {
+            lines
+                .iter()
+                .flat_map(|l| codec::lines(l).unwrap())
+                .collect()
+        };
+        same(&whole, &replayed(writes()), "alone");
+        let n = history().len();
+        for k in 0..=n {
+            let over = history().into_iter().take(k).chain(writes());
+            same(
+                &whole,
+                &replayed(over),
+                &format!("over the first {k} writes"),
+            );
+        }
+        // Cut short after its first line (a frame of its own or the first frame's start).
+        for cut in 1..=lines.len() {
+            let part = writes().into_iter().take(cut);
+            same(
+                &whole,
+                &replayed(history().into_iter().chain(part)),
+                &format!("cut at {cut}"),
+            );
+        }
+        // Too large for the budget: none.
+        assert!(snapshot(&whole, 10, usize::MAX).unwrap().is_none());
+    }
 
     #[test]
     fn a_location_names_the_servers_the_journal_and_its_copies() {

@@ -558,14 +558,14 @@ fn a_journal_larger_than_what_the_server_lets_a_client_fall_behind_replays_whole
     let server = NatsServer::single_with(dir.path(), "max_pending: 8MB").unwrap();
     let url = server.url();
     let journal = open(&url, "large");
-    for round in 0..12 {
+    for round in 0..40 {
         let id = journal.next_task_id();
         let payload = format!("\"{}\"", "y".repeat(900_000 + round));
         block_on(journal.accept(id, &[TaskSpec::with_payload(payload)])).unwrap();
     }
     drop(journal);
     let reopened = open(&url, "large");
-    assert_eq!(reopened.counts().unwrap().queued, 12);
-    let last = reopened.task(TaskId(12)).unwrap().unwrap();
-    assert_eq!(last.spec.payload.len(), 900_013);
+    assert_eq!(reopened.counts().unwrap().queued, 40);
+    let last = reopened.task(TaskId(40)).unwrap().unwrap();
+    assert_eq!(last.spec.payload.len(), 900_041);
 }

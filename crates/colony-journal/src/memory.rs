@@ -237,6 +237,11 @@ impl MemoryJournal {
     pub fn restore_decisions(&self, rows: Vec<DecisionRow>) {
         let mut inner = self.lock();
         for row in rows {
+            // Ascending ids past those held (a snapshot read alone) are appended.
+            if inner.decisions.last().is_none_or(|last| last.id < row.id) {
+                inner.decisions.push(row);
+                continue;
+            }
             match inner.decisions.binary_search_by_key(&row.id, |d| d.id) {
                 Ok(i) => inner.decisions[i] = row,
                 Err(i) => inner.decisions.insert(i, row),

@@ -703,14 +703,14 @@ impl Seen {
         self.inner().missed += n;
     }
 
-    /// The view `/v1/history` answers, as of second `now`: the seconds before it (not the
-    /// one still counting), oldest first.
+    /// The view `/v1/history` answers, as of second `now`: the seconds of the last five
+    /// minutes, oldest first, `now` (still counting) the last.
     fn view(&self, now: u64) -> serde_json::Value {
         let inner = self.inner();
         let seconds: Vec<serde_json::Value> = inner
             .seconds
             .iter()
-            .filter(|s| s.0 < now && s.0 + KEEP_SECONDS as u64 >= now)
+            .filter(|s| s.0 <= now && s.0 + (KEEP_SECONDS as u64) > now)
             .map(|&(t, succeeded, failed)| json!([t, succeeded, failed]))
             .collect();
         let records: Vec<serde_json::Value> = inner
@@ -757,8 +757,8 @@ async fn tally(app: Arc<ClusterApp>) {
 
 /// `GET /v1/history`: what this server saw of the task records since it started watching
 /// them (`since-ms`): tasks that succeeded and failed each second over the last five
-/// minutes (`seconds`, `[second, succeeded, failed]` oldest first, the current second left
-/// out), the counts since, records it fell too far behind to count (`missed`), and the
+/// minutes (`seconds`, `[second, succeeded, failed]` oldest first, the current second `now`
+/// the last, still counting), the counts since, records it fell too far behind to count (`missed`), and the
 /// latest 100 records as `/v1/events` sends them, oldest first.
 async fn history(State(app): State<Arc<ClusterApp>>) -> Response {
     Json(app.seen.view(now_ms() / 1000)).into_response()
@@ -913,17 +913,17 @@ mod tests {
         record(10, TaskState::Failed, 3);
         record(12, TaskState::DeadLettered, 4);
         record(12, TaskState::Succeeded, 5);
+        assert_eq!(seen.view(11)["seconds"], json!([[10, 1, 1]]));
         let view = seen.view(12);
         assert_eq!(
             view["seconds"],
-            json!([[10, 1, 1]]),
-            "the second still counting is left out"
+            json!([[10, 1, 1], [12, 1, 1]]),
+            "the second still counting too"
         );
         assert_eq!(
             (view["succeeded"].as_u64(), view["failed"].as_u64()),
             (Some(2), Some(2))
         );
-        assert_eq!(seen.view(13)["seconds"], json!([[10, 1, 1], [12, 1, 1]]));
         // Five minutes on, the first second is gone; the counts since stay.
         record(310, TaskState::Succeeded, 6);
         let view = seen.view(311);

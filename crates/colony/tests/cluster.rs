@@ -832,26 +832,30 @@ fn serve_over_the_cluster_takes_tasks_and_one_server_leads_the_scaling() {
     drop(streams);
     // Each server counted the ends since it started, for a dashboard opened later.
     for serve in &serves {
-        let (code, body) = fetch(serve.port, "/v1/history");
-        assert_eq!(code, 200, "{body}");
-        let history: serde_json::Value = serde_json::from_str(&body).unwrap();
-        let counted: u64 = history["seconds"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|s| s[1].as_u64().unwrap())
-            .sum();
-        let succeeded = history["succeeded"].as_u64().unwrap();
-        assert!(succeeded >= all.len() as u64, "{history}");
-        // The current second is left out of `seconds`.
-        assert!(counted <= succeeded, "{history}");
-        let records = history["records"].as_array().unwrap();
-        assert!(
-            all.iter().all(|&id| records
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let (code, body) = fetch(serve.port, "/v1/history");
+            assert_eq!(code, 200, "{body}");
+            let history: serde_json::Value = serde_json::from_str(&body).unwrap();
+            let counted: u64 = history["seconds"]
+                .as_array()
+                .unwrap()
                 .iter()
-                .any(|r| r["id"] == id && r["state"] == "succeeded")),
-            "{history}"
-        );
+                .map(|s| s[1].as_u64().unwrap())
+                .sum();
+            let records = history["records"].as_array().unwrap();
+            let listed = all.iter().all(|&id| {
+                records
+                    .iter()
+                    .any(|r| r["id"] == id && r["state"] == "succeeded")
+            });
+            // Every end counted in its second and in the count since, and listed.
+            if counted >= all.len() as u64 && history["succeeded"] == counted && listed {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{history}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
     // The dashboard: the page, then its panels, with the node and the role in them.
     let (code, page) = fetch(serves[0].port, "/");

@@ -121,14 +121,19 @@
   }
   setInterval(tick, 1000);
 
-  // What the server saw before this page opened: the seconds of the chart, the counts and
-  // the latest records. The live stream starts once they are in (or could not be read).
+  // What the server saw before this page opened: the seconds of the chart (by the
+  // server's clock), the counts and the latest records. The event stream opens first and
+  // what it brings meanwhile waits; once the history is in (or could not be read), what it
+  // already lists is dropped and the rest counted.
+  let waiting = [];
+  const key = (r) => r.id + "/" + r.state + "/" + r.attempt;
+
   function seed(h) {
-    const now = Math.floor(Date.now() / 1000);
     // What the clock drew before the history came (zeros) gives way to it.
     data.forEach((column) => {
       column.length = 0;
     });
+    const now = Number.isInteger(h.now) ? h.now : Math.floor(Date.now() / 1000);
     // Seconds with no record are not kept by the server: drawn as zeros.
     const seconds = new Map((h.seconds || []).map(([t, succeeded, failed]) => [t, [succeeded, failed]]));
     const first = Math.min(...seconds.keys(), now);
@@ -138,30 +143,51 @@
       data[1].push(succeeded);
       data[2].push(failed);
     }
-    // Live counting goes on from this second.
+    // The server's current second goes on counting here.
+    const [succeeded, failed] = seconds.get(now) || [0, 0];
     ended.t = now;
-    ended.succeeded = 0;
-    ended.failed = 0;
+    ended.succeeded = succeeded;
+    ended.failed = failed;
     total.succeeded = h.succeeded || 0;
     total.failed = h.failed || 0;
     if (h["since-ms"]) {
-      total.since = new Date(h["since-ms"]).toLocaleTimeString();
+      total.since = new Date(h["since-ms"]).toLocaleString();
     }
+    const listed = new Set();
     for (const r of h.records || []) {
       addRecord(r);
+      listed.add(key(r));
+    }
+    return listed;
+  }
+
+  function count(r) {
+    addRecord(r);
+    if (r.state === "succeeded") {
+      ended.succeeded += 1;
+      total.succeeded += 1;
+    } else if (r.state === "failed" || r.state === "dead-lettered") {
+      ended.failed += 1;
+      total.failed += 1;
     }
     showTotal();
   }
 
+  listen();
   fetch("/v1/history", { credentials: "same-origin" })
     .then((r) => (r.ok ? r.json() : null))
+    .catch(() => null)
     .then((h) => {
-      if (h) {
-        seed(h);
+      const listed = h ? seed(h) : new Set();
+      const came = waiting;
+      waiting = null;
+      for (const r of came) {
+        if (!listed.has(key(r))) {
+          count(r);
+        }
       }
-    })
-    .catch(() => {})
-    .finally(listen);
+      showTotal();
+    });
 
   function listen() {
     const source = new EventSource("/v1/events");
@@ -189,16 +215,15 @@
       } catch (_) {
         return; // A line that is not a record is skipped.
       }
-      addRecord(r);
       setLive("live", "ok");
-      if (r.state === "succeeded") {
-        ended.succeeded += 1;
-        total.succeeded += 1;
-      } else if (r.state === "failed" || r.state === "dead-lettered") {
-        ended.failed += 1;
-        total.failed += 1;
+      if (waiting) {
+        // Bounded, should the history never come.
+        if (waiting.length < 10000) {
+          waiting.push(r);
+        }
+      } else {
+        count(r);
       }
-      showTotal();
     });
   }
 })();
