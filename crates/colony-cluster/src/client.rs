@@ -5,7 +5,7 @@ use crate::{
     Error,
     membership::{self, NodeInfo},
     settings::{self, Settings},
-    wire::{Row, TaskMessage},
+    wire::{Decide, Row, TaskMessage},
 };
 use async_nats::jetstream::{self, context::PublishAckFuture, kv, stream::Stream};
 use colony_core::task::{TaskSpec, TaskState};
@@ -182,29 +182,8 @@ impl Cluster {
         let mut out = Vec::with_capacity(specs.len());
         let mut waiting = VecDeque::new();
         for (i, spec) in specs.iter().enumerate() {
-            if let Some(role) = &spec.requirement.role {
-                settings::check_role(role)?;
-            }
-            if spec.payload.len() > settings::MAX_PAYLOAD {
-                return Err(Error::Task(format!(
-                    "task {i}: a payload of {} bytes is over the cluster's {} bytes",
-                    spec.payload.len(),
-                    settings::MAX_PAYLOAD
-                )));
-            }
-            if let Some(key) = &spec.key
-                && key.len() > settings::MAX_KEY
-            {
-                return Err(Error::Task(format!(
-                    "task {i}: a key of {} bytes is over the cluster's {} bytes",
-                    key.len(),
-                    settings::MAX_KEY
-                )));
-            }
             let id = ids.map_or_else(random_id, |ids| ids[i].clone());
-            let headers = TaskMessage::headers(spec, &id).map_err(Error::Task)?;
-            let subject = settings::subject(spec.requirement.role.as_deref(), spec.priority.get());
-            let message = (subject, headers, spec.payload.clone());
+            let message = outgoing(i, spec, &id, None)?;
             let ack = self.publish(&message).await;
             waiting.push_back((message, ack));
             if waiting.len() >= IN_FLIGHT
@@ -217,6 +196,22 @@ impl Cluster {
             out.push(self.accepted(&message, ack).await?);
         }
         Ok(out)
+    }
+
+    /// Submits a task decided by vote: the node that takes it seats `decide.voters` of its
+    /// own agents that can run it, and the decided value is the task's output (a decision
+    /// that fails, with no quorum or a tie, fails the task with the reason). Accepted as
+    /// [`Cluster::submit`]'s tasks are; `id` is the idempotency id, random when `None`.
+    pub async fn submit_decided(
+        &self,
+        spec: &TaskSpec,
+        decide: &Decide,
+        id: Option<String>,
+    ) -> Result<Submitted, Error> {
+        let id = id.unwrap_or_else(random_id);
+        let message = outgoing(0, spec, &id, Some(decide))?;
+        let ack = self.publish(&message).await;
+        self.accepted(&message, ack).await
     }
 
     async fn publish(
@@ -353,6 +348,7 @@ impl Cluster {
                         error: Some(reason.clone()),
                         key: None,
                         at_ms: crate::now_ms(),
+                        decision: None,
                         output: None,
                     };
                     let written = self
@@ -612,6 +608,38 @@ impl Cluster {
 
 /// `key` of `bucket` as its stream's leader has it (a replica's read may lag): its value and
 /// revision, `None` when it was never written or is deleted.
+/// Task `i`'s message: its subject, headers and payload, once its role, payload and key are
+/// within the cluster's limits.
+fn outgoing(
+    i: usize,
+    spec: &TaskSpec,
+    id: &str,
+    decide: Option<&Decide>,
+) -> Result<Outgoing, Error> {
+    if let Some(role) = &spec.requirement.role {
+        settings::check_role(role)?;
+    }
+    if spec.payload.len() > settings::MAX_PAYLOAD {
+        return Err(Error::Task(format!(
+            "task {i}: a payload of {} bytes is over the cluster's {} bytes",
+            spec.payload.len(),
+            settings::MAX_PAYLOAD
+        )));
+    }
+    if let Some(key) = &spec.key
+        && key.len() > settings::MAX_KEY
+    {
+        return Err(Error::Task(format!(
+            "task {i}: a key of {} bytes is over the cluster's {} bytes",
+            key.len(),
+            settings::MAX_KEY
+        )));
+    }
+    let headers = TaskMessage::headers(spec, id, decide).map_err(Error::Task)?;
+    let subject = settings::subject(spec.requirement.role.as_deref(), spec.priority.get());
+    Ok((subject, headers, spec.payload.clone()))
+}
+
 pub(crate) async fn from_leader(
     bucket: &kv::Store,
     key: &str,

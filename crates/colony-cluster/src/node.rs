@@ -8,7 +8,7 @@ use crate::{
     lease::{self, Outcome, Reply, Step},
     membership::{self, NodeInfo},
     settings::{self, MAX_ERROR, MAX_RECORD},
-    wire::{Row, TaskMessage},
+    wire::{Decide, DecisionSummary, Row, TaskMessage},
 };
 use async_nats::jetstream::{
     AckKind, Message,
@@ -816,8 +816,10 @@ async fn deliver(shared: &Shared, message: Message) {
         }
     };
     let tasks = &shared.cluster.tasks;
-    let spec = match TaskMessage::spec(message.headers.as_ref(), message.payload.clone()) {
-        Ok(spec) => spec,
+    let read = TaskMessage::spec(message.headers.as_ref(), message.payload.clone())
+        .and_then(|spec| Ok((spec, TaskMessage::decide(message.headers.as_ref())?)));
+    let (spec, decide) = match read {
+        Ok(read) => read,
         Err(problem) => {
             // A message no node can read fails its task once, for good.
             let row = Row {
@@ -830,6 +832,7 @@ async fn deliver(shared: &Shared, message: Message) {
                 error: Some(format!("the task's message is unreadable: {problem}")),
                 key: None,
                 at_ms: crate::now_ms(),
+                decision: None,
                 output: None,
             };
             // Acked only once a record says how it ended (this one, or another node's).
@@ -859,7 +862,8 @@ async fn deliver(shared: &Shared, message: Message) {
         }
     };
     shared.counters.add(Kind::Started);
-    let Some((outcome, revision)) = run(shared, &message, &spec, id, &started, revision).await
+    let Some((outcome, revision, decision)) =
+        run(shared, &message, &spec, decide, id, &started, revision).await
     else {
         shared.counters.add(lost(shared, id).await);
         return;
@@ -875,6 +879,7 @@ async fn deliver(shared: &Shared, message: Message) {
     if let Some(error) = &mut ended.error {
         *error = colony_core::text::shorten(error, MAX_ERROR);
     }
+    ended.decision = decision;
     let mut kind = kind;
     if ended.encode().len() > MAX_RECORD {
         // The record cannot hold it (a long key with a large output): failed for good,
@@ -998,49 +1003,182 @@ async fn take_lease(
     None
 }
 
-/// Runs attempt `started` of task `id` on the local runtime, keeping the delivery alive with
-/// in-progress acks, and stopping it when the node hands back. A lease not written yet (a
-/// first delivery) is written once the attempt has run [`lease::LAZY_LEASE`]; if another
-/// node wrote first, the attempt is stopped and `None` returned: it is fenced. Else the
-/// outcome, and the revision of the lease if it was written.
+/// What an attempt runs on this node's runtime: the task itself, or a decision among this
+/// node's agents.
+enum Work {
+    Task(colony_core::TaskId),
+    Decision,
+}
+
+/// How an attempt ended on this node's runtime.
+struct Finished {
+    state: TaskState,
+    output: Option<bytes::Bytes>,
+    error: Option<Arc<str>>,
+    agent: Option<colony_core::AgentId>,
+    decision: Option<Box<DecisionSummary>>,
+}
+
+impl Finished {
+    fn of_task(c: colony_runtime::Completion) -> Self {
+        Self {
+            state: c.state,
+            output: c.output,
+            error: c.error,
+            agent: c.agent,
+            decision: None,
+        }
+    }
+
+    /// A decision's outcome as the task's end: the winner's output (of the earliest voter,
+    /// in seat order, who voted for it), or a failure naming the reason. Never a
+    /// success-shaped answer without a winner.
+    fn of_decision(decided: &colony_runtime::decision::Decided) -> Self {
+        let record = decided.outcome.record();
+        // The last round's: a later round asks the voters again.
+        let counted = record
+            .ballots
+            .iter()
+            .filter(|b| {
+                b.status == colony_core::decision::Status::Counted && b.ballot.round == record.round
+            })
+            .count();
+        let winner = decided.outcome.winner();
+        let reason = decided.outcome.reason().map(|r| r.as_str().to_owned());
+        let summary = DecisionSummary {
+            protocol: record.protocol,
+            voters: u32::try_from(decided.voters.len()).unwrap_or(u32::MAX),
+            asked: decided.asked,
+            counted: u32::try_from(counted).unwrap_or(u32::MAX),
+            participation: record.participation,
+            support: winner.map(|w| w.support),
+            margin: winner.map(|w| w.margin),
+            dissenters: winner.map_or(0, |w| u32::try_from(w.dissenters.len()).unwrap_or(u32::MAX)),
+            reason: reason.clone(),
+        };
+        let Some(winner) = winner else {
+            let round = match record.round {
+                0 => String::new(),
+                r => format!(" in round {r}"),
+            };
+            return Self {
+                state: TaskState::Failed,
+                output: None,
+                error: Some(
+                    format!(
+                        "the decision failed: {} ({counted} of {} voters' ballots counted{round}, participation {:.2})",
+                        reason.as_deref().unwrap_or("unknown"),
+                        decided.voters.len(),
+                        record.participation
+                    )
+                    .into(),
+                ),
+                agent: None,
+                decision: Some(Box::new(summary)),
+            };
+        };
+        Self {
+            state: TaskState::Succeeded,
+            output: Some(bytes::Bytes::from(winner.representative.to_string())),
+            error: None,
+            agent: decided
+                .voters
+                .iter()
+                .map(|v| v.agent)
+                .find(|a| winner.voters.contains(a)),
+            decision: Some(Box::new(summary)),
+        }
+    }
+}
+
+type Running = std::pin::Pin<Box<dyn Future<Output = Result<Finished, String>> + Send>>;
+
+/// Runs attempt `started` of task `id` on the local runtime (a decision among its agents
+/// when `decide` says so), keeping the delivery alive with in-progress acks, and stopping it
+/// when the node hands back. A lease not written yet (a first delivery) is written once the
+/// attempt has run [`lease::LAZY_LEASE`]; if another node wrote first, the attempt is
+/// stopped and `None` returned: it is fenced. Else the outcome, the revision of the lease if
+/// it was written, and how a decision went.
 async fn run(
     shared: &Shared,
     message: &Message,
     spec: &TaskSpec,
+    decide: Option<Decide>,
     id: u64,
     started: &Row,
     mut revision: Option<u64>,
-) -> Option<(Outcome, Option<u64>)> {
+) -> Option<(Outcome, Option<u64>, Option<Box<DecisionSummary>>)> {
     // Fetched as the node began to hand back: given back at once.
     if *shared.phase.borrow() == Phase::HandingBack {
-        return Some((Outcome::HandBack, revision));
+        return Some((Outcome::HandBack, revision, None));
     }
     let local = TaskSpec {
         max_attempts: 1,
         ..spec.clone()
     };
-    let pending = match shared.handle.submit_notify(local).await {
-        Ok(pending) => pending,
-        // The task itself is refused (its payload over this runtime's limit, say): no node
-        // of this configuration would take it.
-        Err(e @ colony_runtime::Error::Task(_)) => {
-            let error = format!("node {}: {e}", shared.name);
-            return Some((Outcome::Fatal { error, agent: None }, revision));
-        }
-        Err(e) => {
-            let error = format!("node {}: {e}", shared.name);
-            return Some((Outcome::Retryable { error, agent: None }, revision));
+    let refused = |e: colony_runtime::Error| {
+        let error = format!("node {}: {e}", shared.name);
+        match e {
+            // The task itself is refused (its payload over this runtime's limit, say): no
+            // node of this configuration would take it.
+            colony_runtime::Error::Task(_) => Outcome::Fatal { error, agent: None },
+            // Too few agents here to seat the voters, say: another node may have them.
+            _ => Outcome::Retryable { error, agent: None },
         }
     };
-    let local_id = pending.id;
-    let mut pending = std::pin::pin!(pending);
+    let (work, mut pending): (Work, Running) = match decide {
+        None => match shared.handle.submit_notify(local).await {
+            Ok(pending) => (
+                Work::Task(pending.id),
+                Box::pin(async move {
+                    pending
+                        .await
+                        .map(Finished::of_task)
+                        .map_err(|e| e.to_string())
+                }),
+            ),
+            Err(e) => return Some((refused(e), revision, None)),
+        },
+        Some(decide) => match shared.handle.decide(local, decide.vote()).await {
+            Ok(voting) => (
+                Work::Decision,
+                Box::pin(async move {
+                    voting
+                        .outcome()
+                        .await
+                        .map(|decided| Finished::of_decision(&decided))
+                        .map_err(|e| e.to_string())
+                }),
+            ),
+            Err(e) => return Some((refused(e), revision, None)),
+        },
+    };
+    // Stops the attempt: a task is cancelled on the runtime (and ends as such); a decision
+    // is dropped, which cancels its ballots still out.
+    let stop = |work: &Work| {
+        let handle = shared.handle.clone();
+        let task = match work {
+            Work::Task(task) => Some(*task),
+            Work::Decision => None,
+        };
+        async move {
+            match task {
+                Some(task) => {
+                    let _ = handle.cancel(task).await;
+                    false
+                }
+                None => true,
+            }
+        }
+    };
     let mut phase = shared.phase.clone();
     let every = shared.ack_wait / 3;
     let mut progress = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
     let lazy = tokio::time::sleep(lease::LAZY_LEASE.min(every));
     let mut lazy = std::pin::pin!(lazy);
     let (mut handing_back, mut fenced) = (false, false);
-    let completion = loop {
+    let stopped = || Err("the attempt was stopped".to_owned());
+    let finished = loop {
         tokio::select! {
             done = &mut pending => break done,
             _ = progress.tick(), if !fenced => {
@@ -1055,7 +1193,9 @@ async fn run(
                     && now.lease != started.lease
                 {
                     fenced = true;
-                    let _ = shared.handle.cancel(local_id).await;
+                    if stop(&work).await {
+                        break stopped();
+                    }
                     continue;
                 }
                 if let Err(e) = message.ack_with(AckKind::Progress).await {
@@ -1071,7 +1211,9 @@ async fn run(
                         // Another node's record: it holds the task.
                         Ok(Some(_)) if matches!(e, Write::Conflict) => {
                             fenced = true;
-                            let _ = shared.handle.cancel(local_id).await;
+                            if stop(&work).await {
+                                break stopped();
+                            }
                         }
                         // Not written, or not known: tried again later; the end is written
                         // as a create, or over this node's own lease if it landed (`end`).
@@ -1085,25 +1227,29 @@ async fn run(
             changed = phase.changed(), if !handing_back => {
                 if changed.is_err() || *phase.borrow() == Phase::HandingBack {
                     handing_back = true;
-                    let _ = shared.handle.cancel(local_id).await;
+                    if stop(&work).await {
+                        break stopped();
+                    }
                 }
             }
         }
     };
+    drop(pending);
     if fenced {
         return None;
     }
-    let completion = match completion {
-        Ok(c) => c,
+    let finished = match finished {
+        Ok(f) => f,
+        Err(_) if handing_back => return Some((Outcome::HandBack, revision, None)),
         Err(e) => {
             let error = format!("node {}: {e}", shared.name);
-            return Some((Outcome::Retryable { error, agent: None }, revision));
+            return Some((Outcome::Retryable { error, agent: None }, revision, None));
         }
     };
-    let agent = completion.agent.map(|a| u64::from(a.0));
-    let outcome = match completion.state {
+    let agent = finished.agent.map(|a| u64::from(a.0));
+    let outcome = match finished.state {
         TaskState::Succeeded => {
-            let output = completion.output.unwrap_or_default();
+            let output = finished.output.unwrap_or_default();
             if output.len() > MAX_RECORD - 4096 {
                 Outcome::Fatal {
                     error: format!(
@@ -1118,16 +1264,16 @@ async fn run(
             }
         }
         TaskState::Failed => Outcome::Fatal {
-            error: error_text(completion.error),
+            error: error_text(finished.error),
             agent,
         },
         TaskState::Cancelled if handing_back => Outcome::HandBack,
         _ => Outcome::Retryable {
-            error: error_text(completion.error),
+            error: error_text(finished.error),
             agent,
         },
     };
-    Some((outcome, revision))
+    Some((outcome, revision, finished.decision))
 }
 
 fn error_text(error: Option<Arc<str>>) -> String {

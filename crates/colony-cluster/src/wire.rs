@@ -3,7 +3,11 @@
 //! output's bytes as they are).
 
 use bytes::{BufMut, Bytes, BytesMut};
-use colony_core::task::{MAX_TIMEOUT, Priority, Requirement, TaskSpec, TaskState};
+use colony_core::{
+    decision::{DecisionOptions, MAX_PARTICIPANTS, Protocol},
+    task::{MAX_TIMEOUT, Priority, Requirement, TaskSpec, TaskState},
+};
+use colony_runtime::decision::Vote;
 use serde::{Deserialize, Serialize};
 use std::{sync::Arc, time::Duration};
 
@@ -14,15 +18,97 @@ const HARD: &str = "Colony-Hard";
 const PRIORITY: &str = "Colony-Priority";
 const TIMEOUT_MS: &str = "Colony-Timeout-Ms";
 const MAX_ATTEMPTS: &str = "Colony-Max-Attempts";
+const DECIDE: &str = "Colony-Decide";
+
+/// A task decided by vote: how, as it crosses NATS in the `Colony-Decide` header. The node
+/// that takes the task seats the voters among its own agents (distinct workers that can run
+/// it) and records the decided value as the task's output.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct Decide {
+    /// Distinct workers asked, each once.
+    pub voters: u32,
+    pub options: DecisionOptions,
+    /// Under `weighted` and `confidence`, each voter weighs its reputation on its node.
+    #[serde(default)]
+    pub reputation: bool,
+}
+
+impl Decide {
+    /// What a runtime's vote asks, as the cluster carries it. Pool weights name one
+    /// runtime's pools, which a node's are not: refused, saying so.
+    pub fn of(vote: &Vote) -> Result<Self, String> {
+        if !vote.pool_weights.is_empty() {
+            return Err(
+                "weighs voters by the pools of one runtime, and a cluster's nodes host pools of their own: weigh them by reputation instead, or run without --nats".into(),
+            );
+        }
+        Ok(Self {
+            voters: vote.voters,
+            options: vote.options,
+            reputation: vote.reputation,
+        })
+    }
+
+    /// The vote a node's runtime takes.
+    pub fn vote(&self) -> Vote {
+        Vote {
+            voters: self.voters,
+            options: self.options,
+            pool_weights: Vec::new(),
+            reputation: self.reputation,
+        }
+    }
+
+    fn check(&self) -> Result<(), String> {
+        if self.voters == 0 || self.voters as usize > MAX_PARTICIPANTS {
+            return Err(format!(
+                "{} voters asked: allowed 1..={MAX_PARTICIPANTS}",
+                self.voters
+            ));
+        }
+        self.options.validate().map_err(|e| e.to_string())
+    }
+}
+
+/// How a decision went, kept in its task's record: enough to see its margin and dissent
+/// without the ballots (which stay on the node that counted them).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct DecisionSummary {
+    pub protocol: Protocol,
+    /// Voters seated.
+    pub voters: u32,
+    /// Ballots asked (more than the voters when a later round asked again).
+    pub asked: u32,
+    /// Ballots counted in the deciding (or last) round.
+    pub counted: u32,
+    pub participation: f64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub support: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub margin: Option<f64>,
+    /// Voters counted against the winner.
+    #[serde(default)]
+    pub dissenters: u32,
+    /// Why it failed, when it did (`no-quorum`, `tie`, ...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
 
 /// A task as a message of the tasks stream.
 #[derive(Clone, Debug, PartialEq)]
 pub struct TaskMessage;
 
 impl TaskMessage {
-    /// The headers carrying `spec`'s settings, with `id` as the stream's dedupe id. Refuses
-    /// text a header cannot carry (control characters) rather than mangle it.
-    pub fn headers(spec: &TaskSpec, id: &str) -> Result<async_nats::HeaderMap, String> {
+    /// The headers carrying `spec`'s settings (and how it is decided, for a vote), with `id`
+    /// as the stream's dedupe id. Refuses text a header cannot carry (control characters)
+    /// rather than mangle it.
+    pub fn headers(
+        spec: &TaskSpec,
+        id: &str,
+        decide: Option<&Decide>,
+    ) -> Result<async_nats::HeaderMap, String> {
         let mut headers = async_nats::HeaderMap::new();
         let text = |what: &str, value: &str| {
             if value.chars().any(char::is_control) {
@@ -50,7 +136,25 @@ impl TaskMessage {
         headers.insert(PRIORITY, spec.priority.get().to_string().as_str());
         headers.insert(TIMEOUT_MS, spec.timeout.as_millis().to_string().as_str());
         headers.insert(MAX_ATTEMPTS, spec.max_attempts.to_string().as_str());
+        if let Some(decide) = decide {
+            decide.check()?;
+            let json = serde_json::to_string(decide).map_err(|e| e.to_string())?;
+            headers.insert(DECIDE, json.as_str());
+        }
         Ok(headers)
+    }
+
+    /// How the task a message carries is decided, if it is a vote; or what is wrong with it.
+    pub fn decide(headers: Option<&async_nats::HeaderMap>) -> Result<Option<Decide>, String> {
+        let Some(value) = headers.and_then(|h| h.get(DECIDE)) else {
+            return Ok(None);
+        };
+        let decide: Decide =
+            serde_json::from_str(value.as_str()).map_err(|e| format!("header {DECIDE}: {e}"))?;
+        decide
+            .check()
+            .map_err(|e| format!("header {DECIDE}: {e}"))?;
+        Ok(Some(decide))
     }
 
     /// The task a message carries, or what is wrong with it.
@@ -137,6 +241,9 @@ pub struct Row {
     pub key: Option<String>,
     /// When this record was written, in milliseconds since the Unix epoch.
     pub at_ms: u64,
+    /// A task decided by vote: how the decision went.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decision: Option<Box<DecisionSummary>>,
     /// The output of a task that succeeded, kept after the JSON line as it is.
     #[serde(skip)]
     pub output: Option<Bytes>,
@@ -204,7 +311,7 @@ mod tests {
             timeout: Duration::from_millis(2500),
             max_attempts: 4,
         };
-        let headers = TaskMessage::headers(&spec, "abc").unwrap();
+        let headers = TaskMessage::headers(&spec, "abc", None).unwrap();
         assert_eq!(
             TaskMessage::spec(Some(&headers), spec.payload.clone()).unwrap(),
             spec
@@ -220,7 +327,7 @@ mod tests {
             ..TaskSpec::default()
         };
         assert!(
-            TaskMessage::headers(&spec, "x")
+            TaskMessage::headers(&spec, "x", None)
                 .unwrap_err()
                 .contains("control character")
         );
@@ -231,6 +338,57 @@ mod tests {
         let mut headers = async_nats::HeaderMap::new();
         headers.insert(MAX_ATTEMPTS, "0");
         assert!(TaskMessage::spec(Some(&headers), Bytes::new()).is_err());
+    }
+
+    #[test]
+    fn a_vote_crosses_in_its_header_and_a_bad_one_is_named() {
+        use colony_core::decision::Tie;
+        let options = DecisionOptions {
+            protocol: Protocol::Weighted,
+            tie: Tie::First,
+            timeout: Duration::from_secs(30),
+            ..DecisionOptions::default()
+        };
+        let vote = Vote {
+            reputation: true,
+            ..Vote::new(7, options)
+        };
+        let decide = Decide::of(&vote).unwrap();
+        let headers = TaskMessage::headers(&TaskSpec::default(), "x", Some(&decide)).unwrap();
+        let read = TaskMessage::decide(Some(&headers)).unwrap().unwrap();
+        assert_eq!(read, decide);
+        assert_eq!(read.vote(), vote);
+        // A plain task is no vote.
+        let plain = TaskMessage::headers(&TaskSpec::default(), "x", None).unwrap();
+        assert_eq!(TaskMessage::decide(Some(&plain)).unwrap(), None);
+        // Pool weights name one runtime's pools: refused, saying so.
+        let weighed = Vote {
+            pool_weights: vec![2.0],
+            ..vote.clone()
+        };
+        assert!(
+            Decide::of(&weighed)
+                .unwrap_err()
+                .contains("pools of one runtime")
+        );
+        // Out of range, written or read: named.
+        let none = Decide {
+            voters: 0,
+            ..decide
+        };
+        let err = TaskMessage::headers(&TaskSpec::default(), "x", Some(&none)).unwrap_err();
+        assert!(err.contains("0 voters asked"), "{err}");
+        for bad in [
+            r#"{"voters":0,"options":{}}"#,
+            r#"{"voters":3,"options":{"threshold":2.0}}"#,
+            r#"{"voters":3,"options":{},"extra":1}"#,
+            "not json",
+        ] {
+            let mut headers = async_nats::HeaderMap::new();
+            headers.insert(DECIDE, bad);
+            let err = TaskMessage::decide(Some(&headers)).unwrap_err();
+            assert!(err.starts_with("header Colony-Decide: "), "{bad}: {err}");
+        }
     }
 
     #[test]
@@ -245,6 +403,7 @@ mod tests {
             error: None,
             key: None,
             at_ms: 1,
+            decision: None,
             output: Some(Bytes::from_static(b"line\nnext\0\xff")),
         };
         assert_eq!(Row::decode(&row.encode()).unwrap(), row);

@@ -849,3 +849,183 @@ async fn every_node_lists_its_own_agents_when_asked() {
     ra.shutdown().await;
     rb.shutdown().await;
 }
+
+/// A task decided by vote: the node that takes it seats its voters among its own agents and
+/// commits the decided value, with how the decision went, once. A decision that fails
+/// (every ballot an error: no quorum) fails its task, never success-shaped; one asking more
+/// voters than any node hosts says so; a draining node drops its decision (the ballots
+/// cancelled) and hands the task back, and another node decides it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vote_is_decided_once_by_the_node_that_takes_it() {
+    use colony_cluster::Decide;
+    use colony_core::decision::{DecisionOptions, Protocol};
+    let dir = tempfile::tempdir().unwrap();
+    let server = tokio::task::block_in_place(|| NatsServer::single(dir.path())).unwrap();
+    let client = cluster(&server).await;
+    let majority = |voters: u32| Decide {
+        voters,
+        options: DecisionOptions::default(),
+        reputation: false,
+    };
+
+    // A slow node takes the first vote; it drains while the ballots are out.
+    let slow = runtime("voter", 4, Duration::from_secs(30)).await;
+    let mut opts = options("slow");
+    opts.drain_timeout = Duration::from_millis(200);
+    let node = Node::start(cluster(&server).await, slow.handle().clone(), opts)
+        .await
+        .unwrap();
+    let handed = client
+        .submit_decided(
+            &task(Some("voter"), "\"yes\"".into(), 1),
+            &majority(3),
+            None,
+        )
+        .await
+        .unwrap();
+    loop {
+        if let TaskView::Row(row) = client.task(handed.id).await.unwrap() {
+            assert_eq!(row.state, TaskState::Running);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let report = node.drain().await;
+    assert_eq!(report.handed_back, 1, "{report:?}");
+    slow.shutdown().await;
+
+    let fast = runtime("voter", 5, Duration::from_millis(1)).await;
+    let node = Node::start(
+        cluster(&server).await,
+        fast.handle().clone(),
+        options("fast"),
+    )
+    .await
+    .unwrap();
+    let flaky = {
+        let sim = Sim::new(SimOptions {
+            error_rate: 1.0,
+            ..SimOptions::default()
+        })
+        .unwrap();
+        let pool = Pool::new(AgentSpec::new("sim", "flaky"), 3, Arc::new(sim));
+        Runtime::start(
+            RuntimeOptions::default(),
+            vec![pool],
+            Arc::new(MemoryJournal::new()),
+        )
+        .await
+        .unwrap()
+    };
+    let flaky_node = Node::start(
+        cluster(&server).await,
+        flaky.handle().clone(),
+        options("flaky"),
+    )
+    .await
+    .unwrap();
+    let bft = Decide {
+        options: DecisionOptions {
+            protocol: Protocol::Bft,
+            ..DecisionOptions::default()
+        },
+        ..majority(4)
+    };
+    let mut votes = Vec::new();
+    for i in 0..6 {
+        let how = if i % 2 == 0 { majority(3) } else { bft };
+        let spec = task(Some("voter"), format!("\"answer {i}\""), 3);
+        let s = client
+            .submit_decided(&spec, &how, Some(format!("vote-{i}")))
+            .await
+            .unwrap();
+        votes.push((i, s.id, how));
+    }
+    // The same idempotency id again: kept once.
+    let again = client
+        .submit_decided(
+            &task(Some("voter"), "\"answer 0\"".into(), 3),
+            &majority(3),
+            Some("vote-0".into()),
+        )
+        .await
+        .unwrap();
+    assert!(again.duplicate && again.id == votes[0].1);
+    let wait = |id: u64| {
+        let client = client.clone();
+        async move {
+            tokio::time::timeout(Duration::from_secs(60), client.wait(id))
+                .await
+                .expect("the task ends")
+                .unwrap()
+        }
+    };
+    for (i, id, how) in votes {
+        let row = wait(id).await;
+        assert_eq!(row.state, TaskState::Succeeded, "vote {i}: {row:?}");
+        assert_eq!(row.node, "fast");
+        // The sim voters echo the question (a JSON string, read as its text): all agree.
+        assert_eq!(
+            row.output.as_deref(),
+            Some(format!("answer {i}").as_bytes())
+        );
+        let d = row.decision.expect("how the decision went");
+        assert_eq!(
+            (d.protocol, d.voters, d.dissenters, d.reason),
+            (how.options.protocol, how.voters, 0, None),
+            "vote {i}"
+        );
+        assert!(d.counted > how.voters / 2 && d.counted <= how.voters);
+        assert_eq!(d.support, Some(1.0));
+        assert!(row.agent.is_some(), "the winner's voter");
+    }
+    // The handed-back vote, decided by the fast node on its second delivery, at no cost.
+    let row = wait(handed.id).await;
+    assert_eq!(
+        (row.state, row.node.as_str(), row.charged),
+        (TaskState::Succeeded, "fast", 1),
+        "{row:?}"
+    );
+    assert_eq!(row.output.as_deref(), Some(&b"yes"[..]));
+
+    // Every ballot an error: no quorum, the task failed with the reason, not retried.
+    let failed = client
+        .submit_decided(&task(Some("flaky"), "1".into(), 3), &majority(3), None)
+        .await
+        .unwrap();
+    let row = wait(failed.id).await;
+    assert_eq!((row.state, row.attempt), (TaskState::Failed, 1), "{row:?}");
+    let error = row.error.unwrap();
+    assert!(error.contains("the decision failed: no-quorum"), "{error}");
+    assert_eq!(row.output, None);
+    let d = row.decision.unwrap();
+    assert_eq!((d.reason.as_deref(), d.support), (Some("no-quorum"), None));
+
+    // More voters than a node hosts: said, and dead-lettered once its attempts are spent.
+    let too_many = client
+        .submit_decided(&task(Some("voter"), "1".into(), 1), &majority(9), None)
+        .await
+        .unwrap();
+    let row = wait(too_many.id).await;
+    assert_eq!(row.state, TaskState::DeadLettered, "{row:?}");
+    let error = row.error.unwrap();
+    assert!(
+        error.contains("9 voters asked, but 5 workers can run the task"),
+        "{error}"
+    );
+
+    // A decide header no node can read fails its task once, naming the header.
+    let mut bad = majority(3);
+    bad.voters = 0;
+    let err = client
+        .submit_decided(&task(Some("voter"), "1".into(), 1), &bad, None)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("0 voters asked"), "{err}");
+
+    node.drain().await;
+    flaky_node.drain().await;
+    fast.shutdown().await;
+    flaky.shutdown().await;
+}

@@ -148,28 +148,27 @@ fn failed(error: colony_cluster::Error) -> Response {
     }
 }
 
-/// A task the cluster can carry: no vote (a decision runs on one runtime), at most the
-/// cluster's payload.
+/// A task the cluster can carry (at most the cluster's payload), and how it is decided if
+/// by vote.
 #[allow(clippy::result_large_err)]
-fn spec(task: NewTask, index: Option<usize>) -> Result<colony_core::task::TaskSpec, Response> {
+fn spec(
+    task: NewTask,
+    index: Option<usize>,
+) -> Result<(colony_core::task::TaskSpec, Option<colony_cluster::Decide>), Response> {
     let at = index.map_or_else(String::new, |i| format!("task {i}: "));
-    let (spec, decide) = task.spec().map_err(|e| {
+    let refused = |e: String| {
         problem(
             StatusCode::UNPROCESSABLE_ENTITY,
             "refused",
             format!("{at}{e}"),
         )
-    })?;
-    if decide.is_some() {
-        return Err(problem(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "refused",
-            format!(
-                "{at}a task decided by vote runs on one runtime: submit it to `colony serve` without --nats"
-            ),
-        ));
-    }
-    Ok(spec)
+    };
+    let (spec, decide) = task.spec().map_err(refused)?;
+    let decide = decide
+        .map(crate::decisions::NewDecision::for_cluster)
+        .transpose()
+        .map_err(refused)?;
+    Ok((spec, decide))
 }
 
 /// The dedupe id of a request's `Idempotency-Key`, per caller, so that two callers' keys
@@ -210,12 +209,22 @@ async fn submit(
         Ok(task) => task,
         Err(response) => return response,
     };
-    let spec = match spec(task, None) {
+    let (spec, decide) = match spec(task, None) {
         Ok(spec) => spec,
         Err(response) => return response,
     };
-    let ids = id.map(|id| vec![id]);
-    match app.cluster.submit(&[spec], ids.as_deref()).await {
+    let submitted = match &decide {
+        Some(decide) => app
+            .cluster
+            .submit_decided(&spec, decide, id)
+            .await
+            .map(|s| vec![s]),
+        None => {
+            let ids = id.map(|id| vec![id]);
+            app.cluster.submit(&[spec], ids.as_deref()).await
+        }
+    };
+    match submitted {
         Ok(submitted) => match submitted.first() {
             Some(s) => (
                 StatusCode::ACCEPTED,
@@ -266,7 +275,16 @@ async fn submit_batch(
     let mut specs = Vec::with_capacity(batch.tasks.len());
     for (i, task) in batch.tasks.into_iter().enumerate() {
         match spec(task, Some(i)) {
-            Ok(spec) => specs.push(spec),
+            Ok((spec, None)) => specs.push(spec),
+            Ok((_, Some(_))) => {
+                return problem(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "refused",
+                    format!(
+                        "task {i}: a batch carries no votes here: submit a task decided by vote on its own, to /v1/tasks"
+                    ),
+                );
+            }
             Err(response) => return response,
         }
     }

@@ -100,6 +100,20 @@ impl NewDecision {
     }
 }
 
+impl NewDecision {
+    /// The vote as a cluster carries it (`colony serve --nats`): the node that takes the task
+    /// seats the voters among its own agents. Pool weights are refused: they name pools by
+    /// this server's index, and a cluster's nodes host pools of their own.
+    pub(crate) fn for_cluster(self) -> Result<colony_cluster::Decide, String> {
+        if !self.weights.is_empty() {
+            return Err(
+                "decide.weights weighs pools by index, and a cluster's nodes host pools of their own: weigh voters by reputation instead".into(),
+            );
+        }
+        colony_cluster::Decide::of(&self.vote(&[])?).map_err(|e| format!("decide {e}"))
+    }
+}
+
 /// How decision `row` ended (counted again from its answers if it was taken inline), once it
 /// has; why its record does not read, when it does not (the decision is then `unreadable`).
 fn outcome(row: &DecisionRow) -> (Option<Value>, Option<String>) {

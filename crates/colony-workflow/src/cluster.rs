@@ -89,8 +89,10 @@ pub fn refusals(workflow: &Workflow) -> Vec<String> {
         let mut refuse = |what: &str, why: &str| {
             out.push(format!("task `{}`: {what} {why}", t.id));
         };
-        if t.decide.is_some() {
-            refuse("`decide`", "asks several agents of one runtime for ballots");
+        if let Some(vote) = &t.decide
+            && let Err(why) = colony_cluster::Decide::of(vote)
+        {
+            refuse("`decide`", &why);
         }
         if t.team.is_some() {
             refuse("`team`", "forms its team among one runtime's agents");
@@ -171,6 +173,7 @@ fn submit_and_wait(
     in_cluster: &InCluster,
     i: usize,
     spec: TaskSpec,
+    decide: Option<colony_cluster::Decide>,
     sending: Sending,
 ) -> Waiting {
     let cluster = cluster.clone();
@@ -200,16 +203,28 @@ fn submit_and_wait(
                     let ids = book
                         .as_ref()
                         .map(|(b, _)| vec![b.dedupe_id(i, sending.round)]);
-                    let submitted = cluster
-                        .submit(std::slice::from_ref(&spec), ids.as_deref())
-                        .await
-                        .map_err(fail)?;
-                    let id = submitted
-                        .first()
-                        .ok_or_else(|| {
-                            Stop::Task("the cluster answered nothing for the task".into())
-                        })?
-                        .id;
+                    let id = match &decide {
+                        // Decided by vote among the agents of the node that takes it.
+                        Some(decide) => {
+                            let id = ids.and_then(|ids| ids.into_iter().next());
+                            cluster
+                                .submit_decided(&spec, decide, id)
+                                .await
+                                .map_err(fail)?
+                                .id
+                        }
+                        None => {
+                            cluster
+                                .submit(std::slice::from_ref(&spec), ids.as_deref())
+                                .await
+                                .map_err(fail)?
+                                .first()
+                                .ok_or_else(|| {
+                                    Stop::Task("the cluster answered nothing for the task".into())
+                                })?
+                                .id
+                        }
+                    };
                     let revision = match &book {
                         Some((book, _)) => {
                             if !leads() {
@@ -237,6 +252,15 @@ fn submit_and_wait(
         .await;
         (i, spec, ended)
     })
+}
+
+/// How task `i` is decided in the cluster, if by vote (its pool weights were refused before
+/// the run started, see [`refusals`]).
+fn decide_of(workflow: &Workflow, i: usize) -> Option<colony_cluster::Decide> {
+    workflow.tasks[i]
+        .decide
+        .as_ref()
+        .and_then(|vote| colony_cluster::Decide::of(vote).ok())
 }
 
 const NOT_LEADING: &str = "this process no longer leads the run";
@@ -405,6 +429,7 @@ pub async fn run_on(
                         &in_cluster,
                         i,
                         spec,
+                        decide_of(workflow, i),
                         sends[i],
                     ));
                 }
@@ -456,6 +481,7 @@ pub async fn run_on(
                 f.attempts = sends[i].spent.saturating_add(row.attempt);
                 f.agent = row.agent.and_then(|a| u32::try_from(a).ok());
                 f.node = Some(row.node.clone());
+                f.cluster_decision = row.decision.clone();
                 if row.state == TaskState::Succeeded {
                     let output = row.output.clone().unwrap_or_default();
                     match verify(Ok(output), &t.expect) {
@@ -487,6 +513,7 @@ pub async fn run_on(
                                     &in_cluster,
                                     i,
                                     spec,
+                                    decide_of(workflow, i),
                                     *send,
                                 ));
                                 continue;

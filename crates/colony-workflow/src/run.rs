@@ -65,6 +65,10 @@ pub struct Finished {
     /// for other tasks, and for a decision that never started).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub decision: Option<Arc<colony_runtime::decision::Decided>>,
+    /// A task decided by vote on a cluster node: how the decision went (its ballots stay on
+    /// the node that counted them).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cluster_decision: Option<Box<colony_cluster::DecisionSummary>>,
     /// A task worked by a team: its members, each step's asks and the reassignments (absent
     /// for other tasks, and for a team that never formed).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -1743,6 +1747,7 @@ pub(crate) fn finished(
         output,
         error,
         decision: None,
+        cluster_decision: None,
         team: None,
     }
 }
@@ -1750,7 +1755,7 @@ pub(crate) fn finished(
 /// What the result writer is given.
 enum Job {
     /// A task's result, into its file.
-    Result(PathBuf, Finished),
+    Result(PathBuf, Box<Finished>),
     /// A line of `run.log`.
     Log(String),
 }
@@ -1876,7 +1881,7 @@ impl Writer {
             let size = f.held();
             self.queued
                 .fetch_add(size, std::sync::atomic::Ordering::Relaxed);
-            if tx.send(Job::Result(path, f.clone())).is_err() {
+            if tx.send(Job::Result(path, Box::new(f.clone()))).is_err() {
                 // The writer is gone: nothing will take it off.
                 self.queued
                     .fetch_sub(size, std::sync::atomic::Ordering::Relaxed);

@@ -1,5 +1,5 @@
 //! What a run across a cluster cannot carry is refused before anything starts, each problem
-//! naming its task or pool; a workflow of plain tasks has none.
+//! naming its task or pool; a workflow of plain tasks, or of votes, has none.
 
 use colony_workflow::{cluster::refusals, parse};
 use std::path::Path;
@@ -12,6 +12,7 @@ agents:
   - { name: paced, kind: sim, rate-per-minute: 60 }
 tasks:
   - { id: vote, agent: sim, decide: { voters: 3 } }
+  - { id: weighed, agent: sim, decide: { voters: 3, protocol: weighted, weights: { sim: 2 } } }
   - id: crew
     team:
       size: 2
@@ -29,7 +30,7 @@ tasks:
     let refused = refusals(&workflow);
     let has = |needle: &str| refused.iter().any(|r| r.contains(needle));
     for (what, why) in [
-        ("task `vote`: `decide`", "ballots"),
+        ("task `weighed`: `decide`", "pools of one runtime"),
         ("task `crew`: `team`", "one runtime"),
         ("task `talk`: `wait` and `publish`", "message bus"),
         ("task `listen`: `wait` and `publish`", "message bus"),
@@ -44,7 +45,11 @@ tasks:
             "{what}: {refused:#?}"
         );
     }
-    assert!(!has("`plain`") && !has("pool `sim`"), "{refused:#?}");
+    // A vote is taken by the node that takes the task, among its own agents.
+    assert!(
+        !has("`plain`") && !has("`vote`") && !has("pool `sim`"),
+        "{refused:#?}"
+    );
     assert_eq!(refused.len(), 9, "{refused:#?}");
 
     let plain = "name: p\nagents: [{ name: sim, kind: sim }]\ntasks:\n  - { id: a, agent: sim }\n  - { id: b, agent: sim, needs: [a], expect: { json: true } }\n";

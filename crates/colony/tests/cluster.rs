@@ -414,6 +414,104 @@ fn a_node_killed_mid_run_loses_no_task() {
     }
 }
 
+/// A node killed (`kill -9`) while its decisions' ballots run: each decision is taken again
+/// by the other node, from new ballots, and committed once, as the voters agreed; the
+/// stream drains.
+#[test]
+fn a_node_killed_mid_decision_leaves_it_to_another_decided_once() {
+    use colony_cluster::Decide;
+    use colony_core::{decision::DecisionOptions, task::TaskSpec};
+    let rt = runtime();
+    for run in 0..runs() {
+        let dir = tempfile::tempdir().unwrap();
+        let server = NatsServer::single(dir.path()).unwrap();
+        let url = server.url();
+        let cluster = rt.block_on(client(&url, 1));
+        let mut a = NodeProc::start(dir.path(), &url, "a", "1");
+        let b = NodeProc::start(dir.path(), &url, "b", "1");
+        rt.block_on(wait_for_nodes(&cluster, 2));
+        // Six decisions of three 1.5 s ballots on one node of four agents queue for a while:
+        // a timeout they all fit in.
+        let decide = Decide {
+            voters: 3,
+            options: DecisionOptions {
+                timeout: Duration::from_secs(60),
+                ..DecisionOptions::default()
+            },
+            reputation: false,
+        };
+        let ids: Vec<u64> = rt.block_on(async {
+            let mut ids = Vec::new();
+            for n in 0..6 {
+                let mut spec = TaskSpec::with_payload(format!("{{\"n\":{n},\"sleep\":1.5}}"));
+                spec.requirement.role = Some("sh".into());
+                ids.push(
+                    cluster
+                        .submit_decided(&spec, &decide, None)
+                        .await
+                        .unwrap()
+                        .id,
+                );
+            }
+            ids
+        });
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while a.executions().len() < 2 {
+            assert!(Instant::now() < deadline, "node a ran no ballot");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        a.kill();
+        let killed = Instant::now();
+        let on_a: std::collections::HashSet<u64> = a.executions().into_iter().collect();
+        rt.block_on(async {
+            for (n, id) in ids.iter().enumerate() {
+                let row = tokio::time::timeout(Duration::from_secs(90), cluster.wait(*id))
+                    .await
+                    .unwrap_or_else(|_| panic!("decision {id} did not end within 90 s"))
+                    .unwrap();
+                assert_eq!(row.state, TaskState::Succeeded, "decision {id}: {row:?}");
+                assert_eq!(
+                    row.output.as_deref(),
+                    Some(format!("task-{n}-done").as_bytes()),
+                    "decision {id}'s committed result is its own"
+                );
+                let how = row.decision.expect("how it went");
+                assert_eq!((how.voters, how.dissenters), (3, 0), "{how:?}");
+                if on_a.contains(&(n as u64)) {
+                    assert_eq!(row.node, "b", "a's decision {n} was taken again on b");
+                }
+            }
+        });
+        // Every decision's ballots: three at most on each node that took it.
+        let mut ballots: HashMap<u64, usize> = HashMap::new();
+        for n in a.executions().into_iter().chain(b.executions()) {
+            *ballots.entry(n).or_default() += 1;
+        }
+        for n in 0..6u64 {
+            let runs = ballots.get(&n).copied().unwrap_or(0);
+            let most = if on_a.contains(&n) { 6 } else { 3 };
+            assert!((2..=most).contains(&runs), "decision n={n}: {runs} ballots");
+        }
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while rt
+            .block_on(cluster.status())
+            .map_or(u64::MAX, |s| s.unfinished)
+            > 0
+        {
+            assert!(Instant::now() < deadline, "the stream did not drain");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let report = b.stop();
+        assert_eq!(report.fenced, 0, "{report:?}");
+        eprintln!(
+            "run {run}: kill -9 mid-decision: {} decision(s) of a taken again on b; all 6 done {:.1} s after the kill",
+            on_a.len(),
+            killed.elapsed().as_secs_f64()
+        );
+        drop(server);
+    }
+}
+
 #[test]
 fn a_stalled_node_is_fenced_when_it_wakes() {
     let rt = runtime();
@@ -1068,10 +1166,53 @@ fn serve_over_the_cluster_takes_tasks_and_one_server_leads_the_scaling() {
     );
     assert_eq!(code, 422, "{body}");
     assert!(body.contains("role `a.b`"), "{body}");
-    let vote = r#"{"payload": 1, "decide": {"voters": 3}}"#;
-    let (code, body) = send(port, "POST", "/v1/tasks", &[], vote);
+    let weighed =
+        r#"{"payload": 1, "decide": {"voters": 3, "protocol": "weighted", "weights": [2]}}"#;
+    let (code, body) = send(port, "POST", "/v1/tasks", &[], weighed);
     assert_eq!(code, 422, "{body}");
-    assert!(body.contains("runs on one runtime"), "{body}");
+    assert!(
+        body.contains("decide.weights weighs pools by index"),
+        "{body}"
+    );
+    let (code, body) = send(
+        port,
+        "POST",
+        "/v1/tasks/batch",
+        &[],
+        r#"{"tasks": [{"payload": 1, "decide": {"voters": 3}}]}"#,
+    );
+    assert_eq!(code, 422, "{body}");
+    assert!(body.contains("task 0: a batch carries no votes"), "{body}");
+    // A task decided by vote: node a seats three of its agents, each runs the command,
+    // and the decided output is committed once, with how the decision went.
+    let vote = r#"{"payload": {"n": 10, "sleep": 0}, "role": "sh", "decide": {"voters": 3}}"#;
+    let (code, body) = send(port, "POST", "/v1/tasks", &[], vote);
+    assert_eq!(code, 202, "{body}");
+    let voted = serde_json::from_str::<serde_json::Value>(&body).unwrap()["id"]
+        .as_u64()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let decided = loop {
+        let (code, body) = fetch(port, &format!("/v1/tasks/{voted}"));
+        assert_eq!(code, 200, "{body}");
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        if v["state"] == "succeeded" {
+            break v;
+        }
+        assert!(Instant::now() < deadline, "the vote did not end: {v}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(decided["output"], "task-10-done", "{decided}");
+    assert_eq!(decided["node"], "a", "{decided}");
+    let how = &decided["decision"];
+    assert_eq!(
+        (&how["protocol"], &how["voters"], &how["dissenters"]),
+        (&"majority".into(), &3.into(), &0.into()),
+        "{decided}"
+    );
+    // The majority (two of three) decides; the third ballot may have run by then.
+    let ballots = a.executions().iter().filter(|n| **n == 10).count();
+    assert!((2..=3).contains(&ballots), "{ballots} ballots ran");
     let (code, body) = fetch(port, "/v1/tasks/abc");
     assert_eq!(code, 400, "{body}");
     let (code, body) = fetch(port, "/v1/tasks/999999");
@@ -1363,8 +1504,9 @@ fn a_workflow_runs_across_the_cluster() {
         &workflow,
         r#"name: across
 agents:
-  - name: sh          # the nodes host it; here it only names the role
-    kind: sim
+  - name: sh          # the nodes host it; here it names the role (and, checked as for a
+    kind: sim         # run on one runtime, has the agents `voted` asks for)
+    count: 3
 tasks:
   - id: first
     agent: sh
@@ -1387,6 +1529,10 @@ tasks:
     agent: sh
     input: { n: 5, sleep: 0 }
     expect: { regex: "^task-5-done$" }
+  - id: voted
+    agent: sh
+    input: { n: 6, sleep: 0 }
+    decide: { voters: 3 }
 "#,
     )
     .unwrap();
@@ -1430,12 +1576,22 @@ tasks:
     );
     assert_eq!(task("after-picky")["status"], "skipped");
     assert_eq!(task("checked")["status"], "succeeded", "{report}");
+    // Decided by three of the node's agents: the command's output, and how it went.
+    let voted = task("voted");
+    assert_eq!(voted["status"], "succeeded", "{voted}");
+    assert_eq!(voted["output"], "task-6-done", "{voted}");
+    assert_eq!(voted["cluster_decision"]["voters"], 3, "{voted}");
     assert_eq!(
         (&report["succeeded"], &report["failed"], &report["skipped"]),
-        (&3.into(), &1.into(), &1.into())
+        (&4.into(), &1.into(), &1.into())
     );
     // Each ran on the node, `picky` once per attempt, `after-picky` never.
     let runs = a.executions();
+    let ballots = runs.iter().filter(|r| **r == 6).count();
+    assert!(
+        (2..=3).contains(&ballots),
+        "{ballots} ballots of `voted` ran"
+    );
     for (n, times) in [(1, 1), (3, 2), (4, 0), (5, 1)] {
         assert_eq!(
             runs.iter().filter(|r| **r == n).count(),
@@ -1456,7 +1612,7 @@ tasks:
     let refused = dir.path().join("vote.yaml");
     std::fs::write(
         &refused,
-        "name: vote\nagents:\n  - name: sh\n    kind: sim\n    count: 3\ntasks:\n  - id: v\n    agent: sh\n    decide: { voters: 3 }\n",
+        "name: vote\nagents:\n  - name: sh\n    kind: sim\n    count: 3\ntasks:\n  - id: v\n    agent: sh\n    decide: { voters: 3, protocol: weighted, weights: { sh: 2 } }\n",
     )
     .unwrap();
     let run = Command::new(COLONY)
@@ -1466,7 +1622,10 @@ tasks:
         .unwrap();
     let stderr = String::from_utf8_lossy(&run.stderr);
     assert_eq!(run.status.code(), Some(2), "{stderr}");
-    assert!(stderr.contains("task `v`: `decide`"), "{stderr}");
+    assert!(
+        stderr.contains("task `v`: `decide` weighs voters by the pools of one runtime"),
+        "{stderr}"
+    );
     a.stop();
 }
 
