@@ -100,12 +100,6 @@ pub fn refusals(workflow: &Workflow) -> Vec<String> {
         if t.wait.is_some() || t.publish.is_some() {
             refuse("`wait` and `publish`", "use one runtime's message bus");
         }
-        if t.remember || t.recall.is_some() {
-            refuse(
-                "`remember` and `recall`",
-                "use the workflow's memory, kept by one runtime",
-            );
-        }
         if !t.expect.files.is_empty() {
             refuse(
                 "`expect: files`",
@@ -139,6 +133,8 @@ pub fn refusals(workflow: &Workflow) -> Vec<String> {
 enum Stop {
     /// The task failed to go or to come back.
     Task(String),
+    /// The task failed here, before it went: why.
+    Failed(String),
     /// The run's book could not be written: this scheduler stops (the run goes on from its
     /// book elsewhere or later).
     Halt(String),
@@ -163,6 +159,17 @@ struct Sending {
     sent: Option<u64>,
 }
 
+/// A task's recall from the workflow's memory: the memory, the query and how many.
+type Recall = (Arc<crate::memory::Memory>, String, usize);
+
+/// What a task sends to the cluster: its task, how it is decided if by vote, and what the
+/// workflow's memory is asked for it before it goes.
+struct Going {
+    spec: TaskSpec,
+    decide: Option<colony_cluster::Decide>,
+    recall: Option<Recall>,
+}
+
 /// The cluster tasks of a run, by workflow task, while they are waited for: what a
 /// cancelled run without a book cancels in the cluster.
 type InCluster = Arc<Mutex<HashMap<usize, u64>>>;
@@ -172,10 +179,14 @@ fn submit_and_wait(
     booked: Option<&Booked>,
     in_cluster: &InCluster,
     i: usize,
-    spec: TaskSpec,
-    decide: Option<colony_cluster::Decide>,
+    going: Going,
     sending: Sending,
 ) -> Waiting {
+    let Going {
+        mut spec,
+        decide,
+        recall,
+    } = going;
     let cluster = cluster.clone();
     let in_cluster = in_cluster.clone();
     let book = booked.map(|b| (b.book.clone(), b.lead.clone()));
@@ -199,6 +210,14 @@ fn submit_and_wait(
                 None => {
                     if !leads() {
                         return Err(Stop::Halt(NOT_LEADING.into()));
+                    }
+                    // What the workflow's memory holds for its query, in its input.
+                    if let Some((memory, query, k)) = recall {
+                        let recalled = memory
+                            .recall(spec.clone(), query, k, colony_cluster::MAX_PAYLOAD)
+                            .await
+                            .map_err(Stop::Failed)?;
+                        spec = recalled;
                     }
                     let ids = book
                         .as_ref()
@@ -331,6 +350,9 @@ pub async fn run_on(
                 .map_err(colony_runtime::Error::Options)?,
         ),
     };
+    // The workflow's memory is this process's: it recalls into a task's payload before the
+    // task goes and remembers its output once it came back and passed its checks.
+    let memory = crate::memory::open(workflow, &output).await?;
     let mut writer = Writer::start(&output)?;
     writer.hooks = hooks;
     let waves = workflow.graph.waves();
@@ -411,15 +433,19 @@ pub async fn run_on(
         while pending.len() < IN_FLIGHT
             && let Some((_, _, i)) = ready.pop()
         {
-            let spec = spec_for(workflow, i, &outputs, max_payload).map(|(spec, _)| spec);
+            let spec = spec_for(workflow, i, &outputs, max_payload);
             release(workflow, i, &mut left, &mut outputs);
             match spec {
                 Ok(_) if !leads() => {
                     halted = Some(NOT_LEADING.into());
                     break;
                 }
-                Ok(spec) => {
+                Ok((spec, recall)) => {
                     submitted_at[i] = Some(Instant::now());
+                    let recall = match (&memory, recall) {
+                        (Some(m), Some((query, k))) => Some((m.clone(), query, k)),
+                        _ => None,
+                    };
                     if let Some(on) = &mut options.on_started {
                         on(&workflow.tasks[i].id);
                     }
@@ -428,8 +454,11 @@ pub async fn run_on(
                         booked.as_ref(),
                         &in_cluster,
                         i,
-                        spec,
-                        decide_of(workflow, i),
+                        Going {
+                            spec,
+                            decide: decide_of(workflow, i),
+                            recall,
+                        },
                         sends[i],
                     ));
                 }
@@ -474,6 +503,11 @@ pub async fn run_on(
                 f.error = Some(format!("the cluster: {e}"));
                 End::Failed
             }
+            Err(Stop::Failed(e)) => {
+                f.attempts = sends[i].spent;
+                f.error = Some(e);
+                End::Failed
+            }
             Ok((row, revision)) => {
                 if revision.is_some() {
                     sends[i].revision = revision;
@@ -484,8 +518,19 @@ pub async fn run_on(
                 f.cluster_decision = row.decision.clone();
                 if row.state == TaskState::Succeeded {
                     let output = row.output.clone().unwrap_or_default();
-                    match verify(Ok(output), &t.expect) {
-                        Ok(output) => {
+                    // Remembered once it passed its checks; if it cannot be, the task fails
+                    // and says why: a later recall would miss it.
+                    let checked = verify(Ok(output), &t.expect);
+                    let remembered = match (&checked, &memory) {
+                        (Ok(output), Some(m)) if t.remember => m.remember(&t.id, output).await,
+                        _ => Ok(()),
+                    };
+                    match (checked, remembered) {
+                        (Ok(_), Err(e)) => {
+                            f.error = Some(e);
+                            End::Failed
+                        }
+                        (Ok(output), Ok(())) => {
                             let value = Output::new(output);
                             if left.wanted(i) {
                                 outputs.insert(t.id.clone(), value.for_readers());
@@ -494,7 +539,7 @@ pub async fn run_on(
                             f.output = Some(value);
                             End::Succeeded
                         }
-                        Err(failed) => {
+                        (Err(failed), _) => {
                             let send = &mut sends[i];
                             send.spent = send.spent.saturating_add(row.attempt.max(1));
                             if send.spent < t.max_attempts {
@@ -512,8 +557,12 @@ pub async fn run_on(
                                     booked.as_ref(),
                                     &in_cluster,
                                     i,
-                                    spec,
-                                    decide_of(workflow, i),
+                                    Going {
+                                        spec,
+                                        decide: decide_of(workflow, i),
+                                        // Recalled into its payload when it first went.
+                                        recall: None,
+                                    },
                                     *send,
                                 ));
                                 continue;

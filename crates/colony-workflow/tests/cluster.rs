@@ -1,8 +1,18 @@
 //! What a run across a cluster cannot carry is refused before anything starts, each problem
-//! naming its task or pool; a workflow of plain tasks, or of votes, has none.
+//! naming its task or pool; a workflow of plain tasks, votes and memory has none, and runs
+//! on a real `nats-server` with an in-process node.
 
-use colony_workflow::{cluster::refusals, parse};
-use std::path::Path;
+use colony_agents::sim::{Sim, SimOptions};
+use colony_cluster::{Node, NodeOptions, Settings, testing};
+use colony_core::agent::AgentSpec;
+use colony_journal::MemoryJournal;
+use colony_runtime::{Pool, Runtime, RuntimeOptions};
+use colony_workflow::{
+    Status,
+    cluster::{ClusterOptions, refusals, run_on},
+    parse,
+};
+use std::{path::Path, sync::Arc, time::Duration};
 
 #[test]
 fn what_needs_one_runtime_is_refused_naming_the_task_and_why() {
@@ -34,8 +44,6 @@ tasks:
         ("task `crew`: `team`", "one runtime"),
         ("task `talk`: `wait` and `publish`", "message bus"),
         ("task `listen`: `wait` and `publish`", "message bus"),
-        ("task `keep`: `remember` and `recall`", "memory"),
-        ("task `look`: `remember` and `recall`", "memory"),
         ("task `made`: `expect: files`", "this machine"),
         ("task `changed`: `expect: git-diff`", "git checkout"),
         ("pool `paced`: `rate`", "paces"),
@@ -45,14 +53,100 @@ tasks:
             "{what}: {refused:#?}"
         );
     }
-    // A vote is taken by the node that takes the task, among its own agents.
-    assert!(
-        !has("`plain`") && !has("`vote`") && !has("pool `sim`"),
-        "{refused:#?}"
-    );
-    assert_eq!(refused.len(), 9, "{refused:#?}");
+    // A vote is taken by the node that takes the task, among its own agents; the memory is
+    // the scheduler's.
+    for carried in ["`plain`", "`vote`", "`keep`", "`look`", "pool `sim`"] {
+        assert!(!has(carried), "{carried}: {refused:#?}");
+    }
+    assert_eq!(refused.len(), 7, "{refused:#?}");
 
     let plain = "name: p\nagents: [{ name: sim, kind: sim }]\ntasks:\n  - { id: a, agent: sim }\n  - { id: b, agent: sim, needs: [a], expect: { json: true } }\n";
     let workflow = parse(plain, "p.yaml", Path::new(".")).unwrap();
     assert_eq!(refusals(&workflow), Vec::<String>::new());
+}
+
+/// The workflow's memory is the scheduler's: a task's output is remembered once it came
+/// back from its node and passed its checks, and a later task's query finds it in its input
+/// before it goes. A vote goes to the node and comes back decided, with how it went.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_run_remembers_recalls_and_votes() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = tokio::task::block_in_place(|| testing::NatsServer::single(dir.path())).unwrap();
+    let settings = Settings {
+        replicas: 1,
+        ack_wait: Duration::from_secs(2),
+        heartbeat_ttl: Duration::from_secs(3),
+        ..Settings::default()
+    };
+    let url = server.url();
+    let connect = || testing::connect(&url, settings.clone(), Duration::from_secs(20));
+    // The node's sim agents echo their payload: what reached them is their output.
+    let sim = Sim::new(SimOptions::default()).unwrap();
+    let pool = Pool::new(AgentSpec::new("sim", "sim"), 3, Arc::new(sim));
+    let rt = Runtime::start(
+        RuntimeOptions::default(),
+        vec![pool],
+        Arc::new(MemoryJournal::new()),
+    )
+    .await
+    .unwrap();
+    let node = Node::start(
+        connect().await.unwrap(),
+        rt.handle().clone(),
+        NodeOptions {
+            name: "n".into(),
+            max_in_flight: 16,
+            drain_timeout: Duration::from_secs(5),
+        },
+    )
+    .await
+    .unwrap();
+    let yaml = r#"name: mem
+agents:
+  - { name: sim, kind: sim, count: 3 }
+tasks:
+  - { id: keep, agent: sim, input: { fact: "the sky is green" }, remember: true }
+  - id: look
+    agent: sim
+    needs: [keep]
+    input: { q: 1 }
+    recall: { query: "sky green", k: 1 }
+  - { id: vote, agent: sim, input: { answer: 42 }, decide: { voters: 3 } }
+"#;
+    let workflow = parse(yaml, "mem.yaml", dir.path()).unwrap();
+    assert_eq!(refusals(&workflow), Vec::<String>::new());
+    let out = dir.path().join("out");
+    let report = run_on(
+        &connect().await.unwrap(),
+        &workflow,
+        ClusterOptions {
+            output: Some(out.clone()),
+            ..ClusterOptions::default()
+        },
+    )
+    .await
+    .unwrap();
+    let task = |id: &str| report.tasks.iter().find(|t| t.id == id).unwrap();
+    for id in ["keep", "look", "vote"] {
+        assert_eq!(task(id).status, Status::Succeeded, "{:?}", task(id));
+        assert_eq!(task(id).node.as_deref(), Some("n"));
+    }
+    let output = |id: &str| -> serde_json::Value {
+        serde_json::to_value(task(id).output.as_ref().unwrap()).unwrap()
+    };
+    let recalled = &output("look")["input"]["recall"];
+    assert_eq!(recalled[0]["id"], "keep", "{recalled}");
+    assert!(
+        recalled[0]["text"]
+            .as_str()
+            .unwrap()
+            .contains("the sky is green"),
+        "{recalled}"
+    );
+    assert!(out.join("memory.db").exists());
+    assert_eq!(output("vote")["input"]["answer"], 42);
+    let decided = task("vote").cluster_decision.as_ref().unwrap();
+    assert_eq!((decided.voters, decided.dissenters), (3, 0));
+    node.drain().await;
+    rt.shutdown().await;
 }
