@@ -210,6 +210,20 @@ impl Cluster {
     ) -> Result<Submitted, Error> {
         let id = id.unwrap_or_else(random_id);
         let message = outgoing(0, spec, &id, Some(decide))?;
+        // A node from before votes crossed the cluster would run it as a plain task and
+        // commit one agent's output as if decided: refused while one serves the role.
+        let role = spec.requirement.role.as_deref();
+        if let Some(old) = membership::list(&self.nodes)
+            .await?
+            .into_iter()
+            .find(|n| !n.votes && role.is_none_or(|r| n.roles.iter().any(|own| own == r)))
+        {
+            return Err(Error::Task(format!(
+                "node {} serves {} but runs a colony that decides no vote (it would run the task as a plain one): upgrade or drain it before sending votes",
+                old.name,
+                role.map_or_else(|| "tasks of any role".to_owned(), |r| format!("role `{r}`"))
+            )));
+        }
         let ack = self.publish(&message).await;
         self.accepted(&message, ack).await
     }

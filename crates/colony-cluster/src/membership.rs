@@ -36,6 +36,10 @@ pub struct NodeInfo {
     /// Its workers whose health checks say degraded, critical or failed.
     #[serde(default)]
     pub unhealthy: u64,
+    /// It decides the tasks that carry a vote (`Colony-Decide`). A node from before votes
+    /// crossed the cluster does not say so, and would run such a task as a plain one.
+    #[serde(default)]
+    pub votes: bool,
 }
 
 /// One tier of a node's hierarchy: its agents, and those down (crashed, waiting for a

@@ -254,6 +254,7 @@ impl Node {
             version: env!("CARGO_PKG_VERSION").into(),
             tiers: Vec::new(),
             unhealthy: 0,
+            votes: true,
         };
         let mut info = info;
         let patience = Duration::from_secs(1);
@@ -896,6 +897,8 @@ async fn deliver(shared: &Shared, message: Message) {
             },
             crate::now_ms(),
         );
+        let mut fatal = fatal;
+        fatal.decision = ended.decision.take();
         (ended, reply, kind) = (fatal, r, Kind::Failed);
     }
     match end(shared, id, &ended, revision).await {
@@ -1091,7 +1094,9 @@ impl Finished {
     }
 }
 
-type Running = std::pin::Pin<Box<dyn Future<Output = Result<Finished, String>> + Send>>;
+/// An attempt running on this node's runtime: how it ended, or the outcome it ended with
+/// before it could run (refused, stopped).
+type Running = std::pin::Pin<Box<dyn Future<Output = Result<Finished, Outcome>> + Send>>;
 
 /// Runs attempt `started` of task `id` on the local runtime (a decision among its agents
 /// when `decide` says so), keeping the delivery alive with in-progress acks, and stopping it
@@ -1116,8 +1121,9 @@ async fn run(
         max_attempts: 1,
         ..spec.clone()
     };
-    let refused = |e: colony_runtime::Error| {
-        let error = format!("node {}: {e}", shared.name);
+    let name = shared.name.clone();
+    let refused = move |e: colony_runtime::Error| {
+        let error = format!("node {name}: {e}");
         match e {
             // The task itself is refused (its payload over this runtime's limit, say): no
             // node of this configuration would take it.
@@ -1126,32 +1132,34 @@ async fn run(
             _ => Outcome::Retryable { error, agent: None },
         }
     };
+    let lost = {
+        let name = shared.name.clone();
+        move |e: colony_runtime::Error| Outcome::Retryable {
+            error: format!("node {name}: {e}"),
+            agent: None,
+        }
+    };
     let (work, mut pending): (Work, Running) = match decide {
         None => match shared.handle.submit_notify(local).await {
             Ok(pending) => (
                 Work::Task(pending.id),
-                Box::pin(async move {
-                    pending
-                        .await
-                        .map(Finished::of_task)
-                        .map_err(|e| e.to_string())
-                }),
+                Box::pin(async move { pending.await.map(Finished::of_task).map_err(lost) }),
             ),
             Err(e) => return Some((refused(e), revision, None)),
         },
-        Some(decide) => match shared.handle.decide(local, decide.vote()).await {
-            Ok(voting) => (
+        // Seated (which may wait for room on this runtime) and counted while the delivery
+        // is kept alive below, so a wait for room is acked, fenced and handed back too.
+        Some(decide) => {
+            let handle = shared.handle.clone();
+            (
                 Work::Decision,
                 Box::pin(async move {
-                    voting
-                        .outcome()
-                        .await
-                        .map(|decided| Finished::of_decision(&decided))
-                        .map_err(|e| e.to_string())
+                    let voting = handle.decide(local, decide.vote()).await.map_err(refused)?;
+                    let decided = voting.outcome().await.map_err(lost)?;
+                    Ok(Finished::of_decision(&decided))
                 }),
-            ),
-            Err(e) => return Some((refused(e), revision, None)),
-        },
+            )
+        }
     };
     // Stops the attempt: a task is cancelled on the runtime (and ends as such); a decision
     // is dropped, which cancels its ballots still out.
@@ -1177,7 +1185,7 @@ async fn run(
     let lazy = tokio::time::sleep(lease::LAZY_LEASE.min(every));
     let mut lazy = std::pin::pin!(lazy);
     let (mut handing_back, mut fenced) = (false, false);
-    let stopped = || Err("the attempt was stopped".to_owned());
+    let stopped = || Err(Outcome::HandBack);
     let finished = loop {
         tokio::select! {
             done = &mut pending => break done,
@@ -1241,10 +1249,7 @@ async fn run(
     let finished = match finished {
         Ok(f) => f,
         Err(_) if handing_back => return Some((Outcome::HandBack, revision, None)),
-        Err(e) => {
-            let error = format!("node {}: {e}", shared.name);
-            return Some((Outcome::Retryable { error, agent: None }, revision, None));
-        }
+        Err(outcome) => return Some((outcome, revision, None)),
     };
     let agent = finished.agent.map(|a| u64::from(a.0));
     let outcome = match finished.state {

@@ -60,14 +60,30 @@ impl Decide {
         }
     }
 
+    /// Refuses what every node's runtime would refuse, so that such a vote is refused when
+    /// sent rather than tried on node after node.
     fn check(&self) -> Result<(), String> {
-        if self.voters == 0 || self.voters as usize > MAX_PARTICIPANTS {
+        let n = self.voters;
+        if n == 0 || n as usize > MAX_PARTICIPANTS {
+            return Err(format!("{n} voters asked: allowed 1..={MAX_PARTICIPANTS}"));
+        }
+        self.options.validate().map_err(|e| e.to_string())?;
+        let protocol = self.options.protocol;
+        if self.reputation && !matches!(protocol, Protocol::Weighted | Protocol::Confidence) {
             return Err(format!(
-                "{} voters asked: allowed 1..={MAX_PARTICIPANTS}",
-                self.voters
+                "weights by reputation are counted by the weighted and confidence protocols, not by {protocol}"
             ));
         }
-        self.options.validate().map_err(|e| e.to_string())
+        match (protocol, self.options.faults) {
+            (Protocol::Bft, Some(f)) if f > (n - 1) / 3 => Err(format!(
+                "bft tolerates at most (n-1)/3 = {} faulty voters of {n}, and {f} are asked",
+                (n - 1) / 3
+            )),
+            (Protocol::Leader, _) if n < 2 => Err(format!(
+                "leader needs 2 voters or more (a proposer and a reviewer), and {n} is asked"
+            )),
+            _ => Ok(()),
+        }
     }
 }
 

@@ -883,11 +883,16 @@ async fn a_vote_is_decided_once_by_the_node_that_takes_it() {
         )
         .await
         .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
     loop {
         if let TaskView::Row(row) = client.task(handed.id).await.unwrap() {
             assert_eq!(row.state, TaskState::Running);
             break;
         }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the slow node did not start the vote"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let report = node.drain().await;
@@ -1014,17 +1019,78 @@ async fn a_vote_is_decided_once_by_the_node_that_takes_it() {
         "{error}"
     );
 
-    // A decide header no node can read fails its task once, naming the header.
+    // What no node's runtime would take is refused when sent.
     let mut bad = majority(3);
     bad.voters = 0;
+    let reputed = Decide {
+        reputation: true,
+        ..majority(3)
+    };
+    let one_leader = Decide {
+        options: DecisionOptions {
+            protocol: Protocol::Leader,
+            ..DecisionOptions::default()
+        },
+        ..majority(1)
+    };
+    for (how, said) in [
+        (bad, "0 voters asked"),
+        (reputed, "counted by the weighted and confidence protocols"),
+        (one_leader, "leader needs 2 voters or more"),
+    ] {
+        let err = client
+            .submit_decided(&task(Some("voter"), "1".into(), 1), &how, None)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(said), "{err}");
+    }
+    // A decide header no node can read (sent past the client) fails its task once, naming
+    // the header.
+    let js = async_nats::jetstream::new(async_nats::connect(server.url()).await.unwrap());
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert("Nats-Msg-Id", "raw-bad-vote");
+    headers.insert("Colony-Role", "voter");
+    headers.insert("Colony-Decide", r#"{"voters":0,"options":{}}"#);
+    let raw = js
+        .publish_with_headers("colony.tasks.voter.p5", headers, "1".into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let row = wait(raw.sequence).await;
+    assert_eq!((row.state, row.attempt), (TaskState::Failed, 0), "{row:?}");
+    let error = row.error.unwrap();
+    assert!(
+        error.contains("unreadable") && error.contains("header Colony-Decide: 0 voters"),
+        "{error}"
+    );
+    // A node from before votes crossed the cluster would run a vote as a plain task: while
+    // one serves the role, votes for it are refused, naming it.
+    let nodes = js.get_key_value("colony_nodes").await.unwrap();
+    let old = serde_json::json!({
+        "name": "old", "roles": ["voter"], "agents": 4, "running": 0, "ended": 0,
+        "fenced": 0, "draining": false, "started-ms": 1, "at-ms": 1, "version": "0.0.9"
+    });
+    nodes.put("old", old.to_string().into()).await.unwrap();
     let err = client
-        .submit_decided(&task(Some("voter"), "1".into(), 1), &bad, None)
+        .submit_decided(&task(Some("voter"), "1".into(), 1), &majority(3), None)
         .await
         .unwrap_err()
         .to_string();
-    assert!(err.contains("0 voters asked"), "{err}");
+    assert!(
+        err.contains("node old serves role `voter` but runs a colony that decides no vote"),
+        "{err}"
+    );
+    nodes.delete("old").await.unwrap();
 
-    node.drain().await;
+    let report = node.drain().await;
+    // The six votes, the handed-back one and the one with too many voters: each once.
+    assert_eq!(
+        (report.succeeded, report.dead_lettered, report.fenced),
+        (7, 1, 0),
+        "{report:?}"
+    );
     flaky_node.drain().await;
     fast.shutdown().await;
     flaky.shutdown().await;

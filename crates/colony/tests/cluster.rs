@@ -430,8 +430,8 @@ fn a_node_killed_mid_decision_leaves_it_to_another_decided_once() {
         let mut a = NodeProc::start(dir.path(), &url, "a", "1");
         let b = NodeProc::start(dir.path(), &url, "b", "1");
         rt.block_on(wait_for_nodes(&cluster, 2));
-        // Six decisions of three 1.5 s ballots on one node of four agents queue for a while:
-        // a timeout they all fit in.
+        // Six decisions of three 2.5 s ballots (long enough that a's cannot end before the
+        // kill) on one node of four agents queue for a while: a timeout they all fit in.
         let decide = Decide {
             voters: 3,
             options: DecisionOptions {
@@ -443,7 +443,7 @@ fn a_node_killed_mid_decision_leaves_it_to_another_decided_once() {
         let ids: Vec<u64> = rt.block_on(async {
             let mut ids = Vec::new();
             for n in 0..6 {
-                let mut spec = TaskSpec::with_payload(format!("{{\"n\":{n},\"sleep\":1.5}}"));
+                let mut spec = TaskSpec::with_payload(format!("{{\"n\":{n},\"sleep\":2.5}}"));
                 spec.requirement.role = Some("sh".into());
                 ids.push(
                     cluster
@@ -1174,6 +1174,10 @@ fn serve_over_the_cluster_takes_tasks_and_one_server_leads_the_scaling() {
         body.contains("decide.weights weighs pools by index"),
         "{body}"
     );
+    let reputed = r#"{"payload": 1, "decide": {"voters": 3, "reputation": true}}"#;
+    let (code, body) = send(port, "POST", "/v1/tasks", &[], reputed);
+    assert_eq!(code, 422, "{body}");
+    assert!(body.contains("weighted and confidence protocols"), "{body}");
     let (code, body) = send(
         port,
         "POST",
