@@ -1038,21 +1038,13 @@ impl Finished {
     /// success-shaped answer without a winner.
     fn of_decision(decided: &colony_runtime::decision::Decided) -> Self {
         let record = decided.outcome.record();
-        // The last round's: a later round asks the voters again.
-        let counted = record
-            .ballots
-            .iter()
-            .filter(|b| {
-                b.status == colony_core::decision::Status::Counted && b.ballot.round == record.round
-            })
-            .count();
         let winner = decided.outcome.winner();
         let reason = decided.outcome.reason().map(|r| r.as_str().to_owned());
         let summary = DecisionSummary {
             protocol: record.protocol,
             voters: u32::try_from(decided.voters.len()).unwrap_or(u32::MAX),
             asked: decided.asked,
-            counted: u32::try_from(counted).unwrap_or(u32::MAX),
+            counted: u32::try_from(decided.counted()).unwrap_or(u32::MAX),
             participation: record.participation,
             support: winner.map(|w| w.support),
             margin: winner.map(|w| w.margin),
@@ -1060,22 +1052,11 @@ impl Finished {
             reason: reason.clone(),
         };
         let Some(winner) = winner else {
-            let round = match record.round {
-                0 => String::new(),
-                r => format!(" in round {r}"),
-            };
+            let failure = decided.failure().unwrap_or_default();
             return Self {
                 state: TaskState::Failed,
                 output: None,
-                error: Some(
-                    format!(
-                        "the decision failed: {} ({counted} of {} voters' ballots counted{round}, participation {:.2})",
-                        reason.as_deref().unwrap_or("unknown"),
-                        decided.voters.len(),
-                        record.participation
-                    )
-                    .into(),
-                ),
+                error: Some(format!("the decision failed: {failure}").into()),
                 agent: None,
                 decision: Some(Box::new(summary)),
             };
@@ -1084,11 +1065,7 @@ impl Finished {
             state: TaskState::Succeeded,
             output: Some(bytes::Bytes::from(winner.representative.to_string())),
             error: None,
-            agent: decided
-                .voters
-                .iter()
-                .map(|v| v.agent)
-                .find(|a| winner.voters.contains(a)),
+            agent: decided.winner_agent(),
             decision: Some(Box::new(summary)),
         }
     }

@@ -67,6 +67,22 @@ fn task(role: Option<&str>, payload: String, max_attempts: u32) -> TaskSpec {
     }
 }
 
+/// Waits until task `id` has a record, which says it runs (a slow node wrote its lease).
+async fn until_running(client: &Cluster, id: u64) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        if let TaskView::Row(row) = client.task(id).await.unwrap() {
+            assert_eq!(row.state, TaskState::Running);
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "task {id} did not start within 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_task_ends_once_across_two_nodes() {
     let dir = tempfile::tempdir().unwrap();
@@ -156,13 +172,7 @@ async fn a_draining_node_hands_back_without_costing_an_attempt() {
         .collect();
     let submitted = client.submit(&specs, None).await.unwrap();
     for s in &submitted {
-        loop {
-            if let TaskView::Row(row) = client.task(s.id).await.unwrap() {
-                assert_eq!(row.state, TaskState::Running);
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        until_running(&client, s.id).await;
     }
     let report = node.drain().await;
     assert_eq!(report.handed_back, 4, "{report:?}");
@@ -883,18 +893,7 @@ async fn a_vote_is_decided_once_by_the_node_that_takes_it() {
         )
         .await
         .unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        if let TaskView::Row(row) = client.task(handed.id).await.unwrap() {
-            assert_eq!(row.state, TaskState::Running);
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the slow node did not start the vote"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    until_running(&client, handed.id).await;
     let report = node.drain().await;
     assert_eq!(report.handed_back, 1, "{report:?}");
     slow.shutdown().await;

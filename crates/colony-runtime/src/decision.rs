@@ -238,6 +238,47 @@ pub struct Decided {
     pub inline: bool,
 }
 
+impl Decided {
+    /// Ballots counted in the deciding (or last) round: a later round asks the voters again.
+    pub fn counted(&self) -> usize {
+        let record = self.outcome.record();
+        record
+            .ballots
+            .iter()
+            .filter(|b| b.status == decision::Status::Counted && b.ballot.round == record.round)
+            .count()
+    }
+
+    /// The voter whose output stands for the winner: the earliest seated who voted for it.
+    pub fn winner_agent(&self) -> Option<AgentId> {
+        let winner = self.outcome.winner()?;
+        self.voters
+            .iter()
+            .map(|v| v.agent)
+            .find(|a| winner.voters.contains(a))
+    }
+
+    /// Why it failed, for people: the reason and the ballots counted (`no-quorum (1 of 3
+    /// voters' ballots counted, participation 0.33)`); `None` once decided.
+    pub fn failure(&self) -> Option<String> {
+        if self.outcome.winner().is_some() {
+            return None;
+        }
+        let record = self.outcome.record();
+        let round = match record.round {
+            0 => String::new(),
+            r => format!(" in round {r}"),
+        };
+        Some(format!(
+            "{} ({} of {} voters' ballots counted{round}, participation {:.2})",
+            self.outcome.reason().map_or("unknown", |r| r.as_str()),
+            self.counted(),
+            self.voters.len(),
+            record.participation
+        ))
+    }
+}
+
 /// Whose ballot tasks the journal is asked to accept: a new decision's, or a later call's.
 pub(crate) enum Ballots {
     Open(colony_journal::Opening),

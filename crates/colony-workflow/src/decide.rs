@@ -418,25 +418,10 @@ pub(crate) async fn run(handle: Handle, spec: TaskSpec, vote: Vote, mut checks: 
         }
     };
     let Some(winner) = decided.outcome.winner() else {
-        let reason = decided.outcome.reason().map_or("unknown", |r| r.as_str());
-        let record = decided.outcome.record();
-        // The last round's: a later round asks the voters again.
-        let counted = record
-            .ballots
-            .iter()
-            .filter(|b| {
-                b.status == colony_core::decision::Status::Counted && b.ballot.round == record.round
-            })
-            .count();
-        let round = match record.round {
-            0 => String::new(),
-            r => format!(" in round {r}"),
-        };
+        let failure = decided.failure().unwrap_or_default();
         return Ended {
             result: Err(format!(
-                "the decision failed: {reason} ({counted} of {} voters' ballots counted{round}, participation {:.2}; the ballots are in its result file)",
-                decided.voters.len(),
-                record.participation
+                "the decision failed: {failure}; the ballots are in its result file"
             )),
             ballots: decided.asked,
             decided: Some(decided),
@@ -445,11 +430,7 @@ pub(crate) async fn run(handle: Handle, spec: TaskSpec, vote: Vote, mut checks: 
     };
     // The representative is the output of the earliest voter, in the order seated, that
     // voted for the winner.
-    let agent = decided
-        .voters
-        .iter()
-        .map(|v| v.agent)
-        .find(|a| winner.voters.contains(a));
+    let agent = decided.winner_agent();
     let output = Bytes::from(winner.representative.to_string());
     let result = if checks.is_empty() {
         Ok(output)
