@@ -67,6 +67,17 @@ fn task(role: Option<&str>, payload: String, max_attempts: u32) -> TaskSpec {
     }
 }
 
+/// A node named `name` over `runtime`, joined to `server`'s cluster.
+async fn join(server: &NatsServer, runtime: &Runtime, name: &str) -> Node {
+    Node::start(
+        cluster(server).await,
+        runtime.handle().clone(),
+        options(name),
+    )
+    .await
+    .unwrap()
+}
+
 /// Waits until task `id` has a record, which says it runs (a slow node wrote its lease).
 async fn until_running(client: &Cluster, id: u64) {
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
@@ -93,12 +104,8 @@ async fn every_task_ends_once_across_two_nodes() {
         runtime("worker", 16, Duration::from_millis(1)).await,
         runtime("worker", 16, Duration::from_millis(1)).await,
     );
-    let a = Node::start(cluster(&server).await, ra.handle().clone(), options("a"))
-        .await
-        .unwrap();
-    let b = Node::start(cluster(&server).await, rb.handle().clone(), options("b"))
-        .await
-        .unwrap();
+    let a = join(&server, &ra, "a").await;
+    let b = join(&server, &rb, "b").await;
 
     // Half for the role, half for any agent; a tenth submitted twice with the same id.
     let specs: Vec<TaskSpec> = (0..400)
@@ -179,13 +186,7 @@ async fn a_draining_node_hands_back_without_costing_an_attempt() {
     slow.shutdown().await;
 
     let fast = runtime("worker", 4, Duration::from_millis(1)).await;
-    let node = Node::start(
-        cluster(&server).await,
-        fast.handle().clone(),
-        options("fast"),
-    )
-    .await
-    .unwrap();
+    let node = join(&server, &fast, "fast").await;
     for (i, s) in submitted.iter().enumerate() {
         let row = tokio::time::timeout(Duration::from_secs(30), client.wait(s.id))
             .await
@@ -418,9 +419,7 @@ async fn the_records_stream_tells_each_record_as_it_is_written() {
     let server = tokio::task::block_in_place(|| NatsServer::single(dir.path())).unwrap();
     let client = cluster(&server).await;
     let ra = runtime("worker", 4, Duration::from_millis(1)).await;
-    let node = Node::start(cluster(&server).await, ra.handle().clone(), options("a"))
-        .await
-        .unwrap();
+    let node = join(&server, &ra, "a").await;
     let records = client.records().await.unwrap();
     let mut records = Box::pin(records);
     let specs: Vec<TaskSpec> = (0..3)
@@ -462,12 +461,8 @@ async fn a_cancelled_task_stops_where_it_runs_and_a_queued_one_never_runs() {
     let client = cluster(&server).await;
     let slow = runtime("slow", 1, Duration::from_secs(60)).await;
     let fast = runtime("fast", 1, Duration::from_millis(1)).await;
-    let slow_node = Node::start(cluster(&server).await, slow.handle().clone(), options("s"))
-        .await
-        .unwrap();
-    let fast_node = Node::start(cluster(&server).await, fast.handle().clone(), options("f"))
-        .await
-        .unwrap();
+    let slow_node = join(&server, &slow, "s").await;
+    let fast_node = join(&server, &fast, "f").await;
     let specs = [
         task(Some("slow"), "{}".into(), 3),
         task(Some("nobody"), "{}".into(), 3),
@@ -530,9 +525,7 @@ async fn a_cancelled_task_stops_where_it_runs_and_a_queued_one_never_runs() {
     );
     // A node for `nobody` joining later finds nothing to run.
     let late = runtime("nobody", 1, Duration::from_millis(1)).await;
-    let late_node = Node::start(cluster(&server).await, late.handle().clone(), options("l"))
-        .await
-        .unwrap();
+    let late_node = join(&server, &late, "l").await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let report = late_node.drain().await;
     assert_eq!(report.started, 0, "{report:?}");
@@ -683,9 +676,7 @@ async fn a_node_replaces_the_consumer_of_every_priority_and_loses_nothing_it_hel
     assert!(held.next().await.unwrap().is_ok());
 
     let rt = runtime("worker", 2, Duration::from_millis(1)).await;
-    let node = Node::start(cluster(&server).await, rt.handle().clone(), options("new"))
-        .await
-        .unwrap();
+    let node = join(&server, &rt, "new").await;
     let row = tokio::time::timeout(Duration::from_secs(20), client.wait(submitted[0].id))
         .await
         .expect("the held task ends")
@@ -720,9 +711,7 @@ async fn every_node_lists_its_own_agents_when_asked() {
     )
     .await
     .unwrap();
-    let b = Node::start(cluster(&server).await, rb.handle().clone(), options("b"))
-        .await
-        .unwrap();
+    let b = join(&server, &rb, "b").await;
     let workers = |role: &str| AgentQuery {
         role: Some(role.into()),
         limit: Some(1000),
@@ -834,9 +823,7 @@ async fn every_node_lists_its_own_agents_when_asked() {
     // A node listed that does not answer (dropped without a drain: its heartbeat lives
     // until its TTL) is named, not left out.
     let rc = runtime("gamma", 2, Duration::from_millis(1)).await;
-    let c = Node::start(cluster(&server).await, rc.handle().clone(), options("c"))
-        .await
-        .unwrap();
+    let c = join(&server, &rc, "c").await;
     drop(c);
     let answers = client.agents(None, &AgentQuery::default()).await.unwrap();
     let names: Vec<&str> = answers.iter().map(|n| n.node.as_str()).collect();
@@ -899,13 +886,7 @@ async fn a_vote_is_decided_once_by_the_node_that_takes_it() {
     slow.shutdown().await;
 
     let fast = runtime("voter", 5, Duration::from_millis(1)).await;
-    let node = Node::start(
-        cluster(&server).await,
-        fast.handle().clone(),
-        options("fast"),
-    )
-    .await
-    .unwrap();
+    let node = join(&server, &fast, "fast").await;
     let flaky = {
         let sim = Sim::new(SimOptions {
             error_rate: 1.0,
@@ -921,13 +902,7 @@ async fn a_vote_is_decided_once_by_the_node_that_takes_it() {
         .await
         .unwrap()
     };
-    let flaky_node = Node::start(
-        cluster(&server).await,
-        flaky.handle().clone(),
-        options("flaky"),
-    )
-    .await
-    .unwrap();
+    let flaky_node = join(&server, &flaky, "flaky").await;
     let bft = Decide {
         options: DecisionOptions {
             protocol: Protocol::Bft,
