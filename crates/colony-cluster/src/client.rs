@@ -5,7 +5,7 @@ use crate::{
     Error,
     membership::{self, NodeInfo},
     settings::{self, Settings},
-    wire::{Decide, Row, TaskMessage},
+    wire::{Decide, Row, TaskMessage, Together},
 };
 use async_nats::jetstream::{self, context::PublishAckFuture, kv, stream::Stream};
 use colony_core::task::{TaskSpec, TaskState};
@@ -208,18 +208,56 @@ impl Cluster {
         decide: &Decide,
         id: Option<String>,
     ) -> Result<Submitted, Error> {
+        self.submit_together(spec, &Together::Vote(*decide), id)
+            .await
+    }
+
+    /// Submits a task worked by a team: the node that takes it forms `team` among its own
+    /// agents and runs its steps, and the last step's output is the task's (a team that
+    /// fails, its members' failures past its reassignments, fails the task with the reason).
+    /// The task goes to the nodes of its own role, else of the team's first role. Accepted
+    /// as [`Cluster::submit`]'s tasks are; `id` is the idempotency id, random when `None`.
+    pub async fn submit_team(
+        &self,
+        spec: &TaskSpec,
+        team: colony_runtime::team::Team,
+        id: Option<String>,
+    ) -> Result<Submitted, Error> {
+        let mut spec = spec.clone();
+        if spec.requirement.role.is_none() {
+            spec.requirement.role = team.roles.first().and_then(|r| r.requirement.role.clone());
+        }
+        self.submit_together(&spec, &Together::Team(Box::new(team)), id)
+            .await
+    }
+
+    async fn submit_together(
+        &self,
+        spec: &TaskSpec,
+        together: &Together,
+        id: Option<String>,
+    ) -> Result<Submitted, Error> {
         let id = id.unwrap_or_else(random_id);
-        let message = outgoing(0, spec, &id, Some(decide))?;
-        // A node from before votes crossed the cluster would run it as a plain task and
-        // commit one agent's output as if decided: refused while one serves the role.
+        let message = outgoing(0, spec, &id, Some(together))?;
+        // A node from before votes and teams crossed the cluster would run it as a plain
+        // task and commit one agent's output as if decided or worked: refused while one
+        // serves the role.
+        let what = match together {
+            Together::Vote(_) => "decides no vote",
+            Together::Team(_) => "forms no team",
+        };
+        let can = |n: &NodeInfo| match together {
+            Together::Vote(_) => n.votes,
+            Together::Team(_) => n.teams,
+        };
         let role = spec.requirement.role.as_deref();
         if let Some(old) = membership::list(&self.nodes)
             .await?
             .into_iter()
-            .find(|n| !n.votes && role.is_none_or(|r| n.roles.iter().any(|own| own == r)))
+            .find(|n| !can(n) && role.is_none_or(|r| n.roles.iter().any(|own| own == r)))
         {
             return Err(Error::Task(format!(
-                "node {} serves {} but runs a colony that decides no vote (it would run the task as a plain one): upgrade or drain it before sending votes",
+                "node {} serves {} but runs a colony that {what} (it would run the task as a plain one): upgrade or drain it first",
                 old.name,
                 role.map_or_else(|| "tasks of any role".to_owned(), |r| format!("role `{r}`"))
             )));
@@ -363,6 +401,7 @@ impl Cluster {
                         key: None,
                         at_ms: crate::now_ms(),
                         decision: None,
+                        team: None,
                         output: None,
                     };
                     let written = self
@@ -628,7 +667,7 @@ fn outgoing(
     i: usize,
     spec: &TaskSpec,
     id: &str,
-    decide: Option<&Decide>,
+    together: Option<&Together>,
 ) -> Result<Outgoing, Error> {
     if let Some(role) = &spec.requirement.role {
         settings::check_role(role)?;
@@ -649,7 +688,7 @@ fn outgoing(
             settings::MAX_KEY
         )));
     }
-    let headers = TaskMessage::headers(spec, id, decide).map_err(Error::Task)?;
+    let headers = TaskMessage::headers(spec, id, together).map_err(Error::Task)?;
     let subject = settings::subject(spec.requirement.role.as_deref(), spec.priority.get());
     Ok((subject, headers, spec.payload.clone()))
 }

@@ -80,6 +80,7 @@ pub fn on_delivery(
         key: spec.key.as_deref().map(str::to_owned),
         at_ms: now_ms,
         decision: None,
+        team: None,
         output: None,
     };
     let start = |attempt: u32, charged: u32| Step::Start(running(attempt, charged));

@@ -40,6 +40,9 @@ pub struct NodeInfo {
     /// crossed the cluster does not say so, and would run such a task as a plain one.
     #[serde(default)]
     pub votes: bool,
+    /// It forms the teams of the tasks that carry one (`Colony-Team`); as for `votes`.
+    #[serde(default)]
+    pub teams: bool,
 }
 
 /// One tier of a node's hierarchy: its agents, and those down (crashed, waiting for a

@@ -8,7 +8,7 @@ use crate::{
     lease::{self, Outcome, Reply, Step},
     membership::{self, NodeInfo},
     settings::{self, MAX_ERROR, MAX_RECORD},
-    wire::{Decide, DecisionSummary, Row, TaskMessage},
+    wire::{DecisionSummary, Row, TaskMessage, TeamSummary, Together},
 };
 use async_nats::jetstream::{
     AckKind, Message,
@@ -255,6 +255,7 @@ impl Node {
             tiers: Vec::new(),
             unhealthy: 0,
             votes: true,
+            teams: true,
         };
         let mut info = info;
         let patience = Duration::from_secs(1);
@@ -818,8 +819,8 @@ async fn deliver(shared: &Shared, message: Message) {
     };
     let tasks = &shared.cluster.tasks;
     let read = TaskMessage::spec(message.headers.as_ref(), message.payload.clone())
-        .and_then(|spec| Ok((spec, TaskMessage::decide(message.headers.as_ref())?)));
-    let (spec, decide) = match read {
+        .and_then(|spec| Ok((spec, TaskMessage::together(message.headers.as_ref())?)));
+    let (spec, together) = match read {
         Ok(read) => read,
         Err(problem) => {
             // A message no node can read fails its task once, for good.
@@ -834,6 +835,7 @@ async fn deliver(shared: &Shared, message: Message) {
                 key: None,
                 at_ms: crate::now_ms(),
                 decision: None,
+                team: None,
                 output: None,
             };
             // Acked only once a record says how it ended (this one, or another node's).
@@ -863,8 +865,8 @@ async fn deliver(shared: &Shared, message: Message) {
         }
     };
     shared.counters.add(Kind::Started);
-    let Some((outcome, revision, decision)) =
-        run(shared, &message, &spec, decide, id, &started, revision).await
+    let Some((outcome, revision, summaries)) =
+        run(shared, &message, &spec, together, id, &started, revision).await
     else {
         shared.counters.add(lost(shared, id).await);
         return;
@@ -880,7 +882,7 @@ async fn deliver(shared: &Shared, message: Message) {
     if let Some(error) = &mut ended.error {
         *error = colony_core::text::shorten(error, MAX_ERROR);
     }
-    ended.decision = decision;
+    (ended.decision, ended.team) = (summaries.decision, summaries.team);
     let mut kind = kind;
     if ended.encode().len() > MAX_RECORD {
         // The record cannot hold it (a long key with a large output): failed for good,
@@ -899,6 +901,7 @@ async fn deliver(shared: &Shared, message: Message) {
         );
         let mut fatal = fatal;
         fatal.decision = ended.decision.take();
+        fatal.team = ended.team.take();
         (ended, reply, kind) = (fatal, r, Kind::Failed);
     }
     match end(shared, id, &ended, revision).await {
@@ -1006,11 +1009,18 @@ async fn take_lease(
     None
 }
 
-/// What an attempt runs on this node's runtime: the task itself, or a decision among this
-/// node's agents.
+/// What an attempt runs on this node's runtime: the task itself, or the work of several of
+/// its agents (a vote, a team).
 enum Work {
     Task(colony_core::TaskId),
-    Decision,
+    Together,
+}
+
+/// How the work of several agents went, for the task's record.
+#[derive(Default)]
+struct Summaries {
+    decision: Option<Box<DecisionSummary>>,
+    team: Option<Box<TeamSummary>>,
 }
 
 /// How an attempt ended on this node's runtime.
@@ -1019,7 +1029,7 @@ struct Finished {
     output: Option<bytes::Bytes>,
     error: Option<Arc<str>>,
     agent: Option<colony_core::AgentId>,
-    decision: Option<Box<DecisionSummary>>,
+    summaries: Summaries,
 }
 
 impl Finished {
@@ -1029,7 +1039,50 @@ impl Finished {
             output: c.output,
             error: c.error,
             agent: c.agent,
-            decision: None,
+            summaries: Summaries::default(),
+        }
+    }
+
+    /// A team's end as the task's: its last step's output, or a failure naming why.
+    fn of_team(teamed: &colony_runtime::team::Teamed) -> Self {
+        let count = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+        let summary = TeamSummary {
+            members: count(teamed.formed.len()),
+            together: teamed.together,
+            steps: count(teamed.steps.len()),
+            asks: teamed.tasks,
+            reassigned: count(teamed.reassigned.len()),
+        };
+        let summaries = Summaries {
+            team: Some(Box::new(summary)),
+            ..Summaries::default()
+        };
+        let agent = teamed
+            .steps
+            .last()
+            .and_then(|s| s.asks.last())
+            .map(|a| a.agent);
+        match (&teamed.output, &teamed.error) {
+            (Some(output), None) => Self {
+                state: TaskState::Succeeded,
+                output: Some(output.clone()),
+                error: None,
+                agent,
+                summaries,
+            },
+            (_, error) => Self {
+                state: TaskState::Failed,
+                output: None,
+                error: Some(
+                    format!(
+                        "the team failed: {}",
+                        error.as_deref().unwrap_or("it ended without an output")
+                    )
+                    .into(),
+                ),
+                agent,
+                summaries,
+            },
         }
     }
 
@@ -1058,7 +1111,10 @@ impl Finished {
                 output: None,
                 error: Some(format!("the decision failed: {failure}").into()),
                 agent: None,
-                decision: Some(Box::new(summary)),
+                summaries: Summaries {
+                    decision: Some(Box::new(summary)),
+                    ..Summaries::default()
+                },
             };
         };
         Self {
@@ -1066,7 +1122,10 @@ impl Finished {
             output: Some(bytes::Bytes::from(winner.representative.to_string())),
             error: None,
             agent: decided.winner_agent(),
-            decision: Some(Box::new(summary)),
+            summaries: Summaries {
+                decision: Some(Box::new(summary)),
+                ..Summaries::default()
+            },
         }
     }
 }
@@ -1075,24 +1134,25 @@ impl Finished {
 /// before it could run (refused, stopped).
 type Running = std::pin::Pin<Box<dyn Future<Output = Result<Finished, Outcome>> + Send>>;
 
-/// Runs attempt `started` of task `id` on the local runtime (a decision among its agents
-/// when `decide` says so), keeping the delivery alive with in-progress acks, and stopping it
-/// when the node hands back. A lease not written yet (a first delivery) is written once the
-/// attempt has run [`lease::LAZY_LEASE`]; if another node wrote first, the attempt is
-/// stopped and `None` returned: it is fenced. Else the outcome, the revision of the lease if
-/// it was written, and how a decision went.
+/// Runs attempt `started` of task `id` on the local runtime (a decision among its agents,
+/// or a team formed of them, when `together` says so), keeping the delivery alive with
+/// in-progress acks, and stopping it when the node hands back. A lease not written yet (a
+/// first delivery) is written once the attempt has run [`lease::LAZY_LEASE`]; if another
+/// node wrote first, the attempt is stopped and `None` returned: it is fenced. Else the
+/// outcome, the revision of the lease if it was written, and how a vote or team went.
 async fn run(
     shared: &Shared,
     message: &Message,
     spec: &TaskSpec,
-    decide: Option<Decide>,
+    together: Option<Together>,
     id: u64,
     started: &Row,
     mut revision: Option<u64>,
-) -> Option<(Outcome, Option<u64>, Option<Box<DecisionSummary>>)> {
+) -> Option<(Outcome, Option<u64>, Summaries)> {
+    let none = Summaries::default;
     // Fetched as the node began to hand back: given back at once.
     if *shared.phase.borrow() == Phase::HandingBack {
-        return Some((Outcome::HandBack, revision, None));
+        return Some((Outcome::HandBack, revision, none()));
     }
     let local = TaskSpec {
         max_attempts: 1,
@@ -1105,7 +1165,8 @@ async fn run(
             // The task itself is refused (its payload over this runtime's limit, say): no
             // node of this configuration would take it.
             colony_runtime::Error::Task(_) => Outcome::Fatal { error, agent: None },
-            // Too few agents here to seat the voters, say: another node may have them.
+            // Too few agents here to seat the voters or form the team, say: another node may
+            // have them.
             _ => Outcome::Retryable { error, agent: None },
         }
     };
@@ -1116,35 +1177,42 @@ async fn run(
             agent: None,
         }
     };
-    let (work, mut pending): (Work, Running) = match decide {
+    let handle = shared.handle.clone();
+    let (work, mut pending): (Work, Running) = match together {
         None => match shared.handle.submit_notify(local).await {
             Ok(pending) => (
                 Work::Task(pending.id),
                 Box::pin(async move { pending.await.map(Finished::of_task).map_err(lost) }),
             ),
-            Err(e) => return Some((refused(e), revision, None)),
+            Err(e) => return Some((refused(e), revision, none())),
         },
         // Seated (which may wait for room on this runtime) and counted while the delivery
         // is kept alive below, so a wait for room is acked, fenced and handed back too.
-        Some(decide) => {
-            let handle = shared.handle.clone();
-            (
-                Work::Decision,
-                Box::pin(async move {
-                    let voting = handle.decide(local, decide.vote()).await.map_err(refused)?;
-                    let decided = voting.outcome().await.map_err(lost)?;
-                    Ok(Finished::of_decision(&decided))
-                }),
-            )
-        }
+        Some(Together::Vote(decide)) => (
+            Work::Together,
+            Box::pin(async move {
+                let voting = handle.decide(local, decide.vote()).await.map_err(refused)?;
+                let decided = voting.outcome().await.map_err(lost)?;
+                Ok(Finished::of_decision(&decided))
+            }),
+        ),
+        // Formed and worked the same way. A team that formed and then failed is its end,
+        // not an error.
+        Some(Together::Team(team)) => (
+            Work::Together,
+            Box::pin(async move {
+                let teamed = handle.team(local, *team).await.map_err(refused)?;
+                Ok(Finished::of_team(&teamed))
+            }),
+        ),
     };
-    // Stops the attempt: a task is cancelled on the runtime (and ends as such); a decision
-    // is dropped, which cancels its ballots still out.
+    // Stops the attempt: a task is cancelled on the runtime (and ends as such); a vote or a
+    // team is dropped, which cancels its tasks still out.
     let stop = |work: &Work| {
         let handle = shared.handle.clone();
         let task = match work {
             Work::Task(task) => Some(*task),
-            Work::Decision => None,
+            Work::Together => None,
         };
         async move {
             match task {
@@ -1225,8 +1293,8 @@ async fn run(
     }
     let finished = match finished {
         Ok(f) => f,
-        Err(_) if handing_back => return Some((Outcome::HandBack, revision, None)),
-        Err(outcome) => return Some((outcome, revision, None)),
+        Err(_) if handing_back => return Some((Outcome::HandBack, revision, none())),
+        Err(outcome) => return Some((outcome, revision, none())),
     };
     let agent = finished.agent.map(|a| u64::from(a.0));
     let outcome = match finished.state {
@@ -1255,7 +1323,7 @@ async fn run(
             agent,
         },
     };
-    Some((outcome, revision, finished.decision))
+    Some((outcome, revision, finished.summaries))
 }
 
 fn error_text(error: Option<Arc<str>>) -> String {

@@ -7,7 +7,7 @@ use colony_core::{
     decision::{DecisionOptions, MAX_PARTICIPANTS, Protocol},
     task::{MAX_TIMEOUT, Priority, Requirement, TaskSpec, TaskState},
 };
-use colony_runtime::decision::Vote;
+use colony_runtime::{decision::Vote, team::Team};
 use serde::{Deserialize, Serialize};
 use std::{sync::Arc, time::Duration};
 
@@ -19,6 +19,17 @@ const PRIORITY: &str = "Colony-Priority";
 const TIMEOUT_MS: &str = "Colony-Timeout-Ms";
 const MAX_ATTEMPTS: &str = "Colony-Max-Attempts";
 const DECIDE: &str = "Colony-Decide";
+const TEAM: &str = "Colony-Team";
+/// The most a team's settings may take in their header.
+pub(crate) const MAX_TEAM_HEADER: usize = 64 * 1024;
+
+/// A task worked by several agents of the node that takes it: decided by their vote, or
+/// worked by a team formed for it.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Together {
+    Vote(Decide),
+    Team(Box<Team>),
+}
 
 /// A task decided by vote: how, as it crosses NATS in the `Colony-Decide` header. The node
 /// that takes the task seats the voters among its own agents (distinct workers that can run
@@ -87,6 +98,23 @@ impl Decide {
     }
 }
 
+/// How a team went, kept in its task's record: its size and work, without its members'
+/// asks (which stay on the node that formed it).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct TeamSummary {
+    /// Members when formed.
+    pub members: u32,
+    /// Whether every member was a worker of one supervisor.
+    pub together: bool,
+    /// Steps run (some may be cut short by a failure).
+    pub steps: u32,
+    /// Tasks asked in all, delegations and reassignments included.
+    pub asks: u32,
+    /// Members replaced after they failed.
+    pub reassigned: u32,
+}
+
 /// How a decision went, kept in its task's record: enough to see its margin and dissent
 /// without the ballots (which stay on the node that counted them).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -123,7 +151,7 @@ impl TaskMessage {
     pub fn headers(
         spec: &TaskSpec,
         id: &str,
-        decide: Option<&Decide>,
+        together: Option<&Together>,
     ) -> Result<async_nats::HeaderMap, String> {
         let mut headers = async_nats::HeaderMap::new();
         let text = |what: &str, value: &str| {
@@ -152,25 +180,62 @@ impl TaskMessage {
         headers.insert(PRIORITY, spec.priority.get().to_string().as_str());
         headers.insert(TIMEOUT_MS, spec.timeout.as_millis().to_string().as_str());
         headers.insert(MAX_ATTEMPTS, spec.max_attempts.to_string().as_str());
-        if let Some(decide) = decide {
-            decide.check()?;
-            let json = serde_json::to_string(decide).map_err(|e| e.to_string())?;
-            headers.insert(DECIDE, json.as_str());
+        match together {
+            Some(Together::Vote(decide)) => {
+                decide.check()?;
+                let json = serde_json::to_string(decide).map_err(|e| e.to_string())?;
+                headers.insert(DECIDE, json.as_str());
+            }
+            Some(Together::Team(team)) => {
+                team.validate().map_err(|e| e.to_string())?;
+                let json = serde_json::to_string(team).map_err(|e| e.to_string())?;
+                if json.len() > MAX_TEAM_HEADER {
+                    return Err(format!(
+                        "the team's settings take {} bytes, over the {MAX_TEAM_HEADER} a task's header may: fewer steps, or smaller step inputs",
+                        json.len()
+                    ));
+                }
+                headers.insert(TEAM, json.as_str());
+            }
+            None => {}
         }
         Ok(headers)
     }
 
-    /// How the task a message carries is decided, if it is a vote; or what is wrong with it.
-    pub fn decide(headers: Option<&async_nats::HeaderMap>) -> Result<Option<Decide>, String> {
-        let Some(value) = headers.and_then(|h| h.get(DECIDE)) else {
-            return Ok(None);
+    /// How the task a message carries is worked by several agents (a vote or a team), if it
+    /// is; or what is wrong with it.
+    pub fn together(headers: Option<&async_nats::HeaderMap>) -> Result<Option<Together>, String> {
+        let get = |name: &str| {
+            headers
+                .and_then(|h| h.get(name))
+                .map(|v| v.as_str().to_owned())
         };
-        let decide: Decide =
-            serde_json::from_str(value.as_str()).map_err(|e| format!("header {DECIDE}: {e}"))?;
-        decide
-            .check()
-            .map_err(|e| format!("header {DECIDE}: {e}"))?;
-        Ok(Some(decide))
+        match (get(DECIDE), get(TEAM)) {
+            (None, None) => Ok(None),
+            (Some(_), Some(_)) => Err(format!(
+                "headers {DECIDE} and {TEAM}: a task is decided by vote or worked by a team, not both"
+            )),
+            (Some(value), None) => {
+                let decide: Decide =
+                    serde_json::from_str(&value).map_err(|e| format!("header {DECIDE}: {e}"))?;
+                decide
+                    .check()
+                    .map_err(|e| format!("header {DECIDE}: {e}"))?;
+                Ok(Some(Together::Vote(decide)))
+            }
+            (None, Some(value)) => {
+                if value.len() > MAX_TEAM_HEADER {
+                    return Err(format!(
+                        "header {TEAM}: {} bytes, over the {MAX_TEAM_HEADER} it may take",
+                        value.len()
+                    ));
+                }
+                let team: Team =
+                    serde_json::from_str(&value).map_err(|e| format!("header {TEAM}: {e}"))?;
+                team.validate().map_err(|e| format!("header {TEAM}: {e}"))?;
+                Ok(Some(Together::Team(Box::new(team))))
+            }
+        }
     }
 
     /// The task a message carries, or what is wrong with it.
@@ -260,6 +325,9 @@ pub struct Row {
     /// A task decided by vote: how the decision went.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub decision: Option<Box<DecisionSummary>>,
+    /// A task worked by a team: how the team went.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub team: Option<Box<TeamSummary>>,
     /// The output of a task that succeeded, kept after the JSON line as it is.
     #[serde(skip)]
     pub output: Option<Bytes>,
@@ -370,13 +438,14 @@ mod tests {
             ..Vote::new(7, options)
         };
         let decide = Decide::of(&vote).unwrap();
-        let headers = TaskMessage::headers(&TaskSpec::default(), "x", Some(&decide)).unwrap();
-        let read = TaskMessage::decide(Some(&headers)).unwrap().unwrap();
-        assert_eq!(read, decide);
-        assert_eq!(read.vote(), vote);
+        let vote_of = Together::Vote(decide);
+        let headers = TaskMessage::headers(&TaskSpec::default(), "x", Some(&vote_of)).unwrap();
+        let read = TaskMessage::together(Some(&headers)).unwrap().unwrap();
+        assert_eq!(read, vote_of);
+        assert_eq!(decide.vote(), vote);
         // A plain task is no vote.
         let plain = TaskMessage::headers(&TaskSpec::default(), "x", None).unwrap();
-        assert_eq!(TaskMessage::decide(Some(&plain)).unwrap(), None);
+        assert_eq!(TaskMessage::together(Some(&plain)).unwrap(), None);
         // Pool weights name one runtime's pools: refused, saying so.
         let weighed = Vote {
             pool_weights: vec![2.0],
@@ -392,7 +461,8 @@ mod tests {
             voters: 0,
             ..decide
         };
-        let err = TaskMessage::headers(&TaskSpec::default(), "x", Some(&none)).unwrap_err();
+        let err = TaskMessage::headers(&TaskSpec::default(), "x", Some(&Together::Vote(none)))
+            .unwrap_err();
         assert!(err.contains("0 voters asked"), "{err}");
         for bad in [
             r#"{"voters":0,"options":{}}"#,
@@ -402,9 +472,74 @@ mod tests {
         ] {
             let mut headers = async_nats::HeaderMap::new();
             headers.insert(DECIDE, bad);
-            let err = TaskMessage::decide(Some(&headers)).unwrap_err();
+            let err = TaskMessage::together(Some(&headers)).unwrap_err();
             assert!(err.starts_with("header Colony-Decide: "), "{bad}: {err}");
         }
+    }
+
+    #[test]
+    fn a_team_crosses_in_its_header_bounded_and_never_with_a_vote() {
+        use colony_runtime::team::{Role, Step};
+        let team = Team {
+            roles: vec![Role {
+                name: "coder".into(),
+                requirement: Requirement {
+                    role: Some("coders".into()),
+                    ..Requirement::default()
+                },
+                count: 2,
+            }],
+            steps: vec![Step {
+                id: "code".into(),
+                role: 0,
+                each: true,
+                input: serde_json::json!({"strict": true}).as_object().cloned(),
+            }],
+            reassignments: 3,
+            delegation: 1,
+        };
+        let together = Together::Team(Box::new(team.clone()));
+        let headers = TaskMessage::headers(&TaskSpec::default(), "x", Some(&together)).unwrap();
+        assert_eq!(
+            TaskMessage::together(Some(&headers)).unwrap(),
+            Some(together)
+        );
+        // A vote and a team on one task: named.
+        let mut both = headers.clone();
+        both.insert(DECIDE, r#"{"voters":3,"options":{}}"#);
+        let err = TaskMessage::together(Some(&both)).unwrap_err();
+        assert!(err.contains("not both"), "{err}");
+        // Over its bound, written or read: named.
+        let mut big = team.clone();
+        big.steps[0].input = serde_json::json!({"text": "x".repeat(MAX_TEAM_HEADER)})
+            .as_object()
+            .cloned();
+        let err = TaskMessage::headers(
+            &TaskSpec::default(),
+            "x",
+            Some(&Together::Team(Box::new(big))),
+        )
+        .unwrap_err();
+        assert!(err.contains("over the 65536"), "{err}");
+        let mut huge = async_nats::HeaderMap::new();
+        huge.insert(TEAM, "x".repeat(MAX_TEAM_HEADER + 1).as_str());
+        assert!(
+            TaskMessage::together(Some(&huge))
+                .unwrap_err()
+                .contains("over the")
+        );
+        // What a runtime would refuse: named.
+        let mut bad = async_nats::HeaderMap::new();
+        let none = Team {
+            steps: Vec::new(),
+            ..team
+        };
+        bad.insert(TEAM, serde_json::to_string(&none).unwrap().as_str());
+        let err = TaskMessage::together(Some(&bad)).unwrap_err();
+        assert!(
+            err.starts_with("header Colony-Team: ") && err.contains("0 steps"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -420,6 +555,7 @@ mod tests {
             key: None,
             at_ms: 1,
             decision: None,
+            team: None,
             output: Some(Bytes::from_static(b"line\nnext\0\xff")),
         };
         assert_eq!(Row::decode(&row.encode()).unwrap(), row);

@@ -1069,3 +1069,137 @@ async fn a_vote_is_decided_once_by_the_node_that_takes_it() {
     fast.shutdown().await;
     flaky.shutdown().await;
 }
+
+/// A task worked by a team: it goes to the nodes of the team's first role, and the node that
+/// takes it forms the team among its own agents, runs the steps and commits the last step's
+/// output with how the team went. A team whose members fail fails its task, saying why; one
+/// needing a role its node does not host says so and is dead-lettered once its attempts
+/// are spent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_team_is_formed_and_worked_by_the_node_that_takes_it() {
+    use colony_runtime::team::{Role, Step, Team};
+    let dir = tempfile::tempdir().unwrap();
+    let server = tokio::task::block_in_place(|| NatsServer::single(dir.path())).unwrap();
+    let client = cluster(&server).await;
+    let pool = |role: &str, n: u32, error_rate: f64| {
+        let sim = Sim::new(SimOptions {
+            error_rate,
+            ..SimOptions::default()
+        })
+        .unwrap();
+        Pool::new(AgentSpec::new("sim", role), n, Arc::new(sim))
+    };
+    let rt = Runtime::start(
+        RuntimeOptions::default(),
+        vec![
+            pool("lead", 1, 0.0),
+            pool("hand", 2, 0.0),
+            pool("clumsy", 2, 1.0),
+        ],
+        Arc::new(MemoryJournal::new()),
+    )
+    .await
+    .unwrap();
+    let node = join(&server, &rt, "crew").await;
+    let role = |name: &str, count: u32| Role {
+        name: name.into(),
+        requirement: Requirement {
+            role: Some(name.into()),
+            ..Requirement::default()
+        },
+        count,
+    };
+    let step = |id: &str, role: usize, each: bool| Step {
+        id: id.into(),
+        role,
+        each,
+        input: None,
+    };
+    let team = |hands: &str| Team {
+        roles: vec![role("lead", 1), role(hands, 2)],
+        steps: vec![step("plan", 0, false), step("work", 1, true)],
+        reassignments: 0,
+        delegation: 0,
+    };
+    let spec = |max_attempts: u32| TaskSpec {
+        payload: Bytes::from(r#"{"input":{"job":"build it"}}"#),
+        max_attempts,
+        ..TaskSpec::default()
+    };
+    let wait = |id: u64| {
+        let client = client.clone();
+        async move {
+            tokio::time::timeout(Duration::from_secs(60), client.wait(id))
+                .await
+                .expect("the task ends")
+                .unwrap()
+        }
+    };
+
+    let worked = client
+        .submit_team(&spec(3), team("hand"), None)
+        .await
+        .unwrap();
+    let row = wait(worked.id).await;
+    assert_eq!(
+        (row.state, row.node.as_str()),
+        (TaskState::Succeeded, "crew"),
+        "{row:?}"
+    );
+    // The last step asked each hand: its output is theirs, in seat order.
+    let output: serde_json::Value = serde_json::from_slice(row.output.as_deref().unwrap()).unwrap();
+    assert_eq!(output.as_array().map(Vec::len), Some(2), "{output}");
+    let how = row.team.unwrap();
+    assert_eq!(
+        (how.members, how.steps, how.asks, how.reassigned),
+        (3, 2, 3, 0),
+        "{how:?}"
+    );
+
+    // Members whose every ask fails, and no reassignment allowed: the team fails.
+    let failed = client
+        .submit_team(&spec(3), team("clumsy"), None)
+        .await
+        .unwrap();
+    let row = wait(failed.id).await;
+    assert_eq!((row.state, row.attempt), (TaskState::Failed, 1), "{row:?}");
+    let error = row.error.unwrap();
+    assert!(error.starts_with("the team failed: "), "{error}");
+    assert!(row.team.is_some());
+
+    // A role this node does not host: said, and dead-lettered once its attempt is spent.
+    let unformed = client
+        .submit_team(&spec(1), team("nobody"), None)
+        .await
+        .unwrap();
+    let row = wait(unformed.id).await;
+    assert_eq!(row.state, TaskState::DeadLettered, "{row:?}");
+    let error = row.error.unwrap();
+    assert!(
+        error.contains("node crew:") && error.contains("nobody"),
+        "{error}"
+    );
+
+    // What no runtime would run is refused when sent.
+    let mut empty = team("hand");
+    empty.steps.clear();
+    let err = client
+        .submit_team(&spec(1), empty, None)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("0 steps"), "{err}");
+
+    let report = node.drain().await;
+    assert_eq!(
+        (
+            report.succeeded,
+            report.failed,
+            report.dead_lettered,
+            report.fenced
+        ),
+        (1, 1, 1, 0),
+        "{report:?}"
+    );
+    rt.shutdown().await;
+}

@@ -57,7 +57,8 @@ pub const MAX_STEPS: usize = 64;
 static TEAMS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 /// A role of a team: who may hold it, and how many members hold it.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
 pub struct Role {
     pub name: Arc<str>,
     /// The pools whose workers may hold it.
@@ -66,7 +67,8 @@ pub struct Role {
 }
 
 /// A step of a team's work, asked of its role.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
 pub struct Step {
     pub id: Arc<str>,
     /// Index into [`Team::roles`].
@@ -76,11 +78,13 @@ pub struct Step {
     pub each: bool,
     /// Fields set for this step over the task's input: the payload's `input` object when it
     /// has one, else the payload itself.
+    #[serde(default)]
     pub input: Option<Map<String, Value>>,
 }
 
 /// What a team is: its roles, its steps, and its limits.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
 pub struct Team {
     pub roles: Vec<Role>,
     pub steps: Vec<Step>,
@@ -92,7 +96,7 @@ pub struct Team {
 
 impl Team {
     /// Refuses what cannot run, naming it.
-    fn validate(&self) -> Result<(), Error> {
+    pub fn validate(&self) -> Result<(), Error> {
         let invalid = |why: String| Err(Error::Team(why));
         if self.roles.is_empty() || self.roles.len() > team::MAX_ROLES {
             return invalid(format!(

@@ -9,9 +9,12 @@
 //! used, and while attempts remain the task goes to the cluster again. Results, `run.log`,
 //! `summary.json` and webhooks are a local run's.
 //!
-//! What needs one runtime is refused before anything starts ([`refusals`]): votes, teams,
-//! the message bus, the workflow's memory, paced pools, and checks that read this machine's
-//! files or git checkout while the task runs on a node.
+//! A vote or a team goes as one cluster task carrying its settings, and the node that takes
+//! it seats the voters or forms the team among its own agents. The workflow's memory is this
+//! process's: recalled into a task's input before it goes, written once its output came back
+//! and passed its checks. What needs one runtime is refused before anything starts
+//! ([`refusals`]): votes that weigh pools, the message bus, paced pools, and checks that read
+//! this machine's files or git checkout while the task runs on a node.
 //!
 //! With a run's book ([`Booked`]: `colony run --nats --run-id`), what is sent is written to
 //! the cluster as it goes, and a task the book holds is waited for rather than sent again:
@@ -94,9 +97,6 @@ pub fn refusals(workflow: &Workflow) -> Vec<String> {
         {
             refuse("`decide`", &why);
         }
-        if t.team.is_some() {
-            refuse("`team`", "forms its team among one runtime's agents");
-        }
         if t.wait.is_some() || t.publish.is_some() {
             refuse("`wait` and `publish`", "use one runtime's message bus");
         }
@@ -162,11 +162,11 @@ struct Sending {
 /// A task's recall from the workflow's memory: the memory, the query and how many.
 type Recall = (Arc<crate::memory::Memory>, String, usize);
 
-/// What a task sends to the cluster: its task, how it is decided if by vote, and what the
-/// workflow's memory is asked for it before it goes.
+/// What a task sends to the cluster: its task, how several agents of a node work it if they
+/// do (a vote, a team), and what the workflow's memory is asked for it before it goes.
 struct Going {
     spec: TaskSpec,
-    decide: Option<colony_cluster::Decide>,
+    together: Option<colony_cluster::Together>,
     recall: Option<Recall>,
 }
 
@@ -184,7 +184,7 @@ fn submit_and_wait(
 ) -> Waiting {
     let Going {
         mut spec,
-        decide,
+        together,
         recall,
     } = going;
     let cluster = cluster.clone();
@@ -222,12 +222,20 @@ fn submit_and_wait(
                     let ids = book
                         .as_ref()
                         .map(|(b, _)| vec![b.dedupe_id(i, sending.round)]);
-                    let id = match &decide {
+                    let one_id = || ids.clone().and_then(|ids| ids.into_iter().next());
+                    let id = match &together {
                         // Decided by vote among the agents of the node that takes it.
-                        Some(decide) => {
-                            let id = ids.and_then(|ids| ids.into_iter().next());
+                        Some(colony_cluster::Together::Vote(decide)) => {
                             cluster
-                                .submit_decided(&spec, decide, id)
+                                .submit_decided(&spec, decide, one_id())
+                                .await
+                                .map_err(fail)?
+                                .id
+                        }
+                        // Worked by a team formed among them.
+                        Some(colony_cluster::Together::Team(team)) => {
+                            cluster
+                                .submit_team(&spec, (**team).clone(), one_id())
                                 .await
                                 .map_err(fail)?
                                 .id
@@ -273,13 +281,25 @@ fn submit_and_wait(
     })
 }
 
-/// How task `i` is decided in the cluster, if by vote (its pool weights were refused before
-/// the run started, see [`refusals`]).
-fn decide_of(workflow: &Workflow, i: usize) -> Option<colony_cluster::Decide> {
-    workflow.tasks[i]
-        .decide
+/// How several agents of a node work task `i` in the cluster, if they do: decided by vote
+/// (its pool weights were refused before the run started, see [`refusals`]), or by a team
+/// sized from `spec`'s payload. Why the team cannot be formed, when it cannot.
+fn together_of(
+    workflow: &Workflow,
+    i: usize,
+    spec: &TaskSpec,
+) -> Result<Option<colony_cluster::Together>, String> {
+    let t = &workflow.tasks[i];
+    if let Some(plan) = &t.team {
+        let team = plan
+            .team(&spec.payload)
+            .map_err(|e| format!("the team could not be formed: {e}"))?;
+        return Ok(Some(colony_cluster::Together::Team(Box::new(team))));
+    }
+    Ok(t.decide
         .as_ref()
         .and_then(|vote| colony_cluster::Decide::of(vote).ok())
+        .map(colony_cluster::Together::Vote))
 }
 
 const NOT_LEADING: &str = "this process no longer leads the run";
@@ -433,14 +453,17 @@ pub async fn run_on(
         while pending.len() < IN_FLIGHT
             && let Some((_, _, i)) = ready.pop()
         {
-            let spec = spec_for(workflow, i, &outputs, max_payload);
+            let spec = spec_for(workflow, i, &outputs, max_payload).and_then(|(spec, recall)| {
+                let together = together_of(workflow, i, &spec)?;
+                Ok((spec, recall, together))
+            });
             release(workflow, i, &mut left, &mut outputs);
             match spec {
                 Ok(_) if !leads() => {
                     halted = Some(NOT_LEADING.into());
                     break;
                 }
-                Ok((spec, recall)) => {
+                Ok((spec, recall, together)) => {
                     submitted_at[i] = Some(Instant::now());
                     let recall = match (&memory, recall) {
                         (Some(m), Some((query, k))) => Some((m.clone(), query, k)),
@@ -456,7 +479,7 @@ pub async fn run_on(
                         i,
                         Going {
                             spec,
-                            decide: decide_of(workflow, i),
+                            together,
                             recall,
                         },
                         sends[i],
@@ -516,6 +539,7 @@ pub async fn run_on(
                 f.agent = row.agent.and_then(|a| u32::try_from(a).ok());
                 f.node = Some(row.node.clone());
                 f.cluster_decision = row.decision.clone();
+                f.cluster_team = row.team.clone();
                 if row.state == TaskState::Succeeded {
                     let output = row.output.clone().unwrap_or_default();
                     // Remembered once it passed its checks; if it cannot be, the task fails
@@ -558,8 +582,8 @@ pub async fn run_on(
                                     &in_cluster,
                                     i,
                                     Going {
+                                        together: together_of(workflow, i, &spec).ok().flatten(),
                                         spec,
-                                        decide: decide_of(workflow, i),
                                         // Recalled into its payload when it first went.
                                         recall: None,
                                     },

@@ -69,6 +69,10 @@ pub struct Finished {
     /// the node that counted them).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cluster_decision: Option<Box<colony_cluster::DecisionSummary>>,
+    /// A task worked by a team on a cluster node: how the team went (its asks stay on the
+    /// node that formed it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cluster_team: Option<Box<colony_cluster::TeamSummary>>,
     /// A task worked by a team: its members, each step's asks and the reassignments (absent
     /// for other tasks, and for a team that never formed).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -1748,6 +1752,7 @@ pub(crate) fn finished(
         error,
         decision: None,
         cluster_decision: None,
+        cluster_team: None,
         team: None,
     }
 }

@@ -23,11 +23,6 @@ agents:
 tasks:
   - { id: vote, agent: sim, decide: { voters: 3 } }
   - { id: weighed, agent: sim, decide: { voters: 3, protocol: weighted, weights: { sim: 2 } } }
-  - id: crew
-    team:
-      size: 2
-      roles: [{ name: sim }]
-      steps: [{ id: s, role: sim }]
   - { id: talk, agent: sim, publish: words }
   - { id: listen, agent: sim, wait: { topic: words } }
   - { id: keep, agent: sim, remember: true }
@@ -41,7 +36,6 @@ tasks:
     let has = |needle: &str| refused.iter().any(|r| r.contains(needle));
     for (what, why) in [
         ("task `weighed`: `decide`", "pools of one runtime"),
-        ("task `crew`: `team`", "one runtime"),
         ("task `talk`: `wait` and `publish`", "message bus"),
         ("task `listen`: `wait` and `publish`", "message bus"),
         ("task `made`: `expect: files`", "this machine"),
@@ -58,7 +52,7 @@ tasks:
     for carried in ["`plain`", "`vote`", "`keep`", "`look`", "pool `sim`"] {
         assert!(!has(carried), "{carried}: {refused:#?}");
     }
-    assert_eq!(refused.len(), 7, "{refused:#?}");
+    assert_eq!(refused.len(), 6, "{refused:#?}");
 
     let plain = "name: p\nagents: [{ name: sim, kind: sim }]\ntasks:\n  - { id: a, agent: sim }\n  - { id: b, agent: sim, needs: [a], expect: { json: true } }\n";
     let workflow = parse(plain, "p.yaml", Path::new(".")).unwrap();
@@ -69,7 +63,7 @@ tasks:
 /// back from its node and passed its checks, and a later task's query finds it in its input
 /// before it goes. A vote goes to the node and comes back decided, with how it went.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_cluster_run_remembers_recalls_and_votes() {
+async fn a_cluster_run_remembers_recalls_votes_and_forms_teams() {
     let dir = tempfile::tempdir().unwrap();
     let server = tokio::task::block_in_place(|| testing::NatsServer::single(dir.path())).unwrap();
     let settings = Settings {
@@ -112,6 +106,12 @@ tasks:
     input: { q: 1 }
     recall: { query: "sky green", k: 1 }
   - { id: vote, agent: sim, input: { answer: 42 }, decide: { voters: 3 } }
+  - id: crew
+    input: { job: "build it", complexity: 3 }
+    team:
+      size-from: { field: complexity, per: 1, min: 2, max: 3 }
+      roles: [{ name: lead, agent: sim, count: 1 }, { name: hand, agent: sim }]
+      steps: [{ id: plan, role: lead }, { id: work, role: hand, each: true }]
 "#;
     let workflow = parse(yaml, "mem.yaml", dir.path()).unwrap();
     assert_eq!(refusals(&workflow), Vec::<String>::new());
@@ -127,7 +127,7 @@ tasks:
     .await
     .unwrap();
     let task = |id: &str| report.tasks.iter().find(|t| t.id == id).unwrap();
-    for id in ["keep", "look", "vote"] {
+    for id in ["keep", "look", "vote", "crew"] {
         assert_eq!(task(id).status, Status::Succeeded, "{:?}", task(id));
         assert_eq!(task(id).node.as_deref(), Some("n"));
     }
@@ -147,6 +147,16 @@ tasks:
     assert_eq!(output("vote")["input"]["answer"], 42);
     let decided = task("vote").cluster_decision.as_ref().unwrap();
     assert_eq!((decided.voters, decided.dissenters), (3, 0));
+    // A team of three (sized from the input's complexity) formed on the node: the lead's
+    // plan, then each of the two hands at once; the output is theirs, in seat order.
+    let worked = task("crew").cluster_team.as_ref().unwrap();
+    assert_eq!(
+        (worked.members, worked.steps, worked.asks, worked.reassigned),
+        (3, 2, 3, 0),
+        "{worked:?}"
+    );
+    let work = output("crew");
+    assert_eq!(work.as_array().map(Vec::len), Some(2), "{work}");
     node.drain().await;
     rt.shutdown().await;
 }
