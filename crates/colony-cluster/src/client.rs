@@ -689,6 +689,24 @@ fn outgoing(
         )));
     }
     let headers = TaskMessage::headers(spec, id, together).map_err(Error::Task)?;
+    // The stream takes a message of at most a record's size, headers included: refused here,
+    // naming it, rather than by the stream's answer.
+    let header_bytes: usize = headers
+        .iter()
+        .map(|(name, values)| {
+            values
+                .iter()
+                .map(|v| AsRef::<str>::as_ref(name).len() + v.as_str().len() + 4)
+                .sum::<usize>()
+        })
+        .sum();
+    if header_bytes + spec.payload.len() > settings::MAX_RECORD {
+        return Err(Error::Task(format!(
+            "task {i}: its headers ({header_bytes} bytes) and payload ({} bytes) are over the cluster's {} bytes a message",
+            spec.payload.len(),
+            settings::MAX_RECORD
+        )));
+    }
     let subject = settings::subject(spec.requirement.role.as_deref(), spec.priority.get());
     Ok((subject, headers, spec.payload.clone()))
 }

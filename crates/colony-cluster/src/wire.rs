@@ -20,8 +20,9 @@ const TIMEOUT_MS: &str = "Colony-Timeout-Ms";
 const MAX_ATTEMPTS: &str = "Colony-Max-Attempts";
 const DECIDE: &str = "Colony-Decide";
 const TEAM: &str = "Colony-Team";
-/// The most a team's settings may take in their header.
-pub(crate) const MAX_TEAM_HEADER: usize = 64 * 1024;
+/// The most a team's settings may take in their header: within the room a message keeps
+/// for its headers beside the largest payload.
+pub(crate) const MAX_TEAM_HEADER: usize = 12 * 1024;
 
 /// A task worked by several agents of the node that takes it: decided by their vote, or
 /// worked by a team formed for it.
@@ -520,7 +521,7 @@ mod tests {
             Some(&Together::Team(Box::new(big))),
         )
         .unwrap_err();
-        assert!(err.contains("over the 65536"), "{err}");
+        assert!(err.contains("over the 12288"), "{err}");
         let mut huge = async_nats::HeaderMap::new();
         huge.insert(TEAM, "x".repeat(MAX_TEAM_HEADER + 1).as_str());
         assert!(

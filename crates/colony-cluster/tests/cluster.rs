@@ -1180,6 +1180,27 @@ async fn a_team_is_formed_and_worked_by_the_node_that_takes_it() {
         "{error}"
     );
 
+    // A node from before teams crossed the cluster (its heartbeat says nothing of them) would
+    // run one as a plain task: while one serves the role, teams for it are refused.
+    let js = async_nats::jetstream::new(async_nats::connect(server.url()).await.unwrap());
+    let nodes = js.get_key_value("colony_nodes").await.unwrap();
+    let old = serde_json::json!({
+        "name": "old", "roles": ["lead"], "agents": 1, "running": 0, "ended": 0,
+        "fenced": 0, "draining": false, "started-ms": 1, "at-ms": 1, "version": "0.0.9",
+        "votes": true
+    });
+    nodes.put("old", old.to_string().into()).await.unwrap();
+    let err = client
+        .submit_team(&spec(1), team("hand"), None)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("node old serves role `lead` but runs a colony that forms no team"),
+        "{err}"
+    );
+    nodes.delete("old").await.unwrap();
+
     // What no runtime would run is refused when sent.
     let mut empty = team("hand");
     empty.steps.clear();

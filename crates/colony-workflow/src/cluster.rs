@@ -97,6 +97,19 @@ pub fn refusals(workflow: &Workflow) -> Vec<String> {
         {
             refuse("`decide`", &why);
         }
+        // A team goes to the nodes of its first role: a name the cluster can route by.
+        if let Some(plan) = &t.team
+            && let Some(role) = plan
+                .roles
+                .first()
+                .and_then(|(r, _)| r.requirement.role.as_deref())
+            && let Err(e) = colony_cluster::check_role(role)
+        {
+            refuse(
+                "`team`",
+                &format!("goes to the nodes of its first role: {e}"),
+            );
+        }
         if t.wait.is_some() || t.publish.is_some() {
             refuse("`wait` and `publish`", "use one runtime's message bus");
         }
@@ -143,8 +156,22 @@ enum Stop {
 /// A task's time in the cluster: submitted (unless the book has it sent already), written in
 /// the book, then waited for until its record is terminal. With it, the book's new revision
 /// of the task's entry.
-type Waiting =
-    Pin<Box<dyn Future<Output = (usize, TaskSpec, Result<(Row, Option<u64>), Stop>)> + Send>>;
+type Waiting = Pin<
+    Box<dyn Future<Output = (usize, TaskSpec, Result<(Row, Option<u64>, Checked), Stop>)> + Send>,
+>;
+
+/// A record that came back, against the task's checks and the workflow's memory (both in
+/// the task's own future, so a slow store never holds the scheduler's loop).
+enum Checked {
+    /// It succeeded and passed its checks (and is remembered, if it is to be): its output.
+    Passed(bytes::Bytes),
+    /// It succeeded and failed its checks: why.
+    Failed(String),
+    /// It passed its checks and could not be remembered: why (a later recall would miss it).
+    Unremembered(String),
+    /// It did not succeed.
+    Ended,
+}
 
 /// Where a workflow task stands with the cluster: what to send next, or what was sent.
 #[derive(Clone, Copy, Default)]
@@ -168,6 +195,33 @@ struct Going {
     spec: TaskSpec,
     together: Option<colony_cluster::Together>,
     recall: Option<Recall>,
+    /// Its `expect` checks, run on the output that comes back.
+    checks: crate::Checks,
+    /// Where its output is remembered once it passed them (`remember: true`), and as what.
+    remember: Option<Arc<crate::memory::Memory>>,
+    task: String,
+}
+
+impl Going {
+    /// Workflow task `i` going as `spec`, worked by `together`, recalling by `recall`.
+    fn new(
+        workflow: &Workflow,
+        i: usize,
+        spec: TaskSpec,
+        together: Option<colony_cluster::Together>,
+        recall: Option<Recall>,
+        memory: Option<&Arc<crate::memory::Memory>>,
+    ) -> Self {
+        let t = &workflow.tasks[i];
+        Self {
+            spec,
+            together,
+            recall,
+            checks: t.expect.clone(),
+            remember: memory.filter(|_| t.remember).cloned(),
+            task: t.id.clone(),
+        }
+    }
 }
 
 /// The cluster tasks of a run, by workflow task, while they are waited for: what a
@@ -186,6 +240,9 @@ fn submit_and_wait(
         mut spec,
         together,
         recall,
+        checks,
+        remember,
+        task: task_id,
     } = going;
     let cluster = cluster.clone();
     let in_cluster = in_cluster.clone();
@@ -218,6 +275,10 @@ fn submit_and_wait(
                             .await
                             .map_err(Stop::Failed)?;
                         spec = recalled;
+                        // The search may take a while: still leading?
+                        if !leads() {
+                            return Err(Stop::Halt(NOT_LEADING.into()));
+                        }
                     }
                     let ids = book
                         .as_ref()
@@ -274,7 +335,24 @@ fn submit_and_wait(
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
                 .remove(&i);
             let row = row?;
-            Ok((row, revision))
+            let checked = match (row.state, &row.output) {
+                (TaskState::Succeeded, output) => {
+                    let output = output.clone().unwrap_or_default();
+                    match (verify(Ok(output), &checks), &remember) {
+                        (Err(failed), _) => Checked::Failed(failed.to_string()),
+                        (Ok(output), Some(memory)) => {
+                            let task = &task_id;
+                            match memory.remember(task, &output).await {
+                                Ok(()) => Checked::Passed(output),
+                                Err(e) => Checked::Unremembered(e),
+                            }
+                        }
+                        (Ok(output), None) => Checked::Passed(output),
+                    }
+                }
+                _ => Checked::Ended,
+            };
+            Ok((row, revision, checked))
         }
         .await;
         (i, spec, ended)
@@ -397,6 +475,8 @@ pub async fn run_on(
     let mut left = Readers::new(workflow);
     let mut submitted_at: Vec<Option<Instant>> = vec![None; n];
     let mut sends = vec![Sending::default(); n];
+    // Each task's recall query, kept for a round sent again.
+    let mut recalls: Vec<Option<(String, usize)>> = vec![None; n];
     let booked = options.booked.take();
     if let Some(booked) = &booked {
         let entries = booked.book.sent().await.map_err(|e| {
@@ -465,8 +545,10 @@ pub async fn run_on(
                 }
                 Ok((spec, recall, together)) => {
                     submitted_at[i] = Some(Instant::now());
-                    let recall = match (&memory, recall) {
-                        (Some(m), Some((query, k))) => Some((m.clone(), query, k)),
+                    // Kept for a round sent again: its input is recalled anew each time.
+                    recalls[i] = recall;
+                    let recall = match (&memory, &recalls[i]) {
+                        (Some(m), Some((query, k))) => Some((m.clone(), query.clone(), *k)),
                         _ => None,
                     };
                     if let Some(on) = &mut options.on_started {
@@ -477,11 +559,7 @@ pub async fn run_on(
                         booked.as_ref(),
                         &in_cluster,
                         i,
-                        Going {
-                            spec,
-                            together,
-                            recall,
-                        },
+                        Going::new(workflow, i, spec, together, recall, memory.as_ref()),
                         sends[i],
                     ));
                 }
@@ -531,7 +609,7 @@ pub async fn run_on(
                 f.error = Some(e);
                 End::Failed
             }
-            Ok((row, revision)) => {
+            Ok((row, revision, checked)) => {
                 if revision.is_some() {
                     sends[i].revision = revision;
                 }
@@ -540,68 +618,68 @@ pub async fn run_on(
                 f.node = Some(row.node.clone());
                 f.cluster_decision = row.decision.clone();
                 f.cluster_team = row.team.clone();
-                if row.state == TaskState::Succeeded {
-                    let output = row.output.clone().unwrap_or_default();
-                    // Remembered once it passed its checks; if it cannot be, the task fails
-                    // and says why: a later recall would miss it.
-                    let checked = verify(Ok(output), &t.expect);
-                    let remembered = match (&checked, &memory) {
-                        (Ok(output), Some(m)) if t.remember => m.remember(&t.id, output).await,
-                        _ => Ok(()),
-                    };
-                    match (checked, remembered) {
-                        (Ok(_), Err(e)) => {
-                            f.error = Some(e);
-                            End::Failed
-                        }
-                        (Ok(output), Ok(())) => {
-                            let value = Output::new(output);
-                            if left.wanted(i) {
-                                outputs.insert(t.id.clone(), value.for_readers());
-                            }
-                            f.status = Status::Succeeded;
-                            f.output = Some(value);
-                            End::Succeeded
-                        }
-                        (Err(failed), _) => {
-                            let send = &mut sends[i];
-                            send.spent = send.spent.saturating_add(row.attempt.max(1));
-                            if send.spent < t.max_attempts {
-                                if !leads() {
-                                    halted = Some(NOT_LEADING.into());
-                                    break;
-                                }
-                                // Another cluster task, with the attempts left.
-                                spec.max_attempts = t.max_attempts - send.spent;
-                                send.round = send.round.saturating_add(1);
-                                // Its cluster task of the round before has ended.
-                                send.sent = None;
-                                pending.push(submit_and_wait(
-                                    cluster,
-                                    booked.as_ref(),
-                                    &in_cluster,
-                                    i,
-                                    Going {
-                                        together: together_of(workflow, i, &spec).ok().flatten(),
-                                        spec,
-                                        // Recalled into its payload when it first went.
-                                        recall: None,
-                                    },
-                                    *send,
-                                ));
-                                continue;
-                            }
-                            f.error = Some(failed.to_string());
-                            End::Failed
-                        }
+                // A vote's or a team's output that fails its checks fails the task, as on
+                // one runtime: its voters or members are not asked again.
+                let together = t.decide.is_some() || t.team.is_some();
+                match checked {
+                    Checked::Unremembered(e) => {
+                        f.error = Some(e);
+                        End::Failed
                     }
-                } else {
-                    let state = serde_json::to_value(row.state)
-                        .ok()
-                        .and_then(|v| v.as_str().map(str::to_owned))
-                        .unwrap_or_default();
-                    f.error = Some(row.error.clone().unwrap_or(state));
-                    End::Failed
+                    Checked::Passed(output) => {
+                        let value = Output::new(output);
+                        if left.wanted(i) {
+                            outputs.insert(t.id.clone(), value.for_readers());
+                        }
+                        f.status = Status::Succeeded;
+                        f.output = Some(value);
+                        End::Succeeded
+                    }
+                    Checked::Failed(failed) if !together => {
+                        let send = &mut sends[i];
+                        send.spent = send.spent.saturating_add(row.attempt.max(1));
+                        if send.spent < t.max_attempts {
+                            if !leads() {
+                                halted = Some(NOT_LEADING.into());
+                                break;
+                            }
+                            // Another cluster task, with the attempts left, its input
+                            // recalled anew.
+                            spec.max_attempts = t.max_attempts - send.spent;
+                            send.round = send.round.saturating_add(1);
+                            // Its cluster task of the round before has ended.
+                            send.sent = None;
+                            let recall = match (&memory, &recalls[i]) {
+                                (Some(m), Some((query, k))) => Some((m.clone(), query.clone(), *k)),
+                                _ => None,
+                            };
+                            let going =
+                                Going::new(workflow, i, spec, None, recall, memory.as_ref());
+                            pending.push(submit_and_wait(
+                                cluster,
+                                booked.as_ref(),
+                                &in_cluster,
+                                i,
+                                going,
+                                *send,
+                            ));
+                            continue;
+                        }
+                        f.error = Some(failed);
+                        End::Failed
+                    }
+                    Checked::Failed(failed) => {
+                        f.error = Some(failed);
+                        End::Failed
+                    }
+                    Checked::Ended => {
+                        let state = serde_json::to_value(row.state)
+                            .ok()
+                            .and_then(|v| v.as_str().map(str::to_owned))
+                            .unwrap_or_default();
+                        f.error = Some(row.error.clone().unwrap_or(state));
+                        End::Failed
+                    }
                 }
             }
         };

@@ -116,16 +116,19 @@ tasks:
     let workflow = parse(yaml, "mem.yaml", dir.path()).unwrap();
     assert_eq!(refusals(&workflow), Vec::<String>::new());
     let out = dir.path().join("out");
-    let report = run_on(
-        &connect().await.unwrap(),
+    let client = connect().await.unwrap();
+    let run = run_on(
+        &client,
         &workflow,
         ClusterOptions {
             output: Some(out.clone()),
             ..ClusterOptions::default()
         },
-    )
-    .await
-    .unwrap();
+    );
+    let report = tokio::time::timeout(Duration::from_secs(120), run)
+        .await
+        .expect("the run ends within 2 minutes")
+        .unwrap();
     let task = |id: &str| report.tasks.iter().find(|t| t.id == id).unwrap();
     for id in ["keep", "look", "vote", "crew"] {
         assert_eq!(task(id).status, Status::Succeeded, "{:?}", task(id));
