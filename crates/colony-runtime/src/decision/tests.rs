@@ -571,7 +571,16 @@ async fn a_decision_interrupted_by_a_crash_is_taken_once_from_its_journaled_ball
     reran.sort();
     let mut expected: Vec<(TaskId, AgentId)> = Vec::new();
     for &(agent, task) in &seats {
-        let row = journal.task(task).unwrap().unwrap();
+        // A ballot still out when the majority came is cancelled without waiting for it:
+        // it ends soon after the outcome, not before.
+        let mut row = journal.task(task).unwrap().unwrap();
+        for _ in 0..2_000 {
+            if row.state.is_terminal() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            row = journal.task(task).unwrap().unwrap();
+        }
         assert!(row.state.is_terminal(), "{row:?}");
         if row.attempt > 1 {
             expected.push((task, agent));
