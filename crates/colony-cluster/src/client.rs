@@ -39,7 +39,16 @@ pub struct Cluster {
     /// When the tasks stream was made, in nanoseconds: records are keyed by it and the task's
     /// id, so a stream made again (its ids starting again at 1) never meets an old record.
     epoch: String,
+    /// The live nodes as last read for a vote or a team, and when: read again after
+    /// [`MEMBERS_FRESH`], so that many votes sent at once do not each read every heartbeat.
+    members: std::sync::Arc<tokio::sync::Mutex<Option<Members>>>,
 }
+
+/// The live nodes, and when they were read.
+type Members = (std::time::Instant, Vec<NodeInfo>);
+
+/// How long a read of the live nodes serves the votes and teams sent after it.
+const MEMBERS_FRESH: Duration = Duration::from_secs(1);
 
 /// A task the stream accepted.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
@@ -145,6 +154,7 @@ impl Cluster {
             settings,
             scaling: Default::default(),
             epoch,
+            members: Default::default(),
         })
     }
 
@@ -251,7 +261,8 @@ impl Cluster {
             Together::Team(_) => n.teams,
         };
         let role = spec.requirement.role.as_deref();
-        if let Some(old) = membership::list(&self.nodes)
+        if let Some(old) = self
+            .recent_members()
             .await?
             .into_iter()
             .find(|n| !can(n) && role.is_none_or(|r| n.roles.iter().any(|own| own == r)))
@@ -264,6 +275,19 @@ impl Cluster {
         }
         let ack = self.publish(&message).await;
         self.accepted(&message, ack).await
+    }
+
+    /// The live nodes, read at most [`MEMBERS_FRESH`] ago.
+    async fn recent_members(&self) -> Result<Vec<NodeInfo>, Error> {
+        let mut members = self.members.lock().await;
+        if let Some((at, nodes)) = members.as_ref()
+            && at.elapsed() < MEMBERS_FRESH
+        {
+            return Ok(nodes.clone());
+        }
+        let nodes = membership::list(&self.nodes).await?;
+        *members = Some((std::time::Instant::now(), nodes.clone()));
+        Ok(nodes)
     }
 
     async fn publish(

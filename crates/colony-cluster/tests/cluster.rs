@@ -1047,7 +1047,10 @@ async fn a_vote_is_decided_once_by_the_node_that_takes_it() {
         "fenced": 0, "draining": false, "started-ms": 1, "at-ms": 1, "version": "0.0.9"
     });
     nodes.put("old", old.to_string().into()).await.unwrap();
-    let err = client
+    // A client of its own: one that sent a vote within the last second reads the nodes
+    // from then.
+    let err = cluster(&server)
+        .await
         .submit_decided(&task(Some("voter"), "1".into(), 1), &majority(3), None)
         .await
         .unwrap_err()
@@ -1190,7 +1193,8 @@ async fn a_team_is_formed_and_worked_by_the_node_that_takes_it() {
         "votes": true
     });
     nodes.put("old", old.to_string().into()).await.unwrap();
-    let err = client
+    let err = cluster(&server)
+        .await
         .submit_team(&spec(1), team("hand"), None)
         .await
         .unwrap_err()
