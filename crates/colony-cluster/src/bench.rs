@@ -2,7 +2,9 @@
 //! `tasks` no-op tasks with up to 1,024 in flight; `nodes` in-process nodes, each with its own
 //! runtime of sim agents and its own NATS connection, run them; a watcher of the tasks bucket
 //! sees each end. Throughput is tasks ended over the time from the first publish to the last
-//! end; latency per task is from its publish to the watcher seeing its end.
+//! end; latency per task is from its publish to the watcher seeing its end. With `voters`,
+//! each task is a majority vote among that many of its node's agents (sent by
+//! [`Cluster::submit_decided`], up to 1,024 at once), checked decided as they voted.
 
 use crate::{Cluster, Node, NodeOptions, Row, Settings};
 use bytes::Bytes;
@@ -31,6 +33,8 @@ pub struct BenchOptions {
     /// Attempts each node runs at once.
     pub in_flight: usize,
     pub payload_bytes: usize,
+    /// Each task a majority vote among this many of its node's agents; 0: plain tasks.
+    pub voters: u32,
 }
 
 #[derive(Clone, Debug, serde::Serialize)]
@@ -38,6 +42,12 @@ pub struct BenchReport {
     pub tasks: u64,
     pub nodes: usize,
     pub replicas: usize,
+    /// Voters of each task, when each is a vote.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub voters: Option<u32>,
+    /// Votes whose record did not say they were decided by all their voters as one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub undecided: Option<u64>,
     pub seconds: f64,
     pub per_second: f64,
     /// From publish to the end seen, per task.
@@ -56,6 +66,12 @@ pub async fn run(
     settings: Settings,
     options: &BenchOptions,
 ) -> Result<BenchReport, crate::Error> {
+    if options.voters > options.agents {
+        return Err(crate::Error::Settings(format!(
+            "--voters {} is more than the {} agents of a node",
+            options.voters, options.agents
+        )));
+    }
     let client = Cluster::connect(url, settings.clone()).await?;
     let status = client.status().await?;
     if status.unfinished > 0 {
@@ -119,8 +135,31 @@ pub async fn run(
     let publisher = {
         let client = client.clone();
         let total = options.tasks;
+        let voters = options.voters;
         colony_agents::spawner::Spawner::spawn("bench-publish", async move {
             let mut sent: HashMap<u64, Instant> = HashMap::with_capacity(total as usize);
+            if voters > 0 {
+                let decide = crate::Decide {
+                    voters,
+                    options: colony_core::decision::DecisionOptions::default(),
+                    reputation: false,
+                };
+                let (client, spec) = (&client, &spec);
+                let mut going = futures::stream::iter(0..total)
+                    .map(|_| async move {
+                        let at = Instant::now();
+                        client
+                            .submit_decided(spec, &decide, None)
+                            .await
+                            .map(|s| (s.id, at))
+                    })
+                    .buffer_unordered(1024);
+                while let Some(s) = going.next().await {
+                    let (id, at) = s?;
+                    sent.insert(id, at);
+                }
+                return Ok::<_, crate::Error>(sent);
+            }
             let chunk = 4096u64;
             let mut done = 0;
             while done < total {
@@ -137,6 +176,7 @@ pub async fn run(
     };
     let mut ended: HashMap<u64, (Instant, TaskState)> =
         HashMap::with_capacity(options.tasks as usize);
+    let mut undecided = 0u64;
     let deadline = Duration::from_secs(60) + Duration::from_millis(options.tasks);
     while (ended.len() as u64) < options.tasks {
         let next =
@@ -148,8 +188,17 @@ pub async fn run(
         };
         if row.is_terminal()
             && let Some(Ok(id)) = entry.key.rsplit('.').next().map(str::parse::<u64>)
+            && !ended.contains_key(&id)
         {
-            ended.entry(id).or_insert((Instant::now(), row.state));
+            ended.insert(id, (Instant::now(), row.state));
+            // The sim voters echo the question: a vote is decided by all of them as one.
+            let decided = row
+                .decision
+                .as_ref()
+                .is_some_and(|d| d.voters == options.voters && d.dissenters == 0);
+            if options.voters > 0 && !decided {
+                undecided += 1;
+            }
         }
     }
     let seconds = started.elapsed().as_secs_f64();
@@ -190,7 +239,11 @@ pub async fn run(
             settings.replicas
         )
     });
-    verdict.check(per_second >= TARGET_PER_SECOND, || {
+    verdict.check(undecided == 0, || {
+        format!("{undecided} votes were not decided by all their voters as one")
+    });
+    // The target is for tasks; a vote's throughput is reported, not judged.
+    verdict.check(options.voters > 0 || per_second >= TARGET_PER_SECOND, || {
         format!(
             "{per_second:.0} tasks/s end to end: the target is {TARGET_PER_SECOND:.0}/s ({:.1}x short)",
             TARGET_PER_SECOND / per_second.max(1e-9)
@@ -200,6 +253,8 @@ pub async fn run(
         tasks: options.tasks,
         nodes: options.nodes,
         replicas: settings.replicas,
+        voters: (options.voters > 0).then_some(options.voters),
+        undecided: (options.voters > 0).then_some(undecided),
         seconds,
         per_second,
         latency,

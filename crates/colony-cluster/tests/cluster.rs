@@ -1228,3 +1228,54 @@ async fn a_team_is_formed_and_worked_by_the_node_that_takes_it() {
     );
     rt.shutdown().await;
 }
+
+/// `colony bench cluster --voters 3` on one server: every vote decided by its three voters
+/// as one; the verdict says only that R1 is not what the target is for (a vote's
+/// throughput is not judged). Plain tasks on R1 miss the same, and nothing else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cluster_bench_checks_its_votes_and_says_what_missed() {
+    use colony_cluster::bench::{self, BenchOptions};
+    let dir = tempfile::tempdir().unwrap();
+    let server = tokio::task::block_in_place(|| NatsServer::single(dir.path())).unwrap();
+    cluster(&server).await;
+    let options = BenchOptions {
+        tasks: 300,
+        nodes: 2,
+        agents: 8,
+        in_flight: 64,
+        payload_bytes: 2,
+        voters: 3,
+    };
+    let report = bench::run(&server.url(), settings(), &options)
+        .await
+        .unwrap();
+    assert_eq!(
+        (report.voters, report.undecided),
+        (Some(3), Some(0)),
+        "{report:?}"
+    );
+    assert_eq!(report.unsucceeded, 0);
+    assert_eq!(report.attempts, 300);
+    assert_eq!(report.verdict.problems.len(), 1, "{:?}", report.verdict);
+    assert!(
+        report.verdict.problems[0].starts_with("R1"),
+        "{:?}",
+        report.verdict
+    );
+    // More voters than a node's agents: refused before anything runs.
+    let err = bench::run(
+        &server.url(),
+        settings(),
+        &BenchOptions {
+            voters: 9,
+            ..options
+        },
+    )
+    .await
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("--voters 9 is more than the 8 agents"),
+        "{err}"
+    );
+}

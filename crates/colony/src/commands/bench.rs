@@ -236,6 +236,10 @@ pub(crate) struct ClusterArgs {
     /// Size of each task's JSON payload.
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(2..=65_536))]
     payload_bytes: u64,
+    /// Each task a majority vote among this many agents of the node that takes it (checked
+    /// decided as they voted; the tasks/s target is not judged); 0: plain tasks.
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=1_000))]
+    voters: u32,
     /// Print the report as JSON, verdict included.
     #[arg(long)]
     json: bool,
@@ -277,6 +281,7 @@ fn cluster(args: &ClusterArgs) -> Result<(), Failure> {
         agents: args.agents,
         in_flight: usize::try_from(args.in_flight).unwrap_or(1024),
         payload_bytes: usize::try_from(args.payload_bytes).unwrap_or(2),
+        voters: args.voters,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -303,11 +308,12 @@ fn cluster(args: &ClusterArgs) -> Result<(), Failure> {
     }
     let ms = |us: f64| format!("{:.1} ms", us / 1000.0);
     let mut t = Table::new(&[
-        "tasks", "nodes", "replicas", "seconds", "tasks/s", "p50", "p99", "max", "attempts",
-        "fenced",
+        "tasks", "voters", "nodes", "replicas", "seconds", "tasks/s", "p50", "p99", "max",
+        "attempts", "fenced",
     ]);
     t.row(vec![
         thousands(report.tasks),
+        report.voters.map_or_else(|| "-".into(), |v| v.to_string()),
         report.nodes.to_string(),
         report.replicas.to_string(),
         format!("{:.2}", report.seconds),
