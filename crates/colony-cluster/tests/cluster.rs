@@ -78,6 +78,34 @@ async fn join(server: &NatsServer, runtime: &Runtime, name: &str) -> Node {
     .unwrap()
 }
 
+/// Task `id`'s record once it ended, within a minute.
+async fn ended(client: &Cluster, id: u64) -> colony_cluster::Row {
+    tokio::time::timeout(Duration::from_secs(60), client.wait(id))
+        .await
+        .expect("the task ends")
+        .unwrap()
+}
+
+/// A heartbeat of node `old` serving `role`, as a colony from before votes and teams crossed
+/// the cluster writes it (`more` adds fields): the bucket, for the caller to delete it.
+async fn old_node(
+    server: &NatsServer,
+    role: &str,
+    more: serde_json::Value,
+) -> async_nats::jetstream::kv::Store {
+    let js = async_nats::jetstream::new(async_nats::connect(server.url()).await.unwrap());
+    let nodes = js.get_key_value("colony_nodes").await.unwrap();
+    let mut old = serde_json::json!({
+        "name": "old", "roles": [role], "agents": 4, "running": 0, "ended": 0,
+        "fenced": 0, "draining": false, "started-ms": 1, "at-ms": 1, "version": "0.0.9"
+    });
+    if let (Some(old), Some(more)) = (old.as_object_mut(), more.as_object()) {
+        old.extend(more.clone());
+    }
+    nodes.put("old", old.to_string().into()).await.unwrap();
+    nodes
+}
+
 /// Waits until task `id` has a record, which says it runs (a slow node wrote its lease).
 async fn until_running(client: &Cluster, id: u64) {
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
@@ -930,17 +958,8 @@ async fn a_vote_is_decided_once_by_the_node_that_takes_it() {
         .await
         .unwrap();
     assert!(again.duplicate && again.id == votes[0].1);
-    let wait = |id: u64| {
-        let client = client.clone();
-        async move {
-            tokio::time::timeout(Duration::from_secs(60), client.wait(id))
-                .await
-                .expect("the task ends")
-                .unwrap()
-        }
-    };
     for (i, id, how) in votes {
-        let row = wait(id).await;
+        let row = ended(&client, id).await;
         assert_eq!(row.state, TaskState::Succeeded, "vote {i}: {row:?}");
         assert_eq!(row.node, "fast");
         // The sim voters echo the question (a JSON string, read as its text): all agree.
@@ -959,7 +978,7 @@ async fn a_vote_is_decided_once_by_the_node_that_takes_it() {
         assert!(row.agent.is_some(), "the winner's voter");
     }
     // The handed-back vote, decided by the fast node on its second delivery, at no cost.
-    let row = wait(handed.id).await;
+    let row = ended(&client, handed.id).await;
     assert_eq!(
         (row.state, row.node.as_str(), row.charged),
         (TaskState::Succeeded, "fast", 1),
@@ -972,7 +991,7 @@ async fn a_vote_is_decided_once_by_the_node_that_takes_it() {
         .submit_decided(&task(Some("flaky"), "1".into(), 3), &majority(3), None)
         .await
         .unwrap();
-    let row = wait(failed.id).await;
+    let row = ended(&client, failed.id).await;
     assert_eq!((row.state, row.attempt), (TaskState::Failed, 1), "{row:?}");
     let error = row.error.unwrap();
     assert!(error.contains("the decision failed: no-quorum"), "{error}");
@@ -985,7 +1004,7 @@ async fn a_vote_is_decided_once_by_the_node_that_takes_it() {
         .submit_decided(&task(Some("voter"), "1".into(), 1), &majority(9), None)
         .await
         .unwrap();
-    let row = wait(too_many.id).await;
+    let row = ended(&client, too_many.id).await;
     assert_eq!(row.state, TaskState::DeadLettered, "{row:?}");
     let error = row.error.unwrap();
     assert!(
@@ -1032,7 +1051,7 @@ async fn a_vote_is_decided_once_by_the_node_that_takes_it() {
         .unwrap()
         .await
         .unwrap();
-    let row = wait(raw.sequence).await;
+    let row = ended(&client, raw.sequence).await;
     assert_eq!((row.state, row.attempt), (TaskState::Failed, 0), "{row:?}");
     let error = row.error.unwrap();
     assert!(
@@ -1041,12 +1060,7 @@ async fn a_vote_is_decided_once_by_the_node_that_takes_it() {
     );
     // A node from before votes crossed the cluster would run a vote as a plain task: while
     // one serves the role, votes for it are refused, naming it.
-    let nodes = js.get_key_value("colony_nodes").await.unwrap();
-    let old = serde_json::json!({
-        "name": "old", "roles": ["voter"], "agents": 4, "running": 0, "ended": 0,
-        "fenced": 0, "draining": false, "started-ms": 1, "at-ms": 1, "version": "0.0.9"
-    });
-    nodes.put("old", old.to_string().into()).await.unwrap();
+    let nodes = old_node(&server, "voter", serde_json::json!({})).await;
     // A client of its own: one that sent a vote within the last second reads the nodes
     // from then.
     let err = cluster(&server)
@@ -1129,21 +1143,12 @@ async fn a_team_is_formed_and_worked_by_the_node_that_takes_it() {
         max_attempts,
         ..TaskSpec::default()
     };
-    let wait = |id: u64| {
-        let client = client.clone();
-        async move {
-            tokio::time::timeout(Duration::from_secs(60), client.wait(id))
-                .await
-                .expect("the task ends")
-                .unwrap()
-        }
-    };
 
     let worked = client
         .submit_team(&spec(3), team("hand"), None)
         .await
         .unwrap();
-    let row = wait(worked.id).await;
+    let row = ended(&client, worked.id).await;
     assert_eq!(
         (row.state, row.node.as_str()),
         (TaskState::Succeeded, "crew"),
@@ -1164,7 +1169,7 @@ async fn a_team_is_formed_and_worked_by_the_node_that_takes_it() {
         .submit_team(&spec(3), team("clumsy"), None)
         .await
         .unwrap();
-    let row = wait(failed.id).await;
+    let row = ended(&client, failed.id).await;
     assert_eq!((row.state, row.attempt), (TaskState::Failed, 1), "{row:?}");
     let error = row.error.unwrap();
     assert!(error.starts_with("the team failed: "), "{error}");
@@ -1175,7 +1180,7 @@ async fn a_team_is_formed_and_worked_by_the_node_that_takes_it() {
         .submit_team(&spec(1), team("nobody"), None)
         .await
         .unwrap();
-    let row = wait(unformed.id).await;
+    let row = ended(&client, unformed.id).await;
     assert_eq!(row.state, TaskState::DeadLettered, "{row:?}");
     let error = row.error.unwrap();
     assert!(
@@ -1185,14 +1190,7 @@ async fn a_team_is_formed_and_worked_by_the_node_that_takes_it() {
 
     // A node from before teams crossed the cluster (its heartbeat says nothing of them) would
     // run one as a plain task: while one serves the role, teams for it are refused.
-    let js = async_nats::jetstream::new(async_nats::connect(server.url()).await.unwrap());
-    let nodes = js.get_key_value("colony_nodes").await.unwrap();
-    let old = serde_json::json!({
-        "name": "old", "roles": ["lead"], "agents": 1, "running": 0, "ended": 0,
-        "fenced": 0, "draining": false, "started-ms": 1, "at-ms": 1, "version": "0.0.9",
-        "votes": true
-    });
-    nodes.put("old", old.to_string().into()).await.unwrap();
+    let nodes = old_node(&server, "lead", serde_json::json!({"votes": true})).await;
     let err = cluster(&server)
         .await
         .submit_team(&spec(1), team("hand"), None)
