@@ -88,6 +88,22 @@ pub(crate) enum Purpose {
     /// `colony run --sim`: sim agents stand in for every pool, so programs need not be
     /// installed (nor CLIs be recent enough).
     Rehearse,
+    /// `colony run --nats`: the cluster's nodes host the pools and run the programs, so the
+    /// programs need not be on this machine, and the file's pool sizes do not bound a
+    /// vote's voters or a team's members (a node's own agents do).
+    Cluster,
+}
+
+impl Purpose {
+    /// Whether the pools' programs must be on this machine.
+    fn programs_here(self) -> bool {
+        matches!(self, Purpose::Run | Purpose::Pools)
+    }
+
+    /// Whether the file's pools are the agents its votes and teams are formed from.
+    pub(crate) fn agents_here(self) -> bool {
+        self != Purpose::Cluster
+    }
 }
 
 /// Checks `file` and resolves its references; `base` is the folder relative paths start from.
@@ -192,7 +208,7 @@ pub(crate) fn check(
                     let program = find_program(
                         &settings.program,
                         base,
-                        purpose != Purpose::Rehearse,
+                        purpose.programs_here(),
                         &mut problems,
                     );
                     let idle_timeout = settings
@@ -478,13 +494,14 @@ pub(crate) fn check(
                 pools: &pools,
                 pool_index: &pool_index,
                 timeout,
+                agents_here: purpose.agents_here(),
             };
             voting.vote(d, &mut problems, &duration)
         });
-        let team = t
-            .team
-            .as_ref()
-            .and_then(|b| crate::team::check(t, b, &pools, &pool_index, &mut problems));
+        let team = t.team.as_ref().and_then(|b| {
+            let agents_here = purpose.agents_here();
+            crate::team::check(t, b, &pools, &pool_index, agents_here, &mut problems)
+        });
         let recall = t.recall.as_ref().and_then(|r| {
             let k = r.value.k.as_ref().map_or(5, |k| k.value);
             if !(1..=MAX_RECALL).contains(&k) {
@@ -1183,7 +1200,7 @@ fn command_options(
 ) -> Option<CommandOptions> {
     let none = file::Command::default();
     let c = c.unwrap_or(&none);
-    let required = purpose != Purpose::Rehearse;
+    let required = purpose.programs_here();
     // Not found, the program is reported and the other settings are still checked.
     let program = match (&c.program, preset) {
         (Some(program), _) => find_program(program, base, required, problems),

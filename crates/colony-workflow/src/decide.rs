@@ -29,6 +29,9 @@ pub(crate) struct Voting<'a> {
     pub(crate) pool_index: &'a HashMap<&'a str, usize>,
     /// The task's timeout, which is the vote's unless the block says otherwise.
     pub(crate) timeout: Duration,
+    /// The file's pools are the agents that vote (not across a cluster, whose nodes host
+    /// their own): more voters than they have is refused.
+    pub(crate) agents_here: bool,
 }
 
 impl Voting<'_> {
@@ -117,7 +120,7 @@ impl Voting<'_> {
             names.push(format!("`{}`", p.name));
         }
         // No pool can run the task: reported as such already.
-        if !names.is_empty() && u64::from(v.value) > most {
+        if self.agents_here && !names.is_empty() && u64::from(v.value) > most {
             let size = if scaled {
                 format!("at most {most} agents (scaled up to their max)")
             } else {

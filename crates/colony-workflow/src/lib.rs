@@ -536,6 +536,13 @@ pub fn load_for_rehearsal(path: &Path) -> Result<Workflow, Error> {
     load_for(path, check::Purpose::Rehearse)
 }
 
+/// Reads and checks the workflow file at `path` for a run across a cluster (`colony run
+/// --nats`): the nodes host the pools, so their programs need not be installed here, and a
+/// vote's voters or a team's members are not bounded by the file's pool sizes.
+pub fn load_for_cluster(path: &Path) -> Result<Workflow, Error> {
+    load_for(path, check::Purpose::Cluster)
+}
+
 fn load_for(path: &Path, purpose: check::Purpose) -> Result<Workflow, Error> {
     let text = read_bounded(path, MAX_FILE_BYTES)?;
     // `w.yaml` has the parent `""`: the current folder, which paths must be able to name.

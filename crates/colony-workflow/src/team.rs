@@ -114,6 +114,7 @@ pub(crate) fn check(
     block: &Spanned<file::Team>,
     pools: &[PoolDef],
     pool_index: &HashMap<&str, usize>,
+    agents_here: bool,
     problems: &mut Vec<Problem>,
 ) -> Option<Plan> {
     let before = problems.len();
@@ -143,7 +144,9 @@ pub(crate) fn check(
         Some(Size::From { sizing, .. }) => Some(sizing.min),
         None => None,
     };
+    // Not across a cluster, whose nodes form teams of their own agents.
     if let Some(least) = least
+        && agents_here
         && problems.len() == before
     {
         capacity(id, b, &roles, least, pools, problems);

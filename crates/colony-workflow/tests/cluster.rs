@@ -10,7 +10,7 @@ use colony_runtime::{Pool, Runtime, RuntimeOptions};
 use colony_workflow::{
     Status,
     cluster::{ClusterOptions, refusals, run_on},
-    parse,
+    load, load_for_cluster, parse,
 };
 use std::{path::Path, sync::Arc, time::Duration};
 
@@ -162,4 +162,41 @@ tasks:
     assert_eq!(work.as_array().map(Vec::len), Some(2), "{work}");
     node.drain().await;
     rt.shutdown().await;
+}
+
+/// Checked for a run across a cluster, a file's pools only name roles: their programs need
+/// not be on this machine, and a vote's voters or a team's members are not bounded by the
+/// file's pool sizes (a node's own agents vote and form teams). Checked for a local run, the
+/// same file is refused on all three counts.
+#[test]
+fn for_a_cluster_the_pools_are_the_nodes() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("w.yaml");
+    std::fs::write(
+        &file,
+        r#"name: w
+agents:
+  - { name: coders, kind: command, command: { program: colony-no-such-program-here } }
+tasks:
+  - { id: vote, agent: coders, decide: { voters: 5 } }
+  - id: crew
+    team:
+      size: 4
+      roles: [{ name: coder, agent: coders }]
+      steps: [{ id: s, role: coder }]
+"#,
+    )
+    .unwrap();
+    let here = load(&file).unwrap_err().to_string();
+    let local = match load(&file).unwrap_err() {
+        colony_workflow::Error::Invalid(invalid) => invalid.problems,
+        e => panic!("{e}"),
+    };
+    let said = |needle: &str| local.iter().any(|p| p.message.contains(needle));
+    assert!(said("colony-no-such-program-here"), "{here}: {local:#?}");
+    assert!(said("asks for 5 voters"), "{local:#?}");
+    assert!(said("needs 4 members"), "{local:#?}");
+    let workflow = load_for_cluster(&file).unwrap();
+    assert!(workflow.tasks[0].decide.is_some() && workflow.tasks[1].team.is_some());
+    assert_eq!(refusals(&workflow), Vec::<String>::new());
 }

@@ -1508,9 +1508,8 @@ fn a_workflow_runs_across_the_cluster() {
         &workflow,
         r#"name: across
 agents:
-  - name: sh          # the nodes host it; here it names the role (and, checked as for a
-    kind: sim         # run on one runtime, has the agents `voted` asks for)
-    count: 3
+  - name: sh          # the nodes host it; here it only names the role (one agent here,
+    kind: sim         # three voters there: a node's own agents vote)
 tasks:
   - id: first
     agent: sh

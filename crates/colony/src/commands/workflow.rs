@@ -206,6 +206,8 @@ fn pools(names: &[String]) -> String {
 pub(crate) fn run(args: &RunArgs) -> Result<(), Failure> {
     let workflow = if args.sim {
         colony_workflow::load_for_rehearsal(&args.file).map_err(invalid)?
+    } else if args.nats.is_some() {
+        colony_workflow::load_for_cluster(&args.file).map_err(invalid)?
     } else {
         load(&args.file)?
     };
