@@ -683,8 +683,6 @@ impl Cluster {
     }
 }
 
-/// `key` of `bucket` as its stream's leader has it (a replica's read may lag): its value and
-/// revision, `None` when it was never written or is deleted.
 /// Task `i`'s message: its subject, headers and payload, once its role, payload and key are
 /// within the cluster's limits.
 fn outgoing(
@@ -735,6 +733,8 @@ fn outgoing(
     Ok((subject, headers, spec.payload.clone()))
 }
 
+/// `key` of `bucket` as its stream's leader has it (a replica's read may lag): its value and
+/// revision, `None` when it was never written or is deleted.
 pub(crate) async fn from_leader(
     bucket: &kv::Store,
     key: &str,

@@ -888,7 +888,7 @@ async fn deliver(shared: &Shared, message: Message) {
         // The record cannot hold it (a long key with a large output): failed for good,
         // saying so, rather than retried until its attempts are spent.
         let size = ended.output.as_ref().map_or(0, bytes::Bytes::len);
-        let (fatal, r) = lease::after_attempt(
+        let (mut fatal, r) = lease::after_attempt(
             &started,
             &spec,
             Outcome::Fatal {
@@ -899,7 +899,6 @@ async fn deliver(shared: &Shared, message: Message) {
             },
             crate::now_ms(),
         );
-        let mut fatal = fatal;
         fatal.decision = ended.decision.take();
         fatal.team = ended.team.take();
         (ended, reply, kind) = (fatal, r, Kind::Failed);
@@ -1009,13 +1008,6 @@ async fn take_lease(
     None
 }
 
-/// What an attempt runs on this node's runtime: the task itself, or the work of several of
-/// its agents (a vote, a team).
-enum Work {
-    Task(colony_core::TaskId),
-    Together,
-}
-
 /// How the work of several agents went, for the task's record.
 #[derive(Default)]
 struct Summaries {
@@ -1092,7 +1084,6 @@ impl Finished {
     fn of_decision(decided: &colony_runtime::decision::Decided) -> Self {
         let record = decided.outcome.record();
         let winner = decided.outcome.winner();
-        let reason = decided.outcome.reason().map(|r| r.as_str().to_owned());
         let summary = DecisionSummary {
             protocol: record.protocol,
             voters: u32::try_from(decided.voters.len()).unwrap_or(u32::MAX),
@@ -1102,7 +1093,7 @@ impl Finished {
             support: winner.map(|w| w.support),
             margin: winner.map(|w| w.margin),
             dissenters: winner.map_or(0, |w| u32::try_from(w.dissenters.len()).unwrap_or(u32::MAX)),
-            reason: reason.clone(),
+            reason: decided.outcome.reason().map(|r| r.as_str().to_owned()),
         };
         let Some(winner) = winner else {
             let failure = decided.failure().unwrap_or_default();
@@ -1178,10 +1169,11 @@ async fn run(
         }
     };
     let handle = shared.handle.clone();
-    let (work, mut pending): (Work, Running) = match together {
+    // The runtime's task, when the attempt is one (a vote or a team is several).
+    let (task, mut pending): (Option<colony_core::TaskId>, Running) = match together {
         None => match shared.handle.submit_notify(local).await {
             Ok(pending) => (
-                Work::Task(pending.id),
+                Some(pending.id),
                 Box::pin(async move { pending.await.map(Finished::of_task).map_err(lost) }),
             ),
             Err(e) => return Some((refused(e), revision, none())),
@@ -1189,7 +1181,7 @@ async fn run(
         // Seated (which may wait for room on this runtime) and counted while the delivery
         // is kept alive below, so a wait for room is acked, fenced and handed back too.
         Some(Together::Vote(decide)) => (
-            Work::Together,
+            None,
             Box::pin(async move {
                 let voting = handle.decide(local, decide.vote()).await.map_err(refused)?;
                 let decided = voting.outcome().await.map_err(lost)?;
@@ -1199,29 +1191,23 @@ async fn run(
         // Formed and worked the same way. A team that formed and then failed is its end,
         // not an error.
         Some(Together::Team(team)) => (
-            Work::Together,
+            None,
             Box::pin(async move {
                 let teamed = handle.team(local, *team).await.map_err(refused)?;
                 Ok(Finished::of_team(&teamed))
             }),
         ),
     };
-    // Stops the attempt: a task is cancelled on the runtime (and ends as such); a vote or a
-    // team is dropped, which cancels its tasks still out.
-    let stop = |work: &Work| {
-        let handle = shared.handle.clone();
-        let task = match work {
-            Work::Task(task) => Some(*task),
-            Work::Together => None,
-        };
-        async move {
-            match task {
-                Some(task) => {
-                    let _ = handle.cancel(task).await;
-                    false
-                }
-                None => true,
+    // Stops the attempt: a task is cancelled on the runtime (and ends as such, so the loop
+    // waits for it); a vote or a team is dropped, which cancels its tasks still out (true:
+    // the loop ends now).
+    let stop = || async move {
+        match task {
+            Some(task) => {
+                let _ = shared.handle.cancel(task).await;
+                false
             }
+            None => true,
         }
     };
     let mut phase = shared.phase.clone();
@@ -1246,7 +1232,7 @@ async fn run(
                     && now.lease != started.lease
                 {
                     fenced = true;
-                    if stop(&work).await {
+                    if stop().await {
                         break stopped();
                     }
                     continue;
@@ -1264,7 +1250,7 @@ async fn run(
                         // Another node's record: it holds the task.
                         Ok(Some(_)) if matches!(e, Write::Conflict) => {
                             fenced = true;
-                            if stop(&work).await {
+                            if stop().await {
                                 break stopped();
                             }
                         }
@@ -1280,7 +1266,7 @@ async fn run(
             changed = phase.changed(), if !handing_back => {
                 if changed.is_err() || *phase.borrow() == Phase::HandingBack {
                     handing_back = true;
-                    if stop(&work).await {
+                    if stop().await {
                         break stopped();
                     }
                 }

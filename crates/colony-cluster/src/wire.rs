@@ -4,7 +4,7 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 use colony_core::{
-    decision::{DecisionOptions, MAX_PARTICIPANTS, Protocol},
+    decision::{DecisionOptions, Protocol},
     task::{MAX_TIMEOUT, Priority, Requirement, TaskSpec, TaskState},
 };
 use colony_runtime::{decision::Vote, team::Team};
@@ -75,18 +75,14 @@ impl Decide {
     /// Refuses what every node's runtime would refuse, so that such a vote is refused when
     /// sent rather than tried on node after node.
     fn check(&self) -> Result<(), String> {
+        // The runtime's own check of a vote; then what its engine checks once it has the
+        // voters, which the number of them decides.
+        self.vote().validate().map_err(|e| match e {
+            colony_runtime::Error::Decision(why) => why,
+            e => e.to_string(),
+        })?;
         let n = self.voters;
-        if n == 0 || n as usize > MAX_PARTICIPANTS {
-            return Err(format!("{n} voters asked: allowed 1..={MAX_PARTICIPANTS}"));
-        }
-        self.options.validate().map_err(|e| e.to_string())?;
-        let protocol = self.options.protocol;
-        if self.reputation && !matches!(protocol, Protocol::Weighted | Protocol::Confidence) {
-            return Err(format!(
-                "weights by reputation are counted by the weighted and confidence protocols, not by {protocol}"
-            ));
-        }
-        match (protocol, self.options.faults) {
+        match (self.options.protocol, self.options.faults) {
             (Protocol::Bft, Some(f)) if f > (n - 1) / 3 => Err(format!(
                 "bft tolerates at most (n-1)/3 = {} faulty voters of {n}, and {f} are asked",
                 (n - 1) / 3

@@ -99,7 +99,7 @@ impl Vote {
     }
 
     /// Refuses what the runtime cannot run, naming it.
-    fn validate(&self) -> Result<(), Error> {
+    pub fn validate(&self) -> Result<(), Error> {
         let invalid = |why: String| Err(Error::Decision(why));
         if self.voters == 0 || self.voters as usize > MAX_PARTICIPANTS {
             return invalid(format!(

@@ -203,20 +203,23 @@ struct Going {
 }
 
 impl Going {
-    /// Workflow task `i` going as `spec`, worked by `together`, recalling by `recall`.
+    /// Workflow task `i` going as `spec`, worked by `together`, its input recalled from
+    /// `memory` by `recall` (the query and how many).
     fn new(
         workflow: &Workflow,
         i: usize,
         spec: TaskSpec,
         together: Option<colony_cluster::Together>,
-        recall: Option<Recall>,
+        recall: &Option<(String, usize)>,
         memory: Option<&Arc<crate::memory::Memory>>,
     ) -> Self {
         let t = &workflow.tasks[i];
         Self {
             spec,
             together,
-            recall,
+            recall: memory
+                .zip(recall.as_ref())
+                .map(|(m, (query, k))| (m.clone(), query.clone(), *k)),
             checks: t.expect.clone(),
             remember: memory.filter(|_| t.remember).cloned(),
             task: t.id.clone(),
@@ -341,8 +344,7 @@ fn submit_and_wait(
                     match (verify(Ok(output), &checks), &remember) {
                         (Err(failed), _) => Checked::Failed(failed.to_string()),
                         (Ok(output), Some(memory)) => {
-                            let task = &task_id;
-                            match memory.remember(task, &output).await {
+                            match memory.remember(&task_id, &output).await {
                                 Ok(()) => Checked::Passed(output),
                                 Err(e) => Checked::Unremembered(e),
                             }
@@ -547,10 +549,6 @@ pub async fn run_on(
                     submitted_at[i] = Some(Instant::now());
                     // Kept for a round sent again: its input is recalled anew each time.
                     recalls[i] = recall;
-                    let recall = match (&memory, &recalls[i]) {
-                        (Some(m), Some((query, k))) => Some((m.clone(), query.clone(), *k)),
-                        _ => None,
-                    };
                     if let Some(on) = &mut options.on_started {
                         on(&workflow.tasks[i].id);
                     }
@@ -559,7 +557,7 @@ pub async fn run_on(
                         booked.as_ref(),
                         &in_cluster,
                         i,
-                        Going::new(workflow, i, spec, together, recall, memory.as_ref()),
+                        Going::new(workflow, i, spec, together, &recalls[i], memory.as_ref()),
                         sends[i],
                     ));
                 }
@@ -649,12 +647,8 @@ pub async fn run_on(
                             send.round = send.round.saturating_add(1);
                             // Its cluster task of the round before has ended.
                             send.sent = None;
-                            let recall = match (&memory, &recalls[i]) {
-                                (Some(m), Some((query, k))) => Some((m.clone(), query.clone(), *k)),
-                                _ => None,
-                            };
                             let going =
-                                Going::new(workflow, i, spec, None, recall, memory.as_ref());
+                                Going::new(workflow, i, spec, None, &recalls[i], memory.as_ref());
                             pending.push(submit_and_wait(
                                 cluster,
                                 booked.as_ref(),
