@@ -613,13 +613,18 @@ impl Writer {
         Ok((writer, ()))
     }
 
-    async fn last_sequence(&mut self) -> Result<u64, Error> {
+    /// The stream's state as its server has it now: its last sequence, its bytes.
+    async fn state(&mut self) -> Result<async_nats::jetstream::stream::State, Error> {
         let info = self
             .stream
             .info()
             .await
             .map_err(|e| Error::nats(&self.shown, e))?;
-        Ok(info.state.last_sequence)
+        Ok(info.state.clone())
+    }
+
+    async fn last_sequence(&mut self) -> Result<u64, Error> {
+        Ok(self.state().await?.last_sequence)
     }
 
     /// Opens the journal: replays it, then claims it with a message appended whatever the
@@ -647,7 +652,7 @@ impl Writer {
         writer.replay(&mirror, &mut replay, claimed - 1).await?;
         writer.last = claimed;
         mirror.clear_stats();
-        let bytes = writer.stream_bytes().await?;
+        let bytes = writer.state().await?.bytes;
         if bytes > options.compact_above {
             match writer.compact(&mirror, bytes).await {
                 Ok(Some(size)) => tracing::info!(
@@ -661,15 +666,6 @@ impl Writer {
             }
         }
         Ok((writer, mirror))
-    }
-
-    async fn stream_bytes(&mut self) -> Result<u64, Error> {
-        let info = self
-            .stream
-            .info()
-            .await
-            .map_err(|e| Error::nats(&self.shown, e))?;
-        Ok(info.state.bytes)
     }
 
     /// Writes the state of `mirror` after the last message, as writes that set it whole

@@ -9,7 +9,10 @@ use colony_cluster::{
     testing::{NatsCluster, NatsServer},
 };
 use colony_core::{AgentId, TaskId, task::TaskSpec, task::TaskState};
-use colony_journal::{Journal, Opening, Record, ReputationRow, Seat, Stats, Taken, testing};
+use colony_journal::{
+    Journal, Opening, Record, ReputationRow, Seat, Stats, Taken,
+    testing::{self, assert_same_reads},
+};
 use futures::executor::block_on;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -64,23 +67,6 @@ fn what_it_acknowledged_survives_a_crash() {
             open(&url, "closed")
         },
     );
-}
-
-/// Every read of `a` and `b` the same (but the counts of fenced records: each process
-/// counts its own).
-fn same(a: &impl Journal, b: &impl Journal) {
-    assert_eq!(a.next_task_id(), b.next_task_id());
-    assert_eq!(a.counts().unwrap(), b.counts().unwrap());
-    assert_eq!(
-        a.recent(None, None, usize::MAX).unwrap(),
-        b.recent(None, None, usize::MAX).unwrap()
-    );
-    assert_eq!(
-        a.decisions(None, usize::MAX).unwrap(),
-        b.decisions(None, usize::MAX).unwrap()
-    );
-    assert_eq!(a.agents().unwrap(), b.agents().unwrap());
-    assert_eq!(a.reputations().unwrap(), b.reputations().unwrap());
 }
 
 #[test]
@@ -166,10 +152,10 @@ fn a_reopened_journal_is_the_one_written_large_writes_and_all() {
     assert_eq!(row.spec.payload.len(), 600_002);
     // Read without taking it over, then by a second process that does: the same journal.
     let read = colony_cluster::journal::read(&options(&url, "replay")).unwrap();
-    same(&first, &read);
+    assert_same_reads(&first, &read);
     block_on(first.record(vec![Record::Cancelled { task: id }])).expect("not taken over by a read");
     let second = open(&url, "replay");
-    same(&first, &second);
+    assert_same_reads(&first, &second);
     assert_eq!(second.stats(), Stats::default(), "a process counts its own");
     assert!(
         second
@@ -531,7 +517,7 @@ fn a_journal_opened_past_its_size_is_compacted_and_reads_the_same() {
     );
     // The same journal, read back from the snapshot, and written on after it.
     let read = colony_cluster::journal::read(&options).unwrap();
-    same(&compacted, &read);
+    assert_same_reads(&compacted, &read);
     assert_eq!(read.counts().unwrap().failed, 200);
     assert_eq!(read.counts().unwrap().cancelled, 200);
     assert_eq!(read.task(TaskId(1)).unwrap().unwrap().attempt, 3);

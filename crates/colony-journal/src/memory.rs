@@ -725,19 +725,6 @@ mod restore {
         j
     }
 
-    fn same(a: &MemoryJournal, b: &MemoryJournal) {
-        assert_eq!(a.next_task_id(), b.next_task_id());
-        assert_eq!(a.counts().unwrap(), b.counts().unwrap());
-        assert_eq!(
-            a.recent(None, None, usize::MAX).unwrap(),
-            b.recent(None, None, usize::MAX).unwrap()
-        );
-        assert_eq!(
-            a.decisions(None, usize::MAX).unwrap(),
-            b.decisions(None, usize::MAX).unwrap()
-        );
-    }
-
     #[test]
     fn rows_restored_over_nothing_or_over_their_history_come_out_the_same() {
         let original = lived();
@@ -748,12 +735,12 @@ mod restore {
         let fresh = MemoryJournal::new();
         fresh.restore_rows(rows.clone()).unwrap();
         fresh.restore_decisions(decisions.clone());
-        same(&original, &fresh);
+        crate::testing::assert_same_reads(&original, &fresh);
         // Over the history that made them.
         let again = lived();
         again.restore_rows(rows.clone()).unwrap();
         again.restore_decisions(decisions);
-        same(&original, &again);
+        crate::testing::assert_same_reads(&original, &again);
         // A row past the next is refused.
         let gap = MemoryJournal::new();
         let err = gap.restore_rows(rows[2..].to_vec()).unwrap_err();

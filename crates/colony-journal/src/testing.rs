@@ -825,3 +825,21 @@ impl Journal for Crashable {
         self.durable.reputations()
     }
 }
+
+/// Asserts that every read of `a` and `b` gives the same (but the counts of fenced records:
+/// each process counts its own): a journal read back, restored or compacted against the one
+/// it came from.
+pub fn assert_same_reads(a: &dyn Journal, b: &dyn Journal) {
+    assert_eq!(a.next_task_id(), b.next_task_id());
+    assert_eq!(a.counts().unwrap(), b.counts().unwrap());
+    assert_eq!(
+        a.recent(None, None, usize::MAX).unwrap(),
+        b.recent(None, None, usize::MAX).unwrap()
+    );
+    assert_eq!(
+        a.decisions(None, usize::MAX).unwrap(),
+        b.decisions(None, usize::MAX).unwrap()
+    );
+    assert_eq!(a.agents().unwrap(), b.agents().unwrap());
+    assert_eq!(a.reputations().unwrap(), b.reputations().unwrap());
+}
