@@ -125,6 +125,26 @@ fn bad_input_exits_2_and_names_the_value() {
             &["bench", "recovery", "--strategy", "all-for-none"],
             "invalid value 'all-for-none'",
         ),
+        // Refused before any server starts or is reached.
+        (
+            &[
+                "bench",
+                "cluster",
+                "--voters",
+                "5",
+                "--agents",
+                "3",
+                "--nats",
+                "nats://127.0.0.1:1",
+                "--replicas",
+                "1",
+            ],
+            "--voters 5 is more than the 3 agents of a node",
+        ),
+        (
+            &["bench", "cluster", "--voters", "5000"],
+            "5000 is not in 0..=1000",
+        ),
     ] {
         let (stdout, stderr, code) = colony(args);
         assert_eq!(code, 2, "{args:?}: {stderr}");

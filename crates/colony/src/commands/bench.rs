@@ -256,6 +256,13 @@ fn cluster(args: &ClusterArgs) -> Result<(), Failure> {
         ..Settings::default()
     };
     settings.validate().map_err(Failure::input)?;
+    if args.voters > args.agents {
+        return Err(Failure::input(anyhow::anyhow!(
+            "--voters {} is more than the {} agents of a node (--agents)",
+            args.voters,
+            args.agents
+        )));
+    }
     // Its own servers start before the runtime: their start waits with blocking sleeps.
     let dir = tempfile::tempdir().map_err(Failure::work)?;
     let own = match &args.nats {
