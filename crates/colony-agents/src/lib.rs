@@ -232,7 +232,8 @@ pub trait Agent: Send + Sync + 'static {
     /// twice. Each answer is asked once: an error, retryable or not, is a silent ballot (a
     /// ballot task would be retried), and a panic is not a crash of the agent (nothing is
     /// restarted). An agent that says so and then answers with `Execution::Running` casts no
-    /// ballot (its future is dropped unpolled).
+    /// ballot (its future is dropped unpolled). Its task's heartbeat is detached: the answer
+    /// is due before the dispatcher's turn ends, so no beat could be watched meanwhile.
     fn answers_inline(&self) -> bool {
         false
     }

@@ -223,7 +223,7 @@ pub struct Decided {
     /// The decision's id: its first ballot task's.
     pub id: TaskId,
     /// Decided, with the winner, or failed with its reason; every ballot counted either way.
-    pub outcome: Outcome,
+    pub outcome: Arc<Outcome>,
     /// Every voter seated, in the order they were asked.
     pub voters: Vec<Voter>,
     /// The judge asked to settle a tie, if one was.
@@ -556,7 +556,7 @@ impl Voting {
     /// as it does.
     fn cancel_the_rest(&mut self) {
         // Their waiters go with them: nothing is left to count.
-        self.pending = FuturesUnordered::new();
+        self.pending.clear();
         self.out.clear();
         self.heard.clear();
         for voter in self.voters.iter().chain(&self.judge) {
@@ -1064,9 +1064,7 @@ impl Handle {
         let n = vote.voters as usize;
         let mask = self.admit(std::slice::from_ref(&spec))?[0];
         self.fits(n)?;
-        let options: Arc<str> = serde_json::to_string(&vote.options)
-            .map_err(|e| Error::Decision(format!("the options could not be written: {e}")))?
-            .into();
+        let options = options_text(&vote.options)?;
         // The journal's room before the hierarchy's: a caller that stops waiting for the
         // first holds no permit yet. Then room, then seats: seated voters must not leave
         // while the ballots wait for room.
@@ -1093,7 +1091,6 @@ impl Handle {
                 entered,
             } => (seats, decision, entered),
             Opened::Taken {
-                seats,
                 decision,
                 decided,
                 durable,
@@ -1121,12 +1118,13 @@ impl Handle {
                         }
                     }
                 };
+                // Nothing is left to ask or count: no voters of its own to keep.
                 let mut voting = Voting::new(
                     self.clone(),
                     decided.id,
                     decision,
                     spec,
-                    seats,
+                    Vec::new(),
                     Duration::ZERO,
                 );
                 voting.taken = Some(*decided);
@@ -1151,6 +1149,28 @@ impl Handle {
     }
 }
 
+/// `options` as the journal keeps them (JSON). The last ones written on this thread are
+/// kept: a caller's decisions mostly share their options, and writing them costs more than
+/// comparing them.
+fn options_text(options: &DecisionOptions) -> Result<Arc<str>, Error> {
+    thread_local! {
+        static LAST: std::cell::RefCell<Option<(DecisionOptions, Arc<str>)>> =
+            const { std::cell::RefCell::new(None) };
+    }
+    LAST.with_borrow_mut(|last| {
+        if let Some((kept, text)) = last
+            && kept == options
+        {
+            return Ok(text.clone());
+        }
+        let text: Arc<str> = serde_json::to_string(options)
+            .map_err(|e| Error::Decision(format!("the options could not be written: {e}")))?
+            .into();
+        *last = Some((*options, text.clone()));
+        Ok(text)
+    })
+}
+
 /// What [`open`] did.
 enum Opened {
     /// The ballot tasks of the first seats asked are submitted.
@@ -1162,7 +1182,6 @@ enum Opened {
     /// Every voter answered inline: the decision is taken, and written once `durable`
     /// resolves.
     Taken {
-        seats: Vec<colony_journal::Seat>,
         decision: Decision,
         decided: Box<Decided>,
         durable: colony_journal::Durable,
@@ -1228,7 +1247,6 @@ fn open(
         // No ballot tasks: the seats' permits go back as `room` drops.
         let (decided, durable) = take_inline(live, handle, &mut decision, &seats, options, &spec)?;
         return Ok(Opened::Taken {
-            seats,
             decision,
             decided: Box::new(decided),
             durable,
@@ -1299,7 +1317,8 @@ fn take_inline(
             (Some(winner), _) => Ok(Bytes::from(winner.representative.to_string())),
             (None, reason) => Err(reason.map_or("undecided", |r| r.as_str()).into()),
         };
-        let record = serde_json::to_string(&answers)
+        let record = answers
+            .to_json()
             .map_err(|e| Error::Decision(format!("the answers could not be written: {e}")))?;
         let taken = colony_journal::Taken {
             opening: colony_journal::Opening {
@@ -1337,37 +1356,44 @@ fn ask_inline(
     seats: &[colony_journal::Seat],
     spec: &TaskSpec,
     id: TaskId,
-) -> Result<(Outcome, Vec<Voter>, u32, Answers), Error> {
+) -> Result<(Arc<Outcome>, Vec<Voter>, u32, Answers), Error> {
     let started = std::time::Instant::now();
-    let mut answers = Answers {
-        said: Vec::with_capacity(seats.len()),
-        at: Vec::with_capacity(seats.len()),
-        ..Answers::default()
-    };
+    let mut at = Vec::with_capacity(seats.len());
     let mut closed = Vec::new();
     let mut texts = Texts::default();
     let (outcome, voters, asked) = count_inline(
         decision,
         seats,
         |agent| {
-            let answer = live
-                .answer_inline(agent, id, &spec.payload)
-                .and_then(|output| texts.of(output));
-            let at = started.elapsed();
-            answers.answered(&answer, at);
-            Ok((answer, at))
+            let output = live.answer_inline(agent, id, &spec.payload);
+            let (when, us) = micros(started.elapsed());
+            at.push(us);
+            Ok((texts.of(output), when))
         },
         || {
-            let at = started.elapsed();
-            closed.push(at.as_nanos() as u64);
-            Ok(at)
+            let (when, us) = micros(started.elapsed());
+            closed.push(us);
+            Ok(when)
         },
     )?;
-    answers.closed = closed;
-    answers.format = Answers::FORMAT;
-    answers.value = outcome.winner().map(|w| w.value.clone());
-    answers.reason = outcome.reason().map(|r| r.as_str().into());
+    let answers = Answers {
+        format: Answers::FORMAT,
+        texts: texts.said,
+        said: Listed::Indices(texts.order),
+        at,
+        closed,
+        value: outcome.winner().map(|w| w.value.clone()),
+        reason: outcome.reason().map(|r| r.as_str().into()),
+    };
     Ok((outcome, voters, asked, answers))
+}
+
+/// A time into a decision taken inline, to the microsecond it is in: as the engine is told
+/// it, and in microseconds as the journal keeps it. A deadline is a whole number of
+/// milliseconds, so an answer is before it to the microsecond exactly when it is before it.
+fn micros(elapsed: Duration) -> (Duration, u64) {
+    let us = elapsed.as_micros() as u64;
+    (Duration::from_micros(us), us)
 }
 
 /// An output as the text an answer given inline must be: else why it cannot be a ballot.
@@ -1377,25 +1403,62 @@ fn as_text(output: &[u8]) -> Result<Arc<str>, String> {
         .map_err(|e| format!("its output is not UTF-8 text ({e}), so it cannot be a vote"))
 }
 
-/// The first few distinct texts answered in one decision, so that the voters who say the
-/// same thing share one copy of it: most votes have a few distinct answers, and a new copy
-/// costs an allocation and a check of its UTF-8 for every voter.
+/// What the voters of one decision answered, as the journal keeps it: each distinct answer
+/// once, in the order first given (`said`), and for each voter asked, the index of its
+/// answer (`order`). The voters who say the same thing share one copy of it: most votes have
+/// a few distinct answers, and a new copy costs an allocation and a check of its UTF-8 for
+/// every voter.
 #[derive(Default)]
-struct Texts(Vec<(Bytes, Arc<str>)>);
+struct Texts {
+    said: Vec<Said>,
+    order: Vec<u32>,
+    /// The outputs of the first few distinct texts, each with its index and text.
+    kept: Vec<(Bytes, u32, Arc<str>)>,
+}
 
 impl Texts {
-    /// Distinct texts kept; past them, each answer is copied on its own.
+    /// Distinct texts looked for; past them, each new answer is listed on its own.
     const KEPT: usize = 8;
 
-    fn of(&mut self, output: Bytes) -> Result<Arc<str>, String> {
-        if let Some((_, text)) = self.0.iter().find(|(seen, _)| *seen == output) {
+    /// What a voter answered (its output, or why it gave none), listed; returns it as a
+    /// ballot's text, or why it cannot be one.
+    fn of(&mut self, answer: Result<Bytes, String>) -> Result<Arc<str>, String> {
+        let output = match answer {
+            Ok(output) => output,
+            Err(why) => {
+                self.list(Said::Nothing {
+                    error: why.as_str().into(),
+                });
+                return Err(why);
+            }
+        };
+        if let Some((_, i, text)) = self.kept.iter().find(|(seen, ..)| *seen == output) {
+            self.order.push(*i);
             return Ok(text.clone());
         }
-        let text = as_text(&output)?;
-        if self.0.len() < Self::KEPT {
-            self.0.push((output, text.clone()));
+        match as_text(&output) {
+            Ok(text) => {
+                let i = self.list(Said::Text(text.clone()));
+                if self.kept.len() < Self::KEPT {
+                    self.kept.push((output, i, text.clone()));
+                }
+                Ok(text)
+            }
+            Err(why) => {
+                self.list(Said::Nothing {
+                    error: why.as_str().into(),
+                });
+                Err(why)
+            }
         }
-        Ok(text)
+    }
+
+    /// A new answer, listed for the voter asked last; its index.
+    fn list(&mut self, said: Said) -> u32 {
+        let i = self.said.len() as u32;
+        self.said.push(said);
+        self.order.push(i);
+        i
     }
 }
 
@@ -1412,7 +1475,7 @@ fn count_inline(
     seats: &[colony_journal::Seat],
     mut answer: impl FnMut(AgentId) -> Result<(Result<Arc<str>, String>, Duration), Error>,
     mut closing: impl FnMut() -> Result<Duration, Error>,
-) -> Result<(Outcome, Vec<Voter>, u32), Error> {
+) -> Result<(Arc<Outcome>, Vec<Voter>, u32), Error> {
     let mut voters: Vec<Voter> = seats.iter().map(Voter::new).collect();
     let mut asked = 0;
     let mut round = 0;
@@ -1420,9 +1483,11 @@ fn count_inline(
     let mut last = Duration::ZERO;
     loop {
         let mut progress = Progress::Pending;
+        // The round's: it holds while the round is pending.
+        let deadline = decision.deadline();
         for voter in &mut voters {
             (voter.state, voter.problem) = (None, None);
-            let late = decision.deadline().is_some_and(|d| last >= d);
+            let late = deadline.is_some_and(|d| last >= d);
             if !matches!(progress, Progress::Pending) || late {
                 continue;
             }
@@ -1434,7 +1499,7 @@ fn count_inline(
             } else {
                 TaskState::Failed
             });
-            if decision.deadline().is_some_and(|d| at >= d) {
+            if deadline.is_some_and(|d| at >= d) {
                 voter.problem = Some("its answer came after its round's deadline".into());
                 continue;
             }
@@ -1478,15 +1543,21 @@ enum Said {
 }
 
 /// A decision taken inline as the journal keeps it, in place of its outcome: its voters'
-/// answers in the order asked (`said`), when each came (`at`, nanoseconds from the
-/// decision's start), and when each round that ended undecided was closed. Far smaller than
-/// the outcome (which lists every ballot and voter), so the one write of the decision is
-/// cheap; [`outcome_of`] counts the outcome from it again.
-#[derive(Debug, Default, Serialize, serde::Deserialize)]
+/// answers in the order asked, when each came (`at`, from the decision's start), and when
+/// each round that ended undecided was closed. Far smaller than the outcome (which lists
+/// every ballot and voter), so the one write of the decision is cheap; [`outcome_of`] counts
+/// the outcome from it again.
+///
+/// Format 2 lists each distinct answer once (`texts`) and each voter's as its index there
+/// (`said`), its times in microseconds; format 1, written before, lists each voter's answer
+/// whole in `said`, its times in nanoseconds.
+#[derive(Debug, Serialize, serde::Deserialize)]
 struct Answers {
     /// [`Answers::FORMAT`] when written: a record of another format is not counted again.
     format: u32,
-    said: Vec<Said>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    texts: Vec<Said>,
+    said: Listed,
     at: Vec<u64>,
     closed: Vec<u64>,
     /// What was decided (the winner's value), or why not: counting again must give it.
@@ -1494,18 +1565,79 @@ struct Answers {
     reason: Option<Arc<str>>,
 }
 
-impl Answers {
-    /// The format written now.
-    const FORMAT: u32 = 1;
+/// The voters' answers in a record: indices into its texts (format 2), or whole (format 1).
+#[derive(Debug, Serialize, serde::Deserialize)]
+#[serde(untagged)]
+enum Listed {
+    Indices(Vec<u32>),
+    Whole(Vec<Said>),
+}
 
-    fn answered(&mut self, answer: &Result<Arc<str>, String>, at: Duration) {
-        self.said.push(match answer {
-            Ok(text) => Said::Text(text.clone()),
-            Err(why) => Said::Nothing {
-                error: why.as_str().into(),
-            },
-        });
-        self.at.push(at.as_nanos() as u64);
+impl Answers {
+    /// The format written now; the formats read.
+    const FORMAT: u32 = 2;
+    const READ: [u32; 2] = [1, 2];
+
+    /// The record as serde writes it, with its lists of numbers written directly: a voter's
+    /// index and time cost a few instructions each here, against a formatter call per
+    /// punctuation mark and number through serde, in the dispatcher's turn.
+    fn to_json(&self) -> Result<String, serde_json::Error> {
+        fn numbers(out: &mut String, list: impl ExactSizeIterator<Item = u64>) {
+            let mut digits = itoa::Buffer::new();
+            out.push('[');
+            for (i, n) in list.enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                match u8::try_from(n) {
+                    // Most of them: an index among a few texts, a time of a few microseconds.
+                    Ok(digit @ 0..=9) => out.push(char::from(b'0' + digit)),
+                    _ => out.push_str(digits.format(n)),
+                }
+            }
+            out.push(']');
+        }
+        let mut out = String::with_capacity(96 + 16 * self.at.len());
+        out.push_str("{\"format\":");
+        out.push_str(itoa::Buffer::new().format(self.format));
+        if !self.texts.is_empty() {
+            out.push_str(",\"texts\":");
+            out.push_str(&serde_json::to_string(&self.texts)?);
+        }
+        out.push_str(",\"said\":");
+        match &self.said {
+            Listed::Indices(order) => numbers(&mut out, order.iter().map(|&i| u64::from(i))),
+            Listed::Whole(said) => out.push_str(&serde_json::to_string(said)?),
+        }
+        out.push_str(",\"at\":");
+        numbers(&mut out, self.at.iter().copied());
+        out.push_str(",\"closed\":");
+        numbers(&mut out, self.closed.iter().copied());
+        out.push_str(",\"value\":");
+        out.push_str(&serde_json::to_string(&self.value)?);
+        out.push_str(",\"reason\":");
+        out.push_str(&serde_json::to_string(&self.reason)?);
+        out.push('}');
+        Ok(out)
+    }
+
+    /// Each voter's answer in the order asked, from a record of `format`: else why the
+    /// record does not hold them.
+    fn voters_said(format: u32, texts: &[Said], said: Listed) -> Result<Vec<Said>, String> {
+        match (format, said) {
+            (1, Listed::Whole(said)) => Ok(said),
+            (2, Listed::Indices(order)) => order
+                .into_iter()
+                .map(|i| {
+                    texts.get(i as usize).cloned().ok_or_else(|| {
+                        format!("an answer is text {i}, but it lists {}", texts.len())
+                    })
+                })
+                .collect(),
+            (format, _) => Err(format!(
+                "its answers are not listed as format {format} lists them"
+            )),
+        }
     }
 }
 
@@ -1528,21 +1660,35 @@ pub fn outcome_of(row: &colony_journal::DecisionRow) -> Result<Option<serde_json
         return Ok(Some(value));
     }
     let answers: Answers = serde_json::from_value(value).map_err(|e| unreadable(&e))?;
-    if answers.format != Answers::FORMAT {
+    if !Answers::READ.contains(&answers.format) {
         return Err(unreadable(&format!(
-            "its answers are of format {}, this colony counts format {}",
+            "its answers are of format {}, this colony counts formats {:?}",
             answers.format,
-            Answers::FORMAT
+            Answers::READ
         )));
     }
-    let (value, reason) = (answers.value.clone(), answers.reason.clone());
+    let Answers {
+        format,
+        texts,
+        said,
+        at,
+        closed,
+        value,
+        reason,
+    } = answers;
+    let said = Answers::voters_said(format, &texts, said).map_err(|e| unreadable(&e))?;
+    // Nanoseconds in format 1, microseconds since.
+    let time = |t: u64| match format {
+        1 => Duration::from_nanos(t),
+        _ => Duration::from_micros(t),
+    };
     let options: DecisionOptions =
         serde_json::from_str(&row.opening.options).map_err(|e| unreadable(&e))?;
     let mut decision =
         Decision::new(options, &participants(&row.opening.seats)).map_err(|e| unreadable(&e))?;
     let ends = || unreadable(&"it ends before the decision does");
-    let mut answered = answers.said.into_iter().zip(answers.at);
-    let mut closed = answers.closed.into_iter();
+    let mut answered = said.into_iter().zip(at);
+    let mut closed = closed.into_iter();
     let (outcome, voters, asked) = count_inline(
         &mut decision,
         &row.opening.seats,
@@ -1552,9 +1698,9 @@ pub fn outcome_of(row: &colony_journal::DecisionRow) -> Result<Option<serde_json
                 Said::Text(text) => Ok(text),
                 Said::Nothing { error } => Err(error.to_string()),
             };
-            Ok((said, Duration::from_nanos(at)))
+            Ok((said, time(at)))
         },
-        || closed.next().map(Duration::from_nanos).ok_or_else(ends),
+        || closed.next().map(time).ok_or_else(ends),
     )?;
     let again = (
         outcome.winner().map(|w| w.value.clone()),

@@ -13,6 +13,7 @@ use std::{
     borrow::Cow,
     collections::HashMap,
     hash::{BuildHasherDefault, Hasher},
+    sync::Arc,
     time::Duration,
 };
 
@@ -55,7 +56,7 @@ enum Stage {
         candidates: Vec<u32>,
         until: Duration,
     },
-    Done(Box<Outcome>),
+    Done(Arc<Outcome>),
 }
 
 /// A participant's ballot in the open round.
@@ -219,7 +220,7 @@ impl Decision {
         }
     }
 
-    pub fn outcome(&self) -> Option<&Outcome> {
+    pub fn outcome(&self) -> Option<&Arc<Outcome>> {
         match &self.stage {
             Stage::Done(outcome) => Some(outcome),
             _ => None,
@@ -273,7 +274,7 @@ impl Decision {
     /// the outcome again.
     pub fn expire(&mut self, now: Duration) -> Progress {
         match &self.stage {
-            Stage::Done(outcome) => Progress::Done(outcome.as_ref().clone()),
+            Stage::Done(outcome) => Progress::Done(outcome.clone()),
             Stage::Judging { until, .. } if now >= *until => self.fail(Reason::Timeout, now),
             Stage::Judging { .. } => Progress::Pending,
             Stage::Voting if now < self.round.ends => Progress::Pending,
@@ -287,7 +288,7 @@ impl Decision {
     /// While a judge is out, `Pending`; once over, the outcome again.
     pub fn close(&mut self, now: Duration) -> Progress {
         match &self.stage {
-            Stage::Done(outcome) => Progress::Done(outcome.as_ref().clone()),
+            Stage::Done(outcome) => Progress::Done(outcome.clone()),
             Stage::Judging { .. } => Progress::Pending,
             Stage::Voting => self.review(now, true),
         }
@@ -712,7 +713,8 @@ impl Decision {
     }
 
     fn finish(&mut self, outcome: Outcome) -> Progress {
-        self.stage = Stage::Done(Box::new(outcome.clone()));
+        let outcome = Arc::new(outcome);
+        self.stage = Stage::Done(outcome.clone());
         Progress::Done(outcome)
     }
 

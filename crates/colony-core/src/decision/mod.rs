@@ -489,8 +489,8 @@ pub enum Progress {
     /// Tied under the `judge` policy: run the judge over these, then
     /// [`Decision::judge`] with its choice (an index here) or none.
     NeedsJudge { candidates: Vec<Candidate> },
-    /// Over.
-    Done(Outcome),
+    /// Over. The outcome is shared with the decision, which keeps it.
+    Done(Arc<Outcome>),
 }
 
 /// How a decision ended.

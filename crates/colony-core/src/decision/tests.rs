@@ -26,7 +26,7 @@ fn new(options: DecisionOptions, n: u32) -> Decision {
 }
 
 /// The outcome of a finished progress; fails the test otherwise.
-fn done(progress: Progress) -> Outcome {
+fn done(progress: Progress) -> Arc<Outcome> {
     match progress {
         Progress::Done(outcome) => outcome,
         other => panic!("expected an outcome, got {other:?}"),
@@ -1087,7 +1087,7 @@ fn bft_ballots(honest: &[u8], faults: &[Fault], seed: u64, adjacent: bool) -> Ve
 }
 
 /// Casts `ballots` one millisecond apart, then expires the decision if it is still open.
-fn run(options: DecisionOptions, n: u32, ballots: &[Ballot]) -> Outcome {
+fn run(options: DecisionOptions, n: u32, ballots: &[Ballot]) -> Arc<Outcome> {
     let mut d = new(options, n);
     for (t, b) in ballots.iter().enumerate() {
         match d.cast(b.clone(), ms(t as u64)) {

@@ -82,10 +82,7 @@ impl Agent for Voter {
     }
 
     fn handle(&self, task: Task) -> Execution {
-        let round = std::str::from_utf8(&task.payload)
-            .ok()
-            .and_then(|s| s.parse::<u64>().ok());
-        Execution::Done(match round {
+        Execution::Done(match round_of(&task.payload) {
             Some(round) => Ok(Bytes::from_static(if votes_yes(task.agent.0, round) {
                 b"yes"
             } else {
@@ -96,6 +93,17 @@ impl Agent for Voter {
             )),
         })
     }
+}
+
+/// The round number a voter's payload is: its decimal digits, as the Erlang peer's voters
+/// get the round as an integer; `None` if it is anything else.
+fn round_of(payload: &[u8]) -> Option<u64> {
+    if payload.is_empty() || payload.len() > 19 {
+        return None;
+    }
+    payload.iter().try_fold(0u64, |n, &b| {
+        b.is_ascii_digit().then(|| n * 10 + u64::from(b - b'0'))
+    })
 }
 
 /// Refuses a peer script that is not a file now, not after colony's rounds.
@@ -386,6 +394,26 @@ pub(crate) async fn erlang_w5(script: &Path, agents: u32, rounds: u32) -> Result
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_round_is_read_from_its_digits_only() {
+        assert_eq!(round_of(b"0"), Some(0));
+        assert_eq!(round_of(b"1234567"), Some(1_234_567));
+        assert_eq!(
+            round_of(b"9999999999999999999"),
+            Some(9_999_999_999_999_999_999)
+        );
+        for bad in [
+            &b""[..],
+            b"12a",
+            b"-1",
+            b" 1",
+            b"1.0",
+            b"99999999999999999999",
+        ] {
+            assert_eq!(round_of(bad), None, "{:?}", String::from_utf8_lossy(bad));
+        }
+    }
 
     #[test]
     fn the_rule_says_yes_about_sixty_percent_of_the_time() {

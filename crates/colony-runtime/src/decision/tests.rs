@@ -1592,38 +1592,165 @@ async fn a_record_that_does_not_count_again_to_what_was_decided_is_unreadable() 
         };
         outcome_of(&row).map(|_| ()).unwrap_err().to_string()
     };
+    // Each distinct answer is listed once, and each voter's is its index.
+    assert_eq!(kept["format"], 2);
+    assert_eq!(kept["texts"], serde_json::json!(["yes", "no"]), "{kept}");
+    assert_eq!(
+        kept["said"].as_array().unwrap().len(),
+        decided.asked as usize
+    );
     // Every answer turned to "no": counted again, it no longer gives "yes".
     let turned = with(&|r| {
         for said in r["said"].as_array_mut().unwrap() {
-            *said = "no".into();
+            *said = 1.into();
         }
     });
     assert!(turned.contains("counted again it gives"), "{turned}");
-    let newer = with(&|r| r["format"] = 2.into());
-    assert!(newer.contains("format 2"), "{newer}");
+    let newer = with(&|r| r["format"] = 3.into());
+    assert!(newer.contains("format 3"), "{newer}");
     let short = with(&|r| r["said"].as_array_mut().unwrap().truncate(1));
     assert!(short.contains("does not read"), "{short}");
+    let beyond = with(&|r| r["said"][0] = 2.into());
+    assert!(
+        beyond.contains("an answer is text 2, but it lists 2"),
+        "{beyond}"
+    );
+    // Format 1 listed every voter's answer whole: it is still read, and counts the same.
+    let whole = {
+        let mut record = kept.clone();
+        let texts = record["texts"].as_array().unwrap().clone();
+        let said: Vec<serde_json::Value> = record["said"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| texts[i.as_u64().unwrap() as usize].clone())
+            .collect();
+        record["said"] = said.into();
+        record["format"] = 1.into();
+        // Its times in nanoseconds.
+        for times in ["at", "closed"] {
+            for t in record[times].as_array_mut().unwrap() {
+                *t = (t.as_u64().unwrap() * 1_000).into();
+            }
+        }
+        record.as_object_mut().unwrap().remove("texts");
+        record
+    };
+    let row = colony_journal::DecisionRow {
+        outcome: Some(whole.to_string().into()),
+        ..row.clone()
+    };
+    assert_eq!(
+        outcome_of(&row).unwrap().unwrap(),
+        serde_json::to_value(&decided).unwrap()
+    );
+    let mixed = with(&|r| r["format"] = 1.into());
+    assert!(mixed.contains("not listed as format 1"), "{mixed}");
 }
 
 #[test]
 fn voters_saying_the_same_text_share_one_copy_and_text_that_is_not_utf8_is_refused() {
     let mut texts = Texts::default();
-    let yes = texts.of(Bytes::from_static(b"yes")).unwrap();
-    let again = texts.of(Bytes::from(b"yes".to_vec())).unwrap();
+    let yes = texts.of(Ok(Bytes::from_static(b"yes"))).unwrap();
+    let again = texts.of(Ok(Bytes::from(b"yes".to_vec()))).unwrap();
     assert!(Arc::ptr_eq(&yes, &again), "the same text is kept once");
-    assert_eq!(&*texts.of(Bytes::from_static(b"no")).unwrap(), "no");
-    let refused = texts.of(Bytes::from_static(b"\xff\xfe")).unwrap_err();
+    assert_eq!(&*texts.of(Ok(Bytes::from_static(b"no"))).unwrap(), "no");
+    let refused = texts.of(Ok(Bytes::from_static(b"\xff\xfe"))).unwrap_err();
     assert!(refused.contains("not UTF-8"), "{refused}");
-    // Past the texts kept, each answer is still read as it is, only not shared.
+    let failed = texts.of(Err("it crashed".into())).unwrap_err();
+    assert_eq!(failed, "it crashed");
+    // Past the texts looked for, each answer is still read as it is, only listed anew.
     for i in 0..20 {
         let said = format!("answer {i}");
-        assert_eq!(&*texts.of(Bytes::from(said.clone())).unwrap(), said);
+        assert_eq!(&*texts.of(Ok(Bytes::from(said.clone()))).unwrap(), said);
     }
-    assert_eq!(texts.0.len(), Texts::KEPT);
-    let late = texts.of(Bytes::from_static(b"answer 19")).unwrap();
+    assert_eq!(texts.kept.len(), Texts::KEPT);
+    let late = texts.of(Ok(Bytes::from_static(b"answer 19"))).unwrap();
     assert_eq!(&*late, "answer 19");
     assert!(Arc::ptr_eq(
-        &texts.of(Bytes::from_static(b"yes")).unwrap(),
+        &texts.of(Ok(Bytes::from_static(b"yes"))).unwrap(),
         &yes
     ));
+    // Every voter's answer is an index into the texts listed.
+    assert_eq!(texts.order.len(), 27);
+    assert_eq!(
+        texts.said.len(),
+        25,
+        "yes, no, two errors, 20 answers, one repeat"
+    );
+    assert_eq!(&texts.order[..6], [0, 0, 1, 2, 3, 4]);
+    assert_eq!(texts.order[26], 0);
+    let listed: Vec<String> = texts
+        .order
+        .iter()
+        .map(|&i| match &texts.said[i as usize] {
+            Said::Text(t) => t.to_string(),
+            Said::Nothing { error } => format!("error: {error}"),
+        })
+        .collect();
+    assert!(listed[3].contains("not UTF-8"), "{}", listed[3]);
+    assert_eq!(listed[4], "error: it crashed");
+    assert_eq!(listed[25], "answer 19");
+}
+
+#[test]
+fn answers_are_written_as_serde_writes_them() {
+    let answers = |texts: Vec<Said>, said: Listed, closed: Vec<u64>, value: Option<&str>| Answers {
+        format: Answers::FORMAT,
+        texts,
+        said,
+        at: vec![0, 9, 10, 1_234_567, u64::MAX],
+        closed,
+        value: value.map(Arc::from),
+        reason: value.is_none().then(|| Arc::from("no-quorum")),
+    };
+    let cases = [
+        answers(
+            vec![
+                Said::Text("yes".into()),
+                Said::Text("a \"quoted\"\nline \u{1F600}\\".into()),
+                Said::Nothing {
+                    error: "its agent panicked: \u{7}".into(),
+                },
+            ],
+            Listed::Indices(vec![0, 1, 2, 0, 1]),
+            vec![],
+            Some("yes"),
+        ),
+        answers(vec![], Listed::Indices(vec![]), vec![5, 6], None),
+        answers(
+            vec![],
+            Listed::Whole(vec![
+                Said::Text("no".into()),
+                Said::Nothing { error: "x".into() },
+            ]),
+            vec![u64::MAX],
+            None,
+        ),
+    ];
+    for case in cases {
+        let ours = case.to_json().unwrap();
+        assert_eq!(ours, serde_json::to_string(&case).unwrap());
+        let read: Answers = serde_json::from_str(&ours).unwrap();
+        assert_eq!(read.at, case.at);
+    }
+}
+
+#[test]
+fn options_are_written_as_serde_writes_them_and_kept_while_the_same() {
+    let majority = DecisionOptions::default();
+    let bft = DecisionOptions {
+        protocol: Protocol::Bft,
+        ..DecisionOptions::default()
+    };
+    let first = options_text(&majority).unwrap();
+    assert_eq!(&*first, serde_json::to_string(&majority).unwrap());
+    assert!(
+        Arc::ptr_eq(&first, &options_text(&majority).unwrap()),
+        "kept"
+    );
+    let other = options_text(&bft).unwrap();
+    assert_eq!(&*other, serde_json::to_string(&bft).unwrap());
+    let again = options_text(&majority).unwrap();
+    assert_eq!(again, first, "written anew after other options, the same");
 }

@@ -192,7 +192,6 @@ impl Attempts {
         pool: u8,
         task: TaskId,
         payload: &bytes::Bytes,
-        beats: &Arc<Beats>,
     ) -> Result<bytes::Bytes, String> {
         let agent = &self.pools[pool as usize].agent;
         let task = Task {
@@ -200,7 +199,9 @@ impl Attempts {
             attempt: 1,
             agent: worker,
             payload: payload.clone(),
-            heartbeat: Heartbeat::new(beats.clone(), worker),
+            // The answer is due inside `handle`, before the dispatcher's turn ends: no beat
+            // of it could be watched, and an attached line costs two atomic operations a voter.
+            heartbeat: Heartbeat::detached(),
             mail: AgentMail::new(worker, self.mail.clone()),
         };
         match catch_unwind(AssertUnwindSafe(|| agent.handle(task))) {

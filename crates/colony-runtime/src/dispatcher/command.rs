@@ -283,8 +283,7 @@ impl Live<'_> {
         payload: &bytes::Bytes,
     ) -> Result<bytes::Bytes, String> {
         let pool = self.tree.spec(worker);
-        self.attempts
-            .answer_inline(worker, pool, task, payload, &self.watch.beats)
+        self.attempts.answer_inline(worker, pool, task, payload)
     }
 
     /// A worker's reputation: its quality score from its checks and its agreement with
