@@ -1095,16 +1095,12 @@ impl Handle {
                 decided,
                 durable,
             } => {
-                let mut durable = durable;
-                let decided = match durable.try_result() {
-                    Some(written) => {
-                        written.map_err(|e| self.refused(0, e))?;
-                        report(self, &decided);
-                        decided
-                    }
+                let decided = match durable {
+                    // Written and reported in the dispatcher's turn.
+                    None => decided,
                     // Awaited and reported apart from this caller: one that stops waiting
                     // leaves no decision journaled and never told.
-                    None => {
+                    Some(durable) => {
                         let handle = self.clone();
                         let told = crate::spawner::Spawner::spawn("decision-inline", async move {
                             durable.await?;
@@ -1180,11 +1176,11 @@ enum Opened {
         entered: crate::handle::Entered,
     },
     /// Every voter answered inline: the decision is taken, and written once `durable`
-    /// resolves.
+    /// resolves; written and reported already when there is nothing to wait for.
     Taken {
         decision: Decision,
         decided: Box<Decided>,
-        durable: colony_journal::Durable,
+        durable: Option<colony_journal::Durable>,
     },
 }
 
@@ -1246,6 +1242,11 @@ fn open(
     if inline {
         // No ballot tasks: the seats' permits go back as `room` drops.
         let (decided, durable) = take_inline(live, handle, &mut decision, &seats, options, &spec)?;
+        if durable.is_none() {
+            // Written at once (the in-memory journal): reported here, where the outcome was
+            // just counted, rather than read again by the caller on another core.
+            report(handle, &decided);
+        }
         return Ok(Opened::Taken {
             decision,
             decided: Box::new(decided),
@@ -1286,7 +1287,8 @@ fn open(
 /// then journaled whole, under the next task id (its own task, the question, ended with the
 /// decided value or the reason), in one write that keeps the answers and when they came
 /// ([`Answers`]), from which the engine counts the same outcome again when it is read
-/// ([`outcome_of`]). Returns it, and the write to wait for before anyone hears of it. Nothing
+/// ([`outcome_of`]). Returns it, and the write to wait for before anyone hears of it (none
+/// when the journal wrote it at once). Nothing
 /// is written, and no id taken, when the journal refuses it.
 ///
 /// The voters are asked without holding the ids (submitters would wait on them meanwhile),
@@ -1300,7 +1302,7 @@ fn take_inline(
     seats: &[colony_journal::Seat],
     options: Arc<str>,
     spec: &TaskSpec,
-) -> Result<(Decided, colony_journal::Durable), Error> {
+) -> Result<(Decided, Option<colony_journal::Durable>), Error> {
     let opened_at_ms = unix_ms();
     let peeked = handle.next_id_now();
     let first = ask_inline(live, decision, seats, spec, peeked)?;
@@ -1342,8 +1344,8 @@ fn take_inline(
         match durable.try_result() {
             Some(Err(refused)) => Err(refused.into()),
             // The in-memory journal: written at once.
-            Some(Ok(())) => Ok((decided, colony_journal::Durable::ready(Ok(())))),
-            None => Ok((decided, durable)),
+            Some(Ok(())) => Ok((decided, None)),
+            None => Ok((decided, Some(durable))),
         }
     })
 }
@@ -1357,7 +1359,9 @@ fn ask_inline(
     spec: &TaskSpec,
     id: TaskId,
 ) -> Result<(Arc<Outcome>, Vec<Voter>, u32, Answers), Error> {
-    let started = std::time::Instant::now();
+    // Read for every answer: the processor's counter, scaled, costs a third of the
+    // system's monotonic clock.
+    let started = quanta::Instant::now();
     let mut at = Vec::with_capacity(seats.len());
     let mut closed = Vec::new();
     let mut texts = Texts::default();

@@ -794,8 +794,8 @@ impl Handle {
         notified.await;
     }
 
-    /// Publishes an event from outside the dispatcher (the autoscaler's), if anyone listens
-    /// for its kind.
+    /// Publishes an event at once, not through the dispatcher's outbox (the autoscaler's, a
+    /// decision's end), if anyone listens for its kind.
     pub(crate) fn publish(&self, kinds: Kinds, event: crate::events::Event) {
         if self.shared.bus.wants(kinds) {
             self.shared.bus.publish(vec![event]);
