@@ -1127,7 +1127,8 @@ impl Handle {
                 return Ok(voting);
             }
         };
-        let accepted = self.acked(entered).await?;
+        // No vote holds the ballot tasks yet: a caller that stops waiting has them cancelled.
+        let accepted = self.acked_or_cancelled(entered).await?;
         let mut voting = Voting::new(
             self.clone(),
             accepted.first,

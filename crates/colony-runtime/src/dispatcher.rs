@@ -844,7 +844,7 @@ mod resize;
 mod spawning;
 mod supervise;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 mod thread;
 
 pub use command::Resized;

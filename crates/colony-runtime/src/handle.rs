@@ -77,6 +77,21 @@ pub(crate) struct Entered {
     ack: Option<oneshot::Receiver<Result<(), colony_journal::Error>>>,
 }
 
+/// Tasks entered whose journal write is awaited by a caller that alone will hear of them:
+/// cancelled if that wait is dropped (see [`Handle::acked_or_cancelled`]).
+struct Unheld<'a> {
+    handle: &'a Handle,
+    tasks: Option<Accepted>,
+}
+
+impl Drop for Unheld<'_> {
+    fn drop(&mut self) {
+        for task in self.tasks.iter().flat_map(Accepted::ids) {
+            self.handle.cancel_soon(task);
+        }
+    }
+}
+
 /// Tasks accepted by one submission: ids `first..first + count`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Accepted {
@@ -250,8 +265,9 @@ impl Handle {
         ballots: Option<crate::decision::Ballots>,
         batch: &std::sync::Arc<crate::shared::Batch>,
     ) -> Result<Accepted, Error> {
-        self.accept(specs, masks, |_, id| Some(batch.sender(id)), pin, ballots)
-            .await
+        self.journal_room().await;
+        let entered = self.enter(specs, masks, |_, id| Some(batch.sender(id)), pin, ballots)?;
+        self.acked_or_cancelled(entered).await
     }
 
     /// Sends the cancellation of `task` without waiting for its answer: for a caller that
@@ -498,6 +514,20 @@ impl Handle {
             Ok(Err(error)) => Err(self.refused(0, error)),
             Err(_) => Err(Error::Stopped),
         }
+    }
+
+    /// [`Handle::acked`], for tasks that only this caller will hear of (a decision's ballots,
+    /// counted by its vote alone): if the wait is dropped before the journal answers, they
+    /// are cancelled, as a dropped vote's ballots are. A refusal cancels nothing: its ids go
+    /// back to the journal and may be taken again.
+    pub(crate) async fn acked_or_cancelled(&self, entered: Entered) -> Result<Accepted, Error> {
+        let mut unheld = Unheld {
+            handle: self,
+            tasks: Some(entered.accepted),
+        };
+        let acked = self.acked(entered).await;
+        unheld.tasks = None;
+        acked
     }
 
     /// The journal refused a submission: return `permits` and take the next id from the

@@ -1754,3 +1754,88 @@ fn options_are_written_as_serde_writes_them_and_kept_while_the_same() {
     let again = options_text(&majority).unwrap();
     assert_eq!(again, first, "written anew after other options, the same");
 }
+
+/// A caller that stops waiting while its decision's ballot tasks are being journaled (a
+/// journal with a writer thread) leaves none of them running: they are cancelled, as a
+/// dropped vote's are.
+#[tokio::test(start_paused = true)]
+async fn a_vote_dropped_while_its_ballots_are_journaled_cancels_them() {
+    let (memory, journal) = lagging();
+    let (runtime, ran) = start_on(3, |_| Answer::Hangs, journal).await;
+    let h = runtime.handle();
+    let first = memory.next_task_id();
+    let vote = Vote::new(3, DecisionOptions::default());
+    let waited = tokio::time::timeout(
+        Duration::from_millis(20),
+        h.decide(ballot_task(600_000), vote),
+    )
+    .await;
+    assert!(waited.is_err(), "its ballots were still being journaled");
+    let ballots: Vec<TaskId> = (0..3).map(|i| TaskId(first.0 + i)).collect();
+    until_cancelled(&memory, &ballots, &format!("{:?}", ran.lock().unwrap())).await;
+    nothing_left(h).await;
+    runtime.shutdown().await;
+}
+
+/// The same for a later round's ballots: a vote dropped while they are being journaled has
+/// them cancelled, though it had not heard of them yet.
+#[tokio::test(start_paused = true)]
+async fn a_vote_dropped_while_its_next_round_is_journaled_cancels_that_round() {
+    // Round 0 splits 2 to 2, short of fast's 3 of 4; round 1's ballots would never answer.
+    fn script(agent: AgentId, _: &serde_json::Value, before: u32) -> Answer {
+        match before {
+            0 => Answer::Says(if agent.0.is_multiple_of(2) { "a" } else { "b" }, 1),
+            _ => Answer::Hangs,
+        }
+    }
+    let (memory, journal) = lagging();
+    let (runtime, seen) = start_scripted(4, script, journal).await;
+    let h = runtime.handle();
+    let spec = TaskSpec {
+        payload: Bytes::from_static(br#"{"q":"which?"}"#),
+        ..ballot_task(600_000)
+    };
+    let vote = Vote::new(4, DecisionOptions::with(Protocol::Fast));
+    let voting = h.decide(spec, vote).await.unwrap();
+    let round_one: Vec<TaskId> = (4..8).map(|i| TaskId(voting.id().0 + i)).collect();
+    let mut outcome = Box::pin(voting.outcome());
+    // Waited for until round 1's ballots are written, not yet durable; then not.
+    for polls in 0.. {
+        if memory.task(round_one[0]).unwrap().is_some() {
+            break;
+        }
+        assert!(polls < 1_000, "round 1 was never asked");
+        assert!(futures::poll!(&mut outcome).is_pending());
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    drop(outcome);
+    until_cancelled(&memory, &round_one, &format!("{:?}", seen.lock().unwrap())).await;
+    nothing_left(h).await;
+    runtime.shutdown().await;
+}
+
+/// A journal whose writes are durable 50 ms after they are made (in `memory` at once).
+fn lagging() -> (Arc<MemoryJournal>, Arc<dyn colony_journal::Journal>) {
+    let memory = Arc::new(MemoryJournal::new());
+    let journal = Arc::new(crate::dispatcher::tests::Lagging {
+        inner: memory.clone(),
+        delay: Duration::from_millis(50),
+    });
+    (memory, journal)
+}
+
+/// Waits (a second at most) until every task of `tasks` ended cancelled.
+async fn until_cancelled(memory: &MemoryJournal, tasks: &[TaskId], ran: &str) {
+    let mut states = Vec::new();
+    for _ in 0..100 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        states = tasks
+            .iter()
+            .map(|&id| memory.task(id).unwrap().map(|row| row.state))
+            .collect();
+        if states.iter().all(|s| *s == Some(TaskState::Cancelled)) {
+            return;
+        }
+    }
+    panic!("{tasks:?} ended {states:?}, not all cancelled; ran: {ran}");
+}

@@ -520,9 +520,9 @@ async fn a_panicking_query_is_reported_and_the_runtime_goes_on() {
 
 /// A journal whose writes become durable only after a delay, like one with a writer thread.
 #[derive(Debug)]
-struct Lagging {
-    inner: Arc<MemoryJournal>,
-    delay: Duration,
+pub(crate) struct Lagging {
+    pub(crate) inner: Arc<MemoryJournal>,
+    pub(crate) delay: Duration,
 }
 
 impl Journal for Lagging {
