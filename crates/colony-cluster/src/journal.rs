@@ -195,6 +195,72 @@ pub fn read(options: &JournalOptions) -> Result<MemoryJournal, Error> {
         .map_err(|_| Error::nats("the journal's thread", "it panicked"))?
 }
 
+/// What a compaction did.
+enum Compacted {
+    /// Nothing: the snapshot would not have been worth it, or could not be written.
+    Skipped,
+    /// The snapshot of `size` bytes is written; what it replaces is gone if `purged`.
+    Written { size: u64, purged: bool },
+}
+
+/// What [`prune`] did: tasks that lost their payloads and outputs, and the stream's bytes
+/// before and after.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Pruned {
+    pub tasks: u64,
+    pub bytes_before: u64,
+    pub bytes_after: u64,
+}
+
+/// Drops the payloads and outputs of every finished task but the newest `keep_last` (their
+/// rows, states and errors stay), as `colony prune --keep-last` does to a SQLite file: the
+/// journal is opened and claimed (a process keeping it is fenced out, as by any process
+/// that opens it), pruned, written whole as a snapshot, and everything before the snapshot
+/// purged from the stream. Blocks until done.
+pub fn prune(options: &JournalOptions, keep_last: u64) -> Result<Pruned, Error> {
+    let options = options.clone();
+    let thread = colony_agents::spawner::Spawner::spawn_thread("colony-journal-prune", move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| Error::nats("the journal's thread", e))?
+            .block_on(async {
+                let (mut writer, mirror) = Writer::open(&options).await?;
+                let bytes_before = writer.state().await?.bytes;
+                let tasks = mirror.prune_all_but(keep_last);
+                if tasks > 0 {
+                    let what = format!("pruning the journal {}", options.name);
+                    match writer.compact(&mirror, usize::MAX).await? {
+                        Compacted::Written { purged: true, .. } => {}
+                        Compacted::Written { purged: false, .. } => {
+                            return Err(Error::nats(
+                                what,
+                                "the pruned state is written, but the writes before it could \
+                                 not be purged: run prune again",
+                            ));
+                        }
+                        Compacted::Skipped => {
+                            return Err(Error::nats(
+                                what,
+                                "a row is larger than a message can hold: nothing was pruned",
+                            ));
+                        }
+                    }
+                }
+                let bytes_after = writer.state().await?.bytes;
+                Ok(Pruned {
+                    tasks,
+                    bytes_before,
+                    bytes_after,
+                })
+            })
+    })
+    .map_err(|e| Error::nats("the journal's thread", e))?;
+    thread
+        .join()
+        .map_err(|_| Error::nats("the journal's thread", "it panicked"))?
+}
+
 /// A journal's name becomes a stream name and a subject token: letters, digits, `_` and
 /// `-`, at most 64.
 fn check_name(name: &str) -> Result<(), String> {
@@ -654,15 +720,17 @@ impl Writer {
         mirror.clear_stats();
         let bytes = writer.state().await?.bytes;
         if bytes > options.compact_above {
-            match writer.compact(&mirror, bytes).await {
-                Ok(Some(size)) => tracing::info!(
+            // Worth it only when the snapshot is under half of what it replaces.
+            let budget = usize::try_from(bytes / 2).unwrap_or(usize::MAX);
+            if let Compacted::Written { size, purged: true } =
+                writer.compact(&mirror, budget).await?
+            {
+                tracing::info!(
                     journal = options.name,
                     before = bytes,
                     after = size,
                     "Compacted the journal: its state written whole, the writes before it purged."
-                ),
-                Ok(None) => {}
-                Err(e) => return Err(e),
+                );
             }
         }
         Ok((writer, mirror))
@@ -672,13 +740,12 @@ impl Writer {
     /// (rows, decisions, agents, reputations), then purges every message before them: the
     /// stream then holds the snapshot and what comes after it. Read back over the messages
     /// before it (the purge did not happen: this process died first), the snapshot sets
-    /// what they made, so the journal is the same either way. Skipped (`None`) when the
-    /// snapshot would not be under half of the `bytes` the stream holds.
-    async fn compact(&mut self, mirror: &MemoryJournal, bytes: u64) -> Result<Option<u64>, Error> {
+    /// what they made, so the journal is the same either way. Skipped when the snapshot
+    /// would pass `budget` bytes, or one of its lines a message's parts.
+    async fn compact(&mut self, mirror: &MemoryJournal, budget: usize) -> Result<Compacted, Error> {
         let failed = |e: colony_journal::Error| Error::nats("compacting the journal", e);
-        let budget = usize::try_from(bytes / 2).unwrap_or(usize::MAX);
         let Some(lines) = snapshot(mirror, budget, MAX_PARTS * self.part).map_err(failed)? else {
-            return Ok(None);
+            return Ok(Compacted::Skipped);
         };
         let size: u64 = lines.iter().map(|l| l.len() as u64).sum();
         let start = self.last + 1;
@@ -702,9 +769,12 @@ impl Writer {
         // open, and this one goes on.
         if let Err(e) = self.stream.purge().sequence(start).await {
             tracing::warn!(journal = self.shown, error = %e, "The snapshot is written but what it replaces could not be purged; the next open tries again.");
-            return Ok(None);
+            return Ok(Compacted::Written {
+                size,
+                purged: false,
+            });
         }
-        Ok(Some(size))
+        Ok(Compacted::Written { size, purged: true })
     }
 
     /// Applies the messages after `self.last` up to `until` to `mirror`.

@@ -555,3 +555,70 @@ fn a_journal_larger_than_what_the_server_lets_a_client_fall_behind_replays_whole
     let last = reopened.task(TaskId(40)).unwrap().unwrap();
     assert_eq!(last.spec.payload.len(), 900_041);
 }
+
+#[test]
+fn pruning_drops_finished_payloads_and_outputs_but_the_newest_and_keeps_every_row() {
+    let (_dir, server) = server();
+    let url = server.url();
+    let journal = open(&url, "prune");
+    let big = "x".repeat(8 * 1024);
+    let specs: Vec<TaskSpec> = (0..20)
+        .map(|i| TaskSpec::with_payload(format!("{{\"i\":{i},\"pad\":\"{big}\"}}")))
+        .collect();
+    block_on(journal.accept(TaskId(1), &specs)).unwrap();
+    // Tasks 1-15 end (succeeded with a large output, or failed); 16-20 stay queued.
+    for id in 1..=15u64 {
+        let task = TaskId(id);
+        let end = if id % 3 == 0 {
+            Record::Failed {
+                task,
+                attempt: 1,
+                error: "boom".into(),
+                next: TaskState::Failed,
+            }
+        } else {
+            Record::Committed {
+                task,
+                attempt: 1,
+                output: Bytes::from(big.clone()),
+            }
+        };
+        let started = Record::Started {
+            task,
+            attempt: 1,
+            agent: AgentId(1),
+        };
+        block_on(journal.record(vec![started, end])).unwrap();
+    }
+    let counts = journal.counts().unwrap();
+    drop(journal);
+    let options = options(&url, "prune");
+    let pruned = colony_cluster::journal::prune(&options, 3).unwrap();
+    assert_eq!(pruned.tasks, 12, "15 finished, the newest 3 kept");
+    assert!(
+        pruned.bytes_after < pruned.bytes_before / 2,
+        "{pruned:?}: the history with the payloads is purged"
+    );
+    let read = colony_cluster::journal::read(&options).unwrap();
+    assert_eq!(read.counts().unwrap(), counts, "every row and state kept");
+    for id in 1..=20u64 {
+        let row = read.task(TaskId(id)).unwrap().unwrap();
+        let kept = id > 12;
+        assert_eq!(!row.spec.payload.is_empty(), kept, "task {id}: {row:?}");
+        if id <= 15 && id % 3 != 0 {
+            assert_eq!(row.output.is_some(), kept, "task {id}'s output");
+        }
+        if id % 3 == 0 && id <= 15 {
+            assert_eq!(row.error.as_deref(), Some("boom"), "task {id}'s error kept");
+        }
+    }
+    // Nothing left to drop; and the journal is written on as before.
+    assert_eq!(
+        colony_cluster::journal::prune(&options, 3).unwrap().tasks,
+        0
+    );
+    let reopened = JetStreamJournal::open(options.clone()).unwrap();
+    assert_same_reads(&reopened, &read);
+    block_on(reopened.accept(TaskId(21), &[TaskSpec::default()])).unwrap();
+    assert_eq!(reopened.counts().unwrap().queued, 6);
+}

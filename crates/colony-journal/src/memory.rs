@@ -319,6 +319,36 @@ impl MemoryJournal {
     }
 }
 
+impl MemoryJournal {
+    /// Drops the payloads and outputs of every finished task but the newest `keep_last`
+    /// finished ones (by id), keeping their rows, states and errors, as `colony prune
+    /// --keep-last` does to a SQLite file. Returns how many tasks lost theirs. Unfinished
+    /// tasks are never touched.
+    pub fn prune_all_but(&self, keep_last: u64) -> u64 {
+        let mut inner = self.lock();
+        let mut kept = 0;
+        let mut pruned = 0;
+        for i in (0..inner.rows.len()).rev() {
+            let Some(row) = inner.rows.get_mut(i) else {
+                continue;
+            };
+            if !row.state.is_terminal() {
+                continue;
+            }
+            if kept < keep_last {
+                kept += 1;
+                continue;
+            }
+            if !row.spec.payload.is_empty() || row.output.is_some() {
+                row.spec.payload = Bytes::new();
+                row.output = None;
+                pruned += 1;
+            }
+        }
+        pruned
+    }
+}
+
 impl Journal for MemoryJournal {
     fn next_task_id(&self) -> TaskId {
         TaskId(self.lock().rows.len() as u64 + 1)
@@ -723,6 +753,31 @@ mod restore {
         block_on(j.close_decision_at(TaskId(7), "{\"done\":1}".into(), 9)).unwrap();
         block_on(j.open_decision(TaskId(8), &[TaskSpec::default()], opening)).unwrap();
         j
+    }
+
+    #[test]
+    fn pruning_keeps_the_newest_finished_and_every_unfinished_task_whole() {
+        let j = lived();
+        // Finished: task 1 (succeeded, with an output) and task 4 (cancelled, the newer).
+        assert_eq!(j.prune_all_but(1), 1);
+        let one = j.task(TaskId(1)).unwrap().unwrap();
+        assert!(
+            one.spec.payload.is_empty() && one.output.is_none(),
+            "{one:?}"
+        );
+        assert_eq!(one.state, TaskState::Succeeded);
+        assert_eq!(&j.task(TaskId(4)).unwrap().unwrap().spec.payload[..], b"3");
+        assert_eq!(j.prune_all_but(0), 1, "the cancelled one too");
+        assert_eq!(j.prune_all_but(0), 0, "nothing left to drop");
+        for (id, payload) in [(2, "1"), (3, "2"), (5, "4"), (6, "5")] {
+            let row = j.task(TaskId(id)).unwrap().unwrap();
+            assert_eq!(
+                &row.spec.payload[..],
+                payload.as_bytes(),
+                "unfinished {row:?}"
+            );
+        }
+        assert_eq!(j.counts().unwrap().succeeded, 1, "rows and states kept");
     }
 
     #[test]

@@ -117,10 +117,6 @@ fn commands_that_work_on_a_sqlite_file_refuse_a_journal_in_nats_and_say_so() {
             "through the `colony serve` that keeps it",
         ),
         (vec!["backup", "--db", db, "--to", "b.db"], "replicas"),
-        (
-            vec!["prune", "--db", db, "--older-than", "1d"],
-            "not pruned yet",
-        ),
     ] {
         let (_, stderr, code) = colony(&args);
         assert_eq!(code, 2, "{args:?}: {stderr}");
@@ -133,4 +129,44 @@ fn commands_that_work_on_a_sqlite_file_refuse_a_journal_in_nats_and_say_so() {
     let (_, stderr, code) = colony(&["serve", "--db", db, "--backup-to", "b.db"]);
     assert_eq!(code, 2, "{stderr}");
     assert!(stderr.contains("kept by the servers' replicas"), "{stderr}");
+}
+
+#[test]
+fn prune_keeps_every_row_of_a_journal_in_nats_and_the_newest_finished_tasks_whole() {
+    let (dir, server) = nats();
+    let db = format!("{}/pruned?replicas=1", server.url());
+    let out = dir.path().join("out");
+    let quickstart =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/quickstart.yaml");
+    let (_, stderr, code) = colony(&[
+        "run",
+        quickstart.to_str().unwrap(),
+        "--db",
+        &db,
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    // By age it cannot: the journal keeps no end times. Refused before anything is read.
+    let (_, stderr, code) = colony(&["prune", "--db", &db, "--older-than", "1d"]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.contains("keeps no time at which a task finished"),
+        "{stderr}"
+    );
+    let (stdout, stderr, code) = colony(&["prune", "--db", &db, "--keep-last", "2", "--json"]);
+    assert_eq!(code, 0, "{stderr}");
+    let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(report["pruned"], 4, "six succeeded, two kept: {report}");
+    assert!(
+        report["bytes_after"].as_u64() < report["bytes_before"].as_u64(),
+        "{report}"
+    );
+    let (stdout, stderr, code) = colony(&["tasks", "--db", &db, "--json"]);
+    assert_eq!(code, 0, "{stderr}");
+    let tasks: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(tasks["total"], 6, "every row kept: {tasks}");
+    let (stdout, _, code) = colony(&["prune", "--db", &db, "--keep-last", "2"]);
+    assert_eq!(code, 0);
+    assert!(stdout.contains("of 0 finished tasks"), "{stdout}");
 }

@@ -7,7 +7,9 @@ use std::{path::PathBuf, time::Duration};
 #[derive(Debug, clap::Args)]
 #[command(group(clap::ArgGroup::new("rule").required(true).multiple(true).args(["older_than", "keep_last"])))]
 pub(crate) struct Args {
-    /// The journal; no colony may be running on it.
+    /// The journal: a SQLite file, or a journal in NATS (nats://HOST:PORT/NAME, --keep-last
+    /// only). No colony may be running on it: a SQLite file is locked by the one that is, a
+    /// journal in NATS is taken over from it (it stops writing).
     #[arg(long, value_name = "PATH")]
     db: PathBuf,
     /// Prune tasks that finished longer ago than this: 90s, 15m, 12h, 7d.
@@ -47,7 +49,9 @@ fn parse_age(text: &str) -> Result<Duration, String> {
 }
 
 pub(crate) fn run(args: &Args) -> Result<(), Failure> {
-    super::sqlite_only(&args.db, "a journal in NATS is not pruned yet")?;
+    if let Some(location) = super::in_nats(&args.db) {
+        return prune_nats(location, args);
+    }
     if !args.db.exists() {
         return Err(Failure::input(colony_journal::Error::Missing {
             path: args.db.display().to_string(),
@@ -65,6 +69,42 @@ pub(crate) fn run(args: &Args) -> Result<(), Failure> {
         println!(
             "pruned the payloads and results of {} finished tasks",
             thousands(pruned)
+        );
+    }
+    Ok(())
+}
+
+/// Prunes a journal in NATS: all but the newest `--keep-last` finished tasks, written anew
+/// as a snapshot and the history before it purged.
+fn prune_nats(location: &str, args: &Args) -> Result<(), Failure> {
+    if args.older_than.is_some() {
+        return Err(Failure::input(anyhow::anyhow!(
+            "--older-than: a journal in NATS keeps no time at which a task finished; prune it \
+             with --keep-last N"
+        )));
+    }
+    let keep_last = args
+        .keep_last
+        .ok_or_else(|| Failure::input(anyhow::anyhow!("--keep-last N is needed")))?;
+    let options = colony_cluster::JournalOptions::parse(location).map_err(Failure::input)?;
+    let pruned = colony_cluster::journal::prune(&options, keep_last).map_err(Failure::work)?;
+    if args.json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "pruned": pruned.tasks,
+                "bytes_before": pruned.bytes_before,
+                "bytes_after": pruned.bytes_after,
+            })
+        );
+    } else {
+        println!(
+            "pruned the payloads and results of {} finished tasks; the journal {} went from {} \
+             to {} bytes",
+            thousands(pruned.tasks),
+            options.name,
+            thousands(pruned.bytes_before),
+            thousands(pruned.bytes_after)
         );
     }
     Ok(())
