@@ -214,9 +214,11 @@ pub struct Pruned {
 
 /// Drops the payloads and outputs of every finished task but the newest `keep_last` (their
 /// rows, states and errors stay), as `colony prune --keep-last` does to a SQLite file: the
-/// journal is opened and claimed (a process keeping it is fenced out, as by any process
-/// that opens it), pruned, written whole as a snapshot, and everything before the snapshot
-/// purged from the stream. Blocks until done.
+/// journal (which must exist) is opened and claimed (a process keeping it is fenced out, as
+/// by any process that opens it), pruned, written whole as a snapshot, and everything
+/// before the snapshot purged from the stream. It is written anew even when no task was
+/// left to prune, so that a prune whose purge failed is finished by the next. Blocks until
+/// done.
 pub fn prune(options: &JournalOptions, keep_last: u64) -> Result<Pruned, Error> {
     let options = options.clone();
     let thread = colony_agents::spawner::Spawner::spawn_thread("colony-journal-prune", move || {
@@ -225,26 +227,28 @@ pub fn prune(options: &JournalOptions, keep_last: u64) -> Result<Pruned, Error> 
             .build()
             .map_err(|e| Error::nats("the journal's thread", e))?
             .block_on(async {
+                // Looked up first: a journal that is not there is not made by pruning it.
+                let (mut probe, ()) = Writer::connect(&options, false).await?;
+                let bytes_before = probe.state().await?.bytes;
+                drop(probe);
                 let (mut writer, mirror) = Writer::open(&options).await?;
-                let bytes_before = writer.state().await?.bytes;
                 let tasks = mirror.prune_all_but(keep_last);
-                if tasks > 0 {
-                    let what = format!("pruning the journal {}", options.name);
-                    match writer.compact(&mirror, usize::MAX).await? {
-                        Compacted::Written { purged: true, .. } => {}
-                        Compacted::Written { purged: false, .. } => {
-                            return Err(Error::nats(
-                                what,
-                                "the pruned state is written, but the writes before it could \
-                                 not be purged: run prune again",
-                            ));
-                        }
-                        Compacted::Skipped => {
-                            return Err(Error::nats(
-                                what,
-                                "a row is larger than a message can hold: nothing was pruned",
-                            ));
-                        }
+                let what = format!("pruning the journal {}", options.name);
+                match writer.compact(&mirror, usize::MAX).await? {
+                    Compacted::Written { purged: true, .. } => {}
+                    Compacted::Written { purged: false, .. } => {
+                        return Err(Error::nats(
+                            what,
+                            "the pruned state is written, but the writes before it could not \
+                             be purged: run prune again",
+                        ));
+                    }
+                    Compacted::Skipped => {
+                        return Err(Error::nats(
+                            what,
+                            "a line of its snapshot (512 rows, or every agent) is larger than \
+                             a write may be: nothing was pruned",
+                        ));
                     }
                 }
                 let bytes_after = writer.state().await?.bytes;

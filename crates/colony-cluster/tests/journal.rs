@@ -617,6 +617,13 @@ fn pruning_drops_finished_payloads_and_outputs_but_the_newest_and_keeps_every_ro
         colony_cluster::journal::prune(&options, 3).unwrap().tasks,
         0
     );
+    // A journal that is not there is not made by pruning it.
+    let missing = self::options(&url, "missing");
+    assert!(colony_cluster::journal::prune(&missing, 3).is_err());
+    assert!(
+        colony_cluster::journal::read(&missing).is_err(),
+        "no stream made"
+    );
     let reopened = JetStreamJournal::open(options.clone()).unwrap();
     assert_same_reads(&reopened, &read);
     block_on(reopened.accept(TaskId(21), &[TaskSpec::default()])).unwrap();

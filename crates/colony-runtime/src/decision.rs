@@ -1127,8 +1127,9 @@ impl Handle {
                 return Ok(voting);
             }
         };
-        // No vote holds the ballot tasks yet: a caller that stops waiting has them cancelled.
-        let accepted = self.acked_or_cancelled(entered).await?;
+        // A caller that stops waiting here leaves the ballots to the dispatcher, which
+        // cancels them once journaled: nobody would count them (`SubmitPending`).
+        let accepted = self.acked(entered).await?;
         let mut voting = Voting::new(
             self.clone(),
             accepted.first,
@@ -1394,8 +1395,9 @@ fn ask_inline(
 }
 
 /// A time into a decision taken inline, to the microsecond it is in: as the engine is told
-/// it, and in microseconds as the journal keeps it. A deadline is a whole number of
-/// milliseconds, so an answer is before it to the microsecond exactly when it is before it.
+/// it, and in microseconds as the journal keeps it, so that the decision counted again from
+/// the journal is the one taken. Against a deadline that is not a whole microsecond, an
+/// answer in the deadline's own microsecond counts as before it.
 fn micros(elapsed: Duration) -> (Duration, u64) {
     let us = elapsed.as_micros() as u64;
     (Duration::from_micros(us), us)
@@ -1408,11 +1410,11 @@ fn as_text(output: &[u8]) -> Result<Arc<str>, String> {
         .map_err(|e| format!("its output is not UTF-8 text ({e}), so it cannot be a vote"))
 }
 
-/// What the voters of one decision answered, as the journal keeps it: each distinct answer
-/// once, in the order first given (`said`), and for each voter asked, the index of its
-/// answer (`order`). The voters who say the same thing share one copy of it: most votes have
-/// a few distinct answers, and a new copy costs an allocation and a check of its UTF-8 for
-/// every voter.
+/// What the voters of one decision answered, as the journal keeps it: the answers in the
+/// order first given (`said`), and for each voter asked, the index of its answer (`order`).
+/// The first few distinct texts are listed once and shared by the voters who say them: most
+/// votes have a few distinct answers, and a new copy costs an allocation and a check of its
+/// UTF-8 for every voter. Past them, and for every error, an answer is listed on its own.
 #[derive(Default)]
 struct Texts {
     said: Vec<Said>,
@@ -1553,8 +1555,8 @@ enum Said {
 /// every ballot and voter), so the one write of the decision is cheap; [`outcome_of`] counts
 /// the outcome from it again.
 ///
-/// Format 2 lists each distinct answer once (`texts`) and each voter's as its index there
-/// (`said`), its times in microseconds; format 1, written before, lists each voter's answer
+/// Format 2 lists the answers (`texts`: the first few distinct texts once, see [`Texts`])
+/// and each voter's as its index there (`said`), its times in microseconds; format 1, written before, lists each voter's answer
 /// whole in `said`, its times in nanoseconds.
 #[derive(Debug, Serialize, serde::Deserialize)]
 struct Answers {
@@ -1631,6 +1633,8 @@ impl Answers {
     fn voters_said(format: u32, texts: &[Said], said: Listed) -> Result<Vec<Said>, String> {
         match (format, said) {
             (1, Listed::Whole(said)) => Ok(said),
+            // An empty list reads as indices whatever the format.
+            (1 | 2, Listed::Indices(order)) if order.is_empty() => Ok(Vec::new()),
             (2, Listed::Indices(order)) => order
                 .into_iter()
                 .map(|i| {

@@ -68,8 +68,10 @@ const DISPATCH_SAMPLE: u64 = 16;
 /// of a million workers.
 const HARD_BOUND: usize = 1_024;
 
+/// A submission awaiting its journal write: the write's result, the jobs, the submitter's
+/// acknowledgement, and whether only the submitter hears of the jobs.
 type Accepting =
-    Pin<Box<dyn Future<Output = (Result<(), colony_journal::Error>, Vec<Job>, Ack)> + Send>>;
+    Pin<Box<dyn Future<Output = (Result<(), colony_journal::Error>, Vec<Job>, Ack, bool)> + Send>>;
 type Ack = oneshot::Sender<Result<(), colony_journal::Error>>;
 
 /// Resolves once the dispatcher's loop has ended (or was dropped with its runtime).
@@ -301,8 +303,8 @@ impl Dispatcher {
                 () = next_tick(&mut sweep) => {
                     self.sweep();
                 }
-                Some((result, jobs, ack)) = self.accepting.next(), if !self.accepting.is_empty() => {
-                    self.accepted(result, jobs, ack);
+                Some((result, jobs, ack, only)) = self.accepting.next(), if !self.accepting.is_empty() => {
+                    self.accepted(result, jobs, ack, only);
                 }
                 Some(result) = self.out.flushed(), if self.out.is_flushing() => {
                     outbox::log_flushed(result);
@@ -319,8 +321,8 @@ impl Dispatcher {
                     None => break,
                 }
             }
-            while let Some(Some((result, jobs, ack))) = self.accepting.next().now_or_never() {
-                self.accepted(result, jobs, ack);
+            while let Some(Some((result, jobs, ack, only))) = self.accepting.next().now_or_never() {
+                self.accepted(result, jobs, ack, only);
             }
             while let Some(job) = self.attempts.try_due() {
                 self.due(job);
@@ -351,12 +353,18 @@ impl Dispatcher {
                     self.route_or_wait(job);
                 }
             }
-            Command::SubmitPending { jobs, durable, ack } => {
+            Command::SubmitPending {
+                jobs,
+                durable,
+                ack,
+                heard_only_by_submitter,
+            } => {
                 if let (Some(first), Some(last)) = (jobs.first(), jobs.last()) {
                     self.pending.push((first.id, last.id));
                 }
-                self.accepting
-                    .push(Box::pin(async move { (durable.await, jobs, ack) }));
+                self.accepting.push(Box::pin(async move {
+                    (durable.await, jobs, ack, heard_only_by_submitter)
+                }));
             }
             Command::Spawn { pool, count, reply } => {
                 let first = self.spawn(pool, count);
@@ -404,8 +412,16 @@ impl Dispatcher {
         true
     }
 
-    /// A submission the journal has now made durable, or failed to.
-    fn accepted(&mut self, result: Result<(), colony_journal::Error>, jobs: Vec<Job>, ack: Ack) {
+    /// A submission the journal has now made durable, or failed to. Jobs that only their
+    /// submitter would hear of end cancelled if it stopped waiting (see
+    /// [`Command::SubmitPending`]).
+    fn accepted(
+        &mut self,
+        result: Result<(), colony_journal::Error>,
+        jobs: Vec<Job>,
+        ack: Ack,
+        heard_only_by_submitter: bool,
+    ) {
         if let Some(first) = jobs.first() {
             self.pending.retain(|&(f, _)| f != first.id);
         }
@@ -416,7 +432,11 @@ impl Dispatcher {
                     .accepted
                     .fetch_add(jobs.len() as u64, Relaxed);
                 crate::metrics::Metrics::accepted(jobs.len());
+                let unheard = heard_only_by_submitter && ack.is_closed();
                 for job in jobs {
+                    if unheard {
+                        self.attempts.ask_cancel(job.id);
+                    }
                     self.out.arrived(&job);
                     self.route_or_wait(job);
                 }

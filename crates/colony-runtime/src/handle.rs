@@ -75,19 +75,28 @@ impl Stats {
 pub(crate) struct Entered {
     accepted: Accepted,
     ack: Option<oneshot::Receiver<Result<(), colony_journal::Error>>>,
+    /// A decision's ballots, which only the vote that asked for them hears of.
+    heard_only_by_submitter: bool,
 }
 
-/// Tasks entered whose journal write is awaited by a caller that alone will hear of them:
-/// cancelled if that wait is dropped (see [`Handle::acked_or_cancelled`]).
-struct Unheld<'a> {
+/// The wait for a journal's answer about ballots that only their vote hears of. Dropped
+/// before that answer was read, the wait leaves nobody to hear of them: if the journal
+/// had not answered yet, the dispatcher cancels them once it does (the answer's receiver
+/// is gone, see `Command::SubmitPending`); if it had accepted them, they are cancelled here
+/// (accepted ids are never given out again, so the cancellation reaches only them).
+struct Acking<'a> {
     handle: &'a Handle,
-    tasks: Option<Accepted>,
+    accepted: Accepted,
+    ack: oneshot::Receiver<Result<(), colony_journal::Error>>,
+    read: bool,
 }
 
-impl Drop for Unheld<'_> {
+impl Drop for Acking<'_> {
     fn drop(&mut self) {
-        for task in self.tasks.iter().flat_map(Accepted::ids) {
-            self.handle.cancel_soon(task);
+        if !self.read && matches!(self.ack.try_recv(), Ok(Ok(()))) {
+            for task in self.accepted.ids() {
+                self.handle.cancel_soon(task);
+            }
         }
     }
 }
@@ -265,9 +274,8 @@ impl Handle {
         ballots: Option<crate::decision::Ballots>,
         batch: &std::sync::Arc<crate::shared::Batch>,
     ) -> Result<Accepted, Error> {
-        self.journal_room().await;
-        let entered = self.enter(specs, masks, |_, id| Some(batch.sender(id)), pin, ballots)?;
-        self.acked_or_cancelled(entered).await
+        self.accept(specs, masks, |_, id| Some(batch.sender(id)), pin, ballots)
+            .await
     }
 
     /// Sends the cancellation of `task` without waiting for its answer: for a caller that
@@ -404,9 +412,12 @@ impl Handle {
                     count: 0,
                 },
                 ack: None,
+                heard_only_by_submitter: false,
             });
         }
         let submitted = Instant::now();
+        // A decision's ballots: only the vote that asked for them hears of them.
+        let heard_only_by_submitter = ballots.is_some();
         let (first, durable) = {
             let mut next = self
                 .shared
@@ -457,6 +468,7 @@ impl Handle {
                 Ok(Entered {
                     accepted,
                     ack: None,
+                    heard_only_by_submitter,
                 })
             }
             Some(Err(error)) => Err(self.refused(n, error)),
@@ -466,11 +478,17 @@ impl Handle {
                 let (ack, acked) = oneshot::channel();
                 self.shared
                     .inbox
-                    .send(Command::SubmitPending { jobs, durable, ack })
+                    .send(Command::SubmitPending {
+                        jobs,
+                        durable,
+                        ack,
+                        heard_only_by_submitter,
+                    })
                     .map_err(|_| Error::Stopped)?;
                 Ok(Entered {
                     accepted,
                     ack: Some(acked),
+                    heard_only_by_submitter,
                 })
             }
         }
@@ -506,28 +524,27 @@ impl Handle {
 
     /// Waits until the journal holds what [`Handle::enter`] submitted.
     pub(crate) async fn acked(&self, entered: Entered) -> Result<Accepted, Error> {
-        let Some(acked) = entered.ack else {
+        let Some(ack) = entered.ack else {
             return Ok(entered.accepted);
         };
-        match acked.await {
+        let answer = if entered.heard_only_by_submitter {
+            let mut acking = Acking {
+                handle: self,
+                accepted: entered.accepted,
+                ack,
+                read: false,
+            };
+            let answer = (&mut acking.ack).await;
+            acking.read = true;
+            answer
+        } else {
+            ack.await
+        };
+        match answer {
             Ok(Ok(())) => Ok(entered.accepted),
             Ok(Err(error)) => Err(self.refused(0, error)),
             Err(_) => Err(Error::Stopped),
         }
-    }
-
-    /// [`Handle::acked`], for tasks that only this caller will hear of (a decision's ballots,
-    /// counted by its vote alone): if the wait is dropped before the journal answers, they
-    /// are cancelled, as a dropped vote's ballots are. A refusal cancels nothing: its ids go
-    /// back to the journal and may be taken again.
-    pub(crate) async fn acked_or_cancelled(&self, entered: Entered) -> Result<Accepted, Error> {
-        let mut unheld = Unheld {
-            handle: self,
-            tasks: Some(entered.accepted),
-        };
-        let acked = self.acked(entered).await;
-        unheld.tasks = None;
-        acked
     }
 
     /// The journal refused a submission: return `permits` and take the next id from the

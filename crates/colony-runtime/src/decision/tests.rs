@@ -1781,6 +1781,18 @@ async fn a_vote_dropped_while_its_ballots_are_journaled_cancels_them() {
 /// them cancelled, though it had not heard of them yet.
 #[tokio::test(start_paused = true)]
 async fn a_vote_dropped_while_its_next_round_is_journaled_cancels_that_round() {
+    dropped_while_round_one_is_asked(false).await;
+}
+
+/// And when the journal's answer had come, but the vote was dropped before reading it.
+#[tokio::test(start_paused = true)]
+async fn a_vote_dropped_with_its_next_rounds_acceptance_unread_cancels_that_round() {
+    dropped_while_round_one_is_asked(true).await;
+}
+
+/// A `fast` vote whose round 1 never answers, dropped while round 1's ballots are being
+/// journaled, or (`answered`) once the journal took them, its answer not read.
+async fn dropped_while_round_one_is_asked(answered: bool) {
     // Round 0 splits 2 to 2, short of fast's 3 of 4; round 1's ballots would never answer.
     fn script(agent: AgentId, _: &serde_json::Value, before: u32) -> Answer {
         match before {
@@ -1799,7 +1811,7 @@ async fn a_vote_dropped_while_its_next_round_is_journaled_cancels_that_round() {
     let voting = h.decide(spec, vote).await.unwrap();
     let round_one: Vec<TaskId> = (4..8).map(|i| TaskId(voting.id().0 + i)).collect();
     let mut outcome = Box::pin(voting.outcome());
-    // Waited for until round 1's ballots are written, not yet durable; then not.
+    // Waited for until round 1's ballots are written, not yet durable.
     for polls in 0.. {
         if memory.task(round_one[0]).unwrap().is_some() {
             break;
@@ -1807,6 +1819,18 @@ async fn a_vote_dropped_while_its_next_round_is_journaled_cancels_that_round() {
         assert!(polls < 1_000, "round 1 was never asked");
         assert!(futures::poll!(&mut outcome).is_pending());
         tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    if answered {
+        // Not polled while the journal makes them durable and the dispatcher starts them.
+        for _ in 0..100 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            let running = round_one.iter().all(|&id| {
+                memory.task(id).unwrap().map(|row| row.state) == Some(TaskState::Running)
+            });
+            if running {
+                break;
+            }
+        }
     }
     drop(outcome);
     until_cancelled(&memory, &round_one, &format!("{:?}", seen.lock().unwrap())).await;

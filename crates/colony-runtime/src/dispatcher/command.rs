@@ -23,11 +23,14 @@ pub(crate) enum Command {
     Submit(Vec<Job>),
     /// Jobs whose acceptance the journal has yet to make durable: they are dispatched once it
     /// is, even if the submitter stopped waiting, and dropped (with their permits returned)
-    /// if it fails.
+    /// if it fails. Jobs `heard_only_by_submitter` (a decision's ballots, which only its
+    /// vote counts) are cancelled instead when the submitter stopped waiting: nobody would
+    /// hear of them.
     SubmitPending {
         jobs: Vec<Job>,
         durable: Durable,
         ack: oneshot::Sender<Result<(), colony_journal::Error>>,
+        heard_only_by_submitter: bool,
     },
     Spawn {
         pool: u8,

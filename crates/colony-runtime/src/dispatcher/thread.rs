@@ -49,7 +49,8 @@ pub(super) fn spawn(
             return;
         };
         // The clock decisions taken inline read for every answer calibrates itself against
-        // the system's at its first reading (about a millisecond): here, not in a decision.
+        // the system's at its first reading (0.6 ms measured here; quanta allows up to
+        // 200 ms): here, not in a decision.
         let _ = quanta::Instant::now();
         let _context = runtime.enter();
         if let Err(panic) = catch_unwind(AssertUnwindSafe(|| block_on(run, linger))) {
