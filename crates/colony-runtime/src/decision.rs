@@ -1129,7 +1129,7 @@ impl Handle {
         };
         // A caller that stops waiting here leaves the ballots to the dispatcher, which
         // cancels them once journaled: nobody would count them (`SubmitPending`).
-        let accepted = self.acked(entered).await?;
+        let accepted = self.acked(entered.take()).await?;
         let mut voting = Voting::new(
             self.clone(),
             accepted.first,
@@ -1175,7 +1175,7 @@ enum Opened {
     Asked {
         seats: Vec<colony_journal::Seat>,
         decision: Decision,
-        entered: crate::handle::Entered,
+        entered: crate::handle::Unread,
     },
     /// Every voter answered inline: the decision is taken, and written once `durable`
     /// resolves; written and reported already when there is nothing to wait for.
@@ -1280,7 +1280,7 @@ fn open(
     Ok(Opened::Asked {
         seats,
         decision,
-        entered,
+        entered: entered.unread(handle),
     })
 }
 

@@ -79,6 +79,57 @@ pub(crate) struct Entered {
     heard_only_by_submitter: bool,
 }
 
+impl Entered {
+    /// Hands these tasks over to be acked later, on another thread: cancelled if the hand-over
+    /// is dropped unread (see [`Unread`]).
+    pub(crate) fn unread(self, handle: &Handle) -> Unread {
+        Unread {
+            entered: self,
+            handle: handle.clone(),
+        }
+    }
+
+    /// No tasks: what an [`Unread`] holds once taken.
+    fn none() -> Self {
+        Entered {
+            accepted: Accepted {
+                first: TaskId(0),
+                count: 0,
+            },
+            ack: None,
+            heard_only_by_submitter: false,
+        }
+    }
+}
+
+/// Tasks entered in the dispatcher's turn and sent to their submitter (a decision's first
+/// ballots, entered as its voters are seated). Dropped before the submitter took them (it
+/// stopped waiting), ballots that only it hears of are cancelled: by id when the journal
+/// already holds them, as the in-memory one does at once (accepted ids are never given out
+/// again); else by the dispatcher, once it does, as nobody reads the answer.
+pub(crate) struct Unread {
+    entered: Entered,
+    handle: Handle,
+}
+
+impl Unread {
+    /// The tasks, read by their submitter.
+    pub(crate) fn take(mut self) -> Entered {
+        std::mem::replace(&mut self.entered, Entered::none())
+    }
+}
+
+impl Drop for Unread {
+    fn drop(&mut self) {
+        let entered = &self.entered;
+        if entered.heard_only_by_submitter && entered.ack.is_none() {
+            for task in entered.accepted.ids() {
+                self.handle.cancel_soon(task);
+            }
+        }
+    }
+}
+
 /// The wait for a journal's answer about ballots that only their vote hears of. Dropped
 /// before that answer was read, the wait leaves nobody to hear of them: if the journal
 /// had not answered yet, the dispatcher cancels them once it does (the answer's receiver

@@ -1838,6 +1838,34 @@ async fn dropped_while_round_one_is_asked(answered: bool) {
     runtime.shutdown().await;
 }
 
+/// With a journal that holds the ballots at once (in memory), a vote dropped after its
+/// voters were seated and before it read their seats has its ballots cancelled too.
+#[tokio::test(start_paused = true)]
+async fn a_vote_dropped_before_it_read_its_seats_cancels_its_ballots() {
+    let memory = Arc::new(MemoryJournal::new());
+    let (runtime, ran) = start_on(3, |_| Answer::Hangs, memory.clone()).await;
+    let h = runtime.handle();
+    let first = memory.next_task_id();
+    let vote = Vote::new(3, DecisionOptions::default());
+    let mut deciding = Box::pin(h.decide(ballot_task(600_000), vote));
+    assert!(
+        futures::poll!(&mut deciding).is_pending(),
+        "waits for its seats"
+    );
+    let ballots: Vec<TaskId> = (0..3).map(|i| TaskId(first.0 + i)).collect();
+    for polls in 0.. {
+        if memory.task(ballots[2]).unwrap().is_some() {
+            break;
+        }
+        assert!(polls < 1_000, "the ballots were never asked");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    drop(deciding);
+    until_cancelled(&memory, &ballots, &format!("{:?}", ran.lock().unwrap())).await;
+    nothing_left(h).await;
+    runtime.shutdown().await;
+}
+
 /// A journal whose writes are durable 50 ms after they are made (in `memory` at once).
 fn lagging() -> (Arc<MemoryJournal>, Arc<dyn colony_journal::Journal>) {
     let memory = Arc::new(MemoryJournal::new());
