@@ -175,19 +175,32 @@ pub async fn delete(options: &JournalOptions) -> Result<(), Error> {
 /// blocks until read.
 pub fn read(options: &JournalOptions) -> Result<MemoryJournal, Error> {
     let options = options.clone();
-    let thread = colony_agents::spawner::Spawner::spawn_thread("colony-journal-read", move || {
+    on_own_thread("colony-journal-read", move || async move {
+        let (mut writer, _) = Writer::connect(&options, false).await?;
+        let last = writer.last_sequence().await?;
+        let mirror = MemoryJournal::new();
+        writer.replay(&mirror, &mut Replay::default(), last).await?;
+        mirror.clear_stats();
+        Ok(mirror)
+    })
+}
+
+/// Runs the future `work` makes on a thread of its own, with a runtime of its own, and
+/// waits for it: the blocking entry points serve tools, inside a runtime or not.
+fn on_own_thread<T, F>(
+    name: &'static str,
+    work: impl FnOnce() -> F + Send + 'static,
+) -> Result<T, Error>
+where
+    T: Send + 'static,
+    F: std::future::Future<Output = Result<T, Error>>,
+{
+    let thread = colony_agents::spawner::Spawner::spawn_thread(name, move || {
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .map_err(|e| Error::nats("the journal's thread", e))?
-            .block_on(async {
-                let (mut writer, _) = Writer::connect(&options, false).await?;
-                let last = writer.last_sequence().await?;
-                let mirror = MemoryJournal::new();
-                writer.replay(&mirror, &mut Replay::default(), last).await?;
-                mirror.clear_stats();
-                Ok(mirror)
-            })
+            .block_on(work())
     })
     .map_err(|e| Error::nats("the journal's thread", e))?;
     thread
@@ -221,48 +234,38 @@ pub struct Pruned {
 /// done.
 pub fn prune(options: &JournalOptions, keep_last: u64) -> Result<Pruned, Error> {
     let options = options.clone();
-    let thread = colony_agents::spawner::Spawner::spawn_thread("colony-journal-prune", move || {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(|e| Error::nats("the journal's thread", e))?
-            .block_on(async {
-                // Looked up first: a journal that is not there is not made by pruning it.
-                let (mut probe, ()) = Writer::connect(&options, false).await?;
-                let bytes_before = probe.state().await?.bytes;
-                drop(probe);
-                let (mut writer, mirror) = Writer::open(&options).await?;
-                let tasks = mirror.prune_all_but(keep_last);
-                let what = format!("pruning the journal {}", options.name);
-                match writer.compact(&mirror, usize::MAX).await? {
-                    Compacted::Written { purged: true, .. } => {}
-                    Compacted::Written { purged: false, .. } => {
-                        return Err(Error::nats(
-                            what,
-                            "the pruned state is written, but the writes before it could not \
+    on_own_thread("colony-journal-prune", move || async move {
+        // Looked up first: a journal that is not there is not made by pruning it.
+        let (mut probe, ()) = Writer::connect(&options, false).await?;
+        let bytes_before = probe.state().await?.bytes;
+        drop(probe);
+        let (mut writer, mirror) = Writer::open(&options).await?;
+        let tasks = mirror.prune_all_but(keep_last);
+        let what = format!("pruning the journal {}", options.name);
+        match writer.compact(&mirror, usize::MAX).await? {
+            Compacted::Written { purged: true, .. } => {}
+            Compacted::Written { purged: false, .. } => {
+                return Err(Error::nats(
+                    what,
+                    "the pruned state is written, but the writes before it could not \
                              be purged: run prune again",
-                        ));
-                    }
-                    Compacted::Skipped => {
-                        return Err(Error::nats(
-                            what,
-                            "a line of its snapshot (512 rows, or every agent) is larger than \
+                ));
+            }
+            Compacted::Skipped => {
+                return Err(Error::nats(
+                    what,
+                    "a line of its snapshot (512 rows, or every agent) is larger than \
                              a write may be: nothing was pruned",
-                        ));
-                    }
-                }
-                let bytes_after = writer.state().await?.bytes;
-                Ok(Pruned {
-                    tasks,
-                    bytes_before,
-                    bytes_after,
-                })
-            })
+                ));
+            }
+        }
+        let bytes_after = writer.state().await?.bytes;
+        Ok(Pruned {
+            tasks,
+            bytes_before,
+            bytes_after,
+        })
     })
-    .map_err(|e| Error::nats("the journal's thread", e))?;
-    thread
-        .join()
-        .map_err(|_| Error::nats("the journal's thread", "it panicked"))?
 }
 
 /// A journal's name becomes a stream name and a subject token: letters, digits, `_` and
@@ -668,7 +671,21 @@ impl Writer {
         } else {
             js.get_stream(options.stream())
                 .await
-                .map_err(|e| Error::nats(&what, e))?
+                .map_err(|e| match e.kind() {
+                    jetstream::context::GetStreamErrorKind::JetStream(j)
+                        if j.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND =>
+                    {
+                        Error::nats(
+                            &what,
+                            format!(
+                                "no such journal at {} (no stream {})",
+                                options.url,
+                                options.stream()
+                            ),
+                        )
+                    }
+                    _ => Error::nats(&what, e),
+                })?
         };
         let writer = Writer {
             js,

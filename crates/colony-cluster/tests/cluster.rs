@@ -32,15 +32,24 @@ async fn cluster(server: &NatsServer) -> Cluster {
 }
 
 async fn runtime(role: &str, agents: u32, latency: Duration) -> Runtime {
-    let sim = Sim::new(SimOptions {
+    let latency = SimOptions {
         latency: Latency::Fixed { value: latency },
         ..SimOptions::default()
-    })
-    .unwrap();
-    let pool = Pool::new(AgentSpec::new("sim", role), agents, Arc::new(sim));
+    };
+    start(vec![sim_pool(role, agents, latency)]).await
+}
+
+/// `agents` sim agents serving `role`.
+fn sim_pool(role: &str, agents: u32, options: SimOptions) -> Pool {
+    let sim = Sim::new(options).unwrap();
+    Pool::new(AgentSpec::new("sim", role), agents, Arc::new(sim))
+}
+
+/// A runtime of `pools`, its journal in memory.
+async fn start(pools: Vec<Pool>) -> Runtime {
     Runtime::start(
         RuntimeOptions::default(),
-        vec![pool],
+        pools,
         Arc::new(MemoryJournal::new()),
     )
     .await
@@ -618,13 +627,7 @@ async fn a_node_takes_the_highest_priority_first() {
 
     let recorder = Arc::new(Recorder(Default::default()));
     let pool = Pool::new(AgentSpec::new("recorder", "worker"), 1, recorder.clone());
-    let rt = Runtime::start(
-        RuntimeOptions::default(),
-        vec![pool],
-        Arc::new(MemoryJournal::new()),
-    )
-    .await
-    .unwrap();
+    let rt = start(vec![pool]).await;
     let node = Node::start(
         cluster(&server).await,
         rt.handle().clone(),
@@ -915,21 +918,11 @@ async fn a_vote_is_decided_once_by_the_node_that_takes_it() {
 
     let fast = runtime("voter", 5, Duration::from_millis(1)).await;
     let node = join(&server, &fast, "fast").await;
-    let flaky = {
-        let sim = Sim::new(SimOptions {
-            error_rate: 1.0,
-            ..SimOptions::default()
-        })
-        .unwrap();
-        let pool = Pool::new(AgentSpec::new("sim", "flaky"), 3, Arc::new(sim));
-        Runtime::start(
-            RuntimeOptions::default(),
-            vec![pool],
-            Arc::new(MemoryJournal::new()),
-        )
-        .await
-        .unwrap()
+    let failing = SimOptions {
+        error_rate: 1.0,
+        ..SimOptions::default()
     };
+    let flaky = start(vec![sim_pool("flaky", 3, failing)]).await;
     let flaky_node = join(&server, &flaky, "flaky").await;
     let bft = Decide {
         options: DecisionOptions {
@@ -1099,24 +1092,18 @@ async fn a_team_is_formed_and_worked_by_the_node_that_takes_it() {
     let server = tokio::task::block_in_place(|| NatsServer::single(dir.path())).unwrap();
     let client = cluster(&server).await;
     let pool = |role: &str, n: u32, error_rate: f64| {
-        let sim = Sim::new(SimOptions {
+        let options = SimOptions {
             error_rate,
             ..SimOptions::default()
-        })
-        .unwrap();
-        Pool::new(AgentSpec::new("sim", role), n, Arc::new(sim))
+        };
+        sim_pool(role, n, options)
     };
-    let rt = Runtime::start(
-        RuntimeOptions::default(),
-        vec![
-            pool("lead", 1, 0.0),
-            pool("hand", 2, 0.0),
-            pool("clumsy", 2, 1.0),
-        ],
-        Arc::new(MemoryJournal::new()),
-    )
-    .await
-    .unwrap();
+    let rt = start(vec![
+        pool("lead", 1, 0.0),
+        pool("hand", 2, 0.0),
+        pool("clumsy", 2, 1.0),
+    ])
+    .await;
     let node = join(&server, &rt, "crew").await;
     let role = |name: &str, count: u32| Role {
         name: name.into(),

@@ -1127,9 +1127,9 @@ impl Handle {
                 return Ok(voting);
             }
         };
-        // A caller that stops waiting here leaves the ballots to the dispatcher, which
-        // cancels them once journaled: nobody would count them (`SubmitPending`).
-        let accepted = self.acked(entered.take()).await?;
+        // A caller that stops waiting here has the ballots cancelled: nobody would count
+        // them (`handle::Unread`).
+        let accepted = self.answered(entered).await?;
         let mut voting = Voting::new(
             self.clone(),
             accepted.first,
@@ -1430,34 +1430,25 @@ impl Texts {
     /// What a voter answered (its output, or why it gave none), listed; returns it as a
     /// ballot's text, or why it cannot be one.
     fn of(&mut self, answer: Result<Bytes, String>) -> Result<Arc<str>, String> {
-        let output = match answer {
-            Ok(output) => output,
-            Err(why) => {
-                self.list(Said::Nothing {
-                    error: why.as_str().into(),
-                });
-                return Err(why);
-            }
-        };
+        let output = answer.map_err(|why| self.nothing(why))?;
         if let Some((_, i, text)) = self.kept.iter().find(|(seen, ..)| *seen == output) {
             self.order.push(*i);
             return Ok(text.clone());
         }
-        match as_text(&output) {
-            Ok(text) => {
-                let i = self.list(Said::Text(text.clone()));
-                if self.kept.len() < Self::KEPT {
-                    self.kept.push((output, i, text.clone()));
-                }
-                Ok(text)
-            }
-            Err(why) => {
-                self.list(Said::Nothing {
-                    error: why.as_str().into(),
-                });
-                Err(why)
-            }
+        let text = as_text(&output).map_err(|why| self.nothing(why))?;
+        let i = self.list(Said::Text(text.clone()));
+        if self.kept.len() < Self::KEPT {
+            self.kept.push((output, i, text.clone()));
         }
+        Ok(text)
+    }
+
+    /// No ballot, and why: listed, and handed back.
+    fn nothing(&mut self, why: String) -> String {
+        self.list(Said::Nothing {
+            error: why.as_str().into(),
+        });
+        why
     }
 
     /// A new answer, listed for the voter asked last; its index.
@@ -1556,8 +1547,8 @@ enum Said {
 /// the outcome from it again.
 ///
 /// Format 2 lists the answers (`texts`: the first few distinct texts once, see [`Texts`])
-/// and each voter's as its index there (`said`), its times in microseconds; format 1, written before, lists each voter's answer
-/// whole in `said`, its times in nanoseconds.
+/// and each voter's as its index there (`said`), its times in microseconds; format 1,
+/// written before, lists each voter's answer whole in `said`, its times in nanoseconds.
 #[derive(Debug, Serialize, serde::Deserialize)]
 struct Answers {
     /// [`Answers::FORMAT`] when written: a record of another format is not counted again.
@@ -1589,7 +1580,7 @@ impl Answers {
     /// index and time cost a few instructions each here, against a formatter call per
     /// punctuation mark and number through serde, in the dispatcher's turn.
     fn to_json(&self) -> Result<String, serde_json::Error> {
-        fn numbers(out: &mut String, list: impl ExactSizeIterator<Item = u64>) {
+        fn numbers(out: &mut String, list: impl Iterator<Item = u64>) {
             let mut digits = itoa::Buffer::new();
             out.push('[');
             for (i, n) in list.enumerate() {

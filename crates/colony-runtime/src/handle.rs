@@ -80,72 +80,56 @@ pub(crate) struct Entered {
 }
 
 impl Entered {
-    /// Hands these tasks over to be acked later, on another thread: cancelled if the hand-over
-    /// is dropped unread (see [`Unread`]).
+    /// Hands these tasks over to be acked later (on another thread, or after an await):
+    /// cancelled if dropped before the journal's answer was read (see [`Unread`]).
     pub(crate) fn unread(self, handle: &Handle) -> Unread {
         Unread {
             entered: self,
             handle: handle.clone(),
-        }
-    }
-
-    /// No tasks: what an [`Unread`] holds once taken.
-    fn none() -> Self {
-        Entered {
-            accepted: Accepted {
-                first: TaskId(0),
-                count: 0,
-            },
-            ack: None,
-            heard_only_by_submitter: false,
+            read: false,
         }
     }
 }
 
-/// Tasks entered in the dispatcher's turn and sent to their submitter (a decision's first
-/// ballots, entered as its voters are seated). Dropped before the submitter took them (it
-/// stopped waiting), ballots that only it hears of are cancelled: by id when the journal
-/// already holds them, as the in-memory one does at once (accepted ids are never given out
-/// again); else by the dispatcher, once it does, as nobody reads the answer.
+/// Tasks entered whose journal answer their submitter has not read yet: a decision's
+/// ballots, entered in the dispatcher's turn as its voters are seated, or awaiting a later
+/// call's journal write. Dropped unread (the submitter stopped waiting), ballots that only it
+/// hears of are cancelled: here by id when the journal already took them (as the in-memory
+/// one does at once, or its answer came unread; accepted ids are never given out again);
+/// else by the dispatcher once it does, as nobody is left to read its answer
+/// (`Command::SubmitPending`).
 pub(crate) struct Unread {
     entered: Entered,
     handle: Handle,
+    read: bool,
 }
 
 impl Unread {
-    /// The tasks, read by their submitter.
-    pub(crate) fn take(mut self) -> Entered {
-        std::mem::replace(&mut self.entered, Entered::none())
+    /// The journal's answer, waited for and read; none to wait for when it took the tasks at
+    /// once.
+    async fn answer(
+        mut self,
+    ) -> Option<Result<Result<(), colony_journal::Error>, oneshot::error::RecvError>> {
+        let answer = match self.entered.ack.as_mut() {
+            Some(ack) => Some(ack.await),
+            None => None,
+        };
+        self.read = true;
+        answer
     }
 }
 
 impl Drop for Unread {
     fn drop(&mut self) {
-        let entered = &self.entered;
-        if entered.heard_only_by_submitter && entered.ack.is_none() {
-            for task in entered.accepted.ids() {
-                self.handle.cancel_soon(task);
-            }
+        if self.read || !self.entered.heard_only_by_submitter {
+            return;
         }
-    }
-}
-
-/// The wait for a journal's answer about ballots that only their vote hears of. Dropped
-/// before that answer was read, the wait leaves nobody to hear of them: if the journal
-/// had not answered yet, the dispatcher cancels them once it does (the answer's receiver
-/// is gone, see `Command::SubmitPending`); if it had accepted them, they are cancelled here
-/// (accepted ids are never given out again, so the cancellation reaches only them).
-struct Acking<'a> {
-    handle: &'a Handle,
-    accepted: Accepted,
-    ack: oneshot::Receiver<Result<(), colony_journal::Error>>,
-    read: bool,
-}
-
-impl Drop for Acking<'_> {
-    fn drop(&mut self) {
-        if !self.read && matches!(self.ack.try_recv(), Ok(Ok(()))) {
-            for task in self.accepted.ids() {
+        let taken = match self.entered.ack.as_mut() {
+            None => true,
+            Some(ack) => matches!(ack.try_recv(), Ok(Ok(()))),
+        };
+        if taken {
+            for task in self.entered.accepted.ids() {
                 self.handle.cancel_soon(task);
             }
         }
@@ -575,26 +559,31 @@ impl Handle {
 
     /// Waits until the journal holds what [`Handle::enter`] submitted.
     pub(crate) async fn acked(&self, entered: Entered) -> Result<Accepted, Error> {
+        if entered.heard_only_by_submitter {
+            return self.answered(entered.unread(self)).await;
+        }
         let Some(ack) = entered.ack else {
             return Ok(entered.accepted);
         };
-        let answer = if entered.heard_only_by_submitter {
-            let mut acking = Acking {
-                handle: self,
-                accepted: entered.accepted,
-                ack,
-                read: false,
-            };
-            let answer = (&mut acking.ack).await;
-            acking.read = true;
-            answer
-        } else {
-            ack.await
-        };
+        self.accepted_or_refused(entered.accepted, Some(ack.await))
+    }
+
+    /// [`Handle::acked`] for tasks handed over unread.
+    pub(crate) async fn answered(&self, unread: Unread) -> Result<Accepted, Error> {
+        let accepted = unread.entered.accepted;
+        let answer = unread.answer().await;
+        self.accepted_or_refused(accepted, answer)
+    }
+
+    fn accepted_or_refused(
+        &self,
+        accepted: Accepted,
+        answer: Option<Result<Result<(), colony_journal::Error>, oneshot::error::RecvError>>,
+    ) -> Result<Accepted, Error> {
         match answer {
-            Ok(Ok(())) => Ok(entered.accepted),
-            Ok(Err(error)) => Err(self.refused(0, error)),
-            Err(_) => Err(Error::Stopped),
+            None | Some(Ok(Ok(()))) => Ok(accepted),
+            Some(Ok(Err(error))) => Err(self.refused(0, error)),
+            Some(Err(_)) => Err(Error::Stopped),
         }
     }
 

@@ -310,11 +310,17 @@ async fn check(cluster: &Cluster, ids: &[u64], logs: &[PathBuf], faults_per_task
     }
     // I4: the backlog drains. An ack lost with a server is made good by the next delivery,
     // which finds the task ended and acks it: within ack_wait, and a little.
+    drained(cluster).await;
+    twice
+}
+
+/// Waits (30 s at most) until the stream holds no unfinished message.
+async fn drained(cluster: &Cluster) {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let unfinished = cluster.status().await.map_or(u64::MAX, |s| s.unfinished);
         if unfinished == 0 {
-            break;
+            return;
         }
         assert!(
             Instant::now() < deadline,
@@ -322,7 +328,6 @@ async fn check(cluster: &Cluster, ids: &[u64], logs: &[PathBuf], faults_per_task
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    twice
 }
 
 /// Nodes `a` and `b` joined (`replicas` as the cluster's), then `count` tasks of `sleep`
@@ -492,15 +497,7 @@ fn a_node_killed_mid_decision_leaves_it_to_another_decided_once() {
             let most = if on_a.contains(&n) { 6 } else { 3 };
             assert!((2..=most).contains(&runs), "decision n={n}: {runs} ballots");
         }
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while rt
-            .block_on(cluster.status())
-            .map_or(u64::MAX, |s| s.unfinished)
-            > 0
-        {
-            assert!(Instant::now() < deadline, "the stream did not drain");
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        rt.block_on(drained(&cluster));
         let report = b.stop();
         assert_eq!(report.fenced, 0, "{report:?}");
         eprintln!(
