@@ -323,9 +323,19 @@ impl MemoryJournal {
     /// Drops the payloads and outputs of every finished task but the newest `keep_last`
     /// finished ones (by id), keeping their rows, states and errors, as `colony prune
     /// --keep-last` does to a SQLite file. Returns how many tasks lost theirs. Unfinished
-    /// tasks are never touched.
+    /// tasks are never touched, nor the ballots of a decision still open: its recovery
+    /// counts them.
     pub fn prune_all_but(&self, keep_last: u64) -> u64 {
         let mut inner = self.lock();
+        // The ballots of decisions still open are kept whole: a decision recovered counts
+        // their outputs.
+        let mut open: Vec<(u64, u64)> = inner
+            .decisions
+            .iter()
+            .filter(|d| d.outcome.is_none())
+            .flat_map(|d| d.ballot_ranges())
+            .collect();
+        open.sort_unstable();
         let mut kept = 0;
         let mut pruned = 0;
         for i in (0..inner.rows.len()).rev() {
@@ -337,6 +347,9 @@ impl MemoryJournal {
             }
             if kept < keep_last {
                 kept += 1;
+                continue;
+            }
+            if !crate::ballots_among(&[TaskId(i as u64 + 1)], &open).is_empty() {
                 continue;
             }
             if !row.spec.payload.is_empty() || row.output.is_some() {
@@ -753,6 +766,13 @@ mod restore {
         block_on(j.close_decision_at(TaskId(7), "{\"done\":1}".into(), 9)).unwrap();
         block_on(j.open_decision(TaskId(8), &[TaskSpec::default()], opening)).unwrap();
         j
+    }
+
+    #[test]
+    fn pruning_keeps_the_ballots_of_open_decisions() {
+        crate::testing::pruning_keeps_the_ballots_of_open_decisions(&MemoryJournal::new(), |j| {
+            j.prune_all_but(0)
+        });
     }
 
     #[test]

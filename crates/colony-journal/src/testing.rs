@@ -324,6 +324,85 @@ fn opening(voters: u32) -> crate::Opening {
     }
 }
 
+/// A prune of every finished task's payload and output (`prune_all`, returning how many tasks
+/// lost theirs) keeps the ballots of a decision still open whole, its opening's and its later
+/// call's, and prunes them once it has closed; a closed decision's and plain tasks' go at
+/// once. For the journals that can be pruned.
+pub fn pruning_keeps_the_ballots_of_open_decisions<J: Journal>(
+    j: &J,
+    prune_all: impl Fn(&J) -> u64,
+) {
+    let finish = |first: TaskId, n: u64| {
+        let batch = (0..n)
+            .flat_map(|i| {
+                [
+                    started(nth(first, i), 1),
+                    committed(nth(first, i), 1, "\"yes\""),
+                ]
+            })
+            .collect();
+        record(j, batch);
+    };
+    let plain = accept(j, 2);
+    finish(plain, 2);
+    let closed = j.next_task_id();
+    block_on(j.open_decision(
+        closed,
+        &vec![TaskSpec::with_payload("which?"); 3],
+        opening(3),
+    ))
+    .expect("open");
+    finish(closed, 3);
+    block_on(j.close_decision(closed, r#"{"result":"decided"}"#.into())).expect("close");
+    let open = j.next_task_id();
+    let mut leader = opening(3);
+    leader.asked = 1;
+    block_on(j.open_decision(open, &[TaskSpec::with_payload("propose")], leader.clone()))
+        .expect("open");
+    finish(open, 1);
+    let between = accept(j, 1);
+    finish(between, 1);
+    let reviews = j.next_task_id();
+    let call = crate::Call {
+        round: 0,
+        role: crate::Role::Review,
+        asked: leader.seats[1..].to_vec(),
+        at_ms: 1_700_000_000_500,
+    };
+    block_on(j.ask(
+        open,
+        reviews,
+        &vec![TaskSpec::with_payload("review"); 2],
+        call,
+    ))
+    .expect("ask");
+    finish(reviews, 2);
+
+    assert_eq!(
+        prune_all(j),
+        6,
+        "two plain tasks, the closed decision's three, one more"
+    );
+    let whole = |id: TaskId| {
+        let row = j.task(id).unwrap().expect("the task");
+        assert_eq!(row.state, TaskState::Succeeded, "{row:?}");
+        !row.spec.payload.is_empty() && row.output.is_some()
+    };
+    for id in [plain, nth(plain, 1), closed, nth(closed, 2), between] {
+        assert!(!whole(id), "{id} is pruned");
+    }
+    for id in [open, reviews, nth(reviews, 1)] {
+        assert!(
+            whole(id),
+            "{id}, a ballot of a decision still open, is kept whole"
+        );
+    }
+    assert_eq!(prune_all(j), 0, "nothing else to prune");
+    block_on(j.close_decision(open, r#"{"result":"decided"}"#.into())).expect("close");
+    assert_eq!(prune_all(j), 3, "once closed, its ballots go too");
+    assert!(!whole(open) && !whole(nth(reviews, 1)));
+}
+
 /// The ids of decisions read.
 fn ids(read: Result<Vec<crate::DecisionRow>, Error>) -> Vec<TaskId> {
     read.unwrap().iter().map(|d| d.id).collect()

@@ -435,6 +435,19 @@ fn retention_prunes_finished_payloads_and_keeps_the_rows() {
 }
 
 #[test]
+fn retention_keeps_the_ballots_of_open_decisions() {
+    let dir = tempfile::tempdir().unwrap();
+    let j = open(&dir.path().join("d.db"));
+    colony_journal::testing::pruning_keeps_the_ballots_of_open_decisions(&j, |j| {
+        let all = colony_journal::sqlite::Retention {
+            keep_last: Some(0),
+            ..Default::default()
+        };
+        j.prune(all).unwrap()
+    });
+}
+
+#[test]
 fn a_write_that_can_never_commit_is_dropped_and_the_rest_commits() {
     let dir = tempfile::tempdir().unwrap();
     let mut options = SqliteOptions::new(dir.path().join("big.db"));

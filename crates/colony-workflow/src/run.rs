@@ -911,12 +911,19 @@ pub async fn run(
             (i, asks)
         })
         .collect();
+    let again = pruned_and_read(&latest, &left.reads);
+    for &i in &again {
+        tracing::warn!(
+            task = %workflow.tasks[i].id,
+            "A task that succeeded in an earlier run has lost its output to colony prune; it runs again for the tasks that read it."
+        );
+    }
     let mut done = Vec::new();
     let mut recovering: HashMap<usize, colony_core::TaskId> = HashMap::new();
     let mut resumed = Vec::new();
     for (&i, row) in &latest {
         match row.state {
-            TaskState::Succeeded => {
+            TaskState::Succeeded if !again.contains(&i) => {
                 let value = row.output.clone().map(Output::new);
                 if let Some(v) = &value
                     && left.wanted(i)
@@ -2037,6 +2044,40 @@ impl Readers {
     /// Whether task `i`'s output is still to be read by a task that has not started.
     pub(crate) fn wanted(&self, i: usize) -> bool {
         self.left[i] > 0
+    }
+}
+
+/// Resuming: the tasks that succeeded in an earlier run (their `latest` rows) but whose
+/// outputs a prune dropped, and that a task to run now reads (by `reads`, per task the needs
+/// whose outputs it reads): they run again rather than hand their readers nothing. A task
+/// runs now unless it succeeded with its output kept or is still unfinished (recovery
+/// finishes it); one run again reads its own needs' outputs too.
+fn pruned_and_read(latest: &HashMap<usize, &TaskRow>, reads: &[Vec<usize>]) -> HashSet<usize> {
+    let pruned = |i: usize| {
+        latest
+            .get(&i)
+            .is_some_and(|r| r.state == TaskState::Succeeded && r.output.is_none())
+    };
+    let mut again = HashSet::new();
+    loop {
+        let mut more = false;
+        for (n, needs) in reads.iter().enumerate() {
+            let runs = match latest.get(&n) {
+                Some(r) if r.state == TaskState::Succeeded => again.contains(&n),
+                Some(r) => !matches!(r.state, TaskState::Queued | TaskState::Running),
+                None => true,
+            };
+            if runs {
+                for &i in needs {
+                    if pruned(i) {
+                        more |= again.insert(i);
+                    }
+                }
+            }
+        }
+        if !more {
+            return again;
+        }
     }
 }
 

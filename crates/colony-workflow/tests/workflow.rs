@@ -595,3 +595,60 @@ fn an_estimate_out_of_range_is_refused_at_its_place() {
         "{p:#?}"
     );
 }
+
+/// A prune between two runs drops the output of a task that succeeded; resuming, the task
+/// that reads it and failed runs again, and so the pruned one runs again first rather than
+/// hand it nothing. One that nothing reads any more is not run again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resumed_run_runs_again_what_a_prune_took_the_output_of_and_is_read() {
+    use colony_journal::{Journal as _, MemoryJournal};
+    fn task<'a>(report: &'a Report, id: &str) -> &'a colony_workflow::Finished {
+        report.tasks.iter().find(|t| t.id == id).unwrap()
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let count = |name: &str| {
+        std::fs::read_to_string(dir.path().join(name))
+            .unwrap_or_default()
+            .lines()
+            .count()
+    };
+    let workflow = |reader: &str| {
+        let made = |name: &str| {
+            format!(
+                "{{program: sh, args: [\"-c\", \"echo x >> {} && echo made-{name}\"]}}",
+                dir.path().join(name).display()
+            )
+        };
+        format!(
+            "name: pruned\nagents:\n  - {{name: a, kind: command, role: a, command: {}}}\n  - {{name: b, kind: command, role: b, command: {}}}\n  - {{name: r, kind: command, role: reader, command: {{program: sh, args: [\"-c\", {reader:?}]}}}}\ntasks:\n  - {{id: a, role: a}}\n  - {{id: b, role: b}}\n  - id: use\n    role: reader\n    needs: [a, b]\n    retries: 0\n    input: {{ got: \"{{{{outputs.a}}}}\" }}\n",
+            made("a"),
+            made("b"),
+        )
+    };
+    let journal = std::sync::Arc::new(MemoryJournal::new());
+    let out = tempfile::tempdir().unwrap();
+    let options = |prior| colony_workflow::Options {
+        journal: journal.clone(),
+        prior,
+        ..options(out.path())
+    };
+    let first = parse(&workflow("exit 3"), "w.yaml", Path::new(".")).unwrap();
+    let report = colony_workflow::run(&first, options(Vec::new()))
+        .await
+        .unwrap();
+    assert_eq!(task(&report, "use").status, Status::Failed, "{report:#?}");
+    assert_eq!((count("a"), count("b")), (1, 1));
+    assert_eq!(journal.prune_all_but(0), 3, "every finished task's output");
+
+    let prior: Vec<_> = (1..=3)
+        .filter_map(|id| journal.task(colony_core::TaskId(id)).unwrap())
+        .collect();
+    assert_eq!(prior.len(), 3, "{prior:#?}");
+    let second = parse(&workflow("cat"), "w.yaml", Path::new(".")).unwrap();
+    let report = colony_workflow::run(&second, options(prior)).await.unwrap();
+    assert!(report.all_succeeded(), "{report:#?}");
+    assert_eq!(count("a"), 2, "a's output is read: it ran again");
+    assert_eq!(count("b"), 1, "b's is not read: it stays as it was");
+    let got = task(&report, "use").output.as_ref().unwrap().value();
+    assert_eq!(got["input"]["got"], "made-a", "{got}");
+}

@@ -240,7 +240,7 @@ impl SqliteJournal {
 
     /// Drops the payloads and outputs of finished tasks that `rule` selects, keeping their
     /// rows, states and errors. Returns how many tasks lost theirs. Unfinished tasks are
-    /// never touched.
+    /// never touched, nor the ballots of a decision still open: its recovery counts them.
     pub fn prune(&self, rule: Retention) -> Result<u64, Error> {
         // Ages and counts past what a timestamp or a SQLite integer holds mean "nothing is
         // that old" and "keep everything", not the wrap-around that would prune everything.

@@ -334,16 +334,22 @@ impl Writer {
                             .map_err(&fail)?
                             .map(|id| id + 1),
                     };
-                    let n = tx
-                        .execute(
-                            "UPDATE tasks SET payload = X'', output = NULL \
-                             WHERE state >= 2 AND (payload != X'' OR output IS NOT NULL) \
-                             AND ((?1 IS NOT NULL AND finished_at < ?1) \
-                                  OR (?2 IS NOT NULL AND id < ?2))",
-                            params![before, cut],
-                        )
-                        .map_err(&fail)?;
-                    delta.pruned.push((i, n as u64));
+                    // The ballots of decisions still open are kept whole: a decision
+                    // recovered counts their outputs. Pruned are the ids between them.
+                    let mut n = 0;
+                    for (from, to) in outside(&open_ballots(&tx).map_err(&fail)?) {
+                        n += tx
+                            .execute(
+                                "UPDATE tasks SET payload = X'', output = NULL \
+                                 WHERE id >= ?3 AND id < ?4 AND state >= 2 \
+                                 AND (payload != X'' OR output IS NOT NULL) \
+                                 AND ((?1 IS NOT NULL AND finished_at < ?1) \
+                                      OR (?2 IS NOT NULL AND id < ?2))",
+                                params![before, cut, from, to],
+                            )
+                            .map_err(&fail)? as u64;
+                    }
+                    delta.pruned.push((i, n));
                 }
                 Write::Recover { .. } => {
                     let n = tx
@@ -634,4 +640,57 @@ fn unix_micros() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_micros() as i64)
+}
+
+/// The task ids `[first, end)` of every ballot of a decision still open: its opening's and
+/// its later calls'.
+fn open_ballots(tx: &Transaction<'_>) -> rusqlite::Result<Vec<(i64, i64)>> {
+    let mut stmt = tx.prepare_cached(
+        "SELECT id, id + coalesce(asked, json_array_length(seats)) FROM decisions \
+         WHERE outcome IS NULL \
+         UNION ALL \
+         SELECT c.first, c.first + c.tasks FROM decision_calls c \
+         JOIN decisions d ON d.id = c.decision WHERE d.outcome IS NULL",
+    )?;
+    let ranges = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    ranges.collect()
+}
+
+/// The ids `[from, to)` from 0 to `i64::MAX` that none of `ranges` (each `[first, end)`, in
+/// any order, overlapping or not) holds.
+fn outside(ranges: &[(i64, i64)]) -> Vec<(i64, i64)> {
+    let mut ranges = ranges.to_vec();
+    ranges.sort_unstable();
+    let mut gaps = Vec::with_capacity(ranges.len() + 1);
+    let mut from = 0;
+    for (first, end) in ranges {
+        if end <= first {
+            continue;
+        }
+        if first > from {
+            gaps.push((from, first));
+        }
+        from = from.max(end);
+    }
+    if from < i64::MAX {
+        gaps.push((from, i64::MAX));
+    }
+    gaps
+}
+
+#[cfg(test)]
+mod tests {
+    use super::outside;
+
+    #[test]
+    fn the_ids_outside_ranges_are_the_gaps_between_them() {
+        assert_eq!(outside(&[]), vec![(0, i64::MAX)]);
+        assert_eq!(outside(&[(5, 8)]), vec![(0, 5), (8, i64::MAX)]);
+        // Unsorted, overlapping, touching, nested and empty ranges.
+        assert_eq!(
+            outside(&[(20, 30), (5, 8), (7, 10), (10, 12), (21, 22), (15, 15)]),
+            vec![(0, 5), (12, 20), (30, i64::MAX)]
+        );
+        assert_eq!(outside(&[(0, 3)]), vec![(3, i64::MAX)]);
+    }
 }
