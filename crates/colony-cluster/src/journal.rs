@@ -675,14 +675,10 @@ impl Writer {
                     jetstream::context::GetStreamErrorKind::JetStream(j)
                         if j.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND =>
                     {
-                        Error::nats(
-                            &what,
-                            format!(
-                                "no such journal at {} (no stream {})",
-                                options.url,
-                                options.stream()
-                            ),
-                        )
+                        Error::NoJournal {
+                            url: options.url.clone(),
+                            stream: options.stream(),
+                        }
                     }
                     _ => Error::nats(&what, e),
                 })?

@@ -59,6 +59,9 @@ pub enum Error {
     BadRole { role: String },
     #[error("{what}: {detail}")]
     Nats { what: String, detail: String },
+    /// A journal read or pruned that was never made (a wrong URL or name, most likely).
+    #[error("no such journal at {url} (no stream {stream})")]
+    NoJournal { url: String, stream: String },
     #[error("task {id} is unknown to the cluster: never accepted, or its record was purged")]
     Unknown { id: u64 },
     #[error("task {id}'s record is unreadable: {detail}")]

@@ -169,4 +169,14 @@ fn prune_keeps_every_row_of_a_journal_in_nats_and_the_newest_finished_tasks_whol
     let (stdout, _, code) = colony(&["prune", "--db", &db, "--keep-last", "2"]);
     assert_eq!(code, 0);
     assert!(stdout.contains("of 0 finished tasks"), "{stdout}");
+    // A journal that is not there is bad input, as a missing SQLite file is.
+    let missing = format!("{}/missing", server.url());
+    for args in [
+        &["prune", "--db", &missing, "--keep-last", "2"][..],
+        &["tasks", "--db", &missing][..],
+    ] {
+        let (_, stderr, code) = colony(args);
+        assert_eq!(code, 2, "{args:?}: {stderr}");
+        assert!(stderr.contains("no such journal at"), "{args:?}: {stderr}");
+    }
 }

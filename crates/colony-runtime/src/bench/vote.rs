@@ -34,8 +34,11 @@ pub const MAX_AGENTS: u32 = 100_000;
 pub const MAX_ROUNDS: u32 = 1_000_000;
 /// Rounds run first and not timed, as the peer does.
 const WARMUP: u32 = 10;
-/// The target for one decision at the 99th percentile (at 100 voters).
+/// The target for one decision at the 99th percentile, at up to 100 voters; past that the
+/// target is that the decision works (the peers cap a vote at 8).
 const TARGET_P99: Duration = Duration::from_micros(50);
+/// Most voters the p99 target is judged at.
+const TARGET_P99_VOTERS: u32 = 100;
 /// The target for the engine tallying 10,000 ballots.
 const TARGET_TALLY: Duration = Duration::from_millis(1);
 /// Ballots the engine tallies alone.
@@ -139,8 +142,9 @@ pub struct VoteReport {
     /// The engine alone: 10,000 ballots cast and the round closed.
     pub tally_10k_us: f64,
     pub erlang: Option<ErlangW5>,
-    /// Whether every round ended as the votes say it must, and the targets: p99 ≤ 50 µs,
-    /// at most half Erlang's p99 when it ran, a 10,000-ballot tally under 1 ms.
+    /// Whether every round ended as the votes say it must, and the targets: p99 ≤ 50 µs
+    /// (among at most 100 voters), at most half Erlang's p99 when it ran, a 10,000-ballot
+    /// tally under 1 ms.
     #[serde(flatten)]
     pub verdict: Verdict,
 }
@@ -211,7 +215,8 @@ pub async fn vote(
     }
     runtime.shutdown().await;
     let decision = Percentiles::of(times);
-    verdict.check(decision.p99_us <= TARGET_P99.as_secs_f64() * 1e6, || {
+    let judged = agents <= TARGET_P99_VOTERS;
+    verdict.check(!judged || decision.p99_us <= TARGET_P99.as_secs_f64() * 1e6, || {
         format!(
             "a decision among {agents} took {:.1} µs at the 99th percentile: the target is {} µs",
             decision.p99_us,

@@ -21,6 +21,15 @@ pub(crate) fn in_nats(db: &std::path::Path) -> Option<&str> {
         .filter(|text| colony_cluster::journal::in_nats(text))
 }
 
+/// A journal in NATS that could not be read or pruned: one that is not there is bad input
+/// (exit 2, as a missing SQLite file is), anything else a failure of the work (exit 1).
+pub(crate) fn nats_failure(error: colony_cluster::Error) -> crate::Failure {
+    match error {
+        colony_cluster::Error::NoJournal { .. } => crate::Failure::input(error),
+        error => crate::Failure::work(error),
+    }
+}
+
 /// Opens the journal in NATS at `location`, replayed and claimed for this process. Blocks:
 /// call it before the runtime starts.
 pub(crate) fn open_nats_journal(

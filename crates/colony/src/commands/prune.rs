@@ -1,4 +1,5 @@
-//! `colony prune`: drop payloads and results of finished tasks, keeping their rows.
+//! `colony prune`: drop payloads and results of finished tasks, keeping their rows. The
+//! ballots of a decision still open are kept whole: its recovery counts them.
 
 use crate::{Failure, output::thousands};
 use colony_journal::{SqliteJournal, SqliteOptions, sqlite::Retention};
@@ -87,7 +88,8 @@ fn prune_nats(location: &str, args: &Args) -> Result<(), Failure> {
         .keep_last
         .ok_or_else(|| Failure::input(anyhow::anyhow!("--keep-last N is needed")))?;
     let options = colony_cluster::JournalOptions::parse(location).map_err(Failure::input)?;
-    let pruned = colony_cluster::journal::prune(&options, keep_last).map_err(Failure::work)?;
+    let pruned =
+        colony_cluster::journal::prune(&options, keep_last).map_err(super::nats_failure)?;
     if args.json {
         println!(
             "{}",

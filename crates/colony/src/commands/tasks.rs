@@ -94,7 +94,7 @@ pub(crate) fn run(args: &Args) -> Result<(), Failure> {
         Some(location) => {
             let journal =
                 colony_cluster::JournalOptions::parse(location).map_err(Failure::input)?;
-            let journal = colony_cluster::journal::read(&journal).map_err(Failure::work)?;
+            let journal = colony_cluster::journal::read(&journal).map_err(super::nats_failure)?;
             let counts = journal.counts().map_err(Failure::work)?;
             (counts, oldest(&journal, state, args.limit)?)
         }
