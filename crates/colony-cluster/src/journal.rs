@@ -67,7 +67,8 @@ const REPLAY_WAIT: Duration = Duration::from_secs(30);
 /// A journal is compacted when it is opened with more bytes than this in its stream (and
 /// its snapshot would be under half of them), by default.
 pub const COMPACT_ABOVE: u64 = 64 << 20;
-/// Tasks' or decisions' rows in one write of a snapshot.
+/// Tasks' or decisions' rows in one write of a snapshot, at most (fewer when theirs are
+/// larger than a write may be).
 const SNAPSHOT_ROWS: usize = 512;
 /// Reputations in one write of a snapshot.
 const SNAPSHOT_CHUNK: usize = 8192;
@@ -254,8 +255,8 @@ pub fn prune(options: &JournalOptions, keep_last: u64) -> Result<Pruned, Error> 
             Compacted::Skipped => {
                 return Err(Error::nats(
                     what,
-                    "a line of its snapshot (512 rows, or every agent) is larger than \
-                             a write may be: nothing was pruned",
+                    "a line of its snapshot (one task's or decision's row, or every \
+                             agent) is larger than a write may be: nothing was pruned",
                 ));
             }
         }
@@ -1081,14 +1082,11 @@ fn snapshot(
     budget: usize,
     max_line: usize,
 ) -> Result<Option<Vec<Vec<u8>>>, colony_journal::Error> {
-    let mut lines = Vec::new();
-    let mut size = 0;
-    let mut push = |write: Write| {
-        let line = write.line();
-        size += line.len();
-        let fits = size <= budget && line.len() <= max_line;
-        lines.push(line);
-        fits
+    let mut lines = Lines {
+        lines: Vec::new(),
+        size: 0,
+        budget,
+        max_line,
     };
     // In one line, so in one frame, which is read back whole or not at all: it replaces
     // the agents the history (or a part of it) recorded.
@@ -1097,39 +1095,68 @@ fn snapshot(
         agents: mirror.agents()?.iter().map(AgentLine::of).collect(),
         replace: true,
     };
-    if !push(agents) {
+    if !lines.push(agents.line()) {
         return Ok(None);
     }
-    for chunk in mirror.reputations()?.chunks(SNAPSHOT_CHUNK) {
-        let write = Write::Reputations {
-            rows: chunk.iter().map(ReputationLine::of).collect(),
-        };
-        if !push(write) {
-            return Ok(None);
-        }
+    let reputations = mirror.reputations()?;
+    let write = |chunk: &[ReputationRow]| Write::Reputations {
+        rows: chunk.iter().map(ReputationLine::of).collect(),
+    };
+    if !lines.chunked(&reputations, SNAPSHOT_CHUNK, &write) {
+        return Ok(None);
     }
     let mut rows = mirror.recent(None, None, usize::MAX)?;
     rows.reverse();
-    for chunk in rows.chunks(SNAPSHOT_ROWS) {
-        let write = Write::Rows {
-            rows: chunk.iter().map(RowLine::of).collect(),
-        };
-        if !push(write) {
-            return Ok(None);
-        }
+    let write = |chunk: &[TaskRow]| Write::Rows {
+        rows: chunk.iter().map(RowLine::of).collect(),
+    };
+    if !lines.chunked(&rows, SNAPSHOT_ROWS, &write) {
+        return Ok(None);
     }
     drop(rows);
     let mut decisions = mirror.decisions(None, usize::MAX)?;
     decisions.reverse();
-    for chunk in decisions.chunks(SNAPSHOT_ROWS) {
-        let write = Write::Decisions {
-            rows: chunk.iter().map(DecisionLine::of).collect(),
-        };
-        if !push(write) {
-            return Ok(None);
-        }
+    let write = |chunk: &[DecisionRow]| Write::Decisions {
+        rows: chunk.iter().map(DecisionLine::of).collect(),
+    };
+    if !lines.chunked(&decisions, SNAPSHOT_ROWS, &write) {
+        return Ok(None);
     }
-    Ok(Some(lines))
+    Ok(Some(lines.lines))
+}
+
+/// A snapshot's lines as they are made, at most `budget` bytes in all and `max_line` each.
+struct Lines {
+    lines: Vec<Vec<u8>>,
+    size: usize,
+    budget: usize,
+    max_line: usize,
+}
+
+impl Lines {
+    /// Adds `line`; false when it passes a bound.
+    fn push(&mut self, line: Vec<u8>) -> bool {
+        self.size += line.len();
+        let fits = self.size <= self.budget && line.len() <= self.max_line;
+        self.lines.push(line);
+        fits
+    }
+
+    /// Adds `items` as lines of `write`, in order, up to `most` items a line and fewer when
+    /// theirs would pass `max_line` (large payloads or outputs): a chunk too large is halved
+    /// until it fits. False when one item alone passes it, or all the budget.
+    fn chunked<T>(&mut self, items: &[T], most: usize, write: &impl Fn(&[T]) -> Write) -> bool {
+        items.chunks(most).all(|chunk| self.halved(chunk, write))
+    }
+
+    fn halved<T>(&mut self, chunk: &[T], write: &impl Fn(&[T]) -> Write) -> bool {
+        let line = write(chunk).line();
+        if line.len() <= self.max_line || chunk.len() <= 1 {
+            return self.push(line);
+        }
+        let (first, second) = chunk.split_at(chunk.len() / 2);
+        self.halved(first, write) && self.halved(second, write)
+    }
 }
 
 /// What a publish expects of the stream.
@@ -1411,6 +1438,24 @@ mod tests {
         }
         // Too large for the budget: none.
         assert!(snapshot(&whole, 10, usize::MAX).unwrap().is_none());
+    }
+
+    #[test]
+    fn a_snapshot_of_large_rows_has_lines_of_fewer_rows_each_under_the_bound() {
+        let whole = MemoryJournal::new();
+        let payload = "p".repeat(10_000);
+        let specs = vec![TaskSpec::with_payload(payload); 300];
+        futures::executor::block_on(whole.accept(TaskId(1), &specs)).unwrap();
+        let bound = 64 << 10;
+        let lines = snapshot(&whole, usize::MAX, bound)
+            .unwrap()
+            .expect("it fits");
+        assert!(lines.iter().all(|l| l.len() <= bound));
+        assert!(lines.len() > 300 * 10_000 / bound, "{} lines", lines.len());
+        let writes = lines.iter().flat_map(|l| codec::lines(l).unwrap());
+        same(&whole, &replayed(writes), "in lines of fewer rows");
+        // One row alone larger than a line may be: none.
+        assert!(snapshot(&whole, usize::MAX, 5_000).unwrap().is_none());
     }
 
     #[test]
