@@ -26,7 +26,10 @@ use std::{
     },
     time::{Duration, Instant},
 };
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+use tokio::sync::{Semaphore, watch};
+
+mod slots;
+use slots::{Held, Permit, Slots};
 
 /// How a node runs.
 #[derive(Clone, Debug)]
@@ -140,6 +143,9 @@ struct Shared {
     /// The consumers' `ack_wait` (the shortest): whoever made them set it, maybe another
     /// node with another setting; in-progress acks go every third of it.
     ack_wait: Duration,
+    /// The node's slots, and each consumer's: a role's are its agents' capacity, so a node
+    /// never holds a role's tasks its agents cannot start.
+    slots: Slots,
 }
 
 /// Whether a node takes work: connected to NATS, and not draining.
@@ -174,9 +180,6 @@ impl Readiness {
 pub struct Node {
     shared: Arc<Shared>,
     phase: watch::Sender<Phase>,
-    /// The node's slots, then each consumer's, with their number: a role's are its agents'
-    /// capacity, so a node never holds a role's tasks its agents cannot start.
-    slots: Vec<(Arc<Semaphore>, u32)>,
     drain_timeout: Duration,
     pullers: Vec<tokio::task::JoinHandle<Option<()>>>,
     heart: tokio::task::JoinHandle<Option<()>>,
@@ -217,11 +220,11 @@ impl Node {
         };
         let mut consumers = Vec::new();
         for role in roles.iter().map(|r| Some(r.as_str())).chain([None]) {
-            consumers.push((by_priority(&cluster, role).await?, capacity(role)));
+            consumers.push((role.map(str::to_owned), by_priority(&cluster, role).await?));
         }
         let ack_wait = consumers
             .iter_mut()
-            .flat_map(|(c, _)| c.iter_mut())
+            .flat_map(|(_, c)| c.iter_mut())
             .map(|c| c.cached_info().config.ack_wait)
             .min()
             .unwrap_or(cluster.settings.ack_wait)
@@ -277,6 +280,15 @@ impl Node {
             answers.abort();
             return Err(e);
         }
+        // The node's own slots (--max-in-flight), which every delivery takes besides its
+        // role's.
+        let all = u32::try_from(max_in_flight).unwrap_or(u32::MAX);
+        let slots = Slots::new(
+            all,
+            consumers
+                .iter()
+                .map(|(role, _)| (role.clone(), capacity(role.as_deref()))),
+        );
         let shared = Arc::new(Shared {
             cluster,
             handle,
@@ -284,29 +296,25 @@ impl Node {
             counters: Counters::default(),
             phase: phase_rx,
             ack_wait,
+            slots,
         });
-        // The node's own slots (--max-in-flight), which every delivery takes besides its
-        // role's.
-        let all = u32::try_from(max_in_flight).unwrap_or(u32::MAX);
-        let node_slots = Arc::new(Semaphore::new(all as usize));
-        let mut slots = vec![(node_slots.clone(), all)];
         let mut pullers = Vec::new();
-        for (consumer, n) in consumers {
-            let semaphore = Arc::new(Semaphore::new(n as usize));
+        for (role, consumer) in consumers {
+            let Some(slot) = shared.slots.role(role.as_deref()) else {
+                continue;
+            };
             let pull = pull_loop(
                 shared.clone(),
                 consumer,
-                semaphore.clone(),
-                node_slots.clone(),
+                slot.semaphore.clone(),
+                shared.slots.node().semaphore.clone(),
             );
             pullers.push(Spawner::spawn("cluster-pull", pull));
-            slots.push((semaphore, n));
         }
         let heart = Spawner::spawn("cluster-heartbeat", heartbeat(shared.clone(), info.clone()));
         Ok(Node {
             shared,
             phase,
-            slots,
             drain_timeout: options.drain_timeout,
             pullers,
             heart,
@@ -342,7 +350,9 @@ impl Node {
         for puller in self.pullers {
             let _ = puller.await;
         }
-        let idle = || futures::future::join_all(self.slots.iter().map(|(s, n)| s.acquire_many(*n)));
+        let slots = &self.shared.slots;
+        let idle =
+            || futures::future::join_all(slots.all().map(|s| s.semaphore.acquire_many(s.size)));
         if tokio::time::timeout(self.drain_timeout, idle())
             .await
             .is_err()
@@ -503,9 +513,6 @@ const BACKOFF: Duration = Duration::from_millis(500);
 /// pull (a reply lost with a connection, for good). The answer is still read to its end,
 /// aside, for up to `ack_wait`, and what comes then is handed back ([`late`]).
 const ASK_LIMIT: Duration = Duration::from_secs(1);
-
-/// A slot of the role's and one of the node's, held while a delivery runs.
-type Permit = (OwnedSemaphorePermit, OwnedSemaphorePermit);
 
 /// Pulls one role's tasks while the node takes tasks, as many as it has free slots, each run
 /// on its own, the highest priority first: `consumers` are the role's, one for each
@@ -795,15 +802,15 @@ fn start(shared: &Arc<Shared>, message: Message, permit: Permit) {
     Spawner::spawn("cluster-task", async move {
         shared.counters.running.fetch_add(1, Ordering::Relaxed);
         metrics::gauge!("colony_cluster_running").increment(1.0);
-        deliver(&shared, message).await;
+        deliver(&shared, message, Held::one(permit)).await;
         shared.counters.running.fetch_sub(1, Ordering::Relaxed);
         metrics::gauge!("colony_cluster_running").decrement(1.0);
-        drop(permit);
     });
 }
 
-/// One delivery: take the lease, run the attempt, end it under the lease, answer the stream.
-async fn deliver(shared: &Shared, message: Message) {
+/// One delivery, holding `held` (its slots) until it ends: take the lease, run the attempt,
+/// end it under the lease, answer the stream.
+async fn deliver(shared: &Shared, message: Message, held: Held) {
     let (id, delivered) = match message.info() {
         Ok(info) => (
             info.stream_sequence,
@@ -851,6 +858,21 @@ async fn deliver(shared: &Shared, message: Message) {
             }
             return;
         }
+    };
+    // A vote or a team takes a slot for each agent it asks, waited for before anything is
+    // written; a node that stops taking tasks meanwhile hands it back.
+    let needs = together
+        .as_ref()
+        .and_then(|t| shared.slots.needs(spec.requirement.role.as_deref(), t));
+    let _held = match needs {
+        Some(needs) => match room(shared, &message, id, held, &needs).await {
+            Some(held) => held,
+            None => {
+                answer(&message, Reply::Nak(Duration::ZERO)).await;
+                return;
+            }
+        },
+        None => held,
     };
     let (started, revision) = if delivered == 1 {
         // A first delivery: nothing to read, the lease is written lazily (see `run`).
@@ -1117,6 +1139,38 @@ impl Finished {
                 decision: Some(Box::new(summary)),
                 ..Summaries::default()
             },
+        }
+    }
+}
+
+/// Waits for the slots `needs` says, in place of `held`, keeping the delivery alive with
+/// in-progress acks meanwhile. `None` when the node stops taking tasks first.
+async fn room(
+    shared: &Shared,
+    message: &Message,
+    id: u64,
+    held: Held,
+    needs: &slots::Needs,
+) -> Option<Held> {
+    let mut phase = shared.phase.clone();
+    let every = shared.ack_wait / 3;
+    let mut progress = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    let widen = shared.slots.widen(held, needs);
+    let mut widen = std::pin::pin!(widen);
+    loop {
+        if *phase.borrow_and_update() != Phase::Taking {
+            return None;
+        }
+        tokio::select! {
+            held = &mut widen => return held,
+            _ = progress.tick() => {
+                if let Err(e) = message.ack_with(AckKind::Progress).await {
+                    tracing::warn!("node {}: task {id}: in-progress ack: {e}", shared.name);
+                }
+            }
+            changed = phase.changed() => if changed.is_err() {
+                return None;
+            }
         }
     }
 }

@@ -1080,6 +1080,52 @@ async fn a_vote_is_decided_once_by_the_node_that_takes_it() {
     flaky.shutdown().await;
 }
 
+/// A vote takes a slot for each of its voters on the node that runs it: a node whose three
+/// voters are busy with a vote of three leaves the next vote in the stream for another node,
+/// rather than hold it until its own voters are free.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_busy_with_a_vote_leaves_the_next_to_a_node_with_free_voters() {
+    use colony_cluster::Decide;
+    use colony_core::decision::DecisionOptions;
+    let dir = tempfile::tempdir().unwrap();
+    let server = tokio::task::block_in_place(|| NatsServer::single(dir.path())).unwrap();
+    let client = cluster(&server).await;
+    let three = Decide {
+        voters: 3,
+        options: DecisionOptions::default(),
+        reputation: false,
+    };
+    let busy = runtime("voter", 3, Duration::from_secs(4)).await;
+    let busy_node = join(&server, &busy, "busy").await;
+    let submit = |answer: &str| {
+        let spec = task(Some("voter"), format!("\"{answer}\""), 1);
+        let client = client.clone();
+        async move { client.submit_decided(&spec, &three, None).await.unwrap() }
+    };
+    let first = submit("one").await;
+    until_running(&client, first.id).await;
+    // Room for two more tasks of its role, but not for a vote of three.
+    let second = submit("two").await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let free = runtime("voter", 3, Duration::from_millis(1)).await;
+    let free_node = join(&server, &free, "free").await;
+    let row = ended(&client, second.id).await;
+    assert_eq!(
+        (row.state, row.node.as_str(), row.output.as_deref()),
+        (TaskState::Succeeded, "free", Some(&b"two"[..])),
+        "{row:?}"
+    );
+    let row = ended(&client, first.id).await;
+    assert_eq!(
+        (row.state, row.node.as_str()),
+        (TaskState::Succeeded, "busy")
+    );
+    busy_node.drain().await;
+    free_node.drain().await;
+    busy.shutdown().await;
+    free.shutdown().await;
+}
+
 /// A task worked by a team: it goes to the nodes of the team's first role, and the node that
 /// takes it forms the team among its own agents, runs the steps and commits the last step's
 /// output with how the team went. A team whose members fail fails its task, saying why; one

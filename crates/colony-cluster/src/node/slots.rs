@@ -1,0 +1,304 @@
+//! A node's slots: its own (`--max-in-flight`) and each role's (its agents' capacity), held
+//! while a delivery runs, so that a node never holds work its agents cannot start. A task
+//! takes one of its role's and one of the node's. A vote takes one for each voter and a team
+//! one for each member, of the roles they hold: without that a node with room for one vote
+//! would take as many as it has agents, and the others would wait on it for agents while
+//! other nodes sat idle.
+
+use crate::wire::Together;
+use std::sync::Arc;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+/// Slots of one kind: a semaphore of `size` permits.
+#[derive(Clone, Debug)]
+pub(super) struct Slot {
+    pub(super) semaphore: Arc<Semaphore>,
+    pub(super) size: u32,
+}
+
+impl Slot {
+    fn new(size: u32) -> Self {
+        Self {
+            semaphore: Arc::new(Semaphore::new(size as usize)),
+            size,
+        }
+    }
+}
+
+/// A slot of the role's and one of the node's, held while a delivery runs.
+pub(super) type Permit = (OwnedSemaphorePermit, OwnedSemaphorePermit);
+
+/// The node's slots and each of its consumers'.
+#[derive(Debug)]
+pub(super) struct Slots {
+    node: Slot,
+    /// By role, as the node's consumers are (`None`: tasks any agent may run). Taken in
+    /// this order, then the node's.
+    roles: Vec<(Option<String>, Slot)>,
+}
+
+/// What a delivery holds, let go when dropped: the slots it was taken with, or more for a
+/// vote or a team.
+#[derive(Debug)]
+pub(super) struct Held {
+    _permits: Vec<OwnedSemaphorePermit>,
+}
+
+impl Held {
+    pub(super) fn one((role, node): Permit) -> Self {
+        Self {
+            _permits: vec![role, node],
+        }
+    }
+}
+
+/// How many slots of each role (indices into [`Slots`]' roles, ascending) and of the
+/// node's a delivery takes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) struct Needs {
+    roles: Vec<(usize, u32)>,
+    node: u32,
+}
+
+impl Slots {
+    /// `node` slots of the node's own, and `roles` with each one's number, in the order
+    /// they are to be taken.
+    pub(super) fn new(node: u32, roles: impl IntoIterator<Item = (Option<String>, u32)>) -> Self {
+        Self {
+            node: Slot::new(node),
+            roles: roles.into_iter().map(|(r, n)| (r, Slot::new(n))).collect(),
+        }
+    }
+
+    pub(super) fn node(&self) -> &Slot {
+        &self.node
+    }
+
+    pub(super) fn role(&self, role: Option<&str>) -> Option<&Slot> {
+        self.roles
+            .iter()
+            .find(|(r, _)| r.as_deref() == role)
+            .map(|(_, s)| s)
+    }
+
+    /// Every slot: the node's, then each role's.
+    pub(super) fn all(&self) -> impl Iterator<Item = &Slot> {
+        std::iter::once(&self.node).chain(self.roles.iter().map(|(_, s)| s))
+    }
+
+    /// What a delivery of a task of `role` worked by several agents takes: one slot for each
+    /// voter of the task's role, or for each member of a team of the member's role; as many
+    /// of the node's. Each at most what there is, so it can always be had. `None` when that
+    /// is the one of each it was taken with, or the node serves none of their roles.
+    pub(super) fn needs(&self, role: Option<&str>, together: &Together) -> Option<Needs> {
+        let index = |role: Option<&str>| self.roles.iter().position(|(r, _)| r.as_deref() == role);
+        let mut roles: Vec<(usize, u32)> = Vec::new();
+        let mut add = |role: Option<&str>, n: u32| {
+            // A role this node does not serve: the vote or team cannot be seated here, and
+            // says so when it tries.
+            let Some(i) = index(role) else { return };
+            match roles.iter_mut().find(|(j, _)| *j == i) {
+                Some((_, m)) => *m = m.saturating_add(n),
+                None => roles.push((i, n)),
+            }
+        };
+        match together {
+            Together::Vote(decide) => add(role, decide.voters),
+            Together::Team(team) => {
+                for r in &team.roles {
+                    add(r.requirement.role.as_deref(), r.count);
+                }
+            }
+        }
+        roles.sort_unstable();
+        for (i, n) in &mut roles {
+            *n = (*n).min(self.roles[*i].1.size);
+        }
+        let node = roles
+            .iter()
+            .fold(0u32, |sum, (_, n)| sum.saturating_add(*n))
+            .min(self.node.size);
+        let taken = index(role).map(|i| vec![(i, 1)]);
+        let same = node == 1 && Some(&roles) == taken.as_ref();
+        (!roles.is_empty() && !same).then_some(Needs { roles, node })
+    }
+
+    /// Lets go of `held` and takes what `needs` says, waiting for it: each role's slots in
+    /// order, then the node's, as every pull takes one of its role's and then one of the
+    /// node's. Taken in that one order, and each semaphore serving its waiters first come
+    /// first served, no two deliveries can each hold slots the other waits for. `None` if
+    /// the node's slots were closed.
+    pub(super) async fn widen(&self, held: Held, needs: &Needs) -> Option<Held> {
+        drop(held);
+        let mut permits = Vec::with_capacity(needs.roles.len() + 1);
+        for &(i, n) in &needs.roles {
+            let slot = &self.roles[i].1;
+            permits.push(slot.semaphore.clone().acquire_many_owned(n).await.ok()?);
+        }
+        permits.push(
+            self.node
+                .semaphore
+                .clone()
+                .acquire_many_owned(needs.node)
+                .await
+                .ok()?,
+        );
+        Some(Held { _permits: permits })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::Decide;
+    use colony_core::{decision::DecisionOptions, task::Requirement};
+    use colony_runtime::team::{Role, Step, Team};
+
+    fn slots() -> Slots {
+        Slots::new(
+            10,
+            [
+                (Some("coder".into()), 4),
+                (Some("voter".into()), 6),
+                (None, 8),
+            ],
+        )
+    }
+
+    fn vote(voters: u32) -> Together {
+        Together::Vote(Decide {
+            voters,
+            options: DecisionOptions::default(),
+            reputation: false,
+        })
+    }
+
+    fn team(roles: &[(Option<&str>, u32)]) -> Together {
+        Together::Team(Box::new(Team {
+            roles: roles
+                .iter()
+                .map(|(role, count)| Role {
+                    name: role.unwrap_or("any").into(),
+                    requirement: Requirement {
+                        role: role.map(Arc::from),
+                        ..Requirement::default()
+                    },
+                    count: *count,
+                })
+                .collect(),
+            steps: vec![Step {
+                id: "s".into(),
+                role: 0,
+                each: false,
+                input: None,
+            }],
+            reassignments: 0,
+            delegation: 0,
+        }))
+    }
+
+    #[test]
+    fn a_vote_takes_a_slot_for_each_voter_of_its_role_and_as_many_of_the_nodes() {
+        let s = slots();
+        assert_eq!(
+            s.needs(Some("voter"), &vote(3)),
+            Some(Needs {
+                roles: vec![(1, 3)],
+                node: 3
+            })
+        );
+        // No more than there are: a vote of 9 among 6 voters' slots waits for all 6.
+        assert_eq!(
+            s.needs(Some("voter"), &vote(9)),
+            Some(Needs {
+                roles: vec![(1, 6)],
+                node: 6
+            })
+        );
+        assert_eq!(
+            s.needs(None, &vote(12)),
+            Some(Needs {
+                roles: vec![(2, 8)],
+                node: 8
+            })
+        );
+        assert_eq!(s.needs(Some("voter"), &vote(1)), None, "one, as a task");
+        assert_eq!(
+            s.needs(Some("tester"), &vote(3)),
+            None,
+            "a role not served here"
+        );
+    }
+
+    #[test]
+    fn a_team_takes_a_slot_for_each_member_of_the_members_roles_in_order() {
+        let s = slots();
+        let t = team(&[(Some("voter"), 2), (Some("coder"), 3), (Some("voter"), 1)]);
+        assert_eq!(
+            s.needs(Some("lead"), &t),
+            Some(Needs {
+                roles: vec![(0, 3), (1, 3)],
+                node: 6
+            })
+        );
+        // One member: its role's slot in place of the task's, unless they are the same.
+        let one = team(&[(Some("coder"), 1)]);
+        assert_eq!(
+            s.needs(Some("voter"), &one),
+            Some(Needs {
+                roles: vec![(0, 1)],
+                node: 1
+            })
+        );
+        assert_eq!(s.needs(Some("coder"), &one), None);
+        assert_eq!(s.needs(None, &team(&[(Some("tester"), 2)])), None);
+        // The node's own slots bound the sum.
+        let t = team(&[(Some("voter"), 6), (Some("coder"), 4), (None, 8)]);
+        assert_eq!(
+            s.needs(None, &t),
+            Some(Needs {
+                roles: vec![(0, 4), (1, 6), (2, 8)],
+                node: 10
+            })
+        );
+    }
+
+    #[tokio::test]
+    async fn a_widened_delivery_holds_its_slots_until_it_is_dropped() {
+        let s = slots();
+        let voter = s.role(Some("voter")).unwrap().semaphore.clone();
+        let node = s.node().semaphore.clone();
+        let one = (
+            voter.clone().try_acquire_owned().unwrap(),
+            node.clone().try_acquire_owned().unwrap(),
+        );
+        let needs = s.needs(Some("voter"), &vote(4)).unwrap();
+        let held = s.widen(Held::one(one), &needs).await.unwrap();
+        assert_eq!(
+            (voter.available_permits(), node.available_permits()),
+            (2, 6)
+        );
+        // A second vote of 4 waits for the first's slots, holding none of the node's.
+        let mut second = Box::pin(s.widen(
+            Held {
+                _permits: Vec::new(),
+            },
+            &needs,
+        ));
+        assert!(futures::poll!(second.as_mut()).is_pending());
+        assert_eq!(node.available_permits(), 6);
+        // The first vote's pull waits behind it for a voter's slot.
+        assert!(voter.clone().try_acquire_owned().is_err());
+        drop(held);
+        let second = second.await.unwrap();
+        assert_eq!(
+            (voter.available_permits(), node.available_permits()),
+            (2, 6)
+        );
+        drop(second);
+        assert_eq!(
+            (voter.available_permits(), node.available_permits()),
+            (6, 10)
+        );
+    }
+}
