@@ -300,9 +300,10 @@ impl Node {
         });
         let mut pullers = Vec::new();
         for (role, consumer) in consumers {
-            let Some(slot) = shared.slots.role(role.as_deref()) else {
-                continue;
-            };
+            let slot = shared
+                .slots
+                .role(role.as_deref())
+                .expect("a slot for each consumer's role");
             let pull = pull_loop(
                 shared.clone(),
                 consumer,
@@ -507,6 +508,9 @@ const RECHECK: Duration = Duration::from_millis(50);
 /// How long a priority whose consumer answered with an error (it is electing a leader, or
 /// is gone) is left before it is asked again: not at once, again and again.
 const BACKOFF: Duration = Duration::from_millis(500);
+/// How long a vote or team handed back for want of slots stays out of every node's reach:
+/// a node that cannot seat it now would be given it again at once.
+const NO_ROOM_DELAY: Duration = Duration::from_millis(250);
 
 /// Longest a node waits for the answer to an ask that does not wait before it goes on: the
 /// server answers at once, and a consumer whose leader just died would otherwise hold the
@@ -800,17 +804,32 @@ async fn take(
 fn start(shared: &Arc<Shared>, message: Message, permit: Permit) {
     let shared = shared.clone();
     Spawner::spawn("cluster-task", async move {
-        shared.counters.running.fetch_add(1, Ordering::Relaxed);
-        metrics::gauge!("colony_cluster_running").increment(1.0);
-        deliver(&shared, message, Held::one(permit)).await;
-        shared.counters.running.fetch_sub(1, Ordering::Relaxed);
-        metrics::gauge!("colony_cluster_running").decrement(1.0);
+        deliver(&shared, message, permit).await;
     });
 }
 
-/// One delivery, holding `held` (its slots) until it ends: take the lease, run the attempt,
-/// end it under the lease, answer the stream.
-async fn deliver(shared: &Shared, message: Message, held: Held) {
+/// A delivery counted as running (`NodeReport`'s heartbeat and `colony_cluster_running`)
+/// while it is held.
+struct Counted<'a>(&'a Shared);
+
+impl<'a> Counted<'a> {
+    fn count(shared: &'a Shared) -> Self {
+        shared.counters.running.fetch_add(1, Ordering::Relaxed);
+        metrics::gauge!("colony_cluster_running").increment(1.0);
+        Self(shared)
+    }
+}
+
+impl Drop for Counted<'_> {
+    fn drop(&mut self) {
+        self.0.counters.running.fetch_sub(1, Ordering::Relaxed);
+        metrics::gauge!("colony_cluster_running").decrement(1.0);
+    }
+}
+
+/// One delivery, holding its slots (`permit`, or more for a vote or a team) until it ends:
+/// take the lease, run the attempt, end it under the lease, answer the stream.
+async fn deliver(shared: &Shared, message: Message, permit: Permit) {
     let (id, delivered) = match message.info() {
         Ok(info) => (
             info.stream_sequence,
@@ -859,21 +878,32 @@ async fn deliver(shared: &Shared, message: Message, held: Held) {
             return;
         }
     };
-    // A vote or a team takes a slot for each agent it asks, waited for before anything is
-    // written; a node that stops taking tasks meanwhile hands it back.
+    // A vote or a team takes a slot for each agent it asks, had before anything is written;
+    // without them it goes back to the stream for a node with room.
     let needs = together
         .as_ref()
         .and_then(|t| shared.slots.needs(spec.requirement.role.as_deref(), t));
     let _held = match needs {
-        Some(needs) => match room(shared, &message, id, held, &needs).await {
-            Some(held) => held,
-            None => {
-                answer(&message, Reply::Nak(Duration::ZERO)).await;
+        None => Held::one(permit),
+        Some(needs) => {
+            // A task that ended is answered now, not after a wait for room.
+            if delivered > 1
+                && matches!(shared.cluster.row(id).await, Ok(Some((row, _))) if row.is_terminal())
+            {
+                shared.counters.add(Kind::AlreadyEnded);
+                answer(&message, Reply::Ack).await;
                 return;
             }
-        },
-        None => held,
+            match room(shared, &message, id, permit, &needs).await {
+                Some(held) => held,
+                None => {
+                    answer(&message, Reply::Nak(NO_ROOM_DELAY)).await;
+                    return;
+                }
+            }
+        }
     };
+    let _running = Counted::count(shared);
     let (started, revision) = if delivered == 1 {
         // A first delivery: nothing to read, the lease is written lazily (see `run`).
         match lease::on_delivery(None, &spec, &shared.name, &random_id(), 1, crate::now_ms()) {
@@ -1143,15 +1173,26 @@ impl Finished {
     }
 }
 
-/// Waits for the slots `needs` says, in place of `held`, keeping the delivery alive with
-/// in-progress acks meanwhile. `None` when the node stops taking tasks first.
+/// The slots `needs` says, in place of `held`: at once if they are free; else, if no other
+/// delivery of the node waits for its own, waited for (first come, first served, so work
+/// taken after it does not pass it) for up to `ack_wait` with in-progress acks meanwhile.
+/// `None` when another waits already, when the wait runs out, or when the node stops taking
+/// tasks first: the delivery goes back to the stream, for a node with room.
 async fn room(
     shared: &Shared,
     message: &Message,
     id: u64,
-    held: Held,
+    held: Permit,
     needs: &slots::Needs,
 ) -> Option<Held> {
+    let held = match shared.slots.try_widen(held, needs) {
+        Ok(held) => return Some(held),
+        Err(held) => held,
+    };
+    let _turn = shared.slots.wait_turn()?;
+    let give_up = tokio::time::sleep(shared.ack_wait);
+    let mut give_up = std::pin::pin!(give_up);
+    let held = Held::one(held);
     let mut phase = shared.phase.clone();
     let every = shared.ack_wait / 3;
     let mut progress = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
@@ -1163,6 +1204,7 @@ async fn room(
         }
         tokio::select! {
             held = &mut widen => return held,
+            () = &mut give_up => return None,
             _ = progress.tick() => {
                 if let Err(e) = message.ack_with(AckKind::Progress).await {
                     tracing::warn!("node {}: task {id}: in-progress ack: {e}", shared.name);

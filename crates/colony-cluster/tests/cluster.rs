@@ -1080,11 +1080,14 @@ async fn a_vote_is_decided_once_by_the_node_that_takes_it() {
     flaky.shutdown().await;
 }
 
-/// A vote takes a slot for each of its voters on the node that runs it: a node whose three
-/// voters are busy with a vote of three leaves the next vote in the stream for another node,
-/// rather than hold it until its own voters are free.
+/// A vote takes a slot for each of its voters on the node that runs it: a node whose voters
+/// are busy with votes leaves the next in the stream (or hands it back after a while) for
+/// another node, rather than hold it until its own voters are free, where its ballots would
+/// queue past its timeout. Votes submitted at once to one node: two run there, the third
+/// goes to a node that joins later; one submitted while the first node is full goes there
+/// too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_node_busy_with_a_vote_leaves_the_next_to_a_node_with_free_voters() {
+async fn a_node_busy_with_votes_leaves_the_next_to_a_node_with_free_voters() {
     use colony_cluster::Decide;
     use colony_core::decision::DecisionOptions;
     let dir = tempfile::tempdir().unwrap();
@@ -1092,34 +1095,52 @@ async fn a_node_busy_with_a_vote_leaves_the_next_to_a_node_with_free_voters() {
     let client = cluster(&server).await;
     let three = Decide {
         voters: 3,
-        options: DecisionOptions::default(),
+        options: DecisionOptions {
+            timeout: Duration::from_secs(60),
+            ..DecisionOptions::default()
+        },
         reputation: false,
     };
-    let busy = runtime("voter", 3, Duration::from_secs(4)).await;
+    let busy = runtime("voter", 6, Duration::from_secs(8)).await;
     let busy_node = join(&server, &busy, "busy").await;
-    let submit = |answer: &str| {
+    let submit = |answer: String| {
         let spec = task(Some("voter"), format!("\"{answer}\""), 1);
         let client = client.clone();
         async move { client.submit_decided(&spec, &three, None).await.unwrap() }
     };
-    let first = submit("one").await;
-    until_running(&client, first.id).await;
-    // Room for two more tasks of its role, but not for a vote of three.
-    let second = submit("two").await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let at_once = futures::future::join_all((0..3).map(|i| submit(format!("vote {i}")))).await;
+    // Two run (their leases written after a second), long enough to outlast what follows.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut running = 0;
+        for s in &at_once {
+            running += usize::from(matches!(client.task(s.id).await, Ok(TaskView::Row(_))));
+        }
+        if running >= 2 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no two votes ran");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Full: a vote submitted now finds no room on it either.
+    let later = submit("later".into()).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
     let free = runtime("voter", 3, Duration::from_millis(1)).await;
     let free_node = join(&server, &free, "free").await;
-    let row = ended(&client, second.id).await;
+    let mut on = std::collections::HashMap::<String, usize>::new();
+    let answers = ["vote 0", "vote 1", "vote 2", "later"];
+    for (s, answer) in at_once.iter().chain([&later]).zip(answers) {
+        let row = ended(&client, s.id).await;
+        assert_eq!(row.state, TaskState::Succeeded, "{row:?}");
+        assert_eq!(row.output.as_deref(), Some(answer.as_bytes()), "{row:?}");
+        *on.entry(row.node).or_default() += 1;
+    }
     assert_eq!(
-        (row.state, row.node.as_str(), row.output.as_deref()),
-        (TaskState::Succeeded, "free", Some(&b"two"[..])),
-        "{row:?}"
+        on.get("busy"),
+        Some(&2),
+        "room for two votes of three: {on:?}"
     );
-    let row = ended(&client, first.id).await;
-    assert_eq!(
-        (row.state, row.node.as_str()),
-        (TaskState::Succeeded, "busy")
-    );
+    assert_eq!(on.get("free"), Some(&2), "{on:?}");
     busy_node.drain().await;
     free_node.drain().await;
     busy.shutdown().await;

@@ -6,7 +6,10 @@
 //! other nodes sat idle.
 
 use crate::wire::Together;
-use std::sync::Arc;
+use std::sync::{
+    Arc,
+    atomic::{AtomicBool, Ordering},
+};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// Slots of one kind: a semaphore of `size` permits.
@@ -35,6 +38,19 @@ pub(super) struct Slots {
     /// By role, as the node's consumers are (`None`: tasks any agent may run). Taken in
     /// this order, then the node's.
     roles: Vec<(Option<String>, Slot)>,
+    /// A delivery waits for its slots ([`Slots::widen`]): others that cannot have theirs at
+    /// once go back to the stream rather than wait too.
+    waiting: AtomicBool,
+}
+
+/// The one delivery of a node waiting for its slots; another may once it is dropped.
+#[derive(Debug)]
+pub(super) struct Waiting<'a>(&'a AtomicBool);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
+    }
 }
 
 /// What a delivery holds, let go when dropped: the slots it was taken with, or more for a
@@ -67,7 +83,16 @@ impl Slots {
         Self {
             node: Slot::new(node),
             roles: roles.into_iter().map(|(r, n)| (r, Slot::new(n))).collect(),
+            waiting: AtomicBool::new(false),
         }
+    }
+
+    /// The right to wait for slots, if no other delivery of the node holds it.
+    pub(super) fn wait_turn(&self) -> Option<Waiting<'_>> {
+        self.waiting
+            .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+            .then_some(Waiting(&self.waiting))
     }
 
     pub(super) fn node(&self) -> &Slot {
@@ -121,6 +146,50 @@ impl Slots {
         let taken = index(role).map(|i| vec![(i, 1)]);
         let same = node == 1 && Some(&roles) == taken.as_ref();
         (!roles.is_empty() && !same).then_some(Needs { roles, node })
+    }
+
+    /// Takes what `needs` says if it is free now, counting the slots of `held` (the one of
+    /// its role and the node's a delivery was taken with) among them; else hands `held`
+    /// back untouched.
+    pub(super) fn try_widen(&self, held: Permit, needs: &Needs) -> Result<Held, Permit> {
+        let (mut role, mut node) = held;
+        // Taken apart from `held` until all are had: those had are let go on a miss.
+        let (mut more_of_role, mut more) = (None, Vec::with_capacity(needs.roles.len() + 1));
+        let mut role_counted = false;
+        for &(i, n) in &needs.roles {
+            let slot = &self.roles[i].1;
+            let own = Arc::ptr_eq(role.semaphore(), &slot.semaphore);
+            role_counted |= own;
+            let want = n - u32::from(own);
+            if want == 0 {
+                continue;
+            }
+            match slot.semaphore.clone().try_acquire_many_owned(want) {
+                Ok(permit) if own => more_of_role = Some(permit),
+                Ok(permit) => more.push(permit),
+                Err(_) => return Err((role, node)),
+            }
+        }
+        if needs.node > 1 {
+            match self
+                .node
+                .semaphore
+                .clone()
+                .try_acquire_many_owned(needs.node - 1)
+            {
+                Ok(permit) => node.merge(permit),
+                Err(_) => return Err((role, node)),
+            }
+        }
+        if let Some(permit) = more_of_role {
+            role.merge(permit);
+        }
+        // A team none of whose members holds the task's own role lets that slot go.
+        if role_counted {
+            more.push(role);
+        }
+        more.push(node);
+        Ok(Held { _permits: more })
     }
 
     /// Lets go of `held` and takes what `needs` says, waiting for it: each role's slots in
@@ -261,6 +330,53 @@ mod tests {
                 node: 10
             })
         );
+    }
+
+    /// One slot of `role`'s and one of the node's, as a pull takes them.
+    fn taken(s: &Slots, role: &str) -> Permit {
+        let role = s.role(Some(role)).unwrap().semaphore.clone();
+        let node = s.node().semaphore.clone();
+        (
+            role.try_acquire_owned().unwrap(),
+            node.try_acquire_owned().unwrap(),
+        )
+    }
+
+    #[test]
+    fn slots_free_now_are_taken_at_once_counting_those_held_or_none_are() {
+        let s = slots();
+        let free = |role: &str| {
+            (
+                s.role(Some(role)).unwrap().semaphore.available_permits(),
+                s.node().semaphore.available_permits(),
+            )
+        };
+        let needs = s.needs(Some("voter"), &vote(3)).unwrap();
+        let held = s.try_widen(taken(&s, "voter"), &needs).unwrap();
+        assert_eq!(free("voter"), (3, 7), "three of each in all");
+        // Three voters' slots left: a vote of four cannot have them, and keeps its one.
+        let needs = s.needs(Some("voter"), &vote(4)).unwrap();
+        let (role, node) = s.try_widen(taken(&s, "voter"), &needs).unwrap_err();
+        assert_eq!((role.num_permits(), node.num_permits()), (1, 1));
+        assert_eq!(free("voter"), (2, 6), "nothing else taken");
+        drop((role, node, held));
+        assert_eq!(free("voter"), (6, 10));
+        // A team of voters taken with a coder's slot lets that one go.
+        let t = team(&[(Some("voter"), 2)]);
+        let needs = s.needs(Some("coder"), &t).unwrap();
+        let held = s.try_widen(taken(&s, "coder"), &needs).unwrap();
+        assert_eq!((free("coder").0, free("voter")), (4, (4, 8)));
+        drop(held);
+        assert_eq!(free("voter"), (6, 10));
+    }
+
+    #[test]
+    fn one_delivery_of_a_node_waits_for_slots_at_a_time() {
+        let s = slots();
+        let turn = s.wait_turn().expect("the first");
+        assert!(s.wait_turn().is_none(), "a second goes back to the stream");
+        drop(turn);
+        assert!(s.wait_turn().is_some(), "once the first is done");
     }
 
     #[tokio::test]
