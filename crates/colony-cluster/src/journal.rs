@@ -226,14 +226,16 @@ pub struct Pruned {
     pub bytes_after: u64,
 }
 
-/// Drops the payloads and outputs of every finished task but the newest `keep_last` (their
-/// rows, states and errors stay), as `colony prune --keep-last` does to a SQLite file: the
-/// journal (which must exist) is opened and claimed (a process keeping it is fenced out, as
+/// Drops the payloads and outputs of the finished tasks `rule` selects (all but the newest
+/// `keep_last`, those that ended longer ago than `older_than`; their rows, states and
+/// errors stay, and the ballots of decisions still open are kept whole), as `colony prune`
+/// does to a SQLite file. A task ended by a write from before the journal kept times has no
+/// known end, and is not pruned by age. The journal (which must exist) is opened and claimed (a process keeping it is fenced out, as
 /// by any process that opens it), pruned, written whole as a snapshot, and everything
 /// before the snapshot purged from the stream. It is written anew even when no task was
 /// left to prune, so that a prune whose purge failed is finished by the next. Blocks until
 /// done.
-pub fn prune(options: &JournalOptions, keep_last: u64) -> Result<Pruned, Error> {
+pub fn prune(options: &JournalOptions, rule: colony_journal::Retention) -> Result<Pruned, Error> {
     let options = options.clone();
     on_own_thread("colony-journal-prune", move || async move {
         // Looked up first: a journal that is not there is not made by pruning it.
@@ -241,7 +243,7 @@ pub fn prune(options: &JournalOptions, keep_last: u64) -> Result<Pruned, Error> 
         let bytes_before = probe.state().await?.bytes;
         drop(probe);
         let (mut writer, mirror) = Writer::open(&options).await?;
-        let tasks = mirror.prune_all_but(keep_last);
+        let tasks = mirror.prune(rule);
         let what = format!("pruning the journal {}", options.name);
         match writer.compact(&mirror, usize::MAX).await? {
             Compacted::Written { purged: true, .. } => {}
@@ -469,10 +471,12 @@ impl Journal for JetStreamJournal {
     }
 
     fn record(&self, batch: Vec<Record>) -> Durable {
+        let at_ms = crate::now_ms();
         let write = Write::Record {
             records: batch.iter().map(Rec::of).collect(),
+            at_ms: Some(at_ms),
         };
-        self.write(write, |m| m.record(batch))
+        self.write(write, |m| m.record_at(batch, Some(at_ms)))
     }
 
     fn open_decision(&self, first: TaskId, specs: &[TaskSpec], opening: Opening) -> Durable {
@@ -1276,6 +1280,7 @@ mod tests {
         };
         let records = |records: Vec<Record>| Write::Record {
             records: records.iter().map(Rec::of).collect(),
+            at_ms: Some(1_700_000_000_000),
         };
         vec![
             Write::Agents {

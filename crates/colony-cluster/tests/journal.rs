@@ -593,7 +593,11 @@ fn pruning_drops_finished_payloads_and_outputs_but_the_newest_and_keeps_every_ro
     let counts = journal.counts().unwrap();
     drop(journal);
     let options = options(&url, "prune");
-    let pruned = colony_cluster::journal::prune(&options, 3).unwrap();
+    let keep = |last| colony_journal::Retention {
+        keep_last: Some(last),
+        ..Default::default()
+    };
+    let pruned = colony_cluster::journal::prune(&options, keep(3)).unwrap();
     assert_eq!(pruned.tasks, 12, "15 finished, the newest 3 kept");
     assert!(
         pruned.bytes_after < pruned.bytes_before / 2,
@@ -614,13 +618,15 @@ fn pruning_drops_finished_payloads_and_outputs_but_the_newest_and_keeps_every_ro
     }
     // Nothing left to drop; and the journal is written on as before.
     assert_eq!(
-        colony_cluster::journal::prune(&options, 3).unwrap().tasks,
+        colony_cluster::journal::prune(&options, keep(3))
+            .unwrap()
+            .tasks,
         0
     );
     // A journal that is not there is not made by pruning it.
     let missing = self::options(&url, "missing");
     assert!(matches!(
-        colony_cluster::journal::prune(&missing, 3),
+        colony_cluster::journal::prune(&missing, keep(3)),
         Err(colony_cluster::Error::NoJournal { .. })
     ));
     assert!(

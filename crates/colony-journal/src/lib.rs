@@ -34,7 +34,7 @@ pub use sqlite::{AgentQuery, SqliteJournal, SqliteOptions, SqliteReader, Synchro
 
 use bytes::Bytes;
 use colony_core::{AgentId, TaskId, task::TaskSpec, task::TaskState};
-use std::sync::Arc;
+use std::{sync::Arc, time::Duration};
 
 /// A transition of an accepted task.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -149,6 +149,30 @@ pub struct TaskRow {
     pub agent: Option<AgentId>,
     pub output: Option<Bytes>,
     pub error: Option<Arc<str>>,
+    /// When it ended (a terminal state), in milliseconds since the Unix epoch; `None` while
+    /// it has not, or when the journal does not know (a row written before it kept times).
+    pub ended_at_ms: Option<u64>,
+}
+
+/// Which finished tasks lose their payloads and outputs. A task matching either rule does.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Retention {
+    /// Tasks that finished longer ago than this.
+    pub older_than: Option<Duration>,
+    /// All but this many of the most recent finished tasks.
+    pub keep_last: Option<u64>,
+}
+
+impl Retention {
+    /// Ages and counts past what a timestamp or a SQLite integer holds mean "nothing is that
+    /// old" and "keep everything", not the wrap-around that would prune everything.
+    pub fn bounded(self) -> Self {
+        let century = Duration::from_secs(100 * 365 * 86_400);
+        Self {
+            older_than: self.older_than.filter(|age| *age <= century),
+            keep_last: self.keep_last.filter(|n| *n <= i64::MAX as u64),
+        }
+    }
 }
 
 /// One voter of a decision, as the journal records it: its ballot task is the decision's

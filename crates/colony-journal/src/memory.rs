@@ -35,6 +35,8 @@ struct Row {
     agent: Option<AgentId>,
     output: Option<Bytes>,
     error: Option<Arc<str>>,
+    /// When it ended, in milliseconds since the Unix epoch, if known.
+    ended_at_ms: Option<u64>,
 }
 
 impl MemoryJournal {
@@ -102,7 +104,8 @@ fn index(id: TaskId) -> usize {
 }
 
 impl Inner {
-    fn apply(&mut self, record: Record) {
+    /// Applies `record`; a task it ends ends at `at_ms`, if known.
+    fn apply(&mut self, record: Record, at_ms: Option<u64>) {
         let forget = self.forget_finished;
         let Some(row) = self.rows.get_mut(index(record.task())) else {
             self.stats.unknown += 1;
@@ -154,9 +157,12 @@ impl Inner {
                 row.state = TaskState::Cancelled;
             }
         }
-        if forget && row.state.is_terminal() {
-            row.spec.payload = Bytes::new();
-            row.output = None;
+        if row.state.is_terminal() {
+            row.ended_at_ms = at_ms;
+            if forget {
+                row.spec.payload = Bytes::new();
+                row.output = None;
+            }
         }
         self.counts.moved(from, row.state);
     }
@@ -178,6 +184,7 @@ impl Inner {
                 agent: None,
                 output: None,
                 error: None,
+                ended_at_ms: None,
             });
         }
         self.counts.added(TaskState::Queued, specs.len() as u64);
@@ -194,6 +201,7 @@ impl Inner {
             agent: row.agent,
             output: row.output.clone(),
             error: row.error.clone(),
+            ended_at_ms: row.ended_at_ms,
         })
     }
 }
@@ -215,6 +223,7 @@ impl MemoryJournal {
                 agent: row.agent,
                 output: row.output,
                 error: row.error,
+                ended_at_ms: row.ended_at_ms,
             };
             if at == inner.rows.len() {
                 inner.counts.added(restored.state, 1);
@@ -254,6 +263,17 @@ impl MemoryJournal {
     /// only those of its own process.
     pub fn clear_stats(&self) {
         self.lock().stats = Stats::default();
+    }
+
+    /// [`Journal::record`], the tasks it ends ended at `at_ms` (milliseconds since the Unix
+    /// epoch; `None`: not known) rather than now: for a journal that replays its writes
+    /// into this one.
+    pub fn record_at(&self, batch: Vec<Record>, at_ms: Option<u64>) -> Durable {
+        let mut inner = self.lock();
+        for record in batch {
+            inner.apply(record, at_ms);
+        }
+        Durable::ready(Ok(()))
     }
 
     /// [`Journal::close_decision`], ended at `at_ms` (milliseconds since the Unix epoch)
@@ -303,6 +323,7 @@ impl MemoryJournal {
                 TaskState::Failed
             }
         };
+        row.ended_at_ms = Some(at_ms);
         if inner.forget_finished {
             row.spec.payload = Bytes::new();
             row.output = None;
@@ -320,12 +341,17 @@ impl MemoryJournal {
 }
 
 impl MemoryJournal {
-    /// Drops the payloads and outputs of every finished task but the newest `keep_last`
-    /// finished ones (by id), keeping their rows, states and errors, as `colony prune
-    /// --keep-last` does to a SQLite file. Returns how many tasks lost theirs. Unfinished
-    /// tasks are never touched, nor the ballots of a decision still open: its recovery
-    /// counts them.
-    pub fn prune_all_but(&self, keep_last: u64) -> u64 {
+    /// Drops the payloads and outputs of the finished tasks `rule` selects (beyond the
+    /// newest `keep_last` finished ones by id, or ended longer ago than `older_than`),
+    /// keeping their rows, states and errors, as `colony prune` does to a SQLite file.
+    /// Returns how many tasks lost theirs. A task whose end time is not known is not old.
+    /// Unfinished tasks are never touched, nor the ballots of a decision still open: its
+    /// recovery counts them.
+    pub fn prune(&self, rule: crate::Retention) -> u64 {
+        let rule = rule.bounded();
+        let before = rule
+            .older_than
+            .map(|age| crate::now_ms().saturating_sub(age.as_millis() as u64));
         let mut inner = self.lock();
         // The ballots of decisions still open are kept whole: a decision recovered counts
         // their outputs.
@@ -345,8 +371,10 @@ impl MemoryJournal {
             if !row.state.is_terminal() {
                 continue;
             }
-            if kept < keep_last {
-                kept += 1;
+            let beyond = rule.keep_last.is_some_and(|keep| kept >= keep);
+            kept += 1;
+            let old = before.is_some_and(|b| row.ended_at_ms.is_some_and(|at| at < b));
+            if !(beyond || old) {
                 continue;
             }
             if !crate::ballots_among(&[TaskId(i as u64 + 1)], &open).is_empty() {
@@ -455,11 +483,7 @@ impl Journal for MemoryJournal {
     }
 
     fn record(&self, batch: Vec<Record>) -> Durable {
-        let mut inner = self.lock();
-        for record in batch {
-            inner.apply(record);
-        }
-        Durable::ready(Ok(()))
+        self.record_at(batch, Some(crate::now_ms()))
     }
 
     fn task(&self, id: TaskId) -> Result<Option<TaskRow>, Error> {
@@ -768,10 +792,71 @@ mod restore {
         j
     }
 
+    fn keep(last: u64) -> crate::Retention {
+        crate::Retention {
+            keep_last: Some(last),
+            ..crate::Retention::default()
+        }
+    }
+
+    #[test]
+    fn pruning_by_age_takes_what_ended_before_it_and_nothing_of_unknown_end() {
+        let j = MemoryJournal::new();
+        block_on(j.accept(TaskId(1), &vec![TaskSpec::with_payload("p"); 4])).unwrap();
+        let end = |task: u64, at_ms: Option<u64>| {
+            let task = TaskId(task);
+            let records = vec![
+                Record::Started {
+                    task,
+                    attempt: 1,
+                    agent: AgentId(1),
+                },
+                Record::Committed {
+                    task,
+                    attempt: 1,
+                    output: "out".into(),
+                },
+            ];
+            block_on(j.record_at(records, at_ms)).unwrap();
+        };
+        let hour_ago = crate::now_ms() - 3_600_000;
+        end(1, Some(hour_ago - 1_000));
+        end(2, None);
+        end(3, Some(hour_ago + 60_000));
+        assert_eq!(
+            j.task(TaskId(1)).unwrap().unwrap().ended_at_ms,
+            Some(hour_ago - 1_000)
+        );
+        assert_eq!(
+            j.task(TaskId(4)).unwrap().unwrap().ended_at_ms,
+            None,
+            "unfinished"
+        );
+        let older = |age| crate::Retention {
+            older_than: Some(std::time::Duration::from_secs(age)),
+            ..crate::Retention::default()
+        };
+        assert_eq!(j.prune(older(3_600)), 1, "task 1 only");
+        let whole = |t| j.task(TaskId(t)).unwrap().unwrap().output.is_some();
+        assert!(!whole(1) && whole(2) && whole(3));
+        // Either rule: the newest finished (task 3) kept by count, and task 2, of no known
+        // end, by neither.
+        let both = crate::Retention {
+            keep_last: Some(2),
+            ..older(0)
+        };
+        assert_eq!(j.prune(both), 1, "task 3, ended before now");
+        assert!(whole(2) && !whole(3));
+        // A task ended by a record of now has its time.
+        block_on(j.record(vec![Record::Cancelled { task: TaskId(4) }])).unwrap();
+        let at = j.task(TaskId(4)).unwrap().unwrap().ended_at_ms.unwrap();
+        assert!(at.abs_diff(crate::now_ms()) < 60_000, "{at}");
+    }
+
     #[test]
     fn pruning_keeps_the_ballots_of_open_decisions() {
         crate::testing::pruning_keeps_the_ballots_of_open_decisions(&MemoryJournal::new(), |j| {
-            j.prune_all_but(0)
+            j.prune(keep(0))
         });
     }
 
@@ -779,7 +864,7 @@ mod restore {
     fn pruning_keeps_the_newest_finished_and_every_unfinished_task_whole() {
         let j = lived();
         // Finished: task 1 (succeeded, with an output) and task 4 (cancelled, the newer).
-        assert_eq!(j.prune_all_but(1), 1);
+        assert_eq!(j.prune(keep(1)), 1);
         let one = j.task(TaskId(1)).unwrap().unwrap();
         assert!(
             one.spec.payload.is_empty() && one.output.is_none(),
@@ -787,8 +872,8 @@ mod restore {
         );
         assert_eq!(one.state, TaskState::Succeeded);
         assert_eq!(&j.task(TaskId(4)).unwrap().unwrap().spec.payload[..], b"3");
-        assert_eq!(j.prune_all_but(0), 1, "the cancelled one too");
-        assert_eq!(j.prune_all_but(0), 0, "nothing left to drop");
+        assert_eq!(j.prune(keep(0)), 1, "the cancelled one too");
+        assert_eq!(j.prune(keep(0)), 0, "nothing left to drop");
         for (id, payload) in [(2, "1"), (3, "2"), (5, "4"), (6, "5")] {
             let row = j.task(TaskId(id)).unwrap().unwrap();
             assert_eq!(

@@ -31,6 +31,7 @@ impl Suite {
         a_decision_asks_again_in_later_calls(&make());
         a_decision_taken_inline_is_one_task_ended_at_once(&make());
         reputations_are_kept_the_latest_per_agent(&make());
+        a_task_that_ended_says_when(&make());
     }
 }
 
@@ -322,6 +323,36 @@ fn opening(voters: u32) -> crate::Opening {
         asked: voters,
         opened_at_ms: 1_700_000_000_000,
     }
+}
+
+fn a_task_that_ended_says_when<J: Journal>(j: &J) {
+    let before = crate::now_ms();
+    let first = accept(j, 3);
+    record(
+        j,
+        vec![
+            started(first, 1),
+            committed(first, 1, "1"),
+            started(nth(first, 1), 1),
+            failed(nth(first, 1), 1, TaskState::Queued),
+            Record::Cancelled {
+                task: nth(first, 2),
+            },
+        ],
+    );
+    let after = crate::now_ms();
+    let ended = |i| j.task(nth(first, i)).unwrap().unwrap().ended_at_ms;
+    for i in [0, 2] {
+        let at = ended(i).expect("a time");
+        // Stored in milliseconds or finer: within the write, a millisecond either side.
+        assert!(
+            before.saturating_sub(1) <= at && at <= after + 1,
+            "{before} <= {at} <= {after}"
+        );
+    }
+    assert_eq!(ended(1), None, "queued for a retry: not ended");
+    let row = j.recent(Some(TaskState::Succeeded), None, 1).unwrap();
+    assert_eq!(row[0].ended_at_ms, ended(0), "every read says it");
 }
 
 /// A prune of every finished task's payload and output (`prune_all`, returning how many tasks

@@ -142,7 +142,8 @@ fn failed(error: colony_cluster::Error) -> Response {
         }
         E::Corrupt { .. } => problem(StatusCode::INTERNAL_SERVER_ERROR, "corrupt", message),
         E::Lost { .. } => problem(StatusCode::CONFLICT, "lost", message),
-        E::Connect { .. } | E::NoJetStream { .. } | E::Nats { .. } | E::NoJournal { .. } => {
+        E::NoJournal { .. } => problem(StatusCode::NOT_FOUND, "no-journal", message),
+        E::Connect { .. } | E::NoJetStream { .. } | E::Nats { .. } => {
             problem(StatusCode::SERVICE_UNAVAILABLE, "nats-unavailable", message)
         }
     }

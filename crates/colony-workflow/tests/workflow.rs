@@ -638,7 +638,11 @@ async fn a_resumed_run_runs_again_what_a_prune_took_the_output_of_and_is_read() 
         .unwrap();
     assert_eq!(task(&report, "use").status, Status::Failed, "{report:#?}");
     assert_eq!((count("a"), count("b")), (1, 1));
-    assert_eq!(journal.prune_all_but(0), 3, "every finished task's output");
+    let all = colony_journal::Retention {
+        keep_last: Some(0),
+        ..Default::default()
+    };
+    assert_eq!(journal.prune(all), 3, "every finished task's output");
 
     let prior: Vec<_> = (1..=3)
         .filter_map(|id| journal.task(colony_core::TaskId(id)).unwrap())

@@ -27,6 +27,10 @@ pub(super) enum Write {
     },
     Record {
         records: Vec<Rec>,
+        /// When they were written, in milliseconds since the Unix epoch: the tasks they end
+        /// ended then. Absent from a journal written before it was kept (not known then).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        at_ms: Option<u64>,
     },
     Open {
         first: u64,
@@ -103,8 +107,8 @@ impl Write {
                 let specs: Vec<TaskSpec> = specs.into_iter().map(Spec::into_spec).collect();
                 mirror.accept(TaskId(first), &specs)
             }
-            Write::Record { records } => {
-                mirror.record(records.into_iter().map(Rec::into_record).collect())
+            Write::Record { records, at_ms } => {
+                mirror.record_at(records.into_iter().map(Rec::into_record).collect(), at_ms)
             }
             Write::Open {
                 first,
@@ -459,6 +463,8 @@ pub(super) struct RowLine {
     output: Option<Blob>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     error: Option<Arc<str>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    ended_at_ms: Option<u64>,
 }
 
 impl RowLine {
@@ -471,6 +477,7 @@ impl RowLine {
             agent: row.agent,
             output: row.output.clone().map(Blob),
             error: row.error.clone(),
+            ended_at_ms: row.ended_at_ms,
         }
     }
 
@@ -483,6 +490,7 @@ impl RowLine {
             agent: self.agent,
             output: self.output.map(|b| b.0),
             error: self.error,
+            ended_at_ms: self.ended_at_ms,
         }
     }
 }
@@ -548,6 +556,31 @@ mod tests {
             assert!(!line.contains(&b'\n'), "one line each");
             assert!(line.len() <= 2 * bytes.len() + 16, "raw bytes as base64");
         }
+    }
+
+    #[test]
+    fn a_task_ends_at_its_write_s_time_and_at_none_known_in_a_write_from_before() {
+        let mirror = MemoryJournal::new();
+        futures::executor::block_on(mirror.accept(TaskId(1), &vec![TaskSpec::default(); 2]))
+            .unwrap();
+        let frame = concat!(
+            r#"{"write":"record","records":[{"is":"cancelled","task":1}]}"#,
+            "\n",
+            r#"{"write":"record","records":[{"is":"cancelled","task":2}],"at_ms":1700000000000}"#,
+            "\n",
+        );
+        for write in lines(frame.as_bytes()).unwrap() {
+            write.apply(&mirror).unwrap();
+        }
+        let ended = |id| mirror.task(TaskId(id)).unwrap().unwrap().ended_at_ms;
+        assert_eq!((ended(1), ended(2)), (None, Some(1_700_000_000_000)));
+        // Written with it again, as made.
+        let write = Write::Record {
+            records: vec![Rec::of(&Record::Cancelled { task: TaskId(2) })],
+            at_ms: Some(5),
+        };
+        let line = String::from_utf8(write.line()).unwrap();
+        assert!(line.contains(r#""at_ms":5"#), "{line}");
     }
 
     #[test]

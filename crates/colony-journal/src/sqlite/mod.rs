@@ -242,13 +242,7 @@ impl SqliteJournal {
     /// rows, states and errors. Returns how many tasks lost theirs. Unfinished tasks are
     /// never touched, nor the ballots of a decision still open: its recovery counts them.
     pub fn prune(&self, rule: Retention) -> Result<u64, Error> {
-        // Ages and counts past what a timestamp or a SQLite integer holds mean "nothing is
-        // that old" and "keep everything", not the wrap-around that would prune everything.
-        let century = Duration::from_secs(100 * 365 * 86_400);
-        let rule = Retention {
-            older_than: rule.older_than.filter(|age| *age <= century),
-            keep_last: rule.keep_last.filter(|n| *n <= i64::MAX as u64),
-        };
+        let rule = rule.bounded();
         if rule == Retention::default() {
             return Ok(0);
         }
@@ -751,7 +745,7 @@ fn decision_row(r: &Row<'_>) -> rusqlite::Result<DecisionRow> {
 }
 
 const COLUMNS: &str = "id, key, priority, requirement, payload, timeout_ms, max_attempts, \
-                       state, attempt, agent, output, error";
+                       state, attempt, agent, output, error, finished_at";
 
 fn task_row(r: &Row<'_>) -> rusqlite::Result<TaskRow> {
     let requirement: Option<String> = r.get(3)?;
@@ -767,6 +761,7 @@ fn task_row(r: &Row<'_>) -> rusqlite::Result<TaskRow> {
     let error: Option<String> = r.get(11)?;
     let agent: Option<u32> = r.get(9)?;
     let key: Option<String> = r.get(1)?;
+    let finished_at: Option<i64> = r.get(12)?;
     Ok(TaskRow {
         id: TaskId(r.get::<_, i64>(0)? as u64),
         spec: TaskSpec {
@@ -782,6 +777,10 @@ fn task_row(r: &Row<'_>) -> rusqlite::Result<TaskRow> {
         agent: agent.map(AgentId),
         output: output.map(Into::into),
         error: error.map(Into::into),
+        // Microseconds on disk; only a terminal row's counts (a retried task's is cleared).
+        ended_at_ms: finished_at
+            .filter(|_| state >= 2)
+            .map(|us| us.max(0) as u64 / 1000),
     })
 }
 

@@ -70,14 +70,7 @@ pub(super) enum Ballots {
     Taken(crate::Taken),
 }
 
-/// Which finished tasks lose their payloads and outputs. A task matching either rule does.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Retention {
-    /// Tasks that finished longer ago than this.
-    pub older_than: Option<Duration>,
-    /// All but this many of the most recent finished tasks.
-    pub keep_last: Option<u64>,
-}
+pub use crate::Retention;
 
 impl Write {
     fn weight(&self) -> usize {
@@ -337,16 +330,19 @@ impl Writer {
                     // The ballots of decisions still open are kept whole: a decision
                     // recovered counts their outputs. Pruned are the ids between them.
                     let mut n = 0;
-                    for (from, to) in outside(&open_ballots(&tx).map_err(&fail)?) {
-                        n += tx
-                            .execute(
-                                "UPDATE tasks SET payload = X'', output = NULL \
-                                 WHERE id >= ?3 AND id < ?4 AND state >= 2 \
-                                 AND (payload != X'' OR output IS NOT NULL) \
-                                 AND ((?1 IS NOT NULL AND finished_at < ?1) \
-                                      OR (?2 IS NOT NULL AND id < ?2))",
-                                params![before, cut, from, to],
-                            )
+                    let gaps = outside(&open_ballots(&tx).map_err(&fail)?);
+                    let mut prune = tx
+                        .prepare_cached(
+                            "UPDATE tasks SET payload = X'', output = NULL \
+                             WHERE id >= ?3 AND id < ?4 AND state >= 2 \
+                             AND (payload != X'' OR output IS NOT NULL) \
+                             AND ((?1 IS NOT NULL AND finished_at < ?1) \
+                                  OR (?2 IS NOT NULL AND id < ?2))",
+                        )
+                        .map_err(&fail)?;
+                    for (from, to) in gaps {
+                        n += prune
+                            .execute(params![before, cut, from, to])
                             .map_err(&fail)? as u64;
                     }
                     delta.pruned.push((i, n));

@@ -8,9 +8,9 @@ use std::{path::PathBuf, time::Duration};
 #[derive(Debug, clap::Args)]
 #[command(group(clap::ArgGroup::new("rule").required(true).multiple(true).args(["older_than", "keep_last"])))]
 pub(crate) struct Args {
-    /// The journal: a SQLite file, or a journal in NATS (nats://HOST:PORT/NAME, --keep-last
-    /// only). No colony may be running on it: a SQLite file is locked by the one that is, a
-    /// journal in NATS is taken over from it (it stops writing).
+    /// The journal: a SQLite file, or a journal in NATS (nats://HOST:PORT/NAME). No colony
+    /// may be running on it: a SQLite file is locked by the one that is, a journal in NATS is
+    /// taken over from it (it stops writing).
     #[arg(long, value_name = "PATH")]
     db: PathBuf,
     /// Prune tasks that finished longer ago than this: 90s, 15m, 12h, 7d.
@@ -50,8 +50,12 @@ fn parse_age(text: &str) -> Result<Duration, String> {
 }
 
 pub(crate) fn run(args: &Args) -> Result<(), Failure> {
+    let rule = Retention {
+        older_than: args.older_than,
+        keep_last: args.keep_last,
+    };
     if let Some(location) = super::in_nats(&args.db) {
-        return prune_nats(location, args);
+        return prune_nats(location, rule, args.json);
     }
     if !args.db.exists() {
         return Err(Failure::input(colony_journal::Error::Missing {
@@ -59,10 +63,6 @@ pub(crate) fn run(args: &Args) -> Result<(), Failure> {
         }));
     }
     let journal = SqliteJournal::open(SqliteOptions::new(&args.db)).map_err(Failure::input)?;
-    let rule = Retention {
-        older_than: args.older_than,
-        keep_last: args.keep_last,
-    };
     let pruned = journal.prune(rule).map_err(Failure::work)?;
     if args.json {
         println!("{}", serde_json::json!({ "pruned": pruned }));
@@ -75,22 +75,12 @@ pub(crate) fn run(args: &Args) -> Result<(), Failure> {
     Ok(())
 }
 
-/// Prunes a journal in NATS: all but the newest `--keep-last` finished tasks, written anew
-/// as a snapshot and the history before it purged.
-fn prune_nats(location: &str, args: &Args) -> Result<(), Failure> {
-    if args.older_than.is_some() {
-        return Err(Failure::input(anyhow::anyhow!(
-            "--older-than: a journal in NATS keeps no time at which a task finished; prune it \
-             with --keep-last N"
-        )));
-    }
-    let keep_last = args
-        .keep_last
-        .ok_or_else(|| Failure::input(anyhow::anyhow!("--keep-last N is needed")))?;
+/// Prunes a journal in NATS by `rule`, written anew as a snapshot and the history before
+/// it purged.
+fn prune_nats(location: &str, rule: Retention, json: bool) -> Result<(), Failure> {
     let options = colony_cluster::JournalOptions::parse(location).map_err(Failure::input)?;
-    let pruned =
-        colony_cluster::journal::prune(&options, keep_last).map_err(super::nats_failure)?;
-    if args.json {
+    let pruned = colony_cluster::journal::prune(&options, rule).map_err(super::nats_failure)?;
+    if json {
         println!(
             "{}",
             serde_json::json!({
