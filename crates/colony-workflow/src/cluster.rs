@@ -12,9 +12,11 @@
 //! A vote or a team goes as one cluster task carrying its settings, and the node that takes
 //! it seats the voters or forms the team among its own agents. The workflow's memory is this
 //! process's: recalled into a task's input before it goes, written once its output came back
-//! and passed its checks. What needs one runtime is refused before anything starts
-//! ([`refusals`]): votes that weigh pools, the message bus, paced pools, and checks that read
-//! this machine's files or git checkout while the task runs on a node.
+//! and passed its checks. So are the run's topics (`wait:`, `publish:`): a message bus of this
+//! process links the run's tasks, a task waiting here, unsent, for its message, and an output
+//! published here once it came back. What needs one runtime is refused before anything starts
+//! ([`refusals`]): votes that weigh pools, paced pools, and checks that read this machine's
+//! files or git checkout while the task runs on a node.
 //!
 //! With a run's book ([`Booked`]: `colony run --nats --run-id`), what is sent is written to
 //! the cluster as it goes, and a task the book holds is waited for rather than sent again:
@@ -37,6 +39,7 @@ use colony_core::{
     dag::{Command as Step, Outcome as End, Run},
     task::{TaskSpec, TaskState},
 };
+use colony_runtime::messages::{Bus, MessageOptions};
 use futures::{StreamExt, stream::FuturesUnordered};
 use std::{
     cmp::Reverse,
@@ -110,9 +113,6 @@ pub fn refusals(workflow: &Workflow) -> Vec<String> {
                 &format!("goes to the nodes of its first role: {e}"),
             );
         }
-        if t.wait.is_some() || t.publish.is_some() {
-            refuse("`wait` and `publish`", "use one runtime's message bus");
-        }
         if !t.expect.files.is_empty() {
             refuse(
                 "`expect: files`",
@@ -160,6 +160,20 @@ type Waiting = Pin<
     Box<dyn Future<Output = (usize, TaskSpec, Result<(Row, Option<u64>, Checked), Stop>)> + Send>,
 >;
 
+/// A task's wait for its message, with its place among the ready tasks to go back to.
+type Listening = Pin<
+    Box<
+        dyn Future<
+                Output = (
+                    colony_core::task::Priority,
+                    Reverse<usize>,
+                    usize,
+                    Result<serde_json::Value, String>,
+                ),
+            > + Send,
+    >,
+>;
+
 /// A record that came back, against the task's checks and the workflow's memory (both in
 /// the task's own future, so a slow store never holds the scheduler's loop).
 enum Checked {
@@ -167,8 +181,9 @@ enum Checked {
     Passed(bytes::Bytes),
     /// It succeeded and failed its checks: why.
     Failed(String),
-    /// It passed its checks and could not be remembered: why (a later recall would miss it).
-    Unremembered(String),
+    /// It passed its checks and could not be remembered (a later recall would miss it) or
+    /// published (a task waiting for it would miss it): why.
+    Unkept(String),
     /// It did not succeed.
     Ended,
 }
@@ -199,6 +214,8 @@ struct Going {
     checks: crate::Checks,
     /// Where its output is remembered once it passed them (`remember: true`), and as what.
     remember: Option<Arc<crate::memory::Memory>>,
+    /// The run's bus and the topic its output is published on once it passed them.
+    publish: Option<(Bus, Arc<str>)>,
     task: String,
 }
 
@@ -212,6 +229,7 @@ impl Going {
         together: Option<colony_cluster::Together>,
         recall: &Option<(String, usize)>,
         memory: Option<&Arc<crate::memory::Memory>>,
+        bus: Option<&Bus>,
     ) -> Self {
         let t = &workflow.tasks[i];
         Self {
@@ -222,6 +240,7 @@ impl Going {
                 .map(|(m, (query, k))| (m.clone(), query.clone(), *k)),
             checks: t.expect.clone(),
             remember: memory.filter(|_| t.remember).cloned(),
+            publish: bus.cloned().zip(t.publish.clone()),
             task: t.id.clone(),
         }
     }
@@ -245,6 +264,7 @@ fn submit_and_wait(
         recall,
         checks,
         remember,
+        publish,
         task: task_id,
     } = going;
     let cluster = cluster.clone();
@@ -346,13 +366,24 @@ fn submit_and_wait(
                         (Ok(output), Some(memory)) => {
                             match memory.remember(&task_id, &output).await {
                                 Ok(()) => Checked::Passed(output),
-                                Err(e) => Checked::Unremembered(e),
+                                Err(e) => Checked::Unkept(e),
                             }
                         }
                         (Ok(output), None) => Checked::Passed(output),
                     }
                 }
                 _ => Checked::Ended,
+            };
+            // Published once it passed (and was remembered): again when a run taken over
+            // waits anew for a task its book holds, so that a task waiting still gets it.
+            let checked = match (checked, &publish) {
+                (Checked::Passed(output), Some((bus, topic))) => {
+                    match crate::messages::publish(bus, &task_id, topic, output.clone()).await {
+                        Ok(()) => Checked::Passed(output),
+                        Err(e) => Checked::Unkept(e),
+                    }
+                }
+                (checked, _) => checked,
             };
             Ok((row, revision, checked))
         }
@@ -453,6 +484,17 @@ pub async fn run_on(
     // The workflow's memory is this process's: it recalls into a task's payload before the
     // task goes and remembers its output once it came back and passed its checks.
     let memory = crate::memory::open(workflow, &output).await?;
+    // The run's topics are this process's too: a bus of its own, made only if a task waits
+    // or publishes, whose waiting tasks' mailboxes are open before anything is published.
+    let bus = workflow
+        .tasks
+        .iter()
+        .any(|t| t.wait.is_some() || t.publish.is_some())
+        .then(|| Bus::new(MessageOptions::default()));
+    let mut waits = match &bus {
+        Some(bus) => Some(crate::messages::Waits::open(workflow, bus)?),
+        None => None,
+    };
     let mut writer = Writer::start(&output)?;
     writer.hooks = hooks;
     let waves = workflow.graph.waves();
@@ -508,6 +550,9 @@ pub async fn run_on(
         BinaryHeap::new();
     let mut readied = 0;
     let mut pending: FuturesUnordered<Waiting> = FuturesUnordered::new();
+    // Tasks waiting for their message, unsent: they hold none of the in-flight places.
+    let mut listening: FuturesUnordered<Listening> = FuturesUnordered::new();
+    let mut arrived: HashMap<usize, serde_json::Value> = HashMap::new();
     let mut cancel = options
         .cancel
         .take()
@@ -522,6 +567,9 @@ pub async fn run_on(
                     readied += 1;
                 }
                 Step::Skip { node, because } => {
+                    if let Some(waits) = &mut waits {
+                        waits.close(node);
+                    }
                     release(workflow, node, &mut left, &mut outputs);
                     let error = format!(
                         "skipped: `{}` failed or was skipped",
@@ -533,9 +581,26 @@ pub async fn run_on(
             }
         }
         while pending.len() < IN_FLIGHT
-            && let Some((_, _, i)) = ready.pop()
+            && let Some((priority, order, i)) = ready.pop()
         {
+            // A task that waits for a message waits here first, unsent; one the book holds
+            // sent had its message, and is waited for in the cluster instead.
+            if let Some(waits) = &mut waits
+                && waits.waits(i)
+            {
+                let waiting = waits.take(i).expect("checked");
+                if sends[i].sent.is_none() {
+                    listening.push(Box::pin(async move {
+                        (priority, order, i, waiting.wait().await)
+                    }));
+                    continue;
+                }
+            }
             let spec = spec_for(workflow, i, &outputs, max_payload).and_then(|(spec, recall)| {
+                let spec = match arrived.remove(&i) {
+                    Some(message) => crate::messages::with_message(spec, message, max_payload)?,
+                    None => spec,
+                };
                 let together = together_of(workflow, i, &spec)?;
                 Ok((spec, recall, together))
             });
@@ -557,7 +622,15 @@ pub async fn run_on(
                         booked.as_ref(),
                         &in_cluster,
                         i,
-                        Going::new(workflow, i, spec, together, &recalls[i], memory.as_ref()),
+                        Going::new(
+                            workflow,
+                            i,
+                            spec,
+                            together,
+                            &recalls[i],
+                            memory.as_ref(),
+                            bus.as_ref(),
+                        ),
                         sends[i],
                     ));
                 }
@@ -574,11 +647,27 @@ pub async fn run_on(
         if !steps.is_empty() {
             continue;
         }
-        if pending.is_empty() && ready.is_empty() {
+        if pending.is_empty() && ready.is_empty() && listening.is_empty() {
             break;
         }
         let (i, mut spec, ended) = tokio::select! {
             Some(done) = pending.next() => done,
+            Some((priority, order, i, heard)) = listening.next() => {
+                match heard {
+                    // Back to its place among the ready tasks, with its message.
+                    Ok(message) => {
+                        arrived.insert(i, message);
+                        ready.push((priority, order, i));
+                    }
+                    Err(error) => {
+                        release(workflow, i, &mut left, &mut outputs);
+                        let f = finished(workflow, &waves, i, Status::Failed, None, Some(error));
+                        steps.extend(dag.on_end(&workflow.graph, i, End::Failed));
+                        record(&mut writer, &mut options.on_finished, &mut results, i, f);
+                    }
+                }
+                continue;
+            }
             () = &mut cancel => {
                 cancelled = true;
                 // Without a book the run ends here: so do its tasks in the cluster. With one,
@@ -620,7 +709,7 @@ pub async fn run_on(
                 // one runtime: its voters or members are not asked again.
                 let together = t.decide.is_some() || t.team.is_some();
                 match checked {
-                    Checked::Unremembered(e) => {
+                    Checked::Unkept(e) => {
                         f.error = Some(e);
                         End::Failed
                     }
@@ -647,8 +736,15 @@ pub async fn run_on(
                             send.round = send.round.saturating_add(1);
                             // Its cluster task of the round before has ended.
                             send.sent = None;
-                            let going =
-                                Going::new(workflow, i, spec, None, &recalls[i], memory.as_ref());
+                            let going = Going::new(
+                                workflow,
+                                i,
+                                spec,
+                                None,
+                                &recalls[i],
+                                memory.as_ref(),
+                                bus.as_ref(),
+                            );
                             pending.push(submit_and_wait(
                                 cluster,
                                 booked.as_ref(),

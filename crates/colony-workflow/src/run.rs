@@ -957,6 +957,16 @@ pub async fn run(
         record(&mut writer, &mut options.on_finished, &mut results, i, f);
     }
     writer.hooks = hooks;
+    // What an earlier run's tasks published is published again, for the tasks of this run
+    // that still wait (their mailboxes are open; those of tasks done or running are not).
+    for &(i, _) in &done {
+        let t = &workflow.tasks[i];
+        if let (Some(topic), Some(output)) = (&t.publish, latest[&i].output.clone())
+            && let Err(e) = crate::messages::publish(handle.messages(), &t.id, topic, output).await
+        {
+            tracing::warn!(task = %t.id, "its output from an earlier run was not published again: {e}");
+        }
+    }
     done.sort_unstable_by_key(|d| d.0);
     // Watched from now on, before their needs may even have ended: they run already.
     let mut watched = watch(

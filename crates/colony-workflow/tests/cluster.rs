@@ -36,8 +36,6 @@ tasks:
     let has = |needle: &str| refused.iter().any(|r| r.contains(needle));
     for (what, why) in [
         ("task `weighed`: `decide`", "pools of one runtime"),
-        ("task `talk`: `wait` and `publish`", "message bus"),
-        ("task `listen`: `wait` and `publish`", "message bus"),
         ("task `made`: `expect: files`", "this machine"),
         ("task `changed`: `expect: git-diff`", "git checkout"),
         ("pool `paced`: `rate`", "paces"),
@@ -47,12 +45,20 @@ tasks:
             "{what}: {refused:#?}"
         );
     }
-    // A vote is taken by the node that takes the task, among its own agents; the memory is
-    // the scheduler's.
-    for carried in ["`plain`", "`vote`", "`keep`", "`look`", "pool `sim`"] {
+    // A vote is taken by the node that takes the task, among its own agents; the memory and
+    // the run's topics are the scheduler's.
+    for carried in [
+        "`plain`",
+        "`vote`",
+        "`keep`",
+        "`look`",
+        "`talk`",
+        "`listen`",
+        "pool `sim`",
+    ] {
         assert!(!has(carried), "{carried}: {refused:#?}");
     }
-    assert_eq!(refused.len(), 6, "{refused:#?}");
+    assert_eq!(refused.len(), 4, "{refused:#?}");
 
     let plain = "name: p\nagents: [{ name: sim, kind: sim }]\ntasks:\n  - { id: a, agent: sim }\n  - { id: b, agent: sim, needs: [a], expect: { json: true } }\n";
     let workflow = parse(plain, "p.yaml", Path::new(".")).unwrap();
@@ -199,4 +205,92 @@ tasks:
     let workflow = load_for_cluster(&file).unwrap();
     assert!(workflow.tasks[0].decide.is_some() && workflow.tasks[1].team.is_some());
     assert_eq!(refusals(&workflow), Vec::<String>::new());
+}
+
+/// The run's topics are the scheduler's: a task that waits is sent only once its message
+/// came, and finds it in its input; the publisher's output is published once it came back
+/// from its node. A wait that hears nothing by its deadline fails its task and skips its
+/// dependents, sending nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_run_links_tasks_by_a_topic() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = tokio::task::block_in_place(|| testing::NatsServer::single(dir.path())).unwrap();
+    let settings = Settings {
+        replicas: 1,
+        ack_wait: Duration::from_secs(2),
+        heartbeat_ttl: Duration::from_secs(3),
+        ..Settings::default()
+    };
+    let url = server.url();
+    let connect = || testing::connect(&url, settings.clone(), Duration::from_secs(20));
+    // The node's sim agents echo their payload: what reached them is their output.
+    let sim = Sim::new(SimOptions::default()).unwrap();
+    let pool = Pool::new(AgentSpec::new("sim", "sim"), 2, Arc::new(sim));
+    let rt = Runtime::start(
+        RuntimeOptions::default(),
+        vec![pool],
+        Arc::new(MemoryJournal::new()),
+    )
+    .await
+    .unwrap();
+    let node = Node::start(
+        connect().await.unwrap(),
+        rt.handle().clone(),
+        NodeOptions {
+            name: "n".into(),
+            max_in_flight: 16,
+            drain_timeout: Duration::from_secs(5),
+        },
+    )
+    .await
+    .unwrap();
+    // `listen` is first in the file, so ready first: it waits while `plan` runs.
+    let yaml = r#"name: talk
+agents:
+  - { name: sim, kind: sim, count: 2 }
+tasks:
+  - { id: listen, agent: sim, input: { q: 1 }, wait: { topic: plans, timeout: 30s } }
+  - { id: plan, agent: sim, input: { plan: "build it" }, publish: plans }
+  - { id: deaf, agent: sim, input: { q: 2 }, wait: { topic: nobody, timeout: 1s } }
+  - { id: after, agent: sim, needs: [deaf] }
+"#;
+    let workflow = parse(yaml, "talk.yaml", dir.path()).unwrap();
+    assert_eq!(refusals(&workflow), Vec::<String>::new());
+    let client = connect().await.unwrap();
+    let run = run_on(
+        &client,
+        &workflow,
+        ClusterOptions {
+            output: Some(dir.path().join("out")),
+            ..ClusterOptions::default()
+        },
+    );
+    let report = tokio::time::timeout(Duration::from_secs(60), run)
+        .await
+        .expect("the run ends within a minute")
+        .unwrap();
+    let task = |id: &str| report.tasks.iter().find(|t| t.id == id).unwrap();
+    for id in ["listen", "plan"] {
+        assert_eq!(task(id).status, Status::Succeeded, "{:?}", task(id));
+        assert_eq!(task(id).node.as_deref(), Some("n"));
+    }
+    let heard: serde_json::Value =
+        serde_json::to_value(task("listen").output.as_ref().unwrap()).unwrap();
+    let message = &heard["input"]["message"];
+    assert_eq!(message["topic"], "plans", "{heard}");
+    assert_eq!(message["from"], "workflow/plan", "{heard}");
+    assert_eq!(message["body"]["input"]["plan"], "build it", "{heard}");
+    assert_eq!(heard["input"]["q"], 1, "{heard}");
+    // Nothing was published on `nobody`: the wait fails its task, never sent to a node.
+    let deaf = task("deaf");
+    assert_eq!(deaf.status, Status::Failed);
+    assert_eq!(
+        deaf.error.as_deref(),
+        Some("wait: no message on topic `nobody` within 1s")
+    );
+    assert_eq!(deaf.node, None, "{deaf:?}");
+    assert_eq!(task("after").status, Status::Skipped);
+    assert_eq!(node.report().succeeded, 2, "{:?}", node.report());
+    node.drain().await;
+    rt.shutdown().await;
 }

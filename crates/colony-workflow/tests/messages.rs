@@ -76,3 +76,50 @@ fn bad_topics_and_waits_are_refused_at_their_place() {
         "{p:#?}"
     );
 }
+
+/// Resumed, a run publishes again what its tasks published in the earlier run: `b` waits on
+/// `words` after `gate`, which failed the first time (so `b` was skipped); resumed, `a` is
+/// not run again and `b` gets its output from the earlier run, where without it `b` would
+/// wait out its deadline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resumed_run_publishes_again_what_its_earlier_run_published() {
+    use colony_journal::{Journal as _, MemoryJournal};
+    let dir = tempfile::tempdir().unwrap();
+    let workflow = |gate: &str| {
+        format!(
+            "name: again\nagents:\n  - {{name: sim, kind: sim, count: 2}}\n  - {{name: gate, kind: command, command: {{program: sh, args: [\"-c\", {gate:?}]}}}}\ntasks:\n  - {{id: a, agent: sim, input: {{word: hello}}, publish: words}}\n  - {{id: gate, agent: gate, retries: 0}}\n  - {{id: b, agent: sim, needs: [gate], input: {{n: 1}}, wait: {{topic: words, timeout: 3s}}}}\n"
+        )
+    };
+    let journal = std::sync::Arc::new(MemoryJournal::new());
+    let options = |prior| colony_workflow::Options {
+        journal: journal.clone(),
+        prior,
+        ..options(dir.path())
+    };
+    let first = parse(&workflow("exit 3"), "w.yaml", Path::new(".")).unwrap();
+    let report = colony_workflow::run(&first, options(Vec::new()))
+        .await
+        .unwrap();
+    let status =
+        |report: &Report, id: &str| report.tasks.iter().find(|t| t.id == id).unwrap().status;
+    assert_eq!(status(&report, "a"), Status::Succeeded, "{report:#?}");
+    assert_eq!(status(&report, "b"), Status::Skipped, "{report:#?}");
+    let prior: Vec<_> = (1..=3)
+        .filter_map(|id| journal.task(colony_core::TaskId(id)).unwrap())
+        .collect();
+    assert_eq!(prior.len(), 2, "a and gate ran: {prior:#?}");
+    let second = parse(&workflow("echo open"), "w.yaml", Path::new(".")).unwrap();
+    let report = colony_workflow::run(&second, options(prior)).await.unwrap();
+    assert!(report.all_succeeded(), "{report:#?}");
+    let a = report.tasks.iter().find(|t| t.id == "a").unwrap();
+    assert_eq!(a.attempts, 1, "a is the earlier run's: {a:?}");
+    let b = report.tasks.iter().find(|t| t.id == "b").unwrap();
+    let got = b.output.as_ref().unwrap().value();
+    let m = &got["input"]["message"];
+    assert_eq!(m["from"], "workflow/a", "{got:#}");
+    assert_eq!(m["body"]["input"]["word"], "hello", "{got:#}");
+    assert!(
+        journal.task(colony_core::TaskId(5)).unwrap().is_none(),
+        "the second run ran gate and b only"
+    );
+}

@@ -1778,6 +1778,44 @@ tasks:
         7,
         "the other three ran again under r2: {runs:?}"
     );
+    // A task that waited for a message and went is not made to wait again when its run is
+    // taken over: run r4's book holds `listen` sent (given r1's `first`), and nothing is
+    // published on its topic now. The others wait and publish on this scheduler's bus.
+    let talk = dir.path().join("talk.yaml");
+    std::fs::write(
+        &talk,
+        r#"name: talk
+agents:
+  - name: sh
+    kind: sim
+tasks:
+  - { id: listen, agent: sh, input: { n: 1, sleep: 0 }, wait: { topic: gone, timeout: 1s } }
+  - { id: hear, agent: sh, input: { n: 6, sleep: 0 }, wait: { topic: said, timeout: 30s } }
+  - { id: say, agent: sh, input: { n: 5, sleep: 0 }, publish: said }
+"#,
+    )
+    .unwrap();
+    let r4 = rt.block_on(cluster.run_book("r4")).unwrap();
+    rt.block_on(r4.put_sent(0, &first_sent, None)).unwrap();
+    let resumed = Command::new(COLONY)
+        .args([
+            "run", "--nats", &url, "--run-id", "r4", "--lease", "2s", "--json",
+        ])
+        .arg("--out")
+        .arg(dir.path().join("r4-out"))
+        .arg(&talk)
+        .env_remove("COLONY_NATS")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&resumed.stderr);
+    assert_eq!(resumed.status.code(), Some(0), "{stderr}");
+    let report: serde_json::Value = serde_json::from_slice(&resumed.stdout).unwrap();
+    assert_eq!(report["succeeded"], 3, "{report}");
+    let runs = a.executions();
+    assert_eq!(runs.len(), 9, "`say` and `hear` ran once more: {runs:?}");
+    for n in [5, 6] {
+        assert_eq!(runs.iter().filter(|r| **r == n).count(), 1, "{runs:?}");
+    }
     // A lease past what the stream's dedupe window covers is refused before anything runs.
     let long = Command::new(COLONY)
         .args(["run", "--nats", &url, "--run-id", "r3", "--lease", "5m"])
@@ -1788,7 +1826,7 @@ tasks:
     let stderr = String::from_utf8_lossy(&long.stderr);
     assert_eq!(long.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("--lease 5m: at most 30s"), "{stderr}");
-    // The runs kept in the cluster: r2 the most recent, r1 done and succeeded.
+    // The runs kept in the cluster: r4 the most recent, r1 done and succeeded.
     let listed = Command::new(COLONY)
         .args(["cluster", "runs", "--json", "--nats", &url])
         .env_remove("COLONY_NATS")
@@ -1801,18 +1839,18 @@ tasks:
         .iter()
         .map(|r| r["id"].as_str().unwrap())
         .collect();
-    assert_eq!(ids, ["r2", "r1"], "{listed}");
-    assert_eq!(listed[1]["done"], true);
-    assert_eq!(listed[1]["code"], 0);
-    assert_eq!(listed[1]["counts"]["succeeded"], 4);
-    assert_eq!(listed[1]["workflow"], "handed-over");
+    assert_eq!(ids, ["r4", "r2", "r1"], "{listed}");
+    assert_eq!(listed[2]["done"], true);
+    assert_eq!(listed[2]["code"], 0);
+    assert_eq!(listed[2]["counts"]["succeeded"], 4);
+    assert_eq!(listed[2]["workflow"], "handed-over");
     // Another file under the same id is refused.
     std::fs::write(&workflow, "name: other\nagents: [{name: sh, kind: sim}]\ntasks:\n  - { id: x, agent: sh, input: { n: 9, sleep: 0 } }\n").unwrap();
     let other = scheduler("other").wait_with_output().unwrap();
     let stderr = stderr_of("other");
     assert_eq!(other.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("another workflow file"), "{stderr}");
-    assert_eq!(a.executions().len(), 7);
+    assert_eq!(a.executions().len(), 9);
     a.stop();
 }
 
