@@ -7,7 +7,7 @@
 //! it has lost the run to another and stops ([`Error::Lost`]).
 //!
 //! - `meta`: the workflow's name and digest (a run id is one workflow file), whether the run
-//!   is done, and how it ended;
+//!   is done, and how it ended (cancelled for good, [`RunBook::cancel`], with why);
 //! - `t.<index>`: the workflow task's latest cluster task (its id), its round (how many
 //!   cluster tasks it had before, for outputs that failed their checks) and the attempts
 //!   those spent.
@@ -70,7 +70,34 @@ pub struct RunMeta {
     /// When it was written, in milliseconds since the Unix epoch.
     #[serde(default)]
     pub at_ms: u64,
+    /// Cancelled for good ([`RunBook::cancel`], with `done`): by whom and why. A scheduler
+    /// that sees it stops, cancelling its tasks in the cluster; a standby or a rerun sends
+    /// nothing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cancelled: Option<String>,
 }
+
+/// How [`RunBook::cancel`] went.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case", tag = "outcome")]
+pub enum RunCancel {
+    /// Written cancelled, then each task its book holds was cancelled in the cluster:
+    /// `cancelled` of them, `ended` had ended already, `failed` could not be (each why).
+    Cancelled {
+        cancelled: usize,
+        ended: usize,
+        failed: Vec<String>,
+    },
+    /// The run was done already (finished, or cancelled before): nothing changed.
+    AlreadyDone { meta: RunMeta },
+    /// No scheduler has started a run of this id (a run is kept once one does).
+    Unknown,
+}
+
+/// Most times [`RunBook::cancel`] reads the meta again after a write of another's.
+const CANCEL_TRIES: usize = 8;
+/// How long [`RunBook::cancelled`] waits before watching again after a failure.
+const WATCH_AGAIN: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// What a run's scheduler sent for one workflow task.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -202,6 +229,73 @@ impl RunBook {
             ..meta.clone()
         };
         self.write(&self.meta_key(), &meta, revision).await
+    }
+
+    /// Cancels the run for good: its meta is written done and cancelled with `reason` (a
+    /// compare-and-set on what was read, tried again if a scheduler wrote in between), so
+    /// that its scheduler stops and a standby or a rerun sends nothing; then every task its
+    /// book holds is cancelled in the cluster ([`Cluster::cancel`]).
+    pub async fn cancel(&self, cluster: &Cluster, reason: &str) -> Result<RunCancel, Error> {
+        let reason = colony_core::text::shorten(reason, 500);
+        let mut written = false;
+        for _ in 0..CANCEL_TRIES {
+            let Some((meta, revision)) = self.meta().await? else {
+                return Ok(RunCancel::Unknown);
+            };
+            if meta.done {
+                return Ok(RunCancel::AlreadyDone { meta });
+            }
+            let cancelled = RunMeta {
+                done: true,
+                code: Some(1),
+                cancelled: Some(reason.clone()),
+                ..meta
+            };
+            match self.put_meta(&cancelled, Some(revision)).await {
+                Ok(_) => {
+                    written = true;
+                    break;
+                }
+                Err(Error::Lost { .. }) => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        if !written {
+            return Err(Error::Lost {
+                run: self.run.clone(),
+                key: self.meta_key(),
+            });
+        }
+        let (mut cancelled, mut ended, mut failed) = (0, 0, Vec::new());
+        for (task, (sent, _)) in self.sent().await? {
+            match cluster.cancel(sent.id, &reason).await {
+                Ok(crate::Cancel::Cancelled { .. }) => cancelled += 1,
+                Ok(crate::Cancel::AlreadyEnded { .. }) => ended += 1,
+                Err(e) => failed.push(format!("task {} (cluster task {}): {e}", task, sent.id)),
+            }
+        }
+        Ok(RunCancel::Cancelled {
+            cancelled,
+            ended,
+            failed,
+        })
+    }
+
+    /// Resolves once the run is seen cancelled for good, with why: a watch of its meta
+    /// (its latest value first), watched again after a failure.
+    pub async fn cancelled(&self) -> String {
+        loop {
+            if let Ok(mut watch) = self.bucket.watch_with_history(self.meta_key()).await {
+                while let Some(Ok(entry)) = watch.next().await {
+                    if let Ok(meta) = serde_json::from_slice::<RunMeta>(&entry.value)
+                        && let Some(why) = meta.cancelled
+                    {
+                        return why;
+                    }
+                }
+            }
+            tokio::time::sleep(WATCH_AGAIN).await;
+        }
     }
 
     /// Every task's entry, by the task's index in the workflow: the keys are this run's

@@ -390,6 +390,7 @@ async fn a_run_book_refuses_a_write_over_what_another_scheduler_wrote() {
         scheduler: "a-1".into(),
         term: 5,
         at_ms: 0,
+        cancelled: None,
     };
     let first = book.put_meta(&meta, None).await.unwrap();
     let err = book.put_meta(&meta, None).await.unwrap_err();

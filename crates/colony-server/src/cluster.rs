@@ -118,7 +118,8 @@ fn router(app: Arc<ClusterApp>) -> Router {
     let submit = Router::new()
         .route("/v1/tasks", post(submit))
         .route("/v1/tasks/batch", post(submit_batch))
-        .route("/v1/tasks/{id}/cancel", post(cancel));
+        .route("/v1/tasks/{id}/cancel", post(cancel))
+        .route("/v1/runs/{id}/cancel", post(cancel_run));
     let open = Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
@@ -370,6 +371,52 @@ async fn cancel(
             StatusCode::CONFLICT,
             "already-ended",
             format!("task {id} ended already: {}", state.as_str()),
+        ),
+        Ok(outcome) => {
+            let mut v = serde_json::to_value(&outcome).unwrap_or_default();
+            v["id"] = id.into();
+            Json(v).into_response()
+        }
+        Err(e) => failed(e),
+    }
+}
+
+/// `POST /v1/runs/{id}/cancel` [submit]: the workflow run cancelled for good, then its
+/// tasks in the cluster: `200 {"id", "outcome": "cancelled", "cancelled", "ended",
+/// "failed"}`; `409 already-done` naming how it ended; `404 unknown-run`.
+async fn cancel_run(
+    State(app): State<Arc<ClusterApp>>,
+    Path(id): Path<String>,
+    caller: Option<axum::Extension<auth::Caller>>,
+) -> Response {
+    use colony_cluster::runs::RunCancel;
+    let book = match app.cluster.run_book(&id).await {
+        Ok(book) => book,
+        Err(e) => return failed(e),
+    };
+    let by = caller.map_or_else(
+        || "a caller on loopback".to_owned(),
+        |c| format!("token {:?}", c.name),
+    );
+    match book
+        .cancel(&app.cluster, &format!("cancelled through the API by {by}"))
+        .await
+    {
+        Ok(RunCancel::Unknown) => problem(
+            StatusCode::NOT_FOUND,
+            "unknown-run",
+            format!("run {id}: no such run in the cluster"),
+        ),
+        Ok(RunCancel::AlreadyDone { meta }) => problem(
+            StatusCode::CONFLICT,
+            "already-done",
+            format!(
+                "run {id} is done already: {}",
+                meta.cancelled.as_deref().unwrap_or(match meta.code {
+                    Some(0) => "succeeded",
+                    _ => "failed",
+                })
+            ),
         ),
         Ok(outcome) => {
             let mut v = serde_json::to_value(&outcome).unwrap_or_default();

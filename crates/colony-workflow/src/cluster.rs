@@ -21,7 +21,9 @@
 //! With a run's book ([`Booked`]: `colony run --nats --run-id`), what is sent is written to
 //! the cluster as it goes, and a task the book holds is waited for rather than sent again:
 //! a standby that takes the run over, or the same command run again, goes on from there. A
-//! scheduler that no longer leads the run, or finds the book moved under it, stops.
+//! scheduler that no longer leads the run, or finds the book moved under it, stops; one whose
+//! run is cancelled for good (`colony_cluster::runs::RunBook::cancel`) cancels its tasks in
+//! the cluster and stops.
 
 use crate::{
     Progress, Report, Started, Status, Workflow,
@@ -417,7 +419,7 @@ const NOT_LEADING: &str = "this process no longer leads the run";
 
 /// Cancels the run's tasks that are in the cluster now, all at once, each for at most the
 /// client's patience; a failure is said, not fatal (the task runs to its end there).
-async fn cancel_in_cluster(cluster: &Cluster, in_cluster: &InCluster) {
+async fn cancel_in_cluster(cluster: &Cluster, in_cluster: &InCluster, reason: &str) {
     let ids: Vec<u64> = in_cluster
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -425,7 +427,7 @@ async fn cancel_in_cluster(cluster: &Cluster, in_cluster: &InCluster) {
         .copied()
         .collect();
     let cancels = ids.iter().map(|&id| async move {
-        if let Err(e) = cluster.cancel(id, "its workflow run was cancelled").await {
+        if let Err(e) = cluster.cancel(id, reason).await {
             tracing::warn!("task {id} of a cancelled run was not cancelled in the cluster: {e}");
         }
     });
@@ -558,6 +560,15 @@ pub async fn run_on(
         .take()
         .unwrap_or_else(|| Box::pin(std::future::pending()));
     let mut cancelled = false;
+    // A run with a book may be cancelled for good (`colony cluster cancel --run`): then its
+    // tasks in the cluster are cancelled too, and nothing more is sent.
+    let mut cancelled_for_good: Pin<Box<dyn Future<Output = String> + Send>> = match &booked {
+        Some(booked) => {
+            let book = booked.book.clone();
+            Box::pin(async move { book.cancelled().await })
+        }
+        None => Box::pin(std::future::pending()),
+    };
     let max_payload = colony_cluster::MAX_PAYLOAD;
     loop {
         for step in std::mem::take(&mut steps) {
@@ -673,8 +684,15 @@ pub async fn run_on(
                 // Without a book the run ends here: so do its tasks in the cluster. With one,
                 // they run on for whoever takes the run over.
                 if booked.is_none() {
-                    cancel_in_cluster(cluster, &in_cluster).await;
+                    cancel_in_cluster(cluster, &in_cluster, "its workflow run was cancelled").await;
                 }
+                break;
+            }
+            why = &mut cancelled_for_good => {
+                tracing::warn!("the run was cancelled for good ({why}): its tasks in the cluster are cancelled");
+                cancelled = true;
+                // The canceller cancels what the book holds; these may not be in it yet.
+                cancel_in_cluster(cluster, &in_cluster, &why).await;
                 break;
             }
         };

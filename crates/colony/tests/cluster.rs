@@ -1854,6 +1854,189 @@ tasks:
     a.stop();
 }
 
+/// `colony cluster cancel --run ID` and `POST /v1/runs/{id}/cancel`: a run kept by its id is
+/// cancelled for good. Its scheduler stops and says so, its standby and a rerun send nothing
+/// and say the run was cancelled, the task that was running is stopped on its node and its
+/// dependent never runs; cancelled again, the run is done already; an unknown run is refused.
+#[test]
+fn a_run_cancelled_for_good_stops_its_scheduler_its_standby_and_its_tasks() {
+    let OneNode {
+        rt,
+        dir,
+        server: _server,
+        url,
+        cluster,
+        a,
+    } = OneNode::start();
+    let workflow = dir.path().join("long.yaml");
+    std::fs::write(
+        &workflow,
+        r#"name: long
+agents:
+  - name: sh
+    kind: sim
+tasks:
+  - { id: first, agent: sh, input: { n: 1, sleep: 0 } }
+  - { id: slow, agent: sh, needs: [first], input: { n: 2, sleep: 60 } }
+  - { id: last, agent: sh, needs: [slow], input: { n: 3, sleep: 0 } }
+"#,
+    )
+    .unwrap();
+    let scheduler = |run: &str, name: &str| {
+        let stderr = std::fs::File::create(dir.path().join(format!("{name}.run.stderr"))).unwrap();
+        Command::new(COLONY)
+            .args([
+                "run", "--nats", &url, "--run-id", run, "--lease", "2s", "--json",
+            ])
+            .arg("--out")
+            .arg(dir.path().join(format!("{name}-out")))
+            .arg(&workflow)
+            .env_remove("COLONY_NATS")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(stderr)
+            .spawn()
+            .unwrap()
+    };
+    let stderr_of = |name: &str| {
+        std::fs::read_to_string(dir.path().join(format!("{name}.run.stderr"))).unwrap()
+    };
+    let until = |what: &str, done: &dyn Fn() -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !done() {
+            assert!(Instant::now() < deadline, "{what}: {:?}", a.executions());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    // Within 15 s, with its code and what it printed.
+    let ended = |mut child: Child| {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while child.try_wait().unwrap().is_none() {
+            assert!(Instant::now() < deadline, "a scheduler did not stop");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        child.wait_with_output().unwrap()
+    };
+    let cancel = |run: &str| {
+        Command::new(COLONY)
+            .args(["cluster", "cancel", "--nats", &url, "--run", run])
+            .env_remove("COLONY_NATS")
+            .output()
+            .unwrap()
+    };
+    let scheduling = scheduler("c1", "first");
+    until("the slow task runs", &|| a.executions().contains(&2));
+    let standby = scheduler("c1", "standby");
+    until("the standby stands by", &|| {
+        stderr_of("standby").contains("standing by")
+    });
+    let out = cancel("c1");
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{said}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        said.contains("run c1: cancelled; of its tasks in the cluster, "),
+        "{said}"
+    );
+    let out = ended(scheduling);
+    let stderr = stderr_of("first");
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("run c1 was cancelled by")
+            && stderr.contains("colony cluster cancel --run"),
+        "{stderr}"
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        (&report["succeeded"], &report["cancelled"]),
+        (&1.into(), &2.into()),
+        "{report}"
+    );
+    let out = ended(standby);
+    let stderr = stderr_of("standby");
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("run c1 of long was cancelled by"),
+        "{stderr}"
+    );
+    let out = ended(scheduler("c1", "again"));
+    let stderr = stderr_of("again");
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("run c1 of long was cancelled by"),
+        "{stderr}"
+    );
+    // The slow task's record: cancelled, saying by whom; its attempt stopped on the node.
+    let book = rt.block_on(cluster.run_book("c1")).unwrap();
+    let sent = rt.block_on(book.sent()).unwrap();
+    assert_eq!(sent.len(), 2, "first and slow went: {sent:?}");
+    let row = match rt.block_on(cluster.task(sent[&1].0.id)).unwrap() {
+        colony_cluster::TaskView::Row(row) => row,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(row.state, TaskState::Cancelled, "{row:?}");
+    assert!(
+        row.error
+            .as_deref()
+            .unwrap()
+            .contains("colony cluster cancel --run"),
+        "{row:?}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let status = rt.block_on(cluster.status()).unwrap();
+        let node = status.nodes.iter().find(|n| n.name == "a").unwrap();
+        if node.running == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the attempt still runs: {node:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Done: cancelled again, it says so; an unknown run is refused.
+    let out = cancel("c1");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("run c1: done already (cancelled by"),
+        "{stderr}"
+    );
+    let out = cancel("nope");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("run nope: no such run"), "{stderr}");
+    // Through the API of `colony serve --nats`.
+    let serve = ServeProc::start(dir.path(), &url, "s1");
+    let scheduling = scheduler("c2", "api");
+    until("c2's slow task runs", &|| {
+        a.executions().iter().filter(|n| **n == 2).count() == 2
+    });
+    let (code, body) = send(serve.port, "POST", "/v1/runs/c2/cancel", &[], "");
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains(r#""outcome":"cancelled""#), "{body}");
+    let out = ended(scheduling);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr_of("api"));
+    let (code, body) = send(serve.port, "POST", "/v1/runs/c2/cancel", &[], "");
+    assert_eq!(code, 409, "{body}");
+    assert!(body.contains("already-done"), "{body}");
+    let (code, body) = send(serve.port, "POST", "/v1/runs/nope/cancel", &[], "");
+    assert_eq!(code, 404, "{body}");
+    let (code, body) = fetch(serve.port, "/v1/runs");
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("cancelled through the API"), "{body}");
+    // Neither run's last task ever ran.
+    assert!(!a.executions().contains(&3), "{:?}", a.executions());
+    drop(serve);
+    let report = a.stop();
+    assert_eq!((report.succeeded, report.cancelled), (2, 2), "{report:?}");
+}
+
 /// Ctrl-C on `colony run --nats` (no run id) cancels the run: the task it had in the cluster
 /// is cancelled there, its attempt stopped on the node, and the run says cancelled.
 #[test]

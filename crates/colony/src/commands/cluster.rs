@@ -90,8 +90,9 @@ pub(crate) enum Command {
     /// workflow, whether it is done and how it ended, its scheduler and term.
     Runs(RunsArgs),
     /// Cancel tasks: a waiting one is dropped from the stream, a running one is stopped on
-    /// its node, and none is reported succeeded afterwards. Exit 1 if any had ended already
-    /// or could not be cancelled.
+    /// its node, and none is reported succeeded afterwards. With --run, a workflow run kept
+    /// in the cluster, for good: its scheduler stops, a standby or rerun sends nothing, and
+    /// its tasks are cancelled. Exit 1 if any had ended already or could not be cancelled.
     Cancel(CancelArgs),
 }
 
@@ -112,8 +113,11 @@ pub(crate) struct CancelArgs {
     #[command(flatten)]
     nats: NatsArgs,
     /// The tasks' ids, as `submit` printed them.
-    #[arg(required = true, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(required_unless_present = "run", conflicts_with = "run", value_parser = clap::value_parser!(u64).range(1..))]
     ids: Vec<u64>,
+    /// Cancel this workflow run (`colony run --nats --run-id ID`) for good, and its tasks.
+    #[arg(long, value_name = "ID")]
+    run: Option<String>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -451,6 +455,12 @@ pub(crate) fn run_workflow(
         };
         let report = colony_workflow::cluster::run_on(&cluster, workflow, options).await;
         if let Some(lead) = scheduling {
+            // Cancelled for good while it ran: said, with by whom.
+            if let Ok(Some((meta, _))) = lead.book.meta().await
+                && let Some(why) = meta.cancelled
+            {
+                eprintln!("run {} was {why}", lead.book.run());
+            }
             lead.end(report.as_ref().ok()).await;
         }
         report.map(Ended::Here).map_err(Failure::work)
@@ -459,19 +469,17 @@ pub(crate) fn run_workflow(
     match report? {
         Ended::Here(report) => crate::commands::workflow::show(args, &report),
         Ended::Elsewhere(meta) => {
-            let counts: Vec<String> = meta
-                .counts
-                .iter()
-                .map(|(k, v)| format!("{v} {k}"))
-                .collect();
-            let said = format!(
-                "run {} of {} was finished by {} (term {}): {}",
-                args.run_id().map_or("", |(id, _)| id),
-                meta.workflow,
-                meta.scheduler,
-                meta.term,
-                counts.join(", ")
-            );
+            let run = args.run_id().map_or("", |(id, _)| id);
+            let said = match &meta.cancelled {
+                Some(why) => format!("run {run} of {} was {why}", meta.workflow),
+                None => format!(
+                    "run {run} of {} was finished by {} (term {}): {}",
+                    meta.workflow,
+                    meta.scheduler,
+                    meta.term,
+                    run_counts(&meta)
+                ),
+            };
             if meta.code == Some(0) {
                 println!("{said}");
                 Ok(())
@@ -612,6 +620,7 @@ async fn schedule(
         scheduler: leadership.holder().to_owned(),
         term,
         at_ms: 0,
+        cancelled: None,
     };
     let revision = match found {
         Some((old, _)) if old.digest != digest => {
@@ -1062,6 +1071,7 @@ async fn runs(args: &RunsArgs) -> Result<(), Failure> {
     let mut table = Table::new(&["run", "workflow", "state", "tasks", "scheduler", "term"]);
     for (id, meta) in &runs {
         let state = match (meta.done, meta.code) {
+            (true, _) if meta.cancelled.is_some() => "cancelled".to_owned(),
             (true, Some(0)) => "done, succeeded".to_owned(),
             (true, _) => "done, failed".to_owned(),
             (false, _) => "running or stopped".to_owned(),
@@ -1094,6 +1104,9 @@ async fn cancel(args: &CancelArgs) -> Result<(), Failure> {
         colony_core::text::shorten(&who, 64),
         default_name()
     );
+    if let Some(run) = &args.run {
+        return cancel_run(&cluster, run).await;
+    }
     let (mut ended, mut failed) = (0, 0);
     // Each id is tried, whatever the others did.
     for &id in &args.ids {
@@ -1119,6 +1132,61 @@ async fn cancel(args: &CancelArgs) -> Result<(), Failure> {
         )));
     }
     Ok(())
+}
+
+/// `colony cluster cancel --run ID`: the run cancelled for good, then its tasks.
+async fn cancel_run(cluster: &Cluster, run: &str) -> Result<(), Failure> {
+    use colony_cluster::runs::RunCancel;
+    let book = cluster.run_book(run).await.map_err(cluster_failure)?;
+    let who = std::env::var("USER").unwrap_or_else(|_| "someone".into());
+    let reason = format!(
+        "cancelled by {} on {} (colony cluster cancel --run)",
+        colony_core::text::shorten(&who, 64),
+        default_name()
+    );
+    match book
+        .cancel(cluster, &reason)
+        .await
+        .map_err(cluster_failure)?
+    {
+        RunCancel::Unknown => Err(Failure::input(anyhow::anyhow!(
+            "run {run}: no such run in the cluster (a run is kept once `colony run --nats --run-id` starts it)"
+        ))),
+        RunCancel::AlreadyDone { meta } => Err(Failure::work(anyhow::anyhow!(
+            "run {run}: done already ({}), nothing changed",
+            meta.cancelled.clone().unwrap_or_else(|| run_counts(&meta))
+        ))),
+        RunCancel::Cancelled {
+            cancelled,
+            ended,
+            failed,
+        } => {
+            println!(
+                "run {run}: cancelled; of its tasks in the cluster, {cancelled} cancelled, {ended} had ended"
+            );
+            for why in &failed {
+                eprintln!("{why}");
+            }
+            if failed.is_empty() {
+                Ok(())
+            } else {
+                Err(Failure::work(anyhow::anyhow!(
+                    "run {run}: {} task(s) could not be cancelled (they run to their end; nothing takes their results)",
+                    failed.len()
+                )))
+            }
+        }
+    }
+}
+
+/// A done run's tasks by status, as `3 succeeded, 1 failed`.
+fn run_counts(meta: &colony_cluster::runs::RunMeta) -> String {
+    let counts: Vec<String> = meta
+        .counts
+        .iter()
+        .map(|(k, v)| format!("{v} {k}"))
+        .collect();
+    counts.join(", ")
 }
 
 /// `colony cluster tree`: the cluster as the root, each live node a subtree of its
