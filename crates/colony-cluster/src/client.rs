@@ -474,9 +474,14 @@ impl Cluster {
         for _ in 0..3 {
             match self.stream.delete_message(id).await {
                 Ok(_) => return,
+                // Gone already (acknowledged, or dropped by an earlier call): the server says
+                // so with its own code, or, for a message acknowledged on a work queue, as a
+                // failed delete (10057) of no message.
                 Err(e)
                     if matches!(e.kind(), jetstream::stream::DeleteMessageErrorKind::JetStream(ref j)
-                        if j.error_code() == jetstream::ErrorCode::NO_MESSAGE_FOUND) =>
+                        if j.error_code() == jetstream::ErrorCode::NO_MESSAGE_FOUND
+                            || (j.error_code() == jetstream::ErrorCode(10057)
+                                && j.to_string().contains("no message found"))) =>
                 {
                     return;
                 }

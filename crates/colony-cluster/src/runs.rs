@@ -81,14 +81,17 @@ pub struct RunMeta {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case", tag = "outcome")]
 pub enum RunCancel {
-    /// Written cancelled, then each task its book holds was cancelled in the cluster:
-    /// `cancelled` of them, `ended` had ended already, `failed` could not be (each why).
+    /// Written cancelled (`again`: found cancelled already, by `why`), then each task its
+    /// book holds was cancelled in the cluster: `cancelled` of them, `ended` had ended
+    /// already (or expired), `failed` could not be (each why).
     Cancelled {
+        again: bool,
+        why: String,
         cancelled: usize,
         ended: usize,
         failed: Vec<String>,
     },
-    /// The run was done already (finished, or cancelled before): nothing changed.
+    /// The run had finished: nothing changed.
     AlreadyDone { meta: RunMeta },
     /// No scheduler has started a run of this id (a run is kept once one does).
     Unknown,
@@ -96,6 +99,8 @@ pub enum RunCancel {
 
 /// Most times [`RunBook::cancel`] reads the meta again after a write of another's.
 const CANCEL_TRIES: usize = 8;
+/// Most of a run's tasks [`RunBook::cancel`] cancels at once.
+const CANCELS_AT_ONCE: usize = 32;
 /// How long [`RunBook::cancelled`] waits before watching again after a failure.
 const WATCH_AGAIN: std::time::Duration = std::time::Duration::from_secs(1);
 
@@ -234,16 +239,22 @@ impl RunBook {
     /// Cancels the run for good: its meta is written done and cancelled with `reason` (a
     /// compare-and-set on what was read, tried again if a scheduler wrote in between), so
     /// that its scheduler stops and a standby or a rerun sends nothing; then every task its
-    /// book holds is cancelled in the cluster ([`Cluster::cancel`]).
+    /// book holds is cancelled in the cluster ([`Cluster::cancel`]). A run found cancelled
+    /// already has its tasks cancelled again (a cancel cut short is finished so).
     pub async fn cancel(&self, cluster: &Cluster, reason: &str) -> Result<RunCancel, Error> {
         let reason = colony_core::text::shorten(reason, 500);
-        let mut written = false;
+        let mut decided = None;
         for _ in 0..CANCEL_TRIES {
             let Some((meta, revision)) = self.meta().await? else {
                 return Ok(RunCancel::Unknown);
             };
-            if meta.done {
-                return Ok(RunCancel::AlreadyDone { meta });
+            match (meta.done, meta.cancelled.clone()) {
+                (true, Some(why)) => {
+                    decided = Some((true, why));
+                    break;
+                }
+                (true, None) => return Ok(RunCancel::AlreadyDone { meta }),
+                (false, _) => {}
             }
             let cancelled = RunMeta {
                 done: true,
@@ -253,28 +264,40 @@ impl RunBook {
             };
             match self.put_meta(&cancelled, Some(revision)).await {
                 Ok(_) => {
-                    written = true;
+                    decided = Some((false, reason.clone()));
                     break;
                 }
                 Err(Error::Lost { .. }) => continue,
                 Err(e) => return Err(e),
             }
         }
-        if !written {
-            return Err(Error::Lost {
-                run: self.run.clone(),
-                key: self.meta_key(),
-            });
-        }
+        let Some((again, why)) = decided else {
+            return Err(Error::Settings(format!(
+                "run {}: its book changed under each of {CANCEL_TRIES} tries to cancel it; try again",
+                self.run
+            )));
+        };
+        let sent = self.sent().await?;
+        let cancels = futures::stream::iter(sent)
+            .map(|(task, (sent, _))| {
+                let why = &why;
+                async move { (task, sent.id, cluster.cancel(sent.id, why).await) }
+            })
+            .buffer_unordered(CANCELS_AT_ONCE)
+            .collect::<Vec<_>>()
+            .await;
         let (mut cancelled, mut ended, mut failed) = (0, 0, Vec::new());
-        for (task, (sent, _)) in self.sent().await? {
-            match cluster.cancel(sent.id, &reason).await {
+        for (task, id, outcome) in cancels {
+            match outcome {
                 Ok(crate::Cancel::Cancelled { .. }) => cancelled += 1,
-                Ok(crate::Cancel::AlreadyEnded { .. }) => ended += 1,
-                Err(e) => failed.push(format!("task {} (cluster task {}): {e}", task, sent.id)),
+                // Ended, or its record expired long ago: nothing runs it.
+                Ok(crate::Cancel::AlreadyEnded { .. }) | Err(Error::Unknown { .. }) => ended += 1,
+                Err(e) => failed.push(format!("task {task} (cluster task {id}): {e}")),
             }
         }
         Ok(RunCancel::Cancelled {
+            again,
+            why,
             cancelled,
             ended,
             failed,
@@ -284,15 +307,26 @@ impl RunBook {
     /// Resolves once the run is seen cancelled for good, with why: a watch of its meta
     /// (its latest value first), watched again after a failure.
     pub async fn cancelled(&self) -> String {
+        let mut warned = false;
         loop {
-            if let Ok(mut watch) = self.bucket.watch_with_history(self.meta_key()).await {
-                while let Some(Ok(entry)) = watch.next().await {
-                    if let Ok(meta) = serde_json::from_slice::<RunMeta>(&entry.value)
-                        && let Some(why) = meta.cancelled
-                    {
-                        return why;
+            match self.bucket.watch_with_history(self.meta_key()).await {
+                Ok(mut watch) => {
+                    while let Some(Ok(entry)) = watch.next().await {
+                        if let Ok(meta) = serde_json::from_slice::<RunMeta>(&entry.value)
+                            && let Some(why) = meta.cancelled
+                        {
+                            return why;
+                        }
                     }
                 }
+                Err(e) if !warned => {
+                    tracing::warn!(
+                        "run {}: its book cannot be watched for a cancel ({e}); trying again each second",
+                        self.run
+                    );
+                    warned = true;
+                }
+                Err(_) => {}
             }
             tokio::time::sleep(WATCH_AGAIN).await;
         }

@@ -382,8 +382,9 @@ async fn cancel(
 }
 
 /// `POST /v1/runs/{id}/cancel` [submit]: the workflow run cancelled for good, then its
-/// tasks in the cluster: `200 {"id", "outcome": "cancelled", "cancelled", "ended",
-/// "failed"}`; `409 already-done` naming how it ended; `404 unknown-run`.
+/// tasks in the cluster: `200 {"id", "outcome": "cancelled", "again", "why", "cancelled",
+/// "ended", "failed"}` (`again`: it was cancelled already, its tasks cancelled again);
+/// `409 already-done` when it finished; `404 unknown-run`.
 async fn cancel_run(
     State(app): State<Arc<ClusterApp>>,
     Path(id): Path<String>,
@@ -398,10 +399,20 @@ async fn cancel_run(
         || "a caller on loopback".to_owned(),
         |c| format!("token {:?}", c.name),
     );
-    match book
-        .cancel(&app.cluster, &format!("cancelled through the API by {by}"))
-        .await
-    {
+    // Run to its end even if the caller goes: a cancel cut short leaves tasks running.
+    let cluster = app.cluster.clone();
+    let cancelling = colony_runtime::spawner::Spawner::spawn("cancel-run", async move {
+        book.cancel(&cluster, &format!("cancelled through the API by {by}"))
+            .await
+    });
+    let Ok(Some(outcome)) = cancelling.await else {
+        return problem(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            format!("run {id}: the cancel stopped before its end"),
+        );
+    };
+    match outcome {
         Ok(RunCancel::Unknown) => problem(
             StatusCode::NOT_FOUND,
             "unknown-run",
@@ -411,11 +422,11 @@ async fn cancel_run(
             StatusCode::CONFLICT,
             "already-done",
             format!(
-                "run {id} is done already: {}",
-                meta.cancelled.as_deref().unwrap_or(match meta.code {
+                "run {id} finished already: {}",
+                match meta.code {
                     Some(0) => "succeeded",
                     _ => "failed",
-                })
+                }
             ),
         ),
         Ok(outcome) => {

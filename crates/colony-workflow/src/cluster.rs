@@ -153,6 +153,8 @@ enum Stop {
     /// The run's book could not be written: this scheduler stops (the run goes on from its
     /// book elsewhere or later).
     Halt(String),
+    /// The run was cancelled for good (its book says so): why.
+    Cancelled(String),
 }
 
 /// A task's time in the cluster: submitted (unless the book has it sent already), written in
@@ -248,9 +250,51 @@ impl Going {
     }
 }
 
-/// The cluster tasks of a run, by workflow task, while they are waited for: what a
-/// cancelled run without a book cancels in the cluster.
-type InCluster = Arc<Mutex<HashMap<usize, u64>>>;
+/// The cluster tasks of a run, by workflow task, from their submission until they end:
+/// what a cancelled run cancels in the cluster. Once the run stops for good (why), a task
+/// submitted after is cancelled by its own wait.
+#[derive(Clone, Default)]
+struct InCluster(Arc<Mutex<Held>>);
+
+/// [`InCluster`]'s tasks, and why the run stopped for good.
+#[derive(Default)]
+struct Held {
+    ids: HashMap<usize, u64>,
+    stopped: Option<String>,
+}
+
+impl InCluster {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Held> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Task `i` went as `id`; why the run stopped for good, if it did.
+    fn sent(&self, i: usize, id: u64) -> Option<String> {
+        let mut held = self.lock();
+        held.ids.insert(i, id);
+        held.stopped.clone()
+    }
+
+    fn ended(&self, i: usize) {
+        self.lock().ids.remove(&i);
+    }
+
+    /// Why the run stopped for good, if it did.
+    fn stopped(&self) -> Option<String> {
+        self.lock().stopped.clone()
+    }
+
+    /// The tasks in the cluster now; with `why`, the run stops for good from here on.
+    fn take(&self, why: Option<&str>) -> Vec<u64> {
+        let mut held = self.lock();
+        if let Some(why) = why {
+            held.stopped = Some(why.to_owned());
+        }
+        held.ids.values().copied().collect()
+    }
+}
 
 fn submit_and_wait(
     cluster: &Cluster,
@@ -292,6 +336,9 @@ fn submit_and_wait(
                 None => {
                     if !leads() {
                         return Err(Stop::Halt(NOT_LEADING.into()));
+                    }
+                    if let Some(why) = in_cluster.stopped() {
+                        return Err(Stop::Cancelled(why));
                     }
                     // What the workflow's memory holds for its query, in its input.
                     if let Some((memory, query, k)) = recall {
@@ -338,6 +385,15 @@ fn submit_and_wait(
                                 .id
                         }
                     };
+                    // Sent as the run stopped for good: cancelled here, as no one else knows it.
+                    if let Some(why) = in_cluster.sent(i, id) {
+                        if let Err(e) = cluster.cancel(id, &why).await {
+                            tracing::warn!(
+                                "task {id} of a cancelled run was not cancelled in the cluster: {e}"
+                            );
+                        }
+                        return Err(Stop::Cancelled(why));
+                    }
                     let revision = match &book {
                         Some((book, _)) => {
                             if !leads() {
@@ -350,16 +406,17 @@ fn submit_and_wait(
                     (id, revision)
                 }
             };
-            in_cluster
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .insert(i, id);
+            in_cluster.sent(i, id);
             let row = cluster.wait(id).await.map_err(fail);
-            in_cluster
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .remove(&i);
+            in_cluster.ended(i);
             let row = row?;
+            // Cancelled because the run was: said so, not as the task's failure.
+            if let (TaskState::Cancelled, Some((book, _))) = (row.state, &book)
+                && let Ok(Some((meta, _))) = book.meta().await
+                && let Some(why) = meta.cancelled
+            {
+                return Err(Stop::Cancelled(why));
+            }
             let checked = match (row.state, &row.output) {
                 (TaskState::Succeeded, output) => {
                     let output = output.clone().unwrap_or_default();
@@ -417,15 +474,19 @@ fn together_of(
 
 const NOT_LEADING: &str = "this process no longer leads the run";
 
+/// How long a run cancelled for good waits for the sends under way to finish (and cancel
+/// what they sent).
+const DRAIN: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Cancels the run's tasks that are in the cluster now, all at once, each for at most the
 /// client's patience; a failure is said, not fatal (the task runs to its end there).
-async fn cancel_in_cluster(cluster: &Cluster, in_cluster: &InCluster, reason: &str) {
-    let ids: Vec<u64> = in_cluster
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .values()
-        .copied()
-        .collect();
+async fn cancel_in_cluster(
+    cluster: &Cluster,
+    in_cluster: &InCluster,
+    reason: &str,
+    for_good: bool,
+) {
+    let ids = in_cluster.take(for_good.then_some(reason));
     let cancels = ids.iter().map(|&id| async move {
         if let Err(e) = cluster.cancel(id, reason).await {
             tracing::warn!("task {id} of a cancelled run was not cancelled in the cluster: {e}");
@@ -545,7 +606,7 @@ pub async fn run_on(
     }
     let leads = || booked.as_ref().is_none_or(|b| b.lead.term().is_some());
     let mut halted: Option<String> = None;
-    let in_cluster: InCluster = Arc::default();
+    let in_cluster = InCluster::default();
     let (mut dag, first) = Run::start(&workflow.graph, &[]);
     let mut steps: Vec<Step> = first;
     let mut ready: BinaryHeap<(colony_core::task::Priority, Reverse<usize>, usize)> =
@@ -555,6 +616,8 @@ pub async fn run_on(
     // Tasks waiting for their message, unsent: they hold none of the in-flight places.
     let mut listening: FuturesUnordered<Listening> = FuturesUnordered::new();
     let mut arrived: HashMap<usize, serde_json::Value> = HashMap::new();
+    // Waiting tasks the book holds sent: their message went with them, and is not known here.
+    let mut heard_before: std::collections::HashSet<usize> = Default::default();
     let mut cancel = options
         .cancel
         .take()
@@ -569,6 +632,7 @@ pub async fn run_on(
         }
         None => Box::pin(std::future::pending()),
     };
+    let mut for_good: Option<String> = None;
     let max_payload = colony_cluster::MAX_PAYLOAD;
     loop {
         for step in std::mem::take(&mut steps) {
@@ -606,6 +670,7 @@ pub async fn run_on(
                     }));
                     continue;
                 }
+                heard_before.insert(i);
             }
             let spec = spec_for(workflow, i, &outputs, max_payload).and_then(|(spec, recall)| {
                 let spec = match arrived.remove(&i) {
@@ -662,6 +727,13 @@ pub async fn run_on(
             break;
         }
         let (i, mut spec, ended) = tokio::select! {
+            // A cancel seen at the same time as a task's end comes first: that end may be
+            // the cancel's own.
+            biased;
+            why = &mut cancelled_for_good => {
+                for_good = Some(why);
+                break;
+            }
             Some(done) = pending.next() => done,
             Some((priority, order, i, heard)) = listening.next() => {
                 match heard {
@@ -669,6 +741,11 @@ pub async fn run_on(
                     Ok(message) => {
                         arrived.insert(i, message);
                         ready.push((priority, order, i));
+                    }
+                    // A scheduler deposed meanwhile records nothing more.
+                    Err(_) if !leads() => {
+                        halted = Some(NOT_LEADING.into());
+                        break;
                     }
                     Err(error) => {
                         release(workflow, i, &mut left, &mut outputs);
@@ -684,15 +761,8 @@ pub async fn run_on(
                 // Without a book the run ends here: so do its tasks in the cluster. With one,
                 // they run on for whoever takes the run over.
                 if booked.is_none() {
-                    cancel_in_cluster(cluster, &in_cluster, "its workflow run was cancelled").await;
+                    cancel_in_cluster(cluster, &in_cluster, "its workflow run was cancelled", false).await;
                 }
-                break;
-            }
-            why = &mut cancelled_for_good => {
-                tracing::warn!("the run was cancelled for good ({why}): its tasks in the cluster are cancelled");
-                cancelled = true;
-                // The canceller cancels what the book holds; these may not be in it yet.
-                cancel_in_cluster(cluster, &in_cluster, &why).await;
                 break;
             }
         };
@@ -702,6 +772,10 @@ pub async fn run_on(
         let end = match ended {
             Err(Stop::Halt(why)) => {
                 halted = Some(why);
+                break;
+            }
+            Err(Stop::Cancelled(why)) => {
+                for_good = Some(why);
                 break;
             }
             Err(Stop::Task(e)) => {
@@ -739,6 +813,12 @@ pub async fn run_on(
                         f.status = Status::Succeeded;
                         f.output = Some(value);
                         End::Succeeded
+                    }
+                    Checked::Failed(failed) if !together && heard_before.contains(&i) => {
+                        f.error = Some(format!(
+                            "{failed}; not sent again: the message it waited for went with the cluster task this run's book holds, before this scheduler took the run over"
+                        ));
+                        End::Failed
                     }
                     Checked::Failed(failed) if !together => {
                         let send = &mut sends[i];
@@ -793,6 +873,20 @@ pub async fn run_on(
         };
         record(&mut writer, &mut options.on_finished, &mut results, i, f);
         steps.extend(dag.on_end(&workflow.graph, i, end));
+    }
+    if let Some(why) = &for_good {
+        tracing::warn!("the run was {why}: its tasks in the cluster are cancelled");
+        cancelled = true;
+        // The canceller cancels what the book holds; these may not be in it yet. Sends under
+        // way then finish and cancel what they sent, and waits end with their records.
+        cancel_in_cluster(cluster, &in_cluster, why, true).await;
+        let drained = async { while pending.next().await.is_some() {} };
+        if tokio::time::timeout(DRAIN, drained).await.is_err() {
+            tracing::warn!(
+                "tasks of the cancelled run still being sent after {}s: they may run to their end",
+                DRAIN.as_secs()
+            );
+        }
     }
     if let (Some(why), Some(booked)) = (halted, &booked) {
         return Err(colony_runtime::Error::Options(format!(

@@ -957,17 +957,25 @@ pub async fn run(
         record(&mut writer, &mut options.on_finished, &mut results, i, f);
     }
     writer.hooks = hooks;
-    // What an earlier run's tasks published is published again, for the tasks of this run
-    // that still wait (their mailboxes are open; those of tasks done or running are not).
+    done.sort_unstable_by_key(|d| d.0);
+    // What an earlier run's tasks published is published again, in the file's order, for
+    // the tasks of this run that still wait (their mailboxes are open; those of tasks done
+    // or running are not). The mailboxes are new, so there is room at once.
     for &(i, _) in &done {
         let t = &workflow.tasks[i];
-        if let (Some(topic), Some(output)) = (&t.publish, latest[&i].output.clone())
-            && let Err(e) = crate::messages::publish(handle.messages(), &t.id, topic, output).await
-        {
+        let Some(topic) = &t.publish else {
+            continue;
+        };
+        let published = match latest[&i].output.clone() {
+            Some(output) => crate::messages::publish(handle.messages(), &t.id, topic, output)
+                .await
+                .err(),
+            None => Some("its output is gone (pruned)".into()),
+        };
+        if let Some(e) = published {
             tracing::warn!(task = %t.id, "its output from an earlier run was not published again: {e}");
         }
     }
-    done.sort_unstable_by_key(|d| d.0);
     // Watched from now on, before their needs may even have ended: they run already.
     let mut watched = watch(
         &handle,
@@ -1017,10 +1025,26 @@ pub async fn run(
                     if let Some(on) = &mut options.on_started {
                         on(&workflow.tasks[i].id);
                     }
+                    let publish = workflow.tasks[i].publish.clone();
+                    let (task, bus) = (workflow.tasks[i].id.clone(), handle.messages().clone());
                     pending.push(Box::pin(async move {
                         let completion = match ended {
                             Some(rx) => rx.await.unwrap_or(Err(colony_runtime::Error::Stopped)),
                             None => Err(colony_runtime::Error::Stopped),
+                        };
+                        // Published once it succeeded, as if this run had started it.
+                        let completion = match (completion, publish) {
+                            (Ok(mut c), Some(topic)) if c.state == TaskState::Succeeded => {
+                                let output = c.output.clone().unwrap_or_default();
+                                if let Err(e) =
+                                    crate::messages::publish(&bus, &task, &topic, output).await
+                                {
+                                    c.state = TaskState::Failed;
+                                    c.error = Some(e.into());
+                                }
+                                Ok(c)
+                            }
+                            (completion, _) => completion,
                         };
                         (i, Waited::Task(completion))
                     }) as Waiting);

@@ -508,6 +508,48 @@ fn resume_skips_what_succeeded_and_finishes_what_was_interrupted() {
     assert_eq!(count("first.count"), 3, "the edited task ran again");
 }
 
+/// A publisher interrupted mid-attempt and finished by the resumed run's recovery publishes
+/// its output then, so that a task of the resumed run waiting for it gets it (it waited out
+/// its deadline before).
+#[test]
+fn a_resumed_run_publishes_what_a_recovered_task_outputs() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().display();
+    let wf = dir.path().join("told.yaml");
+    std::fs::write(
+        &wf,
+        format!(
+            r#"name: told
+defaults: {{retries: 0, timeout: 60s}}
+agents:
+  - name: sh
+    kind: command
+    count: 2
+    command: {{program: sh, args: ["-c", "{{{{input.script}}}}"]}}
+tasks:
+  - {{id: talk, agent: sh, input: {{script: "echo run >> {d}/talk.count; sleep 2; echo said"}}, publish: words}}
+  - {{id: hear, agent: sh, input: {{script: "echo heard"}}, wait: {{topic: words, timeout: 15s}}}}
+"#
+        ),
+    )
+    .unwrap();
+    let (w, db, out) = (
+        wf.to_str().unwrap(),
+        dir.path().join("j.db"),
+        dir.path().join("out"),
+    );
+    let (db, out) = (db.to_str().unwrap(), out.to_str().unwrap());
+    common::killed_once_started(
+        &["run", w, "--db", db, "--out", out],
+        &dir.path().join("talk.count"),
+    );
+    let (stdout, stderr, code) =
+        colony(&["run", w, "--db", db, "--out", out, "--resume", "--json"]);
+    assert_eq!(code, 0, "{stderr}");
+    let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(report["succeeded"], 2, "{report}");
+}
+
 #[test]
 fn ctrl_c_twice_quits_at_once_and_leaves_no_process_behind() {
     let dir = tempfile::tempdir().unwrap();

@@ -641,6 +641,12 @@ async fn schedule(
         Ok(revision) => revision,
         Err(e) => {
             leadership.resign().await;
+            // Written done (a cancel) between the read and this write: said as done.
+            if let Ok(Some((meta, _))) = book.meta().await
+                && meta.done
+            {
+                return Ok(Scheduling::Done(meta));
+            }
             return Err(cluster_failure(e));
         }
     };
@@ -1153,16 +1159,22 @@ async fn cancel_run(cluster: &Cluster, run: &str) -> Result<(), Failure> {
             "run {run}: no such run in the cluster (a run is kept once `colony run --nats --run-id` starts it)"
         ))),
         RunCancel::AlreadyDone { meta } => Err(Failure::work(anyhow::anyhow!(
-            "run {run}: done already ({}), nothing changed",
-            meta.cancelled.clone().unwrap_or_else(|| run_counts(&meta))
+            "run {run}: finished already ({}), nothing changed",
+            run_counts(&meta)
         ))),
         RunCancel::Cancelled {
+            again,
+            why,
             cancelled,
             ended,
             failed,
         } => {
+            let how = match again {
+                true => format!("cancelled already ({why})"),
+                false => "cancelled".to_owned(),
+            };
             println!(
-                "run {run}: cancelled; of its tasks in the cluster, {cancelled} cancelled, {ended} had ended"
+                "run {run}: {how}; of its tasks in the cluster, {cancelled} cancelled, {ended} had ended"
             );
             for why in &failed {
                 eprintln!("{why}");
@@ -1184,6 +1196,7 @@ fn run_counts(meta: &colony_cluster::runs::RunMeta) -> String {
     let counts: Vec<String> = meta
         .counts
         .iter()
+        .filter(|(_, v)| **v > 0)
         .map(|(k, v)| format!("{v} {k}"))
         .collect();
     counts.join(", ")
