@@ -1298,6 +1298,7 @@ async fn the_cluster_bench_checks_its_votes_and_says_what_missed() {
         in_flight: 64,
         payload_bytes: 2,
         voters: 3,
+        command: None,
     };
     let report = bench::run(&server.url(), settings(), &options)
         .await
@@ -1321,7 +1322,7 @@ async fn the_cluster_bench_checks_its_votes_and_says_what_missed() {
         settings(),
         &BenchOptions {
             voters: 9,
-            ..options
+            ..options.clone()
         },
     )
     .await
@@ -1330,5 +1331,56 @@ async fn the_cluster_bench_checks_its_votes_and_says_what_missed() {
     assert!(
         err.contains("--voters 9 is more than the 8 agents"),
         "{err}"
+    );
+    // A process per task (`command` agents): `true` succeeds each, judged against the
+    // target for processes; `false` fails each, and the verdict says so.
+    let report = bench::run(
+        &server.url(),
+        settings(),
+        &BenchOptions {
+            tasks: 100,
+            voters: 0,
+            command: Some("true".into()),
+            ..options.clone()
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        (report.unsucceeded, report.attempts),
+        (0, 100),
+        "{report:?}"
+    );
+    assert_eq!(report.command.as_deref(), Some("true"));
+    assert!(
+        report
+            .verdict
+            .problems
+            .iter()
+            .all(|p| p.starts_with("R1") || p.contains("the target is 1000/s")),
+        "{:?}",
+        report.verdict
+    );
+    let report = bench::run(
+        &server.url(),
+        settings(),
+        &BenchOptions {
+            tasks: 10,
+            voters: 0,
+            command: Some("false".into()),
+            ..options
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(report.unsucceeded, 10, "{report:?}");
+    assert!(
+        report
+            .verdict
+            .problems
+            .iter()
+            .any(|p| p.contains("10 of 10 tasks did not succeed")),
+        "{:?}",
+        report.verdict
     );
 }

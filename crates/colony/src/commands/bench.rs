@@ -240,6 +240,10 @@ pub(crate) struct ClusterArgs {
     /// decided as they voted; the tasks/s target is not judged); 0: plain tasks.
     #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=1_000))]
     voters: u32,
+    /// The nodes' agents run this program once per task (`command` agents) instead of sims;
+    /// the target is then 1,000 tasks/s. Mind --agents: each runs a process at once.
+    #[arg(long, value_name = "PROGRAM")]
+    command: Option<String>,
     /// Print the report as JSON, verdict included.
     #[arg(long)]
     json: bool,
@@ -289,6 +293,7 @@ fn cluster(args: &ClusterArgs) -> Result<(), Failure> {
         in_flight: usize::try_from(args.in_flight).unwrap_or(1024),
         payload_bytes: usize::try_from(args.payload_bytes).unwrap_or(2),
         voters: args.voters,
+        command: args.command.clone(),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
