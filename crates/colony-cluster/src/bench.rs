@@ -164,13 +164,14 @@ pub async fn run(
                     voters,
                     options: colony_core::decision::DecisionOptions::default(),
                     reputation: false,
+                    role_weights: Default::default(),
                 };
-                let (client, spec) = (&client, &spec);
+                let (client, spec, decide) = (&client, &spec, &decide);
                 let mut going = futures::stream::iter(0..total)
                     .map(|_| async move {
                         let at = Instant::now();
                         client
-                            .submit_decided(spec, &decide, None)
+                            .submit_decided(spec, decide, None)
                             .await
                             .map(|s| (s.id, at))
                     })

@@ -218,7 +218,7 @@ impl Cluster {
         decide: &Decide,
         id: Option<String>,
     ) -> Result<Submitted, Error> {
-        self.submit_together(spec, &Together::Vote(*decide), id)
+        self.submit_together(spec, &Together::Vote(decide.clone()), id)
             .await
     }
 
@@ -253,11 +253,14 @@ impl Cluster {
         // task and commit one agent's output as if decided or worked: refused while one
         // serves the role.
         let what = match together {
-            Together::Vote(_) => "decides no vote",
-            Together::Team(_) => "forms no team",
+            Together::Vote(d) if !d.role_weights.is_empty() => {
+                "weighs no roles in a vote (it would refuse the vote's header)"
+            }
+            Together::Vote(_) => "decides no vote (it would run the task as a plain one)",
+            Together::Team(_) => "forms no team (it would run the task as a plain one)",
         };
         let can = |n: &NodeInfo| match together {
-            Together::Vote(_) => n.votes,
+            Together::Vote(d) => n.votes && (d.role_weights.is_empty() || n.weights),
             Together::Team(_) => n.teams,
         };
         let role = spec.requirement.role.as_deref();
@@ -268,7 +271,7 @@ impl Cluster {
             .find(|n| !can(n) && role.is_none_or(|r| n.roles.iter().any(|own| own == r)))
         {
             return Err(Error::Task(format!(
-                "node {} serves {} but runs a colony that {what} (it would run the task as a plain one): upgrade or drain it first",
+                "node {} serves {} but runs a colony that {what}: upgrade or drain it first",
                 old.name,
                 role.map_or_else(|| "tasks of any role".to_owned(), |r| format!("role `{r}`"))
             )));

@@ -43,6 +43,10 @@ pub struct NodeInfo {
     /// It forms the teams of the tasks that carry one (`Colony-Team`); as for `votes`.
     #[serde(default)]
     pub teams: bool,
+    /// It weighs a vote's voters by role (`role-weights` in `Colony-Decide`); a node from
+    /// before would refuse such a vote's header.
+    #[serde(default)]
+    pub weights: bool,
 }
 
 /// One tier of a node's hierarchy: its agents, and those down (crashed, waiting for a

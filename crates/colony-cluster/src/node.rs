@@ -259,6 +259,7 @@ impl Node {
             unhealthy: 0,
             votes: true,
             teams: true,
+            weights: true,
         };
         let mut info = info;
         let patience = Duration::from_secs(1);
@@ -1279,7 +1280,10 @@ async fn run(
         Some(Together::Vote(decide)) => (
             None,
             Box::pin(async move {
-                let voting = handle.decide(local, decide.vote()).await.map_err(refused)?;
+                let voting = handle
+                    .decide(local, decide.vote(&handle.pools()))
+                    .await
+                    .map_err(refused)?;
                 let decided = voting.outcome().await.map_err(lost)?;
                 Ok(Finished::of_decision(&decided))
             }),

@@ -9,7 +9,7 @@ use colony_core::{
 };
 use colony_runtime::{decision::Vote, team::Team};
 use serde::{Deserialize, Serialize};
-use std::{sync::Arc, time::Duration};
+use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
 const KEY: &str = "Colony-Key";
 const ROLE: &str = "Colony-Role";
@@ -35,7 +35,7 @@ pub enum Together {
 /// A task decided by vote: how, as it crosses NATS in the `Colony-Decide` header. The node
 /// that takes the task seats the voters among its own agents (distinct workers that can run
 /// it) and records the decided value as the task's output.
-#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
 pub struct Decide {
     /// Distinct workers asked, each once.
@@ -44,30 +44,61 @@ pub struct Decide {
     /// Under `weighted` and `confidence`, each voter weighs its reputation on its node.
     #[serde(default)]
     pub reputation: bool,
+    /// Under `weighted` and `confidence`, the weight of the voters of each role: on the node
+    /// that takes the vote, its pools of that role; roles not listed weigh 1. Absent from
+    /// the header when empty, so that nodes from before weights read the rest.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub role_weights: BTreeMap<String, f64>,
 }
 
+/// Most roles a vote across the cluster weighs.
+pub(crate) const MAX_WEIGHED_ROLES: usize = 64;
+
 impl Decide {
-    /// What a runtime's vote asks, as the cluster carries it. Pool weights name one
-    /// runtime's pools, which a node's are not: refused, saying so.
-    pub fn of(vote: &Vote) -> Result<Self, String> {
-        if !vote.pool_weights.is_empty() {
-            return Err(
-                "weighs voters by the pools of one runtime, and a cluster's nodes host pools of their own: weigh them by reputation instead, or run without --nats".into(),
-            );
+    /// What a runtime's vote asks, as the cluster carries it: its pool weights become weights
+    /// of the pools' roles (`roles[i]`, pool `i`'s), since a cluster's nodes host pools of
+    /// their own. Pools of one role weighed differently are refused, saying so.
+    pub fn of(vote: &Vote, roles: &[&str]) -> Result<Self, String> {
+        let mut role_weights: BTreeMap<String, f64> = BTreeMap::new();
+        for (i, &w) in vote.pool_weights.iter().enumerate() {
+            let Some(&role) = roles.get(i) else {
+                return Err(format!(
+                    "weighs pool {i}, and there are {} pools",
+                    roles.len()
+                ));
+            };
+            match role_weights.insert(role.to_owned(), w) {
+                Some(other) if other != w => {
+                    return Err(format!(
+                        "weighs pools of role `{role}` both {other} and {w}, and a cluster weighs voters by role (each node's pools are its own): give the pools of a role one weight"
+                    ));
+                }
+                _ => {}
+            }
         }
+        role_weights.retain(|_, w| *w != 1.0);
         Ok(Self {
             voters: vote.voters,
             options: vote.options,
             reputation: vote.reputation,
+            role_weights,
         })
     }
 
-    /// The vote a node's runtime takes.
-    pub fn vote(&self) -> Vote {
+    /// The vote a node's runtime takes among its `pools` (by index, as
+    /// `colony_runtime::Handle::pools` lists them): each pool weighs its role's weight.
+    pub fn vote(&self, pools: &[(colony_core::agent::AgentSpec, u64)]) -> Vote {
+        let pool_weights = match self.role_weights.is_empty() {
+            true => Vec::new(),
+            false => pools
+                .iter()
+                .map(|(spec, _)| self.role_weights.get(&*spec.role).copied().unwrap_or(1.0))
+                .collect(),
+        };
         Vote {
             voters: self.voters,
             options: self.options,
-            pool_weights: Vec::new(),
+            pool_weights,
             reputation: self.reputation,
         }
     }
@@ -75,9 +106,22 @@ impl Decide {
     /// Refuses what every node's runtime would refuse, so that such a vote is refused when
     /// sent rather than tried on node after node.
     fn check(&self) -> Result<(), String> {
+        if self.role_weights.len() > MAX_WEIGHED_ROLES {
+            return Err(format!(
+                "weighs {} roles: at most {MAX_WEIGHED_ROLES}",
+                self.role_weights.len()
+            ));
+        }
+        let max = colony_core::decision::MAX_WEIGHT;
+        for (role, w) in &self.role_weights {
+            crate::settings::check_role(role).map_err(|e| format!("a weight's {e}"))?;
+            if !(0.0..=max).contains(w) {
+                return Err(format!("role `{role}` weighs {w}: allowed 0 up to {max}"));
+            }
+        }
         // The runtime's own check of a vote; then what its engine checks once it has the
         // voters, which the number of them decides.
-        self.vote().validate().map_err(|e| match e {
+        self.vote(&[]).validate().map_err(|e| match e {
             colony_runtime::Error::Decision(why) => why,
             e => e.to_string(),
         })?;
@@ -434,25 +478,53 @@ mod tests {
             reputation: true,
             ..Vote::new(7, options)
         };
-        let decide = Decide::of(&vote).unwrap();
-        let vote_of = Together::Vote(decide);
+        let decide = Decide::of(&vote, &[]).unwrap();
+        let vote_of = Together::Vote(decide.clone());
         let headers = TaskMessage::headers(&TaskSpec::default(), "x", Some(&vote_of)).unwrap();
         let read = TaskMessage::together(Some(&headers)).unwrap().unwrap();
         assert_eq!(read, vote_of);
-        assert_eq!(decide.vote(), vote);
+        assert_eq!(decide.vote(&[]), vote);
         // A plain task is no vote.
         let plain = TaskMessage::headers(&TaskSpec::default(), "x", None).unwrap();
         assert_eq!(TaskMessage::together(Some(&plain)).unwrap(), None);
-        // Pool weights name one runtime's pools: refused, saying so.
+        // Pool weights cross as their pools' roles' weights (1 is left out), and weigh a
+        // node's pools of those roles; pools of one role weighed differently are refused.
         let weighed = Vote {
-            pool_weights: vec![2.0],
+            pool_weights: vec![2.0, 1.0, 2.0],
             ..vote.clone()
         };
-        assert!(
-            Decide::of(&weighed)
-                .unwrap_err()
-                .contains("pools of one runtime")
+        let by_role = Decide::of(&weighed, &["gpt", "llama", "gpt"]).unwrap();
+        assert_eq!(
+            by_role.role_weights,
+            BTreeMap::from([("gpt".to_owned(), 2.0)])
         );
+        let with = Together::Vote(by_role.clone());
+        let headers = TaskMessage::headers(&TaskSpec::default(), "x", Some(&with)).unwrap();
+        assert_eq!(
+            TaskMessage::together(Some(&headers)).unwrap().unwrap(),
+            with
+        );
+        let pools = [
+            (colony_core::agent::AgentSpec::new("sim", "llama"), 3),
+            (colony_core::agent::AgentSpec::new("sim", "gpt"), 2),
+        ];
+        assert_eq!(by_role.vote(&pools).pool_weights, vec![1.0, 2.0]);
+        let err = Decide::of(&weighed, &["gpt", "llama", "llama"]).unwrap_err();
+        assert!(err.contains("pools of role `llama` both 1 and 2"), "{err}");
+        assert!(Decide::of(&weighed, &["gpt"]).is_err());
+        // A weight out of range, or of a role that cannot be one: named when sent.
+        for (role, w, says) in [
+            ("gpt", 2e6, "role `gpt` weighs 2000000"),
+            ("a.b", 2.0, "a weight's"),
+        ] {
+            let bad = Decide {
+                role_weights: BTreeMap::from([(role.to_owned(), w)]),
+                ..by_role.clone()
+            };
+            let err = TaskMessage::headers(&TaskSpec::default(), "x", Some(&Together::Vote(bad)))
+                .unwrap_err();
+            assert!(err.contains(says), "{err}");
+        }
         // Out of range, written or read: named.
         let none = Decide {
             voters: 0,

@@ -895,6 +895,7 @@ async fn a_vote_is_decided_once_by_the_node_that_takes_it() {
         voters,
         options: DecisionOptions::default(),
         reputation: false,
+        role_weights: Default::default(),
     };
 
     // A slow node takes the first vote; it drains while the ballots are out.
@@ -934,7 +935,7 @@ async fn a_vote_is_decided_once_by_the_node_that_takes_it() {
     };
     let mut votes = Vec::new();
     for i in 0..6 {
-        let how = if i % 2 == 0 { majority(3) } else { bft };
+        let how = if i % 2 == 0 { majority(3) } else { bft.clone() };
         let spec = task(Some("voter"), format!("\"answer {i}\""), 3);
         let s = client
             .submit_decided(&spec, &how, Some(format!("vote-{i}")))
@@ -1101,12 +1102,13 @@ async fn a_node_busy_with_votes_leaves_the_next_to_a_node_with_free_voters() {
             ..DecisionOptions::default()
         },
         reputation: false,
+        role_weights: Default::default(),
     };
     let busy = runtime("voter", 6, Duration::from_secs(8)).await;
     let busy_node = join(&server, &busy, "busy").await;
     let submit = |answer: String| {
         let spec = task(Some("voter"), format!("\"{answer}\""), 1);
-        let client = client.clone();
+        let (client, three) = (client.clone(), three.clone());
         async move { client.submit_decided(&spec, &three, None).await.unwrap() }
     };
     let at_once = futures::future::join_all((0..3).map(|i| submit(format!("vote {i}")))).await;
@@ -1383,4 +1385,60 @@ async fn the_cluster_bench_checks_its_votes_and_says_what_missed() {
         "{:?}",
         report.verdict
     );
+}
+
+/// A vote's weights cross the cluster by role: the node that takes it weighs each of its
+/// pools by the pool's role. Three voters of role `wa` say `x`, two of role `wb` say `y`:
+/// each weighing 1, `x` wins; with `wb` at 2, `y` does (4 against 3).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vote_weighs_its_voters_by_the_roles_of_the_nodes_pools() {
+    use colony_agents::command::{Command, CommandOptions};
+    use colony_cluster::Decide;
+    use colony_core::decision::{DecisionOptions, Protocol};
+    let dir = tempfile::tempdir().unwrap();
+    let server = tokio::task::block_in_place(|| NatsServer::single(dir.path())).unwrap();
+    let client = cluster(&server).await;
+    let saying = |role: &str, word: &str, n: u32| {
+        let options = CommandOptions {
+            args: vec!["-c".into(), format!("echo {word}")],
+            ..CommandOptions::new("sh")
+        };
+        Pool::new(
+            AgentSpec::new("command", role),
+            n,
+            Arc::new(Command::new(options)),
+        )
+    };
+    let rt = start(vec![saying("wa", "x", 3), saying("wb", "y", 2)]).await;
+    let node = join(&server, &rt, "weigher").await;
+    let plain = Decide {
+        voters: 5,
+        options: DecisionOptions {
+            protocol: Protocol::Weighted,
+            ..DecisionOptions::default()
+        },
+        reputation: false,
+        role_weights: Default::default(),
+    };
+    let weighed = Decide {
+        role_weights: [("wb".to_owned(), 2.0)].into(),
+        ..plain.clone()
+    };
+    // The decision ends once its outcome is certain: `x` with its three ballots (3 of 5);
+    // weighed, `x` can reach only 3 of 7, and `y` wins with its two (4 of 7).
+    for (how, wins) in [(plain, "x"), (weighed, "y")] {
+        // No role: the voters are seated among both pools.
+        let s = client
+            .submit_decided(&task(None, "1".into(), 1), &how, None)
+            .await
+            .unwrap();
+        let row = ended(&client, s.id).await;
+        assert_eq!(row.state, TaskState::Succeeded, "{row:?}");
+        let output = String::from_utf8_lossy(row.output.as_deref().unwrap()).into_owned();
+        assert_eq!(output.trim(), wins, "{row:?}");
+        let d = row.decision.unwrap();
+        assert_eq!((d.voters, d.reason.as_deref()), (5, None), "{d:?}");
+    }
+    node.drain().await;
+    rt.shutdown().await;
 }

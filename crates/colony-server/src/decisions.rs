@@ -49,6 +49,10 @@ pub(crate) struct NewDecision {
     /// (as `/v1/pools` lists them); pools past the list's end weigh 1.
     #[serde(default)]
     weights: Vec<f64>,
+    /// Under `weighted` and `confidence`, the weight of each role's voters (of the pools of
+    /// that role); roles not listed weigh 1. Not with `weights`.
+    #[serde(default)]
+    role_weights: std::collections::BTreeMap<String, f64>,
     /// Under `weighted` and `confidence`, each voter also weighs its reputation.
     #[serde(default)]
     reputation: bool,
@@ -91,10 +95,23 @@ impl NewDecision {
                 pools.len()
             ));
         }
+        if !self.weights.is_empty() && !self.role_weights.is_empty() {
+            return Err(
+                "decide.weights and decide.role-weights both weigh the voters: give one".into(),
+            );
+        }
+        // Weights by role weigh each pool of the role.
+        let pool_weights = match self.role_weights.is_empty() {
+            true => self.weights,
+            false => pools
+                .iter()
+                .map(|(spec, _)| self.role_weights.get(&*spec.role).copied().unwrap_or(1.0))
+                .collect(),
+        };
         Ok(Vote {
             voters: self.voters,
             options,
-            pool_weights: self.weights,
+            pool_weights,
             reputation: self.reputation,
         })
     }
@@ -102,15 +119,20 @@ impl NewDecision {
 
 impl NewDecision {
     /// The vote as a cluster carries it (`colony serve --nats`): the node that takes the task
-    /// seats the voters among its own agents. Pool weights are refused: they name pools by
-    /// this server's index, and a cluster's nodes host pools of their own.
-    pub(crate) fn for_cluster(self) -> Result<colony_cluster::Decide, String> {
+    /// seats the voters among its own agents, each weighing its role's `role-weights`. Pool
+    /// weights by index are refused: a cluster's nodes host pools of their own.
+    pub(crate) fn for_cluster(mut self) -> Result<colony_cluster::Decide, String> {
         if !self.weights.is_empty() {
             return Err(
-                "decide.weights weighs pools by index, and a cluster's nodes host pools of their own: weigh voters by reputation instead".into(),
+                "decide.weights weighs pools by index, and a cluster's nodes host pools of their own: weigh voters by role (decide.role-weights) or by reputation instead".into(),
             );
         }
-        colony_cluster::Decide::of(&self.vote(&[])?).map_err(|e| format!("decide {e}"))
+        // Checked with the rest when the task is sent (roles, range, how many).
+        let role_weights = std::mem::take(&mut self.role_weights);
+        let mut decide =
+            colony_cluster::Decide::of(&self.vote(&[])?, &[]).map_err(|e| format!("decide {e}"))?;
+        decide.role_weights = role_weights;
+        Ok(decide)
     }
 }
 

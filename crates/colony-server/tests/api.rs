@@ -1166,6 +1166,11 @@ async fn a_task_with_decide_is_voted_on_and_its_decision_followed() {
             "bad-decision",
             "decide.weights",
         ),
+        (
+            json!({"voters": 3, "protocol": "weighted", "weights": [1], "role-weights": {"x": 2}}),
+            "bad-decision",
+            "give one",
+        ),
     ] {
         let r = post("/v1/tasks", json!({"payload": 1, "decide": decide}))
             .await

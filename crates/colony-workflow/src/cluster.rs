@@ -89,6 +89,12 @@ impl std::fmt::Debug for ClusterOptions {
     }
 }
 
+/// The role of each of the workflow's pools, by index: a vote's pool weights cross the
+/// cluster as weights of the pools' roles.
+fn pool_roles(workflow: &Workflow) -> Vec<&str> {
+    workflow.pools.iter().map(|p| &*p.spec.role).collect()
+}
+
 /// What a run across a cluster cannot carry, each naming the task or pool and why; empty when
 /// it can run.
 pub fn refusals(workflow: &Workflow) -> Vec<String> {
@@ -98,7 +104,7 @@ pub fn refusals(workflow: &Workflow) -> Vec<String> {
             out.push(format!("task `{}`: {what} {why}", t.id));
         };
         if let Some(vote) = &t.decide
-            && let Err(why) = colony_cluster::Decide::of(vote)
+            && let Err(why) = colony_cluster::Decide::of(vote, &pool_roles(workflow))
         {
             refuse("`decide`", &why);
         }
@@ -468,7 +474,7 @@ fn together_of(
     }
     Ok(t.decide
         .as_ref()
-        .and_then(|vote| colony_cluster::Decide::of(vote).ok())
+        .and_then(|vote| colony_cluster::Decide::of(vote, &pool_roles(workflow)).ok())
         .map(colony_cluster::Together::Vote))
 }
 

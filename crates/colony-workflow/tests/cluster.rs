@@ -20,7 +20,10 @@ fn what_needs_one_runtime_is_refused_naming_the_task_and_why() {
 agents:
   - { name: sim, kind: sim, count: 4 }
   - { name: paced, kind: sim, rate-per-minute: 60 }
+  - { name: gpt-a, kind: sim, role: gpt }
+  - { name: gpt-b, kind: sim, role: gpt }
 tasks:
+  - { id: clash, role: gpt, decide: { voters: 2, protocol: weighted, weights: { gpt-a: 2 } } }
   - { id: vote, agent: sim, decide: { voters: 3 } }
   - { id: weighed, agent: sim, decide: { voters: 3, protocol: weighted, weights: { sim: 2 } } }
   - { id: talk, agent: sim, publish: words }
@@ -35,7 +38,7 @@ tasks:
     let refused = refusals(&workflow);
     let has = |needle: &str| refused.iter().any(|r| r.contains(needle));
     for (what, why) in [
-        ("task `weighed`: `decide`", "pools of one runtime"),
+        ("task `clash`: `decide`", "pools of role `gpt` both 2 and 1"),
         ("task `made`: `expect: files`", "this machine"),
         ("task `changed`: `expect: git-diff`", "git checkout"),
         ("pool `paced`: `rate`", "paces"),
@@ -50,6 +53,7 @@ tasks:
     for carried in [
         "`plain`",
         "`vote`",
+        "`weighed`",
         "`keep`",
         "`look`",
         "`talk`",

@@ -444,6 +444,7 @@ fn a_node_killed_mid_decision_leaves_it_to_another_decided_once() {
                 ..DecisionOptions::default()
             },
             reputation: false,
+            role_weights: Default::default(),
         };
         let ids: Vec<u64> = rt.block_on(async {
             let mut ids = Vec::new();
@@ -1175,6 +1176,36 @@ fn serve_over_the_cluster_takes_tasks_and_one_server_leads_the_scaling() {
     let (code, body) = send(port, "POST", "/v1/tasks", &[], reputed);
     assert_eq!(code, 422, "{body}");
     assert!(body.contains("weighted and confidence protocols"), "{body}");
+    // Weights by role cross the cluster: refused when a role cannot be one, else decided.
+    let bad_role = r#"{"payload": 1, "decide": {"voters": 3, "protocol": "weighted", "role-weights": {"a.b": 2}}}"#;
+    let (code, body) = send(port, "POST", "/v1/tasks", &[], bad_role);
+    assert_eq!(code, 422, "{body}");
+    assert!(
+        body.contains("a weight's") && body.contains("a.b"),
+        "{body}"
+    );
+    let by_role = r#"{"payload": {"n": 11, "sleep": 0}, "role": "sh", "decide": {"voters": 3, "protocol": "weighted", "role-weights": {"sh": 2}}}"#;
+    let (code, body) = send(port, "POST", "/v1/tasks", &[], by_role);
+    assert_eq!(code, 202, "{body}");
+    let weighed_id = serde_json::from_str::<serde_json::Value>(&body).unwrap()["id"]
+        .as_u64()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (code, body) = fetch(port, &format!("/v1/tasks/{weighed_id}"));
+        assert_eq!(code, 200, "{body}");
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        if v["state"] == "succeeded" {
+            assert_eq!(v["output"], "task-11-done", "{v}");
+            assert_eq!(v["decision"]["protocol"], "weighted", "{v}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the weighed vote did not end: {v}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let (code, body) = send(
         port,
         "POST",
@@ -1612,7 +1643,7 @@ tasks:
     let refused = dir.path().join("vote.yaml");
     std::fs::write(
         &refused,
-        "name: vote\nagents:\n  - name: sh\n    kind: sim\n    count: 3\ntasks:\n  - id: v\n    agent: sh\n    decide: { voters: 3, protocol: weighted, weights: { sh: 2 } }\n",
+        "name: vote\nagents:\n  - { name: sh-a, kind: sim, role: sh }\n  - { name: sh-b, kind: sim, role: sh }\ntasks:\n  - id: v\n    role: sh\n    decide: { voters: 3, protocol: weighted, weights: { sh-a: 2 } }\n",
     )
     .unwrap();
     let run = Command::new(COLONY)
@@ -1623,7 +1654,7 @@ tasks:
     let stderr = String::from_utf8_lossy(&run.stderr);
     assert_eq!(run.status.code(), Some(2), "{stderr}");
     assert!(
-        stderr.contains("task `v`: `decide` weighs voters by the pools of one runtime"),
+        stderr.contains("task `v`: `decide` weighs pools of role `sh` both 2 and 1"),
         "{stderr}"
     );
     a.stop();

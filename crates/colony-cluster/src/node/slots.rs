@@ -236,6 +236,7 @@ mod tests {
 
     fn vote(voters: u32) -> Together {
         Together::Vote(Decide {
+            role_weights: Default::default(),
             voters,
             options: DecisionOptions::default(),
             reputation: false,
