@@ -213,8 +213,8 @@ pub async fn run(
             && !ended.contains_key(&id)
         {
             ended.insert(id, (Instant::now(), row.state));
-            // The sim voters echo the question, and a program's output is the same for
-            // every voter: a vote is decided by all of them as one.
+            // The sim voters echo the question: a vote is decided by all of them as one (with
+            // `command`, as long as the program says the same each time, as `true` does).
             let decided = row
                 .decision
                 .as_ref()

@@ -40,7 +40,10 @@ pub use journal::{JetStreamJournal, JournalOptions};
 pub use membership::{NodeInfo, RoleSlots, TierCount};
 pub use node::{Node, NodeOptions, NodeReport, Readiness};
 pub use settings::{MAX_KEY, MAX_PAYLOAD, MAX_RECORD, Settings, check_role};
-pub use wire::{Decide, DecisionSummary, Row, TaskMessage, TeamSummary, Together};
+pub use wire::{
+    Decide, DecisionSummary, MAX_WEIGHED_ROLES, Row, TaskMessage, TeamSummary, Together,
+    check_role_weights,
+};
 
 /// Why the cluster could not do what it was asked.
 #[derive(Debug, thiserror::Error)]

@@ -51,8 +51,39 @@ pub struct Decide {
     pub role_weights: BTreeMap<String, f64>,
 }
 
-/// Most roles a vote across the cluster weighs.
-pub(crate) const MAX_WEIGHED_ROLES: usize = 64;
+/// Most roles a vote weighs.
+pub const MAX_WEIGHED_ROLES: usize = 64;
+
+/// Refuses weights by role that no vote under `protocol` can take: more than
+/// [`MAX_WEIGHED_ROLES`], a name no role can have, a weight out of range, or any weight
+/// under a protocol that does not count them.
+pub fn check_role_weights(
+    weights: &BTreeMap<String, f64>,
+    protocol: Protocol,
+) -> Result<(), String> {
+    if weights.is_empty() {
+        return Ok(());
+    }
+    if !matches!(protocol, Protocol::Weighted | Protocol::Confidence) {
+        return Err(format!(
+            "weights count only under the weighted and confidence protocols, and this vote is {protocol}"
+        ));
+    }
+    if weights.len() > MAX_WEIGHED_ROLES {
+        return Err(format!(
+            "weighs {} roles: at most {MAX_WEIGHED_ROLES}",
+            weights.len()
+        ));
+    }
+    let max = colony_core::decision::MAX_WEIGHT;
+    for (role, w) in weights {
+        crate::settings::check_role(role).map_err(|e| format!("a weight's {e}"))?;
+        if !(0.0..=max).contains(w) {
+            return Err(format!("role `{role}` weighs {w}: allowed 0 up to {max}"));
+        }
+    }
+    Ok(())
+}
 
 impl Decide {
     /// What a runtime's vote asks, as the cluster carries it: its pool weights become weights
@@ -104,21 +135,9 @@ impl Decide {
     }
 
     /// Refuses what every node's runtime would refuse, so that such a vote is refused when
-    /// sent rather than tried on node after node.
-    fn check(&self) -> Result<(), String> {
-        if self.role_weights.len() > MAX_WEIGHED_ROLES {
-            return Err(format!(
-                "weighs {} roles: at most {MAX_WEIGHED_ROLES}",
-                self.role_weights.len()
-            ));
-        }
-        let max = colony_core::decision::MAX_WEIGHT;
-        for (role, w) in &self.role_weights {
-            crate::settings::check_role(role).map_err(|e| format!("a weight's {e}"))?;
-            if !(0.0..=max).contains(w) {
-                return Err(format!("role `{role}` weighs {w}: allowed 0 up to {max}"));
-            }
-        }
+    /// sent (or before a workflow run starts) rather than tried on node after node.
+    pub fn check(&self) -> Result<(), String> {
+        check_role_weights(&self.role_weights, self.options.protocol)?;
         // The runtime's own check of a vote; then what its engine checks once it has the
         // voters, which the number of them decides.
         self.vote(&[]).validate().map_err(|e| match e {

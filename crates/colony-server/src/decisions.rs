@@ -100,6 +100,8 @@ impl NewDecision {
                 "decide.weights and decide.role-weights both weigh the voters: give one".into(),
             );
         }
+        colony_cluster::check_role_weights(&self.role_weights, options.protocol)
+            .map_err(|e| format!("decide.role-weights: {e}"))?;
         // Weights by role weigh each pool of the role.
         let pool_weights = match self.role_weights.is_empty() {
             true => self.weights,
@@ -121,14 +123,16 @@ impl NewDecision {
     /// The vote as a cluster carries it (`colony serve --nats`): the node that takes the task
     /// seats the voters among its own agents, each weighing its role's `role-weights`. Pool
     /// weights by index are refused: a cluster's nodes host pools of their own.
-    pub(crate) fn for_cluster(mut self) -> Result<colony_cluster::Decide, String> {
+    pub(crate) fn for_cluster(self) -> Result<colony_cluster::Decide, String> {
         if !self.weights.is_empty() {
             return Err(
                 "decide.weights weighs pools by index, and a cluster's nodes host pools of their own: weigh voters by role (decide.role-weights) or by reputation instead".into(),
             );
         }
-        // Checked with the rest when the task is sent (roles, range, how many).
-        let role_weights = std::mem::take(&mut self.role_weights);
+        // Checked as a local vote's are (roles, range, how many, the protocol); a weight of
+        // 1 is no weight.
+        let mut role_weights = self.role_weights.clone();
+        role_weights.retain(|_, w| *w != 1.0);
         let mut decide =
             colony_cluster::Decide::of(&self.vote(&[])?, &[]).map_err(|e| format!("decide {e}"))?;
         decide.role_weights = role_weights;

@@ -1171,6 +1171,16 @@ async fn a_task_with_decide_is_voted_on_and_its_decision_followed() {
             "bad-decision",
             "give one",
         ),
+        (
+            json!({"voters": 3, "role-weights": {"x": 2}}),
+            "bad-decision",
+            "count only under the weighted and confidence protocols",
+        ),
+        (
+            json!({"voters": 3, "protocol": "weighted", "role-weights": {"x": 5e7}}),
+            "bad-decision",
+            "role `x` weighs 50000000",
+        ),
     ] {
         let r = post("/v1/tasks", json!({"payload": 1, "decide": decide}))
             .await

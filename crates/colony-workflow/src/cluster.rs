@@ -89,10 +89,28 @@ impl std::fmt::Debug for ClusterOptions {
     }
 }
 
-/// The role of each of the workflow's pools, by index: a vote's pool weights cross the
-/// cluster as weights of the pools' roles.
-fn pool_roles(workflow: &Workflow) -> Vec<&str> {
-    workflow.pools.iter().map(|p| &*p.spec.role).collect()
+/// Task `t`'s vote as the cluster carries it: the weights of the pools that can run it as
+/// weights of their roles (a pool that cannot run it seats no voter, so its weight counts
+/// for nothing), checked as a node would check it.
+fn decide_of(
+    workflow: &Workflow,
+    t: &crate::TaskDef,
+    vote: &colony_runtime::decision::Vote,
+) -> Result<colony_cluster::Decide, String> {
+    let (mut weights, mut roles) = (Vec::new(), Vec::new());
+    for (p, &w) in workflow.pools.iter().zip(&vote.pool_weights) {
+        if p.spec.satisfies(&t.requirement) {
+            weights.push(w);
+            roles.push(&*p.spec.role);
+        }
+    }
+    let vote = colony_runtime::decision::Vote {
+        pool_weights: weights,
+        ..vote.clone()
+    };
+    let decide = colony_cluster::Decide::of(&vote, &roles)?;
+    decide.check()?;
+    Ok(decide)
 }
 
 /// What a run across a cluster cannot carry, each naming the task or pool and why; empty when
@@ -104,7 +122,7 @@ pub fn refusals(workflow: &Workflow) -> Vec<String> {
             out.push(format!("task `{}`: {what} {why}", t.id));
         };
         if let Some(vote) = &t.decide
-            && let Err(why) = colony_cluster::Decide::of(vote, &pool_roles(workflow))
+            && let Err(why) = decide_of(workflow, t, vote)
         {
             refuse("`decide`", &why);
         }
@@ -398,6 +416,7 @@ fn submit_and_wait(
                                 "task {id} of a cancelled run was not cancelled in the cluster: {e}"
                             );
                         }
+                        in_cluster.ended(i);
                         return Err(Stop::Cancelled(why));
                     }
                     let revision = match &book {
@@ -412,16 +431,32 @@ fn submit_and_wait(
                     (id, revision)
                 }
             };
-            in_cluster.sent(i, id);
+            // Held by the book and first waited for as the run stopped for good: cancelled
+            // here too, in case the cancel's own list missed it.
+            if let Some(why) = in_cluster.sent(i, id) {
+                if let Err(e) = cluster.cancel(id, &why).await {
+                    tracing::warn!(
+                        "task {id} of a cancelled run was not cancelled in the cluster: {e}"
+                    );
+                }
+                in_cluster.ended(i);
+                return Err(Stop::Cancelled(why));
+            }
             let row = cluster.wait(id).await.map_err(fail);
             in_cluster.ended(i);
             let row = row?;
-            // Cancelled because the run was: said so, not as the task's failure.
-            if let (TaskState::Cancelled, Some((book, _))) = (row.state, &book)
-                && let Ok(Some((meta, _))) = book.meta().await
-                && let Some(why) = meta.cancelled
-            {
-                return Err(Stop::Cancelled(why));
+            // Cancelled because the run was: said so, not as the task's failure. A book that
+            // cannot be read now stops this scheduler rather than call the task failed.
+            if let (TaskState::Cancelled, Some((book, _))) = (row.state, &book) {
+                match book.meta().await {
+                    Ok(Some((meta, _))) => {
+                        if let Some(why) = meta.cancelled {
+                            return Err(Stop::Cancelled(why));
+                        }
+                    }
+                    Ok(None) => {}
+                    Err(e) => return Err(Stop::Halt(e.to_string())),
+                }
             }
             let checked = match (row.state, &row.output) {
                 (TaskState::Succeeded, output) => {
@@ -458,8 +493,9 @@ fn submit_and_wait(
 }
 
 /// How several agents of a node work task `i` in the cluster, if they do: decided by vote
-/// (its pool weights were refused before the run started, see [`refusals`]), or by a team
-/// sized from `spec`'s payload. Why the team cannot be formed, when it cannot.
+/// (its pool weights as their roles', checked before the run started, see [`refusals`]), or
+/// by a team sized from `spec`'s payload. Why the vote cannot go or the team cannot be
+/// formed, when it cannot.
 fn together_of(
     workflow: &Workflow,
     i: usize,
@@ -472,10 +508,10 @@ fn together_of(
             .map_err(|e| format!("the team could not be formed: {e}"))?;
         return Ok(Some(colony_cluster::Together::Team(Box::new(team))));
     }
-    Ok(t.decide
+    t.decide
         .as_ref()
-        .and_then(|vote| colony_cluster::Decide::of(vote, &pool_roles(workflow)).ok())
-        .map(colony_cluster::Together::Vote))
+        .map(|vote| decide_of(workflow, t, vote).map(colony_cluster::Together::Vote))
+        .transpose()
 }
 
 const NOT_LEADING: &str = "this process no longer leads the run";
@@ -733,11 +769,20 @@ pub async fn run_on(
             break;
         }
         let (i, mut spec, ended) = tokio::select! {
-            // A cancel seen at the same time as a task's end comes first: that end may be
-            // the cancel's own.
+            // A cancel seen at the same time as a task's end comes first (that end may be
+            // the cancel's own), then Ctrl-C, then ends and messages.
             biased;
             why = &mut cancelled_for_good => {
                 for_good = Some(why);
+                break;
+            }
+            () = &mut cancel => {
+                cancelled = true;
+                // Without a book the run ends here: so do its tasks in the cluster. With one,
+                // they run on for whoever takes the run over.
+                if booked.is_none() {
+                    cancel_in_cluster(cluster, &in_cluster, "its workflow run was cancelled", false).await;
+                }
                 break;
             }
             Some(done) = pending.next() => done,
@@ -761,15 +806,6 @@ pub async fn run_on(
                     }
                 }
                 continue;
-            }
-            () = &mut cancel => {
-                cancelled = true;
-                // Without a book the run ends here: so do its tasks in the cluster. With one,
-                // they run on for whoever takes the run over.
-                if booked.is_none() {
-                    cancel_in_cluster(cluster, &in_cluster, "its workflow run was cancelled", false).await;
-                }
-                break;
             }
         };
         let t = &workflow.tasks[i];

@@ -22,7 +22,12 @@ agents:
   - { name: paced, kind: sim, rate-per-minute: 60 }
   - { name: gpt-a, kind: sim, role: gpt }
   - { name: gpt-b, kind: sim, role: gpt }
+  - { name: gpt-v, kind: sim, role: gpt, count: 2, capabilities: [vision] }
 tasks:
+  - id: sees
+    role: gpt
+    capabilities: [vision]
+    decide: { voters: 2, protocol: weighted, weights: { gpt-v: 2 } }
   - { id: clash, role: gpt, decide: { voters: 2, protocol: weighted, weights: { gpt-a: 2 } } }
   - { id: vote, agent: sim, decide: { voters: 3 } }
   - { id: weighed, agent: sim, decide: { voters: 3, protocol: weighted, weights: { sim: 2 } } }
@@ -54,6 +59,7 @@ tasks:
         "`plain`",
         "`vote`",
         "`weighed`",
+        "`sees`",
         "`keep`",
         "`look`",
         "`talk`",

@@ -90,9 +90,10 @@ pub(crate) enum Command {
     /// workflow, whether it is done and how it ended, its scheduler and term.
     Runs(RunsArgs),
     /// Cancel tasks: a waiting one is dropped from the stream, a running one is stopped on
-    /// its node, and none is reported succeeded afterwards. With --run, a workflow run kept
-    /// in the cluster, for good: its scheduler stops, a standby or rerun sends nothing, and
-    /// its tasks are cancelled. Exit 1 if any had ended already or could not be cancelled.
+    /// its node, and none is reported succeeded afterwards; exit 1 if any had ended already or
+    /// could not be cancelled. With --run, a workflow run kept in the cluster, for good: its
+    /// scheduler stops, a standby or rerun sends nothing, and its tasks are cancelled (again,
+    /// if it was cancelled before); exit 1 if it had finished or a task could not be.
     Cancel(CancelArgs),
 }
 
