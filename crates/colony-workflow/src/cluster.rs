@@ -410,15 +410,7 @@ fn submit_and_wait(
                         }
                     };
                     // Sent as the run stopped for good: cancelled here, as no one else knows it.
-                    if let Some(why) = in_cluster.sent(i, id) {
-                        if let Err(e) = cluster.cancel(id, &why).await {
-                            tracing::warn!(
-                                "task {id} of a cancelled run was not cancelled in the cluster: {e}"
-                            );
-                        }
-                        in_cluster.ended(i);
-                        return Err(Stop::Cancelled(why));
-                    }
+                    noted(&cluster, &in_cluster, i, id).await?;
                     let revision = match &book {
                         Some((book, _)) => {
                             if !leads() {
@@ -433,15 +425,7 @@ fn submit_and_wait(
             };
             // Held by the book and first waited for as the run stopped for good: cancelled
             // here too, in case the cancel's own list missed it.
-            if let Some(why) = in_cluster.sent(i, id) {
-                if let Err(e) = cluster.cancel(id, &why).await {
-                    tracing::warn!(
-                        "task {id} of a cancelled run was not cancelled in the cluster: {e}"
-                    );
-                }
-                in_cluster.ended(i);
-                return Err(Stop::Cancelled(why));
-            }
+            noted(&cluster, &in_cluster, i, id).await?;
             let row = cluster.wait(id).await.map_err(fail);
             in_cluster.ended(i);
             let row = row?;
@@ -490,6 +474,19 @@ fn submit_and_wait(
         .await;
         (i, spec, ended)
     })
+}
+
+/// Notes that task `i` is in the cluster as `id`. If the run stopped for good meanwhile, the
+/// task is cancelled here (the canceller may not know it) and the run's stop is returned.
+async fn noted(cluster: &Cluster, in_cluster: &InCluster, i: usize, id: u64) -> Result<(), Stop> {
+    let Some(why) = in_cluster.sent(i, id) else {
+        return Ok(());
+    };
+    if let Err(e) = cluster.cancel(id, &why).await {
+        tracing::warn!("task {id} of a cancelled run was not cancelled in the cluster: {e}");
+    }
+    in_cluster.ended(i);
+    Err(Stop::Cancelled(why))
 }
 
 /// How several agents of a node work task `i` in the cluster, if they do: decided by vote

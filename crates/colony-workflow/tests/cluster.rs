@@ -14,6 +14,54 @@ use colony_workflow::{
 };
 use std::{path::Path, sync::Arc, time::Duration};
 
+/// A real `nats-server`, node `n` on it with `agents` sim agents of role `sim` (they echo
+/// their payload: what reached them is their output), and a client of the cluster.
+struct OneNode {
+    server: testing::NatsServer,
+    rt: Runtime,
+    node: Node,
+    client: colony_cluster::Cluster,
+}
+
+async fn one_node(dir: &Path, agents: u32) -> OneNode {
+    let server = tokio::task::block_in_place(|| testing::NatsServer::single(dir)).unwrap();
+    let settings = Settings {
+        replicas: 1,
+        ack_wait: Duration::from_secs(2),
+        heartbeat_ttl: Duration::from_secs(3),
+        ..Settings::default()
+    };
+    let url = server.url();
+    let connect = || testing::connect(&url, settings.clone(), Duration::from_secs(20));
+    let sim = Sim::new(SimOptions::default()).unwrap();
+    let pool = Pool::new(AgentSpec::new("sim", "sim"), agents, Arc::new(sim));
+    let rt = Runtime::start(
+        RuntimeOptions::default(),
+        vec![pool],
+        Arc::new(MemoryJournal::new()),
+    )
+    .await
+    .unwrap();
+    let node = Node::start(
+        connect().await.unwrap(),
+        rt.handle().clone(),
+        NodeOptions {
+            name: "n".into(),
+            max_in_flight: 16,
+            drain_timeout: Duration::from_secs(5),
+        },
+    )
+    .await
+    .unwrap();
+    let client = connect().await.unwrap();
+    OneNode {
+        server,
+        rt,
+        node,
+        client,
+    }
+}
+
 #[test]
 fn what_needs_one_runtime_is_refused_naming_the_task_and_why() {
     let yaml = r#"name: w
@@ -81,36 +129,12 @@ tasks:
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cluster_run_remembers_recalls_votes_and_forms_teams() {
     let dir = tempfile::tempdir().unwrap();
-    let server = tokio::task::block_in_place(|| testing::NatsServer::single(dir.path())).unwrap();
-    let settings = Settings {
-        replicas: 1,
-        ack_wait: Duration::from_secs(2),
-        heartbeat_ttl: Duration::from_secs(3),
-        ..Settings::default()
-    };
-    let url = server.url();
-    let connect = || testing::connect(&url, settings.clone(), Duration::from_secs(20));
-    // The node's sim agents echo their payload: what reached them is their output.
-    let sim = Sim::new(SimOptions::default()).unwrap();
-    let pool = Pool::new(AgentSpec::new("sim", "sim"), 3, Arc::new(sim));
-    let rt = Runtime::start(
-        RuntimeOptions::default(),
-        vec![pool],
-        Arc::new(MemoryJournal::new()),
-    )
-    .await
-    .unwrap();
-    let node = Node::start(
-        connect().await.unwrap(),
-        rt.handle().clone(),
-        NodeOptions {
-            name: "n".into(),
-            max_in_flight: 16,
-            drain_timeout: Duration::from_secs(5),
-        },
-    )
-    .await
-    .unwrap();
+    let OneNode {
+        server: _server,
+        rt,
+        node,
+        client,
+    } = one_node(dir.path(), 3).await;
     let yaml = r#"name: mem
 agents:
   - { name: sim, kind: sim, count: 3 }
@@ -132,7 +156,6 @@ tasks:
     let workflow = parse(yaml, "mem.yaml", dir.path()).unwrap();
     assert_eq!(refusals(&workflow), Vec::<String>::new());
     let out = dir.path().join("out");
-    let client = connect().await.unwrap();
     let run = run_on(
         &client,
         &workflow,
@@ -224,36 +247,12 @@ tasks:
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cluster_run_links_tasks_by_a_topic() {
     let dir = tempfile::tempdir().unwrap();
-    let server = tokio::task::block_in_place(|| testing::NatsServer::single(dir.path())).unwrap();
-    let settings = Settings {
-        replicas: 1,
-        ack_wait: Duration::from_secs(2),
-        heartbeat_ttl: Duration::from_secs(3),
-        ..Settings::default()
-    };
-    let url = server.url();
-    let connect = || testing::connect(&url, settings.clone(), Duration::from_secs(20));
-    // The node's sim agents echo their payload: what reached them is their output.
-    let sim = Sim::new(SimOptions::default()).unwrap();
-    let pool = Pool::new(AgentSpec::new("sim", "sim"), 2, Arc::new(sim));
-    let rt = Runtime::start(
-        RuntimeOptions::default(),
-        vec![pool],
-        Arc::new(MemoryJournal::new()),
-    )
-    .await
-    .unwrap();
-    let node = Node::start(
-        connect().await.unwrap(),
-        rt.handle().clone(),
-        NodeOptions {
-            name: "n".into(),
-            max_in_flight: 16,
-            drain_timeout: Duration::from_secs(5),
-        },
-    )
-    .await
-    .unwrap();
+    let OneNode {
+        server: _server,
+        rt,
+        node,
+        client,
+    } = one_node(dir.path(), 2).await;
     // `listen` is first in the file, so ready first: it waits while `plan` runs.
     let yaml = r#"name: talk
 agents:
@@ -266,7 +265,6 @@ tasks:
 "#;
     let workflow = parse(yaml, "talk.yaml", dir.path()).unwrap();
     assert_eq!(refusals(&workflow), Vec::<String>::new());
-    let client = connect().await.unwrap();
     let run = run_on(
         &client,
         &workflow,

@@ -1660,6 +1660,39 @@ tasks:
     a.stop();
 }
 
+/// `colony run --nats --run-id RUN --lease 2s --json` of `workflow`, its results in
+/// `NAME-out` and its stderr in `NAME.run.stderr` under `dir`.
+fn scheduler(dir: &Path, url: &str, workflow: &Path, run: &str, name: &str) -> Child {
+    let stderr = std::fs::File::create(dir.join(format!("{name}.run.stderr"))).unwrap();
+    Command::new(COLONY)
+        .args([
+            "run", "--nats", url, "--run-id", run, "--lease", "2s", "--json",
+        ])
+        .arg("--out")
+        .arg(dir.join(format!("{name}-out")))
+        .arg(workflow)
+        .env_remove("COLONY_NATS")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(stderr)
+        .spawn()
+        .unwrap()
+}
+
+/// What scheduler `name` (see [`scheduler`]) wrote on stderr so far.
+fn stderr_of(dir: &Path, name: &str) -> String {
+    std::fs::read_to_string(dir.join(format!("{name}.run.stderr"))).unwrap()
+}
+
+/// Waits up to 30 s for `done`, naming `what` and node `a`'s executions if it does not come.
+fn until(what: &str, done: &dyn Fn() -> bool, a: &NodeProc) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !done() {
+        assert!(Instant::now() < deadline, "{what}: {:?}", a.executions());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// `colony run --nats --run-id`: of two processes with one run id, one schedules and the
 /// other stands by. The scheduler is killed (`kill -9`) while a task runs; the standby takes
 /// the run over within the lease and a second, waits for the task that was sent rather than
@@ -1690,32 +1723,9 @@ tasks:
 "#,
     )
     .unwrap();
-    let scheduler = |name: &str| {
-        let stderr = std::fs::File::create(dir.path().join(format!("{name}.run.stderr"))).unwrap();
-        Command::new(COLONY)
-            .args([
-                "run", "--nats", &url, "--run-id", "r1", "--lease", "2s", "--json",
-            ])
-            .arg("--out")
-            .arg(dir.path().join(format!("{name}-out")))
-            .arg(&workflow)
-            .env_remove("COLONY_NATS")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(stderr)
-            .spawn()
-            .unwrap()
-    };
-    let stderr_of = |name: &str| {
-        std::fs::read_to_string(dir.path().join(format!("{name}.run.stderr"))).unwrap()
-    };
-    let until = |what: &str, done: &dyn Fn() -> bool| {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !done() {
-            assert!(Instant::now() < deadline, "{what}: {:?}", a.executions());
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    };
+    let scheduler = |name: &str| scheduler(dir.path(), &url, &workflow, "r1", name);
+    let stderr_of = |name: &str| stderr_of(dir.path(), name);
+    let until = |what: &str, done: &dyn Fn() -> bool| until(what, done, &a);
     let mut first = scheduler("first");
     until("the first scheduler runs a task", &|| {
         a.executions().contains(&1)
@@ -1913,32 +1923,9 @@ tasks:
 "#,
     )
     .unwrap();
-    let scheduler = |run: &str, name: &str| {
-        let stderr = std::fs::File::create(dir.path().join(format!("{name}.run.stderr"))).unwrap();
-        Command::new(COLONY)
-            .args([
-                "run", "--nats", &url, "--run-id", run, "--lease", "2s", "--json",
-            ])
-            .arg("--out")
-            .arg(dir.path().join(format!("{name}-out")))
-            .arg(&workflow)
-            .env_remove("COLONY_NATS")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(stderr)
-            .spawn()
-            .unwrap()
-    };
-    let stderr_of = |name: &str| {
-        std::fs::read_to_string(dir.path().join(format!("{name}.run.stderr"))).unwrap()
-    };
-    let until = |what: &str, done: &dyn Fn() -> bool| {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !done() {
-            assert!(Instant::now() < deadline, "{what}: {:?}", a.executions());
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    };
+    let scheduler = |run: &str, name: &str| scheduler(dir.path(), &url, &workflow, run, name);
+    let stderr_of = |name: &str| stderr_of(dir.path(), name);
+    let until = |what: &str, done: &dyn Fn() -> bool| until(what, done, &a);
     // Within 15 s, with its code and what it printed.
     let ended = |mut child: Child| {
         let deadline = Instant::now() + Duration::from_secs(15);
