@@ -1458,3 +1458,72 @@ async fn readiness_follows_the_runtime_and_liveness_the_process() {
     assert_eq!(r.status(), 200);
     server.stop();
 }
+
+/// In-process agents that always say `word`, inside their handler.
+struct Says(&'static [u8]);
+
+impl colony_agents::Agent for Says {
+    fn answers_inline(&self) -> bool {
+        true
+    }
+
+    fn handle(&self, _task: colony_agents::Task) -> colony_agents::Execution {
+        colony_agents::Execution::Done(Ok(bytes::Bytes::from_static(self.0)))
+    }
+}
+
+/// `decide.role-weights` weighs each pool of a role: three voters of role `wa` say `x`, two
+/// of role `wb` say `y`; each weighing 1, `x` wins; with `wb` at 2, `y` does (4 against 3).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_decision_weighs_its_voters_by_role() {
+    let pool = |role: &str, n: u32, word: &'static [u8]| {
+        colony_runtime::Pool::new(
+            colony_agents::AgentSpec::new("says", role),
+            n,
+            std::sync::Arc::new(Says(word)),
+        )
+    };
+    let journal = std::sync::Arc::new(colony_journal::MemoryJournal::new());
+    let runtime = Runtime::start(
+        RuntimeOptions::default(),
+        vec![pool("wa", 3, b"x"), pool("wb", 2, b"y")],
+        journal,
+    )
+    .await
+    .unwrap();
+    let (server, url) = serve(&runtime, local()).await;
+    let client = reqwest::Client::new();
+    for (weights, wins) in [(json!({}), "x"), (json!({"wb": 2}), "y")] {
+        let r = client
+            .post(format!("{url}/v1/tasks"))
+            .json(&json!({"payload": 1, "decide": {
+                "voters": 5, "protocol": "weighted", "role-weights": weights}}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 202);
+        let id = json(r).await["decision"].as_u64().unwrap();
+        let decided = colony_server::testing::until(
+            Duration::from_secs(10),
+            Duration::from_millis(10),
+            || {
+                let (client, url) = (client.clone(), url.clone());
+                async move {
+                    let r = client
+                        .get(format!("{url}/v1/decisions/{id}"))
+                        .send()
+                        .await
+                        .ok()?;
+                    let view = json(r).await;
+                    (view["state"] != "open").then_some(view)
+                }
+            },
+        )
+        .await
+        .expect("the decision ended");
+        assert_eq!(decided["state"], "decided", "{decided}");
+        assert_eq!(decided["value"], wins, "{decided}");
+    }
+    server.stop();
+    runtime.shutdown().await;
+}
