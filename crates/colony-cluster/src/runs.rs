@@ -45,7 +45,12 @@ pub fn check_run_id(run: &str) -> Result<(), Error> {
             run.chars().take(80).collect::<String>()
         )));
     }
-    crate::settings::check_name("run id", run)
+    crate::settings::check_name("run id", run).map_err(|_| {
+        Error::Settings(format!(
+            "run id `{}`: use letters, digits, `_` and `-` only, at most {MAX_RUN_ID}",
+            colony_core::text::shorten(run, 80)
+        ))
+    })
 }
 
 /// A run as its book says.

@@ -949,6 +949,24 @@ async fn event_streams_are_capped_and_a_closed_one_frees_its_place() {
     runtime.shutdown().await;
 }
 
+/// Decision `id` as `GET /v1/decisions/{id}` shows it once it is no longer open, within 10 s.
+async fn decision_ended(client: &reqwest::Client, url: &str, id: u64) -> Value {
+    colony_server::testing::until(Duration::from_secs(10), Duration::from_millis(10), || {
+        let (client, url) = (client.clone(), url.to_owned());
+        async move {
+            let r = client
+                .get(format!("{url}/v1/decisions/{id}"))
+                .send()
+                .await
+                .ok()?;
+            let view = json(r).await;
+            (view["state"] != "open").then_some(view)
+        }
+    })
+    .await
+    .expect("the decision ended")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_task_with_decide_is_voted_on_and_its_decision_followed() {
     let (runtime, server, url) = start().await;
@@ -960,30 +978,7 @@ async fn a_task_with_decide_is_voted_on_and_its_decision_followed() {
             .body(body.to_string())
             .send()
     };
-    let ended = |id: u64| {
-        let client = client.clone();
-        let url = url.clone();
-        async move {
-            colony_server::testing::until(
-                Duration::from_secs(10),
-                Duration::from_millis(10),
-                || {
-                    let (client, url) = (client.clone(), url.clone());
-                    async move {
-                        let r = client
-                            .get(format!("{url}/v1/decisions/{id}"))
-                            .send()
-                            .await
-                            .ok()?;
-                        let view = json(r).await;
-                        (view["state"] != "open").then_some(view)
-                    }
-                },
-            )
-            .await
-            .expect("the decision ended")
-        }
-    };
+    let ended = |id: u64| decision_ended(&client, &url, id);
     // Sim agents answer with the payload: five voters, each sure of "yes".
     let r = post(
         "/v1/tasks",
@@ -1503,24 +1498,7 @@ async fn a_decision_weighs_its_voters_by_role() {
             .unwrap();
         assert_eq!(r.status(), 202);
         let id = json(r).await["decision"].as_u64().unwrap();
-        let decided = colony_server::testing::until(
-            Duration::from_secs(10),
-            Duration::from_millis(10),
-            || {
-                let (client, url) = (client.clone(), url.clone());
-                async move {
-                    let r = client
-                        .get(format!("{url}/v1/decisions/{id}"))
-                        .send()
-                        .await
-                        .ok()?;
-                    let view = json(r).await;
-                    (view["state"] != "open").then_some(view)
-                }
-            },
-        )
-        .await
-        .expect("the decision ended");
+        let decided = decision_ended(&client, &url, id).await;
         assert_eq!(decided["state"], "decided", "{decided}");
         assert_eq!(decided["value"], wins, "{decided}");
     }

@@ -15,7 +15,8 @@
 //! and passed its checks. So are the run's topics (`wait:`, `publish:`): a message bus of this
 //! process links the run's tasks, a task waiting here, unsent, for its message, and an output
 //! published here once it came back. What needs one runtime is refused before anything starts
-//! ([`refusals`]): votes that weigh pools, paced pools, and checks that read this machine's
+//! ([`refusals`]): votes whose weights a cluster cannot carry (pools of one role weighed
+//! differently: weights cross as roles'), paced pools, and checks that read this machine's
 //! files or git checkout while the task runs on a node.
 //!
 //! With a run's book ([`Booked`]: `colony run --nats --run-id`), what is sent is written to
@@ -409,8 +410,6 @@ fn submit_and_wait(
                                 .id
                         }
                     };
-                    // Sent as the run stopped for good: cancelled here, as no one else knows it.
-                    noted(&cluster, &in_cluster, i, id).await?;
                     let revision = match &book {
                         Some((book, _)) => {
                             if !leads() {
@@ -423,8 +422,8 @@ fn submit_and_wait(
                     (id, revision)
                 }
             };
-            // Held by the book and first waited for as the run stopped for good: cancelled
-            // here too, in case the cancel's own list missed it.
+            // Sent, or held by the book and first waited for, as the run stopped for good:
+            // cancelled here, as the canceller may not know it.
             noted(&cluster, &in_cluster, i, id).await?;
             let row = cluster.wait(id).await.map_err(fail);
             in_cluster.ended(i);

@@ -1103,6 +1103,10 @@ async fn runs(args: &RunsArgs) -> Result<(), Failure> {
 
 /// `colony cluster cancel ID...`.
 async fn cancel(args: &CancelArgs) -> Result<(), Failure> {
+    // A run id no run can have is refused before any wait for the cluster.
+    if let Some(run) = &args.run {
+        colony_cluster::runs::check_run_id(run).map_err(Failure::input)?;
+    }
     let settings = args.nats.settings(None)?;
     let cluster = args.nats.connect(settings, false).await?;
     let who = std::env::var("USER").unwrap_or_else(|_| "someone".into());
