@@ -496,28 +496,87 @@ impl Cluster {
         }
     }
 
-    /// Records as they are written from now on (a task started, retried, ended), each with
-    /// its task's id, for a live view. A record that cannot be read is left out; the watch
-    /// failing (NATS gone) is told as an error, and the stream ends after it.
-    pub async fn records(
-        &self,
-    ) -> Result<impl futures::Stream<Item = Result<(u64, Row), Error>> + Send + 'static, Error>
-    {
-        let watch = self
-            .tasks
-            .watch_all()
+    /// Records as they are written (a task started, retried, ended), each with its task's
+    /// id, where it is in the bucket and when the bucket took it, from `from` on. A watch
+    /// that would start more than `most` records back starts `most` sequences before the
+    /// last instead (`Watch::cut`), so a busy cluster's past is not read whole. A record that
+    /// cannot be read is left out; the watch failing (NATS gone) is told as an error, and
+    /// the stream ends after it.
+    pub async fn records(&self, from: RecordsFrom, most: u64) -> Result<Watch, Error> {
+        use jetstream::consumer::{DeliverPolicy, ReplayPolicy, push::OrderedConfig};
+        let watching = |e: &dyn std::fmt::Display| Error::nats("watching the task records", e);
+        let filter = format!("{}{}.>", self.tasks.prefix, self.epoch);
+        let make = |deliver_policy| {
+            self.tasks.stream.create_consumer(OrderedConfig {
+                deliver_subject: self.client.new_inbox(),
+                description: Some("colony: a watch of the task records".into()),
+                filter_subject: filter.clone(),
+                replay_policy: ReplayPolicy::Instant,
+                deliver_policy,
+                ..Default::default()
+            })
+        };
+        let policy = match from {
+            RecordsFrom::Now => DeliverPolicy::New,
+            RecordsFrom::Since(ms) => DeliverPolicy::ByStartTime {
+                start_time: async_nats::datetime::from_nanos(i128::from(ms) * 1_000_000)
+                    .map_err(|e| watching(&e))?,
+            },
+            RecordsFrom::After(revision) => DeliverPolicy::ByStartSequence {
+                start_sequence: revision.saturating_add(1),
+            },
+        };
+        let mut consumer = make(policy).await.map_err(|e| watching(&e))?;
+        let mut cut = false;
+        if consumer.cached_info().num_pending > most {
+            // Too far back: the last `most` sequences (fewer records, as a record written
+            // again leaves its older sequence empty).
+            let name = consumer.cached_info().name.clone();
+            let last = self
+                .tasks
+                .stream
+                .clone()
+                .info()
+                .await
+                .map_err(|e| watching(&e))?
+                .state
+                .last_sequence;
+            let _ = self.tasks.stream.delete_consumer(&name).await;
+            consumer = make(DeliverPolicy::ByStartSequence {
+                start_sequence: last.saturating_sub(most) + 1,
+            })
             .await
-            .map_err(|e| Error::nats("watching the task records", e))?;
-        let prefix = format!("{}.", self.epoch);
-        Ok(watch
-            .filter_map(move |entry| {
-                let record = match entry {
-                    Ok(entry) => (|| {
-                        let id = entry.key.strip_prefix(&prefix)?.parse().ok()?;
-                        let row = Row::decode(&entry.value).ok()?;
-                        (entry.operation == kv::Operation::Put).then_some(Ok((id, row)))
+            .map_err(|e| watching(&e))?;
+            cut = true;
+        }
+        let backlog = consumer.cached_info().num_pending;
+        let messages = consumer.messages().await.map_err(|e| watching(&e))?;
+        let prefix = format!("{}{}.", self.tasks.prefix, self.epoch);
+        let records = messages
+            .enumerate()
+            .filter_map(move |(n, message)| {
+                let record = match message {
+                    Ok(message) => (|| {
+                        let deleted = message
+                            .headers
+                            .as_ref()
+                            .and_then(|h| h.get("KV-Operation"))
+                            .is_some();
+                        let info = message.info().ok()?;
+                        let id = message.subject.strip_prefix(&prefix)?.parse().ok()?;
+                        let row = Row::decode(&message.payload).ok()?;
+                        let written_ms =
+                            u64::try_from(info.published.unix_timestamp_nanos() / 1_000_000)
+                                .unwrap_or(0);
+                        (!deleted).then_some(Ok(Record {
+                            id,
+                            row,
+                            revision: info.stream_sequence,
+                            written_ms,
+                            earlier: (n as u64) < backlog,
+                        }))
                     })(),
-                    Err(e) => Some(Err(Error::nats("watching the task records", e))),
+                    Err(e) => Some(Err(watching(&e))),
                 };
                 std::future::ready(record)
             })
@@ -528,7 +587,9 @@ impl Cluster {
                 }
                 *ended = record.is_err();
                 std::future::ready(Some(record))
-            }))
+            })
+            .boxed();
+        Ok(Watch { records, cut })
     }
 
     /// Task `id`'s record, if it has started.
@@ -860,4 +921,44 @@ mod tests {
         assert_eq!(shown("nats://u:p@a:4222/x@y"), "nats://a:4222/x@y");
         assert_eq!(shown("a:4222"), "a:4222");
     }
+}
+
+/// Where a watch of the task records ([`Cluster::records`]) starts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RecordsFrom {
+    /// With the next record written.
+    Now,
+    /// With the first record written at or after this time (milliseconds since the epoch,
+    /// by the bucket's clock).
+    Since(u64),
+    /// With the first record written after this one (its revision in the bucket).
+    After(u64),
+}
+
+/// A watch of the task records.
+pub struct Watch {
+    pub records: futures::stream::BoxStream<'static, Result<Record, Error>>,
+    /// It starts later than asked, as it would have read more than it was allowed.
+    pub cut: bool,
+}
+
+impl std::fmt::Debug for Watch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Watch")
+            .field("cut", &self.cut)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A task's record as the watch read it.
+#[derive(Clone, Debug)]
+pub struct Record {
+    pub id: u64,
+    pub row: Row,
+    /// Its place in the bucket: a later write has a higher one.
+    pub revision: u64,
+    /// When the bucket took it, by the stream leader's clock.
+    pub written_ms: u64,
+    /// It was in the bucket already when the watch was made.
+    pub earlier: bool,
 }

@@ -35,7 +35,9 @@ mod settings;
 pub mod testing;
 mod wire;
 
-pub use client::{Cancel, Cluster, RoleStatus, Status, Submitted, TaskView};
+pub use client::{
+    Cancel, Cluster, Record, RecordsFrom, RoleStatus, Status, Submitted, TaskView, Watch,
+};
 pub use journal::{JetStreamJournal, JournalOptions};
 pub use membership::{NodeInfo, RoleSlots, TierCount};
 pub use node::{Node, NodeOptions, NodeReport, Readiness};

@@ -449,7 +449,8 @@ async fn a_run_book_refuses_a_write_over_what_another_scheduler_wrote() {
 }
 
 /// The records' stream tells each task's records as nodes write them, from when it opened;
-/// a node's heartbeat tells its hierarchy.
+/// a watch made later reads them again from a time or after a revision, bounded; a node's
+/// heartbeat tells its hierarchy.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_records_stream_tells_each_record_as_it_is_written() {
     use futures::StreamExt;
@@ -458,25 +459,83 @@ async fn the_records_stream_tells_each_record_as_it_is_written() {
     let client = cluster(&server).await;
     let ra = runtime("worker", 4, Duration::from_millis(1)).await;
     let node = join(&server, &ra, "a").await;
-    let records = client.records().await.unwrap();
-    let mut records = Box::pin(records);
+    use colony_cluster::{Record, RecordsFrom};
+    let started_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let watch = client.records(RecordsFrom::Now, u64::MAX).await.unwrap();
+    assert!(!watch.cut);
+    let mut records = watch.records;
     let specs: Vec<TaskSpec> = (0..3)
         .map(|i| task(Some("worker"), format!("{{\"i\":{i}}}"), 1))
         .collect();
     let submitted = client.submit(&specs, None).await.unwrap();
     let mut ended = std::collections::BTreeSet::new();
+    let mut ends = Vec::new();
     while ended.len() < 3 {
-        let (id, row) = tokio::time::timeout(Duration::from_secs(20), records.next())
+        let record: Record = tokio::time::timeout(Duration::from_secs(20), records.next())
             .await
             .expect("a record in time")
             .expect("the stream goes on")
             .expect("the watch holds");
-        assert!(submitted.iter().any(|s| s.id == id), "{id}");
+        let Record { id, row, .. } = &record;
+        assert!(submitted.iter().any(|s| s.id == *id), "{id}");
         assert_eq!(row.node, "a");
+        assert!(!record.earlier, "{record:?}");
+        assert!(record.written_ms + 5_000 >= started_ms, "{record:?}");
         if row.state == colony_core::task::TaskState::Succeeded {
-            ended.insert(id);
+            ended.insert(*id);
+            ends.push(record);
         }
     }
+    // Read again later: from a time, every end is there, as written before the watch; after
+    // the first end's revision, the others; bounded to one sequence, at most one, and cut.
+    let ended_ids = |watch: colony_cluster::Watch, n: usize| async move {
+        let mut ids = std::collections::BTreeSet::new();
+        let mut records = watch.records;
+        while ids.len() < n {
+            let record = tokio::time::timeout(Duration::from_secs(20), records.next())
+                .await
+                .expect("a record in time")
+                .expect("the stream goes on")
+                .expect("the watch holds");
+            assert!(record.earlier, "{record:?}");
+            if record.row.state == colony_core::task::TaskState::Succeeded {
+                ids.insert(record.id);
+            }
+        }
+        ids
+    };
+    let again = client
+        .records(
+            RecordsFrom::Since(started_ms.saturating_sub(1_000)),
+            u64::MAX,
+        )
+        .await
+        .unwrap();
+    assert!(!again.cut);
+    assert_eq!(ended_ids(again, 3).await, ended);
+    let after = client
+        .records(RecordsFrom::After(ends[0].revision), u64::MAX)
+        .await
+        .unwrap();
+    let rest: std::collections::BTreeSet<u64> = ends[1..].iter().map(|r| r.id).collect();
+    assert_eq!(ended_ids(after, 2).await, rest);
+    let bounded = client
+        .records(RecordsFrom::Since(started_ms.saturating_sub(1_000)), 1)
+        .await
+        .unwrap();
+    assert!(bounded.cut);
+    let mut records = bounded.records;
+    let mut read = 0;
+    while let Ok(Some(record)) =
+        tokio::time::timeout(Duration::from_millis(1_500), records.next()).await
+    {
+        assert!(record.unwrap().earlier);
+        read += 1;
+    }
+    assert!(read <= 1, "{read} records read of a watch bounded to one");
     // The node's heartbeat tells its runtime's hierarchy: its tiers, the workers last.
     let status = client.status().await.unwrap();
     let tiers = &status.nodes[0].tiers;

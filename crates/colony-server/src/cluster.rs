@@ -30,7 +30,7 @@ use axum::{
     response::{IntoResponse, Response},
     routing::{get, post},
 };
-use colony_cluster::{Cluster, TaskView, leadership::Observer};
+use colony_cluster::{Cluster, Record, RecordsFrom, TaskView, Watch, leadership::Observer};
 use colony_core::task::TaskState;
 use serde::Deserialize;
 use serde_json::json;
@@ -49,8 +49,6 @@ pub(crate) struct ClusterApp {
     streams: Arc<tokio::sync::Semaphore>,
     feed: Arc<Feed>,
     max_streams: usize,
-    /// What this server saw of the records since it started, for `/v1/history`.
-    seen: Seen,
 }
 
 impl FromRef<Arc<ClusterApp>> for Gate {
@@ -77,6 +75,10 @@ pub async fn serve_cluster(
         None => None,
     };
     let tokens = config.tokens.is_some();
+    // The history starts as far back as the dashboard's chart reaches: read again from the
+    // records, so that a server started anew shows what went before it.
+    let history_start = now_ms().saturating_sub(KEEP_SECONDS as u64 * 1000);
+    let cluster_for_feed = cluster.clone();
     let app = Arc::new(ClusterApp {
         cluster,
         gate: Gate::new(config.tokens, config.rate_limit, tls.is_some()),
@@ -84,10 +86,8 @@ pub async fn serve_cluster(
         period,
         streams: Arc::new(tokio::sync::Semaphore::new(config.max_streams)),
         max_streams: config.max_streams,
-        feed: Arc::new(Feed::new()),
-        seen: Seen::new(now_ms()),
+        feed: Feed::start(cluster_for_feed, history_start).await,
     });
-    colony_runtime::spawner::Spawner::spawn("cluster-tally", tally(app.clone()));
     let router = router(app);
     let bind = |source| Error::Bind { addr, source };
     let listener = tokio::net::TcpListener::bind(addr).await.map_err(bind)?;
@@ -541,110 +541,138 @@ async fn scaling(State(app): State<Arc<ClusterApp>>, Path(role): Path<String>) -
     }
 }
 
-/// One watch of the task records per server, shared by its event streams: each stream gets
-/// the small events, not every record's output, and NATS serves one watch, not one per
-/// browser. The watch runs while a stream listens: for as long as the server runs, as its own
-/// tally ([`tally`]) listens from the start.
+/// One watch of the task records per server, for as long as it runs: it counts them for
+/// `/v1/history` ([`Seen`]) and tells the event streams the small events, not every record's
+/// output, so NATS serves one watch, not one per browser. It starts as far back as the
+/// history keeps (those records are the history's, not the streams'), and a watch made again
+/// (NATS was out of reach) goes on after the last record read, so that none written
+/// meanwhile is missed.
 #[derive(Debug)]
 pub(crate) struct Feed {
     tx: tokio::sync::broadcast::Sender<FeedEvent>,
-    watching: tokio::sync::Mutex<bool>,
+    seen: Seen,
+    /// Where the first watch starts, in milliseconds since the epoch.
+    start_ms: u64,
+    /// The revision of the last record read; 0 before the first.
+    last: std::sync::atomic::AtomicU64,
 }
 
-type Records =
-    futures::stream::BoxStream<'static, Result<(u64, colony_cluster::Row), colony_cluster::Error>>;
+/// The most records a watch reads of the past, the history's or what was written while
+/// NATS was out of reach: a busy cluster writes millions in the history's span.
+const MOST_RECORDS_BACK: u64 = 200_000;
 
-/// An event of the feed: a `task` record (as sent, and its state), or the watch `failed`
+/// An event of the feed for the streams: a `task` record, as sent, or the watch `failed`
 /// (it is made again).
 #[derive(Clone, Debug)]
 enum FeedEvent {
-    Task(Arc<str>, TaskState),
+    Task(Arc<str>),
     Failed(Arc<str>),
 }
 
 impl Feed {
-    pub(crate) fn new() -> Self {
-        Self {
+    /// The feed of `cluster`'s records, its history from `start_ms`, watching from now on.
+    /// The first watch is made before this returns (unless NATS is out of reach: then it is
+    /// made as soon as it can be), so that an event stream opened once the server listens
+    /// gets every record written after.
+    async fn start(cluster: Cluster, start_ms: u64) -> Arc<Self> {
+        let feed = Arc::new(Self {
             tx: tokio::sync::broadcast::channel(1024).0,
-            watching: tokio::sync::Mutex::new(false),
+            seen: Seen::new(start_ms),
+            start_ms,
+            last: std::sync::atomic::AtomicU64::new(0),
+        });
+        let from = feed.from();
+        let first = cluster
+            .records(from, MOST_RECORDS_BACK)
+            .await
+            .map(|watch| (from, watch));
+        let watching = feed.clone();
+        colony_runtime::spawner::Spawner::spawn("cluster-feed", async move {
+            watching.watch(cluster, first).await;
+        });
+        feed
+    }
+
+    /// A receiver of the feed: what is read from now on (once the watch is made, when NATS
+    /// was out of reach).
+    fn subscribe(&self) -> tokio::sync::broadcast::Receiver<FeedEvent> {
+        self.tx.subscribe()
+    }
+
+    /// Where the next watch starts: the history's start, or after the last record read.
+    fn from(&self) -> RecordsFrom {
+        match self.last.load(std::sync::atomic::Ordering::Relaxed) {
+            0 => RecordsFrom::Since(self.start_ms),
+            last => RecordsFrom::After(last),
         }
     }
 
-    /// A receiver of the feed. The watch is started if none runs, and made before this
-    /// returns: what is written once the caller holds the receiver comes on it (unless the
-    /// watch is down then, NATS out of reach: what is written before it is made again is
-    /// not sent).
-    async fn subscribe(
-        self: &Arc<Self>,
-        cluster: &Cluster,
-    ) -> Result<tokio::sync::broadcast::Receiver<FeedEvent>, colony_cluster::Error> {
-        use futures::StreamExt;
-        let mut watching = self.watching.lock().await;
-        let rx = self.tx.subscribe();
-        if !*watching {
-            let records = cluster.records().await?.boxed();
-            *watching = true;
-            let feed = self.clone();
-            let cluster = cluster.clone();
-            colony_runtime::spawner::Spawner::spawn("cluster-feed", async move {
-                feed.watch(cluster, Some(records)).await;
-            });
-        }
-        Ok(rx)
-    }
-
-    /// Whether to stop: nobody listens (decided under the lock `subscribe` takes).
-    async fn nobody_listens(&self) -> bool {
-        let mut watching = self.watching.lock().await;
-        if self.tx.receiver_count() == 0 {
-            *watching = false;
-            return true;
-        }
-        false
-    }
-
-    async fn watch(&self, cluster: Cluster, mut first: Option<Records>) {
+    async fn watch(
+        &self,
+        cluster: Cluster,
+        first: Result<(RecordsFrom, Watch), colony_cluster::Error>,
+    ) {
         use futures::StreamExt;
         let failed = |e: &colony_cluster::Error| {
             FeedEvent::Failed(json!({"error": e.to_string()}).to_string().into())
         };
+        let mut first = Some(first);
         loop {
-            let records = match first.take() {
-                Some(records) => Ok(records),
-                None => cluster.records().await.map(StreamExt::boxed),
+            let watch = match first.take() {
+                Some(made) => made,
+                None => {
+                    let from = self.from();
+                    cluster
+                        .records(from, MOST_RECORDS_BACK)
+                        .await
+                        .map(|watch| (from, watch))
+                }
             };
-            match records {
-                Ok(mut records) => {
+            match watch {
+                Ok((from, Watch { mut records, cut })) => {
+                    let history = matches!(from, RecordsFrom::Since(_));
+                    let mut first = history && cut;
                     while let Some(record) = records.next().await {
-                        if self.nobody_listens().await {
-                            return;
-                        }
-                        let event = match record {
-                            Ok((id, row)) => FeedEvent::Task(
-                                json!({
-                                    "id": id,
-                                    "state": row.state,
-                                    "attempt": row.attempt,
-                                    "node": row.node,
-                                    "error": row.error.as_deref()
-                                        .map(|e| colony_core::text::shorten(e, 300)),
-                                    "at-ms": row.at_ms,
-                                })
-                                .to_string()
-                                .into(),
-                                row.state,
-                            ),
-                            Err(e) => failed(&e),
+                        let record = match record {
+                            Ok(record) => record,
+                            Err(e) => {
+                                let _ = self.tx.send(failed(&e));
+                                continue;
+                            }
                         };
-                        let _ = self.tx.send(event);
+                        let Record {
+                            id,
+                            row,
+                            revision,
+                            written_ms,
+                            earlier,
+                        } = record;
+                        self.last
+                            .store(revision, std::sync::atomic::Ordering::Relaxed);
+                        if std::mem::take(&mut first) {
+                            // Cut: the history starts with the first record read.
+                            self.seen.since(written_ms);
+                        }
+                        let text: Arc<str> = json!({
+                            "id": id,
+                            "state": row.state,
+                            "attempt": row.attempt,
+                            "node": row.node,
+                            "error": row.error.as_deref()
+                                .map(|e| colony_core::text::shorten(e, 300)),
+                            "at-ms": row.at_ms,
+                        })
+                        .to_string()
+                        .into();
+                        self.seen.record(written_ms / 1000, row.state, text.clone());
+                        if !(history && earlier) {
+                            let _ = self.tx.send(FeedEvent::Task(text));
+                        }
                     }
                 }
                 Err(e) => {
                     let _ = self.tx.send(failed(&e));
                 }
-            }
-            if self.nobody_listens().await {
-                return;
             }
             // The watch ended (NATS out of reach): made again after a pause.
             tokio::time::sleep(Duration::from_secs(1)).await;
@@ -670,14 +698,11 @@ async fn events(State(app): State<Arc<ClusterApp>>) -> Response {
             ),
         );
     };
-    let rx = match app.feed.subscribe(&app.cluster).await {
-        Ok(rx) => rx,
-        Err(e) => return failed(e),
-    };
+    let rx = app.feed.subscribe();
     let stream = futures::stream::unfold((rx, permit), |(mut rx, permit)| async move {
         loop {
             let event = match rx.recv().await {
-                Ok(FeedEvent::Task(data, _)) => Event::default().event("task").data(&*data),
+                Ok(FeedEvent::Task(data)) => Event::default().event("task").data(&*data),
                 Ok(FeedEvent::Failed(data)) => Event::default().event("failed").data(&*data),
                 Err(RecvError::Lagged(_)) => continue,
                 Err(RecvError::Closed) => return None,
@@ -702,14 +727,15 @@ async fn readyz(State(app): State<Arc<ClusterApp>>) -> Response {
     }
 }
 
-/// Seconds of tasks ended kept for `/v1/history`: the dashboard's chart spans as many.
-const KEEP_SECONDS: usize = 300;
+/// Seconds of tasks ended kept for `/v1/history`: the dashboard's chart spans as many, as a
+/// runtime's does.
+const KEEP_SECONDS: usize = 900;
 /// Latest records kept for `/v1/history`: the dashboard's list shows as many.
 const KEEP_RECORDS: usize = 100;
 
-/// What a server saw of the task records since it started watching them: tasks ended each
-/// second over the last five minutes, counts since, and the latest records. A dashboard
-/// opened later starts from it rather than from nothing.
+/// What a server read of the task records, from fifteen minutes before it started: tasks
+/// ended each second over the last fifteen minutes, counts since, and the latest records. A
+/// dashboard opened later starts from it rather than from nothing.
 #[derive(Debug)]
 struct Seen {
     inner: std::sync::Mutex<SeenInner>,
@@ -724,8 +750,6 @@ struct SeenInner {
     records: std::collections::VecDeque<Arc<str>>,
     succeeded: u64,
     failed: u64,
-    /// Records the tally fell too far behind to count.
-    missed: u64,
 }
 
 impl Seen {
@@ -737,7 +761,6 @@ impl Seen {
                 records: Default::default(),
                 succeeded: 0,
                 failed: 0,
-                missed: 0,
             }),
         }
     }
@@ -746,7 +769,14 @@ impl Seen {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// A record written at second `at` (since the epoch).
+    /// The history starts later than asked: at `ms`.
+    fn since(&self, ms: u64) {
+        self.inner().since_ms = ms;
+    }
+
+    /// A record written at second `at` (since the epoch), most likely the latest: the bucket
+    /// stamps its writes in order by its leader's clock, so an earlier one comes only when
+    /// that leader changed and its clock was ahead.
     fn record(&self, at: u64, state: TaskState, text: Arc<str>) {
         let mut inner = self.inner();
         let (succeeded, failed) = match state {
@@ -756,17 +786,20 @@ impl Seen {
         };
         inner.succeeded += succeeded;
         inner.failed += failed;
-        match inner.seconds.back_mut() {
-            Some(last) if last.0 == at => {
-                last.1 += succeeded;
-                last.2 += failed;
+        let latest = inner.seconds.back().map_or(at, |s| s.0.max(at));
+        match inner.seconds.binary_search_by_key(&at, |s| s.0) {
+            Ok(i) => {
+                let second = &mut inner.seconds[i];
+                second.1 += succeeded;
+                second.2 += failed;
             }
-            _ => inner.seconds.push_back((at, succeeded, failed)),
+            Err(_) if at + KEEP_SECONDS as u64 <= latest => {}
+            Err(i) => inner.seconds.insert(i, (at, succeeded, failed)),
         }
         while inner
             .seconds
             .front()
-            .is_some_and(|s| s.0 + KEEP_SECONDS as u64 <= at)
+            .is_some_and(|s| s.0 + KEEP_SECONDS as u64 <= latest)
         {
             inner.seconds.pop_front();
         }
@@ -776,11 +809,7 @@ impl Seen {
         }
     }
 
-    fn missed(&self, n: u64) {
-        self.inner().missed += n;
-    }
-
-    /// The view `/v1/history` answers, as of second `now`: the seconds of the last five
+    /// The view `/v1/history` answers, as of second `now`: the seconds of the last fifteen
     /// minutes, oldest first, `now` (still counting) the last.
     fn view(&self, now: u64) -> serde_json::Value {
         let inner = self.inner();
@@ -801,44 +830,19 @@ impl Seen {
             "seconds": seconds,
             "succeeded": inner.succeeded,
             "failed": inner.failed,
-            "missed": inner.missed,
             "records": records,
         })
     }
 }
 
-/// Counts the records as they are written, for as long as the server runs: one watch of
-/// the records, shared with the event streams ([`Feed`]), made again while NATS is away.
-async fn tally(app: Arc<ClusterApp>) {
-    use tokio::sync::broadcast::error::RecvError;
-    loop {
-        let mut rx = match app.feed.subscribe(&app.cluster).await {
-            Ok(rx) => rx,
-            Err(_) => {
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                continue;
-            }
-        };
-        loop {
-            match rx.recv().await {
-                Ok(FeedEvent::Task(text, state)) => {
-                    app.seen.record(now_ms() / 1000, state, text);
-                }
-                Ok(FeedEvent::Failed(_)) => {}
-                Err(RecvError::Lagged(n)) => app.seen.missed(n),
-                Err(RecvError::Closed) => break,
-            }
-        }
-    }
-}
-
-/// `GET /v1/history`: what this server saw of the task records since it started watching
-/// them (`since-ms`): tasks that succeeded and failed each second over the last five
-/// minutes (`seconds`, `[second, succeeded, failed]` oldest first, the current second `now`
-/// the last, still counting), the counts since, records it fell too far behind to count (`missed`), and the
-/// latest 100 records as `/v1/events` sends them, oldest first.
+/// `GET /v1/history`: what this server read of the task records since `since-ms` (fifteen
+/// minutes before it started, or later when that span held too many): tasks that succeeded
+/// and failed each second over the last fifteen minutes, by the second the bucket took
+/// their records (`seconds`, `[second, succeeded, failed]` oldest first, the current second
+/// `now` the last, still counting), the counts since, and the latest 100 records as
+/// `/v1/events` sends them, oldest first.
 async fn history(State(app): State<Arc<ClusterApp>>) -> Response {
-    Json(app.seen.view(now_ms() / 1000)).into_response()
+    Json(app.feed.seen.view(now_ms() / 1000)).into_response()
 }
 
 /// Milliseconds since the Unix epoch.
@@ -981,7 +985,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_history_keeps_five_minutes_of_seconds_and_the_latest_records() {
+    fn the_history_keeps_fifteen_minutes_of_seconds_and_the_latest_records() {
         let seen = Seen::new(1_000);
         let record =
             |at, state, n: u64| seen.record(at, state, json!({ "id": n }).to_string().into());
@@ -1001,23 +1005,38 @@ mod tests {
             (view["succeeded"].as_u64(), view["failed"].as_u64()),
             (Some(2), Some(2))
         );
-        // Five minutes on, the first second is gone; the counts since stay.
-        record(310, TaskState::Succeeded, 6);
-        let view = seen.view(311);
-        assert_eq!(view["seconds"], json!([[12, 1, 1], [310, 1, 0]]));
-        assert_eq!(view["succeeded"], 3);
+        // A record stamped earlier than the last (the bucket's leader changed) goes in its
+        // own second.
+        record(11, TaskState::Succeeded, 7);
+        record(10, TaskState::Succeeded, 8);
+        assert_eq!(
+            seen.view(12)["seconds"],
+            json!([[10, 2, 1], [11, 1, 0], [12, 1, 1]])
+        );
+        // Fifteen minutes on, the first seconds are gone; the counts since stay; a record
+        // older than that is counted but has no second.
+        record(910, TaskState::Succeeded, 6);
+        record(10, TaskState::Failed, 9);
+        let view = seen.view(910);
+        assert_eq!(
+            view["seconds"],
+            json!([[11, 1, 0], [12, 1, 1], [910, 1, 0]])
+        );
+        assert_eq!(view["succeeded"], 5);
+        assert_eq!(view["failed"], 3);
         for n in 0..150 {
-            record(311, TaskState::Running, 100 + n);
+            record(911, TaskState::Running, 100 + n);
         }
-        let records = seen.view(312)["records"].as_array().unwrap().clone();
+        let records = seen.view(912)["records"].as_array().unwrap().clone();
         assert_eq!(records.len(), KEEP_RECORDS);
         assert_eq!(
             records[0]["id"], 150,
             "the oldest of the latest hundred first"
         );
         assert_eq!(records[99]["id"], 249);
-        seen.missed(3);
-        assert_eq!(seen.view(312)["missed"], 3);
-        assert_eq!(seen.view(312)["since-ms"], 1_000);
+        assert_eq!(seen.view(912)["since-ms"], 1_000);
+        // A history cut short starts later.
+        seen.since(5_000);
+        assert_eq!(seen.view(912)["since-ms"], 5_000);
     }
 }

@@ -775,7 +775,7 @@ fn fetch(port: u16, path: &str) -> (u16, String) {
 }
 
 /// `GET /v1/events` on loopback `port`, read as it comes; open once its headers came (the
-/// server makes its watch before it answers).
+/// server makes its watch before it listens).
 struct EventStream {
     stream: std::net::TcpStream,
     seen: String,
@@ -953,6 +953,57 @@ fn serve_over_the_cluster_takes_tasks_and_one_server_leads_the_scaling() {
             std::thread::sleep(Duration::from_millis(100));
         }
     }
+    // A server started after they ended reads them again: its history counts and lists
+    // them; its event stream does not send them again, only what is written after.
+    let late = ServeProc::start(dir.path(), &url, "s3");
+    let mut events = EventStream::open(late.port);
+    let (code, body) = fetch(late.port, "/v1/history");
+    assert_eq!(code, 200, "{body}");
+    let history: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let counted: u64 = history["seconds"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s[1].as_u64().unwrap())
+        .sum();
+    let records = history["records"].as_array().unwrap();
+    assert!(
+        counted >= all.len() as u64
+            && history["succeeded"] == counted
+            && all.iter().all(|&id| records
+                .iter()
+                .any(|r| r["id"] == id && r["state"] == "succeeded")),
+        "{history}"
+    );
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    // From fifteen minutes before it started.
+    assert!(
+        history["since-ms"].as_u64().unwrap() + 14 * 60_000 < now_ms,
+        "{history}"
+    );
+    let (code, body) = send(
+        late.port,
+        "POST",
+        "/v1/tasks",
+        &[],
+        r#"{"payload": {"n": 12, "sleep": 0}, "role": "sh"}"#,
+    );
+    assert_eq!(code, 202, "{body}");
+    let next: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let next = next["id"].as_u64().unwrap();
+    events.read_until("the record of the task sent after", |seen| {
+        told(seen, next, "succeeded")
+    });
+    assert!(
+        !all.iter()
+            .any(|id| events.seen.contains(&format!("\"id\":{id},"))),
+        "{}",
+        events.seen
+    );
+    drop((events, late));
     // The dashboard: the page, then its panels, with the node and the role in them.
     let (code, page) = fetch(serves[0].port, "/");
     assert_eq!(code, 200, "{page}");

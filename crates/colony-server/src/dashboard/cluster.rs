@@ -76,7 +76,7 @@ fn shell(version: &str, logout: bool, url: &str) -> String {
 </section>
 <section class="panel wide plot">
 <h2>Tasks ended</h2>
-<p class="note">Tasks that succeeded and failed each second over the last five minutes, counted by this server from the records as nodes write them (since it started watching them), then live from the event stream.</p>
+<p class="note">Tasks that succeeded and failed each second over the last fifteen minutes, counted by this server from the records nodes write (read again from the cluster when the server starts), then live from the event stream.</p>
 <div id="chart-ended" class="chart"></div>
 <p id="ended-total" class="note">0 succeeded, 0 failed since this page opened</p>
 </section>

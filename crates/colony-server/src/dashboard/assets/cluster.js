@@ -4,7 +4,7 @@
   "use strict";
   const EVENTS = 100;
   // Seconds the chart keeps.
-  const KEEP = 300;
+  const KEEP = 900;
   const HEIGHT = 200;
 
   function byId(id) {
@@ -50,8 +50,8 @@
 
   // Tasks ended each second, by how, counted from the records as they come.
   const ended = { t: Math.floor(Date.now() / 1000), succeeded: 0, failed: 0 };
-  // And in all since the server began watching (or this page opened, when the server's
-  // history could not be read), as the chart's caption says.
+  // And in all since the server's history starts (or this page opened, when that history
+  // could not be read), as the chart's caption says.
   const total = { succeeded: 0, failed: 0, since: "this page opened" };
 
   function showTotal() {
@@ -77,7 +77,7 @@
         cursor: { drag: { x: false, y: false } },
         legend: { live: false },
         scales: {
-          // The last five minutes, however few seconds there are yet.
+          // The last fifteen minutes, however few seconds there are yet.
           x: {
             time: true,
             range: (u, min, max) => {
