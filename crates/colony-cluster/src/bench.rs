@@ -42,6 +42,9 @@ pub struct BenchOptions {
     pub payload_bytes: usize,
     /// Each task a majority vote among this many of its node's agents; 0: plain tasks.
     pub voters: u32,
+    /// Each vote spread over the cluster: its ballots are cluster tasks of their own, run by
+    /// any node's agents, counted by the node that takes the vote.
+    pub spread: bool,
     /// The nodes' agents run this program once per task (`command` agents), not sims.
     pub command: Option<String>,
 }
@@ -54,6 +57,9 @@ pub struct BenchReport {
     /// Voters of each task, when each is a vote.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub voters: Option<u32>,
+    /// Each vote was spread over the cluster.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub spread: bool,
     /// The program each task ran, with `command` agents.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub command: Option<String>,
@@ -78,7 +84,8 @@ pub async fn run(
     settings: Settings,
     options: &BenchOptions,
 ) -> Result<BenchReport, crate::Error> {
-    if options.voters > options.agents {
+    // A spread vote's voters are any node's agents.
+    if options.voters > options.agents && !options.spread {
         return Err(crate::Error::Settings(format!(
             "--voters {} is more than the {} agents of a node",
             options.voters, options.agents
@@ -157,6 +164,7 @@ pub async fn run(
         let client = client.clone();
         let total = options.tasks;
         let voters = options.voters;
+        let spread = options.spread;
         colony_agents::spawner::Spawner::spawn("bench-publish", async move {
             let mut sent: HashMap<u64, Instant> = HashMap::with_capacity(total as usize);
             if voters > 0 {
@@ -165,6 +173,7 @@ pub async fn run(
                     options: colony_core::decision::DecisionOptions::default(),
                     reputation: false,
                     role_weights: Default::default(),
+                    spread,
                 };
                 let (client, spec, decide) = (&client, &spec, &decide);
                 let mut going = futures::stream::iter(0..total)
@@ -208,7 +217,10 @@ pub async fn run(
         let Ok(row) = Row::decode(&entry.value) else {
             continue;
         };
+        // A spread vote's ballots are tasks of their own, whose records say no decision.
+        let ballot = options.voters > 0 && row.decision.is_none();
         if row.is_terminal()
+            && !ballot
             && let Some(Ok(id)) = entry.key.rsplit('.').next().map(str::parse::<u64>)
             && !ended.contains_key(&id)
         {
@@ -281,6 +293,7 @@ pub async fn run(
         nodes: options.nodes,
         replicas: settings.replicas,
         voters: (options.voters > 0).then_some(options.voters),
+        spread: options.spread,
         command: options.command.clone(),
         undecided: (options.voters > 0).then_some(undecided),
         seconds,

@@ -253,6 +253,9 @@ impl Cluster {
         // task and commit one agent's output as if decided or worked: refused while one
         // serves the role.
         let what = match together {
+            Together::Vote(d) if d.spread => {
+                "counts no spread vote (it would refuse the vote's header)"
+            }
             Together::Vote(d) if !d.role_weights.is_empty() => {
                 "weighs no roles in a vote (it would refuse the vote's header)"
             }
@@ -260,7 +263,9 @@ impl Cluster {
             Together::Team(_) => "forms no team (it would run the task as a plain one)",
         };
         let can = |n: &NodeInfo| match together {
-            Together::Vote(d) => n.votes && (d.role_weights.is_empty() || n.weights),
+            Together::Vote(d) => {
+                n.votes && (d.role_weights.is_empty() || n.weights) && (!d.spread || n.spread)
+            }
             Together::Team(_) => n.teams,
         };
         let role = spec.requirement.role.as_deref();

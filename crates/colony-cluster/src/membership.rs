@@ -47,6 +47,10 @@ pub struct NodeInfo {
     /// before would refuse such a vote's header.
     #[serde(default)]
     pub weights: bool,
+    /// It counts votes spread over the cluster (`spread` in `Colony-Decide`); a node from
+    /// before would refuse such a vote's header.
+    #[serde(default)]
+    pub spread: bool,
 }
 
 /// One tier of a node's hierarchy: its agents, and those down (crashed, waiting for a

@@ -29,7 +29,9 @@ use std::{
 use tokio::sync::{Semaphore, watch};
 
 mod slots;
+mod spread;
 use slots::{Held, Permit, Slots};
+pub use spread::MAX_SPREAD_VOTERS;
 
 /// How a node runs.
 #[derive(Clone, Debug)]
@@ -146,6 +148,8 @@ struct Shared {
     /// The node's slots, and each consumer's: a role's are its agents' capacity, so a node
     /// never holds a role's tasks its agents cannot start.
     slots: Slots,
+    /// Places for the spread votes this node counts (they hold no slot).
+    counting: Arc<Semaphore>,
 }
 
 /// Whether a node takes work: connected to NATS, and not draining.
@@ -260,6 +264,7 @@ impl Node {
             votes: true,
             teams: true,
             weights: true,
+            spread: true,
         };
         let mut info = info;
         let patience = Duration::from_secs(1);
@@ -298,6 +303,7 @@ impl Node {
             phase: phase_rx,
             ack_wait,
             slots,
+            counting: Arc::new(Semaphore::new(spread::MAX_COUNTING)),
         });
         let mut pullers = Vec::new();
         for (role, consumer) in consumers {
@@ -880,11 +886,26 @@ async fn deliver(shared: &Shared, message: Message, permit: Permit) {
         }
     };
     // A vote or a team takes a slot for each agent it asks, had before anything is written;
-    // without them it goes back to the stream for a node with room.
+    // without them it goes back to the stream for a node with room. A vote spread over the
+    // cluster takes none: its ballots take theirs where they run (a slot held while it
+    // waits for them could be the one they need), and it takes one of the node's places
+    // for counting instead.
+    let spread = matches!(&together, Some(Together::Vote(d)) if d.spread);
     let needs = together
         .as_ref()
+        .filter(|_| !spread)
         .and_then(|t| shared.slots.needs(spec.requirement.role.as_deref(), t));
     let _held = match needs {
+        None if spread => {
+            drop(permit);
+            match shared.counting.clone().try_acquire_owned() {
+                Ok(counting) => Held::counting(counting),
+                Err(_) => {
+                    answer(&message, Reply::Nak(NO_ROOM_DELAY)).await;
+                    return;
+                }
+            }
+        }
         None => Held::one(permit),
         Some(needs) => {
             // A task that ended is answered now, not after a wait for room.
@@ -1131,6 +1152,60 @@ impl Finished {
         }
     }
 
+    /// A spread vote's outcome as the task's end: the winner's output, or a failure naming
+    /// the reason and why voters have no ballot counted. The winner's agents are other
+    /// nodes', so the record names none.
+    fn of_spread(spread: &spread::Spread) -> Self {
+        let record = spread.outcome.record();
+        let winner = spread.outcome.winner();
+        let summary = DecisionSummary {
+            protocol: record.protocol,
+            voters: spread.voters,
+            asked: spread.asked,
+            counted: spread.counted(),
+            participation: record.participation,
+            support: winner.map(|w| w.support),
+            margin: winner.map(|w| w.margin),
+            dissenters: winner.map_or(0, |w| u32::try_from(w.dissenters.len()).unwrap_or(u32::MAX)),
+            reason: spread.outcome.reason().map(|r| r.as_str().to_owned()),
+            nodes: Some(spread.nodes),
+        };
+        let summaries = Summaries {
+            decision: Some(Box::new(summary)),
+            ..Summaries::default()
+        };
+        match winner {
+            Some(winner) => Self {
+                state: TaskState::Succeeded,
+                output: Some(bytes::Bytes::from(winner.representative.to_string())),
+                error: None,
+                agent: None,
+                summaries,
+            },
+            None => {
+                let mut error = format!(
+                    "the decision failed: {} ({} of {} voters' ballots counted, over {} nodes, participation {:.2})",
+                    spread.outcome.reason().map_or("unknown", |r| r.as_str()),
+                    spread.counted(),
+                    spread.voters,
+                    spread.nodes,
+                    record.participation
+                );
+                for problem in &spread.problems {
+                    error.push_str("; ");
+                    error.push_str(problem);
+                }
+                Self {
+                    state: TaskState::Failed,
+                    output: None,
+                    error: Some(error.into()),
+                    agent: None,
+                    summaries,
+                }
+            }
+        }
+    }
+
     /// A decision's outcome as the task's end: the winner's output (of the earliest voter,
     /// in seat order, who voted for it), or a failure naming the reason. Never a
     /// success-shaped answer without a winner.
@@ -1147,6 +1222,7 @@ impl Finished {
             margin: winner.map(|w| w.margin),
             dissenters: winner.map_or(0, |w| u32::try_from(w.dissenters.len()).unwrap_or(u32::MAX)),
             reason: decided.outcome.reason().map(|r| r.as_str().to_owned()),
+            nodes: None,
         };
         let Some(winner) = winner else {
             let failure = decided.failure().unwrap_or_default();
@@ -1277,6 +1353,23 @@ async fn run(
         },
         // Seated (which may wait for room on this runtime) and counted while the delivery
         // is kept alive below, so a wait for room is acked, fenced and handed back too.
+        Some(Together::Vote(decide)) if decide.spread => {
+            let (cluster, spec, lease) =
+                (shared.cluster.clone(), spec.clone(), started.lease.clone());
+            let name = shared.name.clone();
+            (
+                None,
+                Box::pin(async move {
+                    let spread = spread::decide(cluster, spec, decide, id, lease)
+                        .await
+                        .map_err(|e| Outcome::Retryable {
+                            error: format!("node {name}: {e}"),
+                            agent: None,
+                        })?;
+                    Ok(Finished::of_spread(&spread))
+                }),
+            )
+        }
         Some(Together::Vote(decide)) => (
             None,
             Box::pin(async move {

@@ -49,6 +49,12 @@ pub struct Decide {
     /// the header when empty, so that nodes from before weights read the rest.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub role_weights: BTreeMap<String, f64>,
+    /// Its voters span the cluster: each ballot is a cluster task of its own, run by an agent
+    /// of any node serving the task's role, and the node that takes the vote counts them
+    /// (`node/spread.rs`). Absent from the header when false, so that nodes from before read
+    /// the rest.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub spread: bool,
 }
 
 /// Most roles a vote weighs.
@@ -113,6 +119,7 @@ impl Decide {
             options: vote.options,
             reputation: vote.reputation,
             role_weights,
+            spread: false,
         })
     }
 
@@ -145,6 +152,9 @@ impl Decide {
             e => e.to_string(),
         })?;
         let n = self.voters;
+        if self.spread {
+            self.check_spread()?;
+        }
         match (self.options.protocol, self.options.faults) {
             (Protocol::Bft, Some(f)) if f > (n - 1) / 3 => Err(format!(
                 "bft tolerates at most (n-1)/3 = {} faulty voters of {n}, and {f} are asked",
@@ -155,6 +165,37 @@ impl Decide {
             )),
             _ => Ok(()),
         }
+    }
+}
+
+impl Decide {
+    /// Refuses what a vote spread over the cluster cannot count: more voters than
+    /// [`MAX_SPREAD_VOTERS`], a protocol of more than one round (`fast`, `leader`), a judge,
+    /// or weights (a ballot's record names its node and agent, not its pool).
+    fn check_spread(&self) -> Result<(), String> {
+        use crate::node::MAX_SPREAD_VOTERS;
+        let protocol = self.options.protocol;
+        if self.voters > MAX_SPREAD_VOTERS {
+            return Err(format!(
+                "a spread vote asks at most {MAX_SPREAD_VOTERS} voters (each a cluster task), and {} are asked",
+                self.voters
+            ));
+        }
+        if matches!(protocol, Protocol::Fast | Protocol::Leader) {
+            return Err(format!(
+                "a spread vote is counted in one round, and {protocol} may need more: use it unspread"
+            ));
+        }
+        if self.options.tie == colony_core::decision::Tie::Judge {
+            return Err("a spread vote settles a tie by `fail` or `first`, not by a judge".into());
+        }
+        if self.reputation || !self.role_weights.is_empty() {
+            return Err(
+                "a spread vote weighs every voter 1: its ballots' records name their node and agent, not their pool or reputation"
+                    .into(),
+            );
+        }
+        Ok(())
     }
 }
 
@@ -198,6 +239,9 @@ pub struct DecisionSummary {
     /// Why it failed, when it did (`no-quorum`, `tie`, ...).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// A spread vote: the distinct nodes whose agents' ballots were counted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nodes: Option<u32>,
 }
 
 /// A task as a message of the tasks stream.

@@ -955,6 +955,7 @@ async fn a_vote_is_decided_once_by_the_node_that_takes_it() {
         options: DecisionOptions::default(),
         reputation: false,
         role_weights: Default::default(),
+        spread: false,
     };
 
     // A slow node takes the first vote; it drains while the ballots are out.
@@ -1162,6 +1163,7 @@ async fn a_node_busy_with_votes_leaves_the_next_to_a_node_with_free_voters() {
         },
         reputation: false,
         role_weights: Default::default(),
+        spread: false,
     };
     let busy = runtime("voter", 6, Duration::from_secs(8)).await;
     let busy_node = join(&server, &busy, "busy").await;
@@ -1359,6 +1361,7 @@ async fn the_cluster_bench_checks_its_votes_and_says_what_missed() {
         in_flight: 64,
         payload_bytes: 2,
         voters: 3,
+        spread: false,
         command: None,
     };
     let report = bench::run(&server.url(), settings(), &options)
@@ -1392,6 +1395,30 @@ async fn the_cluster_bench_checks_its_votes_and_says_what_missed() {
     assert!(
         err.contains("--voters 9 is more than the 8 agents"),
         "{err}"
+    );
+    // Spread over the nodes, a vote may have more voters than a node has agents: each of
+    // the 100 decided by its 9 voters as one, its ballots' records not counted as votes.
+    let report = bench::run(
+        &server.url(),
+        settings(),
+        &BenchOptions {
+            tasks: 100,
+            voters: 9,
+            spread: true,
+            ..options.clone()
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        (
+            report.voters,
+            report.undecided,
+            report.unsucceeded,
+            report.spread
+        ),
+        (Some(9), Some(0), 0, true),
+        "{report:?}"
     );
     // A process per task (`command` agents): `true` succeeds each, judged against the
     // target for processes; `false` fails each, and the verdict says so.
@@ -1478,6 +1505,7 @@ async fn a_vote_weighs_its_voters_by_the_roles_of_the_nodes_pools() {
         },
         reputation: false,
         role_weights: Default::default(),
+        spread: false,
     };
     let weighed = Decide {
         role_weights: [("wb".to_owned(), 2.0)].into(),
@@ -1500,4 +1528,122 @@ async fn a_vote_weighs_its_voters_by_the_roles_of_the_nodes_pools() {
     }
     node.drain().await;
     rt.shutdown().await;
+}
+
+/// A spread vote's voters span the nodes: each ballot is a cluster task, run by an agent of
+/// any node, and the node that takes the vote counts them. Three nodes of one agent each
+/// (two say `x`, one `y`): unspread, no node can seat three voters; spread, all three vote
+/// and `x` wins against one dissenter. A fourth voter can only be an agent that voted
+/// already: its seat is asked again, then counted as silent, and under full participation
+/// the vote fails saying why. What a spread vote cannot count is refused when sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spread_vote_counts_ballots_from_agents_of_several_nodes() {
+    use colony_agents::command::{Command, CommandOptions};
+    use colony_cluster::Decide;
+    use colony_core::decision::{DecisionOptions, Protocol};
+    let dir = tempfile::tempdir().unwrap();
+    let server = tokio::task::block_in_place(|| NatsServer::single(dir.path())).unwrap();
+    let client = cluster(&server).await;
+    let saying = |word: &str| {
+        let options = CommandOptions {
+            args: vec!["-c".into(), format!("echo {word}")],
+            ..CommandOptions::new("sh")
+        };
+        Pool::new(
+            AgentSpec::new("command", "judge"),
+            1,
+            Arc::new(Command::new(options)),
+        )
+    };
+    let mut runtimes = Vec::new();
+    let mut nodes = Vec::new();
+    for (name, word) in [("a", "x"), ("b", "x"), ("c", "y")] {
+        let rt = start(vec![saying(word)]).await;
+        nodes.push(join(&server, &rt, name).await);
+        runtimes.push(rt);
+    }
+    let all_of = |voters: u32, spread: bool| Decide {
+        voters,
+        options: DecisionOptions {
+            participation: 1.0,
+            timeout: Duration::from_secs(30),
+            ..DecisionOptions::default()
+        },
+        reputation: false,
+        role_weights: Default::default(),
+        spread,
+    };
+    let spec = task(Some("judge"), "\"which?\"".into(), 1);
+
+    let unspread = client
+        .submit_decided(&spec, &all_of(3, false), None)
+        .await
+        .unwrap();
+    let row = ended(&client, unspread.id).await;
+    assert_eq!(row.state, TaskState::DeadLettered, "{row:?}");
+    assert!(
+        row.error
+            .as_deref()
+            .unwrap_or_default()
+            .contains("3 voters"),
+        "{row:?}"
+    );
+
+    let spread = client
+        .submit_decided(&spec, &all_of(3, true), None)
+        .await
+        .unwrap();
+    let row = ended(&client, spread.id).await;
+    assert_eq!(row.state, TaskState::Succeeded, "{row:?}");
+    let output = String::from_utf8_lossy(row.output.as_deref().unwrap()).into_owned();
+    assert_eq!(output.trim(), "x", "{row:?}");
+    let d = row.decision.unwrap();
+    assert_eq!(
+        (d.voters, d.counted, d.dissenters, d.nodes),
+        (3, 3, 1, Some(3)),
+        "{d:?}"
+    );
+
+    let four = client
+        .submit_decided(&spec, &all_of(4, true), None)
+        .await
+        .unwrap();
+    let row = ended(&client, four.id).await;
+    assert_eq!(row.state, TaskState::Failed, "{row:?}");
+    let error = row.error.clone().unwrap_or_default();
+    assert!(
+        error.contains("no-quorum") && error.contains("had voted already"),
+        "{error}"
+    );
+    let d = row.decision.unwrap();
+    assert_eq!(
+        (d.voters, d.counted, d.asked, d.nodes),
+        (4, 3, 5, Some(3)),
+        "{d:?}"
+    );
+
+    for protocol in [Protocol::Fast, Protocol::Leader] {
+        let mut how = all_of(3, true);
+        how.options.protocol = protocol;
+        let refused = client.submit_decided(&spec, &how, None).await.unwrap_err();
+        assert!(refused.to_string().contains("one round"), "{refused}");
+    }
+    let mut weighed = all_of(3, true);
+    weighed.options.protocol = Protocol::Weighted;
+    weighed.role_weights = [("judge".to_owned(), 2.0)].into();
+    let refused = client
+        .submit_decided(&spec, &weighed, None)
+        .await
+        .unwrap_err();
+    assert!(
+        refused.to_string().contains("weighs every voter 1"),
+        "{refused}"
+    );
+
+    for node in nodes {
+        node.drain().await;
+    }
+    for rt in runtimes {
+        rt.shutdown().await;
+    }
 }

@@ -1006,8 +1006,9 @@ fn with_field(payload: &Bytes, key: &str, value: serde_json::Value) -> serde_jso
     serde_json::json!({ "task": task, key: value })
 }
 
-/// The ballot an output casts (see the module docs).
-fn ballot(voter: AgentId, output: &Bytes) -> Result<Ballot, String> {
+/// The ballot an output casts (see the module docs): also a cluster's, for a vote whose
+/// ballots run on several nodes.
+pub fn ballot(voter: AgentId, output: &Bytes) -> Result<Ballot, String> {
     let text = std::str::from_utf8(output)
         .map_err(|e| format!("its output is not UTF-8 text ({e}), so it cannot be a vote"))?;
     ballot_of(voter, text, true)

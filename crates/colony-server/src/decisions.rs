@@ -56,11 +56,21 @@ pub(crate) struct NewDecision {
     /// Under `weighted` and `confidence`, each voter also weighs its reputation.
     #[serde(default)]
     reputation: bool,
+    /// A cluster's (`colony serve --nats`): the voters span its nodes, each ballot a cluster
+    /// task of its own.
+    #[serde(default)]
+    spread: bool,
 }
 
 impl NewDecision {
     /// The vote it asks for among `pools` (by index), or what is wrong with it.
     pub(crate) fn vote(self, pools: &[(AgentSpec, u64)]) -> Result<Vote, String> {
+        if self.spread {
+            return Err(
+                "decide.spread spreads the voters over a cluster's nodes, and this server runs one runtime (its voters are its own agents): leave it out, or submit to colony serve --nats"
+                    .into(),
+            );
+        }
         let defaults = DecisionOptions::default();
         let seconds = |field: &str, value: Option<f64>, default: Duration| match value {
             None => Ok(default),
@@ -123,7 +133,7 @@ impl NewDecision {
     /// The vote as a cluster carries it (`colony serve --nats`): the node that takes the task
     /// seats the voters among its own agents, each weighing its role's `role-weights`. Pool
     /// weights by index are refused: a cluster's nodes host pools of their own.
-    pub(crate) fn for_cluster(self) -> Result<colony_cluster::Decide, String> {
+    pub(crate) fn for_cluster(mut self) -> Result<colony_cluster::Decide, String> {
         if !self.weights.is_empty() {
             return Err(
                 "decide.weights weighs pools by index, and a cluster's nodes host pools of their own: weigh voters by role (decide.role-weights) or by reputation instead".into(),
@@ -133,9 +143,12 @@ impl NewDecision {
         // 1 is no weight.
         let mut role_weights = self.role_weights.clone();
         role_weights.retain(|_, w| *w != 1.0);
+        let spread = std::mem::take(&mut self.spread);
         let mut decide =
             colony_cluster::Decide::of(&self.vote(&[])?, &[]).map_err(|e| format!("decide {e}"))?;
         decide.role_weights = role_weights;
+        decide.spread = spread;
+        decide.check().map_err(|e| format!("decide: {e}"))?;
         Ok(decide)
     }
 }

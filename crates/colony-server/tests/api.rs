@@ -1145,6 +1145,11 @@ async fn a_task_with_decide_is_voted_on_and_its_decision_followed() {
             "max-rounds 1000 is out of range",
         ),
         (json!({"voters": 0}), "refused", "0 voters"),
+        (
+            json!({"voters": 3, "spread": true}),
+            "bad-decision",
+            "this server runs one runtime",
+        ),
         (json!({"voters": 50}), "refused", "workers can run the task"),
         (
             json!({"voters": 3, "timeout": -1}),

@@ -614,6 +614,11 @@ pub(crate) fn check(
             continue_on_failure: t.continue_on_failure,
             expect,
             decide,
+            spread: t
+                .decide
+                .as_ref()
+                .and_then(|d| d.value.spread.as_ref())
+                .is_some_and(|s| s.value),
             team,
             remember: t.remember,
             recall,

@@ -109,7 +109,8 @@ fn decide_of(
         pool_weights: weights,
         ..vote.clone()
     };
-    let decide = colony_cluster::Decide::of(&vote, &roles)?;
+    let mut decide = colony_cluster::Decide::of(&vote, &roles)?;
+    decide.spread = t.spread;
     decide.check()?;
     Ok(decide)
 }

@@ -48,6 +48,7 @@ impl Voting<'_> {
         let options = self.options(block, problems, duration);
         let pool_weights = self.weights(block, options.protocol, problems);
         let reputation = self.reputation(block, options.protocol, problems);
+        self.spread(block, problems);
         self.runnable(d, problems);
         if problems.len() > before {
             return None;
@@ -58,6 +59,24 @@ impl Voting<'_> {
             pool_weights,
             reputation,
         })
+    }
+
+    /// `spread`: a cluster run's, whose nodes' agents vote; a run on one runtime has its
+    /// own agents only.
+    fn spread(&self, block: &file::Decide, problems: &mut Vec<Problem>) {
+        if let Some(spread) = &block.spread
+            && spread.value
+            && self.agents_here
+        {
+            problems.push(Problem::at(
+                spread,
+                format!(
+                    "task `{}`: decide spread spreads the voters over a cluster's nodes, and this run has one runtime: run it with colony run --nats, or remove it",
+                    self.id()
+                ),
+                "spread without a cluster",
+            ));
+        }
     }
 
     /// `reputation`: only under `weighted` and `confidence`, which count weights.

@@ -1034,6 +1034,10 @@ pub struct Decide {
     /// checks passed and its agreement with decided outcomes). Default false.
     #[serde(default)]
     pub reputation: Option<Spanned<bool>>,
+    /// A cluster run's (`colony run --nats`): the voters span the cluster's nodes, each
+    /// ballot a cluster task of its own. Default false.
+    #[serde(default)]
+    pub spread: Option<Spanned<bool>>,
 }
 
 /// Weights of pools by name, in the order written, each name and weight with where it is.

@@ -252,6 +252,8 @@ pub struct TaskDef {
     /// Decided by a vote of several agents instead of asked of one: the vote's winner is the
     /// task's output.
     pub decide: Option<colony_runtime::decision::Vote>,
+    /// Its vote's voters span a cluster's nodes (`decide: spread`, `colony run --nats`).
+    pub spread: bool,
     /// Worked by a team formed for it: the last step's output is the task's.
     pub team: Option<team::Plan>,
     /// Its output is stored in the workflow's memory once it succeeds.

@@ -123,6 +123,74 @@ tasks:
     assert_eq!(refusals(&workflow), Vec::<String>::new());
 }
 
+/// A vote spread over the cluster (`decide: spread`) is a cluster run's: its ballots go as
+/// cluster tasks, counted by the node that takes the vote, and what such a vote cannot
+/// count (a second round, a judge, weights) is refused before the run starts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spread_vote_goes_to_the_cluster_and_what_it_cannot_count_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, text: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    let refused = write(
+        "refused.yaml",
+        r#"name: r
+agents:
+  - { name: sim, kind: sim, count: 3 }
+tasks:
+  - { id: rounds, agent: sim, decide: { voters: 3, protocol: fast, spread: true } }
+  - { id: weighed, agent: sim, decide: { voters: 3, protocol: weighted, weights: { sim: 2 }, spread: true } }
+"#,
+    );
+    let refused = refusals(&load_for_cluster(&refused).unwrap());
+    assert_eq!(refused.len(), 2, "{refused:#?}");
+    assert!(
+        refused[0].contains("task `rounds`") && refused[0].contains("one round"),
+        "{refused:#?}"
+    );
+    assert!(
+        refused[1].contains("task `weighed`") && refused[1].contains("weighs every voter 1"),
+        "{refused:#?}"
+    );
+
+    let OneNode {
+        server: _server,
+        rt,
+        node,
+        client,
+    } = one_node(dir.path(), 3).await;
+    let path = write(
+        "spread.yaml",
+        r#"name: s
+agents:
+  - { name: sim, kind: sim, count: 3 }
+tasks:
+  - { id: vote, agent: sim, input: { answer: 7 }, decide: { voters: 3, spread: true } }
+"#,
+    );
+    let workflow = load_for_cluster(&path).unwrap();
+    assert_eq!(refusals(&workflow), Vec::<String>::new());
+    let run = run_on(&client, &workflow, ClusterOptions::default());
+    let report = tokio::time::timeout(Duration::from_secs(120), run)
+        .await
+        .expect("the run ends within 2 minutes")
+        .unwrap();
+    let vote = &report.tasks[0];
+    assert_eq!(vote.status, Status::Succeeded, "{vote:?}");
+    let decided = vote.cluster_decision.as_ref().unwrap();
+    // Decided once two of the three agree; the third may have voted by then.
+    assert_eq!(
+        (decided.voters, decided.dissenters, decided.nodes),
+        (3, 0, Some(1)),
+        "{decided:?}"
+    );
+    assert!((2..=3).contains(&decided.counted), "{decided:?}");
+    node.drain().await;
+    rt.shutdown().await;
+}
+
 /// The workflow's memory is the scheduler's: a task's output is remembered once it came
 /// back from its node and passed its checks, and a later task's query finds it in its input
 /// before it goes. A vote goes to the node and comes back decided, with how it went.

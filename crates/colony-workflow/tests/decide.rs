@@ -296,6 +296,17 @@ fn what_a_vote_cannot_do_is_refused_up_front() {
         ),
         "{p:#?}"
     );
+    // A vote spread over a cluster's nodes, in a run of one runtime.
+    let p = problems(&format!(
+        "name: w\n{POOLS}tasks:\n  - id: t\n    role: voter\n    decide: {{ voters: 3, spread: true }}\n"
+    ));
+    assert_eq!(p.len(), 1, "{p:#?}");
+    assert!(
+        p[0].starts_with(
+            "w.yaml:8:34: task `t`: decide spread spreads the voters over a cluster's nodes, and this run has one runtime"
+        ),
+        "{p:#?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -445,6 +445,7 @@ fn a_node_killed_mid_decision_leaves_it_to_another_decided_once() {
             },
             reputation: false,
             role_weights: Default::default(),
+            spread: false,
         };
         let ids: Vec<u64> = rt.block_on(async {
             let mut ids = Vec::new();
@@ -1257,6 +1258,39 @@ fn serve_over_the_cluster_takes_tasks_and_one_server_leads_the_scaling() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
+    // Spread over the cluster: each ballot a cluster task (here all on node a, of which
+    // three distinct agents vote); what it cannot count refused.
+    let spread = r#"{"payload": {"n": 13, "sleep": 0}, "role": "sh", "decide": {"voters": 3, "participation": 1.0, "spread": true}}"#;
+    let (code, body) = send(port, "POST", "/v1/tasks", &[], spread);
+    assert_eq!(code, 202, "{body}");
+    let spread_id = serde_json::from_str::<serde_json::Value>(&body).unwrap()["id"]
+        .as_u64()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (code, body) = fetch(port, &format!("/v1/tasks/{spread_id}"));
+        assert_eq!(code, 200, "{body}");
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        if v["state"] == "succeeded" {
+            assert_eq!(v["output"], "task-13-done", "{v}");
+            assert_eq!(
+                (&v["decision"]["counted"], &v["decision"]["nodes"]),
+                (&3.into(), &1.into()),
+                "{v}"
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the spread vote did not end: {v}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(a.executions().iter().filter(|n| **n == 13).count(), 3);
+    let leader = r#"{"payload": 1, "decide": {"voters": 3, "protocol": "leader", "spread": true}}"#;
+    let (code, body) = send(port, "POST", "/v1/tasks", &[], leader);
+    assert_eq!(code, 422, "{body}");
+    assert!(body.contains("one round"), "{body}");
     let (code, body) = send(
         port,
         "POST",

@@ -66,6 +66,13 @@ impl Held {
             _permits: vec![role, node],
         }
     }
+
+    /// A spread vote's place for counting (`spread::MAX_COUNTING` a node).
+    pub(super) fn counting(place: OwnedSemaphorePermit) -> Self {
+        Self {
+            _permits: vec![place],
+        }
+    }
 }
 
 /// How many slots of each role (indices into [`Slots`]' roles, ascending) and of the
@@ -237,6 +244,7 @@ mod tests {
     fn vote(voters: u32) -> Together {
         Together::Vote(Decide {
             role_weights: Default::default(),
+            spread: false,
             voters,
             options: DecisionOptions::default(),
             reputation: false,

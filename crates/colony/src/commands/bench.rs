@@ -240,6 +240,10 @@ pub(crate) struct ClusterArgs {
     /// decided as they voted; the tasks/s target is not judged); 0: plain tasks.
     #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=1_000))]
     voters: u32,
+    /// Spread each vote over the cluster: its ballots are cluster tasks of their own, run by
+    /// any node's agents, and the node that takes the vote counts them (with --voters).
+    #[arg(long, requires = "voters")]
+    spread: bool,
     /// The nodes' agents run this program once per task (`command` agents) instead of sims;
     /// the target is then 1,000 tasks/s. Mind --agents: each runs a process at once.
     #[arg(long, value_name = "PROGRAM")]
@@ -260,7 +264,7 @@ fn cluster(args: &ClusterArgs) -> Result<(), Failure> {
         ..Settings::default()
     };
     settings.validate().map_err(Failure::input)?;
-    if args.voters > args.agents {
+    if args.voters > args.agents && !args.spread {
         return Err(Failure::input(anyhow::anyhow!(
             "--voters {} is more than the {} agents of a node (--agents)",
             args.voters,
@@ -293,6 +297,7 @@ fn cluster(args: &ClusterArgs) -> Result<(), Failure> {
         in_flight: usize::try_from(args.in_flight).unwrap_or(1024),
         payload_bytes: usize::try_from(args.payload_bytes).unwrap_or(2),
         voters: args.voters,
+        spread: args.spread,
         command: args.command.clone(),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
