@@ -506,7 +506,9 @@ impl Cluster {
     /// that would start more than `most` records back starts `most` sequences before the
     /// last instead (`Watch::cut`), so a busy cluster's past is not read whole. A record that
     /// cannot be read is left out; the watch failing (NATS gone) is told as an error, and
-    /// the stream ends after it.
+    /// the stream ends after it. So does a watch that the client made again from the
+    /// bucket's start (it does so when it reconnects before its first record): the caller
+    /// makes it again after the last record it read.
     pub async fn records(&self, from: RecordsFrom, most: u64) -> Result<Watch, Error> {
         use jetstream::consumer::{DeliverPolicy, ReplayPolicy, push::OrderedConfig};
         let watching = |e: &dyn std::fmt::Display| Error::nats("watching the task records", e);
@@ -531,43 +533,52 @@ impl Cluster {
                 start_sequence: revision.saturating_add(1),
             },
         };
+        // The bucket's last write before the watch: what comes at or before it was there
+        // already.
+        let until = self
+            .tasks
+            .stream
+            .clone()
+            .info()
+            .await
+            .map_err(|e| watching(&e))?
+            .state
+            .last_sequence;
         let mut consumer = make(policy).await.map_err(|e| watching(&e))?;
         let mut cut = false;
         if consumer.cached_info().num_pending > most {
             // Too far back: the last `most` sequences (fewer records, as a record written
             // again leaves its older sequence empty).
             let name = consumer.cached_info().name.clone();
-            let last = self
-                .tasks
-                .stream
-                .clone()
-                .info()
-                .await
-                .map_err(|e| watching(&e))?
-                .state
-                .last_sequence;
             let _ = self.tasks.stream.delete_consumer(&name).await;
             consumer = make(DeliverPolicy::ByStartSequence {
-                start_sequence: last.saturating_sub(most) + 1,
+                start_sequence: until.saturating_sub(most) + 1,
             })
             .await
             .map_err(|e| watching(&e))?;
             cut = true;
         }
-        let backlog = consumer.cached_info().num_pending;
+        let info = consumer.cached_info();
+        // The server tells the sequence before the first it delivers.
+        let floor = info.delivered.stream_sequence;
+        let backlog = info.num_pending;
         let messages = consumer.messages().await.map_err(|e| watching(&e))?;
         let prefix = format!("{}{}.", self.tasks.prefix, self.epoch);
         let records = messages
-            .enumerate()
-            .filter_map(move |(n, message)| {
+            .filter_map(move |message| {
                 let record = match message {
                     Ok(message) => (|| {
+                        let info = message.info().ok()?;
+                        if info.stream_sequence <= floor {
+                            return Some(Err(watching(
+                                &"the watch was made again from the bucket's start",
+                            )));
+                        }
                         let deleted = message
                             .headers
                             .as_ref()
                             .and_then(|h| h.get("KV-Operation"))
-                            .is_some();
-                        let info = message.info().ok()?;
+                            .is_some_and(|op| op.as_str() != "PUT");
                         let id = message.subject.strip_prefix(&prefix)?.parse().ok()?;
                         let row = Row::decode(&message.payload).ok()?;
                         let written_ms =
@@ -578,7 +589,8 @@ impl Cluster {
                             row,
                             revision: info.stream_sequence,
                             written_ms,
-                            earlier: (n as u64) < backlog,
+                            earlier: info.stream_sequence <= until,
+                            caught_up: info.pending == 0 || info.stream_sequence >= until,
                         }))
                     })(),
                     Err(e) => Some(Err(watching(&e))),
@@ -594,7 +606,12 @@ impl Cluster {
                 std::future::ready(Some(record))
             })
             .boxed();
-        Ok(Watch { records, cut })
+        Ok(Watch {
+            records,
+            cut,
+            until,
+            backlog,
+        })
     }
 
     /// Task `id`'s record, if it has started.
@@ -945,12 +962,18 @@ pub struct Watch {
     pub records: futures::stream::BoxStream<'static, Result<Record, Error>>,
     /// It starts later than asked, as it would have read more than it was allowed.
     pub cut: bool,
+    /// The bucket's last write when it was made: records up to it were there already.
+    pub until: u64,
+    /// Records it had to read when it was made, before any written after (0: none).
+    pub backlog: u64,
 }
 
 impl std::fmt::Debug for Watch {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Watch")
             .field("cut", &self.cut)
+            .field("until", &self.until)
+            .field("backlog", &self.backlog)
             .finish_non_exhaustive()
     }
 }
@@ -966,4 +989,6 @@ pub struct Record {
     pub written_ms: u64,
     /// It was in the bucket already when the watch was made.
     pub earlier: bool,
+    /// The watch has read every record that was there when it was made.
+    pub caught_up: bool,
 }

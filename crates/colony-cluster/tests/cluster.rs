@@ -528,14 +528,16 @@ async fn the_records_stream_tells_each_record_as_it_is_written() {
         .unwrap();
     assert!(bounded.cut);
     let mut records = bounded.records;
-    let mut read = 0;
+    let mut read = Vec::new();
     while let Ok(Some(record)) =
         tokio::time::timeout(Duration::from_millis(1_500), records.next()).await
     {
-        assert!(record.unwrap().earlier);
-        read += 1;
+        let record = record.unwrap();
+        assert!(record.earlier && record.caught_up, "{record:?}");
+        read.push(record.id);
     }
-    assert!(read <= 1, "{read} records read of a watch bounded to one");
+    // The bucket's last write: the last end.
+    assert_eq!(read, [ends[2].id], "a watch bounded to one sequence");
     // The node's heartbeat tells its runtime's hierarchy: its tiers, the workers last.
     let status = client.status().await.unwrap();
     let tiers = &status.nodes[0].tiers;

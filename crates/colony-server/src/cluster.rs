@@ -555,7 +555,15 @@ pub(crate) struct Feed {
     start_ms: u64,
     /// The revision of the last record read; 0 before the first.
     last: std::sync::atomic::AtomicU64,
+    /// The bucket's last write when the first watch was made: records up to it are the
+    /// history's, not the streams'.
+    history_until: std::sync::OnceLock<u64>,
+    /// Whether the first watch has read the history whole.
+    complete: tokio::sync::watch::Sender<bool>,
 }
+
+/// How long a server waits, as it starts, for its history to be read before it listens.
+const HISTORY_READ: Duration = Duration::from_secs(10);
 
 /// The most records a watch reads of the past, the history's or what was written while
 /// NATS was out of reach: a busy cluster writes millions in the history's span.
@@ -574,12 +582,16 @@ impl Feed {
     /// The first watch is made before this returns (unless NATS is out of reach: then it is
     /// made as soon as it can be), so that an event stream opened once the server listens
     /// gets every record written after.
+    /// It then waits for the history to be read, up to [`HISTORY_READ`], so that a
+    /// dashboard opened at once sees it whole (`/v1/history` says whether it is).
     async fn start(cluster: Cluster, start_ms: u64) -> Arc<Self> {
         let feed = Arc::new(Self {
             tx: tokio::sync::broadcast::channel(1024).0,
             seen: Seen::new(start_ms),
             start_ms,
             last: std::sync::atomic::AtomicU64::new(0),
+            history_until: std::sync::OnceLock::new(),
+            complete: tokio::sync::watch::channel(false).0,
         });
         let from = feed.from();
         let first = cluster
@@ -587,10 +599,17 @@ impl Feed {
             .await
             .map(|watch| (from, watch));
         let watching = feed.clone();
+        let mut complete = feed.complete.subscribe();
         colony_runtime::spawner::Spawner::spawn("cluster-feed", async move {
             watching.watch(cluster, first).await;
         });
+        let _ = tokio::time::timeout(HISTORY_READ, complete.wait_for(|c| *c)).await;
         feed
+    }
+
+    /// Whether the history has been read whole.
+    fn complete(&self) -> bool {
+        *self.complete.borrow()
     }
 
     /// A receiver of the feed: what is read from now on (once the watch is made, when NATS
@@ -629,9 +648,20 @@ impl Feed {
                 }
             };
             match watch {
-                Ok((from, Watch { mut records, cut })) => {
-                    let history = matches!(from, RecordsFrom::Since(_));
-                    let mut first = history && cut;
+                Ok((
+                    from,
+                    Watch {
+                        mut records,
+                        cut,
+                        until,
+                        backlog,
+                    },
+                )) => {
+                    let history = *self.history_until.get_or_init(|| until);
+                    if backlog == 0 {
+                        self.complete.send_replace(true);
+                    }
+                    let mut first = matches!(from, RecordsFrom::Since(_)) && cut;
                     while let Some(record) = records.next().await {
                         let record = match record {
                             Ok(record) => record,
@@ -645,7 +675,8 @@ impl Feed {
                             row,
                             revision,
                             written_ms,
-                            earlier,
+                            caught_up,
+                            ..
                         } = record;
                         self.last
                             .store(revision, std::sync::atomic::Ordering::Relaxed);
@@ -664,9 +695,15 @@ impl Feed {
                         })
                         .to_string()
                         .into();
-                        self.seen.record(written_ms / 1000, row.state, text.clone());
-                        if !(history && earlier) {
+                        // A second the server's clock has not reached yet (the bucket's
+                        // leader's is ahead) is counted as the server's current one.
+                        let second = written_ms.min(now_ms()) / 1000;
+                        self.seen.record(second, row.state, text.clone());
+                        if revision > history {
                             let _ = self.tx.send(FeedEvent::Task(text));
+                        }
+                        if caught_up {
+                            self.complete.send_replace(true);
                         }
                     }
                 }
@@ -839,10 +876,13 @@ impl Seen {
 /// minutes before it started, or later when that span held too many): tasks that succeeded
 /// and failed each second over the last fifteen minutes, by the second the bucket took
 /// their records (`seconds`, `[second, succeeded, failed]` oldest first, the current second
-/// `now` the last, still counting), the counts since, and the latest 100 records as
-/// `/v1/events` sends them, oldest first.
+/// `now` the last, still counting), the counts since, the latest 100 records as
+/// `/v1/events` sends them, oldest first, and whether the records from before the server
+/// started have been read whole (`complete`).
 async fn history(State(app): State<Arc<ClusterApp>>) -> Response {
-    Json(app.feed.seen.view(now_ms() / 1000)).into_response()
+    let mut view = app.feed.seen.view(now_ms() / 1000);
+    view["complete"] = app.feed.complete().into();
+    Json(view).into_response()
 }
 
 /// Milliseconds since the Unix epoch.

@@ -958,24 +958,33 @@ fn serve_over_the_cluster_takes_tasks_and_one_server_leads_the_scaling() {
     // them; its event stream does not send them again, only what is written after.
     let late = ServeProc::start(dir.path(), &url, "s3");
     let mut events = EventStream::open(late.port);
-    let (code, body) = fetch(late.port, "/v1/history");
-    assert_eq!(code, 200, "{body}");
-    let history: serde_json::Value = serde_json::from_str(&body).unwrap();
-    let counted: u64 = history["seconds"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s[1].as_u64().unwrap())
-        .sum();
-    let records = history["records"].as_array().unwrap();
-    assert!(
-        counted >= all.len() as u64
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let history = loop {
+        let (code, body) = fetch(late.port, "/v1/history");
+        assert_eq!(code, 200, "{body}");
+        let history: serde_json::Value = serde_json::from_str(&body).unwrap();
+        let counted: u64 = history["seconds"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s[1].as_u64().unwrap())
+            .sum();
+        let records = history["records"].as_array().unwrap();
+        if counted >= all.len() as u64
             && history["succeeded"] == counted
-            && all.iter().all(|&id| records
-                .iter()
-                .any(|r| r["id"] == id && r["state"] == "succeeded")),
-        "{history}"
-    );
+            && all.iter().all(|&id| {
+                records
+                    .iter()
+                    .any(|r| r["id"] == id && r["state"] == "succeeded")
+            })
+        {
+            break history;
+        }
+        assert!(Instant::now() < deadline, "{history}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    // Read whole before the server listened.
+    assert_eq!(history["complete"], true, "{history}");
     let now_ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
