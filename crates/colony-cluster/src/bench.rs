@@ -84,6 +84,11 @@ pub async fn run(
     settings: Settings,
     options: &BenchOptions,
 ) -> Result<BenchReport, crate::Error> {
+    if options.spread && options.voters == 0 {
+        return Err(crate::Error::Settings(
+            "--spread spreads votes, and no vote is asked: give --voters".into(),
+        ));
+    }
     // A spread vote's voters are any node's agents.
     if options.voters > options.agents && !options.spread {
         return Err(crate::Error::Settings(format!(
@@ -218,7 +223,7 @@ pub async fn run(
             continue;
         };
         // A spread vote's ballots are tasks of their own, whose records say no decision.
-        let ballot = options.voters > 0 && row.decision.is_none();
+        let ballot = options.spread && row.decision.is_none();
         if row.is_terminal()
             && !ballot
             && let Some(Ok(id)) = entry.key.rsplit('.').next().map(str::parse::<u64>)

@@ -150,6 +150,8 @@ struct Shared {
     slots: Slots,
     /// Places for the spread votes this node counts (they hold no slot).
     counting: Arc<Semaphore>,
+    /// The ends of their ballot tasks, heard on one watch.
+    ends: Arc<spread::Ends>,
 }
 
 /// Whether a node takes work: connected to NATS, and not draining.
@@ -304,6 +306,7 @@ impl Node {
             ack_wait,
             slots,
             counting: Arc::new(Semaphore::new(spread::MAX_COUNTING)),
+            ends: Arc::default(),
         });
         let mut pullers = Vec::new();
         for (role, consumer) in consumers {
@@ -359,14 +362,22 @@ impl Node {
             let _ = puller.await;
         }
         let slots = &self.shared.slots;
-        let idle =
-            || futures::future::join_all(slots.all().map(|s| s.semaphore.acquire_many(s.size)));
+        // Every slot free, and no spread vote counting (it holds none).
+        let counting = &self.shared.counting;
+        let idle = || async {
+            let all = slots.all().map(|s| s.semaphore.acquire_many(s.size));
+            futures::future::join(
+                futures::future::join_all(all),
+                counting.acquire_many(spread::MAX_COUNTING as u32),
+            )
+            .await
+        };
         if tokio::time::timeout(self.drain_timeout, idle())
             .await
             .is_err()
         {
             let _ = self.phase.send(Phase::HandingBack);
-            idle().await;
+            let _ = idle().await;
         }
         self.heart.abort();
         if let Err(e) = membership::leave(&self.shared.cluster.nodes, &self.shared.name).await {
@@ -898,6 +909,14 @@ async fn deliver(shared: &Shared, message: Message, permit: Permit) {
     let _held = match needs {
         None if spread => {
             drop(permit);
+            // A vote that ended is answered now, not sent back while counting is full.
+            if delivered > 1
+                && matches!(shared.cluster.row(id).await, Ok(Some((row, _))) if row.is_terminal())
+            {
+                shared.counters.add(Kind::AlreadyEnded);
+                answer(&message, Reply::Ack).await;
+                return;
+            }
             match shared.counting.clone().try_acquire_owned() {
                 Ok(counting) => Held::counting(counting),
                 Err(_) => {
@@ -1351,16 +1370,20 @@ async fn run(
             ),
             Err(e) => return Some((refused(e), revision, none())),
         },
-        // Seated (which may wait for room on this runtime) and counted while the delivery
-        // is kept alive below, so a wait for room is acked, fenced and handed back too.
+        // Its ballots sent to the cluster and counted here while the delivery is kept alive
+        // below; dropped (its ballots still out cancelled) when fenced or handed back.
         Some(Together::Vote(decide)) if decide.spread => {
-            let (cluster, spec, lease) =
-                (shared.cluster.clone(), spec.clone(), started.lease.clone());
+            let (cluster, ends, spec, lease) = (
+                shared.cluster.clone(),
+                shared.ends.clone(),
+                spec.clone(),
+                started.lease.clone(),
+            );
             let name = shared.name.clone();
             (
                 None,
                 Box::pin(async move {
-                    let spread = spread::decide(cluster, spec, decide, id, lease)
+                    let spread = spread::decide(cluster, ends, spec, decide, id, lease)
                         .await
                         .map_err(|e| Outcome::Retryable {
                             error: format!("node {name}: {e}"),
@@ -1370,6 +1393,8 @@ async fn run(
                 }),
             )
         }
+        // Seated (which may wait for room on this runtime) and counted while the delivery
+        // is kept alive below, so a wait for room is acked, fenced and handed back too.
         Some(Together::Vote(decide)) => (
             None,
             Box::pin(async move {

@@ -7,14 +7,18 @@
 //! asked once more. The ballot tasks still out when the decision ends, or when the attempt
 //! is dropped (fenced, handed back), are cancelled.
 
-use crate::{Cluster, Error, wire::Decide};
+use crate::{Cluster, Error, RecordsFrom, Row, wire::Decide};
 use colony_core::{
     AgentId,
     decision::{Decision, Outcome, Participant, Progress},
     task::{TaskSpec, TaskState},
 };
 use futures::{StreamExt, stream::FuturesUnordered};
-use std::{collections::HashSet, sync::Arc};
+use std::{
+    collections::{HashMap, HashSet},
+    sync::Arc,
+};
+use tokio::sync::oneshot;
 
 /// Most voters of one spread vote: each is a cluster task, and its wait a watch.
 pub const MAX_SPREAD_VOTERS: u32 = 1_000;
@@ -31,8 +35,8 @@ const ASKS_PER_SEAT: u32 = 2;
 #[derive(Debug, Default)]
 struct Seat {
     asked: u32,
-    /// Node and agent whose ballot counted for it.
-    voter: Option<(String, Option<u64>)>,
+    /// The node whose agent's ballot counted for it.
+    voter: Option<String>,
     /// Why it has no ballot counted.
     problem: Option<String>,
 }
@@ -92,10 +96,127 @@ impl Drop for Out {
     }
 }
 
+/// The ends of the ballot tasks a node's spread votes wait for, heard on one watch of the
+/// task records made while any waits (not a watch each: a vote has up to 1,000 ballots, a
+/// node counts up to 256 votes). While it runs, the node reads every record the cluster
+/// writes.
+#[derive(Debug)]
+pub(super) struct Ends {
+    inner: std::sync::Mutex<EndsInner>,
+    /// Whether the watch is made: what ends from then on comes on it.
+    live: tokio::sync::watch::Sender<bool>,
+}
+
+#[derive(Debug, Default)]
+struct EndsInner {
+    waiting: HashMap<u64, oneshot::Sender<Row>>,
+    watching: bool,
+}
+
+impl Default for Ends {
+    fn default() -> Self {
+        Self {
+            inner: Default::default(),
+            live: tokio::sync::watch::channel(false).0,
+        }
+    }
+}
+
+/// Task `id`'s wait for its end, given up when dropped.
+struct Waiting<'a> {
+    ends: &'a Ends,
+    id: u64,
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.ends.lock().waiting.remove(&self.id);
+    }
+}
+
+impl Ends {
+    fn lock(&self) -> std::sync::MutexGuard<'_, EndsInner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Task `id`'s record once it has ended: heard on the watch, or read once the watch is
+    /// made (it may have ended before).
+    async fn ended(self: &Arc<Self>, cluster: &Cluster, id: u64) -> Row {
+        let (tx, rx) = oneshot::channel();
+        let start = {
+            let mut inner = self.lock();
+            inner.waiting.insert(id, tx);
+            !std::mem::replace(&mut inner.watching, true)
+        };
+        let _waiting = Waiting { ends: self, id };
+        if start {
+            let ends = self.clone();
+            let cluster = cluster.clone();
+            colony_agents::spawner::Spawner::spawn("spread-vote-ends", async move {
+                ends.watch(cluster).await;
+            });
+        }
+        let mut live = self.live.subscribe();
+        let _ = live.wait_for(|live| *live).await;
+        if let Ok(Some((row, _))) = cluster.row(id).await
+            && row.is_terminal()
+        {
+            return row;
+        }
+        match rx.await {
+            Ok(row) => row,
+            // Not sent while this waits.
+            Err(_) => std::future::pending().await,
+        }
+    }
+
+    /// The watch: made again after the last record read when it fails, ended once nobody
+    /// waits (decided under the lock a wait registers under).
+    async fn watch(&self, cluster: Cluster) {
+        let mut last = None;
+        loop {
+            let from = last.map_or(RecordsFrom::Now, RecordsFrom::After);
+            if let Ok(mut watch) = cluster.records(from, u64::MAX).await {
+                self.live.send_replace(true);
+                while let Some(Ok(record)) = watch.records.next().await {
+                    last = Some(record.revision);
+                    let mut inner = self.lock();
+                    if record.row.is_terminal()
+                        && let Some(tx) = inner.waiting.remove(&record.id)
+                    {
+                        let _ = tx.send(record.row);
+                    }
+                    if inner.waiting.is_empty() {
+                        inner.watching = false;
+                        self.live.send_replace(false);
+                        return;
+                    }
+                }
+                self.live.send_replace(false);
+            }
+            {
+                let mut inner = self.lock();
+                if inner.waiting.is_empty() {
+                    inner.watching = false;
+                    return;
+                }
+            }
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        }
+    }
+}
+
+/// Most ballot tasks sent in one go: a send that fails part-way leaves at most these
+/// running unasked-for.
+const SEND_AT_ONCE: usize = 32;
+
 /// Decides task `vote` (its attempt's lease id `lease`, which keeps its ballots' ids apart
-/// from another attempt's) by `decide.voters` ballots of `spec`, each a cluster task.
+/// from another attempt's) by `decide.voters` ballots of `spec`, each a cluster task of
+/// one attempt (as a vote's ballot on one runtime), one priority above the vote's so that
+/// nodes take the ballots of the votes being counted before more votes.
 pub(super) async fn decide(
     cluster: Cluster,
+    ends: Arc<Ends>,
     spec: TaskSpec,
     decide: Decide,
     vote: u64,
@@ -107,10 +228,15 @@ pub(super) async fn decide(
         .map_err(|e| Error::Task(format!("the vote cannot be counted: {e}")))?;
     let deadline = decision.deadline().unwrap_or(decide.options.timeout);
     let started = tokio::time::Instant::now();
+    let until = started + deadline;
     let now = || started.elapsed();
+    let priority = colony_core::task::Priority::new(
+        (spec.priority.get() + 1).min(colony_core::task::Priority::HIGHEST.get()),
+    )
+    .unwrap_or(colony_core::task::Priority::HIGHEST);
     let ballot_spec = TaskSpec {
-        // Each ballot once: a ballot whose agent failed is a voter silent, as locally.
-        max_attempts: spec.max_attempts,
+        max_attempts: 1,
+        priority,
         ..spec
     };
     let mut seats: Vec<Seat> = (0..n).map(|_| Seat::default()).collect();
@@ -119,56 +245,82 @@ pub(super) async fn decide(
         ids: HashSet::new(),
     };
     let mut waits = FuturesUnordered::new();
-    let ask = |seats: &mut Vec<Seat>, asking: &[u32]| {
-        let ids: Vec<String> = asking
-            .iter()
-            .map(|&s| {
-                let seat = &mut seats[s as usize];
-                seat.asked += 1;
-                format!("ballot-{vote}-{lease}-{s}-{}", seat.asked)
-            })
-            .collect();
-        let specs = vec![ballot_spec.clone(); asking.len()];
-        let cluster = cluster.clone();
-        async move { cluster.submit(&specs, Some(&ids)).await }
+    // Asks seats `asking` again (once more each), in sends of [`SEND_AT_ONCE`], each id kept
+    // in `out` as soon as its send is acknowledged.
+    let ask = async |seats: &mut Vec<Seat>,
+                     out: &mut Out,
+                     asking: &[u32]|
+           -> Result<Vec<(u32, u64)>, Error> {
+        let mut asked = Vec::with_capacity(asking.len());
+        for chunk in asking.chunks(SEND_AT_ONCE) {
+            let ids: Vec<String> = chunk
+                .iter()
+                .map(|&s| {
+                    let seat = &mut seats[s as usize];
+                    seat.asked += 1;
+                    format!("ballot-{vote}-{lease}-{s}-{}", seat.asked)
+                })
+                .collect();
+            let specs = vec![ballot_spec.clone(); chunk.len()];
+            for (&seat, task) in chunk.iter().zip(cluster.submit(&specs, Some(&ids)).await?) {
+                out.ids.insert(task.id);
+                asked.push((seat, task.id));
+            }
+        }
+        Ok(asked)
     };
     let all: Vec<u32> = (0..n).collect();
-    let submitted = ask(&mut seats, &all).await?;
-    for (&seat, task) in all.iter().zip(&submitted) {
-        out.ids.insert(task.id);
-        waits.push(ballot_end(cluster.clone(), seat, task.id));
+    for (seat, id) in tokio::time::timeout_at(until, ask(&mut seats, &mut out, &all))
+        .await
+        .map_err(|_| Error::Task("its ballots could not all be sent before its timeout".into()))??
+    {
+        waits.push(ballot_end(&ends, &cluster, seat, id));
     }
-    let mut voted: HashSet<(String, Option<u64>)> = HashSet::new();
+    let mut voted: HashSet<(String, u64)> = HashSet::new();
     let mut asked = n;
     let outcome = loop {
         let progress = tokio::select! {
-            Some((seat, id, ended)) = waits.next() => {
+            Some((seat, id, row)) = waits.next() => {
                 out.ids.remove(&id);
                 let s = seat as usize;
-                match ended {
-                    Ok(row) if row.state == TaskState::Succeeded => {
-                        let voter = (row.node.clone(), row.agent);
-                        if voted.contains(&voter) {
-                            let who = who(&voter);
-                            if seats[s].asked < ASKS_PER_SEAT {
+                if row.state == TaskState::Succeeded {
+                    // A ballot whose record names no agent is told apart from none.
+                    let voter = row.agent.map(|agent| (row.node.clone(), agent));
+                    match voter.clone().filter(|v| voted.contains(v)) {
+                        Some(again) => {
+                            let who = format!("agent {} of node {}", again.1, again.0);
+                            let resend = seats[s].asked < ASKS_PER_SEAT && now() < deadline;
+                            let asked_again = match resend {
+                                true => tokio::time::timeout_at(until, ask(&mut seats, &mut out, &[seat]))
+                                    .await
+                                    .ok()
+                                    .and_then(Result::ok),
+                                false => None,
+                            };
+                            match asked_again {
                                 // Asked again: another agent may take it.
-                                let again = ask(&mut seats, &[seat]).await?;
-                                asked += 1;
-                                let id = again[0].id;
-                                out.ids.insert(id);
-                                waits.push(ballot_end(cluster.clone(), seat, id));
-                            } else {
-                                seats[s].problem =
-                                    Some(format!("its ballots came from {who}, which had voted already"));
+                                Some(again) => {
+                                    asked += 1;
+                                    for (seat, id) in again {
+                                        waits.push(ballot_end(&ends, &cluster, seat, id));
+                                    }
+                                }
+                                None => {
+                                    seats[s].problem =
+                                        Some(format!("its ballots came from {who}, which had voted already"));
+                                }
                             }
                             Progress::Pending
-                        } else {
+                        }
+                        None => {
                             let output = row.output.clone().unwrap_or_default();
                             match colony_runtime::decision::ballot(AgentId(seat), &output) {
                                 Ok(ballot) => match decision.cast(ballot, now()) {
                                     Ok(progress) => {
-                                        voted.insert(voter.clone());
-                                        seats[s].voter = Some(voter);
+                                        if let Some(v) = &voter {
+                                            voted.insert(v.clone());
+                                        }
+                                        seats[s].voter = Some(row.node.clone());
                                         progress
                                     }
                                     Err(refused) => {
@@ -183,20 +335,15 @@ pub(super) async fn decide(
                             }
                         }
                     }
-                    Ok(row) => {
-                        seats[s].problem = Some(match row.error {
-                            Some(error) => format!("its ballot task {id} {}: {error}", row.state),
-                            None => format!("its ballot task {id} {}", row.state),
-                        });
-                        Progress::Pending
-                    }
-                    Err(e) => {
-                        seats[s].problem = Some(format!("its ballot task {id}: {e}"));
-                        Progress::Pending
-                    }
+                } else {
+                    seats[s].problem = Some(match row.error {
+                        Some(error) => format!("its ballot task {id} {}: {error}", row.state),
+                        None => format!("its ballot task {id} {}", row.state),
+                    });
+                    Progress::Pending
                 }
             }
-            () = tokio::time::sleep_until(started + deadline) => decision.expire(now()),
+            () = tokio::time::sleep_until(until) => decision.expire(now()),
         };
         let progress = match progress {
             // Every seat answered, or can no longer: the round closes now.
@@ -216,10 +363,7 @@ pub(super) async fn decide(
     };
     // The ballots still out are cancelled as `out` drops.
     drop(out);
-    let nodes: HashSet<&str> = seats
-        .iter()
-        .filter_map(|s| s.voter.as_ref().map(|(node, _)| node.as_str()))
-        .collect();
+    let nodes: HashSet<&str> = seats.iter().filter_map(|s| s.voter.as_deref()).collect();
     let problems = seats
         .iter()
         .enumerate()
@@ -236,14 +380,12 @@ pub(super) async fn decide(
 }
 
 /// Seat `seat`'s ballot task `id`, once it ended.
-async fn ballot_end(cluster: Cluster, seat: u32, id: u64) -> (u32, u64, Result<crate::Row, Error>) {
-    (seat, id, cluster.wait(id).await)
-}
-
-/// An agent of a node, for people.
-fn who((node, agent): &(String, Option<u64>)) -> String {
-    match agent {
-        Some(agent) => format!("agent {agent} of node {node}"),
-        None => format!("an agent of node {node}"),
-    }
+fn ballot_end(
+    ends: &Arc<Ends>,
+    cluster: &Cluster,
+    seat: u32,
+    id: u64,
+) -> impl std::future::Future<Output = (u32, u64, Row)> + Send + 'static {
+    let (ends, cluster) = (ends.clone(), cluster.clone());
+    async move { (seat, id, ends.ended(&cluster, id).await) }
 }
