@@ -465,8 +465,11 @@ impl Cluster {
                         self.drop_message(id).await;
                         return Ok(Cancel::Cancelled { was });
                     }
-                    Ok(Some(_)) => continue,
-                    _ => return Err(Error::nats(format!("cancelling task {id}"), e)),
+                    // Another write (a node's, as it ended or leased the task) made the
+                    // compare-and-set fail, told as another error when the client's read
+                    // behind it went to a replica that had not seen it yet: read again.
+                    Ok(_) => continue,
+                    Err(_) => return Err(Error::nats(format!("cancelling task {id}"), e)),
                 },
             }
         }
