@@ -815,6 +815,26 @@ impl EventStream {
     }
 }
 
+/// Task `body` posted to `/v1/tasks` on loopback `port`, once it succeeded (within 30 s).
+fn succeeded(port: u16, body: &str, what: &str) -> serde_json::Value {
+    let (code, answer) = send(port, "POST", "/v1/tasks", &[], body);
+    assert_eq!(code, 202, "{answer}");
+    let id = serde_json::from_str::<serde_json::Value>(&answer).unwrap()["id"]
+        .as_u64()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (code, body) = fetch(port, &format!("/v1/tasks/{id}"));
+        assert_eq!(code, 200, "{body}");
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        if v["state"] == "succeeded" {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "{what} did not end: {v}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// `method path` with a JSON body on loopback `port`: the status code and the body.
 fn send(port: u16, method: &str, path: &str, headers: &[&str], body: &str) -> (u16, String) {
     use std::io::Write;
@@ -1246,55 +1266,19 @@ fn serve_over_the_cluster_takes_tasks_and_one_server_leads_the_scaling() {
         "{body}"
     );
     let by_role = r#"{"payload": {"n": 11, "sleep": 0}, "role": "sh", "decide": {"voters": 3, "protocol": "weighted", "role-weights": {"sh": 2}}}"#;
-    let (code, body) = send(port, "POST", "/v1/tasks", &[], by_role);
-    assert_eq!(code, 202, "{body}");
-    let weighed_id = serde_json::from_str::<serde_json::Value>(&body).unwrap()["id"]
-        .as_u64()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let (code, body) = fetch(port, &format!("/v1/tasks/{weighed_id}"));
-        assert_eq!(code, 200, "{body}");
-        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
-        if v["state"] == "succeeded" {
-            assert_eq!(v["output"], "task-11-done", "{v}");
-            assert_eq!(v["decision"]["protocol"], "weighted", "{v}");
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the weighed vote did not end: {v}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let v = succeeded(port, by_role, "the weighed vote");
+    assert_eq!(v["output"], "task-11-done", "{v}");
+    assert_eq!(v["decision"]["protocol"], "weighted", "{v}");
     // Spread over the cluster: each ballot a cluster task (here all on node a, of which
     // three distinct agents vote); what it cannot count refused.
     let spread = r#"{"payload": {"n": 13, "sleep": 0}, "role": "sh", "decide": {"voters": 3, "participation": 1.0, "spread": true}}"#;
-    let (code, body) = send(port, "POST", "/v1/tasks", &[], spread);
-    assert_eq!(code, 202, "{body}");
-    let spread_id = serde_json::from_str::<serde_json::Value>(&body).unwrap()["id"]
-        .as_u64()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let (code, body) = fetch(port, &format!("/v1/tasks/{spread_id}"));
-        assert_eq!(code, 200, "{body}");
-        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
-        if v["state"] == "succeeded" {
-            assert_eq!(v["output"], "task-13-done", "{v}");
-            assert_eq!(
-                (&v["decision"]["counted"], &v["decision"]["nodes"]),
-                (&3.into(), &1.into()),
-                "{v}"
-            );
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the spread vote did not end: {v}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let v = succeeded(port, spread, "the spread vote");
+    assert_eq!(v["output"], "task-13-done", "{v}");
+    assert_eq!(
+        (&v["decision"]["counted"], &v["decision"]["nodes"]),
+        (&3.into(), &1.into()),
+        "{v}"
+    );
     assert_eq!(a.executions().iter().filter(|n| **n == 13).count(), 3);
     let leader = r#"{"payload": 1, "decide": {"voters": 3, "protocol": "leader", "spread": true}}"#;
     let (code, body) = send(port, "POST", "/v1/tasks", &[], leader);
@@ -1312,22 +1296,7 @@ fn serve_over_the_cluster_takes_tasks_and_one_server_leads_the_scaling() {
     // A task decided by vote: node a seats three of its agents, each runs the command,
     // and the decided output is committed once, with how the decision went.
     let vote = r#"{"payload": {"n": 10, "sleep": 0}, "role": "sh", "decide": {"voters": 3}}"#;
-    let (code, body) = send(port, "POST", "/v1/tasks", &[], vote);
-    assert_eq!(code, 202, "{body}");
-    let voted = serde_json::from_str::<serde_json::Value>(&body).unwrap()["id"]
-        .as_u64()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let decided = loop {
-        let (code, body) = fetch(port, &format!("/v1/tasks/{voted}"));
-        assert_eq!(code, 200, "{body}");
-        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
-        if v["state"] == "succeeded" {
-            break v;
-        }
-        assert!(Instant::now() < deadline, "the vote did not end: {v}");
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let decided = succeeded(port, vote, "the vote");
     assert_eq!(decided["output"], "task-10-done", "{decided}");
     assert_eq!(decided["node"], "a", "{decided}");
     let how = &decided["decision"];
