@@ -260,13 +260,16 @@ impl Cluster {
                 "weighs no roles in a vote (it would refuse the vote's header)"
             }
             Together::Vote(_) => "decides no vote (it would run the task as a plain one)",
+            Together::Team(t) if t.spread => {
+                "runs no spread team (it would refuse the team's header)"
+            }
             Together::Team(_) => "forms no team (it would run the task as a plain one)",
         };
         let can = |n: &NodeInfo| match together {
             Together::Vote(d) => {
                 n.votes && (d.role_weights.is_empty() || n.weights) && (!d.spread || n.spread)
             }
-            Together::Team(_) => n.teams,
+            Together::Team(t) => n.teams && (!t.spread || n.spread),
         };
         let role = spec.requirement.role.as_deref();
         if let Some(old) = self

@@ -901,7 +901,11 @@ async fn deliver(shared: &Shared, message: Message, permit: Permit) {
     // cluster takes none: its ballots take theirs where they run (a slot held while it
     // waits for them could be the one they need), and it takes one of the node's places
     // for counting instead.
-    let spread = matches!(&together, Some(Together::Vote(d)) if d.spread);
+    let spread = match &together {
+        Some(Together::Vote(d)) => d.spread,
+        Some(Together::Team(t)) => t.spread,
+        None => false,
+    };
     let needs = together
         .as_ref()
         .filter(|_| !spread)
@@ -1171,6 +1175,37 @@ impl Finished {
         }
     }
 
+    /// A spread team's end as the task's: its last step's output, or a failure naming why.
+    fn of_spread_team(teamed: spread::SpreadTeam) -> Self {
+        let summary = TeamSummary {
+            members: teamed.members,
+            together: false,
+            steps: teamed.steps,
+            asks: teamed.asks,
+            reassigned: teamed.reassigned,
+        };
+        let summaries = Summaries {
+            team: Some(Box::new(summary)),
+            ..Summaries::default()
+        };
+        match teamed.output {
+            Ok(output) => Self {
+                state: TaskState::Succeeded,
+                output: Some(output),
+                error: None,
+                agent: None,
+                summaries,
+            },
+            Err(error) => Self {
+                state: TaskState::Failed,
+                output: None,
+                error: Some(format!("the team failed: {error}").into()),
+                agent: None,
+                summaries,
+            },
+        }
+    }
+
     /// A spread vote's outcome as the task's end: the winner's output, or a failure naming
     /// the reason and why voters have no ballot counted. The winner's agents are other
     /// nodes', so the record names none.
@@ -1406,6 +1441,28 @@ async fn run(
                 Ok(Finished::of_decision(&decided))
             }),
         ),
+        // Its asks sent to the cluster step by step, as a spread vote's ballots are.
+        Some(Together::Team(team)) if team.spread => {
+            let (cluster, ends, spec, lease) = (
+                shared.cluster.clone(),
+                shared.ends.clone(),
+                spec.clone(),
+                started.lease.clone(),
+            );
+            let name = shared.name.clone();
+            (
+                None,
+                Box::pin(async move {
+                    let teamed = spread::team(cluster, ends, spec, *team, id, lease)
+                        .await
+                        .map_err(|e| Outcome::Retryable {
+                            error: format!("node {name}: {e}"),
+                            agent: None,
+                        })?;
+                    Ok(Finished::of_spread_team(teamed))
+                }),
+            )
+        }
         // Formed and worked the same way. A team that formed and then failed is its end,
         // not an error.
         Some(Together::Team(team)) => (

@@ -629,6 +629,7 @@ mod tests {
             }],
             reassignments: 3,
             delegation: 1,
+            spread: false,
         };
         let together = Together::Team(Box::new(team.clone()));
         let headers = TaskMessage::headers(&TaskSpec::default(), "x", Some(&together)).unwrap();

@@ -1257,6 +1257,7 @@ async fn a_team_is_formed_and_worked_by_the_node_that_takes_it() {
         steps: vec![step("plan", 0, false), step("work", 1, true)],
         reassignments: 0,
         delegation: 0,
+        spread: false,
     };
     let spec = |max_attempts: u32| TaskSpec {
         payload: Bytes::from(r#"{"input":{"job":"build it"}}"#),
@@ -1680,6 +1681,130 @@ async fn a_spread_vote_counts_ballots_from_agents_of_several_nodes() {
         node.drain().await;
     }
     for rt in runtimes {
+        rt.shutdown().await;
+    }
+}
+
+/// A spread team's members are agents of any node: its lead on one node and its hands on
+/// another, which no node can form alone. Each step's asks are cluster tasks of their role,
+/// with the earlier steps' outputs as their context; a failed ask is made again while the
+/// reassignments last, then the team fails naming the step. Delegation is refused when sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spread_team_takes_its_members_from_several_nodes() {
+    use colony_runtime::team::{Role, Step, Team};
+    let dir = tempfile::tempdir().unwrap();
+    let server = tokio::task::block_in_place(|| NatsServer::single(dir.path())).unwrap();
+    let client = cluster(&server).await;
+    let lead = runtime("lead", 1, Duration::from_millis(1)).await;
+    let hands = runtime("hand", 2, Duration::from_millis(1)).await;
+    let failing = SimOptions {
+        error_rate: 1.0,
+        ..SimOptions::default()
+    };
+    let clumsy = start(vec![sim_pool("clumsy", 2, failing)]).await;
+    let nodes = [
+        join(&server, &lead, "l").await,
+        join(&server, &hands, "h").await,
+        join(&server, &clumsy, "c").await,
+    ];
+    let role = |name: &str, count: u32| Role {
+        name: name.into(),
+        requirement: Requirement {
+            role: Some(name.into()),
+            ..Requirement::default()
+        },
+        count,
+    };
+    let step = |id: &str, role: usize, each: bool| Step {
+        id: id.into(),
+        role,
+        each,
+        input: None,
+    };
+    let team = |hands: &str, spread: bool| Team {
+        roles: vec![role("lead", 1), role(hands, 2)],
+        steps: vec![step("plan", 0, false), step("work", 1, true)],
+        reassignments: 1,
+        delegation: 0,
+        spread,
+    };
+    let spec = TaskSpec {
+        requirement: Requirement {
+            role: Some("lead".into()),
+            ..Requirement::default()
+        },
+        payload: Bytes::from(r#"{"input":{"job":"build it"}}"#),
+        max_attempts: 1,
+        ..TaskSpec::default()
+    };
+
+    // Unspread, the node of the lead has no hands: the team cannot form.
+    let alone = client
+        .submit_team(&spec, team("hand", false), None)
+        .await
+        .unwrap();
+    let row = ended(&client, alone.id).await;
+    assert_ne!(row.state, TaskState::Succeeded, "{row:?}");
+
+    let spread = client
+        .submit_team(&spec, team("hand", true), None)
+        .await
+        .unwrap();
+    let row = ended(&client, spread.id).await;
+    assert_eq!(row.state, TaskState::Succeeded, "{row:?}");
+    // Each hand echoed what it was asked: the step, its place, and the lead's plan.
+    let work: serde_json::Value = serde_json::from_slice(row.output.as_deref().unwrap()).unwrap();
+    let work = work.as_array().unwrap();
+    assert_eq!(work.len(), 2, "{work:?}");
+    for (i, ask) in work.iter().enumerate() {
+        assert_eq!(
+            (
+                &ask["team"]["step"],
+                &ask["team"]["index"],
+                &ask["team"]["of"]
+            ),
+            (&"work".into(), &i.into(), &2.into()),
+            "{ask}"
+        );
+        assert_eq!(ask["input"]["job"], "build it", "{ask}");
+        assert_eq!(
+            ask["team"]["context"]["plan"]["team"]["step"], "plan",
+            "{ask}"
+        );
+    }
+    let t = row.team.unwrap();
+    assert_eq!(
+        (t.members, t.steps, t.asks, t.reassigned, t.together),
+        (3, 2, 3, 0, false),
+        "{t:?}"
+    );
+
+    // Hands that always fail: one ask is made again, then the team fails saying why.
+    let clumsy_team = client
+        .submit_team(&spec, team("clumsy", true), None)
+        .await
+        .unwrap();
+    let row = ended(&client, clumsy_team.id).await;
+    assert_eq!(row.state, TaskState::Failed, "{row:?}");
+    let error = row.error.clone().unwrap_or_default();
+    assert!(
+        error.contains("step `work`") && error.contains("reassignments are spent"),
+        "{error}"
+    );
+    assert_eq!(row.team.unwrap().reassigned, 1);
+
+    let mut delegating = team("hand", true);
+    delegating.delegation = 1;
+    let refused = client
+        .submit_team(&spec, delegating, None)
+        .await
+        .unwrap_err();
+    assert!(refused.to_string().contains("delegation 0"), "{refused}");
+
+    for node in nodes {
+        node.drain().await;
+    }
+    for rt in [lead, hands, clumsy] {
         rt.shutdown().await;
     }
 }

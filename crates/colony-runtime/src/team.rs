@@ -92,6 +92,11 @@ pub struct Team {
     pub reassignments: u32,
     /// Levels a member's ask may be handed on (0: outputs are never read as delegations).
     pub delegation: u32,
+    /// A cluster's: its asks are cluster tasks of their roles, run by agents of any node,
+    /// and the node that takes the team runs its steps (`colony-cluster`'s `node/spread.rs`).
+    /// One runtime refuses it. Absent when false, so that nodes from before read the rest.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub spread: bool,
 }
 
 impl Team {
@@ -133,6 +138,12 @@ impl Team {
                 self.delegation,
                 team::MAX_DEPTH
             ));
+        }
+        if self.spread && self.delegation > 0 {
+            return invalid(
+                "a spread team hands no ask on (delegation 0): its members are any node's agents, asked task by task"
+                    .into(),
+            );
         }
         Ok(())
     }
@@ -305,6 +316,11 @@ impl Handle {
         earlier: Vec<EarlierAsk>,
     ) -> Result<Teamed, Error> {
         team.validate()?;
+        if team.spread {
+            return Err(Error::Team(
+                "a spread team takes its members from a cluster's nodes, and this is one runtime: its members are its own workers".into(),
+            ));
+        }
         let role_specs: Vec<TaskSpec> = team
             .roles
             .iter()
@@ -650,24 +666,7 @@ impl Run {
     /// The payload of an ask of step `step` without its `team` field: the task's, with the
     /// step's input set over it.
     fn base_payload(&self, step: &Step) -> Map<String, Value> {
-        let mut payload = match serde_json::from_slice::<Value>(&self.spec.payload) {
-            Ok(Value::Object(fields)) => fields,
-            Ok(other) => Map::from_iter([("task".to_owned(), other)]),
-            Err(_) => Map::from_iter([(
-                "task".to_owned(),
-                Value::String(String::from_utf8_lossy(&self.spec.payload).into_owned()),
-            )]),
-        };
-        if let Some(input) = &step.input {
-            // Over the payload's `input` object when it has one (a workflow's), else over
-            // the payload itself: where `{{input.KEY}}` reads.
-            match payload.get_mut("input") {
-                Some(Value::Object(fields)) => fields.extend(input.clone()),
-                Some(slot @ Value::Null) => *slot = Value::Object(input.clone()),
-                _ => payload.extend(input.clone()),
-            }
-        }
-        payload
+        step_payload(&self.spec.payload, step)
     }
 
     /// The payload of an ask of step `step` by a member of `role`, the `index`-th of `of`.
@@ -907,8 +906,31 @@ impl Run {
     }
 }
 
+/// The payload of an ask of `step` without its `team` field: the task's (`payload`), with the
+/// step's input set over it. A cluster's spread team asks with it too.
+pub fn step_payload(payload: &[u8], step: &Step) -> Map<String, Value> {
+    let mut payload = match serde_json::from_slice::<Value>(payload) {
+        Ok(Value::Object(fields)) => fields,
+        Ok(other) => Map::from_iter([("task".to_owned(), other)]),
+        Err(_) => Map::from_iter([(
+            "task".to_owned(),
+            Value::String(String::from_utf8_lossy(payload).into_owned()),
+        )]),
+    };
+    if let Some(input) = &step.input {
+        // Over the payload's `input` object when it has one (a workflow's), else over
+        // the payload itself: where `{{input.KEY}}` reads.
+        match payload.get_mut("input") {
+            Some(Value::Object(fields)) => fields.extend(input.clone()),
+            Some(slot @ Value::Null) => *slot = Value::Object(input.clone()),
+            _ => payload.extend(input.clone()),
+        }
+    }
+    payload
+}
+
 /// An output as the team's context holds it: its JSON, or its text.
-fn as_value(output: &Bytes) -> Value {
+pub fn as_value(output: &Bytes) -> Value {
     serde_json::from_slice(output)
         .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(output).into_owned()))
 }

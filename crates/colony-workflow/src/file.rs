@@ -934,6 +934,10 @@ pub struct Team {
     /// Levels a member may hand its step on to another role. Default 0 (none).
     #[serde(default)]
     pub delegation: Option<Spanned<u32>>,
+    /// A cluster run's (`colony run --nats`): the members are agents of any node, each ask
+    /// a cluster task of its role. Default false.
+    #[serde(default)]
+    pub spread: Option<Spanned<bool>>,
 }
 
 /// A team size read from the task's input: one member per `per` points of the number in

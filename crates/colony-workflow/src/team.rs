@@ -48,6 +48,8 @@ pub struct Plan {
     /// Reassignments allowed; `None`: the team's size.
     pub reassign: Option<u32>,
     pub delegation: u32,
+    /// Its members are agents of any node of a cluster (`team: spread`).
+    pub spread: bool,
 }
 
 impl Plan {
@@ -94,6 +96,7 @@ impl Plan {
             steps: self.steps.clone(),
             reassignments: self.reassign.unwrap_or(size),
             delegation: self.delegation,
+            spread: self.spread,
         })
     }
 
@@ -184,6 +187,25 @@ pub(crate) fn check(
             "out of range",
         ));
     }
+    if let Some(spread) = b.spread.as_ref().filter(|s| s.value) {
+        if agents_here {
+            problems.push(Problem::at(
+                spread,
+                format!(
+                    "task `{id}`: team spread takes the members from a cluster's nodes, and this run has one runtime: run it with colony run --nats, or remove it"
+                ),
+                "spread without a cluster",
+            ));
+        } else if b.delegation.as_ref().is_some_and(|d| d.value > 0) {
+            problems.push(Problem::at(
+                spread,
+                format!(
+                    "task `{id}`: a spread team hands no step on: remove delegation, or spread"
+                ),
+                "spread with delegation",
+            ));
+        }
+    }
     if problems.len() > before {
         return None;
     }
@@ -193,6 +215,7 @@ pub(crate) fn check(
         steps,
         reassign: b.reassign.as_ref().map(|r| r.value),
         delegation: b.delegation.as_ref().map_or(0, |d| d.value),
+        spread: b.spread.as_ref().is_some_and(|s| s.value),
     })
 }
 

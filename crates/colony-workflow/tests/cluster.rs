@@ -168,6 +168,13 @@ agents:
   - { name: sim, kind: sim, count: 3 }
 tasks:
   - { id: vote, agent: sim, input: { answer: 7 }, decide: { voters: 3, spread: true } }
+  - id: crew
+    input: { job: "build it" }
+    team:
+      size: 3
+      roles: [{ name: lead, agent: sim, count: 1 }, { name: hand, agent: sim }]
+      steps: [{ id: plan, role: lead }, { id: work, role: hand, each: true }]
+      spread: true
 "#,
     );
     let workflow = load_for_cluster(&path).unwrap();
@@ -187,6 +194,15 @@ tasks:
         "{decided:?}"
     );
     assert!((2..=3).contains(&decided.counted), "{decided:?}");
+    // The team's asks went as cluster tasks: three, two of them the hands' at once.
+    let crew = &report.tasks[1];
+    assert_eq!(crew.status, Status::Succeeded, "{crew:?}");
+    let worked = crew.cluster_team.as_ref().unwrap();
+    assert_eq!(
+        (worked.members, worked.steps, worked.asks, worked.together),
+        (3, 2, 3, false),
+        "{worked:?}"
+    );
     node.drain().await;
     rt.shutdown().await;
 }

@@ -230,6 +230,17 @@ fn bad_team_blocks_are_reported_at_their_line_and_column() {
             .any(|m| m.contains("a team takes 1..=64 steps, and this one has 0")),
         "{p:#?}"
     );
+
+    // A team spread over a cluster's nodes, in a run of one runtime.
+    let p = problems(&format!(
+        "name: w\n{POOLS}tasks:\n  - id: t\n    team:\n      roles: [{{ name: planner, count: 1 }}]\n      steps: [{{ id: go, role: planner }}]\n      spread: true\n"
+    ));
+    assert_eq!(
+        p,
+        [
+            "w.yaml:10:15: task `t`: team spread takes the members from a cluster's nodes, and this run has one runtime: run it with colony run --nats, or remove it"
+        ],
+    );
 }
 
 /// A workflow named `name` with the pools and `tasks`, run on an in-memory journal that

@@ -272,6 +272,7 @@ mod tests {
             }],
             reassignments: 0,
             delegation: 0,
+            spread: false,
         }))
     }
 

@@ -389,3 +389,143 @@ fn ballot_end(
     let (ends, cluster) = (ends.clone(), cluster.clone());
     async move { (seat, id, ends.ended(&cluster, id).await) }
 }
+
+/// A spread team run to its end: the last step's output, or why it failed.
+#[derive(Debug)]
+pub(super) struct SpreadTeam {
+    pub(super) output: Result<bytes::Bytes, String>,
+    /// Members: the roles' counts.
+    pub(super) members: u32,
+    /// Steps run (the last may have failed).
+    pub(super) steps: u32,
+    /// Ask tasks sent, the asks made again included.
+    pub(super) asks: u32,
+    /// Asks made again after theirs failed.
+    pub(super) reassigned: u32,
+}
+
+/// Runs team `team` of task `id` (its attempt's lease id `lease`, which keeps its asks' ids
+/// apart from another attempt's) with agents of any node: each step's asks (one, or one per
+/// member of its role with `each`) are cluster tasks of the role's requirement, one
+/// attempt each, one priority above the team's task, whose payload is the task's with the
+/// step's input over it and a `team` field (`step`, `role`, `index`, `of`, `members` empty,
+/// `context`: the earlier steps' outputs), as on one runtime. An ask that fails is made
+/// again while the team's reassignments last; then the team fails, naming the step and why.
+pub(super) async fn team(
+    cluster: Cluster,
+    ends: Arc<Ends>,
+    spec: TaskSpec,
+    team: colony_runtime::team::Team,
+    id: u64,
+    lease: String,
+) -> Result<SpreadTeam, Error> {
+    use serde_json::{Map, Value, json};
+    team.validate().map_err(|e| Error::Task(e.to_string()))?;
+    let priority = colony_core::task::Priority::new(
+        (spec.priority.get() + 1).min(colony_core::task::Priority::HIGHEST.get()),
+    )
+    .unwrap_or(colony_core::task::Priority::HIGHEST);
+    let members = team
+        .roles
+        .iter()
+        .fold(0u32, |sum, r| sum.saturating_add(r.count));
+    let mut out = Out {
+        cluster: cluster.clone(),
+        ids: HashSet::new(),
+    };
+    let mut context = Map::new();
+    let (mut asks, mut reassigned, mut steps) = (0u32, 0u32, 0u32);
+    let mut last = bytes::Bytes::new();
+    let ended = |output: Result<bytes::Bytes, String>, steps, asks, reassigned| SpreadTeam {
+        output,
+        members,
+        steps,
+        asks,
+        reassigned,
+    };
+    for step in &team.steps {
+        steps += 1;
+        let role = &team.roles[step.role];
+        let of = if step.each { role.count as usize } else { 1 };
+        let base = colony_runtime::team::step_payload(&spec.payload, step);
+        let ask_spec = |index: usize| {
+            let mut payload = base.clone();
+            payload.insert(
+                "team".into(),
+                json!({
+                    "step": &*step.id,
+                    "role": &*role.name,
+                    "index": index,
+                    "of": of,
+                    "members": [],
+                    "context": Value::Object(context.clone()),
+                }),
+            );
+            TaskSpec {
+                requirement: role.requirement.clone(),
+                payload: bytes::Bytes::from(Value::Object(payload).to_string()),
+                max_attempts: 1,
+                priority,
+                ..spec.clone()
+            }
+        };
+        let mut outputs: Vec<Option<bytes::Bytes>> = vec![None; of];
+        let mut waits = FuturesUnordered::new();
+        for chunk in (0..of).collect::<Vec<_>>().chunks(SEND_AT_ONCE) {
+            let specs: Vec<TaskSpec> = chunk.iter().map(|&i| ask_spec(i)).collect();
+            let ids: Vec<String> = chunk
+                .iter()
+                .map(|i| format!("team-{id}-{lease}-{}-{i}-{asks}", step.id))
+                .collect();
+            for (&index, task) in chunk.iter().zip(cluster.submit(&specs, Some(&ids)).await?) {
+                asks += 1;
+                out.ids.insert(task.id);
+                waits.push(ballot_end(&ends, &cluster, index as u32, task.id));
+            }
+        }
+        while let Some((index, task, row)) = waits.next().await {
+            out.ids.remove(&task);
+            if row.state == TaskState::Succeeded {
+                outputs[index as usize] = Some(row.output.unwrap_or_default());
+                continue;
+            }
+            let why = row
+                .error
+                .unwrap_or_else(|| format!("its task {task} ended {}", row.state));
+            if reassigned >= team.reassignments {
+                let error = format!(
+                    "step `{}`: the ask of role `{}` failed ({why}), and the team's {} reassignments are spent",
+                    step.id, role.name, team.reassignments
+                );
+                return Ok(ended(Err(error), steps, asks, reassigned));
+            }
+            reassigned += 1;
+            let again = cluster
+                .submit(
+                    &[ask_spec(index as usize)],
+                    Some(&[format!("team-{id}-{lease}-{}-{index}-{asks}", step.id)]),
+                )
+                .await?;
+            asks += 1;
+            out.ids.insert(again[0].id);
+            waits.push(ballot_end(&ends, &cluster, index, again[0].id));
+        }
+        // Every ask answered: the loop ends once none is out, and a failure past the
+        // reassignments ended the team.
+        let Some(mut outputs) = outputs.into_iter().collect::<Option<Vec<_>>>() else {
+            return Err(Error::Task(format!(
+                "step `{}` ended with an ask unanswered",
+                step.id
+            )));
+        };
+        let output = if step.each {
+            let all: Vec<Value> = outputs.iter().map(colony_runtime::team::as_value).collect();
+            bytes::Bytes::from(Value::Array(all).to_string())
+        } else {
+            outputs.swap_remove(0)
+        };
+        context.insert(step.id.to_string(), colony_runtime::team::as_value(&output));
+        last = output;
+    }
+    Ok(ended(Ok(last), steps, asks, reassigned))
+}

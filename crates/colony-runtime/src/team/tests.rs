@@ -152,6 +152,7 @@ fn feature(coders: u32) -> Team {
         ],
         reassignments: 2,
         delegation: 0,
+        spread: false,
     }
 }
 
@@ -400,6 +401,16 @@ async fn a_team_that_cannot_be_formed_is_refused_with_nothing_asked() {
         h.team(task(), no_steps).await,
         Err(Error::Team(_))
     ));
+    // A cluster's spread team, on one runtime.
+    let spread = Team {
+        spread: true,
+        ..feature(1)
+    };
+    let refused = h.team(task(), spread).await.unwrap_err();
+    assert!(
+        refused.to_string().contains("this is one runtime"),
+        "{refused}"
+    );
     assert_eq!(h.stats().accepted, 0);
     assert!(ran.lock().unwrap().is_empty());
     runtime.shutdown().await;

@@ -17,6 +17,7 @@ fn plan(size: Size) -> Plan {
         }],
         reassign: None,
         delegation: 0,
+        spread: false,
     }
 }
 
