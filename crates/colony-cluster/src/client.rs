@@ -269,12 +269,29 @@ impl Cluster {
             Together::Vote(d) => {
                 n.votes && (d.role_weights.is_empty() || n.weights) && (!d.spread || n.spread)
             }
-            Together::Team(t) => n.teams && (!t.spread || n.spread),
+            Together::Team(t) => n.teams && (!t.spread || n.spread_teams),
         };
         let role = spec.requirement.role.as_deref();
-        if let Some(old) = self
-            .recent_members()
-            .await?
+        let members = self.recent_members().await?;
+        // A spread team's asks go to the nodes of each of its roles: one that no live node
+        // serves would wait for good.
+        if let Together::Team(t) = together
+            && t.spread
+            && let Some(r) = t.roles.iter().find(|r| {
+                r.requirement.role.as_deref().is_some_and(|role| {
+                    !members
+                        .iter()
+                        .any(|n| !n.draining && n.roles.iter().any(|own| own == role))
+                })
+            })
+        {
+            return Err(Error::Task(format!(
+                "team role `{}` asks for nodes of role `{}`, and no live node serves it",
+                r.name,
+                r.requirement.role.as_deref().unwrap_or_default()
+            )));
+        }
+        if let Some(old) = members
             .into_iter()
             .find(|n| !can(n) && role.is_none_or(|r| n.roles.iter().any(|own| own == r)))
         {

@@ -51,6 +51,10 @@ pub struct NodeInfo {
     /// before would refuse such a vote's header.
     #[serde(default)]
     pub spread: bool,
+    /// It runs teams spread over the cluster (`spread` in `Colony-Team`); a node from before
+    /// would refuse such a team's header.
+    #[serde(default)]
+    pub spread_teams: bool,
 }
 
 /// One tier of a node's hierarchy: its agents, and those down (crashed, waiting for a

@@ -267,6 +267,7 @@ impl Node {
             teams: true,
             weights: true,
             spread: true,
+            spread_teams: true,
         };
         let mut info = info;
         let patience = Duration::from_secs(1);
@@ -897,10 +898,10 @@ async fn deliver(shared: &Shared, message: Message, permit: Permit) {
         }
     };
     // A vote or a team takes a slot for each agent it asks, had before anything is written;
-    // without them it goes back to the stream for a node with room. A vote spread over the
-    // cluster takes none: its ballots take theirs where they run (a slot held while it
-    // waits for them could be the one they need), and it takes one of the node's places
-    // for counting instead.
+    // without them it goes back to the stream for a node with room. A vote or a team spread
+    // over the cluster takes none: its ballots or asks take theirs where they run (a slot
+    // held while it waits for them could be the one they need), and it takes one of the
+    // node's places for counting instead.
     let spread = match &together {
         Some(Together::Vote(d)) => d.spread,
         Some(Together::Team(t)) => t.spread,
@@ -1141,6 +1142,7 @@ impl Finished {
             steps: count(teamed.steps.len()),
             asks: teamed.tasks,
             reassigned: count(teamed.reassigned.len()),
+            nodes: None,
         };
         let summaries = Summaries {
             team: Some(Box::new(summary)),
@@ -1183,6 +1185,7 @@ impl Finished {
             steps: teamed.steps,
             asks: teamed.asks,
             reassigned: teamed.reassigned,
+            nodes: Some(teamed.nodes),
         };
         let summaries = Summaries {
             team: Some(Box::new(summary)),

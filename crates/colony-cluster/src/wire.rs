@@ -214,6 +214,9 @@ pub struct TeamSummary {
     pub asks: u32,
     /// Members replaced after they failed.
     pub reassigned: u32,
+    /// A spread team: the distinct nodes whose agents answered its asks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nodes: Option<u32>,
 }
 
 /// How a decision went, kept in its task's record: enough to see its margin and dissent

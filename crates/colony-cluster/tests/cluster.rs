@@ -1774,9 +1774,50 @@ async fn a_spread_team_takes_its_members_from_several_nodes() {
     }
     let t = row.team.unwrap();
     assert_eq!(
-        (t.members, t.steps, t.asks, t.reassigned, t.together),
-        (3, 2, 3, 0, false),
+        (
+            t.members,
+            t.steps,
+            t.asks,
+            t.reassigned,
+            t.together,
+            t.nodes
+        ),
+        (3, 2, 3, 0, false, Some(2)),
         "{t:?}"
+    );
+
+    // A job of 600 kB, echoed by the lead as its plan: the hands' asks would carry it twice
+    // (the input, and the plan in the context), over the cluster's payload, so the step
+    // cannot be asked and the team fails for good, saying so.
+    let big = TaskSpec {
+        payload: Bytes::from(format!(
+            r#"{{"input":{{"job":"{}"}}}}"#,
+            "x".repeat(600_000)
+        )),
+        ..spec.clone()
+    };
+    let too_big = client
+        .submit_team(&big, team("hand", true), None)
+        .await
+        .unwrap();
+    let row = ended(&client, too_big.id).await;
+    assert_eq!(row.state, TaskState::Failed, "{row:?}");
+    let error = row.error.clone().unwrap_or_default();
+    assert!(
+        error.contains("step `work` could not be asked") && error.contains("over the cluster's"),
+        "{error}"
+    );
+    assert_eq!(row.attempt, 1, "not tried again: {row:?}");
+
+    // A role no live node serves: refused when sent rather than waited for.
+    let nobody = Team {
+        roles: vec![role("lead", 1), role("nobody", 1)],
+        ..team("hand", true)
+    };
+    let refused = client.submit_team(&spec, nobody, None).await.unwrap_err();
+    assert!(
+        refused.to_string().contains("no live node serves it"),
+        "{refused}"
     );
 
     // Hands that always fail: one ask is made again, then the team fails saying why.

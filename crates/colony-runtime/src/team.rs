@@ -53,6 +53,10 @@ use std::{collections::HashSet, future::Future, pin::Pin, sync::Arc};
 /// Most steps a team runs (delegations aside).
 pub const MAX_STEPS: usize = 64;
 
+/// Most asks a spread team makes again (each is a cluster task; on one runtime a
+/// reassignment needs another worker, which bounds them).
+pub const MAX_SPREAD_REASSIGNMENTS: u32 = 1_000;
+
 /// Teams formed by this process, for their numbers.
 static TEAMS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
@@ -137,6 +141,12 @@ impl Team {
                 "delegation {} levels deep: allowed 0..={}",
                 self.delegation,
                 team::MAX_DEPTH
+            ));
+        }
+        if self.spread && self.reassignments > MAX_SPREAD_REASSIGNMENTS {
+            return invalid(format!(
+                "a spread team asks again at most {MAX_SPREAD_REASSIGNMENTS} times (each a cluster task), and {} are allowed",
+                self.reassignments
             ));
         }
         if self.spread && self.delegation > 0 {

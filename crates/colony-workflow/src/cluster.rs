@@ -10,7 +10,8 @@
 //! `summary.json` and webhooks are a local run's.
 //!
 //! A vote or a team goes as one cluster task carrying its settings, and the node that takes
-//! it seats the voters or forms the team among its own agents. The workflow's memory is this
+//! it seats the voters or forms the team among its own agents (spread, it sends each ballot
+//! or ask to the cluster as a task of its own). The workflow's memory is this
 //! process's: recalled into a task's input before it goes, written once its output came back
 //! and passed its checks. So are the run's topics (`wait:`, `publish:`): a message bus of this
 //! process links the run's tasks, a task waiting here, unsent, for its message, and an output
@@ -128,18 +129,22 @@ pub fn refusals(workflow: &Workflow) -> Vec<String> {
         {
             refuse("`decide`", &why);
         }
-        // A team goes to the nodes of its first role: a name the cluster can route by.
-        if let Some(plan) = &t.team
-            && let Some(role) = plan
-                .roles
-                .first()
-                .and_then(|(r, _)| r.requirement.role.as_deref())
-            && let Err(e) = colony_cluster::check_role(role)
-        {
-            refuse(
-                "`team`",
-                &format!("goes to the nodes of its first role: {e}"),
-            );
+        // A team goes to the nodes of its first role: a name the cluster can route by; a
+        // spread team's asks go to the nodes of every role.
+        if let Some(plan) = &t.team {
+            let routed = if plan.spread { plan.roles.len() } else { 1 };
+            for (r, _) in plan.roles.iter().take(routed) {
+                if let Some(role) = r.requirement.role.as_deref()
+                    && let Err(e) = colony_cluster::check_role(role)
+                {
+                    let whose = if plan.spread {
+                        "the nodes of each role"
+                    } else {
+                        "the nodes of its first role"
+                    };
+                    refuse("`team`", &format!("goes to {whose}: {e}"));
+                }
+            }
         }
         if !t.expect.files.is_empty() {
             refuse(

@@ -144,6 +144,26 @@ tasks:
   - { id: weighed, agent: sim, decide: { voters: 3, protocol: weighted, weights: { sim: 2 }, spread: true } }
 "#,
     );
+    let delegating = write(
+        "delegating.yaml",
+        r#"name: d
+agents:
+  - { name: sim, kind: sim, count: 3 }
+tasks:
+  - id: crew
+    team:
+      roles: [{ name: lead, agent: sim, count: 1 }]
+      steps: [{ id: plan, role: lead }]
+      delegation: 1
+      spread: true
+"#,
+    );
+    let problems = load_for_cluster(&delegating).unwrap_err().to_string();
+    assert!(
+        problems.contains("delegating.yaml:10:15")
+            && problems.contains("a spread team hands no step on"),
+        "{problems}"
+    );
     let refused = refusals(&load_for_cluster(&refused).unwrap());
     assert_eq!(refused.len(), 2, "{refused:#?}");
     assert!(

@@ -23,8 +23,8 @@ use tokio::sync::oneshot;
 /// Most voters of one spread vote: each is a cluster task, and its wait a watch.
 pub const MAX_SPREAD_VOTERS: u32 = 1_000;
 
-/// Most spread votes a node counts at once: a vote counted here holds no slot (its ballots
-/// take theirs where they run), so this bounds them instead.
+/// Most spread votes and teams a node runs at once: one run here holds no slot (its ballots
+/// or asks take theirs where they run), so this bounds them instead.
 pub(super) const MAX_COUNTING: usize = 256;
 
 /// Most times one seat is asked: once, and again when its ballot came from an agent that
@@ -72,6 +72,8 @@ impl Spread {
 struct Out {
     cluster: Cluster,
     ids: HashSet<u64>,
+    /// Why they are cancelled, in their records.
+    why: &'static str,
 }
 
 impl Drop for Out {
@@ -80,14 +82,14 @@ impl Drop for Out {
             return;
         }
         let ids: Vec<u64> = self.ids.drain().collect();
-        let cluster = self.cluster.clone();
+        let (cluster, why) = (self.cluster.clone(), self.why);
         colony_agents::spawner::Spawner::spawn("spread-vote-cancel", async move {
             futures::stream::iter(ids)
                 .for_each_concurrent(32, |id| {
                     let cluster = cluster.clone();
                     async move {
-                        if let Err(e) = cluster.cancel(id, "its vote ended without it").await {
-                            tracing::warn!("ballot task {id} not cancelled: {e}");
+                        if let Err(e) = cluster.cancel(id, why).await {
+                            tracing::warn!("task {id} not cancelled ({why}): {e}");
                         }
                     }
                 })
@@ -243,6 +245,7 @@ pub(super) async fn decide(
     let mut out = Out {
         cluster: cluster.clone(),
         ids: HashSet::new(),
+        why: "its vote ended without it",
     };
     let mut waits = FuturesUnordered::new();
     // Asks seats `asking` again (once more each), in sends of [`SEND_AT_ONCE`], each id kept
@@ -402,6 +405,8 @@ pub(super) struct SpreadTeam {
     pub(super) asks: u32,
     /// Asks made again after theirs failed.
     pub(super) reassigned: u32,
+    /// Distinct nodes whose agents answered its asks.
+    pub(super) nodes: u32,
 }
 
 /// Runs team `team` of task `id` (its attempt's lease id `lease`, which keeps its asks' ids
@@ -410,7 +415,9 @@ pub(super) struct SpreadTeam {
 /// attempt each, one priority above the team's task, whose payload is the task's with the
 /// step's input over it and a `team` field (`step`, `role`, `index`, `of`, `members` empty,
 /// `context`: the earlier steps' outputs), as on one runtime. An ask that fails is made
-/// again while the team's reassignments last; then the team fails, naming the step and why.
+/// again while the team's reassignments last; then the team fails, naming the step. So does
+/// a step the cluster cannot carry (an ask over its payload, a role it cannot route), for
+/// good; NATS out of reach fails the attempt, to be retried.
 pub(super) async fn team(
     cluster: Cluster,
     ends: Arc<Ends>,
@@ -432,52 +439,91 @@ pub(super) async fn team(
     let mut out = Out {
         cluster: cluster.clone(),
         ids: HashSet::new(),
+        why: "its team ended without it",
     };
     let mut context = Map::new();
     let (mut asks, mut reassigned, mut steps) = (0u32, 0u32, 0u32);
+    let mut nodes: HashSet<String> = HashSet::new();
     let mut last = bytes::Bytes::new();
-    let ended = |output: Result<bytes::Bytes, String>, steps, asks, reassigned| SpreadTeam {
+    let ended = |output, steps, asks, reassigned, nodes: &HashSet<String>| SpreadTeam {
         output,
         members,
         steps,
         asks,
         reassigned,
+        nodes: u32::try_from(nodes.len()).unwrap_or(u32::MAX),
     };
     for step in &team.steps {
         steps += 1;
         let role = &team.roles[step.role];
         let of = if step.each { role.count as usize } else { 1 };
-        let base = colony_runtime::team::step_payload(&spec.payload, step);
-        let ask_spec = |index: usize| {
-            let mut payload = base.clone();
-            payload.insert(
-                "team".into(),
-                json!({
-                    "step": &*step.id,
-                    "role": &*role.name,
-                    "index": index,
-                    "of": of,
-                    "members": [],
-                    "context": Value::Object(context.clone()),
-                }),
-            );
-            TaskSpec {
-                requirement: role.requirement.clone(),
-                payload: bytes::Bytes::from(Value::Object(payload).to_string()),
-                max_attempts: 1,
-                priority,
-                ..spec.clone()
+        // The payload written once a step, each ask's put together around it: the context
+        // (every earlier output) is not copied per ask.
+        let mut base = colony_runtime::team::step_payload(&spec.payload, step);
+        base.remove("team");
+        let base = Value::Object(base).to_string();
+        let context_text = Value::Object(context.clone()).to_string();
+        let payload_of = |index: usize| {
+            let head = json!({
+                "step": &*step.id,
+                "role": &*role.name,
+                "index": index,
+                "of": of,
+                "members": [],
+            })
+            .to_string();
+            let mut payload =
+                String::with_capacity(base.len() + head.len() + context_text.len() + 24);
+            payload.push_str(&base[..base.len() - 1]);
+            if base.len() > 2 {
+                payload.push(',');
             }
+            payload.push_str("\"team\":");
+            payload.push_str(&head[..head.len() - 1]);
+            payload.push_str(",\"context\":");
+            payload.push_str(&context_text);
+            payload.push_str("}}");
+            bytes::Bytes::from(payload)
+        };
+        let largest = payload_of(of - 1).len();
+        if largest > crate::MAX_PAYLOAD {
+            let error = format!(
+                "step `{}` could not be asked: its ask of {largest} bytes (the task's payload and the earlier steps' outputs) is over the cluster's {} bytes",
+                step.id,
+                crate::MAX_PAYLOAD
+            );
+            return Ok(ended(Err(error), steps, asks, reassigned, &nodes));
+        }
+        let ask_spec = |index: usize| TaskSpec {
+            requirement: role.requirement.clone(),
+            payload: payload_of(index),
+            max_attempts: 1,
+            priority,
+            ..spec.clone()
         };
         let mut outputs: Vec<Option<bytes::Bytes>> = vec![None; of];
         let mut waits = FuturesUnordered::new();
+        // What the cluster refuses to carry fails the team; else the attempt fails.
+        let unsendable = |e: Error| match e {
+            Error::Task(_) | Error::BadRole { .. } => {
+                Ok(format!("step `{}` could not be asked: {e}", step.id))
+            }
+            e => Err(e),
+        };
         for chunk in (0..of).collect::<Vec<_>>().chunks(SEND_AT_ONCE) {
             let specs: Vec<TaskSpec> = chunk.iter().map(|&i| ask_spec(i)).collect();
             let ids: Vec<String> = chunk
                 .iter()
                 .map(|i| format!("team-{id}-{lease}-{}-{i}-{asks}", step.id))
                 .collect();
-            for (&index, task) in chunk.iter().zip(cluster.submit(&specs, Some(&ids)).await?) {
+            let sent = match cluster.submit(&specs, Some(&ids)).await {
+                Ok(sent) => sent,
+                Err(e) => {
+                    let error = unsendable(e)?;
+                    return Ok(ended(Err(error), steps, asks, reassigned, &nodes));
+                }
+            };
+            for (&index, task) in chunk.iter().zip(sent) {
                 asks += 1;
                 out.ids.insert(task.id);
                 waits.push(ballot_end(&ends, &cluster, index as u32, task.id));
@@ -486,6 +532,7 @@ pub(super) async fn team(
         while let Some((index, task, row)) = waits.next().await {
             out.ids.remove(&task);
             if row.state == TaskState::Succeeded {
+                nodes.insert(row.node.clone());
                 outputs[index as usize] = Some(row.output.unwrap_or_default());
                 continue;
             }
@@ -497,18 +544,27 @@ pub(super) async fn team(
                     "step `{}`: the ask of role `{}` failed ({why}), and the team's {} reassignments are spent",
                     step.id, role.name, team.reassignments
                 );
-                return Ok(ended(Err(error), steps, asks, reassigned));
+                return Ok(ended(Err(error), steps, asks, reassigned, &nodes));
             }
             reassigned += 1;
-            let again = cluster
+            let again = match cluster
                 .submit(
                     &[ask_spec(index as usize)],
                     Some(&[format!("team-{id}-{lease}-{}-{index}-{asks}", step.id)]),
                 )
-                .await?;
+                .await
+            {
+                Ok(again) => again,
+                Err(e) => {
+                    let error = unsendable(e)?;
+                    return Ok(ended(Err(error), steps, asks, reassigned, &nodes));
+                }
+            };
             asks += 1;
-            out.ids.insert(again[0].id);
-            waits.push(ballot_end(&ends, &cluster, index, again[0].id));
+            for task in again {
+                out.ids.insert(task.id);
+                waits.push(ballot_end(&ends, &cluster, index, task.id));
+            }
         }
         // Every ask answered: the loop ends once none is out, and a failure past the
         // reassignments ended the team.
@@ -527,5 +583,5 @@ pub(super) async fn team(
         context.insert(step.id.to_string(), colony_runtime::team::as_value(&output));
         last = output;
     }
-    Ok(ended(Ok(last), steps, asks, reassigned))
+    Ok(ended(Ok(last), steps, asks, reassigned, &nodes))
 }
