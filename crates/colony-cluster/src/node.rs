@@ -1355,6 +1355,22 @@ async fn room(
 /// before it could run (refused, stopped).
 type Running = std::pin::Pin<Box<dyn Future<Output = Result<Finished, Outcome>> + Send>>;
 
+/// A spread vote or team run as an attempt: ended as `end` says, or, when it could not run
+/// (NATS out of reach), failed to be tried again.
+fn spread_run<T: 'static, F>(shared: &Shared, run: F, end: fn(T) -> Finished) -> Running
+where
+    F: Future<Output = Result<T, Error>> + Send + 'static,
+{
+    let name = shared.name.clone();
+    Box::pin(async move {
+        let done = run.await.map_err(|e| Outcome::Retryable {
+            error: format!("node {name}: {e}"),
+            agent: None,
+        })?;
+        Ok(end(done))
+    })
+}
+
 /// Runs attempt `started` of task `id` on the local runtime (a decision among its agents,
 /// or a team formed of them, when `together` says so), keeping the delivery alive with
 /// in-progress acks, and stopping it when the node hands back. A lease not written yet (a
@@ -1411,24 +1427,18 @@ async fn run(
         // Its ballots sent to the cluster and counted here while the delivery is kept alive
         // below; dropped (its ballots still out cancelled) when fenced or handed back.
         Some(Together::Vote(decide)) if decide.spread => {
-            let (cluster, ends, spec, lease) = (
-                shared.cluster.clone(),
-                shared.ends.clone(),
+            let (cluster, ends) = (shared.cluster.clone(), shared.ends.clone());
+            let counting = spread::decide(
+                cluster,
+                ends,
                 spec.clone(),
+                decide,
+                id,
                 started.lease.clone(),
             );
-            let name = shared.name.clone();
             (
                 None,
-                Box::pin(async move {
-                    let spread = spread::decide(cluster, ends, spec, decide, id, lease)
-                        .await
-                        .map_err(|e| Outcome::Retryable {
-                            error: format!("node {name}: {e}"),
-                            agent: None,
-                        })?;
-                    Ok(Finished::of_spread(&spread))
-                }),
+                spread_run(shared, counting, |s| Finished::of_spread(&s)),
             )
         }
         // Seated (which may wait for room on this runtime) and counted while the delivery
@@ -1446,25 +1456,16 @@ async fn run(
         ),
         // Its asks sent to the cluster step by step, as a spread vote's ballots are.
         Some(Together::Team(team)) if team.spread => {
-            let (cluster, ends, spec, lease) = (
-                shared.cluster.clone(),
-                shared.ends.clone(),
+            let (cluster, ends) = (shared.cluster.clone(), shared.ends.clone());
+            let working = spread::team(
+                cluster,
+                ends,
                 spec.clone(),
+                *team,
+                id,
                 started.lease.clone(),
             );
-            let name = shared.name.clone();
-            (
-                None,
-                Box::pin(async move {
-                    let teamed = spread::team(cluster, ends, spec, *team, id, lease)
-                        .await
-                        .map_err(|e| Outcome::Retryable {
-                            error: format!("node {name}: {e}"),
-                            agent: None,
-                        })?;
-                    Ok(Finished::of_spread_team(teamed))
-                }),
-            )
+            (None, spread_run(shared, working, Finished::of_spread_team))
         }
         // Formed and worked the same way. A team that formed and then failed is its end,
         // not an error.

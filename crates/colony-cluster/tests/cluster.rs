@@ -87,6 +87,28 @@ async fn join(server: &NatsServer, runtime: &Runtime, name: &str) -> Node {
     .unwrap()
 }
 
+/// A team role of `count` members, held by agents of cluster role `name`.
+fn team_role(name: &str, count: u32) -> colony_runtime::team::Role {
+    colony_runtime::team::Role {
+        name: name.into(),
+        requirement: Requirement {
+            role: Some(name.into()),
+            ..Requirement::default()
+        },
+        count,
+    }
+}
+
+/// A team step asked of role `role` (of each of its members with `each`).
+fn team_step(id: &str, role: usize, each: bool) -> colony_runtime::team::Step {
+    colony_runtime::team::Step {
+        id: id.into(),
+        role,
+        each,
+        input: None,
+    }
+}
+
 /// Task `id`'s record once it ended, within a minute.
 async fn ended(client: &Cluster, id: u64) -> colony_cluster::Row {
     tokio::time::timeout(Duration::from_secs(60), client.wait(id))
@@ -1220,7 +1242,7 @@ async fn a_node_busy_with_votes_leaves_the_next_to_a_node_with_free_voters() {
 /// are spent.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_team_is_formed_and_worked_by_the_node_that_takes_it() {
-    use colony_runtime::team::{Role, Step, Team};
+    use colony_runtime::team::Team;
     let dir = tempfile::tempdir().unwrap();
     let server = tokio::task::block_in_place(|| NatsServer::single(dir.path())).unwrap();
     let client = cluster(&server).await;
@@ -1238,23 +1260,9 @@ async fn a_team_is_formed_and_worked_by_the_node_that_takes_it() {
     ])
     .await;
     let node = join(&server, &rt, "crew").await;
-    let role = |name: &str, count: u32| Role {
-        name: name.into(),
-        requirement: Requirement {
-            role: Some(name.into()),
-            ..Requirement::default()
-        },
-        count,
-    };
-    let step = |id: &str, role: usize, each: bool| Step {
-        id: id.into(),
-        role,
-        each,
-        input: None,
-    };
     let team = |hands: &str| Team {
-        roles: vec![role("lead", 1), role(hands, 2)],
-        steps: vec![step("plan", 0, false), step("work", 1, true)],
+        roles: vec![team_role("lead", 1), team_role(hands, 2)],
+        steps: vec![team_step("plan", 0, false), team_step("work", 1, true)],
         reassignments: 0,
         delegation: 0,
         spread: false,
@@ -1691,7 +1699,7 @@ async fn a_spread_vote_counts_ballots_from_agents_of_several_nodes() {
 /// reassignments last, then the team fails naming the step. Delegation is refused when sent.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_spread_team_takes_its_members_from_several_nodes() {
-    use colony_runtime::team::{Role, Step, Team};
+    use colony_runtime::team::Team;
     let dir = tempfile::tempdir().unwrap();
     let server = tokio::task::block_in_place(|| NatsServer::single(dir.path())).unwrap();
     let client = cluster(&server).await;
@@ -1707,23 +1715,9 @@ async fn a_spread_team_takes_its_members_from_several_nodes() {
         join(&server, &hands, "h").await,
         join(&server, &clumsy, "c").await,
     ];
-    let role = |name: &str, count: u32| Role {
-        name: name.into(),
-        requirement: Requirement {
-            role: Some(name.into()),
-            ..Requirement::default()
-        },
-        count,
-    };
-    let step = |id: &str, role: usize, each: bool| Step {
-        id: id.into(),
-        role,
-        each,
-        input: None,
-    };
     let team = |hands: &str, spread: bool| Team {
-        roles: vec![role("lead", 1), role(hands, 2)],
-        steps: vec![step("plan", 0, false), step("work", 1, true)],
+        roles: vec![team_role("lead", 1), team_role(hands, 2)],
+        steps: vec![team_step("plan", 0, false), team_step("work", 1, true)],
         reassignments: 1,
         delegation: 0,
         spread,
@@ -1811,7 +1805,7 @@ async fn a_spread_team_takes_its_members_from_several_nodes() {
 
     // A role no live node serves: refused when sent rather than waited for.
     let nobody = Team {
-        roles: vec![role("lead", 1), role("nobody", 1)],
+        roles: vec![team_role("lead", 1), team_role("nobody", 1)],
         ..team("hand", true)
     };
     let refused = client.submit_team(&spec, nobody, None).await.unwrap_err();

@@ -815,6 +815,34 @@ impl EventStream {
     }
 }
 
+/// `/v1/history` of the server on loopback `port` once it counts the ends of tasks `ids` in
+/// its seconds and in its count since, and lists their records (within 10 s).
+fn history_listing(port: u16, ids: &[u64]) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (code, body) = fetch(port, "/v1/history");
+        assert_eq!(code, 200, "{body}");
+        let history: serde_json::Value = serde_json::from_str(&body).unwrap();
+        let counted: u64 = history["seconds"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s[1].as_u64().unwrap())
+            .sum();
+        let records = history["records"].as_array().unwrap();
+        let listed = ids.iter().all(|&id| {
+            records
+                .iter()
+                .any(|r| r["id"] == id && r["state"] == "succeeded")
+        });
+        if counted >= ids.len() as u64 && history["succeeded"] == counted && listed {
+            return history;
+        }
+        assert!(Instant::now() < deadline, "{history}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// Task `body` posted to `/v1/tasks` on loopback `port`, once it succeeded (within 30 s).
 fn succeeded(port: u16, body: &str, what: &str) -> serde_json::Value {
     let (code, answer) = send(port, "POST", "/v1/tasks", &[], body);
@@ -949,60 +977,13 @@ fn serve_over_the_cluster_takes_tasks_and_one_server_leads_the_scaling() {
     drop(streams);
     // Each server counted the ends since it started, for a dashboard opened later.
     for serve in &serves {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let (code, body) = fetch(serve.port, "/v1/history");
-            assert_eq!(code, 200, "{body}");
-            let history: serde_json::Value = serde_json::from_str(&body).unwrap();
-            let counted: u64 = history["seconds"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|s| s[1].as_u64().unwrap())
-                .sum();
-            let records = history["records"].as_array().unwrap();
-            let listed = all.iter().all(|&id| {
-                records
-                    .iter()
-                    .any(|r| r["id"] == id && r["state"] == "succeeded")
-            });
-            // Every end counted in its second and in the count since, and listed.
-            if counted >= all.len() as u64 && history["succeeded"] == counted && listed {
-                break;
-            }
-            assert!(Instant::now() < deadline, "{history}");
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        history_listing(serve.port, &all);
     }
     // A server started after they ended reads them again: its history counts and lists
     // them; its event stream does not send them again, only what is written after.
     let late = ServeProc::start(dir.path(), &url, "s3");
     let mut events = EventStream::open(late.port);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let history = loop {
-        let (code, body) = fetch(late.port, "/v1/history");
-        assert_eq!(code, 200, "{body}");
-        let history: serde_json::Value = serde_json::from_str(&body).unwrap();
-        let counted: u64 = history["seconds"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|s| s[1].as_u64().unwrap())
-            .sum();
-        let records = history["records"].as_array().unwrap();
-        if counted >= all.len() as u64
-            && history["succeeded"] == counted
-            && all.iter().all(|&id| {
-                records
-                    .iter()
-                    .any(|r| r["id"] == id && r["state"] == "succeeded")
-            })
-        {
-            break history;
-        }
-        assert!(Instant::now() < deadline, "{history}");
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let history = history_listing(late.port, &all);
     // Read whole before the server listened.
     assert_eq!(history["complete"], true, "{history}");
     let now_ms = std::time::SystemTime::now()
