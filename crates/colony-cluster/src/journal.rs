@@ -58,6 +58,8 @@ const RETRY_FOR: Duration = Duration::from_secs(60);
 const QUEUE: usize = 4096;
 /// An idle writer looks this often whether another process took the journal over.
 const WATCH_EVERY: Duration = Duration::from_secs(2);
+/// How long `prune` waits for the process keeping a journal to prune it.
+const PRUNE_WAIT: Duration = Duration::from_secs(300);
 /// Bytes of messages a replay asks for at once.
 const REPLAY_BYTES: usize = 4 << 20;
 /// Messages a replay asks for at once, when they are small.
@@ -224,27 +226,73 @@ pub struct Pruned {
     pub tasks: u64,
     pub bytes_before: u64,
     pub bytes_after: u64,
+    /// Pruned by the process keeping the journal, which goes on; else this one took the
+    /// journal over to prune it (no process kept it).
+    pub by_keeper: bool,
 }
 
 /// Drops the payloads and outputs of the finished tasks `rule` selects (all but the newest
 /// `keep_last`, those that ended longer ago than `older_than`; their rows, states and
 /// errors stay, and the ballots of decisions still open are kept whole), as `colony prune`
 /// does to a SQLite file. A task ended by a write from before the journal kept times has no
-/// known end, and is not pruned by age. The journal (which must exist) is opened and claimed (a process keeping it is fenced out, as
-/// by any process that opens it), pruned, written whole as a snapshot, and everything
-/// before the snapshot purged from the stream. It is written anew even when no task was
-/// left to prune, so that a prune whose purge failed is finished by the next. Blocks until
-/// done.
+/// known end, and is not pruned by age. The journal must exist. A process keeping it is
+/// asked to prune it (on `colony.journal-prune.<name>`) and goes on: it prunes its copy and
+/// takes its state whole under its queue's lock (its writes wait meanwhile), appends that
+/// snapshot after the writes queued before it, purges what is before it, and answers
+/// (`Pruned::by_keeper`). When none keeps it (NATS says no one takes the request), it is
+/// opened and claimed here, pruned, written whole as a snapshot, and everything before the
+/// snapshot purged. Either way it is written anew even when no task was left to prune, so
+/// that a prune whose purge failed is finished by the next. Blocks until done.
 pub fn prune(options: &JournalOptions, rule: colony_journal::Retention) -> Result<Pruned, Error> {
     let options = options.clone();
     on_own_thread("colony-journal-prune", move || async move {
         // Looked up first: a journal that is not there is not made by pruning it.
         let (mut probe, ()) = Writer::connect(&options, false).await?;
         let bytes_before = probe.state().await?.bytes;
+        // A process keeping the journal prunes it itself, and goes on.
+        let what = format!("pruning the journal {}", options.name);
+        let asked = serde_json::to_vec(&RetentionAsked::of(rule)).unwrap_or_default();
+        let request = async_nats::Request::new()
+            .payload(Bytes::from(asked))
+            .timeout(Some(PRUNE_WAIT));
+        match probe
+            .js
+            .client()
+            .send_request(prune_subject(&options.name), request)
+            .await
+        {
+            Ok(answer) => {
+                let answer: serde_json::Value = serde_json::from_slice(&answer.payload)
+                    .map_err(|e| Error::nats(&what, format!("its keeper answered {e}")))?;
+                if let Some(error) = answer.get("error").and_then(|e| e.as_str()) {
+                    return Err(Error::nats(
+                        &what,
+                        format!("the process keeping it could not: {error}"),
+                    ));
+                }
+                let field = |name: &str| answer.get(name).and_then(|v| v.as_u64()).unwrap_or(0);
+                return Ok(Pruned {
+                    tasks: field("pruned"),
+                    bytes_before: field("bytes_before"),
+                    bytes_after: field("bytes_after"),
+                    by_keeper: true,
+                });
+            }
+            Err(e) if e.kind() == async_nats::RequestErrorKind::NoResponders => {}
+            Err(e) if e.kind() == async_nats::RequestErrorKind::TimedOut => {
+                return Err(Error::nats(
+                    &what,
+                    format!(
+                        "the process keeping it did not answer within {} s (it prunes as it writes; a prune of a large journal takes a while): look at its log, then run prune again",
+                        PRUNE_WAIT.as_secs()
+                    ),
+                ));
+            }
+            Err(e) => return Err(Error::nats(&what, e)),
+        }
         drop(probe);
         let (mut writer, mirror) = Writer::open(&options).await?;
         let tasks = mirror.prune(rule);
-        let what = format!("pruning the journal {}", options.name);
         match writer.compact(&mirror, usize::MAX).await? {
             Compacted::Written { purged: true, .. } => {}
             Compacted::Written { purged: false, .. } => {
@@ -267,6 +315,7 @@ pub fn prune(options: &JournalOptions, rule: colony_journal::Retention) -> Resul
             tasks,
             bytes_before,
             bytes_after,
+            by_keeper: false,
         })
     })
 }
@@ -291,10 +340,11 @@ fn check_name(name: &str) -> Result<(), String> {
 /// A journal in a JetStream stream. See the module's documentation.
 #[derive(Debug)]
 pub struct JetStreamJournal {
-    mirror: MemoryJournal,
+    /// Shared with the writer thread, which prunes it when asked (see [`prune`]).
+    mirror: Arc<MemoryJournal>,
     /// Held while a write is applied to the mirror and queued, so that the stream gets the
-    /// writes in the order the mirror took them.
-    queue: Mutex<mpsc::UnboundedSender<Queued>>,
+    /// writes in the order the mirror took them (a prune's snapshot too).
+    queue: Arc<Mutex<mpsc::UnboundedSender<Item>>>,
     shared: Arc<Shared>,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
     /// Most bytes of one write: the parts a replay takes of one frame.
@@ -323,15 +373,77 @@ impl Shared {
     }
 }
 
+/// What the writer thread keeps of the journal besides the stream: what it shares with the
+/// journal, its queue and its mirror (to prune when asked).
+struct Keeping<'a> {
+    shared: &'a Shared,
+    queue: &'a Mutex<mpsc::UnboundedSender<Item>>,
+    mirror: &'a MemoryJournal,
+}
+
+/// The subject the process keeping journal `name` takes prunes on.
+fn prune_subject(name: &str) -> String {
+    format!("colony.journal-prune.{name}")
+}
+
+/// A prune's rule as it crosses NATS.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+struct RetentionAsked {
+    older_than_ms: Option<u64>,
+    keep_last: Option<u64>,
+}
+
+impl RetentionAsked {
+    fn of(rule: colony_journal::Retention) -> Self {
+        Self {
+            older_than_ms: rule
+                .older_than
+                .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+            keep_last: rule.keep_last,
+        }
+    }
+
+    fn retention(&self) -> colony_journal::Retention {
+        colony_journal::Retention {
+            older_than: self.older_than_ms.map(Duration::from_millis),
+            keep_last: self.keep_last,
+        }
+    }
+}
+
+/// An answer saying why a prune could not be done.
+fn json_error(why: &str) -> serde_json::Value {
+    serde_json::json!({ "error": why })
+}
+
 #[derive(Debug)]
 struct Queued {
     line: Vec<u8>,
     done: oneshot::Sender<Result<(), colony_journal::Error>>,
 }
 
+/// What the writer thread appends, in the order queued: a write, or the state a prune left,
+/// taken as the writes before it had made it.
+#[derive(Debug)]
+enum Item {
+    Line(Queued),
+    Snapshot(Snapshot),
+}
+
+/// A prune asked of the process keeping the journal: the pruned state's lines, to append
+/// whole and purge what is before them, and whom to answer.
+#[derive(Debug)]
+struct Snapshot {
+    lines: Vec<Vec<u8>>,
+    tasks: u64,
+    bytes_before: u64,
+    reply: async_nats::Subject,
+}
+
 /// What the writer thread reports once it opened the journal: the mirror, and the size of
 /// one message's body.
-type Opened = Result<(MemoryJournal, usize), Error>;
+type Opened = Result<(Arc<MemoryJournal>, usize), Error>;
 
 impl JetStreamJournal {
     /// Opens the journal (making its stream if it is not there), replays it, and claims it
@@ -340,6 +452,7 @@ impl JetStreamJournal {
     pub fn open(options: JournalOptions) -> Result<Self, Error> {
         let (opened_tx, opened_rx) = std::sync::mpsc::channel::<Opened>();
         let (queue, writes) = mpsc::unbounded_channel();
+        let queue = Arc::new(Mutex::new(queue));
         let shared = Arc::new(Shared {
             stopped: Mutex::new(None),
             backlog: Backlog::new(QUEUE),
@@ -347,7 +460,7 @@ impl JetStreamJournal {
         });
         let name = options.name.clone();
         let writer = {
-            let shared = shared.clone();
+            let (shared, queue) = (shared.clone(), queue.clone());
             colony_agents::spawner::Spawner::spawn_thread("colony-journal", move || {
                 let runtime = match tokio::runtime::Builder::new_current_thread()
                     .enable_all()
@@ -360,19 +473,33 @@ impl JetStreamJournal {
                     }
                 };
                 runtime.block_on(async move {
-                    let mut writer = match Writer::open(&options).await {
+                    let (mut writer, mirror) = match Writer::open(&options).await {
                         Ok((writer, mirror)) => {
-                            if opened_tx.send(Ok((mirror, writer.part))).is_err() {
+                            let mirror = Arc::new(mirror);
+                            if opened_tx.send(Ok((mirror.clone(), writer.part))).is_err() {
                                 return;
                             }
-                            writer
+                            (writer, mirror)
                         }
                         Err(e) => {
                             let _ = opened_tx.send(Err(e));
                             return;
                         }
                     };
-                    writer.run(writes, &shared).await;
+                    // Asked to prune: answered here, in the order of the writes.
+                    let prunes = match writer.js.client().subscribe(prune_subject(&options.name)).await {
+                        Ok(prunes) => Some(prunes),
+                        Err(e) => {
+                            tracing::warn!(journal = options.name, error = %e, "The journal cannot be pruned while this process keeps it: prune takes it over.");
+                            None
+                        }
+                    };
+                    let keeping = Keeping {
+                        shared: &shared,
+                        queue: &queue,
+                        mirror: &mirror,
+                    };
+                    writer.run(writes, prunes, &keeping).await;
                 });
             })
             .map_err(|e| Error::nats("the journal's thread", e))?
@@ -382,7 +509,7 @@ impl JetStreamJournal {
             .map_err(|_| Error::nats("the journal's thread", "it ended while opening"))??;
         Ok(Self {
             mirror,
-            queue: Mutex::new(queue),
+            queue,
             shared,
             writer: Mutex::new(Some(writer)),
             max_write: MAX_PARTS * part,
@@ -417,7 +544,7 @@ impl JetStreamJournal {
         }
         let (done, durable) = Durable::pending();
         self.shared.backlog.add();
-        if queue.send(Queued { line, done }).is_err() {
+        if queue.send(Item::Line(Queued { line, done })).is_err() {
             self.shared.backlog.took(1);
             return match self.shared.stopped() {
                 Some(reason) => refused(reason),
@@ -770,23 +897,10 @@ impl Writer {
             return Ok(Compacted::Skipped);
         };
         let size: u64 = lines.iter().map(|l| l.len() as u64).sum();
-        let start = self.last + 1;
-        let not_halted = AtomicBool::new(false);
-        let mut frame = Vec::new();
-        for line in lines {
-            if !frame.is_empty() && frame.len() + line.len() > self.part {
-                let full = Bytes::from(std::mem::take(&mut frame));
-                self.append(full, &not_halted)
-                    .await
-                    .map_err(|e| Error::nats(&self.shown, e.to_string()))?;
-            }
-            frame.extend_from_slice(&line);
-        }
-        if !frame.is_empty() {
-            self.append(Bytes::from(frame), &not_halted)
-                .await
-                .map_err(|e| Error::nats(&self.shown, e.to_string()))?;
-        }
+        let start = self
+            .append_lines(lines)
+            .await
+            .map_err(|e| Error::nats(&self.shown, e.to_string()))?;
         // The journal is whole with or without the purge: a failed one is tried at the next
         // open, and this one goes on.
         if let Err(e) = self.stream.purge().sequence(start).await {
@@ -797,6 +911,24 @@ impl Writer {
             });
         }
         Ok(Compacted::Written { size, purged: true })
+    }
+
+    /// Appends a snapshot's lines, as few messages as they fit in; the sequence of the first.
+    async fn append_lines(&mut self, lines: Vec<Vec<u8>>) -> Result<u64, Append> {
+        let start = self.last + 1;
+        let not_halted = AtomicBool::new(false);
+        let mut frame = Vec::new();
+        for line in lines {
+            if !frame.is_empty() && frame.len() + line.len() > self.part {
+                let full = Bytes::from(std::mem::take(&mut frame));
+                self.append(full, &not_halted).await?;
+            }
+            frame.extend_from_slice(&line);
+        }
+        if !frame.is_empty() {
+            self.append(Bytes::from(frame), &not_halted).await?;
+        }
+        Ok(start)
     }
 
     /// Applies the messages after `self.last` up to `until` to `mirror`.
@@ -907,26 +1039,57 @@ impl Writer {
 
     /// Appends the writes queued, a group commit per message, until the journal is
     /// dropped; after a write that cannot be made durable, or once another process took
-    /// the journal over, fails every later one.
-    async fn run(&mut self, mut writes: mpsc::UnboundedReceiver<Queued>, shared: &Shared) {
+    /// the journal over, fails every later one. Prunes asked on `prunes` are taken in the
+    /// writes' order (see [`Writer::take_prune`]).
+    async fn run(
+        &mut self,
+        mut writes: mpsc::UnboundedReceiver<Item>,
+        mut prunes: Option<async_nats::Subscriber>,
+        keeping: &Keeping<'_>,
+    ) {
+        let shared = keeping.shared;
         let max_frame = MAX_PARTS * self.part;
-        let mut carried: Option<Queued> = None;
+        let mut carried: Option<Item> = None;
         loop {
             let first = match carried.take() {
                 Some(first) => first,
-                None => match tokio::time::timeout(WATCH_EVERY, writes.recv()).await {
-                    Ok(Some(first)) => first,
-                    Ok(None) => break,
-                    Err(_) => {
-                        // Idle: a process that took the journal over says so here, before
-                        // this one's next write.
-                        if let Err(reason) = self.watch().await {
-                            shared.stop(reason);
-                            break;
+                None => {
+                    let asked = async {
+                        match prunes.as_mut() {
+                            Some(prunes) => prunes.next().await,
+                            None => std::future::pending().await,
                         }
-                        continue;
+                    };
+                    tokio::select! {
+                        biased;
+                        first = writes.recv() => match first {
+                            Some(first) => first,
+                            None => break,
+                        },
+                        Some(asked) = asked => {
+                            self.take_prune(asked, keeping).await;
+                            continue;
+                        }
+                        () = tokio::time::sleep(WATCH_EVERY) => {
+                            // Idle: a process that took the journal over says so here,
+                            // before this one's next write.
+                            if let Err(reason) = self.watch().await {
+                                shared.stop(reason);
+                                break;
+                            }
+                            continue;
+                        }
                     }
-                },
+                }
+            };
+            let first = match first {
+                Item::Line(first) => first,
+                Item::Snapshot(snapshot) => {
+                    if !self.write_snapshot(snapshot, shared).await {
+                        break;
+                    }
+                    continue;
+                }
             };
             if shared.halted.load(Ordering::Acquire) {
                 shared.backlog.took(1);
@@ -937,8 +1100,16 @@ impl Writer {
             let mut done = vec![first.done];
             while frame.len() < self.part {
                 let Ok(next) = writes.try_recv() else { break };
+                let next = match next {
+                    Item::Line(next) => next,
+                    // After the writes before it: this frame first.
+                    snapshot @ Item::Snapshot(_) => {
+                        carried = Some(snapshot);
+                        break;
+                    }
+                };
                 if frame.len() + next.line.len() > max_frame {
-                    carried = Some(next);
+                    carried = Some(Item::Line(next));
                     break;
                 }
                 frame.extend_from_slice(&next.line);
@@ -971,13 +1142,121 @@ impl Writer {
             .into_iter()
             .chain(std::iter::from_fn(|| writes.try_recv().ok()));
         let reason = shared.stopped();
+        let failed = || match &reason {
+            Some(reason) => colony_journal::Error::Storage(reason.clone()),
+            None => colony_journal::Error::Closed,
+        };
         for queued in queued {
-            shared.backlog.took(1);
-            let _ = queued.done.send(Err(match &reason {
-                Some(reason) => colony_journal::Error::Storage(reason.clone()),
-                None => colony_journal::Error::Closed,
-            }));
+            match queued {
+                Item::Line(queued) => {
+                    shared.backlog.took(1);
+                    let _ = queued.done.send(Err(failed()));
+                }
+                Item::Snapshot(snapshot) => {
+                    self.answer(&snapshot.reply, json_error(&failed().to_string()))
+                        .await;
+                }
+            }
         }
+    }
+
+    /// A prune asked by `colony prune` (`request`: a [`Retention`](colony_journal::Retention)
+    /// as JSON): the mirror pruned and its state taken whole under the queue's lock, so that
+    /// it is the state the writes queued before it made, then queued after them
+    /// ([`Writer::write_snapshot`] appends it and answers). The writes of this process wait
+    /// for the lock meanwhile: a pause that grows with the tasks the journal holds.
+    async fn take_prune(&mut self, request: async_nats::Message, keeping: &Keeping<'_>) {
+        let Some(reply) = request.reply.clone() else {
+            return;
+        };
+        let rule = match serde_json::from_slice::<RetentionAsked>(&request.payload) {
+            Ok(rule) => rule.retention(),
+            Err(e) => {
+                self.answer(&reply, json_error(&format!("a prune asked as {e}")))
+                    .await;
+                return;
+            }
+        };
+        let bytes_before = match self.state().await {
+            Ok(state) => state.bytes,
+            Err(e) => {
+                self.answer(&reply, json_error(&e.to_string())).await;
+                return;
+            }
+        };
+        let queued = {
+            let queue = lock(keeping.queue);
+            if let Some(reason) = keeping.shared.stopped() {
+                Err(reason)
+            } else {
+                let tasks = keeping.mirror.prune(rule);
+                match snapshot(keeping.mirror, usize::MAX, MAX_PARTS * self.part) {
+                    Ok(Some(lines)) => queue
+                        .send(Item::Snapshot(Snapshot {
+                            lines,
+                            tasks,
+                            bytes_before,
+                            reply: reply.clone(),
+                        }))
+                        .map_err(|_| "the journal is closing".to_owned()),
+                    Ok(None) => Err("a line of its snapshot (one task's or decision's row, or every agent) is larger than a write may be: nothing was purged".to_owned()),
+                    Err(e) => Err(e.to_string()),
+                }
+            }
+        };
+        if let Err(why) = queued {
+            self.answer(&reply, json_error(&why)).await;
+        }
+    }
+
+    /// Appends a prune's snapshot after the writes queued before it, purges what is before
+    /// it, and answers; false when it could not be appended (the journal then stops, as
+    /// after any write that cannot be made durable).
+    async fn write_snapshot(&mut self, snapshot: Snapshot, shared: &Shared) -> bool {
+        let Snapshot {
+            lines,
+            tasks,
+            bytes_before,
+            reply,
+        } = snapshot;
+        let start = match self.append_lines(lines).await {
+            Ok(start) => start,
+            Err(e) => {
+                let reason = format!("{}: {e}", self.shown);
+                tracing::error!(reason, "The journal stopped taking writes.");
+                shared.stop(reason.clone());
+                self.answer(&reply, json_error(&reason)).await;
+                return false;
+            }
+        };
+        let answer = match self.stream.purge().sequence(start).await {
+            Ok(_) => match self.state().await {
+                Ok(state) => serde_json::json!({
+                    "pruned": tasks,
+                    "bytes_before": bytes_before,
+                    "bytes_after": state.bytes,
+                }),
+                Err(e) => json_error(&e.to_string()),
+            },
+            // Whole either way: the next prune, or the next open past its size, purges.
+            Err(e) => json_error(&format!(
+                "the pruned state is written, but the writes before it could not be purged ({e}): run prune again"
+            )),
+        };
+        self.answer(&reply, answer).await;
+        true
+    }
+
+    /// Answers a prune asked on `reply`.
+    async fn answer(&self, reply: &async_nats::Subject, answer: serde_json::Value) {
+        let client = self.js.client();
+        if let Err(e) = client
+            .publish(reply.clone(), Bytes::from(answer.to_string()))
+            .await
+        {
+            tracing::warn!(journal = self.shown, error = %e, "A prune's answer was not sent.");
+        }
+        let _ = client.flush().await;
     }
 
     /// Whether this process still holds the journal: no message after its last.

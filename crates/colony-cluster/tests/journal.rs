@@ -598,6 +598,10 @@ fn pruning_drops_finished_payloads_and_outputs_but_the_newest_and_keeps_every_ro
         ..Default::default()
     };
     let pruned = colony_cluster::journal::prune(&options, keep(3)).unwrap();
+    assert!(
+        !pruned.by_keeper,
+        "no process kept it: pruned by taking it over"
+    );
     assert_eq!(pruned.tasks, 12, "15 finished, the newest 3 kept");
     assert!(
         pruned.bytes_after < pruned.bytes_before / 2,
@@ -637,4 +641,82 @@ fn pruning_drops_finished_payloads_and_outputs_but_the_newest_and_keeps_every_ro
     assert_same_reads(&reopened, &read);
     block_on(reopened.accept(TaskId(21), &[TaskSpec::default()])).unwrap();
     assert_eq!(reopened.counts().unwrap().queued, 6);
+}
+
+/// A journal a process keeps is pruned by that process, asked by `prune`: it goes on
+/// writing (it is not taken over), writes made while the prune runs land after its
+/// snapshot in their order, and the journal read back is the process's own.
+#[test]
+fn a_journal_kept_by_a_process_is_pruned_by_it_as_it_goes_on_writing() {
+    let (_dir, server) = server();
+    let url = server.url();
+    let journal = std::sync::Arc::new(open(&url, "kept"));
+    let big = "x".repeat(8 * 1024);
+    let specs: Vec<TaskSpec> = (0..20)
+        .map(|i| TaskSpec::with_payload(format!("{{\"i\":{i},\"pad\":\"{big}\"}}")))
+        .collect();
+    block_on(journal.accept(TaskId(1), &specs)).unwrap();
+    for id in 1..=15u64 {
+        let task = TaskId(id);
+        let started = Record::Started {
+            task,
+            attempt: 1,
+            agent: AgentId(1),
+        };
+        let end = Record::Committed {
+            task,
+            attempt: 1,
+            output: Bytes::from(big.clone()),
+        };
+        block_on(journal.record(vec![started, end])).unwrap();
+    }
+    // Tasks accepted one by one while the prune runs.
+    let writing = {
+        let journal = journal.clone();
+        colony_agents::spawner::Spawner::spawn_thread("late-writes", move || {
+            for i in 0..50u64 {
+                let id = TaskId(21 + i);
+                let spec = TaskSpec::with_payload(format!("{{\"late\":{i}}}"));
+                block_on(journal.accept(id, &[spec])).unwrap();
+            }
+        })
+        .unwrap()
+    };
+    let options = options(&url, "kept");
+    let keep = colony_journal::Retention {
+        keep_last: Some(3),
+        ..Default::default()
+    };
+    let pruned = colony_cluster::journal::prune(&options, keep).unwrap();
+    writing.join().unwrap();
+    assert!(pruned.by_keeper, "{pruned:?}");
+    assert_eq!(pruned.tasks, 12, "15 finished, the newest 3 kept");
+    assert!(
+        pruned.bytes_after < pruned.bytes_before,
+        "{pruned:?}: the history with the payloads is purged"
+    );
+    // Still its journal: it writes on.
+    journal.writable().unwrap();
+    block_on(journal.accept(TaskId(71), &[TaskSpec::default()])).unwrap();
+    assert!(
+        journal
+            .task(TaskId(1))
+            .unwrap()
+            .unwrap()
+            .spec
+            .payload
+            .is_empty()
+    );
+    // Read back, the journal is the one the process holds: pruned, and every task accepted
+    // during the prune there, with its payload.
+    let read = colony_cluster::journal::read(&options).unwrap();
+    assert_same_reads(&*journal, &read);
+    for i in 0..50u64 {
+        let row = read.task(TaskId(21 + i)).unwrap().unwrap();
+        assert_eq!(
+            &row.spec.payload[..],
+            format!("{{\"late\":{i}}}").as_bytes()
+        );
+    }
+    assert_eq!(read.counts().unwrap().queued, 5 + 50 + 1);
 }

@@ -76,7 +76,7 @@ pub(crate) fn run(args: &Args) -> Result<(), Failure> {
 }
 
 /// Prunes a journal in NATS by `rule`, written anew as a snapshot and the history before
-/// it purged.
+/// it purged: by the process keeping it, which goes on, or by this one when none does.
 fn prune_nats(location: &str, rule: Retention, json: bool) -> Result<(), Failure> {
     let options = colony_cluster::JournalOptions::parse(location).map_err(Failure::input)?;
     let pruned = colony_cluster::journal::prune(&options, rule).map_err(super::nats_failure)?;
@@ -87,16 +87,22 @@ fn prune_nats(location: &str, rule: Retention, json: bool) -> Result<(), Failure
                 "pruned": pruned.tasks,
                 "bytes_before": pruned.bytes_before,
                 "bytes_after": pruned.bytes_after,
+                "by_keeper": pruned.by_keeper,
             })
         );
     } else {
         println!(
             "pruned the payloads and results of {} finished tasks; the journal {} went from {} \
-             to {} bytes",
+             to {} bytes{}",
             thousands(pruned.tasks),
             options.name,
             thousands(pruned.bytes_before),
-            thousands(pruned.bytes_after)
+            thousands(pruned.bytes_after),
+            if pruned.by_keeper {
+                " (pruned by the process keeping it, which goes on)"
+            } else {
+                ""
+            }
         );
     }
     Ok(())
