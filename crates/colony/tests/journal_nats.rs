@@ -102,6 +102,20 @@ fn a_server_on_a_journal_in_nats_is_replaced_by_another_that_finds_every_task() 
     );
     assert_eq!(report["tasks"][0]["id"], 1, "oldest first");
     second.submit_batch(vec![serde_json::json!({ "payload": {} })]);
+    // Pruned from the command line, the journal is pruned by the server keeping it, which
+    // goes on: its finished tasks lose their outputs, and it takes tasks as before.
+    let (stdout, stderr, code) = colony(&["prune", "--db", &db, "--keep-last", "10", "--json"]);
+    assert_eq!(code, 0, "{stderr}");
+    let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(report["by_keeper"], true, "{report}");
+    assert!(report["pruned"].as_u64().unwrap() >= 40, "{report}");
+    let pruned = second.get("/v1/tasks/1", None);
+    assert!(pruned["output"].is_null(), "{pruned}");
+    second.submit_batch(vec![serde_json::json!({ "payload": {} })]);
+    let (status, body) = second
+        .request(reqwest::Method::GET, "/readyz", None, None)
+        .unwrap();
+    assert_eq!(status, 200, "still its journal: {body}");
     // A location that is not one is refused before anything starts.
     let (_, stderr, code) = colony(&["serve", "--db", "nats://127.0.0.1:1/a.b"]);
     assert_eq!(code, 2, "{stderr}");
