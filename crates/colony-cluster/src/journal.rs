@@ -33,7 +33,7 @@ use colony_journal::{
     AgentRecord, Backlog, Call, Counts, DecisionRow, Durable, Journal, MemoryJournal, Opening,
     Record, ReputationRow, Stats, Taken, TaskRow,
 };
-use futures::{StreamExt, channel::oneshot};
+use futures::{FutureExt, StreamExt, channel::oneshot};
 use std::{
     sync::{
         Arc, Mutex, MutexGuard,
@@ -60,6 +60,8 @@ const QUEUE: usize = 4096;
 const WATCH_EVERY: Duration = Duration::from_secs(2);
 /// How long `prune` waits for the process keeping a journal to prune it.
 const PRUNE_WAIT: Duration = Duration::from_secs(300);
+/// How often `prune` asks before it takes a journal to have no keeper (every 0.5 s).
+const NO_KEEPER_TRIES: usize = 6;
 /// Bytes of messages a replay asks for at once.
 const REPLAY_BYTES: usize = 4 << 20;
 /// Messages a replay asks for at once, when they are small.
@@ -251,16 +253,34 @@ pub fn prune(options: &JournalOptions, rule: colony_journal::Retention) -> Resul
         let bytes_before = probe.state().await?.bytes;
         // A process keeping the journal prunes it itself, and goes on.
         let what = format!("pruning the journal {}", options.name);
-        let asked = serde_json::to_vec(&RetentionAsked::of(rule)).unwrap_or_default();
-        let request = async_nats::Request::new()
-            .payload(Bytes::from(asked))
-            .timeout(Some(PRUNE_WAIT));
-        match probe
-            .js
-            .client()
-            .send_request(prune_subject(&options.name), request)
-            .await
-        {
+        let until_ms = crate::now_ms() + u64::try_from(PRUNE_WAIT.as_millis()).unwrap_or(u64::MAX);
+        let asked = serde_json::to_vec(&RetentionAsked::of(rule, until_ms)).unwrap_or_default();
+        let client = probe.js.client();
+        // No one taking it may be a keeper reconnecting to NATS: asked again for a few
+        // seconds before the journal is taken to have none.
+        let mut answered = None;
+        for _ in 0..NO_KEEPER_TRIES {
+            let request = async_nats::Request::new()
+                .payload(Bytes::from(asked.clone()))
+                .timeout(Some(PRUNE_WAIT));
+            match client
+                .send_request(prune_subject(&options.name), request)
+                .await
+            {
+                Err(e) if e.kind() == async_nats::RequestErrorKind::NoResponders => {
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                other => {
+                    answered = Some(other);
+                    break;
+                }
+            }
+        }
+        match answered.unwrap_or_else(|| {
+            Err(async_nats::RequestError::new(
+                async_nats::RequestErrorKind::NoResponders,
+            ))
+        }) {
             Ok(answer) => {
                 let answer: serde_json::Value = serde_json::from_slice(&answer.payload)
                     .map_err(|e| Error::nats(&what, format!("its keeper answered {e}")))?;
@@ -388,19 +408,23 @@ fn prune_subject(name: &str) -> String {
 
 /// A prune's rule as it crosses NATS.
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+#[serde(rename_all = "kebab-case")]
 struct RetentionAsked {
     older_than_ms: Option<u64>,
     keep_last: Option<u64>,
+    /// When the one who asked gives up waiting (ms since the epoch): a prune taken later is
+    /// not done.
+    until_ms: Option<u64>,
 }
 
 impl RetentionAsked {
-    fn of(rule: colony_journal::Retention) -> Self {
+    fn of(rule: colony_journal::Retention, until_ms: u64) -> Self {
         Self {
             older_than_ms: rule
                 .older_than
                 .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
             keep_last: rule.keep_last,
+            until_ms: Some(until_ms),
         }
     }
 
@@ -435,7 +459,7 @@ enum Item {
 /// whole and purge what is before them, and whom to answer.
 #[derive(Debug)]
 struct Snapshot {
-    lines: Vec<Vec<u8>>,
+    state: State,
     tasks: u64,
     bytes_before: u64,
     reply: async_nats::Subject,
@@ -474,19 +498,15 @@ impl JetStreamJournal {
                 };
                 runtime.block_on(async move {
                     let (mut writer, mirror) = match Writer::open(&options).await {
-                        Ok((writer, mirror)) => {
-                            let mirror = Arc::new(mirror);
-                            if opened_tx.send(Ok((mirror.clone(), writer.part))).is_err() {
-                                return;
-                            }
-                            (writer, mirror)
-                        }
+                        Ok((writer, mirror)) => (writer, Arc::new(mirror)),
                         Err(e) => {
                             let _ = opened_tx.send(Err(e));
                             return;
                         }
                     };
-                    // Asked to prune: answered here, in the order of the writes.
+                    // Asked to prune: answered here, in the order of the writes; taking
+                    // the requests before the journal is reported open, so that a prune
+                    // right after finds its keeper.
                     let prunes = match writer.js.client().subscribe(prune_subject(&options.name)).await {
                         Ok(prunes) => Some(prunes),
                         Err(e) => {
@@ -494,6 +514,10 @@ impl JetStreamJournal {
                             None
                         }
                     };
+                    let _ = writer.js.client().flush().await;
+                    if opened_tx.send(Ok((mirror.clone(), writer.part))).is_err() {
+                        return;
+                    }
                     let keeping = Keeping {
                         shared: &shared,
                         queue: &queue,
@@ -1051,6 +1075,13 @@ impl Writer {
         let max_frame = MAX_PARTS * self.part;
         let mut carried: Option<Item> = None;
         loop {
+            // A prune asked is taken at once, even while writes keep coming.
+            if let Some(Some(asked)) = prunes.as_mut().and_then(|p| p.next().now_or_never()) {
+                if !self.take_prune(asked, keeping).await {
+                    break;
+                }
+                continue;
+            }
             let first = match carried.take() {
                 Some(first) => first,
                 None => {
@@ -1062,14 +1093,16 @@ impl Writer {
                     };
                     tokio::select! {
                         biased;
+                        Some(asked) = asked => {
+                            if !self.take_prune(asked, keeping).await {
+                                break;
+                            }
+                            continue;
+                        }
                         first = writes.recv() => match first {
                             Some(first) => first,
                             None => break,
                         },
-                        Some(asked) = asked => {
-                            self.take_prune(asked, keeping).await;
-                            continue;
-                        }
                         () = tokio::time::sleep(WATCH_EVERY) => {
                             // Idle: a process that took the journal over says so here,
                             // before this one's next write.
@@ -1136,6 +1169,18 @@ impl Writer {
                 break;
             }
         }
+        // Prunes asked and not taken are answered: this process keeps the journal no more.
+        if let Some(mut prunes) = prunes {
+            let _ = prunes.unsubscribe().await;
+            while let Some(Some(asked)) = prunes.next().now_or_never() {
+                if let Some(reply) = asked.reply {
+                    let why = shared
+                        .stopped()
+                        .unwrap_or_else(|| "the journal closed".into());
+                    self.answer(&reply, json_error(&why)).await;
+                }
+            }
+        }
         // Whatever came after a failure (or was queued when it happened) fails too.
         writes.close();
         let queued = carried
@@ -1161,45 +1206,58 @@ impl Writer {
     }
 
     /// A prune asked by `colony prune` (`request`: a [`Retention`](colony_journal::Retention)
-    /// as JSON): the mirror pruned and its state taken whole under the queue's lock, so that
-    /// it is the state the writes queued before it made, then queued after them
-    /// ([`Writer::write_snapshot`] appends it and answers). The writes of this process wait
-    /// for the lock meanwhile: a pause that grows with the tasks the journal holds.
-    async fn take_prune(&mut self, request: async_nats::Message, keeping: &Keeping<'_>) {
+    /// as JSON): the mirror pruned and its state copied under the queue's lock, so that it
+    /// is the state the writes queued before it made, then queued after them
+    /// ([`Writer::write_snapshot`] writes it out, appends it and answers). The runtime's
+    /// writes wait for the lock meanwhile: the prune of the mirror and a copy of its rows,
+    /// which share their payloads and outputs. False when this process no longer holds the
+    /// journal (it then stops, unanswered: the one that holds it answers).
+    async fn take_prune(&mut self, request: async_nats::Message, keeping: &Keeping<'_>) -> bool {
         let Some(reply) = request.reply.clone() else {
-            return;
+            return true;
         };
-        let rule = match serde_json::from_slice::<RetentionAsked>(&request.payload) {
-            Ok(rule) => rule.retention(),
+        let asked = match serde_json::from_slice::<RetentionAsked>(&request.payload) {
+            Ok(asked) => asked,
             Err(e) => {
                 self.answer(&reply, json_error(&format!("a prune asked as {e}")))
                     .await;
-                return;
+                return true;
             }
         };
+        // Given up on by the one who asked: not done behind its back.
+        if asked.until_ms.is_some_and(|until| until <= crate::now_ms()) {
+            return true;
+        }
+        // A process another took the journal over from finds out here, rather than prune
+        // its stale copy and answer for a journal it no longer holds.
+        if let Err(reason) = self.watch().await {
+            keeping.shared.stop(reason);
+            return false;
+        }
         let bytes_before = match self.state().await {
             Ok(state) => state.bytes,
             Err(e) => {
                 self.answer(&reply, json_error(&e.to_string())).await;
-                return;
+                return true;
             }
         };
         let queued = {
             let queue = lock(keeping.queue);
             if let Some(reason) = keeping.shared.stopped() {
                 Err(reason)
+            } else if queue.is_closed() {
+                Err("the journal is closing".to_owned())
             } else {
-                let tasks = keeping.mirror.prune(rule);
-                match snapshot(keeping.mirror, usize::MAX, MAX_PARTS * self.part) {
-                    Ok(Some(lines)) => queue
+                let tasks = keeping.mirror.prune(asked.retention());
+                match State::of(keeping.mirror) {
+                    Ok(state) => queue
                         .send(Item::Snapshot(Snapshot {
-                            lines,
+                            state,
                             tasks,
                             bytes_before,
                             reply: reply.clone(),
                         }))
                         .map_err(|_| "the journal is closing".to_owned()),
-                    Ok(None) => Err("a line of its snapshot (one task's or decision's row, or every agent) is larger than a write may be: nothing was purged".to_owned()),
                     Err(e) => Err(e.to_string()),
                 }
             }
@@ -1207,18 +1265,33 @@ impl Writer {
         if let Err(why) = queued {
             self.answer(&reply, json_error(&why)).await;
         }
+        true
     }
 
-    /// Appends a prune's snapshot after the writes queued before it, purges what is before
-    /// it, and answers; false when it could not be appended (the journal then stops, as
-    /// after any write that cannot be made durable).
+    /// Writes a prune's snapshot out and appends it after the writes queued before it,
+    /// purges what is before it, and answers; false when it could not be appended (the
+    /// journal then stops, as after any write that cannot be made durable).
     async fn write_snapshot(&mut self, snapshot: Snapshot, shared: &Shared) -> bool {
         let Snapshot {
-            lines,
+            state,
             tasks,
             bytes_before,
             reply,
         } = snapshot;
+        if shared.halted.load(Ordering::Acquire) {
+            self.answer(&reply, json_error("the journal halted")).await;
+            return false;
+        }
+        let Some(lines) = state.lines(usize::MAX, MAX_PARTS * self.part) else {
+            // The mirror is pruned and the stream is not: its copies differ in the payloads
+            // and outputs of finished tasks until this process opens it again.
+            self.answer(
+                &reply,
+                json_error("a line of its snapshot (one task's or decision's row, or every agent) is larger than a write may be: nothing was purged, and this process's copy (not the journal's) lost the payloads and outputs it pruned"),
+            )
+            .await;
+            return true;
+        };
         let start = match self.append_lines(lines).await {
             Ok(start) => start,
             Err(e) => {
@@ -1230,14 +1303,11 @@ impl Writer {
             }
         };
         let answer = match self.stream.purge().sequence(start).await {
-            Ok(_) => match self.state().await {
-                Ok(state) => serde_json::json!({
-                    "pruned": tasks,
-                    "bytes_before": bytes_before,
-                    "bytes_after": state.bytes,
-                }),
-                Err(e) => json_error(&e.to_string()),
-            },
+            Ok(_) => serde_json::json!({
+                "pruned": tasks,
+                "bytes_before": bytes_before,
+                "bytes_after": self.state().await.ok().map(|state| state.bytes),
+            }),
             // Whole either way: the next prune, or the next open past its size, purges.
             Err(e) => json_error(&format!(
                 "the pruned state is written, but the writes before it could not be purged ({e}): run prune again"
@@ -1365,47 +1435,72 @@ fn snapshot(
     budget: usize,
     max_line: usize,
 ) -> Result<Option<Vec<Vec<u8>>>, colony_journal::Error> {
-    let mut lines = Lines {
-        lines: Vec::new(),
-        size: 0,
-        budget,
-        max_line,
-    };
-    // In one line, so in one frame, which is read back whole or not at all: it replaces
-    // the agents the history (or a part of it) recorded.
-    let agents = Write::Agents {
-        tiers: Vec::new(),
-        agents: mirror.agents()?.iter().map(AgentLine::of).collect(),
-        replace: true,
-    };
-    if !lines.push(agents.line()) {
-        return Ok(None);
+    Ok(State::of(mirror)?.lines(budget, max_line))
+}
+
+/// The state of a mirror, copied as it stood (rows and decisions share their payloads and
+/// outputs with it): cheap to take under a lock, written out as lines after.
+#[derive(Debug)]
+struct State {
+    agents: Vec<AgentRecord>,
+    reputations: Vec<ReputationRow>,
+    rows: Vec<TaskRow>,
+    decisions: Vec<DecisionRow>,
+}
+
+impl State {
+    fn of(mirror: &MemoryJournal) -> Result<Self, colony_journal::Error> {
+        let mut rows = mirror.recent(None, None, usize::MAX)?;
+        rows.reverse();
+        let mut decisions = mirror.decisions(None, usize::MAX)?;
+        decisions.reverse();
+        Ok(Self {
+            agents: mirror.agents()?,
+            reputations: mirror.reputations()?,
+            rows,
+            decisions,
+        })
     }
-    let reputations = mirror.reputations()?;
-    let write = |chunk: &[ReputationRow]| Write::Reputations {
-        rows: chunk.iter().map(ReputationLine::of).collect(),
-    };
-    if !lines.chunked(&reputations, SNAPSHOT_CHUNK, &write) {
-        return Ok(None);
+
+    /// Its lines (see [`snapshot`]); `None` past `budget` bytes, or a line past `max_line`.
+    fn lines(self, budget: usize, max_line: usize) -> Option<Vec<Vec<u8>>> {
+        let mut lines = Lines {
+            lines: Vec::new(),
+            size: 0,
+            budget,
+            max_line,
+        };
+        // In one line, so in one frame, which is read back whole or not at all: it replaces
+        // the agents the history (or a part of it) recorded.
+        let agents = Write::Agents {
+            tiers: Vec::new(),
+            agents: self.agents.iter().map(AgentLine::of).collect(),
+            replace: true,
+        };
+        if !lines.push(agents.line()) {
+            return None;
+        }
+        let write = |chunk: &[ReputationRow]| Write::Reputations {
+            rows: chunk.iter().map(ReputationLine::of).collect(),
+        };
+        if !lines.chunked(&self.reputations, SNAPSHOT_CHUNK, &write) {
+            return None;
+        }
+        let write = |chunk: &[TaskRow]| Write::Rows {
+            rows: chunk.iter().map(RowLine::of).collect(),
+        };
+        if !lines.chunked(&self.rows, SNAPSHOT_ROWS, &write) {
+            return None;
+        }
+        drop(self.rows);
+        let write = |chunk: &[DecisionRow]| Write::Decisions {
+            rows: chunk.iter().map(DecisionLine::of).collect(),
+        };
+        if !lines.chunked(&self.decisions, SNAPSHOT_ROWS, &write) {
+            return None;
+        }
+        Some(lines.lines)
     }
-    let mut rows = mirror.recent(None, None, usize::MAX)?;
-    rows.reverse();
-    let write = |chunk: &[TaskRow]| Write::Rows {
-        rows: chunk.iter().map(RowLine::of).collect(),
-    };
-    if !lines.chunked(&rows, SNAPSHOT_ROWS, &write) {
-        return Ok(None);
-    }
-    drop(rows);
-    let mut decisions = mirror.decisions(None, usize::MAX)?;
-    decisions.reverse();
-    let write = |chunk: &[DecisionRow]| Write::Decisions {
-        rows: chunk.iter().map(DecisionLine::of).collect(),
-    };
-    if !lines.chunked(&decisions, SNAPSHOT_ROWS, &write) {
-        return Ok(None);
-    }
-    Ok(Some(lines.lines))
 }
 
 /// A snapshot's lines as they are made, at most `budget` bytes in all and `max_line` each.

@@ -644,8 +644,8 @@ fn pruning_drops_finished_payloads_and_outputs_but_the_newest_and_keeps_every_ro
 }
 
 /// A journal a process keeps is pruned by that process, asked by `prune`: it goes on
-/// writing (it is not taken over), writes made while the prune runs land after its
-/// snapshot in their order, and the journal read back is the process's own.
+/// writing (it is not taken over), writes made before, while and after the prune runs land
+/// in their order around its snapshot, and the journal read back is the process's own.
 #[test]
 fn a_journal_kept_by_a_process_is_pruned_by_it_as_it_goes_on_writing() {
     let (_dir, server) = server();
@@ -670,15 +670,26 @@ fn a_journal_kept_by_a_process_is_pruned_by_it_as_it_goes_on_writing() {
         };
         block_on(journal.record(vec![started, end])).unwrap();
     }
-    // Tasks accepted one by one while the prune runs.
+    // Tasks accepted, four in flight at a time, from before the prune is asked until
+    // after it is done.
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let writing = {
-        let journal = journal.clone();
+        let (journal, done) = (journal.clone(), done.clone());
         colony_agents::spawner::Spawner::spawn_thread("late-writes", move || {
-            for i in 0..50u64 {
-                let id = TaskId(21 + i);
-                let spec = TaskSpec::with_payload(format!("{{\"late\":{i}}}"));
-                block_on(journal.accept(id, &[spec])).unwrap();
+            let mut late = 0u64;
+            while !done.load(std::sync::atomic::Ordering::Acquire) || late < 8 {
+                let durables: Vec<_> = (late..late + 4)
+                    .map(|i| {
+                        let spec = TaskSpec::with_payload(format!("{{\"late\":{i}}}"));
+                        journal.accept(TaskId(21 + i), &[spec])
+                    })
+                    .collect();
+                for durable in durables {
+                    block_on(durable).unwrap();
+                }
+                late += 4;
             }
+            late
         })
         .unwrap()
     };
@@ -688,7 +699,8 @@ fn a_journal_kept_by_a_process_is_pruned_by_it_as_it_goes_on_writing() {
         ..Default::default()
     };
     let pruned = colony_cluster::journal::prune(&options, keep).unwrap();
-    writing.join().unwrap();
+    done.store(true, std::sync::atomic::Ordering::Release);
+    let late = writing.join().unwrap();
     assert!(pruned.by_keeper, "{pruned:?}");
     assert_eq!(pruned.tasks, 12, "15 finished, the newest 3 kept");
     assert!(
@@ -697,7 +709,8 @@ fn a_journal_kept_by_a_process_is_pruned_by_it_as_it_goes_on_writing() {
     );
     // Still its journal: it writes on.
     journal.writable().unwrap();
-    block_on(journal.accept(TaskId(71), &[TaskSpec::default()])).unwrap();
+    let next = TaskId(21 + late);
+    block_on(journal.accept(next, &[TaskSpec::default()])).unwrap();
     assert!(
         journal
             .task(TaskId(1))
@@ -711,12 +724,12 @@ fn a_journal_kept_by_a_process_is_pruned_by_it_as_it_goes_on_writing() {
     // during the prune there, with its payload.
     let read = colony_cluster::journal::read(&options).unwrap();
     assert_same_reads(&*journal, &read);
-    for i in 0..50u64 {
+    for i in 0..late {
         let row = read.task(TaskId(21 + i)).unwrap().unwrap();
         assert_eq!(
             &row.spec.payload[..],
             format!("{{\"late\":{i}}}").as_bytes()
         );
     }
-    assert_eq!(read.counts().unwrap().queued, 5 + 50 + 1);
+    assert_eq!(read.counts().unwrap().queued, 5 + late + 1);
 }

@@ -8,9 +8,9 @@ use std::{path::PathBuf, time::Duration};
 #[derive(Debug, clap::Args)]
 #[command(group(clap::ArgGroup::new("rule").required(true).multiple(true).args(["older_than", "keep_last"])))]
 pub(crate) struct Args {
-    /// The journal: a SQLite file, or a journal in NATS (nats://HOST:PORT/NAME). No colony
-    /// may be running on it: a SQLite file is locked by the one that is, a journal in NATS is
-    /// taken over from it (it stops writing).
+    /// The journal: a SQLite file, or a journal in NATS (nats://HOST:PORT/NAME). A journal in
+    /// NATS that a colony keeps is pruned by that colony, which goes on (one from before
+    /// 2026-12 does not answer, and is taken over: it stops writing).
     #[arg(long, value_name = "PATH")]
     db: PathBuf,
     /// Prune tasks that finished longer ago than this: 90s, 15m, 12h, 7d.
