@@ -556,17 +556,14 @@ fn a_journal_larger_than_what_the_server_lets_a_client_fall_behind_replays_whole
     assert_eq!(last.spec.payload.len(), 900_041);
 }
 
-#[test]
-fn pruning_drops_finished_payloads_and_outputs_but_the_newest_and_keeps_every_row() {
-    let (_dir, server) = server();
-    let url = server.url();
-    let journal = open(&url, "prune");
+/// Twenty tasks with payloads of 8 KiB: 1-15 end (succeeded with an output as large, or
+/// every third failed), 16-20 stay queued.
+fn fill_to_prune(journal: &JetStreamJournal) {
     let big = "x".repeat(8 * 1024);
     let specs: Vec<TaskSpec> = (0..20)
         .map(|i| TaskSpec::with_payload(format!("{{\"i\":{i},\"pad\":\"{big}\"}}")))
         .collect();
     block_on(journal.accept(TaskId(1), &specs)).unwrap();
-    // Tasks 1-15 end (succeeded with a large output, or failed); 16-20 stay queued.
     for id in 1..=15u64 {
         let task = TaskId(id);
         let end = if id % 3 == 0 {
@@ -590,6 +587,14 @@ fn pruning_drops_finished_payloads_and_outputs_but_the_newest_and_keeps_every_ro
         };
         block_on(journal.record(vec![started, end])).unwrap();
     }
+}
+
+#[test]
+fn pruning_drops_finished_payloads_and_outputs_but_the_newest_and_keeps_every_row() {
+    let (_dir, server) = server();
+    let url = server.url();
+    let journal = open(&url, "prune");
+    fill_to_prune(&journal);
     let counts = journal.counts().unwrap();
     drop(journal);
     let options = options(&url, "prune");
@@ -651,25 +656,7 @@ fn a_journal_kept_by_a_process_is_pruned_by_it_as_it_goes_on_writing() {
     let (_dir, server) = server();
     let url = server.url();
     let journal = std::sync::Arc::new(open(&url, "kept"));
-    let big = "x".repeat(8 * 1024);
-    let specs: Vec<TaskSpec> = (0..20)
-        .map(|i| TaskSpec::with_payload(format!("{{\"i\":{i},\"pad\":\"{big}\"}}")))
-        .collect();
-    block_on(journal.accept(TaskId(1), &specs)).unwrap();
-    for id in 1..=15u64 {
-        let task = TaskId(id);
-        let started = Record::Started {
-            task,
-            attempt: 1,
-            agent: AgentId(1),
-        };
-        let end = Record::Committed {
-            task,
-            attempt: 1,
-            output: Bytes::from(big.clone()),
-        };
-        block_on(journal.record(vec![started, end])).unwrap();
-    }
+    fill_to_prune(&journal);
     // Tasks accepted, four in flight at a time, from before the prune is asked until
     // after it is done.
     let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
