@@ -940,7 +940,7 @@ pub(crate) async fn bucket(
 }
 
 /// 128 random bits as hex: an idempotency id no other submission shares, a lease id.
-pub(crate) fn random_id() -> String {
+pub fn random_id() -> String {
     let mut bytes = [0u8; 16];
     // Without randomness, the time and a counter still make the id unique in this process.
     if getrandom::fill(&mut bytes).is_err() {

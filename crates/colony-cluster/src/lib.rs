@@ -22,6 +22,7 @@
 
 pub mod agents;
 pub mod bench;
+pub mod bus;
 mod client;
 pub mod journal;
 pub mod kubernetes;
@@ -36,7 +37,7 @@ pub mod testing;
 mod wire;
 
 pub use client::{
-    Cancel, Cluster, Record, RecordsFrom, RoleStatus, Status, Submitted, TaskView, Watch,
+    Cancel, Cluster, Record, RecordsFrom, RoleStatus, Status, Submitted, TaskView, Watch, random_id,
 };
 pub use journal::{JetStreamJournal, JournalOptions};
 pub use membership::{NodeInfo, RoleSlots, TierCount};

@@ -1843,3 +1843,113 @@ async fn a_spread_team_takes_its_members_from_several_nodes() {
         rt.shutdown().await;
     }
 }
+
+/// Two processes' buses bridged on a topic: what a sender publishes on one reaches the
+/// other's readers of the topic, in order, as sent by `cluster:<process>/<sender>`, and
+/// never comes back to the process it came from; a topic a process does not bridge stays
+/// its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_topic_bridged_by_two_processes_carries_their_messages_both_ways() {
+    use colony_cluster::bus::Bridge;
+    use colony_core::mailbox::{Address, Endpoint};
+    use colony_runtime::messages::{Bus, MessageOptions};
+    let dir = tempfile::tempdir().unwrap();
+    let server = tokio::task::block_in_place(|| NatsServer::single(dir.path())).unwrap();
+    let (client_a, client_b) = (cluster(&server).await, cluster(&server).await);
+    let (bus_a, bus_b) = (
+        Bus::new(MessageOptions::default()),
+        Bus::new(MessageOptions::default()),
+    );
+    let topics = ["plans".to_owned()];
+    let _a = Bridge::start(&client_a, &bus_a, "a", &topics)
+        .await
+        .unwrap();
+    let _b = Bridge::start(&client_b, &bus_b, "b", &topics)
+        .await
+        .unwrap();
+    let reader = |bus: &Bus, name: &str, topic: &str| {
+        let me = Endpoint::Named(name.into());
+        bus.subscribe(topic, me.clone()).unwrap();
+        bus.open(me).unwrap()
+    };
+    let mut on_a = reader(&bus_a, "reader-a", "plans");
+    let mut on_b = reader(&bus_b, "reader-b", "plans");
+    let mut secrets_b = reader(&bus_b, "reader-b2", "secrets");
+    let writer_a = Endpoint::Named("writer-a".into());
+    for i in 0..100 {
+        bus_a
+            .send(
+                writer_a.clone(),
+                Address::Topic("plans".into()),
+                bytes::Bytes::from(i.to_string()),
+            )
+            .await
+            .unwrap();
+    }
+    bus_a
+        .send(
+            writer_a.clone(),
+            Address::Topic("secrets".into()),
+            bytes::Bytes::from("mine"),
+        )
+        .await
+        .unwrap();
+    let mut heard = Vec::new();
+    while heard.len() < 100 {
+        let batch = tokio::time::timeout(Duration::from_secs(10), on_b.recv())
+            .await
+            .expect("the messages cross")
+            .unwrap();
+        for m in &batch {
+            assert_eq!(m.from.to_string(), "cluster:a/writer-a");
+            heard.push(String::from_utf8(m.body.to_vec()).unwrap());
+        }
+        on_b.ack();
+    }
+    let sent: Vec<String> = (0..100).map(|i| i.to_string()).collect();
+    assert_eq!(heard, sent, "in the order sent");
+    // And back: b's sender reaches a's reader, once.
+    bus_b
+        .send(
+            Endpoint::Named("writer-b".into()),
+            Address::Topic("plans".into()),
+            bytes::Bytes::from("from b"),
+        )
+        .await
+        .unwrap();
+    let mut from_b = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let mut local = 0;
+    while from_b.is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "b's message did not reach a"
+        );
+        let batch = tokio::time::timeout(Duration::from_secs(10), on_a.recv())
+            .await
+            .expect("a message")
+            .unwrap();
+        for m in &batch {
+            match m.from.to_string().as_str() {
+                "writer-a" => local += 1,
+                "cluster:b/writer-b" => from_b.push(m.body.clone()),
+                other => panic!("{other} sent to a: nothing comes back to where it came from"),
+            }
+        }
+        on_a.ack();
+    }
+    assert_eq!(local, 100, "a's own, once each");
+    assert_eq!(from_b, [bytes::Bytes::from("from b")]);
+    // Nothing more comes: no echo, and the topic b does not bridge stayed a's.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(on_a.try_recv().unwrap().is_empty());
+    // b's own reader heard b's sender, locally, once: not again through the cluster.
+    let own: Vec<String> = on_b
+        .try_recv()
+        .unwrap()
+        .iter()
+        .map(|m| m.from.to_string())
+        .collect();
+    assert_eq!(own, ["writer-b"]);
+    assert!(secrets_b.try_recv().unwrap().is_empty());
+}

@@ -602,6 +602,33 @@ pub async fn run_on(
         Some(bus) => Some(crate::messages::Waits::open(workflow, bus)?),
         None => None,
     };
+    // Bridged to the cluster's bus: agents on nodes that bridge a run's topic
+    // (`colony node --bridge-topic`) hear what its tasks publish, and what they publish
+    // there reaches the tasks that wait on it.
+    let _bridge = match &bus {
+        Some(bus) => {
+            let mut topics: Vec<String> = workflow
+                .tasks
+                .iter()
+                .flat_map(|t| {
+                    t.wait
+                        .as_ref()
+                        .map(|(topic, _)| topic.to_string())
+                        .into_iter()
+                        .chain(t.publish.as_ref().map(|p| p.to_string()))
+                })
+                .collect();
+            topics.sort();
+            topics.dedup();
+            let me = format!("run-{}", colony_cluster::random_id());
+            Some(
+                colony_cluster::bus::Bridge::start(cluster, bus, &me, &topics)
+                    .await
+                    .map_err(|e| colony_runtime::Error::Options(e.to_string()))?,
+            )
+        }
+        None => None,
+    };
     let mut writer = Writer::start(&output)?;
     writer.hooks = hooks;
     let waves = workflow.graph.waves();

@@ -406,3 +406,96 @@ tasks:
     node.drain().await;
     rt.shutdown().await;
 }
+
+/// An agent on a node reaches a run's topic through the cluster's bus: the node bridges
+/// `signals` (`colony node --bridge-topic`), the run bridges its own topics, and a task
+/// waiting on `signals` gets what the node's agent published there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_on_a_node_publishes_to_a_task_of_the_run_waiting_on_its_topic() {
+    use colony_core::mailbox::Address;
+    /// Publishes `{"go": true}` on `signals`, then answers.
+    struct Herald;
+    impl colony_agents::Agent for Herald {
+        fn handle(&self, task: colony_agents::Task) -> colony_agents::Execution {
+            let sent = task
+                .mail
+                .send(Address::Topic("signals".into()), r#"{"go":true}"#);
+            colony_agents::Execution::Running(Box::pin(async move {
+                sent.await.map_err(colony_agents::Error::fatal)?;
+                Ok(bytes::Bytes::from_static(b"\"said\""))
+            }))
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let server = tokio::task::block_in_place(|| testing::NatsServer::single(dir.path())).unwrap();
+    let settings = Settings {
+        replicas: 1,
+        ack_wait: Duration::from_secs(2),
+        heartbeat_ttl: Duration::from_secs(3),
+        ..Settings::default()
+    };
+    let url = server.url();
+    let connect = || testing::connect(&url, settings.clone(), Duration::from_secs(20));
+    let sim = Sim::new(SimOptions::default()).unwrap();
+    let rt = Runtime::start(
+        RuntimeOptions::default(),
+        vec![
+            Pool::new(AgentSpec::new("sim", "sim"), 2, Arc::new(sim)),
+            Pool::new(AgentSpec::new("herald", "herald"), 1, Arc::new(Herald)),
+        ],
+        Arc::new(MemoryJournal::new()),
+    )
+    .await
+    .unwrap();
+    let on_node = connect().await.unwrap();
+    let _bridge = colony_cluster::bus::Bridge::start(
+        &on_node,
+        rt.handle().messages(),
+        "n",
+        &["signals".to_owned()],
+    )
+    .await
+    .unwrap();
+    let node = Node::start(
+        on_node,
+        rt.handle().clone(),
+        NodeOptions {
+            name: "n".into(),
+            max_in_flight: 16,
+            drain_timeout: Duration::from_secs(5),
+        },
+    )
+    .await
+    .unwrap();
+    let client = connect().await.unwrap();
+    let yaml = r#"name: herald
+agents:
+  - { name: sim, kind: sim, count: 2 }
+  - { name: herald, kind: sim, role: herald }
+tasks:
+  - { id: listen, agent: sim, input: { q: 1 }, wait: { topic: signals, timeout: 30s } }
+  - { id: shout, agent: herald, input: { x: 1 } }
+"#;
+    let workflow = parse(yaml, "herald.yaml", dir.path()).unwrap();
+    assert_eq!(refusals(&workflow), Vec::<String>::new());
+    let run = run_on(&client, &workflow, ClusterOptions::default());
+    let report = tokio::time::timeout(Duration::from_secs(60), run)
+        .await
+        .expect("the run ends within a minute")
+        .unwrap();
+    let task = |id: &str| report.tasks.iter().find(|t| t.id == id).unwrap();
+    for id in ["listen", "shout"] {
+        assert_eq!(task(id).status, Status::Succeeded, "{:?}", task(id));
+    }
+    let heard: serde_json::Value =
+        serde_json::to_value(task("listen").output.as_ref().unwrap()).unwrap();
+    let message = &heard["input"]["message"];
+    assert_eq!(message["topic"], "signals", "{heard}");
+    assert_eq!(message["body"]["go"], true, "{heard}");
+    assert!(
+        message["from"].as_str().unwrap().starts_with("cluster:n/"),
+        "{heard}"
+    );
+    node.drain().await;
+    rt.shutdown().await;
+}

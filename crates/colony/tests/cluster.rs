@@ -74,6 +74,8 @@ impl NodeProc {
                 name,
             ])
             .args(["--ack-wait", ACK_WAIT, "--drain-timeout", "10s", "--json"])
+            // Every node bridges a topic of its bus: the bridge starts and stops with it.
+            .args(["--bridge-topic", "signals"])
             .args(extra)
             .arg("--pools")
             .arg(&pools)

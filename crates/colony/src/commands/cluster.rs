@@ -68,6 +68,12 @@ pub(crate) struct NodeArgs {
     /// /var/run/secrets/kubernetes.io/serviceaccount).
     #[arg(long)]
     pod_deletion_cost: bool,
+    /// Bridge this topic of the node's message bus to the cluster's (repeatable): what its
+    /// agents publish there reaches every process that bridges it (other nodes, a
+    /// `colony run --nats` whose tasks wait or publish on it), and what they publish reaches
+    /// its agents.
+    #[arg(long = "bridge-topic", value_name = "TOPIC")]
+    bridge_topics: Vec<String>,
     /// Print what the node did, when it leaves, as JSON on stdout.
     #[arg(long)]
     json: bool,
@@ -741,6 +747,7 @@ pub(crate) fn node(args: &NodeArgs) -> Result<(), Failure> {
         let colony = Runtime::start(runtime_options, pools, Arc::new(MemoryJournal::new()))
             .await
             .map_err(Failure::input)?;
+        let bridged = cluster.clone();
         let node = match Node::start(cluster, colony.handle().clone(), options).await {
             Ok(node) => node,
             Err(e) => {
@@ -751,6 +758,22 @@ pub(crate) fn node(args: &NodeArgs) -> Result<(), Failure> {
                     }
                     e => Failure::work(e),
                 });
+            }
+        };
+        let bridge = match args.bridge_topics.is_empty() {
+            true => None,
+            false => {
+                let bus = colony.handle().messages();
+                match colony_cluster::bus::Bridge::start(&bridged, bus, &name, &args.bridge_topics)
+                    .await
+                {
+                    Ok(bridge) => Some(bridge),
+                    Err(e) => {
+                        node.drain().await;
+                        colony.shutdown().await;
+                        return Err(Failure::input(e));
+                    }
+                }
             }
         };
         let probes = match args.probes {
@@ -794,6 +817,7 @@ pub(crate) fn node(args: &NodeArgs) -> Result<(), Failure> {
         stops.next().await;
         eprintln!("node {name} drains: no new tasks; running ones finish or go back");
         let report = node.drain().await;
+        drop(bridge);
         if let Some(cost) = cost {
             cost.abort();
         }

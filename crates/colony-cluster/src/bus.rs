@@ -1,0 +1,235 @@
+//! The message bus across the cluster: a runtime's topics bridged to every other process
+//! that bridges them (a `colony node --bridge-topic T`, a `colony run --nats` for its run's
+//! topics), over one JetStream stream, `COLONY_BUS`.
+//!
+//! A [`Bridge`] subscribes a reader of its own (`cluster-bridge`) to each topic it bridges
+//! on the local bus. What a local sender publishes there, it appends to the stream, on
+//! `colony.bus.<the topic's bytes in hex>` (topic names may hold `.` and `/`), naming its
+//! process and sender, and acknowledges the batch once the stream has it. It watches the
+//! stream from when it started, and publishes what another process appended on a topic it
+//! bridges on its local bus, as sent by `cluster:<process>/<sender>`, so that it never goes
+//! back out (the bridge does not bridge what a bridge sent). A local send waits for room at
+//! full mailboxes as any does; the watch waits with it, and the stream keeps the rest.
+//!
+//! What it keeps of the bus's guarantees: in order per sender, a reader's batch
+//! acknowledged. What it does not: a process hears only what is appended while its bridge
+//! runs (the stream keeps an hour of messages, and a bridge started later does not read
+//! them back), and a message taken from the local bus and not yet appended when its
+//! process dies is given back to the bridge's mailbox, which dies with it.
+
+use crate::{Cluster, Error};
+use async_nats::jetstream::{consumer, stream};
+use colony_core::mailbox::{Address, Endpoint};
+use colony_runtime::messages::Bus;
+use futures::StreamExt;
+use std::{sync::Arc, time::Duration};
+
+/// The bus's stream.
+const STREAM: &str = "COLONY_BUS";
+/// How long the stream keeps a message: a bound, since no bridge reads back.
+const KEEP: Duration = Duration::from_secs(3600);
+/// The local reader a bridge reads its topics with.
+const READER: &str = "cluster-bridge";
+/// A sender on the local bus that stands for one in another process.
+const RELAYED: &str = "cluster:";
+const ORIGIN: &str = "Colony-Origin";
+const FROM: &str = "Colony-From";
+/// Most topics one bridge carries.
+pub const MAX_BRIDGED: usize = 256;
+
+/// The subject of topic `topic` on the stream.
+fn subject(topic: &str) -> String {
+    let hex: String = topic.bytes().map(|b| format!("{b:02x}")).collect();
+    format!("colony.bus.{hex}")
+}
+
+/// The topic a subject of the stream carries.
+fn topic_of(subject: &str) -> Option<String> {
+    let hex = subject.strip_prefix("colony.bus.")?;
+    if hex.len() % 2 != 0 {
+        return None;
+    }
+    let bytes: Option<Vec<u8>> = (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).ok())
+        .collect();
+    String::from_utf8(bytes?).ok()
+}
+
+/// A runtime's topics bridged to the cluster, while it is held.
+#[derive(Debug)]
+pub struct Bridge {
+    tasks: Vec<tokio::task::JoinHandle<Option<()>>>,
+}
+
+impl Drop for Bridge {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+impl Bridge {
+    /// Bridges `topics` of `bus` to the cluster, as process `name` (unique among the
+    /// processes that bridge: a node's name, a run's). Makes the stream if it is not there.
+    pub async fn start(
+        cluster: &Cluster,
+        bus: &Bus,
+        name: &str,
+        topics: &[String],
+    ) -> Result<Self, Error> {
+        if topics.len() > MAX_BRIDGED {
+            return Err(Error::Settings(format!(
+                "{} topics bridged: at most {MAX_BRIDGED}",
+                topics.len()
+            )));
+        }
+        let what = "the cluster's message bus";
+        let stream = cluster
+            .js
+            .get_or_create_stream(stream::Config {
+                name: STREAM.into(),
+                description: Some("colony: messages on topics bridged across the cluster".into()),
+                subjects: vec!["colony.bus.>".into()],
+                retention: stream::RetentionPolicy::Limits,
+                storage: stream::StorageType::File,
+                num_replicas: cluster.settings.replicas,
+                max_age: KEEP,
+                max_message_size: i32::try_from(crate::MAX_PAYLOAD).unwrap_or(i32::MAX),
+                discard: stream::DiscardPolicy::Old,
+                duplicate_window: Duration::from_secs(120),
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| Error::nats(what, e))?;
+        let reader = Endpoint::Named(READER.into());
+        let mut inbox = bus
+            .open(reader.clone())
+            .map_err(|e| Error::Settings(format!("{what}: {e}")))?;
+        for topic in topics {
+            bus.subscribe(topic, reader.clone())
+                .map_err(|e| Error::Settings(format!("{what}: topic `{topic}`: {e}")))?;
+        }
+        let bridged: Arc<std::collections::HashSet<String>> =
+            Arc::new(topics.iter().cloned().collect());
+        // Made before this returns: what is appended from now on comes on it.
+        let watch = stream
+            .create_consumer(consumer::push::OrderedConfig {
+                deliver_subject: cluster.client.new_inbox(),
+                filter_subject: "colony.bus.>".into(),
+                deliver_policy: consumer::DeliverPolicy::New,
+                replay_policy: consumer::ReplayPolicy::Instant,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| Error::nats(what, e))?
+            .messages()
+            .await
+            .map_err(|e| Error::nats(what, e))?;
+        let name: Arc<str> = name.into();
+        let outbound = {
+            let (js, name) = (cluster.js.clone(), name.clone());
+            colony_agents::spawner::Spawner::spawn("cluster-bus-out", async move {
+                let mut sent = 0u64;
+                let session = crate::client::random_id();
+                loop {
+                    let Ok(batch) = inbox.recv().await else {
+                        return;
+                    };
+                    let mut acks = Vec::with_capacity(batch.len());
+                    for message in &batch {
+                        let (Address::Topic(topic), false) = (&message.to, relayed(&message.from))
+                        else {
+                            continue;
+                        };
+                        sent += 1;
+                        let mut headers = async_nats::HeaderMap::new();
+                        headers.insert(ORIGIN, &*name);
+                        headers.insert(FROM, message.from.to_string().as_str());
+                        headers.insert("Nats-Msg-Id", format!("{session}-{sent}").as_str());
+                        acks.push(
+                            js.publish_with_headers(subject(topic), headers, message.body.clone())
+                                .await,
+                        );
+                    }
+                    let mut appended = true;
+                    for ack in acks {
+                        match ack {
+                            Ok(ack) => appended &= ack.await.is_ok(),
+                            Err(_) => appended = false,
+                        }
+                    }
+                    if appended {
+                        inbox.ack();
+                    } else {
+                        // Read again (this batch first) once NATS takes it.
+                        tracing::warn!("The cluster's bus could not take a batch: tried again.");
+                        let _ = inbox.give_back();
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                }
+            })
+        };
+        let inbound = {
+            let (bus, name) = (bus.clone(), name.clone());
+            let mut watch = watch;
+            colony_agents::spawner::Spawner::spawn("cluster-bus-in", async move {
+                while let Some(message) = watch.next().await {
+                    let Ok(message) = message else {
+                        continue;
+                    };
+                    let header = |key: &str| {
+                        message
+                            .headers
+                            .as_ref()
+                            .and_then(|h| h.get(key))
+                            .map(|v| v.as_str().to_owned())
+                    };
+                    let Some(origin) = header(ORIGIN) else {
+                        continue;
+                    };
+                    if *origin == *name {
+                        continue;
+                    }
+                    let Some(topic) = topic_of(&message.subject).filter(|t| bridged.contains(t))
+                    else {
+                        continue;
+                    };
+                    let from = header(FROM).unwrap_or_default();
+                    let sender = Endpoint::Named(format!("{RELAYED}{origin}/{from}").into());
+                    let body = message.payload.clone();
+                    if let Err(e) = bus.send(sender, Address::Topic(topic.into()), body).await {
+                        tracing::warn!(
+                            "A message from {origin} on the cluster's bus was not delivered here: {e}"
+                        );
+                    }
+                }
+            })
+        };
+        Ok(Self {
+            tasks: vec![outbound, inbound],
+        })
+    }
+}
+
+/// Whether `from` stands for a sender in another process (relayed here by a bridge).
+fn relayed(from: &Endpoint) -> bool {
+    matches!(from, Endpoint::Named(n) if n.starts_with(RELAYED))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_topic_crosses_as_its_bytes_and_comes_back_whole() {
+        for topic in ["plans", "a.b/c-d_e", "x"] {
+            assert_eq!(topic_of(&subject(topic)).as_deref(), Some(topic));
+        }
+        assert_eq!(subject("a.b"), "colony.bus.612e62");
+        assert_eq!(topic_of("colony.bus.6"), None);
+        assert_eq!(topic_of("colony.bus.zz"), None);
+        assert_eq!(topic_of("other.61"), None);
+    }
+}
