@@ -114,17 +114,7 @@ impl Bridge {
         let bridged: Arc<std::collections::HashSet<String>> =
             Arc::new(topics.iter().cloned().collect());
         // Made before this returns: what is appended from now on comes on it.
-        let watch = stream
-            .create_consumer(consumer::push::OrderedConfig {
-                deliver_subject: cluster.client.new_inbox(),
-                filter_subject: "colony.bus.>".into(),
-                deliver_policy: consumer::DeliverPolicy::New,
-                replay_policy: consumer::ReplayPolicy::Instant,
-                ..Default::default()
-            })
-            .await
-            .map_err(|e| Error::nats(what, e))?
-            .messages()
+        let watch = watch_from(&stream, &cluster.client, None)
             .await
             .map_err(|e| Error::nats(what, e))?;
         let name: Arc<str> = name.into();
@@ -137,6 +127,9 @@ impl Bridge {
                     let Ok(batch) = inbox.recv().await else {
                         return;
                     };
+                    // A batch given back is read again in its order: its messages get the
+                    // same dedupe ids, so those the stream took already are not taken twice.
+                    let before = sent;
                     let mut acks = Vec::with_capacity(batch.len());
                     for message in &batch {
                         let (Address::Topic(topic), false) = (&message.to, relayed(&message.from))
@@ -165,6 +158,7 @@ impl Bridge {
                     } else {
                         // Read again (this batch first) once NATS takes it.
                         tracing::warn!("The cluster's bus could not take a batch: tried again.");
+                        sent = before;
                         let _ = inbox.give_back();
                         tokio::time::sleep(Duration::from_secs(1)).await;
                     }
@@ -172,38 +166,35 @@ impl Bridge {
             })
         };
         let inbound = {
-            let (bus, name) = (bus.clone(), name.clone());
-            let mut watch = watch;
+            let (bus, name, client) = (bus.clone(), name.clone(), cluster.client.clone());
             colony_agents::spawner::Spawner::spawn("cluster-bus-in", async move {
-                while let Some(message) = watch.next().await {
-                    let Ok(message) = message else {
-                        continue;
+                let mut watch = Some(watch);
+                let mut last = None;
+                loop {
+                    let (mut messages, floor) = match watch.take() {
+                        Some(made) => made,
+                        None => match watch_from(&stream, &client, last).await {
+                            Ok(made) => made,
+                            Err(e) => {
+                                tracing::warn!(
+                                    "The cluster's bus cannot be watched: {e}; tried again."
+                                );
+                                tokio::time::sleep(Duration::from_secs(1)).await;
+                                continue;
+                            }
+                        },
                     };
-                    let header = |key: &str| {
-                        message
-                            .headers
-                            .as_ref()
-                            .and_then(|h| h.get(key))
-                            .map(|v| v.as_str().to_owned())
-                    };
-                    let Some(origin) = header(ORIGIN) else {
-                        continue;
-                    };
-                    if *origin == *name {
-                        continue;
+                    while let Some(Ok(message)) = messages.next().await {
+                        let Ok(info) = message.info() else { continue };
+                        // The client makes a watch again from the stream's start when it
+                        // reconnects before its first message: made again from here instead.
+                        if info.stream_sequence <= floor {
+                            break;
+                        }
+                        last = Some(info.stream_sequence);
+                        relay(&bus, &name, &bridged, &message).await;
                     }
-                    let Some(topic) = topic_of(&message.subject).filter(|t| bridged.contains(t))
-                    else {
-                        continue;
-                    };
-                    let from = header(FROM).unwrap_or_default();
-                    let sender = Endpoint::Named(format!("{RELAYED}{origin}/{from}").into());
-                    let body = message.payload.clone();
-                    if let Err(e) = bus.send(sender, Address::Topic(topic.into()), body).await {
-                        tracing::warn!(
-                            "A message from {origin} on the cluster's bus was not delivered here: {e}"
-                        );
-                    }
+                    tokio::time::sleep(Duration::from_millis(200)).await;
                 }
             })
         };
@@ -211,6 +202,65 @@ impl Bridge {
             tasks: vec![outbound, inbound],
         })
     }
+}
+
+/// Publishes on `bus` a message another process appended on a topic this one bridges.
+async fn relay(
+    bus: &Bus,
+    name: &str,
+    bridged: &std::collections::HashSet<String>,
+    message: &async_nats::jetstream::Message,
+) {
+    let header = |key: &str| {
+        message
+            .headers
+            .as_ref()
+            .and_then(|h| h.get(key))
+            .map(|v| v.as_str().to_owned())
+    };
+    let Some(origin) = header(ORIGIN) else {
+        return;
+    };
+    if origin == name {
+        return;
+    }
+    let Some(topic) = topic_of(&message.subject).filter(|t| bridged.contains(t)) else {
+        return;
+    };
+    let from = header(FROM).unwrap_or_default();
+    let sender = Endpoint::Named(format!("{RELAYED}{origin}/{from}").into());
+    let body = message.payload.clone();
+    if let Err(e) = bus.send(sender, Address::Topic(topic.into()), body).await {
+        tracing::warn!("A message from {origin} on the cluster's bus was not delivered here: {e}");
+    }
+}
+
+/// A watch of the stream from after `last` (from now on when `None`), and the sequence the
+/// server says it starts after: a message at or before it is one the client went back for.
+async fn watch_from(
+    stream: &stream::Stream,
+    client: &async_nats::Client,
+    last: Option<u64>,
+) -> Result<(consumer::push::Ordered, u64), String> {
+    let deliver_policy = match last {
+        None => consumer::DeliverPolicy::New,
+        Some(last) => consumer::DeliverPolicy::ByStartSequence {
+            start_sequence: last + 1,
+        },
+    };
+    let consumer = stream
+        .create_consumer(consumer::push::OrderedConfig {
+            deliver_subject: client.new_inbox(),
+            filter_subject: "colony.bus.>".into(),
+            deliver_policy,
+            replay_policy: consumer::ReplayPolicy::Instant,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+    let floor = consumer.cached_info().delivered.stream_sequence;
+    let messages = consumer.messages().await.map_err(|e| e.to_string())?;
+    Ok((messages, floor))
 }
 
 /// Whether `from` stands for a sender in another process (relayed here by a bridge).
