@@ -33,6 +33,7 @@ const READER: &str = "cluster-bridge";
 /// A sender on the local bus that stands for one in another process.
 const RELAYED: &str = "cluster:";
 const ORIGIN: &str = "Colony-Origin";
+const NAME: &str = "Colony-Process";
 const FROM: &str = "Colony-From";
 /// Most topics one bridge carries.
 pub const MAX_BRIDGED: usize = 256;
@@ -46,7 +47,7 @@ fn subject(topic: &str) -> String {
 /// The topic a subject of the stream carries.
 fn topic_of(subject: &str) -> Option<String> {
     let hex = subject.strip_prefix("colony.bus.")?;
-    if hex.len() % 2 != 0 {
+    if hex.len() % 2 != 0 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
         return None;
     }
     let bytes: Option<Vec<u8>> = (0..hex.len())
@@ -60,15 +61,32 @@ fn topic_of(subject: &str) -> Option<String> {
 #[derive(Debug)]
 pub struct Bridge {
     tasks: Vec<tokio::task::JoinHandle<Option<()>>>,
+    bus: Bus,
+    reader: Endpoint,
 }
 
 impl Drop for Bridge {
+    /// Stops bridging: the reader leaves its topics and its mailbox closes, so what it held
+    /// and had not appended goes back to its senders (marked returned, as a retired agent's
+    /// messages do), not lost in silence.
     fn drop(&mut self) {
         for task in &self.tasks {
             task.abort();
         }
+        self.bus.close(
+            &self.reader,
+            "the process stopped bridging its topics to the cluster",
+        );
     }
 }
+
+/// Most a relayed message waits for room in a local mailbox before it is dropped (and
+/// said): one full mailbox must not hold up every bridged topic.
+const RELAY_WAIT: Duration = Duration::from_secs(30);
+/// Most bytes the stream holds; the oldest messages go first past it.
+const MAX_BYTES: i64 = 1 << 30;
+/// Room kept beside a message's body for its headers.
+const HEADROOM: usize = 4 * 1024;
 
 impl Bridge {
     /// Bridges `topics` of `bus` to the cluster, as process `name` (unique among the
@@ -79,11 +97,18 @@ impl Bridge {
         name: &str,
         topics: &[String],
     ) -> Result<Self, Error> {
+        let mut topics: Vec<String> = topics.to_vec();
+        topics.sort();
+        topics.dedup();
         if topics.len() > MAX_BRIDGED {
             return Err(Error::Settings(format!(
                 "{} topics bridged: at most {MAX_BRIDGED}",
                 topics.len()
             )));
+        }
+        for topic in &topics {
+            colony_core::mailbox::check_topic(topic)
+                .map_err(|e| Error::Settings(format!("topic `{topic}`: {e}")))?;
         }
         let what = "the cluster's message bus";
         let stream = cluster
@@ -97,32 +122,43 @@ impl Bridge {
                 num_replicas: cluster.settings.replicas,
                 max_age: KEEP,
                 max_message_size: i32::try_from(crate::MAX_PAYLOAD).unwrap_or(i32::MAX),
+                max_bytes: MAX_BYTES,
                 discard: stream::DiscardPolicy::Old,
-                duplicate_window: Duration::from_secs(120),
+                duplicate_window: cluster.settings.duplicate_window,
                 ..Default::default()
             })
             .await
             .map_err(|e| Error::nats(what, e))?;
-        let reader = Endpoint::Named(READER.into());
+        // This bridge's own: a process's name may be given twice, its instance not.
+        let instance = crate::client::random_id();
+        let subjects: Vec<String> = topics.iter().map(|t| subject(t)).collect();
+        // Made before anything is read: what is appended from now on comes on it.
+        let watch = watch_from(&stream, &cluster.client, &subjects, None)
+            .await
+            .map_err(|e| Error::nats(what, e))?;
+        let reader = Endpoint::Named(format!("{READER}-{}", &instance[..8]).into());
         let mut inbox = bus
             .open(reader.clone())
             .map_err(|e| Error::Settings(format!("{what}: {e}")))?;
-        for topic in topics {
-            bus.subscribe(topic, reader.clone())
-                .map_err(|e| Error::Settings(format!("{what}: topic `{topic}`: {e}")))?;
+        for topic in &topics {
+            if let Err(e) = bus.subscribe(topic, reader.clone()) {
+                bus.close(&reader, "its bridge did not start");
+                return Err(Error::Settings(format!("{what}: topic `{topic}`: {e}")));
+            }
         }
         let bridged: Arc<std::collections::HashSet<String>> =
             Arc::new(topics.iter().cloned().collect());
-        // Made before this returns: what is appended from now on comes on it.
-        let watch = watch_from(&stream, &cluster.client, None)
-            .await
-            .map_err(|e| Error::nats(what, e))?;
         let name: Arc<str> = name.into();
+        let most = cluster
+            .client
+            .server_info()
+            .max_payload
+            .min(crate::MAX_PAYLOAD)
+            .saturating_sub(HEADROOM);
         let outbound = {
-            let (js, name) = (cluster.js.clone(), name.clone());
+            let (js, name, instance) = (cluster.js.clone(), name.clone(), instance.clone());
             colony_agents::spawner::Spawner::spawn("cluster-bus-out", async move {
                 let mut sent = 0u64;
-                let session = crate::client::random_id();
                 loop {
                     let Ok(batch) = inbox.recv().await else {
                         return;
@@ -134,13 +170,30 @@ impl Bridge {
                     for message in &batch {
                         let (Address::Topic(topic), false) = (&message.to, relayed(&message.from))
                         else {
+                            if !relayed(&message.from) {
+                                tracing::warn!(
+                                    "A message to the cluster's bridge itself ({}) is not carried: send on a bridged topic",
+                                    message.from
+                                );
+                            }
                             continue;
                         };
+                        if message.body.len() > most {
+                            // The stream would refuse it every time, holding up what follows.
+                            tracing::warn!(
+                                "A message of {} bytes on topic `{topic}` from {} is not carried to the cluster: at most {most} bytes are",
+                                message.body.len(),
+                                message.from
+                            );
+                            metrics::counter!("colony_bus_bridge_dropped_total").increment(1);
+                            continue;
+                        }
                         sent += 1;
                         let mut headers = async_nats::HeaderMap::new();
-                        headers.insert(ORIGIN, &*name);
+                        headers.insert(ORIGIN, instance.as_str());
+                        headers.insert(NAME, &*name);
                         headers.insert(FROM, message.from.to_string().as_str());
-                        headers.insert("Nats-Msg-Id", format!("{session}-{sent}").as_str());
+                        headers.insert("Nats-Msg-Id", format!("{instance}-{sent}").as_str());
                         acks.push(
                             js.publish_with_headers(subject(topic), headers, message.body.clone())
                                 .await,
@@ -166,14 +219,17 @@ impl Bridge {
             })
         };
         let inbound = {
-            let (bus, name, client) = (bus.clone(), name.clone(), cluster.client.clone());
+            let (bus, client) = (bus.clone(), cluster.client.clone());
+            let instance = instance.clone();
             colony_agents::spawner::Spawner::spawn("cluster-bus-in", async move {
+                // Made again after the last message read, or, before any, after where the
+                // first watch started: nothing appended meanwhile is missed.
+                let mut last = Some(watch.1);
                 let mut watch = Some(watch);
-                let mut last = None;
                 loop {
                     let (mut messages, floor) = match watch.take() {
                         Some(made) => made,
-                        None => match watch_from(&stream, &client, last).await {
+                        None => match watch_from(&stream, &client, &subjects, last).await {
                             Ok(made) => made,
                             Err(e) => {
                                 tracing::warn!(
@@ -192,7 +248,7 @@ impl Bridge {
                             break;
                         }
                         last = Some(info.stream_sequence);
-                        relay(&bus, &name, &bridged, &message).await;
+                        relay(&bus, &instance, &bridged, &message).await;
                     }
                     tokio::time::sleep(Duration::from_millis(200)).await;
                 }
@@ -200,6 +256,8 @@ impl Bridge {
         };
         Ok(Self {
             tasks: vec![outbound, inbound],
+            bus: bus.clone(),
+            reader,
         })
     }
 }
@@ -207,7 +265,7 @@ impl Bridge {
 /// Publishes on `bus` a message another process appended on a topic this one bridges.
 async fn relay(
     bus: &Bus,
-    name: &str,
+    instance: &str,
     bridged: &std::collections::HashSet<String>,
     message: &async_nats::jetstream::Message,
 ) {
@@ -221,17 +279,35 @@ async fn relay(
     let Some(origin) = header(ORIGIN) else {
         return;
     };
-    if origin == name {
+    if origin == instance {
         return;
     }
+    let origin = header(NAME).unwrap_or(origin);
     let Some(topic) = topic_of(&message.subject).filter(|t| bridged.contains(t)) else {
         return;
     };
     let from = header(FROM).unwrap_or_default();
     let sender = Endpoint::Named(format!("{RELAYED}{origin}/{from}").into());
     let body = message.payload.clone();
-    if let Err(e) = bus.send(sender, Address::Topic(topic.into()), body).await {
-        tracing::warn!("A message from {origin} on the cluster's bus was not delivered here: {e}");
+    match tokio::time::timeout(
+        RELAY_WAIT,
+        bus.send(sender, Address::Topic(topic.as_str().into()), body),
+    )
+    .await
+    {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => {
+            tracing::warn!(
+                "A message from {origin} on the cluster's bus was not delivered here: {e}"
+            );
+        }
+        Err(_) => {
+            tracing::warn!(
+                "A message from {origin} on topic `{topic}` was dropped here: a mailbox of the topic stayed full for {} s",
+                RELAY_WAIT.as_secs()
+            );
+            metrics::counter!("colony_bus_bridge_dropped_total").increment(1);
+        }
     }
 }
 
@@ -240,6 +316,7 @@ async fn relay(
 async fn watch_from(
     stream: &stream::Stream,
     client: &async_nats::Client,
+    subjects: &[String],
     last: Option<u64>,
 ) -> Result<(consumer::push::Ordered, u64), String> {
     let deliver_policy = match last {
@@ -251,7 +328,7 @@ async fn watch_from(
     let consumer = stream
         .create_consumer(consumer::push::OrderedConfig {
             deliver_subject: client.new_inbox(),
-            filter_subject: "colony.bus.>".into(),
+            filter_subjects: subjects.to_vec(),
             deliver_policy,
             replay_policy: consumer::ReplayPolicy::Instant,
             ..Default::default()
@@ -280,6 +357,11 @@ mod tests {
         assert_eq!(subject("a.b"), "colony.bus.612e62");
         assert_eq!(topic_of("colony.bus.6"), None);
         assert_eq!(topic_of("colony.bus.zz"), None);
+        assert_eq!(
+            topic_of("colony.bus.aé1"),
+            None,
+            "not split inside a character"
+        );
         assert_eq!(topic_of("other.61"), None);
     }
 }

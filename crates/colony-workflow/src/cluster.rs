@@ -74,6 +74,10 @@ pub struct ClusterOptions {
     pub cancel: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
     /// The run's book, kept while this process leads the run.
     pub booked: Option<Booked>,
+    /// Its topics bridged to the cluster's bus ([`colony_cluster::bus::Bridge`]): agents on
+    /// nodes that bridge them hear and reach its tasks. Shared across the cluster: another
+    /// run bridging a topic hears this one's messages on it.
+    pub bridge_topics: bool,
 }
 
 /// A run's book, and whether this process leads the run: it sends nothing once it does not.
@@ -602,11 +606,11 @@ pub async fn run_on(
         Some(bus) => Some(crate::messages::Waits::open(workflow, bus)?),
         None => None,
     };
-    // Bridged to the cluster's bus: agents on nodes that bridge a run's topic
+    // Bridged to the cluster's bus when asked: agents on nodes that bridge a run's topic
     // (`colony node --bridge-topic`) hear what its tasks publish, and what they publish
     // there reaches the tasks that wait on it.
     let _bridge = match &bus {
-        Some(bus) => {
+        Some(bus) if options.bridge_topics => {
             let mut topics: Vec<String> = workflow
                 .tasks
                 .iter()
@@ -627,7 +631,7 @@ pub async fn run_on(
                     .map_err(|e| colony_runtime::Error::Options(e.to_string()))?,
             )
         }
-        None => None,
+        _ => None,
     };
     let mut writer = Writer::start(&output)?;
     writer.hooks = hooks;

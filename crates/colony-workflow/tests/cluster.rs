@@ -478,7 +478,11 @@ tasks:
 "#;
     let workflow = parse(yaml, "herald.yaml", dir.path()).unwrap();
     assert_eq!(refusals(&workflow), Vec::<String>::new());
-    let run = run_on(&client, &workflow, ClusterOptions::default());
+    let options = ClusterOptions {
+        bridge_topics: true,
+        ..ClusterOptions::default()
+    };
+    let run = run_on(&client, &workflow, options);
     let report = tokio::time::timeout(Duration::from_secs(60), run)
         .await
         .expect("the run ends within a minute")

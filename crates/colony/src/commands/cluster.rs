@@ -459,6 +459,7 @@ pub(crate) fn run_workflow(
             on_started: None,
             cancel: Some(cancel),
             booked,
+            bridge_topics: args.bridge_topics(),
         };
         let report = colony_workflow::cluster::run_on(&cluster, workflow, options).await;
         if let Some(lead) = scheduling {
@@ -747,7 +748,26 @@ pub(crate) fn node(args: &NodeArgs) -> Result<(), Failure> {
         let colony = Runtime::start(runtime_options, pools, Arc::new(MemoryJournal::new()))
             .await
             .map_err(Failure::input)?;
-        let bridged = cluster.clone();
+        // Bridged before the node takes tasks: what its agents publish on a bridged topic
+        // from their first task crosses.
+        let bridge = match args.bridge_topics.is_empty() {
+            true => None,
+            false => {
+                let bus = colony.handle().messages();
+                match colony_cluster::bus::Bridge::start(&cluster, bus, &name, &args.bridge_topics)
+                    .await
+                {
+                    Ok(bridge) => Some(bridge),
+                    Err(e) => {
+                        colony.shutdown().await;
+                        return Err(match e {
+                            colony_cluster::Error::Settings(_) => Failure::input(e),
+                            e => Failure::work(e),
+                        });
+                    }
+                }
+            }
+        };
         let node = match Node::start(cluster, colony.handle().clone(), options).await {
             Ok(node) => node,
             Err(e) => {
@@ -758,22 +778,6 @@ pub(crate) fn node(args: &NodeArgs) -> Result<(), Failure> {
                     }
                     e => Failure::work(e),
                 });
-            }
-        };
-        let bridge = match args.bridge_topics.is_empty() {
-            true => None,
-            false => {
-                let bus = colony.handle().messages();
-                match colony_cluster::bus::Bridge::start(&bridged, bus, &name, &args.bridge_topics)
-                    .await
-                {
-                    Ok(bridge) => Some(bridge),
-                    Err(e) => {
-                        node.drain().await;
-                        colony.shutdown().await;
-                        return Err(Failure::input(e));
-                    }
-                }
             }
         };
         let probes = match args.probes {

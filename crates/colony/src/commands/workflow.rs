@@ -70,9 +70,20 @@ pub(crate) struct RunArgs {
     #[arg(long, value_name = "DURATION", requires = "run_id", default_value = "10s",
           value_parser = crate::commands::cluster::duration)]
     lease: Duration,
+    /// With --nats: bridge the run's topics (those its tasks wait or publish on) to the
+    /// cluster's message bus, so that agents on nodes bridging them (`colony node
+    /// --bridge-topic`) hear and reach its tasks. Bridged topics are shared across the
+    /// cluster: another run bridging one hears this one's messages on it.
+    #[arg(long, requires = "nats")]
+    bridge_topics: bool,
 }
 
 impl RunArgs {
+    /// Whether the run's topics are bridged to the cluster's bus.
+    pub(crate) fn bridge_topics(&self) -> bool {
+        self.bridge_topics
+    }
+
     /// The results' folder it asks for, if any.
     pub(crate) fn out(&self) -> Option<&std::path::Path> {
         self.out.as_deref()
