@@ -21,9 +21,18 @@ struct OneNode {
     rt: Runtime,
     node: Node,
     client: colony_cluster::Cluster,
+    _bridge: Option<colony_cluster::bus::Bridge>,
 }
 
 async fn one_node(dir: &Path, agents: u32) -> OneNode {
+    let sim = Sim::new(SimOptions::default()).unwrap();
+    let pool = Pool::new(AgentSpec::new("sim", "sim"), agents, Arc::new(sim));
+    node_of(dir, vec![pool], &[]).await
+}
+
+/// A real `nats-server`, node `n` on it with `pools`, its bus bridging `bridged` (before it
+/// takes tasks, as `colony node --bridge-topic` does), and a client of the cluster.
+async fn node_of(dir: &Path, pools: Vec<Pool>, bridged: &[String]) -> OneNode {
     let server = tokio::task::block_in_place(|| testing::NatsServer::single(dir)).unwrap();
     let settings = Settings {
         replicas: 1,
@@ -33,17 +42,24 @@ async fn one_node(dir: &Path, agents: u32) -> OneNode {
     };
     let url = server.url();
     let connect = || testing::connect(&url, settings.clone(), Duration::from_secs(20));
-    let sim = Sim::new(SimOptions::default()).unwrap();
-    let pool = Pool::new(AgentSpec::new("sim", "sim"), agents, Arc::new(sim));
     let rt = Runtime::start(
         RuntimeOptions::default(),
-        vec![pool],
+        pools,
         Arc::new(MemoryJournal::new()),
     )
     .await
     .unwrap();
+    let on_node = connect().await.unwrap();
+    let bridge = match bridged.is_empty() {
+        true => None,
+        false => Some(
+            colony_cluster::bus::Bridge::start(&on_node, rt.handle().messages(), "n", bridged)
+                .await
+                .unwrap(),
+        ),
+    };
     let node = Node::start(
-        connect().await.unwrap(),
+        on_node,
         rt.handle().clone(),
         NodeOptions {
             name: "n".into(),
@@ -59,6 +75,7 @@ async fn one_node(dir: &Path, agents: u32) -> OneNode {
         rt,
         node,
         client,
+        _bridge: bridge,
     }
 }
 
@@ -180,6 +197,7 @@ tasks:
         rt,
         node,
         client,
+        ..
     } = one_node(dir.path(), 3).await;
     let path = write(
         "spread.yaml",
@@ -238,6 +256,7 @@ async fn a_cluster_run_remembers_recalls_votes_and_forms_teams() {
         rt,
         node,
         client,
+        ..
     } = one_node(dir.path(), 3).await;
     let yaml = r#"name: mem
 agents:
@@ -356,6 +375,7 @@ async fn a_cluster_run_links_tasks_by_a_topic() {
         rt,
         node,
         client,
+        ..
     } = one_node(dir.path(), 2).await;
     // `listen` is first in the file, so ready first: it waits while `plan` runs.
     let yaml = r#"name: talk
@@ -427,47 +447,18 @@ async fn an_agent_on_a_node_publishes_to_a_task_of_the_run_waiting_on_its_topic(
         }
     }
     let dir = tempfile::tempdir().unwrap();
-    let server = tokio::task::block_in_place(|| testing::NatsServer::single(dir.path())).unwrap();
-    let settings = Settings {
-        replicas: 1,
-        ack_wait: Duration::from_secs(2),
-        heartbeat_ttl: Duration::from_secs(3),
-        ..Settings::default()
-    };
-    let url = server.url();
-    let connect = || testing::connect(&url, settings.clone(), Duration::from_secs(20));
     let sim = Sim::new(SimOptions::default()).unwrap();
-    let rt = Runtime::start(
-        RuntimeOptions::default(),
-        vec![
-            Pool::new(AgentSpec::new("sim", "sim"), 2, Arc::new(sim)),
-            Pool::new(AgentSpec::new("herald", "herald"), 1, Arc::new(Herald)),
-        ],
-        Arc::new(MemoryJournal::new()),
-    )
-    .await
-    .unwrap();
-    let on_node = connect().await.unwrap();
-    let _bridge = colony_cluster::bus::Bridge::start(
-        &on_node,
-        rt.handle().messages(),
-        "n",
-        &["signals".to_owned()],
-    )
-    .await
-    .unwrap();
-    let node = Node::start(
-        on_node,
-        rt.handle().clone(),
-        NodeOptions {
-            name: "n".into(),
-            max_in_flight: 16,
-            drain_timeout: Duration::from_secs(5),
-        },
-    )
-    .await
-    .unwrap();
-    let client = connect().await.unwrap();
+    let pools = vec![
+        Pool::new(AgentSpec::new("sim", "sim"), 2, Arc::new(sim)),
+        Pool::new(AgentSpec::new("herald", "herald"), 1, Arc::new(Herald)),
+    ];
+    let OneNode {
+        server: _server,
+        rt,
+        node,
+        client,
+        _bridge,
+    } = node_of(dir.path(), pools, &["signals".to_owned()]).await;
     let yaml = r#"name: herald
 agents:
   - { name: sim, kind: sim, count: 2 }
