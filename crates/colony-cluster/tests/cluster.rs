@@ -1951,4 +1951,18 @@ async fn a_topic_bridged_by_two_processes_carries_their_messages_both_ways() {
         .collect();
     assert_eq!(own, ["writer-b"]);
     assert!(secrets_b.try_recv().unwrap().is_empty());
+    // A body too large for a message is not carried, and does not hold up what follows.
+    let big = bytes::Bytes::from(vec![b'x'; 1_040_000]);
+    for body in [big, bytes::Bytes::from("after")] {
+        bus_a
+            .send(writer_a.clone(), Address::Topic("plans".into()), body)
+            .await
+            .unwrap();
+    }
+    let batch = tokio::time::timeout(Duration::from_secs(10), on_b.recv())
+        .await
+        .expect("the message after the large one crosses")
+        .unwrap();
+    let bodies: Vec<&[u8]> = batch.iter().map(|m| &m.body[..]).collect();
+    assert_eq!(bodies, [b"after".as_slice()]);
 }
