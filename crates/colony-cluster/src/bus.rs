@@ -111,31 +111,50 @@ impl Bridge {
                 .map_err(|e| Error::Settings(format!("topic `{topic}`: {e}")))?;
         }
         let what = "the cluster's message bus";
-        let stream = cluster
-            .js
-            .get_or_create_stream(stream::Config {
-                name: STREAM.into(),
-                description: Some("colony: messages on topics bridged across the cluster".into()),
-                subjects: vec!["colony.bus.>".into()],
-                retention: stream::RetentionPolicy::Limits,
-                storage: stream::StorageType::File,
-                num_replicas: cluster.settings.replicas,
-                max_age: KEEP,
-                max_message_size: i32::try_from(crate::MAX_PAYLOAD).unwrap_or(i32::MAX),
-                max_bytes: MAX_BYTES,
-                discard: stream::DiscardPolicy::Old,
-                duplicate_window: cluster.settings.duplicate_window,
-                ..Default::default()
-            })
-            .await
-            .map_err(|e| Error::nats(what, e))?;
+        let config = stream::Config {
+            name: STREAM.into(),
+            description: Some("colony: messages on topics bridged across the cluster".into()),
+            subjects: vec!["colony.bus.>".into()],
+            retention: stream::RetentionPolicy::Limits,
+            storage: stream::StorageType::File,
+            num_replicas: cluster.settings.replicas,
+            max_age: KEEP,
+            max_message_size: i32::try_from(crate::MAX_PAYLOAD).unwrap_or(i32::MAX),
+            max_bytes: MAX_BYTES,
+            discard: stream::DiscardPolicy::Old,
+            duplicate_window: cluster.settings.duplicate_window,
+            ..Default::default()
+        };
+        // A cluster just started (its meta leader elected), or several processes making the
+        // stream at once, can time a request out: asked again for up to 30 s.
+        let mut tries = 0;
+        let stream = loop {
+            match cluster.js.get_or_create_stream(config.clone()).await {
+                Ok(stream) => break stream,
+                Err(e) if tries < 60 => {
+                    tries += 1;
+                    tracing::debug!("{what}: {e}; asking again");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                Err(e) => return Err(Error::nats(what, e)),
+            }
+        };
         // This bridge's own: a process's name may be given twice, its instance not.
         let instance = crate::client::random_id();
         let subjects: Vec<String> = topics.iter().map(|t| subject(t)).collect();
         // Made before anything is read: what is appended from now on comes on it.
-        let watch = watch_from(&stream, &cluster.client, &subjects, None)
-            .await
-            .map_err(|e| Error::nats(what, e))?;
+        let mut tries = 0;
+        let watch = loop {
+            match watch_from(&stream, &cluster.client, &subjects, None).await {
+                Ok(watch) => break watch,
+                Err(e) if tries < 60 => {
+                    tries += 1;
+                    tracing::debug!("{what}: {e}; asking again");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                Err(e) => return Err(Error::nats(what, e)),
+            }
+        };
         let reader = Endpoint::Named(format!("{READER}-{}", &instance[..8]).into());
         let mut inbox = bus
             .open(reader.clone())
