@@ -127,34 +127,15 @@ impl Bridge {
         };
         // A cluster just started (its meta leader elected), or several processes making the
         // stream at once, can time a request out: asked again for up to 30 s.
-        let mut tries = 0;
-        let stream = loop {
-            match cluster.js.get_or_create_stream(config.clone()).await {
-                Ok(stream) => break stream,
-                Err(e) if tries < 60 => {
-                    tries += 1;
-                    tracing::debug!("{what}: {e}; asking again");
-                    tokio::time::sleep(Duration::from_millis(500)).await;
-                }
-                Err(e) => return Err(Error::nats(what, e)),
-            }
-        };
+        let stream = patiently(what, || cluster.js.get_or_create_stream(config.clone())).await?;
         // This bridge's own: a process's name may be given twice, its instance not.
         let instance = crate::client::random_id();
         let subjects: Vec<String> = topics.iter().map(|t| subject(t)).collect();
         // Made before anything is read: what is appended from now on comes on it.
-        let mut tries = 0;
-        let watch = loop {
-            match watch_from(&stream, &cluster.client, &subjects, None).await {
-                Ok(watch) => break watch,
-                Err(e) if tries < 60 => {
-                    tries += 1;
-                    tracing::debug!("{what}: {e}; asking again");
-                    tokio::time::sleep(Duration::from_millis(500)).await;
-                }
-                Err(e) => return Err(Error::nats(what, e)),
-            }
-        };
+        let watch = patiently(what, || {
+            watch_from(&stream, &cluster.client, &subjects, None)
+        })
+        .await?;
         let reader = Endpoint::Named(format!("{READER}-{}", &instance[..8]).into());
         let mut inbox = bus
             .open(reader.clone())
@@ -174,6 +155,12 @@ impl Bridge {
             .max_payload
             .min(crate::MAX_PAYLOAD)
             .saturating_sub(HEADROOM);
+        // Each topic's subject, made once.
+        let subjects_of: std::collections::HashMap<String, String> = topics
+            .iter()
+            .zip(&subjects)
+            .map(|(t, s)| (t.clone(), s.clone()))
+            .collect();
         let outbound = {
             let (js, name, instance) = (cluster.js.clone(), name.clone(), instance.clone());
             colony_agents::spawner::Spawner::spawn("cluster-bus-out", async move {
@@ -214,8 +201,15 @@ impl Bridge {
                         headers.insert(FROM, message.from.to_string().as_str());
                         headers.insert("Nats-Msg-Id", format!("{instance}-{sent}").as_str());
                         acks.push(
-                            js.publish_with_headers(subject(topic), headers, message.body.clone())
-                                .await,
+                            js.publish_with_headers(
+                                subjects_of
+                                    .get(&**topic)
+                                    .cloned()
+                                    .unwrap_or_else(|| subject(topic)),
+                                headers,
+                                message.body.clone(),
+                            )
+                            .await,
                         );
                     }
                     let mut appended = true;
@@ -301,11 +295,16 @@ async fn relay(
     if origin == instance {
         return;
     }
-    let origin = header(NAME).unwrap_or(origin);
+    // Names another process wrote: kept short and printable before they name a sender here.
+    let shown = |name: String| {
+        let name: String = name.chars().filter(|c| !c.is_control()).collect();
+        colony_core::text::shorten(&name, 128)
+    };
+    let origin = shown(header(NAME).unwrap_or(origin));
     let Some(topic) = topic_of(&message.subject).filter(|t| bridged.contains(t)) else {
         return;
     };
-    let from = header(FROM).unwrap_or_default();
+    let from = shown(header(FROM).unwrap_or_default());
     let sender = Endpoint::Named(format!("{RELAYED}{origin}/{from}").into());
     let body = message.payload.clone();
     match tokio::time::timeout(
@@ -357,6 +356,25 @@ async fn watch_from(
     let floor = consumer.cached_info().delivered.stream_sequence;
     let messages = consumer.messages().await.map_err(|e| e.to_string())?;
     Ok((messages, floor))
+}
+
+/// `ask` answered, asked again every half second for up to 30 s while it fails.
+async fn patiently<T, E: std::fmt::Display, F: std::future::Future<Output = Result<T, E>>>(
+    what: &str,
+    mut ask: impl FnMut() -> F,
+) -> Result<T, Error> {
+    let mut tries = 0;
+    loop {
+        match ask().await {
+            Ok(answer) => return Ok(answer),
+            Err(e) if tries < 60 => {
+                tries += 1;
+                tracing::debug!("{what}: {e}; asking again");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(e) => return Err(Error::nats(what, e)),
+        }
+    }
 }
 
 /// Whether `from` stands for a sender in another process (relayed here by a bridge).

@@ -290,11 +290,17 @@ pub fn prune(options: &JournalOptions, rule: colony_journal::Retention) -> Resul
                         format!("the process keeping it could not: {error}"),
                     ));
                 }
-                let field = |name: &str| answer.get(name).and_then(|v| v.as_u64()).unwrap_or(0);
+                let field = |name: &str| answer.get(name).and_then(|v| v.as_u64());
+                // A keeper that could not read the stream's size after its purge says none:
+                // read here, rather than told as 0.
+                let bytes_after = match field("bytes_after") {
+                    Some(bytes) => bytes,
+                    None => probe.state().await?.bytes,
+                };
                 return Ok(Pruned {
-                    tasks: field("pruned"),
-                    bytes_before: field("bytes_before"),
-                    bytes_after: field("bytes_after"),
+                    tasks: field("pruned").unwrap_or(0),
+                    bytes_before: field("bytes_before").unwrap_or(bytes_before),
+                    bytes_after,
                     by_keeper: true,
                 });
             }

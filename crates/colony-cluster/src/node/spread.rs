@@ -179,6 +179,9 @@ impl Ends {
         loop {
             let from = last.map_or(RecordsFrom::Now, RecordsFrom::After);
             if let Ok(mut watch) = cluster.records(from, u64::MAX).await {
+                // Made again, before any record was read, after where this one started:
+                // an end written in between is not missed.
+                last.get_or_insert(watch.until);
                 self.live.send_replace(true);
                 while let Some(Ok(record)) = watch.records.next().await {
                     last = Some(record.revision);
@@ -208,6 +211,13 @@ impl Ends {
     }
 }
 
+/// The priority of a spread vote's ballots or a spread team's asks: one above their task's,
+/// so that nodes take the work of what is under way before more of it.
+fn one_above(priority: colony_core::task::Priority) -> colony_core::task::Priority {
+    use colony_core::task::Priority;
+    Priority::new((priority.get() + 1).min(Priority::HIGHEST.get())).unwrap_or(Priority::HIGHEST)
+}
+
 /// Most ballot tasks sent in one go: a send that fails part-way leaves at most these
 /// running unasked-for.
 const SEND_AT_ONCE: usize = 32;
@@ -232,10 +242,7 @@ pub(super) async fn decide(
     let started = tokio::time::Instant::now();
     let until = started + deadline;
     let now = || started.elapsed();
-    let priority = colony_core::task::Priority::new(
-        (spec.priority.get() + 1).min(colony_core::task::Priority::HIGHEST.get()),
-    )
-    .unwrap_or(colony_core::task::Priority::HIGHEST);
+    let priority = one_above(spec.priority);
     let ballot_spec = TaskSpec {
         max_attempts: 1,
         priority,
@@ -428,10 +435,7 @@ pub(super) async fn team(
 ) -> Result<SpreadTeam, Error> {
     use serde_json::{Map, Value, json};
     team.validate().map_err(|e| Error::Task(e.to_string()))?;
-    let priority = colony_core::task::Priority::new(
-        (spec.priority.get() + 1).min(colony_core::task::Priority::HIGHEST.get()),
-    )
-    .unwrap_or(colony_core::task::Priority::HIGHEST);
+    let priority = one_above(spec.priority);
     let members = team
         .roles
         .iter()
