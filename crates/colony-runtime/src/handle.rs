@@ -658,7 +658,7 @@ impl Handle {
             .inbox
             .send(Command::Inspect(query))
             .map_err(|_| Error::Stopped)?;
-        rx.await.map_err(|_| {
+        within_a_turn(rx).await.ok_or_else(|| {
             if self.shared.stopped.load(Relaxed) {
                 Error::Stopped
             } else {
@@ -916,5 +916,65 @@ impl Handle {
     /// messages they held go back to their senders.
     pub fn messages(&self) -> &crate::messages::Bus {
         &self.shared.messages
+    }
+}
+
+/// How long a caller awaiting a query's reply keeps its worker awake, yielding, before it
+/// parks. A query is answered within one turn of the dispatcher (a decision taken inline
+/// among 100 voters: ~25 µs here), and waking a parked worker on the other core costs about
+/// as much again on this VM (docs/benchmarks.md, "A caller awake for its answer").
+const TURN_WAIT: Duration = Duration::from_micros(100);
+
+/// Awaits `rx`, answered within one turn of the dispatcher: for up to [`TURN_WAIT`] the
+/// task yields to its worker between looks rather than parking, so that the worker (and its
+/// core) is awake when the answer comes. Yielding lets every other task of the worker run
+/// first, so only time the worker would have spent parked is spent looking; past the
+/// budget it parks as any await does.
+/// `None` when the sender was dropped unanswered.
+async fn within_a_turn<T>(mut rx: oneshot::Receiver<T>) -> Option<T> {
+    let start = Instant::now();
+    loop {
+        match rx.try_recv() {
+            Ok(answer) => return Some(answer),
+            // A receiver that saw the end must not be awaited again.
+            Err(oneshot::error::TryRecvError::Closed) => return None,
+            Err(oneshot::error::TryRecvError::Empty) => {}
+        }
+        if start.elapsed() >= TURN_WAIT {
+            break;
+        }
+        // The core goes to any thread waiting for it (the dispatcher itself, on a machine
+        // with no idle core) before the task yields to its worker's other tasks.
+        std::thread::yield_now();
+        tokio::task::yield_now().await;
+    }
+    rx.await.ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn an_answer_after_the_watch_still_comes_and_a_dropped_one_is_an_error() {
+        let (tx, rx) = oneshot::channel();
+        let sender = crate::spawner::Spawner::spawn_thread("test-answer", move || {
+            // Well past TURN_WAIT: the waiter has parked by then.
+            std::thread::sleep(Duration::from_millis(20));
+            tx.send(7u32).unwrap();
+        })
+        .unwrap();
+        assert_eq!(within_a_turn(rx).await.expect("answered"), 7);
+        sender.join().unwrap();
+
+        let (tx, rx) = oneshot::channel::<u32>();
+        let start = Instant::now();
+        drop(tx);
+        assert!(within_a_turn(rx).await.is_none());
+        assert!(start.elapsed() < Duration::from_secs(1));
+
+        let (tx, rx) = oneshot::channel();
+        tx.send(1u32).unwrap();
+        assert_eq!(within_a_turn(rx).await.expect("answered"), 1);
     }
 }
