@@ -1693,6 +1693,162 @@ async fn a_spread_vote_counts_ballots_from_agents_of_several_nodes() {
     }
 }
 
+/// A node draining while it counts a spread vote waits for it up to its drain timeout, then
+/// hands the vote back without costing it an attempt: the ballots still out are cancelled,
+/// and another node counts the vote again from ballots of its own. The node that took it
+/// first has the only agent (a slow one) when the vote starts; two fast nodes join after.
+/// (A hand-back is a delivery more, and no attempt charged.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spread_vote_on_a_draining_node_is_handed_back_and_counted_elsewhere() {
+    use colony_cluster::Decide;
+    use colony_core::decision::DecisionOptions;
+    use futures::StreamExt;
+    let dir = tempfile::tempdir().unwrap();
+    let server = tokio::task::block_in_place(|| NatsServer::single(dir.path())).unwrap();
+    let client = cluster(&server).await;
+    let since = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let slow = runtime("judge", 1, Duration::from_secs(30)).await;
+    let mut opts = options("first");
+    opts.drain_timeout = Duration::from_millis(500);
+    let first = Node::start(cluster(&server).await, slow.handle().clone(), opts)
+        .await
+        .unwrap();
+    let vote = Decide {
+        voters: 2,
+        options: DecisionOptions {
+            participation: 1.0,
+            timeout: Duration::from_secs(60),
+            ..DecisionOptions::default()
+        },
+        reputation: false,
+        role_weights: Default::default(),
+        spread: true,
+    };
+    // One attempt: a hand-back that cost one would dead-letter it.
+    let spec = task(Some("judge"), "\"which?\"".into(), 1);
+    let submitted = client.submit_decided(&spec, &vote, None).await.unwrap();
+    until_running(&client, submitted.id).await;
+    let fast = [
+        runtime("judge", 1, Duration::from_millis(1)).await,
+        runtime("judge", 1, Duration::from_millis(1)).await,
+    ];
+    let others = [
+        join(&server, &fast[0], "b").await,
+        join(&server, &fast[1], "c").await,
+    ];
+    let report = first.drain().await;
+    assert!(report.handed_back >= 1, "{report:?}");
+    let row = ended(&client, submitted.id).await;
+    assert_eq!(
+        (row.state, row.charged),
+        (TaskState::Succeeded, 1),
+        "{row:?}"
+    );
+    assert!(row.node == "b" || row.node == "c", "{row:?}");
+    let d = row.decision.unwrap();
+    assert_eq!((d.voters, d.counted, d.nodes), (2, 2, Some(2)), "{d:?}");
+    // The first count's ballots were cancelled as it was handed back, none left running.
+    let mut records = client
+        .records(colony_cluster::RecordsFrom::Since(since), u64::MAX)
+        .await
+        .unwrap()
+        .records;
+    let mut cancelled = 0;
+    loop {
+        let Ok(Some(Ok(record))) =
+            tokio::time::timeout(Duration::from_secs(2), records.next()).await
+        else {
+            break;
+        };
+        if record.id == submitted.id {
+            continue;
+        }
+        if record.row.state == TaskState::Cancelled {
+            assert_eq!(
+                record.row.error.as_deref(),
+                Some("its vote ended without it"),
+                "{record:?}"
+            );
+            cancelled += 1;
+        }
+    }
+    assert!(cancelled >= 1, "no ballot of the first count was cancelled");
+    for node in others {
+        node.drain().await;
+    }
+    slow.shutdown().await;
+    for rt in fast {
+        rt.shutdown().await;
+    }
+}
+
+/// A node counts at most 256 spread votes at once: past that a vote's delivery goes back to
+/// the stream for a moment, without costing an attempt (each vote here has one), and every
+/// vote is counted in the end. 300 votes of one voter each, whose ballots take 4 s on one
+/// of 300 agents (so that their slots never stop the node taking votes): the first 256 are
+/// still counting when the rest come.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spread_votes_past_the_counting_table_wait_without_costing_an_attempt() {
+    use colony_cluster::Decide;
+    use colony_core::decision::DecisionOptions;
+    const VOTES: usize = 300;
+    let dir = tempfile::tempdir().unwrap();
+    let server = tokio::task::block_in_place(|| NatsServer::single(dir.path())).unwrap();
+    let client = cluster(&server).await;
+    let rt = runtime("judge", VOTES as u32, Duration::from_secs(4)).await;
+    let mut opts = options("counter");
+    opts.max_in_flight = 2 * VOTES;
+    let node = Node::start(cluster(&server).await, rt.handle().clone(), opts)
+        .await
+        .unwrap();
+    let vote = Decide {
+        voters: 1,
+        options: DecisionOptions {
+            timeout: Duration::from_secs(120),
+            ..DecisionOptions::default()
+        },
+        reputation: false,
+        role_weights: Default::default(),
+        spread: true,
+    };
+    // Sent at once: the table fills before the first ballots end.
+    let specs: Vec<TaskSpec> = (0..VOTES)
+        .map(|i| task(Some("judge"), format!("{i}"), 1))
+        .collect();
+    let sent = futures::future::join_all(
+        specs
+            .iter()
+            .map(|spec| client.submit_decided(spec, &vote, None)),
+    )
+    .await;
+    let ids: Vec<u64> = sent.into_iter().map(|s| s.unwrap().id).collect();
+    let mut went_back = 0;
+    for (i, id) in ids.into_iter().enumerate() {
+        let row = tokio::time::timeout(Duration::from_secs(120), client.wait(id))
+            .await
+            .expect("every vote ends")
+            .unwrap();
+        assert_eq!(
+            (row.state, row.charged),
+            (TaskState::Succeeded, 1),
+            "{row:?}"
+        );
+        assert_eq!(row.output.as_deref(), Some(format!("{i}").as_bytes()));
+        if row.attempt > 1 {
+            went_back += 1;
+        }
+    }
+    assert!(
+        went_back >= VOTES - 256,
+        "only {went_back} votes went back, yet at most 256 count at once"
+    );
+    node.drain().await;
+    rt.shutdown().await;
+}
+
 /// A spread team's members are agents of any node: its lead on one node and its hands on
 /// another, which no node can form alone. Each step's asks are cluster tasks of their role,
 /// with the earlier steps' outputs as their context; a failed ask is made again while the
