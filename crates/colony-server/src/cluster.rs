@@ -16,6 +16,9 @@
 //! - `GET /v1/scaling/{role}` [read]: the role's scaling as the leader last decided it
 //!   (`desired` nodes, with the signals and the reason), for KEDA's metrics-api scaler; `_`
 //!   for tasks any agent may run; `stale` when older than three periods.
+//! - `GET /v1/roles/history?since=` [read]: each role's agents, nodes, waiting and running
+//!   tasks, sampled by this server every 2 s over the last fifteen minutes
+//!   ([`role_history`]).
 //! - `GET /metrics` [read]: the cluster's nodes, backlogs and desired sizes, read from NATS
 //!   at each scrape, so every server shows the same.
 //! - `GET /healthz` (alive), `GET /readyz` (connected to NATS): open to all.
@@ -36,6 +39,8 @@ use serde::Deserialize;
 use serde_json::json;
 use std::{fmt::Write, sync::Arc, time::Duration};
 
+mod role_history;
+
 /// What every handler of the cluster's control plane shares.
 #[derive(Debug)]
 pub(crate) struct ClusterApp {
@@ -48,6 +53,8 @@ pub(crate) struct ClusterApp {
     /// Event streams open at once, at most `max_streams`.
     streams: Arc<tokio::sync::Semaphore>,
     feed: Arc<Feed>,
+    /// Each role's agents and backlog over the last 15 minutes, for the dashboard's chart.
+    roles: Arc<role_history::RoleHistory>,
     max_streams: usize,
 }
 
@@ -86,6 +93,7 @@ pub async fn serve_cluster(
         period,
         streams: Arc::new(tokio::sync::Semaphore::new(config.max_streams)),
         max_streams: config.max_streams,
+        roles: role_history::RoleHistory::start(cluster_for_feed.clone()),
         feed: Feed::start(cluster_for_feed, history_start).await,
     });
     let router = router(app);
@@ -111,6 +119,7 @@ fn router(app: Arc<ClusterApp>) -> Router {
         .route("/v1/scaling/{role}", get(scaling))
         .route("/v1/events", get(events))
         .route("/v1/history", get(history))
+        .route("/v1/roles/history", get(role_history::history))
         .route("/v1/runs", get(runs))
         .route("/v1/agents", get(agents))
         .route("/metrics", get(metrics))

@@ -408,6 +408,20 @@ async fn the_cluster_dashboard_shows_nodes_and_records_in_a_browser() {
     })
     .await;
     assert!(role.is_some(), "the role's row");
+    // The roles chart: the server's samples of each role's agents and backlog.
+    wait_for(
+        &client,
+        "#chart-roles .uplot canvas",
+        Duration::from_secs(10),
+    )
+    .await;
+    let now = until(Duration::from_secs(10), POLL, || async {
+        text(&client, "#roles-now")
+            .await
+            .filter(|t| t.contains("worker: 8 agents"))
+    })
+    .await;
+    assert!(now.is_some(), "{:?}", text(&client, "#roles-now").await);
     // Opened again, the page starts from what the server saw: the counts, the chart's
     // seconds and the records, not from nothing.
     client.refresh().await.unwrap();

@@ -1341,6 +1341,20 @@ fn serve_over_the_cluster_takes_tasks_and_one_server_leads_the_scaling() {
     let (code, body) = fetch(port, "/v1/scaling/a.b");
     assert_eq!(code, 400, "{body}");
     assert!(body.contains("bad-role") && body.contains("a.b"), "{body}");
+    // The roles' samples: the server took one as it started, and names a bad cursor.
+    let (code, body) = fetch(port, "/v1/roles/history");
+    assert_eq!(code, 200, "{body}");
+    let history: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let until = history["until"].as_u64().unwrap();
+    assert!(
+        until > 0 && !history["t"].as_array().unwrap().is_empty(),
+        "{body}"
+    );
+    let (code, body) = fetch(port, &format!("/v1/roles/history?since={until}"));
+    assert_eq!(code, 200, "{body}");
+    let (code, body) = fetch(port, "/v1/roles/history?since=yesterday");
+    assert_eq!(code, 400, "{body}");
+    assert!(body.contains("bad-query"), "{body}");
     let (code, body) = send(port, "POST", "/v1/tasks", &[], "[1]");
     assert_eq!(code, 422, "{body}");
     assert!(body.contains("bad-body"), "{body}");

@@ -9,7 +9,8 @@
 //! - `GET /ui/cluster/roles` [read]: every role's backlog and the scaling leader's decision.
 //! - `GET /ui/cluster/agents` [read]: the workers whose health is not good, as each live
 //!   node answers for its own (failed, then critical, then degraded; a page of each).
-//! - The list of task records as they are written comes from `/v1/events` in `cluster.js`.
+//! - The list of task records as they are written comes from `/v1/events` in `cluster.js`,
+//!   and the roles chart from `/v1/roles/history`.
 
 use super::{assets, html::Esc, html::head_with, ok, secure, signed_in};
 use crate::cluster::ClusterApp;
@@ -79,6 +80,12 @@ fn shell(version: &str, logout: bool, url: &str) -> String {
 <p class="note">Tasks that succeeded and failed each second over the last fifteen minutes, counted by this server from the records nodes write (read again from the cluster when the server starts), then live from the event stream.</p>
 <div id="chart-ended" class="chart"></div>
 <p id="ended-total" class="note">0 succeeded, 0 failed since this page opened</p>
+</section>
+<section class="panel wide plot">
+<h2>Roles over time</h2>
+<p class="note">Each role's agents on the live nodes (solid, left axis) and its tasks waiting for a node (dashed, right axis) over the last fifteen minutes, sampled by this server every 2 s.</p>
+<div id="chart-roles" class="chart"></div>
+<p id="roles-now" class="note">Waiting for the first sample.</p>
 </section>
 <section class="panel span-4">
 <h2>Roles</h2>

@@ -173,6 +173,127 @@
     showTotal();
   }
 
+  // Each role's agents (solid, left axis) and tasks waiting (dashed, right axis) over the
+  // last fifteen minutes, from the server's samples (GET /v1/roles/history: the whole
+  // window when the page opens, then what is new every 2 s).
+  const COLORS = ["#2563eb", "#d97706", "#059669", "#7c3aed", "#db2777", "#0891b2", "#65a30d", "#dc2626"];
+  const roles = { names: [], t: [], columns: [], until: null, chart: null, keep: 450 };
+
+  function rolesChart() {
+    const el = byId("chart-roles");
+    if (!el || typeof uPlot === "undefined") {
+      return null;
+    }
+    if (roles.chart) {
+      roles.chart.destroy();
+    }
+    const axis = { stroke: "#6b7280", grid: { stroke: "#eef0f3" }, ticks: { stroke: "#e5e7eb" } };
+    const series = [{}];
+    roles.names.forEach((name, i) => {
+      const stroke = COLORS[i % COLORS.length];
+      series.push({ label: name + " agents", stroke, width: 2, points: { show: false }, scale: "agents" });
+      series.push({ label: name + " waiting", stroke, width: 1, dash: [5, 4], points: { show: false }, scale: "waiting" });
+    });
+    const zeroUp = (u, min, max) => [0, Math.max(1, (max || 0) * 1.15)];
+    const plot = new uPlot(
+      {
+        width: Math.max(el.clientWidth, 240),
+        height: HEIGHT,
+        cursor: { drag: { x: false, y: false } },
+        legend: { live: false },
+        scales: {
+          x: { time: true, range: (u, min, max) => { const hi = max == null ? Math.floor(Date.now() / 1000) : max; return [hi - KEEP, hi]; } },
+          agents: { range: zeroUp },
+          waiting: { range: zeroUp },
+        },
+        axes: [
+          axis,
+          Object.assign({ size: 56, scale: "agents", label: "agents" }, axis),
+          Object.assign({ size: 56, scale: "waiting", side: 1, label: "waiting", grid: { show: false } }, axis),
+        ],
+        series,
+      },
+      rolesData(),
+      el,
+    );
+    if (typeof ResizeObserver !== "undefined") {
+      new ResizeObserver(() => plot.setSize({ width: Math.max(el.clientWidth, 240), height: HEIGHT })).observe(el);
+    }
+    return plot;
+  }
+
+  function rolesData() {
+    const data = [roles.t.map((ms) => ms / 1000)];
+    roles.columns.forEach((c) => data.push(c.agents, c.waiting));
+    return data;
+  }
+
+  function takeRoles(answer) {
+    roles.keep = answer["samples-kept"] || roles.keep;
+    roles.until = answer.until;
+    const names = roles.names.slice();
+    for (const r of answer.roles || []) {
+      if (!names.includes(r.role)) {
+        names.push(r.role);
+      }
+    }
+    names.sort();
+    const fresh = names.length !== roles.names.length;
+    if (fresh) {
+      // A role first seen: its columns start as gaps where the samples before lacked it.
+      const old = new Map(roles.names.map((name, i) => [name, roles.columns[i]]));
+      const gaps = () => roles.t.map(() => null);
+      roles.columns = names.map((name) => old.get(name) || { agents: gaps(), waiting: gaps() });
+      roles.names = names;
+    }
+    const given = new Map((answer.roles || []).map((r) => [r.role, r]));
+    (answer.t || []).forEach((t, row) => {
+      roles.t.push(t);
+      roles.names.forEach((name, i) => {
+        const r = given.get(name);
+        roles.columns[i].agents.push(r ? r.agents[row] : null);
+        roles.columns[i].waiting.push(r ? r.waiting[row] : null);
+      });
+    });
+    while (roles.t.length > roles.keep) {
+      roles.t.shift();
+      roles.columns.forEach((c) => {
+        c.agents.shift();
+        c.waiting.shift();
+      });
+    }
+    if (fresh || !roles.chart) {
+      roles.chart = rolesChart();
+    } else {
+      roles.chart.setData(rolesData());
+    }
+    const legend = byId("roles-now");
+    if (legend) {
+      const last = roles.t.length - 1;
+      legend.textContent = roles.names.length === 0 ? "No role yet." : roles.names
+        .map((name, i) => {
+          const c = roles.columns[i];
+          const v = (column) => (last >= 0 && column[last] != null ? column[last] : "–");
+          return name + ": " + v(c.agents) + " agents, " + v(c.waiting) + " waiting";
+        })
+        .join("; ");
+    }
+  }
+
+  function pollRoles() {
+    const since = roles.until == null ? "" : "?since=" + roles.until;
+    fetch("/v1/roles/history" + since, { credentials: "same-origin" })
+      .then((r) => (r.ok ? r.json() : null))
+      .catch(() => null)
+      .then((answer) => {
+        if (answer) {
+          takeRoles(answer);
+        }
+      })
+      .finally(() => setTimeout(pollRoles, 2000));
+  }
+  pollRoles();
+
   listen();
   fetch("/v1/history", { credentials: "same-origin" })
     .then((r) => (r.ok ? r.json() : null))
