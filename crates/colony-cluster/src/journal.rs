@@ -793,6 +793,9 @@ struct Writer {
     /// Most bytes of one message's body: the servers' `max_payload`, less room for headers.
     part: usize,
     shown: String,
+    /// A prune's snapshot is queued and not yet written: a prune asked meanwhile is
+    /// refused, rather than copy the whole state again for each request.
+    pruning: bool,
 }
 
 impl Writer {
@@ -854,6 +857,7 @@ impl Writer {
             appended: 0,
             part,
             shown: what,
+            pruning: false,
         };
         Ok((writer, ()))
     }
@@ -1234,6 +1238,17 @@ impl Writer {
         if asked.until_ms.is_some_and(|until| until <= crate::now_ms()) {
             return true;
         }
+        // One at a time: each copies the whole state under the queue's lock.
+        if self.pruning {
+            self.answer(
+                &reply,
+                json_error(
+                    "a prune of this journal is under way: run prune again once it has ended",
+                ),
+            )
+            .await;
+            return true;
+        }
         // A process another took the journal over from finds out here, rather than prune
         // its stale copy and answer for a journal it no longer holds.
         if let Err(reason) = self.watch().await {
@@ -1263,6 +1278,7 @@ impl Writer {
                             bytes_before,
                             reply: reply.clone(),
                         }))
+                        .map(|()| self.pruning = true)
                         .map_err(|_| "the journal is closing".to_owned()),
                     Err(e) => Err(e.to_string()),
                 }
@@ -1278,6 +1294,7 @@ impl Writer {
     /// purges what is before it, and answers; false when it could not be appended (the
     /// journal then stops, as after any write that cannot be made durable).
     async fn write_snapshot(&mut self, snapshot: Snapshot, shared: &Shared) -> bool {
+        self.pruning = false;
         let Snapshot {
             state,
             tasks,

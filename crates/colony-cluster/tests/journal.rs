@@ -648,6 +648,58 @@ fn pruning_drops_finished_payloads_and_outputs_but_the_newest_and_keeps_every_ro
     assert_eq!(reopened.counts().unwrap().queued, 6);
 }
 
+/// The process keeping a journal prunes it once at a time: a prune asked while another's
+/// snapshot waits to be written is refused, saying so, rather than copy the whole state
+/// again for each request; once the first has answered, the next is taken.
+#[test]
+fn a_keeper_takes_one_prune_at_a_time() {
+    let (_dir, server) = server();
+    let url = server.url();
+    let journal = open(&url, "flooded");
+    fill_to_prune(&journal);
+    let until = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+        + 30_000;
+    let asked = bytes::Bytes::from(format!("{{\"keep-last\":3,\"until-ms\":{until}}}"));
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let answers: Vec<serde_json::Value> = runtime.block_on(async {
+        let client = async_nats::connect(&url).await.unwrap();
+        let ask = || client.request("colony.journal-prune.flooded", asked.clone());
+        // Sent together: the second comes while the keeper reads the stream for the first.
+        let (first, second) = futures::join!(ask(), ask());
+        let third = ask().await;
+        [first, second, third]
+            .into_iter()
+            .map(|answer| serde_json::from_slice(&answer.unwrap().payload).unwrap())
+            .collect()
+    });
+    let refused: Vec<&serde_json::Value> = answers[..2]
+        .iter()
+        .filter(|a| a.get("error").is_some())
+        .collect();
+    assert_eq!(refused.len(), 1, "{answers:?}");
+    assert!(
+        refused[0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("a prune of this journal is under way"),
+        "{answers:?}"
+    );
+    let pruned = answers[..2]
+        .iter()
+        .find(|a| a.get("error").is_none())
+        .unwrap();
+    assert_eq!(pruned["pruned"], 12, "{answers:?}");
+    // Taken once the first had answered: nothing left to prune.
+    assert_eq!(answers[2]["pruned"], 0, "{answers:?}");
+    journal.writable().unwrap();
+}
+
 /// A journal a process keeps is pruned by that process, asked by `prune`: it goes on
 /// writing (it is not taken over), writes made before, while and after the prune runs land
 /// in their order around its snapshot, and the journal read back is the process's own.
