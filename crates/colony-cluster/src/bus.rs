@@ -212,11 +212,18 @@ impl Bridge {
                             .await,
                         );
                     }
+                    // The first ack that fails fails the batch: the rest are not waited for,
+                    // each its own timeout (NATS gone, a batch of a thousand would hold the
+                    // bridge for a thousand of them).
                     let mut appended = true;
                     for ack in acks {
-                        match ack {
-                            Ok(ack) => appended &= ack.await.is_ok(),
-                            Err(_) => appended = false,
+                        let taken = match ack {
+                            Ok(ack) => ack.await.is_ok(),
+                            Err(_) => false,
+                        };
+                        if !taken {
+                            appended = false;
+                            break;
                         }
                     }
                     if appended {

@@ -10,7 +10,7 @@ use crate::{
 use async_nats::jetstream::{self, context::PublishAckFuture, kv, stream::Stream};
 use colony_core::task::{TaskSpec, TaskState};
 use futures::StreamExt;
-use std::{collections::VecDeque, time::Duration};
+use std::time::Duration;
 
 /// Publishes awaiting the stream's acknowledgement at once, per submitter.
 const IN_FLIGHT: usize = 1024;
@@ -190,20 +190,23 @@ impl Cluster {
             )));
         }
         let mut out = Vec::with_capacity(specs.len());
-        let mut waiting = VecDeque::new();
+        // The acknowledgements in flight are awaited together, in order: each has its own
+        // timeout, and awaited one after another, a thousand lost to a server restarting
+        // would take a thousand timeouts before the first was sent again.
+        let mut waiting = futures::stream::FuturesOrdered::new();
         for (i, spec) in specs.iter().enumerate() {
             let id = ids.map_or_else(random_id, |ids| ids[i].clone());
             let message = outgoing(i, spec, &id, None)?;
             let ack = self.publish(&message).await;
-            waiting.push_back((message, ack));
+            waiting.push_back(async move { self.accepted(&message, ack).await });
             if waiting.len() >= IN_FLIGHT
-                && let Some((message, ack)) = waiting.pop_front()
+                && let Some(accepted) = waiting.next().await
             {
-                out.push(self.accepted(&message, ack).await?);
+                out.push(accepted?);
             }
         }
-        while let Some((message, ack)) = waiting.pop_front() {
-            out.push(self.accepted(&message, ack).await?);
+        while let Some(accepted) = waiting.next().await {
+            out.push(accepted?);
         }
         Ok(out)
     }

@@ -1787,7 +1787,7 @@ async fn a_spread_vote_on_a_draining_node_is_handed_back_and_counted_elsewhere()
 
 /// A node counts at most 256 spread votes at once: past that a vote's delivery goes back to
 /// the stream for a moment, without costing an attempt (each vote here has one), and every
-/// vote is counted in the end. 300 votes of one voter each, whose ballots take 4 s on one
+/// vote is counted in the end. 300 votes of one voter each, whose ballots take 10 s on one
 /// of 300 agents (so that their slots never stop the node taking votes): the first 256 are
 /// still counting when the rest come.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1798,7 +1798,7 @@ async fn spread_votes_past_the_counting_table_wait_without_costing_an_attempt() 
     let dir = tempfile::tempdir().unwrap();
     let server = tokio::task::block_in_place(|| NatsServer::single(dir.path())).unwrap();
     let client = cluster(&server).await;
-    let rt = runtime("judge", VOTES as u32, Duration::from_secs(4)).await;
+    let rt = runtime("judge", VOTES as u32, Duration::from_secs(10)).await;
     let mut opts = options("counter");
     opts.max_in_flight = 2 * VOTES;
     let node = Node::start(cluster(&server).await, rt.handle().clone(), opts)
@@ -1845,7 +1845,12 @@ async fn spread_votes_past_the_counting_table_wait_without_costing_an_attempt() 
         went_back >= VOTES - 256,
         "only {went_back} votes went back, yet at most 256 count at once"
     );
-    node.drain().await;
+    let report = node.drain().await;
+    assert_eq!(
+        (report.retried, report.dead_lettered, report.fenced),
+        (0, 0, 0),
+        "{report:?}"
+    );
     rt.shutdown().await;
 }
 
@@ -1998,6 +2003,112 @@ async fn a_spread_team_takes_its_members_from_several_nodes() {
     for rt in [lead, hands, clumsy] {
         rt.shutdown().await;
     }
+}
+
+/// A batch submitted while the server restarts is taken whole, each task once, within a
+/// few acknowledgement timeouts: the acknowledgements in flight are awaited together, so
+/// those lost with the server are sent again at once, not one timeout after another.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_submitted_across_a_server_restart_is_taken_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = tokio::task::block_in_place(|| NatsServer::single(dir.path())).unwrap();
+    let client = cluster(&server).await;
+    let specs: Vec<TaskSpec> = (0..300)
+        .map(|i| task(Some("worker"), format!("{i}"), 1))
+        .collect();
+    let ids: Vec<String> = (0..300).map(|i| format!("restart-{i}")).collect();
+    let first = client
+        .submit(&specs[..100], Some(&ids[..100]))
+        .await
+        .unwrap();
+    tokio::task::block_in_place(|| server.kill());
+    let submitting = {
+        let (client, specs, ids) = (client.clone(), specs.clone(), ids.clone());
+        colony_agents::spawner::Spawner::spawn("submit-across-a-restart", async move {
+            client.submit(&specs[100..], Some(&ids[100..])).await
+        })
+    };
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    tokio::task::block_in_place(|| server.start()).unwrap();
+    let rest = tokio::time::timeout(Duration::from_secs(60), submitting)
+        .await
+        .expect("the batch is taken within a minute of the restart")
+        .unwrap()
+        .expect("no panic")
+        .unwrap();
+    let mut taken: Vec<u64> = first.iter().chain(&rest).map(|s| s.id).collect();
+    taken.sort_unstable();
+    taken.dedup();
+    assert_eq!(taken.len(), 300, "each task its own message");
+    assert_eq!(client.status().await.unwrap().unfinished, 300, "each once");
+}
+
+/// A bridge rides out NATS going away: what a sender publishes while the server is down
+/// waits in the bridge, and once the server is back (the same store) it crosses to the other
+/// process, in the order sent, each message once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bridged_topic_carries_what_was_sent_while_nats_was_down() {
+    use colony_cluster::bus::Bridge;
+    use colony_core::mailbox::{Address, Endpoint};
+    use colony_runtime::messages::{Bus, MessageOptions};
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = tokio::task::block_in_place(|| NatsServer::single(dir.path())).unwrap();
+    let (client_a, client_b) = (cluster(&server).await, cluster(&server).await);
+    let (bus_a, bus_b) = (
+        Bus::new(MessageOptions::default()),
+        Bus::new(MessageOptions::default()),
+    );
+    let plans = ["plans".to_owned()];
+    let _a = Bridge::start(&client_a, &bus_a, "a", &plans).await.unwrap();
+    let _b = Bridge::start(&client_b, &bus_b, "b", &plans).await.unwrap();
+    let me = Endpoint::Named("reader-b".into());
+    bus_b.subscribe("plans", me.clone()).unwrap();
+    let mut on_b = bus_b.open(me).unwrap();
+    let writer = Endpoint::Named("writer-a".into());
+    let send = |from: usize, to: usize| {
+        let (bus_a, writer) = (bus_a.clone(), writer.clone());
+        async move {
+            for i in from..to {
+                bus_a
+                    .send(
+                        writer.clone(),
+                        Address::Topic("plans".into()),
+                        bytes::Bytes::from(i.to_string()),
+                    )
+                    .await
+                    .unwrap();
+            }
+        }
+    };
+    let mut heard: Vec<String> = Vec::new();
+    let mut hear = async |until: usize, within: Duration| {
+        let deadline = tokio::time::Instant::now() + within;
+        while heard.len() < until {
+            let batch = tokio::time::timeout_at(deadline, on_b.recv())
+                .await
+                .unwrap_or_else(|_| panic!("heard only {heard:?}"))
+                .unwrap();
+            heard.extend(
+                batch
+                    .iter()
+                    .map(|m| String::from_utf8(m.body.to_vec()).unwrap()),
+            );
+            on_b.ack();
+        }
+    };
+    send(0, 10).await;
+    hear(10, Duration::from_secs(10)).await;
+    tokio::task::block_in_place(|| server.kill());
+    // Sent into the bus while no server runs: held by a's bridge.
+    send(10, 20).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    tokio::task::block_in_place(|| server.start()).unwrap();
+    hear(20, Duration::from_secs(60)).await;
+    let sent: Vec<String> = (0..20).map(|i| i.to_string()).collect();
+    assert_eq!(heard, sent, "in the order sent, each once");
+    // And nothing more comes: no message twice.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(on_b.try_recv().unwrap().is_empty());
 }
 
 /// Two processes' buses bridged on a topic: what a sender publishes on one reaches the

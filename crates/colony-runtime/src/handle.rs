@@ -925,13 +925,19 @@ impl Handle {
 /// as much again on this VM (docs/benchmarks.md, "A caller awake for its answer").
 const TURN_WAIT: Duration = Duration::from_micros(100);
 
-/// Awaits `rx`, answered within one turn of the dispatcher: for up to [`TURN_WAIT`] the
-/// task yields to its worker between looks rather than parking, so that the worker (and its
-/// core) is awake when the answer comes. Yielding lets every other task of the worker run
-/// first, so only time the worker would have spent parked is spent looking; past the
-/// budget it parks as any await does.
-/// `None` when the sender was dropped unanswered.
+/// Awaits `rx`, answered within one turn of the dispatcher (once the commands queued before
+/// it are done): for up to [`TURN_WAIT`] the task offers the core to other threads and
+/// yields to its worker's other tasks between looks rather than parking, so that the worker
+/// (and its core) is awake when the answer comes; past the budget it parks as any await
+/// does. Where the process may use one CPU only (its affinity or its cgroup's quota), it
+/// parks at once: looking would take the core from the dispatcher. `None` when the sender
+/// was dropped unanswered.
 async fn within_a_turn<T>(mut rx: oneshot::Receiver<T>) -> Option<T> {
+    static CPUS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    let cpus = *CPUS.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    if cpus < 2 {
+        return rx.await.ok();
+    }
     let start = Instant::now();
     loop {
         match rx.try_recv() {

@@ -32,8 +32,8 @@ use std::{
 pub(crate) const EVERY: Duration = Duration::from_secs(2);
 /// Samples kept: 15 minutes at one every 2 s.
 pub(crate) const SAMPLES: usize = 450;
-/// Roles sampled, the first by name. A role costs 32 bytes a sample, so the ring holds at
-/// most 450 × 64 × 32 bytes (and the names, shared), under 1 MB.
+/// Roles sampled, the first by name. A role costs 48 bytes a sample (its shared name and
+/// four counts), so the ring holds at most 450 × 64 × 48 bytes, about 1.4 MB, and the names.
 pub(crate) const MAX_ROLES: usize = 64;
 /// Longest a sample may wait for the cluster's status before it is skipped.
 const READ_WAIT: Duration = Duration::from_secs(5);
@@ -123,9 +123,9 @@ impl RoleHistory {
         self.sample(&status.nodes, &backlog);
     }
 
-    /// Takes in one reading of the cluster: each role of a live node or of the stream
-    /// (`backlog`: each role's tasks waiting and running; `*` for tasks any agent may run,
-    /// which every agent serves).
+    /// Takes in one reading of the cluster: each role of a live node (draining ones too:
+    /// their agents are still there) or of the stream (`backlog`: each role's tasks waiting
+    /// and running; `*` for tasks any agent may run, which every agent serves).
     fn sample(&self, nodes: &[NodeInfo], backlog: &[(&str, u64, u64)]) {
         let mut roles: BTreeMap<&str, Sample> = BTreeMap::new();
         for node in nodes {
@@ -168,7 +168,8 @@ impl RoleHistory {
     }
 
     /// What was sampled after `since` (everything kept, without it), as a column per role
-    /// that any of those samples has, by name; `null` where a sample lacks the role.
+    /// that any of those samples has, by name (the first [`MAX_ROLES`] of them); `null`
+    /// where a sample lacks the role.
     fn read(&self, since: Option<u64>) -> Columns {
         let since = since.unwrap_or(0);
         let ring = self.ring();

@@ -177,7 +177,7 @@
   // last fifteen minutes, from the server's samples (GET /v1/roles/history: the whole
   // window when the page opens, then what is new every 2 s).
   const COLORS = ["#2563eb", "#d97706", "#059669", "#7c3aed", "#db2777", "#0891b2", "#65a30d", "#dc2626"];
-  const roles = { names: [], t: [], columns: [], until: null, chart: null, keep: 450 };
+  const roles = { names: [], t: [], columns: [], until: null, chart: null, keep: 450, observed: false };
 
   function rolesChart() {
     const el = byId("chart-roles");
@@ -216,8 +216,16 @@
       rolesData(),
       el,
     );
-    if (typeof ResizeObserver !== "undefined") {
-      new ResizeObserver(() => plot.setSize({ width: Math.max(el.clientWidth, 240), height: HEIGHT })).observe(el);
+    // One observer for the element, whichever chart it holds now.
+    if (!roles.observed && typeof ResizeObserver !== "undefined") {
+      roles.observed = true;
+      let width = el.clientWidth;
+      new ResizeObserver(() => {
+        if (roles.chart && el.clientWidth !== width) {
+          width = el.clientWidth;
+          roles.chart.setSize({ width: Math.max(width, 240), height: HEIGHT });
+        }
+      }).observe(el);
     }
     return plot;
   }
@@ -230,7 +238,9 @@
 
   function takeRoles(answer) {
     roles.keep = answer["samples-kept"] || roles.keep;
-    roles.until = answer.until;
+    // Never back: a server just started (or another behind the same address) may answer
+    // with an earlier cursor, and the chart's times must only grow.
+    roles.until = Math.max(roles.until || 0, answer.until || 0);
     const names = roles.names.slice();
     for (const r of answer.roles || []) {
       if (!names.includes(r.role)) {
@@ -248,6 +258,9 @@
     }
     const given = new Map((answer.roles || []).map((r) => [r.role, r]));
     (answer.t || []).forEach((t, row) => {
+      if (roles.t.length > 0 && t <= roles.t[roles.t.length - 1]) {
+        return;
+      }
       roles.t.push(t);
       roles.names.forEach((name, i) => {
         const r = given.get(name);
@@ -262,7 +275,16 @@
         c.waiting.shift();
       });
     }
-    if (fresh || !roles.chart) {
+    // A role gone from every sample kept leaves the chart.
+    const seen = (column) => column.some((v) => v != null);
+    const kept = roles.names.filter((_, i) => seen(roles.columns[i].agents) || seen(roles.columns[i].waiting));
+    let changed = fresh;
+    if (kept.length !== roles.names.length) {
+      roles.columns = roles.columns.filter((c) => seen(c.agents) || seen(c.waiting));
+      roles.names = kept;
+      changed = true;
+    }
+    if (changed || !roles.chart) {
       roles.chart = rolesChart();
     } else {
       roles.chart.setData(rolesData());
