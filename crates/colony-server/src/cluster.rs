@@ -39,6 +39,7 @@ use serde::Deserialize;
 use serde_json::json;
 use std::{fmt::Write, sync::Arc, time::Duration};
 
+mod fresh;
 mod role_history;
 
 /// What every handler of the cluster's control plane shares.
@@ -55,7 +56,26 @@ pub(crate) struct ClusterApp {
     feed: Arc<Feed>,
     /// Each role's agents and backlog over the last 15 minutes, for the dashboard's chart.
     roles: Arc<role_history::RoleHistory>,
+    /// The cluster's status, read at most once a second for every reader here.
+    latest: fresh::Fresh<colony_cluster::Status>,
     max_streams: usize,
+}
+
+impl ClusterApp {
+    /// The cluster's status as read within the last second (or now, once, for every caller
+    /// waiting): the dashboard's panels, `/v1/cluster`, `/metrics` and the roles' sampler
+    /// share it.
+    pub(crate) async fn status(
+        &self,
+    ) -> Result<Arc<colony_cluster::Status>, colony_cluster::Error> {
+        self.latest
+            .get(|| self.cluster.status())
+            .await
+            .map_err(|why| colony_cluster::Error::Nats {
+                what: "the cluster's status".into(),
+                detail: why.to_string(),
+            })
+    }
 }
 
 impl FromRef<Arc<ClusterApp>> for Gate {
@@ -93,9 +113,11 @@ pub async fn serve_cluster(
         period,
         streams: Arc::new(tokio::sync::Semaphore::new(config.max_streams)),
         max_streams: config.max_streams,
-        roles: role_history::RoleHistory::start(cluster_for_feed.clone()),
+        roles: Arc::default(),
+        latest: fresh::Fresh::default(),
         feed: Feed::start(cluster_for_feed, history_start).await,
     });
+    role_history::sample_every(Arc::downgrade(&app));
     let router = router(app);
     let bind = |source| Error::Bind { addr, source };
     let listener = tokio::net::TcpListener::bind(addr).await.map_err(bind)?;
@@ -512,7 +534,7 @@ async fn agents(
 }
 
 async fn status(State(app): State<Arc<ClusterApp>>) -> Response {
-    match app.cluster.status().await {
+    match app.status().await {
         Ok(status) => {
             let mut v = serde_json::to_value(&status).unwrap_or_default();
             v["scaling"] = json!({
@@ -910,7 +932,7 @@ fn label(value: &str) -> String {
 }
 
 async fn metrics(State(app): State<Arc<ClusterApp>>) -> Response {
-    let status = match app.cluster.status().await {
+    let status = match app.status().await {
         Ok(status) => status,
         Err(e) => return failed(e),
     };

@@ -20,7 +20,7 @@ use axum::{
     http::StatusCode,
     response::{IntoResponse, Response},
 };
-use colony_cluster::{Cluster, NodeInfo, Status};
+use colony_cluster::{NodeInfo, Status};
 use serde::{Deserialize, Serialize};
 use std::{
     collections::{BTreeMap, VecDeque},
@@ -70,6 +70,32 @@ pub(crate) struct RoleHistory {
     ring: Mutex<Ring>,
 }
 
+impl Default for RoleHistory {
+    fn default() -> Self {
+        Self::new(SAMPLES)
+    }
+}
+
+/// Samples the cluster's status (as the server shares it) into `app`'s history every
+/// [`EVERY`], until the server is dropped.
+pub(crate) fn sample_every(app: Weak<super::ClusterApp>) {
+    colony_runtime::spawner::Spawner::spawn("cluster-role-history", async move {
+        let mut every = tokio::time::interval(EVERY);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            every.tick().await;
+            let Some(app) = app.upgrade() else {
+                return;
+            };
+            match tokio::time::timeout(READ_WAIT, app.status()).await {
+                Ok(Ok(status)) => app.roles.sample_status(&status),
+                Ok(Err(e)) => tracing::debug!("the roles' history skipped a sample: {e}"),
+                Err(_) => tracing::debug!("the roles' history skipped a sample: NATS was slow"),
+            }
+        }
+    });
+}
+
 impl RoleHistory {
     fn new(samples: usize) -> Self {
         let epoch_ms = SystemTime::now()
@@ -84,29 +110,6 @@ impl RoleHistory {
                 last: 0,
             }),
         }
-    }
-
-    /// A history sampled from `cluster` every [`EVERY`] until the history is dropped.
-    pub(crate) fn start(cluster: Cluster) -> Arc<Self> {
-        let history = Arc::new(Self::new(SAMPLES));
-        let weak: Weak<Self> = Arc::downgrade(&history);
-        colony_runtime::spawner::Spawner::spawn("cluster-role-history", async move {
-            let mut every = tokio::time::interval(EVERY);
-            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                every.tick().await;
-                let status = tokio::time::timeout(READ_WAIT, cluster.status()).await;
-                let Some(history) = weak.upgrade() else {
-                    return;
-                };
-                match status {
-                    Ok(Ok(status)) => history.sample_status(&status),
-                    Ok(Err(e)) => tracing::debug!("the roles' history skipped a sample: {e}"),
-                    Err(_) => tracing::debug!("the roles' history skipped a sample: NATS was slow"),
-                }
-            }
-        });
-        history
     }
 
     fn ring(&self) -> std::sync::MutexGuard<'_, Ring> {

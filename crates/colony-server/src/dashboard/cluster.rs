@@ -122,7 +122,7 @@ fn unavailable(e: colony_cluster::Error) -> Response {
 
 /// `GET /ui/cluster`.
 async fn counters(State(app): State<Arc<ClusterApp>>) -> Response {
-    let status = match app.cluster.status().await {
+    let status = match app.status().await {
         Ok(status) => status,
         Err(e) => return unavailable(e),
     };
@@ -169,7 +169,7 @@ async fn counters(State(app): State<Arc<ClusterApp>>) -> Response {
 
 /// `GET /ui/cluster/nodes`.
 async fn nodes(State(app): State<Arc<ClusterApp>>) -> Response {
-    match app.cluster.status().await {
+    match app.status().await {
         Ok(status) => ok(nodes_table(&status.nodes, crate::cluster::now_ms())),
         Err(e) => unavailable(e),
     }
@@ -308,7 +308,7 @@ fn troubled_table(answers: &[colony_cluster::agents::NodeAgents]) -> String {
 
 /// `GET /ui/cluster/roles`.
 async fn roles(State(app): State<Arc<ClusterApp>>) -> Response {
-    let status = match app.cluster.status().await {
+    let status = match app.status().await {
         Ok(status) => status,
         Err(e) => return unavailable(e),
     };
