@@ -1355,6 +1355,24 @@ fn serve_over_the_cluster_takes_tasks_and_one_server_leads_the_scaling() {
     let (code, body) = fetch(port, "/v1/roles/history?since=yesterday");
     assert_eq!(code, 400, "{body}");
     assert!(body.contains("bad-query"), "{body}");
+    // `colony top` watches one runtime: pointed at the cluster's server, it says so.
+    let top = Command::new(COLONY)
+        .args([
+            "top",
+            "--once",
+            "--server",
+            &format!("http://127.0.0.1:{port}"),
+        ])
+        .env_remove("COLONY_SERVER")
+        .env_remove("COLONY_TOKEN")
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&top.stderr);
+    assert_eq!(top.status.code(), Some(1), "{said}");
+    assert!(
+        said.contains("is a cluster's control plane") && said.contains("colony cluster status"),
+        "{said}"
+    );
     let (code, body) = send(port, "POST", "/v1/tasks", &[], "[1]");
     assert_eq!(code, 422, "{body}");
     assert!(body.contains("bad-body"), "{body}");

@@ -294,6 +294,19 @@ impl Client {
         })
     }
 
+    /// Whether the server is a cluster's control plane (`colony serve --nats`), which has
+    /// no runtime of its own to watch: it answers `/v1/cluster`, and `/v1/stats` it does not.
+    pub(crate) async fn is_cluster(&self) -> bool {
+        match self.fetch("/v1/cluster").await {
+            Ok((_, status, body)) => {
+                status.is_success()
+                    && serde_json::from_slice::<serde_json::Value>(&body)
+                        .is_ok_and(|v| v.get("nodes").is_some_and(|n| n.is_array()))
+            }
+            Err(_) => false,
+        }
+    }
+
     /// Stats, tiers, the newest `failures` failed or dead-lettered tasks, and the pools'
     /// history after `since` (all of it without), asked for at once.
     pub(crate) async fn snapshot(

@@ -77,7 +77,16 @@ pub(crate) fn run(args: &Args) -> Result<(), Failure> {
     // token ends here with one line, before the terminal is taken over.
     let start = Instant::now();
     let first = runtime
-        .block_on(client.snapshot(FAILURES, None))
+        .block_on(async {
+            match client.snapshot(FAILURES, None).await {
+                Err(api::Error::Answer { .. }) if client.is_cluster().await => Err(anyhow::anyhow!(
+                    "{server} is a cluster's control plane (colony serve --nats), which runs no agents of its own: \
+                     colony top watches one runtime's server; for the cluster, open {server}/ in a browser \
+                     or run `colony cluster status --nats URL`"
+                )),
+                other => other.map_err(anyhow::Error::from),
+            }
+        })
         .map_err(Failure::work)?;
     view.record(Duration::ZERO, Ok(first));
     if !live {
