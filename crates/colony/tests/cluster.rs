@@ -1355,7 +1355,7 @@ fn serve_over_the_cluster_takes_tasks_and_one_server_leads_the_scaling() {
     let (code, body) = fetch(port, "/v1/roles/history?since=yesterday");
     assert_eq!(code, 400, "{body}");
     assert!(body.contains("bad-query"), "{body}");
-    // `colony top` watches one runtime: pointed at the cluster's server, it says so.
+    // `colony top` pointed at the cluster's server shows the cluster: its nodes and roles.
     let top = Command::new(COLONY)
         .args([
             "top",
@@ -1367,12 +1367,24 @@ fn serve_over_the_cluster_takes_tasks_and_one_server_leads_the_scaling() {
         .env_remove("COLONY_TOKEN")
         .output()
         .unwrap();
-    let said = String::from_utf8_lossy(&top.stderr);
-    assert_eq!(top.status.code(), Some(1), "{said}");
-    assert!(
-        said.contains("is a cluster's control plane") && said.contains("colony cluster status"),
-        "{said}"
+    let frame = String::from_utf8_lossy(&top.stdout);
+    assert_eq!(
+        top.status.code(),
+        Some(0),
+        "{frame}{}",
+        String::from_utf8_lossy(&top.stderr)
     );
+    assert!(
+        frame.contains("cluster at") && frame.contains(" Nodes ") && frame.contains(" Roles"),
+        "{frame}"
+    );
+    assert!(
+        frame
+            .lines()
+            .any(|l| l.starts_with("│ a ") && l.contains(" sh ") && l.contains("taking work")),
+        "node a's row: {frame}"
+    );
+    assert!(frame.contains("│ sh  agents 4"), "role sh's line: {frame}");
     let (code, body) = send(port, "POST", "/v1/tasks", &[], "[1]");
     assert_eq!(code, 422, "{body}");
     assert!(body.contains("bad-body"), "{body}");

@@ -374,14 +374,17 @@ impl Client {
         }))
     }
 
-    async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, Error> {
+    pub(super) async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, Error> {
         let (url, status, body) = self.fetch(path).await?;
         parse(&self.server, url, status, &body, self.token.is_some())
     }
 
     /// Like `get`, but a route the server does not have (404 `not-found`: an older server)
     /// is `None` rather than a failure.
-    async fn get_if_served<T: DeserializeOwned>(&self, path: &str) -> Result<Option<T>, Error> {
+    pub(super) async fn get_if_served<T: DeserializeOwned>(
+        &self,
+        path: &str,
+    ) -> Result<Option<T>, Error> {
         let (url, status, body) = self.fetch(path).await?;
         if status == reqwest::StatusCode::NOT_FOUND && code(&body) == "not-found" {
             return Ok(None);

@@ -694,7 +694,7 @@ fn short(d: Duration) -> String {
 }
 
 /// The frame as plain text, one line per row, trailing blanks trimmed.
-pub(crate) fn text(view: &View, width: u16, height: u16) -> String {
+pub(crate) fn text(view: impl Widget, width: u16, height: u16) -> String {
     let area = Rect::new(0, 0, width, height);
     let mut buf = Buffer::empty(area);
     view.render(area, &mut buf);

@@ -3,7 +3,9 @@
 //! function ([`draw`]); `--once`, or a stdout that is not a terminal, prints one frame as text.
 //! The pools panel shows each pool's agents over the server's history
 //! (`/v1/pools/history`: all of it on the first poll, then what is new), desired against
-//! actual, and the newest decision on its size.
+//! actual, and the newest decision on its size. Pointed at a cluster's control plane
+//! (`colony serve --nats`), it shows the cluster instead ([`cluster`]): its nodes, and each
+//! role's backlog and agents over time.
 //!
 //! ```text
 //! colony top --server http://127.0.0.1:7070 --interval-ms 500
@@ -11,6 +13,7 @@
 //! ```
 
 mod api;
+mod cluster;
 mod draw;
 mod view;
 
@@ -72,29 +75,97 @@ pub(crate) fn run(args: &Args) -> Result<(), Failure> {
         .build()
         .map_err(Failure::work)?;
     let live = !args.once && std::io::stdout().is_terminal();
-    let mut view = View::new(&server, interval, live);
     // The first poll decides whether there is anything to watch: a wrong URL or a missing
-    // token ends here with one line, before the terminal is taken over.
+    // token ends here with one line, before the terminal is taken over. A cluster's server
+    // (which has no runtime's counters) gets the cluster's view.
     let start = Instant::now();
-    let first = runtime
-        .block_on(async {
-            match client.snapshot(FAILURES, None).await {
-                Err(api::Error::Answer { .. }) if client.is_cluster().await => Err(anyhow::anyhow!(
-                    "{server} is a cluster's control plane (colony serve --nats), which runs no agents of its own: \
-                     colony top watches one runtime's server; for the cluster, open {server}/ in a browser \
-                     or run `colony cluster status --nats URL`"
-                )),
-                other => other.map_err(anyhow::Error::from),
+    let first = runtime.block_on(async {
+        match client.snapshot(FAILURES, None).await {
+            Err(api::Error::Answer { .. }) if client.is_cluster().await => {
+                client.cluster(None).await.map(Err)
             }
-        })
-        .map_err(Failure::work)?;
-    view.record(Duration::ZERO, Ok(first));
+            other => other.map(Ok),
+        }
+    });
+    match first.map_err(Failure::work)? {
+        Ok(first) => {
+            let mut view = View::new(&server, interval, live);
+            view.record(Duration::ZERO, Ok(first));
+            show(&runtime, live, view, start, |since| {
+                client.snapshot(FAILURES, since)
+            })
+        }
+        Err(first) => {
+            let mut view = cluster::ClusterView::new(&server, interval, live);
+            view.record(Duration::ZERO, Ok(first));
+            show(&runtime, live, view, start, |since| client.cluster(since))
+        }
+    }
+}
+
+/// What `colony top` draws: a runtime's server, or a cluster's.
+trait Screen {
+    type Snapshot;
+    fn interval(&self) -> Duration;
+    fn tick(&mut self, now: Duration);
+    fn record(&mut self, at: Duration, poll: Result<Self::Snapshot, String>);
+    /// What the next poll asks the history for: what came after the last answer.
+    fn since(&self) -> Option<u64>;
+}
+
+impl Screen for View {
+    type Snapshot = api::Snapshot;
+    fn interval(&self) -> Duration {
+        self.interval
+    }
+    fn tick(&mut self, now: Duration) {
+        View::tick(self, now);
+    }
+    fn record(&mut self, at: Duration, poll: Result<api::Snapshot, String>) {
+        View::record(self, at, poll);
+    }
+    fn since(&self) -> Option<u64> {
+        self.pools_since()
+    }
+}
+
+impl Screen for cluster::ClusterView {
+    type Snapshot = cluster::Snapshot;
+    fn interval(&self) -> Duration {
+        self.interval
+    }
+    fn tick(&mut self, now: Duration) {
+        cluster::ClusterView::tick(self, now);
+    }
+    fn record(&mut self, at: Duration, poll: Result<cluster::Snapshot, String>) {
+        cluster::ClusterView::record(self, at, poll);
+    }
+    fn since(&self) -> Option<u64> {
+        cluster::ClusterView::since(self)
+    }
+}
+
+/// Prints one frame of `view` (not `live`), or takes over the terminal and watches, polling
+/// with `ask`.
+fn show<S, F, Fut>(
+    runtime: &tokio::runtime::Runtime,
+    live: bool,
+    mut view: S,
+    start: Instant,
+    ask: F,
+) -> Result<(), Failure>
+where
+    S: Screen,
+    for<'a> &'a S: ratatui::widgets::Widget,
+    F: Fn(Option<u64>) -> Fut,
+    Fut: std::future::Future<Output = Result<S::Snapshot, api::Error>>,
+{
     if !live {
         return print(&draw::text(&view, draw::TEXT_WIDTH, draw::TEXT_HEIGHT));
     }
     // `init` also restores the terminal on a panic; `restore` below covers every other exit.
     let mut terminal = ratatui::init();
-    let watched = runtime.block_on(watch(&mut terminal, &client, &mut view, start));
+    let watched = runtime.block_on(watch(&mut terminal, &mut view, start, ask));
     ratatui::restore();
     watched
         .context("the terminal failed")
@@ -124,9 +195,9 @@ fn server_url(server: &str) -> anyhow::Result<String> {
 }
 
 /// What ended a wait.
-enum Wake {
+enum Wake<T> {
     /// A poll's answer; boxed, as a snapshot is large and the other wakes are small.
-    Polled(Instant, Box<Result<api::Snapshot, api::Error>>),
+    Polled(Instant, Box<Result<T, api::Error>>),
     Input(Input),
     Tick,
 }
@@ -138,14 +209,29 @@ enum Input {
 }
 
 /// The TUI's loop: draw, then wait for the next poll, a key, or the clock's next second.
-async fn watch(
+async fn watch<S, F, Fut>(
     terminal: &mut DefaultTerminal,
-    client: &api::Client,
-    view: &mut View,
+    view: &mut S,
     start: Instant,
-) -> std::io::Result<()> {
-    let interval = view.interval;
-    let mut poll = Box::pin(poll_at(client, start + interval, view.pools_since()));
+    ask: F,
+) -> std::io::Result<()>
+where
+    S: Screen,
+    for<'a> &'a S: ratatui::widgets::Widget,
+    F: Fn(Option<u64>) -> Fut,
+    Fut: std::future::Future<Output = Result<S::Snapshot, api::Error>>,
+{
+    let interval = view.interval();
+    // Polls at `at` (at once if that is past), asking for the history after `since`;
+    // answers when the poll was asked for.
+    let poll_at = |at: Instant, since: Option<u64>| {
+        let asking = ask(since);
+        async move {
+            tokio::time::sleep_until(at.into()).await;
+            (Instant::now(), asking.await)
+        }
+    };
+    let mut poll = Box::pin(poll_at(start + interval, view.since()));
     let mut clock = tokio::time::interval(Duration::from_secs(1));
     loop {
         view.tick(start.elapsed());
@@ -158,24 +244,12 @@ async fn watch(
         match wake {
             Wake::Polled(at, result) => {
                 view.record(at - start, (*result).map_err(|e| e.to_string()));
-                poll = Box::pin(poll_at(client, at + interval, view.pools_since()));
+                poll = Box::pin(poll_at(at + interval, view.since()));
             }
             Wake::Input(Input::Quit) => return Ok(()),
             Wake::Input(Input::Redraw) | Wake::Tick => {}
         }
     }
-}
-
-/// Polls at `at` (at once if that is past), asking for the pools' history after `since`;
-/// answers when the poll was asked for.
-async fn poll_at(
-    client: &api::Client,
-    at: Instant,
-    since: Option<u64>,
-) -> (Instant, Result<api::Snapshot, api::Error>) {
-    tokio::time::sleep_until(at.into()).await;
-    let asked = Instant::now();
-    (asked, client.snapshot(FAILURES, since).await)
 }
 
 /// The next key or resize that matters. Crossterm's reads block, so this looks without
