@@ -200,8 +200,8 @@ impl Bridge {
                         headers.insert(NAME, &*name);
                         headers.insert(FROM, message.from.to_string().as_str());
                         headers.insert("Nats-Msg-Id", format!("{instance}-{sent}").as_str());
-                        acks.push(
-                            js.publish_with_headers(
+                        let published = js
+                            .publish_with_headers(
                                 subjects_of
                                     .get(&**topic)
                                     .cloned()
@@ -209,8 +209,14 @@ impl Bridge {
                                 headers,
                                 message.body.clone(),
                             )
-                            .await,
-                        );
+                            .await;
+                        // A publish refused (the client's queue full while NATS is away)
+                        // fails the batch: the rest would each wait as long.
+                        let refused = published.is_err();
+                        acks.push(published);
+                        if refused {
+                            break;
+                        }
                     }
                     // The first ack that fails fails the batch: the rest are not waited for,
                     // each its own timeout (NATS gone, a batch of a thousand would hold the

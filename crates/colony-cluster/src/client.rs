@@ -197,7 +197,20 @@ impl Cluster {
         for (i, spec) in specs.iter().enumerate() {
             let id = ids.map_or_else(random_id, |ids| ids[i].clone());
             let message = outgoing(i, spec, &id, None)?;
-            let ack = self.publish(&message).await;
+            // The acknowledgements in flight are heard while the publish waits: each holds
+            // one of the client's places for acks in flight (5,000, shared by every caller),
+            // and a publish waits for one, so submitters that each held a thousand and
+            // waited could take them all and wait for good.
+            let ack = {
+                let publish = self.publish(&message);
+                tokio::pin!(publish);
+                loop {
+                    tokio::select! {
+                        ack = &mut publish => break ack,
+                        Some(accepted) = waiting.next(), if !waiting.is_empty() => out.push(accepted?),
+                    }
+                }
+            };
             waiting.push_back(async move { self.accepted(&message, ack).await });
             if waiting.len() >= IN_FLIGHT
                 && let Some(accepted) = waiting.next().await
@@ -347,6 +360,7 @@ impl Cluster {
         mut ack: Result<PublishAckFuture, Error>,
     ) -> Result<Submitted, Error> {
         let since = std::time::Instant::now();
+        let mut pause = Duration::from_millis(250);
         loop {
             let answer = match ack {
                 Ok(ack) => match ack.await {
@@ -375,7 +389,11 @@ impl Cluster {
                 Err(e) if since.elapsed() > PATIENCE => return Err(e),
                 Err(e) => {
                     tracing::debug!("{e}; sending the task again");
-                    tokio::time::sleep(Duration::from_millis(250)).await;
+                    // Longer each time (to 2 s), and spread: a batch's thousand sends in
+                    // flight that failed together are not all sent again together.
+                    let jitter = u64::from(since.elapsed().subsec_micros() % 100);
+                    tokio::time::sleep(pause + Duration::from_millis(jitter)).await;
+                    pause = (pause * 2).min(Duration::from_secs(2));
                     ack = self.publish(message).await;
                 }
             }
@@ -920,8 +938,11 @@ pub(crate) async fn connect(
             url: shown(url),
             detail: e.to_string(),
         })?;
+    // A publish whose ack is not awaited (dropped when a batch failed at an earlier one)
+    // holds its place for acks in flight no longer than an awaited one would.
     let js = jetstream::ContextBuilder::new()
         .timeout(REQUEST_TIMEOUT)
+        .ack_timeout(REQUEST_TIMEOUT)
         .build(client.clone());
     js.query_account()
         .await

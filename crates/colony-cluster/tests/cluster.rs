@@ -1750,13 +1750,15 @@ async fn a_spread_vote_on_a_draining_node_is_handed_back_and_counted_elsewhere()
     assert!(row.node == "b" || row.node == "c", "{row:?}");
     let d = row.decision.unwrap();
     assert_eq!((d.voters, d.counted, d.nodes), (2, 2, Some(2)), "{d:?}");
-    // The first count's ballots were cancelled as it was handed back, none left running.
+    // Any ballot cancelled says why.
     let mut records = client
         .records(colony_cluster::RecordsFrom::Since(since), u64::MAX)
         .await
         .unwrap()
         .records;
-    let mut cancelled = 0;
+    // The slow ballot is cancelled by its dropped count and handed back by its draining
+    // node at once: whichever lands first, it ends without being counted (cancelled, or run
+    // again elsewhere: not asserted).
     loop {
         let Ok(Some(Ok(record))) =
             tokio::time::timeout(Duration::from_secs(2), records.next()).await
@@ -1772,10 +1774,8 @@ async fn a_spread_vote_on_a_draining_node_is_handed_back_and_counted_elsewhere()
                 Some("its vote ended without it"),
                 "{record:?}"
             );
-            cancelled += 1;
         }
     }
-    assert!(cancelled >= 1, "no ballot of the first count was cancelled");
     for node in others {
         node.drain().await;
     }
@@ -2030,9 +2030,9 @@ async fn a_batch_submitted_across_a_server_restart_is_taken_once() {
     };
     tokio::time::sleep(Duration::from_secs(1)).await;
     tokio::task::block_in_place(|| server.start()).unwrap();
-    let rest = tokio::time::timeout(Duration::from_secs(60), submitting)
+    let rest = tokio::time::timeout(Duration::from_secs(20), submitting)
         .await
-        .expect("the batch is taken within a minute of the restart")
+        .expect("the batch is taken within a few ack timeouts of the restart")
         .unwrap()
         .expect("no panic")
         .unwrap();
@@ -2103,7 +2103,9 @@ async fn a_bridged_topic_carries_what_was_sent_while_nats_was_down() {
     send(10, 20).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     tokio::task::block_in_place(|| server.start()).unwrap();
-    hear(20, Duration::from_secs(60)).await;
+    // Within a few seconds of the restart: one ack timeout (5 s) and a pause, not one
+    // timeout for each message held.
+    hear(20, Duration::from_secs(20)).await;
     let sent: Vec<String> = (0..20).map(|i| i.to_string()).collect();
     assert_eq!(heard, sent, "in the order sent, each once");
     // And nothing more comes: no message twice.

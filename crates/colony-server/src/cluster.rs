@@ -42,6 +42,9 @@ use std::{fmt::Write, sync::Arc, time::Duration};
 mod fresh;
 mod role_history;
 
+/// Longest a reading of the cluster's status may take.
+const STATUS_WAIT: Duration = Duration::from_secs(5);
+
 /// What every handler of the cluster's control plane shares.
 #[derive(Debug)]
 pub(crate) struct ClusterApp {
@@ -68,8 +71,19 @@ impl ClusterApp {
     pub(crate) async fn status(
         &self,
     ) -> Result<Arc<colony_cluster::Status>, colony_cluster::Error> {
+        // Bounded: a read stuck on NATS (a listing of the heartbeats waits out a reconnect)
+        // would hold every reader here.
         self.latest
-            .get(|| self.cluster.status())
+            .get(|| async {
+                tokio::time::timeout(STATUS_WAIT, self.cluster.status())
+                    .await
+                    .unwrap_or_else(|_| {
+                        Err(colony_cluster::Error::Nats {
+                            what: "the cluster".into(),
+                            detail: format!("no answer within {} s", STATUS_WAIT.as_secs()),
+                        })
+                    })
+            })
             .await
             .map_err(|why| colony_cluster::Error::Nats {
                 what: "the cluster's status".into(),
