@@ -76,6 +76,14 @@ fn task(role: Option<&str>, payload: String, max_attempts: u32) -> TaskSpec {
     }
 }
 
+/// Milliseconds since the Unix epoch: where a watch of the records starts.
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
 /// A node named `name` over `runtime`, joined to `server`'s cluster.
 async fn join(server: &NatsServer, runtime: &Runtime, name: &str) -> Node {
     Node::start(
@@ -482,10 +490,7 @@ async fn the_records_stream_tells_each_record_as_it_is_written() {
     let ra = runtime("worker", 4, Duration::from_millis(1)).await;
     let node = join(&server, &ra, "a").await;
     use colony_cluster::{Record, RecordsFrom};
-    let started_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64;
+    let started_ms = now_ms();
     let watch = client.records(RecordsFrom::Now, u64::MAX).await.unwrap();
     assert!(!watch.cut);
     let mut records = watch.records;
@@ -1634,10 +1639,7 @@ async fn a_spread_vote_counts_ballots_from_agents_of_several_nodes() {
 
     // Two of three decide under the default participation: the slow ballot still out is
     // cancelled, saying why.
-    let since = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64;
+    let since = now_ms();
     let early = Decide {
         options: DecisionOptions::default(),
         ..all_of(3, true)
@@ -1706,10 +1708,7 @@ async fn a_spread_vote_on_a_draining_node_is_handed_back_and_counted_elsewhere()
     let dir = tempfile::tempdir().unwrap();
     let server = tokio::task::block_in_place(|| NatsServer::single(dir.path())).unwrap();
     let client = cluster(&server).await;
-    let since = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64;
+    let since = now_ms();
     let slow = runtime("judge", 1, Duration::from_secs(30)).await;
     let mut opts = options("first");
     opts.drain_timeout = Duration::from_millis(500);
