@@ -179,6 +179,15 @@
   const COLORS = ["#2563eb", "#d97706", "#059669", "#7c3aed", "#db2777", "#0891b2", "#65a30d", "#dc2626"];
   const roles = { names: [], t: [], columns: [], until: null, chart: null, keep: 450, observed: false };
 
+  // A role keeps its colour however the others come and go: chosen by its name.
+  function colorOf(name) {
+    let h = 0;
+    for (let i = 0; i < name.length; i += 1) {
+      h = (h * 31 + name.charCodeAt(i)) >>> 0;
+    }
+    return COLORS[h % COLORS.length];
+  }
+
   function rolesChart() {
     const el = byId("chart-roles");
     if (!el || typeof uPlot === "undefined") {
@@ -189,8 +198,8 @@
     }
     const axis = { stroke: "#6b7280", grid: { stroke: "#eef0f3" }, ticks: { stroke: "#e5e7eb" } };
     const series = [{}];
-    roles.names.forEach((name, i) => {
-      const stroke = COLORS[i % COLORS.length];
+    roles.names.forEach((name) => {
+      const stroke = colorOf(name);
       series.push({ label: name + " agents", stroke, width: 2, points: { show: false }, scale: "agents" });
       series.push({ label: name + " waiting", stroke, width: 1, dash: [5, 4], points: { show: false }, scale: "waiting" });
     });
