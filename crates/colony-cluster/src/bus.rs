@@ -11,6 +11,12 @@
 //! back out (the bridge does not bridge what a bridge sent). A local send waits for room at
 //! full mailboxes as any does; the watch waits with it, and the stream keeps the rest.
 //!
+//! A message to `cluster:<process>/<endpoint>` (the name a relayed sender has, so a reply
+//! is a send to it) has no mailbox here: the bus forwards it to the bridge's reader
+//! ([`Bus::forward`]), which appends it on that process's own subject
+//! (`colony.bus.to.<its name in hex>`); that process's bridge puts it in the endpoint's
+//! mailbox there.
+//!
 //! What it keeps of the bus's guarantees: in order per sender, a reader's batch
 //! acknowledged. What it does not: a process hears only what is appended while its bridge
 //! runs (the stream keeps an hour of messages, and a bridge started later does not read
@@ -35,6 +41,8 @@ const RELAYED: &str = "cluster:";
 const ORIGIN: &str = "Colony-Origin";
 const NAME: &str = "Colony-Process";
 const FROM: &str = "Colony-From";
+/// The endpoint a message to one mailbox of another process is for, in that process.
+const TO: &str = "Colony-To";
 /// Most topics one bridge carries.
 pub const MAX_BRIDGED: usize = 256;
 
@@ -42,6 +50,27 @@ pub const MAX_BRIDGED: usize = 256;
 fn subject(topic: &str) -> String {
     let hex: String = topic.bytes().map(|b| format!("{b:02x}")).collect();
     format!("colony.bus.{hex}")
+}
+
+/// The subject of messages to endpoints of process `process`.
+fn direct_subject(process: &str) -> String {
+    let hex: String = process.bytes().map(|b| format!("{b:02x}")).collect();
+    format!("colony.bus.to.{hex}")
+}
+
+/// A name `cluster:<process>/<endpoint>` as the process and the endpoint it names there.
+fn far_endpoint(name: &str) -> Option<(&str, &str)> {
+    name.strip_prefix(RELAYED)?
+        .split_once('/')
+        .filter(|(process, endpoint)| !process.is_empty() && !endpoint.is_empty())
+}
+
+/// An endpoint as another process wrote it: an agent's (`agent-N`) or a named mailbox.
+fn endpoint_of(text: &str) -> Endpoint {
+    match text.strip_prefix("agent-").and_then(|n| n.parse().ok()) {
+        Some(n) => Endpoint::Agent(colony_core::AgentId(n)),
+        None => Endpoint::Named(text.into()),
+    }
 }
 
 /// The topic a subject of the stream carries.
@@ -73,6 +102,7 @@ impl Drop for Bridge {
         for task in &self.tasks {
             task.abort();
         }
+        self.bus.stop_forwarding(&self.reader);
         self.bus.close(
             &self.reader,
             "the process stopped bridging its topics to the cluster",
@@ -130,7 +160,13 @@ impl Bridge {
         let stream = patiently(what, || cluster.js.get_or_create_stream(config.clone())).await?;
         // This bridge's own: a process's name may be given twice, its instance not.
         let instance = crate::client::random_id();
-        let subjects: Vec<String> = topics.iter().map(|t| subject(t)).collect();
+        // Its topics, and the messages other processes send to its endpoints.
+        let own = direct_subject(name);
+        let subjects: Vec<String> = topics
+            .iter()
+            .map(|t| subject(t))
+            .chain([own.clone()])
+            .collect();
         // Made before anything is read: what is appended from now on comes on it.
         let watch = patiently(what, || {
             watch_from(&stream, &cluster.client, &subjects, None)
@@ -146,6 +182,9 @@ impl Bridge {
                 return Err(Error::Settings(format!("{what}: topic `{topic}`: {e}")));
             }
         }
+        // A reply to a sender of another process (`cluster:<process>/<sender>`, as its
+        // messages arrive here) comes to the bridge, which sends it to that process.
+        bus.forward(RELAYED, reader.clone());
         let bridged: Arc<std::collections::HashSet<String>> =
             Arc::new(topics.iter().cloned().collect());
         let name: Arc<str> = name.into();
@@ -174,21 +213,45 @@ impl Bridge {
                     let before = sent;
                     let mut acks = Vec::with_capacity(batch.len());
                     for message in &batch {
-                        let (Address::Topic(topic), false) = (&message.to, relayed(&message.from))
-                        else {
-                            if !relayed(&message.from) {
+                        // What a bridge brought in never goes back out.
+                        if relayed(&message.from) {
+                            continue;
+                        }
+                        // A topic's subject, or another process's for its endpoint.
+                        let (to_subject, to_endpoint) = match &message.to {
+                            Address::Topic(topic) => (
+                                subjects_of
+                                    .get(&**topic)
+                                    .cloned()
+                                    .unwrap_or_else(|| subject(topic)),
+                                None,
+                            ),
+                            Address::To(Endpoint::Named(far)) => match far_endpoint(far) {
+                                Some((process, endpoint)) => {
+                                    (direct_subject(process), Some(endpoint))
+                                }
+                                None => {
+                                    tracing::warn!(
+                                        "A message from {} to `{far}` is not carried: name another process's endpoint as cluster:<process>/<endpoint>",
+                                        message.from
+                                    );
+                                    continue;
+                                }
+                            },
+                            _ => {
                                 tracing::warn!(
                                     "A message to the cluster's bridge itself ({}) is not carried: send on a bridged topic",
                                     message.from
                                 );
+                                continue;
                             }
-                            continue;
                         };
                         if message.body.len() > most {
                             // The stream would refuse it every time, holding up what follows.
                             tracing::warn!(
-                                "A message of {} bytes on topic `{topic}` from {} is not carried to the cluster: at most {most} bytes are",
+                                "A message of {} bytes to {} from {} is not carried to the cluster: at most {most} bytes are",
                                 message.body.len(),
+                                message.to,
                                 message.from
                             );
                             metrics::counter!("colony_bus_bridge_dropped_total").increment(1);
@@ -200,15 +263,11 @@ impl Bridge {
                         headers.insert(NAME, &*name);
                         headers.insert(FROM, message.from.to_string().as_str());
                         headers.insert("Nats-Msg-Id", format!("{instance}-{sent}").as_str());
+                        if let Some(endpoint) = to_endpoint {
+                            headers.insert(TO, endpoint);
+                        }
                         let published = js
-                            .publish_with_headers(
-                                subjects_of
-                                    .get(&**topic)
-                                    .cloned()
-                                    .unwrap_or_else(|| subject(topic)),
-                                headers,
-                                message.body.clone(),
-                            )
+                            .publish_with_headers(to_subject, headers, message.body.clone())
                             .await;
                         // A publish refused (the client's queue full while NATS is away)
                         // fails the batch: the rest would each wait as long.
@@ -246,7 +305,7 @@ impl Bridge {
         };
         let inbound = {
             let (bus, client) = (bus.clone(), cluster.client.clone());
-            let instance = instance.clone();
+            let (instance, own) = (instance.clone(), own.clone());
             colony_agents::spawner::Spawner::spawn("cluster-bus-in", async move {
                 // Made again after the last message read, or, before any, after where the
                 // first watch started: nothing appended meanwhile is missed.
@@ -274,7 +333,7 @@ impl Bridge {
                             break;
                         }
                         last = Some(info.stream_sequence);
-                        relay(&bus, &instance, &bridged, &message).await;
+                        relay(&bus, &instance, &own, &bridged, &message).await;
                     }
                     tokio::time::sleep(Duration::from_millis(200)).await;
                 }
@@ -292,6 +351,7 @@ impl Bridge {
 async fn relay(
     bus: &Bus,
     instance: &str,
+    own: &str,
     bridged: &std::collections::HashSet<String>,
     message: &async_nats::jetstream::Message,
 ) {
@@ -314,18 +374,22 @@ async fn relay(
         colony_core::text::shorten(&name, 128)
     };
     let origin = shown(header(NAME).unwrap_or(origin));
-    let Some(topic) = topic_of(&message.subject).filter(|t| bridged.contains(t)) else {
-        return;
+    let to = if *message.subject == *own {
+        // To one of this process's endpoints.
+        let Some(endpoint) = header(TO) else {
+            return;
+        };
+        Address::To(endpoint_of(&shown(endpoint)))
+    } else {
+        let Some(topic) = topic_of(&message.subject).filter(|t| bridged.contains(t)) else {
+            return;
+        };
+        Address::Topic(topic.into())
     };
     let from = shown(header(FROM).unwrap_or_default());
     let sender = Endpoint::Named(format!("{RELAYED}{origin}/{from}").into());
     let body = message.payload.clone();
-    match tokio::time::timeout(
-        RELAY_WAIT,
-        bus.send(sender, Address::Topic(topic.as_str().into()), body),
-    )
-    .await
-    {
+    match tokio::time::timeout(RELAY_WAIT, bus.send(sender, to.clone(), body)).await {
         Ok(Ok(_)) => {}
         Ok(Err(e)) => {
             tracing::warn!(
@@ -334,7 +398,7 @@ async fn relay(
         }
         Err(_) => {
             tracing::warn!(
-                "A message from {origin} on topic `{topic}` was dropped here: a mailbox of the topic stayed full for {} s",
+                "A message from {origin} to {to} was dropped here: a mailbox stayed full for {} s",
                 RELAY_WAIT.as_secs()
             );
             metrics::counter!("colony_bus_bridge_dropped_total").increment(1);

@@ -2004,6 +2004,81 @@ async fn a_spread_team_takes_its_members_from_several_nodes() {
     }
 }
 
+/// A message from another process names its sender `cluster:<process>/<sender>`; a reply
+/// sent to that name crosses back to the sender's own mailbox in its process, as from
+/// `cluster:<replier's process>/<replier>`. An agent of the other process is reached the
+/// same way (`cluster:<process>/agent-N`); a name that is not `<process>/<endpoint>` is
+/// not carried.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reply_to_a_sender_in_another_process_reaches_its_mailbox() {
+    use colony_cluster::bus::Bridge;
+    use colony_core::{
+        AgentId,
+        mailbox::{Address, Endpoint},
+    };
+    use colony_runtime::messages::{Bus, MessageOptions};
+    let dir = tempfile::tempdir().unwrap();
+    let server = tokio::task::block_in_place(|| NatsServer::single(dir.path())).unwrap();
+    let (client_a, client_b) = (cluster(&server).await, cluster(&server).await);
+    let (bus_a, bus_b) = (
+        Bus::new(MessageOptions::default()),
+        Bus::new(MessageOptions::default()),
+    );
+    let plans = ["plans".to_owned()];
+    let _a = Bridge::start(&client_a, &bus_a, "a", &plans).await.unwrap();
+    let _b = Bridge::start(&client_b, &bus_b, "b", &plans).await.unwrap();
+    let asker = Endpoint::Named("asker".into());
+    let mut asker_inbox = bus_a.open(asker.clone()).unwrap();
+    let mut agent_inbox = bus_a.open(Endpoint::Agent(AgentId(3))).unwrap();
+    let answerer = Endpoint::Named("answerer".into());
+    bus_b.subscribe("plans", answerer.clone()).unwrap();
+    let mut answerer_inbox = bus_b.open(answerer.clone()).unwrap();
+    bus_a
+        .send(
+            asker.clone(),
+            Address::Topic("plans".into()),
+            bytes::Bytes::from("which?"),
+        )
+        .await
+        .unwrap();
+    let asked = tokio::time::timeout(Duration::from_secs(10), answerer_inbox.recv())
+        .await
+        .expect("the question crosses")
+        .unwrap();
+    let from = asked[0].from.clone();
+    assert_eq!(from.to_string(), "cluster:a/asker");
+    answerer_inbox.ack();
+    // Answered to the sender's name, and to an agent of a, by name.
+    for (to, body) in [
+        (from, "this one"),
+        (Endpoint::Named("cluster:a/agent-3".into()), "for the agent"),
+        (Endpoint::Named("cluster:nowhere".into()), "not carried"),
+    ] {
+        bus_b
+            .send(answerer.clone(), Address::To(to), bytes::Bytes::from(body))
+            .await
+            .unwrap();
+    }
+    let answer = tokio::time::timeout(Duration::from_secs(10), asker_inbox.recv())
+        .await
+        .expect("the answer crosses back")
+        .unwrap();
+    assert_eq!(answer.len(), 1, "{answer:?}");
+    assert_eq!(answer[0].from.to_string(), "cluster:b/answerer");
+    assert_eq!(&answer[0].body[..], b"this one");
+    assert_eq!(answer[0].to, Address::To(asker.clone()));
+    let agent = tokio::time::timeout(Duration::from_secs(10), agent_inbox.recv())
+        .await
+        .expect("the agent's message crosses")
+        .unwrap();
+    assert_eq!(&agent[0].body[..], b"for the agent");
+    // Nothing else came: not the question back, not the name that is no endpoint.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    asker_inbox.ack();
+    assert!(asker_inbox.try_recv().unwrap().is_empty());
+    assert!(answerer_inbox.try_recv().unwrap().is_empty());
+}
+
 /// A batch submitted while the server restarts is taken whole, each task once, within a
 /// few acknowledgement timeouts: the acknowledgements in flight are awaited together, so
 /// those lost with the server are sent again at once, not one timeout after another.

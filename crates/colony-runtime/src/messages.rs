@@ -223,6 +223,9 @@ struct Inner {
     /// Agent ids below this exist (the runtime's tree's length); every id, for a bus of
     /// its own.
     agents: AtomicU64,
+    /// Named endpoints under a prefix that have no mailbox here, and the mailbox that takes
+    /// their messages instead (a bridge to other processes: [`Bus::forward`]).
+    forwards: Mutex<Vec<(Arc<str>, Endpoint)>>,
     counters: Counters,
     meters: Meters,
 }
@@ -250,6 +253,7 @@ impl Bus {
                 slots: Mutex::default(),
                 gone: Mutex::default(),
                 agents: AtomicU64::new(u64::MAX),
+                forwards: Mutex::default(),
                 counters: Counters::default(),
                 meters: Meters::register(),
             }),
@@ -343,6 +347,41 @@ impl Bus {
         })
     }
 
+    /// Messages to a named endpoint starting with `prefix` that has no mailbox here go to
+    /// `to`'s mailbox instead, addressed as they were: how a bridge to other processes hears
+    /// what is sent to their endpoints (`cluster:<process>/<endpoint>`). The first forward
+    /// whose prefix matches takes it.
+    pub fn forward(&self, prefix: &str, to: Endpoint) {
+        self.inner
+            .forwards
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((prefix.into(), to));
+    }
+
+    /// Stops the forwards to `to`.
+    pub fn stop_forwarding(&self, to: &Endpoint) {
+        self.inner
+            .forwards
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|(_, e)| e != to);
+    }
+
+    /// Where a message to `endpoint`, which has no mailbox here, is forwarded.
+    fn forwarded(&self, endpoint: &Endpoint) -> Option<Endpoint> {
+        let Endpoint::Named(name) = endpoint else {
+            return None;
+        };
+        self.inner
+            .forwards
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .find(|(prefix, _)| name.starts_with(&**prefix))
+            .map(|(_, to)| to.clone())
+    }
+
     /// `who` hears what is published on `topic` from now on.
     pub fn subscribe(&self, topic: &str, who: Endpoint) -> Result<(), Error> {
         let mut directory = self.directory();
@@ -384,8 +423,16 @@ impl Bus {
             Address::To(e) => vec![e.clone()],
             _ => self.directory().reach(&to, &from),
         };
+        let forwarded;
         let slots: Vec<(&Endpoint, Arc<Slot>)> = match &to {
-            Address::To(_) => vec![(&reach[0], self.slot(&reach[0], false)?)],
+            Address::To(_) => match self.slot(&reach[0], false) {
+                Ok(slot) => vec![(&reach[0], slot)],
+                Err(e @ Error::NotOpen(_)) => {
+                    forwarded = self.forwarded(&reach[0]).ok_or(e)?;
+                    vec![(&forwarded, self.slot(&forwarded, false)?)]
+                }
+                Err(e) => return Err(e),
+            },
             // One hold of the lock for the whole fan-out. A subscriber that left between
             // the lookup and now is passed over; one that never read has no mailbox yet
             // and gets one, as an agent sent a message directly does.

@@ -317,3 +317,46 @@ async fn agents_leaving_the_tree_close_their_mailboxes_and_topics() {
             .is_empty()
     );
 }
+
+#[tokio::test]
+async fn a_message_to_a_name_with_no_mailbox_under_a_forwarded_prefix_goes_to_the_forwarder() {
+    let bus = small(8, 8);
+    let bridge = named("bridge");
+    let mut forwarded = bus.open(bridge.clone()).unwrap();
+    bus.forward("cluster:", bridge.clone());
+    let far = named("cluster:b/reader");
+    let sent = bus
+        .send(named("me"), Address::To(far.clone()), Bytes::from("hi"))
+        .await
+        .unwrap();
+    assert_eq!(sent.delivered, 1);
+    let got = forwarded.try_recv().unwrap();
+    assert_eq!(got.len(), 1);
+    // Addressed as it was sent: the forwarder reads where it was going.
+    assert_eq!(got[0].to, Address::To(far.clone()));
+    forwarded.ack();
+    // A name under the prefix with a mailbox of its own here keeps its messages.
+    let mut own = bus.open(far.clone()).unwrap();
+    bus.send(named("me"), Address::To(far.clone()), Bytes::from("mine"))
+        .await
+        .unwrap();
+    assert_eq!(own.try_recv().unwrap().len(), 1);
+    assert!(forwarded.try_recv().unwrap().is_empty());
+    // Another prefix, and a stopped forward, are refused as before.
+    let other = named("elsewhere:x");
+    let e = bus
+        .send(named("me"), Address::To(other.clone()), Bytes::from("x"))
+        .await
+        .unwrap_err();
+    assert_eq!(e, Error::NotOpen(other));
+    bus.stop_forwarding(&bridge);
+    let e = bus
+        .send(
+            named("me"),
+            Address::To(named("cluster:c/x")),
+            Bytes::from("x"),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(e, Error::NotOpen(named("cluster:c/x")));
+}
