@@ -183,7 +183,7 @@ impl To {
         Ok(match self {
             To::Agent(a) => Address::To(Endpoint::Agent(AgentId(*a))),
             To::Mailbox(name) => {
-                colony_core::mailbox::check_topic(name)
+                colony_core::mailbox::check_send_name(name)
                     .map_err(|_| format!("{name:?} is not a mailbox's name"))?;
                 Address::To(Endpoint::Named(name.as_str().into()))
             }
@@ -1427,6 +1427,18 @@ impl<R: tokio::io::AsyncRead + Unpin> Lines<R> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_process_may_send_to_another_processs_endpoint_but_not_to_a_bad_name() {
+        let to = |json: &str| serde_json::from_str::<To>(json).unwrap().address();
+        assert_eq!(
+            to(r#"{"mailbox": "cluster:node-1/asker"}"#),
+            Ok(Address::To(Endpoint::Named("cluster:node-1/asker".into())))
+        );
+        assert!(to(r#"{"mailbox": "plain/name"}"#).is_ok());
+        let refused = to(r#"{"mailbox": "cluster:nowhere"}"#).unwrap_err();
+        assert!(refused.contains("is not a mailbox's name"), "{refused}");
+    }
     use colony_core::TaskId;
 
     /// A protocol-speaking agent in Python: echoes payloads, fails on request, dies on request.

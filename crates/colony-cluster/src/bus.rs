@@ -37,7 +37,7 @@ const KEEP: Duration = Duration::from_secs(3600);
 /// The local reader a bridge reads its topics with.
 const READER: &str = "cluster-bridge";
 /// A sender on the local bus that stands for one in another process.
-const RELAYED: &str = "cluster:";
+const RELAYED: &str = colony_core::mailbox::FAR;
 const ORIGIN: &str = "Colony-Origin";
 const NAME: &str = "Colony-Process";
 const FROM: &str = "Colony-From";
@@ -58,16 +58,9 @@ fn direct_subject(process: &str) -> String {
     format!("colony.bus.to.{hex}")
 }
 
-/// A name `cluster:<process>/<endpoint>` as the process and the endpoint it names there.
-fn far_endpoint(name: &str) -> Option<(&str, &str)> {
-    name.strip_prefix(RELAYED)?
-        .split_once('/')
-        .filter(|(process, endpoint)| !process.is_empty() && !endpoint.is_empty())
-}
-
-/// An endpoint as another process wrote it: an agent's (`agent-N`) or a named mailbox.
+/// An endpoint as another process named it: an agent's (`agent-N`) or a named mailbox.
 fn endpoint_of(text: &str) -> Endpoint {
-    match text.strip_prefix("agent-").and_then(|n| n.parse().ok()) {
+    match colony_core::mailbox::far_agent(text) {
         Some(n) => Endpoint::Agent(colony_core::AgentId(n)),
         None => Endpoint::Named(text.into()),
     }
@@ -127,6 +120,8 @@ impl Bridge {
         name: &str,
         topics: &[String],
     ) -> Result<Self, Error> {
+        // Its name is its address for replies: one other processes can write back.
+        crate::node::check_name(name)?;
         let mut topics: Vec<String> = topics.to_vec();
         topics.sort();
         topics.dedup();
@@ -184,7 +179,10 @@ impl Bridge {
         }
         // A reply to a sender of another process (`cluster:<process>/<sender>`, as its
         // messages arrive here) comes to the bridge, which sends it to that process.
-        bus.forward(RELAYED, reader.clone());
+        bus.forward(
+            |name| colony_core::mailbox::far_endpoint(name).is_some(),
+            reader.clone(),
+        );
         let bridged: Arc<std::collections::HashSet<String>> =
             Arc::new(topics.iter().cloned().collect());
         let name: Arc<str> = name.into();
@@ -215,6 +213,14 @@ impl Bridge {
                     for message in &batch {
                         // What a bridge brought in never goes back out.
                         if relayed(&message.from) {
+                            if !matches!(message.to, Address::Topic(_)) {
+                                tracing::warn!(
+                                    "A message from {} to {} is not carried: what came from another process is not sent on again",
+                                    message.from,
+                                    message.to
+                                );
+                                metrics::counter!("colony_bus_bridge_dropped_total").increment(1);
+                            }
                             continue;
                         }
                         // A topic's subject, or another process's for its endpoint.
@@ -226,18 +232,20 @@ impl Bridge {
                                     .unwrap_or_else(|| subject(topic)),
                                 None,
                             ),
-                            Address::To(Endpoint::Named(far)) => match far_endpoint(far) {
-                                Some((process, endpoint)) => {
-                                    (direct_subject(process), Some(endpoint))
+                            Address::To(Endpoint::Named(far)) => {
+                                match colony_core::mailbox::far_endpoint(far) {
+                                    Some((process, endpoint)) => {
+                                        (direct_subject(process), Some(endpoint))
+                                    }
+                                    None => {
+                                        tracing::warn!(
+                                            "A message from {} to `{far}` is not carried: name another process's endpoint as cluster:<process>/<endpoint>",
+                                            message.from
+                                        );
+                                        continue;
+                                    }
                                 }
-                                None => {
-                                    tracing::warn!(
-                                        "A message from {} to `{far}` is not carried: name another process's endpoint as cluster:<process>/<endpoint>",
-                                        message.from
-                                    );
-                                    continue;
-                                }
-                            },
+                            }
                             _ => {
                                 tracing::warn!(
                                     "A message to the cluster's bridge itself ({}) is not carried: send on a bridged topic",
@@ -374,20 +382,33 @@ async fn relay(
         colony_core::text::shorten(&name, 128)
     };
     let origin = shown(header(NAME).unwrap_or(origin));
-    let to = if *message.subject == *own {
-        // To one of this process's endpoints.
-        let Some(endpoint) = header(TO) else {
+    let from = shown(header(FROM).unwrap_or_default());
+    let sender = Endpoint::Named(format!("{RELAYED}{origin}/{from}").into());
+    if *message.subject == *own {
+        // To one of this process's endpoints: put only in a mailbox that is there and has
+        // room (another process must not make mailboxes here, nor hold up the topics).
+        let Some(endpoint) = header(TO).filter(|e| !e.starts_with(RELAYED)) else {
             return;
         };
-        Address::To(endpoint_of(&shown(endpoint)))
-    } else {
+        let endpoint = endpoint_of(&shown(endpoint));
+        match bus.deliver_existing(sender, endpoint.clone(), message.payload.clone()) {
+            Ok(true) => {}
+            Ok(false) => {
+                tracing::warn!(
+                    "A message from {origin} to {endpoint} was dropped here: it has no mailbox open, or a full one"
+                );
+                metrics::counter!("colony_bus_bridge_dropped_total").increment(1);
+            }
+            Err(e) => tracing::warn!("A message from {origin} was not delivered here: {e}"),
+        }
+        return;
+    }
+    let to = {
         let Some(topic) = topic_of(&message.subject).filter(|t| bridged.contains(t)) else {
             return;
         };
         Address::Topic(topic.into())
     };
-    let from = shown(header(FROM).unwrap_or_default());
-    let sender = Endpoint::Named(format!("{RELAYED}{origin}/{from}").into());
     let body = message.payload.clone();
     match tokio::time::timeout(RELAY_WAIT, bus.send(sender, to.clone(), body)).await {
         Ok(Ok(_)) => {}

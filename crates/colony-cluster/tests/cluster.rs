@@ -2007,8 +2007,8 @@ async fn a_spread_team_takes_its_members_from_several_nodes() {
 /// A message from another process names its sender `cluster:<process>/<sender>`; a reply
 /// sent to that name crosses back to the sender's own mailbox in its process, as from
 /// `cluster:<replier's process>/<replier>`. An agent of the other process is reached the
-/// same way (`cluster:<process>/agent-N`); a name that is not `<process>/<endpoint>` is
-/// not carried.
+/// same way (`cluster:<process>/agent-N`) when its mailbox is there; none is made for one
+/// that has none. A name that is not `<process>/<endpoint>` is refused as unknown.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reply_to_a_sender_in_another_process_reaches_its_mailbox() {
     use colony_cluster::bus::Bridge;
@@ -2052,13 +2052,25 @@ async fn a_reply_to_a_sender_in_another_process_reaches_its_mailbox() {
     for (to, body) in [
         (from, "this one"),
         (Endpoint::Named("cluster:a/agent-3".into()), "for the agent"),
-        (Endpoint::Named("cluster:nowhere".into()), "not carried"),
+        // No mailbox for agent 4 in a: dropped there, none made for it.
+        (Endpoint::Named("cluster:a/agent-4".into()), "for nobody"),
     ] {
         bus_b
             .send(answerer.clone(), Address::To(to), bytes::Bytes::from(body))
             .await
             .unwrap();
     }
+    // A name that is no `<process>/<endpoint>` is refused here, as any unknown mailbox.
+    let nowhere = Endpoint::Named("cluster:nowhere".into());
+    let refused = bus_b
+        .send(
+            answerer.clone(),
+            Address::To(nowhere.clone()),
+            bytes::Bytes::from("not carried"),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(refused, colony_runtime::messages::Error::NotOpen(nowhere));
     let answer = tokio::time::timeout(Duration::from_secs(10), asker_inbox.recv())
         .await
         .expect("the answer crosses back")
@@ -2072,11 +2084,13 @@ async fn a_reply_to_a_sender_in_another_process_reaches_its_mailbox() {
         .expect("the agent's message crosses")
         .unwrap();
     assert_eq!(&agent[0].body[..], b"for the agent");
-    // Nothing else came: not the question back, not the name that is no endpoint.
+    // Nothing else came: not the question back, and no mailbox was made for agent 4.
     tokio::time::sleep(Duration::from_millis(500)).await;
     asker_inbox.ack();
     assert!(asker_inbox.try_recv().unwrap().is_empty());
     assert!(answerer_inbox.try_recv().unwrap().is_empty());
+    let mut agent_4 = bus_a.open(Endpoint::Agent(AgentId(4))).unwrap();
+    assert!(agent_4.try_recv().unwrap().is_empty());
 }
 
 /// A batch submitted while the server restarts is taken whole, each task once, within a

@@ -101,6 +101,40 @@ pub fn check_topic(name: &str) -> Result<(), Error> {
     }
 }
 
+/// How a sender of another process of a cluster is named on a bus: `cluster:<process>/<endpoint>`.
+pub const FAR: &str = "cluster:";
+
+/// A name `cluster:<process>/<endpoint>` as the process and the endpoint it names there:
+/// the process a node's or run's name (letters, digits, `-`, `_`, `.`, at most 128), the
+/// endpoint `agent-N` or a mailbox's name.
+pub fn far_endpoint(name: &str) -> Option<(&str, &str)> {
+    let (process, endpoint) = name.strip_prefix(FAR)?.split_once('/')?;
+    let process_ok = !process.is_empty()
+        && process.len() <= 128
+        && process
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    (process_ok && (far_agent(endpoint).is_some() || check_topic(endpoint).is_ok()))
+        .then_some((process, endpoint))
+}
+
+/// `agent-N`, written as an agent's id is (no sign, no leading zero): N.
+pub fn far_agent(endpoint: &str) -> Option<u32> {
+    let n = endpoint.strip_prefix("agent-")?;
+    let canonical =
+        !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) && (n == "0" || !n.starts_with('0'));
+    canonical.then(|| n.parse().ok()).flatten()
+}
+
+/// A name a message may be sent to: a mailbox's (as [`check_topic`]), or another process's
+/// endpoint (`cluster:<process>/<endpoint>`, see [`far_endpoint`]).
+pub fn check_send_name(name: &str) -> Result<(), Error> {
+    if far_endpoint(name).is_some() {
+        return Ok(());
+    }
+    check_topic(name)
+}
+
 /// A message a mailbox refused, handed back.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Refused<T> {

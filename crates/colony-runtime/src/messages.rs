@@ -223,12 +223,15 @@ struct Inner {
     /// Agent ids below this exist (the runtime's tree's length); every id, for a bus of
     /// its own.
     agents: AtomicU64,
-    /// Named endpoints under a prefix that have no mailbox here, and the mailbox that takes
+    /// Named endpoints a test accepts that have no mailbox here, and the mailbox that takes
     /// their messages instead (a bridge to other processes: [`Bus::forward`]).
-    forwards: Mutex<Vec<(Arc<str>, Endpoint)>>,
+    forwards: Mutex<Vec<Forward>>,
     counters: Counters,
     meters: Meters,
 }
+
+/// The names a forward takes (a test of the name), and the mailbox they go to.
+type Forward = (fn(&str) -> bool, Endpoint);
 
 /// The message bus of a runtime (see the module's text). Cheap to clone.
 #[derive(Clone)]
@@ -347,16 +350,17 @@ impl Bus {
         })
     }
 
-    /// Messages to a named endpoint starting with `prefix` that has no mailbox here go to
-    /// `to`'s mailbox instead, addressed as they were: how a bridge to other processes hears
-    /// what is sent to their endpoints (`cluster:<process>/<endpoint>`). The first forward
-    /// whose prefix matches takes it.
-    pub fn forward(&self, prefix: &str, to: Endpoint) {
+    /// Messages to a named endpoint `accept` takes that has no mailbox here go to `to`'s
+    /// mailbox instead, addressed as they were: how a bridge to other processes hears what
+    /// is sent to their endpoints (`cluster:<process>/<endpoint>`). The first forward that
+    /// accepts a name takes it; a name none accepts is refused as before. Closing `to`
+    /// ends its forwards.
+    pub fn forward(&self, accept: fn(&str) -> bool, to: Endpoint) {
         self.inner
             .forwards
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .push((prefix.into(), to));
+            .push((accept, to));
     }
 
     /// Stops the forwards to `to`.
@@ -378,8 +382,51 @@ impl Bus {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .iter()
-            .find(|(prefix, _)| name.starts_with(&**prefix))
+            .find(|(accept, _)| accept(name))
             .map(|(_, to)| to.clone())
+    }
+
+    /// Puts a message in `to`'s mailbox only if it has one now and it has room: nothing is
+    /// made and nothing waits (a message from outside, which must not open mailboxes here
+    /// or hold up the one who relays it). `Ok(false)` when it was not put: no mailbox, or
+    /// a full one.
+    pub fn deliver_existing(
+        &self,
+        from: Endpoint,
+        to: Endpoint,
+        body: Bytes,
+    ) -> Result<bool, Error> {
+        let max = self.inner.options.max_body;
+        if body.len() > max {
+            return Err(Error::TooLarge {
+                got: body.len(),
+                max,
+            });
+        }
+        let slot = {
+            let slots = self.slots();
+            if self.is_gone(&to) {
+                return Ok(false);
+            }
+            match slots.get(&to) {
+                Some(slot) => slot.clone(),
+                None => return Ok(false),
+            }
+        };
+        self.inner.counters.sent.fetch_add(1, Relaxed);
+        let kind = match &to {
+            Endpoint::Agent(_) => 0,
+            Endpoint::Named(_) => 1,
+        };
+        self.inner.meters.sent[kind].increment(1);
+        let message = Message {
+            from,
+            to: Address::To(to.clone()),
+            body,
+            sent: Instant::now(),
+            returned: None,
+        };
+        Ok(self.try_put(&to, &slot, message).unwrap_or(false))
     }
 
     /// `who` hears what is published on `topic` from now on.
@@ -579,6 +626,7 @@ impl Bus {
             slots.remove(endpoint)
         };
         self.directory().forget(endpoint);
+        self.stop_forwarding(endpoint);
         let Some(slot) = slot else {
             return 0;
         };

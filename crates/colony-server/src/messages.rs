@@ -585,6 +585,11 @@ pub(crate) async fn send(
     };
     let to = match send.to {
         To::Agent(id) => Address::To(Endpoint::Agent(AgentId(id))),
+        // Another process's endpoint (`cluster:<process>/<endpoint>`) may be sent to, though
+        // not opened here.
+        To::Mailbox(name) if colony_core::mailbox::far_endpoint(&name).is_some() => {
+            Address::To(Endpoint::Named(name.into()))
+        }
         To::Mailbox(name) => match mailbox_name(&name) {
             Ok(name) => Address::To(Endpoint::Named(name)),
             Err(r) => return r,

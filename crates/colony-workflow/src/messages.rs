@@ -99,17 +99,25 @@ impl Waiting {
     pub(crate) async fn wait(mut self) -> Result<Value, String> {
         let (topic, limit) = (self.topic.clone(), self.limit);
         let inbox = self.inbox.as_mut().expect("taken only on drop");
-        let first = match tokio::time::timeout(limit, inbox.recv_at_most(1)).await {
-            Ok(Ok(mut batch)) => batch.swap_remove(0),
-            Ok(Err(e)) => return Err(format!("wait: {e}")),
-            Err(_) => {
-                return Err(format!(
-                    "wait: no message on topic `{topic}` within {}",
-                    humantime::format_duration(limit)
-                ));
+        let deadline = tokio::time::Instant::now() + limit;
+        // Only a message on the topic counts: one sent to the mailbox itself (by name, from
+        // another process of a cluster) is read and passed over.
+        let first = loop {
+            let next = match tokio::time::timeout_at(deadline, inbox.recv_at_most(1)).await {
+                Ok(Ok(mut batch)) => batch.swap_remove(0),
+                Ok(Err(e)) => return Err(format!("wait: {e}")),
+                Err(_) => {
+                    return Err(format!(
+                        "wait: no message on topic `{topic}` within {}",
+                        humantime::format_duration(limit)
+                    ));
+                }
+            };
+            inbox.ack();
+            if matches!(&next.to, colony_core::mailbox::Address::Topic(t) if **t == *topic) {
+                break next;
             }
         };
-        inbox.ack();
         let body = serde_json::from_slice::<Value>(&first.body)
             .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&first.body).into_owned()));
         Ok(json!({ "from": first.from.to_string(), "topic": &*topic, "body": body }))

@@ -178,3 +178,42 @@ fn bad_topics_are_refused_by_name() {
     }
     assert!(check_topic("runs/42.done_x-y").is_ok());
 }
+
+#[test]
+fn another_processs_endpoints_are_named_cluster_process_slash_endpoint() {
+    assert_eq!(
+        far_endpoint("cluster:node-1/asker"),
+        Some(("node-1", "asker"))
+    );
+    assert_eq!(
+        far_endpoint("cluster:run-ab12/workflow/t"),
+        Some(("run-ab12", "workflow/t"))
+    );
+    assert_eq!(far_endpoint("cluster:b/agent-3"), Some(("b", "agent-3")));
+    for bad in [
+        "asker",
+        "cluster:nowhere",
+        "cluster:/x",
+        "cluster:b/",
+        "cluster:b c/x",
+        "cluster:b/x y",
+        "cluster:b/../x",
+        "cluster:b/cluster:c/x",
+    ] {
+        assert_eq!(far_endpoint(bad), None, "{bad}");
+    }
+    assert_eq!(far_agent("agent-3"), Some(3));
+    assert_eq!(far_agent("agent-0"), Some(0));
+    for bad in [
+        "agent-03",
+        "agent-+3",
+        "agent-",
+        "agent-x",
+        "agent-99999999999",
+    ] {
+        assert_eq!(far_agent(bad), None, "{bad}");
+    }
+    assert!(check_send_name("cluster:b/agent-3").is_ok());
+    assert!(check_send_name("plain/name").is_ok());
+    assert!(check_send_name("cluster:nowhere").is_err());
+}

@@ -323,7 +323,7 @@ async fn a_message_to_a_name_with_no_mailbox_under_a_forwarded_prefix_goes_to_th
     let bus = small(8, 8);
     let bridge = named("bridge");
     let mut forwarded = bus.open(bridge.clone()).unwrap();
-    bus.forward("cluster:", bridge.clone());
+    bus.forward(|name| name.starts_with("cluster:"), bridge.clone());
     let far = named("cluster:b/reader");
     let sent = bus
         .send(named("me"), Address::To(far.clone()), Bytes::from("hi"))
@@ -359,4 +359,52 @@ async fn a_message_to_a_name_with_no_mailbox_under_a_forwarded_prefix_goes_to_th
         .await
         .unwrap_err();
     assert_eq!(e, Error::NotOpen(named("cluster:c/x")));
+}
+
+#[tokio::test]
+async fn a_message_from_outside_goes_only_to_a_mailbox_that_is_there_with_room() {
+    let bus = small(1, 1);
+    let me = named("me");
+    let mut inbox = bus.open(me.clone()).unwrap();
+    let from = named("cluster:b/x");
+    assert!(
+        bus.deliver_existing(from.clone(), me.clone(), Bytes::from("1"))
+            .unwrap()
+    );
+    // Full: not put, and nothing waits.
+    assert!(
+        !bus.deliver_existing(from.clone(), me.clone(), Bytes::from("2"))
+            .unwrap()
+    );
+    // No mailbox, a named one or an agent's: none is made.
+    assert!(
+        !bus.deliver_existing(from.clone(), named("nobody"), Bytes::from("3"))
+            .unwrap()
+    );
+    let agent = Endpoint::Agent(AgentId(7));
+    assert!(
+        !bus.deliver_existing(from.clone(), agent.clone(), Bytes::from("4"))
+            .unwrap()
+    );
+    let got = inbox.try_recv().unwrap();
+    assert_eq!(got.len(), 1);
+    assert_eq!(&got[0].body[..], b"1");
+    assert_eq!(got[0].from, from);
+    let mut agent_inbox = bus.open(agent).unwrap();
+    assert!(agent_inbox.try_recv().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn closing_a_forwarder_ends_its_forwards() {
+    let bus = small(8, 8);
+    let bridge = named("bridge");
+    let _inbox = bus.open(bridge.clone()).unwrap();
+    bus.forward(|name| name.starts_with("cluster:"), bridge.clone());
+    bus.close(&bridge, "gone");
+    let far = named("cluster:b/x");
+    let e = bus
+        .send(named("me"), Address::To(far.clone()), Bytes::from("x"))
+        .await
+        .unwrap_err();
+    assert_eq!(e, Error::NotOpen(far));
 }
