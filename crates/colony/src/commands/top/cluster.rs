@@ -179,6 +179,14 @@ impl ClusterView {
     /// Appends the samples newer than those kept; a role first seen starts as gaps, one no
     /// longer in any sample kept is dropped.
     fn take(&mut self, history: RolesHistory) {
+        // A server whose newest sample is older than what is kept here is another (started
+        // again, or a second behind the same address): its history is read whole next.
+        if history.until > 0 && self.until.is_some_and(|until| history.until < until) {
+            self.tracks.clear();
+            self.samples = 0;
+            self.until = None;
+            return;
+        }
         let given: BTreeMap<&str, &RoleColumns> =
             history.roles.iter().map(|r| (r.role.as_str(), r)).collect();
         for name in given.keys() {
@@ -495,6 +503,12 @@ mod tests {
         assert_eq!(cpu.agents, [Some(8), Some(9), Some(10)]);
         assert_eq!(cpu.waiting, [Some(1), Some(0), Some(2)]);
         assert_eq!(view.tracks["gpu"].agents, [None, None, Some(4)]);
+        // A server behind the cursor (started again): what is kept goes, and the next poll
+        // reads its history whole.
+        let mut again = view.clone();
+        again.record(Duration::from_secs(1), Ok(snapshot(history(&[2], &[]))));
+        assert_eq!((again.since(), again.samples), (None, 0));
+        assert!(again.tracks.is_empty());
         // A failed poll keeps what was seen, and says why.
         view.record(Duration::from_secs(2), Err("down".into()));
         assert_eq!(view.error.as_deref(), Some("down"));
