@@ -63,33 +63,41 @@
   let chart = null;
   const data = [[], [], []];
 
+  // What both charts share: their axes, the last fifteen minutes however few seconds there
+  // are yet, a range from zero, and the frame around a chart.
+  const AXIS = { stroke: "#6b7280", grid: { stroke: "#eef0f3" }, ticks: { stroke: "#e5e7eb" } };
+  const lastMinutes = {
+    time: true,
+    range: (u, min, max) => {
+      const hi = max == null ? Math.floor(Date.now() / 1000) : max;
+      return [hi - KEEP, hi];
+    },
+  };
+  const zeroUp = (u, min, max) => [0, Math.max(1, (max || 0) * 1.15)];
+  function frame(el, scales, axes, series) {
+    return {
+      width: Math.max(el.clientWidth, 240),
+      height: HEIGHT,
+      cursor: { drag: { x: false, y: false } },
+      legend: { live: false },
+      scales: Object.assign({ x: lastMinutes }, scales),
+      axes: [AXIS].concat(axes),
+      series,
+    };
+  }
+
   function makeChart() {
     const el = byId("chart-ended");
     if (!el || typeof uPlot === "undefined") {
       return null;
     }
-    const axis = { stroke: "#6b7280", grid: { stroke: "#eef0f3" }, ticks: { stroke: "#e5e7eb" } };
     const line = (label, stroke) => ({ label, stroke, width: 2, points: { show: false } });
     const plot = new uPlot(
-      {
-        width: Math.max(el.clientWidth, 240),
-        height: HEIGHT,
-        cursor: { drag: { x: false, y: false } },
-        legend: { live: false },
-        scales: {
-          // The last fifteen minutes, however few seconds there are yet.
-          x: {
-            time: true,
-            range: (u, min, max) => {
-              const hi = max == null ? Math.floor(Date.now() / 1000) : max;
-              return [hi - KEEP, hi];
-            },
-          },
-          y: { range: (u, min, max) => [0, Math.max(1, (max || 0) * 1.15)] },
-        },
-        axes: [axis, Object.assign({ size: 56 }, axis)],
-        series: [{}, line("succeeded", "#15803d"), line("failed", "#b91c1c")],
-      },
+      frame(el, { y: { range: zeroUp } }, [Object.assign({ size: 56 }, AXIS)], [
+        {},
+        line("succeeded", "#15803d"),
+        line("failed", "#b91c1c"),
+      ]),
       data,
       el,
     );
@@ -196,32 +204,22 @@
     if (roles.chart) {
       roles.chart.destroy();
     }
-    const axis = { stroke: "#6b7280", grid: { stroke: "#eef0f3" }, ticks: { stroke: "#e5e7eb" } };
     const series = [{}];
     roles.names.forEach((name) => {
       const stroke = colorOf(name);
       series.push({ label: name + " agents", stroke, width: 2, points: { show: false }, scale: "agents" });
       series.push({ label: name + " waiting", stroke, width: 1, dash: [5, 4], points: { show: false }, scale: "waiting" });
     });
-    const zeroUp = (u, min, max) => [0, Math.max(1, (max || 0) * 1.15)];
     const plot = new uPlot(
-      {
-        width: Math.max(el.clientWidth, 240),
-        height: HEIGHT,
-        cursor: { drag: { x: false, y: false } },
-        legend: { live: false },
-        scales: {
-          x: { time: true, range: (u, min, max) => { const hi = max == null ? Math.floor(Date.now() / 1000) : max; return [hi - KEEP, hi]; } },
-          agents: { range: zeroUp },
-          waiting: { range: zeroUp },
-        },
-        axes: [
-          axis,
-          Object.assign({ size: 56, scale: "agents", label: "agents" }, axis),
-          Object.assign({ size: 56, scale: "waiting", side: 1, label: "waiting", grid: { show: false } }, axis),
+      frame(
+        el,
+        { agents: { range: zeroUp }, waiting: { range: zeroUp } },
+        [
+          Object.assign({ size: 56, scale: "agents", label: "agents" }, AXIS),
+          Object.assign({ size: 56, scale: "waiting", side: 1, label: "waiting" }, AXIS, { grid: { show: false } }),
         ],
         series,
-      },
+      ),
       rolesData(),
       el,
     );
