@@ -295,13 +295,17 @@ impl Client {
     }
 
     /// Whether the server is a cluster's control plane (`colony serve --nats`), which has
-    /// no runtime of its own to watch: it answers `/v1/cluster`, and `/v1/stats` it does not.
+    /// no runtime of its own to watch: it has a `/v1/cluster` (answered, or refused with
+    /// its own error while NATS is away), and `/v1/stats` it does not. A runtime's server
+    /// says `/v1/cluster` is not found.
     pub(crate) async fn is_cluster(&self) -> bool {
         match self.fetch("/v1/cluster").await {
+            Ok((_, status, body)) if status.is_success() => {
+                serde_json::from_slice::<serde_json::Value>(&body)
+                    .is_ok_and(|v| v.get("nodes").is_some_and(|n| n.is_array()))
+            }
             Ok((_, status, body)) => {
-                status.is_success()
-                    && serde_json::from_slice::<serde_json::Value>(&body)
-                        .is_ok_and(|v| v.get("nodes").is_some_and(|n| n.is_array()))
+                status == reqwest::StatusCode::SERVICE_UNAVAILABLE && !code(&body).is_empty()
             }
             Err(_) => false,
         }
