@@ -350,7 +350,7 @@ const MAX_ERROR_BODY: usize = 64 << 10;
 
 /// Up to `cap` bytes of `response`'s body, and whether there was more (then the rest is not
 /// read: the connection is dropped).
-async fn read_capped(
+pub async fn read_capped(
     mut response: reqwest::Response,
     cap: usize,
 ) -> Result<(Vec<u8>, bool), reqwest::Error> {

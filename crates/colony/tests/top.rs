@@ -122,6 +122,36 @@ fn top_names_the_url_it_cannot_reach() {
     assert!(out.stdout.is_empty());
 }
 
+/// A server that answers every request with a body that never ends: `colony top` reads
+/// up to its bound and says so, rather than filling its memory.
+#[test]
+fn top_refuses_an_answer_past_its_bound() {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    use colony_agents::spawner::Spawner;
+    let _ = Spawner::spawn_thread("endless-server", move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            let _ = Spawner::spawn_thread("endless-answer", move || {
+                let mut request = [0u8; 4096];
+                let _ = stream.read(&mut request);
+                let _ =
+                    stream.write_all(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n\r\n");
+                let chunk = vec![b' '; 1 << 20];
+                while stream.write_all(&chunk).is_ok() {}
+            });
+        }
+    });
+    let out = top(&["--once", "--server", &format!("http://127.0.0.1:{port}")]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("answered more than 16777216 bytes"),
+        "{stderr}"
+    );
+}
+
 #[test]
 fn top_passes_the_token_and_says_when_one_is_missing() {
     let dir = tempfile::tempdir().unwrap();

@@ -4,6 +4,10 @@
 use serde::{Deserialize, de::DeserializeOwned};
 use std::{fmt, time::Duration};
 
+/// Most bytes of one answer read: a server's pages are far smaller, and one that sends
+/// more is not read whole into memory.
+const MAX_ANSWER: usize = 16 << 20;
+
 /// The runtime's counters, as `GET /v1/stats` answers them. A counter the server does not
 /// send reads as zero, so an older or newer server still shows what it has.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
@@ -409,8 +413,18 @@ impl Client {
         };
         let response = request.send().await.map_err(unreachable)?;
         let status = response.status();
-        let body = response.bytes().await.map_err(unreachable)?;
-        Ok((url, status, body.to_vec()))
+        let (body, more) = colony_agents::http::read_capped(response, MAX_ANSWER)
+            .await
+            .map_err(unreachable)?;
+        if more {
+            return Err(Error::Answer {
+                url,
+                problem: format!(
+                    "answered more than {MAX_ANSWER} bytes, the most colony top reads"
+                ),
+            });
+        }
+        Ok((url, status, body))
     }
 }
 

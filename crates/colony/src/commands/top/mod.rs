@@ -38,7 +38,8 @@ const KEYS_EVERY: Duration = Duration::from_millis(50);
 
 #[derive(Debug, clap::Args)]
 pub(crate) struct Args {
-    /// The base URL of a running `colony serve`.
+    /// The base URL of a running `colony serve` (a runtime's), or of `colony serve --nats`
+    /// (a cluster's: its nodes and roles are shown).
     #[arg(
         long,
         env = "COLONY_SERVER",
