@@ -109,11 +109,14 @@ pub const FAR: &str = "cluster:";
 /// endpoint `agent-N` or a mailbox's name.
 pub fn far_endpoint(name: &str) -> Option<(&str, &str)> {
     let (process, endpoint) = name.strip_prefix(FAR)?.split_once('/')?;
+    // A node's name's rule (`colony-cluster`'s `check_name`): no `.` first or last.
     let process_ok = !process.is_empty()
         && process.len() <= 128
         && process
             .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        && !process.starts_with('.')
+        && !process.ends_with('.');
     (process_ok && (far_agent(endpoint).is_some() || check_topic(endpoint).is_ok()))
         .then_some((process, endpoint))
 }

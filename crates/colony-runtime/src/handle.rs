@@ -921,7 +921,7 @@ impl Handle {
 
 /// How long a caller awaiting a query's reply keeps its worker awake, yielding, before it
 /// parks. A query is answered within one turn of the dispatcher (a decision taken inline
-/// among 100 voters: ~25 µs here), and waking a parked worker on the other core costs about
+/// among 100 voters: 21-35 µs here), and waking a parked worker on the other core costs about
 /// as much again on this VM (docs/benchmarks.md, "A caller awake for its answer").
 const TURN_WAIT: Duration = Duration::from_micros(100);
 

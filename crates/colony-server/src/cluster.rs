@@ -20,7 +20,7 @@
 //!   tasks, sampled by this server every 2 s over the last fifteen minutes
 //!   ([`role_history`]).
 //! - `GET /metrics` [read]: the cluster's nodes, backlogs and desired sizes, read from NATS
-//!   at each scrape, so every server shows the same.
+//!   (the status at most once a second, shared: [`fresh`]), so every server shows the same.
 //! - `GET /healthz` (alive), `GET /readyz` (connected to NATS): open to all.
 
 use crate::{

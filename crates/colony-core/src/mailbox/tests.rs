@@ -199,6 +199,8 @@ fn another_processs_endpoints_are_named_cluster_process_slash_endpoint() {
         "cluster:b/x y",
         "cluster:b/../x",
         "cluster:b/cluster:c/x",
+        "cluster:../agent-1",
+        "cluster:./x",
     ] {
         assert_eq!(far_endpoint(bad), None, "{bad}");
     }

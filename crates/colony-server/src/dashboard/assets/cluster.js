@@ -245,8 +245,16 @@
 
   function takeRoles(answer) {
     roles.keep = answer["samples-kept"] || roles.keep;
-    // Never back: a server just started (or another behind the same address) may answer
-    // with an earlier cursor, and the chart's times must only grow.
+    // A server whose newest sample is older than the chart's (started again, or another
+    // behind the same address): the chart starts again from its whole history, next poll.
+    if (roles.until != null && answer.until && answer.until < roles.until) {
+      roles.names = [];
+      roles.t = [];
+      roles.columns = [];
+      roles.until = null;
+      roles.chart = rolesChart();
+      return;
+    }
     roles.until = Math.max(roles.until || 0, answer.until || 0);
     const names = roles.names.slice();
     for (const r of answer.roles || []) {

@@ -199,7 +199,10 @@ impl ClusterView {
                 self.tracks.insert((*name).to_owned(), track);
             }
         }
-        for (row, &t) in history.t.iter().enumerate() {
+        // At most the samples kept are taken in: an answer longer than that (a hostile
+        // server's) does not grow the tracks past them first.
+        let skip = history.t.len().saturating_sub(SAMPLES);
+        for (row, &t) in history.t.iter().enumerate().skip(skip) {
             // Never back: a server started again begins a history of its own.
             if self.until.is_some_and(|until| t <= until) {
                 continue;
