@@ -468,7 +468,22 @@ impl Bus {
         // One mailbox: the directory is not asked (nor locked).
         let reach = match &to {
             Address::To(e) => vec![e.clone()],
-            _ => self.directory().reach(&to, &from),
+            _ => {
+                let mut reach = self.directory().reach(&to, &from);
+                // What a forwarder (a bridge) brought in from elsewhere is not handed back
+                // to it: it would only drop it again.
+                if let Endpoint::Named(name) = &from
+                    && name.starts_with(colony_core::mailbox::FAR)
+                {
+                    let forwards = self
+                        .inner
+                        .forwards
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner());
+                    reach.retain(|e| !forwards.iter().any(|(_, to)| to == e));
+                }
+                reach
+            }
         };
         let forwarded;
         let slots: Vec<(&Endpoint, Arc<Slot>)> = match &to {

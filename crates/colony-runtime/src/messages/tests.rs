@@ -408,3 +408,35 @@ async fn closing_a_forwarder_ends_its_forwards() {
         .unwrap_err();
     assert_eq!(e, Error::NotOpen(far));
 }
+
+#[tokio::test]
+async fn a_message_from_another_process_on_a_topic_is_not_handed_back_to_the_forwarder() {
+    let bus = small(8, 8);
+    let bridge = named("bridge");
+    let mut bridge_inbox = bus.open(bridge.clone()).unwrap();
+    bus.forward(|name| name.starts_with("cluster:"), bridge.clone());
+    bus.subscribe("plans", bridge.clone()).unwrap();
+    let reader = named("reader");
+    bus.subscribe("plans", reader.clone()).unwrap();
+    let mut reader_inbox = bus.open(reader).unwrap();
+    let sent = bus
+        .send(
+            named("cluster:b/x"),
+            Address::Topic("plans".into()),
+            Bytes::from("in"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(sent.delivered, 1);
+    assert_eq!(reader_inbox.try_recv().unwrap().len(), 1);
+    assert!(bridge_inbox.try_recv().unwrap().is_empty());
+    // A local sender's message on the topic still reaches the bridge.
+    bus.send(
+        named("local"),
+        Address::Topic("plans".into()),
+        Bytes::from("out"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(bridge_inbox.try_recv().unwrap().len(), 1);
+}
