@@ -1365,6 +1365,7 @@ fn ask_inline(
     // Read for every answer: the processor's counter, scaled, costs a third of the
     // system's monotonic clock.
     let started = quanta::Instant::now();
+    let payload = own_copy(&spec.payload);
     let mut at = Vec::with_capacity(seats.len());
     let mut closed = Vec::new();
     let mut texts = Texts::default();
@@ -1372,7 +1373,7 @@ fn ask_inline(
         decision,
         seats,
         |agent| {
-            let output = live.answer_inline(agent, id, &spec.payload);
+            let output = live.answer_inline(agent, id, &payload);
             let (when, us) = micros(started.elapsed());
             at.push(us);
             Ok((texts.of(output), when))
@@ -1393,6 +1394,23 @@ fn ask_inline(
         reason: outcome.reason().map(|r| r.as_str().into()),
     };
     Ok((outcome, voters, asked, answers))
+}
+
+/// Most bytes of a payload copied for the voters asked inline (see [`own_copy`]).
+const OWN_COPY: usize = 4 * 1024;
+
+/// The payload the voters asked inline each get a handle on: a small one copied into storage
+/// of the dispatcher's own, a larger one as it is. Each voter's handle costs an atomic
+/// increment and decrement of the storage's count; the caller's copy of the payload was
+/// made shareable by the caller's thread, so its count may sit on a cache line beside what
+/// that thread reads while it waits for the answer (its reply channel), and every increment
+/// then pulls the line back from the other core: 100 voters cost about 6 µs that way.
+fn own_copy(payload: &Bytes) -> Bytes {
+    if payload.len() <= OWN_COPY {
+        Bytes::copy_from_slice(payload)
+    } else {
+        payload.clone()
+    }
 }
 
 /// A time into a decision taken inline, to the microsecond it is in: as the engine is told
