@@ -14,7 +14,10 @@
 //! once at start and then moved on by a monotonic clock, so that they never go back; each
 //! record's time is later than the one before, which makes `since` an exact cursor.
 
-use crate::{App, problem};
+use crate::{
+    App, problem,
+    ring::{Clock, Ring},
+};
 use axum::{
     Json,
     extract::{Query, State, rejection::QueryRejection},
@@ -28,9 +31,8 @@ use colony_runtime::{
 };
 use serde::{Deserialize, Serialize};
 use std::{
-    collections::VecDeque,
     sync::{Arc, Mutex},
-    time::{Duration, Instant, SystemTime},
+    time::Duration,
 };
 
 /// Time between two samples.
@@ -62,13 +64,6 @@ impl From<&PoolLoad> for Sample {
             busy: load.busy,
         }
     }
-}
-
-/// Every tracked pool at one time.
-#[derive(Debug)]
-struct Tick {
-    t: u64,
-    pools: Box<[Sample]>,
 }
 
 /// A decision on a pool's size, as the API spells it (the names of `/v1/events`, and
@@ -136,23 +131,19 @@ pub(crate) struct Mark {
     change: Change,
 }
 
-/// The rings, behind one lock held only to push or to copy out.
+/// The rings, behind one lock held only to push or to copy out, stamped by one clock.
 #[derive(Debug)]
 struct Rings {
-    ticks: VecDeque<Tick>,
-    marks: VecDeque<Mark>,
-    /// The time of the newest record: the next one is later.
-    last: u64,
+    clock: Clock,
+    /// Every tracked pool at each sample.
+    ticks: Ring<Box<[Sample]>>,
+    /// Each decision, with its pool.
+    marks: Ring<(u8, Change)>,
 }
 
 /// The pools' recent past. Shared by the sampler, the resize handler and the readers.
 #[derive(Debug)]
 pub(crate) struct History {
-    /// Milliseconds since the Unix epoch at `start`.
-    epoch_ms: u64,
-    start: Instant,
-    samples: usize,
-    marks: usize,
     rings: Mutex<Rings>,
 }
 
@@ -164,18 +155,11 @@ impl Default for History {
 
 impl History {
     fn new(samples: usize, marks: usize) -> Self {
-        let epoch_ms = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
         Self {
-            epoch_ms,
-            start: Instant::now(),
-            samples,
-            marks,
             rings: Mutex::new(Rings {
-                ticks: VecDeque::with_capacity(samples),
-                marks: VecDeque::new(),
-                last: 0,
+                clock: Clock::new(),
+                ticks: Ring::new(samples),
+                marks: Ring::new(marks),
             }),
         }
     }
@@ -185,29 +169,15 @@ impl History {
         self.rings.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// A time for a record: now, or just after the last record if the clock has not moved
-    /// on a millisecond since.
-    fn stamp(&self, rings: &mut Rings) -> u64 {
-        let elapsed = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX);
-        let t = self.epoch_ms.saturating_add(elapsed).max(rings.last + 1);
-        rings.last = t;
-        t
-    }
-
     /// Takes in one reading of every pool's load.
     fn sample(&self, loads: &[PoolLoad]) {
         let pools: Box<[Sample]> = loads.iter().take(MAX_POOLS).map(Sample::from).collect();
         let mut rings = self.rings();
-        let t = self.stamp(&mut rings);
-        if rings.ticks.len() == self.samples {
-            rings.ticks.pop_front();
-        }
-        rings.ticks.push_back(Tick { t, pools });
+        let t = rings.clock.stamp();
+        rings.ticks.push(t, pools);
         // Decisions older than the oldest sample are off the chart.
-        let oldest = rings.ticks.front().map_or(0, |tick| tick.t);
-        while rings.marks.front().is_some_and(|m| m.t < oldest) {
-            rings.marks.pop_front();
-        }
+        let oldest = rings.ticks.oldest_time().unwrap_or(0);
+        rings.marks.drop_before(oldest);
     }
 
     /// Notes a decision on pool `pool`'s size.
@@ -219,11 +189,8 @@ impl History {
             return;
         }
         let mut rings = self.rings();
-        let t = self.stamp(&mut rings);
-        if rings.marks.len() == self.marks {
-            rings.marks.pop_front();
-        }
-        rings.marks.push_back(Mark { t, pool, change });
+        let t = rings.clock.stamp();
+        rings.marks.push(t, (pool, change));
     }
 
     /// What was recorded after `since` (everything kept, without it), as columns of the
@@ -232,31 +199,33 @@ impl History {
         let since = since.unwrap_or(0);
         let pools = pools.min(MAX_POOLS);
         let rings = self.rings();
-        let first = rings.ticks.partition_point(|tick| tick.t <= since);
-        let ticks = rings.ticks.range(first..);
+        let ticks = rings.ticks.after(since);
         let rows = ticks.len();
         let mut columns = Columns {
             every_ms: u64::try_from(EVERY.as_millis()).unwrap_or(u64::MAX),
-            samples_kept: self.samples,
-            until: rings.last,
+            samples_kept: rings.ticks.cap(),
+            until: rings.clock.last(),
             t: Vec::with_capacity(rows),
             pools: (0..pools)
                 .map(|pool| PoolColumns::with_capacity(pool, rows))
                 .collect(),
             events: Vec::new(),
         };
-        for tick in ticks {
-            columns.t.push(tick.t);
+        for (t, samples) in ticks {
+            columns.t.push(*t);
             for (i, pool) in columns.pools.iter_mut().enumerate() {
-                pool.push(tick.pools.get(i));
+                pool.push(samples.get(i));
             }
         }
-        let first = rings.marks.partition_point(|m| m.t <= since);
         columns.events = rings
             .marks
-            .range(first..)
-            .filter(|m| usize::from(m.pool) < pools)
-            .cloned()
+            .after(since)
+            .filter(|(_, (pool, _))| usize::from(*pool) < pools)
+            .map(|(t, (pool, change))| Mark {
+                t: *t,
+                pool: *pool,
+                change: change.clone(),
+            })
             .collect();
         columns
     }

@@ -59,6 +59,7 @@ mod live;
 pub mod memory;
 pub mod messages;
 pub mod probe;
+mod ring;
 pub mod runs;
 mod tasks;
 pub mod testing;

@@ -13,7 +13,10 @@
 //! by a monotonic clock, each later than the one before, so that `since` is an exact cursor.
 //! A sample the cluster could not give (NATS out of reach) is skipped, leaving a gap.
 
-use crate::problem;
+use crate::{
+    problem,
+    ring::{Clock, Ring},
+};
 use axum::{
     Json,
     extract::{Query, State, rejection::QueryRejection},
@@ -23,9 +26,9 @@ use axum::{
 use colony_cluster::{NodeInfo, Status};
 use serde::{Deserialize, Serialize};
 use std::{
-    collections::{BTreeMap, VecDeque},
+    collections::BTreeMap,
     sync::{Arc, Mutex, Weak},
-    time::{Duration, Instant, SystemTime},
+    time::Duration,
 };
 
 /// Time between two samples: the dashboard's own refresh.
@@ -46,26 +49,19 @@ struct Sample {
 }
 
 /// Every sampled role at one time, by name.
-#[derive(Debug)]
-struct Tick {
-    t: u64,
-    roles: Box<[(Arc<str>, Sample)]>,
-}
+type Roles = Box<[(Arc<str>, Sample)]>;
 
+/// The samples, and the clock that stamps them.
 #[derive(Debug)]
-struct Ring {
-    ticks: VecDeque<Tick>,
-    /// The time of the newest sample: the next one is later.
-    last: u64,
+struct Ticks {
+    clock: Clock,
+    ring: Ring<Roles>,
 }
 
 /// The roles' recent past, shared by the sampler and the readers.
 #[derive(Debug)]
 pub(crate) struct RoleHistory {
-    epoch_ms: u64,
-    start: Instant,
-    samples: usize,
-    ring: Mutex<Ring>,
+    ticks: Mutex<Ticks>,
 }
 
 impl Default for RoleHistory {
@@ -96,23 +92,17 @@ pub(crate) fn sample_every(app: Weak<super::ClusterApp>) {
 
 impl RoleHistory {
     fn new(samples: usize) -> Self {
-        let epoch_ms = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
         Self {
-            epoch_ms,
-            start: Instant::now(),
-            samples,
-            ring: Mutex::new(Ring {
-                ticks: VecDeque::with_capacity(samples),
-                last: 0,
+            ticks: Mutex::new(Ticks {
+                clock: Clock::new(),
+                ring: Ring::new(samples),
             }),
         }
     }
 
-    fn ring(&self) -> std::sync::MutexGuard<'_, Ring> {
+    fn ticks(&self) -> std::sync::MutexGuard<'_, Ticks> {
         // Nothing under the lock leaves the ring half changed: a poisoned lock is as good.
-        self.ring.lock().unwrap_or_else(|p| p.into_inner())
+        self.ticks.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn sample_status(&self, status: &Status) {
@@ -146,26 +136,22 @@ impl RoleHistory {
             s.waiting = waiting;
             s.running = running;
         }
-        let mut ring = self.ring();
+        let mut ticks = self.ticks();
         // A name the last sample had is shared, not copied again.
         let named = |name: &str| -> Arc<str> {
-            ring.ticks
-                .back()
-                .and_then(|tick| tick.roles.iter().find(|(n, _)| &**n == name))
+            ticks
+                .ring
+                .newest()
+                .and_then(|roles| roles.iter().find(|(n, _)| &**n == name))
                 .map_or_else(|| name.into(), |(n, _)| n.clone())
         };
-        let roles: Box<[(Arc<str>, Sample)]> = roles
+        let roles: Roles = roles
             .into_iter()
             .take(MAX_ROLES)
             .map(|(name, sample)| (named(name), sample))
             .collect();
-        let elapsed = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX);
-        let t = self.epoch_ms.saturating_add(elapsed).max(ring.last + 1);
-        ring.last = t;
-        if ring.ticks.len() == self.samples {
-            ring.ticks.pop_front();
-        }
-        ring.ticks.push_back(Tick { t, roles });
+        let t = ticks.clock.stamp();
+        ticks.ring.push(t, roles);
     }
 
     /// What was sampled after `since` (everything kept, without it), as a column per role
@@ -173,12 +159,11 @@ impl RoleHistory {
     /// where a sample lacks the role.
     fn read(&self, since: Option<u64>) -> Columns {
         let since = since.unwrap_or(0);
-        let ring = self.ring();
-        let first = ring.ticks.partition_point(|tick| tick.t <= since);
-        let ticks = ring.ticks.range(first..);
+        let kept = self.ticks();
+        let ticks = kept.ring.after(since);
         let mut names: Vec<Arc<str>> = ticks
             .clone()
-            .flat_map(|tick| tick.roles.iter().map(|(name, _)| name.clone()))
+            .flat_map(|(_, roles)| roles.iter().map(|(name, _)| name.clone()))
             .collect();
         names.sort();
         names.dedup();
@@ -186,22 +171,21 @@ impl RoleHistory {
         let rows = ticks.len();
         let mut columns = Columns {
             every_ms: u64::try_from(EVERY.as_millis()).unwrap_or(u64::MAX),
-            samples_kept: self.samples,
-            until: ring.last,
+            samples_kept: kept.ring.cap(),
+            until: kept.clock.last(),
             t: Vec::with_capacity(rows),
             roles: names
                 .into_iter()
                 .map(|role| RoleColumns::with_capacity(role, rows))
                 .collect(),
         };
-        for tick in ticks {
-            columns.t.push(tick.t);
+        for (t, roles) in ticks {
+            columns.t.push(*t);
             for role in &mut columns.roles {
-                let sample = tick
-                    .roles
+                let sample = roles
                     .binary_search_by(|(name, _)| name.cmp(&role.role))
                     .ok()
-                    .map(|i| tick.roles[i].1);
+                    .map(|i| roles[i].1);
                 role.push(sample);
             }
         }
@@ -340,7 +324,7 @@ mod tests {
         let names: Vec<String> = (0..MAX_ROLES + 5).map(|i| format!("r{i:03}")).collect();
         let backlog: Vec<(&str, u64, u64)> = names.iter().map(|r| (r.as_str(), 1, 0)).collect();
         history.sample(&[], &backlog);
-        assert_eq!(history.ring().ticks.back().unwrap().roles.len(), MAX_ROLES);
+        assert_eq!(history.ticks().ring.newest().unwrap().len(), MAX_ROLES);
         let read = history.read(None);
         assert_eq!(read.roles.len(), MAX_ROLES);
         assert_eq!(&*read.roles[0].role, "r000");
