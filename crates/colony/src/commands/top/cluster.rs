@@ -4,7 +4,10 @@
 //! poll, then what is new). The server runs no agents of its own, so the runtime's panels
 //! (throughput, tiers, pools, runs, failures) have no counterpart here.
 
-use super::api::{Client, Error};
+use super::{
+    api::{Client, Error},
+    draw::{clock, count_or_dash, squeeze, status_line},
+};
 use crate::output::thousands;
 use ratatui::{
     buffer::Buffer,
@@ -124,6 +127,8 @@ pub(crate) struct ClusterView {
     pub(crate) watching: Duration,
     pub(crate) latest: Option<Snapshot>,
     pub(crate) error: Option<String>,
+    /// When the last answer came, into the watch.
+    pub(crate) polled_at: Option<Duration>,
     /// Each role's agents and tasks waiting over the samples kept, by name.
     pub(crate) tracks: BTreeMap<String, Track>,
     /// Samples kept: each track is as long.
@@ -141,6 +146,7 @@ impl ClusterView {
             watching: Duration::ZERO,
             latest: None,
             error: None,
+            polled_at: None,
             tracks: BTreeMap::new(),
             samples: 0,
             until: None,
@@ -169,6 +175,7 @@ impl ClusterView {
         }
         self.latest = Some(snapshot);
         self.error = None;
+        self.polled_at = Some(at);
     }
 
     /// What the next poll asks the roles' history for.
@@ -245,9 +252,20 @@ impl Widget for &ClusterView {
             " colony top ".bold().reversed(),
             " cluster at ".into(),
             Span::raw(self.server.as_str()).bold(),
-            format!("  watching {}s", self.watching.as_secs()).dim(),
+            "  watching ".dim(),
+            clock(self.watching).into(),
         ]);
         title.render(header, buf);
+        // Said before any answer too: a first poll that failed says why.
+        let ago = self.polled_at.map(|at| self.watching.saturating_sub(at));
+        status_line(
+            &self.server,
+            self.live,
+            self.interval,
+            self.error.as_deref(),
+            ago,
+        )
+        .render(status, buf);
         let Some(latest) = &self.latest else {
             Paragraph::new(" waiting for the first answer".dim()).render(nodes, buf);
             return;
@@ -255,12 +273,6 @@ impl Widget for &ClusterView {
         render_totals(&latest.status, totals, buf);
         render_nodes(latest, nodes, buf);
         self.render_roles(&latest.status, roles, buf);
-        let line = match &self.error {
-            Some(e) => Line::from(vec![" poll failed: ".red().bold(), e.as_str().into()]),
-            None if self.live => Line::from(" q quits".dim()),
-            None => Line::default(),
-        };
-        line.render(status, buf);
     }
 }
 
@@ -364,7 +376,7 @@ impl ClusterView {
             let track = self.tracks.get(*name);
             let last =
                 |c: Option<&VecDeque<Option<u64>>>| c.and_then(|c| c.back().copied().flatten());
-            let count = |n: Option<u64>| n.map_or_else(|| "-".to_owned(), thousands);
+            let count = count_or_dash;
             let line = Line::from(vec![
                 Span::raw(*name).bold(),
                 "  agents ".dim(),
@@ -400,14 +412,8 @@ impl ClusterView {
 
 /// Values squeezed into `width` columns: each the most of its stretch of samples.
 fn sparkline(values: &VecDeque<Option<u64>>, width: usize) -> Sparkline<'static> {
-    let n = values.len();
-    let columns = n.min(width);
-    let data: Vec<Option<u64>> = (0..columns)
-        .map(|c| {
-            (c * n / columns..(c + 1) * n / columns)
-                .filter_map(|i| values[i])
-                .max()
-        })
+    let data: Vec<Option<u64>> = squeeze(values.len(), width)
+        .map(|stretch| stretch.filter_map(|i| values[i]).max())
         .collect();
     let top = data.iter().flatten().copied().max().unwrap_or(1).max(1);
     Sparkline::default()
@@ -527,6 +533,27 @@ mod tests {
         assert_eq!(view.samples, SAMPLES);
         assert_eq!(view.tracks.keys().collect::<Vec<_>>(), ["gpu"]);
         assert_eq!(view.tracks["gpu"].agents.len(), SAMPLES);
+    }
+
+    #[test]
+    fn a_failed_poll_says_so_and_that_it_is_retried_even_before_an_answer() {
+        let mut view = ClusterView::new("http://h", Duration::from_secs(2), true);
+        view.record(Duration::from_secs(1), Err("connection refused".into()));
+        let frame = super::super::draw::text(&view, 100, 22);
+        assert!(
+            frame.contains("poll failed: connection refused; retrying every 2s"),
+            "{frame}"
+        );
+        assert!(frame.contains("waiting for the first answer"), "{frame}");
+        let h = history(&[1], &[("cpu", &[Some(1)], &[Some(0)])]);
+        view.record(Duration::from_secs(3), Ok(snapshot(h)));
+        view.tick(Duration::from_secs(7));
+        let frame = super::super::draw::text(&view, 100, 22);
+        assert!(
+            frame.contains("polling every 2s; last answer 4s ago"),
+            "{frame}"
+        );
+        assert!(!frame.contains("poll failed"), "{frame}");
     }
 
     #[test]

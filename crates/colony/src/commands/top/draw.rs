@@ -87,7 +87,7 @@ impl Widget for &View {
 impl View {
     fn header(&self) -> Line<'_> {
         let stats = self.latest.as_ref().map(|s| s.stats);
-        let count = |n: Option<u64>| n.map_or_else(|| "-".to_owned(), thousands);
+        let count = count_or_dash;
         Line::from(vec![
             " colony top ".bold().reversed(),
             "  ".into(),
@@ -146,38 +146,16 @@ impl View {
     }
 
     fn status(&self) -> Line<'_> {
-        let every = short(self.interval);
-        if !self.live {
-            return Line::from(
-                format!(
-                    " one poll of {}; in a terminal, colony top keeps watching",
-                    self.server
-                )
-                .dim(),
-            );
-        }
-        match &self.error {
-            Some(error) => Line::from(vec![
-                " q quit ".reversed(),
-                " ".into(),
-                format!("poll failed: {error}; retrying every {every}")
-                    .red()
-                    .bold(),
-            ]),
-            None => {
-                let ago = self
-                    .polled_at
-                    .map(|at| short(self.watching.saturating_sub(at)));
-                Line::from(vec![
-                    " q quit ".reversed(),
-                    format!(
-                        " polling every {every}; last answer {} ago",
-                        ago.as_deref().unwrap_or("-")
-                    )
-                    .dim(),
-                ])
-            }
-        }
+        let ago = self
+            .polled_at
+            .map(|at| self.watching.saturating_sub(at));
+        status_line(
+            &self.server,
+            self.live,
+            self.interval,
+            self.error.as_deref(),
+            ago,
+        )
     }
 }
 
@@ -413,7 +391,41 @@ fn decisions(track: &PoolTrack, now: u64) -> Option<String> {
     }
 }
 
-fn count_or_dash(n: Option<u64>) -> String {
+/// The bottom line of either view: how it polls `server` every `interval`, the last poll's
+/// error while it retries, or how long ago the last answer came.
+pub(super) fn status_line(
+    server: &str,
+    live: bool,
+    interval: Duration,
+    error: Option<&str>,
+    ago: Option<Duration>,
+) -> Line<'static> {
+    let every = short(interval);
+    if !live {
+        return Line::from(
+            format!(" one poll of {server}; in a terminal, colony top keeps watching").dim(),
+        );
+    }
+    match error {
+        Some(error) => Line::from(vec![
+            " q quit ".reversed(),
+            " ".into(),
+            format!("poll failed: {error}; retrying every {every}")
+                .red()
+                .bold(),
+        ]),
+        None => Line::from(vec![
+            " q quit ".reversed(),
+            format!(
+                " polling every {every}; last answer {} ago",
+                ago.map_or_else(|| "-".to_owned(), short)
+            )
+            .dim(),
+        ]),
+    }
+}
+
+pub(super) fn count_or_dash(n: Option<u64>) -> String {
     n.map_or_else(|| "-".to_owned(), thousands)
 }
 
@@ -432,12 +444,10 @@ fn short_ago(ms: u64) -> String {
 /// than that.
 fn pool_sparkline(track: &PoolTrack, width: usize) -> Sparkline<'static> {
     let samples: Vec<&PoolSample> = track.samples.iter().collect();
-    let n = samples.len();
-    let columns = n.min(width);
     let mut top = 1;
-    let bars: Vec<SparklineBar> = (0..columns)
-        .map(|c| {
-            let stretch = &samples[c * n / columns..(c + 1) * n / columns];
+    let bars: Vec<SparklineBar> = squeeze(samples.len(), width)
+        .map(|stretch| {
+            let stretch = &samples[stretch];
             let agents = stretch.iter().filter_map(|s| s.agents).max();
             let desired = stretch.iter().filter_map(|s| s.desired).max();
             top = top.max(agents.unwrap_or(0)).max(desired.unwrap_or(0));
@@ -447,6 +457,13 @@ fn pool_sparkline(track: &PoolTrack, width: usize) -> Sparkline<'static> {
         })
         .collect();
     Sparkline::default().data(bars).max(top)
+}
+
+/// `n` samples squeezed into at most `width` columns: the stretch of samples each column
+/// stands for, oldest first, each one sample when they fit.
+pub(super) fn squeeze(n: usize, width: usize) -> impl Iterator<Item = std::ops::Range<usize>> {
+    let columns = n.min(width);
+    (0..columns).map(move |c| c * n / columns..(c + 1) * n / columns)
 }
 
 /// A bordered panel titled `title`: drawn saying "none" when `empty` (and `None` given back),
@@ -676,7 +693,7 @@ fn per_second(rate: f64) -> String {
 }
 
 /// `1:02:03`.
-fn clock(d: Duration) -> String {
+pub(super) fn clock(d: Duration) -> String {
     let s = d.as_secs();
     format!("{}:{:02}:{:02}", s / 3600, s / 60 % 60, s % 60)
 }
