@@ -170,24 +170,15 @@ impl Decide {
 
 impl Decide {
     /// Refuses what a vote spread over the cluster cannot count: more voters than
-    /// [`MAX_SPREAD_VOTERS`], a protocol of more than one round (`fast`, `leader`), a judge,
-    /// or weights (a ballot's record names its node and agent, not its pool).
+    /// [`MAX_SPREAD_VOTERS`], or weights (a ballot's record names its node and agent, not its
+    /// pool).
     fn check_spread(&self) -> Result<(), String> {
         use crate::node::MAX_SPREAD_VOTERS;
-        let protocol = self.options.protocol;
         if self.voters > MAX_SPREAD_VOTERS {
             return Err(format!(
                 "a spread vote asks at most {MAX_SPREAD_VOTERS} voters (each a cluster task), and {} are asked",
                 self.voters
             ));
-        }
-        if matches!(protocol, Protocol::Fast | Protocol::Leader) {
-            return Err(format!(
-                "a spread vote is counted in one round, and {protocol} may need more: use it unspread"
-            ));
-        }
-        if self.options.tie == colony_core::decision::Tie::Judge {
-            return Err("a spread vote settles a tie by `fail` or `first`, not by a judge".into());
         }
         if self.reputation || !self.role_weights.is_empty() {
             return Err(

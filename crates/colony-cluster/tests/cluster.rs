@@ -1692,12 +1692,6 @@ async fn a_spread_vote_counts_ballots_from_agents_of_several_nodes() {
         }
     }
 
-    for protocol in [Protocol::Fast, Protocol::Leader] {
-        let mut how = all_of(3, true);
-        how.options.protocol = protocol;
-        let refused = client.submit_decided(&spec, &how, None).await.unwrap_err();
-        assert!(refused.to_string().contains("one round"), "{refused}");
-    }
     let mut weighed = all_of(3, true);
     weighed.options.protocol = Protocol::Weighted;
     weighed.role_weights = [("judge".to_owned(), 2.0)].into();
@@ -1709,6 +1703,107 @@ async fn a_spread_vote_counts_ballots_from_agents_of_several_nodes() {
         refused.to_string().contains("weighs every voter 1"),
         "{refused}"
     );
+
+    for node in nodes {
+        node.drain().await;
+    }
+    for rt in runtimes {
+        rt.shutdown().await;
+    }
+}
+
+/// A spread vote of more rounds asks each round's ballots as cluster tasks: under `fast`, a
+/// first round short of 3/4 asks every seat again for a majority; under `leader`, the
+/// proposal is asked, then reviews of it (payloads with a `review` field); a tie under
+/// `judge` asks one more task, whose payload lists the candidates under `judge`. Nodes `a`
+/// and `c` say `x`, `b` says `y`; every agent approves a review and picks candidate 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spread_vote_takes_its_rounds_and_its_judge_across_the_cluster() {
+    use colony_agents::command::{Command, CommandOptions};
+    use colony_cluster::Decide;
+    use colony_core::decision::{DecisionOptions, Protocol, Tie};
+    let dir = tempfile::tempdir().unwrap();
+    let server = tokio::task::block_in_place(|| NatsServer::single(dir.path())).unwrap();
+    let client = cluster(&server).await;
+    let saying = |word: &str| {
+        let script = format!(
+            "p=$(cat); sleep 0.3; case \"$p\" in *'\"judge\"'*) echo 0;; *'\"review\"'*) echo approve;; *) echo {word};; esac"
+        );
+        let options = CommandOptions {
+            args: vec!["-c".into(), script],
+            ..CommandOptions::new("sh")
+        };
+        Pool::new(
+            AgentSpec::new("command", "voter"),
+            1,
+            Arc::new(Command::new(options)),
+        )
+    };
+    let mut runtimes = Vec::new();
+    let mut nodes = Vec::new();
+    for (name, word) in [("a", "x"), ("b", "y"), ("c", "x")] {
+        let rt = start(vec![saying(word)]).await;
+        nodes.push(join(&server, &rt, name).await);
+        runtimes.push(rt);
+    }
+    let vote = |voters: u32, protocol: Protocol, tie: Tie| Decide {
+        voters,
+        options: DecisionOptions {
+            protocol,
+            tie,
+            participation: 1.0,
+            timeout: Duration::from_secs(30),
+            ..DecisionOptions::default()
+        },
+        reputation: false,
+        role_weights: Default::default(),
+        spread: true,
+    };
+    let spec = task(Some("voter"), r#"{"q": "which?"}"#.into(), 1);
+    let output = |row: &colony_cluster::Row| {
+        String::from_utf8_lossy(row.output.as_deref().unwrap_or_default())
+            .trim()
+            .to_owned()
+    };
+
+    // x, y, x is short of 3/4: every seat is asked again, and a majority decides.
+    let fast = client
+        .submit_decided(&spec, &vote(3, Protocol::Fast, Tie::Fail), None)
+        .await
+        .unwrap();
+    let row = ended(&client, fast.id).await;
+    assert_eq!(row.state, TaskState::Succeeded, "{row:?}");
+    assert_eq!(output(&row), "x", "{row:?}");
+    let d = row.decision.clone().unwrap();
+    assert_eq!(d.protocol, Protocol::Fast);
+    assert!(d.asked >= 6, "two rounds of three: {d:?}");
+    assert!(d.counted >= 2, "{d:?}");
+
+    // The proposal (whichever node's agent makes it) is approved by the two reviews.
+    let leader = client
+        .submit_decided(&spec, &vote(3, Protocol::Leader, Tie::Fail), None)
+        .await
+        .unwrap();
+    let row = ended(&client, leader.id).await;
+    assert_eq!(row.state, TaskState::Succeeded, "{row:?}");
+    assert!(["x", "y"].contains(&output(&row).as_str()), "{row:?}");
+    let d = row.decision.clone().unwrap();
+    assert!(d.asked >= 3, "a proposal and two reviews: {d:?}");
+    assert_eq!(d.nodes, Some(3), "the proposer and two reviewers: {d:?}");
+
+    // Two voters on `a` and `b` tie; the judge picks the first candidate.
+    let c = nodes.pop().unwrap();
+    c.drain().await;
+    let judged = client
+        .submit_decided(&spec, &vote(2, Protocol::Majority, Tie::Judge), None)
+        .await
+        .unwrap();
+    let row = ended(&client, judged.id).await;
+    assert_eq!(row.state, TaskState::Succeeded, "{row:?}");
+    assert!(["x", "y"].contains(&output(&row).as_str()), "{row:?}");
+    let d = row.decision.clone().unwrap();
+    assert!(d.asked >= 3, "two ballots and a judge: {d:?}");
+    assert_eq!((d.counted, d.dissenters), (2, 1), "{d:?}");
 
     for node in nodes {
         node.drain().await;

@@ -593,19 +593,13 @@ impl Voting {
         let seats: Vec<usize> = (0..self.voters.len())
             .filter(|&i| Some(self.voters[i].agent) != proposer)
             .collect();
-        let review = serde_json::json!({ "proposal": proposal });
-        let spec = self.spec_with(with_field(&self.spec.payload, "review", review));
+        let spec = TaskSpec {
+            payload: review_payload(&self.spec.payload, proposal),
+            ..self.spec.clone()
+        };
         let specs = vec![spec; seats.len()];
         self.ask(round, colony_journal::Role::Review, &seats, specs)
             .await
-    }
-
-    /// `spec` with `payload` (JSON) as its payload.
-    fn spec_with(&self, payload: serde_json::Value) -> TaskSpec {
-        TaskSpec {
-            payload: Bytes::from(payload.to_string()),
-            ..self.spec.clone()
-        }
     }
 
     /// Asks `seats` (indexes into the voters) for ballot tasks `specs` of round `round`, each
@@ -760,9 +754,10 @@ impl Voting {
         let Some((agent, pool)) = judge else {
             return self.judged(None);
         };
-        let values: Vec<&str> = candidates.iter().map(|c| &*c.value).collect();
-        let judge = serde_json::json!({ "candidates": values });
-        let spec = self.spec_with(with_field(&self.spec.payload, "judge", judge));
+        let spec = TaskSpec {
+            payload: judge_payload(&self.spec.payload, &candidates),
+            ..self.spec.clone()
+        };
         self.candidates = candidates;
         let seat = colony_journal::Seat {
             agent,
@@ -864,29 +859,13 @@ impl Voting {
                 return None;
             }
         };
-        let said = match ballot(judge.agent, &text) {
-            Ok(b) => match b.vote {
-                decision::Vote::Output(text) => text,
-                _ => return None,
-            },
+        match judge_choice(&text, &self.candidates) {
+            Ok(found) => Some(found),
             Err(problem) => {
                 judge.problem = Some(problem.into());
-                return None;
+                None
             }
-        };
-        let said = said.trim();
-        let found = said
-            .parse::<usize>()
-            .ok()
-            .filter(|&i| i < self.candidates.len())
-            .or_else(|| self.candidates.iter().position(|c| c.value.trim() == said));
-        if found.is_none() {
-            judge.problem = Some(
-                format!("it chose {said:?}, which is neither a candidate's index nor its value")
-                    .into(),
-            );
         }
-        found
     }
 
     /// Voter `seat`'s ballot task of round `round` ended: its output is cast, else the voter
@@ -906,8 +885,11 @@ impl Voting {
                 return Progress::Pending;
             }
         };
-        let read =
-            ballot(voter.agent, &output).and_then(|b| if review { as_review(b) } else { Ok(b) });
+        let read = if review {
+            self::review(voter.agent, &output)
+        } else {
+            ballot(voter.agent, &output)
+        };
         let ballot = match read {
             Ok(ballot) => ballot.in_round(round),
             Err(problem) => {
@@ -961,6 +943,43 @@ fn report(handle: &Handle, decided: &Decided) {
             reason: outcome.reason(),
         },
     );
+}
+
+/// A `leader` reviewer's output read as its review (see [`as_review`]): also a cluster's, for
+/// a vote whose reviews run on several nodes.
+pub fn review(voter: AgentId, output: &Bytes) -> Result<Ballot, String> {
+    ballot(voter, output).and_then(as_review)
+}
+
+/// The payload of a `leader` review of `proposal`, for a task whose payload is `payload`.
+pub fn review_payload(payload: &Bytes, proposal: &str) -> Bytes {
+    let review = serde_json::json!({ "proposal": proposal });
+    Bytes::from(with_field(payload, "review", review).to_string())
+}
+
+/// The payload of a judge asked to choose among `candidates`, for a task whose payload is
+/// `payload`.
+pub fn judge_payload(payload: &Bytes, candidates: &[decision::Candidate]) -> Bytes {
+    let values: Vec<&str> = candidates.iter().map(|c| &*c.value).collect();
+    let judge = serde_json::json!({ "candidates": values });
+    Bytes::from(with_field(payload, "judge", judge).to_string())
+}
+
+/// The candidate a judge's output chose: its index among `candidates`, or its value; else
+/// why it chose none.
+pub fn judge_choice(output: &Bytes, candidates: &[decision::Candidate]) -> Result<usize, String> {
+    let said = match ballot(AgentId(0), output)?.vote {
+        decision::Vote::Output(text) => text,
+        _ => return Err("it gave a review, not a choice".into()),
+    };
+    let said = said.trim();
+    said.parse::<usize>()
+        .ok()
+        .filter(|&i| i < candidates.len())
+        .or_else(|| candidates.iter().position(|c| c.value.trim() == said))
+        .ok_or_else(|| {
+            format!("it chose {said:?}, which is neither a candidate's index nor its value")
+        })
 }
 
 /// A reviewer's ballot read as its review: `approve` (or `approved`, `accept`, `yes`,

@@ -1263,10 +1263,10 @@ fn serve_over_the_cluster_takes_tasks_and_one_server_leads_the_scaling() {
         "{v}"
     );
     assert_eq!(a.executions().iter().filter(|n| **n == 13).count(), 3);
-    let leader = r#"{"payload": 1, "decide": {"voters": 3, "protocol": "leader", "spread": true}}"#;
-    let (code, body) = send(port, "POST", "/v1/tasks", &[], leader);
+    let weighed = r#"{"payload": 1, "decide": {"voters": 3, "protocol": "weighted", "reputation": true, "spread": true}}"#;
+    let (code, body) = send(port, "POST", "/v1/tasks", &[], weighed);
     assert_eq!(code, 422, "{body}");
-    assert!(body.contains("one round"), "{body}");
+    assert!(body.contains("weighs every voter 1"), "{body}");
     let (code, body) = send(
         port,
         "POST",

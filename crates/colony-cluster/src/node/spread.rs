@@ -10,10 +10,10 @@
 use crate::{Cluster, Error, RecordsFrom, Row, wire::Decide};
 use colony_core::{
     AgentId,
-    decision::{Decision, Outcome, Participant, Progress},
+    decision::{Candidate, Decision, Outcome, Participant, Progress, Protocol, Vote},
     task::{TaskSpec, TaskState},
 };
-use futures::{StreamExt, stream::FuturesUnordered};
+use futures::{FutureExt, StreamExt, stream::FuturesUnordered};
 use std::{
     collections::{HashMap, HashSet},
     sync::Arc,
@@ -55,13 +55,15 @@ pub(super) struct Spread {
 }
 
 impl Spread {
-    /// Ballots counted (a spread vote has one round).
+    /// Ballots counted in the deciding (or last) round.
     pub(super) fn counted(&self) -> u32 {
         let record = self.outcome.record();
         let n = record
             .ballots
             .iter()
-            .filter(|b| b.status == colony_core::decision::Status::Counted)
+            .filter(|b| {
+                b.status == colony_core::decision::Status::Counted && b.ballot.round == record.round
+            })
             .count();
         u32::try_from(n).unwrap_or(u32::MAX)
     }
@@ -78,6 +80,13 @@ struct Out {
 
 impl Drop for Out {
     fn drop(&mut self) {
+        self.cancel_all();
+    }
+}
+
+impl Out {
+    /// Cancels every task out now (in the background), saying why.
+    fn cancel_all(&mut self) {
         if self.ids.is_empty() {
             return;
         }
@@ -222,10 +231,314 @@ fn one_above(priority: colony_core::task::Priority) -> colony_core::task::Priori
 /// running unasked-for.
 const SEND_AT_ONCE: usize = 32;
 
+/// What a ballot task of a spread vote was asked for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Asked {
+    /// Seat `seat`'s ballot in round `round`: its output, or under `leader` the round's
+    /// proposal (the proposer's) or a review of it (the others').
+    Seat { seat: u32, round: u32 },
+    /// The judge of a tie.
+    Judge,
+}
+
+/// A spread vote being counted: the engine, the seats, and the ballot tasks out.
+struct Count {
+    cluster: Cluster,
+    ends: Arc<Ends>,
+    decision: Decision,
+    /// The vote's task as each ballot asks it: one attempt, one priority above the vote's.
+    ballot: TaskSpec,
+    vote: u64,
+    lease: String,
+    seats: Vec<Seat>,
+    out: Out,
+    waits: FuturesUnordered<futures::future::BoxFuture<'static, (Asked, u64, Row)>>,
+    /// The open round's ballot tasks, or the judge, still out.
+    open: usize,
+    /// The agents (node, agent) whose ballots count in the open round: one ballot each.
+    voted: HashSet<(String, u64)>,
+    /// Ballot tasks asked in all (the judge's included).
+    asked: u32,
+    /// `leader`: the round whose proposal's reviews are asked.
+    reviewed: Option<u32>,
+    /// The tie the judge is asked to settle; empty while no judge is asked.
+    candidates: Vec<Candidate>,
+    /// Why the judge chose none, when it did not.
+    judge_problem: Option<String>,
+    started: tokio::time::Instant,
+}
+
+impl Count {
+    fn now(&self) -> std::time::Duration {
+        self.started.elapsed()
+    }
+
+    /// The open round's deadline (or the judge's), as an instant.
+    fn until(&self) -> tokio::time::Instant {
+        self.started + self.decision.deadline().unwrap_or_else(|| self.now())
+    }
+
+    /// Asks seats `asking` for their ballots of round `round` (`payload` over the task's:
+    /// a review's), in sends of [`SEND_AT_ONCE`], each id kept in `out` as soon as its send
+    /// is acknowledged.
+    async fn ask(
+        &mut self,
+        asking: &[u32],
+        round: u32,
+        payload: Option<bytes::Bytes>,
+    ) -> Result<(), Error> {
+        let spec = match payload {
+            Some(payload) => TaskSpec {
+                payload,
+                ..self.ballot.clone()
+            },
+            None => self.ballot.clone(),
+        };
+        for chunk in asking.chunks(SEND_AT_ONCE) {
+            let (vote, lease) = (self.vote, &self.lease);
+            let ids: Vec<String> = chunk
+                .iter()
+                .map(|&s| {
+                    let seat = &mut self.seats[s as usize];
+                    seat.asked += 1;
+                    seat.problem = None;
+                    format!("ballot-{vote}-{lease}-r{round}-{s}-{}", seat.asked)
+                })
+                .collect();
+            let specs = vec![spec.clone(); chunk.len()];
+            for (&seat, task) in chunk
+                .iter()
+                .zip(self.cluster.submit(&specs, Some(&ids)).await?)
+            {
+                self.wait(Asked::Seat { seat, round }, task.id);
+            }
+        }
+        Ok(())
+    }
+
+    /// Waits for ballot task `id`, asked for `asked`, as one of the open round's.
+    fn wait(&mut self, asked: Asked, id: u64) {
+        self.out.ids.insert(id);
+        self.open += 1;
+        self.asked += 1;
+        self.waits
+            .push(task_end(&self.ends, &self.cluster, asked, id).boxed());
+    }
+
+    /// Asks `asking` within the open round's deadline: those not asked by then are silent,
+    /// saying so. NATS out of reach fails the vote's attempt, to be tried again.
+    async fn ask_in_time(
+        &mut self,
+        asking: &[u32],
+        round: u32,
+        payload: Option<bytes::Bytes>,
+    ) -> Result<(), Error> {
+        let until = self.until();
+        let asked = tokio::time::timeout_at(until, self.ask(asking, round, payload)).await;
+        match asked {
+            Ok(asked) => asked,
+            Err(_) => {
+                for &s in asking {
+                    let seat = &mut self.seats[s as usize];
+                    if seat.voter.is_none() {
+                        seat.problem =
+                            Some("its ballot could not be sent before the round's deadline".into());
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// The engine opened round `round` (`fast`'s second, or `leader`'s next proposer): the
+    /// last round's ballots still out are cancelled, and the new round's asked (every seat
+    /// again, or the proposer alone).
+    async fn next_round(&mut self, round: u32, proposer: Option<AgentId>) -> Result<(), Error> {
+        self.out.cancel_all();
+        self.open = 0;
+        self.voted.clear();
+        for seat in &mut self.seats {
+            seat.asked = 0;
+        }
+        let asking: Vec<u32> = match proposer {
+            Some(proposer) => vec![proposer.0],
+            None => (0..self.decision.participants().len() as u32).collect(),
+        };
+        self.ask_in_time(&asking, round, None).await
+    }
+
+    /// A tie under `judge`: a judge is asked, as a cluster task whose payload lists the
+    /// candidates. What the engine answers when none can be asked: the tie stands.
+    async fn ask_judge(&mut self, candidates: Vec<Candidate>) -> Progress {
+        self.out.cancel_all();
+        self.open = 0;
+        let spec = TaskSpec {
+            payload: colony_runtime::decision::judge_payload(&self.ballot.payload, &candidates),
+            ..self.ballot.clone()
+        };
+        let id = format!("judge-{}-{}", self.vote, self.lease);
+        let sent = tokio::time::timeout_at(
+            self.until(),
+            self.cluster.submit(std::slice::from_ref(&spec), Some(&[id])),
+        )
+        .await;
+        match sent {
+            Ok(Ok(tasks)) if !tasks.is_empty() => {
+                self.candidates = candidates;
+                self.wait(Asked::Judge, tasks[0].id);
+                Progress::Pending
+            }
+            Ok(Err(e)) => {
+                self.judge_problem = Some(format!("it could not be asked: {e}"));
+                self.judged(None)
+            }
+            _ => {
+                self.judge_problem = Some("it could not be asked before its deadline".into());
+                self.judged(None)
+            }
+        }
+    }
+
+    /// The judge chose candidate `choice`, or none.
+    fn judged(&mut self, choice: Option<usize>) -> Progress {
+        let now = self.now();
+        // Refused only when late: the deadline then fails the decision.
+        self.decision.judge(choice, now).unwrap_or(Progress::Pending)
+    }
+
+    /// Ballot task `id`, asked for `asked`, ended as `row` says.
+    async fn ended(&mut self, asked: Asked, id: u64, row: Row) -> Result<Progress, Error> {
+        self.out.ids.remove(&id);
+        let (seat, round) = match asked {
+            Asked::Judge if self.candidates.is_empty() => return Ok(Progress::Pending),
+            Asked::Judge => {
+                self.open = self.open.saturating_sub(1);
+                let candidates = std::mem::take(&mut self.candidates);
+                let choice = match (row.state, &row.output) {
+                    (TaskState::Succeeded, Some(output)) => {
+                        colony_runtime::decision::judge_choice(output, &candidates)
+                    }
+                    (state, _) => Err(match &row.error {
+                        Some(error) => format!("its task {id} {state}: {error}"),
+                        None => format!("its task {id} {state}"),
+                    }),
+                };
+                let choice = choice.map_err(|why| self.judge_problem = Some(why)).ok();
+                return Ok(self.judged(choice));
+            }
+            Asked::Seat { seat, round } => (seat, round),
+        };
+        // A ballot of a round gone by, or of a round a judge now settles, counts for nothing.
+        if round != self.decision.round() || !self.candidates.is_empty() {
+            return Ok(Progress::Pending);
+        }
+        self.open = self.open.saturating_sub(1);
+        let s = seat as usize;
+        if row.state != TaskState::Succeeded {
+            self.seats[s].problem = Some(match row.error {
+                Some(error) => format!("its ballot task {id} {}: {error}", row.state),
+                None => format!("its ballot task {id} {}", row.state),
+            });
+            return Ok(Progress::Pending);
+        }
+        // A ballot whose record names no agent is told apart from none.
+        let voter = row.agent.map(|agent| (row.node.clone(), agent));
+        if let Some(again) = voter.clone().filter(|v| self.voted.contains(v)) {
+            let who = format!("agent {} of node {}", again.1, again.0);
+            if self.seats[s].asked < ASKS_PER_SEAT && self.now() < self.deadline() {
+                // Asked again: another agent may take it.
+                let payload = self.review_payload(seat);
+                self.ask_in_time(&[seat], round, payload).await?;
+            } else {
+                self.seats[s].problem =
+                    Some(format!("its ballots came from {who}, which had voted already"));
+            }
+            return Ok(Progress::Pending);
+        }
+        let output = row.output.clone().unwrap_or_default();
+        let proposer = self.decision.proposer();
+        let reviewing = self.decision.options().protocol == Protocol::Leader
+            && proposer != Some(AgentId(seat));
+        let read = if reviewing {
+            colony_runtime::decision::review(AgentId(seat), &output)
+        } else {
+            colony_runtime::decision::ballot(AgentId(seat), &output)
+        };
+        let ballot = match read {
+            Ok(ballot) => ballot.in_round(round),
+            Err(problem) => {
+                self.seats[s].problem = Some(problem);
+                return Ok(Progress::Pending);
+            }
+        };
+        let proposal = match (&ballot.vote, proposer == Some(AgentId(seat))) {
+            // Without the newline a process's stdout ends with.
+            (Vote::Output(text), true) => Some(text.trim_end().to_owned()),
+            _ => None,
+        };
+        let progress = match self.decision.cast(ballot, self.now()) {
+            Ok(progress) => progress,
+            Err(refused) => {
+                self.seats[s].problem = Some(refused.to_string());
+                return Ok(Progress::Pending);
+            }
+        };
+        if let Some(v) = voter {
+            self.voted.insert(v);
+        }
+        self.seats[s].voter = Some(row.node.clone());
+        // `leader`: the proposal is in; every other seat is asked to review it.
+        if let (Progress::Pending, Some(proposal)) = (&progress, proposal)
+            && self.reviewed != Some(round)
+        {
+            self.reviewed = Some(round);
+            let reviewers: Vec<u32> = (0..self.seats.len() as u32)
+                .filter(|&r| r != seat)
+                .collect();
+            let payload = colony_runtime::decision::review_payload(&self.ballot.payload, &proposal);
+            self.ask_in_time(&reviewers, round, Some(payload)).await?;
+        }
+        Ok(progress)
+    }
+
+    /// The open round's deadline, from the start.
+    fn deadline(&self) -> std::time::Duration {
+        self.decision.deadline().unwrap_or_default()
+    }
+
+    /// `leader`: the review payload seat `seat` is asked again with (it reviews the open
+    /// round's proposal); `None` for a ballot or a proposal.
+    fn review_payload(&self, seat: u32) -> Option<bytes::Bytes> {
+        let proposer = self.decision.proposer()?;
+        if proposer == AgentId(seat) {
+            return None;
+        }
+        let round = self.decision.round();
+        let proposal = self.decision.ballots().iter().rev().find_map(|b| {
+            match (&b.ballot.vote, b.status) {
+                (Vote::Output(text), colony_core::decision::Status::Counted)
+                    if b.ballot.voter == proposer && b.ballot.round == round =>
+                {
+                    Some(text.trim_end().to_owned())
+                }
+                _ => None,
+            }
+        })?;
+        Some(colony_runtime::decision::review_payload(
+            &self.ballot.payload,
+            &proposal,
+        ))
+    }
+}
+
 /// Decides task `vote` (its attempt's lease id `lease`, which keeps its ballots' ids apart
 /// from another attempt's) by `decide.voters` ballots of `spec`, each a cluster task of
 /// one attempt (as a vote's ballot on one runtime), one priority above the vote's so that
-/// nodes take the ballots of the votes being counted before more votes.
+/// nodes take the ballots of the votes being counted before more votes. A protocol of more
+/// rounds asks each round's ballots as tasks of their own (`fast`: every seat again;
+/// `leader`: the round's proposer, then every other seat to review the proposal, in a
+/// payload with a `review` field), and a tie under `judge` asks one more task, whose payload
+/// has a `judge` field listing the candidates.
 pub(super) async fn decide(
     cluster: Cluster,
     ends: Arc<Ends>,
@@ -236,168 +549,99 @@ pub(super) async fn decide(
 ) -> Result<Spread, Error> {
     let n = decide.voters;
     let participants: Vec<Participant> = (0..n).map(|i| Participant::new(AgentId(i))).collect();
-    let mut decision = Decision::new(decide.options, &participants)
+    let decision = Decision::new(decide.options, &participants)
         .map_err(|e| Error::Task(format!("the vote cannot be counted: {e}")))?;
-    let deadline = decision.deadline().unwrap_or(decide.options.timeout);
-    let started = tokio::time::Instant::now();
-    let until = started + deadline;
-    let now = || started.elapsed();
     let priority = one_above(spec.priority);
-    let ballot_spec = TaskSpec {
-        max_attempts: 1,
-        priority,
-        ..spec
+    let mut count = Count {
+        out: Out {
+            cluster: cluster.clone(),
+            ids: HashSet::new(),
+            why: "its vote ended without it",
+        },
+        cluster,
+        ends,
+        decision,
+        ballot: TaskSpec {
+            max_attempts: 1,
+            priority,
+            ..spec
+        },
+        vote,
+        lease,
+        seats: (0..n).map(|_| Seat::default()).collect(),
+        waits: FuturesUnordered::new(),
+        open: 0,
+        voted: HashSet::new(),
+        asked: 0,
+        reviewed: None,
+        candidates: Vec::new(),
+        judge_problem: None,
+        started: tokio::time::Instant::now(),
     };
-    let mut seats: Vec<Seat> = (0..n).map(|_| Seat::default()).collect();
-    let mut out = Out {
-        cluster: cluster.clone(),
-        ids: HashSet::new(),
-        why: "its vote ended without it",
+    let first: Vec<u32> = match count.decision.proposer() {
+        Some(proposer) => vec![proposer.0],
+        None => (0..n).collect(),
     };
-    let mut waits = FuturesUnordered::new();
-    // Asks seats `asking` again (once more each), in sends of [`SEND_AT_ONCE`], each id kept
-    // in `out` as soon as its send is acknowledged.
-    let ask = async |seats: &mut Vec<Seat>,
-                     out: &mut Out,
-                     asking: &[u32]|
-           -> Result<Vec<(u32, u64)>, Error> {
-        let mut asked = Vec::with_capacity(asking.len());
-        for chunk in asking.chunks(SEND_AT_ONCE) {
-            let ids: Vec<String> = chunk
-                .iter()
-                .map(|&s| {
-                    let seat = &mut seats[s as usize];
-                    seat.asked += 1;
-                    format!("ballot-{vote}-{lease}-{s}-{}", seat.asked)
-                })
-                .collect();
-            let specs = vec![ballot_spec.clone(); chunk.len()];
-            for (&seat, task) in chunk.iter().zip(cluster.submit(&specs, Some(&ids)).await?) {
-                out.ids.insert(task.id);
-                asked.push((seat, task.id));
-            }
-        }
-        Ok(asked)
-    };
-    let all: Vec<u32> = (0..n).collect();
-    for (seat, id) in tokio::time::timeout_at(until, ask(&mut seats, &mut out, &all))
+    tokio::time::timeout_at(count.until(), count.ask(&first, 0, None))
         .await
-        .map_err(|_| Error::Task("its ballots could not all be sent before its timeout".into()))??
-    {
-        waits.push(ballot_end(&ends, &cluster, seat, id));
-    }
-    let mut voted: HashSet<(String, u64)> = HashSet::new();
-    let mut asked = n;
-    let outcome = loop {
-        let progress = tokio::select! {
-            Some((seat, id, row)) = waits.next() => {
-                out.ids.remove(&id);
-                let s = seat as usize;
-                if row.state == TaskState::Succeeded {
-                    // A ballot whose record names no agent is told apart from none.
-                    let voter = row.agent.map(|agent| (row.node.clone(), agent));
-                    match voter.clone().filter(|v| voted.contains(v)) {
-                        Some(again) => {
-                            let who = format!("agent {} of node {}", again.1, again.0);
-                            let resend = seats[s].asked < ASKS_PER_SEAT && now() < deadline;
-                            let asked_again = match resend {
-                                true => tokio::time::timeout_at(until, ask(&mut seats, &mut out, &[seat]))
-                                    .await
-                                    .ok()
-                                    .and_then(Result::ok),
-                                false => None,
-                            };
-                            match asked_again {
-                                // Asked again: another agent may take it.
-                                Some(again) => {
-                                    asked += 1;
-                                    for (seat, id) in again {
-                                        waits.push(ballot_end(&ends, &cluster, seat, id));
-                                    }
-                                }
-                                None => {
-                                    seats[s].problem =
-                                        Some(format!("its ballots came from {who}, which had voted already"));
-                                }
-                            }
-                            Progress::Pending
-                        }
-                        None => {
-                            let output = row.output.clone().unwrap_or_default();
-                            match colony_runtime::decision::ballot(AgentId(seat), &output) {
-                                Ok(ballot) => match decision.cast(ballot, now()) {
-                                    Ok(progress) => {
-                                        if let Some(v) = &voter {
-                                            voted.insert(v.clone());
-                                        }
-                                        seats[s].voter = Some(row.node.clone());
-                                        progress
-                                    }
-                                    Err(refused) => {
-                                        seats[s].problem = Some(refused.to_string());
-                                        Progress::Pending
-                                    }
-                                },
-                                Err(problem) => {
-                                    seats[s].problem = Some(problem);
-                                    Progress::Pending
-                                }
-                            }
-                        }
-                    }
-                } else {
-                    seats[s].problem = Some(match row.error {
-                        Some(error) => format!("its ballot task {id} {}: {error}", row.state),
-                        None => format!("its ballot task {id} {}", row.state),
-                    });
+        .map_err(|_| Error::Task("its ballots could not all be sent before its timeout".into()))??;
+    let outcome = 'counting: loop {
+        let until = count.until();
+        let mut progress = tokio::select! {
+            Some((asked, id, row)) = count.waits.next() => count.ended(asked, id, row).await?,
+            () = tokio::time::sleep_until(until) => count.decision.expire(count.now()),
+        };
+        loop {
+            progress = match progress {
+                Progress::Done(outcome) => break 'counting outcome,
+                // Every seat answered, or can no longer: the round closes now.
+                Progress::Pending if count.open == 0 => match count.decision.close(count.now()) {
+                    Progress::Pending => break,
+                    closed => closed,
+                },
+                Progress::Pending => break,
+                Progress::NextRound { round, proposer } => {
+                    count.next_round(round, proposer).await?;
                     Progress::Pending
                 }
-            }
-            () = tokio::time::sleep_until(until) => decision.expire(now()),
-        };
-        let progress = match progress {
-            // Every seat answered, or can no longer: the round closes now.
-            Progress::Pending if waits.is_empty() => decision.close(now()),
-            progress => progress,
-        };
-        match progress {
-            Progress::Done(outcome) => break outcome,
-            Progress::Pending => {}
-            // Refused when sent (`Decide::check`): a spread vote has one round, no judge.
-            Progress::NextRound { .. } | Progress::NeedsJudge { .. } => {
-                return Err(Error::Task(
-                    "a spread vote has one round and no judge".into(),
-                ));
-            }
+                Progress::NeedsJudge { candidates } => count.ask_judge(candidates).await,
+            };
         }
     };
-    // The ballots still out are cancelled as `out` drops.
-    drop(out);
-    let nodes: HashSet<&str> = seats.iter().filter_map(|s| s.voter.as_deref()).collect();
-    let problems = seats
+    // The ballots still out are cancelled.
+    count.out.cancel_all();
+    let nodes: HashSet<&str> = count
+        .seats
+        .iter()
+        .filter_map(|s| s.voter.as_deref())
+        .collect();
+    let judge = count.judge_problem.map(|p| format!("the judge: {p}"));
+    let problems = count
+        .seats
         .iter()
         .enumerate()
         .filter_map(|(i, s)| s.problem.as_ref().map(|p| format!("voter {i}: {p}")))
         .take(3)
+        .chain(judge)
         .collect();
     Ok(Spread {
         outcome,
         voters: n,
-        asked,
+        asked: count.asked,
         nodes: u32::try_from(nodes.len()).unwrap_or(u32::MAX),
         problems,
     })
 }
 
-/// Seat `seat`'s ballot task `id`, once it ended.
-fn ballot_end(
+/// Task `id`, asked for `key`, once it ended.
+fn task_end<K: Send + 'static>(
     ends: &Arc<Ends>,
     cluster: &Cluster,
-    seat: u32,
+    key: K,
     id: u64,
-) -> impl std::future::Future<Output = (u32, u64, Row)> + Send + 'static {
+) -> impl std::future::Future<Output = (K, u64, Row)> + Send + 'static {
     let (ends, cluster) = (ends.clone(), cluster.clone());
-    async move { (seat, id, ends.ended(&cluster, id).await) }
+    async move { (key, id, ends.ended(&cluster, id).await) }
 }
 
 /// A spread team run to its end: the last step's output, or why it failed.
@@ -530,7 +774,7 @@ pub(super) async fn team(
             for (&index, task) in chunk.iter().zip(sent) {
                 asks += 1;
                 out.ids.insert(task.id);
-                waits.push(ballot_end(&ends, &cluster, index as u32, task.id));
+                waits.push(task_end(&ends, &cluster, index as u32, task.id));
             }
         }
         while let Some((index, task, row)) = waits.next().await {
@@ -567,7 +811,7 @@ pub(super) async fn team(
             asks += 1;
             for task in again {
                 out.ids.insert(task.id);
-                waits.push(ballot_end(&ends, &cluster, index, task.id));
+                waits.push(task_end(&ends, &cluster, index, task.id));
             }
         }
         // Every ask answered: the loop ends once none is out, and a failure past the
