@@ -49,7 +49,7 @@ pub use wire::{
 };
 
 /// Why the cluster could not do what it was asked.
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum Error {
     #[error(
         "cannot reach NATS at {url}: {detail}; is nats-server running there with JetStream enabled (-js)?"

@@ -60,7 +60,7 @@ pub(crate) struct ClusterApp {
     /// Each role's agents and backlog over the last 15 minutes, for the dashboard's chart.
     roles: Arc<role_history::RoleHistory>,
     /// The cluster's status, read at most once a second for every reader here.
-    latest: fresh::Fresh<colony_cluster::Status>,
+    latest: fresh::Fresh<colony_cluster::Status, colony_cluster::Error>,
     max_streams: usize,
 }
 
@@ -85,10 +85,6 @@ impl ClusterApp {
                     })
             })
             .await
-            .map_err(|why| colony_cluster::Error::Nats {
-                what: "the cluster's status".into(),
-                detail: why.to_string(),
-            })
     }
 }
 

@@ -2,8 +2,8 @@
 //! (the stream, every consumer, every node's heartbeat), and each dashboard viewer asks for
 //! it three times every 2 s, besides `/v1/cluster`, `/metrics` and the roles' sampler. A
 //! reading is shared for [`FRESH`]; while one is being taken, others asking wait for it
-//! rather than take their own. A failure is shared as well, so that NATS out of reach is
-//! not asked again by every waiter in turn.
+//! rather than take their own. A failure is shared as well, whole (its kind decides the
+//! answer's status), so that NATS out of reach is not asked again by every waiter in turn.
 
 use std::{future::Future, sync::Arc, time::Duration};
 use tokio::time::Instant;
@@ -12,15 +12,15 @@ use tokio::time::Instant;
 pub(crate) const FRESH: Duration = Duration::from_secs(1);
 
 /// A reading, or why it failed.
-type Reading<T> = Result<Arc<T>, Arc<str>>;
+type Reading<T, E> = Result<Arc<T>, E>;
 
-/// The latest reading of a `T`, and when it was taken.
+/// The latest reading of a `T`, or its failure `E`, and when it was taken.
 #[derive(Debug)]
-pub(crate) struct Fresh<T> {
-    latest: tokio::sync::Mutex<Option<(Instant, Reading<T>)>>,
+pub(crate) struct Fresh<T, E> {
+    latest: tokio::sync::Mutex<Option<(Instant, Reading<T, E>)>>,
 }
 
-impl<T> Default for Fresh<T> {
+impl<T, E> Default for Fresh<T, E> {
     fn default() -> Self {
         Self {
             latest: tokio::sync::Mutex::new(None),
@@ -28,12 +28,12 @@ impl<T> Default for Fresh<T> {
     }
 }
 
-impl<T> Fresh<T> {
+impl<T, E: Clone> Fresh<T, E> {
     /// The latest reading if it is fresh, else one taken now by `read`.
-    pub(crate) async fn get<E: std::fmt::Display, F: Future<Output = Result<T, E>>>(
+    pub(crate) async fn get<F: Future<Output = Result<T, E>>>(
         &self,
         read: impl FnOnce() -> F,
-    ) -> Reading<T> {
+    ) -> Reading<T, E> {
         // Held while reading: the callers meanwhile wait for this reading.
         let mut latest = self.latest.lock().await;
         if let Some((at, reading)) = latest.as_ref()
@@ -41,10 +41,7 @@ impl<T> Fresh<T> {
         {
             return reading.clone();
         }
-        let reading = read()
-            .await
-            .map(Arc::new)
-            .map_err(|e| Arc::from(e.to_string()));
+        let reading = read().await.map(Arc::new);
         *latest = Some((Instant::now(), reading.clone()));
         reading
     }
@@ -57,7 +54,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn readers_share_a_fresh_reading_and_wait_for_one_being_taken() {
-        let fresh: Fresh<u32> = Fresh::default();
+        let fresh: Fresh<u32, &str> = Fresh::default();
         let reads = AtomicU32::new(0);
         let read = || async {
             let n = reads.fetch_add(1, Ordering::SeqCst) + 1;
@@ -77,7 +74,7 @@ mod tests {
         assert!(
             failed
                 .iter()
-                .all(|r| r.as_ref().err().map(|e| &**e) == Some("NATS is away")),
+                .all(|r| r.as_ref().err() == Some(&"NATS is away")),
             "{failed:?}"
         );
         assert_eq!(reads.load(Ordering::SeqCst), 3);
