@@ -1716,7 +1716,7 @@ async fn a_spread_vote_counts_ballots_from_agents_of_several_nodes() {
 /// first round short of 3/4 asks every seat again for a majority; under `leader`, the
 /// proposal is asked, then reviews of it (payloads with a `review` field); a tie under
 /// `judge` asks one more task, whose payload lists the candidates under `judge`. Nodes `a`
-/// and `c` say `x`, `b` says `y`; every agent approves a review and picks candidate 0.
+/// and `c` say `x`, `b` says `y`; every agent approves a review and, as a judge, names `y`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_spread_vote_takes_its_rounds_and_its_judge_across_the_cluster() {
     use colony_agents::command::{Command, CommandOptions};
@@ -1727,7 +1727,7 @@ async fn a_spread_vote_takes_its_rounds_and_its_judge_across_the_cluster() {
     let client = cluster(&server).await;
     let saying = |word: &str| {
         let script = format!(
-            "p=$(cat); sleep 0.3; case \"$p\" in *'\"judge\"'*) echo 0;; *'\"review\"'*) echo approve;; *) echo {word};; esac"
+            "p=$(cat); sleep 0.3; case \"$p\" in *'\"judge\"'*) echo y;; *'\"review\"'*) echo approve;; *) echo {word};; esac"
         );
         let options = CommandOptions {
             args: vec!["-c".into(), script],
@@ -1791,7 +1791,7 @@ async fn a_spread_vote_takes_its_rounds_and_its_judge_across_the_cluster() {
     assert!(d.asked >= 3, "a proposal and two reviews: {d:?}");
     assert_eq!(d.nodes, Some(3), "the proposer and two reviewers: {d:?}");
 
-    // Two voters on `a` and `b` tie; the judge picks the first candidate.
+    // Two voters on `a` and `b` tie; the judge's choice wins.
     let c = nodes.pop().unwrap();
     c.drain().await;
     let judged = client
@@ -1800,7 +1800,7 @@ async fn a_spread_vote_takes_its_rounds_and_its_judge_across_the_cluster() {
         .unwrap();
     let row = ended(&client, judged.id).await;
     assert_eq!(row.state, TaskState::Succeeded, "{row:?}");
-    assert!(["x", "y"].contains(&output(&row).as_str()), "{row:?}");
+    assert_eq!(output(&row), "y", "{row:?}");
     let d = row.decision.clone().unwrap();
     assert!(d.asked >= 3, "two ballots and a judge: {d:?}");
     assert_eq!((d.counted, d.dissenters), (2, 1), "{d:?}");

@@ -80,18 +80,18 @@ struct Out {
 
 impl Drop for Out {
     fn drop(&mut self) {
-        self.cancel_all();
+        self.cancel_all(self.why);
     }
 }
 
 impl Out {
-    /// Cancels every task out now (in the background), saying why.
-    fn cancel_all(&mut self) {
+    /// Cancels every task out now (in the background), saying `why` in their records.
+    fn cancel_all(&mut self, why: &'static str) {
         if self.ids.is_empty() {
             return;
         }
         let ids: Vec<u64> = self.ids.drain().collect();
-        let (cluster, why) = (self.cluster.clone(), self.why);
+        let cluster = self.cluster.clone();
         colony_agents::spawner::Spawner::spawn("spread-vote-cancel", async move {
             futures::stream::iter(ids)
                 .for_each_concurrent(32, |id| {
@@ -227,6 +227,10 @@ fn one_above(priority: colony_core::task::Priority) -> colony_core::task::Priori
     Priority::new((priority.get() + 1).min(Priority::HIGHEST.get())).unwrap_or(Priority::HIGHEST)
 }
 
+/// Why a round's ballots still out are cancelled when the next round opens, or a judge is
+/// asked.
+const ROUND_OVER: &str = "its round ended without it";
+
 /// Most ballot tasks sent in one go: a send that fails part-way leaves at most these
 /// running unasked-for.
 const SEND_AT_ONCE: usize = 32;
@@ -326,7 +330,8 @@ impl Count {
     }
 
     /// Asks `asking` within the open round's deadline: those not asked by then are silent,
-    /// saying so. NATS out of reach fails the vote's attempt, to be tried again.
+    /// saying so, as are those the cluster refuses (a review's payload over its message); NATS
+    /// out of reach fails the vote's attempt, to be tried again.
     async fn ask_in_time(
         &mut self,
         asking: &[u32],
@@ -335,30 +340,30 @@ impl Count {
     ) -> Result<(), Error> {
         let until = self.until();
         let asked = tokio::time::timeout_at(until, self.ask(asking, round, payload)).await;
-        match asked {
-            Ok(asked) => asked,
-            Err(_) => {
-                for &s in asking {
-                    let seat = &mut self.seats[s as usize];
-                    if seat.voter.is_none() {
-                        seat.problem =
-                            Some("its ballot could not be sent before the round's deadline".into());
-                    }
-                }
-                Ok(())
+        let why = match asked {
+            Ok(Err(Error::Task(refused))) => format!("its ballot could not be asked: {refused}"),
+            Ok(asked) => return asked,
+            Err(_) => "its ballot could not be sent before the round's deadline".into(),
+        };
+        for &s in asking {
+            let seat = &mut self.seats[s as usize];
+            if seat.voter.is_none() {
+                seat.problem = Some(why.clone());
             }
         }
+        Ok(())
     }
 
     /// The engine opened round `round` (`fast`'s second, or `leader`'s next proposer): the
     /// last round's ballots still out are cancelled, and the new round's asked (every seat
     /// again, or the proposer alone).
     async fn next_round(&mut self, round: u32, proposer: Option<AgentId>) -> Result<(), Error> {
-        self.out.cancel_all();
+        self.out.cancel_all(ROUND_OVER);
         self.open = 0;
         self.voted.clear();
+        // What a seat did or missed is told of the deciding (or last) round.
         for seat in &mut self.seats {
-            seat.asked = 0;
+            *seat = Seat::default();
         }
         let asking: Vec<u32> = match proposer {
             Some(proposer) => vec![proposer.0],
@@ -370,26 +375,36 @@ impl Count {
     /// A tie under `judge`: a judge is asked, as a cluster task whose payload lists the
     /// candidates. What the engine answers when none can be asked: the tie stands.
     async fn ask_judge(&mut self, candidates: Vec<Candidate>) -> Progress {
-        self.out.cancel_all();
+        self.out.cancel_all(ROUND_OVER);
         self.open = 0;
         let spec = TaskSpec {
             payload: colony_runtime::decision::judge_payload(&self.ballot.payload, &candidates),
             ..self.ballot.clone()
         };
-        let id = format!("judge-{}-{}", self.vote, self.lease);
+        // Under `leader` each tied round asks a judge of its own.
+        let id = format!(
+            "judge-{}-{}-r{}",
+            self.vote,
+            self.lease,
+            self.decision.round()
+        );
         let sent = tokio::time::timeout_at(
             self.until(),
             self.cluster.submit(std::slice::from_ref(&spec), Some(&[id])),
         )
         .await;
         match sent {
-            Ok(Ok(tasks)) if !tasks.is_empty() => {
+            Ok(Ok(tasks)) if tasks.first().is_some_and(|t| !t.duplicate) => {
                 self.candidates = candidates;
                 self.wait(Asked::Judge, tasks[0].id);
                 Progress::Pending
             }
             Ok(Err(e)) => {
                 self.judge_problem = Some(format!("it could not be asked: {e}"));
+                self.judged(None)
+            }
+            Ok(Ok(_)) => {
+                self.judge_problem = Some("it was asked before, under the same id".into());
                 self.judged(None)
             }
             _ => {
@@ -402,8 +417,14 @@ impl Count {
     /// The judge chose candidate `choice`, or none.
     fn judged(&mut self, choice: Option<usize>) -> Progress {
         let now = self.now();
-        // Refused only when late: the deadline then fails the decision.
-        self.decision.judge(choice, now).unwrap_or(Progress::Pending)
+        match self.decision.judge(choice, now) {
+            Ok(progress) => progress,
+            // Refused when late: the deadline then fails the decision.
+            Err(refused) => {
+                self.judge_problem.get_or_insert_with(|| refused.to_string());
+                Progress::Pending
+            }
+        }
     }
 
     /// Ballot task `id`, asked for `asked`, ended as `row` says.
@@ -609,7 +630,7 @@ pub(super) async fn decide(
         }
     };
     // The ballots still out are cancelled.
-    count.out.cancel_all();
+    count.out.cancel_all(count.out.why);
     let nodes: HashSet<&str> = count
         .seats
         .iter()
