@@ -36,6 +36,8 @@ pub struct Cluster {
     pub(crate) settings: Settings,
     /// The scaling records' bucket, made or opened on first use.
     pub(crate) scaling: std::sync::Arc<tokio::sync::OnceCell<kv::Store>>,
+    /// The roles' samples' stream, made or opened on first use.
+    pub(crate) roles: std::sync::Arc<tokio::sync::OnceCell<Stream>>,
     /// When the tasks stream was made, in nanoseconds: records are keyed by it and the task's
     /// id, so a stream made again (its ids starting again at 1) never meets an old record.
     epoch: String,
@@ -153,6 +155,7 @@ impl Cluster {
             nodes,
             settings,
             scaling: Default::default(),
+            roles: Default::default(),
             epoch,
             members: Default::default(),
         })

@@ -30,6 +30,7 @@ pub mod leadership;
 pub mod lease;
 mod membership;
 mod node;
+pub mod roles;
 pub mod runs;
 pub mod scaling;
 mod settings;

@@ -17,7 +17,8 @@
 //!   (`desired` nodes, with the signals and the reason), for KEDA's metrics-api scaler; `_`
 //!   for tasks any agent may run; `stale` when older than three periods.
 //! - `GET /v1/roles/history?since=` [read]: each role's agents, nodes, waiting and running
-//!   tasks, sampled by this server every 2 s over the last fifteen minutes
+//!   tasks every 2 s over the last fifteen minutes, from the cluster's stream of samples
+//!   (every server appends its own, one a slot is kept), so every server shows the same
 //!   ([`role_history`]).
 //! - `GET /metrics` [read]: the cluster's nodes, backlogs and desired sizes, read from NATS
 //!   (the status at most once a second, shared: [`fresh`]), so every server shows the same.
@@ -128,6 +129,7 @@ pub async fn serve_cluster(
         feed: Feed::start(cluster_for_feed, history_start).await,
     });
     role_history::sample_every(Arc::downgrade(&app));
+    role_history::follow(Arc::downgrade(&app));
     let router = router(app);
     let bind = |source| Error::Bind { addr, source };
     let listener = tokio::net::TcpListener::bind(addr).await.map_err(bind)?;

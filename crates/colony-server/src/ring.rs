@@ -1,7 +1,8 @@
-//! The recent past the charts read: records stamped by a [`Clock`] whose times only go up,
-//! each kept in a [`Ring`] of bounded length. The pools' history (`history.rs`) and the
-//! cluster's roles' history (`cluster/role_history.rs`) are each a few rings behind one lock
-//! with one clock, so that `since` is an exact cursor over all of them.
+//! The recent past the charts read: records in a [`Ring`] of bounded length, each later
+//! than the one before, so that `since` is an exact cursor. The pools' history
+//! (`history.rs`) keeps two rings behind one lock, stamped by one [`Clock`] whose times only
+//! go up; the cluster's roles' history (`cluster/role_history.rs`) keeps one, timed by the
+//! cluster's samples.
 
 use std::{
     collections::VecDeque,
@@ -116,7 +117,10 @@ mod tests {
         let stamps: Vec<u64> = (0..1_000).map(|_| clock.stamp()).collect();
         assert!(stamps.windows(2).all(|w| w[0] < w[1]));
         assert_eq!(clock.last(), stamps[999]);
-        assert!(stamps[0] > 1_600_000_000_000, "milliseconds since the epoch");
+        assert!(
+            stamps[0] > 1_600_000_000_000,
+            "milliseconds since the epoch"
+        );
     }
 
     #[test]

@@ -1341,15 +1341,50 @@ fn serve_over_the_cluster_takes_tasks_and_one_server_leads_the_scaling() {
     let (code, body) = fetch(port, "/v1/scaling/a.b");
     assert_eq!(code, 400, "{body}");
     assert!(body.contains("bad-role") && body.contains("a.b"), "{body}");
-    // The roles' samples: the server took one as it started, and names a bad cursor.
-    let (code, body) = fetch(port, "/v1/roles/history");
-    assert_eq!(code, 200, "{body}");
-    let history: serde_json::Value = serde_json::from_str(&body).unwrap();
-    let until = history["until"].as_u64().unwrap();
+    // The roles' samples are the cluster's: a server started now answers those sampled
+    // before it (by the server that died too), under the same times; a bad cursor is named.
+    let times = |h: &serde_json::Value| -> Vec<u64> {
+        h["t"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t.as_u64().unwrap())
+            .collect()
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let (until, kept) = loop {
+        let (code, body) = fetch(port, "/v1/roles/history");
+        assert_eq!(code, 200, "{body}");
+        let history: serde_json::Value = serde_json::from_str(&body).unwrap();
+        let kept = times(&history);
+        if kept.len() >= 2 {
+            break (history["until"].as_u64().unwrap(), kept);
+        }
+        assert!(Instant::now() < deadline, "two samples within 10 s: {body}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(until, *kept.last().unwrap());
     assert!(
-        until > 0 && !history["t"].as_array().unwrap().is_empty(),
-        "{body}"
+        kept.iter().all(|t| t % 2_000 == 0),
+        "slots of 2 s: {kept:?}"
     );
+    let late = ServeProc::start(dir.path(), &url, "late");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (code, body) = fetch(late.port, "/v1/roles/history");
+        assert_eq!(code, 200, "{body}");
+        let answered = times(&serde_json::from_str(&body).unwrap());
+        if answered.len() >= kept.len() {
+            assert_eq!(answered[..kept.len()], kept[..], "{body}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the late server answered {answered:?}, not the {kept:?} before it"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    drop(late);
     let (code, body) = fetch(port, &format!("/v1/roles/history?since={until}"));
     assert_eq!(code, 200, "{body}");
     let (code, body) = fetch(port, "/v1/roles/history?since=yesterday");

@@ -390,7 +390,8 @@ impl Count {
         );
         let sent = tokio::time::timeout_at(
             self.until(),
-            self.cluster.submit(std::slice::from_ref(&spec), Some(&[id])),
+            self.cluster
+                .submit(std::slice::from_ref(&spec), Some(&[id])),
         )
         .await;
         match sent {
@@ -421,7 +422,8 @@ impl Count {
             Ok(progress) => progress,
             // Refused when late: the deadline then fails the decision.
             Err(refused) => {
-                self.judge_problem.get_or_insert_with(|| refused.to_string());
+                self.judge_problem
+                    .get_or_insert_with(|| refused.to_string());
                 Progress::Pending
             }
         }
@@ -471,15 +473,16 @@ impl Count {
                 let payload = self.review_payload(seat);
                 self.ask_in_time(&[seat], round, payload).await?;
             } else {
-                self.seats[s].problem =
-                    Some(format!("its ballots came from {who}, which had voted already"));
+                self.seats[s].problem = Some(format!(
+                    "its ballots came from {who}, which had voted already"
+                ));
             }
             return Ok(Progress::Pending);
         }
         let output = row.output.clone().unwrap_or_default();
         let proposer = self.decision.proposer();
-        let reviewing = self.decision.options().protocol == Protocol::Leader
-            && proposer != Some(AgentId(seat));
+        let reviewing =
+            self.decision.options().protocol == Protocol::Leader && proposer != Some(AgentId(seat));
         let read = if reviewing {
             colony_runtime::decision::review(AgentId(seat), &output)
         } else {
@@ -605,7 +608,9 @@ pub(super) async fn decide(
     };
     tokio::time::timeout_at(count.until(), count.ask(&first, 0, None))
         .await
-        .map_err(|_| Error::Task("its ballots could not all be sent before its timeout".into()))??;
+        .map_err(|_| {
+            Error::Task("its ballots could not all be sent before its timeout".into())
+        })??;
     let outcome = 'counting: loop {
         let until = count.until();
         let mut progress = tokio::select! {

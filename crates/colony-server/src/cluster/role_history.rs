@@ -1,7 +1,12 @@
-//! Each role's size and backlog over time, on `colony serve --nats`: every 2 s a sampler
-//! reads the cluster's status (the live nodes' heartbeats and each role's consumers) into a
-//! ring: per role, the agents of the live nodes serving it, those nodes, its tasks waiting
-//! and running. `GET /v1/roles/history?since=` serves it, for the dashboard's roles chart.
+//! Each role's size and backlog over time, on `colony serve --nats`: every 2 s each server
+//! reads the cluster's status (the live nodes' heartbeats and each role's consumers) and
+//! appends the sample to the cluster's stream of samples under its slot of time, where the
+//! first server's sample of a slot is kept (`colony_cluster::roles`); each server reads that
+//! stream (its last 15 minutes, then each sample as it comes) into a ring, per role: the
+//! agents of the live nodes serving it, those nodes, its tasks waiting and running.
+//! `GET /v1/roles/history?since=` serves it, for the dashboard's roles chart and `colony
+//! top`: every server answers the same samples under the same times, and one started anew
+//! answers the past too.
 //!
 //! ```text
 //! GET /v1/roles/history             the whole window: 15 minutes, one sample every 2 s
@@ -9,35 +14,28 @@
 //! ```
 //!
 //! Memory is bounded: [`SAMPLES`] samples of at most [`MAX_ROLES`] roles (by name, the
-//! first ones). Times are milliseconds since the Unix epoch, read once at start and moved on
-//! by a monotonic clock, each later than the one before, so that `since` is an exact cursor.
-//! A sample the cluster could not give (NATS out of reach) is skipped, leaving a gap.
+//! first ones). A sample's time is its slot (milliseconds since the Unix epoch, a multiple
+//! of 2 s); a sample no later than the last one taken (a server whose clock is behind) is
+//! left out, so that `since` is an exact cursor. A slot no server could sample (NATS out of
+//! reach) is a gap.
 
-use crate::{
-    problem,
-    ring::{Clock, Ring},
-};
+use crate::{problem, ring::Ring};
 use axum::{
     Json,
     extract::{Query, State, rejection::QueryRejection},
     http::StatusCode,
     response::{IntoResponse, Response},
 };
-use colony_cluster::{NodeInfo, Status};
+use colony_cluster::roles::{EVERY, MAX_ROLES, RoleSample, slot};
+use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use std::{
-    collections::BTreeMap,
     sync::{Arc, Mutex, Weak},
     time::Duration,
 };
 
-/// Time between two samples: the dashboard's own refresh.
-pub(crate) const EVERY: Duration = Duration::from_secs(2);
 /// Samples kept: 15 minutes at one every 2 s.
 pub(crate) const SAMPLES: usize = 450;
-/// Roles sampled, the first by name. A role costs 48 bytes a sample (its shared name and
-/// four counts), so the ring holds at most 450 × 64 × 48 bytes, about 1.4 MB, and the names.
-pub(crate) const MAX_ROLES: usize = 64;
 
 /// One role at one sample.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -48,17 +46,19 @@ struct Sample {
     running: u64,
 }
 
-/// Every sampled role at one time, by name.
+/// Every sampled role at one time, sorted by name. A role costs 48 bytes a sample (its
+/// shared name and four counts), so the ring holds at most 450 × 64 × 48 bytes, about 1.4
+/// MB, and the names.
 type Roles = Box<[(Arc<str>, Sample)]>;
 
-/// The samples, and the clock that stamps them.
+/// The samples, and the time of the newest.
 #[derive(Debug)]
 struct Ticks {
-    clock: Clock,
+    last: u64,
     ring: Ring<Roles>,
 }
 
-/// The roles' recent past, shared by the sampler and the readers.
+/// The roles' recent past, shared by the stream's reader and the handlers.
 #[derive(Debug)]
 pub(crate) struct RoleHistory {
     ticks: Mutex<Ticks>,
@@ -70,10 +70,10 @@ impl Default for RoleHistory {
     }
 }
 
-/// Samples the cluster's status (as the server shares it) into `app`'s history every
-/// [`EVERY`], until the server is dropped.
+/// Every [`EVERY`] until the server is dropped: samples the cluster's status (as the server
+/// shares it) and appends the sample to the cluster's stream of them.
 pub(crate) fn sample_every(app: Weak<super::ClusterApp>) {
-    colony_runtime::spawner::Spawner::spawn("cluster-role-history", async move {
+    colony_runtime::spawner::Spawner::spawn("cluster-role-sampler", async move {
         let mut every = tokio::time::interval(EVERY);
         every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -81,11 +81,44 @@ pub(crate) fn sample_every(app: Weak<super::ClusterApp>) {
             let Some(app) = app.upgrade() else {
                 return;
             };
-            // Bounded: `status` gives up after its own wait.
-            match app.status().await {
-                Ok(status) => app.roles.sample_status(&status),
-                Err(e) => tracing::debug!("the roles' history skipped a sample: {e}"),
+            // Bounded: `status` gives up after its own wait, and an append after its ack's.
+            let sample = match app.status().await {
+                Ok(status) => RoleSample::of(slot(super::now_ms()), &status),
+                Err(e) => {
+                    tracing::debug!("the roles' history skipped a sample: {e}");
+                    continue;
+                }
+            };
+            if let Err(e) = app.cluster.publish_roles(&sample).await {
+                tracing::debug!("the roles' sample was not appended: {e}");
             }
+        }
+    });
+}
+
+/// Reads the cluster's stream of samples into `app`'s history until the server is dropped:
+/// what it keeps, then each sample as it is appended; made again after the last sample read
+/// when it fails.
+pub(crate) fn follow(app: Weak<super::ClusterApp>) {
+    colony_runtime::spawner::Spawner::spawn("cluster-role-history", async move {
+        let mut last = None;
+        loop {
+            let Some(cluster) = app.upgrade().map(|app| app.cluster.clone()) else {
+                return;
+            };
+            match cluster.role_samples(last).await {
+                Ok(mut samples) => {
+                    while let Some(Ok((seq, sample))) = samples.next().await {
+                        let Some(app) = app.upgrade() else {
+                            return;
+                        };
+                        last = Some(seq);
+                        app.roles.take(sample);
+                    }
+                }
+                Err(e) => tracing::debug!("the roles' samples cannot be read: {e}"),
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
         }
     });
 }
@@ -94,7 +127,7 @@ impl RoleHistory {
     fn new(samples: usize) -> Self {
         Self {
             ticks: Mutex::new(Ticks {
-                clock: Clock::new(),
+                last: 0,
                 ring: Ring::new(samples),
             }),
         }
@@ -105,38 +138,30 @@ impl RoleHistory {
         self.ticks.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn sample_status(&self, status: &Status) {
-        let backlog: Vec<(&str, u64, u64)> = status
-            .roles
-            .iter()
-            .map(|r| (r.role.as_str(), r.waiting, r.running))
-            .collect();
-        self.sample(&status.nodes, &backlog);
-    }
-
-    /// Takes in one reading of the cluster: each role of a live node (draining ones too:
-    /// their agents are still there) or of the stream (`backlog`: each role's tasks waiting
-    /// and running; `*` for tasks any agent may run, which every agent serves).
-    fn sample(&self, nodes: &[NodeInfo], backlog: &[(&str, u64, u64)]) {
-        let mut roles: BTreeMap<&str, Sample> = BTreeMap::new();
-        for node in nodes {
-            for (role, slots) in &node.by_role {
-                let s = roles.entry(role.as_str()).or_default();
-                s.agents += slots.agents;
-                s.nodes += 1;
-            }
-        }
-        if backlog.iter().any(|(role, ..)| *role == "*") {
-            let s = roles.entry("*").or_default();
-            s.agents = nodes.iter().map(|n| n.agents).sum();
-            s.nodes = nodes.len() as u64;
-        }
-        for &(role, waiting, running) in backlog {
-            let s = roles.entry(role).or_default();
-            s.waiting = waiting;
-            s.running = running;
-        }
+    /// Takes in one sample, unless it is no later than the last one taken. Its roles are
+    /// kept by name, the first [`MAX_ROLES`] of them (a sample is the cluster's, read from
+    /// NATS: not trusted to be sorted or bounded).
+    fn take(&self, sample: RoleSample) {
         let mut ticks = self.ticks();
+        if sample.t <= ticks.last {
+            return;
+        }
+        let mut counts: Vec<(String, Sample)> = sample
+            .roles
+            .into_iter()
+            .map(|c| {
+                let s = Sample {
+                    agents: c.agents,
+                    nodes: c.nodes,
+                    waiting: c.waiting,
+                    running: c.running,
+                };
+                (c.role, s)
+            })
+            .collect();
+        counts.sort_by(|a, b| a.0.cmp(&b.0));
+        counts.dedup_by(|a, b| a.0 == b.0);
+        counts.truncate(MAX_ROLES);
         // A name the last sample had is shared, not copied again.
         let named = |name: &str| -> Arc<str> {
             ticks
@@ -145,13 +170,12 @@ impl RoleHistory {
                 .and_then(|roles| roles.iter().find(|(n, _)| &**n == name))
                 .map_or_else(|| name.into(), |(n, _)| n.clone())
         };
-        let roles: Roles = roles
-            .into_iter()
-            .take(MAX_ROLES)
-            .map(|(name, sample)| (named(name), sample))
+        let roles: Roles = counts
+            .iter()
+            .map(|(name, sample)| (named(name), *sample))
             .collect();
-        let t = ticks.clock.stamp();
-        ticks.ring.push(t, roles);
+        ticks.last = sample.t;
+        ticks.ring.push(sample.t, roles);
     }
 
     /// What was sampled after `since` (everything kept, without it), as a column per role
@@ -172,7 +196,7 @@ impl RoleHistory {
         let mut columns = Columns {
             every_ms: u64::try_from(EVERY.as_millis()).unwrap_or(u64::MAX),
             samples_kept: kept.ring.cap(),
-            until: kept.clock.last(),
+            until: kept.last,
             t: Vec::with_capacity(rows),
             roles: names
                 .into_iter()
@@ -255,78 +279,76 @@ pub(crate) async fn history(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use colony_cluster::RoleSlots;
+    use colony_cluster::roles::RoleCount;
 
-    fn node(name: &str, roles: &[(&str, u64)]) -> NodeInfo {
-        let mut info = NodeInfo {
-            name: name.into(),
-            ..NodeInfo::default()
-        };
-        for &(role, agents) in roles {
-            info.roles.push(role.into());
-            info.agents += agents;
-            info.by_role.insert(
-                role.into(),
-                RoleSlots {
+    fn sample(t: u64, roles: &[(&str, u64, u64)]) -> RoleSample {
+        RoleSample {
+            t,
+            roles: roles
+                .iter()
+                .map(|&(role, agents, waiting)| RoleCount {
+                    role: role.into(),
                     agents,
-                    slots: agents,
-                },
-            );
+                    nodes: 1,
+                    waiting,
+                    running: 0,
+                })
+                .collect(),
         }
-        info
     }
 
     #[test]
-    fn roles_are_summed_over_nodes_and_a_role_gone_reads_as_null() {
+    fn samples_come_in_order_and_a_role_gone_reads_as_null() {
         let history = RoleHistory::new(3);
-        history.sample(
-            &[
-                node("a", &[("gpu", 2), ("cpu", 8)]),
-                node("b", &[("cpu", 4)]),
-            ],
-            &[("cpu", 10, 12), ("*", 1, 0)],
-        );
-        history.sample(&[node("b", &[("cpu", 4)])], &[("cpu", 3, 4)]);
+        history.take(sample(2_000, &[("gpu", 2, 0), ("cpu", 12, 10)]));
+        history.take(sample(4_000, &[("cpu", 4, 3)]));
+        // No later than the last: another server's, whose clock is behind.
+        history.take(sample(4_000, &[("cpu", 99, 99)]));
+        history.take(sample(1_000, &[("cpu", 99, 99)]));
         let all = history.read(None);
-        assert_eq!(all.t.len(), 2);
-        assert!(all.t[0] < all.t[1] && all.until == all.t[1]);
+        assert_eq!(all.t, [2_000, 4_000]);
+        assert_eq!(all.until, 4_000);
         let names: Vec<&str> = all.roles.iter().map(|r| &*r.role).collect();
-        assert_eq!(names, ["*", "cpu", "gpu"]);
-        let (any, cpu, gpu) = (&all.roles[0], &all.roles[1], &all.roles[2]);
-        assert_eq!(any.agents, [Some(14), None]);
-        assert_eq!(any.nodes, [Some(2), None]);
+        assert_eq!(
+            names,
+            ["cpu", "gpu"],
+            "by name, whatever the sample's order"
+        );
+        let (cpu, gpu) = (&all.roles[0], &all.roles[1]);
         assert_eq!(cpu.agents, [Some(12), Some(4)]);
-        assert_eq!(cpu.nodes, [Some(2), Some(1)]);
         assert_eq!(cpu.waiting, [Some(10), Some(3)]);
-        assert_eq!(cpu.running, [Some(12), Some(4)]);
         assert_eq!(gpu.agents, [Some(2), None]);
-        assert_eq!(gpu.waiting, [Some(0), None]);
+        assert_eq!(gpu.nodes, [Some(1), None]);
 
         // After the first: only the second, and only the roles it has.
-        let next = history.read(Some(all.t[0]));
-        assert_eq!(next.t, [all.t[1]]);
+        let next = history.read(Some(2_000));
+        assert_eq!(next.t, [4_000]);
         let names: Vec<&str> = next.roles.iter().map(|r| &*r.role).collect();
         assert_eq!(names, ["cpu"]);
         assert!(history.read(Some(all.until)).t.is_empty());
 
         // The oldest goes first once the ring is full.
-        history.sample(&[], &[]);
-        history.sample(&[], &[]);
+        history.take(sample(6_000, &[]));
+        history.take(sample(8_000, &[]));
         let kept = history.read(None);
-        assert_eq!(kept.t.len(), 3);
-        assert_eq!(kept.t[0], all.t[1]);
+        assert_eq!(kept.t, [4_000, 6_000, 8_000]);
         assert_eq!(kept.samples_kept, 3);
     }
 
     #[test]
-    fn at_most_max_roles_are_kept_a_sample() {
+    fn a_sample_from_nats_is_cut_to_max_roles_sorted_and_without_repeats() {
         let history = RoleHistory::new(2);
-        let names: Vec<String> = (0..MAX_ROLES + 5).map(|i| format!("r{i:03}")).collect();
-        let backlog: Vec<(&str, u64, u64)> = names.iter().map(|r| (r.as_str(), 1, 0)).collect();
-        history.sample(&[], &backlog);
+        let names: Vec<String> = (0..MAX_ROLES + 5)
+            .rev()
+            .map(|i| format!("r{i:03}"))
+            .collect();
+        let mut roles: Vec<(&str, u64, u64)> = names.iter().map(|r| (r.as_str(), 1, 0)).collect();
+        roles.push(("r000", 7, 7));
+        history.take(sample(2_000, &roles));
         assert_eq!(history.ticks().ring.newest().unwrap().len(), MAX_ROLES);
         let read = history.read(None);
         assert_eq!(read.roles.len(), MAX_ROLES);
         assert_eq!(&*read.roles[0].role, "r000");
+        assert_eq!(&*read.roles[1].role, "r001");
     }
 }

@@ -146,9 +146,7 @@ impl View {
     }
 
     fn status(&self) -> Line<'_> {
-        let ago = self
-            .polled_at
-            .map(|at| self.watching.saturating_sub(at));
+        let ago = self.polled_at.map(|at| self.watching.saturating_sub(at));
         status_line(
             &self.server,
             self.live,
