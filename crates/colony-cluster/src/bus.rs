@@ -320,7 +320,7 @@ impl Bridge {
                 let mut last = Some(watch.1);
                 let mut watch = Some(watch);
                 loop {
-                    let (mut messages, floor) = match watch.take() {
+                    let (mut messages, _) = match watch.take() {
                         Some(made) => made,
                         None => match watch_from(&stream, &client, &subjects, last).await {
                             Ok(made) => made,
@@ -333,14 +333,10 @@ impl Bridge {
                             }
                         },
                     };
-                    while let Some(Ok(message)) = messages.next().await {
-                        let Ok(info) = message.info() else { continue };
-                        // The client makes a watch again from the stream's start when it
-                        // reconnects before its first message: made again from here instead.
-                        if info.stream_sequence <= floor {
-                            break;
-                        }
-                        last = Some(info.stream_sequence);
+                    // Ends at the first message the client went back for: made again from
+                    // after the last one read instead.
+                    while let Some(Ok((seq, message))) = messages.next().await {
+                        last = Some(seq);
                         relay(&bus, &instance, &own, &bridged, &message).await;
                     }
                     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -428,31 +424,22 @@ async fn relay(
 }
 
 /// A watch of the stream from after `last` (from now on when `None`), and the sequence the
-/// server says it starts after: a message at or before it is one the client went back for.
+/// server says it starts after (`crate::watch`).
 async fn watch_from(
     stream: &stream::Stream,
     client: &async_nats::Client,
     subjects: &[String],
     last: Option<u64>,
-) -> Result<(consumer::push::Ordered, u64), String> {
-    let deliver_policy = match last {
+) -> Result<(crate::watch::Messages, u64), String> {
+    let from = match last {
         None => consumer::DeliverPolicy::New,
         Some(last) => consumer::DeliverPolicy::ByStartSequence {
             start_sequence: last + 1,
         },
     };
-    let consumer = stream
-        .create_consumer(consumer::push::OrderedConfig {
-            deliver_subject: client.new_inbox(),
-            filter_subjects: subjects.to_vec(),
-            deliver_policy,
-            replay_policy: consumer::ReplayPolicy::Instant,
-            ..Default::default()
-        })
-        .await
-        .map_err(|e| e.to_string())?;
-    let floor = consumer.cached_info().delivered.stream_sequence;
-    let messages = consumer.messages().await.map_err(|e| e.to_string())?;
+    let description = "colony: a bridge's watch of the bus";
+    let consumer = crate::watch::ordered(stream, client, description, subjects, from).await?;
+    let (floor, messages) = crate::watch::messages(consumer).await?;
     Ok((messages, floor))
 }
 

@@ -557,18 +557,12 @@ impl Cluster {
     /// bucket's start (it does so when it reconnects before its first record): the caller
     /// makes it again after the last record it read.
     pub async fn records(&self, from: RecordsFrom, most: u64) -> Result<Watch, Error> {
-        use jetstream::consumer::{DeliverPolicy, ReplayPolicy, push::OrderedConfig};
+        use jetstream::consumer::DeliverPolicy;
         let watching = |e: &dyn std::fmt::Display| Error::nats("watching the task records", e);
-        let filter = format!("{}{}.>", self.tasks.prefix, self.epoch);
-        let make = |deliver_policy| {
-            self.tasks.stream.create_consumer(OrderedConfig {
-                deliver_subject: self.client.new_inbox(),
-                description: Some("colony: a watch of the task records".into()),
-                filter_subject: filter.clone(),
-                replay_policy: ReplayPolicy::Instant,
-                deliver_policy,
-                ..Default::default()
-            })
+        let filter = [format!("{}{}.>", self.tasks.prefix, self.epoch)];
+        let make = |from| {
+            let description = "colony: a watch of the task records";
+            crate::watch::ordered(&self.tasks.stream, &self.client, description, &filter, from)
         };
         let policy = match from {
             RecordsFrom::Now => DeliverPolicy::New,
@@ -605,22 +599,17 @@ impl Cluster {
             .map_err(|e| watching(&e))?;
             cut = true;
         }
-        let info = consumer.cached_info();
-        // The server tells the sequence before the first it delivers.
-        let floor = info.delivered.stream_sequence;
-        let backlog = info.num_pending;
-        let messages = consumer.messages().await.map_err(|e| watching(&e))?;
+        let backlog = consumer.cached_info().num_pending;
+        // Ends at the first record the client went back for (`crate::watch`).
+        let (_, messages) = crate::watch::messages(consumer)
+            .await
+            .map_err(|e| watching(&e))?;
         let prefix = format!("{}{}.", self.tasks.prefix, self.epoch);
         let records = messages
             .filter_map(move |message| {
                 let record = match message {
-                    Ok(message) => (|| {
+                    Ok((_, message)) => (|| {
                         let info = message.info().ok()?;
-                        if info.stream_sequence <= floor {
-                            return Some(Err(watching(
-                                &"the watch was made again from the bucket's start",
-                            )));
-                        }
                         let deleted = message
                             .headers
                             .as_ref()
@@ -643,14 +632,6 @@ impl Cluster {
                     Err(e) => Some(Err(watching(&e))),
                 };
                 std::future::ready(record)
-            })
-            .scan(false, |ended, record| {
-                // After an error, nothing more.
-                if *ended {
-                    return std::future::ready(None);
-                }
-                *ended = record.is_err();
-                std::future::ready(Some(record))
             })
             .boxed();
         Ok(Watch {

@@ -35,6 +35,7 @@ pub mod runs;
 pub mod scaling;
 mod settings;
 pub mod testing;
+mod watch;
 mod wire;
 
 pub use client::{

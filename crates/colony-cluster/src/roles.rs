@@ -157,54 +157,32 @@ impl Cluster {
     /// gone), or made again by the client from the stream's start, ends it with an error:
     /// the caller makes it again after the last sequence it read.
     pub async fn role_samples(&self, after: Option<u64>) -> Result<Samples, Error> {
-        let watching = |e: &dyn std::fmt::Display| Error::nats("watching the roles' samples", e);
+        let watching = |e: String| Error::nats("watching the roles' samples", e);
         let stream = self.roles_stream().await?;
-        let deliver_policy = match after {
+        let from = match after {
             None => consumer::DeliverPolicy::All,
             Some(last) => consumer::DeliverPolicy::ByStartSequence {
                 start_sequence: last + 1,
             },
         };
-        let consumer = stream
-            .create_consumer(consumer::push::OrderedConfig {
-                deliver_subject: self.client.new_inbox(),
-                description: Some("colony: a watch of the roles' samples".into()),
-                deliver_policy,
-                replay_policy: consumer::ReplayPolicy::Instant,
-                ..Default::default()
-            })
+        let description = "colony: a watch of the roles' samples";
+        let consumer = crate::watch::ordered(&stream, &self.client, description, &[], from)
             .await
-            .map_err(|e| watching(&e))?;
-        // The server tells the sequence before the first it delivers: one at or before it is
-        // a message the client went back for.
-        let floor = consumer.cached_info().delivered.stream_sequence;
-        let messages = consumer.messages().await.map_err(|e| watching(&e))?;
-        let samples = messages
-            .filter_map(move |message| {
-                let sample = match message {
-                    Ok(message) => match message.info() {
-                        Ok(info) if info.stream_sequence <= floor => Some(Err(watching(
-                            &"the watch was made again from the stream's start",
-                        ))),
-                        Ok(info) => serde_json::from_slice::<RoleSample>(&message.payload)
-                            .ok()
-                            .map(|sample| Ok((info.stream_sequence, sample))),
-                        Err(_) => None,
-                    },
-                    Err(e) => Some(Err(watching(&e))),
-                };
-                std::future::ready(sample)
+            .map_err(watching)?;
+        let (_, messages) = crate::watch::messages(consumer).await.map_err(watching)?;
+        Ok(messages
+            .filter_map(move |read| {
+                std::future::ready(match read {
+                    // Over what a sample may take (a stream made by hand, without the
+                    // bound): left out, not read.
+                    Ok((_, message)) if message.payload.len() > MAX_SAMPLE => None,
+                    Ok((seq, message)) => serde_json::from_slice::<RoleSample>(&message.payload)
+                        .ok()
+                        .map(|sample| Ok((seq, sample))),
+                    Err(e) => Some(Err(watching(e))),
+                })
             })
-            .scan(false, |ended, sample| {
-                // After an error, nothing more.
-                if *ended {
-                    return std::future::ready(None);
-                }
-                *ended = sample.is_err();
-                std::future::ready(Some(sample))
-            })
-            .boxed();
-        Ok(samples)
+            .boxed())
     }
 }
 

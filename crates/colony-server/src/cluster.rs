@@ -554,6 +554,7 @@ async fn status(State(app): State<Arc<ClusterApp>>) -> Response {
                 "leading": app.scaling.term().is_some(),
                 "term": app.scaling.term(),
             });
+            v["now-ms"] = now_ms().into();
             Json(v).into_response()
         }
         Err(e) => failed(e),

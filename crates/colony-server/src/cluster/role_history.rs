@@ -70,30 +70,69 @@ impl Default for RoleHistory {
     }
 }
 
-/// Every [`EVERY`] until the server is dropped: samples the cluster's status (as the server
-/// shares it) and appends the sample to the cluster's stream of them.
+/// Every [`EVERY`], in the middle of each slot (so that each tick falls in a slot of its
+/// own), until the server is dropped: samples the cluster's status (as the server shares it)
+/// and appends the sample to the cluster's stream of them. A sample the stream does not take
+/// (NATS away, or no right to its stream) is taken into this server's own history, so that
+/// its chart goes on; said once when appending starts failing, and once when it works again.
 pub(crate) fn sample_every(app: Weak<super::ClusterApp>) {
     colony_runtime::spawner::Spawner::spawn("cluster-role-sampler", async move {
-        let mut every = tokio::time::interval(EVERY);
+        let every_ms = u64::try_from(EVERY.as_millis()).unwrap_or(u64::MAX);
+        let now = super::now_ms();
+        let to_middle = (slot(now) + every_ms + every_ms / 2).saturating_sub(now) % every_ms;
+        let start = tokio::time::Instant::now() + Duration::from_millis(to_middle);
+        let mut every = tokio::time::interval_at(start, EVERY);
         every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut failing = false;
         loop {
             every.tick().await;
+            let t = slot(super::now_ms());
             let Some(app) = app.upgrade() else {
                 return;
             };
             // Bounded: `status` gives up after its own wait, and an append after its ack's.
             let sample = match app.status().await {
-                Ok(status) => RoleSample::of(slot(super::now_ms()), &status),
+                Ok(status) => RoleSample::of(t, &status),
                 Err(e) => {
                     tracing::debug!("the roles' history skipped a sample: {e}");
                     continue;
                 }
             };
-            if let Err(e) = app.cluster.publish_roles(&sample).await {
-                tracing::debug!("the roles' sample was not appended: {e}");
+            match app.cluster.publish_roles(&sample).await {
+                Ok(()) if failing => {
+                    failing = false;
+                    tracing::info!("the roles' samples are appended to the cluster again");
+                }
+                Ok(()) => {}
+                Err(e) => {
+                    if !failing {
+                        failing = true;
+                        tracing::warn!(
+                            "the roles' sample was not appended to the cluster ({e}): this server's chart keeps its own samples until it is"
+                        );
+                    }
+                    app.roles.take(sample, super::now_ms());
+                }
             }
         }
     });
+}
+
+/// The cluster's samples after `last`; `None` once the server is dropped. Asked again every
+/// second while they cannot be read.
+async fn samples(
+    app: &Weak<super::ClusterApp>,
+    last: Option<u64>,
+) -> Option<colony_cluster::roles::Samples> {
+    loop {
+        let cluster = app.upgrade()?.cluster.clone();
+        match cluster.role_samples(last).await {
+            Ok(samples) => return Some(samples),
+            Err(e) => tracing::debug!("the roles' samples cannot be read: {e}"),
+        }
+        drop(cluster);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
 }
 
 /// Reads the cluster's stream of samples into `app`'s history until the server is dropped:
@@ -103,20 +142,28 @@ pub(crate) fn follow(app: Weak<super::ClusterApp>) {
     colony_runtime::spawner::Spawner::spawn("cluster-role-history", async move {
         let mut last = None;
         loop {
-            let Some(cluster) = app.upgrade().map(|app| app.cluster.clone()) else {
+            let Some(mut samples) = samples(&app, last).await else {
                 return;
             };
-            match cluster.role_samples(last).await {
-                Ok(mut samples) => {
-                    while let Some(Ok((seq, sample))) = samples.next().await {
-                        let Some(app) = app.upgrade() else {
-                            return;
-                        };
+            loop {
+                // While none comes, the server is looked at every few seconds: one dropped
+                // ends this.
+                let next = tokio::time::timeout(4 * EVERY, samples.next()).await;
+                let Some(app) = app.upgrade() else {
+                    return;
+                };
+                match next {
+                    Ok(Some(Ok((seq, sample)))) => {
                         last = Some(seq);
-                        app.roles.take(sample);
+                        app.roles.take(sample, super::now_ms());
                     }
+                    Err(_) => {}
+                    Ok(Some(Err(e))) => {
+                        tracing::debug!("the roles' samples: {e}; read again");
+                        break;
+                    }
+                    Ok(None) => break,
                 }
-                Err(e) => tracing::debug!("the roles' samples cannot be read: {e}"),
             }
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
@@ -138,10 +185,16 @@ impl RoleHistory {
         self.ticks.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Takes in one sample, unless it is no later than the last one taken. Its roles are
-    /// kept by name, the first [`MAX_ROLES`] of them (a sample is the cluster's, read from
-    /// NATS: not trusted to be sorted or bounded).
-    fn take(&self, sample: RoleSample) {
+    /// Takes in one sample, read at `now_ms`, unless it is no later than the last one
+    /// taken, or is not a slot's, or is from the future (a server whose clock is ahead would
+    /// otherwise hold every other sample out until real time caught up). Its roles are kept
+    /// by name, the first [`MAX_ROLES`] of them (a sample is the cluster's, read from NATS:
+    /// not trusted to be sorted or bounded).
+    fn take(&self, sample: RoleSample, now_ms: u64) {
+        let every_ms = u64::try_from(EVERY.as_millis()).unwrap_or(u64::MAX);
+        if !sample.t.is_multiple_of(every_ms) || sample.t > now_ms.saturating_add(every_ms) {
+            return;
+        }
         let mut ticks = self.ticks();
         if sample.t <= ticks.last {
             return;
@@ -149,6 +202,7 @@ impl RoleHistory {
         let mut counts: Vec<(String, Sample)> = sample
             .roles
             .into_iter()
+            .filter(|c| colony_cluster::check_role(&c.role).is_ok() || c.role == "*")
             .map(|c| {
                 let s = Sample {
                     agents: c.agents,
@@ -196,7 +250,9 @@ impl RoleHistory {
         let mut columns = Columns {
             every_ms: u64::try_from(EVERY.as_millis()).unwrap_or(u64::MAX),
             samples_kept: kept.ring.cap(),
-            until: kept.last,
+            // Never behind the reader's cursor: a server whose ring lags (started just now,
+            // or reading again) must not make a reader of another start over.
+            until: kept.last.max(since),
             t: Vec::with_capacity(rows),
             roles: names
                 .into_iter()
@@ -281,6 +337,14 @@ mod tests {
     use super::*;
     use colony_cluster::roles::RoleCount;
 
+    impl RoleHistory {
+        /// Takes `sample` as if read a slot after its time.
+        fn take_now(&self, sample: RoleSample) {
+            let now = sample.t + 2_000;
+            self.take(sample, now);
+        }
+    }
+
     fn sample(t: u64, roles: &[(&str, u64, u64)]) -> RoleSample {
         RoleSample {
             t,
@@ -300,11 +364,11 @@ mod tests {
     #[test]
     fn samples_come_in_order_and_a_role_gone_reads_as_null() {
         let history = RoleHistory::new(3);
-        history.take(sample(2_000, &[("gpu", 2, 0), ("cpu", 12, 10)]));
-        history.take(sample(4_000, &[("cpu", 4, 3)]));
+        history.take_now(sample(2_000, &[("gpu", 2, 0), ("cpu", 12, 10)]));
+        history.take_now(sample(4_000, &[("cpu", 4, 3)]));
         // No later than the last: another server's, whose clock is behind.
-        history.take(sample(4_000, &[("cpu", 99, 99)]));
-        history.take(sample(1_000, &[("cpu", 99, 99)]));
+        history.take_now(sample(4_000, &[("cpu", 99, 99)]));
+        history.take_now(sample(1_000, &[("cpu", 99, 99)]));
         let all = history.read(None);
         assert_eq!(all.t, [2_000, 4_000]);
         assert_eq!(all.until, 4_000);
@@ -326,12 +390,22 @@ mod tests {
         let names: Vec<&str> = next.roles.iter().map(|r| &*r.role).collect();
         assert_eq!(names, ["cpu"]);
         assert!(history.read(Some(all.until)).t.is_empty());
+        // A reader's cursor ahead of this server's samples (it read another's, which is
+        // ahead) is kept, not moved back.
+        assert_eq!(history.read(Some(6_000)).until, 6_000);
+
+        // From the future (a clock ahead), or not a slot's: left out.
+        history.take(sample(10_000, &[("cpu", 1, 1)]), 5_000);
+        history.take(sample(5_001, &[("cpu", 1, 1)]), 9_000);
+        assert_eq!(history.read(None).t, [2_000, 4_000]);
+        history.take(sample(6_000, &[("cpu", 1, 1)]), 5_000);
+        assert_eq!(history.read(None).until, 6_000, "within a slot of now");
 
         // The oldest goes first once the ring is full.
-        history.take(sample(6_000, &[]));
-        history.take(sample(8_000, &[]));
+        history.take_now(sample(8_000, &[]));
+        history.take_now(sample(10_000, &[]));
         let kept = history.read(None);
-        assert_eq!(kept.t, [4_000, 6_000, 8_000]);
+        assert_eq!(kept.t, [6_000, 8_000, 10_000]);
         assert_eq!(kept.samples_kept, 3);
     }
 
@@ -344,7 +418,7 @@ mod tests {
             .collect();
         let mut roles: Vec<(&str, u64, u64)> = names.iter().map(|r| (r.as_str(), 1, 0)).collect();
         roles.push(("r000", 7, 7));
-        history.take(sample(2_000, &roles));
+        history.take_now(sample(2_000, &roles));
         assert_eq!(history.ticks().ring.newest().unwrap().len(), MAX_ROLES);
         let read = history.read(None);
         assert_eq!(read.roles.len(), MAX_ROLES);

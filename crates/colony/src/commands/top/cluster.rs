@@ -60,6 +60,9 @@ pub(crate) struct Status {
     pub(crate) unfinished: u64,
     pub(crate) roles: Vec<Role>,
     pub(crate) leader: Option<String>,
+    /// The server's clock as it answered (ms since the epoch); absent from servers before it.
+    #[serde(rename = "now-ms")]
+    pub(crate) now_ms: Option<u64>,
 }
 
 /// One role's columns of `GET /v1/roles/history`, aligned with its `t`.
@@ -86,8 +89,8 @@ pub(crate) struct Snapshot {
     pub(crate) status: Status,
     /// `None` from a server without the roles' history.
     pub(crate) history: Option<RolesHistory>,
-    /// The server's clock, read from the newest sample (ms since the epoch), for heartbeat
-    /// ages; `None` before a sample.
+    /// The server's clock (ms since the epoch), for heartbeat ages: as it answered, or from
+    /// a server that does not say it, its newest sample's; `None` when neither is known.
     pub(crate) now_ms: Option<u64>,
 }
 
@@ -102,7 +105,11 @@ impl Client {
             self.get::<Status>("/v1/cluster"),
             self.get_if_served::<RolesHistory>(&history),
         )?;
-        let now_ms = history.as_ref().map(|h| h.until).filter(|&t| t > 0);
+        // Heartbeat ages against the server's clock; from a server that does not say it,
+        // against its newest sample (up to a slot behind).
+        let now_ms = status
+            .now_ms
+            .or_else(|| history.as_ref().map(|h| h.until).filter(|&t| t > 0));
         Ok(Snapshot {
             status,
             history,
@@ -483,6 +490,7 @@ mod tests {
                     },
                 ],
                 leader: Some("n2".into()),
+                now_ms: None,
             },
             now_ms: Some(history.until),
             history: Some(history),
