@@ -4,7 +4,9 @@
 //! (the sample's `t`, a multiple of [`EVERY`]; `Nats-Msg-Id: roles-<t>`), so that of the
 //! servers sampling one slot the stream keeps the first; and every server reads the stream
 //! (what it keeps, [`KEEP`], then each sample as it comes) for its charts. All servers
-//! answer the same samples, and one started anew answers the past as well.
+//! answer the same samples, and one started anew answers the past as well. The scaling
+//! leader appends each step it decides on a role's size ([`RoleDecision`]) beside them, for
+//! the charts' marks.
 
 use crate::{Cluster, Error, NodeInfo, Status};
 use async_nats::jetstream::{consumer, stream};
@@ -14,8 +16,10 @@ use std::{collections::BTreeMap, time::Duration};
 
 /// The stream of samples.
 pub(crate) const ROLES_STREAM: &str = "COLONY_ROLES";
-/// Its one subject.
+/// The samples' subject.
 const SUBJECT: &str = "colony.roles";
+/// The scaling leader's decisions' subject.
+const DECISIONS: &str = "colony.roles.decision";
 /// Time between two samples: the dashboard's own refresh.
 pub const EVERY: Duration = Duration::from_secs(2);
 /// How long a sample is kept: the charts' fifteen minutes, and one more.
@@ -44,6 +48,24 @@ pub struct RoleSample {
     /// The sample's slot: milliseconds since the Unix epoch, a multiple of [`EVERY`].
     pub t: u64,
     pub roles: Vec<RoleCount>,
+}
+
+/// A step the scaling leader decided on a role's size, in nodes.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoleDecision {
+    /// When it was decided: milliseconds since the Unix epoch, the leader's clock.
+    pub t: u64,
+    pub role: String,
+    pub from: u32,
+    pub to: u32,
+    pub reason: String,
+}
+
+/// What the roles' stream holds.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RoleEvent {
+    Sample(RoleSample),
+    Decision(RoleDecision),
 }
 
 /// The slot of time `ms` (since the Unix epoch) falls in.
@@ -97,8 +119,9 @@ impl RoleSample {
     }
 }
 
-/// Samples as the stream gives them, each with its stream sequence; an error ends it.
-pub type Samples = BoxStream<'static, Result<(u64, RoleSample), Error>>;
+/// Samples and decisions as the stream gives them, each with its stream sequence; an error
+/// ends it.
+pub type Samples = BoxStream<'static, Result<(u64, RoleEvent), Error>>;
 
 impl Cluster {
     /// The stream of samples, made on first use.
@@ -106,7 +129,7 @@ impl Cluster {
         let config = stream::Config {
             name: ROLES_STREAM.into(),
             description: Some("colony: each role's size and backlog, a sample every 2 s".into()),
-            subjects: vec![SUBJECT.into()],
+            subjects: vec![SUBJECT.into(), DECISIONS.into()],
             retention: stream::RetentionPolicy::Limits,
             storage: stream::StorageType::File,
             num_replicas: self.settings.replicas,
@@ -152,8 +175,30 @@ impl Cluster {
         Ok(())
     }
 
-    /// The samples after stream sequence `after` (every one kept when `None`), then each as
-    /// it is appended. A sample that does not read is left out; the watch failing (NATS
+    /// Appends a step the scaling leader decided; one appended twice (the same role, leader
+    /// term and time) is kept once.
+    pub async fn publish_role_decision(
+        &self,
+        decision: &RoleDecision,
+        term: u64,
+    ) -> Result<(), Error> {
+        self.roles_stream().await?;
+        let body = serde_json::to_vec(decision).map_err(|e| Error::Task(e.to_string()))?;
+        let mut headers = async_nats::HeaderMap::new();
+        let id = format!("scale-{}-{term}-{}", decision.role, decision.t);
+        headers.insert("Nats-Msg-Id", id.as_str());
+        let what = "appending a scaling decision";
+        self.js
+            .publish_with_headers(DECISIONS, headers, body.into())
+            .await
+            .map_err(|e| Error::nats(what, e))?
+            .await
+            .map_err(|e| Error::nats(what, e))?;
+        Ok(())
+    }
+
+    /// The samples and decisions after stream sequence `after` (every one kept when `None`),
+    /// then each as it is appended. A sample that does not read is left out; the watch failing (NATS
     /// gone), or made again by the client from the stream's start, ends it with an error:
     /// the caller makes it again after the last sequence it read.
     pub async fn role_samples(&self, after: Option<u64>) -> Result<Samples, Error> {
@@ -176,9 +221,14 @@ impl Cluster {
                     // Over what a sample may take (a stream made by hand, without the
                     // bound): left out, not read.
                     Ok((_, message)) if message.payload.len() > MAX_SAMPLE => None,
+                    Ok((seq, message)) if message.subject.as_str() == DECISIONS => {
+                        serde_json::from_slice::<RoleDecision>(&message.payload)
+                            .ok()
+                            .map(|d| Ok((seq, RoleEvent::Decision(d))))
+                    }
                     Ok((seq, message)) => serde_json::from_slice::<RoleSample>(&message.payload)
                         .ok()
-                        .map(|sample| Ok((seq, sample))),
+                        .map(|sample| Ok((seq, RoleEvent::Sample(sample)))),
                     Err(e) => Some(Err(watching(e))),
                 })
             })

@@ -414,6 +414,22 @@ async fn decide(
                             "scaling decided"
                         );
                     }
+                    let from = previous.as_ref().map(|(r, _)| r.desired);
+                    if record.decision == "scale"
+                        && let Some(from) = from.filter(|&from| from != record.desired)
+                    {
+                        // For the charts' marks; a chart without it loses a mark, no more.
+                        let step = crate::roles::RoleDecision {
+                            t: record.at_ms,
+                            role: role.role.clone(),
+                            from,
+                            to: record.desired,
+                            reason: record.reason.clone().unwrap_or_default(),
+                        };
+                        if let Err(e) = cluster.publish_role_decision(&step, term).await {
+                            tracing::debug!("scaling: the step was not marked: {e}");
+                        }
+                    }
                 }
                 Err(e) => {
                     tracing::debug!("scaling: the record of {} was not written: {e}", role.role)

@@ -1815,6 +1815,53 @@ async fn a_spread_vote_takes_its_rounds_and_its_judge_across_the_cluster() {
     }
 }
 
+/// The scaling leader appends each step it decides on a role's size to the roles' stream,
+/// beside the samples, for the charts: a node of one agent busy with long tasks is short
+/// (its utilisation 1, its backlog waiting), and the leader's step up is read back from the
+/// stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_scaling_leader_marks_each_step_in_the_roles_stream() {
+    use colony_cluster::roles::RoleEvent;
+    use futures::StreamExt;
+    let dir = tempfile::tempdir().unwrap();
+    let server = tokio::task::block_in_place(|| NatsServer::single(dir.path())).unwrap();
+    let client = cluster(&server).await;
+    let rt = runtime("w", 1, Duration::from_secs(4)).await;
+    let node = join(&server, &rt, "a").await;
+    let specs: Vec<TaskSpec> = (0..3).map(|i| task(Some("w"), i.to_string(), 1)).collect();
+    client.submit(&specs, None).await.unwrap();
+    let mut events = client.role_samples(None).await.unwrap();
+    let scaling = colony_cluster::scaling::Scaling::start(
+        client.clone(),
+        "s1",
+        colony_cluster::scaling::ScalingPlan {
+            lease: Duration::from_secs(2),
+            period: Duration::from_millis(200),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let step = tokio::time::timeout(Duration::from_secs(20), async {
+        while let Some(event) = events.next().await {
+            if let RoleEvent::Decision(step) = event.unwrap().1 {
+                return step;
+            }
+        }
+        panic!("the watch ended");
+    })
+    .await
+    .expect("a step within 20 s");
+    assert_eq!(step.role, "w", "{step:?}");
+    // Up, from the leader's last record of the role (its first record is no step).
+    assert!(step.from >= 1 && step.to > step.from, "{step:?}");
+    assert!(!step.reason.is_empty(), "{step:?}");
+    assert!(step.t.abs_diff(now_ms()) < 20_000, "{step:?}");
+    scaling.resign().await;
+    node.drain().await;
+    rt.shutdown().await;
+}
+
 /// A node draining while it counts a spread vote waits for it up to its drain timeout, then
 /// hands the vote back without costing it an attempt: the ballots still out are cancelled,
 /// and another node counts the vote again from ballots of its own. The node that took it

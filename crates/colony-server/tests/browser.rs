@@ -261,8 +261,9 @@ async fn problems(driver: &Driver, client: &Client) -> Vec<Value> {
 
 /// The dashboard of `colony serve --nats` in a real browser, over a real NATS server and a
 /// node in this process: signed in through the form, it shows the node and its role, the
-/// event stream connects and lists task records as the node ends them, and the browser
-/// refuses nothing under the Content-Security-Policy.
+/// event stream connects and lists task records as the node ends them, the roles chart
+/// draws each role and marks a scaling step, and the browser refuses nothing under the
+/// Content-Security-Policy.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_cluster_dashboard_shows_nodes_and_records_in_a_browser() {
     use colony_cluster::{Cluster, Node, NodeOptions, Settings, testing::NatsServer};
@@ -422,6 +423,34 @@ async fn the_cluster_dashboard_shows_nodes_and_records_in_a_browser() {
     })
     .await;
     assert!(now.is_some(), "{:?}", text(&client, "#roles-now").await);
+    // A step of the scaling leader is marked on the chart, and the latest said under it
+    // (the leader of this test may step too: the marks are counted).
+    let marks = || async {
+        let legend = client.find(Locator::Css("#roles-now")).await.ok()?;
+        legend.attr("data-marks").await.ok()??.parse::<u64>().ok()
+    };
+    let before = marks().await.unwrap_or(0);
+    let step = colony_cluster::roles::RoleDecision {
+        t: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64,
+        role: "worker".into(),
+        from: 1,
+        to: 2,
+        reason: "high-backlog".into(),
+    };
+    cluster.publish_role_decision(&step, 1).await.unwrap();
+    let marked = until(Duration::from_secs(10), POLL, || async {
+        marks().await.filter(|&n| n > before)
+    })
+    .await;
+    assert!(marked.is_some(), "{:?}", text(&client, "#roles-now").await);
+    let said = text(&client, "#roles-now").await.unwrap_or_default();
+    assert!(
+        said.contains("last step: worker ") && said.contains(" nodes ("),
+        "{said}"
+    );
     // Opened again, the page starts from what the server saw: the counts, the chart's
     // seconds and the records, not from nothing.
     client.refresh().await.unwrap();

@@ -26,7 +26,7 @@ use axum::{
     http::StatusCode,
     response::{IntoResponse, Response},
 };
-use colony_cluster::roles::{EVERY, MAX_ROLES, RoleSample, slot};
+use colony_cluster::roles::{EVERY, MAX_ROLES, RoleDecision, RoleEvent, RoleSample, slot};
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use std::{
@@ -51,11 +51,28 @@ struct Sample {
 /// MB, and the names.
 type Roles = Box<[(Arc<str>, Sample)]>;
 
-/// The samples, and the time of the newest.
+/// Most of the scaling leader's steps kept: it looks every 5 s by default, so fifteen
+/// minutes of steps on 64 roles at most.
+pub(crate) const MARKS: usize = 2_048;
+
+/// A step the scaling leader decided on a role's size, as the API spells it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+struct Mark {
+    t: u64,
+    role: Arc<str>,
+    /// `scale:up` or `scale:down`, as a runtime's pools history names its autoscaler's.
+    kind: &'static str,
+    from: u32,
+    to: u32,
+    reason: String,
+}
+
+/// The samples, the time of the newest, and the scaling leader's steps among them.
 #[derive(Debug)]
 struct Ticks {
     last: u64,
     ring: Ring<Roles>,
+    marks: Ring<Mark>,
 }
 
 /// The roles' recent past, shared by the stream's reader and the handlers.
@@ -153,9 +170,12 @@ pub(crate) fn follow(app: Weak<super::ClusterApp>) {
                     return;
                 };
                 match next {
-                    Ok(Some(Ok((seq, sample)))) => {
+                    Ok(Some(Ok((seq, event)))) => {
                         last = Some(seq);
-                        app.roles.take(sample, super::now_ms());
+                        match event {
+                            RoleEvent::Sample(sample) => app.roles.take(sample, super::now_ms()),
+                            RoleEvent::Decision(step) => app.roles.mark(step, super::now_ms()),
+                        }
                     }
                     Err(_) => {}
                     Ok(Some(Err(e))) => {
@@ -176,6 +196,7 @@ impl RoleHistory {
             ticks: Mutex::new(Ticks {
                 last: 0,
                 ring: Ring::new(samples),
+                marks: Ring::new(MARKS),
             }),
         }
     }
@@ -230,6 +251,38 @@ impl RoleHistory {
             .collect();
         ticks.last = sample.t;
         ticks.ring.push(sample.t, roles);
+        // Steps older than the oldest sample are off the chart.
+        let oldest = ticks.ring.oldest_time().unwrap_or(0);
+        ticks.marks.drop_before(oldest);
+    }
+
+    /// Notes a step of the scaling leader, read at `now_ms`, unless it is from the future
+    /// (a leader whose clock is ahead), older than the last step noted (kept in order), or
+    /// names no role a sample can have.
+    fn mark(&self, step: RoleDecision, now_ms: u64) {
+        let every_ms = u64::try_from(EVERY.as_millis()).unwrap_or(u64::MAX);
+        if step.t > now_ms.saturating_add(every_ms)
+            || (step.role != "*" && colony_cluster::check_role(&step.role).is_err())
+        {
+            return;
+        }
+        let mut ticks = self.ticks();
+        if ticks.marks.newest().is_some_and(|m| m.t > step.t) {
+            return;
+        }
+        let mark = Mark {
+            t: step.t,
+            role: step.role.into(),
+            kind: if step.to > step.from {
+                "scale:up"
+            } else {
+                "scale:down"
+            },
+            from: step.from,
+            to: step.to,
+            reason: colony_core::text::shorten(&step.reason, 200),
+        };
+        ticks.marks.push(step.t, mark);
     }
 
     /// What was sampled after `since` (everything kept, without it), as a column per role
@@ -258,6 +311,7 @@ impl RoleHistory {
                 .into_iter()
                 .map(|role| RoleColumns::with_capacity(role, rows))
                 .collect(),
+            events: Vec::new(),
         };
         for (t, roles) in ticks {
             columns.t.push(*t);
@@ -269,6 +323,14 @@ impl RoleHistory {
                 role.push(sample);
             }
         }
+        // Up to the newest sample: a step after it is told with the sample that passes it,
+        // so that `since` stays an exact cursor over both.
+        columns.events = kept
+            .marks
+            .after(since)
+            .filter(|(t, _)| *t <= kept.last)
+            .map(|(_, mark)| mark.clone())
+            .collect();
         columns
     }
 }
@@ -312,6 +374,8 @@ struct Columns {
     until: u64,
     t: Vec<u64>,
     roles: Vec<RoleColumns>,
+    /// The scaling leader's steps after `since`, up to `until`, oldest first.
+    events: Vec<Mark>,
 }
 
 /// `GET /v1/roles/history?since=`.
@@ -407,6 +471,53 @@ mod tests {
         let kept = history.read(None);
         assert_eq!(kept.t, [6_000, 8_000, 10_000]);
         assert_eq!(kept.samples_kept, 3);
+    }
+
+    fn step(t: u64, role: &str, from: u32, to: u32) -> RoleDecision {
+        RoleDecision {
+            t,
+            role: role.into(),
+            from,
+            to,
+            reason: "backlog".into(),
+        }
+    }
+
+    #[test]
+    fn the_leaders_steps_are_told_with_the_sample_that_passes_them() {
+        let history = RoleHistory::new(3);
+        history.take_now(sample(2_000, &[("cpu", 4, 40)]));
+        history.mark(step(2_500, "cpu", 1, 2), 2_600);
+        // Newer than the newest sample: not told yet.
+        let first = history.read(None);
+        assert!(first.events.is_empty(), "{first:?}");
+        history.take_now(sample(4_000, &[("cpu", 8, 20)]));
+        let next = history.read(Some(first.until));
+        assert_eq!(next.events.len(), 1, "{next:?}");
+        let told = serde_json::to_value(&next.events[0]).unwrap();
+        assert_eq!(
+            told,
+            serde_json::json!({"t": 2_500, "role": "cpu", "kind": "scale:up", "from": 1, "to": 2, "reason": "backlog"})
+        );
+        // Told once: not again after the cursor passed it.
+        assert!(history.read(Some(next.until)).events.is_empty());
+        assert_eq!(
+            history.read(None).events.len(),
+            1,
+            "kept while its samples are"
+        );
+        // From the future, out of order, or of no role a sample can have: left out.
+        history.mark(step(60_000, "cpu", 2, 1), 4_100);
+        history.mark(step(2_400, "cpu", 2, 1), 4_100);
+        history.mark(step(3_000, "a.b", 2, 1), 4_100);
+        history.mark(step(3_500, "cpu", 2, 1), 4_100);
+        let all = history.read(None);
+        let kinds: Vec<&str> = all.events.iter().map(|m| m.kind).collect();
+        assert_eq!(kinds, ["scale:up", "scale:down"]);
+        // Steps older than the oldest sample kept go with it.
+        history.take_now(sample(6_000, &[]));
+        history.take_now(sample(8_000, &[]));
+        assert!(history.read(None).events.is_empty());
     }
 
     #[test]

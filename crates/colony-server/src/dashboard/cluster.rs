@@ -83,7 +83,7 @@ fn shell(version: &str, logout: bool, url: &str) -> String {
 </section>
 <section class="panel wide plot">
 <h2>Roles over time</h2>
-<p class="note">Each role's agents on the live nodes (solid, left axis) and its tasks waiting for a node (dashed, right axis) over the last fifteen minutes, sampled by this server every 2 s.</p>
+<p class="note">Each role's agents on the live nodes (solid, left axis) and its tasks waiting for a node (dashed, right axis) over the last fifteen minutes, sampled every 2 s and kept in the cluster; a dashed vertical line in a role's colour marks each step the scaling leader decided on its size.</p>
 <div id="chart-roles" class="chart"></div>
 <p id="roles-now" class="note">Waiting for the first sample.</p>
 </section>

@@ -185,7 +185,31 @@
   // last fifteen minutes, from the server's samples (GET /v1/roles/history: the whole
   // window when the page opens, then what is new every 2 s).
   const COLORS = ["#2563eb", "#d97706", "#059669", "#7c3aed", "#db2777", "#0891b2", "#65a30d", "#dc2626"];
-  const roles = { names: [], t: [], columns: [], until: null, chart: null, keep: 450, observed: false };
+  const roles = { names: [], t: [], columns: [], marks: [], until: null, chart: null, keep: 450, observed: false };
+  // The scaling leader's steps kept for the chart, as the server keeps them.
+  const MARKS = 2048;
+
+  // A dashed vertical line at each step the scaling leader decided, in its role's colour.
+  function drawRoleMarks(u) {
+    const ctx = u.ctx;
+    const [min, max] = [u.scales.x.min, u.scales.x.max];
+    ctx.save();
+    ctx.lineWidth = Math.max(1, devicePixelRatio);
+    ctx.setLineDash([4, 3]);
+    for (const m of roles.marks) {
+      const t = m.t / 1000;
+      if (t < min || t > max) {
+        continue;
+      }
+      const x = Math.round(u.valToPos(t, "x", true));
+      ctx.strokeStyle = colorOf(m.role);
+      ctx.beginPath();
+      ctx.moveTo(x, u.bbox.top);
+      ctx.lineTo(x, u.bbox.top + u.bbox.height);
+      ctx.stroke();
+    }
+    ctx.restore();
+  }
 
   // A role keeps its colour however the others come and go: chosen by its name.
   function colorOf(name) {
@@ -211,14 +235,17 @@
       series.push({ label: name + " waiting", stroke, width: 1, dash: [5, 4], points: { show: false }, scale: "waiting" });
     });
     const plot = new uPlot(
-      frame(
-        el,
-        { agents: { range: zeroUp }, waiting: { range: zeroUp } },
-        [
-          Object.assign({ size: 56, scale: "agents", label: "agents" }, AXIS),
-          Object.assign({ size: 56, scale: "waiting", side: 1, label: "waiting" }, AXIS, { grid: { show: false } }),
-        ],
-        series,
+      Object.assign(
+        frame(
+          el,
+          { agents: { range: zeroUp }, waiting: { range: zeroUp } },
+          [
+            Object.assign({ size: 56, scale: "agents", label: "agents" }, AXIS),
+            Object.assign({ size: 56, scale: "waiting", side: 1, label: "waiting" }, AXIS, { grid: { show: false } }),
+          ],
+          series,
+        ),
+        { hooks: { draw: [drawRoleMarks] } },
       ),
       rolesData(),
       el,
@@ -251,6 +278,7 @@
       roles.names = [];
       roles.t = [];
       roles.columns = [];
+      roles.marks = [];
       roles.until = null;
       roles.chart = rolesChart();
       return;
@@ -290,6 +318,10 @@
         c.waiting.shift();
       });
     }
+    // The leader's steps: those before the oldest sample kept are off the chart.
+    roles.marks.push(...(answer.events || []));
+    const oldest = roles.t.length > 0 ? roles.t[0] : 0;
+    roles.marks = roles.marks.filter((m) => m.t >= oldest).slice(-MARKS);
     // A role gone from every sample kept leaves the chart.
     const seen = (column) => column.some((v) => v != null);
     const kept = roles.names.filter((_, i) => seen(roles.columns[i].agents) || seen(roles.columns[i].waiting));
@@ -307,13 +339,18 @@
     const legend = byId("roles-now");
     if (legend) {
       const last = roles.t.length - 1;
-      legend.textContent = roles.names.length === 0 ? "No role yet." : roles.names
+      const step = roles.marks[roles.marks.length - 1];
+      const stepped = step
+        ? "; last step: " + step.role + " " + step.from + " → " + step.to + " nodes (" + step.reason + ")"
+        : "";
+      legend.textContent = (roles.names.length === 0 ? "No role yet." : roles.names
         .map((name, i) => {
           const c = roles.columns[i];
           const v = (column) => (last >= 0 && column[last] != null ? column[last] : "–");
           return name + ": " + v(c.agents) + " agents, " + v(c.waiting) + " waiting";
         })
-        .join("; ");
+        .join("; ")) + stepped;
+      legend.dataset.marks = String(roles.marks.length);
     }
   }
 
