@@ -26,6 +26,8 @@ pub const EVERY: Duration = Duration::from_secs(2);
 pub const KEEP: Duration = Duration::from_secs(16 * 60);
 /// Roles in one sample, the first by name.
 pub const MAX_ROLES: usize = 64;
+/// Room in the stream for the scaling leader's steps, beside the samples.
+const MAX_STEPS: u64 = 2_048;
 /// The most a sample's message may take: 64 roles of names up to 64 bytes and four counts.
 const MAX_SAMPLE: usize = 64 * 1024;
 
@@ -134,8 +136,10 @@ impl Cluster {
             storage: stream::StorageType::File,
             num_replicas: self.settings.replicas,
             max_age: KEEP,
-            // Two servers whose clocks differ by a slot may each keep theirs: room for both.
-            max_messages: i64::try_from(2 * KEEP.as_secs() / EVERY.as_secs()).unwrap_or(i64::MAX),
+            // Two servers whose clocks differ by a slot may each keep theirs: room for both,
+            // and for the leader's steps.
+            max_messages: i64::try_from(2 * KEEP.as_secs() / EVERY.as_secs() + MAX_STEPS)
+                .unwrap_or(i64::MAX),
             max_message_size: MAX_SAMPLE as i32,
             duplicate_window: Duration::from_secs(120),
             discard: stream::DiscardPolicy::Old,
@@ -144,10 +148,20 @@ impl Cluster {
         let stream = self
             .roles
             .get_or_try_init(|| async {
-                self.js
-                    .get_or_create_stream(config)
+                let what = |e: &dyn std::fmt::Display| Error::nats("the roles' samples", e);
+                let mut stream = self
+                    .js
+                    .get_or_create_stream(config.clone())
                     .await
-                    .map_err(|e| Error::nats("the roles' samples", e))
+                    .map_err(|e| what(&e))?;
+                // Made by a build before the leader's steps: it takes their subject now.
+                let info = stream.info().await.map_err(|e| what(&e))?;
+                if !info.config.subjects.iter().any(|s| s == DECISIONS) {
+                    let mut wider = info.config.clone();
+                    wider.subjects.push(DECISIONS.into());
+                    self.js.update_stream(wider).await.map_err(|e| what(&e))?;
+                }
+                Ok::<_, Error>(stream)
             })
             .await?;
         Ok(stream.clone())

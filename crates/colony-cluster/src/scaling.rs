@@ -426,9 +426,13 @@ async fn decide(
                             to: record.desired,
                             reason: record.reason.clone().unwrap_or_default(),
                         };
-                        if let Err(e) = cluster.publish_role_decision(&step, term).await {
-                            tracing::debug!("scaling: the step was not marked: {e}");
-                        }
+                        // Apart from the loop: a roles' stream slow to answer holds no decision.
+                        let cluster = cluster.clone();
+                        colony_agents::spawner::Spawner::spawn("scaling-mark", async move {
+                            if let Err(e) = cluster.publish_role_decision(&step, term).await {
+                                tracing::debug!("scaling: the step was not marked: {e}");
+                            }
+                        });
                     }
                 }
                 Err(e) => {

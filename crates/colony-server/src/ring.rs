@@ -93,6 +93,11 @@ impl<T> Ring<T> {
         self.items.back().map(|(_, item)| item)
     }
 
+    /// The time of the newest record.
+    pub(crate) fn newest_time(&self) -> Option<u64> {
+        self.items.back().map(|(t, _)| *t)
+    }
+
     /// The time of the oldest record.
     pub(crate) fn oldest_time(&self) -> Option<u64> {
         self.items.front().map(|(t, _)| *t)

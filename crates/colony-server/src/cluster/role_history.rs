@@ -6,7 +6,8 @@
 //! agents of the live nodes serving it, those nodes, its tasks waiting and running.
 //! `GET /v1/roles/history?since=` serves it, for the dashboard's roles chart and `colony
 //! top`: every server answers the same samples under the same times, and one started anew
-//! answers the past too.
+//! answers the past too. The scaling leader's steps on a role's size, appended to the same
+//! stream, are kept beside the samples and answered as `events`, for the chart's marks.
 //!
 //! ```text
 //! GET /v1/roles/history             the whole window: 15 minutes, one sample every 2 s
@@ -67,7 +68,10 @@ struct Mark {
     reason: String,
 }
 
-/// The samples, the time of the newest, and the scaling leader's steps among them.
+/// The samples, the time of the newest, and the scaling leader's steps among them, each
+/// kept under the time it is told at: its own time, or just after the newest sample (and
+/// the step before) when it came after them, so that a step that reached the stream late
+/// (a leader's clock behind a sampler's) is still told, once, with the next sample.
 #[derive(Debug)]
 struct Ticks {
     last: u64,
@@ -94,16 +98,17 @@ impl Default for RoleHistory {
 /// its chart goes on; said once when appending starts failing, and once when it works again.
 pub(crate) fn sample_every(app: Weak<super::ClusterApp>) {
     colony_runtime::spawner::Spawner::spawn("cluster-role-sampler", async move {
-        let every_ms = u64::try_from(EVERY.as_millis()).unwrap_or(u64::MAX);
-        let now = super::now_ms();
-        let to_middle = (slot(now) + every_ms + every_ms / 2).saturating_sub(now) % every_ms;
-        let start = tokio::time::Instant::now() + Duration::from_millis(to_middle);
-        let mut every = tokio::time::interval_at(start, EVERY);
-        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut failing = false;
+        let mut sampled = None;
         loop {
-            every.tick().await;
+            // Asleep until the middle of the next slot, by the system clock each time: a
+            // slow turn (an append waiting out its ack) or a step of the clock does not move
+            // the sampling off the middle for good.
+            tokio::time::sleep(Duration::from_millis(to_middle(super::now_ms()))).await;
             let t = slot(super::now_ms());
+            if sampled.replace(t) == Some(t) {
+                continue;
+            }
             let Some(app) = app.upgrade() else {
                 return;
             };
@@ -150,6 +155,16 @@ async fn samples(
         drop(cluster);
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
+}
+
+/// Milliseconds from `now_ms` to the middle of the next slot, later than `now_ms`.
+fn to_middle(now_ms: u64) -> u64 {
+    let every_ms = u64::try_from(EVERY.as_millis()).unwrap_or(u64::MAX);
+    let mut middle = slot(now_ms) + every_ms / 2;
+    if middle <= now_ms {
+        middle += every_ms;
+    }
+    middle - now_ms
 }
 
 /// Reads the cluster's stream of samples into `app`'s history until the server is dropped:
@@ -257,8 +272,7 @@ impl RoleHistory {
     }
 
     /// Notes a step of the scaling leader, read at `now_ms`, unless it is from the future
-    /// (a leader whose clock is ahead), older than the last step noted (kept in order), or
-    /// names no role a sample can have.
+    /// (a leader whose clock is ahead) or names no role a sample can have.
     fn mark(&self, step: RoleDecision, now_ms: u64) {
         let every_ms = u64::try_from(EVERY.as_millis()).unwrap_or(u64::MAX);
         if step.t > now_ms.saturating_add(every_ms)
@@ -267,9 +281,10 @@ impl RoleHistory {
             return;
         }
         let mut ticks = self.ticks();
-        if ticks.marks.newest().is_some_and(|m| m.t > step.t) {
-            return;
-        }
+        let told = step
+            .t
+            .max(ticks.last + 1)
+            .max(ticks.marks.newest_time().map_or(0, |t| t + 1));
         let mark = Mark {
             t: step.t,
             role: step.role.into(),
@@ -282,7 +297,7 @@ impl RoleHistory {
             to: step.to,
             reason: colony_core::text::shorten(&step.reason, 200),
         };
-        ticks.marks.push(step.t, mark);
+        ticks.marks.push(told, mark);
     }
 
     /// What was sampled after `since` (everything kept, without it), as a column per role
@@ -324,7 +339,8 @@ impl RoleHistory {
             }
         }
         // Up to the newest sample: a step after it is told with the sample that passes it,
-        // so that `since` stays an exact cursor over both.
+        // so that `since` stays one cursor over both (a step is kept under the time it is
+        // told at: see `Ticks`).
         columns.events = kept
             .marks
             .after(since)
@@ -506,18 +522,38 @@ mod tests {
             1,
             "kept while its samples are"
         );
-        // From the future, out of order, or of no role a sample can have: left out.
+        // From the future, or of no role a sample can have: left out.
         history.mark(step(60_000, "cpu", 2, 1), 4_100);
-        history.mark(step(2_400, "cpu", 2, 1), 4_100);
         history.mark(step(3_000, "a.b", 2, 1), 4_100);
+        assert_eq!(history.read(None).events.len(), 1);
+        // A step that reached the stream after the sample that passes it (a leader's clock
+        // behind a sampler's) is told with the next sample, once, with its own time.
+        let cursor = history.read(None).until;
         history.mark(step(3_500, "cpu", 2, 1), 4_100);
-        let all = history.read(None);
-        let kinds: Vec<&str> = all.events.iter().map(|m| m.kind).collect();
-        assert_eq!(kinds, ["scale:up", "scale:down"]);
-        // Steps older than the oldest sample kept go with it.
-        history.take_now(sample(6_000, &[]));
+        history.mark(step(2_400, "cpu", 1, 3), 4_100);
+        assert!(history.read(Some(cursor)).events.is_empty(), "not yet");
+        history.take_now(sample(6_000, &[("cpu", 4, 0)]));
+        let late = history.read(Some(cursor));
+        let told: Vec<(u64, &str)> = late.events.iter().map(|m| (m.t, m.kind)).collect();
+        assert_eq!(told, [(3_500, "scale:down"), (2_400, "scale:up")]);
+        assert!(
+            history.read(Some(late.until)).events.is_empty(),
+            "told once"
+        );
+        // Steps told before the oldest sample kept go with it.
         history.take_now(sample(8_000, &[]));
+        history.take_now(sample(10_000, &[]));
+        history.take_now(sample(12_000, &[]));
         assert!(history.read(None).events.is_empty());
+    }
+
+    #[test]
+    fn samples_are_taken_in_the_middle_of_the_next_slot() {
+        assert_eq!(to_middle(4_000), 1_000);
+        assert_eq!(to_middle(4_999), 1);
+        assert_eq!(to_middle(5_000), 2_000, "later than now: the next slot's");
+        assert_eq!(to_middle(5_001), 1_999);
+        assert_eq!(to_middle(5_999), 1_001);
     }
 
     #[test]
