@@ -62,6 +62,13 @@ const WATCH_EVERY: Duration = Duration::from_secs(2);
 const PRUNE_WAIT: Duration = Duration::from_secs(300);
 /// How often `prune` asks before it takes a journal to have no keeper (every 0.5 s).
 const NO_KEEPER_TRIES: usize = 6;
+/// How long a journal must have gone unwritten for `prune` to take it over when no process
+/// answered, unless told to (`take_over`): a keeper that did not answer may be cut off from
+/// NATS for a while, or be a colony from before online prunes, rather than gone.
+pub const QUIET: Duration = Duration::from_secs(30);
+/// How the dedupe ids of a prune's own writes start, so that a prune after it can tell them
+/// from a keeper's.
+const PRUNE_WRITER: &str = "prune-";
 /// Bytes of messages a replay asks for at once.
 const REPLAY_BYTES: usize = 4 << 20;
 /// Messages a replay asks for at once, when they are small.
@@ -243,9 +250,15 @@ pub struct Pruned {
 /// snapshot after the writes queued before it, purges what is before it, and answers
 /// (`Pruned::by_keeper`). When none keeps it (NATS says no one takes the request), it is
 /// opened and claimed here, pruned, written whole as a snapshot, and everything before the
-/// snapshot purged. Either way it is written anew even when no task was left to prune, so
-/// that a prune whose purge failed is finished by the next. Blocks until done.
-pub fn prune(options: &JournalOptions, rule: colony_journal::Retention) -> Result<Pruned, Error> {
+/// snapshot purged; that stops any process still writing it, so a journal written in the
+/// last [`QUIET`] is taken over only with `take_over` (else refused, as `Error::Settings`,
+/// saying so). Either way it is written anew even when no task was left to prune, so that a
+/// prune whose purge failed is finished by the next. Blocks until done.
+pub fn prune(
+    options: &JournalOptions,
+    rule: colony_journal::Retention,
+    take_over: bool,
+) -> Result<Pruned, Error> {
     let options = options.clone();
     on_own_thread("colony-journal-prune", move || async move {
         // Looked up first: a journal that is not there is not made by pruning it.
@@ -316,8 +329,30 @@ pub fn prune(options: &JournalOptions, rule: colony_journal::Retention) -> Resul
             }
             Err(e) => return Err(Error::nats(&what, e)),
         }
+        // No one answered: a journal written a moment ago may have a keeper that could not,
+        // unless what was written last was a prune's.
+        let state = probe.state().await?;
+        let by_prune = match probe.stream.get_raw_message(state.last_sequence).await {
+            Ok(last) => last
+                .headers
+                .get("Nats-Msg-Id")
+                .is_some_and(|id| id.as_str().starts_with(PRUNE_WRITER)),
+            Err(_) => false,
+        };
+        let written_ns = state.last_timestamp.unix_timestamp_nanos();
+        let now_ns = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i128::try_from(d.as_nanos()).unwrap_or(i128::MAX));
+        let age = Duration::from_nanos(u64::try_from(now_ns - written_ns).unwrap_or(0));
+        if !take_over && !by_prune && age < QUIET {
+            return Err(Error::Settings(format!(
+                "{what}: no process answered for it, but it was written {:.1} s ago: the one keeping it may be running, cut off from NATS or from before online prunes, and pruning from here would take the journal from it and stop its writes. Stop that process, or wait until the journal has gone {} s unwritten, or run prune again with --take-over",
+                age.as_secs_f64(),
+                QUIET.as_secs()
+            )));
+        }
         drop(probe);
-        let (mut writer, mirror) = Writer::open(&options).await?;
+        let (mut writer, mirror) = Writer::open_as(&options, Some(PRUNE_WRITER)).await?;
         let tasks = mirror.prune(rule);
         match writer.compact(&mirror, usize::MAX).await? {
             Compacted::Written { purged: true, .. } => {}
@@ -880,7 +915,19 @@ impl Writer {
     /// stream's last sequence (the process that wrote before, if it still writes, cannot
     /// append after it), then replays what that process appended before the claim.
     async fn open(options: &JournalOptions) -> Result<(Writer, MemoryJournal), Error> {
+        Writer::open_as(options, None).await
+    }
+
+    /// [`Writer::open`], the writer's id (each of its messages' dedupe id starts with it)
+    /// starting with `prefix`: a prune's writes say they are a prune's.
+    async fn open_as(
+        options: &JournalOptions,
+        prefix: Option<&str>,
+    ) -> Result<(Writer, MemoryJournal), Error> {
         let (mut writer, ()) = Writer::connect(options, true).await?;
+        if let Some(prefix) = prefix {
+            writer.id = format!("{prefix}{}", writer.id);
+        }
         let mirror = MemoryJournal::new();
         let mut replay = Replay::default();
         let last = writer.last_sequence().await?;

@@ -602,7 +602,14 @@ fn pruning_drops_finished_payloads_and_outputs_but_the_newest_and_keeps_every_ro
         keep_last: Some(last),
         ..Default::default()
     };
-    let pruned = colony_cluster::journal::prune(&options, keep(3)).unwrap();
+    // Written a moment ago and no process answers: a keeper cut off from NATS may still
+    // write it, so it is taken over only when asked.
+    let refused = colony_cluster::journal::prune(&options, keep(3), false).unwrap_err();
+    assert!(
+        matches!(&refused, colony_cluster::Error::Settings(why) if why.contains("--take-over") && why.contains("written")),
+        "{refused}"
+    );
+    let pruned = colony_cluster::journal::prune(&options, keep(3), true).unwrap();
     assert!(
         !pruned.by_keeper,
         "no process kept it: pruned by taking it over"
@@ -625,9 +632,10 @@ fn pruning_drops_finished_payloads_and_outputs_but_the_newest_and_keeps_every_ro
             assert_eq!(row.error.as_deref(), Some("boom"), "task {id}'s error kept");
         }
     }
-    // Nothing left to drop; and the journal is written on as before.
+    // Nothing left to drop (and what was written last was a prune's: no keeper to fear);
+    // and the journal is written on as before.
     assert_eq!(
-        colony_cluster::journal::prune(&options, keep(3))
+        colony_cluster::journal::prune(&options, keep(3), false)
             .unwrap()
             .tasks,
         0
@@ -635,7 +643,7 @@ fn pruning_drops_finished_payloads_and_outputs_but_the_newest_and_keeps_every_ro
     // A journal that is not there is not made by pruning it.
     let missing = self::options(&url, "missing");
     assert!(matches!(
-        colony_cluster::journal::prune(&missing, keep(3)),
+        colony_cluster::journal::prune(&missing, keep(3), false),
         Err(colony_cluster::Error::NoJournal { .. })
     ));
     assert!(
@@ -737,7 +745,7 @@ fn a_journal_kept_by_a_process_is_pruned_by_it_as_it_goes_on_writing() {
         keep_last: Some(3),
         ..Default::default()
     };
-    let pruned = colony_cluster::journal::prune(&options, keep).unwrap();
+    let pruned = colony_cluster::journal::prune(&options, keep, false).unwrap();
     done.store(true, std::sync::atomic::Ordering::Release);
     let late = writing.join().unwrap();
     assert!(pruned.by_keeper, "{pruned:?}");

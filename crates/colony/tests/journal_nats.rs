@@ -161,8 +161,24 @@ fn prune_keeps_every_row_of_a_journal_in_nats_and_the_newest_finished_tasks_whol
         out.to_str().unwrap(),
     ]);
     assert_eq!(code, 0, "{stderr}");
+    // The run wrote it a moment ago and no process answers for it: it may still be kept by
+    // one cut off from NATS, so it is taken over only when asked.
+    let (_, stderr, code) = colony(&["prune", "--db", &db, "--older-than", "1d"]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.contains("written") && stderr.contains("--take-over"),
+        "{stderr}"
+    );
     // By age: every task ended moments ago, none a day ago.
-    let (stdout, stderr, code) = colony(&["prune", "--db", &db, "--older-than", "1d", "--json"]);
+    let (stdout, stderr, code) = colony(&[
+        "prune",
+        "--db",
+        &db,
+        "--older-than",
+        "1d",
+        "--json",
+        "--take-over",
+    ]);
     assert_eq!(code, 0, "{stderr}");
     let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
     assert_eq!(report["pruned"], 0, "{report}");

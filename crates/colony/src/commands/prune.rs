@@ -9,8 +9,9 @@ use std::{path::PathBuf, time::Duration};
 #[command(group(clap::ArgGroup::new("rule").required(true).multiple(true).args(["older_than", "keep_last"])))]
 pub(crate) struct Args {
     /// The journal: a SQLite file, or a journal in NATS (nats://HOST:PORT/NAME). A journal in
-    /// NATS that a colony keeps is pruned by that colony, which goes on (one from before
-    /// 2026-12 does not answer, and is taken over: it stops writing).
+    /// NATS that a colony keeps is pruned by that colony, which goes on; one that no colony
+    /// answers for is taken over here, which stops any process still writing it (only once
+    /// it has gone 30 s unwritten, unless --take-over).
     #[arg(long, value_name = "PATH")]
     db: PathBuf,
     /// Prune tasks that finished longer ago than this: 90s, 15m, 12h, 7d.
@@ -22,6 +23,11 @@ pub(crate) struct Args {
     /// Print what was pruned as JSON.
     #[arg(long)]
     json: bool,
+    /// A journal in NATS written in the last 30 s that no colony answers for: take it over
+    /// and prune it anyway. A colony still writing it (cut off from NATS, or from before
+    /// online prunes) stops writing.
+    #[arg(long)]
+    take_over: bool,
 }
 
 /// `90s`, `15m`, `12h`, `7d`.
@@ -55,7 +61,7 @@ pub(crate) fn run(args: &Args) -> Result<(), Failure> {
         keep_last: args.keep_last,
     };
     if let Some(location) = super::in_nats(&args.db) {
-        return prune_nats(location, rule, args.json);
+        return prune_nats(location, rule, args.json, args.take_over);
     }
     if !args.db.exists() {
         return Err(Failure::input(colony_journal::Error::Missing {
@@ -77,9 +83,14 @@ pub(crate) fn run(args: &Args) -> Result<(), Failure> {
 
 /// Prunes a journal in NATS by `rule`, written anew as a snapshot and the history before
 /// it purged: by the process keeping it, which goes on, or by this one when none does.
-fn prune_nats(location: &str, rule: Retention, json: bool) -> Result<(), Failure> {
+fn prune_nats(location: &str, rule: Retention, json: bool, take_over: bool) -> Result<(), Failure> {
     let options = colony_cluster::JournalOptions::parse(location).map_err(Failure::input)?;
-    let pruned = colony_cluster::journal::prune(&options, rule).map_err(super::nats_failure)?;
+    let pruned =
+        colony_cluster::journal::prune(&options, rule, take_over).map_err(|e| match e {
+            // Refused: a keeper may still write it.
+            colony_cluster::Error::Settings(_) => Failure::input(e),
+            e => super::nats_failure(e),
+        })?;
     if json {
         println!(
             "{}",
