@@ -7,6 +7,7 @@
 use super::{
     api::{Client, Error},
     draw::{clock, count_or_dash, squeeze, status_line},
+    view::Polling,
 };
 use crate::output::thousands;
 use ratatui::{
@@ -128,14 +129,9 @@ pub(crate) struct Track {
 /// What `colony top` knows of the cluster.
 #[derive(Clone, Debug)]
 pub(crate) struct ClusterView {
-    pub(crate) server: String,
-    pub(crate) interval: Duration,
-    pub(crate) live: bool,
-    pub(crate) watching: Duration,
+    pub(crate) poll: Polling,
+    /// The latest answer; it stays on screen while later polls fail.
     pub(crate) latest: Option<Snapshot>,
-    pub(crate) error: Option<String>,
-    /// When the last answer came, into the watch.
-    pub(crate) polled_at: Option<Duration>,
     /// Each role's agents and tasks waiting over the samples kept, by name.
     pub(crate) tracks: BTreeMap<String, Track>,
     /// Samples kept: each track is as long.
@@ -147,13 +143,8 @@ pub(crate) struct ClusterView {
 impl ClusterView {
     pub(crate) fn new(server: impl Into<String>, interval: Duration, live: bool) -> Self {
         Self {
-            server: server.into(),
-            interval,
-            live,
-            watching: Duration::ZERO,
+            poll: Polling::new(server, interval, live),
             latest: None,
-            error: None,
-            polled_at: None,
             tracks: BTreeMap::new(),
             samples: 0,
             until: None,
@@ -161,16 +152,15 @@ impl ClusterView {
     }
 
     pub(crate) fn tick(&mut self, now: Duration) {
-        self.watching = self.watching.max(now);
+        self.poll.tick(now);
     }
 
     /// Takes in a poll asked for at `at`.
     pub(crate) fn record(&mut self, at: Duration, poll: Result<Snapshot, String>) {
-        self.tick(at);
         let mut snapshot = match poll {
             Ok(s) => s,
             Err(error) => {
-                self.error = Some(error);
+                self.poll.failed(at, error);
                 return;
             }
         };
@@ -181,8 +171,7 @@ impl ClusterView {
             snapshot.now_ms = self.until;
         }
         self.latest = Some(snapshot);
-        self.error = None;
-        self.polled_at = Some(at);
+        self.poll.answered(at);
     }
 
     /// What the next poll asks the roles' history for.
@@ -258,21 +247,13 @@ impl Widget for &ClusterView {
         let title = Line::from(vec![
             " colony top ".bold().reversed(),
             " cluster at ".into(),
-            Span::raw(self.server.as_str()).bold(),
+            Span::raw(self.poll.server.as_str()).bold(),
             "  watching ".dim(),
-            clock(self.watching).into(),
+            clock(self.poll.watching).into(),
         ]);
         title.render(header, buf);
         // Said before any answer too: a first poll that failed says why.
-        let ago = self.polled_at.map(|at| self.watching.saturating_sub(at));
-        status_line(
-            &self.server,
-            self.live,
-            self.interval,
-            self.error.as_deref(),
-            ago,
-        )
-        .render(status, buf);
+        status_line(&self.poll).render(status, buf);
         let Some(latest) = &self.latest else {
             Paragraph::new(" waiting for the first answer".dim()).render(nodes, buf);
             return;
@@ -528,7 +509,7 @@ mod tests {
         assert!(again.tracks.is_empty());
         // A failed poll keeps what was seen, and says why.
         view.record(Duration::from_secs(2), Err("down".into()));
-        assert_eq!(view.error.as_deref(), Some("down"));
+        assert_eq!(view.poll.error.as_deref(), Some("down"));
         assert!(view.latest.is_some());
         // Once the oldest samples go, a role in none of those kept goes too.
         let later: Vec<u64> = (4..4 + SAMPLES as u64).collect();
@@ -537,7 +518,7 @@ mod tests {
             Duration::from_secs(3),
             Ok(snapshot(history(&later, &[("gpu", &gpu_only, &gpu_only)]))),
         );
-        assert_eq!(view.error, None);
+        assert_eq!(view.poll.error, None);
         assert_eq!(view.samples, SAMPLES);
         assert_eq!(view.tracks.keys().collect::<Vec<_>>(), ["gpu"]);
         assert_eq!(view.tracks["gpu"].agents.len(), SAMPLES);

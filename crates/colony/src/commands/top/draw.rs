@@ -3,7 +3,7 @@
 
 use super::{
     api::{Decision, DecisionLine, Runs, Snapshot},
-    view::{PoolSample, PoolTrack, Pools, View},
+    view::{Polling, PoolSample, PoolTrack, Pools, View},
 };
 use crate::output::thousands;
 use ratatui::{
@@ -76,7 +76,7 @@ impl Widget for &View {
                 }
             }
             None => {
-                let waiting = format!("waiting for the first answer from {}", self.server);
+                let waiting = format!("waiting for the first answer from {}", self.poll.server);
                 Paragraph::new(waiting).render(gauges, buf);
             }
         }
@@ -91,13 +91,13 @@ impl View {
         Line::from(vec![
             " colony top ".bold().reversed(),
             "  ".into(),
-            Span::raw(self.server.as_str()).bold(),
+            Span::raw(self.poll.server.as_str()).bold(),
             "   agents ".dim(),
             count(stats.map(|s| s.agents)).into(),
             "   capacity ".dim(),
             count(stats.map(|s| s.capacity)).into(),
             "   watching ".dim(),
-            clock(self.watching).into(),
+            clock(self.poll.watching).into(),
         ])
     }
 
@@ -146,14 +146,7 @@ impl View {
     }
 
     fn status(&self) -> Line<'_> {
-        let ago = self.polled_at.map(|at| self.watching.saturating_sub(at));
-        status_line(
-            &self.server,
-            self.live,
-            self.interval,
-            self.error.as_deref(),
-            ago,
-        )
+        status_line(&self.poll)
     }
 }
 
@@ -389,22 +382,18 @@ fn decisions(track: &PoolTrack, now: u64) -> Option<String> {
     }
 }
 
-/// The bottom line of either view: how it polls `server` every `interval`, the last poll's
-/// error while it retries, or how long ago the last answer came.
-pub(super) fn status_line(
-    server: &str,
-    live: bool,
-    interval: Duration,
-    error: Option<&str>,
-    ago: Option<Duration>,
-) -> Line<'static> {
-    let every = short(interval);
-    if !live {
+/// The bottom line of either view: how it polls its server, the last poll's error while it
+/// retries, or how long ago the last answer came.
+pub(super) fn status_line(poll: &Polling) -> Line<'static> {
+    let every = short(poll.interval);
+    let server = &poll.server;
+    if !poll.live {
         return Line::from(
             format!(" one poll of {server}; in a terminal, colony top keeps watching").dim(),
         );
     }
-    match error {
+    let ago = poll.polled_at.map(|at| poll.watching.saturating_sub(at));
+    match &poll.error {
         Some(error) => Line::from(vec![
             " q quit ".reversed(),
             " ".into(),

@@ -117,7 +117,7 @@ trait Screen {
 impl Screen for View {
     type Snapshot = api::Snapshot;
     fn interval(&self) -> Duration {
-        self.interval
+        self.poll.interval
     }
     fn tick(&mut self, now: Duration) {
         View::tick(self, now);
@@ -133,7 +133,7 @@ impl Screen for View {
 impl Screen for cluster::ClusterView {
     type Snapshot = cluster::Snapshot;
     fn interval(&self) -> Duration {
-        self.interval
+        self.poll.interval
     }
     fn tick(&mut self, now: Duration) {
         cluster::ClusterView::tick(self, now);

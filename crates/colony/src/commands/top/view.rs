@@ -116,9 +116,9 @@ impl Pools {
     }
 }
 
-/// Everything a frame is drawn from.
+/// How a view polls its server: the same for a runtime's server and a cluster's.
 #[derive(Clone, Debug)]
-pub(crate) struct View {
+pub(crate) struct Polling {
     /// The server's base URL.
     pub(crate) server: String,
     /// How often it is polled.
@@ -127,30 +127,21 @@ pub(crate) struct View {
     pub(crate) live: bool,
     /// Since the view started.
     pub(crate) watching: Duration,
-    /// The latest answer; it stays on screen while later polls fail.
-    pub(crate) latest: Option<Snapshot>,
-    /// When `latest` was asked for.
+    /// When the latest answer was asked for.
     pub(crate) polled_at: Option<Duration>,
-    /// Tasks finished per second between consecutive answers, oldest first.
-    pub(crate) throughput: Vec<f64>,
     /// Why the latest poll failed, if it did.
     pub(crate) error: Option<String>,
-    /// The pools' sizes over time, and the decisions on them.
-    pub(crate) pools: Pools,
 }
 
-impl View {
+impl Polling {
     pub(crate) fn new(server: impl Into<String>, interval: Duration, live: bool) -> Self {
         Self {
             server: server.into(),
             interval,
             live,
             watching: Duration::ZERO,
-            latest: None,
             polled_at: None,
-            throughput: Vec::with_capacity(HISTORY),
             error: None,
-            pools: Pools::default(),
         }
     }
 
@@ -159,17 +150,57 @@ impl View {
         self.watching = self.watching.max(now);
     }
 
+    /// The poll asked for at `at` failed; the latest answer stays on screen.
+    pub(crate) fn failed(&mut self, at: Duration, error: String) {
+        self.tick(at);
+        self.error = Some(error);
+    }
+
+    /// The poll asked for at `at` answered.
+    pub(crate) fn answered(&mut self, at: Duration) {
+        self.tick(at);
+        self.polled_at = Some(at);
+        self.error = None;
+    }
+}
+
+/// Everything a frame is drawn from.
+#[derive(Clone, Debug)]
+pub(crate) struct View {
+    pub(crate) poll: Polling,
+    /// The latest answer; it stays on screen while later polls fail.
+    pub(crate) latest: Option<Snapshot>,
+    /// Tasks finished per second between consecutive answers, oldest first.
+    pub(crate) throughput: Vec<f64>,
+    /// The pools' sizes over time, and the decisions on them.
+    pub(crate) pools: Pools,
+}
+
+impl View {
+    pub(crate) fn new(server: impl Into<String>, interval: Duration, live: bool) -> Self {
+        Self {
+            poll: Polling::new(server, interval, live),
+            latest: None,
+            throughput: Vec::with_capacity(HISTORY),
+            pools: Pools::default(),
+        }
+    }
+
+    /// Moves the clock the header shows.
+    pub(crate) fn tick(&mut self, now: Duration) {
+        self.poll.tick(now);
+    }
+
     /// Takes in a poll asked for at `at`.
     pub(crate) fn record(&mut self, at: Duration, poll: Result<Snapshot, String>) {
-        self.tick(at);
         let mut snapshot = match poll {
             Ok(s) => s,
             Err(error) => {
-                self.error = Some(error);
+                self.poll.failed(at, error);
                 return;
             }
         };
-        if let (Some(before), Some(then)) = (&self.latest, self.polled_at) {
+        if let (Some(before), Some(then)) = (&self.latest, self.poll.polled_at) {
             let seconds = at.saturating_sub(then).as_secs_f64();
             if seconds > 0.0 {
                 // A restarted server starts its counters again from zero: no negative rates.
@@ -189,8 +220,7 @@ impl View {
             None => self.pools = Pools::default(),
         }
         self.latest = Some(snapshot);
-        self.polled_at = Some(at);
-        self.error = None;
+        self.poll.answered(at);
     }
 
     /// What the next poll asks the pools' history for: what came after the last answer.
@@ -232,12 +262,12 @@ mod tests {
         assert_eq!(view.rate(), Some(100.0));
         // A failed poll keeps the data and the history, and says why.
         view.record(secs(3), Err("down".into()));
-        assert_eq!(view.error.as_deref(), Some("down"));
+        assert_eq!(view.poll.error.as_deref(), Some("down"));
         assert_eq!(view.latest, Some(finished(300)));
         // The next answer spans the gap.
         view.record(secs(4), Ok(finished(500)));
         assert_eq!(view.rate(), Some(100.0));
-        assert_eq!(view.error, None);
+        assert_eq!(view.poll.error, None);
         assert_eq!(view.throughput.len(), 2);
         // A restarted server does not give a negative rate.
         view.record(secs(5), Ok(finished(7)));
@@ -348,6 +378,6 @@ mod tests {
         }
         assert_eq!(view.throughput.len(), HISTORY);
         assert_eq!(view.rate(), Some((2 * (HISTORY as u64 + 10) - 1) as f64));
-        assert_eq!(view.watching, secs(HISTORY as u64 + 10));
+        assert_eq!(view.poll.watching, secs(HISTORY as u64 + 10));
     }
 }
