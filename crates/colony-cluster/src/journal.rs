@@ -339,20 +339,35 @@ pub fn prune(
                 .is_some_and(|id| id.as_str().starts_with(PRUNE_WRITER)),
             Err(_) => false,
         };
+        // The server's clock dates the write, this machine's is now: the check assumes they
+        // roughly agree. A write dated ahead of now counts as just made.
         let written_ns = state.last_timestamp.unix_timestamp_nanos();
         let now_ns = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| i128::try_from(d.as_nanos()).unwrap_or(i128::MAX));
-        let age = Duration::from_nanos(u64::try_from(now_ns - written_ns).unwrap_or(0));
-        if !take_over && !by_prune && age < QUIET {
+        let never = state.messages == 0 || state.last_sequence == 0;
+        let age =
+            Duration::from_nanos(u64::try_from((now_ns - written_ns).max(0)).unwrap_or(u64::MAX));
+        let guarded = !take_over && !by_prune && !never;
+        if guarded && age < QUIET {
+            let dated = if now_ns < written_ns {
+                format!(
+                    "its last write is dated {:.1} s ahead of this machine's clock",
+                    (written_ns - now_ns) as f64 / 1e9
+                )
+            } else {
+                format!("it was written {:.1} s ago", age.as_secs_f64())
+            };
             return Err(Error::Settings(format!(
-                "{what}: no process answered for it, but it was written {:.1} s ago: the one keeping it may be running, cut off from NATS or from before online prunes, and pruning from here would take the journal from it and stop its writes. Stop that process, or wait until the journal has gone {} s unwritten, or run prune again with --take-over",
-                age.as_secs_f64(),
+                "{what}: no process answered for it, but {dated}: the one keeping it may be running, cut off from NATS or from before online prunes, and pruning from here would take the journal from it and stop its writes. Stop that process, or wait until the journal has gone {} s unwritten, or run prune again with --take-over",
                 QUIET.as_secs()
             )));
         }
         drop(probe);
-        let (mut writer, mirror) = Writer::open_as(&options, Some(PRUNE_WRITER)).await?;
+        // Claimed only after the write the check saw, unless told to take it over: a keeper
+        // that writes meanwhile keeps it.
+        let after = guarded.then_some(state.last_sequence);
+        let (mut writer, mirror) = Writer::open_as(&options, Some(PRUNE_WRITER), after).await?;
         let tasks = mirror.prune(rule);
         match writer.compact(&mirror, usize::MAX).await? {
             Compacted::Written { purged: true, .. } => {}
@@ -915,14 +930,17 @@ impl Writer {
     /// stream's last sequence (the process that wrote before, if it still writes, cannot
     /// append after it), then replays what that process appended before the claim.
     async fn open(options: &JournalOptions) -> Result<(Writer, MemoryJournal), Error> {
-        Writer::open_as(options, None).await
+        Writer::open_as(options, None, None).await
     }
 
     /// [`Writer::open`], the writer's id (each of its messages' dedupe id starts with it)
-    /// starting with `prefix`: a prune's writes say they are a prune's.
+    /// starting with `prefix` (a prune's writes say they are a prune's), and, with `after`,
+    /// the claim appended only right after that sequence: refused (`Error::Settings`) when
+    /// another process appended since.
     async fn open_as(
         options: &JournalOptions,
         prefix: Option<&str>,
+        after: Option<u64>,
     ) -> Result<(Writer, MemoryJournal), Error> {
         let (mut writer, ()) = Writer::connect(options, true).await?;
         if let Some(prefix) = prefix {
@@ -936,14 +954,21 @@ impl Writer {
             writer: writer.id.clone(),
             at_ms: crate::now_ms(),
         };
+        let expect = after.map_or(Expect::Nothing, Expect::Last);
         let claimed = match writer
-            .publish(Bytes::from(claim.line()), "1/1", Expect::Nothing)
+            .publish(Bytes::from(claim.line()), "1/1", expect)
             .await
         {
             Ok(sequence) => sequence,
             Err(Append::Failed(e)) => return Err(Error::nats(&writer.shown, e)),
-            // A claim expects no sequence, so no other process can come before it.
-            Err(Append::Taken) => return Err(Error::nats(&writer.shown, "claimed meanwhile")),
+            // A claim that expects no sequence has no other process come before it; one
+            // that expects `after` does when another appended since.
+            Err(Append::Taken) => {
+                return Err(Error::Settings(format!(
+                    "{}: another process wrote it while this one opened it: the process keeping it is back, so it was left to it; run prune again",
+                    writer.shown
+                )));
+            }
         };
         writer.replay(&mirror, &mut replay, claimed - 1).await?;
         writer.last = claimed;

@@ -23,9 +23,10 @@ pub(crate) struct Args {
     /// Print what was pruned as JSON.
     #[arg(long)]
     json: bool,
-    /// A journal in NATS written in the last 30 s that no colony answers for: take it over
-    /// and prune it anyway. A colony still writing it (cut off from NATS, or from before
-    /// online prunes) stops writing.
+    /// A journal in NATS written in the last 30 s (by a colony, not by a prune) that no colony
+    /// answers for: take it over and prune it anyway. A colony still writing it (cut off
+    /// from NATS, or from before online prunes) stops writing. Without it, a journal that a
+    /// colony writes while prune opens it is left to that colony.
     #[arg(long)]
     take_over: bool,
 }
