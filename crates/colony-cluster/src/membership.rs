@@ -5,12 +5,17 @@
 use crate::Error;
 use async_nats::jetstream::kv;
 use futures::StreamExt;
+use std::time::Duration;
 
 /// What a node says of itself in its heartbeat.
 #[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub struct NodeInfo {
     pub name: String,
+    /// The process's own id, random: two processes given one name tell their heartbeats
+    /// apart by it (empty from a node that does not say).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub instance: String,
     /// The roles its pools serve.
     pub roles: Vec<String>,
     pub agents: u64,
@@ -105,6 +110,54 @@ pub(crate) async fn beat(nodes: &kv::Store, info: &NodeInfo) -> Result<(), Error
         .await
         .map(|_| ())
         .map_err(|e| Error::nats(format!("the heartbeat of node {}", info.name), e))
+}
+
+/// Enters `info` in the nodes bucket under its name, as a create: two live nodes never share
+/// a name (each one's heartbeat would overwrite the other's, and the cluster would count
+/// one). A name whose heartbeat is there already, from another process, is the name of a
+/// node that died without leaving (its entry lapses within `ttl`) or of a live one: it is
+/// waited for up to `ttl` and a second, then refused, naming it.
+pub(crate) async fn join(nodes: &kv::Store, info: &NodeInfo, ttl: Duration) -> Result<(), Error> {
+    let value = bytes::Bytes::from(serde_json::to_vec(info).unwrap_or_default());
+    let deadline = tokio::time::Instant::now() + ttl + Duration::from_secs(1);
+    let mut said = false;
+    loop {
+        let held = match nodes.create(info.name.as_str(), value.clone()).await {
+            Ok(_) => return Ok(()),
+            Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => nodes
+                .entry(info.name.as_str())
+                .await
+                .ok()
+                .flatten()
+                .filter(|entry| entry.operation == kv::Operation::Put)
+                .and_then(|entry| serde_json::from_slice::<NodeInfo>(&entry.value).ok()),
+            Err(e) => return Err(Error::nats(format!("node {} joining", info.name), e)),
+        };
+        match held {
+            // This process's own create, landed with its answer lost.
+            Some(held) if held.instance == info.instance => return Ok(()),
+            Some(held) if tokio::time::Instant::now() >= deadline => {
+                let age = crate::now_ms().saturating_sub(held.at_ms);
+                return Err(Error::Settings(format!(
+                    "a live node named `{}` is in the cluster already (another process, started {} ms since the epoch; its heartbeat renewed {:.1} s ago): give this node another --name",
+                    info.name,
+                    held.started_ms,
+                    age as f64 / 1e3
+                )));
+            }
+            Some(_) if !said => {
+                said = true;
+                tracing::info!(
+                    "node {}: the name has a heartbeat of another process; waiting up to {:.0} s for it to lapse",
+                    info.name,
+                    (ttl + Duration::from_secs(1)).as_secs_f64()
+                );
+            }
+            // Gone meanwhile (left or lapsed): created on the next turn.
+            _ => {}
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
 }
 
 pub(crate) async fn leave(nodes: &kv::Store, name: &str) -> Result<(), Error> {

@@ -251,6 +251,7 @@ impl Node {
         let now = crate::now_ms();
         let info = NodeInfo {
             name: options.name.clone(),
+            instance: random_id(),
             roles: roles.clone(),
             agents,
             by_role,
@@ -285,7 +286,8 @@ impl Node {
         )
         .await?;
         let answers = Spawner::spawn("cluster-agent-queries", answers);
-        if let Err(e) = membership::beat(&cluster.nodes, &info).await {
+        let ttl = cluster.settings.heartbeat_ttl;
+        if let Err(e) = membership::join(&cluster.nodes, &info, ttl).await {
             answers.abort();
             return Err(e);
         }

@@ -336,6 +336,54 @@ async fn bad_settings_and_unknown_tasks_are_named() {
     rt.shutdown().await;
 }
 
+/// Two live nodes never share a name: a second node named as a live one waits out the
+/// heartbeat TTL and a second, then is refused, naming the name; one named as a node that
+/// died without leaving (dropped: its heartbeat stops) takes the name once that heartbeat
+/// lapses; one named as a node that drained (it left) takes it at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_live_nodes_never_share_a_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = tokio::task::block_in_place(|| NatsServer::single(dir.path())).unwrap();
+    let client = cluster(&server).await;
+    let rt = runtime("worker", 1, Duration::from_millis(1)).await;
+    let first = join(&server, &rt, "a").await;
+    let asked = std::time::Instant::now();
+    let err = Node::start(client.clone(), rt.handle().clone(), options("a"))
+        .await
+        .err()
+        .expect("a second node named a is refused");
+    let waited = asked.elapsed();
+    assert!(
+        err.to_string().contains("a live node named `a`") && err.to_string().contains("--name"),
+        "{err}"
+    );
+    let ttl = settings().heartbeat_ttl;
+    assert!(waited >= ttl, "it waited out the TTL first: {waited:?}");
+    let status = client.status().await.unwrap();
+    let names: Vec<&str> = status.nodes.iter().map(|n| n.name.as_str()).collect();
+    assert_eq!(names, ["a"], "the first's heartbeat untouched");
+    // Gone without leaving: the name is taken once its heartbeat lapses.
+    drop(first);
+    let asked = std::time::Instant::now();
+    let second = join(&server, &rt, "a").await;
+    assert!(
+        asked.elapsed() < ttl + Duration::from_secs(2),
+        "{:?}",
+        asked.elapsed()
+    );
+    // Left: taken at once.
+    second.drain().await;
+    let asked = std::time::Instant::now();
+    let third = join(&server, &rt, "a").await;
+    assert!(
+        asked.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        asked.elapsed()
+    );
+    third.drain().await;
+    rt.shutdown().await;
+}
+
 /// Leadership by KV lease against a real server: one of four candidates leads; when it
 /// dies (stops renewing, as a crash does, the key left to expire) a standby leads within
 /// the TTL and a second, in a higher term; when that one dies before its first renewal (its

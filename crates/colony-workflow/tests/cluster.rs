@@ -237,15 +237,18 @@ tasks:
         (3, 2, 3, false),
         "{worked:?}"
     );
-    // `fast` over the cluster: the three agree, so its first round decides.
+    // `fast` over the cluster: the three agree, so a round decides: the first, unless an
+    // agent took two seats' ballots (its second is not counted, and asked again), which
+    // leaves it short of 3/4 and a second round decides.
     let quick = &report.tasks[2];
     assert_eq!(quick.status, Status::Succeeded, "{quick:?}");
     let decided = quick.cluster_decision.as_ref().unwrap();
     assert_eq!(
-        (decided.voters, decided.counted, decided.asked),
-        (3, 3, 3),
+        (decided.protocol, decided.voters, decided.dissenters),
+        (colony_core::decision::Protocol::Fast, 3, 0),
         "{decided:?}"
     );
+    assert!(decided.counted >= 2 && decided.asked >= 3, "{decided:?}");
     node.drain().await;
     rt.shutdown().await;
 }
