@@ -348,10 +348,9 @@ async fn two_live_nodes_never_share_a_name() {
     let rt = runtime("worker", 1, Duration::from_millis(1)).await;
     let first = join(&server, &rt, "a").await;
     let asked = std::time::Instant::now();
-    let err = Node::start(client.clone(), rt.handle().clone(), options("a"))
-        .await
-        .err()
-        .expect("a second node named a is refused");
+    let Err(err) = Node::start(client.clone(), rt.handle().clone(), options("a")).await else {
+        panic!("a second node named a is refused");
+    };
     let waited = asked.elapsed();
     assert!(
         err.to_string().contains("a live node named `a`") && err.to_string().contains("--name"),
