@@ -103,40 +103,86 @@ pub struct RoleSlots {
     pub slots: u64,
 }
 
-pub(crate) async fn beat(nodes: &kv::Store, info: &NodeInfo) -> Result<(), Error> {
-    let value = serde_json::to_vec(info).unwrap_or_default();
-    nodes
-        .put(info.name.as_str(), value.into())
+/// Why a heartbeat was not written.
+#[derive(Debug)]
+pub(crate) enum Unwritten {
+    /// Another process's heartbeat holds the name: not written over.
+    Taken(Box<NodeInfo>),
+    Failed(Error),
+}
+
+/// The heartbeat under the name, if it is a node's (not a marker of one that left).
+async fn held(nodes: &kv::Store, name: &str) -> Result<Option<(NodeInfo, u64)>, Error> {
+    let entry = nodes
+        .entry(name)
         .await
-        .map(|_| ())
-        .map_err(|e| Error::nats(format!("the heartbeat of node {}", info.name), e))
+        .map_err(|e| Error::nats(format!("reading the heartbeat of node {name}"), e))?;
+    Ok(entry
+        .filter(|entry| entry.operation == kv::Operation::Put)
+        .and_then(|entry| {
+            let info = serde_json::from_slice::<NodeInfo>(&entry.value).ok()?;
+            Some((info, entry.revision))
+        }))
+}
+
+/// Writes `info` as this process's heartbeat, over its last one at `revision` (created when
+/// `None`, or when that one is gone: lapsed or deleted). Only this process's heartbeat is
+/// written over: one of another process under the name (it joined while this one's
+/// heartbeat had lapsed) is left, and said. Returns the new revision.
+pub(crate) async fn renew(
+    nodes: &kv::Store,
+    info: &NodeInfo,
+    revision: Option<u64>,
+) -> Result<u64, Unwritten> {
+    let name = info.name.as_str();
+    let value = bytes::Bytes::from(serde_json::to_vec(info).unwrap_or_default());
+    let failed = |e: &dyn std::fmt::Display| {
+        Unwritten::Failed(Error::nats(format!("the heartbeat of node {name}"), e))
+    };
+    if let Some(revision) = revision {
+        match nodes.update(name, value.clone(), revision).await {
+            Ok(revision) => return Ok(revision),
+            Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {}
+            Err(e) => return Err(failed(&e)),
+        }
+    }
+    // Not this process's last revision (or none): whose is the name now?
+    match held(nodes, name).await.map_err(Unwritten::Failed)? {
+        // This process's own, its answer lost: written over at its revision.
+        Some((own, revision)) if own.instance == info.instance => nodes
+            .update(name, value, revision)
+            .await
+            .map_err(|e| failed(&e)),
+        Some((other, _)) => Err(Unwritten::Taken(Box::new(other))),
+        None => match nodes.create(name, value).await {
+            Ok(revision) => Ok(revision),
+            Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {
+                match held(nodes, name).await.map_err(Unwritten::Failed)? {
+                    Some((other, _)) if other.instance != info.instance => {
+                        Err(Unwritten::Taken(Box::new(other)))
+                    }
+                    _ => Err(failed(&"created meanwhile")),
+                }
+            }
+            Err(e) => Err(failed(&e)),
+        },
+    }
 }
 
 /// Enters `info` in the nodes bucket under its name, as a create: two live nodes never share
 /// a name (each one's heartbeat would overwrite the other's, and the cluster would count
 /// one). A name whose heartbeat is there already, from another process, is the name of a
 /// node that died without leaving (its entry lapses within `ttl`) or of a live one: it is
-/// waited for up to `ttl` and a second, then refused, naming it.
-pub(crate) async fn join(nodes: &kv::Store, info: &NodeInfo, ttl: Duration) -> Result<(), Error> {
-    let value = bytes::Bytes::from(serde_json::to_vec(info).unwrap_or_default());
+/// waited for up to `ttl` and a second, then refused, naming it. Returns the heartbeat's
+/// revision, which later ones are written over ([`renew`]).
+pub(crate) async fn join(nodes: &kv::Store, info: &NodeInfo, ttl: Duration) -> Result<u64, Error> {
     let deadline = tokio::time::Instant::now() + ttl + Duration::from_secs(1);
     let mut said = false;
     loop {
-        let held = match nodes.create(info.name.as_str(), value.clone()).await {
-            Ok(_) => return Ok(()),
-            Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => nodes
-                .entry(info.name.as_str())
-                .await
-                .ok()
-                .flatten()
-                .filter(|entry| entry.operation == kv::Operation::Put)
-                .and_then(|entry| serde_json::from_slice::<NodeInfo>(&entry.value).ok()),
-            Err(e) => return Err(Error::nats(format!("node {} joining", info.name), e)),
-        };
-        match held {
-            // This process's own create, landed with its answer lost.
-            Some(held) if held.instance == info.instance => return Ok(()),
-            Some(held) if tokio::time::Instant::now() >= deadline => {
+        match renew(nodes, info, None).await {
+            Ok(revision) => return Ok(revision),
+            Err(Unwritten::Failed(e)) => return Err(e),
+            Err(Unwritten::Taken(held)) if tokio::time::Instant::now() >= deadline => {
                 let age = crate::now_ms().saturating_sub(held.at_ms);
                 return Err(Error::Settings(format!(
                     "a live node named `{}` is in the cluster already (another process, started {} ms since the epoch; its heartbeat renewed {:.1} s ago): give this node another --name",
@@ -145,26 +191,45 @@ pub(crate) async fn join(nodes: &kv::Store, info: &NodeInfo, ttl: Duration) -> R
                     age as f64 / 1e3
                 )));
             }
-            Some(_) if !said => {
-                said = true;
-                tracing::info!(
-                    "node {}: the name has a heartbeat of another process; waiting up to {:.0} s for it to lapse",
-                    info.name,
-                    (ttl + Duration::from_secs(1)).as_secs_f64()
-                );
+            Err(Unwritten::Taken(_)) => {
+                if !said {
+                    said = true;
+                    tracing::info!(
+                        "node {}: the name has a heartbeat of another process; waiting up to {:.0} s for it to lapse",
+                        info.name,
+                        (ttl + Duration::from_secs(1)).as_secs_f64()
+                    );
+                }
             }
-            // Gone meanwhile (left or lapsed): created on the next turn.
-            _ => {}
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }
 
-pub(crate) async fn leave(nodes: &kv::Store, name: &str) -> Result<(), Error> {
-    nodes
-        .delete(name)
-        .await
-        .map_err(|e| Error::nats(format!("node {name} leaving"), e))
+/// Deletes this process's heartbeat (`info`'s), at its last `revision`, or at the one the
+/// bucket has if that is this process's too (a write whose answer was lost): a heartbeat of
+/// another process under the name is left.
+pub(crate) async fn leave(
+    nodes: &kv::Store,
+    info: &NodeInfo,
+    revision: Option<u64>,
+) -> Result<(), Error> {
+    let name = info.name.as_str();
+    let leaving = |e: &dyn std::fmt::Display| Error::nats(format!("node {name} leaving"), e);
+    match nodes.delete_expect_revision(name, revision).await {
+        Ok(()) => Ok(()),
+        Err(e) => match held(nodes, name).await? {
+            Some((own, revision)) if own.instance == info.instance => nodes
+                .delete_expect_revision(name, Some(revision))
+                .await
+                .map_err(|e| leaving(&e)),
+            Some(_) => Err(leaving(
+                &"another process's heartbeat holds the name: left as it is",
+            )),
+            None if revision.is_some() => Ok(()),
+            None => Err(leaving(&e)),
+        },
+    }
 }
 
 /// The nodes whose heartbeat has not expired, by name.

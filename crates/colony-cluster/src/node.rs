@@ -152,6 +152,34 @@ struct Shared {
     counting: Arc<Semaphore>,
     /// The ends of their ballot tasks, heard on one watch.
     ends: Arc<spread::Ends>,
+    /// The revision of this node's last heartbeat written (0 before the first): the next is
+    /// written over it, and only over it.
+    beat: AtomicU64,
+}
+
+impl Shared {
+    /// Writes `info` as this node's heartbeat, over its last one; says once when another
+    /// process holds the name (it joined while this node's heartbeat had lapsed), and
+    /// leaves that one's heartbeat as it is.
+    async fn beat(&self, info: &NodeInfo, said: &mut bool) {
+        let last = Some(self.beat.load(Ordering::Relaxed)).filter(|&r| r > 0);
+        match membership::renew(&self.cluster.nodes, info, last).await {
+            Ok(revision) => {
+                self.beat.store(revision, Ordering::Relaxed);
+                *said = false;
+            }
+            Err(membership::Unwritten::Taken(other)) => {
+                if !std::mem::replace(said, true) {
+                    tracing::error!(
+                        "node {}: another process (started {} ms since the epoch) took the name while this node's heartbeat had lapsed; its heartbeat is left as it is, and this node is not listed: give one of them another --name",
+                        self.name,
+                        other.started_ms
+                    );
+                }
+            }
+            Err(membership::Unwritten::Failed(e)) => tracing::warn!("{e}"),
+        }
+    }
 }
 
 /// Whether a node takes work: connected to NATS, and not draining.
@@ -276,7 +304,9 @@ impl Node {
             (info.tiers, info.unhealthy) = (tiers, unhealthy);
         }
         let (phase, phase_rx) = watch::channel(Phase::Taking);
-        // Answering before it is listed: a node in the list answers for its agents.
+        // Subscribed before it is listed (a node in the list answers for its agents), and
+        // answering once it is: while it waits for its name, a live node of that name
+        // answers alone.
         let answers = crate::agents::answer_queries(
             cluster.client.clone(),
             &options.name,
@@ -285,12 +315,9 @@ impl Node {
             phase_rx.clone(),
         )
         .await?;
-        let answers = Spawner::spawn("cluster-agent-queries", answers);
         let ttl = cluster.settings.heartbeat_ttl;
-        if let Err(e) = membership::join(&cluster.nodes, &info, ttl).await {
-            answers.abort();
-            return Err(e);
-        }
+        let joined = membership::join(&cluster.nodes, &info, ttl).await?;
+        let answers = Spawner::spawn("cluster-agent-queries", answers);
         // The node's own slots (--max-in-flight), which every delivery takes besides its
         // role's.
         let all = u32::try_from(max_in_flight).unwrap_or(u32::MAX);
@@ -310,6 +337,7 @@ impl Node {
             slots,
             counting: Arc::new(Semaphore::new(spread::MAX_COUNTING)),
             ends: Arc::default(),
+            beat: AtomicU64::new(joined),
         });
         let mut pullers = Vec::new();
         for (role, consumer) in consumers {
@@ -360,7 +388,7 @@ impl Node {
         let mut info = self.info.clone();
         info.draining = true;
         info.at_ms = crate::now_ms();
-        let _ = membership::beat(&self.shared.cluster.nodes, &info).await;
+        self.shared.beat(&info, &mut false).await;
         for puller in self.pullers {
             let _ = puller.await;
         }
@@ -383,7 +411,9 @@ impl Node {
             let _ = idle().await;
         }
         self.heart.abort();
-        if let Err(e) = membership::leave(&self.shared.cluster.nodes, &self.shared.name).await {
+        let last = Some(self.shared.beat.load(Ordering::Relaxed)).filter(|&r| r > 0);
+        let nodes = &self.shared.cluster.nodes;
+        if let Err(e) = membership::leave(nodes, &self.info, last).await {
             tracing::warn!("{e}");
         }
         // Out of the list first: a node listed answers for its agents.
@@ -486,6 +516,7 @@ fn transient(e: &async_nats::jetstream::stream::ConsumerError) -> bool {
 
 async fn heartbeat(shared: Arc<Shared>, mut info: NodeInfo) {
     let every = shared.cluster.settings.heartbeat_ttl / 3;
+    let mut said = false;
     let mut phase = shared.phase.clone();
     loop {
         tokio::select! {
@@ -508,9 +539,7 @@ async fn heartbeat(shared: Arc<Shared>, mut info: NodeInfo) {
             (info.tiers, info.unhealthy) = (tiers, unhealthy);
         }
         info.at_ms = crate::now_ms();
-        if let Err(e) = membership::beat(&shared.cluster.nodes, &info).await {
-            tracing::warn!("{e}");
-        }
+        shared.beat(&info, &mut said).await;
     }
 }
 

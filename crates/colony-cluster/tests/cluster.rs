@@ -339,7 +339,9 @@ async fn bad_settings_and_unknown_tasks_are_named() {
 /// Two live nodes never share a name: a second node named as a live one waits out the
 /// heartbeat TTL and a second, then is refused, naming the name; one named as a node that
 /// died without leaving (dropped: its heartbeat stops) takes the name once that heartbeat
-/// lapses; one named as a node that drained (it left) takes it at once.
+/// lapses; one named as a node that drained (it left) takes it at once; and a node whose
+/// name another process took while its heartbeat was gone neither writes over that one's
+/// heartbeat nor deletes it as it drains.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_live_nodes_never_share_a_name() {
     let dir = tempfile::tempdir().unwrap();
@@ -379,7 +381,32 @@ async fn two_live_nodes_never_share_a_name() {
         "{:?}",
         asked.elapsed()
     );
+    // Another process takes the name while this node's heartbeat is gone (as if it had
+    // lapsed under a stall): the node's later heartbeats do not write over that one's, nor
+    // does its drain delete it.
+    let js = async_nats::jetstream::new(async_nats::connect(server.url()).await.unwrap());
+    let nodes = js.get_key_value("colony_nodes").await.unwrap();
+    nodes.delete("a").await.unwrap();
+    let other = serde_json::json!({
+        "name": "a", "instance": "other", "roles": ["worker"], "agents": 1, "running": 0,
+        "ended": 0, "fenced": 0, "draining": false, "started-ms": 1, "at-ms": 1,
+        "version": "0.0.9"
+    });
+    nodes.create("a", other.to_string().into()).await.unwrap();
+    let instance = || async {
+        let entry = nodes
+            .entry("a")
+            .await
+            .unwrap()
+            .expect("a heartbeat under a");
+        let info: serde_json::Value = serde_json::from_slice(&entry.value).unwrap();
+        info["instance"].clone()
+    };
+    // Past two of the node's beats (a third of the TTL apart).
+    tokio::time::sleep(ttl).await;
+    assert_eq!(instance().await, "other");
     third.drain().await;
+    assert_eq!(instance().await, "other", "left as it is");
     rt.shutdown().await;
 }
 
