@@ -393,6 +393,17 @@ async fn two_live_nodes_never_share_a_name() {
         "version": "0.0.9"
     });
     nodes.create("a", other.to_string().into()).await.unwrap();
+    // The other process beats on, as a live one does.
+    let beating = {
+        let nodes = nodes.clone();
+        let other = other.to_string();
+        colony_agents::spawner::Spawner::spawn("other-beats", async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                let _ = nodes.put("a", other.clone().into()).await;
+            }
+        })
+    };
     let instance = || async {
         let entry = nodes
             .entry("a")
@@ -407,6 +418,7 @@ async fn two_live_nodes_never_share_a_name() {
     assert_eq!(instance().await, "other");
     third.drain().await;
     assert_eq!(instance().await, "other", "left as it is");
+    beating.abort();
     rt.shutdown().await;
 }
 
