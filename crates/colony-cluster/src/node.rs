@@ -424,14 +424,7 @@ impl Node {
 }
 
 pub(crate) fn check_name(name: &str) -> Result<(), Error> {
-    let ok = !name.is_empty()
-        && name.len() <= 128
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
-        && !name.starts_with('.')
-        && !name.ends_with('.');
-    if ok {
+    if colony_core::mailbox::is_process_name(name) {
         Ok(())
     } else {
         Err(Error::Settings(format!(

@@ -109,16 +109,20 @@ pub const FAR: &str = "cluster:";
 /// endpoint `agent-N` or a mailbox's name.
 pub fn far_endpoint(name: &str) -> Option<(&str, &str)> {
     let (process, endpoint) = name.strip_prefix(FAR)?.split_once('/')?;
-    // A node's name's rule (`colony-cluster`'s `check_name`): no `.` first or last.
-    let process_ok = !process.is_empty()
-        && process.len() <= 128
-        && process
+    (is_process_name(process) && (far_agent(endpoint).is_some() || check_topic(endpoint).is_ok()))
+        .then_some((process, endpoint))
+}
+
+/// Whether `name` can name a process of a cluster (a node's, a run's): letters, digits, `-`,
+/// `_` and `.` (not first or last), at most 128 bytes.
+pub fn is_process_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 128
+        && name
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
-        && !process.starts_with('.')
-        && !process.ends_with('.');
-    (process_ok && (far_agent(endpoint).is_some() || check_topic(endpoint).is_ok()))
-        .then_some((process, endpoint))
+        && !name.starts_with('.')
+        && !name.ends_with('.')
 }
 
 /// `agent-N`, written as an agent's id is (no sign, no leading zero): N.
