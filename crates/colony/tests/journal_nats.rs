@@ -143,6 +143,13 @@ fn commands_that_work_on_a_sqlite_file_refuse_a_journal_in_nats_and_say_so() {
     let (_, stderr, code) = colony(&["serve", "--db", db, "--backup-to", "b.db"]);
     assert_eq!(code, 2, "{stderr}");
     assert!(stderr.contains("kept by the servers' replicas"), "{stderr}");
+    // And the other way round: taking over is for a journal in NATS.
+    let (_, stderr, code) = colony(&["prune", "--db", "x.db", "--keep-last", "1", "--take-over"]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.contains("--take-over is for a journal in NATS"),
+        "{stderr}"
+    );
 }
 
 #[test]

@@ -64,6 +64,11 @@ pub(crate) fn run(args: &Args) -> Result<(), Failure> {
     if let Some(location) = super::in_nats(&args.db) {
         return prune_nats(location, rule, args.json, args.take_over);
     }
+    if args.take_over {
+        return Err(Failure::input(anyhow::anyhow!(
+            "--take-over is for a journal in NATS (nats://HOST:PORT/NAME): a SQLite file has no keeper to take it from"
+        )));
+    }
     if !args.db.exists() {
         return Err(Failure::input(colony_journal::Error::Missing {
             path: args.db.display().to_string(),
