@@ -47,6 +47,9 @@ pub struct BenchOptions {
     pub spread: bool,
     /// The nodes' agents run this program once per task (`command` agents), not sims.
     pub command: Option<String>,
+    /// Up to this many plain tasks in one message ([`Cluster::submit_bundled`]); 0 or 1:
+    /// one each.
+    pub bundle: usize,
 }
 
 #[derive(Clone, Debug, serde::Serialize)]
@@ -63,6 +66,9 @@ pub struct BenchReport {
     /// The program each task ran, with `command` agents.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub command: Option<String>,
+    /// Most tasks in one message, when they were bundled.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bundle: Option<usize>,
     /// Votes whose record did not say they were decided by all their voters as one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub undecided: Option<u64>,
@@ -88,6 +94,18 @@ pub async fn run(
         return Err(crate::Error::Settings(
             "--spread spreads votes, and no vote is asked: give --voters".into(),
         ));
+    }
+    if options.bundle > 1 && options.voters > 0 {
+        return Err(crate::Error::Settings(
+            "--bundle bundles plain tasks, and a vote goes alone: give one of them".into(),
+        ));
+    }
+    if options.bundle > crate::bundle::MAX_TASKS {
+        return Err(crate::Error::Settings(format!(
+            "--bundle {}: a message carries at most {} tasks",
+            options.bundle,
+            crate::bundle::MAX_TASKS
+        )));
     }
     // A spread vote's voters are any node's agents.
     if options.voters > options.agents && !options.spread {
@@ -170,6 +188,7 @@ pub async fn run(
         let total = options.tasks;
         let voters = options.voters;
         let spread = options.spread;
+        let bundle = options.bundle;
         colony_agents::spawner::Spawner::spawn("bench-publish", async move {
             let mut sent: HashMap<u64, Instant> = HashMap::with_capacity(total as usize);
             if voters > 0 {
@@ -202,7 +221,11 @@ pub async fn run(
                 let n = chunk.min(total - done);
                 let specs = vec![spec.clone(); n as usize];
                 let at = Instant::now();
-                for s in client.submit(&specs, None).await? {
+                let submitted = match bundle {
+                    0 | 1 => client.submit(&specs, None).await?,
+                    n => client.submit_bundled(&specs, n, None).await?,
+                };
+                for s in submitted {
                     sent.insert(s.id, at);
                 }
                 done += n;
@@ -300,6 +323,7 @@ pub async fn run(
         voters: (options.voters > 0).then_some(options.voters),
         spread: options.spread,
         command: options.command.clone(),
+        bundle: (options.bundle > 1 && options.voters == 0).then_some(options.bundle),
         undecided: (options.voters > 0).then_some(undecided),
         seconds,
         per_second,

@@ -5,7 +5,7 @@ use crate::{
     Error,
     membership::{self, NodeInfo},
     settings::{self, Settings},
-    wire::{Decide, Row, TaskMessage, Together},
+    wire::{Decide, Row, TaskMessage, Together, bundle},
 };
 use async_nats::jetstream::{self, context::PublishAckFuture, kv, stream::Stream};
 use colony_core::task::{TaskSpec, TaskState};
@@ -55,7 +55,8 @@ const MEMBERS_FRESH: Duration = Duration::from_secs(1);
 /// A task the stream accepted.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct Submitted {
-    /// The task's id: its sequence in the tasks stream.
+    /// The task's id: its sequence in the tasks stream, or for a task in a bundle with
+    /// others, the bundle's and its place ([`crate::bundle::bundled_id`]).
     pub id: u64,
     /// The stream had this submission already (same idempotency id within its window).
     pub duplicate: bool,
@@ -192,14 +193,105 @@ impl Cluster {
                 specs.len()
             )));
         }
+        let mut messages = Vec::with_capacity(specs.len());
+        for (i, spec) in specs.iter().enumerate() {
+            let id = ids.map_or_else(random_id, |ids| ids[i].clone());
+            messages.push(outgoing(i, spec, &id, None)?);
+        }
+        self.publish_all(messages).await
+    }
+
+    /// Submits tasks bundled: up to `per_message` (at most [`bundle::MAX_TASKS`]) tasks of
+    /// one role and priority, one after another in `specs`, go in one message of the stream
+    /// (within a record's size), so the stream's write, the pull and the ack are paid once
+    /// for all of them. Each task keeps its own id ([`bundle::bundled_id`]; a task alone in
+    /// its message keeps its stream sequence), record, lease, attempts and cancel. With
+    /// `key`, message `n` has idempotency id `<key>.b<n>`: the same call again (the same
+    /// tasks, the same key, within the stream's duplicate window) is accepted once, under
+    /// the same ids; without, a retried call submits its tasks again. Refused while a live
+    /// node reads no bundles. A role's backlog ([`Cluster::status`]) counts a bundle once.
+    pub async fn submit_bundled(
+        &self,
+        specs: &[TaskSpec],
+        per_message: usize,
+        key: Option<&str>,
+    ) -> Result<Vec<Submitted>, Error> {
+        let per_message = per_message.clamp(1, bundle::MAX_TASKS);
+        let message_id = |n: usize| key.map_or_else(random_id, |key| format!("{key}.b{n}"));
+        if per_message == 1 {
+            let ids: Option<Vec<String>> = key.map(|_| (0..specs.len()).map(message_id).collect());
+            return self.submit(specs, ids.as_deref()).await;
+        }
+        // A node from before bundles would run a bundle as one task.
+        if let Some(old) = self
+            .recent_members()
+            .await?
+            .into_iter()
+            .find(|n| !n.bundles)
+        {
+            return Err(Error::Task(format!(
+                "node {} runs a colony that reads no bundles (it would run one as a single task): upgrade or drain it first, or submit without bundles",
+                old.name
+            )));
+        }
+        // Each task checked as if sent alone, then put with those before it while they share
+        // a subject and the message has room.
+        let room = settings::MAX_RECORD - 1024;
+        let (mut messages, mut counts) = (Vec::new(), Vec::new());
+        let mut group: Vec<Outgoing> = Vec::new();
+        let mut size = 0;
+        for (i, spec) in specs.iter().enumerate() {
+            let one = outgoing(i, spec, "", None)?;
+            let bytes = header_bytes(&one.1) + one.2.len() + bundle::FRAMING;
+            if group.first().is_some_and(|(subject, ..)| {
+                *subject != one.0 || group.len() == per_message || size + bytes > room
+            }) {
+                counts.push(group.len());
+                let id = message_id(messages.len());
+                messages.push(bundled(std::mem::take(&mut group), &id));
+                size = 0;
+            }
+            size += bytes;
+            group.push(one);
+        }
+        if !group.is_empty() {
+            counts.push(group.len());
+            let id = message_id(messages.len());
+            messages.push(bundled(group, &id));
+        }
+        let accepted = self.publish_all(messages).await?;
         let mut out = Vec::with_capacity(specs.len());
+        for (message, n) in accepted.into_iter().zip(counts) {
+            if n == 1 {
+                out.push(message);
+                continue;
+            }
+            for i in 0..n {
+                let id = bundle::bundled_id(message.id, i).ok_or_else(|| {
+                    Error::Task(format!(
+                        "the stream's sequence {} is past the {} a bundle's tasks can be named under: submit without bundles",
+                        message.id,
+                        bundle::BUNDLED
+                    ))
+                })?;
+                out.push(Submitted {
+                    id,
+                    duplicate: message.duplicate,
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    /// Publishes `messages` in order, up to [`IN_FLIGHT`] awaiting their acknowledgement at
+    /// once: what the stream accepted, one for each.
+    async fn publish_all(&self, messages: Vec<Outgoing>) -> Result<Vec<Submitted>, Error> {
+        let mut out = Vec::with_capacity(messages.len());
         // The acknowledgements in flight are awaited together, in order: each has its own
         // timeout, and awaited one after another, a thousand lost to a server restarting
         // would take a thousand timeouts before the first was sent again.
         let mut waiting = futures::stream::FuturesOrdered::new();
-        for (i, spec) in specs.iter().enumerate() {
-            let id = ids.map_or_else(random_id, |ids| ids[i].clone());
-            let message = outgoing(i, spec, &id, None)?;
+        for message in messages {
             // The acknowledgements in flight are heard while the publish waits: each holds
             // one of the client's places for acks in flight (5,000, shared by every caller),
             // and a publish waits for one, so submitters that each held a thousand and
@@ -425,7 +517,7 @@ impl Cluster {
                 Some((row, _)) if row.is_terminal() => {
                     if row.state == TaskState::Cancelled {
                         // Cancelled by an earlier call that may not have dropped it.
-                        self.drop_message(id).await;
+                        self.forget_message(id).await;
                     }
                     return Ok(Cancel::AlreadyEnded { state: row.state });
                 }
@@ -453,18 +545,11 @@ impl Cluster {
                 None => {
                     // No record: not started, or started and not leased yet. It must be in
                     // the stream, or it is unknown (or ended between the two reads).
-                    match self.stream.get_raw_message(id).await {
-                        Ok(_) => {}
-                        Err(e)
-                            if e.kind()
-                                == jetstream::stream::LastRawMessageErrorKind::NoMessageFound =>
-                        {
-                            if self.row_from_leader(id).await?.is_some() {
-                                continue;
-                            }
-                            return Err(Error::Unknown { id });
+                    if !self.in_stream(id).await? {
+                        if self.row_from_leader(id).await?.is_some() {
+                            continue;
                         }
-                        Err(e) => return Err(Error::nats(format!("reading task {id}"), e)),
+                        return Err(Error::Unknown { id });
                     }
                     let cancelled = Row {
                         state: TaskState::Cancelled,
@@ -496,7 +581,7 @@ impl Cluster {
             match written {
                 Ok(_) => {
                     // Gone from the backlog; a node that fetched it already is fenced.
-                    self.drop_message(id).await;
+                    self.forget_message(id).await;
                     return Ok(Cancel::Cancelled { was });
                 }
                 // A node wrote first: read again.
@@ -506,7 +591,7 @@ impl Cluster {
                     Ok(Some((row, _)))
                         if row.state == TaskState::Cancelled && row.lease == lease =>
                     {
-                        self.drop_message(id).await;
+                        self.forget_message(id).await;
                         return Ok(Cancel::Cancelled { was });
                     }
                     // Another write (a node's, as it ended or leased the task) made the
@@ -523,11 +608,94 @@ impl Cluster {
         ))
     }
 
-    /// Drops task `id`'s message from the stream (a few tries): a cancelled task no node
-    /// should take. Already gone (taken and acked, or dropped before) is done.
-    async fn drop_message(&self, id: u64) {
+    /// Whether task `id`'s message is in the stream (for a bundled task, a bundle with its
+    /// place): not taken and acknowledged yet.
+    async fn in_stream(&self, id: u64) -> Result<bool, Error> {
+        let (sequence, place) = bundle::message_of(id);
+        match self.stream.get_raw_message(sequence).await {
+            Ok(message) => Ok(match place {
+                None => true,
+                Some(i) => bundle::count(Some(&message.headers)).is_ok_and(|n| n > 1 && i < n),
+            }),
+            Err(e) if e.kind() == jetstream::stream::LastRawMessageErrorKind::NoMessageFound => {
+                Ok(false)
+            }
+            Err(e) => Err(Error::nats(
+                format!("looking task {id} up in the stream"),
+                e,
+            )),
+        }
+    }
+
+    /// Keeps cancelled task `id` from being run: its message dropped from the stream, or, for
+    /// a bundled task (its message carries others), its place marked in the bundle's list of
+    /// cancelled tasks, which the node taking the bundle reads first
+    /// ([`Cluster::cancelled_in`]).
+    async fn forget_message(&self, id: u64) {
+        match bundle::message_of(id) {
+            (sequence, None) => self.drop_message(sequence).await,
+            (sequence, Some(place)) => self.mark_cancelled(sequence, place).await,
+        }
+    }
+
+    /// The key of the list of cancelled tasks of the bundle at `sequence`, in the tasks
+    /// bucket beside the records (no record's key: a record's last token is a number).
+    fn cancelled_key(&self, sequence: u64) -> String {
+        format!("{}.cancelled-{sequence}", self.epoch)
+    }
+
+    /// Adds `place` to the bundle's list of cancelled tasks (a compare-and-set, a few tries).
+    /// Not written, the task may still run; its end is then fenced by its record.
+    async fn mark_cancelled(&self, sequence: u64, place: usize) {
+        let key = self.cancelled_key(sequence);
+        for _ in 0..8 {
+            let (mut places, revision) = match self.tasks.entry(&key).await {
+                Ok(Some(entry)) if entry.operation == kv::Operation::Put => (
+                    serde_json::from_slice::<Vec<usize>>(&entry.value).unwrap_or_default(),
+                    Some(entry.revision),
+                ),
+                Ok(_) => (Vec::new(), None),
+                Err(e) => {
+                    tracing::warn!("bundle {sequence}: reading its cancelled tasks: {e}");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    continue;
+                }
+            };
+            if places.contains(&place) {
+                return;
+            }
+            places.push(place);
+            let value = serde_json::to_vec(&places).unwrap_or_default().into();
+            let written = match revision {
+                Some(revision) => self.tasks.update(&key, value, revision).await.is_ok(),
+                None => self.tasks.create(&key, value).await.is_ok(),
+            };
+            if written {
+                return;
+            }
+        }
+        tracing::warn!(
+            "bundle {sequence}: task {place} cancelled but not marked; a node taking it runs it and its end is dropped"
+        );
+    }
+
+    /// The places of the bundle at `sequence` whose tasks were cancelled before it was taken
+    /// (none when the list cannot be read: a cancelled task that runs is fenced at its end).
+    pub(crate) async fn cancelled_in(&self, sequence: u64) -> Vec<usize> {
+        match self.tasks.entry(self.cancelled_key(sequence)).await {
+            Ok(Some(entry)) if entry.operation == kv::Operation::Put => {
+                serde_json::from_slice(&entry.value).unwrap_or_default()
+            }
+            _ => Vec::new(),
+        }
+    }
+
+    /// Drops the message at `sequence` from the stream (a few tries): a cancelled task no
+    /// node should take. Already gone (taken and acked, or dropped before) is done.
+    async fn drop_message(&self, sequence: u64) {
+        let id = sequence;
         for _ in 0..3 {
-            match self.stream.delete_message(id).await {
+            match self.stream.delete_message(sequence).await {
                 Ok(_) => return,
                 // Gone already (acknowledged, or dropped by an earlier call): the server says
                 // so with its own code, or, for a message acknowledged on a work queue, as a
@@ -677,19 +845,13 @@ impl Cluster {
         if let Some((row, _)) = self.row(id).await? {
             return Ok(TaskView::Row(row));
         }
-        match self.stream.get_raw_message(id).await {
-            Ok(_) => Ok(TaskView::Queued),
-            // Read again: it may have started and ended between the two reads.
-            Err(e) if e.kind() == jetstream::stream::LastRawMessageErrorKind::NoMessageFound => {
-                match self.row(id).await? {
-                    Some((row, _)) => Ok(TaskView::Row(row)),
-                    None => Err(Error::Unknown { id }),
-                }
-            }
-            Err(e) => Err(Error::nats(
-                format!("looking task {id} up in the stream"),
-                e,
-            )),
+        if self.in_stream(id).await? {
+            return Ok(TaskView::Queued);
+        }
+        // Read again: it may have started and ended between the two reads.
+        match self.row(id).await? {
+            Some((row, _)) => Ok(TaskView::Row(row)),
+            None => Err(Error::Unknown { id }),
         }
     }
 
@@ -832,15 +994,7 @@ fn outgoing(
     let headers = TaskMessage::headers(spec, id, together).map_err(Error::Task)?;
     // The stream takes a message of at most a record's size, headers included: refused here,
     // naming it, rather than by the stream's answer.
-    let header_bytes: usize = headers
-        .iter()
-        .map(|(name, values)| {
-            values
-                .iter()
-                .map(|v| AsRef::<str>::as_ref(name).len() + v.as_str().len() + 4)
-                .sum::<usize>()
-        })
-        .sum();
+    let header_bytes = header_bytes(&headers);
     if header_bytes + spec.payload.len() > settings::MAX_RECORD {
         return Err(Error::Task(format!(
             "task {i}: its headers ({header_bytes} bytes) and payload ({} bytes) are over the cluster's {} bytes a message",
@@ -850,6 +1004,35 @@ fn outgoing(
     }
     let subject = settings::subject(spec.requirement.role.as_deref(), spec.priority.get());
     Ok((subject, headers, spec.payload.clone()))
+}
+
+/// About the bytes `headers` take in a message.
+fn header_bytes(headers: &async_nats::HeaderMap) -> usize {
+    headers
+        .iter()
+        .map(|(name, values)| {
+            values
+                .iter()
+                .map(|v| AsRef::<str>::as_ref(name).len() + v.as_str().len() + 4)
+                .sum::<usize>()
+        })
+        .sum()
+}
+
+/// Tasks' messages (of one subject) as one, with dedupe id `id`: the one itself when alone,
+/// else a bundle.
+fn bundled(mut group: Vec<Outgoing>, id: &str) -> Outgoing {
+    if group.len() == 1 {
+        let (subject, mut headers, payload) = group.remove(0);
+        headers.insert("Nats-Msg-Id", id);
+        return (subject, headers, payload);
+    }
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert("Nats-Msg-Id", id);
+    headers.insert(bundle::COUNT, group.len().to_string().as_str());
+    let payload = bundle::encode(group.iter().map(|(_, h, p)| (h, p)));
+    let subject = group.swap_remove(0).0;
+    (subject, headers, payload)
 }
 
 /// `key` of `bucket` as its stream's leader has it (a replica's read may lag): its value and

@@ -45,6 +45,7 @@ pub use journal::{JetStreamJournal, JournalOptions};
 pub use membership::{NodeInfo, RoleSlots, TierCount};
 pub use node::{MAX_SPREAD_VOTERS, Node, NodeOptions, NodeReport, Readiness};
 pub use settings::{MAX_KEY, MAX_PAYLOAD, MAX_RECORD, Settings, check_role};
+pub use wire::bundle;
 pub use wire::{
     Decide, DecisionSummary, MAX_WEIGHED_ROLES, Row, TaskMessage, TeamSummary, Together,
     check_role_weights,

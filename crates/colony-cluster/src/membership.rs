@@ -60,6 +60,10 @@ pub struct NodeInfo {
     /// would refuse such a team's header.
     #[serde(default)]
     pub spread_teams: bool,
+    /// It reads bundles, messages of several tasks (`Colony-Bundle`); a node from before
+    /// would run a bundle as one task.
+    #[serde(default)]
+    pub bundles: bool,
 }
 
 /// One tier of a node's hierarchy: its agents, and those down (crashed, waiting for a

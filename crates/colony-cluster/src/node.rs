@@ -8,7 +8,7 @@ use crate::{
     lease::{self, Outcome, Reply, Step},
     membership::{self, NodeInfo},
     settings::{self, MAX_ERROR, MAX_RECORD},
-    wire::{DecisionSummary, Row, TaskMessage, TeamSummary, Together},
+    wire::{DecisionSummary, Row, TaskMessage, TeamSummary, Together, bundle},
 };
 use async_nats::jetstream::{
     AckKind, Message,
@@ -28,6 +28,7 @@ use std::{
 };
 use tokio::sync::{Semaphore, watch};
 
+mod bundled;
 mod slots;
 mod spread;
 use slots::{Held, Permit, Slots};
@@ -153,8 +154,10 @@ struct Shared {
     /// The ends of their ballot tasks, heard on one watch.
     ends: Arc<spread::Ends>,
     /// The revision of this node's last heartbeat written (0 before the first): the next is
-    /// written over it, and only over it.
-    beat: AtomicU64,
+    /// written over it, and only over it. Held while a heartbeat is written: the drain's and
+    /// the loop's, at once, would each find the other's revision and take it for another
+    /// process's write.
+    beat: tokio::sync::Mutex<u64>,
 }
 
 impl Shared {
@@ -162,10 +165,11 @@ impl Shared {
     /// process holds the name (it joined while this node's heartbeat had lapsed), and
     /// leaves that one's heartbeat as it is.
     async fn beat(&self, info: &NodeInfo, said: &mut bool) {
-        let last = Some(self.beat.load(Ordering::Relaxed)).filter(|&r| r > 0);
+        let mut beat = self.beat.lock().await;
+        let last = Some(*beat).filter(|&r| r > 0);
         match membership::renew(&self.cluster.nodes, info, last).await {
             Ok(revision) => {
-                self.beat.store(revision, Ordering::Relaxed);
+                *beat = revision;
                 *said = false;
             }
             Err(membership::Unwritten::Taken(other)) => {
@@ -297,6 +301,7 @@ impl Node {
             weights: true,
             spread: true,
             spread_teams: true,
+            bundles: true,
         };
         let mut info = info;
         let patience = Duration::from_secs(1);
@@ -337,7 +342,7 @@ impl Node {
             slots,
             counting: Arc::new(Semaphore::new(spread::MAX_COUNTING)),
             ends: Arc::default(),
-            beat: AtomicU64::new(joined),
+            beat: tokio::sync::Mutex::new(joined),
         });
         let mut pullers = Vec::new();
         for (role, consumer) in consumers {
@@ -411,7 +416,7 @@ impl Node {
             let _ = idle().await;
         }
         self.heart.abort();
-        let last = Some(self.shared.beat.load(Ordering::Relaxed)).filter(|&r| r > 0);
+        let last = Some(*self.shared.beat.lock().await).filter(|&r| r > 0);
         let nodes = &self.shared.cluster.nodes;
         if let Err(e) = membership::leave(nodes, &self.info, last).await {
             tracing::warn!("{e}");
@@ -580,6 +585,9 @@ async fn pull_loop(
     let mut left_until: Vec<Option<Instant>> = vec![None; consumers.len()];
     // The last wait on every priority ended with nothing: wait again without asking first.
     let mut quiet = false;
+    // Tasks a message carried when last pulled (a bundle's several): as many fewer messages
+    // are asked for.
+    let mut per_message = 1;
     let mut rests = Vec::new();
     while *phase.borrow() == Phase::Taking {
         let both = async {
@@ -605,7 +613,8 @@ async fn pull_loop(
         }
         let asked = permits.len();
         if !quiet {
-            ask_in_order(&shared, &consumers, &mut permits, &mut left_until).await;
+            let pulled = (&mut permits, &mut per_message);
+            ask_in_order(&shared, &consumers, pulled, &mut left_until).await;
         }
         let got = asked - permits.len();
         if got > 0 {
@@ -687,11 +696,13 @@ async fn pause(phase: &mut watch::Receiver<Phase>, time: Duration) {
 /// then cost no round trip of their own ahead of the work. Then, if slots remain, each below
 /// it not left alone. In each round what a higher priority gives is taken first, and what
 /// comes beyond the slots is handed back at once; a consumer that does not answer holds the
-/// round for [`ASK_LIMIT`] at most, whatever the number of priorities.
+/// round for [`ASK_LIMIT`] at most, whatever the number of priorities. Each asks for a
+/// message for every `per_message` slots (the most tasks a message carried when last
+/// pulled: a bundle takes a slot for each of its tasks).
 async fn ask_in_order(
     shared: &Arc<Shared>,
     consumers: &[PullConsumer],
-    permits: &mut Vec<Permit>,
+    (permits, per_message): (&mut Vec<Permit>, &mut usize),
     left_until: &mut [Option<Instant>],
 ) {
     let now = Instant::now();
@@ -707,9 +718,15 @@ async fn ask_in_order(
         let asked: Vec<usize> = round
             .filter(|&i| left_until[i].is_none_or(|until| now >= until))
             .collect();
-        let asks = asked.iter().map(|&i| ask(&consumers[i], permits.len()));
+        let n = permits.len().div_ceil((*per_message).max(1));
+        let asks = asked.iter().map(|&i| ask(&consumers[i], n));
         let answers = futures::future::join_all(asks).await;
         for (&i, given) in asked.iter().zip(answers) {
+            if let Ok(given) = &given
+                && let Some(most) = given.messages.iter().map(tasks_in).max()
+            {
+                *per_message = most;
+            }
             left_until[i] = take_asked(shared, given, permits, now).await;
         }
     }
@@ -791,10 +808,14 @@ async fn take_asked(
         Spawner::spawn("cluster-pull-late", late(batch, shared.ack_wait));
     }
     for message in asked.messages {
-        match permits.pop() {
-            Some(permit) => start(shared, message, permit),
-            None => answer(&message, Reply::Nak(Duration::ZERO)).await,
+        // A bundle takes a slot for each of its tasks while there are some, at least one.
+        let n = tasks_in(&message).min(permits.len());
+        if n == 0 {
+            answer(&message, Reply::Nak(Duration::ZERO)).await;
+            continue;
         }
+        let taken = permits.split_off(permits.len() - n);
+        start(shared, message, taken);
     }
     left
 }
@@ -838,17 +859,31 @@ async fn take(
 ) {
     let taking = *shared.phase.borrow() == Phase::Taking && shared.phase.has_changed().is_ok();
     match try_permit(slots, node).filter(|_| taking) {
-        Some(permit) => start(shared, message, permit),
+        Some(permit) => {
+            let mut permits = vec![permit];
+            while permits.len() < tasks_in(&message)
+                && let Some(permit) = try_permit(slots, node)
+            {
+                permits.push(permit);
+            }
+            start(shared, message, permits);
+        }
         None => answer(&message, Reply::Nak(Duration::ZERO)).await,
     }
 }
 
-/// Runs one delivery on its own, holding `permit` until it ends.
-fn start(shared: &Arc<Shared>, message: Message, permit: Permit) {
+/// Runs one delivery on its own, holding `permits` (one, or up to one for each task of a
+/// bundle) until it ends.
+fn start(shared: &Arc<Shared>, message: Message, permits: Vec<Permit>) {
     let shared = shared.clone();
     Spawner::spawn("cluster-task", async move {
-        deliver(&shared, message, permit).await;
+        deliver(&shared, message, permits).await;
     });
+}
+
+/// How many tasks `message` carries (a bundle's several), 1 when its header cannot say.
+fn tasks_in(message: &Message) -> usize {
+    bundle::count(message.headers.as_ref()).unwrap_or(1)
 }
 
 /// A delivery counted as running (`NodeReport`'s heartbeat and `colony_cluster_running`)
@@ -870,10 +905,11 @@ impl Drop for Counted<'_> {
     }
 }
 
-/// One delivery, holding its slots (`permit`, or more for a vote or a team) until it ends:
-/// take the lease, run the attempt, end it under the lease, answer the stream.
-async fn deliver(shared: &Shared, message: Message, permit: Permit) {
-    let (id, delivered) = match message.info() {
+/// One delivery, holding its slots until it ends: a task's (one, or more for a vote or a
+/// team), or a bundle's ([`bundled::deliver`]). Answers the stream as the task's attempt
+/// says ([`attempt`]).
+async fn deliver(shared: &Shared, message: Message, permits: Vec<Permit>) {
+    let (sequence, delivered) = match message.info() {
         Ok(info) => (
             info.stream_sequence,
             u32::try_from(info.delivered).unwrap_or(u32::MAX),
@@ -886,9 +922,54 @@ async fn deliver(shared: &Shared, message: Message, permit: Permit) {
             return;
         }
     };
+    let count = match bundle::count(message.headers.as_ref()) {
+        Ok(count) => count,
+        Err(problem) => {
+            // Its tasks cannot even be named: kept in the stream (not acknowledged), said.
+            tracing::error!(
+                "node {}: the message at {sequence} is unreadable, left in the stream: {problem}",
+                shared.name
+            );
+            return;
+        }
+    };
+    let mut permits = permits.into_iter();
+    let Some(permit) = permits.next() else {
+        return answer(&message, Reply::Nak(Duration::ZERO)).await;
+    };
+    if count > 1 {
+        let permits = std::iter::once(permit).chain(permits).collect();
+        return bundled::deliver(shared, &message, sequence, delivered, count, permits).await;
+    }
+    let task = Ok((
+        message.headers.clone().unwrap_or_default(),
+        message.payload.clone(),
+    ));
+    if let Some(reply) = attempt(shared, &message, sequence, delivered, task, permit).await {
+        answer(&message, reply).await;
+    }
+}
+
+/// A task as its message (or its place in a bundle) carries it: its headers and payload, or
+/// why they cannot be read.
+type Carried = Result<(async_nats::HeaderMap, bytes::Bytes), String>;
+
+/// Delivery `delivered` of task `id`, carried by `message`, holding `permit` (or more, for a
+/// vote or a team) until it ends: take the lease, run the attempt, end it under the lease.
+/// What to answer the stream for it, or `None` to leave the message to be delivered again.
+async fn attempt(
+    shared: &Shared,
+    message: &Message,
+    id: u64,
+    delivered: u32,
+    task: Carried,
+    permit: Permit,
+) -> Option<Reply> {
     let tasks = &shared.cluster.tasks;
-    let read = TaskMessage::spec(message.headers.as_ref(), message.payload.clone())
-        .and_then(|spec| Ok((spec, TaskMessage::together(message.headers.as_ref())?)));
+    let read = task.and_then(|(headers, payload)| {
+        let spec = TaskMessage::spec(Some(&headers), payload)?;
+        Ok((spec, TaskMessage::together(Some(&headers))?))
+    });
     let (spec, together) = match read {
         Ok(read) => read,
         Err(problem) => {
@@ -916,9 +997,9 @@ async fn deliver(shared: &Shared, message: Message, permit: Permit) {
             };
             if ended {
                 shared.counters.add(Kind::Failed);
-                answer(&message, Reply::Ack).await;
+                return Some(Reply::Ack);
             }
-            return;
+            return None;
         }
     };
     // A vote or a team takes a slot for each agent it asks, had before anything is written;
@@ -943,15 +1024,11 @@ async fn deliver(shared: &Shared, message: Message, permit: Permit) {
                 && matches!(shared.cluster.row(id).await, Ok(Some((row, _))) if row.is_terminal())
             {
                 shared.counters.add(Kind::AlreadyEnded);
-                answer(&message, Reply::Ack).await;
-                return;
+                return Some(Reply::Ack);
             }
             match shared.counting.clone().try_acquire_owned() {
                 Ok(counting) => Held::counting(counting),
-                Err(_) => {
-                    answer(&message, Reply::Nak(NO_ROOM_DELAY)).await;
-                    return;
-                }
+                Err(_) => return Some(Reply::Nak(NO_ROOM_DELAY)),
             }
         }
         None => Held::one(permit),
@@ -961,15 +1038,11 @@ async fn deliver(shared: &Shared, message: Message, permit: Permit) {
                 && matches!(shared.cluster.row(id).await, Ok(Some((row, _))) if row.is_terminal())
             {
                 shared.counters.add(Kind::AlreadyEnded);
-                answer(&message, Reply::Ack).await;
-                return;
+                return Some(Reply::Ack);
             }
-            match room(shared, &message, id, permit, &needs).await {
+            match room(shared, message, id, permit, &needs).await {
                 Some(held) => held,
-                None => {
-                    answer(&message, Reply::Nak(NO_ROOM_DELAY)).await;
-                    return;
-                }
+                None => return Some(Reply::Nak(NO_ROOM_DELAY)),
             }
         }
     };
@@ -978,20 +1051,22 @@ async fn deliver(shared: &Shared, message: Message, permit: Permit) {
         // A first delivery: nothing to read, the lease is written lazily (see `run`).
         match lease::on_delivery(None, &spec, &shared.name, &random_id(), 1, crate::now_ms()) {
             Step::Start(row) => (row, None),
-            _ => return,
+            _ => return None,
         }
     } else {
-        match take_lease(shared, &message, &spec, id, delivered).await {
-            Some((row, revision)) => (row, Some(revision)),
-            None => return,
+        match take_lease(shared, &spec, id, delivered).await {
+            Ok((row, revision)) => (row, Some(revision)),
+            Err(reply) => return reply,
         }
     };
     shared.counters.add(Kind::Started);
     let Some((outcome, revision, summaries)) =
-        run(shared, &message, &spec, together, id, &started, revision).await
+        run(shared, message, &spec, together, id, &started, revision).await
     else {
-        shared.counters.add(lost(shared, id).await);
-        return;
+        let kind = lost(shared, id).await;
+        shared.counters.add(kind);
+        // A cancelled task has ended: its message may go (a bundle's, with its others).
+        return (kind == Kind::Cancelled).then_some(Reply::Ack);
     };
     let kind = match &outcome {
         Outcome::Succeeded { .. } => Kind::Succeeded,
@@ -1028,7 +1103,7 @@ async fn deliver(shared: &Shared, message: Message, permit: Permit) {
     match end(shared, id, &ended, revision).await {
         Ended::Written => {
             shared.counters.add(kind);
-            answer(&message, reply).await;
+            Some(reply)
         }
         Ended::Fenced => {
             let kind = lost(shared, id).await;
@@ -1043,8 +1118,9 @@ async fn deliver(shared: &Shared, message: Message, permit: Permit) {
                     "fenced: another node holds the task now"
                 }
             );
+            (kind == Kind::Cancelled).then_some(Reply::Ack)
         }
-        Ended::Unwritten => {}
+        Ended::Unwritten => None,
     }
 }
 
@@ -1061,22 +1137,22 @@ async fn lost(shared: &Shared, id: u64) -> Kind {
 
 /// Takes the lease of a delivery after the first: reads the record, and writes the running
 /// row [`lease::on_delivery`] gives with a compare-and-set on the revision read (again on a
-/// conflict). `None` when there is nothing to run (the task ended, or no attempt is left:
-/// both acked) or the record cannot be read or written now (not acked: delivered again).
+/// conflict). Else what to answer: an ack when there is nothing to run (the task ended, or
+/// no attempt is left), nothing when the record cannot be read or written now (delivered
+/// again).
 async fn take_lease(
     shared: &Shared,
-    message: &Message,
     spec: &TaskSpec,
     id: u64,
     delivered: u32,
-) -> Option<(Row, u64)> {
+) -> Result<(Row, u64), Option<Reply>> {
     let tasks = &shared.cluster.tasks;
     for _ in 0..8 {
         let current = match shared.cluster.row(id).await {
             Ok(current) => current,
             Err(e) => {
                 tracing::warn!("node {}: {e}", shared.name);
-                return None;
+                return Err(None);
             }
         };
         let revision = current.as_ref().map(|(_, r)| *r);
@@ -1091,8 +1167,7 @@ async fn take_lease(
         let (row, dead) = match step {
             Step::Finished => {
                 shared.counters.add(Kind::AlreadyEnded);
-                answer(message, Reply::Ack).await;
-                return None;
+                return Err(Some(Reply::Ack));
             }
             Step::DeadLetter(row) => (row, true),
             Step::Start(row) => (row, false),
@@ -1113,21 +1188,20 @@ async fn take_lease(
                     if let Write::Other(e) = e {
                         tracing::warn!("node {}: task {id}: taking its lease: {e}", shared.name);
                     }
-                    return None;
+                    return Err(None);
                 }
             },
         };
         match written {
             Some(_) if dead => {
                 shared.counters.add(Kind::DeadLettered);
-                answer(message, Reply::Ack).await;
-                return None;
+                return Err(Some(Reply::Ack));
             }
-            Some(revision) => return Some((row, revision)),
-            None => return None,
+            Some(revision) => return Ok((row, revision)),
+            None => return Err(None),
         }
     }
-    None
+    Err(None)
 }
 
 /// How the work of several agents went, for the task's record.

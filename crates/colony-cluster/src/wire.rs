@@ -11,6 +11,8 @@ use colony_runtime::{decision::Vote, team::Team};
 use serde::{Deserialize, Serialize};
 use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
+pub mod bundle;
+
 const KEY: &str = "Colony-Key";
 const ROLE: &str = "Colony-Role";
 const CAPABILITIES: &str = "Colony-Capabilities";

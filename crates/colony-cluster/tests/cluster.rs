@@ -1488,6 +1488,7 @@ async fn the_cluster_bench_checks_its_votes_and_says_what_missed() {
         voters: 3,
         spread: false,
         command: None,
+        bundle: 0,
     };
     let report = bench::run(&server.url(), settings(), &options)
         .await
@@ -2523,4 +2524,146 @@ async fn a_topic_bridged_by_two_processes_carries_their_messages_both_ways() {
         .unwrap();
     let bodies: Vec<&[u8]> = batch.iter().map(|m| &m.body[..]).collect();
     assert_eq!(bodies, [b"after".as_slice()]);
+}
+
+/// An agent that writes down the payload of each task it runs and fails the first run of a
+/// task whose payload is `"flaky"` (retryable).
+#[derive(Default)]
+struct Flaky(std::sync::Mutex<Vec<String>>);
+
+impl colony_agents::Agent for Flaky {
+    fn handle(&self, task: colony_agents::Task) -> colony_agents::Execution {
+        let said = String::from_utf8_lossy(&task.payload).into_owned();
+        let mut ran = self.0.lock().unwrap();
+        let again = ran.contains(&said);
+        ran.push(said.clone());
+        if said == "\"flaky\"" && !again {
+            return colony_agents::Execution::Done(Err(colony_agents::Error::retryable("flaky")));
+        }
+        colony_agents::Execution::Done(Ok(task.payload))
+    }
+}
+
+/// Tasks bundled several to a message keep what a task alone has: each its own id, record,
+/// attempts and cancel. A bundle's task cancelled while queued never runs, and the others
+/// do; a retried task runs again alone (the others, ended, are not run twice); a bundle
+/// holding more tasks than its node's slots runs them all; one message carries each
+/// bundle; a node from before bundles keeps them from being sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bundled_tasks_keep_their_own_ids_attempts_and_cancels() {
+    use colony_cluster::{Cancel, bundle};
+    let dir = tempfile::tempdir().unwrap();
+    let server = tokio::task::block_in_place(|| NatsServer::single(dir.path())).unwrap();
+    let client = cluster(&server).await;
+    // A node from before bundles would run one as a single task: refused while it is live.
+    let old = old_node(&server, "later", serde_json::json!({})).await;
+    let specs: Vec<TaskSpec> = ["\"a\"", "\"b\"", "\"c\""]
+        .iter()
+        .map(|p| task(Some("later"), (*p).into(), 3))
+        .collect();
+    let err = client
+        .submit_bundled(&specs, 8, None)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("node old") && err.contains("bundles"), "{err}");
+    old.delete("old").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+
+    // Three tasks in one message, no node serving them yet: each its own id and record.
+    let ids: Vec<u64> = client
+        .submit_bundled(&specs, 8, None)
+        .await
+        .unwrap()
+        .iter()
+        .map(|s| s.id)
+        .collect();
+    assert_eq!(ids.len(), 3);
+    let (sequence, _) = bundle::message_of(ids[0]);
+    for (i, id) in ids.iter().enumerate() {
+        assert_eq!(bundle::message_of(*id), (sequence, Some(i)));
+        assert_eq!(client.task(*id).await.unwrap(), TaskView::Queued);
+    }
+    assert_eq!(client.status().await.unwrap().unfinished, 1, "one message");
+    assert!(matches!(
+        client
+            .cancel(bundle::bundled_id(sequence, 3).unwrap(), "x")
+            .await,
+        Err(colony_cluster::Error::Unknown { .. })
+    ));
+    assert_eq!(
+        client.cancel(ids[1], "not needed").await.unwrap(),
+        Cancel::Cancelled { was: None }
+    );
+    // The others stay queued in the bundle.
+    assert_eq!(client.task(ids[0]).await.unwrap(), TaskView::Queued);
+    let agent = Arc::new(Flaky::default());
+    let pool = Pool::new(AgentSpec::new("flaky", "later"), 2, agent.clone());
+    let later = start(vec![pool]).await;
+    let node = join(&server, &later, "n").await;
+    for (id, state) in [
+        (ids[0], TaskState::Succeeded),
+        (ids[1], TaskState::Cancelled),
+        (ids[2], TaskState::Succeeded),
+    ] {
+        assert_eq!(ended(&client, id).await.state, state, "task {id}");
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while client.status().await.unwrap().unfinished > 0 {
+        assert!(std::time::Instant::now() < deadline, "the bundle is acked");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        *agent.0.lock().unwrap(),
+        ["\"a\"", "\"c\""],
+        "the cancelled task never ran"
+    );
+
+    // Forty tasks in bundles of 16 (16, 16, 8) for a node of two agents: each ends once,
+    // succeeded, the flaky one on its second attempt, run again alone.
+    agent.0.lock().unwrap().clear();
+    let payloads: Vec<String> = (0..40)
+        .map(|i| match i {
+            21 => "\"flaky\"".to_owned(),
+            i => format!("\"t{i}\""),
+        })
+        .collect();
+    let specs: Vec<TaskSpec> = payloads
+        .iter()
+        .map(|p| task(Some("later"), p.clone(), 3))
+        .collect();
+    let ids: Vec<u64> = client
+        .submit_bundled(&specs, 16, Some("forty"))
+        .await
+        .unwrap()
+        .iter()
+        .map(|s| s.id)
+        .collect();
+    let messages: std::collections::BTreeSet<u64> =
+        ids.iter().map(|id| bundle::message_of(*id).0).collect();
+    assert_eq!(messages.len(), 3, "{ids:?}");
+    for (i, id) in ids.iter().enumerate() {
+        let row = ended(&client, *id).await;
+        assert_eq!(row.state, TaskState::Succeeded, "task {i}: {row:?}");
+        assert_eq!(row.output.as_deref(), Some(payloads[i].as_bytes()));
+        assert_eq!(row.attempt, if i == 21 { 2 } else { 1 }, "task {i}");
+    }
+    let ran = agent.0.lock().unwrap().clone();
+    for p in &payloads {
+        let times = ran.iter().filter(|r| *r == p).count();
+        assert_eq!(times, if p == "\"flaky\"" { 2 } else { 1 }, "{p}: {ran:?}");
+    }
+    let report = node.drain().await;
+    assert_eq!(
+        (
+            report.succeeded,
+            report.retried,
+            report.cancelled,
+            report.fenced
+        ),
+        (42, 1, 1, 0),
+        "{report:?}"
+    );
+    assert_eq!(client.status().await.unwrap().unfinished, 0);
+    later.shutdown().await;
 }

@@ -291,6 +291,10 @@ async fn submit(
 #[serde(deny_unknown_fields)]
 struct Batch {
     tasks: Vec<NewTask>,
+    /// Up to this many of the tasks (of one role and priority, one after another) in one
+    /// message of the cluster's stream.
+    #[serde(default)]
+    bundle: Option<u64>,
 }
 
 async fn submit_batch(
@@ -333,10 +337,28 @@ async fn submit_batch(
             Err(response) => return response,
         }
     }
-    // One key for the batch: each task's id is the key's and its place in the batch.
-    let ids: Option<Vec<String>> =
-        id.map(|id| (0..specs.len()).map(|i| format!("{id}.{i}")).collect());
-    match app.cluster.submit(&specs, ids.as_deref()).await {
+    let bundle = match batch.bundle {
+        None | Some(1) => None,
+        Some(n @ 2..=512) => usize::try_from(n).ok(),
+        Some(n) => {
+            return problem(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "bad-batch",
+                format!("bundle: from 1 to 512 tasks a message, not {n}"),
+            );
+        }
+    };
+    let submitted = match bundle {
+        // One key for the batch: each message's id is the key's and its place.
+        Some(n) => app.cluster.submit_bundled(&specs, n, id.as_deref()).await,
+        None => {
+            // One key for the batch: each task's id is the key's and its place in the batch.
+            let ids: Option<Vec<String>> =
+                id.map(|id| (0..specs.len()).map(|i| format!("{id}.{i}")).collect());
+            app.cluster.submit(&specs, ids.as_deref()).await
+        }
+    };
+    match submitted {
         Ok(submitted) => {
             let duplicates = submitted.iter().filter(|s| s.duplicate).count();
             let ids: Vec<u64> = submitted.iter().map(|s| s.id).collect();

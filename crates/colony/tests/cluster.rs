@@ -237,10 +237,17 @@ async fn wait_for_nodes(cluster: &Cluster, n: usize) {
 /// Submits `count` tasks (`n` = 0.., each sleeping `sleep` seconds) for role `sh`; returns
 /// their ids by `n`.
 fn submit(url: &str, dir: &Path, count: u64, sleep: f64) -> Vec<u64> {
-    submit_with(url, dir, count, sleep, 3)
+    submit_with(url, dir, count, sleep, (3, 1))
 }
 
-fn submit_with(url: &str, dir: &Path, count: u64, sleep: f64, attempts: u32) -> Vec<u64> {
+/// As [`submit`], each task with `attempts`, up to `bundle` of them in one message.
+fn submit_with(
+    url: &str,
+    dir: &Path,
+    count: u64,
+    sleep: f64,
+    (attempts, bundle): (u32, u64),
+) -> Vec<u64> {
     let file = dir.join("tasks.jsonl");
     let lines: Vec<String> = (0..count)
         .map(|n| format!("{{\"n\":{n},\"sleep\":{sleep}}}"))
@@ -256,6 +263,8 @@ fn submit_with(url: &str, dir: &Path, count: u64, sleep: f64, attempts: u32) -> 
             "sh",
             "--max-attempts",
             &attempts.to_string(),
+            "--bundle",
+            &bundle.to_string(),
             "--json",
         ])
         .arg("--file")
@@ -333,7 +342,8 @@ async fn drained(cluster: &Cluster) {
 }
 
 /// Nodes `a` and `b` joined (`replicas` as the cluster's), then `count` tasks of `sleep`
-/// seconds with `attempts` each submitted; returned once `started` holds of the two.
+/// seconds with `attempts` each submitted, up to `bundle` in a message; returned once
+/// `started` holds of the two.
 #[allow(clippy::too_many_arguments)]
 fn loaded(
     rt: &tokio::runtime::Runtime,
@@ -341,7 +351,7 @@ fn loaded(
     url: &str,
     cluster: &Cluster,
     replicas: &str,
-    (count, sleep, attempts): (u64, f64, u32),
+    (count, sleep, attempts, bundle): (u64, f64, u32, u64),
     started: impl Fn(&NodeProc, &NodeProc) -> bool,
 ) -> (NodeProc, NodeProc, Vec<u64>) {
     let a = NodeProc::start(dir, url, "a", replicas);
@@ -360,7 +370,7 @@ fn loaded(
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    let ids = submit_with(url, dir, count, sleep, attempts);
+    let ids = submit_with(url, dir, count, sleep, (attempts, bundle));
     let deadline = Instant::now() + Duration::from_secs(30);
     while !started(&a, &b) {
         assert!(
@@ -374,6 +384,18 @@ fn loaded(
 
 #[test]
 fn a_node_killed_mid_run_loses_no_task() {
+    killed_mid_run(1);
+}
+
+/// The same with the tasks bundled 8 to a message: the killed node's bundles, the tasks it
+/// ended in them and those it had not started, go to the other node whole; each task there
+/// runs if its record says it has not ended, once.
+#[test]
+fn a_node_killed_mid_bundle_loses_no_task() {
+    killed_mid_run(8);
+}
+
+fn killed_mid_run(bundle: u64) {
     let rt = runtime();
     for run in 0..runs() {
         let dir = tempfile::tempdir().unwrap();
@@ -387,7 +409,7 @@ fn a_node_killed_mid_run_loses_no_task() {
             &url,
             &cluster,
             "1",
-            (40, 0.3, 3),
+            (40, 0.3, 3, bundle),
             |a, _| a.executions().len() >= 3,
         );
         let killed = Instant::now();
@@ -412,7 +434,7 @@ fn a_node_killed_mid_run_loses_no_task() {
         let report = b.stop();
         assert_eq!(report.fenced, 0);
         eprintln!(
-            "run {run}: kill -9 of a node: {twice} task(s) ran again on the other, the last {:.1} s after the kill (ack_wait 2 s); all 40 done {:.1} s after",
+            "run {run}, bundles of {bundle}: kill -9 of a node: {twice} task(s) ran again on the other, the last {:.1} s after the kill (ack_wait 2 s); all 40 done {:.1} s after",
             elsewhere as f64 / 1000.0,
             killed.elapsed().as_secs_f64()
         );
@@ -527,7 +549,7 @@ fn a_stalled_node_is_fenced_when_it_wakes() {
             &url,
             &cluster,
             "1",
-            (24, 1.0, 3),
+            (24, 1.0, 3, 1),
             |a, _| a.executions().len() >= 2,
         );
         // Stopped past ack_wait (2 s): its tasks go to b; woken, its results are late.
@@ -566,7 +588,7 @@ fn the_stream_leader_killed_loses_no_task() {
             &url,
             &cluster,
             "3",
-            (40, 1.2, 3),
+            (40, 1.2, 3, 1),
             |a, b| a.executions().len() + b.executions().len() >= 6,
         );
         let leader = rt.block_on(async {
@@ -617,7 +639,7 @@ fn a_rolling_restart_under_load_fails_no_task() {
         &url,
         &cluster,
         "1",
-        (60, 0.2, 1),
+        (60, 0.2, 1, 1),
         |a, b| a.executions().len() + b.executions().len() >= 8,
     );
     // Each node in turn: SIGTERM (it finishes what it runs and leaves), then its
@@ -933,10 +955,40 @@ fn serve_over_the_cluster_takes_tasks_and_one_server_leads_the_scaling() {
         (&false.into(), &true.into())
     );
     let id = first["id"].as_u64().unwrap();
-    let batch = r#"{"tasks": [{"payload": {"n": 8, "sleep": 0}, "role": "sh"}, {"payload": {"n": 9, "sleep": 0}}]}"#;
-    let (code, body) = send(serves[1].port, "POST", "/v1/tasks/batch", &[], batch);
+    // A batch bundled in one message, each task its own id; sent again with its key (to
+    // the other server), accepted once under the same ids.
+    let batch = r#"{"tasks": [{"payload": {"n": 8, "sleep": 0}, "role": "sh"}, {"payload": {"n": 9, "sleep": 0}, "role": "sh"}], "bundle": 16}"#;
+    let key = ["Idempotency-Key: bundled"];
+    let (code, body) = send(serves[1].port, "POST", "/v1/tasks/batch", &key, batch);
     assert_eq!(code, 202, "{body}");
+    let (code, again) = send(serves[0].port, "POST", "/v1/tasks/batch", &key, batch);
+    assert_eq!(code, 202, "{again}");
     let ids: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let again: serde_json::Value = serde_json::from_str(&again).unwrap();
+    assert_eq!(
+        (&ids["ids"], &ids["duplicates"], &again["duplicates"]),
+        (&again["ids"], &0.into(), &2.into())
+    );
+    let bundled: Vec<(u64, Option<usize>)> = ids["ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| colony_cluster::bundle::message_of(v.as_u64().unwrap()))
+        .collect();
+    assert_eq!(
+        (bundled[0].0, bundled[0].1, bundled[1].1),
+        (bundled[1].0, Some(0), Some(1)),
+        "one message: {ids}"
+    );
+    let (code, body) = send(
+        serves[0].port,
+        "POST",
+        "/v1/tasks/batch",
+        &[],
+        r#"{"tasks": [{"payload": 1}], "bundle": 513}"#,
+    );
+    assert_eq!(code, 422, "{body}");
+    assert!(body.contains("bundle: from 1 to 512"), "{body}");
     let mut all = vec![id];
     all.extend(
         ids["ids"]

@@ -248,6 +248,10 @@ pub(crate) struct ClusterArgs {
     /// the target is then 1,000 tasks/s. Mind --agents: each runs a process at once.
     #[arg(long, value_name = "PROGRAM")]
     command: Option<String>,
+    /// Up to this many plain tasks in one message of the stream (each keeps its own id,
+    /// record, attempts and cancel); 1: one each.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=512))]
+    bundle: u64,
     /// Print the report as JSON, verdict included.
     #[arg(long)]
     json: bool,
@@ -299,6 +303,7 @@ fn cluster(args: &ClusterArgs) -> Result<(), Failure> {
         voters: args.voters,
         spread: args.spread,
         command: args.command.clone(),
+        bundle: usize::try_from(args.bundle).unwrap_or(1),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -325,12 +330,13 @@ fn cluster(args: &ClusterArgs) -> Result<(), Failure> {
     }
     let ms = |us: f64| format!("{:.1} ms", us / 1000.0);
     let mut t = Table::new(&[
-        "tasks", "voters", "nodes", "replicas", "seconds", "tasks/s", "p50", "p99", "max",
-        "attempts", "fenced",
+        "tasks", "voters", "bundle", "nodes", "replicas", "seconds", "tasks/s", "p50", "p99",
+        "max", "attempts", "fenced",
     ]);
     t.row(vec![
         thousands(report.tasks),
         report.voters.map_or_else(|| "-".into(), |v| v.to_string()),
+        report.bundle.map_or_else(|| "-".into(), |n| n.to_string()),
         report.nodes.to_string(),
         report.replicas.to_string(),
         format!("{:.2}", report.seconds),

@@ -142,6 +142,13 @@ pub(crate) struct SubmitArgs {
     /// Wait for the task to end and print its output; exit 1 unless it succeeded.
     #[arg(long, conflicts_with = "file")]
     wait: bool,
+    /// Put up to this many of the file's tasks (of one role and priority, one after
+    /// another) in one message: the cluster's cost per task falls, and each keeps its own
+    /// id, record, attempts and cancel. Their ids are not a range: each is printed. With
+    /// --idempotency-key, the same file sent again is accepted once, under the same ids.
+    #[arg(long, value_name = "N", requires = "file",
+          value_parser = clap::value_parser!(u64).range(1..=512))]
+    bundle: Option<u64>,
     /// Print the answer as JSON.
     #[arg(long)]
     json: bool,
@@ -919,15 +926,18 @@ async fn submit(args: &SubmitArgs) -> Result<(), Failure> {
     };
     let settings = args.nats.settings(None)?;
     let cluster = args.nats.connect(settings, false).await?;
-    let submitted = cluster
-        .submit(&specs, ids.as_deref())
-        .await
-        .map_err(|e| match e {
-            colony_cluster::Error::Task(_) | colony_cluster::Error::BadRole { .. } => {
-                Failure::input(e)
-            }
-            e => Failure::work(e),
-        })?;
+    let bundle = args.bundle.and_then(|n| usize::try_from(n).ok());
+    let submitted = match bundle {
+        Some(n) if n > 1 => {
+            let key = args.task.idempotency_key.as_deref();
+            cluster.submit_bundled(&specs, n, key).await
+        }
+        _ => cluster.submit(&specs, ids.as_deref()).await,
+    };
+    let submitted = submitted.map_err(|e| match e {
+        colony_cluster::Error::Task(_) | colony_cluster::Error::BadRole { .. } => Failure::input(e),
+        e => Failure::work(e),
+    })?;
     if !args.wait {
         if args.json {
             let ids: Vec<u64> = submitted.iter().map(|s| s.id).collect();
@@ -941,6 +951,10 @@ async fn submit(args: &SubmitArgs) -> Result<(), Failure> {
                 "{}",
                 serde_json::json!({ "ids": ids, "count": ids.len(), "duplicates": duplicates })
             );
+        } else if bundle.is_some_and(|n| n > 1) {
+            for s in &submitted {
+                println!("{}", s.id);
+            }
         } else if let [one] = submitted.as_slice() {
             println!("{}", one.id);
             if one.duplicate {
