@@ -217,9 +217,9 @@ impl Cluster {
         key: Option<&str>,
     ) -> Result<Vec<Submitted>, Error> {
         let per_message = per_message.clamp(1, bundle::MAX_TASKS);
-        let message_id = |n: usize| key.map_or_else(random_id, |key| format!("{key}.b{n}"));
         if per_message == 1 {
-            let ids: Option<Vec<String>> = key.map(|_| (0..specs.len()).map(message_id).collect());
+            let ids: Option<Vec<String>> =
+                key.map(|key| (0..specs.len()).map(|n| format!("{key}.b{n}")).collect());
             return self.submit(specs, ids.as_deref()).await;
         }
         // A node from before bundles would run a bundle as one task.
@@ -240,24 +240,52 @@ impl Cluster {
         let (mut messages, mut counts) = (Vec::new(), Vec::new());
         let mut group: Vec<Outgoing> = Vec::new();
         let mut size = 0;
+        // Message `n` of the call, of the tasks from `first` on, checked whole.
+        let mut seal = |group: Vec<Outgoing>, first: usize| {
+            let n = group.len();
+            let message = bundled(group, key, messages.len());
+            let bytes = header_bytes(&message.1) + message.2.len();
+            if bytes > settings::MAX_RECORD {
+                return Err(Error::Task(format!(
+                    "task {first}: its message with its headers takes {bytes} bytes, over the cluster's {} (a long idempotency key?)",
+                    settings::MAX_RECORD
+                )));
+            }
+            messages.push(message);
+            counts.push(n);
+            Ok(())
+        };
         for (i, spec) in specs.iter().enumerate() {
             let one = outgoing(i, spec, "", None)?;
             let bytes = header_bytes(&one.1) + one.2.len() + bundle::FRAMING;
             if group.first().is_some_and(|(subject, ..)| {
                 *subject != one.0 || group.len() == per_message || size + bytes > room
             }) {
-                counts.push(group.len());
-                let id = message_id(messages.len());
-                messages.push(bundled(std::mem::take(&mut group), &id));
+                let first = i - group.len();
+                seal(std::mem::take(&mut group), first)?;
                 size = 0;
             }
             size += bytes;
             group.push(one);
         }
         if !group.is_empty() {
-            counts.push(group.len());
-            let id = message_id(messages.len());
-            messages.push(bundled(group, &id));
+            let first = specs.len() - group.len();
+            seal(group, first)?;
+        }
+        // Ids past the bundles' range name no task: refused before anything is sent.
+        let last = self
+            .stream
+            .clone()
+            .info()
+            .await
+            .map_err(|e| Error::nats("the tasks stream", e))?
+            .state
+            .last_sequence;
+        if last.saturating_add(messages.len() as u64) >= bundle::BUNDLED {
+            return Err(Error::Task(format!(
+                "the tasks stream's sequence ({last}) nears the {} its bundles' tasks can be named under: submit without bundles",
+                bundle::BUNDLED
+            )));
         }
         let accepted = self.publish_all(messages).await?;
         let mut out = Vec::with_capacity(specs.len());
@@ -1019,19 +1047,35 @@ fn header_bytes(headers: &async_nats::HeaderMap) -> usize {
         .sum()
 }
 
-/// Tasks' messages (of one subject) as one, with dedupe id `id`: the one itself when alone,
-/// else a bundle.
-fn bundled(mut group: Vec<Outgoing>, id: &str) -> Outgoing {
-    if group.len() == 1 {
-        let (subject, mut headers, payload) = group.remove(0);
-        headers.insert("Nats-Msg-Id", id);
-        return (subject, headers, payload);
-    }
-    let mut headers = async_nats::HeaderMap::new();
-    headers.insert("Nats-Msg-Id", id);
-    headers.insert(bundle::COUNT, group.len().to_string().as_str());
-    let payload = bundle::encode(group.iter().map(|(_, h, p)| (h, p)));
-    let subject = group.swap_remove(0).0;
+/// Tasks' messages (of one subject) as message `n` of a call: the one itself when alone,
+/// else a bundle. Its dedupe id is random, or with `key` the key's, its place, and how many
+/// tasks it holds and a digest of them: the same call again is kept once, and a call with
+/// the same key that put other tasks in that place is not taken for it.
+fn bundled(mut group: Vec<Outgoing>, key: Option<&str>, n: usize) -> Outgoing {
+    let count = group.len();
+    let (subject, mut headers, payload) = if count == 1 {
+        group.remove(0)
+    } else {
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert(bundle::COUNT, count.to_string().as_str());
+        let payload = bundle::encode(group.iter().map(|(_, h, p)| (h, p)));
+        (group.swap_remove(0).0, headers, payload)
+    };
+    let id = match key {
+        None => random_id(),
+        Some(key) => {
+            use sha2::Digest;
+            let mut digest = sha2::Sha256::new();
+            digest.update(subject.as_bytes());
+            // In order of name: a header map keeps none of its own.
+            digest.update(bundle::header_lines(&headers).as_bytes());
+            digest.update(&payload);
+            let digest = digest.finalize();
+            let short: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+            format!("{key}.b{n}-{count}-{short}")
+        }
+    };
+    headers.insert("Nats-Msg-Id", id.as_str());
     (subject, headers, payload)
 }
 

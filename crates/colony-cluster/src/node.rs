@@ -151,6 +151,9 @@ struct Shared {
     slots: Slots,
     /// Places for the spread votes this node counts (they hold no slot).
     counting: Arc<Semaphore>,
+    /// One taken by each delivery until it has answered the stream: a drain waits for all
+    /// (a bundle lets its tasks' slots go as each ends, before its one answer is sent).
+    delivering: Arc<Semaphore>,
     /// The ends of their ballot tasks, heard on one watch.
     ends: Arc<spread::Ends>,
     /// The revision of this node's last heartbeat written (0 before the first): the next is
@@ -341,6 +344,7 @@ impl Node {
             ack_wait,
             slots,
             counting: Arc::new(Semaphore::new(spread::MAX_COUNTING)),
+            delivering: Arc::new(Semaphore::new(DELIVERING as usize)),
             ends: Arc::default(),
             beat: tokio::sync::Mutex::new(joined),
         });
@@ -400,11 +404,13 @@ impl Node {
         let slots = &self.shared.slots;
         // Every slot free, and no spread vote counting (it holds none).
         let counting = &self.shared.counting;
+        let delivering = &self.shared.delivering;
         let idle = || async {
             let all = slots.all().map(|s| s.semaphore.acquire_many(s.size));
-            futures::future::join(
+            futures::future::join3(
                 futures::future::join_all(all),
                 counting.acquire_many(spread::MAX_COUNTING as u32),
+                delivering.acquire_many(DELIVERING),
             )
             .await
         };
@@ -541,6 +547,9 @@ async fn heartbeat(shared: Arc<Shared>, mut info: NodeInfo) {
     }
 }
 
+/// Deliveries a node holds at once, at most, each until it has answered the stream.
+const DELIVERING: u32 = 1 << 20;
+
 /// How long a node with nothing to do waits on a role's consumers before asking again.
 const IDLE_WAIT: Duration = Duration::from_secs(1);
 
@@ -585,9 +594,11 @@ async fn pull_loop(
     let mut left_until: Vec<Option<Instant>> = vec![None; consumers.len()];
     // The last wait on every priority ended with nothing: wait again without asking first.
     let mut quiet = false;
-    // Tasks a message carried when last pulled (a bundle's several): as many fewer messages
-    // are asked for.
-    let mut per_message = 1;
+    // Tasks a message of each priority carried when last pulled (a bundle's several): as
+    // many fewer messages are asked for.
+    let mut per_message = vec![1; consumers.len()];
+    // The role's tasks waiting in bundles this node holds.
+    let queued = shared.slots.of_role(&slots).map(|slot| slot.queued.clone());
     let mut rests = Vec::new();
     while *phase.borrow() == Phase::Taking {
         let both = async {
@@ -602,6 +613,16 @@ async fn pull_loop(
                 Err(_) => break,
             },
         };
+        // Bundles this node holds have tasks waiting for a slot: the slot goes to them, and
+        // no more work is taken until none waits.
+        if let Some(queued) = queued.as_ref().filter(|q| q.any()) {
+            drop(first);
+            tokio::select! {
+                () = queued.emptied() => {}
+                _ = phase.changed() => {}
+            }
+            continue;
+        }
         let mut permits = vec![first];
         // As many as the last pull found, doubled: a role with nothing to deliver holds one
         // slot while it waits, not a batch of the node's.
@@ -613,7 +634,7 @@ async fn pull_loop(
         }
         let asked = permits.len();
         if !quiet {
-            let pulled = (&mut permits, &mut per_message);
+            let pulled = (&mut permits, per_message.as_mut_slice());
             ask_in_order(&shared, &consumers, pulled, &mut left_until).await;
         }
         let got = asked - permits.len();
@@ -696,13 +717,13 @@ async fn pause(phase: &mut watch::Receiver<Phase>, time: Duration) {
 /// then cost no round trip of their own ahead of the work. Then, if slots remain, each below
 /// it not left alone. In each round what a higher priority gives is taken first, and what
 /// comes beyond the slots is handed back at once; a consumer that does not answer holds the
-/// round for [`ASK_LIMIT`] at most, whatever the number of priorities. Each asks for a
-/// message for every `per_message` slots (the most tasks a message carried when last
-/// pulled: a bundle takes a slot for each of its tasks).
+/// round for [`ASK_LIMIT`] at most, whatever the number of priorities. Each priority is
+/// asked for a message for every `per_message[i]` slots (the most tasks one of its
+/// messages carried when last pulled: a bundle takes a slot for each of its tasks).
 async fn ask_in_order(
     shared: &Arc<Shared>,
     consumers: &[PullConsumer],
-    (permits, per_message): (&mut Vec<Permit>, &mut usize),
+    (permits, per_message): (&mut Vec<Permit>, &mut [usize]),
     left_until: &mut [Option<Instant>],
 ) {
     let now = Instant::now();
@@ -718,14 +739,14 @@ async fn ask_in_order(
         let asked: Vec<usize> = round
             .filter(|&i| left_until[i].is_none_or(|until| now >= until))
             .collect();
-        let n = permits.len().div_ceil((*per_message).max(1));
-        let asks = asked.iter().map(|&i| ask(&consumers[i], n));
+        let n = |i: usize| permits.len().div_ceil(per_message[i].max(1));
+        let asks = asked.iter().map(|&i| ask(&consumers[i], n(i)));
         let answers = futures::future::join_all(asks).await;
         for (&i, given) in asked.iter().zip(answers) {
             if let Ok(given) = &given
                 && let Some(most) = given.messages.iter().map(tasks_in).max()
             {
-                *per_message = most;
+                per_message[i] = most;
             }
             left_until[i] = take_asked(shared, given, permits, now).await;
         }
@@ -909,6 +930,8 @@ impl Drop for Counted<'_> {
 /// team), or a bundle's ([`bundled::deliver`]). Answers the stream as the task's attempt
 /// says ([`attempt`]).
 async fn deliver(shared: &Shared, message: Message, permits: Vec<Permit>) {
+    // More deliveries at once than this are not held: the slots bound them far lower.
+    let _delivering = shared.delivering.clone().try_acquire_owned().ok();
     let (sequence, delivered) = match message.info() {
         Ok(info) => (
             info.stream_sequence,
@@ -925,11 +948,15 @@ async fn deliver(shared: &Shared, message: Message, permits: Vec<Permit>) {
     let count = match bundle::count(message.headers.as_ref()) {
         Ok(count) => count,
         Err(problem) => {
-            // Its tasks cannot even be named: kept in the stream (not acknowledged), said.
+            // Its tasks cannot be named (a bundle of a later colony, say): failed under the
+            // message's own id, for good, rather than delivered again and again.
             tracing::error!(
-                "node {}: the message at {sequence} is unreadable, left in the stream: {problem}",
+                "node {}: the message at {sequence} is unreadable: {problem}",
                 shared.name
             );
+            if let Some(reply) = unreadable(shared, sequence, &problem).await {
+                answer(&message, reply).await;
+            }
             return;
         }
     };
@@ -941,11 +968,41 @@ async fn deliver(shared: &Shared, message: Message, permits: Vec<Permit>) {
         let permits = std::iter::once(permit).chain(permits).collect();
         return bundled::deliver(shared, &message, sequence, delivered, count, permits).await;
     }
+    let id = sequence;
     let task = Ok((
         message.headers.clone().unwrap_or_default(),
         message.payload.clone(),
     ));
-    if let Some(reply) = attempt(shared, &message, sequence, delivered, task, permit).await {
+    let (spec, together) = match read(task) {
+        Ok(read) => read,
+        Err(problem) => {
+            if let Some(reply) = unreadable(shared, id, &problem).await {
+                answer(&message, reply).await;
+            }
+            return;
+        }
+    };
+    let held = match hold(
+        shared,
+        &message,
+        (id, delivered),
+        &spec,
+        together.as_ref(),
+        permit,
+    )
+    .await
+    {
+        Ok(held) => held,
+        Err(reply) => return answer(&message, reply).await,
+    };
+    let lease = if delivered == 1 {
+        Lease::Lazy
+    } else {
+        Lease::Read
+    };
+    let reply = attempt(shared, &message, (id, delivered), (spec, together), lease).await;
+    drop(held);
+    if let Some(reply) = reply {
         answer(&message, reply).await;
     }
 }
@@ -954,110 +1011,130 @@ async fn deliver(shared: &Shared, message: Message, permits: Vec<Permit>) {
 /// why they cannot be read.
 type Carried = Result<(async_nats::HeaderMap, bytes::Bytes), String>;
 
-/// Delivery `delivered` of task `id`, carried by `message`, holding `permit` (or more, for a
-/// vote or a team) until it ends: take the lease, run the attempt, end it under the lease.
-/// What to answer the stream for it, or `None` to leave the message to be delivered again.
-async fn attempt(
+/// What a task's message (or its place in a bundle) carries, read: its spec, and how
+/// several agents work it. Else why it cannot be read.
+fn read(task: Carried) -> Result<(TaskSpec, Option<Together>), String> {
+    let (headers, payload) = task?;
+    let spec = TaskMessage::spec(Some(&headers), payload)?;
+    Ok((spec, TaskMessage::together(Some(&headers))?))
+}
+
+/// Fails task `id`, which no node can read, once, for good: acked (`Some`) only once a
+/// record says how it ended (this one, or another node's).
+async fn unreadable(shared: &Shared, id: u64, problem: &str) -> Option<Reply> {
+    let row = Row {
+        state: TaskState::Failed,
+        attempt: 0,
+        charged: 0,
+        node: shared.name.clone(),
+        lease: random_id(),
+        agent: None,
+        error: Some(format!("the task's message is unreadable: {problem}")),
+        key: None,
+        at_ms: crate::now_ms(),
+        decision: None,
+        team: None,
+        output: None,
+    };
+    let ended = match write_new(&shared.cluster.tasks, &shared.cluster.key(id), &row).await {
+        Ok(_) => true,
+        Err(_) => matches!(shared.cluster.row(id).await, Ok(Some((r, _))) if r.is_terminal()),
+    };
+    ended.then(|| {
+        shared.counters.add(Kind::Failed);
+        Reply::Ack
+    })
+}
+
+/// The slots delivery `delivered` of task `id` runs on: `permit`, or for a vote or a team
+/// a slot for each agent it asks, had before anything is written (without them it goes
+/// back to the stream for a node with room). A vote or a team spread over the cluster
+/// takes none: its ballots or asks take theirs where they run (a slot held while it waits
+/// for them could be the one they need), and it takes one of the node's places for
+/// counting instead. Else what to answer now.
+async fn hold(
     shared: &Shared,
     message: &Message,
-    id: u64,
-    delivered: u32,
-    task: Carried,
+    (id, delivered): (u64, u32),
+    spec: &TaskSpec,
+    together: Option<&Together>,
     permit: Permit,
-) -> Option<Reply> {
-    let tasks = &shared.cluster.tasks;
-    let read = task.and_then(|(headers, payload)| {
-        let spec = TaskMessage::spec(Some(&headers), payload)?;
-        Ok((spec, TaskMessage::together(Some(&headers))?))
-    });
-    let (spec, together) = match read {
-        Ok(read) => read,
-        Err(problem) => {
-            // A message no node can read fails its task once, for good.
-            let row = Row {
-                state: TaskState::Failed,
-                attempt: 0,
-                charged: 0,
-                node: shared.name.clone(),
-                lease: random_id(),
-                agent: None,
-                error: Some(format!("the task's message is unreadable: {problem}")),
-                key: None,
-                at_ms: crate::now_ms(),
-                decision: None,
-                team: None,
-                output: None,
-            };
-            // Acked only once a record says how it ended (this one, or another node's).
-            let ended = match write_new(tasks, &shared.cluster.key(id), &row).await {
-                Ok(_) => true,
-                Err(_) => {
-                    matches!(shared.cluster.row(id).await, Ok(Some((r, _))) if r.is_terminal())
-                }
-            };
-            if ended {
-                shared.counters.add(Kind::Failed);
-                return Some(Reply::Ack);
-            }
-            return None;
-        }
-    };
-    // A vote or a team takes a slot for each agent it asks, had before anything is written;
-    // without them it goes back to the stream for a node with room. A vote or a team spread
-    // over the cluster takes none: its ballots or asks take theirs where they run (a slot
-    // held while it waits for them could be the one they need), and it takes one of the
-    // node's places for counting instead.
-    let spread = match &together {
+) -> Result<Held, Reply> {
+    let spread = match together {
         Some(Together::Vote(d)) => d.spread,
         Some(Together::Team(t)) => t.spread,
         None => false,
     };
     let needs = together
-        .as_ref()
         .filter(|_| !spread)
         .and_then(|t| shared.slots.needs(spec.requirement.role.as_deref(), t));
-    let _held = match needs {
-        None if spread => {
+    if needs.is_none() && !spread {
+        return Ok(Held::one(permit));
+    }
+    // One that ended is answered now, not after a wait for room.
+    if delivered > 1
+        && matches!(shared.cluster.row(id).await, Ok(Some((row, _))) if row.is_terminal())
+    {
+        shared.counters.add(Kind::AlreadyEnded);
+        return Err(Reply::Ack);
+    }
+    match needs {
+        None => {
             drop(permit);
-            // A vote that ended is answered now, not sent back while counting is full.
-            if delivered > 1
-                && matches!(shared.cluster.row(id).await, Ok(Some((row, _))) if row.is_terminal())
-            {
-                shared.counters.add(Kind::AlreadyEnded);
-                return Some(Reply::Ack);
-            }
             match shared.counting.clone().try_acquire_owned() {
-                Ok(counting) => Held::counting(counting),
-                Err(_) => return Some(Reply::Nak(NO_ROOM_DELAY)),
+                Ok(counting) => Ok(Held::counting(counting)),
+                Err(_) => Err(Reply::Nak(NO_ROOM_DELAY)),
             }
         }
-        None => Held::one(permit),
-        Some(needs) => {
-            // A task that ended is answered now, not after a wait for room.
-            if delivered > 1
-                && matches!(shared.cluster.row(id).await, Ok(Some((row, _))) if row.is_terminal())
-            {
-                shared.counters.add(Kind::AlreadyEnded);
-                return Some(Reply::Ack);
-            }
-            match room(shared, message, id, permit, &needs).await {
-                Some(held) => held,
-                None => return Some(Reply::Nak(NO_ROOM_DELAY)),
-            }
-        }
-    };
+        Some(needs) => match room(shared, message, id, permit, &needs).await {
+            Some(held) => Ok(held),
+            None => Err(Reply::Nak(NO_ROOM_DELAY)),
+        },
+    }
+}
+
+/// How an attempt's lease is taken.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Lease {
+    /// A first delivery, run at once: nothing read, the lease written lazily (see `run`).
+    Lazy,
+    /// A first delivery that waited in its bundle for a slot: the lease written as a create
+    /// before it runs, so that a task another node took meanwhile (this node stalled past
+    /// `ack_wait`), or one cancelled meanwhile, is not run here.
+    Created,
+    /// A later delivery: the record read and the lease written over it ([`take_lease`]).
+    Read,
+}
+
+/// Delivery `delivered` of task `id`, carried by `message`, on slots held by the caller:
+/// take the lease as `lease` says, run the attempt, end it under the lease. What to answer
+/// the stream for it, or `None` to leave the message to be delivered again.
+async fn attempt(
+    shared: &Shared,
+    message: &Message,
+    (id, delivered): (u64, u32),
+    (spec, together): (TaskSpec, Option<Together>),
+    lease: Lease,
+) -> Option<Reply> {
     let _running = Counted::count(shared);
-    let (started, revision) = if delivered == 1 {
-        // A first delivery: nothing to read, the lease is written lazily (see `run`).
-        match lease::on_delivery(None, &spec, &shared.name, &random_id(), 1, crate::now_ms()) {
-            Step::Start(row) => (row, None),
-            _ => return None,
+    let first =
+        || match lease::on_delivery(None, &spec, &shared.name, &random_id(), 1, crate::now_ms()) {
+            Step::Start(row) => Some(row),
+            _ => None,
+        };
+    let (started, revision) = match lease {
+        Lease::Lazy if delivered == 1 => (first()?, None),
+        Lease::Created if delivered == 1 => {
+            let row = first()?;
+            match create_lease(shared, id, &row).await {
+                Ok(revision) => (row, Some(revision)),
+                Err(reply) => return reply,
+            }
         }
-    } else {
-        match take_lease(shared, &spec, id, delivered).await {
+        _ => match take_lease(shared, &spec, id, delivered).await {
             Ok((row, revision)) => (row, Some(revision)),
             Err(reply) => return reply,
-        }
+        },
     };
     shared.counters.add(Kind::Started);
     let Some((outcome, revision, summaries)) =
@@ -1132,6 +1209,34 @@ async fn lost(shared: &Shared, id: u64) -> Kind {
     match read.await {
         Ok(Ok(Some((row, _)))) if row.state == TaskState::Cancelled => Kind::Cancelled,
         _ => Kind::Fenced,
+    }
+}
+
+/// Writes the lease of a first delivery before it runs, as a create: else what to answer
+/// (an ack when the record says the task ended, nothing when another node holds it or the
+/// record cannot be read or written now).
+async fn create_lease(shared: &Shared, id: u64, row: &Row) -> Result<u64, Option<Reply>> {
+    let e = match write_new(&shared.cluster.tasks, &shared.cluster.key(id), row).await {
+        Ok(revision) => return Ok(revision),
+        Err(e) => e,
+    };
+    match latest(shared, id).await {
+        // Landed, its answer lost.
+        Ok(Some((now, revision))) if now.lease == row.lease => Ok(revision),
+        Ok(Some((now, _))) if now.is_terminal() => {
+            shared.counters.add(if now.state == TaskState::Cancelled {
+                Kind::Cancelled
+            } else {
+                Kind::AlreadyEnded
+            });
+            Err(Some(Reply::Ack))
+        }
+        _ => {
+            if let Write::Other(e) = e {
+                tracing::warn!("node {}: task {id}: writing its lease: {e}", shared.name);
+            }
+            Err(None)
+        }
     }
 }
 

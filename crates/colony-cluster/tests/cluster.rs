@@ -2642,6 +2642,13 @@ async fn bundled_tasks_keep_their_own_ids_attempts_and_cancels() {
     let messages: std::collections::BTreeSet<u64> =
         ids.iter().map(|id| bundle::message_of(*id).0).collect();
     assert_eq!(messages.len(), 3, "{ids:?}");
+    // The same call again with its key: accepted once, under the same ids.
+    let again = client
+        .submit_bundled(&specs, 16, Some("forty"))
+        .await
+        .unwrap();
+    assert!(again.iter().all(|s| s.duplicate), "{again:?}");
+    assert_eq!(again.iter().map(|s| s.id).collect::<Vec<_>>(), ids);
     for (i, id) in ids.iter().enumerate() {
         let row = ended(&client, *id).await;
         assert_eq!(row.state, TaskState::Succeeded, "task {i}: {row:?}");
@@ -2653,6 +2660,17 @@ async fn bundled_tasks_keep_their_own_ids_attempts_and_cancels() {
         let times = ran.iter().filter(|r| *r == p).count();
         assert_eq!(times, if p == "\"flaky\"" { 2 } else { 1 }, "{p}: {ran:?}");
     }
+    // The same key with the tasks grouped otherwise is another call: sent, not taken for
+    // the first one's messages.
+    let other = client
+        .submit_bundled(&specs, 8, Some("forty"))
+        .await
+        .unwrap();
+    assert!(other.iter().all(|s| !s.duplicate), "{other:?}");
+    for s in &other {
+        assert!(!ids.contains(&s.id));
+        assert_eq!(ended(&client, s.id).await.state, TaskState::Succeeded);
+    }
     let report = node.drain().await;
     assert_eq!(
         (
@@ -2661,7 +2679,7 @@ async fn bundled_tasks_keep_their_own_ids_attempts_and_cancels() {
             report.cancelled,
             report.fenced
         ),
-        (42, 1, 1, 0),
+        (82, 1, 1, 0),
         "{report:?}"
     );
     assert_eq!(client.status().await.unwrap().unfinished, 0);

@@ -537,6 +537,18 @@ fn a_node_killed_mid_decision_leaves_it_to_another_decided_once() {
 
 #[test]
 fn a_stalled_node_is_fenced_when_it_wakes() {
+    stalled(1);
+}
+
+/// The same with the tasks bundled 8 to a message: woken, the stalled node's tasks that
+/// waited in its bundles for a slot take their lease before they run, so those the other
+/// node took meanwhile do not run there again, and the rest of its results are fenced.
+#[test]
+fn a_stalled_node_holding_bundles_is_fenced_when_it_wakes() {
+    stalled(8);
+}
+
+fn stalled(bundle: u64) {
     let rt = runtime();
     for run in 0..runs() {
         let dir = tempfile::tempdir().unwrap();
@@ -549,7 +561,7 @@ fn a_stalled_node_is_fenced_when_it_wakes() {
             &url,
             &cluster,
             "1",
-            (24, 1.0, 3, 1),
+            (24, 1.0, 3, bundle),
             |a, _| a.executions().len() >= 2,
         );
         // Stopped past ack_wait (2 s): its tasks go to b; woken, its results are late.
@@ -559,7 +571,7 @@ fn a_stalled_node_is_fenced_when_it_wakes() {
         let twice = rt.block_on(check(&cluster, &ids, &[a.log.clone(), b.log.clone()], 1));
         let (ra, rb) = (a.stop(), b.stop());
         eprintln!(
-            "run {run}: SIGSTOP 5 s: {twice} task(s) ran again; a fenced {}, b fenced {}",
+            "run {run}, bundles of {bundle}: SIGSTOP 5 s: {twice} task(s) ran again; a fenced {}, b fenced {}",
             ra.fenced, rb.fenced
         );
         assert!(ra.fenced >= 1, "a's late results were refused: {ra:?}");

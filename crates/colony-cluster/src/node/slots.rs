@@ -8,15 +8,17 @@
 use crate::wire::Together;
 use std::sync::{
     Arc,
-    atomic::{AtomicBool, Ordering},
+    atomic::{AtomicBool, AtomicUsize, Ordering},
 };
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
 /// Slots of one kind: a semaphore of `size` permits.
 #[derive(Clone, Debug)]
 pub(super) struct Slot {
     pub(super) semaphore: Arc<Semaphore>,
     pub(super) size: u32,
+    /// Tasks of bundles this node took that wait for one of these slots.
+    pub(super) queued: Arc<Queued>,
 }
 
 impl Slot {
@@ -24,6 +26,46 @@ impl Slot {
         Self {
             semaphore: Arc::new(Semaphore::new(size as usize)),
             size,
+            queued: Arc::default(),
+        }
+    }
+}
+
+/// How many tasks of the bundles a node holds wait for a slot of a role: while any do, the
+/// role's pull gives the slots it gets to them rather than take more work from the stream
+/// (a node would else hold bundle after bundle whose tasks wait, while other nodes idle).
+#[derive(Debug, Default)]
+pub(super) struct Queued {
+    count: AtomicUsize,
+    emptied: Notify,
+}
+
+impl Queued {
+    pub(super) fn add(&self, n: usize) {
+        self.count.fetch_add(n, Ordering::AcqRel);
+    }
+
+    /// One fewer waits (it has its slot, or will not run here).
+    pub(super) fn done(&self) {
+        if self.count.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.emptied.notify_waiters();
+        }
+    }
+
+    pub(super) fn any(&self) -> bool {
+        self.count.load(Ordering::Acquire) > 0
+    }
+
+    /// Returns once none waits.
+    pub(super) async fn emptied(&self) {
+        loop {
+            let notified = self.emptied.notified();
+            let mut notified = std::pin::pin!(notified);
+            notified.as_mut().enable();
+            if !self.any() {
+                return;
+            }
+            notified.await;
         }
     }
 }
@@ -111,6 +153,14 @@ impl Slots {
             .iter()
             .find(|(r, _)| r.as_deref() == role)
             .map(|(_, s)| s)
+    }
+
+    /// The role's slots whose semaphore is `semaphore`.
+    pub(super) fn of_role(&self, semaphore: &Arc<Semaphore>) -> Option<&Slot> {
+        self.roles
+            .iter()
+            .map(|(_, s)| s)
+            .find(|s| Arc::ptr_eq(&s.semaphore, semaphore))
     }
 
     /// Every slot: the node's, then each role's.

@@ -38,23 +38,29 @@ pub fn encode<'a>(
 ) -> Bytes {
     let mut out = BytesMut::new();
     for (headers, payload) in tasks {
-        let mut lines = String::new();
-        for (name, values) in headers.iter() {
-            let name: &str = name.as_ref();
-            if name.eq_ignore_ascii_case("Nats-Msg-Id") {
-                continue;
-            }
-            for value in values {
-                lines.push_str(name);
-                lines.push_str(": ");
-                lines.push_str(value.as_str());
-                lines.push('\n');
-            }
-        }
-        put(&mut out, lines.as_bytes());
+        put(&mut out, header_lines(headers).as_bytes());
         put(&mut out, payload);
     }
     out.freeze()
+}
+
+/// `headers` as `Name: value` lines, in order of name (a header map keeps no order of its
+/// own, and the same tasks must make the same bundle), the dedupe id left out.
+pub fn header_lines(headers: &async_nats::HeaderMap) -> String {
+    let mut pairs: Vec<(&str, &str)> = headers
+        .iter()
+        .filter(|(name, _)| !AsRef::<str>::as_ref(*name).eq_ignore_ascii_case("Nats-Msg-Id"))
+        .flat_map(|(name, values)| values.iter().map(move |v| (name.as_ref(), v.as_str())))
+        .collect();
+    pairs.sort_unstable();
+    let mut lines = String::new();
+    for (name, value) in pairs {
+        lines.push_str(name);
+        lines.push_str(": ");
+        lines.push_str(value);
+        lines.push('\n');
+    }
+    lines
 }
 
 /// How many bytes [`encode`] adds around a task's headers and payload.
@@ -101,9 +107,13 @@ pub fn decode(
             .map_err(|_| format!("task {i} of {count}: its headers are not UTF-8"))?;
         let mut headers = async_nats::HeaderMap::new();
         for line in lines.lines() {
-            let (name, value) = line
-                .split_once(": ")
-                .ok_or_else(|| format!("task {i} of {count}: header line `{line}` has no `: `"))?;
+            let bad = || {
+                let line = colony_core::text::shorten(line, 80);
+                format!("task {i} of {count}: header line `{line}` is not `Name: value`")
+            };
+            let (name, value) = line.split_once(": ").ok_or_else(bad)?;
+            let name: async_nats::HeaderName = name.parse().map_err(|_| bad())?;
+            let value: async_nats::HeaderValue = value.parse().map_err(|_| bad())?;
             headers.append(name, value);
         }
         tasks.push((headers, payload));
@@ -165,12 +175,27 @@ mod tests {
         assert_eq!(tasks[1].0.iter().count(), 0);
         assert_eq!(tasks[1].1, pb);
 
+        // A header name a header cannot have is named, not a panic.
+        for line in ["a:b: c", "a b: c", "é: c", "no colon"] {
+            let mut lines = BytesMut::new();
+            put(&mut lines, line.as_bytes());
+            put(&mut lines, b"");
+            let err = decode(1, lines.freeze()).unwrap_err();
+            assert!(err.contains("is not `Name: value`"), "{line}: {err}");
+        }
         let short = decode(3, body.clone()).unwrap_err();
         assert!(short.contains("task 2 of 3"), "{short}");
         let cut = decode(2, body.slice(..body.len() - 1)).unwrap_err();
         assert!(cut.contains("task 1 of 2"), "{cut}");
         let over = decode(1, body).unwrap_err();
         assert!(over.contains("past the last of its 1 tasks"), "{over}");
+
+        // The same headers, put in another order, make the same bundle.
+        let mut c = async_nats::HeaderMap::new();
+        c.insert("Colony-Priority", "3");
+        c.insert("Colony-Key", "k: with a colon");
+        assert_eq!(header_lines(&a), header_lines(&c));
+        assert_eq!(encode([(&a, &pa)]), encode([(&c, &pa)]));
 
         let mut h = async_nats::HeaderMap::new();
         assert_eq!(count(None), Ok(1));
