@@ -31,7 +31,7 @@ use tokio::sync::{Semaphore, watch};
 mod bundled;
 mod slots;
 mod spread;
-use slots::{Held, Permit, Slots};
+use slots::{Held, InQueue, Permit, Slots};
 pub use spread::MAX_SPREAD_VOTERS;
 
 /// How a node runs.
@@ -421,8 +421,11 @@ impl Node {
             let _ = self.phase.send(Phase::HandingBack);
             let _ = idle().await;
         }
+        // Its last heartbeat written, not cut off midway (its revision would be lost).
+        let beat = self.shared.beat.lock().await;
         self.heart.abort();
-        let last = Some(*self.shared.beat.lock().await).filter(|&r| r > 0);
+        let last = Some(*beat).filter(|&r| r > 0);
+        drop(beat);
         let nodes = &self.shared.cluster.nodes;
         if let Err(e) = membership::leave(nodes, &self.info, last).await {
             tracing::warn!("{e}");
@@ -547,7 +550,8 @@ async fn heartbeat(shared: Arc<Shared>, mut info: NodeInfo) {
     }
 }
 
-/// Deliveries a node holds at once, at most, each until it has answered the stream.
+/// Deliveries a node holds at once, at most, each until it has answered the stream (its
+/// slots bound them far lower).
 const DELIVERING: u32 = 1 << 20;
 
 /// How long a node with nothing to do waits on a role's consumers before asking again.
@@ -739,7 +743,7 @@ async fn ask_in_order(
         let asked: Vec<usize> = round
             .filter(|&i| left_until[i].is_none_or(|until| now >= until))
             .collect();
-        let n = |i: usize| permits.len().div_ceil(per_message[i].max(1));
+        let n = |i: usize| (permits.len() / per_message[i].max(1)).max(1);
         let asks = asked.iter().map(|&i| ask(&consumers[i], n(i)));
         let answers = futures::future::join_all(asks).await;
         for (&i, given) in asked.iter().zip(answers) {
@@ -836,7 +840,7 @@ async fn take_asked(
             continue;
         }
         let taken = permits.split_off(permits.len() - n);
-        start(shared, message, taken);
+        start(shared, message, taken).await;
     }
     left
 }
@@ -887,18 +891,44 @@ async fn take(
             {
                 permits.push(permit);
             }
-            start(shared, message, permits);
+            start(shared, message, permits).await;
         }
         None => answer(&message, Reply::Nak(Duration::ZERO)).await,
     }
 }
 
-/// Runs one delivery on its own, holding `permits` (one, or up to one for each task of a
-/// bundle) until it ends.
-fn start(shared: &Arc<Shared>, message: Message, permits: Vec<Permit>) {
+/// What a delivery holds from the moment it is taken: its slots (one, or up to one for each
+/// task of a bundle), a place among the node's deliveries (a drain waits for every one to
+/// have answered), and for each task of a bundle beyond its slots, a place in its role's
+/// queue ([`slots::Queued`]).
+struct Taken {
+    permits: Vec<Permit>,
+    queued: Vec<InQueue>,
+    _delivering: tokio::sync::OwnedSemaphorePermit,
+}
+
+/// Runs one delivery on its own, holding `permits` until it ends; counted among the node's
+/// deliveries, and a bundle's tasks beyond its slots in its role's queue, before it is
+/// spawned: the pull that took it sees them at once.
+async fn start(shared: &Arc<Shared>, message: Message, permits: Vec<Permit>) {
+    let Ok(delivering) = shared.delivering.clone().try_acquire_owned() else {
+        // The node is draining (its drain holds every place): handed back.
+        return answer(&message, Reply::Nak(Duration::ZERO)).await;
+    };
+    let beyond = tasks_in(&message).saturating_sub(permits.len());
+    let queued = permits
+        .first()
+        .and_then(|(role, _)| shared.slots.of_role(role.semaphore()))
+        .map(|slot| (0..beyond).map(|_| slot.queued.enter()).collect())
+        .unwrap_or_default();
+    let taken = Taken {
+        permits,
+        queued,
+        _delivering: delivering,
+    };
     let shared = shared.clone();
     Spawner::spawn("cluster-task", async move {
-        deliver(&shared, message, permits).await;
+        deliver(&shared, message, taken).await;
     });
 }
 
@@ -929,9 +959,12 @@ impl Drop for Counted<'_> {
 /// One delivery, holding its slots until it ends: a task's (one, or more for a vote or a
 /// team), or a bundle's ([`bundled::deliver`]). Answers the stream as the task's attempt
 /// says ([`attempt`]).
-async fn deliver(shared: &Shared, message: Message, permits: Vec<Permit>) {
-    // More deliveries at once than this are not held: the slots bound them far lower.
-    let _delivering = shared.delivering.clone().try_acquire_owned().ok();
+async fn deliver(shared: &Shared, message: Message, taken: Taken) {
+    let Taken {
+        permits,
+        queued,
+        _delivering,
+    } = taken;
     let (sequence, delivered) = match message.info() {
         Ok(info) => (
             info.stream_sequence,
@@ -966,7 +999,8 @@ async fn deliver(shared: &Shared, message: Message, permits: Vec<Permit>) {
     };
     if count > 1 {
         let permits = std::iter::once(permit).chain(permits).collect();
-        return bundled::deliver(shared, &message, sequence, delivered, count, permits).await;
+        let bundle = (sequence, delivered, count);
+        return bundled::deliver(shared, &message, bundle, permits, queued).await;
     }
     let id = sequence;
     let task = Ok((
@@ -1000,9 +1034,16 @@ async fn deliver(shared: &Shared, message: Message, permits: Vec<Permit>) {
     } else {
         Lease::Read
     };
-    let reply = attempt(shared, &message, (id, delivered), (spec, together), lease).await;
+    let settled = attempt(
+        shared,
+        (&message, false),
+        (id, delivered),
+        (spec, together),
+        lease,
+    );
+    let settled = settled.await;
     drop(held);
-    if let Some(reply) = reply {
+    if let Some(reply) = settled.reply() {
         answer(&message, reply).await;
     }
 }
@@ -1106,16 +1147,37 @@ enum Lease {
     Read,
 }
 
+/// How a delivery's attempt left its task: what to answer the stream, or why nothing is
+/// (the message is then delivered again after `ack_wait`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Settled {
+    Answer(Reply),
+    /// Another node holds the task now (this node's lease was taken, or never written).
+    Taken,
+    /// Its lease or end could not be written or read now (NATS unavailable).
+    Unwritten,
+}
+
+impl Settled {
+    fn reply(self) -> Option<Reply> {
+        match self {
+            Settled::Answer(reply) => Some(reply),
+            Settled::Taken | Settled::Unwritten => None,
+        }
+    }
+}
+
 /// Delivery `delivered` of task `id`, carried by `message`, on slots held by the caller:
-/// take the lease as `lease` says, run the attempt, end it under the lease. What to answer
-/// the stream for it, or `None` to leave the message to be delivered again.
+/// take the lease as `lease` says, run the attempt, end it under the lease. In-progress
+/// acks go on `message` while it runs, unless `acked` says its caller sends them (a
+/// bundle's, once for all its tasks). How it left the task.
 async fn attempt(
     shared: &Shared,
-    message: &Message,
+    (message, acked): (&Message, bool),
     (id, delivered): (u64, u32),
     (spec, together): (TaskSpec, Option<Together>),
     lease: Lease,
-) -> Option<Reply> {
+) -> Settled {
     let _running = Counted::count(shared);
     let first =
         || match lease::on_delivery(None, &spec, &shared.name, &random_id(), 1, crate::now_ms()) {
@@ -1123,27 +1185,37 @@ async fn attempt(
             _ => None,
         };
     let (started, revision) = match lease {
-        Lease::Lazy if delivered == 1 => (first()?, None),
-        Lease::Created if delivered == 1 => {
-            let row = first()?;
-            match create_lease(shared, id, &row).await {
-                Ok(revision) => (row, Some(revision)),
-                Err(reply) => return reply,
+        Lease::Lazy | Lease::Created if delivered == 1 => {
+            let Some(row) = first() else {
+                return Settled::Unwritten;
+            };
+            if lease == Lease::Lazy {
+                (row, None)
+            } else {
+                match create_lease(shared, id, &row).await {
+                    Ok(revision) => (row, Some(revision)),
+                    Err(settled) => return settled,
+                }
             }
         }
         _ => match take_lease(shared, &spec, id, delivered).await {
             Ok((row, revision)) => (row, Some(revision)),
-            Err(reply) => return reply,
+            Err(settled) => return settled,
         },
     };
     shared.counters.add(Kind::Started);
+    let keepalive = (!acked).then_some(message);
     let Some((outcome, revision, summaries)) =
-        run(shared, message, &spec, together, id, &started, revision).await
+        run(shared, keepalive, &spec, together, id, &started, revision).await
     else {
         let kind = lost(shared, id).await;
         shared.counters.add(kind);
         // A cancelled task has ended: its message may go (a bundle's, with its others).
-        return (kind == Kind::Cancelled).then_some(Reply::Ack);
+        return if kind == Kind::Cancelled {
+            Settled::Answer(Reply::Ack)
+        } else {
+            Settled::Taken
+        };
     };
     let kind = match &outcome {
         Outcome::Succeeded { .. } => Kind::Succeeded,
@@ -1180,7 +1252,7 @@ async fn attempt(
     match end(shared, id, &ended, revision).await {
         Ended::Written => {
             shared.counters.add(kind);
-            Some(reply)
+            Settled::Answer(reply)
         }
         Ended::Fenced => {
             let kind = lost(shared, id).await;
@@ -1195,9 +1267,13 @@ async fn attempt(
                     "fenced: another node holds the task now"
                 }
             );
-            (kind == Kind::Cancelled).then_some(Reply::Ack)
+            if kind == Kind::Cancelled {
+                Settled::Answer(Reply::Ack)
+            } else {
+                Settled::Taken
+            }
         }
-        Ended::Unwritten => None,
+        Ended::Unwritten => Settled::Unwritten,
     }
 }
 
@@ -1212,10 +1288,10 @@ async fn lost(shared: &Shared, id: u64) -> Kind {
     }
 }
 
-/// Writes the lease of a first delivery before it runs, as a create: else what to answer
-/// (an ack when the record says the task ended, nothing when another node holds it or the
-/// record cannot be read or written now).
-async fn create_lease(shared: &Shared, id: u64, row: &Row) -> Result<u64, Option<Reply>> {
+/// Writes the lease of a first delivery before it runs, as a create: else how that left the
+/// task (an ack when the record says it ended; another node holding it; or the record not
+/// written or read now).
+async fn create_lease(shared: &Shared, id: u64, row: &Row) -> Result<u64, Settled> {
     let e = match write_new(&shared.cluster.tasks, &shared.cluster.key(id), row).await {
         Ok(revision) => return Ok(revision),
         Err(e) => e,
@@ -1229,13 +1305,14 @@ async fn create_lease(shared: &Shared, id: u64, row: &Row) -> Result<u64, Option
             } else {
                 Kind::AlreadyEnded
             });
-            Err(Some(Reply::Ack))
+            Err(Settled::Answer(Reply::Ack))
         }
+        Ok(Some(_)) if matches!(e, Write::Conflict) => Err(Settled::Taken),
         _ => {
             if let Write::Other(e) = e {
                 tracing::warn!("node {}: task {id}: writing its lease: {e}", shared.name);
             }
-            Err(None)
+            Err(Settled::Unwritten)
         }
     }
 }
@@ -1250,14 +1327,14 @@ async fn take_lease(
     spec: &TaskSpec,
     id: u64,
     delivered: u32,
-) -> Result<(Row, u64), Option<Reply>> {
+) -> Result<(Row, u64), Settled> {
     let tasks = &shared.cluster.tasks;
     for _ in 0..8 {
         let current = match shared.cluster.row(id).await {
             Ok(current) => current,
             Err(e) => {
                 tracing::warn!("node {}: {e}", shared.name);
-                return Err(None);
+                return Err(Settled::Unwritten);
             }
         };
         let revision = current.as_ref().map(|(_, r)| *r);
@@ -1272,7 +1349,7 @@ async fn take_lease(
         let (row, dead) = match step {
             Step::Finished => {
                 shared.counters.add(Kind::AlreadyEnded);
-                return Err(Some(Reply::Ack));
+                return Err(Settled::Answer(Reply::Ack));
             }
             Step::DeadLetter(row) => (row, true),
             Step::Start(row) => (row, false),
@@ -1293,20 +1370,20 @@ async fn take_lease(
                     if let Write::Other(e) = e {
                         tracing::warn!("node {}: task {id}: taking its lease: {e}", shared.name);
                     }
-                    return Err(None);
+                    return Err(Settled::Unwritten);
                 }
             },
         };
         match written {
             Some(_) if dead => {
                 shared.counters.add(Kind::DeadLettered);
-                return Err(Some(Reply::Ack));
+                return Err(Settled::Answer(Reply::Ack));
             }
             Some(revision) => return Ok((row, revision)),
-            None => return Err(None),
+            None => return Err(Settled::Unwritten),
         }
     }
-    Err(None)
+    Err(Settled::Unwritten)
 }
 
 /// How the work of several agents went, for the task's record.
@@ -1576,13 +1653,13 @@ where
 
 /// Runs attempt `started` of task `id` on the local runtime (a decision among its agents,
 /// or a team formed of them, when `together` says so), keeping the delivery alive with
-/// in-progress acks, and stopping it when the node hands back. A lease not written yet (a
+/// in-progress acks on `message` (none when its caller sends them: a bundle's), and stopping it when the node hands back. A lease not written yet (a
 /// first delivery) is written once the attempt has run [`lease::LAZY_LEASE`]; if another
 /// node wrote first, the attempt is stopped and `None` returned: it is fenced. Else the
 /// outcome, the revision of the lease if it was written, and how a vote or team went.
 async fn run(
     shared: &Shared,
-    message: &Message,
+    message: Option<&Message>,
     spec: &TaskSpec,
     together: Option<Together>,
     id: u64,
@@ -1719,7 +1796,9 @@ async fn run(
                     }
                     continue;
                 }
-                if let Err(e) = message.ack_with(AckKind::Progress).await {
+                if let Some(message) = message
+                    && let Err(e) = message.ack_with(AckKind::Progress).await
+                {
                     tracing::warn!("node {}: task {id}: in-progress ack: {e}", shared.name);
                 }
             }

@@ -4,8 +4,8 @@
 //! for a slot, and answered once for all of them ([`combined`]).
 
 use super::{
-    Carried, Kind, Lease, Permit, Phase, Shared, answer, attempt, read,
-    slots::{Held, Queued},
+    Carried, Kind, Lease, Permit, Phase, Settled, Shared, answer, attempt, read,
+    slots::{Held, InQueue},
     unreadable,
 };
 use crate::{lease::Reply, wire::bundle};
@@ -17,21 +17,21 @@ use std::{
     },
     time::Duration,
 };
-use tokio::sync::Semaphore;
+use tokio::sync::{Notify, Semaphore};
 
 /// Delivery `delivered` of the bundle of `count` tasks at stream sequence `sequence`,
-/// holding `permits` (at least one; at most one for each task). Its tasks start at once on
-/// those slots, in order; the others wait for a slot of their role and one of the node's
-/// as every pull does, ahead of the role's next pull ([`Queued`]), and take their lease
-/// before they run ([`Lease::Created`]). On a first delivery, the tasks cancelled while it
-/// was queued are not run.
+/// holding `permits` (at least one; at most one for each task) and a place in its role's
+/// queue for each task beyond them (`queued`). Its tasks start at once on those slots, in
+/// order; the others wait for a slot of their role and one of the node's as every pull
+/// does, ahead of the role's next pull ([`super::slots::Queued`]), and take their lease
+/// before they run ([`Lease::Created`]). On a first delivery, the tasks marked cancelled
+/// while it was queued are not run.
 pub(super) async fn deliver(
     shared: &Shared,
     message: &Message,
-    sequence: u64,
-    delivered: u32,
-    count: usize,
+    (sequence, delivered, count): (u64, u32, usize),
     permits: Vec<Permit>,
+    queued: Vec<InQueue>,
 ) {
     let Some((role, node)) = permits
         .first()
@@ -46,6 +46,9 @@ pub(super) async fn deliver(
             .map(|_| Err(format!("its bundle is unreadable: {problem}")))
             .collect(),
     };
+    // Ticking from the delivery's start: the read below may take a while.
+    let every = shared.ack_wait / 3;
+    let mut progress = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
     // Read before anything runs, within a third of ack_wait (the first in-progress ack is
     // due then); not read, none is taken for cancelled: a cancelled task that runs has its
     // end refused by its record.
@@ -58,35 +61,32 @@ pub(super) async fn deliver(
         // Each task's record is read before it runs.
         Vec::new()
     };
-    let queued = shared.slots.of_role(&role).map(|slot| slot.queued.clone());
     let work = Work {
         shared,
         message,
         sequence,
         delivered,
         slots: (role, node),
-        queued,
         lost: AtomicBool::new(false),
+        told: Notify::new(),
     };
-    let mut permits = permits.into_iter();
+    let (mut permits, mut queued) = (permits.into_iter(), queued.into_iter());
     let mut runs = Vec::with_capacity(count);
     for (place, task) in tasks.into_iter().enumerate() {
         let cancelled = cancelled.contains(&place);
-        let permit = if cancelled { None } else { permits.next() };
-        if !cancelled
-            && permit.is_none()
-            && let Some(queued) = &work.queued
-        {
-            queued.add(1);
-        }
-        runs.push(work.one(place, task, permit, cancelled));
+        let start = if cancelled {
+            Start::Cancelled
+        } else if let Some(permit) = permits.next() {
+            Start::Now(permit)
+        } else {
+            Start::Waiting(queued.next())
+        };
+        runs.push(work.one(place, task, start));
     }
     // Those not needed (tasks cancelled) go back at once.
-    drop(permits);
+    drop((permits, queued));
     let runs = futures::future::join_all(runs);
     let mut runs = std::pin::pin!(runs);
-    let every = shared.ack_wait / 3;
-    let mut progress = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
     let ended = loop {
         tokio::select! {
             ended = &mut runs => break ended,
@@ -111,63 +111,58 @@ struct Work<'a> {
     delivered: u32,
     /// The semaphores of the bundle's role's slots and of the node's.
     slots: (Arc<Semaphore>, Arc<Semaphore>),
-    /// The count of the role's tasks waiting in bundles for a slot.
-    queued: Option<Arc<Queued>>,
-    /// A task's attempt was left unanswered (another node holds it now, or its end could
-    /// not be written): the bundle will be delivered again, so the tasks not started yet
-    /// are left to that delivery, and its in-progress acks stop.
+    /// A task found another node holding it: the bundle was delivered again (this node
+    /// stalled past `ack_wait`), so the tasks not started yet are left to that delivery,
+    /// and the in-progress acks stop.
     lost: AtomicBool,
+    /// Told when `lost` is set, to the tasks waiting for a slot.
+    told: Notify,
+}
+
+/// How a task of a bundle starts.
+enum Start {
+    /// Cancelled while the bundle was queued (its record says so already).
+    Cancelled,
+    /// On one of the slots the bundle was taken with.
+    Now(Permit),
+    /// On a slot it waits for, counted in its role's queue meanwhile.
+    Waiting(Option<InQueue>),
 }
 
 impl Work<'_> {
-    /// Task `place` of the bundle, on `permit` or a slot it waits for (counted in
-    /// `queued` by the caller): what it answers. Its slot is let go as it ends.
-    async fn one(
-        &self,
-        place: usize,
-        task: Carried,
-        permit: Option<Permit>,
-        cancelled: bool,
-    ) -> Option<Reply> {
-        if cancelled {
-            // Its record says so already.
-            self.shared.counters.add(Kind::Cancelled);
-            return Some(Reply::Ack);
-        }
-        let waited = permit.is_none();
-        let permit = match permit {
-            Some(permit) => Some(permit),
-            None => {
-                let permit = if self.lost.load(Ordering::Acquire) {
-                    None
-                } else {
-                    self.slot().await
-                };
-                if let Some(queued) = &self.queued {
-                    queued.done();
-                }
-                permit
+    /// Task `place` of the bundle, started as `start` says: what it answers (`None`: the
+    /// message is left to be delivered again). Its slot is let go as it ends.
+    async fn one(&self, place: usize, task: Carried, start: Start) -> Option<Reply> {
+        let (permit, waited) = match start {
+            Start::Cancelled => {
+                self.shared.counters.add(Kind::Cancelled);
+                return Some(Reply::Ack);
+            }
+            Start::Now(permit) => (Some(permit), false),
+            Start::Waiting(place_in_queue) => {
+                let permit = self.slot().await;
+                drop(place_in_queue);
+                (permit, true)
             }
         };
-        let Some(permit) = permit else {
-            if self.lost.load(Ordering::Acquire) {
-                return None;
-            }
-            // The node stopped taking tasks while it waited: handed back unstarted.
-            return Some(Reply::Nak(Duration::ZERO));
-        };
-        let _held = Held::one(permit);
         if self.lost.load(Ordering::Acquire) {
             return None;
         }
+        // The node stopped taking tasks while it waited: handed back unstarted.
+        let Some(permit) = permit else {
+            return Some(Reply::Nak(Duration::ZERO));
+        };
+        let _held = Held::one(permit);
         let Some(id) = bundle::bundled_id(self.sequence, place) else {
-            // The client names no such bundle: it checks the stream's sequence first.
+            // The client sends no bundle this far in the stream: failed under the message's
+            // own sequence rather than delivered again and again.
             tracing::error!(
-                "node {}: bundle {}: task {place} has no id (the stream's sequence is past the bundles' range); left in the stream",
+                "node {}: bundle {}: task {place} has no id (the stream's sequence is past the bundles' range)",
                 self.shared.name,
                 self.sequence
             );
-            return None;
+            let problem = "the bundle is past the stream sequences its tasks can be named under";
+            return unreadable(self.shared, self.sequence, problem).await;
         };
         let (spec, together) = match read(task) {
             Ok((spec, None)) => (spec, None),
@@ -182,19 +177,20 @@ impl Work<'_> {
             (1, true) => Lease::Created,
             _ => Lease::Read,
         };
-        let (shared, message) = (self.shared, self.message);
-        let reply = attempt(
-            shared,
-            message,
+        let task = (spec, together);
+        let ended = attempt(
+            self.shared,
+            (self.message, true),
             (id, self.delivered),
-            (spec, together),
+            task,
             lease,
-        )
-        .await;
-        if reply.is_none() {
+        );
+        let settled = ended.await;
+        if settled == Settled::Taken {
             self.lost.store(true, Ordering::Release);
+            self.told.notify_waiters();
         }
-        reply
+        settled.reply()
     }
 
     /// A slot of the bundle's role and one of the node's, waited for in that order as every
@@ -207,9 +203,16 @@ impl Work<'_> {
             let node = node.clone().acquire_owned().await.ok()?;
             Some((role, node))
         };
+        let told = self.told.notified();
+        let mut told = std::pin::pin!(told);
+        told.as_mut().enable();
+        if self.lost.load(Ordering::Acquire) {
+            return None;
+        }
         tokio::select! {
             permit = both => permit.filter(|_| *self.shared.phase.borrow() == Phase::Taking),
             _ = phase.wait_for(|p| *p != Phase::Taking) => None,
+            () = told => None,
         }
     }
 }

@@ -40,16 +40,24 @@ pub(super) struct Queued {
     emptied: Notify,
 }
 
-impl Queued {
-    pub(super) fn add(&self, n: usize) {
-        self.count.fetch_add(n, Ordering::AcqRel);
-    }
+/// One task counted in its role's [`Queued`] until dropped (it has its slot, or will not
+/// run here): a delivery dropped midway counts none it held.
+#[derive(Debug)]
+pub(super) struct InQueue(Arc<Queued>);
 
-    /// One fewer waits (it has its slot, or will not run here).
-    pub(super) fn done(&self) {
-        if self.count.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.emptied.notify_waiters();
+impl Drop for InQueue {
+    fn drop(&mut self) {
+        if self.0.count.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.emptied.notify_waiters();
         }
+    }
+}
+
+impl Queued {
+    /// Counts one more task waiting, until the returned guard is dropped.
+    pub(super) fn enter(self: &Arc<Self>) -> InQueue {
+        self.count.fetch_add(1, Ordering::AcqRel);
+        InQueue(self.clone())
     }
 
     pub(super) fn any(&self) -> bool {
