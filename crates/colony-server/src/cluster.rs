@@ -986,7 +986,7 @@ async fn metrics(State(app): State<Arc<ClusterApp>>) -> Response {
         &mut out,
         "colony_cluster_unfinished",
         "gauge",
-        "Tasks in the stream not yet ended: waiting or running.",
+        "Messages in the stream not yet ended, waiting or running: a task each, or a bundle of several.",
     );
     let _ = writeln!(out, "colony_cluster_unfinished {}", status.unfinished);
     type Of = fn(&colony_cluster::NodeInfo) -> u64;
