@@ -206,9 +206,10 @@ impl Cluster {
     /// (within a record's size), so the stream's write, the pull and the ack are paid once
     /// for all of them. Each task keeps its own id ([`bundle::bundled_id`]; a task alone in
     /// its message keeps its stream sequence), record, lease, attempts and cancel. With
-    /// `key`, message `n` has idempotency id `<key>.b<n>`: the same call again (the same
-    /// tasks, the same key, within the stream's duplicate window) is accepted once, under
-    /// the same ids; without, a retried call submits its tasks again. Refused while a live
+    /// `key`, message `n` has idempotency id `<key>.b<n>-<tasks>-<digest>`:
+    /// the same call again (the same tasks, the same key, within the stream's duplicate
+    /// window) is accepted once, under the same ids; without, a retried call submits its
+    /// tasks again. Refused while a live
     /// node reads no bundles. A role's backlog ([`Cluster::status`]) counts a bundle once.
     pub async fn submit_bundled(
         &self,
