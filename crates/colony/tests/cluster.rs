@@ -1522,6 +1522,14 @@ fn what_the_cluster_commands_cannot_use_is_refused_before_anything_starts() {
     assert!(err.contains("colony.toml") && err.contains("`db`"), "{err}");
     assert!(!dir.path().join("x.db").exists());
     std::fs::remove_file(dir.path().join("colony.toml")).unwrap();
+    // Bundles are for a file's tasks, of 1 to 512 a message.
+    let nats = ["cluster", "submit", "--nats", "nats://127.0.0.1:1"];
+    let (code, err) = run(&[&nats[..], &["--bundle", "8", "{}"]].concat());
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("--file"), "{err}");
+    let (code, err) = run(&[&nats[..], &["--bundle", "513", "--file", "t.jsonl"]].concat());
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("513"), "{err}");
     // A run id or lease `colony run --nats` cannot use: refused at once, no server needed.
     let flow = dir.path().join("flow.yaml");
     std::fs::write(

@@ -146,8 +146,7 @@ pub(crate) struct SubmitArgs {
     /// another) in one message: the cluster's cost per task falls, and each keeps its own
     /// id, record, attempts and cancel. Their ids are not a range: each is printed. With
     /// --idempotency-key, the same file sent again is accepted once, under the same ids.
-    #[arg(long, value_name = "N", requires = "file",
-          value_parser = clap::value_parser!(u64).range(1..=512))]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=512))]
     bundle: Option<u64>,
     /// Print the answer as JSON.
     #[arg(long)]
@@ -880,6 +879,11 @@ fn payload_of(raw: &str) -> Bytes {
 }
 
 async fn submit(args: &SubmitArgs) -> Result<(), Failure> {
+    if args.bundle.is_some() && args.file.is_none() {
+        return Err(Failure::input(anyhow::anyhow!(
+            "--bundle puts a file's tasks several to a message: give them with --file"
+        )));
+    }
     if let Some(role) = &args.task.role {
         colony_cluster::check_role(role).map_err(Failure::input)?;
     }
