@@ -886,7 +886,8 @@ async fn take(
     match try_permit(slots, node).filter(|_| taking) {
         Some(permit) => {
             let mut permits = vec![permit];
-            while permits.len() < tasks_in(&message)
+            let count = tasks_in(&message);
+            while permits.len() < count
                 && let Some(permit) = try_permit(slots, node)
             {
                 permits.push(permit);
@@ -993,15 +994,13 @@ async fn deliver(shared: &Shared, message: Message, taken: Taken) {
             return;
         }
     };
-    let mut permits = permits.into_iter();
-    let Some(permit) = permits.next() else {
-        return answer(&message, Reply::Nak(Duration::ZERO)).await;
-    };
     if count > 1 {
-        let permits = std::iter::once(permit).chain(permits).collect();
         let bundle = (sequence, delivered, count);
         return bundled::deliver(shared, &message, bundle, permits, queued).await;
     }
+    let Some(permit) = permits.into_iter().next() else {
+        return answer(&message, Reply::Nak(Duration::ZERO)).await;
+    };
     let id = sequence;
     let task = Ok((
         message.headers.clone().unwrap_or_default(),

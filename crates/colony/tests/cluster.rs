@@ -1530,6 +1530,18 @@ fn what_the_cluster_commands_cannot_use_is_refused_before_anything_starts() {
     let (code, err) = run(&[&nats[..], &["--bundle", "513", "--file", "t.jsonl"]].concat());
     assert_eq!(code, Some(2), "{err}");
     assert!(err.contains("513"), "{err}");
+    let (code, err) = run(&[
+        "bench",
+        "cluster",
+        "--nats",
+        "nats://127.0.0.1:1",
+        "--bundle",
+        "8",
+        "--voters",
+        "3",
+    ]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("a vote goes alone"), "{err}");
     // A run id or lease `colony run --nats` cannot use: refused at once, no server needed.
     let flow = dir.path().join("flow.yaml");
     std::fs::write(

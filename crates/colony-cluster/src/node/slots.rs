@@ -448,6 +448,22 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_role_s_queue_empties_when_its_last_waiting_task_lets_go() {
+        let queued = Arc::new(Queued::default());
+        assert!(!queued.any());
+        let (a, b) = (queued.enter(), queued.enter());
+        assert!(queued.any());
+        let mut emptied = std::pin::pin!(queued.emptied());
+        assert!(futures::poll!(emptied.as_mut()).is_pending());
+        drop(a);
+        assert!(futures::poll!(emptied.as_mut()).is_pending());
+        // The waiter registered before the last one left is woken by it.
+        drop(b);
+        assert!(futures::poll!(emptied.as_mut()).is_ready());
+        assert!(!queued.any());
+    }
+
+    #[tokio::test]
     async fn a_widened_delivery_holds_its_slots_until_it_is_dropped() {
         let s = slots();
         let voter = s.role(Some("voter")).unwrap().semaphore.clone();

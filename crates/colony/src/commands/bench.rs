@@ -268,6 +268,11 @@ fn cluster(args: &ClusterArgs) -> Result<(), Failure> {
         ..Settings::default()
     };
     settings.validate().map_err(Failure::input)?;
+    if args.bundle > 1 && args.voters > 0 {
+        return Err(Failure::input(anyhow::anyhow!(
+            "--bundle bundles plain tasks, and a vote goes alone: give --bundle or --voters"
+        )));
+    }
     if args.voters > args.agents && !args.spread {
         return Err(Failure::input(anyhow::anyhow!(
             "--voters {} is more than the {} agents of a node (--agents)",
