@@ -44,12 +44,12 @@ use std::{
 use tokio::sync::mpsc;
 
 /// Room left beside a message's body for its headers.
-const HEADROOM: usize = 8 * 1024;
+pub(crate) const HEADROOM: usize = 8 * 1024;
 /// The smallest body of one message, whatever the servers' `max_payload`.
-const MIN_PART: usize = 16 * 1024;
+pub(crate) const MIN_PART: usize = 16 * 1024;
 /// Most parts of one frame (most bytes of one write, with the servers' `max_payload`),
 /// bounding what a replay holds before it applies a frame.
-const MAX_PARTS: usize = 256;
+pub(crate) const MAX_PARTS: usize = 256;
 /// How long a write is retried while NATS cannot take it (a leader election, a server
 /// restarting) before the journal stops.
 const RETRY_FOR: Duration = Duration::from_secs(60);
@@ -84,7 +84,7 @@ const SNAPSHOT_ROWS: usize = 512;
 /// Reputations in one write of a snapshot.
 const SNAPSHOT_CHUNK: usize = 8192;
 /// The header naming a message's part of its frame: `1/1` for a frame in one message.
-const PART_HEADER: &str = "Colony-Part";
+pub(crate) const PART_HEADER: &str = "Colony-Part";
 
 /// Where a journal is and how it is kept.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -106,44 +106,10 @@ impl JournalOptions {
     /// Reads `nats://HOST:PORT[,nats://HOST:PORT...]/NAME[?replicas=N]` (or `tls://`), the
     /// form `--db` takes for a journal in NATS. Replicas default to 3.
     pub fn parse(location: &str) -> Result<Self, Error> {
-        let bad = |detail: &str| {
-            Error::Settings(format!(
-                "--db `{}`: {detail}; write nats://HOST:PORT/NAME, with ?replicas=1 for a single development server",
-                colony_core::text::shorten(&shown(location), 200)
-            ))
-        };
-        let (rest, query) = match location.split_once('?') {
-            Some((rest, query)) => (rest, Some(query)),
-            None => (location, None),
-        };
-        let replicas = match query {
-            None => 3,
-            Some(query) => match query.strip_prefix("replicas=").map(str::parse) {
-                Some(Ok(n)) => n,
-                _ => return Err(bad("the only setting after ? is replicas=N")),
-            },
-        };
-        if !matches!(replicas, 1 | 3 | 5) {
-            return Err(bad("replicas must be 3 or 5, or 1 for a single server"));
-        }
-        let Some((url, name)) = rest.rsplit_once('/') else {
-            return Err(bad("no journal name"));
-        };
-        for server in url.split(',') {
-            let Some((scheme, address)) = server.trim().split_once("://") else {
-                return Err(bad("no journal name after the server"));
-            };
-            if !matches!(scheme, "nats" | "tls") {
-                return Err(bad(&format!("{scheme}:// is not a NATS server")));
-            }
-            if address.is_empty() || address.contains('/') {
-                return Err(bad("a server is HOST:PORT, and the name one word after it"));
-            }
-        }
-        check_name(name).map_err(|e| bad(&e))?;
+        let (url, name, replicas) = parse_location(location, "--db", "journal")?;
         Ok(JournalOptions {
-            url: url.to_owned(),
-            name: name.to_owned(),
+            url,
+            name,
             replicas,
             compact_above: COMPACT_ABOVE,
         })
@@ -156,6 +122,52 @@ impl JournalOptions {
     fn subject(&self) -> String {
         format!("colony.journal.{}", self.name)
     }
+}
+
+/// Reads `nats://HOST:PORT[,nats://HOST:PORT...]/NAME[?replicas=N]` (or `tls://`), the form
+/// `flag` takes for a `what` (a journal, a memory) in NATS: the servers, the name, and the
+/// replicas (3 unless said).
+pub(crate) fn parse_location(
+    location: &str,
+    flag: &str,
+    what: &str,
+) -> Result<(String, String, usize), Error> {
+    let bad = |detail: &str| {
+        Error::Settings(format!(
+            "{flag} `{}`: {detail}; write nats://HOST:PORT/NAME, with ?replicas=1 for a single development server",
+            colony_core::text::shorten(&shown(location), 200)
+        ))
+    };
+    let (rest, query) = match location.split_once('?') {
+        Some((rest, query)) => (rest, Some(query)),
+        None => (location, None),
+    };
+    let replicas = match query {
+        None => 3,
+        Some(query) => match query.strip_prefix("replicas=").map(str::parse) {
+            Some(Ok(n)) => n,
+            _ => return Err(bad("the only setting after ? is replicas=N")),
+        },
+    };
+    if !matches!(replicas, 1 | 3 | 5) {
+        return Err(bad("replicas must be 3 or 5, or 1 for a single server"));
+    }
+    let Some((url, name)) = rest.rsplit_once('/') else {
+        return Err(bad(&format!("no {what} name")));
+    };
+    for server in url.split(',') {
+        let Some((scheme, address)) = server.trim().split_once("://") else {
+            return Err(bad(&format!("no {what} name after the server")));
+        };
+        if !matches!(scheme, "nats" | "tls") {
+            return Err(bad(&format!("{scheme}:// is not a NATS server")));
+        }
+        if address.is_empty() || address.contains('/') {
+            return Err(bad("a server is HOST:PORT, and the name one word after it"));
+        }
+    }
+    check_name(name, what).map_err(|e| bad(&e))?;
+    Ok((url.to_owned(), name.to_owned(), replicas))
 }
 
 /// Whether `location` names a journal in NATS rather than a file.
@@ -398,7 +410,7 @@ pub fn prune(
 
 /// A journal's name becomes a stream name and a subject token: letters, digits, `_` and
 /// `-`, at most 64.
-fn check_name(name: &str) -> Result<(), String> {
+fn check_name(name: &str, what: &str) -> Result<(), String> {
     if name.is_empty()
         || name.len() > 64
         || !name
@@ -406,7 +418,7 @@ fn check_name(name: &str) -> Result<(), String> {
             .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
     {
         return Err(format!(
-            "journal name `{}`: use 1 to 64 letters, digits, `_` and `-`",
+            "{what} name `{}`: use 1 to 64 letters, digits, `_` and `-`",
             colony_core::text::shorten(name, 80)
         ));
     }
@@ -1669,7 +1681,7 @@ fn corrupt(journal: &str, sequence: u64, detail: &str) -> Error {
 
 /// The parts of a frame read so far.
 #[derive(Debug, Default)]
-struct Replay {
+pub(crate) struct Replay {
     parts: Vec<Bytes>,
     expected: usize,
 }
@@ -1678,7 +1690,11 @@ impl Replay {
     /// Takes the next message's body and its `Colony-Part` header (`i/n`); returns a frame
     /// once its last part came. A frame left incomplete (its writer died between two
     /// parts, or another process's claim came between them) is dropped.
-    fn part(&mut self, header: Option<&str>, body: Bytes) -> Result<Option<Bytes>, String> {
+    pub(crate) fn part(
+        &mut self,
+        header: Option<&str>,
+        body: Bytes,
+    ) -> Result<Option<Bytes>, String> {
         let (i, n) = header
             .and_then(|h| h.split_once('/'))
             .and_then(|(i, n)| Some((i.parse::<usize>().ok()?, n.parse::<usize>().ok()?)))

@@ -29,6 +29,7 @@ pub mod kubernetes;
 pub mod leadership;
 pub mod lease;
 mod membership;
+pub mod memory;
 mod node;
 pub mod roles;
 pub mod runs;

@@ -483,8 +483,8 @@ pub trait Memory: Send + Sync + std::fmt::Debug {
     }
 }
 
-/// Checks a batch before anything of it is stored.
-fn check_batch(documents: &[Document]) -> Result<(), Error> {
+/// Checks a batch before anything of it is stored: its size, each document, one dimension.
+pub fn check_batch(documents: &[Document]) -> Result<(), Error> {
     if documents.len() > MAX_BATCH {
         return Err(Error::Document {
             index: MAX_BATCH,

@@ -63,6 +63,19 @@ pub(crate) struct ClusterApp {
     /// The cluster's status, read at most once a second for every reader here.
     latest: fresh::Fresh<colony_cluster::Status, colony_cluster::Error>,
     max_streams: usize,
+    /// The agents' shared memory, when one every replica reaches was given (in NATS, or on
+    /// a Chroma server), served under `/v1/memory` as a runtime's server serves its own.
+    memory: Option<Arc<dyn colony_memory::Memory>>,
+    memory_calls: Arc<tokio::sync::Semaphore>,
+}
+
+impl crate::memory::Keeps for ClusterApp {
+    fn memory(&self) -> Option<&Arc<dyn colony_memory::Memory>> {
+        self.memory.as_ref()
+    }
+    fn memory_calls(&self) -> &Arc<tokio::sync::Semaphore> {
+        &self.memory_calls
+    }
 }
 
 impl ClusterApp {
@@ -95,8 +108,9 @@ impl FromRef<Arc<ClusterApp>> for Gate {
     }
 }
 
-/// Starts serving the cluster as `config` says (its tokens, TLS, rate limit and connection
-/// limits; it runs no workflows and holds no memory); `scaling` says whether this process
+/// Starts serving the cluster as `config` says (its tokens, TLS, rate limit, connection
+/// limits, and the memory it serves, which must be one every replica reaches; it runs no
+/// workflows); `scaling` says whether this process
 /// leads the scaling (see [`colony_cluster::scaling::Scaling`]).
 pub async fn serve_cluster(
     cluster: Cluster,
@@ -127,6 +141,8 @@ pub async fn serve_cluster(
         roles: Arc::default(),
         latest: fresh::Fresh::default(),
         feed: Feed::start(cluster_for_feed, history_start).await,
+        memory: config.memory,
+        memory_calls: Arc::new(tokio::sync::Semaphore::new(crate::READS)),
     });
     role_history::sample_every(Arc::downgrade(&app));
     role_history::follow(Arc::downgrade(&app));
@@ -156,13 +172,34 @@ fn router(app: Arc<ClusterApp>) -> Router {
         .route("/v1/roles/history", get(role_history::history))
         .route("/v1/runs", get(runs))
         .route("/v1/agents", get(agents))
+        .route("/v1/memory", get(crate::memory::list::<ClusterApp>))
+        .route(
+            "/v1/memory/documents",
+            get(crate::memory::get::<ClusterApp>),
+        )
+        .route(
+            "/v1/memory/search",
+            post(crate::memory::search::<ClusterApp>),
+        )
         .route("/metrics", get(metrics))
         .merge(crate::dashboard::cluster::read_routes());
     let submit = Router::new()
         .route("/v1/tasks", post(submit))
         .route("/v1/tasks/batch", post(submit_batch))
         .route("/v1/tasks/{id}/cancel", post(cancel))
-        .route("/v1/runs/{id}/cancel", post(cancel_run));
+        .route("/v1/runs/{id}/cancel", post(cancel_run))
+        .route(
+            "/v1/memory/documents",
+            post(crate::memory::put::<ClusterApp>),
+        )
+        .route(
+            "/v1/memory/delete",
+            post(crate::memory::delete::<ClusterApp>),
+        );
+    let admin = Router::new().route(
+        "/v1/memory/rebuild",
+        post(crate::memory::rebuild::<ClusterApp>),
+    );
     let open = Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
@@ -171,6 +208,7 @@ fn router(app: Arc<ClusterApp>) -> Router {
     let router = Router::new()
         .merge(scoped(auth::Scope::Read, read))
         .merge(scoped(auth::Scope::Submit, submit))
+        .merge(scoped(auth::Scope::Admin, admin))
         .merge(open);
     crate::guarded(router, app.gate.clone()).with_state(app)
 }

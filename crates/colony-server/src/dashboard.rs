@@ -317,7 +317,7 @@ async fn decisions(State(app): State<Arc<App>>) -> Response {
 }
 
 async fn memory(State(app): State<Arc<App>>) -> Response {
-    match crate::memory::overview_of(&app).await {
+    match crate::memory::overview_of(&*app).await {
         Ok(overview) => ok(html::memory(overview.as_ref())),
         Err(r) => r,
     }

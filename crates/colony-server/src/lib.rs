@@ -205,7 +205,7 @@ pub(crate) struct App {
 }
 
 /// Journal reads on the blocking pool at once (see [`App::reads`]).
-const READS: usize = 4;
+pub(crate) const READS: usize = 4;
 
 impl App {
     /// Runs a journal read on tokio's blocking pool: an SQLite read blocks its thread, and
@@ -390,9 +390,9 @@ fn router(app: Arc<App>) -> Router {
         .route("/v1/events", get(live::events))
         .route("/metrics", get(live::metrics_text))
         .route("/metrics/runs", get(runs::metrics_text))
-        .route("/v1/memory", get(memory::list))
-        .route("/v1/memory/documents", get(memory::get))
-        .route("/v1/memory/search", post(memory::search))
+        .route("/v1/memory", get(memory::list::<App>))
+        .route("/v1/memory/documents", get(memory::get::<App>))
+        .route("/v1/memory/search", post(memory::search::<App>))
         .route("/v1/messages", get(messages::list))
         .merge(dashboard::read_routes());
     let submit = Router::new()
@@ -400,8 +400,8 @@ fn router(app: Arc<App>) -> Router {
         .route("/v1/tasks/batch", post(tasks::submit_batch))
         .route("/v1/tasks/{id}/cancel", post(tasks::cancel))
         .route("/v1/runs/{id}/cancel", post(runs::cancel))
-        .route("/v1/memory/documents", post(memory::put))
-        .route("/v1/memory/delete", post(memory::delete))
+        .route("/v1/memory/documents", post(memory::put::<App>))
+        .route("/v1/memory/delete", post(memory::delete::<App>))
         .route("/v1/messages", post(messages::send))
         .route("/v1/messages/read", post(messages::read))
         .route("/v1/messages/ack", post(messages::ack))
@@ -412,7 +412,7 @@ fn router(app: Arc<App>) -> Router {
         .route("/v1/agents/{id}/kill", post(agents::kill))
         .route("/v1/pools/{name}", put(agents::resize))
         .route("/v1/runs", post(runs::submit))
-        .route("/v1/memory/rebuild", post(memory::rebuild));
+        .route("/v1/memory/rebuild", post(memory::rebuild::<App>));
     let open = Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(live::readyz))

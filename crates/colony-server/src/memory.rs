@@ -1,6 +1,8 @@
-//! `/v1/memory`: the agents' shared memory over HTTP, when the server was given a memory
-//! file (`colony serve --memory FILE`). Every call runs on the blocking pool (the store is
-//! SQLite), at most 4 at once, apart from the journal's reads.
+//! `/v1/memory`: the agents' shared memory over HTTP, when the server was given one
+//! (`colony serve --memory FILE`, `--memory nats://HOST:PORT/NAME`, `--memory-chroma URL`;
+//! a cluster's server, `colony serve --nats`, one all its replicas share: in NATS or on
+//! Chroma). Every call runs on the blocking pool (a store blocks), at most 4 at once, apart
+//! from the journal's reads.
 //!
 //! - `GET /v1/memory` [read]: every namespace with its documents, dimension, bytes of text
 //!   and approximate index, and the cache's hits and misses.
@@ -26,6 +28,7 @@ use colony_memory::{CacheStats, Document, Memory, Namespace, Query};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use std::{sync::Arc, time::Instant};
+use tokio::sync::Semaphore;
 
 /// Most namespaces `GET /v1/memory` lists, each with its counts.
 pub const MAX_LISTED: usize = 1_000;
@@ -67,14 +70,30 @@ pub(crate) struct One {
     id: String,
 }
 
+/// A server that may serve a memory: a runtime's ([`App`]) or a cluster's.
+pub(crate) trait Keeps: Send + Sync + 'static {
+    fn memory(&self) -> Option<&Arc<dyn Memory>>;
+    /// One permit per memory call on the blocking pool.
+    fn memory_calls(&self) -> &Arc<Semaphore>;
+}
+
+impl Keeps for App {
+    fn memory(&self) -> Option<&Arc<dyn Memory>> {
+        self.memory.as_ref()
+    }
+    fn memory_calls(&self) -> &Arc<Semaphore> {
+        &self.memory_calls
+    }
+}
+
 /// The server's memory, or the 404 that says it has none.
 #[allow(clippy::result_large_err)]
-fn store(app: &App) -> Result<Arc<dyn Memory>, Response> {
-    app.memory.clone().ok_or_else(|| {
+fn store(app: &impl Keeps) -> Result<Arc<dyn Memory>, Response> {
+    app.memory().cloned().ok_or_else(|| {
         problem(
             StatusCode::NOT_FOUND,
             "memory-off",
-            "this server has no memory: start it with --memory FILE or --memory-chroma URL",
+            "this server has no memory: start it with --memory (a file, or nats://HOST:PORT/NAME) or --memory-chroma URL",
         )
     })
 }
@@ -82,7 +101,7 @@ fn store(app: &App) -> Result<Arc<dyn Memory>, Response> {
 /// The store and the request's body, or the answer that says why not.
 #[allow(clippy::result_large_err)]
 fn store_and<T>(
-    app: &App,
+    app: &impl Keeps,
     request: Result<Json<Object<T>>, JsonRejection>,
 ) -> Result<(Arc<dyn Memory>, T), Response> {
     let store = store(app)?;
@@ -110,11 +129,11 @@ fn refused(error: colony_memory::Error) -> Response {
 
 /// Runs `work` on the store, on the blocking pool.
 async fn with_store<T: Send + 'static>(
-    app: &App,
+    app: &impl Keeps,
     store: Arc<dyn Memory>,
     work: impl FnOnce(&dyn Memory) -> Result<T, colony_memory::Error> + Send + 'static,
 ) -> Result<T, Response> {
-    match App::blocking_under(&app.memory_calls, move || work(&*store)).await {
+    match App::blocking_under(app.memory_calls(), move || work(&*store)).await {
         Ok(Ok(t)) => Ok(t),
         Ok(Err(e)) => Err(refused(e)),
         Err(e) => Err(problem(StatusCode::SERVICE_UNAVAILABLE, "memory", e)),
@@ -169,28 +188,28 @@ fn overview(m: &dyn Memory) -> Result<Overview, colony_memory::Error> {
 }
 
 /// The server's memory at a glance; `None` when it has none.
-pub(crate) async fn overview_of(app: &App) -> Result<Option<Overview>, Response> {
-    match app.memory.clone() {
+pub(crate) async fn overview_of(app: &impl Keeps) -> Result<Option<Overview>, Response> {
+    match app.memory().cloned() {
         None => Ok(None),
         Some(store) => with_store(app, store, overview).await.map(Some),
     }
 }
 
-pub(crate) async fn list(State(app): State<Arc<App>>) -> Response {
-    if let Err(r) = self::store(&app) {
+pub(crate) async fn list<A: Keeps>(State(app): State<Arc<A>>) -> Response {
+    if let Err(r) = self::store(&*app) {
         return r;
     }
-    match overview_of(&app).await {
+    match overview_of(&*app).await {
         Ok(overview) => Json(overview).into_response(),
         Err(r) => r,
     }
 }
 
-pub(crate) async fn put(
-    State(app): State<Arc<App>>,
+pub(crate) async fn put<A: Keeps>(
+    State(app): State<Arc<A>>,
     request: Result<Json<Object<Put>>, JsonRejection>,
 ) -> Response {
-    let (store, put) = match store_and(&app, request) {
+    let (store, put) = match store_and(&*app, request) {
         Ok(x) => x,
         Err(r) => return r,
     };
@@ -204,7 +223,7 @@ pub(crate) async fn put(
         Some(e) => m.put_embedded(&ns, documents, e),
         None => m.put(&ns, documents),
     };
-    match with_store(&app, store, stored).await {
+    match with_store(&*app, store, stored).await {
         Ok(()) => {
             metrics::counter!("colony_memory_documents_stored_total").increment(n as u64);
             Json(json!({ "stored": n })).into_response()
@@ -213,11 +232,11 @@ pub(crate) async fn put(
     }
 }
 
-pub(crate) async fn get(
-    State(app): State<Arc<App>>,
+pub(crate) async fn get<A: Keeps>(
+    State(app): State<Arc<A>>,
     query: Result<UrlQuery<One>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
-    let store = match self::store(&app) {
+    let store = match self::store(&*app) {
         Ok(s) => s,
         Err(r) => return r,
     };
@@ -230,7 +249,7 @@ pub(crate) async fn get(
         Err(r) => return r,
     };
     let id = one.id.clone();
-    match with_store(&app, store, move |m| m.get(&ns, &id)).await {
+    match with_store(&*app, store, move |m| m.get(&ns, &id)).await {
         Ok(Some(document)) => Json(document).into_response(),
         Ok(None) => problem(
             StatusCode::NOT_FOUND,
@@ -241,11 +260,11 @@ pub(crate) async fn get(
     }
 }
 
-pub(crate) async fn delete(
-    State(app): State<Arc<App>>,
+pub(crate) async fn delete<A: Keeps>(
+    State(app): State<Arc<A>>,
     request: Result<Json<Object<Delete>>, JsonRejection>,
 ) -> Response {
-    let (store, delete) = match store_and(&app, request) {
+    let (store, delete) = match store_and(&*app, request) {
         Ok(x) => x,
         Err(r) => return r,
     };
@@ -264,17 +283,17 @@ pub(crate) async fn delete(
         Ok(ns) => ns,
         Err(r) => return r,
     };
-    match with_store(&app, store, move |m| m.delete(&ns, &delete.ids)).await {
+    match with_store(&*app, store, move |m| m.delete(&ns, &delete.ids)).await {
         Ok(n) => Json(json!({ "deleted": n })).into_response(),
         Err(r) => r,
     }
 }
 
-pub(crate) async fn search(
-    State(app): State<Arc<App>>,
+pub(crate) async fn search<A: Keeps>(
+    State(app): State<Arc<A>>,
     request: Result<Json<Object<Search>>, JsonRejection>,
 ) -> Response {
-    let (store, search) = match store_and(&app, request) {
+    let (store, search) = match store_and(&*app, request) {
         Ok(x) => x,
         Err(r) => return r,
     };
@@ -288,7 +307,7 @@ pub(crate) async fn search(
         _ => "vector",
     };
     let started = Instant::now();
-    let searched = App::blocking_under(&app.memory_calls, move || {
+    let searched = App::blocking_under(app.memory_calls(), move || {
         let hits = store.search(&ns, &search.query);
         (hits, store.cache_stats())
     })
@@ -307,11 +326,11 @@ pub(crate) async fn search(
     }
 }
 
-pub(crate) async fn rebuild(
-    State(app): State<Arc<App>>,
+pub(crate) async fn rebuild<A: Keeps>(
+    State(app): State<Arc<A>>,
     request: Result<Json<Object<Named>>, JsonRejection>,
 ) -> Response {
-    let (store, named) = match store_and(&app, request) {
+    let (store, named) = match store_and(&*app, request) {
         Ok(x) => x,
         Err(r) => return r,
     };
@@ -319,7 +338,7 @@ pub(crate) async fn rebuild(
         Ok(ns) => ns,
         Err(r) => return r,
     };
-    match with_store(&app, store, move |m| m.rebuild(&ns)).await {
+    match with_store(&*app, store, move |m| m.rebuild(&ns)).await {
         Ok(rebuilt) => Json(rebuilt).into_response(),
         Err(r) => r,
     }

@@ -922,6 +922,22 @@ fn check_memory(
         (Some(db), None) if db.value.trim().is_empty() => {
             problems.push(Problem::at(db, "memory: an empty `db` path", "empty"));
         }
+        (Some(db), None) if colony_cluster::journal::in_nats(&db.value) => {
+            match colony_cluster::memory::MemoryOptions::parse(&db.value, "memory: db") {
+                Ok(options) => settings.nats = Some(options),
+                Err(e) => problems.push(Problem::at(db, e.to_string(), "bad location")),
+            }
+            if let Some(n) = file.shards.as_ref().filter(|n| n.value != 1) {
+                problems.push(Problem::at(
+                    n,
+                    format!(
+                        "memory: a memory in NATS is one stream, replicated by its servers: it is not spread over {} stores",
+                        n.value
+                    ),
+                    "one stream",
+                ));
+            }
+        }
         (Some(db), None) => {
             settings.place = Some(colony_memory::Place::File(base.join(&db.value)));
         }

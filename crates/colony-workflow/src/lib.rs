@@ -75,6 +75,8 @@ pub struct Workflow {
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct MemorySettings {
     pub place: Option<colony_memory::Place>,
+    /// A memory in NATS instead (`db: nats://HOST:PORT/NAME`): one every scheduler reaches.
+    pub nats: Option<colony_cluster::memory::MemoryOptions>,
     pub shards: usize,
     pub embedder: Option<EmbedderSettings>,
 }

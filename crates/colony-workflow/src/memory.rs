@@ -1,5 +1,6 @@
 //! A workflow's memory: `<output>/memory.db` unless its `memory:` section says otherwise (a
-//! file, a ChromaDB server, spread over several stores), namespace `workflow/<name>`, shared
+//! file, a ChromaDB server, spread over several stores, or one in NATS), namespace
+//! `workflow/<name>`, shared
 //! by every run of the workflow. A task with `remember: true` stores its output there once
 //! it succeeded (its id the task's, embedded lexically or by the section's endpoint); a task
 //! with `recall:` searches it before it runs (its query's words and nearness, fused) and
@@ -75,7 +76,14 @@ pub(crate) async fn open(
             std::fs::create_dir_all(parent)
                 .map_err(|e| Error::Setting(format!("{}: {e}", parent.display())))?;
         }
-        Ok::<_, Error>((colony_memory::open(&opening)?, embedder))
+        let store: Box<dyn colony_memory::Memory> = match &settings.nats {
+            Some(nats) => Box::new(
+                colony_cluster::memory::NatsMemory::open(nats, true, true, "memory: db")
+                    .map_err(|e| Error::Setting(e.to_string()))?,
+            ),
+            None => colony_memory::open(&opening)?,
+        };
+        Ok::<_, Error>((store, embedder))
     })
     .await
     .map_err(|e| fail(e.to_string()))?

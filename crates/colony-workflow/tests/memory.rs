@@ -115,3 +115,47 @@ fn a_bad_memory_section_is_reported_at_its_line_and_column() {
     assert_eq!(p.len(), 1, "{p:#?}");
     assert!(p[0].contains("disk"), "{p:#?}");
 }
+
+/// A memory in NATS (`memory: { db: nats://HOST:PORT/NAME }`) is one every scheduler
+/// reaches: a run whose output folder is elsewhere (another machine's, as a run taken over
+/// there) recalls what the first run remembered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runs_in_different_folders_share_a_memory_in_nats() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = colony_cluster::testing::NatsServer::single(&dir.path().join("nats")).unwrap();
+    let section = format!("memory:\n  db: {}/notes?replicas=1\n", server.url());
+    let first = FILE.replacen("agents:", &format!("{section}agents:"), 1);
+    let report = run(&first, &dir.path().join("one")).await;
+    let used = output(&report, "use");
+    assert_eq!(used["input"]["recall"][0]["id"], "note", "{used:#}");
+    assert!(!dir.path().join("one/memory.db").exists());
+    let second = format!(
+        "name: remembers\n{section}agents:\n  - {{name: sim, kind: sim}}\ntasks:\n  - id: again\n    agent: sim\n    recall: {{ query: \"crashed\" }}\n"
+    );
+    let report = run(&second, &dir.path().join("two")).await;
+    let again = output(&report, "again");
+    assert_eq!(again["input"]["recall"][0]["id"], "note", "{again:#}");
+    assert_eq!(
+        again["input"]["recall"][0]["text"],
+        "the supervisor restarts crashed agents"
+    );
+}
+
+#[test]
+fn a_memory_in_nats_is_checked_at_its_line_and_column() {
+    const REST: &str =
+        "agents:\n  - {name: sim, kind: sim}\ntasks:\n  - {id: t, agent: sim, remember: true}\n";
+    let p = problems(&format!(
+        "name: w\nmemory:\n  db: nats://127.0.0.1:4222/a.b\n  shards: 2\n{REST}"
+    ));
+    assert_eq!(p.len(), 2, "{p:#?}");
+    assert!(
+        p[0].starts_with("w.yaml:3:7: memory: db `nats://127.0.0.1:4222/a.b`")
+            && p[0].contains("memory name `a.b`"),
+        "{p:#?}"
+    );
+    assert_eq!(
+        p[1],
+        "w.yaml:4:11: memory: a memory in NATS is one stream, replicated by its servers: it is not spread over 2 stores"
+    );
+}

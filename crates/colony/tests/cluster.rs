@@ -748,6 +748,11 @@ struct ServeProc {
 
 impl ServeProc {
     fn start(dir: &Path, url: &str, name: &str) -> ServeProc {
+        Self::start_with(dir, url, name, &[])
+    }
+
+    /// [`ServeProc::start`] with `extra` flags.
+    fn start_with(dir: &Path, url: &str, name: &str, extra: &[&str]) -> ServeProc {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -758,6 +763,7 @@ impl ServeProc {
             .args(["serve", "--nats", url, "--replicas", "1", "--name", name])
             .args(["--addr", &format!("127.0.0.1:{port}")])
             .args(["--scaling-period", "200ms", "--scaling-lease", "2s"])
+            .args(extra)
             .env_remove("COLONY_NATS")
             .env_remove("COLONY_CONFIG")
             .current_dir(dir)
@@ -1489,6 +1495,85 @@ fn serve_over_the_cluster_takes_tasks_and_one_server_leads_the_scaling() {
     assert!(body.contains("bad-body"), "{body}");
     a.stop();
     drop(serves);
+}
+
+/// Two `colony serve --nats` given one memory in NATS serve it as one: a document posted to
+/// one is read, found and deleted through the other at once, and `colony memory` on the
+/// same location sees what they stored and stores what they see. A memory file is refused
+/// with --nats, and nothing is made.
+#[test]
+fn servers_of_the_cluster_share_one_memory_in_nats() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = NatsServer::single(dir.path()).unwrap();
+    let url = server.url();
+    let memory = format!("{url}/shared?replicas=1");
+    let serves = [
+        ServeProc::start_with(dir.path(), &url, "m1", &["--memory", &memory]),
+        ServeProc::start_with(dir.path(), &url, "m2", &["--memory", &memory]),
+    ];
+    let doc = r#"{"namespace": "team/a", "documents": [{"id": "d1", "text": "the migration failed at step three"}]}"#;
+    let (code, body) = send(serves[0].port, "POST", "/v1/memory/documents", &[], doc);
+    assert_eq!((code, body.as_str()), (200, r#"{"stored":1}"#));
+    let (code, body) = fetch(
+        serves[1].port,
+        "/v1/memory/documents?namespace=team/a&id=d1",
+    );
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("step three"), "{body}");
+    let search = r#"{"namespace": "team/a", "query": {"text": "migration", "k": 3}}"#;
+    let (code, body) = send(serves[1].port, "POST", "/v1/memory/search", &[], search);
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains(r#""id":"d1""#), "{body}");
+    let colony = |args: &[&str]| {
+        let out = Command::new(COLONY)
+            .args(["memory"])
+            .args(args)
+            .args(["--db", &memory, "-n", "team/a"])
+            .env_remove("COLONY_CONFIG")
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "colony memory {args:?}: {text}");
+        text
+    };
+    assert!(colony(&["search", "--text", "migration"]).contains("d1"));
+    colony(&["put", "d2", "the cache was warmed before the release"]);
+    let (code, body) = fetch(serves[0].port, "/v1/memory");
+    assert_eq!(code, 200, "{body}");
+    let listed: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(listed["namespaces"][0]["name"], "team/a", "{body}");
+    assert_eq!(listed["namespaces"][0]["documents"], 2, "{body}");
+    let delete = r#"{"namespace": "team/a", "ids": ["d1", "d9"]}"#;
+    let (code, body) = send(serves[1].port, "POST", "/v1/memory/delete", &[], delete);
+    assert_eq!((code, body.as_str()), (200, r#"{"deleted":1}"#));
+    let (code, _) = fetch(
+        serves[0].port,
+        "/v1/memory/documents?namespace=team/a&id=d1",
+    );
+    assert_eq!(code, 404);
+    assert!(!colony(&["search", "--text", "migration"]).contains("d1"));
+
+    // A memory file would be one machine's: refused with --nats before anything starts.
+    let out = Command::new(COLONY)
+        .args(["serve", "--nats", &url, "--memory", "m.db"])
+        .current_dir(dir.path())
+        .env_remove("COLONY_NATS")
+        .env_remove("COLONY_CONFIG")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("this machine's"), "{err}");
+    assert!(!dir.path().join("m.db").exists());
+    // A memory in NATS is one stream, never spread.
+    let out = Command::new(COLONY)
+        .args(["memory", "stats", "--db", &memory, "--shards", "2"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("not spread over 2"), "{err}");
 }
 
 /// `colony serve --nats` runs no runtime: a runtime's settings, given as flags or read from

@@ -312,13 +312,17 @@ pub(crate) fn serve(
     config: colony_server::Config,
 ) -> Result<(), Failure> {
     let server = &resolved.server;
-    // A runtime's settings from the file or the environment have nothing to apply to.
+    // A runtime's settings from the file or the environment have nothing to apply to; a
+    // memory file would be this machine's, not the cluster's.
     let local = [
         ("db", server.db.is_some()),
         ("runs", server.runs.is_some()),
         (
             "memory",
-            server.memory.is_some() || server.memory_chroma.is_some(),
+            server
+                .memory
+                .as_deref()
+                .is_some_and(|m| super::in_nats(m).is_none()),
         ),
         ("backup-to", server.backup_to.is_some()),
         ("webhook", server.webhook.is_some()),
@@ -328,9 +332,25 @@ pub(crate) fn serve(
             .sources
             .get(&format!("server.{name}"))
             .map_or_else(|| name.to_string(), |s| s.to_string());
+        let why = if *name == "memory" {
+            "a memory file is this machine's, not every replica's: with --nats give one in NATS (nats://HOST:PORT/NAME) or on Chroma (--memory-chroma), or remove it"
+        } else {
+            "with --nats the nodes run the tasks: remove it"
+        };
         return Err(Failure::input(anyhow::anyhow!(
-            "{source}: `{name}` is a setting of a server with a runtime of its own; with --nats the nodes run the tasks: remove it"
+            "{source}: `{name}` is a setting of a server with a runtime of its own; {why}"
         )));
+    }
+    let mut config = config;
+    if server.memory.is_some() || server.memory_chroma.is_some() {
+        config.memory = Some(std::sync::Arc::from(crate::commands::memory::open_memory(
+            server.memory.as_deref(),
+            server.memory_chroma.as_deref(),
+            usize::try_from(server.memory_shards).unwrap_or(1),
+            true,
+            true,
+            ("--memory", "--memory-chroma"),
+        )?));
     }
     let settings = args.nats.settings(None)?;
     let name = args.name.clone().unwrap_or_else(default_name);

@@ -172,7 +172,8 @@ pub(crate) struct SearchArgs {
 #[derive(Debug, clap::Args)]
 pub(crate) struct StoreArgs {
     /// The memory's SQLite file (`put` creates it). With --shards N, the files PATH.1-of-N
-    /// to PATH.N-of-N.
+    /// to PATH.N-of-N. Or a memory in NATS JetStream, shared by every process that opens it:
+    /// nats://HOST:PORT/NAME (several servers comma-separated; ?replicas=1 for a single one).
     #[arg(
         long,
         value_name = "PATH",
@@ -258,6 +259,10 @@ pub(crate) fn open_memory(
             Place::Chroma(ChromaOptions::from_url(url).map_err(|e| named(names.1, e))?),
             names.1,
         ),
+        (None, Some(db)) if super::in_nats(db).is_some() => {
+            let location = super::in_nats(db).unwrap_or_default();
+            return open_in_nats(location, n, create, approximate, names.0);
+        }
         (None, Some(db)) => (Place::File(db.to_owned()), names.0),
         (None, None) => {
             return Err(Failure::input(anyhow::anyhow!(
@@ -272,6 +277,30 @@ pub(crate) fn open_memory(
         approximate,
     })
     .map_err(|e| named(flag, e))
+}
+
+/// The memory in NATS at `location` (`nats://HOST:PORT/NAME`), named by `flag`: one stream,
+/// never spread over several.
+fn open_in_nats(
+    location: &str,
+    n: usize,
+    create: bool,
+    approximate: bool,
+    flag: &str,
+) -> Result<Box<dyn Memory>, Failure> {
+    if n != 1 {
+        return Err(Failure::input(anyhow::anyhow!(
+            "{flag}: a memory in NATS is one stream, replicated by its servers: it is not spread over {n} stores"
+        )));
+    }
+    let refused = |e: colony_cluster::Error| match e {
+        colony_cluster::Error::Settings(_) => Failure::input(e),
+        e => Failure::work(anyhow::Error::new(e).context(flag.to_owned())),
+    };
+    let options = colony_cluster::memory::MemoryOptions::parse(location, flag).map_err(refused)?;
+    let memory = colony_cluster::memory::NatsMemory::open(&options, create, approximate, flag)
+        .map_err(refused)?;
+    Ok(Box::new(memory))
 }
 
 /// A memory's error, said of the flag that named it.

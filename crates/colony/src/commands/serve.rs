@@ -54,7 +54,9 @@ pub(crate) struct Args {
     #[arg(long, value_name = "DIR")]
     runs: Option<PathBuf>,
     /// Serve the agents' shared memory in this SQLite file under /v1/memory (created if
-    /// absent; a file that is not a memory is refused). Off without it and --memory-chroma.
+    /// absent; a file that is not a memory is refused), or in NATS JetStream:
+    /// nats://HOST:PORT/NAME, shared by every process that opens it (with --nats, a memory
+    /// must be in NATS or on Chroma). Off without it and --memory-chroma.
     #[arg(long, value_name = "PATH", conflicts_with = "memory_chroma")]
     memory: Option<PathBuf>,
     /// Serve the memory on this ChromaDB server instead: http://HOST:PORT, with
@@ -102,9 +104,8 @@ pub(crate) struct Args {
     /// several comma-separated. Its nodes (`colony node`) run the tasks; this server takes
     /// tasks, shows the cluster, and stands for election as the scaling leader.
     #[arg(long, value_name = "URL",
-          conflicts_with_all = ["agents", "pools", "db", "runs", "memory", "memory_chroma",
-                                "memory_shards", "backup_to", "backup_every", "webhook",
-                                "webhook_secret_env"])]
+          conflicts_with_all = ["agents", "pools", "db", "runs", "backup_to", "backup_every",
+                                "webhook", "webhook_secret_env"])]
     nats: Option<String>,
     /// With --nats: copies JetStream keeps of the cluster's tasks if this server makes them
     /// first (3 or 5; 1 for one development server); a cluster already made keeps its own.

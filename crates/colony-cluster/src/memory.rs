@@ -1,0 +1,721 @@
+//! A [`Memory`] kept in a JetStream stream: the agents' shared memory on the NATS servers
+//! (R3 in production), one memory for every process of a cluster that opens it: control-plane
+//! replicas, the schedulers of workflow runs (a run taken over on another machine finds what
+//! the first remembered), `colony memory` on any machine.
+//!
+//! Each memory is one stream, `COLONY_MEMORY_<name>` (file storage, kept until deleted),
+//! whose messages are its writes in order: a `put` of a batch, or a `delete`. Every process
+//! that opens it keeps a copy (a [`SqliteMemory`] in memory, its mirror) that a thread of its
+//! own brings up to date from the stream, write by write, in the stream's order; so every
+//! copy takes the same writes in the same order and holds the same documents.
+//!
+//! - **A write** is published, then waited for in this process's copy: what applying it
+//!   said (stored; refused because the namespace holds another dimension or another
+//!   embedder's embeddings) is the call's answer, and every other copy says the same of it.
+//!   A write was checked before it was sent (its size, each document), so what a copy
+//!   refuses is only what the memory held by then. It is durable once the stream
+//!   acknowledged it (on R3, a majority of the servers wrote it). A batch larger than a
+//!   message goes in consecutive parts, each after the one before it or not at all (another
+//!   writer's message between two parts makes it start again), and a copy applies a
+//!   batch only once its last part came: a batch is stored whole or not at all.
+//! - **A read** (`get`, `search`, `stats`, `namespaces`) first asks the stream for its last
+//!   message, and is answered by the copy once it applied that far: it sees every write
+//!   acknowledged before it began, wherever that write was made.
+//!
+//! Opening replays the stream, and the copy holds the whole memory: both grow with what
+//! it holds, and the stream keeps every write ever made (a document replaced or deleted is
+//! still in it) until deleted.
+
+use crate::{
+    Error,
+    client::shown,
+    journal::{HEADROOM, MAX_PARTS, MIN_PART, PART_HEADER, Replay},
+};
+use async_nats::jetstream::{self, consumer::DeliverPolicy, context::PublishErrorKind, stream};
+use bytes::Bytes;
+use colony_memory::{
+    CacheStats, Document, Hit, Memory, Namespace, Query, Rebuilt, SqliteMemory, Stats, TextStats,
+};
+use futures::StreamExt;
+use serde::{Deserialize, Serialize};
+use std::{
+    collections::{HashMap, HashSet},
+    sync::{
+        Arc, Condvar, Mutex, MutexGuard,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+/// How long a call waits for this process's copy to reach the write or the read it makes.
+const CATCH_UP: Duration = Duration::from_secs(30);
+/// How long one message is tried again while NATS cannot take it (a leader election, a
+/// server restarting), with the same dedupe id.
+const RETRY_FOR: Duration = Duration::from_secs(60);
+/// Times a batch of several parts starts again when another writer's message came between
+/// two of its parts.
+const INTERLEAVED: u32 = 20;
+/// How long the copy's watch waits before it is made again after it broke.
+const REWATCH: Duration = Duration::from_millis(500);
+
+/// Where a memory in NATS is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MemoryOptions {
+    /// NATS servers, comma-separated.
+    pub url: String,
+    /// The memory's name: its stream is `COLONY_MEMORY_<name>`.
+    pub name: String,
+    /// Copies the servers keep: 3 or 5; 1 for a single development server. A memory made
+    /// before keeps its own.
+    pub replicas: usize,
+}
+
+impl MemoryOptions {
+    /// Reads `nats://HOST:PORT[,nats://HOST:PORT...]/NAME[?replicas=N]` (or `tls://`), as
+    /// `flag` gave it. Replicas default to 3.
+    pub fn parse(location: &str, flag: &str) -> Result<Self, Error> {
+        let (url, name, replicas) = crate::journal::parse_location(location, flag, "memory")?;
+        Ok(MemoryOptions {
+            url,
+            name,
+            replicas,
+        })
+    }
+
+    fn stream(&self) -> String {
+        format!("COLONY_MEMORY_{}", self.name)
+    }
+
+    fn subject(&self) -> String {
+        format!("colony.memory.{}", self.name)
+    }
+}
+
+/// One write, as a message's frame holds it.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+enum Write {
+    Put {
+        /// The write's id: its writer's, then a count.
+        op: String,
+        namespace: Namespace,
+        documents: Vec<Document>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        embedder: Option<String>,
+    },
+    Delete {
+        op: String,
+        namespace: Namespace,
+        ids: Vec<String>,
+    },
+}
+
+impl Write {
+    fn op(&self) -> &str {
+        match self {
+            Write::Put { op, .. } | Write::Delete { op, .. } => op,
+        }
+    }
+
+    /// Applies the write to `copy`: documents stored, or deleted.
+    fn apply(self, copy: &SqliteMemory) -> Result<u64, colony_memory::Error> {
+        match self {
+            Write::Put {
+                namespace,
+                documents,
+                embedder,
+                ..
+            } => {
+                let n = documents.len() as u64;
+                match embedder {
+                    Some(embedder) => copy.put_embedded(&namespace, documents, &embedder),
+                    None => copy.put(&namespace, documents),
+                }
+                .map(|()| n)
+            }
+            Write::Delete { namespace, ids, .. } => copy.delete(&namespace, &ids),
+        }
+    }
+}
+
+/// How far this process's copy is, and the answers of the writes this process waits for.
+#[derive(Default)]
+struct Followed {
+    /// The stream's sequence of the last message applied.
+    applied: u64,
+    /// Writes of this process a call waits for, by id.
+    awaited: HashSet<String>,
+    /// Their answers, once applied.
+    answers: HashMap<String, Result<u64, colony_memory::Error>>,
+    /// Why the watch of the stream is broken, while it is.
+    trouble: Option<String>,
+}
+
+/// What the calls and the thread that keeps the copy share.
+struct Inner {
+    copy: SqliteMemory,
+    followed: Mutex<Followed>,
+    moved: Condvar,
+    js: jetstream::Context,
+    stream: stream::Stream,
+    subject: String,
+    /// Each write's id starts with it.
+    writer: String,
+    writes: AtomicU64,
+    /// Most bytes of one message's body.
+    part: usize,
+    /// `the memory NAME`, for errors.
+    shown: String,
+}
+
+fn lock(mutex: &Mutex<Followed>) -> MutexGuard<'_, Followed> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// A memory in a JetStream stream. See the module's documentation.
+pub struct NatsMemory {
+    inner: Arc<Inner>,
+    /// Runs the client; dropped without waiting (a memory may be dropped on an async thread).
+    runtime: Option<tokio::runtime::Runtime>,
+    /// Tells the thread keeping the copy to stop.
+    stop: tokio::sync::watch::Sender<bool>,
+}
+
+impl std::fmt::Debug for NatsMemory {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NatsMemory")
+            .field("stream", &self.inner.shown)
+            .finish_non_exhaustive()
+    }
+}
+
+impl NatsMemory {
+    /// Opens the memory `options` says (named by `flag` in errors): its stream is made when
+    /// `create` (else one that is not there is refused, as `Error::Settings`), replayed into
+    /// this process's copy, and followed from then on. The copy builds approximate indexes
+    /// of large namespaces when `approximate` (a process that makes one search and ends is
+    /// better without). Blocks: call it where a thread may.
+    pub fn open(
+        options: &MemoryOptions,
+        create: bool,
+        approximate: bool,
+        flag: &str,
+    ) -> Result<Self, Error> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("colony-memory-nats")
+            .enable_all()
+            .build()
+            .map_err(|e| Error::nats("the memory's client", e))?;
+        let (options, flag) = (options.clone(), flag.to_owned());
+        let inner = wait_for(runtime.handle(), async move {
+            connect(&options, create, approximate, &flag).await
+        })??;
+        let inner = Arc::new(inner);
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let follower = inner.clone();
+        let handle = runtime.handle().clone();
+        colony_agents::spawner::Spawner::spawn_thread("colony-memory-copy", move || {
+            handle.block_on(follow(follower, stopped));
+        })
+        .map_err(|e| Error::nats("the memory's copy", e))?;
+        let memory = NatsMemory {
+            inner,
+            runtime: Some(runtime),
+            stop,
+        };
+        // What the stream held when opened is in the copy before the first call.
+        memory.fresh().map_err(|e| Error::nats("opening it", e))?;
+        Ok(memory)
+    }
+
+    /// Waits until the copy applied everything the stream held when called.
+    fn fresh(&self) -> Result<(), colony_memory::Error> {
+        let stream = self.inner.stream.clone();
+        let last = self
+            .run(async move { stream.get_info().await.map_err(|e| e.to_string()) })?
+            .map_err(|e| self.store(format!("cannot read the stream's last message: {e}")))?
+            .state
+            .last_sequence;
+        self.caught_up(last)
+    }
+
+    /// Waits until the copy applied message `sequence`.
+    fn caught_up(&self, sequence: u64) -> Result<(), colony_memory::Error> {
+        let deadline = Instant::now() + CATCH_UP;
+        let mut followed = lock(&self.inner.followed);
+        while followed.applied < sequence {
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(self.store(format!(
+                    "this process's copy applied message {} of {sequence} in {} s{}",
+                    followed.applied,
+                    CATCH_UP.as_secs(),
+                    followed
+                        .trouble
+                        .as_ref()
+                        .map(|t| format!(" ({t})"))
+                        .unwrap_or_default()
+                )));
+            }
+            followed = self
+                .inner
+                .moved
+                .wait_timeout(followed, deadline - now)
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .0;
+        }
+        Ok(())
+    }
+
+    fn store(&self, why: String) -> colony_memory::Error {
+        colony_memory::Error::Store(format!("{}: {why}", self.inner.shown))
+    }
+
+    /// Runs `work` on the client's runtime and waits for it here.
+    fn run<T: Send + 'static>(
+        &self,
+        work: impl std::future::Future<Output = T> + Send + 'static,
+    ) -> Result<T, colony_memory::Error> {
+        let runtime = self
+            .runtime
+            .as_ref()
+            .ok_or_else(|| self.store("closed".into()))?;
+        wait_for(runtime.handle(), work).map_err(|e| self.store(e.to_string()))
+    }
+
+    /// Sends `write` and waits until this process's copy applied it: what applying it said.
+    fn write(&self, write: Write) -> Result<u64, colony_memory::Error> {
+        let op = write.op().to_owned();
+        let frame = Bytes::from(
+            serde_json::to_vec(&write).map_err(|e| self.store(format!("encoding a write: {e}")))?,
+        );
+        let most = MAX_PARTS * self.inner.part;
+        if frame.len() > most {
+            return Err(colony_memory::Error::Query(format!(
+                "a write of {} bytes (as sent): a memory in NATS takes up to {most} in one (its servers' max_payload, {MAX_PARTS} times); store the batch in smaller ones",
+                frame.len()
+            )));
+        }
+        let awaited = Awaited::new(&self.inner, op.clone());
+        let (inner, sent) = (self.inner.clone(), op.clone());
+        let sequence = self
+            .run(async move { publish_frame(&inner, frame, &sent).await })?
+            .map_err(|e| self.store(e))?;
+        self.caught_up(sequence)?;
+        let answer = lock(&self.inner.followed).answers.remove(&awaited.op);
+        drop(awaited);
+        answer.unwrap_or_else(|| {
+            Err(self.store(format!(
+                "write {op} was acknowledged but is not in the stream as a whole: try again"
+            )))
+        })
+    }
+
+    fn next_op(&self) -> String {
+        let n = self.inner.writes.fetch_add(1, Ordering::Relaxed) + 1;
+        format!("{}-{n}", self.inner.writer)
+    }
+}
+
+impl Drop for NatsMemory {
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+/// A write this process waits for: its answer is kept for it until dropped.
+struct Awaited {
+    inner: Arc<Inner>,
+    op: String,
+}
+
+impl Awaited {
+    fn new(inner: &Arc<Inner>, op: String) -> Self {
+        lock(&inner.followed).awaited.insert(op.clone());
+        Awaited {
+            inner: inner.clone(),
+            op,
+        }
+    }
+}
+
+impl Drop for Awaited {
+    fn drop(&mut self) {
+        let mut followed = lock(&self.inner.followed);
+        followed.awaited.remove(&self.op);
+        followed.answers.remove(&self.op);
+    }
+}
+
+/// Runs `work` on `runtime` and waits for it on this thread, which may be any (a blocking
+/// call made from an async thread would only block it, not panic as `block_on` would).
+fn wait_for<T: Send + 'static>(
+    runtime: &tokio::runtime::Handle,
+    work: impl std::future::Future<Output = T> + Send + 'static,
+) -> Result<T, Error> {
+    let (tx, rx) = std::sync::mpsc::sync_channel(1);
+    drop(runtime.spawn(async move {
+        let _ = tx.send(work.await);
+    }));
+    rx.recv()
+        .map_err(|_| Error::nats("the memory's client", "it stopped"))
+}
+
+/// Connects, and makes the stream when `create` (else finds it).
+async fn connect(
+    options: &MemoryOptions,
+    create: bool,
+    approximate: bool,
+    flag: &str,
+) -> Result<Inner, Error> {
+    let (client, js) = crate::client::connect(&options.url, flag).await?;
+    let part = client
+        .server_info()
+        .max_payload
+        .saturating_sub(HEADROOM)
+        .max(MIN_PART);
+    let url = shown(&options.url);
+    let shown = format!("the memory {} at {url}", options.name);
+    let stream = if create {
+        let config = stream::Config {
+            name: options.stream(),
+            description: Some(format!("colony: the memory {}", options.name)),
+            subjects: vec![options.subject()],
+            retention: stream::RetentionPolicy::Limits,
+            storage: stream::StorageType::File,
+            num_replicas: options.replicas,
+            duplicate_window: Duration::from_secs(120),
+            discard: stream::DiscardPolicy::New,
+            ..Default::default()
+        };
+        js.get_or_create_stream(config).await.map_err(|e| {
+            let hint = if options.replicas > 1 {
+                " (fewer servers than replicas? give ?replicas=1 for a single server)"
+            } else {
+                ""
+            };
+            Error::nats(&shown, format!("{e}{hint}"))
+        })?
+    } else {
+        js.get_stream(options.stream())
+            .await
+            .map_err(|e| match e.kind() {
+                jetstream::context::GetStreamErrorKind::JetStream(j)
+                    if j.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND =>
+                {
+                    Error::Settings(format!(
+                        "{flag}: no memory {} at {} (no stream {})",
+                        options.name,
+                        url,
+                        options.stream()
+                    ))
+                }
+                _ => Error::nats(&shown, e),
+            })?
+    };
+    let copy = SqliteMemory::in_memory().map_err(|e| Error::nats(&shown, e))?;
+    let copy = if approximate {
+        copy
+    } else {
+        copy.with_approximate(None)
+    };
+    Ok(Inner {
+        copy,
+        followed: Mutex::new(Followed::default()),
+        moved: Condvar::new(),
+        js,
+        stream,
+        subject: options.subject(),
+        writer: crate::client::random_id(),
+        writes: AtomicU64::new(0),
+        part,
+        shown,
+    })
+}
+
+/// Publishes `frame` in as many consecutive messages as it takes; the sequence of the last.
+async fn publish_frame(inner: &Inner, frame: Bytes, op: &str) -> Result<u64, String> {
+    let parts = frame.len().div_ceil(inner.part).max(1);
+    'attempts: for attempt in 0..INTERLEAVED {
+        let mut last = None;
+        for i in 0..parts {
+            let body = frame.slice(i * inner.part..((i + 1) * inner.part).min(frame.len()));
+            let id = format!("{op}-{attempt}-{}", i + 1);
+            match publish(inner, body, &id, &format!("{}/{parts}", i + 1), last).await? {
+                Some(sequence) => last = Some(sequence),
+                None => {
+                    // Another writer's message came between two parts: the copies drop
+                    // what came of this frame, and it starts again.
+                    tokio::time::sleep(Duration::from_millis(10 * u64::from(attempt + 1))).await;
+                    continue 'attempts;
+                }
+            }
+        }
+        return last.ok_or_else(|| "a write of no message".to_owned());
+    }
+    Err(format!(
+        "other writers' messages came between the parts of this write {INTERLEAVED} times: the memory is written too busily for a write this large; try again, or in smaller batches"
+    ))
+}
+
+/// Publishes one message, tried again with the same dedupe id while NATS cannot take it;
+/// after `after` when given. Its sequence, or `None` when another message came after `after`.
+async fn publish(
+    inner: &Inner,
+    body: Bytes,
+    id: &str,
+    part: &str,
+    after: Option<u64>,
+) -> Result<Option<u64>, String> {
+    let deadline = Instant::now() + RETRY_FOR;
+    loop {
+        let mut message = jetstream::message::PublishMessage::build()
+            .payload(body.clone())
+            .message_id(id)
+            .header(PART_HEADER, part);
+        if let Some(last) = after {
+            message = message.expected_last_sequence(last);
+        }
+        let sent = match inner.js.send_publish(inner.subject.clone(), message).await {
+            Ok(ack) => ack.await,
+            Err(e) => Err(e),
+        };
+        let error = match sent {
+            Ok(ack) => return Ok(Some(ack.sequence)),
+            Err(e) => e,
+        };
+        match (error.kind(), after) {
+            (PublishErrorKind::WrongLastSequence, Some(last)) => {
+                // An earlier try of this message landed with its answer lost, or another
+                // writer's came first: the message after `last` says which.
+                return match inner.stream.get_raw_message(last + 1).await {
+                    Ok(next)
+                        if next
+                            .headers
+                            .get(async_nats::header::NATS_MESSAGE_ID)
+                            .is_some_and(|v| v.as_str() == id) =>
+                    {
+                        Ok(Some(next.sequence))
+                    }
+                    _ => Ok(None),
+                };
+            }
+            (PublishErrorKind::MaxPayloadExceeded, _) => return Err(error.to_string()),
+            _ => {}
+        }
+        if Instant::now() >= deadline {
+            return Err(format!(
+                "NATS did not take a write for {} s: {error}",
+                RETRY_FOR.as_secs()
+            ));
+        }
+        tracing::warn!(memory = inner.shown, %error, "A memory write failed; trying again.");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Keeps the copy: applies the stream's messages in order, from the first, until told to
+/// stop; a watch that breaks is made again after the last message applied.
+async fn follow(inner: Arc<Inner>, mut stop: tokio::sync::watch::Receiver<bool>) {
+    let client = inner.js.client();
+    let mut frames = Replay::default();
+    loop {
+        let from = DeliverPolicy::ByStartSequence {
+            start_sequence: lock(&inner.followed).applied + 1,
+        };
+        let watched = async {
+            let consumer = crate::watch::ordered(
+                &inner.stream,
+                &client,
+                "colony: a memory's copy",
+                std::slice::from_ref(&inner.subject),
+                from,
+            )
+            .await?;
+            crate::watch::messages(consumer).await
+        };
+        let trouble = match watched.await {
+            Ok((_, mut messages)) => loop {
+                let next = tokio::select! {
+                    biased;
+                    _ = stop.changed() => return,
+                    next = messages.next() => next,
+                };
+                match next {
+                    Some(Ok((sequence, message))) => {
+                        apply(&inner, &mut frames, sequence, &message);
+                    }
+                    Some(Err(e)) => break e,
+                    None => break "the watch ended".to_owned(),
+                }
+            },
+            Err(e) => e,
+        };
+        tracing::warn!(
+            memory = inner.shown,
+            trouble,
+            "The memory's copy lost its watch of the stream; making it again."
+        );
+        lock(&inner.followed).trouble = Some(trouble);
+        tokio::select! {
+            biased;
+            _ = stop.changed() => return,
+            () = tokio::time::sleep(REWATCH) => {}
+        }
+    }
+}
+
+/// Applies one message to the copy (a frame once its last part came), and says so.
+fn apply(
+    inner: &Inner,
+    frames: &mut Replay,
+    sequence: u64,
+    message: &async_nats::jetstream::Message,
+) {
+    let part = message
+        .headers
+        .as_ref()
+        .and_then(|h| h.get(PART_HEADER))
+        .map(|v| v.as_str().to_owned());
+    let written = match frames.part(part.as_deref(), message.payload.clone()) {
+        Ok(frame) => frame.map(|f| serde_json::from_slice::<Write>(&f).map_err(|e| e.to_string())),
+        Err(e) => Some(Err(e)),
+    };
+    let answered = match written {
+        None => None,
+        Some(Ok(write)) => {
+            let op = write.op().to_owned();
+            Some((op, write.apply(&inner.copy)))
+        }
+        Some(Err(e)) => {
+            // Not a write of colony's: every copy passes over it alike.
+            tracing::warn!(
+                memory = inner.shown,
+                sequence,
+                error = e,
+                "A message of the memory's stream cannot be read as a write; passed over."
+            );
+            None
+        }
+    };
+    let mut followed = lock(&inner.followed);
+    if let Some((op, answer)) = answered
+        && followed.awaited.contains(&op)
+    {
+        followed.answers.insert(op, answer);
+    }
+    followed.applied = sequence;
+    followed.trouble = None;
+    drop(followed);
+    inner.moved.notify_all();
+}
+
+impl Memory for NatsMemory {
+    fn put(
+        &self,
+        namespace: &Namespace,
+        documents: Vec<Document>,
+    ) -> Result<(), colony_memory::Error> {
+        colony_memory::check_batch(&documents)?;
+        let op = self.next_op();
+        self.write(Write::Put {
+            op,
+            namespace: namespace.clone(),
+            documents,
+            embedder: None,
+        })
+        .map(|_| ())
+    }
+
+    fn put_embedded(
+        &self,
+        namespace: &Namespace,
+        documents: Vec<Document>,
+        embedder: &str,
+    ) -> Result<(), colony_memory::Error> {
+        colony_memory::check_embedder(embedder)?;
+        colony_memory::check_batch(&documents)?;
+        let op = self.next_op();
+        self.write(Write::Put {
+            op,
+            namespace: namespace.clone(),
+            documents,
+            embedder: Some(embedder.to_owned()),
+        })
+        .map(|_| ())
+    }
+
+    fn get(
+        &self,
+        namespace: &Namespace,
+        id: &str,
+    ) -> Result<Option<Document>, colony_memory::Error> {
+        self.fresh()?;
+        self.inner.copy.get(namespace, id)
+    }
+
+    fn delete(&self, namespace: &Namespace, ids: &[String]) -> Result<u64, colony_memory::Error> {
+        if ids.len() > colony_memory::MAX_BATCH {
+            return Err(colony_memory::Error::Query(format!(
+                "a delete of {} ids: allowed up to {}",
+                ids.len(),
+                colony_memory::MAX_BATCH
+            )));
+        }
+        let op = self.next_op();
+        self.write(Write::Delete {
+            op,
+            namespace: namespace.clone(),
+            ids: ids.to_vec(),
+        })
+    }
+
+    fn search_scored(
+        &self,
+        namespace: &Namespace,
+        query: &Query,
+        stats: Option<&TextStats>,
+    ) -> Result<Vec<Hit>, colony_memory::Error> {
+        self.fresh()?;
+        self.inner.copy.search_scored(namespace, query, stats)
+    }
+
+    fn text_stats(
+        &self,
+        namespace: &Namespace,
+        words: &[String],
+    ) -> Result<TextStats, colony_memory::Error> {
+        self.fresh()?;
+        self.inner.copy.text_stats(namespace, words)
+    }
+
+    fn stats(&self, namespace: &Namespace) -> Result<Stats, colony_memory::Error> {
+        self.fresh()?;
+        Memory::stats(&self.inner.copy, namespace)
+    }
+
+    fn namespaces(&self) -> Result<Vec<Namespace>, colony_memory::Error> {
+        self.fresh()?;
+        self.inner.copy.namespaces()
+    }
+
+    fn cache_stats(&self) -> CacheStats {
+        self.inner.copy.cache_stats()
+    }
+
+    fn indexed(&self, namespace: &Namespace) -> Option<usize> {
+        self.inner.copy.indexed(namespace)
+    }
+
+    /// Builds this process's copy's approximate index (each process keeps its own).
+    fn rebuild(&self, namespace: &Namespace) -> Result<Rebuilt, colony_memory::Error> {
+        self.fresh()?;
+        self.inner.copy.rebuild(namespace)
+    }
+}

@@ -1,0 +1,210 @@
+//! The memory in a JetStream stream against a real `nats-server` (one server, R1,
+//! `sync_interval: always`): it passes the conformance cases every memory passes; two
+//! processes' copies see each other's writes at once and agree on every write either
+//! refused; a batch larger than a message is stored whole while others write between its
+//! parts; a copy opened later replays to the same memory; a message that is not a write is
+//! passed over.
+
+use colony_cluster::{
+    memory::{MemoryOptions, NatsMemory},
+    testing::NatsServer,
+};
+use colony_memory::{Document, Error, Memory, Namespace, Query, testing};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+fn options(url: &str, name: &str) -> MemoryOptions {
+    MemoryOptions::parse(&format!("{url}/{name}?replicas=1"), "--memory").unwrap()
+}
+
+fn open(url: &str, name: &str) -> NatsMemory {
+    NatsMemory::open(&options(url, name), true, true, "--memory").expect("the memory opens")
+}
+
+fn server(extra: &str) -> (tempfile::TempDir, NatsServer) {
+    let dir = tempfile::tempdir().unwrap();
+    let server = NatsServer::single_with(dir.path(), extra).expect("nats-server starts");
+    (dir, server)
+}
+
+fn ns(name: &str) -> Namespace {
+    Namespace::parse(name).unwrap()
+}
+
+fn ids(hits: &[colony_memory::Hit]) -> Vec<String> {
+    hits.iter().map(|h| h.id.clone()).collect()
+}
+
+#[test]
+fn it_passes_the_conformance_cases() {
+    let (_dir, server) = server("");
+    let n = AtomicUsize::new(0);
+    testing::all(&|| {
+        let name = format!("conformance-{}", n.fetch_add(1, Ordering::Relaxed));
+        Box::new(open(&server.url(), &name))
+    });
+}
+
+#[test]
+fn two_processes_copies_see_each_others_writes_and_agree_on_what_was_refused() {
+    let (_dir, server) = server("");
+    let (a, b) = (open(&server.url(), "shared"), open(&server.url(), "shared"));
+    let notes = ns("team/notes");
+    a.put(
+        &notes,
+        vec![
+            Document::new("1", "the deploy failed on a missing migration"),
+            Document::new("2", "cache warmed before the release").with("kind", "ops"),
+        ],
+    )
+    .unwrap();
+    // Read at once from the other copy: a read waits for every write acknowledged before it.
+    assert_eq!(
+        b.get(&notes, "2").unwrap().unwrap().text,
+        "cache warmed before the release"
+    );
+    let q = Query {
+        text: Some("deploy migration".into()),
+        k: 5,
+        ..Query::default()
+    };
+    assert_eq!(ids(&b.search(&notes, &q).unwrap()), ["1"]);
+    assert_eq!(b.delete(&notes, &["1".into(), "9".into()]).unwrap(), 1);
+    assert!(a.get(&notes, "1").unwrap().is_none());
+    assert_eq!(a.stats(&notes).unwrap().documents, 1);
+
+    // Two writers race to give a new namespace its dimension: one wins, the other is
+    // refused, and both copies say the same of it.
+    let vectors = ns("team/vectors");
+    let (ra, rb) = std::thread::scope(|s| {
+        let ta = s.spawn(|| {
+            a.put(
+                &vectors,
+                vec![Document::new("x", "three").embedded(vec![1.0, 0.0, 0.0])],
+            )
+        });
+        let tb = s.spawn(|| {
+            b.put(
+                &vectors,
+                vec![Document::new("y", "two").embedded(vec![0.0, 1.0])],
+            )
+        });
+        (ta.join().unwrap(), tb.join().unwrap())
+    });
+    assert!(
+        ra.is_ok() != rb.is_ok(),
+        "exactly one write wins: {ra:?} {rb:?}"
+    );
+    let refused = ra.err().or(rb.err()).unwrap();
+    assert!(
+        matches!(refused, Error::Dimension { .. }),
+        "refused for its dimension: {refused}"
+    );
+    let (sa, sb) = (a.stats(&vectors).unwrap(), b.stats(&vectors).unwrap());
+    assert_eq!(sa, sb);
+    assert_eq!(sa.documents, 1);
+    assert_eq!(a.get(&vectors, "x").unwrap(), b.get(&vectors, "x").unwrap());
+    assert_eq!(a.namespaces().unwrap(), b.namespaces().unwrap());
+
+    // A namespace's embedder is one for every copy.
+    let made = ns("team/made");
+    a.put_embedded(
+        &made,
+        vec![Document::new("m", "m").embedded(vec![1.0, 0.0])],
+        "lexical",
+    )
+    .unwrap();
+    let mixed = b
+        .put_embedded(
+            &made,
+            vec![Document::new("n", "n").embedded(vec![0.0, 1.0])],
+            "http:other",
+        )
+        .unwrap_err();
+    assert!(matches!(mixed, Error::Mixed { .. }), "{mixed}");
+    assert!(a.get(&made, "n").unwrap().is_none());
+
+    // Bad input is refused before anything is sent: nothing reaches the stream.
+    let bad = a.put(&notes, vec![Document::new("", "no id")]).unwrap_err();
+    assert!(matches!(bad, Error::Document { index: 0, .. }), "{bad}");
+}
+
+#[test]
+fn a_batch_larger_than_a_message_is_stored_whole_while_others_write_and_replays_the_same() {
+    // Messages of at most 64 KiB: a batch of 1 MiB goes in about twenty parts.
+    let (_dir, server) = server("max_payload: 65536");
+    let url = server.url();
+    let (a, b) = (open(&url, "parts"), open(&url, "parts"));
+    let big = ns("big");
+    let small = ns("small");
+    let batch: Vec<Document> = (0..64)
+        .map(|i| Document::new(format!("d{i}"), format!("word{i} ").repeat(2000)))
+        .collect();
+    std::thread::scope(|s| {
+        let busy = s.spawn(|| {
+            for i in 0..200 {
+                b.put(&small, vec![Document::new(format!("s{i}"), "small")])
+                    .unwrap();
+            }
+        });
+        a.put(&big, batch.clone())
+            .expect("the large batch is stored");
+        busy.join().unwrap();
+    });
+    for copy in [&a, &b] {
+        assert_eq!(copy.stats(&big).unwrap().documents, 64);
+        assert_eq!(copy.stats(&small).unwrap().documents, 200);
+        assert_eq!(copy.get(&big, "d63").unwrap().unwrap(), batch[63]);
+    }
+    // A message that is not a write (sent by hand) is passed over by every copy.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let client = async_nats::connect(&url).await.unwrap();
+        let js = async_nats::jetstream::new(client);
+        // The large batch went in parts: more messages than the writes.
+        let stream = js.get_stream("COLONY_MEMORY_parts").await.unwrap();
+        let messages = stream.get_info().await.unwrap().state.messages;
+        assert!(messages >= 200 + 14, "{messages} messages");
+        js.publish("colony.memory.parts", "not a write".into())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    });
+    a.put(
+        &small,
+        vec![Document::new("after", "after the stray message")],
+    )
+    .unwrap();
+    assert!(b.get(&small, "after").unwrap().is_some());
+    // A copy opened now replays the stream to the same memory.
+    let c = open(&url, "parts");
+    for space in [&big, &small] {
+        assert_eq!(c.stats(space).unwrap(), a.stats(space).unwrap());
+    }
+    assert_eq!(c.get(&big, "d0").unwrap().unwrap(), batch[0]);
+}
+
+#[test]
+fn a_memory_not_made_is_refused_unless_made_and_a_bad_location_is_named() {
+    let (_dir, server) = server("");
+    let e = NatsMemory::open(&options(&server.url(), "absent"), false, false, "--db").unwrap_err();
+    assert!(e.to_string().contains("--db: no memory absent at"), "{e}");
+    for (location, says) in [
+        ("nats://127.0.0.1:4222", "no memory name"),
+        ("nats://127.0.0.1:4222/a.b", "memory name `a.b`"),
+        ("http://127.0.0.1:4222/a", "http:// is not a NATS server"),
+        (
+            "nats://127.0.0.1:4222/a?replicas=2",
+            "replicas must be 3 or 5",
+        ),
+    ] {
+        let e = MemoryOptions::parse(location, "--memory")
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("--memory `"), "{e}");
+        assert!(e.contains(says), "{location}: {e}");
+    }
+}
