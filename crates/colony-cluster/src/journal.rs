@@ -49,7 +49,7 @@ pub(crate) const HEADROOM: usize = 8 * 1024;
 pub(crate) const MIN_PART: usize = 16 * 1024;
 /// Most parts of one frame (most bytes of one write, with the servers' `max_payload`),
 /// bounding what a replay holds before it applies a frame.
-pub(crate) const MAX_PARTS: usize = 256;
+const MAX_PARTS: usize = 256;
 /// How long a write is retried while NATS cannot take it (a leader election, a server
 /// restarting) before the journal stops.
 const RETRY_FOR: Duration = Duration::from_secs(60);
@@ -84,7 +84,7 @@ const SNAPSHOT_ROWS: usize = 512;
 /// Reputations in one write of a snapshot.
 const SNAPSHOT_CHUNK: usize = 8192;
 /// The header naming a message's part of its frame: `1/1` for a frame in one message.
-pub(crate) const PART_HEADER: &str = "Colony-Part";
+const PART_HEADER: &str = "Colony-Part";
 
 /// Where a journal is and how it is kept.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -1681,7 +1681,7 @@ fn corrupt(journal: &str, sequence: u64, detail: &str) -> Error {
 
 /// The parts of a frame read so far.
 #[derive(Debug, Default)]
-pub(crate) struct Replay {
+struct Replay {
     parts: Vec<Bytes>,
     expected: usize,
 }
@@ -1690,11 +1690,7 @@ impl Replay {
     /// Takes the next message's body and its `Colony-Part` header (`i/n`); returns a frame
     /// once its last part came. A frame left incomplete (its writer died between two
     /// parts, or another process's claim came between them) is dropped.
-    pub(crate) fn part(
-        &mut self,
-        header: Option<&str>,
-        body: Bytes,
-    ) -> Result<Option<Bytes>, String> {
+    fn part(&mut self, header: Option<&str>, body: Bytes) -> Result<Option<Bytes>, String> {
         let (i, n) = header
             .and_then(|h| h.split_once('/'))
             .and_then(|(i, n)| Some((i.parse::<usize>().ok()?, n.parse::<usize>().ok()?)))

@@ -15,9 +15,12 @@
 //!   A write was checked before it was sent (its size, each document), so what a copy
 //!   refuses is only what the memory held by then. It is durable once the stream
 //!   acknowledged it (on R3, a majority of the servers wrote it). A batch larger than a
-//!   message goes in consecutive parts, each after the one before it or not at all (another
-//!   writer's message between two parts makes it start again), and a copy applies a
-//!   batch only once its last part came: a batch is stored whole or not at all.
+//!   message goes in parts, each naming its write; other writers' messages may come
+//!   between them, and a copy applies a batch only once its last part came, in the
+//!   stream's order of that last part: a batch is stored whole or not at all.
+//! - **A copy never drifts**: what it cannot apply as every copy would (a write it cannot
+//!   read, from a newer colony; a store that failed here alone; a panic) stops it, and every
+//!   later call is refused, saying so, until the process opens the memory again.
 //! - **A read** (`get`, `search`, `stats`, `namespaces`) first asks the stream for its last
 //!   message, and is answered by the copy once it applied that far: it sees every write
 //!   acknowledged before it began, wherever that write was made.
@@ -26,10 +29,12 @@
 //! it holds, and the stream keeps every write ever made (a document replaced or deleted is
 //! still in it) until deleted.
 
+mod wire;
+
 use crate::{
     Error,
     client::shown,
-    journal::{HEADROOM, MAX_PARTS, MIN_PART, PART_HEADER, Replay},
+    journal::{HEADROOM, MIN_PART},
 };
 use async_nats::jetstream::{self, consumer::DeliverPolicy, context::PublishErrorKind, stream};
 use bytes::Bytes;
@@ -37,7 +42,6 @@ use colony_memory::{
     CacheStats, Document, Hit, Memory, Namespace, Query, Rebuilt, SqliteMemory, Stats, TextStats,
 };
 use futures::StreamExt;
-use serde::{Deserialize, Serialize};
 use std::{
     collections::{HashMap, HashSet},
     sync::{
@@ -47,14 +51,12 @@ use std::{
     time::{Duration, Instant},
 };
 
-/// How long a call waits for this process's copy to reach the write or the read it makes.
+/// How long a call waits for this process's copy to reach the write or the read it makes
+/// while the copy applies nothing: a copy replaying a long stream takes as long as it takes.
 const CATCH_UP: Duration = Duration::from_secs(30);
 /// How long one message is tried again while NATS cannot take it (a leader election, a
 /// server restarting), with the same dedupe id.
 const RETRY_FOR: Duration = Duration::from_secs(60);
-/// Times a batch of several parts starts again when another writer's message came between
-/// two of its parts.
-const INTERLEAVED: u32 = 20;
 /// How long the copy's watch waits before it is made again after it broke.
 const REWATCH: Duration = Duration::from_millis(500);
 
@@ -91,41 +93,21 @@ impl MemoryOptions {
     }
 }
 
-/// One write, as a message's frame holds it.
-#[derive(Debug, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case", deny_unknown_fields)]
-enum Write {
-    Put {
-        /// The write's id: its writer's, then a count.
-        op: String,
-        namespace: Namespace,
-        documents: Vec<Document>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        embedder: Option<String>,
-    },
-    Delete {
-        op: String,
-        namespace: Namespace,
-        ids: Vec<String>,
-    },
-}
+use wire::{Carried, Frames, MAX_PARTS, PART_HEADER, WRITE_HEADER, Write};
 
 impl Write {
-    fn op(&self) -> &str {
-        match self {
-            Write::Put { op, .. } | Write::Delete { op, .. } => op,
-        }
-    }
-
     /// Applies the write to `copy`: documents stored, or deleted.
-    fn apply(self, copy: &SqliteMemory) -> Result<u64, colony_memory::Error> {
-        match self {
+    fn apply(self, copy: &SqliteMemory) -> Result<Result<u64, colony_memory::Error>, String> {
+        Ok(match self {
             Write::Put {
                 namespace,
                 documents,
                 embedder,
-                ..
             } => {
+                let documents = documents
+                    .into_iter()
+                    .map(Carried::document)
+                    .collect::<Result<Vec<_>, _>>()?;
                 let n = documents.len() as u64;
                 match embedder {
                     Some(embedder) => copy.put_embedded(&namespace, documents, &embedder),
@@ -133,8 +115,8 @@ impl Write {
                 }
                 .map(|()| n)
             }
-            Write::Delete { namespace, ids, .. } => copy.delete(&namespace, &ids),
-        }
+            Write::Delete { namespace, ids } => copy.delete(&namespace, &ids),
+        })
     }
 }
 
@@ -149,6 +131,8 @@ struct Followed {
     answers: HashMap<String, Result<u64, colony_memory::Error>>,
     /// Why the watch of the stream is broken, while it is.
     trouble: Option<String>,
+    /// Why the copy stopped for good, once it has.
+    stopped: Option<String>,
 }
 
 /// What the calls and the thread that keeps the copy share.
@@ -242,15 +226,26 @@ impl NatsMemory {
         self.caught_up(last)
     }
 
-    /// Waits until the copy applied message `sequence`.
+    /// Waits until the copy applied message `sequence`, for as long as it goes on applying
+    /// (it fails after [`CATCH_UP`] without one message applied).
     fn caught_up(&self, sequence: u64) -> Result<(), colony_memory::Error> {
-        let deadline = Instant::now() + CATCH_UP;
+        let mut deadline = Instant::now() + CATCH_UP;
         let mut followed = lock(&self.inner.followed);
+        let mut seen = followed.applied;
         while followed.applied < sequence {
+            if let Some(why) = &followed.stopped {
+                return Err(self.store(format!(
+                    "this process's copy stopped: {why}; open the memory again (restart the process) once that is mended"
+                )));
+            }
             let now = Instant::now();
+            if followed.applied > seen {
+                seen = followed.applied;
+                deadline = now + CATCH_UP;
+            }
             if now >= deadline {
                 return Err(self.store(format!(
-                    "this process's copy applied message {} of {sequence} in {} s{}",
+                    "this process's copy applied message {} of {sequence} and none more in {} s{}",
                     followed.applied,
                     CATCH_UP.as_secs(),
                     followed
@@ -266,6 +261,11 @@ impl NatsMemory {
                 .wait_timeout(followed, deadline - now)
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
                 .0;
+        }
+        if let Some(why) = &followed.stopped {
+            return Err(self.store(format!(
+                "this process's copy stopped: {why}; open the memory again (restart the process) once that is mended"
+            )));
         }
         Ok(())
     }
@@ -288,7 +288,7 @@ impl NatsMemory {
 
     /// Sends `write` and waits until this process's copy applied it: what applying it said.
     fn write(&self, write: Write) -> Result<u64, colony_memory::Error> {
-        let op = write.op().to_owned();
+        let op = self.next_op();
         let frame = Bytes::from(
             serde_json::to_vec(&write).map_err(|e| self.store(format!("encoding a write: {e}")))?,
         );
@@ -304,14 +304,35 @@ impl NatsMemory {
         let sequence = self
             .run(async move { publish_frame(&inner, frame, &sent).await })?
             .map_err(|e| self.store(e))?;
-        self.caught_up(sequence)?;
+        self.caught_up(sequence).map_err(|e| {
+            self.store(format!(
+                "the write is stored (message {sequence}), but this process's copy has not applied it: {e}"
+            ))
+        })?;
         let answer = lock(&self.inner.followed).answers.remove(&awaited.op);
         drop(awaited);
         answer.unwrap_or_else(|| {
             Err(self.store(format!(
-                "write {op} was acknowledged but is not in the stream as a whole: try again"
+                "write {op} was acknowledged but its parts were dropped before its last came (held past their bound): try again"
             )))
         })
+    }
+
+    /// Deletes the memory's stream, with everything in it, and closes this copy: for
+    /// benchmarks and tests that make memories of their own. Blocks.
+    pub fn delete_stream(self) -> Result<(), Error> {
+        let (js, name) = (
+            self.inner.js.clone(),
+            self.inner.stream.cached_info().config.name.clone(),
+        );
+        self.run(async move {
+            js.delete_stream(name)
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        })
+        .map_err(|e| Error::nats("deleting the memory", e))?
+        .map_err(|e| Error::nats(&self.inner.shown, e))
     }
 
     fn next_op(&self) -> String {
@@ -439,75 +460,39 @@ async fn connect(
     })
 }
 
-/// Publishes `frame` in as many consecutive messages as it takes; the sequence of the last.
+/// Publishes `frame` as write `op`, in as many messages as it takes, one after the other;
+/// the sequence of the last (the one that completes it in every copy).
 async fn publish_frame(inner: &Inner, frame: Bytes, op: &str) -> Result<u64, String> {
     let parts = frame.len().div_ceil(inner.part).max(1);
-    'attempts: for attempt in 0..INTERLEAVED {
-        let mut last = None;
-        for i in 0..parts {
-            let body = frame.slice(i * inner.part..((i + 1) * inner.part).min(frame.len()));
-            let id = format!("{op}-{attempt}-{}", i + 1);
-            match publish(inner, body, &id, &format!("{}/{parts}", i + 1), last).await? {
-                Some(sequence) => last = Some(sequence),
-                None => {
-                    // Another writer's message came between two parts: the copies drop
-                    // what came of this frame, and it starts again.
-                    tokio::time::sleep(Duration::from_millis(10 * u64::from(attempt + 1))).await;
-                    continue 'attempts;
-                }
-            }
-        }
-        return last.ok_or_else(|| "a write of no message".to_owned());
+    let mut last = 0;
+    for i in 0..parts {
+        let body = frame.slice(i * inner.part..((i + 1) * inner.part).min(frame.len()));
+        last = publish(inner, body, op, &format!("{}/{parts}", i + 1)).await?;
     }
-    Err(format!(
-        "other writers' messages came between the parts of this write {INTERLEAVED} times: the memory is written too busily for a write this large; try again, or in smaller batches"
-    ))
+    Ok(last)
 }
 
-/// Publishes one message, tried again with the same dedupe id while NATS cannot take it;
-/// after `after` when given. Its sequence, or `None` when another message came after `after`.
-async fn publish(
-    inner: &Inner,
-    body: Bytes,
-    id: &str,
-    part: &str,
-    after: Option<u64>,
-) -> Result<Option<u64>, String> {
+/// Publishes one part, tried again with the same dedupe id while NATS cannot take it; its
+/// sequence.
+async fn publish(inner: &Inner, body: Bytes, op: &str, part: &str) -> Result<u64, String> {
     let deadline = Instant::now() + RETRY_FOR;
+    let id = format!("{op}.{part}");
     loop {
-        let mut message = jetstream::message::PublishMessage::build()
+        let message = jetstream::message::PublishMessage::build()
             .payload(body.clone())
-            .message_id(id)
+            .message_id(&id)
+            .header(WRITE_HEADER, op)
             .header(PART_HEADER, part);
-        if let Some(last) = after {
-            message = message.expected_last_sequence(last);
-        }
         let sent = match inner.js.send_publish(inner.subject.clone(), message).await {
             Ok(ack) => ack.await,
             Err(e) => Err(e),
         };
         let error = match sent {
-            Ok(ack) => return Ok(Some(ack.sequence)),
+            Ok(ack) => return Ok(ack.sequence),
             Err(e) => e,
         };
-        match (error.kind(), after) {
-            (PublishErrorKind::WrongLastSequence, Some(last)) => {
-                // An earlier try of this message landed with its answer lost, or another
-                // writer's came first: the message after `last` says which.
-                return match inner.stream.get_raw_message(last + 1).await {
-                    Ok(next)
-                        if next
-                            .headers
-                            .get(async_nats::header::NATS_MESSAGE_ID)
-                            .is_some_and(|v| v.as_str() == id) =>
-                    {
-                        Ok(Some(next.sequence))
-                    }
-                    _ => Ok(None),
-                };
-            }
-            (PublishErrorKind::MaxPayloadExceeded, _) => return Err(error.to_string()),
-            _ => {}
+        if matches!(error.kind(), PublishErrorKind::MaxPayloadExceeded) {
+            return Err(error.to_string());
         }
         if Instant::now() >= deadline {
             return Err(format!(
@@ -524,7 +509,7 @@ async fn publish(
 /// stop; a watch that breaks is made again after the last message applied.
 async fn follow(inner: Arc<Inner>, mut stop: tokio::sync::watch::Receiver<bool>) {
     let client = inner.js.client();
-    let mut frames = Replay::default();
+    let mut frames = Frames::default();
     loop {
         let from = DeliverPolicy::ByStartSequence {
             start_sequence: lock(&inner.followed).applied + 1,
@@ -549,7 +534,9 @@ async fn follow(inner: Arc<Inner>, mut stop: tokio::sync::watch::Receiver<bool>)
                 };
                 match next {
                     Some(Ok((sequence, message))) => {
-                        apply(&inner, &mut frames, sequence, &message);
+                        if !apply(&inner, &mut frames, sequence, &message) {
+                            return;
+                        }
                     }
                     Some(Err(e)) => break e,
                     None => break "the watch ended".to_owned(),
@@ -571,49 +558,87 @@ async fn follow(inner: Arc<Inner>, mut stop: tokio::sync::watch::Receiver<bool>)
     }
 }
 
-/// Applies one message to the copy (a frame once its last part came), and says so.
+/// Applies one message to the copy (a write once its last part came), and says so; `false`
+/// when the copy stopped, because it could not apply the message as every copy would.
 fn apply(
     inner: &Inner,
-    frames: &mut Replay,
+    frames: &mut Frames,
     sequence: u64,
     message: &async_nats::jetstream::Message,
-) {
-    let part = message
-        .headers
-        .as_ref()
-        .and_then(|h| h.get(PART_HEADER))
-        .map(|v| v.as_str().to_owned());
-    let written = match frames.part(part.as_deref(), message.payload.clone()) {
-        Ok(frame) => frame.map(|f| serde_json::from_slice::<Write>(&f).map_err(|e| e.to_string())),
-        Err(e) => Some(Err(e)),
+) -> bool {
+    let header = |name: &str| {
+        message
+            .headers
+            .as_ref()
+            .and_then(|h| h.get(name))
+            .map(|v| v.as_str().to_owned())
     };
-    let answered = match written {
-        None => None,
-        Some(Ok(write)) => {
-            let op = write.op().to_owned();
-            Some((op, write.apply(&inner.copy)))
-        }
-        Some(Err(e)) => {
-            // Not a write of colony's: every copy passes over it alike.
+    let applied = match header(WRITE_HEADER) {
+        // Not a write of colony's: every copy passes over it alike.
+        None => {
             tracing::warn!(
                 memory = inner.shown,
                 sequence,
-                error = e,
-                "A message of the memory's stream cannot be read as a write; passed over."
+                "A message of the memory's stream is not a write of colony's; passed over."
             );
-            None
+            Ok(None)
+        }
+        Some(op) => {
+            let part = header(PART_HEADER).unwrap_or_default();
+            match frames.part(sequence, &op, &part, message.payload.clone()) {
+                Err(e) => Err(e),
+                Ok(None) => Ok(None),
+                Ok(Some(frame)) => {
+                    let copy = &inner.copy;
+                    let applied = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        serde_json::from_slice::<Write>(&frame)
+                            .map_err(|e| {
+                                format!("it cannot be read as a write ({e}): a newer colony's?")
+                            })?
+                            .apply(copy)
+                    }));
+                    match applied {
+                        Err(panic) => Err(format!(
+                            "applying it panicked: {}",
+                            colony_agents::spawner::panic_message(&*panic)
+                        )),
+                        Ok(Err(e)) => Err(e),
+                        // A store that failed here would not fail in the other copies.
+                        Ok(Ok(Err(colony_memory::Error::Store(e)))) => {
+                            Err(format!("this copy's store failed: {e}"))
+                        }
+                        Ok(Ok(answer)) => Ok(Some((op, answer))),
+                    }
+                }
+            }
         }
     };
     let mut followed = lock(&inner.followed);
-    if let Some((op, answer)) = answered
-        && followed.awaited.contains(&op)
-    {
-        followed.answers.insert(op, answer);
-    }
-    followed.applied = sequence;
-    followed.trouble = None;
+    let going = match applied {
+        Ok(answered) => {
+            if let Some((op, answer)) = answered
+                && followed.awaited.contains(&op)
+            {
+                followed.answers.insert(op, answer);
+            }
+            followed.applied = sequence;
+            followed.trouble = None;
+            true
+        }
+        Err(why) => {
+            let why = format!("message {sequence}: {why}");
+            tracing::error!(
+                memory = inner.shown,
+                why,
+                "The memory's copy stopped: it cannot apply a message as every other copy would."
+            );
+            followed.stopped = Some(why);
+            false
+        }
+    };
     drop(followed);
     inner.moved.notify_all();
+    going
 }
 
 impl Memory for NatsMemory {
@@ -623,11 +648,9 @@ impl Memory for NatsMemory {
         documents: Vec<Document>,
     ) -> Result<(), colony_memory::Error> {
         colony_memory::check_batch(&documents)?;
-        let op = self.next_op();
         self.write(Write::Put {
-            op,
             namespace: namespace.clone(),
-            documents,
+            documents: documents.into_iter().map(Carried::of).collect(),
             embedder: None,
         })
         .map(|_| ())
@@ -641,11 +664,9 @@ impl Memory for NatsMemory {
     ) -> Result<(), colony_memory::Error> {
         colony_memory::check_embedder(embedder)?;
         colony_memory::check_batch(&documents)?;
-        let op = self.next_op();
         self.write(Write::Put {
-            op,
             namespace: namespace.clone(),
-            documents,
+            documents: documents.into_iter().map(Carried::of).collect(),
             embedder: Some(embedder.to_owned()),
         })
         .map(|_| ())
@@ -668,9 +689,7 @@ impl Memory for NatsMemory {
                 colony_memory::MAX_BATCH
             )));
         }
-        let op = self.next_op();
         self.write(Write::Delete {
-            op,
             namespace: namespace.clone(),
             ids: ids.to_vec(),
         })
@@ -703,6 +722,11 @@ impl Memory for NatsMemory {
     fn namespaces(&self) -> Result<Vec<Namespace>, colony_memory::Error> {
         self.fresh()?;
         self.inner.copy.namespaces()
+    }
+
+    fn listed(&self, most: usize) -> Result<(Vec<(Namespace, Stats)>, bool), colony_memory::Error> {
+        self.fresh()?;
+        self.inner.copy.listed(most)
     }
 
     fn cache_stats(&self) -> CacheStats {

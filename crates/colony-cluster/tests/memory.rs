@@ -3,7 +3,7 @@
 //! processes' copies see each other's writes at once and agree on every write either
 //! refused; a batch larger than a message is stored whole while others write between its
 //! parts; a copy opened later replays to the same memory; a message that is not a write is
-//! passed over.
+//! passed over, and a write no copy can read stops them all.
 
 use colony_cluster::{
     memory::{MemoryOptions, NatsMemory},
@@ -185,6 +185,30 @@ fn a_batch_larger_than_a_message_is_stored_whole_while_others_write_and_replays_
         assert_eq!(c.stats(space).unwrap(), a.stats(space).unwrap());
     }
     assert_eq!(c.get(&big, "d0").unwrap().unwrap(), batch[0]);
+
+    // A write no copy can read (a newer colony's, say) stops every copy rather than let
+    // them drift: each call is refused, saying so, and a copy opened anew stops there too.
+    runtime.block_on(async {
+        let client = async_nats::connect(&url).await.unwrap();
+        let js = async_nats::jetstream::new(client);
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert("Colony-Write", "from-the-future-1");
+        headers.insert("Colony-Part", "1/1");
+        js.publish_with_headers("colony.memory.parts", headers, r#"{"merge": {}}"#.into())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    });
+    for copy in [&a, &b, &c] {
+        let e = copy.get(&small, "after").unwrap_err().to_string();
+        assert!(
+            e.contains("copy stopped") && e.contains("cannot be read as a write"),
+            "{e}"
+        );
+    }
+    let e = NatsMemory::open(&options(&url, "parts"), false, false, "--db").unwrap_err();
+    assert!(e.to_string().contains("copy stopped"), "{e}");
 }
 
 #[test]

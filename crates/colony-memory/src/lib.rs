@@ -466,6 +466,21 @@ pub trait Memory: Send + Sync + std::fmt::Debug {
     fn text_stats(&self, namespace: &Namespace, words: &[String]) -> Result<TextStats, Error>;
     fn stats(&self, namespace: &Namespace) -> Result<Stats, Error>;
     fn namespaces(&self) -> Result<Vec<Namespace>, Error>;
+    /// The first `most` namespaces with their statistics, and whether there are more: one
+    /// reading of the whole memory (a store that reads over a network reads once).
+    fn listed(&self, most: usize) -> Result<(Vec<(Namespace, Stats)>, bool), Error> {
+        let names = self.namespaces()?;
+        let more = names.len() > most;
+        let listed = names
+            .into_iter()
+            .take(most)
+            .map(|ns| {
+                let stats = self.stats(&ns)?;
+                Ok((ns, stats))
+            })
+            .collect::<Result<Vec<_>, Error>>()?;
+        Ok((listed, more))
+    }
     /// How the store's cache of searches has done (all zero for a store without one).
     fn cache_stats(&self) -> CacheStats {
         CacheStats::default()

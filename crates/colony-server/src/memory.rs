@@ -12,7 +12,8 @@
 //! - `POST /v1/memory/delete` [submit]: `{"namespace", "ids": [...]}`; `{"deleted": N}`.
 //! - `POST /v1/memory/search` [read]: `{"namespace", "query": {text, vector, filter, k,
 //!   exact}}`; `{"hits": [...]}`, best first.
-//! - `POST /v1/memory/rebuild` [admin]: `{"namespace"}`: builds its approximate index now.
+//! - `POST /v1/memory/rebuild` [admin]: `{"namespace"}`: builds its approximate index now
+//!   (this server's: a memory in NATS has a copy, and an index, in each replica).
 //!
 //! A store's refusal (a bad namespace, document or query) is a 400 naming the problem; a
 //! namespace never written, a 404; the store failing, a 503.
@@ -163,23 +164,18 @@ pub(crate) struct Space {
 }
 
 fn overview(m: &dyn Memory) -> Result<Overview, colony_memory::Error> {
-    let names = m.namespaces()?;
-    let more = names.len() > MAX_LISTED;
-    let namespaces = names
+    let (listed, more) = m.listed(MAX_LISTED)?;
+    let namespaces = listed
         .into_iter()
-        .take(MAX_LISTED)
-        .map(|ns| {
-            let stats = m.stats(&ns)?;
-            Ok(Space {
-                documents: stats.documents,
-                dimension: stats.dimension,
-                text_bytes: stats.text_bytes,
-                indexed: m.indexed(&ns),
-                embedder: stats.embedder,
-                name: ns,
-            })
+        .map(|(ns, stats)| Space {
+            documents: stats.documents,
+            dimension: stats.dimension,
+            text_bytes: stats.text_bytes,
+            indexed: m.indexed(&ns),
+            embedder: stats.embedder,
+            name: ns,
         })
-        .collect::<Result<Vec<_>, colony_memory::Error>>()?;
+        .collect();
     Ok(Overview {
         namespaces,
         more,

@@ -127,6 +127,7 @@ impl Workflow {
         }
         changed.webhooks = std::mem::take(&mut self.webhooks).len();
         self.memory.place = None;
+        self.memory.nats = None;
         self.memory.shards = 1;
         self.memory.embedder = None;
         // `<output>.sim`, beside the real output: no workflow's name has a `.`, so it is no

@@ -125,6 +125,10 @@ async fn runs_in_different_folders_share_a_memory_in_nats() {
     let server = colony_cluster::testing::NatsServer::single(&dir.path().join("nats")).unwrap();
     let section = format!("memory:\n  db: {}/notes?replicas=1\n", server.url());
     let first = FILE.replacen("agents:", &format!("{section}agents:"), 1);
+    // A dry run never reaches it: its memory is in the process.
+    let planned = parse(&first, "w.yaml", Path::new(".")).unwrap();
+    assert!(planned.memory.nats.is_some());
+    assert!(planned.simulated(1.0).0.memory.nats.is_none());
     let report = run(&first, &dir.path().join("one")).await;
     let used = output(&report, "use");
     assert_eq!(used["input"]["recall"][0]["id"], "note", "{used:#}");

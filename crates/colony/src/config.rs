@@ -592,7 +592,7 @@ pub(crate) fn resolve(flags: &Flags, env: &BTreeMap<String, String>) -> Result<R
     });
     let runs = pick!(runs, "runs", flags.runs.clone(), |l, v| written_path(l, v));
     let memory = pick!(memory, "memory", flags.memory.clone(), |l, v| {
-        written_path(l, v)
+        written_db(l, v)
     });
     let memory_chroma = pick!(
         memory_chroma,
@@ -920,8 +920,8 @@ fn written_path(layer: &Layer, v: &Located<String>) -> Result<PathBuf, String> {
     Ok(layer.path(&v.value))
 }
 
-/// Where the journal is, as written: a file path (relative to the file's folder), or a
-/// journal in NATS (`nats://HOST:PORT/NAME`), kept as written.
+/// Where the journal (or the memory) is, as written: a file path (relative to the file's
+/// folder), or one in NATS (`nats://HOST:PORT/NAME`), kept as written.
 fn written_db(layer: &Layer, v: &Located<String>) -> Result<PathBuf, String> {
     if colony_cluster::journal::in_nats(&v.value) {
         return Ok(PathBuf::from(&v.value));

@@ -1574,6 +1574,14 @@ fn servers_of_the_cluster_share_one_memory_in_nats() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(err.contains("not spread over 2"), "{err}");
+    // Nor has it an index of its own for `rebuild` to check.
+    let out = Command::new(COLONY)
+        .args(["memory", "rebuild", "--db", &memory, "-n", "team/a"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("keeps no index of its own"), "{err}");
 }
 
 /// `colony serve --nats` runs no runtime: a runtime's settings, given as flags or read from

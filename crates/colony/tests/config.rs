@@ -582,3 +582,25 @@ fn a_journal_in_nats_is_kept_as_written_not_taken_for_a_path() {
         )
     );
 }
+
+/// A memory in NATS written in a settings file elsewhere is kept as written, not joined to
+/// the file's folder as a memory file's path is.
+#[test]
+fn a_memory_in_nats_is_kept_as_written_wherever_the_file_is() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("conf")).unwrap();
+    std::fs::write(
+        dir.path().join("conf/colony.toml"),
+        "[server]\nmemory = \"nats://10.0.0.5:4222/notes\"\n",
+    )
+    .unwrap();
+    let got = show(dir.path(), &[("COLONY_CONFIG", "conf/colony.toml")], &[]);
+    assert_eq!(got["server.memory"].0, "nats://10.0.0.5:4222/notes");
+    std::fs::write(
+        dir.path().join("conf/colony.toml"),
+        "[server]\nmemory = \"notes.db\"\n",
+    )
+    .unwrap();
+    let got = show(dir.path(), &[("COLONY_CONFIG", "conf/colony.toml")], &[]);
+    assert_eq!(got["server.memory"].0, "conf/notes.db");
+}

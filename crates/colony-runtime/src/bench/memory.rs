@@ -263,10 +263,10 @@ pub fn memory(
     })
 }
 
-/// The same workload on a ChromaDB server, through colony's Chroma store, for figures
-/// beside the embedded store's.
+/// The same workload on another store (a ChromaDB server through colony's Chroma store, a
+/// memory in NATS), for figures beside the embedded store's.
 #[derive(Clone, Debug, Serialize)]
-pub struct ChromaReport {
+pub struct StoreReport {
     pub documents: u32,
     pub dimension: u32,
     /// Searches timed of the kinds that read every embedding (exact, hybrid): at most 10.
@@ -277,8 +277,9 @@ pub struct ChromaReport {
     pub exact_small: Percentiles,
     pub text_small: Percentiles,
     pub hybrid_small: Percentiles,
-    /// Chroma's own graph (HNSW) proposing candidates among all the documents, scored
-    /// exactly, and the share of the true top 10 found (brute force, in this process).
+    /// A search among all the documents as the store makes it (Chroma: its own graph, HNSW,
+    /// proposing candidates scored exactly; NATS: the process's copy, approximately past
+    /// its threshold), and the share of the true top 10 found (brute force, in this process).
     pub approximate_all: Percentiles,
     pub recall_at_10: f64,
     /// Every exact search found the document whose vector it was, every search its `k`
@@ -298,7 +299,7 @@ pub fn chroma(
     dimension: u32,
     queries: u32,
     seed: u64,
-) -> Result<ChromaReport, Error> {
+) -> Result<StoreReport, Error> {
     let store = |e: colony_memory::Error| Error::Options(format!("the Chroma memory: {e}"));
     let stamp = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -307,7 +308,13 @@ pub fn chroma(
     let memory = colony_memory::ChromaMemory::connect(options).map_err(store)?;
     let small = Namespace::parse("bench/small").map_err(store)?;
     let all = Namespace::parse("bench/all").map_err(store)?;
-    let report = chroma_run(&memory, &small, &all, documents, dimension, queries, seed);
+    let report = on_store(
+        &memory,
+        "the Chroma memory",
+        [&small, &all],
+        [documents, dimension, queries, CHROMA_SLOW_QUERIES],
+        seed,
+    );
     // Both namespaces removed whatever happened; the run's own error first.
     let mut removed = Ok(());
     for ns in [&small, &all] {
@@ -320,16 +327,17 @@ pub fn chroma(
     removed.map(|()| report)
 }
 
-fn chroma_run(
-    memory: &colony_memory::ChromaMemory,
-    small: &Namespace,
-    all: &Namespace,
-    documents: u32,
-    dimension: u32,
-    queries: u32,
+/// Runs the workload on `memory` (`what`, in errors), in namespaces `[small, all]` that
+/// must be empty: `[documents, dimension, queries, slow]`, `slow` the searches timed of the
+/// kinds that read every embedding (each takes about a second on Chroma).
+pub fn on_store(
+    memory: &dyn colony_memory::Memory,
+    what: &str,
+    [small, all]: [&Namespace; 2],
+    [documents, dimension, queries, slow]: [u32; 4],
     seed: u64,
-) -> Result<ChromaReport, Error> {
-    let store = |e: colony_memory::Error| Error::Options(format!("the Chroma memory: {e}"));
+) -> Result<StoreReport, Error> {
+    let store = |e: colony_memory::Error| Error::Options(format!("{what}: {e}"));
     if !(SMALL..=MAX_DOCUMENTS).contains(&documents)
         || !(1..=MAX_DIMENSION).contains(&dimension)
         || !(1..=MAX_QUERIES).contains(&queries)
@@ -372,7 +380,7 @@ fn chroma_run(
             format!("{ns} holds {held} documents, not {n}")
         });
     }
-    let slow = queries.min(CHROMA_SLOW_QUERIES);
+    let slow = queries.min(slow);
     let mut times = Vec::new();
     for q in 0..slow {
         let own = (q % 2 == 0).then(|| &kept[(q as usize / 2) % kept.len()]);
@@ -418,10 +426,7 @@ fn chroma_run(
             .map_err(store)?;
         times.push(start.elapsed());
         verdict.check(hits.len() == K, || {
-            format!(
-                "a search through Chroma's graph found {} documents, not {K}",
-                hits.len()
-            )
+            format!("a search among all found {} documents, not {K}", hits.len())
         });
         let mut best: Vec<(f64, &str)> = truth
             .iter()
@@ -435,7 +440,7 @@ fn chroma_run(
             .filter(|h| best.iter().any(|(_, id)| *id == h.id))
             .count();
     }
-    Ok(ChromaReport {
+    Ok(StoreReport {
         documents,
         dimension,
         queries: slow,

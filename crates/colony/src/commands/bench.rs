@@ -174,8 +174,14 @@ pub(crate) enum Bench {
         /// (http://HOST:PORT, as `colony memory --chroma`), in namespaces deleted after:
         /// the same figures beside the embedded store's, but for the cache and the index
         /// build (Chroma indexes as it stores).
-        #[arg(long, value_name = "URL")]
+        #[arg(long, value_name = "URL", conflicts_with = "nats")]
         chroma: Option<String>,
+        /// Run the workload on a memory in NATS JetStream instead (nats://HOST:PORT/NAME, as
+        /// `colony memory --db`; ?replicas=1 for a single server), in a memory of its own
+        /// named after NAME, deleted after: every write through the stream and this
+        /// process's copy, every read after the copy caught up with the stream.
+        #[arg(long, value_name = "LOCATION")]
+        nats: Option<String>,
         /// Print the report as JSON, verdict included.
         #[arg(long)]
         json: bool,
@@ -1079,19 +1085,31 @@ pub(crate) fn run(bench: Bench) -> Result<(), Failure> {
             queries,
             seed,
             chroma,
+            nats,
             json,
         } => {
-            if let Some(url) = chroma {
-                let options = colony_memory::ChromaOptions::from_url(&url)
-                    .map_err(|e| Failure::input(anyhow::anyhow!("--chroma: {e}")))?;
-                let report = bench::memory::chroma(options, documents, dimension, queries, seed)
-                    .map_err(failure)?;
+            let on_store = match (chroma, nats) {
+                (Some(url), _) => {
+                    let options = colony_memory::ChromaOptions::from_url(&url)
+                        .map_err(|e| Failure::input(anyhow::anyhow!("--chroma: {e}")))?;
+                    let report =
+                        bench::memory::chroma(options, documents, dimension, queries, seed)
+                            .map_err(failure)?;
+                    Some((format!("on Chroma at {url}"), "Chroma's graph", report))
+                }
+                (None, Some(location)) => {
+                    let report = memory_on_nats(&location, documents, dimension, queries, seed)?;
+                    Some((format!("in NATS at {location}"), "the copy", report))
+                }
+                (None, None) => None,
+            };
+            if let Some((place, graph, report)) = on_store {
                 if json {
                     print_json(&report)?;
                     return judge("memory", &report.verdict);
                 }
                 println!(
-                    "on Chroma at {url}: {} + 10,000 documents of {} dimensions stored: {:.0} documents/s",
+                    "{place}: {} + 10,000 documents of {} dimensions stored: {:.0} documents/s",
                     report.documents, report.dimension, report.inserts_per_s
                 );
                 let ms = |us: f64| format!("{:.3} ms", us / 1e3);
@@ -1108,7 +1126,7 @@ pub(crate) fn run(bench: Bench) -> Result<(), Failure> {
                     ("hybrid, 10,000 documents".to_owned(), &report.hybrid_small),
                     (
                         format!(
-                            "Chroma's graph, {} documents: recall@10 {:.3}",
+                            "{graph}, {} documents: recall@10 {:.3}",
                             report.documents, report.recall_at_10
                         ),
                         &report.approximate_all,
@@ -1854,4 +1872,43 @@ fn workflow(args: &WorkflowArgs) -> Result<(), Failure> {
             report.problems.join("; ")
         )))
     }
+}
+
+/// `colony bench memory --nats`: the workload on a memory in NATS of its own (the seed and
+/// the time, then the location's name), deleted after whatever happened.
+fn memory_on_nats(
+    location: &str,
+    documents: u32,
+    dimension: u32,
+    queries: u32,
+    seed: u64,
+) -> Result<bench::memory::StoreReport, Failure> {
+    use colony_cluster::memory::{MemoryOptions, NatsMemory};
+    let mut options = MemoryOptions::parse(location, "--nats").map_err(Failure::input)?;
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis());
+    // Names are ASCII (checked when parsed): cut at 64 bytes, the time kept.
+    let mut own = format!("bench{seed}-{stamp}-{}", options.name);
+    own.truncate(64);
+    options.name = own;
+    let memory = NatsMemory::open(&options, true, true, "--nats").map_err(|e| match e {
+        colony_cluster::Error::Settings(_) => Failure::input(e),
+        e => Failure::work(e),
+    })?;
+    let names = ["bench/small", "bench/all"].map(colony_memory::Namespace::parse);
+    let [Ok(small), Ok(all)] = names else {
+        return Err(Failure::work(anyhow::anyhow!("the bench's namespaces")));
+    };
+    let report = bench::memory::on_store(
+        &memory,
+        "the memory in NATS",
+        [&small, &all],
+        [documents, dimension, queries, queries],
+        seed,
+    );
+    let deleted = memory.delete_stream();
+    let report = report.map_err(failure)?;
+    deleted.map_err(Failure::work)?;
+    Ok(report)
 }

@@ -343,11 +343,7 @@ pub(crate) fn run(command: &Command) -> Result<(), Failure> {
         Command::Rebuild(args) => rebuild(args),
         Command::Stats(args) => {
             let memory = open(&args.store, false)?;
-            let mut all = Vec::new();
-            for ns in memory.namespaces().map_err(failure)? {
-                let stats = memory.stats(&ns).map_err(failure)?;
-                all.push((ns, stats));
-            }
+            let (all, _) = memory.listed(usize::MAX).map_err(failure)?;
             if args.json {
                 let json: Vec<Value> = all
                     .iter()
@@ -379,6 +375,18 @@ pub(crate) fn run(command: &Command) -> Result<(), Failure> {
 fn rebuild(args: &RebuildArgs) -> Result<(), Failure> {
     if args.at.store.chroma.is_some() {
         return rebuild_chroma(args);
+    }
+    if args
+        .at
+        .store
+        .db
+        .as_deref()
+        .and_then(super::in_nats)
+        .is_some()
+    {
+        return Err(Failure::input(anyhow::anyhow!(
+            "--db: a memory in NATS keeps no index of its own to check: each process's copy builds its own (`colony serve --memory nats://...` as it searches, or POST /v1/memory/rebuild)"
+        )));
     }
     let (Some(db), 1) = (&args.at.store.db, args.at.store.shards) else {
         return Err(Failure::input(anyhow::anyhow!(

@@ -1,0 +1,261 @@
+//! How a memory's writes travel in its stream: a write's frame (JSON, embeddings as base64
+//! of little-endian `f32`, a third of their JSON size), cut into parts of at most a message
+//! each, and the parts gathered again by each copy ([`Frames`]), in whatever order other
+//! writers' messages came between them.
+
+use base64::Engine;
+use bytes::Bytes;
+use colony_memory::{Document, Metadata, Namespace};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+
+/// The header naming the write a message is a part of (its writer's id, then a count).
+pub(crate) const WRITE_HEADER: &str = "Colony-Write";
+/// The header naming a message's part of its write: `i/n`.
+pub(crate) const PART_HEADER: &str = "Colony-Part";
+/// Most parts of one write: with the servers' default `max_payload` (1 MiB), 256 MiB.
+pub(crate) const MAX_PARTS: usize = 256;
+/// Most bytes of parts a copy holds for writes whose last part has not come (a writer that
+/// died between two parts leaves its first ones): past it, the write begun first is dropped.
+const PENDING_BYTES: usize = 512 << 20;
+/// A write none of whose parts came in this many messages is dropped: its writer is gone
+/// (a live one sends its parts one after the other).
+const STALE: u64 = 100_000;
+
+/// One write, as its frame holds it.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub(crate) enum Write {
+    Put {
+        namespace: Namespace,
+        documents: Vec<Carried>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        embedder: Option<String>,
+    },
+    Delete {
+        namespace: Namespace,
+        ids: Vec<String>,
+    },
+}
+
+/// A document as a write carries it: its embedding as base64.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Carried {
+    id: String,
+    text: String,
+    #[serde(default, skip_serializing_if = "Metadata::is_empty")]
+    metadata: Metadata,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    embedding: Option<String>,
+}
+
+impl Carried {
+    pub(crate) fn of(document: Document) -> Self {
+        let embedding = document.embedding.map(|e| {
+            let bytes: Vec<u8> = e.iter().flat_map(|x| x.to_le_bytes()).collect();
+            base64::engine::general_purpose::STANDARD.encode(bytes)
+        });
+        Carried {
+            id: document.id,
+            text: document.text,
+            metadata: document.metadata,
+            embedding,
+        }
+    }
+
+    pub(crate) fn document(self) -> Result<Document, String> {
+        let embedding = match self.embedding {
+            None => None,
+            Some(text) => {
+                let bytes = base64::engine::general_purpose::STANDARD
+                    .decode(text)
+                    .map_err(|e| format!("document {:?}: its embedding: {e}", self.id))?;
+                if bytes.len() % 4 != 0 {
+                    return Err(format!(
+                        "document {:?}: an embedding of {} bytes, not whole f32s",
+                        self.id,
+                        bytes.len()
+                    ));
+                }
+                Some(
+                    bytes
+                        .chunks_exact(4)
+                        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                        .collect(),
+                )
+            }
+        };
+        Ok(Document {
+            id: self.id,
+            text: self.text,
+            metadata: self.metadata,
+            embedding,
+        })
+    }
+}
+
+/// The parts of writes read so far whose last part has not come, by write.
+#[derive(Debug, Default)]
+pub(crate) struct Frames {
+    pending: HashMap<String, Pending>,
+    bytes: usize,
+}
+
+#[derive(Debug)]
+struct Pending {
+    parts: Vec<Option<Bytes>>,
+    got: usize,
+    bytes: usize,
+    /// Sequences of its first part and of its latest.
+    first: u64,
+    latest: u64,
+}
+
+/// Reads a `Colony-Part` header: `(i, n)` with `1 <= i <= n <= MAX_PARTS`.
+fn part_of(header: &str) -> Option<(usize, usize)> {
+    let (i, n) = header.split_once('/')?;
+    let (i, n) = (i.parse::<usize>().ok()?, n.parse::<usize>().ok()?);
+    (1 <= i && i <= n && n <= MAX_PARTS).then_some((i, n))
+}
+
+impl Frames {
+    /// Takes the part `part` (`i/n`) of write `write`, the message at `sequence`; the write's
+    /// whole frame once its last part came. Parts of other writes may come between; a write
+    /// left incomplete (its writer died) is dropped once stale or when the parts held pass
+    /// their bound, oldest first: every copy reads the same messages, so every copy drops
+    /// the same.
+    pub(crate) fn part(
+        &mut self,
+        sequence: u64,
+        write: &str,
+        part: &str,
+        body: Bytes,
+    ) -> Result<Option<Bytes>, String> {
+        let (i, n) = part_of(part)
+            .ok_or_else(|| format!("its {PART_HEADER} header is {part:?}, not i/n"))?;
+        self.forget_stale(sequence);
+        if n == 1 {
+            return Ok(Some(body));
+        }
+        let pending = self.pending.entry(write.to_owned()).or_insert(Pending {
+            parts: vec![None; n],
+            got: 0,
+            bytes: 0,
+            first: sequence,
+            latest: sequence,
+        });
+        if pending.parts.len() != n {
+            return Err(format!(
+                "part {i}/{n} of write {write}, which had {} parts",
+                pending.parts.len()
+            ));
+        }
+        pending.latest = sequence;
+        if pending.parts[i - 1].is_none() {
+            pending.got += 1;
+            pending.bytes += body.len();
+            self.bytes += body.len();
+            pending.parts[i - 1] = Some(body);
+        }
+        if pending.got == n {
+            let done = self.pending.remove(write).unwrap_or_else(|| unreachable!());
+            self.bytes -= done.bytes;
+            let mut whole = Vec::with_capacity(done.bytes);
+            for part in done.parts.into_iter().flatten() {
+                whole.extend_from_slice(&part);
+            }
+            return Ok(Some(Bytes::from(whole)));
+        }
+        while self.bytes > PENDING_BYTES {
+            let Some(oldest) = self
+                .pending
+                .iter()
+                .min_by_key(|(_, p)| p.first)
+                .map(|(w, _)| w.clone())
+            else {
+                break;
+            };
+            self.drop_write(&oldest, "the parts held passed their bound");
+        }
+        Ok(None)
+    }
+
+    fn forget_stale(&mut self, sequence: u64) {
+        let stale: Vec<String> = self
+            .pending
+            .iter()
+            .filter(|(_, p)| p.latest + STALE < sequence)
+            .map(|(w, _)| w.clone())
+            .collect();
+        for write in stale {
+            self.drop_write(&write, "no part of it came for 100,000 messages");
+        }
+    }
+
+    fn drop_write(&mut self, write: &str, why: &str) {
+        if let Some(p) = self.pending.remove(write) {
+            self.bytes -= p.bytes;
+            tracing::warn!(
+                write,
+                got = p.got,
+                parts = p.parts.len(),
+                why,
+                "A memory write's parts were dropped before its last came: its writer was told it failed, or died."
+            );
+        }
+    }
+
+    /// Parts held, for tests.
+    #[cfg(test)]
+    fn held(&self) -> (usize, usize) {
+        (self.pending.len(), self.bytes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_document_crosses_whole_its_embedding_exactly() {
+        let d =
+            Document::new("a", "text")
+                .with("n", 1.5)
+                .embedded(vec![0.1, -2.5e-9, f32::MAX, 0.0]);
+        let json = serde_json::to_string(&Carried::of(d.clone())).unwrap();
+        let back: Carried = serde_json::from_str(&json).unwrap();
+        assert_eq!(back.document().unwrap(), d);
+        let bad = Carried {
+            id: "b".into(),
+            text: String::new(),
+            metadata: Metadata::new(),
+            embedding: Some("AAAA AA".into()),
+        };
+        assert!(bad.document().is_err());
+    }
+
+    #[test]
+    fn parts_of_writes_interleaved_come_back_whole_and_an_abandoned_one_is_dropped() {
+        let mut frames = Frames::default();
+        let b = |s: &str| Bytes::from(s.to_owned());
+        assert_eq!(frames.part(1, "w1", "1/3", b("ab")), Ok(None));
+        // Another writer's one-part write and the start of an abandoned one between.
+        assert_eq!(frames.part(2, "w2", "1/1", b("xy")), Ok(Some(b("xy"))));
+        assert_eq!(frames.part(3, "dead", "1/2", b("zz")), Ok(None));
+        assert_eq!(frames.part(4, "w1", "3/3", b("ef")), Ok(None));
+        // A part sent twice counts once.
+        assert_eq!(frames.part(5, "w1", "3/3", b("ef")), Ok(None));
+        assert_eq!(frames.part(6, "w1", "2/3", b("cd")), Ok(Some(b("abcdef"))));
+        assert_eq!(frames.held(), (1, 2));
+        assert!(frames.part(7, "x", "0/2", b("")).is_err());
+        assert!(frames.part(8, "x", "3/2", b("")).is_err());
+        assert!(frames.part(9, "dead", "1/5", b("")).is_err());
+        // Stale once 100,000 messages passed without a part of it.
+        assert_eq!(
+            frames.part(3 + STALE + 1, "w3", "1/1", b("q")),
+            Ok(Some(b("q")))
+        );
+        assert_eq!(frames.held(), (0, 0));
+    }
+}
