@@ -93,12 +93,13 @@ impl MemoryOptions {
     }
 }
 
-use wire::{Carried, Frames, MAX_PARTS, PART_HEADER, WRITE_HEADER, Write};
+use wire::{Carried, Frames, MAX_PARTS, PART_HEADER, PENDING_BYTES, Part, WRITE_HEADER, Write};
 
 impl Write {
-    /// Applies the write to `copy`: documents stored, or deleted.
-    fn apply(self, copy: &SqliteMemory) -> Result<Result<u64, colony_memory::Error>, String> {
-        Ok(match self {
+    /// Applies the write to `copy`: documents stored, or deleted. A document that cannot be
+    /// read back refuses the write, alike in every copy.
+    fn apply(self, copy: &SqliteMemory) -> Result<u64, colony_memory::Error> {
+        match self {
             Write::Put {
                 namespace,
                 documents,
@@ -107,7 +108,8 @@ impl Write {
                 let documents = documents
                     .into_iter()
                     .map(Carried::document)
-                    .collect::<Result<Vec<_>, _>>()?;
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(colony_memory::Error::Query)?;
                 let n = documents.len() as u64;
                 match embedder {
                     Some(embedder) => copy.put_embedded(&namespace, documents, &embedder),
@@ -116,7 +118,7 @@ impl Write {
                 .map(|()| n)
             }
             Write::Delete { namespace, ids } => copy.delete(&namespace, &ids),
-        })
+        }
     }
 }
 
@@ -215,14 +217,26 @@ impl NatsMemory {
         Ok(memory)
     }
 
-    /// Waits until the copy applied everything the stream held when called.
+    /// Waits until the copy applied everything the stream held when called: up to its last
+    /// message on the memory's subject (one deleted by hand is not waited for).
     fn fresh(&self) -> Result<(), colony_memory::Error> {
-        let stream = self.inner.stream.clone();
+        let (stream, subject) = (self.inner.stream.clone(), self.inner.subject.clone());
         let last = self
-            .run(async move { stream.get_info().await.map_err(|e| e.to_string()) })?
-            .map_err(|e| self.store(format!("cannot read the stream's last message: {e}")))?
-            .state
-            .last_sequence;
+            .run(async move {
+                match stream.get_last_raw_message_by_subject(&subject).await {
+                    Ok(message) => Ok(message.sequence),
+                    Err(e)
+                        if matches!(
+                            e.kind(),
+                            jetstream::stream::LastRawMessageErrorKind::NoMessageFound
+                        ) =>
+                    {
+                        Ok(0)
+                    }
+                    Err(e) => Err(e.to_string()),
+                }
+            })?
+            .map_err(|e| self.store(format!("cannot read the stream's last message: {e}")))?;
         self.caught_up(last)
     }
 
@@ -288,15 +302,19 @@ impl NatsMemory {
 
     /// Sends `write` and waits until this process's copy applied it: what applying it said.
     fn write(&self, write: Write) -> Result<u64, colony_memory::Error> {
+        // A stopped copy writes nothing: it could not tell what became of it.
+        self.caught_up(0)?;
         let op = self.next_op();
         let frame = Bytes::from(
             serde_json::to_vec(&write).map_err(|e| self.store(format!("encoding a write: {e}")))?,
         );
-        let most = MAX_PARTS * self.inner.part;
+        // No more than every copy holds while it gathers a write's parts.
+        let most = (MAX_PARTS * self.inner.part).min(PENDING_BYTES / 2);
         if frame.len() > most {
             return Err(colony_memory::Error::Query(format!(
-                "a write of {} bytes (as sent): a memory in NATS takes up to {most} in one (its servers' max_payload, {MAX_PARTS} times); store the batch in smaller ones",
-                frame.len()
+                "a write of {} bytes (as sent): a memory in NATS takes up to {most} in one ({MAX_PARTS} messages of its servers' max_payload, at most {} MiB); store the batch in smaller ones",
+                frame.len(),
+                (PENDING_BYTES / 2) >> 20
             )));
         }
         let awaited = Awaited::new(&self.inner, op.clone());
@@ -585,17 +603,25 @@ fn apply(
         }
         Some(op) => {
             let part = header(PART_HEADER).unwrap_or_default();
-            match frames.part(sequence, &op, &part, message.payload.clone()) {
-                Err(e) => Err(e),
-                Ok(None) => Ok(None),
-                Ok(Some(frame)) => {
+            match frames.part(sequence, &op, &part, &message.payload) {
+                Part::Passed(why) => {
+                    tracing::warn!(
+                        memory = inner.shown,
+                        sequence,
+                        why,
+                        "A message of the memory's stream is not a part any copy can gather; passed over."
+                    );
+                    Ok(None)
+                }
+                Part::Held => Ok(None),
+                Part::Whole(frame) => {
                     let copy = &inner.copy;
                     let applied = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                         serde_json::from_slice::<Write>(&frame)
                             .map_err(|e| {
                                 format!("it cannot be read as a write ({e}): a newer colony's?")
-                            })?
-                            .apply(copy)
+                            })
+                            .map(|write| write.apply(copy))
                     }));
                     match applied {
                         Err(panic) => Err(format!(

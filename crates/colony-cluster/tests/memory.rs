@@ -209,6 +209,21 @@ fn a_batch_larger_than_a_message_is_stored_whole_while_others_write_and_replays_
     }
     let e = NatsMemory::open(&options(&url, "parts"), false, false, "--db").unwrap_err();
     assert!(e.to_string().contains("copy stopped"), "{e}");
+    // A stopped copy writes nothing: it could not tell what became of the write.
+    let messages = || {
+        runtime.block_on(async {
+            let client = async_nats::connect(&url).await.unwrap();
+            let js = async_nats::jetstream::new(client);
+            let stream = js.get_stream("COLONY_MEMORY_parts").await.unwrap();
+            stream.get_info().await.unwrap().state.messages
+        })
+    };
+    let before = messages();
+    let e = a
+        .put(&small, vec![Document::new("late", "late")])
+        .unwrap_err();
+    assert!(e.to_string().contains("copy stopped"), "{e}");
+    assert_eq!(messages(), before);
 }
 
 #[test]

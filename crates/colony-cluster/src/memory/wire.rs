@@ -17,10 +17,15 @@ pub(crate) const PART_HEADER: &str = "Colony-Part";
 pub(crate) const MAX_PARTS: usize = 256;
 /// Most bytes of parts a copy holds for writes whose last part has not come (a writer that
 /// died between two parts leaves its first ones): past it, the write begun first is dropped.
-const PENDING_BYTES: usize = 512 << 20;
+pub(crate) const PENDING_BYTES: usize = 512 << 20;
+/// Longest write id a copy gathers parts of (colony's are about 40 bytes).
+const MAX_WRITE_ID: usize = 128;
 /// A write none of whose parts came in this many messages is dropped: its writer is gone
 /// (a live one sends its parts one after the other).
 const STALE: u64 = 100_000;
+/// Most writes a copy holds parts of at once (writers sending large batches at the same
+/// time): past it, the write begun first is dropped.
+const PENDING_WRITES: usize = 1024;
 
 /// One write, as its frame holds it.
 #[derive(Debug, Serialize, Deserialize)]
@@ -102,6 +107,17 @@ pub(crate) struct Frames {
     bytes: usize,
 }
 
+/// What became of a message taken as a part.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Part {
+    /// The write's whole frame: its last part came.
+    Whole(Bytes),
+    /// Held until the write's other parts come.
+    Held,
+    /// Not a part a copy can gather (said why); every copy passes over it alike.
+    Passed(String),
+}
+
 #[derive(Debug)]
 struct Pending {
     parts: Vec<Option<Bytes>>,
@@ -121,33 +137,49 @@ fn part_of(header: &str) -> Option<(usize, usize)> {
 
 impl Frames {
     /// Takes the part `part` (`i/n`) of write `write`, the message at `sequence`; the write's
-    /// whole frame once its last part came. Parts of other writes may come between; a write
-    /// left incomplete (its writer died) is dropped once stale or when the parts held pass
-    /// their bound, oldest first: every copy reads the same messages, so every copy drops
-    /// the same.
-    pub(crate) fn part(
-        &mut self,
-        sequence: u64,
-        write: &str,
-        part: &str,
-        body: Bytes,
-    ) -> Result<Option<Bytes>, String> {
-        let (i, n) = part_of(part)
-            .ok_or_else(|| format!("its {PART_HEADER} header is {part:?}, not i/n"))?;
+    /// whole frame once its last part came. Parts of other writes may come between, but a
+    /// writer sends its parts in order, so a write's first part starts it: a later part of
+    /// a write not begun (dropped, or finished and sent again) is passed over. A write left
+    /// incomplete (its writer died) is dropped once stale or when what is held passes its
+    /// bounds, oldest first: every copy reads the same messages, so every copy drops the
+    /// same.
+    pub(crate) fn part(&mut self, sequence: u64, write: &str, part: &str, body: &[u8]) -> Part {
         self.forget_stale(sequence);
-        if n == 1 {
-            return Ok(Some(body));
+        let Some((i, n)) = part_of(part) else {
+            return Part::Passed(format!("its {PART_HEADER} header is {part:?}, not i/n"));
+        };
+        if write.len() > MAX_WRITE_ID {
+            return Part::Passed(format!(
+                "a write id of {} bytes (at most {MAX_WRITE_ID})",
+                write.len()
+            ));
         }
-        let pending = self.pending.entry(write.to_owned()).or_insert(Pending {
-            parts: vec![None; n],
-            got: 0,
-            bytes: 0,
-            first: sequence,
-            latest: sequence,
-        });
+        if n == 1 {
+            return Part::Whole(Bytes::copy_from_slice(body));
+        }
+        let pending = match self.pending.get_mut(write) {
+            Some(pending) => pending,
+            None if i == 1 => {
+                // Its own bookkeeping counts too: the id and a place for each part.
+                let overhead = write.len() + n * std::mem::size_of::<Option<Bytes>>();
+                self.bytes += overhead;
+                self.pending.entry(write.to_owned()).or_insert(Pending {
+                    parts: vec![None; n],
+                    got: 0,
+                    bytes: overhead,
+                    first: sequence,
+                    latest: sequence,
+                })
+            }
+            None => {
+                return Part::Passed(format!(
+                    "part {i}/{n} of write {write}, which was not begun (dropped, or done)"
+                ));
+            }
+        };
         if pending.parts.len() != n {
-            return Err(format!(
-                "part {i}/{n} of write {write}, which had {} parts",
+            return Part::Passed(format!(
+                "part {i}/{n} of write {write}, which has {} parts",
                 pending.parts.len()
             ));
         }
@@ -156,18 +188,21 @@ impl Frames {
             pending.got += 1;
             pending.bytes += body.len();
             self.bytes += body.len();
-            pending.parts[i - 1] = Some(body);
+            // A copy, not a slice of the connection's buffer, which would hold all of it.
+            pending.parts[i - 1] = Some(Bytes::copy_from_slice(body));
         }
         if pending.got == n {
-            let done = self.pending.remove(write).unwrap_or_else(|| unreachable!());
+            let Some(done) = self.pending.remove(write) else {
+                return Part::Held;
+            };
             self.bytes -= done.bytes;
             let mut whole = Vec::with_capacity(done.bytes);
             for part in done.parts.into_iter().flatten() {
                 whole.extend_from_slice(&part);
             }
-            return Ok(Some(Bytes::from(whole)));
+            return Part::Whole(Bytes::from(whole));
         }
-        while self.bytes > PENDING_BYTES {
+        while self.bytes > PENDING_BYTES || self.pending.len() > PENDING_WRITES {
             let Some(oldest) = self
                 .pending
                 .iter()
@@ -176,9 +211,9 @@ impl Frames {
             else {
                 break;
             };
-            self.drop_write(&oldest, "the parts held passed their bound");
+            self.drop_write(&oldest, "the parts held passed their bounds");
         }
-        Ok(None)
+        Part::Held
     }
 
     fn forget_stale(&mut self, sequence: u64) {
@@ -238,24 +273,55 @@ mod tests {
     #[test]
     fn parts_of_writes_interleaved_come_back_whole_and_an_abandoned_one_is_dropped() {
         let mut frames = Frames::default();
-        let b = |s: &str| Bytes::from(s.to_owned());
-        assert_eq!(frames.part(1, "w1", "1/3", b("ab")), Ok(None));
+        let whole = |s: &str| Part::Whole(Bytes::from(s.to_owned()));
+        assert_eq!(frames.part(1, "w1", "1/3", b"ab"), Part::Held);
         // Another writer's one-part write and the start of an abandoned one between.
-        assert_eq!(frames.part(2, "w2", "1/1", b("xy")), Ok(Some(b("xy"))));
-        assert_eq!(frames.part(3, "dead", "1/2", b("zz")), Ok(None));
-        assert_eq!(frames.part(4, "w1", "3/3", b("ef")), Ok(None));
+        assert_eq!(frames.part(2, "w2", "1/1", b"xy"), whole("xy"));
+        assert_eq!(frames.part(3, "dead", "1/2", b"zz"), Part::Held);
+        assert_eq!(frames.part(4, "w1", "2/3", b"cd"), Part::Held);
         // A part sent twice counts once.
-        assert_eq!(frames.part(5, "w1", "3/3", b("ef")), Ok(None));
-        assert_eq!(frames.part(6, "w1", "2/3", b("cd")), Ok(Some(b("abcdef"))));
-        assert_eq!(frames.held(), (1, 2));
-        assert!(frames.part(7, "x", "0/2", b("")).is_err());
-        assert!(frames.part(8, "x", "3/2", b("")).is_err());
-        assert!(frames.part(9, "dead", "1/5", b("")).is_err());
+        assert_eq!(frames.part(5, "w1", "2/3", b"cd"), Part::Held);
+        assert_eq!(frames.part(6, "w1", "3/3", b"ef"), whole("abcdef"));
+        assert_eq!(frames.held().0, 1);
+        // Parts no copy can gather are passed over, alike in each.
+        for (write, part) in [
+            ("x", "0/2"),
+            ("x", "3/2"),
+            ("x", "2/2"),
+            ("dead", "1/5"),
+            ("w1", "3/3"),
+        ] {
+            assert!(
+                matches!(frames.part(7, write, part, b""), Part::Passed(_)),
+                "{write} {part}"
+            );
+        }
+        let long = "w".repeat(MAX_WRITE_ID + 1);
+        assert!(matches!(frames.part(8, &long, "1/1", b""), Part::Passed(_)));
+        assert_eq!(frames.held().0, 1);
         // Stale once 100,000 messages passed without a part of it.
-        assert_eq!(
-            frames.part(3 + STALE + 1, "w3", "1/1", b("q")),
-            Ok(Some(b("q")))
-        );
+        assert_eq!(frames.part(3 + STALE + 1, "w3", "1/1", b"q"), whole("q"));
         assert_eq!(frames.held(), (0, 0));
+    }
+
+    #[test]
+    fn writes_held_past_their_bound_are_dropped_oldest_first() {
+        let mut frames = Frames::default();
+        for i in 0..=PENDING_WRITES as u64 {
+            assert_eq!(
+                frames.part(i + 1, &format!("w{i}"), "1/2", b"a"),
+                Part::Held
+            );
+        }
+        assert_eq!(frames.held().0, PENDING_WRITES);
+        // The first begun was dropped: its last part is passed over.
+        assert!(matches!(
+            frames.part(5000, "w0", "2/2", b"b"),
+            Part::Passed(_)
+        ));
+        assert_eq!(
+            frames.part(5001, "w1", "2/2", b"b"),
+            Part::Whole(Bytes::from_static(b"ab"))
+        );
     }
 }
