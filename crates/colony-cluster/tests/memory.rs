@@ -247,3 +247,117 @@ fn a_memory_not_made_is_refused_unless_made_and_a_bad_location_is_named() {
         assert!(e.contains(says), "{location}: {e}");
     }
 }
+
+const CHILD: &str = "COLONY_NATS_MEMORY_KILL_CHILD";
+
+/// Batches of 20 documents of about 10 KB each (four or so messages through a server whose
+/// `max_payload` is 64 KiB), each acknowledged on stdout once `put` returned, until killed:
+/// run only as the child of `a_writer_killed_between_parts_leaves_whole_batches_only`.
+#[test]
+#[ignore = "the child process of a_writer_killed_between_parts_leaves_whole_batches_only"]
+fn nats_writer() {
+    let spec = std::env::var(CHILD).expect("run by the kill test");
+    let (url, round) = spec.split_once('|').unwrap();
+    let memory = open(url, "killed");
+    let ns = ns("ingest");
+    for batch in 0.. {
+        let docs = (0..20)
+            .map(|i| {
+                let id = format!("r{round}-b{batch}-{i}");
+                let text = format!("{id} ") + &"ingest ".repeat(1500);
+                Document::new(id, text).embedded(vec![batch as f32, i as f32, 1.0])
+            })
+            .collect();
+        memory.put(&ns, docs).unwrap();
+        println!("acked {batch}");
+    }
+}
+
+/// `kill -9` of a writer sending batches in parts, at a different point each round: every
+/// batch it was told was stored is there, and every batch there is whole (a batch whose
+/// last part never came is in no copy).
+#[test]
+fn a_writer_killed_between_parts_leaves_whole_batches_only() {
+    use std::io::{BufRead, BufReader};
+    let (_dir, server) = server("max_payload: 65536");
+    let url = server.url();
+    let mut acked: Vec<(u32, u32)> = Vec::new();
+    for round in 0..4u32 {
+        let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", "nats_writer", "--ignored", "--nocapture"])
+            .args(["--test-threads", "1"])
+            .env(CHILD, format!("{url}|{round}"))
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let wanted = 2 + round * 3;
+        let mut seen = 0;
+        while seen < wanted {
+            let line = lines.next().expect("the writer stopped early").unwrap();
+            if let Some(batch) = line.strip_prefix("acked ") {
+                acked.push((round, batch.parse().unwrap()));
+                seen += 1;
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_millis(u64::from(round) * 7));
+        child.kill().unwrap();
+        for line in lines.map_while(Result::ok) {
+            if let Some(batch) = line.strip_prefix("acked ") {
+                acked.push((round, batch.parse().unwrap()));
+            }
+        }
+        child.wait().unwrap();
+    }
+    let memory = open(&url, "killed");
+    let ns = ns("ingest");
+    for &(round, batch) in &acked {
+        let d = memory.get(&ns, &format!("r{round}-b{batch}-19")).unwrap();
+        assert_eq!(
+            d.unwrap_or_else(|| panic!("acknowledged batch {round}/{batch} is missing"))
+                .embedding,
+            Some(vec![batch as f32, 19.0, 1.0])
+        );
+    }
+    // Whole batches only: as many documents as 20 times the batches begun.
+    let held = memory.stats(&ns).unwrap().documents;
+    assert_eq!(held % 20, 0, "{held} documents: a batch stored in part");
+    assert!(held >= acked.len() as u64 * 20, "{held}");
+    for round in 0..4u32 {
+        for batch in 0.. {
+            let first = memory.get(&ns, &format!("r{round}-b{batch}-0")).unwrap();
+            let last = memory.get(&ns, &format!("r{round}-b{batch}-19")).unwrap();
+            assert_eq!(first.is_some(), last.is_some(), "batch {round}/{batch}");
+            if first.is_none() {
+                break;
+            }
+        }
+    }
+}
+
+/// A write made while the server is down waits for it, and lands once it is back; the
+/// copy's watch is made again and the write is answered from it.
+#[test]
+fn a_write_waits_out_a_server_restart() {
+    let (_dir, mut server) = server("");
+    let url = server.url();
+    let memory = open(&url, "restart");
+    let notes = ns("notes");
+    memory
+        .put(&notes, vec![Document::new("a", "before")])
+        .unwrap();
+    server.kill();
+    std::thread::scope(|s| {
+        let waiting = s.spawn(|| memory.put(&notes, vec![Document::new("b", "during")]));
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        server.start().expect("nats-server starts again");
+        waiting
+            .join()
+            .unwrap()
+            .expect("stored once the server is back");
+    });
+    assert_eq!(memory.get(&notes, "b").unwrap().unwrap().text, "during");
+    let again = open(&url, "restart");
+    assert_eq!(again.stats(&notes).unwrap().documents, 2);
+}
