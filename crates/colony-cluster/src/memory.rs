@@ -59,6 +59,19 @@ const CATCH_UP: Duration = Duration::from_secs(30);
 const RETRY_FOR: Duration = Duration::from_secs(60);
 /// How long the copy's watch waits before it is made again after it broke.
 const REWATCH: Duration = Duration::from_millis(500);
+/// Times a compaction takes its snapshot again when another writer wrote while it was sent.
+const COMPACT_TRIES: u32 = 3;
+
+/// What [`NatsMemory::compact`] did: the stream's messages and bytes before and after, and
+/// the sequence whose state the snapshot holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Compacted {
+    pub messages_before: u64,
+    pub bytes_before: u64,
+    pub messages_after: u64,
+    pub bytes_after: u64,
+    pub snapshot_of: u64,
+}
 
 /// Where a memory in NATS is.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -93,7 +106,10 @@ impl MemoryOptions {
     }
 }
 
-use wire::{Carried, Frames, MAX_PARTS, PART_HEADER, PENDING_BYTES, Part, WRITE_HEADER, Write};
+use wire::{
+    Carried, Frames, MAX_PARTS, PART_HEADER, PENDING_BYTES, Part, SNAPSHOT_HEADER, Space,
+    WRITE_HEADER, Write,
+};
 
 impl Write {
     /// Applies the write to `copy`: documents stored, or deleted. A document that cannot be
@@ -118,6 +134,8 @@ impl Write {
                 .map(|()| n)
             }
             Write::Delete { namespace, ids } => copy.delete(&namespace, &ids),
+            // Passed over by a copy that read what it sums up (see `take`).
+            Write::Snapshot { .. } => Ok(0),
         }
     }
 }
@@ -140,6 +158,9 @@ struct Followed {
 /// What the calls and the thread that keeps the copy share.
 struct Inner {
     copy: SqliteMemory,
+    /// Held while a message is applied to the copy, and while a snapshot of it is taken:
+    /// the copy and `followed.applied` then agree.
+    applying: Mutex<()>,
     followed: Mutex<Followed>,
     moved: Condvar,
     js: jetstream::Context,
@@ -353,6 +374,104 @@ impl NatsMemory {
         .map_err(|e| Error::nats(&self.inner.shown, e))
     }
 
+    /// Compacts the memory's stream: this copy's whole state (every namespace's record
+    /// and documents) written as a snapshot right after the last message it applied, in
+    /// consecutive parts, then every message before the snapshot purged. A copy that opens
+    /// afterwards restores the snapshot and goes on from there; one that follows the stream
+    /// now passes over it. Taken again (up to 3 times) when another writer wrote while it
+    /// was sent; refused when the snapshot would be larger than a write may be. A copy of
+    /// another process that had not read up to the snapshot's place when the purge came
+    /// (cut off from NATS meanwhile, say) stops, saying to open the memory again. Blocks.
+    pub fn compact(&self) -> Result<Compacted, Error> {
+        let failed = |e: colony_memory::Error| Error::nats("compacting", e);
+        let before = self.state()?;
+        for _ in 0..COMPACT_TRIES {
+            self.fresh().map_err(failed)?;
+            let (after, spaces) = self.snapshot().map_err(failed)?;
+            let frame = Bytes::from(
+                serde_json::to_vec(&Write::Snapshot { spaces })
+                    .map_err(|e| Error::nats("compacting", e))?,
+            );
+            let most = (MAX_PARTS * self.inner.part).min(PENDING_BYTES / 2);
+            if frame.len() > most {
+                return Err(Error::nats(
+                    &self.inner.shown,
+                    format!(
+                        "its snapshot would be {} bytes, more than one write may be ({most}): it cannot be compacted",
+                        frame.len()
+                    ),
+                ));
+            }
+            let (inner, op) = (self.inner.clone(), self.next_op());
+            let sent = self
+                .run(async move { publish_snapshot(&inner, frame, &op, after).await })
+                .map_err(failed)?
+                .map_err(|e| Error::nats(&self.inner.shown, e))?;
+            let Some(first) = sent else {
+                tracing::info!(
+                    memory = self.inner.shown,
+                    "Another writer wrote while the snapshot was sent; taking it again."
+                );
+                continue;
+            };
+            let stream = self.inner.stream.clone();
+            self.run(async move { stream.purge().sequence(first).await.map(|_| ()).map_err(|e| e.to_string()) })
+                .map_err(failed)?
+                .map_err(|e| Error::nats(&self.inner.shown, format!("the snapshot is written (from message {first}), but what it replaces could not be purged: {e}")))?;
+            let after_state = self.state()?;
+            return Ok(Compacted {
+                messages_before: before.0,
+                bytes_before: before.1,
+                messages_after: after_state.0,
+                bytes_after: after_state.1,
+                snapshot_of: after,
+            });
+        }
+        Err(Error::nats(
+            &self.inner.shown,
+            format!(
+                "other writers wrote while its snapshot was sent, {COMPACT_TRIES} times: compact it when it is written less"
+            ),
+        ))
+    }
+
+    /// The stream's messages and bytes.
+    fn state(&self) -> Result<(u64, u64), Error> {
+        let stream = self.inner.stream.clone();
+        let info = self
+            .run(async move { stream.get_info().await.map_err(|e| e.to_string()) })
+            .map_err(|e| Error::nats("reading the stream", e))?
+            .map_err(|e| Error::nats(&self.inner.shown, e))?;
+        Ok((info.state.messages, info.state.bytes))
+    }
+
+    /// The copy's whole state and the sequence it is the state after, read while no message
+    /// is applied.
+    fn snapshot(&self) -> Result<(u64, Vec<Space>), colony_memory::Error> {
+        let _applying = self
+            .inner
+            .applying
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        self.caught_up(0)?;
+        let after = lock(&self.inner.followed).applied;
+        let copy = &self.inner.copy;
+        let spaces = copy
+            .namespaces()?
+            .into_iter()
+            .map(|namespace| {
+                let dumped = copy.dump(&namespace)?;
+                Ok(Space {
+                    namespace,
+                    dimension: dumped.dimension,
+                    embedder: dumped.embedder,
+                    documents: dumped.documents.into_iter().map(Carried::of).collect(),
+                })
+            })
+            .collect::<Result<Vec<_>, colony_memory::Error>>()?;
+        Ok((after, spaces))
+    }
+
     fn next_op(&self) -> String {
         let n = self.inner.writes.fetch_add(1, Ordering::Relaxed) + 1;
         format!("{}-{n}", self.inner.writer)
@@ -466,6 +585,7 @@ async fn connect(
     };
     Ok(Inner {
         copy,
+        applying: Mutex::new(()),
         followed: Mutex::new(Followed::default()),
         moved: Condvar::new(),
         js,
@@ -488,6 +608,69 @@ async fn publish_frame(inner: &Inner, frame: Bytes, op: &str) -> Result<u64, Str
         last = publish(inner, body, op, &format!("{}/{parts}", i + 1)).await?;
     }
     Ok(last)
+}
+
+/// Publishes a snapshot of the state after message `after` as write `op`, its parts right
+/// after `after` and after each other; the sequence of its first, or `None` when another
+/// writer's message came first (what was sent of it is passed over by every copy).
+async fn publish_snapshot(
+    inner: &Inner,
+    frame: Bytes,
+    op: &str,
+    after: u64,
+) -> Result<Option<u64>, String> {
+    let parts = frame.len().div_ceil(inner.part).max(1);
+    let (mut last, mut first) = (after, None);
+    for i in 0..parts {
+        let body = frame.slice(i * inner.part..((i + 1) * inner.part).min(frame.len()));
+        let part = format!("{}/{parts}", i + 1);
+        let id = format!("{op}.{part}");
+        let deadline = Instant::now() + RETRY_FOR;
+        last = loop {
+            let message = jetstream::message::PublishMessage::build()
+                .payload(body.clone())
+                .message_id(&id)
+                .header(WRITE_HEADER, op)
+                .header(PART_HEADER, part.as_str())
+                .header(SNAPSHOT_HEADER, after.to_string().as_str())
+                .expected_last_sequence(last);
+            let sent = match inner.js.send_publish(inner.subject.clone(), message).await {
+                Ok(ack) => ack.await,
+                Err(e) => Err(e),
+            };
+            let error = match sent {
+                Ok(ack) => break ack.sequence,
+                Err(e) => e,
+            };
+            match error.kind() {
+                PublishErrorKind::WrongLastSequence => {
+                    // This part landed with its answer lost, or another writer came first.
+                    match inner.stream.get_raw_message(last + 1).await {
+                        Ok(next)
+                            if next
+                                .headers
+                                .get(async_nats::header::NATS_MESSAGE_ID)
+                                .is_some_and(|v| v.as_str() == id) =>
+                        {
+                            break next.sequence;
+                        }
+                        _ => return Ok(None),
+                    }
+                }
+                PublishErrorKind::MaxPayloadExceeded => return Err(error.to_string()),
+                _ => {}
+            }
+            if Instant::now() >= deadline {
+                return Err(format!(
+                    "NATS did not take the snapshot for {} s: {error}",
+                    RETRY_FOR.as_secs()
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
+        first.get_or_insert(last);
+    }
+    Ok(first)
 }
 
 /// Publishes one part, tried again with the same dedupe id while NATS cannot take it; its
@@ -527,7 +710,7 @@ async fn publish(inner: &Inner, body: Bytes, op: &str, part: &str) -> Result<u64
 /// stop; a watch that breaks is made again after the last message applied.
 async fn follow(inner: Arc<Inner>, mut stop: tokio::sync::watch::Receiver<bool>) {
     let client = inner.js.client();
-    let mut frames = Frames::default();
+    let mut copying = Copying::default();
     loop {
         let from = DeliverPolicy::ByStartSequence {
             start_sequence: lock(&inner.followed).applied + 1,
@@ -552,7 +735,7 @@ async fn follow(inner: Arc<Inner>, mut stop: tokio::sync::watch::Receiver<bool>)
                 };
                 match next {
                     Some(Ok((sequence, message))) => {
-                        if !apply(&inner, &mut frames, sequence, &message) {
+                        if !apply(&inner, &mut copying, sequence, &message) {
                             return;
                         }
                     }
@@ -576,69 +759,35 @@ async fn follow(inner: Arc<Inner>, mut stop: tokio::sync::watch::Receiver<bool>)
     }
 }
 
+/// What the thread keeping the copy holds between messages.
+#[derive(Debug, Default)]
+struct Copying {
+    frames: Frames,
+    /// The snapshot this copy restores before anything else: the stream began with it.
+    restoring: Option<String>,
+}
+
 /// Applies one message to the copy (a write once its last part came), and says so; `false`
 /// when the copy stopped, because it could not apply the message as every copy would.
 fn apply(
     inner: &Inner,
-    frames: &mut Frames,
+    copying: &mut Copying,
     sequence: u64,
     message: &async_nats::jetstream::Message,
 ) -> bool {
-    let header = |name: &str| {
-        message
-            .headers
-            .as_ref()
-            .and_then(|h| h.get(name))
-            .map(|v| v.as_str().to_owned())
-    };
-    let applied = match header(WRITE_HEADER) {
-        // Not a write of colony's: every copy passes over it alike.
-        None => {
-            tracing::warn!(
-                memory = inner.shown,
-                sequence,
-                "A message of the memory's stream is not a write of colony's; passed over."
-            );
-            Ok(None)
-        }
-        Some(op) => {
-            let part = header(PART_HEADER).unwrap_or_default();
-            match frames.part(sequence, &op, &part, &message.payload) {
-                Part::Passed(why) => {
-                    tracing::warn!(
-                        memory = inner.shown,
-                        sequence,
-                        why,
-                        "A message of the memory's stream is not a part any copy can gather; passed over."
-                    );
-                    Ok(None)
-                }
-                Part::Held => Ok(None),
-                Part::Whole(frame) => {
-                    let copy = &inner.copy;
-                    let applied = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                        serde_json::from_slice::<Write>(&frame)
-                            .map_err(|e| {
-                                format!("it cannot be read as a write ({e}): a newer colony's?")
-                            })
-                            .map(|write| write.apply(copy))
-                    }));
-                    match applied {
-                        Err(panic) => Err(format!(
-                            "applying it panicked: {}",
-                            colony_agents::spawner::panic_message(&*panic)
-                        )),
-                        Ok(Err(e)) => Err(e),
-                        // A store that failed here would not fail in the other copies.
-                        Ok(Ok(Err(colony_memory::Error::Store(e)))) => {
-                            Err(format!("this copy's store failed: {e}"))
-                        }
-                        Ok(Ok(answer)) => Ok(Some((op, answer))),
-                    }
-                }
-            }
-        }
-    };
+    let applying = inner
+        .applying
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let applied = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        take(inner, copying, sequence, message)
+    }))
+    .unwrap_or_else(|panic| {
+        Err(format!(
+            "applying it panicked: {}",
+            colony_agents::spawner::panic_message(&*panic)
+        ))
+    });
     let mut followed = lock(&inner.followed);
     let going = match applied {
         Ok(answered) => {
@@ -663,8 +812,112 @@ fn apply(
         }
     };
     drop(followed);
+    drop(applying);
     inner.moved.notify_all();
     going
+}
+
+/// A write's id and what applying it said.
+type Answered = (String, Result<u64, colony_memory::Error>);
+
+/// [`apply`]'s work: the answer to a write of this process's, or why the copy must stop.
+fn take(
+    inner: &Inner,
+    copying: &mut Copying,
+    sequence: u64,
+    message: &async_nats::jetstream::Message,
+) -> Result<Option<Answered>, String> {
+    let header = |name: &str| {
+        message
+            .headers
+            .as_ref()
+            .and_then(|h| h.get(name))
+            .map(|v| v.as_str().to_owned())
+    };
+    let applied = lock(&inner.followed).applied;
+    if sequence != applied + 1 {
+        // Messages before this one are gone: the stream was compacted. A copy that starts
+        // there restores the snapshot it begins with; one that had read less than the
+        // snapshot sums up cannot go on.
+        let begins = header(SNAPSHOT_HEADER).is_some()
+            && header(PART_HEADER).is_some_and(|p| p.starts_with("1/"));
+        match (applied, begins, header(WRITE_HEADER)) {
+            (0, true, Some(op)) => copying.restoring = Some(op),
+            (0, _, _) => {
+                return Err(format!(
+                    "the stream begins at it, and not with a snapshot: its first {} messages were deleted by hand?",
+                    sequence - 1
+                ));
+            }
+            _ => {
+                return Err(format!(
+                    "messages {} to {} are gone (the memory was compacted past this copy's place, or they were deleted): open the memory again",
+                    applied + 1,
+                    sequence - 1
+                ));
+            }
+        }
+    }
+    let Some(op) = header(WRITE_HEADER) else {
+        // Not a write of colony's: every copy passes over it alike.
+        tracing::warn!(
+            memory = inner.shown,
+            sequence,
+            "A message of the memory's stream is not a write of colony's; passed over."
+        );
+        return Ok(None);
+    };
+    let part = header(PART_HEADER).unwrap_or_default();
+    let frame = match copying.frames.part(sequence, &op, &part, &message.payload) {
+        Part::Passed(why) => {
+            tracing::warn!(
+                memory = inner.shown,
+                sequence,
+                why,
+                "A message of the memory's stream is not a part any copy can gather; passed over."
+            );
+            return Ok(None);
+        }
+        Part::Held => return Ok(None),
+        Part::Whole(frame) => frame,
+    };
+    let write = serde_json::from_slice::<Write>(&frame)
+        .map_err(|e| format!("it cannot be read as a write ({e}): a newer colony's?"))?;
+    match (write, copying.restoring.take()) {
+        (Write::Snapshot { spaces }, Some(snapshot)) if snapshot == op => {
+            restore(&inner.copy, spaces)?;
+            Ok(None)
+        }
+        (_, Some(snapshot)) => Err(format!(
+            "write {op} came before snapshot {snapshot} was whole, though a snapshot's parts are consecutive"
+        )),
+        // The history it sums up was read.
+        (Write::Snapshot { .. }, None) => Ok(None),
+        (write, None) => match write.apply(&inner.copy) {
+            // A store that failed here would not fail in the other copies.
+            Err(colony_memory::Error::Store(e)) => Err(format!("this copy's store failed: {e}")),
+            answer => Ok(Some((op, answer))),
+        },
+    }
+}
+
+/// Restores a snapshot's namespaces into the copy, which is empty.
+fn restore(copy: &SqliteMemory, spaces: Vec<Space>) -> Result<(), String> {
+    for space in spaces {
+        let documents = space
+            .documents
+            .into_iter()
+            .map(Carried::document)
+            .collect::<Result<Vec<_>, _>>()?;
+        let dumped = colony_memory::Dumped {
+            dimension: space.dimension,
+            embedder: space.embedder,
+            documents,
+        };
+        copy.restore(&space.namespace, dumped)
+            .map_err(|e| format!("restoring the snapshot's {}: {e}", space.namespace))?;
+    }
+    Ok(())
 }
 
 impl Memory for NatsMemory {

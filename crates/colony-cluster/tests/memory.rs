@@ -361,3 +361,86 @@ fn a_write_waits_out_a_server_restart() {
     let again = open(&url, "restart");
     assert_eq!(again.stats(&notes).unwrap().documents, 2);
 }
+
+/// A memory written over and over (documents replaced and deleted, a namespace emptied that
+/// keeps its dimension, an embedder recorded) is compacted: the stream then holds the
+/// snapshot, in parts, and what came after it. A copy opened afterwards restores the
+/// snapshot and answers as the others do, refusing what they refuse; the copies that
+/// followed all along go on writing and reading.
+#[test]
+fn a_compacted_memory_opens_from_its_snapshot_the_same() {
+    let (_dir, server) = server("max_payload: 65536");
+    let url = server.url();
+    let (a, b) = (open(&url, "compact"), open(&url, "compact"));
+    let (notes, emptied) = (ns("notes"), ns("emptied"));
+    for round in 0..5 {
+        let docs = (0..100)
+            .map(|i| {
+                let text = format!("round {round} note {i} ") + &"agents ".repeat(50);
+                Document::new(format!("d{i}"), text).embedded(vec![i as f32, round as f32, 1.0])
+            })
+            .collect();
+        a.put_embedded(&notes, docs, "lexical").unwrap();
+    }
+    b.delete(&notes, &["d0".into(), "d1".into()]).unwrap();
+    b.put(
+        &emptied,
+        vec![Document::new("e", "e").embedded(vec![1.0, 2.0])],
+    )
+    .unwrap();
+    b.delete(&emptied, &["e".into()]).unwrap();
+    let done = a.compact().expect("compacted");
+    assert!(
+        done.messages_after < done.messages_before && done.bytes_after < done.bytes_before,
+        "{done:?}"
+    );
+    // The followers go on.
+    b.put(&notes, vec![Document::new("d500", "after the snapshot")])
+        .unwrap();
+    assert!(a.get(&notes, "d500").unwrap().is_some());
+    let c = open(&url, "compact");
+    let same = |x: &NatsMemory, y: &NatsMemory| {
+        assert_eq!(x.namespaces().unwrap(), y.namespaces().unwrap());
+        for space in [&notes, &emptied] {
+            assert_eq!(x.stats(space).unwrap(), y.stats(space).unwrap());
+        }
+        for id in ["d0", "d2", "d99", "d500"] {
+            assert_eq!(
+                x.get(&notes, id).unwrap(),
+                y.get(&notes, id).unwrap(),
+                "{id}"
+            );
+        }
+        let q = Query {
+            text: Some("round 4 note 17 agents".into()),
+            vector: Some(vec![17.0, 4.0, 1.0]),
+            k: 5,
+            ..Query::default()
+        };
+        assert_eq!(x.search(&notes, &q).unwrap(), y.search(&notes, &q).unwrap());
+    };
+    same(&a, &c);
+    assert_eq!(
+        c.get(&notes, "d2").unwrap().unwrap().embedding,
+        Some(vec![2.0, 4.0, 1.0])
+    );
+    // What the others refuse, the restored copy refuses: the emptied namespace's dimension,
+    // the recorded embedder.
+    let three = || vec![Document::new("t", "t").embedded(vec![1.0, 2.0, 3.0])];
+    assert!(matches!(
+        c.put(&emptied, three()).unwrap_err(),
+        Error::Dimension { .. }
+    ));
+    let mixed = c.put_embedded(&notes, three(), "http:other").unwrap_err();
+    assert!(
+        matches!(mixed, Error::Dimension { .. } | Error::Mixed { .. }),
+        "{mixed}"
+    );
+    // Compacted again, from a restored copy, and opened again: the same.
+    c.put(&notes, vec![Document::new("d501", "later still")])
+        .unwrap();
+    c.compact().expect("compacted again");
+    let d = open(&url, "compact");
+    same(&b, &d);
+    assert!(d.get(&notes, "d501").unwrap().is_some());
+}

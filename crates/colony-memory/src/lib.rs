@@ -36,7 +36,7 @@ pub use embed::{Embedder, Lexical};
 pub use open::{Opening, Place, open, open_file, shard_path};
 pub use remote::{Remote, RemoteOptions};
 pub use sharded::{MAX_SHARDS, Sharded};
-pub use sqlite::SqliteMemory;
+pub use sqlite::{Dumped, SqliteMemory};
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};

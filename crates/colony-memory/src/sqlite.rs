@@ -273,6 +273,87 @@ impl SqliteMemory {
 
     /// Keeps up to `entries` recent searches' results (0: none), each answered again while
     /// what it read is unchanged. [`DEFAULT_CACHE_ENTRIES`] unless set.
+    /// Everything of `ns` a copy of it needs: its record (dimension, embedder) and every
+    /// document, by id. For a memory in NATS, whose snapshot is each namespace dumped.
+    pub fn dump(&self, ns: &Namespace) -> Result<Dumped, Error> {
+        let db = self.db();
+        let (dimension, embedder) = db
+            .query_row(
+                "SELECT dimension, embedder FROM namespaces WHERE name = ?1",
+                [ns.as_str()],
+                |r| Ok((r.get::<_, Option<i64>>(0)?, r.get::<_, Option<String>>(1)?)),
+            )
+            .optional()?
+            .ok_or_else(|| Error::UnknownNamespace(ns.to_string()))?;
+        let mut stmt = db.prepare(
+            "SELECT id, text, metadata, embedding FROM documents WHERE namespace = ?1 ORDER BY id",
+        )?;
+        let rows = stmt.query_map([ns.as_str()], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, Option<Vec<u8>>>(3)?,
+            ))
+        })?;
+        let documents = rows
+            .map(|row| {
+                let (id, text, meta, embedding) = row?;
+                Ok(Document {
+                    id,
+                    text,
+                    metadata: metadata(&meta)?,
+                    embedding: embedding.as_deref().map(floats),
+                })
+            })
+            .collect::<Result<Vec<_>, Error>>()?;
+        Ok(Dumped {
+            dimension: dimension.map(|d| d as usize),
+            embedder,
+            documents,
+        })
+    }
+
+    /// Makes namespace `ns`, which must not be here, what `dumped` says: its documents
+    /// stored (in batches), then its record set as it was (a dimension kept by a namespace
+    /// whose documents were deleted, an embedder recorded).
+    pub fn restore(&self, ns: &Namespace, dumped: Dumped) -> Result<(), Error> {
+        if namespace(&self.db(), ns)?.is_some() {
+            return Err(Error::Store(format!(
+                "namespace {ns} is here already: a snapshot restores an empty copy"
+            )));
+        }
+        let mut documents = dumped.documents;
+        loop {
+            let mut bytes = 0;
+            let take = documents
+                .iter()
+                .take(crate::MAX_BATCH)
+                .take_while(|d| {
+                    bytes += d.text.len() + 4 * d.embedding.as_ref().map_or(0, Vec::len);
+                    bytes <= crate::MAX_BATCH_BYTES
+                })
+                .count()
+                .max(1)
+                .min(documents.len());
+            let rest = documents.split_off(take);
+            self.put_by(ns, documents, None)?;
+            documents = rest;
+            if documents.is_empty() {
+                break;
+            }
+        }
+        self.db().execute(
+            "UPDATE namespaces SET dimension = ?2, embedder = ?3 WHERE name = ?1",
+            params![
+                ns.as_str(),
+                dumped.dimension.map(|d| d as i64),
+                dumped.embedder
+            ],
+        )?;
+        Ok(())
+    }
+
     pub fn with_cache(mut self, entries: usize) -> Self {
         self.cache = Cache::new(entries);
         self
@@ -943,6 +1024,14 @@ impl SqliteMemory {
         tx.commit()?;
         Ok(())
     }
+}
+
+/// A namespace whole, as [`SqliteMemory::dump`] reads it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Dumped {
+    pub dimension: Option<usize>,
+    pub embedder: Option<String>,
+    pub documents: Vec<Document>,
 }
 
 impl Memory for SqliteMemory {

@@ -46,3 +46,46 @@ fn documents_acknowledged_are_in_the_file_when_it_is_opened_again() {
         200
     );
 }
+
+/// A namespace dumped and restored into an empty store is the same namespace: its
+/// documents, the dimension it kept after its documents were deleted, the embedder it
+/// recorded (so it refuses what the first refuses), and its searches.
+#[test]
+fn a_namespace_dumped_and_restored_is_the_same() {
+    let (a, b) = (
+        SqliteMemory::in_memory().unwrap(),
+        SqliteMemory::in_memory().unwrap(),
+    );
+    let notes = Namespace::parse("team/notes").unwrap();
+    let emptied = Namespace::parse("team/emptied").unwrap();
+    let docs: Vec<Document> = (0..250)
+        .map(|i| {
+            Document::new(format!("d{i}"), format!("note {i} about agents restarting"))
+                .with("n", i)
+                .embedded(vec![i as f32, 1.0, 0.5])
+        })
+        .collect();
+    a.put_embedded(&notes, docs, "lexical").unwrap();
+    a.put(
+        &emptied,
+        vec![Document::new("x", "x").embedded(vec![1.0, 2.0])],
+    )
+    .unwrap();
+    a.delete(&emptied, &["x".into()]).unwrap();
+    for ns in [&notes, &emptied] {
+        b.restore(ns, a.dump(ns).unwrap()).unwrap();
+        assert_eq!(a.stats(ns).unwrap(), b.stats(ns).unwrap());
+        assert_eq!(a.dump(ns).unwrap(), b.dump(ns).unwrap());
+    }
+    assert!(b.restore(&notes, a.dump(&notes).unwrap()).is_err());
+    let q = Query::text("agents restarting 17", 5);
+    let (ha, hb) = (a.search(&notes, &q).unwrap(), b.search(&notes, &q).unwrap());
+    assert_eq!(ha, hb);
+    // What the first refuses, the restored refuses.
+    let three = vec![Document::new("y", "y").embedded(vec![1.0, 2.0, 3.0])];
+    assert!(a.put(&emptied, three.clone()).is_err());
+    assert!(b.put(&emptied, three).is_err());
+    let other = vec![Document::new("z", "z").embedded(vec![1.0, 2.0, 3.0])];
+    assert!(a.put_embedded(&notes, other.clone(), "http:m").is_err());
+    assert!(b.put_embedded(&notes, other, "http:m").is_err());
+}

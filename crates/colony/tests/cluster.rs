@@ -1553,6 +1553,30 @@ fn servers_of_the_cluster_share_one_memory_in_nats() {
     );
     assert_eq!(code, 404);
     assert!(!colony(&["search", "--text", "migration"]).contains("d1"));
+    // Compacted under both servers: they go on serving it, and a process opening it now
+    // restores the snapshot.
+    let out = Command::new(COLONY)
+        .args(["memory", "compact", "--db", &memory])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{said}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(said.contains("compacted the memory shared"), "{said}");
+    let (code, body) = fetch(
+        serves[1].port,
+        "/v1/memory/documents?namespace=team/a&id=d2",
+    );
+    assert_eq!(code, 200, "{body}");
+    assert!(colony(&["get", "d2"]).contains("the cache was warmed"));
+    let out = Command::new(COLONY)
+        .args(["memory", "compact", "--db", "m.db"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
 
     // A memory file would be one machine's: refused with --nats before anything starts.
     let out = Command::new(COLONY)

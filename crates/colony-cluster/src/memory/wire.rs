@@ -13,6 +13,8 @@ use std::collections::HashMap;
 pub(crate) const WRITE_HEADER: &str = "Colony-Write";
 /// The header naming a message's part of its write: `i/n`.
 pub(crate) const PART_HEADER: &str = "Colony-Part";
+/// The header of each part of a snapshot: the sequence whose state it holds.
+pub(crate) const SNAPSHOT_HEADER: &str = "Colony-Snapshot";
 /// Most parts of one write: with the servers' default `max_payload` (1 MiB), 256 MiB.
 pub(crate) const MAX_PARTS: usize = 256;
 /// Most bytes of parts a copy holds for writes whose last part has not come (a writer that
@@ -41,6 +43,22 @@ pub(crate) enum Write {
         namespace: Namespace,
         ids: Vec<String>,
     },
+    /// The whole memory as it was after the message the parts' `Colony-Snapshot` names, its
+    /// parts consecutive right after it: what a copy that starts where the stream was
+    /// compacted restores; a copy that read the messages before it passes over it.
+    Snapshot { spaces: Vec<Space> },
+}
+
+/// A namespace whole, as a snapshot carries it.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub(crate) struct Space {
+    pub(crate) namespace: Namespace,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) dimension: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) embedder: Option<String>,
+    pub(crate) documents: Vec<Carried>,
 }
 
 /// A document as a write carries it: its embedding as base64.

@@ -34,6 +34,21 @@ pub(crate) enum Command {
     /// how well it finds. With --chroma, writes a Chroma memory's index again from its
     /// record (stop its writers first; --queries, -k and --min-recall are for a file).
     Rebuild(RebuildArgs),
+    /// Compact a memory in NATS (--db nats://HOST:PORT/NAME): its whole state written as a
+    /// snapshot after its last write, and every message before the snapshot purged, so
+    /// that a process opening it replays the snapshot, not every write ever made. Other
+    /// processes may go on writing; one cut off from NATS meanwhile reopens it.
+    Compact(CompactArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct CompactArgs {
+    /// The memory in NATS: nats://HOST:PORT/NAME (several servers comma-separated).
+    #[arg(long, value_name = "LOCATION")]
+    db: String,
+    /// Print the result as JSON.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -303,6 +318,47 @@ fn open_in_nats(
     Ok(Box::new(memory))
 }
 
+fn compact(args: &CompactArgs) -> Result<(), Failure> {
+    let refused = |e: colony_cluster::Error| match e {
+        colony_cluster::Error::Settings(_) => Failure::input(e),
+        e => Failure::work(anyhow::Error::new(e).context("--db")),
+    };
+    if !colony_cluster::journal::in_nats(&args.db) {
+        return Err(Failure::input(anyhow::anyhow!(
+            "--db {}: compact is for a memory in NATS (nats://HOST:PORT/NAME); a SQLite file keeps no history to compact",
+            args.db
+        )));
+    }
+    let options =
+        colony_cluster::memory::MemoryOptions::parse(&args.db, "--db").map_err(refused)?;
+    let memory = colony_cluster::memory::NatsMemory::open(&options, false, false, "--db")
+        .map_err(refused)?;
+    let done = memory.compact().map_err(refused)?;
+    if args.json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "messages-before": done.messages_before,
+                "bytes-before": done.bytes_before,
+                "messages-after": done.messages_after,
+                "bytes-after": done.bytes_after,
+                "snapshot-of": done.snapshot_of,
+            })
+        );
+    } else {
+        println!(
+            "compacted the memory {}: {} messages ({} bytes) before, {} ({} bytes) after; the snapshot holds its state after message {}",
+            options.name,
+            done.messages_before,
+            done.bytes_before,
+            done.messages_after,
+            done.bytes_after,
+            done.snapshot_of
+        );
+    }
+    Ok(())
+}
+
 /// A memory's error, said of the flag that named it.
 fn named(flag: &str, e: Error) -> Failure {
     match failure(e) {
@@ -341,6 +397,7 @@ pub(crate) fn run(command: &Command) -> Result<(), Failure> {
         }
         Command::Search(args) => search(args),
         Command::Rebuild(args) => rebuild(args),
+        Command::Compact(args) => compact(args),
         Command::Stats(args) => {
             let memory = open(&args.store, false)?;
             let (all, _) = memory.listed(usize::MAX).map_err(failure)?;
