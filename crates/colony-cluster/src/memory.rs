@@ -107,8 +107,8 @@ impl MemoryOptions {
 }
 
 use wire::{
-    Carried, Frames, MAX_PARTS, PART_HEADER, PENDING_BYTES, Part, SNAPSHOT_HEADER, Space,
-    WRITE_HEADER, Write,
+    Carried, Frames, HeldWrite, MAX_PARTS, PART_HEADER, PENDING_BYTES, Part, SNAPSHOT_HEADER,
+    Space, WRITE_HEADER, Write,
 };
 
 impl Write {
@@ -153,14 +153,21 @@ struct Followed {
     trouble: Option<String>,
     /// Why the copy stopped for good, once it has.
     stopped: Option<String>,
+    /// Bumped at each message applied and each batch of a snapshot restored: a call waits
+    /// for as long as it moves.
+    progress: u64,
 }
 
 /// What the calls and the thread that keeps the copy share.
 struct Inner {
-    copy: SqliteMemory,
-    /// Held while a message is applied to the copy, and while a snapshot of it is taken:
-    /// the copy and `followed.applied` then agree.
-    applying: Mutex<()>,
+    /// The copy: replaced whole when a snapshot is restored into a new one.
+    copy: std::sync::RwLock<Arc<SqliteMemory>>,
+    /// Whether a copy builds approximate indexes.
+    approximate: bool,
+    /// What the thread keeping the copy holds between messages; locked while a message is
+    /// applied, and while a snapshot is taken: the copy, its held parts and
+    /// `followed.applied` then agree.
+    applying: Mutex<Copying>,
     followed: Mutex<Followed>,
     moved: Condvar,
     js: jetstream::Context,
@@ -173,6 +180,25 @@ struct Inner {
     part: usize,
     /// `the memory NAME`, for errors.
     shown: String,
+}
+
+impl Inner {
+    fn copy(&self) -> Arc<SqliteMemory> {
+        self.copy
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// A new, empty copy.
+    fn new_copy(&self) -> Result<SqliteMemory, colony_memory::Error> {
+        let copy = SqliteMemory::in_memory()?;
+        Ok(if self.approximate {
+            copy
+        } else {
+            copy.with_approximate(None)
+        })
+    }
 }
 
 fn lock(mutex: &Mutex<Followed>) -> MutexGuard<'_, Followed> {
@@ -262,11 +288,11 @@ impl NatsMemory {
     }
 
     /// Waits until the copy applied message `sequence`, for as long as it goes on applying
-    /// (it fails after [`CATCH_UP`] without one message applied).
+    /// (it fails after [`CATCH_UP`] without one message applied, or one batch restored).
     fn caught_up(&self, sequence: u64) -> Result<(), colony_memory::Error> {
         let mut deadline = Instant::now() + CATCH_UP;
         let mut followed = lock(&self.inner.followed);
-        let mut seen = followed.applied;
+        let mut seen = followed.progress;
         while followed.applied < sequence {
             if let Some(why) = &followed.stopped {
                 return Err(self.store(format!(
@@ -274,8 +300,8 @@ impl NatsMemory {
                 )));
             }
             let now = Instant::now();
-            if followed.applied > seen {
-                seen = followed.applied;
+            if followed.progress > seen {
+                seen = followed.progress;
                 deadline = now + CATCH_UP;
             }
             if now >= deadline {
@@ -387,9 +413,9 @@ impl NatsMemory {
         let before = self.state()?;
         for _ in 0..COMPACT_TRIES {
             self.fresh().map_err(failed)?;
-            let (after, spaces) = self.snapshot().map_err(failed)?;
+            let (after, spaces, held) = self.snapshot().map_err(failed)?;
             let frame = Bytes::from(
-                serde_json::to_vec(&Write::Snapshot { spaces })
+                serde_json::to_vec(&Write::Snapshot { spaces, held })
                     .map_err(|e| Error::nats("compacting", e))?,
             );
             let most = (MAX_PARTS * self.inner.part).min(PENDING_BYTES / 2);
@@ -447,15 +473,16 @@ impl NatsMemory {
 
     /// The copy's whole state and the sequence it is the state after, read while no message
     /// is applied.
-    fn snapshot(&self) -> Result<(u64, Vec<Space>), colony_memory::Error> {
-        let _applying = self
+    fn snapshot(&self) -> Result<(u64, Vec<Space>, Vec<HeldWrite>), colony_memory::Error> {
+        let copying = self
             .inner
             .applying
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         self.caught_up(0)?;
         let after = lock(&self.inner.followed).applied;
-        let copy = &self.inner.copy;
+        let held = copying.frames.held();
+        let copy = self.inner.copy();
         let spaces = copy
             .namespaces()?
             .into_iter()
@@ -469,7 +496,7 @@ impl NatsMemory {
                 })
             })
             .collect::<Result<Vec<_>, colony_memory::Error>>()?;
-        Ok((after, spaces))
+        Ok((after, spaces, held))
     }
 
     fn next_op(&self) -> String {
@@ -584,8 +611,9 @@ async fn connect(
         copy.with_approximate(None)
     };
     Ok(Inner {
-        copy,
-        applying: Mutex::new(()),
+        copy: std::sync::RwLock::new(Arc::new(copy)),
+        approximate,
+        applying: Mutex::new(Copying::default()),
         followed: Mutex::new(Followed::default()),
         moved: Condvar::new(),
         js,
@@ -710,10 +738,14 @@ async fn publish(inner: &Inner, body: Bytes, op: &str, part: &str) -> Result<u64
 /// stop; a watch that breaks is made again after the last message applied.
 async fn follow(inner: Arc<Inner>, mut stop: tokio::sync::watch::Receiver<bool>) {
     let client = inner.js.client();
-    let mut copying = Copying::default();
     loop {
+        let last = inner
+            .applying
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .last;
         let from = DeliverPolicy::ByStartSequence {
-            start_sequence: lock(&inner.followed).applied + 1,
+            start_sequence: last + 1,
         };
         let watched = async {
             let consumer = crate::watch::ordered(
@@ -735,7 +767,7 @@ async fn follow(inner: Arc<Inner>, mut stop: tokio::sync::watch::Receiver<bool>)
                 };
                 match next {
                     Some(Ok((sequence, message))) => {
-                        if !apply(&inner, &mut copying, sequence, &message) {
+                        if !apply(&inner, sequence, &message) {
                             return;
                         }
                     }
@@ -765,22 +797,20 @@ struct Copying {
     frames: Frames,
     /// The snapshot this copy restores before anything else: the stream began with it.
     restoring: Option<String>,
+    /// The last message taken: while a snapshot is restored, ahead of `followed.applied`,
+    /// which stays where the copy was until the snapshot is whole.
+    last: u64,
 }
 
 /// Applies one message to the copy (a write once its last part came), and says so; `false`
 /// when the copy stopped, because it could not apply the message as every copy would.
-fn apply(
-    inner: &Inner,
-    copying: &mut Copying,
-    sequence: u64,
-    message: &async_nats::jetstream::Message,
-) -> bool {
-    let applying = inner
+fn apply(inner: &Inner, sequence: u64, message: &async_nats::jetstream::Message) -> bool {
+    let mut copying = inner
         .applying
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
     let applied = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        take(inner, copying, sequence, message)
+        take(inner, &mut copying, sequence, message)
     }))
     .unwrap_or_else(|panic| {
         Err(format!(
@@ -796,7 +826,11 @@ fn apply(
             {
                 followed.answers.insert(op, answer);
             }
-            followed.applied = sequence;
+            copying.last = sequence;
+            if copying.restoring.is_none() {
+                followed.applied = sequence;
+            }
+            followed.progress += 1;
             followed.trouble = None;
             true
         }
@@ -812,7 +846,7 @@ fn apply(
         }
     };
     drop(followed);
-    drop(applying);
+    drop(copying);
     inner.moved.notify_all();
     going
 }
@@ -834,28 +868,28 @@ fn take(
             .and_then(|h| h.get(name))
             .map(|v| v.as_str().to_owned())
     };
-    let applied = lock(&inner.followed).applied;
+    let applied = copying.last;
     if sequence != applied + 1 {
-        // Messages before this one are gone: the stream was compacted. A copy that starts
-        // there restores the snapshot it begins with; one that had read less than the
-        // snapshot sums up cannot go on.
-        let begins = header(SNAPSHOT_HEADER).is_some()
+        // Messages before this one are gone. A snapshot's first part after them (the
+        // stream was compacted past this copy's place, or this copy starts where it was
+        // compacted) is restored into a new copy, from nothing: what this copy held, and
+        // the parts it gathered, are the snapshot's to say. Anything else was deleted by
+        // hand, and is passed over as it was.
+        let begins = header(SNAPSHOT_HEADER)
+            .and_then(|after| after.parse::<u64>().ok())
+            .is_some_and(|after| after + 1 == sequence)
             && header(PART_HEADER).is_some_and(|p| p.starts_with("1/"));
-        match (applied, begins, header(WRITE_HEADER)) {
-            (0, true, Some(op)) => copying.restoring = Some(op),
-            (0, _, _) => {
-                return Err(format!(
-                    "the stream begins at it, and not with a snapshot: its first {} messages were deleted by hand?",
-                    sequence - 1
-                ));
+        match header(WRITE_HEADER) {
+            Some(op) if begins => {
+                copying.restoring = Some(op);
+                copying.frames = Frames::default();
             }
-            _ => {
-                return Err(format!(
-                    "messages {} to {} are gone (the memory was compacted past this copy's place, or they were deleted): open the memory again",
-                    applied + 1,
-                    sequence - 1
-                ));
-            }
+            _ => tracing::warn!(
+                memory = inner.shown,
+                from = applied + 1,
+                to = sequence - 1,
+                "Messages of the memory's stream are gone, not by a compaction (deleted by hand?); passed over."
+            ),
         }
     }
     let Some(op) = header(WRITE_HEADER) else {
@@ -881,19 +915,27 @@ fn take(
         Part::Held => return Ok(None),
         Part::Whole(frame) => frame,
     };
+    // A snapshot of the history this copy read: passed over unread.
+    if copying.restoring.is_none() && header(SNAPSHOT_HEADER).is_some() {
+        return Ok(None);
+    }
     let write = serde_json::from_slice::<Write>(&frame)
         .map_err(|e| format!("it cannot be read as a write ({e}): a newer colony's?"))?;
     match (write, copying.restoring.take()) {
-        (Write::Snapshot { spaces }, Some(snapshot)) if snapshot == op => {
-            restore(&inner.copy, spaces)?;
+        (Write::Snapshot { spaces, held }, Some(snapshot)) if snapshot == op => {
+            let copy = restore(inner, spaces)?;
+            copying.frames.hold(held)?;
+            *inner
+                .copy
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(copy);
             Ok(None)
         }
         (_, Some(snapshot)) => Err(format!(
             "write {op} came before snapshot {snapshot} was whole, though a snapshot's parts are consecutive"
         )),
-        // The history it sums up was read.
         (Write::Snapshot { .. }, None) => Ok(None),
-        (write, None) => match write.apply(&inner.copy) {
+        (write, None) => match write.apply(&inner.copy()) {
             // A store that failed here would not fail in the other copies.
             Err(colony_memory::Error::Store(e)) => Err(format!("this copy's store failed: {e}")),
             answer => Ok(Some((op, answer))),
@@ -901,8 +943,15 @@ fn take(
     }
 }
 
-/// Restores a snapshot's namespaces into the copy, which is empty.
-fn restore(copy: &SqliteMemory, spaces: Vec<Space>) -> Result<(), String> {
+/// A new copy holding a snapshot's namespaces; each batch restored counts as progress.
+fn restore(inner: &Inner, spaces: Vec<Space>) -> Result<SqliteMemory, String> {
+    let copy = inner
+        .new_copy()
+        .map_err(|e| format!("a new copy for the snapshot: {e}"))?;
+    let mut stored = || {
+        lock(&inner.followed).progress += 1;
+        inner.moved.notify_all();
+    };
     for space in spaces {
         let documents = space
             .documents
@@ -914,10 +963,10 @@ fn restore(copy: &SqliteMemory, spaces: Vec<Space>) -> Result<(), String> {
             embedder: space.embedder,
             documents,
         };
-        copy.restore(&space.namespace, dumped)
+        copy.restore(&space.namespace, dumped, &mut stored)
             .map_err(|e| format!("restoring the snapshot's {}: {e}", space.namespace))?;
     }
-    Ok(())
+    Ok(copy)
 }
 
 impl Memory for NatsMemory {
@@ -957,7 +1006,7 @@ impl Memory for NatsMemory {
         id: &str,
     ) -> Result<Option<Document>, colony_memory::Error> {
         self.fresh()?;
-        self.inner.copy.get(namespace, id)
+        self.inner.copy().get(namespace, id)
     }
 
     fn delete(&self, namespace: &Namespace, ids: &[String]) -> Result<u64, colony_memory::Error> {
@@ -981,7 +1030,7 @@ impl Memory for NatsMemory {
         stats: Option<&TextStats>,
     ) -> Result<Vec<Hit>, colony_memory::Error> {
         self.fresh()?;
-        self.inner.copy.search_scored(namespace, query, stats)
+        self.inner.copy().search_scored(namespace, query, stats)
     }
 
     fn text_stats(
@@ -990,35 +1039,35 @@ impl Memory for NatsMemory {
         words: &[String],
     ) -> Result<TextStats, colony_memory::Error> {
         self.fresh()?;
-        self.inner.copy.text_stats(namespace, words)
+        self.inner.copy().text_stats(namespace, words)
     }
 
     fn stats(&self, namespace: &Namespace) -> Result<Stats, colony_memory::Error> {
         self.fresh()?;
-        Memory::stats(&self.inner.copy, namespace)
+        Memory::stats(&*self.inner.copy(), namespace)
     }
 
     fn namespaces(&self) -> Result<Vec<Namespace>, colony_memory::Error> {
         self.fresh()?;
-        self.inner.copy.namespaces()
+        self.inner.copy().namespaces()
     }
 
     fn listed(&self, most: usize) -> Result<(Vec<(Namespace, Stats)>, bool), colony_memory::Error> {
         self.fresh()?;
-        self.inner.copy.listed(most)
+        self.inner.copy().listed(most)
     }
 
     fn cache_stats(&self) -> CacheStats {
-        self.inner.copy.cache_stats()
+        self.inner.copy().cache_stats()
     }
 
     fn indexed(&self, namespace: &Namespace) -> Option<usize> {
-        self.inner.copy.indexed(namespace)
+        self.inner.copy().indexed(namespace)
     }
 
     /// Builds this process's copy's approximate index (each process keeps its own).
     fn rebuild(&self, namespace: &Namespace) -> Result<Rebuilt, colony_memory::Error> {
         self.fresh()?;
-        self.inner.copy.rebuild(namespace)
+        self.inner.copy().rebuild(namespace)
     }
 }

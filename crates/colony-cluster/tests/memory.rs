@@ -444,3 +444,71 @@ fn a_compacted_memory_opens_from_its_snapshot_the_same() {
     same(&b, &d);
     assert!(d.get(&notes, "d501").unwrap().is_some());
 }
+
+/// A write whose parts straddle a compaction (its first part before the snapshot, its last
+/// after) is stored by the copy that followed all along and by one that opens after, from
+/// the parts the snapshot held; a message deleted by hand is passed over by a copy that
+/// opens after, not taken for a compaction.
+#[test]
+fn a_write_straddling_a_compaction_is_stored_by_every_copy() {
+    let (_dir, server) = server("");
+    let url = server.url();
+    let a = open(&url, "straddle");
+    let notes = ns("notes");
+    a.put(&notes, vec![Document::new("before", "before")])
+        .unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let frame = r#"{"put": {"namespace": "notes", "documents": [{"id": "held", "text": "held across the snapshot"}]}}"#;
+    let (one, two) = frame.split_at(frame.len() / 2);
+    let part = |body: &'static str, part: &'static str| {
+        runtime.block_on(async {
+            let client = async_nats::connect(&url).await.unwrap();
+            let js = async_nats::jetstream::new(client);
+            let mut headers = async_nats::HeaderMap::new();
+            headers.insert("Colony-Write", "by-hand-1");
+            headers.insert("Colony-Part", part);
+            js.publish_with_headers("colony.memory.straddle", headers, body.into())
+                .await
+                .unwrap()
+                .await
+                .unwrap()
+                .sequence
+        })
+    };
+    part(one, "1/2");
+    a.put(&notes, vec![Document::new("between", "between")])
+        .unwrap();
+    a.compact().expect("compacted");
+    part(two, "2/2");
+    let c = open(&url, "straddle");
+    for copy in [&a, &c] {
+        assert_eq!(
+            copy.get(&notes, "held").unwrap().map(|d| d.text).as_deref(),
+            Some("held across the snapshot")
+        );
+        assert_eq!(copy.stats(&notes).unwrap().documents, 3);
+    }
+    // A message in the middle deleted by hand: a copy opening after passes over the gap.
+    a.put(&notes, vec![Document::new("gone", "deleted by hand")])
+        .unwrap();
+    let last = a.put(&notes, vec![Document::new("kept", "kept")]);
+    assert!(last.is_ok());
+    runtime.block_on(async {
+        let client = async_nats::connect(&url).await.unwrap();
+        let js = async_nats::jetstream::new(client);
+        let stream = js.get_stream("COLONY_MEMORY_straddle").await.unwrap();
+        let gone = stream
+            .get_last_raw_message_by_subject("colony.memory.straddle")
+            .await
+            .unwrap()
+            .sequence
+            - 1;
+        stream.delete_message(gone).await.unwrap();
+    });
+    let d = open(&url, "straddle");
+    assert!(d.get(&notes, "kept").unwrap().is_some());
+    assert!(d.get(&notes, "gone").unwrap().is_none());
+}

@@ -271,8 +271,6 @@ impl SqliteMemory {
         Ok(out)
     }
 
-    /// Keeps up to `entries` recent searches' results (0: none), each answered again while
-    /// what it read is unchanged. [`DEFAULT_CACHE_ENTRIES`] unless set.
     /// Everything of `ns` a copy of it needs: its record (dimension, embedder) and every
     /// document, by id. For a memory in NATS, whose snapshot is each namespace dumped.
     pub fn dump(&self, ns: &Namespace) -> Result<Dumped, Error> {
@@ -315,9 +313,14 @@ impl SqliteMemory {
     }
 
     /// Makes namespace `ns`, which must not be here, what `dumped` says: its documents
-    /// stored (in batches), then its record set as it was (a dimension kept by a namespace
-    /// whose documents were deleted, an embedder recorded).
-    pub fn restore(&self, ns: &Namespace, dumped: Dumped) -> Result<(), Error> {
+    /// stored (in batches, `stored` told after each), then its record set as it was (a
+    /// dimension kept by a namespace whose documents were deleted, an embedder recorded).
+    pub fn restore(
+        &self,
+        ns: &Namespace,
+        dumped: Dumped,
+        stored: &mut dyn FnMut(),
+    ) -> Result<(), Error> {
         if namespace(&self.db(), ns)?.is_some() {
             return Err(Error::Store(format!(
                 "namespace {ns} is here already: a snapshot restores an empty copy"
@@ -338,6 +341,7 @@ impl SqliteMemory {
                 .min(documents.len());
             let rest = documents.split_off(take);
             self.put_by(ns, documents, None)?;
+            stored();
             documents = rest;
             if documents.is_empty() {
                 break;
@@ -354,6 +358,8 @@ impl SqliteMemory {
         Ok(())
     }
 
+    /// Keeps up to `entries` recent searches' results (0: none), each answered again while
+    /// what it read is unchanged. [`DEFAULT_CACHE_ENTRIES`] unless set.
     pub fn with_cache(mut self, entries: usize) -> Self {
         self.cache = Cache::new(entries);
         self

@@ -73,11 +73,14 @@ fn a_namespace_dumped_and_restored_is_the_same() {
     .unwrap();
     a.delete(&emptied, &["x".into()]).unwrap();
     for ns in [&notes, &emptied] {
-        b.restore(ns, a.dump(ns).unwrap()).unwrap();
+        b.restore(ns, a.dump(ns).unwrap(), &mut || {}).unwrap();
         assert_eq!(a.stats(ns).unwrap(), b.stats(ns).unwrap());
         assert_eq!(a.dump(ns).unwrap(), b.dump(ns).unwrap());
     }
-    assert!(b.restore(&notes, a.dump(&notes).unwrap()).is_err());
+    assert!(
+        b.restore(&notes, a.dump(&notes).unwrap(), &mut || {})
+            .is_err()
+    );
     let q = Query::text("agents restarting 17", 5);
     let (ha, hb) = (a.search(&notes, &q).unwrap(), b.search(&notes, &q).unwrap());
     assert_eq!(ha, hb);

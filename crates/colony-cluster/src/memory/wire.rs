@@ -46,7 +46,25 @@ pub(crate) enum Write {
     /// The whole memory as it was after the message the parts' `Colony-Snapshot` names, its
     /// parts consecutive right after it: what a copy that starts where the stream was
     /// compacted restores; a copy that read the messages before it passes over it.
-    Snapshot { spaces: Vec<Space> },
+    Snapshot {
+        spaces: Vec<Space>,
+        /// The parts of writes whose last part had not come: a copy that restores the
+        /// snapshot gathers them from there, as the copies that read them did.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        held: Vec<HeldWrite>,
+    },
+}
+
+/// A write whose last part had not come when a snapshot was taken: its parts so far, and
+/// the sequences of its first and latest.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub(crate) struct HeldWrite {
+    write: String,
+    /// Each part, base64, or none yet.
+    parts: Vec<Option<String>>,
+    first: u64,
+    latest: u64,
 }
 
 /// A namespace whole, as a snapshot carries it.
@@ -234,6 +252,61 @@ impl Frames {
         Part::Held
     }
 
+    /// The writes held, for a snapshot.
+    pub(crate) fn held(&self) -> Vec<HeldWrite> {
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let mut held: Vec<HeldWrite> = self
+            .pending
+            .iter()
+            .map(|(write, p)| HeldWrite {
+                write: write.clone(),
+                parts: p
+                    .parts
+                    .iter()
+                    .map(|part| part.as_ref().map(|b| b64.encode(b)))
+                    .collect(),
+                first: p.first,
+                latest: p.latest,
+            })
+            .collect();
+        held.sort_by_key(|h| h.first);
+        held
+    }
+
+    /// Takes the writes a snapshot held, as the copies that read them hold them, bytes and
+    /// all.
+    pub(crate) fn hold(&mut self, held: Vec<HeldWrite>) -> Result<(), String> {
+        let b64 = base64::engine::general_purpose::STANDARD;
+        for h in held {
+            let n = h.parts.len();
+            if n == 0 || n > MAX_PARTS || h.write.len() > MAX_WRITE_ID {
+                return Err(format!("a held write {:?} of {n} parts", h.write));
+            }
+            let parts = h
+                .parts
+                .into_iter()
+                .map(|p| p.map(|t| b64.decode(t).map(Bytes::from)).transpose())
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| format!("a held write's part: {e}"))?;
+            let got = parts.iter().flatten().count();
+            let bytes = h.write.len()
+                + n * std::mem::size_of::<Option<Bytes>>()
+                + parts.iter().flatten().map(Bytes::len).sum::<usize>();
+            self.bytes += bytes;
+            self.pending.insert(
+                h.write,
+                Pending {
+                    parts,
+                    got,
+                    bytes,
+                    first: h.first,
+                    latest: h.latest,
+                },
+            );
+        }
+        Ok(())
+    }
+
     fn forget_stale(&mut self, sequence: u64) {
         let stale: Vec<String> = self
             .pending
@@ -259,9 +332,9 @@ impl Frames {
         }
     }
 
-    /// Parts held, for tests.
+    /// Writes and bytes held, for tests.
     #[cfg(test)]
-    fn held(&self) -> (usize, usize) {
+    fn counts(&self) -> (usize, usize) {
         (self.pending.len(), self.bytes)
     }
 }
@@ -300,7 +373,7 @@ mod tests {
         // A part sent twice counts once.
         assert_eq!(frames.part(5, "w1", "2/3", b"cd"), Part::Held);
         assert_eq!(frames.part(6, "w1", "3/3", b"ef"), whole("abcdef"));
-        assert_eq!(frames.held().0, 1);
+        assert_eq!(frames.counts().0, 1);
         // Parts no copy can gather are passed over, alike in each.
         for (write, part) in [
             ("x", "0/2"),
@@ -316,10 +389,32 @@ mod tests {
         }
         let long = "w".repeat(MAX_WRITE_ID + 1);
         assert!(matches!(frames.part(8, &long, "1/1", b""), Part::Passed(_)));
-        assert_eq!(frames.held().0, 1);
+        assert_eq!(frames.counts().0, 1);
         // Stale once 100,000 messages passed without a part of it.
         assert_eq!(frames.part(3 + STALE + 1, "w3", "1/1", b"q"), whole("q"));
-        assert_eq!(frames.held(), (0, 0));
+        assert_eq!(frames.counts(), (0, 0));
+    }
+
+    #[test]
+    fn writes_held_cross_a_snapshot_as_they_were() {
+        let mut frames = Frames::default();
+        assert_eq!(frames.part(1, "w1", "1/3", b"ab"), Part::Held);
+        assert_eq!(
+            frames.part(2, "w2", "2/2", b"zz"),
+            Part::Passed("part 2/2 of write w2, which was not begun (dropped, or done)".into())
+        );
+        assert_eq!(frames.part(3, "w1", "3/3", b"ef"), Part::Held);
+        let json = serde_json::to_string(&frames.held()).unwrap();
+        let mut restored = Frames::default();
+        restored.hold(serde_json::from_str(&json).unwrap()).unwrap();
+        assert_eq!(restored.counts(), frames.counts());
+        for f in [&mut frames, &mut restored] {
+            assert_eq!(
+                f.part(4, "w1", "2/3", b"cd"),
+                Part::Whole(Bytes::from_static(b"abcdef"))
+            );
+            assert_eq!(f.counts(), (0, 0));
+        }
     }
 
     #[test]
@@ -331,7 +426,7 @@ mod tests {
                 Part::Held
             );
         }
-        assert_eq!(frames.held().0, PENDING_WRITES);
+        assert_eq!(frames.counts().0, PENDING_WRITES);
         // The first begun was dropped: its last part is passed over.
         assert!(matches!(
             frames.part(5000, "w0", "2/2", b"b"),
