@@ -127,6 +127,10 @@ pub async fn serve_cluster(
         None => None,
     };
     let tokens = config.tokens.is_some();
+    if config.memory.is_some() {
+        // Its calls count into the process's recorder, which `/metrics` adds.
+        crate::live::install_metrics();
+    }
     // The history starts as far back as the dashboard's chart reaches: read again from the
     // records, so that a server started anew shows what went before it.
     let history_start = now_ms().saturating_sub(KEEP_SECONDS as u64 * 1000);
@@ -1121,6 +1125,10 @@ async fn metrics(State(app): State<Arc<ClusterApp>>) -> Response {
         "colony_cluster_scaling_leader {}",
         u8::from(app.scaling.term().is_some())
     );
+    // The memory's own (searches, documents stored, the cache), this server's.
+    if app.memory.is_some() {
+        out.push_str(&crate::live::rendered());
+    }
     ([("content-type", "text/plain; version=0.0.4")], out).into_response()
 }
 

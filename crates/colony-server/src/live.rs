@@ -350,6 +350,11 @@ impl Coalesced {
     }
 }
 
+/// What the process's recorder holds, in Prometheus's text format.
+pub(crate) fn rendered() -> String {
+    prometheus().render()
+}
+
 /// `GET /metrics` of a process with no server state: what the recorder holds.
 pub(crate) async fn metrics_only() -> Response {
     (

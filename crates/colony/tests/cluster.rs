@@ -1544,6 +1544,21 @@ fn servers_of_the_cluster_share_one_memory_in_nats() {
     let listed: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(listed["namespaces"][0]["name"], "team/a", "{body}");
     assert_eq!(listed["namespaces"][0]["documents"], 2, "{body}");
+    // Its counters are in the server's metrics, beside the cluster's.
+    let (code, metrics) = fetch(serves[1].port, "/metrics");
+    assert_eq!(code, 200, "{metrics}");
+    assert!(
+        metrics.contains("colony_cluster_nodes")
+            && metrics.contains("colony_memory_searches_total"),
+        "{metrics}"
+    );
+    // The dashboard's memory panel shows it on either server.
+    let (code, panel) = fetch(serves[1].port, "/ui/memory");
+    assert_eq!(code, 200, "{panel}");
+    assert!(
+        panel.contains("team/a") && panel.contains("memory-table"),
+        "{panel}"
+    );
     let delete = r#"{"namespace": "team/a", "ids": ["d1", "d9"]}"#;
     let (code, body) = send(serves[1].port, "POST", "/v1/memory/delete", &[], delete);
     assert_eq!((code, body.as_str()), (200, r#"{"deleted":1}"#));

@@ -9,6 +9,8 @@
 //! - `GET /ui/cluster/roles` [read]: every role's backlog and the scaling leader's decision.
 //! - `GET /ui/cluster/agents` [read]: the workers whose health is not good, as each live
 //!   node answers for its own (failed, then critical, then degraded; a page of each).
+//! - `GET /ui/memory` [read]: the agents' shared memory, when the server serves one (a
+//!   memory in NATS, or on Chroma), as a runtime's dashboard shows its own.
 //! - The list of task records as they are written comes from `/v1/events` in `cluster.js`,
 //!   and the roles chart from `/v1/roles/history`.
 
@@ -31,6 +33,7 @@ pub(crate) fn read_routes() -> Router<Arc<ClusterApp>> {
         .route("/ui/cluster/nodes", get(nodes))
         .route("/ui/cluster/roles", get(roles))
         .route("/ui/cluster/agents", get(troubled))
+        .route("/ui/memory", get(memory))
         .layer(map_response(secure))
 }
 
@@ -97,6 +100,11 @@ fn shell(version: &str, logout: bool, url: &str) -> String {
 <p class="note">Workers of every live node whose health is failed, critical or degraded, as each node answers for its own (the worst first, at most 20 of each a node), with their breaker and error rate.</p>
 <div id="troubled" class="scroll" hx-get="/ui/cluster/agents" hx-trigger="load, every 5s"></div>
 </section>
+<section class="panel wide">
+<h2>Memory</h2>
+<p class="note">The agents' shared memory every replica serves (<code>--memory nats://HOST:PORT/NAME</code>, or on Chroma): each namespace's documents, their embeddings' dimension, text held and this server's approximate index, and this server's cache of searches.</p>
+<div id="memory" class="scroll" hx-get="/ui/memory" hx-trigger="load, every 5s"></div>
+</section>
 <section class="panel span-2">
 <h2>Task records</h2>
 <p class="note">Task records as nodes write them, newest first (the latest hundred this server saw before the page opened, then live): each end, and a start when the attempt outlasts the node's lazy lease.</p>
@@ -109,6 +117,14 @@ fn shell(version: &str, logout: bool, url: &str) -> String {
 "##
     );
     out
+}
+
+/// `GET /ui/memory`.
+async fn memory(State(app): State<Arc<ClusterApp>>) -> Response {
+    match crate::memory::overview_of(&*app).await {
+        Ok(overview) => ok(super::html::memory(overview.as_ref())),
+        Err(r) => r,
+    }
 }
 
 /// NATS out of reach, said in the panel: answered 200, or htmx would keep the last data

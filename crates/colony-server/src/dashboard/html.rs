@@ -743,7 +743,7 @@ pub(crate) fn decisions(lines: &[DecisionLine]) -> String {
 /// index, and how the cache of searches has done.
 pub(crate) fn memory(overview: Option<&crate::memory::Overview>) -> String {
     let Some(o) = overview else {
-        return r#"<p class="empty">No memory on this server: start it with <code>--memory FILE</code>.</p>"#.to_owned();
+        return r#"<p class="empty">No memory on this server: start it with <code>--memory</code> (a file, or <code>nats://HOST:PORT/NAME</code>) or <code>--memory-chroma URL</code>.</p>"#.to_owned();
     };
     let asked = o.cache.hits + o.cache.misses;
     let mut out = String::with_capacity(o.namespaces.len() * 200 + 300);
