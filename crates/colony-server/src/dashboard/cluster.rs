@@ -100,15 +100,15 @@ fn shell(version: &str, logout: bool, url: &str) -> String {
 <p class="note">Workers of every live node whose health is failed, critical or degraded, as each node answers for its own (the worst first, at most 20 of each a node), with their breaker and error rate.</p>
 <div id="troubled" class="scroll" hx-get="/ui/cluster/agents" hx-trigger="load, every 5s"></div>
 </section>
-<section class="panel wide">
-<h2>Memory</h2>
-<p class="note">The agents' shared memory every replica serves (<code>--memory nats://HOST:PORT/NAME</code>, or on Chroma): each namespace's documents, their embeddings' dimension, text held and this server's approximate index, and this server's cache of searches.</p>
-<div id="memory" class="scroll" hx-get="/ui/memory" hx-trigger="load, every 5s"></div>
-</section>
 <section class="panel span-2">
 <h2>Task records</h2>
 <p class="note">Task records as nodes write them, newest first (the latest hundred this server saw before the page opened, then live): each end, and a start when the attempt outlasts the node's lazy lease.</p>
 <ol id="events" class="events"><li class="empty">Nothing yet.</li></ol>
+</section>
+<section class="panel wide">
+<h2>Memory</h2>
+<p class="note">The agents' shared memory every replica serves (<code>--memory nats://HOST:PORT/NAME</code>, or on Chroma): each namespace's documents, their embeddings' dimension, text held and this server's approximate index, and this server's cache of searches.</p>
+<div id="memory" class="scroll" hx-get="/ui/memory" hx-trigger="load, every 5s"></div>
 </section>
 </div>
 </main>
