@@ -44,9 +44,9 @@ use std::{
 use tokio::sync::mpsc;
 
 /// Room left beside a message's body for its headers.
-pub(crate) const HEADROOM: usize = 8 * 1024;
+const HEADROOM: usize = 8 * 1024;
 /// The smallest body of one message, whatever the servers' `max_payload`.
-pub(crate) const MIN_PART: usize = 16 * 1024;
+const MIN_PART: usize = 16 * 1024;
 /// Most parts of one frame (most bytes of one write, with the servers' `max_payload`),
 /// bounding what a replay holds before it applies a frame.
 const MAX_PARTS: usize = 256;
@@ -230,6 +230,47 @@ where
     thread
         .join()
         .map_err(|_| Error::nats("the journal's thread", "it panicked"))?
+}
+
+/// Most bytes of one message's body on the servers `client` is connected to: their
+/// `max_payload`, less room for headers.
+pub(crate) fn part_size(client: &async_nats::Client) -> usize {
+    client
+        .server_info()
+        .max_payload
+        .saturating_sub(HEADROOM)
+        .max(MIN_PART)
+}
+
+/// The stream `name` (made if it is not there) of a log of writes in order on `subject`: a
+/// journal's or a memory's (`what`). File storage, kept until deleted, dedupe ids
+/// remembered two minutes.
+pub(crate) async fn log_stream(
+    js: &jetstream::Context,
+    name: String,
+    subject: String,
+    replicas: usize,
+    what: &str,
+) -> Result<stream::Stream, Error> {
+    let config = stream::Config {
+        name,
+        description: Some(format!("colony: {what}")),
+        subjects: vec![subject],
+        retention: stream::RetentionPolicy::Limits,
+        storage: stream::StorageType::File,
+        num_replicas: replicas,
+        duplicate_window: Duration::from_secs(120),
+        discard: stream::DiscardPolicy::New,
+        ..Default::default()
+    };
+    js.get_or_create_stream(config).await.map_err(|e| {
+        let hint = if replicas > 1 {
+            " (fewer servers than replicas? give ?replicas=1 for a single server)"
+        } else {
+            ""
+        };
+        Error::nats(what, format!("{e}{hint}"))
+    })
 }
 
 /// What a compaction did.
@@ -864,37 +905,17 @@ impl Writer {
     /// Connects, and makes the stream when `make` (else finds it).
     async fn connect(options: &JournalOptions, make: bool) -> Result<(Writer, ()), Error> {
         let (client, js) = crate::client::connect(&options.url, "--db").await?;
-        let part = client
-            .server_info()
-            .max_payload
-            .saturating_sub(HEADROOM)
-            .max(MIN_PART);
+        let part = part_size(&client);
         let what = format!("the journal {}", options.name);
         let stream = if make {
-            let config = stream::Config {
-                name: options.stream(),
-                description: Some(format!("colony: the journal {}", options.name)),
-                subjects: vec![options.subject()],
-                retention: stream::RetentionPolicy::Limits,
-                storage: stream::StorageType::File,
-                num_replicas: options.replicas,
-                duplicate_window: Duration::from_secs(120),
-                discard: stream::DiscardPolicy::New,
-                ..Default::default()
-            };
-            js.get_or_create_stream(config).await.map_err(|e| {
-                Error::nats(
-                    &what,
-                    format!(
-                        "{e}{}",
-                        if options.replicas > 1 {
-                            " (fewer servers than replicas? give ?replicas=1 for a single server)"
-                        } else {
-                            ""
-                        }
-                    ),
-                )
-            })?
+            log_stream(
+                &js,
+                options.stream(),
+                options.subject(),
+                options.replicas,
+                &what,
+            )
+            .await?
         } else {
             js.get_stream(options.stream())
                 .await

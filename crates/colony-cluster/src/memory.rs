@@ -31,11 +31,7 @@
 
 mod wire;
 
-use crate::{
-    Error,
-    client::shown,
-    journal::{HEADROOM, MIN_PART},
-};
+use crate::{Error, client::shown};
 use async_nats::jetstream::{self, consumer::DeliverPolicy, context::PublishErrorKind, stream};
 use bytes::Bytes;
 use colony_memory::{
@@ -560,33 +556,19 @@ async fn connect(
     flag: &str,
 ) -> Result<Inner, Error> {
     let (client, js) = crate::client::connect(&options.url, flag).await?;
-    let part = client
-        .server_info()
-        .max_payload
-        .saturating_sub(HEADROOM)
-        .max(MIN_PART);
+    let part = crate::journal::part_size(&client);
     let url = shown(&options.url);
     let shown = format!("the memory {} at {url}", options.name);
     let stream = if create {
-        let config = stream::Config {
-            name: options.stream(),
-            description: Some(format!("colony: the memory {}", options.name)),
-            subjects: vec![options.subject()],
-            retention: stream::RetentionPolicy::Limits,
-            storage: stream::StorageType::File,
-            num_replicas: options.replicas,
-            duplicate_window: Duration::from_secs(120),
-            discard: stream::DiscardPolicy::New,
-            ..Default::default()
-        };
-        js.get_or_create_stream(config).await.map_err(|e| {
-            let hint = if options.replicas > 1 {
-                " (fewer servers than replicas? give ?replicas=1 for a single server)"
-            } else {
-                ""
-            };
-            Error::nats(&shown, format!("{e}{hint}"))
-        })?
+        let what = format!("the memory {}", options.name);
+        crate::journal::log_stream(
+            &js,
+            options.stream(),
+            options.subject(),
+            options.replicas,
+            &what,
+        )
+        .await?
     } else {
         js.get_stream(options.stream())
             .await
