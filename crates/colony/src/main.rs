@@ -54,7 +54,8 @@ enum Command {
     Restore(commands::backup::RestoreArgs),
     /// Drop payloads and results of finished tasks, by age or count; the rows stay.
     Prune(commands::prune::Args),
-    /// The agents' shared memory in a SQLite file: put, get, delete, search, stats.
+    /// The agents' shared memory in a SQLite file, on ChromaDB or in NATS: put, get, delete,
+    /// search, stats, rebuild, compact.
     #[command(subcommand)]
     Memory(commands::memory::Command),
     /// Watch a running server live in the terminal: population, throughput, health, failures.
