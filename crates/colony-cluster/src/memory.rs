@@ -79,6 +79,10 @@ pub struct MemoryOptions {
     /// Copies the servers keep: 3 or 5; 1 for a single development server. A memory made
     /// before keeps its own.
     pub replicas: usize,
+    /// A process that opens the memory to write it (`create`) compacts it when its stream
+    /// holds more bytes than this and the snapshot would be under half of them.
+    /// [`crate::journal::COMPACT_ABOVE`] (64 MiB) by default.
+    pub compact_above: u64,
 }
 
 impl MemoryOptions {
@@ -90,6 +94,7 @@ impl MemoryOptions {
             url,
             name,
             replicas,
+            compact_above: crate::journal::COMPACT_ABOVE,
         })
     }
 
@@ -238,6 +243,7 @@ impl NatsMemory {
             .enable_all()
             .build()
             .map_err(|e| Error::nats("the memory's client", e))?;
+        let compact_above = options.compact_above;
         let (options, flag) = (options.clone(), flag.to_owned());
         let inner = wait_for(runtime.handle(), async move {
             connect(&options, create, approximate, &flag).await
@@ -257,6 +263,21 @@ impl NatsMemory {
         };
         // What the stream held when opened is in the copy before the first call.
         memory.fresh().map_err(|e| Error::nats("opening it", e))?;
+        if create && memory.state()?.1 > compact_above {
+            // Not worth failing the opening for: the memory works uncompacted.
+            match memory.compacting(true) {
+                Ok(Some(done)) => tracing::info!(
+                    memory = memory.inner.shown,
+                    before = done.bytes_before,
+                    after = done.bytes_after,
+                    "Compacted the memory: its state written whole, the writes before it purged."
+                ),
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(memory = memory.inner.shown, error = %e, "The memory could not be compacted as it was opened; it works as it is.")
+                }
+            }
+        }
         Ok(memory)
     }
 
@@ -405,6 +426,13 @@ impl NatsMemory {
     /// another process that had not read up to the snapshot's place when the purge came
     /// (cut off from NATS meanwhile, say) stops, saying to open the memory again. Blocks.
     pub fn compact(&self) -> Result<Compacted, Error> {
+        self.compacting(false)?
+            .ok_or_else(|| Error::nats(&self.inner.shown, "the compaction was skipped"))
+    }
+
+    /// [`NatsMemory::compact`]; `None`, with nothing written, when `if_worth` and the snapshot
+    /// would not be under half the stream's bytes.
+    fn compacting(&self, if_worth: bool) -> Result<Option<Compacted>, Error> {
         let failed = |e: colony_memory::Error| Error::nats("compacting", e);
         let before = self.state()?;
         for _ in 0..COMPACT_TRIES {
@@ -415,6 +443,9 @@ impl NatsMemory {
                     .map_err(|e| Error::nats("compacting", e))?,
             );
             let most = (MAX_PARTS * self.inner.part).min(PENDING_BYTES / 2);
+            if if_worth && frame.len() as u64 * 2 > before.1 {
+                return Ok(None);
+            }
             if frame.len() > most {
                 return Err(Error::nats(
                     &self.inner.shown,
@@ -441,13 +472,13 @@ impl NatsMemory {
                 .map_err(failed)?
                 .map_err(|e| Error::nats(&self.inner.shown, format!("the snapshot is written (from message {first}), but what it replaces could not be purged: {e}")))?;
             let after_state = self.state()?;
-            return Ok(Compacted {
+            return Ok(Some(Compacted {
                 messages_before: before.0,
                 bytes_before: before.1,
                 messages_after: after_state.0,
                 bytes_after: after_state.1,
                 snapshot_of: after,
-            });
+            }));
         }
         Err(Error::nats(
             &self.inner.shown,

@@ -512,3 +512,71 @@ fn a_write_straddling_a_compaction_is_stored_by_every_copy() {
     assert!(d.get(&notes, "kept").unwrap().is_some());
     assert!(d.get(&notes, "gone").unwrap().is_none());
 }
+
+/// A process that opens a memory to write it compacts it once its stream passes the bound,
+/// when the snapshot is under half of it; one that only reads does not, nor one whose
+/// snapshot would save little.
+#[test]
+fn a_memory_opened_to_write_past_its_bound_is_compacted_when_worth_it() {
+    let (_dir, server) = server("");
+    let url = server.url();
+    let mut small = options(&url, "bounded");
+    small.compact_above = 64 << 10;
+    let messages = || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let client = async_nats::connect(&url).await.unwrap();
+            let js = async_nats::jetstream::new(client);
+            let stream = js.get_stream("COLONY_MEMORY_bounded").await.unwrap();
+            stream.get_info().await.unwrap().state.messages
+        })
+    };
+    let notes = ns("notes");
+    let docs = |round: u32| -> Vec<Document> {
+        (0..50)
+            .map(|i| {
+                Document::new(
+                    format!("d{i}"),
+                    format!("round {round} ") + &"x".repeat(1000),
+                )
+            })
+            .collect()
+    };
+    {
+        let a = NatsMemory::open(&small, true, false, "--db").unwrap();
+        for round in 0..10 {
+            a.put(&notes, docs(round)).unwrap();
+        }
+    }
+    assert_eq!(messages(), 10);
+    // Opened to read: left as it is.
+    let reader = NatsMemory::open(&small, false, false, "--db").unwrap();
+    assert_eq!(messages(), 10);
+    // Opened to write: about 500 KB of the same 50 documents become one snapshot.
+    let writer = NatsMemory::open(&small, true, false, "--db").unwrap();
+    assert_eq!(messages(), 1);
+    for copy in [&reader, &writer] {
+        assert_eq!(copy.stats(&notes).unwrap().documents, 50);
+        assert!(
+            copy.get(&notes, "d7")
+                .unwrap()
+                .unwrap()
+                .text
+                .starts_with("round 9 ")
+        );
+    }
+    // Distinct documents only: a snapshot would save nothing, so nothing is written.
+    let distinct = ns("distinct");
+    for round in 0..3 {
+        let batch = (0..50)
+            .map(|i| Document::new(format!("r{round}-{i}"), "y".repeat(1000)))
+            .collect();
+        writer.put(&distinct, batch).unwrap();
+    }
+    let before = messages();
+    drop(NatsMemory::open(&small, true, false, "--db").unwrap());
+    assert_eq!(messages(), before);
+}
