@@ -25,9 +25,10 @@
 //!   message, and is answered by the copy once it applied that far: it sees every write
 //!   acknowledged before it began, wherever that write was made.
 //!
-//! Opening replays the stream, and the copy holds the whole memory: both grow with what
-//! it holds, and the stream keeps every write ever made (a document replaced or deleted is
-//! still in it) until deleted.
+//! Opening replays the stream, and the copy holds the whole memory. The stream keeps every
+//! write (a document replaced or deleted is still in it) until it is compacted
+//! ([`NatsMemory::compact`], or as a writer opens it past a bound): the copy written whole
+//! as a snapshot, and what it replaces purged.
 
 mod wire;
 
@@ -157,6 +158,9 @@ struct Followed {
     /// Bumped at each message applied and each batch of a snapshot restored: a call waits
     /// for as long as it moves.
     progress: u64,
+    /// The place of the last snapshot this copy restored: writes before it were applied by
+    /// other copies, and no answer of theirs is known here.
+    restored_through: u64,
 }
 
 /// What the calls and the thread that keeps the copy share.
@@ -263,7 +267,7 @@ impl NatsMemory {
         };
         // What the stream held when opened is in the copy before the first call.
         memory.fresh().map_err(|e| Error::nats("opening it", e))?;
-        if create && memory.state()?.1 > compact_above {
+        if create && matches!(memory.state(), Ok((_, bytes)) if bytes > compact_above) {
             // Not worth failing the opening for: the memory works uncompacted.
             match memory.compacting(true) {
                 Ok(Some(done)) => tracing::info!(
@@ -391,12 +395,24 @@ impl NatsMemory {
                 "the write is stored (message {sequence}), but this process's copy has not applied it: {e}"
             ))
         })?;
-        let answer = lock(&self.inner.followed).answers.remove(&awaited.op);
+        let (answer, restored) = {
+            let mut followed = lock(&self.inner.followed);
+            (
+                followed.answers.remove(&awaited.op),
+                followed.restored_through,
+            )
+        };
         drop(awaited);
         answer.unwrap_or_else(|| {
-            Err(self.store(format!(
-                "write {op} was acknowledged but its parts were dropped before its last came (held past their bound): try again"
-            )))
+            Err(self.store(if sequence <= restored {
+                format!(
+                    "write {op} is stored (message {sequence}), but this process's copy restored a snapshot taken after it, so it cannot tell what applying it said: read it back"
+                )
+            } else {
+                format!(
+                    "write {op} was acknowledged but its parts were dropped before its last came (held past their bound): try again"
+                )
+            }))
         })
     }
 
@@ -424,7 +440,7 @@ impl NatsMemory {
     /// now passes over it. Taken again (up to 3 times) when another writer wrote while it
     /// was sent; refused when the snapshot would be larger than a write may be. A copy of
     /// another process that had not read up to the snapshot's place when the purge came
-    /// (cut off from NATS meanwhile, say) stops, saying to open the memory again. Blocks.
+    /// (cut off from NATS meanwhile, say) restores the snapshot into a new copy. Blocks.
     pub fn compact(&self) -> Result<Compacted, Error> {
         self.compacting(false)?
             .ok_or_else(|| Error::nats(&self.inner.shown, "the compaction was skipped"))
@@ -437,13 +453,18 @@ impl NatsMemory {
         let before = self.state()?;
         for _ in 0..COMPACT_TRIES {
             self.fresh().map_err(failed)?;
+            // Another process may have compacted it meanwhile.
+            let now = self.state()?;
+            if if_worth && self.estimate().map_err(failed)? * 2 > now.1 {
+                return Ok(None);
+            }
             let (after, spaces, held) = self.snapshot().map_err(failed)?;
             let frame = Bytes::from(
                 serde_json::to_vec(&Write::Snapshot { spaces, held })
                     .map_err(|e| Error::nats("compacting", e))?,
             );
             let most = (MAX_PARTS * self.inner.part).min(PENDING_BYTES / 2);
-            if if_worth && frame.len() as u64 * 2 > before.1 {
+            if if_worth && frame.len() as u64 * 2 > now.1 {
                 return Ok(None);
             }
             if frame.len() > most {
@@ -486,6 +507,20 @@ impl NatsMemory {
                 "other writers wrote while its snapshot was sent, {COMPACT_TRIES} times: compact it when it is written less"
             ),
         ))
+    }
+
+    /// About how many bytes a snapshot of the copy would take, from its counts alone (text,
+    /// embeddings as base64, a little for each document's id and metadata): what decides,
+    /// before anything is read whole, whether a compaction is worth it.
+    fn estimate(&self) -> Result<u64, colony_memory::Error> {
+        let (listed, _) = self.inner.copy().listed(usize::MAX)?;
+        Ok(listed
+            .iter()
+            .map(|(_, stats)| {
+                let vector = stats.dimension.unwrap_or(0) as u64 * 16 / 3;
+                stats.text_bytes + stats.documents * (vector + 64)
+            })
+            .sum())
     }
 
     /// The stream's messages and bytes.
@@ -915,7 +950,11 @@ fn take(
         return Ok(None);
     };
     let part = header(PART_HEADER).unwrap_or_default();
-    let frame = match copying.frames.part(sequence, &op, &part, &message.payload) {
+    let snapshot = header(SNAPSHOT_HEADER).is_some();
+    let frame = match copying
+        .frames
+        .part(sequence, &op, &part, &message.payload, snapshot)
+    {
         Part::Passed(why) => {
             tracing::warn!(
                 memory = inner.shown,
@@ -937,6 +976,9 @@ fn take(
     match (write, copying.restoring.take()) {
         (Write::Snapshot { spaces, held }, Some(snapshot)) if snapshot == op => {
             let copy = restore(inner, spaces)?;
+            lock(&inner.followed).restored_through = header(SNAPSHOT_HEADER)
+                .and_then(|after| after.parse().ok())
+                .unwrap_or_default();
             copying.frames.hold(held)?;
             *inner
                 .copy

@@ -141,6 +141,10 @@ impl Carried {
 pub(crate) struct Frames {
     pending: HashMap<String, Pending>,
     bytes: usize,
+    /// The snapshot being gathered: apart from the writes held (not counted against their
+    /// bounds, never in a snapshot), and dropped by the first message of another write,
+    /// since a snapshot's parts are consecutive.
+    snapshot: Option<(String, Vec<Option<Bytes>>)>,
 }
 
 /// What became of a message taken as a part.
@@ -179,7 +183,18 @@ impl Frames {
     /// incomplete (its writer died) is dropped once stale or when what is held passes its
     /// bounds, oldest first: every copy reads the same messages, so every copy drops the
     /// same.
-    pub(crate) fn part(&mut self, sequence: u64, write: &str, part: &str, body: &[u8]) -> Part {
+    pub(crate) fn part(
+        &mut self,
+        sequence: u64,
+        write: &str,
+        part: &str,
+        body: &[u8],
+        snapshot: bool,
+    ) -> Part {
+        if self.snapshot.as_ref().is_some_and(|(w, _)| w != write) {
+            // Another write came between its parts: that snapshot was abandoned.
+            self.snapshot = None;
+        }
         self.forget_stale(sequence);
         let Some((i, n)) = part_of(part) else {
             return Part::Passed(format!("its {PART_HEADER} header is {part:?}, not i/n"));
@@ -192,6 +207,9 @@ impl Frames {
         }
         if n == 1 {
             return Part::Whole(Bytes::copy_from_slice(body));
+        }
+        if snapshot {
+            return self.snapshot_part(write, i, n, body);
         }
         let pending = match self.pending.get_mut(write) {
             Some(pending) => pending,
@@ -248,6 +266,42 @@ impl Frames {
                 break;
             };
             self.drop_write(&oldest, "the parts held passed their bounds");
+        }
+        Part::Held
+    }
+
+    /// Part `i` of `n` of snapshot `write`.
+    fn snapshot_part(&mut self, write: &str, i: usize, n: usize, body: &[u8]) -> Part {
+        match &mut self.snapshot {
+            Some((_, parts)) if parts.len() == n => {
+                parts[i - 1].get_or_insert_with(|| Bytes::copy_from_slice(body));
+            }
+            Some(_) => {
+                self.snapshot = None;
+                return Part::Passed(format!(
+                    "part {i}/{n} of snapshot {write}, of another count"
+                ));
+            }
+            None if i == 1 => {
+                let mut parts = vec![None; n];
+                parts[0] = Some(Bytes::copy_from_slice(body));
+                self.snapshot = Some((write.to_owned(), parts));
+            }
+            None => {
+                return Part::Passed(format!("part {i}/{n} of snapshot {write}, not begun"));
+            }
+        }
+        if self
+            .snapshot
+            .as_ref()
+            .is_some_and(|(_, parts)| parts.iter().all(Option::is_some))
+        {
+            let (_, parts) = self.snapshot.take().unwrap_or_default();
+            let mut whole = Vec::with_capacity(parts.iter().flatten().map(Bytes::len).sum());
+            for part in parts.into_iter().flatten() {
+                whole.extend_from_slice(&part);
+            }
+            return Part::Whole(Bytes::from(whole));
         }
         Part::Held
     }
@@ -365,14 +419,14 @@ mod tests {
     fn parts_of_writes_interleaved_come_back_whole_and_an_abandoned_one_is_dropped() {
         let mut frames = Frames::default();
         let whole = |s: &str| Part::Whole(Bytes::from(s.to_owned()));
-        assert_eq!(frames.part(1, "w1", "1/3", b"ab"), Part::Held);
+        assert_eq!(frames.part(1, "w1", "1/3", b"ab", false), Part::Held);
         // Another writer's one-part write and the start of an abandoned one between.
-        assert_eq!(frames.part(2, "w2", "1/1", b"xy"), whole("xy"));
-        assert_eq!(frames.part(3, "dead", "1/2", b"zz"), Part::Held);
-        assert_eq!(frames.part(4, "w1", "2/3", b"cd"), Part::Held);
+        assert_eq!(frames.part(2, "w2", "1/1", b"xy", false), whole("xy"));
+        assert_eq!(frames.part(3, "dead", "1/2", b"zz", false), Part::Held);
+        assert_eq!(frames.part(4, "w1", "2/3", b"cd", false), Part::Held);
         // A part sent twice counts once.
-        assert_eq!(frames.part(5, "w1", "2/3", b"cd"), Part::Held);
-        assert_eq!(frames.part(6, "w1", "3/3", b"ef"), whole("abcdef"));
+        assert_eq!(frames.part(5, "w1", "2/3", b"cd", false), Part::Held);
+        assert_eq!(frames.part(6, "w1", "3/3", b"ef", false), whole("abcdef"));
         assert_eq!(frames.counts().0, 1);
         // Parts no copy can gather are passed over, alike in each.
         for (write, part) in [
@@ -383,34 +437,40 @@ mod tests {
             ("w1", "3/3"),
         ] {
             assert!(
-                matches!(frames.part(7, write, part, b""), Part::Passed(_)),
+                matches!(frames.part(7, write, part, b"", false), Part::Passed(_)),
                 "{write} {part}"
             );
         }
         let long = "w".repeat(MAX_WRITE_ID + 1);
-        assert!(matches!(frames.part(8, &long, "1/1", b""), Part::Passed(_)));
+        assert!(matches!(
+            frames.part(8, &long, "1/1", b"", false),
+            Part::Passed(_)
+        ));
         assert_eq!(frames.counts().0, 1);
         // Stale once 100,000 messages passed without a part of it.
-        assert_eq!(frames.part(3 + STALE + 1, "w3", "1/1", b"q"), whole("q"));
+        assert_eq!(
+            frames.part(3 + STALE + 1, "w3", "1/1", b"q", false),
+            whole("q")
+        );
         assert_eq!(frames.counts(), (0, 0));
     }
 
     #[test]
     fn writes_held_cross_a_snapshot_as_they_were() {
         let mut frames = Frames::default();
-        assert_eq!(frames.part(1, "w1", "1/3", b"ab"), Part::Held);
+        assert_eq!(frames.part(1, "w1", "1/3", b"ab", false), Part::Held);
         assert_eq!(
-            frames.part(2, "w2", "2/2", b"zz"),
+            frames.part(2, "w2", "2/2", b"zz", false),
             Part::Passed("part 2/2 of write w2, which was not begun (dropped, or done)".into())
         );
-        assert_eq!(frames.part(3, "w1", "3/3", b"ef"), Part::Held);
+        assert_eq!(frames.part(3, "w1", "3/3", b"ef", false), Part::Held);
         let json = serde_json::to_string(&frames.held()).unwrap();
         let mut restored = Frames::default();
         restored.hold(serde_json::from_str(&json).unwrap()).unwrap();
         assert_eq!(restored.counts(), frames.counts());
         for f in [&mut frames, &mut restored] {
             assert_eq!(
-                f.part(4, "w1", "2/3", b"cd"),
+                f.part(4, "w1", "2/3", b"cd", false),
                 Part::Whole(Bytes::from_static(b"abcdef"))
             );
             assert_eq!(f.counts(), (0, 0));
@@ -418,22 +478,48 @@ mod tests {
     }
 
     #[test]
+    fn a_snapshot_is_gathered_apart_and_dropped_by_any_other_write_between_its_parts() {
+        let mut frames = Frames::default();
+        assert_eq!(frames.part(1, "w1", "1/2", b"ab", false), Part::Held);
+        assert_eq!(frames.part(2, "s1", "1/2", b"{", true), Part::Held);
+        // Not counted with the writes held, and never in a snapshot.
+        assert_eq!(frames.counts().0, 1);
+        assert_eq!(frames.held().len(), 1);
+        // Another write's message between its parts: it was abandoned.
+        assert_eq!(
+            frames.part(3, "w1", "2/2", b"cd", false),
+            Part::Whole(Bytes::from_static(b"abcd"))
+        );
+        assert!(matches!(
+            frames.part(4, "s1", "2/2", b"}", true),
+            Part::Passed(_)
+        ));
+        // A whole one, parts back to back.
+        assert_eq!(frames.part(5, "s2", "1/2", b"{", true), Part::Held);
+        assert_eq!(
+            frames.part(6, "s2", "2/2", b"}", true),
+            Part::Whole(Bytes::from_static(b"{}"))
+        );
+        assert_eq!(frames.counts(), (0, 0));
+    }
+
+    #[test]
     fn writes_held_past_their_bound_are_dropped_oldest_first() {
         let mut frames = Frames::default();
         for i in 0..=PENDING_WRITES as u64 {
             assert_eq!(
-                frames.part(i + 1, &format!("w{i}"), "1/2", b"a"),
+                frames.part(i + 1, &format!("w{i}"), "1/2", b"a", false),
                 Part::Held
             );
         }
         assert_eq!(frames.counts().0, PENDING_WRITES);
         // The first begun was dropped: its last part is passed over.
         assert!(matches!(
-            frames.part(5000, "w0", "2/2", b"b"),
+            frames.part(5000, "w0", "2/2", b"b", false),
             Part::Passed(_)
         ));
         assert_eq!(
-            frames.part(5001, "w1", "2/2", b"b"),
+            frames.part(5001, "w1", "2/2", b"b", false),
             Part::Whole(Bytes::from_static(b"ab"))
         );
     }

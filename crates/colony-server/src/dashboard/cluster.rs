@@ -123,7 +123,22 @@ fn shell(version: &str, logout: bool, url: &str) -> String {
 async fn memory(State(app): State<Arc<ClusterApp>>) -> Response {
     match crate::memory::overview_of(&*app).await {
         Ok(overview) => ok(super::html::memory(overview.as_ref())),
-        Err(r) => r,
+        // Said in the panel, answered 200, as `unavailable` does: htmx would keep the last
+        // data on the page for an error.
+        Err(r) => {
+            let status = r.status();
+            let body = axum::body::to_bytes(r.into_body(), 64 << 10)
+                .await
+                .unwrap_or_default();
+            let detail = serde_json::from_slice::<serde_json::Value>(&body)
+                .ok()
+                .and_then(|v| v["error"]["message"].as_str().map(str::to_owned))
+                .unwrap_or_else(|| status.to_string());
+            ok(format!(
+                r#"<p class="note bad">The memory cannot be read now: {}</p>"#,
+                Esc(&detail)
+            ))
+        }
     }
 }
 
