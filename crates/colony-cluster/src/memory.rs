@@ -269,7 +269,7 @@ impl NatsMemory {
         memory.fresh().map_err(|e| Error::nats("opening it", e))?;
         if create && matches!(memory.state(), Ok((_, bytes)) if bytes > compact_above) {
             // Not worth failing the opening for: the memory works uncompacted.
-            match memory.compacting(true) {
+            match memory.compacting(Some(compact_above)) {
                 Ok(Some(done)) => tracing::info!(
                     memory = memory.inner.shown,
                     before = done.bytes_before,
@@ -442,20 +442,23 @@ impl NatsMemory {
     /// another process that had not read up to the snapshot's place when the purge came
     /// (cut off from NATS meanwhile, say) restores the snapshot into a new copy. Blocks.
     pub fn compact(&self) -> Result<Compacted, Error> {
-        self.compacting(false)?
+        self.compacting(None)?
             .ok_or_else(|| Error::nats(&self.inner.shown, "the compaction was skipped"))
     }
 
-    /// [`NatsMemory::compact`]; `None`, with nothing written, when `if_worth` and the snapshot
-    /// would not be under half the stream's bytes.
-    fn compacting(&self, if_worth: bool) -> Result<Option<Compacted>, Error> {
+    /// [`NatsMemory::compact`]; with `if_worth` (a bound), `None` and nothing written when the
+    /// stream holds no more bytes than the bound, or the snapshot would not be under half
+    /// of them.
+    fn compacting(&self, if_worth: Option<u64>) -> Result<Option<Compacted>, Error> {
         let failed = |e: colony_memory::Error| Error::nats("compacting", e);
         let before = self.state()?;
         for _ in 0..COMPACT_TRIES {
             self.fresh().map_err(failed)?;
             // Another process may have compacted it meanwhile.
             let now = self.state()?;
-            if if_worth && self.estimate().map_err(failed)? * 2 > now.1 {
+            if let Some(above) = if_worth
+                && (now.1 <= above || self.estimate().map_err(failed)? * 2 > now.1)
+            {
                 return Ok(None);
             }
             let (after, spaces, held) = self.snapshot().map_err(failed)?;
@@ -464,7 +467,7 @@ impl NatsMemory {
                     .map_err(|e| Error::nats("compacting", e))?,
             );
             let most = (MAX_PARTS * self.inner.part).min(PENDING_BYTES / 2);
-            if if_worth && frame.len() as u64 * 2 > now.1 {
+            if if_worth.is_some() && frame.len() as u64 * 2 > now.1 {
                 return Ok(None);
             }
             if frame.len() > most {
@@ -509,17 +512,14 @@ impl NatsMemory {
         ))
     }
 
-    /// About how many bytes a snapshot of the copy would take, from its counts alone (text,
-    /// embeddings as base64, a little for each document's id and metadata): what decides,
-    /// before anything is read whole, whether a compaction is worth it.
+    /// Fewer bytes than a snapshot of the copy takes, from its counts alone (its text, and
+    /// 20 bytes a document): a compaction it says is not worth it is not, and the snapshot
+    /// itself decides the rest.
     fn estimate(&self) -> Result<u64, colony_memory::Error> {
         let (listed, _) = self.inner.copy().listed(usize::MAX)?;
         Ok(listed
             .iter()
-            .map(|(_, stats)| {
-                let vector = stats.dimension.unwrap_or(0) as u64 * 16 / 3;
-                stats.text_bytes + stats.documents * (vector + 64)
-            })
+            .map(|(_, stats)| stats.text_bytes + stats.documents * 20)
             .sum())
     }
 
@@ -844,7 +844,7 @@ async fn follow(inner: Arc<Inner>, mut stop: tokio::sync::watch::Receiver<bool>)
 struct Copying {
     frames: Frames,
     /// The snapshot this copy restores before anything else: the stream began with it.
-    restoring: Option<String>,
+    restoring: Option<(String, u64)>,
     /// The last message taken: while a snapshot is restored, ahead of `followed.applied`,
     /// which stays where the copy was until the snapshot is whole.
     last: u64,
@@ -925,11 +925,11 @@ fn take(
         // hand, and is passed over as it was.
         let begins = header(SNAPSHOT_HEADER)
             .and_then(|after| after.parse::<u64>().ok())
-            .is_some_and(|after| after + 1 == sequence)
-            && header(PART_HEADER).is_some_and(|p| p.starts_with("1/"));
-        match header(WRITE_HEADER) {
-            Some(op) if begins => {
-                copying.restoring = Some(op);
+            .filter(|after| after + 1 == sequence)
+            .filter(|_| header(PART_HEADER).is_some_and(|p| p.starts_with("1/")));
+        match (header(WRITE_HEADER), begins) {
+            (Some(op), Some(after)) => {
+                copying.restoring = Some((op, after));
                 copying.frames = Frames::default();
             }
             _ => tracing::warn!(
@@ -940,6 +940,8 @@ fn take(
             ),
         }
     }
+    // A snapshot's parts are consecutive: any other message ends one being gathered.
+    copying.frames.not_next(sequence);
     let Some(op) = header(WRITE_HEADER) else {
         // Not a write of colony's: every copy passes over it alike.
         tracing::warn!(
@@ -974,11 +976,11 @@ fn take(
     let write = serde_json::from_slice::<Write>(&frame)
         .map_err(|e| format!("it cannot be read as a write ({e}): a newer colony's?"))?;
     match (write, copying.restoring.take()) {
-        (Write::Snapshot { spaces, held }, Some(snapshot)) if snapshot == op => {
+        (Write::Snapshot { spaces, held }, Some((snapshot, after))) if snapshot == op => {
             let copy = restore(inner, spaces)?;
-            lock(&inner.followed).restored_through = header(SNAPSHOT_HEADER)
-                .and_then(|after| after.parse().ok())
-                .unwrap_or_default();
+            let mut followed = lock(&inner.followed);
+            followed.restored_through = followed.restored_through.max(after);
+            drop(followed);
             copying.frames.hold(held)?;
             *inner
                 .copy
@@ -986,7 +988,7 @@ fn take(
                 .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(copy);
             Ok(None)
         }
-        (_, Some(snapshot)) => Err(format!(
+        (_, Some((snapshot, _))) => Err(format!(
             "write {op} came before snapshot {snapshot} was whole, though a snapshot's parts are consecutive"
         )),
         (Write::Snapshot { .. }, None) => Ok(None),

@@ -144,7 +144,16 @@ pub(crate) struct Frames {
     /// The snapshot being gathered: apart from the writes held (not counted against their
     /// bounds, never in a snapshot), and dropped by the first message of another write,
     /// since a snapshot's parts are consecutive.
-    snapshot: Option<(String, Vec<Option<Bytes>>)>,
+    snapshot: Option<Gathering>,
+}
+
+/// A snapshot being gathered: its write, its parts, the sequence its next part must have.
+#[derive(Debug)]
+struct Gathering {
+    write: String,
+    parts: Vec<Option<Bytes>>,
+    next: u64,
+    bytes: usize,
 }
 
 /// What became of a message taken as a part.
@@ -191,7 +200,7 @@ impl Frames {
         body: &[u8],
         snapshot: bool,
     ) -> Part {
-        if self.snapshot.as_ref().is_some_and(|(w, _)| w != write) {
+        if self.snapshot.as_ref().is_some_and(|g| g.write != write) {
             // Another write came between its parts: that snapshot was abandoned.
             self.snapshot = None;
         }
@@ -209,7 +218,7 @@ impl Frames {
             return Part::Whole(Bytes::copy_from_slice(body));
         }
         if snapshot {
-            return self.snapshot_part(write, i, n, body);
+            return self.snapshot_part(sequence, write, i, n, body);
         }
         let pending = match self.pending.get_mut(write) {
             Some(pending) => pending,
@@ -270,22 +279,44 @@ impl Frames {
         Part::Held
     }
 
-    /// Part `i` of `n` of snapshot `write`.
-    fn snapshot_part(&mut self, write: &str, i: usize, n: usize, body: &[u8]) -> Part {
+    /// Ends a snapshot being gathered when the message at `sequence` is not its next part:
+    /// a snapshot's parts are consecutive. Called for every message, colony's or not.
+    pub(crate) fn not_next(&mut self, sequence: u64) {
+        if self.snapshot.as_ref().is_some_and(|g| g.next != sequence) {
+            self.snapshot = None;
+        }
+    }
+
+    /// Part `i` of `n` of snapshot `write`, the message at `sequence`.
+    fn snapshot_part(
+        &mut self,
+        sequence: u64,
+        write: &str,
+        i: usize,
+        n: usize,
+        body: &[u8],
+    ) -> Part {
         match &mut self.snapshot {
-            Some((_, parts)) if parts.len() == n => {
-                parts[i - 1].get_or_insert_with(|| Bytes::copy_from_slice(body));
+            Some(g) if g.parts.len() == n && g.bytes + body.len() <= PENDING_BYTES / 2 => {
+                g.bytes += body.len();
+                g.parts[i - 1].get_or_insert_with(|| Bytes::copy_from_slice(body));
+                g.next = sequence + 1;
             }
             Some(_) => {
                 self.snapshot = None;
                 return Part::Passed(format!(
-                    "part {i}/{n} of snapshot {write}, of another count"
+                    "part {i}/{n} of snapshot {write}: of another count, or past what a snapshot may hold"
                 ));
             }
             None if i == 1 => {
                 let mut parts = vec![None; n];
                 parts[0] = Some(Bytes::copy_from_slice(body));
-                self.snapshot = Some((write.to_owned(), parts));
+                self.snapshot = Some(Gathering {
+                    write: write.to_owned(),
+                    parts,
+                    next: sequence + 1,
+                    bytes: body.len(),
+                });
             }
             None => {
                 return Part::Passed(format!("part {i}/{n} of snapshot {write}, not begun"));
@@ -294,18 +325,17 @@ impl Frames {
         if self
             .snapshot
             .as_ref()
-            .is_some_and(|(_, parts)| parts.iter().all(Option::is_some))
+            .is_some_and(|g| g.parts.iter().all(Option::is_some))
+            && let Some(g) = self.snapshot.take()
         {
-            let (_, parts) = self.snapshot.take().unwrap_or_default();
-            let mut whole = Vec::with_capacity(parts.iter().flatten().map(Bytes::len).sum());
-            for part in parts.into_iter().flatten() {
+            let mut whole = Vec::with_capacity(g.bytes);
+            for part in g.parts.into_iter().flatten() {
                 whole.extend_from_slice(&part);
             }
             return Part::Whole(Bytes::from(whole));
         }
         Part::Held
     }
-
     /// The writes held, for a snapshot.
     pub(crate) fn held(&self) -> Vec<HeldWrite> {
         let b64 = base64::engine::general_purpose::STANDARD;
@@ -501,6 +531,14 @@ mod tests {
             Part::Whole(Bytes::from_static(b"{}"))
         );
         assert_eq!(frames.counts(), (0, 0));
+        // A message not of colony's between its parts ends one too.
+        assert_eq!(frames.part(7, "s3", "1/2", b"{", true), Part::Held);
+        frames.not_next(8);
+        frames.not_next(9);
+        assert!(matches!(
+            frames.part(9, "s3", "2/2", b"}", true),
+            Part::Passed(_)
+        ));
     }
 
     #[test]
