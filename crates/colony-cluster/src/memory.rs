@@ -4,7 +4,8 @@
 //! the first remembered), `colony memory` on any machine.
 //!
 //! Each memory is one stream, `COLONY_MEMORY_<name>` (file storage, kept until deleted),
-//! whose messages are its writes in order: a `put` of a batch, or a `delete`. Every process
+//! whose messages are its writes in order: a `put` of a batch, a `delete`, or a snapshot
+//! of the whole (see the end of this). Every process
 //! that opens it keeps a copy (a [`SqliteMemory`] in memory, its mirror) that a thread of its
 //! own brings up to date from the stream, write by write, in the stream's order; so every
 //! copy takes the same writes in the same order and holds the same documents.
@@ -46,6 +47,10 @@ use std::{
         atomic::{AtomicU64, Ordering},
     },
     time::{Duration, Instant},
+};
+use wire::{
+    Carried, Frames, HeldWrite, MAX_PARTS, PART_HEADER, PENDING_BYTES, Part, SNAPSHOT_HEADER,
+    Space, WRITE_HEADER, Write,
 };
 
 /// How long a call waits for this process's copy to reach the write or the read it makes
@@ -107,11 +112,6 @@ impl MemoryOptions {
         format!("colony.memory.{}", self.name)
     }
 }
-
-use wire::{
-    Carried, Frames, HeldWrite, MAX_PARTS, PART_HEADER, PENDING_BYTES, Part, SNAPSHOT_HEADER,
-    Space, WRITE_HEADER, Write,
-};
 
 impl Write {
     /// Applies the write to `copy`: documents stored, or deleted. A document that cannot be
