@@ -218,8 +218,17 @@ def main(chart_dir):
     check(secret["secretName"] == "colony-tokens", f"tokens from the Secret: {secret}")
     check(container["readinessProbe"]["httpGet"]["path"] == "/readyz", "control readiness is /readyz")
     check(pod["securityContext"]["runAsNonRoot"] is True, "control: no root")
+    check("--memory" not in args, f"no memory unless asked: {args}")
     services = [s for s in by_kind(docs, "Service", "control")]
     check(len(services) == 1 and services[0]["spec"]["ports"][0]["port"] == 7070, "a Service in front of the control plane")
+
+    # A memory in the chart's NATS, served by every control server.
+    docs = render(chart_dir, {"control": {"memory": "notes"}})
+    validate(docs, "memory")
+    args = by_kind(docs, "Deployment", "control")[0]["spec"]["template"]["spec"]["containers"][0]["args"]
+    check(args[args.index("--memory") + 1] == ",".join(urls) + "/notes?replicas=3",
+          f"the memory in the same NATS: {args}")
+    refused(chart_dir, {"control": {"memory": "a.b"}}, "a memory name NATS cannot take")
 
     # KEDA on the scaling leader's decision: the control plane's scaling endpoint, with a
     # read token, and the leader bounded as KEDA is.
