@@ -26,6 +26,47 @@ fn server(extra: &str) -> (tempfile::TempDir, NatsServer) {
     (dir, server)
 }
 
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+async fn js(url: &str) -> async_nats::jetstream::Context {
+    async_nats::jetstream::new(async_nats::connect(url).await.unwrap())
+}
+
+/// Messages in memory `name`'s stream now.
+fn messages(url: &str, name: &str) -> u64 {
+    runtime().block_on(async {
+        let stream = js(url)
+            .await
+            .get_stream(format!("COLONY_MEMORY_{name}"))
+            .await
+            .unwrap();
+        stream.get_info().await.unwrap().state.messages
+    })
+}
+
+/// Publishes `body` with `headers` on memory `name`'s subject, by hand; its sequence.
+fn publish(url: &str, name: &str, headers: &[(&str, &str)], body: &'static str) -> u64 {
+    runtime().block_on(async {
+        let mut map = async_nats::HeaderMap::new();
+        for (k, v) in headers {
+            map.insert(*k, *v);
+        }
+        js(url)
+            .await
+            .publish_with_headers(format!("colony.memory.{name}"), map, body.into())
+            .await
+            .unwrap()
+            .await
+            .unwrap()
+            .sequence
+    })
+}
+
 fn ns(name: &str) -> Namespace {
     Namespace::parse(name).unwrap()
 }
@@ -155,24 +196,11 @@ fn a_batch_larger_than_a_message_is_stored_whole_while_others_write_and_replays_
         assert_eq!(copy.stats(&small).unwrap().documents, 200);
         assert_eq!(copy.get(&big, "d63").unwrap().unwrap(), batch[63]);
     }
+    // The large batch went in parts: more messages than the writes.
+    let sent = messages(&url, "parts");
+    assert!(sent >= 200 + 14, "{sent} messages");
     // A message that is not a write (sent by hand) is passed over by every copy.
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(async {
-        let client = async_nats::connect(&url).await.unwrap();
-        let js = async_nats::jetstream::new(client);
-        // The large batch went in parts: more messages than the writes.
-        let stream = js.get_stream("COLONY_MEMORY_parts").await.unwrap();
-        let messages = stream.get_info().await.unwrap().state.messages;
-        assert!(messages >= 200 + 14, "{messages} messages");
-        js.publish("colony.memory.parts", "not a write".into())
-            .await
-            .unwrap()
-            .await
-            .unwrap();
-    });
+    publish(&url, "parts", &[], "not a write");
     a.put(
         &small,
         vec![Document::new("after", "after the stray message")],
@@ -188,18 +216,11 @@ fn a_batch_larger_than_a_message_is_stored_whole_while_others_write_and_replays_
 
     // A write no copy can read (a newer colony's, say) stops every copy rather than let
     // them drift: each call is refused, saying so, and a copy opened anew stops there too.
-    runtime.block_on(async {
-        let client = async_nats::connect(&url).await.unwrap();
-        let js = async_nats::jetstream::new(client);
-        let mut headers = async_nats::HeaderMap::new();
-        headers.insert("Colony-Write", "from-the-future-1");
-        headers.insert("Colony-Part", "1/1");
-        js.publish_with_headers("colony.memory.parts", headers, r#"{"merge": {}}"#.into())
-            .await
-            .unwrap()
-            .await
-            .unwrap();
-    });
+    let headers = [
+        ("Colony-Write", "from-the-future-1"),
+        ("Colony-Part", "1/1"),
+    ];
+    publish(&url, "parts", &headers, r#"{"merge": {}}"#);
     for copy in [&a, &b, &c] {
         let e = copy.get(&small, "after").unwrap_err().to_string();
         assert!(
@@ -210,20 +231,12 @@ fn a_batch_larger_than_a_message_is_stored_whole_while_others_write_and_replays_
     let e = NatsMemory::open(&options(&url, "parts"), false, false, "--db").unwrap_err();
     assert!(e.to_string().contains("copy stopped"), "{e}");
     // A stopped copy writes nothing: it could not tell what became of the write.
-    let messages = || {
-        runtime.block_on(async {
-            let client = async_nats::connect(&url).await.unwrap();
-            let js = async_nats::jetstream::new(client);
-            let stream = js.get_stream("COLONY_MEMORY_parts").await.unwrap();
-            stream.get_info().await.unwrap().state.messages
-        })
-    };
-    let before = messages();
+    let before = messages(&url, "parts");
     let e = a
         .put(&small, vec![Document::new("late", "late")])
         .unwrap_err();
     assert!(e.to_string().contains("copy stopped"), "{e}");
-    assert_eq!(messages(), before);
+    assert_eq!(messages(&url, "parts"), before);
 }
 
 #[test]
@@ -457,26 +470,11 @@ fn a_write_straddling_a_compaction_is_stored_by_every_copy() {
     let notes = ns("notes");
     a.put(&notes, vec![Document::new("before", "before")])
         .unwrap();
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
     let frame = r#"{"put": {"namespace": "notes", "documents": [{"id": "held", "text": "held across the snapshot"}]}}"#;
     let (one, two) = frame.split_at(frame.len() / 2);
     let part = |body: &'static str, part: &'static str| {
-        runtime.block_on(async {
-            let client = async_nats::connect(&url).await.unwrap();
-            let js = async_nats::jetstream::new(client);
-            let mut headers = async_nats::HeaderMap::new();
-            headers.insert("Colony-Write", "by-hand-1");
-            headers.insert("Colony-Part", part);
-            js.publish_with_headers("colony.memory.straddle", headers, body.into())
-                .await
-                .unwrap()
-                .await
-                .unwrap()
-                .sequence
-        })
+        let headers = [("Colony-Write", "by-hand-1"), ("Colony-Part", part)];
+        publish(&url, "straddle", &headers, body)
     };
     part(one, "1/2");
     a.put(&notes, vec![Document::new("between", "between")])
@@ -496,10 +494,12 @@ fn a_write_straddling_a_compaction_is_stored_by_every_copy() {
         .unwrap();
     let last = a.put(&notes, vec![Document::new("kept", "kept")]);
     assert!(last.is_ok());
-    runtime.block_on(async {
-        let client = async_nats::connect(&url).await.unwrap();
-        let js = async_nats::jetstream::new(client);
-        let stream = js.get_stream("COLONY_MEMORY_straddle").await.unwrap();
+    runtime().block_on(async {
+        let stream = js(&url)
+            .await
+            .get_stream("COLONY_MEMORY_straddle")
+            .await
+            .unwrap();
         let gone = stream
             .get_last_raw_message_by_subject("colony.memory.straddle")
             .await
@@ -522,18 +522,7 @@ fn a_memory_opened_to_write_past_its_bound_is_compacted_when_worth_it() {
     let url = server.url();
     let mut small = options(&url, "bounded");
     small.compact_above = 64 << 10;
-    let messages = || {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        runtime.block_on(async {
-            let client = async_nats::connect(&url).await.unwrap();
-            let js = async_nats::jetstream::new(client);
-            let stream = js.get_stream("COLONY_MEMORY_bounded").await.unwrap();
-            stream.get_info().await.unwrap().state.messages
-        })
-    };
+    let messages = || messages(&url, "bounded");
     let notes = ns("notes");
     let docs = |round: u32| -> Vec<Document> {
         (0..50)
