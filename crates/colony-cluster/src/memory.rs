@@ -197,13 +197,24 @@ impl Inner {
 
     /// A new, empty copy.
     fn new_copy(&self) -> Result<SqliteMemory, colony_memory::Error> {
-        let copy = SqliteMemory::in_memory()?;
-        Ok(if self.approximate {
-            copy
-        } else {
-            copy.with_approximate(None)
-        })
+        new_copy(self.approximate)
     }
+
+    /// Most bytes of one write's frame: its servers' `max_payload` [`MAX_PARTS`] times, and
+    /// no more than every copy holds while it gathers a write's parts.
+    fn largest_write(&self) -> usize {
+        (MAX_PARTS * self.part).min(PENDING_BYTES / 2)
+    }
+}
+
+/// An empty copy, which builds approximate indexes when `approximate`.
+fn new_copy(approximate: bool) -> Result<SqliteMemory, colony_memory::Error> {
+    let copy = SqliteMemory::in_memory()?;
+    Ok(if approximate {
+        copy
+    } else {
+        copy.with_approximate(None)
+    })
 }
 
 fn lock(mutex: &Mutex<Followed>) -> MutexGuard<'_, Followed> {
@@ -376,8 +387,7 @@ impl NatsMemory {
         let frame = Bytes::from(
             serde_json::to_vec(&write).map_err(|e| self.store(format!("encoding a write: {e}")))?,
         );
-        // No more than every copy holds while it gathers a write's parts.
-        let most = (MAX_PARTS * self.inner.part).min(PENDING_BYTES / 2);
+        let most = self.inner.largest_write();
         if frame.len() > most {
             return Err(colony_memory::Error::Query(format!(
                 "a write of {} bytes (as sent): a memory in NATS takes up to {most} in one ({MAX_PARTS} messages of its servers' max_payload, at most {} MiB); store the batch in smaller ones",
@@ -456,28 +466,33 @@ impl NatsMemory {
             self.fresh().map_err(failed)?;
             // Another process may have compacted it meanwhile.
             let now = self.state()?;
-            if let Some(above) = if_worth
-                && (now.1 <= above || self.estimate().map_err(failed)? * 2 > now.1)
-            {
+            let least = self.estimate().map_err(failed)?;
+            if if_worth.is_some_and(|above| now.1 <= above || least * 2 > now.1) {
                 return Ok(None);
+            }
+            let most = self.inner.largest_write();
+            let too_large = |bytes| {
+                Error::nats(
+                    &self.inner.shown,
+                    format!(
+                        "its snapshot would be {bytes} bytes or more, more than one write may be ({most}): it cannot be compacted"
+                    ),
+                )
+            };
+            // Refused before the copy is read whole: that would hold it twice in memory.
+            if least > most as u64 {
+                return Err(too_large(least));
             }
             let (after, spaces, held) = self.snapshot().map_err(failed)?;
             let frame = Bytes::from(
                 serde_json::to_vec(&Write::Snapshot { spaces, held })
                     .map_err(|e| Error::nats("compacting", e))?,
             );
-            let most = (MAX_PARTS * self.inner.part).min(PENDING_BYTES / 2);
             if if_worth.is_some() && frame.len() as u64 * 2 > now.1 {
                 return Ok(None);
             }
             if frame.len() > most {
-                return Err(Error::nats(
-                    &self.inner.shown,
-                    format!(
-                        "its snapshot would be {} bytes, more than one write may be ({most}): it cannot be compacted",
-                        frame.len()
-                    ),
-                ));
+                return Err(too_large(frame.len() as u64));
             }
             let (inner, op) = (self.inner.clone(), self.next_op());
             let sent = self
@@ -652,12 +667,7 @@ async fn connect(
                 _ => Error::nats(&shown, e),
             })?
     };
-    let copy = SqliteMemory::in_memory().map_err(|e| Error::nats(&shown, e))?;
-    let copy = if approximate {
-        copy
-    } else {
-        copy.with_approximate(None)
-    };
+    let copy = new_copy(approximate).map_err(|e| Error::nats(&shown, e))?;
     Ok(Inner {
         copy: std::sync::RwLock::new(Arc::new(copy)),
         approximate,
@@ -681,7 +691,10 @@ async fn publish_frame(inner: &Inner, frame: Bytes, op: &str) -> Result<u64, Str
     let mut last = 0;
     for i in 0..parts {
         let body = frame.slice(i * inner.part..((i + 1) * inner.part).min(frame.len()));
-        last = publish(inner, body, op, &format!("{}/{parts}", i + 1)).await?;
+        let part = format!("{}/{parts}", i + 1);
+        last = publish(inner, body, op, &part, None)
+            .await?
+            .ok_or_else(|| "a part of the write was refused".to_owned())?;
     }
     Ok(last)
 }
@@ -700,76 +713,64 @@ async fn publish_snapshot(
     for i in 0..parts {
         let body = frame.slice(i * inner.part..((i + 1) * inner.part).min(frame.len()));
         let part = format!("{}/{parts}", i + 1);
-        let id = format!("{op}.{part}");
-        let deadline = Instant::now() + RETRY_FOR;
-        last = loop {
-            let message = jetstream::message::PublishMessage::build()
-                .payload(body.clone())
-                .message_id(&id)
-                .header(WRITE_HEADER, op)
-                .header(PART_HEADER, part.as_str())
-                .header(SNAPSHOT_HEADER, after.to_string().as_str())
-                .expected_last_sequence(last);
-            let sent = match inner.js.send_publish(inner.subject.clone(), message).await {
-                Ok(ack) => ack.await,
-                Err(e) => Err(e),
-            };
-            let error = match sent {
-                Ok(ack) => break ack.sequence,
-                Err(e) => e,
-            };
-            match error.kind() {
-                PublishErrorKind::WrongLastSequence => {
-                    // This part landed with its answer lost, or another writer came first.
-                    match inner.stream.get_raw_message(last + 1).await {
-                        Ok(next)
-                            if next
-                                .headers
-                                .get(async_nats::header::NATS_MESSAGE_ID)
-                                .is_some_and(|v| v.as_str() == id) =>
-                        {
-                            break next.sequence;
-                        }
-                        _ => return Ok(None),
-                    }
-                }
-                PublishErrorKind::MaxPayloadExceeded => return Err(error.to_string()),
-                _ => {}
-            }
-            if Instant::now() >= deadline {
-                return Err(format!(
-                    "NATS did not take the snapshot for {} s: {error}",
-                    RETRY_FOR.as_secs()
-                ));
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        };
+        match publish(inner, body, op, &part, Some((after, last))).await? {
+            Some(sequence) => last = sequence,
+            None => return Ok(None),
+        }
         first.get_or_insert(last);
     }
     Ok(first)
 }
 
 /// Publishes one part, tried again with the same dedupe id while NATS cannot take it; its
-/// sequence.
-async fn publish(inner: &Inner, body: Bytes, op: &str, part: &str) -> Result<u64, String> {
+/// sequence. A snapshot's part (`snapshot`: the sequence whose state it holds, and the one
+/// it must come right after) carries its header and lands right after that message, or
+/// not at all: `None` when another writer's message came first.
+async fn publish(
+    inner: &Inner,
+    body: Bytes,
+    op: &str,
+    part: &str,
+    snapshot: Option<(u64, u64)>,
+) -> Result<Option<u64>, String> {
     let deadline = Instant::now() + RETRY_FOR;
     let id = format!("{op}.{part}");
     loop {
-        let message = jetstream::message::PublishMessage::build()
+        let mut message = jetstream::message::PublishMessage::build()
             .payload(body.clone())
             .message_id(&id)
             .header(WRITE_HEADER, op)
             .header(PART_HEADER, part);
+        if let Some((after, last)) = snapshot {
+            message = message
+                .header(SNAPSHOT_HEADER, after.to_string().as_str())
+                .expected_last_sequence(last);
+        }
         let sent = match inner.js.send_publish(inner.subject.clone(), message).await {
             Ok(ack) => ack.await,
             Err(e) => Err(e),
         };
         let error = match sent {
-            Ok(ack) => return Ok(ack.sequence),
+            Ok(ack) => return Ok(Some(ack.sequence)),
             Err(e) => e,
         };
-        if matches!(error.kind(), PublishErrorKind::MaxPayloadExceeded) {
-            return Err(error.to_string());
+        match (error.kind(), snapshot) {
+            (PublishErrorKind::WrongLastSequence, Some((_, last))) => {
+                // This part landed with its answer lost, or another writer came first.
+                return Ok(match inner.stream.get_raw_message(last + 1).await {
+                    Ok(next)
+                        if next
+                            .headers
+                            .get(async_nats::header::NATS_MESSAGE_ID)
+                            .is_some_and(|v| v.as_str() == id) =>
+                    {
+                        Some(next.sequence)
+                    }
+                    _ => None,
+                });
+            }
+            (PublishErrorKind::MaxPayloadExceeded, _) => return Err(error.to_string()),
+            _ => {}
         }
         if Instant::now() >= deadline {
             return Err(format!(
