@@ -44,6 +44,9 @@ pub struct Cluster {
     /// The live nodes as last read for a vote or a team, and when: read again after
     /// [`MEMBERS_FRESH`], so that many votes sent at once do not each read every heartbeat.
     members: std::sync::Arc<tokio::sync::Mutex<Option<Members>>>,
+    /// The consumers this client found taking their priority's bundles (or widened so):
+    /// not looked at again.
+    wide: std::sync::Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
 }
 
 /// The live nodes, and when they were read.
@@ -100,10 +103,18 @@ pub struct Status {
 pub struct RoleStatus {
     /// The role, or `*` for tasks any agent may run.
     pub role: String,
+    /// Tasks waiting to be delivered, each task of a bundle counted ([`crate::backlog`]).
     pub waiting: u64,
+    /// Tasks delivered and not acknowledged: running, or in a bundle a node took and
+    /// has not acknowledged yet.
     pub running: u64,
-    /// Deliveries so far (first deliveries and redeliveries).
+    /// Deliveries so far (first deliveries and redeliveries; a bundle is one).
     pub delivered: u64,
+    /// Messages waiting to be delivered (a bundle is one).
+    pub waiting_messages: u64,
+    /// Tasks a message of the role's holds, on average, now: 1 without bundles; `None`
+    /// when its subjects hold nothing.
+    pub tasks_per_message: Option<f64>,
     /// For each priority with tasks waiting, the stream sequence they start after: the
     /// last one its consumer delivered.
     #[serde(skip)]
@@ -159,6 +170,7 @@ impl Cluster {
             roles: Default::default(),
             epoch,
             members: Default::default(),
+            wide: Default::default(),
         })
     }
 
@@ -210,7 +222,8 @@ impl Cluster {
     /// the same call again (the same tasks, the same key, within the stream's duplicate
     /// window) is accepted once, under the same ids; without, a retried call submits its
     /// tasks again. Refused while a live
-    /// node reads no bundles. A role's backlog ([`Cluster::status`]) counts a bundle once.
+    /// node reads no bundles. A role's backlog ([`Cluster::status`]) counts each task of a
+    /// bundle: its message goes on a subject saying how many it holds.
     pub async fn submit_bundled(
         &self,
         specs: &[TaskSpec],
@@ -223,16 +236,21 @@ impl Cluster {
                 key.map(|key| (0..specs.len()).map(|n| format!("{key}.b{n}")).collect());
             return self.submit(specs, ids.as_deref()).await;
         }
-        // A node from before bundles would run a bundle as one task.
-        if let Some(old) = self
-            .recent_members()
-            .await?
-            .into_iter()
-            .find(|n| !n.bundles)
-        {
+        // A node from before bundles would run a bundle as one task; one from before their
+        // subjects would not be delivered them.
+        for node in self.recent_members().await? {
+            let (name, why) = if !node.bundles {
+                (
+                    node.name,
+                    "reads no bundles (it would run one as a single task)",
+                )
+            } else if !node.bundle_subjects {
+                (node.name, "takes no bundles from their own subjects")
+            } else {
+                continue;
+            };
             return Err(Error::Task(format!(
-                "node {} runs a colony that reads no bundles (it would run one as a single task): upgrade or drain it first, or submit without bundles",
-                old.name
+                "node {name} runs a colony that {why}: upgrade or drain it first, or submit without bundles"
             )));
         }
         // Each task checked as if sent alone, then put with those before it while they share
@@ -288,6 +306,15 @@ impl Cluster {
                 bundle::BUNDLED
             )));
         }
+        let bundles: std::collections::BTreeSet<&str> = messages
+            .iter()
+            .zip(&counts)
+            .filter(|(_, n)| **n > 1)
+            .map(|((subject, ..), _)| subject.as_str())
+            .collect();
+        for subject in bundles {
+            self.widen_for(subject).await?;
+        }
         let accepted = self.publish_all(messages).await?;
         let mut out = Vec::with_capacity(specs.len());
         for (message, n) in accepted.into_iter().zip(counts) {
@@ -310,6 +337,42 @@ impl Cluster {
             }
         }
         Ok(out)
+    }
+
+    /// Widens the consumer that takes the bundles of `subject` ([`settings::bundle_subject`])
+    /// where a node from before bundles had subjects made it and no node of this version
+    /// has widened it since (the role's nodes all left before the upgrade): else the bundle
+    /// would wait, taken by no consumer and seen by no backlog, and the node that widens it
+    /// later could have passed it over. A consumer not made yet is made wide by the node
+    /// that makes it.
+    async fn widen_for(&self, subject: &str) -> Result<(), Error> {
+        let Some((role, priority, _)) = settings::parse_subject(subject) else {
+            return Ok(());
+        };
+        let role = (role != settings::ANY_ROLE).then_some(role);
+        let name = settings::consumer(role, priority);
+        if self.wide.lock().is_ok_and(|wide| wide.contains(&name)) {
+            return Ok(());
+        }
+        let plain = settings::subject(role, priority);
+        match self.stream.consumer_info(&name).await {
+            Ok(info) => {
+                if let Some(wider) = settings::widened(&info.config, &plain) {
+                    crate::node::widen(self, wider).await?;
+                }
+            }
+            Err(e) => {
+                use async_nats::jetstream::context::ConsumerInfoErrorKind as K;
+                return match e.kind() {
+                    K::NotFound => Ok(()),
+                    _ => Err(Error::nats(format!("the consumer {name}"), e)),
+                };
+            }
+        }
+        if let Ok(mut wide) = self.wide.lock() {
+            wide.insert(name);
+        }
+        Ok(())
     }
 
     /// Publishes `messages` in order, up to [`IN_FLIGHT`] awaiting their acknowledgement at
@@ -932,36 +995,73 @@ impl Cluster {
         ))
     }
 
-    /// The live nodes, the unfinished tasks, and the backlog of each role.
+    /// The live nodes, the unfinished tasks, and the backlog of each role, in tasks (each
+    /// task of a bundle counted: [`crate::backlog`]). A role no node has served yet has no
+    /// consumer: its tasks all wait.
     pub async fn status(&self) -> Result<Status, Error> {
-        let mut stream = self.stream.clone();
-        let info = stream
-            .info()
+        let reading = |e: &dyn std::fmt::Display| Error::nats("the tasks stream", e);
+        let mut listed = self
+            .stream
+            .info_with_subjects(settings::SUBJECTS)
             .await
-            .map_err(|e| Error::nats("the tasks stream", e))?;
-        let unfinished = info.state.messages;
-        let leader = info.cluster.as_ref().and_then(|c| c.leader.clone());
+            .map_err(|e| reading(&e))?;
+        let leader = listed.info.cluster.as_ref().and_then(|c| c.leader.clone());
+        let mut queued = crate::backlog::InStream::default();
+        while let Some(subject) = listed.next().await {
+            let (subject, messages) = subject.map_err(|e| reading(&e))?;
+            queued.add(&subject, messages as u64);
+        }
+        let unfinished = queued.tasks();
         // A role's consumers, one for each priority, summed.
         let mut roles: std::collections::BTreeMap<String, RoleStatus> = Default::default();
+        let mut consumed = std::collections::BTreeSet::new();
+        let stream = self.stream.clone();
         let mut consumers = stream.consumers();
+        let role_status = |role: &str| RoleStatus {
+            role: role.to_owned(),
+            waiting: 0,
+            running: 0,
+            delivered: 0,
+            waiting_messages: 0,
+            tasks_per_message: None,
+            waiting_after: Vec::new(),
+        };
         while let Some(info) = consumers.next().await {
             let info = info.map_err(|e| Error::nats("the stream's consumers", e))?;
             let Some((role, priority)) = settings::role_of_consumer(&info.name) else {
                 continue;
             };
-            let status = roles.entry(role.to_owned()).or_insert_with(|| RoleStatus {
-                role: role.to_owned(),
-                waiting: 0,
-                running: 0,
-                delivered: 0,
-                waiting_after: Vec::new(),
-            });
-            status.waiting += info.num_pending;
-            status.running += info.num_ack_pending as u64;
+            consumed.insert((role.to_owned(), priority));
+            let (waiting, running) = queued.split(
+                role,
+                priority,
+                info.num_pending,
+                info.num_ack_pending as u64,
+            );
+            let status = roles
+                .entry(role.to_owned())
+                .or_insert_with(|| role_status(role));
+            status.waiting += waiting;
+            status.running += running;
             status.delivered += info.delivered.consumer_sequence;
+            status.waiting_messages += info.num_pending;
             if info.num_pending > 0 {
                 let after = (priority, info.delivered.stream_sequence);
                 status.waiting_after.push(after);
+            }
+        }
+        for (role, priority, tasks) in queued.unconsumed(&consumed) {
+            let status = roles
+                .entry(role.to_owned())
+                .or_insert_with(|| role_status(role));
+            status.waiting += tasks.tasks;
+            status.waiting_messages += tasks.messages;
+            status.waiting_after.push((priority, 0));
+        }
+        let held = queued.by_role();
+        for status in roles.values_mut() {
+            if let Some(h) = held.get(status.role.as_str()).filter(|h| h.messages > 0) {
+                status.tasks_per_message = Some(h.tasks as f64 / h.messages as f64);
             }
         }
         let roles = roles.into_values().collect();
@@ -1060,7 +1160,8 @@ fn bundled(mut group: Vec<Outgoing>, key: Option<&str>, n: usize) -> Outgoing {
         let mut headers = async_nats::HeaderMap::new();
         headers.insert(bundle::COUNT, count.to_string().as_str());
         let payload = bundle::encode(group.iter().map(|(_, h, p)| (h, p)));
-        (group.swap_remove(0).0, headers, payload)
+        let subject = settings::bundle_subject(&group.swap_remove(0).0, count);
+        (subject, headers, payload)
     };
     let id = match key {
         None => random_id(),

@@ -4,9 +4,10 @@
 //! three of its parts:
 //!
 //! - **the tasks stream** (`COLONY_TASKS`, work-queue retention, file storage): a submitted
-//!   task is one message on `colony.tasks.<role>.p<priority>`; its stream sequence is the
-//!   task's id, and "accepted" is said only once the stream acknowledged it. A node pulls
-//!   through the durable consumer of each role it hosts, with explicit acks, an `ack_wait`
+//!   task is one message on `colony.tasks.<role>.p<priority>` (a bundle of `n` tasks on
+//!   that subject with `.<n>` more); its stream sequence is the task's id, and "accepted"
+//!   is said only once the stream acknowledged it. A node pulls through the durable
+//!   consumer of each role it hosts, with explicit acks, an `ack_wait`
 //!   kept alive by in-progress acks while a task runs, and a nak with a delay for a retry.
 //! - **the tasks bucket** (KV `colony_tasks`): one key per task that has started, holding its
 //!   state, its lease (attempt number) and, once it ended, its result. Every write is a
@@ -21,6 +22,7 @@
 //! look up, wait, status). [`testing`] starts real `nats-server` processes for tests.
 
 pub mod agents;
+mod backlog;
 pub mod bench;
 pub mod bus;
 mod client;

@@ -64,6 +64,11 @@ pub struct NodeInfo {
     /// would run a bundle as one task.
     #[serde(default)]
     pub bundles: bool,
+    /// Its consumers take bundles on subjects of their own (`colony.tasks.<role>.p<N>.<n>`,
+    /// so the stream counts their tasks); a node from before would leave them undelivered
+    /// until a node of this version widens the role's consumers.
+    #[serde(default)]
+    pub bundle_subjects: bool,
 }
 
 /// One tier of a node's hierarchy: its agents, and those down (crashed, waiting for a

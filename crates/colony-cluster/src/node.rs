@@ -305,6 +305,7 @@ impl Node {
             spread: true,
             spread_teams: true,
             bundles: true,
+            bundle_subjects: true,
         };
         let mut info = info;
         let patience = Duration::from_secs(1);
@@ -449,7 +450,8 @@ pub(crate) fn check_name(name: &str) -> Result<(), Error> {
 }
 
 /// The consumers of `role`'s tasks (any agent's when `None`), one for each priority, the
-/// highest first, made if they are not there. The one consumer of every priority that
+/// highest first, made if they are not there, each taking its priority's plain tasks and
+/// bundles (one made before bundles had subjects of their own is widened). The one consumer of every priority that
 /// nodes made before is deleted first: its subjects overlap theirs, which a work-queue
 /// stream refuses. The tasks it had delivered and not yet acknowledged stay in the stream,
 /// and the new consumers deliver them again.
@@ -465,42 +467,70 @@ async fn by_priority(cluster: &Cluster, role: Option<&str>) -> Result<Vec<PullCo
             return Err(Error::nats(format!("deleting the consumer {unsorted}"), e));
         }
     }
-    let made = settings::consumers(role).into_iter().map(|(name, filter)| {
-        let config = pull::Config {
-            durable_name: Some(name.clone()),
-            filter_subject: filter,
-            ack_policy: AckPolicy::Explicit,
-            ack_wait: cluster.settings.ack_wait,
-            // Attempts are counted in the task's record, where a hand-back does not count:
-            // the stream delivers until the record says the task ended.
-            max_deliver: -1,
-            max_ack_pending: 100_000,
-            deliver_policy: DeliverPolicy::All,
-            ..Default::default()
-        };
-        async move {
-            // A cluster just started, or electing its meta leader, answers late or not at
-            // all for a while: asked again for up to MAKE_WAIT, then the last error.
-            let deadline = Instant::now() + MAKE_WAIT;
-            let mut pause = Duration::from_millis(250);
-            loop {
-                match cluster
-                    .stream
-                    .get_or_create_consumer(&name, config.clone())
-                    .await
-                {
-                    Ok(consumer) => return Ok(consumer),
-                    Err(e) if transient(&e) && Instant::now() + pause < deadline => {
-                        tracing::debug!("the consumer {name}: {e}; asking again");
-                        tokio::time::sleep(pause).await;
-                        pause = (pause * 2).min(Duration::from_secs(2));
+    let made = settings::consumers(role)
+        .into_iter()
+        .map(|(name, subject)| {
+            let config = pull::Config {
+                durable_name: Some(name.clone()),
+                filter_subjects: settings::filters(&subject),
+                ack_policy: AckPolicy::Explicit,
+                ack_wait: cluster.settings.ack_wait,
+                // Attempts are counted in the task's record, where a hand-back does not count:
+                // the stream delivers until the record says the task ended.
+                max_deliver: -1,
+                max_ack_pending: 100_000,
+                deliver_policy: DeliverPolicy::All,
+                ..Default::default()
+            };
+            async move {
+                // A cluster just started, or electing its meta leader, answers late or not at
+                // all for a while: asked again for up to MAKE_WAIT, then the last error.
+                let deadline = Instant::now() + MAKE_WAIT;
+                let mut pause = Duration::from_millis(250);
+                loop {
+                    match cluster
+                        .stream
+                        .get_or_create_consumer(&name, config.clone())
+                        .await
+                    {
+                        Ok(consumer) => {
+                            // Made by a node from before bundles had subjects of their own.
+                            let info = consumer.cached_info();
+                            return match settings::widened(&info.config, &subject) {
+                                None => Ok(consumer),
+                                Some(wider) => widen(cluster, wider).await,
+                            };
+                        }
+                        Err(e) if transient(&e) && Instant::now() + pause < deadline => {
+                            tracing::debug!("the consumer {name}: {e}; asking again");
+                            tokio::time::sleep(pause).await;
+                            pause = (pause * 2).min(Duration::from_secs(2));
+                        }
+                        Err(e) => return Err(Error::nats(format!("the consumer {name}"), e)),
                     }
-                    Err(e) => return Err(Error::nats(format!("the consumer {name}"), e)),
                 }
             }
-        }
-    });
+        });
     futures::future::try_join_all(made).await
+}
+
+/// Updates a consumer to `wider` ([`settings::widened`]). The consumer keeps its place: a
+/// bundle it passed over while narrow (an old node pulled past it) is not delivered; a
+/// client widens a consumer before it sends bundles to it, so none is sent while it is.
+pub(crate) async fn widen(
+    cluster: &Cluster,
+    wider: async_nats::jetstream::consumer::Config,
+) -> Result<PullConsumer, Error> {
+    use async_nats::jetstream::consumer::FromConsumer;
+    let name = wider.durable_name.clone().unwrap_or_default();
+    let failed =
+        |e: &dyn std::fmt::Display| Error::nats(format!("widening the consumer {name}"), e);
+    let config = pull::Config::try_from_consumer_config(wider).map_err(|e| failed(&e))?;
+    cluster
+        .stream
+        .update_consumer(config)
+        .await
+        .map_err(|e| failed(&e))
 }
 
 /// How long a node keeps asking for its consumers while the cluster cannot make them yet.

@@ -89,8 +89,13 @@ pub struct RoleView {
     pub waiting: u64,
     pub running: u64,
     pub oldest_wait: Duration,
-    /// The role consumer's deliveries so far.
+    /// The role consumer's deliveries so far (messages: a bundle is one).
     pub delivered: u64,
+    /// Messages waiting (a bundle is one), of which `waiting` counts the tasks.
+    pub waiting_messages: u64,
+    /// Tasks a message of the role holds now (1 without bundles; `None` when the stream
+    /// holds none of its): what turns messages arriving into tasks arriving.
+    pub tasks_per_message: Option<f64>,
 }
 
 impl RoleView {
@@ -102,6 +107,8 @@ impl RoleView {
             running: role.running,
             oldest_wait,
             delivered: role.delivered,
+            waiting_messages: role.waiting_messages,
+            tasks_per_message: role.tasks_per_message,
             ..RoleView::default()
         };
         for node in status.nodes.iter().filter(|n| !n.draining) {
@@ -125,8 +132,11 @@ impl RoleView {
 struct RolePlan {
     scaler: Scaler,
     desired: u32,
-    /// When it last looked, and the arrivals counted then (waiting + delivered).
+    /// When it last looked, and the messages counted then (waiting + delivered).
     last: Option<(Duration, u64)>,
+    /// Tasks a message held when the stream last held any of the role's: bundles that
+    /// arrive and drain between two looks are counted at it.
+    per_message: f64,
 }
 
 /// The leader's decisions, sans IO: a term's engines, one per role.
@@ -172,11 +182,18 @@ impl Planner {
                     .unwrap_or_else(|_| Scaler::new(ScalingOptions::default()).expect("defaults")),
                 desired: previous.map_or(view.nodes, |p| p.desired),
                 last: None,
+                per_message: 1.0,
             });
-        let arrived = view.waiting + view.delivered;
+        // Messages arrived, in tasks at what a message holds now, or held last (a message
+        // holds one at least).
+        if let Some(per_message) = view.tasks_per_message {
+            plan.per_message = per_message.max(1.0);
+        }
+        let arrived = view.waiting_messages + view.delivered;
         let arrivals_per_sec = match plan.last {
             Some((then, before)) if now > then => {
-                arrived.saturating_sub(before) as f64 / (now - then).as_secs_f64()
+                let messages = arrived.saturating_sub(before) as f64;
+                messages * plan.per_message / (now - then).as_secs_f64()
             }
             _ => 0.0,
         };
@@ -444,7 +461,8 @@ async fn decide(
 }
 
 /// How long the role's oldest waiting task has waited: of each priority with tasks waiting,
-/// the first message after the last one its consumer delivered, the oldest of them.
+/// the first message after the last one its consumer delivered (of its plain tasks and of
+/// its bundles), the oldest of them.
 async fn oldest_wait(cluster: &Cluster, role: &RoleStatus) -> Duration {
     let token = if role.role == "*" {
         None
@@ -456,14 +474,16 @@ async fn oldest_wait(cluster: &Cluster, role: &RoleStatus) -> Duration {
         .map_or(0, |d| d.as_nanos() as i128);
     let mut oldest = Duration::ZERO;
     for &(priority, after) in &role.waiting_after {
-        let subject = crate::settings::subject(token, priority);
-        if let Ok(message) = cluster
-            .stream
-            .get_first_raw_message_by_subject(subject, after + 1)
-            .await
-        {
-            let age = now - message.time.unix_timestamp_nanos();
-            oldest = oldest.max(Duration::from_nanos(u64::try_from(age).unwrap_or(0)));
+        // Its plain tasks' subject and its bundles'.
+        for subject in crate::settings::filters(&crate::settings::subject(token, priority)) {
+            if let Ok(message) = cluster
+                .stream
+                .get_first_raw_message_by_subject(subject, after + 1)
+                .await
+            {
+                let age = now - message.time.unix_timestamp_nanos();
+                oldest = oldest.max(Duration::from_nanos(u64::try_from(age).unwrap_or(0)));
+            }
         }
     }
     oldest
@@ -498,6 +518,8 @@ mod tests {
             waiting,
             running,
             delivered: 0,
+            waiting_messages: waiting,
+            tasks_per_message: Some(1.0),
             waiting_after: Vec::new(),
         };
         let status = Status {
@@ -547,6 +569,8 @@ mod tests {
             running: 8,
             oldest_wait: Duration::from_secs(6),
             delivered: 100,
+            waiting_messages: 40,
+            tasks_per_message: Some(1.0),
         };
         let at = Duration::from_secs(100);
         let record = planner.plan("worker", view, None, at, 1);
@@ -563,11 +587,34 @@ mod tests {
         // Arrivals: 45 more waiting or delivered in the 5 s since the last look.
         let arriving = RoleView {
             waiting: 50,
+            waiting_messages: 50,
             delivered: 135,
             ..view
         };
         let third = planner.plan("worker", arriving, None, at + Duration::from_secs(10), 3);
         assert!((third.arrivals_per_sec - 9.0).abs() < 1e-9, "{third:?}");
+        // Bundles of 8: 5 messages more in 5 s are 40 tasks, 8 a second.
+        let bundled = RoleView {
+            waiting: 400,
+            waiting_messages: 50,
+            delivered: 140,
+            tasks_per_message: Some(8.0),
+            ..view
+        };
+        let fourth = planner.plan("worker", bundled, None, at + Duration::from_secs(15), 4);
+        assert!((fourth.arrivals_per_sec - 8.0).abs() < 1e-9, "{fourth:?}");
+        assert_eq!(fourth.waiting, 400, "the backlog in tasks");
+        // Bundles that came and went between two looks, the stream empty at the next:
+        // counted at what a message held last, 10 messages in 5 s of 8 tasks.
+        let drained = RoleView {
+            waiting: 0,
+            waiting_messages: 0,
+            delivered: 200,
+            tasks_per_message: None,
+            ..view
+        };
+        let fifth = planner.plan("worker", drained, None, at + Duration::from_secs(20), 5);
+        assert!((fifth.arrivals_per_sec - 16.0).abs() < 1e-9, "{fifth:?}");
     }
 
     #[test]
@@ -597,6 +644,8 @@ mod tests {
             running: 10,
             oldest_wait: Duration::ZERO,
             delivered: 10,
+            waiting_messages: 0,
+            tasks_per_message: None,
         };
         let record = planner.plan("worker", view, Some(&previous), Duration::from_secs(1), 1);
         assert_eq!(record.desired, 5, "{record:?}");

@@ -4,13 +4,13 @@
 //! servers' own setting (see docs/cluster.md); the harness in [`crate::testing`] sets it.
 
 use crate::Error;
-use async_nats::jetstream::{kv, stream};
+use async_nats::jetstream::{consumer, kv, stream};
 use colony_core::task::Priority;
 use std::time::Duration;
 
 /// The stream of submitted tasks.
 pub(crate) const STREAM: &str = "COLONY_TASKS";
-/// Its subjects: `colony.tasks.<role>.p<priority>`.
+/// Its subjects: `colony.tasks.<role>.p<priority>`, and `.<n>` more for a bundle of `n`.
 pub(crate) const SUBJECTS: &str = "colony.tasks.>";
 /// The role token of tasks any agent may run.
 pub(crate) const ANY_ROLE: &str = "_";
@@ -196,12 +196,44 @@ pub(crate) fn subject(role: Option<&str>, priority: u8) -> String {
     format!("colony.tasks.{}.p{priority}", role.unwrap_or(ANY_ROLE))
 }
 
-/// The priority of a task published on `subject` (see [`subject`]).
+/// The subject a bundle of `count` tasks goes on, of a plain task's `subject`: a token
+/// more, saying how many tasks it holds, so that the stream's count of each subject's
+/// messages counts tasks ([`crate::backlog`]). A plain task's last token is `p<N>`, never
+/// digits alone.
+pub(crate) fn bundle_subject(subject: &str, count: usize) -> String {
+    format!("{subject}.{count}")
+}
+
+/// The subjects a consumer of a role's priority takes, of its plain tasks' `subject`: that
+/// one and its bundles' ([`bundle_subject`]).
+pub(crate) fn filters(subject: &str) -> Vec<String> {
+    vec![subject.to_owned(), format!("{subject}.*")]
+}
+
+/// What a task message's subject says: the role's token (`_` for any agent), the
+/// priority, and how many tasks the message holds (1 but for a bundle's subject). `None`
+/// for a subject of no task message.
+pub(crate) fn parse_subject(subject: &str) -> Option<(&str, u8, u64)> {
+    let rest = subject.strip_prefix("colony.tasks.")?;
+    let (role, rest) = rest.split_once('.')?;
+    let (priority, tasks) = match rest.split_once('.') {
+        None => (rest, 1),
+        Some((priority, count)) => {
+            let digits = !count.is_empty() && count.len() <= 6;
+            let tasks: u64 = count.parse().ok().filter(|n| digits && *n >= 1)?;
+            (priority, tasks)
+        }
+    };
+    let priority = match priority.as_bytes() {
+        [b'p', d @ b'0'..=b'9'] => d - b'0',
+        _ => return None,
+    };
+    (role == ANY_ROLE || check_role(role).is_ok()).then_some((role, priority, tasks))
+}
+
+/// The priority of a task published on `subject` (see [`subject`], [`bundle_subject`]).
 pub(crate) fn priority_of_subject(subject: &str) -> Option<u8> {
-    match subject.rsplit_once(".p")?.1.as_bytes() {
-        [d @ b'0'..=b'9'] => Some(d - b'0'),
-        _ => None,
-    }
+    parse_subject(subject).map(|(_, priority, _)| priority)
 }
 
 /// The durable consumers of a role's tasks (any agent's when `None`), one for each priority,
@@ -211,11 +243,39 @@ pub(crate) fn priority_of_subject(subject: &str) -> Option<u8> {
 /// Named `p<N>-role-<role>` (`p<N>-any-role`): a role may end in `-p3`, so the priority goes
 /// first, where no name of [`unsorted_consumer`] has it.
 pub(crate) fn consumers(role: Option<&str>) -> Vec<(String, String)> {
-    let base = unsorted_consumer(role);
     (Priority::LOWEST.get()..=Priority::HIGHEST.get())
         .rev()
-        .map(|p| (format!("p{p}-{base}"), subject(role, p)))
+        .map(|p| (consumer(role, p), subject(role, p)))
         .collect()
+}
+
+/// The name of the consumer of `role`'s tasks at `priority` (see [`consumers`]).
+pub(crate) fn consumer(role: Option<&str>, priority: u8) -> String {
+    format!("p{priority}-{}", unsorted_consumer(role))
+}
+
+/// `config` of a consumer of plain tasks' `subject`, widened to take that priority's
+/// bundles too ([`filters`]), when it does not yet (a node from before bundles had subjects
+/// of their own made it): what it filtered on, and what it lacks. `None` when it takes
+/// them already.
+pub(crate) fn widened(config: &consumer::Config, subject: &str) -> Option<consumer::Config> {
+    let mut have = config.filter_subjects.clone();
+    if !config.filter_subject.is_empty() {
+        have.push(config.filter_subject.clone());
+    }
+    let missing: Vec<String> = filters(subject)
+        .into_iter()
+        .filter(|f| !have.contains(f))
+        .collect();
+    if missing.is_empty() {
+        return None;
+    }
+    have.extend(missing);
+    Some(consumer::Config {
+        filter_subject: String::new(),
+        filter_subjects: have,
+        ..config.clone()
+    })
 }
 
 /// The one consumer of every priority of a role that nodes made before priorities were
@@ -276,6 +336,52 @@ mod tests {
         }
         assert_eq!(subject(Some("worker"), 5), "colony.tasks.worker.p5");
         assert_eq!(subject(None, 9), "colony.tasks._.p9");
+    }
+
+    #[test]
+    fn a_subject_says_its_role_priority_and_how_many_tasks_its_message_holds() {
+        let plain = subject(Some("worker"), 5);
+        assert_eq!(parse_subject(&plain), Some(("worker", 5, 1)));
+        let bundle = bundle_subject(&plain, 16);
+        assert_eq!(bundle, "colony.tasks.worker.p5.16");
+        assert_eq!(parse_subject(&bundle), Some(("worker", 5, 16)));
+        assert_eq!(
+            parse_subject(&bundle_subject(&subject(None, 0), 512)),
+            Some(("_", 0, 512))
+        );
+        assert_eq!(priority_of_subject(&bundle), Some(5));
+        // A consumer made before takes its bundles once widened; one that takes them (or
+        // more) is left as it is.
+        let old = consumer::Config {
+            durable_name: Some(consumer(Some("worker"), 5)),
+            filter_subject: plain.clone(),
+            ..Default::default()
+        };
+        let wide = widened(&old, &plain).unwrap();
+        assert_eq!(wide.filter_subject, "");
+        assert_eq!(wide.durable_name, old.durable_name);
+        assert_eq!(wide.filter_subjects, filters(&plain));
+        assert!(widened(&wide, &plain).is_none());
+        let more = consumer::Config {
+            filter_subjects: vec![plain.clone(), format!("{plain}.*"), format!("{plain}.x.*")],
+            ..Default::default()
+        };
+        assert!(widened(&more, &plain).is_none());
+        // A consumer's filters take both, and nothing of another priority or role.
+        assert_eq!(filters(&plain), [plain.clone(), format!("{plain}.*")]);
+        for other in [
+            "colony.tasks.worker",
+            "colony.tasks.worker.p10",
+            "colony.tasks.worker.p5.0",
+            "colony.tasks.worker.p5.x",
+            "colony.tasks.worker.p5.",
+            "colony.tasks.worker.p5.1234567",
+            "colony.tasks.worker.p5.16.2",
+            "colony.tasks.a*.p5",
+            "colony.memory.x",
+        ] {
+            assert_eq!(parse_subject(other), None, "{other}");
+        }
     }
 
     #[test]

@@ -2567,6 +2567,19 @@ async fn bundled_tasks_keep_their_own_ids_attempts_and_cancels() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("node old") && err.contains("bundles"), "{err}");
+    // One that reads bundles but takes none from their own subjects: refused too.
+    let older = old_node(&server, "later", serde_json::json!({"bundles": true})).await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let err = client
+        .submit_bundled(&specs, 8, None)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("node old") && err.contains("own subjects"),
+        "{err}"
+    );
+    drop(older);
     old.delete("old").await.unwrap();
     tokio::time::sleep(Duration::from_millis(1100)).await;
 
@@ -2584,7 +2597,19 @@ async fn bundled_tasks_keep_their_own_ids_attempts_and_cancels() {
         assert_eq!(bundle::message_of(*id), (sequence, Some(i)));
         assert_eq!(client.task(*id).await.unwrap(), TaskView::Queued);
     }
-    assert_eq!(client.status().await.unwrap().unfinished, 1, "one message");
+    // One message, three tasks: counted as three, waiting for a role no node serves yet.
+    let status = client.status().await.unwrap();
+    assert_eq!(status.unfinished, 3);
+    let later_role = status.roles.iter().find(|r| r.role == "later").unwrap();
+    assert_eq!(
+        (
+            later_role.waiting,
+            later_role.running,
+            later_role.waiting_messages
+        ),
+        (3, 0, 1)
+    );
+    assert_eq!(later_role.tasks_per_message, Some(3.0));
     assert!(matches!(
         client
             .cancel(bundle::bundled_id(sequence, 3).unwrap(), "x")
@@ -2684,4 +2709,138 @@ async fn bundled_tasks_keep_their_own_ids_attempts_and_cancels() {
     );
     assert_eq!(client.status().await.unwrap().unfinished, 0);
     later.shutdown().await;
+}
+
+/// A role's backlog counts each task of a bundle, so scaling on it sees the work: 40 tasks
+/// in bundles of 16 and 5 plain ones wait for a role whose node left, and are counted 45,
+/// both by the status and by the scaling leader's view; a node that joins runs them all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_roles_backlog_counts_the_tasks_of_its_bundles() {
+    use colony_cluster::scaling::RoleView;
+    let dir = tempfile::tempdir().unwrap();
+    let server = tokio::task::block_in_place(|| NatsServer::single(dir.path())).unwrap();
+    let client = cluster(&server).await;
+    // A node made the role's consumers and left: they stay, and nothing pulls.
+    let rt = runtime("packer", 2, Duration::from_millis(1)).await;
+    join(&server, &rt, "first").await.drain().await;
+    let specs: Vec<TaskSpec> = (0..40)
+        .map(|i| task(Some("packer"), format!("\"b{i}\""), 3))
+        .collect();
+    let mut ids: Vec<u64> = client
+        .submit_bundled(&specs, 16, None)
+        .await
+        .unwrap()
+        .iter()
+        .map(|s| s.id)
+        .collect();
+    let plain: Vec<TaskSpec> = (0..5)
+        .map(|i| task(Some("packer"), format!("\"p{i}\""), 3))
+        .collect();
+    ids.extend(
+        client
+            .submit(&plain, None)
+            .await
+            .unwrap()
+            .iter()
+            .map(|s| s.id),
+    );
+    let status = client.status().await.unwrap();
+    assert_eq!(status.unfinished, 45);
+    let role = status.roles.iter().find(|r| r.role == "packer").unwrap();
+    // 3 bundles (16, 16, 8) and 5 plain tasks: 8 messages.
+    assert_eq!((role.waiting, role.running), (45, 0), "{role:?}");
+    assert_eq!(role.waiting_messages, 8);
+    assert_eq!(role.tasks_per_message, Some(45.0 / 8.0));
+    let view = RoleView::of(&status, role, Duration::ZERO);
+    assert_eq!((view.waiting, view.waiting_messages), (45, 8));
+
+    let node = join(&server, &rt, "second").await;
+    for id in &ids {
+        assert_eq!(ended(&client, *id).await.state, TaskState::Succeeded);
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let status = client.status().await.unwrap();
+        let role = status.roles.iter().find(|r| r.role == "packer").unwrap();
+        if (status.unfinished, role.waiting, role.running) == (0, 0, 0) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{status:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    node.drain().await;
+    rt.shutdown().await;
+}
+
+/// A consumer made by a node from before bundles had subjects of their own takes plain
+/// tasks only. A client widens it before it sends bundles to it (the role's nodes may all
+/// be gone), so they are counted waiting at once; a node of this version widens those of
+/// its roles as it starts; either way the bundles run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_made_before_bundles_had_subjects_is_widened() {
+    use async_nats::jetstream::{self, consumer::pull};
+    let dir = tempfile::tempdir().unwrap();
+    let server = tokio::task::block_in_place(|| NatsServer::single(dir.path())).unwrap();
+    let client = cluster(&server).await;
+    let nats = async_nats::connect(server.url()).await.unwrap();
+    let stream = jetstream::new(nats)
+        .get_stream("COLONY_TASKS")
+        .await
+        .unwrap();
+    for priority in [5, 7] {
+        stream
+            .create_consumer(pull::Config {
+                durable_name: Some(format!("p{priority}-role-worker")),
+                filter_subject: format!("colony.tasks.worker.p{priority}"),
+                ack_policy: jetstream::consumer::AckPolicy::Explicit,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+    }
+    let filters = |name: &'static str| {
+        let stream = stream.clone();
+        async move {
+            let info = stream.consumer_info(name).await.unwrap();
+            (info.config.filter_subject, info.config.filter_subjects)
+        }
+    };
+    let specs: Vec<TaskSpec> = (0..3)
+        .map(|i| task(Some("worker"), format!("\"{i}\""), 3))
+        .collect();
+    let ids: Vec<u64> = client
+        .submit_bundled(&specs, 8, None)
+        .await
+        .unwrap()
+        .iter()
+        .map(|s| s.id)
+        .collect();
+    let wide = vec![
+        "colony.tasks.worker.p5".to_owned(),
+        "colony.tasks.worker.p5.*".to_owned(),
+    ];
+    assert_eq!(filters("p5-role-worker").await, (String::new(), wide));
+    let status = client.status().await.unwrap();
+    let role = status.roles.iter().find(|r| r.role == "worker").unwrap();
+    assert_eq!((role.waiting, role.waiting_messages), (3, 1), "{role:?}");
+    // Priority 7's, which no bundle went to, is a node's to widen.
+    assert_eq!(filters("p7-role-worker").await.1, Vec::<String>::new());
+    let rt = runtime("worker", 2, Duration::from_millis(1)).await;
+    let node = join(&server, &rt, "new").await;
+    assert_eq!(
+        filters("p7-role-worker").await.1,
+        ["colony.tasks.worker.p7", "colony.tasks.worker.p7.*"]
+    );
+    for id in &ids {
+        assert_eq!(ended(&client, *id).await.state, TaskState::Succeeded);
+    }
+    let mut urgent = specs.clone();
+    for spec in &mut urgent {
+        spec.priority = colony_core::task::Priority::new(7).unwrap();
+    }
+    for s in client.submit_bundled(&urgent, 8, None).await.unwrap() {
+        assert_eq!(ended(&client, s.id).await.state, TaskState::Succeeded);
+    }
+    node.drain().await;
+    rt.shutdown().await;
 }

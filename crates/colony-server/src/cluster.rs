@@ -1028,7 +1028,7 @@ async fn metrics(State(app): State<Arc<ClusterApp>>) -> Response {
         &mut out,
         "colony_cluster_unfinished",
         "gauge",
-        "Messages in the stream not yet ended, waiting or running: a task each, or a bundle of several.",
+        "Tasks in the stream not yet ended, waiting or running (each task of a bundle counted).",
     );
     let _ = writeln!(out, "colony_cluster_unfinished {}", status.unfinished);
     type Of = fn(&colony_cluster::NodeInfo) -> u64;

@@ -325,7 +325,7 @@ async fn check(cluster: &Cluster, ids: &[u64], logs: &[PathBuf], faults_per_task
     twice
 }
 
-/// Waits (30 s at most) until the stream holds no unfinished message.
+/// Waits (30 s at most) until the stream holds no unfinished task.
 async fn drained(cluster: &Cluster) {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
@@ -335,7 +335,7 @@ async fn drained(cluster: &Cluster) {
         }
         assert!(
             Instant::now() < deadline,
-            "{unfinished} message(s) still in the stream after 30 s"
+            "{unfinished} task(s) still in the stream after 30 s"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }

@@ -1433,7 +1433,7 @@ async fn status(args: &StatusArgs) -> Result<(), Failure> {
         return Ok(());
     }
     println!(
-        "{} node(s), {} unfinished message(s) (a task, or a bundle of tasks, each), {} replica(s), stream leader {}",
+        "{} node(s), {} unfinished task(s), {} replica(s), stream leader {}",
         status.nodes.len(),
         status.unfinished,
         status.replicas,
