@@ -196,6 +196,17 @@ impl Cluster {
         specs: &[TaskSpec],
         ids: Option<&[String]>,
     ) -> Result<Vec<Submitted>, Error> {
+        self.submit_ballots(specs, ids, None).await
+    }
+
+    /// [`Cluster::submit`], each task a ballot whose node says who voted when `weigh` asks
+    /// (`Colony-Ballot`).
+    pub(crate) async fn submit_ballots(
+        &self,
+        specs: &[TaskSpec],
+        ids: Option<&[String]>,
+        weigh: Option<crate::wire::Weigh>,
+    ) -> Result<Vec<Submitted>, Error> {
         if let Some(ids) = ids
             && ids.len() != specs.len()
         {
@@ -208,7 +219,11 @@ impl Cluster {
         let mut messages = Vec::with_capacity(specs.len());
         for (i, spec) in specs.iter().enumerate() {
             let id = ids.map_or_else(random_id, |ids| ids[i].clone());
-            messages.push(outgoing(i, spec, &id, None)?);
+            let mut message = outgoing(i, spec, &id, None)?;
+            if let Some(weigh) = weigh {
+                TaskMessage::mark_ballot(&mut message.1, weigh);
+            }
+            messages.push(message);
         }
         self.publish_all(messages).await
     }
@@ -456,6 +471,9 @@ impl Cluster {
         // task and commit one agent's output as if decided or worked: refused while one
         // serves the role.
         let what = match together {
+            Together::Vote(d) if d.weigh().is_some() => {
+                "counts no spread vote that weighs its voters (it would refuse the vote's header, or not say who voted in its ballots' records)"
+            }
             Together::Vote(d) if d.spread => {
                 "counts no spread vote (it would refuse the vote's header)"
             }
@@ -470,11 +488,24 @@ impl Cluster {
         };
         let can = |n: &NodeInfo| match together {
             Together::Vote(d) => {
-                n.votes && (d.role_weights.is_empty() || n.weights) && (!d.spread || n.spread)
+                n.votes
+                    && (d.role_weights.is_empty() || n.weights)
+                    && (!d.spread || n.spread)
+                    && (d.weigh().is_none() || n.spread_weights)
             }
             Together::Team(t) => n.teams && (!t.spread || n.spread_teams),
         };
         let role = spec.requirement.role.as_deref();
+        // Every ballot of a spread vote of a role weighing 0 would weigh nothing.
+        if let Together::Vote(d) = together
+            && d.weigh().is_some()
+            && d.most_seat_weight(role) == 0.0
+        {
+            return Err(Error::Task(format!(
+                "every voter of this spread vote is an agent of role `{}`, which weighs 0: nothing would be counted",
+                role.unwrap_or_default()
+            )));
+        }
         let members = self.recent_members().await?;
         // A spread team's asks go to the nodes of each of its roles: one that no live node
         // serves would wait for good.
@@ -655,6 +686,7 @@ impl Cluster {
                         at_ms: crate::now_ms(),
                         decision: None,
                         team: None,
+                        voter: None,
                         output: None,
                     };
                     let written = self

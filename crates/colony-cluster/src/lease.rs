@@ -81,6 +81,7 @@ pub fn on_delivery(
         at_ms: now_ms,
         decision: None,
         team: None,
+        voter: None,
         output: None,
     };
     let start = |attempt: u32, charged: u32| Step::Start(running(attempt, charged));

@@ -60,6 +60,11 @@ pub struct NodeInfo {
     /// would refuse such a team's header.
     #[serde(default)]
     pub spread_teams: bool,
+    /// It says who voted in the records of the ballots of spread votes that weigh their
+    /// voters (`Colony-Ballot`), and counts such votes; a node from before would run such a
+    /// ballot and say nothing of its voter, and refuse such a vote's header.
+    #[serde(default)]
+    pub spread_weights: bool,
     /// It reads bundles, messages of several tasks (`Colony-Bundle`); a node from before
     /// would run a bundle as one task.
     #[serde(default)]

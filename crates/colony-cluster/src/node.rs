@@ -8,7 +8,7 @@ use crate::{
     lease::{self, Outcome, Reply, Step},
     membership::{self, NodeInfo},
     settings::{self, MAX_ERROR, MAX_RECORD},
-    wire::{DecisionSummary, Row, TaskMessage, TeamSummary, Together, bundle},
+    wire::{DecisionSummary, Row, TaskMessage, TeamSummary, Together, Voter, Weigh, bundle},
 };
 use async_nats::jetstream::{
     AckKind, Message,
@@ -304,6 +304,7 @@ impl Node {
             weights: true,
             spread: true,
             spread_teams: true,
+            spread_weights: true,
             bundles: true,
             bundle_subjects: true,
         };
@@ -1036,7 +1037,7 @@ async fn deliver(shared: &Shared, message: Message, taken: Taken) {
         message.headers.clone().unwrap_or_default(),
         message.payload.clone(),
     ));
-    let (spec, together) = match read(task) {
+    let (spec, together, weigh) = match read(task) {
         Ok(read) => read,
         Err(problem) => {
             if let Some(reply) = unreadable(shared, id, &problem).await {
@@ -1067,7 +1068,7 @@ async fn deliver(shared: &Shared, message: Message, taken: Taken) {
         shared,
         (&message, false),
         (id, delivered),
-        (spec, together),
+        (spec, together, weigh),
         lease,
     );
     let settled = settled.await;
@@ -1081,12 +1082,17 @@ async fn deliver(shared: &Shared, message: Message, taken: Taken) {
 /// why they cannot be read.
 type Carried = Result<(async_nats::HeaderMap, bytes::Bytes), String>;
 
-/// What a task's message (or its place in a bundle) carries, read: its spec, and how
-/// several agents work it. Else why it cannot be read.
-fn read(task: Carried) -> Result<(TaskSpec, Option<Together>), String> {
+/// A task read: its spec, how several agents work it, and whether it is a ballot whose
+/// record says who voted.
+type Read = (TaskSpec, Option<Together>, Option<Weigh>);
+
+/// What a task's message (or its place in a bundle) carries, read. Else why it cannot be
+/// read.
+fn read(task: Carried) -> Result<Read, String> {
     let (headers, payload) = task?;
     let spec = TaskMessage::spec(Some(&headers), payload)?;
-    Ok((spec, TaskMessage::together(Some(&headers))?))
+    let together = TaskMessage::together(Some(&headers))?;
+    Ok((spec, together, TaskMessage::weigh(Some(&headers))?))
 }
 
 /// Fails task `id`, which no node can read, once, for good: acked (`Some`) only once a
@@ -1104,6 +1110,7 @@ async fn unreadable(shared: &Shared, id: u64, problem: &str) -> Option<Reply> {
         at_ms: crate::now_ms(),
         decision: None,
         team: None,
+        voter: None,
         output: None,
     };
     let ended = match write_new(&shared.cluster.tasks, &shared.cluster.key(id), &row).await {
@@ -1204,7 +1211,7 @@ async fn attempt(
     shared: &Shared,
     (message, acked): (&Message, bool),
     (id, delivered): (u64, u32),
-    (spec, together): (TaskSpec, Option<Together>),
+    (spec, together, weigh): Read,
     lease: Lease,
 ) -> Settled {
     let _running = Counted::count(shared);
@@ -1234,8 +1241,16 @@ async fn attempt(
     };
     shared.counters.add(Kind::Started);
     let keepalive = (!acked).then_some(message);
-    let Some((outcome, revision, summaries)) =
-        run(shared, keepalive, &spec, together, id, &started, revision).await
+    let Some((outcome, revision, summaries)) = run(
+        shared,
+        keepalive,
+        &spec,
+        (together, weigh),
+        id,
+        &started,
+        revision,
+    )
+    .await
     else {
         let kind = lost(shared, id).await;
         shared.counters.add(kind);
@@ -1258,6 +1273,7 @@ async fn attempt(
         *error = colony_core::text::shorten(error, MAX_ERROR);
     }
     (ended.decision, ended.team) = (summaries.decision, summaries.team);
+    ended.voter = summaries.voter.map(Box::new);
     let mut kind = kind;
     if ended.encode().len() > MAX_RECORD {
         // The record cannot hold it (a long key with a large output): failed for good,
@@ -1415,11 +1431,36 @@ async fn take_lease(
     Err(Settled::Unwritten)
 }
 
+/// Who ran a ballot on agent `agent` of this node's runtime, as [`Weigh`] asks: its pool's
+/// role, and its reputation here, read in the dispatcher's next turn after the ballot
+/// ended. `None` when the runtime no longer has the agent (its pool shrank past it) or does
+/// not answer: the ballot then cannot be weighed, and its counting node asks the seat
+/// again. An agent retired and its id given to a new worker in between is read as that
+/// worker (a pool grows a tree's tail again): a narrow window, named in cluster.md.
+async fn voter(handle: &Handle, agent: colony_core::AgentId, weigh: Weigh) -> Option<Voter> {
+    let pools = handle.pools();
+    let (pool, reputation) = handle
+        .observe(move |live| {
+            live.tree
+                .contains(agent)
+                .then(|| (live.tree.spec(agent), live.reputation(agent).score()))
+        })
+        .await
+        .ok()??;
+    let (spec, _) = pools.get(usize::from(pool))?;
+    Some(Voter {
+        role: spec.role.to_string(),
+        reputation: weigh.reputation.then_some(reputation),
+    })
+}
+
 /// How the work of several agents went, for the task's record.
 #[derive(Default)]
 struct Summaries {
     decision: Option<Box<DecisionSummary>>,
     team: Option<Box<TeamSummary>>,
+    /// A ballot of a spread vote that weighs its voters: who voted.
+    voter: Option<Voter>,
 }
 
 /// How an attempt ended on this node's runtime.
@@ -1690,7 +1731,7 @@ async fn run(
     shared: &Shared,
     message: Option<&Message>,
     spec: &TaskSpec,
-    together: Option<Together>,
+    (together, weigh): (Option<Together>, Option<Weigh>),
     id: u64,
     started: &Row,
     mut revision: Option<u64>,
@@ -1729,7 +1770,13 @@ async fn run(
         None => match shared.handle.submit_notify(local).await {
             Ok(pending) => (
                 Some(pending.id),
-                Box::pin(async move { pending.await.map(Finished::of_task).map_err(lost) }),
+                Box::pin(async move {
+                    let mut finished = pending.await.map(Finished::of_task).map_err(lost)?;
+                    if let (Some(weigh), Some(agent)) = (weigh, finished.agent) {
+                        finished.summaries.voter = voter(&handle, agent, weigh).await;
+                    }
+                    Ok(finished)
+                }),
             ),
             Err(e) => return Some((refused(e), revision, none())),
         },

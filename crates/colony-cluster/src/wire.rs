@@ -22,6 +22,7 @@ const TIMEOUT_MS: &str = "Colony-Timeout-Ms";
 const MAX_ATTEMPTS: &str = "Colony-Max-Attempts";
 const DECIDE: &str = "Colony-Decide";
 const TEAM: &str = "Colony-Team";
+const BALLOT: &str = "Colony-Ballot";
 /// The most a team's settings may take in their header: within the room a message keeps
 /// for its headers beside the largest payload.
 pub(crate) const MAX_TEAM_HEADER: usize = 12 * 1024;
@@ -61,6 +62,30 @@ pub struct Decide {
 
 /// Most roles a vote weighs.
 pub const MAX_WEIGHED_ROLES: usize = 64;
+
+/// A ballot of a spread vote that weighs its voters, as its task's `Colony-Ballot` header
+/// says: the node that runs it writes in its record who voted ([`Voter`]: the role of the
+/// agent's pool there, and with `reputation` the agent's reputation there), which the node
+/// counting the vote weighs the ballot by.
+///
+/// Fields it does not know are passed over: it only asks for more to be written.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct Weigh {
+    #[serde(default)]
+    pub reputation: bool,
+}
+
+/// Who ran a ballot of a vote that weighs its voters ([`Weigh`]), in its record.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct Voter {
+    /// The role of the agent's pool on its node.
+    pub role: String,
+    /// The agent's reputation on its node (0 to 1), when the ballot asked for it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reputation: Option<f64>,
+}
 
 /// Refuses weights by role that no vote under `protocol` can take: more than
 /// [`MAX_WEIGHED_ROLES`], a name no role can have, a weight out of range, or any weight
@@ -172,8 +197,7 @@ impl Decide {
 
 impl Decide {
     /// Refuses what a vote spread over the cluster cannot count: more voters than
-    /// [`MAX_SPREAD_VOTERS`], or weights (a ballot's record names its node and agent, not its
-    /// pool).
+    /// [`MAX_SPREAD_VOTERS`].
     fn check_spread(&self) -> Result<(), String> {
         use crate::node::MAX_SPREAD_VOTERS;
         if self.voters > MAX_SPREAD_VOTERS {
@@ -182,13 +206,53 @@ impl Decide {
                 self.voters
             ));
         }
-        if self.reputation || !self.role_weights.is_empty() {
+        Ok(())
+    }
+
+    /// What a spread vote asks of its ballots' nodes: who voted, when it weighs its voters
+    /// (by role or reputation, under a protocol that counts weights).
+    pub(crate) fn weigh(&self) -> Option<Weigh> {
+        let counts = matches!(
+            self.options.protocol,
+            Protocol::Weighted | Protocol::Confidence
+        );
+        (self.spread && counts && (self.reputation || !self.role_weights.is_empty())).then_some(
+            Weigh {
+                reputation: self.reputation,
+            },
+        )
+    }
+
+    /// The most a seat of a spread vote of a task of `role` (any agent's when `None`) can
+    /// weigh: its role's weight when the task has one (every ballot goes to an agent of
+    /// that role), else the largest of the weights and 1 (a role not listed weighs 1). A
+    /// reputation is at most 1.
+    pub(crate) fn most_seat_weight(&self, role: Option<&str>) -> f64 {
+        match role {
+            Some(role) => self.role_weights.get(role).copied().unwrap_or(1.0),
+            None => self.role_weights.values().copied().fold(1.0, f64::max),
+        }
+    }
+
+    /// What a ballot of a spread vote weighs, from who its record says voted: its role's
+    /// weight (1 when not listed), times its reputation when the vote asks for it. `Err`
+    /// says why it cannot be weighed (a node from before such votes ran it).
+    pub(crate) fn seat_weight(&self, voter: Option<&Voter>) -> Result<f64, String> {
+        let Some(voter) = voter else {
             return Err(
-                "a spread vote weighs every voter 1: its ballots' records name their node and agent, not their pool or reputation"
+                "its record says not who voted, so it cannot be weighed (its node runs a colony from before spread votes weighed their voters, or no longer knew the agent when the ballot ended)"
                     .into(),
             );
+        };
+        let role = self.role_weights.get(&voter.role).copied().unwrap_or(1.0);
+        if !self.reputation {
+            return Ok(role);
         }
-        Ok(())
+        match voter.reputation {
+            Some(r) if (0.0..=1.0).contains(&r) => Ok(role * r),
+            Some(r) => Err(format!("its record gives reputation {r}, out of 0 to 1")),
+            None => Err("its record gives no reputation to weigh it by".into()),
+        }
     }
 }
 
@@ -338,6 +402,23 @@ impl TaskMessage {
         }
     }
 
+    /// Whether the task a message carries is a ballot whose node says who voted
+    /// (`Colony-Ballot`), or what is wrong with the header.
+    pub fn weigh(headers: Option<&async_nats::HeaderMap>) -> Result<Option<Weigh>, String> {
+        match headers.and_then(|h| h.get(BALLOT)) {
+            None => Ok(None),
+            Some(value) => serde_json::from_str(value.as_str())
+                .map(Some)
+                .map_err(|e| format!("header {BALLOT}: {e}")),
+        }
+    }
+
+    /// `headers` of a ballot whose node is to say who voted ([`Weigh`]).
+    pub(crate) fn mark_ballot(headers: &mut async_nats::HeaderMap, weigh: Weigh) {
+        let json = serde_json::to_string(&weigh).unwrap_or_default();
+        headers.insert(BALLOT, json.as_str());
+    }
+
     /// The task a message carries, or what is wrong with it.
     pub fn spec(
         headers: Option<&async_nats::HeaderMap>,
@@ -428,6 +509,9 @@ pub struct Row {
     /// A task worked by a team: how the team went.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub team: Option<Box<TeamSummary>>,
+    /// A ballot of a spread vote that weighs its voters: who voted ([`Weigh`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub voter: Option<Box<Voter>>,
     /// The output of a task that succeeded, kept after the JSON line as it is.
     #[serde(skip)]
     pub output: Option<Bytes>,
@@ -502,6 +586,73 @@ mod tests {
         );
         let bare = TaskMessage::spec(None, Bytes::from_static(b"1")).unwrap();
         assert_eq!(bare.max_attempts, TaskSpec::default().max_attempts);
+    }
+
+    #[test]
+    fn a_spread_ballot_is_weighed_by_who_its_record_says_voted() {
+        let decide = |weights: &[(&str, f64)], reputation: bool, protocol| Decide {
+            voters: 3,
+            options: DecisionOptions::with(protocol),
+            reputation,
+            role_weights: weights.iter().map(|(r, w)| ((*r).to_owned(), *w)).collect(),
+            spread: true,
+        };
+        let voter = |role: &str, reputation: Option<f64>| Voter {
+            role: role.into(),
+            reputation,
+        };
+        let by_role = decide(&[("big", 3.0), ("tiny", 0.5)], false, Protocol::Weighted);
+        assert_eq!(by_role.weigh(), Some(Weigh { reputation: false }));
+        assert_eq!(by_role.seat_weight(Some(&voter("big", None))), Ok(3.0));
+        assert_eq!(
+            by_role.seat_weight(Some(&voter("other", Some(0.2)))),
+            Ok(1.0)
+        );
+        let unsaid = by_role.seat_weight(None).unwrap_err();
+        assert!(unsaid.contains("says not who voted"), "{unsaid}");
+        // Seated at the most a ballot could weigh: the task's role's, else the largest.
+        assert_eq!(by_role.most_seat_weight(Some("tiny")), 0.5);
+        assert_eq!(by_role.most_seat_weight(Some("other")), 1.0);
+        assert_eq!(by_role.most_seat_weight(None), 3.0);
+        let light = decide(&[("tiny", 0.5)], false, Protocol::Weighted);
+        assert_eq!(
+            light.most_seat_weight(None),
+            1.0,
+            "a role not listed weighs 1"
+        );
+
+        let both = decide(&[("big", 3.0)], true, Protocol::Confidence);
+        assert_eq!(both.weigh(), Some(Weigh { reputation: true }));
+        assert_eq!(both.seat_weight(Some(&voter("big", Some(0.5)))), Ok(1.5));
+        assert!(both.seat_weight(Some(&voter("big", None))).is_err());
+        assert!(both.seat_weight(Some(&voter("big", Some(1.5)))).is_err());
+        // Nothing to weigh: unspread, or no weights asked.
+        let unspread = Decide {
+            spread: false,
+            ..both.clone()
+        };
+        assert_eq!(unspread.weigh(), None);
+        assert_eq!(decide(&[], false, Protocol::Weighted).weigh(), None);
+
+        // The mark crosses in its header; a bad one is named.
+        let mut headers = async_nats::HeaderMap::new();
+        assert_eq!(TaskMessage::weigh(Some(&headers)), Ok(None));
+        TaskMessage::mark_ballot(&mut headers, Weigh { reputation: true });
+        assert_eq!(
+            TaskMessage::weigh(Some(&headers)),
+            Ok(Some(Weigh { reputation: true }))
+        );
+        headers.insert(BALLOT, "{\"role\": 1}");
+        assert!(
+            TaskMessage::weigh(Some(&headers))
+                .unwrap_err()
+                .contains(BALLOT)
+        );
+        // Who voted crosses in the record.
+        let line = r#"{"state": "succeeded", "attempt": 1, "charged": 1, "node": "b", "at-ms": 1, "voter": {"role": "big", "reputation": 0.75}}"#;
+        let row = Row::decode(&Bytes::from(format!("{line}\n"))).unwrap();
+        assert_eq!(row.voter, Some(Box::new(voter("big", Some(0.75)))));
+        assert_eq!(Row::decode(&row.encode()).unwrap(), row);
     }
 
     #[test]
@@ -685,6 +836,7 @@ mod tests {
             at_ms: 1,
             decision: None,
             team: None,
+            voter: None,
             output: Some(Bytes::from_static(b"line\nnext\0\xff")),
         };
         assert_eq!(Row::decode(&row.encode()).unwrap(), row);

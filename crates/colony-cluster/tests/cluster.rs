@@ -1666,7 +1666,7 @@ async fn a_vote_weighs_its_voters_by_the_roles_of_the_nodes_pools() {
 async fn a_spread_vote_counts_ballots_from_agents_of_several_nodes() {
     use colony_agents::command::{Command, CommandOptions};
     use colony_cluster::Decide;
-    use colony_core::decision::{DecisionOptions, Protocol};
+    use colony_core::decision::DecisionOptions;
     use futures::StreamExt;
     let dir = tempfile::tempdir().unwrap();
     let server = tokio::task::block_in_place(|| NatsServer::single(dir.path())).unwrap();
@@ -1781,17 +1781,149 @@ async fn a_spread_vote_counts_ballots_from_agents_of_several_nodes() {
         }
     }
 
-    let mut weighed = all_of(3, true);
-    weighed.options.protocol = Protocol::Weighted;
-    weighed.role_weights = [("judge".to_owned(), 2.0)].into();
-    let refused = client
-        .submit_decided(&spec, &weighed, None)
+    let too_many = client
+        .submit_decided(&spec, &all_of(1001, true), None)
         .await
         .unwrap_err();
     assert!(
-        refused.to_string().contains("weighs every voter 1"),
+        too_many.to_string().contains("at most 1000 voters"),
+        "{too_many}"
+    );
+
+    for node in nodes {
+        node.drain().await;
+    }
+    for rt in runtimes {
+        rt.shutdown().await;
+    }
+}
+
+/// A spread vote that weighs its voters weighs each ballot by who ran it, as its record
+/// says: the role of the agent's pool on its node, and its reputation there when asked.
+/// Three nodes of one agent each, of role `big` (saying `y`) and `small` (two saying `x`),
+/// a vote any agent may answer: unweighed `x` wins 2 to 1; with `big` weighing 3, `y` wins 3
+/// to 2; by reputation too, each ballot's record gives its voter's role and reputation. A
+/// node that does not say who voted is refused when such a vote is sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spread_vote_weighs_each_ballot_by_the_role_and_reputation_of_its_voter() {
+    use colony_agents::command::{Command, CommandOptions};
+    use colony_cluster::Decide;
+    use colony_core::decision::{DecisionOptions, Protocol};
+    use futures::StreamExt;
+    let dir = tempfile::tempdir().unwrap();
+    let server = tokio::task::block_in_place(|| NatsServer::single(dir.path())).unwrap();
+    let client = cluster(&server).await;
+    let saying = |role: &str, word: &str| {
+        let options = CommandOptions {
+            args: vec!["-c".into(), format!("sleep 0.2; echo {word}")],
+            ..CommandOptions::new("sh")
+        };
+        Pool::new(
+            AgentSpec::new("command", role),
+            1,
+            Arc::new(Command::new(options)),
+        )
+    };
+    let mut runtimes = Vec::new();
+    let mut nodes = Vec::new();
+    for (name, role, word) in [("a", "big", "y"), ("b", "small", "x"), ("c", "small", "x")] {
+        let rt = start(vec![saying(role, word)]).await;
+        nodes.push(join(&server, &rt, name).await);
+        runtimes.push(rt);
+    }
+    let vote = |weights: &[(&str, f64)], reputation: bool| Decide {
+        voters: 3,
+        options: DecisionOptions {
+            protocol: Protocol::Weighted,
+            participation: 1.0,
+            timeout: Duration::from_secs(30),
+            ..DecisionOptions::default()
+        },
+        reputation,
+        role_weights: weights.iter().map(|(r, w)| ((*r).to_owned(), *w)).collect(),
+        spread: true,
+    };
+    let spec = task(None, "\"which?\"".into(), 1);
+    let decided = |decide: Decide| {
+        let (client, spec) = (&client, &spec);
+        async move {
+            let sent = client.submit_decided(spec, &decide, None).await.unwrap();
+            let row = ended(client, sent.id).await;
+            assert_eq!(row.state, TaskState::Succeeded, "{row:?}");
+            let output = String::from_utf8_lossy(row.output.as_deref().unwrap()).into_owned();
+            (output.trim().to_owned(), row.decision.unwrap())
+        }
+    };
+    let (won, d) = decided(vote(&[], false)).await;
+    assert_eq!(
+        (won.as_str(), d.counted, d.nodes),
+        ("x", 3, Some(3)),
+        "{d:?}"
+    );
+    let (won, d) = decided(vote(&[("big", 3.0)], false)).await;
+    assert_eq!(won, "y", "{d:?}");
+    assert_eq!((d.counted, d.support), (3, Some(3.0 / 5.0)), "{d:?}");
+    // `small` at 0: only `big`'s ballot weighs.
+    let (won, d) = decided(vote(&[("small", 0.0)], false)).await;
+    assert_eq!((won.as_str(), d.support), ("y", Some(1.0)), "{d:?}");
+
+    let since = now_ms();
+    let (_, d) = decided(vote(&[("big", 3.0)], true)).await;
+    assert_eq!(d.counted, 3, "{d:?}");
+    let mut records = client
+        .records(colony_cluster::RecordsFrom::Since(since), u64::MAX)
+        .await
+        .unwrap()
+        .records;
+    let mut voters = Vec::new();
+    while voters.len() < 3 {
+        let record = tokio::time::timeout(Duration::from_secs(20), records.next())
+            .await
+            .expect("the ballots' records")
+            .unwrap()
+            .unwrap();
+        if let Some(voter) = record
+            .row
+            .voter
+            .filter(|_| record.row.state == TaskState::Succeeded)
+        {
+            let reputation = voter.reputation.expect("asked for");
+            assert!((0.0..=1.0).contains(&reputation), "{reputation}");
+            voters.push(voter.role);
+        }
+    }
+    voters.sort();
+    assert_eq!(voters, ["big", "small", "small"]);
+
+    // A vote whose every voter would weigh 0: refused when sent.
+    let nothing = client
+        .submit_decided(
+            &task(Some("small"), "1".into(), 1),
+            &vote(&[("small", 0.0)], false),
+            None,
+        )
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(nothing.contains("weighs 0"), "{nothing}");
+    // A node that would not say who voted serves the vote's role: refused when sent.
+    let old = old_node(
+        &server,
+        "small",
+        serde_json::json!({"votes": true, "weights": true, "spread": true}),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let refused = client
+        .submit_decided(&spec, &vote(&[("big", 3.0)], false), None)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        refused.contains("node old") && refused.contains("weighs its voters"),
         "{refused}"
     );
+    old.delete("old").await.unwrap();
 
     for node in nodes {
         node.drain().await;

@@ -142,7 +142,7 @@ tasks:
 
 /// A vote spread over the cluster (`decide: spread`) is a cluster run's: its ballots go as
 /// cluster tasks, counted by the node that takes the vote (in rounds, under `fast`), and
-/// what such a vote cannot count (weights) is refused before the run starts.
+/// what such a vote cannot count (more than 1,000 voters) is refused before the run starts.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_spread_vote_goes_to_the_cluster_and_what_it_cannot_count_is_refused() {
     let dir = tempfile::tempdir().unwrap();
@@ -158,6 +158,7 @@ agents:
   - { name: sim, kind: sim, count: 3 }
 tasks:
   - { id: weighed, agent: sim, decide: { voters: 3, protocol: weighted, weights: { sim: 2 }, spread: true } }
+  - { id: crowd, agent: sim, decide: { voters: 1001, spread: true } }
 "#,
     );
     let delegating = write(
@@ -182,8 +183,10 @@ tasks:
     );
     let refused = refusals(&load_for_cluster(&refused).unwrap());
     assert_eq!(refused.len(), 1, "{refused:#?}");
+    // Weights cross as the roles' (each ballot weighed by who ran it); more voters than
+    // cluster tasks a spread vote asks are refused.
     assert!(
-        refused[0].contains("task `weighed`") && refused[0].contains("weighs every voter 1"),
+        refused[0].contains("task `crowd`") && refused[0].contains("at most 1000 voters"),
         "{refused:#?}"
     );
 

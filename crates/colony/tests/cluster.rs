@@ -1333,10 +1333,15 @@ fn serve_over_the_cluster_takes_tasks_and_one_server_leads_the_scaling() {
         "{v}"
     );
     assert_eq!(a.executions().iter().filter(|n| **n == 13).count(), 3);
-    let weighed = r#"{"payload": 1, "decide": {"voters": 3, "protocol": "weighted", "reputation": true, "spread": true}}"#;
-    let (code, body) = send(port, "POST", "/v1/tasks", &[], weighed);
+    // Weighed by role and reputation: each ballot's record says who voted.
+    let weighed = r#"{"payload": {"n": 14, "sleep": 0}, "role": "sh", "decide": {"voters": 3, "participation": 1.0, "protocol": "weighted", "role-weights": {"sh": 2}, "reputation": true, "spread": true}}"#;
+    let v = succeeded(port, weighed, "the weighed spread vote");
+    assert_eq!(v["output"], "task-14-done", "{v}");
+    assert_eq!(v["decision"]["counted"], 3, "{v}");
+    let crowd = r#"{"payload": 1, "decide": {"voters": 1001, "spread": true}}"#;
+    let (code, body) = send(port, "POST", "/v1/tasks", &[], crowd);
     assert_eq!(code, 422, "{body}");
-    assert!(body.contains("weighs every voter 1"), "{body}");
+    assert!(body.contains("at most 1000 voters"), "{body}");
     let (code, body) = send(
         port,
         "POST",

@@ -164,9 +164,9 @@ impl Work<'_> {
             let problem = "the bundle is past the stream sequences its tasks can be named under";
             return unreadable(self.shared, self.sequence, problem).await;
         };
-        let (spec, together) = match read(task) {
-            Ok((spec, None)) => (spec, None),
-            Ok((_, Some(_))) => {
+        let (spec, together, weigh) = match read(task) {
+            Ok((spec, None, weigh)) => (spec, None, weigh),
+            Ok((_, Some(_), _)) => {
                 let problem = "a bundle carries plain tasks only: a vote or a team goes alone";
                 return unreadable(self.shared, id, problem).await;
             }
@@ -177,7 +177,7 @@ impl Work<'_> {
             (1, true) => Lease::Created,
             _ => Lease::Read,
         };
-        let task = (spec, together);
+        let task = (spec, together, weigh);
         let ended = attempt(
             self.shared,
             (self.message, true),

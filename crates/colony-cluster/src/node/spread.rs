@@ -7,7 +7,10 @@
 //! asked once more. The ballot tasks still out when the decision ends, or when the attempt
 //! is dropped (fenced, handed back), are cancelled.
 
-use crate::{Cluster, Error, RecordsFrom, Row, wire::Decide};
+use crate::{
+    Cluster, Error, RecordsFrom, Row,
+    wire::{Decide, Weigh},
+};
 use colony_core::{
     AgentId,
     decision::{Candidate, Decision, Outcome, Participant, Progress, Protocol, Vote},
@@ -269,6 +272,9 @@ struct Count {
     candidates: Vec<Candidate>,
     /// Why the judge chose none, when it did not.
     judge_problem: Option<String>,
+    /// A vote that weighs its voters: how (its ballots' records say who voted, and each
+    /// counted ballot weighs what [`Decide::seat_weight`] says).
+    weighing: Option<(Weigh, Decide)>,
     started: tokio::time::Instant,
 }
 
@@ -310,10 +316,11 @@ impl Count {
                 })
                 .collect();
             let specs = vec![spec.clone(); chunk.len()];
-            for (&seat, task) in chunk
-                .iter()
-                .zip(self.cluster.submit(&specs, Some(&ids)).await?)
-            {
+            for (&seat, task) in chunk.iter().zip(
+                self.cluster
+                    .submit_ballots(&specs, Some(&ids), self.weighing.as_ref().map(|w| w.0))
+                    .await?,
+            ) {
                 self.wait(Asked::Seat { seat, round }, task.id);
             }
         }
@@ -500,7 +507,29 @@ impl Count {
             (Vote::Output(text), true) => Some(text.trim_end().to_owned()),
             _ => None,
         };
-        let progress = match self.decision.cast(ballot, self.now()) {
+        let cast = match &self.weighing {
+            None => self.decision.cast(ballot, self.now()),
+            Some((_, decide)) => match decide.seat_weight(row.voter.as_deref()) {
+                Ok(weight) => self.decision.cast_weighing(ballot, weight, self.now()),
+                // Asked again while the seat has asks left: another node may say who voted.
+                Err(problem)
+                    if self.seats[s].asked < ASKS_PER_SEAT && self.now() < self.deadline() =>
+                {
+                    tracing::debug!(
+                        "vote {}: ballot task {id}: {problem}; asking again",
+                        self.vote
+                    );
+                    let payload = self.review_payload(seat);
+                    self.ask_in_time(&[seat], round, payload).await?;
+                    return Ok(Progress::Pending);
+                }
+                Err(problem) => {
+                    self.seats[s].problem = Some(format!("its ballot task {id}: {problem}"));
+                    return Ok(Progress::Pending);
+                }
+            },
+        };
+        let progress = match cast {
             Ok(progress) => progress,
             Err(refused) => {
                 self.seats[s].problem = Some(refused.to_string());
@@ -572,7 +601,16 @@ pub(super) async fn decide(
     lease: String,
 ) -> Result<Spread, Error> {
     let n = decide.voters;
-    let participants: Vec<Participant> = (0..n).map(|i| Participant::new(AgentId(i))).collect();
+    // A vote that weighs its voters seats each at the most it could weigh, settled as its
+    // ballot is counted.
+    let weighing = decide.weigh().map(|weigh| (weigh, decide.clone()));
+    let most = match &weighing {
+        Some(_) => decide.most_seat_weight(spec.requirement.role.as_deref()),
+        None => 1.0,
+    };
+    let participants: Vec<Participant> = (0..n)
+        .map(|i| Participant::weighted(AgentId(i), most))
+        .collect();
     let decision = Decision::new(decide.options, &participants)
         .map_err(|e| Error::Task(format!("the vote cannot be counted: {e}")))?;
     let priority = one_above(spec.priority);
@@ -600,6 +638,7 @@ pub(super) async fn decide(
         reviewed: None,
         candidates: Vec::new(),
         judge_problem: None,
+        weighing,
         started: tokio::time::Instant::now(),
     };
     let first: Vec<u32> = match count.decision.proposer() {

@@ -230,6 +230,30 @@ impl Decision {
     /// A ballot arrived at `now`. Refused ballots change nothing; an equivocation is recorded
     /// (and under `bft` withdraws the voter's first ballot), so it answers with progress.
     pub fn cast(&mut self, ballot: Ballot, now: Duration) -> Result<Progress, Refused> {
+        self.cast_as(ballot, None, now)
+    }
+
+    /// A ballot whose voter's weight is known only as it arrives (a seat filled by whichever
+    /// agent answers, as a vote spread over a cluster seats them): its counted ballot weighs
+    /// `weight`, from 0 up to the weight it was seated with, which is the most it could
+    /// weigh. Until a seat's ballot is counted it weighs that most: in what the voters still
+    /// out could add, and a silent seat in the participation. Only `weighted` and
+    /// `confidence` count weights; the others count the ballot as [`Decision::cast`] does.
+    pub fn cast_weighing(
+        &mut self,
+        ballot: Ballot,
+        weight: f64,
+        now: Duration,
+    ) -> Result<Progress, Refused> {
+        self.cast_as(ballot, Some(weight), now)
+    }
+
+    fn cast_as(
+        &mut self,
+        ballot: Ballot,
+        weight: Option<f64>,
+        now: Duration,
+    ) -> Result<Progress, Refused> {
         let voter = ballot.voter;
         if !matches!(self.stage, Stage::Voting) {
             return Err(Refused::Closed { voter });
@@ -264,8 +288,38 @@ impl Decision {
                 })
             }
             Slot::Voted(first) => Ok(self.equivocate(p, first, ballot, now)),
-            Slot::Open => Ok(self.count(p, ballot, now)),
+            Slot::Open => {
+                if let Some(weight) = weight {
+                    self.settle_weight(p, weight)?;
+                }
+                Ok(self.count(p, ballot, now))
+            }
         }
+    }
+
+    /// Participant `p`, whose slot is open, weighs `weight` from now on: what it was seated
+    /// with, less, comes off the total and off what the open voters could add.
+    fn settle_weight(&mut self, p: usize, weight: f64) -> Result<(), Refused> {
+        let most = self.participants[p].weight;
+        if !(weight >= 0.0 && weight <= most) {
+            return Err(Refused::Weight {
+                voter: self.participants[p].agent,
+                got: weight,
+                most,
+            });
+        }
+        if !matches!(
+            self.options.protocol,
+            Protocol::Weighted | Protocol::Confidence
+        ) {
+            return Ok(());
+        }
+        let (units, most_weight) = (self.units[p], self.most_weight(p));
+        self.units[p] = ((weight * UNIT).round() as u64).min(units);
+        self.total_units -= units - self.units[p];
+        self.round.open_units -= most_weight - self.most_weight(p);
+        self.participants[p].weight = weight;
+        Ok(())
     }
 
     /// Time passed: at or after the [deadline](Decision::deadline), the open round closes
@@ -470,8 +524,10 @@ impl Decision {
         units as f64 > self.options.threshold * total as f64
     }
 
+    /// Whether `cast` of `of` take part enough; never when nothing weighs (every seat's
+    /// weight settled at 0).
     fn quorate(&self, cast: u64, of: u64) -> bool {
-        cast as f64 >= self.options.participation * of as f64
+        of > 0 && cast as f64 >= self.options.participation * of as f64
     }
 
     fn review_threshold(&mut self, now: Duration, expired: bool) -> Progress {
@@ -825,7 +881,7 @@ impl Decision {
         Record {
             protocol: self.options.protocol,
             round: self.round.number,
-            participation: self.round.cast as f64 / self.total_units as f64,
+            participation: self.round.cast as f64 / self.total_units.max(1) as f64,
             candidates,
             ballots,
             equivocators,

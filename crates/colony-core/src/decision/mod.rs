@@ -473,6 +473,8 @@ pub enum Refused {
     NotACandidate { got: usize, candidates: usize },
     #[error("the judge answered at or after its deadline {deadline:?}: expire the decision")]
     JudgeLate { deadline: Duration },
+    #[error("{voter} weighs {got}: allowed 0 up to the {most} it was seated with")]
+    Weight { voter: AgentId, got: f64, most: f64 },
 }
 
 /// Where a decision is.

@@ -371,6 +371,87 @@ fn weighted_counts_weights_and_participation_by_weight() {
     );
 }
 
+/// Seats whose weight is settled by the ballot that fills them: each counts what it
+/// weighs, a seat still open counts the most it could weigh (so nothing is decided that a
+/// late heavy ballot could overturn), and a silent seat counts that most in the
+/// participation.
+#[test]
+fn a_seats_weight_is_settled_when_its_ballot_is_counted() {
+    let seats: Vec<Participant> = (0..3).map(|i| Participant::weighted(a(i), 3.0)).collect();
+    let options = DecisionOptions::with(Protocol::Weighted);
+    let mut d = Decision::new(options, &seats).unwrap();
+    // 1 + 1 against the 3 the open seat could add: not decided yet.
+    assert_eq!(
+        d.cast_weighing(vote(0, "x"), 1.0, ms(1)),
+        Ok(Progress::Pending)
+    );
+    assert_eq!(
+        d.cast_weighing(vote(1, "x"), 1.0, ms(1)),
+        Ok(Progress::Pending)
+    );
+    let outcome = done(d.cast_weighing(vote(2, "y"), 3.0, ms(2)).unwrap());
+    assert_eq!(winner(&outcome), "y", "3 of 5");
+    assert_eq!(outcome.winner().unwrap().support, 3.0 / 5.0);
+    assert_eq!(outcome.record().participation, 1.0);
+    assert_eq!(d.participants()[0].weight, 1.0);
+
+    // A seat settled light no longer counts its most among what the open seats could add:
+    // 1 + 3 against the 3 still out is decided before the last seat votes.
+    let mut d = Decision::new(options, &seats).unwrap();
+    cast_weighed(&mut d, 0, "x", 1.0);
+    let outcome = done(d.cast_weighing(vote(1, "x"), 3.0, ms(1)).unwrap());
+    assert_eq!(winner(&outcome), "x", "4 of the 7 that can still weigh");
+    assert_eq!(outcome.winner().unwrap().support, 1.0);
+    // Under confidence too: each ballot by its settled weight times its confidence's.
+    let mut d = Decision::new(DecisionOptions::with(Protocol::Confidence), &seats).unwrap();
+    let sure = |i: u32, text: &str| vote(i, text).with_confidence(0.9);
+    assert_eq!(
+        d.cast_weighing(sure(0, "x"), 1.0, ms(1)),
+        Ok(Progress::Pending)
+    );
+    assert_eq!(
+        d.cast_weighing(sure(1, "y"), 3.0, ms(1)),
+        Ok(Progress::Pending)
+    );
+    let outcome = done(d.cast_weighing(sure(2, "x"), 1.0, ms(1)).unwrap());
+    assert_eq!(winner(&outcome), "y", "3 against 1 + 1, at one confidence");
+
+    // More than seated, or not a number: refused, nothing changed.
+    let mut d = Decision::new(options, &seats).unwrap();
+    for w in [3.5, -1.0, f64::NAN] {
+        assert!(matches!(
+            d.cast_weighing(vote(0, "x"), w, ms(1)),
+            Err(Refused::Weight { most: 3.0, .. })
+        ));
+    }
+    // A silent seat weighs its most in the participation: 1 of 7 is not a quorum.
+    cast_weighed(&mut d, 0, "x", 1.0);
+    assert_eq!(done(d.expire(ms(5_000))).reason(), Some(Reason::NoQuorum));
+    let mut d = Decision::new(options, &seats).unwrap();
+    cast_weighed(&mut d, 0, "x", 3.0);
+    cast_weighed(&mut d, 1, "y", 1.0);
+    let outcome = done(d.expire(ms(5_000)));
+    assert_eq!(winner(&outcome), "x", "4 of 7 took part; x 3 to 1");
+    assert_eq!(outcome.record().participation, 4.0 / 7.0);
+
+    // Every seat settled at 0: nothing weighs, no quorum (not a tie of nothing).
+    let mut d = Decision::new(options, &seats).unwrap();
+    for i in 0..2 {
+        cast_weighed(&mut d, i, "x", 0.0);
+    }
+    let outcome = done(d.cast_weighing(vote(2, "y"), 0.0, ms(1)).unwrap());
+    assert_eq!(outcome.reason(), Some(Reason::NoQuorum));
+
+    // Protocols that weigh no one count the ballot as it is.
+    let mut d = Decision::new(DecisionOptions::with(Protocol::Majority), &seats).unwrap();
+    cast_weighed(&mut d, 0, "x", 0.0);
+    assert_eq!(winner(&done(cast_weighed(&mut d, 1, "x", 0.0))), "x");
+}
+
+fn cast_weighed(d: &mut Decision, i: u32, text: &str, weight: f64) -> Progress {
+    d.cast_weighing(vote(i, text), weight, ms(1)).unwrap()
+}
+
 #[test]
 fn confidence_weighs_calibrated_confidence() {
     let mut d = new(DecisionOptions::with(Protocol::Confidence), 3);
