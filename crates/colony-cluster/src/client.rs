@@ -481,6 +481,9 @@ impl Cluster {
                 "weighs no roles in a vote (it would refuse the vote's header)"
             }
             Together::Vote(_) => "decides no vote (it would run the task as a plain one)",
+            Together::Team(t) if t.spread && t.delegation > 0 => {
+                "runs no spread team that delegates (it would refuse the team's header)"
+            }
             Together::Team(t) if t.spread => {
                 "runs no spread team (it would refuse the team's header)"
             }
@@ -493,7 +496,11 @@ impl Cluster {
                     && (!d.spread || n.spread)
                     && (d.weigh().is_none() || n.spread_weights)
             }
-            Together::Team(t) => n.teams && (!t.spread || n.spread_teams),
+            Together::Team(t) => {
+                n.teams
+                    && (!t.spread || n.spread_teams)
+                    && (!t.spread || t.delegation == 0 || n.spread_delegation)
+            }
         };
         let role = spec.requirement.role.as_deref();
         // Every ballot of a spread vote of a role weighing 0 would weigh nothing.

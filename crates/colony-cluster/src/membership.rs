@@ -65,6 +65,10 @@ pub struct NodeInfo {
     /// ballot and say nothing of its voter, and refuse such a vote's header.
     #[serde(default)]
     pub spread_weights: bool,
+    /// Its spread teams hand asks on (`delegation` above 0); a node from before would refuse
+    /// such a team's header.
+    #[serde(default)]
+    pub spread_delegation: bool,
     /// It reads bundles, messages of several tasks (`Colony-Bundle`); a node from before
     /// would run a bundle as one task.
     #[serde(default)]

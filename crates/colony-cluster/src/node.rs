@@ -305,6 +305,7 @@ impl Node {
             spread: true,
             spread_teams: true,
             spread_weights: true,
+            spread_delegation: true,
             bundles: true,
             bundle_subjects: true,
         };

@@ -2084,12 +2084,14 @@ async fn the_scaling_leader_marks_each_step_in_the_roles_stream() {
 /// A node draining while it counts a spread vote waits for it up to its drain timeout, then
 /// hands the vote back without costing it an attempt: the ballots still out are cancelled,
 /// and another node counts the vote again from ballots of its own. The node that took it
-/// first has the only agent (a slow one) when the vote starts; two fast nodes join after.
+/// first has the only agent (a slow one) when the vote starts; two fast nodes join once
+/// that agent holds a ballot.
 /// (A hand-back is a delivery more, and no attempt charged.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_spread_vote_on_a_draining_node_is_handed_back_and_counted_elsewhere() {
     use colony_cluster::Decide;
     use colony_core::decision::DecisionOptions;
+    use futures::StreamExt;
     let dir = tempfile::tempdir().unwrap();
     let server = tokio::task::block_in_place(|| NatsServer::single(dir.path())).unwrap();
     let client = cluster(&server).await;
@@ -2113,7 +2115,28 @@ async fn a_spread_vote_on_a_draining_node_is_handed_back_and_counted_elsewhere()
     // One attempt: a hand-back that cost one would dead-letter it.
     let spec = task(Some("judge"), "\"which?\"".into(), 1);
     let submitted = client.submit_decided(&spec, &vote, None).await.unwrap();
+    let since = now_ms();
     until_running(&client, submitted.id).await;
+    // The fast nodes join once the slow agent holds a ballot of the vote (its lease written
+    // a second in): had they joined before, they could answer both ballots and decide the
+    // vote on the first node within its drain timeout, and nothing would be handed back
+    // (one run in twelve under load).
+    let mut records = client
+        .records(colony_cluster::RecordsFrom::Since(since), u64::MAX)
+        .await
+        .unwrap()
+        .records;
+    loop {
+        let record = tokio::time::timeout(Duration::from_secs(20), records.next())
+            .await
+            .expect("a ballot runs on the first node")
+            .unwrap()
+            .unwrap();
+        let row = &record.row;
+        if record.id != submitted.id && row.node == "first" && row.state == TaskState::Running {
+            break;
+        }
+    }
     let fast = [
         runtime("judge", 1, Duration::from_millis(1)).await,
         runtime("judge", 1, Duration::from_millis(1)).await,
@@ -2216,7 +2239,7 @@ async fn spread_votes_past_the_counting_table_wait_without_costing_an_attempt() 
 /// A spread team's members are agents of any node: its lead on one node and its hands on
 /// another, which no node can form alone. Each step's asks are cluster tasks of their role,
 /// with the earlier steps' outputs as their context; a failed ask is made again while the
-/// reassignments last, then the team fails naming the step. Delegation is refused when sent.
+/// reassignments last, then the team fails naming the step.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_spread_team_takes_its_members_from_several_nodes() {
     use colony_runtime::team::Team;
@@ -2348,18 +2371,129 @@ async fn a_spread_team_takes_its_members_from_several_nodes() {
     );
     assert_eq!(row.team.unwrap().reassigned, 1);
 
-    let mut delegating = team("hand", true);
-    delegating.delegation = 1;
-    let refused = client
-        .submit_team(&spec, delegating, None)
-        .await
-        .unwrap_err();
-    assert!(refused.to_string().contains("delegation 0"), "{refused}");
-
     for node in nodes {
         node.drain().await;
     }
     for rt in [lead, hands, clumsy] {
+        rt.shutdown().await;
+    }
+}
+
+/// A spread team's member may hand its ask on, as on one runtime: a lead on one node that
+/// answers `{"delegate": {"role": "hand", ...}}` has its plan asked of a hand of another
+/// node (with `delegated` in its ask), whose answer stands for the lead's; a delegation
+/// back to a role on its chain, or past the levels the team allows, fails the team saying
+/// why; a node that would refuse such a team makes it refused when sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spread_teams_member_hands_its_ask_to_a_member_on_another_node() {
+    use colony_agents::command::{Command, CommandOptions};
+    use colony_runtime::team::Team;
+    let dir = tempfile::tempdir().unwrap();
+    let server = tokio::task::block_in_place(|| NatsServer::single(dir.path())).unwrap();
+    let client = cluster(&server).await;
+    // The lead hands every ask on to the role its input names.
+    let script = r#"printf '{"delegate": {"role": "%s", "input": {"why": "busy"}}}' "$1""#;
+    let options = CommandOptions {
+        args: vec![
+            "-c".into(),
+            script.into(),
+            "sh".into(),
+            "{{input.to}}".into(),
+        ],
+        ..CommandOptions::new("sh")
+    };
+    let lead = start(vec![Pool::new(
+        AgentSpec::new("command", "lead"),
+        1,
+        Arc::new(Command::new(options)),
+    )])
+    .await;
+    let hands = runtime("hand", 2, Duration::from_millis(1)).await;
+    let nodes = [
+        join(&server, &lead, "l").await,
+        join(&server, &hands, "h").await,
+    ];
+    let team = |delegation: u32| Team {
+        roles: vec![team_role("lead", 1), team_role("hand", 2)],
+        steps: vec![team_step("plan", 0, false), team_step("work", 1, true)],
+        reassignments: 0,
+        delegation,
+        spread: true,
+    };
+    let spec = |to: &str| TaskSpec {
+        requirement: Requirement {
+            role: Some("lead".into()),
+            ..Requirement::default()
+        },
+        payload: Bytes::from(format!(r#"{{"input":{{"job":"build it","to":"{to}"}}}}"#)),
+        max_attempts: 1,
+        ..TaskSpec::default()
+    };
+
+    let sent = client
+        .submit_team(&spec("hand"), team(1), None)
+        .await
+        .unwrap();
+    let row = ended(&client, sent.id).await;
+    assert_eq!(row.state, TaskState::Succeeded, "{row:?}");
+    let work: serde_json::Value = serde_json::from_slice(row.output.as_deref().unwrap()).unwrap();
+    let work = work.as_array().unwrap();
+    assert_eq!(work.len(), 2, "{work:?}");
+    for ask in work {
+        // The plan in the context is the hand's answer to the ask handed on to it.
+        let plan = &ask["team"]["context"]["plan"];
+        assert_eq!(plan["team"]["step"], "plan", "{ask}");
+        assert_eq!(plan["team"]["role"], "hand", "{ask}");
+        assert_eq!(plan["team"]["delegated"]["by"], "lead", "{ask}");
+        assert_eq!(plan["team"]["delegated"]["input"]["why"], "busy", "{ask}");
+    }
+    let t = row.team.unwrap();
+    assert_eq!((t.steps, t.asks, t.nodes), (2, 4, Some(2)), "{t:?}");
+
+    // Back to its own role: a loop, refused, and the team fails naming it.
+    let sent = client
+        .submit_team(&spec("lead"), team(1), None)
+        .await
+        .unwrap();
+    let row = ended(&client, sent.id).await;
+    assert_eq!(row.state, TaskState::Failed, "{row:?}");
+    let error = row.error.unwrap_or_default();
+    assert!(
+        error.contains("step `plan`") && error.contains("cannot delegate to `lead`"),
+        "{error}"
+    );
+    // Without delegation the same answer is just an output: the hands get it as the plan.
+    let sent = client
+        .submit_team(&spec("hand"), team(0), None)
+        .await
+        .unwrap();
+    let row = ended(&client, sent.id).await;
+    assert_eq!(row.state, TaskState::Succeeded, "{row:?}");
+    assert_eq!(row.team.unwrap().asks, 3);
+
+    // A node that would refuse the header serves the team's role: refused when sent.
+    let old = old_node(
+        &server,
+        "lead",
+        serde_json::json!({"votes": true, "teams": true, "spread-teams": true}),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let refused = client
+        .submit_team(&spec("hand"), team(1), None)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        refused.contains("node old") && refused.contains("delegates"),
+        "{refused}"
+    );
+    old.delete("old").await.unwrap();
+
+    for node in nodes {
+        node.drain().await;
+    }
+    for rt in [lead, hands] {
         rt.shutdown().await;
     }
 }

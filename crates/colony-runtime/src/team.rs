@@ -149,18 +149,12 @@ impl Team {
                 self.reassignments
             ));
         }
-        if self.spread && self.delegation > 0 {
-            return invalid(
-                "a spread team hands no ask on (delegation 0): its members are any node's agents, asked task by task"
-                    .into(),
-            );
-        }
         Ok(())
     }
 
     /// Asks the team may make: each step once per member it may go to, and as many again
     /// per level of delegation.
-    fn max_asks(&self) -> u32 {
+    pub fn max_asks(&self) -> u32 {
         let size = self
             .roles
             .iter()
@@ -169,6 +163,35 @@ impl Team {
             .saturating_add(size)
             .saturating_mul(1 + self.delegation)
     }
+}
+
+/// Reads a member's `output` as a delegation when `team` allows them
+/// (`{"delegate": {"role": R, "input": ...}}`): the index of the role asked and the input.
+/// `None` for any other output; `Err` for a delegation that names no role the team has.
+pub fn delegation_asked(team: &Team, output: &Bytes) -> Result<Option<(usize, Value)>, String> {
+    if team.delegation == 0 || output.first() != Some(&b'{') {
+        return Ok(None);
+    }
+    let Ok(Value::Object(mut fields)) = serde_json::from_slice::<Value>(output) else {
+        return Ok(None);
+    };
+    let Some(Value::Object(mut asked)) = fields.remove("delegate") else {
+        return Ok(None);
+    };
+    let role = match asked.get("role") {
+        Some(Value::String(r)) => r.clone(),
+        other => {
+            return Err(format!(
+                "a member asked to delegate without naming a role (`role`: {other:?})"
+            ));
+        }
+    };
+    let Some(to) = team.roles.iter().position(|r| *r.name == *role) else {
+        return Err(format!(
+            "a member asked to delegate to role `{role}`, which the team does not have"
+        ));
+    };
+    Ok(Some((to, asked.remove("input").unwrap_or(Value::Null))))
 }
 
 /// A member of a team, by role.
@@ -712,33 +735,7 @@ impl Run {
 
     /// Reads `output` as a delegation when the team allows them: the role and input asked.
     fn delegated(&self, output: &Bytes) -> Result<Option<(usize, Value)>, Ended> {
-        if self.team.delegation == 0 || output.first() != Some(&b'{') {
-            return Ok(None);
-        }
-        let Ok(Value::Object(mut fields)) = serde_json::from_slice::<Value>(output) else {
-            return Ok(None);
-        };
-        let Some(Value::Object(mut asked)) = fields.remove("delegate") else {
-            return Ok(None);
-        };
-        let role = match asked.get("role") {
-            Some(Value::String(r)) => r.clone(),
-            other => {
-                return Err(Ended::Failed(
-                    format!("a member asked to delegate without naming a role (`role`: {other:?})")
-                        .into(),
-                ));
-            }
-        };
-        let Some(to) = self.team.roles.iter().position(|r| *r.name == *role) else {
-            return Err(Ended::Failed(
-                format!(
-                    "a member asked to delegate to role `{role}`, which the team does not have"
-                )
-                .into(),
-            ));
-        };
-        Ok(Some((to, asked.remove("input").unwrap_or(Value::Null))))
+        delegation_asked(&self.team, output).map_err(|why| Ended::Failed(why.into()))
     }
 
     /// Hands slot `slot`'s ask on to a member of `to`, if the cap allows.

@@ -187,24 +187,16 @@ pub(crate) fn check(
             "out of range",
         ));
     }
-    if let Some(spread) = b.spread.as_ref().filter(|s| s.value) {
-        if agents_here {
-            problems.push(Problem::at(
-                spread,
-                format!(
-                    "task `{id}`: team spread takes the members from a cluster's nodes, and this run has one runtime: run it with colony run --nats, or remove it"
-                ),
-                "spread without a cluster",
-            ));
-        } else if b.delegation.as_ref().is_some_and(|d| d.value > 0) {
-            problems.push(Problem::at(
-                spread,
-                format!(
-                    "task `{id}`: a spread team hands no step on: remove delegation, or spread"
-                ),
-                "spread with delegation",
-            ));
-        }
+    if let Some(spread) = b.spread.as_ref().filter(|s| s.value)
+        && agents_here
+    {
+        problems.push(Problem::at(
+            spread,
+            format!(
+                "task `{id}`: team spread takes the members from a cluster's nodes, and this run has one runtime: run it with colony run --nats, or remove it"
+            ),
+            "spread without a cluster",
+        ));
     }
     if problems.len() > before {
         return None;

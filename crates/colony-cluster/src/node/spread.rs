@@ -731,8 +731,13 @@ pub(super) struct SpreadTeam {
 /// attempt each, one priority above the team's task, whose payload is the task's with the
 /// step's input over it and a `team` field (`step`, `role`, `index`, `of`, `members` empty,
 /// `context`: the earlier steps' outputs), as on one runtime. An ask that fails is made
-/// again while the team's reassignments last; then the team fails, naming the step. So does
-/// a step the cluster cannot carry (an ask over its payload, a role it cannot route), for
+/// again while the team's reassignments last; then the team fails, naming the step. An
+/// answer that hands the ask on (`{"delegate": {"role", "input"}}`, with `delegation`
+/// above 0) asks the role named instead, with `delegated` (`by`, `input`) in its `team`
+/// field, under the cap of one runtime (`colony_core::team::Delegation`: no deeper than
+/// the team allows, never back to a role on its chain, the team's asks bounded); its answer
+/// stands for the one that handed it on. A delegation refused fails the team, as does a
+/// step the cluster cannot carry (an ask over its payload, a role it cannot route), for
 /// good; NATS out of reach fails the attempt, to be retried.
 pub(super) async fn team(
     cluster: Cluster,
@@ -758,6 +763,7 @@ pub(super) async fn team(
     let (mut asks, mut reassigned, mut steps) = (0u32, 0u32, 0u32);
     let mut nodes: HashSet<String> = HashSet::new();
     let mut last = bytes::Bytes::new();
+    let mut delegation = colony_core::team::Delegation::new(team.delegation, team.max_asks());
     let ended = |output, steps, asks, reassigned, nodes: &HashSet<String>| SpreadTeam {
         output,
         members,
@@ -768,23 +774,35 @@ pub(super) async fn team(
     };
     for step in &team.steps {
         steps += 1;
-        let role = &team.roles[step.role];
-        let of = if step.each { role.count as usize } else { 1 };
+        if let Err(e) = delegation.step() {
+            let error = format!("step `{}`: {e}", step.id);
+            return Ok(ended(Err(error), steps, asks, reassigned, &nodes));
+        }
+        let of = if step.each {
+            team.roles[step.role].count as usize
+        } else {
+            1
+        };
         // The payload written once a step, each ask's put together around it: the context
         // (every earlier output) is not copied per ask.
         let mut base = colony_runtime::team::step_payload(&spec.payload, step);
         base.remove("team");
         let base = Value::Object(base).to_string();
         let context_text = Value::Object(context.clone()).to_string();
-        let payload_of = |index: usize| {
-            let head = json!({
+        // The ask of place `index` by a member of role `role`, handed on to it as
+        // `delegated` says when it was.
+        let payload_of = |index: usize, role: usize, delegated: Option<&Value>| {
+            let mut head = json!({
                 "step": &*step.id,
-                "role": &*role.name,
+                "role": &*team.roles[role].name,
                 "index": index,
                 "of": of,
                 "members": [],
-            })
-            .to_string();
+            });
+            if let Some(d) = delegated {
+                head["delegated"] = d.clone();
+            }
+            let head = head.to_string();
             let mut payload =
                 String::with_capacity(base.len() + head.len() + context_text.len() + 24);
             payload.push_str(&base[..base.len() - 1]);
@@ -798,7 +816,7 @@ pub(super) async fn team(
             payload.push_str("}}");
             bytes::Bytes::from(payload)
         };
-        let largest = payload_of(of - 1).len();
+        let largest = payload_of(of - 1, step.role, None).len();
         if largest > crate::MAX_PAYLOAD {
             let error = format!(
                 "step `{}` could not be asked: its ask of {largest} bytes (the task's payload and the earlier steps' outputs) is over the cluster's {} bytes",
@@ -807,9 +825,13 @@ pub(super) async fn team(
             );
             return Ok(ended(Err(error), steps, asks, reassigned, &nodes));
         }
-        let ask_spec = |index: usize| TaskSpec {
-            requirement: role.requirement.clone(),
-            payload: payload_of(index),
+        // Each place's ask as it stands: the roles it went through (the step's first), and
+        // how it was handed on.
+        let mut chains: Vec<Vec<usize>> = vec![vec![step.role]; of];
+        let mut handed: Vec<Option<Value>> = vec![None; of];
+        let ask_spec = |index: usize, role: usize, delegated: Option<&Value>| TaskSpec {
+            requirement: team.roles[role].requirement.clone(),
+            payload: payload_of(index, role, delegated),
             max_attempts: 1,
             priority,
             ..spec.clone()
@@ -824,7 +846,10 @@ pub(super) async fn team(
             e => Err(e),
         };
         for chunk in (0..of).collect::<Vec<_>>().chunks(SEND_AT_ONCE) {
-            let specs: Vec<TaskSpec> = chunk.iter().map(|&i| ask_spec(i)).collect();
+            let specs: Vec<TaskSpec> = chunk
+                .iter()
+                .map(|&i| ask_spec(i, step.role, None))
+                .collect();
             let ids: Vec<String> = chunk
                 .iter()
                 .map(|i| format!("team-{id}-{lease}-{}-{i}-{asks}", step.id))
@@ -844,25 +869,51 @@ pub(super) async fn team(
         }
         while let Some((index, task, row)) = waits.next().await {
             out.ids.remove(&task);
+            let i = index as usize;
+            let role = *chains[i].last().unwrap_or(&step.role);
             if row.state == TaskState::Succeeded {
                 nodes.insert(row.node.clone());
-                outputs[index as usize] = Some(row.output.unwrap_or_default());
-                continue;
+                let output = row.output.unwrap_or_default();
+                let (to, input) = match colony_runtime::team::delegation_asked(&team, &output) {
+                    Ok(None) => {
+                        outputs[i] = Some(output);
+                        continue;
+                    }
+                    Ok(Some(asked)) => asked,
+                    Err(why) => {
+                        let error = format!("step `{}`: {why}", step.id);
+                        return Ok(ended(Err(error), steps, asks, reassigned, &nodes));
+                    }
+                };
+                let by = team.roles[role].name.clone();
+                if let Err(e) = delegation.delegate(&chains[i], to) {
+                    let error = format!(
+                        "step `{}`: role `{by}` cannot delegate to `{}`: {e}",
+                        step.id, team.roles[to].name
+                    );
+                    return Ok(ended(Err(error), steps, asks, reassigned, &nodes));
+                }
+                chains[i].push(to);
+                handed[i] = Some(json!({"by": &*by, "input": input}));
+            } else {
+                let why = row
+                    .error
+                    .unwrap_or_else(|| format!("its task {task} ended {}", row.state));
+                if reassigned >= team.reassignments {
+                    let error = format!(
+                        "step `{}`: the ask of role `{}` failed ({why}), and the team's {} reassignments are spent",
+                        step.id, team.roles[role].name, team.reassignments
+                    );
+                    return Ok(ended(Err(error), steps, asks, reassigned, &nodes));
+                }
+                reassigned += 1;
             }
-            let why = row
-                .error
-                .unwrap_or_else(|| format!("its task {task} ended {}", row.state));
-            if reassigned >= team.reassignments {
-                let error = format!(
-                    "step `{}`: the ask of role `{}` failed ({why}), and the team's {} reassignments are spent",
-                    step.id, role.name, team.reassignments
-                );
-                return Ok(ended(Err(error), steps, asks, reassigned, &nodes));
-            }
-            reassigned += 1;
+            // Asked again: of the same role after a failure, of the one named after a
+            // delegation.
+            let role = *chains[i].last().unwrap_or(&step.role);
             let again = match cluster
                 .submit(
-                    &[ask_spec(index as usize)],
+                    &[ask_spec(i, role, handed[i].as_ref())],
                     Some(&[format!("team-{id}-{lease}-{}-{index}-{asks}", step.id)]),
                 )
                 .await
