@@ -2382,8 +2382,9 @@ async fn a_spread_team_takes_its_members_from_several_nodes() {
 /// A spread team's member may hand its ask on, as on one runtime: a lead on one node that
 /// answers `{"delegate": {"role": "hand", ...}}` has its plan asked of a hand of another
 /// node (with `delegated` in its ask), whose answer stands for the lead's; a delegation
-/// back to a role on its chain, or past the levels the team allows, fails the team saying
-/// why; a node that would refuse such a team makes it refused when sent.
+/// back to a role on its chain, or past the levels the team allows (lead to relay to hand
+/// at one level), fails the team saying why; a node that would refuse such a team makes
+/// it refused when sent.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_spread_teams_member_hands_its_ask_to_a_member_on_another_node() {
     use colony_agents::command::{Command, CommandOptions};
@@ -2391,30 +2392,33 @@ async fn a_spread_teams_member_hands_its_ask_to_a_member_on_another_node() {
     let dir = tempfile::tempdir().unwrap();
     let server = tokio::task::block_in_place(|| NatsServer::single(dir.path())).unwrap();
     let client = cluster(&server).await;
-    // The lead hands every ask on to the role its input names.
+    // The lead hands every ask on to the role its input names; the relay, to a hand.
     let script = r#"printf '{"delegate": {"role": "%s", "input": {"why": "busy"}}}' "$1""#;
-    let options = CommandOptions {
-        args: vec![
-            "-c".into(),
-            script.into(),
-            "sh".into(),
-            "{{input.to}}".into(),
-        ],
-        ..CommandOptions::new("sh")
+    let handing = |role: &str, to: &str| {
+        let options = CommandOptions {
+            args: vec!["-c".into(), script.into(), "sh".into(), to.into()],
+            ..CommandOptions::new("sh")
+        };
+        Pool::new(
+            AgentSpec::new("command", role),
+            1,
+            Arc::new(Command::new(options)),
+        )
     };
-    let lead = start(vec![Pool::new(
-        AgentSpec::new("command", "lead"),
-        1,
-        Arc::new(Command::new(options)),
-    )])
-    .await;
+    let lead = start(vec![handing("lead", "{{input.to}}")]).await;
+    let relay = start(vec![handing("relay", "hand")]).await;
     let hands = runtime("hand", 2, Duration::from_millis(1)).await;
     let nodes = [
         join(&server, &lead, "l").await,
+        join(&server, &relay, "r").await,
         join(&server, &hands, "h").await,
     ];
     let team = |delegation: u32| Team {
-        roles: vec![team_role("lead", 1), team_role("hand", 2)],
+        roles: vec![
+            team_role("lead", 1),
+            team_role("hand", 2),
+            team_role("relay", 1),
+        ],
         steps: vec![team_step("plan", 0, false), team_step("work", 1, true)],
         reassignments: 0,
         delegation,
@@ -2462,6 +2466,29 @@ async fn a_spread_teams_member_hands_its_ask_to_a_member_on_another_node() {
         error.contains("step `plan`") && error.contains("cannot delegate to `lead`"),
         "{error}"
     );
+    // Lead to relay to hand is two levels: past the one allowed, refused; allowed at two.
+    let sent = client
+        .submit_team(&spec("relay"), team(1), None)
+        .await
+        .unwrap();
+    let row = ended(&client, sent.id).await;
+    assert_eq!(row.state, TaskState::Failed, "{row:?}");
+    let error = row.error.unwrap_or_default();
+    assert!(
+        error.contains("role `relay` cannot delegate to `hand`")
+            && error.contains("deeper than 1 levels"),
+        "{error}"
+    );
+    let sent = client
+        .submit_team(&spec("relay"), team(2), None)
+        .await
+        .unwrap();
+    let row = ended(&client, sent.id).await;
+    assert_eq!(row.state, TaskState::Succeeded, "{row:?}");
+    let work: serde_json::Value = serde_json::from_slice(row.output.as_deref().unwrap()).unwrap();
+    let plan = &work[0]["team"]["context"]["plan"];
+    assert_eq!(plan["team"]["delegated"]["by"], "relay", "{plan}");
+    assert_eq!(row.team.unwrap().asks, 5);
     // Without delegation the same answer is just an output: the hands get it as the plan.
     let sent = client
         .submit_team(&spec("hand"), team(0), None)
@@ -2493,7 +2520,7 @@ async fn a_spread_teams_member_hands_its_ask_to_a_member_on_another_node() {
     for node in nodes {
         node.drain().await;
     }
-    for rt in [lead, hands] {
+    for rt in [lead, relay, hands] {
         rt.shutdown().await;
     }
 }

@@ -880,10 +880,8 @@ pub(super) async fn team(
                         continue;
                     }
                     Ok(Some(asked)) => asked,
-                    Err(why) => {
-                        let error = format!("step `{}`: {why}", step.id);
-                        return Ok(ended(Err(error), steps, asks, reassigned, &nodes));
-                    }
+                    // Worded as one runtime's.
+                    Err(why) => return Ok(ended(Err(why), steps, asks, reassigned, &nodes)),
                 };
                 let by = team.roles[role].name.clone();
                 if let Err(e) = delegation.delegate(&chains[i], to) {
@@ -893,8 +891,19 @@ pub(super) async fn team(
                     );
                     return Ok(ended(Err(error), steps, asks, reassigned, &nodes));
                 }
+                let delegated = json!({"by": &*by, "input": input});
+                let size = payload_of(i, to, Some(&delegated)).len();
+                if size > crate::MAX_PAYLOAD {
+                    let error = format!(
+                        "step `{}`: role `{by}`'s ask handed on to `{}` takes {size} bytes with the input it gave, over the cluster's {} bytes",
+                        step.id,
+                        team.roles[to].name,
+                        crate::MAX_PAYLOAD
+                    );
+                    return Ok(ended(Err(error), steps, asks, reassigned, &nodes));
+                }
                 chains[i].push(to);
-                handed[i] = Some(json!({"by": &*by, "input": input}));
+                handed[i] = Some(delegated);
             } else {
                 let why = row
                     .error
