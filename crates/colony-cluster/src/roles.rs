@@ -52,7 +52,9 @@ pub struct RoleSample {
     pub roles: Vec<RoleCount>,
 }
 
-/// A step the scaling leader decided on a role's size, in nodes.
+/// A step the scaling leader decided on a role's size, in nodes, or one it wanted and was
+/// held from (`blocked_by`: then `from` and `to` are the size it holds, and `reason` what it
+/// wanted).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RoleDecision {
     /// When it was decided: milliseconds since the Unix epoch, the leader's clock.
@@ -61,6 +63,10 @@ pub struct RoleDecision {
     pub from: u32,
     pub to: u32,
     pub reason: String,
+    /// What held the step it wanted (`cooldown`, `max`, ...), for a step it did not take.
+    /// Absent from a step taken, so that servers from before read the rest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blocked_by: Option<String>,
 }
 
 /// What the roles' stream holds.

@@ -431,18 +431,8 @@ async fn decide(
                             "scaling decided"
                         );
                     }
-                    let from = previous.as_ref().map(|(r, _)| r.desired);
-                    if record.decision == "scale"
-                        && let Some(from) = from.filter(|&from| from != record.desired)
-                    {
+                    if let Some(step) = mark_of(previous.as_ref().map(|(r, _)| r), &record) {
                         // For the charts' marks; a chart without it loses a mark, no more.
-                        let step = crate::roles::RoleDecision {
-                            t: record.at_ms,
-                            role: role.role.clone(),
-                            from,
-                            to: record.desired,
-                            reason: record.reason.clone().unwrap_or_default(),
-                        };
                         // Apart from the loop: a roles' stream slow to answer holds no decision.
                         let cluster = cluster.clone();
                         colony_agents::spawner::Spawner::spawn("scaling-mark", async move {
@@ -457,6 +447,39 @@ async fn decide(
                 }
             }
         }
+    }
+}
+
+/// The mark on the roles chart that `record` makes, after `previous` (the record it
+/// replaces): a step it took, from the size before; a step it wanted and was held from,
+/// when it was not held from that same step, by the same, the look before (a leader held by
+/// a cooldown for a minute would mark every look otherwise).
+pub(crate) fn mark_of(
+    previous: Option<&ScalingRecord>,
+    record: &ScalingRecord,
+) -> Option<crate::roles::RoleDecision> {
+    let mark = |from: u32, blocked_by: Option<String>| crate::roles::RoleDecision {
+        t: record.at_ms,
+        role: record.role.clone(),
+        from,
+        to: record.desired,
+        reason: record.reason.clone().unwrap_or_default(),
+        blocked_by,
+    };
+    match record.decision.as_str() {
+        "scale" => {
+            let from = previous?.desired;
+            (from != record.desired).then(|| mark(from, None))
+        }
+        "blocked" => {
+            let same = previous.is_some_and(|p| {
+                p.decision == "blocked"
+                    && p.reason == record.reason
+                    && p.blocked_by == record.blocked_by
+            });
+            (!same).then(|| mark(record.desired, record.blocked_by.clone()))
+        }
+        _ => None,
     }
 }
 
@@ -651,6 +674,46 @@ mod tests {
         assert_eq!(record.desired, 5, "{record:?}");
         assert_eq!(record.decision, "hold");
         assert_eq!(record.term, 9);
+    }
+
+    #[test]
+    fn a_step_held_back_is_marked_once_until_what_holds_it_changes() {
+        let record = |decision: &str, desired: u32, reason: &str, by: Option<&str>| ScalingRecord {
+            role: "worker".into(),
+            desired,
+            nodes: 2,
+            slots: 8,
+            waiting: 40,
+            running: 8,
+            oldest_wait_ms: 0,
+            arrivals_per_sec: 0.0,
+            decision: decision.into(),
+            reason: (!reason.is_empty()).then(|| reason.to_owned()),
+            blocked_by: by.map(str::to_owned),
+            term: 1,
+            leader: "s".into(),
+            at_ms: 7,
+        };
+        let scaled = record("scale", 6, "overload", None);
+        let held = record("blocked", 6, "overload", Some("cooldown"));
+        // A step taken: from the size before.
+        let step = mark_of(Some(&record("hold", 2, "", None)), &scaled).unwrap();
+        assert_eq!((step.from, step.to, step.blocked_by), (2, 6, None));
+        assert_eq!(mark_of(None, &scaled), None, "no size before it");
+        // Held: marked once, at the size held, saying by what.
+        let mark = mark_of(Some(&scaled), &held).unwrap();
+        assert_eq!((mark.from, mark.to), (6, 6));
+        assert_eq!(
+            (mark.reason.as_str(), mark.blocked_by.as_deref()),
+            ("overload", Some("cooldown"))
+        );
+        assert_eq!(mark_of(Some(&held), &held), None, "the same hold again");
+        // Held by something else, or for another step: marked again.
+        let by_max = record("blocked", 6, "overload", Some("max"));
+        assert!(mark_of(Some(&held), &by_max).is_some());
+        let other = record("blocked", 6, "high-utilisation", Some("cooldown"));
+        assert!(mark_of(Some(&held), &other).is_some());
+        assert_eq!(mark_of(Some(&held), &record("hold", 6, "", None)), None);
     }
 
     #[test]

@@ -61,11 +61,16 @@ pub(crate) const MARKS: usize = 2_048;
 struct Mark {
     t: u64,
     role: Arc<str>,
-    /// `scale:up` or `scale:down`, as a runtime's pools history names its autoscaler's.
+    /// `scale:up`, `scale:down` or `scale:blocked`, as a runtime's pools history names its
+    /// autoscaler's.
     kind: &'static str,
     from: u32,
     to: u32,
+    /// Why it scaled; for a step held back, the step it wanted.
     reason: String,
+    /// What held a step back.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    by: Option<String>,
 }
 
 /// The samples, the time of the newest, and the scaling leader's steps among them, each
@@ -288,14 +293,18 @@ impl RoleHistory {
         let mark = Mark {
             t: step.t,
             role: step.role.into(),
-            kind: if step.to > step.from {
-                "scale:up"
-            } else {
-                "scale:down"
+            kind: match (&step.blocked_by, step.to > step.from) {
+                (Some(_), _) => "scale:blocked",
+                (None, true) => "scale:up",
+                (None, false) => "scale:down",
             },
             from: step.from,
             to: step.to,
             reason: colony_core::text::shorten(&step.reason, 200),
+            by: step
+                .blocked_by
+                .as_deref()
+                .map(|by| colony_core::text::shorten(by, 200)),
         };
         ticks.marks.push(told, mark);
     }
@@ -496,6 +505,7 @@ mod tests {
             from,
             to,
             reason: "backlog".into(),
+            blocked_by: None,
         }
     }
 
@@ -539,6 +549,19 @@ mod tests {
         assert!(
             history.read(Some(late.until)).events.is_empty(),
             "told once"
+        );
+        // A step held back is told as one, saying by what.
+        let cursor = history.read(None).until;
+        let held = RoleDecision {
+            blocked_by: Some("cooldown".into()),
+            ..step(5_500, "cpu", 3, 3)
+        };
+        history.mark(held, 6_000);
+        history.take_now(sample(8_000, &[("cpu", 4, 0)]));
+        let told = serde_json::to_value(&history.read(Some(cursor)).events[0]).unwrap();
+        assert_eq!(
+            told,
+            serde_json::json!({"t": 5_500, "role": "cpu", "kind": "scale:blocked", "from": 3, "to": 3, "reason": "backlog", "by": "cooldown"})
         );
         // Steps told before the oldest sample kept go with it.
         history.take_now(sample(8_000, &[]));

@@ -189,23 +189,26 @@
   // The scaling leader's steps kept for the chart, as the server keeps them.
   const MARKS = 2048;
 
-  // A dashed vertical line at each step the scaling leader decided, in its role's colour.
+  // A dashed vertical line at each step the scaling leader decided, in its role's colour;
+  // a step it wanted and was held from is a short solid tick at the top, so that it does
+  // not read as a change of size.
   function drawRoleMarks(u) {
     const ctx = u.ctx;
     const [min, max] = [u.scales.x.min, u.scales.x.max];
     ctx.save();
     ctx.lineWidth = Math.max(1, devicePixelRatio);
-    ctx.setLineDash([4, 3]);
     for (const m of roles.marks) {
       const t = m.t / 1000;
       if (t < min || t > max) {
         continue;
       }
+      const held = m.kind === "scale:blocked";
       const x = Math.round(u.valToPos(t, "x", true));
       ctx.strokeStyle = colorOf(m.role);
+      ctx.setLineDash(held ? [] : [4, 3]);
       ctx.beginPath();
       ctx.moveTo(x, u.bbox.top);
-      ctx.lineTo(x, u.bbox.top + u.bbox.height);
+      ctx.lineTo(x, u.bbox.top + (held ? u.bbox.height * 0.08 : u.bbox.height));
       ctx.stroke();
     }
     ctx.restore();
@@ -339,10 +342,16 @@
     const legend = byId("roles-now");
     if (legend) {
       const last = roles.t.length - 1;
-      const step = roles.marks[roles.marks.length - 1];
-      const stepped = step
+      const taken = roles.marks.filter((m) => m.kind !== "scale:blocked");
+      const step = taken[taken.length - 1];
+      const latest = roles.marks[roles.marks.length - 1];
+      let stepped = step
         ? "; last step: " + step.role + " " + step.from + " → " + step.to + " nodes (" + step.reason + ")"
         : "";
+      if (latest && latest.kind === "scale:blocked") {
+        stepped += "; held: " + latest.role + " at " + latest.to + " nodes, wanted " + latest.reason +
+          " (by " + latest.by + ")";
+      }
       legend.textContent = (roles.names.length === 0 ? "No role yet." : roles.names
         .map((name, i) => {
           const c = roles.columns[i];
