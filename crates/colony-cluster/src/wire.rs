@@ -642,11 +642,17 @@ mod tests {
             TaskMessage::weigh(Some(&headers)),
             Ok(Some(Weigh { reputation: true }))
         );
-        headers.insert(BALLOT, "{\"role\": 1}");
+        headers.insert(BALLOT, "{\"reputation\": \"yes\"}");
         assert!(
             TaskMessage::weigh(Some(&headers))
                 .unwrap_err()
                 .contains(BALLOT)
+        );
+        // A later colony's field is passed over: it only asks for more to be written.
+        headers.insert(BALLOT, "{\"reputation\": true, \"pool\": true}");
+        assert_eq!(
+            TaskMessage::weigh(Some(&headers)),
+            Ok(Some(Weigh { reputation: true }))
         );
         // Who voted crosses in the record.
         let line = r#"{"state": "succeeded", "attempt": 1, "charged": 1, "node": "b", "at-ms": 1, "voter": {"role": "big", "reputation": 0.75}}"#;
