@@ -363,6 +363,20 @@ async fn the_cluster_dashboard_shows_nodes_and_records_in_a_browser() {
             && !troubled.contains("No answer"),
         "{troubled}"
     );
+    // Every agent is listed too, as its node answers for it: its workers among them.
+    let listed = until(Duration::from_secs(10), POLL, || async {
+        text(&client, "#agent-list")
+            .await
+            .filter(|t| t.contains("node-one") && t.contains("worker") && t.contains("healthy"))
+    })
+    .await;
+    assert!(listed.is_some(), "{:?}", text(&client, "#agent-list").await);
+    let rows = client
+        .find_all(Locator::Css("#agent-table tbody tr"))
+        .await
+        .unwrap()
+        .len();
+    assert!(rows >= 8, "the eight workers at least: {rows}");
 
     // Tasks end on the node; their records come into the list.
     let specs: Vec<TaskSpec> = (0..5)

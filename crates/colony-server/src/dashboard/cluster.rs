@@ -9,6 +9,8 @@
 //! - `GET /ui/cluster/roles` [read]: every role's backlog and the scaling leader's decision.
 //! - `GET /ui/cluster/agents` [read]: the workers whose health is not good, as each live
 //!   node answers for its own (failed, then critical, then degraded; a page of each).
+//! - `GET /ui/cluster/agents/list?node=&role=&health=&state=&after=` [read]: every agent,
+//!   a page of each live node's (or, paged on, one node's), filtered as the form asks.
 //! - `GET /ui/memory` [read]: the agents' shared memory, when the server serves one (a
 //!   memory in NATS, or on Chroma), as a runtime's dashboard shows its own.
 //! - The list of task records as they are written comes from `/v1/events` in `cluster.js`,
@@ -33,6 +35,7 @@ pub(crate) fn read_routes() -> Router<Arc<ClusterApp>> {
         .route("/ui/cluster/nodes", get(nodes))
         .route("/ui/cluster/roles", get(roles))
         .route("/ui/cluster/agents", get(troubled))
+        .route("/ui/cluster/agents/list", get(agent_list))
         .route("/ui/memory", get(memory))
         .layer(map_response(secure))
 }
@@ -99,6 +102,21 @@ fn shell(version: &str, logout: bool, url: &str) -> String {
 <h2>Agents in trouble</h2>
 <p class="note">Workers of every live node whose health is failed, critical or degraded, as each node answers for its own (the worst first, at most 20 of each a node), with their breaker and error rate.</p>
 <div id="troubled" class="scroll" hx-get="/ui/cluster/agents" hx-trigger="load, every 5s"></div>
+</section>
+<section class="panel wide">
+<h2>Agents</h2>
+<p class="note">Every agent of the cluster, as each live node answers for its own: a page of each node's, or of the node named, with its tier, role, state, health, breaker, error rate, reputation and load. Filter by role, health or state; page on one node at a time.</p>
+<form id="agent-filter" class="filter" hx-get="/ui/cluster/agents/list" hx-target="#agent-list" hx-trigger="load, change">
+<label for="agent-node">Node</label>
+<input id="agent-node" name="node" placeholder="every node" maxlength="128">
+<label for="agent-role">Role</label>
+<input id="agent-role" name="role" placeholder="any" maxlength="64">
+<label for="agent-health">Health</label>
+<select id="agent-health" name="health"><option value="">any</option><option>healthy</option><option>degraded</option><option>critical</option><option>failed</option></select>
+<label for="agent-state">State</label>
+<select id="agent-state" name="state"><option value="">any</option><option>up</option><option>down</option><option>retired</option><option>vacant</option></select>
+</form>
+<div id="agent-list" class="scroll"></div>
 </section>
 <section class="panel span-2">
 <h2>Task records</h2>
@@ -337,6 +355,179 @@ fn troubled_table(answers: &[colony_cluster::agents::NodeAgents]) -> String {
     out
 }
 
+/// Agents the agents panel lists a node at once.
+const AGENTS_PAGE: usize = 25;
+
+/// The agents panel's form, as the browser sends it: empty fields are no filter.
+#[derive(Debug, Default, serde::Deserialize)]
+struct AgentsForm {
+    node: Option<String>,
+    role: Option<String>,
+    health: Option<String>,
+    state: Option<String>,
+    after: Option<String>,
+}
+
+/// What the agents panel asks: the node (every live one when `None`), the nodes' query,
+/// and the filters as a query string for the next page's link. Else what is wrong with the
+/// form, in words.
+fn agents_asked(
+    form: AgentsForm,
+) -> Result<(Option<String>, colony_runtime::agents::AgentQuery, String), String> {
+    let given = |v: Option<String>| v.map(|s| s.trim().to_owned()).filter(|s| !s.is_empty());
+    let node = given(form.node);
+    if let Some(node) = &node
+        && !colony_core::mailbox::is_process_name(node)
+    {
+        return Err(format!(
+            "node `{}` is no node's name",
+            colony_core::text::shorten(node, 130)
+        ));
+    }
+    let role = given(form.role);
+    if let Some(role) = &role {
+        colony_cluster::check_role(role).map_err(|e| e.to_string())?;
+    }
+    let health = match given(form.health) {
+        None => None,
+        Some(h) => Some(
+            serde_json::from_value::<colony_core::health::HealthState>(serde_json::Value::String(
+                h.clone(),
+            ))
+            .map_err(|_| {
+                format!(
+                    "health `{}` is not one of healthy, degraded, critical, failed",
+                    colony_core::text::shorten(&h, 40)
+                )
+            })?,
+        ),
+    };
+    let after = match given(form.after) {
+        None => None,
+        Some(a) => Some(a.parse::<u32>().map_err(|_| {
+            format!(
+                "after `{}` is no agent's id",
+                colony_core::text::shorten(&a, 40)
+            )
+        })?),
+    };
+    if after.is_some() && node.is_none() {
+        return Err("a page after an agent is one node's: name the node".into());
+    }
+    let query = colony_runtime::agents::AgentQuery {
+        role,
+        health,
+        state: given(form.state),
+        after,
+        limit: Some(AGENTS_PAGE),
+        ..Default::default()
+    };
+    query.check()?;
+    let mut filters = String::new();
+    if let Some(role) = &query.role {
+        let _ = write!(filters, "&role={role}");
+    }
+    if let Some(health) = query.health
+        && let Ok(serde_json::Value::String(name)) = serde_json::to_value(health)
+    {
+        let _ = write!(filters, "&health={name}");
+    }
+    if let Some(state) = &query.state {
+        let _ = write!(filters, "&state={state}");
+    }
+    Ok((node, query, filters))
+}
+
+/// `GET /ui/cluster/agents/list`: a page of agents, as [`agents_asked`] reads the form; a
+/// form that cannot be asked, or a node that is not live, is said instead.
+async fn agent_list(
+    State(app): State<Arc<ClusterApp>>,
+    form: Result<axum::extract::Query<AgentsForm>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let said = |why: &str| ok(format!(r#"<p class="note bad">{}</p>"#, Esc(why)));
+    let form = match form {
+        Ok(axum::extract::Query(form)) => form,
+        Err(e) => return said(&e.body_text()),
+    };
+    let (node, query, filters) = match agents_asked(form) {
+        Ok(asked) => asked,
+        Err(why) => return said(&why),
+    };
+    match app.cluster.agents(node.as_deref(), &query).await {
+        Ok(nodes) => ok(agent_table(&nodes, &filters)),
+        Err(e) => said(&e.to_string()),
+    }
+}
+
+/// The agents each node answered with, and for each node with more a button to its next
+/// page (`filters` kept); a node that did not answer is said.
+fn agent_table(answers: &[colony_cluster::agents::NodeAgents], filters: &str) -> String {
+    let mut out = String::new();
+    let rows: Vec<(&str, &serde_json::Value)> = answers
+        .iter()
+        .flat_map(|n| n.agents.iter().map(move |a| (n.node.as_str(), a)))
+        .collect();
+    if rows.is_empty() {
+        out.push_str(r#"<p class="note">No agent of the nodes that answered fits.</p>"#);
+    } else {
+        out.push_str(r#"<table id="agent-table"><thead><tr><th>Node</th><th class="num">Agent</th><th>Tier</th><th>Role</th><th>State</th><th>Health</th><th>Breaker</th><th class="num">Error rate</th><th class="num">Reputation</th><th class="num">Load</th></tr></thead><tbody>"#);
+        for (node, a) in rows {
+            let text = |f: &str| match &a[f] {
+                serde_json::Value::String(s) => s.clone(),
+                serde_json::Value::Null => "-".into(),
+                v => v.to_string(),
+            };
+            let share = |f: &str, percent: bool| {
+                a[f].as_f64().map_or("-".into(), |r| {
+                    if percent {
+                        format!("{:.0} %", r * 100.0)
+                    } else {
+                        format!("{r:.2}")
+                    }
+                })
+            };
+            let health = text("health");
+            let class = if health == "healthy" { "" } else { "bad" };
+            let _ = write!(
+                out,
+                r#"<tr><td>{}</td><td class="num">{}</td><td>{}</td><td>{}</td><td>{}</td><td class="{class}">{}</td><td>{}</td><td class="num">{}</td><td class="num">{}</td><td class="num">{}/{}</td></tr>"#,
+                Esc(node),
+                Esc(&text("id")),
+                Esc(&text("tier")),
+                Esc(&text("role")),
+                Esc(&text("state")),
+                Esc(&health),
+                Esc(&text("breaker")),
+                Esc(&share("error-rate", true)),
+                Esc(&share("reputation", false)),
+                Esc(&text("load")),
+                Esc(&text("capacity")),
+            );
+        }
+        out.push_str("</tbody></table>");
+    }
+    for n in answers {
+        if let Some(after) = n.next_after {
+            let _ = write!(
+                out,
+                r##"<button type="button" class="more" hx-get="/ui/cluster/agents/list?node={}&amp;after={after}{}" hx-target="#agent-list">Next page of node {}</button>"##,
+                Esc(&n.node),
+                Esc(filters),
+                Esc(&n.node),
+            );
+        }
+        if let Some(error) = &n.error {
+            let _ = write!(
+                out,
+                r#"<p class="note bad">No answer from node {}: {}</p>"#,
+                Esc(&n.node),
+                Esc(error)
+            );
+        }
+    }
+    out
+}
+
 /// `GET /ui/cluster/roles`.
 async fn roles(State(app): State<Arc<ClusterApp>>) -> Response {
     let status = match app.status().await {
@@ -408,6 +599,92 @@ mod tests {
     use colony_cluster::{NodeInfo, RoleSlots, TierCount, scaling::ScalingRecord};
 
     const HOSTILE: &str = "<img src=x onerror=alert(1)>";
+
+    #[test]
+    fn the_agents_form_is_read_and_what_it_cannot_ask_is_said() {
+        let form = |pairs: &[(&str, &str)]| {
+            let mut f = AgentsForm::default();
+            for (k, v) in pairs {
+                let v = Some((*v).to_owned());
+                match *k {
+                    "node" => f.node = v,
+                    "role" => f.role = v,
+                    "health" => f.health = v,
+                    "state" => f.state = v,
+                    _ => f.after = v,
+                }
+            }
+            f
+        };
+        // Empty fields are no filter: every node, a page each.
+        let (node, query, filters) = agents_asked(form(&[("node", " "), ("role", "")])).unwrap();
+        assert_eq!(
+            (node, query.role, query.limit, filters.as_str()),
+            (None, None, Some(AGENTS_PAGE), "")
+        );
+        let (node, query, filters) = agents_asked(form(&[
+            ("node", "n1"),
+            ("role", "coder"),
+            ("health", "critical"),
+            ("state", "up"),
+            ("after", "40"),
+        ]))
+        .unwrap();
+        assert_eq!(node.as_deref(), Some("n1"));
+        assert_eq!(query.after, Some(40));
+        assert_eq!(filters, "&role=coder&health=critical&state=up");
+        for (bad, said) in [
+            (form(&[("role", HOSTILE)]), "cannot name a cluster subject"),
+            (form(&[("health", "sick")]), "not one of healthy"),
+            (form(&[("state", "asleep")]), "not one of up"),
+            (form(&[("after", "x")]), "no agent's id"),
+            (form(&[("after", "3")]), "name the node"),
+            (form(&[("node", HOSTILE)]), "no node's name"),
+        ] {
+            let why = agents_asked(bad).unwrap_err();
+            assert!(why.contains(said), "{why}");
+        }
+    }
+
+    #[test]
+    fn the_agents_table_shows_each_node_s_page_as_text_with_its_next_page() {
+        let node = |name: &str, agents, next_after, error: Option<&str>| {
+            colony_cluster::agents::NodeAgents {
+                node: name.into(),
+                agents,
+                next_after,
+                error: error.map(str::to_owned),
+            }
+        };
+        let agent = |id: u32, health: &str| {
+            serde_json::json!({"id": id, "tier": "workers", "role": HOSTILE, "state": "up",
+                "health": health, "breaker": "closed", "error-rate": 0.25, "reputation": 0.5,
+                "load": 1, "capacity": 4})
+        };
+        let html = agent_table(
+            &[
+                node(
+                    "a",
+                    vec![agent(7, "healthy"), agent(8, "failed")],
+                    Some(8),
+                    None,
+                ),
+                node("b", vec![], None, Some(HOSTILE)),
+            ],
+            "&role=coder",
+        );
+        assert!(!html.contains(HOSTILE), "{html}");
+        assert_eq!(html.matches("<tr><td>a</td>").count(), 2, "{html}");
+        assert!(html.contains(r#"<td class="bad">failed</td>"#), "{html}");
+        assert!(html.contains("25 %") && html.contains("0.50") && html.contains("1/4"));
+        assert!(
+            html.contains(r#"hx-get="/ui/cluster/agents/list?node=a&amp;after=8&amp;role=coder""#),
+            "{html}"
+        );
+        assert!(html.contains("No answer from node b"), "{html}");
+        let none = agent_table(&[node("a", vec![], None, None)], "");
+        assert!(none.contains("No agent of the nodes that answered fits"));
+    }
 
     #[test]
     fn what_nodes_and_the_scaling_leader_say_is_shown_as_text() {
