@@ -20,6 +20,9 @@ pub(crate) const ROLES_STREAM: &str = "COLONY_ROLES";
 const SUBJECT: &str = "colony.roles";
 /// The scaling leader's decisions' subject.
 const DECISIONS: &str = "colony.roles.decision";
+/// The steps it was held from: a subject of their own, which a server from before them does
+/// not read as a step (it would show a hold as a step down to the same size).
+const HOLDS: &str = "colony.roles.held";
 /// Time between two samples: the dashboard's own refresh.
 pub const EVERY: Duration = Duration::from_secs(2);
 /// How long a sample is kept: the charts' fifteen minutes, and one more.
@@ -54,7 +57,7 @@ pub struct RoleSample {
 
 /// A step the scaling leader decided on a role's size, in nodes, or one it wanted and was
 /// held from (`blocked_by`: then `from` and `to` are the size it holds, and `reason` what it
-/// wanted).
+/// wanted; appended on a subject of its own).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RoleDecision {
     /// When it was decided: milliseconds since the Unix epoch, the leader's clock.
@@ -63,8 +66,8 @@ pub struct RoleDecision {
     pub from: u32,
     pub to: u32,
     pub reason: String,
-    /// What held the step it wanted (`cooldown`, `max`, ...), for a step it did not take.
-    /// Absent from a step taken, so that servers from before read the rest.
+    /// What held the step it wanted (`cooldown`, `at-max`, ...), for a step it did not
+    /// take. Absent from a step taken.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub blocked_by: Option<String>,
 }
@@ -137,7 +140,7 @@ impl Cluster {
         let config = stream::Config {
             name: ROLES_STREAM.into(),
             description: Some("colony: each role's size and backlog, a sample every 2 s".into()),
-            subjects: vec![SUBJECT.into(), DECISIONS.into()],
+            subjects: vec![SUBJECT.into(), DECISIONS.into(), HOLDS.into()],
             retention: stream::RetentionPolicy::Limits,
             storage: stream::StorageType::File,
             num_replicas: self.settings.replicas,
@@ -160,11 +163,18 @@ impl Cluster {
                     .get_or_create_stream(config.clone())
                     .await
                     .map_err(|e| what(&e))?;
-                // Made by a build before the leader's steps: it takes their subject now.
+                // Made by a build before the leader's steps, or its holds: it takes their
+                // subjects now.
                 let info = stream.info().await.map_err(|e| what(&e))?;
-                if !info.config.subjects.iter().any(|s| s == DECISIONS) {
+                let missing: Vec<&str> = [DECISIONS, HOLDS]
+                    .into_iter()
+                    .filter(|d| !info.config.subjects.iter().any(|s| s == d))
+                    .collect();
+                if !missing.is_empty() {
                     let mut wider = info.config.clone();
-                    wider.subjects.push(DECISIONS.into());
+                    wider
+                        .subjects
+                        .extend(missing.into_iter().map(str::to_owned));
                     self.js.update_stream(wider).await.map_err(|e| what(&e))?;
                 }
                 Ok::<_, Error>(stream)
@@ -209,7 +219,15 @@ impl Cluster {
         headers.insert("Nats-Msg-Id", id.as_str());
         let what = "appending a scaling decision";
         self.js
-            .publish_with_headers(DECISIONS, headers, body.into())
+            .publish_with_headers(
+                if decision.blocked_by.is_some() {
+                    HOLDS
+                } else {
+                    DECISIONS
+                },
+                headers,
+                body.into(),
+            )
             .await
             .map_err(|e| Error::nats(what, e))?
             .await
@@ -241,7 +259,9 @@ impl Cluster {
                     // Over what a sample may take (a stream made by hand, without the
                     // bound): left out, not read.
                     Ok((_, message)) if message.payload.len() > MAX_SAMPLE => None,
-                    Ok((seq, message)) if message.subject.as_str() == DECISIONS => {
+                    Ok((seq, message))
+                        if [DECISIONS, HOLDS].contains(&message.subject.as_str()) =>
+                    {
                         serde_json::from_slice::<RoleDecision>(&message.payload)
                             .ok()
                             .map(|d| Ok((seq, RoleEvent::Decision(d))))

@@ -357,6 +357,8 @@ async fn decide(
 ) {
     let start = Instant::now();
     let mut planner: Option<Planner> = None;
+    // When each role's last hold was marked, by this leader.
+    let mut holds: HashMap<String, u64> = HashMap::new();
     let mut tick = tokio::time::interval(plan.period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -431,7 +433,12 @@ async fn decide(
                             "scaling decided"
                         );
                     }
-                    if let Some(step) = mark_of(previous.as_ref().map(|(r, _)| r), &record) {
+                    let last_hold = holds.get(&role.role).copied();
+                    let before = previous.as_ref().map(|(r, _)| r);
+                    if let Some(step) = mark_of(before, &record, last_hold) {
+                        if step.blocked_by.is_some() {
+                            holds.insert(role.role.clone(), step.t);
+                        }
                         // For the charts' marks; a chart without it loses a mark, no more.
                         // Apart from the loop: a roles' stream slow to answer holds no decision.
                         let cluster = cluster.clone();
@@ -450,13 +457,20 @@ async fn decide(
     }
 }
 
+/// Least time between two marks of holds of one role: a role going between holding and
+/// being held every look marks a hold a minute at most, so holds do not crowd the steps
+/// and samples out of the roles' stream.
+pub(crate) const HOLD_EVERY_MS: u64 = 60_000;
+
 /// The mark on the roles chart that `record` makes, after `previous` (the record it
 /// replaces): a step it took, from the size before; a step it wanted and was held from,
 /// when it was not held from that same step, by the same, the look before (a leader held by
-/// a cooldown for a minute would mark every look otherwise).
+/// a cooldown for a minute would mark every look otherwise), and the role's last hold
+/// marked (`last_hold`, its time) is [`HOLD_EVERY_MS`] old.
 pub(crate) fn mark_of(
     previous: Option<&ScalingRecord>,
     record: &ScalingRecord,
+    last_hold: Option<u64>,
 ) -> Option<crate::roles::RoleDecision> {
     let mark = |from: u32, blocked_by: Option<String>| crate::roles::RoleDecision {
         t: record.at_ms,
@@ -477,7 +491,8 @@ pub(crate) fn mark_of(
                     && p.reason == record.reason
                     && p.blocked_by == record.blocked_by
             });
-            (!same).then(|| mark(record.desired, record.blocked_by.clone()))
+            let recent = last_hold.is_some_and(|t| record.at_ms < t.saturating_add(HOLD_EVERY_MS));
+            (!same && !recent).then(|| mark(record.desired, record.blocked_by.clone()))
         }
         _ => None,
     }
@@ -697,23 +712,39 @@ mod tests {
         let scaled = record("scale", 6, "overload", None);
         let held = record("blocked", 6, "overload", Some("cooldown"));
         // A step taken: from the size before.
-        let step = mark_of(Some(&record("hold", 2, "", None)), &scaled).unwrap();
+        let step = mark_of(Some(&record("hold", 2, "", None)), &scaled, None).unwrap();
         assert_eq!((step.from, step.to, step.blocked_by), (2, 6, None));
-        assert_eq!(mark_of(None, &scaled), None, "no size before it");
+        assert_eq!(mark_of(None, &scaled, None), None, "no size before it");
         // Held: marked once, at the size held, saying by what.
-        let mark = mark_of(Some(&scaled), &held).unwrap();
+        let mark = mark_of(Some(&scaled), &held, None).unwrap();
         assert_eq!((mark.from, mark.to), (6, 6));
         assert_eq!(
             (mark.reason.as_str(), mark.blocked_by.as_deref()),
             ("overload", Some("cooldown"))
         );
-        assert_eq!(mark_of(Some(&held), &held), None, "the same hold again");
+        assert_eq!(
+            mark_of(Some(&held), &held, None),
+            None,
+            "the same hold again"
+        );
         // Held by something else, or for another step: marked again.
-        let by_max = record("blocked", 6, "overload", Some("max"));
-        assert!(mark_of(Some(&held), &by_max).is_some());
+        let by_max = record("blocked", 6, "overload", Some("at-max"));
+        assert!(mark_of(Some(&held), &by_max, None).is_some());
         let other = record("blocked", 6, "high-utilisation", Some("cooldown"));
-        assert!(mark_of(Some(&held), &other).is_some());
-        assert_eq!(mark_of(Some(&held), &record("hold", 6, "", None)), None);
+        assert!(mark_of(Some(&held), &other, None).is_some());
+        assert_eq!(
+            mark_of(Some(&held), &record("hold", 6, "", None), None),
+            None
+        );
+        // A hold a minute after the role's last one marked at most: going between holding
+        // and being held every look does not mark every other look.
+        let after_a_hold = record("hold", 6, "", None);
+        assert_eq!(mark_of(Some(&after_a_hold), &held, Some(7 - 1)), None);
+        let held_later = ScalingRecord {
+            at_ms: 7 + HOLD_EVERY_MS,
+            ..held.clone()
+        };
+        assert!(mark_of(Some(&after_a_hold), &held_later, Some(7)).is_some());
     }
 
     #[test]

@@ -89,7 +89,7 @@ fn shell(version: &str, logout: bool, url: &str) -> String {
 </section>
 <section class="panel wide plot">
 <h2>Roles over time</h2>
-<p class="note">Each role's agents on the live nodes (solid, left axis) and its tasks waiting for a node (dashed, right axis) over the last fifteen minutes, sampled every 2 s and kept in the cluster; a dashed vertical line in a role's colour marks each step the scaling leader decided on its size.</p>
+<p class="note">Each role's agents on the live nodes (solid, left axis) and its tasks waiting for a node (dashed, right axis) over the last fifteen minutes, sampled every 2 s and kept in the cluster; a dashed vertical line in a role's colour marks each step the scaling leader decided on its size, a short tick at the top a step it wanted and was held from.</p>
 <div id="chart-roles" class="chart"></div>
 <p id="roles-now" class="note">Waiting for the first sample.</p>
 </section>
@@ -106,7 +106,7 @@ fn shell(version: &str, logout: bool, url: &str) -> String {
 <section class="panel wide">
 <h2>Agents</h2>
 <p class="note">Every agent of the cluster, as each live node answers for its own: a page of each node's, or of the node named, with its tier, role, state, health, breaker, error rate, reputation and load. Filter by role, health or state; page on one node at a time.</p>
-<form id="agent-filter" class="filter" hx-get="/ui/cluster/agents/list" hx-target="#agent-list" hx-trigger="load, change">
+<form id="agent-filter" class="filter" hx-get="/ui/cluster/agents/list" hx-target="#agent-list" hx-trigger="load, change" hx-sync="this:replace">
 <label for="agent-node">Node</label>
 <input id="agent-node" name="node" placeholder="every node" maxlength="128">
 <label for="agent-role">Role</label>
@@ -355,8 +355,11 @@ fn troubled_table(answers: &[colony_cluster::agents::NodeAgents]) -> String {
     out
 }
 
-/// Agents the agents panel lists a node at once.
+/// Agents the agents panel lists of the node named, a page at once.
 const AGENTS_PAGE: usize = 25;
+/// Agents it lists of each node when it names none: a cluster of hundreds of nodes is
+/// thousands of rows even so, and a node is paged on by name.
+const AGENTS_EACH: usize = 5;
 
 /// The agents panel's form, as the browser sends it: empty fields are no filter.
 #[derive(Debug, Default, serde::Deserialize)]
@@ -414,12 +417,25 @@ fn agents_asked(
     if after.is_some() && node.is_none() {
         return Err("a page after an agent is one node's: name the node".into());
     }
+    let state = given(form.state);
+    if let Some(state) = &state
+        && !["up", "down", "retired", "vacant"].contains(&state.as_str())
+    {
+        return Err(format!(
+            "state `{}` is not one of up, down, retired, vacant",
+            colony_core::text::shorten(state, 40)
+        ));
+    }
     let query = colony_runtime::agents::AgentQuery {
         role,
         health,
-        state: given(form.state),
+        state,
         after,
-        limit: Some(AGENTS_PAGE),
+        limit: Some(if node.is_some() {
+            AGENTS_PAGE
+        } else {
+            AGENTS_EACH
+        }),
         ..Default::default()
     };
     query.check()?;
@@ -454,7 +470,18 @@ async fn agent_list(
         Err(why) => return said(&why),
     };
     match app.cluster.agents(node.as_deref(), &query).await {
-        Ok(nodes) => ok(agent_table(&nodes, &filters)),
+        Ok(nodes) => {
+            let mut html = agent_table(&nodes, &filters);
+            // Paged on one node: the way back to a page of every node's.
+            if query.after.is_some() {
+                let _ = write!(
+                    html,
+                    r##"<button type="button" class="more" hx-get="/ui/cluster/agents/list?{}" hx-target="#agent-list">Back to every node</button>"##,
+                    Esc(filters.trim_start_matches('&')),
+                );
+            }
+            ok(html)
+        }
         Err(e) => said(&e.to_string()),
     }
 }
@@ -620,7 +647,7 @@ mod tests {
         let (node, query, filters) = agents_asked(form(&[("node", " "), ("role", "")])).unwrap();
         assert_eq!(
             (node, query.role, query.limit, filters.as_str()),
-            (None, None, Some(AGENTS_PAGE), "")
+            (None, None, Some(AGENTS_EACH), "")
         );
         let (node, query, filters) = agents_asked(form(&[
             ("node", "n1"),
@@ -631,12 +658,14 @@ mod tests {
         ]))
         .unwrap();
         assert_eq!(node.as_deref(), Some("n1"));
-        assert_eq!(query.after, Some(40));
+        assert_eq!((query.after, query.limit), (Some(40), Some(AGENTS_PAGE)));
         assert_eq!(filters, "&role=coder&health=critical&state=up");
+        let long = "z".repeat(10_000);
         for (bad, said) in [
             (form(&[("role", HOSTILE)]), "cannot name a cluster subject"),
             (form(&[("health", "sick")]), "not one of healthy"),
             (form(&[("state", "asleep")]), "not one of up"),
+            (form(&[("state", long.as_str())]), "…"),
             (form(&[("after", "x")]), "no agent's id"),
             (form(&[("after", "3")]), "name the node"),
             (form(&[("node", HOSTILE)]), "no node's name"),

@@ -348,9 +348,12 @@
       let stepped = step
         ? "; last step: " + step.role + " " + step.from + " → " + step.to + " nodes (" + step.reason + ")"
         : "";
-      if (latest && latest.kind === "scale:blocked") {
+      // A hold is said while it is the latest mark and a minute old at most (its end is no
+      // mark: the leader may have gone back to holding since).
+      const newest = last >= 0 ? roles.t[last] : 0;
+      if (latest && latest.kind === "scale:blocked" && latest.t >= newest - 60000) {
         stepped += "; held: " + latest.role + " at " + latest.to + " nodes, wanted " + latest.reason +
-          " (by " + latest.by + ")";
+          " (by " + (latest.by || "?") + ")";
       }
       legend.textContent = (roles.names.length === 0 ? "No role yet." : roles.names
         .map((name, i) => {
