@@ -39,6 +39,23 @@ async fn runtime(role: &str, agents: u32, latency: Duration) -> Runtime {
     start(vec![sim_pool(role, agents, latency)]).await
 }
 
+/// `agents` `command` agents serving `role`, each running `sh -c SCRIPT sh ARGS...` (the
+/// payload on its stdin, `{{input.KEY}}` in `args` filled from it).
+fn sh_pool(role: &str, agents: u32, script: &str, args: &[&str]) -> Pool {
+    use colony_agents::command::{Command, CommandOptions};
+    let mut argv = vec!["-c".to_owned(), script.to_owned(), "sh".to_owned()];
+    argv.extend(args.iter().map(|a| (*a).to_owned()));
+    let options = CommandOptions {
+        args: argv,
+        ..CommandOptions::new("sh")
+    };
+    Pool::new(
+        AgentSpec::new("command", role),
+        agents,
+        Arc::new(Command::new(options)),
+    )
+}
+
 /// `agents` sim agents serving `role`.
 fn sim_pool(role: &str, agents: u32, options: SimOptions) -> Pool {
     let sim = Sim::new(options).unwrap();
@@ -1603,23 +1620,12 @@ async fn the_cluster_bench_checks_its_votes_and_says_what_missed() {
 /// each weighing 1, `x` wins; with `wb` at 2, `y` does (4 against 3).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_vote_weighs_its_voters_by_the_roles_of_the_nodes_pools() {
-    use colony_agents::command::{Command, CommandOptions};
     use colony_cluster::Decide;
     use colony_core::decision::{DecisionOptions, Protocol};
     let dir = tempfile::tempdir().unwrap();
     let server = tokio::task::block_in_place(|| NatsServer::single(dir.path())).unwrap();
     let client = cluster(&server).await;
-    let saying = |role: &str, word: &str, n: u32| {
-        let options = CommandOptions {
-            args: vec!["-c".into(), format!("echo {word}")],
-            ..CommandOptions::new("sh")
-        };
-        Pool::new(
-            AgentSpec::new("command", role),
-            n,
-            Arc::new(Command::new(options)),
-        )
-    };
+    let saying = |role: &str, word: &str, n: u32| sh_pool(role, n, &format!("echo {word}"), &[]);
     let rt = start(vec![saying("wa", "x", 3), saying("wb", "y", 2)]).await;
     let node = join(&server, &rt, "weigher").await;
     let plain = Decide {
@@ -1664,24 +1670,14 @@ async fn a_vote_weighs_its_voters_by_the_roles_of_the_nodes_pools() {
 /// vote cancels it. What a spread vote cannot count is refused when sent.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_spread_vote_counts_ballots_from_agents_of_several_nodes() {
-    use colony_agents::command::{Command, CommandOptions};
     use colony_cluster::Decide;
     use colony_core::decision::DecisionOptions;
     use futures::StreamExt;
     let dir = tempfile::tempdir().unwrap();
     let server = tokio::task::block_in_place(|| NatsServer::single(dir.path())).unwrap();
     let client = cluster(&server).await;
-    let saying = |word: &str, after: &str| {
-        let options = CommandOptions {
-            args: vec!["-c".into(), format!("sleep {after}; echo {word}")],
-            ..CommandOptions::new("sh")
-        };
-        Pool::new(
-            AgentSpec::new("command", "judge"),
-            1,
-            Arc::new(Command::new(options)),
-        )
-    };
+    let saying =
+        |word: &str, after: &str| sh_pool("judge", 1, &format!("sleep {after}; echo {word}"), &[]);
     let mut runtimes = Vec::new();
     let mut nodes = Vec::new();
     for (name, word, after) in [("a", "x", "0.3"), ("b", "x", "0.3"), ("c", "y", "1.5")] {
@@ -1806,24 +1802,13 @@ async fn a_spread_vote_counts_ballots_from_agents_of_several_nodes() {
 /// node that does not say who voted is refused when such a vote is sent.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_spread_vote_weighs_each_ballot_by_the_role_and_reputation_of_its_voter() {
-    use colony_agents::command::{Command, CommandOptions};
     use colony_cluster::Decide;
     use colony_core::decision::{DecisionOptions, Protocol};
     use futures::StreamExt;
     let dir = tempfile::tempdir().unwrap();
     let server = tokio::task::block_in_place(|| NatsServer::single(dir.path())).unwrap();
     let client = cluster(&server).await;
-    let saying = |role: &str, word: &str| {
-        let options = CommandOptions {
-            args: vec!["-c".into(), format!("sleep 0.2; echo {word}")],
-            ..CommandOptions::new("sh")
-        };
-        Pool::new(
-            AgentSpec::new("command", role),
-            1,
-            Arc::new(Command::new(options)),
-        )
-    };
+    let saying = |role: &str, word: &str| sh_pool(role, 1, &format!("sleep 0.2; echo {word}"), &[]);
     let mut runtimes = Vec::new();
     let mut nodes = Vec::new();
     for (name, role, word) in [("a", "big", "y"), ("b", "small", "x"), ("c", "small", "x")] {
@@ -1940,7 +1925,6 @@ async fn a_spread_vote_weighs_each_ballot_by_the_role_and_reputation_of_its_vote
 /// and `c` say `x`, `b` says `y`; every agent approves a review and, as a judge, names `y`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_spread_vote_takes_its_rounds_and_its_judge_across_the_cluster() {
-    use colony_agents::command::{Command, CommandOptions};
     use colony_cluster::Decide;
     use colony_core::decision::{DecisionOptions, Protocol, Tie};
     let dir = tempfile::tempdir().unwrap();
@@ -1950,15 +1934,7 @@ async fn a_spread_vote_takes_its_rounds_and_its_judge_across_the_cluster() {
         let script = format!(
             "p=$(cat); sleep 0.3; case \"$p\" in *'\"judge\"'*) echo y;; *'\"review\"'*) echo approve;; *) echo {word};; esac"
         );
-        let options = CommandOptions {
-            args: vec!["-c".into(), script],
-            ..CommandOptions::new("sh")
-        };
-        Pool::new(
-            AgentSpec::new("command", "voter"),
-            1,
-            Arc::new(Command::new(options)),
-        )
+        sh_pool("voter", 1, &script, &[])
     };
     let mut runtimes = Vec::new();
     let mut nodes = Vec::new();
@@ -2390,24 +2366,13 @@ async fn a_spread_team_takes_its_members_from_several_nodes() {
 /// it refused when sent.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_spread_teams_member_hands_its_ask_to_a_member_on_another_node() {
-    use colony_agents::command::{Command, CommandOptions};
     use colony_runtime::team::Team;
     let dir = tempfile::tempdir().unwrap();
     let server = tokio::task::block_in_place(|| NatsServer::single(dir.path())).unwrap();
     let client = cluster(&server).await;
     // The lead hands every ask on to the role its input names; the relay, to a hand.
     let script = r#"printf '{"delegate": {"role": "%s", "input": {"why": "busy"}}}' "$1""#;
-    let handing = |role: &str, to: &str| {
-        let options = CommandOptions {
-            args: vec!["-c".into(), script.into(), "sh".into(), to.into()],
-            ..CommandOptions::new("sh")
-        };
-        Pool::new(
-            AgentSpec::new("command", role),
-            1,
-            Arc::new(Command::new(options)),
-        )
-    };
+    let handing = |role: &str, to: &str| sh_pool(role, 1, script, &[to]);
     let lead = start(vec![handing("lead", "{{input.to}}")]).await;
     let relay = start(vec![handing("relay", "hand")]).await;
     let hands = runtime("hand", 2, Duration::from_millis(1)).await;

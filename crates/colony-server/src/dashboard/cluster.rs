@@ -281,6 +281,15 @@ fn nodes_table(nodes: &[colony_cluster::NodeInfo], now: u64) -> String {
     out
 }
 
+/// A field of an agent as a node answered it, as a table cell's text: `-` when absent.
+fn cell(value: &serde_json::Value) -> String {
+    match value {
+        serde_json::Value::String(s) => s.clone(),
+        serde_json::Value::Null => "-".into(),
+        v => v.to_string(),
+    }
+}
+
 /// Most workers of each health the panel lists a node.
 const TROUBLED_PAGE: usize = 20;
 
@@ -323,11 +332,7 @@ fn troubled_table(answers: &[colony_cluster::agents::NodeAgents]) -> String {
     } else {
         out.push_str(r#"<table id="troubled-table"><thead><tr><th>Node</th><th class="num">Agent</th><th>Role</th><th>Health</th><th>State</th><th>Breaker</th><th class="num">Error rate</th></tr></thead><tbody>"#);
         for (node, a) in rows {
-            let text = |f: &str| match &a[f] {
-                serde_json::Value::String(s) => s.clone(),
-                serde_json::Value::Null => "-".into(),
-                v => v.to_string(),
-            };
+            let text = |f: &str| cell(&a[f]);
             let rate = a["error-rate"]
                 .as_f64()
                 .map_or("-".into(), |r| format!("{:.0} %", r * 100.0));
@@ -499,11 +504,7 @@ fn agent_table(answers: &[colony_cluster::agents::NodeAgents], filters: &str) ->
     } else {
         out.push_str(r#"<table id="agent-table"><thead><tr><th>Node</th><th class="num">Agent</th><th>Tier</th><th>Role</th><th>State</th><th>Health</th><th>Breaker</th><th class="num">Error rate</th><th class="num">Reputation</th><th class="num">Load</th></tr></thead><tbody>"#);
         for (node, a) in rows {
-            let text = |f: &str| match &a[f] {
-                serde_json::Value::String(s) => s.clone(),
-                serde_json::Value::Null => "-".into(),
-                v => v.to_string(),
-            };
+            let text = |f: &str| cell(&a[f]);
             let share = |f: &str, percent: bool| {
                 a[f].as_f64().map_or("-".into(), |r| {
                     if percent {
