@@ -245,6 +245,29 @@ pub(crate) fn part_size(client: &async_nats::Client) -> usize {
 /// The stream `name` (made if it is not there) of a log of writes in order on `subject`: a
 /// journal's or a memory's (`what`). File storage, kept until deleted, dedupe ids
 /// remembered two minutes.
+/// The log stream `name`: made as [`log_stream`] does when `make`, else found; `missing()`
+/// when it is not there, and other failures named with `what`.
+pub(crate) async fn open_log_stream(
+    js: &jetstream::Context,
+    make: bool,
+    (name, subject): (String, String),
+    replicas: usize,
+    what: &str,
+    missing: impl FnOnce() -> Error,
+) -> Result<stream::Stream, Error> {
+    if make {
+        return log_stream(js, name, subject, replicas, what).await;
+    }
+    js.get_stream(name).await.map_err(|e| match e.kind() {
+        jetstream::context::GetStreamErrorKind::JetStream(j)
+            if j.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND =>
+        {
+            missing()
+        }
+        _ => Error::nats(what, e),
+    })
+}
+
 pub(crate) async fn log_stream(
     js: &jetstream::Context,
     name: String,
@@ -907,30 +930,18 @@ impl Writer {
         let (client, js) = crate::client::connect(&options.url, "--db").await?;
         let part = part_size(&client);
         let what = format!("the journal {}", options.name);
-        let stream = if make {
-            log_stream(
-                &js,
-                options.stream(),
-                options.subject(),
-                options.replicas,
-                &what,
-            )
-            .await?
-        } else {
-            js.get_stream(options.stream())
-                .await
-                .map_err(|e| match e.kind() {
-                    jetstream::context::GetStreamErrorKind::JetStream(j)
-                        if j.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND =>
-                    {
-                        Error::NoJournal {
-                            url: options.url.clone(),
-                            stream: options.stream(),
-                        }
-                    }
-                    _ => Error::nats(&what, e),
-                })?
-        };
+        let stream = open_log_stream(
+            &js,
+            make,
+            (options.stream(), options.subject()),
+            options.replicas,
+            &what,
+            || Error::NoJournal {
+                url: options.url.clone(),
+                stream: options.stream(),
+            },
+        )
+        .await?;
         let writer = Writer {
             js,
             stream,

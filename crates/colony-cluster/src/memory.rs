@@ -640,33 +640,21 @@ async fn connect(
     let part = crate::journal::part_size(&client);
     let url = shown(&options.url);
     let shown = format!("the memory {} at {url}", options.name);
-    let stream = if create {
-        let what = format!("the memory {}", options.name);
-        crate::journal::log_stream(
-            &js,
-            options.stream(),
-            options.subject(),
-            options.replicas,
-            &what,
-        )
-        .await?
-    } else {
-        js.get_stream(options.stream())
-            .await
-            .map_err(|e| match e.kind() {
-                jetstream::context::GetStreamErrorKind::JetStream(j)
-                    if j.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND =>
-                {
-                    Error::Settings(format!(
-                        "{flag}: no memory {} at {} (no stream {})",
-                        options.name,
-                        url,
-                        options.stream()
-                    ))
-                }
-                _ => Error::nats(&shown, e),
-            })?
-    };
+    let stream = crate::journal::open_log_stream(
+        &js,
+        create,
+        (options.stream(), options.subject()),
+        options.replicas,
+        &shown,
+        || {
+            Error::Settings(format!(
+                "{flag}: no memory {} at {url} (no stream {})",
+                options.name,
+                options.stream()
+            ))
+        },
+    )
+    .await?;
     let copy = new_copy(approximate).map_err(|e| Error::nats(&shown, e))?;
     Ok(Inner {
         copy: std::sync::RwLock::new(Arc::new(copy)),
