@@ -219,8 +219,13 @@ pub(crate) fn parse_subject(subject: &str) -> Option<(&str, u8, u64)> {
     let (priority, tasks) = match rest.split_once('.') {
         None => (rest, 1),
         Some((priority, count)) => {
+            // At most a bundle's most: a hand-made subject claiming more is no bundle.
             let digits = !count.is_empty() && count.len() <= 6;
-            let tasks: u64 = count.parse().ok().filter(|n| digits && *n >= 1)?;
+            let most = crate::bundle::MAX_TASKS as u64;
+            let tasks: u64 = count
+                .parse()
+                .ok()
+                .filter(|n| digits && (1..=most).contains(n))?;
             (priority, tasks)
         }
     };
@@ -376,6 +381,7 @@ mod tests {
             "colony.tasks.worker.p5.x",
             "colony.tasks.worker.p5.",
             "colony.tasks.worker.p5.1234567",
+            "colony.tasks.worker.p5.513",
             "colony.tasks.worker.p5.16.2",
             "colony.tasks.a*.p5",
             "colony.memory.x",
