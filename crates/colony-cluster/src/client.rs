@@ -354,6 +354,25 @@ impl Cluster {
         Ok(out)
     }
 
+    /// Updates a consumer of the tasks stream to `wider` ([`settings::widened`]). It keeps
+    /// its place: a bundle it passed over while narrow (an old node pulled past it) is not
+    /// delivered; a client widens a consumer before it sends bundles to it, so none is sent
+    /// while it is.
+    pub(crate) async fn widen_consumer(
+        &self,
+        wider: jetstream::consumer::Config,
+    ) -> Result<jetstream::consumer::PullConsumer, Error> {
+        use jetstream::consumer::{FromConsumer, pull};
+        let name = wider.durable_name.clone().unwrap_or_default();
+        let failed =
+            |e: &dyn std::fmt::Display| Error::nats(format!("widening the consumer {name}"), e);
+        let config = pull::Config::try_from_consumer_config(wider).map_err(|e| failed(&e))?;
+        self.stream
+            .update_consumer(config)
+            .await
+            .map_err(|e| failed(&e))
+    }
+
     /// Widens the consumer that takes the bundles of `subject` ([`settings::bundle_subject`])
     /// where a node from before bundles had subjects made it and no node of this version
     /// has widened it since (the role's nodes all left before the upgrade): else the bundle
@@ -373,7 +392,7 @@ impl Cluster {
         match self.stream.consumer_info(&name).await {
             Ok(info) => {
                 if let Some(wider) = settings::widened(&info.config, &plain) {
-                    crate::node::widen(self, wider).await?;
+                    self.widen_consumer(wider).await?;
                 }
             }
             Err(e) => {

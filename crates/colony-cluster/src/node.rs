@@ -453,7 +453,8 @@ pub(crate) fn check_name(name: &str) -> Result<(), Error> {
 
 /// The consumers of `role`'s tasks (any agent's when `None`), one for each priority, the
 /// highest first, made if they are not there, each taking its priority's plain tasks and
-/// bundles (one made before bundles had subjects of their own is widened). The one consumer of every priority that
+/// bundles (one made before bundles had subjects of their own is widened). The one
+/// consumer of every priority that
 /// nodes made before is deleted first: its subjects overlap theirs, which a work-queue
 /// stream refuses. The tasks it had delivered and not yet acknowledged stay in the stream,
 /// and the new consumers deliver them again.
@@ -500,7 +501,7 @@ async fn by_priority(cluster: &Cluster, role: Option<&str>) -> Result<Vec<PullCo
                             let info = consumer.cached_info();
                             return match settings::widened(&info.config, &subject) {
                                 None => Ok(consumer),
-                                Some(wider) => widen(cluster, wider).await,
+                                Some(wider) => cluster.widen_consumer(wider).await,
                             };
                         }
                         Err(e) if transient(&e) && Instant::now() + pause < deadline => {
@@ -514,25 +515,6 @@ async fn by_priority(cluster: &Cluster, role: Option<&str>) -> Result<Vec<PullCo
             }
         });
     futures::future::try_join_all(made).await
-}
-
-/// Updates a consumer to `wider` ([`settings::widened`]). The consumer keeps its place: a
-/// bundle it passed over while narrow (an old node pulled past it) is not delivered; a
-/// client widens a consumer before it sends bundles to it, so none is sent while it is.
-pub(crate) async fn widen(
-    cluster: &Cluster,
-    wider: async_nats::jetstream::consumer::Config,
-) -> Result<PullConsumer, Error> {
-    use async_nats::jetstream::consumer::FromConsumer;
-    let name = wider.durable_name.clone().unwrap_or_default();
-    let failed =
-        |e: &dyn std::fmt::Display| Error::nats(format!("widening the consumer {name}"), e);
-    let config = pull::Config::try_from_consumer_config(wider).map_err(|e| failed(&e))?;
-    cluster
-        .stream
-        .update_consumer(config)
-        .await
-        .map_err(|e| failed(&e))
 }
 
 /// How long a node keeps asking for its consumers while the cluster cannot make them yet.
