@@ -28,6 +28,7 @@ use std::{
 };
 use tokio::sync::{Semaphore, watch};
 
+mod agreed;
 mod bundled;
 mod slots;
 mod spread;
@@ -226,6 +227,8 @@ pub struct Node {
     heart: tokio::task::JoinHandle<Option<()>>,
     /// Answers `colony cluster agents` for this node's agents.
     answers: tokio::task::JoinHandle<Option<()>>,
+    /// Feeds its agents' reputations with what spread votes they voted in came to.
+    agreed: tokio::task::JoinHandle<Option<()>>,
     info: NodeInfo,
 }
 
@@ -326,9 +329,17 @@ impl Node {
             phase_rx.clone(),
         )
         .await?;
+        let agreed = agreed::hear(
+            cluster.client.clone(),
+            &options.name,
+            handle.clone(),
+            phase_rx.clone(),
+        )
+        .await?;
         let ttl = cluster.settings.heartbeat_ttl;
         let joined = membership::join(&cluster.nodes, &info, ttl).await?;
         let answers = Spawner::spawn("cluster-agent-queries", answers);
+        let agreed = Spawner::spawn("cluster-votes-agreed", agreed);
         // The node's own slots (--max-in-flight), which every delivery takes besides its
         // role's.
         let all = u32::try_from(max_in_flight).unwrap_or(u32::MAX);
@@ -373,6 +384,7 @@ impl Node {
             pullers,
             heart,
             answers,
+            agreed,
             info,
         })
     }
@@ -435,6 +447,7 @@ impl Node {
         }
         // Out of the list first: a node listed answers for its agents.
         self.answers.abort();
+        self.agreed.abort();
         let _ = self.shared.cluster.flush().await;
         self.shared.counters.report()
     }
@@ -1257,6 +1270,7 @@ async fn attempt(
     }
     (ended.decision, ended.team) = (summaries.decision, summaries.team);
     ended.voter = summaries.voter.map(Box::new);
+    let agreed = summaries.agreed;
     let mut kind = kind;
     if ended.encode().len() > MAX_RECORD {
         // The record cannot hold it (a long key with a large output): failed for good,
@@ -1280,6 +1294,11 @@ async fn attempt(
     match end(shared, id, &ended, revision).await {
         Ended::Written => {
             shared.counters.add(kind);
+            // A spread vote decided and written once: its voters' nodes feed their
+            // reputations.
+            if kind == Kind::Succeeded && !agreed.is_empty() {
+                agreed::tell(&shared.cluster.client, id, agreed).await;
+            }
             Settled::Answer(reply)
         }
         Ended::Fenced => {
@@ -1444,6 +1463,9 @@ struct Summaries {
     team: Option<Box<TeamSummary>>,
     /// A ballot of a spread vote that weighs its voters: who voted.
     voter: Option<Voter>,
+    /// A decided spread vote: its voters by node, each agreeing or dissenting, told to
+    /// their nodes once the end is written.
+    agreed: std::collections::BTreeMap<String, Vec<agreed::Voted>>,
 }
 
 /// How an attempt ended on this node's runtime.
@@ -1545,7 +1567,7 @@ impl Finished {
     /// A spread vote's outcome as the task's end: the winner's output, or a failure naming
     /// the reason and why voters have no ballot counted. The winner's agents are other
     /// nodes', so the record names none.
-    fn of_spread(spread: &spread::Spread) -> Self {
+    fn of_spread(mut spread: spread::Spread) -> Self {
         let record = spread.outcome.record();
         let winner = spread.outcome.winner();
         let summary = DecisionSummary {
@@ -1562,6 +1584,7 @@ impl Finished {
         };
         let summaries = Summaries {
             decision: Some(Box::new(summary)),
+            agreed: std::mem::take(&mut spread.agreed),
             ..Summaries::default()
         };
         match winner {
@@ -1775,10 +1798,7 @@ async fn run(
                 id,
                 started.lease.clone(),
             );
-            (
-                None,
-                spread_run(shared, counting, |s| Finished::of_spread(&s)),
-            )
+            (None, spread_run(shared, counting, Finished::of_spread))
         }
         // Seated (which may wait for room on this runtime) and counted while the delivery
         // is kept alive below, so a wait for room is acked, fenced and handed back too.

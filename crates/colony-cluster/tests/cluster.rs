@@ -1794,12 +1794,43 @@ async fn a_spread_vote_counts_ballots_from_agents_of_several_nodes() {
     }
 }
 
+/// The one worker of `rt` and its reputation's score, once it has `observations` of them
+/// (waited for up to 10 s).
+async fn reputation_once(rt: &Runtime, observations: u32) -> (u32, f64) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let seen = rt
+            .handle()
+            .observe(|live| {
+                let tree = &live.tree;
+                (0..tree.len() as u32)
+                    .map(colony_core::AgentId)
+                    .find(|&a| tree.tier(a) == tree.worker_tier())
+                    .map(|a| (a.0, live.reputation(a)))
+            })
+            .await
+            .unwrap()
+            .expect("a worker");
+        if seen.1.observations() >= observations {
+            return (seen.0, seen.1.score());
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{} observations, waiting for {observations}",
+            seen.1.observations()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// A spread vote that weighs its voters weighs each ballot by who ran it, as its record
 /// says: the role of the agent's pool on its node, and its reputation there when asked.
 /// Three nodes of one agent each, of role `big` (saying `y`) and `small` (two saying `x`),
 /// a vote any agent may answer: unweighed `x` wins 2 to 1; with `big` weighing 3, `y` wins 3
 /// to 2; by reputation too, each ballot's record gives its voter's role and reputation. A
-/// node that does not say who voted is refused when such a vote is sent.
+/// decided vote feeds each voter's reputation on its node, the dissenter's down; a word of
+/// it naming another role than the agent's is passed over. A node that does not say who
+/// voted is refused when such a vote is sent.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_spread_vote_weighs_each_ballot_by_the_role_and_reputation_of_its_voter() {
     use colony_cluster::Decide;
@@ -1845,6 +1876,34 @@ async fn a_spread_vote_weighs_each_ballot_by_the_role_and_reputation_of_its_vote
         ("x", 3, Some(3)),
         "{d:?}"
     );
+    // Each voter's node was told whether its agent agreed: one observation for answering
+    // the ballot, one for the vote; `a`'s agent dissented.
+    let mut after = Vec::new();
+    for rt in &runtimes {
+        after.push(reputation_once(rt, 2).await);
+    }
+    let [(big, a), (_, b), (_, c)] = after[..] else {
+        unreachable!()
+    };
+    assert!(a < b && (b - c).abs() < 1e-9, "{after:?}");
+    // A word naming the agent with another role than its pool's is passed over; with its
+    // own, it is fed.
+    let nats = async_nats::connect(server.url()).await.unwrap();
+    for (role, observations) in [("small", 2), ("big", 3)] {
+        let word = serde_json::json!({"vote": 1, "voters": [{"agent": big, "role": role, "agreed": true}]});
+        nats.publish("colony.agreed.a", word.to_string().into())
+            .await
+            .unwrap();
+        nats.flush().await.unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let (_, seen) = reputation_once(&runtimes[0], observations).await;
+        let now = runtimes[0]
+            .handle()
+            .observe(move |live| live.reputation(colony_core::AgentId(big)).observations())
+            .await
+            .unwrap();
+        assert_eq!(now, observations, "role {role}: {seen}");
+    }
     let (won, d) = decided(vote(&[("big", 3.0)], false)).await;
     assert_eq!(won, "y", "{d:?}");
     assert_eq!((d.counted, d.support), (3, Some(3.0 / 5.0)), "{d:?}");

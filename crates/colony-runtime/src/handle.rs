@@ -320,8 +320,11 @@ impl Handle {
         let _ = self.shared.inbox.send(Command::Cancel { task, reply });
     }
 
-    /// Tells the voters' reputations who agreed with a decided outcome, without waiting.
-    pub(crate) fn agreed(&self, votes: Vec<(AgentId, bool)>) {
+    /// Tells the voters' reputations who agreed with a decided outcome (`true`) and who
+    /// dissented, without waiting. A runtime's own votes do this as they end; a vote whose
+    /// ballots ran here but were counted elsewhere (one spread over a cluster's nodes) is
+    /// told by whoever counted it. Agents no longer in the tree are passed over.
+    pub fn agreed(&self, votes: Vec<(AgentId, bool)>) {
         let _ = self.shared.inbox.send(Command::Agreed(votes));
     }
 

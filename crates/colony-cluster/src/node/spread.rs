@@ -7,6 +7,7 @@
 //! asked once more. The ballot tasks still out when the decision ends, or when the attempt
 //! is dropped (fenced, handed back), are cancelled.
 
+use super::agreed;
 use crate::{
     Cluster, Error, RecordsFrom, Row,
     wire::{Decide, Weigh},
@@ -18,7 +19,7 @@ use colony_core::{
 };
 use futures::{FutureExt, StreamExt, stream::FuturesUnordered};
 use std::{
-    collections::{HashMap, HashSet},
+    collections::{BTreeMap, HashMap, HashSet},
     sync::Arc,
 };
 use tokio::sync::oneshot;
@@ -38,10 +39,23 @@ const ASKS_PER_SEAT: u32 = 2;
 #[derive(Debug, Default)]
 struct Seat {
     asked: u32,
-    /// The node whose agent's ballot counted for it.
-    voter: Option<String>,
+    /// Who cast the ballot last counted for it.
+    voter: Option<Counted>,
     /// Why it has no ballot counted.
     problem: Option<String>,
+}
+
+/// Who cast a ballot counted for a seat.
+#[derive(Debug)]
+struct Counted {
+    /// The node whose agent it was.
+    node: String,
+    /// The agent, when its ballot's record named one.
+    agent: Option<u64>,
+    /// The round it was counted in.
+    round: u32,
+    /// The role of the agent's pool, when its ballot's record said it.
+    role: Option<String>,
 }
 
 /// A spread vote run to its end.
@@ -55,6 +69,10 @@ pub(super) struct Spread {
     pub(super) nodes: u32,
     /// Why seats have no ballot counted, the first few, for a failure's message.
     pub(super) problems: Vec<String>,
+    /// A decided vote's voters counted in the deciding round, by node: whether each agreed
+    /// with the outcome, for their nodes to feed their reputations once the vote's end is
+    /// written.
+    pub(super) agreed: BTreeMap<String, Vec<agreed::Voted>>,
 }
 
 impl Spread {
@@ -539,7 +557,12 @@ impl Count {
         if let Some(v) = voter {
             self.voted.insert(v);
         }
-        self.seats[s].voter = Some(row.node.clone());
+        self.seats[s].voter = Some(Counted {
+            node: row.node.clone(),
+            agent: row.agent,
+            round,
+            role: row.voter.as_ref().map(|v| v.role.clone()),
+        });
         // `leader`: the proposal is in; every other seat is asked to review it.
         if let (Progress::Pending, Some(proposal)) = (&progress, proposal)
             && self.reviewed != Some(round)
@@ -678,8 +701,9 @@ pub(super) async fn decide(
     let nodes: HashSet<&str> = count
         .seats
         .iter()
-        .filter_map(|s| s.voter.as_deref())
+        .filter_map(|s| s.voter.as_ref().map(|v| v.node.as_str()))
         .collect();
+    let agreed = agreement(&outcome, &count.seats);
     let judge = count.judge_problem.map(|p| format!("the judge: {p}"));
     let problems = count
         .seats
@@ -695,7 +719,38 @@ pub(super) async fn decide(
         asked: count.asked,
         nodes: u32::try_from(nodes.len()).unwrap_or(u32::MAX),
         problems,
+        agreed,
     })
+}
+
+/// The voters of `outcome`'s deciding round (seats, as the engine knows them) as the agents
+/// that cast their ballots, by node: counted for the winner or dissenting. None when the
+/// vote failed; a seat whose ballot's record named no agent is passed over.
+fn agreement(outcome: &Outcome, seats: &[Seat]) -> BTreeMap<String, Vec<agreed::Voted>> {
+    let mut by_node: BTreeMap<String, Vec<agreed::Voted>> = BTreeMap::new();
+    let Some(winner) = outcome.winner() else {
+        return by_node;
+    };
+    let round = outcome.record().round;
+    let agreeing = winner.voters.iter().map(|&seat| (seat, true));
+    let dissenting = winner.dissenters.iter().map(|&seat| (seat, false));
+    for (seat, agreed) in agreeing.chain(dissenting) {
+        let Some(counted) = seats.get(seat.index()).and_then(|s| s.voter.as_ref()) else {
+            continue;
+        };
+        let Some(agent) = counted.agent.filter(|_| counted.round == round) else {
+            continue;
+        };
+        by_node
+            .entry(counted.node.clone())
+            .or_default()
+            .push(agreed::Voted {
+                agent,
+                role: counted.role.clone(),
+                agreed,
+            });
+    }
+    by_node
 }
 
 /// Task `id`, asked for `key`, once it ended.
@@ -957,4 +1012,63 @@ pub(super) async fn team(
         last = output;
     }
     Ok(ended(Ok(last), steps, asks, reassigned, &nodes))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use colony_core::decision::{Ballot, DecisionOptions};
+    use std::time::Duration;
+
+    /// Who agreed is told by node, of the deciding round, for the agents the records named.
+    #[test]
+    fn a_decided_votes_voters_are_told_by_node_whether_they_agreed() {
+        let options = DecisionOptions {
+            participation: 1.0,
+            ..DecisionOptions::with(Protocol::Majority)
+        };
+        let seats: Vec<Participant> = (0..4).map(|i| Participant::new(AgentId(i))).collect();
+        let mut decision = Decision::new(options, &seats).unwrap();
+        let mut progress = Progress::Pending;
+        for (seat, vote) in [(0, "x"), (1, "x"), (2, "y"), (3, "x")] {
+            progress = decision
+                .cast(Ballot::output(AgentId(seat), vote), Duration::ZERO)
+                .unwrap();
+        }
+        let Progress::Done(outcome) = progress else {
+            panic!("{progress:?}")
+        };
+        let counted = |node: &str, agent: Option<u64>, round: u32| Seat {
+            voter: Some(Counted {
+                node: node.into(),
+                agent,
+                round,
+                role: Some("r".into()),
+            }),
+            ..Seat::default()
+        };
+        let seats = [
+            counted("a", Some(5), 0),
+            // Its record named no agent: no one to tell.
+            counted("b", None, 0),
+            counted("b", Some(7), 0),
+            // Counted in a round gone by.
+            counted("a", Some(6), 1),
+        ];
+        let told = agreement(&outcome, &seats);
+        let voted = |agent, agreed| agreed::Voted {
+            agent,
+            role: Some("r".into()),
+            agreed,
+        };
+        assert_eq!(told["a"], [voted(5, true)]);
+        assert_eq!(told["b"], [voted(7, false)]);
+        assert_eq!(told.len(), 2);
+
+        let failed = Outcome::Failed {
+            record: outcome.record().clone(),
+            reason: colony_core::decision::Reason::NoQuorum,
+        };
+        assert!(agreement(&failed, &seats).is_empty());
+    }
 }
