@@ -331,7 +331,7 @@ impl Node {
         .await?;
         let agreed = agreed::hear(
             cluster.client.clone(),
-            &options.name,
+            (&options.name, now),
             handle.clone(),
             phase_rx.clone(),
         )

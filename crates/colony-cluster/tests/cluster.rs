@@ -1878,6 +1878,7 @@ async fn a_spread_vote_weighs_each_ballot_by_the_role_and_reputation_of_its_vote
     );
     // Each voter's node was told whether its agent agreed: one observation for answering
     // the ballot, one for the vote; `a`'s agent dissented.
+    assert_eq!(d.asked, 3, "no seat asked again: {d:?}");
     let mut after = Vec::new();
     for rt in &runtimes {
         after.push(reputation_once(rt, 2).await);
@@ -1886,11 +1887,13 @@ async fn a_spread_vote_weighs_each_ballot_by_the_role_and_reputation_of_its_vote
         unreachable!()
     };
     assert!(a < b && (b - c).abs() < 1e-9, "{after:?}");
-    // A word naming the agent with another role than its pool's is passed over; with its
-    // own, it is fed.
+    // A word naming the agent with another role than its pool's is passed over, as is one
+    // of a ballot that ended before the node's process started; with its own role, it is
+    // fed, once however often the word names it.
     let nats = async_nats::connect(server.url()).await.unwrap();
-    for (role, observations) in [("small", 2), ("big", 3)] {
-        let word = serde_json::json!({"vote": 1, "voters": [{"agent": big, "role": role, "agreed": true}]});
+    for (role, at_ms, observations) in [("small", None, 2), ("big", Some(1), 2), ("big", None, 3)] {
+        let voted = serde_json::json!({"agent": big, "role": role, "agreed": true, "at_ms": at_ms});
+        let word = serde_json::json!({"vote": 1, "voters": [voted, voted]});
         nats.publish("colony.agreed.a", word.to_string().into())
             .await
             .unwrap();

@@ -41,6 +41,11 @@ pub(super) struct Voted {
     pub(super) role: Option<String>,
     /// Counted for the winner, else a dissenter.
     pub(super) agreed: bool,
+    /// When its ballot's record was written (ms since the epoch, the voter's node's clock):
+    /// a node process started after it did not run that ballot, an earlier one of its name
+    /// did, whose agents are gone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) at_ms: Option<u64>,
 }
 
 /// Tells each node in `by_node` which of its agents agreed with vote `vote`'s outcome.
@@ -51,10 +56,18 @@ pub(super) async fn tell(
     by_node: BTreeMap<String, Vec<Voted>>,
 ) {
     for (node, voters) in by_node {
+        // A node's name from a record that no node of this cluster could have.
+        if super::check_name(&node).is_err() {
+            continue;
+        }
         let word = Word { vote, voters };
         let Ok(bytes) = serde_json::to_vec(&word) else {
             continue;
         };
+        if bytes.len() > MAX_WORD {
+            tracing::debug!("vote {vote}: the word to node {node} is over {MAX_WORD} bytes");
+            continue;
+        }
         if let Err(e) = client.publish(subject(&node), bytes.into()).await {
             tracing::debug!("vote {vote}: telling node {node} its voters' agreement: {e}");
         }
@@ -63,10 +76,11 @@ pub(super) async fn tell(
 
 /// Hears what node `name`'s agents' votes came to and feeds `handle`'s reputations, while
 /// the node lives (until `phase`'s sender is gone, or the task is stopped as it leaves).
+/// Ballots ended before `started_ms` were an earlier process's of that name: passed over.
 /// Subscribed before it returns.
 pub(super) async fn hear<P: Send + Sync + 'static>(
     client: async_nats::Client,
-    name: &str,
+    (name, started_ms): (&str, u64),
     handle: Handle,
     mut phase: watch::Receiver<P>,
 ) -> Result<impl std::future::Future<Output = ()> + Send + 'static, crate::Error> {
@@ -91,7 +105,7 @@ pub(super) async fn hear<P: Send + Sync + 'static>(
                 },
             };
             match read(&message.payload) {
-                Ok(word) => feed(&handle, word).await,
+                Ok(word) => feed(&handle, word, started_ms).await,
                 Err(why) => tracing::warn!("node {name}: a word of its votes: {why}"),
             }
         }
@@ -119,11 +133,18 @@ fn read(payload: &[u8]) -> Result<Word, String> {
     Ok(word)
 }
 
-/// Feeds the reputations of `word`'s voters that are still workers here, of the role their
-/// ballot's record named.
-async fn feed(handle: &Handle, word: Word) {
+/// Feeds the reputations of `word`'s voters that are still workers here (not retired), of
+/// the role their ballot's record named, whose ballots this process ran (ended after
+/// `started_ms`): each once, whatever the word repeats.
+async fn feed(handle: &Handle, word: Word, started_ms: u64) {
     let pools = handle.pools();
-    let voters = word.voters;
+    let vote = word.vote;
+    let mut seen = std::collections::HashSet::new();
+    let voters: Vec<Voted> = word
+        .voters
+        .into_iter()
+        .filter(|v| v.at_ms.is_none_or(|at| at >= started_ms) && seen.insert(v.agent))
+        .collect();
     let kept = handle
         .observe(move |live| {
             let tree = &live.tree;
@@ -131,7 +152,9 @@ async fn feed(handle: &Handle, word: Word) {
                 .into_iter()
                 .filter_map(|v| {
                     let agent = AgentId(u32::try_from(v.agent).ok()?);
-                    let worker = tree.contains(agent) && tree.tier(agent) == tree.worker_tier();
+                    let worker = tree.contains(agent)
+                        && tree.tier(agent) == tree.worker_tier()
+                        && !live.is_retired(agent);
                     let role = || {
                         pools
                             .get(usize::from(tree.spec(agent)))
@@ -143,10 +166,10 @@ async fn feed(handle: &Handle, word: Word) {
                 .collect::<Vec<_>>()
         })
         .await;
-    if let Ok(kept) = kept
-        && !kept.is_empty()
-    {
-        handle.agreed(kept);
+    match kept {
+        Ok(kept) if !kept.is_empty() => handle.agreed(kept),
+        Ok(_) => {}
+        Err(e) => tracing::debug!("vote {vote}: its voters' reputations here: {e}"),
     }
 }
 
@@ -163,11 +186,13 @@ mod tests {
                     agent: 3,
                     role: Some("judge".into()),
                     agreed: true,
+                    at_ms: Some(9),
                 },
                 Voted {
                     agent: 4,
                     role: None,
                     agreed: false,
+                    at_ms: None,
                 },
             ],
         };
@@ -185,6 +210,7 @@ mod tests {
                     agent,
                     role: None,
                     agreed: true,
+                    at_ms: None,
                 })
                 .collect(),
         };

@@ -56,6 +56,8 @@ struct Counted {
     round: u32,
     /// The role of the agent's pool, when its ballot's record said it.
     role: Option<String>,
+    /// When its ballot's record was written.
+    at_ms: u64,
 }
 
 /// A spread vote run to its end.
@@ -562,6 +564,7 @@ impl Count {
             agent: row.agent,
             round,
             role: row.voter.as_ref().map(|v| v.role.clone()),
+            at_ms: row.at_ms,
         });
         // `leader`: the proposal is in; every other seat is asked to review it.
         if let (Progress::Pending, Some(proposal)) = (&progress, proposal)
@@ -748,6 +751,7 @@ fn agreement(outcome: &Outcome, seats: &[Seat]) -> BTreeMap<String, Vec<agreed::
                 agent,
                 role: counted.role.clone(),
                 agreed,
+                at_ms: Some(counted.at_ms),
             });
     }
     by_node
@@ -1044,6 +1048,7 @@ mod tests {
                 agent,
                 round,
                 role: Some("r".into()),
+                at_ms: 12,
             }),
             ..Seat::default()
         };
@@ -1060,6 +1065,7 @@ mod tests {
             agent,
             role: Some("r".into()),
             agreed,
+            at_ms: Some(12),
         };
         assert_eq!(told["a"], [voted(5, true)]);
         assert_eq!(told["b"], [voted(7, false)]);
