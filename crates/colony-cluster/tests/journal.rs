@@ -321,8 +321,10 @@ fn on_three_servers_a_journal_keeps_three_copies() {
             stream.info().await.unwrap().config.num_replicas
         });
     assert_eq!(replicas, 3);
+    // Reopened as a journal of one copy: it keeps its three (opened as the first was, again
+    // while a loaded machine's three servers may be electing a leader).
     options.replicas = 1;
-    let reopened = JetStreamJournal::open(options).expect("a journal keeps its own replicas");
+    let reopened = open_on_three(&options);
     assert_eq!(reopened.counts().unwrap().queued, 1);
 }
 
@@ -587,6 +589,53 @@ fn fill_to_prune(journal: &JetStreamJournal) {
         };
         block_on(journal.record(vec![started, end])).unwrap();
     }
+}
+
+/// The beat of journal `name`'s keeper in the keepers' bucket: what it says, if it is there.
+fn beat_of(url: &str, name: &str) -> Option<serde_json::Value> {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let js = async_nats::jetstream::new(async_nats::connect(url).await.unwrap());
+        let store = js.get_key_value("COLONY_JOURNAL_KEEPERS").await.unwrap();
+        let entry = store.entry(name).await.unwrap()?;
+        (entry.operation == async_nats::jetstream::kv::Operation::Put)
+            .then(|| serde_json::from_slice(&entry.value).unwrap())
+    })
+}
+
+/// A process keeping a journal says it lives while idle: a prune that no keeper answers (it
+/// crashed a moment ago, or is cut off from NATS) leaves alone a journal gone quiet past
+/// `QUIET` whose keeper said so within it, naming the process; a keeper that closes
+/// cleanly takes its word back.
+#[test]
+fn a_quiet_journal_whose_keeper_said_it_lives_is_taken_over_only_when_asked() {
+    let (_dir, server) = server();
+    let url = server.url();
+    let journal = open(&url, "beats");
+    let said = beat_of(&url, "beats").expect("the keeper's beat");
+    assert_eq!(said["pid"], std::process::id(), "{said}");
+    drop(journal);
+    assert_eq!(beat_of(&url, "beats"), None, "closed: no keeper lives");
+
+    let journal = open(&url, "beats");
+    fill_to_prune(&journal);
+    std::thread::sleep(colony_cluster::journal::QUIET + std::time::Duration::from_secs(2));
+    // As a crash would: it answers no more, and its last beat stays.
+    journal.halt();
+    let options = options(&url, "beats");
+    let keep = colony_journal::Retention {
+        keep_last: Some(3),
+        ..Default::default()
+    };
+    let refused = colony_cluster::journal::prune(&options, keep, false).unwrap_err();
+    let pid = format!("pid {}", std::process::id());
+    assert!(
+        matches!(&refused, colony_cluster::Error::Settings(why)
+            if why.contains(&pid) && why.contains("said it lived") && why.contains("--take-over")),
+        "{refused}"
+    );
+    let pruned = colony_cluster::journal::prune(&options, keep, true).unwrap();
+    assert!(!pruned.by_keeper && pruned.tasks == 12, "{pruned:?}");
 }
 
 #[test]

@@ -11,7 +11,8 @@ pub(crate) struct Args {
     /// The journal: a SQLite file, or a journal in NATS (nats://HOST:PORT/NAME). A journal in
     /// NATS that a colony keeps is pruned by that colony, which goes on; one that no colony
     /// answers for is taken over here, which stops any process still writing it (only once
-    /// it has gone 30 s unwritten, unless --take-over).
+    /// it has gone 30 s unwritten and its colony, if one said it lives, has been silent as
+    /// long; unless --take-over).
     #[arg(long, value_name = "PATH")]
     db: PathBuf,
     /// Prune tasks that finished longer ago than this: 90s, 15m, 12h, 7d.
@@ -23,8 +24,9 @@ pub(crate) struct Args {
     /// Print what was pruned as JSON.
     #[arg(long)]
     json: bool,
-    /// A journal in NATS written in the last 30 s (by a colony, not by a prune) that no colony
-    /// answers for: take it over and prune it anyway. A colony still writing it (cut off
+    /// A journal in NATS written in the last 30 s (by a colony, not by a prune), or whose
+    /// colony said in the last 30 s that it lives, that no colony answers for: take it over
+    /// and prune it anyway. A colony still writing it (cut off
     /// from NATS, or from before online prunes) stops writing. Without it, a journal that a
     /// colony writes while prune opens it is left to that colony.
     #[arg(long)]
