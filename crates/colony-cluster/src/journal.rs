@@ -21,6 +21,7 @@
 //! its state written whole, and the messages before it purged.
 
 mod codec;
+mod keeper;
 
 use crate::{Error, client::shown};
 use async_nats::jetstream::{self, consumer, context::PublishErrorKind, stream};
@@ -69,12 +70,6 @@ pub const QUIET: Duration = Duration::from_secs(30);
 /// How the dedupe ids of a prune's own writes start, so that a prune after it can tell them
 /// from a keeper's.
 const PRUNE_WRITER: &str = "prune-";
-/// The bucket where the process keeping each journal says, while it is idle, that it lives
-/// (its key the journal's name): a prune no keeper answered leaves a journal alone whose
-/// keeper said so within [`QUIET`], as it does one written within it.
-const KEEPERS_BUCKET: &str = "COLONY_JOURNAL_KEEPERS";
-/// How often an idle keeper says it lives.
-const KEEPER_BEAT: Duration = Duration::from_secs(10);
 /// Bytes of messages a replay asks for at once.
 const REPLAY_BYTES: usize = 4 << 20;
 /// Messages a replay asks for at once, when they are small.
@@ -422,52 +417,32 @@ pub fn prune(
             Err(_) => false,
         };
         // The server's clock dates the write and the beat, this machine's is now: the check
-        // assumes they roughly agree. A write dated ahead of now counts as just made.
-        let now_ns = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| i128::try_from(d.as_nanos()).unwrap_or(i128::MAX));
-        let since = |at_ns: i128| {
-            let ns = now_ns - at_ns;
-            let whole = |ns: i128| Duration::from_nanos(u64::try_from(ns).unwrap_or(u64::MAX));
-            if ns < 0 {
-                Err(whole(-ns))
-            } else {
-                Ok(whole(ns))
-            }
-        };
+        // assumes they roughly agree. A time dated ahead of now counts as just now.
         let never = state.messages == 0 || state.last_sequence == 0;
         let guarded = !take_over && !by_prune && !never;
-        // An idle keeper says it lives: its last beat, unless its bucket or entry is not
-        // there (a keeper from before beats, or none for a while).
+        // An idle keeper says it lives: its last beat, if it beat.
         let beat = if guarded {
-            let entry = match probe.js.get_key_value(KEEPERS_BUCKET).await {
-                Ok(store) => store.entry(options.name.clone()).await.ok().flatten(),
-                Err(_) => None,
-            };
-            entry
-                .filter(|e| e.operation == async_nats::jetstream::kv::Operation::Put)
-                .and_then(|e| {
-                    let said = serde_json::from_slice::<Beat>(&e.value).ok()?;
-                    Some((
-                        since(e.created.unix_timestamp_nanos()).unwrap_or(Duration::ZERO),
-                        said,
-                    ))
-                })
+            keeper::read(&probe.js, &options.name).await
         } else {
-            None
+            Ok(None)
         };
-        may_take_over(
+        keeper::may_take_over(
             &what,
             take_over,
             (never, by_prune),
-            since(state.last_timestamp.unix_timestamp_nanos()),
-            beat,
+            keeper::since(state.last_timestamp.unix_timestamp_nanos()),
+            beat.as_ref()
+                .map(|b| b.as_ref().map(|(_, said, age)| (said, *age)))
+                .map_err(Clone::clone),
         )
         .map_err(Error::Settings)?;
         drop(probe);
-        // Claimed only after the write the check saw, unless told to take it over: a keeper
-        // that writes meanwhile keeps it.
-        let after = guarded.then_some(state.last_sequence);
+        // Claimed only after the write the check saw, and while the beat it saw is the last,
+        // unless told to take it over: a keeper that writes or beats meanwhile keeps it.
+        let after = guarded.then(|| Unchanged {
+            sequence: state.last_sequence,
+            beat: beat.ok().flatten().map(|(revision, _, _)| revision),
+        });
         let (mut writer, mirror) = Writer::open_as(&options, Some(PRUNE_WRITER), after).await?;
         let tasks = mirror.prune(rule);
         match writer.compact(&mirror, usize::MAX).await? {
@@ -622,6 +597,13 @@ struct Snapshot {
     reply: async_nats::Subject,
 }
 
+/// What a prune saw of a journal's keeper before opening it, which must still hold when it
+/// claims it: the stream's last sequence, and the revision of the keeper's last beat.
+struct Unchanged {
+    sequence: u64,
+    beat: Option<u64>,
+}
+
 /// What the writer thread reports once it opened the journal: the mirror, and the size of
 /// one message's body.
 type Opened = Result<(Arc<MemoryJournal>, usize), Error>;
@@ -671,11 +653,16 @@ impl JetStreamJournal {
                             None
                         }
                     };
-                    writer.start_beating(&options).await;
                     let _ = writer.js.client().flush().await;
                     if opened_tx.send(Ok((mirror.clone(), writer.part))).is_err() {
                         return;
                     }
+                    // It says it lives from now on, with as many copies of that as the
+                    // journal has (whatever the location asked).
+                    let replicas = writer.stream.cached_info().config.num_replicas;
+                    let mut beats = keeper::Beats::new(writer.js.clone(), &options.name, replicas, &writer.id);
+                    beats.beat().await;
+                    writer.beats = Some(beats);
                     let keeping = Keeping {
                         shared: &shared,
                         queue: &queue,
@@ -949,102 +936,7 @@ struct Writer {
     /// refused, rather than copy the whole state again for each request.
     pruning: bool,
     /// The process keeping the journal: where it says it lives, and when it last did.
-    beats: Option<Beats>,
-}
-
-/// Where a keeper says it lives ([`KEEPERS_BUCKET`]), and when it last did.
-struct Beats {
-    store: async_nats::jetstream::kv::Store,
-    key: String,
-    /// What each beat says: this process.
-    said: Bytes,
-    /// The revision of its last beat, and when it was written.
-    last: Option<(u64, Instant)>,
-}
-
-/// What a keeper's beat says of it.
-#[derive(Debug, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "kebab-case")]
-struct Beat {
-    pid: u32,
-    host: String,
-}
-
-impl Beat {
-    fn of_this_process() -> Self {
-        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-            .ok()
-            .or_else(|| std::env::var("HOSTNAME").ok())
-            .map(|h| colony_core::text::shorten(h.trim(), 64))
-            .unwrap_or_default();
-        Self {
-            pid: std::process::id(),
-            host,
-        }
-    }
-}
-
-/// The keepers' bucket, made if it is not there (its copies as many as the journal's).
-async fn keepers(
-    js: &jetstream::Context,
-    replicas: usize,
-) -> Result<async_nats::jetstream::kv::Store, Error> {
-    crate::client::bucket(
-        js,
-        async_nats::jetstream::kv::Config {
-            bucket: KEEPERS_BUCKET.into(),
-            description: "colony: the process keeping each journal in NATS, while it lives".into(),
-            history: 1,
-            // A beat outlives its keeper a while only: the bucket forgets it.
-            max_age: QUIET * 4,
-            max_value_size: 1024,
-            storage: stream::StorageType::File,
-            num_replicas: replicas,
-            ..Default::default()
-        },
-    )
-    .await
-}
-
-/// Whether `prune`, which no keeper answered, may take journal `what` over: yes when told
-/// to (`take_over`), when the journal was never written or was last written by a prune (no
-/// sign of a keeper), or when it has gone [`QUIET`] unwritten (`written`: how long ago, or
-/// how far ahead of this machine's clock its last write is dated) and its keeper, if one
-/// beat, has been silent that long too (`beat`: how long ago, and what it said). Else why
-/// not, naming what to do.
-fn may_take_over(
-    what: &str,
-    take_over: bool,
-    (never, by_prune): (bool, bool),
-    written: Result<Duration, Duration>,
-    beat: Option<(Duration, Beat)>,
-) -> Result<(), String> {
-    if take_over || never || by_prune {
-        return Ok(());
-    }
-    let recent = match written {
-        Err(ahead) => Some(format!(
-            "its last write is dated {:.1} s ahead of this machine's clock",
-            ahead.as_secs_f64()
-        )),
-        Ok(age) if age < QUIET => Some(format!("it was written {:.1} s ago", age.as_secs_f64())),
-        Ok(_) => None,
-    };
-    let quiet = QUIET.as_secs();
-    if let Some(dated) = recent {
-        return Err(format!(
-            "{what}: no process answered for it, but {dated}: the one keeping it may be running, cut off from NATS or from before online prunes, and pruning from here would take the journal from it and stop its writes. Stop that process, or wait until the journal has gone {quiet} s unwritten, or run prune again with --take-over"
-        ));
-    }
-    match beat {
-        Some((age, beat)) if age < QUIET => Err(format!(
-            "{what}: no process answered for it, but the one keeping it (pid {} on host `{}`) said it lived {:.1} s ago: it may be running, cut off from NATS, and pruning from here would take the journal from it and stop its writes. Stop that process, or wait until it has been silent {quiet} s, or run prune again with --take-over",
-            beat.pid,
-            beat.host,
-            age.as_secs_f64()
-        )),
-        _ => Ok(()),
-    }
+    beats: Option<keeper::Beats>,
 }
 
 impl Writer {
@@ -1103,12 +995,12 @@ impl Writer {
 
     /// [`Writer::open`], the writer's id (each of its messages' dedupe id starts with it)
     /// starting with `prefix` (a prune's writes say they are a prune's), and, with `after`,
-    /// the claim appended only right after that sequence: refused (`Error::Settings`) when
-    /// another process appended since.
+    /// the claim appended only right after that sequence and while the keeper's last beat is
+    /// the one seen: refused (`Error::Settings`) when another process appended or beat since.
     async fn open_as(
         options: &JournalOptions,
         prefix: Option<&str>,
-        after: Option<u64>,
+        after: Option<Unchanged>,
     ) -> Result<(Writer, MemoryJournal), Error> {
         let (mut writer, ()) = Writer::connect(options, true).await?;
         if let Some(prefix) = prefix {
@@ -1122,7 +1014,22 @@ impl Writer {
             writer: writer.id.clone(),
             at_ms: crate::now_ms(),
         };
-        let expect = after.map_or(Expect::Nothing, Expect::Last);
+        if let Some(seen) = &after {
+            // A beat gone since (its keeper closed, or the bucket forgot it) is no sign.
+            let why = match keeper::read(&writer.js, &options.name).await {
+                Ok(None) => None,
+                Ok(Some((revision, _, _))) if Some(revision) == seen.beat => None,
+                Ok(Some(_)) => Some("the process keeping it said it lives while this one opened it: it was left to it".to_owned()),
+                Err(e) => Some(format!("whether the process keeping it lives could not be read again ({e})")),
+            };
+            if let Some(why) = why {
+                return Err(Error::Settings(format!(
+                    "{}: {why}; run prune again",
+                    writer.shown
+                )));
+            }
+        }
+        let expect = after.map_or(Expect::Nothing, |seen| Expect::Last(seen.sequence));
         let claimed = match writer
             .publish(Bytes::from(claim.line()), "1/1", expect)
             .await
@@ -1360,7 +1267,9 @@ impl Writer {
                                 shared.stop(reason);
                                 break;
                             }
-                            self.beat().await;
+                            if let Some(beats) = self.beats.as_mut() {
+                                beats.beat().await;
+                            }
                             continue;
                         }
                     }
@@ -1433,8 +1342,11 @@ impl Writer {
             }
         }
         // Closed, not crashed nor taken over: no keeper lives any more.
-        if !shared.halted.load(Ordering::Acquire) && shared.stopped().is_none() {
-            self.stop_beating().await;
+        if let Some(beats) = self.beats.take()
+            && !shared.halted.load(Ordering::Acquire)
+            && shared.stopped().is_none()
+        {
+            beats.stop().await;
         }
         // Whatever came after a failure (or was queued when it happened) fails too.
         writes.close();
@@ -1595,57 +1507,6 @@ impl Writer {
             tracing::warn!(journal = self.shown, error = %e, "A prune's answer was not sent.");
         }
         let _ = client.flush().await;
-    }
-
-    /// Says this process keeps the journal ([`KEEPERS_BUCKET`]) when [`KEEPER_BEAT`] has
-    /// passed since it last did. A beat not written is tried again at the next look.
-    async fn beat(&mut self) {
-        let Some(beats) = self.beats.as_mut() else {
-            return;
-        };
-        if beats.last.is_some_and(|(_, at)| at.elapsed() < KEEPER_BEAT) {
-            return;
-        }
-        match beats.store.put(&beats.key, beats.said.clone()).await {
-            Ok(revision) => beats.last = Some((revision, Instant::now())),
-            Err(e) => {
-                tracing::debug!(journal = self.shown, error = %e, "A keeper's beat was not written.");
-            }
-        }
-    }
-
-    /// Starts saying this process keeps the journal; a bucket it cannot make or find is said
-    /// once (prune then goes by the journal's last write alone).
-    async fn start_beating(&mut self, options: &JournalOptions) {
-        match keepers(&self.js, options.replicas).await {
-            Ok(store) => {
-                self.beats = Some(Beats {
-                    store,
-                    key: options.name.clone(),
-                    said: Bytes::from(
-                        serde_json::to_vec(&Beat::of_this_process()).unwrap_or_default(),
-                    ),
-                    last: None,
-                });
-                self.beat().await;
-            }
-            Err(e) => {
-                tracing::warn!(journal = options.name, error = %e, "The process keeping the journal cannot say it lives: while it is idle, prune may take the journal over.");
-            }
-        }
-    }
-
-    /// A keeper closing cleanly: its beat goes, unless another process beat since.
-    async fn stop_beating(&mut self) {
-        let Some(beats) = self.beats.take() else {
-            return;
-        };
-        if let Some((revision, _)) = beats.last {
-            let gone = beats
-                .store
-                .delete_expect_revision(&beats.key, Some(revision));
-            let _ = tokio::time::timeout(Duration::from_secs(2), gone).await;
-        }
     }
 
     /// Whether this process still holds the journal: no message after its last.
@@ -2154,44 +2015,6 @@ mod tests {
         same(&whole, &replayed(writes), "in lines of fewer rows");
         // One row alone larger than a line may be: none.
         assert!(snapshot(&whole, usize::MAX, 5_000).unwrap().is_none());
-    }
-
-    /// A prune no keeper answered takes the journal over when told to, when nothing says a
-    /// keeper lives (never written, last written by a prune, or quiet and no recent beat);
-    /// else it says what stops it.
-    #[test]
-    fn a_journal_is_taken_over_only_when_nothing_says_its_keeper_lives() {
-        let s = |secs: u64| Duration::from_secs(secs);
-        let beat = |ago: u64| {
-            Some((
-                s(ago),
-                Beat {
-                    pid: 42,
-                    host: "h1".into(),
-                },
-            ))
-        };
-        let may =
-            |told, signs, written, beat| may_take_over("pruning j", told, signs, written, beat);
-        let no = (false, false);
-        assert!(may(false, no, Ok(s(31)), None).is_ok());
-        assert!(may(false, no, Ok(s(31)), beat(31)).is_ok());
-        let recent = may(false, no, Ok(s(5)), None).unwrap_err();
-        assert!(
-            recent.contains("written 5.0 s ago") && recent.contains("--take-over"),
-            "{recent}"
-        );
-        let ahead = may(false, no, Err(s(3)), None).unwrap_err();
-        assert!(ahead.contains("3.0 s ahead"), "{ahead}");
-        let beating = may(false, no, Ok(s(600)), beat(4)).unwrap_err();
-        assert!(
-            beating.contains("pid 42 on host `h1`") && beating.contains("4.0 s ago"),
-            "{beating}"
-        );
-        // Told to, never written, or last written by a prune: no sign of a keeper counts.
-        assert!(may(true, no, Ok(s(1)), beat(1)).is_ok());
-        assert!(may(false, (true, false), Ok(s(1)), beat(1)).is_ok());
-        assert!(may(false, (false, true), Ok(s(1)), beat(1)).is_ok());
     }
 
     #[test]

@@ -596,7 +596,7 @@ fn beat_of(url: &str, name: &str) -> Option<serde_json::Value> {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
         let js = async_nats::jetstream::new(async_nats::connect(url).await.unwrap());
-        let store = js.get_key_value("COLONY_JOURNAL_KEEPERS").await.unwrap();
+        let store = js.get_key_value("COLONY_JOURNAL_KEEPERS").await.ok()?;
         let entry = store.entry(name).await.unwrap()?;
         (entry.operation == async_nats::jetstream::kv::Operation::Put)
             .then(|| serde_json::from_slice(&entry.value).unwrap())
@@ -612,7 +612,17 @@ fn a_quiet_journal_whose_keeper_said_it_lives_is_taken_over_only_when_asked() {
     let (_dir, server) = server();
     let url = server.url();
     let journal = open(&url, "beats");
-    let said = beat_of(&url, "beats").expect("the keeper's beat");
+    // It beats once it is open.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let said = loop {
+        match beat_of(&url, "beats") {
+            Some(said) => break said,
+            None if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            None => panic!("no beat of the keeper"),
+        }
+    };
     assert_eq!(said["pid"], std::process::id(), "{said}");
     drop(journal);
     assert_eq!(beat_of(&url, "beats"), None, "closed: no keeper lives");
