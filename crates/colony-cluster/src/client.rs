@@ -17,6 +17,10 @@ const IN_FLIGHT: usize = 1024;
 /// How long a submission or a wait rides out NATS being unavailable (a leader election, a
 /// server restarting) before it gives up.
 const PATIENCE: Duration = Duration::from_secs(60);
+/// How long a cancel tries to drop its task's message (or mark a bundle's place).
+const DROP_FOR: Duration = Duration::from_secs(15);
+/// How often a wait with nothing heard looks whether its task is there at all.
+const LOOK_EVERY: Duration = Duration::from_secs(5);
 /// How long one JetStream request or publish acknowledgement may take before it is sent
 /// again: a request to a server that just died is not waited for 10 s.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
@@ -605,6 +609,9 @@ impl Cluster {
     ) -> Result<Submitted, Error> {
         let since = std::time::Instant::now();
         let mut pause = Duration::from_millis(250);
+        // Sent again: a duplicate then is most likely this call's own first send, which
+        // landed while its answer was lost, not an earlier submission.
+        let mut resent = false;
         loop {
             let answer = match ack {
                 Ok(ack) => match ack.await {
@@ -617,6 +624,12 @@ impl Cluster {
                             "a task's message is over the servers' max_payload: {e}"
                         )));
                     }
+                    // The stream refused this message for what it is: never taken either.
+                    Err(e) if refused_for_good(&e) => {
+                        return Err(Error::Task(format!(
+                            "the stream refused a task's message: {e}"
+                        )));
+                    }
                     Err(e) => Err(Error::nats("the stream's acknowledgement of a task", e)),
                 },
                 Err(e) => Err(e),
@@ -625,7 +638,7 @@ impl Cluster {
                 Ok(ack) => {
                     return Ok(Submitted {
                         id: ack.sequence,
-                        duplicate: ack.duplicate,
+                        duplicate: ack.duplicate && !resent,
                     });
                 }
                 // Never accepted however often it is sent: said at once.
@@ -638,6 +651,7 @@ impl Cluster {
                     let jitter = u64::from(since.elapsed().subsec_micros() % 100);
                     tokio::time::sleep(pause + Duration::from_millis(jitter)).await;
                     pause = (pause * 2).min(Duration::from_secs(2));
+                    resent = true;
                     ack = self.publish(message).await;
                 }
             }
@@ -763,10 +777,19 @@ impl Cluster {
     async fn in_stream(&self, id: u64) -> Result<bool, Error> {
         let (sequence, place) = bundle::message_of(id);
         match self.stream.get_raw_message(sequence).await {
-            Ok(message) => Ok(match place {
-                None => true,
-                Some(i) => bundle::count(Some(&message.headers)).is_ok_and(|n| n > 1 && i < n),
-            }),
+            Ok(message) => {
+                let count = bundle::count(Some(&message.headers));
+                Ok(match place {
+                    // A task alone in its message: a bundle's sequence names none of its
+                    // tasks (each has an id of its own), so it is no task's.
+                    None => {
+                        count == Ok(1)
+                            && crate::settings::parse_subject(message.subject.as_str())
+                                .is_some_and(|(_, _, n)| n == 1)
+                    }
+                    Some(i) => count.is_ok_and(|n| n > 1 && i < n),
+                })
+            }
             Err(e) if e.kind() == jetstream::stream::LastRawMessageErrorKind::NoMessageFound => {
                 Ok(false)
             }
@@ -798,7 +821,8 @@ impl Cluster {
     /// Not written, the task may still run; its end is then fenced by its record.
     async fn mark_cancelled(&self, sequence: u64, place: usize) {
         let key = self.cancelled_key(sequence);
-        for _ in 0..8 {
+        let since = std::time::Instant::now();
+        while since.elapsed() < DROP_FOR {
             let (mut places, revision) = match self.tasks.entry(&key).await {
                 Ok(Some(entry)) if entry.operation == kv::Operation::Put => (
                     serde_json::from_slice::<Vec<usize>>(&entry.value).unwrap_or_default(),
@@ -823,9 +847,12 @@ impl Cluster {
             if written {
                 return;
             }
+            // Another cancel of the bundle wrote first, or NATS is away: read again.
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
         tracing::warn!(
-            "bundle {sequence}: task {place} cancelled but not marked; a node taking it runs it and its end is dropped"
+            "bundle {sequence}: task {place} cancelled but not marked within {} s; a node taking it runs it and its end is dropped",
+            DROP_FOR.as_secs()
         );
     }
 
@@ -844,7 +871,11 @@ impl Cluster {
     /// node should take. Already gone (taken and acked, or dropped before) is done.
     async fn drop_message(&self, sequence: u64) {
         let id = sequence;
-        for _ in 0..3 {
+        // Tried while NATS may be electing the stream's leader (seconds), not for ever: the
+        // record already says cancelled, which fences any attempt at its lease.
+        let since = std::time::Instant::now();
+        let mut pause = Duration::from_millis(200);
+        while since.elapsed() < DROP_FOR {
             match self.stream.delete_message(sequence).await {
                 Ok(_) => return,
                 // Gone already (acknowledged, or dropped by an earlier call): the server says
@@ -860,10 +891,15 @@ impl Cluster {
                 }
                 Err(e) => {
                     tracing::warn!("task {id} cancelled, its message not dropped yet: {e}");
-                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_secs(2));
                 }
             }
         }
+        tracing::warn!(
+            "task {id} cancelled, its message not dropped within {} s: a node that takes it runs it until its lease, and throws its result away",
+            DROP_FOR.as_secs()
+        );
     }
 
     /// Records as they are written (a task started, retried, ended), each with its task's
@@ -998,8 +1034,9 @@ impl Cluster {
         if self.in_stream(id).await? {
             return Ok(TaskView::Queued);
         }
-        // Read again: it may have started and ended between the two reads.
-        match self.row(id).await? {
+        // Read again, from the leader: it may have started and ended between the two reads,
+        // and a replica may not have its record yet.
+        match self.row_from_leader(id).await? {
             Some((row, _)) => Ok(TaskView::Row(row)),
             None => Err(Error::Unknown { id }),
         }
@@ -1012,7 +1049,7 @@ impl Cluster {
         loop {
             match self.watch_until_ended(id, &mut failing_since).await {
                 Ok(row) => return Ok(row),
-                Err(e @ Error::Corrupt { .. }) => return Err(e),
+                Err(e @ (Error::Corrupt { .. } | Error::Unknown { .. })) => return Err(e),
                 Err(e) => {
                     let since = *failing_since.get_or_insert_with(std::time::Instant::now);
                     if since.elapsed() > PATIENCE {
@@ -1037,7 +1074,23 @@ impl Cluster {
             .map_err(|e| Error::nats(format!("watching task {id}"), e))?;
         // Watching again: the next failure has a minute of its own.
         *failing_since = None;
-        while let Some(entry) = watch.next().await {
+        // Now and then, with nothing heard: a task neither recorded nor in the stream (it
+        // names no task, or its message went without a record) never ends.
+        let mut look =
+            tokio::time::interval_at(tokio::time::Instant::now() + LOOK_EVERY, LOOK_EVERY);
+        loop {
+            let entry = tokio::select! {
+                entry = watch.next() => match entry {
+                    Some(entry) => entry,
+                    None => break,
+                },
+                _ = look.tick() => {
+                    if let Err(e @ Error::Unknown { .. }) = self.task(id).await {
+                        return Err(e);
+                    }
+                    continue;
+                }
+            };
             let entry = entry.map_err(|e| Error::nats(format!("watching task {id}"), e))?;
             if entry.operation != kv::Operation::Put {
                 continue;
@@ -1162,6 +1215,11 @@ fn outgoing(
     if let Some(role) = &spec.requirement.role {
         settings::check_role(role)?;
     }
+    // What every node would refuse (attempts, a timeout out of range) is refused when sent;
+    // the payload is bounded by the cluster's message, below.
+    if let Err(e) = spec.validate(usize::MAX) {
+        return Err(Error::Task(format!("task {i}: {e}")));
+    }
     if spec.payload.len() > settings::MAX_PAYLOAD {
         return Err(Error::Task(format!(
             "task {i}: a payload of {} bytes is over the cluster's {} bytes",
@@ -1178,7 +1236,8 @@ fn outgoing(
             settings::MAX_KEY
         )));
     }
-    let headers = TaskMessage::headers(spec, id, together).map_err(Error::Task)?;
+    let headers = TaskMessage::headers(spec, id, together)
+        .map_err(|e| Error::Task(format!("task {i}: {e}")))?;
     // The stream takes a message of at most a record's size, headers included: refused here,
     // naming it, rather than by the stream's answer.
     let header_bytes = header_bytes(&headers);
@@ -1193,17 +1252,34 @@ fn outgoing(
     Ok((subject, headers, spec.payload.clone()))
 }
 
+/// Whether the stream refused a message for what it is (over its size, or its headers over
+/// theirs), which sending it again cannot change.
+fn refused_for_good(e: &jetstream::context::PublishError) -> bool {
+    use std::error::Error as _;
+    e.source()
+        .and_then(|s| s.downcast_ref::<jetstream::Error>())
+        .is_some_and(|j| {
+            matches!(
+                j.error_code(),
+                jetstream::ErrorCode::STREAM_MESSAGE_EXCEEDS_MAXIMUM
+                    | jetstream::ErrorCode::STREAM_HEADER_EXCEEDS_MAXIMUM
+            )
+        })
+}
+
 /// About the bytes `headers` take in a message.
 fn header_bytes(headers: &async_nats::HeaderMap) -> usize {
-    headers
-        .iter()
-        .map(|(name, values)| {
-            values
-                .iter()
-                .map(|v| AsRef::<str>::as_ref(name).len() + v.as_str().len() + 4)
-                .sum::<usize>()
-        })
-        .sum()
+    // `NATS/1.0\r\n` before them and `\r\n` after.
+    12usize
+        + headers
+            .iter()
+            .map(|(name, values)| {
+                values
+                    .iter()
+                    .map(|v| AsRef::<str>::as_ref(name).len() + v.as_str().len() + 4)
+                    .sum::<usize>()
+            })
+            .sum::<usize>()
 }
 
 /// Tasks' messages (of one subject) as message `n` of a call: the one itself when alone,
@@ -1349,7 +1425,41 @@ pub fn random_id() -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::shown;
+    use super::{outgoing, shown};
+    use colony_core::task::TaskSpec;
+    use std::time::Duration;
+
+    /// What no node would take is refused when sent, naming the task and why.
+    #[test]
+    fn a_task_no_node_would_take_is_refused_when_sent() {
+        let why = |spec: TaskSpec| outgoing(4, &spec, "id", None).unwrap_err().to_string();
+        let spec = TaskSpec::with_payload("1");
+        let attempts = why(TaskSpec {
+            max_attempts: 0,
+            ..spec.clone()
+        });
+        assert!(
+            attempts.contains("task 4") && attempts.contains("max attempts 0"),
+            "{attempts}"
+        );
+        let many = why(TaskSpec {
+            max_attempts: 100_000,
+            ..spec.clone()
+        });
+        assert!(many.contains("max attempts 100000"), "{many}");
+        let timeout = why(TaskSpec {
+            timeout: Duration::ZERO,
+            ..spec.clone()
+        });
+        assert!(
+            timeout.contains("task 4") && timeout.contains("timeout"),
+            "{timeout}"
+        );
+        let mut comma = spec.clone();
+        comma.requirement.capabilities = vec!["a,b".into()];
+        assert!(why(comma).contains("capability `a,b`"));
+        assert!(outgoing(0, &spec, "id", None).is_ok());
+    }
 
     #[test]
     fn credentials_in_a_url_are_never_shown() {

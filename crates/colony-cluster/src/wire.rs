@@ -335,6 +335,18 @@ impl TaskMessage {
             headers.insert(ROLE, text("role", role)?.as_str());
         }
         if !spec.requirement.capabilities.is_empty() {
+            // Joined by `,`, so one holding it, or none at all, would read back as others.
+            if let Some(bad) = spec
+                .requirement
+                .capabilities
+                .iter()
+                .find(|c| c.is_empty() || c.contains(','))
+            {
+                return Err(format!(
+                    "capability `{}`: a capability is not empty and holds no `,`",
+                    colony_core::text::shorten(bad, 80)
+                ));
+            }
             let caps = spec.requirement.capabilities.join(",");
             headers.insert(CAPABILITIES, text("capabilities", &caps)?.as_str());
         }
@@ -470,7 +482,7 @@ impl TaskMessage {
         if let Some(n) = number(MAX_ATTEMPTS)? {
             spec.max_attempts = u32::try_from(n)
                 .ok()
-                .filter(|n| *n >= 1)
+                .filter(|n| (1..=colony_core::task::MAX_ATTEMPTS).contains(n))
                 .ok_or_else(|| format!("header {MAX_ATTEMPTS}: {n} is out of range"))?;
         }
         Ok(spec)

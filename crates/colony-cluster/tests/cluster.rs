@@ -2939,6 +2939,24 @@ async fn bundled_tasks_keep_their_own_ids_attempts_and_cancels() {
             .await,
         Err(colony_cluster::Error::Unknown { .. })
     ));
+    // The bundle's stream sequence is none of its tasks' ids: no task to look up, and a
+    // cancel of it drops nothing (its three tasks stay queued).
+    assert!(matches!(
+        client.task(sequence).await,
+        Err(colony_cluster::Error::Unknown { .. })
+    ));
+    assert!(matches!(
+        client.cancel(sequence, "x").await,
+        Err(colony_cluster::Error::Unknown { .. })
+    ));
+    for id in &ids {
+        assert_eq!(client.task(*id).await.unwrap(), TaskView::Queued);
+    }
+    // Nor does waiting on it wait for ever.
+    assert!(matches!(
+        client.wait(sequence).await,
+        Err(colony_cluster::Error::Unknown { .. })
+    ));
     assert_eq!(
         client.cancel(ids[1], "not needed").await.unwrap(),
         Cancel::Cancelled { was: None }

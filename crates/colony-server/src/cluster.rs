@@ -469,11 +469,22 @@ async fn cancel(
         || "a caller on loopback".to_owned(),
         |c| format!("token {:?}", c.name),
     );
-    match app
-        .cluster
-        .cancel(id, &format!("cancelled through the API by {by}"))
-        .await
-    {
+    // Run to its end even if the caller goes: a record written `cancelled` whose message is
+    // left in the stream is a cancel half done.
+    let cluster = app.cluster.clone();
+    let cancelling = colony_runtime::spawner::Spawner::spawn("cancel-task", async move {
+        cluster
+            .cancel(id, &format!("cancelled through the API by {by}"))
+            .await
+    });
+    let Ok(Some(outcome)) = cancelling.await else {
+        return problem(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            format!("task {id}: the cancel stopped before its end"),
+        );
+    };
+    match outcome {
         Ok(colony_cluster::Cancel::AlreadyEnded { state }) => problem(
             StatusCode::CONFLICT,
             "already-ended",

@@ -216,7 +216,7 @@ pub(crate) struct TaskFlags {
     pub(crate) key: Option<String>,
     /// Makes a retried submission safe: the task is accepted once per key (with --file, per
     /// batch or line).
-    #[arg(long)]
+    #[arg(long, value_parser = clap::builder::NonEmptyStringValueParser::new())]
     pub(crate) idempotency_key: Option<String>,
 }
 

@@ -158,6 +158,7 @@ pub(crate) struct TaskArgs {
     #[command(flatten)]
     nats: NatsArgs,
     /// The task's id, as `submit` printed it.
+    #[arg(value_parser = clap::value_parser!(u64).range(1..))]
     id: u64,
     /// Wait for the task to end; exit 1 unless it succeeded.
     #[arg(long)]
@@ -975,22 +976,20 @@ async fn submit(args: &SubmitArgs) -> Result<(), Failure> {
                 "{}",
                 serde_json::json!({ "ids": ids, "count": ids.len(), "duplicates": duplicates })
             );
-        } else if bundle.is_some_and(|n| n > 1) {
+        } else {
+            // Each id, in the order sent: another submitter's tasks may fall between them.
             for s in &submitted {
                 println!("{}", s.id);
             }
-        } else if let [one] = submitted.as_slice() {
-            println!("{}", one.id);
-            if one.duplicate {
+            let duplicates = submitted.iter().filter(|s| s.duplicate).count();
+            if let ([one], 1) = (submitted.as_slice(), duplicates) {
                 eprintln!(
                     "(already accepted with this idempotency key: task {})",
                     one.id
                 );
+            } else if duplicates > 0 {
+                eprintln!("({duplicates} of them already accepted with their idempotency keys)");
             }
-        } else {
-            let first = submitted.first().map_or(0, |s| s.id);
-            let last = submitted.last().map_or(0, |s| s.id);
-            println!("{} tasks accepted, ids {first}..={last}", submitted.len());
         }
         return Ok(());
     }
