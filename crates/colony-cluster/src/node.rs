@@ -581,6 +581,13 @@ async fn heartbeat(shared: Arc<Shared>, mut info: NodeInfo) {
 /// slots bound them far lower).
 const DELIVERING: u32 = 1 << 20;
 
+/// How long a node tries to write an attempt's end while it takes work, keeping the
+/// delivery alive meanwhile: past a leader election of the bucket (seconds).
+const END_PATIENCE: Duration = Duration::from_secs(30);
+
+/// Longest wait for an ack or nak to leave: while the client reconnects its sends queue up.
+const ANSWER_WAIT: Duration = Duration::from_secs(2);
+
 /// How long a node with nothing to do waits on a role's consumers before asking again.
 const IDLE_WAIT: Duration = Duration::from_secs(1);
 
@@ -1291,7 +1298,24 @@ async fn attempt(
         fatal.team = ended.team.take();
         (ended, reply, kind) = (fatal, r, Kind::Failed);
     }
-    match end(shared, id, &ended, revision).await {
+    // The delivery kept alive while the end is written (a leader election may take
+    // seconds), so that it is not delivered again to another node meanwhile.
+    let ending = end(shared, id, &ended, revision);
+    let written = match keepalive {
+        Some(message) => {
+            let mut ending = std::pin::pin!(ending);
+            let every = shared.ack_wait / 3;
+            let mut progress = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+            loop {
+                tokio::select! {
+                    written = &mut ending => break written,
+                    _ = progress.tick() => keep_alive(shared, message, ("task", id)).await,
+                }
+            }
+        }
+        None => ending.await,
+    };
+    match written {
         Ended::Written => {
             shared.counters.add(kind);
             // A spread vote decided and written once: its voters' nodes feed their
@@ -1343,7 +1367,7 @@ async fn create_lease(shared: &Shared, id: u64, row: &Row) -> Result<u64, Settle
         Ok(revision) => return Ok(revision),
         Err(e) => e,
     };
-    match latest(shared, id).await {
+    match latest_patiently(shared, id).await {
         // Landed, its answer lost.
         Ok(Some((now, revision))) if now.lease == row.lease => Ok(revision),
         Ok(Some((now, _))) if now.is_terminal() => {
@@ -1695,11 +1719,7 @@ async fn room(
         tokio::select! {
             held = &mut widen => return held,
             () = &mut give_up => return None,
-            _ = progress.tick() => {
-                if let Err(e) = message.ack_with(AckKind::Progress).await {
-                    tracing::warn!("node {}: task {id}: in-progress ack: {e}", shared.name);
-                }
-            }
+            _ = progress.tick() => keep_alive(shared, message, ("task", id)).await,
             changed = phase.changed() => if changed.is_err() {
                 return None;
             }
@@ -1856,31 +1876,11 @@ async fn run(
     let (mut handing_back, mut fenced) = (false, false);
     let stopped = || Err(Outcome::HandBack);
     let finished = loop {
+        // Biased: a lease another node took since a stall is found (the lazy write fails)
+        // before an in-progress ack could keep that node's delivery alive.
         tokio::select! {
+            biased;
             done = &mut pending => break done,
-            _ = progress.tick(), if !fenced => {
-                // A node whose lease another node took (it stalled past ack_wait) stops,
-                // rather than keep the other's delivery alive with its in-progress acks.
-                // Only a newer revision than this node's lease, with another lease id, says so:
-                // the leader's copy, read within a third of the tick so the ack is not late.
-                if let Some(own) = revision
-                    && let Ok(Ok(Some((now, r)))) =
-                        tokio::time::timeout(every / 3, shared.cluster.row_from_leader(id)).await
-                    && r > own
-                    && now.lease != started.lease
-                {
-                    fenced = true;
-                    if stop().await {
-                        break stopped();
-                    }
-                    continue;
-                }
-                if let Some(message) = message
-                    && let Err(e) = message.ack_with(AckKind::Progress).await
-                {
-                    tracing::warn!("node {}: task {id}: in-progress ack: {e}", shared.name);
-                }
-            }
             () = &mut lazy, if revision.is_none() && !fenced => {
                 match write_new(&shared.cluster.tasks, &shared.cluster.key(id), started).await {
                     Ok(r) => revision = Some(r),
@@ -1901,6 +1901,27 @@ async fn run(
                             lazy.as_mut().reset(tokio::time::Instant::now() + every);
                         }
                     },
+                }
+            }
+            _ = progress.tick(), if !fenced => {
+                // A node whose lease another node took (it stalled past ack_wait) stops,
+                // rather than keep the other's delivery alive with its in-progress acks.
+                // Only a newer revision than this node's lease, with another lease id, says so:
+                // the leader's copy, read within a third of the tick so the ack is not late.
+                if let Some(own) = revision
+                    && let Ok(Ok(Some((now, r)))) =
+                        tokio::time::timeout(every / 3, shared.cluster.row_from_leader(id)).await
+                    && r > own
+                    && now.lease != started.lease
+                {
+                    fenced = true;
+                    if stop().await {
+                        break stopped();
+                    }
+                    continue;
+                }
+                if let Some(message) = message {
+                    keep_alive(shared, message, ("task", id)).await;
                 }
             }
             changed = phase.changed(), if !handing_back => {
@@ -1968,10 +1989,38 @@ enum Ended {
 /// lease may be there (then the end goes over it), or another node holds the task (fenced).
 /// NATS unavailable (a leader election) is retried for up to `min(ack_wait, 10 s)`: the
 /// compare-and-set makes a retry safe.
-async fn end(shared: &Shared, id: u64, row: &Row, mut revision: Option<u64>) -> Ended {
-    // Bounded below ack_wait and the pod's grace after a drain: an end not written by then
-    // is the next delivery's to settle.
-    let deadline = Instant::now() + shared.ack_wait.min(Duration::from_secs(10));
+async fn end(shared: &Shared, id: u64, row: &Row, revision: Option<u64>) -> Ended {
+    // Tried through a leader election (the caller keeps the delivery alive meanwhile), and
+    // within the pod's grace while the node drains: an end not written by then is the next
+    // delivery's to settle.
+    let patience = if *shared.phase.borrow() == Phase::Taking {
+        END_PATIENCE
+    } else {
+        shared.ack_wait.min(Duration::from_secs(10))
+    };
+    let deadline = tokio::time::Instant::now() + patience;
+    let trying = end_by(shared, id, row, revision, deadline.into_std());
+    match tokio::time::timeout_at(deadline, trying).await {
+        Ok(ended) => ended,
+        Err(_) => {
+            tracing::warn!(
+                "node {}: task {id}: its end could not be written within {} s",
+                shared.name,
+                patience.as_secs()
+            );
+            Ended::Unwritten
+        }
+    }
+}
+
+/// [`end`]'s tries, until `deadline`.
+async fn end_by(
+    shared: &Shared,
+    id: u64,
+    row: &Row,
+    mut revision: Option<u64>,
+    deadline: Instant,
+) -> Ended {
     let mut wait = Duration::from_millis(50);
     let key = shared.cluster.key(id);
     loop {
@@ -2035,13 +2084,47 @@ async fn latest(shared: &Shared, id: u64) -> Result<Option<(Row, u64)>, ()> {
     Err(())
 }
 
+/// [`latest`], tried for a third of `ack_wait` (a leader election, say) before the record
+/// is taken as unreadable: for a lease written whose answer was lost, which, unread, would
+/// charge its task an attempt that never ran. No in-progress ack goes meanwhile: the
+/// delivery's `ack_wait` bounds it.
+async fn latest_patiently(shared: &Shared, id: u64) -> Result<Option<(Row, u64)>, ()> {
+    let until = Instant::now() + shared.ack_wait / 3;
+    loop {
+        match latest(shared, id).await {
+            Err(()) if Instant::now() < until => {
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            read => return read,
+        }
+    }
+}
+
 /// Whether the record is `row` as this node wrote it (same lease id, state and attempt): a
 /// write that landed though its answer was lost. `Err` when the record cannot be read.
 async fn ours(shared: &Shared, id: u64, row: &Row) -> Result<Option<u64>, ()> {
-    Ok(latest(shared, id).await?.and_then(|(now, revision)| {
-        (now.lease == row.lease && now.state == row.state && now.attempt == row.attempt)
-            .then_some(revision)
-    }))
+    Ok(latest_patiently(shared, id)
+        .await?
+        .and_then(|(now, revision)| {
+            (now.lease == row.lease && now.state == row.state && now.attempt == row.attempt)
+                .then_some(revision)
+        }))
+}
+
+/// Tells the stream that a delivery (`what` `id`: its task, or bundle) is still worked on. Waited for a third
+/// of a tick at most: while the client reconnects its sends queue up, and a loop waiting
+/// here would not see its attempt end or the node drain.
+async fn keep_alive(shared: &Shared, message: &Message, (what, id): (&str, u64)) {
+    let every = shared.ack_wait / 3;
+    match tokio::time::timeout(every / 3, message.ack_with(AckKind::Progress)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!("node {}: {what} {id}: in-progress ack: {e}", shared.name),
+        Err(_) => tracing::warn!(
+            "node {}: {what} {id}: in-progress ack not sent within {} ms",
+            shared.name,
+            (every / 3).as_millis()
+        ),
+    }
 }
 
 async fn answer(message: &Message, reply: Reply) {
@@ -2050,10 +2133,12 @@ async fn answer(message: &Message, reply: Reply) {
         Reply::Nak(delay) if delay.is_zero() => AckKind::Nak(None),
         Reply::Nak(delay) => AckKind::Nak(Some(delay)),
     };
-    // Not waited for: an ack lost means one more delivery, which the record then answers
-    // (`Step::Finished`); the record, not the ack, is what must be durable.
-    if let Err(e) = message.ack_with(kind).await {
-        tracing::debug!("an ack was not sent: {e}");
+    // Not waited for long: an ack lost means one more delivery, which the record then
+    // answers (`Step::Finished`); the record, not the ack, is what must be durable.
+    match tokio::time::timeout(ANSWER_WAIT, message.ack_with(kind)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::debug!("an ack was not sent: {e}"),
+        Err(_) => tracing::debug!("an ack was not sent within {} s", ANSWER_WAIT.as_secs()),
     }
 }
 

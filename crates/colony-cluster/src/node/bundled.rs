@@ -9,7 +9,7 @@ use super::{
     unreadable,
 };
 use crate::{lease::Reply, wire::bundle};
-use async_nats::jetstream::{AckKind, Message};
+use async_nats::jetstream::Message;
 use std::{
     sync::{
         Arc,
@@ -92,9 +92,7 @@ pub(super) async fn deliver(
             ended = &mut runs => break ended,
             // Not once a task found another node holding it: the bundle is that node's now.
             _ = progress.tick(), if !work.lost.load(Ordering::Acquire) => {
-                if let Err(e) = message.ack_with(AckKind::Progress).await {
-                    tracing::warn!("node {}: bundle {sequence}: in-progress ack: {e}", shared.name);
-                }
+                super::keep_alive(shared, message, ("bundle", sequence)).await;
             }
         }
     };
