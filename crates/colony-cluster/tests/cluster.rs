@@ -3185,3 +3185,49 @@ async fn a_consumer_made_before_bundles_had_subjects_is_widened() {
     node.drain().await;
     rt.shutdown().await;
 }
+
+/// An attempt that ends while NATS is away for 20 s (its lease written before) is written
+/// once the server is back, as the attempt it was: one attempt, succeeded, not charged as
+/// lost by a delivery after it. (The same test passes on the node from before ends were
+/// kept alive: the client sends its buffered write when it reconnects. What it guards
+/// against there is a bucket electing a leader with the server up, which this does not
+/// stage.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_attempt_that_ends_while_nats_is_away_is_written_when_it_is_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = tokio::task::block_in_place(|| NatsServer::single(dir.path())).unwrap();
+    let patient = Settings {
+        ack_wait: Duration::from_secs(30),
+        ..settings()
+    };
+    let url = server.url();
+    let connect = || testing::connect(&url, patient.clone(), Duration::from_secs(20));
+    let client = connect().await.expect("the cluster");
+    let rt = start(vec![sh_pool("slow", 1, "sleep 3; echo done", &[])]).await;
+    let node = Node::start(connect().await.unwrap(), rt.handle().clone(), options("n"))
+        .await
+        .unwrap();
+    let sent = client
+        .submit(&[task(Some("slow"), "1".into(), 1)], None)
+        .await
+        .unwrap();
+    let id = sent[0].id;
+    // Its lease written (after the lazy lease's second), the server goes away past the end.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !matches!(client.task(id).await, Ok(TaskView::Row(ref r)) if r.state == TaskState::Running)
+    {
+        assert!(std::time::Instant::now() < deadline, "the task's lease");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::task::block_in_place(|| server.kill());
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    tokio::task::block_in_place(|| server.start()).unwrap();
+    let row = ended(&client, id).await;
+    assert_eq!(
+        (row.state, row.attempt, row.charged),
+        (TaskState::Succeeded, 1, 1),
+        "{row:?}"
+    );
+    node.drain().await;
+    rt.shutdown().await;
+}
