@@ -16,6 +16,9 @@ use tokio::sync::watch;
 /// Most bytes of a query a node reads: a query is a few filters.
 const MAX_QUERY: usize = 8 * 1024;
 
+/// Most agent queries a node answers at once.
+const MAX_ANSWERING: usize = 16;
+
 /// How long a client waits for each node's answer.
 pub const ANSWER_WAIT: Duration = Duration::from_secs(5);
 
@@ -69,11 +72,15 @@ pub(crate) async fn answer_queries<P: Send + Sync + 'static>(
         .subscribe(subject(name))
         .await
         .map_err(|e| Error::nats(format!("answering agent queries for node {name}"), e))?;
-    let name = name.to_owned();
+    let name: std::sync::Arc<str> = name.into();
     Ok(async move {
+        // Several at once (a slow page does not hold up the askers behind it), a bounded
+        // number: past it, queries wait in the subscription.
+        let mut answering = futures::stream::FuturesUnordered::new();
         loop {
             let message = tokio::select! {
-                m = queries.next() => match m {
+                Some(()) = answering.next(), if !answering.is_empty() => continue,
+                m = queries.next(), if answering.len() < MAX_ANSWERING => match m {
                     Some(m) => m,
                     None => {
                         tracing::warn!("node {name}: its agent queries' subscription ended");
@@ -87,18 +94,21 @@ pub(crate) async fn answer_queries<P: Send + Sync + 'static>(
                 },
             };
             let Some(reply) = message.reply else { continue };
-            let mut answer = one_answer(&handle, &message.payload).await;
-            answer["node"] = name.clone().into();
-            answer["started-ms"] = started_ms.into();
-            let bytes = answer.to_string();
-            if let Err(e) = client.publish(reply.clone(), bytes.into()).await {
-                // A page over the server's max_payload, or a connection lost: say which.
-                let error = serde_json::json!({
-                    "node": name, "started-ms": started_ms,
-                    "error": format!("its answer could not be sent ({e}); if it is too large for NATS, ask for fewer agents (limit)"),
-                });
-                let _ = client.publish(reply, error.to_string().into()).await;
-            }
+            let (client, handle, name) = (client.clone(), handle.clone(), name.clone());
+            answering.push(async move {
+                let mut answer = one_answer(&handle, &message.payload).await;
+                answer["node"] = name.to_string().into();
+                answer["started-ms"] = started_ms.into();
+                let bytes = answer.to_string();
+                if let Err(e) = client.publish(reply.clone(), bytes.into()).await {
+                    // A page over the server's max_payload, or a connection lost: say which.
+                    let error = serde_json::json!({
+                        "node": &*name, "started-ms": started_ms,
+                        "error": format!("its answer could not be sent ({e}); if it is too large for NATS, ask for fewer agents (limit)"),
+                    });
+                    let _ = client.publish(reply, error.to_string().into()).await;
+                }
+            });
         }
     })
 }
