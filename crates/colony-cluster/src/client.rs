@@ -334,7 +334,33 @@ impl Cluster {
         for subject in bundles {
             self.widen_for(subject).await?;
         }
-        let accepted = self.publish_all(messages).await?;
+        let accepted = match self.publish_all(messages).await {
+            Ok(accepted) => accepted,
+            // Said in tasks, not messages: each accepted bundle's tasks' ids.
+            Err(Error::Partly {
+                accepted, error, ..
+            }) => {
+                let accepted = accepted
+                    .iter()
+                    .zip(&counts)
+                    .flat_map(|(&id, &n)| {
+                        (0..n).filter_map(move |i| {
+                            if n == 1 {
+                                Some(id)
+                            } else {
+                                bundle::bundled_id(id, i)
+                            }
+                        })
+                    })
+                    .collect();
+                return Err(Error::Partly {
+                    accepted,
+                    of: specs.len(),
+                    error,
+                });
+            }
+            Err(e) => return Err(e),
+        };
         let mut out = Vec::with_capacity(specs.len());
         for (message, n) in accepted.into_iter().zip(counts) {
             if n == 1 {
@@ -416,7 +442,21 @@ impl Cluster {
     /// Publishes `messages` in order, up to [`IN_FLIGHT`] awaiting their acknowledgement at
     /// once: what the stream accepted, one for each.
     async fn publish_all(&self, messages: Vec<Outgoing>) -> Result<Vec<Submitted>, Error> {
-        let mut out = Vec::with_capacity(messages.len());
+        let of = messages.len();
+        let mut out = Vec::with_capacity(of);
+        // Failed part-way: what was accepted before is said, so that it is not sent again
+        // as new tasks.
+        let partly = |out: &[Submitted], error: Error| {
+            if out.is_empty() {
+                error
+            } else {
+                Error::Partly {
+                    accepted: out.iter().map(|s| s.id).collect(),
+                    of,
+                    error: Box::new(error),
+                }
+            }
+        };
         // The acknowledgements in flight are awaited together, in order: each has its own
         // timeout, and awaited one after another, a thousand lost to a server restarting
         // would take a thousand timeouts before the first was sent again.
@@ -432,7 +472,10 @@ impl Cluster {
                 loop {
                     tokio::select! {
                         ack = &mut publish => break ack,
-                        Some(accepted) = waiting.next(), if !waiting.is_empty() => out.push(accepted?),
+                        Some(accepted) = waiting.next(), if !waiting.is_empty() => match accepted {
+                            Ok(accepted) => out.push(accepted),
+                            Err(e) => return Err(partly(&out, e)),
+                        },
                     }
                 }
             };
@@ -440,11 +483,17 @@ impl Cluster {
             if waiting.len() >= IN_FLIGHT
                 && let Some(accepted) = waiting.next().await
             {
-                out.push(accepted?);
+                match accepted {
+                    Ok(accepted) => out.push(accepted),
+                    Err(e) => return Err(partly(&out, e)),
+                }
             }
         }
         while let Some(accepted) = waiting.next().await {
-            out.push(accepted?);
+            match accepted {
+                Ok(accepted) => out.push(accepted),
+                Err(e) => return Err(partly(&out, e)),
+            }
         }
         Ok(out)
     }

@@ -84,6 +84,17 @@ pub enum Error {
         "run {run} moved on under this scheduler ({key} changed): another scheduler took it over"
     )]
     Lost { run: String, key: String },
+    /// A batch failed part-way: the tasks `accepted` (their ids, in the order sent) were,
+    /// the others of the `of` may or may not have been.
+    #[error(
+        "{error}; {} of the {of} tasks were accepted before it (their ids are in this error's details), and the rest may or may not have been: send them again under the same idempotency keys, or look them up",
+        accepted.len()
+    )]
+    Partly {
+        accepted: Vec<u64>,
+        of: usize,
+        error: Box<Error>,
+    },
 }
 
 impl Error {

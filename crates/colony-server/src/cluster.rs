@@ -219,18 +219,34 @@ fn router(app: Arc<ClusterApp>) -> Router {
 
 /// A cluster refusal or failure as an HTTP status.
 fn failed(error: colony_cluster::Error) -> Response {
-    use colony_cluster::Error as E;
     let message = error.to_string();
+    let (status, code) = status_of(&error);
     match error {
-        E::Unknown { .. } => problem(StatusCode::NOT_FOUND, "unknown-task", message),
-        E::BadRole { .. } | E::Task(_) | E::Settings(_) => {
-            problem(StatusCode::UNPROCESSABLE_ENTITY, "refused", message)
+        // What was accepted before the failure goes with it, so that it is not sent again.
+        colony_cluster::Error::Partly { accepted, .. } => {
+            let body = serde_json::json!({
+                "error": { "code": code, "message": message, "accepted": accepted }
+            });
+            (status, Json(body)).into_response()
         }
-        E::Corrupt { .. } => problem(StatusCode::INTERNAL_SERVER_ERROR, "corrupt", message),
-        E::Lost { .. } => problem(StatusCode::CONFLICT, "lost", message),
-        E::NoJournal { .. } => problem(StatusCode::NOT_FOUND, "no-journal", message),
+        _ => problem(status, code, message),
+    }
+}
+
+/// The status and code of the problem `error` is.
+fn status_of(error: &colony_cluster::Error) -> (StatusCode, &'static str) {
+    use colony_cluster::Error as E;
+    match error {
+        E::Partly { error, .. } => status_of(error),
+        E::Unknown { .. } => (StatusCode::NOT_FOUND, "unknown-task"),
+        E::BadRole { .. } | E::Task(_) | E::Settings(_) => {
+            (StatusCode::UNPROCESSABLE_ENTITY, "refused")
+        }
+        E::Corrupt { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "corrupt"),
+        E::Lost { .. } => (StatusCode::CONFLICT, "lost"),
+        E::NoJournal { .. } => (StatusCode::NOT_FOUND, "no-journal"),
         E::Connect { .. } | E::NoJetStream { .. } | E::Nats { .. } => {
-            problem(StatusCode::SERVICE_UNAVAILABLE, "nats-unavailable", message)
+            (StatusCode::SERVICE_UNAVAILABLE, "nats-unavailable")
         }
     }
 }
@@ -1146,6 +1162,32 @@ async fn metrics(State(app): State<Arc<ClusterApp>>) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A batch failed part-way answers as its failure does, with the ids it had accepted.
+    #[tokio::test]
+    async fn a_batch_failed_part_way_says_what_it_accepted() {
+        let partly = colony_cluster::Error::Partly {
+            accepted: vec![4, 5],
+            of: 3,
+            error: Box::new(colony_cluster::Error::Nats {
+                what: "the stream's acknowledgement of a task".into(),
+                detail: "timed out".into(),
+            }),
+        };
+        let response = failed(partly);
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        let body = axum::body::to_bytes(response.into_body(), 1 << 16)
+            .await
+            .unwrap();
+        let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(body["error"]["code"], "nats-unavailable");
+        assert_eq!(body["error"]["accepted"], json!([4, 5]));
+        let message = body["error"]["message"].as_str().unwrap();
+        assert!(
+            message.contains("timed out") && message.contains("2 of the 3 tasks were accepted"),
+            "{message}"
+        );
+    }
 
     #[test]
     fn the_history_keeps_fifteen_minutes_of_seconds_and_the_latest_records() {

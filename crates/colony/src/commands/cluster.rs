@@ -961,6 +961,20 @@ async fn submit(args: &SubmitArgs) -> Result<(), Failure> {
     };
     let submitted = submitted.map_err(|e| match e {
         colony_cluster::Error::Task(_) | colony_cluster::Error::BadRole { .. } => Failure::input(e),
+        // What was accepted is printed, as it would have been, before the error says the rest.
+        colony_cluster::Error::Partly { ref accepted, .. } => {
+            if args.json {
+                println!(
+                    "{}",
+                    serde_json::json!({ "ids": accepted, "count": accepted.len() })
+                );
+            } else {
+                for id in accepted {
+                    println!("{id}");
+                }
+            }
+            Failure::work(e)
+        }
         e => Failure::work(e),
     })?;
     if !args.wait {
