@@ -1116,12 +1116,17 @@ async fn unreadable(shared: &Shared, id: u64, problem: &str) -> Option<Reply> {
         voter: None,
         output: None,
     };
-    let ended = match write_new(&shared.cluster.tasks, &shared.cluster.key(id), &row).await {
-        Ok(_) => true,
-        Err(_) => matches!(shared.cluster.row(id).await, Ok(Some((r, _))) if r.is_terminal()),
+    // Counted failed by the node whose write failed it; one that found it ended already (a
+    // delivery before this one, maybe another node's) counts it so.
+    let kind = match write_new(&shared.cluster.tasks, &shared.cluster.key(id), &row).await {
+        Ok(_) => Some(Kind::Failed),
+        Err(_) => match shared.cluster.row(id).await {
+            Ok(Some((r, _))) if r.is_terminal() => Some(Kind::AlreadyEnded),
+            _ => None,
+        },
     };
-    ended.then(|| {
-        shared.counters.add(Kind::Failed);
+    kind.map(|kind| {
+        shared.counters.add(kind);
         Reply::Ack
     })
 }
