@@ -751,8 +751,9 @@ async fn pause(phase: &mut watch::Receiver<Phase>, time: Duration) {
 
 /// Asks a role's consumers, the highest priority first, for what they hold now, without
 /// waiting, while `permits` last, in two rounds of asks sent at once. First the highest
-/// priority that had work when last asked and each above it not left alone: the empty ones
-/// then cost no round trip of their own ahead of the work. Then, if slots remain, each below
+/// priority that had work when last asked and each above it not left alone (each of those
+/// for one message: they had none): the empty ones then cost no round trip of their own
+/// ahead of the work. Then, if slots remain, each below
 /// it not left alone. In each round what a higher priority gives is taken first, and what
 /// comes beyond the slots is handed back at once; a consumer that does not answer holds the
 /// round for [`ASK_LIMIT`] at most, whatever the number of priorities. Each priority is
@@ -777,7 +778,16 @@ async fn ask_in_order(
         let asked: Vec<usize> = round
             .filter(|&i| left_until[i].is_none_or(|until| now >= until))
             .collect();
-        let n = |i: usize| (permits.len() / per_message[i].max(1)).max(1);
+        // One above the one that had work is asked for a message: it had none when last
+        // asked, and what it gives beyond the slots the one below also takes would be handed
+        // back (counted as a delivery). If it has work now it leads the next pull.
+        let n = |i: usize| {
+            if i < working {
+                1
+            } else {
+                (permits.len() / per_message[i].max(1)).max(1)
+            }
+        };
         let asks = asked.iter().map(|&i| ask(&consumers[i], n(i)));
         let answers = futures::future::join_all(asks).await;
         for (&i, given) in asked.iter().zip(answers) {
