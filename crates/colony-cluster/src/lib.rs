@@ -67,7 +67,9 @@ pub enum Error {
     NoJetStream { url: String },
     #[error("{0}")]
     Settings(String),
-    #[error("role `{role}` cannot name a cluster subject: use letters, digits, `_` and `-` only")]
+    #[error(
+        "role `{role}` cannot name a cluster subject: use 1 to 64 letters, digits, `_` and `-` (a role of `_` alone is taken: it stands for tasks any agent may run)"
+    )]
     BadRole { role: String },
     #[error("{what}: {detail}")]
     Nats { what: String, detail: String },
