@@ -866,7 +866,8 @@ impl Cluster {
         format!("{}.cancelled-{sequence}", self.epoch)
     }
 
-    /// Adds `place` to the bundle's list of cancelled tasks (a compare-and-set, a few tries).
+    /// Adds `place` to the bundle's list of cancelled tasks (a compare-and-set, tried for
+    /// [`DROP_FOR`]).
     /// Not written, the task may still run; its end is then fenced by its record.
     async fn mark_cancelled(&self, sequence: u64, place: usize) {
         let key = self.cancelled_key(sequence);
@@ -916,7 +917,7 @@ impl Cluster {
         }
     }
 
-    /// Drops the message at `sequence` from the stream (a few tries): a cancelled task no
+    /// Drops the message at `sequence` from the stream (tried for [`DROP_FOR`]): a cancelled task no
     /// node should take. Already gone (taken and acked, or dropped before) is done.
     async fn drop_message(&self, sequence: u64) {
         let id = sequence;
@@ -1127,13 +1128,15 @@ impl Cluster {
         // names no task, or its message went without a record) never ends.
         let mut look =
             tokio::time::interval_at(tokio::time::Instant::now() + LOOK_EVERY, LOOK_EVERY);
+        // Once a record is heard the task is there: no more looks.
+        let mut heard = false;
         loop {
             let entry = tokio::select! {
                 entry = watch.next() => match entry {
                     Some(entry) => entry,
                     None => break,
                 },
-                _ = look.tick() => {
+                _ = look.tick(), if !heard => {
                     if let Err(e @ Error::Unknown { .. }) = self.task(id).await {
                         return Err(e);
                     }
@@ -1145,6 +1148,7 @@ impl Cluster {
                 continue;
             }
             let row = Row::decode(&entry.value).map_err(|detail| Error::Corrupt { id, detail })?;
+            heard = true;
             if row.is_terminal() {
                 return Ok(row);
             }

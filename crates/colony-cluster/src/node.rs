@@ -586,7 +586,7 @@ const DELIVERING: u32 = 1 << 20;
 const END_PATIENCE: Duration = Duration::from_secs(30);
 
 /// Longest wait for an ack or nak to leave: while the client reconnects its sends queue up.
-const ANSWER_WAIT: Duration = Duration::from_secs(2);
+const ACK_SEND_WAIT: Duration = Duration::from_secs(2);
 
 /// How long a node with nothing to do waits on a role's consumers before asking again.
 const IDLE_WAIT: Duration = Duration::from_secs(1);
@@ -1321,6 +1321,7 @@ async fn attempt(
             let mut ending = std::pin::pin!(ending);
             let every = shared.ack_wait / 3;
             let mut progress = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+            progress.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tokio::select! {
                     written = &mut ending => break written,
@@ -1725,6 +1726,7 @@ async fn room(
     let mut phase = shared.phase.clone();
     let every = shared.ack_wait / 3;
     let mut progress = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    progress.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let widen = shared.slots.widen(held, needs);
     let mut widen = std::pin::pin!(widen);
     loop {
@@ -1886,6 +1888,7 @@ async fn run(
     let mut phase = shared.phase.clone();
     let every = shared.ack_wait / 3;
     let mut progress = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    progress.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let lazy = tokio::time::sleep(lease::LAZY_LEASE.min(every));
     let mut lazy = std::pin::pin!(lazy);
     let (mut handing_back, mut fenced) = (false, false);
@@ -2002,28 +2005,38 @@ enum Ended {
 /// first delivery that ended quickly). A failed write is followed by a read of the leader's
 /// copy: the write may have landed with its answer lost (then it is ours), this node's own
 /// lease may be there (then the end goes over it), or another node holds the task (fenced).
-/// NATS unavailable (a leader election) is retried for up to `min(ack_wait, 10 s)`: the
-/// compare-and-set makes a retry safe.
+/// NATS unavailable (a leader election) is retried for up to [`END_PATIENCE`] while the node
+/// takes work, `min(ack_wait, 10 s)` from when it drains: the compare-and-set makes a retry
+/// safe.
 async fn end(shared: &Shared, id: u64, row: &Row, revision: Option<u64>) -> Ended {
-    // Tried through a leader election (the caller keeps the delivery alive meanwhile), and
-    // within the pod's grace while the node drains: an end not written by then is the next
-    // delivery's to settle.
-    let patience = if *shared.phase.borrow() == Phase::Taking {
-        END_PATIENCE
-    } else {
-        shared.ack_wait.min(Duration::from_secs(10))
-    };
-    let deadline = tokio::time::Instant::now() + patience;
-    let trying = end_by(shared, id, row, revision, deadline.into_std());
-    match tokio::time::timeout_at(deadline, trying).await {
-        Ok(ended) => ended,
-        Err(_) => {
-            tracing::warn!(
-                "node {}: task {id}: its end could not be written within {} s",
-                shared.name,
-                patience.as_secs()
-            );
-            Ended::Unwritten
+    // Tried through a leader election (the caller keeps the delivery alive meanwhile) while
+    // the node takes work, and within the pod's grace once it drains, from when it began
+    // to: an end not written by then is the next delivery's to settle.
+    let draining = shared.ack_wait.min(Duration::from_secs(10));
+    let mut phase = shared.phase.clone();
+    let mut taking = *phase.borrow_and_update() == Phase::Taking;
+    let mut deadline = tokio::time::Instant::now() + if taking { END_PATIENCE } else { draining };
+    let trying = end_by(
+        shared,
+        id,
+        row,
+        revision,
+        (deadline + END_PATIENCE).into_std(),
+    );
+    let mut trying = std::pin::pin!(trying);
+    loop {
+        tokio::select! {
+            ended = &mut trying => return ended,
+            () = tokio::time::sleep_until(deadline) => {
+                tracing::warn!("node {}: task {id}: its end could not be written in time", shared.name);
+                return Ended::Unwritten;
+            }
+            changed = phase.changed(), if taking => {
+                if changed.is_err() || *phase.borrow_and_update() != Phase::Taking {
+                    taking = false;
+                    deadline = deadline.min(tokio::time::Instant::now() + draining);
+                }
+            }
         }
     }
 }
@@ -2104,13 +2117,14 @@ async fn latest(shared: &Shared, id: u64) -> Result<Option<(Row, u64)>, ()> {
 /// charge its task an attempt that never ran. No in-progress ack goes meanwhile: the
 /// delivery's `ack_wait` bounds it.
 async fn latest_patiently(shared: &Shared, id: u64) -> Result<Option<(Row, u64)>, ()> {
-    let until = Instant::now() + shared.ack_wait / 3;
+    let until = tokio::time::Instant::now() + shared.ack_wait / 3;
     loop {
-        match latest(shared, id).await {
-            Err(()) if Instant::now() < until => {
+        match tokio::time::timeout_at(until, latest(shared, id)).await {
+            Ok(Err(())) if tokio::time::Instant::now() < until => {
                 tokio::time::sleep(Duration::from_millis(250)).await;
             }
-            read => return read,
+            Ok(read) => return read,
+            Err(_) => return Err(()),
         }
     }
 }
@@ -2150,10 +2164,10 @@ async fn answer(message: &Message, reply: Reply) {
     };
     // Not waited for long: an ack lost means one more delivery, which the record then
     // answers (`Step::Finished`); the record, not the ack, is what must be durable.
-    match tokio::time::timeout(ANSWER_WAIT, message.ack_with(kind)).await {
+    match tokio::time::timeout(ACK_SEND_WAIT, message.ack_with(kind)).await {
         Ok(Ok(())) => {}
         Ok(Err(e)) => tracing::debug!("an ack was not sent: {e}"),
-        Err(_) => tracing::debug!("an ack was not sent within {} s", ANSWER_WAIT.as_secs()),
+        Err(_) => tracing::debug!("an ack was not sent within {} s", ACK_SEND_WAIT.as_secs()),
     }
 }
 

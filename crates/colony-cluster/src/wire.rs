@@ -482,7 +482,9 @@ impl TaskMessage {
         if let Some(n) = number(MAX_ATTEMPTS)? {
             spec.max_attempts = u32::try_from(n)
                 .ok()
-                .filter(|n| (1..=colony_core::task::MAX_ATTEMPTS).contains(n))
+                .filter(|n| *n >= 1)
+                // A task queued before clients checked the bound runs with the most allowed.
+                .map(|n| n.min(colony_core::task::MAX_ATTEMPTS))
                 .ok_or_else(|| format!("header {MAX_ATTEMPTS}: {n} is out of range"))?;
         }
         Ok(spec)

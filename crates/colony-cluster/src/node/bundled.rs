@@ -49,6 +49,7 @@ pub(super) async fn deliver(
     // Ticking from the delivery's start: the read below may take a while.
     let every = shared.ack_wait / 3;
     let mut progress = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    progress.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // Read before anything runs, within a third of ack_wait (the first in-progress ack is
     // due then); not read, none is taken for cancelled: a cancelled task that runs has its
     // end refused by its record.

@@ -1115,7 +1115,10 @@ async fn task(args: &TaskArgs) -> Result<(), Failure> {
         if let Err(e @ colony_cluster::Error::Unknown { .. }) = cluster.task(args.id).await {
             return Err(Failure::input(e));
         }
-        let row = cluster.wait(args.id).await.map_err(Failure::work)?;
+        let row = cluster.wait(args.id).await.map_err(|e| match e {
+            colony_cluster::Error::Unknown { .. } => Failure::input(e),
+            e => Failure::work(e),
+        })?;
         print_row(args.id, &row, args.json);
         return ended(args.id, &row);
     }
