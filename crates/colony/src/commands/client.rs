@@ -295,7 +295,9 @@ pub(crate) fn submit(args: &SubmitArgs) -> Result<(), Failure> {
                 path.display()
             )));
         }
+        // Each batch's ids are one run; another submitter's may fall between two batches.
         let (mut first, mut count) = (None, 0u64);
+        let mut runs: Vec<(u64, u64)> = Vec::new();
         for (n, chunk) in tasks.chunks(BATCH).enumerate() {
             // Each batch has its own key, so that rerunning after a failure part-way
             // resubmits only the batches the server has not accepted.
@@ -309,16 +311,28 @@ pub(crate) fn submit(args: &SubmitArgs) -> Result<(), Failure> {
                 .post("/v1/tasks/batch", &body, key.as_deref())
                 .await?;
             first = first.or(accepted["first"].as_u64());
-            count += accepted["count"].as_u64().unwrap_or_default();
+            let (from, n) = (
+                accepted["first"].as_u64().unwrap_or_default(),
+                accepted["count"].as_u64().unwrap_or_default(),
+            );
+            count += n;
+            match runs.last_mut() {
+                Some((_, last)) if n > 0 && *last + 1 == from => *last = from + n - 1,
+                _ if n > 0 => runs.push((from, from + n - 1)),
+                _ => {}
+            }
         }
         if args.json {
-            println!("{}", json!({ "first": first, "count": count }));
-        } else {
             println!(
-                "{} tasks accepted, ids {}..={}",
+                "{}",
+                json!({ "first": first, "count": count, "runs": runs })
+            );
+        } else {
+            let ids: Vec<String> = runs.iter().map(|(a, b)| format!("{a}..={b}")).collect();
+            println!(
+                "{} tasks accepted, ids {}",
                 thousands(count),
-                first.unwrap_or_default(),
-                first.unwrap_or_default() + count.saturating_sub(1)
+                ids.join(", ")
             );
         }
         Ok(())
