@@ -444,19 +444,26 @@ impl Cluster {
     async fn publish_all(&self, messages: Vec<Outgoing>) -> Result<Vec<Submitted>, Error> {
         let of = messages.len();
         let mut out = Vec::with_capacity(of);
-        // Failed part-way: what was accepted before is said, so that it is not sent again
-        // as new tasks.
-        let partly = |out: &[Submitted], error: Error| {
-            if out.is_empty() {
-                error
-            } else {
-                Error::Partly {
-                    accepted: out.iter().map(|s| s.id).collect(),
-                    of,
-                    error: Box::new(error),
-                }
-            }
-        };
+        match self.publish_into(messages, &mut out).await {
+            Ok(()) => Ok(out),
+            Err(error) if out.is_empty() => Err(error),
+            // Failed part-way: what was accepted before is said, so that it is not sent
+            // again as new tasks.
+            Err(error) => Err(Error::Partly {
+                accepted: out.iter().map(|s| s.id).collect(),
+                of,
+                error: Box::new(error),
+            }),
+        }
+    }
+
+    /// [`Cluster::publish_all`]'s sends: what the stream accepted pushed onto `out` in
+    /// order, up to the first failure.
+    async fn publish_into(
+        &self,
+        messages: Vec<Outgoing>,
+        out: &mut Vec<Submitted>,
+    ) -> Result<(), Error> {
         // The acknowledgements in flight are awaited together, in order: each has its own
         // timeout, and awaited one after another, a thousand lost to a server restarting
         // would take a thousand timeouts before the first was sent again.
@@ -472,10 +479,7 @@ impl Cluster {
                 loop {
                     tokio::select! {
                         ack = &mut publish => break ack,
-                        Some(accepted) = waiting.next(), if !waiting.is_empty() => match accepted {
-                            Ok(accepted) => out.push(accepted),
-                            Err(e) => return Err(partly(&out, e)),
-                        },
+                        Some(accepted) = waiting.next(), if !waiting.is_empty() => out.push(accepted?),
                     }
                 }
             };
@@ -483,19 +487,13 @@ impl Cluster {
             if waiting.len() >= IN_FLIGHT
                 && let Some(accepted) = waiting.next().await
             {
-                match accepted {
-                    Ok(accepted) => out.push(accepted),
-                    Err(e) => return Err(partly(&out, e)),
-                }
+                out.push(accepted?);
             }
         }
         while let Some(accepted) = waiting.next().await {
-            match accepted {
-                Ok(accepted) => out.push(accepted),
-                Err(e) => return Err(partly(&out, e)),
-            }
+            out.push(accepted?);
         }
-        Ok(out)
+        Ok(())
     }
 
     /// Submits a task decided by vote: the node that takes it seats `decide.voters` of its

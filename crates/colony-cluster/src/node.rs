@@ -2016,13 +2016,7 @@ async fn end(shared: &Shared, id: u64, row: &Row, revision: Option<u64>) -> Ende
     let mut phase = shared.phase.clone();
     let mut taking = *phase.borrow_and_update() == Phase::Taking;
     let mut deadline = tokio::time::Instant::now() + if taking { END_PATIENCE } else { draining };
-    let trying = end_by(
-        shared,
-        id,
-        row,
-        revision,
-        (deadline + END_PATIENCE).into_std(),
-    );
+    let trying = end_by(shared, id, row, revision);
     let mut trying = std::pin::pin!(trying);
     loop {
         tokio::select! {
@@ -2041,14 +2035,8 @@ async fn end(shared: &Shared, id: u64, row: &Row, revision: Option<u64>) -> Ende
     }
 }
 
-/// [`end`]'s tries, until `deadline`.
-async fn end_by(
-    shared: &Shared,
-    id: u64,
-    row: &Row,
-    mut revision: Option<u64>,
-    deadline: Instant,
-) -> Ended {
+/// [`end`]'s tries, until one settles it ([`end`] stops them at its deadline).
+async fn end_by(shared: &Shared, id: u64, row: &Row, mut revision: Option<u64>) -> Ended {
     let mut wait = Duration::from_millis(50);
     let key = shared.cluster.key(id);
     loop {
@@ -2083,17 +2071,14 @@ async fn end_by(
             Ok(Some(_)) if matches!(e, Write::Conflict) => return Ended::Fenced,
             _ => {}
         }
-        if Instant::now() >= deadline {
-            let why = match e {
-                Write::Conflict => "its record could not be read".to_owned(),
-                Write::Other(e) => e,
-            };
-            tracing::warn!(
-                "node {}: task {id}: its end could not be written: {why}",
-                shared.name
-            );
-            return Ended::Unwritten;
-        }
+        let why = match e {
+            Write::Conflict => "its record could not be read".to_owned(),
+            Write::Other(e) => e,
+        };
+        tracing::debug!(
+            "node {}: task {id}: its end not written yet: {why}",
+            shared.name
+        );
         tokio::time::sleep(wait).await;
         wait = (wait * 2).min(Duration::from_secs(1));
     }
@@ -2140,9 +2125,9 @@ async fn ours(shared: &Shared, id: u64, row: &Row) -> Result<Option<u64>, ()> {
         }))
 }
 
-/// Tells the stream that a delivery (`what` `id`: its task, or bundle) is still worked on. Waited for a third
-/// of a tick at most: while the client reconnects its sends queue up, and a loop waiting
-/// here would not see its attempt end or the node drain.
+/// Tells the stream that a delivery (`what` `id`: its task, or bundle) is still worked on.
+/// Waited for a third of a tick at most: while the client reconnects its sends queue up,
+/// and a loop waiting here would not see its attempt end or the node drain.
 async fn keep_alive(shared: &Shared, message: &Message, (what, id): (&str, u64)) {
     let every = shared.ack_wait / 3;
     match tokio::time::timeout(every / 3, message.ack_with(AckKind::Progress)).await {
