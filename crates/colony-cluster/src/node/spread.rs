@@ -52,8 +52,6 @@ struct Counted {
     node: String,
     /// The agent, when its ballot's record named one.
     agent: Option<u64>,
-    /// The round it was counted in.
-    round: u32,
     /// The role of the agent's pool, when its ballot's record said it.
     role: Option<String>,
     /// When its ballot's record was written.
@@ -562,7 +560,6 @@ impl Count {
         self.seats[s].voter = Some(Counted {
             node: row.node.clone(),
             agent: row.agent,
-            round,
             role: row.voter.as_ref().map(|v| v.role.clone()),
             at_ms: row.at_ms,
         });
@@ -728,20 +725,20 @@ pub(super) async fn decide(
 
 /// The voters of `outcome`'s deciding round (seats, as the engine knows them) as the agents
 /// that cast their ballots, by node: counted for the winner or dissenting. None when the
-/// vote failed; a seat whose ballot's record named no agent is passed over.
+/// vote failed; a seat whose ballot's record named no agent is passed over. A seat's voter is
+/// of the deciding round: each round starts its seats anew.
 fn agreement(outcome: &Outcome, seats: &[Seat]) -> BTreeMap<String, Vec<agreed::Voted>> {
     let mut by_node: BTreeMap<String, Vec<agreed::Voted>> = BTreeMap::new();
     let Some(winner) = outcome.winner() else {
         return by_node;
     };
-    let round = outcome.record().round;
     let agreeing = winner.voters.iter().map(|&seat| (seat, true));
     let dissenting = winner.dissenters.iter().map(|&seat| (seat, false));
     for (seat, agreed) in agreeing.chain(dissenting) {
         let Some(counted) = seats.get(seat.index()).and_then(|s| s.voter.as_ref()) else {
             continue;
         };
-        let Some(agent) = counted.agent.filter(|_| counted.round == round) else {
+        let Some(agent) = counted.agent else {
             continue;
         };
         by_node
@@ -1024,7 +1021,7 @@ mod tests {
     use colony_core::decision::{Ballot, DecisionOptions};
     use std::time::Duration;
 
-    /// Who agreed is told by node, of the deciding round, for the agents the records named.
+    /// Who agreed is told by node, for the agents the records named.
     #[test]
     fn a_decided_votes_voters_are_told_by_node_whether_they_agreed() {
         let options = DecisionOptions {
@@ -1042,23 +1039,22 @@ mod tests {
         let Progress::Done(outcome) = progress else {
             panic!("{progress:?}")
         };
-        let counted = |node: &str, agent: Option<u64>, round: u32| Seat {
+        let counted = |node: &str, agent: Option<u64>| Seat {
             voter: Some(Counted {
                 node: node.into(),
                 agent,
-                round,
                 role: Some("r".into()),
                 at_ms: 12,
             }),
             ..Seat::default()
         };
         let seats = [
-            counted("a", Some(5), 0),
+            counted("a", Some(5)),
             // Its record named no agent: no one to tell.
-            counted("b", None, 0),
-            counted("b", Some(7), 0),
-            // Counted in a round gone by.
-            counted("a", Some(6), 1),
+            counted("b", None),
+            counted("b", Some(7)),
+            // No voter kept for it (the seat started anew): no one to tell.
+            Seat::default(),
         ];
         let told = agreement(&outcome, &seats);
         let voted = |agent, agreed| agreed::Voted {
