@@ -144,7 +144,18 @@ impl Cluster {
         let mut stream = js
             .get_or_create_stream(settings.stream())
             .await
-            .map_err(|e| Error::nats("the tasks stream", e))?;
+            .map_err(|e| {
+                // A first use of a single development server without --replicas 1.
+                let hint = if settings.replicas > 1 {
+                    format!(
+                        " (fewer servers than its {} replicas? give --replicas 1 for a single server)",
+                        settings.replicas
+                    )
+                } else {
+                    String::new()
+                };
+                Error::nats("the tasks stream", format!("{e}{hint}"))
+            })?;
         let info = stream
             .info()
             .await
